@@ -1,0 +1,1 @@
+"""Faust agents and the processing logic they run."""

@@ -1,0 +1,533 @@
+"""Command handlers: the business rules for each command type, free of Kafka and Faust.
+
+A handler reads and writes entity records through ``Tables`` (Faust tables in the
+worker, plain dicts in unit tests), calls the tenant's gateway, and returns a
+``HandlerResult``: the outcome type, its data, and the entity records it changed.
+Rule violations raise ``Rejection``; provider declines become ``*.failed`` outcomes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from paystream.gateways import base as gw
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.money import Money
+from paystream.streams import commands as c
+from paystream.streams.outcomes import CommandRef, RejectReason
+from paystream.tables.records import (
+    CustomerRecord,
+    DisputeRecord,
+    EntityRecord,
+    PaymentMethodRecord,
+    PaymentRecord,
+    RefundRecord,
+    StoredOutcome,
+    scrub_customer_outcome,
+)
+from paystream.tables.state_machines import InvalidState, check_payment_transition
+
+__all__ = [
+    "HANDLERS",
+    "AlreadyApplied",
+    "HandlerContext",
+    "HandlerResult",
+    "Rejection",
+    "Tables",
+    "entity_key",
+]
+
+T = TypeVar("T")
+R = TypeVar("R", bound=EntityRecord)
+
+# Stripe refuses idempotency keys longer than 255 characters.
+_PROVIDER_KEY_MAX = 255
+
+
+class Rejection(Exception):
+    """The command is refused; becomes a `command.rejected` outcome."""
+
+    def __init__(self, reason: RejectReason, message: str, *, remember: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.remember = remember  # store under the idempotency key, as Stripe stores 4xx
+
+
+class AlreadyApplied(Exception):
+    """The entity already recorded this command (redelivery after a crash): re-emit."""
+
+    def __init__(self, outcome: StoredOutcome) -> None:
+        super().__init__(outcome.type)
+        self.outcome = outcome
+
+
+@dataclass
+class Tables:
+    """The entity tables, keyed ``"{tenant}:{entity id}"``, values are JSON dicts."""
+
+    customers: MutableMapping[str, Any]
+    payment_methods: MutableMapping[str, Any]
+    payments: MutableMapping[str, Any]
+    refunds: MutableMapping[str, Any]
+    disputes: MutableMapping[str, Any]
+
+    def by_type(self, entity_type: str) -> MutableMapping[str, Any]:
+        return {
+            "customer": self.customers,
+            "payment_method": self.payment_methods,
+            "payment": self.payments,
+            "refund": self.refunds,
+            "dispute": self.disputes,
+        }[entity_type]
+
+
+# Retries and the circuit breaker wrap every provider call; injected by the pipeline.
+GatewayCall = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
+
+
+async def _direct(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
+
+
+@dataclass
+class HandlerContext:
+    cmd: CommandRef
+    gateway: gw.PaymentGateway
+    tables: Tables
+    call: Any = _direct  # GatewayCall; Any because a generic callable attribute is untypable
+
+    @property
+    def tenant(self) -> str:
+        return self.cmd.tenant_id
+
+    @property
+    def idem(self) -> str:
+        """Provider idempotency key: stable per (tenant, command idempotency key)."""
+        key = f"ps:{self.cmd.tenant_id}:{self.cmd.idempotency_key}"
+        if len(key) <= _PROVIDER_KEY_MAX:
+            return key
+        digest = hashlib.sha256(self.cmd.idempotency_key.encode()).hexdigest()
+        return f"ps:{self.cmd.tenant_id}:sha256:{digest}"
+
+    def derived_id(self, prefix: str) -> str:
+        digest = hashlib.sha256(f"{self.tenant}\x1f{self.cmd.command_id}".encode()).hexdigest()
+        return f"{prefix}_{digest[:24]}"
+
+    def load(self, model: type[R], entity_id: str) -> R:
+        """Load an entity of this tenant; another tenant's entity is simply not found."""
+        raw = self.tables.by_type(model.model_fields["entity_type"].default).get(
+            entity_key(self.tenant, entity_id)
+        )
+        if raw is None:
+            raise Rejection(RejectReason.NOT_FOUND, f"no such {_label(model)}: {entity_id}")
+        record = model.model_validate(raw)
+        if self.cmd.command_id in record.applied:
+            raise AlreadyApplied(record.applied[self.cmd.command_id])
+        return record
+
+    def ensure_new(self, model: type[EntityRecord], entity_id: str) -> None:
+        """Refuse to create over an existing entity, unless this very command created it."""
+        table = self.tables.by_type(model.model_fields["entity_type"].default)
+        raw = table.get(entity_key(self.tenant, entity_id))
+        if raw is None:
+            return
+        record = model.model_validate(raw)
+        if self.cmd.command_id in record.applied:
+            raise AlreadyApplied(record.applied[self.cmd.command_id])
+        raise Rejection(RejectReason.INVALID_STATE, f"{_label(model)} {entity_id} already exists")
+
+
+def _label(model: type[EntityRecord]) -> str:
+    return str(model.model_fields["entity_type"].default).replace("_", " ")
+
+
+def entity_key(tenant_id: str, entity_id: str) -> str:
+    return f"{tenant_id}:{entity_id}"
+
+
+@dataclass
+class HandlerResult:
+    outcome_type: str
+    primary: EntityRecord | None = None
+    related: list[EntityRecord] = field(default_factory=list)
+    error: GatewayError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[HandlerContext, Any], Awaitable[HandlerResult]]
+
+
+async def _gateway(ctx: HandlerContext, fn: Callable[[], Awaitable[T]]) -> T:
+    """Call the provider; an unsupported operation becomes an `unsupported` rejection."""
+    try:
+        return await ctx.call(fn)
+    except UnsupportedOperation as exc:
+        raise Rejection(RejectReason.UNSUPPORTED, exc.message) from exc
+    except GatewayError as exc:
+        if exc.code is ErrorCode.NOT_FOUND:
+            raise Rejection(RejectReason.NOT_FOUND, exc.message) from exc
+        if exc.code is ErrorCode.INVALID_STATE:
+            raise Rejection(RejectReason.INVALID_STATE, exc.message) from exc
+        if exc.code in (ErrorCode.AUTHENTICATION_FAILED, ErrorCode.PERMISSION_DENIED):
+            # The tenant's credentials are wrong, not the command: answer, but do not
+            # remember the answer, so the same key succeeds once the credentials are fixed.
+            raise Rejection(
+                RejectReason.GATEWAY_NOT_CONFIGURED, exc.message, remember=False
+            ) from exc
+        raise
+
+
+def _base(ctx: HandlerContext, entity_id: str) -> dict[str, Any]:
+    return {
+        "tenant_id": ctx.tenant,
+        "id": entity_id,
+        "provider": ctx.gateway.provider,
+        "created_by": ctx.cmd.command_id,
+    }
+
+
+# ---- customers --------------------------------------------------------------------
+
+
+async def create_customer(ctx: HandlerContext, data: c.CreateCustomer) -> HandlerResult:
+    cid = data.customer_id or ctx.derived_id("cus")
+    ctx.ensure_new(CustomerRecord, cid)
+    req = gw.CreateCustomer(
+        email=data.email, name=data.name, description=data.description, metadata=data.metadata
+    )
+    res = await _gateway(ctx, lambda: ctx.gateway.create_customer(req, idempotency_key=ctx.idem))
+    rec = CustomerRecord(
+        **_base(ctx, cid),
+        provider_customer_id=res.provider_customer_id,
+        email=data.email,
+        name=data.name,
+        description=data.description,
+        metadata=data.metadata,
+    )
+    return HandlerResult("customer.created", rec)
+
+
+def _live_customer(ctx: HandlerContext, customer_id: str) -> CustomerRecord:
+    rec = ctx.load(CustomerRecord, customer_id)
+    if rec.deleted:
+        raise Rejection(RejectReason.NOT_FOUND, f"no such customer: {customer_id}")
+    return rec
+
+
+async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> HandlerResult:
+    rec = _live_customer(ctx, data.customer_id)
+    req = gw.UpdateCustomer(
+        provider_customer_id=rec.provider_customer_id,
+        email=data.email,
+        name=data.name,
+        description=data.description,
+        metadata=data.metadata,
+    )
+    await _gateway(ctx, lambda: ctx.gateway.update_customer(req, idempotency_key=ctx.idem))
+    for name in ("email", "name", "description", "metadata"):
+        value = getattr(data, name)
+        if value is not None:
+            setattr(rec, name, value)
+    return HandlerResult("customer.updated", rec)
+
+
+async def delete_customer(ctx: HandlerContext, data: c.DeleteCustomer) -> HandlerResult:
+    rec = _live_customer(ctx, data.customer_id)
+    req = gw.DeleteCustomer(provider_customer_id=rec.provider_customer_id)
+    await _gateway(ctx, lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem))
+    rec.deleted = True
+    return HandlerResult("customer.deleted", rec)
+
+
+async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerResult:
+    rec = ctx.load(CustomerRecord, data.customer_id)
+    if rec.erased:
+        raise Rejection(RejectReason.INVALID_STATE, f"customer {rec.id} is already erased")
+    if not rec.deleted:
+        req = gw.DeleteCustomer(provider_customer_id=rec.provider_customer_id)
+        await _gateway(ctx, lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem))
+    # Amounts and ids stay (accounting needs them); personal data goes. The ledger sink
+    # deletes the customer's data key on this outcome, shredding its stored copies.
+    rec.email = rec.name = rec.description = None
+    rec.metadata = {}
+    rec.deleted = rec.erased = True
+    rec.applied = {k: scrub_customer_outcome(v, rec.id) for k, v in rec.applied.items()}
+    return HandlerResult("customer.erased", rec)
+
+
+async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> HandlerResult:
+    """The customer's record with their payment methods, payments and refunds."""
+    rec = ctx.load(CustomerRecord, data.customer_id)
+    prefix = f"{ctx.tenant}:"
+
+    def owned(table: Any, field_name: str, ids: set[str] | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for key, raw in table.items():
+            if raw is None or not str(key).startswith(prefix):
+                continue
+            if (ids is None and raw.get(field_name) == rec.id) or (
+                ids is not None and raw.get(field_name) in ids
+            ):
+                rows.append({k: v for k, v in raw.items() if k != "applied"})
+        return sorted(rows, key=lambda r: r["id"])
+
+    methods = owned(ctx.tables.payment_methods, "customer_id")
+    payments = owned(ctx.tables.payments, "customer_id")
+    refunds = owned(ctx.tables.refunds, "payment_id", {p["id"] for p in payments})
+    export = {
+        "customer": rec.snapshot(),
+        "payment_methods": methods,
+        "payments": payments,
+        "refunds": refunds,
+    }
+    # Read-only: the outcome carries the export; no entity changes.
+    return HandlerResult("customer.exported", extra={"customer_id": rec.id, "export": export})
+
+
+# ---- payment methods --------------------------------------------------------------
+
+
+async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod) -> HandlerResult:
+    customer = _live_customer(ctx, data.customer_id)
+    pmid = data.payment_method_id or ctx.derived_id("pm")
+    ctx.ensure_new(PaymentMethodRecord, pmid)
+    req = gw.AttachPaymentMethod(
+        provider_customer_id=customer.provider_customer_id, token=data.token
+    )
+    try:
+        res = await _gateway(
+            ctx, lambda: ctx.gateway.attach_payment_method(req, idempotency_key=ctx.idem)
+        )
+    except GatewayError as exc:
+        if exc.retryable:
+            raise
+        return HandlerResult("payment_method.attach_failed", error=exc, extra={"id": pmid})
+    rec = PaymentMethodRecord(
+        **_base(ctx, pmid),
+        customer_id=customer.id,
+        provider_payment_method_id=res.provider_payment_method_id,
+        brand=res.brand,
+        last4=res.last4,
+        exp_month=res.exp_month,
+        exp_year=res.exp_year,
+        fingerprint=res.fingerprint,
+    )
+    return HandlerResult("payment_method.attached", rec)
+
+
+async def detach_payment_method(ctx: HandlerContext, data: c.DetachPaymentMethod) -> HandlerResult:
+    rec = ctx.load(PaymentMethodRecord, data.payment_method_id)
+    if not rec.attached:
+        raise Rejection(RejectReason.INVALID_STATE, f"payment method {rec.id} is already detached")
+    req = gw.DetachPaymentMethod(provider_payment_method_id=rec.provider_payment_method_id)
+    await _gateway(ctx, lambda: ctx.gateway.detach_payment_method(req, idempotency_key=ctx.idem))
+    rec.attached = False
+    return HandlerResult("payment_method.detached", rec)
+
+
+# ---- payments ---------------------------------------------------------------------
+
+_PAYMENT_OUTCOME = {
+    gw.PaymentStatus.AUTHORIZED: "payment.authorized",
+    gw.PaymentStatus.SUCCEEDED: "payment.succeeded",
+    gw.PaymentStatus.REQUIRES_ACTION: "payment.requires_action",
+    gw.PaymentStatus.CANCELED: "payment.canceled",
+    gw.PaymentStatus.FAILED: "payment.failed",
+}
+
+
+def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
+    rec.status = res.status.value
+    rec.amount_captured = res.amount_captured
+    rec.amount_refunded = max(rec.amount_refunded, res.amount_refunded)
+    rec.failure_code = res.failure_code
+    rec.failure_message = res.failure_message
+    rec.next_action = res.next_action
+
+
+async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
+    pid = data.payment_id or ctx.derived_id("pay")
+    ctx.ensure_new(PaymentRecord, pid)
+    customer = _live_customer(ctx, data.customer_id) if data.customer_id else None
+    provider_pm: str
+    if data.payment_method_id:
+        pm = ctx.load(PaymentMethodRecord, data.payment_method_id)
+        if not pm.attached:
+            raise Rejection(RejectReason.INVALID_STATE, f"payment method {pm.id} is detached")
+        if customer is not None and pm.customer_id != customer.id:
+            raise Rejection(
+                RejectReason.INVALID_STATE, f"payment method {pm.id} belongs to another customer"
+            )
+        provider_pm = pm.provider_payment_method_id
+    else:
+        provider_pm = str(data.payment_method_token)
+    manual = data.capture is c.CaptureMode.MANUAL
+    req = gw.CreatePayment(
+        amount=Money(amount=data.amount, currency=data.currency),
+        provider_customer_id=customer.provider_customer_id if customer else None,
+        provider_payment_method_id=provider_pm,
+        capture_method=gw.CaptureMethod.MANUAL if manual else gw.CaptureMethod.AUTOMATIC,
+        description=data.description,
+        statement_descriptor=data.statement_descriptor,
+        return_url=data.return_url,
+        metadata=data.metadata,
+    )
+    rec = PaymentRecord(
+        **_base(ctx, pid),
+        status=gw.PaymentStatus.FAILED.value,
+        amount=data.amount,
+        currency=data.currency,
+        capture_method="manual" if manual else "automatic",
+        customer_id=customer.id if customer else None,
+        payment_method_id=data.payment_method_id,
+        provider_payment_id="",
+    )
+    try:
+        res = await _gateway(ctx, lambda: ctx.gateway.create_payment(req, idempotency_key=ctx.idem))
+    except GatewayError as exc:
+        if exc.retryable:
+            raise
+        rec.failure_code = exc.decline_code or exc.code.value
+        rec.failure_message = exc.message
+        return HandlerResult("payment.failed", rec, error=exc)
+    rec.provider_payment_id = res.provider_payment_id
+    _apply_payment_result(rec, res)
+    related: list[EntityRecord] = []
+    if res.dispute is not None:
+        dispute = DisputeRecord(
+            **_base(ctx, ctx.derived_id("dp")),
+            payment_id=pid,
+            status=res.dispute.status.value,
+            amount=res.dispute.amount.amount if res.dispute.amount else data.amount,
+            currency=data.currency,
+            provider_dispute_id=res.dispute.provider_dispute_id,
+        )
+        rec.dispute_id = dispute.id
+        related.append(dispute)
+    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec, related)
+
+
+async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
+    rec = ctx.load(PaymentRecord, data.payment_id)
+    _transition(rec.status, "capture")
+    if data.amount is not None and data.amount > rec.amount:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"capture amount {data.amount} exceeds the authorised {rec.amount}",
+        )
+    req = gw.CapturePayment(provider_payment_id=rec.provider_payment_id, amount=data.amount)
+    res = await _gateway(ctx, lambda: ctx.gateway.capture_payment(req, idempotency_key=ctx.idem))
+    _apply_payment_result(rec, res)
+    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec)
+
+
+async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerResult:
+    rec = ctx.load(PaymentRecord, data.payment_id)
+    _transition(rec.status, "cancel")
+    req = gw.CancelPayment(provider_payment_id=rec.provider_payment_id, reason=data.reason)
+    res = await _gateway(ctx, lambda: ctx.gateway.cancel_payment(req, idempotency_key=ctx.idem))
+    _apply_payment_result(rec, res)
+    return HandlerResult("payment.canceled", rec)
+
+
+def _transition(status: str, verb: str) -> None:
+    try:
+        check_payment_transition(status, verb)
+    except InvalidState as exc:
+        raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
+
+
+# ---- refunds ----------------------------------------------------------------------
+
+
+async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerResult:
+    payment = ctx.load(PaymentRecord, data.payment_id)
+    rid = data.refund_id or ctx.derived_id("re")
+    ctx.ensure_new(RefundRecord, rid)
+    _transition(payment.status, "refund")
+    refundable = payment.amount_captured - payment.amount_refunded
+    amount = data.amount if data.amount is not None else refundable
+    if amount <= 0 or amount > refundable:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"refund of {amount} exceeds the refundable {refundable} {payment.currency}",
+        )
+    req = gw.CreateRefund(
+        provider_payment_id=payment.provider_payment_id,
+        amount=amount,
+        reason=data.reason,
+        metadata=data.metadata,
+    )
+    rec = RefundRecord(
+        **_base(ctx, rid),
+        payment_id=payment.id,
+        status=gw.RefundStatus.FAILED.value,
+        amount=amount,
+        currency=payment.currency,
+        provider_refund_id="",
+    )
+    try:
+        res = await _gateway(ctx, lambda: ctx.gateway.create_refund(req, idempotency_key=ctx.idem))
+    except GatewayError as exc:
+        if exc.retryable:
+            raise
+        rec.failure_code = exc.decline_code or exc.code.value
+        return HandlerResult("refund.failed", rec, error=exc)
+    rec.provider_refund_id = res.provider_refund_id
+    rec.status = res.status.value
+    rec.failure_code = res.failure_code
+    if res.status is gw.RefundStatus.FAILED:
+        return HandlerResult("refund.failed", rec)
+    payment.amount_refunded += amount
+    return HandlerResult(f"refund.{res.status.value}", rec, [payment])
+
+
+# ---- disputes ---------------------------------------------------------------------
+
+
+async def submit_dispute_evidence(
+    ctx: HandlerContext, data: c.SubmitDisputeEvidence
+) -> HandlerResult:
+    rec = ctx.load(DisputeRecord, data.dispute_id)
+    if rec.status not in ("needs_response", "warning_needs_response"):
+        raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
+    req = gw.SubmitDisputeEvidence(
+        provider_dispute_id=rec.provider_dispute_id, evidence=data.evidence, submit=data.submit
+    )
+    res = await _gateway(
+        ctx, lambda: ctx.gateway.submit_dispute_evidence(req, idempotency_key=ctx.idem)
+    )
+    rec.status = res.status.value
+    rec.evidence_submitted = data.submit
+    return HandlerResult("dispute.evidence_submitted", rec)
+
+
+async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerResult:
+    rec = ctx.load(DisputeRecord, data.dispute_id)
+    if rec.status not in ("needs_response", "warning_needs_response"):
+        raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
+    req = gw.AcceptDispute(provider_dispute_id=rec.provider_dispute_id)
+    res = await _gateway(ctx, lambda: ctx.gateway.accept_dispute(req, idempotency_key=ctx.idem))
+    rec.status = res.status.value
+    return HandlerResult("dispute.closed", rec)
+
+
+HANDLERS: dict[str, Handler] = {
+    "customer.create": create_customer,
+    "customer.update": update_customer,
+    "customer.delete": delete_customer,
+    "customer.erase": erase_customer,
+    "customer.export": export_customer,
+    "payment_method.attach": attach_payment_method,
+    "payment_method.detach": detach_payment_method,
+    "payment.create": create_payment,
+    "payment.capture": capture_payment,
+    "payment.cancel": cancel_payment,
+    "refund.create": create_refund,
+    "dispute.submit_evidence": submit_dispute_evidence,
+    "dispute.accept": accept_dispute,
+}

@@ -1,0 +1,234 @@
+"""The ledger sink agent: outcome events → PostgreSQL, offsets committed only after the DB commit.
+
+``stream.take_events`` acknowledges a batch's events only after the loop body returns,
+and :meth:`LedgerSink.write_batch` returns only once every event is stored (or parked as
+a dead letter). So while the database is down this agent's stream stalls, retrying
+with backoff, and nothing is acknowledged that is not in the ledger: on a crash or
+rebalance the batch is redelivered and the writer's idempotency absorbs the replay.
+
+Registered only when ``DATABASE_URL`` is set (``ENABLED``). It connects as the
+non-owner ``paystream_app`` role (RLS applies), created lazily on the first batch so
+importing this module never touches the database.
+
+Dead letters (records that are not CloudEvents, outcomes the ledger refuses) go to
+``<events topic>.ledger-dlq`` with the same headers as the command DLQ
+(``paystream-dlq-reason``, ``paystream-dlq-detail``, ``paystream-source``). Not the
+command DLQ: ``paystream dlq replay`` re-publishes that to the *commands* topic, which
+would be wrong for outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from faust.types import EventT
+
+from paystream.app import app, settings
+from paystream.errors import ConfigurationError
+from paystream.ledger.errors import InvalidEventError
+from paystream.ledger.events import LedgerEvent
+from paystream.ledger.migrate import app_database_url
+from paystream.ledger.session import create_engine
+from paystream.ledger.sink import (
+    DEAD_LETTERS,
+    DeadLetter,
+    LedgerSink,
+    asyncpg_url,
+    dead_letter_for,
+    outcome_to_ledger_events,
+)
+from paystream.settings import Settings
+from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
+from paystream.streams.topics import events_topic
+
+__all__ = [
+    "BATCH_MAX",
+    "BATCH_WITHIN",
+    "ENABLED",
+    "LedgerSinkRunner",
+    "RawRecord",
+    "ledger_dlq_topic_name",
+    "runner",
+    "translate_records",
+]
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 500
+# Outcomes are not latency-critical in the ledger; a longer window gives bigger batches
+# (one transaction per tenant per batch) at the cost of ≤50 ms of extra delay.
+BATCH_WITHIN = 0.05
+
+ENABLED = settings.database_url is not None and settings.runs("ledger")
+
+
+def ledger_dlq_topic_name(cfg: Settings) -> str:
+    """Where refused outcomes are parked (never replayed to the commands topic)."""
+    return cfg.ledger_dlq_topic
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """An outcome record as consumed (Faust-free, so translation is testable)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, bytes]
+    timestamp: float  # seconds since the epoch (Kafka record timestamp)
+    source: str = ""  # "topic/partition/offset", for the dead-letter headers
+
+
+@dataclass
+class Translated:
+    """A batch's ledger events and which record each came from."""
+
+    events: list[LedgerEvent]
+    origin: dict[str, int]  # ledger event id -> record index
+    dead: dict[int, DeadLetter]  # record index -> why the whole record is parked
+
+
+def translate_records(records: Sequence[RawRecord]) -> Translated:
+    """Decode and translate each record; a bad record is parked, never the whole batch."""
+    out = Translated([], {}, {})
+    for i, rec in enumerate(records):
+        tenant = rec.headers.get("ce_tenantid")
+        tenant_id = tenant.decode("utf-8", "replace") if tenant else None
+        try:
+            outcome = decode_record(rec.key, rec.value, rec.headers)
+            events = outcome_to_ledger_events(
+                outcome, received_at=datetime.fromtimestamp(rec.timestamp, UTC)
+            )
+        except UndecodableRecord as exc:
+            out.dead[i] = DeadLetter(rec.source, tenant_id, "undecodable", str(exc)[:500])
+            continue
+        except InvalidEventError as exc:
+            out.dead[i] = dead_letter_for(exc, tenant_id)
+            continue
+        for event in events:
+            out.events.append(event)
+            out.origin[event.event_id] = i
+    return out
+
+
+class LedgerSinkRunner:
+    """Owns this worker's ledger engine and sink; both made on the first batch."""
+
+    def __init__(self, cfg: Settings) -> None:
+        self.settings = cfg
+        self._sink: LedgerSink | None = None
+        self._dlq_declared = False
+        self.processed = 0
+
+    def sink(self) -> LedgerSink:
+        """The sink, creating the engine on first use (config errors surface here, loudly)."""
+        if self._sink is None:
+            cfg = self.settings
+            if cfg.database_url is None:
+                raise ConfigurationError("the ledger sink needs DATABASE_URL")
+            password = cfg.db_app_password.get_secret_value() if cfg.db_app_password else ""
+            if not password:
+                raise ConfigurationError(
+                    "the ledger sink connects as paystream_app: set PAYSTREAM_DB_APP_PASSWORD "
+                    "(and run `paystream migrate` with it)"
+                )
+            from paystream.tenancy.crypto import keyring_from_settings
+
+            keyring = keyring_from_settings(cfg)
+            url = app_database_url(asyncpg_url(cfg.database_url), password)
+            engine = create_engine(
+                url,
+                # The sink writes one batch at a time; a couple of connections suffice.
+                pool_size=2,
+                max_overflow=2,
+                # Event data must never end up in logs via an error's statement text.
+                hide_parameters=True,
+                # Bound connect and each statement so a black-holed server is a retryable
+                # timeout, not a batch that hangs forever without a log line.
+                connect_args={"timeout": 10, "command_timeout": 60},
+            )
+            self._sink = LedgerSink(engine, keyring)
+        return self._sink
+
+    async def run_batch(self, events: Sequence[EventT]) -> None:
+        """Store one batch; returns only when it is in the ledger or parked."""
+        records = [_raw(e) for e in events]
+        translated = translate_records(records)
+        sink = self.sink()
+        result = await sink.write_batch(translated.events)
+        # Erasure after the batch is stored, so the erased event itself is in the ledger.
+        refused = {letter.event_id for letter in result.dead_letters}
+        for event in translated.events:
+            if event.type == ERASED_TYPE and event.event_id not in refused:
+                await sink.erase_customer(event.tenant_id, event.entity_id)
+        dead = dict(translated.dead)
+        for letter in result.dead_letters:
+            dead.setdefault(translated.origin[letter.event_id], letter)
+        for letter in translated.dead.values():
+            DEAD_LETTERS.labels(letter.reason).inc()  # the sink counted its own already
+        if dead:
+            await self._park(records, dead)
+        self.processed += len(events)
+
+    async def _park(self, records: Sequence[RawRecord], dead: Mapping[int, DeadLetter]) -> None:
+        topic_name = ledger_dlq_topic_name(self.settings)
+        if not self._dlq_declared:
+            # Created like every other topic (never left to broker auto-creation).
+            await app.topic(
+                topic_name, partitions=self.settings.partitions, value_serializer="raw"
+            ).maybe_declare()
+            self._dlq_declared = True
+        futures = []
+        for i, letter in sorted(dead.items()):
+            rec = records[i]
+            log.error(
+                "parking outcome %s on %s: %s: %s",
+                rec.source,
+                topic_name,
+                letter.reason,
+                letter.detail,
+            )
+            headers = {
+                **rec.headers,
+                "paystream-dlq-reason": f"ledger_{letter.reason}".encode(),
+                "paystream-dlq-detail": letter.detail[:500].encode(),
+                "paystream-source": rec.source.encode(),
+            }
+            futures.append(
+                await app.producer.send(
+                    topic_name, rec.key, rec.value or b"", None, None, sorted(headers.items())
+                )
+            )
+        # Durable before the batch is acknowledged: a parked outcome must not vanish.
+        for future in futures:
+            await future
+
+
+ERASED_TYPE = "com.paystream.customer.erased"
+
+
+def _raw(event: EventT) -> RawRecord:
+    msg = event.message
+    return RawRecord(
+        key=msg.key,
+        value=msg.value,
+        headers=headers_to_dict(msg.headers),
+        timestamp=float(msg.timestamp or 0.0),
+        source=f"{msg.topic}/{msg.partition}/{msg.offset}",
+    )
+
+
+runner = LedgerSinkRunner(settings)
+
+
+async def store_outcomes(stream: Any) -> None:
+    """Write outcome events to the ledger; a batch is acked only after its DB commit."""
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+        await runner.run_batch(events)
+
+
+if ENABLED:
+    ledger_sink_agent = app.agent(events_topic, name="ledger_sink")(store_outcomes)

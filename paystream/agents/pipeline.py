@@ -1,0 +1,551 @@
+"""The command pipeline for one record: decode, validate, tenant, idempotency, handle, emit.
+
+Free of Faust so it can be unit-tested against plain dicts; the command agent feeds it
+batches and publishes what it returns. Nothing here raises for bad input: every record
+yields emitted records (an outcome, a dead letter, or a parked command).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudevents.core.v1.event import CloudEvent
+from pydantic import ValidationError
+
+from paystream import metrics
+from paystream.agents.handlers import (
+    HANDLERS,
+    AlreadyApplied,
+    HandlerContext,
+    HandlerResult,
+    Rejection,
+    Tables,
+    entity_key,
+)
+from paystream.errors import ConfigurationError
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.settings import Settings
+from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, encode_event
+from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
+from paystream.streams.outcomes import CommandRef, RejectReason, build_outcome, rejection_data
+from paystream.streams.pan import contains_card_number
+from paystream.tables.records import (
+    EntityRecord,
+    IdempotencyRecord,
+    IdempotencyState,
+    StoredOutcome,
+    scrub_customer_outcome,
+)
+from paystream.tenancy.crypto import CryptoError
+from paystream.tenancy.gateways import GatewayPool
+from paystream.tenancy.models import Tenant, TenantStatus
+
+__all__ = ["CommandProcessor", "Emit", "Inbound"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A command record as consumed."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, bytes]
+    timestamp_ms: int
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A record to produce."""
+
+    topic: str
+    record: KafkaRecord
+    summary: dict[str, Any] | None = None  # for the dashboard's activity log
+
+
+class CommandProcessor:
+    """Runs commands against tables and gateways; one instance per worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tables: Tables,
+        idempotency: MutableMapping[str, Any],
+        tenants: Mapping[str, Any],
+        gateways: GatewayPool,
+    ) -> None:
+        self.settings = settings
+        self.tables = tables
+        self.idempotency = idempotency
+        self.tenants = tenants
+        self.gateways = gateways
+        self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
+        # Per tenant, (expires_at, key) in write order, which is expiry order: the
+        # idempotency window is fixed, so purging only ever looks at the front.
+        self._expiring: dict[str, deque[tuple[float, str]]] = {}
+        self._expiry_seeded = False
+
+    # ---- entry point --------------------------------------------------------------
+
+    async def process(self, rec: Inbound) -> list[Emit]:
+        when = datetime.fromtimestamp(rec.timestamp_ms / 1000, tz=UTC)
+        size = len(rec.value or b"")
+        if size > self.settings.command_max_bytes:
+            return self._dead_letter(
+                rec,
+                "payload_too_large",
+                f"{size} bytes > limit {self.settings.command_max_bytes}",
+                reject=RejectReason.PAYLOAD_TOO_LARGE,
+                when=when,
+            )
+        try:
+            event = decode_record(rec.key, rec.value, rec.headers)
+        except UndecodableRecord as exc:
+            return self._dead_letter(
+                rec, "not_a_cloudevent", str(exc), reject=RejectReason.VALIDATION_ERROR, when=when
+            )
+        return await self._process_event(rec, event, when)
+
+    async def _process_event(self, rec: Inbound, event: CloudEvent, when: datetime) -> list[Emit]:
+        ce_type = event.get_type()
+        tenant_id = str(event.get_extension("tenantid") or "")
+        idem_key = str(event.get_extension("idempotencykey") or event.get_id())
+        traceparent = event.get_extension("traceparent")
+        suffix = ce_type.removeprefix(COMMAND_PREFIX)
+        cmd = CommandRef(
+            tenant_id=tenant_id or _key_str(rec.key) or "unknown",
+            command_id=event.get_id(),
+            command_type=suffix,
+            idempotency_key=idem_key,
+            time=event.get_time() or when,
+            traceparent=str(traceparent) if traceparent else None,
+        )
+        # Rules that need no state: the order is cheapest-first.
+        if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
+            return self._reject(
+                cmd,
+                RejectReason.UNKNOWN_COMMAND
+                if ce_type.startswith(COMMAND_PREFIX)
+                else RejectReason.UNSUPPORTED,
+                f"unsupported command type {ce_type!r}; supported: "
+                + ", ".join(COMMAND_PREFIX + t for t in sorted(COMMANDS)),
+            )
+        if not tenant_id:
+            return self._reject(cmd, RejectReason.VALIDATION_ERROR, "missing extension tenantid")
+        if _key_str(rec.key) != tenant_id:
+            # The record key decides the partition and thus where tenant state lives;
+            # a command keyed for one tenant must not act on another's state.
+            return self._reject(
+                cmd, RejectReason.TENANT_MISMATCH, "record key must equal the tenantid extension"
+            )
+        if len(idem_key) > 255:
+            return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
+        raw = event.get_data()
+        if isinstance(raw, bytes | str):
+            return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
+        if contains_card_number(raw) or contains_card_number(event.get_attributes()):
+            # Never echo the value: the message names the rule, not the data.
+            return self._reject(
+                cmd,
+                RejectReason.CARD_DATA_FORBIDDEN,
+                "card numbers are not accepted; tokenise with the provider and send its token",
+            )
+        tenant_raw = self.tenants.get(tenant_id)
+        if tenant_raw is None:
+            return self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
+        tenant = self._tenant(tenant_id, tenant_raw)
+        if tenant.status is TenantStatus.SUSPENDED:
+            return self._reject(
+                cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
+            )
+        try:
+            data = COMMANDS[suffix].model_validate(raw or {})
+        except ValidationError as exc:
+            errors = [
+                {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_input=False, include_url=False)
+            ]
+            return self._reject(
+                cmd, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", errors
+            )
+        return await self._run(rec, cmd, tenant, data, when)
+
+    def _tenant(self, tenant_id: str, raw: Any) -> Tenant:
+        """Parse a registry record once per change, not once per command."""
+        if isinstance(raw, Tenant):
+            return raw
+        cached = self._tenants_parsed.get(tenant_id)
+        if cached is not None and (cached[0] is raw or cached[0] == raw):
+            return cached[1]
+        tenant = Tenant.model_validate(raw)
+        self._tenants_parsed[tenant_id] = (raw, tenant)
+        return tenant
+
+    # ---- idempotent execution -----------------------------------------------------
+
+    async def _run(
+        self, rec: Inbound, cmd: CommandRef, tenant: Tenant, data: Any, when: datetime
+    ) -> list[Emit]:
+        idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        now = time.time()
+        existing = self._idempotency_record(idem_table_key, now)
+        if existing is not None:
+            if existing.request_hash != request_hash or existing.command_type != cmd.command_type:
+                return self._reject(
+                    cmd,
+                    RejectReason.IDEMPOTENCY_CONFLICT,
+                    f"idempotency key {cmd.idempotency_key!r} was used for a different request",
+                )
+            if existing.state is IdempotencyState.DONE and existing.outcome is not None:
+                self._repair_entity(existing)
+                metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
+                # The stored outcome was produced for the original command id; a retry
+                # under a new id with the same key gets the original event (as Stripe does).
+                original = CommandRef(**{**cmd.__dict__, "command_id": existing.command_id})
+                return [self._outcome(original, existing.outcome)]
+        gateway_or_rejection = self._gateway_for(tenant)
+        if isinstance(gateway_or_rejection, Rejection):
+            return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
+        ctx = HandlerContext(
+            cmd=cmd,
+            gateway=gateway_or_rejection,
+            tables=self.tables,
+            call=self.gateways.call_for(tenant),
+        )
+        expires = now + self.settings.idempotency_ttl_seconds
+        # Not queued for expiry: a final write (done/parked) or a removal always follows.
+        self.idempotency[idem_table_key] = _idempotency_dict(
+            cmd, request_hash, IdempotencyState.IN_FLIGHT, expires
+        )
+        try:
+            result = await HANDLERS[cmd.command_type](ctx, data)
+        except AlreadyApplied as done:
+            # Faust wrote the entity's changelog but the offset was not committed.
+            metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
+            self._finish(idem_table_key, cmd, request_hash, expires, done.outcome, None)
+            return [self._outcome(cmd, done.outcome)]
+        except Rejection as rej:
+            if not rej.remember:
+                self.idempotency.pop(idem_table_key, None)
+                return self._reject(cmd, rej.reason, rej.message)
+            stored = StoredOutcome(
+                type="command.rejected",
+                data=rejection_data(cmd.command_type, rej.reason, rej.message),
+            )
+            self._finish(idem_table_key, cmd, request_hash, expires, stored, None)
+            metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
+            return [self._outcome(cmd, stored)]
+        except GatewayError as exc:
+            if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
+                return self._park(rec, cmd, idem_table_key, request_hash, expires, exc)
+            # The provider refused the request itself: answer it, as the provider would again.
+            stored = StoredOutcome(
+                type="command.rejected",
+                data={
+                    **rejection_data(
+                        cmd.command_type,
+                        _PROVIDER_REJECTIONS.get(exc.code, RejectReason.PROVIDER_REJECTED),
+                        exc.message,
+                    ),
+                    "error": exc.as_outcome(),
+                },
+            )
+            self._finish(idem_table_key, cmd, request_hash, expires, stored, None)
+            metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
+            return [self._outcome(cmd, stored)]
+        stored = self._apply(cmd, result)
+        if stored.type == "customer.erased" and result.primary is not None:
+            self._scrub_idempotency(cmd.tenant_id, result.primary.id)
+        self._finish(idem_table_key, cmd, request_hash, expires, stored, result.primary)
+        metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
+        return [self._outcome(cmd, stored)]
+
+    def _apply(self, cmd: CommandRef, result: HandlerResult) -> StoredOutcome:
+        """Bump versions, build the outcome data, and write every changed entity."""
+        data: dict[str, Any] = {"tenant_id": cmd.tenant_id, "command_id": cmd.command_id}
+        entities = [e for e in [result.primary, *result.related] if e is not None]
+        for entity in entities:
+            entity.version += 1
+        if result.primary is not None:
+            data.update(
+                entity_type=result.primary.entity_type,
+                entity_id=result.primary.id,
+                version=result.primary.version,
+                object=result.primary.snapshot(),
+            )
+        data.update(result.extra)
+        if result.related:
+            data["related"] = [
+                {
+                    "entity_type": e.entity_type,
+                    "entity_id": e.id,
+                    "version": e.version,
+                    "object": e.snapshot(),
+                }
+                for e in result.related
+            ]
+        if result.error is not None:
+            data["error"] = result.error.as_outcome()
+        stored = StoredOutcome(type=result.outcome_type, data=data)
+        for entity in entities:
+            entity.remember(cmd.command_id, stored)
+            table = self.tables.by_type(entity.entity_type)
+            table[entity_key(cmd.tenant_id, entity.id)] = entity.model_dump(mode="json")
+        return stored
+
+    def _finish(
+        self,
+        key: str,
+        cmd: CommandRef,
+        request_hash: str,
+        expires: float,
+        stored: StoredOutcome,
+        primary: EntityRecord | None,
+    ) -> None:
+        ref = (
+            (primary.entity_type, entity_key(cmd.tenant_id, primary.id), primary.version)
+            if primary is not None
+            else None
+        )
+        self._remember(
+            key, _idempotency_dict(cmd, request_hash, IdempotencyState.DONE, expires, stored, ref)
+        )
+
+    def _remember(self, key: str, record: dict[str, Any]) -> None:
+        """Write an idempotency record and queue it for deletion when it expires."""
+        self.idempotency[key] = record
+        tenant_id = key.split(":", 1)[0]
+        self._expiring.setdefault(tenant_id, deque()).append((record["expires_at"], key))
+
+    def purge_expired(self, tenant_id: str, now: float, limit: int = 500) -> int:
+        """Delete up to ``limit`` of the tenant's expired idempotency records.
+
+        Called while one of the tenant's commands is the current event, so the tombstones
+        land on the tenant's changelog partition. Records written before this process
+        started are found by one scan of the table the first time (and for a tenant
+        first seen later, e.g. after a rebalance, one scan of its keys).
+        """
+        if not self._expiry_seeded:
+            self._seed_expiry(None)
+            self._expiry_seeded = True
+        elif tenant_id not in self._expiring:
+            self._seed_expiry(tenant_id)
+        queue = self._expiring.get(tenant_id)
+        purged = 0
+        while queue and queue[0][0] <= now and purged < limit:
+            _, key = queue.popleft()
+            raw = self.idempotency.get(key)
+            # The key may have been written again since (a retry): only expired ones go.
+            if raw is not None and float(raw.get("expires_at", 0)) <= now:
+                del self.idempotency[key]
+                purged += 1
+        return purged
+
+    def _seed_expiry(self, tenant_id: str | None) -> None:
+        found: dict[str, list[tuple[float, str]]] = {}
+        prefix = f"{tenant_id}:" if tenant_id else ""
+        for key, raw in list(self.idempotency.items()):
+            if raw is None or not str(key).startswith(prefix):
+                continue
+            found.setdefault(str(key).split(":", 1)[0], []).append(
+                (float(raw.get("expires_at", 0)), str(key))
+            )
+        for tenant, entries in found.items():
+            queue = self._expiring.setdefault(tenant, deque())
+            queue.extend(sorted(entries))
+        if tenant_id is not None:
+            self._expiring.setdefault(tenant_id, deque())
+
+    def _scrub_idempotency(self, tenant_id: str, customer_id: str) -> None:
+        """Erasure reaches the stored outcomes too: they hold the customer's old snapshot."""
+        prefix = f"{tenant_id}:"
+        for key, raw in list(self.idempotency.items()):
+            if raw is None or not str(key).startswith(prefix) or not raw.get("outcome"):
+                continue
+            record = IdempotencyRecord.model_validate(raw)
+            assert record.outcome is not None
+            scrubbed = scrub_customer_outcome(record.outcome, customer_id)
+            if scrubbed != record.outcome:
+                record.outcome = scrubbed
+                self.idempotency[key] = record.model_dump(mode="json")
+
+    def _idempotency_record(self, key: str, now: float) -> IdempotencyRecord | None:
+        raw = self.idempotency.get(key)
+        if raw is None:
+            return None
+        record = IdempotencyRecord.model_validate(raw)
+        return None if record.expires_at < now else record
+
+    def _repair_entity(self, record: IdempotencyRecord) -> None:
+        """A crash may have persisted the idempotency record but not the entity: restore it."""
+        if record.entity_ref is None or record.outcome is None:
+            return
+        entity_type, key, version = record.entity_ref
+        table = self.tables.by_type(entity_type)
+        current = table.get(key)
+        if current is None or int(current.get("version", 0)) < version:
+            snapshot = dict(record.outcome.data.get("object") or {})
+            if snapshot:
+                snapshot["entity_type"] = entity_type
+                snapshot["applied"] = {record.command_id: record.outcome.model_dump(mode="json")}
+                table[key] = snapshot
+
+    def _gateway_for(self, tenant: Tenant) -> Any:
+        try:
+            return self.gateways.get(tenant)
+        except GatewayError as exc:
+            return Rejection(RejectReason.GATEWAY_NOT_CONFIGURED, exc.message)
+        except (CryptoError, ConfigurationError) as exc:
+            # A secret sealed under another key or tenant, or bad gateway options: the
+            # tenant's setup is wrong. Messages name key ids and options, never secrets.
+            log.warning("tenant %s gateway not usable: %s", tenant.tenant_id, exc)
+            return Rejection(RejectReason.GATEWAY_NOT_CONFIGURED, str(exc))
+
+    # ---- emitted records ----------------------------------------------------------
+
+    def _outcome(self, cmd: CommandRef, stored: StoredOutcome) -> Emit:
+        event = build_outcome(cmd, stored.type, stored.data)
+        record = encode_event(event, cmd.tenant_id.encode(), self.settings.cloudevents_mode)
+        obj = stored.data.get("object") or {}
+        summary = {
+            "time": cmd.time.isoformat(),
+            "tenant": cmd.tenant_id,
+            "command": cmd.command_type,
+            "outcome": stored.type,
+            "entity_id": stored.data.get("entity_id"),
+            "amount": obj.get("amount"),
+            "currency": obj.get("currency"),
+            "reason": stored.data.get("reason") or (stored.data.get("error") or {}).get("code"),
+        }
+        return Emit(self.settings.events_topic, record, summary)
+
+    def _reject(
+        self,
+        cmd: CommandRef,
+        reason: RejectReason,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> list[Emit]:
+        metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type[:64], "command.rejected").inc()
+        stored = StoredOutcome(
+            type="command.rejected", data=rejection_data(cmd.command_type, reason, message, errors)
+        )
+        return [self._outcome(cmd, stored)]
+
+    def _dead_letter(
+        self, rec: Inbound, reason: str, detail: str, *, reject: RejectReason, when: datetime
+    ) -> list[Emit]:
+        """Dead-letter the raw bytes; also reject if the headers identify a command."""
+        metrics.DEAD_LETTERS.labels(reason).inc()
+        log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
+        headers = tuple(
+            sorted(
+                {
+                    **rec.headers,
+                    "paystream-dlq-reason": reason.encode(),
+                    "paystream-dlq-detail": detail[:500].encode(),
+                    "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
+                }.items()
+            )
+        )
+        out = [Emit(self.settings.dlq_topic, KafkaRecord(rec.key, rec.value or b"", headers))]
+        cmd_id = rec.headers.get("ce_id")
+        tenant = rec.headers.get("ce_tenantid")
+        if cmd_id and tenant and _key_str(rec.key) == tenant.decode("utf-8", "replace"):
+            cmd = CommandRef(
+                tenant_id=tenant.decode("utf-8", "replace"),
+                command_id=cmd_id.decode("utf-8", "replace"),
+                command_type=rec.headers.get("ce_type", b"")
+                .decode("utf-8", "replace")
+                .removeprefix(COMMAND_PREFIX)[:128],
+                idempotency_key="",
+                time=when,
+            )
+            out += self._reject(cmd, reject, f"{reason}: {detail}"[:500])
+        return out
+
+    def dead_letter_bug(self, rec: Inbound) -> list[Emit]:
+        """An unexpected exception of ours: keep the command (DLQ) and the partition moving."""
+        return self._dead_letter(
+            rec,
+            "internal_error",
+            "unexpected processing failure; see worker logs",
+            reject=RejectReason.INTERNAL_ERROR,
+            when=datetime.fromtimestamp(rec.timestamp_ms / 1000, tz=UTC),
+        )
+
+    def _park(
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        idem_key: str,
+        request_hash: str,
+        expires: float,
+        exc: GatewayError,
+    ) -> list[Emit]:
+        """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`."""
+        metrics.PARKED.labels(cmd.tenant_id).inc()
+        log.warning("parking command %s of %s: %s", cmd.command_id, cmd.tenant_id, exc.code)
+        self._remember(
+            idem_key, _idempotency_dict(cmd, request_hash, IdempotencyState.PARKED, expires)
+        )
+        headers = tuple(
+            sorted(
+                {
+                    **rec.headers,
+                    "paystream-park-reason": exc.code.value.encode(),
+                    "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
+                }.items()
+            )
+        )
+        return [Emit(self.settings.retry_topic, KafkaRecord(rec.key, rec.value or b"", headers))]
+
+
+# Provider refusals that have a rejection reason of their own.
+_PROVIDER_REJECTIONS = {
+    ErrorCode.INVALID_REQUEST: RejectReason.VALIDATION_ERROR,
+    ErrorCode.IDEMPOTENCY_ERROR: RejectReason.IDEMPOTENCY_CONFLICT,
+}
+
+
+def _idempotency_dict(
+    cmd: CommandRef,
+    request_hash: str,
+    state: IdempotencyState,
+    expires: float,
+    outcome: StoredOutcome | None = None,
+    entity_ref: tuple[str, str, int] | None = None,
+) -> dict[str, Any]:
+    """An IdempotencyRecord in its stored (JSON) shape, built without a model round trip:
+    this runs two or three times per command on the hot path."""
+    return {
+        "command_id": cmd.command_id,
+        "command_type": cmd.command_type,
+        "request_hash": request_hash,
+        "state": state.value,
+        "expires_at": expires,
+        "outcome": None if outcome is None else {"type": outcome.type, "data": outcome.data},
+        "entity_ref": None if entity_ref is None else list(entity_ref),
+    }
+
+
+def _key_str(key: bytes | None) -> str:
+    return key.decode("utf-8", "replace") if key else ""
+
+
+def _request_hash(command_type: str, data: dict[str, Any]) -> str:
+    canonical = json.dumps([command_type, data], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

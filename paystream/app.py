@@ -1,0 +1,48 @@
+"""The Faust application. Imports no units: units import ``app`` (see worker.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from paystream.settings import Settings, get_settings
+from paystream.streams import broker_compat
+
+__all__ = ["app", "create_app", "settings"]
+
+# Used only so that importing the app (for CLI help, schema export) never needs a broker;
+# `paystream worker` refuses to start without KAFKA_BROKER_URL.
+_UNCONFIGURED_BROKER = "kafka://127.0.0.1:9092"
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app from settings; broker quirks are applied here and only here."""
+    broker_compat.apply(settings)
+    conf: dict[str, Any] = {
+        "broker": settings.kafka_broker_url or _UNCONFIGURED_BROKER,
+        "store": settings.table_store,
+        "datadir": str(settings.data_dir / "faust" / settings.app_id),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "topic_allow_declare": True,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_in_thread": False,
+        "autodiscover": False,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "consumer_auto_offset_reset": "earliest",
+        # Outcomes must be durable before a command's offset is committed.
+        "producer_acks": -1,
+        "producer_linger_ms": 1,
+        "stream_wait_empty": False,
+        "table_standby_replicas": 1,
+        "logging_config": None,
+    }
+    conf.update(broker_compat.faust_overrides(settings))
+    return faust.App(settings.app_id, **conf)
+
+
+settings: Settings = get_settings()
+app: faust.App = create_app(settings)

@@ -1,0 +1,130 @@
+"""`paystream bench`: pipeline throughput and latency against Kafka-client and Faust baselines.
+
+Exposed as ``bench_command``; the main CLI attaches it (``cli.add_command``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from paystream.errors import PaystreamError
+
+__all__ = ["bench_command"]
+
+
+@click.command("bench")
+@click.option("-n", "--commands", default=5000, show_default=True, help="commands at full speed")
+@click.option("-t", "--tenants", default=10, show_default=True, help="tenants (simulator gateway)")
+@click.option(
+    "--rate",
+    default=500.0,
+    show_default=True,
+    help="offered commands/s for the latency phase (0 skips it)",
+)
+@click.option(
+    "--rate-seconds", default=5.0, show_default=True, help="duration of the fixed-rate phase"
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+@click.option("--skip-baselines", is_flag=True, help="skip the raw aiokafka and Faust baselines")
+@click.option(
+    "--skip-ledger",
+    is_flag=True,
+    help="skip the ledger sink phase (events/s into PostgreSQL, DB statement latency)",
+)
+@click.option(
+    "--baseline-records",
+    type=int,
+    default=None,
+    help="records through the Faust forwarder [default: max(commands, 5000)]; "
+    "the raw passthrough gets 4x that, at least 20000",
+)
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="sample the worker with py-spy during the full-speed phase and print where CPU goes",
+)
+@click.option("--profile-rate", default=250, show_default=True, help="py-spy samples per second")
+@click.option("--seed", default=7, show_default=True, help="command mix seed")
+@click.option(
+    "--keep-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="keep logs (worker, baselines, py-spy raw profile) in this directory",
+)
+@click.option(
+    "--latency-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write each rate-phase command's send time and latency to this CSV",
+)
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
+def bench_command(
+    commands: int,
+    tenants: int,
+    rate: float,
+    rate_seconds: float,
+    as_json: bool,
+    skip_baselines: bool,
+    skip_ledger: bool,
+    baseline_records: int | None,
+    profile: bool,
+    profile_rate: int,
+    seed: int,
+    keep_dir: Path | None,
+    latency_csv: Path | None,
+    quiet: bool,
+) -> None:
+    """Send N commands across T tenants through a real worker and report commands/s and
+    command→outcome latency (full speed and at --rate), next to a raw aiokafka
+    passthrough and a bare Faust forwarder measured on the same broker.
+
+    Uses KAFKA_BROKER_URL / REDIS_URL when set (with PAYSTREAM_BROKER_FLAVOR), otherwise
+    starts an embedded Tansu broker and Redis. Topics and app id are unique per run.
+    """
+    from paystream.bench.profiling import find_py_spy, render_profile
+    from paystream.bench.runner import BenchOptions, run_bench
+    from paystream.bench.stats import render_table
+
+    if profile and find_py_spy() is None:
+        raise click.ClickException("--profile needs py-spy (pip install py-spy)")
+
+    def say(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    try:
+        options = BenchOptions(
+            commands=commands,
+            tenants=tenants,
+            rate=rate,
+            rate_seconds=rate_seconds,
+            baselines=not skip_baselines,
+            ledger=not skip_ledger,
+            baseline_records=baseline_records,
+            profile=profile,
+            profile_rate=profile_rate,
+            seed=seed,
+            keep_dir=keep_dir,
+            latency_csv=latency_csv,
+            say=say,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        report = run_bench(options)
+    except (PaystreamError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report.as_json(), sort_keys=True))
+    else:
+        click.echo(render_table(report))
+        if report.profile is not None:
+            click.echo("")
+            click.echo(render_profile(report.profile))
+    missing = report.pipeline.missing + (report.rate.missing if report.rate else 0)
+    if missing:
+        sys.exit(3)

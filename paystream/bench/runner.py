@@ -1,0 +1,590 @@
+"""Orchestrates one `paystream bench` run: services, deployment, phases, baselines, profile.
+
+Phases, each with its system under test alone on the machine (the previous one stopped):
+
+1. **pipeline, full speed** - a real `paystream worker` (simulator gateway, Redis) is
+   started and warmed up (one command per tenant), then N commands are produced as
+   fast as the client allows; throughput is measured at the outcome topic from the
+   first to the last outcome, latency per command is outcome arrival - produce time
+   (so at full speed it is mostly queueing).
+2. **pipeline at a fixed rate** - ``rate * rate_seconds`` fresh commands paced
+   open-loop at the offered rate; this is where p50/p95/p99 are meaningful.
+3. **raw aiokafka passthrough** and 4. **bare Faust forwarder** - each in its own
+   process on the same broker, over input topics pre-filled with commands of the same
+   mix and sizes; throughput from the first to the last record at the output topic.
+
+Every run uses its own app id and topic names (``bench-<tag>``), so it can share a real
+broker with anything else; topics are deleted afterwards on a broker we did not start.
+The ledger sink is not part of the measurement (``DATABASE_URL`` is cleared for the
+worker): the bench measures command → outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from paystream.bench.ledger import LedgerResult, ledger_phase
+from paystream.bench.load import BenchCommand, generate_commands, tenant_ids
+from paystream.bench.probe import (
+    CpuSampler,
+    OutputWatcher,
+    make_producer,
+    send_burst,
+    send_paced,
+)
+from paystream.bench.profiling import PySpy, summarise
+from paystream.bench.stats import BenchReport, PhaseResult
+from paystream.devstack._process import free_port, kill_process_group, parent_death_signal
+from paystream.devstack.kafka import TansuBroker
+from paystream.devstack.postgres import EmbeddedPostgres
+from paystream.devstack.redis import EmbeddedRedis
+from paystream.devstack.worker import WorkerProcess
+from paystream.settings import BrokerFlavor, Settings, load_settings
+from paystream.streams import broker_compat
+from paystream.streams.admin import bootstrap_servers, ensure_topics
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.registry import put_tenant
+
+__all__ = ["BenchOptions", "BenchServices", "run_bench"]
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class BenchOptions:
+    """What to run; see `paystream bench --help` for each knob."""
+
+    commands: int = 5000
+    tenants: int = 10
+    rate: float = 500.0
+    rate_seconds: float = 5.0
+    baselines: bool = True
+    ledger: bool = True  # the ledger sink phase (needs PostgreSQL: embedded unless DATABASE_URL)
+    baseline_records: int | None = None  # default: max(commands, 5000)
+    profile: bool = False
+    profile_rate: int = 250
+    seed: int = 7
+    idle_timeout: float = 30.0
+    keep_dir: Path | None = None  # keep logs and profiles here (default: temp, removed)
+    latency_csv: Path | None = None  # per-command latencies of the rate phase
+    say: Say = field(default=lambda _msg: None)
+
+    def __post_init__(self) -> None:
+        if self.commands < 2:
+            raise ValueError("need at least 2 commands")
+        if self.tenants < 1:
+            raise ValueError("need at least 1 tenant")
+        if self.rate < 0 or self.rate_seconds <= 0:
+            raise ValueError("rate must be >= 0 and rate_seconds > 0")
+
+
+class BenchServices:
+    """Broker and Redis: the configured ones (environment) or embedded ones we start."""
+
+    def __init__(self, base_dir: Path, env_settings: Settings) -> None:
+        self.base_dir = base_dir
+        self.env_settings = env_settings
+        self.broker: TansuBroker | None = None
+        self.redis: EmbeddedRedis | None = None
+        self.postgres: EmbeddedPostgres | None = None
+
+    def start(self, *, postgres: bool = False) -> BenchServices:
+        try:
+            if self.env_settings.kafka_broker_url is None:
+                self.broker = TansuBroker(self.base_dir / "tansu.log")
+                self.broker.start()
+            if self.env_settings.redis_url is None:
+                self.redis = EmbeddedRedis(self.base_dir / "redis")
+                self.redis.start()
+            if postgres and self.env_settings.database_url is None:
+                self.postgres = EmbeddedPostgres(self.base_dir / "postgres")
+                self.postgres.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for service in (self.broker, self.redis, self.postgres):
+            if service is not None:
+                with contextlib.suppress(Exception):
+                    service.stop()
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker.url if self.broker else self.env_settings.require_broker()
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis is not None:
+            return self.redis.url
+        assert self.env_settings.redis_url is not None
+        return self.env_settings.redis_url
+
+    @property
+    def database_url(self) -> str | None:
+        return self.postgres.url if self.postgres else self.env_settings.database_url
+
+    @property
+    def flavor(self) -> BrokerFlavor:
+        return BrokerFlavor.TANSU if self.broker else self.env_settings.broker_flavor
+
+
+@dataclass
+class _Deployment:
+    tag: str
+    settings: Settings
+    worker_env: dict[str, str]
+    tenants: list[str]
+    extra_topics: list[str]
+
+
+def _deployment(services: BenchServices, base: Path, options: BenchOptions) -> _Deployment:
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        f"PAYSTREAM_{name.upper()}_TOPIC": f"bench-{tag}.{name}"
+        for name in (
+            "commands", "events", "dlq", "retry", "ledger_dlq", "tenants", "fraud", "analytics",
+        )
+    }  # fmt: skip
+    env = {
+        "KAFKA_BROKER_URL": services.broker_url,
+        "REDIS_URL": services.redis_url,
+        "DATABASE_URL": "",  # no ledger sink: the bench measures command → outcome
+        "PAYSTREAM_BROKER_FLAVOR": services.flavor.value,
+        "PAYSTREAM_APP_ID": f"bench-{tag}",
+        "PAYSTREAM_DATA_DIR": str(base / "data"),
+        "PAYSTREAM_LOG_LEVEL": os.environ.get("PAYSTREAM_LOG_LEVEL", "info"),
+        **topics,
+    }
+    fields = {
+        k.removeprefix("PAYSTREAM_").lower(): v
+        for k, v in env.items()
+        if k.startswith("PAYSTREAM_")
+    }
+    settings = load_settings(
+        kafka_broker_url=env["KAFKA_BROKER_URL"],
+        redis_url=env["REDIS_URL"],
+        database_url=None,
+        **fields,
+    )
+    extra = [f"bench-{tag}.{n}" for n in ("raw-in", "raw-out", "fwd-in", "fwd-out")]
+    return _Deployment(tag, settings, env, tenant_ids(tag, options.tenants), extra)
+
+
+@contextlib.contextmanager
+def _work_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    base = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class _Child:
+    """A baseline process in its own process group, logging to a file."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self._log: IO[bytes] = log_path.open("ab")
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            list(argv),
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=parent_death_signal(),
+        )
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.proc.args!r} exited with {self.proc.returncode}; log: {self.log_path}"
+            )
+
+    def stop(self) -> None:
+        kill_process_group(self.proc, term_timeout=10)
+        self._log.close()
+
+
+def _batch_counters(worker: WorkerProcess) -> tuple[float, float] | None:
+    """(sum, count) of the worker's ``paystream_batch_size`` histogram, if it answers."""
+    try:
+        with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=2) as resp:  # noqa: S310
+            text = resp.read().decode()
+    except OSError:
+        return None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in {"paystream_batch_size_sum", "paystream_batch_size_count"}:
+            values[name] = float(value)
+    if len(values) != 2:
+        return None
+    return values["paystream_batch_size_sum"], values["paystream_batch_size_count"]
+
+
+def _mean_batch(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _write_latencies(
+    path: Path, commands: Sequence[BenchCommand], sent_at: dict[str, float], watcher: OutputWatcher
+) -> None:
+    """CSV: send offset (s from the first send), latency (ms), command and outcome types,
+    and the absolute send time (``time.monotonic()``, to line up with other logs)."""
+    start = min(sent_at.values())
+    with path.open("w") as f:
+        f.write("sent_s,latency_ms,command,outcome,sent_monotonic\n")
+        for c in commands:
+            got = watcher.arrivals.get(c.command_id)
+            latency = "" if got is None else f"{1000 * (got - sent_at[c.command_id]):.2f}"
+            outcome = watcher.types.get(c.command_id, "")
+            sent = sent_at[c.command_id]
+            f.write(f"{sent - start:.4f},{latency},{c.command_type},{outcome},{sent:.4f}\n")
+
+
+def _redis_commands(url: str) -> int | None:
+    """Redis's ``total_commands_processed`` (server-wide), or None if it does not answer."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return int(client.info("stats")["total_commands_processed"])
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+
+
+def _delta(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
+
+
+def _progress(say: Say, phase: str) -> Callable[[int, int, float], None]:
+    def report(done: int, total: int, elapsed: float) -> None:
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        say(f"  {phase}: {done}/{total} ({rate:,.0f}/s, ETA {eta:.0f} s)")
+
+    return report
+
+
+def _phase(
+    name: str,
+    commands: Sequence[BenchCommand],
+    watcher: OutputWatcher,
+    sent_at: dict[str, float] | None,
+    cpu: CpuSampler,
+    sut: str,
+    **extra: float,
+) -> PhaseResult:
+    ids = [c.command_id for c in commands]
+    arrivals = [watcher.arrivals[i] for i in ids if i in watcher.arrivals]
+    latencies = (
+        [1000 * (watcher.arrivals[i] - sent_at[i]) for i in ids if i in watcher.arrivals]
+        if sent_at is not None
+        else []
+    )
+    types = watcher.outcome_types(ids) if sent_at is not None else {}
+    result = PhaseResult.from_arrivals(
+        name, len(ids), arrivals, latencies, outcome_types=types, sut=sut, **extra
+    )
+    if len(arrivals) > 1:
+        first, last = min(arrivals), max(arrivals)
+        for proc in cpu.pids:
+            secs = cpu.between(proc, first, last)
+            if secs is not None:
+                result.cpu_seconds[proc] = secs
+    return result
+
+
+async def _register_tenants(settings: Settings, tenants: Sequence[str]) -> None:
+    for tid in tenants:
+        await put_tenant(settings, Tenant(tenant_id=tid, name=tid))
+
+
+def _probe_wait_ms(settings: Settings) -> int:
+    # The watcher is a measuring instrument: on Tansu (which re-checks a waiting fetch
+    # only every max_wait/2) a shorter wait keeps its own delay out of the latency.
+    return 10 if settings.embedded_broker else broker_compat.worker_fetch_max_wait_ms(settings)
+
+
+async def _pipeline_phases(
+    dep: _Deployment, options: BenchOptions, base: Path, report_notes: list[str], cpu: CpuSampler
+) -> tuple[PhaseResult, PhaseResult | None, dict[str, object] | None]:
+    settings, say = dep.settings, options.say
+    say(f"starting worker (app id {settings.app_id}, {len(dep.tenants)} tenants)…")
+    worker = WorkerProcess(dep.worker_env, base / "worker.log", free_port())
+    producer = make_producer(settings.require_broker())
+    watcher = OutputWatcher(
+        settings.require_broker(),
+        settings.events_topic,
+        id_header="ce_causationid",
+        fetch_max_wait_ms=_probe_wait_ms(settings),
+    )
+    with worker:
+        started = time.monotonic()
+        await asyncio.to_thread(worker.wait_ready, dep.tenants, partitions=settings.partitions)
+        say(f"worker ready in {time.monotonic() - started:.1f} s")
+        if worker.proc is not None:
+            cpu.add("worker", worker.proc.pid)
+        await producer.start()
+        await watcher.start()
+        try:
+            # Warm-up: a command per tenant builds gateways, Redis connections, caches.
+            warm = [
+                c
+                for i, tenant in enumerate(dep.tenants)
+                for c in generate_commands(1, [tenant], prefix=f"w{i}-", seed=options.seed)
+            ]
+            await send_burst(producer, settings.commands_topic, warm)
+            got = await watcher.wait_for(
+                [c.command_id for c in warm], idle_timeout=options.idle_timeout
+            )
+            if got < len(warm):
+                raise RuntimeError(f"warm-up: {got}/{len(warm)} outcomes; see {worker.log_path}")
+
+            load = generate_commands(
+                options.commands, dep.tenants, prefix=f"{dep.tag}-f-", seed=options.seed
+            )
+            spy = (
+                PySpy(worker.proc.pid, base / "profile.txt", options.profile_rate)
+                if (options.profile and worker.proc is not None)
+                else None
+            )
+            counters = _batch_counters(worker)
+            redis_before = await asyncio.to_thread(_redis_commands, dep.worker_env["REDIS_URL"])
+            say(f"pipeline: producing {len(load)} commands at full speed…")
+            sent = await send_burst(producer, settings.commands_topic, load)
+            say(f"  produced in {sent.finished - sent.started:.2f} s ({sent.rate:,.0f}/s)")
+            await watcher.wait_for(
+                [c.command_id for c in load],
+                idle_timeout=options.idle_timeout,
+                progress=_progress(say, "outcomes"),
+            )
+            cpu.sample()
+            profile = None
+            if spy is not None:
+                out = spy.stop()
+                text = out.read_text() if out.exists() else ""
+                profile = summarise(text, rate=options.profile_rate, commands=len(load))
+                profile["raw_path"] = str(out)
+                report_notes.append("full-speed throughput measured under py-spy sampling")
+            full = _phase("pipeline", load, watcher, sent.sent_at, cpu, "worker")
+            counters, before = _batch_counters(worker), counters
+            full.mean_batch = _mean_batch(before, counters)
+            redis_after = await asyncio.to_thread(_redis_commands, dep.worker_env["REDIS_URL"])
+            # Each INFO call counts itself once.
+            full.redis_commands = _delta(redis_before, redis_after)
+            if full.redis_commands is not None:
+                full.redis_commands -= 1
+
+            rate_result = None
+            if options.rate > 0:
+                count = max(1, int(options.rate * options.rate_seconds))
+                paced = generate_commands(
+                    count, dep.tenants, prefix=f"{dep.tag}-r-", seed=options.seed + 1
+                )
+                say(f"rate: {count} commands at {options.rate:g}/s…")
+                sent_r = await send_paced(
+                    producer,
+                    settings.commands_topic,
+                    paced,
+                    options.rate,
+                    progress=_progress(say, "sent"),
+                )
+                await watcher.wait_for(
+                    [c.command_id for c in paced], idle_timeout=options.idle_timeout
+                )
+                cpu.sample()
+                rate_result = _phase(
+                    "rate",
+                    paced,
+                    watcher,
+                    sent_r.sent_at,
+                    cpu,
+                    "worker",
+                    offered_rate=options.rate,
+                    achieved_rate=sent_r.rate,
+                )
+                rate_result.mean_batch = _mean_batch(counters, _batch_counters(worker))
+                if options.latency_csv is not None:
+                    _write_latencies(options.latency_csv, paced, sent_r.sent_at, watcher)
+            if watcher.duplicates:
+                report_notes.append(f"{watcher.duplicates} duplicate outcome(s) (redelivery)")
+        finally:
+            await watcher.stop()
+            await producer.stop()
+    cpu.pids.pop("worker", None)
+    return full, rate_result, profile
+
+
+async def _baseline(
+    name: str,
+    argv: Sequence[str],
+    child_env: dict[str, str],
+    src: str,
+    dst: str,
+    records: Sequence[BenchCommand],
+    dep: _Deployment,
+    options: BenchOptions,
+    base: Path,
+    cpu: CpuSampler,
+) -> PhaseResult:
+    settings, say = dep.settings, options.say
+    producer = make_producer(settings.require_broker())
+    await producer.start()
+    try:
+        await send_burst(producer, src, records)
+    finally:
+        await producer.stop()
+    watcher = OutputWatcher(
+        settings.require_broker(),
+        dst,
+        id_header="ce_id",
+        fetch_max_wait_ms=_probe_wait_ms(settings),
+    )
+    await watcher.start()
+    say(f"{name}: forwarding {len(records)} pre-filled records…")
+    child = _Child(argv, child_env, base / f"{name}.log")
+    cpu.add(name, child.proc.pid)
+    try:
+        ids = [c.command_id for c in records]
+
+        def progress(done: int, total: int, elapsed: float) -> None:
+            child.check()
+            if done:
+                _progress(say, name)(done, total, elapsed)
+
+        # The Faust worker needs a few seconds to join its group: allow for it.
+        await watcher.wait_for(ids, idle_timeout=options.idle_timeout + 30, progress=progress)
+        cpu.sample()
+    finally:
+        child.stop()
+        await watcher.stop()
+    result = _phase(name, records, watcher, None, cpu, name)
+    del cpu.pids[name]
+    return result
+
+
+async def _delete_topics(settings: Settings, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+async def _run(services: BenchServices, options: BenchOptions, base: Path) -> BenchReport:
+    dep = _deployment(services, base, options)
+    settings = dep.settings
+    broker_compat.apply(settings)
+    await ensure_topics(settings, extra=dep.extra_topics if options.baselines else None)
+    await _register_tenants(settings, dep.tenants)
+    notes: list[str] = []
+    pids = {"bench": os.getpid()}
+    for svc_name, svc in (("broker", services.broker), ("redis", services.redis)):
+        if svc is not None and svc.pid is not None:
+            pids[svc_name] = svc.pid
+    cpu = CpuSampler(pids)
+    cpu.start()
+    try:
+        full, rate, profile = await _pipeline_phases(dep, options, base, notes, cpu)
+        ledger: LedgerResult | None = None
+        if options.ledger and services.database_url:
+            ledger = await ledger_phase(
+                settings,
+                {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"},
+                services.database_url,
+                base,
+                idle_timeout=options.idle_timeout,
+                say=options.say,
+            )
+        raw = faust = None
+        if options.baselines:
+            count = options.baseline_records or max(options.commands, 5000)
+            # The raw client is ~10x faster than anything else: give it a longer window.
+            raw_count = max(4 * count, 20_000)
+            child_env = {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"}
+            raw_in, raw_out, fwd_in, fwd_out = dep.extra_topics
+            raw_load = generate_commands(raw_count, dep.tenants, prefix=f"{dep.tag}-x-", seed=3)
+            raw = await _baseline(
+                "raw",
+                [sys.executable, "-m", "paystream.bench.raw_passthrough", raw_in, raw_out],
+                child_env, raw_in, raw_out, raw_load, dep, options, base, cpu,
+            )  # fmt: skip
+            fwd_load = generate_commands(count, dep.tenants, prefix=f"{dep.tag}-y-", seed=4)
+            fwd_env = {
+                **child_env,
+                "BENCH_FORWARD_SRC": fwd_in,
+                "BENCH_FORWARD_DST": fwd_out,
+                "BENCH_FORWARD_APP_ID": f"bench-{dep.tag}-fwd",
+                "BENCH_FORWARD_DATADIR": str(base / "fwd-data"),
+            }
+            faust = await _baseline(
+                "faust",
+                [sys.executable, "-m", "paystream.bench.faust_forwarder"],
+                fwd_env, fwd_in, fwd_out, fwd_load, dep, options, base, cpu,
+            )  # fmt: skip
+    finally:
+        await cpu.stop()
+        if services.broker is None:  # a shared broker: leave it as we found it
+            with contextlib.suppress(Exception):
+                await _delete_topics(settings, [*settings.topic_names(), *dep.extra_topics])
+    return BenchReport(
+        commands=options.commands,
+        tenants=options.tenants,
+        broker=services.flavor.value,
+        pipeline=full,
+        rate=rate,
+        raw=raw,
+        faust=faust,
+        ledger=ledger,
+        profile=profile,
+        notes=notes,
+    )
+
+
+def run_bench(options: BenchOptions) -> BenchReport:
+    """Start what is not configured, run every phase, stop everything; blocking."""
+    env_settings = load_settings()
+    with _work_dir(options.keep_dir) as base:
+        services = BenchServices(base, env_settings)
+        options.say("starting embedded services (where not configured)…")
+        services.start(postgres=options.ledger)
+        try:
+            report = asyncio.run(_run(services, options, base))
+        finally:
+            services.stop()
+        if options.profile and options.keep_dir is None and report.profile is not None:
+            report.profile.pop("raw_path", None)
+        return report

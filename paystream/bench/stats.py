@@ -1,0 +1,251 @@
+"""Benchmark figures: percentiles, per-phase results, the JSON object and the text table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["BenchReport", "PhaseResult", "percentile", "render_table"]
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values (``pct`` in 0..100)."""
+    if not sorted_values:
+        raise ValueError("no values")
+    if not 0 <= pct <= 100:
+        raise ValueError("pct must be within 0..100")
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return float(sorted_values[rank - 1])
+
+
+@dataclass
+class PhaseResult:
+    """What one phase measured at its output topic."""
+
+    name: str
+    records: int  # records sent into the phase
+    received: int  # distinct records seen at the output
+    seconds: float  # first output → last output
+    throughput: float  # (received - 1) / seconds, records per second
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    offered_rate: float = 0.0  # 0: as fast as possible
+    achieved_rate: float = 0.0  # what the load generator really sent at
+    outcome_types: dict[str, int] = field(default_factory=dict)
+    mean_batch: float | None = None  # commands per worker batch (from its /metrics)
+    redis_commands: int | None = None  # Redis commands the phase caused (INFO stats delta)
+    sut: str = ""  # the process under test: "worker", "raw" or "faust"
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, same window
+
+    @property
+    def sut_cpu_pct(self) -> float | None:
+        cpu = self.cpu_seconds.get(self.sut)
+        return None if cpu is None or self.seconds <= 0 else 100 * cpu / self.seconds
+
+    @property
+    def sut_us_per_record(self) -> float | None:
+        cpu = self.cpu_seconds.get(self.sut)
+        return None if cpu is None or self.received < 2 else 1e6 * cpu / (self.received - 1)
+
+    @property
+    def missing(self) -> int:
+        return self.records - self.received
+
+    def pct(self, p: float) -> float | None:
+        return percentile(self.latencies_ms, p) if self.latencies_ms else None
+
+    @staticmethod
+    def from_arrivals(
+        name: str,
+        records: int,
+        arrivals: Sequence[float],
+        latencies_ms: Sequence[float] = (),
+        **extra: Any,
+    ) -> PhaseResult:
+        """Throughput from first to last arrival (monotonic seconds)."""
+        received = len(arrivals)
+        seconds = (max(arrivals) - min(arrivals)) if received > 1 else 0.0
+        throughput = (received - 1) / seconds if seconds > 0 else 0.0
+        return PhaseResult(
+            name=name,
+            records=records,
+            received=received,
+            seconds=seconds,
+            throughput=throughput,
+            latencies_ms=sorted(latencies_ms),
+            **extra,
+        )
+
+
+@dataclass
+class BenchReport:
+    """Everything one `paystream bench` run measured."""
+
+    commands: int
+    tenants: int
+    broker: str  # "tansu" or "kafka"
+    pipeline: PhaseResult
+    rate: PhaseResult | None = None
+    raw: PhaseResult | None = None
+    faust: PhaseResult | None = None
+    ledger: Any = None  # bench.ledger.LedgerResult (the sink phase), if it ran
+    profile: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def latency_phase(self) -> PhaseResult:
+        """The phase whose percentiles are the headline: the fixed-rate one if it ran."""
+        return self.rate if self.rate is not None and self.rate.latencies_ms else self.pipeline
+
+    def ratio(self, baseline: PhaseResult | None) -> float | None:
+        if baseline is None or baseline.throughput <= 0:
+            return None
+        return self.pipeline.throughput / baseline.throughput
+
+    def as_json(self) -> dict[str, Any]:
+        lat = self.latency_phase()
+        rate = self.rate
+        out: dict[str, Any] = {
+            "commands": self.commands,
+            "tenants": self.tenants,
+            "broker": self.broker,
+            "throughput_cps": _r(self.pipeline.throughput),
+            "raw_passthrough_cps": _r(self.raw.throughput) if self.raw else None,
+            "faust_passthrough_cps": _r(self.faust.throughput) if self.faust else None,
+            "ratio_vs_faust": _r(self.ratio(self.faust), 3),
+            "ratio_vs_raw": _r(self.ratio(self.raw), 4),
+            "p50_ms": _r(lat.pct(50)),
+            "p95_ms": _r(lat.pct(95)),
+            "p99_ms": _r(lat.pct(99)),
+            "latency_phase": lat.name,
+            "offered_rate": rate.offered_rate if rate else 0,
+            "achieved_rate": _r(rate.achieved_rate) if rate else None,
+            "rate_commands": rate.records if rate else 0,
+            "full_speed_p50_ms": _r(self.pipeline.pct(50)),
+            "full_speed_p95_ms": _r(self.pipeline.pct(95)),
+            "full_speed_p99_ms": _r(self.pipeline.pct(99)),
+            "outcomes": self.pipeline.received + (rate.received if rate else 0),
+            "missing_outcomes": self.pipeline.missing + (rate.missing if rate else 0),
+            "outcome_types": _merge(
+                self.pipeline.outcome_types, rate.outcome_types if rate else {}
+            ),
+            "phases": {
+                p.name: _phase_json(p) for p in (self.pipeline, rate, self.raw, self.faust) if p
+            },
+            "ledger_events_per_s": _r(self.ledger.events_per_second) if self.ledger else None,
+            "ledger_db_statement_p95_ms": _r(self.ledger.statement_p95_ms) if self.ledger else None,
+            "ledger": self.ledger.as_json() if self.ledger else None,
+            "notes": self.notes,
+        }
+        if self.profile is not None:
+            out["profile"] = self.profile
+        return out
+
+
+def _merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    merged = dict(a)
+    for k, v in b.items():
+        merged[k] = merged.get(k, 0) + v
+    return dict(sorted(merged.items()))
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _phase_json(p: PhaseResult) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(p).items() if k not in {"latencies_ms", "outcome_types"}}
+    d["throughput"] = _r(p.throughput)
+    d["seconds"] = _r(p.seconds, 3)
+    d["achieved_rate"] = _r(p.achieved_rate)
+    d["mean_batch"] = _r(p.mean_batch, 1)
+    d["redis_commands_per_record"] = (
+        _r(p.redis_commands / p.records, 2) if p.redis_commands is not None and p.records else None
+    )
+    d["cpu_seconds"] = {k: _r(v, 3) for k, v in p.cpu_seconds.items()}
+    d["sut_cpu_pct"] = _r(p.sut_cpu_pct, 1)
+    d["sut_cpu_us_per_record"] = _r(p.sut_us_per_record, 1)
+    d["missing"] = p.missing
+    for q in (50, 95, 99):
+        d[f"p{q}_ms"] = _r(p.pct(q))
+    d["max_ms"] = _r(p.latencies_ms[-1]) if p.latencies_ms else None
+    return d
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:,.1f}{unit}"
+
+
+def render_table(report: BenchReport) -> str:
+    """The human summary printed on stdout."""
+    header = (
+        f"{'phase':<26}{'records':>8}{'got':>8}{'secs':>8}{'rec/s':>11}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'CPU%':>7}{'CPU µs/rec':>12}"
+    )
+    lines = [
+        f"paystream bench: {report.commands} commands, {report.tenants} tenants, "
+        f"broker {report.broker}",
+        "",
+        header,
+        "-" * len(header),
+    ]
+    labels = {
+        "pipeline": "pipeline (full speed)",
+        "rate": "pipeline @ {rate:g}/s",
+        "raw": "raw aiokafka passthrough",
+        "faust": "bare Faust forwarder",
+    }
+    for p in (report.pipeline, report.rate, report.raw, report.faust):
+        if p is None:
+            continue
+        label = labels[p.name].format(rate=p.offered_rate)
+        lines.append(
+            f"{label:<26}{p.records:>8}{p.received:>8}{p.seconds:>8.2f}{p.throughput:>11,.0f}"
+            f"{_fmt(p.pct(50)):>9}{_fmt(p.pct(95)):>9}{_fmt(p.pct(99)):>9}"
+            f"{_fmt(p.sut_cpu_pct):>7}{_fmt(p.sut_us_per_record):>12}"
+        )
+    lines.append("")
+    if report.rate is not None:
+        lines.append(
+            f"offered {report.rate.offered_rate:g}/s, sent at {report.rate.achieved_rate:,.1f}/s"
+        )
+    for name, base in (("bare Faust forwarder", report.faust), ("raw aiokafka", report.raw)):
+        ratio = report.ratio(base)
+        if ratio is not None:
+            lines.append(f"pipeline / {name}: {ratio:.3f}x")
+    for p in (report.pipeline, report.rate):
+        if p is not None and p.mean_batch is not None:
+            lines.append(f"{p.name}: mean worker batch {p.mean_batch:.1f} commands")
+        if p is not None and p.redis_commands is not None and p.records:
+            lines.append(f"{p.name}: {p.redis_commands / p.records:.1f} Redis commands per command")
+    mix = _merge(report.pipeline.outcome_types, report.rate.outcome_types if report.rate else {})
+    if mix:
+        lines.append("outcomes: " + ", ".join(f"{k}={v}" for k, v in mix.items()))
+    missing = report.pipeline.missing + (report.rate.missing if report.rate else 0)
+    if missing:
+        lines.append(f"WARNING: {missing} command(s) got no outcome")
+    lines.append(
+        "CPU% / CPU µs/rec: the process under test (worker, passthrough or forwarder), "
+        "all threads, from its first to its last output"
+    )
+    for p in (report.pipeline, report.rate, report.raw, report.faust):
+        if p is not None and p.cpu_seconds:
+            shares = (
+                ", ".join(
+                    f"{k} {100 * v / p.seconds:.0f}%" for k, v in sorted(p.cpu_seconds.items())
+                )
+                if p.seconds > 0
+                else ""
+            )
+            lines.append(f"  {p.name} CPU by process: {shares}")
+    if report.ledger is not None:
+        led = report.ledger
+        lines.append(
+            f"ledger sink: {led.events_written} events written from {led.outcomes} outcomes in "
+            f"{led.seconds:.2f}s = {led.events_per_second:,.0f} events/s; DB statement "
+            f"p50/p95/p99 {_fmt(led.statement_p50_ms)}/{_fmt(led.statement_p95_ms)}/"
+            f"{_fmt(led.statement_p99_ms)} ms over {led.statements} statements "
+            f"(batch p95 {_fmt(led.batch_p95_ms)} ms)"
+        )
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)

@@ -1,0 +1,479 @@
+"""The `paystream` command: dev stack, worker, doctor, tenants, send, dlq, bench, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from paystream.errors import PaystreamError
+from paystream.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+DEMO_TENANTS = ("acme", "globex")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    from paystream.streams import broker_compat
+
+    broker_compat.apply(settings)
+    return settings
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+def cli() -> None:
+    """paystream: multi-tenant payments on Kafka streams."""
+
+
+# ---- worker -----------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
+def worker(faust_args: tuple[str, ...]) -> None:
+    """Run a worker (a Faust worker with paystream's agents, tables and web views)."""
+    _settings()
+    from paystream import worker as worker_mod
+
+    worker_mod.main(list(faust_args))
+
+
+# ---- config / doctor ----------------------------------------------------------------
+
+
+@cli.command()
+def config() -> None:
+    """Print every environment variable paystream reads, with its current value."""
+    settings = _settings()
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        shown = "**********" if "SecretStr" in type(value).__name__ else value
+        click.echo(f"{name:28} = {shown!s:40}  # {field.description}")
+
+
+@cli.command()
+def doctor() -> None:
+    """Check broker, database and cache, and the broker behaviours Faust relies on.
+
+    With nothing configured it checks a freshly started embedded stack (what
+    `paystream dev` runs); otherwise the servers in KAFKA_BROKER_URL, DATABASE_URL and
+    REDIS_URL.
+    """
+    settings = _settings()
+    from paystream import doctor as doctor_mod
+
+    if settings.kafka_broker_url and settings.database_url and settings.redis_url:
+        results = _run(doctor_mod.run_checks(settings))
+    else:
+        import tempfile
+
+        from paystream.devstack import DevStack
+
+        click.echo(
+            "checking the embedded stack (set KAFKA_BROKER_URL, DATABASE_URL, REDIS_URL "
+            "to check your own servers)…"
+        )
+        with tempfile.TemporaryDirectory(prefix="paystream-doctor-") as tmp:
+            base = Path(tmp)
+            base.chmod(0o755)  # the embedded PostgreSQL runs as an unprivileged user
+            with DevStack(base, settings) as stack:
+                results = _run(doctor_mod.run_checks(stack.stack_settings()))
+    click.echo(doctor_mod.render_table(results))
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+# ---- topics and tenants -----------------------------------------------------------
+
+
+@cli.command()
+def topics() -> None:
+    """Create paystream's topics (idempotent)."""
+    settings = _settings()
+    from paystream.streams.admin import ensure_topics
+
+    created = _run(ensure_topics(settings))
+    click.echo(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+@cli.group()
+def tenants() -> None:
+    """Manage the tenant registry."""
+
+
+@tenants.command("add")
+@click.argument("tenant_id")
+@click.option("--name", default="")
+@click.option("--gateway", default="simulator", show_default=True)
+@click.option("--option", "options", multiple=True, help="gateway option key=value (JSON values)")
+@click.option(
+    "--secret",
+    "secret_names",
+    multiple=True,
+    help="secret NAME whose value is read from the environment variable PAYSTREAM_SECRET_<NAME> "
+    "or prompted for (never pass secrets as arguments)",
+)
+@click.option("--connected-account", default=None)
+def tenants_add(
+    tenant_id: str,
+    name: str,
+    gateway: str,
+    options: tuple[str, ...],
+    secret_names: tuple[str, ...],
+    connected_account: str | None,
+) -> None:
+    """Register or update a tenant."""
+    settings = _settings()
+    from paystream.gateways.registry import GATEWAYS
+    from paystream.tenancy.models import Tenant
+    from paystream.tenancy.registry import put_tenant
+
+    if gateway not in GATEWAYS:
+        raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
+    opts = {}
+    for item in options:
+        key, _, raw = item.partition("=")
+        try:
+            opts[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            opts[key] = raw
+    sealed = {}
+    if secret_names:
+        from paystream.tenancy.crypto import keyring_from_settings
+        from paystream.tenancy.secrets import seal_secret
+
+        keyring = keyring_from_settings(settings)
+        for sname in secret_names:
+            value = os.environ.get(f"PAYSTREAM_SECRET_{sname.upper()}") or click.prompt(
+                f"value of secret {sname}", hide_input=True
+            )
+            sealed[sname] = seal_secret(keyring, tenant_id, sname, value)
+    tenant = Tenant(
+        tenant_id=tenant_id,
+        name=name or tenant_id,
+        gateway=gateway,
+        gateway_options=opts,
+        secrets=sealed,
+        connected_account=connected_account,
+    )
+    _run(put_tenant(settings, tenant))
+    click.echo(json.dumps(tenant.redacted(), sort_keys=True))
+
+
+@tenants.command("list")
+def tenants_list() -> None:
+    """List tenants (secrets shown by name only)."""
+    settings = _settings()
+    from paystream.tenancy.registry import list_tenants
+
+    for tenant in _run(list_tenants(settings)).values():
+        click.echo(json.dumps(tenant.redacted(), sort_keys=True))
+
+
+def _set_status(tenant_id: str, status: str) -> None:
+    settings = _settings()
+    from paystream.tenancy.models import TenantStatus
+    from paystream.tenancy.registry import list_tenants, put_tenant
+
+    known = _run(list_tenants(settings))
+    if tenant_id not in known:
+        raise click.ClickException(f"unknown tenant {tenant_id!r}")
+    updated = known[tenant_id].model_copy(update={"status": TenantStatus(status)})
+    _run(put_tenant(settings, updated))
+    click.echo(f"{tenant_id}: {status}")
+
+
+@tenants.command("suspend")
+@click.argument("tenant_id")
+def tenants_suspend(tenant_id: str) -> None:
+    """Suspend a tenant: its commands are rejected with `tenant_suspended`."""
+    _set_status(tenant_id, "suspended")
+
+
+@tenants.command("activate")
+@click.argument("tenant_id")
+def tenants_activate(tenant_id: str) -> None:
+    """Re-activate a suspended tenant."""
+    _set_status(tenant_id, "active")
+
+
+# ---- send -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("command_type")
+@click.option("--tenant", required=True)
+@click.option("--data", default="{}", help="command data as JSON")
+@click.option("--id", "command_id", default=None, help="command id (default: random UUID)")
+@click.option("--idempotency-key", default=None)
+@click.option("--timeout", default=30.0, show_default=True)
+@click.option("--structured", is_flag=True, help="send in structured content mode")
+def send(
+    command_type: str,
+    tenant: str,
+    data: str,
+    command_id: str | None,
+    idempotency_key: str | None,
+    timeout: float,
+    structured: bool,
+) -> None:
+    """Send a command (e.g. `payment.create`) and print its outcome."""
+    settings = _settings()
+    from paystream.client import OutcomeTimeout, PaystreamClient, build_command, dumps
+    from paystream.settings import CloudEventsMode
+
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--data is not JSON: {exc}") from exc
+
+    async def go() -> str:
+        mode = CloudEventsMode.STRUCTURED if structured else CloudEventsMode.BINARY
+        async with PaystreamClient(settings, mode) as client:
+            cmd = build_command(
+                command_type,
+                tenant,
+                payload,
+                command_id=command_id,
+                idempotency_key=idempotency_key,
+            )
+            return dumps(await client.send(cmd, timeout))
+
+    try:
+        click.echo(_run(go()))
+    except OutcomeTimeout as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+# ---- dead letters -----------------------------------------------------------------
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect and re-drive dead-lettered and parked commands."""
+
+
+def _dlq_topics(settings: Settings, which: str) -> list[str]:
+    return {
+        "dlq": [settings.dlq_topic],
+        "retry": [settings.retry_topic],
+        "all": [settings.dlq_topic, settings.retry_topic],
+    }[which]
+
+
+@dlq.command("list")
+@click.option("--topic", "which", type=click.Choice(["dlq", "retry", "all"]), default="all")
+@click.option("--limit", type=int, default=100)
+def dlq_list(which: str, limit: int) -> None:
+    """List records waiting to be replayed, with their reasons."""
+    settings = _settings()
+    from paystream.dlq import read_parked
+
+    async def go() -> list[Any]:
+        records, consumer = await read_parked(
+            settings, _dlq_topics(settings, which), committed_only=True, limit=limit
+        )
+        await consumer.stop()
+        return records
+
+    for rec in _run(go()):
+        h = dict(rec.headers)
+        click.echo(
+            f"{rec.topic}[{rec.partition}]@{rec.offset} reason={rec.reason} "
+            f"id={h.get('ce_id', b'?').decode(errors='replace')} "
+            f"type={h.get('ce_type', b'?').decode(errors='replace')}"
+        )
+
+
+@dlq.command("replay")
+@click.option("--topic", "which", type=click.Choice(["dlq", "retry", "all"]), default="all")
+@click.option("--limit", type=int, default=None)
+@click.option("--dry-run", is_flag=True)
+def dlq_replay(which: str, limit: int | None, dry_run: bool) -> None:
+    """Re-drive parked and dead-lettered commands through `paystream.commands`."""
+    settings = _settings()
+    from paystream.dlq import replay
+
+    def progress(n: int, total: int) -> None:
+        if n == total or n % 100 == 0:
+            click.echo(f"\rreplayed {n}/{total}", nl=n == total, err=True)
+
+    records = _run(
+        replay(
+            settings, _dlq_topics(settings, which), limit=limit, dry_run=dry_run, progress=progress
+        )
+    )
+    verb = "would replay" if dry_run else "replayed"
+    click.echo(f"{verb} {len(records)} record(s): {dict(Counter(r.reason for r in records))}")
+
+
+# ---- dev ----------------------------------------------------------------------------
+
+
+def _dev_secret(data_dir: Path, name: str) -> str:
+    """A development secret kept beside the dev data (generated once, never used outside `dev`)."""
+    path = data_dir / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _dev_master_key(data_dir: Path) -> str:
+    return _dev_secret(data_dir, "dev-master.key")
+
+
+@cli.command()
+@click.option("--demo", is_flag=True, help="drive demo traffic through the worker")
+@click.option("--rate", default=5.0, show_default=True, help="demo payment flows per second")
+@click.option("--duration", type=float, default=None, help="stop after N seconds (default: Ctrl-C)")
+@click.option("--web-port", type=int, default=None, help="worker web port (default: settings)")
+def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -> None:
+    """Start the embedded stack, a worker and its dashboard; Ctrl-C stops everything."""
+    settings = _settings()
+    from paystream.devstack import DevStack
+    from paystream.devstack.worker import WorkerProcess
+
+    data_dir = settings.data_dir.resolve()
+    stack = DevStack(data_dir / "dev", settings)
+    worker: WorkerProcess | None = None
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+
+    def raise_interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in stop_signals:
+        signal.signal(sig, raise_interrupt)
+    try:
+        click.echo("starting embedded stack (broker, PostgreSQL, Redis)…")
+        stack.start()
+        env = {
+            **os.environ,
+            **stack.env(),
+            "PAYSTREAM_DATA_DIR": str(data_dir / "dev"),
+            "PAYSTREAM_WEB_PORT": str(web_port or settings.web_port),
+        }
+        env.setdefault("PAYSTREAM_MASTER_KEY", _dev_master_key(data_dir / "dev"))
+        env.setdefault(
+            "PAYSTREAM_DB_APP_PASSWORD", _dev_secret(data_dir / "dev", "db-app.password")
+        )
+        os.environ.update(
+            {
+                k: v
+                for k, v in env.items()
+                if k.startswith(("PAYSTREAM_", "KAFKA_", "DATABASE_", "REDIS_"))
+            }
+        )
+        run_settings = load_settings()
+        from paystream.streams import broker_compat
+        from paystream.streams.admin import ensure_topics
+        from paystream.tenancy.models import Tenant
+        from paystream.tenancy.registry import put_tenant
+
+        broker_compat.apply(run_settings)
+
+        async def prepare() -> None:
+            from paystream.ledger.migrate import upgrade
+
+            if run_settings.database_url:
+                password = run_settings.db_app_password
+                await upgrade(
+                    run_settings.database_url,
+                    app_password=password.get_secret_value() if password else None,
+                )
+            await ensure_topics(run_settings)
+            for tid in DEMO_TENANTS:
+                await put_tenant(run_settings, Tenant(tenant_id=tid, name=tid.title()))
+
+        asyncio.run(prepare())
+        log_path = data_dir / "dev" / "worker.log"
+        click.echo("starting worker (joins the group, recovers tables)…")
+        worker = WorkerProcess(env, log_path, run_settings.web_port).start()
+        worker.wait_ready(DEMO_TENANTS, partitions=run_settings.partitions, timeout=120)
+        base = f"http://{run_settings.web_host}:{run_settings.web_port}"
+        click.echo(f"broker     {stack.env()['KAFKA_BROKER_URL']}")
+        click.echo(f"database   {stack.env()['DATABASE_URL']}")
+        click.echo(f"redis      {stack.env()['REDIS_URL']}")
+        click.echo(f"dashboard  {base}/")
+        click.echo(f"metrics    {base}/metrics")
+        click.echo(f"worker log {log_path}")
+        click.echo(f"tenants    {', '.join(DEMO_TENANTS)} (simulator gateway)")
+        click.echo("Ctrl-C stops everything.")
+        if demo:
+            asyncio.run(_demo(run_settings, rate, duration))
+        else:
+            deadline = None if duration is None else time.monotonic() + duration
+            while deadline is None or time.monotonic() < deadline:
+                if worker.proc is not None and worker.proc.poll() is not None:
+                    raise click.ClickException(f"worker exited; see {log_path}")
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("\nstopping…")
+    finally:
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not abort the cleanup
+        if worker is not None:
+            worker.stop()
+        stack.stop()
+        click.echo("stopped: worker and embedded services are down.")
+
+
+async def _demo(settings: Settings, rate: float, duration: float | None) -> None:
+    from paystream.client import PaystreamClient
+    from paystream.demo import run_demo
+
+    def progress(seen: Counter[str], elapsed: float) -> None:
+        total = sum(seen.values())
+        top = ", ".join(f"{k}={v}" for k, v in seen.most_common(6))
+        click.echo(
+            f"[{elapsed:6.0f}s] outcomes {total} ({total / max(elapsed, 1e-9):.1f}/s): {top}"
+        )
+
+    async with PaystreamClient(settings) as client:
+        seen = await run_demo(
+            client, list(DEMO_TENANTS), rate, duration=duration, on_progress=progress
+        )
+    click.echo(f"demo done: {sum(seen.values())} outcomes: {dict(seen)}")
+
+
+def _attach_subcommands() -> None:
+    from paystream.ledger.cli import audit_group, migrate_command
+
+    cli.add_command(migrate_command)
+    cli.add_command(audit_group)
+    try:
+        from paystream.bench.cli import bench_command
+    except ImportError:  # pragma: no cover - the bench ships with the package
+        return
+    cli.add_command(bench_command)
+
+
+_attach_subcommands()
+
+
+def main() -> None:
+    cli(prog_name="paystream")

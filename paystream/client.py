@@ -1,0 +1,151 @@
+"""Async Python client: send a command as a CloudEvent and await its outcome by causation id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.settings import CloudEventsMode, Settings
+from paystream.streams.admin import bootstrap_servers
+from paystream.streams.codec import decode_record, encode_event, headers_to_dict
+from paystream.streams.commands import COMMAND_PREFIX
+
+__all__ = ["OutcomeTimeout", "PaystreamClient", "build_command"]
+
+
+class OutcomeTimeout(TimeoutError):
+    """No outcome arrived within the timeout (the worker may be down or lagging)."""
+
+
+def build_command(
+    command_type: str,
+    tenant_id: str,
+    data: Mapping[str, Any],
+    *,
+    command_id: str | None = None,
+    idempotency_key: str | None = None,
+    source: str = "/paystream/client",
+    traceparent: str | None = None,
+) -> CloudEvent:
+    """A command CloudEvent; ``command_type`` may omit the ``com.paystream.command.`` prefix."""
+    attrs: dict[str, Any] = {
+        "id": command_id or str(uuid.uuid4()),
+        "type": command_type if command_type.startswith("com.") else COMMAND_PREFIX + command_type,
+        "source": source,
+        "specversion": "1.0",
+        "time": datetime.now(UTC),
+        "datacontenttype": "application/json",
+        "tenantid": tenant_id,
+        "partitionkey": tenant_id,
+    }
+    if idempotency_key:
+        attrs["idempotencykey"] = idempotency_key
+    if traceparent:
+        attrs["traceparent"] = traceparent
+    return CloudEvent(attrs, dict(data))
+
+
+class PaystreamClient:
+    """Producer of commands plus a reader of outcomes from the moment it started."""
+
+    def __init__(self, settings: Settings, mode: CloudEventsMode = CloudEventsMode.BINARY) -> None:
+        self.settings = settings
+        self.mode = mode
+        servers = bootstrap_servers(settings.require_broker())
+        self._producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=1)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=50
+        )
+        self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> PaystreamClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._consumer.start()
+        parts = self._consumer.partitions_for_topic(self.settings.events_topic)
+        if not parts:
+            await self._consumer._client.force_metadata_update()
+            parts = self._consumer.partitions_for_topic(self.settings.events_topic) or set()
+        tps = [TopicPartition(self.settings.events_topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, so nothing sent after start() is missed
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._consumer.stop()
+        await self._producer.stop()
+
+    async def _read(self) -> None:
+        async for msg in self._consumer:
+            try:
+                event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
+            except Exception:  # noqa: S112 - foreign records on the topic are not ours to judge
+                continue
+            waiter = self._waiters.pop(str(event.get_extension("causationid") or ""), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
+
+    async def publish(self, command: CloudEvent) -> None:
+        """Send a command without waiting for its outcome."""
+        tenant = str(command.get_extension("tenantid"))
+        record = encode_event(command, tenant.encode(), self.mode)
+        await self._producer.send_and_wait(
+            self.settings.commands_topic, record.value, key=record.key, headers=list(record.headers)
+        )
+
+    def expect(self, command_id: str) -> asyncio.Future[CloudEvent]:
+        """A future for the outcome of a command sent by someone else (e.g. a replay)."""
+        return self._waiters.setdefault(command_id, asyncio.get_running_loop().create_future())
+
+    async def send(self, command: CloudEvent, timeout: float = 30.0) -> CloudEvent:  # noqa: ASYNC109
+        """Send a command and return its outcome event."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[CloudEvent] = loop.create_future()
+        self._waiters[command.get_id()] = waiter
+        await self.publish(command)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise OutcomeTimeout(
+                f"no outcome for command {command.get_id()} within {timeout}s"
+            ) from None
+        finally:
+            self._waiters.pop(command.get_id(), None)
+
+    async def command(
+        self, command_type: str, tenant_id: str, data: Mapping[str, Any], **kw: Any
+    ) -> CloudEvent:
+        """Build, send and await in one call."""
+        timeout = kw.pop("timeout", 30.0)
+        return await self.send(build_command(command_type, tenant_id, data, **kw), timeout)
+
+
+def outcome_summary(event: CloudEvent) -> dict[str, Any]:
+    """The outcome as a JSON-able dict (attributes + data) for printing."""
+    attrs = {k: v for k, v in event.get_attributes().items() if v is not None}
+    if "time" in attrs:
+        attrs["time"] = attrs["time"].isoformat()
+    return {**attrs, "data": event.get_data()}
+
+
+def dumps(event: CloudEvent) -> str:
+    return json.dumps(outcome_summary(event), indent=2, sort_keys=True)

@@ -1,0 +1,106 @@
+"""Demo traffic: realistic payment flows across tenants at a steady offered rate."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from paystream.client import OutcomeTimeout, PaystreamClient, build_command
+
+__all__ = ["DEMO_TOKENS", "run_demo"]
+
+# Simulator tokens with Stripe's test-card semantics, weighted toward success.
+DEMO_TOKENS = [
+    *["pm_card_visa"] * 12,
+    *["pm_card_mastercard"] * 4,
+    "pm_card_chargeDeclined",
+    "pm_card_chargeDeclinedInsufficientFunds",
+    "pm_card_chargeDeclinedExpiredCard",
+    "pm_card_authenticationRequired",
+]
+
+
+async def _flow(
+    client: PaystreamClient, tenant: str, rng: random.Random, seen: Counter[str]
+) -> None:
+    """customer → attach card → pay (auto or manual capture) → maybe refund."""
+
+    async def send(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        event = await client.send(build_command(kind, tenant, data), timeout=30)
+        seen[event.get_type().removeprefix("com.paystream.")] += 1
+        body = event.get_data()
+        return body if isinstance(body, dict) else {}
+
+    customer = await send("customer.create", {"email": f"demo{rng.randrange(10**6)}@example.com"})
+    cid = customer.get("entity_id")
+    if not cid:
+        return
+    pm = await send("payment_method.attach", {"customer_id": cid, "token": rng.choice(DEMO_TOKENS)})
+    pmid = pm.get("entity_id")
+    if not pmid or "failed" in str(pm.get("error", "")):
+        return
+    currency, amount = rng.choice(
+        [("USD", rng.randrange(500, 50_000)), ("EUR", 1999), ("JPY", 3200)]
+    )
+    manual = rng.random() < 0.3
+    payment = await send(
+        "payment.create",
+        {
+            "amount": amount,
+            "currency": currency,
+            "customer_id": cid,
+            "payment_method_id": pmid,
+            "capture": "manual" if manual else "auto",
+        },
+    )
+    pid = payment.get("entity_id")
+    status = (payment.get("object") or {}).get("status")
+    if manual and status == "authorized":
+        await send("payment.capture", {"payment_id": pid, "amount": amount - amount // 10})
+        status = "succeeded"
+    if status == "succeeded" and rng.random() < 0.25:
+        await send("refund.create", {"payment_id": pid, "amount": max(1, amount // 4)})
+
+
+async def run_demo(
+    client: PaystreamClient,
+    tenants: list[str],
+    rate: float,
+    *,
+    duration: float | None = None,
+    on_progress: Callable[[Counter[str], float], None] | None = None,
+    seed: int = 7,
+) -> Counter[str]:
+    """Start ``rate`` flows per second until cancelled (or ``duration`` seconds)."""
+    rng = random.Random(seed)
+    seen: Counter[str] = Counter()
+    tasks: set[asyncio.Task[None]] = set()
+    started = time.monotonic()
+    next_report = started + 2
+    try:
+        while duration is None or time.monotonic() - started < duration:
+            task = asyncio.create_task(_flow(client, rng.choice(tenants), rng, seen))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda t: None if t.cancelled() else _count_timeouts(t, seen))
+            await asyncio.sleep(1 / rate)
+            if on_progress and time.monotonic() >= next_report:
+                on_progress(seen, time.monotonic() - started)
+                next_report += 2
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return seen
+
+
+def _count_timeouts(task: asyncio.Task[None], seen: Counter[str]) -> None:
+    exc = task.exception()
+    if isinstance(exc, OutcomeTimeout):
+        seen["timeout"] += 1
+    elif exc is not None:
+        seen[f"error:{type(exc).__name__}"] += 1

@@ -1,0 +1,161 @@
+"""Process plumbing shared by the dev services: free ports, waiting, killing process groups."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import IO, Any, Self, TypeVar
+
+from paystream.errors import PaystreamError
+
+__all__ = [
+    "ServiceError",
+    "free_port",
+    "kill_process_group",
+    "parent_death_signal",
+    "run_coroutine",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServiceError(PaystreamError):
+    """A development service could not be started or did not become healthy."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it, so parallel runs don't clash)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    alive: Callable[[], str | None] | None = None,
+) -> float:
+    """Poll ``check`` until it returns True; returns the seconds it took.
+
+    ``alive`` returns an error message once the process being waited on has died, so a
+    crashed server fails fast instead of running out the clock.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        if alive is not None and (problem := alive()) is not None:
+            raise ServiceError(f"{what}: {problem}")
+        if check():
+            return time.monotonic() - started
+        if time.monotonic() >= deadline:
+            raise ServiceError(f"{what}: not ready after {timeout:.0f} s")
+        # Polling interval, not a test sleep: services come up in milliseconds to seconds.
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.25)
+
+
+def parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with this process (Linux only).
+
+    Only safe from the main thread: the kernel fires the signal when the *thread* that
+    forked exits, so a child started from a short-lived thread would die with it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def _set() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return _set
+
+
+def kill_process_group(proc: subprocess.Popen[Any], *, term_timeout: float = 5.0) -> None:
+    """SIGTERM the child's process group, SIGKILL it if it lingers, and reap the child."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=term_timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=term_timeout)
+    # The leader may be gone while helpers it forked are not: sweep the group anyway.
+    _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+    """Run an async probe from sync code, even when the caller is inside an event loop.
+
+    The probe gets a private loop in a worker thread, so ``DevStack.start()`` works from
+    a sync fixture, a CLI command, or async code alike.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, factory()).result(timeout=timeout)
+
+
+class ServiceProcess:
+    """What every embedded server shares: its child process, its log file, its lifecycle.
+
+    Subclasses set ``log_path`` and implement ``start()``; ``stop()`` kills the process
+    group (servers with a gentler shutdown override it and call ``_close``).
+    """
+
+    log_path: Path
+    _proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _died(self) -> str | None:
+        if self._proc is not None and (code := self._proc.poll()) is not None:
+            return f"exited with status {code}; see {self.log_path}"
+        return None
+
+    def stop(self) -> None:
+        """Kill the server's process group. Safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            kill_process_group(proc)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

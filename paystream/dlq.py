@@ -1,0 +1,107 @@
+"""Inspect and re-drive the dead-letter and retry topics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from paystream.settings import Settings
+from paystream.streams.admin import bootstrap_servers
+
+__all__ = ["ParkedRecord", "read_parked", "replay"]
+
+REPLAY_GROUP = "paystream-dlq-replay"
+_OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
+
+
+@dataclass(frozen=True)
+class ParkedRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def reason(self) -> str:
+        h = dict(self.headers)
+        return (h.get("paystream-dlq-reason") or h.get("paystream-park-reason") or b"?").decode()
+
+
+async def read_parked(
+    settings: Settings, topics: list[str], *, committed_only: bool, limit: int | None = None
+) -> tuple[list[ParkedRecord], AIOKafkaConsumer]:
+    """Records not yet replayed (from the replay group's committed offsets), oldest first."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()),
+        group_id=REPLAY_GROUP,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    tps = [
+        TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])
+    ]
+    consumer.assign(tps)
+    ends = await consumer.end_offsets(tps)
+    for tp in tps:
+        committed = await consumer.committed(tp)
+        if committed is None or not committed_only:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+    out: list[ParkedRecord] = []
+    pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+    while pending and (limit is None or len(out) < limit):
+        batch = await consumer.getmany(*pending, timeout_ms=1000)
+        for tp, records in batch.items():
+            for r in records:
+                if r.offset < ends[tp] and (limit is None or len(out) < limit):
+                    out.append(
+                        ParkedRecord(
+                            tp.topic, tp.partition, r.offset, r.key, r.value, tuple(r.headers)
+                        )
+                    )
+        pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+    return out, consumer
+
+
+async def replay(
+    settings: Settings,
+    topics: list[str],
+    *,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ParkedRecord]:
+    """Re-publish parked records to the commands topic (same key, id and data) and commit."""
+    records, consumer = await read_parked(settings, topics, committed_only=True, limit=limit)
+    try:
+        if dry_run or not records:
+            return records
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
+        )
+        await producer.start()
+        try:
+            for n, rec in enumerate(records, 1):
+                headers = [(k, v) for k, v in rec.headers if not k.startswith(_OUR_HEADERS)]
+                await producer.send_and_wait(
+                    settings.commands_topic, rec.value, key=rec.key, headers=headers
+                )
+                if progress:
+                    progress(n, len(records))
+        finally:
+            await producer.stop()
+        last: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            last[tp] = max(last.get(tp, -1), rec.offset + 1)
+        await consumer.commit(last)
+        return records
+    finally:
+        await consumer.stop()

@@ -1,0 +1,387 @@
+"""``paystream doctor``: are the servers up, and does the broker behave the way Faust needs?
+
+Each check is a short probe against the configured servers with its own deadline, on a
+uniquely named topic or group that is deleted afterwards. The broker-behaviour checks
+measure exactly the Tansu quirks listed in ``/work/shared/TANSU.md``: with
+``PAYSTREAM_BROKER_FLAVOR=tansu`` they pass only because ``streams.broker_compat`` is
+active; on real Kafka they pass unaided. The figures say which, so a workaround can be
+dropped the day its quirk is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.offset import OffsetRequest
+from aiokafka.structs import TopicPartition
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from paystream.settings import Settings
+from paystream.streams import broker_compat
+
+__all__ = [
+    "CheckResult",
+    "measure_fetch_latency",
+    "raw_latest_offset",
+    "render_table",
+    "run_checks",
+]
+
+#: A probe that takes longer than this has failed, whatever it was waiting for.
+CHECK_TIMEOUT_S = 30.0
+#: Caught-up fetch latency above this makes command→outcome latency visibly bad
+#: (Tansu with Faust's 1500 ms wait: ~0.4-0.75 s; with the workaround: ~25-50 ms).
+MAX_FETCH_LATENCY_MS = 300.0
+#: Records produced in one batch for the end-offset check (Tansu's bug needs > 1).
+BATCH_RECORDS = 10
+LATENCY_SAMPLES = 7
+#: A new group that takes longer than this to join makes worker start and failover slow
+#: (Tansu with Faust's 60 s session timeout: ~32 s; with the 6 s workaround: ~3 s).
+MAX_GROUP_JOIN_S = 20.0
+_FAUST_DEFAULT_SESSION_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the doctor's report."""
+
+    name: str
+    ok: bool
+    figure: str
+    duration: float
+
+
+class CheckFailed(Exception):
+    """A probe ran but the broker/server did not behave; the message is the figure."""
+
+
+def _bootstrap(settings: Settings) -> str:
+    return ",".join(settings.require_broker().removeprefix("kafka://").split(";"))
+
+
+def _probe_name(kind: str) -> str:
+    return f"paystream.doctor.{kind}.{uuid.uuid4().hex[:10]}"
+
+
+@asynccontextmanager
+async def _probe_topic(bootstrap: str, kind: str, partitions: int = 1) -> AsyncIterator[str]:
+    """A fresh topic created explicitly (Tansu auto-creates 4 partitions otherwise)."""
+    name = _probe_name(kind)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+        try:
+            yield name
+        finally:
+            # Tansu keeps everything in memory forever; don't leave probe topics behind.
+            await admin.delete_topics([name])
+    finally:
+        await admin.close()
+
+
+async def _produce_batch(bootstrap: str, topic: str, count: int) -> None:
+    """``count`` records to partition 0, sent together so they share one record batch."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=100)
+    try:
+        await producer.start()
+        futures = [
+            await producer.send(topic, b"probe-%d" % i, key=b"k", partition=0) for i in range(count)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+# --- the checks ------------------------------------------------------------------------
+
+
+async def check_broker(settings: Settings) -> str:
+    client = AIOKafkaClient(bootstrap_servers=_bootstrap(settings))
+    try:
+        await client.bootstrap()
+        brokers = client.cluster.brokers()
+        return f"metadata ok, {len(brokers)} broker(s)"
+    finally:
+        await client.close()
+
+
+async def check_database(settings: Settings) -> str:
+    if settings.database_url is None:
+        raise CheckFailed("DATABASE_URL is not set")
+    url = make_url(settings.database_url).set(drivername="postgresql+asyncpg")
+    engine = create_async_engine(url, pool_pre_ping=False)
+    try:
+        async with engine.connect() as conn:
+            one = (await conn.execute(text("select 1"))).scalar_one()
+            version = (await conn.execute(text("show server_version"))).scalar_one()
+        if one != 1:
+            raise CheckFailed(f"select 1 returned {one!r}")
+        return f"select 1 ok, PostgreSQL {str(version).split()[0]}"
+    finally:
+        await engine.dispose()
+
+
+async def check_redis(settings: Settings) -> str:
+    if settings.redis_url is None:
+        raise CheckFailed("REDIS_URL is not set")
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        if not await client.ping():
+            raise CheckFailed("PING not answered")
+        info = await client.info("server")
+        return f"PING ok, Redis {info.get('redis_version', '?')}"
+    finally:
+        await client.aclose()
+
+
+async def check_headers(settings: Settings) -> str:
+    """CloudEvents binary mode puts every attribute in record headers."""
+    bootstrap = _bootstrap(settings)
+    headers = [("ce_id", b"doctor-1"), ("ce_type", b"com.paystream.doctor"), ("empty", b"")]
+    async with _probe_topic(bootstrap, "headers") as topic:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        try:
+            await producer.start()
+            await producer.send_and_wait(topic, b"{}", key=b"k", headers=headers)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        )
+        try:
+            await consumer.start()
+            record = await consumer.getone()
+        finally:
+            await consumer.stop()
+    got = [(k, bytes(v)) for k, v in record.headers]
+    if got != headers or record.key != b"k":
+        raise CheckFailed(f"sent {headers}, got {got}")
+    return f"{len(headers)} headers and key round-trip"
+
+
+async def check_idempotent_producer(settings: Settings) -> str:
+    """``enable_idempotence=True`` needs InitProducerId (v3 on Tansu, via the workaround)."""
+    bootstrap = _bootstrap(settings)
+    async with _probe_topic(bootstrap, "idempotence") as topic:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+        try:
+            await producer.start()
+            meta = await producer.send_and_wait(topic, b"once", partition=0)
+        finally:
+            await producer.stop()
+    return f"producer id assigned, record at offset {meta.offset}"
+
+
+async def check_group_join(settings: Settings) -> str:
+    """Time for a new consumer group to get its assignment, with the app's session timeout."""
+    bootstrap = _bootstrap(settings)
+    overrides = broker_compat.faust_overrides(settings)
+    session_s = float(overrides.get("broker_session_timeout", _FAUST_DEFAULT_SESSION_TIMEOUT_S))
+    heartbeat_s = float(overrides.get("broker_heartbeat_interval", 3.0))
+    async with _probe_topic(bootstrap, "group") as topic:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=_probe_name("group"),
+            session_timeout_ms=int(session_s * 1000),
+            heartbeat_interval_ms=int(heartbeat_s * 1000),
+            rebalance_timeout_ms=int(session_s * 1000),
+            request_timeout_ms=int(max(session_s, 30.0) * 1000) + 5000,
+            enable_auto_commit=False,
+        )
+        started = time.monotonic()
+        try:
+            await consumer.start()
+            while not consumer.assignment():
+                if time.monotonic() - started > MAX_GROUP_JOIN_S:
+                    raise CheckFailed(
+                        f"no assignment after {MAX_GROUP_JOIN_S:.0f} s "
+                        f"(session timeout {session_s:.0f} s)"
+                    )
+                # getmany drives the coordinator; returns at once when nothing is there.
+                await consumer.getmany(timeout_ms=100)
+            joined = time.monotonic() - started
+        finally:
+            await consumer.stop()
+    # A worker must get partitions well within a session timeout, or failover crawls.
+    if joined > session_s:
+        raise CheckFailed(f"joined in {joined:.1f} s (session timeout {session_s:.0f} s)")
+    return f"joined in {joined:.1f} s (session timeout {session_s:.0f} s)"
+
+
+async def raw_latest_offset(bootstrap: str, tp: TopicPartition) -> int:
+    """The broker's own ListOffsets(LATEST) answer, bypassing any correction."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        node = client.cluster.leader_for_partition(tp)
+        if node is None or node < 0:
+            await client.force_metadata_update()
+            node = client.cluster.leader_for_partition(tp)
+        response = await client.send(node, OffsetRequest(-1, 0, [(tp.topic, [(tp.partition, -1)])]))
+        for _topic, parts in response.topics:
+            for _partition, error_code, *info in parts:
+                if error_code:
+                    raise CheckFailed(f"ListOffsets error {error_code}")
+                return int(info[-1]) if response.API_VERSION else int(info[0][0])
+        raise CheckFailed("ListOffsets answered no partition")
+    finally:
+        await client.close()
+
+
+async def check_end_offsets(settings: Settings) -> str:
+    """After one batch of N records, the end offset must be N (Faust recovery relies on it)."""
+    bootstrap = _bootstrap(settings)
+    async with _probe_topic(bootstrap, "offsets") as topic:
+        tp = TopicPartition(topic, 0)
+        await _produce_batch(bootstrap, topic, BATCH_RECORDS)
+        raw = await raw_latest_offset(bootstrap, tp)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        try:
+            await consumer.start()
+            end = (await consumer.end_offsets([tp]))[tp]
+        finally:
+            await consumer.stop()
+    if end != BATCH_RECORDS:
+        hint = "; set PAYSTREAM_BROKER_FLAVOR=tansu" if not settings.embedded_broker else ""
+        raise CheckFailed(f"end offset {end}, expected {BATCH_RECORDS}{hint}")
+    if raw != end:
+        return f"{end} (broker said {raw}, corrected by workaround)"
+    return f"{end} (broker correct unaided)"
+
+
+async def check_fetch_latency(settings: Settings) -> str:
+    """Produce→consume latency for a caught-up consumer with the workers' fetch max wait."""
+    bootstrap = _bootstrap(settings)
+    wait_ms = broker_compat.worker_fetch_max_wait_ms(settings)
+    async with _probe_topic(bootstrap, "latency") as topic:
+        tp = TopicPartition(topic, 0)
+        latencies = await measure_fetch_latency(bootstrap, tp, wait_ms, LATENCY_SAMPLES)
+    p50 = statistics.median(latencies)
+    figure = f"p50 {p50:.0f} ms, max {max(latencies):.0f} ms (fetch wait {wait_ms} ms)"
+    if p50 > MAX_FETCH_LATENCY_MS:
+        raise CheckFailed(figure)
+    return figure
+
+
+async def measure_fetch_latency(
+    bootstrap: str, tp: TopicPartition, fetch_max_wait_ms: int, samples: int
+) -> list[float]:
+    """Milliseconds from send to receipt, one record at a time, consumer caught up."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=fetch_max_wait_ms)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    try:
+        await consumer.start()
+        await producer.start()
+        consumer.assign([tp])
+        await consumer.seek_to_end(tp)
+        await consumer.position(tp)
+        latencies: list[float] = []
+        for i in range(samples):
+            receive = asyncio.ensure_future(consumer.getone(tp))
+            # Let the consumer's background fetch go out and park on the broker first:
+            # the quirk is about a fetch that is already waiting when data arrives.
+            await _fetch_in_flight(consumer, deadline_s=5.0)
+            sent = time.monotonic()
+            await producer.send_and_wait(tp.topic, b"ping-%d" % i, partition=tp.partition)
+            await receive
+            latencies.append((time.monotonic() - sent) * 1000)
+        return latencies
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def _fetch_in_flight(consumer: AIOKafkaConsumer, deadline_s: float) -> None:
+    """Wait until the consumer's fetcher has a Fetch request outstanding."""
+    fetcher = consumer._fetcher
+    deadline = time.monotonic() + deadline_s
+    while fetcher is not None and not fetcher._in_flight:
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.001)
+
+
+async def check_workarounds(settings: Settings) -> str:
+    """Tansu needs every workaround; real Kafka needs none of them."""
+    overrides = broker_compat.faust_overrides(settings)
+    if not settings.embedded_broker:
+        return "none needed (flavor=kafka)"
+    active = broker_compat.active_patches()
+    if not broker_compat.patches_active():
+        raise CheckFailed(f"flavor=tansu but only {active or 'no'} patches active")
+    if overrides.get("broker_session_timeout") != 6.0:
+        raise CheckFailed(f"session timeout override missing: {overrides}")
+    return f"active: {', '.join(active)}, session 6 s"
+
+
+_CheckFn = Callable[[Settings], Awaitable[str]]
+
+_SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
+    ("broker answers", check_broker),
+    ("database answers", check_database),
+    ("redis answers", check_redis),
+]
+_BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
+    ("workarounds for flavor", check_workarounds),
+    ("headers round-trip", check_headers),
+    ("idempotent producer", check_idempotent_producer),
+    ("group join time", check_group_join),
+    ("end offsets after batch", check_end_offsets),
+    ("caught-up fetch latency", check_fetch_latency),
+]
+
+
+async def _run_one(name: str, fn: _CheckFn, settings: Settings) -> CheckResult:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            figure = await fn(settings)
+        ok = True
+    except CheckFailed as exc:
+        ok, figure = False, str(exc)
+    except TimeoutError:
+        ok, figure = False, f"no answer within {CHECK_TIMEOUT_S:.0f} s"
+    except Exception as exc:
+        ok, figure = False, f"{type(exc).__name__}: {exc}"
+    return CheckResult(name, ok, figure, time.monotonic() - started)
+
+
+async def run_checks(settings: Settings) -> list[CheckResult]:
+    """Run every check, one after another (latency figures need a quiet machine)."""
+    # Exactly what the app does at start-up, so the checks see the workers' behaviour.
+    broker_compat.apply(settings)
+    results = [await _run_one(name, fn, settings) for name, fn in _SERVER_CHECKS]
+    broker_ok = results[0].ok
+    for name, fn in _BROKER_BEHAVIOUR:
+        if broker_ok:
+            results.append(await _run_one(name, fn, settings))
+        else:
+            results.append(CheckResult(name, False, "skipped: broker unreachable", 0.0))
+    return results
+
+
+def render_table(results: list[CheckResult]) -> str:
+    """Plain-text table: check, PASS/FAIL, figure, seconds."""
+    rows = [("check", "result", "figure", "time")] + [
+        (r.name, "PASS" if r.ok else "FAIL", r.figure, f"{r.duration:.2f} s") for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}".rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    return "\n".join(lines)

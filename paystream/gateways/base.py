@@ -1,0 +1,300 @@
+"""The PaymentGateway protocol: provider-neutral requests, results and capabilities.
+
+A gateway instance serves exactly one tenant (its credentials are bound at
+construction, like one ``StripeClient`` per tenant). Every mutating call takes an
+``idempotency_key`` derived from (tenant, command id), so a redelivered command
+makes the same provider call and the provider answers with the original result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from paystream.money import Money
+
+__all__ = [
+    "OPERATION_CAPABILITY",
+    "AcceptDispute",
+    "AttachPaymentMethod",
+    "CancelPayment",
+    "Capability",
+    "CaptureMethod",
+    "CapturePayment",
+    "CreateCustomer",
+    "CreatePayment",
+    "CreateRefund",
+    "CustomerResult",
+    "DeleteCustomer",
+    "DetachPaymentMethod",
+    "DisputeResult",
+    "DisputeStatus",
+    "GatewayContext",
+    "PaymentGateway",
+    "PaymentMethodResult",
+    "PaymentResult",
+    "PaymentStatus",
+    "RefundResult",
+    "RefundStatus",
+    "SubmitDisputeEvidence",
+    "UpdateCustomer",
+]
+
+
+class Capability(StrEnum):
+    """What a provider can do; operations outside these answer `unsupported`."""
+
+    CUSTOMERS = "customers"
+    PAYMENT_METHODS = "payment_methods"
+    PAYMENTS = "payments"
+    MANUAL_CAPTURE = "manual_capture"
+    PARTIAL_CAPTURE = "partial_capture"
+    REFUNDS = "refunds"
+    DISPUTES = "disputes"
+    SUBSCRIPTIONS = "subscriptions"
+    INVOICES = "invoices"
+    TAX = "tax"
+    CONNECTED_ACCOUNTS = "connected_accounts"
+    PAYOUTS = "payouts"
+
+
+class CaptureMethod(StrEnum):
+    AUTOMATIC = "automatic"
+    MANUAL = "manual"
+
+
+class PaymentStatus(StrEnum):
+    """Provider-neutral payment status (Stripe PaymentIntent statuses folded)."""
+
+    REQUIRES_ACTION = "requires_action"
+    PROCESSING = "processing"  # accepted, result pending (async methods); a webhook settles it
+    AUTHORIZED = "authorized"  # requires_capture
+    SUCCEEDED = "succeeded"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+
+class RefundStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class DisputeStatus(StrEnum):
+    NEEDS_RESPONSE = "needs_response"
+    UNDER_REVIEW = "under_review"
+    WON = "won"
+    LOST = "lost"
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---- requests ---------------------------------------------------------------------
+
+
+class CreateCustomer(_Req):
+    email: str | None = None
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class UpdateCustomer(_Req):
+    provider_customer_id: str
+    email: str | None = None
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class DeleteCustomer(_Req):
+    provider_customer_id: str
+
+
+class AttachPaymentMethod(_Req):
+    provider_customer_id: str
+    token: str  # provider token (e.g. Stripe `pm_card_visa`); never a card number
+
+
+class DetachPaymentMethod(_Req):
+    provider_payment_method_id: str
+
+
+class CreatePayment(_Req):
+    amount: Money
+    provider_customer_id: str | None = None
+    provider_payment_method_id: str
+    capture_method: CaptureMethod = CaptureMethod.AUTOMATIC
+    description: str | None = None
+    statement_descriptor: str | None = None
+    return_url: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class CapturePayment(_Req):
+    provider_payment_id: str
+    amount: int | None = None  # minor units; None captures the full authorised amount
+
+
+class CancelPayment(_Req):
+    provider_payment_id: str
+    reason: str | None = None
+
+
+class CreateRefund(_Req):
+    provider_payment_id: str
+    amount: int | None = None  # minor units; None refunds what remains
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class SubmitDisputeEvidence(_Req):
+    provider_dispute_id: str
+    evidence: dict[str, str]
+    submit: bool = True
+
+
+class AcceptDispute(_Req):
+    provider_dispute_id: str
+
+
+# ---- results ----------------------------------------------------------------------
+
+
+class _Res(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class CustomerResult(_Res):
+    provider_customer_id: str
+    deleted: bool = False
+
+
+class PaymentMethodResult(_Res):
+    """What paystream may keep of a card: token, brand, last4, expiry, fingerprint."""
+
+    provider_payment_method_id: str
+    provider_customer_id: str | None = None
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    fingerprint: str | None = None
+
+
+class DisputeResult(_Res):
+    provider_dispute_id: str
+    status: DisputeStatus
+    amount: Money | None = None
+
+
+class PaymentResult(_Res):
+    provider_payment_id: str
+    status: PaymentStatus
+    amount: Money
+    amount_captured: int = 0
+    amount_refunded: int = 0
+    failure_code: str | None = None
+    failure_message: str | None = None
+    next_action: dict[str, Any] | None = None  # e.g. redirect URL for 3DS
+    provider_charge_id: str | None = None
+    # A dispute the provider opened on this payment (e.g. simulator token pm_card_createDispute).
+    dispute: DisputeResult | None = None
+
+
+class RefundResult(_Res):
+    provider_refund_id: str
+    provider_payment_id: str
+    status: RefundStatus
+    amount: Money
+    failure_code: str | None = None
+
+
+# ---- the protocol -----------------------------------------------------------------
+
+# The capability each protocol operation needs; a gateway checks it before calling out, so
+# an operation the tenant's provider lacks fails fast with `unsupported` and no side effect.
+OPERATION_CAPABILITY: dict[str, Capability] = {
+    "create_customer": Capability.CUSTOMERS,
+    "update_customer": Capability.CUSTOMERS,
+    "delete_customer": Capability.CUSTOMERS,
+    "attach_payment_method": Capability.PAYMENT_METHODS,
+    "detach_payment_method": Capability.PAYMENT_METHODS,
+    "create_payment": Capability.PAYMENTS,
+    "capture_payment": Capability.MANUAL_CAPTURE,
+    "cancel_payment": Capability.PAYMENTS,
+    "create_refund": Capability.REFUNDS,
+    "submit_dispute_evidence": Capability.DISPUTES,
+    "accept_dispute": Capability.DISPUTES,
+}
+
+
+@dataclass(frozen=True)
+class GatewayContext:
+    """What a gateway factory needs to build a gateway for one tenant."""
+
+    tenant_id: str
+    provider: str
+    credentials: Mapping[str, SecretStr] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    connected_account: str | None = None
+
+
+@runtime_checkable
+class PaymentGateway(Protocol):
+    """One provider, bound to one tenant. Errors are raised as ``GatewayError``."""
+
+    provider: str
+    capabilities: frozenset[Capability]
+
+    async def create_customer(
+        self, req: CreateCustomer, *, idempotency_key: str
+    ) -> CustomerResult: ...
+
+    async def update_customer(
+        self, req: UpdateCustomer, *, idempotency_key: str
+    ) -> CustomerResult: ...
+
+    async def delete_customer(
+        self, req: DeleteCustomer, *, idempotency_key: str
+    ) -> CustomerResult: ...
+
+    async def attach_payment_method(
+        self, req: AttachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult: ...
+
+    async def detach_payment_method(
+        self, req: DetachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult: ...
+
+    async def create_payment(
+        self, req: CreatePayment, *, idempotency_key: str
+    ) -> PaymentResult: ...
+
+    async def capture_payment(
+        self, req: CapturePayment, *, idempotency_key: str
+    ) -> PaymentResult: ...
+
+    async def cancel_payment(
+        self, req: CancelPayment, *, idempotency_key: str
+    ) -> PaymentResult: ...
+
+    async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult: ...
+
+    async def submit_dispute_evidence(
+        self, req: SubmitDisputeEvidence, *, idempotency_key: str
+    ) -> DisputeResult: ...
+
+    async def accept_dispute(
+        self, req: AcceptDispute, *, idempotency_key: str
+    ) -> DisputeResult: ...
+
+    async def aclose(self) -> None:
+        """Release connections (HTTP sessions, Redis pools)."""
+        ...

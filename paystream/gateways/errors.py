@@ -1,0 +1,103 @@
+"""One decline/error vocabulary for every provider, each code marked retryable or not."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from paystream.errors import PaystreamError
+
+__all__ = ["RETRYABLE", "ErrorCode", "GatewayError", "UnsupportedOperation"]
+
+
+class ErrorCode(StrEnum):
+    """Provider-neutral failure reasons carried on outcomes (`payment.failed.reason`)."""
+
+    CARD_DECLINED = "card_declined"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    EXPIRED_CARD = "expired_card"
+    INCORRECT_CVC = "incorrect_cvc"
+    INCORRECT_NUMBER = "incorrect_number"
+    LOST_OR_STOLEN = "lost_or_stolen_card"
+    FRAUDULENT = "fraudulent"
+    AUTHENTICATION_REQUIRED = "authentication_required"
+    PROCESSING_ERROR = "processing_error"
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    TIMEOUT = "timeout"
+    IDEMPOTENCY_ERROR = "idempotency_error"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_STATE = "invalid_state"
+    NOT_FOUND = "not_found"
+    AUTHENTICATION_FAILED = "authentication_failed"
+    PERMISSION_DENIED = "permission_denied"
+    UNSUPPORTED = "unsupported"
+
+
+# Retryable = the same request may succeed later without the customer doing anything.
+RETRYABLE: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.PROCESSING_ERROR,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.PROVIDER_UNAVAILABLE,
+        ErrorCode.TIMEOUT,
+    }
+)
+
+
+class GatewayError(PaystreamError):
+    """A provider call failed; normalised at the gateway boundary."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        provider: str,
+        retryable: bool | None = None,
+        decline_code: str | None = None,
+        http_status: int | None = None,
+        provider_request_id: str | None = None,
+        retry_after: float | None = None,
+        provider_payment_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {code}: {message}")
+        self.code = code
+        self.message = message
+        self.provider = provider
+        self.retryable = code in RETRYABLE if retryable is None else retryable
+        self.decline_code = decline_code
+        self.http_status = http_status
+        self.provider_request_id = provider_request_id
+        # Seconds the provider asked us to wait (Retry-After, an in-use idempotency key).
+        self.retry_after = retry_after
+        # A declined payment still exists at the provider (Stripe keeps the PaymentIntent).
+        self.provider_payment_id = provider_payment_id
+
+    def as_outcome(self) -> dict[str, object]:
+        """The error as it appears in a failure outcome's data (no secrets, no card data)."""
+        out: dict[str, object] = {
+            "code": self.code.value,
+            "message": self.message,
+            "retryable": self.retryable,
+            "provider": self.provider,
+        }
+        if self.decline_code:
+            out["decline_code"] = self.decline_code
+        if self.provider_request_id:
+            out["provider_request_id"] = self.provider_request_id
+        if self.provider_payment_id:
+            out["provider_payment_id"] = self.provider_payment_id
+        return out
+
+
+class UnsupportedOperation(GatewayError):
+    """The provider has no such capability; answered as a clear `unsupported` outcome."""
+
+    def __init__(self, provider: str, operation: str) -> None:
+        super().__init__(
+            ErrorCode.UNSUPPORTED,
+            f"{provider} does not support {operation}",
+            provider=provider,
+            retryable=False,
+        )
+        self.operation = operation

@@ -1,0 +1,156 @@
+"""Retries with backoff and jitter, behind a per-(tenant, provider) circuit breaker.
+
+Only retryable GatewayErrors are retried, always with the same idempotency key (the
+caller's closure carries it), so a retry can never apply an effect twice. A decline
+or invalid request is the provider *answering*, so it counts as health, not failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
+
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.settings import Settings
+
+__all__ = ["CircuitBreaker", "CircuitOpen", "CircuitState", "RetriesExhausted", "RetryPolicy"]
+
+T = TypeVar("T")
+_MAX_DELAY_SECONDS = 5.0
+_MAX_HINTED_DELAY_SECONDS = 30.0
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class RetriesExhausted(GatewayError):
+    """Every attempt failed transiently; park the command on the retry topic."""
+
+    def __init__(self, last: GatewayError, attempts: int) -> None:
+        super().__init__(
+            last.code,
+            f"gave up after {attempts} attempts: {last.message}",
+            provider=last.provider,
+            retryable=True,
+            http_status=last.http_status,
+            provider_request_id=last.provider_request_id,
+        )
+        self.last = last
+        self.attempts = attempts
+
+
+class CircuitOpen(GatewayError):
+    """The (tenant, provider) circuit is open: fail fast without calling the provider."""
+
+    def __init__(self, provider: str, tenant_id: str, retry_after: float) -> None:
+        super().__init__(
+            ErrorCode.PROVIDER_UNAVAILABLE,
+            f"circuit open for tenant {tenant_id!r}; retry in {retry_after:.1f}s",
+            provider=provider,
+            retryable=True,
+        )
+        self.retry_after = retry_after
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after N consecutive transient failures; one trial call after the reset delay."""
+
+    failure_threshold: int
+    reset_seconds: float
+    clock: Callable[[], float] = time.monotonic
+    state: CircuitState = CircuitState.CLOSED
+    failures: int = 0
+    opened_at: float = 0.0
+    _trial_in_flight: bool = field(default=False, repr=False)
+
+    def before_call(self) -> float | None:
+        """None if a call may go ahead, else seconds until the circuit may be tried."""
+        if self.state is CircuitState.OPEN:
+            waited = self.clock() - self.opened_at
+            if waited < self.reset_seconds:
+                return self.reset_seconds - waited
+            self.state = CircuitState.HALF_OPEN
+        if self.state is CircuitState.HALF_OPEN:
+            if self._trial_in_flight:
+                return self.reset_seconds  # only one probe at a time
+            self._trial_in_flight = True
+        return None
+
+    def on_success(self) -> None:
+        self.state, self.failures, self._trial_in_flight = CircuitState.CLOSED, 0, False
+
+    def on_failure(self) -> None:
+        self.failures += 1
+        self._trial_in_flight = False
+        if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
+            self.state, self.opened_at = CircuitState.OPEN, self.clock()
+
+
+@dataclass
+class RetryPolicy:
+    """Retry transient failures with exponential backoff and full jitter, per circuit."""
+
+    max_attempts: int
+    backoff_base_seconds: float
+    failure_threshold: int
+    reset_seconds: float
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rand: Callable[[], float] = random.random
+    clock: Callable[[], float] = time.monotonic
+    breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.gateway_max_attempts,
+            backoff_base_seconds=settings.gateway_backoff_base_ms / 1000,
+            failure_threshold=settings.breaker_failure_threshold,
+            reset_seconds=settings.breaker_reset_seconds,
+        )
+
+    def breaker(self, tenant_id: str, provider: str) -> CircuitBreaker:
+        key = (tenant_id, provider)
+        if key not in self.breakers:
+            self.breakers[key] = CircuitBreaker(
+                self.failure_threshold, self.reset_seconds, clock=self.clock
+            )
+        return self.breakers[key]
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, base * 2^(attempt-1)], capped."""
+        ceiling = min(_MAX_DELAY_SECONDS, self.backoff_base_seconds * 2 ** (attempt - 1))
+        return ceiling * self.rand()
+
+    async def call(self, tenant_id: str, provider: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` (which must reuse one idempotency key) until it answers or we give up."""
+        breaker = self.breaker(tenant_id, provider)
+        for attempt in range(1, self.max_attempts + 1):
+            wait = breaker.before_call()
+            if wait is not None:
+                raise CircuitOpen(provider, tenant_id, wait)
+            try:
+                result = await fn()
+            except GatewayError as exc:
+                if not exc.retryable:
+                    breaker.on_success()  # the provider answered; it is healthy
+                    raise
+                breaker.on_failure()
+                if attempt == self.max_attempts:
+                    raise RetriesExhausted(exc, attempt) from exc
+                # A provider's own hint wins: e.g. an idempotency key still held by a
+                # crashed worker's request frees up only when that claim expires.
+                hinted = min(exc.retry_after, _MAX_HINTED_DELAY_SECONDS) if exc.retry_after else 0.0
+                await self.sleep(max(self.delay(attempt), hinted))
+                continue
+            breaker.on_success()
+            return result
+        raise AssertionError("unreachable: the loop returns or raises")

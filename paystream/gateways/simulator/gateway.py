@@ -1,0 +1,299 @@
+"""SimulatorGateway: the whole PaymentGateway protocol against a Redis-backed fake provider.
+
+Scenarios are chosen by token, as in django-payments' dummy provider, using Stripe's
+test-card tokens (`pm_card_visa`, `pm_card_chargeDeclinedInsufficientFunds`, ...), so a
+test written against the simulator reads the same as one against Stripe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from paystream.errors import ConfigurationError
+from paystream.gateways.base import (
+    OPERATION_CAPABILITY,
+    AcceptDispute,
+    AttachPaymentMethod,
+    CancelPayment,
+    Capability,
+    CaptureMethod,
+    CapturePayment,
+    CreateCustomer,
+    CreatePayment,
+    CreateRefund,
+    CustomerResult,
+    DeleteCustomer,
+    DetachPaymentMethod,
+    DisputeResult,
+    GatewayContext,
+    PaymentMethodResult,
+    PaymentResult,
+    RefundResult,
+    SubmitDisputeEvidence,
+    UpdateCustomer,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.simulator import operations as ops
+from paystream.gateways.simulator.options import SimulatorOptions
+from paystream.gateways.simulator.store import (
+    PROVIDER,
+    Effect,
+    SimulatorStore,
+    Tx,
+    request_fingerprint,
+)
+
+__all__ = ["SIMULATOR_CAPABILITIES", "SimulatorGateway"]
+
+SIMULATOR_CAPABILITIES = frozenset(
+    {
+        Capability.CUSTOMERS,
+        Capability.PAYMENT_METHODS,
+        Capability.PAYMENTS,
+        Capability.MANUAL_CAPTURE,
+        Capability.PARTIAL_CAPTURE,
+        Capability.REFUNDS,
+        Capability.DISPUTES,
+    }
+)
+
+R = TypeVar("R", bound=BaseModel)
+Req = TypeVar("Req", bound=BaseModel)
+
+
+class SimulatorGateway:
+    """A simulated provider for one tenant; its state is in Redis, not in this object."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        redis: Any,
+        tenant_id: str,
+        *,
+        options: SimulatorOptions | None = None,
+        record_ttl_seconds: int = 24 * 3600,
+    ) -> None:
+        self.options = options or SimulatorOptions()
+        narrowed = self.options.capabilities
+        if narrowed is not None and not narrowed <= SIMULATOR_CAPABILITIES:
+            extra = ", ".join(sorted(narrowed - SIMULATOR_CAPABILITIES))
+            raise ConfigurationError(f"the simulator cannot offer capabilities: {extra}")
+        self.capabilities: frozenset[Capability] = (
+            SIMULATOR_CAPABILITIES if narrowed is None else narrowed
+        )
+        self.tenant_id = tenant_id
+        self._store = SimulatorStore(
+            redis,
+            tenant_id,
+            claim_ttl_ms=int(self.options.claim_ttl_seconds * 1000),
+            record_ttl_seconds=record_ttl_seconds,
+        )
+        self._random = random.Random(self.options.seed)
+
+    @classmethod
+    def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> SimulatorGateway:
+        """Build from tenant config; the provider's state needs ``deps.redis``."""
+        if deps.redis is None:
+            raise ConfigurationError(
+                "the simulator gateway keeps its provider-side state in Redis: pass "
+                "GatewayDeps(redis=redis.asyncio.Redis(...)) (set REDIS_URL)"
+            )
+        return cls(
+            deps.redis,
+            ctx.tenant_id,
+            options=SimulatorOptions.parse(ctx.options),
+            record_ttl_seconds=deps.settings.idempotency_ttl_seconds,
+        )
+
+    # ---- the machinery every call goes through -------------------------------------
+
+    async def _inject_failure(self, key: str) -> int:
+        """Fail before reaching the "provider" (nothing applied, nothing stored).
+
+        Returns the attempt number of this key (0 when no per-key knob is set).
+        """
+        opts = self.options
+        if opts.latency_ms:
+            await asyncio.sleep(opts.latency_ms / 1000)
+        attempt = 0
+        if opts.fail_first or opts.lose_response_first:
+            attempt = await self._store.count_attempt(key)
+        if attempt and attempt <= opts.injected_failures(key, opts.fail_first):
+            raise self._transient(f"injected failure (attempt {attempt} of key {key!r})")
+        if opts.fail_rate and self._random.random() < opts.fail_rate:
+            raise self._transient("injected random failure")
+        return attempt
+
+    def _transient(self, message: str) -> GatewayError:
+        return GatewayError(self.options.fail_code, message, provider=PROVIDER, http_status=503)
+
+    async def _run(
+        self,
+        operation: str,
+        req: BaseModel,
+        key: str,
+        fn: Callable[[Tx], Awaitable[dict[str, Any]]],
+        result: type[R],
+    ) -> R:
+        if OPERATION_CAPABILITY[operation] not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, operation)
+        attempt = await self._inject_failure(key)
+        fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
+        claim = await self._store.claim(key, fingerprint)
+        if claim.replay is not None:
+            response = claim.replay
+        else:
+            assert claim.token is not None
+            try:
+                response = await self._store.transact(key, claim.token, fingerprint, fn)
+            except BaseException:
+                await self._store.release(key, claim.token)
+                raise
+        if attempt and attempt <= self.options.injected_failures(
+            key, self.options.lose_response_first
+        ):
+            # The provider applied (or replayed) the call but the answer never arrived.
+            raise GatewayError(ErrorCode.TIMEOUT, "injected lost response", provider=PROVIDER)
+        if "error" in response:
+            err = response["error"]
+            raise GatewayError(
+                ErrorCode(err["code"]),
+                err["message"],
+                provider=PROVIDER,
+                decline_code=err.get("decline_code"),
+                http_status=err.get("http_status"),
+                provider_payment_id=err.get("provider_payment_id"),
+            )
+        return result.model_validate(response["ok"])
+
+    # ---- the protocol --------------------------------------------------------------
+
+    async def create_customer(self, req: CreateCustomer, *, idempotency_key: str) -> CustomerResult:
+        return await self._run(
+            "create_customer", req, idempotency_key,
+            lambda tx: ops.create_customer(tx, req, idempotency_key), CustomerResult,
+        )  # fmt: skip
+
+    async def update_customer(self, req: UpdateCustomer, *, idempotency_key: str) -> CustomerResult:
+        return await self._run(
+            "update_customer", req, idempotency_key,
+            lambda tx: ops.update_customer(tx, req, idempotency_key), CustomerResult,
+        )  # fmt: skip
+
+    async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
+        return await self._run(
+            "delete_customer", req, idempotency_key,
+            lambda tx: ops.delete_customer(tx, req, idempotency_key), CustomerResult,
+        )  # fmt: skip
+
+    async def attach_payment_method(
+        self, req: AttachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        return await self._run(
+            "attach_payment_method", req, idempotency_key,
+            lambda tx: ops.attach_payment_method(tx, req, idempotency_key), PaymentMethodResult,
+        )  # fmt: skip
+
+    async def detach_payment_method(
+        self, req: DetachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        return await self._run(
+            "detach_payment_method", req, idempotency_key,
+            lambda tx: ops.detach_payment_method(tx, req, idempotency_key), PaymentMethodResult,
+        )  # fmt: skip
+
+    async def create_payment(self, req: CreatePayment, *, idempotency_key: str) -> PaymentResult:
+        if (
+            req.capture_method is CaptureMethod.MANUAL
+            and Capability.MANUAL_CAPTURE not in self.capabilities
+        ):
+            raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
+        return await self._run(
+            "create_payment", req, idempotency_key,
+            lambda tx: ops.create_payment(tx, req, idempotency_key), PaymentResult,
+        )  # fmt: skip
+
+    async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
+        if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
+        return await self._run(
+            "capture_payment", req, idempotency_key,
+            lambda tx: ops.capture_payment(tx, req, idempotency_key), PaymentResult,
+        )  # fmt: skip
+
+    async def cancel_payment(self, req: CancelPayment, *, idempotency_key: str) -> PaymentResult:
+        return await self._run(
+            "cancel_payment", req, idempotency_key,
+            lambda tx: ops.cancel_payment(tx, req, idempotency_key), PaymentResult,
+        )  # fmt: skip
+
+    async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult:
+        return await self._run(
+            "create_refund", req, idempotency_key,
+            lambda tx: ops.create_refund(tx, req, idempotency_key), RefundResult,
+        )  # fmt: skip
+
+    async def submit_dispute_evidence(
+        self, req: SubmitDisputeEvidence, *, idempotency_key: str
+    ) -> DisputeResult:
+        return await self._run(
+            "submit_dispute_evidence", req, idempotency_key,
+            lambda tx: ops.submit_dispute_evidence(tx, req, idempotency_key), DisputeResult,
+        )  # fmt: skip
+
+    async def accept_dispute(self, req: AcceptDispute, *, idempotency_key: str) -> DisputeResult:
+        return await self._run(
+            "accept_dispute", req, idempotency_key,
+            lambda tx: ops.accept_dispute(tx, req, idempotency_key), DisputeResult,
+        )  # fmt: skip
+
+    async def aclose(self) -> None:
+        """The Redis client belongs to the caller (shared GatewayDeps); nothing to close."""
+
+    # ---- provider-side actions and inspection (tests, dev tooling) ------------------
+
+    async def effects(self) -> list[Effect]:
+        """Every effect applied for this tenant, oldest first; each key appears once."""
+        return await self._store.effects()
+
+    async def complete_authentication(
+        self, payment_id: str, *, succeed: bool = True
+    ) -> PaymentResult:
+        """The cardholder finishes (or fails) the 3-D Secure challenge."""
+        return await self._provider_action(
+            f"3ds:{payment_id}", lambda tx: ops.complete_authentication(tx, payment_id, succeed),
+            PaymentResult,
+        )  # fmt: skip
+
+    async def resolve_dispute(self, dispute_id: str, *, won: bool) -> DisputeResult:
+        """The card network decides a dispute."""
+        return await self._provider_action(
+            f"resolve:{dispute_id}", lambda tx: ops.resolve_dispute(tx, dispute_id, won),
+            DisputeResult,
+        )  # fmt: skip
+
+    async def _provider_action(
+        self, key: str, fn: Callable[[Tx], Awaitable[dict[str, Any]]], result: type[R]
+    ) -> R:
+        # Provider-initiated changes go through the same claim/commit, so they happen once.
+        fingerprint = request_fingerprint(key, {})
+        claim = await self._store.claim(f"provider:{key}", fingerprint)
+        if claim.replay is None:
+            assert claim.token is not None
+            try:
+                response = await self._store.transact(
+                    f"provider:{key}", claim.token, fingerprint, fn
+                )
+            except BaseException:
+                await self._store.release(f"provider:{key}", claim.token)
+                raise
+        else:
+            response = claim.replay
+        return result.model_validate(response["ok"])

@@ -1,0 +1,415 @@
+"""The simulated provider's object rules (Stripe's), run inside one store transaction.
+
+Each function returns the response to store for its idempotency key: ``{"ok": result}``
+or, for outcomes a provider records (card declines), ``{"error": ...}``. Failures that
+change nothing (not found, wrong state) are raised, so the key is released.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from paystream.gateways.base import (
+    AcceptDispute,
+    AttachPaymentMethod,
+    CancelPayment,
+    CaptureMethod,
+    CapturePayment,
+    CreateCustomer,
+    CreatePayment,
+    CreateRefund,
+    DeleteCustomer,
+    DetachPaymentMethod,
+    DisputeStatus,
+    PaymentStatus,
+    SubmitDisputeEvidence,
+    UpdateCustomer,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.simulator import results
+from paystream.gateways.simulator.cards import Behaviour, TestCard, card_for_token
+from paystream.gateways.simulator.store import PROVIDER, Effect, Tx
+
+__all__ = [
+    "DISPUTE_EVIDENCE_FIELDS",
+    "accept_dispute",
+    "attach_payment_method",
+    "cancel_payment",
+    "capture_payment",
+    "complete_authentication",
+    "create_customer",
+    "create_payment",
+    "create_refund",
+    "delete_customer",
+    "detach_payment_method",
+    "resolve_dispute",
+    "submit_dispute_evidence",
+    "update_customer",
+]
+
+# Stripe's dispute evidence fields; anything else is rejected as Stripe rejects it.
+DISPUTE_EVIDENCE_FIELDS = frozenset(
+    {
+        "access_activity_log",
+        "billing_address",
+        "cancellation_policy",
+        "cancellation_policy_disclosure",
+        "cancellation_rebuttal",
+        "customer_communication",
+        "customer_email_address",
+        "customer_name",
+        "customer_purchase_ip",
+        "customer_signature",
+        "duplicate_charge_documentation",
+        "duplicate_charge_explanation",
+        "duplicate_charge_id",
+        "product_description",
+        "receipt",
+        "refund_policy",
+        "refund_policy_disclosure",
+        "refund_refusal_explanation",
+        "service_date",
+        "service_documentation",
+        "shipping_address",
+        "shipping_carrier",
+        "shipping_date",
+        "shipping_documentation",
+        "shipping_tracking_number",
+        "uncategorized_file",
+        "uncategorized_text",
+    }
+)
+
+
+# Simulated provider ids need uniqueness, not secrecy: seed once instead of a syscall per id.
+_IDS = random.Random(int.from_bytes(os.urandom(16), "big"))
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{_IDS.getrandbits(96):024x}"
+
+
+def _fail(code: ErrorCode, message: str, *, http_status: int = 400) -> GatewayError:
+    return GatewayError(code, message, provider=PROVIDER, http_status=http_status)
+
+
+async def _must(tx: Tx, object_id: str, kind: str) -> dict[str, Any]:
+    obj = await tx.get(object_id)
+    if obj is None or obj.get("object") != kind or obj.get("deleted"):
+        raise _fail(ErrorCode.NOT_FOUND, f"no such {kind}: {object_id!r}", http_status=404)
+    return obj
+
+
+# ---- customers ---------------------------------------------------------------------
+
+
+async def create_customer(tx: Tx, req: CreateCustomer, key: str) -> dict[str, Any]:
+    cus = {"object": "customer", "id": _new_id("cus"), "deleted": False, **req.model_dump()}
+    tx.put(cus)
+    tx.effect(Effect("customer.created", key, cus["id"]))
+    return {"ok": results.customer(cus)}
+
+
+async def update_customer(tx: Tx, req: UpdateCustomer, key: str) -> dict[str, Any]:
+    cus = await _must(tx, req.provider_customer_id, "customer")
+    changes = req.model_dump(exclude={"provider_customer_id"}, exclude_none=True)
+    cus = {**cus, **changes}
+    tx.put(cus)
+    tx.effect(Effect("customer.updated", key, cus["id"]))
+    return {"ok": results.customer(cus)}
+
+
+async def delete_customer(tx: Tx, req: DeleteCustomer, key: str) -> dict[str, Any]:
+    cus = await _must(tx, req.provider_customer_id, "customer")
+    cus = {**cus, "deleted": True}
+    tx.put(cus)
+    tx.effect(Effect("customer.deleted", key, cus["id"]))
+    return {"ok": results.customer(cus)}
+
+
+# ---- payment methods ---------------------------------------------------------------
+
+
+def _decline(card: TestCard, payment_id: str | None = None) -> dict[str, Any]:
+    assert card.error is not None
+    return {
+        "error": {
+            "code": card.error.value,
+            "message": card.message,
+            "decline_code": card.decline_code,
+            "http_status": 402,
+            "provider_payment_id": payment_id,
+        }
+    }
+
+
+async def attach_payment_method(tx: Tx, req: AttachPaymentMethod, key: str) -> dict[str, Any]:
+    await _must(tx, req.provider_customer_id, "customer")
+    card = card_for_token(req.token)
+    if card is None:
+        existing = await tx.get(req.token)
+        if existing is None or existing.get("object") != "payment_method":
+            raise _fail(
+                ErrorCode.NOT_FOUND, f"no such payment method: {req.token!r}", http_status=404
+            )
+        raise _fail(
+            ErrorCode.INVALID_STATE,
+            "a saved payment method that was attached once cannot be attached again",
+        )
+    if card.declines_on_attach:
+        return _decline(card)  # Stripe verifies a card when it is saved to a customer
+    pm = {
+        "object": "payment_method",
+        "id": _new_id("pm"),
+        "card": req.token,
+        "customer": req.provider_customer_id,
+    }
+    tx.put(pm)
+    tx.effect(Effect("payment_method.attached", key, pm["id"]))
+    return {"ok": results.payment_method(pm)}
+
+
+async def detach_payment_method(tx: Tx, req: DetachPaymentMethod, key: str) -> dict[str, Any]:
+    pm = await _must(tx, req.provider_payment_method_id, "payment_method")
+    if pm["customer"] is None:
+        raise _fail(ErrorCode.INVALID_STATE, "the payment method is not attached to a customer")
+    pm = {**pm, "customer": None}
+    tx.put(pm)
+    tx.effect(Effect("payment_method.detached", key, pm["id"]))
+    return {"ok": results.payment_method(pm)}
+
+
+# ---- payments ----------------------------------------------------------------------
+
+
+async def _card_for_payment(tx: Tx, req: CreatePayment) -> tuple[TestCard, str]:
+    """The test card a payment charges, and the token that names it."""
+    if req.provider_customer_id is not None:
+        await _must(tx, req.provider_customer_id, "customer")
+    card = card_for_token(req.provider_payment_method_id)
+    if card is not None:
+        return card, req.provider_payment_method_id
+    pm = await _must(tx, req.provider_payment_method_id, "payment_method")
+    if pm["customer"] is None:
+        raise _fail(ErrorCode.INVALID_STATE, "a detached payment method cannot be used again")
+    if pm["customer"] != req.provider_customer_id:
+        raise _fail(
+            ErrorCode.INVALID_REQUEST,
+            "the payment method belongs to another customer (or none was given)",
+        )
+    card = card_for_token(pm["card"])
+    assert card is not None  # attach only stores tokens from the card table
+    return card, pm["card"]
+
+
+async def _open_dispute_if_due(tx: Tx, pi: dict[str, Any]) -> dict[str, Any]:
+    """The dispute card's cardholder disputes as soon as money is captured."""
+    card = card_for_token(pi["card"])
+    if card is None or card.behaviour is not Behaviour.DISPUTE:
+        return pi
+    if pi["amount_captured"] == 0 or pi.get("dispute_id"):
+        return pi
+    dispute = {
+        "object": "dispute",
+        "id": _new_id("dp"),
+        "payment_id": pi["id"],
+        "amount": pi["amount_captured"],
+        "currency": pi["currency"],
+        "status": DisputeStatus.NEEDS_RESPONSE.value,
+        "evidence": {},
+    }
+    tx.put(dispute)
+    return {**pi, "dispute_id": dispute["id"]}
+
+
+async def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
+    """Money moves: authorise, and capture too unless capture is manual."""
+    pi = {**pi, "charge_id": _new_id("ch"), "next_action": None}
+    if pi["capture_method"] == CaptureMethod.MANUAL.value:
+        pi["status"] = PaymentStatus.AUTHORIZED.value
+        tx.effect(Effect("authorization", key, pi["id"], pi["amount"], pi["currency"]))
+    else:
+        pi["status"] = PaymentStatus.SUCCEEDED.value
+        pi["amount_captured"] = pi["amount"]
+        tx.effect(Effect("charge", key, pi["id"], pi["amount"], pi["currency"]))
+    return await _open_dispute_if_due(tx, pi)
+
+
+async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]:
+    if req.amount.amount < 1:
+        raise _fail(ErrorCode.INVALID_REQUEST, "amount must be at least 1 minor unit")
+    card, token = await _card_for_payment(tx, req)
+    pi: dict[str, Any] = {
+        "object": "payment_intent",
+        "id": _new_id("pi"),
+        "status": PaymentStatus.REQUIRES_ACTION.value,
+        "amount": req.amount.amount,
+        "currency": req.amount.currency,
+        "amount_captured": 0,
+        "amount_refunded": 0,
+        "customer": req.provider_customer_id,
+        "card": token,
+        "capture_method": req.capture_method.value,
+        "charge_id": None,
+        "failure_code": None,
+        "failure_message": None,
+        "next_action": None,
+        "dispute_id": None,
+    }
+    if card.behaviour is Behaviour.DECLINE:
+        assert card.error is not None
+        pi.update(
+            status=PaymentStatus.FAILED.value,
+            failure_code=card.error.value,
+            failure_message=card.message,
+        )
+        tx.put(pi)
+        return _decline(card, pi["id"])
+    if card.behaviour is Behaviour.REQUIRE_ACTION:
+        pi["next_action"] = {
+            "type": "redirect_to_url",
+            "redirect_to_url": {
+                "url": f"https://simulator.paystream.invalid/3ds/{pi['id']}",
+                "return_url": req.return_url,
+            },
+        }
+        tx.put(pi)
+        return {"ok": await results.payment(tx, pi)}
+    pi = await _authorise(tx, pi, key)
+    tx.put(pi)
+    return {"ok": await results.payment(tx, pi)}
+
+
+async def complete_authentication(tx: Tx, payment_id: str, succeed: bool) -> dict[str, Any]:
+    pi = await _must(tx, payment_id, "payment_intent")
+    if pi["status"] != PaymentStatus.REQUIRES_ACTION.value:
+        raise _fail(ErrorCode.INVALID_STATE, f"payment is {pi['status']}, not requires_action")
+    if succeed:
+        pi = await _authorise(tx, pi, f"3ds:{payment_id}")
+    else:
+        pi = {
+            **pi,
+            "status": PaymentStatus.FAILED.value,
+            "next_action": None,
+            "failure_code": ErrorCode.AUTHENTICATION_REQUIRED.value,
+            "failure_message": "The cardholder failed 3-D Secure authentication.",
+        }
+    tx.put(pi)
+    return {"ok": await results.payment(tx, pi)}
+
+
+async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, Any]:
+    pi = await _must(tx, req.provider_payment_id, "payment_intent")
+    if pi["status"] != PaymentStatus.AUTHORIZED.value:
+        raise _fail(ErrorCode.INVALID_STATE, f"cannot capture a payment that is {pi['status']}")
+    amount = pi["amount"] if req.amount is None else req.amount
+    if not 1 <= amount <= pi["amount"]:
+        raise _fail(
+            ErrorCode.INVALID_REQUEST,
+            f"capture amount {amount} must be between 1 and the authorised {pi['amount']}",
+        )
+    # As at Stripe, what is not captured is released, so the payment is final.
+    pi = {**pi, "status": PaymentStatus.SUCCEEDED.value, "amount_captured": amount}
+    tx.effect(Effect("capture", key, pi["id"], amount, pi["currency"]))
+    pi = await _open_dispute_if_due(tx, pi)
+    tx.put(pi)
+    return {"ok": await results.payment(tx, pi)}
+
+
+# Stripe cancels anything not yet captured: awaiting action, authorised, or declined.
+_CANCELLABLE = frozenset(
+    {
+        PaymentStatus.REQUIRES_ACTION.value,
+        PaymentStatus.AUTHORIZED.value,
+        PaymentStatus.FAILED.value,
+    }
+)
+
+
+async def cancel_payment(tx: Tx, req: CancelPayment, key: str) -> dict[str, Any]:
+    pi = await _must(tx, req.provider_payment_id, "payment_intent")
+    if pi["status"] not in _CANCELLABLE:
+        raise _fail(ErrorCode.INVALID_STATE, f"cannot cancel a payment that is {pi['status']}")
+    if pi["status"] == PaymentStatus.AUTHORIZED.value:
+        tx.effect(Effect("void", key, pi["id"], pi["amount"], pi["currency"]))
+    pi = {**pi, "status": PaymentStatus.CANCELED.value, "next_action": None}
+    tx.put(pi)
+    return {"ok": await results.payment(tx, pi)}
+
+
+# ---- refunds -----------------------------------------------------------------------
+
+
+async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
+    pi = await _must(tx, req.provider_payment_id, "payment_intent")
+    if pi["status"] != PaymentStatus.SUCCEEDED.value:
+        raise _fail(ErrorCode.INVALID_STATE, f"cannot refund a payment that is {pi['status']}")
+    if pi.get("dispute_id"):
+        dispute = await tx.get(pi["dispute_id"])
+        if dispute and dispute["status"] in (
+            DisputeStatus.NEEDS_RESPONSE,
+            DisputeStatus.UNDER_REVIEW,
+        ):
+            raise _fail(ErrorCode.INVALID_STATE, "the payment is disputed; respond to the dispute")
+    remaining = pi["amount_captured"] - pi["amount_refunded"]
+    if remaining == 0:
+        raise _fail(ErrorCode.INVALID_STATE, "the payment has already been fully refunded")
+    amount = remaining if req.amount is None else req.amount
+    if not 1 <= amount <= remaining:
+        raise _fail(
+            ErrorCode.INVALID_REQUEST,
+            f"refund amount {amount} must be between 1 and the unrefunded {remaining}",
+        )
+    refund = {
+        "object": "refund",
+        "id": _new_id("re"),
+        "payment_id": pi["id"],
+        "amount": amount,
+        "currency": pi["currency"],
+        "status": "succeeded",
+    }
+    tx.put(refund)
+    tx.put({**pi, "amount_refunded": pi["amount_refunded"] + amount})
+    tx.effect(Effect("refund", key, refund["id"], amount, pi["currency"]))
+    return {"ok": results.refund(refund)}
+
+
+# ---- disputes ----------------------------------------------------------------------
+
+
+async def submit_dispute_evidence(tx: Tx, req: SubmitDisputeEvidence, key: str) -> dict[str, Any]:
+    dispute = await _must(tx, req.provider_dispute_id, "dispute")
+    unknown = sorted(set(req.evidence) - DISPUTE_EVIDENCE_FIELDS)
+    if unknown:
+        raise _fail(ErrorCode.INVALID_REQUEST, f"unknown evidence fields: {', '.join(unknown)}")
+    if dispute["status"] != DisputeStatus.NEEDS_RESPONSE.value:
+        raise _fail(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
+    dispute = {**dispute, "evidence": {**dispute["evidence"], **req.evidence}}
+    if req.submit:
+        dispute["status"] = DisputeStatus.UNDER_REVIEW.value
+    tx.put(dispute)
+    tx.effect(Effect("dispute.evidence", key, dispute["id"]))
+    return {"ok": results.dispute(dispute)}
+
+
+async def accept_dispute(tx: Tx, req: AcceptDispute, key: str) -> dict[str, Any]:
+    dispute = await _must(tx, req.provider_dispute_id, "dispute")
+    if dispute["status"] != DisputeStatus.NEEDS_RESPONSE.value:
+        raise _fail(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
+    dispute = {**dispute, "status": DisputeStatus.LOST.value}
+    tx.put(dispute)
+    tx.effect(
+        Effect("dispute.accepted", key, dispute["id"], dispute["amount"], dispute["currency"])
+    )
+    return {"ok": results.dispute(dispute)}
+
+
+async def resolve_dispute(tx: Tx, dispute_id: str, won: bool) -> dict[str, Any]:
+    dispute = await _must(tx, dispute_id, "dispute")
+    if dispute["status"] not in (DisputeStatus.NEEDS_RESPONSE, DisputeStatus.UNDER_REVIEW):
+        raise _fail(ErrorCode.INVALID_STATE, f"the dispute is already {dispute['status']}")
+    dispute = {**dispute, "status": (DisputeStatus.WON if won else DisputeStatus.LOST).value}
+    tx.put(dispute)
+    return {"ok": results.dispute(dispute)}

@@ -1,0 +1,57 @@
+"""Simulator knobs from the tenant's gateway options: latency and failure injection."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from paystream.errors import ConfigurationError
+from paystream.gateways.base import Capability
+from paystream.gateways.errors import RETRYABLE, ErrorCode
+
+__all__ = ["SimulatorOptions"]
+
+
+class SimulatorOptions(BaseModel):
+    """How the simulated provider misbehaves; the defaults make it a perfect provider."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latency_ms: int = Field(default=0, ge=0, le=60_000)
+    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int | None = None  # makes fail_rate reproducible
+    # Key → N: the first N attempts with that idempotency key fail before reaching the
+    # provider ("*" matches every key). Counted in Redis so counts survive a crash.
+    fail_first: dict[str, int] = {}
+    # Key → N: the first N attempts apply their effect, then the response is "lost"
+    # (a timeout), which is exactly the case idempotent retries exist for.
+    lose_response_first: dict[str, int] = {}
+    fail_code: ErrorCode = ErrorCode.PROVIDER_UNAVAILABLE
+    capabilities: frozenset[Capability] | None = None  # narrows what the tenant may use
+    # How long an unfinished request holds its idempotency key: a request still running
+    # after this is dead (its worker crashed), so the key may be claimed again.
+    claim_ttl_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("fail_code")
+    @classmethod
+    def _transient(cls, value: ErrorCode) -> ErrorCode:
+        if value not in RETRYABLE:
+            raise ValueError(f"fail_code must be a retryable code, got {value}")
+        return value
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> SimulatorOptions:
+        """Validate options; a bad knob is a configuration error naming it."""
+        try:
+            return cls.model_validate(dict(options))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigurationError(f"invalid simulator options: {problems}") from exc
+
+    def injected_failures(self, idempotency_key: str, table: Mapping[str, int]) -> int:
+        """How many leading attempts of this key the given knob fails."""
+        return table.get(idempotency_key, table.get("*", 0))

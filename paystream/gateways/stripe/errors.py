@@ -1,0 +1,122 @@
+"""Translate every Stripe SDK error into a GatewayError, keeping Stripe's request id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stripe
+
+from paystream.gateways.errors import ErrorCode, GatewayError
+
+__all__ = ["PROVIDER", "map_stripe_error"]
+
+PROVIDER = "stripe"
+
+# Stripe `decline_code` (most specific) → our code.
+_DECLINE_CODES: dict[str, ErrorCode] = {
+    "insufficient_funds": ErrorCode.INSUFFICIENT_FUNDS,
+    "lost_card": ErrorCode.LOST_OR_STOLEN,
+    "stolen_card": ErrorCode.LOST_OR_STOLEN,
+    "fraudulent": ErrorCode.FRAUDULENT,
+    "merchant_blacklist": ErrorCode.FRAUDULENT,
+    "expired_card": ErrorCode.EXPIRED_CARD,
+    "incorrect_cvc": ErrorCode.INCORRECT_CVC,
+    "invalid_cvc": ErrorCode.INCORRECT_CVC,
+    "incorrect_number": ErrorCode.INCORRECT_NUMBER,
+    "invalid_number": ErrorCode.INCORRECT_NUMBER,
+    "processing_error": ErrorCode.PROCESSING_ERROR,
+    "try_again_later": ErrorCode.PROCESSING_ERROR,
+    "authentication_required": ErrorCode.AUTHENTICATION_REQUIRED,
+}
+
+# Stripe error `code` → our code, for card errors without a decline code we know.
+_CARD_CODES: dict[str, ErrorCode] = {
+    "card_declined": ErrorCode.CARD_DECLINED,
+    "expired_card": ErrorCode.EXPIRED_CARD,
+    "incorrect_cvc": ErrorCode.INCORRECT_CVC,
+    "invalid_cvc": ErrorCode.INCORRECT_CVC,
+    "incorrect_number": ErrorCode.INCORRECT_NUMBER,
+    "invalid_number": ErrorCode.INCORRECT_NUMBER,
+    "processing_error": ErrorCode.PROCESSING_ERROR,
+    "authentication_required": ErrorCode.AUTHENTICATION_REQUIRED,
+    "payment_intent_authentication_failure": ErrorCode.AUTHENTICATION_REQUIRED,
+}
+
+# Invalid-request codes that mean "not in this object's current state".
+_STATE_CODES = frozenset(
+    {
+        "payment_intent_unexpected_state",
+        "payment_method_unexpected_state",
+        "charge_already_captured",
+        "charge_already_refunded",
+        "charge_disputed",
+        "charge_expired_for_capture",
+        "charge_not_refundable",
+        "capture_charge_authorization_expired",
+        "capture_unauthorized_payment",
+        "refund_disputed_payment",
+    }
+)
+
+
+def _error_body(exc: stripe.StripeError) -> dict[str, Any]:
+    body = exc.json_body if isinstance(exc.json_body, dict) else {}
+    err = body.get("error")
+    return err if isinstance(err, dict) else {}
+
+
+def _payment_id(err: dict[str, Any]) -> str | None:
+    pi = err.get("payment_intent")
+    if isinstance(pi, dict):
+        pi = pi.get("id")
+    return pi if isinstance(pi, str) else None
+
+
+def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, bool | None]:
+    code = exc.code or err.get("code")
+    status = exc.http_status
+    if code == "idempotency_key_in_use":  # a concurrent request holds the key: try later
+        return ErrorCode.IDEMPOTENCY_ERROR, True
+    if isinstance(exc, stripe.CardError):
+        decline = err.get("decline_code")
+        mapped = _DECLINE_CODES.get(decline or "") or _CARD_CODES.get(code or "")
+        return mapped or ErrorCode.CARD_DECLINED, None
+    if isinstance(exc, stripe.RateLimitError):
+        return ErrorCode.RATE_LIMITED, None
+    if isinstance(exc, stripe.IdempotencyError):
+        return ErrorCode.IDEMPOTENCY_ERROR, None
+    if isinstance(exc, stripe.AuthenticationError):
+        return ErrorCode.AUTHENTICATION_FAILED, None
+    if isinstance(exc, stripe.PermissionError):
+        return ErrorCode.PERMISSION_DENIED, None
+    if isinstance(exc, stripe.APIConnectionError):
+        timed_out = isinstance(exc.__cause__, TimeoutError)
+        return (ErrorCode.TIMEOUT if timed_out else ErrorCode.PROVIDER_UNAVAILABLE), True
+    if status == 404 or code == "resource_missing":
+        return ErrorCode.NOT_FOUND, None
+    if code in _STATE_CODES:
+        return ErrorCode.INVALID_STATE, None
+    if status is not None and status >= 500:
+        return ErrorCode.PROVIDER_UNAVAILABLE, True
+    if isinstance(exc, stripe.InvalidRequestError) or (status is not None and status < 500):
+        return ErrorCode.INVALID_REQUEST, None
+    return ErrorCode.PROVIDER_UNAVAILABLE, True  # no response status: transport-level
+
+
+def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
+    """The GatewayError for a Stripe SDK error (never includes the API key)."""
+    err = _error_body(exc)
+    code, retryable = _classify(exc, err)
+    message = err.get("message") or exc.user_message or type(exc).__name__
+    if isinstance(exc, stripe.APIConnectionError):
+        message = f"could not reach Stripe ({type(exc.__cause__).__name__})"
+    return GatewayError(
+        code,
+        str(message),
+        provider=PROVIDER,
+        retryable=retryable,
+        decline_code=err.get("decline_code") if isinstance(exc, stripe.CardError) else None,
+        http_status=exc.http_status,
+        provider_request_id=exc.request_id,
+        provider_payment_id=_payment_id(err),
+    )

@@ -1,0 +1,284 @@
+"""StripeGateway: the PaymentGateway protocol over the official SDK, one client per tenant.
+
+Configuration lives on the tenant's ``StripeClient`` instance, never on the module
+globals (``stripe.api_key``), because many tenants share one event loop. The SDK's own
+retries are off: the pipeline owns retries and always reuses the idempotency key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import stripe
+
+from paystream.errors import ConfigurationError
+from paystream.gateways.base import (
+    OPERATION_CAPABILITY,
+    AcceptDispute,
+    AttachPaymentMethod,
+    CancelPayment,
+    Capability,
+    CaptureMethod,
+    CapturePayment,
+    CreateCustomer,
+    CreatePayment,
+    CreateRefund,
+    CustomerResult,
+    DeleteCustomer,
+    DetachPaymentMethod,
+    DisputeResult,
+    GatewayContext,
+    PaymentMethodResult,
+    PaymentResult,
+    RefundResult,
+    SubmitDisputeEvidence,
+    UpdateCustomer,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.stripe import mapping
+from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
+
+__all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
+
+STRIPE_CAPABILITIES = frozenset(
+    {
+        Capability.CUSTOMERS,
+        Capability.PAYMENT_METHODS,
+        Capability.PAYMENTS,
+        Capability.MANUAL_CAPTURE,
+        Capability.PARTIAL_CAPTURE,
+        Capability.REFUNDS,
+        Capability.DISPUTES,
+    }
+)
+
+
+def _without_none(**params: Any) -> dict[str, Any]:
+    # Send only what was set: Stripe treats an empty value as "unset this field".
+    return {k: v for k, v in params.items() if v is not None and v != {}}
+
+
+def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
+    names = options.get("capabilities")
+    if names is None:
+        return STRIPE_CAPABILITIES
+    try:
+        narrowed = frozenset(Capability(n) for n in names)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid stripe capabilities option: {exc}") from exc
+    if not narrowed <= STRIPE_CAPABILITIES:
+        extra = ", ".join(sorted(narrowed - STRIPE_CAPABILITIES))
+        raise ConfigurationError(f"the stripe gateway cannot offer capabilities: {extra}")
+    return narrowed
+
+
+class StripeGateway:
+    """Stripe for one tenant (optionally acting for one connected account)."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        client: stripe.StripeClient,
+        *,
+        capabilities: frozenset[Capability] = STRIPE_CAPABILITIES,
+        http_client: stripe.HTTPClient | None = None,
+    ) -> None:
+        self.capabilities = capabilities
+        self._v1: Any = client.v1  # params are plain dicts; our result types are the typed edge
+        self._http_client = http_client
+
+    @classmethod
+    def from_context(
+        cls,
+        ctx: GatewayContext,
+        deps: GatewayDeps,
+        *,
+        http_client: stripe.HTTPClient | None = None,
+    ) -> StripeGateway:
+        """Build the tenant's client; ``http_client`` lets tests inject a fake transport."""
+        secret = ctx.credentials.get("api_key")
+        if secret is None or not secret.get_secret_value():
+            raise GatewayError(
+                ErrorCode.AUTHENTICATION_FAILED,
+                f"tenant {ctx.tenant_id!r} has no Stripe api_key credential configured",
+                provider=PROVIDER,
+                retryable=False,
+            )
+        settings = deps.settings
+        if http_client is None:
+            http_client = stripe.AIOHTTPClient(
+                timeout=aiohttp.ClientTimeout(total=settings.gateway_timeout_seconds)
+            )
+        client = stripe.StripeClient(
+            secret.get_secret_value(),
+            stripe_account=ctx.connected_account,
+            stripe_version=ctx.options.get("stripe_version"),
+            base_addresses={"api": settings.stripe_api_base},
+            max_network_retries=0,
+            http_client=http_client,
+        )
+        return cls(client, capabilities=_capabilities(ctx.options), http_client=http_client)
+
+    async def _call(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+        """Check the capability, make the call, and normalise errors at the boundary."""
+        if OPERATION_CAPABILITY[operation] not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, operation)
+        try:
+            obj = await fn()
+        except stripe.StripeError as exc:
+            raise map_stripe_error(exc) from exc
+        return dict(obj.to_dict(for_json=True))
+
+    @staticmethod
+    def _opts(idempotency_key: str) -> dict[str, Any]:
+        return {"idempotency_key": idempotency_key}
+
+    # ---- customers -------------------------------------------------------------------
+
+    async def create_customer(self, req: CreateCustomer, *, idempotency_key: str) -> CustomerResult:
+        params = _without_none(**req.model_dump())
+        obj = await self._call(
+            "create_customer",
+            lambda: self._v1.customers.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.customer(obj)
+
+    async def update_customer(self, req: UpdateCustomer, *, idempotency_key: str) -> CustomerResult:
+        params = _without_none(**req.model_dump(exclude={"provider_customer_id"}))
+        obj = await self._call(
+            "update_customer",
+            lambda: self._v1.customers.update_async(
+                req.provider_customer_id, params, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.customer(obj)
+
+    async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
+        # Stripe takes no idempotency key on DELETE; deleting twice is a harmless 404.
+        obj = await self._call(
+            "delete_customer",
+            lambda: self._v1.customers.delete_async(req.provider_customer_id),
+        )
+        return mapping.customer(obj)
+
+    # ---- payment methods -------------------------------------------------------------
+
+    async def attach_payment_method(
+        self, req: AttachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        obj = await self._call(
+            "attach_payment_method",
+            lambda: self._v1.payment_methods.attach_async(
+                req.token, {"customer": req.provider_customer_id}, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.payment_method(obj)
+
+    async def detach_payment_method(
+        self, req: DetachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        obj = await self._call(
+            "detach_payment_method",
+            lambda: self._v1.payment_methods.detach_async(
+                req.provider_payment_method_id, None, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.payment_method(obj)
+
+    # ---- payments --------------------------------------------------------------------
+
+    async def create_payment(self, req: CreatePayment, *, idempotency_key: str) -> PaymentResult:
+        if (
+            req.capture_method is CaptureMethod.MANUAL
+            and Capability.MANUAL_CAPTURE not in self.capabilities
+        ):
+            raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
+        params = _without_none(
+            amount=req.amount.amount,
+            currency=req.amount.currency.lower(),
+            customer=req.provider_customer_id,
+            payment_method=req.provider_payment_method_id,
+            capture_method=req.capture_method.value,
+            confirm=True,
+            # Cards only, so Stripe needs no return_url unless a 3DS redirect is wanted.
+            payment_method_types=["card"],
+            description=req.description,
+            statement_descriptor_suffix=req.statement_descriptor,
+            return_url=req.return_url,
+            metadata=req.metadata,
+            expand=["latest_charge"],
+        )
+        obj = await self._call(
+            "create_payment",
+            lambda: self._v1.payment_intents.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.payment(obj)
+
+    async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
+        if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
+        params = _without_none(amount_to_capture=req.amount, expand=["latest_charge"])
+        obj = await self._call(
+            "capture_payment",
+            lambda: self._v1.payment_intents.capture_async(
+                req.provider_payment_id, params, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.payment(obj)
+
+    async def cancel_payment(self, req: CancelPayment, *, idempotency_key: str) -> PaymentResult:
+        params = _without_none(cancellation_reason=req.reason, expand=["latest_charge"])
+        obj = await self._call(
+            "cancel_payment",
+            lambda: self._v1.payment_intents.cancel_async(
+                req.provider_payment_id, params, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.payment(obj)
+
+    # ---- refunds ---------------------------------------------------------------------
+
+    async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult:
+        params = _without_none(
+            payment_intent=req.provider_payment_id,
+            amount=req.amount,
+            reason=req.reason,
+            metadata=req.metadata,
+        )
+        obj = await self._call(
+            "create_refund",
+            lambda: self._v1.refunds.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.refund(obj)
+
+    # ---- disputes --------------------------------------------------------------------
+
+    async def submit_dispute_evidence(
+        self, req: SubmitDisputeEvidence, *, idempotency_key: str
+    ) -> DisputeResult:
+        params = {"evidence": dict(req.evidence), "submit": req.submit}
+        obj = await self._call(
+            "submit_dispute_evidence",
+            lambda: self._v1.disputes.update_async(
+                req.provider_dispute_id, params, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.dispute(obj)
+
+    async def accept_dispute(self, req: AcceptDispute, *, idempotency_key: str) -> DisputeResult:
+        obj = await self._call(
+            "accept_dispute",
+            lambda: self._v1.disputes.close_async(
+                req.provider_dispute_id, None, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.dispute(obj)
+
+    async def aclose(self) -> None:
+        """Close the tenant's HTTP session."""
+        if self._http_client is not None:
+            await self._http_client.close_async()

@@ -1,0 +1,124 @@
+"""Stripe API objects → provider-neutral results (statuses folded onto ours)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from paystream.gateways.base import (
+    CustomerResult,
+    DisputeResult,
+    DisputeStatus,
+    PaymentMethodResult,
+    PaymentResult,
+    PaymentStatus,
+    RefundResult,
+    RefundStatus,
+)
+from paystream.money import Money
+
+__all__ = ["customer", "dispute", "payment", "payment_method", "refund"]
+
+_PAYMENT_STATUS = {
+    "requires_action": PaymentStatus.REQUIRES_ACTION,
+    # Only seen if confirmation was deferred; the merchant still has to act.
+    "requires_confirmation": PaymentStatus.REQUIRES_ACTION,
+    "processing": PaymentStatus.PROCESSING,
+    "requires_capture": PaymentStatus.AUTHORIZED,
+    "succeeded": PaymentStatus.SUCCEEDED,
+    "canceled": PaymentStatus.CANCELED,
+    # After a failed attempt Stripe waits for a new payment method: for us the attempt failed.
+    "requires_payment_method": PaymentStatus.FAILED,
+}
+
+_REFUND_STATUS = {
+    "pending": RefundStatus.PENDING,
+    "requires_action": RefundStatus.PENDING,
+    "succeeded": RefundStatus.SUCCEEDED,
+    "failed": RefundStatus.FAILED,
+    "canceled": RefundStatus.FAILED,
+}
+
+_DISPUTE_STATUS = {
+    "warning_needs_response": DisputeStatus.NEEDS_RESPONSE,
+    "needs_response": DisputeStatus.NEEDS_RESPONSE,
+    "warning_under_review": DisputeStatus.UNDER_REVIEW,
+    "under_review": DisputeStatus.UNDER_REVIEW,
+    "won": DisputeStatus.WON,
+    "warning_closed": DisputeStatus.WON,  # an inquiry closed without a chargeback
+    "lost": DisputeStatus.LOST,
+    "charge_refunded": DisputeStatus.LOST,
+}
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        return str(value["id"])
+    return None if value is None else str(value)
+
+
+def _money(obj: Mapping[str, Any]) -> Money:
+    return Money(amount=int(obj["amount"]), currency=str(obj["currency"]))
+
+
+def customer(obj: Mapping[str, Any]) -> CustomerResult:
+    return CustomerResult(provider_customer_id=obj["id"], deleted=bool(obj.get("deleted")))
+
+
+def payment_method(obj: Mapping[str, Any]) -> PaymentMethodResult:
+    card = obj.get("card") or {}
+    return PaymentMethodResult(
+        provider_payment_method_id=obj["id"],
+        provider_customer_id=_id(obj.get("customer")),
+        brand=card.get("brand"),
+        last4=card.get("last4"),
+        exp_month=card.get("exp_month"),
+        exp_year=card.get("exp_year"),
+        fingerprint=card.get("fingerprint"),
+    )
+
+
+def _captured(pi: Mapping[str, Any], charge: Mapping[str, Any]) -> int:
+    if pi.get("amount_received") is not None:
+        return int(pi["amount_received"])
+    if charge.get("amount_captured") is not None:
+        return int(charge["amount_captured"])
+    return int(charge.get("amount", 0)) if charge.get("captured") else 0
+
+
+def payment(pi: Mapping[str, Any]) -> PaymentResult:
+    latest = pi.get("latest_charge")
+    charge: Mapping[str, Any] = latest if isinstance(latest, Mapping) else {}
+    error = pi.get("last_payment_error") or {}
+    status = _PAYMENT_STATUS.get(str(pi["status"]))
+    if status is None:
+        raise ValueError(f"unknown Stripe PaymentIntent status {pi['status']!r}")
+    next_action = pi.get("next_action")
+    return PaymentResult(
+        provider_payment_id=pi["id"],
+        status=status,
+        amount=_money(pi),
+        amount_captured=_captured(pi, charge),
+        amount_refunded=int(charge.get("amount_refunded") or 0),
+        failure_code=error.get("decline_code") or error.get("code"),
+        failure_message=error.get("message"),
+        next_action=dict(next_action) if next_action else None,
+        provider_charge_id=_id(latest),
+    )
+
+
+def refund(obj: Mapping[str, Any]) -> RefundResult:
+    return RefundResult(
+        provider_refund_id=obj["id"],
+        provider_payment_id=_id(obj.get("payment_intent")) or "",
+        status=_REFUND_STATUS.get(str(obj.get("status")), RefundStatus.PENDING),
+        amount=_money(obj),
+        failure_code=obj.get("failure_reason"),
+    )
+
+
+def dispute(obj: Mapping[str, Any]) -> DisputeResult:
+    status = _DISPUTE_STATUS.get(str(obj["status"]))
+    if status is None:
+        raise ValueError(f"unknown Stripe dispute status {obj['status']!r}")
+    return DisputeResult(provider_dispute_id=obj["id"], status=status, amount=_money(obj))

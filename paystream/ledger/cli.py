@@ -1,0 +1,137 @@
+"""Ledger commands for the ``paystream`` CLI: ``migrate`` and ``audit verify``.
+
+Attach with ``cli.add_command(migrate_command)`` and ``cli.add_command(audit_group)``.
+Migrations run as the schema owner (``DATABASE_URL``); the audit check runs as the
+``paystream_app`` role, because :func:`verify_audit` relies on row-level security to
+see exactly one tenant's chain (a superuser would read every tenant's rows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import DBAPIError
+
+from paystream.errors import PaystreamError
+from paystream.settings import Settings, load_settings
+
+__all__ = ["audit_group", "migrate_command"]
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # connection refused and friends: say so without a traceback
+        raise click.ClickException(f"cannot reach the database: {exc}") from exc
+    except DBAPIError as exc:  # bad password, missing database, ...: first line only
+        lines = str(exc.orig or exc).strip().splitlines()
+        raise click.ClickException(f"database error: {lines[0] if lines else exc}") from exc
+
+
+def _app_password(settings: Settings) -> str | None:
+    secret = settings.db_app_password
+    value = secret.get_secret_value() if secret is not None else ""
+    return value or None  # an empty variable means unset, not an empty password
+
+
+def _owner_url(settings: Settings) -> str:
+    from paystream.ledger.sink import asyncpg_url
+
+    if settings.database_url is None:
+        raise click.ClickException("DATABASE_URL is not set (the schema owner's URL)")
+    return asyncpg_url(settings.database_url)
+
+
+@click.command("migrate")
+@click.option("--revision", default="head", show_default=True, help="upgrade to this revision")
+@click.option(
+    "--downgrade",
+    "downgrade_to",
+    metavar="REV",
+    default=None,
+    help="downgrade to REV instead (`base` removes every ledger object but the role)",
+)
+def migrate_command(revision: str, downgrade_to: str | None) -> None:
+    """Upgrade (or downgrade) the ledger schema as the owner in DATABASE_URL.
+
+    With PAYSTREAM_DB_APP_PASSWORD set, the paystream_app role is given that password
+    so workers can log in with it.
+    """
+    from paystream.ledger import migrate
+
+    settings = _settings()
+    url = _owner_url(settings)
+
+    async def go() -> str | None:
+        if downgrade_to is not None:
+            await migrate.downgrade(url, downgrade_to)
+        else:
+            await migrate.upgrade(url, revision, app_password=_app_password(settings))
+        return await migrate.current(url)
+
+    current = _run(go())
+    if downgrade_to is None and _app_password(settings) is None:
+        click.echo(
+            "note: PAYSTREAM_DB_APP_PASSWORD is unset, so paystream_app's password was not set",
+            err=True,
+        )
+    click.echo(f"ledger schema at revision {current or 'base'}")
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """Check the ledger's hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@click.option("--tenant", "tenants", multiple=True, required=True, help="tenant id (repeatable)")
+def audit_verify(tenants: tuple[str, ...]) -> None:
+    """Recompute each tenant's audit chain; exit 1 if any row is missing or altered."""
+    from paystream.ledger import assert_rls_enforced, create_engine, verify_audit
+    from paystream.ledger.audit import VerifyResult
+    from paystream.ledger.migrate import app_database_url
+
+    settings = _settings()
+    url = _owner_url(settings)
+    if (password := _app_password(settings)) is not None:
+        url = app_database_url(url, password)
+
+    async def go() -> list[VerifyResult]:
+        engine = create_engine(url, hide_parameters=True)
+        try:
+            # Without RLS the unfiltered chain query would mix tenants and report garbage.
+            await assert_rls_enforced(engine)
+            return [await verify_audit(engine, t) for t in tenants]
+        finally:
+            await engine.dispose()
+
+    results = _run(go())
+    failed = 0
+    for res in results:
+        if res.ok:
+            click.echo(f"{res.tenant_id}: ok, {res.checked} audit entries verified")
+        else:
+            failed += 1
+            click.echo(
+                f"{res.tenant_id}: FAILED, {res.checked} entries checked, "
+                f"{len(res.problems)} problem(s)"
+            )
+            for problem in res.problems:
+                click.echo(f"  - {problem}")
+    click.echo(f"{len(results) - failed}/{len(results)} tenant chain(s) intact")
+    if failed:
+        raise SystemExit(1)

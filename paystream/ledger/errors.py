@@ -1,0 +1,38 @@
+"""Errors raised by the ledger (PostgreSQL system of record)."""
+
+from __future__ import annotations
+
+from paystream.errors import PaystreamError
+
+__all__ = [
+    "CustomerNotFoundError",
+    "ForbiddenDataError",
+    "InvalidEventError",
+    "LedgerError",
+    "RlsNotEnforcedError",
+]
+
+
+class LedgerError(PaystreamError):
+    """Root of ledger errors."""
+
+
+class RlsNotEnforcedError(LedgerError):
+    """The connection's role would bypass row-level security (superuser, owner or BYPASSRLS)."""
+
+
+class InvalidEventError(LedgerError):
+    """The event cannot be stored as given; retrying will not help (dead-letter it)."""
+
+    def __init__(self, event_id: str, reason: str) -> None:
+        super().__init__(f"event {event_id!r}: {reason}")
+        self.event_id = event_id
+        self.reason = reason
+
+
+class ForbiddenDataError(InvalidEventError):
+    """The event carried data the ledger must never store (a card number or CVC)."""
+
+
+class CustomerNotFoundError(LedgerError):
+    """No such customer for this tenant (or it belongs to another tenant)."""

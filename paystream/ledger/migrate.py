@@ -1,0 +1,121 @@
+"""Run the ledger's Alembic migrations programmatically (``paystream migrate`` calls this)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from paystream.ledger.errors import LedgerError
+
+__all__ = [
+    "APP_ROLE",
+    "app_database_url",
+    "create_database",
+    "current",
+    "downgrade",
+    "set_app_password",
+    "upgrade",
+]
+
+APP_ROLE = "paystream_app"
+# Arbitrary constant: serialises concurrent `paystream migrate` runs on one database.
+_MIGRATION_LOCK = 0x7061_7973_7472_6561
+
+
+def alembic_config() -> Config:
+    """Alembic configuration pointing at the migrations shipped inside the package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", "paystream.ledger:migrations")
+    return cfg
+
+
+def _run(connection: Connection, action: str, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    if action == "upgrade":
+        command.upgrade(cfg, revision)
+    else:
+        command.downgrade(cfg, revision)
+
+
+async def _migrate(database_url: str, action: str, revision: str, password: str | None) -> None:
+    # NullPool: a one-shot tool should leave no pooled connection behind.
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            await conn.run_sync(_run, action, revision)
+            if password is not None:
+                await set_app_password(conn, password)
+    finally:
+        await engine.dispose()
+
+
+async def upgrade(
+    database_url: str, revision: str = "head", *, app_password: str | None = None
+) -> None:
+    """Upgrade as the schema owner; with ``app_password``, let ``paystream_app`` log in with it."""
+    await _migrate(database_url, "upgrade", revision, app_password)
+
+
+async def downgrade(database_url: str, revision: str = "-1") -> None:
+    """Downgrade as the schema owner (``"base"`` removes every ledger object but the role)."""
+    await _migrate(database_url, "downgrade", revision, None)
+
+
+async def current(database_url: str) -> str | None:
+    """The database's current revision, or None if never migrated."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+
+
+async def set_app_password(conn: AsyncConnection, password: str) -> None:
+    """ALTER ROLE paystream_app LOGIN PASSWORD ...; the role must exist (run upgrade first)."""
+    if not password or "\x00" in password:
+        raise LedgerError("the application role password must be non-empty text")
+    # ALTER ROLE takes no bind parameters: quote as a standard SQL literal, and send it
+    # raw so SQLAlchemy never reads ':' in the password as a bind marker.
+    literal = "'" + password.replace("'", "''") + "'"
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.execute(f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD {literal}")
+
+
+def app_database_url(owner_url: str, password: str, role: str = APP_ROLE) -> str:
+    """The URL the application uses: same server and database, the non-owner role."""
+    url = make_url(owner_url).set(username=role, password=password)
+    return url.render_as_string(hide_password=False)
+
+
+async def create_database(server_url: str, prefix: str = "paystream") -> str:
+    """Create a new, uniquely named database on the server of ``server_url``; its URL.
+
+    For benchmarks and tests that must never write into an existing database.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(_plain_dsn(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def _plain_dsn(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+asyncpg://``) as asyncpg itself wants it."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -1,0 +1,274 @@
+"""SQLAlchemy models of the ledger; the migrations create exactly this schema (a test checks)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import CHAR, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "TENANT_TABLES",
+    "AuditHead",
+    "AuditLog",
+    "Base",
+    "Customer",
+    "DataKey",
+    "Dispute",
+    "Event",
+    "Payment",
+    "PaymentMethod",
+    "Refund",
+    "Tenant",
+]
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with deterministic constraint names (migrations refer to them)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _tenant_fk() -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(["tenant_id"], ["tenants.tenant_id"], ondelete="RESTRICT")
+
+
+Tenantid = String(64)
+Tstz = DateTime(timezone=True)
+
+
+class Tenant(Base):
+    """A tenant known to the ledger (the registry of record is the tenants topic)."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint(r"tenant_id ~ '^[a-z0-9][a-z0-9_-]{0,62}$'", name="tenant_id_format"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, server_default="")
+    status: Mapped[str] = mapped_column(Text, server_default="active")
+    created_at: Mapped[datetime] = mapped_column(Tstz, server_default=func.now())
+
+
+class DataKey(Base):
+    """A wrapped data key: ``tenant`` for tenant secrets, ``customer/<id>`` for PII."""
+
+    __tablename__ = "data_keys"
+    __table_args__ = (
+        _tenant_fk(),
+        Index(None, "tenant_id", "master_key_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    key_ref: Mapped[str] = mapped_column(Text, primary_key=True)
+    master_key_id: Mapped[str] = mapped_column(Text)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(Tstz, server_default=func.now())
+    rewrapped_at: Mapped[datetime | None] = mapped_column(Tstz)
+
+
+class _Entity:
+    """Columns every versioned entity row carries."""
+
+    version: Mapped[int] = mapped_column(BigInteger)
+    last_event_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Tstz)
+    updated_at: Mapped[datetime] = mapped_column(Tstz)
+
+
+def _money_checks(*columns: str) -> tuple[CheckConstraint, ...]:
+    checks = [CheckConstraint(r"currency ~ '^[A-Z]{3}$'", name="currency_iso4217")]
+    checks += [CheckConstraint(f"{c} >= 0", name=f"{c}_non_negative") for c in columns]
+    return tuple(checks)
+
+
+class Customer(_Entity, Base):
+    """A customer; email, name and address are ciphertext under the customer's data key."""
+
+    __tablename__ = "customers"
+    __table_args__ = (_tenant_fk(),)
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    provider_customer_id: Mapped[str | None] = mapped_column(Text)
+    email_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    name_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    address_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    erased_at: Mapped[datetime | None] = mapped_column(Tstz)
+
+
+class PaymentMethod(_Entity, Base):
+    """A tokenised payment method: provider token and display facts, never a card number."""
+
+    __tablename__ = "payment_methods"
+    __table_args__ = (
+        _tenant_fk(),
+        CheckConstraint(r"last4 IS NULL OR last4 ~ '^[0-9]{4}$'", name="last4_digits"),
+        CheckConstraint("exp_month IS NULL OR exp_month BETWEEN 1 AND 12", name="exp_month"),
+        CheckConstraint("exp_year IS NULL OR exp_year BETWEEN 2000 AND 2200", name="exp_year"),
+        Index(None, "tenant_id", "customer_id"),
+        Index(None, "tenant_id", "fingerprint"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    payment_method_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str | None] = mapped_column(Text)
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_token: Mapped[str | None] = mapped_column(Text)
+    brand: Mapped[str | None] = mapped_column(Text)
+    last4: Mapped[str | None] = mapped_column(CHAR(4))
+    exp_month: Mapped[int | None] = mapped_column(SmallInteger)
+    exp_year: Mapped[int | None] = mapped_column(SmallInteger)
+    fingerprint: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(Text)
+
+
+class Payment(_Entity, Base):
+    """A payment's latest state; amounts in minor units."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks("amount", "amount_captured", "amount_refunded"),
+        Index(None, "tenant_id", "customer_id"),
+        Index(None, "tenant_id", "status", "updated_at"),
+        Index(None, "tenant_id", "provider", "provider_payment_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    payment_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str | None] = mapped_column(Text)
+    payment_method_id: Mapped[str | None] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    status: Mapped[str] = mapped_column(Text)
+    amount_captured: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_payment_id: Mapped[str | None] = mapped_column(Text)
+    failure_code: Mapped[str | None] = mapped_column(Text)
+
+
+class Refund(_Entity, Base):
+    """A refund's latest state."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks("amount"),
+        Index(None, "tenant_id", "payment_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    refund_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    payment_id: Mapped[str | None] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    status: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    provider_refund_id: Mapped[str | None] = mapped_column(Text)
+    failure_code: Mapped[str | None] = mapped_column(Text)
+
+
+class Dispute(_Entity, Base):
+    """A dispute's latest state."""
+
+    __tablename__ = "disputes"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks("amount"),
+        Index(None, "tenant_id", "payment_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    dispute_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    payment_id: Mapped[str | None] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    status: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    provider_dispute_id: Mapped[str | None] = mapped_column(Text)
+    evidence_due_by: Mapped[datetime | None] = mapped_column(Tstz)
+
+
+class Event(Base):
+    """An outcome CloudEvent as received; PII fields in ``data`` are sealed, not plaintext."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        _tenant_fk(),
+        Index(None, "tenant_id", "entity_type", "entity_id", "entity_version"),
+        Index(None, "tenant_id", "time"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text)
+    causation_id: Mapped[str | None] = mapped_column(Text)
+    entity_type: Mapped[str] = mapped_column(Text)
+    entity_id: Mapped[str] = mapped_column(Text)
+    entity_version: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime] = mapped_column(Tstz)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    recorded_at: Mapped[datetime] = mapped_column(Tstz, server_default=func.now())
+
+
+class AuditLog(Base):
+    """Append-only, hash-chained per tenant: hash = sha256(prev_hash || canonical row)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        _tenant_fk(),
+        CheckConstraint("seq >= 1", name="seq_positive"),
+        Index(None, "tenant_id", "entity_type", "entity_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    occurred_at: Mapped[datetime] = mapped_column(Tstz)
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    entity_type: Mapped[str] = mapped_column(Text)
+    entity_id: Mapped[str] = mapped_column(Text)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditHead(Base):
+    """Last (seq, hash) per tenant: the append lock, and how a truncated tail is detected."""
+
+    __tablename__ = "audit_heads"
+    __table_args__ = (_tenant_fk(),)
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# Every table holding tenant rows: each gets RLS enabled + forced and the tenant policy.
+TENANT_TABLES: tuple[str, ...] = tuple(Base.metadata.tables)

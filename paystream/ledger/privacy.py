@@ -1,0 +1,168 @@
+"""Data-subject requests: export a customer's data, or erase it by destroying their key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger.audit import AuditEntry, append_audit, lock_tenant
+from paystream.ledger.errors import CustomerNotFoundError
+from paystream.ledger.events import EntityType
+from paystream.ledger.keys import SqlKeyStore, customer_data_keys
+from paystream.ledger.models import (
+    Base,
+    Customer,
+    Dispute,
+    Event,
+    Payment,
+    PaymentMethod,
+    Refund,
+    Tenant,
+)
+from paystream.ledger.pii import CUSTOMER_PII_COLUMNS, open_customer_columns, open_event_data
+from paystream.ledger.session import tenant_session
+from paystream.ledger.writer import summarise
+from paystream.tenancy.crypto import MasterKeyring, customer_key_ref
+
+__all__ = ["erase_customer", "export_customer"]
+
+# An erasure that arrives before the customer's first event leaves a row at this version,
+# so every real event (version >= 0) still applies but can no longer store PII.
+TOMBSTONE_VERSION = -1
+
+
+def _jsonable(row: Any, drop: tuple[str, ...] = ("tenant_id",)) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dict(row).items():
+        if key in drop or key.endswith("_ciphertext"):
+            continue
+        out[key] = value.astimezone(UTC).isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+async def export_customer(
+    engine: AsyncEngine, keyring: MasterKeyring, tenant_id: str, customer_id: str
+) -> dict[str, Any]:
+    """Everything held about a customer, PII decrypted, as a JSON-able dict."""
+    async with tenant_session(engine, tenant_id) as session:
+        customer = (
+            (
+                await session.execute(
+                    select(Customer.__table__).where(Customer.customer_id == customer_id)
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if customer is None:
+            raise CustomerNotFoundError(f"customer {customer_id!r} not found")
+        keys = await customer_data_keys(session, keyring, tenant_id, [customer_id], create=False)
+        key = keys.get(customer_id)
+
+        async def rows(model: type[Base], *where: Any) -> list[dict[str, Any]]:
+            result = await session.execute(select(model.__table__).where(*where))
+            return [_jsonable(r) for r in result.mappings()]
+
+        payments = await rows(Payment, Payment.customer_id == customer_id)
+        payment_ids = [p["payment_id"] for p in payments]
+        events = await session.execute(
+            select(Event.__table__)
+            .where(
+                or_(
+                    (Event.entity_type == EntityType.CUSTOMER.value)
+                    & (Event.entity_id == customer_id),
+                    (Event.entity_type == EntityType.PAYMENT.value)
+                    & Event.entity_id.in_(payment_ids),
+                )
+            )
+            .order_by(Event.time, Event.event_id)
+        )
+        history = []
+        for event in events.mappings():
+            item = _jsonable(event)
+            if event["entity_type"] == EntityType.CUSTOMER.value:
+                item["data"] = open_event_data(key, tenant_id, event["event_id"], event["data"])
+            history.append(item)
+        return {
+            "tenant_id": tenant_id,
+            "customer": {
+                **_jsonable(customer),
+                **open_customer_columns(key, tenant_id, customer_id, dict(customer)),
+                "erased": customer["erased_at"] is not None,
+            },
+            "payment_methods": await rows(PaymentMethod, PaymentMethod.customer_id == customer_id),
+            "payments": payments,
+            "refunds": await rows(Refund, Refund.payment_id.in_(payment_ids)),
+            "disputes": await rows(Dispute, Dispute.payment_id.in_(payment_ids)),
+            "events": history,
+        }
+
+
+async def erase_customer(
+    engine: AsyncEngine, tenant_id: str, customer_id: str, *, actor: str = "system:privacy"
+) -> bool:
+    """Crypto-shred a customer's PII: delete their data key and clear the ciphertext.
+
+    Amounts, ids and history rows stay (they are needed for accounting); sealed PII in
+    stored events becomes undecryptable. Later events for the customer store no PII.
+    Returns False if the customer was already erased.
+    """
+    now = datetime.now(UTC)
+    async with tenant_session(engine, tenant_id) as session:
+        await session.execute(
+            pg_insert(Tenant).values(tenant_id=tenant_id).on_conflict_do_nothing()
+        )
+        await lock_tenant(session, tenant_id)
+        before = (
+            (
+                await session.execute(
+                    select(Customer.__table__).where(Customer.customer_id == customer_id)
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if before is not None and before["erased_at"] is not None:
+            return False
+        await SqlKeyStore(session).delete(tenant_id, customer_key_ref(customer_id))
+        cleared: dict[str, Any] = dict.fromkeys(CUSTOMER_PII_COLUMNS.values())
+        if before is None:
+            # Erasure can overtake the customer's events in the pipeline: leave a tombstone.
+            await session.execute(
+                pg_insert(Customer).values(
+                    tenant_id=tenant_id,
+                    customer_id=customer_id,
+                    version=TOMBSTONE_VERSION,
+                    last_event_id="",
+                    created_at=now,
+                    updated_at=now,
+                    erased_at=now,
+                )
+            )
+        else:
+            await session.execute(
+                update(Customer)
+                .where(Customer.customer_id == customer_id)
+                .values(**cleared, erased_at=now)
+            )
+        after = {**(dict(before) if before else {}), **cleared, "erased_at": now}
+        await append_audit(
+            session,
+            tenant_id,
+            [
+                AuditEntry(
+                    actor=actor,
+                    action="com.paystream.customer.erased",
+                    entity_type=EntityType.CUSTOMER.value,
+                    entity_id=customer_id,
+                    before=summarise(dict(before) if before else None),
+                    after=summarise(after),
+                    occurred_at=now,
+                )
+            ],
+        )
+    return True

@@ -1,0 +1,518 @@
+"""The ledger sink's logic: outcome CloudEvents → LedgerEvents → PostgreSQL, never dropping a batch.
+
+Two halves, both free of Faust so they can be tested against a real database alone:
+
+* :func:`outcome_to_ledger_events` translates one outcome (see
+  ``paystream.agents.pipeline``) into the ledger's events: one for the primary entity and
+  one per ``related`` entity. Outcomes without an entity (``command.rejected``,
+  ``*.attach_failed`` without a stored method, ...) translate to **nothing**: the ledger
+  records state changes, its ``events`` rows are keyed to an entity (``entity_type``,
+  ``entity_id``, ``entity_version`` are NOT NULL) and a rejection changes no state. They
+  stay on the events topic and in ``paystream_ledger_outcomes_skipped_total``.
+* :class:`LedgerSink` writes a batch with :func:`paystream.ledger.writer.write_events`,
+  retrying transient failures (connection lost, server shutting down or starting up,
+  serialization failures, timeouts) with capped exponential backoff **forever**: the
+  caller must not acknowledge the batch until it returns, so a database outage stalls
+  the stream instead of losing events. Data the database refuses (or that fails
+  validation) cannot succeed on retry: the offending events are isolated by bisection
+  and returned as :class:`DeadLetter` s while the rest of the batch is stored.
+
+Event ids: the primary entity's ledger event uses the outcome's CloudEvent id (itself
+derived from the command, so a replayed outcome has the same id). A related entity's
+event gets ``<outcome id>:<entity_type>:<entity_id>``: still deterministic, so a replay
+is recognised, but distinct, because ``events`` has one row per ``(tenant, event_id)``
+and the writer would otherwise keep only the first entity of the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from cloudevents.core.v1.event import CloudEvent
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger.errors import ForbiddenDataError, InvalidEventError, RlsNotEnforcedError
+from paystream.ledger.events import LedgerEvent
+from paystream.ledger.privacy import erase_customer
+from paystream.ledger.session import assert_rls_enforced
+from paystream.ledger.writer import WriteResult, write_events
+from paystream.tenancy.crypto import MasterKeyring
+
+T = TypeVar("T")
+
+__all__ = [
+    "DB_STATEMENT_SECONDS",
+    "BatchResult",
+    "DeadLetter",
+    "FailureKind",
+    "LedgerSink",
+    "asyncpg_url",
+    "classify_failure",
+    "outcome_to_ledger_events",
+]
+
+log = logging.getLogger(__name__)
+
+# ---- metrics (new names; paystream/metrics.py holds the pipeline's) -------------------
+
+EVENTS_WRITTEN = Counter(
+    "paystream_ledger_events_total",
+    "Ledger events handled by the sink: `written` (new rows) or `duplicate` (replays skipped).",
+    ["result"],
+)
+ENTITIES = Counter(
+    "paystream_ledger_entities_total",
+    "Entity rows: `applied` (moved forward) or `stale` (an older version arrived late).",
+    ["result"],
+)
+BATCH_SECONDS = Histogram(
+    "paystream_ledger_batch_seconds",
+    "Time to store one sink batch, including retries while the database is unavailable.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+DB_STATEMENT_SECONDS = Histogram(
+    "paystream_ledger_db_statement_seconds",
+    "Latency of each SQL statement the ledger sink's engine executes.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+WRITE_FAILURES = Counter(
+    "paystream_ledger_write_failures_total",
+    "Failed batch write attempts, by kind (connection, config, unexpected are retried; "
+    "data is isolated and dead-lettered).",
+    ["kind"],
+)
+DEAD_LETTERS = Counter(
+    "paystream_ledger_dead_letters_total",
+    "Ledger events (or outcomes) the ledger refused; they go to the ledger dead-letter topic.",
+    ["reason"],
+)
+OUTCOMES_SKIPPED = Counter(
+    "paystream_ledger_outcomes_skipped_total",
+    "Outcomes that change no entity (e.g. command.rejected) and so write no ledger rows.",
+    ["type"],
+)
+STALLED = Gauge(
+    "paystream_ledger_sink_stalled",
+    "1 while the sink is retrying a batch (database unavailable or misconfigured).",
+)
+
+
+# ---- translation ------------------------------------------------------------------------
+
+# The ledger's column names differ from the stream snapshots in a few places; the
+# snapshot is stored as received, plus these aliases so the ledger columns get filled.
+_ALIASES: dict[str, dict[str, str]] = {
+    "payment_method": {"provider_token": "provider_payment_method_id"},
+}
+
+
+def _snapshot(entity_type: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(obj)
+    for column, source in _ALIASES.get(entity_type, {}).items():
+        if data.get(column) is None and data.get(source) is not None:
+            data[column] = data[source]
+    if entity_type == "payment_method" and data.get("status") is None and "attached" in data:
+        # The stream keeps a boolean; the ledger a status word (room for more states).
+        data["status"] = "attached" if data["attached"] else "detached"
+    return data
+
+
+def _entity_part(event_id: str, part: Any, where: str) -> tuple[str, str, int, Mapping[str, Any]]:
+    if not isinstance(part, Mapping):
+        raise InvalidEventError(event_id, f"{where} must be an object")
+    entity_type, entity_id, version, obj = (
+        part.get("entity_type"),
+        part.get("entity_id"),
+        part.get("version"),
+        part.get("object"),
+    )
+    if not isinstance(entity_type, str) or not isinstance(entity_id, str):
+        raise InvalidEventError(event_id, f"{where}: entity_type and entity_id must be strings")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidEventError(event_id, f"{where}: version must be an integer")
+    if not isinstance(obj, Mapping):
+        raise InvalidEventError(event_id, f"{where}: object must be an object")
+    return entity_type, entity_id, version, obj
+
+
+def outcome_to_ledger_events(
+    outcome: CloudEvent, *, received_at: datetime | None = None
+) -> list[LedgerEvent]:
+    """The ledger events of one outcome: primary entity first, then each related entity.
+
+    Returns ``[]`` for outcomes that carry no entity (rejections). Raises
+    :class:`InvalidEventError` (or its subclass :class:`ForbiddenDataError`) when the
+    outcome cannot be stored as given: the whole outcome is refused, never half of it.
+    ``received_at`` stands in for a missing CloudEvent ``time`` (the Kafka timestamp).
+    """
+    event_id = outcome.get_id()
+    data = outcome.get_data()
+    if not isinstance(data, Mapping):
+        raise InvalidEventError(event_id, "outcome data must be a JSON object")
+    ext_tenant = outcome.get_extension("tenantid")
+    tenant_id = data.get("tenant_id") or ext_tenant
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise InvalidEventError(event_id, "outcome names no tenant")
+    if ext_tenant is not None and str(ext_tenant) != tenant_id:
+        # The extension decided the partition; a payload claiming another tenant is
+        # either a bug or an attack on another tenant's rows.
+        raise InvalidEventError(event_id, "data.tenant_id does not match the tenantid extension")
+    if data.get("entity_type") is None and data.get("entity_id") is None:
+        OUTCOMES_SKIPPED.labels(outcome.get_type()[:100]).inc()
+        return []
+    when = outcome.get_time() or received_at or datetime.now(UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # CloudEvents times are RFC 3339; naive means UTC
+    causation = outcome.get_extension("causationid") or data.get("command_id")
+    common: dict[str, Any] = {
+        "type": outcome.get_type(),
+        "tenant_id": tenant_id,
+        "causation_id": str(causation) if causation is not None else None,
+        "time": when,
+    }
+    entity_type, entity_id, version, obj = _entity_part(event_id, data, "data")
+    primary = _snapshot(entity_type, obj)
+    if isinstance(data.get("error"), Mapping) and "error" not in primary:
+        # A failed payment's provider error belongs with the event that recorded it.
+        primary["error"] = dict(data["error"])
+    events = [
+        LedgerEvent(
+            event_id=event_id,
+            entity_type=entity_type,  # type: ignore[arg-type]  # LedgerEvent validates it
+            entity_id=entity_id,
+            version=version,
+            data=primary,
+            **common,
+        )
+    ]
+    related = data.get("related") or []
+    if not isinstance(related, list):
+        raise InvalidEventError(event_id, "data.related must be a list")
+    for i, part in enumerate(related):
+        r_type, r_id, r_version, r_obj = _entity_part(event_id, part, f"data.related[{i}]")
+        events.append(
+            LedgerEvent(
+                event_id=f"{event_id}:{r_type}:{r_id}",
+                entity_type=r_type,  # type: ignore[arg-type]  # LedgerEvent validates it
+                entity_id=r_id,
+                version=r_version,
+                data=_snapshot(r_type, r_obj),
+                **common,
+            )
+        )
+    return events
+
+
+# ---- failure classification ---------------------------------------------------------
+
+
+class FailureKind:
+    """How a failed write is handled (string constants, also the metric label)."""
+
+    CONNECTION = "connection"  # retry: the database is down, restarting or unreachable
+    CONFIG = "config"  # retry: schema not migrated, grants or role wrong; needs an operator
+    DATA = "data"  # never succeeds: isolate the events and dead-letter them
+    UNEXPECTED = "unexpected"  # retry: we cannot prove retrying is useless, and must not drop
+
+
+# SQLSTATE classes (first two characters): PostgreSQL error codes appendix.
+_RETRY_SQLSTATE_CLASSES = {
+    "08": FailureKind.CONNECTION,  # connection exception
+    "40": FailureKind.CONNECTION,  # serialization failure, deadlock: the txn was rolled back
+    "53": FailureKind.CONNECTION,  # insufficient resources (too many connections, disk full)
+    "57": FailureKind.CONNECTION,  # admin/crash shutdown, cannot connect now, query canceled
+    "58": FailureKind.CONNECTION,  # system error (I/O)
+    "42": FailureKind.CONFIG,  # undefined table, permission denied: wait for migrate/grants
+    "28": FailureKind.CONFIG,  # invalid password / authorization
+    "3D": FailureKind.CONFIG,  # database does not exist
+}
+_DATA_SQLSTATE_CLASSES = {"22", "23"}  # data exception, integrity constraint violation
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "sqlstate", None)
+        if isinstance(code, str) and code:
+            return code
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
+def classify_failure(exc: BaseException) -> str:
+    """The :class:`FailureKind` of an exception raised while writing a batch."""
+    if isinstance(exc, InvalidEventError):
+        return FailureKind.DATA
+    if isinstance(exc, RlsNotEnforcedError):
+        # Never write as a role that bypasses tenant isolation; wait for the operator.
+        return FailureKind.CONFIG
+    code = _sqlstate(exc)
+    if code is not None:
+        if code[:2] in _DATA_SQLSTATE_CLASSES:
+            return FailureKind.DATA
+        return _RETRY_SQLSTATE_CLASSES.get(code[:2], FailureKind.UNEXPECTED)
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return FailureKind.CONNECTION
+    if isinstance(
+        exc,
+        OSError  # refused, reset, unreachable (ConnectionError is a subclass)
+        | TimeoutError  # asyncpg connect / command timeouts
+        | sa_exc.InterfaceError  # "connection is closed"
+        | sa_exc.OperationalError
+        | sa_exc.TimeoutError,  # pool checkout timeout
+    ):
+        return FailureKind.CONNECTION
+    try:
+        import asyncpg
+
+        if isinstance(exc, asyncpg.exceptions.InterfaceError | asyncpg.PostgresConnectionError):
+            return FailureKind.CONNECTION
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        pass
+    return FailureKind.UNEXPECTED
+
+
+# ---- the sink -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A ledger event (or a whole outcome) that can never be stored, and why."""
+
+    event_id: str
+    tenant_id: str | None
+    reason: str  # invalid_event | forbidden_data | database_rejected | undecodable
+    detail: str
+    event: LedgerEvent | None = None
+
+
+@dataclass
+class BatchResult:
+    """What :meth:`LedgerSink.write_batch` did; ``dead_letters`` must be parked by the caller."""
+
+    written: WriteResult = field(default_factory=WriteResult)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    attempts: int = 0  # write attempts including retries (1 when all went well)
+
+
+class _Rejected(Exception):
+    """Internal: the database refused the data of this sub-batch."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def asyncpg_url(url: str) -> str:
+    """``url`` with the asyncpg driver (settings accept ``postgresql://`` and ``postgres://``)."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def dead_letter_for(exc: InvalidEventError, tenant_id: str | None) -> DeadLetter:
+    """A DeadLetter for an outcome refused during translation."""
+    reason = "forbidden_data" if isinstance(exc, ForbiddenDataError) else "invalid_event"
+    return DeadLetter(exc.event_id, tenant_id, reason, exc.reason)
+
+
+def _before_statement(
+    conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any
+) -> None:
+    conn.info.setdefault("_ledger_t0", []).append(time.perf_counter())
+
+
+def _after_statement(
+    conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any
+) -> None:
+    starts = conn.info.get("_ledger_t0")
+    if starts:
+        DB_STATEMENT_SECONDS.observe(time.perf_counter() - starts.pop())
+
+
+def _failed_statement(context: Any) -> None:
+    # A statement that raises gets no after_cursor_execute: keep the stack balanced.
+    conn = getattr(context, "connection", None)
+    starts = conn.info.get("_ledger_t0") if conn is not None else None
+    if starts:
+        DB_STATEMENT_SECONDS.observe(time.perf_counter() - starts.pop())
+
+
+def _instrument(engine: AsyncEngine) -> None:
+    """Time every statement on ``engine`` into DB_STATEMENT_SECONDS (once per engine)."""
+    sync = engine.sync_engine
+    if sa_event.contains(sync, "before_cursor_execute", _before_statement):
+        return
+    sa_event.listen(sync, "before_cursor_execute", _before_statement)
+    sa_event.listen(sync, "after_cursor_execute", _after_statement)
+    sa_event.listen(sync, "handle_error", _failed_statement)
+
+
+class LedgerSink:
+    """Writes ledger events in batches; blocks (retrying) while the database is unavailable.
+
+    ``initial_backoff`` doubles per failed attempt up to ``max_backoff``, with jitter so a
+    fleet of workers does not reconnect in lock-step after an outage. One WARNING is
+    logged per failed attempt (i.e. per backoff step), with the traceback for kinds we
+    do not recognise; recovery is logged once.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        keyring: MasterKeyring,
+        *,
+        initial_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        check_rls: bool = True,
+    ) -> None:
+        if not 0 < initial_backoff <= max_backoff:
+            raise ValueError("need 0 < initial_backoff <= max_backoff")
+        self.engine = engine
+        self.keyring = keyring
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self._rls_checked = not check_rls
+        # Observable progress (tests and the dashboard): attempts that failed, and whether
+        # a batch is being retried right now.
+        self.failed_attempts = 0
+        self.stalled = False
+        _instrument(engine)
+
+    async def write_batch(self, events: Sequence[LedgerEvent]) -> BatchResult:
+        """Store ``events``; returns only when every event is stored or dead-lettered.
+
+        Idempotent: a replayed batch (same event ids) writes nothing twice. Never raises
+        for database unavailability; cancellation (worker shutdown) propagates, leaving
+        the batch unacknowledged for redelivery.
+        """
+        started = time.perf_counter()
+        result = BatchResult()
+        try:
+            if events:
+                await self._write_isolating(list(events), result)
+        finally:
+            BATCH_SECONDS.observe(time.perf_counter() - started)
+        w = result.written
+        EVENTS_WRITTEN.labels("written").inc(w.events_written)
+        EVENTS_WRITTEN.labels("duplicate").inc(w.duplicates)
+        ENTITIES.labels("applied").inc(w.entities_applied)
+        ENTITIES.labels("stale").inc(w.entities_stale)
+        for dead in result.dead_letters:
+            DEAD_LETTERS.labels(dead.reason).inc()
+        return result
+
+    async def _write_isolating(self, events: list[LedgerEvent], result: BatchResult) -> None:
+        """Write; if the database refuses the data, bisect to find and park the bad events.
+
+        Halves are written separately, which is safe: each write is idempotent and
+        entity versions only move forward, so order across halves does not matter.
+        """
+        try:
+            result.written.add(await self._write_retrying(events, result))
+        except _Rejected as rejected:
+            if len(events) == 1:
+                event = events[0]
+                # One line only: a DBAPI error's full text can carry statement parameters.
+                detail = _one_line(rejected.cause)
+                log.error(
+                    "ledger refused event %s of tenant %s: %s",
+                    event.event_id,
+                    event.tenant_id,
+                    detail,
+                )
+                reason = (
+                    "forbidden_data"
+                    if isinstance(rejected.cause, ForbiddenDataError)
+                    else "database_rejected"
+                )
+                result.dead_letters.append(
+                    DeadLetter(event.event_id, event.tenant_id, reason, detail, event)
+                )
+                return
+            mid = len(events) // 2
+            await self._write_isolating(events[:mid], result)
+            await self._write_isolating(events[mid:], result)
+
+    async def _write_retrying(self, events: list[LedgerEvent], result: BatchResult) -> WriteResult:
+        async def write() -> WriteResult:
+            if not self._rls_checked:
+                await assert_rls_enforced(self.engine)
+                self._rls_checked = True
+            return await write_events(self.engine, events, keyring=self.keyring)
+
+        return await self._retrying(write, f"ledger write of {len(events)} event(s)", result)
+
+    async def erase_customer(self, tenant_id: str, customer_id: str) -> bool:
+        """Crypto-shred a customer (after their `customer.erased` event is stored); retried
+        like a write. Idempotent: False if the customer was already erased."""
+        return await self._retrying(
+            lambda: erase_customer(self.engine, tenant_id, customer_id),
+            f"erasure of customer {customer_id} of tenant {tenant_id}",
+            BatchResult(),
+        )
+
+    async def _retrying(
+        self, operation: Callable[[], Awaitable[T]], what: str, result: BatchResult
+    ) -> T:
+        """Run ``operation`` until it succeeds; only refused data (DATA) escapes, as _Rejected."""
+        attempt = 0
+        down_since: float | None = None
+        while True:
+            attempt += 1
+            result.attempts += 1
+            try:
+                done = await operation()
+            except Exception as exc:
+                kind = classify_failure(exc)
+                WRITE_FAILURES.labels(kind).inc()
+                if kind == FailureKind.DATA:
+                    raise _Rejected(exc) from exc
+                self.failed_attempts += 1
+                if down_since is None:
+                    down_since = time.monotonic()
+                self.stalled = True
+                STALLED.set(1)
+                # Exponent capped: an outage of hours must not overflow the float.
+                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 32))
+                delay *= random.uniform(0.75, 1.0)  # jitter: spread a fleet's reconnects
+                log.warning(
+                    "%s failed (%s, attempt %d): %s; retrying in %.2fs",
+                    what,
+                    kind,
+                    attempt,
+                    _one_line(exc),
+                    delay,
+                    exc_info=kind == FailureKind.UNEXPECTED,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if down_since is not None:
+                log.warning(
+                    "%s succeeded after %d attempt(s), %.1fs of retries",
+                    what,
+                    attempt,
+                    time.monotonic() - down_since,
+                )
+            self.stalled = False
+            STALLED.set(0)
+            return done
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"

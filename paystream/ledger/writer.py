@@ -1,0 +1,246 @@
+"""The ledger sink's database half: events in, latest entity state + history + audit out."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from paystream.ledger.audit import AuditEntry, append_audit, lock_tenant
+from paystream.ledger.events import EntityType, LedgerEvent
+from paystream.ledger.keys import customer_data_keys
+from paystream.ledger.models import (
+    Base,
+    Customer,
+    Dispute,
+    Event,
+    Payment,
+    PaymentMethod,
+    Refund,
+    Tenant,
+)
+from paystream.ledger.pii import seal_customer_columns, seal_event_data
+from paystream.ledger.session import tenant_session
+from paystream.tenancy.crypto import MasterKeyring
+
+__all__ = ["ENTITY_TABLES", "WriteResult", "summarise", "write_events"]
+
+# Entity type -> (model, its id column).
+ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
+    EntityType.CUSTOMER: (Customer, "customer_id"),
+    EntityType.PAYMENT_METHOD: (PaymentMethod, "payment_method_id"),
+    EntityType.PAYMENT: (Payment, "payment_id"),
+    EntityType.REFUND: (Refund, "refund_id"),
+    EntityType.DISPUTE: (Dispute, "dispute_id"),
+}
+_CHUNK = 500  # rows per multi-VALUES statement; keeps bind parameters far below 32767
+_ENCRYPTED = "encrypted"
+
+
+@dataclass
+class WriteResult:
+    """What one call stored: new events, duplicates skipped, entity rows changed or stale."""
+
+    events_written: int = 0
+    duplicates: int = 0
+    entities_applied: int = 0
+    entities_stale: int = 0
+
+    def add(self, other: WriteResult) -> None:
+        """Accumulate another tenant's counts."""
+        self.events_written += other.events_written
+        self.duplicates += other.duplicates
+        self.entities_applied += other.entities_applied
+        self.entities_stale += other.entities_stale
+
+
+def summarise(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An audit-safe view of an entity row: ciphertext shown only as present, no bookkeeping."""
+    if row is None:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("tenant_id", "last_event_id", "created_at"):
+            continue
+        if key.endswith("_ciphertext"):
+            if value is not None:
+                out[key.removesuffix("_ciphertext")] = _ENCRYPTED
+        elif isinstance(value, datetime):
+            out[key] = value.astimezone(UTC).isoformat()
+        else:
+            out[key] = value
+    return out
+
+
+async def write_events(
+    engine: AsyncEngine, events: Sequence[LedgerEvent], *, keyring: MasterKeyring
+) -> WriteResult:
+    """Store a batch: per tenant one transaction, idempotent under replay.
+
+    Each event row is inserted once (a replay is skipped by its id); each entity row
+    moves only forward in ``version``; each applied change gets an audit entry. The
+    caller commits its Kafka offsets only after this returns.
+    """
+    by_tenant: dict[str, list[LedgerEvent]] = defaultdict(list)
+    for event in events:
+        by_tenant[event.tenant_id].append(event)
+    total = WriteResult()
+    for tenant_id, tenant_events in by_tenant.items():
+        async with tenant_session(engine, tenant_id) as session:
+            total.add(await _write_tenant(session, keyring, tenant_id, tenant_events))
+    return total
+
+
+async def _write_tenant(
+    session: AsyncSession, keyring: MasterKeyring, tenant_id: str, events: list[LedgerEvent]
+) -> WriteResult:
+    await session.execute(pg_insert(Tenant).values(tenant_id=tenant_id).on_conflict_do_nothing())
+    # Serialise with other writers and erasures of this tenant before reading anything.
+    await lock_tenant(session, tenant_id)
+    unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
+    seen = set(
+        (
+            await session.scalars(
+                select(Event.event_id).where(Event.event_id.in_([e.event_id for e in unique]))
+            )
+        ).all()
+    )
+    new = [e for e in unique if e.event_id not in seen]
+    result = WriteResult(duplicates=len(events) - len(new))
+    if not new:
+        return result
+    keys = await _customer_keys(session, keyring, tenant_id, new)
+    await _insert_events(session, tenant_id, new, keys)
+    result.events_written = len(new)
+
+    latest: dict[tuple[EntityType, str], LedgerEvent] = {}
+    first_seen: dict[tuple[EntityType, str], datetime] = {}
+    for event in new:
+        current = latest.get((event.entity_type, event.entity_id))
+        if current is None or event.version > current.version:
+            latest[(event.entity_type, event.entity_id)] = event
+        key = (event.entity_type, event.entity_id)
+        earliest = first_seen.get(key)
+        first_seen[key] = event.time if earliest is None or event.time < earliest else earliest
+    audit: list[AuditEntry] = []
+    for entity_type, (model, id_column) in ENTITY_TABLES.items():
+        batch = [e for (t, _), e in latest.items() if t is entity_type]
+        if batch:
+            audit += await _upsert(session, tenant_id, model, id_column, batch, keys, first_seen)
+    result.entities_applied = len(audit)
+    result.entities_stale = len(latest) - len(audit)
+    await append_audit(session, tenant_id, audit)
+    return result
+
+
+async def _customer_keys(
+    session: AsyncSession, keyring: MasterKeyring, tenant_id: str, events: list[LedgerEvent]
+) -> dict[str, bytes]:
+    """PII keys of the batch's customers; erased customers get none, so nothing is re-stored."""
+    ids = {e.entity_id for e in events if e.entity_type is EntityType.CUSTOMER}
+    if not ids:
+        return {}
+    erased = set(
+        (
+            await session.scalars(
+                select(Customer.customer_id).where(
+                    Customer.customer_id.in_(ids), Customer.erased_at.is_not(None)
+                )
+            )
+        ).all()
+    )
+    return await customer_data_keys(session, keyring, tenant_id, ids - erased, create=True)
+
+
+async def _insert_events(
+    session: AsyncSession, tenant_id: str, events: list[LedgerEvent], keys: Mapping[str, bytes]
+) -> None:
+    rows = []
+    for e in events:
+        data = dict(e.data)
+        if e.entity_type is EntityType.CUSTOMER:
+            data = seal_event_data(keys.get(e.entity_id), tenant_id, e.event_id, data)
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "event_id": e.event_id,
+                "type": e.type,
+                "causation_id": e.causation_id,
+                "entity_type": e.entity_type.value,
+                "entity_id": e.entity_id,
+                "entity_version": e.version,
+                "time": e.time,
+                "data": data,
+            }
+        )
+    for start in range(0, len(rows), _CHUNK):
+        stmt = pg_insert(Event).values(rows[start : start + _CHUNK])
+        await session.execute(stmt.on_conflict_do_nothing())
+
+
+async def _upsert(
+    session: AsyncSession,
+    tenant_id: str,
+    model: type[Base],
+    id_column: str,
+    events: list[LedgerEvent],
+    keys: Mapping[str, bytes],
+    first_seen: Mapping[tuple[EntityType, str], datetime],
+) -> list[AuditEntry]:
+    """Insert-or-advance the entity rows; returns audit entries for the rows that changed."""
+    table = model.__table__
+    id_col = table.c[id_column]
+    before = {
+        row[id_column]: dict(row)
+        for row in (
+            await session.execute(select(table).where(id_col.in_([e.entity_id for e in events])))
+        ).mappings()
+    }
+    rows = []
+    for e in events:
+        row: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            id_column: e.entity_id,
+            **e.columns,
+            "version": e.version,
+            "last_event_id": e.event_id,
+            "created_at": first_seen[(e.entity_type, e.entity_id)],
+            "updated_at": e.time,
+        }
+        if model is Customer:
+            row |= seal_customer_columns(keys.get(e.entity_id), tenant_id, e.entity_id, e.data)
+        rows.append(row)
+    # created_at is set once; erased_at belongs to erase_customer, never to events.
+    updated = [c for c in rows[0] if c not in ("tenant_id", id_column, "created_at")]
+    applied: set[str] = set()
+    for start in range(0, len(rows), _CHUNK):
+        stmt = pg_insert(model).values(rows[start : start + _CHUNK])
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[table.c.tenant_id, id_col],
+            set_={c: stmt.excluded[c] for c in updated},
+            where=table.c.version < stmt.excluded.version,
+        ).returning(id_col)
+        applied.update((await session.scalars(upsert)).all())
+    now = datetime.now(UTC)
+    entries = []
+    for e, row in zip(events, rows, strict=True):
+        if e.entity_id in applied:
+            after = {**before.get(e.entity_id, {}), **row}
+            entries.append(
+                AuditEntry(
+                    actor=e.actor,
+                    action=e.type,
+                    entity_type=e.entity_type.value,
+                    entity_id=e.entity_id,
+                    before=summarise(before.get(e.entity_id)),
+                    after=summarise(after),
+                    occurred_at=now,
+                )
+            )
+    return entries

@@ -1,0 +1,110 @@
+"""Money as integer minor units plus an ISO 4217 currency; never a float."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+
+__all__ = ["CURRENCY_EXPONENTS", "Money", "minor_unit_exponent", "normalise_currency"]
+
+# ISO 4217 exponents for the currencies the gateways settle; absent means "not accepted".
+# Zero-decimal and three-decimal currencies are listed explicitly because they are where
+# amount bugs live (JPY 500 is five hundred yen, not five).
+CURRENCY_EXPONENTS: dict[str, int] = {
+    **dict.fromkeys(
+        [
+            "AED",
+            "AUD",
+            "BGN",
+            "BRL",
+            "CAD",
+            "CHF",
+            "CNY",
+            "CZK",
+            "DKK",
+            "EUR",
+            "GBP",
+            "HKD",
+            "HUF",
+            "IDR",
+            "ILS",
+            "INR",
+            "MXN",
+            "MYR",
+            "NOK",
+            "NZD",
+            "PHP",
+            "PLN",
+            "RON",
+            "SEK",
+            "SGD",
+            "THB",
+            "TRY",
+            "TWD",
+            "USD",
+            "ZAR",
+        ],
+        2,
+    ),
+    **dict.fromkeys(
+        [
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "JPY",
+            "KMF",
+            "KRW",
+            "MGA",
+            "PYG",
+            "RWF",
+            "UGX",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ],
+        0,
+    ),
+    **dict.fromkeys(["BHD", "JOD", "KWD", "OMR", "TND"], 3),
+}
+
+
+def normalise_currency(value: Any) -> str:
+    """Upper-case a currency code and check it is one we accept."""
+    if not isinstance(value, str):
+        raise ValueError("currency must be a string ISO 4217 code")
+    code = value.strip().upper()
+    if code not in CURRENCY_EXPONENTS:
+        raise ValueError(f"unsupported currency {value!r}: expected an ISO 4217 code")
+    return code
+
+
+def minor_unit_exponent(currency: str) -> int:
+    """Digits after the decimal point for a currency (JPY 0, USD 2, KWD 3)."""
+    return CURRENCY_EXPONENTS[normalise_currency(currency)]
+
+
+Currency = Annotated[str, BeforeValidator(normalise_currency)]
+
+# Amounts are bounded so that a hostile command cannot smuggle in a value that
+# overflows a provider's 8-digit-major-unit limit or a PostgreSQL BIGINT.
+MAX_MINOR_AMOUNT = 99_999_999_999
+
+
+class Money(BaseModel):
+    """An amount in the currency's minor unit; StrictInt refuses floats, bools and strings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    amount: StrictInt = Field(ge=0, le=MAX_MINOR_AMOUNT)
+    currency: Currency
+
+    def __str__(self) -> str:
+        exp = CURRENCY_EXPONENTS[self.currency]
+        if exp == 0:
+            return f"{self.amount} {self.currency}"
+        major, minor = divmod(self.amount, 10**exp)
+        return f"{major}.{minor:0{exp}d} {self.currency}"

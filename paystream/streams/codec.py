@@ -1,0 +1,101 @@
+"""CloudEvents ⇄ Kafka records, in binary (ce_* headers) and structured content modes.
+
+Inbound commands may use either mode (detected per record); outbound outcomes use the
+mode from settings. Decoding failures raise ``UndecodableRecord`` so the caller can
+dead-letter the bytes instead of crashing the partition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.errors import PaystreamError
+from paystream.settings import CloudEventsMode
+
+__all__ = [
+    "STRUCTURED_CONTENT_TYPE",
+    "KafkaRecord",
+    "UndecodableRecord",
+    "decode_record",
+    "encode_event",
+    "headers_to_dict",
+]
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+_FORMAT = JSONFormat()
+
+
+class UndecodableRecord(PaystreamError):
+    """A Kafka record is not a CloudEvent at all; it belongs on the dead-letter topic."""
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    """What we put on (or read off) Kafka: key, value and headers as bytes."""
+
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def headers_to_dict(
+    headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None,
+) -> dict[str, bytes]:
+    """Normalise aiokafka/Faust headers (list of pairs or mapping) to a dict; last wins."""
+    if not headers:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {str(k): bytes(v) if v is not None else b"" for k, v in items}
+
+
+def decode_record(
+    key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]
+) -> CloudEvent:
+    """Parse a Kafka record into a CloudEvent, auto-detecting binary or structured mode."""
+    if value is None:
+        raise UndecodableRecord("empty record value (tombstone) is not a command")
+    message = ce_kafka.KafkaMessage(headers=dict(headers), key=key, value=value)
+    try:
+        if any(h.lower().startswith("ce_") for h in headers):
+            event = ce_kafka.from_binary(message, _FORMAT, CloudEvent)
+        else:
+            ctype = headers.get("content-type", b"").decode("latin-1").lower()
+            if ctype and not ctype.startswith(STRUCTURED_CONTENT_TYPE):
+                raise UndecodableRecord(f"content-type {ctype!r} is not a structured CloudEvent")
+            event = ce_kafka.from_structured(message, _FORMAT, CloudEvent)
+    except UndecodableRecord:
+        raise
+    except Exception as exc:  # the SDK raises a zoo of types for malformed input
+        raise UndecodableRecord(f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(event, CloudEvent):
+        raise UndecodableRecord("not a CloudEvents 1.0 event")
+    return event
+
+
+def _json_default(obj: Any) -> Any:
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def encode_event(event: CloudEvent, key: bytes | None, mode: CloudEventsMode) -> KafkaRecord:
+    """Serialise an outcome. Output is deterministic for a given event (byte-identical replays)."""
+    if mode is CloudEventsMode.BINARY:
+        msg = ce_kafka.to_binary(event, _FORMAT, key_mapper=lambda _e: key)
+        headers = tuple(sorted(msg.headers.items()))
+        return KafkaRecord(key=key, value=msg.value, headers=headers)
+    attrs = {k: v for k, v in event.get_attributes().items() if v is not None}
+    if "time" in attrs:
+        attrs["time"] = attrs["time"].isoformat().replace("+00:00", "Z")
+    attrs["data"] = event.get_data()
+    body = json.dumps(attrs, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return KafkaRecord(
+        key=key,
+        value=body.encode(),
+        headers=(("content-type", STRUCTURED_CONTENT_TYPE.encode()),),
+    )

@@ -1,0 +1,175 @@
+"""Command models: one pydantic model per command type, validated from CloudEvent data.
+
+Entity ids are chosen by the producer or, when omitted on create, derived from the
+command id, so a producer can reference an entity before its outcome arrives and a
+replayed create names the same entity.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
+
+from paystream.money import MAX_MINOR_AMOUNT, Currency
+
+__all__ = [
+    "COMMANDS",
+    "COMMAND_PREFIX",
+    "AcceptDispute",
+    "AttachPaymentMethod",
+    "CancelPayment",
+    "CapturePayment",
+    "CommandData",
+    "CreateCustomer",
+    "CreatePayment",
+    "CreateRefund",
+    "DeleteCustomer",
+    "DetachPaymentMethod",
+    "EraseCustomer",
+    "ExportCustomer",
+    "SubmitDisputeEvidence",
+    "UpdateCustomer",
+]
+
+COMMAND_PREFIX = "com.paystream.command."
+
+EntityId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ShortText = Annotated[str, StringConstraints(max_length=500)]
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=40)],
+        Annotated[str, StringConstraints(max_length=500)],
+    ],
+    Field(max_length=50),
+]
+Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")]
+# Provider tokens are opaque identifiers (pm_..., tok_..., sq0cdt-...), never card data.
+Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:.-]{3,255}$")]
+Amount = Annotated[StrictInt, Field(ge=1, le=MAX_MINOR_AMOUNT)]
+
+
+class CaptureMode(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class CommandData(BaseModel):
+    """Base of every command payload; unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class CreateCustomer(CommandData):
+    customer_id: EntityId | None = None
+    email: Email | None = None
+    name: ShortText | None = None
+    description: ShortText | None = None
+    metadata: Metadata = {}
+
+
+class UpdateCustomer(CommandData):
+    customer_id: EntityId
+    email: Email | None = None
+    name: ShortText | None = None
+    description: ShortText | None = None
+    metadata: Metadata | None = None
+
+
+class DeleteCustomer(CommandData):
+    customer_id: EntityId
+
+
+class EraseCustomer(CommandData):
+    """Right to erasure: scrub PII here, delete at the provider, crypto-shred the ledger."""
+
+    customer_id: EntityId
+
+
+class ExportCustomer(CommandData):
+    """Right of access: everything paystream holds on the customer, as one outcome."""
+
+    customer_id: EntityId
+
+
+class AttachPaymentMethod(CommandData):
+    customer_id: EntityId
+    token: Token
+    payment_method_id: EntityId | None = None
+
+
+class DetachPaymentMethod(CommandData):
+    payment_method_id: EntityId
+
+
+class CreatePayment(CommandData):
+    payment_id: EntityId | None = None
+    amount: Amount
+    currency: Currency
+    customer_id: EntityId | None = None
+    payment_method_id: EntityId | None = None
+    payment_method_token: Token | None = None
+    capture: CaptureMode = CaptureMode.AUTO
+    description: ShortText | None = None
+    statement_descriptor: Annotated[str, StringConstraints(max_length=22)] | None = None
+    return_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    metadata: Metadata = {}
+
+    @model_validator(mode="after")
+    def _one_payment_method(self) -> CreatePayment:
+        if (self.payment_method_id is None) == (self.payment_method_token is None):
+            raise ValueError("exactly one of payment_method_id or payment_method_token is required")
+        return self
+
+
+class CapturePayment(CommandData):
+    payment_id: EntityId
+    amount: Amount | None = None
+
+
+class CancelPayment(CommandData):
+    payment_id: EntityId
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = None
+
+
+class CreateRefund(CommandData):
+    refund_id: EntityId | None = None
+    payment_id: EntityId
+    amount: Amount | None = None
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
+    metadata: Metadata = {}
+
+
+class SubmitDisputeEvidence(CommandData):
+    dispute_id: EntityId
+    evidence: Annotated[
+        dict[
+            Annotated[str, StringConstraints(max_length=64)],
+            Annotated[str, StringConstraints(max_length=20000)],
+        ],
+        Field(min_length=1, max_length=30),
+    ]
+    submit: bool = True
+
+
+class AcceptDispute(CommandData):
+    dispute_id: EntityId
+
+
+# type suffix (after COMMAND_PREFIX) → model. The registry is the list of supported commands.
+COMMANDS: dict[str, type[CommandData]] = {
+    "customer.create": CreateCustomer,
+    "customer.update": UpdateCustomer,
+    "customer.delete": DeleteCustomer,
+    "customer.erase": EraseCustomer,
+    "customer.export": ExportCustomer,
+    "payment_method.attach": AttachPaymentMethod,
+    "payment_method.detach": DetachPaymentMethod,
+    "payment.create": CreatePayment,
+    "payment.capture": CapturePayment,
+    "payment.cancel": CancelPayment,
+    "refund.create": CreateRefund,
+    "dispute.submit_evidence": SubmitDisputeEvidence,
+    "dispute.accept": AcceptDispute,
+}

@@ -1,0 +1,89 @@
+"""Outcome CloudEvents: deterministic ids and attributes so a replay is byte-identical."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from cloudevents.core.v1.event import CloudEvent
+
+__all__ = [
+    "OUTCOME_PREFIX",
+    "CommandRef",
+    "RejectReason",
+    "build_outcome",
+    "outcome_id",
+    "rejection_data",
+]
+
+OUTCOME_PREFIX = "com.paystream."
+_NAMESPACE = uuid.UUID("6f1d8f0e-4b7a-5c1e-9a55-706179737472")
+
+
+class RejectReason(StrEnum):
+    """Machine-readable reasons on `command.rejected`."""
+
+    VALIDATION_ERROR = "validation_error"
+    CARD_DATA_FORBIDDEN = "card_data_forbidden"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNKNOWN_COMMAND = "unknown_command"
+    UNKNOWN_TENANT = "unknown_tenant"
+    TENANT_SUSPENDED = "tenant_suspended"
+    TENANT_MISMATCH = "tenant_mismatch"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    INVALID_STATE = "invalid_state"
+    UNSUPPORTED = "unsupported"
+    NOT_FOUND = "not_found"
+    GATEWAY_NOT_CONFIGURED = "gateway_not_configured"
+    PROVIDER_REJECTED = "provider_rejected"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True)
+class CommandRef:
+    """What an outcome needs to know about the command that caused it."""
+
+    tenant_id: str
+    command_id: str
+    command_type: str  # suffix after com.paystream.command., e.g. "payment.create"
+    idempotency_key: str
+    time: datetime  # the command record's timestamp: stable across redeliveries
+    traceparent: str | None = None
+
+
+def outcome_id(tenant_id: str, command_id: str, outcome_type: str) -> str:
+    """Deterministic event id: the same command always yields the same outcome id."""
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant_id}\x1f{command_id}\x1f{outcome_type}"))
+
+
+def build_outcome(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> CloudEvent:
+    """An outcome event for ``cmd``; ``outcome_type`` is e.g. ``payment.succeeded``."""
+    domain = outcome_type.split(".", 1)[0]
+    attrs: dict[str, Any] = {
+        "id": outcome_id(cmd.tenant_id, cmd.command_id, outcome_type),
+        "source": f"/paystream/tenants/{cmd.tenant_id}/{domain}",
+        "type": OUTCOME_PREFIX + outcome_type,
+        "specversion": "1.0",
+        "time": cmd.time,
+        "subject": data.get("entity_id") or None,
+        "datacontenttype": "application/json",
+        "tenantid": cmd.tenant_id,
+        "causationid": cmd.command_id,
+        "partitionkey": cmd.tenant_id,
+    }
+    if cmd.traceparent:
+        attrs["traceparent"] = cmd.traceparent
+    return CloudEvent({k: v for k, v in attrs.items() if v is not None}, data)
+
+
+def rejection_data(
+    cmd_type: str, reason: RejectReason, message: str, errors: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """`command.rejected` payload: reason for machines, message for humans."""
+    data: dict[str, Any] = {"command_type": cmd_type, "reason": reason.value, "message": message}
+    if errors:
+        data["errors"] = errors
+    return data

@@ -1,0 +1,57 @@
+"""Detect primary account numbers (card numbers) anywhere in a command, without echoing them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["contains_card_number", "luhn_valid"]
+
+# How card numbers are written: 13-19 contiguous digits, or 4-digit groups joined by one
+# consistent space or dash (Amex: 4-6-5). Grouped forms must stand alone, so that ids
+# such as UUIDs (8-4-4-4-12 hex) never look like a card however their digits fall.
+_CANDIDATE = re.compile(
+    r"(?<!\d)\d{13,19}(?!\d)"
+    r"|(?<![0-9A-Za-z-])\d{4}([ -])\d{4}(?:\1\d{4}){1,2}(?:\1\d{1,3})?(?![0-9A-Za-z-])"
+    r"|(?<![0-9A-Za-z-])\d{4}([ -])\d{6}\2\d{5}(?![0-9A-Za-z-])"
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum every card number satisfies."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = ord(ch) - 48
+        if i % 2:
+            n *= 2
+            if n > 9:
+                n -= 9
+        total += n
+    return total % 10 == 0
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        yield str(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+def contains_card_number(value: Any) -> bool:
+    """True if any string (or integer) inside ``value`` looks like a Luhn-valid card number."""
+    for text in _strings(value):
+        for match in _CANDIDATE.finditer(text):
+            digits = re.sub(r"[ -]", "", match.group())
+            if 13 <= len(digits) <= 19 and luhn_valid(digits):
+                return True
+    return False

@@ -1,0 +1,52 @@
+"""The changelog-backed tables. Changed only by the command agent (Faust's rule).
+
+Keys are ``"{tenant}:{id}"``; values are JSON dicts of the records in records.py.
+The changelog partition is that of the command being processed, so all of a tenant's
+state lives on the tenant's partition (the agent sets the current event per command).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paystream.app import app, settings
+
+__all__ = [
+    "customers",
+    "disputes",
+    "idempotency",
+    "payment_methods",
+    "payments",
+    "refunds",
+    "tenants",
+]
+
+
+def _entity_table(name: str, help_: str) -> Any:
+    return app.Table(
+        name,
+        default=None,
+        key_type=str,
+        partitions=settings.partitions,
+        help=help_,
+    )
+
+
+customers = _entity_table("customers", "tenant:customer id → customer record")
+payment_methods = _entity_table("payment_methods", "tenant:pm id → payment method (token only)")
+payments = _entity_table("payments", "tenant:payment id → payment record")
+refunds = _entity_table("refunds", "tenant:refund id → refund record")
+disputes = _entity_table("disputes", "tenant:dispute id → dispute record")
+idempotency = _entity_table("idempotency", "tenant:idempotency key → in-flight/done record")
+
+# Every worker needs every tenant, so the registry is a global table. It is fed by the
+# tenants agent from the compacted `paystream.tenants` topic (what `paystream tenants`
+# writes). Not used as the table's changelog directly: Faust's assignor hangs when a
+# global table's changelog topic does not follow its `{app}-{table}-changelog` naming.
+tenants = app.GlobalTable(
+    "tenants",
+    default=None,
+    key_type=str,
+    partitions=settings.partitions,
+    help="tenant id → tenant record",
+)

@@ -1,0 +1,158 @@
+"""Records kept in the entity and idempotency tables.
+
+Each entity record remembers the outcomes of the last few commands it applied
+(``applied``), because Faust may write a changelog entry and then crash before
+committing the command's offset: on redelivery the record recognises the command
+and the stored outcome is re-emitted instead of applying the change again.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "APPLIED_MEMORY",
+    "CustomerRecord",
+    "DisputeRecord",
+    "EntityRecord",
+    "IdempotencyRecord",
+    "IdempotencyState",
+    "PaymentMethodRecord",
+    "PaymentRecord",
+    "RefundRecord",
+    "StoredOutcome",
+    "scrub_customer_outcome",
+]
+
+APPLIED_MEMORY = 16  # outcomes remembered per entity; far more than a crash can replay
+
+
+class StoredOutcome(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str  # e.g. "payment.succeeded"
+    data: dict[str, Any]
+
+
+class EntityRecord(BaseModel):
+    """Common fields; ``version`` increases by one per applied command."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entity_type: str = ""
+    tenant_id: str
+    id: str
+    version: int = 0
+    provider: str
+    created_by: str  # command id that created it
+    applied: dict[str, StoredOutcome] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The entity as published in outcomes (without bookkeeping)."""
+        return self.model_dump(mode="json", exclude={"applied", "entity_type"})
+
+    def remember(self, command_id: str, outcome: StoredOutcome) -> None:
+        self.applied[command_id] = outcome
+        while len(self.applied) > APPLIED_MEMORY:
+            self.applied.pop(next(iter(self.applied)))
+
+
+class CustomerRecord(EntityRecord):
+    entity_type: str = "customer"
+    provider_customer_id: str
+    email: str | None = None
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    deleted: bool = False
+    erased: bool = False
+
+
+CUSTOMER_PII_FIELDS = ("email", "name", "description", "metadata")
+
+
+def scrub_customer_outcome(outcome: StoredOutcome, customer_id: str) -> StoredOutcome:
+    """The outcome with that customer's personal data blanked (right to erasure)."""
+    data = dict(outcome.data)
+    if data.get("entity_type") == "customer" and data.get("entity_id") == customer_id:
+        obj = dict(data.get("object") or {})
+        for name in CUSTOMER_PII_FIELDS:
+            if name in obj:
+                obj[name] = {} if name == "metadata" else None
+        data["object"] = obj
+    if isinstance(data.get("export"), dict) and data.get("customer_id") == customer_id:
+        data["export"] = {"erased": True}
+    return StoredOutcome(type=outcome.type, data=data)
+
+
+class PaymentMethodRecord(EntityRecord):
+    entity_type: str = "payment_method"
+    customer_id: str
+    provider_payment_method_id: str
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    fingerprint: str | None = None
+    attached: bool = True
+
+
+class PaymentRecord(EntityRecord):
+    entity_type: str = "payment"
+    status: str
+    amount: int
+    currency: str
+    capture_method: str
+    amount_captured: int = 0
+    amount_refunded: int = 0
+    customer_id: str | None = None
+    payment_method_id: str | None = None
+    provider_payment_id: str
+    failure_code: str | None = None
+    failure_message: str | None = None
+    next_action: dict[str, Any] | None = None
+    dispute_id: str | None = None
+
+
+class RefundRecord(EntityRecord):
+    entity_type: str = "refund"
+    payment_id: str
+    status: str
+    amount: int
+    currency: str
+    provider_refund_id: str
+    failure_code: str | None = None
+
+
+class DisputeRecord(EntityRecord):
+    entity_type: str = "dispute"
+    payment_id: str
+    status: str
+    amount: int
+    currency: str
+    provider_dispute_id: str
+    evidence_submitted: bool = False
+
+
+class IdempotencyState(StrEnum):
+    IN_FLIGHT = "in_flight"
+    DONE = "done"
+    PARKED = "parked"  # retries exhausted; waiting on the retry topic
+
+
+class IdempotencyRecord(BaseModel):
+    """One per (tenant, idempotency key); expires after the idempotency window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command_id: str
+    command_type: str
+    request_hash: str
+    state: IdempotencyState
+    expires_at: float  # unix seconds
+    outcome: StoredOutcome | None = None
+    # (entity table, entity key, entity version) written with the outcome, for repair
+    entity_ref: tuple[str, str, int] | None = None

@@ -1,0 +1,1 @@
+"""Tenants: registry records, configuration, sealed secrets and per-tenant gateways."""

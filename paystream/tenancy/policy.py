@@ -1,0 +1,60 @@
+"""Per-tenant provider call wrapper: timeout + metrics around the gateway RetryPolicy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from paystream import metrics
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.retry import CircuitState, RetryPolicy
+from paystream.settings import Settings
+from paystream.tenancy.models import Tenant
+
+__all__ = ["call_policy"]
+
+T = TypeVar("T")
+
+
+def call_policy(settings: Settings) -> Callable[[Tenant], Callable[..., Awaitable[Any]]]:
+    """Per-tenant call wrappers sharing one RetryPolicy (and its breakers) per worker."""
+    policy = RetryPolicy.from_settings(settings)
+    timeout = settings.gateway_timeout_seconds
+
+    def for_tenant(tenant: Tenant) -> Callable[..., Awaitable[Any]]:
+        provider = tenant.gateway
+
+        async def attempt(fn: Callable[[], Awaitable[T]]) -> T:
+            started = time.perf_counter()
+            result = "ok"
+            try:
+                async with asyncio.timeout(timeout):
+                    return await fn()
+            except TimeoutError as exc:
+                result = ErrorCode.TIMEOUT.value
+                # Retried with the same idempotency key: the provider may have acted.
+                raise GatewayError(
+                    ErrorCode.TIMEOUT, f"no answer within {timeout}s", provider=provider
+                ) from exc
+            except GatewayError as exc:
+                result = exc.code.value
+                raise
+            finally:
+                metrics.GATEWAY_CALLS.labels(provider, result).observe(
+                    time.perf_counter() - started
+                )
+
+        async def call(fn: Callable[[], Awaitable[T]]) -> T:
+            try:
+                return await policy.call(tenant.tenant_id, provider, lambda: attempt(fn))
+            finally:
+                state = policy.breaker(tenant.tenant_id, provider).state
+                metrics.BREAKER_OPEN.labels(tenant.tenant_id, provider).set(
+                    0 if state is CircuitState.CLOSED else 1
+                )
+
+        return call
+
+    return for_tenant

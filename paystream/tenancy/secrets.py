@@ -1,0 +1,63 @@
+"""Tenant secrets (provider API keys) sealed for the tenant registry topic.
+
+Envelope encryption (tenancy.crypto): each secret gets its own data key, wrapped by the
+master key; the record carries ``v1.<master key id>.<wrapped key>.<ciphertext>`` and
+both halves are bound to (tenant, secret name) so a sealed value cannot be moved to
+another tenant or field.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+from pydantic import SecretStr
+
+from paystream.settings import Settings
+from paystream.tenancy import crypto
+from paystream.tenancy.models import Tenant
+
+__all__ = ["open_secret", "seal_secret", "secret_opener"]
+
+_PURPOSE = "tenant-secret"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def seal_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, value: str) -> str:
+    """Encrypt one secret for storage in the tenant record."""
+    ref = f"secret/{name}"
+    data_key = crypto.generate_data_key()
+    wrapped = crypto.wrap_data_key(keyring.current, data_key, tenant_id, ref)
+    blob = crypto.encrypt(data_key, value.encode(), crypto.aad(tenant_id, _PURPOSE, name))
+    return ".".join(["v1", wrapped.master_key_id, _b64(wrapped.blob), _b64(blob)])
+
+
+def open_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, sealed: str) -> SecretStr:
+    """Decrypt a sealed secret; CryptoError if it was tampered with or moved."""
+    try:
+        version, key_id, wrapped_b64, blob_b64 = sealed.split(".")
+    except ValueError:
+        raise crypto.CryptoError(f"secret {name!r} is not a sealed value") from None
+    if version != "v1":
+        raise crypto.CryptoError(f"secret {name!r} uses unknown format {version!r}")
+    wrapped = crypto.WrappedKey(key_id, base64.urlsafe_b64decode(wrapped_b64))
+    data_key = crypto.unwrap_data_key(keyring, wrapped, tenant_id, f"secret/{name}")
+    plain = crypto.decrypt(
+        data_key, base64.urlsafe_b64decode(blob_b64), crypto.aad(tenant_id, _PURPOSE, name)
+    )
+    return SecretStr(plain.decode())
+
+
+def secret_opener(settings: Settings) -> Callable[[Tenant, str], SecretStr] | None:
+    """An opener bound to the configured master key, or None when no key is configured."""
+    if settings.master_key is None:
+        return None
+    keyring = crypto.keyring_from_settings(settings)
+
+    def opener(tenant: Tenant, name: str) -> SecretStr:
+        return open_secret(keyring, tenant.tenant_id, name, tenant.secrets[name])
+
+    return opener

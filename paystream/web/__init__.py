@@ -1,0 +1,1 @@
+"""HTTP surface on the worker's web port: dashboard, JSON table views, /metrics."""

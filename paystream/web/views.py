@@ -1,0 +1,97 @@
+"""Worker web routes: dashboard, JSON views over the tables, Prometheus /metrics."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from paystream.agents.commands import runner
+from paystream.agents.ledger_sink import runner as ledger_runner
+from paystream.app import app, settings
+from paystream.tables import definitions as t
+from paystream.tables.views import entity_view, tenant_summaries
+
+__all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
+
+_STARTED = time.time()
+_ENTITY_TABLES = {
+    "customers": t.customers,
+    "payment_methods": t.payment_methods,
+    "payments": t.payments,
+    "refunds": t.refunds,
+    "disputes": t.disputes,
+}
+
+
+@app.page("/")
+class DashboardView(View):
+    """The operator dashboard (static page polling /v1/stats)."""
+
+    async def get(self, request: Request) -> Response:
+        html = resources.files("paystream.web").joinpath("static/dashboard.html").read_text()
+        return self.html(html)
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+@app.page("/healthz")
+class HealthView(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"ok": True, "uptime_s": round(time.time() - _STARTED, 1)})
+
+
+@app.page("/v1/stats")
+class StatsView(View):
+    """Counts, recent outcomes, per-tenant summaries and this worker's partitions."""
+
+    async def get(self, request: Request) -> Response:
+        # The partitions this worker owns of its source topic (commands, or events for a
+        # ledger-only worker): what an operator needs to find a tenant's worker.
+        source = settings.commands_topic if settings.runs("commands") else settings.events_topic
+        assigned = (
+            sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == source)
+            if app.consumer
+            else []
+        )
+        tenants: dict[str, Any] = {}
+        for key, raw in t.tenants.items():
+            if raw:
+                tenants[key] = {"status": raw.get("status"), "gateway": raw.get("gateway")}
+        return self.json(
+            {
+                "worker": {
+                    "app_id": settings.app_id,
+                    "uptime_s": round(time.time() - _STARTED, 1),
+                    "partitions": assigned,
+                    "processed": runner.processed,
+                    "ledger_processed": ledger_runner.processed,
+                },
+                "activity": runner.activity.as_json(),
+                "tenants": tenants,
+                "summaries": tenant_summaries(t.payments),
+            }
+        )
+
+
+@app.page("/v1/tenants/{tenant}/{kind}/{entity_id}")
+class EntityView(View):
+    """Look up one entity (payment, refund, ...) of one tenant."""
+
+    async def get(self, request: Request, tenant: str, kind: str, entity_id: str) -> Response:
+        table = _ENTITY_TABLES.get(kind)
+        if table is None:
+            return self.json(
+                {"error": "not_found", "message": f"unknown kind {kind!r}"}, status=404
+            )
+        found = entity_view(table, tenant, entity_id)
+        if found is None:
+            return self.json({"error": "not_found", "message": f"no such {kind[:-1]}"}, status=404)
+        return self.json(found)

@@ -1,0 +1,53 @@
+"""Registers every unit on the Faust app (explicit, instead of autodiscovery) and runs it."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+
+# Importing these modules registers their agents, tables and pages on `app`.
+from paystream.agents import commands as _commands  # noqa: F401
+from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
+from paystream.agents import tenants as _tenants  # noqa: F401
+from paystream.app import app, settings
+from paystream.web import views as _views  # noqa: F401
+
+__all__ = ["main"]
+
+
+@app.task
+async def freeze_startup_objects() -> None:
+    """Move everything allocated during start-up out of the garbage collector's reach.
+
+    Full collections walking Faust's and the SDKs' long-lived objects were the pauses
+    behind the latency tail (a 69 ms gen-2 collection lined up with the p99 cluster).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def main(extra_args: list[str] | None = None) -> None:
+    """Run a Faust worker for this process's settings (blocks until stopped)."""
+    settings.require_broker()
+    # At DEBUG the Stripe SDK logs request/response bodies and aiokafka logs record
+    # values (customer data): never below INFO, whatever the worker's level.
+    floor = max(
+        logging.INFO, logging.getLevelName(settings.log_level.upper().replace("WARN", "WARNING"))
+    )
+    for noisy in ("stripe", "aiokafka"):
+        logging.getLogger(noisy).setLevel(floor)
+    # Faust refuses to start when its data directory does not exist yet.
+    (settings.data_dir / "faust" / settings.app_id).mkdir(parents=True, exist_ok=True)
+    sys.argv = [
+        "paystream-worker",
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--web-host",
+        settings.web_host,
+        "--web-port",
+        str(settings.web_port),
+        *(extra_args or []),
+    ]
+    app.main()

@@ -1,0 +1,101 @@
+"""A CommandProcessor over plain dict tables with the real simulator (real Redis)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.agents.handlers import Tables
+from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
+from paystream.client import build_command
+from paystream.gateways.registry import GatewayDeps
+from paystream.settings import CloudEventsMode, Settings
+from paystream.streams.codec import decode_record, encode_event
+from paystream.tenancy.gateways import GatewayPool
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.policy import call_policy
+
+
+def new_tenant_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    redis: Any
+    tenants: dict[str, Any] = field(default_factory=dict)
+    tables: Tables = field(default_factory=lambda: Tables({}, {}, {}, {}, {}))
+    idempotency: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        pool = GatewayPool(
+            GatewayDeps(settings=self.settings, redis=self.redis),
+            call_policy=call_policy(self.settings),
+        )
+        self.pool = pool
+        self.processor = CommandProcessor(
+            self.settings, self.tables, self.idempotency, self.tenants, pool
+        )
+
+    def add_tenant(self, tenant_id: str | None = None, **kw: Any) -> str:
+        tid = tenant_id or new_tenant_id()
+        self.tenants[tid] = Tenant(tenant_id=tid, **kw).model_dump(mode="json")
+        return tid
+
+    async def raw(self, inbound: Inbound) -> list[Emit]:
+        return await self.processor.process(inbound)
+
+    async def send_event(
+        self,
+        event: CloudEvent,
+        *,
+        key: bytes | None = None,
+        mode: CloudEventsMode = CloudEventsMode.BINARY,
+        timestamp_ms: int | None = None,
+    ) -> tuple[list[Emit], CloudEvent | None]:
+        tenant = str(event.get_extension("tenantid") or "")
+        rec = encode_event(event, key if key is not None else tenant.encode(), mode)
+        emits = await self.raw(
+            Inbound(
+                key=rec.key,
+                value=rec.value,
+                headers=dict(rec.headers),
+                timestamp_ms=timestamp_ms or int(time.time() * 1000),
+                topic=self.settings.commands_topic,
+            )
+        )
+        return emits, outcome_of(self.settings, emits)
+
+    async def send(
+        self, command_type: str, tenant: str, data: dict[str, Any], **kw: Any
+    ) -> CloudEvent:
+        mode = kw.pop("mode", CloudEventsMode.BINARY)
+        key = kw.pop("key", None)
+        event = build_command(command_type, tenant, data, **kw)
+        _, outcome = await self.send_event(event, mode=mode, key=key)
+        assert outcome is not None, "every command must yield an outcome"
+        return outcome
+
+
+def outcome_of(settings: Settings, emits: list[Emit]) -> CloudEvent | None:
+    outs = [e for e in emits if e.topic == settings.events_topic]
+    assert len(outs) <= 1, "at most one outcome per command"
+    if not outs:
+        return None
+    rec = outs[0].record
+    return decode_record(rec.key, rec.value, dict(rec.headers))
+
+
+def kind(event: CloudEvent) -> str:
+    return event.get_type().removeprefix("com.paystream.")
+
+
+def data(event: CloudEvent) -> dict[str, Any]:
+    body = event.get_data()
+    assert isinstance(body, dict)
+    return body

@@ -1,0 +1,584 @@
+"""The command pipeline against dict tables and the real simulator (real Redis)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from paystream.agents.pipeline import Inbound
+from paystream.client import build_command
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.outcomes import outcome_id
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind, outcome_of
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _customer_with_card(
+    h: Harness, tenant: str, token: str = "pm_card_visa"
+) -> tuple[str, str]:
+    cus = await h.send("customer.create", tenant, {"email": "a@example.com", "name": "Ada"})
+    assert kind(cus) == "customer.created", data(cus)
+    cid = data(cus)["entity_id"]
+    pm = await h.send("payment_method.attach", tenant, {"customer_id": cid, "token": token})
+    assert kind(pm) == "payment_method.attached", data(pm)
+    return cid, data(pm)["entity_id"]
+
+
+async def _effects(h: Harness, tenant: str) -> list[object]:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return list(await gateway.effects())
+
+
+# ---- happy paths for every command type --------------------------------------------
+
+
+async def test_customer_lifecycle(harness: Harness) -> None:
+    t = harness.add_tenant()
+    created = await harness.send("customer.create", t, {"customer_id": "cus_1", "email": "x@y.io"})
+    assert kind(created) == "customer.created"
+    assert data(created)["object"]["provider_customer_id"].startswith("cus_")
+    updated = await harness.send("customer.update", t, {"customer_id": "cus_1", "name": "New"})
+    assert kind(updated) == "customer.updated"
+    assert data(updated)["object"]["name"] == "New"
+    assert data(updated)["version"] == 2
+    deleted = await harness.send("customer.delete", t, {"customer_id": "cus_1"})
+    assert kind(deleted) == "customer.deleted"
+    again = await harness.send("customer.update", t, {"customer_id": "cus_1", "name": "Z"})
+    assert data(again)["reason"] == "not_found"
+
+
+async def test_payment_method_attach_detach_keeps_only_token_metadata(harness: Harness) -> None:
+    t = harness.add_tenant()
+    _, pmid = await _customer_with_card(harness, t)
+    pm = harness.tables.payment_methods[f"{t}:{pmid}"]
+    assert pm["last4"] == "4242" and pm["brand"] == "visa" and pm["fingerprint"]
+    detached = await harness.send("payment_method.detach", t, {"payment_method_id": pmid})
+    assert kind(detached) == "payment_method.detached"
+    twice = await harness.send("payment_method.detach", t, {"payment_method_id": pmid})
+    assert data(twice)["reason"] == "invalid_state"
+
+
+async def test_auto_capture_payment_succeeds(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cid, pmid = await _customer_with_card(harness, t)
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 1999, "currency": "usd", "customer_id": cid, "payment_method_id": pmid},
+    )
+    assert kind(out) == "payment.succeeded"
+    obj = data(out)["object"]
+    assert obj["amount"] == 1999 and obj["currency"] == "USD" and obj["amount_captured"] == 1999
+    assert out.get_extension("causationid") and out.get_extension("tenantid") == t
+    assert out.get_source() == f"/paystream/tenants/{t}/payment"
+
+
+async def test_manual_capture_partial_then_refunds_to_the_limit(harness: Harness) -> None:
+    t = harness.add_tenant()
+    auth = await harness.send(
+        "payment.create",
+        t,
+        {
+            "amount": 5000,
+            "currency": "EUR",
+            "payment_method_token": "pm_card_visa",
+            "capture": "manual",
+        },
+    )
+    assert kind(auth) == "payment.authorized"
+    pid = data(auth)["entity_id"]
+    cap = await harness.send("payment.capture", t, {"payment_id": pid, "amount": 4000})
+    assert kind(cap) == "payment.succeeded" and data(cap)["object"]["amount_captured"] == 4000
+    second = await harness.send("payment.capture", t, {"payment_id": pid})
+    assert data(second)["reason"] == "invalid_state"
+    r1 = await harness.send("refund.create", t, {"payment_id": pid, "amount": 2500})
+    assert kind(r1) == "refund.succeeded"
+    assert data(r1)["related"][0]["object"]["amount_refunded"] == 2500
+    over = await harness.send("refund.create", t, {"payment_id": pid, "amount": 1501})
+    assert data(over)["reason"] == "invalid_state"
+    rest = await harness.send("refund.create", t, {"payment_id": pid})
+    assert kind(rest) == "refund.succeeded" and data(rest)["object"]["amount"] == 1500
+    none_left = await harness.send("refund.create", t, {"payment_id": pid, "amount": 1})
+    assert data(none_left)["reason"] == "invalid_state"
+
+
+async def test_cancel_then_capture_is_invalid_state(harness: Harness) -> None:
+    t = harness.add_tenant()
+    auth = await harness.send(
+        "payment.create",
+        t,
+        {
+            "amount": 700,
+            "currency": "USD",
+            "payment_method_token": "pm_card_visa",
+            "capture": "manual",
+        },
+    )
+    pid = data(auth)["entity_id"]
+    canceled = await harness.send("payment.cancel", t, {"payment_id": pid})
+    assert kind(canceled) == "payment.canceled"
+    cap = await harness.send("payment.capture", t, {"payment_id": pid})
+    assert data(cap)["reason"] == "invalid_state"
+    refund = await harness.send("refund.create", t, {"payment_id": pid})
+    assert data(refund)["reason"] == "invalid_state"
+
+
+async def test_zero_decimal_currency(harness: Harness) -> None:
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 500, "currency": "JPY", "payment_method_token": "pm_card_visa"},
+    )
+    assert kind(out) == "payment.succeeded"
+    assert data(out)["object"]["amount"] == 500 and data(out)["object"]["currency"] == "JPY"
+
+
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        ("pm_card_chargeCustomerFail", "card_declined"),
+    ],
+)
+async def test_decline_at_charge_is_payment_failed(harness: Harness, token: str, code: str) -> None:
+    t = harness.add_tenant()
+    cid, pmid = await _customer_with_card(harness, t, token)
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 100, "currency": "USD", "customer_id": cid, "payment_method_id": pmid},
+    )
+    assert kind(out) == "payment.failed"
+    assert data(out)["error"]["code"] == code
+    assert data(out)["error"]["retryable"] is False
+
+
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        ("pm_card_chargeDeclined", "card_declined"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card"),
+        ("pm_card_chargeDeclinedIncorrectCvc", "incorrect_cvc"),
+    ],
+)
+async def test_declining_cards(harness: Harness, token: str, code: str) -> None:
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create", t, {"amount": 100, "currency": "USD", "payment_method_token": token}
+    )
+    assert kind(out) == "payment.failed"
+    assert data(out)["error"]["code"] == code
+    assert harness.tables.payments[f"{t}:{data(out)['entity_id']}"]["status"] == "failed"
+
+
+async def test_attach_of_declining_card_fails(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cus = await harness.send("customer.create", t, {})
+    out = await harness.send(
+        "payment_method.attach",
+        t,
+        {"customer_id": data(cus)["entity_id"], "token": "pm_card_chargeDeclinedExpiredCard"},
+    )
+    assert kind(out) == "payment_method.attach_failed"
+    assert data(out)["error"]["code"] == "expired_card"
+
+
+async def test_requires_action_surfaces_next_action(harness: Harness) -> None:
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create",
+        t,
+        {
+            "amount": 100,
+            "currency": "USD",
+            "payment_method_token": "pm_card_authenticationRequired",
+        },
+    )
+    assert kind(out) == "payment.requires_action"
+    assert data(out)["object"]["next_action"]
+
+
+async def test_dispute_evidence_and_accept(harness: Harness) -> None:
+    t = harness.add_tenant()
+    pay = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 900, "currency": "USD", "payment_method_token": "pm_card_createDispute"},
+    )
+    assert kind(pay) == "payment.succeeded"
+    dispute_id = data(pay)["object"]["dispute_id"]
+    assert dispute_id and data(pay)["related"][0]["entity_type"] == "dispute"
+    ev = await harness.send(
+        "dispute.submit_evidence",
+        t,
+        {"dispute_id": dispute_id, "evidence": {"customer_name": "Ada"}},
+    )
+    assert kind(ev) == "dispute.evidence_submitted"
+    # evidence submitted → under review: cannot accept any more
+    acc = await harness.send("dispute.accept", t, {"dispute_id": dispute_id})
+    assert data(acc)["reason"] == "invalid_state"
+
+    pay2 = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 300, "currency": "USD", "payment_method_token": "pm_card_createDispute"},
+    )
+    accepted = await harness.send(
+        "dispute.accept", t, {"dispute_id": data(pay2)["object"]["dispute_id"]}
+    )
+    assert kind(accepted) == "dispute.closed"
+    assert data(accepted)["object"]["status"] == "lost"
+
+
+# ---- rejections ----------------------------------------------------------------------
+
+
+async def test_validation_error_lists_fields_without_values(harness: Harness) -> None:
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 12.5, "currency": "usd", "payment_method_token": "pm_card_visa"},
+    )
+    assert kind(out) == "command.rejected"
+    body = data(out)
+    assert body["reason"] == "validation_error"
+    assert any(e["loc"] == "amount" for e in body["errors"])
+    assert "12.5" not in json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"amount": -1, "currency": "USD", "payment_method_token": "pm_card_visa"},
+        {"amount": 100, "currency": "XXX", "payment_method_token": "pm_card_visa"},
+        {"amount": True, "currency": "USD", "payment_method_token": "pm_card_visa"},
+        {"amount": "100", "currency": "USD", "payment_method_token": "pm_card_visa"},
+        {"amount": 100, "currency": "USD"},
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa", "surprise": 1},
+        {"amount": 10**15, "currency": "USD", "payment_method_token": "pm_card_visa"},
+        {"amount": 100, "currency": "USD", "payment_method_token": "x" * 300},
+        {
+            "amount": 100,
+            "currency": "USD",
+            "payment_method_token": "pm_card_visa",
+            "payment_id": "../../etc",
+        },
+    ],
+)
+async def test_hostile_payment_data_is_rejected(harness: Harness, bad: dict[str, object]) -> None:
+    t = harness.add_tenant()
+    out = await harness.send("payment.create", t, bad)
+    assert data(out)["reason"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"customer_id": "c1", "token": "4242424242424242"},
+        {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "x"},
+    ],
+)
+async def test_card_numbers_are_refused_and_never_echoed(
+    harness: Harness, payload: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    t = harness.add_tenant()
+    pan = "4000 0566 5566 5556"
+    data_with_pan = (
+        {**payload, "token": payload["token"]}
+        if "4242" in payload["token"]
+        else {**payload, "metadata_note": pan}
+    )
+    emits, out = await harness.send_event(build_command("payment_method.attach", t, data_with_pan))
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    blob = b"".join(e.record.value + b"".join(v for _, v in e.record.headers) for e in emits)
+    for digits in ("4242424242424242", "4000056655665556", "4000 0566 5566 5556"):
+        assert digits.encode() not in blob
+        assert digits not in caplog.text
+
+
+async def test_unknown_tenant_suspended_tenant_and_unknown_command(harness: Harness) -> None:
+    out = await harness.send("customer.create", "nobody-here", {})
+    assert data(out)["reason"] == "unknown_tenant"
+    t = harness.add_tenant(status="suspended")
+    out = await harness.send("customer.create", t, {})
+    assert data(out)["reason"] == "tenant_suspended"
+    t2 = harness.add_tenant()
+    out = await harness.send("com.paystream.command.payment.teleport", t2, {})
+    assert data(out)["reason"] == "unknown_command"
+    out = await harness.send("com.example.other", t2, {})
+    assert data(out)["reason"] == "unsupported"
+
+
+async def test_unsupported_capability_answers_unsupported(harness: Harness) -> None:
+    t = harness.add_tenant(gateway_options={"capabilities": ["customers", "payments"]})
+    cus = await harness.send("customer.create", t, {})
+    out = await harness.send(
+        "payment_method.attach", t, {"customer_id": data(cus)["entity_id"], "token": "pm_card_visa"}
+    )
+    assert data(out)["reason"] == "unsupported"
+
+
+async def test_cross_tenant_access_looks_exactly_like_not_found(harness: Harness) -> None:
+    a, b = harness.add_tenant(), harness.add_tenant()
+    pay = await harness.send(
+        "payment.create",
+        a,
+        {
+            "amount": 100,
+            "currency": "USD",
+            "payment_method_token": "pm_card_visa",
+            "payment_id": "pay_shared",
+        },
+    )
+    assert kind(pay) == "payment.succeeded"
+    foreign = await harness.send("refund.create", b, {"payment_id": "pay_shared"})
+    missing = await harness.send("refund.create", b, {"payment_id": "pay_never"})
+    assert data(foreign)["reason"] == data(missing)["reason"] == "not_found"
+    assert data(foreign)["message"].replace("pay_shared", "X") == data(missing)["message"].replace(
+        "pay_never", "X"
+    )
+    # a record keyed for tenant a but claiming tenant b is refused outright
+    _, out = await harness.send_event(
+        build_command("refund.create", b, {"payment_id": "pay_shared"}), key=a.encode()
+    )
+    assert out is not None and data(out)["reason"] == "tenant_mismatch"
+    assert harness.tables.payments[f"{a}:pay_shared"]["amount_refunded"] == 0
+
+
+# ---- idempotency -------------------------------------------------------------------
+
+
+async def test_redelivery_replays_the_stored_outcome_without_a_second_effect(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    cmd = build_command(
+        "payment.create",
+        t,
+        {"amount": 4200, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    emits1, first = await harness.send_event(cmd, timestamp_ms=1_700_000_000_000)
+    emits2, second = await harness.send_event(cmd, timestamp_ms=1_700_000_000_000)
+    assert first is not None and second is not None
+    assert emits1[0].record == emits2[0].record  # byte-identical
+    assert first.get_id() == outcome_id(t, cmd.get_id(), "payment.succeeded")
+    charges = [e for e in await _effects(harness, t) if e.kind in ("charge", "capture")]
+    assert len(charges) == 1
+
+
+async def test_same_key_new_command_id_returns_the_original_outcome(harness: Harness) -> None:
+    t = harness.add_tenant()
+    body = {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    first = await harness.send("payment.create", t, body, idempotency_key="order-77")
+    again = await harness.send("payment.create", t, body, idempotency_key="order-77")
+    assert again.get_id() == first.get_id() and data(again) == data(first)
+    conflict = await harness.send(
+        "payment.create", t, {**body, "amount": 101}, idempotency_key="order-77"
+    )
+    assert data(conflict)["reason"] == "idempotency_conflict"
+
+
+async def test_entity_remembers_applied_command_when_idempotency_record_was_lost(
+    harness: Harness,
+) -> None:
+    """Faust may persist the entity's changelog but not the idempotency table's."""
+    t = harness.add_tenant()
+    auth = await harness.send(
+        "payment.create",
+        t,
+        {
+            "amount": 900,
+            "currency": "USD",
+            "payment_method_token": "pm_card_visa",
+            "capture": "manual",
+        },
+    )
+    pid = data(auth)["entity_id"]
+    cap_cmd = build_command("payment.capture", t, {"payment_id": pid})
+    emits1, _ = await harness.send_event(cap_cmd, timestamp_ms=1_700_000_000_000)
+    del harness.idempotency[f"{t}:{cap_cmd.get_id()}"]
+    emits2, replay = await harness.send_event(cap_cmd, timestamp_ms=1_700_000_000_000)
+    assert replay is not None and kind(replay) == "payment.succeeded"
+    assert emits1[0].record == emits2[0].record
+    assert harness.tables.payments[f"{t}:{pid}"]["version"] == 2
+
+
+async def test_idempotency_record_repairs_a_lost_entity_write(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cmd = build_command("customer.create", t, {"customer_id": "cus_r", "email": "r@x.io"})
+    await harness.send_event(cmd)
+    del harness.tables.customers[f"{t}:cus_r"]
+    _, replay = await harness.send_event(cmd)
+    assert replay is not None and kind(replay) == "customer.created"
+    assert harness.tables.customers[f"{t}:cus_r"]["email"] == "r@x.io"
+
+
+async def test_idempotency_keys_expire(harness: Harness) -> None:
+    t = harness.add_tenant()
+    body = {"customer_id": "cus_e"}
+    await harness.send("customer.create", t, body, idempotency_key="k1")
+    for record in harness.idempotency.values():
+        record["expires_at"] = time.time() - 1
+    again = await harness.send("customer.create", t, body, idempotency_key="k1")
+    assert data(again)["reason"] == "invalid_state"  # treated as new: the customer exists
+
+
+# ---- transport-level garbage -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not json at all", b"{}", b'{"specversion":"1.0","id":"x"}', b"\xff\xfe\x00garbage", b""],
+)
+async def test_non_cloudevents_go_to_the_dead_letter_topic(harness: Harness, value: bytes) -> None:
+    emits = await harness.raw(
+        Inbound(
+            key=b"acme", value=value, headers={}, timestamp_ms=0, topic="c", partition=1, offset=9
+        )
+    )
+    dlq = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert len(dlq) == 1 and dlq[0].record.value == value
+    assert dict(dlq[0].record.headers)["paystream-dlq-reason"] == b"not_a_cloudevent"
+
+
+async def test_oversized_command_is_rejected_and_dead_lettered(harness: Harness) -> None:
+    t = harness.add_tenant()
+    big = build_command("customer.create", t, {"description": "x" * 100_000})
+    emits, out = await harness.send_event(big)
+    assert out is not None and data(out)["reason"] == "payload_too_large"
+    assert [e.topic for e in emits].count(harness.settings.dlq_topic) == 1
+
+
+async def test_structured_mode_is_accepted_and_answered(harness: Harness) -> None:
+    t = harness.add_tenant()
+    out = await harness.send(
+        "customer.create", t, {"email": "s@x.io"}, mode=CloudEventsMode.STRUCTURED
+    )
+    assert kind(out) == "customer.created"
+
+
+async def test_traceparent_is_propagated(harness: Harness) -> None:
+    t = harness.add_tenant()
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    out = await harness.send("customer.create", t, {}, traceparent=tp)
+    assert out.get_extension("traceparent") == tp
+
+
+# ---- transient failures ----------------------------------------------------------------
+
+
+async def test_transient_failures_are_retried_with_the_same_key(harness: Harness) -> None:
+    t = harness.add_tenant(gateway_options={"fail_first": {"*": 2}})
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    assert kind(out) == "payment.succeeded"
+
+
+async def test_exhausted_retries_park_the_command(harness: Harness) -> None:
+    t = harness.add_tenant(gateway_options={"fail_first": {"*": 50}})
+    cmd = build_command(
+        "payment.create",
+        t,
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    emits, out = await harness.send_event(cmd)
+    assert out is None
+    parked = [e for e in emits if e.topic == harness.settings.retry_topic]
+    assert len(parked) == 1 and dict(parked[0].record.headers)["ce_id"] == cmd.get_id().encode()
+    assert outcome_of(harness.settings, emits) is None
+
+
+async def test_numeric_looking_ids_are_not_mistaken_for_card_numbers(harness: Harness) -> None:
+    """A UUID whose groups happen to be all digits must not trip the card-number guard."""
+    t = harness.add_tenant()
+    out = await harness.send(
+        "customer.create", t, {}, command_id="58231946-0423-4012-8123-412345678901"
+    )
+    assert kind(out) == "customer.created"
+
+
+# ---- privacy -----------------------------------------------------------------------
+
+
+async def test_export_returns_everything_held_on_the_customer_and_nothing_else(
+    harness: Harness,
+) -> None:
+    t, other = harness.add_tenant(), harness.add_tenant()
+    cid, pmid = await _customer_with_card(harness, t)
+    pay = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 800, "currency": "USD", "customer_id": cid, "payment_method_id": pmid},
+    )
+    await harness.send("refund.create", t, {"payment_id": data(pay)["entity_id"], "amount": 100})
+    await _customer_with_card(harness, t)  # someone else of the same tenant
+    await harness.send("customer.create", other, {"customer_id": cid})  # same id, other tenant
+    out = await harness.send("customer.export", t, {"customer_id": cid})
+    assert kind(out) == "customer.exported"
+    export = data(out)["export"]
+    assert export["customer"]["email"] == "a@example.com"
+    assert [m["id"] for m in export["payment_methods"]] == [pmid]
+    assert [p["id"] for p in export["payments"]] == [data(pay)["entity_id"]]
+    assert [r["amount"] for r in export["refunds"]] == [100]
+    assert all(
+        row["tenant_id"] == t for rows in export.values() if isinstance(rows, list) for row in rows
+    )
+
+
+async def test_erase_scrubs_personal_data_but_keeps_money(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cid, pmid = await _customer_with_card(harness, t)
+    pay = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 800, "currency": "USD", "customer_id": cid, "payment_method_id": pmid},
+    )
+    out = await harness.send("customer.erase", t, {"customer_id": cid})
+    assert kind(out) == "customer.erased"
+    stored = harness.tables.customers[f"{t}:{cid}"]
+    assert stored["email"] is None and stored["name"] is None and stored["erased"] is True
+    assert "a@example.com" not in json.dumps(stored)
+    assert harness.tables.payments[f"{t}:{data(pay)['entity_id']}"]["amount"] == 800
+    again = await harness.send("customer.erase", t, {"customer_id": cid})
+    assert data(again)["reason"] == "invalid_state"
+    gone = await harness.send("customer.update", t, {"customer_id": cid, "name": "back"})
+    assert data(gone)["reason"] == "not_found"
+    assert "a@example.com" not in json.dumps(harness.idempotency)
+    assert "Ada" not in json.dumps(harness.idempotency)
+
+
+async def test_expired_idempotency_records_are_purged(harness: Harness) -> None:
+    t, other = harness.add_tenant(), harness.add_tenant()
+    for i in range(5):
+        await harness.send("customer.create", t, {"customer_id": f"c{i}"})
+    await harness.send("customer.create", other, {"customer_id": "c0"})
+    ttl = harness.settings.idempotency_ttl_seconds
+    mine = [k for k in harness.idempotency if k.startswith(f"{t}:")]
+    assert len(mine) == 5
+    assert harness.processor.purge_expired(t, time.time()) == 0  # nothing expired yet
+    assert harness.processor.purge_expired(t, time.time() + ttl + 1, limit=3) == 3
+    assert harness.processor.purge_expired(t, time.time() + ttl + 1) == 2
+    assert not [k for k in harness.idempotency if k.startswith(f"{t}:")]
+    assert [k for k in harness.idempotency if k.startswith(f"{other}:")], "other tenant untouched"
+
+
+async def test_purge_finds_records_written_before_the_process_started(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "old"})
+    # a new processor over the same tables = a restarted worker with recovered tables
+    fresh = type(harness.processor)(
+        harness.settings, harness.tables, harness.idempotency, harness.tenants, harness.pool
+    )
+    ttl = harness.settings.idempotency_ttl_seconds
+    assert fresh.purge_expired(t, time.time() + ttl + 1) == 1

@@ -1,0 +1,123 @@
+"""Smoke test of `paystream bench`: a tiny real run, JSON shape and sanity, no timing asserts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from paystream.bench.cli import bench_command
+from paystream.bench.load import generate_commands, tenant_ids
+from paystream.bench.profiling import summarise
+from paystream.bench.stats import PhaseResult, percentile
+
+REQUIRED = {
+    "throughput_cps",
+    "raw_passthrough_cps",
+    "faust_passthrough_cps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "offered_rate",
+    "ledger_events_per_s",
+    "ledger_db_statement_p95_ms",
+}
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 95) == 7
+
+
+def test_phase_throughput_from_first_to_last_arrival() -> None:
+    phase = PhaseResult.from_arrivals("x", 5, [10.0, 10.5, 11.0, 11.5, 12.0])
+    assert phase.throughput == pytest.approx(2.0)
+    assert phase.missing == 0
+
+
+def test_command_mix_is_ordered_and_realistic() -> None:
+    tenants = tenant_ids("abc", 3)
+    cmds = generate_commands(400, tenants, prefix="p-", seed=1)
+    assert len(cmds) == 400
+    assert len({c.command_id for c in cmds}) == 400
+    kinds = [c.command_type for c in cmds]
+    assert kinds.count("payment.create") > 300
+    assert "payment.capture" in kinds and "refund.create" in kinds
+    # Every follow-up comes after the create it names, within the same tenant.
+    created: set[tuple[str, bytes]] = set()
+    for c in cmds:
+        headers = dict(c.record.headers)
+        assert headers["ce_tenantid"].decode() == c.tenant_id == c.record.key.decode()  # type: ignore[union-attr]
+        body = json.loads(c.record.value)
+        if c.command_type == "payment.create":
+            created.add((c.tenant_id, body["payment_id"]))
+        else:
+            assert (c.tenant_id, body["payment_id"]) in created
+
+
+def test_profile_summary_attributes_stages() -> None:
+    raw = "\n".join(
+        [
+            "main (paystream/worker.py);CommandProcessor._run (paystream/agents/pipeline.py);"
+            "SimulatorStore.claim (paystream/gateways/simulator/store.py) 30",
+            "main (paystream/worker.py);CommandProcessor._apply (paystream/agents/pipeline.py);"
+            "Table.on_key_set (faust/tables/table.py) 10",
+            "_run_once (asyncio/base_events.py);EpollSelector.select (selectors.py) 50",
+        ]
+    )
+    summary = summarise(raw, rate=100, commands=10)
+    assert summary["samples"] == 40 and summary["idle_samples"] == 50
+    stages = {row["name"]: row["samples"] for row in summary["stages"]}
+    assert stages["gateway: simulator store (Redis round trips)"] == 30
+    assert stages["table writes (Faust __setitem__ + changelog send)"] == 10
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_json() -> None:
+    """300 commands, 3 tenants, 100/s for 2 s, both baselines, on a fresh embedded stack."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"KAFKA_BROKER_URL", "REDIS_URL", "DATABASE_URL"}
+    }
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "paystream", "bench",
+            "-n", "300", "-t", "3", "--rate", "100", "--rate-seconds", "2",
+            "--baseline-records", "600", "--json",
+        ],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out.keys() >= REQUIRED
+    assert out["throughput_cps"] > 0
+    assert out["raw_passthrough_cps"] > 0
+    assert out["faust_passthrough_cps"] > 0
+    assert 0 < out["p50_ms"] <= out["p95_ms"] <= out["p99_ms"]
+    assert out["offered_rate"] == 100
+    assert out["latency_phase"] == "rate"
+    assert out["missing_outcomes"] == 0
+    assert out["outcomes"] == 300 + 200
+    assert sum(out["outcome_types"].values()) == 500
+    assert "command.rejected" not in out["outcome_types"]
+    assert "pipeline:" in proc.stderr
+    # the ledger sink phase drained every outcome into PostgreSQL
+    ledger = out["ledger"]
+    # (the bench also sends a few warm-up commands of its own)
+    assert ledger["outcomes"] >= 500 and ledger["events_written"] >= 500
+    assert out["ledger_events_per_s"] > 0
+    assert 0 < ledger["db_statement_p50_ms"] <= out["ledger_db_statement_p95_ms"]
+
+
+def test_cli_rejects_bad_options() -> None:
+    result = CliRunner().invoke(bench_command, ["-n", "1"])
+    assert result.exit_code != 0
+    assert "at least 2" in result.output

@@ -1,0 +1,6 @@
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.pipeline",
+    "tests.fixtures.localstripe",
+    "tests.fixtures.redis_server",
+]

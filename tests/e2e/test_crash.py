@@ -1,0 +1,285 @@
+"""SIGKILL a worker mid-stream: no command without an outcome, no effect twice.
+
+1,000 commands (charges, authorisations, captures, refunds) across 10 tenants are
+paced onto the commands topic; the worker is killed with SIGKILL once a third of the
+outcomes are out, and a new worker (same consumer group, fresh process) finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.client import build_command
+from paystream.gateways.base import GatewayContext
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.admin import bootstrap_servers
+from paystream.streams.codec import decode_record, encode_event, headers_to_dict
+from paystream.tenancy.models import Tenant
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+TENANTS = [f"crash-{i}" for i in range(10)]
+
+
+@dataclass
+class Expected:
+    amount: int
+    captured: int = 0
+    refunded: int = 0
+    status: str = ""
+
+
+def workload() -> tuple[list[CloudEvent], dict[tuple[str, str], Expected], Counter[str]]:
+    """100 commands per tenant and the replay-free reference state they must produce."""
+    commands: list[CloudEvent] = []
+    expected: dict[tuple[str, str], Expected] = {}
+    effects: Counter[str] = Counter()
+    for t in TENANTS:
+        per_tenant: list[CloudEvent] = []
+        follow_ups: list[CloudEvent] = []
+        for j in range(40):
+            pid = f"pay_{j}"
+            amount = 1000 + j
+            manual = j % 2 == 0
+            per_tenant.append(
+                build_command(
+                    "payment.create",
+                    t,
+                    {
+                        "payment_id": pid,
+                        "amount": amount,
+                        "currency": "USD",
+                        "payment_method_token": "pm_card_visa",
+                        "capture": "manual" if manual else "auto",
+                    },
+                )
+            )
+            exp = Expected(amount=amount)
+            if manual:
+                follow_ups.append(build_command("payment.capture", t, {"payment_id": pid}))
+                effects["authorization"] += 1
+                effects["capture"] += 1
+            else:
+                effects["charge"] += 1
+                for share in (300, 200):
+                    follow_ups.append(
+                        build_command("refund.create", t, {"payment_id": pid, "amount": share})
+                    )
+                    effects["refund"] += 1
+                exp.refunded = 500
+            exp.captured = amount
+            exp.status = "succeeded"
+            expected[(t, pid)] = exp
+        commands += per_tenant + follow_ups
+    assert len(commands) == 1000
+    return commands, expected, effects
+
+
+async def _produce(dep: Deployment, commands: list[CloudEvent], rate: float) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for n, cmd in enumerate(commands):
+            tenant = str(cmd.get_extension("tenantid"))
+            rec = encode_event(cmd, tenant.encode(), CloudEventsMode.BINARY)
+            await producer.send(
+                dep.settings.commands_topic, rec.value, key=rec.key, headers=list(rec.headers)
+            )
+            # pace the stream so the kill lands in the middle of it
+            delay = started + (n + 1) / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class OutcomeLog:
+    """Every outcome record on the events topic, from the beginning."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.records: list[tuple[str, str, bytes]] = []  # (causation id, event id, raw bytes)
+        self.by_command: dict[str, set[str]] = defaultdict(set)
+
+    async def run(self) -> None:
+        topic = self.dep.settings.events_topic
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers(self.dep.settings.require_broker()),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(self.dep.settings.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            async for msg in consumer:
+                event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
+                cause = str(event.get_extension("causationid"))
+                raw = json.dumps(
+                    [
+                        msg.key.decode() if msg.key else None,
+                        msg.value.decode(),
+                        sorted((k, v.decode()) for k, v in msg.headers),
+                    ]
+                ).encode()
+                self.records.append((cause, event.get_id(), raw))
+                self.by_command[cause].add(event.get_id())
+        finally:
+            await consumer.stop()
+
+
+async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _read_all(dep: Deployment, ids: set[str], timeout: float = 30) -> OutcomeLog:
+    """A fresh read of the whole events topic, until it holds ``ids`` or ``timeout``."""
+    fresh = OutcomeLog(dep)
+    task = asyncio.create_task(fresh.run())
+    try:
+        with contextlib.suppress(AssertionError):
+            await _wait_for(lambda: ids <= fresh.by_command.keys() or task.done(), timeout, "read")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return fresh
+
+
+async def _diagnose(
+    dep: Deployment, commands: list[CloudEvent], log: OutcomeLog, worker: Any
+) -> str:
+    """Which commands lack an outcome, and is it the worker or our reader that missed them?"""
+    missing = [c for c in commands if c.get_id() not in log.by_command]
+    fresh = await _read_all(dep, {c.get_id() for c in missing}, timeout=10)
+    on_topic = [c for c in missing if c.get_id() in fresh.by_command]
+    stats = await asyncio.to_thread(worker.stats)
+    kinds = Counter(
+        (str(c.get_extension("tenantid")), c.get_type().rsplit(".", 2)[-2]) for c in missing
+    )
+    return (
+        f"{len(missing)} command(s) without an outcome in our reader; {len(on_topic)} of them "
+        f"do have one on the topic (fresh read: {len(fresh.records)} records, ours "
+        f"{len(log.records)}); by tenant/type: {dict(kinds)}; "
+        f"worker processed {stats and stats['worker']['processed']}, owns partitions "
+        f"{stats and stats['worker']['partitions']}"
+    )
+
+
+def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{base_url}/v1/tenants/{tenant}/payments/{pid}", timeout=5) as r:
+        return dict(json.load(r))
+
+
+async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
+    deployment_factory: Any,
+) -> None:
+    dep: Deployment = await deployment_factory()
+    await dep.add_tenants(*(Tenant(tenant_id=t) for t in TENANTS))
+    commands, expected, expected_effects = workload()
+    ids = {c.get_id() for c in commands}
+    log = OutcomeLog(dep)
+    reader = asyncio.create_task(log.run())
+    first = dep.worker("w1").start()
+    second = dep.worker("w2")
+    try:
+        await asyncio.to_thread(first.wait_ready, TENANTS, partitions=dep.settings.partitions)
+        producing = asyncio.create_task(_produce(dep, commands, rate=250))
+        await _wait_for(
+            lambda: len(log.by_command.keys() & ids) >= 330, 60, "a third of the outcomes"
+        )
+        first.kill(signal.SIGKILL)
+        killed_at = len(log.by_command.keys() & ids)
+        await producing
+        second.start()
+        with contextlib.suppress(AssertionError):  # judged below, on the topic itself
+            await _wait_for(
+                lambda: ids <= log.by_command.keys() or reader.done(), 120, "every outcome"
+            )
+        if not ids <= log.by_command.keys():
+            # Our long-lived reader is only an instrument: if it died or fell behind, read
+            # the topic afresh. Only outcomes missing from the topic itself fail the test.
+            reader_error = reader.exception() if reader.done() else None
+            log = await _read_all(dep, ids)
+            if not ids <= log.by_command.keys():
+                raise AssertionError(
+                    f"{await _diagnose(dep, commands, log, second)}; reader error: {reader_error!r}"
+                )
+        await asyncio.to_thread(second.wait_ready, TENANTS)
+
+        # 1. every command has exactly one outcome identity; duplicates are byte-identical
+        assert killed_at < len(ids), "the kill must land mid-stream"
+        assert all(len(log.by_command[i]) == 1 for i in ids), "a command got two different outcomes"
+        raw_by_event: dict[str, set[bytes]] = defaultdict(set)
+        for cause, event_id, raw in log.records:
+            if cause in ids:
+                raw_by_event[event_id].add(raw)
+        assert all(len(v) == 1 for v in raw_by_event.values()), "duplicates differ"
+        outcomes = [
+            decode_record(
+                None, json.loads(r)[1].encode(), {k: v.encode() for k, v in json.loads(r)[2]}
+            )
+            for (c, _, r) in {(c, e, r) for c, e, r in log.records if c in ids}
+        ]
+        kinds = Counter(o.get_type() for o in outcomes)
+        rejected = [o.get_data() for o in outcomes if o.get_type().endswith("rejected")]
+        assert not rejected, rejected
+        assert set(kinds) <= {
+            "com.paystream.payment.succeeded",
+            "com.paystream.payment.authorized",
+            "com.paystream.refund.succeeded",
+        }, kinds
+
+        # 2. table state equals the replay-free reference
+        for (tenant, pid), exp in expected.items():
+            state = await asyncio.to_thread(_payment, second.base_url, tenant, pid)
+            assert (state["status"], state["amount_captured"], state["amount_refunded"]) == (
+                exp.status,
+                exp.captured,
+                exp.refunded,
+            ), (tenant, pid, state)
+
+        # 3. the provider applied every effect exactly once
+        client = aioredis.from_url(dep.settings.redis_url)
+        try:
+            seen: Counter[str] = Counter()
+            for tenant in TENANTS:
+                sim = SimulatorGateway.from_context(
+                    GatewayContext(tenant_id=tenant, provider="simulator"),
+                    GatewayDeps(settings=dep.settings, redis=client),
+                )
+                effects = await sim.effects()
+                keys = Counter((e.kind, e.idempotency_key) for e in effects)
+                assert max(keys.values()) == 1, f"an effect applied twice for {tenant}"
+                seen.update(e.kind for e in effects)
+            assert {k: seen[k] for k in expected_effects} == dict(expected_effects)
+        finally:
+            await client.aclose()
+        print(f"killed after {killed_at} outcomes; {len(log.records)} outcome records in all")
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        first.stop()
+        second.stop()

@@ -1,0 +1,132 @@
+"""A real worker process on the real broker: commands in, CloudEvents out, DLQ, tenants."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from paystream.client import PaystreamClient, build_command
+from paystream.settings import CloudEventsMode
+from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy.models import Tenant, TenantStatus
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def deployed(deployment_factory: Any) -> AsyncIterator[Deployment]:
+    dep: Deployment = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="acme"), Tenant(tenant_id="globex"))
+    with dep.worker() as worker:
+        worker.wait_ready(["acme", "globex"], partitions=dep.settings.partitions)
+        dep.worker_handle = worker  # type: ignore[attr-defined]
+        yield dep
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(deployed: Deployment) -> AsyncIterator[PaystreamClient]:
+    async with deployed.client() as c:
+        yield c
+
+
+async def test_command_gets_its_cloudevent_outcome(client: PaystreamClient) -> None:
+    out = await client.command(
+        "payment.create",
+        "acme",
+        {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    assert out.get_type() == "com.paystream.payment.succeeded"
+    assert out.get_extension("tenantid") == "acme"
+    assert out.get_extension("partitionkey") == "acme"
+
+
+async def test_structured_mode_command(deployed: Deployment) -> None:
+    async with PaystreamClient(deployed.settings, CloudEventsMode.STRUCTURED) as c:
+        out = await c.command("customer.create", "globex", {"email": "s@globex.io"})
+    assert out.get_type() == "com.paystream.customer.created"
+
+
+async def test_full_flow_keeps_state_across_commands(client: PaystreamClient) -> None:
+    cus = await client.command("customer.create", "globex", {})
+    cid = cus.get_data()["entity_id"]  # type: ignore[index]
+    pm = await client.command(
+        "payment_method.attach", "globex", {"customer_id": cid, "token": "pm_card_mastercard"}
+    )
+    pmid = pm.get_data()["entity_id"]  # type: ignore[index]
+    pay = await client.command(
+        "payment.create",
+        "globex",
+        {
+            "amount": 1000,
+            "currency": "EUR",
+            "customer_id": cid,
+            "payment_method_id": pmid,
+            "capture": "manual",
+        },
+    )
+    assert pay.get_type().endswith("payment.authorized")
+    pid = pay.get_data()["entity_id"]  # type: ignore[index]
+    cap = await client.command("payment.capture", "globex", {"payment_id": pid, "amount": 800})
+    assert cap.get_data()["object"]["amount_captured"] == 800  # type: ignore[index]
+    ref = await client.command("refund.create", "globex", {"payment_id": pid})
+    assert ref.get_type().endswith("refund.succeeded")
+    assert ref.get_data()["object"]["amount"] == 800  # type: ignore[index]
+
+
+async def test_garbage_is_dead_lettered_and_the_worker_keeps_going(
+    deployed: Deployment, client: PaystreamClient
+) -> None:
+    settings = deployed.settings
+    servers = bootstrap_servers(settings.require_broker())
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.commands_topic, b"\x00\x01 definitely not an event", key=b"acme"
+        )
+    finally:
+        await producer.stop()
+    # the partition keeps moving: the next command on the same tenant is answered
+    out = await client.command("customer.create", "acme", {})
+    assert out.get_type().endswith("customer.created")
+    consumer = AIOKafkaConsumer(
+        settings.dlq_topic,
+        bootstrap_servers=servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=5000)
+        records = [r for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    assert any(r.value == b"\x00\x01 definitely not an event" for r in records)
+    assert any(dict(r.headers).get("paystream-dlq-reason") == b"not_a_cloudevent" for r in records)
+
+
+async def test_suspending_a_tenant_takes_effect(
+    deployed: Deployment, client: PaystreamClient
+) -> None:
+    await deployed.add_tenants(Tenant(tenant_id="initech", status=TenantStatus.SUSPENDED))
+    deployed.worker_handle.wait_ready(["initech"])  # type: ignore[attr-defined]
+    out = await client.command("customer.create", "initech", {})
+    assert out.get_data()["reason"] == "tenant_suspended"  # type: ignore[index]
+
+
+async def test_replayed_command_id_gets_the_identical_event(client: PaystreamClient) -> None:
+    cmd = build_command(
+        "payment.create",
+        "acme",
+        {"amount": 300, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    first = await client.send(cmd)
+    second = await client.send(cmd)
+    assert first.get_id() == second.get_id()
+    assert first.get_data() == second.get_data()
+    assert first.get_time() == second.get_time()

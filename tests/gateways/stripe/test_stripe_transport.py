@@ -1,0 +1,284 @@
+"""StripeGateway over a fake transport that answers with Stripe's documented bodies.
+
+Covers what localstripe cannot (disputes, idempotency, Connect, decline codes, 5xx,
+timeouts) by injecting ``StripeClient(http_client=...)``, as stripe-python's tests do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import stripe
+from pydantic import SecretStr
+
+from paystream.gateways.base import (
+    AcceptDispute,
+    CapturePayment,
+    CreatePayment,
+    CreateRefund,
+    DisputeStatus,
+    GatewayContext,
+    PaymentStatus,
+    SubmitDisputeEvidence,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.stripe import StripeGateway
+from paystream.money import Money
+from paystream.settings import load_settings
+
+API_BASE = "https://stripe.test.invalid"
+API_KEY = "sk_test_transport_secret"
+
+Response = tuple[int, dict[str, Any]]
+
+
+class FakeStripe(stripe.HTTPClient):
+    """Records requests; answers from a handler (or raises what a real client raises)."""
+
+    name = "fake"
+
+    def __init__(self, handler: Callable[[dict[str, Any]], Response]) -> None:
+        super().__init__()
+        self.handler = handler
+        self.requests: list[dict[str, Any]] = []
+        self.closed = False
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        body = post_data.decode() if isinstance(post_data, bytes) else post_data or ""
+        req = {"method": method, "url": url, "headers": dict(headers), "form": parse_qs(body)}
+        self.requests.append(req)
+        status, payload = self.handler(req)
+        return json.dumps(payload).encode(), status, {"request-id": f"req_{len(self.requests)}"}
+
+    async def close_async(self) -> None:
+        self.closed = True
+
+
+def gateway(
+    handler: Callable[[dict[str, Any]], Response], **ctx: Any
+) -> tuple[StripeGateway, FakeStripe]:
+    fake = FakeStripe(handler)
+    context = GatewayContext(
+        tenant_id="t1",
+        provider="stripe",
+        credentials={"api_key": SecretStr(API_KEY)},
+        **ctx,
+    )
+    deps = GatewayDeps(settings=load_settings(stripe_api_base=API_BASE))
+    return StripeGateway.from_context(context, deps, http_client=fake), fake
+
+
+def answer(status: int, payload: dict[str, Any]) -> Callable[[dict[str, Any]], Response]:
+    return lambda _req: (status, payload)
+
+
+PI = {
+    "id": "pi_123",
+    "object": "payment_intent",
+    "amount": 2000,
+    "currency": "usd",
+    "status": "succeeded",
+    "amount_received": 2000,
+    "latest_charge": {"id": "ch_1", "object": "charge", "amount_refunded": 0},
+    "next_action": None,
+    "last_payment_error": None,
+}
+DISPUTE = {"id": "dp_1", "object": "dispute", "amount": 2000, "currency": "usd"}
+PAY = CreatePayment(amount=Money(amount=2000, currency="USD"), provider_payment_method_id="pm_1")
+
+
+def error(status: int, **err: Any) -> Callable[[dict[str, Any]], Response]:
+    return answer(status, {"error": err})
+
+
+async def test_missing_api_key_is_authentication_failed() -> None:
+    ctx = GatewayContext(tenant_id="t9", provider="stripe")
+    with pytest.raises(GatewayError) as info:
+        StripeGateway.from_context(ctx, GatewayDeps(settings=load_settings()))
+    assert info.value.code is ErrorCode.AUTHENTICATION_FAILED
+    assert "t9" in info.value.message and not info.value.retryable
+
+
+async def test_request_carries_key_account_and_base_address() -> None:
+    gw, fake = gateway(answer(200, PI), connected_account="acct_42")
+    res = await gw.create_payment(PAY, idempotency_key="tenant-cmd-1")
+    assert res.status is PaymentStatus.SUCCEEDED and res.amount_captured == 2000
+    [req] = fake.requests
+    assert req["url"] == f"{API_BASE}/v1/payment_intents"
+    assert req["headers"]["Idempotency-Key"] == "tenant-cmd-1"
+    assert req["headers"]["Stripe-Account"] == "acct_42"
+    assert req["form"]["confirm"] == ["true"] and req["form"]["capture_method"] == ["automatic"]
+    assert "description" not in req["form"]  # unset fields are not sent
+    await gw.aclose()
+    assert fake.closed
+
+
+async def test_no_sdk_retries_the_pipeline_owns_them() -> None:
+    gw, fake = gateway(error(503, type="api_error", message="unavailable"))
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    assert info.value.code is ErrorCode.PROVIDER_UNAVAILABLE and info.value.retryable
+    assert info.value.provider_request_id == "req_1"
+    assert len(fake.requests) == 1
+
+
+async def test_replayed_key_is_sent_unchanged() -> None:
+    gw, fake = gateway(answer(200, PI))
+    first = await gw.create_payment(PAY, idempotency_key="k")
+    second = await gw.create_payment(PAY, idempotency_key="k")
+    assert first == second
+    assert [r["headers"]["Idempotency-Key"] for r in fake.requests] == ["k", "k"]
+
+
+@pytest.mark.parametrize(
+    ("status", "err", "code", "retryable"),
+    [
+        (402, {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline"},
+         ErrorCode.CARD_DECLINED, False),
+        (402, {"type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds"},
+         ErrorCode.INSUFFICIENT_FUNDS, False),
+        (402, {"type": "card_error", "code": "card_declined", "decline_code": "stolen_card"},
+         ErrorCode.LOST_OR_STOLEN, False),
+        (402, {"type": "card_error", "code": "card_declined", "decline_code": "fraudulent"},
+         ErrorCode.FRAUDULENT, False),
+        (402, {"type": "card_error", "code": "expired_card", "decline_code": "expired_card"},
+         ErrorCode.EXPIRED_CARD, False),
+        (402, {"type": "card_error", "code": "incorrect_cvc", "decline_code": "incorrect_cvc"},
+         ErrorCode.INCORRECT_CVC, False),
+        (402, {"type": "card_error", "code": "processing_error",
+               "decline_code": "processing_error"},
+         ErrorCode.PROCESSING_ERROR, True),
+        (402, {"type": "card_error", "code": "authentication_required",
+               "decline_code": "authentication_required"},
+         ErrorCode.AUTHENTICATION_REQUIRED, False),
+        (429, {"type": "invalid_request_error", "code": "rate_limit"},
+         ErrorCode.RATE_LIMITED, True),
+        (400, {"type": "idempotency_error"}, ErrorCode.IDEMPOTENCY_ERROR, False),
+        (409, {"type": "invalid_request_error", "code": "idempotency_key_in_use"},
+         ErrorCode.IDEMPOTENCY_ERROR, True),
+        (401, {"type": "invalid_request_error"}, ErrorCode.AUTHENTICATION_FAILED, False),
+        (403, {"type": "invalid_request_error"}, ErrorCode.PERMISSION_DENIED, False),
+        (404, {"type": "invalid_request_error", "code": "resource_missing"}, ErrorCode.NOT_FOUND,
+         False),
+        (400, {"type": "invalid_request_error", "code": "payment_intent_unexpected_state"},
+         ErrorCode.INVALID_STATE, False),
+        (400, {"type": "invalid_request_error", "code": "charge_already_refunded"},
+         ErrorCode.INVALID_STATE, False),
+        (400, {"type": "invalid_request_error", "code": "parameter_invalid_integer"},
+         ErrorCode.INVALID_REQUEST, False),
+        (500, {"type": "api_error"}, ErrorCode.PROVIDER_UNAVAILABLE, True),
+    ],
+)  # fmt: skip
+async def test_error_mapping(
+    status: int, err: dict[str, Any], code: ErrorCode, retryable: bool
+) -> None:
+    err = {"message": "documented message", "payment_intent": {"id": "pi_9"}, **err}
+    gw, _ = gateway(error(status, **err))
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    e = info.value
+    assert (e.code, e.retryable, e.http_status) == (code, retryable, status)
+    assert e.provider_request_id == "req_1" and e.provider_payment_id == "pi_9"
+    assert API_KEY not in str(e) and API_KEY not in json.dumps(e.as_outcome())
+    if status == 402:
+        assert e.decline_code == err["decline_code"]
+
+
+@pytest.mark.parametrize(
+    ("cause", "code"),
+    [(TimeoutError(), ErrorCode.TIMEOUT), (ConnectionResetError(), ErrorCode.PROVIDER_UNAVAILABLE)],
+)
+async def test_transport_failures_are_retryable(cause: Exception, code: ErrorCode) -> None:
+    def fail(_req: dict[str, Any]) -> Response:
+        # What stripe.AIOHTTPClient raises for a failed request.
+        raise stripe.APIConnectionError("network", should_retry=True) from cause
+
+    gw, _ = gateway(fail)
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    assert info.value.code is code and info.value.retryable
+
+
+async def test_requires_action_surfaces_next_action() -> None:
+    body = {
+        **PI,
+        "status": "requires_action",
+        "amount_received": 0,
+        "latest_charge": None,
+        "next_action": {"type": "redirect_to_url", "redirect_to_url": {"url": "https://hooks"}},
+    }
+    gw, _ = gateway(answer(200, body))
+    res = await gw.create_payment(PAY, idempotency_key="k")
+    assert res.status is PaymentStatus.REQUIRES_ACTION
+    assert res.next_action == body["next_action"]
+
+
+async def test_partial_capture_sends_amount_to_capture() -> None:
+    gw, fake = gateway(answer(200, {**PI, "amount_received": 500}))
+    res = await gw.capture_payment(
+        CapturePayment(provider_payment_id="pi_123", amount=500), idempotency_key="k"
+    )
+    assert res.amount_captured == 500
+    assert fake.requests[0]["url"].endswith("/v1/payment_intents/pi_123/capture")
+    assert fake.requests[0]["form"]["amount_to_capture"] == ["500"]
+
+
+async def test_refund() -> None:
+    body = {"id": "re_1", "object": "refund", "amount": 700, "currency": "usd",
+            "status": "succeeded", "payment_intent": "pi_123"}  # fmt: skip
+    gw, fake = gateway(answer(200, body))
+    res = await gw.create_refund(
+        CreateRefund(provider_payment_id="pi_123", amount=700), idempotency_key="k"
+    )
+    assert (res.provider_refund_id, res.provider_payment_id, res.amount.amount) == (
+        "re_1", "pi_123", 700,
+    )  # fmt: skip
+    assert fake.requests[0]["form"]["payment_intent"] == ["pi_123"]
+
+
+@pytest.mark.parametrize(
+    ("stripe_status", "ours"),
+    [
+        ("warning_needs_response", DisputeStatus.NEEDS_RESPONSE),
+        ("needs_response", DisputeStatus.NEEDS_RESPONSE),
+        ("under_review", DisputeStatus.UNDER_REVIEW),
+        ("warning_under_review", DisputeStatus.UNDER_REVIEW),
+        ("won", DisputeStatus.WON),
+        ("warning_closed", DisputeStatus.WON),
+        ("lost", DisputeStatus.LOST),
+        ("charge_refunded", DisputeStatus.LOST),
+    ],
+)
+async def test_submit_dispute_evidence(stripe_status: str, ours: DisputeStatus) -> None:
+    gw, fake = gateway(answer(200, {**DISPUTE, "status": stripe_status}))
+    req = SubmitDisputeEvidence(provider_dispute_id="dp_1", evidence={"uncategorized_text": "ok"})
+    res = await gw.submit_dispute_evidence(req, idempotency_key="k")
+    assert res.status is ours and res.amount == Money(amount=2000, currency="USD")
+    [sent] = fake.requests
+    assert sent["url"] == f"{API_BASE}/v1/disputes/dp_1"
+    assert sent["form"]["evidence[uncategorized_text]"] == ["ok"]
+    assert sent["form"]["submit"] == ["true"]
+
+
+async def test_accept_dispute_closes_it() -> None:
+    gw, fake = gateway(answer(200, {**DISPUTE, "status": "lost"}))
+    res = await gw.accept_dispute(AcceptDispute(provider_dispute_id="dp_1"), idempotency_key="k")
+    assert res.status is DisputeStatus.LOST
+    assert fake.requests[0]["url"] == f"{API_BASE}/v1/disputes/dp_1/close"
+    assert fake.requests[0]["headers"]["Idempotency-Key"] == "k"
+
+
+async def test_dispute_already_closed_is_invalid_state() -> None:
+    gw, _ = gateway(
+        error(400, type="invalid_request_error", code="charge_disputed", message="closed")
+    )
+    with pytest.raises(GatewayError) as info:
+        await gw.accept_dispute(AcceptDispute(provider_dispute_id="dp_1"), idempotency_key="k")
+    assert info.value.code is ErrorCode.INVALID_STATE

@@ -1,0 +1,116 @@
+"""Retry policy and circuit breaker, with an injected clock, sleep and jitter source."""
+
+from __future__ import annotations
+
+import pytest
+
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.retry import CircuitOpen, CircuitState, RetriesExhausted, RetryPolicy
+from paystream.settings import load_settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def policy(clock: Clock, *, attempts: int = 4, threshold: int = 3) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=attempts,
+        backoff_base_seconds=0.1,
+        failure_threshold=threshold,
+        reset_seconds=5.0,
+        sleep=clock.sleep,
+        rand=lambda: 1.0,  # the jitter's upper bound, so delays are exact
+        clock=clock,
+    )
+
+
+def transient() -> GatewayError:
+    return GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="sim")
+
+
+class Flaky:
+    def __init__(self, failures: int, error: GatewayError | None = None) -> None:
+        self.failures, self.calls, self.error = failures, 0, error or transient()
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "ok"
+
+
+def test_from_settings() -> None:
+    p = RetryPolicy.from_settings(load_settings(gateway_max_attempts=7, gateway_backoff_base_ms=20))
+    assert (p.max_attempts, p.backoff_base_seconds) == (7, 0.02)
+
+
+async def test_retries_with_exponential_backoff_then_succeeds() -> None:
+    clock = Clock()
+    fn = Flaky(failures=3)
+    assert await policy(clock, threshold=10).call("t", "sim", fn) == "ok"
+    assert fn.calls == 4
+    assert clock.slept == pytest.approx([0.1, 0.2, 0.4])
+
+
+async def test_jitter_scales_the_delay() -> None:
+    p = policy(Clock())
+    p.rand = lambda: 0.25
+    assert p.delay(3) == pytest.approx(0.1)
+
+
+async def test_non_retryable_errors_are_not_retried() -> None:
+    clock = Clock()
+    decline = GatewayError(ErrorCode.CARD_DECLINED, "no", provider="sim")
+    fn = Flaky(failures=1, error=decline)
+    with pytest.raises(GatewayError) as info:
+        await policy(clock).call("t", "sim", fn)
+    assert info.value is decline and fn.calls == 1 and clock.slept == []
+
+
+async def test_exhausted_retries_raise_typed_error() -> None:
+    fn = Flaky(failures=99)
+    with pytest.raises(RetriesExhausted) as info:
+        await policy(Clock(), attempts=3, threshold=10).call("t", "sim", fn)
+    assert info.value.attempts == 3 and info.value.retryable
+    assert info.value.code is ErrorCode.PROVIDER_UNAVAILABLE and fn.calls == 3
+
+
+async def test_circuit_opens_fails_fast_then_half_opens() -> None:
+    clock = Clock()
+    p = policy(clock, attempts=1, threshold=2)
+    for _ in range(2):
+        with pytest.raises(RetriesExhausted):
+            await p.call("t", "sim", Flaky(failures=1))
+    assert p.breaker("t", "sim").state is CircuitState.OPEN
+    probe = Flaky(failures=0)
+    with pytest.raises(CircuitOpen) as info:
+        await p.call("t", "sim", probe)
+    assert probe.calls == 0 and info.value.retry_after == pytest.approx(5.0)
+    # Other tenants on the same provider are unaffected.
+    assert await p.call("other", "sim", Flaky(failures=0)) == "ok"
+    clock.now += 5.0
+    assert await p.call("t", "sim", probe) == "ok"  # the half-open probe closes it
+    assert p.breaker("t", "sim").state is CircuitState.CLOSED
+
+
+async def test_failed_probe_reopens_the_circuit() -> None:
+    clock = Clock()
+    p = policy(clock, attempts=1, threshold=1)
+    with pytest.raises(RetriesExhausted):
+        await p.call("t", "sim", Flaky(failures=1))
+    clock.now += 5.0
+    with pytest.raises(RetriesExhausted):
+        await p.call("t", "sim", Flaky(failures=1))
+    assert p.breaker("t", "sim").state is CircuitState.OPEN
+    with pytest.raises(CircuitOpen):
+        await p.call("t", "sim", Flaky(failures=0))

@@ -1,0 +1,82 @@
+"""Test helpers for the ledger: database handles and an event factory."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from paystream.ledger import LedgerEvent
+
+
+@dataclass(frozen=True)
+class LedgerDb:
+    owner_url: str
+    app_url: str
+
+
+class EventFactory:
+    """Builds LedgerEvents with unique ids; ``payment(...)`` etc. fill sensible snapshots."""
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    def __call__(
+        self,
+        tenant_id: str,
+        entity_type: str,
+        entity_id: str,
+        version: int,
+        data: dict[str, Any],
+        *,
+        type: str | None = None,
+        event_id: str | None = None,
+    ) -> LedgerEvent:
+        self._n += 1
+        return LedgerEvent(
+            event_id=event_id or f"evt_{self._n}_{secrets.token_hex(4)}",
+            type=type or f"com.paystream.{entity_type}.updated",
+            tenant_id=tenant_id,
+            causation_id=f"cmd_{self._n}",
+            time=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=self._n),
+            entity_type=entity_type,  # type: ignore[arg-type]  # validated by LedgerEvent
+            entity_id=entity_id,
+            version=version,
+            data=data,
+        )
+
+    def payment(
+        self, tenant_id: str, payment_id: str, version: int = 1, **data: Any
+    ) -> LedgerEvent:
+        snapshot = {
+            "amount": 1000,
+            "currency": "USD",
+            "status": "succeeded",
+            "amount_captured": 1000,
+            "customer_id": "cus_1",
+            "provider": "simulator",
+            "provider_payment_id": f"sim_{payment_id}",
+            **data,
+        }
+        return self(
+            tenant_id,
+            "payment",
+            payment_id,
+            version,
+            snapshot,
+            type="com.paystream.payment.succeeded",
+        )
+
+    def customer(
+        self, tenant_id: str, customer_id: str, version: int = 1, **data: Any
+    ) -> LedgerEvent:
+        snapshot = {"email": f"{customer_id}@example.com", "name": "Ada Lovelace", **data}
+        return self(
+            tenant_id,
+            "customer",
+            customer_id,
+            version,
+            snapshot,
+            type="com.paystream.customer.created",
+        )

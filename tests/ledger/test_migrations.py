@@ -1,0 +1,112 @@
+"""Migrations: upgrade builds the schema the models describe, with RLS; downgrade undoes it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import create_engine
+from paystream.ledger.migrate import current, downgrade, upgrade
+from paystream.ledger.models import TENANT_TABLES, Base
+
+
+@pytest_asyncio.fixture(scope="module")
+async def owner(module_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(module_database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def _tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        )
+        return {r[0] for r in rows}
+
+
+async def test_upgrade_matches_models_and_secures_every_table(
+    module_database_url: str, owner: AsyncEngine
+) -> None:
+    await upgrade(module_database_url)
+    assert await current(module_database_url) == "0002"
+    async with owner.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+        )
+        assert diff == []
+        rls = await conn.execute(
+            text(
+                "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
+                "WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace "
+                "AND relname <> 'alembic_version'"
+            )
+        )
+        flags = {r.relname: (r.relrowsecurity, r.relforcerowsecurity) for r in rls}
+        assert flags == dict.fromkeys(TENANT_TABLES, (True, True))
+        policies = await conn.execute(text("SELECT tablename, qual FROM pg_policies"))
+        quals = {r.tablename: r.qual for r in policies}
+        assert set(quals) == set(TENANT_TABLES)
+        assert all("current_setting('app.current_tenant_id'" in q for q in quals.values())
+
+
+async def test_keys_and_indexes_lead_with_tenant_id(
+    module_database_url: str, owner: AsyncEngine
+) -> None:
+    await upgrade(module_database_url)
+    async with owner.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT c.relname AS index, a.attname AS first_column "
+                "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_class t ON t.oid = i.indrelid "
+                "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
+                "WHERE t.relnamespace = 'public'::regnamespace "
+                "AND t.relname <> 'alembic_version'"
+            )
+        )
+        firsts = {r.index: r.first_column for r in rows}
+    assert len(firsts) >= len(TENANT_TABLES) + 8
+    assert set(firsts.values()) == {"tenant_id"}, firsts
+
+
+async def test_app_role_is_not_privileged(module_database_url: str, owner: AsyncEngine) -> None:
+    await upgrade(module_database_url)
+    async with owner.connect() as conn:
+        role = (
+            await conn.execute(
+                text(
+                    "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles "
+                    "WHERE rolname = 'paystream_app'"
+                )
+            )
+        ).one()
+        assert tuple(role) == (False, False, False, False)
+        can = await conn.execute(
+            text(
+                "SELECT has_table_privilege('paystream_app', 'audit_log', 'UPDATE'), "
+                "has_table_privilege('paystream_app', 'audit_log', 'DELETE'), "
+                "has_table_privilege('paystream_app', 'events', 'UPDATE'), "
+                "has_table_privilege('paystream_app', 'audit_log', 'INSERT')"
+            )
+        )
+        assert tuple(can.one()) == (False, False, False, True)
+
+
+async def test_downgrade_to_base_and_back(module_database_url: str, owner: AsyncEngine) -> None:
+    await upgrade(module_database_url)
+    await downgrade(module_database_url, "0001")
+    assert await current(module_database_url) == "0001"
+    async with owner.connect() as conn:
+        forced = await conn.execute(text("SELECT count(*) FROM pg_class WHERE relforcerowsecurity"))
+        assert forced.scalar() == 0
+    await downgrade(module_database_url, "base")
+    assert await current(module_database_url) is None
+    assert await _tables(owner) == {"alembic_version"}
+    await upgrade(module_database_url)
+    assert await _tables(owner) == {*TENANT_TABLES, "alembic_version"}

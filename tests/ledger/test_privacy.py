@@ -1,0 +1,116 @@
+"""Privacy: export decrypts a customer's data; erase crypto-shreds it for good."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import (
+    CustomerNotFoundError,
+    erase_customer,
+    export_customer,
+    tenant_session,
+    verify_audit,
+    write_events,
+)
+from paystream.ledger.models import Customer, DataKey, Payment
+from paystream.tenancy.crypto import MasterKeyring
+from tests.ledger.factories import EventFactory
+
+ADDRESS = {"line1": "1 Main St", "city": "Springfield"}
+
+
+async def _customer_with_payment(
+    engine: AsyncEngine, keyring: MasterKeyring, make: EventFactory, tenant: str
+) -> None:
+    await write_events(
+        engine,
+        [
+            make.customer(tenant, "cus_1", email="ann@example.com", name="Ann", address=ADDRESS),
+            make.customer(tenant, "cus_2", email="bob@example.com", name="Bob"),
+            make.payment(tenant, "pay_1", customer_id="cus_1", amount=4200, currency="EUR"),
+            make(
+                tenant,
+                "refund",
+                "re_1",
+                1,
+                {"payment_id": "pay_1", "amount": 200, "currency": "EUR", "status": "succeeded"},
+            ),
+        ],
+        keyring=keyring,
+    )
+
+
+async def test_export_returns_decrypted_customer_data(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    await _customer_with_payment(app_engine, keyring, make_event, "pr1")
+    exported = await export_customer(app_engine, keyring, "pr1", "cus_1")
+    customer = exported["customer"]
+    assert (customer["email"], customer["name"], customer["address"]) == (
+        "ann@example.com",
+        "Ann",
+        ADDRESS,
+    )
+    assert customer["erased"] is False
+    assert [p["amount"] for p in exported["payments"]] == [4200]
+    assert [r["refund_id"] for r in exported["refunds"]] == ["re_1"]
+    customer_events = [e for e in exported["events"] if e["entity_type"] == "customer"]
+    assert customer_events[0]["data"]["email"] == "ann@example.com"
+    assert "bob@example.com" not in repr(exported)
+    json.dumps(exported)  # JSON-able as promised
+
+
+async def test_export_of_unknown_or_foreign_customer_fails(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    await _customer_with_payment(app_engine, keyring, make_event, "pr2")
+    with pytest.raises(CustomerNotFoundError):
+        await export_customer(app_engine, keyring, "pr3", "cus_1")  # exists only in pr2
+
+
+async def test_erase_shreds_pii_but_keeps_amounts_and_ids(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    await _customer_with_payment(app_engine, keyring, make_event, "pr4")
+    assert await erase_customer(app_engine, "pr4", "cus_1") is True
+    assert await erase_customer(app_engine, "pr4", "cus_1") is False  # idempotent
+    exported = await export_customer(app_engine, keyring, "pr4", "cus_1")
+    customer = exported["customer"]
+    assert customer["erased"] is True
+    assert (customer["email"], customer["name"], customer["address"]) == (None, None, None)
+    assert exported["payments"][0]["amount"] == 4200
+    for event in exported["events"]:
+        if event["entity_type"] == "customer":
+            assert event["data"]["email"] == {"erased": True}
+    async with tenant_session(app_engine, "pr4") as s:
+        refs = (await s.scalars(select(DataKey.key_ref))).all()
+        assert refs == ["customer/cus_2"]  # only the other customer's key remains
+        assert await s.scalar(select(Payment.amount).where(Payment.payment_id == "pay_1")) == 4200
+    other = await export_customer(app_engine, keyring, "pr4", "cus_2")
+    assert other["customer"]["email"] == "bob@example.com"
+    result = await verify_audit(app_engine, "pr4")
+    assert result.ok
+
+
+async def test_later_events_for_an_erased_customer_store_no_pii(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    # the erasure overtakes the customer's events: a tombstone keeps the PII out
+    assert await erase_customer(app_engine, "pr5", "cus_late") is True
+    await write_events(
+        app_engine,
+        [make_event.customer("pr5", "cus_late", 3, email="late@example.com")],
+        keyring=keyring,
+    )
+    async with tenant_session(app_engine, "pr5") as s:
+        customer = (await s.scalars(select(Customer))).one()
+        assert customer.version == 3
+        assert customer.erased_at is not None
+        assert customer.email_ciphertext is None
+        assert (await s.scalars(select(DataKey))).all() == []
+    exported = await export_customer(app_engine, keyring, "pr5", "cus_late")
+    assert "late@example.com" not in repr(exported)

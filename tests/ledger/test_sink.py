@@ -1,0 +1,482 @@
+"""The ledger sink: outcome → LedgerEvent translation, and LedgerSink on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import ForbiddenDataError, InvalidEventError, verify_audit
+from paystream.ledger.models import Dispute, Event, Payment, PaymentMethod
+from paystream.ledger.session import tenant_session
+from paystream.ledger.sink import (
+    FailureKind,
+    LedgerSink,
+    asyncpg_url,
+    classify_failure,
+    outcome_to_ledger_events,
+)
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import decode_record, encode_event
+from paystream.streams.outcomes import CommandRef, RejectReason, build_outcome, rejection_data
+from paystream.tenancy.crypto import MasterKeyring
+from tests.fixtures.postgres import fresh_database
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _cmd(tenant: str, command_id: str | None = None, kind: str = "payment.create") -> CommandRef:
+    return CommandRef(
+        tenant_id=tenant,
+        command_id=command_id or f"cmd_{uuid.uuid4().hex[:10]}",
+        command_type=kind,
+        idempotency_key="k",
+        time=T0,
+    )
+
+
+def payment_obj(tenant: str, pid: str, version: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant,
+        "id": pid,
+        "version": version,
+        "provider": "simulator",
+        "created_by": "cmd_0",
+        "status": "succeeded",
+        "amount": 2500,
+        "currency": "eur",
+        "capture_method": "automatic",
+        "amount_captured": 2500,
+        "amount_refunded": 0,
+        "customer_id": "cus_1",
+        "payment_method_id": "pm_1",
+        "provider_payment_id": f"sim_{pid}",
+        **extra,
+    }
+
+
+def payment_outcome(
+    tenant: str,
+    pid: str,
+    version: int,
+    *,
+    outcome: str = "payment.succeeded",
+    command_id: str | None = None,
+    related: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Any:
+    data: dict[str, Any] = {
+        "tenant_id": tenant,
+        "command_id": command_id or f"cmd_{pid}_{version}",
+        "entity_type": "payment",
+        "entity_id": pid,
+        "version": version,
+        "object": payment_obj(tenant, pid, version, **extra),
+    }
+    if related:
+        data["related"] = related
+    return build_outcome(_cmd(tenant, data["command_id"]), outcome, data)
+
+
+# ---- translation ------------------------------------------------------------------
+
+
+def test_payment_outcome_translates_to_one_event() -> None:
+    outcome = payment_outcome("acme", "pay_1", 3)
+    [event] = outcome_to_ledger_events(outcome)
+    assert event.event_id == outcome.get_id()
+    assert (event.tenant_id, event.entity_type, event.entity_id, event.version) == (
+        "acme",
+        "payment",
+        "pay_1",
+        3,
+    )
+    assert event.type == "com.paystream.payment.succeeded"
+    assert event.causation_id == "cmd_pay_1_3"
+    assert event.time == T0
+    assert event.columns["currency"] == "EUR"
+    assert event.columns["amount"] == 2500
+
+
+def test_related_entities_get_distinct_deterministic_ids() -> None:
+    dispute = {
+        "entity_type": "dispute",
+        "entity_id": "dp_1",
+        "version": 1,
+        "object": {
+            "tenant_id": "acme",
+            "id": "dp_1",
+            "version": 1,
+            "provider": "simulator",
+            "created_by": "cmd_x",
+            "payment_id": "pay_1",
+            "status": "needs_response",
+            "amount": 2500,
+            "currency": "EUR",
+            "provider_dispute_id": "sim_dp_1",
+        },
+    }
+    outcome = payment_outcome("acme", "pay_1", 2, outcome="payment.disputed", related=[dispute])
+    events = outcome_to_ledger_events(outcome)
+    assert [e.entity_type for e in events] == ["payment", "dispute"]
+    assert events[1].event_id == f"{outcome.get_id()}:dispute:dp_1"
+    assert events[1].columns["payment_id"] == "pay_1"
+    # Same outcome again (a replay): the same ids, so the ledger recognises it.
+    assert [e.event_id for e in outcome_to_ledger_events(outcome)] == [e.event_id for e in events]
+
+
+def test_rejection_translates_to_nothing() -> None:
+    cmd = _cmd("acme")
+    outcome = build_outcome(
+        cmd,
+        "command.rejected",
+        rejection_data("payment.create", RejectReason.VALIDATION_ERROR, "bad amount"),
+    )
+    assert outcome_to_ledger_events(outcome) == []
+
+
+def test_payment_method_snapshot_fills_ledger_columns() -> None:
+    data = {
+        "tenant_id": "acme",
+        "command_id": "cmd_pm",
+        "entity_type": "payment_method",
+        "entity_id": "pm_1",
+        "version": 1,
+        "object": {
+            "tenant_id": "acme",
+            "id": "pm_1",
+            "version": 1,
+            "provider": "stripe",
+            "created_by": "cmd_pm",
+            "customer_id": "cus_1",
+            "provider_payment_method_id": "pm_stripe_1",
+            "brand": "visa",
+            "last4": "4242",
+            "exp_month": 12,
+            "exp_year": 2030,
+            "fingerprint": "fp",
+            "attached": True,
+        },
+    }
+    [event] = outcome_to_ledger_events(
+        build_outcome(_cmd("acme", "cmd_pm"), "payment_method.attached", data)
+    )
+    assert event.columns["provider_token"] == "pm_stripe_1"
+    assert event.columns["status"] == "attached"
+    assert event.columns["last4"] == "4242"
+
+
+def test_failed_payment_keeps_the_outcome_error() -> None:
+    outcome = payment_outcome("acme", "pay_f", 1, outcome="payment.failed", status="failed")
+    data = dict(outcome.get_data())
+    data["error"] = {"code": "card_declined", "retryable": False}
+    outcome = build_outcome(_cmd("acme", data["command_id"]), "payment.failed", data)
+    [event] = outcome_to_ledger_events(outcome)
+    assert event.data["error"]["code"] == "card_declined"
+
+
+def test_binary_and_structured_records_round_trip() -> None:
+    outcome = payment_outcome("acme", "pay_rt", 1)
+    for mode in CloudEventsMode:
+        rec = encode_event(outcome, b"acme", mode)
+        decoded = decode_record(rec.key, rec.value, dict(rec.headers))
+        [event] = outcome_to_ledger_events(decoded)
+        assert (event.event_id, event.version, event.time) == (outcome.get_id(), 1, T0)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda d: d.update(version="2"), InvalidEventError),
+        (lambda d: d.update(entity_type="subscription"), InvalidEventError),
+        (lambda d: d["object"].pop("amount"), InvalidEventError),
+        (lambda d: d.update(related={"not": "a list"}), InvalidEventError),
+        (lambda d: d.update(tenant_id="globex"), InvalidEventError),
+        (lambda d: d["object"].update(card_number="4242424242424242"), ForbiddenDataError),
+    ],
+)
+def test_unstorable_outcomes_are_refused_whole(mutate: Any, error: type[Exception]) -> None:
+    outcome = payment_outcome("acme", "pay_bad", 1)
+    data = dict(outcome.get_data())
+    data["object"] = dict(data["object"])
+    mutate(data)
+    with pytest.raises(error):
+        outcome_to_ledger_events(build_outcome(_cmd("acme", "cmd_bad"), "payment.succeeded", data))
+
+
+def test_failure_classification() -> None:
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    class Pg(Exception):
+        def __init__(self, code: str) -> None:
+            super().__init__(code)
+            self.sqlstate = code
+
+    def wrapped(code: str) -> Exception:
+        return sa_exc.DBAPIError("stmt", {}, Pg(code))
+
+    assert classify_failure(ConnectionRefusedError()) == FailureKind.CONNECTION
+    assert classify_failure(TimeoutError()) == FailureKind.CONNECTION
+    assert classify_failure(asyncpg.exceptions.ConnectionDoesNotExistError()) == "connection"
+    assert classify_failure(wrapped("57P01")) == FailureKind.CONNECTION  # admin shutdown
+    assert classify_failure(wrapped("40001")) == FailureKind.CONNECTION  # serialization
+    assert classify_failure(wrapped("22P05")) == FailureKind.DATA  # untranslatable char
+    assert classify_failure(wrapped("23505")) == FailureKind.DATA
+    assert classify_failure(wrapped("42P01")) == FailureKind.CONFIG  # not migrated yet
+    assert classify_failure(InvalidEventError("e", "bad")) == FailureKind.DATA
+    assert classify_failure(RuntimeError("bug")) == FailureKind.UNEXPECTED
+
+
+def test_asyncpg_url_normalises_driver() -> None:
+    assert asyncpg_url("postgres://u:p@h:5432/db").startswith("postgresql+asyncpg://u:p@h")
+    assert asyncpg_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert asyncpg_url("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"
+
+
+# ---- LedgerSink on PostgreSQL -----------------------------------------------------
+
+
+async def _count(engine: AsyncEngine, tenant: str, model: Any) -> int:
+    async with tenant_session(engine, tenant) as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_batch_is_stored_and_replay_doubles_nothing(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    dispute = {
+        "entity_type": "dispute",
+        "entity_id": "dp_9",
+        "version": 1,
+        "object": {
+            "id": "dp_9",
+            "payment_id": "pay_9",
+            "status": "needs_response",
+            "amount": 2500,
+            "currency": "EUR",
+        },
+    }
+    outcomes = [
+        payment_outcome(tenant, "pay_9", 1, status="requires_capture"),
+        payment_outcome(tenant, "pay_9", 2),
+        payment_outcome(tenant, "pay_9", 3, outcome="payment.disputed", related=[dispute]),
+        payment_outcome(tenant, "pay_8", 1),
+    ]
+    events = [e for o in outcomes for e in outcome_to_ledger_events(o)]
+    sink = LedgerSink(app_engine, keyring)
+
+    first = await sink.write_batch(events)
+    assert first.dead_letters == [] and first.attempts == 1
+    assert first.written.events_written == 5
+
+    # Redelivery after a crash: the same batch, and again shuffled into a later one.
+    replay = await sink.write_batch(events)
+    mixed = await sink.write_batch([*reversed(events), payment_outcome_event(tenant, "pay_8", 2)])
+    assert replay.written.events_written == 0 and replay.written.duplicates == 5
+    assert mixed.written.events_written == 1 and mixed.written.duplicates == 5
+
+    assert await _count(app_engine, tenant, Event) == 6
+    assert await _count(app_engine, tenant, Payment) == 2
+    assert await _count(app_engine, tenant, Dispute) == 1
+    async with tenant_session(app_engine, tenant) as session:
+        versions = dict((await session.execute(select(Payment.payment_id, Payment.version))).all())
+    assert versions == {"pay_9": 3, "pay_8": 2}
+    audit = await verify_audit(app_engine, tenant)
+    # One audit entry per entity row change: a batch collapses pay_9 v1..v3 into one.
+    assert audit.ok and audit.checked == 4  # pay_9, dp_9, pay_8 v1; then pay_8 v2
+
+
+def payment_outcome_event(tenant: str, pid: str, version: int) -> Any:
+    [event] = outcome_to_ledger_events(payment_outcome(tenant, pid, version))
+    return event
+
+
+async def test_refused_event_is_dead_lettered_and_the_rest_stored(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    good = [payment_outcome_event(tenant, f"pay_{i}", 1) for i in range(7)]
+    # PostgreSQL refuses NUL in text/JSONB (SQLSTATE 22...): a data error, not an outage.
+    poisoned = payment_outcome_event(tenant, "pay_nul", 1)
+    poisoned = type(poisoned)(
+        **{
+            **{k: getattr(poisoned, k) for k in ("event_id", "type", "tenant_id", "causation_id")},
+            "time": poisoned.time,
+            "entity_type": poisoned.entity_type,
+            "entity_id": poisoned.entity_id,
+            "version": 1,
+            "data": {**poisoned.data, "failure_code": "bad\x00byte"},
+        }
+    )
+    sink = LedgerSink(app_engine, keyring)
+    result = await sink.write_batch([*good[:4], poisoned, *good[4:]])
+    assert [d.event_id for d in result.dead_letters] == [poisoned.event_id]
+    assert result.dead_letters[0].reason == "database_rejected"
+    assert "\x00" not in result.dead_letters[0].detail
+    assert result.written.events_written == 7
+    assert await _count(app_engine, tenant, Payment) == 7
+    assert sink.failed_attempts == 0  # data errors are never retried
+    assert (await verify_audit(app_engine, tenant)).ok
+
+
+async def test_payment_method_and_empty_batch(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    sink = LedgerSink(app_engine, keyring)
+    assert (await sink.write_batch([])).attempts == 0
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    data = {
+        "tenant_id": tenant,
+        "command_id": "cmd_pm",
+        "entity_type": "payment_method",
+        "entity_id": "pm_1",
+        "version": 1,
+        "object": {
+            "id": "pm_1",
+            "customer_id": "cus_1",
+            "provider_payment_method_id": "pm_tok",
+            "last4": "4242",
+            "attached": False,
+        },
+    }
+    events = outcome_to_ledger_events(
+        build_outcome(_cmd(tenant, "cmd_pm"), "payment_method.detached", data)
+    )
+    await sink.write_batch(events)
+    async with tenant_session(app_engine, tenant) as session:
+        row = (await session.execute(select(PaymentMethod))).scalar_one()
+    assert (row.provider_token, row.status, row.last4) == ("pm_tok", "detached", "4242")
+
+
+# ---- the agent's Faust-free parts ---------------------------------------------------
+
+
+class _Msg:
+    def __init__(self, key: bytes | None, value: bytes, headers: Any, offset: int) -> None:
+        self.key, self.value, self.headers = key, value, headers
+        self.timestamp, self.topic, self.partition, self.offset = T0.timestamp(), "ev", 0, offset
+
+
+class _Event:
+    def __init__(self, message: _Msg) -> None:
+        self.message = message
+
+
+async def test_agent_batch_stores_outcomes_and_parks_bad_records(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paystream.agents import ledger_sink as agent
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    good = encode_event(
+        payment_outcome(tenant, "pay_a", 1), tenant.encode(), CloudEventsMode.BINARY
+    )
+    structured = encode_event(
+        payment_outcome(tenant, "pay_b", 1), tenant.encode(), CloudEventsMode.STRUCTURED
+    )
+    rejected = encode_event(
+        build_outcome(
+            _cmd(tenant),
+            "command.rejected",
+            rejection_data("payment.create", RejectReason.UNKNOWN_TENANT, "no"),
+        ),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    wrong_tenant_data = dict(payment_outcome(tenant, "pay_c", 1).get_data())
+    wrong_tenant_data["tenant_id"] = "globex"  # payload claims another tenant's rows
+    invalid = encode_event(
+        build_outcome(
+            _cmd(tenant, wrong_tenant_data["command_id"]), "payment.succeeded", wrong_tenant_data
+        ),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    events = [
+        _Event(_Msg(r.key, r.value, list(r.headers), i))
+        for i, r in enumerate([good, structured, rejected, invalid])
+    ]
+    events.append(_Event(_Msg(b"x", b"not a cloudevent", [], 4)))
+
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    parked: dict[int, Any] = {}
+
+    async def park(records: Any, dead: Any) -> None:
+        parked.update(dead)
+
+    monkeypatch.setattr(runner, "_park", park)
+    await runner.run_batch(events)  # type: ignore[arg-type]
+    assert {i: d.reason for i, d in parked.items()} == {3: "invalid_event", 4: "undecodable"}
+    assert await _count(app_engine, tenant, Payment) == 2
+    assert await _count(app_engine, tenant, Event) == 2
+    assert agent.ledger_dlq_topic_name(agent.settings) == "paystream.events.ledger-dlq"
+
+
+# ---- CLI --------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module")
+async def cli_database_url(ledger_database_url: str) -> str:
+    return await fresh_database(ledger_database_url, prefix="cli")
+
+
+def test_cli_migrate_and_audit_verify(cli_database_url: str) -> None:
+    from click.testing import CliRunner
+
+    from paystream.ledger.cli import audit_group, migrate_command
+
+    env: dict[str, str | None] = {
+        "DATABASE_URL": cli_database_url,
+        "PAYSTREAM_DB_APP_PASSWORD": "s3cret:'pw",
+    }
+    runner = CliRunner()
+    up = runner.invoke(migrate_command, [], env=env)
+    assert up.exit_code == 0, up.output
+    assert "ledger schema at revision" in up.output and "base" not in up.output
+    ok = runner.invoke(audit_group, ["verify", "--tenant", "acme", "--tenant", "globex"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert "2/2 tenant chain(s) intact" in ok.output
+    # Without the app password the owner (a superuser here) would bypass RLS: refused.
+    refused = runner.invoke(
+        audit_group, ["verify", "--tenant", "acme"], env={**env, "PAYSTREAM_DB_APP_PASSWORD": None}
+    )
+    assert refused.exit_code != 0 and "paystream_app" in refused.output
+    down = runner.invoke(migrate_command, ["--downgrade", "base"], env=env)
+    assert down.exit_code == 0 and "revision base" in down.output, down.output
+
+
+async def test_backoff_doubles_to_the_cap_and_never_gives_up(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import paystream.ledger.sink as sink_mod
+
+    failures = 1200  # past 2**1024: the delay computation must not overflow
+    calls = {"n": 0}
+    delays: list[float] = []
+    real_write = sink_mod.write_events
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise ConnectionRefusedError("down")
+        return await real_write(*args, **kwargs)
+
+    async def no_sleep(delay: float) -> None:
+        delays.append(delay)
+
+    monkeypatch.setattr(sink_mod, "write_events", flaky)
+    monkeypatch.setattr(sink_mod.asyncio, "sleep", no_sleep)
+    sink = LedgerSink(app_engine, keyring, initial_backoff=0.1, max_backoff=5.0)
+    result = await sink.write_batch([payment_outcome_event(f"t{uuid.uuid4().hex[:8]}", "p", 1)])
+    assert result.attempts == failures + 1 and result.written.events_written == 1
+    assert sink.failed_attempts == failures and not sink.stalled
+    assert 0.075 <= delays[0] <= 0.1 and 0.15 <= delays[1] <= 0.2  # 0.1 s, doubling, jittered
+    assert max(delays) <= 5.0 and min(delays[10:]) >= 3.75  # capped at 5 s

@@ -1,0 +1,71 @@
+"""CloudEvents ⇄ Kafka records in both content modes, and what is not a CloudEvent."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import UndecodableRecord, decode_record, encode_event
+from paystream.streams.outcomes import CommandRef, build_outcome, outcome_id
+
+CMD = CommandRef(
+    "acme", "cmd-1", "payment.create", "cmd-1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+)
+
+
+@pytest.mark.parametrize("mode", list(CloudEventsMode))
+def test_outcome_round_trips_in_both_modes(mode: CloudEventsMode) -> None:
+    event = build_outcome(CMD, "payment.succeeded", {"entity_id": "pay_1", "object": {"amount": 5}})
+    rec = encode_event(event, b"acme", mode)
+    back = decode_record(rec.key, rec.value, dict(rec.headers))
+    assert back.get_id() == outcome_id("acme", "cmd-1", "payment.succeeded")
+    assert back.get_type() == "com.paystream.payment.succeeded"
+    assert back.get_source() == "/paystream/tenants/acme/payment"
+    assert back.get_extension("causationid") == "cmd-1"
+    assert back.get_extension("partitionkey") == "acme"
+    assert back.get_time() == CMD.time
+    assert back.get_data() == {"entity_id": "pay_1", "object": {"amount": 5}}
+
+
+def test_binary_mode_uses_ce_headers() -> None:
+    rec = encode_event(build_outcome(CMD, "customer.created", {}), b"acme", CloudEventsMode.BINARY)
+    headers = dict(rec.headers)
+    assert headers["ce_type"] == b"com.paystream.customer.created"
+    assert headers["content-type"] == b"application/json"
+    assert headers["ce_tenantid"] == b"acme"
+
+
+@given(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=20), max_size=5))
+def test_encoding_is_deterministic(data: dict[str, object]) -> None:
+    for mode in CloudEventsMode:
+        a = encode_event(build_outcome(CMD, "customer.updated", dict(data)), b"k", mode)
+        b = encode_event(build_outcome(CMD, "customer.updated", dict(data)), b"k", mode)
+        assert a == b
+
+
+@pytest.mark.parametrize(
+    ("value", "headers"),
+    [
+        (b"plain text", {}),
+        (None, {}),
+        (b"{}", {"content-type": b"application/cloudevents+json"}),
+        (b'{"a": 1}', {"content-type": b"application/xml"}),
+        (b"{}", {"ce_specversion": b"1.0"}),  # binary mode without the required attributes
+    ],
+)
+def test_records_that_are_not_cloudevents_raise_undecodable(
+    value: bytes | None, headers: dict[str, bytes]
+) -> None:
+    with pytest.raises(UndecodableRecord):
+        decode_record(b"acme", value, headers)
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash_the_decoder(value: bytes) -> None:
+    with contextlib.suppress(UndecodableRecord):
+        decode_record(b"k", value, {})

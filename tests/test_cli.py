@@ -1,0 +1,117 @@
+"""The `paystream` CLI as an operator uses it, against a real worker on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from paystream.client import PaystreamClient, build_command
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+def run_cli(
+    dep: Deployment, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "paystream", *args],
+        env={**os.environ, **dep.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"paystream {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def deployed(deployment_factory: Any) -> AsyncIterator[Deployment]:
+    dep: Deployment = await deployment_factory()
+    run_cli(dep, "tenants", "add", "acme", "--name", "Acme Corp")
+    # a tenant whose provider is down for the first 100 attempts of every key
+    run_cli(dep, "tenants", "add", "flaky", "--option", 'fail_first={"*": 100}')
+    with dep.worker() as worker:
+        worker.wait_ready(["acme", "flaky"], partitions=dep.settings.partitions)
+        dep.worker_handle = worker  # type: ignore[attr-defined]
+        yield dep
+
+
+async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
+    listed = [json.loads(line) for line in run_cli(deployed, "tenants", "list").stdout.splitlines()]
+    by_id = {t["tenant_id"]: t for t in listed}
+    assert by_id["acme"]["name"] == "Acme Corp" and by_id["acme"]["status"] == "active"
+    run_cli(deployed, "tenants", "suspend", "acme")
+    deployed.worker_handle.wait_ready(["acme"])  # type: ignore[attr-defined]
+    suspended = run_cli(deployed, "send", "customer.create", "--tenant", "acme", "--data", "{}")
+    assert json.loads(suspended.stdout)["data"]["reason"] == "tenant_suspended"
+    run_cli(deployed, "tenants", "activate", "acme")
+    unknown = run_cli(deployed, "tenants", "suspend", "nobody", check=False)
+    assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
+
+
+async def test_send_prints_the_outcome(deployed: Deployment) -> None:
+    for _ in range(50):  # the activation above reaches the worker's table shortly
+        out = json.loads(
+            run_cli(
+                deployed,
+                "send",
+                "payment.create",
+                "--tenant",
+                "acme",
+                "--data",
+                '{"amount": 1999, "currency": "USD", "payment_method_token": "pm_card_visa"}',
+            ).stdout
+        )
+        if out["data"].get("reason") != "tenant_suspended":
+            break
+    assert out["type"] == "com.paystream.payment.succeeded"
+    assert out["data"]["object"]["amount"] == 1999
+
+
+async def test_send_rejects_bad_json(deployed: Deployment) -> None:
+    bad = run_cli(
+        deployed, "send", "customer.create", "--tenant", "acme", "--data", "{nope", check=False
+    )
+    assert bad.returncode == 2 and "--data is not JSON" in bad.stderr
+
+
+async def test_parked_commands_are_replayed_by_dlq_replay(deployed: Deployment) -> None:
+    cmd = build_command(
+        "payment.create",
+        "flaky",
+        {"amount": 500, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    async with PaystreamClient(deployed.settings) as client:
+        await client.publish(cmd)
+        listed = ""
+        for _ in range(100):
+            listed = run_cli(deployed, "dlq", "list", "--topic", "retry").stdout
+            if cmd.get_id() in listed:
+                break
+        assert cmd.get_id() in listed and "reason=provider_unavailable" in listed
+        # the provider recovers; the operator re-drives the parked command
+        run_cli(deployed, "tenants", "add", "flaky")
+        deployed.worker_handle.wait_ready(["flaky"])  # type: ignore[attr-defined]
+        waiter = client.expect(cmd.get_id())
+        replayed = run_cli(deployed, "dlq", "replay", "--topic", "retry")
+        assert "replayed 1 record(s)" in replayed.stdout
+        outcome = await asyncio.wait_for(waiter, 30)
+    assert outcome.get_type() == "com.paystream.payment.succeeded"
+    assert "replayed 0 record(s)" in run_cli(deployed, "dlq", "replay", "--topic", "retry").stdout
+
+
+async def test_doctor_prints_its_table_and_passes(deployed: Deployment) -> None:
+    out = run_cli(deployed, "doctor").stdout
+    rows = [line for line in out.splitlines() if " PASS " in line or " FAIL " in line]
+    assert len(rows) >= 8 and all(" PASS " in row for row in rows), out
+    assert "end offsets after batch" in out and "caught-up fetch latency" in out

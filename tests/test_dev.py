@@ -1,0 +1,81 @@
+"""`paystream dev --demo`, the main job, as a new user runs it: it serves, then stops clean."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from paystream.devstack._process import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="paystream-dev-"))
+    web_port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KAFKA_BROKER_URL", "DATABASE_URL", "REDIS_URL", "PAYSTREAM_BROKER_FLAVOR")
+    }
+    env["PAYSTREAM_DATA_DIR"] = str(data_dir)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "paystream",
+            "dev",
+            "--demo",
+            "--rate",
+            "4",
+            "--web-port",
+            str(web_port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"outcomes (\d+)", line)
+            if m and int(m.group(1)) >= 20:
+                break
+        output = "".join(lines)
+        assert re.search(r"outcomes (\d+)", output), output
+        assert "payment.succeeded" in output, output
+        ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", output)]
+        assert web_port in ports and len(set(ports)) >= 4, output  # broker, db, redis, web
+        assert all(_port_open(p) for p in set(ports))
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert "stopped: worker and embedded services are down." in rest
+        assert not [p for p in set(ports) if _port_open(p)], "a service outlived `paystream dev`"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

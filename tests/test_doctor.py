@@ -1,0 +1,50 @@
+"""``paystream doctor`` logic: passes on the dev stack, fails clearly when things are down."""
+
+from __future__ import annotations
+
+from paystream.devstack._process import free_port
+from paystream.doctor import CheckResult, render_table, run_checks
+from paystream.settings import Settings, load_settings
+
+
+async def test_doctor_passes_on_the_stack(stack_settings: Settings) -> None:
+    results = await run_checks(stack_settings)
+    table = render_table(results)
+    assert all(r.ok for r in results), table
+    names = [r.name for r in results]
+    assert names[:3] == ["broker answers", "database answers", "redis answers"]
+    assert {"end offsets after batch", "caught-up fetch latency", "group join time"} <= set(names)
+    if stack_settings.embedded_broker:
+        by_name = {r.name: r for r in results}
+        assert "corrected by workaround" in by_name["end offsets after batch"].figure
+        assert "fetch_wait" in by_name["workarounds for flavor"].figure
+
+
+async def test_doctor_fails_when_nothing_answers() -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    settings = load_settings(
+        kafka_broker_url=f"kafka://{dead}",
+        database_url=f"postgresql+asyncpg://postgres@{dead}/x",
+        redis_url=f"redis://{dead}/0",
+    )
+    results = await run_checks(settings)
+    assert not any(r.ok for r in results), render_table(results)
+    assert all("skipped" in r.figure for r in results[3:])
+
+
+def test_render_table_layout() -> None:
+    table = render_table(
+        [
+            CheckResult("broker answers", True, "metadata ok", 0.01),
+            CheckResult("end offsets", False, "end offset 1, expected 10", 0.2),
+        ]
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["check", "result", "figure", "time"]
+    assert set(lines[1]) <= {"-", " "}
+    assert "PASS" in lines[2] and "metadata ok" in lines[2]
+    assert "FAIL" in lines[3] and "expected 10" in lines[3]
+    # Columns line up: the result column starts at the same place on every row.
+    assert (
+        len({line.index(word) for line, word in zip(lines[2:], ["PASS", "FAIL"], strict=True)}) == 1
+    )

@@ -1,0 +1,77 @@
+"""Settings: parsed from the environment, frozen, and refusing bad values by name."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from paystream.errors import ConfigurationError
+from paystream.settings import BrokerFlavor, CloudEventsMode, Settings, load_settings
+
+
+def test_defaults_are_development_friendly(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("KAFKA_BROKER_URL", "DATABASE_URL", "REDIS_URL", "PAYSTREAM_BROKER_FLAVOR"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings()
+    assert s.kafka_broker_url is None and s.broker_flavor is BrokerFlavor.KAFKA
+    assert s.partitions == 4 and s.cloudevents_mode is CloudEventsMode.BINARY
+    assert s.commands_topic == "paystream.commands" and s.idempotency_ttl_seconds == 86400
+
+
+def test_environment_is_read_with_conventional_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BROKER_URL", "broker-1:9092;broker-2:9092")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://u@db/paystream")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    monkeypatch.setenv("PAYSTREAM_PARTITIONS", "12")
+    monkeypatch.setenv("PAYSTREAM_BROKER_FLAVOR", "tansu")
+    monkeypatch.setenv("PAYSTREAM_MASTER_KEY", "c2VjcmV0")
+    s = load_settings()
+    assert s.kafka_broker_url == "kafka://broker-1:9092;broker-2:9092"
+    assert s.partitions == 12 and s.embedded_broker
+    assert "c2VjcmV0" not in repr(s) and "c2VjcmV0" not in s.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "named"),
+    [
+        ("PAYSTREAM_PARTITIONS", "0", "partitions"),
+        ("PAYSTREAM_PARTITIONS", "many", "partitions"),
+        ("KAFKA_BROKER_URL", "not a url", "kafka_broker_url"),
+        ("DATABASE_URL", "mysql://x/y", "database_url"),
+        ("REDIS_URL", "http://cache", "redis_url"),
+        ("PAYSTREAM_LOG_LEVEL", "loud", "log_level"),
+        ("PAYSTREAM_TABLE_STORE", "rocksdict://", "table_store"),
+        ("PAYSTREAM_BROKER_FLAVOR", "pulsar", "broker_flavor"),
+        ("PAYSTREAM_WEB_PORT", "70000", "web_port"),
+        ("PAYSTREAM_APP_ID", "has spaces", "app_id"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigurationError, match=f"(?i){named}"):
+        load_settings()
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings()
+    with pytest.raises(ValidationError):
+        s.partitions = 9  # type: ignore[misc]
+
+
+def test_require_broker_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BROKER_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="paystream dev"):
+        load_settings().require_broker()
+
+
+def test_every_setting_documents_its_environment_variable() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+        expected = {
+            "kafka_broker_url": "KAFKA_BROKER_URL",
+            "database_url": "DATABASE_URL",
+            "redis_url": "REDIS_URL",
+        }.get(name, f"PAYSTREAM_{name.upper()}")
+        assert field.description.startswith(expected), (name, field.description)

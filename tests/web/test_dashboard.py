@@ -1,0 +1,206 @@
+"""The operator dashboard in a real browser against a real worker on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cloudevents.core.v1.event import CloudEvent
+from playwright.async_api import Page, expect
+
+from paystream.client import build_command
+from paystream.devstack.worker import WorkerProcess
+from tests.web.conftest import CARD_NUMBERS, EXPECTED_TILES, HTML_TENANT, Seeded
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+SCREENSHOT = "/tmp/paystream-dashboard.png"
+WAIT = 15_000  # ms; the page polls every second
+
+
+async def open_dashboard(page: Page, seeded: Seeded) -> None:
+    await page.goto(seeded.base_url + "/")
+    await expect(page.locator("#status")).to_have_text("live", timeout=WAIT)
+
+
+async def look_up(page: Page, tenant: str, kind: str, entity_id: str) -> dict[str, object]:
+    """Submit the lookup form; return the JSON the page shows for it."""
+    result = page.locator("#l-result")
+    await result.evaluate("(el) => { el.textContent = ''; }")  # so the next answer is visible
+    await page.fill("#l-tenant", tenant)
+    await page.select_option("#l-kind", kind)
+    await page.fill("#l-id", entity_id)
+    async with page.expect_response(re.compile(r"/v1/tenants/")):
+        await page.click("#lookup button[type=submit]")
+    await expect(result).not_to_be_empty(timeout=WAIT)
+    shown = await result.text_content()
+    return json.loads(shown or "null")
+
+
+async def test_tiles_tenants_and_recent_outcomes(
+    page: Page, seeded: Seeded, js_errors: list[str]
+) -> None:
+    await open_dashboard(page, seeded)
+    for tile, count in EXPECTED_TILES.items():
+        await expect(page.locator(f"#{tile}"), f"tile {tile}").to_have_text(
+            str(count), timeout=WAIT
+        )
+    await expect(page.locator("#app")).to_have_text(seeded.deployment.settings.app_id)
+    await expect(page.locator("#parts")).not_to_have_text(re.compile(r"^(\?|none)$"))
+
+    # Registered tenants and tenants only seen in commands (unknown) are all listed.
+    rows = page.locator("#tenants tr[data-tenant]")
+    await expect(rows).to_have_count(4, timeout=WAIT)
+    acme = page.locator('#tenants tr[data-tenant="acme"] td')
+    await expect(acme).to_have_count(7)
+    await expect(acme.nth(1)).to_have_text("active")
+    await expect(acme.nth(2)).to_have_text("simulator")
+    await expect(acme.nth(3)).to_have_text("3")  # succeeded, declined, card-number rejection
+    await expect(acme.nth(4)).to_contain_text("succeeded: 1")
+    await expect(acme.nth(4)).to_contain_text("failed: 1")
+    await expect(acme.nth(5)).to_have_text("2500 USD")
+    globex = page.locator('#tenants tr[data-tenant="globex"] td')
+    await expect(globex.nth(1)).to_have_text("active")
+    await expect(globex.nth(3)).to_have_text("1")
+    nobody = page.locator('#tenants tr[data-tenant="nobody"] td')
+    await expect(nobody.nth(1)).to_have_text("unknown")
+    await expect(nobody.nth(3)).to_have_text("1")
+
+    # A tenant id full of HTML is shown as text, not run.
+    html_row = page.locator("#tenants tr[data-tenant]").filter(has_text="<img")
+    await expect(html_row.locator("td").first).to_have_text(HTML_TENANT)
+    assert await page.evaluate("window.__pwned") is None
+    assert await page.locator("#tenants img, #recent img").count() == 0
+
+    # Recent outcomes: every type, coloured by class, with the reasons.
+    recent = page.locator("#recent tbody tr")
+    await expect(recent).to_have_count(EXPECTED_TILES["t-total"], timeout=WAIT)
+    outcome_cells = page.locator("#recent tbody td:nth-child(4)")
+    for outcome, cls in [
+        ("payment.succeeded", "ok"),
+        ("payment.failed", "bad"),
+        ("command.rejected", "warn"),
+        ("customer.created", "ok"),
+    ]:
+        cell = outcome_cells.filter(has_text=re.compile(rf"^{re.escape(outcome)}$")).first
+        await expect(cell).to_have_class(cls)
+    reasons = page.locator("#recent tbody td:nth-child(7)")
+    for reason in ("card_declined", "card_data_forbidden", "unknown_tenant"):
+        await expect(reasons.filter(has_text=reason).first).to_be_visible()
+    succeeded_row = recent.filter(has_text="payment.succeeded")
+    await expect(succeeded_row.locator("td").nth(4)).to_have_text(seeded.succeeded_payment)
+    await expect(succeeded_row.locator("td").nth(5)).to_have_text("2500 USD")
+    assert js_errors == []
+
+
+async def test_lookup_shows_the_payment_and_hides_other_tenants(
+    page: Page, seeded: Seeded, js_errors: list[str]
+) -> None:
+    await open_dashboard(page, seeded)
+    await expect(page.locator("#t-total")).to_have_text(
+        str(EXPECTED_TILES["t-total"]), timeout=WAIT
+    )
+
+    shown = await look_up(page, "acme", "payments", seeded.succeeded_payment)
+    assert shown["id"] == seeded.succeeded_payment
+    assert shown["tenant_id"] == "acme"
+    assert shown["status"] == "succeeded"
+    assert (shown["amount"], shown["currency"], shown["amount_captured"]) == (2500, "USD", 2500)
+    assert "applied" not in shown  # bookkeeping stays inside the worker
+    await page.screenshot(path=SCREENSHOT, full_page=True)
+
+    declined = await look_up(page, "acme", "payments", seeded.failed_payment)
+    assert (declined["status"], declined["failure_code"]) == (
+        "failed",
+        "generic_decline",
+    )  # decline_code wins
+
+    # Another tenant asking for acme's payment: not found, nothing leaks.
+    other = await look_up(page, "globex", "payments", seeded.succeeded_payment)
+    assert other == {"error": "not_found", "message": "no such payment"}
+    missing_kind = await look_up(page, "acme", "refunds", seeded.succeeded_payment)
+    assert missing_kind == {"error": "not_found", "message": "no such refund"}
+    assert js_errors == []
+
+
+async def test_no_card_number_anywhere_on_the_page(page: Page, seeded: Seeded) -> None:
+    await open_dashboard(page, seeded)
+    await expect(page.locator("#recent tbody tr")).to_have_count(
+        EXPECTED_TILES["t-total"], timeout=WAIT
+    )
+    await look_up(page, "acme", "payments", seeded.succeeded_payment)
+    html = await page.content()
+    text = await page.locator("body").inner_text()
+    stats = await page.evaluate("fetch('/v1/stats').then((r) => r.text())")
+    for where, content in {"html": html, "text": text, "stats": stats}.items():
+        squashed = re.sub(r"[\s-]", "", content)
+        for pan in CARD_NUMBERS:
+            assert pan not in content, f"card number in page {where}"
+            assert pan.replace(" ", "") not in squashed, f"card number in page {where}"
+
+
+async def test_time_column_shows_any_command_time_in_utc(page: Page, seeded: Seeded) -> None:
+    """A producer's whole-second, non-UTC time used to render as ``12:00:00+02:``."""
+    cmd = build_command("customer.create", "globex", {})
+    when = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone(timedelta(hours=2)))
+    async with seeded.deployment.client() as client:
+        out = await client.send(CloudEvent({**cmd.get_attributes(), "time": when}, cmd.get_data()))
+    entity = out.get_data()["entity_id"]  # type: ignore[index]
+    await open_dashboard(page, seeded)
+    row = page.locator("#recent tbody tr").filter(has_text=entity)
+    await expect(row.locator("td").first).to_have_text("10:00:00.000", timeout=WAIT)
+    await expect(page.locator("#recent thead th").first).to_have_text("Time (UTC)")
+    # Every other row is the client's own UTC time, now rendered the same way.
+    for cell in await page.locator("#recent tbody td:first-child").all_text_contents():
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", cell), cell
+
+
+async def test_a_hung_worker_is_not_shown_as_live(page: Page, seeded: Seeded) -> None:
+    await open_dashboard(page, seeded)
+    assert seeded.worker.proc is not None
+    pgid = seeded.worker.proc.pid
+    os.killpg(pgid, signal.SIGSTOP)  # accepts connections (kernel backlog), never answers
+    try:
+        # Well inside the broker session timeout (6 s on Tansu), so no rebalance follows.
+        await expect(page.locator("#status")).to_have_text("worker unreachable", timeout=4_000)
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+    await expect(page.locator("#status")).to_have_text("live", timeout=WAIT)
+
+
+async def test_survives_the_worker_being_unreachable(
+    page: Page, seeded: Seeded, js_errors: list[str]
+) -> None:
+    """Stop the worker, see the page say so, start one on the same port, see it recover.
+
+    Runs last in this module: the replacement worker's activity counters start at zero.
+    """
+    await open_dashboard(page, seeded)
+    await expect(page.locator('#tenants tr[data-tenant="acme"]')).to_be_visible(timeout=WAIT)
+    old = seeded.worker
+    await asyncio.to_thread(old.stop)
+    status = page.locator("#status")
+    await expect(status).to_have_text("worker unreachable", timeout=WAIT)
+    await expect(status).to_have_class("down")
+    # What was last seen stays on screen while the worker is away.
+    await expect(page.locator('#tenants tr[data-tenant="acme"]')).to_be_visible()
+
+    dep = seeded.deployment
+    replacement = WorkerProcess(dep.env, dep.base_dir / "w2.log", old.web_port)
+    seeded.worker = replacement.start()
+    await asyncio.to_thread(
+        replacement.wait_ready, ["acme", "globex"], partitions=dep.settings.partitions
+    )
+    await expect(status).to_have_text("live", timeout=WAIT)
+    await expect(status).not_to_have_class("down")
+    # Tables come back from their changelogs: tenants and payments are still there.
+    acme = page.locator('#tenants tr[data-tenant="acme"] td')
+    await expect(acme.nth(4)).to_contain_text("succeeded: 1", timeout=WAIT)
+    shown = await look_up(page, "acme", "payments", seeded.succeeded_payment)
+    assert shown["status"] == "succeeded"
+    assert js_errors == []

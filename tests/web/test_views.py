@@ -1,0 +1,180 @@
+"""The worker's JSON endpoints and /metrics, over HTTP against a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.web.conftest import CARD_NUMBERS, EXPECTED_TILES, HTML_TENANT, Seeded
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(seeded: Seeded) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        base_url=seeded.base_url, timeout=aiohttp.ClientTimeout(total=10)
+    ) as session:
+        yield session
+
+
+async def get_json(http: aiohttp.ClientSession, path: str, status: int = 200) -> Any:
+    async with http.get(path) as resp:
+        assert resp.status == status, (path, resp.status, await resp.text())
+        assert resp.content_type == "application/json"
+        return await resp.json()
+
+
+async def test_healthz(http: aiohttp.ClientSession) -> None:
+    body = await get_json(http, "/healthz")
+    assert body["ok"] is True
+    assert body["uptime_s"] >= 0
+
+
+async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seeded) -> None:
+    stats = await get_json(http, "/v1/stats")
+    assert set(stats) == {"worker", "activity", "tenants", "summaries"}
+
+    worker = stats["worker"]
+    assert set(worker) == {"app_id", "uptime_s", "partitions", "processed", "ledger_processed"}
+    assert worker["app_id"] == seeded.deployment.settings.app_id
+    assert worker["partitions"] == list(range(seeded.deployment.settings.partitions))
+    assert worker["processed"] == EXPECTED_TILES["t-total"] + 1  # + the dead-lettered garbage
+
+    act = stats["activity"]
+    assert set(act) == {"recent", "by_outcome", "by_tenant", "dead_letters", "parked", "total"}
+    assert act["by_outcome"] == {
+        "payment.succeeded": 1,
+        "payment.failed": 1,
+        "command.rejected": 3,
+        "customer.created": 1,
+    }
+    assert act["by_tenant"] == {"acme": 3, "globex": 1, "nobody": 1, HTML_TENANT: 1}
+    assert (act["total"], act["dead_letters"], act["parked"]) == (6, 1, 0)
+    assert len(act["recent"]) == 6
+    for entry in act["recent"]:
+        assert set(entry) == {
+            "time",
+            "tenant",
+            "command",
+            "outcome",
+            "entity_id",
+            "amount",
+            "currency",
+            "reason",
+        }
+    by_reason = {e["reason"]: e for e in act["recent"] if e["reason"]}
+    assert set(by_reason) == {"card_declined", "card_data_forbidden", "unknown_tenant"}
+    succeeded = next(e for e in act["recent"] if e["outcome"] == "payment.succeeded")
+    assert succeeded == {
+        **succeeded,
+        "tenant": "acme",
+        "command": "payment.create",
+        "entity_id": seeded.succeeded_payment,
+        "amount": 2500,
+        "currency": "USD",
+        "reason": None,
+    }
+
+    # Only registered tenants, and nothing of theirs but status and gateway.
+    assert stats["tenants"] == {
+        "acme": {"status": "active", "gateway": "simulator"},
+        "globex": {"status": "active", "gateway": "simulator"},
+    }
+    assert stats["summaries"] == {
+        "acme": {
+            "payments": {"succeeded": 1, "failed": 1},
+            "captured": {"USD": 2500},
+            "refunded": {"USD": 0},
+        }
+    }
+
+
+async def test_entity_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> None:
+    pid = seeded.succeeded_payment
+    body = await get_json(http, f"/v1/tenants/acme/payments/{pid}")
+    assert (body["id"], body["tenant_id"], body["status"], body["amount"]) == (
+        pid,
+        "acme",
+        "succeeded",
+        2500,
+    )
+    assert "applied" not in body
+    cus = seeded.outcomes["customer"].get_data()["entity_id"]
+    assert (await get_json(http, f"/v1/tenants/globex/customers/{cus}"))["id"] == cus
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        # another tenant's id is simply absent
+        ("/v1/tenants/globex/payments/{pid}", "no such payment"),
+        ("/v1/tenants/nobody/payments/{pid}", "no such payment"),
+        ("/v1/tenants/acme/payments/pay_does_not_exist", "no such payment"),
+        ("/v1/tenants/acme/refunds/{pid}", "no such refund"),
+        ("/v1/tenants/acme/customers/{pid}", "no such customer"),
+        ("/v1/tenants/acme/payment_methods/{pid}", "no such payment_method"),
+        ("/v1/tenants/acme/disputes/{pid}", "no such dispute"),
+        ("/v1/tenants/acme/widgets/{pid}", "unknown kind 'widgets'"),
+        # bookkeeping tables are not entity kinds
+        ("/v1/tenants/acme/idempotency/{pid}", "unknown kind 'idempotency'"),
+        ("/v1/tenants/acme/tenants/acme", "unknown kind 'tenants'"),
+    ],
+)
+async def test_entity_lookup_not_found_shapes(
+    http: aiohttp.ClientSession, seeded: Seeded, path: str, message: str
+) -> None:
+    body = await get_json(http, path.format(pid=seeded.succeeded_payment), status=404)
+    assert body == {"error": "not_found", "message": message}
+
+
+async def test_metrics_count_commands_by_tenant_command_and_outcome(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with http.get("/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    commands = families["paystream_commands"]  # the parser drops the _total suffix
+    assert commands.type == "counter"
+    counts = {
+        (s.labels["tenant"], s.labels["command"], s.labels["outcome"]): s.value
+        for s in commands.samples
+        if s.name == "paystream_commands_total"
+    }
+    assert counts == {
+        ("acme", "payment.create", "payment.succeeded"): 1.0,
+        ("acme", "payment.create", "payment.failed"): 1.0,
+        ("acme", "payment.create", "command.rejected"): 1.0,
+        ("globex", "customer.create", "customer.created"): 1.0,
+        ("nobody", "payment.create", "command.rejected"): 1.0,
+        (HTML_TENANT, "customer.create", "command.rejected"): 1.0,
+    }
+    dead = {
+        s.labels["reason"]: s.value
+        for s in families["paystream_dead_letters"].samples
+        if s.name == "paystream_dead_letters_total"
+    }
+    assert dead == {"not_a_cloudevent": 1.0}
+    assert "paystream_command_latency_seconds_bucket" in text
+
+
+async def test_no_card_number_in_any_response(http: aiohttp.ClientSession, seeded: Seeded) -> None:
+    bodies = []
+    for path in (
+        "/v1/stats",
+        "/metrics",
+        f"/v1/tenants/acme/payments/{seeded.succeeded_payment}",
+        f"/v1/tenants/acme/payments/{seeded.failed_payment}",
+    ):
+        async with http.get(path) as resp:
+            bodies.append(await resp.text())
+    for body in bodies:
+        for pan in CARD_NUMBERS:
+            assert pan not in body
