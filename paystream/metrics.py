@@ -12,6 +12,7 @@ __all__ = [
     "DEAD_LETTERS",
     "GATEWAY_CALLS",
     "PARKED",
+    "REPAIRS",
     "REPLAYS",
 ]
 
@@ -37,6 +38,11 @@ REPLAYS = Counter(
     "paystream_replayed_commands_total",
     "Redelivered or repeated commands answered from stored outcomes (no gateway call).",
     ["tenant", "via"],
+)
+REPAIRS = Counter(
+    "paystream_repaired_entities_total",
+    "Entity writes lost in a crash and restored from the command's stored outcome.",
+    ["tenant", "entity_type"],
 )
 GATEWAY_CALLS = Histogram(
     "paystream_gateway_call_seconds",

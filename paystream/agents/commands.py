@@ -26,6 +26,7 @@ from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
+from paystream.tables.changelog import collect_changelog, publish_changelog
 from paystream.tables.views import ActivityLog
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.policy import call_policy
@@ -86,16 +87,20 @@ class CommandRunner:
         by_tenant: dict[bytes | None, list[EventT]] = defaultdict(list)
         for event in events:
             by_tenant[event.message.key].append(event)
-        groups = await asyncio.gather(
-            *(self._run_tenant(processor, group) for group in by_tenant.values())
-        )
-        emits = [e for group in groups for e in group]
-        futures = [
-            await app.producer.send(
-                e.topic, e.record.key, e.record.value, None, None, list(e.record.headers)
+        with collect_changelog() as changelog:
+            groups = await asyncio.gather(
+                *(self._run_tenant(processor, group) for group in by_tenant.values())
             )
-            for e in emits
-        ]
+        emits = [e for group in groups for e in group]
+        # Table changes first, then outcomes; the batch is acknowledged (and its offsets
+        # become committable) only once all of them are durable.
+        futures: list[Any] = list(await publish_changelog(changelog))
+        for e in emits:
+            futures.append(
+                await app.producer.send(
+                    e.topic, e.record.key, e.record.value, None, None, list(e.record.headers)
+                )
+            )
         await asyncio.gather(*futures)
         await processor.gateways.close_retired()
         for e in emits:

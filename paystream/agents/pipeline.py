@@ -38,7 +38,7 @@ from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
 from paystream.streams.outcomes import CommandRef, RejectReason, build_outcome, rejection_data
 from paystream.streams.pan import contains_card_number
 from paystream.tables.records import (
-    EntityRecord,
+    APPLIED_MEMORY,
     IdempotencyRecord,
     IdempotencyState,
     StoredOutcome,
@@ -210,7 +210,7 @@ class CommandProcessor:
                     f"idempotency key {cmd.idempotency_key!r} was used for a different request",
                 )
             if existing.state is IdempotencyState.DONE and existing.outcome is not None:
-                self._repair_entity(existing)
+                self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
                 metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
                 # The stored outcome was produced for the original command id; a retry
                 # under a new id with the same key gets the original event (as Stripe does).
@@ -235,7 +235,8 @@ class CommandProcessor:
         except AlreadyApplied as done:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
-            self._finish(idem_table_key, cmd, request_hash, expires, done.outcome, None)
+            self._repair_entities(cmd.tenant_id, cmd.command_id, done.outcome)
+            self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
             return [self._outcome(cmd, done.outcome)]
         except Rejection as rej:
             if not rej.remember:
@@ -245,7 +246,7 @@ class CommandProcessor:
                 type="command.rejected",
                 data=rejection_data(cmd.command_type, rej.reason, rej.message),
             )
-            self._finish(idem_table_key, cmd, request_hash, expires, stored, None)
+            self._finish(idem_table_key, cmd, request_hash, expires, stored)
             metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
@@ -263,13 +264,13 @@ class CommandProcessor:
                     "error": exc.as_outcome(),
                 },
             )
-            self._finish(idem_table_key, cmd, request_hash, expires, stored, None)
+            self._finish(idem_table_key, cmd, request_hash, expires, stored)
             metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
             return [self._outcome(cmd, stored)]
         stored = self._apply(cmd, result)
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id)
-        self._finish(idem_table_key, cmd, request_hash, expires, stored, result.primary)
+        self._finish(idem_table_key, cmd, request_hash, expires, stored)
         metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
         return [self._outcome(cmd, stored)]
 
@@ -313,15 +314,9 @@ class CommandProcessor:
         request_hash: str,
         expires: float,
         stored: StoredOutcome,
-        primary: EntityRecord | None,
     ) -> None:
-        ref = (
-            (primary.entity_type, entity_key(cmd.tenant_id, primary.id), primary.version)
-            if primary is not None
-            else None
-        )
         self._remember(
-            key, _idempotency_dict(cmd, request_hash, IdempotencyState.DONE, expires, stored, ref)
+            key, _idempotency_dict(cmd, request_hash, IdempotencyState.DONE, expires, stored)
         )
 
     def _remember(self, key: str, record: dict[str, Any]) -> None:
@@ -389,19 +384,30 @@ class CommandProcessor:
         record = IdempotencyRecord.model_validate(raw)
         return None if record.expires_at < now else record
 
-    def _repair_entity(self, record: IdempotencyRecord) -> None:
-        """A crash may have persisted the idempotency record but not the entity: restore it."""
-        if record.entity_ref is None or record.outcome is None:
-            return
-        entity_type, key, version = record.entity_ref
-        table = self.tables.by_type(entity_type)
-        current = table.get(key)
-        if current is None or int(current.get("version", 0)) < version:
-            snapshot = dict(record.outcome.data.get("object") or {})
-            if snapshot:
-                snapshot["entity_type"] = entity_type
-                snapshot["applied"] = {record.command_id: record.outcome.model_dump(mode="json")}
-                table[key] = snapshot
+    def _repair_entities(self, tenant_id: str, command_id: str, outcome: StoredOutcome) -> None:
+        """Restore whichever of a command's entity writes a crash lost.
+
+        A command writes several changelog partitions (idempotency, the entity, related
+        entities); a SIGKILL can persist any subset. The outcome carries the post-image
+        of every entity the command changed, so each one older than its post-image is
+        rewritten. Commands of a tenant run in order, so an entity already at or past
+        that version has this command's change in it.
+        """
+        for entity_type, image in _post_images(outcome):
+            table = self.tables.by_type(entity_type)
+            key = entity_key(tenant_id, str(image.get("id", "")))
+            current = table.get(key)
+            if current is not None and int(current.get("version", 0)) >= int(
+                image.get("version", 0)
+            ):
+                continue
+            applied = dict((current or {}).get("applied") or {})
+            applied[command_id] = {"type": outcome.type, "data": outcome.data}
+            while len(applied) > APPLIED_MEMORY:
+                applied.pop(next(iter(applied)))
+            table[key] = {**image, "entity_type": entity_type, "applied": applied}
+            metrics.REPAIRS.labels(tenant_id, entity_type).inc()
+            log.info("repaired %s %s to version %s", entity_type, key, image.get("version"))
 
     def _gateway_for(self, tenant: Tenant) -> Any:
         try:
@@ -527,7 +533,6 @@ def _idempotency_dict(
     state: IdempotencyState,
     expires: float,
     outcome: StoredOutcome | None = None,
-    entity_ref: tuple[str, str, int] | None = None,
 ) -> dict[str, Any]:
     """An IdempotencyRecord in its stored (JSON) shape, built without a model round trip:
     this runs two or three times per command on the hot path."""
@@ -538,8 +543,19 @@ def _idempotency_dict(
         "state": state.value,
         "expires_at": expires,
         "outcome": None if outcome is None else {"type": outcome.type, "data": outcome.data},
-        "entity_ref": None if entity_ref is None else list(entity_ref),
     }
+
+
+def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:
+    """(entity type, published snapshot) of every entity an outcome says was written."""
+    data = outcome.data
+    images: list[tuple[str, dict[str, Any]]] = []
+    if data.get("entity_type") and isinstance(data.get("object"), dict):
+        images.append((str(data["entity_type"]), data["object"]))
+    for related in data.get("related") or []:
+        if isinstance(related, dict) and isinstance(related.get("object"), dict):
+            images.append((str(related["entity_type"]), related["object"]))
+    return images
 
 
 def _key_str(key: bytes | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from paystream.app import app, settings
+from paystream.tables.changelog import BatchedChangelogTable
 
 __all__ = [
     "customers",
@@ -23,12 +24,18 @@ __all__ = [
 
 
 def _entity_table(name: str, help_: str) -> Any:
-    return app.Table(
-        name,
-        default=None,
-        key_type=str,
-        partitions=settings.partitions,
-        help=help_,
+    # Changes made while the command agent collects a batch are produced by the agent
+    # and awaited before the batch is acknowledged (see tables/changelog.py).
+    return app.tables.add(
+        BatchedChangelogTable(
+            app,
+            name=name,
+            default=None,
+            key_type=str,
+            beacon=app.tables.beacon,
+            partitions=settings.partitions,
+            help=help_,
+        )
     )
 
 

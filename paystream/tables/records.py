@@ -146,7 +146,8 @@ class IdempotencyState(StrEnum):
 class IdempotencyRecord(BaseModel):
     """One per (tenant, idempotency key); expires after the idempotency window."""
 
-    model_config = ConfigDict(extra="forbid")
+    # "ignore": records written by older versions may carry fields since retired.
+    model_config = ConfigDict(extra="ignore")
 
     command_id: str
     command_type: str
@@ -154,5 +155,3 @@ class IdempotencyRecord(BaseModel):
     state: IdempotencyState
     expires_at: float  # unix seconds
     outcome: StoredOutcome | None = None
-    # (entity table, entity key, entity version) written with the outcome, for repair
-    entity_ref: tuple[str, str, int] | None = None
