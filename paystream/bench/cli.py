@@ -90,7 +90,7 @@ def bench_command(
     from paystream.bench.stats import render_table
 
     if profile and find_py_spy() is None:
-        raise click.ClickException("--profile needs py-spy (pip install py-spy)")
+        raise click.ClickException("--profile needs py-spy: pip install -e '.[profile]'")
 
     def say(msg: str) -> None:
         if not quiet:
