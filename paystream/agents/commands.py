@@ -26,7 +26,7 @@ from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
-from paystream.tables.changelog import collect_changelog, publish_changelog
+from paystream.tables.changelog import collect_changelog
 from paystream.tables.views import ActivityLog
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.policy import call_policy
@@ -94,7 +94,7 @@ class CommandRunner:
         emits = [e for group in groups for e in group]
         # Table changes first, then outcomes; the batch is acknowledged (and its offsets
         # become committable) only once all of them are durable.
-        futures: list[Any] = list(await publish_changelog(changelog))
+        futures: list[Any] = await changelog.publish()
         for e in emits:
             futures.append(
                 await app.producer.send(

@@ -7,25 +7,80 @@ offset could be committed before the table change it depends on is durable; afte
 crash the command would not be redelivered and its change would be gone.
 
 While a batch is being collected, writes to a ``BatchedChangelogTable`` are queued
-here instead; the agent produces them (in write order, before the outcomes) and awaits
-their delivery before the batch is acknowledged. Writes outside a batch (recovery,
-other agents) keep Faust's path.
+here instead; the agent produces them before the outcomes and awaits their delivery
+before the batch is acknowledged. Only the last write of a key in a batch is produced:
+nothing outside the worker can observe the earlier ones (they would be published
+together), and table recovery keeps only the last value of a key anyway. That drops the
+in-flight idempotency record of every command that finishes within its batch.
+
+Writes outside a batch (recovery, other agents) keep Faust's path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import FutureMessage
 from faust.types.codecs import CodecArg
 
-__all__ = ["BatchedChangelogTable", "collect_changelog", "publish_changelog"]
+__all__ = ["BatchedChangelogTable", "ChangelogBatch", "collect_changelog"]
 
-_batch: ContextVar[list[FutureMessage] | None] = ContextVar("changelog_batch", default=None)
+
+class ChangelogBatch:
+    """The last pending write of each (table, key) in one batch, in first-write order."""
+
+    def __init__(self) -> None:
+        # (table name, key) → (table, partition, value, value serializer)
+        self._writes: dict[tuple[str, Any], tuple[BatchedChangelogTable, int | None, Any, Any]] = {}
+
+    def add(
+        self,
+        table: BatchedChangelogTable,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        value_serializer: CodecArg | None,
+    ) -> None:
+        self._writes[(table.name, key)] = (table, partition, value, value_serializer)
+
+    def __len__(self) -> int:
+        return len(self._writes)
+
+    async def publish(self) -> list[Awaitable[Any]]:
+        """Hand every write to the producer; await the returned futures for durability."""
+        futures: list[Awaitable[Any]] = []
+        for (_, key), (table, partition, value, value_serializer) in self._writes.items():
+            fut = table.changelog_topic.as_future_message(
+                key=key,
+                value=value,
+                partition=partition,
+                key_serializer=table.key_serializer,
+                value_serializer=value_serializer or table.value_serializer,
+                callback=table._on_changelog_sent,  # keeps RocksDB's persisted offsets
+                eager_partitioning=True,
+            )
+            futures.append(await fut.message.channel.publish_message(fut, wait=False))
+        self._writes.clear()
+        return futures
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    partition: int | None
+
+
+@dataclass(frozen=True)
+class QueuedWrite:
+    """What Faust's ``on_key_set``/``on_key_del`` read back: ``.message.partition``."""
+
+    message: QueuedMessage
+
+
+_batch: ContextVar[ChangelogBatch | None] = ContextVar("changelog_batch", default=None)
 
 
 class BatchedChangelogTable(faust.Table):
@@ -36,36 +91,20 @@ class BatchedChangelogTable(faust.Table):
         value: Any,
         key_serializer: CodecArg | None = None,
         value_serializer: CodecArg | None = None,
-    ) -> FutureMessage:
+    ) -> Any:
         batch = _batch.get()
-        if batch is None:
+        if batch is None or key_serializer is not None:
             return super().send_changelog(partition, key, value, key_serializer, value_serializer)
-        fut = self.changelog_topic.as_future_message(
-            key=key,
-            value=value,
-            partition=partition,
-            key_serializer=key_serializer or self.key_serializer,
-            value_serializer=value_serializer or self.value_serializer,
-            callback=self._on_changelog_sent,
-            eager_partitioning=True,
-        )
-        batch.append(fut)
-        return fut
+        batch.add(self, partition, key, value, value_serializer)  # deletes pass "raw"
+        return QueuedWrite(QueuedMessage(partition))
 
 
 @contextmanager
-def collect_changelog() -> Iterator[list[FutureMessage]]:
-    """Queue changelog writes made in this context (and tasks it starts) for the caller."""
-    batch: list[FutureMessage] = []
+def collect_changelog() -> Iterator[ChangelogBatch]:
+    """Queue changelog writes made in this context (and the tasks it starts)."""
+    batch = ChangelogBatch()
     token = _batch.set(batch)
     try:
         yield batch
     finally:
         _batch.reset(token)
-
-
-async def publish_changelog(batch: list[FutureMessage]) -> list[FutureMessage]:
-    """Hand the queued writes to the producer in order; await the returned futures."""
-    for fut in batch:
-        await fut.message.channel.publish_message(fut, wait=False)
-    return batch

@@ -2,10 +2,11 @@
 
 State lives in Redis rather than the worker so that it outlives a worker crash, as a
 real provider's does. A call first *claims* its idempotency key atomically (Lua), then
-computes and commits its writes in one WATCH/MULTI transaction that also re-checks the
-claim, so two concurrent calls with one key can never both apply an effect, and two
-calls with different keys touching one object (two refunds racing for the same
-balance) are serialised by the watch on that object.
+computes its writes and commits them with one Lua script that re-checks the claim and
+every value the call read, so two concurrent calls with one key can never both apply an
+effect, and two calls with different keys touching one object (two refunds racing for
+the same balance) are serialised: the loser recomputes from fresh state. Commands go
+through the client's auto-pipeline, so concurrent tenants share round trips.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.simulator.autopipeline import autopipeline_for
 
 __all__ = ["Claim", "Effect", "SimulatorStore", "Tx", "request_fingerprint"]
 
@@ -125,7 +127,7 @@ class Tx:
             return self.writes[object_id]
         key = self._store.object_key(object_id)
         if key not in self.reads:
-            self.reads[key] = _text(await self._store._redis.get(key))
+            self.reads[key] = _text(await self._store._io.get(key))
         raw = self.reads[key]
         return None if raw is None else dict(json.loads(raw))
 
@@ -148,6 +150,7 @@ class SimulatorStore:
         if not tenant_id or any(c in tenant_id for c in "{}:"):
             raise ValueError(f"tenant id {tenant_id!r} cannot namespace simulator keys")
         self._redis = redis
+        self._io = autopipeline_for(redis)
         self._prefix = f"sim:{{{tenant_id}}}:"
         self._claim_ttl_ms = claim_ttl_ms
         self._record_ttl = record_ttl_seconds
@@ -170,8 +173,8 @@ class SimulatorStore:
         token = f"{_TOKENS.getrandbits(128):032x}"
         mine = _dumps({"state": "claimed", "fp": fingerprint, "token": token})
         raw = _text(
-            await self._claim(
-                keys=[self._idem_key(idempotency_key)], args=[mine, self._claim_ttl_ms]
+            await self._io.run_script(
+                self._claim, [self._idem_key(idempotency_key)], [mine, self._claim_ttl_ms]
             )
         )
         if raw is None:
@@ -200,7 +203,7 @@ class SimulatorStore:
 
     async def release(self, idempotency_key: str, token: str) -> None:
         """Give a key back after a failure that changed nothing, so a retry executes afresh."""
-        await self._release(keys=[self._idem_key(idempotency_key)], args=[token])
+        await self._io.run_script(self._release, [self._idem_key(idempotency_key)], [token])
 
     async def transact(
         self, idempotency_key: str, token: str, fingerprint: str, fn: TxFn
@@ -229,8 +232,8 @@ class SimulatorStore:
                 *(_dumps(asdict(effect)) for effect in tx.effects),
             ]
             outcome = _text(
-                await self._commit(
-                    keys=[idem, self._effects_key, *read_keys, *write_keys], args=args
+                await self._io.run_script(
+                    self._commit, [idem, self._effects_key, *read_keys, *write_keys], args
                 )
             )
             if outcome == "ok":

@@ -1,0 +1,104 @@
+"""Coalesce the Redis commands issued in one event-loop turn into one pipelined round trip.
+
+The command agent runs a batch's tenants concurrently, so at any moment up to one
+simulator call per tenant is waiting on Redis. Sent one by one, each costs a socket
+write, a read wake-up and redis-py's per-request machinery; queued for the end of the
+current loop turn and sent as one non-transactional pipeline, they share all of that.
+Each command still runs on its own: a pipeline is not a transaction, and every result
+(or error) goes back to the call that issued it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+from redis.asyncio.client import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+__all__ = ["AutoPipeline", "autopipeline_for"]
+
+_Queued = tuple[tuple[Any, ...], "AsyncScript | None", "asyncio.Future[Any]"]
+
+
+class AutoPipeline:
+    """Queues commands; the first one queued in a loop turn schedules the flush."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._queue: list[_Queued] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        return self._submit(args, None)
+
+    def get(self, key: str) -> asyncio.Future[Any]:
+        return self._submit(("GET", key), None)
+
+    def run_script(
+        self, script: AsyncScript, keys: list[str], args: list[Any]
+    ) -> asyncio.Future[Any]:
+        return self._submit(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+    def _submit(self, command: tuple[Any, ...], script: AsyncScript | None) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._queue:
+            # Everything already runnable this turn (other tenants' tasks) queues first.
+            loop.call_soon(self._flush)
+        self._queue.append((command, script, fut))
+        return fut
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._flushing.add(task)  # keep a reference until done
+        task.add_done_callback(self._flushing.discard)
+
+    async def _send(self, batch: list[_Queued]) -> None:
+        try:
+            results = await self._pipeline(batch)
+            # A script unknown to the server (restart, SCRIPT FLUSH): load it and retry once.
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                for script in {id(batch[i][1]): batch[i][1] for i in missing}.values():
+                    if script is not None:
+                        script.sha = await self._redis.script_load(script.script)
+                retried = await self._pipeline([batch[i] for i in missing])
+                for i, result in zip(missing, retried, strict=True):
+                    results[i] = result
+        except BaseException as exc:  # the connection failed: every caller gets the error
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else ConnectionError())
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, fut), result in zip(batch, results, strict=True):
+            if fut.done():  # the caller was cancelled
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def _pipeline(self, batch: list[_Queued]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for command, script, _ in batch:
+            if script is not None:
+                command = ("EVALSHA", script.sha, *command[2:])
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+_BY_CLIENT: weakref.WeakKeyDictionary[Redis, AutoPipeline] = weakref.WeakKeyDictionary()
+
+
+def autopipeline_for(redis: Redis) -> AutoPipeline:
+    """One queue per client, shared by every tenant's simulator on that client."""
+    found = _BY_CLIENT.get(redis)
+    if found is None:
+        found = _BY_CLIENT[redis] = AutoPipeline(redis)
+    return found
