@@ -36,6 +36,9 @@ def create_app(settings: Settings) -> faust.App:
         # Outcomes must be durable before a command's offset is committed.
         "producer_acks": -1,
         "producer_linger_ms": 1,
+        # The command agent sends each topic-partition's share of a batch as one record
+        # batch (streams/batch_producer.py); Faust's 16 KiB default splits them up.
+        "producer_max_batch_size": 512 * 1024,
         "stream_wait_empty": False,
         "table_standby_replicas": 1,
         "logging_config": None,

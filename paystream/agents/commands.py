@@ -14,9 +14,11 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.types import EventT
 
 from paystream import metrics
@@ -24,6 +26,7 @@ from paystream.agents.handlers import Tables
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
+from paystream.streams.batch_producer import KeyPartitioner, OutRecord, send_batches
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.changelog import collect_changelog
@@ -46,6 +49,7 @@ class CommandRunner:
 
     def __init__(self) -> None:
         self._processor: CommandProcessor | None = None
+        self._partitioner: KeyPartitioner | None = None
         self.processed = 0
         self.activity = ActivityLog()
 
@@ -92,16 +96,18 @@ class CommandRunner:
                 *(self._run_tenant(processor, group) for group in by_tenant.values())
             )
         emits = [e for group in groups for e in group]
-        # Table changes first, then outcomes; the batch is acknowledged (and its offsets
-        # become committable) only once all of them are durable.
-        futures: list[Any] = await changelog.publish()
+        # Table changes and outcomes go out together as record batches; the batch is
+        # acknowledged (its offsets become committable) only once all are durable.
+        producer, partitioner = self._kafka()
+        records = changelog.records()
         for e in emits:
-            futures.append(
-                await app.producer.send(
-                    e.topic, e.record.key, e.record.value, None, None, list(e.record.headers)
-                )
+            partition = await partitioner.partition(e.topic, e.record.key)
+            records.append(
+                OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
             )
-        await asyncio.gather(*futures)
+        sent = await send_batches(producer, records)
+        await asyncio.gather(*(b.future for b in sent))
+        changelog.persisted(sent)
         await processor.gateways.close_retired()
         for e in emits:
             if e.summary is not None:
@@ -115,6 +121,13 @@ class CommandRunner:
             metrics.COMMAND_LATENCY.observe(max(0.0, now - event.message.timestamp))
         metrics.BATCH_SIZE.observe(len(events))
         self.processed += len(events)
+
+    def _kafka(self) -> tuple[AIOKafkaProducer, KeyPartitioner]:
+        """Faust's own aiokafka producer (started with the app) and a partitioner for it."""
+        producer = cast(FaustAIOKafkaProducer, app.producer)._ensure_producer()
+        if self._partitioner is None or self._partitioner.producer is not producer:
+            self._partitioner = KeyPartitioner(producer)
+        return producer, self._partitioner
 
     async def _run_tenant(self, processor: CommandProcessor, group: list[EventT]) -> list[Emit]:
         out: list[Emit] = []

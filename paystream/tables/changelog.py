@@ -7,9 +7,9 @@ offset could be committed before the table change it depends on is durable; afte
 crash the command would not be redelivered and its change would be gone.
 
 While a batch is being collected, writes to a ``BatchedChangelogTable`` are queued
-here instead; the agent produces them before the outcomes and awaits their delivery
-before the batch is acknowledged. Only the last write of a key in a batch is produced:
-nothing outside the worker can observe the earlier ones (they would be published
+here instead; the agent produces them (as record batches, with the outcomes) and awaits
+their delivery before the batch is acknowledged. Only the last write of a key in a
+batch is produced: nothing outside the worker can observe the earlier ones (they would be published
 together), and table recovery keeps only the last value of a key anyway. That drops the
 in-flight idempotency record of every command that finishes within its batch.
 
@@ -18,14 +18,17 @@ Writes outside a batch (recovery, other agents) keep Faust's path.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TP
 from faust.types.codecs import CodecArg
+
+from paystream.streams.batch_producer import OutRecord, SentBatch
 
 __all__ = ["BatchedChangelogTable", "ChangelogBatch", "collect_changelog"]
 
@@ -35,7 +38,7 @@ class ChangelogBatch:
 
     def __init__(self) -> None:
         # (table name, key) → (table, partition, value, value serializer)
-        self._writes: dict[tuple[str, Any], tuple[BatchedChangelogTable, int | None, Any, Any]] = {}
+        self._writes: dict[tuple[str, Any], tuple[BatchedChangelogTable, int, Any, Any]] = {}
 
     def add(
         self,
@@ -45,27 +48,39 @@ class ChangelogBatch:
         value: Any,
         value_serializer: CodecArg | None,
     ) -> None:
+        if partition is None:  # Faust passes the current event's partition
+            raise TypeError(f"changelog write to {table.name} outside of a command event")
         self._writes[(table.name, key)] = (table, partition, value, value_serializer)
 
     def __len__(self) -> int:
         return len(self._writes)
 
-    async def publish(self) -> list[Awaitable[Any]]:
-        """Hand every write to the producer; await the returned futures for durability."""
-        futures: list[Awaitable[Any]] = []
+    def records(self) -> list[OutRecord]:
+        """The coalesced writes, serialised as the tables' changelog topics would."""
+        out = []
         for (_, key), (table, partition, value, value_serializer) in self._writes.items():
-            fut = table.changelog_topic.as_future_message(
-                key=key,
-                value=value,
-                partition=partition,
-                key_serializer=table.key_serializer,
-                value_serializer=value_serializer or table.value_serializer,
-                callback=table._on_changelog_sent,  # keeps RocksDB's persisted offsets
-                eager_partitioning=True,
+            topic = table.changelog_topic
+            key_bytes, headers = topic.prepare_key(key, table.key_serializer)
+            value_bytes, headers = topic.prepare_value(
+                value, value_serializer or table.value_serializer
             )
-            futures.append(await fut.message.channel.publish_message(fut, wait=False))
-        self._writes.clear()
-        return futures
+            out.append(
+                OutRecord(
+                    topic.get_topic_name(), partition, key_bytes, value_bytes, _headers(headers)
+                )
+            )
+        return out
+
+    def persisted(self, sent: list[SentBatch]) -> None:
+        """Tell the tables' stores (RocksDB) the last changelog offset now durable."""
+        tables = {t.changelog_topic.get_topic_name(): t for t, *_ in self._writes.values()}
+        for batch in sent:
+            table = tables.get(batch.topic)
+            if table is not None and batch.future.done() and not batch.future.exception():
+                base = batch.future.result().offset
+                table.data.set_persisted_offset(
+                    TP(batch.topic, batch.partition), base + batch.count - 1
+                )
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,11 @@ class QueuedWrite:
     """What Faust's ``on_key_set``/``on_key_del`` read back: ``.message.partition``."""
 
     message: QueuedMessage
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    items = headers.items() if isinstance(headers, dict) else headers or ()
+    return [(str(k), bytes(v)) for k, v in items]
 
 
 _batch: ContextVar[ChangelogBatch | None] = ContextVar("changelog_batch", default=None)
