@@ -48,6 +48,13 @@ __all__ = ["bench_command"]
     help="sample the worker with py-spy during the full-speed phase and print where CPU goes",
 )
 @click.option("--profile-rate", default=250, show_default=True, help="py-spy samples per second")
+@click.option(
+    "--profile-phase",
+    type=click.Choice(["full", "rate"]),
+    default="full",
+    show_default=True,
+    help="phase to profile: full speed (throughput) or the fixed --rate phase (latency)",
+)
 @click.option("--seed", default=7, show_default=True, help="command mix seed")
 @click.option(
     "--keep-dir",
@@ -73,6 +80,7 @@ def bench_command(
     baseline_records: int | None,
     profile: bool,
     profile_rate: int,
+    profile_phase: str,
     seed: int,
     keep_dir: Path | None,
     latency_csv: Path | None,
@@ -107,6 +115,7 @@ def bench_command(
             baseline_records=baseline_records,
             profile=profile,
             profile_rate=profile_rate,
+            profile_phase=profile_phase,
             seed=seed,
             keep_dir=keep_dir,
             latency_csv=latency_csv,

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -78,6 +78,7 @@ class BenchOptions:
     baseline_records: int | None = None  # default: max(commands, 5000)
     profile: bool = False
     profile_rate: int = 250
+    profile_phase: str = "full"  # "full" or "rate"
     seed: int = 7
     idle_timeout: float = 30.0
     keep_dir: Path | None = None  # keep logs and profiles here (default: temp, removed)
@@ -372,11 +373,7 @@ async def _pipeline_phases(
             load = generate_commands(
                 options.commands, dep.tenants, prefix=f"{dep.tag}-f-", seed=options.seed
             )
-            spy = (
-                PySpy(worker.proc.pid, base / "profile.txt", options.profile_rate)
-                if (options.profile and worker.proc is not None)
-                else None
-            )
+            spy = _spy(options, worker, base, "full")
             counters = _batch_counters(worker)
             redis_before = await asyncio.to_thread(_redis_commands, dep.worker_env["REDIS_URL"])
             say(f"pipeline: producing {len(load)} commands at full speed…")
@@ -390,10 +387,7 @@ async def _pipeline_phases(
             cpu.sample()
             profile = None
             if spy is not None:
-                out = spy.stop()
-                text = out.read_text() if out.exists() else ""
-                profile = summarise(text, rate=options.profile_rate, commands=len(load))
-                profile["raw_path"] = str(out)
+                profile = _stop_spy(spy, options, len(load))
                 report_notes.append("full-speed throughput measured under py-spy sampling")
             full = _phase("pipeline", load, watcher, sent.sent_at, cpu, "worker")
             counters, before = _batch_counters(worker), counters
@@ -411,6 +405,7 @@ async def _pipeline_phases(
                     count, dep.tenants, prefix=f"{dep.tag}-r-", seed=options.seed + 1
                 )
                 say(f"rate: {count} commands at {options.rate:g}/s…")
+                spy = _spy(options, worker, base, "rate")
                 sent_r = await send_paced(
                     producer,
                     settings.commands_topic,
@@ -422,6 +417,9 @@ async def _pipeline_phases(
                     [c.command_id for c in paced], idle_timeout=options.idle_timeout
                 )
                 cpu.sample()
+                if spy is not None:
+                    profile = _stop_spy(spy, options, len(paced))
+                    report_notes.append("rate-phase latency measured under py-spy sampling")
                 rate_result = _phase(
                     "rate",
                     paced,
@@ -442,6 +440,21 @@ async def _pipeline_phases(
             await producer.stop()
     cpu.pids.pop("worker", None)
     return full, rate_result, profile
+
+
+def _spy(options: BenchOptions, worker: WorkerProcess, base: Path, phase: str) -> PySpy | None:
+    if not options.profile or options.profile_phase != phase or worker.proc is None:
+        return None
+    return PySpy(worker.proc.pid, base / "profile.txt", options.profile_rate)
+
+
+def _stop_spy(spy: PySpy, options: BenchOptions, commands: int) -> dict[str, Any]:
+    out = spy.stop()
+    text = out.read_text() if out.exists() else ""
+    profile = summarise(text, rate=options.profile_rate, commands=commands)
+    profile["raw_path"] = str(out)
+    profile["phase"] = options.profile_phase
+    return profile
 
 
 async def _baseline(

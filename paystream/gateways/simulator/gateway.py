@@ -92,7 +92,6 @@ class SimulatorGateway:
         self._store = SimulatorStore(
             redis,
             tenant_id,
-            claim_ttl_ms=int(self.options.claim_ttl_seconds * 1000),
             record_ttl_seconds=record_ttl_seconds,
         )
         self._random = random.Random(self.options.seed)
@@ -146,16 +145,7 @@ class SimulatorGateway:
             raise UnsupportedOperation(PROVIDER, operation)
         attempt = await self._inject_failure(key)
         fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
-        claim = await self._store.claim(key, fingerprint)
-        if claim.replay is not None:
-            response = claim.replay
-        else:
-            assert claim.token is not None
-            try:
-                response = await self._store.transact(key, claim.token, fingerprint, fn)
-            except BaseException:
-                await self._store.release(key, claim.token)
-                raise
+        response = await self._store.execute(key, fingerprint, fn)
         if attempt and attempt <= self.options.injected_failures(
             key, self.options.lose_response_first
         ):
@@ -282,18 +272,6 @@ class SimulatorGateway:
     async def _provider_action(
         self, key: str, fn: Callable[[Tx], Awaitable[dict[str, Any]]], result: type[R]
     ) -> R:
-        # Provider-initiated changes go through the same claim/commit, so they happen once.
-        fingerprint = request_fingerprint(key, {})
-        claim = await self._store.claim(f"provider:{key}", fingerprint)
-        if claim.replay is None:
-            assert claim.token is not None
-            try:
-                response = await self._store.transact(
-                    f"provider:{key}", claim.token, fingerprint, fn
-                )
-            except BaseException:
-                await self._store.release(f"provider:{key}", claim.token)
-                raise
-        else:
-            response = claim.replay
+        # Provider-initiated changes go through the same commit, so they happen once.
+        response = await self._store.execute(f"provider:{key}", request_fingerprint(key, {}), fn)
         return result.model_validate(response["ok"])

@@ -30,9 +30,6 @@ class SimulatorOptions(BaseModel):
     lose_response_first: dict[str, int] = {}
     fail_code: ErrorCode = ErrorCode.PROVIDER_UNAVAILABLE
     capabilities: frozenset[Capability] | None = None  # narrows what the tenant may use
-    # How long an unfinished request holds its idempotency key: a request still running
-    # after this is dead (its worker crashed), so the key may be claimed again.
-    claim_ttl_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("fail_code")
     @classmethod

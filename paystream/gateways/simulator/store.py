@@ -1,20 +1,20 @@
 """The simulator's provider-side state in Redis: idempotency records, objects, effect ledger.
 
 State lives in Redis rather than the worker so that it outlives a worker crash, as a
-real provider's does. A call first *claims* its idempotency key atomically (Lua), then
-computes its writes and commits them with one Lua script that re-checks the claim and
-every value the call read, so two concurrent calls with one key can never both apply an
-effect, and two calls with different keys touching one object (two refunds racing for
-the same balance) are serialised: the loser recomputes from fresh state. Commands go
-through the client's auto-pipeline, so concurrent tenants share round trips.
+real provider's does. A call computes its writes from what it read, then commits with
+one Lua script that, atomically: answers with the stored record if the idempotency key
+was already used (the caller replays it, or refuses other parameters); re-checks every
+value the call read; and applies the writes, the effects and the key's record. So two
+calls with one key can never both apply an effect, and two calls with different keys
+touching one object (two refunds racing for the same balance) are serialised: the loser
+recomputes from fresh state. A call costs its reads plus one round trip, and commands
+go through the client's auto-pipeline, so concurrent tenants share round trips.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,30 +24,11 @@ import orjson
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator.autopipeline import autopipeline_for
 
-__all__ = ["Claim", "Effect", "SimulatorStore", "Tx", "request_fingerprint"]
+__all__ = ["Effect", "SimulatorStore", "Tx", "request_fingerprint"]
 
 PROVIDER = "simulator"
 
-# Claim atomically: return the existing record, or store ours and return nil.
-_CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if v then return v end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"""
-
-# Drop a claim only if it is still ours (it may have expired and been re-claimed).
-_RELEASE = """
-local v = redis.call('GET', KEYS[1])
-if v and cjson.decode(v)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 _MAX_CONFLICT_RETRIES = 64
-
-# Claim tokens only tell our own attempts apart: a seeded PRNG is enough, and avoids a
-# getrandom() system call per provider call.
-_TOKENS = random.Random(int.from_bytes(os.urandom(16), "big"))
 
 
 def _dumps(obj: Any) -> str:
@@ -58,26 +39,25 @@ def _dumps(obj: Any) -> str:
 _ABSENT = "\x00absent"
 
 # KEYS: idem, effects, read keys..., write keys...
-# ARGV: token, done record, record ttl, n reads, read values..., n writes, write values...,
-#       effects...
+# ARGV: done record, record ttl, n reads, read values..., n writes, write values..., effects...
 _COMMIT = """
-local claim = redis.call('GET', KEYS[1])
-if not claim or cjson.decode(claim)['token'] ~= ARGV[1] then return 'claim_lost' end
-local n_reads = tonumber(ARGV[4])
+local used = redis.call('GET', KEYS[1])
+if used then return {'used', used} end
+local n_reads = tonumber(ARGV[3])
 for i = 1, n_reads do
   local current = redis.call('GET', KEYS[2 + i])
-  if not current then current = '\0absent' end
-  if current ~= ARGV[4 + i] then return 'conflict' end
+  if not current then current = '\\0absent' end
+  if current ~= ARGV[3 + i] then return {'conflict'} end
 end
-local n_writes = tonumber(ARGV[5 + n_reads])
+local n_writes = tonumber(ARGV[4 + n_reads])
 for i = 1, n_writes do
-  redis.call('SET', KEYS[2 + n_reads + i], ARGV[5 + n_reads + i])
+  redis.call('SET', KEYS[2 + n_reads + i], ARGV[4 + n_reads + i])
 end
-for i = 6 + n_reads + n_writes, #ARGV do
+for i = 5 + n_reads + n_writes, #ARGV do
   redis.call('RPUSH', KEYS[2], ARGV[i])
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
-return 'ok'
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return {'ok'}
 """
 
 
@@ -90,14 +70,6 @@ class Effect:
     object_id: str
     amount: int | None = None
     currency: str | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of claiming a key: ours to execute, or a stored response to replay."""
-
-    token: str | None
-    replay: dict[str, Any] | None = None
 
 
 def request_fingerprint(operation: str, params: dict[str, Any]) -> str:
@@ -144,18 +116,13 @@ TxFn = Callable[[Tx], Awaitable[dict[str, Any]]]
 class SimulatorStore:
     """One tenant's slice of the simulated provider (all keys share a cluster hash tag)."""
 
-    def __init__(
-        self, redis: Any, tenant_id: str, *, claim_ttl_ms: int, record_ttl_seconds: int
-    ) -> None:
+    def __init__(self, redis: Any, tenant_id: str, *, record_ttl_seconds: int) -> None:
         if not tenant_id or any(c in tenant_id for c in "{}:"):
             raise ValueError(f"tenant id {tenant_id!r} cannot namespace simulator keys")
         self._redis = redis
         self._io = autopipeline_for(redis)
         self._prefix = f"sim:{{{tenant_id}}}:"
-        self._claim_ttl_ms = claim_ttl_ms
         self._record_ttl = record_ttl_seconds
-        self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
         self._commit = redis.register_script(_COMMIT)
 
     def object_key(self, object_id: str) -> str:
@@ -168,61 +135,28 @@ class SimulatorStore:
     def _effects_key(self) -> str:
         return f"{self._prefix}effects"
 
-    async def claim(self, idempotency_key: str, fingerprint: str) -> Claim:
-        """Claim a key for execution, or get the stored response to replay (Stripe's rules)."""
-        token = f"{_TOKENS.getrandbits(128):032x}"
-        mine = _dumps({"state": "claimed", "fp": fingerprint, "token": token})
-        raw = _text(
-            await self._io.run_script(
-                self._claim, [self._idem_key(idempotency_key)], [mine, self._claim_ttl_ms]
-            )
-        )
-        if raw is None:
-            return Claim(token=token)
-        record = json.loads(raw)
-        if record["fp"] != fingerprint:
-            raise GatewayError(
-                ErrorCode.IDEMPOTENCY_ERROR,
-                f"idempotency key {idempotency_key!r} was already used with different "
-                "parameters or for another operation",
-                provider=PROVIDER,
-                http_status=400,
-            )
-        if record["state"] != "done":
-            # Stripe answers 409 idempotency_key_in_use; trying again later is right.
-            remaining_ms = await self._redis.pttl(self._idem_key(idempotency_key))
-            raise GatewayError(
-                ErrorCode.IDEMPOTENCY_ERROR,
-                f"a request with idempotency key {idempotency_key!r} is still in progress",
-                provider=PROVIDER,
-                retryable=True,
-                http_status=409,
-                retry_after=max(remaining_ms, 50) / 1000,
-            )
-        return Claim(token=None, replay=record["response"])
+    async def execute(self, idempotency_key: str, fingerprint: str, fn: TxFn) -> dict[str, Any]:
+        """Run ``fn`` and commit its writes, effects and response atomically, once per key.
 
-    async def release(self, idempotency_key: str, token: str) -> None:
-        """Give a key back after a failure that changed nothing, so a retry executes afresh."""
-        await self._io.run_script(self._release, [self._idem_key(idempotency_key)], [token])
-
-    async def transact(
-        self, idempotency_key: str, token: str, fingerprint: str, fn: TxFn
-    ) -> dict[str, Any]:
-        """Run ``fn`` and commit its writes, effects and the response atomically.
-
-        One Lua script checks that we still hold the claim and that nothing ``fn`` read
-        has changed, then applies everything: a single round trip instead of
-        WATCH/GET/MULTI/EXEC, with the same all-or-nothing guarantee.
+        A key used before answers with its stored response (same parameters) or an
+        idempotency error (other parameters), as Stripe does; ``fn``'s work is dropped.
         """
         idem = self._idem_key(idempotency_key)
         for _ in range(_MAX_CONFLICT_RETRIES):
             tx = Tx(self)
-            response = await fn(tx)
+            try:
+                response = await fn(tx)
+            except GatewayError:
+                # A replay of a call that succeeded can fail afresh (a capture finds the
+                # payment captured): the stored response wins.
+                stored = _text(await self._io.get(idem))
+                if stored is not None:
+                    return _replay(json.loads(stored), fingerprint, idempotency_key)
+                raise
             record = {"state": "done", "fp": fingerprint, "response": response}
             read_keys = list(tx.reads)
             write_keys = [self.object_key(object_id) for object_id in tx.writes]
             args: list[Any] = [
-                token,
                 _dumps(record),
                 self._record_ttl,
                 len(read_keys),
@@ -231,20 +165,14 @@ class SimulatorStore:
                 *(_dumps(obj) for obj in tx.writes.values()),
                 *(_dumps(asdict(effect)) for effect in tx.effects),
             ]
-            outcome = _text(
-                await self._io.run_script(
-                    self._commit, [idem, self._effects_key, *read_keys, *write_keys], args
-                )
+            answer = await self._io.run_script(
+                self._commit, [idem, self._effects_key, *read_keys, *write_keys], args
             )
-            if outcome == "ok":
+            status = _text(answer[0])
+            if status == "ok":
                 return response
-            if outcome == "claim_lost":
-                raise GatewayError(
-                    ErrorCode.IDEMPOTENCY_ERROR,
-                    f"claim on idempotency key {idempotency_key!r} expired mid-request",
-                    provider=PROVIDER,
-                    retryable=True,
-                )
+            if status == "used":
+                return _replay(json.loads(_text(answer[1]) or "{}"), fingerprint, idempotency_key)
             # "conflict": an object we read changed under us; recompute from fresh state
         raise GatewayError(
             ErrorCode.PROCESSING_ERROR,
@@ -268,3 +196,24 @@ class SimulatorStore:
         n = int(await self._redis.incr(key))
         await self._redis.expire(key, self._record_ttl)
         return n
+
+
+def _replay(record: dict[str, Any], fingerprint: str, idempotency_key: str) -> dict[str, Any]:
+    """The stored response of a used key, or Stripe's error for reuse with other parameters."""
+    if record.get("fp") != fingerprint:
+        raise GatewayError(
+            ErrorCode.IDEMPOTENCY_ERROR,
+            f"idempotency key {idempotency_key!r} was already used with different "
+            "parameters or for another operation",
+            provider=PROVIDER,
+            http_status=400,
+        )
+    if record.get("state") != "done":  # written by an older simulator that claimed first
+        raise GatewayError(
+            ErrorCode.IDEMPOTENCY_ERROR,
+            f"a request with idempotency key {idempotency_key!r} is still in progress",
+            provider=PROVIDER,
+            retryable=True,
+            http_status=409,
+        )
+    return dict(record["response"])

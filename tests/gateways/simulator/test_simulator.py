@@ -12,6 +12,7 @@ import redis.asyncio as aredis
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
     CaptureMethod,
+    CapturePayment,
     CreatePayment,
     CreateRefund,
     GatewayContext,
@@ -77,13 +78,29 @@ async def test_concurrent_same_key_applies_once(redis_client: aredis.Redis, tena
         *(gw.create_payment(charge(), idempotency_key="same") for _ in range(20)),
         return_exceptions=True,
     )
-    ids = {o.provider_payment_id for o in outcomes if not isinstance(o, BaseException)}
     errors = [o for o in outcomes if isinstance(o, BaseException)]
-    assert len(ids) == 1
-    # Losers of the race are told the key is in use, retryably (Stripe's 409).
-    assert all(isinstance(e, GatewayError) and e.retryable for e in errors)
-    assert all(e.code is ErrorCode.IDEMPOTENCY_ERROR for e in errors if isinstance(e, GatewayError))
+    assert not errors, errors
+    # One commit wins; every loser of the race gets the winner's response replayed.
+    assert len({o.provider_payment_id for o in outcomes if not isinstance(o, BaseException)}) == 1
     assert [e.kind for e in await gw.effects()] == ["charge"]
+
+
+async def test_replay_wins_over_a_state_that_now_refuses_the_call(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """A retried capture finds the payment captured: it must get its original answer."""
+    gw = sim(redis_client, tenant_id)
+    auth = await gw.create_payment(
+        charge(900, capture_method=CaptureMethod.MANUAL), idempotency_key="auth"
+    )
+    req = CapturePayment(provider_payment_id=auth.provider_payment_id)
+    first = await gw.capture_payment(req, idempotency_key="cap")
+    again = await gw.capture_payment(req, idempotency_key="cap")
+    assert again == first and first.status is PaymentStatus.SUCCEEDED
+    with pytest.raises(GatewayError) as info:
+        await gw.capture_payment(req, idempotency_key="cap-2")
+    assert info.value.code is ErrorCode.INVALID_STATE
+    assert [e.kind for e in await gw.effects()] == ["authorization", "capture"]
 
 
 async def test_concurrent_refunds_never_exceed_captured(
