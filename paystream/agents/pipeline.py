@@ -8,7 +8,6 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import deque
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
@@ -563,5 +563,5 @@ def _key_str(key: bytes | None) -> str:
 
 
 def _request_hash(command_type: str, data: dict[str, Any]) -> str:
-    canonical = json.dumps([command_type, data], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = orjson.dumps([command_type, data], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()

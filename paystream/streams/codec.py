@@ -8,10 +8,12 @@ dead-letter the bytes instead of crashing the partition.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
@@ -29,7 +31,35 @@ __all__ = [
 ]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
-_FORMAT = JSONFormat()
+
+
+class _OrjsonFormat(JSONFormat):
+    """The SDK's JSON format with orjson for the data payload (stdlib json was ~6% of the
+    worker's CPU). Same output shape: compact JSON, keys in insertion order."""
+
+    def write_data(self, data: Any, datacontenttype: str | None) -> bytes:
+        if isinstance(data, dict) and _is_json(datacontenttype):
+            try:
+                return orjson.dumps(data)
+            except TypeError:
+                pass  # e.g. an integer beyond 64 bits: the SDK's encoder handles it
+        return super().write_data(data, datacontenttype)
+
+    def read_data(self, body: bytes, datacontenttype: str | None) -> Any:
+        if body and _is_json(datacontenttype):
+            try:
+                return orjson.loads(body)
+            except orjson.JSONDecodeError:
+                pass  # the SDK's rules for non-JSON bodies
+        return super().read_data(body, datacontenttype)
+
+
+def _is_json(datacontenttype: str | None) -> bool:
+    content_type = datacontenttype or JSONFormat.DEFAULT_CONTENT_TYPE
+    return re.match(JSONFormat.JSON_CONTENT_TYPE_PATTERN, content_type) is not None
+
+
+_FORMAT = _OrjsonFormat()
 
 
 class UndecodableRecord(PaystreamError):

@@ -38,9 +38,20 @@ class GatewayPool:
         self._open_secret = open_secret
         self._call_policy = call_policy
         self._cache: dict[str, tuple[str, PaymentGateway]] = {}
+        # The pipeline hands the same Tenant object until the record changes: an identity
+        # check spares hashing the tenant's configuration on every command.
+        self._last_seen: dict[str, tuple[Tenant, PaymentGateway]] = {}
         self._retired: list[PaymentGateway] = []
 
     def get(self, tenant: Tenant) -> PaymentGateway:
+        seen = self._last_seen.get(tenant.tenant_id)
+        if seen is not None and seen[0] is tenant:
+            return seen[1]
+        gateway = self._get(tenant)
+        self._last_seen[tenant.tenant_id] = (tenant, gateway)
+        return gateway
+
+    def _get(self, tenant: Tenant) -> PaymentGateway:
         fingerprint = _fingerprint(tenant)
         cached = self._cache.get(tenant.tenant_id)
         if cached is not None and cached[0] == fingerprint:
@@ -84,6 +95,7 @@ class GatewayPool:
         for _, gateway in self._cache.values():
             await gateway.aclose()
         self._cache.clear()
+        self._last_seen.clear()
 
 
 def _fingerprint(tenant: Tenant) -> str:

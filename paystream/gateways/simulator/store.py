@@ -74,8 +74,8 @@ class Effect:
 
 def request_fingerprint(operation: str, params: dict[str, Any]) -> str:
     """What Stripe compares on reuse of a key: the endpoint and its parameters."""
-    body = json.dumps([operation, params], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()
+    body = orjson.dumps([operation, params], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()
 
 
 def _text(value: Any) -> str | None:
