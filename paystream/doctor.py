@@ -41,7 +41,7 @@ __all__ = [
 #: A probe that takes longer than this has failed, whatever it was waiting for.
 CHECK_TIMEOUT_S = 30.0
 #: Caught-up fetch latency above this makes command→outcome latency visibly bad
-#: (Tansu with Faust's 1500 ms wait: ~0.4-0.75 s; with the workaround: ~25-50 ms).
+#: (Tansu with Faust's 1500 ms wait: ~0.4-0.75 s; with the workaround: ~10-20 ms).
 MAX_FETCH_LATENCY_MS = 300.0
 #: Records produced in one batch for the end-offset check (Tansu's bug needs > 1).
 BATCH_RECORDS = 10

@@ -83,6 +83,7 @@ async def test_faust_worker_consumer_gets_short_fetch_wait(
         thread.thread_loop.close()  # the consumer thread's own loop, never run
     if stack_settings.embedded_broker:
         assert expected == broker_compat.TANSU_FETCH_MAX_WAIT_MS
+        assert consumer._fetch_min_bytes == broker_compat.TANSU_FETCH_MIN_BYTES
 
 
 async def _produce_batches(bootstrap: str, topic: str, sizes: list[int]) -> None:
@@ -162,4 +163,4 @@ async def test_idempotent_producer_starts(kafka_bootstrap: str, new_topic: NewTo
 @pytest.mark.parametrize("flavor", ["kafka", "tansu"])
 def test_worker_fetch_wait_by_flavor(flavor: str) -> None:
     wait = broker_compat.worker_fetch_max_wait_ms(load_settings(broker_flavor=flavor))
-    assert wait == (50 if flavor == "tansu" else 1500)
+    assert wait == (20 if flavor == "tansu" else 1500)
