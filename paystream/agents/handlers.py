@@ -125,8 +125,9 @@ class HandlerContext:
         if raw is None:
             raise Rejection(RejectReason.NOT_FOUND, f"no such {_label(model)}: {entity_id}")
         record = model.model_validate(raw)
-        if self.cmd.command_id in record.applied:
-            raise AlreadyApplied(record.applied[self.cmd.command_id])
+        done = record.applied_outcome(self.cmd.command_id)
+        if done is not None:
+            raise AlreadyApplied(done)
         return record
 
     def ensure_new(self, model: type[EntityRecord], entity_id: str) -> None:
@@ -136,8 +137,9 @@ class HandlerContext:
         if raw is None:
             return
         record = model.model_validate(raw)
-        if self.cmd.command_id in record.applied:
-            raise AlreadyApplied(record.applied[self.cmd.command_id])
+        done = record.applied_outcome(self.cmd.command_id)
+        if done is not None:
+            raise AlreadyApplied(done)
         raise Rejection(RejectReason.INVALID_STATE, f"{_label(model)} {entity_id} already exists")
 
 
@@ -255,7 +257,10 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     rec.email = rec.name = rec.description = None
     rec.metadata = {}
     rec.deleted = rec.erased = True
-    rec.applied = {k: scrub_customer_outcome(v, rec.id) for k, v in rec.applied.items()}
+    rec.applied = {
+        k: scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id).model_dump()
+        for k, v in rec.applied.items()
+    }
     return HandlerResult("customer.erased", rec)
 
 

@@ -155,7 +155,7 @@ class CommandProcessor:
         raw = event.get_data()
         if isinstance(raw, bytes | str):
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
-        if contains_card_number(raw) or contains_card_number(event.get_attributes()):
+        if contains_card_number(raw, event.get_attributes()):
             # Never echo the value: the message names the rule, not the data.
             return self._reject(
                 cmd,

@@ -48,16 +48,23 @@ class EntityRecord(BaseModel):
     version: int = 0
     provider: str
     created_by: str  # command id that created it
-    applied: dict[str, StoredOutcome] = {}
+    # command id → stored outcome, kept as plain dicts: validating up to 16 nested
+    # outcomes on every load showed up in the worker's profile.
+    applied: dict[str, dict[str, Any]] = {}
 
     def snapshot(self) -> dict[str, Any]:
         """The entity as published in outcomes (without bookkeeping)."""
         return self.model_dump(mode="json", exclude={"applied", "entity_type"})
 
     def remember(self, command_id: str, outcome: StoredOutcome) -> None:
-        self.applied[command_id] = outcome
+        self.applied[command_id] = {"type": outcome.type, "data": outcome.data}
         while len(self.applied) > APPLIED_MEMORY:
             self.applied.pop(next(iter(self.applied)))
+
+    def applied_outcome(self, command_id: str) -> StoredOutcome | None:
+        """The outcome this record stored for ``command_id``, if it applied that command."""
+        raw = self.applied.get(command_id)
+        return None if raw is None else StoredOutcome.model_validate(raw)
 
 
 class CustomerRecord(EntityRecord):

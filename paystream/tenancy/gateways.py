@@ -41,6 +41,7 @@ class GatewayPool:
         # The pipeline hands the same Tenant object until the record changes: an identity
         # check spares hashing the tenant's configuration on every command.
         self._last_seen: dict[str, tuple[Tenant, PaymentGateway]] = {}
+        self._calls: dict[str, tuple[Tenant, GatewayCall]] = {}
         self._retired: list[PaymentGateway] = []
 
     def get(self, tenant: Tenant) -> PaymentGateway:
@@ -82,7 +83,12 @@ class GatewayPool:
 
     def call_for(self, tenant: Tenant) -> GatewayCall:
         """The retry/circuit-breaker wrapper for this tenant's provider calls."""
-        return self._call_policy(tenant) if self._call_policy else _direct
+        if self._call_policy is None:
+            return _direct
+        cached = self._calls.get(tenant.tenant_id)
+        if cached is None or cached[0] is not tenant:
+            cached = self._calls[tenant.tenant_id] = (tenant, self._call_policy(tenant))
+        return cached[1]
 
     async def close_retired(self) -> None:
         """Close clients replaced since the last call (between batches, never mid-call)."""

@@ -25,6 +25,9 @@ def call_policy(settings: Settings) -> Callable[[Tenant], Callable[..., Awaitabl
 
     def for_tenant(tenant: Tenant) -> Callable[..., Awaitable[Any]]:
         provider = tenant.gateway
+        # Label lookups cost more than the updates: resolve them once per tenant wrapper.
+        breaker_open = metrics.BREAKER_OPEN.labels(tenant.tenant_id, provider)
+        call_seconds: dict[str, Any] = {}
 
         async def attempt(fn: Callable[[], Awaitable[T]]) -> T:
             started = time.perf_counter()
@@ -42,18 +45,19 @@ def call_policy(settings: Settings) -> Callable[[Tenant], Callable[..., Awaitabl
                 result = exc.code.value
                 raise
             finally:
-                metrics.GATEWAY_CALLS.labels(provider, result).observe(
-                    time.perf_counter() - started
-                )
+                histogram = call_seconds.get(result)
+                if histogram is None:
+                    histogram = call_seconds[result] = metrics.GATEWAY_CALLS.labels(
+                        provider, result
+                    )
+                histogram.observe(time.perf_counter() - started)
 
         async def call(fn: Callable[[], Awaitable[T]]) -> T:
             try:
                 return await policy.call(tenant.tenant_id, provider, lambda: attempt(fn))
             finally:
                 state = policy.breaker(tenant.tenant_id, provider).state
-                metrics.BREAKER_OPEN.labels(tenant.tenant_id, provider).set(
-                    0 if state is CircuitState.CLOSED else 1
-                )
+                breaker_open.set(0 if state is CircuitState.CLOSED else 1)
 
         return call
 
