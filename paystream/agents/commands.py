@@ -1,9 +1,11 @@
 """The command agent: consumes `paystream.commands` in batches and emits outcomes.
 
 Batching is where throughput comes from: a batch's commands are grouped by tenant,
-tenants run concurrently (one tenant's commands stay in order), and all outcomes of a
-batch are produced together and awaited before the batch is acknowledged, so an offset
-is committed only after its outcome is durable.
+tenants run concurrently (one tenant's commands stay in order, and their simulator
+calls share Redis round trips), and the batch's table changes (last write per key) and
+outcomes are produced together as one record batch per topic-partition and awaited
+before the batch is acknowledged, so an offset is committed only after its outcome and
+state are durable.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from paystream.agents.handlers import Tables
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
-from paystream.streams.batch_producer import KeyPartitioner, OutRecord, send_batches
+from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatch, send_batches
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.changelog import collect_changelog
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 500
 # Longest a lone command waits for company; bounds the latency batching adds.
 BATCH_WITHIN = 0.002
+# A batch whose records the broker has not acknowledged by then is logged (once).
+DELIVERY_WARN_SECONDS = 5.0
 
 
 class CommandRunner:
@@ -106,7 +110,7 @@ class CommandRunner:
                 OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
             )
         sent = await send_batches(producer, records)
-        await asyncio.gather(*(b.future for b in sent))
+        await _delivered(sent, len(events))
         changelog.persisted(sent)
         await processor.gateways.close_retired()
         for e in emits:
@@ -158,6 +162,26 @@ class CommandRunner:
         if tenant:
             processor.purge_expired(tenant, time.time())
         return out
+
+
+async def _delivered(sent: Sequence[SentBatch], commands: int) -> None:
+    """Wait for every record batch; say so if the broker is slow (the partition is stuck
+    until then: offsets are committed only after delivery)."""
+    deliveries = asyncio.gather(*(b.future for b in sent))
+    try:
+        await asyncio.wait_for(asyncio.shield(deliveries), DELIVERY_WARN_SECONDS)
+    except TimeoutError:
+        pending = sorted({f"{b.topic}[{b.partition}]" for b in sent if not b.future.done()})
+        log.warning(
+            "%d commands waiting on the broker: %d record batches unacknowledged after %.0f s "
+            "(%s); still waiting",
+            commands,
+            len(pending),
+            DELIVERY_WARN_SECONDS,
+            ", ".join(pending[:8]),
+        )
+        await deliveries
+        log.warning("the delayed record batches were acknowledged")
 
 
 def _headers(raw: Any) -> dict[str, bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -130,3 +132,36 @@ async def test_replayed_command_id_gets_the_identical_event(client: PaystreamCli
     assert first.get_id() == second.get_id()
     assert first.get_data() == second.get_data()
     assert first.get_time() == second.get_time()
+
+
+async def test_changelog_holds_only_each_batch_last_write(
+    client: PaystreamClient, deployed: Deployment
+) -> None:
+    """A command's in-flight idempotency record is superseded within its own batch, so
+    only the finished record reaches the changelog (see tables/changelog.py)."""
+    body = {"amount": 700, "currency": "EUR", "payment_method_token": "pm_card_visa"}
+    outs = [await client.command("payment.create", "acme", body) for _ in range(3)]
+    assert all(o.get_type() == "com.paystream.payment.succeeded" for o in outs)
+    topic = f"{deployed.settings.app_id}-idempotency-changelog"
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers(deployed.settings.require_broker()),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    states: dict[str, list[str]] = {}  # idempotency key → states in changelog order
+    ids = {str(o.get_extension("causationid")) for o in outs}
+    try:
+        deadline = time.monotonic() + 30
+        while not ids <= states.keys():
+            assert time.monotonic() < deadline, f"changelog records missing: {ids - states.keys()}"
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    if r.key and r.value:
+                        key = json.loads(r.key) if r.key.startswith(b'"') else r.key.decode()
+                        state = json.loads(r.value)["state"]
+                        states.setdefault(key.split(":", 1)[1], []).append(state)
+    finally:
+        await consumer.stop()
+    assert all(states[i] == ["done"] for i in ids), {i: states[i] for i in ids}
