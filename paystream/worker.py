@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
+
+import mode.loop
 
 # Importing these modules registers their agents, tables and pages on `app`.
 from paystream.agents import commands as _commands  # noqa: F401
@@ -14,6 +17,8 @@ from paystream.app import app, settings
 from paystream.web import views as _views  # noqa: F401
 
 __all__ = ["main"]
+
+log = logging.getLogger(__name__)
 
 
 @app.task
@@ -25,6 +30,7 @@ async def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+    log.info("event loop: %s", type(asyncio.get_running_loop()).__module__)
 
 
 def main(extra_args: list[str] | None = None) -> None:
@@ -39,6 +45,8 @@ def main(extra_args: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(floor)
     # Faust refuses to start when its data directory does not exist yet.
     (settings.data_dir / "faust" / settings.app_id).mkdir(parents=True, exist_ok=True)
+    # Faust reads --loop at `import faust`, long done by now: install the policy directly.
+    mode.loop.use(settings.event_loop)
     sys.argv = [
         "paystream-worker",
         "worker",
