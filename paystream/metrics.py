@@ -14,6 +14,7 @@ __all__ = [
     "PARKED",
     "REPAIRS",
     "REPLAYS",
+    "SKIPPED_RECORDS",
 ]
 
 COMMANDS = Counter(
@@ -38,6 +39,11 @@ REPLAYS = Counter(
     "paystream_replayed_commands_total",
     "Redelivered or repeated commands answered from stored outcomes (no gateway call).",
     ["tenant", "via"],
+)
+SKIPPED_RECORDS = Counter(
+    "paystream_skipped_records_total",
+    "Times Faust skipped command records (offset gap) and the partition was rewound.",
+    ["topic", "partition"],
 )
 REPAIRS = Counter(
     "paystream_repaired_entities_total",

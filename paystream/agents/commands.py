@@ -11,23 +11,29 @@ state are durable.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, cast
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from faust.events import Event
 from faust.streams import _current_event
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
-from faust.types import EventT
+from faust.types import TP, EventT, Message
 
 from paystream import metrics
 from paystream.agents.handlers import Tables
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
+from paystream.streams.admin import bootstrap_servers
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatch, send_batches
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
@@ -46,6 +52,14 @@ BATCH_MAX = 500
 BATCH_WITHIN = 0.002
 # A batch whose records the broker has not acknowledged by then is logged (once).
 DELIVERY_WARN_SECONDS = 5.0
+# Longest wait between attempts to produce a batch while the broker is failing.
+PUBLISH_RETRY_MAX_SECONDS = 5.0
+# On shutdown, how long the batch in hand may take to finish before we exit without it.
+SHUTDOWN_DRAIN_SECONDS = 30.0
+# Exit status when a batch is abandoned uncommitted (EX_SOFTWARE).
+EXIT_UNCOMMITTED = 70
+# How often durable offsets are committed (Faust's default commit interval is 2.8 s).
+COMMIT_INTERVAL_SECONDS = 1.0
 
 
 class CommandRunner:
@@ -109,8 +123,7 @@ class CommandRunner:
             records.append(
                 OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
             )
-        sent = await send_batches(producer, records)
-        await _delivered(sent, len(events))
+        sent = await _publish(producer, records, len(events))
         changelog.persisted(sent)
         await processor.gateways.close_retired()
         for e in emits:
@@ -164,6 +177,31 @@ class CommandRunner:
         return out
 
 
+async def _publish(
+    producer: AIOKafkaProducer, records: list[OutRecord], commands: int
+) -> list[SentBatch]:
+    """Produce the batch's records until the broker has all of them.
+
+    Transient broker trouble is retried for as long as it lasts: the partition waits, and
+    nothing is acknowledged meanwhile. A retry may produce some records twice; changelog
+    values are the same and duplicate outcomes are byte-identical (same event id).
+    """
+    for attempt in itertools.count(1):
+        try:
+            sent = await send_batches(producer, records)
+            await _delivered(sent, commands)
+            return sent
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)
+            log.warning(
+                "producing %d records failed (%r); retry in %.2f s", len(records), exc, delay
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 async def _delivered(sent: Sequence[SentBatch], commands: int) -> None:
     """Wait for every record batch; say so if the broker is slow (the partition is stuck
     until then: offsets are committed only after delivery)."""
@@ -194,13 +232,175 @@ def _headers(raw: Any) -> dict[str, bytes]:
 runner = CommandRunner()
 
 
-async def process_commands(stream: Any) -> None:
-    """Run payment commands against gateways and tables; emit one outcome per command."""
+class ContinuityGuard:
+    """Makes sure no command record is silently skipped on its way to the agent.
+
+    Faust drops records it pulls while flow control is suspended or that carry an older
+    consumer generation (recovery, rebalance) and lets the following ones through; a
+    crash test caught a new worker processing offsets 100-104 and 106-124 of a partition
+    but never 105. The commands topic is neither compacted nor transactional, so its
+    offsets are contiguous and a jump means a skip: the missing records are read directly
+    from the broker and run first. (Seeking Faust's consumer back instead left the
+    partition stalled.) Records already handled that Faust delivers again are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[TP, int] = {}
+        self._generation: int | None = None
+
+    async def admit(self, events: Sequence[EventT]) -> list[EventT]:
+        consumer = cast(FaustConsumer, app.consumer)
+        if app.consumer_generation_id != self._generation:
+            # Reassigned: Faust sought every partition to its committed offset.
+            self._generation = app.consumer_generation_id
+            self._next.clear()
+        admitted: list[EventT] = []
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            expected = self._next.get(tp)
+            if expected is None:
+                committed = consumer._committed_offset.get(tp)
+                expected = committed if committed is not None else offset
+            if offset < expected:
+                continue  # handled already
+            if offset > expected:
+                missing = await _read_range(tp, expected, offset)
+                metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
+                log.warning(
+                    "%s: offsets %d-%d never reached the agent; read %d of them directly",
+                    tp,
+                    expected,
+                    offset - 1,
+                    len(missing),
+                )
+                admitted += missing
+            self._next[tp] = offset + 1
+            admitted.append(event)
+        return admitted
+
+
+async def _read_range(tp: TP, start: int, end: int) -> list[EventT]:
+    """Records [start, end) of one partition, as Faust events, read with a plain consumer."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()),
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    found: list[EventT] = []
     try:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
-            await runner.run_batch(events)
+        atp = TopicPartition(tp.topic, tp.partition)
+        reader.assign([atp])
+        reader.seek(atp, start)
+        deadline = time.monotonic() + 30
+        while (not found or found[-1].message.offset < end - 1) and time.monotonic() < deadline:
+            for r in (await reader.getmany(atp, timeout_ms=500)).get(atp, []):
+                if start <= r.offset < end:
+                    message = Message(
+                        r.topic, r.partition, r.offset, r.timestamp / 1000, r.timestamp_type,
+                        list(r.headers or ()), r.key, r.value, None, tp=tp,
+                        generation_id=app.consumer_generation_id,
+                    )  # fmt: skip
+                    found.append(Event(app, r.key, r.value, message.headers, message))
     finally:
+        await reader.stop()
+    return found
+
+
+class DurableOffsets:
+    """Commands-topic offsets whose outcomes and table changes are durable; we commit them.
+
+    Faust does not commit this topic (``acks=False``): it acknowledges the records it
+    skips while flow control is suspended (shutdown, rebalance), and its commit would then
+    pass commands that never got an outcome; a crash test caught exactly that.
+    """
+
+    def __init__(self) -> None:
+        self._ready: dict[TP, int] = {}
+
+    def advance(self, events: Sequence[EventT]) -> None:
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset + 1
+            if offset > self._ready.get(tp, -1):
+                self._ready[tp] = offset
+
+    async def commit(self) -> None:
+        if not self._ready:
+            return
+        offsets, self._ready = self._ready, {}
+        # Faust has no public "commit these offsets"; its consumer thread's commit is it.
+        # Partitions no longer ours are left out: their new owner redoes those commands.
+        if not await cast(FaustConsumer, app.consumer)._commit(offsets):
+            log.info("offsets not committed (rebalancing); the commands will be redelivered")
+
+
+async def process_commands(stream: Any) -> None:
+    """Run payment commands against gateways and tables; emit one outcome per command.
+
+    A batch is never abandoned half-done: on shutdown (cancellation) it is finished and
+    its offsets committed first, and a failure that cannot be retried ends the process
+    without committing, so the commands are redelivered.
+    """
+    offsets = DurableOffsets()
+    guard = ContinuityGuard()
+    committer = asyncio.ensure_future(_commit_periodically(offsets))
+    try:
+        async for taken in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+            events = await guard.admit(taken)
+            if not events:
+                continue
+            batch = asyncio.ensure_future(runner.run_batch(events))
+            try:
+                await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                await _finish_before_exit(batch, len(events))
+                offsets.advance(events)
+                raise
+            except Exception:
+                _exit_uncommitted(len(events))
+            offsets.advance(events)
+    finally:
+        committer.cancel()
+        try:
+            await offsets.commit()
+        except Exception:  # the consumer may already be gone; redelivery covers it
+            log.warning("final offset commit failed", exc_info=True)
         await runner.aclose()
+
+
+async def _commit_periodically(offsets: DurableOffsets) -> None:
+    while True:
+        await asyncio.sleep(COMMIT_INTERVAL_SECONDS)
+        try:
+            await offsets.commit()
+        except Exception:
+            log.warning("offset commit failed; retrying next interval", exc_info=True)
+
+
+async def _finish_before_exit(batch: asyncio.Future[None], commands: int) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(batch), SHUTDOWN_DRAIN_SECONDS)
+    except asyncio.CancelledError:
+        if not batch.done():
+            _exit_uncommitted(commands)
+        raise
+    except Exception:
+        _exit_uncommitted(commands)
+
+
+def _exit_uncommitted(commands: int) -> None:
+    """Leave without committing the batch: its commands are redelivered, never lost.
+
+    Exiting, not raising: a worker that carried on past a batch it could not finish would
+    commit later offsets, and with them this batch's.
+    """
+    log.critical(
+        "a batch of %d commands could not be completed; exiting without committing it "
+        "so that it is redelivered",
+        commands,
+        exc_info=True,
+    )
+    logging.shutdown()
+    os._exit(EXIT_UNCOMMITTED)
 
 
 if settings.runs("commands"):

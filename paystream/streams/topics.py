@@ -6,6 +6,10 @@ from paystream.app import app, settings
 
 __all__ = ["commands_topic", "events_topic"]
 
+# acks=False: Faust neither acknowledges nor commits this topic; the command agent
+# commits offsets itself once a batch's outcomes and state are durable. Faust acknowledges
+# records it skips while flow control is suspended (shutdown, rebalance) and would then
+# commit past commands that never got an outcome (agents/commands.py).
 commands_topic = app.topic(
     settings.commands_topic,
     key_type=bytes,
@@ -13,6 +17,7 @@ commands_topic = app.topic(
     key_serializer="raw",
     value_serializer="raw",
     partitions=settings.partitions,
+    acks=False,
 )
 events_topic = app.topic(
     settings.events_topic,
