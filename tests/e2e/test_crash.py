@@ -35,7 +35,10 @@ from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
-TENANTS = [f"crash-{i}" for i in range(10)]
+
+def tenants_for(sig: signal.Signals) -> list[str]:
+    # Distinct per run: the simulator's provider state (Redis) outlives a test.
+    return [f"crash-{sig.name.lower()}-{i}" for i in range(10)]
 
 
 @dataclass
@@ -46,12 +49,14 @@ class Expected:
     status: str = ""
 
 
-def workload() -> tuple[list[CloudEvent], dict[tuple[str, str], Expected], Counter[str]]:
+def workload(
+    tenants: list[str],
+) -> tuple[list[CloudEvent], dict[tuple[str, str], Expected], Counter[str]]:
     """100 commands per tenant and the replay-free reference state they must produce."""
     commands: list[CloudEvent] = []
     expected: dict[tuple[str, str], Expected] = {}
     effects: Counter[str] = Counter()
-    for t in TENANTS:
+    for t in tenants:
         per_tenant: list[CloudEvent] = []
         follow_ups: list[CloudEvent] = []
         for j in range(40):
@@ -248,15 +253,16 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     """SIGKILL: a crash at any point. SIGTERM: a deploy, which cancels the agent mid-batch
     (Faust acknowledges a take buffer as it unwinds, so the batch must be finished first)."""
     dep: Deployment = await deployment_factory()
-    await dep.add_tenants(*(Tenant(tenant_id=t) for t in TENANTS))
-    commands, expected, expected_effects = workload()
+    tenants = tenants_for(sig)
+    await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
+    commands, expected, expected_effects = workload(tenants)
     ids = {c.get_id() for c in commands}
     log = OutcomeLog(dep)
     reader = asyncio.create_task(log.run())
     first = dep.worker("w1").start()
     second = dep.worker("w2")
     try:
-        await asyncio.to_thread(first.wait_ready, TENANTS, partitions=dep.settings.partitions)
+        await asyncio.to_thread(first.wait_ready, tenants, partitions=dep.settings.partitions)
         producing = asyncio.create_task(_produce(dep, commands, rate=250))
         await _wait_for(
             lambda: len(log.by_command.keys() & ids) >= 330, 60, "a third of the outcomes"
@@ -278,7 +284,7 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
                 raise AssertionError(
                     f"{await _diagnose(dep, commands, log, second)}; reader error: {reader_error!r}"
                 )
-        await asyncio.to_thread(second.wait_ready, TENANTS)
+        await asyncio.to_thread(second.wait_ready, tenants)
 
         # 1. every command has exactly one outcome identity; duplicates are byte-identical
         assert killed_at < len(ids), "the kill must land mid-stream"
@@ -316,7 +322,7 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
         client = aioredis.from_url(dep.settings.redis_url)
         try:
             seen: Counter[str] = Counter()
-            for tenant in TENANTS:
+            for tenant in tenants:
                 sim = SimulatorGateway.from_context(
                     GatewayContext(tenant_id=tenant, provider="simulator"),
                     GatewayDeps(settings=dep.settings, redis=client),
