@@ -292,8 +292,10 @@ async def _read_range(tp: TP, start: int, end: int) -> list[EventT]:
         reader.assign([atp])
         reader.seek(atp, start)
         deadline = time.monotonic() + 30
-        while (not found or found[-1].message.offset < end - 1) and time.monotonic() < deadline:
+        reached = start - 1  # highest offset read: offsets that do not exist are passed over
+        while reached < end - 1 and time.monotonic() < deadline:
             for r in (await reader.getmany(atp, timeout_ms=500)).get(atp, []):
+                reached = max(reached, r.offset)
                 if start <= r.offset < end:
                     message = Message(
                         r.topic, r.partition, r.offset, r.timestamp / 1000, r.timestamp_type,
