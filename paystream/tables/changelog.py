@@ -52,9 +52,6 @@ class ChangelogBatch:
             raise TypeError(f"changelog write to {table.name} outside of a command event")
         self._writes[(table.name, key)] = (table, partition, value, value_serializer)
 
-    def __len__(self) -> int:
-        return len(self._writes)
-
     def records(self) -> list[OutRecord]:
         """The coalesced writes, serialised as the tables' changelog topics would."""
         out = []
