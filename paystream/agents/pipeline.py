@@ -36,7 +36,7 @@ from paystream.settings import Settings
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, encode_event
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
 from paystream.streams.outcomes import CommandRef, RejectReason, build_outcome, rejection_data
-from paystream.streams.pan import contains_card_number
+from paystream.streams.pan import contains_card_number, raw_may_contain_card_number
 from paystream.tables.records import (
     APPLIED_MEMORY,
     IdempotencyRecord,
@@ -155,7 +155,7 @@ class CommandProcessor:
         raw = event.get_data()
         if isinstance(raw, bytes | str):
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
-        if contains_card_number(raw, event.get_attributes()):
+        if _raw_may_hold_card(rec) and contains_card_number(raw, event.get_attributes()):
             # Never echo the value: the message names the rule, not the data.
             return self._reject(
                 cmd,
@@ -556,6 +556,14 @@ def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(related, dict) and isinstance(related.get("object"), dict):
             images.append((str(related["entity_type"]), related["object"]))
     return images
+
+
+def _raw_may_hold_card(rec: Inbound) -> bool:
+    """The cheap look at the record's bytes: the parsed scan runs only when this says so."""
+    headers = rec.headers
+    return raw_may_contain_card_number(
+        rec.key or b"", rec.value or b"", "\x00".join(headers).encode(), *headers.values()
+    )
 
 
 def _key_str(key: bytes | None) -> str:

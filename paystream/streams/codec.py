@@ -7,6 +7,7 @@ dead-letter the bytes instead of crashing the partition.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -54,6 +55,7 @@ class _OrjsonFormat(JSONFormat):
         return super().read_data(body, datacontenttype)
 
 
+@functools.lru_cache(maxsize=64)  # a handful of content types, seen on every record
 def _is_json(datacontenttype: str | None) -> bool:
     content_type = datacontenttype or JSONFormat.DEFAULT_CONTENT_TYPE
     return re.match(JSONFormat.JSON_CONTENT_TYPE_PATTERN, content_type) is not None

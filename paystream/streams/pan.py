@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["contains_card_number", "luhn_valid"]
+__all__ = ["contains_card_number", "luhn_valid", "raw_may_contain_card_number"]
 
 # How card numbers are written: 13-19 contiguous digits, or 4-digit groups joined by one
 # consistent space or dash (Amex: 4-6-5). Grouped forms must stand alone, so that ids
@@ -51,7 +51,32 @@ def contains_card_number(*values: Any) -> bool:
     """True if any string (or integer) inside ``values`` looks like a Luhn-valid card number."""
     # One regex pass over all strings joined by NUL (neither a digit, a letter nor a
     # separator, so no match can span two strings) instead of one pass per string.
-    text = "\x00".join(s for value in values for s in _strings(value))
+    return _has_card_number("\x00".join(s for value in values for s in _strings(value)))
+
+
+def raw_may_contain_card_number(*parts: bytes) -> bool:
+    """A quick look at a record's raw bytes (JSON, header names and values): False means
+    no card number can be in the command ``contains_card_number`` would see once parsed.
+
+    Without escapes, every string and integer of the parsed command appears verbatim in
+    its JSON text, between delimiters (quotes, commas, ...) that bound a match just as
+    the NUL separators do; so a text with no candidate has none parsed. A backslash (an
+    escape could spell digits) or bytes that are not UTF-8 answer True: look properly.
+    """
+    texts: list[str] = []
+    for part in parts:
+        if b"\\" in part:
+            return True
+        try:
+            texts.append(part.decode("utf-8"))
+        except UnicodeDecodeError:
+            return True
+    return _has_card_number("\x00".join(texts))
+
+
+def _has_card_number(text: str) -> bool:
+    if _SPAN.search(text) is None:  # an eighth of the cost of the full pattern
+        return False
     for match in _CANDIDATE.finditer(text):
         digits = _SEPARATORS.sub("", match.group())
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
@@ -60,3 +85,5 @@ def contains_card_number(*values: Any) -> bool:
 
 
 _SEPARATORS = re.compile(r"[ -]")
+# Every candidate is at least 13 digits, spaces and dashes, starting and ending with a digit.
+_SPAN = re.compile(r"\d[\d -]{11,}\d")

@@ -11,6 +11,7 @@ from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
 from paystream.streams.outcomes import outcome_id
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, outcome_of
@@ -429,6 +430,20 @@ async def test_idempotency_keys_expire(harness: Harness) -> None:
         record["expires_at"] = time.time() - 1
     again = await harness.send("customer.create", t, body, idempotency_key="k1")
     assert data(again)["reason"] == "invalid_state"  # treated as new: the customer exists
+
+
+async def test_a_card_number_spelled_with_json_escapes_is_refused(harness: Harness) -> None:
+    """The pipeline's quick byte-level look defers to the parsed scan when escapes could
+    hide digits: ``\\u0034242...`` parses to a card number."""
+    t = harness.add_tenant()
+    event = build_command("payment_method.attach", t, {"customer_id": "c1", "token": "x"})
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    value = b'{"customer_id": "c1", "token": "\\u0034242424242424242"}'
+    emits = await harness.raw(
+        Inbound(key=rec.key, value=value, headers=dict(rec.headers), timestamp_ms=0, topic="c")
+    )
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
 
 
 # ---- transport-level garbage -------------------------------------------------------

@@ -251,7 +251,7 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     deployment_factory: Any, sig: signal.Signals
 ) -> None:
     """SIGKILL: a crash at any point. SIGTERM: a deploy, which cancels the agent mid-batch
-    (Faust acknowledges a take buffer as it unwinds, so the batch must be finished first)."""
+    (the batch in hand must be finished before its offsets are committed)."""
     dep: Deployment = await deployment_factory()
     tenants = tenants_for(sig)
     await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))

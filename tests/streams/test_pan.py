@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paystream.streams.pan import contains_card_number, luhn_valid
+from paystream.streams.pan import contains_card_number, luhn_valid, raw_may_contain_card_number
 
 
 def _luhn_complete(prefix: str) -> str:
@@ -62,3 +65,53 @@ def test_uuids_never_trip_it(value: uuid.UUID) -> None:
     all_digit_uuid = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
     assert not contains_card_number(str(value))
     assert not contains_card_number(all_digit_uuid)
+
+
+_CARDS = ["4242424242424242", "4242 4242 4242 4242", "3782-822463-10005", "5555555555554444"]
+_with_card = st.builds(
+    lambda before, card, after: before + card + after, st.text(), st.sampled_from(_CARDS), st.text()
+)
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.sampled_from([4242424242424242, -5555555555554444])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+    | _with_card,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text() | _with_card, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_json_values)
+def test_the_raw_prefilter_never_misses_what_the_parsed_scan_finds(value: Any) -> None:
+    """The pipeline skips the parsed scan when the raw bytes have no candidate, so every
+    JSON spelling of a value holding a card number must make the prefilter say True."""
+    if not contains_card_number(value):
+        return
+    for raw in (
+        orjson.dumps(value),
+        json.dumps(value).encode(),  # ASCII-escaped: backslashes
+        json.dumps(value, ensure_ascii=False, indent=1).encode(),
+    ):
+        assert raw_may_contain_card_number(b"tenant-1", raw, b"ce_id\x00ce_type")
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        (b'{"note": "\\u0034242424242424242"}',),  # an escape could spell the digits
+        (b"\xff\xfe",),  # not UTF-8
+        (b"{}", b"ce_4242424242424242"),  # a header name becomes an attribute name
+    ],
+)
+def test_the_raw_prefilter_defers_when_it_cannot_tell(parts: tuple[bytes, ...]) -> None:
+    assert raw_may_contain_card_number(*parts)
+
+
+def test_the_raw_prefilter_clears_ordinary_commands() -> None:
+    raw = orjson.dumps({"customer_id": "c1", "amount": {"amount": 1999, "currency": "EUR"}})
+    assert not raw_may_contain_card_number(b"tenant-1", raw, b"ce_id", b"2026-11-28T00:00:00Z")

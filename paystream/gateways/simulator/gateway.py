@@ -143,7 +143,7 @@ class SimulatorGateway:
     ) -> R:
         if OPERATION_CAPABILITY[operation] not in self.capabilities:
             raise UnsupportedOperation(PROVIDER, operation)
-        attempt = await self._inject_failure(key)
+        attempt = await self._inject_failure(key) if self.options.misbehaves else 0
         fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
         response = await self._store.execute(key, fingerprint, fn)
         if attempt and attempt <= self.options.injected_failures(

@@ -49,6 +49,13 @@ class SimulatorOptions(BaseModel):
             )
             raise ConfigurationError(f"invalid simulator options: {problems}") from exc
 
+    @property
+    def misbehaves(self) -> bool:
+        """Any latency or failure to inject (most tenants: none, and calls skip the step)."""
+        return bool(
+            self.latency_ms or self.fail_rate or self.fail_first or self.lose_response_first
+        )
+
     def injected_failures(self, idempotency_key: str, table: Mapping[str, int]) -> int:
         """How many leading attempts of this key the given knob fails."""
         return table.get(idempotency_key, table.get("*", 0))

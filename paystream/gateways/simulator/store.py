@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -70,6 +70,16 @@ class Effect:
     object_id: str
     amount: int | None = None
     currency: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        # dataclasses.asdict recurses and deep-copies; these fields are all scalars.
+        return {
+            "kind": self.kind,
+            "idempotency_key": self.idempotency_key,
+            "object_id": self.object_id,
+            "amount": self.amount,
+            "currency": self.currency,
+        }
 
 
 def request_fingerprint(operation: str, params: dict[str, Any]) -> str:
@@ -163,7 +173,7 @@ class SimulatorStore:
                 *(tx.reads[k] if tx.reads[k] is not None else _ABSENT for k in read_keys),
                 len(write_keys),
                 *(_dumps(obj) for obj in tx.writes.values()),
-                *(_dumps(asdict(effect)) for effect in tx.effects),
+                *(_dumps(effect.as_dict()) for effect in tx.effects),
             ]
             answer = await self._io.run_script(
                 self._commit, [idem, self._effects_key, *read_keys, *write_keys], args

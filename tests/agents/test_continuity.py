@@ -1,0 +1,157 @@
+"""ContinuityGuard: no command record of a partition is skipped, in the middle or at the end.
+
+Faust's consumer and the broker are stood in for by a partition log held here: what is
+tested is the guard's bookkeeping (which ranges it reads, what it admits and drops). The
+real thing runs in tests/e2e (test_crash, test_backlog).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from faust.types import TP, Message
+from mode.utils.queues import FlowControlEvent
+
+from paystream.agents.commands import BATCH_MAX, ContinuityGuard
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TOPIC = "t.commands"
+P0, P1 = TP(TOPIC, 0), TP(TOPIC, 1)
+OTHER = TP("t.changelog", 0)
+
+
+@dataclass
+class Record:
+    message: Message
+
+
+def record(tp: TP, offset: int) -> Record:
+    return Record(Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, tp=tp))
+
+
+@dataclass
+class StandInConsumer:
+    ends: dict[TP, int]
+    committed: dict[TP, int | None] = field(default_factory=dict)
+
+    @property
+    def _committed_offset(self) -> dict[TP, int | None]:
+        return self.committed
+
+    def assignment(self) -> set[TP]:
+        return {*self.ends, OTHER}
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.ends[tp] for tp in tps}
+
+
+@dataclass
+class StandInApp:
+    consumer: StandInConsumer
+    consumer_generation_id: int = 1
+    rebalancing: bool = False
+    flow_control: FlowControlEvent = field(
+        default_factory=lambda: FlowControlEvent(initially_suspended=False)
+    )
+
+
+@dataclass
+class Broker:
+    reads: list[tuple[TP, int, int]] = field(default_factory=list)
+
+    async def read(self, tp: TP, start: int, end: int) -> list[Any]:
+        self.reads.append((tp, start, end))
+        return [record(tp, o) for o in range(start, end)]
+
+
+def offsets(events: list[Any]) -> list[tuple[int, int]]:
+    return [(e.message.tp.partition, e.message.offset) for e in events]
+
+
+def make(ends: dict[TP, int], committed: dict[TP, int | None] | None = None) -> Any:
+    app = StandInApp(StandInConsumer(ends, committed or {}))
+    broker = Broker()
+    guard = ContinuityGuard(app, TOPIC, read_range=broker.read, sweep_interval=0)  # type: ignore[arg-type]
+    return app, broker, guard
+
+
+async def test_a_gap_in_the_middle_is_read_and_run_first() -> None:
+    _, broker, guard = make({P0: 10}, {P0: 0})
+    admitted = await guard.admit([record(P0, 0), record(P0, 1), record(P0, 4)])  # type: ignore[list-item]
+    assert offsets(admitted) == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
+    assert broker.reads == [(P0, 2, 4)]
+
+
+async def test_a_skip_right_after_the_committed_offset_is_found() -> None:
+    _, broker, guard = make({P0: 10}, {P0: 5})
+    assert offsets(await guard.admit([record(P0, 7)])) == [(0, 5), (0, 6), (0, 7)]  # type: ignore[list-item]
+    assert broker.reads == [(P0, 5, 7)]
+
+
+async def test_records_delivered_again_are_dropped() -> None:
+    _, _, guard = make({P0: 10}, {P0: 0})
+    await guard.admit([record(P0, 0), record(P0, 1)])  # type: ignore[list-item]
+    assert await guard.admit([record(P0, 1), record(P0, 0)]) == []  # type: ignore[list-item]
+
+
+async def test_a_skipped_tail_is_read_once_the_partition_has_stood_still() -> None:
+    _, broker, guard = make({P0: 6, P1: 3}, {P0: 0, P1: 3})
+    await guard.admit([record(P0, o) for o in range(3)])  # type: ignore[list-item]
+    # Offsets 3-5 exist but never arrive. The first sweep only notes where P0 stands.
+    assert await guard.sweep() == []
+    assert offsets(await guard.sweep()) == [(0, 3), (0, 4), (0, 5)]
+    assert broker.reads == [(P0, 3, 6)]  # P1 is caught up; the changelog is not ours
+    # Read once: Faust delivering them late is a duplicate, and nothing is read again.
+    assert await guard.admit([record(P0, 4)]) == []  # type: ignore[list-item]
+    assert await guard.sweep() == []
+    assert await guard.sweep() == []
+    assert broker.reads == [(P0, 3, 6)]
+
+
+async def test_a_partition_that_moved_since_the_last_sweep_is_left_to_faust() -> None:
+    _, broker, guard = make({P0: 6}, {P0: 0})
+    assert await guard.sweep() == []
+    await guard.admit([record(P0, 0)])  # type: ignore[list-item]
+    assert await guard.sweep() == []
+    assert broker.reads == []
+
+
+async def test_a_tail_is_found_from_the_committed_offset_alone() -> None:
+    # A restarted worker whose whole backlog was cleared before the agent saw any of it.
+    _, _, guard = make({P0: 24}, {P0: 12})
+    await guard.sweep()
+    assert offsets(await guard.sweep()) == [(0, o) for o in range(12, 24)]
+
+
+async def test_nothing_is_read_while_suspended_rebalancing_or_reassigned() -> None:
+    app, broker, guard = make({P0: 6}, {P0: 0})
+    await guard.sweep()
+    app.flow_control.suspend()
+    assert await guard.sweep() == []
+    app.flow_control.resume()
+    app.rebalancing = True
+    assert await guard.sweep() == []
+    app.rebalancing = False
+    # A new generation starts over: one sweep to note positions, one to act.
+    app.consumer_generation_id = 2
+    assert await guard.sweep() == []
+    assert broker.reads == []
+    assert len(await guard.sweep()) == 6
+
+
+async def test_a_partition_without_a_known_position_is_not_guessed() -> None:
+    _, broker, guard = make({P0: 6}, {P0: None})
+    await guard.sweep()
+    assert await guard.sweep() == []
+    assert broker.reads == []
+
+
+async def test_a_long_stall_is_read_a_batch_at_a_time() -> None:
+    _, broker, guard = make({P0: 3 * BATCH_MAX}, {P0: 0})
+    await guard.sweep()
+    assert len(await guard.sweep()) == BATCH_MAX
+    assert len(await guard.sweep()) == BATCH_MAX
+    assert broker.reads == [(P0, 0, BATCH_MAX), (P0, BATCH_MAX, 2 * BATCH_MAX)]

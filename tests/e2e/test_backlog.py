@@ -1,0 +1,58 @@
+"""Commands already waiting when a worker starts: every one gets its outcome.
+
+Faust clears its delivery queue when flow control resumes at the end of recovery, and
+what it had fetched by then never reaches the agent. Records after the cleared ones
+reveal the gap; a backlog short enough to fit one fetch has nothing after it, so the
+agent must notice on its own that the partition holds records it never received. A CI
+crash test lost the last 23 commands of a partition exactly this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import pytest
+
+from paystream.client import build_command
+from paystream.tenancy.models import Tenant
+from tests.e2e.test_crash import OutcomeLog, _diagnose, _produce, _wait_for
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+async def test_backlog_waiting_at_startup_is_fully_handled(deployment_factory: Any) -> None:
+    dep: Deployment = await deployment_factory()
+    tenants = [f"backlog-{i}" for i in range(8)]
+    await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
+    log = OutcomeLog(dep)
+    reader = asyncio.create_task(log.run())
+    try:
+        for round_, name in enumerate(("w1", "w2", "w3", "w4")):
+            # w1 starts a fresh consumer group; the others resume from committed offsets.
+            commands = [
+                build_command("customer.create", t, {"email": f"{round_}-{n}@{t}.test"})
+                for n in range(12)
+                for t in tenants
+            ]
+            ids = {c.get_id() for c in commands}
+            await _produce(dep, commands, rate=100_000)
+            worker = dep.worker(name).start()
+            try:
+                await asyncio.to_thread(
+                    worker.wait_ready, tenants, partitions=dep.settings.partitions
+                )
+                try:
+                    done = lambda ids=ids: ids <= log.by_command.keys()  # noqa: E731
+                    await _wait_for(done, 60, "every outcome")
+                except AssertionError:
+                    raise AssertionError(await _diagnose(dep, commands, log, worker)) from None
+                assert all(len(log.by_command[i]) == 1 for i in ids)
+                worker.kill(signal.SIGTERM)  # commits its offsets on the way out
+            finally:
+                worker.stop()
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
