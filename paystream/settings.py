@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         description="PAYSTREAM_EVENT_LOOP: the worker's asyncio loop, `uvloop` (libuv; "
         "~6% less worker CPU per command) or `aio` (the standard library's).",
     )
+    gc_pacing: bool = Field(
+        default=True,
+        description="PAYSTREAM_GC_PACING: run full garbage collections when the worker is "
+        "quiet (and at least every 5 minutes) instead of mid-burst; `false` restores "
+        "CPython's automatic full collections.",
+    )
     log_level: str = Field(
         default="info",
         pattern=r"^(debug|info|warn|error|critical)$",

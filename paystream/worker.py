@@ -14,6 +14,7 @@ from paystream.agents import commands as _commands  # noqa: F401
 from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
+from paystream.gc_pacing import full_collections
 from paystream.web import views as _views  # noqa: F401
 
 __all__ = ["main"]
@@ -27,10 +28,23 @@ async def freeze_startup_objects() -> None:
 
     Full collections walking Faust's and the SDKs' long-lived objects were the pauses
     behind the latency tail (a 69 ms gen-2 collection lined up with the p99 cluster).
+    With ``gc_pacing`` later full collections wait for a quiet moment too.
     """
-    gc.collect()
-    gc.freeze()
-    log.info("event loop: %s", type(asyncio.get_running_loop()).__module__)
+    if settings.gc_pacing:
+        full_collections.install()
+    else:
+        gc.collect()
+        gc.freeze()
+    log.info(
+        "event loop: %s; paced full collections: %s",
+        type(asyncio.get_running_loop()).__module__,
+        settings.gc_pacing,
+    )
+
+
+@app.timer(interval=1.0)
+async def collect_garbage_when_quiet() -> None:
+    full_collections.maybe_collect()
 
 
 def main(extra_args: list[str] | None = None) -> None:

@@ -35,6 +35,7 @@ from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
+from paystream.gc_pacing import full_collections
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatch, send_batches
 from paystream.streams.topics import commands_topic
@@ -113,6 +114,7 @@ class CommandRunner:
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
         processor = await self.processor()
+        full_collections.busy()
         by_tenant: dict[bytes | None, list[EventT]] = defaultdict(list)
         for event in events:
             by_tenant[event.message.key].append(event)
