@@ -12,12 +12,14 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from dateutil.parser import isoparse
 
 from paystream.errors import PaystreamError
 from paystream.settings import CloudEventsMode
@@ -93,14 +95,29 @@ def decode_record(
     """Parse a Kafka record into a CloudEvent, auto-detecting binary or structured mode."""
     if value is None:
         raise UndecodableRecord("empty record value (tombstone) is not a command")
-    message = ce_kafka.KafkaMessage(headers=dict(headers), key=key, value=value)
+    fields = dict(headers)
+    binary = False
+    time_raw: bytes | None = None
+    for name in headers:
+        lowered = name.lower()
+        if lowered.startswith("ce_"):
+            binary = True
+            if lowered == "ce_time":
+                time_raw = fields.pop(name)
     try:
-        if any(h.lower().startswith("ce_") for h in headers):
-            event = ce_kafka.from_binary(message, _FORMAT, CloudEvent)
+        if binary:
+            # The SDK parses `time` with dateutil, a sizeable share of decoding a command;
+            # the standard library parses RFC 3339 in a fraction of that.
+            factory: Any = CloudEvent
+            if time_raw is not None:
+                factory = functools.partial(_event_at, _parse_time(time_raw.decode("utf-8")))
+            message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
+            event = ce_kafka.from_binary(message, _FORMAT, factory)
         else:
             ctype = headers.get("content-type", b"").decode("latin-1").lower()
             if ctype and not ctype.startswith(STRUCTURED_CONTENT_TYPE):
                 raise UndecodableRecord(f"content-type {ctype!r} is not a structured CloudEvent")
+            message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
             event = ce_kafka.from_structured(message, _FORMAT, CloudEvent)
     except UndecodableRecord:
         raise
@@ -109,6 +126,17 @@ def decode_record(
     if not isinstance(event, CloudEvent):
         raise UndecodableRecord("not a CloudEvents 1.0 event")
     return event
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return isoparse(text)  # what the SDK accepts, fromisoformat may not
+
+
+def _event_at(time: datetime, attributes: dict[str, Any], data: Any) -> CloudEvent:
+    return CloudEvent({**attributes, "time": time}, data)
 
 
 def _json_default(obj: Any) -> Any:

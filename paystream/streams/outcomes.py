@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,7 @@ __all__ = [
 
 OUTCOME_PREFIX = "com.paystream."
 _NAMESPACE = uuid.UUID("6f1d8f0e-4b7a-5c1e-9a55-706179737472")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
 class RejectReason(StrEnum):
@@ -55,8 +57,17 @@ class CommandRef:
 
 
 def outcome_id(tenant_id: str, command_id: str, outcome_type: str) -> str:
-    """Deterministic event id: the same command always yields the same outcome id."""
-    return str(uuid.uuid5(_NAMESPACE, f"{tenant_id}\x1f{command_id}\x1f{outcome_type}"))
+    """Deterministic event id: the same command always yields the same outcome id.
+
+    It is ``uuid.uuid5(_NAMESPACE, name)``, computed without building a ``UUID`` object
+    (a third of the cost of an outcome's id, on every command).
+    """
+    name = f"{tenant_id}\x1f{command_id}\x1f{outcome_type}".encode()
+    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def build_outcome(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> CloudEvent:

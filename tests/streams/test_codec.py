@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from datetime import UTC, datetime
 
 import pytest
+from dateutil.parser import isoparse
 from hypothesis import given
 from hypothesis import strategies as st
 
+from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import UndecodableRecord, decode_record, encode_event
-from paystream.streams.outcomes import CommandRef, build_outcome, outcome_id
+from paystream.streams.outcomes import _NAMESPACE, CommandRef, build_outcome, outcome_id
 
 CMD = CommandRef(
     "acme", "cmd-1", "payment.create", "cmd-1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -69,3 +72,36 @@ def test_records_that_are_not_cloudevents_raise_undecodable(
 def test_arbitrary_bytes_never_crash_the_decoder(value: bytes) -> None:
     with contextlib.suppress(UndecodableRecord):
         decode_record(b"k", value, {})
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40))
+def test_outcome_id_is_uuid5_of_the_command(tenant: str, command: str, outcome: str) -> None:
+    name = f"{tenant}\x1f{command}\x1f{outcome}"
+    assert outcome_id(tenant, command, outcome) == str(uuid.uuid5(_NAMESPACE, name))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-02T03:04:05Z",
+        "2026-01-02T03:04:05.123Z",
+        "2026-01-02T03:04:05.123456789Z",
+        "2026-01-02T03:04:05+02:00",
+        "2026-01-02T03:04:05.5-07:30",
+        "2026-01-02t03:04:05z",
+        "20260102T030405Z",
+    ],
+)
+def test_command_time_parses_as_the_sdk_would(text: str) -> None:
+    event = build_command("customer.create", "acme", {})
+    rec = encode_event(event, b"acme", CloudEventsMode.BINARY)
+    headers = {**dict(rec.headers), "ce_time": text.encode()}
+    assert decode_record(rec.key, rec.value, headers).get_time() == isoparse(text)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-02T03:04:05Z", ""])
+def test_a_bad_command_time_is_undecodable(text: str) -> None:
+    event = build_command("customer.create", "acme", {})
+    rec = encode_event(event, b"acme", CloudEventsMode.BINARY)
+    with pytest.raises(UndecodableRecord):
+        decode_record(rec.key, rec.value, {**dict(rec.headers), "CE_Time": text.encode()})
