@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Histogram
@@ -36,12 +37,20 @@ _NEVER = 2**31 - 1
 class FullCollections:
     """Decides when the process runs a full collection (see the module docstring)."""
 
-    def __init__(self, *, quiet_after: float, min_interval: float, max_interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        quiet_after: float,
+        min_interval: float,
+        max_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.quiet_after = quiet_after
         self.min_interval = min_interval
         self.max_interval = max_interval
+        self._clock = clock
         self._last_busy = 0.0
-        self._last_full = time.monotonic()
+        self._last_full = clock()
         self._paused_at = 0.0
         self.installed = False
 
@@ -54,24 +63,24 @@ class FullCollections:
         young, middle, _ = gc.get_threshold()
         gc.set_threshold(young, middle, _NEVER)
         gc.callbacks.append(self._observe)
-        self._last_full = time.monotonic()
+        self._last_full = self._clock()
         self.installed = True
 
     def busy(self) -> None:
         """Work was done just now (a batch): the next second is not a quiet moment."""
-        self._last_busy = time.monotonic()
+        self._last_busy = self._clock()
 
     def maybe_collect(self) -> bool:
         """Run a full collection if one is due; True if it ran."""
         if not self.installed or gc.get_count()[2] == 0:
             return False  # nothing reached the old generation since the last one
-        now = time.monotonic()
+        now = self._clock()
         since = now - self._last_full
         quiet = now - self._last_busy >= self.quiet_after
         if not ((quiet and since >= self.min_interval) or since >= self.max_interval):
             return False
         gc.collect()
-        self._last_full = time.monotonic()
+        self._last_full = self._clock()
         return True
 
     def _observe(self, phase: str, info: dict[str, Any]) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import gc
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +20,14 @@ def restore_gc() -> Iterator[None]:
         gc.callbacks[:] = callbacks
         gc.set_threshold(*threshold)
         gc.unfreeze()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _full_collections() -> int:
@@ -58,12 +65,13 @@ def test_no_automatic_full_collection_once_installed(restore_gc: None) -> None:
 
 
 def test_a_full_collection_waits_for_a_quiet_moment(restore_gc: None) -> None:
-    fc = FullCollections(quiet_after=0.2, min_interval=0, max_interval=300)
+    clock = Clock()
+    fc = FullCollections(quiet_after=1, min_interval=0, max_interval=300, clock=clock)
     fc.install()
     _make_old_garbage(5)
     fc.busy()
     assert not fc.maybe_collect()  # a batch just ran
-    time.sleep(0.25)
+    clock.now += 1
     pauses = _pause_count()
     before = _full_collections()
     assert fc.maybe_collect()
@@ -75,12 +83,13 @@ def test_a_full_collection_waits_for_a_quiet_moment(restore_gc: None) -> None:
 def test_sustained_load_still_gets_a_full_collection_after_max_interval(
     restore_gc: None,
 ) -> None:
-    fc = FullCollections(quiet_after=60, min_interval=0, max_interval=0.2)
+    clock = Clock()
+    fc = FullCollections(quiet_after=60, min_interval=0, max_interval=300, clock=clock)
     fc.install()
     _make_old_garbage(5)
     fc.busy()
     assert not fc.maybe_collect()
-    time.sleep(0.25)
+    clock.now += 300
     fc.busy()
     assert fc.maybe_collect()
 
@@ -88,7 +97,10 @@ def test_sustained_load_still_gets_a_full_collection_after_max_interval(
 def test_quiet_moments_are_not_collected_more_often_than_min_interval(
     restore_gc: None,
 ) -> None:
-    fc = FullCollections(quiet_after=0, min_interval=60, max_interval=300)
+    clock = Clock()
+    fc = FullCollections(quiet_after=0, min_interval=60, max_interval=300, clock=clock)
     fc.install()
     _make_old_garbage(5)
     assert not fc.maybe_collect()
+    clock.now += 60
+    assert fc.maybe_collect()
