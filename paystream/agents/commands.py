@@ -242,7 +242,9 @@ runner = CommandRunner()
 
 
 # Reads records [start, end) of a partition straight from the broker.
-RangeReader = Callable[[TP, int, int], Awaitable[list[EventT]]]
+# Reads records [start, end) of a partition straight from the broker: the records found
+# and the offset the read got to (past offsets that hold no record, e.g. control records).
+RangeReader = Callable[[TP, int, int], Awaitable[tuple[list[EventT], int]]]
 
 
 class ContinuityGuard:
@@ -304,7 +306,7 @@ class ContinuityGuard:
             if offset < expected:
                 continue  # handled already
             if offset > expected:
-                missing = await self._read_range(tp, expected, offset)
+                missing, _ = await self._read_range(tp, expected, offset)
                 metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
                 log.warning(
                     "%s: offsets %d-%d never reached the agent; read %d of them directly",
@@ -351,7 +353,7 @@ class ContinuityGuard:
             end = min(ends.get(tp, expected), expected + BATCH_MAX)
             if end <= expected or self._generation != app.consumer_generation_id:
                 continue
-            missing = await self._read_range(tp, expected, end)
+            missing, reached = await self._read_range(tp, expected, end)
             metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
             log.warning(
                 "%s: idle for %.1f s with offsets %d-%d on the broker that never reached "
@@ -362,15 +364,19 @@ class ContinuityGuard:
                 end - 1,
                 len(missing),
             )
-            if missing:
-                # Where we stand now: a stall still there next sweep gets its next batch.
-                self._next[tp] = self._at_last_sweep[tp] = missing[-1].message.offset + 1
-                found += missing
+            # Where we stand now: a stall still there next sweep gets its next batch.
+            # Offsets the reader passed without a record (a transactional producer's
+            # control records) are passed for good, or every sweep would read them again.
+            done = max(reached, missing[-1].message.offset + 1 if missing else expected)
+            if done > expected:
+                self._next[tp] = self._at_last_sweep[tp] = done
+            found += missing
         return found
 
 
-async def _read_range(tp: TP, start: int, end: int) -> list[EventT]:
-    """Records [start, end) of one partition, as Faust events, read with a plain consumer."""
+async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
+    """Records [start, end) of one partition, as Faust events, read with a plain consumer,
+    and the offset the read got to (``end`` unless the broker did not answer in time)."""
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
         enable_auto_commit=False,
@@ -382,10 +388,9 @@ async def _read_range(tp: TP, start: int, end: int) -> list[EventT]:
         reader.assign([atp])
         reader.seek(atp, start)
         deadline = time.monotonic() + 30
-        reached = start - 1  # highest offset read: offsets that do not exist are passed over
-        while reached < end - 1 and time.monotonic() < deadline:
+        position = start  # next offset to read: the consumer passes over control records
+        while position < end and time.monotonic() < deadline:
             for r in (await reader.getmany(atp, timeout_ms=500)).get(atp, []):
-                reached = max(reached, r.offset)
                 if start <= r.offset < end:
                     message = Message(
                         r.topic, r.partition, r.offset, r.timestamp / 1000, r.timestamp_type,
@@ -393,9 +398,10 @@ async def _read_range(tp: TP, start: int, end: int) -> list[EventT]:
                         generation_id=app.consumer_generation_id,
                     )  # fmt: skip
                     found.append(Event(app, r.key, r.value, message.headers, message))
+            position = await reader.position(atp)
     finally:
         await reader.stop()
-    return found
+    return found, min(position, end)
 
 
 class DurableOffsets:

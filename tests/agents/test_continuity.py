@@ -61,10 +61,12 @@ class StandInApp:
 @dataclass
 class Broker:
     reads: list[tuple[TP, int, int]] = field(default_factory=list)
+    # Offsets holding no record (a transactional producer's control records).
+    control: set[int] = field(default_factory=set)
 
-    async def read(self, tp: TP, start: int, end: int) -> list[Any]:
+    async def read(self, tp: TP, start: int, end: int) -> tuple[list[Any], int]:
         self.reads.append((tp, start, end))
-        return [record(tp, o) for o in range(start, end)]
+        return [record(tp, o) for o in range(start, end) if o not in self.control], end
 
 
 def offsets(events: list[Any]) -> list[tuple[int, int]]:
@@ -155,3 +157,14 @@ async def test_a_long_stall_is_read_a_batch_at_a_time() -> None:
     assert len(await guard.sweep()) == BATCH_MAX
     assert len(await guard.sweep()) == BATCH_MAX
     assert broker.reads == [(P0, 0, BATCH_MAX), (P0, BATCH_MAX, 2 * BATCH_MAX)]
+
+
+async def test_offsets_without_records_at_the_end_are_passed_once() -> None:
+    _, broker, guard = make({P0: 6}, {P0: 0})
+    broker.control = {4, 5}  # e.g. the commit markers of transactional producers
+    await guard.admit([record(P0, o) for o in range(3)])  # type: ignore[list-item]
+    await guard.sweep()
+    assert offsets(await guard.sweep()) == [(0, 3)]
+    await guard.sweep()
+    await guard.sweep()
+    assert broker.reads == [(P0, 3, 6)]
