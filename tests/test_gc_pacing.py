@@ -30,6 +30,18 @@ class Clock:
         return self.now
 
 
+def _installed_with_old_garbage(
+    quiet_after: float, min_interval: float
+) -> tuple[FullCollections, Clock]:
+    clock = Clock()
+    fc = FullCollections(
+        quiet_after=quiet_after, min_interval=min_interval, max_interval=300, clock=clock
+    )
+    fc.install()
+    _make_old_garbage(5)
+    return fc, clock
+
+
 def _full_collections() -> int:
     return int(gc.get_stats()[2]["collections"])
 
@@ -65,10 +77,7 @@ def test_no_automatic_full_collection_once_installed(restore_gc: None) -> None:
 
 
 def test_a_full_collection_waits_for_a_quiet_moment(restore_gc: None) -> None:
-    clock = Clock()
-    fc = FullCollections(quiet_after=1, min_interval=0, max_interval=300, clock=clock)
-    fc.install()
-    _make_old_garbage(5)
+    fc, clock = _installed_with_old_garbage(quiet_after=1, min_interval=0)
     fc.busy()
     assert not fc.maybe_collect()  # a batch just ran
     clock.now += 1
@@ -83,10 +92,7 @@ def test_a_full_collection_waits_for_a_quiet_moment(restore_gc: None) -> None:
 def test_sustained_load_still_gets_a_full_collection_after_max_interval(
     restore_gc: None,
 ) -> None:
-    clock = Clock()
-    fc = FullCollections(quiet_after=60, min_interval=0, max_interval=300, clock=clock)
-    fc.install()
-    _make_old_garbage(5)
+    fc, clock = _installed_with_old_garbage(quiet_after=60, min_interval=0)
     fc.busy()
     assert not fc.maybe_collect()
     clock.now += 300
@@ -97,10 +103,7 @@ def test_sustained_load_still_gets_a_full_collection_after_max_interval(
 def test_quiet_moments_are_not_collected_more_often_than_min_interval(
     restore_gc: None,
 ) -> None:
-    clock = Clock()
-    fc = FullCollections(quiet_after=0, min_interval=60, max_interval=300, clock=clock)
-    fc.install()
-    _make_old_garbage(5)
+    fc, clock = _installed_with_old_garbage(quiet_after=0, min_interval=60)
     assert not fc.maybe_collect()
     clock.now += 60
     assert fc.maybe_collect()

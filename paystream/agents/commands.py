@@ -241,7 +241,6 @@ def _headers(raw: Any) -> dict[str, bytes]:
 runner = CommandRunner()
 
 
-# Reads records [start, end) of a partition straight from the broker.
 # Reads records [start, end) of a partition straight from the broker: the records found
 # and the offset the read got to (past offsets that hold no record, e.g. control records).
 RangeReader = Callable[[TP, int, int], Awaitable[tuple[list[EventT], int]]]
