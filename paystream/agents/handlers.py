@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from paystream.gateways import base as gw
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.ids import derived_id
 from paystream.money import Money
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
@@ -114,8 +115,7 @@ class HandlerContext:
         return f"ps:{self.cmd.tenant_id}:sha256:{digest}"
 
     def derived_id(self, prefix: str) -> str:
-        digest = hashlib.sha256(f"{self.tenant}\x1f{self.cmd.command_id}".encode()).hexdigest()
-        return f"{prefix}_{digest[:24]}"
+        return derived_id(prefix, self.tenant, self.cmd.command_id)
 
     def load(self, model: type[R], entity_id: str) -> R:
         """Load an entity of this tenant; another tenant's entity is simply not found."""

@@ -33,9 +33,9 @@ from paystream.agents.handlers import (
 from paystream.errors import ConfigurationError
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.settings import Settings
-from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, encode_event
+from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
-from paystream.streams.outcomes import CommandRef, RejectReason, build_outcome, rejection_data
+from paystream.streams.outcomes import CommandRef, RejectReason, encode_outcome, rejection_data
 from paystream.streams.pan import contains_card_number, raw_may_contain_card_number
 from paystream.tables.records import (
     APPLIED_MEMORY,
@@ -96,6 +96,7 @@ class CommandProcessor:
         # idempotency window is fixed, so purging only ever looks at the front.
         self._expiring: dict[str, deque[tuple[float, str]]] = {}
         self._expiry_seeded = False
+        self._counters: dict[tuple[str, str, str], Any] = {}
 
     # ---- entry point --------------------------------------------------------------
 
@@ -182,6 +183,14 @@ class CommandProcessor:
             )
         return await self._run(rec, cmd, tenant, data, when)
 
+    def _count(self, tenant_id: str, command_type: str, outcome_type: str) -> None:
+        """Count a command's outcome; the labelled child is looked up once per label set."""
+        key = (tenant_id, command_type, outcome_type)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.COMMANDS.labels(*key)
+        counter.inc()
+
     def _tenant(self, tenant_id: str, raw: Any) -> Tenant:
         """Parse a registry record once per change, not once per command."""
         if isinstance(raw, Tenant):
@@ -247,7 +256,7 @@ class CommandProcessor:
                 data=rejection_data(cmd.command_type, rej.reason, rej.message),
             )
             self._finish(idem_table_key, cmd, request_hash, expires, stored)
-            metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
+            self._count(cmd.tenant_id, cmd.command_type, stored.type)
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
             if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
@@ -265,46 +274,52 @@ class CommandProcessor:
                 },
             )
             self._finish(idem_table_key, cmd, request_hash, expires, stored)
-            metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
+            self._count(cmd.tenant_id, cmd.command_type, stored.type)
             return [self._outcome(cmd, stored)]
         stored = self._apply(cmd, result)
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id)
         self._finish(idem_table_key, cmd, request_hash, expires, stored)
-        metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type, stored.type).inc()
+        self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
 
     def _apply(self, cmd: CommandRef, result: HandlerResult) -> StoredOutcome:
         """Bump versions, build the outcome data, and write every changed entity."""
         data: dict[str, Any] = {"tenant_id": cmd.tenant_id, "command_id": cmd.command_id}
         entities = [e for e in [result.primary, *result.related] if e is not None]
+        # One dump per entity serves both its published snapshot and its table record.
+        dumped: list[dict[str, Any]] = []
         for entity in entities:
             entity.version += 1
+            dumped.append(entity.model_dump(mode="json", exclude={"applied"}))
+        snapshots = [{k: v for k, v in d.items() if k != "entity_type"} for d in dumped]
         if result.primary is not None:
             data.update(
                 entity_type=result.primary.entity_type,
                 entity_id=result.primary.id,
                 version=result.primary.version,
-                object=result.primary.snapshot(),
+                object=snapshots[0],
             )
         data.update(result.extra)
         if result.related:
+            offset = 0 if result.primary is None else 1
             data["related"] = [
                 {
                     "entity_type": e.entity_type,
                     "entity_id": e.id,
                     "version": e.version,
-                    "object": e.snapshot(),
+                    "object": snapshots[offset + i],
                 }
-                for e in result.related
+                for i, e in enumerate(result.related)
             ]
         if result.error is not None:
             data["error"] = result.error.as_outcome()
         stored = StoredOutcome(type=result.outcome_type, data=data)
-        for entity in entities:
+        for entity, record in zip(entities, dumped, strict=True):
             entity.remember(cmd.command_id, stored)
+            record["applied"] = dict(entity.applied)
             table = self.tables.by_type(entity.entity_type)
-            table[entity_key(cmd.tenant_id, entity.id)] = entity.model_dump(mode="json")
+            table[entity_key(cmd.tenant_id, entity.id)] = record
         return stored
 
     def _finish(
@@ -423,8 +438,7 @@ class CommandProcessor:
     # ---- emitted records ----------------------------------------------------------
 
     def _outcome(self, cmd: CommandRef, stored: StoredOutcome) -> Emit:
-        event = build_outcome(cmd, stored.type, stored.data)
-        record = encode_event(event, cmd.tenant_id.encode(), self.settings.cloudevents_mode)
+        record = encode_outcome(cmd, stored.type, stored.data, self.settings.cloudevents_mode)
         obj = stored.data.get("object") or {}
         summary = {
             "time": cmd.time.isoformat(),
@@ -445,7 +459,7 @@ class CommandProcessor:
         message: str,
         errors: list[dict[str, Any]] | None = None,
     ) -> list[Emit]:
-        metrics.COMMANDS.labels(cmd.tenant_id, cmd.command_type[:64], "command.rejected").inc()
+        self._count(cmd.tenant_id, cmd.command_type[:64], "command.rejected")
         stored = StoredOutcome(
             type="command.rejected", data=rejection_data(cmd.command_type, reason, message, errors)
         )

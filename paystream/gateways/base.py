@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from paystream.money import Money
 
@@ -102,7 +102,7 @@ class CreateCustomer(_Req):
     email: str | None = None
     name: str | None = None
     description: str | None = None
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class UpdateCustomer(_Req):
@@ -134,7 +134,7 @@ class CreatePayment(_Req):
     description: str | None = None
     statement_descriptor: str | None = None
     return_url: str | None = None
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class CapturePayment(_Req):
@@ -151,7 +151,7 @@ class CreateRefund(_Req):
     provider_payment_id: str
     amount: int | None = None  # minor units; None refunds what remains
     reason: str | None = None
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class SubmitDisputeEvidence(_Req):

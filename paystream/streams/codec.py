@@ -29,6 +29,7 @@ __all__ = [
     "KafkaRecord",
     "UndecodableRecord",
     "decode_record",
+    "encode_data",
     "encode_event",
     "headers_to_dict",
 ]
@@ -137,6 +138,11 @@ def _parse_time(text: str) -> datetime:
 
 def _event_at(time: datetime, attributes: dict[str, Any], data: Any) -> CloudEvent:
     return CloudEvent({**attributes, "time": time}, data)
+
+
+def encode_data(data: Any, datacontenttype: str | None) -> bytes:
+    """An event's data as the binary-mode record value (what ``to_binary`` writes)."""
+    return _FORMAT.write_data(data, datacontenttype)
 
 
 def _json_default(obj: Any) -> Any:

@@ -66,7 +66,7 @@ class CreateCustomer(CommandData):
     email: Email | None = None
     name: ShortText | None = None
     description: ShortText | None = None
-    metadata: Metadata = {}
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateCustomer(CommandData):
@@ -114,7 +114,7 @@ class CreatePayment(CommandData):
     description: ShortText | None = None
     statement_descriptor: Annotated[str, StringConstraints(max_length=22)] | None = None
     return_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    metadata: Metadata = {}
+    metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_payment_method(self) -> CreatePayment:
@@ -138,7 +138,7 @@ class CreateRefund(CommandData):
     payment_id: EntityId
     amount: Amount | None = None
     reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
-    metadata: Metadata = {}
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SubmitDisputeEvidence(CommandData):

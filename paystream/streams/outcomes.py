@@ -11,11 +11,15 @@ from typing import Any
 
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import KafkaRecord, encode_data, encode_event
+
 __all__ = [
     "OUTCOME_PREFIX",
     "CommandRef",
     "RejectReason",
     "build_outcome",
+    "encode_outcome",
     "outcome_id",
     "rejection_data",
 ]
@@ -72,6 +76,39 @@ def outcome_id(tenant_id: str, command_id: str, outcome_type: str) -> str:
 
 def build_outcome(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> CloudEvent:
     """An outcome event for ``cmd``; ``outcome_type`` is e.g. ``payment.succeeded``."""
+    return CloudEvent(_attributes(cmd, outcome_type, data), data)
+
+
+def encode_outcome(
+    cmd: CommandRef, outcome_type: str, data: dict[str, Any], mode: CloudEventsMode
+) -> KafkaRecord:
+    """``encode_event(build_outcome(...))``, byte for byte, keyed by the tenant.
+
+    In binary mode the headers are written straight from the attributes: building the
+    SDK's event object first validates every attribute again, all of them made here from
+    an already-validated command, at a tenth of a command's cost.
+    """
+    key = cmd.tenant_id.encode()
+    attrs = _attributes(cmd, outcome_type, data)
+    if mode is not CloudEventsMode.BINARY:
+        return encode_event(CloudEvent(attrs, data), key, mode)
+    headers = [("content-type", _JSON)]
+    for name, value in attrs.items():
+        if name == "time":
+            text = value.isoformat()
+            headers.append(
+                ("ce_time", (text[:-6] + "Z" if text.endswith("+00:00") else text).encode())
+            )
+        elif name != "datacontenttype":
+            headers.append(("ce_" + name, str(value).encode()))
+    headers.sort()
+    return KafkaRecord(key=key, value=encode_data(data, "application/json"), headers=tuple(headers))
+
+
+_JSON = b"application/json"
+
+
+def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dict[str, Any]:
     domain = outcome_type.split(".", 1)[0]
     attrs: dict[str, Any] = {
         "id": outcome_id(cmd.tenant_id, cmd.command_id, outcome_type),
@@ -79,15 +116,17 @@ def build_outcome(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> C
         "type": OUTCOME_PREFIX + outcome_type,
         "specversion": "1.0",
         "time": cmd.time,
-        "subject": data.get("entity_id") or None,
         "datacontenttype": "application/json",
         "tenantid": cmd.tenant_id,
         "causationid": cmd.command_id,
         "partitionkey": cmd.tenant_id,
     }
+    subject = data.get("entity_id")
+    if subject:
+        attrs["subject"] = subject
     if cmd.traceparent:
         attrs["traceparent"] = cmd.traceparent
-    return CloudEvent({k: v for k, v in attrs.items() if v is not None}, data)
+    return attrs
 
 
 def rejection_data(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "APPLIED_MEMORY",
@@ -50,7 +50,7 @@ class EntityRecord(BaseModel):
     created_by: str  # command id that created it
     # command id → stored outcome, kept as plain dicts: validating up to 16 nested
     # outcomes on every load showed up in the worker's profile.
-    applied: dict[str, dict[str, Any]] = {}
+    applied: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         """The entity as published in outcomes (without bookkeeping)."""
@@ -73,7 +73,7 @@ class CustomerRecord(EntityRecord):
     email: str | None = None
     name: str | None = None
     description: str | None = None
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = Field(default_factory=dict)
     deleted: bool = False
     erased: bool = False
 

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import UndecodableRecord, decode_record, encode_event
-from paystream.streams.outcomes import _NAMESPACE, CommandRef, build_outcome, outcome_id
+from paystream.streams.outcomes import (
+    _NAMESPACE,
+    CommandRef,
+    build_outcome,
+    encode_outcome,
+    outcome_id,
+)
 
 CMD = CommandRef(
     "acme", "cmd-1", "payment.create", "cmd-1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -105,3 +111,40 @@ def test_a_bad_command_time_is_undecodable(text: str) -> None:
     rec = encode_event(event, b"acme", CloudEventsMode.BINARY)
     with pytest.raises(UndecodableRecord):
         decode_record(rec.key, rec.value, {**dict(rec.headers), "CE_Time": text.encode()})
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    tenant=st.text(min_size=1, max_size=12),
+    command=st.text(min_size=1, max_size=20),
+    outcome=st.sampled_from(["payment.succeeded", "refund.failed", "command.rejected"]),
+    when=st.datetimes(timezones=st.timezones() | st.just(UTC)),
+    traceparent=st.none() | st.text(min_size=1, max_size=60),
+    entity_id=st.none() | st.text(max_size=16),
+    data=st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=4),
+    mode=st.sampled_from(list(CloudEventsMode)),
+)
+def test_encode_outcome_writes_what_the_sdk_writes(
+    tenant: str,
+    command: str,
+    outcome: str,
+    when: datetime,
+    traceparent: str | None,
+    entity_id: str | None,
+    data: dict[str, object],
+    mode: CloudEventsMode,
+) -> None:
+    """The worker's direct header writer is byte-identical to building the SDK's event."""
+    cmd = CommandRef(tenant, command, "payment.create", command, when, traceparent)
+    if entity_id is not None:
+        data = {**data, "entity_id": entity_id}
+    expected = encode_event(build_outcome(cmd, outcome, data), tenant.encode(), mode)
+    assert encode_outcome(cmd, outcome, data, mode) == expected

@@ -81,3 +81,28 @@ async def test_sequential_steps_of_concurrent_tasks_stay_coalesced(
 
     assert await asyncio.gather(*(tenant(i) for i in range(8))) == [3] * 8
     assert p.round_trips == [8, 8, 8]
+
+
+async def test_overlapping_flushes_each_read_their_own_replies(client: aioredis.Redis) -> None:
+    """A second flush starts while the first still waits on Redis: no replies swap."""
+    p = CountingPipeline(client)
+    prefix = uuid.uuid4().hex
+    await client.mset({f"{prefix}:{i}": str(i) for i in range(6)})
+    # BLPOP with a timeout holds its connection ~0.2 s; the GETs queued after it flush
+    # while that is in flight and must come back on their own connection, in order.
+    slow = asyncio.ensure_future(p.execute("BLPOP", f"{prefix}:empty", "0.2"))
+    await asyncio.sleep(0.01)
+    values = await asyncio.gather(*(p.get(f"{prefix}:{i}") for i in range(6)))
+    assert values == [str(i).encode() for i in range(6)]
+    assert await slow is None
+    assert p.round_trips == [1, 6]
+
+
+async def test_a_dropped_connection_is_replaced_without_failing_the_call(
+    client: aioredis.Redis,
+) -> None:
+    p = CountingPipeline(client)
+    my_id = await p.execute("CLIENT", "ID")
+    await client.execute_command("CLIENT", "KILL", "ID", my_id)
+    assert await p.execute("CLIENT", "ID") != my_id
+    assert p.round_trips == [1, 1, 1]  # the stale connection's attempt, then a fresh one
