@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "BATCH_SECONDS",
     "BATCH_SIZE",
     "BREAKER_OPEN",
     "COMMANDS",
@@ -55,6 +56,13 @@ GATEWAY_CALLS = Histogram(
     "Provider call latency, by provider and result.",
     ["provider", "result"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+BATCH_SECONDS = Histogram(
+    "paystream_batch_seconds",
+    "Time a command batch spends in each stage: running its commands (process) and "
+    "producing its outcomes and table changes until the broker has them (publish).",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 BATCH_SIZE = Histogram(
     "paystream_batch_size",

@@ -115,6 +115,7 @@ class CommandRunner:
     async def run_batch(self, events: Sequence[EventT]) -> None:
         processor = await self.processor()
         full_collections.busy()
+        started = time.perf_counter()
         by_tenant: dict[bytes | None, list[EventT]] = defaultdict(list)
         for event in events:
             by_tenant[event.message.key].append(event)
@@ -132,7 +133,10 @@ class CommandRunner:
             records.append(
                 OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
             )
+        processed = time.perf_counter()
         sent = await _publish(producer, records, len(events))
+        _PROCESS_SECONDS.observe(processed - started)
+        _PUBLISH_SECONDS.observe(time.perf_counter() - processed)
         changelog.persisted(sent)
         await processor.gateways.close_retired()
         for e in emits:
@@ -184,6 +188,10 @@ class CommandRunner:
         if tenant:
             processor.purge_expired(tenant, time.time())
         return out
+
+
+_PROCESS_SECONDS = metrics.BATCH_SECONDS.labels("process")
+_PUBLISH_SECONDS = metrics.BATCH_SECONDS.labels("publish")
 
 
 async def _publish(
