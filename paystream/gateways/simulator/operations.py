@@ -31,7 +31,7 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import results
 from paystream.gateways.simulator.cards import Behaviour, TestCard, card_for_token
 from paystream.gateways.simulator.store import PROVIDER, Effect, Tx
-from paystream.ids import letters
+from paystream.ids import ID_LENGTH, letters
 
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
@@ -89,7 +89,7 @@ _IDS = random.Random(int.from_bytes(os.urandom(16), "big"))
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}_{letters(_IDS.getrandbits(120))}"
+    return f"{prefix}_{letters(_IDS.randbytes(ID_LENGTH))}"
 
 
 def _fail(code: ErrorCode, message: str, *, http_status: int = 400) -> GatewayError:
