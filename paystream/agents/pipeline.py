@@ -287,7 +287,9 @@ class CommandProcessor:
         """Bump versions, build the outcome data, and write every changed entity."""
         data: dict[str, Any] = {"tenant_id": cmd.tenant_id, "command_id": cmd.command_id}
         entities = [e for e in [result.primary, *result.related] if e is not None]
-        # One dump per entity serves both its published snapshot and its table record.
+        # One dump per entity serves both its published snapshot and its table record, so
+        # the two (and the stored outcome) share nested containers: replace, never mutate
+        # them in place (changelog values are serialised only at the end of the batch).
         dumped: list[dict[str, Any]] = []
         for entity in entities:
             entity.version += 1

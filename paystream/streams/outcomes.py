@@ -89,9 +89,9 @@ def encode_outcome(
     an already-validated command, at a tenth of a command's cost.
     """
     key = cmd.tenant_id.encode()
-    attrs = _attributes(cmd, outcome_type, data)
     if mode is not CloudEventsMode.BINARY:
-        return encode_event(CloudEvent(attrs, data), key, mode)
+        return encode_event(build_outcome(cmd, outcome_type, data), key, mode)
+    attrs = _attributes(cmd, outcome_type, data)
     headers = [("content-type", _JSON)]
     for name, value in attrs.items():
         if name == "time":

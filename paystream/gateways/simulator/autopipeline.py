@@ -11,7 +11,6 @@ Each command still runs on its own: a pipeline is not a transaction, and every r
 from __future__ import annotations
 
 import asyncio
-import math
 import weakref
 from typing import Any
 
@@ -19,7 +18,6 @@ from redis.asyncio.client import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["AutoPipeline", "autopipeline_for"]
 
@@ -65,10 +63,13 @@ class AutoPipeline:
         try:
             try:
                 results = await self._pipeline(batch)
-            except (RedisConnectionError, RedisTimeoutError):
-                # A held connection may have gone stale (server restart, idle timeout).
-                # Once more on a fresh one, as redis-py's own retry would: every script
-                # the simulator sends is idempotent per key, so a repeat is harmless.
+            except RedisConnectionError:
+                if not all(command[0] in _REPEATABLE for command, _, _ in batch):
+                    raise
+                # Held connections go stale together (server restart, idle timeout): drop
+                # them all and try once more on a fresh one, as redis-py's own retry
+                # would. GETs and the simulator's scripts (idempotent per key) may repeat.
+                await self._drop_idle()
                 results = await self._pipeline(batch)
             # A script unknown to the server (restart, SCRIPT FLUSH): load it and retry once.
             missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -105,26 +106,37 @@ class AutoPipeline:
             ("EVALSHA", script.sha, *command[2:]) if script is not None else command
             for command, script, _ in batch
         ]
-        conn = (
-            self._idle.pop() if self._idle else await self._redis.connection_pool.get_connection()
-        )
+        pool = self._redis.connection_pool
+        conn = self._idle.pop() if self._idle else await pool.get_connection()
         try:
-            async with asyncio.timeout(conn.socket_timeout):
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                results: list[Any] = []
-                for _ in commands:
-                    try:
-                        # One timeout covers the whole batch, above; none per reply.
-                        results.append(await conn.read_response(timeout=math.inf))
-                    except ResponseError as exc:  # this command's error, not the connection's
-                        results.append(exc)
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            results: list[Any] = []
+            for _ in commands:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:  # this command's error, not the connection's
+                    results.append(exc)
         except BaseException:
             # Replies may be half read: never reuse the connection as it is.
-            await conn.disconnect(nowait=True)
-            await self._redis.connection_pool.release(conn)
+            await self._discard(conn)
             raise
         self._idle.append(conn)
         return results
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._discard(conn)
+
+    async def _discard(self, conn: Any) -> None:
+        try:
+            await conn.disconnect(nowait=True)
+        finally:
+            await self._redis.connection_pool.release(conn)
+
+
+# Commands a dropped connection may have run already that are safe to send again.
+_REPEATABLE = frozenset({"GET", "EVALSHA"})
 
 
 _BY_CLIENT: weakref.WeakKeyDictionary[Redis, AutoPipeline] = weakref.WeakKeyDictionary()

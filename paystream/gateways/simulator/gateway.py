@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
@@ -145,7 +147,17 @@ class SimulatorGateway:
             raise UnsupportedOperation(PROVIDER, operation)
         attempt = await self._inject_failure(key) if self.options.misbehaves else 0
         fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
-        response = await self._store.execute(key, fingerprint, fn)
+        try:
+            response = await self._store.execute(key, fingerprint, fn)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # The "provider" is down as far as the worker can tell: retried with backoff,
+            # then parked, like a real provider's outage (the call may have applied; the
+            # retry reuses the key).
+            raise GatewayError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"simulator state store unreachable ({type(exc).__name__})",
+                provider=PROVIDER,
+            ) from exc
         if attempt and attempt <= self.options.injected_failures(
             key, self.options.lose_response_first
         ):

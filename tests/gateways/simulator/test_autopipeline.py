@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from paystream.gateways.simulator.autopipeline import AutoPipeline
@@ -98,11 +99,54 @@ async def test_overlapping_flushes_each_read_their_own_replies(client: aioredis.
     assert p.round_trips == [1, 6]
 
 
-async def test_a_dropped_connection_is_replaced_without_failing_the_call(
-    client: aioredis.Redis,
+async def _hold_two_connections(p: CountingPipeline, prefix: str) -> None:
+    """Overlapping flushes: the BLPOP holds one connection while the GET takes another."""
+    slow = asyncio.ensure_future(p.execute("BLPOP", f"{prefix}:empty", "0.2"))
+    await asyncio.sleep(0.01)
+    await p.get(f"{prefix}:x")
+    await slow
+    assert len(p._idle) == 2
+
+
+async def _kill_connections_of(client: aioredis.Redis, observer: aioredis.Redis) -> None:
+    """Have the server drop every connection of ``client`` (and only those)."""
+    name = client.connection_pool.connection_kwargs["client_name"]
+    for entry in await observer.client_list():
+        if entry.get("name") == name:
+            await observer.client_kill_filter(_id=entry["id"])
+
+
+@pytest_asyncio.fixture
+async def named(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.from_url(redis_url, client_name=f"autopipeline-{uuid.uuid4().hex[:8]}")
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def test_dropped_connections_are_all_replaced_without_failing_a_read(
+    named: aioredis.Redis, client: aioredis.Redis
 ) -> None:
-    p = CountingPipeline(client)
-    my_id = await p.execute("CLIENT", "ID")
-    await client.execute_command("CLIENT", "KILL", "ID", my_id)
-    assert await p.execute("CLIENT", "ID") != my_id
-    assert p.round_trips == [1, 1, 1]  # the stale connection's attempt, then a fresh one
+    p = CountingPipeline(named)
+    prefix = uuid.uuid4().hex
+    await client.set(f"{prefix}:k", "v")
+    await _hold_two_connections(p, prefix)
+    await _kill_connections_of(named, client)
+    assert await p.get(f"{prefix}:k") == b"v"
+    # The stale connection's attempt, then one on a fresh connection: the other stale one
+    # was dropped rather than tried.
+    assert p.round_trips[2:] == [1, 1]
+    assert await p.get(f"{prefix}:k") == b"v"
+
+
+async def test_a_command_that_may_not_repeat_is_not_retried(
+    named: aioredis.Redis, client: aioredis.Redis
+) -> None:
+    p = CountingPipeline(named)
+    key = f"{uuid.uuid4().hex}:n"
+    assert await p.execute("INCR", key) == 1
+    await _kill_connections_of(named, client)
+    with pytest.raises(RedisConnectionError):
+        await p.execute("INCR", key)  # may or may not have run: the caller decides
+    assert await p.execute("INCR", key) == 2  # the next call reconnects

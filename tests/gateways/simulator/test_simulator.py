@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from typing import Any
 
 import pytest
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
@@ -215,3 +218,20 @@ async def test_latency_is_applied(redis_client: aredis.Redis, tenant_id: str) ->
     start = loop.time()
     await gw.create_payment(charge(), idempotency_key="k")
     assert loop.time() - start >= 0.03
+
+
+async def test_unreachable_state_store_is_a_retryable_provider_outage() -> None:
+    """Redis down looks like the provider down: retried, then parked; never dead-lettered."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = aredis.Redis(
+        host="127.0.0.1", port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        gw = sim(down, "t-down")
+        with pytest.raises(GatewayError) as caught:
+            await gw.create_payment(charge(), idempotency_key="k-down")
+        assert caught.value.code is ErrorCode.PROVIDER_UNAVAILABLE and caught.value.retryable
+    finally:
+        await down.aclose()
