@@ -102,6 +102,15 @@ class BenchReport:
             return None
         return self.pipeline.throughput / baseline.throughput
 
+    def cpu_ratio(self, baseline: PhaseResult | None) -> float | None:
+        """Baseline CPU per record / pipeline CPU per command: the throughput ratio two
+        saturated single-core processes would reach, steadier on a shared host."""
+        ours = self.pipeline.sut_us_per_record
+        theirs = baseline.sut_us_per_record if baseline is not None else None
+        if not ours or not theirs:
+            return None
+        return theirs / ours
+
     def as_json(self) -> dict[str, Any]:
         lat = self.latency_phase()
         rate = self.rate
@@ -114,6 +123,7 @@ class BenchReport:
             "faust_passthrough_cps": _r(self.faust.throughput) if self.faust else None,
             "ratio_vs_faust": _r(self.ratio(self.faust), 3),
             "ratio_vs_raw": _r(self.ratio(self.raw), 4),
+            "cpu_ratio_vs_faust": _r(self.cpu_ratio(self.faust), 3),
             "p50_ms": _r(lat.pct(50)),
             "p95_ms": _r(lat.pct(95)),
             "p99_ms": _r(lat.pct(99)),
@@ -213,6 +223,12 @@ def render_table(report: BenchReport) -> str:
         ratio = report.ratio(base)
         if ratio is not None:
             lines.append(f"pipeline / {name}: {ratio:.3f}x")
+    cpu_ratio = report.cpu_ratio(report.faust)
+    if cpu_ratio is not None:
+        lines.append(
+            f"CPU per record, bare Faust forwarder / pipeline: {cpu_ratio:.3f}x "
+            "(the throughput ratio if both had a core to themselves)"
+        )
     for p in (report.pipeline, report.rate):
         if p is not None and p.mean_batch is not None:
             lines.append(f"{p.name}: mean worker batch {p.mean_batch:.1f} commands")

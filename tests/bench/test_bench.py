@@ -101,6 +101,7 @@ def test_bench_smoke_run_json() -> None:
     assert out["throughput_cps"] > 0
     assert out["raw_passthrough_cps"] > 0
     assert out["faust_passthrough_cps"] > 0
+    assert out["cpu_ratio_vs_faust"] > 0
     assert 0 < out["p50_ms"] <= out["p95_ms"] <= out["p99_ms"]
     assert out["offered_rate"] == 100
     assert out["latency_phase"] == "rate"
