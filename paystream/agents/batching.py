@@ -35,20 +35,15 @@ async def take_batches(
     queue = stream.channel.queue
     app: AppT = stream.app
     while True:
-        if queue.empty():
-            try:
-                first = await asyncio.wait_for(queue.get(), idle)
-            except TimeoutError:
-                yield []
-                continue
-        else:
-            first = queue.get_nowait()
-        batch: list[EventT] = [first]
-        _drain(queue, batch, max_)
-        if len(batch) < max_ and within > 0:
-            # A fetch is delivered event by event; give the rest of it time to land.
-            await asyncio.sleep(within)
-            _drain(queue, batch, max_)
+        try:
+            batch = await _gather(queue, max_, within, idle)
+        except StopAsyncIteration:
+            # Faust ends an agent's stream this way when the worker stops. Events in
+            # hand were never handled, so never committed: they are redelivered.
+            return
+        if not batch:
+            yield []
+            continue
         # Suspended (a rebalance or re-subscription): wait it out rather than drop the
         # batch. Only a new generation (partitions reassigned, Faust seeks them back to
         # committed offsets) makes these events stale; dropping them otherwise would
@@ -58,6 +53,24 @@ async def take_batches(
         fresh = [e for e in batch if e.message.generation_id == generation]
         if fresh:
             yield fresh
+
+
+async def _gather(queue: Any, max_: int, within: float, idle: float) -> list[EventT]:
+    """Up to ``max_`` events as soon as one has arrived; none after ``idle`` seconds."""
+    if queue.empty():
+        try:
+            first = await asyncio.wait_for(queue.get(), idle)
+        except TimeoutError:
+            return []
+    else:
+        first = queue.get_nowait()
+    batch: list[EventT] = [first]
+    _drain(queue, batch, max_)
+    if len(batch) < max_ and within > 0:
+        # A fetch is delivered event by event; give the rest of it time to land.
+        await asyncio.sleep(within)
+        _drain(queue, batch, max_)
+    return batch
 
 
 def _drain(queue: Any, batch: list[EventT], max_: int) -> None:

@@ -11,6 +11,7 @@ state are durable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -59,6 +60,8 @@ DELIVERY_WARN_SECONDS = 5.0
 PUBLISH_RETRY_MAX_SECONDS = 5.0
 # On shutdown, how long the batch in hand may take to finish before we exit without it.
 SHUTDOWN_DRAIN_SECONDS = 30.0
+# On shutdown, how long the final offset commit and closing resources may take.
+SHUTDOWN_CLOSE_SECONDS = 10.0
 # Exit status when a batch is abandoned uncommitted (EX_SOFTWARE).
 EXIT_UNCOMMITTED = 70
 # How often durable offsets are committed (Faust's default commit interval is 2.8 s).
@@ -252,6 +255,8 @@ runner = CommandRunner()
 # Reads records [start, end) of a partition straight from the broker: the records found
 # and the offset the read got to (past offsets that hold no record, e.g. control records).
 RangeReader = Callable[[TP, int, int], Awaitable[tuple[list[EventT], int]]]
+# The consumer group's committed offsets (None: never committed), asked of the broker.
+CommittedReader = Callable[[Sequence[TP]], Awaitable[dict[TP, int | None]]]
 
 
 class ContinuityGuard:
@@ -270,6 +275,11 @@ class ContinuityGuard:
     commands of a partition that way. So while the agent is idle, :meth:`sweep` asks the
     broker for the end of every partition that has not moved for a sweep interval and
     reads what lies between our next offset and that end directly.
+
+    A partition the group never committed starts where ``auto_offset_reset='earliest'``
+    puts it, at the log start: a new consumer group whose whole backlog was cleared
+    that way has nothing else to measure from (a CI run's fourth worker, starting
+    without committed offsets, handled none of 384 waiting commands).
     """
 
     def __init__(
@@ -278,8 +288,10 @@ class ContinuityGuard:
         topic: str,
         read_range: RangeReader | None = None,
         sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+        read_committed: CommittedReader | None = None,
     ) -> None:
         self._app = app
+        self._read_committed = read_committed or functools.partial(_group_committed, app)
         self._sweep_interval = sweep_interval
         self._topic = topic
         self._read_range = read_range or _read_range
@@ -296,20 +308,39 @@ class ContinuityGuard:
             self._next.clear()
             self._at_last_sweep.clear()
 
-    def _expected(self, tp: TP) -> int | None:
-        expected = self._next.get(tp)
-        if expected is None:
-            expected = cast(FaustConsumer, self._app.consumer)._committed_offset.get(tp)
-        return expected
+    async def _expected(self, tps: Sequence[TP]) -> dict[TP, int]:
+        """Next offset due on each partition: after what we handled, else the group's
+        committed offset, else (never committed) the log start if Faust began there.
+
+        The committed offset is asked of the broker: Faust fills in its own copy only
+        after the first fetch may already have reached the agent.
+        """
+        found = {tp: self._next[tp] for tp in tps if tp in self._next}
+        unknown = [tp for tp in tps if tp not in found]
+        if not unknown:
+            return found
+        generation = self._app.consumer_generation_id
+        start: dict[TP, int] = {}
+        never = []
+        for tp, offset in (await self._read_committed(unknown)).items():
+            if offset is None:
+                never.append(tp)
+            else:
+                start[tp] = offset
+        if never and self._app.conf.consumer_auto_offset_reset == "earliest":
+            start.update(await cast(FaustConsumer, self._app.consumer).earliest_offsets(*never))
+        if generation == self._app.consumer_generation_id:
+            self._next.update(start)  # asked once per generation
+        return found | start
 
     async def admit(self, events: Sequence[EventT]) -> list[EventT]:
         self._check_generation()
         admitted: list[EventT] = []
         for event in events:
             tp, offset = event.message.tp, event.message.offset
-            expected = self._expected(tp)
+            expected = self._next.get(tp)
             if expected is None:
-                expected = offset
+                expected = (await self._expected([tp])).get(tp, offset)
             if offset < expected:
                 continue  # handled already
             if offset > expected:
@@ -344,10 +375,8 @@ class ContinuityGuard:
         consumer = cast(FaustConsumer, app.consumer)
         idle: dict[TP, int] = {}
         current: dict[TP, int] = {}
-        for tp in consumer.assignment():
-            expected = self._expected(tp) if tp.topic == self._topic else None
-            if expected is None:
-                continue  # not ours, or nothing known yet to measure a gap from
+        ours = [tp for tp in consumer.assignment() if tp.topic == self._topic]
+        for tp, expected in (await self._expected(ours)).items():
             current[tp] = expected
             if self._at_last_sweep.get(tp) == expected:
                 idle[tp] = expected
@@ -379,6 +408,17 @@ class ContinuityGuard:
                 self._next[tp] = self._at_last_sweep[tp] = done
             found += missing
         return found
+
+
+async def _group_committed(app: AppT, tps: Sequence[TP]) -> dict[TP, int | None]:
+    """Ask the group coordinator, on Faust's consumer thread where its client lives."""
+    thread = cast(Any, app.consumer)._thread
+    client = thread._ensure_consumer()
+
+    async def fetch() -> dict[TP, int | None]:
+        return {tp: await client.committed(TopicPartition(tp.topic, tp.partition)) for tp in tps}
+
+    return cast(dict[TP, int | None], await thread.call_thread(fetch))
 
 
 async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
@@ -419,7 +459,8 @@ class DurableOffsets:
     pass commands that never got an outcome; a crash test caught exactly that.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, app: AppT) -> None:
+        self._app = app
         self._ready: dict[TP, int] = {}
 
     def advance(self, events: Sequence[EventT]) -> None:
@@ -431,10 +472,16 @@ class DurableOffsets:
     async def commit(self) -> None:
         if not self._ready:
             return
-        offsets, self._ready = self._ready, {}
+        offsets = dict(self._ready)
         # Faust has no public "commit these offsets"; its consumer thread's commit is it.
         # Partitions no longer ours are left out: their new owner redoes those commands.
-        if not await cast(FaustConsumer, app.consumer)._commit(offsets):
+        committed = await cast(FaustConsumer, self._app.consumer)._commit(offsets)
+        # Only now are they done with: a commit that failed or was cancelled leaves them
+        # for the next one. Later batches may have advanced some partitions meanwhile.
+        for tp, offset in offsets.items():
+            if self._ready.get(tp) == offset:
+                del self._ready[tp]
+        if not committed:
             log.info("offsets not committed (rebalancing); the commands will be redelivered")
 
 
@@ -445,7 +492,7 @@ async def process_commands(stream: Any) -> None:
     its offsets committed first, and a failure that cannot be retried ends the process
     without committing, so the commands are redelivered.
     """
-    offsets = DurableOffsets()
+    offsets = DurableOffsets(app)
     guard = ContinuityGuard(app, commands_topic.get_topic_name())
     queue = stream.channel.queue
     committer = asyncio.ensure_future(_commit_periodically(offsets))
@@ -468,11 +515,41 @@ async def process_commands(stream: Any) -> None:
             offsets.advance(events)
     finally:
         committer.cancel()
+        await _despite_cancellation(_close(offsets), SHUTDOWN_CLOSE_SECONDS)
+
+
+async def _close(offsets: DurableOffsets) -> None:
+    try:
+        await offsets.commit()
+    except Exception:  # the consumer may already be gone; redelivery covers it
+        log.warning("final offset commit failed", exc_info=True)
+    await runner.aclose()
+
+
+async def _despite_cancellation(work: Awaitable[None], seconds: float) -> None:
+    """Finish ``work`` even if the task is cancelled meanwhile, then pass the cancel on.
+
+    Faust stops an agent by ending its stream and, straight after, cancelling its task
+    (then waits for the task to end). Without this, the final offset commit was cut off
+    at every idle shutdown: a worker stopped seconds after handling a backlog committed
+    nothing, and the next one redid all of it.
+    """
+    task = asyncio.ensure_future(work)
+    deadline = time.monotonic() + seconds
+    cancelled = False
+    while not task.done():
         try:
-            await offsets.commit()
-        except Exception:  # the consumer may already be gone; redelivery covers it
-            log.warning("final offset commit failed", exc_info=True)
-        await runner.aclose()
+            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            cancelled = True
+        except TimeoutError:
+            log.warning("shutdown work unfinished after %.0f s; leaving without it", seconds)
+            task.cancel()
+            break
+        except Exception:
+            log.warning("shutdown work failed", exc_info=True)
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _commit_periodically(offsets: DurableOffsets) -> None:

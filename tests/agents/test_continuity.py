@@ -36,10 +36,13 @@ def record(tp: TP, offset: int) -> Record:
 class StandInConsumer:
     ends: dict[TP, int]
     committed: dict[TP, int | None] = field(default_factory=dict)
+    starts: dict[TP, int] = field(default_factory=dict)
+    start_queries: int = 0
+    committed_queries: int = 0
 
-    @property
-    def _committed_offset(self) -> dict[TP, int | None]:
-        return self.committed
+    async def read_committed(self, tps: list[TP]) -> dict[TP, int | None]:
+        self.committed_queries += 1
+        return {tp: self.committed.get(tp) for tp in tps}
 
     def assignment(self) -> set[TP]:
         return {*self.ends, OTHER}
@@ -47,12 +50,22 @@ class StandInConsumer:
     async def highwaters(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.ends[tp] for tp in tps}
 
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        self.start_queries += 1
+        return {tp: self.starts.get(tp, 0) for tp in tps}
+
+
+@dataclass
+class StandInConf:
+    consumer_auto_offset_reset: str = "earliest"
+
 
 @dataclass
 class StandInApp:
     consumer: StandInConsumer
     consumer_generation_id: int = 1
     rebalancing: bool = False
+    conf: StandInConf = field(default_factory=StandInConf)
     flow_control: FlowControlEvent = field(
         default_factory=lambda: FlowControlEvent(initially_suspended=False)
     )
@@ -76,7 +89,13 @@ def offsets(events: list[Any]) -> list[tuple[int, int]]:
 def make(ends: dict[TP, int], committed: dict[TP, int | None] | None = None) -> Any:
     app = StandInApp(StandInConsumer(ends, committed or {}))
     broker = Broker()
-    guard = ContinuityGuard(app, TOPIC, read_range=broker.read, sweep_interval=0)  # type: ignore[arg-type]
+    guard = ContinuityGuard(
+        app,  # type: ignore[arg-type]
+        TOPIC,
+        read_range=broker.read,
+        sweep_interval=0,
+        read_committed=app.consumer.read_committed,
+    )
     return app, broker, guard
 
 
@@ -144,10 +163,30 @@ async def test_nothing_is_read_while_suspended_rebalancing_or_reassigned() -> No
     assert len(await guard.sweep()) == 6
 
 
-async def test_a_partition_without_a_known_position_is_not_guessed() -> None:
-    _, broker, guard = make({P0: 6}, {P0: None})
+async def test_a_never_committed_partition_is_swept_from_its_log_start() -> None:
+    # A new consumer group whose whole backlog was cleared before the agent saw any of
+    # it: Faust began at the log start (auto_offset_reset='earliest'), so do we.
+    app, broker, guard = make({P0: 9}, {P0: None})
+    app.consumer.starts = {P0: 2}  # retention removed offsets 0-1
+    assert await guard.sweep() == []
+    assert offsets(await guard.sweep()) == [(0, o) for o in range(2, 9)]
+    assert broker.reads == [(P0, 2, 9)]
+    # Remembered, not asked every sweep.
+    assert (app.consumer.committed_queries, app.consumer.start_queries) == (1, 1)
+
+
+async def test_a_never_committed_partition_skipped_at_its_start_is_found() -> None:
+    _, broker, guard = make({P0: 9}, {P0: None})
+    assert offsets(await guard.admit([record(P0, 3)])) == [(0, 0), (0, 1), (0, 2), (0, 3)]  # type: ignore[list-item]
+    assert broker.reads == [(P0, 0, 3)]
+
+
+async def test_without_earliest_reset_an_unknown_position_is_not_guessed() -> None:
+    app, broker, guard = make({P0: 6}, {P0: None})
+    app.conf.consumer_auto_offset_reset = "latest"
     await guard.sweep()
     assert await guard.sweep() == []
+    assert offsets(await guard.admit([record(P0, 4)])) == [(0, 4)]  # type: ignore[list-item]
     assert broker.reads == []
 
 

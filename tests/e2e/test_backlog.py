@@ -4,7 +4,8 @@ Faust clears its delivery queue when flow control resumes at the end of recovery
 what it had fetched by then never reaches the agent. Records after the cleared ones
 reveal the gap; a backlog short enough to fit one fetch has nothing after it, so the
 agent must notice on its own that the partition holds records it never received. A CI
-crash test lost the last 23 commands of a partition exactly this way.
+crash test lost the last 23 commands of a partition exactly this way. The first worker
+starts a fresh consumer group, where only the log start tells where the backlog begins.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from paystream.client import build_command
 from paystream.tenancy.models import Tenant
-from tests.e2e.test_crash import OutcomeLog, _diagnose, _produce, _wait_for
+from tests.e2e.test_crash import OutcomeLog, _committed, _diagnose, _produce, _wait_for
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -53,6 +54,10 @@ async def test_backlog_waiting_at_startup_is_fully_handled(deployment_factory: A
                 worker.kill(signal.SIGTERM)  # commits its offsets on the way out
             finally:
                 worker.stop()
+            # Everything handled was committed on the way out: the next worker redoes
+            # nothing (offsets are contiguous from 0, so the sum is the command count).
+            committed = await _committed(dep)
+            assert sum(o or 0 for o in committed.values()) == 96 * (round_ + 1), committed
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)

@@ -1,0 +1,108 @@
+"""Stopping the command agent: its stream ends, its task is cancelled, its offsets land.
+
+Faust stops an agent by throwing StopAsyncIteration into its channel queue and, straight
+after, cancelling its task; it then waits for the task. The final offset commit has to
+survive that, or the next worker redoes everything the last one handled (a CI backlog
+test's workers committed nothing over three restarts). The e2e side is
+tests/e2e/test_backlog.py, which checks the group's committed offsets after each stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP, Message
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+from paystream.agents.batching import take_batches
+from paystream.agents.commands import DurableOffsets, _despite_cancellation
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+P0, P1 = TP("t.commands", 0), TP("t.commands", 1)
+
+
+def event(tp: TP, offset: int) -> Any:
+    return SimpleNamespace(
+        message=Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, tp=tp)
+    )
+
+
+async def test_the_batch_stream_ends_when_faust_ends_the_agents_stream() -> None:
+    queue: ThrowableQueue = ThrowableQueue(flow_control=FlowControlEvent())
+    stream = SimpleNamespace(channel=SimpleNamespace(queue=queue), app=None)
+    batches = take_batches(stream, 10, 0, idle=5)
+    first = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0.01)
+    queue._throw(StopAsyncIteration())
+    # The generator returns: the agent leaves its loop normally, with no "crashed" error.
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(first, 1)
+
+
+async def test_work_started_before_a_cancel_is_finished_and_the_cancel_passed_on() -> None:
+    finished = asyncio.Event()
+
+    async def commit() -> None:
+        await asyncio.sleep(0.05)
+        finished.set()
+
+    async def agent() -> None:
+        await _despite_cancellation(commit(), seconds=5)
+
+    task = asyncio.ensure_future(agent())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()
+
+
+async def test_work_past_its_deadline_is_abandoned() -> None:
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await asyncio.wait_for(_despite_cancellation(stuck(), seconds=0.05), 5)
+    assert started.is_set()
+
+
+@dataclass
+class StandInConsumer:
+    fail: BaseException | None = None
+    commits: list[dict[TP, int]] = field(default_factory=list)
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        if self.fail is not None:
+            raise self.fail
+        self.commits.append(dict(offsets))
+        return True
+
+
+async def test_offsets_of_a_failed_or_cancelled_commit_are_kept_for_the_next() -> None:
+    consumer = StandInConsumer(fail=asyncio.CancelledError())
+    offsets = DurableOffsets(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+    offsets.advance([event(P0, 4), event(P1, 7)])
+    with pytest.raises(asyncio.CancelledError):
+        await offsets.commit()
+    offsets.advance([event(P0, 9)])
+    consumer.fail = None
+    await offsets.commit()
+    assert consumer.commits == [{P0: 10, P1: 8}]
+    await offsets.commit()  # nothing new: no request
+    assert consumer.commits == [{P0: 10, P1: 8}]
+
+
+async def test_the_batch_stream_ends_when_the_end_was_queued_while_busy() -> None:
+    # Thrown while the agent was handling a batch: no getter waits, so the queue holds it.
+    queue: ThrowableQueue = ThrowableQueue(flow_control=FlowControlEvent())
+    stream = SimpleNamespace(channel=SimpleNamespace(queue=queue), app=None)
+    queue._throw(StopAsyncIteration())
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(take_batches(stream, 10, 0, idle=5)), 1)
