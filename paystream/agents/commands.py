@@ -69,6 +69,8 @@ COMMIT_INTERVAL_SECONDS = 1.0
 # How long a partition must stand still, with records past it on the broker, before the
 # agent reads them directly (see ContinuityGuard.sweep).
 SWEEP_INTERVAL_SECONDS = 1.0
+# Longest the guard waits for the broker to say where a partition starts.
+BROKER_ASK_SECONDS = 10.0
 
 
 class CommandRunner:
@@ -320,9 +322,15 @@ class ContinuityGuard:
         if not unknown:
             return found
         generation = self._app.consumer_generation_id
+        try:
+            committed = await asyncio.wait_for(self._read_committed(unknown), BROKER_ASK_SECONDS)
+        except (KafkaError, TimeoutError) as exc:
+            # Asked again next time; meanwhile the first record seen is taken as the start.
+            log.warning("committed offsets of %s unavailable (%r)", unknown, exc)
+            return found
         start: dict[TP, int] = {}
         never = []
-        for tp, offset in (await self._read_committed(unknown)).items():
+        for tp, offset in committed.items():
             if offset is None:
                 never.append(tp)
             else:

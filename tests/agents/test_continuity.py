@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent
 
@@ -39,9 +40,12 @@ class StandInConsumer:
     starts: dict[TP, int] = field(default_factory=dict)
     start_queries: int = 0
     committed_queries: int = 0
+    coordinator_down: bool = False
 
     async def read_committed(self, tps: list[TP]) -> dict[TP, int | None]:
         self.committed_queries += 1
+        if self.coordinator_down:
+            raise KafkaConnectionError("coordinator unreachable")
         return {tp: self.committed.get(tp) for tp in tps}
 
     def assignment(self) -> set[TP]:
@@ -207,3 +211,14 @@ async def test_offsets_without_records_at_the_end_are_passed_once() -> None:
     await guard.sweep()
     await guard.sweep()
     assert broker.reads == [(P0, 3, 6)]
+
+
+async def test_an_unreachable_coordinator_leaves_the_start_unknown_until_it_answers() -> None:
+    app, broker, guard = make({P0: 9}, {P0: 4})
+    app.consumer.coordinator_down = True
+    # Meanwhile the first record seen is the start, as Faust's own position would say.
+    assert offsets(await guard.admit([record(P0, 6)])) == [(0, 6)]  # type: ignore[list-item]
+    app.consumer_generation_id = 2  # reassigned: the start is asked again
+    app.consumer.coordinator_down = False
+    assert offsets(await guard.admit([record(P0, 6)])) == [(0, 4), (0, 5), (0, 6)]  # type: ignore[list-item]
+    assert broker.reads == [(P0, 4, 6)]
