@@ -127,6 +127,9 @@ class OutputWatcher:
         self.topic = topic
         self.id_header = id_header
         self.arrivals: dict[str, float] = {}
+        # Seconds from the outcome record's timestamp (set when the worker produced it)
+        # to our reading it: the broker's acknowledgement plus our fetch. Wall clock.
+        self.delivery: dict[str, float] = {}
         self.types: dict[str, str] = {}
         self.duplicates = 0
         self._consumer = AIOKafkaConsumer(
@@ -171,7 +174,7 @@ class OutputWatcher:
         header = self.id_header
         while True:
             batch = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
-            now = time.monotonic()
+            now, wall_ms = time.monotonic(), time.time() * 1000
             for records in batch.values():
                 for r in records:
                     headers = dict(r.headers or ())
@@ -190,6 +193,7 @@ class OutputWatcher:
                         self.duplicates += 1
                         continue
                     self.arrivals[rid] = now
+                    self.delivery[rid] = (wall_ms - r.timestamp) / 1000
                     if ctype:
                         self.types[rid] = ctype.decode().removeprefix("com.paystream.")
             if batch:

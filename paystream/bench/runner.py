@@ -48,7 +48,7 @@ from paystream.bench.probe import (
     send_paced,
 )
 from paystream.bench.profiling import PySpy, summarise
-from paystream.bench.stats import BenchReport, PhaseResult
+from paystream.bench.stats import BenchReport, PhaseResult, percentile
 from paystream.devstack._process import free_port, kill_process_group, parent_death_signal
 from paystream.devstack.kafka import TansuBroker
 from paystream.devstack.postgres import EmbeddedPostgres
@@ -268,6 +268,31 @@ def _write_latencies(
             f.write(f"{sent - start:.4f},{latency},{c.command_type},{outcome},{sent:.4f}\n")
 
 
+def _latency_split(
+    commands: Sequence[BenchCommand], sent_at: dict[str, float], watcher: OutputWatcher
+) -> str:
+    """Where rate-phase latency goes: until the worker produced the outcome (fetch, queue,
+    processing) and after (broker acknowledgement, our fetch), from record timestamps."""
+    worker, delivery = [], []
+    for c in commands:
+        got, lag = watcher.arrivals.get(c.command_id), watcher.delivery.get(c.command_id)
+        if got is not None and lag is not None:
+            total = got - sent_at[c.command_id]
+            delivery.append(1000 * lag)
+            worker.append(1000 * (total - lag))
+
+    def pcts(values: list[float]) -> str:
+        ordered = sorted(values)
+        return "/".join(f"{percentile(ordered, p):,.1f}" for p in (50, 95, 99))
+
+    if not worker:
+        return "rate latency split: no outcomes"
+    return (
+        f"rate latency p50/p95/p99 ms: command sent → outcome produced {pcts(worker)}; "
+        f"outcome produced → read {pcts(delivery)}"
+    )
+
+
 def _redis_commands(url: str) -> int | None:
     """Redis's ``total_commands_processed`` (server-wide), or None if it does not answer."""
     import redis
@@ -431,6 +456,7 @@ async def _pipeline_phases(
                     achieved_rate=sent_r.rate,
                 )
                 rate_result.mean_batch = _mean_batch(counters, _batch_counters(worker))
+                report_notes.append(_latency_split(paced, sent_r.sent_at, watcher))
                 if options.latency_csv is not None:
                     _write_latencies(options.latency_csv, paced, sent_r.sent_at, watcher)
             if watcher.duplicates:
