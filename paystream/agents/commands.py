@@ -323,23 +323,26 @@ class ContinuityGuard:
             return found
         generation = self._app.consumer_generation_id
         try:
-            committed = await asyncio.wait_for(self._read_committed(unknown), BROKER_ASK_SECONDS)
+            start = await asyncio.wait_for(self._ask_start(unknown), BROKER_ASK_SECONDS)
         except (KafkaError, TimeoutError) as exc:
             # Asked again next time; meanwhile the first record seen is taken as the start.
-            log.warning("committed offsets of %s unavailable (%r)", unknown, exc)
+            log.warning("where %s start is unknown: the broker did not say (%r)", unknown, exc)
             return found
+        if generation == self._app.consumer_generation_id:
+            self._next.update(start)  # asked once per generation
+        return found | start
+
+    async def _ask_start(self, tps: Sequence[TP]) -> dict[TP, int]:
         start: dict[TP, int] = {}
         never = []
-        for tp, offset in committed.items():
+        for tp, offset in (await self._read_committed(tps)).items():
             if offset is None:
                 never.append(tp)
             else:
                 start[tp] = offset
         if never and self._app.conf.consumer_auto_offset_reset == "earliest":
             start.update(await cast(FaustConsumer, self._app.consumer).earliest_offsets(*never))
-        if generation == self._app.consumer_generation_id:
-            self._next.update(start)  # asked once per generation
-        return found | start
+        return start
 
     async def admit(self, events: Sequence[EventT]) -> list[EventT]:
         self._check_generation()

@@ -37,7 +37,8 @@ async def test_the_batch_stream_ends_when_faust_ends_the_agents_stream() -> None
     stream = SimpleNamespace(channel=SimpleNamespace(queue=queue), app=None)
     batches = take_batches(stream, 10, 0, idle=5)
     first = asyncio.ensure_future(anext(batches))
-    await asyncio.sleep(0.01)
+    while not queue._getters:  # type: ignore[attr-defined]  # the agent waits in get()
+        await asyncio.sleep(0)
     queue._throw(StopAsyncIteration())
     # The generator returns: the agent leaves its loop normally, with no "crashed" error.
     with pytest.raises(StopAsyncIteration):
@@ -45,18 +46,22 @@ async def test_the_batch_stream_ends_when_faust_ends_the_agents_stream() -> None
 
 
 async def test_work_started_before_a_cancel_is_finished_and_the_cancel_passed_on() -> None:
-    finished = asyncio.Event()
+    started, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def commit() -> None:
-        await asyncio.sleep(0.05)
+        started.set()
+        await release.wait()
         finished.set()
 
     async def agent() -> None:
         await _despite_cancellation(commit(), seconds=5)
 
     task = asyncio.ensure_future(agent())
-    await asyncio.sleep(0.01)
-    task.cancel()
+    await started.wait()
+    task.cancel()  # as Faust does right after ending the stream
+    await asyncio.sleep(0)  # one loop turn: the cancel reaches the agent first
+    assert not task.done()
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert finished.is_set()
@@ -67,7 +72,7 @@ async def test_work_past_its_deadline_is_abandoned() -> None:
 
     async def stuck() -> None:
         started.set()
-        await asyncio.sleep(60)
+        await asyncio.get_running_loop().create_future()  # never answers
 
     await asyncio.wait_for(_despite_cancellation(stuck(), seconds=0.05), 5)
     assert started.is_set()
