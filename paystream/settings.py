@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         "quiet (and at least every 5 minutes) instead of mid-burst; `false` restores "
         "CPython's automatic full collections.",
     )
+    fast_delivery: bool = Field(
+        default=True,
+        description="PAYSTREAM_FAST_DELIVERY: hand fetched records to agents without "
+        "Faust's four asyncio tasks per record when the hand-over need not wait "
+        "(streams/fast_delivery.py); `false` restores Faust's own path.",
+    )
     log_level: str = Field(
         default="info",
         pattern=r"^(debug|info|warn|error|critical)$",

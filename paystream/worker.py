@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import sys
+from typing import Any, cast
 
 import mode.loop
 
@@ -15,6 +16,7 @@ from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
 from paystream.gc_pacing import full_collections
+from paystream.streams import fast_delivery
 from paystream.web import views as _views  # noqa: F401
 
 __all__ = ["main"]
@@ -40,6 +42,13 @@ async def freeze_startup_objects() -> None:
         type(asyncio.get_running_loop()).__module__,
         settings.gc_pacing,
     )
+
+
+@app.task
+async def speed_up_record_delivery() -> None:
+    if settings.fast_delivery:
+        consumer = app.consumer
+        fast_delivery.install(cast(Any, consumer), cast(Any, consumer).suspend_flow)
 
 
 @app.timer(interval=1.0)
