@@ -16,9 +16,9 @@ no suspension can interleave); only a delivery that has to wait goes through
 Each delivery still ends with one event-loop turn, as the tasks' scheduling did. Handing
 over a whole fetch without it cut worker CPU per command at full speed further, but at
 500 commands/s it made the agent's batches larger and the latency worse (p50 51-108 ms
-against 37-59 ms in five interleaved pairs); with the turn, three interleaved pairs
-gave 894-925 µs against 913-1,199 µs per command at full speed, 1,328-1,364 µs against
-1,478-1,516 µs at 500/s, and p50 76-91 ms against 107-140 ms.
+against 37-59 ms in five interleaved pairs); with the turn, five interleaved pairs
+gave 808-930 µs against 854-1,199 µs per command at full speed, 1,328-1,382 µs against
+1,462-1,516 µs at 500/s, and p50 76-91 ms against 97-140 ms.
 """
 
 from __future__ import annotations
