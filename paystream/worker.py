@@ -47,8 +47,8 @@ async def freeze_startup_objects() -> None:
 @app.task
 async def speed_up_record_delivery() -> None:
     if settings.fast_delivery:
-        consumer = app.consumer
-        fast_delivery.install(cast(Any, consumer), cast(Any, consumer).suspend_flow)
+        consumer = cast(Any, app.consumer)
+        fast_delivery.install(consumer, consumer.suspend_flow)
 
 
 @app.timer(interval=1.0)

@@ -36,6 +36,13 @@ class Consumer(Service):
         fast_delivery.install(self, self.suspend_flow)
 
 
+async def start_delivery(consumer: Consumer, callback: Any) -> asyncio.Future[Any]:
+    """Faust's delivery call for one record, run until the callback first waits."""
+    delivery = asyncio.ensure_future(consumer.wait_first(callback, consumer.suspend_flow.wait()))
+    await asyncio.sleep(0)
+    return delivery
+
+
 async def test_a_delivery_that_need_not_wait_takes_no_tasks() -> None:
     consumer, delivered = Consumer(), []
 
@@ -60,8 +67,7 @@ async def test_a_delivery_that_waits_is_continued_where_it_stopped() -> None:
         await asyncio.sleep(0)
         seen.append("delivered")
 
-    delivery = asyncio.ensure_future(consumer.wait_first(callback(), consumer.suspend_flow.wait()))
-    await asyncio.sleep(0)
+    delivery = await start_delivery(consumer, callback())
     assert seen == ["started"] and not delivery.done()
     room.set_result("room")
     await asyncio.wait_for(delivery, 1)
@@ -80,8 +86,7 @@ async def test_a_waiting_delivery_is_abandoned_when_flow_is_suspended() -> None:
             seen.append("abandoned")
             raise
 
-    delivery = asyncio.ensure_future(consumer.wait_first(callback(), consumer.suspend_flow.wait()))
-    await asyncio.sleep(0)
+    delivery = await start_delivery(consumer, callback())
     consumer.suspend_flow.set()  # a rebalance: Faust gives up on this record
     await asyncio.wait_for(delivery, 1)
     for _ in range(3):  # the callback's task unwinds on the next turns
@@ -99,8 +104,7 @@ async def test_a_waiting_delivery_sees_the_error_of_what_it_waited_for() -> None
         except KeyError as exc:
             seen.append(repr(exc))
 
-    delivery = asyncio.ensure_future(consumer.wait_first(callback(), consumer.suspend_flow.wait()))
-    await asyncio.sleep(0)
+    delivery = await start_delivery(consumer, callback())
     room.set_exception(KeyError("gone"))
     await asyncio.wait_for(delivery, 1)
     assert seen == ["KeyError('gone')"]
