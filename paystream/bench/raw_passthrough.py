@@ -5,7 +5,8 @@ like the worker and the Faust forwarder, it does not share an interpreter with t
 load generator. It reads every partition of ``SRC`` from the beginning (assigned, no
 group: no join delay), produces each record unchanged (key, value, headers) to ``DST``
 and awaits the batch's acks before fetching the next one, the durability a
-commit-after-produce consumer needs. Broker settings come from the environment
+commit-after-produce consumer needs. It fetches as the worker does (same max wait
+and min bytes). Broker settings come from the environment
 (``KAFKA_BROKER_URL``, ``PAYSTREAM_BROKER_FLAVOR``) and ``broker_compat`` applies.
 """
 
@@ -25,13 +26,16 @@ from paystream.streams.admin import bootstrap_servers
 __all__ = ["passthrough"]
 
 
-async def passthrough(broker_url: str, src: str, dst: str, fetch_max_wait_ms: int) -> None:
+async def passthrough(
+    broker_url: str, src: str, dst: str, fetch_max_wait_ms: int, fetch_min_bytes: int = 1
+) -> None:
     """Forward ``src`` → ``dst`` until cancelled."""
     servers = bootstrap_servers(broker_url)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=servers,
         enable_auto_commit=False,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        fetch_min_bytes=fetch_min_bytes,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     # Same durability and batching knobs as the paystream app's producer (acks=-1, 1 ms).
@@ -64,7 +68,11 @@ async def _main(src: str, dst: str) -> None:
     broker_compat.apply(settings)
     task = asyncio.create_task(
         passthrough(
-            settings.require_broker(), src, dst, broker_compat.worker_fetch_max_wait_ms(settings)
+            settings.require_broker(),
+            src,
+            dst,
+            broker_compat.worker_fetch_max_wait_ms(settings),
+            broker_compat.worker_fetch_min_bytes(settings),
         )
     )
     loop = asyncio.get_running_loop()

@@ -184,7 +184,10 @@ def _deployment(services: BenchServices, base: Path, options: BenchOptions) -> _
         database_url=None,
         **fields,
     )
-    extra = [f"bench-{tag}.{n}" for n in ("raw-in", "raw-out", "fwd-in", "fwd-out")]
+    extra = [
+        f"bench-{tag}.{n}"
+        for n in ("raw-in", "raw-out", "fwd-in", "fwd-out", "floor-in", "floor-out")
+    ]
     return _Deployment(tag, settings, env, tenant_ids(tag, options.tenants), extra)
 
 
@@ -531,6 +534,64 @@ async def _baseline(
     return result
 
 
+async def _passthrough_at_rate(
+    child_env: dict[str, str],
+    src: str,
+    dst: str,
+    dep: _Deployment,
+    options: BenchOptions,
+    base: Path,
+    cpu: CpuSampler,
+) -> PhaseResult:
+    """The broker's own latency floor: the rate phase's load, at the same offered rate and
+    for as long, through the raw aiokafka passthrough (two hops, like the pipeline, and
+    the worker's fetch settings). Whatever this takes, no pipeline on this broker beats.
+    """
+    settings, say = dep.settings, options.say
+    broker, wait_ms = settings.require_broker(), _probe_wait_ms(settings)
+    watcher = OutputWatcher(broker, dst, id_header="ce_id", fetch_max_wait_ms=wait_ms)
+    producer = make_producer(broker)
+    await watcher.start()
+    await producer.start()
+    child = _Child(
+        [sys.executable, "-m", "paystream.bench.raw_passthrough", src, dst],
+        child_env,
+        base / "floor.log",
+    )
+    cpu.add("floor", child.proc.pid)
+    try:
+        # Warm-up: the passthrough is reading (and the producer connected) before timing.
+        warm = generate_commands(len(dep.tenants), dep.tenants, prefix=f"{dep.tag}-fw-", seed=5)
+        await send_burst(producer, src, warm)
+        await watcher.wait_for([c.command_id for c in warm], idle_timeout=options.idle_timeout)
+        count = max(1, int(options.rate * options.rate_seconds))
+        paced = generate_commands(
+            count, dep.tenants, prefix=f"{dep.tag}-fr-", seed=options.seed + 1
+        )
+        say(f"broker floor: {count} records at {options.rate:g}/s through raw aiokafka…")
+        sent = await send_paced(producer, src, paced, options.rate)
+        await watcher.wait_for([c.command_id for c in paced], idle_timeout=options.idle_timeout)
+        child.check()
+        cpu.sample()
+    finally:
+        child.stop()
+        await producer.stop()
+        await watcher.stop()
+    result = _phase(
+        "floor",
+        paced,
+        watcher,
+        sent.sent_at,
+        cpu,
+        "floor",
+        offered_rate=options.rate,
+        achieved_rate=sent.rate,
+    )
+    result.outcome_types = {}  # records forwarded unchanged: there are no outcomes
+    del cpu.pids["floor"]
+    return result
+
+
 async def _delete_topics(settings: Settings, names: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
     await admin.start()
@@ -568,19 +629,23 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
                 idle_timeout=options.idle_timeout,
                 say=options.say,
             )
-        raw = faust = None
+        raw = faust = floor = None
         if options.baselines:
             count = options.baseline_records or max(options.commands, 5000)
             # The raw client is ~10x faster than anything else: give it a longer window.
             raw_count = max(4 * count, 20_000)
             child_env = {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"}
-            raw_in, raw_out, fwd_in, fwd_out = dep.extra_topics
+            raw_in, raw_out, fwd_in, fwd_out, floor_in, floor_out = dep.extra_topics
             raw_load = generate_commands(raw_count, dep.tenants, prefix=f"{dep.tag}-x-", seed=3)
             raw = await _baseline(
                 "raw",
                 [sys.executable, "-m", "paystream.bench.raw_passthrough", raw_in, raw_out],
                 child_env, raw_in, raw_out, raw_load, dep, options, base, cpu,
             )  # fmt: skip
+            if options.rate > 0:
+                floor = await _passthrough_at_rate(
+                    child_env, floor_in, floor_out, dep, options, base, cpu
+                )
             fwd_load = generate_commands(count, dep.tenants, prefix=f"{dep.tag}-y-", seed=4)
             fwd_env = {
                 **child_env,
@@ -607,6 +672,7 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
         rate=rate,
         raw=raw,
         faust=faust,
+        floor=floor,
         ledger=ledger,
         profile=profile,
         notes=notes,

@@ -89,6 +89,8 @@ class BenchReport:
     rate: PhaseResult | None = None
     raw: PhaseResult | None = None
     faust: PhaseResult | None = None
+    # The rate phase's load through the raw aiokafka passthrough: the broker's floor.
+    floor: PhaseResult | None = None
     ledger: Any = None  # bench.ledger.LedgerResult (the sink phase), if it ran
     profile: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
@@ -131,6 +133,9 @@ class BenchReport:
             "offered_rate": rate.offered_rate if rate else 0,
             "achieved_rate": _r(rate.achieved_rate) if rate else None,
             "rate_commands": rate.records if rate else 0,
+            "floor_p50_ms": _r(self.floor.pct(50)) if self.floor else None,
+            "floor_p95_ms": _r(self.floor.pct(95)) if self.floor else None,
+            "floor_p99_ms": _r(self.floor.pct(99)) if self.floor else None,
             "full_speed_p50_ms": _r(self.pipeline.pct(50)),
             "full_speed_p95_ms": _r(self.pipeline.pct(95)),
             "full_speed_p99_ms": _r(self.pipeline.pct(99)),
@@ -140,7 +145,9 @@ class BenchReport:
                 self.pipeline.outcome_types, rate.outcome_types if rate else {}
             ),
             "phases": {
-                p.name: _phase_json(p) for p in (self.pipeline, rate, self.raw, self.faust) if p
+                p.name: _phase_json(p)
+                for p in (self.pipeline, rate, self.raw, self.floor, self.faust)
+                if p
             },
             "ledger_events_per_s": _r(self.ledger.events_per_second) if self.ledger else None,
             "ledger_db_statement_p95_ms": _r(self.ledger.statement_p95_ms) if self.ledger else None,
@@ -204,8 +211,9 @@ def render_table(report: BenchReport) -> str:
         "rate": "pipeline @ {rate:g}/s",
         "raw": "raw aiokafka passthrough",
         "faust": "bare Faust forwarder",
+        "floor": "raw passthrough @ {rate:g}/s",
     }
-    for p in (report.pipeline, report.rate, report.raw, report.faust):
+    for p in (report.pipeline, report.rate, report.raw, report.floor, report.faust):
         if p is None:
             continue
         label = labels[p.name].format(rate=p.offered_rate)
@@ -219,6 +227,13 @@ def render_table(report: BenchReport) -> str:
         lines.append(
             f"offered {report.rate.offered_rate:g}/s, sent at {report.rate.achieved_rate:,.1f}/s"
         )
+    if report.rate is not None and report.floor is not None:
+        ours, floor = report.rate.pct(99), report.floor.pct(99)
+        if ours is not None and floor is not None:
+            lines.append(
+                f"p99 at {report.rate.offered_rate:g}/s: pipeline {ours:,.1f} ms, broker floor "
+                f"(raw aiokafka passthrough, same load) {floor:,.1f} ms"
+            )
     for name, base in (("bare Faust forwarder", report.faust), ("raw aiokafka", report.raw)):
         ratio = report.ratio(base)
         if ratio is not None:
@@ -244,7 +259,7 @@ def render_table(report: BenchReport) -> str:
         "CPU% / CPU µs/rec: the process under test (worker, passthrough or forwarder), "
         "all threads, from its first to its last output"
     )
-    for p in (report.pipeline, report.rate, report.raw, report.faust):
+    for p in (report.pipeline, report.rate, report.raw, report.floor, report.faust):
         if p is not None and p.cpu_seconds:
             shares = (
                 ", ".join(

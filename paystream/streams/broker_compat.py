@@ -48,6 +48,7 @@ __all__ = [
     "faust_overrides",
     "patches_active",
     "worker_fetch_max_wait_ms",
+    "worker_fetch_min_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ def faust_overrides(settings: Settings) -> dict[str, Any]:
 def worker_fetch_max_wait_ms(settings: Settings) -> int:
     """The fetch max wait Faust worker consumers run with on this broker."""
     return TANSU_FETCH_MAX_WAIT_MS if settings.embedded_broker else FAUST_FETCH_MAX_WAIT_MS
+
+
+def worker_fetch_min_bytes(settings: Settings) -> int:
+    """The fetch min bytes Faust worker consumers run with on this broker."""
+    return TANSU_FETCH_MIN_BYTES if settings.embedded_broker else 1
 
 
 def apply(settings: Settings) -> list[str]:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from paystream.bench.cli import bench_command
 from paystream.bench.load import generate_commands, tenant_ids
 from paystream.bench.profiling import summarise
-from paystream.bench.stats import PhaseResult, percentile
+from paystream.bench.stats import BenchReport, PhaseResult, percentile, render_table
 
 REQUIRED = {
     "throughput_cps",
@@ -23,6 +23,8 @@ REQUIRED = {
     "p95_ms",
     "p99_ms",
     "offered_rate",
+    "floor_p50_ms",
+    "floor_p99_ms",
     "ledger_events_per_s",
     "ledger_db_statement_p95_ms",
 }
@@ -40,6 +42,30 @@ def test_phase_throughput_from_first_to_last_arrival() -> None:
     phase = PhaseResult.from_arrivals("x", 5, [10.0, 10.5, 11.0, 11.5, 12.0])
     assert phase.throughput == pytest.approx(2.0)
     assert phase.missing == 0
+
+
+def test_report_sets_the_rate_phase_beside_the_broker_floor() -> None:
+    def paced(name: str, latencies: list[float]) -> PhaseResult:
+        n = len(latencies)
+        return PhaseResult.from_arrivals(
+            name, n, [float(i) for i in range(n)], latencies, offered_rate=500
+        )
+
+    full = PhaseResult.from_arrivals("pipeline", 3, [0.0, 1.0, 2.0])
+    report = BenchReport(
+        commands=3,
+        tenants=1,
+        broker="tansu",
+        pipeline=full,
+        rate=paced("rate", [40.0, 50.0, 90.0]),
+        floor=paced("floor", [10.0, 20.0, 30.0]),
+    )
+    out = report.as_json()
+    assert (out["p99_ms"], out["floor_p50_ms"], out["floor_p99_ms"]) == (90.0, 20.0, 30.0)
+    assert out["phases"]["floor"]["offered_rate"] == 500
+    text = render_table(report)
+    assert "raw passthrough @ 500/s" in text
+    assert "p99 at 500/s: pipeline 90.0 ms, broker floor" in text and "30.0 ms" in text
 
 
 def test_command_mix_is_ordered_and_realistic() -> None:
@@ -104,6 +130,10 @@ def test_bench_smoke_run_json() -> None:
     assert out["cpu_ratio_vs_faust"] > 0
     assert 0 < out["p50_ms"] <= out["p95_ms"] <= out["p99_ms"]
     assert out["offered_rate"] == 100
+    # the broker's own floor: the same paced load through the raw aiokafka passthrough
+    floor = out["phases"]["floor"]
+    assert floor["received"] == floor["records"] == 200 and floor["offered_rate"] == 100
+    assert 0 < out["floor_p50_ms"] <= out["floor_p95_ms"] <= out["floor_p99_ms"]
     assert out["latency_phase"] == "rate"
     assert out["missing_outcomes"] == 0
     assert out["outcomes"] == 300 + 200
