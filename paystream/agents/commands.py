@@ -19,6 +19,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -32,6 +33,7 @@ from faust.types import TP, AppT, EventT, Message
 from paystream import metrics
 from paystream.agents.batching import take_batches
 from paystream.agents.handlers import Tables
+from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
@@ -41,7 +43,7 @@ from paystream.streams.admin import bootstrap_servers
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatch, send_batches
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
-from paystream.tables.changelog import collect_changelog
+from paystream.tables.changelog import ChangelogBatch, collect_changelog
 from paystream.tables.views import ActivityLog
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.policy import call_policy
@@ -71,6 +73,16 @@ COMMIT_INTERVAL_SECONDS = 1.0
 SWEEP_INTERVAL_SECONDS = 1.0
 # Longest the guard waits for the broker to say where a partition starts.
 BROKER_ASK_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedBatch:
+    """A batch whose commands have run; its records are not produced yet."""
+
+    events: Sequence[EventT]
+    emits: list[Emit]
+    records: list[OutRecord]  # table changes first, then outcomes
+    changelog: ChangelogBatch
 
 
 class CommandRunner:
@@ -118,6 +130,11 @@ class CommandRunner:
         return self._processor
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
+        """Process a batch and deliver it (the agent overlaps the two; see overlap.py)."""
+        await self.deliver_batch(await self.process_batch(events))
+
+    async def process_batch(self, events: Sequence[EventT]) -> ProcessedBatch:
+        """Run the batch's commands: table changes and outcomes, not yet produced."""
         processor = await self.processor()
         full_collections.busy()
         started = time.perf_counter()
@@ -129,22 +146,27 @@ class CommandRunner:
                 *(self._run_tenant(processor, group) for group in by_tenant.values())
             )
         emits = [e for group in groups for e in group]
-        # Table changes and outcomes go out together as record batches; the batch is
-        # acknowledged (its offsets become committable) only once all are durable.
-        producer, partitioner = self._kafka()
+        _, partitioner = self._kafka()
         records = changelog.records()
         for e in emits:
             partition = await partitioner.partition(e.topic, e.record.key)
             records.append(
                 OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
             )
-        processed = time.perf_counter()
-        sent = await _publish(producer, records, len(events))
-        _PROCESS_SECONDS.observe(processed - started)
-        _PUBLISH_SECONDS.observe(time.perf_counter() - processed)
-        changelog.persisted(sent)
+        # No provider call is in flight between processing stages (they never overlap).
         await processor.gateways.close_retired()
-        for e in emits:
+        _PROCESS_SECONDS.observe(time.perf_counter() - started)
+        return ProcessedBatch(events, emits, records, changelog)
+
+    async def deliver_batch(self, batch: ProcessedBatch) -> None:
+        """Produce the batch's table changes and outcomes together and wait until the
+        broker has them all: only then may the batch be acknowledged."""
+        producer, _ = self._kafka()
+        started = time.perf_counter()
+        sent = await _publish(producer, batch.records, len(batch.events))
+        _PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        batch.changelog.persisted(sent)
+        for e in batch.emits:
             if e.summary is not None:
                 self.activity.record(e.summary)
             elif e.topic == settings.dlq_topic:
@@ -152,10 +174,10 @@ class CommandRunner:
             elif e.topic == settings.retry_topic:
                 self.activity.parked += 1
         now = time.time()
-        for event in events:
+        for event in batch.events:
             metrics.COMMAND_LATENCY.observe(max(0.0, now - event.message.timestamp))
-        metrics.BATCH_SIZE.observe(len(events))
-        self.processed += len(events)
+        metrics.BATCH_SIZE.observe(len(batch.events))
+        self.processed += len(batch.events)
 
     def _kafka(self) -> tuple[AIOKafkaProducer, KeyPartitioner]:
         """Faust's own aiokafka producer (started with the app) and a partitioner for it."""
@@ -499,12 +521,15 @@ class DurableOffsets:
 async def process_commands(stream: Any) -> None:
     """Run payment commands against gateways and tables; emit one outcome per command.
 
-    A batch is never abandoned half-done: on shutdown (cancellation) it is finished and
-    its offsets committed first, and a failure that cannot be retried ends the process
-    without committing, so the commands are redelivered.
+    The next batch is processed while the one before is being delivered (overlap.py);
+    a batch's offsets become committable once it and every batch before it are durable.
+    A batch is never abandoned half-done: on shutdown (cancellation) the batches in hand
+    are finished and their offsets committed first, and a failure that cannot be
+    retried ends the process without committing, so the commands are redelivered.
     """
     offsets = DurableOffsets(app)
     guard = ContinuityGuard(app, commands_topic.get_topic_name())
+    chain = DeliveryChain()
     queue = stream.channel.queue
     committer = asyncio.ensure_future(_commit_periodically(offsets))
     try:
@@ -514,22 +539,37 @@ async def process_commands(stream: Any) -> None:
                 events += await guard.sweep()
             if not events:
                 continue
-            batch = asyncio.ensure_future(runner.run_batch(events))
             try:
-                await asyncio.shield(batch)
+                batch = await chain.run(
+                    runner.process_batch(events),
+                    functools.partial(_deliver, offsets, events),
+                )
             except asyncio.CancelledError:
-                await _finish_before_exit(batch, len(events))
-                offsets.advance(events)
+                await _finish_before_exit(chain, len(events))
                 raise
-            except Exception:
-                _exit_uncommitted(len(events))
-            offsets.advance(events)
+            if batch.done():  # failed while processing: leave before taking more
+                _exit_if_failed(len(events), batch)
+            batch.add_done_callback(functools.partial(_exit_if_failed, len(events)))
     finally:
         committer.cancel()
-        await _despite_cancellation(_close(offsets), SHUTDOWN_CLOSE_SECONDS)
+        await _despite_cancellation(_close(offsets, chain), SHUTDOWN_CLOSE_SECONDS)
 
 
-async def _close(offsets: DurableOffsets) -> None:
+async def _deliver(
+    offsets: DurableOffsets, events: Sequence[EventT], batch: ProcessedBatch
+) -> None:
+    await runner.deliver_batch(batch)
+    offsets.advance(events)
+
+
+def _exit_if_failed(commands: int, batch: asyncio.Future[None]) -> None:
+    # Cancelled only when the event loop is torn down: uncommitted, so redelivered.
+    if not batch.cancelled() and (exc := batch.exception()) is not None:
+        _exit_uncommitted(commands, exc)
+
+
+async def _close(offsets: DurableOffsets, chain: DeliveryChain) -> None:
+    await chain.drain()  # a failed batch has already ended the process
     try:
         await offsets.commit()
     except Exception:  # the consumer may already be gone; redelivery covers it
@@ -572,18 +612,22 @@ async def _commit_periodically(offsets: DurableOffsets) -> None:
             log.warning("offset commit failed; retrying next interval", exc_info=True)
 
 
-async def _finish_before_exit(batch: asyncio.Future[None], commands: int) -> None:
+async def _finish_before_exit(chain: DeliveryChain, commands: int) -> None:
+    """Give the batches in hand time to be delivered; exit uncommitted if they are not."""
+    last = chain.last
+    if last is None:
+        return
     try:
-        await asyncio.wait_for(asyncio.shield(batch), SHUTDOWN_DRAIN_SECONDS)
+        await asyncio.wait_for(asyncio.shield(last), SHUTDOWN_DRAIN_SECONDS)
     except asyncio.CancelledError:
-        if not batch.done():
+        if not last.done():
             _exit_uncommitted(commands)
         raise
-    except Exception:
-        _exit_uncommitted(commands)
+    except Exception as exc:
+        _exit_uncommitted(commands, exc)
 
 
-def _exit_uncommitted(commands: int) -> None:
+def _exit_uncommitted(commands: int, exc: BaseException | bool = True) -> None:
     """Leave without committing the batch: its commands are redelivered, never lost.
 
     Exiting, not raising: a worker that carried on past a batch it could not finish would
@@ -593,7 +637,7 @@ def _exit_uncommitted(commands: int) -> None:
         "a batch of %d commands could not be completed; exiting without committing it "
         "so that it is redelivered",
         commands,
-        exc_info=True,
+        exc_info=exc,
     )
     logging.shutdown()
     os._exit(EXIT_UNCOMMITTED)

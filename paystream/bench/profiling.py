@@ -152,7 +152,7 @@ _STAGES: tuple[tuple[str, str, frozenset[str] | None], ...] = (
     (
         "produce outcomes (Faust producer.send)",
         "paystream/agents/commands",
-        frozenset({"run_batch", "<listcomp>"}),
+        frozenset({"process_batch", "deliver_batch", "<listcomp>"}),
     ),
     ("pipeline/agent glue", "paystream/agents/", None),
 )
