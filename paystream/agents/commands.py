@@ -539,20 +539,18 @@ async def process_commands(stream: Any) -> None:
                 events += await guard.sweep()
             if not events:
                 continue
-            try:
-                batch = await chain.run(
-                    runner.process_batch(events),
-                    functools.partial(_deliver, offsets, events),
-                )
-            except asyncio.CancelledError:
-                await _finish_before_exit(chain, len(events))
-                raise
-            if batch.done():  # failed while processing: leave before taking more
-                _exit_if_failed(len(events), batch)
-            batch.add_done_callback(functools.partial(_exit_if_failed, len(events)))
+            # A cancel (shutdown) while waiting here leaves the batches running: the
+            # finally below lets them finish before the last commit.
+            await chain.run(
+                runner.process_batch(events),
+                functools.partial(_deliver, offsets, events),
+                on_done=functools.partial(_exit_if_failed, len(events)),
+            )
     finally:
         committer.cancel()
-        await _despite_cancellation(_close(offsets, chain), SHUTDOWN_CLOSE_SECONDS)
+        await _despite_cancellation(
+            _close(offsets, chain), SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS
+        )
 
 
 async def _deliver(
@@ -563,17 +561,26 @@ async def _deliver(
 
 
 def _exit_if_failed(commands: int, batch: asyncio.Future[None]) -> None:
-    # Cancelled only when the event loop is torn down: uncommitted, so redelivered.
-    if not batch.cancelled() and (exc := batch.exception()) is not None:
-        _exit_uncommitted(commands, exc)
+    # Nothing cancels a batch (shutdown drains them), so a cancelled one failed too.
+    if batch.cancelled():
+        _exit_uncommitted(f"a batch of {commands} commands was cancelled")
+    elif (exc := batch.exception()) is not None:
+        _exit_uncommitted(f"a batch of {commands} commands could not be completed", exc)
 
 
-async def _close(offsets: DurableOffsets, chain: DeliveryChain) -> None:
-    await chain.drain()  # a failed batch has already ended the process
+async def _close(
+    offsets: DurableOffsets, chain: DeliveryChain, drain_seconds: float = SHUTDOWN_DRAIN_SECONDS
+) -> None:
+    """Let the batches in hand be delivered, commit, close; exit uncommitted if a batch
+    is still undelivered after ``drain_seconds`` (its commands are redelivered)."""
+    delivered = await chain.drain(drain_seconds)  # a failed batch has ended the process
     try:
+        # Only batches delivered in order are ready: committing them is safe either way.
         await offsets.commit()
     except Exception:  # the consumer may already be gone; redelivery covers it
         log.warning("final offset commit failed", exc_info=True)
+    if not delivered:
+        _exit_uncommitted(f"the batch in hand was not delivered within {drain_seconds:.0f} s")
     await runner.aclose()
 
 
@@ -612,33 +619,13 @@ async def _commit_periodically(offsets: DurableOffsets) -> None:
             log.warning("offset commit failed; retrying next interval", exc_info=True)
 
 
-async def _finish_before_exit(chain: DeliveryChain, commands: int) -> None:
-    """Give the batches in hand time to be delivered; exit uncommitted if they are not."""
-    last = chain.last
-    if last is None:
-        return
-    try:
-        await asyncio.wait_for(asyncio.shield(last), SHUTDOWN_DRAIN_SECONDS)
-    except asyncio.CancelledError:
-        if not last.done():
-            _exit_uncommitted(commands)
-        raise
-    except Exception as exc:
-        _exit_uncommitted(commands, exc)
-
-
-def _exit_uncommitted(commands: int, exc: BaseException | bool = True) -> None:
+def _exit_uncommitted(what: str, exc: BaseException | None = None) -> None:
     """Leave without committing the batch: its commands are redelivered, never lost.
 
     Exiting, not raising: a worker that carried on past a batch it could not finish would
     commit later offsets, and with them this batch's.
     """
-    log.critical(
-        "a batch of %d commands could not be completed; exiting without committing it "
-        "so that it is redelivered",
-        commands,
-        exc_info=exc,
-    )
+    log.critical("%s; exiting without committing it so that it is redelivered", what, exc_info=exc)
     logging.shutdown()
     os._exit(EXIT_UNCOMMITTED)
 

@@ -9,8 +9,13 @@ Now a batch runs in two stages, *process* then *deliver*, and the agent takes th
 batch as soon as the current one is processed. Deliveries still run one at a time in
 batch order: a batch's records are produced only once every earlier batch's are
 acknowledged, so outcomes and table changes reach the broker in the same order as
-without overlap, and a batch is durable only after all before it. At most one batch is
-being processed and at most one is waiting to be delivered behind the one delivering.
+without overlap, and a batch is durable only after all before it.
+
+The overlap is one batch deep: a new batch is handed back only once it is processed
+*and* the batch before it is delivered. So at most one batch is being delivered while
+the next is processed, and a broker that stops acknowledging stops the agent after one
+more batch, as it did without overlap, instead of letting processed batches (and
+provider calls) pile up behind it.
 """
 
 from __future__ import annotations
@@ -43,22 +48,33 @@ class DeliveryChain:
         self,
         process: Awaitable[Processed],
         deliver: Callable[[Processed], Awaitable[None]],
+        on_done: Callable[[asyncio.Task[None]], object] | None = None,
     ) -> asyncio.Task[None]:
-        """Start a batch; return its task once it is processed (or has failed).
+        """Start a batch; return its task once it is processed and the batch before it
+        is delivered (or either has failed).
 
         Its delivery carries on in that task. Cancelling this call leaves the batch
-        running: the caller decides whether to wait for it (see :attr:`last`).
+        running: the caller decides whether to wait for it (:meth:`drain`). ``on_done``
+        is called with the task when it ends, however this call ends.
         """
+        previous = self._last
         processed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(self._stages(process, deliver, self._last, processed))
+        task = asyncio.ensure_future(self._stages(process, deliver, previous, processed))
+        if on_done is not None:
+            task.add_done_callback(on_done)
         self._last = task
         await asyncio.wait([processed, task], return_when=asyncio.FIRST_COMPLETED)
+        if previous is not None and not task.done():
+            await asyncio.wait([previous, task], return_when=asyncio.FIRST_COMPLETED)
         return task
 
-    async def drain(self) -> None:
-        """Wait until every batch started so far has been delivered (or has failed)."""
-        if self._last is not None:
-            await asyncio.wait([self._last])
+    async def drain(self, seconds: float | None = None) -> bool:
+        """Wait until every batch started so far is delivered or has failed; False if
+        some are still in hand after ``seconds``."""
+        if self._last is None:
+            return True
+        done, _ = await asyncio.wait([self._last], timeout=seconds)
+        return bool(done)
 
     @staticmethod
     async def _stages(

@@ -37,25 +37,38 @@ class Recorder:
 async def test_the_next_batch_is_processed_while_the_previous_one_is_delivered() -> None:
     rec, chain = Recorder(), DeliveryChain()
     first = await chain.run(rec.process("a"), rec.deliver)
-    second = await chain.run(rec.process("b"), rec.deliver)
+    second_run = asyncio.ensure_future(chain.run(rec.process("b"), rec.deliver))
+    await asyncio.sleep(0.01)
     # b was processed while a's delivery was still waiting on the broker ...
     assert rec.log == ["process a", "deliver a", "process b"]
-    assert not first.done() and not second.done()
-    # ... and b is delivered only once a is.
+    assert not first.done()
+    # ... but is handed back (so the agent takes more) only once a is delivered,
+    assert not second_run.done()
+    # and is delivered only after a, even if the broker would take it first.
     rec.ack("b")
     await asyncio.sleep(0.01)
     assert rec.log == ["process a", "deliver a", "process b"]
     rec.ack("a")
-    await chain.drain()
+    second = await asyncio.wait_for(second_run, 1)
+    assert await chain.drain(1)
     assert rec.log == [
-        "process a",
-        "deliver a",
-        "process b",
-        "delivered a",
-        "deliver b",
-        "delivered b",
-    ]
+        "process a", "deliver a", "process b", "delivered a", "deliver b", "delivered b"
+    ]  # fmt: skip
     assert first.result() is None and second.result() is None
+
+
+async def test_an_unacknowledged_batch_holds_the_agent_after_one_more() -> None:
+    rec, chain = Recorder(), DeliveryChain()
+    await chain.run(rec.process("a"), rec.deliver)  # the broker never acknowledges a
+    later = asyncio.ensure_future(chain.run(rec.process("b"), rec.deliver))
+    await asyncio.sleep(0.05)
+    # One batch processed ahead, no more: nothing piles up behind a stuck broker.
+    assert not later.done() and rec.log == ["process a", "deliver a", "process b"]
+    assert not await chain.drain(0.01)
+    rec.ack("a")
+    rec.ack("b")
+    await asyncio.wait_for(later, 1)
+    assert await chain.drain(1)
 
 
 async def test_a_failed_batch_stops_every_later_delivery() -> None:
@@ -72,16 +85,24 @@ async def test_a_failed_batch_stops_every_later_delivery() -> None:
     assert rec.log == ["process b"]  # processed, never delivered: its offsets stay
 
 
-async def test_a_failed_delivery_stops_the_next_one() -> None:
+async def test_a_failed_delivery_stops_the_next_one_already_processed() -> None:
     rec, chain = Recorder(), DeliveryChain()
+    broker_answers = asyncio.Event()
 
     async def refuse(name: str) -> None:
+        rec.log.append(f"deliver {name}")
+        await broker_answers.wait()
         raise ConnectionError(name)
 
-    first = await chain.run(rec.process("a"), refuse)
-    second = await chain.run(rec.process("b"), rec.deliver)
-    await chain.drain()
-    assert isinstance(first.exception(), ConnectionError)
+    ended: list[asyncio.Task[None]] = []
+    first = await chain.run(rec.process("a"), refuse, on_done=ended.append)
+    second_run = asyncio.ensure_future(chain.run(rec.process("b"), rec.deliver))
+    await asyncio.sleep(0.01)
+    assert rec.log == ["process a", "deliver a", "process b"]  # b waits behind a
+    broker_answers.set()
+    second = await asyncio.wait_for(second_run, 1)
+    await chain.drain(1)
+    assert isinstance(first.exception(), ConnectionError) and ended == [first]
     assert isinstance(second.exception(), EarlierBatchFailed)
     assert "deliver b" not in rec.log
 
@@ -95,7 +116,8 @@ async def test_cancelling_the_caller_leaves_the_batch_running() -> None:
         await go_on.wait()
         return "a"
 
-    caller = asyncio.ensure_future(chain.run(slow(), rec.deliver))
+    ended: list[asyncio.Task[None]] = []
+    caller = asyncio.ensure_future(chain.run(slow(), rec.deliver, on_done=ended.append))
     await started.wait()
     caller.cancel()  # as Faust cancels the agent on shutdown
     with pytest.raises(asyncio.CancelledError):
@@ -103,9 +125,10 @@ async def test_cancelling_the_caller_leaves_the_batch_running() -> None:
     assert chain.last is not None and not chain.last.done()
     go_on.set()
     rec.ack("a")
-    await asyncio.wait_for(chain.drain(), 1)
+    assert await chain.drain(1)
     assert rec.log == ["deliver a", "delivered a"]
+    assert ended == [chain.last]  # told, though the caller was gone
 
 
 async def test_drain_without_batches_returns() -> None:
-    await asyncio.wait_for(DeliveryChain().drain(), 1)
+    assert await asyncio.wait_for(DeliveryChain().drain(), 1)

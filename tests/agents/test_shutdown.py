@@ -1,4 +1,5 @@
-"""Stopping the command agent: its stream ends, its task is cancelled, its offsets land.
+"""Stopping the command agent: its stream ends, its task is cancelled, the batch it is
+delivering lands, its offsets land.
 
 Faust stops an agent by throwing StopAsyncIteration into its channel queue and, straight
 after, cancelling its task; it then waits for the task. The final offset commit has to
@@ -18,8 +19,10 @@ import pytest
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
+from paystream.agents import commands
 from paystream.agents.batching import take_batches
-from paystream.agents.commands import DurableOffsets, _despite_cancellation
+from paystream.agents.commands import DurableOffsets, _close, _despite_cancellation
+from paystream.agents.overlap import DeliveryChain
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -111,3 +114,67 @@ async def test_the_batch_stream_ends_when_the_end_was_queued_while_busy() -> Non
     queue._throw(StopAsyncIteration())
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(take_batches(stream, 10, 0, idle=5)), 1)
+
+
+def durable_offsets() -> tuple[DurableOffsets, StandInConsumer]:
+    consumer = StandInConsumer()
+    return DurableOffsets(SimpleNamespace(consumer=consumer)), consumer  # type: ignore[arg-type]
+
+
+async def processed() -> None:
+    return None
+
+
+async def test_shutdown_lets_the_batch_in_delivery_finish_then_commits_it() -> None:
+    offsets, consumer = durable_offsets()
+    chain, acked = DeliveryChain(), asyncio.Event()
+
+    async def deliver(_: None) -> None:
+        await acked.wait()
+        offsets.advance([event(P0, 41)])
+
+    await chain.run(processed(), deliver)  # the agent's stream ends while it delivers
+    closing = asyncio.ensure_future(_close(offsets, chain, drain_seconds=5))
+    await asyncio.sleep(0.02)
+    assert not closing.done() and consumer.commits == []
+    acked.set()
+    await asyncio.wait_for(closing, 1)
+    assert consumer.commits == [{P0: 42}]
+
+
+async def test_shutdown_leaves_uncommitted_when_the_batch_is_not_delivered_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exits: list[str] = []
+    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
+    offsets, consumer = durable_offsets()
+    offsets.advance([event(P1, 6)])  # an earlier batch, delivered
+    chain, never = DeliveryChain(), asyncio.Event()
+
+    async def stuck(_: None) -> None:
+        await never.wait()
+        offsets.advance([event(P1, 9)])
+
+    await chain.run(processed(), stuck)
+    await asyncio.wait_for(_close(offsets, chain, drain_seconds=0.05), 1)
+    # What was delivered is committed; the stuck batch is not, and the worker leaves.
+    assert consumer.commits == [{P1: 7}]
+    assert len(exits) == 1 and "not delivered" in exits[0]
+    never.set()
+    await chain.drain(1)
+
+
+async def test_a_failed_or_cancelled_batch_ends_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[str] = []
+    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
+    loop = asyncio.get_running_loop()
+    failed, cancelled, fine = loop.create_future(), loop.create_future(), loop.create_future()
+    failed.set_exception(RuntimeError("bug"))
+    cancelled.cancel()
+    fine.set_result(None)
+    for batch in (failed, cancelled, fine):
+        commands._exit_if_failed(3, batch)
+    assert exits == [
+        "a batch of 3 commands could not be completed",
+        "a batch of 3 commands was cancelled",
+    ]
