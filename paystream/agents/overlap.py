@@ -41,7 +41,7 @@ class DeliveryChain:
 
     @property
     def last(self) -> asyncio.Task[None] | None:
-        """The newest batch; once it is done, so is every batch before it."""
+        """The newest batch; once it is delivered, so is every batch before it."""
         return self._last
 
     async def run(
@@ -69,8 +69,8 @@ class DeliveryChain:
         return task
 
     async def drain(self, seconds: float | None = None) -> bool:
-        """Wait until every batch started so far is delivered or has failed; False if
-        some are still in hand after ``seconds``."""
+        """Wait until the newest batch is delivered or has failed (a failed batch ends the
+        worker: see ``on_done``); False if it is still in hand after ``seconds``."""
         if self._last is None:
             return True
         done, _ = await asyncio.wait([self._last], timeout=seconds)
