@@ -29,7 +29,9 @@ __all__ = ["bench_command"]
     "--rate-seconds", default=5.0, show_default=True, help="duration of the fixed-rate phase"
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-@click.option("--skip-baselines", is_flag=True, help="skip the raw aiokafka and Faust baselines")
+@click.option(
+    "--skip-baselines", is_flag=True, help="skip the raw aiokafka (and floor) and Faust baselines"
+)
 @click.option(
     "--skip-ledger",
     is_flag=True,
@@ -88,7 +90,8 @@ def bench_command(
 ) -> None:
     """Send N commands across T tenants through a real worker and report commands/s and
     command→outcome latency (full speed and at --rate), next to a raw aiokafka
-    passthrough and a bare Faust forwarder measured on the same broker.
+    passthrough (full speed, and at --rate: the broker's latency floor) and a bare Faust
+    forwarder measured on the same broker.
 
     Uses KAFKA_BROKER_URL / REDIS_URL when set (with PAYSTREAM_BROKER_FLAVOR), otherwise
     starts an embedded Tansu broker and Redis. Topics and app id are unique per run.
