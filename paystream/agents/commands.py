@@ -573,15 +573,25 @@ async def _close(
 ) -> None:
     """Let the batches in hand be delivered, commit, close; exit uncommitted if a batch
     is still undelivered after ``drain_seconds`` (its commands are redelivered)."""
-    delivered = await chain.drain(drain_seconds)  # a failed batch has ended the process
     try:
+        # What is durable already goes first: the periodic committer has stopped, and
+        # the process may be killed while the batch in hand waits for a slow broker.
+        await _final_commit(offsets)
+        await chain.drain(drain_seconds)  # a failed batch has ended the process
         # Only batches delivered in order are ready: committing them is safe either way.
+        await _final_commit(offsets)
+    finally:
+        # However the above ended (even cancelled), never carry on past that batch.
+        if chain.last is not None and not chain.last.done():
+            _exit_uncommitted(f"the batch in hand was not delivered within {drain_seconds:.0f} s")
+    await runner.aclose()
+
+
+async def _final_commit(offsets: DurableOffsets) -> None:
+    try:
         await offsets.commit()
     except Exception:  # the consumer may already be gone; redelivery covers it
         log.warning("final offset commit failed", exc_info=True)
-    if not delivered:
-        _exit_uncommitted(f"the batch in hand was not delivered within {drain_seconds:.0f} s")
-    await runner.aclose()
 
 
 async def _despite_cancellation(work: Awaitable[None], seconds: float) -> None:
@@ -599,8 +609,14 @@ async def _despite_cancellation(work: Awaitable[None], seconds: float) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
         except asyncio.CancelledError:
-            cancelled = True
+            # The agent was cancelled (a request is pending on it), or the work itself
+            # ended cancelled: only the first is passed on.
+            this = asyncio.current_task()
+            cancelled = cancelled or (this is not None and this.cancelling() > 0)
         except TimeoutError:
+            if task.done():  # the work's own timeout, not our deadline
+                log.warning("shutdown work failed", exc_info=True)
+                continue
             log.warning("shutdown work unfinished after %.0f s; leaving without it", seconds)
             task.cancel()
             break

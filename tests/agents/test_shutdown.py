@@ -178,3 +178,40 @@ async def test_a_failed_or_cancelled_batch_ends_the_worker(monkeypatch: pytest.M
         "a batch of 3 commands could not be completed",
         "a batch of 3 commands was cancelled",
     ]
+
+
+async def test_shutdown_leaves_uncommitted_even_when_the_final_commit_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exits: list[str] = []
+    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
+    offsets, consumer = durable_offsets()
+    chain, never = DeliveryChain(), asyncio.Event()
+
+    async def stuck(_: None) -> None:
+        await never.wait()
+
+    await chain.run(processed(), stuck)
+    offsets.advance([event(P0, 3)])  # delivered meanwhile, ready to commit
+    consumer.fail = asyncio.CancelledError()  # the consumer thread is going away
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(_close(offsets, chain, drain_seconds=0.05), 1)
+    assert len(exits) == 1 and "not delivered" in exits[0]
+    never.set()
+    await chain.drain(1)
+
+
+async def test_the_works_own_cancel_or_timeout_is_not_taken_for_the_agents(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def cancelled_inside() -> None:
+        raise asyncio.CancelledError
+
+    async def timed_out_inside() -> None:
+        raise TimeoutError
+
+    # Neither is passed on as a cancel of the agent, nor taken for our deadline.
+    await asyncio.wait_for(_despite_cancellation(cancelled_inside(), seconds=5), 1)
+    await asyncio.wait_for(_despite_cancellation(timed_out_inside(), seconds=5), 1)
+    assert "shutdown work failed" in caplog.text
+    assert "unfinished" not in caplog.text
