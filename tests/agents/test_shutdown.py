@@ -215,3 +215,87 @@ async def test_the_works_own_cancel_or_timeout_is_not_taken_for_the_agents(
     await asyncio.wait_for(_despite_cancellation(timed_out_inside(), seconds=5), 1)
     assert "shutdown work failed" in caplog.text
     assert "unfinished" not in caplog.text
+
+
+# ---- the agent itself, with its collaborators stood in ----------------------------
+
+
+@dataclass
+class StandInRunner:
+    """Batches are processed at once and delivered when their first offset is acked."""
+
+    acks: dict[int, asyncio.Event]
+    delivered: list[int] = field(default_factory=list)
+    closed: bool = False
+
+    async def process_batch(self, events: list[Any]) -> list[Any]:
+        return events
+
+    async def deliver_batch(self, events: list[Any]) -> None:
+        await self.acks[events[0].message.offset].wait()
+        self.delivered.append(events[0].message.offset)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def stand_in_agent(
+    monkeypatch: pytest.MonkeyPatch, batches: list[list[Any]], ends: bool
+) -> tuple[Any, StandInRunner, StandInConsumer, list[str]]:
+    """``process_commands``'s stream yields ``batches``, then ends (or idles for ever)."""
+
+    async def take(*_: Any) -> Any:
+        for batch in batches:
+            yield batch
+        if not ends:
+            await asyncio.get_running_loop().create_future()
+
+    class PassThroughGuard:
+        def __init__(self, *_: Any) -> None: ...
+
+        async def admit(self, events: list[Any]) -> list[Any]:
+            return list(events)
+
+        async def sweep(self) -> list[Any]:
+            return []
+
+    consumer, exits = StandInConsumer(), []
+    runner = StandInRunner({b[0].message.offset: asyncio.Event() for b in batches})
+    monkeypatch.setattr(commands, "take_batches", take)
+    monkeypatch.setattr(commands, "ContinuityGuard", PassThroughGuard)
+    monkeypatch.setattr(commands, "runner", runner)
+    monkeypatch.setattr(commands, "app", SimpleNamespace(consumer=consumer))
+    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
+    stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
+    return stream, runner, consumer, exits
+
+
+async def test_a_cancelled_agent_lets_its_batches_land_commits_them_then_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream, runner, consumer, exits = stand_in_agent(
+        monkeypatch, [[event(P0, 0)], [event(P0, 1)]], ends=False
+    )
+    agent = asyncio.ensure_future(commands.process_commands(stream))
+    await asyncio.sleep(0.05)  # batch 0 is being delivered; batch 1 waits behind it
+    agent.cancel()  # as Faust stops the agent
+    await asyncio.sleep(0.05)
+    assert not agent.done() and consumer.commits == []
+    runner.acks[0].set()
+    runner.acks[1].set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(agent, 2)
+    assert runner.delivered == [0, 1]
+    assert consumer.commits == [{P0: 2}] and not exits and runner.closed
+
+
+async def test_an_ended_stream_waits_for_the_batch_in_delivery_before_the_last_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream, runner, consumer, exits = stand_in_agent(monkeypatch, [[event(P1, 4)]], ends=True)
+    agent = asyncio.ensure_future(commands.process_commands(stream))
+    await asyncio.sleep(0.05)
+    assert not agent.done()  # the stream has ended; the batch is still in delivery
+    runner.acks[4].set()
+    await asyncio.wait_for(agent, 2)
+    assert consumer.commits == [{P1: 5}] and not exits and runner.closed
