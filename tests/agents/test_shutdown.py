@@ -116,6 +116,14 @@ async def test_the_batch_stream_ends_when_the_end_was_queued_while_busy() -> Non
         await asyncio.wait_for(anext(take_batches(stream, 10, 0, idle=5)), 1)
 
 
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Why the worker would have exited uncommitted, recorded instead of exiting."""
+    seen: list[str] = []
+    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: seen.append(what))
+    return seen
+
+
 def durable_offsets() -> tuple[DurableOffsets, StandInConsumer]:
     consumer = StandInConsumer()
     return DurableOffsets(SimpleNamespace(consumer=consumer)), consumer  # type: ignore[arg-type]
@@ -143,10 +151,8 @@ async def test_shutdown_lets_the_batch_in_delivery_finish_then_commits_it() -> N
 
 
 async def test_shutdown_leaves_uncommitted_when_the_batch_is_not_delivered_in_time(
-    monkeypatch: pytest.MonkeyPatch,
+    exits: list[str],
 ) -> None:
-    exits: list[str] = []
-    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
     offsets, consumer = durable_offsets()
     offsets.advance([event(P1, 6)])  # an earlier batch, delivered
     chain, never = DeliveryChain(), asyncio.Event()
@@ -164,9 +170,7 @@ async def test_shutdown_leaves_uncommitted_when_the_batch_is_not_delivered_in_ti
     await chain.drain(1)
 
 
-async def test_a_failed_or_cancelled_batch_ends_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    exits: list[str] = []
-    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
+async def test_a_failed_or_cancelled_batch_ends_the_worker(exits: list[str]) -> None:
     loop = asyncio.get_running_loop()
     failed, cancelled, fine = loop.create_future(), loop.create_future(), loop.create_future()
     failed.set_exception(RuntimeError("bug"))
@@ -181,10 +185,8 @@ async def test_a_failed_or_cancelled_batch_ends_the_worker(monkeypatch: pytest.M
 
 
 async def test_shutdown_leaves_uncommitted_even_when_the_final_commit_is_cancelled(
-    monkeypatch: pytest.MonkeyPatch,
+    exits: list[str],
 ) -> None:
-    exits: list[str] = []
-    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
     offsets, consumer = durable_offsets()
     chain, never = DeliveryChain(), asyncio.Event()
 
@@ -241,7 +243,7 @@ class StandInRunner:
 
 def stand_in_agent(
     monkeypatch: pytest.MonkeyPatch, batches: list[list[Any]], ends: bool
-) -> tuple[Any, StandInRunner, StandInConsumer, list[str]]:
+) -> tuple[Any, StandInRunner, StandInConsumer]:
     """``process_commands``'s stream yields ``batches``, then ends (or idles for ever)."""
 
     async def take(*_: Any) -> Any:
@@ -259,21 +261,20 @@ def stand_in_agent(
         async def sweep(self) -> list[Any]:
             return []
 
-    consumer, exits = StandInConsumer(), []
+    consumer = StandInConsumer()
     runner = StandInRunner({b[0].message.offset: asyncio.Event() for b in batches})
     monkeypatch.setattr(commands, "take_batches", take)
     monkeypatch.setattr(commands, "ContinuityGuard", PassThroughGuard)
     monkeypatch.setattr(commands, "runner", runner)
     monkeypatch.setattr(commands, "app", SimpleNamespace(consumer=consumer))
-    monkeypatch.setattr(commands, "_exit_uncommitted", lambda what, exc=None: exits.append(what))
     stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
-    return stream, runner, consumer, exits
+    return stream, runner, consumer
 
 
 async def test_a_cancelled_agent_lets_its_batches_land_commits_them_then_stops(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
 ) -> None:
-    stream, runner, consumer, exits = stand_in_agent(
+    stream, runner, consumer = stand_in_agent(
         monkeypatch, [[event(P0, 0)], [event(P0, 1)]], ends=False
     )
     agent = asyncio.ensure_future(commands.process_commands(stream))
@@ -290,9 +291,9 @@ async def test_a_cancelled_agent_lets_its_batches_land_commits_them_then_stops(
 
 
 async def test_an_ended_stream_waits_for_the_batch_in_delivery_before_the_last_commit(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
 ) -> None:
-    stream, runner, consumer, exits = stand_in_agent(monkeypatch, [[event(P1, 4)]], ends=True)
+    stream, runner, consumer = stand_in_agent(monkeypatch, [[event(P1, 4)]], ends=True)
     agent = asyncio.ensure_future(commands.process_commands(stream))
     await asyncio.sleep(0.05)
     assert not agent.done()  # the stream has ended; the batch is still in delivery
