@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import click
 
 from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings
+from paystream.tenancy.limits import TenantLimits
 
 __all__ = ["main"]
 
@@ -118,6 +120,57 @@ def topics() -> None:
     click.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
+def _per_currency(values: tuple[str, ...], option: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in values:
+        currency, sep, amount = item.partition("=")
+        if not sep or not amount.strip().isdigit():
+            raise click.BadParameter(f"{item!r}: expected CURRENCY=MINOR_UNITS", param_hint=option)
+        out[currency.strip()] = int(amount)
+    return out
+
+
+def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--rate-limit", type=click.IntRange(min=1), help="commands per second"),
+        click.option("--burst", type=click.IntRange(min=1), help="bucket size [rate limit]"),
+        click.option(
+            "--max-payment",
+            multiple=True,
+            help="largest single payment, CURRENCY=MINOR_UNITS (repeatable)",
+        ),
+        click.option(
+            "--daily-volume",
+            multiple=True,
+            help="payment volume per UTC day, CURRENCY=MINOR_UNITS (repeatable)",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _limits_from(args: dict[str, Any]) -> TenantLimits | None:
+    """The limits the options give, or None when none was given."""
+    from pydantic import ValidationError
+
+    rate, burst = args.get("rate_limit"), args.get("burst")
+    caps, daily = args.get("max_payment") or (), args.get("daily_volume") or ()
+    if rate is None and burst is None and not caps and not daily:
+        return None
+    try:
+        return TenantLimits(
+            commands_per_second=rate,
+            burst=burst,
+            max_payment_amount=_per_currency(caps, "--max-payment"),
+            daily_payment_volume=_per_currency(daily, "--daily-volume"),
+        )
+    except ValidationError as exc:
+        raise click.BadParameter(
+            "; ".join(str(e["msg"]) for e in exc.errors(include_url=False))
+        ) from exc
+
+
 @cli.group()
 def tenants() -> None:
     """Manage the tenant registry."""
@@ -136,6 +189,7 @@ def tenants() -> None:
     "or prompted for (never pass secrets as arguments)",
 )
 @click.option("--connected-account", default=None)
+@_limit_options
 def tenants_add(
     tenant_id: str,
     name: str,
@@ -143,12 +197,13 @@ def tenants_add(
     options: tuple[str, ...],
     secret_names: tuple[str, ...],
     connected_account: str | None,
+    **limit_args: Any,
 ) -> None:
-    """Register or update a tenant."""
+    """Register or update a tenant (an update without limit options keeps its limits)."""
     settings = _settings()
     from paystream.gateways.registry import GATEWAYS
     from paystream.tenancy.models import Tenant
-    from paystream.tenancy.registry import put_tenant
+    from paystream.tenancy.registry import list_tenants, put_tenant
 
     if gateway not in GATEWAYS:
         raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
@@ -170,6 +225,10 @@ def tenants_add(
                 f"value of secret {sname}", hide_input=True
             )
             sealed[sname] = seal_secret(keyring, tenant_id, sname, value)
+    limits = _limits_from(limit_args)
+    if limits is None:
+        known = _run(list_tenants(settings)).get(tenant_id)
+        limits = known.limits if known is not None else TenantLimits()
     tenant = Tenant(
         tenant_id=tenant_id,
         name=name or tenant_id,
@@ -177,9 +236,30 @@ def tenants_add(
         gateway_options=opts,
         secrets=sealed,
         connected_account=connected_account,
+        limits=limits,
     )
     _run(put_tenant(settings, tenant))
     click.echo(json.dumps(tenant.redacted(), sort_keys=True))
+
+
+@tenants.command("limits")
+@click.argument("tenant_id")
+@_limit_options
+@click.option("--clear", is_flag=True, help="remove every limit")
+def tenants_limits(tenant_id: str, clear: bool, **limit_args: Any) -> None:
+    """Show a tenant's limits, or set them to exactly the options given."""
+    settings = _settings()
+    from paystream.tenancy.registry import list_tenants, put_tenant
+
+    known = _run(list_tenants(settings))
+    if tenant_id not in known:
+        raise click.ClickException(f"unknown tenant {tenant_id!r}")
+    limits = TenantLimits() if clear else _limits_from(limit_args)
+    if limits is not None:
+        updated = known[tenant_id].model_copy(update={"limits": limits})
+        _run(put_tenant(settings, updated))
+        known[tenant_id] = updated
+    click.echo(json.dumps(known[tenant_id].limits.model_dump(mode="json"), sort_keys=True))
 
 
 @tenants.command("list")

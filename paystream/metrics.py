@@ -12,6 +12,7 @@ __all__ = [
     "COMMAND_LATENCY",
     "DEAD_LETTERS",
     "GATEWAY_CALLS",
+    "LIMITED",
     "PARKED",
     "REPAIRS",
     "REPLAYS",
@@ -30,6 +31,12 @@ COMMAND_LATENCY = Histogram(
 )
 DEAD_LETTERS = Counter(
     "paystream_dead_letters_total", "Records sent to the dead-letter topic.", ["reason"]
+)
+LIMITED = Counter(
+    "paystream_limited_commands_total",
+    "Commands rejected by a tenant limit, by tenant and limit "
+    "(commands_per_second, max_payment_amount, daily_payment_volume).",
+    ["tenant", "limit"],
 )
 PARKED = Counter(
     "paystream_parked_total",

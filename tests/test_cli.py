@@ -115,3 +115,51 @@ async def test_doctor_prints_its_table_and_passes(deployed: Deployment) -> None:
     rows = [line for line in out.splitlines() if " PASS " in line or " FAIL " in line]
     assert len(rows) >= 8 and all(" PASS " in row for row in rows), out
     assert "end offsets after batch" in out and "caught-up fetch latency" in out
+
+
+def _send_payment(dep: Deployment, tenant: str, amount: int) -> dict[str, Any]:
+    body = json.dumps({"amount": amount, "currency": "USD", "payment_method_token": "pm_card_visa"})
+    out = run_cli(dep, "send", "payment.create", "--tenant", tenant, "--data", body).stdout
+    return dict(json.loads(out))
+
+
+async def test_tenant_limits_are_set_kept_enforced_and_cleared(deployed: Deployment) -> None:
+    run_cli(deployed, "tenants", "add", "capped", "--max-payment", "usd=1000", "--rate-limit", "50")
+    shown = json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout)
+    assert shown["max_payment_amount"] == {"USD": 1000} and shown["commands_per_second"] == 50
+    deployed.worker_handle.wait_ready(["capped"])  # type: ignore[attr-defined]
+    over = _send_payment(deployed, "capped", 1001)
+    assert over["data"]["reason"] == "quota_exceeded", over
+    assert over["data"]["limit"] == "max_payment_amount"
+    assert _send_payment(deployed, "capped", 1000)["type"] == "com.paystream.payment.succeeded"
+    # Updating the tenant without limit options keeps its limits.
+    run_cli(deployed, "tenants", "add", "capped", "--name", "Capped Inc")
+    kept = json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout)
+    assert kept["max_payment_amount"] == {"USD": 1000}
+    cleared = json.loads(run_cli(deployed, "tenants", "limits", "capped", "--clear").stdout)
+    assert cleared["max_payment_amount"] == {} and cleared["commands_per_second"] is None
+    for _ in range(50):  # the change reaches the worker's registry table shortly
+        out = _send_payment(deployed, "capped", 5000)
+        if out["data"].get("reason") != "quota_exceeded":
+            break
+    assert out["type"] == "com.paystream.payment.succeeded", out
+    bad = run_cli(deployed, "tenants", "limits", "capped", "--daily-volume", "USD", check=False)
+    assert bad.returncode == 2 and "CURRENCY=MINOR_UNITS" in bad.stderr
+    unknown = run_cli(deployed, "tenants", "limits", "nobody", check=False)
+    assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
+
+
+async def test_a_rate_limited_tenant_gets_rate_limited_outcomes(deployed: Deployment) -> None:
+    run_cli(deployed, "tenants", "add", "throttled", "--rate-limit", "1", "--burst", "2")
+    deployed.worker_handle.wait_ready(["throttled"])  # type: ignore[attr-defined]
+    commands = [build_command("customer.create", "throttled", {}) for _ in range(5)]
+    async with PaystreamClient(deployed.settings) as client:
+        waiters = [client.expect(c.get_id()) for c in commands]
+        # All at once (well within a second): the bucket holds two.
+        await asyncio.gather(*(client.publish(c) for c in commands))
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+    kinds = [o.get_type().removeprefix("com.paystream.") for o in outcomes]
+    assert kinds.count("customer.created") == 2, kinds
+    limited = [o.get_data() for o in outcomes if o.get_type().endswith("command.rejected")]
+    assert len(limited) == 3
+    assert all(d["reason"] == "rate_limited" and d["retry_after_ms"] > 0 for d in limited)  # type: ignore[index]

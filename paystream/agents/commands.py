@@ -126,7 +126,9 @@ class CommandRunner:
                 refunds=t.refunds,
                 disputes=t.disputes,
             )
-            self._processor = CommandProcessor(settings, tables, t.idempotency, t.tenants, pool)
+            self._processor = CommandProcessor(
+                settings, tables, t.idempotency, t.tenants, pool, limits=t.limits
+            )
         return self._processor
 
     async def run_batch(self, events: Sequence[EventT]) -> None:

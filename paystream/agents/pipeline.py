@@ -46,6 +46,7 @@ from paystream.tables.records import (
 )
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
+from paystream.tenancy.limits import Admission, LimitGate, LimitRejection
 from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = ["CommandProcessor", "Emit", "Inbound"]
@@ -85,12 +86,14 @@ class CommandProcessor:
         idempotency: MutableMapping[str, Any],
         tenants: Mapping[str, Any],
         gateways: GatewayPool,
+        limits: MutableMapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.tables = tables
         self.idempotency = idempotency
         self.tenants = tenants
         self.gateways = gateways
+        self.limits = LimitGate({} if limits is None else limits)
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
         # idempotency window is fixed, so purging only ever looks at the front.
@@ -228,6 +231,25 @@ class CommandProcessor:
         gateway_or_rejection = self._gateway_for(tenant)
         if isinstance(gateway_or_rejection, Rejection):
             return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
+        # Limits come after the idempotency check: a replay of a finished command is
+        # answered from its record, neither counted nor limited again.
+        admission: Admission | None = None
+        if tenant.limits.enforced:
+            decision = self.limits.admit(
+                cmd.tenant_id,
+                tenant.limits,
+                offset=rec.offset,
+                timestamp_ms=rec.timestamp_ms,
+                command_type=cmd.command_type,
+                data=data,
+            )
+            if isinstance(decision, LimitRejection):
+                # Not remembered under the idempotency key: the command may be sent again.
+                metrics.LIMITED.labels(cmd.tenant_id, decision.extra["limit"]).inc()
+                return self._reject(
+                    cmd, RejectReason(decision.reason), decision.message, extra=decision.extra
+                )
+            admission = decision
         ctx = HandlerContext(
             cmd=cmd,
             gateway=gateway_or_rejection,
@@ -245,6 +267,8 @@ class CommandProcessor:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
             self._repair_entities(cmd.tenant_id, cmd.command_id, done.outcome)
+            if admission is not None:
+                self.limits.settle(admission, done.outcome.type)
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
             return [self._outcome(cmd, done.outcome)]
         except Rejection as rej:
@@ -277,6 +301,8 @@ class CommandProcessor:
             self._count(cmd.tenant_id, cmd.command_type, stored.type)
             return [self._outcome(cmd, stored)]
         stored = self._apply(cmd, result)
+        if admission is not None:
+            self.limits.settle(admission, stored.type)
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id)
         self._finish(idem_table_key, cmd, request_hash, expires, stored)
@@ -460,11 +486,13 @@ class CommandProcessor:
         reason: RejectReason,
         message: str,
         errors: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> list[Emit]:
         self._count(cmd.tenant_id, cmd.command_type[:64], "command.rejected")
-        stored = StoredOutcome(
-            type="command.rejected", data=rejection_data(cmd.command_type, reason, message, errors)
-        )
+        data = rejection_data(cmd.command_type, reason, message, errors)
+        if extra:
+            data.update(extra)
+        stored = StoredOutcome(type="command.rejected", data=data)
         return [self._outcome(cmd, stored)]
 
     def _dead_letter(

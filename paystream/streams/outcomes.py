@@ -43,6 +43,8 @@ class RejectReason(StrEnum):
     INVALID_STATE = "invalid_state"
     UNSUPPORTED = "unsupported"
     NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
     GATEWAY_NOT_CONFIGURED = "gateway_not_configured"
     PROVIDER_REJECTED = "provider_rejected"
     INTERNAL_ERROR = "internal_error"

@@ -16,6 +16,7 @@ __all__ = [
     "customers",
     "disputes",
     "idempotency",
+    "limits",
     "payment_methods",
     "payments",
     "refunds",
@@ -45,6 +46,7 @@ payments = _entity_table("payments", "tenant:payment id → payment record")
 refunds = _entity_table("refunds", "tenant:refund id → refund record")
 disputes = _entity_table("disputes", "tenant:dispute id → dispute record")
 idempotency = _entity_table("idempotency", "tenant:idempotency key → in-flight/done record")
+limits = _entity_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")
 
 # Every worker needs every tenant, so the registry is a global table. It is fed by the
 # tenants agent from the compacted `paystream.tenants` topic (what `paystream tenants`

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from paystream.tenancy.limits import TenantLimits
+
 __all__ = ["TENANT_ID_PATTERN", "Tenant", "TenantStatus"]
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -30,6 +32,7 @@ class Tenant(BaseModel):
     gateway_options: dict[str, Any] = {}
     secrets: dict[str, str] = {}  # name → "v1:<wrapped ciphertext>"
     connected_account: str | None = None
+    limits: TenantLimits = TenantLimits()  # rate limit and payment quotas (tenancy/limits.py)
 
     def redacted(self) -> dict[str, Any]:
         """For display and logs: secret names only."""

@@ -1,0 +1,141 @@
+"""Tenant limits in the command pipeline (dict tables, the real simulator and Redis)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from paystream.agents.pipeline import Emit, Inbound
+from paystream.client import build_command
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind, outcome_of
+
+pytestmark = pytest.mark.asyncio
+
+T0 = 1_790_000_000_000
+_offsets = itertools.count(1)
+
+
+def _record(
+    command_type: str, tenant: str, body: dict[str, Any], command_id: str, at_ms: int, offset: int
+) -> Inbound:
+    event = build_command(command_type, tenant, body, command_id=command_id)
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        key=rec.key,
+        value=rec.value,
+        headers=dict(rec.headers),
+        timestamp_ms=at_ms,
+        topic="paystream.commands",
+        partition=0,
+        offset=offset,
+    )
+
+
+async def _run(h: Harness, rec: Inbound) -> tuple[list[Emit], Any]:
+    emits = await h.processor.process(rec)
+    outcome = outcome_of(h.settings, emits)
+    assert outcome is not None
+    return emits, outcome
+
+
+def _pay(amount: int, token: str = "pm_card_visa") -> dict[str, Any]:
+    return {"amount": amount, "currency": "USD", "payment_method_token": token}
+
+
+async def _charges(h: Harness, tenant: str) -> int:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return sum(1 for e in await gateway.effects() if e.kind == "charge")
+
+
+async def test_over_the_rate_limit_is_rejected_without_a_gateway_call(harness: Harness) -> None:
+    t = harness.add_tenant(limits={"commands_per_second": 2, "burst": 2})
+    outs = [
+        (await _run(harness, _record("payment.create", t, _pay(100), f"c{i}", T0, i)))[1]
+        for i in range(3)
+    ]
+    assert [kind(o) for o in outs] == ["payment.succeeded"] * 2 + ["command.rejected"]
+    body = data(outs[2])
+    assert body["reason"] == "rate_limited"
+    assert body["limit"] == "commands_per_second"
+    assert body["retry_after_ms"] == 500
+    assert await _charges(harness, t) == 2
+    # Nothing was remembered under its idempotency key: sent again later, it goes through.
+    assert f"{t}:c2" not in harness.idempotency
+    _, later = await _run(harness, _record("payment.create", t, _pay(100), "c2", T0 + 600, 3))
+    assert kind(later) == "payment.succeeded"
+    assert await _charges(harness, t) == 3
+
+
+async def test_a_redelivered_command_yields_the_identical_outcome(harness: Harness) -> None:
+    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 2})
+    ok = [_record("payment.create", t, _pay(100), f"ok{i}", T0, 10 + i) for i in range(2)]
+    limited = _record("payment.create", t, _pay(100), "limited", T0, 12)
+    first_ok = [(await _run(harness, rec))[0] for rec in ok]
+    first_limited, out = await _run(harness, limited)
+    assert data(out)["retry_after_ms"] == 1000
+    _, later = await _run(harness, _record("customer.create", t, {}, "later", T0 + 1500, 13))
+    assert kind(later) == "customer.created"
+    state = dict(harness.processor.limits.table[f"{t}:limits"])
+    # After a crash the records come again with the same offsets. Decided afresh, the
+    # rejection would now say "retry after 500 ms"; it must be the same event as before.
+    again_ok = [(await _run(harness, rec))[0] for rec in ok]
+    again_limited, _ = await _run(harness, limited)
+    assert [e.record for e in again_limited] == [e.record for e in first_limited]
+    assert [[e.record for e in emits] for emits in again_ok] == [
+        [e.record for e in emits] for emits in first_ok
+    ]
+    assert harness.processor.limits.table[f"{t}:limits"] == state
+    assert await _charges(harness, t) == 2
+
+
+async def test_payment_quotas(harness: Harness) -> None:
+    t = harness.add_tenant(
+        limits={"max_payment_amount": {"USD": 2000}, "daily_payment_volume": {"USD": 3000}}
+    )
+    at = T0
+
+    async def pay(amount: int, token: str = "pm_card_visa") -> Any:
+        offset = next(_offsets)
+        rec = _record("payment.create", t, _pay(amount, token), f"p{offset}", at, offset)
+        return (await _run(harness, rec))[1]
+
+    big = await pay(2001)
+    assert data(big)["reason"] == "quota_exceeded"
+    assert data(big)["limit"] == "max_payment_amount"
+    assert kind(await pay(2000)) == "payment.succeeded"
+    assert kind(await pay(900, "pm_card_chargeDeclined")) == "payment.failed"  # not counted
+    assert kind(await pay(1000)) == "payment.succeeded"
+    over = await pay(1)
+    assert data(over)["reason"] == "quota_exceeded"
+    assert data(over)["used"] == 3000 and data(over)["limit"] == "daily_payment_volume"
+    at = T0 + 86_400_000  # the next UTC day
+    assert kind(await pay(2000)) == "payment.succeeded"
+
+
+async def test_limits_leave_other_tenants_and_unlimited_tenants_alone(harness: Harness) -> None:
+    limited = harness.add_tenant(limits={"commands_per_second": 1})
+    free = harness.add_tenant()
+    for i in range(5):
+        _, out = await _run(harness, _record("customer.create", free, {}, f"f{i}", T0, 100 + i))
+        assert kind(out) == "customer.created"
+    _, out = await _run(harness, _record("customer.create", limited, {}, "l0", T0, 200))
+    assert kind(out) == "customer.created"
+    assert f"{free}:limits" not in harness.processor.limits.table
+
+
+async def test_a_finished_command_replayed_by_key_is_not_counted(harness: Harness) -> None:
+    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    _, first = await _run(harness, _record("payment.create", t, _pay(100), "k1", T0, 300))
+    # The same command id again as a new record (a client retry): answered from the
+    # idempotency record before the limit is consulted, so no token is spent.
+    _, retry = await _run(harness, _record("payment.create", t, _pay(100), "k1", T0, 301))
+    assert retry.get_id() == first.get_id()
+    _, other = await _run(harness, _record("customer.create", t, {}, "k2", T0 + 1000, 302))
+    assert kind(other) == "customer.created"
