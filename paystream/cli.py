@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import secrets
 import signal
 import sys
@@ -124,8 +125,10 @@ def _per_currency(values: tuple[str, ...], option: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in values:
         currency, sep, amount = item.partition("=")
-        if not sep or not amount.strip().isdigit():
+        if not sep or not re.fullmatch(r"[0-9]{1,18}", amount.strip()):
             raise click.BadParameter(f"{item!r}: expected CURRENCY=MINOR_UNITS", param_hint=option)
+        if currency.strip().upper() in {c.upper() for c in out}:
+            raise click.BadParameter(f"{currency.strip()} is given twice", param_hint=option)
         out[currency.strip()] = int(amount)
     return out
 
@@ -254,7 +257,11 @@ def tenants_limits(tenant_id: str, clear: bool, **limit_args: Any) -> None:
     known = _run(list_tenants(settings))
     if tenant_id not in known:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    limits = TenantLimits() if clear else _limits_from(limit_args)
+    limits = _limits_from(limit_args)
+    if clear:
+        if limits is not None:
+            raise click.UsageError("--clear removes every limit: give no other limit option")
+        limits = TenantLimits()
     if limits is not None:
         updated = known[tenant_id].model_copy(update={"limits": limits})
         _run(put_tenant(settings, updated))

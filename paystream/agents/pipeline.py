@@ -46,7 +46,8 @@ from paystream.tables.records import (
 )
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
-from paystream.tenancy.limits import Admission, LimitGate, LimitRejection
+from paystream.tenancy.limits import LimitGate, LimitRejection
+from paystream.tenancy.limits import Record as LimitRecord
 from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = ["CommandProcessor", "Emit", "Inbound"]
@@ -135,6 +136,7 @@ class CommandProcessor:
             idempotency_key=idem_key,
             time=event.get_time() or when,
             traceparent=str(traceparent) if traceparent else None,
+            source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
         )
         # Rules that need no state: the order is cheapest-first.
         if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
@@ -222,6 +224,16 @@ class CommandProcessor:
                     f"idempotency key {cmd.idempotency_key!r} was used for a different request",
                 )
             if existing.state is IdempotencyState.DONE and existing.outcome is not None:
+                if cmd.source is not None and existing.source == list(cmd.source):
+                    # This very record, redelivered: the limits may have lost its count.
+                    self.limits.account_answered(
+                        cmd.tenant_id,
+                        tenant.limits,
+                        self._limit_record(rec, cmd),
+                        cmd.command_type,
+                        existing.outcome.type,
+                        existing.outcome.data,
+                    )
                 self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
                 metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
                 # The stored outcome was produced for the original command id; a retry
@@ -233,23 +245,24 @@ class CommandProcessor:
             return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
         # Limits come after the idempotency check: a replay of a finished command is
         # answered from its record, neither counted nor limited again.
-        admission: Admission | None = None
-        if tenant.limits.enforced:
-            decision = self.limits.admit(
-                cmd.tenant_id,
-                tenant.limits,
-                offset=rec.offset,
-                timestamp_ms=rec.timestamp_ms,
-                command_type=cmd.command_type,
-                data=data,
-            )
-            if isinstance(decision, LimitRejection):
-                # Not remembered under the idempotency key: the command may be sent again.
+        # A parked or in-flight record means it was let through once: the provider may
+        # have acted on it, so it is not stopped now.
+        decision = self.limits.admit(
+            cmd.tenant_id,
+            tenant.limits,
+            self._limit_record(rec, cmd),
+            cmd.command_type,
+            data,
+            admitted_before=existing is not None,
+        )
+        if isinstance(decision, LimitRejection):
+            # Not remembered under the idempotency key: the command may be sent again.
+            if not decision.replay:
                 metrics.LIMITED.labels(cmd.tenant_id, decision.extra["limit"]).inc()
-                return self._reject(
-                    cmd, RejectReason(decision.reason), decision.message, extra=decision.extra
-                )
-            admission = decision
+            return self._reject(
+                cmd, RejectReason(decision.reason), decision.message, extra=decision.extra
+            )
+        admission = decision
         ctx = HandlerContext(
             cmd=cmd,
             gateway=gateway_or_rejection,
@@ -452,6 +465,10 @@ class CommandProcessor:
             metrics.REPAIRS.labels(tenant_id, entity_type).inc()
             log.info("repaired %s %s to version %s", entity_type, key, image.get("version"))
 
+    @staticmethod
+    def _limit_record(rec: Inbound, cmd: CommandRef) -> LimitRecord:
+        return LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
+
     def _gateway_for(self, tenant: Tenant) -> Any:
         try:
             return self.gateways.get(tenant)
@@ -587,6 +604,7 @@ def _idempotency_dict(
         "state": state.value,
         "expires_at": expires,
         "outcome": None if outcome is None else {"type": outcome.type, "data": outcome.data},
+        "source": None if cmd.source is None else list(cmd.source),
     }
 
 

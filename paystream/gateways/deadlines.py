@@ -15,65 +15,85 @@ task was also cancelled from elsewhere meanwhile (then the cancel propagates).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from types import TracebackType
 
 __all__ = ["CallDeadlines"]
 
 
 class CallDeadlines:
-    """Deadlines of the calls in flight on one event loop, checked every ``tick`` seconds."""
+    """Deadlines of the calls in flight, checked every ``tick`` seconds (per event loop)."""
 
     def __init__(self, tick: float = 0.1) -> None:
         if tick <= 0:
             raise ValueError("tick must be positive")
         self.tick = tick
-        self._active: dict[_Limit, None] = {}  # insertion-ordered set
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def limit(self, seconds: float) -> _Limit:
         """``with deadlines.limit(s):`` around an await; raises TimeoutError when overdue."""
         return _Limit(self, seconds)
 
-    def _add(self, limit: _Limit, loop: asyncio.AbstractEventLoop) -> None:
-        if loop is not self._loop:  # a new loop (tests): the old one's state is void
-            self._active.clear()
-            self._timer = None
-            self._loop = loop
-        self._active[limit] = None
-        if self._timer is None:
-            self._timer = loop.call_at(loop.time() + self.tick, self._check)
+    def in_flight(self) -> int:
+        """Limits registered on the running loop (for tests and introspection)."""
+        found = self._loops.get(asyncio.get_running_loop())
+        return 0 if found is None else len(found.active)
 
-    def _remove(self, limit: _Limit) -> None:
-        self._active.pop(limit, None)
+    def _on(self, loop: asyncio.AbstractEventLoop) -> _LoopDeadlines:
+        found = self._loops.get(loop)
+        if found is None:
+            found = self._loops[loop] = _LoopDeadlines(loop, self.tick)
+        return found
+
+
+class _LoopDeadlines:
+    """One loop's registered limits and the timer that checks them while any exist."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+        self.loop = loop
+        self.tick = tick
+        self.active: dict[_Limit, None] = {}  # insertion-ordered set
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, limit: _Limit) -> None:
+        self.active[limit] = None
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.loop.time() + self.tick, self._check)
+
+    def remove(self, limit: _Limit) -> None:
+        self.active.pop(limit, None)
 
     def _check(self) -> None:
-        self._timer = None
-        loop = self._loop
-        if loop is None or not self._active:
+        self.timer = None
+        if not self.active:
             return
-        now = loop.time()
-        for limit in [lim for lim in self._active if lim.expires <= now]:
-            del self._active[limit]
+        now = self.loop.time()
+        for limit in [lim for lim in self.active if lim.expires <= now]:
+            del self.active[limit]
             limit.expire()
-        if self._active:
-            self._timer = loop.call_at(now + self.tick, self._check)
+        if self.active:
+            self.timer = self.loop.call_at(now + self.tick, self._check)
 
 
 class _Limit:
     """One call's deadline (a sync context manager: cheaper than an async one)."""
 
-    __slots__ = ("_cancelling", "_expired", "_owner", "_seconds", "_task", "expires")
+    __slots__ = ("_cancelling", "_expired", "_on", "_owner", "_seconds", "_task", "expires")
 
     def __init__(self, owner: CallDeadlines, seconds: float) -> None:
         self._owner = owner
         self._seconds = seconds
         self._expired = False
         self._task: asyncio.Task[object] | None = None
+        self._on: _LoopDeadlines | None = None
         self._cancelling = 0
         self.expires = 0.0
 
     def __enter__(self) -> _Limit:
+        if self._task is not None:
+            raise RuntimeError("a call deadline cannot be entered twice")
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a call deadline must be used inside a task")
@@ -81,7 +101,8 @@ class _Limit:
         self._task = task
         self._cancelling = task.cancelling()
         self.expires = loop.time() + self._seconds
-        self._owner._add(self, loop)
+        self._on = self._owner._on(loop)
+        self._on.add(self)
         return self
 
     def expire(self) -> None:
@@ -97,12 +118,14 @@ class _Limit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._owner._remove(self)
+        if self._on is not None:
+            self._on.remove(self)
         # Take back our cancel; if none other is pending, the call timed out.
         if (
             self._expired
             and self._task is not None
             and self._task.uncancel() <= self._cancelling
-            and exc_type is asyncio.CancelledError
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
         ):
             raise TimeoutError from exc

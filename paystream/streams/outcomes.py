@@ -60,6 +60,9 @@ class CommandRef:
     idempotency_key: str
     time: datetime  # the command record's timestamp: stable across redeliveries
     traceparent: str | None = None
+    # (partition, offset) of the command record, when read from Kafka: tells a
+    # redelivery of this record from the same command sent again.
+    source: tuple[int, int] | None = None
 
 
 def outcome_id(tenant_id: str, command_id: str, outcome_type: str) -> str:

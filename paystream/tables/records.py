@@ -162,3 +162,4 @@ class IdempotencyRecord(BaseModel):
     state: IdempotencyState
     expires_at: float  # unix seconds
     outcome: StoredOutcome | None = None
+    source: list[int] | None = None  # [partition, offset] of the record that wrote it

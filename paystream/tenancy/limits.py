@@ -8,8 +8,8 @@ A tenant's registry record may carry :class:`TenantLimits`:
   command sent again later goes through.
 * ``max_payment_amount``: the largest single ``payment.create`` per currency.
 * ``daily_payment_volume``: per currency and UTC day, the sum of payments that were
-  authorised, captured or are awaiting authentication. Over either, the command is
-  rejected ``quota_exceeded`` (``limit`` names which).
+  authorised, captured or are awaiting authentication, counted from when the limit is
+  set. Over either, the command is rejected ``quota_exceeded`` (``limit`` names which).
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
 catches up on a backlog must not reject commands that were sent at an allowed pace.
@@ -17,17 +17,21 @@ Timestamps are taken as non-decreasing per tenant (an older one refills nothing)
 capped at the worker's clock plus :data:`MAX_FUTURE_SKEW_MS` (a future one would refill
 the bucket). Token arithmetic is in integer milli-tokens: no floats.
 
-**Replays.** The state (one record per tenant in the ``limits`` table, on the tenant's
-changelog partition) remembers the last command offset it counted and the rejections of
-recent offsets. A command redelivered after a crash (its offset already counted) gets
-the same decision again: its stored rejection, or admission without being counted
-twice, so a replay yields a byte-identical outcome. All of a tenant's commands are on
-one partition, so offsets order them.
+**Redelivery.** A crash may persist any subset of a batch's writes, and the batch's
+commands come again with the same offsets. So the state (one record per tenant in the
+``limits`` table, on the tenant's partition) keeps each recent record's decision, by
+offset and command id: a redelivered record gets its decision again (the same rejection
+event, or admission without spending again) and its payment volume is counted once,
+whenever its payment first succeeds. The caller accounts records that an idempotency
+record answers (:meth:`LimitGate.account_answered`), so the state cannot fall behind the
+idempotency table. A command that was admitted before (parked, or in flight at a crash)
+is let through again without checks: the provider may already have acted on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import itertools
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +42,7 @@ from paystream.money import MAX_MINOR_AMOUNT, normalise_currency
 
 __all__ = [
     "MAX_FUTURE_SKEW_MS",
+    "REPLAY_MEMORY",
     "VOLUME_OUTCOMES",
     "Admission",
     "LimitGate",
@@ -47,10 +52,10 @@ __all__ = [
 
 # How far past the worker's clock a record timestamp is believed.
 MAX_FUTURE_SKEW_MS = 60_000
-# Rejections remembered for replays: offsets this far behind the last counted one are
-# committed long since (a batch is at most 500 commands) and are dropped.
-REPLAY_WINDOW_OFFSETS = 10_000
-REPLAY_MEMORY = 1_000
+# Decisions kept per tenant for redeliveries (the oldest quarter goes when full). Only
+# uncommitted records come again (a batch is at most 500 commands and offsets are
+# committed every second); a record whose decision was dropped is decided afresh.
+REPLAY_MEMORY = 2_048
 # Outcomes of payment.create that count toward the daily volume.
 VOLUME_OUTCOMES = frozenset({"payment.authorized", "payment.succeeded", "payment.requires_action"})
 
@@ -74,7 +79,10 @@ class TenantLimits(BaseModel):
         for currency, amount in value.items():
             if not 0 <= amount <= MAX_MINOR_AMOUNT * 1000:
                 raise ValueError(f"{currency}: amount must be a non-negative minor-unit integer")
-            out[normalise_currency(currency)] = amount
+            code = normalise_currency(currency)
+            if code in out:
+                raise ValueError(f"{code} is given twice")
+            out[code] = amount
         return out
 
     @model_validator(mode="after")
@@ -97,6 +105,7 @@ class LimitRejection:
     reason: str  # "rate_limited" | "quota_exceeded"
     message: str
     extra: dict[str, Any]
+    replay: bool = False  # decided before, for this same record
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +113,28 @@ class Admission:
     """A command let through; :meth:`LimitGate.settle` counts its payment volume."""
 
     tenant_id: str
+    offset: int
     day: str
-    currency: str | None = None
+    currency: str | None = None  # set when its volume is to be counted
     amount: int = 0
-    replay: bool = False  # counted before a crash: count nothing again
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Where a command record sits and when it was written, as the limits see it."""
+
+    command_id: str
+    partition: int
+    offset: int  # -1: not read from Kafka (never a redelivery)
+    timestamp_ms: int
 
 
 class LimitGate:
     """Applies a tenant's limits to its commands, keeping the state in ``table``."""
 
-    def __init__(self, table: MutableMapping[str, Any], clock_ms: Any = None) -> None:
+    def __init__(
+        self, table: MutableMapping[str, Any], clock_ms: Callable[[], int] | None = None
+    ) -> None:
         self.table = table
         self._clock_ms = clock_ms or (lambda: int(datetime.now(UTC).timestamp() * 1000))
 
@@ -125,51 +146,150 @@ class LimitGate:
         self,
         tenant_id: str,
         limits: TenantLimits,
-        *,
-        offset: int,
-        timestamp_ms: int,
+        rec: Record,
         command_type: str,
         data: Any,
-    ) -> Admission | LimitRejection:
-        """Decide on one command (offset -1: not from Kafka, never a replay)."""
+        *,
+        admitted_before: bool = False,
+    ) -> Admission | LimitRejection | None:
+        """Decide on one command; None when the tenant has no limits to apply.
+
+        ``admitted_before``: its idempotency record says it was let through once (parked,
+        or in flight at a crash): it passes without checks or spending.
+        """
         key = self.key(tenant_id)
-        state = dict(self.table.get(key) or _fresh())
-        if 0 <= offset <= int(state["through"]):
-            stored = (state.get("rejected") or {}).get(str(offset))
-            if stored is not None:
-                return LimitRejection(stored["reason"], stored["message"], stored["extra"])
-            return Admission(tenant_id, str(state.get("day") or ""), replay=True)
-        at_ms = max(int(state["at_ms"]), min(timestamp_ms, self._clock_ms() + MAX_FUTURE_SKEW_MS))
-        day = datetime.fromtimestamp(at_ms / 1000, tz=UTC).date().isoformat()
-        decision = _rate(state, limits, at_ms) or _quota(state, limits, day, command_type, data)
+        raw = self.table.get(key)
+        if raw is None and not limits.enforced:
+            return None
+        state = self._state(raw, rec)
+        decided = state["decided"].get(str(rec.offset)) if rec.offset >= 0 else None
+        if decided is not None and decided["id"] == rec.command_id:
+            if not decided["admit"]:
+                return LimitRejection(
+                    decided["reason"], decided["message"], decided["extra"], replay=True
+                )
+            return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided))
+        if not limits.enforced:
+            return None  # limits since removed: only earlier decisions still stand
+        at_ms = self._at(state, rec)
+        day = _day(at_ms)
+        decision = None
+        if not admitted_before:
+            decision = _rate(state, limits, at_ms) or _quota(state, limits, day, command_type, data)
+        if limits.commands_per_second is None:
+            state["tokens"] = None  # a rate limit set later starts with a full bucket
         state["at_ms"] = at_ms
-        if offset >= 0:
-            state["through"] = offset
+        entry: dict[str, Any] = {"id": rec.command_id, "day": day}
         if isinstance(decision, LimitRejection):
-            if offset >= 0:
-                state["rejected"] = _remember(state.get("rejected") or {}, offset, decision)
-            self.table[key] = state
+            entry.update(
+                admit=False,
+                reason=decision.reason,
+                message=decision.message,
+                extra=decision.extra,
+            )
+            self._decide(key, state, rec, entry)
             return decision
-        self.table[key] = state
         currency = amount = None
         if command_type == "payment.create" and limits.daily_payment_volume:
             currency, amount = str(data.currency), int(data.amount)
-        return Admission(tenant_id, day, currency, amount or 0)
+        entry.update(admit=True, counted=False, currency=currency, amount=amount)
+        self._decide(key, state, rec, entry)
+        return Admission(tenant_id, rec.offset, day, currency, amount or 0)
 
     def settle(self, admission: Admission, outcome_type: str) -> None:
-        """Count an admitted payment's amount once its outcome says money moved."""
-        if admission.replay or admission.currency is None or outcome_type not in VOLUME_OUTCOMES:
+        """Count an admitted payment's amount once, when its outcome says money moved."""
+        if admission.currency is None or outcome_type not in VOLUME_OUTCOMES:
             return
         key = self.key(admission.tenant_id)
-        state = dict(self.table.get(key) or _fresh())
-        volume = dict(state["volume"]) if state.get("day") == admission.day else {}
-        volume[admission.currency] = volume.get(admission.currency, 0) + admission.amount
-        state["day"], state["volume"] = admission.day, volume
+        state = dict(self.table.get(key) or _fresh(-1))
+        decided = state["decided"].get(str(admission.offset)) if admission.offset >= 0 else None
+        if decided is not None:
+            if decided.get("counted"):
+                return
+            decided["counted"] = True
+        _add_volume(state, admission.day, admission.currency, admission.amount)
+        self.table[key] = state
+
+    def account_answered(
+        self,
+        tenant_id: str,
+        limits: TenantLimits,
+        rec: Record,
+        command_type: str,
+        outcome_type: str,
+        outcome_data: Mapping[str, Any],
+    ) -> None:
+        """Account a record answered from its own idempotency record (a redelivery whose
+        limits state was lost): as the admission it was, spending and counting once."""
+        if rec.offset < 0 or not limits.enforced:
+            return
+        key = self.key(tenant_id)
+        state = self._state(self.table.get(key), rec)
+        decided = state["decided"].get(str(rec.offset))
+        if decided is not None and decided["id"] == rec.command_id:
+            return  # accounted already
+        at_ms = self._at(state, rec)
+        day = _day(at_ms)
+        if limits.commands_per_second is not None and _rate(state, limits, at_ms) is not None:
+            state["tokens"] = 0  # it was admitted: the bucket had its token then
+        state["at_ms"] = at_ms
+        obj = outcome_data.get("object") or {}
+        counted = False
+        if (
+            command_type == "payment.create"
+            and outcome_type in VOLUME_OUTCOMES
+            and obj.get("currency") in limits.daily_payment_volume
+        ):
+            _add_volume(state, day, str(obj["currency"]), int(obj.get("amount") or 0))
+            counted = True
+        entry = {"id": rec.command_id, "day": day, "admit": True, "counted": counted}
+        self._decide(key, state, rec, {**entry, "currency": None, "amount": None})
+
+    # ---- state --------------------------------------------------------------------
+
+    def _state(self, raw: Any, rec: Record) -> dict[str, Any]:
+        state = dict(raw or _fresh(rec.partition))
+        if rec.partition >= 0 and state.get("partition") != rec.partition:
+            # The tenant's commands now come from another partition (a new topic, or
+            # more partitions): offsets from the old log mean nothing here.
+            state.update(partition=rec.partition, decided={})
+        # Mutated in place: the state is always written back right after.
+        state["decided"] = state.get("decided") or {}
+        return state
+
+    def _at(self, state: dict[str, Any], rec: Record) -> int:
+        capped = min(rec.timestamp_ms, self._clock_ms() + MAX_FUTURE_SKEW_MS)
+        return max(int(state["at_ms"]), capped)
+
+    def _decide(self, key: str, state: dict[str, Any], rec: Record, entry: dict[str, Any]) -> None:
+        if rec.offset >= 0:
+            decided = state["decided"]
+            decided[str(rec.offset)] = entry
+            if len(decided) > REPLAY_MEMORY:  # oldest first: offsets arrive in order
+                for old in list(itertools.islice(decided, REPLAY_MEMORY // 4)):
+                    del decided[old]
         self.table[key] = state
 
 
-def _fresh() -> dict[str, Any]:
-    return {"through": -1, "at_ms": 0, "tokens": None, "day": "", "volume": {}, "rejected": {}}
+def _fresh(partition: int) -> dict[str, Any]:
+    return {"partition": partition, "at_ms": 0, "tokens": None, "day": "", "volume": {},
+            "decided": {}}  # fmt: skip
+
+
+def _day(at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).date().isoformat()
+
+
+def _volume_of(decided: Mapping[str, Any]) -> tuple[str | None, int]:
+    if decided.get("counted") or decided.get("currency") is None:
+        return None, 0
+    return str(decided["currency"]), int(decided["amount"])
+
+
+def _add_volume(state: dict[str, Any], day: str, currency: str, amount: int) -> None:
+    volume = dict(state["volume"]) if state.get("day") == day else {}
+    volume[currency] = volume.get(currency, 0) + amount
+    state["day"], state["volume"] = day, volume
 
 
 def _rate(state: dict[str, Any], limits: TenantLimits, at_ms: int) -> LimitRejection | None:
@@ -229,17 +349,3 @@ def _quota(
             },
         )
     return None
-
-
-def _remember(
-    rejected: dict[str, Any], offset: int, decision: LimitRejection
-) -> dict[str, dict[str, Any]]:
-    kept = {k: v for k, v in rejected.items() if int(k) > offset - REPLAY_WINDOW_OFFSETS}
-    kept[str(offset)] = {
-        "reason": decision.reason,
-        "message": decision.message,
-        "extra": decision.extra,
-    }
-    while len(kept) > REPLAY_MEMORY:
-        kept.pop(next(iter(kept)))
-    return kept

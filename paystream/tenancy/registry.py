@@ -13,7 +13,16 @@ from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.models import Tenant
 
-__all__ = ["list_tenants", "put_tenant"]
+__all__ = ["list_tenants", "put_tenant", "tenant_record"]
+
+
+def tenant_record(tenant: Tenant) -> dict[str, object]:
+    """The registry value; fields at their defaults that older workers do not know are
+    left out, so a worker not yet upgraded still reads tenants that do not use them."""
+    record = tenant.model_dump(mode="json")
+    if not tenant.limits.enforced:
+        del record["limits"]
+    return record
 
 
 async def put_tenant(settings: Settings, tenant: Tenant) -> None:
@@ -22,7 +31,7 @@ async def put_tenant(settings: Settings, tenant: Tenant) -> None:
     try:
         await producer.send_and_wait(
             settings.tenants_topic,
-            json.dumps(tenant.model_dump(mode="json"), sort_keys=True).encode(),
+            json.dumps(tenant_record(tenant), sort_keys=True).encode(),
             key=json.dumps(tenant.tenant_id).encode(),
         )
     finally:

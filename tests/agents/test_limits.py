@@ -131,11 +131,80 @@ async def test_limits_leave_other_tenants_and_unlimited_tenants_alone(harness: H
 
 
 async def test_a_finished_command_replayed_by_key_is_not_counted(harness: Harness) -> None:
-    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 2})
     _, first = await _run(harness, _record("payment.create", t, _pay(100), "k1", T0, 300))
     # The same command id again as a new record (a client retry): answered from the
-    # idempotency record before the limit is consulted, so no token is spent.
+    # idempotency record before the limit is consulted, so no token is spent...
     _, retry = await _run(harness, _record("payment.create", t, _pay(100), "k1", T0, 301))
     assert retry.get_id() == first.get_id()
-    _, other = await _run(harness, _record("customer.create", t, {}, "k2", T0 + 1000, 302))
+    # ...and the bucket's second token is still there in the same millisecond.
+    _, other = await _run(harness, _record("customer.create", t, {}, "k2", T0, 302))
     assert kind(other) == "customer.created"
+    _, third = await _run(harness, _record("customer.create", t, {}, "k3", T0, 303))
+    assert data(third)["reason"] == "rate_limited"
+
+
+async def test_limits_lost_in_a_crash_are_caught_up_by_answered_redeliveries(
+    harness: Harness,
+) -> None:
+    """The idempotency record of A survived a crash, the limits record did not: A's
+    redelivery is answered from its record, and B must still be rejected as before."""
+    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    a = _record("payment.create", t, _pay(100), "a", T0, 40)
+    b = _record("payment.create", t, _pay(100), "b", T0, 41)
+    await _run(harness, a)
+    first_b, out = await _run(harness, b)
+    assert data(out)["reason"] == "rate_limited"
+    del harness.processor.limits.table[f"{t}:limits"]  # lost; A's idempotency record kept
+    await _run(harness, a)
+    again_b, _ = await _run(harness, b)
+    assert [e.record for e in again_b] == [e.record for e in first_b]
+    assert await _charges(harness, t) == 1
+
+
+async def test_a_parked_payment_counts_toward_the_volume_once_it_succeeds(
+    harness: Harness,
+) -> None:
+    # The provider fails the first three attempts of every key: the harness tries three
+    # times, so the first delivery parks the payment and its redelivery succeeds.
+    t = harness.add_tenant(
+        gateway_options={"fail_first": {"*": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    parked = _record("payment.create", t, _pay(900), "parked", T0, 50)
+    emits = await harness.processor.process(parked)
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    _, out = await _run(harness, parked)  # redelivered after a crash, same offset
+    assert kind(out) == "payment.succeeded"
+    _, over = await _run(harness, _record("payment.create", t, _pay(200), "next", T0, 51))
+    assert data(over)["reason"] == "quota_exceeded" and data(over)["used"] == 900
+
+
+async def test_a_parked_command_redriven_is_not_stopped_by_the_rate_limit(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant(
+        gateway_options={"fail_first": {"*": 3}},
+        limits={"commands_per_second": 1, "burst": 1},
+    )
+    emits = await harness.processor.process(_record("payment.create", t, _pay(100), "p", T0, 60))
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    # `paystream dlq replay` sends it again as a new record in the same second: the
+    # bucket is empty, but it was admitted once and the provider may have acted on it.
+    _, out = await _run(harness, _record("payment.create", t, _pay(100), "p", T0 + 10, 61))
+    assert kind(out) == "payment.succeeded"
+
+
+async def test_removing_limits_does_not_undo_decisions_for_redeliveries(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    await _run(harness, _record("customer.create", t, {}, "x", T0, 70))
+    limited = _record("customer.create", t, {}, "y", T0, 71)
+    first, out = await _run(harness, limited)
+    assert data(out)["reason"] == "rate_limited"
+    harness.tenants[t] = {**harness.tenants[t], "limits": {}}  # `tenants limits --clear`
+    again, _ = await _run(harness, limited)
+    assert [e.record for e in again] == [e.record for e in first]
+    _, fresh = await _run(harness, _record("customer.create", t, {}, "z", T0, 72))
+    assert kind(fresh) == "customer.created"

@@ -21,10 +21,12 @@ TICK = 0.01
 async def test_a_call_within_its_limit_is_untouched_and_the_timer_stops() -> None:
     deadlines = CallDeadlines(tick=TICK)
     with deadlines.limit(1.0):
+        assert deadlines.in_flight() == 1
         await asyncio.sleep(0.02)
-    assert not deadlines._active
+    assert deadlines.in_flight() == 0
     await asyncio.sleep(TICK * 3)
-    assert deadlines._timer is None  # nothing in flight: no timer runs
+    on_loop = deadlines._loops[asyncio.get_running_loop()]
+    assert on_loop.timer is None  # nothing in flight: no timer runs
 
 
 async def test_an_overdue_call_raises_timeout_error_within_a_tick() -> None:
@@ -68,7 +70,7 @@ async def test_a_cancel_from_elsewhere_propagates_as_a_cancel() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not deadlines._active
+    assert deadlines.in_flight() == 0
 
 
 async def test_a_cancel_from_elsewhere_wins_over_an_expiry() -> None:
@@ -95,19 +97,44 @@ async def test_a_cancel_from_elsewhere_wins_over_an_expiry() -> None:
         await task
 
 
-async def test_a_new_event_loop_starts_with_a_clean_slate() -> None:
+async def test_limits_on_two_loops_at_once_keep_to_their_own_loop() -> None:
     deadlines = CallDeadlines(tick=TICK)
 
-    def run_elsewhere() -> None:
-        async def stuck() -> None:
-            with deadlines.limit(60):
-                await asyncio.sleep(0)
+    def run_elsewhere() -> str:
+        async def slow() -> str:
+            try:
+                with deadlines.limit(0.05):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                return "timeout"
+            return "ok"
 
-        asyncio.run(stuck())
+        return asyncio.run(slow())
 
-    await asyncio.get_running_loop().run_in_executor(None, run_elsewhere)
-    with pytest.raises(TimeoutError), deadlines.limit(0.02):
-        await asyncio.sleep(1)
+    elsewhere = asyncio.get_running_loop().run_in_executor(None, run_elsewhere)
+    with pytest.raises(TimeoutError), deadlines.limit(0.05):
+        await asyncio.sleep(5)
+    with deadlines.limit(1.0):
+        await asyncio.sleep(0.01)
+    assert await elsewhere == "timeout"
+
+
+async def test_nested_limits_each_time_out_on_their_own() -> None:
+    deadlines = CallDeadlines(tick=TICK)
+    with deadlines.limit(1.0):
+        with pytest.raises(TimeoutError), deadlines.limit(0.03):
+            await asyncio.sleep(5)
+        await asyncio.sleep(0.05)  # the outer limit still stands, and is not hit
+    with pytest.raises(TimeoutError), deadlines.limit(0.03), deadlines.limit(1.0):
+        await asyncio.sleep(5)
+
+
+async def test_a_limit_cannot_be_entered_twice() -> None:
+    limit = CallDeadlines(tick=TICK).limit(1.0)
+    with limit:
+        pass
+    with pytest.raises(RuntimeError, match="twice"), limit:
+        pass
 
 
 def test_tick_must_be_positive() -> None:

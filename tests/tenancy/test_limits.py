@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,11 @@ from paystream.tenancy.limits import (
     Admission,
     LimitGate,
     LimitRejection,
+    Record,
     TenantLimits,
 )
 from paystream.tenancy.models import Tenant
+from paystream.tenancy.registry import tenant_record
 
 T0 = 1_790_000_000_000  # 2026-09-21T..., a fixed record timestamp (ms)
 DAY_MS = 86_400_000
@@ -37,26 +40,35 @@ class Gate:
         self.limits = limits
         self.offset = 0
 
+    def record(self, at_ms: int = T0, offset: int | None = None, cid: str | None = None) -> Record:
+        if offset is None:
+            offset, self.offset = self.offset, self.offset + 1
+        return Record(cid or f"c{offset}", 0, offset, at_ms)
+
     def send(
         self,
         at_ms: int = T0,
         command: str = "customer.create",
         data: Any = None,
         offset: int | None = None,
-    ) -> Admission | LimitRejection:
-        if offset is None:
-            offset, self.offset = self.offset, self.offset + 1
-        return self.gate.admit(
-            "t1", self.limits, offset=offset, timestamp_ms=at_ms, command_type=command, data=data
-        )
+        cid: str | None = None,
+        **kw: Any,
+    ) -> Admission | LimitRejection | None:
+        rec = self.record(at_ms, offset, cid)
+        return self.gate.admit("t1", self.limits, rec, command, data, **kw)
 
     def pay(
         self, amount: int, at_ms: int = T0, outcome: str = "payment.succeeded", **kw: Any
     ) -> Any:
-        got = self.send(at_ms, "payment.create", Pay(amount, **kw))
+        currency = kw.pop("currency", "USD")
+        got = self.send(at_ms, "payment.create", Pay(amount, currency), **kw)
         if isinstance(got, Admission):
             self.gate.settle(got, outcome)
         return got
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(self.table["t1:limits"])
 
 
 def rejected(got: object, reason: str) -> LimitRejection:
@@ -121,37 +133,115 @@ def test_daily_volume_counts_money_that_moved_per_utc_day() -> None:
     assert g.table["t1:limits"]["volume"] == {"USD": 3000}
 
 
-def test_a_redelivered_command_gets_the_same_decision_and_is_not_counted_twice() -> None:
+def test_a_redelivered_record_gets_the_same_decision_and_is_not_counted_twice() -> None:
     g = Gate(TenantLimits(commands_per_second=1, burst=1, daily_payment_volume={"USD": 1500}))
     first = g.pay(1000)
     assert isinstance(first, Admission)
     over = rejected(g.send(T0), "rate_limited")
-    before = dict(g.table["t1:limits"])
-    # Redelivery of offsets 0 and 1 after a crash (the state was persisted).
-    again = g.send(T0, "payment.create", Pay(1000), offset=0)
-    assert isinstance(again, Admission) and again.replay
-    g.gate.settle(again, "payment.succeeded")  # a replay settles nothing
-    assert g.send(T0, offset=1) == over
-    assert g.table["t1:limits"] == before
+    assert not over.replay
+    before = copy.deepcopy(g.state)
+    # Offsets 0 and 1 come again after a crash (the state was persisted).
+    again = g.pay(1000, offset=0, cid="c0")
+    assert isinstance(again, Admission) and again.currency is None  # counted already
+    again_over = rejected(g.send(T0, offset=1, cid="c1"), "rate_limited")
+    assert again_over.replay and again_over.message == over.message
+    assert g.state == before
     # A later record of the same command (sent again by the client) is new traffic.
-    assert isinstance(g.send(T0 + 1_000), Admission)
+    assert isinstance(g.send(T0 + 1_000, cid="c1"), Admission)
 
 
-def test_commands_without_an_offset_are_never_taken_for_replays() -> None:
+def test_a_payment_parked_then_redelivered_is_counted_when_it_succeeds() -> None:
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    parked = g.send(T0, "payment.create", Pay(900))
+    assert isinstance(parked, Admission)  # the provider was down: nothing settled
+    again = g.send(T0, "payment.create", Pay(900), offset=0, cid="c0")
+    assert isinstance(again, Admission) and again.currency == "USD"
+    g.gate.settle(again, "payment.succeeded")
+    g.gate.settle(again, "payment.succeeded")  # a third delivery counts nothing more
+    assert g.state["volume"] == {"USD": 900}
+    assert isinstance(g.pay(200), LimitRejection)
+
+
+def test_a_record_admitted_before_passes_without_checks() -> None:
+    g = Gate(TenantLimits(commands_per_second=1, burst=1, max_payment_amount={"USD": 10}))
+    g.send(T0)
+    tokens = g.state["tokens"]
+    # A parked command re-driven (a new record, same command): over every limit, let through.
+    redriven = g.send(T0, "payment.create", Pay(5000), admitted_before=True)
+    assert isinstance(redriven, Admission)
+    assert g.state["tokens"] == tokens
+
+
+def test_an_answered_redelivery_is_accounted_once() -> None:
+    g = Gate(TenantLimits(commands_per_second=1, burst=2, daily_payment_volume={"USD": 5000}))
+    rec = g.record(T0)
+    answered = {"object": {"amount": 700, "currency": "USD"}}
+    for _ in range(2):
+        g.gate.account_answered(
+            "t1", g.limits, rec, "payment.create", "payment.succeeded", answered
+        )
+    assert g.state["volume"] == {"USD": 700} and g.state["tokens"] == 1000
+    assert isinstance(g.send(T0), Admission)
+    assert isinstance(g.send(T0), LimitRejection)
+
+
+def test_removed_limits_still_answer_redeliveries_of_their_rejections() -> None:
     g = Gate(TenantLimits(commands_per_second=1, burst=1))
-    assert isinstance(g.send(T0, offset=-1), Admission)
-    assert isinstance(g.send(T0, offset=-1), LimitRejection)
-    assert g.table["t1:limits"]["through"] == -1
+    g.send(T0)
+    over = rejected(g.send(T0), "rate_limited")
+    g.limits = TenantLimits()
+    assert g.send(T0, offset=1, cid="c1") == LimitRejection(
+        over.reason, over.message, over.extra, replay=True
+    )
+    assert g.send(T0) is None  # new records: no limits
 
 
-def test_remembered_rejections_are_bounded() -> None:
+def test_an_unlimited_tenant_keeps_no_state() -> None:
+    g = Gate(TenantLimits())
+    assert g.send(T0) is None
+    assert g.table == {}
+
+
+def test_a_rate_limit_set_later_starts_with_a_full_bucket() -> None:
+    g = Gate(TenantLimits(commands_per_second=1, burst=1))
+    g.send(T0)
+    g.limits = TenantLimits(max_payment_amount={"USD": 100})
+    g.send(T0 + 1)
+    assert g.state["tokens"] is None
+    g.limits = TenantLimits(commands_per_second=1, burst=1)
+    assert isinstance(g.send(T0 + 2), Admission)
+
+
+def test_records_without_an_offset_are_never_taken_for_redeliveries() -> None:
+    g = Gate(TenantLimits(commands_per_second=1, burst=1))
+    assert isinstance(g.send(T0, offset=-1, cid="x"), Admission)
+    assert isinstance(g.send(T0, offset=-1, cid="x"), LimitRejection)
+    assert g.state["decided"] == {}
+
+
+def test_offsets_of_another_log_are_not_taken_for_redeliveries() -> None:
+    g = Gate(TenantLimits(commands_per_second=1, burst=1))
+    g.send(T0)
+    g.send(T0)  # offset 1 rejected
+    # The topic was recreated: offset 1 now holds another command.
+    assert isinstance(g.send(T0 + 5_000, offset=1, cid="new"), Admission)
+    # The tenant's commands moved to another partition: its offsets start over.
+    moved = Record("c1", 3, 1, T0 + 10_000)
+    assert isinstance(g.gate.admit("t1", g.limits, moved, "customer.create", None), Admission)
+    assert list(g.state["decided"]) == ["1"] and g.state["partition"] == 3
+
+
+def test_remembered_decisions_are_bounded_and_dropped_ones_are_decided_afresh() -> None:
     g = Gate(TenantLimits(commands_per_second=1, burst=1))
     g.send(T0)
     for _ in range(REPLAY_MEMORY + 50):
         g.send(T0)
-    rejected_offsets = [int(k) for k in g.table["t1:limits"]["rejected"]]
-    assert len(rejected_offsets) == REPLAY_MEMORY
-    assert rejected_offsets[-1] == g.offset - 1  # the newest are kept
+    decided = [int(k) for k in g.state["decided"]]
+    assert len(decided) <= REPLAY_MEMORY
+    assert decided[-1] == g.offset - 1  # the newest are kept
+    assert "0" not in g.state["decided"]
+    # Offset 0 (admitted, decision dropped) comes again: decided afresh, not let through.
+    assert isinstance(g.send(T0, offset=0, cid="c0"), LimitRejection)
 
 
 def test_limits_validation() -> None:
@@ -167,6 +257,8 @@ def test_limits_validation() -> None:
         TenantLimits(max_payment_amount={"USD": -1})
     with pytest.raises(ValidationError):
         TenantLimits(commands_per_second=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="USD is given twice"):
+        TenantLimits(max_payment_amount={"usd": 1, "USD": 2})
 
 
 def test_tenant_records_without_limits_still_parse() -> None:
@@ -174,3 +266,15 @@ def test_tenant_records_without_limits_still_parse() -> None:
     assert Tenant.model_validate(old).limits == TenantLimits()
     with_limits = Tenant(tenant_id="acme", limits=TenantLimits(commands_per_second=10))
     assert Tenant.model_validate(with_limits.model_dump(mode="json")) == with_limits
+
+
+def test_registry_records_leave_out_unused_limits_for_older_workers() -> None:
+    plain = tenant_record(Tenant(tenant_id="acme"))
+    assert "limits" not in plain
+    # What a worker from before limits existed parses (extra fields forbidden):
+    assert set(plain) == {
+        "tenant_id", "name", "status", "gateway", "gateway_options", "secrets",
+        "connected_account",
+    }  # fmt: skip
+    limited = tenant_record(Tenant(tenant_id="acme", limits=TenantLimits(commands_per_second=3)))
+    assert limited["limits"]["commands_per_second"] == 3  # type: ignore[index]
