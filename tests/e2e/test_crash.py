@@ -30,6 +30,7 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict
+from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
 
@@ -39,6 +40,10 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 def tenants_for(sig: signal.Signals) -> list[str]:
     # Distinct per run: the simulator's provider state (Redis) outlives a test.
     return [f"crash-{sig.name.lower()}-{i}" for i in range(10)]
+
+
+# What each tenant's 40 payments of 1000 + j minor units add up to.
+TENANT_VOLUME = sum(1000 + j for j in range(40))
 
 
 @dataclass
@@ -254,7 +259,12 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     (the batch in hand must be finished before its offsets are committed)."""
     dep: Deployment = await deployment_factory()
     tenants = tenants_for(sig)
-    await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
+    # Limits each tenant's 100 commands use up exactly: a record counted twice after the
+    # crash would be rejected (and a rejection fails the test below).
+    limits = TenantLimits(
+        commands_per_second=1, burst=100, daily_payment_volume={"USD": TENANT_VOLUME}
+    )
+    await dep.add_tenants(*(Tenant(tenant_id=t, limits=limits) for t in tenants))
     commands, expected, expected_effects = workload(tenants)
     ids = {c.get_id() for c in commands}
     log = OutcomeLog(dep)
