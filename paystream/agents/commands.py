@@ -127,7 +127,13 @@ class CommandRunner:
                 disputes=t.disputes,
             )
             self._processor = CommandProcessor(
-                settings, tables, t.idempotency, t.tenants, pool, limits=t.limits
+                settings,
+                tables,
+                t.idempotency,
+                t.tenants,
+                pool,
+                limits=t.limits,
+                committed=lambda partition: COMMITTED.get(partition, -1),
             )
         return self._processor
 
@@ -276,6 +282,10 @@ def _headers(raw: Any) -> dict[str, bytes]:
 
 
 runner = CommandRunner()
+
+# Per partition of the commands topic, the offset this process last committed: records
+# before it are never redelivered (the tenant limits forget their decisions).
+COMMITTED: dict[int, int] = {}
 
 
 # Reads records [start, end) of a partition straight from the broker: the records found
@@ -516,6 +526,8 @@ class DurableOffsets:
         for tp, offset in offsets.items():
             if self._ready.get(tp) == offset:
                 del self._ready[tp]
+            if committed and offset > COMMITTED.get(tp.partition, -1):
+                COMMITTED[tp.partition] = offset
         if not committed:
             log.info("offsets not committed (rebalancing); the commands will be redelivered")
 

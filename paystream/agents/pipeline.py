@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,13 +88,15 @@ class CommandProcessor:
         tenants: Mapping[str, Any],
         gateways: GatewayPool,
         limits: MutableMapping[str, Any] | None = None,
+        committed: Callable[[int], int] | None = None,
     ) -> None:
         self.settings = settings
         self.tables = tables
         self.idempotency = idempotency
         self.tenants = tenants
         self.gateways = gateways
-        self.limits = LimitGate({} if limits is None else limits)
+        # ``committed(partition)``: the commands topic's committed offset there.
+        self.limits = LimitGate({} if limits is None else limits, committed=committed)
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
         # idempotency window is fixed, so purging only ever looks at the front.
@@ -212,6 +214,13 @@ class CommandProcessor:
     async def _run(
         self, rec: Inbound, cmd: CommandRef, tenant: Tenant, data: Any, when: datetime
     ) -> list[Emit]:
+        limited = self.limits.applies(cmd.tenant_id, tenant.limits)
+        if limited:
+            # A redelivered record the limits rejected keeps its rejection even if the
+            # command has since been retried and finished under the same key.
+            kept = self.limits.kept_rejection(cmd.tenant_id, self._limit_record(rec, cmd))
+            if kept is not None:
+                return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
         now = time.time()
@@ -247,14 +256,16 @@ class CommandProcessor:
         # answered from its record, neither counted nor limited again.
         # A parked or in-flight record means it was let through once: the provider may
         # have acted on it, so it is not stopped now.
-        decision = self.limits.admit(
-            cmd.tenant_id,
-            tenant.limits,
-            self._limit_record(rec, cmd),
-            cmd.command_type,
-            data,
-            admitted_before=existing is not None,
-        )
+        decision = None
+        if limited:
+            decision = self.limits.admit(
+                cmd.tenant_id,
+                tenant.limits,
+                self._limit_record(rec, cmd),
+                cmd.command_type,
+                data,
+                admitted_before=existing is not None,
+            )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
             if not decision.replay:

@@ -44,37 +44,45 @@ class CallDeadlines:
     def _on(self, loop: asyncio.AbstractEventLoop) -> _LoopDeadlines:
         found = self._loops.get(loop)
         if found is None:
-            found = self._loops[loop] = _LoopDeadlines(loop, self.tick)
+            found = self._loops[loop] = _LoopDeadlines(self.tick)
         return found
 
 
 class _LoopDeadlines:
-    """One loop's registered limits and the timer that checks them while any exist."""
+    """One loop's registered limits and the timer that checks them while any exist.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
-        self.loop = loop
+    It holds no reference to its loop (the weak map keyed by the loop would never let
+    go of it); the loop is passed in, or is the running one in the timer callback.
+    """
+
+    def __init__(self, tick: float) -> None:
         self.tick = tick
         self.active: dict[_Limit, None] = {}  # insertion-ordered set
         self.timer: asyncio.TimerHandle | None = None
 
-    def add(self, limit: _Limit) -> None:
+    def add(self, limit: _Limit, loop: asyncio.AbstractEventLoop) -> None:
         self.active[limit] = None
         if self.timer is None:
-            self.timer = self.loop.call_at(self.loop.time() + self.tick, self._check)
+            self.timer = loop.call_at(loop.time() + self.tick, self._check)
 
     def remove(self, limit: _Limit) -> None:
         self.active.pop(limit, None)
+        if not self.active and self.timer is not None:
+            # Nothing left to watch: a pending timer would also keep its loop alive.
+            self.timer.cancel()
+            self.timer = None
 
     def _check(self) -> None:
         self.timer = None
         if not self.active:
             return
-        now = self.loop.time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         for limit in [lim for lim in self.active if lim.expires <= now]:
             del self.active[limit]
             limit.expire()
         if self.active:
-            self.timer = self.loop.call_at(now + self.tick, self._check)
+            self.timer = loop.call_at(now + self.tick, self._check)
 
 
 class _Limit:
@@ -102,7 +110,7 @@ class _Limit:
         self._cancelling = task.cancelling()
         self.expires = loop.time() + self._seconds
         self._on = self._owner._on(loop)
-        self._on.add(self)
+        self._on.add(self, loop)
         return self
 
     def expire(self) -> None:

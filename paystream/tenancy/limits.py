@@ -30,6 +30,7 @@ is let through again without checks: the provider may already have acted on it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -133,14 +134,38 @@ class LimitGate:
     """Applies a tenant's limits to its commands, keeping the state in ``table``."""
 
     def __init__(
-        self, table: MutableMapping[str, Any], clock_ms: Callable[[], int] | None = None
+        self,
+        table: MutableMapping[str, Any],
+        clock_ms: Callable[[], int] | None = None,
+        committed: Callable[[int], int] | None = None,
     ) -> None:
+        """``committed(partition)``: the partition's committed offset (-1: unknown); the
+        records before it are never redelivered, so their decisions are dropped."""
         self.table = table
         self._clock_ms = clock_ms or (lambda: int(datetime.now(UTC).timestamp() * 1000))
+        self._committed = committed or (lambda partition: -1)
 
     @staticmethod
     def key(tenant_id: str) -> str:
         return f"{tenant_id}:limits"
+
+    def applies(self, tenant_id: str, limits: TenantLimits) -> bool:
+        """Whether :meth:`admit` has anything to do for this tenant (limits, or decisions
+        kept from when it had some)."""
+        return limits.enforced or self.key(tenant_id) in self.table
+
+    def kept_rejection(self, tenant_id: str, rec: Record) -> LimitRejection | None:
+        """The rejection this very record got before, if it did: it stands, whatever
+        happened since (a retry of the same key that finished, limits removed)."""
+        if rec.offset < 0:
+            return None
+        raw = self.table.get(self.key(tenant_id))
+        if raw is None or raw.get("partition") != rec.partition:
+            return None
+        decided = (raw.get("decided") or {}).get(str(rec.offset))
+        if decided is None or decided["admit"] or decided["id"] != _tag(rec.command_id):
+            return None
+        return LimitRejection(decided["reason"], decided["message"], decided["extra"], replay=True)
 
     def admit(
         self,
@@ -155,31 +180,37 @@ class LimitGate:
         """Decide on one command; None when the tenant has no limits to apply.
 
         ``admitted_before``: its idempotency record says it was let through once (parked,
-        or in flight at a crash): it passes without checks or spending.
+        or in flight at a crash): it passes unchecked, though it spends a token as any
+        admission does (the state must not depend on what the idempotency table held).
         """
         key = self.key(tenant_id)
-        raw = self.table.get(key)
-        if raw is None and not limits.enforced:
-            return None
-        state = self._state(raw, rec)
+        if not limits.enforced and key not in self.table:
+            return None  # nothing to apply or answer (`in`: a tenth of a missed get)
+        state = self._state(self.table.get(key), rec)
         decided = state["decided"].get(str(rec.offset)) if rec.offset >= 0 else None
-        if decided is not None and decided["id"] == rec.command_id:
+        if decided is not None and decided["id"] == _tag(rec.command_id):
             if not decided["admit"]:
                 return LimitRejection(
                     decided["reason"], decided["message"], decided["extra"], replay=True
                 )
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided))
         if not limits.enforced:
-            return None  # limits since removed: only earlier decisions still stand
+            # Limits since removed: only earlier decisions still stand, until committed.
+            self._forget_committed(state, rec.partition)
+            if not state["decided"]:
+                del self.table[key]
+            return None
         at_ms = self._at(state, rec)
         day = _day(at_ms)
-        decision = None
-        if not admitted_before:
+        if admitted_before:
+            decision = None
+            _spend(state, limits, at_ms)
+        else:
             decision = _rate(state, limits, at_ms) or _quota(state, limits, day, command_type, data)
         if limits.commands_per_second is None:
             state["tokens"] = None  # a rate limit set later starts with a full bucket
         state["at_ms"] = at_ms
-        entry: dict[str, Any] = {"id": rec.command_id, "day": day}
+        entry: dict[str, Any] = {"id": _tag(rec.command_id), "day": day}
         if isinstance(decision, LimitRejection):
             entry.update(
                 admit=False,
@@ -226,12 +257,11 @@ class LimitGate:
         key = self.key(tenant_id)
         state = self._state(self.table.get(key), rec)
         decided = state["decided"].get(str(rec.offset))
-        if decided is not None and decided["id"] == rec.command_id:
+        if decided is not None and decided["id"] == _tag(rec.command_id):
             return  # accounted already
         at_ms = self._at(state, rec)
         day = _day(at_ms)
-        if limits.commands_per_second is not None and _rate(state, limits, at_ms) is not None:
-            state["tokens"] = 0  # it was admitted: the bucket had its token then
+        _spend(state, limits, at_ms)
         state["at_ms"] = at_ms
         obj = outcome_data.get("object") or {}
         counted = False
@@ -242,7 +272,7 @@ class LimitGate:
         ):
             _add_volume(state, day, str(obj["currency"]), int(obj.get("amount") or 0))
             counted = True
-        entry = {"id": rec.command_id, "day": day, "admit": True, "counted": counted}
+        entry = {"id": _tag(rec.command_id), "day": day, "admit": True, "counted": counted}
         self._decide(key, state, rec, {**entry, "currency": None, "amount": None})
 
     # ---- state --------------------------------------------------------------------
@@ -265,15 +295,37 @@ class LimitGate:
         if rec.offset >= 0:
             decided = state["decided"]
             decided[str(rec.offset)] = entry
-            if len(decided) > REPLAY_MEMORY:  # oldest first: offsets arrive in order
+            self._forget_committed(state, rec.partition)
+            if len(decided) > REPLAY_MEMORY:  # a commit stalled: oldest first
                 for old in list(itertools.islice(decided, REPLAY_MEMORY // 4)):
                     del decided[old]
         self.table[key] = state
+
+    def _forget_committed(self, state: dict[str, Any], partition: int) -> None:
+        """Drop the decisions of committed records (kept in offset order, mostly)."""
+        floor = self._committed(partition)
+        decided = state["decided"]
+        while decided:
+            oldest = next(iter(decided))
+            if int(oldest) >= floor:
+                break
+            del decided[oldest]
 
 
 def _fresh(partition: int) -> dict[str, Any]:
     return {"partition": partition, "at_ms": 0, "tokens": None, "day": "", "volume": {},
             "decided": {}}  # fmt: skip
+
+
+def _tag(command_id: str) -> str:
+    """A command id as kept in the state: short whatever the id's length."""
+    return hashlib.blake2b(command_id.encode(), digest_size=8).hexdigest()
+
+
+def _spend(state: dict[str, Any], limits: TenantLimits, at_ms: int) -> None:
+    """Take a token as an admission that was (or must be) let through: none left is zero."""
+    if limits.commands_per_second is not None and _rate(state, limits, at_ms) is not None:
+        state["tokens"] = 0
 
 
 def _day(at_ms: int) -> str:

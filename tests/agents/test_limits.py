@@ -208,3 +208,38 @@ async def test_removing_limits_does_not_undo_decisions_for_redeliveries(
     assert [e.record for e in again] == [e.record for e in first]
     _, fresh = await _run(harness, _record("customer.create", t, {}, "z", T0, 72))
     assert kind(fresh) == "customer.created"
+
+
+async def test_a_rejection_stands_for_its_record_after_the_command_finished(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    await _run(harness, _record("customer.create", t, {}, "first", T0, 80))
+    rejected = _record("payment.create", t, _pay(100), "r", T0, 81)
+    first, out = await _run(harness, rejected)
+    assert data(out)["reason"] == "rate_limited"
+    # The client retries the same command after retry_after_ms, and it succeeds...
+    _, retried = await _run(harness, _record("payment.create", t, _pay(100), "r", T0 + 1000, 82))
+    assert kind(retried) == "payment.succeeded"
+    # ...then a crash redelivers the rejected record: its own answer stands.
+    again, _ = await _run(harness, rejected)
+    assert [e.record for e in again] == [e.record for e in first]
+
+
+async def test_a_parked_record_redelivered_spends_as_it_did(harness: Harness) -> None:
+    """A parked, B rejected; the crash loses the limits but keeps A's parked record. A
+    redelivered must spend its token again, or B would now be let through."""
+    t = harness.add_tenant(
+        gateway_options={"fail_first": {"*": 3}},
+        limits={"commands_per_second": 1, "burst": 1},
+    )
+    a = _record("payment.create", t, _pay(100), "a", T0, 90)
+    b = _record("customer.create", t, {}, "b", T0, 91)
+    assert [e.topic for e in await harness.processor.process(a)] == [harness.settings.retry_topic]
+    first_b, out = await _run(harness, b)
+    assert data(out)["reason"] == "rate_limited"
+    del harness.processor.limits.table[f"{t}:limits"]
+    _, out_a = await _run(harness, a)
+    assert kind(out_a) == "payment.succeeded"
+    again_b, _ = await _run(harness, b)
+    assert [e.record for e in again_b] == [e.record for e in first_b]

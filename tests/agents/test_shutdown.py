@@ -107,6 +107,22 @@ async def test_offsets_of_a_failed_or_cancelled_commit_are_kept_for_the_next() -
     assert consumer.commits == [{P0: 10, P1: 8}]
 
 
+async def test_committed_offsets_are_published_for_the_tenant_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published: dict[int, int] = {P0.partition: 2}
+    monkeypatch.setattr(commands, "COMMITTED", published)
+    consumer = StandInConsumer(fail=RuntimeError("broker away"))
+    offsets = DurableOffsets(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+    offsets.advance([event(P0, 4), event(P1, 7)])
+    with pytest.raises(RuntimeError):
+        await offsets.commit()
+    assert published == {P0.partition: 2}  # not committed: nothing may be forgotten
+    consumer.fail = None
+    await offsets.commit()
+    assert published == {P0.partition: 5, P1.partition: 8}
+
+
 async def test_the_batch_stream_ends_when_the_end_was_queued_while_busy() -> None:
     # Thrown while the agent was handling a batch: no getter waits, so the queue holds it.
     queue: ThrowableQueue = ThrowableQueue(flow_control=FlowControlEvent())

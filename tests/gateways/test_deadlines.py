@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 
 import pytest
 
@@ -206,3 +208,19 @@ async def test_policy_breaker_gauge_follows_the_circuit() -> None:
     with pytest.raises(RetriesExhausted):
         await call(down)
     assert gauge._value.get() == 1
+
+
+def test_a_finished_event_loop_is_let_go() -> None:
+    deadlines = CallDeadlines(tick=TICK)
+
+    async def call() -> None:
+        with deadlines.limit(1.0):
+            await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(call())
+    loop.close()
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert ref() is None and len(deadlines._loops) == 0

@@ -162,14 +162,17 @@ def test_a_payment_parked_then_redelivered_is_counted_when_it_succeeds() -> None
     assert isinstance(g.pay(200), LimitRejection)
 
 
-def test_a_record_admitted_before_passes_without_checks() -> None:
-    g = Gate(TenantLimits(commands_per_second=1, burst=1, max_payment_amount={"USD": 10}))
+def test_a_record_admitted_before_passes_unchecked_but_spends_a_token() -> None:
+    g = Gate(TenantLimits(commands_per_second=1, burst=2, max_payment_amount={"USD": 10}))
     g.send(T0)
-    tokens = g.state["tokens"]
-    # A parked command re-driven (a new record, same command): over every limit, let through.
+    # A parked command re-driven (a new record, same command): over every limit, let
+    # through; it spends the bucket's last token as any admission would.
     redriven = g.send(T0, "payment.create", Pay(5000), admitted_before=True)
     assert isinstance(redriven, Admission)
-    assert g.state["tokens"] == tokens
+    assert g.state["tokens"] == 0
+    assert isinstance(g.send(T0, "payment.create", Pay(5000), admitted_before=True), Admission)
+    assert g.state["tokens"] == 0  # none left is none, not a debt
+    assert isinstance(g.send(T0 + 1_000), Admission)
 
 
 def test_an_answered_redelivery_is_accounted_once() -> None:
@@ -194,6 +197,23 @@ def test_removed_limits_still_answer_redeliveries_of_their_rejections() -> None:
         over.reason, over.message, over.extra, replay=True
     )
     assert g.send(T0) is None  # new records: no limits
+
+
+def test_decisions_of_committed_records_are_dropped() -> None:
+    committed = {0: -1}
+    g = Gate(TenantLimits(commands_per_second=1, burst=1))
+    g.gate = LimitGate(g.table, clock_ms=lambda: T0, committed=lambda p: committed[p])
+    for _ in range(5):
+        g.send(T0)
+    assert list(g.state["decided"]) == ["0", "1", "2", "3", "4"]
+    committed[0] = 3  # offsets 0-2 will never come again
+    g.send(T0)
+    assert list(g.state["decided"]) == ["3", "4", "5"]
+    # Limits removed: the state goes once nothing it holds can be redelivered.
+    g.limits = TenantLimits()
+    committed[0] = 6
+    assert g.send(T0) is None
+    assert g.table == {}
 
 
 def test_an_unlimited_tenant_keeps_no_state() -> None:
