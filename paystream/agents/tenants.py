@@ -7,6 +7,7 @@ from typing import Any
 from paystream.app import app, settings
 from paystream.tables.definitions import tenants
 from paystream.tenancy.models import Tenant
+from paystream.tenancy.registry import tenant_record
 
 __all__ = ["sync_tenants", "tenants_topic"]
 
@@ -33,4 +34,5 @@ async def sync_tenants(stream: Any) -> None:
             app.log.warning("ignoring invalid tenant record for %r", tenant_id)
             continue
         if tenant.tenant_id == tenant_id:
-            tenants[tenant_id] = tenant.model_dump(mode="json")
+            # As on the registry topic: an older worker reads this table too.
+            tenants[tenant_id] = tenant_record(tenant)

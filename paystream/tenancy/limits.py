@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from paystream.money import MAX_MINOR_AMOUNT, normalise_currency
+from paystream.money import MAX_MINOR_AMOUNT, Money, normalise_currency
 
 __all__ = [
     "MAX_FUTURE_SKEW_MS",
@@ -97,6 +97,22 @@ class TenantLimits(BaseModel):
         return bool(
             self.commands_per_second or self.max_payment_amount or self.daily_payment_volume
         )
+
+    def describe(self) -> str:
+        """One line for operators, amounts in major units: "100/s (burst 200) · ..."."""
+        parts = []
+        if self.commands_per_second is not None:
+            burst = self.burst or self.commands_per_second
+            parts.append(f"{self.commands_per_second}/s (burst {burst})")
+        parts += [
+            f"≤ {Money(amount=a, currency=c)} per payment"
+            for c, a in sorted(self.max_payment_amount.items())
+        ]
+        parts += [
+            f"≤ {Money(amount=a, currency=c)} per day"
+            for c, a in sorted(self.daily_payment_volume.items())
+        ]
+        return " · ".join(parts) or "none"
 
 
 @dataclass(frozen=True, slots=True)

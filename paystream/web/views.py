@@ -14,6 +14,7 @@ from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.app import app, settings
 from paystream.tables import definitions as t
 from paystream.tables.views import entity_view, tenant_summaries
+from paystream.tenancy.limits import TenantLimits
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
 
@@ -65,6 +66,8 @@ class StatsView(View):
         for key, raw in t.tenants.items():
             if raw:
                 tenants[key] = {"status": raw.get("status"), "gateway": raw.get("gateway")}
+                if raw.get("limits"):
+                    tenants[key]["limits"] = _limits_text(raw["limits"])
         return self.json(
             {
                 "worker": {
@@ -95,3 +98,10 @@ class EntityView(View):
         if found is None:
             return self.json({"error": "not_found", "message": f"no such {kind[:-1]}"}, status=404)
         return self.json(found)
+
+
+def _limits_text(raw: Any) -> str:
+    try:
+        return TenantLimits.model_validate(raw).describe()
+    except ValueError:
+        return "invalid"

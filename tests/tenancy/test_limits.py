@@ -298,3 +298,17 @@ def test_registry_records_leave_out_unused_limits_for_older_workers() -> None:
     }  # fmt: skip
     limited = tenant_record(Tenant(tenant_id="acme", limits=TenantLimits(commands_per_second=3)))
     assert limited["limits"]["commands_per_second"] == 3  # type: ignore[index]
+
+
+def test_limits_read_for_operators() -> None:
+    assert TenantLimits().describe() == "none"
+    both = TenantLimits(
+        commands_per_second=50,
+        burst=80,
+        max_payment_amount={"JPY": 100_000, "USD": 250_000},
+        daily_payment_volume={"KWD": 1_234_567},
+    )
+    assert both.describe() == (
+        "50/s (burst 80) · ≤ 100000 JPY per payment · ≤ 2500.00 USD per payment"
+        " · ≤ 1234.567 KWD per day"
+    )

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from paystream.devstack.worker import WorkerProcess
 from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from tests.fixtures.browser import browser, js_errors, page  # noqa: F401 - fixtures
 from tests.fixtures.pipeline import Deployment
@@ -84,7 +85,10 @@ def activity_settled(stats: dict[str, Any]) -> bool:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def seeded(deployment_factory: Any) -> AsyncIterator[Seeded]:
     dep: Deployment = await deployment_factory()
-    await dep.add_tenants(Tenant(tenant_id="acme"), Tenant(tenant_id="globex"))
+    globex_limits = TenantLimits(commands_per_second=1000, max_payment_amount={"EUR": 50_000})
+    await dep.add_tenants(
+        Tenant(tenant_id="acme"), Tenant(tenant_id="globex", limits=globex_limits)
+    )
     worker = dep.worker()
     with worker:
         await asyncio.to_thread(

@@ -57,7 +57,8 @@ async def test_tiles_tenants_and_recent_outcomes(
     rows = page.locator("#tenants tr[data-tenant]")
     await expect(rows).to_have_count(4, timeout=WAIT)
     acme = page.locator('#tenants tr[data-tenant="acme"] td')
-    await expect(acme).to_have_count(7)
+    await expect(acme).to_have_count(8)
+    await expect(acme.nth(7)).to_have_text("")
     await expect(acme.nth(1)).to_have_text("active")
     await expect(acme.nth(2)).to_have_text("simulator")
     await expect(acme.nth(3)).to_have_text("3")  # succeeded, declined, card-number rejection
@@ -67,6 +68,7 @@ async def test_tiles_tenants_and_recent_outcomes(
     globex = page.locator('#tenants tr[data-tenant="globex"] td')
     await expect(globex.nth(1)).to_have_text("active")
     await expect(globex.nth(3)).to_have_text("1")
+    await expect(globex.nth(7)).to_have_text("1000/s (burst 1000) · ≤ 500.00 EUR per payment")
     nobody = page.locator('#tenants tr[data-tenant="nobody"] td')
     await expect(nobody.nth(1)).to_have_text("unknown")
     await expect(nobody.nth(3)).to_have_text("1")

@@ -81,10 +81,14 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
         "reason": None,
     }
 
-    # Only registered tenants, and nothing of theirs but status and gateway.
+    # Only registered tenants, and nothing of theirs but status, gateway and limits.
     assert stats["tenants"] == {
         "acme": {"status": "active", "gateway": "simulator"},
-        "globex": {"status": "active", "gateway": "simulator"},
+        "globex": {
+            "status": "active",
+            "gateway": "simulator",
+            "limits": "1000/s (burst 1000) · ≤ 500.00 EUR per payment",
+        },
     }
     assert stats["summaries"] == {
         "acme": {
