@@ -25,6 +25,9 @@ from paystream.tenancy.limits import TenantLimits
 __all__ = ["main"]
 
 DEMO_TENANTS = ("acme", "globex")
+# One demo tenant has limits, so the dashboard shows them at work: the demo's larger USD
+# payments go over the per-payment cap (quota_exceeded); the rate limit leaves room.
+DEMO_LIMITS = {"globex": TenantLimits(commands_per_second=50, max_payment_amount={"USD": 40_000})}
 
 
 def _settings() -> Settings:
@@ -494,7 +497,10 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
                 )
             await ensure_topics(run_settings)
             for tid in DEMO_TENANTS:
-                await put_tenant(run_settings, Tenant(tenant_id=tid, name=tid.title()))
+                limits = DEMO_LIMITS.get(tid, TenantLimits())
+                await put_tenant(
+                    run_settings, Tenant(tenant_id=tid, name=tid.title(), limits=limits)
+                )
 
         asyncio.run(prepare())
         log_path = data_dir / "dev" / "worker.log"
@@ -509,6 +515,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo(f"metrics    {base}/metrics")
         click.echo(f"worker log {log_path}")
         click.echo(f"tenants    {', '.join(DEMO_TENANTS)} (simulator gateway)")
+        for tid, limits in DEMO_LIMITS.items():
+            click.echo(f"limits     {tid}: {limits.describe()}")
         click.echo("Ctrl-C stops everything.")
         if demo:
             asyncio.run(_demo(run_settings, rate, duration))
