@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -70,6 +71,14 @@ __all__ = ["bench_command"]
     default=None,
     help="write each rate-phase command's send time and latency to this CSV",
 )
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="only the pipeline's own CPU per command: the commands through CommandProcessor "
+    "in this process (simulator on Redis, no Kafka or Faust), --rounds times; steady "
+    "enough to compare two checkouts",
+)
+@click.option("--rounds", default=5, show_default=True, help="rounds for --in-process")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def bench_command(
     commands: int,
@@ -86,6 +95,8 @@ def bench_command(
     seed: int,
     keep_dir: Path | None,
     latency_csv: Path | None,
+    in_process: bool,
+    rounds: int,
     quiet: bool,
 ) -> None:
     """Send N commands across T tenants through a real worker and report commands/s and
@@ -106,6 +117,10 @@ def bench_command(
     def say(msg: str) -> None:
         if not quiet:
             click.echo(msg, err=True)
+
+    if in_process:
+        _in_process(commands, tenants, rounds, seed, as_json, say)
+        return
 
     try:
         options = BenchOptions(
@@ -140,3 +155,21 @@ def bench_command(
     missing = report.pipeline.missing + (report.rate.missing if report.rate else 0)
     if missing:
         sys.exit(3)
+
+
+def _in_process(
+    commands: int, tenants: int, rounds: int, seed: int, as_json: bool, say: Any
+) -> None:
+    from paystream.bench.in_process import run_in_process
+    from paystream.settings import load_settings
+
+    if commands < 1 or tenants < 1 or rounds < 1:
+        raise click.BadParameter("--commands, --tenants and --rounds must be at least 1")
+    try:
+        redis_url = load_settings().redis_url
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    report = run_in_process(
+        commands=commands, tenants=tenants, rounds=rounds, seed=seed, redis_url=redis_url, say=say
+    )
+    click.echo(json.dumps(report.as_json(), sort_keys=True) if as_json else report.render())

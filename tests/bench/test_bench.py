@@ -154,3 +154,34 @@ def test_cli_rejects_bad_options() -> None:
     result = CliRunner().invoke(bench_command, ["-n", "1"])
     assert result.exit_code != 0
     assert "at least 2" in result.output
+
+
+def test_in_process_bench_runs_every_command_to_an_outcome(redis_url: str) -> None:
+    from paystream.bench.in_process import run_in_process
+
+    said: list[str] = []
+    report = run_in_process(
+        commands=150, tenants=3, rounds=2, seed=7, redis_url=redis_url, say=said.append
+    )
+    assert len(report.cpu_us) == len(report.wall_us) == 2 and min(report.cpu_us) > 0
+    assert sum(report.outcomes.values()) == 300
+    assert set(report.outcomes) <= {
+        "payment.succeeded", "payment.authorized", "payment.failed", "refund.succeeded",
+    }, report.outcomes  # fmt: skip
+    assert len(said) == 2
+    shown = report.as_json()
+    assert shown["in_process_cpu_us_per_command"] == round(report.median_cpu_us, 1) > 0
+    assert "median" in report.render()
+
+
+def test_in_process_bench_from_the_cli(redis_url: str) -> None:
+    result = CliRunner().invoke(
+        bench_command,
+        ["--in-process", "-n", "40", "-t", "2", "--rounds", "1", "--json", "-q"],
+        env={"REDIS_URL": redis_url},
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["commands"] == 40 and len(out["in_process_rounds_cpu_us"]) == 1
+    bad = CliRunner().invoke(bench_command, ["--in-process", "--rounds", "0"])
+    assert bad.exit_code != 0 and "at least 1" in bad.output

@@ -1,0 +1,192 @@
+"""`paystream bench --in-process`: the command pipeline's own CPU per command.
+
+The full benchmark shares two cores between the broker, Redis, the load generator and
+the worker, and its figures move by 10-30% between runs on this host: a code change
+worth 5% cannot be seen there. This runs the same commands (the bench's mix, with the
+real simulator on Redis) through ``CommandProcessor`` in this process, batch by batch
+and tenant-concurrently as the agent does, without Kafka or Faust, and reports the
+process CPU time per command over several rounds. Compare medians of two checkouts run
+one after the other (``PYTHONPATH=<checkout> python -m paystream bench --in-process``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paystream.agents.commands import BATCH_MAX
+from paystream.agents.handlers import Tables
+from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
+from paystream.bench.load import generate_commands, tenant_ids
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.simulator.resp import use_hiredis_packing
+from paystream.settings import load_settings
+from paystream.streams.codec import decode_record
+from paystream.tenancy.gateways import GatewayPool
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.policy import call_policy
+
+__all__ = ["InProcessReport", "run_in_process"]
+
+
+@dataclass
+class InProcessReport:
+    commands: int
+    tenants: int
+    cpu_us: list[float] = field(default_factory=list)  # per round, CPU µs per command
+    wall_us: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def median_cpu_us(self) -> float:
+        return statistics.median(self.cpu_us) if self.cpu_us else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "in_process_cpu_us_per_command": round(self.median_cpu_us, 1),
+            "in_process_rounds_cpu_us": [round(x, 1) for x in self.cpu_us],
+            "in_process_rounds_wall_us": [round(x, 1) for x in self.wall_us],
+            "commands": self.commands,
+            "tenants": self.tenants,
+            "outcomes": dict(self.outcomes),
+        }
+
+    def render(self) -> str:
+        lines = [
+            f"in-process pipeline: {self.commands} commands x {len(self.cpu_us)} rounds, "
+            f"{self.tenants} tenants (simulator on Redis; no Kafka, no Faust)"
+        ]
+        for n, (cpu, wall) in enumerate(zip(self.cpu_us, self.wall_us, strict=True), 1):
+            lines.append(f"  round {n}: {cpu:7.1f} µs CPU/command, {wall:7.1f} µs wall")
+        lines.append(
+            f"median {self.median_cpu_us:.1f} µs CPU per command (min {min(self.cpu_us):.1f})"
+        )
+        lines.append("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())))
+        return "\n".join(lines)
+
+
+def run_in_process(
+    *,
+    commands: int,
+    tenants: int,
+    rounds: int,
+    seed: int,
+    redis_url: str | None,
+    say: Callable[[str], None],
+) -> InProcessReport:
+    """Run the rounds against ``redis_url``, or an embedded Redis started for the run."""
+    if redis_url:
+        return _run_loop(_rounds(redis_url, commands, tenants, rounds, seed, say))
+    from paystream.devstack.redis import EmbeddedRedis
+
+    with tempfile.TemporaryDirectory(prefix="paystream-bench-") as tmp:
+        server = EmbeddedRedis(Path(tmp) / "redis")
+        server.start()
+        try:
+            return _run_loop(_rounds(server.url, commands, tenants, rounds, seed, say))
+        finally:
+            server.stop()
+
+
+def _run_loop(work: Any) -> InProcessReport:
+    try:
+        import uvloop  # the worker's loop (see settings.event_loop)
+
+        return uvloop.run(work)
+    except ImportError:
+        return asyncio.run(work)
+
+
+async def _rounds(
+    redis_url: str, commands: int, tenants: int, rounds: int, seed: int, say: Callable[[str], None]
+) -> InProcessReport:
+    import redis.asyncio as aioredis
+
+    client = use_hiredis_packing(aioredis.from_url(redis_url, socket_timeout=None))
+    settings = load_settings(redis_url=redis_url)
+    pool = GatewayPool(
+        GatewayDeps(settings=settings, redis=client), call_policy=call_policy(settings)
+    )
+    ids = tenant_ids(f"ip{os.urandom(3).hex()}", tenants)
+    registry = {t: Tenant(tenant_id=t).model_dump(mode="json") for t in ids}
+    processor = CommandProcessor(settings, Tables({}, {}, {}, {}, {}), {}, registry, pool)
+    report = InProcessReport(commands=commands, tenants=tenants)
+    try:
+        # As the worker does (gc_pacing): what lives for the process leaves the GC's view,
+        # and full collections happen at quiet moments, here between rounds, untimed.
+        young, middle, oldest = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(young, middle, 2**31 - 1)
+        for n in range(rounds):
+            gc.collect()
+            # Letters only in the prefix: a long digit run would send every command
+            # through the full card-number scan, which real ids do not.
+            prefix = f"r{n}x{os.urandom(4).hex().translate(_LETTERS)}"
+            generated = generate_commands(commands, ids, prefix=prefix, seed=seed + n)
+            batch = [_inbound(c, settings.commands_topic) for c in generated]
+            emitted: list[Emit] = []
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for i in range(0, len(batch), BATCH_MAX):
+                emitted += await _one_batch(processor, batch[i : i + BATCH_MAX])
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            report.outcomes.update(_kinds(emitted, settings.events_topic))
+            report.cpu_us.append(cpu / commands * 1e6)
+            report.wall_us.append(wall / commands * 1e6)
+            say(f"round {n + 1}/{rounds}: {report.cpu_us[-1]:.1f} µs CPU/command")
+    finally:
+        gc.set_threshold(young, middle, oldest)
+        gc.unfreeze()
+        await pool.aclose()
+        await client.aclose()
+    return report
+
+
+_LETTERS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def _inbound(command: Any, topic: str) -> Inbound:
+    rec = command.record
+    return Inbound(
+        key=rec.key,
+        value=rec.value,
+        headers=dict(rec.headers),
+        timestamp_ms=int(time.time() * 1000),
+        topic=topic,
+    )
+
+
+async def _one_batch(processor: CommandProcessor, batch: list[Inbound]) -> list[Emit]:
+    """One batch as the agent runs it: tenants concurrently, each in order."""
+    by_tenant: dict[bytes | None, list[Inbound]] = defaultdict(list)
+    for rec in batch:
+        by_tenant[rec.key].append(rec)
+
+    async def run(group: list[Inbound]) -> list[Emit]:
+        out: list[Emit] = []
+        for rec in group:
+            out += await processor.process(rec)
+        return out
+
+    return [
+        e for emits in await asyncio.gather(*(run(g) for g in by_tenant.values())) for e in emits
+    ]
+
+
+def _kinds(emitted: list[Emit], events_topic: str) -> Counter[str]:
+    kinds: Counter[str] = Counter()
+    for e in emitted:
+        if e.topic != events_topic:
+            kinds[f"({e.topic})"] += 1
+            continue
+        event = decode_record(e.record.key, e.record.value, dict(e.record.headers))
+        kinds[event.get_type().removeprefix("com.paystream.")] += 1
+    return kinds

@@ -1,0 +1,80 @@
+"""The call policy around every provider call: time limit, retries, breaker gauge."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from paystream import metrics
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.retry import RetriesExhausted
+from paystream.settings import load_settings
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.policy import call_policy
+
+
+def _tenant() -> Tenant:
+    return Tenant(tenant_id="t-deadline", gateway="simulator")
+
+
+async def test_policy_turns_a_slow_provider_into_a_retried_timeout() -> None:
+    settings = load_settings(
+        gateway_timeout_seconds=0.05, gateway_max_attempts=2, gateway_backoff_base_ms=1
+    )
+    call = call_policy(settings)(_tenant())
+    attempts = 0
+
+    async def slow() -> str:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(5)
+        return "never"
+
+    with pytest.raises(RetriesExhausted) as caught:
+        await call(slow)
+    assert attempts == 2
+    assert caught.value.code is ErrorCode.TIMEOUT
+    assert "no answer within 0.05s" in caught.value.message
+    timeouts = metrics.GATEWAY_CALLS.labels("simulator", ErrorCode.TIMEOUT.value)
+    assert timeouts._sum.get() > 0
+
+
+async def test_policy_passes_answers_and_provider_errors_through() -> None:
+    call = call_policy(load_settings(gateway_timeout_seconds=1.0))(_tenant())
+
+    async def answers() -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    async def declines() -> str:
+        raise GatewayError(ErrorCode.CARD_DECLINED, "declined", provider="simulator")
+
+    assert await call(answers) == "ok"
+    with pytest.raises(GatewayError) as caught:
+        await call(declines)
+    assert caught.value.code is ErrorCode.CARD_DECLINED
+
+
+async def test_policy_breaker_gauge_follows_the_circuit() -> None:
+    settings = load_settings(
+        gateway_timeout_seconds=1.0,
+        gateway_max_attempts=1,
+        breaker_failure_threshold=1,
+        breaker_reset_seconds=60,
+    )
+    tenant = Tenant(tenant_id="t-gauge", gateway="simulator")
+    call = call_policy(settings)(tenant)
+    gauge = metrics.BREAKER_OPEN.labels("t-gauge", "simulator")
+
+    async def ok() -> str:
+        return "ok"
+
+    async def down() -> str:
+        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+    await call(ok)
+    assert gauge._value.get() == 0
+    with pytest.raises(RetriesExhausted):
+        await call(down)
+    assert gauge._value.get() == 1
