@@ -1,13 +1,13 @@
-"""Per-tenant provider call wrapper: timeout + metrics around the gateway RetryPolicy."""
+"""Per-tenant provider call wrapper: time limit + metrics around the gateway RetryPolicy."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from paystream import metrics
+from paystream.gateways.deadlines import CallDeadlines
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.retry import CircuitState, RetryPolicy
 from paystream.settings import Settings
@@ -22,6 +22,8 @@ def call_policy(settings: Settings) -> Callable[[Tenant], Callable[..., Awaitabl
     """Per-tenant call wrappers sharing one RetryPolicy (and its breakers) per worker."""
     policy = RetryPolicy.from_settings(settings)
     timeout = settings.gateway_timeout_seconds
+    # A limit may overrun by one tick: a tenth of it, at most 100 ms.
+    deadlines = CallDeadlines(tick=min(0.1, timeout / 10))
 
     def for_tenant(tenant: Tenant) -> Callable[..., Awaitable[Any]]:
         provider = tenant.gateway
@@ -33,7 +35,7 @@ def call_policy(settings: Settings) -> Callable[[Tenant], Callable[..., Awaitabl
             started = time.perf_counter()
             result = "ok"
             try:
-                async with asyncio.timeout(timeout):
+                with deadlines.limit(timeout):
                     return await fn()
             except TimeoutError as exc:
                 result = ErrorCode.TIMEOUT.value
