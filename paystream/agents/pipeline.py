@@ -214,11 +214,12 @@ class CommandProcessor:
     async def _run(
         self, rec: Inbound, cmd: CommandRef, tenant: Tenant, data: Any, when: datetime
     ) -> list[Emit]:
+        limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         limited = self.limits.applies(cmd.tenant_id, tenant.limits)
         if limited:
             # A redelivered record the limits rejected keeps its rejection even if the
             # command has since been retried and finished under the same key.
-            kept = self.limits.kept_rejection(cmd.tenant_id, self._limit_record(rec, cmd))
+            kept = self.limits.kept_rejection(cmd.tenant_id, limit_rec)
             if kept is not None:
                 return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
@@ -238,7 +239,7 @@ class CommandProcessor:
                     self.limits.account_answered(
                         cmd.tenant_id,
                         tenant.limits,
-                        self._limit_record(rec, cmd),
+                        limit_rec,
                         cmd.command_type,
                         existing.outcome.type,
                         existing.outcome.data,
@@ -253,15 +254,15 @@ class CommandProcessor:
         if isinstance(gateway_or_rejection, Rejection):
             return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
         # Limits come after the idempotency check: a replay of a finished command is
-        # answered from its record, neither counted nor limited again.
-        # A parked or in-flight record means it was let through once: the provider may
-        # have acted on it, so it is not stopped now.
+        # answered from its record, neither counted nor limited again. A parked or
+        # in-flight record means it was let through once: the provider may have acted
+        # on it, so it is not stopped now.
         decision = None
         if limited:
             decision = self.limits.admit(
                 cmd.tenant_id,
                 tenant.limits,
-                self._limit_record(rec, cmd),
+                limit_rec,
                 cmd.command_type,
                 data,
                 admitted_before=existing is not None,
@@ -475,10 +476,6 @@ class CommandProcessor:
             table[key] = {**image, "entity_type": entity_type, "applied": applied}
             metrics.REPAIRS.labels(tenant_id, entity_type).inc()
             log.info("repaired %s %s to version %s", entity_type, key, image.get("version"))
-
-    @staticmethod
-    def _limit_record(rec: Inbound, cmd: CommandRef) -> LimitRecord:
-        return LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
 
     def _gateway_for(self, tenant: Tenant) -> Any:
         try:

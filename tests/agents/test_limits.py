@@ -54,6 +54,19 @@ async def _charges(h: Harness, tenant: str) -> int:
     return sum(1 for e in await gateway.effects() if e.kind == "charge")
 
 
+async def _limited_after_one(
+    h: Harness, command_type: str, body: dict[str, Any], offset: int
+) -> tuple[str, Inbound, list[Emit]]:
+    """A tenant at 1 command/s (burst 1) whose first command emptied the bucket, and the
+    next record, which the limit rejected: (tenant, that record, what it emitted)."""
+    t = h.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    await _run(h, _record("customer.create", t, {}, f"first{offset}", T0, offset))
+    limited = _record(command_type, t, body, f"limited{offset}", T0, offset + 1)
+    emits, out = await _run(h, limited)
+    assert data(out)["reason"] == "rate_limited"
+    return t, limited, emits
+
+
 async def test_over_the_rate_limit_is_rejected_without_a_gateway_call(harness: Harness) -> None:
     t = harness.add_tenant(limits={"commands_per_second": 2, "burst": 2})
     outs = [
@@ -198,11 +211,7 @@ async def test_a_parked_command_redriven_is_not_stopped_by_the_rate_limit(
 async def test_removing_limits_does_not_undo_decisions_for_redeliveries(
     harness: Harness,
 ) -> None:
-    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 1})
-    await _run(harness, _record("customer.create", t, {}, "x", T0, 70))
-    limited = _record("customer.create", t, {}, "y", T0, 71)
-    first, out = await _run(harness, limited)
-    assert data(out)["reason"] == "rate_limited"
+    t, limited, first = await _limited_after_one(harness, "customer.create", {}, 70)
     harness.tenants[t] = {**harness.tenants[t], "limits": {}}  # `tenants limits --clear`
     again, _ = await _run(harness, limited)
     assert [e.record for e in again] == [e.record for e in first]
@@ -213,13 +222,12 @@ async def test_removing_limits_does_not_undo_decisions_for_redeliveries(
 async def test_a_rejection_stands_for_its_record_after_the_command_finished(
     harness: Harness,
 ) -> None:
-    t = harness.add_tenant(limits={"commands_per_second": 1, "burst": 1})
-    await _run(harness, _record("customer.create", t, {}, "first", T0, 80))
-    rejected = _record("payment.create", t, _pay(100), "r", T0, 81)
-    first, out = await _run(harness, rejected)
-    assert data(out)["reason"] == "rate_limited"
+    t, rejected, first = await _limited_after_one(harness, "payment.create", _pay(100), 80)
     # The client retries the same command after retry_after_ms, and it succeeds...
-    _, retried = await _run(harness, _record("payment.create", t, _pay(100), "r", T0 + 1000, 82))
+    retry = _record(
+        "payment.create", t, _pay(100), rejected.headers["ce_id"].decode(), T0 + 1000, 82
+    )
+    _, retried = await _run(harness, retry)
     assert kind(retried) == "payment.succeeded"
     # ...then a crash redelivers the rejected record: its own answer stands.
     again, _ = await _run(harness, rejected)
