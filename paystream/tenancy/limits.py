@@ -173,15 +173,8 @@ class LimitGate:
     def kept_rejection(self, tenant_id: str, rec: Record) -> LimitRejection | None:
         """The rejection this very record got before, if it did: it stands, whatever
         happened since (a retry of the same key that finished, limits removed)."""
-        if rec.offset < 0:
-            return None
-        raw = self.table.get(self.key(tenant_id))
-        if raw is None or raw.get("partition") != rec.partition:
-            return None
-        decided = (raw.get("decided") or {}).get(str(rec.offset))
-        if decided is None or decided["admit"] or decided["id"] != _tag(rec.command_id):
-            return None
-        return LimitRejection(decided["reason"], decided["message"], decided["extra"], replay=True)
+        decided = _kept(self.table.get(self.key(tenant_id)), rec)
+        return None if decided is None or decided["admit"] else _replayed(decided)
 
     def admit(
         self,
@@ -203,12 +196,10 @@ class LimitGate:
         if not limits.enforced and key not in self.table:
             return None  # nothing to apply or answer (`in`: a tenth of a missed get)
         state = self._state(self.table.get(key), rec)
-        decided = state["decided"].get(str(rec.offset)) if rec.offset >= 0 else None
-        if decided is not None and decided["id"] == _tag(rec.command_id):
+        decided = _kept(state, rec)
+        if decided is not None:
             if not decided["admit"]:
-                return LimitRejection(
-                    decided["reason"], decided["message"], decided["extra"], replay=True
-                )
+                return _replayed(decided)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided))
         if not limits.enforced:
             # Limits since removed: only earlier decisions still stand, until committed.
@@ -272,8 +263,7 @@ class LimitGate:
             return
         key = self.key(tenant_id)
         state = self._state(self.table.get(key), rec)
-        decided = state["decided"].get(str(rec.offset))
-        if decided is not None and decided["id"] == _tag(rec.command_id):
+        if _kept(state, rec) is not None:
             return  # accounted already
         at_ms = self._at(state, rec)
         day = _day(at_ms)
@@ -331,6 +321,20 @@ class LimitGate:
 def _fresh(partition: int) -> dict[str, Any]:
     return {"partition": partition, "at_ms": 0, "tokens": None, "day": "", "volume": {},
             "decided": {}}  # fmt: skip
+
+
+def _kept(state: Mapping[str, Any] | None, rec: Record) -> dict[str, Any] | None:
+    """The decision kept for this very record (same partition, offset and command)."""
+    if state is None or rec.offset < 0 or state.get("partition") != rec.partition:
+        return None
+    decided = (state.get("decided") or {}).get(str(rec.offset))
+    if decided is None or decided["id"] != _tag(rec.command_id):
+        return None
+    return decided
+
+
+def _replayed(decided: Mapping[str, Any]) -> LimitRejection:
+    return LimitRejection(decided["reason"], decided["message"], decided["extra"], replay=True)
 
 
 def _tag(command_id: str) -> str:
