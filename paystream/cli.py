@@ -184,35 +184,48 @@ def tenants() -> None:
 
 @tenants.command("add")
 @click.argument("tenant_id")
-@click.option("--name", default="")
-@click.option("--gateway", default="simulator", show_default=True)
-@click.option("--option", "options", multiple=True, help="gateway option key=value (JSON values)")
+@click.option("--name", default=None, help="display name [tenant id]")
+@click.option("--gateway", default=None, help="provider [simulator for a new tenant]")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    help="gateway option key=value (JSON values); given at all, they replace the tenant's options",
+)
+@click.option("--clear-options", is_flag=True, help="remove every gateway option")
 @click.option(
     "--secret",
     "secret_names",
     multiple=True,
     help="secret NAME whose value is read from the environment variable PAYSTREAM_SECRET_<NAME> "
-    "or prompted for (never pass secrets as arguments)",
+    "or prompted for (never pass secrets as arguments); replaces that secret only",
 )
 @click.option("--connected-account", default=None)
 @_limit_options
 def tenants_add(
     tenant_id: str,
-    name: str,
-    gateway: str,
+    name: str | None,
+    gateway: str | None,
     options: tuple[str, ...],
+    clear_options: bool,
     secret_names: tuple[str, ...],
     connected_account: str | None,
     **limit_args: Any,
 ) -> None:
-    """Register or update a tenant (an update without limit options keeps its limits)."""
+    """Register a tenant, or change only the given fields of a registered one.
+
+    An update keeps the status (see suspend/activate) and everything not given; a new
+    --gateway starts its options, secrets and connected account afresh.
+    """
     settings = _settings()
     from paystream.gateways.registry import GATEWAYS
-    from paystream.tenancy.models import Tenant
+    from paystream.tenancy.models import TenantChanges, register_or_update
     from paystream.tenancy.registry import list_tenants, put_tenant
 
-    if gateway not in GATEWAYS:
+    if gateway is not None and gateway not in GATEWAYS:
         raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
+    if clear_options and options:
+        raise click.UsageError("--clear-options removes every option: give no --option")
     opts = {}
     for item in options:
         key, _, raw = item.partition("=")
@@ -220,6 +233,7 @@ def tenants_add(
             opts[key] = json.loads(raw)
         except json.JSONDecodeError:
             opts[key] = raw
+    limits = _limits_from(limit_args)  # before any prompt: a bad option fails first
     sealed = {}
     if secret_names:
         from paystream.tenancy.crypto import keyring_from_settings
@@ -231,20 +245,19 @@ def tenants_add(
                 f"value of secret {sname}", hide_input=True
             )
             sealed[sname] = seal_secret(keyring, tenant_id, sname, value)
-    limits = _limits_from(limit_args)
-    if limits is None:
-        known = _run(list_tenants(settings)).get(tenant_id)
-        limits = known.limits if known is not None else TenantLimits()
-    tenant = Tenant(
-        tenant_id=tenant_id,
-        name=name or tenant_id,
+    known = _run(list_tenants(settings)).get(tenant_id)
+    changes = TenantChanges(
+        name=name,
         gateway=gateway,
-        gateway_options=opts,
+        gateway_options=opts if options or clear_options else None,
         secrets=sealed,
         connected_account=connected_account,
         limits=limits,
     )
+    tenant = register_or_update(tenant_id, known, changes)
     _run(put_tenant(settings, tenant))
+    if known is not None:
+        click.echo(f"updated {tenant_id} (status {tenant.status.value})", err=True)
     click.echo(json.dumps(tenant.redacted(), sort_keys=True))
 
 

@@ -54,6 +54,10 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     deployed.worker_handle.wait_ready(["acme"])  # type: ignore[attr-defined]
     suspended = run_cli(deployed, "send", "customer.create", "--tenant", "acme", "--data", "{}")
     assert json.loads(suspended.stdout)["data"]["reason"] == "tenant_suspended"
+    # Re-running a registration to rename it must not re-activate it.
+    renamed = run_cli(deployed, "tenants", "add", "acme", "--name", "Acme Inc")
+    assert json.loads(renamed.stdout)["status"] == "suspended", renamed.stdout
+    assert "updated acme (status suspended)" in renamed.stderr
     run_cli(deployed, "tenants", "activate", "acme")
     unknown = run_cli(deployed, "tenants", "suspend", "nobody", check=False)
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
@@ -100,7 +104,7 @@ async def test_parked_commands_are_replayed_by_dlq_replay(deployed: Deployment) 
                 break
         assert cmd.get_id() in listed and "reason=provider_unavailable" in listed
         # the provider recovers; the operator re-drives the parked command
-        run_cli(deployed, "tenants", "add", "flaky")
+        run_cli(deployed, "tenants", "add", "flaky", "--clear-options")
         deployed.worker_handle.wait_ready(["flaky"])  # type: ignore[attr-defined]
         waiter = client.expect(cmd.get_id())
         replayed = run_cli(deployed, "dlq", "replay", "--topic", "retry")
@@ -132,8 +136,10 @@ async def test_tenant_limits_are_set_kept_enforced_and_cleared(deployed: Deploym
     assert over["data"]["reason"] == "quota_exceeded", over
     assert over["data"]["limit"] == "max_payment_amount"
     assert _send_payment(deployed, "capped", 1000)["type"] == "com.paystream.payment.succeeded"
-    # Updating the tenant without limit options keeps its limits.
-    run_cli(deployed, "tenants", "add", "capped", "--name", "Capped Inc")
+    # Updating the tenant without limit options keeps its limits, and its gateway options.
+    run_cli(deployed, "tenants", "add", "capped", "--option", "latency_ms=0")
+    updated = run_cli(deployed, "tenants", "add", "capped", "--name", "Capped Inc").stdout
+    assert json.loads(updated)["gateway_options"] == {"latency_ms": 0}, updated
     kept = json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout)
     assert kept["max_payment_amount"] == {"USD": 1000}
     cleared = json.loads(run_cli(deployed, "tenants", "limits", "capped", "--clear").stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from paystream.tenancy.limits import TenantLimits
 
-__all__ = ["TENANT_ID_PATTERN", "Tenant", "TenantStatus"]
+__all__ = ["TENANT_ID_PATTERN", "Tenant", "TenantChanges", "TenantStatus", "register_or_update"]
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
@@ -39,3 +40,51 @@ class Tenant(BaseModel):
         out = self.model_dump(mode="json")
         out["secrets"] = sorted(self.secrets)
         return out
+
+
+@dataclass(frozen=True)
+class TenantChanges:
+    """What an operator asked to set; ``None`` (or nothing given) leaves a field alone."""
+
+    name: str | None = None
+    gateway: str | None = None
+    gateway_options: dict[str, Any] | None = None
+    secrets: dict[str, str] | None = None  # sealed; added to (or replacing) those held
+    connected_account: str | None = None
+    limits: TenantLimits | None = None
+
+
+def register_or_update(tenant_id: str, known: Tenant | None, changes: TenantChanges) -> Tenant:
+    """The record after ``changes``: a new tenant, or ``known`` with only those fields changed.
+
+    An update never touches the status (suspend/activate do) and never falls back to a
+    default for what was not given: re-running a registration to rename a Stripe tenant
+    must not move its payments to the simulator, drop its key or re-activate it. A change
+    of gateway starts that gateway's options, secrets and connected account afresh: the
+    old provider's settings mean nothing to the new one.
+    """
+    if known is None:
+        return Tenant(
+            tenant_id=tenant_id,
+            name=changes.name or tenant_id,
+            gateway=changes.gateway or "simulator",
+            gateway_options=changes.gateway_options or {},
+            secrets=changes.secrets or {},
+            connected_account=changes.connected_account,
+            limits=changes.limits or TenantLimits(),
+        )
+    record = known.model_dump()
+    if changes.gateway is not None and changes.gateway != known.gateway:
+        record.update(gateway=changes.gateway, gateway_options={}, secrets={})
+        record["connected_account"] = None
+    if changes.name:
+        record["name"] = changes.name
+    if changes.gateway_options is not None:
+        record["gateway_options"] = changes.gateway_options
+    if changes.secrets:
+        record["secrets"] = {**record["secrets"], **changes.secrets}
+    if changes.connected_account is not None:
+        record["connected_account"] = changes.connected_account
+    if changes.limits is not None:
+        record["limits"] = changes.limits
+    return Tenant.model_validate(record)
