@@ -75,8 +75,22 @@ def config() -> None:
     settings = _settings()
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
-        shown = "**********" if "SecretStr" in type(value).__name__ else value
+        shown = "**********" if "SecretStr" in type(value).__name__ else _without_password(value)
         click.echo(f"{name:28} = {shown!s:40}  # {field.description}")
+
+
+def _without_password(value: Any) -> Any:
+    """A URL's password masked (DATABASE_URL, REDIS_URL may carry one); anything else as is."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        return value
+    return url.render_as_string(hide_password=True) if url.password else value
 
 
 @cli.command()
@@ -118,9 +132,12 @@ def doctor() -> None:
 def topics() -> None:
     """Create paystream's topics (idempotent)."""
     settings = _settings()
-    from paystream.streams.admin import ensure_topics
+    from paystream.streams.admin import TopicCreationError, ensure_topics
 
-    created = _run(ensure_topics(settings))
+    try:
+        created = _run(ensure_topics(settings))
+    except TopicCreationError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
@@ -215,37 +232,51 @@ def tenants_add(
     """Register a tenant, or change only the given fields of a registered one.
 
     An update keeps the status (see suspend/activate) and everything not given; a new
-    --gateway starts its options, secrets and connected account afresh.
+    --gateway starts its options, secrets and connected account afresh. Limits of a
+    registered tenant are set with `tenants limits`.
     """
     settings = _settings()
     from paystream.gateways.registry import GATEWAYS
-    from paystream.tenancy.models import TenantChanges, register_or_update
+    from paystream.tenancy.models import TENANT_ID_PATTERN, TenantChanges, register_or_update
     from paystream.tenancy.registry import list_tenants, put_tenant
 
     if gateway is not None and gateway not in GATEWAYS:
         raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
+    if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
+        raise click.BadParameter(f"tenant ids match {TENANT_ID_PATTERN}", param_hint="TENANT_ID")
     if clear_options and options:
         raise click.UsageError("--clear-options removes every option: give no --option")
     opts = {}
     for item in options:
-        key, _, raw = item.partition("=")
+        key, eq, raw = item.partition("=")
+        if not key or not eq:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--option")
         try:
             opts[key] = json.loads(raw)
         except json.JSONDecodeError:
             opts[key] = raw
     limits = _limits_from(limit_args)  # before any prompt: a bad option fails first
+    known = _run(list_tenants(settings)).get(tenant_id)
+    if known is not None and limits is not None:
+        raise click.UsageError(
+            f"{tenant_id} is registered: set its limits with `paystream tenants limits`, "
+            "which sets exactly the limits given"
+        )
     sealed = {}
     if secret_names:
+        from paystream.errors import ConfigurationError
         from paystream.tenancy.crypto import keyring_from_settings
         from paystream.tenancy.secrets import seal_secret
 
-        keyring = keyring_from_settings(settings)
-        for sname in secret_names:
+        try:
+            keyring = keyring_from_settings(settings)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from exc
+        for sname in (n.lower() for n in secret_names):
             value = os.environ.get(f"PAYSTREAM_SECRET_{sname.upper()}") or click.prompt(
                 f"value of secret {sname}", hide_input=True
             )
             sealed[sname] = seal_secret(keyring, tenant_id, sname, value)
-    known = _run(list_tenants(settings)).get(tenant_id)
     changes = TenantChanges(
         name=name,
         gateway=gateway,
@@ -351,6 +382,8 @@ def send(
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--data is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise click.BadParameter("--data must be a JSON object")
 
     async def go() -> str:
         mode = CloudEventsMode.STRUCTURED if structured else CloudEventsMode.BINARY

@@ -43,6 +43,7 @@ async def read_parked(
         fetch_max_wait_ms=50,
     )
     await consumer.start()
+    await consumer.topics()  # a consumer just started knows no topic's partitions on Kafka
     tps = [
         TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])
     ]

@@ -142,6 +142,10 @@ async def test_tenant_limits_are_set_kept_enforced_and_cleared(deployed: Deploym
     assert json.loads(updated)["gateway_options"] == {"latency_ms": 0}, updated
     kept = json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout)
     assert kept["max_payment_amount"] == {"USD": 1000}
+    # Limit options on a registered tenant would replace all its limits: refused.
+    refused = run_cli(deployed, "tenants", "add", "capped", "--rate-limit", "9", check=False)
+    assert refused.returncode == 2 and "tenants limits" in refused.stderr
+    assert json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout) == kept
     cleared = json.loads(run_cli(deployed, "tenants", "limits", "capped", "--clear").stdout)
     assert cleared["max_payment_amount"] == {} and cleared["commands_per_second"] is None
     for _ in range(50):  # the change reaches the worker's registry table shortly

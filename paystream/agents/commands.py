@@ -35,6 +35,7 @@ from paystream.agents.batching import take_batches
 from paystream.agents.handlers import Tables
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
+from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
@@ -105,6 +106,8 @@ class CommandRunner:
 
     async def processor(self) -> CommandProcessor:
         if self._processor is None:
+            # A registered tenant must never be taken for an unknown one.
+            await registry.ready.wait()
             redis_client = None
             if settings.redis_url:
                 import redis.asyncio as aioredis
@@ -130,7 +133,7 @@ class CommandRunner:
                 settings,
                 tables,
                 t.idempotency,
-                t.tenants,
+                registry.tenants,
                 pool,
                 limits=t.limits,
                 committed=lambda partition: COMMITTED.get(partition, -1),

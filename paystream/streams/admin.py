@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from paystream.settings import Settings
 
-__all__ = ["bootstrap_servers", "ensure_topics"]
+__all__ = ["TopicCreationError", "bootstrap_servers", "ensure_topics"]
 
 
 def bootstrap_servers(url: str) -> str:
@@ -39,7 +39,24 @@ async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> l
         if new:
             # another process may win the race to create a topic; that is fine
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+                response = await admin.create_topics(new)
+                _raise_failures(response.topic_errors)
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+class TopicCreationError(RuntimeError):
+    """The broker refused to create some topics (the answer names each and why)."""
+
+
+def _raise_failures(topic_errors: list[tuple[object, ...]]) -> None:
+    """CreateTopics answers per topic and never raises: a refused topic (e.g. a replication
+    factor above the broker count) would otherwise pass as created."""
+    failed = [
+        f"{name}: {for_code(code).__name__}{f' ({detail[0]})' if detail and detail[0] else ''}"
+        for name, code, *detail in topic_errors
+        if code not in (0, TopicAlreadyExistsError.errno)
+    ]
+    if failed:
+        raise TopicCreationError("the broker refused to create " + "; ".join(map(str, failed)))

@@ -20,7 +20,6 @@ __all__ = [
     "payment_methods",
     "payments",
     "refunds",
-    "tenants",
 ]
 
 
@@ -47,15 +46,3 @@ refunds = _entity_table("refunds", "tenant:refund id → refund record")
 disputes = _entity_table("disputes", "tenant:dispute id → dispute record")
 idempotency = _entity_table("idempotency", "tenant:idempotency key → in-flight/done record")
 limits = _entity_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")
-
-# Every worker needs every tenant, so the registry is a global table. It is fed by the
-# tenants agent from the compacted `paystream.tenants` topic (what `paystream tenants`
-# writes). Not used as the table's changelog directly: Faust's assignor hangs when a
-# global table's changelog topic does not follow its `{app}-{table}-changelog` naming.
-tenants = app.GlobalTable(
-    "tenants",
-    default=None,
-    key_type=str,
-    partitions=settings.partitions,
-    help="tenant id → tenant record",
-)

@@ -1,16 +1,18 @@
 """Read and write the tenant registry (the compacted `paystream.tenants` topic).
 
-Keys and values are JSON, matching the worker's tenants GlobalTable serializers.
+Keys and values are JSON (the tenant id as a JSON string, the record as a JSON object);
+every worker follows the whole topic (tenancy/mirror.py).
 """
 
 from __future__ import annotations
 
 import json
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy.mirror import RegistryMirror, registry_partitions
 from paystream.tenancy.models import Tenant
 
 __all__ = ["list_tenants", "put_tenant", "tenant_record"]
@@ -26,7 +28,10 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
 
 
 async def put_tenant(settings: Settings, tenant: Tenant) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    # All in-sync replicas: a suspension acknowledged to the operator must not be lost.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
+    )
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -39,7 +44,10 @@ async def put_tenant(settings: Settings, tenant: Tenant) -> None:
 
 
 async def list_tenants(settings: Settings) -> dict[str, Tenant]:
-    """Read the registry from the beginning to its current end; last write per key wins."""
+    """Read the registry from the beginning to its current end; last write per key wins.
+
+    Records this version cannot read are skipped with a warning, as workers skip them.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
         enable_auto_commit=False,
@@ -47,27 +55,20 @@ async def list_tenants(settings: Settings) -> dict[str, Tenant]:
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(settings.tenants_topic) or set()
-        tps = [TopicPartition(settings.tenants_topic, p) for p in sorted(parts)]
+        tps = await registry_partitions(consumer, settings.tenants_topic)
         if not tps:
             return {}
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        tenants: dict[str, Tenant] = {}
+        mirror = RegistryMirror(settings)
         pending = {tp for tp in tps if ends[tp] > 0}
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=1000)
             for records in batch.values():
                 for r in records:
-                    tenant_id = json.loads(r.key) if r.key else None
-                    if not tenant_id:
-                        continue
-                    if r.value is None:
-                        tenants.pop(tenant_id, None)
-                    else:
-                        tenants[tenant_id] = Tenant.model_validate_json(r.value)
+                    mirror.apply(r.key, r.value)
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-        return tenants
+        return mirror.tenants
     finally:
         await consumer.stop()

@@ -11,10 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paystream.agents.commands import runner
 from paystream.agents.ledger_sink import runner as ledger_runner
+from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.tables import definitions as t
 from paystream.tables.views import entity_view, tenant_summaries
-from paystream.tenancy.limits import TenantLimits
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
 
@@ -63,11 +63,10 @@ class StatsView(View):
             else []
         )
         tenants: dict[str, Any] = {}
-        for key, raw in t.tenants.items():
-            if raw:
-                tenants[key] = {"status": raw.get("status"), "gateway": raw.get("gateway")}
-                if raw.get("limits"):
-                    tenants[key]["limits"] = _limits_text(raw["limits"])
+        for key, tenant in registry.tenants.items():
+            tenants[key] = {"status": tenant.status.value, "gateway": tenant.gateway}
+            if tenant.limits.enforced:
+                tenants[key]["limits"] = tenant.limits.describe()
         return self.json(
             {
                 "worker": {
@@ -98,10 +97,3 @@ class EntityView(View):
         if found is None:
             return self.json({"error": "not_found", "message": f"no such {kind[:-1]}"}, status=404)
         return self.json(found)
-
-
-def _limits_text(raw: Any) -> str:
-    try:
-        return TenantLimits.model_validate(raw).describe()
-    except ValueError:
-        return "invalid"

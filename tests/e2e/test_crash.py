@@ -3,7 +3,9 @@
 1,000 commands (charges, authorisations, captures, refunds) across 10 tenants are
 paced onto the commands topic; the worker is killed with SIGKILL once a third of the
 outcomes are out (and, separately, stopped with SIGTERM as a deploy would), and a new
-worker (same consumer group, fresh process) finishes.
+worker (same consumer group, fresh process) finishes. In the fleet case two workers
+share the partitions from the start and the survivor takes over the killed one's
+partitions (and their tables) mid-stream, while it keeps running its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
+from paystream.devstack._process import wait_until
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import SimulatorGateway
@@ -37,9 +40,9 @@ from tests.fixtures.pipeline import Deployment
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 
-def tenants_for(sig: signal.Signals) -> list[str]:
+def tenants_for(case: str) -> list[str]:
     # Distinct per run: the simulator's provider state (Redis) outlives a test.
-    return [f"crash-{sig.name.lower()}-{i}" for i in range(10)]
+    return [f"crash-{case.lower()}-{i}" for i in range(10)]
 
 
 # What each tenant's 40 payments of 1000 + j minor units add up to.
@@ -246,19 +249,42 @@ async def _committed(dep: Deployment) -> dict[int, int | None]:
         await consumer.stop()
 
 
+def _wait_split(workers: list[Any], tenants: list[str], partitions: int) -> None:
+    """Until every worker owns some of the partitions and together they own them all."""
+    for w in workers:
+        w.wait_ready(tenants)
+
+    def split() -> bool:
+        owned = [set((w.stats() or {}).get("worker", {}).get("partitions") or ()) for w in workers]
+        return all(owned) and sum(map(len, owned)) == partitions == len(set().union(*owned))
+
+    wait_until(split, timeout=90, what="the partitions split between the workers", interval=0.1)
+
+
+def _processed(worker: Any) -> int:
+    stats = worker.stats()
+    return int(stats["worker"]["processed"]) if stats else 0
+
+
 def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{base_url}/v1/tenants/{tenant}/payments/{pid}", timeout=5) as r:
         return dict(json.load(r))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("sig", "fleet"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["SIGKILL", "SIGTERM", "fleet-SIGKILL"],
+)
 async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
-    deployment_factory: Any, sig: signal.Signals
+    deployment_factory: Any, sig: signal.Signals, fleet: bool
 ) -> None:
     """SIGKILL: a crash at any point. SIGTERM: a deploy, which cancels the agent mid-batch
-    (the batch in hand must be finished before its offsets are committed)."""
+    (the batch in hand must be finished before its offsets are committed). Fleet: a crash
+    while another worker of the group runs, which must take over (a rebalance mid-stream
+    on a busy worker)."""
     dep: Deployment = await deployment_factory()
-    tenants = tenants_for(sig)
+    tenants = tenants_for(f"{'fleet-' if fleet else ''}{sig.name}")
     # Limits each tenant's 100 commands use up exactly: a record counted twice after the
     # crash would be rejected (and a rejection fails the test below).
     limits = TenantLimits(
@@ -272,15 +298,23 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     first = dep.worker("w1").start()
     second = dep.worker("w2")
     try:
-        await asyncio.to_thread(first.wait_ready, tenants, partitions=dep.settings.partitions)
+        if fleet:
+            second.start()
+            await asyncio.to_thread(_wait_split, [first, second], tenants, dep.settings.partitions)
+        else:
+            await asyncio.to_thread(first.wait_ready, tenants, partitions=dep.settings.partitions)
         producing = asyncio.create_task(_produce(dep, commands, rate=250))
         await _wait_for(
             lambda: len(log.by_command.keys() & ids) >= 330, 60, "a third of the outcomes"
         )
+        if fleet:
+            busy = [await asyncio.to_thread(_processed, w) for w in (first, second)]
+            assert all(busy), f"both workers must be running commands when one dies: {busy}"
         first.kill(sig)
         killed_at = len(log.by_command.keys() & ids)
         await producing
-        second.start()
+        if not fleet:
+            second.start()
         with contextlib.suppress(AssertionError):  # judged below, on the topic itself
             await _wait_for(
                 lambda: ids <= log.by_command.keys() or reader.done(), 120, "every outcome"
@@ -294,7 +328,8 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
                 raise AssertionError(
                     f"{await _diagnose(dep, commands, log, second)}; reader error: {reader_error!r}"
                 )
-        await asyncio.to_thread(second.wait_ready, tenants)
+        # The survivor (or the new worker) owns every partition, so its views show all.
+        await asyncio.to_thread(second.wait_ready, tenants, partitions=dep.settings.partitions)
 
         # 1. every command has exactly one outcome identity; duplicates are byte-identical
         assert killed_at < len(ids), "the kill must land mid-stream"

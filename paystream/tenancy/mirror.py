@@ -1,0 +1,142 @@
+"""Every tenant record on every worker: the registry topic, read whole and then followed.
+
+The registry used to be mirrored into a Faust GlobalTable by an agent consuming the
+registry topic in the consumer group. In a fleet that split the topic's partitions
+between workers, and Faust's GlobalTable does not pass one worker's writes on to the
+others once they run (faust-streaming issue #283): each worker knew only the tenants
+on its own partitions of the registry topic, and the registry topic is not partitioned
+like the commands topic, so commands of some tenants were rejected as `unknown_tenant`
+(found by the two-worker crash test). A consumer outside the group reads every
+partition instead, as a Kafka Streams GlobalKTable does; the registry is small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from paystream.settings import Settings
+from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy.models import Tenant
+
+__all__ = ["RegistryMirror", "registry_partitions"]
+
+log = logging.getLogger(__name__)
+
+# How long a fetch waits for new registry records. Real Kafka answers as soon as one
+# arrives; the embedded broker only re-checks at half this, so a change reaches the
+# workers within about that long (an idle fetch costs the broker more the shorter it is).
+POLL_MS = 500
+# While the registry topic does not exist yet, how often to look for it again.
+MISSING_TOPIC_RETRY_SECONDS = 5.0
+# After an unexpected error, before reading on.
+ERROR_BACKOFF_SECONDS = 1.0
+
+
+async def registry_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, asking the cluster first: a consumer that has just started
+    holds no topic metadata on Kafka (its first request asks for none)."""
+    await consumer.topics()
+    parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+class RegistryMirror:
+    """The latest valid record of every tenant, kept current while :meth:`run` runs.
+
+    ``tenants`` maps tenant id to its :class:`Tenant`; ``ready`` is set once everything
+    the topic held when the mirror started has been read, so a worker never takes a
+    registered tenant for an unknown one.
+    """
+
+    def __init__(self, settings: Settings, *, poll_ms: int = POLL_MS) -> None:
+        self.settings = settings
+        self.poll_ms = poll_ms
+        self.tenants: dict[str, Tenant] = {}
+        self.ready = asyncio.Event()
+        self.invalid = 0  # records skipped as invalid, for the log and tests
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """One registry record: the tenant's new record, or a tombstone."""
+        try:
+            tenant_id = json.loads(key) if key else None
+        except ValueError:
+            tenant_id = None
+        if not isinstance(tenant_id, str) or not tenant_id:
+            self._skip("a registry record without a tenant id key")
+            return
+        if value is None:
+            self.tenants.pop(tenant_id, None)
+            return
+        try:
+            tenant = Tenant.model_validate_json(value)
+        except ValueError:
+            # e.g. written by a newer paystream with fields this worker does not know:
+            # keep the tenant's last record this worker could read.
+            self._skip(f"an invalid registry record for {tenant_id!r}")
+            return
+        if tenant.tenant_id != tenant_id:
+            self._skip(f"a registry record for {tenant.tenant_id!r} under key {tenant_id!r}")
+            return
+        self.tenants[tenant_id] = tenant
+
+    def _skip(self, what: str) -> None:
+        self.invalid += 1
+        log.warning("tenant registry: ignoring %s", what)
+
+    async def run(self) -> None:
+        """Read the registry from the beginning, then follow it until cancelled."""
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap_servers(self.settings.require_broker()),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=self.poll_ms,
+            )
+            try:
+                await consumer.start()
+                await self._follow(consumer)
+            except KafkaError:
+                # Starting up (the broker not there yet): start over from the beginning.
+                log.exception("tenant registry: cannot read the registry topic; retrying")
+                await asyncio.sleep(ERROR_BACKOFF_SECONDS)
+            finally:
+                await consumer.stop()
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        topic = self.settings.tenants_topic
+        started = time.monotonic()
+        tps = await registry_partitions(consumer, topic)
+        while not tps:
+            # Nothing registered anywhere yet: every tenant is unknown, correctly.
+            log.warning("tenant registry topic %r does not exist (yet)", topic)
+            self.ready.set()
+            await asyncio.sleep(MISSING_TOPIC_RETRY_SECONDS)
+            tps = await registry_partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        behind = {tp for tp in tps if ends[tp] > 0}
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=self.poll_ms * 2)
+                for records in batch.values():
+                    for r in records:
+                        self.apply(r.key, r.value)
+                if behind:
+                    behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
+                if not behind and not self.ready.is_set():
+                    self.ready.set()
+                    log.info(
+                        "tenant registry loaded: %d tenant(s) in %.1f s",
+                        len(self.tenants),
+                        time.monotonic() - started,
+                    )
+            except KafkaError:
+                log.exception("tenant registry: read failed; retrying")
+                await asyncio.sleep(ERROR_BACKOFF_SECONDS)

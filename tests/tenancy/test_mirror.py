@@ -1,0 +1,109 @@
+"""The registry mirror: every tenant record, on every worker, kept current."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from paystream.settings import load_settings
+from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy.limits import TenantLimits
+from paystream.tenancy.mirror import RegistryMirror
+from paystream.tenancy.models import Tenant, TenantStatus
+from paystream.tenancy.registry import put_tenant, tenant_record
+
+
+def _mirror() -> RegistryMirror:
+    return RegistryMirror(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
+
+
+def _value(tenant: Tenant) -> bytes:
+    return json.dumps(tenant_record(tenant)).encode()
+
+
+def test_records_tombstones_and_updates() -> None:
+    mirror = _mirror()
+    mirror.apply(b'"acme"', _value(Tenant(tenant_id="acme")))
+    mirror.apply(b'"beta"', _value(Tenant(tenant_id="beta")))
+    mirror.apply(b'"acme"', _value(Tenant(tenant_id="acme", status=TenantStatus.SUSPENDED)))
+    mirror.apply(b'"beta"', None)
+    assert list(mirror.tenants) == ["acme"]
+    assert mirror.tenants["acme"].status is TenantStatus.SUSPENDED
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (None, b"{}"),
+        (b"not json", b"{}"),
+        (b"42", b"{}"),
+        (b'"acme"', b"not json"),
+        (b'"acme"', b'{"tenant_id": "acme", "field_from_a_newer_version": 1}'),
+        (b'"acme"', json.dumps(tenant_record(Tenant(tenant_id="other"))).encode()),
+    ],
+    ids=["no-key", "key-not-json", "key-not-a-string", "value-not-json", "unknown-field",
+         "id-mismatch"],
+)  # fmt: skip
+def test_a_bad_record_is_skipped_and_the_last_good_one_kept(key: Any, value: bytes) -> None:
+    mirror = _mirror()
+    good = Tenant(tenant_id="acme", limits=TenantLimits(commands_per_second=3))
+    mirror.apply(b'"acme"', _value(good))
+    mirror.apply(key, value)
+    assert mirror.tenants == {"acme": good} and mirror.invalid == 1
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_loads_the_whole_registry_then_follows_it(deployment_factory: Any) -> None:
+    dep = await deployment_factory()
+    before = [Tenant(tenant_id=f"m-{i}") for i in range(12)]  # on every partition
+    await dep.add_tenants(*before)
+    mirror = RegistryMirror(dep.settings, poll_ms=100)
+    task = asyncio.create_task(mirror.run())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), 30)
+        # Ready means loaded: every tenant registered before the start is known.
+        assert set(mirror.tenants) == {t.tenant_id for t in before}
+        await put_tenant(dep.settings, Tenant(tenant_id="m-0", status=TenantStatus.SUSPENDED))
+        await put_tenant(dep.settings, Tenant(tenant_id="m-new"))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers(dep.settings.require_broker())
+        )
+        await producer.start()
+        try:
+            await producer.send_and_wait(dep.settings.tenants_topic, None, key=b'"m-1"')
+        finally:
+            await producer.stop()
+
+        async def followed() -> None:
+            while not (
+                "m-new" in mirror.tenants
+                and "m-1" not in mirror.tenants
+                and mirror.tenants["m-0"].status is TenantStatus.SUSPENDED
+            ):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(followed(), 30)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_absent_registry_topic_means_no_tenants_yet(deployment_factory: Any) -> None:
+    dep = await deployment_factory()
+    absent = dep.settings.model_copy(update={"tenants_topic": f"{dep.settings.app_id}.none"})
+    mirror = RegistryMirror(absent, poll_ms=100)
+    task = asyncio.create_task(mirror.run())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), 30)
+        assert mirror.tenants == {}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
