@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import uuid
 from collections.abc import Mapping
@@ -52,6 +53,10 @@ def build_command(
     return CloudEvent(attrs, dict(data))
 
 
+# How many sent command ids a client remembers (see PaystreamClient._sent).
+SENT_MEMORY = 10_000
+
+
 class PaystreamClient:
     """Producer of commands plus a reader of outcomes from the moment it started."""
 
@@ -64,6 +69,14 @@ class PaystreamClient:
             bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=50
         )
         self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
+        # Commands sent with their own idempotency key, by (tenant, key): a retry under a
+        # key already answered gets the first command's outcome, whose causation id is
+        # the first command's.
+        self._by_key: dict[tuple[str, str], list[asyncio.Future[CloudEvent]]] = {}
+        # Ids of the commands this client sent lately: an outcome caused by one of them
+        # answers that command, never a later one under the same key (e.g. a duplicate
+        # arriving while a retry with another payload waits for its own rejection).
+        self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PaystreamClient:
@@ -100,14 +113,26 @@ class PaystreamClient:
                 event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
             except Exception:  # noqa: S112 - foreign records on the topic are not ours to judge
                 continue
-            waiter = self._waiters.pop(str(event.get_extension("causationid") or ""), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event)
+            cause = str(event.get_extension("causationid") or "")
+            waiter = self._waiters.pop(cause, None)
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(event)
+                continue
+            key = event.get_extension("idempotencykey")
+            if key is not None and cause not in self._sent:
+                tenant = str(event.get_extension("tenantid") or "")
+                for by_key in self._by_key.pop((tenant, str(key)), ()):
+                    if not by_key.done():
+                        by_key.set_result(event)
 
     async def publish(self, command: CloudEvent) -> None:
         """Send a command without waiting for its outcome."""
         tenant = str(command.get_extension("tenantid"))
         record = encode_event(command, tenant.encode(), self.mode)
+        self._sent[command.get_id()] = None
+        if len(self._sent) > SENT_MEMORY:
+            self._sent.popitem(last=False)
         await self._producer.send_and_wait(
             self.settings.commands_topic, record.value, key=record.key, headers=list(record.headers)
         )
@@ -121,6 +146,11 @@ class PaystreamClient:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[CloudEvent] = loop.create_future()
         self._waiters[command.get_id()] = waiter
+        key = command.get_extension("idempotencykey")
+        by_key = None
+        if key is not None and key != command.get_id():
+            by_key = (str(command.get_extension("tenantid")), str(key))
+            self._by_key.setdefault(by_key, []).append(waiter)
         await self.publish(command)
         try:
             return await asyncio.wait_for(waiter, timeout)
@@ -130,6 +160,12 @@ class PaystreamClient:
             ) from None
         finally:
             self._waiters.pop(command.get_id(), None)
+            if by_key is not None:
+                pending = [f for f in self._by_key.get(by_key, ()) if f is not waiter]
+                if pending:
+                    self._by_key[by_key] = pending
+                else:
+                    self._by_key.pop(by_key, None)
 
     async def command(
         self, command_type: str, tenant_id: str, data: Mapping[str, Any], **kw: Any

@@ -129,6 +129,10 @@ def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dic
     subject = data.get("entity_id")
     if subject:
         attrs["subject"] = subject
+    if cmd.idempotency_key != cmd.command_id:
+        # A retry under the same key (a new command id) is answered with this very event:
+        # its sender finds it by tenant and key, not by causation id.
+        attrs["idempotencykey"] = cmd.idempotency_key
     if cmd.traceparent:
         attrs["traceparent"] = cmd.traceparent
     return attrs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,6 +133,27 @@ async def test_replayed_command_id_gets_the_identical_event(client: PaystreamCli
     assert first.get_id() == second.get_id()
     assert first.get_data() == second.get_data()
     assert first.get_time() == second.get_time()
+
+
+async def test_a_retry_under_the_same_key_gets_the_first_outcome(
+    deployed: Deployment, client: PaystreamClient
+) -> None:
+    """A new command id with an answered key (what `paystream send --idempotency-key`
+    does twice): answered with the first command's event, which the sender finds by key."""
+    data = {"amount": 301, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    key = f"order-{uuid.uuid4().hex}"
+    first = await client.send(build_command("payment.create", "acme", data, idempotency_key=key))
+    assert first.get_extension("idempotencykey") == key
+    async with deployed.client() as fresh:  # another process: it never saw the first
+        retry = build_command("payment.create", "acme", data, idempotency_key=key)
+        again = await fresh.send(retry, timeout=30)
+    assert again.get_id() == first.get_id() and again.get_data() == first.get_data()
+    assert again.get_extension("causationid") == first.get_extension("causationid")
+    # A different payload under the key is that command's own rejection.
+    other = build_command("payment.create", "acme", {**data, "amount": 302}, idempotency_key=key)
+    conflict = await client.send(other)
+    assert conflict.get_data()["reason"] == "idempotency_conflict"  # type: ignore[index]
+    assert conflict.get_extension("causationid") == other.get_id()
 
 
 async def test_changelog_holds_only_each_batch_last_write(
