@@ -67,6 +67,9 @@ SHUTDOWN_DRAIN_SECONDS = 30.0
 SHUTDOWN_CLOSE_SECONDS = 10.0
 # Exit status when a batch is abandoned uncommitted (EX_SOFTWARE).
 EXIT_UNCOMMITTED = 70
+# On a rebalance, how long the batch in hand may take to be delivered before the worker
+# rejoins the group: well inside the rebalance timeout (6 s on the embedded broker).
+REBALANCE_DRAIN_SECONDS = 3.0
 # How often durable offsets are committed (Faust's default commit interval is 2.8 s).
 COMMIT_INTERVAL_SECONDS = 1.0
 # How long a partition must stand still, with records past it on the broker, before the
@@ -549,6 +552,8 @@ async def process_commands(stream: Any) -> None:
     chain = DeliveryChain()
     queue = stream.channel.queue
     committer = asyncio.ensure_future(_commit_periodically(offsets))
+    in_hand = (chain, offsets)
+    _IN_HAND.append(in_hand)
     try:
         async for taken in take_batches(stream, BATCH_MAX, BATCH_WITHIN, SWEEP_INTERVAL_SECONDS):
             events = await guard.admit(taken)
@@ -564,10 +569,44 @@ async def process_commands(stream: Any) -> None:
                 on_done=functools.partial(_exit_if_failed, len(events)),
             )
     finally:
+        _IN_HAND.remove(in_hand)
         committer.cancel()
         await _despite_cancellation(
             _close(offsets, chain), SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS
         )
+
+
+# The command agent's batches in hand and durable offsets, for the rebalance hook below.
+_IN_HAND: list[tuple[DeliveryChain, DurableOffsets]] = []
+
+
+async def finish_batches_before_handing_over(
+    sender: Any, *args: Any, signal: Any = None, **_: Any
+) -> None:
+    """On a rebalance, deliver the batches in hand and commit before partitions move.
+
+    Faust suspends delivery and pauses the partitions, then calls this before the worker
+    rejoins the group. Without it, a partition's new owner started from the last periodic
+    commit while this worker was still delivering the batch in hand: both ran those
+    commands, and this worker's late table writes could land in the changelog after the
+    new owner's (a stale value on its next recovery). Bounded: a batch stuck on the
+    broker is left to the new owner (its effects are idempotent), as before.
+    """
+    started = time.monotonic()
+    for chain, offsets in list(_IN_HAND):
+        if not await chain.drain(REBALANCE_DRAIN_SECONDS):
+            log.warning(
+                "rebalance: the batch in hand was not delivered within %.0f s; "
+                "its commands will be redone by their new owner",
+                REBALANCE_DRAIN_SECONDS,
+            )
+        try:
+            await asyncio.wait_for(_final_commit(offsets), REBALANCE_DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("rebalance: offset commit timed out; the new owner redoes those commands")
+    log.info(
+        "rebalance: batches in hand delivered and committed in %.3f s", time.monotonic() - started
+    )
 
 
 async def _deliver(
@@ -665,3 +704,5 @@ def _exit_uncommitted(what: str, exc: BaseException | None = None) -> None:
 
 if settings.runs("commands"):
     process_commands_agent = app.agent(commands_topic, name="process_commands")(process_commands)
+    # (mode's signal stubs do not admit a coroutine function; it is awaited all the same)
+    app.on_partitions_revoked.connect(cast(Any, finish_batches_before_handing_over))
