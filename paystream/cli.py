@@ -236,7 +236,8 @@ def tenants_add(
     registered tenant are set with `tenants limits`.
     """
     settings = _settings()
-    from paystream.gateways.registry import GATEWAYS
+    from paystream.errors import ConfigurationError
+    from paystream.gateways.registry import GATEWAYS, REQUIRED_SECRETS, validate_options
     from paystream.tenancy.models import TENANT_ID_PATTERN, TenantChanges, register_or_update
     from paystream.tenancy.registry import list_tenants, put_tenant
 
@@ -264,7 +265,6 @@ def tenants_add(
         )
     sealed = {}
     if secret_names:
-        from paystream.errors import ConfigurationError
         from paystream.tenancy.crypto import keyring_from_settings
         from paystream.tenancy.secrets import seal_secret
 
@@ -286,6 +286,17 @@ def tenants_add(
         limits=limits,
     )
     tenant = register_or_update(tenant_id, known, changes)
+    try:
+        validate_options(tenant.gateway, tenant.gateway_options)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--option") from exc
+    missing = REQUIRED_SECRETS.get(tenant.gateway, frozenset()) - set(tenant.secrets)
+    if missing:
+        click.echo(
+            f"warning: a {tenant.gateway} tenant needs secret(s) {', '.join(sorted(missing))} "
+            "(--secret); its commands are rejected with gateway_not_configured until then",
+            err=True,
+        )
     _run(put_tenant(settings, tenant))
     if known is not None:
         click.echo(f"updated {tenant_id} (status {tenant.status.value})", err=True)

@@ -59,6 +59,10 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     assert json.loads(renamed.stdout)["status"] == "suspended", renamed.stdout
     assert "updated acme (status suspended)" in renamed.stderr
     run_cli(deployed, "tenants", "activate", "acme")
+    # Options the gateway would refuse are refused when written, not at the first payment.
+    typo = run_cli(deployed, "tenants", "add", "acme", "--option", "fail_rat=0.5", check=False)
+    assert typo.returncode == 2 and "fail_rat" in typo.stderr
+    assert json.loads(run_cli(deployed, "tenants", "add", "acme").stdout)["gateway_options"] == {}
     unknown = run_cli(deployed, "tenants", "suspend", "nobody", check=False)
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
 

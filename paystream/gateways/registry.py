@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +12,14 @@ from paystream.gateways.base import GatewayContext, PaymentGateway
 if TYPE_CHECKING:
     from paystream.settings import Settings
 
-__all__ = ["GATEWAYS", "GatewayDeps", "GatewayFactory", "build_gateway"]
+__all__ = [
+    "GATEWAYS",
+    "REQUIRED_SECRETS",
+    "GatewayDeps",
+    "GatewayFactory",
+    "build_gateway",
+    "validate_options",
+]
 
 
 @dataclass(frozen=True)
@@ -54,3 +61,23 @@ def build_gateway(ctx: GatewayContext, deps: GatewayDeps) -> PaymentGateway:
             f"unknown gateway provider {ctx.provider!r}; valid: {', '.join(sorted(GATEWAYS))}"
         ) from None
     return factory(ctx, deps)
+
+
+# The secrets each provider needs (by name) before its first call can succeed.
+REQUIRED_SECRETS: dict[str, frozenset[str]] = {
+    "simulator": frozenset(),
+    "stripe": frozenset({"api_key"}),
+}
+
+
+def validate_options(provider: str, options: Mapping[str, Any]) -> None:
+    """ConfigurationError for gateway options the provider would refuse at its first call,
+    so an operator learns it when registering the tenant, not from rejected payments."""
+    if provider == "simulator":
+        from paystream.gateways.simulator.options import SimulatorOptions
+
+        SimulatorOptions.parse(options)
+    elif provider == "stripe":
+        from paystream.gateways.stripe.gateway import validate_options as stripe_options
+
+        stripe_options(options)

@@ -75,6 +75,24 @@ def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
     return narrowed
 
 
+# Tenant gateway options the Stripe gateway reads; anything else is a mistake.
+STRIPE_OPTIONS = frozenset({"stripe_version", "capabilities"})
+
+
+def validate_options(options: Mapping[str, Any]) -> None:
+    """Refuse, before they are stored, options the gateway would refuse at its first call."""
+    unknown = sorted(set(options) - STRIPE_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown stripe option(s): {', '.join(unknown)}; valid: "
+            + ", ".join(sorted(STRIPE_OPTIONS))
+        )
+    version = options.get("stripe_version")
+    if version is not None and not isinstance(version, str):
+        raise ConfigurationError("stripe_version must be a string such as 2024-06-20")
+    _capabilities(options)
+
+
 class StripeGateway:
     """Stripe for one tenant (optionally acting for one connected account)."""
 

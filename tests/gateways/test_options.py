@@ -1,0 +1,41 @@
+"""Gateway options are checked when a tenant is registered, as the gateway would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paystream.errors import ConfigurationError
+from paystream.gateways.registry import validate_options
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [
+        ("simulator", {}),
+        ("simulator", {"latency_ms": 5, "fail_first": {"*": 2}}),
+        ("stripe", {}),
+        ("stripe", {"stripe_version": "2024-06-20", "capabilities": ["payments", "refunds"]}),
+    ],
+)
+def test_valid_options_pass(provider: str, options: dict[str, Any]) -> None:
+    validate_options(provider, options)
+
+
+@pytest.mark.parametrize(
+    ("provider", "options", "message"),
+    [
+        ("simulator", {"fail_rat": 0.5}, "fail_rat"),
+        ("simulator", {"fail_rate": ""}, "fail_rate"),
+        ("simulator", {"fail_code": "card_declined"}, "retryable"),
+        ("stripe", {"stripe_verison": "2024-06-20"}, r"unknown stripe option\(s\): stripe_verison"),
+        ("stripe", {"capabilities": ["payments", "teleport"]}, "capabilities"),
+        ("stripe", {"stripe_version": 2024}, "stripe_version"),
+    ],
+)
+def test_options_the_gateway_would_refuse_are_refused(
+    provider: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        validate_options(provider, options)
