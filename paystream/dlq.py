@@ -14,6 +14,8 @@ __all__ = ["ParkedRecord", "read_parked", "replay"]
 
 REPLAY_GROUP = "paystream-dlq-replay"
 _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
+# While replaying, how many re-published records between progress commits.
+COMMIT_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -88,21 +90,25 @@ async def replay(
             bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
         )
         await producer.start()
+        # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a
+        # failed send): a second run re-publishes only what the first did not.
+        sent: dict[TopicPartition, int] = {}
         try:
             for n, rec in enumerate(records, 1):
                 headers = [(k, v) for k, v in rec.headers if not k.startswith(_OUR_HEADERS)]
                 await producer.send_and_wait(
                     settings.commands_topic, rec.value, key=rec.key, headers=headers
                 )
+                tp = TopicPartition(rec.topic, rec.partition)
+                sent[tp] = max(sent.get(tp, -1), rec.offset + 1)  # a partition's are in order
+                if n % COMMIT_EVERY == 0:
+                    await consumer.commit(sent)
                 if progress:
                     progress(n, len(records))
         finally:
             await producer.stop()
-        last: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            last[tp] = max(last.get(tp, -1), rec.offset + 1)
-        await consumer.commit(last)
+            if sent:
+                await consumer.commit(sent)
         return records
     finally:
         await consumer.stop()
