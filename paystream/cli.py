@@ -21,6 +21,7 @@ import click
 from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings
 from paystream.tenancy.limits import TenantLimits
+from paystream.tenancy.models import Tenant
 
 __all__ = ["main"]
 
@@ -239,7 +240,7 @@ def tenants_add(
     from paystream.errors import ConfigurationError
     from paystream.gateways.registry import GATEWAYS, REQUIRED_SECRETS, validate_options
     from paystream.tenancy.models import TENANT_ID_PATTERN, TenantChanges, register_or_update
-    from paystream.tenancy.registry import list_tenants, put_tenant
+    from paystream.tenancy.registry import put_tenant
 
     if gateway is not None and gateway not in GATEWAYS:
         raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
@@ -257,7 +258,7 @@ def tenants_add(
         except json.JSONDecodeError:
             opts[key] = raw
     limits = _limits_from(limit_args)  # before any prompt: a bad option fails first
-    known = _run(list_tenants(settings)).get(tenant_id)
+    known = _registered(settings, tenant_id)
     if known is not None and limits is not None:
         raise click.UsageError(
             f"{tenant_id} is registered: set its limits with `paystream tenants limits`, "
@@ -286,10 +287,13 @@ def tenants_add(
         limits=limits,
     )
     tenant = register_or_update(tenant_id, known, changes)
-    try:
-        validate_options(tenant.gateway, tenant.gateway_options)
-    except ConfigurationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--option") from exc
+    if known is None or options or gateway is not None:
+        # Only options being written now: an old record's options do not block, say,
+        # rotating its key.
+        try:
+            validate_options(tenant.gateway, tenant.gateway_options)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--option") from exc
     missing = REQUIRED_SECRETS.get(tenant.gateway, frozenset()) - set(tenant.secrets)
     if missing:
         click.echo(
@@ -310,10 +314,10 @@ def tenants_add(
 def tenants_limits(tenant_id: str, clear: bool, **limit_args: Any) -> None:
     """Show a tenant's limits, or set them to exactly the options given."""
     settings = _settings()
-    from paystream.tenancy.registry import list_tenants, put_tenant
+    from paystream.tenancy.registry import put_tenant
 
-    known = _run(list_tenants(settings))
-    if tenant_id not in known:
+    known = _registered(settings, tenant_id)
+    if known is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
     limits = _limits_from(limit_args)
     if clear:
@@ -321,10 +325,19 @@ def tenants_limits(tenant_id: str, clear: bool, **limit_args: Any) -> None:
             raise click.UsageError("--clear removes every limit: give no other limit option")
         limits = TenantLimits()
     if limits is not None:
-        updated = known[tenant_id].model_copy(update={"limits": limits})
-        _run(put_tenant(settings, updated))
-        known[tenant_id] = updated
-    click.echo(json.dumps(known[tenant_id].limits.model_dump(mode="json"), sort_keys=True))
+        known = known.model_copy(update={"limits": limits})
+        _run(put_tenant(settings, known))
+    click.echo(json.dumps(known.limits.model_dump(mode="json"), sort_keys=True))
+
+
+def _registered(settings: Settings, tenant_id: str) -> Tenant | None:
+    """The tenant's current record, to change; a clean error if it cannot be read."""
+    from paystream.tenancy.registry import UnreadableTenant, registered_tenant
+
+    try:
+        return _run(registered_tenant(settings, tenant_id))
+    except UnreadableTenant as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @tenants.command("list")
@@ -340,12 +353,12 @@ def tenants_list() -> None:
 def _set_status(tenant_id: str, status: str) -> None:
     settings = _settings()
     from paystream.tenancy.models import TenantStatus
-    from paystream.tenancy.registry import list_tenants, put_tenant
+    from paystream.tenancy.registry import put_tenant
 
-    known = _run(list_tenants(settings))
-    if tenant_id not in known:
+    known = _registered(settings, tenant_id)
+    if known is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    updated = known[tenant_id].model_copy(update={"status": TenantStatus(status)})
+    updated = known.model_copy(update={"status": TenantStatus(status)})
     _run(put_tenant(settings, updated))
     click.echo(f"{tenant_id}: {status}")
 
@@ -406,7 +419,15 @@ def send(
                 command_id=command_id,
                 idempotency_key=idempotency_key,
             )
-            return dumps(await client.send(cmd, timeout))
+            outcome = await client.send(cmd, timeout)
+            cause = outcome.get_extension("causationid")
+            if cause != cmd.get_id():
+                click.echo(
+                    f"note: answered with the outcome of command {cause}, sent earlier "
+                    f"under idempotency key {idempotency_key!r}",
+                    err=True,
+                )
+            return dumps(outcome)
 
     try:
         click.echo(_run(go()))

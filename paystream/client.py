@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.settings import CloudEventsMode, Settings
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict
 from paystream.streams.commands import COMMAND_PREFIX
 
@@ -72,11 +72,11 @@ class PaystreamClient:
         # Commands sent with their own idempotency key, by (tenant, key): a retry under a
         # key already answered gets the first command's outcome, whose causation id is
         # the first command's.
-        self._by_key: dict[tuple[str, str], list[asyncio.Future[CloudEvent]]] = {}
-        # Ids of the commands this client sent lately: an outcome caused by one of them
-        # answers that command, never a later one under the same key (e.g. a duplicate
-        # arriving while a retry with another payload waits for its own rejection).
-        self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._by_key: dict[tuple[str, str], list[tuple[asyncio.Future[CloudEvent], str]]] = {}
+        # The commands this client sent lately, id → what they asked (type and data): an
+        # outcome of one of them answers a later command under its key only if that asks
+        # the same (a retry), never one that asks otherwise (it gets its own conflict).
+        self._sent: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PaystreamClient:
@@ -89,11 +89,7 @@ class PaystreamClient:
     async def start(self) -> None:
         await self._producer.start()
         await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(self.settings.events_topic)
-        if not parts:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(self.settings.events_topic) or set()
-        tps = [TopicPartition(self.settings.events_topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(self._consumer, self.settings.events_topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:  # resolve positions now, so nothing sent after start() is missed
@@ -113,24 +109,35 @@ class PaystreamClient:
                 event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
             except Exception:  # noqa: S112 - foreign records on the topic are not ours to judge
                 continue
-            cause = str(event.get_extension("causationid") or "")
-            waiter = self._waiters.pop(cause, None)
-            if waiter is not None:
-                if not waiter.done():
-                    waiter.set_result(event)
-                continue
-            key = event.get_extension("idempotencykey")
-            if key is not None and cause not in self._sent:
-                tenant = str(event.get_extension("tenantid") or "")
-                for by_key in self._by_key.pop((tenant, str(key)), ()):
-                    if not by_key.done():
-                        by_key.set_result(event)
+            self._dispatch(event)
+
+    def _dispatch(self, event: CloudEvent) -> None:
+        """Hand an outcome to whoever waits for it: by causation id, else by key."""
+        cause = str(event.get_extension("causationid") or "")
+        waiter = self._waiters.pop(cause, None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(event)
+            return
+        key = event.get_extension("idempotencykey")
+        if key is None or event.get_type() == REJECTED:
+            # A rejection is never what a key answers: those not remembered under it
+            # (a rate limit, a suspended tenant, ...) leave a retry to run afresh, and a
+            # conflict names its own command.
+            return
+        by_key = (str(event.get_extension("tenantid") or ""), str(key))
+        asked = self._sent.get(cause)
+        for by_key_waiter, asks in self._by_key.pop(by_key, []):
+            if asked is not None and asked != asks:
+                self._by_key.setdefault(by_key, []).append((by_key_waiter, asks))
+            elif not by_key_waiter.done():
+                by_key_waiter.set_result(event)
 
     async def publish(self, command: CloudEvent) -> None:
         """Send a command without waiting for its outcome."""
         tenant = str(command.get_extension("tenantid"))
         record = encode_event(command, tenant.encode(), self.mode)
-        self._sent[command.get_id()] = None
+        self._sent[command.get_id()] = _asks(command)
         if len(self._sent) > SENT_MEMORY:
             self._sent.popitem(last=False)
         await self._producer.send_and_wait(
@@ -150,7 +157,7 @@ class PaystreamClient:
         by_key = None
         if key is not None and key != command.get_id():
             by_key = (str(command.get_extension("tenantid")), str(key))
-            self._by_key.setdefault(by_key, []).append(waiter)
+            self._by_key.setdefault(by_key, []).append((waiter, _asks(command)))
         await self.publish(command)
         try:
             return await asyncio.wait_for(waiter, timeout)
@@ -161,7 +168,7 @@ class PaystreamClient:
         finally:
             self._waiters.pop(command.get_id(), None)
             if by_key is not None:
-                pending = [f for f in self._by_key.get(by_key, ()) if f is not waiter]
+                pending = [w for w in self._by_key.get(by_key, ()) if w[0] is not waiter]
                 if pending:
                     self._by_key[by_key] = pending
                 else:
@@ -173,6 +180,14 @@ class PaystreamClient:
         """Build, send and await in one call."""
         timeout = kw.pop("timeout", 30.0)
         return await self.send(build_command(command_type, tenant_id, data, **kw), timeout)
+
+
+REJECTED = "com.paystream.command.rejected"
+
+
+def _asks(command: CloudEvent) -> str:
+    """What a command asks, to tell a retry (same) from a conflicting reuse of its key."""
+    return json.dumps([command.get_type(), command.get_data()], sort_keys=True, default=str)
 
 
 def outcome_summary(event: CloudEvent) -> dict[str, Any]:

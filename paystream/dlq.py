@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from paystream.settings import Settings
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import bootstrap_servers, topic_partitions
 
 __all__ = ["ParkedRecord", "read_parked", "replay"]
 
@@ -45,10 +45,7 @@ async def read_parked(
         fetch_max_wait_ms=50,
     )
     await consumer.start()
-    await consumer.topics()  # a consumer just started knows no topic's partitions on Kafka
-    tps = [
-        TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])
-    ]
+    tps = [tp for t in topics for tp in await topic_partitions(consumer, t)]
     consumer.assign(tps)
     ends = await consumer.end_offsets(tps)
     for tp in tps:

@@ -559,6 +559,11 @@ async def process_commands(stream: Any) -> None:
             events = await guard.admit(taken)
             if queue.empty():
                 events += await guard.sweep()
+            # The guard may have waited on the broker: if partitions moved meanwhile (the
+            # rebalance hook has run), these events are their new owner's.
+            await app.flow_control.acquire()
+            generation = app.consumer_generation_id
+            events = [e for e in events if e.message.generation_id == generation]
             if not events:
                 continue
             # A cancel (shutdown) while waiting here leaves the batches running: the
@@ -593,15 +598,16 @@ async def finish_batches_before_handing_over(
     broker is left to the new owner (its effects are idempotent), as before.
     """
     started = time.monotonic()
+    deadline = started + REBALANCE_DRAIN_SECONDS  # shared: the whole hand-over, not each step
     for chain, offsets in list(_IN_HAND):
-        if not await chain.drain(REBALANCE_DRAIN_SECONDS):
+        if not await chain.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
                 "rebalance: the batch in hand was not delivered within %.0f s; "
                 "its commands will be redone by their new owner",
                 REBALANCE_DRAIN_SECONDS,
             )
         try:
-            await asyncio.wait_for(_final_commit(offsets), REBALANCE_DRAIN_SECONDS)
+            await asyncio.wait_for(_final_commit(offsets), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             log.warning("rebalance: offset commit timed out; the new owner redoes those commands")
     log.info(

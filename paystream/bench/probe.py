@@ -19,10 +19,10 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from paystream.bench.load import BenchCommand
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import bootstrap_servers, topic_partitions
 
 __all__ = [
     "CpuSampler",
@@ -143,13 +143,9 @@ class OutputWatcher:
 
     async def start(self) -> None:
         await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(self.topic)
-        if not parts:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(self.topic) or set()
-        if not parts:
+        tps = await topic_partitions(self._consumer, self.topic)
+        if not tps:
             raise RuntimeError(f"topic {self.topic!r} has no partitions (was it created?)")
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         for tp in tps:

@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import signal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from paystream.settings import load_settings
 from paystream.streams import broker_compat
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import bootstrap_servers, topic_partitions
 
 __all__ = ["passthrough"]
 
@@ -43,11 +43,7 @@ async def passthrough(
     await consumer.start()
     await producer.start()
     try:
-        parts = consumer.partitions_for_topic(src)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(src) or set()
-        tps = [TopicPartition(src, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, src)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         while True:

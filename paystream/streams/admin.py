@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import contextlib
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from paystream.settings import Settings
 
-__all__ = ["TopicCreationError", "bootstrap_servers", "ensure_topics"]
+__all__ = ["TopicCreationError", "bootstrap_servers", "ensure_topics", "topic_partitions"]
 
 
 def bootstrap_servers(url: str) -> str:
     """``kafka://h1:9092;h2:9092`` → ``h1:9092,h2:9092`` for aiokafka."""
     return ",".join(s for s in url.removeprefix("kafka://").split(";") if s)
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """``topic``'s partitions ([] if it does not exist), asked of the cluster.
+
+    Not ``consumer.partitions_for_topic``: a consumer that has not subscribed has asked
+    Kafka for no topic's metadata (the embedded broker answers such a request with every
+    topic, which hid this), and ``consumer.topics()`` fills a copy that the consumer
+    never reads. Nor a request naming the topic: a broker may auto-create it.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
 async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> list[str]:

@@ -17,14 +17,14 @@ import json
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from paystream.settings import Settings
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.tenancy.models import Tenant
 
-__all__ = ["RegistryMirror", "registry_partitions"]
+__all__ = ["RegistryMirror"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ POLL_MS = 500
 MISSING_TOPIC_RETRY_SECONDS = 5.0
 # After an unexpected error, before reading on.
 ERROR_BACKOFF_SECONDS = 1.0
-
-
-async def registry_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The topic's partitions, asking the cluster first: a consumer that has just started
-    holds no topic metadata on Kafka (its first request asks for none)."""
-    await consumer.topics()
-    parts = consumer.partitions_for_topic(topic) or set()
-    return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
 class RegistryMirror:
@@ -58,6 +50,9 @@ class RegistryMirror:
         self.settings = settings
         self.poll_ms = poll_ms
         self.tenants: dict[str, Tenant] = {}
+        # Tenants whose latest record could not be read (e.g. written by a newer
+        # paystream): what ``tenants`` holds for them is older than the registry.
+        self.unreadable: set[str] = set()
         self.ready = asyncio.Event()
         self.invalid = 0  # records skipped as invalid, for the log and tests
 
@@ -72,18 +67,22 @@ class RegistryMirror:
             return
         if value is None:
             self.tenants.pop(tenant_id, None)
+            self.unreadable.discard(tenant_id)
             return
         try:
             tenant = Tenant.model_validate_json(value)
         except ValueError:
             # e.g. written by a newer paystream with fields this worker does not know:
             # keep the tenant's last record this worker could read.
+            self.unreadable.add(tenant_id)
             self._skip(f"an invalid registry record for {tenant_id!r}")
             return
         if tenant.tenant_id != tenant_id:
+            self.unreadable.add(tenant_id)
             self._skip(f"a registry record for {tenant.tenant_id!r} under key {tenant_id!r}")
             return
         self.tenants[tenant_id] = tenant
+        self.unreadable.discard(tenant_id)
 
     def _skip(self, what: str) -> None:
         self.invalid += 1
@@ -111,13 +110,13 @@ class RegistryMirror:
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         topic = self.settings.tenants_topic
         started = time.monotonic()
-        tps = await registry_partitions(consumer, topic)
+        tps = await topic_partitions(consumer, topic)
         while not tps:
             # Nothing registered anywhere yet: every tenant is unknown, correctly.
             log.warning("tenant registry topic %r does not exist (yet)", topic)
             self.ready.set()
             await asyncio.sleep(MISSING_TOPIC_RETRY_SECONDS)
-            tps = await registry_partitions(consumer, topic)
+            tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

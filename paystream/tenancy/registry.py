@@ -11,11 +11,18 @@ import json
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from paystream.settings import Settings
-from paystream.streams.admin import bootstrap_servers
-from paystream.tenancy.mirror import RegistryMirror, registry_partitions
+from paystream.streams.admin import bootstrap_servers, topic_partitions
+from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant
 
-__all__ = ["list_tenants", "put_tenant", "tenant_record"]
+__all__ = [
+    "UnreadableTenant",
+    "list_tenants",
+    "put_tenant",
+    "read_registry",
+    "registered_tenant",
+    "tenant_record",
+]
 
 
 def tenant_record(tenant: Tenant) -> dict[str, object]:
@@ -44,10 +51,36 @@ async def put_tenant(settings: Settings, tenant: Tenant) -> None:
 
 
 async def list_tenants(settings: Settings) -> dict[str, Tenant]:
-    """Read the registry from the beginning to its current end; last write per key wins.
+    """Every tenant, from the registry read from the beginning to its current end."""
+    return (await read_registry(settings)).tenants
 
-    Records this version cannot read are skipped with a warning, as workers skip them.
+
+async def registered_tenant(settings: Settings, tenant_id: str) -> Tenant | None:
+    """The tenant's current record, to change and write back; None if not registered.
+
+    Raises :class:`UnreadableTenant` when its latest record cannot be read by this
+    version: writing back the older record would undo that change.
     """
+    registry = await read_registry(settings)
+    if tenant_id in registry.unreadable:
+        raise UnreadableTenant(
+            f"the latest registry record of {tenant_id!r} cannot be read by this version of "
+            "paystream (written by a newer one?): upgrade before changing it"
+        )
+    return registry.tenants.get(tenant_id)
+
+
+class UnreadableTenant(Exception):
+    """A tenant's latest registry record cannot be read, so it must not be rewritten."""
+
+
+async def read_registry(settings: Settings) -> RegistryMirror:
+    """The registry read from the beginning to its current end; last write per key wins.
+
+    Records this version cannot read are skipped with a warning, as workers skip them,
+    and their tenants noted in ``unreadable``.
+    """
+    registry = RegistryMirror(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
         enable_auto_commit=False,
@@ -55,20 +88,19 @@ async def list_tenants(settings: Settings) -> dict[str, Tenant]:
     )
     await consumer.start()
     try:
-        tps = await registry_partitions(consumer, settings.tenants_topic)
+        tps = await topic_partitions(consumer, settings.tenants_topic)
         if not tps:
-            return {}
+            return registry
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        mirror = RegistryMirror(settings)
         pending = {tp for tp in tps if ends[tp] > 0}
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=1000)
             for records in batch.values():
                 for r in records:
-                    mirror.apply(r.key, r.value)
+                    registry.apply(r.key, r.value)
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-        return mirror.tenants
+        return registry
     finally:
         await consumer.stop()

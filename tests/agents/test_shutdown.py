@@ -282,7 +282,11 @@ def stand_in_agent(
     monkeypatch.setattr(commands, "take_batches", take)
     monkeypatch.setattr(commands, "ContinuityGuard", PassThroughGuard)
     monkeypatch.setattr(commands, "runner", runner)
-    monkeypatch.setattr(commands, "app", SimpleNamespace(consumer=consumer))
+    flowing = FlowControlEvent()
+    flowing.resume()
+    # Events of the current consumer generation (the stand-in events carry none).
+    app = SimpleNamespace(consumer=consumer, flow_control=flowing, consumer_generation_id=None)
+    monkeypatch.setattr(commands, "app", app)
     stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
     return stream, runner, consumer
 
@@ -316,3 +320,20 @@ async def test_an_ended_stream_waits_for_the_batch_in_delivery_before_the_last_c
     runner.acks[4].set()
     await asyncio.wait_for(agent, 2)
     assert consumer.commits == [{P1: 5}] and not exits and runner.closed
+
+
+async def test_events_whose_partitions_moved_while_checked_are_left_to_their_new_owner(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """The continuity guard may wait on the broker; a rebalance meanwhile (the hook has
+    delivered and committed) makes the events taken before it another worker's."""
+    stale = SimpleNamespace(
+        message=Message(
+            P0.topic, P0.partition, 7, 0.0, 0, None, b"k", b"v", None, tp=P0, generation_id=1
+        )
+    )
+    stream, runner, consumer = stand_in_agent(monkeypatch, [[stale], [event(P0, 8)]], ends=True)
+    commands.app.consumer_generation_id = None  # events of this generation carry None
+    runner.acks[8].set()
+    await asyncio.wait_for(commands.process_commands(stream), 2)
+    assert runner.delivered == [8] and consumer.commits == [{P0: 9}] and not exits

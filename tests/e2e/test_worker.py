@@ -149,6 +149,9 @@ async def test_a_retry_under_the_same_key_gets_the_first_outcome(
         again = await fresh.send(retry, timeout=30)
     assert again.get_id() == first.get_id() and again.get_data() == first.get_data()
     assert again.get_extension("causationid") == first.get_extension("causationid")
+    # The same from the client that sent the first.
+    same = build_command("payment.create", "acme", data, idempotency_key=key)
+    assert (await client.send(same, timeout=30)).get_id() == first.get_id()
     # A different payload under the key is that command's own rejection.
     other = build_command("payment.create", "acme", {**data, "amount": 302}, idempotency_key=key)
     conflict = await client.send(other)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from paystream.streams.admin import TopicCreationError, _raise_failures
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from paystream.streams.admin import (
+    TopicCreationError,
+    _raise_failures,
+    bootstrap_servers,
+    topic_partitions,
+)
 
 
 def test_created_and_already_existing_topics_pass() -> None:
@@ -17,3 +25,22 @@ def test_a_refused_topic_is_an_error_naming_it_and_why() -> None:
         _raise_failures(answer)
     assert "big: InvalidReplicationFactorError (Replication factor: 3" in str(err.value)
     assert "ok" not in str(err.value).replace("broker", "")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_partitions_come_from_the_cluster_not_the_consumers_cache(
+    deployment_factory: Any,
+) -> None:
+    """On Kafka a consumer that has not subscribed holds no topic metadata; Tansu hands it
+    every topic anyway, so the cache is emptied here to stand for Kafka."""
+    dep = await deployment_factory()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
+    await consumer.start()
+    try:
+        consumer._client.cluster._partitions.clear()
+        assert consumer.partitions_for_topic(dep.settings.tenants_topic) is None
+        tps = await topic_partitions(consumer, dep.settings.tenants_topic)
+        assert [tp.partition for tp in tps] == list(range(dep.settings.partitions))
+        assert await topic_partitions(consumer, f"{dep.settings.app_id}.absent") == []
+    finally:
+        await consumer.stop()

@@ -9,13 +9,20 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from click.testing import CliRunner
 
+from paystream.cli import cli
 from paystream.settings import load_settings
 from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant, TenantStatus
-from paystream.tenancy.registry import put_tenant, tenant_record
+from paystream.tenancy.registry import (
+    UnreadableTenant,
+    put_tenant,
+    registered_tenant,
+    tenant_record,
+)
 
 
 def _mirror() -> RegistryMirror:
@@ -107,3 +114,40 @@ async def test_an_absent_registry_topic_means_no_tenants_yet(deployment_factory:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_an_unreadable_latest_record_is_noted_until_a_readable_one() -> None:
+    mirror = _mirror()
+    mirror.apply(b'"acme"', _value(Tenant(tenant_id="acme")))
+    mirror.apply(b'"acme"', b'{"tenant_id": "acme", "field_from_a_newer_version": 1}')
+    assert mirror.unreadable == {"acme"} and "acme" in mirror.tenants
+    mirror.apply(b'"acme"', _value(Tenant(tenant_id="acme", name="A")))
+    assert mirror.unreadable == set()
+    mirror.apply(b'"beta"', b"junk")
+    mirror.apply(b'"beta"', None)
+    assert mirror.unreadable == set()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_cli_never_rewrites_a_tenant_from_an_older_record(
+    deployment_factory: Any,
+) -> None:
+    """Suspending (or any change) would write back the last record this version can read,
+    undoing a newer change it cannot: refused."""
+    dep = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="newer"))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
+    await producer.start()
+    try:
+        newer = {**tenant_record(Tenant(tenant_id="newer")), "status": "suspended", "x": 1}
+        await producer.send_and_wait(
+            dep.settings.tenants_topic, json.dumps(newer).encode(), key=b'"newer"'
+        )
+    finally:
+        await producer.stop()
+    with pytest.raises(UnreadableTenant, match="cannot be read"):
+        await registered_tenant(dep.settings, "newer")
+    for args in (["tenants", "suspend", "newer"], ["tenants", "add", "newer", "--name", "N"]):
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args, env=dep.env)
+        assert result.exit_code == 1 and "cannot be read" in result.output, result.output
+    assert await registered_tenant(dep.settings, "other") is None
