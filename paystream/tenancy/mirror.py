@@ -56,19 +56,20 @@ class RegistryMirror:
         self.ready = asyncio.Event()
         self.invalid = 0  # records skipped as invalid, for the log and tests
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """One registry record: the tenant's new record, or a tombstone."""
+    def apply(self, key: bytes | None, value: bytes | None) -> str | None:
+        """One registry record: the tenant's new record, or a tombstone. Returns the
+        tenant id it concerns (None for a record without one)."""
         try:
             tenant_id = json.loads(key) if key else None
         except ValueError:
             tenant_id = None
         if not isinstance(tenant_id, str) or not tenant_id:
             self._skip("a registry record without a tenant id key")
-            return
+            return None
         if value is None:
             self.tenants.pop(tenant_id, None)
             self.unreadable.discard(tenant_id)
-            return
+            return tenant_id
         try:
             tenant = Tenant.model_validate_json(value)
         except ValueError:
@@ -76,13 +77,14 @@ class RegistryMirror:
             # keep the tenant's last record this worker could read.
             self.unreadable.add(tenant_id)
             self._skip(f"an invalid registry record for {tenant_id!r}")
-            return
+            return tenant_id
         if tenant.tenant_id != tenant_id:
             self.unreadable.add(tenant_id)
             self._skip(f"a registry record for {tenant.tenant_id!r} under key {tenant_id!r}")
-            return
+            return tenant_id
         self.tenants[tenant_id] = tenant
         self.unreadable.discard(tenant_id)
+        return tenant_id
 
     def _skip(self, what: str) -> None:
         self.invalid += 1
@@ -121,15 +123,24 @@ class RegistryMirror:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         behind = {tp for tp in tps if ends[tp] > 0}
+        # Read afresh after an error: tenants deleted meanwhile (their tombstones may be
+        # compacted away) are those this read does not meet. Changed in place: the
+        # command processor holds this very dict.
+        seen: set[str] | None = set()
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=self.poll_ms * 2)
                 for records in batch.values():
                     for r in records:
-                        self.apply(r.key, r.value)
+                        tenant_id = self.apply(r.key, r.value)
+                        if seen is not None and tenant_id is not None:
+                            seen.add(tenant_id)
                 if behind:
                     behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
-                if not behind and not self.ready.is_set():
+                if not behind and seen is not None:
+                    for gone in set(self.tenants) - seen:
+                        del self.tenants[gone]
+                    seen = None
                     self.ready.set()
                     log.info(
                         "tenant registry loaded: %d tenant(s) in %.1f s",
