@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 from sqlalchemy import text
@@ -327,6 +328,30 @@ async def check_workarounds(settings: Settings) -> str:
     return f"active: {', '.join(active)}, session 6 s"
 
 
+async def check_registry_compacted(settings: Settings) -> str:
+    """The tenant registry must be compacted: with plain retention, tenant records expire
+    and their tenants' commands become `unknown_tenant`."""
+    topic = settings.tenants_topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    await admin.start()
+    try:
+        if topic not in set(await admin.list_topics()):
+            return f"{topic} not created yet (`paystream topics` creates it compacted)"
+        # All its configs: the embedded broker drops the connection when asked for named ones.
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+        (response,) = await admin.describe_configs([resource])
+        (_code, _msg, _type, _name, entries), *_ = response.resources
+        policy = next((e[1] for e in entries if e[0] == "cleanup.policy"), None) or "delete"
+        if "compact" not in policy.split(","):
+            raise CheckFailed(
+                f"{topic} has cleanup.policy={policy}: tenant records would expire; "
+                "set cleanup.policy=compact"
+            )
+        return f"{topic} cleanup.policy={policy}"
+    finally:
+        await admin.close()
+
+
 _CheckFn = Callable[[Settings], Awaitable[str]]
 
 _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
@@ -335,6 +360,7 @@ _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
     ("redis answers", check_redis),
 ]
 _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
+    ("tenant registry compacted", check_registry_compacted),
     ("workarounds for flavor", check_workarounds),
     ("headers round-trip", check_headers),
     ("idempotent producer", check_idempotent_producer),

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
 from paystream.devstack._process import free_port
-from paystream.doctor import CheckResult, render_table, run_checks
+from paystream.doctor import (
+    CheckFailed,
+    CheckResult,
+    check_registry_compacted,
+    render_table,
+    run_checks,
+)
 from paystream.settings import Settings, load_settings
+from paystream.streams.admin import bootstrap_servers
 
 
 async def test_doctor_passes_on_the_stack(stack_settings: Settings) -> None:
@@ -48,3 +60,30 @@ def test_render_table_layout() -> None:
     assert (
         len({line.index(word) for line, word in zip(lines[2:], ["PASS", "FAIL"], strict=True)}) == 1
     )
+
+
+async def test_doctor_fails_a_registry_topic_that_is_not_compacted(
+    stack_settings: Settings,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(stack_settings.require_broker())
+    )
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(f"{tag}.plain", 1, 1),
+                NewTopic(f"{tag}.compact", 1, 1, topic_configs={"cleanup.policy": "compact"}),
+            ]
+        )
+    finally:
+        await admin.close()
+
+    def with_registry(name: str) -> Settings:
+        return stack_settings.model_copy(update={"tenants_topic": name})
+
+    with pytest.raises(CheckFailed, match=r"cleanup\.policy=delete"):
+        await check_registry_compacted(with_registry(f"{tag}.plain"))
+    assert "compact" in await check_registry_compacted(with_registry(f"{tag}.compact"))
+    assert "not created yet" in await check_registry_compacted(with_registry(f"{tag}.absent"))
