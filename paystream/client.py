@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import uuid
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict
 from paystream.streams.commands import COMMAND_PREFIX
+from paystream.streams.outcomes import ANSWERS_HEADER
 
 __all__ = ["OutcomeTimeout", "PaystreamClient", "build_command"]
 
@@ -53,10 +53,6 @@ def build_command(
     return CloudEvent(attrs, dict(data))
 
 
-# How many sent command ids a client remembers (see PaystreamClient._sent).
-SENT_MEMORY = 10_000
-
-
 class PaystreamClient:
     """Producer of commands plus a reader of outcomes from the moment it started."""
 
@@ -69,14 +65,6 @@ class PaystreamClient:
             bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=50
         )
         self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
-        # Commands sent with their own idempotency key, by (tenant, key): a retry under a
-        # key already answered gets the first command's outcome, whose causation id is
-        # the first command's.
-        self._by_key: dict[tuple[str, str], list[tuple[asyncio.Future[CloudEvent], str]]] = {}
-        # The commands this client sent lately, id → what they asked (type and data): an
-        # outcome of one of them answers a later command under its key only if that asks
-        # the same (a retry), never one that asks otherwise (it gets its own conflict).
-        self._sent: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PaystreamClient:
@@ -109,37 +97,22 @@ class PaystreamClient:
                 event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
             except Exception:  # noqa: S112 - foreign records on the topic are not ours to judge
                 continue
-            self._dispatch(event)
+            answers = dict(msg.headers or ()).get(ANSWERS_HEADER)
+            self._dispatch(event, answers.decode() if answers else None)
 
-    def _dispatch(self, event: CloudEvent) -> None:
-        """Hand an outcome to whoever waits for it: by causation id, else by key."""
-        cause = str(event.get_extension("causationid") or "")
-        waiter = self._waiters.pop(cause, None)
-        if waiter is not None:
-            if not waiter.done():
+    def _dispatch(self, event: CloudEvent, answers: str | None) -> None:
+        """Resolve the command this outcome answers: its cause, or (a retry under an
+        answered idempotency key gets the first command's event) the command its record
+        names."""
+        for command_id in (str(event.get_extension("causationid") or ""), answers):
+            waiter = self._waiters.pop(command_id, None) if command_id else None
+            if waiter is not None and not waiter.done():
                 waiter.set_result(event)
-            return
-        key = event.get_extension("idempotencykey")
-        if key is None or event.get_type() == REJECTED:
-            # A rejection is never what a key answers: those not remembered under it
-            # (a rate limit, a suspended tenant, ...) leave a retry to run afresh, and a
-            # conflict names its own command.
-            return
-        by_key = (str(event.get_extension("tenantid") or ""), str(key))
-        asked = self._sent.get(cause)
-        for by_key_waiter, asks in self._by_key.pop(by_key, []):
-            if asked is not None and asked != asks:
-                self._by_key.setdefault(by_key, []).append((by_key_waiter, asks))
-            elif not by_key_waiter.done():
-                by_key_waiter.set_result(event)
 
     async def publish(self, command: CloudEvent) -> None:
         """Send a command without waiting for its outcome."""
         tenant = str(command.get_extension("tenantid"))
         record = encode_event(command, tenant.encode(), self.mode)
-        self._sent[command.get_id()] = _asks(command)
-        if len(self._sent) > SENT_MEMORY:
-            self._sent.popitem(last=False)
         await self._producer.send_and_wait(
             self.settings.commands_topic, record.value, key=record.key, headers=list(record.headers)
         )
@@ -153,13 +126,8 @@ class PaystreamClient:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[CloudEvent] = loop.create_future()
         self._waiters[command.get_id()] = waiter
-        key = command.get_extension("idempotencykey")
-        by_key = None
-        if key is not None and key != command.get_id():
-            by_key = (str(command.get_extension("tenantid")), str(key))
-            self._by_key.setdefault(by_key, []).append((waiter, _asks(command)))
-        await self.publish(command)
         try:
+            await self.publish(command)
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             raise OutcomeTimeout(
@@ -167,12 +135,6 @@ class PaystreamClient:
             ) from None
         finally:
             self._waiters.pop(command.get_id(), None)
-            if by_key is not None:
-                pending = [w for w in self._by_key.get(by_key, ()) if w[0] is not waiter]
-                if pending:
-                    self._by_key[by_key] = pending
-                else:
-                    self._by_key.pop(by_key, None)
 
     async def command(
         self, command_type: str, tenant_id: str, data: Mapping[str, Any], **kw: Any
@@ -180,14 +142,6 @@ class PaystreamClient:
         """Build, send and await in one call."""
         timeout = kw.pop("timeout", 30.0)
         return await self.send(build_command(command_type, tenant_id, data, **kw), timeout)
-
-
-REJECTED = "com.paystream.command.rejected"
-
-
-def _asks(command: CloudEvent) -> str:
-    """What a command asks, to tell a retry (same) from a conflicting reuse of its key."""
-    return json.dumps([command.get_type(), command.get_data()], sort_keys=True, default=str)
 
 
 def outcome_summary(event: CloudEvent) -> dict[str, Any]:

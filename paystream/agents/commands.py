@@ -475,6 +475,9 @@ async def _group_committed(app: AppT, tps: Sequence[TP]) -> dict[TP, int | None]
 async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
     """Records [start, end) of one partition, as Faust events, read with a plain consumer,
     and the offset the read got to (``end`` unless the broker did not answer in time)."""
+    # The generation the read is for: records read after a rebalance must not pass as the
+    # new generation's (the partition may be another worker's by then).
+    generation = app.consumer_generation_id
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
         enable_auto_commit=False,
@@ -493,7 +496,7 @@ async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
                     message = Message(
                         r.topic, r.partition, r.offset, r.timestamp / 1000, r.timestamp_type,
                         list(r.headers or ()), r.key, r.value, None, tp=tp,
-                        generation_id=app.consumer_generation_id,
+                        generation_id=generation,
                     )  # fmt: skip
                     found.append(Event(app, r.key, r.value, message.headers, message))
             position = await reader.position(atp)

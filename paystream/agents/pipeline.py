@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +35,13 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.settings import Settings
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
-from paystream.streams.outcomes import CommandRef, RejectReason, encode_outcome, rejection_data
+from paystream.streams.outcomes import (
+    ANSWERS_HEADER,
+    CommandRef,
+    RejectReason,
+    encode_outcome,
+    rejection_data,
+)
 from paystream.streams.pan import contains_card_number, raw_may_contain_card_number
 from paystream.tables.records import (
     APPLIED_MEMORY,
@@ -249,7 +255,10 @@ class CommandProcessor:
                 # The stored outcome was produced for the original command id; a retry
                 # under a new id with the same key gets the original event (as Stripe does).
                 original = CommandRef(**{**cmd.__dict__, "command_id": existing.command_id})
-                return [self._outcome(original, existing.outcome)]
+                replayed = self._outcome(original, existing.outcome)
+                if existing.command_id != cmd.command_id:
+                    replayed = _answering(replayed, cmd.command_id)
+                return [replayed]
         gateway_or_rejection = self._gateway_for(tenant)
         if isinstance(gateway_or_rejection, Rejection):
             return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
@@ -643,3 +652,11 @@ def _key_str(key: bytes | None) -> str:
 def _request_hash(command_type: str, data: dict[str, Any]) -> str:
     canonical = orjson.dumps([command_type, data], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _answering(emit: Emit, command_id: str) -> Emit:
+    """The record, with a transport header (not a CloudEvents attribute: the event stays
+    the one first emitted) naming the command it now answers, so that command's sender
+    finds it: its causation id names the command that first used the key."""
+    headers = tuple(sorted((*emit.record.headers, (ANSWERS_HEADER, command_id.encode()))))
+    return replace(emit, record=replace(emit.record, headers=headers))

@@ -15,6 +15,7 @@ from paystream.settings import CloudEventsMode
 from paystream.streams.codec import KafkaRecord, encode_data, encode_event
 
 __all__ = [
+    "ANSWERS_HEADER",
     "OUTCOME_PREFIX",
     "CommandRef",
     "RejectReason",
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 OUTCOME_PREFIX = "com.paystream."
+# Kafka header on an outcome re-emitted for a retry under the same idempotency key with
+# a new command id: that command's id (the event's causation id is the first command's).
+ANSWERS_HEADER = "paystream-answers"
 _NAMESPACE = uuid.UUID("6f1d8f0e-4b7a-5c1e-9a55-706179737472")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 
@@ -129,10 +133,6 @@ def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dic
     subject = data.get("entity_id")
     if subject:
         attrs["subject"] = subject
-    if cmd.idempotency_key != cmd.command_id:
-        # A retry under the same key (a new command id) is answered with this very event:
-        # its sender finds it by tenant and key, not by causation id.
-        attrs["idempotencykey"] = cmd.idempotency_key
     if cmd.traceparent:
         attrs["traceparent"] = cmd.traceparent
     return attrs

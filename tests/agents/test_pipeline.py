@@ -387,6 +387,27 @@ async def test_same_key_new_command_id_returns_the_original_outcome(harness: Har
     assert data(conflict)["reason"] == "idempotency_conflict"
 
 
+async def test_a_retry_is_answered_by_the_first_event_with_its_own_id_in_a_header(
+    harness: Harness,
+) -> None:
+    """Its sender waits by its own command id; the event's causation id is the first's."""
+    t = harness.add_tenant()
+    body = {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    first_cmd = build_command("payment.create", t, body, idempotency_key="order-78")
+    retry_cmd = build_command("payment.create", t, body, idempotency_key="order-78")
+    emits1, first = await harness.send_event(first_cmd, timestamp_ms=1_700_000_000_000)
+    emits2, again = await harness.send_event(retry_cmd, timestamp_ms=1_700_000_000_000)
+    assert first is not None and again is not None
+    headers1, headers2 = dict(emits1[0].record.headers), dict(emits2[0].record.headers)
+    assert "paystream-answers" not in headers1
+    assert headers2.pop("paystream-answers") == retry_cmd.get_id().encode()
+    assert again.get_extension("causationid") == first_cmd.get_id()
+    assert again.get_id() == first.get_id() and data(again) == data(first)
+    # Redelivered, the retry's record is answered byte for byte the same.
+    emits3, _ = await harness.send_event(retry_cmd, timestamp_ms=1_700_000_000_000)
+    assert emits3[0].record == emits2[0].record
+
+
 async def test_entity_remembers_applied_command_when_idempotency_record_was_lost(
     harness: Harness,
 ) -> None:

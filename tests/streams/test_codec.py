@@ -41,17 +41,6 @@ def test_outcome_round_trips_in_both_modes(mode: CloudEventsMode) -> None:
     assert back.get_data() == {"entity_id": "pay_1", "object": {"amount": 5}}
 
 
-@pytest.mark.parametrize("mode", list(CloudEventsMode))
-def test_an_explicit_idempotency_key_is_on_the_outcome(mode: CloudEventsMode) -> None:
-    """A retry under the key (another command id) is answered with this event; its sender
-    finds it by key. The default key (the command id) adds nothing."""
-    keyed = CommandRef("acme", "cmd-2", "payment.create", "order-7", CMD.time)
-    for cmd, key in ((keyed, "order-7"), (CMD, None)):
-        rec = encode_outcome(cmd, "payment.succeeded", {}, mode)
-        back = decode_record(rec.key, rec.value, dict(rec.headers))
-        assert back.get_extension("idempotencykey") == key
-
-
 def test_binary_mode_uses_ce_headers() -> None:
     rec = encode_event(build_outcome(CMD, "customer.created", {}), b"acme", CloudEventsMode.BINARY)
     headers = dict(rec.headers)
