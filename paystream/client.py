@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream.errors import ConfigurationError
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict
@@ -78,6 +79,11 @@ class PaystreamClient:
         await self._producer.start()
         await self._consumer.start()
         tps = await topic_partitions(self._consumer, self.settings.events_topic)
+        if not tps:
+            await self.stop()
+            raise ConfigurationError(
+                f"topic {self.settings.events_topic!r} does not exist: run `paystream topics`"
+            )
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:  # resolve positions now, so nothing sent after start() is missed

@@ -9,6 +9,7 @@ import pytest
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import PaystreamClient
+from paystream.errors import ConfigurationError
 from paystream.settings import load_settings
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
@@ -57,3 +58,11 @@ async def test_nothing_else_answers_a_command() -> None:
     client._dispatch(_outcome("c1"), None)
     client._dispatch(_outcome("c1"), "c3")
     assert not waiter.done()
+
+
+async def test_a_missing_events_topic_is_a_clear_error(deployment_factory: Any) -> None:
+    dep = await deployment_factory()
+    absent = dep.settings.model_copy(update={"events_topic": f"{dep.settings.app_id}.none"})
+    with pytest.raises(ConfigurationError, match="run `paystream topics`"):
+        async with PaystreamClient(absent):
+            pass
