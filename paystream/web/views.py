@@ -13,6 +13,7 @@ from paystream.agents.commands import runner
 from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
+from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.views import entity_view, tenant_summaries
 
@@ -85,8 +86,14 @@ class StatsView(View):
 
 @app.page("/v1/tenants/{tenant}/{kind}/{entity_id}")
 class EntityView(View):
-    """Look up one entity (payment, refund, ...) of one tenant."""
+    """Look up one entity (payment, refund, ...) of one tenant.
 
+    In a fleet the tenant's tables live on the worker that owns its partition of the
+    commands topic; asked elsewhere, this worker fetches the answer from that one (Faust's
+    topic routing) instead of answering "not found".
+    """
+
+    @app.topic_route(commands_topic, match_info="tenant")  # type: ignore[arg-type]
     async def get(self, request: Request, tenant: str, kind: str, entity_id: str) -> Response:
         table = _ENTITY_TABLES.get(kind)
         if table is None:
