@@ -50,19 +50,48 @@ class HealthView(View):
         return self.json({"ok": True, "uptime_s": round(time.time() - _STARTED, 1)})
 
 
+@app.page("/readyz")
+class ReadyView(View):
+    """For a readiness probe: 503 until the worker can run commands (tenant registry read
+    to its end, partitions of its source topic assigned, not rebalancing)."""
+
+    async def get(self, request: Request) -> Response:
+        waiting = not_ready_because(
+            registry_loaded=registry.ready.is_set(),
+            partitions=len(_assigned()),
+            rebalancing=bool(app.rebalancing),
+        )
+        body = {"ready": not waiting, "waiting_for": waiting}
+        return self.json(body, status=503 if waiting else 200)
+
+
+def not_ready_because(*, registry_loaded: bool, partitions: int, rebalancing: bool) -> list[str]:
+    """What a worker still waits for before it is ready; empty when ready."""
+    waiting = []
+    if not registry_loaded:
+        waiting.append("tenant registry")
+    if partitions == 0:
+        waiting.append("partition assignment")
+    if rebalancing:
+        waiting.append("rebalance")
+    return waiting
+
+
+def _assigned() -> list[int]:
+    """The partitions this worker owns of its source topic (commands, or events for a
+    ledger-only worker): what an operator needs to find a tenant's worker."""
+    source = settings.commands_topic if settings.runs("commands") else settings.events_topic
+    if not app.consumer:
+        return []
+    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == source)
+
+
 @app.page("/v1/stats")
 class StatsView(View):
     """Counts, recent outcomes, per-tenant summaries and this worker's partitions."""
 
     async def get(self, request: Request) -> Response:
-        # The partitions this worker owns of its source topic (commands, or events for a
-        # ledger-only worker): what an operator needs to find a tenant's worker.
-        source = settings.commands_topic if settings.runs("commands") else settings.events_topic
-        assigned = (
-            sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == source)
-            if app.consumer
-            else []
-        )
+        assigned = _assigned()
         tenants: dict[str, Any] = {}
         for key, tenant in registry.tenants.items():
             tenants[key] = {"status": tenant.status.value, "gateway": tenant.gateway}

@@ -36,6 +36,22 @@ async def test_healthz(http: aiohttp.ClientSession) -> None:
     assert body["uptime_s"] >= 0
 
 
+async def test_readyz_once_the_worker_can_run_commands(http: aiohttp.ClientSession) -> None:
+    body = await get_json(http, "/readyz")
+    assert body == {"ready": True, "waiting_for": []}
+
+
+async def test_what_a_worker_waits_for() -> None:
+    from paystream.web.views import not_ready_because
+
+    assert not_ready_because(registry_loaded=True, partitions=2, rebalancing=False) == []
+    assert not_ready_because(registry_loaded=False, partitions=0, rebalancing=True) == [
+        "tenant registry",
+        "partition assignment",
+        "rebalance",
+    ]
+
+
 async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seeded) -> None:
     stats = await get_json(http, "/v1/stats")
     assert set(stats) == {"worker", "activity", "tenants", "summaries"}
