@@ -17,7 +17,7 @@ import json
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from paystream.settings import Settings
@@ -36,6 +36,14 @@ POLL_MS = 500
 MISSING_TOPIC_RETRY_SECONDS = 5.0
 # After an unexpected error, before reading on.
 ERROR_BACKOFF_SECONDS = 1.0
+# How often a caught-up mirror checks that the topic is still the one it read (not
+# deleted and recreated, not repartitioned). Kafka clients see no topic ids here: a topic
+# recreated between two checks that already holds more records than were read is missed.
+TOPIC_CHECK_SECONDS = 30.0
+
+
+class _RegistryMoved(Exception):
+    """The registry topic was recreated or repartitioned: it is to be read afresh."""
 
 
 class RegistryMirror:
@@ -46,9 +54,16 @@ class RegistryMirror:
     registered tenant for an unknown one.
     """
 
-    def __init__(self, settings: Settings, *, poll_ms: int = POLL_MS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_ms: int = POLL_MS,
+        topic_check_seconds: float = TOPIC_CHECK_SECONDS,
+    ) -> None:
         self.settings = settings
         self.poll_ms = poll_ms
+        self.topic_check_seconds = topic_check_seconds
         self.tenants: dict[str, Tenant] = {}
         # Tenants whose latest record could not be read (e.g. written by a newer
         # paystream): what ``tenants`` holds for them is older than the registry.
@@ -106,6 +121,8 @@ class RegistryMirror:
                 # Starting up (the broker not there yet): start over from the beginning.
                 log.exception("tenant registry: cannot read the registry topic; retrying")
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)
+            except _RegistryMoved as moved:
+                log.warning("tenant registry topic %s; reading it afresh", moved)
             finally:
                 await consumer.stop()
 
@@ -127,7 +144,11 @@ class RegistryMirror:
         # compacted away) are those this read does not meet. Changed in place: the
         # command processor holds this very dict.
         seen: set[str] | None = set()
+        next_check = time.monotonic() + self.topic_check_seconds
         while True:
+            if seen is None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.topic_check_seconds
+                await _check_unmoved(consumer, tps)
             try:
                 batch = await consumer.getmany(timeout_ms=self.poll_ms * 2)
                 for records in batch.values():
@@ -150,3 +171,13 @@ class RegistryMirror:
             except KafkaError:
                 log.exception("tenant registry: read failed; retrying")
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)
+
+
+async def _check_unmoved(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+    """Raise :class:`_RegistryMoved` if the topic is not the one being followed any more."""
+    if await topic_partitions(consumer, tps[0].topic) != tps:
+        raise _RegistryMoved("changed partitions (deleted, recreated or repartitioned)")
+    ends = await consumer.end_offsets(tps)
+    for tp in tps:
+        if ends[tp] < await consumer.position(tp):
+            raise _RegistryMoved(f"partition {tp.partition} ends before what was read (recreated)")

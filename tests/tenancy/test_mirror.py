@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import CliRunner
 
 from paystream.cli import cli
@@ -153,3 +154,36 @@ async def test_the_cli_never_rewrites_a_tenant_from_an_older_record(
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, env=dep.env)
         assert result.exit_code == 1 and "cannot be read" in result.output, result.output
     assert await registered_tenant(dep.settings, "other") is None
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_recreated_registry_topic_is_read_afresh(deployment_factory: Any) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings.model_copy(update={"tenants_topic": f"{dep.settings.app_id}.reg2"})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.tenants_topic, 2, 1)])
+        for t in ("old-a", "old-b"):
+            await put_tenant(settings, Tenant(tenant_id=t))
+        mirror = RegistryMirror(settings, poll_ms=100, topic_check_seconds=0.2)
+        task = asyncio.create_task(mirror.run())
+        try:
+            await asyncio.wait_for(mirror.ready.wait(), 30)
+            assert set(mirror.tenants) == {"old-a", "old-b"}
+            await admin.delete_topics([settings.tenants_topic])
+            await asyncio.sleep(1)
+            await admin.create_topics([NewTopic(settings.tenants_topic, 2, 1)])
+            await put_tenant(settings, Tenant(tenant_id="new-c"))
+
+            async def reread() -> None:
+                while set(mirror.tenants) != {"new-c"}:
+                    await asyncio.sleep(0.1)
+
+            await asyncio.wait_for(reread(), 30)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await admin.close()
