@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -24,6 +25,25 @@ from paystream.tenancy.registry import (
     registered_tenant,
     tenant_record,
 )
+
+
+@contextlib.asynccontextmanager
+async def _running(mirror: RegistryMirror) -> AsyncIterator[None]:
+    task = asyncio.create_task(mirror.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _until(check: Callable[[], bool], timeout: float = 30) -> None:
+    async def wait() -> None:
+        while not check():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(wait(), timeout)
 
 
 def _mirror() -> RegistryMirror:
@@ -73,8 +93,7 @@ async def test_loads_the_whole_registry_then_follows_it(deployment_factory: Any)
     mirror = RegistryMirror(dep.settings, poll_ms=100)
     # Left from an earlier read (before a broker error): deleted since, so not met again.
     mirror.tenants["gone"] = Tenant(tenant_id="gone")
-    task = asyncio.create_task(mirror.run())
-    try:
+    async with _running(mirror):
         await asyncio.wait_for(mirror.ready.wait(), 30)
         # Ready means loaded: every tenant registered before the start is known.
         assert set(mirror.tenants) == {t.tenant_id for t in before}
@@ -88,20 +107,13 @@ async def test_loads_the_whole_registry_then_follows_it(deployment_factory: Any)
             await producer.send_and_wait(dep.settings.tenants_topic, None, key=b'"m-1"')
         finally:
             await producer.stop()
-
-        async def followed() -> None:
-            while not (
+        await _until(
+            lambda: (
                 "m-new" in mirror.tenants
                 and "m-1" not in mirror.tenants
                 and mirror.tenants["m-0"].status is TenantStatus.SUSPENDED
-            ):
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(followed(), 30)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            )
+        )
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -109,14 +121,9 @@ async def test_an_absent_registry_topic_means_no_tenants_yet(deployment_factory:
     dep = await deployment_factory()
     absent = dep.settings.model_copy(update={"tenants_topic": f"{dep.settings.app_id}.none"})
     mirror = RegistryMirror(absent, poll_ms=100)
-    task = asyncio.create_task(mirror.run())
-    try:
+    async with _running(mirror):
         await asyncio.wait_for(mirror.ready.wait(), 30)
         assert mirror.tenants == {}
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def test_an_unreadable_latest_record_is_noted_until_a_readable_one() -> None:
@@ -167,23 +174,18 @@ async def test_a_recreated_registry_topic_is_read_afresh(deployment_factory: Any
         for t in ("old-a", "old-b"):
             await put_tenant(settings, Tenant(tenant_id=t))
         mirror = RegistryMirror(settings, poll_ms=100, topic_check_seconds=0.2)
-        task = asyncio.create_task(mirror.run())
-        try:
+        async with _running(mirror):
             await asyncio.wait_for(mirror.ready.wait(), 30)
             assert set(mirror.tenants) == {"old-a", "old-b"}
             await admin.delete_topics([settings.tenants_topic])
-            await asyncio.sleep(1)
+
+            async def deleted() -> None:
+                while settings.tenants_topic in await admin.list_topics():
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(deleted(), 30)
             await admin.create_topics([NewTopic(settings.tenants_topic, 2, 1)])
             await put_tenant(settings, Tenant(tenant_id="new-c"))
-
-            async def reread() -> None:
-                while set(mirror.tenants) != {"new-c"}:
-                    await asyncio.sleep(0.1)
-
-            await asyncio.wait_for(reread(), 30)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _until(lambda: set(mirror.tenants) == {"new-c"})
     finally:
         await admin.close()
