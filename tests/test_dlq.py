@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from paystream.dlq import read_parked, replay
-from paystream.streams.admin import bootstrap_servers
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -20,15 +18,9 @@ class Interrupted(Exception):
 async def test_an_interrupted_replay_resumes_where_it_stopped(deployment_factory: Any) -> None:
     dep = await deployment_factory()
     settings = dep.settings
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
-    await producer.start()
-    try:
-        for i in range(7):
-            await producer.send_and_wait(
-                settings.dlq_topic, f"junk {i}".encode(), key=b"acme", partition=i % 2
-            )
-    finally:
-        await producer.stop()
+    await dep.produce(
+        settings.dlq_topic, *((b"acme", f"junk {i}".encode(), i % 2) for i in range(7))
+    )
 
     def stop_after_three(done: int, total: int) -> None:
         if done == 3:

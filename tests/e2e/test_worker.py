@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from paystream.client import PaystreamClient, build_command
 from paystream.settings import CloudEventsMode
@@ -85,21 +85,15 @@ async def test_garbage_is_dead_lettered_and_the_worker_keeps_going(
     deployed: Deployment, client: PaystreamClient
 ) -> None:
     settings = deployed.settings
-    servers = bootstrap_servers(settings.require_broker())
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            settings.commands_topic, b"\x00\x01 definitely not an event", key=b"acme"
-        )
-    finally:
-        await producer.stop()
+    await deployed.produce(
+        settings.commands_topic, (b"acme", b"\x00\x01 definitely not an event", None)
+    )
     # the partition keeps moving: the next command on the same tenant is answered
     out = await client.command("customer.create", "acme", {})
     assert out.get_type().endswith("customer.created")
     consumer = AIOKafkaConsumer(
         settings.dlq_topic,
-        bootstrap_servers=servers,
+        bootstrap_servers=bootstrap_servers(settings.require_broker()),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import CliRunner
 
@@ -99,14 +98,7 @@ async def test_loads_the_whole_registry_then_follows_it(deployment_factory: Any)
         assert set(mirror.tenants) == {t.tenant_id for t in before}
         await put_tenant(dep.settings, Tenant(tenant_id="m-0", status=TenantStatus.SUSPENDED))
         await put_tenant(dep.settings, Tenant(tenant_id="m-new"))
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(dep.settings.require_broker())
-        )
-        await producer.start()
-        try:
-            await producer.send_and_wait(dep.settings.tenants_topic, None, key=b'"m-1"')
-        finally:
-            await producer.stop()
+        await dep.produce(dep.settings.tenants_topic, (b'"m-1"', None, None))
         await _until(
             lambda: (
                 "m-new" in mirror.tenants
@@ -146,15 +138,8 @@ async def test_the_cli_never_rewrites_a_tenant_from_an_older_record(
     undoing a newer change it cannot: refused."""
     dep = await deployment_factory()
     await dep.add_tenants(Tenant(tenant_id="newer"))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
-    await producer.start()
-    try:
-        newer = {**tenant_record(Tenant(tenant_id="newer")), "status": "suspended", "x": 1}
-        await producer.send_and_wait(
-            dep.settings.tenants_topic, json.dumps(newer).encode(), key=b'"newer"'
-        )
-    finally:
-        await producer.stop()
+    newer = {**tenant_record(Tenant(tenant_id="newer")), "status": "suspended", "x": 1}
+    await dep.produce(dep.settings.tenants_topic, (b'"newer"', json.dumps(newer).encode(), None))
     with pytest.raises(UnreadableTenant, match="cannot be read"):
         await registered_tenant(dep.settings, "newer")
     for args in (["tenants", "suspend", "newer"], ["tenants", "add", "newer", "--name", "N"]):

@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer
 
 from paystream.devstack.worker import WorkerProcess
-from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from tests.fixtures.browser import browser, js_errors, page  # noqa: F401 - fixtures
@@ -95,14 +93,7 @@ async def seeded(deployment_factory: Any) -> AsyncIterator[Seeded]:
             worker.wait_ready, ["acme", "globex"], partitions=dep.settings.partitions
         )
         # Garbage first on acme's key: acme's later outcomes prove it was processed.
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(dep.settings.require_broker())
-        )
-        await producer.start()
-        try:
-            await producer.send_and_wait(dep.settings.commands_topic, GARBAGE, key=b"acme")
-        finally:
-            await producer.stop()
+        await dep.produce(dep.settings.commands_topic, (b"acme", GARBAGE, None))
         async with dep.client() as client:
             ok, declined, card, cus, unknown, html = await asyncio.gather(
                 client.command(
