@@ -11,7 +11,7 @@ from typing import Any, cast
 import mode.loop
 
 # Importing these modules registers their agents, tables and pages on `app`.
-from paystream.agents import commands as _commands  # noqa: F401
+from paystream.agents import commands as _commands
 from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
@@ -48,7 +48,7 @@ async def freeze_startup_objects() -> None:
 async def speed_up_record_delivery() -> None:
     if settings.fast_delivery:
         consumer = cast(Any, app.consumer)
-        fast_delivery.install(consumer, consumer.suspend_flow)
+        fast_delivery.install(consumer, consumer.suspend_flow, backlog=_commands.has_backlog)
 
 
 @app.timer(interval=1.0)

@@ -60,7 +60,7 @@ from paystream.streams.admin import bootstrap_servers, ensure_topics
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.registry import put_tenant
 
-__all__ = ["BenchOptions", "BenchServices", "run_bench"]
+__all__ = ["BenchOptions", "BenchServices", "batch_series", "mean_batch", "run_bench"]
 
 Say = Callable[[str], None]
 
@@ -230,29 +230,56 @@ class _Child:
         self._log.close()
 
 
-def _batch_counters(worker: WorkerProcess) -> tuple[float, float] | None:
-    """(sum, count) of the worker's ``paystream_batch_size`` histogram, if it answers."""
+# The worker's batch histograms the bench reads: (sum, count) of each.
+_BATCH_SERIES = {
+    "paystream_batch_size": "batch",
+    'paystream_batch_seconds{stage="process"}': "process",
+    'paystream_batch_seconds{stage="publish"}': "publish",
+}
+
+
+def _batch_counters(worker: WorkerProcess) -> dict[str, tuple[float, float]] | None:
+    """(sum, count) of the worker's batch size and batch stage-time histograms."""
     try:
         with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=2) as resp:  # noqa: S310
-            text = resp.read().decode()
+            return batch_series(resp.read().decode())
     except OSError:
         return None
+
+
+def batch_series(text: str) -> dict[str, tuple[float, float]] | None:
+    """(sum, count) per _BATCH_SERIES label found in a Prometheus text exposition."""
     values: dict[str, float] = {}
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in {"paystream_batch_size_sum", "paystream_batch_size_count"}:
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
             values[name] = float(value)
-    if len(values) != 2:
-        return None
-    return values["paystream_batch_size_sum"], values["paystream_batch_size_count"]
+        except ValueError:
+            continue
+    found: dict[str, tuple[float, float]] = {}
+    for series, label in _BATCH_SERIES.items():
+        base, brace, labels = series.partition("{")
+        total = values.get(f"{base}_sum{brace}{labels}")
+        count = values.get(f"{base}_count{brace}{labels}")
+        if total is not None and count is not None:
+            found[label] = (total, count)
+    return found if "batch" in found else None
 
 
-def _mean_batch(
-    before: tuple[float, float] | None, after: tuple[float, float] | None
-) -> float | None:
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
+def mean_batch(
+    before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None
+) -> tuple[float | None, dict[str, float]]:
+    """Mean commands per batch between two readings, and each stage's mean ms per batch."""
+    if before is None or after is None:
+        return None, {}
+    means: dict[str, float] = {}
+    for label, (total, count) in after.items():
+        if label in before and count > before[label][1]:
+            means[label] = (total - before[label][0]) / (count - before[label][1])
+    size = means.pop("batch", None)
+    return size, {label: round(1000 * mean, 1) for label, mean in means.items()}
 
 
 def _write_latencies(
@@ -419,7 +446,7 @@ async def _pipeline_phases(
                 report_notes.append("full-speed throughput measured under py-spy sampling")
             full = _phase("pipeline", load, watcher, sent.sent_at, cpu, "worker")
             counters, before = _batch_counters(worker), counters
-            full.mean_batch = _mean_batch(before, counters)
+            full.mean_batch, full.batch_stage_ms = mean_batch(before, counters)
             redis_after = await asyncio.to_thread(_redis_commands, dep.worker_env["REDIS_URL"])
             # Each INFO call counts itself once.
             full.redis_commands = _delta(redis_before, redis_after)
@@ -458,7 +485,9 @@ async def _pipeline_phases(
                     offered_rate=options.rate,
                     achieved_rate=sent_r.rate,
                 )
-                rate_result.mean_batch = _mean_batch(counters, _batch_counters(worker))
+                rate_result.mean_batch, rate_result.batch_stage_ms = mean_batch(
+                    counters, _batch_counters(worker)
+                )
                 report_notes.append(_latency_split(paced, sent_r.sent_at, watcher))
                 if options.latency_csv is not None:
                     _write_latencies(options.latency_csv, paced, sent_r.sent_at, watcher)

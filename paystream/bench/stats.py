@@ -34,6 +34,9 @@ class PhaseResult:
     achieved_rate: float = 0.0  # what the load generator really sent at
     outcome_types: dict[str, int] = field(default_factory=dict)
     mean_batch: float | None = None  # commands per worker batch (from its /metrics)
+    # mean ms a worker batch spent running its commands ("process") and being produced
+    # until the broker had it all ("publish"), from the worker's /metrics
+    batch_stage_ms: dict[str, float] = field(default_factory=dict)
     redis_commands: int | None = None  # Redis commands the phase caused (INFO stats delta)
     sut: str = ""  # the process under test: "worker", "raw" or "faust"
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, same window
@@ -246,7 +249,11 @@ def render_table(report: BenchReport) -> str:
         )
     for p in (report.pipeline, report.rate):
         if p is not None and p.mean_batch is not None:
-            lines.append(f"{p.name}: mean worker batch {p.mean_batch:.1f} commands")
+            stages = ", ".join(f"{k} {v:.1f} ms" for k, v in p.batch_stage_ms.items())
+            lines.append(
+                f"{p.name}: mean worker batch {p.mean_batch:.1f} commands"
+                + (f" ({stages} per batch)" if stages else "")
+            )
         if p is not None and p.redis_commands is not None and p.records:
             lines.append(f"{p.name}: {p.redis_commands / p.records:.1f} Redis commands per command")
     mix = _merge(report.pipeline.outcome_types, report.rate.outcome_types if report.rate else {})

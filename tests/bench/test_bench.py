@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from paystream.bench.cli import bench_command
 from paystream.bench.load import generate_commands, tenant_ids
 from paystream.bench.profiling import summarise
+from paystream.bench.runner import batch_series, mean_batch
 from paystream.bench.stats import BenchReport, PhaseResult, percentile, render_table
 
 REQUIRED = {
@@ -105,6 +106,32 @@ def test_profile_summary_attributes_stages() -> None:
     assert stages["table writes (Faust __setitem__ + changelog send)"] == 10
 
 
+def test_worker_batch_figures_from_its_metrics() -> None:
+    def exposition(size: tuple[float, int], process: float, publish: float) -> str:
+        return "\n".join(
+            [
+                "# HELP paystream_batch_size Commands per processed batch.",
+                "# TYPE paystream_batch_size histogram",
+                'paystream_batch_size_bucket{le="1.0"} 0.0',
+                f"paystream_batch_size_count {size[1]}",
+                f"paystream_batch_size_sum {size[0]}",
+                f'paystream_batch_seconds_count{{stage="process"}} {size[1]}',
+                f'paystream_batch_seconds_sum{{stage="process"}} {process}',
+                f'paystream_batch_seconds_count{{stage="publish"}} {size[1]}',
+                f'paystream_batch_seconds_sum{{stage="publish"}} {publish}',
+            ]
+        )
+
+    before = batch_series(exposition((100.0, 10), 1.0, 0.5))
+    after = batch_series(exposition((400.0, 20), 1.5, 0.7))
+    assert before == {"batch": (100.0, 10), "process": (1.0, 10), "publish": (0.5, 10)}
+    # between the two readings: 10 batches of 30 commands, 50 ms and 20 ms each
+    assert mean_batch(before, after) == (30.0, {"process": 50.0, "publish": 20.0})
+    assert mean_batch(before, before) == (None, {})
+    assert mean_batch(None, after) == (None, {})
+    assert batch_series("# nothing here\nother_metric 1.0") is None
+
+
 @pytest.mark.slow
 def test_bench_smoke_run_json() -> None:
     """300 commands, 3 tenants, 100/s for 2 s, both baselines, on a fresh embedded stack."""
@@ -136,6 +163,11 @@ def test_bench_smoke_run_json() -> None:
     assert 0 < out["floor_p50_ms"] <= out["floor_p95_ms"] <= out["floor_p99_ms"]
     assert out["latency_phase"] == "rate"
     assert out["missing_outcomes"] == 0
+    # the worker's own account of its batches: size, and time running and producing them
+    for phase in ("pipeline", "rate"):
+        assert out["phases"][phase]["mean_batch"] >= 1
+        assert out["phases"][phase]["batch_stage_ms"].keys() == {"process", "publish"}
+        assert all(ms > 0 for ms in out["phases"][phase]["batch_stage_ms"].values())
     assert out["outcomes"] == 300 + 200
     assert sum(out["outcome_types"].values()) == 500
     assert "command.rejected" not in out["outcome_types"]

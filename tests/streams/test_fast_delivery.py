@@ -22,7 +22,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 class Consumer(Service):
-    def __init__(self) -> None:
+    def __init__(self, backlog: bool = False) -> None:
         super().__init__()
         self.suspend_flow = asyncio.Event()
         self.slow_calls = 0
@@ -33,7 +33,7 @@ class Consumer(Service):
             return await original(*coros, timeout=timeout)
 
         self.wait_first = counting  # type: ignore[method-assign]
-        fast_delivery.install(self, self.suspend_flow)
+        fast_delivery.install(self, self.suspend_flow, backlog=lambda: backlog)
 
 
 async def start_delivery(consumer: Consumer, callback: Any) -> asyncio.Future[Any]:
@@ -135,3 +135,23 @@ async def test_deliveries_while_suspended_and_other_calls_take_mode_s_path() -> 
     consumer.suspend_flow.set()
     await consumer.wait_first(callback(), consumer.suspend_flow.wait())
     assert consumer.slow_calls == 3
+
+
+@pytest.mark.parametrize("backlog", [False, True])
+async def test_the_loop_turn_after_a_delivery_is_skipped_only_with_a_backlog(
+    backlog: bool,
+) -> None:
+    consumer = Consumer(backlog)
+    delivered: list[int] = []
+    ran: list[bool] = []
+
+    async def callback(n: int) -> None:
+        delivered.append(n)
+
+    # A callback scheduled now runs at the next loop turn: only if the delivery gave one.
+    asyncio.get_running_loop().call_soon(ran.append, True)
+    await consumer.wait_first(callback(1), consumer.suspend_flow.wait())
+    assert delivered == [1]
+    assert ran == ([] if backlog else [True])
+    assert consumer.slow_calls == 0
+    await asyncio.sleep(0)
