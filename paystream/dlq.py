@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 
 __all__ = ["ParkedRecord", "read_parked", "replay"]
+
+log = logging.getLogger(__name__)
 
 REPLAY_GROUP = "paystream-dlq-replay"
 _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
@@ -102,10 +105,44 @@ async def replay(
                     await consumer.commit(sent)
                 if progress:
                     progress(n, len(records))
-        finally:
-            await producer.stop()
-            if sent:
-                await consumer.commit(sent)
+        except BaseException:
+            # What stopped the replay is the error to report, not a failing clean-up.
+            await _finish(producer, consumer, sent, quiet=True)
+            raise
+        await _finish(producer, consumer, sent, quiet=False)
         return records
     finally:
         await consumer.stop()
+
+
+async def _finish(
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    sent: dict[TopicPartition, int],
+    *,
+    quiet: bool,
+) -> None:
+    """Flush and stop the producer, then commit what was re-published. ``quiet``: a
+    failure is logged, not raised (another error is already on its way out)."""
+
+    async def commit() -> None:
+        if sent:
+            await consumer.commit(sent)
+
+    # Each step on its own: records already acknowledged are committed even if the
+    # producer fails to stop.
+    failed: Exception | None = None
+    for step in (producer.stop, commit):
+        try:
+            await step()
+        except Exception as exc:
+            if not quiet:
+                failed = failed or exc
+                continue
+            log.warning(
+                "replay clean-up failed; records re-published since the last commit will "
+                "be re-published again by the next replay",
+                exc_info=True,
+            )
+    if failed is not None:
+        raise failed

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaConnectionError
 
 from paystream.dlq import read_parked, replay
 
@@ -34,3 +37,27 @@ async def test_an_interrupted_replay_resumes_where_it_stopped(deployment_factory
     again = await replay(settings, [settings.dlq_topic])
     assert sorted(r.value for r in again) == sorted(r.value for r in left)
     assert await replay(settings, [settings.dlq_topic]) == []
+
+
+async def test_a_failing_clean_up_does_not_hide_what_stopped_the_replay(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.dlq_topic, *((b"acme", f"junk {i}".encode(), 0) for i in range(3)))
+
+    async def broker_gone(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        raise KafkaConnectionError("commit failed")
+
+    monkeypatch.setattr(AIOKafkaConsumer, "commit", broker_gone)
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Interrupted
+
+    with caplog.at_level(logging.WARNING, logger="paystream.dlq"), pytest.raises(Interrupted):
+        await replay(settings, [settings.dlq_topic], progress=stop_after_two)
+    assert "replay clean-up failed" in caplog.text
+    # Without another error in flight, a failed commit is the error.
+    with pytest.raises(KafkaConnectionError):
+        await replay(settings, [settings.dlq_topic])
