@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
@@ -42,7 +43,11 @@ from paystream.streams.outcomes import (
     encode_outcome,
     rejection_data,
 )
-from paystream.streams.pan import contains_card_number, raw_may_contain_card_number
+from paystream.streams.pan import (
+    contains_card_number,
+    raw_may_contain_card_number,
+    redact_card_numbers,
+)
 from paystream.tables.records import (
     APPLIED_MEMORY,
     IdempotencyRecord,
@@ -54,7 +59,7 @@ from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.limits import LimitGate, LimitRejection
 from paystream.tenancy.limits import Record as LimitRecord
-from paystream.tenancy.models import Tenant, TenantStatus
+from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 
 __all__ = ["CommandProcessor", "Emit", "Inbound"]
 
@@ -114,6 +119,9 @@ class CommandProcessor:
 
     async def process(self, rec: Inbound) -> list[Emit]:
         when = datetime.fromtimestamp(rec.timestamp_ms / 1000, tz=UTC)
+        # The quick look at the raw bytes: False for nearly every command, and then no
+        # card number can be anywhere in it (key, headers, data).
+        suspicious = _raw_may_hold_card(rec)
         size = len(rec.value or b"")
         if size > self.settings.command_max_bytes:
             return self._dead_letter(
@@ -122,12 +130,25 @@ class CommandProcessor:
                 f"{size} bytes > limit {self.settings.command_max_bytes}",
                 reject=RejectReason.PAYLOAD_TOO_LARGE,
                 when=when,
+                suspicious=suspicious,
             )
         try:
             event = decode_record(rec.key, rec.value, rec.headers)
         except UndecodableRecord as exc:
             return self._dead_letter(
-                rec, "not_a_cloudevent", str(exc), reject=RejectReason.VALIDATION_ERROR, when=when
+                rec,
+                "not_a_cloudevent",
+                str(exc),
+                reject=RejectReason.VALIDATION_ERROR,
+                when=when,
+                suspicious=suspicious,
+            )
+        if suspicious and _event_holds_card(rec, event):
+            # Before any other rule: every other answer echoes the command's attributes.
+            return self._reject(
+                _redacted_ref(rec, event, when),
+                RejectReason.CARD_DATA_FORBIDDEN,
+                "card numbers are not accepted; tokenise with the provider and send its token",
             )
         return await self._process_event(rec, event, when)
 
@@ -169,13 +190,6 @@ class CommandProcessor:
         raw = event.get_data()
         if isinstance(raw, bytes | str):
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
-        if _raw_may_hold_card(rec) and contains_card_number(raw, event.get_attributes()):
-            # Never echo the value: the message names the rule, not the data.
-            return self._reject(
-                cmd,
-                RejectReason.CARD_DATA_FORBIDDEN,
-                "card numbers are not accepted; tokenise with the provider and send its token",
-            )
         tenant_raw = self.tenants.get(tenant_id)
         if tenant_raw is None:
             return self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
@@ -502,9 +516,12 @@ class CommandProcessor:
     def _outcome(self, cmd: CommandRef, stored: StoredOutcome) -> Emit:
         record = encode_outcome(cmd, stored.type, stored.data, self.settings.cloudevents_mode)
         obj = stored.data.get("object") or {}
+        registered = cmd.tenant_id in self.tenants
         summary = {
             "time": cmd.time.isoformat(),
-            "tenant": cmd.tenant_id,
+            # (a made-up id can be as long as a Kafka header: the dashboard shows a prefix)
+            "tenant": cmd.tenant_id if registered else cmd.tenant_id[:64],
+            "registered": registered,
             "command": cmd.command_type,
             "outcome": stored.type,
             "entity_id": stored.data.get("entity_id"),
@@ -522,7 +539,13 @@ class CommandProcessor:
         errors: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> list[Emit]:
-        self._count(cmd.tenant_id, cmd.command_type[:64], "command.rejected")
+        # Labels only from known values: a hostile stream of made-up tenant ids or types
+        # must not grow the metrics without bound.
+        self._count(
+            cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED,
+            cmd.command_type if cmd.command_type in COMMANDS else "unknown",
+            "command.rejected",
+        )
         data = rejection_data(cmd.command_type, reason, message, errors)
         if extra:
             data.update(extra)
@@ -530,35 +553,58 @@ class CommandProcessor:
         return [self._outcome(cmd, stored)]
 
     def _dead_letter(
-        self, rec: Inbound, reason: str, detail: str, *, reject: RejectReason, when: datetime
+        self,
+        rec: Inbound,
+        reason: str,
+        detail: str,
+        *,
+        reject: RejectReason,
+        when: datetime,
+        suspicious: bool = True,
     ) -> list[Emit]:
-        """Dead-letter the raw bytes; also reject if the headers identify a command."""
+        """Dead-letter the raw bytes; also reject if the headers identify a command.
+
+        Bytes holding a card number are not kept (PCI): the dead letter then carries only
+        where it came from and why, and the rejection names no attribute that held one.
+        """
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
-        headers = tuple(
-            sorted(
-                {
-                    **rec.headers,
-                    "paystream-dlq-reason": reason.encode(),
-                    "paystream-dlq-detail": detail[:500].encode(),
-                    "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
-                }.items()
-            )
-        )
-        out = [Emit(self.settings.dlq_topic, KafkaRecord(rec.key, rec.value or b"", headers))]
+        card = suspicious and _raw_holds_card(rec)
+        ours = {
+            "paystream-dlq-reason": reason.encode(),
+            "paystream-dlq-detail": redact_card_numbers(detail)[:500].encode(),
+            "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
+        }
+        if card:
+            ours["paystream-dlq-redacted"] = b"card_number"
+        kept = {} if card else rec.headers
+        headers = tuple(sorted({**kept, **ours}.items()))
+        value = b"" if card else rec.value or b""
+        out = [
+            Emit(self.settings.dlq_topic, KafkaRecord(None if card else rec.key, value, headers))
+        ]
         cmd_id = rec.headers.get("ce_id")
         tenant = rec.headers.get("ce_tenantid")
         if cmd_id and tenant and _key_str(rec.key) == tenant.decode("utf-8", "replace"):
             cmd = CommandRef(
-                tenant_id=tenant.decode("utf-8", "replace"),
-                command_id=cmd_id.decode("utf-8", "replace"),
-                command_type=rec.headers.get("ce_type", b"")
-                .decode("utf-8", "replace")
-                .removeprefix(COMMAND_PREFIX)[:128],
+                tenant_id=_clean(tenant.decode("utf-8", "replace")),
+                command_id=_clean(cmd_id.decode("utf-8", "replace")),
+                command_type=_clean(
+                    rec.headers.get("ce_type", b"")
+                    .decode("utf-8", "replace")
+                    .removeprefix(COMMAND_PREFIX)[:128]
+                ),
                 idempotency_key="",
                 time=when,
             )
-            out += self._reject(cmd, reject, f"{reason}: {detail}"[:500])
+            if card:
+                out += self._reject(
+                    cmd,
+                    RejectReason.CARD_DATA_FORBIDDEN,
+                    f"{reason}, and card numbers are not accepted: the record was not kept",
+                )
+            else:
+                out += self._reject(cmd, reject, redact_card_numbers(f"{reason}: {detail}")[:500])
         return out
 
     def dead_letter_bug(self, rec: Inbound) -> list[Emit]:
@@ -642,6 +688,55 @@ def _raw_may_hold_card(rec: Inbound) -> bool:
     headers = rec.headers
     return raw_may_contain_card_number(
         rec.key or b"", rec.value or b"", "\x00".join(headers).encode(), *headers.values()
+    )
+
+
+def _header_texts(rec: Inbound) -> list[str]:
+    """The key, header names and header values as text (not only CloudEvents ones: any
+    header is copied to the retry topic with the command)."""
+    texts = [_key_str(rec.key), *rec.headers]
+    texts += (v.decode("utf-8", "replace") for v in rec.headers.values())
+    return texts
+
+
+def _event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
+    """The parsed scan: data, attributes, key and every header."""
+    raw = event.get_data()
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    return contains_card_number(raw, event.get_attributes(), _header_texts(rec))
+
+
+def _raw_holds_card(rec: Inbound) -> bool:
+    """A record that did not decode: scan its bytes as text, JSON escapes resolved."""
+    texts = _header_texts(rec)
+    value = rec.value or b""
+    texts.append(value.decode("utf-8", "replace"))
+    if b"\\" in value:
+        try:
+            texts.append(orjson.loads(value))
+        except orjson.JSONDecodeError:
+            texts.append(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), texts[-1]))
+    return contains_card_number(texts)
+
+
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _clean(text: str) -> str:
+    """An attribute fit to echo: card numbers replaced."""
+    return redact_card_numbers(text)
+
+
+def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef:
+    """The command, as far as a rejection may name it when it held a card number."""
+    tenant = _clean(str(event.get_extension("tenantid") or "")) or _clean(_key_str(rec.key))
+    return CommandRef(
+        tenant_id=tenant or "unknown",
+        command_id=_clean(str(event.get_id())),
+        command_type=_clean(str(event.get_type()).removeprefix(COMMAND_PREFIX))[:128],
+        idempotency_key="",
+        time=when,
     )
 
 

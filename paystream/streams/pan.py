@@ -6,15 +6,28 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["contains_card_number", "luhn_valid", "raw_may_contain_card_number"]
+__all__ = [
+    "REDACTED",
+    "contains_card_number",
+    "luhn_valid",
+    "raw_may_contain_card_number",
+    "redact_card_numbers",
+]
 
+# What a card number is replaced with wherever text is kept despite holding one.
+REDACTED = "[card number]"
+
+# Between 4-digit groups: one consistent separator, written as people (and web pages)
+# write them: spaces (one or a run, or non-breaking), a dash, a dot or a slash.
+_SEP = r"(?:[ \u00a0]+|[./-])"
 # How card numbers are written: 13-19 contiguous digits, or 4-digit groups joined by one
-# consistent space or dash (Amex: 4-6-5). Grouped forms must stand alone, so that ids
-# such as UUIDs (8-4-4-4-12 hex) never look like a card however their digits fall.
+# consistent separator (Amex: 4-6-5). Grouped forms must stand alone, so that ids such
+# as UUIDs (8-4-4-4-12 hex) never look like a card however their digits fall.
 _CANDIDATE = re.compile(
     r"(?<!\d)\d{13,19}(?!\d)"
-    r"|(?<![0-9A-Za-z-])\d{4}([ -])\d{4}(?:\1\d{4}){1,2}(?:\1\d{1,3})?(?![0-9A-Za-z-])"
-    r"|(?<![0-9A-Za-z-])\d{4}([ -])\d{6}\2\d{5}(?![0-9A-Za-z-])"
+    rf"|(?<![0-9A-Za-z./-])\d{{4}}({_SEP})\d{{4}}(?:\1\d{{4}}){{1,2}}(?:\1\d{{1,3}})?"
+    r"(?![0-9A-Za-z-]|[./]\d)"
+    rf"|(?<![0-9A-Za-z./-])\d{{4}}({_SEP})\d{{6}}\2\d{{5}}(?![0-9A-Za-z-]|[./]\d)"
 )
 
 
@@ -38,6 +51,8 @@ def _strings(value: Any) -> Iterator[str]:
         return
     elif isinstance(value, int):
         yield str(value)
+    elif isinstance(value, float):
+        yield f"{value:f}"  # 4111111111111111.0 is the number written as a float
     elif isinstance(value, dict):
         for k, v in value.items():
             yield str(k)
@@ -77,13 +92,21 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
 def _has_card_number(text: str) -> bool:
     if _SPAN.search(text) is None:  # an eighth of the cost of the full pattern
         return False
-    for match in _CANDIDATE.finditer(text):
-        digits = _SEPARATORS.sub("", match.group())
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return True
-    return False
+    return any(_is_card_number(match) for match in _CANDIDATE.finditer(text))
 
 
-_SEPARATORS = re.compile(r"[ -]")
-# Every candidate is at least 13 digits, spaces and dashes, starting and ending with a digit.
-_SPAN = re.compile(r"\d[\d -]{11,}\d")
+def _is_card_number(match: re.Match[str]) -> bool:
+    digits = _SEPARATORS.sub("", match.group())
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def redact_card_numbers(text: str) -> str:
+    """``text`` with every card number in it replaced by :data:`REDACTED`."""
+    if _SPAN.search(text) is None:
+        return text
+    return _CANDIDATE.sub(lambda m: REDACTED if _is_card_number(m) else m.group(), text)
+
+
+_SEPARATORS = re.compile(r"[^\d]")
+# Every candidate is at least 13 digits and separators, starting and ending with a digit.
+_SPAN = re.compile(r"\d[\d \u00a0./-]{11,}\d")

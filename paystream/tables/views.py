@@ -11,6 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from paystream.tenancy.models import UNREGISTERED
+
+# Distinct tenant ids that are not registered the activity counts keep by name.
+MAX_UNREGISTERED_SHOWN = 100
+
 __all__ = ["ActivityLog", "entity_view", "tenant_summaries"]
 
 
@@ -23,11 +28,20 @@ class ActivityLog:
     by_tenant: Counter[str] = field(default_factory=Counter)
     dead_letters: int = 0
     parked: int = 0
+    unregistered_shown: int = 0  # distinct unregistered tenant ids counted by name
 
     def record(self, entry: dict[str, Any]) -> None:
         self.recent.appendleft(entry)
         self.by_outcome[entry["outcome"]] += 1
-        self.by_tenant[entry["tenant"]] += 1
+        tenant = entry["tenant"]
+        if not entry.get("registered", True) and tenant not in self.by_tenant:
+            # A mistyped tenant id is worth showing by name; a flood of made-up ones
+            # must not grow the counts without bound.
+            if self.unregistered_shown >= MAX_UNREGISTERED_SHOWN:
+                tenant = UNREGISTERED
+            else:
+                self.unregistered_shown += 1
+        self.by_tenant[tenant] += 1
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -10,9 +10,19 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from paystream.tenancy.limits import TenantLimits
 
-__all__ = ["TENANT_ID_PATTERN", "Tenant", "TenantChanges", "TenantStatus", "register_or_update"]
+__all__ = [
+    "TENANT_ID_PATTERN",
+    "UNREGISTERED",
+    "Tenant",
+    "TenantChanges",
+    "TenantStatus",
+    "register_or_update",
+]
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Where a tenant id is a label (metrics, dashboard counts), commands naming no
+# registered tenant share this one: made-up ids must not grow them without bound.
+UNREGISTERED = "(unregistered)"
 TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
 
 

@@ -6,8 +6,9 @@ import json
 import time
 
 import pytest
+from prometheus_client import generate_latest
 
-from paystream.agents.pipeline import Inbound
+from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
@@ -465,6 +466,124 @@ async def test_a_card_number_spelled_with_json_escapes_is_refused(harness: Harne
     )
     out = outcome_of(harness.settings, emits)
     assert out is not None and data(out)["reason"] == "card_data_forbidden"
+
+
+PAN = "4111111111111111"
+
+
+def _binary(key: bytes, value: bytes = b"{}", **headers: bytes) -> Inbound:
+    base = {
+        "ce_specversion": b"1.0",
+        "ce_id": b"c1",
+        "ce_type": b"com.paystream.command.payment.create",
+        "ce_source": b"/x",
+        "ce_tenantid": key,
+        "content-type": b"application/json",
+    }
+    return Inbound(
+        key=key, value=value, headers={**base, **headers}, timestamp_ms=0, topic="c", offset=3
+    )
+
+
+def _leaks(emits: list[Emit], pan: str = PAN) -> list[str]:
+    """Where ``pan`` shows in what the pipeline emitted: records and dashboard summaries."""
+    found = []
+    for e in emits:
+        rec = e.record
+        blob = (rec.key or b"") + rec.value + b"".join(k.encode() + v for k, v in rec.headers)
+        if pan.encode() in blob:
+            found.append(f"{e.topic} record")
+        if pan in json.dumps(e.summary):
+            found.append(f"{e.topic} summary")
+    return found
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["command id", "tenant id and key", "tenant id only", "type", "plain header", "float ext"],
+)
+async def test_a_card_number_in_any_attribute_or_header_is_refused_first_and_never_echoed(
+    harness: Harness, where: str
+) -> None:
+    t = harness.add_tenant()
+    rec = {
+        "command id": _binary(t.encode(), ce_id=f"order-{PAN}".encode()),
+        "tenant id and key": _binary(PAN.encode()),
+        "tenant id only": _binary(t.encode(), ce_tenantid=PAN.encode()),
+        "type": _binary(t.encode(), ce_type=f"com.paystream.command.{PAN}".encode()),
+        "plain header": _binary(t.encode(), **{"x-note": f"card {PAN}".encode()}),
+        "float ext": _binary(t.encode(), ce_amountx=f"{PAN}.0".encode()),
+    }[where]
+    emits = await harness.raw(rec)
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert _leaks(emits) == []
+    assert PAN.encode() not in generate_latest()
+
+
+async def test_a_card_number_in_an_oversized_command_is_not_kept_in_the_dead_letter(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    big = {"description": f"card {PAN} " + "x" * harness.settings.command_max_bytes}
+    emits = await harness.raw(_binary(t.encode(), json.dumps(big).encode()))
+    [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    headers = dict(dlq.record.headers)
+    assert dlq.record.value == b"" and dlq.record.key is None
+    assert headers["paystream-dlq-reason"] == b"payload_too_large"
+    assert headers["paystream-dlq-redacted"] == b"card_number"
+    assert set(headers) <= {
+        "paystream-dlq-reason",
+        "paystream-dlq-detail",
+        "paystream-dlq-redacted",
+        "paystream-source",
+    }
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert _leaks(emits) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # structured, not a CloudEvent (no source), card number in data
+        json.dumps({"specversion": "1.0", "id": "c1", "type": "t", "data": {"c": PAN}}),
+        # not JSON at all, the digits spelled with a JSON escape
+        '{"note": "\\u0034111111111111111", ',
+    ],
+)
+async def test_a_card_number_in_a_record_that_is_not_a_cloudevent_is_not_kept(
+    harness: Harness, value: str
+) -> None:
+    emits = await harness.raw(
+        Inbound(key=b"acme", value=value.encode(), headers={}, timestamp_ms=0, topic="c")
+    )
+    [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dlq.record.value == b""
+    assert dict(dlq.record.headers)["paystream-dlq-reason"] == b"not_a_cloudevent"
+    assert _leaks(emits) == []
+
+
+async def test_a_card_number_in_a_decoding_error_is_redacted(harness: Harness) -> None:
+    t = harness.add_tenant()
+    # an invalid extension name: the SDK's error message quotes it
+    emits = await harness.raw(_binary(t.encode(), **{f"ce_bad-{PAN}": b"x"}))
+    assert _leaks(emits) == []
+    [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dlq.record.value == b""
+
+
+async def test_made_up_tenants_and_types_share_one_metric_label(harness: Harness) -> None:
+    made_up = [f"nobody-{n}" for n in range(3)]
+    for tenant in made_up:
+        out = await harness.send("customer.create", tenant, {})
+        assert data(out)["reason"] == "unknown_tenant"
+    t = harness.add_tenant()
+    await harness.send("com.paystream.command.made.up", t, {})
+    exposition = generate_latest().decode()
+    assert not any(f'tenant="{tenant}"' in exposition for tenant in made_up)
+    assert 'tenant="(unregistered)"' in exposition
+    assert f'{{command="unknown",outcome="command.rejected",tenant="{t}"}}' in exposition
 
 
 # ---- transport-level garbage -------------------------------------------------------
