@@ -311,6 +311,10 @@ RangeReader = Callable[[TP, int, int], Awaitable[tuple[list[EventT], int]]]
 CommittedReader = Callable[[Sequence[TP]], Awaitable[dict[TP, int | None]]]
 
 
+class _StartUnknown(Exception):
+    """The broker did not say where a partition's records start for this group."""
+
+
 class ContinuityGuard:
     """Makes sure no command record is silently skipped on its way to the agent.
 
@@ -375,9 +379,10 @@ class ContinuityGuard:
         try:
             start = await asyncio.wait_for(self._ask_start(unknown), BROKER_ASK_SECONDS)
         except (KafkaError, TimeoutError) as exc:
-            # Asked again next time; meanwhile the first record seen is taken as the start.
+            # Asked again next time. Meanwhile nothing is guessed: taking the first record
+            # seen as the start would pass over any that Faust dropped before it.
             log.warning("where %s start is unknown: the broker did not say (%r)", unknown, exc)
-            return found
+            raise _StartUnknown from exc
         if generation == self._app.consumer_generation_id:
             self._next.update(start)  # asked once per generation
         return found | start
@@ -395,17 +400,37 @@ class ContinuityGuard:
         return start
 
     async def admit(self, events: Sequence[EventT]) -> list[EventT]:
+        """The events to run, in order, with any records Faust skipped before them.
+
+        A partition whose position is uncertain (the broker did not say where it starts,
+        or a direct read stopped short) has its remaining events in this batch held back:
+        they are not lost, the next event or :meth:`sweep` finds them as a gap. If the
+        partitions are reassigned meanwhile, nothing is admitted: the events and the
+        records read for them belong to the old generation.
+        """
         self._check_generation()
+        generation = self._generation
         admitted: list[EventT] = []
+        held: set[TP] = set()
         for event in events:
             tp, offset = event.message.tp, event.message.offset
+            if tp in held:
+                continue
             expected = self._next.get(tp)
             if expected is None:
-                expected = (await self._expected([tp])).get(tp, offset)
+                try:
+                    expected = (await self._expected([tp])).get(tp, offset)
+                except _StartUnknown:
+                    held.add(tp)
+                    continue
+                if self._app.consumer_generation_id != generation:
+                    return []
             if offset < expected:
                 continue  # handled already
             if offset > expected:
-                missing, _ = await self._read_range(tp, expected, offset)
+                missing, reached = await self._read_range(tp, expected, offset)
+                if self._app.consumer_generation_id != generation:
+                    return []
                 metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
                 log.warning(
                     "%s: offsets %d-%d never reached the agent; read %d of them directly",
@@ -415,6 +440,14 @@ class ContinuityGuard:
                     len(missing),
                 )
                 admitted += missing
+                if reached < offset:
+                    # The broker did not give us the whole gap in time: run what came,
+                    # and find the rest (and this event) again from where the read got to.
+                    self._next[tp] = max(
+                        reached, missing[-1].message.offset + 1 if missing else expected
+                    )
+                    held.add(tp)
+                    continue
             self._next[tp] = offset + 1
             admitted.append(event)
         return admitted
@@ -437,7 +470,11 @@ class ContinuityGuard:
         idle: dict[TP, int] = {}
         current: dict[TP, int] = {}
         ours = [tp for tp in consumer.assignment() if tp.topic == self._topic]
-        for tp, expected in (await self._expected(ours)).items():
+        try:
+            expected_now = await self._expected(ours)
+        except _StartUnknown:
+            return []
+        for tp, expected in expected_now.items():
             current[tp] = expected
             if self._at_last_sweep.get(tp) == expected:
                 idle[tp] = expected
@@ -528,7 +565,12 @@ class DurableOffsets:
         self._ready: dict[TP, int] = {}
 
     def advance(self, events: Sequence[EventT]) -> None:
+        # Events of an older generation (the batch outlived a rebalance) are left out:
+        # their partitions may be another worker's now, whose commits must not be undone.
+        generation = self._app.consumer_generation_id
         for event in events:
+            if event.message.generation_id != generation:
+                continue
             tp, offset = event.message.tp, event.message.offset + 1
             if offset > self._ready.get(tp, -1):
                 self._ready[tp] = offset
@@ -536,10 +578,17 @@ class DurableOffsets:
     async def commit(self) -> None:
         if not self._ready:
             return
+        consumer = cast(FaustConsumer, self._app.consumer)
+        # Partitions no longer ours are dropped: their new owner redoes those commands.
+        # (Faust would leave them out too, but given none at all it crashes the worker.)
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._ready if tp not in owned]:
+            del self._ready[tp]
+        if not self._ready:
+            return
         offsets = dict(self._ready)
         # Faust has no public "commit these offsets"; its consumer thread's commit is it.
-        # Partitions no longer ours are left out: their new owner redoes those commands.
-        committed = await cast(FaustConsumer, self._app.consumer)._commit(offsets)
+        committed = await consumer._commit(offsets)
         # Only now are they done with: a commit that failed or was cancelled leaves them
         # for the next one. Later batches may have advanced some partitions meanwhile.
         for tp, offset in offsets.items():

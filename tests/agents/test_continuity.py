@@ -80,10 +80,13 @@ class Broker:
     reads: list[tuple[TP, int, int]] = field(default_factory=list)
     # Offsets holding no record (a transactional producer's control records).
     control: set[int] = field(default_factory=set)
+    # Records a read gets before its deadline (None: all of them).
+    short: int | None = None
 
     async def read(self, tp: TP, start: int, end: int) -> tuple[list[Any], int]:
         self.reads.append((tp, start, end))
-        return [record(tp, o) for o in range(start, end) if o not in self.control], end
+        reached = end if self.short is None else min(end, start + self.short)
+        return [record(tp, o) for o in range(start, reached) if o not in self.control], reached
 
 
 def offsets(events: list[Any]) -> list[tuple[int, int]]:
@@ -216,9 +219,43 @@ async def test_offsets_without_records_at_the_end_are_passed_once() -> None:
 async def test_an_unreachable_coordinator_leaves_the_start_unknown_until_it_answers() -> None:
     app, broker, guard = make({P0: 9}, {P0: 4})
     app.consumer.coordinator_down = True
-    # Meanwhile the first record seen is the start, as Faust's own position would say.
-    assert offsets(await guard.admit([record(P0, 6)])) == [(0, 6)]  # type: ignore[list-item]
-    app.consumer_generation_id = 2  # reassigned: the start is asked again
+    # Nothing is guessed meanwhile: taking 6 as the start would pass over 4 and 5.
+    assert await guard.admit([record(P0, 6)]) == []  # type: ignore[list-item]
+    assert await guard.sweep() == []
     app.consumer.coordinator_down = False
-    assert offsets(await guard.admit([record(P0, 6)])) == [(0, 4), (0, 5), (0, 6)]  # type: ignore[list-item]
-    assert broker.reads == [(P0, 4, 6)]
+    # The next record shows the gap from the committed offset: 6 is found again.
+    assert offsets(await guard.admit([record(P0, 7)])) == [(0, 4), (0, 5), (0, 6), (0, 7)]  # type: ignore[list-item]
+    assert broker.reads == [(P0, 4, 7)]
+
+
+async def test_records_held_while_the_coordinator_was_away_are_found_by_the_sweep() -> None:
+    app, _, guard = make({P0: 7}, {P0: 4})
+    app.consumer.coordinator_down = True
+    assert await guard.admit([record(P0, 6)]) == []  # type: ignore[list-item]
+    app.consumer.coordinator_down = False
+    await guard.sweep()  # learns the start (4); the partition has not moved since
+    assert offsets(await guard.sweep()) == [(0, 4), (0, 5), (0, 6)]
+
+
+async def test_a_gap_read_that_stops_short_is_not_taken_as_complete() -> None:
+    _, broker, guard = make({P0: 20}, {P0: 0})
+    broker.short = 3  # the broker gives only offsets 0-2 before the read's deadline
+    admitted = await guard.admit([record(P0, o) for o in (10, 11)])  # type: ignore[list-item]
+    assert offsets(admitted) == [(0, 0), (0, 1), (0, 2)]  # 3-9 (and 10, 11) not passed over
+    broker.short = None
+    assert offsets(await guard.admit([record(P0, 12)])) == [  # type: ignore[list-item]
+        (0, o) for o in range(3, 13)
+    ]
+
+
+async def test_nothing_read_for_a_gap_is_admitted_after_a_rebalance_meanwhile() -> None:
+    app, broker, guard = make({P0: 20}, {P0: 0})
+    real_read = broker.read
+
+    async def read_then_reassigned(tp: TP, start: int, end: int) -> tuple[list[Any], int]:
+        found = await real_read(tp, start, end)
+        app.consumer_generation_id += 1  # a rebalance completed while we waited
+        return found
+
+    guard._read_range = read_then_reassigned
+    assert await guard.admit([record(P0, 5)]) == []  # type: ignore[list-item]

@@ -85,6 +85,10 @@ async def test_work_past_its_deadline_is_abandoned() -> None:
 class StandInConsumer:
     fail: BaseException | None = None
     commits: list[dict[TP, int]] = field(default_factory=list)
+    owned: set[TP] = field(default_factory=lambda: {P0, P1})
+
+    def assignment(self) -> set[TP]:
+        return self.owned
 
     async def _commit(self, offsets: dict[TP, int]) -> bool:
         if self.fail is not None:
@@ -93,9 +97,14 @@ class StandInConsumer:
         return True
 
 
+def stand_in_app(consumer: StandInConsumer) -> Any:
+    # The stand-in events carry no generation: they are of the current one.
+    return SimpleNamespace(consumer=consumer, consumer_generation_id=None)
+
+
 async def test_offsets_of_a_failed_or_cancelled_commit_are_kept_for_the_next() -> None:
     consumer = StandInConsumer(fail=asyncio.CancelledError())
-    offsets = DurableOffsets(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+    offsets = DurableOffsets(stand_in_app(consumer))
     offsets.advance([event(P0, 4), event(P1, 7)])
     with pytest.raises(asyncio.CancelledError):
         await offsets.commit()
@@ -107,13 +116,34 @@ async def test_offsets_of_a_failed_or_cancelled_commit_are_kept_for_the_next() -
     assert consumer.commits == [{P0: 10, P1: 8}]
 
 
+async def test_offsets_of_partitions_no_longer_ours_or_of_an_old_generation_are_not_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published: dict[int, int] = {}
+    monkeypatch.setattr(commands, "COMMITTED", published)
+    consumer = StandInConsumer()
+    app = stand_in_app(consumer)
+    offsets = DurableOffsets(app)
+    offsets.advance([event(P0, 4), event(P1, 7)])
+    consumer.owned = {P0}  # P1 moved to another worker while its batch was delivered
+    await offsets.commit()
+    assert consumer.commits == [{P0: 5}] and published == {P0.partition: 5}
+    offsets.advance([event(P1, 9)])
+    await offsets.commit()  # nothing of ours left: no commit at all (Faust would crash)
+    assert consumer.commits == [{P0: 5}] and P1.partition not in published
+    app.consumer_generation_id = 2  # a batch of generation None lands after a rebalance
+    offsets.advance([event(P0, 12)])
+    await offsets.commit()
+    assert consumer.commits == [{P0: 5}]
+
+
 async def test_committed_offsets_are_published_for_the_tenant_limits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     published: dict[int, int] = {P0.partition: 2}
     monkeypatch.setattr(commands, "COMMITTED", published)
     consumer = StandInConsumer(fail=RuntimeError("broker away"))
-    offsets = DurableOffsets(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+    offsets = DurableOffsets(stand_in_app(consumer))
     offsets.advance([event(P0, 4), event(P1, 7)])
     with pytest.raises(RuntimeError):
         await offsets.commit()
@@ -142,7 +172,7 @@ def exits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def durable_offsets() -> tuple[DurableOffsets, StandInConsumer]:
     consumer = StandInConsumer()
-    return DurableOffsets(SimpleNamespace(consumer=consumer)), consumer  # type: ignore[arg-type]
+    return DurableOffsets(stand_in_app(consumer)), consumer
 
 
 async def processed() -> None:
