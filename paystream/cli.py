@@ -240,7 +240,7 @@ def tenants_add(
     from paystream.errors import ConfigurationError
     from paystream.gateways.registry import GATEWAYS, REQUIRED_SECRETS, validate_options
     from paystream.tenancy.models import TENANT_ID_PATTERN, TenantChanges, register_or_update
-    from paystream.tenancy.registry import put_tenant
+    from paystream.tenancy.registry import put_tenant_unless_changed
 
     if gateway is not None and gateway not in GATEWAYS:
         raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
@@ -301,7 +301,7 @@ def tenants_add(
             "(--secret); its commands are rejected with gateway_not_configured until then",
             err=True,
         )
-    _run(put_tenant(settings, tenant))
+    _run(put_tenant_unless_changed(settings, known, tenant))
     if known is not None:
         click.echo(f"updated {tenant_id} (status {tenant.status.value})", err=True)
     click.echo(json.dumps(tenant.redacted(), sort_keys=True))
@@ -314,7 +314,7 @@ def tenants_add(
 def tenants_limits(tenant_id: str, clear: bool, **limit_args: Any) -> None:
     """Show a tenant's limits, or set them to exactly the options given."""
     settings = _settings()
-    from paystream.tenancy.registry import put_tenant
+    from paystream.tenancy.registry import put_tenant_unless_changed
 
     known = _registered(settings, tenant_id)
     if known is None:
@@ -325,8 +325,9 @@ def tenants_limits(tenant_id: str, clear: bool, **limit_args: Any) -> None:
             raise click.UsageError("--clear removes every limit: give no other limit option")
         limits = TenantLimits()
     if limits is not None:
-        known = known.model_copy(update={"limits": limits})
-        _run(put_tenant(settings, known))
+        updated = known.model_copy(update={"limits": limits})
+        _run(put_tenant_unless_changed(settings, known, updated))
+        known = updated
     click.echo(json.dumps(known.limits.model_dump(mode="json"), sort_keys=True))
 
 
@@ -353,13 +354,13 @@ def tenants_list() -> None:
 def _set_status(tenant_id: str, status: str) -> None:
     settings = _settings()
     from paystream.tenancy.models import TenantStatus
-    from paystream.tenancy.registry import put_tenant
+    from paystream.tenancy.registry import put_tenant_unless_changed
 
     known = _registered(settings, tenant_id)
     if known is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
     updated = known.model_copy(update={"status": TenantStatus(status)})
-    _run(put_tenant(settings, updated))
+    _run(put_tenant_unless_changed(settings, known, updated))
     click.echo(f"{tenant_id}: {status}")
 
 

@@ -16,15 +16,16 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
-from paystream.tenancy.models import Tenant
+from paystream.tenancy.models import Tenant, TenantStatus
 
-__all__ = ["RegistryMirror"]
+__all__ = ["RegistryMirror", "RegistryState"]
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +47,15 @@ class _RegistryMoved(Exception):
     """The registry topic was recreated or repartitioned: it is to be read afresh."""
 
 
-class RegistryMirror:
-    """The latest valid record of every tenant, kept current while :meth:`run` runs.
+@dataclass
+class RegistryState:
+    """The tenants as the records applied so far say, last record per tenant winning."""
 
-    ``tenants`` maps tenant id to its :class:`Tenant`; ``ready`` is set once everything
-    the topic held when the mirror started has been read, so a worker never takes a
-    registered tenant for an unknown one.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        poll_ms: int = POLL_MS,
-        topic_check_seconds: float = TOPIC_CHECK_SECONDS,
-    ) -> None:
-        self.settings = settings
-        self.poll_ms = poll_ms
-        self.topic_check_seconds = topic_check_seconds
-        self.tenants: dict[str, Tenant] = {}
-        # Tenants whose latest record could not be read (e.g. written by a newer
-        # paystream): what ``tenants`` holds for them is older than the registry.
-        self.unreadable: set[str] = set()
-        self.ready = asyncio.Event()
-        self.invalid = 0  # records skipped as invalid, for the log and tests
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    # Tenants whose latest record could not be read (e.g. written by a newer
+    # paystream): what ``tenants`` holds for them is older than the registry.
+    unreadable: set[str] = field(default_factory=set)
+    invalid: int = 0  # records skipped as invalid, for the log and tests
 
     def apply(self, key: bytes | None, value: bytes | None) -> str | None:
         """One registry record: the tenant's new record, or a tombstone. Returns the
@@ -89,8 +75,12 @@ class RegistryMirror:
             tenant = Tenant.model_validate_json(value)
         except ValueError:
             # e.g. written by a newer paystream with fields this worker does not know:
-            # keep the tenant's last record this worker could read.
+            # keep the tenant's last record this worker could read, but never miss a
+            # suspension (failing open would go on charging a suspended tenant).
             self.unreadable.add(tenant_id)
+            kept = self.tenants.get(tenant_id)
+            if kept is not None and _says_suspended(value):
+                self.tenants[tenant_id] = kept.model_copy(update={"status": TenantStatus.SUSPENDED})
             self._skip(f"an invalid registry record for {tenant_id!r}")
             return tenant_id
         if tenant.tenant_id != tenant_id:
@@ -105,13 +95,67 @@ class RegistryMirror:
         self.invalid += 1
         log.warning("tenant registry: ignoring %s", what)
 
+
+def _says_suspended(value: bytes) -> bool:
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("status") == TenantStatus.SUSPENDED.value
+
+
+class RegistryMirror:
+    """The latest valid record of every tenant, kept current while :meth:`run` runs.
+
+    ``tenants`` maps tenant id to its :class:`Tenant`; ``ready`` is set once everything
+    the topic held when the mirror started has been read, so a worker never takes a
+    registered tenant for an unknown one. A read from the beginning (the first, or after
+    a broker error or a recreated topic) goes into a state of its own, swapped in whole
+    once caught up: meanwhile the tenants stay as last known, never older.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_ms: int = POLL_MS,
+        topic_check_seconds: float = TOPIC_CHECK_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.poll_ms = poll_ms
+        self.topic_check_seconds = topic_check_seconds
+        self._state = RegistryState()
+        # The very dict and set the command processor and the views hold: only ever
+        # changed in place.
+        self.tenants = self._state.tenants
+        self.unreadable = self._state.unreadable
+        self.ready = asyncio.Event()
+
+    @property
+    def invalid(self) -> int:
+        return self._state.invalid
+
+    def apply(self, key: bytes | None, value: bytes | None) -> str | None:
+        """Apply one registry record to the tenants served now."""
+        return self._state.apply(key, value)
+
+    def _swap_in(self, loaded: RegistryState) -> None:
+        # Synchronous: no command sees a half-replaced registry.
+        self.tenants.clear()
+        self.tenants.update(loaded.tenants)
+        self.unreadable.clear()
+        self.unreadable.update(loaded.unreadable)
+        self._state.invalid += loaded.invalid
+
     async def run(self) -> None:
         """Read the registry from the beginning, then follow it until cancelled."""
         while True:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=bootstrap_servers(self.settings.require_broker()),
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                # Every position is set explicitly: a position that has gone out of range
+                # means the topic was recreated (or truncated), not "start over quietly".
+                auto_offset_reset="none",
                 fetch_max_wait_ms=self.poll_ms,
             )
             try:
@@ -140,34 +184,33 @@ class RegistryMirror:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         behind = {tp for tp in tps if ends[tp] > 0}
-        # Read afresh after an error: tenants deleted meanwhile (their tombstones may be
-        # compacted away) are those this read does not meet. Changed in place: the
-        # command processor holds this very dict.
-        seen: set[str] | None = set()
+        # Read from the beginning into a state of its own: tenants deleted meanwhile
+        # (their tombstones may be compacted away) are simply not in it.
+        loading: RegistryState | None = RegistryState()
         next_check = time.monotonic() + self.topic_check_seconds
         while True:
-            if seen is None and time.monotonic() >= next_check:
+            if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self.topic_check_seconds
                 await _check_unmoved(consumer, tps)
             try:
                 batch = await consumer.getmany(timeout_ms=self.poll_ms * 2)
+                state = loading or self._state
                 for records in batch.values():
                     for r in records:
-                        tenant_id = self.apply(r.key, r.value)
-                        if seen is not None and tenant_id is not None:
-                            seen.add(tenant_id)
+                        state.apply(r.key, r.value)
                 if behind:
                     behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
-                if not behind and seen is not None:
-                    for gone in set(self.tenants) - seen:
-                        del self.tenants[gone]
-                    seen = None
+                if not behind and loading is not None:
+                    self._swap_in(loading)
+                    loading = None
                     self.ready.set()
                     log.info(
                         "tenant registry loaded: %d tenant(s) in %.1f s",
                         len(self.tenants),
                         time.monotonic() - started,
                     )
+            except OffsetOutOfRangeError as exc:
+                raise _RegistryMoved("lost the position read to (recreated or truncated)") from exc
             except KafkaError:
                 log.exception("tenant registry: read failed; retrying")
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)

@@ -10,15 +10,18 @@ import json
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from paystream.errors import PaystreamError
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant
 
 __all__ = [
+    "RegistryChanged",
     "UnreadableTenant",
     "list_tenants",
     "put_tenant",
+    "put_tenant_unless_changed",
     "read_registry",
     "registered_tenant",
     "tenant_record",
@@ -50,6 +53,29 @@ async def put_tenant(settings: Settings, tenant: Tenant) -> None:
         await producer.stop()
 
 
+async def put_tenant_unless_changed(
+    settings: Settings, base: Tenant | None, tenant: Tenant
+) -> None:
+    """Write ``tenant``, made from ``base``, only if the registry still holds ``base``.
+
+    An operator command reads a tenant, may wait (a secret prompt), then writes the whole
+    record: without this, another operator's suspension acknowledged meanwhile would be
+    silently undone. (The check and the write are not one atomic step: the window left
+    is the time of one registry read.)
+    """
+    current = await registered_tenant(settings, tenant.tenant_id)
+    if current != base:
+        raise RegistryChanged(
+            f"{tenant.tenant_id} changed while this command ran (another operator?); "
+            "nothing was written: run it again"
+        )
+    await put_tenant(settings, tenant)
+
+
+class RegistryChanged(PaystreamError):
+    """The tenant's record changed between reading it and writing the change."""
+
+
 async def list_tenants(settings: Settings) -> dict[str, Tenant]:
     """Every tenant, from the registry read from the beginning to its current end."""
     return (await read_registry(settings)).tenants
@@ -70,7 +96,7 @@ async def registered_tenant(settings: Settings, tenant_id: str) -> Tenant | None
     return registry.tenants.get(tenant_id)
 
 
-class UnreadableTenant(Exception):
+class UnreadableTenant(PaystreamError):
     """A tenant's latest registry record cannot be read, so it must not be rewritten."""
 
 

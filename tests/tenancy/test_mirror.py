@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import OffsetOutOfRangeError
 from click.testing import CliRunner
 
 from paystream.cli import cli
 from paystream.settings import load_settings
 from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy import mirror as mirror_module
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.registry import (
+    RegistryChanged,
     UnreadableTenant,
     put_tenant,
+    put_tenant_unless_changed,
     registered_tenant,
     tenant_record,
 )
@@ -174,3 +180,153 @@ async def test_a_recreated_registry_topic_is_read_afresh(deployment_factory: Any
             await _until(lambda: set(mirror.tenants) == {"new-c"})
     finally:
         await admin.close()
+
+
+def test_a_suspension_in_a_record_this_version_cannot_read_is_still_honoured() -> None:
+    mirror = _mirror()
+    mirror.apply(b'"acme"', _value(Tenant(tenant_id="acme", name="Acme")))
+    newer = {**tenant_record(Tenant(tenant_id="acme")), "status": "suspended", "x": 1}
+    mirror.apply(b'"acme"', json.dumps(newer).encode())
+    assert mirror.unreadable == {"acme"}
+    kept = mirror.tenants["acme"]
+    assert kept.status is TenantStatus.SUSPENDED and kept.name == "Acme"
+    # an unreadable record that says active does not lift a suspension it cannot read
+    mirror.apply(b'"acme"', json.dumps({**newer, "status": "active"}).encode())
+    assert mirror.tenants["acme"].status is TenantStatus.SUSPENDED
+
+
+_TP = TopicPartition("paystream.tenants", 0)
+
+
+class _FetchInTwo:
+    """A stand-in consumer whose partition comes in two fetches, as real Kafka splits a
+    partition larger than a fetch (the embedded broker sends it whole)."""
+
+    def __init__(self, fetches: list[list[tuple[Tenant, int]]], **_: Any) -> None:
+        self.fetches = list(fetches)
+        self.pos = 0
+        self.out_of_range = False
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def assign(self, tps: list[TopicPartition]) -> None: ...
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.pos = 0
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {_TP: sum(len(f) for f in _FETCHES)}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.pos
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0.01)
+        if not self.fetches:
+            return {}
+        fetch = self.fetches.pop(0)
+        self.pos = fetch[-1][1] + 1
+        return {_TP: [_Record(t, offset) for t, offset in fetch]}
+
+
+class _Record:
+    def __init__(self, tenant: Tenant, offset: int) -> None:
+        self.offset = offset
+        self.key = json.dumps(tenant.tenant_id).encode()
+        self.value = _value(tenant)
+
+
+_ACTIVE = Tenant(tenant_id="x")
+_SUSPENDED = Tenant(tenant_id="x", status=TenantStatus.SUSPENDED)
+_FETCHES = [[(_ACTIVE, 0), (Tenant(tenant_id="f"), 1)], [(_SUSPENDED, 2)]]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_reading_afresh_never_serves_an_older_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def partitions(consumer: Any, topic: str) -> list[TopicPartition]:
+        return [_TP]
+
+    monkeypatch.setattr(mirror_module, "AIOKafkaConsumer", lambda **kw: _FetchInTwo(_FETCHES))
+    monkeypatch.setattr(mirror_module, "topic_partitions", partitions)
+    mirror = _mirror()
+    # Loaded before a broker error: the mirror now reads the topic from the beginning.
+    mirror.tenants["x"] = _SUSPENDED
+    mirror.ready.set()
+    served = mirror.tenants
+    seen: list[TenantStatus] = []
+    async with _running(mirror):
+        while "f" not in mirror.tenants:
+            seen.append(mirror.tenants["x"].status)
+            await asyncio.sleep(0.001)
+    assert TenantStatus.ACTIVE not in seen and mirror.tenants["x"] == _SUSPENDED
+    assert mirror.tenants is served  # the processor's dict, updated in place
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_position_gone_out_of_range_reads_the_topic_afresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real Kafka answers OFFSET_OUT_OF_RANGE for a position past a recreated topic's end;
+    the mirror must not quietly start over on top of the old tenants."""
+    consumers: list[_FetchInTwo] = []
+
+    def consumer(**kw: Any) -> _FetchInTwo:
+        assert kw["auto_offset_reset"] == "none"
+        made = _FetchInTwo([[(Tenant(tenant_id="old"), 0)]] if not consumers else [])
+        consumers.append(made)
+        return made
+
+    async def partitions(consumer: Any, topic: str) -> list[TopicPartition]:
+        return [_TP]
+
+    real_getmany = _FetchInTwo.getmany
+
+    async def getmany(self: _FetchInTwo, timeout_ms: int = 0) -> Any:
+        if self is consumers[0] and not self.fetches and mirror.ready.is_set():
+            raise OffsetOutOfRangeError({_TP: self.pos})
+        return await real_getmany(self, timeout_ms)
+
+    async def ends(self: _FetchInTwo, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {_TP: 1 if self is consumers[0] else 0}
+
+    monkeypatch.setattr(_FetchInTwo, "getmany", getmany)
+    monkeypatch.setattr(_FetchInTwo, "end_offsets", ends)
+    monkeypatch.setattr(mirror_module, "AIOKafkaConsumer", consumer)
+    monkeypatch.setattr(mirror_module, "topic_partitions", partitions)
+    mirror = _mirror()
+    async with _running(mirror):
+        await _until(lambda: len(consumers) >= 2 and "old" not in mirror.tenants, timeout=10)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_change_made_meanwhile_is_never_overwritten(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="race"))
+    base = await registered_tenant(dep.settings, "race")
+    suspended = Tenant(tenant_id="race", status=TenantStatus.SUSPENDED)
+    await put_tenant(dep.settings, suspended)  # another operator, meanwhile
+    with pytest.raises(RegistryChanged, match="changed while this command ran"):
+        await put_tenant_unless_changed(dep.settings, base, Tenant(tenant_id="race", name="R"))
+    assert await registered_tenant(dep.settings, "race") == suspended
+
+    # The CLI: the other operator suspends while this one types a secret at the prompt.
+    def prompt_while_suspended(*args: Any, **kwargs: Any) -> str:
+        asyncio.run(put_tenant(dep.settings, Tenant(tenant_id="race2", status="suspended")))
+        return "sk_test_typed"
+
+    await dep.add_tenants(Tenant(tenant_id="race2"))
+    monkeypatch.setattr("paystream.cli.click.prompt", prompt_while_suspended)
+    env = {**dep.env, "PAYSTREAM_MASTER_KEY": base64.b64encode(bytes(32)).decode()}
+    args = ["tenants", "add", "race2", "--secret", "api_key"]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)
+    assert result.exit_code == 1 and "changed while this command ran" in result.output, (
+        result.output
+    )
+    after = await registered_tenant(dep.settings, "race2")
+    assert after is not None and after.status is TenantStatus.SUSPENDED and not after.secrets
