@@ -191,7 +191,7 @@ class RegistryMirror:
         while True:
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self.topic_check_seconds
-                await _check_unmoved(consumer, tps)
+                await _check_unmoved(consumer, tps, ends)
             try:
                 batch = await consumer.getmany(timeout_ms=self.poll_ms * 2)
                 state = loading or self._state
@@ -216,11 +216,17 @@ class RegistryMirror:
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)
 
 
-async def _check_unmoved(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
-    """Raise :class:`_RegistryMoved` if the topic is not the one being followed any more."""
+async def _check_unmoved(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends_at_start: dict[TopicPartition, int]
+) -> None:
+    """Raise :class:`_RegistryMoved` if the topic is not the one being followed any more.
+
+    A partition's end never moves back: one that now ends before where it ended when the
+    read started, or before what was read, belongs to a recreated (or truncated) topic.
+    """
     if await topic_partitions(consumer, tps[0].topic) != tps:
         raise _RegistryMoved("changed partitions (deleted, recreated or repartitioned)")
     ends = await consumer.end_offsets(tps)
     for tp in tps:
-        if ends[tp] < await consumer.position(tp):
-            raise _RegistryMoved(f"partition {tp.partition} ends before what was read (recreated)")
+        if ends[tp] < max(ends_at_start[tp], await consumer.position(tp)):
+            raise _RegistryMoved(f"partition {tp.partition} ends before it did (recreated)")

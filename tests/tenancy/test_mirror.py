@@ -330,3 +330,36 @@ async def test_a_change_made_meanwhile_is_never_overwritten(
     )
     after = await registered_tenant(dep.settings, "race2")
     assert after is not None and after.status is TenantStatus.SUSPENDED and not after.secrets
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_topic_recreated_during_the_first_load_does_not_leave_it_waiting_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumers: list[_FetchInTwo] = []
+
+    def consumer(**kw: Any) -> _FetchInTwo:
+        first = not consumers
+        made = _FetchInTwo([[(Tenant(tenant_id="a" if first else "b"), 0)]])
+        made.asked = 0  # type: ignore[attr-defined]
+        consumers.append(made)
+        return made
+
+    async def partitions(consumer: Any, topic: str) -> list[TopicPartition]:
+        return [_TP]
+
+    async def ends(self: _FetchInTwo, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.asked += 1  # type: ignore[attr-defined]
+        # The first topic ended at 3 when the load began; it was recreated holding one.
+        first_ask = self is consumers[0] and self.asked == 1  # type: ignore[attr-defined]
+        return {_TP: 3 if first_ask else 1}
+
+    monkeypatch.setattr(_FetchInTwo, "end_offsets", ends)
+    monkeypatch.setattr(mirror_module, "AIOKafkaConsumer", consumer)
+    monkeypatch.setattr(mirror_module, "topic_partitions", partitions)
+    mirror = RegistryMirror(
+        load_settings(kafka_broker_url="kafka://127.0.0.1:9"), topic_check_seconds=0.05
+    )
+    async with _running(mirror):
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        assert set(mirror.tenants) == {"b"}
