@@ -441,6 +441,72 @@ def send(
 
 
 @cli.group()
+def keys() -> None:
+    """Master-key rotation for tenant secrets and the ledger's data keys."""
+
+
+@keys.command("rotate")
+@click.option(
+    "--tenant",
+    "extra_tenants",
+    multiple=True,
+    help="also re-wrap this tenant's ledger keys (one no longer registered; repeatable)",
+)
+def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
+    """Re-wrap, under PAYSTREAM_MASTER_KEY, every tenant secret and ledger data key still
+    wrapped by a key in PAYSTREAM_RETIRED_MASTER_KEYS. Idempotent: run it again after an
+    interruption. The ledger's keys are re-wrapped when DATABASE_URL and
+    PAYSTREAM_DB_APP_PASSWORD are set."""
+    settings = _settings()
+    from paystream.errors import ConfigurationError
+    from paystream.ledger.migrate import app_database_url
+    from paystream.ledger.sink import asyncpg_url
+    from paystream.tenancy.crypto import keyring_from_settings
+    from paystream.tenancy.rotation import (
+        RotationReport,
+        reseal_registry_secrets,
+        rewrap_ledger_keys,
+    )
+
+    try:
+        keyring = keyring_from_settings(settings)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    report = RotationReport()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            click.echo(f"  tenants checked: {done}/{total}", err=True)
+
+    click.echo(f"current master key {keyring.current.key_id}; retired: "
+               f"{', '.join(k.key_id for k in keyring.retired) or 'none'}", err=True)  # fmt: skip
+    _run(reseal_registry_secrets(settings, keyring, report, progress))
+    password = settings.db_app_password.get_secret_value() if settings.db_app_password else ""
+    if settings.database_url and password:
+        url = app_database_url(asyncpg_url(settings.database_url), password)
+        tenant_ids = sorted({*report.tenants, *extra_tenants})
+        click.echo(f"  re-wrapping ledger data keys of {len(tenant_ids)} tenant(s)…", err=True)
+        from paystream.ledger.cli import run_db
+
+        report.ledger_keys_rewrapped = run_db(rewrap_ledger_keys(url, keyring, tenant_ids))
+    for tenant_id in report.unreadable:
+        click.echo(
+            f"warning: {tenant_id}'s latest record cannot be read by this version: "
+            "its secrets were not re-sealed (upgrade, then run again)",
+            err=True,
+        )
+    ledger = (
+        "ledger not touched (DATABASE_URL or PAYSTREAM_DB_APP_PASSWORD unset)"
+        if report.ledger_keys_rewrapped is None
+        else f"{report.ledger_keys_rewrapped} ledger data key(s) re-wrapped"
+    )
+    click.echo(
+        f"{report.secrets_resealed} secret(s) of {report.tenants_changed} tenant(s) re-sealed; "
+        f"{ledger}"
+    )
+
+
+@cli.group()
 def dlq() -> None:
     """Inspect and re-drive dead-lettered and parked commands."""
 

@@ -214,6 +214,12 @@ class Settings(BaseSettings):
         description="PAYSTREAM_MASTER_KEY: base64 of 32 random bytes; wraps per-tenant data "
         "keys. The embedded stack generates one under PAYSTREAM_DATA_DIR if unset.",
     )
+    retired_master_keys: SecretStr | None = Field(
+        default=None,
+        description="PAYSTREAM_RETIRED_MASTER_KEYS: comma-separated base64 master keys being "
+        "rotated out: still used to open what they wrapped until `paystream keys rotate` "
+        "has re-wrapped it under PAYSTREAM_MASTER_KEY.",
+    )
     db_app_password: SecretStr | None = Field(
         default=None,
         description="PAYSTREAM_DB_APP_PASSWORD: password of the non-owner `paystream_app` role the "

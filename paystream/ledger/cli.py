@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings
 
-__all__ = ["audit_group", "migrate_command"]
+__all__ = ["audit_group", "migrate_command", "run_db"]
 
 T = TypeVar("T")
 
@@ -30,7 +30,8 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def run_db(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a database coroutine for a CLI command: failures as one clean line."""
     try:
         return asyncio.run(coro)
     except PaystreamError as exc:
@@ -83,7 +84,7 @@ def migrate_command(revision: str, downgrade_to: str | None) -> None:
             await migrate.upgrade(url, revision, app_password=_app_password(settings))
         return await migrate.current(url)
 
-    current = _run(go())
+    current = run_db(go())
     if downgrade_to is None and _app_password(settings) is None:
         click.echo(
             "note: PAYSTREAM_DB_APP_PASSWORD is unset, so paystream_app's password was not set",
@@ -119,7 +120,7 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
         finally:
             await engine.dispose()
 
-    results = _run(go())
+    results = run_db(go())
     failed = 0
     for res in results:
         if res.ok:

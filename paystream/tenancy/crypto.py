@@ -137,11 +137,15 @@ class KeyStore(Protocol):
 
 
 def keyring_from_settings(settings: Settings, *retired: str) -> MasterKeyring:
-    """The keyring from ``settings.master_key``; ``retired`` are base64 keys being rotated out."""
+    """The keyring from ``settings.master_key`` and ``settings.retired_master_keys``;
+    ``retired`` adds more base64 keys being rotated out."""
     if settings.master_key is None:
         raise ConfigurationError("PAYSTREAM_MASTER_KEY is not set")
     current = MasterKey.from_base64(settings.master_key.get_secret_value())
-    return MasterKeyring(current, tuple(MasterKey.from_base64(r) for r in retired))
+    configured = settings.retired_master_keys
+    names = [*(configured.get_secret_value().split(",") if configured else ()), *retired]
+    old = tuple(MasterKey.from_base64(r) for r in names if r.strip())
+    return MasterKeyring(current, tuple(k for k in old if k.key_id != current.key_id))
 
 
 def customer_key_ref(customer_id: str) -> str:

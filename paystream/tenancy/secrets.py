@@ -17,7 +17,7 @@ from paystream.settings import Settings
 from paystream.tenancy import crypto
 from paystream.tenancy.models import Tenant
 
-__all__ = ["open_secret", "seal_secret", "secret_opener"]
+__all__ = ["open_secret", "reseal_secret", "seal_secret", "secret_opener"]
 
 _PURPOSE = "tenant-secret"
 
@@ -37,18 +37,34 @@ def seal_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, value:
 
 def open_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, sealed: str) -> SecretStr:
     """Decrypt a sealed secret; CryptoError if it was tampered with or moved."""
-    try:
-        version, key_id, wrapped_b64, blob_b64 = sealed.split(".")
-    except ValueError:
-        raise crypto.CryptoError(f"secret {name!r} is not a sealed value") from None
-    if version != "v1":
-        raise crypto.CryptoError(f"secret {name!r} uses unknown format {version!r}")
+    _, key_id, wrapped_b64, blob_b64 = _parts(name, sealed)
     wrapped = crypto.WrappedKey(key_id, base64.urlsafe_b64decode(wrapped_b64))
     data_key = crypto.unwrap_data_key(keyring, wrapped, tenant_id, f"secret/{name}")
     plain = crypto.decrypt(
         data_key, base64.urlsafe_b64decode(blob_b64), crypto.aad(tenant_id, _PURPOSE, name)
     )
     return SecretStr(plain.decode())
+
+
+def reseal_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, sealed: str) -> str:
+    """The sealed secret with its data key re-wrapped under the keyring's current master
+    key (the ciphertext is unchanged); the same string if it already is."""
+    version, key_id, wrapped_b64, blob_b64 = _parts(name, sealed)
+    wrapped = crypto.WrappedKey(key_id, base64.urlsafe_b64decode(wrapped_b64))
+    new = crypto.rewrap_data_key(keyring, wrapped, tenant_id, f"secret/{name}")
+    if new is wrapped:
+        return sealed
+    return ".".join([version, new.master_key_id, _b64(new.blob), blob_b64])
+
+
+def _parts(name: str, sealed: str) -> tuple[str, str, str, str]:
+    try:
+        version, key_id, wrapped_b64, blob_b64 = sealed.split(".")
+    except ValueError:
+        raise crypto.CryptoError(f"secret {name!r} is not a sealed value") from None
+    if version != "v1":
+        raise crypto.CryptoError(f"secret {name!r} uses unknown format {version!r}")
+    return version, key_id, wrapped_b64, blob_b64
 
 
 def secret_opener(settings: Settings) -> Callable[[Tenant, str], SecretStr] | None:

@@ -1,0 +1,73 @@
+"""Master-key rotation: re-wrap everything the retired master keys still protect.
+
+Procedure (README "Rotating the master key"): run every worker with the new key as
+``PAYSTREAM_MASTER_KEY`` and the old one in ``PAYSTREAM_RETIRED_MASTER_KEYS``; run
+``paystream keys rotate``; then drop the retired key. Only data keys are re-wrapped: a
+tenant secret's ciphertext and the ledger's encrypted rows are never rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from paystream.settings import Settings
+from paystream.tenancy.crypto import MasterKeyring
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.registry import put_tenant_unless_changed, read_registry
+from paystream.tenancy.secrets import reseal_secret
+
+__all__ = ["RotationReport", "reseal_registry_secrets", "rewrap_ledger_keys"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RotationReport:
+    tenants: list[str] = field(default_factory=list)  # every registered tenant
+    secrets_resealed: int = 0
+    tenants_changed: int = 0
+    unreadable: list[str] = field(default_factory=list)  # records this version cannot read
+    ledger_keys_rewrapped: int | None = None  # None: the ledger was not touched
+
+
+async def reseal_registry_secrets(
+    settings: Settings,
+    keyring: MasterKeyring,
+    report: RotationReport,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Re-seal every tenant secret not under the keyring's current master key."""
+    registry = await read_registry(settings)
+    report.unreadable = sorted(registry.unreadable)
+    tenants = [t for tid, t in registry.tenants.items() if tid not in registry.unreadable]
+    report.tenants = sorted(registry.tenants)
+    for n, tenant in enumerate(tenants, 1):
+        secrets = {
+            name: reseal_secret(keyring, tenant.tenant_id, name, sealed)
+            for name, sealed in tenant.secrets.items()
+        }
+        changed = sum(secrets[name] != sealed for name, sealed in tenant.secrets.items())
+        if changed:
+            updated: Tenant = tenant.model_copy(update={"secrets": secrets})
+            await put_tenant_unless_changed(settings, tenant, updated)
+            report.secrets_resealed += changed
+            report.tenants_changed += 1
+        if progress:
+            progress(n, len(tenants))
+
+
+async def rewrap_ledger_keys(
+    database_url: str, keyring: MasterKeyring, tenant_ids: Iterable[str]
+) -> int:
+    """Re-wrap the ledger's data keys of these tenants, as the RLS-bound application role."""
+    from paystream.ledger import assert_rls_enforced, create_engine, rotate_master_key
+
+    engine = create_engine(database_url, hide_parameters=True)
+    try:
+        # Unbound by RLS, a tenant's session would see (and fail to unwrap) others' keys.
+        await assert_rls_enforced(engine)
+        return await rotate_master_key(engine, keyring, tenant_ids)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,95 @@
+"""`paystream keys rotate`: every tenant secret and ledger data key moves to the new
+master key; what was encrypted is never rewritten, and a second run does nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.cli import cli
+from paystream.ledger import export_customer, tenant_session, write_events
+from paystream.ledger.models import DataKey
+from paystream.settings import load_settings
+from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring, keyring_from_settings
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.registry import put_tenant, registered_tenant
+from paystream.tenancy.secrets import open_secret, reseal_secret, seal_secret
+from tests.ledger.factories import EventFactory, LedgerDb
+
+
+def _b64(key: MasterKey) -> str:
+    return base64.b64encode(key.key).decode()
+
+
+def test_retired_keys_from_settings_open_what_they_sealed_until_resealed() -> None:
+    old, new = MasterKey.generate(), MasterKey.generate()
+    sealed = seal_secret(MasterKeyring(old), "acme", "api_key", "sk_test_1")
+    settings = load_settings(master_key=_b64(new), retired_master_keys=f" {_b64(old)},")
+    keyring = keyring_from_settings(settings)
+    assert keyring.current == new and keyring.retired == (old,)
+    assert open_secret(keyring, "acme", "api_key", sealed).get_secret_value() == "sk_test_1"
+    resealed = reseal_secret(keyring, "acme", "api_key", sealed)
+    assert resealed.split(".")[-1] == sealed.split(".")[-1]  # the ciphertext is unchanged
+    assert open_secret(MasterKeyring(new), "acme", "api_key", resealed).get_secret_value() == (
+        "sk_test_1"
+    )
+    assert reseal_secret(keyring, "acme", "api_key", resealed) == resealed
+    with pytest.raises(CryptoError, match="not in the keyring"):
+        open_secret(MasterKeyring(new), "acme", "api_key", sealed)
+
+
+async def _ledger_key_ids(engine: AsyncEngine, tenant: str) -> set[str]:
+    async with tenant_session(engine, tenant) as s:
+        return {k.master_key_id for k in await s.scalars(select(DataKey))}
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key(
+    deployment_factory: Any, ledger_db: LedgerDb, app_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    dep = await deployment_factory()
+    old, new = MasterKey.generate(), MasterKey.generate()
+    tenant = "rot"
+    sealed = seal_secret(MasterKeyring(old), tenant, "api_key", "sk_test_rot")
+    await put_tenant(dep.settings, Tenant(tenant_id=tenant, secrets={"api_key": sealed}))
+    await dep.add_tenants(Tenant(tenant_id="plain"))
+    await write_events(
+        app_engine,
+        [make_event.customer(tenant, f"cus_{i}") for i in range(3)],
+        keyring=MasterKeyring(old),
+    )
+    assert await _ledger_key_ids(app_engine, tenant) == {old.key_id}
+
+    env = {
+        **dep.env,
+        "PAYSTREAM_MASTER_KEY": _b64(new),
+        "PAYSTREAM_RETIRED_MASTER_KEYS": _b64(old),
+        "DATABASE_URL": ledger_db.owner_url,
+        "PAYSTREAM_DB_APP_PASSWORD": make_url(ledger_db.app_url).password or "",
+    }
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "1 secret(s) of 1 tenant(s) re-sealed; 3 ledger data key(s) re-wrapped" in result.output
+
+    registered = await registered_tenant(dep.settings, tenant)
+    assert registered is not None
+    assert (
+        open_secret(
+            MasterKeyring(new), tenant, "api_key", registered.secrets["api_key"]
+        ).get_secret_value()
+        == "sk_test_rot"
+    )
+    assert await _ledger_key_ids(app_engine, tenant) == {new.key_id}
+    exported = await export_customer(app_engine, MasterKeyring(new), tenant, "cus_0")
+    assert "cus_0@example.com" in str(exported)
+
+    again = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
+    assert again.exit_code == 0, again.output
+    assert "0 secret(s) of 0 tenant(s) re-sealed; 0 ledger data key(s) re-wrapped" in again.output
