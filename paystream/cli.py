@@ -495,6 +495,12 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
             "its secrets were not re-sealed (upgrade, then run again)",
             err=True,
         )
+    for tenant_id in report.changed_meanwhile:
+        click.echo(
+            f"warning: {tenant_id} changed while this ran (another operator?): its secrets "
+            "were not re-sealed; run it again",
+            err=True,
+        )
     ledger = (
         "ledger not touched (DATABASE_URL or PAYSTREAM_DB_APP_PASSWORD unset)"
         if report.ledger_keys_rewrapped is None
@@ -540,6 +546,7 @@ def dlq_list(which: str, limit: int) -> None:
             f"{rec.topic}[{rec.partition}]@{rec.offset} reason={rec.reason} "
             f"id={h.get('ce_id', b'?').decode(errors='replace')} "
             f"type={h.get('ce_type', b'?').decode(errors='replace')}"
+            + (" (held a card number: not kept, not replayed)" if rec.redacted else "")
         )
 
 
@@ -562,7 +569,13 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool) -> None:
         )
     )
     verb = "would replay" if dry_run else "replayed"
-    click.echo(f"{verb} {len(records)} record(s): {dict(Counter(r.reason for r in records))}")
+    replayable = [r for r in records if not r.redacted]
+    click.echo(f"{verb} {len(replayable)} record(s): {dict(Counter(r.reason for r in replayable))}")
+    if len(replayable) < len(records):
+        click.echo(
+            f"passed over {len(records) - len(replayable)} dead letter(s) kept without their "
+            "bytes (they held a card number)"
+        )
 
 
 # ---- dev ----------------------------------------------------------------------------

@@ -35,6 +35,11 @@ class ParkedRecord:
         h = dict(self.headers)
         return (h.get("paystream-dlq-reason") or h.get("paystream-park-reason") or b"?").decode()
 
+    @property
+    def redacted(self) -> bool:
+        """Dead-lettered without its bytes (it held a card number): nothing to replay."""
+        return any(k == "paystream-dlq-redacted" for k, _ in self.headers)
+
 
 async def read_parked(
     settings: Settings, topics: list[str], *, committed_only: bool, limit: int | None = None
@@ -95,10 +100,11 @@ async def replay(
         sent: dict[TopicPartition, int] = {}
         try:
             for n, rec in enumerate(records, 1):
-                headers = [(k, v) for k, v in rec.headers if not k.startswith(_OUR_HEADERS)]
-                await producer.send_and_wait(
-                    settings.commands_topic, rec.value, key=rec.key, headers=headers
-                )
+                if not rec.redacted:  # passed over (and committed), never re-published
+                    headers = [(k, v) for k, v in rec.headers if not k.startswith(_OUR_HEADERS)]
+                    await producer.send_and_wait(
+                        settings.commands_topic, rec.value, key=rec.key, headers=headers
+                    )
                 tp = TopicPartition(rec.topic, rec.partition)
                 sent[tp] = max(sent.get(tp, -1), rec.offset + 1)  # a partition's are in order
                 if n % COMMIT_EVERY == 0:

@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from paystream.dlq import read_parked, replay
+from paystream.streams.admin import bootstrap_servers
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -61,3 +62,29 @@ async def test_a_failing_clean_up_does_not_hide_what_stopped_the_replay(
     # Without another error in flight, a failed commit is the error.
     with pytest.raises(KafkaConnectionError):
         await replay(settings, [settings.dlq_topic])
+
+
+async def test_dead_letters_kept_without_their_bytes_are_passed_over(
+    deployment_factory: Any,
+) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.dlq_topic, (b"acme", b"junk", 0))
+    redacted = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await redacted.start()
+    try:
+        await redacted.send_and_wait(
+            settings.dlq_topic,
+            b"",
+            partition=0,
+            headers=[("paystream-dlq-redacted", b"card_number")],
+        )
+    finally:
+        await redacted.stop()
+    replayed = await replay(settings, [settings.dlq_topic])
+    assert [r.redacted for r in replayed] == [False, True]
+    # only the junk went back to the commands topic; both are done with
+    assert await replay(settings, [settings.dlq_topic]) == []
+    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
+    await consumer.stop()
+    assert [r.value for r in sent] == [b"junk"]

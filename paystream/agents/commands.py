@@ -404,9 +404,11 @@ class ContinuityGuard:
 
         A partition whose position is uncertain (the broker did not say where it starts,
         or a direct read stopped short) has its remaining events in this batch held back:
-        they are not lost, the next event or :meth:`sweep` finds them as a gap. If the
-        partitions are reassigned meanwhile, nothing is admitted: the events and the
-        records read for them belong to the old generation.
+        they are not lost, the partition's next event or :meth:`sweep` finds them as a gap.
+        (The sweep runs only while the agent is idle: under full load a held partition
+        that gets no further record waits for a quiet moment.) If the partitions are
+        reassigned meanwhile, nothing is admitted: the events and the records read for
+        them belong to the old generation.
         """
         self._check_generation()
         generation = self._generation
@@ -764,6 +766,10 @@ async def _despite_cancellation(work: Awaitable[None], seconds: float) -> None:
 async def _commit_periodically(offsets: DurableOffsets) -> None:
     while True:
         await asyncio.sleep(COMMIT_INTERVAL_SECONDS)
+        if app.rebalancing:
+            # The assignment is changing under us (the hand-over hook commits what is
+            # durable); Faust crashes the worker when given nothing left to commit.
+            continue
         try:
             await offsets.commit()
         except Exception:

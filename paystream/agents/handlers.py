@@ -183,6 +183,29 @@ async def _gateway(ctx: HandlerContext, fn: Callable[[], Awaitable[T]]) -> T:
         raise
 
 
+# The card's own answers: recorded as the operation failing (`payment.failed`, ...).
+_CARD_ERRORS = frozenset(
+    {
+        ErrorCode.CARD_DECLINED,
+        ErrorCode.INSUFFICIENT_FUNDS,
+        ErrorCode.EXPIRED_CARD,
+        ErrorCode.INCORRECT_CVC,
+        ErrorCode.INCORRECT_NUMBER,
+        ErrorCode.LOST_OR_STOLEN,
+        ErrorCode.FRAUDULENT,
+        ErrorCode.AUTHENTICATION_REQUIRED,
+        ErrorCode.PROCESSING_ERROR,
+    }
+)
+
+
+def _is_card_error(exc: GatewayError) -> bool:
+    """A decline (the card's answer) rather than the provider refusing the request itself
+    (a bad parameter, a reused key): that is the command's fault, rejected without a
+    failed entity that would block the corrected command's id."""
+    return exc.http_status == 402 or exc.code in _CARD_ERRORS
+
+
 def _base(ctx: HandlerContext, entity_id: str) -> dict[str, Any]:
     return {
         "tenant_id": ctx.tenant,
@@ -308,7 +331,7 @@ async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod
             ctx, lambda: ctx.gateway.attach_payment_method(req, idempotency_key=ctx.idem)
         )
     except GatewayError as exc:
-        if exc.retryable:
+        if exc.retryable or not _is_card_error(exc):
             raise
         return HandlerResult("payment_method.attach_failed", error=exc, extra={"id": pmid})
     rec = PaymentMethodRecord(
@@ -340,6 +363,8 @@ _PAYMENT_OUTCOME = {
     gw.PaymentStatus.AUTHORIZED: "payment.authorized",
     gw.PaymentStatus.SUCCEEDED: "payment.succeeded",
     gw.PaymentStatus.REQUIRES_ACTION: "payment.requires_action",
+    # accepted, result pending (e.g. bank debits): the provider settles it later
+    gw.PaymentStatus.PROCESSING: "payment.processing",
     gw.PaymentStatus.CANCELED: "payment.canceled",
     gw.PaymentStatus.FAILED: "payment.failed",
 }
@@ -394,26 +419,33 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     try:
         res = await _gateway(ctx, lambda: ctx.gateway.create_payment(req, idempotency_key=ctx.idem))
     except GatewayError as exc:
-        if exc.retryable:
+        if exc.retryable or not _is_card_error(exc):
             raise
         rec.failure_code = exc.decline_code or exc.code.value
         rec.failure_message = exc.message
         return HandlerResult("payment.failed", rec, error=exc)
     rec.provider_payment_id = res.provider_payment_id
     _apply_payment_result(rec, res)
-    related: list[EntityRecord] = []
-    if res.dispute is not None:
-        dispute = DisputeRecord(
-            **_base(ctx, ctx.derived_id("dp")),
-            payment_id=pid,
-            status=res.dispute.status.value,
-            amount=res.dispute.amount.amount if res.dispute.amount else data.amount,
-            currency=data.currency,
-            provider_dispute_id=res.dispute.provider_dispute_id,
-        )
-        rec.dispute_id = dispute.id
-        related.append(dispute)
-    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec, related)
+    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec, _new_dispute(ctx, rec, res))
+
+
+def _new_dispute(
+    ctx: HandlerContext, rec: PaymentRecord, res: gw.PaymentResult
+) -> list[EntityRecord]:
+    """The dispute the provider reports on a payment (at charge or at capture), recorded
+    once so that the tenant can answer it."""
+    if res.dispute is None or rec.dispute_id is not None:
+        return []
+    dispute = DisputeRecord(
+        **_base(ctx, ctx.derived_id("dp")),
+        payment_id=rec.id,
+        status=res.dispute.status.value,
+        amount=res.dispute.amount.amount if res.dispute.amount else rec.amount,
+        currency=rec.currency,
+        provider_dispute_id=res.dispute.provider_dispute_id,
+    )
+    rec.dispute_id = dispute.id
+    return [dispute]
 
 
 async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
@@ -427,7 +459,7 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
     req = gw.CapturePayment(provider_payment_id=rec.provider_payment_id, amount=data.amount)
     res = await _gateway(ctx, lambda: ctx.gateway.capture_payment(req, idempotency_key=ctx.idem))
     _apply_payment_result(rec, res)
-    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec)
+    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec, _new_dispute(ctx, rec, res))
 
 
 async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerResult:
@@ -454,6 +486,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     rid = data.refund_id or ctx.derived_id("re")
     ctx.ensure_new(RefundRecord, rid)
     _transition(payment.status, "refund")
+    _refund_allowed_by_dispute(ctx, payment)
     refundable = payment.amount_captured - payment.amount_refunded
     amount = data.amount if data.amount is not None else refundable
     if amount <= 0 or amount > refundable:
@@ -478,7 +511,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     try:
         res = await _gateway(ctx, lambda: ctx.gateway.create_refund(req, idempotency_key=ctx.idem))
     except GatewayError as exc:
-        if exc.retryable:
+        if exc.retryable or not _is_card_error(exc):
             raise
         rec.failure_code = exc.decline_code or exc.code.value
         return HandlerResult("refund.failed", rec, error=exc)
@@ -489,6 +522,24 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         return HandlerResult("refund.failed", rec)
     payment.amount_refunded += amount
     return HandlerResult(f"refund.{res.status.value}", rec, [payment])
+
+
+def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> None:
+    """No refund while a dispute is open (answer it), nor after one was lost (the money
+    already went back to the cardholder): either would pay the cardholder twice."""
+    if payment.dispute_id is None:
+        return
+    raw = ctx.tables.disputes.get(entity_key(ctx.tenant, payment.dispute_id))
+    status = None if raw is None else raw.get("status")
+    if status in (gw.DisputeStatus.NEEDS_RESPONSE, gw.DisputeStatus.UNDER_REVIEW):
+        raise Rejection(
+            RejectReason.INVALID_STATE, f"payment {payment.id} is disputed; answer the dispute"
+        )
+    if status == gw.DisputeStatus.LOST:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"payment {payment.id} was charged back (dispute lost): nothing to refund",
+        )
 
 
 # ---- disputes ---------------------------------------------------------------------

@@ -268,7 +268,10 @@ class CommandProcessor:
                 metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
                 # The stored outcome was produced for the original command id; a retry
                 # under a new id with the same key gets the original event (as Stripe does).
-                original = CommandRef(**{**cmd.__dict__, "command_id": existing.command_id})
+                first: dict[str, Any] = {"command_id": existing.command_id}
+                if existing.time is not None:
+                    first.update(time=existing.time, traceparent=existing.traceparent)
+                original = CommandRef(**{**cmd.__dict__, **first})
                 replayed = self._outcome(original, existing.outcome)
                 if existing.command_id != cmd.command_id:
                     replayed = _answering(replayed, cmd.command_id)
@@ -569,7 +572,11 @@ class CommandProcessor:
         """
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
-        card = suspicious and _raw_holds_card(rec)
+        if reject is RejectReason.PAYLOAD_TOO_LARGE:
+            # Not parsed at any size: a record that may hold a card number is not kept.
+            card = suspicious
+        else:
+            card = suspicious and _raw_holds_card(rec)
         ours = {
             "paystream-dlq-reason": reason.encode(),
             "paystream-dlq-detail": redact_card_numbers(detail)[:500].encode(),
@@ -577,7 +584,7 @@ class CommandProcessor:
         }
         if card:
             ours["paystream-dlq-redacted"] = b"card_number"
-        kept = {} if card else rec.headers
+        kept = {} if card else _kept_headers(rec.headers)
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card else rec.value or b""
         out = [
@@ -635,7 +642,7 @@ class CommandProcessor:
         headers = tuple(
             sorted(
                 {
-                    **rec.headers,
+                    **_kept_headers(rec.headers),
                     "paystream-park-reason": exc.code.value.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                 }.items()
@@ -668,6 +675,8 @@ def _idempotency_dict(
         "expires_at": expires,
         "outcome": None if outcome is None else {"type": outcome.type, "data": outcome.data},
         "source": None if cmd.source is None else list(cmd.source),
+        "time": cmd.time.isoformat(),
+        "traceparent": cmd.traceparent,
     }
 
 
@@ -683,19 +692,29 @@ def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:
     return images
 
 
-def _raw_may_hold_card(rec: Inbound) -> bool:
+def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The headers paystream reads, checks for card numbers and keeps (retry topic, dead
+    letters): the CloudEvents ones. Others (tracing ids and the like) are neither read nor
+    kept: long decimal ids would pass for card numbers one time in ten."""
+    return {k: v for k, v in headers.items() if k.startswith("ce_") or k == "content-type"}
+
+
+def _raw_may_hold_card(rec: Inbound, *, value: bool = True) -> bool:
     """The cheap look at the record's bytes: the parsed scan runs only when this says so."""
-    headers = rec.headers
+    headers = _kept_headers(rec.headers)
     return raw_may_contain_card_number(
-        rec.key or b"", rec.value or b"", "\x00".join(headers).encode(), *headers.values()
+        rec.key or b"",
+        (rec.value or b"") if value else b"",
+        "\x00".join(headers).encode(),
+        *headers.values(),
     )
 
 
 def _header_texts(rec: Inbound) -> list[str]:
-    """The key, header names and header values as text (not only CloudEvents ones: any
-    header is copied to the retry topic with the command)."""
-    texts = [_key_str(rec.key), *rec.headers]
-    texts += (v.decode("utf-8", "replace") for v in rec.headers.values())
+    """The key, and the kept headers' names and values, as text."""
+    headers = _kept_headers(rec.headers)
+    texts = [_key_str(rec.key), *headers]
+    texts += (v.decode("utf-8", "replace") for v in headers.values())
     return texts
 
 

@@ -64,7 +64,13 @@ class GatewayError(PaystreamError):
         self.code = code
         self.message = message
         self.provider = provider
-        self.retryable = code in RETRYABLE if retryable is None else retryable
+        # A card error (402) is the provider's answer, stored under the idempotency key and
+        # replayed on every retry with it (as Stripe does): final for this request, even
+        # for a code that is otherwise transient (processing_error). A new request, with
+        # a new key, may still succeed.
+        if retryable is None:
+            retryable = code in RETRYABLE and http_status != 402
+        self.retryable = retryable
         self.decline_code = decline_code
         self.http_status = http_status
         self.provider_request_id = provider_request_id

@@ -17,17 +17,23 @@ __all__ = [
 # What a card number is replaced with wherever text is kept despite holding one.
 REDACTED = "[card number]"
 
-# Between 4-digit groups: one consistent separator, written as people (and web pages)
-# write them: spaces (one or a run, or non-breaking), a dash, a dot or a slash.
-_SEP = r"(?:[ \u00a0]+|[./-])"
-# How card numbers are written: 13-19 contiguous digits, or 4-digit groups joined by one
-# consistent separator (Amex: 4-6-5). Grouped forms must stand alone, so that ids such
-# as UUIDs (8-4-4-4-12 hex) never look like a card however their digits fall.
+# How card numbers are written: 13-19 contiguous digits, or 4-digit groups (Amex: 4-6-5)
+# joined by one consistent separator: spaces (one or a run, or non-breaking) or a dash,
+# as always; or a dot or a slash. Grouped forms must stand alone, so that ids such as
+# UUIDs (8-4-4-4-12 hex) never look like a card however their digits fall. Dot and slash
+# groups stand alone more strictly (no dot or slash before, none followed by a digit
+# after: versions, dates and paths), while space and dash groups may touch a dot or a
+# slash ("No.4111 1111 …", "4111 1111 … 1111/12/27" with its expiry).
+_LOOSE = r"(?<![0-9A-Za-z-])"
+_LOOSE_END = r"(?![0-9A-Za-z-])"
+_STRICT = r"(?<![0-9A-Za-z./-])"
+_STRICT_END = r"(?![0-9A-Za-z-]|[./]\d)"
 _CANDIDATE = re.compile(
     r"(?<!\d)\d{13,19}(?!\d)"
-    rf"|(?<![0-9A-Za-z./-])\d{{4}}({_SEP})\d{{4}}(?:\1\d{{4}}){{1,2}}(?:\1\d{{1,3}})?"
-    r"(?![0-9A-Za-z-]|[./]\d)"
-    rf"|(?<![0-9A-Za-z./-])\d{{4}}({_SEP})\d{{6}}\2\d{{5}}(?![0-9A-Za-z-]|[./]\d)"
+    rf"|{_LOOSE}\d{{4}}([ \u00a0]+|-)\d{{4}}(?:\1\d{{4}}){{1,2}}(?:\1\d{{1,3}})?{_LOOSE_END}"
+    rf"|{_STRICT}\d{{4}}([./])\d{{4}}(?:\2\d{{4}}){{1,2}}(?:\2\d{{1,3}})?{_STRICT_END}"
+    rf"|{_LOOSE}\d{{4}}([ \u00a0]+|-)\d{{6}}\3\d{{5}}{_LOOSE_END}"
+    rf"|{_STRICT}\d{{4}}([./])\d{{6}}\4\d{{5}}{_STRICT_END}"
 )
 
 

@@ -8,6 +8,7 @@ and the stored outcome is re-emitted instead of applying the change again.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -163,3 +164,7 @@ class IdempotencyRecord(BaseModel):
     expires_at: float  # unix seconds
     outcome: StoredOutcome | None = None
     source: list[int] | None = None  # [partition, offset] of the record that wrote it
+    # The first command's time and traceparent: its outcome, re-emitted for a retry under
+    # another command id, is the very event first emitted (absent from older records).
+    time: datetime | None = None
+    traceparent: str | None = None

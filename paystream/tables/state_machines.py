@@ -14,6 +14,8 @@ class InvalidState(PaystreamError):
 # payment status → command verbs allowed in it
 PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "requires_action": frozenset({"cancel"}),
+    # the provider settles it (a webhook); nothing may act on it meanwhile
+    "processing": frozenset(),
     "authorized": frozenset({"capture", "cancel"}),
     "succeeded": frozenset({"refund"}),
     "canceled": frozenset(),

@@ -73,16 +73,14 @@ class MasterKey:
         return f"MasterKey(key_id={self.key_id!r})"
 
     @classmethod
-    def from_base64(cls, value: str) -> MasterKey:
-        """Parse ``PAYSTREAM_MASTER_KEY`` (base64 of 32 random bytes)."""
+    def from_base64(cls, value: str, name: str = "PAYSTREAM_MASTER_KEY") -> MasterKey:
+        """Parse a master key (base64 of 32 random bytes) given in the variable ``name``."""
         try:
             raw = base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ConfigurationError("PAYSTREAM_MASTER_KEY is not valid base64") from exc
+            raise ConfigurationError(f"{name} is not valid base64") from exc
         if len(raw) != KEY_BYTES:
-            raise ConfigurationError(
-                f"PAYSTREAM_MASTER_KEY must decode to 32 bytes, got {len(raw)}"
-            )
+            raise ConfigurationError(f"{name} must decode to 32 bytes, got {len(raw)}")
         return cls(raw)
 
     @classmethod
@@ -144,7 +142,11 @@ def keyring_from_settings(settings: Settings, *retired: str) -> MasterKeyring:
     current = MasterKey.from_base64(settings.master_key.get_secret_value())
     configured = settings.retired_master_keys
     names = [*(configured.get_secret_value().split(",") if configured else ()), *retired]
-    old = tuple(MasterKey.from_base64(r) for r in names if r.strip())
+    old = tuple(
+        MasterKey.from_base64(r, "a key in PAYSTREAM_RETIRED_MASTER_KEYS")
+        for r in names
+        if r.strip()
+    )
     return MasterKeyring(current, tuple(k for k in old if k.key_id != current.key_id))
 
 

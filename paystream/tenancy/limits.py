@@ -58,7 +58,9 @@ MAX_FUTURE_SKEW_MS = 60_000
 # committed every second); a record whose decision was dropped is decided afresh.
 REPLAY_MEMORY = 2_048
 # Outcomes of payment.create that count toward the daily volume.
-VOLUME_OUTCOMES = frozenset({"payment.authorized", "payment.succeeded", "payment.requires_action"})
+VOLUME_OUTCOMES = frozenset(
+    {"payment.authorized", "payment.succeeded", "payment.requires_action", "payment.processing"}
+)
 
 _MILLI = 1000  # milli-tokens per command
 

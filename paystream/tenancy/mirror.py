@@ -145,7 +145,8 @@ class RegistryMirror:
         self.tenants.update(loaded.tenants)
         self.unreadable.clear()
         self.unreadable.update(loaded.unreadable)
-        self._state.invalid += loaded.invalid
+        # A re-read meets the records skipped before again: count them once.
+        self._state.invalid = max(self._state.invalid, loaded.invalid)
 
     async def run(self) -> None:
         """Read the registry from the beginning, then follow it until cancelled."""

@@ -22,6 +22,7 @@ __all__ = [
     "list_tenants",
     "put_tenant",
     "put_tenant_unless_changed",
+    "put_tenants_unless_changed",
     "read_registry",
     "registered_tenant",
     "tenant_record",
@@ -63,13 +64,28 @@ async def put_tenant_unless_changed(
     silently undone. (The check and the write are not one atomic step: the window left
     is the time of one registry read.)
     """
-    current = await registered_tenant(settings, tenant.tenant_id)
-    if current != base:
+    changed = await put_tenants_unless_changed(settings, [(base, tenant)])
+    if changed:
         raise RegistryChanged(
             f"{tenant.tenant_id} changed while this command ran (another operator?); "
             "nothing was written: run it again"
         )
-    await put_tenant(settings, tenant)
+
+
+async def put_tenants_unless_changed(
+    settings: Settings, changes: list[tuple[Tenant | None, Tenant]]
+) -> list[str]:
+    """:func:`put_tenant_unless_changed` for many tenants with one registry read; returns
+    the ids of those left unwritten because their record changed (or became unreadable)."""
+    registry = await read_registry(settings)
+    skipped = []
+    for base, tenant in changes:
+        tid = tenant.tenant_id
+        if tid in registry.unreadable or registry.tenants.get(tid) != base:
+            skipped.append(tid)
+            continue
+        await put_tenant(settings, tenant)
+    return skipped
 
 
 class RegistryChanged(PaystreamError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from paystream.settings import Settings
 from paystream.tenancy.crypto import MasterKeyring
 from paystream.tenancy.models import Tenant
-from paystream.tenancy.registry import put_tenant_unless_changed, read_registry
+from paystream.tenancy.registry import put_tenants_unless_changed, read_registry
 from paystream.tenancy.secrets import reseal_secret
 
 __all__ = ["RotationReport", "reseal_registry_secrets", "rewrap_ledger_keys"]
@@ -29,6 +29,7 @@ class RotationReport:
     secrets_resealed: int = 0
     tenants_changed: int = 0
     unreadable: list[str] = field(default_factory=list)  # records this version cannot read
+    changed_meanwhile: list[str] = field(default_factory=list)  # left for the next run
     ledger_keys_rewrapped: int | None = None  # None: the ledger was not touched
 
 
@@ -43,6 +44,8 @@ async def reseal_registry_secrets(
     report.unreadable = sorted(registry.unreadable)
     tenants = [t for tid, t in registry.tenants.items() if tid not in registry.unreadable]
     report.tenants = sorted(registry.tenants)
+    writes: list[tuple[Tenant | None, Tenant]] = []
+    counts: dict[str, int] = {}
     for n, tenant in enumerate(tenants, 1):
         secrets = {
             name: reseal_secret(keyring, tenant.tenant_id, name, sealed)
@@ -50,12 +53,17 @@ async def reseal_registry_secrets(
         }
         changed = sum(secrets[name] != sealed for name, sealed in tenant.secrets.items())
         if changed:
-            updated: Tenant = tenant.model_copy(update={"secrets": secrets})
-            await put_tenant_unless_changed(settings, tenant, updated)
-            report.secrets_resealed += changed
-            report.tenants_changed += 1
+            writes.append((tenant, tenant.model_copy(update={"secrets": secrets})))
+            counts[tenant.tenant_id] = changed
         if progress:
             progress(n, len(tenants))
+    # One more read of the registry for all of them: a tenant changed meanwhile (another
+    # operator) is left as it is, for the next run.
+    report.changed_meanwhile = await put_tenants_unless_changed(settings, writes)
+    for tenant_id, changed in counts.items():
+        if tenant_id not in report.changed_meanwhile:
+            report.secrets_resealed += changed
+            report.tenants_changed += 1
 
 
 async def rewrap_ledger_keys(

@@ -315,7 +315,9 @@ def stand_in_agent(
     flowing = FlowControlEvent()
     flowing.resume()
     # Events of the current consumer generation (the stand-in events carry none).
-    app = SimpleNamespace(consumer=consumer, flow_control=flowing, consumer_generation_id=None)
+    app = SimpleNamespace(
+        consumer=consumer, flow_control=flowing, consumer_generation_id=None, rebalancing=False
+    )
     monkeypatch.setattr(commands, "app", app)
     stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
     return stream, runner, consumer

@@ -283,7 +283,8 @@ DECLINES = [
     ),
     ("pm_card_chargeDeclinedExpiredCard", ErrorCode.EXPIRED_CARD, False, UNKNOWN_TEST_PM),
     ("pm_card_chargeDeclinedIncorrectCvc", ErrorCode.INCORRECT_CVC, False, UNKNOWN_TEST_PM),
-    ("pm_card_chargeDeclinedProcessingError", ErrorCode.PROCESSING_ERROR, True, UNKNOWN_TEST_PM),
+    # final for its key (the provider replays the stored answer); a new request may succeed
+    ("pm_card_chargeDeclinedProcessingError", ErrorCode.PROCESSING_ERROR, False, UNKNOWN_TEST_PM),
     ("pm_card_chargeCustomerFail", ErrorCode.CARD_DECLINED, False, None),
 ]
 

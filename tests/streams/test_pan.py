@@ -31,6 +31,18 @@ def _luhn_complete(prefix: str) -> str:
         "pay with 4000056655665556 please",
         {"nested": ["x", "5555555555554444"]},
         4242424242424242,
+        4242424242424242.0,
+        "4111.1111.1111.1111",
+        "4111/1111/1111/1111",
+        "4111\u00a01111\u00a01111\u00a01111",
+        "4111   1111   1111   1111",
+        "3782.822463.10005",
+        # space and dash groups touching a dot or a slash
+        "Card No.4111 1111 1111 1111",
+        "4111 1111 1111 1111/12/27",
+        "4111-1111-1111-1111/123",
+        "cards/4111 1111 1111 1111",
+        "the card is 4111.1111.1111.1111.",
     ],
 )
 def test_card_numbers_are_found(text: object) -> None:
@@ -48,6 +60,10 @@ def test_card_numbers_are_found(text: object) -> None:
         "4242 4242-4242 4242",
         True,
         1999,
+        "v1.4111.1111.1111.1111",
+        "1.4111.1111.1111.1111.2",
+        "2026/11/30",
+        "192.168.100.200",
     ],
 )
 def test_other_things_are_not(text: object) -> None:

@@ -354,6 +354,11 @@ async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
             DisputeStatus.UNDER_REVIEW,
         ):
             raise _fail(ErrorCode.INVALID_STATE, "the payment is disputed; respond to the dispute")
+        if dispute and dispute["status"] == DisputeStatus.LOST:
+            # The disputed amount already went back to the cardholder (Stripe: charge_disputed).
+            raise _fail(
+                ErrorCode.INVALID_STATE, "the payment's dispute was lost: it was charged back"
+            )
     remaining = pi["amount_captured"] - pi["amount_refunded"]
     if remaining == 0:
         raise _fail(ErrorCode.INVALID_STATE, "the payment has already been fully refunded")

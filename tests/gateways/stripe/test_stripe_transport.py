@@ -152,9 +152,11 @@ async def test_replayed_key_is_sent_unchanged() -> None:
          ErrorCode.EXPIRED_CARD, False),
         (402, {"type": "card_error", "code": "incorrect_cvc", "decline_code": "incorrect_cvc"},
          ErrorCode.INCORRECT_CVC, False),
+        # Stripe stores a key's first answer, errors included, and replays it: a retry
+        # under the same key cannot succeed (only a new request can).
         (402, {"type": "card_error", "code": "processing_error",
                "decline_code": "processing_error"},
-         ErrorCode.PROCESSING_ERROR, True),
+         ErrorCode.PROCESSING_ERROR, False),
         (402, {"type": "card_error", "code": "authentication_required",
                "decline_code": "authentication_required"},
          ErrorCode.AUTHENTICATION_REQUIRED, False),

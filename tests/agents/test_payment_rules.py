@@ -1,0 +1,147 @@
+"""Payment rules found missing in review: each test is a command sequence that used to
+pay out twice, park forever, drop a dispute, crash, or answer a retry with another event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paystream.client import build_command
+from paystream.gateways import base as gw
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+USD_1000 = {"amount": 1000, "currency": "USD"}
+
+
+def _gateway(h: Harness, tenant: str) -> SimulatorGateway:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return gateway
+
+
+async def _effects(h: Harness, tenant: str) -> list[tuple[str, int | None]]:
+    return [(e.kind, e.amount) for e in await _gateway(h, tenant).effects()]
+
+
+async def test_no_refund_after_a_lost_dispute(harness: Harness) -> None:
+    t = harness.add_tenant()
+    paid = await harness.send(
+        "payment.create",
+        t,
+        {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_createDispute"},
+    )
+    dispute_id = data(paid)["related"][0]["entity_id"]
+    lost = await harness.send("dispute.accept", t, {"dispute_id": dispute_id})
+    assert data(lost)["object"]["status"] == "lost"
+    refund = await harness.send("refund.create", t, {"payment_id": "p1"})
+    assert kind(refund) == "command.rejected" and data(refund)["reason"] == "invalid_state"
+    assert "charged back" in data(refund)["message"]
+    assert not any(k == "refund" for k, _ in await _effects(harness, t))
+
+
+async def test_a_processing_error_decline_is_answered_not_parked_forever(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    emits, out = await harness.send_event(
+        build_command(
+            "payment.create",
+            t,
+            {**USD_1000, "payment_method_token": "pm_card_chargeDeclinedProcessingError"},
+        )
+    )
+    assert out is not None and kind(out) == "payment.failed"
+    assert data(out)["error"]["code"] == "processing_error"
+    assert harness.settings.retry_topic not in [e.topic for e in emits]
+
+
+async def test_a_dispute_reported_at_capture_is_recorded(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await harness.send(
+        "payment.create",
+        t,
+        {
+            "payment_id": "p1",
+            **USD_1000,
+            "payment_method_token": "pm_card_createDispute",
+            "capture": "manual",
+        },
+    )
+    captured = await harness.send("payment.capture", t, {"payment_id": "p1"})
+    assert kind(captured) == "payment.succeeded"
+    [related] = data(captured)["related"]
+    assert related["entity_type"] == "dispute"
+    assert data(captured)["object"]["dispute_id"] == related["entity_id"]
+    answered = await harness.send("dispute.accept", t, {"dispute_id": related["entity_id"]})
+    assert kind(answered) == "dispute.closed"
+
+
+async def test_a_payment_still_processing_at_the_provider_is_recorded_as_such(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = harness.add_tenant()
+    gateway = _gateway(harness, t)
+    real = gateway.create_payment
+
+    async def processing(req: Any, *, idempotency_key: str) -> gw.PaymentResult:
+        res = await real(req, idempotency_key=idempotency_key)
+        return res.model_copy(update={"status": gw.PaymentStatus.PROCESSING})
+
+    monkeypatch.setattr(gateway, "create_payment", processing)
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"},
+    )
+    assert kind(out) == "payment.processing" and data(out)["object"]["status"] == "processing"
+    monkeypatch.undo()
+    # nothing may act on it until the provider settles it
+    refund = await harness.send("refund.create", t, {"payment_id": "p1"})
+    assert data(refund)["reason"] == "invalid_state"
+
+
+async def test_a_retry_under_a_new_command_id_gets_the_very_first_event(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    body = {**USD_1000, "payment_method_token": "pm_card_visa"}
+    first = build_command(
+        "payment.create", t, body, idempotency_key="k1", traceparent=f"00-{'a' * 32}-{'b' * 16}-01"
+    )
+    retry = build_command(
+        "payment.create", t, body, idempotency_key="k1", traceparent=f"00-{'c' * 32}-{'d' * 16}-01"
+    )
+    e1, _ = await harness.send_event(first, timestamp_ms=1_700_000_000_000)
+    e2, _ = await harness.send_event(retry, timestamp_ms=1_700_000_001_000)
+    h1, h2 = dict(e1[0].record.headers), dict(e2[0].record.headers)
+    assert h2.pop("paystream-answers") == retry.get_id().encode()
+    assert (h1, e1[0].record.value) == (h2, e2[0].record.value)
+
+
+async def test_a_request_the_provider_refuses_is_rejected_without_a_failed_payment(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1"})
+    await harness.send(
+        "payment_method.attach",
+        t,
+        {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "m1"},
+    )
+    # the provider refuses a saved card without its customer (invalid_request)
+    refused = await harness.send(
+        "payment.create", t, {"payment_id": "p1", **USD_1000, "payment_method_id": "m1"}
+    )
+    assert kind(refused) == "command.rejected" and data(refused)["reason"] == "validation_error"
+    # the corrected command (new key, same payment id) is not blocked by a failed p1
+    fixed = await harness.send(
+        "payment.create",
+        t,
+        {"payment_id": "p1", **USD_1000, "payment_method_id": "m1", "customer_id": "c1"},
+    )
+    assert kind(fixed) == "payment.succeeded"
