@@ -525,17 +525,17 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
 
 
 def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> None:
-    """No refund while a dispute is open (answer it), nor after one was lost (the money
-    already went back to the cardholder): either would pay the cardholder twice."""
+    """No refund after a lost dispute: the money already went back to the cardholder.
+
+    Only "lost" is decided here, from what paystream itself did (accepting the dispute).
+    While a dispute is open the provider refuses the refund (an `invalid_state` answer);
+    a dispute the provider resolved meanwhile is not known here (no webhooks yet), so
+    an open dispute on record must not block a refund the provider would allow.
+    """
     if payment.dispute_id is None:
         return
     raw = ctx.tables.disputes.get(entity_key(ctx.tenant, payment.dispute_id))
-    status = None if raw is None else raw.get("status")
-    if status in (gw.DisputeStatus.NEEDS_RESPONSE, gw.DisputeStatus.UNDER_REVIEW):
-        raise Rejection(
-            RejectReason.INVALID_STATE, f"payment {payment.id} is disputed; answer the dispute"
-        )
-    if status == gw.DisputeStatus.LOST:
+    if raw is not None and raw.get("status") == gw.DisputeStatus.LOST:
         raise Rejection(
             RejectReason.INVALID_STATE,
             f"payment {payment.id} was charged back (dispute lost): nothing to refund",

@@ -572,11 +572,10 @@ class CommandProcessor:
         """
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
-        if reject is RejectReason.PAYLOAD_TOO_LARGE:
-            # Not parsed at any size: a record that may hold a card number is not kept.
-            card = suspicious
-        else:
-            card = suspicious and _raw_holds_card(rec)
+        # An oversized record is not parsed (at any size): its escapes are resolved as text.
+        card = suspicious and _raw_holds_card(
+            rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE
+        )
         ours = {
             "paystream-dlq-reason": reason.encode(),
             "paystream-dlq-detail": redact_card_numbers(detail)[:500].encode(),
@@ -696,7 +695,13 @@ def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
     """The headers paystream reads, checks for card numbers and keeps (retry topic, dead
     letters): the CloudEvents ones. Others (tracing ids and the like) are neither read nor
     kept: long decimal ids would pass for card numbers one time in ten."""
-    return {k: v for k, v in headers.items() if k.startswith("ce_") or k == "content-type"}
+    return {k: v for k, v in headers.items() if _is_kept(k)}
+
+
+def _is_kept(name: str) -> bool:
+    # Header names are case-insensitive to the decoder (and the SDK): so here.
+    lowered = name.lower()
+    return lowered.startswith("ce_") or lowered == "content-type"
 
 
 def _raw_may_hold_card(rec: Inbound, *, value: bool = True) -> bool:
@@ -726,16 +731,19 @@ def _event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
     return contains_card_number(raw, event.get_attributes(), _header_texts(rec))
 
 
-def _raw_holds_card(rec: Inbound) -> bool:
+def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     """A record that did not decode: scan its bytes as text, JSON escapes resolved."""
-    texts = _header_texts(rec)
+    texts: list[Any] = _header_texts(rec)
     value = rec.value or b""
-    texts.append(value.decode("utf-8", "replace"))
+    text = value.decode("utf-8", "replace")
+    texts.append(text)
     if b"\\" in value:
         try:
+            if not parse:
+                raise ValueError("not parsed")
             texts.append(orjson.loads(value))
-        except orjson.JSONDecodeError:
-            texts.append(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), texts[-1]))
+        except ValueError:  # (orjson's JSONDecodeError is one)
+            texts.append(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
     return contains_card_number(texts)
 
 

@@ -14,8 +14,9 @@ class InvalidState(PaystreamError):
 # payment status → command verbs allowed in it
 PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "requires_action": frozenset({"cancel"}),
-    # the provider settles it (a webhook); nothing may act on it meanwhile
-    "processing": frozenset(),
+    # the provider settles it (webhooks are not built yet); a cancel is the provider's
+    # to refuse or grant
+    "processing": frozenset({"cancel"}),
     "authorized": frozenset({"capture", "cancel"}),
     "succeeded": frozenset({"refund"}),
     "canceled": frozenset(),

@@ -145,3 +145,24 @@ async def test_a_request_the_provider_refuses_is_rejected_without_a_failed_payme
         {"payment_id": "p1", **USD_1000, "payment_method_id": "m1", "customer_id": "c1"},
     )
     assert kind(fixed) == "payment.succeeded"
+
+
+async def test_a_dispute_the_provider_resolved_as_won_does_not_block_a_refund(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    paid = await harness.send(
+        "payment.create",
+        t,
+        {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_createDispute"},
+    )
+    dispute = data(paid)["related"][0]
+    await harness.send(
+        "dispute.submit_evidence",
+        t,
+        {"dispute_id": dispute["entity_id"], "evidence": {"uncategorized_text": "delivered"}},
+    )
+    # The card network decides at the provider; paystream's record still says under review.
+    await _gateway(harness, t).resolve_dispute(dispute["object"]["provider_dispute_id"], won=True)
+    refund = await harness.send("refund.create", t, {"payment_id": "p1", "amount": 100})
+    assert kind(refund) == "refund.succeeded", data(refund)

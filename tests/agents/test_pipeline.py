@@ -544,6 +544,53 @@ async def test_headers_outside_cloudevents_are_neither_read_nor_kept(harness: Ha
     assert _leaks(emits) == []
 
 
+async def test_header_names_are_case_insensitive_for_the_check_and_the_copies(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant(gateway_options={"fail_first": {"*": 50}})  # parks the command
+    upper = {
+        k.upper(): v for k, v in _binary(t.encode(), ce_id=f"o-{PAN}".encode()).headers.items()
+    }
+    emits = await harness.raw(
+        Inbound(key=t.encode(), value=b"{}", headers=upper, timestamp_ms=0, topic="c")
+    )
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert _leaks(emits) == []
+    cmd = build_command(
+        "payment.create",
+        t,
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    rec = encode_event(cmd, t.encode(), CloudEventsMode.BINARY)
+    emits = await harness.raw(
+        Inbound(
+            key=rec.key,
+            value=rec.value,
+            headers={k.upper(): v for k, v in rec.headers},
+            timestamp_ms=0,
+            topic="c",
+        )
+    )
+    parked = [e for e in emits if e.topic == harness.settings.retry_topic]
+    assert len(parked) == 1, [(e.topic, e.record.value) for e in emits]
+    assert dict(parked[0].record.headers)["CE_ID"] == cmd.get_id().encode()  # replayable
+
+
+async def test_an_oversized_command_with_json_escapes_but_no_card_is_kept(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    big = {"description": "line1\nline2 caf\u00e9 " + "x" * harness.settings.command_max_bytes}
+    value = json.dumps(big).encode()  # json.dumps escapes: a backslash in the bytes
+    emits = await harness.raw(_binary(t.encode(), value))
+    [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dlq.record.value == value
+    assert "paystream-dlq-redacted" not in dict(dlq.record.headers)
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "payload_too_large"
+
+
 async def test_a_card_number_in_an_oversized_command_is_not_kept_in_the_dead_letter(
     harness: Harness,
 ) -> None:
