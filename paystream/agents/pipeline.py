@@ -674,8 +674,9 @@ def _idempotency_dict(
         "expires_at": expires,
         "outcome": None if outcome is None else {"type": outcome.type, "data": outcome.data},
         "source": None if cmd.source is None else list(cmd.source),
-        "time": cmd.time.isoformat(),
-        "traceparent": cmd.traceparent,
+        # for a replay of the outcome (only a finished record's is ever replayed)
+        "time": None if outcome is None else cmd.time.isoformat(),
+        "traceparent": None if outcome is None else cmd.traceparent,
     }
 
 
@@ -695,13 +696,12 @@ def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
     """The headers paystream reads, checks for card numbers and keeps (retry topic, dead
     letters): the CloudEvents ones. Others (tracing ids and the like) are neither read nor
     kept: long decimal ids would pass for card numbers one time in ten."""
-    return {k: v for k, v in headers.items() if _is_kept(k)}
+    return {k: v for k, v in headers.items() if _KEPT(k)}
 
 
-def _is_kept(name: str) -> bool:
-    # Header names are case-insensitive to the decoder (and the SDK): so here.
-    lowered = name.lower()
-    return lowered.startswith("ce_") or lowered == "content-type"
+# Header names are case-insensitive to the decoder (and the SDK): so here. (One regex call
+# per header: this runs for every command.)
+_KEPT = re.compile(r"(?i)ce_|content-type\Z").match
 
 
 def _raw_may_hold_card(rec: Inbound, *, value: bool = True) -> bool:
