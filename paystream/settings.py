@@ -8,6 +8,7 @@ other variables are ``PAYSTREAM_<FIELD>``.
 
 from __future__ import annotations
 
+import socket
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -128,6 +129,12 @@ class Settings(BaseSettings):
         "apart from command processing.",
     )
     web_host: str = Field(default="127.0.0.1", description="PAYSTREAM_WEB_HOST: worker web bind.")
+    web_advertised_host: str | None = Field(
+        default=None,
+        description="PAYSTREAM_WEB_ADVERTISED_HOST: the host other workers reach this one's web "
+        "server at (entity lookups are fetched from the tenant's owner); default: "
+        "PAYSTREAM_WEB_HOST, or this machine's address when that binds every interface.",
+    )
     web_port: Port = Field(
         default=6066, description="PAYSTREAM_WEB_PORT: worker web port (dashboard, /metrics)."
     )
@@ -258,6 +265,16 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
+
+    def advertised_web_host(self) -> str:
+        """Where other workers reach this one's web server (Faust's canonical URL host):
+        never a bind-everything address, or every worker would take every other for
+        itself and answer lookups from its own (empty) tables."""
+        if self.web_advertised_host:
+            return self.web_advertised_host
+        if self.web_host in ("0.0.0.0", "::", ""):
+            return socket.gethostbyname(socket.gethostname())
+        return self.web_host
 
     def runs(self, agent: str) -> bool:
         """Whether this worker runs the named agent (see PAYSTREAM_AGENTS)."""

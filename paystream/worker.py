@@ -75,8 +75,12 @@ def main(extra_args: list[str] | None = None) -> None:
         "worker",
         "--loglevel",
         settings.log_level,
-        "--web-host",
+        # Bound to one address, advertised (Faust's canonical URL) at another: see
+        # Settings.advertised_web_host.
+        "--web-bind",
         settings.web_host,
+        "--web-host",
+        settings.advertised_web_host(),
         "--web-port",
         str(settings.web_port),
         *(extra_args or []),

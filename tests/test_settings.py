@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from pydantic import ValidationError
 
@@ -75,3 +77,13 @@ def test_every_setting_documents_its_environment_variable() -> None:
             "redis_url": "REDIS_URL",
         }.get(name, f"PAYSTREAM_{name.upper()}")
         assert field.description.startswith(expected), (name, field.description)
+
+
+def test_the_advertised_web_host_is_never_a_bind_everything_address() -> None:
+    """Faust's topic routing compares canonical URLs: workers on several hosts advertising
+    0.0.0.0 would each take the others for themselves."""
+    assert load_settings(web_host="127.0.0.1").advertised_web_host() == "127.0.0.1"
+    everywhere = load_settings(web_host="0.0.0.0")
+    assert everywhere.advertised_web_host() == socket.gethostbyname(socket.gethostname())
+    pinned = load_settings(web_host="0.0.0.0", web_advertised_host="10.1.2.3")
+    assert pinned.advertised_web_host() == "10.1.2.3"

@@ -11,14 +11,19 @@ from typing import Any
 
 from paystream.ledger.errors import ForbiddenDataError, InvalidEventError
 from paystream.money import MAX_MINOR_AMOUNT, normalise_currency
+from paystream.tables.records import CUSTOMER_PII_FIELDS
 from paystream.tenancy.models import TENANT_ID_PATTERN
 
 __all__ = ["PII_FIELDS", "EntityType", "LedgerEvent"]
 
 _TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
-# Customer fields that are personal data: encrypted under the customer's key, never plain.
-PII_FIELDS: tuple[str, ...] = ("email", "name", "address", "phone")
+# Customer fields that are personal data: encrypted under the customer's key, never plain,
+# so that erasure (deleting the key) shreds them in stored events too. Every field the
+# pipeline itself scrubs on erasure is one.
+PII_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(("email", "name", "address", "phone", *CUSTOMER_PII_FIELDS))
+)
 
 # Keys that only ever hold card data; refusing them is a last line of defence, since
 # paystream should never have received a PAN or CVC in the first place.

@@ -361,6 +361,10 @@ def _volume_of(decided: Mapping[str, Any]) -> tuple[str | None, int]:
 
 
 def _add_volume(state: dict[str, Any], day: str, currency: str, amount: int) -> None:
+    if state.get("day") is not None and day < state["day"]:
+        # A redelivered admission from a day already over (ISO dates sort as days do): its
+        # day's quota is gone, and the current day's volume must not be reset by it.
+        return
     volume = dict(state["volume"]) if state.get("day") == day else {}
     volume[currency] = volume.get(currency, 0) + amount
     state["day"], state["volume"] = day, volume

@@ -60,12 +60,15 @@ class ReadyView(View):
             registry_loaded=registry.ready.is_set(),
             partitions=len(_assigned()),
             rebalancing=bool(app.rebalancing),
+            recovering=bool(getattr(app, "in_recovery", False)),
         )
         body = {"ready": not waiting, "waiting_for": waiting}
         return self.json(body, status=503 if waiting else 200)
 
 
-def not_ready_because(*, registry_loaded: bool, partitions: int, rebalancing: bool) -> list[str]:
+def not_ready_because(
+    *, registry_loaded: bool, partitions: int, rebalancing: bool, recovering: bool = False
+) -> list[str]:
     """What a worker still waits for before it is ready; empty when ready."""
     waiting = []
     if not registry_loaded:
@@ -74,6 +77,8 @@ def not_ready_because(*, registry_loaded: bool, partitions: int, rebalancing: bo
         waiting.append("partition assignment")
     if rebalancing:
         waiting.append("rebalance")
+    if recovering:
+        waiting.append("table recovery")
     return waiting
 
 
@@ -131,5 +136,12 @@ class EntityView(View):
             )
         found = entity_view(table, tenant, entity_id)
         if found is None:
+            if app.rebalancing or getattr(app, "in_recovery", False):
+                # The tables may not hold everything yet: "not found" would be a guess.
+                return self.json(
+                    {"error": "unavailable", "message": "tables are being recovered; retry"},
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
             return self.json({"error": "not_found", "message": f"no such {kind[:-1]}"}, status=404)
         return self.json(found)

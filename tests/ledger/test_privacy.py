@@ -16,7 +16,7 @@ from paystream.ledger import (
     verify_audit,
     write_events,
 )
-from paystream.ledger.models import Customer, DataKey, Payment
+from paystream.ledger.models import Customer, DataKey, Event, Payment
 from paystream.tenancy.crypto import MasterKeyring
 from tests.ledger.factories import EventFactory
 
@@ -114,3 +114,19 @@ async def test_later_events_for_an_erased_customer_store_no_pii(
         assert (await s.scalars(select(DataKey))).all() == []
     exported = await export_customer(app_engine, keyring, "pr5", "cus_late")
     assert "late@example.com" not in repr(exported)
+
+
+async def test_erasure_shreds_description_and_metadata_in_stored_events_too(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """The pipeline blanks them on erasure as personal data; the ledger's insert-only
+    events must not keep them readable."""
+    secret = {"description": "Jane Doe, DOB 1980-02-03", "metadata": {"phone": "+44 7700"}}
+    await write_events(app_engine, [make_event.customer("pr9", "cus_9", **secret)], keyring=keyring)
+    exported = await export_customer(app_engine, keyring, "pr9", "cus_9")
+    [event] = [e for e in exported["events"] if e["entity_type"] == "customer"]
+    assert (event["data"]["description"], event["data"]["metadata"]) == tuple(secret.values())
+    assert await erase_customer(app_engine, "pr9", "cus_9") is True
+    async with tenant_session(app_engine, "pr9") as s:
+        stored = json.dumps((await s.scalars(select(Event.data))).all())
+    assert "Jane Doe" not in stored and "7700" not in stored

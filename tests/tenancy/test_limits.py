@@ -162,6 +162,20 @@ def test_a_payment_parked_then_redelivered_is_counted_when_it_succeeds() -> None
     assert isinstance(g.pay(200), LimitRejection)
 
 
+def test_a_parked_payment_of_a_day_already_over_does_not_reset_the_next_days_volume() -> None:
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    midnight = T0 - T0 % DAY_MS + DAY_MS
+    parked = g.send(midnight - 1_000, "payment.create", Pay(100))  # day D, never settled
+    assert isinstance(parked, Admission)
+    assert isinstance(g.pay(900, at_ms=midnight + 1_000), Admission)  # day D+1
+    # Redelivered after a crash, the parked payment now succeeds: it counts for day D.
+    again = g.send(midnight - 1_000, "payment.create", Pay(100), offset=0, cid="c0")
+    assert isinstance(again, Admission)
+    g.gate.settle(again, "payment.succeeded")
+    assert g.state["volume"] == {"USD": 900}  # D+1 keeps its 900
+    rejected(g.pay(200, at_ms=midnight + 2_000), "quota_exceeded")
+
+
 def test_a_record_admitted_before_passes_unchecked_but_spends_a_token() -> None:
     g = Gate(TenantLimits(commands_per_second=1, burst=2, max_payment_amount={"USD": 10}))
     g.send(T0)

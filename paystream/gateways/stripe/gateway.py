@@ -149,6 +149,16 @@ class StripeGateway:
             obj = await fn()
         except stripe.StripeError as exc:
             raise map_stripe_error(exc) from exc
+        except aiohttp.ClientError as exc:
+            # The SDK reads the response body outside its own error handling: a connection
+            # cut mid-answer surfaces raw. Stripe may have acted: retried under the same key,
+            # it answers with the original result.
+            raise GatewayError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"the connection to Stripe broke mid-answer ({type(exc).__name__})",
+                provider=PROVIDER,
+                retryable=True,
+            ) from exc
         return dict(obj.to_dict(for_json=True))
 
     @staticmethod
@@ -176,11 +186,18 @@ class StripeGateway:
         return mapping.customer(obj)
 
     async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
-        # Stripe takes no idempotency key on DELETE; deleting twice is a harmless 404.
-        obj = await self._call(
-            "delete_customer",
-            lambda: self._v1.customers.delete_async(req.provider_customer_id),
-        )
+        # Stripe takes no idempotency key on DELETE: a retry after a lost answer (or a
+        # customer deleted in Stripe's dashboard) meets a 404, which means "deleted" here,
+        # or erasure could never complete.
+        try:
+            obj = await self._call(
+                "delete_customer",
+                lambda: self._v1.customers.delete_async(req.provider_customer_id),
+            )
+        except GatewayError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+            return CustomerResult(provider_customer_id=req.provider_customer_id, deleted=True)
         return mapping.customer(obj)
 
     # ---- payment methods -------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+import aiohttp
 import pytest
 import stripe
 from pydantic import SecretStr
@@ -20,6 +21,7 @@ from paystream.gateways.base import (
     CapturePayment,
     CreatePayment,
     CreateRefund,
+    DeleteCustomer,
     DisputeStatus,
     GatewayContext,
     PaymentStatus,
@@ -206,6 +208,29 @@ async def test_transport_failures_are_retryable(cause: Exception, code: ErrorCod
     with pytest.raises(GatewayError) as info:
         await gw.create_payment(PAY, idempotency_key="k")
     assert info.value.code is code and info.value.retryable
+
+
+async def test_a_response_cut_off_mid_body_is_retryable() -> None:
+    """stripe.AIOHTTPClient reads the body outside its own error handling: the raw aiohttp
+    error must still become a retryable provider failure (Stripe may have acted)."""
+
+    def cut(_req: dict[str, Any]) -> Response:
+        raise aiohttp.ClientPayloadError("Response payload is not completed")
+
+    gw, _ = gateway(cut)
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    assert info.value.code is ErrorCode.PROVIDER_UNAVAILABLE and info.value.retryable
+
+
+async def test_deleting_a_customer_already_gone_is_deleted() -> None:
+    """DELETE takes no idempotency key: the retry after a lost answer meets a 404."""
+    missing = {"type": "invalid_request_error", "code": "resource_missing", "message": "No such"}
+    gw, _ = gateway(error(404, **missing))
+    gone = await gw.delete_customer(
+        DeleteCustomer(provider_customer_id="cus_1"), idempotency_key="k"
+    )
+    assert gone.deleted and gone.provider_customer_id == "cus_1"
 
 
 async def test_requires_action_surfaces_next_action() -> None:
