@@ -273,7 +273,10 @@ class Settings(BaseSettings):
         if self.web_advertised_host:
             return self.web_advertised_host
         if self.web_host in ("0.0.0.0", "::", ""):
-            return socket.gethostbyname(socket.gethostname())
+            try:
+                return socket.gethostbyname(socket.gethostname())
+            except OSError:  # the name does not resolve here: other workers may resolve it
+                return socket.gethostname()
         return self.web_host
 
     def runs(self, agent: str) -> bool:
