@@ -89,8 +89,9 @@ def minor_unit_exponent(currency: str) -> int:
 
 Currency = Annotated[str, BeforeValidator(normalise_currency)]
 
-# Amounts are bounded so that a hostile command cannot smuggle in a value that
-# overflows a provider's 8-digit-major-unit limit or a PostgreSQL BIGINT.
+# Amounts are bounded so that a hostile command cannot smuggle in a value that overflows
+# a PostgreSQL BIGINT or a provider's arithmetic. Providers' own limits are tighter
+# (Stripe: 8 digits in minor units) and they answer beyond them with invalid_request.
 MAX_MINOR_AMOUNT = 99_999_999_999
 
 

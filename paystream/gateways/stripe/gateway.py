@@ -40,6 +40,7 @@ from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperat
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.stripe import mapping
 from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
+from paystream.money import minor_unit_exponent
 
 __all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
 
@@ -232,6 +233,16 @@ class StripeGateway:
             and Capability.MANUAL_CAPTURE not in self.capabilities
         ):
             raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
+        if minor_unit_exponent(req.amount.currency) == 3 and req.amount.amount % 10:
+            # Stripe's rule for three-decimal currencies (BHD, JOD, KWD, OMR, TND): said
+            # before the call, in the words of the command's own amount.
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST,
+                f"Stripe takes {req.amount.currency} amounts in multiples of 10 minor units "
+                f"(got {req.amount.amount})",
+                provider=PROVIDER,
+                retryable=False,
+            )
         params = _without_none(
             amount=req.amount.amount,
             currency=req.amount.currency.lower(),

@@ -223,6 +223,18 @@ async def test_a_response_cut_off_mid_body_is_retryable() -> None:
     assert info.value.code is ErrorCode.PROVIDER_UNAVAILABLE and info.value.retryable
 
 
+async def test_three_decimal_amounts_stripe_would_refuse_are_refused_before_the_call() -> None:
+    gw, fake = gateway(answer(200, PI))
+    odd = CreatePayment(amount=Money(amount=5124, currency="KWD"), provider_payment_method_id="pm")
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(odd, idempotency_key="k")
+    assert info.value.code is ErrorCode.INVALID_REQUEST and not info.value.retryable
+    assert fake.requests == []
+    even = CreatePayment(amount=Money(amount=5120, currency="KWD"), provider_payment_method_id="pm")
+    await gw.create_payment(even, idempotency_key="k2")
+    assert fake.requests[0]["form"]["amount"] == ["5120"]
+
+
 async def test_deleting_a_customer_already_gone_is_deleted() -> None:
     """DELETE takes no idempotency key: the retry after a lost answer meets a 404."""
     missing = {"type": "invalid_request_error", "code": "resource_missing", "message": "No such"}
