@@ -268,7 +268,8 @@ def _processed(worker: Any) -> int:
 
 
 def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
-    # A worker shows a partition as its own a moment before its tables are recovered.
+    # While its tables are recovered a worker answers 503 ("retry"); it shows a partition
+    # as its own a moment before recovery starts (404 then).
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -276,7 +277,7 @@ def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
             with urllib.request.urlopen(url, timeout=5) as r:
                 return dict(json.load(r))
         except urllib.error.HTTPError as exc:
-            if exc.code != 404 or time.monotonic() > deadline:
+            if exc.code not in (404, 503) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
