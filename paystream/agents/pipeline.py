@@ -593,9 +593,9 @@ class CommandProcessor:
         tenant = rec.headers.get("ce_tenantid")
         if cmd_id and tenant and _key_str(rec.key) == tenant.decode("utf-8", "replace"):
             cmd = CommandRef(
-                tenant_id=_clean(tenant.decode("utf-8", "replace")),
-                command_id=_clean(cmd_id.decode("utf-8", "replace")),
-                command_type=_clean(
+                tenant_id=redact_card_numbers(tenant.decode("utf-8", "replace")),
+                command_id=redact_card_numbers(cmd_id.decode("utf-8", "replace")),
+                command_type=redact_card_numbers(
                     rec.headers.get("ce_type", b"")
                     .decode("utf-8", "replace")
                     .removeprefix(COMMAND_PREFIX)[:128]
@@ -738,30 +738,33 @@ def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     text = value.decode("utf-8", "replace")
     texts.append(text)
     if b"\\" in value:
-        try:
-            if not parse:
-                raise ValueError("not parsed")
-            texts.append(orjson.loads(value))
-        except ValueError:  # (orjson's JSONDecodeError is one)
-            texts.append(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
+        texts.append(_json_or_unescaped(value, text) if parse else _unescaped(text))
     return contains_card_number(texts)
+
+
+def _json_or_unescaped(value: bytes, text: str) -> Any:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return _unescaped(text)
+
+
+def _unescaped(text: str) -> str:
+    return _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
-def _clean(text: str) -> str:
-    """An attribute fit to echo: card numbers replaced."""
-    return redact_card_numbers(text)
-
-
 def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef:
     """The command, as far as a rejection may name it when it held a card number."""
-    tenant = _clean(str(event.get_extension("tenantid") or "")) or _clean(_key_str(rec.key))
+    tenant = redact_card_numbers(str(event.get_extension("tenantid") or "")) or redact_card_numbers(
+        _key_str(rec.key)
+    )
     return CommandRef(
         tenant_id=tenant or "unknown",
-        command_id=_clean(str(event.get_id())),
-        command_type=_clean(str(event.get_type()).removeprefix(COMMAND_PREFIX))[:128],
+        command_id=redact_card_numbers(str(event.get_id())),
+        command_type=redact_card_numbers(str(event.get_type()).removeprefix(COMMAND_PREFIX))[:128],
         idempotency_key="",
         time=when,
     )
