@@ -160,13 +160,14 @@ def outcome_to_ledger_events(
     data = outcome.get_data()
     if not isinstance(data, Mapping):
         raise InvalidEventError(event_id, "outcome data must be a JSON object")
+    # Every paystream outcome carries the extension, and it decided the partition. The
+    # payload alone is never trusted to name the tenant whose rows are written.
     ext_tenant = outcome.get_extension("tenantid")
-    tenant_id = data.get("tenant_id") or ext_tenant
-    if not isinstance(tenant_id, str) or not tenant_id:
-        raise InvalidEventError(event_id, "outcome names no tenant")
-    if ext_tenant is not None and str(ext_tenant) != tenant_id:
-        # The extension decided the partition; a payload claiming another tenant is
-        # either a bug or an attack on another tenant's rows.
+    if not isinstance(ext_tenant, str) or not ext_tenant:
+        raise InvalidEventError(event_id, "outcome has no tenantid extension")
+    tenant_id = ext_tenant
+    if data.get("tenant_id") not in (None, tenant_id):
+        # A payload claiming another tenant is either a bug or an attack on its rows.
         raise InvalidEventError(event_id, "data.tenant_id does not match the tenantid extension")
     if data.get("entity_type") is None and data.get("entity_id") is None:
         OUTCOMES_SKIPPED.labels(outcome.get_type()[:100]).inc()

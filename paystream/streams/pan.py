@@ -92,7 +92,17 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
             texts.append(part.decode("utf-8"))
         except UnicodeDecodeError:
             return True
+        # A number with an exponent (4.242424242424242e15) parses to a float whose
+        # digits are not in the text: add them as the parsed scan will see them.
+        texts.extend(_float_digits(m) for m in _EXPONENT_NUMBER.finditer(part))
     return _has_card_number("\x00".join(texts))
+
+
+def _float_digits(match: re.Match[bytes]) -> str:
+    try:
+        return next(_strings(float(match.group())))
+    except (ValueError, OverflowError):
+        return ""
 
 
 def _has_card_number(text: str) -> bool:
@@ -114,5 +124,7 @@ def redact_card_numbers(text: str) -> str:
 
 
 _SEPARATORS = re.compile(r"[^\d]")
+# JSON numbers with an exponent; rare in commands, so each is converted as it is found.
+_EXPONENT_NUMBER = re.compile(rb"(?<![\d.])\d+(?:\.\d+)?[eE][+-]?\d+")
 # Every candidate is at least 13 digits and separators, starting and ending with a digit.
 _SPAN = re.compile(r"\d[\d \u00a0./-]{11,}\d")

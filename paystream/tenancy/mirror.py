@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # arrives; the embedded broker only re-checks at half this, so a change reaches the
 # workers within about that long (an idle fetch costs the broker more the shorter it is).
 POLL_MS = 500
-# While the registry topic does not exist yet, how often to look for it again.
+# While the registry topic does not exist, how often to look for it again.
 MISSING_TOPIC_RETRY_SECONDS = 5.0
 # After an unexpected error, before reading on.
 ERROR_BACKOFF_SECONDS = 1.0
@@ -176,9 +176,16 @@ class RegistryMirror:
         started = time.monotonic()
         tps = await topic_partitions(consumer, topic)
         while not tps:
-            # Nothing registered anywhere yet: every tenant is unknown, correctly.
-            log.warning("tenant registry topic %r does not exist (yet)", topic)
-            self.ready.set()
+            # Not "no tenants": `paystream topics` creates the topic before workers start,
+            # so a missing one is a misnamed, deleted or not yet visible topic. Being
+            # ready would reject every command for good as `unknown_tenant`; instead the
+            # commands wait in Kafka (and /readyz says so), or, on a re-read, the tenants
+            # stay as last known.
+            log.warning(
+                "tenant registry topic %r does not exist: commands wait until it does "
+                "(run `paystream topics`, or check PAYSTREAM_TENANTS_TOPIC)",
+                topic,
+            )
             await asyncio.sleep(MISSING_TOPIC_RETRY_SECONDS)
             tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)

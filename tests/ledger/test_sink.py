@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from cloudevents.core.v1.event import CloudEvent
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -207,6 +208,16 @@ def test_unstorable_outcomes_are_refused_whole(mutate: Any, error: type[Exceptio
     mutate(data)
     with pytest.raises(error):
         outcome_to_ledger_events(build_outcome(_cmd("acme", "cmd_bad"), "payment.succeeded", data))
+
+
+def test_an_outcome_without_the_tenantid_extension_is_refused() -> None:
+    """The payload alone never names the tenant whose rows are written: only the
+    extension, which decided the partition, does."""
+    outcome = payment_outcome("acme", "pay_ext", 1)
+    attributes = {k: v for k, v in outcome.get_attributes().items() if k != "tenantid"}
+    bare = CloudEvent(attributes, outcome.get_data())
+    with pytest.raises(InvalidEventError, match="tenantid"):
+        outcome_to_ledger_events(bare)
 
 
 def test_failure_classification() -> None:

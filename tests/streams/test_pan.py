@@ -91,7 +91,7 @@ _json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.sampled_from([4242424242424242, -5555555555554444])
+    | st.sampled_from([4242424242424242, -5555555555554444, 4242424242424242.0])
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text()
     | _with_card,
@@ -126,6 +126,17 @@ def test_the_raw_prefilter_never_misses_what_the_parsed_scan_finds(value: Any) -
 )
 def test_the_raw_prefilter_defers_when_it_cannot_tell(parts: tuple[bytes, ...]) -> None:
     assert raw_may_contain_card_number(*parts)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"n": 4.242424242424242e15}', b'{"n": 4242424242424242E+0}', b'{"n": 42424242424242.42e2}'],
+)
+def test_the_raw_prefilter_sees_a_card_number_written_with_an_exponent(raw: bytes) -> None:
+    """The digits of 4.242424242424242e15 are not in its text, but they are in the float
+    the parsed scan sees."""
+    assert contains_card_number(orjson.loads(raw))
+    assert raw_may_contain_card_number(b"tenant-1", raw)
 
 
 def test_the_raw_prefilter_clears_ordinary_commands() -> None:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from paystream.cli import cli
 from paystream.settings import load_settings
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import bootstrap_servers, ensure_topics
 from paystream.tenancy import mirror as mirror_module
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
@@ -115,13 +115,22 @@ async def test_loads_the_whole_registry_then_follows_it(deployment_factory: Any)
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_an_absent_registry_topic_means_no_tenants_yet(deployment_factory: Any) -> None:
+async def test_an_absent_registry_topic_keeps_the_worker_unready_until_it_exists(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing topic is a misnamed or deleted one (`paystream topics` creates it before
+    workers start): ready with no tenants would reject every command for good."""
+    monkeypatch.setattr(mirror_module, "MISSING_TOPIC_RETRY_SECONDS", 0.2)
     dep = await deployment_factory()
-    absent = dep.settings.model_copy(update={"tenants_topic": f"{dep.settings.app_id}.none"})
+    absent = dep.settings.model_copy(update={"tenants_topic": f"{dep.settings.app_id}.later"})
     mirror = RegistryMirror(absent, poll_ms=100)
     async with _running(mirror):
+        await asyncio.sleep(1.5)
+        assert not mirror.ready.is_set()
+        await ensure_topics(absent)
+        await put_tenant(absent, Tenant(tenant_id="late"))
         await asyncio.wait_for(mirror.ready.wait(), 30)
-        assert mirror.tenants == {}
+        await _until(lambda: "late" in mirror.tenants)
 
 
 def test_an_unreadable_latest_record_is_noted_until_a_readable_one() -> None:
