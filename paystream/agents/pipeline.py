@@ -263,6 +263,7 @@ class CommandProcessor:
                         cmd.command_type,
                         existing.outcome.type,
                         existing.outcome.data,
+                        hold_key=idem_table_key,
                     )
                 self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
                 metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
@@ -292,6 +293,7 @@ class CommandProcessor:
                 cmd.command_type,
                 data,
                 admitted_before=existing is not None,
+                hold_key=idem_table_key,
             )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
@@ -323,6 +325,8 @@ class CommandProcessor:
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
             return [self._outcome(cmd, done.outcome)]
         except Rejection as rej:
+            if admission is not None:
+                self.limits.settle(admission, "command.rejected")  # releases its hold
             if not rej.remember:
                 self.idempotency.pop(idem_table_key, None)
                 return self._reject(cmd, rej.reason, rej.message)
@@ -337,6 +341,8 @@ class CommandProcessor:
             if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
                 return self._park(rec, cmd, idem_table_key, request_hash, expires, exc)
             # The provider refused the request itself: answer it, as the provider would again.
+            if admission is not None:
+                self.limits.settle(admission, "command.rejected")
             stored = StoredOutcome(
                 type="command.rejected",
                 data={

@@ -9,7 +9,11 @@ A tenant's registry record may carry :class:`TenantLimits`:
 * ``max_payment_amount``: the largest single ``payment.create`` per currency.
 * ``daily_payment_volume``: per currency and UTC day, the sum of payments that were
   authorised, captured or are awaiting authentication, counted from when the limit is
-  set. Over either, the command is rejected ``quota_exceeded`` (``limit`` names which).
+  set, plus the payments admitted and not yet answered (in flight, or parked after the
+  provider failed): each *holds* its amount under its idempotency key until its outcome
+  counts it or releases it, so payments parked during an outage and re-driven later
+  cannot take the day over its quota. Over either limit, the command is rejected
+  ``quota_exceeded`` (``limit`` names which).
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
 catches up on a backlog must not reject commands that were sent at an allowed pace.
@@ -136,6 +140,7 @@ class Admission:
     day: str
     currency: str | None = None  # set when its volume is to be counted
     amount: int = 0
+    hold: str | None = None  # the tag its amount is held under until settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,22 +192,27 @@ class LimitGate:
         data: Any,
         *,
         admitted_before: bool = False,
+        hold_key: str | None = None,
     ) -> Admission | LimitRejection | None:
         """Decide on one command; None when the tenant has no limits to apply.
 
         ``admitted_before``: its idempotency record says it was let through once (parked,
         or in flight at a crash): it passes unchecked, though it spends a token as any
         admission does (the state must not depend on what the idempotency table held).
+        ``hold_key``: the command's idempotency key; an admitted payment under a daily
+        volume limit holds its amount under it until :meth:`settle` (the record's command
+        id stands in when none is given).
         """
         key = self.key(tenant_id)
         if not limits.enforced and key not in self.table:
             return None  # nothing to apply or answer (`in`: a tenth of a missed get)
         state = self._state(self.table.get(key), rec)
+        hold = _tag(hold_key or rec.command_id)
         decided = _kept(state, rec)
         if decided is not None:
             if not decided["admit"]:
                 return _replayed(decided)
-            return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided))
+            return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), hold)
         if not limits.enforced:
             # Limits since removed: only earlier decisions still stand, until committed.
             self._forget_committed(state, rec.partition)
@@ -215,7 +225,9 @@ class LimitGate:
             decision = None
             _spend(state, limits, at_ms)
         else:
-            decision = _rate(state, limits, at_ms) or _quota(state, limits, day, command_type, data)
+            decision = _rate(state, limits, at_ms) or _quota(
+                state, limits, day, command_type, data, hold
+            )
         if limits.commands_per_second is None:
             state["tokens"] = None  # a rate limit set later starts with a full bucket
         state["at_ms"] = at_ms
@@ -232,19 +244,34 @@ class LimitGate:
         currency = amount = None
         if command_type == "payment.create" and limits.daily_payment_volume:
             currency, amount = str(data.currency), int(data.amount)
+            if currency in limits.daily_payment_volume:
+                state["held"] = _holds_of_day(state, day)
+                state["held"][hold] = [day, currency, amount]
         entry.update(admit=True, counted=False, currency=currency, amount=amount)
         self._decide(key, state, rec, entry)
-        return Admission(tenant_id, rec.offset, day, currency, amount or 0)
+        return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold)
 
     def settle(self, admission: Admission, outcome_type: str) -> None:
-        """Count an admitted payment's amount once, when its outcome says money moved."""
-        if admission.currency is None or outcome_type not in VOLUME_OUTCOMES:
+        """An admitted payment answered: count its amount once if its outcome says money
+        moved, and release what it held. Not called for a parked payment: it keeps its
+        hold until it is re-driven and answered."""
+        if admission.currency is None:
             return
         key = self.key(admission.tenant_id)
         state = dict(self.table.get(key) or _fresh(-1))
+        held = dict(state.get("held") or {})
+        released = held.pop(admission.hold, None) if admission.hold is not None else None
+        if released is not None:
+            state["held"] = held
+        if outcome_type not in VOLUME_OUTCOMES:
+            if released is not None:
+                self.table[key] = state
+            return
         decided = state["decided"].get(str(admission.offset)) if admission.offset >= 0 else None
         if decided is not None:
             if decided.get("counted"):
+                if released is not None:
+                    self.table[key] = state
                 return
             decided["counted"] = True
         _add_volume(state, admission.day, admission.currency, admission.amount)
@@ -258,15 +285,21 @@ class LimitGate:
         command_type: str,
         outcome_type: str,
         outcome_data: Mapping[str, Any],
+        *,
+        hold_key: str | None = None,
     ) -> None:
         """Account a record answered from its own idempotency record (a redelivery whose
-        limits state was lost): as the admission it was, spending and counting once."""
+        limits state was lost): as the admission it was, spending and counting once, and
+        releasing what it held."""
         if rec.offset < 0 or not limits.enforced:
             return
         key = self.key(tenant_id)
         state = self._state(self.table.get(key), rec)
         if _kept(state, rec) is not None:
             return  # accounted already
+        held = dict(state.get("held") or {})
+        held.pop(_tag(hold_key or rec.command_id), None)
+        state["held"] = held
         at_ms = self._at(state, rec)
         day = _day(at_ms)
         _spend(state, limits, at_ms)
@@ -322,7 +355,22 @@ class LimitGate:
 
 def _fresh(partition: int) -> dict[str, Any]:
     return {"partition": partition, "at_ms": 0, "tokens": None, "day": "", "volume": {},
-            "decided": {}}  # fmt: skip
+            "decided": {}, "held": {}}  # fmt: skip
+
+
+def _holds_of_day(state: Mapping[str, Any], day: str) -> dict[str, list[Any]]:
+    """The holds that still count on ``day``; those of earlier days are dropped (a
+    payment parked then and re-driven now is counted when it is answered, holding or not)."""
+    return {tag: h for tag, h in (state.get("held") or {}).items() if h[0] >= day}
+
+
+def _held(state: Mapping[str, Any], day: str, currency: str, own: str) -> int:
+    """What payments admitted on ``day`` and not yet answered hold, but ``own``'s."""
+    return sum(
+        int(h[2])
+        for tag, h in (state.get("held") or {}).items()
+        if h[0] == day and h[1] == currency and tag != own
+    )
 
 
 def _kept(state: Mapping[str, Any] | None, rec: Record) -> dict[str, Any] | None:
@@ -397,7 +445,12 @@ def _rate(state: dict[str, Any], limits: TenantLimits, at_ms: int) -> LimitRejec
 
 
 def _quota(
-    state: dict[str, Any], limits: TenantLimits, day: str, command_type: str, data: Any
+    state: dict[str, Any],
+    limits: TenantLimits,
+    day: str,
+    command_type: str,
+    data: Any,
+    hold: str,
 ) -> LimitRejection | None:
     if command_type != "payment.create":
         return None
@@ -413,16 +466,19 @@ def _quota(
     if daily is None:
         return None
     used = int((state.get("volume") or {}).get(currency, 0)) if state.get("day") == day else 0
-    if used + amount > daily:
+    held = _held(state, day, currency, hold)
+    if used + held + amount > daily:
         return LimitRejection(
             "quota_exceeded",
             f"amount {amount} {currency} would take the tenant's volume on {day} to "
-            f"{used + amount}, over its daily limit of {daily}",
+            f"{used + held + amount}, over its daily limit of {daily}"
+            + (f" ({held} of it held by payments not yet answered)" if held else ""),
             {
                 "limit": "daily_payment_volume",
                 "currency": currency,
                 "allowed": daily,
                 "used": used,
+                "held": held,
                 "day": day,
             },
         )

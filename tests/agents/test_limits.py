@@ -251,3 +251,34 @@ async def test_a_parked_record_redelivered_spends_as_it_did(harness: Harness) ->
     assert kind(out_a) == "payment.succeeded"
     again_b, _ = await _run(harness, b)
     assert [e.record for e in again_b] == [e.record for e in first_b]
+
+
+async def test_a_parked_payment_holds_its_amount_until_it_is_answered(harness: Harness) -> None:
+    """Payments parked during a provider outage and re-driven later must not take the
+    day over its quota: what they may still charge is held meanwhile."""
+    t = harness.add_tenant(
+        gateway_options={"fail_first": {"*": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    parked = _record("payment.create", t, _pay(900), "a", T0, 100)
+    assert [e.topic for e in await harness.processor.process(parked)] == [
+        harness.settings.retry_topic
+    ]
+    _, over = await _run(harness, _record("payment.create", t, _pay(200), "b", T0, 101))
+    assert data(over)["reason"] == "quota_exceeded"
+    assert (data(over)["used"], data(over)["held"]) == (0, 900)
+    # `paystream dlq replay` re-drives it as a new record: it succeeds and is counted.
+    _, out = await _run(harness, _record("payment.create", t, _pay(900), "a", T0 + 5, 102))
+    assert kind(out) == "payment.succeeded"
+    _, over = await _run(harness, _record("payment.create", t, _pay(200), "c", T0 + 6, 103))
+    assert (data(over)["used"], data(over)["held"]) == (900, 0)
+    assert await _charges(harness, t) == 1
+
+
+async def test_a_declined_payment_releases_what_it_held(harness: Harness) -> None:
+    t = harness.add_tenant(limits={"daily_payment_volume": {"USD": 1000}})
+    declined = _pay(900, "pm_card_chargeDeclined")
+    _, out = await _run(harness, _record("payment.create", t, declined, "d", T0, 110))
+    assert kind(out) == "payment.failed"
+    _, out = await _run(harness, _record("payment.create", t, _pay(1000), "e", T0, 111))
+    assert kind(out) == "payment.succeeded"

@@ -176,6 +176,33 @@ def test_a_parked_payment_of_a_day_already_over_does_not_reset_the_next_days_vol
     rejected(g.pay(200, at_ms=midnight + 2_000), "quota_exceeded")
 
 
+def test_an_unanswered_payment_holds_its_amount_until_settled() -> None:
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    parked = g.send(T0, "payment.create", Pay(900), hold_key="t1:k1")
+    assert isinstance(parked, Admission)  # the provider was down: parked, not settled
+    over = rejected(g.pay(200, hold_key="t1:k2"), "quota_exceeded")
+    assert (over.extra["used"], over.extra["held"]) == (0, 900)
+    # Re-driven (a new record, admitted before): it passes and takes its hold over.
+    redriven = g.send(T0, "payment.create", Pay(900), admitted_before=True, hold_key="t1:k1")
+    assert isinstance(redriven, Admission)
+    g.gate.settle(redriven, "payment.succeeded")
+    assert g.state["volume"] == {"USD": 900} and g.state["held"] == {}
+    assert isinstance(g.pay(100, hold_key="t1:k3"), Admission)
+    # A payment answered without money moving releases its hold and counts nothing.
+    g2 = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    for outcome in ("payment.failed", "command.rejected"):
+        assert isinstance(g2.pay(1000, outcome=outcome), Admission)
+    assert g2.state["held"] == {} and g2.state["volume"] == {}
+
+
+def test_a_hold_of_an_earlier_day_no_longer_counts() -> None:
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    assert isinstance(g.send(T0, "payment.create", Pay(900)), Admission)  # parked
+    next_day = T0 + DAY_MS
+    assert isinstance(g.pay(1000, at_ms=next_day), Admission)
+    assert g.state["held"] == {}  # the earlier day's hold is dropped, not just ignored
+
+
 def test_a_record_admitted_before_passes_unchecked_but_spends_a_token() -> None:
     g = Gate(TenantLimits(commands_per_second=1, burst=2, max_payment_amount={"USD": 10}))
     g.send(T0)
