@@ -136,12 +136,21 @@ class EntityView(View):
             )
         found = entity_view(table, tenant, entity_id)
         if found is None:
-            if app.rebalancing or getattr(app, "in_recovery", False):
-                # The tables may not hold everything yet: "not found" would be a guess.
-                return self.json(
-                    {"error": "unavailable", "message": "tables are being recovered; retry"},
-                    status=503,
-                    headers={"Retry-After": "1"},
-                )
-            return self.json({"error": "not_found", "message": f"no such {kind[:-1]}"}, status=404)
+            settling = bool(app.rebalancing or getattr(app, "in_recovery", False))
+            status, body, headers = missing_entity(kind, settling=settling)
+            return self.json(body, status=status, headers=headers)
         return self.json(found)
+
+
+def missing_entity(
+    kind: str, *, settling: bool
+) -> tuple[int, dict[str, str], dict[str, str] | None]:
+    """The answer for an entity the tables do not hold: (status, body, headers).
+
+    While partitions move or tables are recovered the tables may not hold everything
+    yet, so "not found" would be a guess: 503 with Retry-After, and clients retry.
+    """
+    if settling:
+        body = {"error": "unavailable", "message": "tables are being recovered; retry"}
+        return 503, body, {"Retry-After": "1"}
+    return 404, {"error": "not_found", "message": f"no such {kind[:-1]}"}, None

@@ -52,6 +52,21 @@ async def test_what_a_worker_waits_for() -> None:
     ]
 
 
+async def test_a_lookup_while_tables_settle_is_retried_not_answered_not_found() -> None:
+    from paystream.web.views import missing_entity, not_ready_because
+
+    status, body, headers = missing_entity("payments", settling=True)
+    assert (status, body["error"], headers) == (503, "unavailable", {"Retry-After": "1"})
+    assert missing_entity("payments", settling=False)[:2] == (
+        404,
+        {"error": "not_found", "message": "no such payment"},
+    )
+    waiting = not_ready_because(
+        registry_loaded=True, partitions=2, rebalancing=False, recovering=True
+    )
+    assert waiting == ["table recovery"]
+
+
 async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seeded) -> None:
     stats = await get_json(http, "/v1/stats")
     assert set(stats) == {"worker", "activity", "tenants", "summaries"}
