@@ -47,6 +47,7 @@ from paystream.streams.pan import (
     contains_card_number,
     raw_may_contain_card_number,
     redact_card_numbers,
+    with_float_digits,
 )
 from paystream.tables.records import (
     APPLIED_MEMORY,
@@ -579,9 +580,15 @@ class CommandProcessor:
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
         # An oversized record is not parsed (at any size): its escapes are resolved as text.
-        card = suspicious and _raw_holds_card(
-            rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE
-        )
+        try:
+            card = suspicious and _raw_holds_card(
+                rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE
+            )
+        except Exception:
+            # This is also the path of our own bugs: it must never raise (the worker would
+            # stop on every redelivery). Unsure means the bytes are not kept.
+            log.exception("card scan of a dead letter failed; its bytes are not kept")
+            card = True
         ours = {
             "paystream-dlq-reason": reason.encode(),
             "paystream-dlq-detail": redact_card_numbers(detail)[:500].encode(),
@@ -738,28 +745,47 @@ def _event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
 
 
 def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
-    """A record that did not decode: scan its bytes as text, JSON escapes resolved."""
+    """A record that did not decode (or is not parsed): scan its bytes as text, as JSON
+    where they parse, and with every JSON escape resolved and the digits of exponent
+    numbers added where they do not, so nothing the command scan would catch slips."""
     texts: list[Any] = _header_texts(rec)
     value = rec.value or b""
     text = value.decode("utf-8", "replace")
-    texts.append(text)
-    if b"\\" in value:
-        texts.append(_json_or_unescaped(value, text) if parse else _unescaped(text))
+    texts.append(with_float_digits(text))
+    parsed: Any = None
+    if parse:
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            parsed = None
+    if parsed is not None:
+        texts.append(parsed)
+    elif b"\\" in value:
+        texts.append(with_float_digits(_unescaped(text)))
     return contains_card_number(texts)
 
 
-def _json_or_unescaped(value: bytes, text: str) -> Any:
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return _unescaped(text)
-
-
 def _unescaped(text: str) -> str:
-    return _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    """JSON string escapes resolved in raw text (``\\/`` included: PHP writes slashes so)."""
+    return _JSON_ESCAPE.sub(_unescape, text)
 
 
-_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    return chr(int(code[1:], 16)) if code[0] == "u" else _SIMPLE_ESCAPES[code]
+
+
+_JSON_ESCAPE = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
+_SIMPLE_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
 
 
 def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef:

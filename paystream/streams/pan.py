@@ -12,18 +12,19 @@ __all__ = [
     "luhn_valid",
     "raw_may_contain_card_number",
     "redact_card_numbers",
+    "with_float_digits",
 ]
 
 # What a card number is replaced with wherever text is kept despite holding one.
 REDACTED = "[card number]"
 
-# How card numbers are written: 13-19 contiguous digits, or 4-digit groups (Amex: 4-6-5)
-# joined by one consistent separator: spaces (one or a run, or non-breaking) or a dash,
-# as always; or a dot or a slash. Grouped forms must stand alone, so that ids such as
-# UUIDs (8-4-4-4-12 hex) never look like a card however their digits fall. Dot and slash
-# groups stand alone more strictly (no dot or slash before, none followed by a digit
-# after: versions, dates and paths), while space and dash groups may touch a dot or a
-# slash ("No.4111 1111 …", "4111 1111 … 1111/12/27" with its expiry).
+# How card numbers are written: 13-19 contiguous digits, or 4-digit groups (Amex 4-6-5,
+# Diners 4-6-4) joined by one consistent separator: spaces (one or a run, or
+# non-breaking) or a dash, as always; or a dot or a slash. Grouped forms must stand
+# alone, so that ids such as UUIDs (8-4-4-4-12 hex) never look like a card however their
+# digits fall. Dot and slash groups stand alone more strictly (no dot or slash before,
+# none followed by a digit after: versions, dates and paths), while space and dash groups
+# may touch a dot or a slash ("No.4111 1111 …", "4111 1111 … 1111/12/27" with its expiry).
 _LOOSE = r"(?<![0-9A-Za-z-])"
 _LOOSE_END = r"(?![0-9A-Za-z-])"
 _STRICT = r"(?<![0-9A-Za-z./-])"
@@ -32,8 +33,8 @@ _CANDIDATE = re.compile(
     r"(?<!\d)\d{13,19}(?!\d)"
     rf"|{_LOOSE}\d{{4}}([ \u00a0]+|-)\d{{4}}(?:\1\d{{4}}){{1,2}}(?:\1\d{{1,3}})?{_LOOSE_END}"
     rf"|{_STRICT}\d{{4}}([./])\d{{4}}(?:\2\d{{4}}){{1,2}}(?:\2\d{{1,3}})?{_STRICT_END}"
-    rf"|{_LOOSE}\d{{4}}([ \u00a0]+|-)\d{{6}}\3\d{{5}}{_LOOSE_END}"
-    rf"|{_STRICT}\d{{4}}([./])\d{{6}}\4\d{{5}}{_STRICT_END}"
+    rf"|{_LOOSE}\d{{4}}([ \u00a0]+|-)\d{{6}}\3\d{{4,5}}{_LOOSE_END}"
+    rf"|{_STRICT}\d{{4}}([./])\d{{6}}\4\d{{4,5}}{_STRICT_END}"
 )
 
 
@@ -51,21 +52,28 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, bool):
-        return
-    elif isinstance(value, int):
-        yield str(value)
-    elif isinstance(value, float):
-        yield f"{value:f}"  # 4111111111111111.0 is the number written as a float
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield str(k)
-            yield from _strings(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _strings(v)
+    """Every string and number inside ``value`` as text, depth first.
+
+    With a stack, not recursion: a hostile command nested a thousand levels deep must not
+    raise RecursionError (that would take the worker down on every redelivery).
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            yield str(item)
+        elif isinstance(item, float):
+            yield f"{item:f}"  # 4111111111111111.0 is the number written as a float
+        elif isinstance(item, dict):
+            for k, v in reversed(item.items()):
+                stack.append(v)
+                stack.append(str(k))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
 
 
 def contains_card_number(*values: Any) -> bool:
@@ -92,13 +100,19 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
             texts.append(part.decode("utf-8"))
         except UnicodeDecodeError:
             return True
-        # A number with an exponent (4.242424242424242e15) parses to a float whose
-        # digits are not in the text: add them as the parsed scan will see them.
-        texts.extend(_float_digits(m) for m in _EXPONENT_NUMBER.finditer(part))
-    return _has_card_number("\x00".join(texts))
+    text = "\x00".join(texts)
+    if _SPAN_OR_EXPONENT.search(text) is None:  # the common case: one pass, nothing found
+        return False
+    return _has_card_number(with_float_digits(text))
 
 
-def _float_digits(match: re.Match[bytes]) -> str:
+def with_float_digits(text: str) -> str:
+    """``text`` plus, after NULs, the digits of each number in it written with an
+    exponent: 4.242424242424242e15 parses to a float whose digits are not in the text."""
+    return text + "".join(f"\x00{_float_digits(m)}" for m in _EXPONENT_NUMBER.finditer(text))
+
+
+def _float_digits(match: re.Match[str]) -> str:
     try:
         return next(_strings(float(match.group())))
     except (ValueError, OverflowError):
@@ -125,6 +139,8 @@ def redact_card_numbers(text: str) -> str:
 
 _SEPARATORS = re.compile(r"[^\d]")
 # JSON numbers with an exponent; rare in commands, so each is converted as it is found.
-_EXPONENT_NUMBER = re.compile(rb"(?<![\d.])\d+(?:\.\d+)?[eE][+-]?\d+")
+# The candidate span, or a number with an exponent: one pass over the text serves both.
+_SPAN_OR_EXPONENT = re.compile(r"\d(?:[\d \u00a0./-]{11,}\d|[eE][+-]?\d)")
+_EXPONENT_NUMBER = re.compile(r"\d+(?:\.\d+)?[eE][+-]?\d+")
 # Every candidate is at least 13 digits and separators, starting and ending with a digit.
 _SPAN = re.compile(r"\d[\d \u00a0./-]{11,}\d")

@@ -633,6 +633,10 @@ async def test_a_card_number_in_an_oversized_command_is_not_kept_in_the_dead_let
         json.dumps({"specversion": "1.0", "id": "c1", "type": "t", "data": {"c": PAN}}),
         # not JSON at all, the digits spelled with a JSON escape
         '{"note": "\\u0034111111111111111", ',
+        # structured, not a CloudEvent, the card number written as a float
+        '{"specversion": "1.0", "id": "c1", "type": "t", "data": {"c": 4.111111111111111e15}}',
+        # not JSON, groups split by escaped slashes (PHP's json_encode writes "/" so)
+        '{"note": "4111\\/1111\\/1111\\/1111", ',
     ],
 )
 async def test_a_card_number_in_a_record_that_is_not_a_cloudevent_is_not_kept(
@@ -645,6 +649,33 @@ async def test_a_card_number_in_a_record_that_is_not_a_cloudevent_is_not_kept(
     assert dlq.record.value == b""
     assert dict(dlq.record.headers)["paystream-dlq-reason"] == b"not_a_cloudevent"
     assert _leaks(emits) == []
+
+
+async def test_a_card_number_with_escaped_slashes_in_an_oversized_command_is_not_kept(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    pad = "x" * harness.settings.command_max_bytes
+    value = b'{"note": "4111\\/1111\\/1111\\/1111", "pad": "' + pad.encode() + b'"}'
+    emits = await harness.raw(_binary(t.encode(), value))
+    [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dlq.record.value == b""
+    assert dict(dlq.record.headers)["paystream-dlq-redacted"] == b"card_number"
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+async def test_a_command_nested_a_thousand_levels_deep_is_answered_not_fatal(
+    harness: Harness, escaped: bool
+) -> None:
+    """The card scan walks the data with a stack: recursion would raise, and the record,
+    never committed, would stop every worker that took the partition over."""
+    t = harness.add_tenant()
+    leaf = b'"a\\nb"' if escaped else b'"a"'
+    value = b'{"metadata": ' + b"[" * 1000 + leaf + b"]" * 1000 + b"}"
+    emits = await harness.raw(_binary(t.encode(), value))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "command.rejected"
+    assert data(out)["reason"] in {"validation_error", "internal_error"}
 
 
 async def test_a_card_number_in_a_decoding_error_is_redacted(harness: Harness) -> None:

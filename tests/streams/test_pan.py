@@ -37,6 +37,8 @@ def _luhn_complete(prefix: str) -> str:
         "4111\u00a01111\u00a01111\u00a01111",
         "4111   1111   1111   1111",
         "3782.822463.10005",
+        "3056 930902 5904",  # Diners International, as printed
+        [[[["4242424242424242"]]]],
         # space and dash groups touching a dot or a slash
         "Card No.4111 1111 1111 1111",
         "4111 1111 1111 1111/12/27",
@@ -47,6 +49,14 @@ def _luhn_complete(prefix: str) -> str:
 )
 def test_card_numbers_are_found(text: object) -> None:
     assert contains_card_number(text)
+
+
+def test_a_value_nested_deeper_than_the_recursion_limit_is_scanned() -> None:
+    deep: list[object] = ["4242424242424242"]
+    for _ in range(5_000):
+        deep = [deep, {"k": 1}]
+    assert contains_card_number(deep)
+    assert not contains_card_number([[[[[[["no card"]]]]]]] * 1000)
 
 
 @pytest.mark.parametrize(
