@@ -159,12 +159,14 @@ class CommandProcessor:
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
         traceparent = event.get_extension("traceparent")
         suffix = ce_type.removeprefix(COMMAND_PREFIX)
+        sent_at = event.get_time()
+        bad_time = sent_at is not None and not _rfc3339_offset(sent_at)
         cmd = CommandRef(
             tenant_id=tenant_id or _key_str(rec.key) or "unknown",
             command_id=event.get_id(),
             command_type=suffix,
             idempotency_key=idem_key,
-            time=event.get_time() or when,
+            time=when if bad_time or sent_at is None else sent_at,
             traceparent=str(traceparent) if traceparent else None,
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
         )
@@ -180,6 +182,11 @@ class CommandProcessor:
             )
         if not tenant_id:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "missing extension tenantid")
+        if bad_time:
+            # The parsers take "+05:30:15"; RFC 3339 (and the stored records) do not.
+            return self._reject(
+                cmd, RejectReason.VALIDATION_ERROR, "time: the UTC offset must be whole minutes"
+            )
         if _key_str(rec.key) != tenant_id:
             # The record key decides the partition and thus where tenant state lives;
             # a command keyed for one tenant must not act on another's state.
@@ -715,6 +722,12 @@ def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
 # Header names are case-insensitive to the decoder (and the SDK): so here. (One regex call
 # per header: this runs for every command.)
 _KEPT = re.compile(r"(?i)ce_|content-type\Z").match
+
+
+def _rfc3339_offset(at: datetime) -> bool:
+    """RFC 3339 offsets are whole minutes (or none given, read as UTC)."""
+    offset = at.utcoffset()
+    return offset is None or (offset.seconds % 60 == 0 and offset.microseconds == 0)
 
 
 def _raw_may_hold_card(rec: Inbound, *, value: bool = True) -> bool:

@@ -851,3 +851,32 @@ async def test_purge_finds_records_written_before_the_process_started(harness: H
     )
     ttl = harness.settings.idempotency_ttl_seconds
     assert fresh.purge_expired(t, time.time() + ttl + 1) == 1
+
+
+@pytest.mark.parametrize(
+    ("sent_at", "accepted"),
+    [(b"2026-01-01T00:00:00+05:30", True), (b"2026-01-01T00:00:00+05:30:15", False)],
+)
+async def test_a_command_time_must_have_an_rfc3339_offset(
+    harness: Harness, sent_at: bytes, accepted: bool
+) -> None:
+    """Python's parser takes an offset with seconds; RFC 3339 does not, and neither do the
+    stored idempotency records: every retry under the key used to fail as a bug."""
+    t = harness.add_tenant()
+    customer = json.dumps({"email": "a@example.com"}).encode()
+    for command_id in (b"c-time-1", b"c-time-2"):  # the second: a retry under the same key
+        rec = _binary(
+            t.encode(),
+            customer,
+            ce_type=b"com.paystream.command.customer.create",
+            ce_id=command_id,
+            ce_idempotencykey=b"k-time",
+            ce_time=sent_at,
+        )
+        out = outcome_of(harness.settings, await harness.raw(rec))
+        assert out is not None
+        if accepted:
+            assert kind(out) == "customer.created"
+        else:
+            assert data(out)["reason"] == "validation_error"
+            assert "offset" in data(out)["message"]
