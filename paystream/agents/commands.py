@@ -530,6 +530,10 @@ async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
         enable_auto_commit=False,
+        # A start below the log start (retention outran a lagging group) reads on from
+        # the oldest record kept; the default ("latest") would jump to the end and pass
+        # over every record still there.
+        auto_offset_reset="earliest",
     )
     await reader.start()
     found: list[EventT] = []
@@ -565,11 +569,13 @@ class DurableOffsets:
     def __init__(self, app: AppT) -> None:
         self._app = app
         self._ready: dict[TP, int] = {}
+        self._generation: int | None = None  # the consumer generation ``_ready`` is of
 
     def advance(self, events: Sequence[EventT]) -> None:
         # Events of an older generation (the batch outlived a rebalance) are left out:
         # their partitions may be another worker's now, whose commits must not be undone.
         generation = self._app.consumer_generation_id
+        self._keep_only(generation)
         for event in events:
             if event.message.generation_id != generation:
                 continue
@@ -577,7 +583,18 @@ class DurableOffsets:
             if offset > self._ready.get(tp, -1):
                 self._ready[tp] = offset
 
+    def _keep_only(self, generation: int) -> None:
+        """Forget offsets made ready in an older generation. A batch can finish while
+        the group is rejoining (the generation not yet bumped); if its partitions come
+        back, Faust seeks them to the committed offset and their records run again.
+        Committing the stale offset meanwhile would tell the limits those records are
+        done, and they would forget the decisions the replay must repeat."""
+        if self._generation != generation:
+            self._ready.clear()
+            self._generation = generation
+
     async def commit(self) -> None:
+        self._keep_only(self._app.consumer_generation_id)
         if not self._ready:
             return
         consumer = cast(FaustConsumer, self._app.consumer)

@@ -137,6 +137,28 @@ async def test_offsets_of_partitions_no_longer_ours_or_of_an_old_generation_are_
     assert consumer.commits == [{P0: 5}]
 
 
+async def test_offsets_made_ready_before_a_rejoin_are_not_committed_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch finished while the group was rejoining (generation not yet bumped); its
+    partition came back and Faust replays it from the committed offset. Committing the
+    stale offset would make the limits forget the decisions that replay must repeat."""
+    published: dict[int, int] = {}
+    monkeypatch.setattr(commands, "COMMITTED", published)
+    consumer = StandInConsumer()
+    app = stand_in_app(consumer)
+    offsets = DurableOffsets(app)
+    offsets.advance([event(P0, 149)])  # still generation None: ready at 150
+    app.consumer_generation_id = 2  # reassigned, P0 among its partitions again
+    await offsets.commit()
+    assert consumer.commits == [] and published == {}
+    app_event = event(P0, 120)
+    app_event.message.generation_id = 2
+    offsets.advance([app_event])  # the replay, in the new generation
+    await offsets.commit()
+    assert consumer.commits == [{P0: 121}]
+
+
 async def test_committed_offsets_are_published_for_the_tenant_limits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
