@@ -55,6 +55,8 @@ class RegistryState:
     # Tenants whose latest record could not be read (e.g. written by a newer
     # paystream): what ``tenants`` holds for them is older than the registry.
     unreadable: set[str] = field(default_factory=set)
+    # Of those, the ones whose unreadable record still says "suspended".
+    unreadable_suspended: set[str] = field(default_factory=set)
     invalid: int = 0  # records skipped as invalid, for the log and tests
 
     def apply(self, key: bytes | None, value: bytes | None) -> str | None:
@@ -62,11 +64,12 @@ class RegistryState:
         tenant id it concerns (None for a record without one)."""
         try:
             tenant_id = json.loads(key) if key else None
-        except ValueError:
+        except (ValueError, RecursionError):  # hostile nesting must not stop the mirror
             tenant_id = None
         if not isinstance(tenant_id, str) or not tenant_id:
             self._skip("a registry record without a tenant id key")
             return None
+        self.unreadable_suspended.discard(tenant_id)
         if value is None:
             self.tenants.pop(tenant_id, None)
             self.unreadable.discard(tenant_id)
@@ -78,9 +81,11 @@ class RegistryState:
             # keep the tenant's last record this worker could read, but never miss a
             # suspension (failing open would go on charging a suspended tenant).
             self.unreadable.add(tenant_id)
-            kept = self.tenants.get(tenant_id)
-            if kept is not None and _says_suspended(value):
-                self.tenants[tenant_id] = kept.model_copy(update={"status": TenantStatus.SUSPENDED})
+            if _says_suspended(value):
+                self.unreadable_suspended.add(tenant_id)
+                kept = self.tenants.get(tenant_id)
+                if kept is not None:
+                    self.tenants[tenant_id] = _suspended(kept)
             self._skip(f"an invalid registry record for {tenant_id!r}")
             return tenant_id
         if tenant.tenant_id != tenant_id:
@@ -96,10 +101,14 @@ class RegistryState:
         log.warning("tenant registry: ignoring %s", what)
 
 
+def _suspended(tenant: Tenant) -> Tenant:
+    return tenant.model_copy(update={"status": TenantStatus.SUSPENDED})
+
+
 def _says_suspended(value: bytes) -> bool:
     try:
         record = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(record, dict) and record.get("status") == TenantStatus.SUSPENDED.value
 
@@ -140,11 +149,20 @@ class RegistryMirror:
         return self._state.apply(key, value)
 
     def _swap_in(self, loaded: RegistryState) -> None:
+        # A tenant whose only record left (compacted) is one this worker cannot read is
+        # still served from the record it read before, suspended if the new one says so:
+        # dropping it would answer all its commands `unknown_tenant`, for good.
+        for tenant_id in loaded.unreadable - loaded.tenants.keys():
+            kept = self.tenants.get(tenant_id)
+            if kept is not None:
+                suspend = tenant_id in loaded.unreadable_suspended
+                loaded.tenants[tenant_id] = _suspended(kept) if suspend else kept
         # Synchronous: no command sees a half-replaced registry.
         self.tenants.clear()
         self.tenants.update(loaded.tenants)
         self.unreadable.clear()
         self.unreadable.update(loaded.unreadable)
+        self._state.unreadable_suspended = loaded.unreadable_suspended
         # A re-read meets the records skipped before again: count them once.
         self._state.invalid = max(self._state.invalid, loaded.invalid)
 
@@ -168,6 +186,11 @@ class RegistryMirror:
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)
             except _RegistryMoved as moved:
                 log.warning("tenant registry topic %s; reading it afresh", moved)
+            except Exception:
+                # Never end quietly: a dead mirror would leave the worker ready on a
+                # frozen registry, missing every later suspension.
+                log.exception("tenant registry: unexpected failure; reading it afresh")
+                await asyncio.sleep(ERROR_BACKOFF_SECONDS)
             finally:
                 await consumer.stop()
 

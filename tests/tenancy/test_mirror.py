@@ -20,7 +20,7 @@ from paystream.settings import load_settings
 from paystream.streams.admin import bootstrap_servers, ensure_topics
 from paystream.tenancy import mirror as mirror_module
 from paystream.tenancy.limits import TenantLimits
-from paystream.tenancy.mirror import RegistryMirror
+from paystream.tenancy.mirror import RegistryMirror, RegistryState
 from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.registry import (
     RegistryChanged,
@@ -202,6 +202,34 @@ def test_a_suspension_in_a_record_this_version_cannot_read_is_still_honoured() -
     # an unreadable record that says active does not lift a suspension it cannot read
     mirror.apply(b'"acme"', json.dumps({**newer, "status": "active"}).encode())
     assert mirror.tenants["acme"].status is TenantStatus.SUSPENDED
+
+
+@pytest.mark.parametrize("status", ["active", "suspended"])
+def test_a_re_read_finding_only_an_unreadable_record_keeps_serving_the_tenant(
+    status: str,
+) -> None:
+    """Compaction left only a record a newer paystream wrote: the tenant stays served
+    from the record this worker read before (suspended if the new one says so), rather
+    than vanishing and having every command rejected `unknown_tenant`."""
+    mirror = _mirror()
+    mirror.apply(b'"acme"', _value(Tenant(tenant_id="acme", name="Acme")))
+    newer = {**tenant_record(Tenant(tenant_id="acme")), "status": status, "x": 1}
+    loaded = RegistryState()
+    loaded.apply(b'"acme"', json.dumps(newer).encode())
+    loaded.apply(b'"gone"', None)
+    mirror._swap_in(loaded)
+    assert mirror.tenants["acme"].name == "Acme"
+    assert mirror.tenants["acme"].status is TenantStatus(status)
+    assert mirror.unreadable == {"acme"}
+
+
+def test_hostile_nesting_in_a_registry_record_is_skipped() -> None:
+    mirror = _mirror()
+    mirror.apply(b'"acme"', _value(Tenant(tenant_id="acme")))
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert mirror.apply(deep, b"{}") is None
+    mirror.apply(b'"acme"', b'{"status": ' + deep + b"}")
+    assert mirror.unreadable == {"acme"} and mirror.invalid == 2
 
 
 _TP = TopicPartition("paystream.tenants", 0)
