@@ -8,6 +8,7 @@ other variables are ``PAYSTREAM_<FIELD>``.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from enum import StrEnum
 from functools import lru_cache
@@ -274,9 +275,14 @@ class Settings(BaseSettings):
             return self.web_advertised_host
         if self.web_host in ("0.0.0.0", "::", ""):
             try:
-                return socket.gethostbyname(socket.gethostname())
+                found = socket.gethostbyname(socket.gethostname())
             except OSError:  # the name does not resolve here: other workers may resolve it
                 return socket.gethostname()
+            if ipaddress.ip_address(found).is_loopback:
+                # Debian's /etc/hosts maps the host name to 127.0.1.1: every worker would
+                # advertise the same loopback address. The outbound interface's is real.
+                return _outbound_address() or found
+            return found
         return self.web_host
 
     def runs(self, agent: str) -> bool:
@@ -309,6 +315,17 @@ class Settings(BaseSettings):
             self.fraud_topic,
             self.analytics_topic,
         ]
+
+
+def _outbound_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routed by default, never reached
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
 
 
 def load_settings(**overrides: object) -> Settings:

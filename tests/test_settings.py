@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import pytest
 from pydantic import ValidationError
 
+from paystream import settings as settings_module
 from paystream.errors import ConfigurationError
 from paystream.settings import BrokerFlavor, CloudEventsMode, Settings, load_settings
 
@@ -79,11 +81,23 @@ def test_every_setting_documents_its_environment_variable() -> None:
         assert field.description.startswith(expected), (name, field.description)
 
 
+def test_a_host_name_resolving_to_loopback_is_not_advertised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Debian's /etc/hosts maps the host name to 127.0.1.1: workers on several hosts
+    would all advertise it and answer lookups for each other's tenants with 404."""
+    monkeypatch.setattr(socket, "gethostbyname", lambda _name: "127.0.1.1")
+    monkeypatch.setattr(settings_module, "_outbound_address", lambda: "10.0.0.7")
+    assert load_settings(web_host="0.0.0.0").advertised_web_host() == "10.0.0.7"
+
+
 def test_the_advertised_web_host_is_never_a_bind_everything_address() -> None:
     """Faust's topic routing compares canonical URLs: workers on several hosts advertising
     0.0.0.0 would each take the others for themselves."""
     assert load_settings(web_host="127.0.0.1").advertised_web_host() == "127.0.0.1"
     everywhere = load_settings(web_host="0.0.0.0")
-    assert everywhere.advertised_web_host() == socket.gethostbyname(socket.gethostname())
+    resolved = socket.gethostbyname(socket.gethostname())
+    if not ipaddress.ip_address(resolved).is_loopback:
+        assert everywhere.advertised_web_host() == resolved
     pinned = load_settings(web_host="0.0.0.0", web_advertised_host="10.1.2.3")
     assert pinned.advertised_web_host() == "10.1.2.3"
