@@ -501,6 +501,12 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
             "were not re-sealed; run it again",
             err=True,
         )
+    for problem in report.unopenable:
+        click.echo(
+            f"warning: {problem}: no key in the keyring opens it; it was left as it is "
+            "(set it again with `paystream tenants add --secret`)",
+            err=True,
+        )
     ledger = (
         "ledger not touched (DATABASE_URL or PAYSTREAM_DB_APP_PASSWORD unset)"
         if report.ledger_keys_rewrapped is None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from paystream.errors import PaystreamError
 from paystream.settings import Settings
@@ -61,31 +61,119 @@ async def put_tenant_unless_changed(
 
     An operator command reads a tenant, may wait (a secret prompt), then writes the whole
     record: without this, another operator's suspension acknowledged meanwhile would be
-    silently undone. (The check and the write are not one atomic step: the window left
-    is the time of one registry read.)
+    silently undone. Kafka has no compare-and-set, so a record written between the check
+    and the write is found afterwards and written again on top (see
+    :func:`put_tenants_unless_changed`).
     """
     changed = await put_tenants_unless_changed(settings, [(base, tenant)])
     if changed:
         raise RegistryChanged(
             f"{tenant.tenant_id} changed while this command ran (another operator?); "
-            "nothing was written: run it again"
+            "their change was kept, not this one: run it again"
         )
 
 
 async def put_tenants_unless_changed(
     settings: Settings, changes: list[tuple[Tenant | None, Tenant]]
 ) -> list[str]:
-    """:func:`put_tenant_unless_changed` for many tenants with one registry read; returns
-    the ids of those left unwritten because their record changed (or became unreadable)."""
-    registry = await read_registry(settings)
+    """:func:`put_tenant_unless_changed` for many tenants; returns the ids of those whose
+    record changed (or became unreadable) and so keep the other writer's record.
+
+    One registry read checks every ``base``; the writes then go out together. Kafka has
+    no compare-and-set, so the records that arrived since that read are looked at after
+    the writes: where another writer's record landed before ours, ours has replaced it,
+    and it is written again on top (the other operator's suspension stands). The window
+    left is the time between that look and the re-write.
+    """
+    registry, ends = await _read_registry_with_ends(settings)
     skipped = []
+    writes = []
     for base, tenant in changes:
         tid = tenant.tenant_id
         if tid in registry.unreadable or registry.tenants.get(tid) != base:
             skipped.append(tid)
+        else:
+            writes.append(tenant)
+    if not writes:
+        return skipped
+    ours = await _put_records(
+        settings,
+        [(t.tenant_id, json.dumps(tenant_record(t), sort_keys=True).encode()) for t in writes],
+    )
+    return skipped + await _restore_overwritten(settings, ends, ours)
+
+
+_Written = dict[str, tuple[int, int]]  # tenant id → (partition, offset) of our record
+
+
+async def _put_records(settings: Settings, records: list[tuple[str, bytes | None]]) -> _Written:
+    """Write (tenant id, value) records with one producer; where each landed."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
+    )
+    await producer.start()
+    try:
+        sent = [
+            (tid, await producer.send(settings.tenants_topic, value, key=json.dumps(tid).encode()))
+            for tid, value in records
+        ]
+        written: _Written = {}
+        for tid, future in sent:
+            meta = await future
+            written[tid] = (meta.partition, meta.offset)
+        return written
+    finally:
+        await producer.stop()
+
+
+async def _restore_overwritten(
+    settings: Settings, since: dict[TopicPartition, int], ours: _Written
+) -> list[str]:
+    """Tenants of ``ours`` that another writer wrote to after ``since``: the ones whose
+    latest record is ours get the other writer's latest record back on top."""
+    others: dict[str, list[tuple[int, bytes | None]]] = {}
+    for tp, offset, key, value in await _records_since(settings, since):
+        try:
+            tid = json.loads(key) if key else None
+        except (ValueError, RecursionError):
             continue
-        await put_tenant(settings, tenant)
-    return skipped
+        if isinstance(tid, str) and tid in ours and (tp.partition, offset) != ours[tid]:
+            others.setdefault(tid, []).append((offset, value))
+    restore: list[tuple[str, bytes | None]] = []
+    for tid, records in others.items():
+        mine = ours[tid][1]
+        before = [value for offset, value in records if offset < mine]
+        if before and not any(offset > mine for offset, _ in records):
+            restore.append((tid, before[-1]))
+    if restore:
+        await _put_records(settings, restore)
+    return sorted(others)
+
+
+async def _records_since(
+    settings: Settings, since: dict[TopicPartition, int]
+) -> list[tuple[TopicPartition, int, bytes | None, bytes | None]]:
+    """Every registry record from ``since`` (per partition; 0 where absent) to the end."""
+    consumer = _reader(settings)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, settings.tenants_topic)
+        if not tps:
+            return []
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, since.get(tp, 0))
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > since.get(tp, 0)}
+        found = []
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, records in batch.items():
+                found += [(tp, r.offset, r.key, r.value) for r in records if r.offset < ends[tp]]
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        return found
+    finally:
+        await consumer.stop()
 
 
 class RegistryChanged(PaystreamError):
@@ -122,17 +210,28 @@ async def read_registry(settings: Settings) -> RegistryMirror:
     Records this version cannot read are skipped with a warning, as workers skip them,
     and their tenants noted in ``unreadable``.
     """
-    registry = RegistryMirror(settings)
-    consumer = AIOKafkaConsumer(
+    return (await _read_registry_with_ends(settings))[0]
+
+
+def _reader(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
         enable_auto_commit=False,
         fetch_max_wait_ms=50,
     )
+
+
+async def _read_registry_with_ends(
+    settings: Settings,
+) -> tuple[RegistryMirror, dict[TopicPartition, int]]:
+    """:func:`read_registry`, and the end offset each partition was read to."""
+    registry = RegistryMirror(settings)
+    consumer = _reader(settings)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, settings.tenants_topic)
         if not tps:
-            return registry
+            return registry, {}
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -143,6 +242,6 @@ async def read_registry(settings: Settings) -> RegistryMirror:
                 for r in records:
                     registry.apply(r.key, r.value)
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-        return registry
+        return registry, dict(ends)
     finally:
         await consumer.stop()

@@ -60,6 +60,9 @@ async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key
     sealed = seal_secret(MasterKeyring(old), tenant, "api_key", "sk_test_rot")
     await put_tenant(dep.settings, Tenant(tenant_id=tenant, secrets={"api_key": sealed}))
     await dep.add_tenants(Tenant(tenant_id="plain"))
+    # A secret under a key nobody has any more: named, and it stops no other tenant.
+    lost = seal_secret(MasterKeyring(MasterKey.generate()), "lost", "api_key", "sk_test_x")
+    await put_tenant(dep.settings, Tenant(tenant_id="lost", secrets={"api_key": lost}))
     await write_events(
         app_engine,
         [make_event.customer(tenant, f"cus_{i}") for i in range(3)],
@@ -77,6 +80,7 @@ async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key
     result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
     assert result.exit_code == 0, result.output
     assert "1 secret(s) of 1 tenant(s) re-sealed; 3 ledger data key(s) re-wrapped" in result.output
+    assert "warning: lost/api_key:" in result.output
 
     registered = await registered_tenant(dep.settings, tenant)
     assert registered is not None

@@ -19,6 +19,7 @@ from paystream.cli import cli
 from paystream.settings import load_settings
 from paystream.streams.admin import bootstrap_servers, ensure_topics
 from paystream.tenancy import mirror as mirror_module
+from paystream.tenancy import registry as registry_module
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror, RegistryState
 from paystream.tenancy.models import Tenant, TenantStatus
@@ -27,6 +28,7 @@ from paystream.tenancy.registry import (
     UnreadableTenant,
     put_tenant,
     put_tenant_unless_changed,
+    put_tenants_unless_changed,
     registered_tenant,
     tenant_record,
 )
@@ -367,6 +369,34 @@ async def test_a_change_made_meanwhile_is_never_overwritten(
     )
     after = await registered_tenant(dep.settings, "race2")
     assert after is not None and after.status is TenantStatus.SUSPENDED and not after.secrets
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_change_landing_between_the_check_and_the_write_is_put_back_on_top(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka has no compare-and-set: a suspension written after the check (a long key
+    rotation's writes) would be replaced by ours. It is found after the writes and
+    written again on top, and the tenant is reported as changed."""
+    dep = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="late-a"), Tenant(tenant_id="late-b"))
+    bases = [await registered_tenant(dep.settings, t) for t in ("late-a", "late-b")]
+    suspended = Tenant(tenant_id="late-b", status=TenantStatus.SUSPENDED)
+    checked = registry_module._read_registry_with_ends
+
+    async def check_then_suspend(settings: Any) -> Any:
+        found = await checked(settings)
+        await put_tenant(dep.settings, suspended)  # another operator, after the check
+        return found
+
+    monkeypatch.setattr(registry_module, "_read_registry_with_ends", check_then_suspend)
+    changes = [(b, b.model_copy(update={"name": "renamed"})) for b in bases if b is not None]
+    changed = await put_tenants_unless_changed(dep.settings, changes)
+    assert changed == ["late-b"]
+    monkeypatch.undo()
+    assert await registered_tenant(dep.settings, "late-b") == suspended
+    after_a = await registered_tenant(dep.settings, "late-a")
+    assert after_a is not None and after_a.name == "renamed"
 
 
 @pytest.mark.asyncio(loop_scope="session")
