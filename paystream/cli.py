@@ -560,20 +560,40 @@ def dlq_list(which: str, limit: int) -> None:
 @click.option("--topic", "which", type=click.Choice(["dlq", "retry", "all"]), default="all")
 @click.option("--limit", type=int, default=None)
 @click.option("--dry-run", is_flag=True)
-def dlq_replay(which: str, limit: int | None, dry_run: bool) -> None:
+@click.option(
+    "--include-stale",
+    is_flag=True,
+    help="also re-send records parked longer than the idempotency window (reconcile first)",
+)
+def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool) -> None:
     """Re-drive parked and dead-lettered commands through `paystream.commands`."""
     settings = _settings()
-    from paystream.dlq import replay
+    from paystream.dlq import replay, stale_after_ms
 
     def progress(n: int, total: int) -> None:
         if n == total or n % 100 == 0:
             click.echo(f"\rreplayed {n}/{total}", nl=n == total, err=True)
 
-    records = _run(
+    result = _run(
         replay(
-            settings, _dlq_topics(settings, which), limit=limit, dry_run=dry_run, progress=progress
+            settings,
+            _dlq_topics(settings, which),
+            limit=limit,
+            dry_run=dry_run,
+            include_stale=include_stale,
+            progress=progress,
         )
     )
+    records = result.handled
+    if result.stale:
+        hours = stale_after_ms(settings) / 3_600_000
+        click.echo(
+            f"held back {len(result.stale)} record(s) parked over {hours:g} h ago (and those "
+            "after them on their partitions): the provider may have forgotten their "
+            "idempotency keys, so a command it already applied would be applied again. "
+            "Check them with the provider, then replay with --include-stale.",
+            err=True,
+        )
     verb = "would replay" if dry_run else "replayed"
     replayable = [r for r in records if not r.redacted]
     click.echo(f"{verb} {len(replayable)} record(s): {dict(Counter(r.reason for r in replayable))}")

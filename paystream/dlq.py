@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 
-__all__ = ["ParkedRecord", "read_parked", "replay"]
+__all__ = ["ParkedRecord", "ReplayResult", "read_parked", "replay", "stale_after_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class ParkedRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int = 0  # when it was parked or dead-lettered
 
     @property
     def reason(self) -> str:
@@ -39,6 +41,22 @@ class ParkedRecord:
     def redacted(self) -> bool:
         """Dead-lettered without its bytes (it held a card number): nothing to replay."""
         return any(k == "paystream-dlq-redacted" for k, _ in self.headers)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    handled: list[ParkedRecord]  # re-published, or passed over (held a card number)
+    # Held back, with everything after them on their partition: parked longer than the
+    # providers keep idempotency keys (Stripe: 24 h). Re-sent now, a command the provider
+    # already applied would be applied again (a second charge).
+    stale: list[ParkedRecord]
+
+
+def stale_after_ms(settings: Settings) -> int:
+    """Age past which a parked command may no longer be re-sent blindly: an hour inside
+    the idempotency window (ours, and the provider's)."""
+    ttl_ms = settings.idempotency_ttl_seconds * 1000
+    return max(ttl_ms - 3_600_000, ttl_ms // 2)
 
 
 async def read_parked(
@@ -71,7 +89,13 @@ async def read_parked(
                 if r.offset < ends[tp] and (limit is None or len(out) < limit):
                     out.append(
                         ParkedRecord(
-                            tp.topic, tp.partition, r.offset, r.key, r.value, tuple(r.headers)
+                            tp.topic,
+                            tp.partition,
+                            r.offset,
+                            r.key,
+                            r.value,
+                            tuple(r.headers),
+                            r.timestamp,
                         )
                     )
         pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
@@ -84,13 +108,32 @@ async def replay(
     *,
     limit: int | None = None,
     dry_run: bool = False,
+    include_stale: bool = False,
     progress: Callable[[int, int], None] | None = None,
-) -> list[ParkedRecord]:
-    """Re-publish parked records to the commands topic (same key, id and data) and commit."""
-    records, consumer = await read_parked(settings, topics, committed_only=True, limit=limit)
+    now_ms: int | None = None,
+) -> ReplayResult:
+    """Re-publish parked records to the commands topic (same key, id and data) and commit.
+
+    Records older than :func:`stale_after_ms` stop their partition's replay (they and
+    everything after them stay parked) unless ``include_stale``: reconcile them with the
+    provider first (e.g. look its payments up by the command's metadata).
+    """
+    found, consumer = await read_parked(settings, topics, committed_only=True, limit=limit)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    records: list[ParkedRecord] = []
+    stale: list[ParkedRecord] = []
+    held: set[tuple[str, int]] = set()
+    for rec in found:
+        where = (rec.topic, rec.partition)
+        too_old = not include_stale and now_ms - rec.timestamp_ms > stale_after_ms(settings)
+        if where in held or too_old:
+            held.add(where)
+            stale.append(rec)
+        else:
+            records.append(rec)
     try:
         if dry_run or not records:
-            return records
+            return ReplayResult(records, stale)
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
         )
@@ -116,7 +159,7 @@ async def replay(
             await _finish(producer, consumer, sent, quiet=True)
             raise
         await _finish(producer, consumer, sent, quiet=False)
-        return records
+        return ReplayResult(records, stale)
     finally:
         await consumer.stop()
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
-from paystream.dlq import read_parked, replay
+from paystream.dlq import read_parked, replay, stale_after_ms
 from paystream.streams.admin import bootstrap_servers
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
@@ -35,9 +36,9 @@ async def test_an_interrupted_replay_resumes_where_it_stopped(deployment_factory
     left, consumer = await read_parked(settings, [settings.dlq_topic], committed_only=True)
     await consumer.stop()
     assert len(left) == 4
-    again = await replay(settings, [settings.dlq_topic])
+    again = (await replay(settings, [settings.dlq_topic])).handled
     assert sorted(r.value for r in again) == sorted(r.value for r in left)
-    assert await replay(settings, [settings.dlq_topic]) == []
+    assert (await replay(settings, [settings.dlq_topic])).handled == []
 
 
 async def test_a_failing_clean_up_does_not_hide_what_stopped_the_replay(
@@ -81,10 +82,26 @@ async def test_dead_letters_kept_without_their_bytes_are_passed_over(
         )
     finally:
         await redacted.stop()
-    replayed = await replay(settings, [settings.dlq_topic])
+    replayed = (await replay(settings, [settings.dlq_topic])).handled
     assert [r.redacted for r in replayed] == [False, True]
     # only the junk went back to the commands topic; both are done with
-    assert await replay(settings, [settings.dlq_topic]) == []
+    assert (await replay(settings, [settings.dlq_topic])).handled == []
     sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
     await consumer.stop()
     assert [r.value for r in sent] == [b"junk"]
+
+
+async def test_records_parked_longer_than_the_idempotency_window_are_held_back(
+    deployment_factory: Any,
+) -> None:
+    """A provider forgets an idempotency key after 24 h: re-sent later, a command it
+    applied before the park would be applied again. Such records (and the rest of their
+    partition) wait for --include-stale."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(3)))
+    later = int(time.time() * 1000) + stale_after_ms(settings) + 60_000
+    held = await replay(settings, [settings.retry_topic], now_ms=later)
+    assert held.handled == [] and [r.value for r in held.stale] == [b"cmd 0", b"cmd 1", b"cmd 2"]
+    forced = await replay(settings, [settings.retry_topic], now_ms=later, include_stale=True)
+    assert len(forced.handled) == 3 and forced.stale == []

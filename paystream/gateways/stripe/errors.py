@@ -11,6 +11,8 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 __all__ = ["PROVIDER", "map_stripe_error"]
 
 PROVIDER = "stripe"
+# How long to wait before retrying a request whose key is held or that was rate limited.
+BUSY_RETRY_AFTER_SECONDS = 1.0
 
 # Stripe `decline_code` (most specific) → our code.
 _DECLINE_CODES: dict[str, ErrorCode] = {
@@ -93,7 +95,12 @@ def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, 
         timed_out = isinstance(exc.__cause__, TimeoutError)
         return (ErrorCode.TIMEOUT if timed_out else ErrorCode.PROVIDER_UNAVAILABLE), True
     if status == 404 or code == "resource_missing":
-        return ErrorCode.NOT_FOUND, None
+        return ErrorCode.NOT_FOUND, None  # with or without a body: nothing was applied
+    if not err:
+        # Not Stripe's error object: an unreadable 200 (Stripe ran the request) or a
+        # proxy's page. Nothing says the request was refused, and it may have been
+        # applied: retry under the same key, never answer "rejected".
+        return ErrorCode.PROVIDER_UNAVAILABLE, True
     if code in _STATE_CODES:
         return ErrorCode.INVALID_STATE, None
     if status is not None and status >= 500:
@@ -107,10 +114,12 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
     """The GatewayError for a Stripe SDK error (never includes the API key)."""
     err = _error_body(exc)
     code, retryable = _classify(exc, err)
-    message = err.get("message") or exc.user_message or type(exc).__name__
+    # Only Stripe's own error message: the SDK's for an unreadable answer quotes the body,
+    # which may hold a client secret or a customer's personal data.
+    message = err.get("message") or f"unreadable answer from Stripe (HTTP {exc.http_status})"
     if isinstance(exc, stripe.APIConnectionError):
         message = f"could not reach Stripe ({type(exc.__cause__).__name__})"
-    return GatewayError(
+    error = GatewayError(
         code,
         str(message),
         provider=PROVIDER,
@@ -120,3 +129,9 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
         provider_request_id=exc.request_id,
         provider_payment_id=_payment_id(err),
     )
+    if error.retryable and code in (ErrorCode.IDEMPOTENCY_ERROR, ErrorCode.RATE_LIMITED):
+        # A held key or a rate limit frees up in about a second, not in the backoff's
+        # 50 ms: without the hint every attempt was spent in a third of a second, and
+        # the command parked while its first request was still running at Stripe.
+        error.retry_after = BUSY_RETRY_AFTER_SECONDS
+    return error

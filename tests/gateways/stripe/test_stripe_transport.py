@@ -36,7 +36,7 @@ from paystream.settings import load_settings
 API_BASE = "https://stripe.test.invalid"
 API_KEY = "sk_test_transport_secret"
 
-Response = tuple[int, dict[str, Any]]
+Response = tuple[int, dict[str, Any] | bytes]
 
 
 class FakeStripe(stripe.HTTPClient):
@@ -57,7 +57,8 @@ class FakeStripe(stripe.HTTPClient):
         req = {"method": method, "url": url, "headers": dict(headers), "form": parse_qs(body)}
         self.requests.append(req)
         status, payload = self.handler(req)
-        return json.dumps(payload).encode(), status, {"request-id": f"req_{len(self.requests)}"}
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return body, status, {"request-id": f"req_{len(self.requests)}"}
 
     async def close_async(self) -> None:
         self.closed = True
@@ -193,6 +194,35 @@ async def test_error_mapping(
     assert API_KEY not in str(e) and API_KEY not in json.dumps(e.as_outcome())
     if status == 402:
         assert e.decline_code == err["decline_code"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b'{"id": "pi_1", "client_secret": "pi_1_secret_x", "amount'),  # cut JSON
+        (200, b"<html>ok</html>"),
+        (408, b"<html>request timeout (proxy)</html>"),
+    ],
+)
+async def test_an_answer_that_is_not_a_stripe_error_is_retried_not_rejected(
+    status: int, body: bytes
+) -> None:
+    """An unreadable 200 means Stripe ran the request; a proxy's page says nothing about
+    it. Either may have charged: retry under the same key, never answer "rejected", and
+    never copy the body (a client secret, a customer's email) into the outcome."""
+    gw, _ = gateway(lambda _req: (status, body))
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    e = info.value
+    assert (e.code, e.retryable) == (ErrorCode.PROVIDER_UNAVAILABLE, True)
+    assert "secret" not in json.dumps(e.as_outcome()) and "html" not in e.message
+
+
+async def test_a_held_idempotency_key_is_retried_after_a_second() -> None:
+    gw, _ = gateway(error(409, type="idempotency_error", code="idempotency_key_in_use"))
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    assert info.value.retryable and info.value.retry_after == 1.0
 
 
 @pytest.mark.parametrize(
