@@ -88,6 +88,10 @@ class CircuitBreaker:
     def on_success(self) -> None:
         self.state, self.failures, self._trial_in_flight = CircuitState.CLOSED, 0, False
 
+    def release(self) -> None:
+        """A call ended without an answer either way (cancelled): another may probe."""
+        self._trial_in_flight = False
+
     def on_failure(self) -> None:
         self.failures += 1
         self._trial_in_flight = False
@@ -151,6 +155,15 @@ class RetryPolicy:
                 hinted = min(exc.retry_after, _MAX_HINTED_DELAY_SECONDS) if exc.retry_after else 0.0
                 await self.sleep(max(self.delay(attempt), hinted))
                 continue
+            except Exception:
+                # Not an answer from the provider (a bug, an unmapped client error): a
+                # failure all the same, or a half-open circuit would wait for its probe
+                # for ever and park every command of the tenant until a restart.
+                breaker.on_failure()
+                raise
+            except BaseException:
+                breaker.release()  # cancelled (shutdown, deadline): no verdict
+                raise
             breaker.on_success()
             return result
         raise AssertionError("unreachable: the loop returns or raises")

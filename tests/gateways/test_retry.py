@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from paystream.gateways.errors import ErrorCode, GatewayError
@@ -114,3 +116,30 @@ async def test_failed_probe_reopens_the_circuit() -> None:
     assert p.breaker("t", "sim").state is CircuitState.OPEN
     with pytest.raises(CircuitOpen):
         await p.call("t", "sim", Flaky(failures=0))
+
+
+@pytest.mark.parametrize("unexpected", [RuntimeError("a bug"), asyncio.CancelledError()])
+async def test_a_probe_ending_without_an_answer_never_wedges_the_circuit(
+    unexpected: BaseException,
+) -> None:
+    """A half-open circuit lets one probe through. A probe that raised something other
+    than a GatewayError (an unmapped client error) or was cancelled used to hold that
+    slot for good: every later command of the tenant met CircuitOpen until a restart."""
+    clock = Clock()
+    p = policy(clock, attempts=1, threshold=1)
+    with pytest.raises(RetriesExhausted):
+        await p.call("t", "sim", Flaky(failures=1))
+    clock.now += 5.0
+
+    async def probe() -> str:
+        raise unexpected
+
+    with pytest.raises(type(unexpected)):
+        await p.call("t", "sim", probe)
+    if isinstance(unexpected, asyncio.CancelledError):
+        assert await p.call("t", "sim", Flaky(failures=0)) == "ok"  # no verdict: probe again
+    else:
+        assert p.breaker("t", "sim").state is CircuitState.OPEN  # a failure: open again
+        clock.now += 5.0
+        assert await p.call("t", "sim", Flaky(failures=0)) == "ok"
+    assert p.breaker("t", "sim").state is CircuitState.CLOSED

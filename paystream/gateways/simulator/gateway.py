@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from paystream.errors import ConfigurationError
@@ -149,10 +150,16 @@ class SimulatorGateway:
         fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
         try:
             response = await self._store.execute(key, fingerprint, fn)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            # The "provider" is down as far as the worker can tell: retried with backoff,
-            # then parked, like a real provider's outage (the call may have applied; the
-            # retry reuses the key).
+        except (
+            RedisConnectionError,
+            RedisTimeoutError,
+            RedisResponseError,
+            ConnectionError,
+        ) as exc:
+            # The "provider" is down as far as the worker can tell (unreachable, or its
+            # store refusing writes: READONLY after a failover, OOM, BUSY): retried with
+            # backoff, then parked, like a real provider's outage (the call may have
+            # applied; the retry reuses the key).
             raise GatewayError(
                 ErrorCode.PROVIDER_UNAVAILABLE,
                 f"simulator state store unreachable ({type(exc).__name__})",

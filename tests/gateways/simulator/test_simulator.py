@@ -235,3 +235,24 @@ async def test_unreachable_state_store_is_a_retryable_provider_outage() -> None:
         assert caught.value.code is ErrorCode.PROVIDER_UNAVAILABLE and caught.value.retryable
     finally:
         await down.aclose()
+
+
+async def test_a_store_refusing_writes_is_a_retryable_provider_failure(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Redis answering OOM (or READONLY after a failover) is the simulated provider being
+    down: retried and parked like any outage, not a bug that dead-letters the command."""
+    gw = sim(redis_client, tenant_id)
+    before = await redis_client.config_get("maxmemory*")
+    await redis_client.config_set("maxmemory-policy", "noeviction")
+    await redis_client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(GatewayError) as info:
+            await gw.create_payment(charge(), idempotency_key="oom")
+    finally:
+        await redis_client.config_set("maxmemory", before["maxmemory"])
+        await redis_client.config_set("maxmemory-policy", before["maxmemory-policy"])
+    assert info.value.code is ErrorCode.PROVIDER_UNAVAILABLE and info.value.retryable
+    assert (await gw.create_payment(charge(), idempotency_key="oom")).status is (
+        PaymentStatus.SUCCEEDED
+    )
