@@ -33,6 +33,7 @@ from faust.types import TP, AppT, EventT, Message
 from paystream import metrics
 from paystream.agents.batching import take_batches
 from paystream.agents.handlers import Tables
+from paystream.agents.offsets import DurableOffsets, commit_periodically
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.agents.tenants import registry
@@ -558,67 +559,6 @@ async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
     return found, min(position, end)
 
 
-class DurableOffsets:
-    """Commands-topic offsets whose outcomes and table changes are durable; we commit them.
-
-    Faust does not commit this topic (``acks=False``): it acknowledges the records it
-    skips while flow control is suspended (shutdown, rebalance), and its commit would then
-    pass commands that never got an outcome; a crash test caught exactly that.
-    """
-
-    def __init__(self, app: AppT) -> None:
-        self._app = app
-        self._ready: dict[TP, int] = {}
-        self._generation: int | None = None  # the consumer generation ``_ready`` is of
-
-    def advance(self, events: Sequence[EventT]) -> None:
-        # Events of an older generation (the batch outlived a rebalance) are left out:
-        # their partitions may be another worker's now, whose commits must not be undone.
-        generation = self._app.consumer_generation_id
-        self._keep_only(generation)
-        for event in events:
-            if event.message.generation_id != generation:
-                continue
-            tp, offset = event.message.tp, event.message.offset + 1
-            if offset > self._ready.get(tp, -1):
-                self._ready[tp] = offset
-
-    def _keep_only(self, generation: int) -> None:
-        """Forget offsets made ready in an older generation. A batch can finish while
-        the group is rejoining (the generation not yet bumped); if its partitions come
-        back, Faust seeks them to the committed offset and their records run again.
-        Committing the stale offset meanwhile would tell the limits those records are
-        done, and they would forget the decisions the replay must repeat."""
-        if self._generation != generation:
-            self._ready.clear()
-            self._generation = generation
-
-    async def commit(self) -> None:
-        self._keep_only(self._app.consumer_generation_id)
-        if not self._ready:
-            return
-        consumer = cast(FaustConsumer, self._app.consumer)
-        # Partitions no longer ours are dropped: their new owner redoes those commands.
-        # (Faust would leave them out too, but given none at all it crashes the worker.)
-        owned = consumer.assignment()
-        for tp in [tp for tp in self._ready if tp not in owned]:
-            del self._ready[tp]
-        if not self._ready:
-            return
-        offsets = dict(self._ready)
-        # Faust has no public "commit these offsets"; its consumer thread's commit is it.
-        committed = await consumer._commit(offsets)
-        # Only now are they done with: a commit that failed or was cancelled leaves them
-        # for the next one. Later batches may have advanced some partitions meanwhile.
-        for tp, offset in offsets.items():
-            if self._ready.get(tp) == offset:
-                del self._ready[tp]
-            if committed and offset > COMMITTED.get(tp.partition, -1):
-                COMMITTED[tp.partition] = offset
-        if not committed:
-            log.info("offsets not committed (rebalancing); the commands will be redelivered")
-
-
 async def process_commands(stream: Any) -> None:
     """Run payment commands against gateways and tables; emit one outcome per command.
 
@@ -628,11 +568,11 @@ async def process_commands(stream: Any) -> None:
     are finished and their offsets committed first, and a failure that cannot be
     retried ends the process without committing, so the commands are redelivered.
     """
-    offsets = DurableOffsets(app)
+    offsets = DurableOffsets(app, published=COMMITTED)
     guard = ContinuityGuard(app, commands_topic.get_topic_name())
     chain = DeliveryChain()
     queue = stream.channel.queue
-    committer = asyncio.ensure_future(_commit_periodically(offsets))
+    committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))
     in_hand = (chain, offsets)
     _IN_HAND.append(in_hand)
     _QUEUES.append(queue)
@@ -778,19 +718,6 @@ async def _despite_cancellation(work: Awaitable[None], seconds: float) -> None:
             log.warning("shutdown work failed", exc_info=True)
     if cancelled:
         raise asyncio.CancelledError
-
-
-async def _commit_periodically(offsets: DurableOffsets) -> None:
-    while True:
-        await asyncio.sleep(COMMIT_INTERVAL_SECONDS)
-        if app.rebalancing:
-            # The assignment is changing under us (the hand-over hook commits what is
-            # durable); Faust crashes the worker when given nothing left to commit.
-            continue
-        try:
-            await offsets.commit()
-        except Exception:
-            log.warning("offset commit failed; retrying next interval", exc_info=True)
 
 
 def _exit_uncommitted(what: str, exc: BaseException | None = None) -> None:

@@ -1,10 +1,15 @@
 """The ledger sink agent: outcome events → PostgreSQL, offsets committed only after the DB commit.
 
-``stream.take_events`` acknowledges a batch's events only after the loop body returns,
-and :meth:`LedgerSink.write_batch` returns only once every event is stored (or parked as
-a dead letter). So while the database is down this agent's stream stalls, retrying
-with backoff, and nothing is acknowledged that is not in the ledger: on a crash or
-rebalance the batch is redelivered and the writer's idempotency absorbs the replay.
+The agent commits its own offsets (the events topic is ``acks=False``, as the commands
+topic is): a batch's offsets become committable only once :meth:`LedgerSinkRunner.run_batch`
+has returned, that is once every event is stored (or parked as a dead letter and
+acknowledged by the broker). A batch that fails for any reason (the database down, a
+setting missing, the dead-letter topic unreachable) is retried with backoff, never
+passed over; one cut short (shutdown, rebalance) is simply not committed. So nothing is
+committed that is not in the ledger: after a crash, shutdown or rebalance the batch is
+redelivered and the writer's idempotency absorbs the replay. (Faust's ``take_events``
+acknowledged a batch however its body ended, an exception or a cancellation included,
+so a shutdown during a database outage used to commit past up to 500 outcomes.)
 
 Registered only when ``DATABASE_URL`` is set (``ENABLED``). It connects as the
 non-owner ``paystream_app`` role (RLS applies), created lazily on the first batch so
@@ -19,6 +24,8 @@ would be wrong for outcomes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +34,8 @@ from typing import Any
 
 from faust.types import EventT
 
+from paystream.agents.batching import take_batches
+from paystream.agents.offsets import DurableOffsets, commit_periodically
 from paystream.app import app, settings
 from paystream.errors import ConfigurationError
 from paystream.ledger.errors import InvalidEventError
@@ -62,6 +71,11 @@ BATCH_MAX = 500
 # Outcomes are not latency-critical in the ledger; a longer window gives bigger batches
 # (one transaction per tenant per batch) at the cost of ≤50 ms of extra delay.
 BATCH_WITHIN = 0.05
+# Committing progress more often buys nothing: a redelivered batch is absorbed.
+COMMIT_INTERVAL_SECONDS = 1.0
+# Backoff between attempts at a batch that failed outside the writer's own retries.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
 
 ENABLED = settings.database_url is not None and settings.runs("ledger")
 
@@ -225,9 +239,42 @@ runner = LedgerSinkRunner(settings)
 
 
 async def store_outcomes(stream: Any) -> None:
-    """Write outcome events to the ledger; a batch is acked only after its DB commit."""
-    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
-        await runner.run_batch(events)
+    """Write outcome events to the ledger; a batch is committed only after its DB commit."""
+    offsets = DurableOffsets(app)
+    committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))
+    try:
+        async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN, idle=1.0):
+            if events:
+                await _until_stored(events)
+                offsets.advance(events)
+    finally:
+        committer.cancel()
+        with contextlib.suppress(Exception):
+            # Stored batches not yet committed: otherwise only redelivered (absorbed).
+            await asyncio.wait_for(offsets.commit(), FINAL_COMMIT_SECONDS)
+
+
+FINAL_COMMIT_SECONDS = 5.0
+
+
+async def _until_stored(events: Sequence[EventT]) -> None:
+    """Run the batch until it is stored; never pass over it. Cancellation propagates."""
+    delay = RETRY_FIRST_SECONDS
+    while True:
+        try:
+            await runner.run_batch(events)
+            return
+        except Exception:
+            # The writer retries database outages itself; this is everything else (a
+            # missing setting, the dead-letter topic unreachable, a bug). Loud, and the
+            # stream waits: the outcomes stay in Kafka until it is fixed.
+            log.exception(
+                "ledger sink: a batch of %d outcome(s) could not be stored; retrying in %.0f s",
+                len(events),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 if ENABLED:

@@ -19,6 +19,7 @@ commands_topic = app.topic(
     partitions=settings.partitions,
     acks=False,
 )
+# acks=False too: the ledger sink commits its own offsets once a batch is in the ledger.
 events_topic = app.topic(
     settings.events_topic,
     key_type=bytes,
@@ -26,4 +27,5 @@ events_topic = app.topic(
     key_serializer="raw",
     value_serializer="raw",
     partitions=settings.partitions,
+    acks=False,
 )

@@ -21,7 +21,8 @@ from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from paystream.agents import commands
 from paystream.agents.batching import take_batches
-from paystream.agents.commands import DurableOffsets, _close, _despite_cancellation
+from paystream.agents.commands import _close, _despite_cancellation
+from paystream.agents.offsets import DurableOffsets
 from paystream.agents.overlap import DeliveryChain
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -116,14 +117,13 @@ async def test_offsets_of_a_failed_or_cancelled_commit_are_kept_for_the_next() -
     assert consumer.commits == [{P0: 10, P1: 8}]
 
 
-async def test_offsets_of_partitions_no_longer_ours_or_of_an_old_generation_are_not_committed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_offsets_of_partitions_no_longer_ours_or_of_an_old_generation_are_not_committed() -> (
+    None
+):
     published: dict[int, int] = {}
-    monkeypatch.setattr(commands, "COMMITTED", published)
     consumer = StandInConsumer()
     app = stand_in_app(consumer)
-    offsets = DurableOffsets(app)
+    offsets = DurableOffsets(app, published=published)
     offsets.advance([event(P0, 4), event(P1, 7)])
     consumer.owned = {P0}  # P1 moved to another worker while its batch was delivered
     await offsets.commit()
@@ -137,17 +137,14 @@ async def test_offsets_of_partitions_no_longer_ours_or_of_an_old_generation_are_
     assert consumer.commits == [{P0: 5}]
 
 
-async def test_offsets_made_ready_before_a_rejoin_are_not_committed_after_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_offsets_made_ready_before_a_rejoin_are_not_committed_after_it() -> None:
     """A batch finished while the group was rejoining (generation not yet bumped); its
     partition came back and Faust replays it from the committed offset. Committing the
     stale offset would make the limits forget the decisions that replay must repeat."""
     published: dict[int, int] = {}
-    monkeypatch.setattr(commands, "COMMITTED", published)
     consumer = StandInConsumer()
     app = stand_in_app(consumer)
-    offsets = DurableOffsets(app)
+    offsets = DurableOffsets(app, published=published)
     offsets.advance([event(P0, 149)])  # still generation None: ready at 150
     app.consumer_generation_id = 2  # reassigned, P0 among its partitions again
     await offsets.commit()
@@ -159,13 +156,10 @@ async def test_offsets_made_ready_before_a_rejoin_are_not_committed_after_it(
     assert consumer.commits == [{P0: 121}]
 
 
-async def test_committed_offsets_are_published_for_the_tenant_limits(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_committed_offsets_are_published_for_the_tenant_limits() -> None:
     published: dict[int, int] = {P0.partition: 2}
-    monkeypatch.setattr(commands, "COMMITTED", published)
     consumer = StandInConsumer(fail=RuntimeError("broker away"))
-    offsets = DurableOffsets(stand_in_app(consumer))
+    offsets = DurableOffsets(stand_in_app(consumer), published=published)
     offsets.advance([event(P0, 4), event(P1, 7)])
     with pytest.raises(RuntimeError):
         await offsets.commit()

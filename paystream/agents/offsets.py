@@ -1,0 +1,94 @@
+"""Offsets committed by the agents themselves, only once what they produced is durable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import cast
+
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP, AppT, EventT
+
+__all__ = ["DurableOffsets", "commit_periodically"]
+
+log = logging.getLogger(__name__)
+
+
+class DurableOffsets:
+    """Offsets of records whose effects (outcomes, table changes, ledger rows) are durable.
+
+    Faust does not commit these topics (``acks=False``): it acknowledges the records it
+    skips while flow control is suspended (shutdown, rebalance), and its commit would then
+    pass commands that never got an outcome (a crash test caught exactly that), or
+    outcomes never stored in the ledger.
+    """
+
+    def __init__(self, app: AppT, *, published: dict[int, int] | None = None) -> None:
+        """``published``: where to record, per partition, the offset last committed."""
+        self._app = app
+        self._published = published
+        self._ready: dict[TP, int] = {}
+        self._generation: int | None = None  # the consumer generation ``_ready`` is of
+
+    def advance(self, events: Sequence[EventT]) -> None:
+        # Events of an older generation (the batch outlived a rebalance) are left out:
+        # their partitions may be another worker's now, whose commits must not be undone.
+        generation = self._app.consumer_generation_id
+        self._keep_only(generation)
+        for event in events:
+            if event.message.generation_id != generation:
+                continue
+            tp, offset = event.message.tp, event.message.offset + 1
+            if offset > self._ready.get(tp, -1):
+                self._ready[tp] = offset
+
+    def _keep_only(self, generation: int) -> None:
+        """Forget offsets made ready in an older generation. A batch can finish while
+        the group is rejoining (the generation not yet bumped); if its partitions come
+        back, Faust seeks them to the committed offset and their records run again.
+        Committing the stale offset meanwhile would tell the limits those records are
+        done, and they would forget the decisions the replay must repeat."""
+        if self._generation != generation:
+            self._ready.clear()
+            self._generation = generation
+
+    async def commit(self) -> None:
+        self._keep_only(self._app.consumer_generation_id)
+        if not self._ready:
+            return
+        consumer = cast(FaustConsumer, self._app.consumer)
+        # Partitions no longer ours are dropped: their new owner redoes those commands.
+        # (Faust would leave them out too, but given none at all it crashes the worker.)
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._ready if tp not in owned]:
+            del self._ready[tp]
+        if not self._ready:
+            return
+        offsets = dict(self._ready)
+        # Faust has no public "commit these offsets"; its consumer thread's commit is it.
+        committed = await consumer._commit(offsets)
+        # Only now are they done with: a commit that failed or was cancelled leaves them
+        # for the next one. Later batches may have advanced some partitions meanwhile.
+        for tp, offset in offsets.items():
+            if self._ready.get(tp) == offset:
+                del self._ready[tp]
+            published = self._published
+            if committed and published is not None and offset > published.get(tp.partition, -1):
+                published[tp.partition] = offset
+        if not committed:
+            log.info("offsets not committed (rebalancing); the commands will be redelivered")
+
+
+async def commit_periodically(app: AppT, offsets: DurableOffsets, interval: float) -> None:
+    """Commit what is durable every ``interval`` seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        if app.rebalancing:
+            # The assignment is changing under us (the hand-over hook commits what is
+            # durable); Faust crashes the worker when given nothing left to commit.
+            continue
+        try:
+            await offsets.commit()
+        except Exception:
+            log.warning("offset commit failed; retrying next interval", exc_info=True)
