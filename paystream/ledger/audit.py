@@ -141,7 +141,9 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str) -> VerifyResult:
     """Walk the tenant's chain: every seq present, each prev_hash linked, each hash recomputed."""
     problems: list[str] = []
     expected_seq, prev, checked = 1, GENESIS_HASH, 0
-    async with tenant_session(engine, tenant_id) as session:
+    # One snapshot for the head and the rows: a batch committed between the two reads
+    # would otherwise look like a head out of step with its chain (tampering).
+    async with tenant_session(engine, tenant_id, snapshot=True) as session:
         head = (await session.execute(select(AuditHead.seq, AuditHead.hash))).one_or_none()
         stream = await session.stream(
             select(AuditLog).order_by(AuditLog.seq).execution_options(yield_per=1000)

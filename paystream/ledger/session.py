@@ -26,15 +26,21 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def tenant_session(engine: AsyncEngine, tenant_id: str) -> AsyncIterator[AsyncSession]:
+async def tenant_session(
+    engine: AsyncEngine, tenant_id: str, *, snapshot: bool = False
+) -> AsyncIterator[AsyncSession]:
     """One transaction with ``app.current_tenant_id`` set; commits on success, else rolls back.
 
     ``set_config(..., true)`` is transaction-local, so the setting dies with the
     transaction and a pooled connection can never carry one tenant into the next.
+    ``snapshot``: a read-only transaction whose every statement sees the same snapshot
+    (REPEATABLE READ), for reads that must agree with each other.
     """
     if not isinstance(tenant_id, str) or not _TENANT_ID.fullmatch(tenant_id):
         raise LedgerError(f"invalid tenant id {tenant_id!r}")
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+        if snapshot:  # must be the transaction's first statement
+            await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         await session.execute(
             text("SELECT set_config(:name, :tenant, true)"),
             {"name": TENANT_SETTING, "tenant": tenant_id},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger import tenant_session, verify_audit, write_events
 from paystream.ledger.models import AuditLog
@@ -51,6 +51,29 @@ async def test_untouched_chain_verifies(
     assert (result.ok, result.checked, result.problems) == (True, 4, [])
     empty = await verify_audit(app_engine, "nobody")
     assert (empty.ok, empty.checked) == (True, 0)
+
+
+async def test_a_batch_committed_while_verifying_is_not_taken_for_tampering(
+    app_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The head and the rows are read in one snapshot: a sink batch committing between
+    the two reads made the head look out of step with its chain."""
+    await _history(app_engine, keyring, make_event, "au3")
+    stream = AsyncSession.stream
+
+    async def append_then_stream(self: AsyncSession, *args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(AsyncSession, "stream", stream)
+        await write_events(app_engine, [make_event.payment("au3", "pay_9")], keyring=keyring)
+        return await stream(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AsyncSession, "stream", append_then_stream)
+    during = await verify_audit(app_engine, "au3")
+    assert (during.ok, during.checked, during.problems) == (True, 4, [])
+    after = await verify_audit(app_engine, "au3")
+    assert (after.ok, after.checked) == (True, 5)
 
 
 @pytest.mark.parametrize(
