@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +66,9 @@ class PaystreamClient:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=50
         )
-        self._waiters: dict[str, asyncio.Future[CloudEvent]] = {}
+        # Keyed by (tenant, command id): ids are unique only within a tenant.
+        self._waiters: dict[tuple[str, str], asyncio.Future[CloudEvent]] = {}
+        self._senders: Counter[tuple[str, str]] = Counter()  # send() calls awaiting each
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PaystreamClient:
@@ -110,8 +113,9 @@ class PaystreamClient:
         """Resolve the command this outcome answers: its cause, or (a retry under an
         answered idempotency key gets the first command's event) the command its record
         names."""
+        tenant = str(event.get_extension("tenantid") or "")
         for command_id in (str(event.get_extension("causationid") or ""), answers):
-            waiter = self._waiters.pop(command_id, None) if command_id else None
+            waiter = self._waiters.pop((tenant, command_id), None) if command_id else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(event)
 
@@ -123,24 +127,35 @@ class PaystreamClient:
             self.settings.commands_topic, record.value, key=record.key, headers=list(record.headers)
         )
 
-    def expect(self, command_id: str) -> asyncio.Future[CloudEvent]:
+    def expect(self, tenant_id: str, command_id: str) -> asyncio.Future[CloudEvent]:
         """A future for the outcome of a command sent by someone else (e.g. a replay)."""
-        return self._waiters.setdefault(command_id, asyncio.get_running_loop().create_future())
+        key = (tenant_id, command_id)
+        waiter = self._waiters.get(key)
+        if waiter is None or waiter.done():
+            waiter = self._waiters[key] = asyncio.get_running_loop().create_future()
+        return waiter
 
     async def send(self, command: CloudEvent, timeout: float = 30.0) -> CloudEvent:  # noqa: ASYNC109
-        """Send a command and return its outcome event."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[CloudEvent] = loop.create_future()
-        self._waiters[command.get_id()] = waiter
+        """Send a command and return its outcome event.
+
+        Concurrent sends of one command (an application retrying) share the outcome.
+        """
+        key = (str(command.get_extension("tenantid")), command.get_id())
+        waiter = self.expect(*key)
+        self._senders[key] += 1
         try:
             await self.publish(command)
-            return await asyncio.wait_for(waiter, timeout)
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             raise OutcomeTimeout(
                 f"no outcome for command {command.get_id()} within {timeout}s"
             ) from None
         finally:
-            self._waiters.pop(command.get_id(), None)
+            self._senders[key] -= 1
+            if not self._senders[key]:
+                del self._senders[key]
+                if self._waiters.get(key) is waiter:
+                    del self._waiters[key]
 
     async def command(
         self, command_type: str, tenant_id: str, data: Mapping[str, Any], **kw: Any

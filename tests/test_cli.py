@@ -110,7 +110,7 @@ async def test_parked_commands_are_replayed_by_dlq_replay(deployed: Deployment) 
         # the provider recovers; the operator re-drives the parked command
         run_cli(deployed, "tenants", "add", "flaky", "--clear-options")
         deployed.worker_handle.wait_ready(["flaky"])  # type: ignore[attr-defined]
-        waiter = client.expect(cmd.get_id())
+        waiter = client.expect("flaky", cmd.get_id())
         replayed = run_cli(deployed, "dlq", "replay", "--topic", "retry")
         assert "replayed 1 record(s)" in replayed.stdout
         outcome = await asyncio.wait_for(waiter, 30)
@@ -168,7 +168,7 @@ async def test_a_rate_limited_tenant_gets_rate_limited_outcomes(deployed: Deploy
     deployed.worker_handle.wait_ready(["throttled"])  # type: ignore[attr-defined]
     commands = [build_command("customer.create", "throttled", {}) for _ in range(5)]
     async with PaystreamClient(deployed.settings) as client:
-        waiters = [client.expect(c.get_id()) for c in commands]
+        waiters = [client.expect("throttled", c.get_id()) for c in commands]
         # All at once (well within a second): the bucket holds two.
         await asyncio.gather(*(client.publish(c) for c in commands))
         outcomes = await asyncio.wait_for(asyncio.gather(*waiters), 30)

@@ -19,20 +19,20 @@ def _client() -> PaystreamClient:
     return PaystreamClient(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
 
 
-def _outcome(cause: str, kind: str = "payment.succeeded") -> CloudEvent:
+def _outcome(cause: str, kind: str = "payment.succeeded", tenant: str = "acme") -> CloudEvent:
     attrs: dict[str, Any] = {
         "id": f"out-{cause}-{kind}",
         "source": "/paystream/tenants/acme/payment",
         "type": f"com.paystream.{kind}",
         "specversion": "1.0",
-        "tenantid": "acme",
+        "tenantid": tenant,
         "causationid": cause,
     }
     return CloudEvent(attributes=attrs, data={})
 
 
 def _waiting(client: PaystreamClient, command_id: str) -> asyncio.Future[CloudEvent]:
-    return client.expect(command_id)
+    return client.expect("acme", command_id)
 
 
 async def test_an_outcome_answers_its_cause() -> None:
@@ -58,6 +58,48 @@ async def test_nothing_else_answers_a_command() -> None:
     client._dispatch(_outcome("c1"), None)
     client._dispatch(_outcome("c1"), "c3")
     assert not waiter.done()
+
+
+async def test_another_tenants_outcome_for_the_same_command_id_is_not_the_answer() -> None:
+    """Command ids are unique within a tenant only: globex's order-42 is not acme's."""
+    client = _client()
+    waiter = _waiting(client, "order-42")
+    client._dispatch(_outcome("order-42", tenant="globex"), None)
+    assert not waiter.done()
+    client._dispatch(_outcome("order-42"), None)
+    assert waiter.done() and waiter.result().get_extension("tenantid") == "acme"
+
+
+async def test_concurrent_sends_of_one_command_share_its_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An application retrying a command while the first send still waits: both get the
+    outcome (the second used to replace the first's waiter, and the first's clean-up
+    then dropped the second's)."""
+    client = _client()
+    sent: list[str] = []
+
+    async def publish(command: CloudEvent) -> None:
+        sent.append(command.get_id())
+
+    monkeypatch.setattr(client, "publish", publish)
+    command = CloudEvent(
+        {
+            "id": "c9",
+            "source": "/app",
+            "type": "com.paystream.command.customer.create",
+            "specversion": "1.0",
+            "tenantid": "acme",
+        },
+        {},
+    )
+    first = asyncio.ensure_future(client.send(command, timeout=5))
+    second = asyncio.ensure_future(client.send(command, timeout=5))
+    while len(sent) < 2:
+        await asyncio.sleep(0)
+    client._dispatch(_outcome("c9"), None)
+    assert (await first).get_id() == (await second).get_id() == "out-c9-payment.succeeded"
+    assert client._waiters == {} and not client._senders
 
 
 async def test_a_missing_events_topic_is_a_clear_error(deployment_factory: Any) -> None:

@@ -235,7 +235,7 @@ async def test_stripe_tenant_with_rejected_api_key_gets_an_outcome(
     client: PaystreamClient,
 ) -> None:
     cmd = build_command("customer.create", "badkey", {})
-    pending = client.expect(cmd.get_id())
+    pending = client.expect("badkey", cmd.get_id())
     await client.publish(cmd)
     # A fence instead of a timeout: same tenant → same partition, processed and answered
     # in order, so once the fence's rejection is here the command above was answered too.
