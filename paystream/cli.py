@@ -119,7 +119,7 @@ def doctor() -> None:
         with tempfile.TemporaryDirectory(prefix="paystream-doctor-") as tmp:
             base = Path(tmp)
             base.chmod(0o755)  # the embedded PostgreSQL runs as an unprivileged user
-            with DevStack(base, settings) as stack:
+            with DevStack(base, settings.model_copy(update={"data_dir": base})) as stack:
                 results = _run(doctor_mod.run_checks(stack.stack_settings()))
     click.echo(doctor_mod.render_table(results))
     if not all(r.ok for r in results):
@@ -623,7 +623,13 @@ def _dev_master_key(data_dir: Path) -> str:
 
 @cli.command()
 @click.option("--demo", is_flag=True, help="drive demo traffic through the worker")
-@click.option("--rate", default=5.0, show_default=True, help="demo payment flows per second")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True, max=1000),
+    default=5.0,
+    show_default=True,
+    help="demo payment flows per second",
+)
 @click.option("--duration", type=float, default=None, help="stop after N seconds (default: Ctrl-C)")
 @click.option("--web-port", type=int, default=None, help="worker web port (default: settings)")
 def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -> None:
@@ -633,7 +639,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     from paystream.devstack.worker import WorkerProcess
 
     data_dir = settings.data_dir.resolve()
-    stack = DevStack(data_dir / "dev", settings)
+    # The worker's data dir: the stack wipes its stale table state, not another's.
+    stack = DevStack(data_dir / "dev", settings.model_copy(update={"data_dir": data_dir / "dev"}))
     worker: WorkerProcess | None = None
     stop_signals = {signal.SIGINT, signal.SIGTERM}
 
@@ -651,10 +658,17 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             "PAYSTREAM_DATA_DIR": str(data_dir / "dev"),
             "PAYSTREAM_WEB_PORT": str(web_port or settings.web_port),
         }
-        env.setdefault("PAYSTREAM_MASTER_KEY", _dev_master_key(data_dir / "dev"))
-        env.setdefault(
-            "PAYSTREAM_DB_APP_PASSWORD", _dev_secret(data_dir / "dev", "db-app.password")
-        )
+        # For other shells: the stack's URLs, and where the dev secrets are (never echoed).
+        exports = dict(stack.env())
+        if "PAYSTREAM_MASTER_KEY" not in env:
+            env["PAYSTREAM_MASTER_KEY"] = _dev_master_key(data_dir / "dev")
+            exports["PAYSTREAM_MASTER_KEY"] = f'"$(cat {data_dir / "dev" / "dev-master.key"})"'
+        if "PAYSTREAM_DB_APP_PASSWORD" not in env:
+            env["PAYSTREAM_DB_APP_PASSWORD"] = _dev_secret(data_dir / "dev", "db-app.password")
+            exports["PAYSTREAM_DB_APP_PASSWORD"] = (
+                f'"$(cat {data_dir / "dev" / "db-app.password"})"'
+            )
+
         os.environ.update(
             {
                 k: v
@@ -698,16 +712,19 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo(f"dashboard  {base}/")
         click.echo(f"metrics    {base}/metrics")
         click.echo(f"worker log {log_path}")
+        click.echo("CLI from another shell (the broker flavor matters: Tansu's workarounds):")
+        click.echo("  export " + " ".join(f"{k}={v}" for k, v in exports.items()))
         click.echo(f"tenants    {', '.join(DEMO_TENANTS)} (simulator gateway)")
         for tid, limits in DEMO_LIMITS.items():
             click.echo(f"limits     {tid}: {limits.describe()}")
         click.echo("Ctrl-C stops everything.")
         if demo:
-            asyncio.run(_demo(run_settings, rate, duration))
+            died = f"worker exited; see {log_path}"
+            asyncio.run(_demo(run_settings, rate, duration, worker.exited, died))
         else:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
-                if worker.proc is not None and worker.proc.poll() is not None:
+                if worker.exited():
                     raise click.ClickException(f"worker exited; see {log_path}")
                 time.sleep(0.5)
     except KeyboardInterrupt:
@@ -721,9 +738,19 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo("stopped: worker and embedded services are down.")
 
 
-async def _demo(settings: Settings, rate: float, duration: float | None) -> None:
+async def _demo(
+    settings: Settings,
+    rate: float,
+    duration: float | None,
+    worker_exited: Callable[[], bool],
+    died: str,
+) -> None:
     from paystream.client import PaystreamClient
     from paystream.demo import run_demo
+
+    async def watch_worker() -> None:
+        while not worker_exited():
+            await asyncio.sleep(0.5)
 
     def progress(seen: Counter[str], elapsed: float) -> None:
         total = sum(seen.values())
@@ -733,9 +760,17 @@ async def _demo(settings: Settings, rate: float, duration: float | None) -> None
         )
 
     async with PaystreamClient(settings) as client:
-        seen = await run_demo(
-            client, list(DEMO_TENANTS), rate, duration=duration, on_progress=progress
+        demo = asyncio.ensure_future(
+            run_demo(client, list(DEMO_TENANTS), rate, duration=duration, on_progress=progress)
         )
+        watcher = asyncio.ensure_future(watch_worker())
+        await asyncio.wait([demo, watcher], return_when=asyncio.FIRST_COMPLETED)
+        if not demo.done():  # the worker died: its commands would only time out
+            demo.cancel()
+            await asyncio.gather(demo, return_exceptions=True)
+            raise click.ClickException(died)
+        watcher.cancel()
+        seen = demo.result()
     click.echo(f"demo done: {sum(seen.values())} outcomes: {dict(seen)}")
 
 

@@ -34,6 +34,12 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         if k not in ("KAFKA_BROKER_URL", "DATABASE_URL", "REDIS_URL", "PAYSTREAM_BROKER_FLAVOR")
     }
     env["PAYSTREAM_DATA_DIR"] = str(data_dir)
+    # Table state of an earlier dev broker is wiped; another worker's (var/faust) is not.
+    stale = data_dir / "dev" / "faust" / "old-app" / "stale.db"
+    others = data_dir / "faust" / "other-app" / "keep.db"
+    for path in (stale, others):
+        path.parent.mkdir(parents=True)
+        path.write_text("state")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -70,6 +76,11 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", output)]
         assert web_port in ports and len(set(ports)) >= 4, output  # broker, db, redis, web
         assert all(_port_open(p) for p in set(ports))
+        assert not stale.exists() and others.exists()
+        # Other shells get the stack's URLs and flavor; the dev secrets only by reference.
+        assert "PAYSTREAM_BROKER_FLAVOR=tansu" in output, output
+        master_key = (data_dir / "dev" / "dev-master.key").read_text().strip()
+        assert master_key not in output and "dev-master.key" in output
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest

@@ -53,6 +53,10 @@ class WorkerProcess:
         )
         return self
 
+    def exited(self) -> bool:
+        """Started, and no longer running."""
+        return self.proc is not None and self.proc.poll() is not None
+
     def stats(self) -> dict[str, Any] | None:
         try:
             with urllib.request.urlopen(f"{self.base_url}/v1/stats", timeout=1) as resp:  # noqa: S310
