@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
+import aiohttp
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -118,6 +121,37 @@ class StatsView(View):
         )
 
 
+_Handler = Callable[..., Awaitable[Response]]
+
+
+def _owner_unreachable_is_503(fun: _Handler) -> _Handler:
+    """A lookup forwarded to the tenant's owner that cannot reach it (the owner died and
+    the group has not yet noticed) answers 503 with Retry-After, as a lookup during a
+    rebalance does, instead of a plain-text 500; and a 503 forwarded from the owner keeps
+    its Retry-After (Faust re-wraps forwarded answers without their headers)."""
+
+    @functools.wraps(fun)
+    async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            response = await fun(view, request, *args, **kwargs)
+        except (aiohttp.ClientError, TimeoutError):
+            status, body, headers = owner_unreachable()
+            return view.json(body, status=status, headers=headers)
+        if response.status == 503 and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = "1"
+        return response
+
+    return answer
+
+
+def owner_unreachable() -> tuple[int, dict[str, str], dict[str, str]]:
+    body = {
+        "error": "unavailable",
+        "message": "the worker owning this tenant is unreachable; retry",
+    }
+    return 503, body, {"Retry-After": "1"}
+
+
 @app.page("/v1/tenants/{tenant}/{kind}/{entity_id}")
 class EntityView(View):
     """Look up one entity (payment, refund, ...) of one tenant.
@@ -127,6 +161,7 @@ class EntityView(View):
     topic routing) instead of answering "not found".
     """
 
+    @_owner_unreachable_is_503
     @app.topic_route(commands_topic, match_info="tenant")  # type: ignore[arg-type]
     async def get(self, request: Request, tenant: str, kind: str, entity_id: str) -> Response:
         table = _ENTITY_TABLES.get(kind)

@@ -37,9 +37,12 @@ async def look_up(page: Page, tenant: str, kind: str, entity_id: str) -> dict[st
     await page.fill("#l-id", entity_id)
     async with page.expect_response(re.compile(r"/v1/tenants/")):
         await page.click("#lookup button[type=submit]")
-    await expect(result).not_to_be_empty(timeout=WAIT)
-    shown = await result.text_content()
-    return json.loads(shown or "null")
+    # Cleared to "…" on submit; an error answer is shown under its HTTP status.
+    await expect(result).not_to_have_text(re.compile(r"^(…)?$"), timeout=WAIT)
+    shown = await result.text_content() or "null"
+    if shown.startswith("HTTP "):
+        shown = shown.split("\n", 1)[1]
+    return json.loads(shown)
 
 
 async def test_tiles_tenants_and_recent_outcomes(
@@ -125,6 +128,7 @@ async def test_lookup_shows_the_payment_and_hides_other_tenants(
     # Another tenant asking for acme's payment: not found, nothing leaks.
     other = await look_up(page, "globex", "payments", seeded.succeeded_payment)
     assert other == {"error": "not_found", "message": "no such payment"}
+    assert (await page.locator("#l-result").text_content() or "").startswith("HTTP 404\n")
     missing_kind = await look_up(page, "acme", "refunds", seeded.succeeded_payment)
     assert missing_kind == {"error": "not_found", "message": "no such refund"}
     assert js_errors == []

@@ -67,6 +67,30 @@ async def test_a_lookup_while_tables_settle_is_retried_not_answered_not_found() 
     assert waiting == ["table recovery"]
 
 
+async def test_a_lookup_whose_owner_is_unreachable_is_retried_not_a_500() -> None:
+    """Forwarded to a tenant's owner that died (before the group notices): 503 with
+    Retry-After, not a plain-text 500; a 503 forwarded back keeps its Retry-After."""
+    from aiohttp import web
+
+    from paystream.web.views import _owner_unreachable_is_503
+
+    class StandInView:
+        def json(self, body: Any, *, status: int, headers: Any = None) -> web.Response:
+            return web.json_response(body, status=status, headers=headers)
+
+    async def owner_down(view: Any, request: Any) -> web.Response:
+        raise aiohttp.ClientConnectionError("connection refused")
+
+    async def owner_settling(view: Any, request: Any) -> web.Response:
+        return web.Response(text='{"error": "unavailable"}', status=503)  # Faust's re-wrap
+
+    down = await _owner_unreachable_is_503(owner_down)(StandInView(), None)
+    assert (down.status, down.headers["Retry-After"]) == (503, "1")
+    assert down.content_type == "application/json"
+    settling = await _owner_unreachable_is_503(owner_settling)(StandInView(), None)
+    assert settling.headers["Retry-After"] == "1"
+
+
 async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seeded) -> None:
     stats = await get_json(http, "/v1/stats")
     assert set(stats) == {"worker", "activity", "tenants", "summaries"}
