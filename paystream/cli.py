@@ -106,7 +106,7 @@ def doctor() -> None:
     from paystream import doctor as doctor_mod
 
     if settings.kafka_broker_url and settings.database_url and settings.redis_url:
-        results = _run(doctor_mod.run_checks(settings))
+        results = _run(doctor_mod.run_checks(settings, deployment=True))
     else:
         import tempfile
 

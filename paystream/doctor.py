@@ -134,6 +134,46 @@ async def check_database(settings: Settings) -> str:
         await engine.dispose()
 
 
+async def check_ledger_ready(settings: Settings) -> str:
+    """What the ledger sink needs on its first batch (it would otherwise stall there): the
+    master key, the application role's password and login, the schema at the latest
+    migration, and row-level security binding that role."""
+    from alembic.script import ScriptDirectory
+
+    from paystream.errors import ConfigurationError
+    from paystream.ledger import assert_rls_enforced, create_engine
+    from paystream.ledger.migrate import alembic_config, app_database_url, current
+    from paystream.ledger.sink import asyncpg_url
+    from paystream.tenancy.crypto import keyring_from_settings
+
+    if settings.database_url is None:
+        raise CheckFailed("DATABASE_URL is not set")
+    try:
+        keyring = keyring_from_settings(settings)
+    except ConfigurationError as exc:
+        raise CheckFailed(str(exc)) from exc
+    password = settings.db_app_password.get_secret_value() if settings.db_app_password else ""
+    if not password:
+        raise CheckFailed(
+            "PAYSTREAM_DB_APP_PASSWORD is not set (the sink logs in as paystream_app)"
+        )
+    owner_url = asyncpg_url(settings.database_url)
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    found = await current(owner_url)
+    if found != head:
+        raise CheckFailed(
+            f"schema at {found or 'nothing'}, latest is {head}: run `paystream migrate`"
+        )
+    engine = create_engine(app_database_url(owner_url, password), hide_parameters=True)
+    try:
+        await assert_rls_enforced(engine)
+    except Exception as exc:
+        raise CheckFailed(f"as paystream_app: {type(exc).__name__}: {exc}") from exc
+    finally:
+        await engine.dispose()
+    return f"schema {head}, paystream_app logs in under RLS, master key {keyring.current.key_id}"
+
+
 async def check_redis(settings: Settings) -> str:
     if settings.redis_url is None:
         raise CheckFailed("REDIS_URL is not set")
@@ -385,11 +425,17 @@ async def _run_one(name: str, fn: _CheckFn, settings: Settings) -> CheckResult:
     return CheckResult(name, ok, figure, time.monotonic() - started)
 
 
-async def run_checks(settings: Settings) -> list[CheckResult]:
-    """Run every check, one after another (latency figures need a quiet machine)."""
+async def run_checks(settings: Settings, *, deployment: bool = False) -> list[CheckResult]:
+    """Run every check, one after another (latency figures need a quiet machine).
+
+    ``deployment``: the servers are the operator's own (not a fresh embedded stack), so
+    also check what the workers need of them beyond answering (the ledger's set-up).
+    """
     # Exactly what the app does at start-up, so the checks see the workers' behaviour.
     broker_compat.apply(settings)
     results = [await _run_one(name, fn, settings) for name, fn in _SERVER_CHECKS]
+    if deployment:
+        results.append(await _run_one("ledger ready", check_ledger_ready, settings))
     broker_ok = results[0].ok
     for name, fn in _BROKER_BEHAVIOUR:
         if broker_ok:
