@@ -108,10 +108,22 @@ class HandlerContext:
     @property
     def idem(self) -> str:
         """Provider idempotency key: stable per (tenant, command idempotency key)."""
-        key = f"ps:{self.cmd.tenant_id}:{self.cmd.idempotency_key}"
+        return self._provider_key(self.cmd.idempotency_key)
+
+    def create_key(self, kind: str, chosen_id: str | None) -> str:
+        """Provider idempotency key of a create. When the producer chose the new entity's
+        id, the entity is the scope: a create parked after the provider applied it (its
+        answer lost) and sent again under a new command id is the same create, and must
+        not move money twice. Otherwise the command's key (the id derives from it)."""
+        if chosen_id is None:
+            return self.idem
+        return self._provider_key(f"{kind}:{chosen_id}")
+
+    def _provider_key(self, scope: str) -> str:
+        key = f"ps:{self.cmd.tenant_id}:{scope}"
         if len(key) <= _PROVIDER_KEY_MAX:
             return key
-        digest = hashlib.sha256(self.cmd.idempotency_key.encode()).hexdigest()
+        digest = hashlib.sha256(scope.encode()).hexdigest()
         return f"ps:{self.cmd.tenant_id}:sha256:{digest}"
 
     def derived_id(self, prefix: str) -> str:
@@ -224,7 +236,8 @@ async def create_customer(ctx: HandlerContext, data: c.CreateCustomer) -> Handle
     req = gw.CreateCustomer(
         email=data.email, name=data.name, description=data.description, metadata=data.metadata
     )
-    res = await _gateway(ctx, lambda: ctx.gateway.create_customer(req, idempotency_key=ctx.idem))
+    key = ctx.create_key("customer", data.customer_id)
+    res = await _gateway(ctx, lambda: ctx.gateway.create_customer(req, idempotency_key=key))
     rec = CustomerRecord(
         **_base(ctx, cid),
         provider_customer_id=res.provider_customer_id,
@@ -260,10 +273,21 @@ async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> Handle
     return HandlerResult("customer.updated", rec)
 
 
+async def _delete_at_provider(ctx: HandlerContext, rec: CustomerRecord) -> None:
+    """Delete the customer at the provider; one the provider no longer has is deleted.
+    (A delete applied there but parked, or done in the provider's dashboard: refusing
+    would leave the customer live here, and erasure impossible, for good.)"""
+    req = gw.DeleteCustomer(provider_customer_id=rec.provider_customer_id)
+    try:
+        await _gateway(ctx, lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem))
+    except Rejection as rej:
+        if rej.reason is not RejectReason.NOT_FOUND:
+            raise
+
+
 async def delete_customer(ctx: HandlerContext, data: c.DeleteCustomer) -> HandlerResult:
     rec = _live_customer(ctx, data.customer_id)
-    req = gw.DeleteCustomer(provider_customer_id=rec.provider_customer_id)
-    await _gateway(ctx, lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem))
+    await _delete_at_provider(ctx, rec)
     rec.deleted = True
     return HandlerResult("customer.deleted", rec)
 
@@ -273,8 +297,7 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     if rec.erased:
         raise Rejection(RejectReason.INVALID_STATE, f"customer {rec.id} is already erased")
     if not rec.deleted:
-        req = gw.DeleteCustomer(provider_customer_id=rec.provider_customer_id)
-        await _gateway(ctx, lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem))
+        await _delete_at_provider(ctx, rec)
     # Amounts and ids stay (accounting needs them); personal data goes. The ledger sink
     # deletes the customer's data key on this outcome, shredding its stored copies.
     rec.email = rec.name = rec.description = None
@@ -326,9 +349,10 @@ async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod
     req = gw.AttachPaymentMethod(
         provider_customer_id=customer.provider_customer_id, token=data.token
     )
+    key = ctx.create_key("payment_method", data.payment_method_id)
     try:
         res = await _gateway(
-            ctx, lambda: ctx.gateway.attach_payment_method(req, idempotency_key=ctx.idem)
+            ctx, lambda: ctx.gateway.attach_payment_method(req, idempotency_key=key)
         )
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
@@ -417,7 +441,8 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         provider_payment_id="",
     )
     try:
-        res = await _gateway(ctx, lambda: ctx.gateway.create_payment(req, idempotency_key=ctx.idem))
+        key = ctx.create_key("payment", data.payment_id)
+        res = await _gateway(ctx, lambda: ctx.gateway.create_payment(req, idempotency_key=key))
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -509,7 +534,8 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         provider_refund_id="",
     )
     try:
-        res = await _gateway(ctx, lambda: ctx.gateway.create_refund(req, idempotency_key=ctx.idem))
+        key = ctx.create_key("refund", data.refund_id)
+        res = await _gateway(ctx, lambda: ctx.gateway.create_refund(req, idempotency_key=key))
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise

@@ -274,6 +274,7 @@ class CommandProcessor:
                         hold_key=idem_table_key,
                     )
                 self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
+                self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
                 metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
                 # The stored outcome was produced for the original command id; a retry
                 # under a new id with the same key gets the original event (as Stripe does).
@@ -328,6 +329,7 @@ class CommandProcessor:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
             self._repair_entities(cmd.tenant_id, cmd.command_id, done.outcome)
+            self._scrub_after_erasure(cmd.tenant_id, done.outcome)
             if admission is not None:
                 self.limits.settle(admission, done.outcome.type)
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
@@ -471,6 +473,13 @@ class CommandProcessor:
             queue.extend(sorted(entries))
         if tenant_id is not None:
             self._expiring.setdefault(tenant_id, deque())
+
+    def _scrub_after_erasure(self, tenant_id: str, outcome: StoredOutcome) -> None:
+        """A replayed erasure scrubs again: a crash may have kept the customer's table
+        write but lost the batch's idempotency writes, which held the old snapshots."""
+        customer_id = outcome.data.get("entity_id")
+        if outcome.type == "customer.erased" and isinstance(customer_id, str):
+            self._scrub_idempotency(tenant_id, customer_id)
 
     def _scrub_idempotency(self, tenant_id: str, customer_id: str) -> None:
         """Erasure reaches the stored outcomes too: they hold the customer's old snapshot."""

@@ -3,6 +3,7 @@ pay out twice, park forever, drop a dispute, crash, or leave a failed payment be
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from paystream.client import build_command
 from paystream.gateways import base as gw
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness, data, kind
+from tests.agents.harness import Harness, data, kind, new_tenant_id
 
 pytestmark = pytest.mark.asyncio
 
@@ -148,3 +149,68 @@ async def test_a_dispute_the_provider_resolved_as_won_does_not_block_a_refund(
     await _gateway(harness, t).resolve_dispute(dispute["object"]["provider_dispute_id"], won=True)
     refund = await harness.send("refund.create", t, {"payment_id": "p1", "amount": 100})
     assert kind(refund) == "refund.succeeded", data(refund)
+
+
+@pytest.mark.parametrize("create", ["payment", "refund"])
+async def test_a_create_parked_after_the_provider_applied_it_moves_money_once(
+    harness: Harness, create: str
+) -> None:
+    """The provider applied the create but its answer was lost: parked, no outcome. The
+    producer sends it again under a new command id (same entity id): the same create at
+    the provider, so no second charge or refund; the parked original, re-driven, finds
+    it done."""
+    t = new_tenant_id()
+    entity = "p1" if create == "payment" else "r1"
+    harness.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:{create}:{entity}": 3}})
+    pay = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
+    body: dict[str, Any] = pay
+    if create == "refund":
+        await harness.send("payment.create", t, pay)
+        body = {"refund_id": "r1", "payment_id": "p1", "amount": 500}
+    first = build_command(f"{create}.create", t, body, command_id=f"cmd-{create}")
+    emits, out = await harness.send_event(first)
+    assert out is None and [e.topic for e in emits] == [harness.settings.retry_topic]
+    again = await harness.send(f"{create}.create", t, body, command_id=f"cmd-{create}-2")
+    assert kind(again) == ("payment.succeeded" if create == "payment" else "refund.succeeded")
+    _, replayed = await harness.send_event(first)  # `paystream dlq replay`
+    assert replayed is not None and data(replayed)["reason"] == "invalid_state"
+    moved = [k for k, _ in await _effects(harness, t) if k in ("charge", "refund")]
+    assert moved == (["charge"] if create == "payment" else ["charge", "refund"])
+
+
+async def test_a_customer_the_provider_no_longer_has_can_still_be_erased(
+    harness: Harness,
+) -> None:
+    """Its delete was applied at the provider but parked (or it was deleted in the
+    provider's dashboard): erasure used to be refused as not_found, for good."""
+    t = new_tenant_id()
+    harness.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:cmd-del": 3}})
+    await harness.send("customer.create", t, {"customer_id": "c1", "email": "ann@example.com"})
+    delete = build_command("customer.delete", t, {"customer_id": "c1"}, command_id="cmd-del")
+    emits, _ = await harness.send_event(delete)
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    erased = await harness.send("customer.erase", t, {"customer_id": "c1"})
+    assert kind(erased) == "customer.erased"
+    assert "ann@example.com" not in str(harness.tables.customers[f"{t}:c1"])
+
+
+async def test_a_redelivered_erasure_scrubs_the_stored_outcomes_again(
+    harness: Harness,
+) -> None:
+    """A crash kept the customer's erased record but lost the batch's idempotency writes:
+    the erasure, redelivered, scrubs the stored outcomes again, so a retry of the old
+    create does not publish the erased email."""
+    t = harness.add_tenant()
+    create = build_command(
+        "customer.create", t, {"customer_id": "c1", "email": "ann@example.com", "name": "Ann"}
+    )
+    await harness.send_event(create)
+    before = copy.deepcopy(dict(harness.idempotency))
+    erase = build_command("customer.erase", t, {"customer_id": "c1"})
+    await harness.send_event(erase)
+    harness.idempotency.clear()
+    harness.idempotency.update(before)  # the crash lost these writes
+    _, again = await harness.send_event(erase)
+    assert again is not None and kind(again) == "customer.erased"
+    _, retried = await harness.send_event(create)
+    assert retried is not None and "ann@example.com" not in str(data(retried))
