@@ -650,6 +650,13 @@ async def finish_batches_before_handing_over(
 async def _deliver(
     offsets: DurableOffsets, events: Sequence[EventT], batch: ProcessedBatch
 ) -> None:
+    if events and events[0].message.generation_id != app.consumer_generation_id:
+        # The batch outlived its partitions' hand-over (the rebalance hook gave up on
+        # it): their new owner has redone these commands and may have gone on. Writing
+        # this batch's table changes now would put stale values after its newer ones in
+        # the changelog, where its next recovery would read them. Its provider calls
+        # were idempotent; leave, and let the records be redelivered.
+        _exit_uncommitted("a batch outlived the hand-over of its partitions")
     await runner.deliver_batch(batch)
     offsets.advance(events)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from faust.types import TP, Message
@@ -385,3 +385,20 @@ async def test_events_whose_partitions_moved_while_checked_are_left_to_their_new
     runner.acks[8].set()
     await asyncio.wait_for(commands.process_commands(stream), 2)
     assert runner.delivered == [8] and consumer.commits == [{P0: 9}] and not exits
+
+
+async def test_a_batch_that_outlived_its_partitions_hand_over_is_never_delivered(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """The rebalance hook gave up on it and the partitions' new owner redid its commands:
+    its table writes, produced now, would land after the new owner's in the changelog."""
+
+    class Runner:
+        async def deliver_batch(self, batch: Any) -> None: ...
+
+    monkeypatch.setattr(commands, "runner", Runner())
+    monkeypatch.setattr(commands, "app", SimpleNamespace(consumer_generation_id=2))
+    offsets, _ = durable_offsets()
+    stale = event(P0, 7)  # of generation None: processed before the reassignment
+    await commands._deliver(offsets, [stale], cast(Any, "batch"))
+    assert exits == ["a batch outlived the hand-over of its partitions"]
