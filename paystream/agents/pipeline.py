@@ -200,10 +200,12 @@ class CommandProcessor:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         tenant_raw = self.tenants.get(tenant_id)
         if tenant_raw is None:
-            return self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
+            return self._answered_before(cmd) or self._reject(
+                cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}"
+            )
         tenant = self._tenant(tenant_id, tenant_raw)
         if tenant.status is TenantStatus.SUSPENDED:
-            return self._reject(
+            return self._answered_before(cmd) or self._reject(
                 cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
             )
         try:
@@ -273,19 +275,7 @@ class CommandProcessor:
                         existing.outcome.data,
                         hold_key=idem_table_key,
                     )
-                self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
-                self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
-                metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
-                # The stored outcome was produced for the original command id; a retry
-                # under a new id with the same key gets the original event (as Stripe does).
-                first: dict[str, Any] = {"command_id": existing.command_id}
-                if existing.time is not None:
-                    first.update(time=existing.time, traceparent=existing.traceparent)
-                original = CommandRef(**{**cmd.__dict__, **first})
-                replayed = self._outcome(original, existing.outcome)
-                if existing.command_id != cmd.command_id:
-                    replayed = _answering(replayed, cmd.command_id)
-                return [replayed]
+                return self._replay_done(cmd, existing)
         gateway_or_rejection = self._gateway_for(tenant)
         if isinstance(gateway_or_rejection, Rejection):
             return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
@@ -375,6 +365,40 @@ class CommandProcessor:
         self._finish(idem_table_key, cmd, request_hash, expires, stored)
         self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
+
+    def _replay_done(self, cmd: CommandRef, existing: IdempotencyRecord) -> list[Emit]:
+        """The stored outcome of a finished command, again: the same event, byte for byte."""
+        assert existing.outcome is not None
+        self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
+        self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
+        metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
+        # The stored outcome was produced for the original command id; a retry under a
+        # new id with the same key gets the original event (as Stripe does).
+        first: dict[str, Any] = {"command_id": existing.command_id}
+        if existing.time is not None:
+            first.update(time=existing.time, traceparent=existing.traceparent)
+        original = CommandRef(**{**cmd.__dict__, **first})
+        replayed = self._outcome(original, existing.outcome)
+        if existing.command_id != cmd.command_id:
+            replayed = _answering(replayed, cmd.command_id)
+        return [replayed]
+
+    def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
+        """This very record's outcome, if it was answered before (a redelivery after a
+        crash): a tenant suspended or removed since must not change an answer already
+        given, for a payment already made."""
+        if cmd.source is None:
+            return None
+        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
+        if (
+            existing is None
+            or existing.state is not IdempotencyState.DONE
+            or existing.outcome is None
+            or existing.source != list(cmd.source)
+            or existing.command_type != cmd.command_type
+        ):
+            return None
+        return self._replay_done(cmd, existing)
 
     def _apply(self, cmd: CommandRef, result: HandlerResult) -> StoredOutcome:
         """Bump versions, build the outcome data, and write every changed entity."""

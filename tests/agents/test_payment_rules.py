@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.gateways import base as gw
 from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, new_tenant_id
 
@@ -214,3 +217,34 @@ async def test_a_redelivered_erasure_scrubs_the_stored_outcomes_again(
     assert again is not None and kind(again) == "customer.erased"
     _, retried = await harness.send_event(create)
     assert retried is not None and "ann@example.com" not in str(data(retried))
+
+
+@pytest.mark.parametrize("since", ["suspended", "removed"])
+async def test_a_redelivered_record_keeps_its_answer_after_the_tenant_changed(
+    harness: Harness, since: str
+) -> None:
+    """Charged and answered, then the worker crashed before committing; meanwhile the
+    tenant was suspended (or removed). The redelivered record gets the answer it got,
+    byte for byte, not a rejection contradicting a payment already made."""
+    t = harness.add_tenant()
+    pay = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
+    rec = encode_event(build_command("payment.create", t, pay), t.encode(), CloudEventsMode.BINARY)
+    inbound = Inbound(
+        key=rec.key,
+        value=rec.value,
+        headers=dict(rec.headers),
+        timestamp_ms=1_790_000_000_000,
+        topic=harness.settings.commands_topic,
+        partition=0,
+        offset=7,
+    )
+    first = await harness.raw(inbound)
+    if since == "suspended":
+        harness.tenants[t] = {**harness.tenants[t], "status": "suspended"}
+    else:
+        del harness.tenants[t]
+    again = await harness.raw(inbound)
+    assert [e.record for e in again] == [e.record for e in first]
+    # A new command of the tenant is refused as before.
+    refused = await harness.send("payment.create", t, {**pay, "payment_id": "p2"})
+    assert data(refused)["reason"] in {"tenant_suspended", "unknown_tenant"}
