@@ -310,6 +310,10 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     return HandlerResult("customer.erased", rec)
 
 
+# Rows per list in a `customer.exported` outcome (a payment is about 450 bytes of JSON).
+EXPORT_MAX_ROWS = 500
+
+
 async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> HandlerResult:
     """The customer's record with their payment methods, payments and refunds."""
     rec = ctx.load(CustomerRecord, data.customer_id)
@@ -329,12 +333,17 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
     methods = owned(ctx.tables.payment_methods, "customer_id")
     payments = owned(ctx.tables.payments, "customer_id")
     refunds = owned(ctx.tables.refunds, "payment_id", {p["id"] for p in payments})
-    export = {
-        "customer": rec.snapshot(),
-        "payment_methods": methods,
-        "payments": payments,
-        "refunds": refunds,
-    }
+    export: dict[str, Any] = {"customer": rec.snapshot()}
+    truncated = {}
+    for name, rows in (("payment_methods", methods), ("payments", payments), ("refunds", refunds)):
+        # One outcome record must stay well under the broker's message size (1 MB by
+        # default): a record the broker refuses fails the whole batch, again on every
+        # redelivery. The ledger keeps the customer's full history.
+        export[name] = rows[:EXPORT_MAX_ROWS]
+        if len(rows) > EXPORT_MAX_ROWS:
+            truncated[name] = len(rows)
+    if truncated:
+        export["truncated"] = truncated
     # Read-only: the outcome carries the export; no entity changes.
     return HandlerResult("customer.exported", extra={"customer_id": rec.id, "export": export})
 

@@ -8,6 +8,7 @@ import time
 import pytest
 from prometheus_client import generate_latest
 
+from paystream.agents import handlers
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
@@ -803,6 +804,24 @@ async def test_export_returns_everything_held_on_the_customer_and_nothing_else(
     assert all(
         row["tenant_id"] == t for rows in export.values() if isinstance(rows, list) for row in rows
     )
+
+
+async def test_an_export_too_large_for_one_record_is_cut_and_says_so(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker refuses a record over its message size (1 MB by default), failing the
+    whole batch on every redelivery: the export lists are capped, with full counts."""
+    monkeypatch.setattr(handlers, "EXPORT_MAX_ROWS", 2)
+    t = harness.add_tenant()
+    cid, pmid = await _customer_with_card(harness, t)
+    for _ in range(3):
+        await harness.send(
+            "payment.create",
+            t,
+            {"amount": 800, "currency": "USD", "customer_id": cid, "payment_method_id": pmid},
+        )
+    export = data(await harness.send("customer.export", t, {"customer_id": cid}))["export"]
+    assert len(export["payments"]) == 2 and export["truncated"] == {"payments": 3}
 
 
 async def test_erase_scrubs_personal_data_but_keeps_money(harness: Harness) -> None:
