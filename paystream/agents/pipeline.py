@@ -319,6 +319,7 @@ class CommandProcessor:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
             self._repair_entities(cmd.tenant_id, cmd.command_id, done.outcome)
+            self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome)
             if admission is not None:
                 self.limits.settle(admission, done.outcome.type)
@@ -370,6 +371,11 @@ class CommandProcessor:
         """The stored outcome of a finished command, again: the same event, byte for byte."""
         assert existing.outcome is not None
         self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
+        if cmd.source is not None and existing.source == list(cmd.source):
+            # This very record, redelivered after a crash: what it wrote may be in the
+            # local store (RocksDB writes on set) but never reached the changelog.
+            self._rewrite(self.idempotency, f"{cmd.tenant_id}:{cmd.idempotency_key}")
+            self._rewrite_entities(cmd.tenant_id, existing.outcome)
         self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
         metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
         # The stored outcome was produced for the original command id; a retry under a
@@ -549,6 +555,23 @@ class CommandProcessor:
             table[key] = {**image, "entity_type": entity_type, "applied": applied}
             metrics.REPAIRS.labels(tenant_id, entity_type).inc()
             log.info("repaired %s %s to version %s", entity_type, key, image.get("version"))
+
+    def _rewrite_entities(self, tenant_id: str, outcome: StoredOutcome) -> None:
+        """Write a replayed command's entities again as they are, so the changelog has
+        them. With RocksDB a table set reaches the local store at once, before the batch's
+        changelog is produced: after a crash the store can be ahead of the changelog, and
+        the replay, finding everything done, would otherwise write nothing, leaving the
+        next owner's recovery without those writes. (Replays are rare; this is cheap.)"""
+        for entity_type, image in _post_images(outcome):
+            key = entity_key(tenant_id, str(image.get("id", "")))
+            self._rewrite(self.tables.by_type(entity_type), key)
+        self._rewrite(self.limits.table, self.limits.key(tenant_id))
+
+    @staticmethod
+    def _rewrite(table: Any, key: str) -> None:
+        current = table.get(key)
+        if current is not None:
+            table[key] = current
 
     def _gateway_for(self, tenant: Tenant) -> Any:
         try:
