@@ -113,6 +113,9 @@ class CommandProcessor:
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
         # idempotency window is fixed, so purging only ever looks at the front.
         self._expiring: dict[str, deque[tuple[float, str]]] = {}
+        # Tenants whose records already in the table (recovered) are queued too: their
+        # queue may exist before that (a command of theirs ran first), so not the same.
+        self._seeded: set[str] = set()
         self._expiry_seeded = False
         self._counters: dict[tuple[str, str, str], Any] = {}
 
@@ -476,7 +479,7 @@ class CommandProcessor:
         if not self._expiry_seeded:
             self._seed_expiry(None)
             self._expiry_seeded = True
-        elif tenant_id not in self._expiring:
+        elif tenant_id not in self._seeded:
             self._seed_expiry(tenant_id)
         queue = self._expiring.get(tenant_id)
         purged = 0
@@ -499,10 +502,13 @@ class CommandProcessor:
                 (float(raw.get("expires_at", 0)), str(key))
             )
         for tenant, entries in found.items():
-            queue = self._expiring.setdefault(tenant, deque())
-            queue.extend(sorted(entries))
+            # Merged in expiry order: the purge only ever looks at the front.
+            queued = self._expiring.get(tenant) or ()
+            self._expiring[tenant] = deque(sorted({*queued, *entries}))
+            self._seeded.add(tenant)
         if tenant_id is not None:
             self._expiring.setdefault(tenant_id, deque())
+            self._seeded.add(tenant_id)
 
     def _scrub_after_erasure(self, tenant_id: str, outcome: StoredOutcome) -> None:
         """A replayed erasure scrubs again: a crash may have kept the customer's table

@@ -872,6 +872,24 @@ async def test_purge_finds_records_written_before_the_process_started(harness: H
     assert fresh.purge_expired(t, time.time() + ttl + 1) == 1
 
 
+async def test_purge_finds_records_recovered_for_a_tenant_that_already_ran_here(
+    harness: Harness,
+) -> None:
+    """A tenant's partition arrives in a rebalance: its recovered records sit in the table
+    while its first command here already queued a newer one. Both expire, in order."""
+    t = harness.add_tenant()
+    fresh = type(harness.processor)(
+        harness.settings, harness.tables, harness.idempotency, harness.tenants, harness.pool
+    )
+    fresh.purge_expired("someone-else", time.time())  # the first full scan is done
+    await harness.send("customer.create", t, {"customer_id": "recovered"})  # (old processor)
+    harness.processor = fresh
+    await harness.send("customer.create", t, {"customer_id": "new"})
+    ttl = harness.settings.idempotency_ttl_seconds
+    assert fresh.purge_expired(t, time.time() + ttl + 1) == 2
+    assert not [k for k in harness.idempotency if k.startswith(f"{t}:")]
+
+
 @pytest.mark.parametrize(
     ("sent_at", "accepted"),
     [(b"2026-01-01T00:00:00+05:30", True), (b"2026-01-01T00:00:00+05:30:15", False)],
