@@ -221,6 +221,21 @@ async def test_a_redelivered_erasure_scrubs_the_stored_outcomes_again(
     assert retried is not None and "ann@example.com" not in str(data(retried))
 
 
+def _payment_record(harness: Harness, tenant: str, body: dict[str, Any], offset: int) -> Inbound:
+    """A payment.create as read from the commands topic (so a redelivery is recognised)."""
+    event = build_command("payment.create", tenant, body)
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        key=rec.key,
+        value=rec.value,
+        headers=dict(rec.headers),
+        timestamp_ms=1_790_000_000_000,
+        topic=harness.settings.commands_topic,
+        partition=0,
+        offset=offset,
+    )
+
+
 @pytest.mark.parametrize("since", ["suspended", "removed"])
 async def test_a_redelivered_record_keeps_its_answer_after_the_tenant_changed(
     harness: Harness, since: str
@@ -230,16 +245,7 @@ async def test_a_redelivered_record_keeps_its_answer_after_the_tenant_changed(
     byte for byte, not a rejection contradicting a payment already made."""
     t = harness.add_tenant()
     pay = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
-    rec = encode_event(build_command("payment.create", t, pay), t.encode(), CloudEventsMode.BINARY)
-    inbound = Inbound(
-        key=rec.key,
-        value=rec.value,
-        headers=dict(rec.headers),
-        timestamp_ms=1_790_000_000_000,
-        topic=harness.settings.commands_topic,
-        partition=0,
-        offset=7,
-    )
+    inbound = _payment_record(harness, t, pay, offset=7)
     first = await harness.raw(inbound)
     if since == "suspended":
         harness.tenants[t] = {**harness.tenants[t], "status": "suspended"}
@@ -278,16 +284,7 @@ async def test_a_redelivered_record_writes_its_entries_to_the_changelog_again(
     harness.__post_init__()
     t = harness.add_tenant(limits={"commands_per_second": 100})
     pay = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
-    rec = encode_event(build_command("payment.create", t, pay), t.encode(), CloudEventsMode.BINARY)
-    inbound = Inbound(
-        key=rec.key,
-        value=rec.value,
-        headers=dict(rec.headers),
-        timestamp_ms=1_790_000_000_000,
-        topic=harness.settings.commands_topic,
-        partition=0,
-        offset=42,
-    )
+    inbound = _payment_record(harness, t, pay, offset=42)
     first = await harness.raw(inbound)
     writes.clear()
     again = await harness.raw(inbound)
