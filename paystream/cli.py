@@ -553,6 +553,7 @@ def dlq_list(which: str, limit: int) -> None:
             f"id={h.get('ce_id', b'?').decode(errors='replace')} "
             f"type={h.get('ce_type', b'?').decode(errors='replace')}"
             + (" (held a card number: not kept, not replayed)" if rec.redacted else "")
+            + (" (not replayed)" if not rec.replayable and not rec.redacted else "")
         )
 
 
@@ -595,12 +596,17 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
             err=True,
         )
     verb = "would replay" if dry_run else "replayed"
-    replayable = [r for r in records if not r.redacted]
+    replayable = [r for r in records if r.replayable]
     click.echo(f"{verb} {len(replayable)} record(s): {dict(Counter(r.reason for r in replayable))}")
-    if len(replayable) < len(records):
+    if redacted := sum(r.redacted for r in records):
         click.echo(
-            f"passed over {len(records) - len(replayable)} dead letter(s) kept without their "
-            "bytes (they held a card number)"
+            f"passed over {redacted} dead letter(s) kept without their bytes "
+            "(they held a card number)"
+        )
+    if undecodable := sum(not r.replayable and not r.redacted for r in records):
+        click.echo(
+            f"passed over {undecodable} dead letter(s) that are not CloudEvents "
+            "(a replay would only dead-letter them again)"
         )
 
 

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_GROUP = "paystream-dlq-replay"
 _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
+# Dead-letter reasons that no replay can change (the same bytes fail the same way).
+NEVER_DECODES = frozenset({"not_a_cloudevent"})
 # While replaying, how many re-published records between progress commits.
 COMMIT_EVERY = 100
 
@@ -41,6 +43,12 @@ class ParkedRecord:
     def redacted(self) -> bool:
         """Dead-lettered without its bytes (it held a card number): nothing to replay."""
         return any(k == "paystream-dlq-redacted" for k, _ in self.headers)
+
+    @property
+    def replayable(self) -> bool:
+        """Re-sent, it could get another answer: not bytes that never decode as a
+        CloudEvent (each replay would only dead-letter them again), nor redacted ones."""
+        return not self.redacted and self.reason not in NEVER_DECODES
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,7 @@ async def replay(
         sent: dict[TopicPartition, int] = {}
         try:
             for n, rec in enumerate(records, 1):
-                if not rec.redacted:  # passed over (and committed), never re-published
+                if rec.replayable:  # the others are passed over (and committed)
                     headers = [(k, v) for k, v in rec.headers if not k.startswith(_OUR_HEADERS)]
                     await producer.send_and_wait(
                         settings.commands_topic, rec.value, key=rec.key, headers=headers

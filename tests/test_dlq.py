@@ -105,3 +105,25 @@ async def test_records_parked_longer_than_the_idempotency_window_are_held_back(
     assert held.handled == [] and [r.value for r in held.stale] == [b"cmd 0", b"cmd 1", b"cmd 2"]
     forced = await replay(settings, [settings.retry_topic], now_ms=later, include_stale=True)
     assert len(forced.handled) == 3 and forced.stale == []
+
+
+async def test_dead_letters_that_never_decode_are_passed_over(deployment_factory: Any) -> None:
+    """Bytes that are not a CloudEvent fail the same way on every replay: passed over
+    (and done with), not re-sent to come back to the dead-letter topic each run."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await producer.start()
+    try:
+        for value, reason in ((b"garbage", b"not_a_cloudevent"), (b"cmd", b"internal_error")):
+            await producer.send_and_wait(
+                settings.dlq_topic, value, partition=0, headers=[("paystream-dlq-reason", reason)]
+            )
+    finally:
+        await producer.stop()
+    handled = (await replay(settings, [settings.dlq_topic])).handled
+    assert [(r.value, r.replayable) for r in handled] == [(b"garbage", False), (b"cmd", True)]
+    assert (await replay(settings, [settings.dlq_topic])).handled == []
+    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
+    await consumer.stop()
+    assert [r.value for r in sent] == [b"cmd"]

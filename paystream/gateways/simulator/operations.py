@@ -238,9 +238,18 @@ async def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
     return await _open_dispute_if_due(tx, pi)
 
 
+# Stripe's cap: "Amount must be no more than 999,999.99" (eight digits, any currency).
+MAX_STRIPE_AMOUNT = 99_999_999
+
+
 async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]:
     if req.amount.amount < 1:
         raise _fail(ErrorCode.INVALID_REQUEST, "amount must be at least 1 minor unit")
+    if req.amount.amount > MAX_STRIPE_AMOUNT:
+        raise _fail(
+            ErrorCode.INVALID_REQUEST,
+            f"amount must be no more than {MAX_STRIPE_AMOUNT} minor units (eight digits)",
+        )
     card, token = await _card_for_payment(tx, req)
     pi: dict[str, Any] = {
         "object": "payment_intent",

@@ -256,3 +256,15 @@ async def test_a_store_refusing_writes_is_a_retryable_provider_failure(
     assert (await gw.create_payment(charge(), idempotency_key="oom")).status is (
         PaymentStatus.SUCCEEDED
     )
+
+
+async def test_an_amount_over_stripes_eight_digits_is_refused(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = sim(redis_client, tenant_id)
+    assert (await gw.create_payment(charge(99_999_999), idempotency_key="max")).status is (
+        PaymentStatus.SUCCEEDED
+    )
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(charge(100_000_000), idempotency_key="over")
+    assert info.value.code is ErrorCode.INVALID_REQUEST and not info.value.retryable
