@@ -11,6 +11,7 @@ state are durable.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import logging
@@ -98,6 +99,23 @@ class ProcessedBatch:
     emits: list[Emit]
     records: list[OutRecord]  # table changes first, then outcomes
     changelog: ChangelogBatch
+    # The commands-topic partition each emit and each record came from (by index).
+    emit_sources: list[int] = dataclasses.field(default_factory=list)
+    record_sources: list[int] = dataclasses.field(default_factory=list)
+
+    def keep(self, partitions: set[int]) -> ProcessedBatch:
+        """Only what the commands of these partitions produced."""
+        return dataclasses.replace(
+            self,
+            emits=[
+                e for e, p in zip(self.emits, self.emit_sources, strict=True) if p in partitions
+            ],
+            records=[
+                r for r, p in zip(self.records, self.record_sources, strict=True) if p in partitions
+            ],
+            emit_sources=[p for p in self.emit_sources if p in partitions],
+            record_sources=[p for p in self.record_sources if p in partitions],
+        )
 
 
 class CommandRunner:
@@ -170,18 +188,26 @@ class CommandRunner:
             groups = await asyncio.gather(
                 *(self._run_tenant(processor, group) for group in by_tenant.values())
             )
-        emits = [e for group in groups for e in group]
         _, partitioner = self._kafka()
         records = changelog.records()
-        for e in emits:
-            partition = await partitioner.partition(e.topic, e.record.key)
-            records.append(
-                OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
-            )
+        # A changelog partition is its command's partition (co-partitioned tables).
+        record_sources = [r.partition for r in records]
+        emits: list[Emit] = []
+        emit_sources: list[int] = []
+        for group_events, group_emits in zip(by_tenant.values(), groups, strict=True):
+            source = group_events[0].message.partition  # one tenant: one partition
+            for e in group_emits:
+                partition = await partitioner.partition(e.topic, e.record.key)
+                records.append(
+                    OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
+                )
+                record_sources.append(source)
+                emits.append(e)
+                emit_sources.append(source)
         # No provider call is in flight between processing stages (they never overlap).
         await processor.gateways.close_retired()
         _PROCESS_SECONDS.observe(time.perf_counter() - started)
-        return ProcessedBatch(events, emits, records, changelog)
+        return ProcessedBatch(events, emits, records, changelog, emit_sources, record_sources)
 
     async def deliver_batch(self, batch: ProcessedBatch) -> None:
         """Produce the batch's table changes and outcomes together and wait until the
@@ -652,13 +678,29 @@ async def _deliver(
 ) -> None:
     if events and events[0].message.generation_id != app.consumer_generation_id:
         # The batch outlived its partitions' hand-over (the rebalance hook gave up on
-        # it): their new owner has redone these commands and may have gone on. Writing
-        # this batch's table changes now would put stale values after its newer ones in
-        # the changelog, where its next recovery would read them. Its provider calls
-        # were idempotent; leave, and let the records be redelivered.
-        _exit_uncommitted("a batch outlived the hand-over of its partitions")
+        # it). Where a partition went to another worker, that worker redoes these
+        # commands and may have gone on: this batch's table changes, written now, would
+        # land after its newer ones in the changelog, for its next recovery to read. So
+        # only what came from partitions still ours is delivered (they are replayed here
+        # from the committed offset and answered from these records); the provider calls
+        # of the rest were idempotent.
+        owned = _owned_partitions()
+        moved = sorted({e.message.partition for e in events} - owned)
+        if moved:
+            log.warning(
+                "a batch outlived the hand-over of partitions %s: their new owner redoes "
+                "its commands; only those of partitions still ours are delivered",
+                moved,
+            )
+            batch = batch.keep(owned)
     await runner.deliver_batch(batch)
     offsets.advance(events)
+
+
+def _owned_partitions() -> set[int]:
+    """The commands-topic partitions assigned to this worker now."""
+    topic = commands_topic.get_topic_name()
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 
 
 def _exit_if_failed(commands: int, batch: asyncio.Future[None]) -> None:

@@ -21,9 +21,12 @@ from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from paystream.agents import commands
 from paystream.agents.batching import take_batches
-from paystream.agents.commands import _close, _despite_cancellation
+from paystream.agents.commands import ProcessedBatch, _close, _despite_cancellation
 from paystream.agents.offsets import DurableOffsets
 from paystream.agents.overlap import DeliveryChain
+from paystream.agents.pipeline import Emit
+from paystream.streams.batch_producer import OutRecord
+from paystream.streams.codec import KafkaRecord
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -387,18 +390,42 @@ async def test_events_whose_partitions_moved_while_checked_are_left_to_their_new
     assert runner.delivered == [8] and consumer.commits == [{P0: 9}] and not exits
 
 
-async def test_a_batch_that_outlived_its_partitions_hand_over_is_never_delivered(
+async def test_a_batch_that_outlived_its_partitions_hand_over_delivers_only_what_is_ours(
     monkeypatch: pytest.MonkeyPatch, exits: list[str]
 ) -> None:
-    """The rebalance hook gave up on it and the partitions' new owner redid its commands:
-    its table writes, produced now, would land after the new owner's in the changelog."""
+    """The rebalance hook gave up on it. P0 went to another worker, which redoes its
+    commands: P0's table writes, produced now, would land after that worker's in the
+    changelog. P1 came back to us: its records are delivered (and replayed here)."""
+    delivered: list[ProcessedBatch] = []
 
     class Runner:
-        async def deliver_batch(self, batch: Any) -> None: ...
+        async def deliver_batch(self, batch: ProcessedBatch) -> None:
+            delivered.append(batch)
 
+    consumer = StandInConsumer(owned={P1})
     monkeypatch.setattr(commands, "runner", Runner())
-    monkeypatch.setattr(commands, "app", SimpleNamespace(consumer_generation_id=2))
+    monkeypatch.setattr(
+        commands, "app", SimpleNamespace(consumer_generation_id=2, consumer=consumer)
+    )
+    monkeypatch.setattr(
+        commands, "commands_topic", SimpleNamespace(get_topic_name=lambda: P0.topic)
+    )
+    records = [OutRecord("changelog", 0, b"k", b"v0"), OutRecord("changelog", 1, b"k", b"v1")]
+    emits = [
+        Emit("events", KafkaRecord(b"t0", b"o0", ())),
+        Emit("events", KafkaRecord(b"t1", b"o1", ())),
+    ]
+    batch = ProcessedBatch(
+        [event(P0, 7), event(P1, 9)],  # of generation None: processed before the reassignment
+        emits,
+        [*records, OutRecord("events", 0, b"t0", b"o0"), OutRecord("events", 1, b"t1", b"o1")],
+        cast(Any, None),
+        emit_sources=[0, 1],
+        record_sources=[0, 1, 0, 1],
+    )
     offsets, _ = durable_offsets()
-    stale = event(P0, 7)  # of generation None: processed before the reassignment
-    await commands._deliver(offsets, [stale], cast(Any, "batch"))
-    assert exits == ["a batch outlived the hand-over of its partitions"]
+    await commands._deliver(offsets, batch.events, batch)
+    [sent] = delivered
+    assert [r.value for r in sent.records] == [b"v1", b"o1"]
+    assert [e.record.value for e in sent.emits] == [b"o1"]
+    assert exits == []
