@@ -100,6 +100,7 @@ class HandlerContext:
     gateway: gw.PaymentGateway
     tables: Tables
     call: Any = _direct  # GatewayCall; Any because a generic callable attribute is untypable
+    entity_keys: bool = True  # False: a command parked by an older version (its keys)
 
     @property
     def tenant(self) -> str:
@@ -115,16 +116,18 @@ class HandlerContext:
         id, the entity is the scope: a create parked after the provider applied it (its
         answer lost) and sent again under a new command id is the same create, and must
         not move money twice. Otherwise the command's key (the id derives from it)."""
-        if chosen_id is None:
+        if chosen_id is None or not self.entity_keys:
             return self.idem
-        return self._provider_key(f"{kind}:{chosen_id}")
+        # "pse:": a namespace of its own (tenant ids hold no ":"), so no client
+        # idempotency key such as "payment:p1" can name the same provider key.
+        return self._provider_key(f"{kind}:{chosen_id}", prefix="pse")
 
-    def _provider_key(self, scope: str) -> str:
-        key = f"ps:{self.cmd.tenant_id}:{scope}"
+    def _provider_key(self, scope: str, prefix: str = "ps") -> str:
+        key = f"{prefix}:{self.cmd.tenant_id}:{scope}"
         if len(key) <= _PROVIDER_KEY_MAX:
             return key
         digest = hashlib.sha256(scope.encode()).hexdigest()
-        return f"ps:{self.cmd.tenant_id}:sha256:{digest}"
+        return f"{prefix}:{self.cmd.tenant_id}:sha256:{digest}"
 
     def derived_id(self, prefix: str) -> str:
         return derived_id(prefix, self.tenant, self.cmd.command_id)

@@ -286,6 +286,9 @@ class CommandProcessor:
         # answered from its record, neither counted nor limited again. A parked or
         # in-flight record means it was let through once: the provider may have acted
         # on it, so it is not stopped now.
+        # A command let through by an older version keeps its provider keys (see
+        # HandlerContext.create_key): re-driven under new ones it would be a new request.
+        entity_keys = existing.entity_keys if existing is not None else True
         decision = None
         if limited:
             decision = self.limits.admit(
@@ -295,7 +298,7 @@ class CommandProcessor:
                 cmd.command_type,
                 data,
                 admitted_before=existing is not None,
-                hold_key=idem_table_key,
+                hold_key=_hold_key(cmd, data, idem_table_key, entity_keys),
             )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
@@ -310,11 +313,12 @@ class CommandProcessor:
             gateway=gateway_or_rejection,
             tables=self.tables,
             call=self.gateways.call_for(tenant),
+            entity_keys=entity_keys,
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
         self.idempotency[idem_table_key] = _idempotency_dict(
-            cmd, request_hash, IdempotencyState.IN_FLIGHT, expires
+            cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, entity_keys=entity_keys
         )
         try:
             result = await HANDLERS[cmd.command_type](ctx, data)
@@ -343,7 +347,7 @@ class CommandProcessor:
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
             if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
-                return self._park(rec, cmd, idem_table_key, request_hash, expires, exc)
+                return self._park(rec, cmd, idem_table_key, request_hash, expires, exc, entity_keys)
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")
@@ -713,12 +717,16 @@ class CommandProcessor:
         request_hash: str,
         expires: float,
         exc: GatewayError,
+        entity_keys: bool,
     ) -> list[Emit]:
         """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`."""
         metrics.PARKED.labels(cmd.tenant_id).inc()
         log.warning("parking command %s of %s: %s", cmd.command_id, cmd.tenant_id, exc.code)
         self._remember(
-            idem_key, _idempotency_dict(cmd, request_hash, IdempotencyState.PARKED, expires)
+            idem_key,
+            _idempotency_dict(
+                cmd, request_hash, IdempotencyState.PARKED, expires, entity_keys=entity_keys
+            ),
         )
         headers = tuple(
             sorted(
@@ -739,16 +747,28 @@ _PROVIDER_REJECTIONS = {
 }
 
 
+def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool) -> str:
+    """What a payment's daily-volume hold is kept under: the same scope as its provider
+    key, so a parked create sent again under a new command id is not held twice."""
+    payment_id = getattr(data, "payment_id", None)
+    if entity_keys and cmd.command_type == "payment.create" and payment_id:
+        return f"{cmd.tenant_id}:payment:{payment_id}"
+    return idem_table_key
+
+
 def _idempotency_dict(
     cmd: CommandRef,
     request_hash: str,
     state: IdempotencyState,
     expires: float,
     outcome: StoredOutcome | None = None,
+    *,
+    entity_keys: bool = True,
 ) -> dict[str, Any]:
     """An IdempotencyRecord in its stored (JSON) shape, built without a model round trip:
     this runs two or three times per command on the hot path."""
     return {
+        "entity_keys": entity_keys,
         "command_id": cmd.command_id,
         "command_type": cmd.command_type,
         "request_hash": request_hash,

@@ -168,3 +168,6 @@ class IdempotencyRecord(BaseModel):
     # another command id, is the very event first emitted (absent from older records).
     time: datetime | None = None
     traceparent: str | None = None
+    # Whether its creates use entity-scoped provider keys (absent, so False, from older
+    # versions: a command they parked keeps the keys it was first sent with).
+    entity_keys: bool = False

@@ -13,7 +13,7 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness, data, kind, outcome_of
+from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -282,3 +282,24 @@ async def test_a_declined_payment_releases_what_it_held(harness: Harness) -> Non
     assert kind(out) == "payment.failed"
     _, out = await _run(harness, _record("payment.create", t, _pay(1000), "e", T0, 111))
     assert kind(out) == "payment.succeeded"
+
+
+async def test_a_parked_create_resent_under_a_new_command_is_held_once(
+    harness: Harness,
+) -> None:
+    """Sent again under a new command id, a parked create with a chosen payment id is the
+    same payment (one provider key): it is not held twice against the day's quota."""
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    body = {**_pay(900), "payment_id": "p1"}
+    parked = await harness.processor.process(_record("payment.create", t, body, "a", T0, 120))
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    _, out = await _run(harness, _record("payment.create", t, body, "b", T0 + 1, 121))
+    assert kind(out) == "payment.succeeded"
+    _, over = await _run(harness, _record("payment.create", t, _pay(200), "c", T0 + 2, 122))
+    assert (data(over)["used"], data(over)["held"]) == (900, 0)
+    assert await _charges(harness, t) == 1

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from paystream.agents.handlers import Tables
-from paystream.agents.pipeline import Inbound
+from paystream.agents.pipeline import Inbound, _request_hash
 from paystream.client import build_command
 from paystream.gateways import base as gw
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
+from paystream.streams.commands import CreatePayment
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, new_tenant_id
 
@@ -166,7 +167,9 @@ async def test_a_create_parked_after_the_provider_applied_it_moves_money_once(
     it done."""
     t = new_tenant_id()
     entity = "p1" if create == "payment" else "r1"
-    harness.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:{create}:{entity}": 3}})
+    harness.add_tenant(
+        t, gateway_options={"lose_response_first": {f"pse:{t}:{create}:{entity}": 3}}
+    )
     pay = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
     body: dict[str, Any] = pay
     if create == "refund":
@@ -290,3 +293,44 @@ async def test_a_redelivered_record_writes_its_entries_to_the_changelog_again(
     again = await harness.raw(inbound)
     assert [e.record for e in again] == [e.record for e in first]
     assert {"payments", "idempotency"} <= {name for name, _ in writes}
+
+
+async def test_a_create_parked_by_an_older_version_keeps_its_provider_key(
+    harness: Harness,
+) -> None:
+    """A record an older version wrote (no entity_keys flag) means the command was first
+    sent under the command-scoped key: re-driven, it keeps that key, so the provider
+    replays the create instead of charging again under a new one."""
+    t = new_tenant_id()
+    legacy = f"ps:{t}:cmd-old"
+    harness.add_tenant(t, gateway_options={"lose_response_first": {legacy: 3}})
+    pay = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
+    command = build_command("payment.create", t, pay, command_id="cmd-old")
+    # In flight at an older version's crash: its record, as that version wrote it.
+    data = CreatePayment.model_validate(pay).model_dump(mode="json")
+    request_hash = _request_hash("payment.create", data)
+    harness.idempotency[f"{t}:cmd-old"] = {
+        "command_id": "cmd-old",
+        "command_type": "payment.create",
+        "request_hash": request_hash,
+        "state": "in_flight",
+        "expires_at": 4_000_000_000.0,
+    }
+    parked, _ = await harness.send_event(command)  # the provider applies; answers lost
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    _, replayed = await harness.send_event(command)  # `paystream dlq replay`
+    assert replayed is not None and kind(replayed) == "payment.succeeded"
+    charges = [e for e in await _gateway(harness, t).effects() if e.kind == "charge"]
+    assert [e.idempotency_key for e in charges] == [legacy]
+
+
+async def test_a_client_key_naming_an_entity_is_not_its_provider_key(harness: Harness) -> None:
+    """Entity-scoped provider keys have a namespace of their own: a capture sent under
+    the idempotency key "payment:p1" is not taken for p1's create at the provider."""
+    t = harness.add_tenant()
+    auth = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
+    await harness.send("payment.create", t, {**auth, "capture": "manual"})
+    captured = await harness.send(
+        "payment.capture", t, {"payment_id": "p1"}, idempotency_key="payment:p1"
+    )
+    assert kind(captured) == "payment.succeeded"
