@@ -34,7 +34,7 @@ from faust.types import TP, AppT, EventT, Message
 from paystream import metrics
 from paystream.agents.batching import take_batches
 from paystream.agents.handlers import Tables
-from paystream.agents.offsets import DurableOffsets, commit_periodically
+from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.agents.tenants import registry
@@ -625,7 +625,7 @@ async def process_commands(stream: Any) -> None:
         _IN_HAND.remove(in_hand)
         _QUEUES.remove(queue)
         committer.cancel()
-        await _despite_cancellation(
+        await despite_cancellation(
             _close(offsets, chain), SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS
         )
 
@@ -657,6 +657,8 @@ async def finish_batches_before_handing_over(
     """
     started = time.monotonic()
     deadline = started + REBALANCE_DRAIN_SECONDS  # shared: the whole hand-over, not each step
+    if runner._processor is not None:
+        runner._processor.rescan_expiry()
     for chain, offsets in list(_IN_HAND):
         if not await chain.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
@@ -735,38 +737,6 @@ async def _final_commit(offsets: DurableOffsets) -> None:
         await offsets.commit()
     except Exception:  # the consumer may already be gone; redelivery covers it
         log.warning("final offset commit failed", exc_info=True)
-
-
-async def _despite_cancellation(work: Awaitable[None], seconds: float) -> None:
-    """Finish ``work`` even if the task is cancelled meanwhile, then pass the cancel on.
-
-    Faust stops an agent by ending its stream and, straight after, cancelling its task
-    (then waits for the task to end). Without this, the final offset commit was cut off
-    at every idle shutdown: a worker stopped seconds after handling a backlog committed
-    nothing, and the next one redid all of it.
-    """
-    task = asyncio.ensure_future(work)
-    deadline = time.monotonic() + seconds
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
-        except asyncio.CancelledError:
-            # The agent was cancelled (a request is pending on it), or the work itself
-            # ended cancelled: only the first is passed on.
-            this = asyncio.current_task()
-            cancelled = cancelled or (this is not None and this.cancelling() > 0)
-        except TimeoutError:
-            if task.done():  # the work's own timeout, not our deadline
-                log.warning("shutdown work failed", exc_info=True)
-                continue
-            log.warning("shutdown work unfinished after %.0f s; leaving without it", seconds)
-            task.cancel()
-            break
-        except Exception:
-            log.warning("shutdown work failed", exc_info=True)
-    if cancelled:
-        raise asyncio.CancelledError
 
 
 def _exit_uncommitted(what: str, exc: BaseException | None = None) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
+
 from paystream.gateways import base as gw
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.ids import derived_id
@@ -313,8 +315,8 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     return HandlerResult("customer.erased", rec)
 
 
-# Rows per list in a `customer.exported` outcome (a payment is about 450 bytes of JSON).
-EXPORT_MAX_ROWS = 500
+# JSON bytes of rows in a `customer.exported` outcome (a payment is about 450 bytes).
+EXPORT_MAX_BYTES = 256 * 1024
 
 
 async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> HandlerResult:
@@ -338,13 +340,19 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
     refunds = owned(ctx.tables.refunds, "payment_id", {p["id"] for p in payments})
     export: dict[str, Any] = {"customer": rec.snapshot()}
     truncated = {}
+    # One outcome record (and its stored copy) must stay well under the broker's message
+    # size (1 MB by default): one the broker refuses fails the whole batch, again on
+    # every redelivery. So the lists share a byte budget; the ledger keeps everything.
+    budget = EXPORT_MAX_BYTES
     for name, rows in (("payment_methods", methods), ("payments", payments), ("refunds", refunds)):
-        # One outcome record must stay well under the broker's message size (1 MB by
-        # default): a record the broker refuses fails the whole batch, again on every
-        # redelivery. The ledger keeps the customer's full history.
-        export[name] = rows[:EXPORT_MAX_ROWS]
-        if len(rows) > EXPORT_MAX_ROWS:
-            truncated[name] = len(rows)
+        kept = []
+        for row in rows:
+            budget -= len(orjson.dumps(row))
+            if budget < 0:
+                truncated[name] = len(rows)
+                break
+            kept.append(row)
+        export[name] = kept
     if truncated:
         export["truncated"] = truncated
     # Read-only: the outcome carries the export; no entity changes.

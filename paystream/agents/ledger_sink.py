@@ -35,7 +35,7 @@ from typing import Any
 from faust.types import EventT
 
 from paystream.agents.batching import take_batches
-from paystream.agents.offsets import DurableOffsets, commit_periodically
+from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.app import app, settings
 from paystream.errors import ConfigurationError
 from paystream.ledger.errors import InvalidEventError
@@ -250,8 +250,9 @@ async def store_outcomes(stream: Any) -> None:
     finally:
         committer.cancel()
         with contextlib.suppress(Exception):
-            # Stored batches not yet committed: otherwise only redelivered (absorbed).
-            await asyncio.wait_for(offsets.commit(), FINAL_COMMIT_SECONDS)
+            # Stored batches not yet committed. Faust cancels the agent right after ending
+            # its stream: the commit must outlive that (else only redelivered, absorbed).
+            await despite_cancellation(offsets.commit(), FINAL_COMMIT_SECONDS)
 
 
 FINAL_COMMIT_SECONDS = 5.0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Sequence
 from typing import cast
 
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, AppT, EventT
 
-__all__ = ["DurableOffsets", "commit_periodically"]
+__all__ = ["DurableOffsets", "commit_periodically", "despite_cancellation"]
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +93,35 @@ async def commit_periodically(app: AppT, offsets: DurableOffsets, interval: floa
             await offsets.commit()
         except Exception:
             log.warning("offset commit failed; retrying next interval", exc_info=True)
+
+
+async def despite_cancellation(work: Awaitable[None], seconds: float) -> None:
+    """Finish ``work`` even if the task is cancelled meanwhile, then pass the cancel on.
+
+    Faust stops an agent by ending its stream and, straight after, cancelling its task
+    (then waits for the task to end). Without this, the final offset commit was cut off
+    at every idle shutdown: a worker stopped seconds after handling a backlog committed
+    nothing, and the next one redid all of it.
+    """
+    task = asyncio.ensure_future(work)
+    deadline = time.monotonic() + seconds
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            # The agent was cancelled (a request is pending on it), or the work itself
+            # ended cancelled: only the first is passed on.
+            this = asyncio.current_task()
+            cancelled = cancelled or (this is not None and this.cancelling() > 0)
+        except TimeoutError:
+            if task.done():  # the work's own timeout, not our deadline
+                log.warning("shutdown work failed", exc_info=True)
+                continue
+            log.warning("shutdown work unfinished after %.0f s; leaving without it", seconds)
+            task.cancel()
+            break
+        except Exception:
+            log.warning("shutdown work failed", exc_info=True)
+    if cancelled:
+        raise asyncio.CancelledError

@@ -383,7 +383,7 @@ class CommandProcessor:
             # local store (RocksDB writes on set) but never reached the changelog.
             self._rewrite(self.idempotency, f"{cmd.tenant_id}:{cmd.idempotency_key}")
             self._rewrite_entities(cmd.tenant_id, existing.outcome)
-        self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
+            self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
         metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
         # The stored outcome was produced for the original command id; a retry under a
         # new id with the same key gets the original event (as Stripe does).
@@ -495,6 +495,12 @@ class CommandProcessor:
                 del self.idempotency[key]
                 purged += 1
         return purged
+
+    def rescan_expiry(self) -> None:
+        """Partitions are moving: records recovered for them (written by another worker
+        meanwhile) are found by a fresh scan at the next purge."""
+        self._expiry_seeded = False
+        self._seeded.clear()
 
     def _seed_expiry(self, tenant_id: str | None) -> None:
         found: dict[str, list[tuple[float, str]]] = {}

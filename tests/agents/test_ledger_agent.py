@@ -37,7 +37,9 @@ class FlakyRunner:
 
 
 def agent_over(
-    monkeypatch: pytest.MonkeyPatch, runner: FlakyRunner, batches: list[list[Any]]
+    monkeypatch: pytest.MonkeyPatch,
+    runner: FlakyRunner,
+    batches: list[list[Any]],
 ) -> StandInConsumer:
     async def take(*_: Any, **__: Any) -> AsyncIterator[list[Any]]:
         for batch in batches:
@@ -74,3 +76,27 @@ async def test_a_batch_cut_short_by_shutdown_is_not_committed(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert consumer.commits == [] and runner.stored == []
+
+
+async def test_what_was_stored_is_committed_when_the_agent_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust ends the agent's stream and cancels it straight after: the final commit
+    outlives the cancel (it was cut off, and the stored batch written again later)."""
+    runner = FlakyRunner()
+    consumer = agent_over(monkeypatch, runner, [[event(P0, 0)]])
+    committing = asyncio.Event()
+
+    async def slow_commit(offsets: dict[Any, int]) -> bool:
+        committing.set()
+        await asyncio.sleep(0.1)  # the broker's round trip
+        consumer.commits.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(consumer, "_commit", slow_commit)
+    task = asyncio.ensure_future(ledger_sink.store_outcomes(object()))
+    await asyncio.wait_for(committing.wait(), 5)  # the stream ended: the final commit
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert consumer.commits == [{P0: 1}]

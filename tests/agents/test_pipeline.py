@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import orjson
 import pytest
 from prometheus_client import generate_latest
 
@@ -810,8 +811,8 @@ async def test_an_export_too_large_for_one_record_is_cut_and_says_so(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The broker refuses a record over its message size (1 MB by default), failing the
-    whole batch on every redelivery: the export lists are capped, with full counts."""
-    monkeypatch.setattr(handlers, "EXPORT_MAX_ROWS", 2)
+    whole batch on every redelivery: the export's rows share a byte budget, and it gives
+    the full counts of what it left out."""
     t = harness.add_tenant()
     cid, pmid = await _customer_with_card(harness, t)
     for _ in range(3):
@@ -820,6 +821,14 @@ async def test_an_export_too_large_for_one_record_is_cut_and_says_so(
             t,
             {"amount": 800, "currency": "USD", "customer_id": cid, "payment_method_id": pmid},
         )
+
+    def size(table: dict[str, dict[str, object]], key: str) -> int:
+        return len(orjson.dumps({k: v for k, v in table[key].items() if k != "applied"}))
+
+    payments = sorted(k for k in harness.tables.payments if k.startswith(f"{t}:"))
+    budget = size(harness.tables.payment_methods, f"{t}:{pmid}")
+    budget += sum(size(harness.tables.payments, k) for k in payments[:2])
+    monkeypatch.setattr(handlers, "EXPORT_MAX_BYTES", budget)
     export = data(await harness.send("customer.export", t, {"customer_id": cid}))["export"]
     assert len(export["payments"]) == 2 and export["truncated"] == {"payments": 3}
 
@@ -888,6 +897,25 @@ async def test_purge_finds_records_recovered_for_a_tenant_that_already_ran_here(
     ttl = harness.settings.idempotency_ttl_seconds
     assert fresh.purge_expired(t, time.time() + ttl + 1) == 2
     assert not [k for k in harness.idempotency if k.startswith(f"{t}:")]
+
+
+async def test_purge_finds_records_recovered_when_a_partition_comes_back(
+    harness: Harness,
+) -> None:
+    """This worker ran the tenant, lost its partition, then got it back: records another
+    worker wrote meanwhile are recovered into the table. The rebalance asks for a rescan."""
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "mine"})
+    ttl = harness.settings.idempotency_ttl_seconds
+    harness.processor.purge_expired(t, time.time())  # seeded: the tenant is known here
+    other_worker = type(harness.processor)(
+        harness.settings, harness.tables, harness.idempotency, harness.tenants, harness.pool
+    )
+    mine = harness.processor
+    harness.processor = other_worker
+    await harness.send("customer.create", t, {"customer_id": "theirs"})
+    mine.rescan_expiry()  # the rebalance hook, when the partition came back
+    assert mine.purge_expired(t, time.time() + ttl + 1) == 2
 
 
 @pytest.mark.parametrize(

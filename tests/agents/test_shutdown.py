@@ -21,8 +21,8 @@ from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from paystream.agents import commands
 from paystream.agents.batching import take_batches
-from paystream.agents.commands import ProcessedBatch, _close, _despite_cancellation
-from paystream.agents.offsets import DurableOffsets
+from paystream.agents.commands import ProcessedBatch, _close
+from paystream.agents.offsets import DurableOffsets, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import Emit
 from paystream.streams.batch_producer import OutRecord
@@ -61,7 +61,7 @@ async def test_work_started_before_a_cancel_is_finished_and_the_cancel_passed_on
         finished.set()
 
     async def agent() -> None:
-        await _despite_cancellation(commit(), seconds=5)
+        await despite_cancellation(commit(), seconds=5)
 
     task = asyncio.ensure_future(agent())
     await started.wait()
@@ -81,7 +81,7 @@ async def test_work_past_its_deadline_is_abandoned() -> None:
         started.set()
         await asyncio.get_running_loop().create_future()  # never answers
 
-    await asyncio.wait_for(_despite_cancellation(stuck(), seconds=0.05), 5)
+    await asyncio.wait_for(despite_cancellation(stuck(), seconds=0.05), 5)
     assert started.is_set()
 
 
@@ -278,8 +278,8 @@ async def test_the_works_own_cancel_or_timeout_is_not_taken_for_the_agents(
         raise TimeoutError
 
     # Neither is passed on as a cancel of the agent, nor taken for our deadline.
-    await asyncio.wait_for(_despite_cancellation(cancelled_inside(), seconds=5), 1)
-    await asyncio.wait_for(_despite_cancellation(timed_out_inside(), seconds=5), 1)
+    await asyncio.wait_for(despite_cancellation(cancelled_inside(), seconds=5), 1)
+    await asyncio.wait_for(despite_cancellation(timed_out_inside(), seconds=5), 1)
     assert "shutdown work failed" in caplog.text
     assert "unfinished" not in caplog.text
 
