@@ -101,20 +101,21 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
         except UnicodeDecodeError:
             return True
     text = "\x00".join(texts)
-    if _SPAN_OR_EXPONENT.search(text) is None:  # the common case: one pass, nothing found
-        return False
-    return _has_card_number(with_float_digits(text))
+    if _JSON_EXPONENT.search(text) is not None:  # rare: a second pass only then
+        text = with_float_digits(text)
+    return _has_card_number(text)
 
 
 def with_float_digits(text: str) -> str:
-    """``text`` plus, after NULs, the digits of each number in it written with an
+    """``text`` plus, after NULs, the digits of each JSON number in it written with an
     exponent: 4.242424242424242e15 parses to a float whose digits are not in the text."""
-    return text + "".join(f"\x00{_float_digits(m)}" for m in _EXPONENT_NUMBER.finditer(text))
+    found = _JSON_EXPONENT.finditer("\x00" + text)  # a part may be a bare number
+    return text + "".join(f"\x00{_float_digits(m)}" for m in found)
 
 
 def _float_digits(match: re.Match[str]) -> str:
     try:
-        return next(_strings(float(match.group())))
+        return next(_strings(float(match.group(1))))
     except (ValueError, OverflowError):
         return ""
 
@@ -138,9 +139,9 @@ def redact_card_numbers(text: str) -> str:
 
 
 _SEPARATORS = re.compile(r"[^\d]")
-# JSON numbers with an exponent; rare in commands, so each is converted as it is found.
-# The candidate span, or a number with an exponent: one pass over the text serves both.
-_SPAN_OR_EXPONENT = re.compile(r"\d(?:[\d \u00a0./-]{11,}\d|[eE][+-]?\d)")
-_EXPONENT_NUMBER = re.compile(r"\d+(?:\.\d+)?[eE][+-]?\d+")
+# A JSON number token with an exponent: only after ":", "[", "," or the NUL that starts
+# a part, so "2e013" inside a hex id is none. Its own pass (~5 µs a command): folded
+# into the span regex it doubled that regex's time.
+_JSON_EXPONENT = re.compile(r"[:\[,\x00]\s*(-?\d+(?:\.\d+)?[eE][+-]?\d+)")
 # Every candidate is at least 13 digits and separators, starting and ending with a digit.
 _SPAN = re.compile(r"\d[\d \u00a0./-]{11,}\d")

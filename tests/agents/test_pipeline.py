@@ -653,6 +653,19 @@ async def test_a_card_number_in_a_record_that_is_not_a_cloudevent_is_not_kept(
     assert _leaks(emits) == []
 
 
+async def test_hex_ids_are_not_taken_for_numbers_with_an_exponent(harness: Harness) -> None:
+    """ "…adbc4282e013" and "28e70c83…" hold digit-e-digit runs that, read as numbers,
+    pass the Luhn check: a dead letter holding such ids kept its bytes before the
+    exponent check, and must still."""
+    ids = ["b0294918-5f7a-4a1e-9c3d-adbc4282e013", "28e70c83-1c2d-4e5f-8a9b-0c1d2e3f4a5b"]
+    value = json.dumps({"specversion": "1.0", "id": "c1", "type": "t", "data": {"ids": ids}})
+    emits = await harness.raw(
+        Inbound(key=b"acme", value=value.encode(), headers={}, timestamp_ms=0, topic="c")
+    )
+    [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dlq.record.value == value.encode()
+
+
 async def test_a_card_number_with_escaped_slashes_in_an_oversized_command_is_not_kept(
     harness: Harness,
 ) -> None:
