@@ -6,7 +6,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from paystream.settings import Settings
@@ -45,6 +47,14 @@ class ParkedRecord:
         return any(k == "paystream-dlq-redacted" for k, _ in self.headers)
 
     @property
+    def first_seen_ms(self) -> int:
+        """When the command was first sent, as best known: the earlier of its CloudEvents
+        ``time`` and this record's timestamp. A command parked again after a failed
+        replay gets a new record; the idempotency window runs from its first attempt."""
+        sent = _command_time_ms(self)
+        return self.timestamp_ms if sent is None else min(sent, self.timestamp_ms)
+
+    @property
     def replayable(self) -> bool:
         """Re-sent, it could get another answer: not bytes that never decode as a
         CloudEvent (each replay would only dead-letter them again), nor redacted ones."""
@@ -65,6 +75,27 @@ def stale_after_ms(settings: Settings) -> int:
     the idempotency window (ours, and the provider's)."""
     ttl_ms = settings.idempotency_ttl_seconds * 1000
     return max(ttl_ms - 3_600_000, ttl_ms // 2)
+
+
+def _command_time_ms(rec: ParkedRecord) -> int | None:
+    """The command's CloudEvents ``time`` (binary-mode header or structured body), in ms."""
+    raw = next((v for k, v in rec.headers if k.lower() == "ce_time"), None)
+    if raw is None and rec.value:
+        try:
+            body = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            body = None
+        found = body.get("time") if isinstance(body, dict) else None
+        raw = found.encode() if isinstance(found, str) else None
+    if raw is None:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.decode().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 async def read_parked(
@@ -133,7 +164,12 @@ async def replay(
     held: set[tuple[str, int]] = set()
     for rec in found:
         where = (rec.topic, rec.partition)
-        too_old = not include_stale and now_ms - rec.timestamp_ms > stale_after_ms(settings)
+        # Only what would be re-sent can be too old: the rest is passed over anyway.
+        too_old = (
+            not include_stale
+            and rec.replayable
+            and now_ms - rec.first_seen_ms > stale_after_ms(settings)
+        )
         if where in held or too_old:
             held.add(where)
             stale.append(rec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -127,3 +128,38 @@ async def test_dead_letters_that_never_decode_are_passed_over(deployment_factory
     sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
     await consumer.stop()
     assert [r.value for r in sent] == [b"cmd"]
+
+
+async def test_the_idempotency_window_runs_from_the_commands_first_attempt(
+    deployment_factory: Any,
+) -> None:
+    """A command parked again after a failed replay gets a new record: its age is its own
+    time (ce_time), not that record's. And an old dead letter that would not be re-sent
+    (kept without its bytes) holds nothing back."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    now = int(time.time() * 1000)
+    day_ago = datetime.fromtimestamp((now - stale_after_ms(settings) - 60_000) / 1000, UTC)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.retry_topic,
+            b"{}",
+            partition=0,
+            headers=[("ce_time", day_ago.isoformat().encode())],  # re-parked just now
+        )
+        await producer.send_and_wait(
+            settings.dlq_topic,
+            b"",
+            partition=0,
+            timestamp_ms=now - stale_after_ms(settings) - 60_000,
+            headers=[("paystream-dlq-redacted", b"card_number")],
+        )
+        await producer.send_and_wait(settings.dlq_topic, b"fresh", partition=0)
+    finally:
+        await producer.stop()
+    retry = await replay(settings, [settings.retry_topic], now_ms=now)
+    assert retry.handled == [] and len(retry.stale) == 1
+    dlq = await replay(settings, [settings.dlq_topic], now_ms=now)
+    assert [r.value for r in dlq.handled] == [b"", b"fresh"] and dlq.stale == []
