@@ -503,8 +503,9 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
         )
     for problem in report.unopenable:
         click.echo(
-            f"warning: {problem}: no key in the keyring opens it; it was left as it is "
-            "(set it again with `paystream tenants add --secret`)",
+            f"error: {problem}: no key in the keyring opens it; it was left as it is. Is "
+            "the master key that sealed it missing from PAYSTREAM_RETIRED_MASTER_KEYS? "
+            "(If that key is lost, set the secret again with `paystream tenants add --secret`.)",
             err=True,
         )
     ledger = (
@@ -516,6 +517,9 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
         f"{report.secrets_resealed} secret(s) of {report.tenants_changed} tenant(s) re-sealed; "
         f"{ledger}"
     )
+    if report.unopenable:
+        # Not done: dropping the retired key now would lose these secrets for good.
+        sys.exit(1)
 
 
 @cli.group()

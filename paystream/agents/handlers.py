@@ -191,9 +191,14 @@ async def _gateway(ctx: HandlerContext, fn: Callable[[], Awaitable[T]]) -> T:
             raise Rejection(RejectReason.NOT_FOUND, exc.message) from exc
         if exc.code is ErrorCode.INVALID_STATE:
             raise Rejection(RejectReason.INVALID_STATE, exc.message) from exc
-        if exc.code in (ErrorCode.AUTHENTICATION_FAILED, ErrorCode.PERMISSION_DENIED):
-            # The tenant's credentials are wrong, not the command: answer, but do not
-            # remember the answer, so the same key succeeds once the credentials are fixed.
+        unreachable = exc.code is ErrorCode.PROVIDER_UNAVAILABLE and not exc.retryable
+        if unreachable or exc.code in (
+            ErrorCode.AUTHENTICATION_FAILED,
+            ErrorCode.PERMISSION_DENIED,
+        ):
+            # The tenant's credentials (or the way to the provider) are wrong, not the
+            # command: answer, but do not remember the answer, so the same key succeeds
+            # once that is fixed.
             raise Rejection(
                 RejectReason.GATEWAY_NOT_CONFIGURED, exc.message, remember=False
             ) from exc

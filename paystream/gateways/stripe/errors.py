@@ -99,8 +99,11 @@ def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, 
     if not err:
         # Not Stripe's error object: an unreadable 200 (Stripe ran the request) or a
         # proxy's page. Nothing says the request was refused, and it may have been
-        # applied: retry under the same key, never answer "rejected".
-        return ErrorCode.PROVIDER_UNAVAILABLE, True
+        # applied: retry under the same key, never answer "rejected". A proxy's other
+        # 4xx (401, 413, ...) will not change on a retry: not retried, and answered as
+        # the deployment's fault, not remembered (see handlers._gateway).
+        transient = status is None or status < 400 or status >= 500 or status in (408, 429)
+        return ErrorCode.PROVIDER_UNAVAILABLE, transient
     if code in _STATE_CODES:
         return ErrorCode.INVALID_STATE, None
     if status is not None and status >= 500:
