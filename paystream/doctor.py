@@ -171,6 +171,26 @@ async def check_ledger_ready(settings: Settings) -> str:
         raise CheckFailed(f"as paystream_app: {type(exc).__name__}: {exc}") from exc
     finally:
         await engine.dispose()
+    # Every master key the ledger's data keys are wrapped under must be in the keyring,
+    # or the sink retries its first batch of such a tenant for ever. (As the owner: RLS
+    # shows the application role one tenant's keys at a time.)
+    owner = create_engine(owner_url, hide_parameters=True)
+    try:
+        async with owner.connect() as conn:
+            used = {
+                str(key_id)
+                for key_id in (
+                    await conn.execute(text("SELECT DISTINCT master_key_id FROM data_keys"))
+                ).scalars()
+            }
+    finally:
+        await owner.dispose()
+    held = {keyring.current.key_id, *(k.key_id for k in keyring.retired)}
+    if missing := sorted(used - held):
+        raise CheckFailed(
+            f"ledger data keys are wrapped under master key(s) {', '.join(missing)}, not in "
+            "PAYSTREAM_MASTER_KEY or PAYSTREAM_RETIRED_MASTER_KEYS"
+        )
     return f"schema {head}, paystream_app logs in under RLS, master key {keyring.current.key_id}"
 
 
@@ -375,7 +395,15 @@ async def check_registry_compacted(settings: Settings) -> str:
     admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
     await admin.start()
     try:
-        if topic not in set(await admin.list_topics()):
+        existing = set(await admin.list_topics())
+        if topic not in existing:
+            if settings.commands_topic in existing:
+                # Topics were created, this one not (misnamed or deleted): workers stay
+                # unready, and commands wait, until it exists.
+                raise CheckFailed(
+                    f"{topic} does not exist: workers will not run commands; run "
+                    "`paystream topics` (or check PAYSTREAM_TENANTS_TOPIC)"
+                )
             return f"{topic} not created yet (`paystream topics` creates it compacted)"
         # All its configs: the embedded broker drops the connection when asked for named ones.
         resource = ConfigResource(ConfigResourceType.TOPIC, topic)

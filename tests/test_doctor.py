@@ -80,10 +80,13 @@ async def test_doctor_fails_a_registry_topic_that_is_not_compacted(
     finally:
         await admin.close()
 
-    def with_registry(name: str) -> Settings:
-        return stack_settings.model_copy(update={"tenants_topic": name})
+    def with_registry(name: str, commands: str = f"{tag}.no-commands") -> Settings:
+        return stack_settings.model_copy(update={"tenants_topic": name, "commands_topic": commands})
 
     with pytest.raises(CheckFailed, match=r"cleanup\.policy=delete"):
         await check_registry_compacted(with_registry(f"{tag}.plain"))
     assert "compact" in await check_registry_compacted(with_registry(f"{tag}.compact"))
     assert "not created yet" in await check_registry_compacted(with_registry(f"{tag}.absent"))
+    # Topics created but not this one (misnamed, deleted): workers would wait for good.
+    with pytest.raises(CheckFailed, match="workers will not run commands"):
+        await check_registry_compacted(with_registry(f"{tag}.absent", commands=f"{tag}.plain"))

@@ -7,10 +7,13 @@ import base64
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.doctor import CheckFailed, check_ledger_ready
+from paystream.ledger import write_events
 from paystream.settings import load_settings
-from tests.ledger.factories import LedgerDb
+from paystream.tenancy.crypto import MasterKey, MasterKeyring
+from tests.ledger.factories import EventFactory, LedgerDb
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -44,3 +47,20 @@ async def test_what_would_stall_the_sink_fails_the_check(
     }
     with pytest.raises(CheckFailed, match=says):
         await check_ledger_ready(load_settings(**values))
+
+
+async def test_a_ledger_key_wrapped_under_a_master_key_not_held_fails_the_check(
+    ledger_db: LedgerDb, app_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """The sink could not unwrap that tenant's data keys and would retry its first batch
+    for ever. (Last in this module: it leaves such a key behind.)"""
+    gone = MasterKey.generate()
+    await write_events(
+        app_engine, [make_event.customer("dk", "cus_1")], keyring=MasterKeyring(gone)
+    )
+    password = make_url(ledger_db.app_url).password or ""
+    settings = load_settings(
+        database_url=ledger_db.owner_url, db_app_password=password, master_key=KEY
+    )
+    with pytest.raises(CheckFailed, match=gone.key_id):
+        await check_ledger_ready(settings)
