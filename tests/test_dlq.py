@@ -21,6 +21,24 @@ class Interrupted(Exception):
     pass
 
 
+async def _produce(settings: Any, topic: str, *records: dict[str, Any]) -> None:
+    """Each record as ``send_and_wait`` keyword arguments (value, headers, ...), partition 0."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send_and_wait(topic, partition=0, **record)
+    finally:
+        await producer.stop()
+
+
+async def _resent(settings: Any) -> list[bytes | None]:
+    """What replays put back on the commands topic."""
+    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
+    await consumer.stop()
+    return [r.value for r in sent]
+
+
 async def test_an_interrupted_replay_resumes_where_it_stopped(deployment_factory: Any) -> None:
     dep = await deployment_factory()
     settings = dep.settings
@@ -72,24 +90,16 @@ async def test_dead_letters_kept_without_their_bytes_are_passed_over(
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(settings.dlq_topic, (b"acme", b"junk", 0))
-    redacted = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
-    await redacted.start()
-    try:
-        await redacted.send_and_wait(
-            settings.dlq_topic,
-            b"",
-            partition=0,
-            headers=[("paystream-dlq-redacted", b"card_number")],
-        )
-    finally:
-        await redacted.stop()
+    await _produce(
+        settings,
+        settings.dlq_topic,
+        {"value": b"", "headers": [("paystream-dlq-redacted", b"card_number")]},
+    )
     replayed = (await replay(settings, [settings.dlq_topic])).handled
     assert [r.redacted for r in replayed] == [False, True]
     # only the junk went back to the commands topic; both are done with
     assert (await replay(settings, [settings.dlq_topic])).handled == []
-    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
-    await consumer.stop()
-    assert [r.value for r in sent] == [b"junk"]
+    assert await _resent(settings) == [b"junk"]
 
 
 async def test_records_parked_longer_than_the_idempotency_window_are_held_back(
@@ -113,21 +123,16 @@ async def test_dead_letters_that_never_decode_are_passed_over(deployment_factory
     (and done with), not re-sent to come back to the dead-letter topic each run."""
     dep = await deployment_factory()
     settings = dep.settings
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
-    await producer.start()
-    try:
-        for value, reason in ((b"garbage", b"not_a_cloudevent"), (b"cmd", b"internal_error")):
-            await producer.send_and_wait(
-                settings.dlq_topic, value, partition=0, headers=[("paystream-dlq-reason", reason)]
-            )
-    finally:
-        await producer.stop()
+    await _produce(
+        settings,
+        settings.dlq_topic,
+        {"value": b"garbage", "headers": [("paystream-dlq-reason", b"not_a_cloudevent")]},
+        {"value": b"cmd", "headers": [("paystream-dlq-reason", b"internal_error")]},
+    )
     handled = (await replay(settings, [settings.dlq_topic])).handled
     assert [(r.value, r.replayable) for r in handled] == [(b"garbage", False), (b"cmd", True)]
     assert (await replay(settings, [settings.dlq_topic])).handled == []
-    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
-    await consumer.stop()
-    assert [r.value for r in sent] == [b"cmd"]
+    assert await _resent(settings) == [b"cmd"]
 
 
 async def test_the_idempotency_window_runs_from_the_commands_first_attempt(
@@ -140,25 +145,22 @@ async def test_the_idempotency_window_runs_from_the_commands_first_attempt(
     settings = dep.settings
     now = int(time.time() * 1000)
     day_ago = datetime.fromtimestamp((now - stale_after_ms(settings) - 60_000) / 1000, UTC)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            settings.retry_topic,
-            b"{}",
-            partition=0,
-            headers=[("ce_time", day_ago.isoformat().encode())],  # re-parked just now
-        )
-        await producer.send_and_wait(
-            settings.dlq_topic,
-            b"",
-            partition=0,
-            timestamp_ms=now - stale_after_ms(settings) - 60_000,
-            headers=[("paystream-dlq-redacted", b"card_number")],
-        )
-        await producer.send_and_wait(settings.dlq_topic, b"fresh", partition=0)
-    finally:
-        await producer.stop()
+    # re-parked just now, first sent a day ago
+    await _produce(
+        settings,
+        settings.retry_topic,
+        {"value": b"{}", "headers": [("ce_time", day_ago.isoformat().encode())]},
+    )
+    await _produce(
+        settings,
+        settings.dlq_topic,
+        {
+            "value": b"",
+            "timestamp_ms": now - stale_after_ms(settings) - 60_000,
+            "headers": [("paystream-dlq-redacted", b"card_number")],
+        },
+        {"value": b"fresh"},
+    )
     retry = await replay(settings, [settings.retry_topic], now_ms=now)
     assert retry.handled == [] and len(retry.stale) == 1
     dlq = await replay(settings, [settings.dlq_topic], now_ms=now)
