@@ -8,28 +8,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError
 
 from paystream.dlq import read_parked, replay, stale_after_ms
-from paystream.streams.admin import bootstrap_servers
+from tests.fixtures.pipeline import RawSend
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
 
 class Interrupted(Exception):
     pass
-
-
-async def _produce(settings: Any, topic: str, *records: dict[str, Any]) -> None:
-    """Each record as ``send_and_wait`` keyword arguments (value, headers, ...), partition 0."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
-    await producer.start()
-    try:
-        for record in records:
-            await producer.send_and_wait(topic, partition=0, **record)
-    finally:
-        await producer.stop()
 
 
 async def _resent(settings: Any) -> list[bytes | None]:
@@ -90,10 +79,9 @@ async def test_dead_letters_kept_without_their_bytes_are_passed_over(
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(settings.dlq_topic, (b"acme", b"junk", 0))
-    await _produce(
-        settings,
+    await dep.produce(
         settings.dlq_topic,
-        {"value": b"", "headers": [("paystream-dlq-redacted", b"card_number")]},
+        RawSend(value=b"", partition=0, headers=(("paystream-dlq-redacted", b"card_number"),)),
     )
     replayed = (await replay(settings, [settings.dlq_topic])).handled
     assert [r.redacted for r in replayed] == [False, True]
@@ -123,11 +111,12 @@ async def test_dead_letters_that_never_decode_are_passed_over(deployment_factory
     (and done with), not re-sent to come back to the dead-letter topic each run."""
     dep = await deployment_factory()
     settings = dep.settings
-    await _produce(
-        settings,
+    await dep.produce(
         settings.dlq_topic,
-        {"value": b"garbage", "headers": [("paystream-dlq-reason", b"not_a_cloudevent")]},
-        {"value": b"cmd", "headers": [("paystream-dlq-reason", b"internal_error")]},
+        RawSend(
+            value=b"garbage", partition=0, headers=(("paystream-dlq-reason", b"not_a_cloudevent"),)
+        ),
+        RawSend(value=b"cmd", partition=0, headers=(("paystream-dlq-reason", b"internal_error"),)),
     )
     handled = (await replay(settings, [settings.dlq_topic])).handled
     assert [(r.value, r.replayable) for r in handled] == [(b"garbage", False), (b"cmd", True)]
@@ -146,20 +135,19 @@ async def test_the_idempotency_window_runs_from_the_commands_first_attempt(
     now = int(time.time() * 1000)
     day_ago = datetime.fromtimestamp((now - stale_after_ms(settings) - 60_000) / 1000, UTC)
     # re-parked just now, first sent a day ago
-    await _produce(
-        settings,
+    await dep.produce(
         settings.retry_topic,
-        {"value": b"{}", "headers": [("ce_time", day_ago.isoformat().encode())]},
+        RawSend(value=b"{}", partition=0, headers=(("ce_time", day_ago.isoformat().encode()),)),
     )
-    await _produce(
-        settings,
+    await dep.produce(
         settings.dlq_topic,
-        {
-            "value": b"",
-            "timestamp_ms": now - stale_after_ms(settings) - 60_000,
-            "headers": [("paystream-dlq-redacted", b"card_number")],
-        },
-        {"value": b"fresh"},
+        RawSend(
+            value=b"",
+            partition=0,
+            timestamp_ms=now - stale_after_ms(settings) - 60_000,
+            headers=(("paystream-dlq-redacted", b"card_number"),),
+        ),
+        (None, b"fresh", 0),
     )
     retry = await replay(settings, [settings.retry_topic], now_ms=now)
     assert retry.handled == [] and len(retry.stale) == 1

@@ -127,6 +127,11 @@ class CommandRunner:
         self.processed = 0
         self.activity = ActivityLog()
 
+    def rescan_expiry(self) -> None:
+        """Partitions are moving: look for recovered idempotency records afresh."""
+        if self._processor is not None:
+            self._processor.rescan_expiry()
+
     async def aclose(self) -> None:
         """Close provider clients and the Redis pool (worker shutdown)."""
         if self._processor is not None:
@@ -657,8 +662,7 @@ async def finish_batches_before_handing_over(
     """
     started = time.monotonic()
     deadline = started + REBALANCE_DRAIN_SECONDS  # shared: the whole hand-over, not each step
-    if runner._processor is not None:
-        runner._processor.rescan_expiry()
+    runner.rescan_expiry()
     for chain, offsets in list(_IN_HAND):
         if not await chain.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
