@@ -8,12 +8,17 @@ command, as real traffic would. One tenant's commands share the record key (the 
 id), so they stay ordered on one partition and a capture or refund always comes after
 the payment it names.
 
+Command and payment ids are UUIDs, as producers' ids usually are: their digit runs
+are what the card-number scan has to tell apart from card numbers, so short synthetic
+ids would flatter the pipeline's cost.
+
 Records are built before any clock starts: generating load must not be measured.
 """
 
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,13 +68,17 @@ def tenant_ids(tag: str, count: int) -> list[str]:
     return [f"bench-{tag}-t{i:03d}" for i in range(count)]
 
 
+def _uuid(ids: random.Random) -> str:
+    return str(uuid.UUID(int=ids.getrandbits(128), version=4))
+
+
 def _flows(
-    rng: random.Random, tenant: str, prefix: str, index: int, mix: CommandMix
+    rng: random.Random, ids: random.Random, index: int, mix: CommandMix
 ) -> list[tuple[str, dict[str, Any]]]:
-    """One flow: one or two (command type, data) pairs for ``tenant``."""
+    """One flow: one or two (command type, data) pairs."""
     amount = rng.randrange(500, 50_000)
     currency = rng.choice(_CURRENCIES)
-    payment_id = f"{prefix}p{index}"
+    payment_id = _uuid(ids)
     roll = rng.random()
     create: dict[str, Any] = {
         "payment_id": payment_id,
@@ -95,7 +104,7 @@ def _flows(
 
 
 def _ordered(
-    count: int, tenants: Sequence[str], prefix: str, rng: random.Random, mix: CommandMix
+    count: int, tenants: Sequence[str], rng: random.Random, ids: random.Random, mix: CommandMix
 ) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """``count`` (tenant, type, data) in send order; follow-ups come 5-60 slots later."""
     slots: list[tuple[float, int, str, str, dict[str, Any]]] = []
@@ -103,7 +112,7 @@ def _ordered(
     flow = 0
     while position < count:
         tenant = rng.choice(tenants)
-        steps = _flows(rng, tenant, prefix, flow, mix)
+        steps = _flows(rng, ids, flow, mix)
         if position + len(steps) > count:  # no room for a follow-up: a lone create
             steps = steps[:1]
             steps[0][1].pop("capture", None)
@@ -128,16 +137,16 @@ def generate_commands(
 ) -> list[BenchCommand]:
     """``count`` encoded commands (binary CloudEvents, key = tenant id) in send order.
 
-    ``prefix`` makes command and payment ids unique to one phase of one run.
+    ``seed`` fixes the mix; ``prefix`` (unique to one phase of one run) seeds the ids
+    with it, so two phases never share a command or payment id.
     """
     if not tenants:
         raise ValueError("at least one tenant is needed")
     rng = random.Random(seed)
+    ids = random.Random(f"{prefix}:{seed}")
     out: list[BenchCommand] = []
-    for n, (tenant, ctype, data) in enumerate(
-        _ordered(count, tenants, prefix, rng, mix or CommandMix())
-    ):
-        command_id = f"{prefix}c{n}"
+    for tenant, ctype, data in _ordered(count, tenants, rng, ids, mix or CommandMix()):
+        command_id = _uuid(ids)
         event = build_command(ctype, tenant, data, command_id=command_id, source="/paystream/bench")
         record = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
         out.append(BenchCommand(command_id, tenant, ctype, record))
