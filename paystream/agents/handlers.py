@@ -134,6 +134,17 @@ class HandlerContext:
     def derived_id(self, prefix: str) -> str:
         return derived_id(prefix, self.tenant, self.cmd.command_id)
 
+    def at_provider(self, rec: EntityRecord) -> None:
+        """Refuse a provider call about an entity made through another provider than the
+        tenant's current one: its provider ids mean nothing there (a capture would be
+        `not_found`, and a delete's `not_found` would read as "deleted")."""
+        if rec.provider != self.gateway.provider:
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"{rec.entity_type.replace('_', ' ')} {rec.id} was made through "
+                f"{rec.provider}; tenant {self.tenant} now uses {self.gateway.provider}",
+            )
+
     def load(self, model: type[R], entity_id: str) -> R:
         """Load an entity of this tenant; another tenant's entity is simply not found."""
         raw = self.tables.by_type(model.model_fields["entity_type"].default).get(
@@ -268,6 +279,7 @@ def _live_customer(ctx: HandlerContext, customer_id: str) -> CustomerRecord:
 
 async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> HandlerResult:
     rec = _live_customer(ctx, data.customer_id)
+    ctx.at_provider(rec)
     req = gw.UpdateCustomer(
         provider_customer_id=rec.provider_customer_id,
         email=data.email,
@@ -283,31 +295,51 @@ async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> Handle
     return HandlerResult("customer.updated", rec)
 
 
-async def _delete_at_provider(ctx: HandlerContext, rec: CustomerRecord) -> None:
-    """Delete the customer at the provider; one the provider no longer has is deleted.
-    (A delete applied there but parked, or done in the provider's dashboard: refusing
-    would leave the customer live here, and erasure impossible, for good.)"""
+# What a delete or an erasure did at the provider (`provider_deletion` in the outcome).
+DELETED_THERE = "deleted"
+# The provider has no such customer: deleted there already (a delete applied but parked,
+# or done in its dashboard), or the tenant's credentials now reach another account.
+NOT_FOUND_THERE = "not_found"
+# Made through a provider the tenant no longer uses: nothing could be asked of it.
+OTHER_PROVIDER = "other_provider"
+
+
+async def _delete_at_provider(ctx: HandlerContext, rec: CustomerRecord) -> str:
+    """Delete the customer at the provider; one the provider no longer has counts as
+    deleted (refusing would leave the customer live here, and erasure impossible, for
+    good), and the outcome says which it was."""
     req = gw.DeleteCustomer(provider_customer_id=rec.provider_customer_id)
     try:
         await _gateway(ctx, lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem))
     except Rejection as rej:
         if rej.reason is not RejectReason.NOT_FOUND:
             raise
+        return NOT_FOUND_THERE
+    return DELETED_THERE
 
 
 async def delete_customer(ctx: HandlerContext, data: c.DeleteCustomer) -> HandlerResult:
     rec = _live_customer(ctx, data.customer_id)
-    await _delete_at_provider(ctx, rec)
+    ctx.at_provider(rec)
+    there = await _delete_at_provider(ctx, rec)
     rec.deleted = True
-    return HandlerResult("customer.deleted", rec)
+    return HandlerResult("customer.deleted", rec, extra={"provider_deletion": there})
 
 
 async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerResult:
     rec = ctx.load(CustomerRecord, data.customer_id)
     if rec.erased:
         raise Rejection(RejectReason.INVALID_STATE, f"customer {rec.id} is already erased")
+    extra = {}
     if not rec.deleted:
-        await _delete_at_provider(ctx, rec)
+        # Erasure goes ahead here even when the provider cannot be asked: the outcome
+        # says so, for the operator to have the customer deleted there.
+        there = (
+            OTHER_PROVIDER
+            if rec.provider != ctx.gateway.provider
+            else await _delete_at_provider(ctx, rec)
+        )
+        extra["provider_deletion"] = there
     # Amounts and ids stay (accounting needs them); personal data goes. The ledger sink
     # deletes the customer's data key on this outcome, shredding its stored copies.
     rec.email = rec.name = rec.description = None
@@ -317,7 +349,7 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
         k: scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id).model_dump()
         for k, v in rec.applied.items()
     }
-    return HandlerResult("customer.erased", rec)
+    return HandlerResult("customer.erased", rec, extra=extra)
 
 
 # JSON bytes of rows in a `customer.exported` outcome (a payment is about 450 bytes).
@@ -369,6 +401,7 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
 
 async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod) -> HandlerResult:
     customer = _live_customer(ctx, data.customer_id)
+    ctx.at_provider(customer)
     pmid = data.payment_method_id or ctx.derived_id("pm")
     ctx.ensure_new(PaymentMethodRecord, pmid)
     req = gw.AttachPaymentMethod(
@@ -400,6 +433,7 @@ async def detach_payment_method(ctx: HandlerContext, data: c.DetachPaymentMethod
     rec = ctx.load(PaymentMethodRecord, data.payment_method_id)
     if not rec.attached:
         raise Rejection(RejectReason.INVALID_STATE, f"payment method {rec.id} is already detached")
+    ctx.at_provider(rec)
     req = gw.DetachPaymentMethod(provider_payment_method_id=rec.provider_payment_method_id)
     await _gateway(ctx, lambda: ctx.gateway.detach_payment_method(req, idempotency_key=ctx.idem))
     rec.attached = False
@@ -432,6 +466,8 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     pid = data.payment_id or ctx.derived_id("pay")
     ctx.ensure_new(PaymentRecord, pid)
     customer = _live_customer(ctx, data.customer_id) if data.customer_id else None
+    if customer is not None:
+        ctx.at_provider(customer)
     provider_pm: str
     if data.payment_method_id:
         pm = ctx.load(PaymentMethodRecord, data.payment_method_id)
@@ -441,6 +477,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
             raise Rejection(
                 RejectReason.INVALID_STATE, f"payment method {pm.id} belongs to another customer"
             )
+        ctx.at_provider(pm)
         provider_pm = pm.provider_payment_method_id
     else:
         provider_pm = str(data.payment_method_token)
@@ -501,6 +538,7 @@ def _new_dispute(
 async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
     _transition(rec.status, "capture")
+    ctx.at_provider(rec)
     if data.amount is not None and data.amount > rec.amount:
         raise Rejection(
             RejectReason.VALIDATION_ERROR,
@@ -515,6 +553,7 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
 async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
     _transition(rec.status, "cancel")
+    ctx.at_provider(rec)
     req = gw.CancelPayment(provider_payment_id=rec.provider_payment_id, reason=data.reason)
     res = await _gateway(ctx, lambda: ctx.gateway.cancel_payment(req, idempotency_key=ctx.idem))
     _apply_payment_result(rec, res)
@@ -537,6 +576,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     ctx.ensure_new(RefundRecord, rid)
     _transition(payment.status, "refund")
     _refund_allowed_by_dispute(ctx, payment)
+    ctx.at_provider(payment)
     refundable = payment.amount_captured - payment.amount_refunded
     amount = data.amount if data.amount is not None else refundable
     if amount <= 0 or amount > refundable:
@@ -602,6 +642,7 @@ async def submit_dispute_evidence(
     rec = ctx.load(DisputeRecord, data.dispute_id)
     if rec.status not in ("needs_response", "warning_needs_response"):
         raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
+    ctx.at_provider(rec)
     req = gw.SubmitDisputeEvidence(
         provider_dispute_id=rec.provider_dispute_id, evidence=data.evidence, submit=data.submit
     )
@@ -617,6 +658,7 @@ async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerR
     rec = ctx.load(DisputeRecord, data.dispute_id)
     if rec.status not in ("needs_response", "warning_needs_response"):
         raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
+    ctx.at_provider(rec)
     req = gw.AcceptDispute(provider_dispute_id=rec.provider_dispute_id)
     res = await _gateway(ctx, lambda: ctx.gateway.accept_dispute(req, idempotency_key=ctx.idem))
     rec.status = res.status.value

@@ -199,7 +199,55 @@ async def test_a_customer_the_provider_no_longer_has_can_still_be_erased(
     assert [e.topic for e in emits] == [harness.settings.retry_topic]
     erased = await harness.send("customer.erase", t, {"customer_id": "c1"})
     assert kind(erased) == "customer.erased"
+    assert data(erased)["provider_deletion"] == "not_found"  # the operator can tell
     assert "ann@example.com" not in str(harness.tables.customers[f"{t}:c1"])
+
+
+def _made_through(harness: Harness, table: dict[str, Any], key: str, provider: str) -> None:
+    table[key] = {**table[key], "provider": provider}
+
+
+async def test_entities_made_through_another_provider_are_not_sent_to_the_current_one(
+    harness: Harness,
+) -> None:
+    """The tenant moved to another provider: an old payment's capture or refund, or an old
+    customer's delete, would send provider ids the new provider never issued (and its
+    `not_found` for a delete read as "deleted"). They are refused as invalid_state;
+    erasure still erases here and says the provider's copy was not deleted."""
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1", "email": "ann@example.com"})
+    pay = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
+    await harness.send("payment.create", t, {**pay, "capture": "manual"})
+    await harness.send("payment.create", t, {**pay, "payment_id": "p2"})
+    for table, key in [
+        (harness.tables.customers, f"{t}:c1"),
+        (harness.tables.payments, f"{t}:p1"),
+        (harness.tables.payments, f"{t}:p2"),
+    ]:
+        _made_through(harness, table, key, "stripe")
+    refused = [
+        await harness.send("payment.capture", t, {"payment_id": "p1"}),
+        await harness.send("payment.cancel", t, {"payment_id": "p1"}),
+        await harness.send("refund.create", t, {"payment_id": "p2", "amount": 100}),
+        await harness.send("customer.update", t, {"customer_id": "c1", "name": "Ann"}),
+        await harness.send("customer.delete", t, {"customer_id": "c1"}),
+        await harness.send("payment.create", t, {**pay, "payment_id": "p3", "customer_id": "c1"}),
+    ]
+    for out in refused:
+        assert (kind(out), data(out)["reason"]) == ("command.rejected", "invalid_state")
+        assert "made through stripe" in data(out)["message"]
+    erased = await harness.send("customer.erase", t, {"customer_id": "c1"})
+    assert kind(erased) == "customer.erased"
+    assert data(erased)["provider_deletion"] == "other_provider"
+    moved = [k for k, _ in await _effects(harness, t)]
+    assert moved == ["customer.created", "authorization", "charge"]  # nothing after
+
+
+async def test_a_delete_says_what_the_provider_did(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1"})
+    deleted = await harness.send("customer.delete", t, {"customer_id": "c1"})
+    assert (kind(deleted), data(deleted)["provider_deletion"]) == ("customer.deleted", "deleted")
 
 
 async def test_a_redelivered_erasure_scrubs_the_stored_outcomes_again(

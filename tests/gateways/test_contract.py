@@ -93,6 +93,19 @@ async def test_customer_lifecycle(harness: Harness) -> None:
 
 
 @over_gateways()
+async def test_deleting_a_deleted_customer_is_not_found(harness: Harness) -> None:
+    """Not a second success: the handler must be able to tell the operator the provider
+    no longer had the customer (deleted there before, or another account's)."""
+    cus = await customer(harness)
+    req = DeleteCustomer(provider_customer_id=cus)
+    await harness.gateway.delete_customer(req, idempotency_key=key())
+    err = await expect(
+        ErrorCode.NOT_FOUND, harness.gateway.delete_customer(req, idempotency_key=key())
+    )
+    assert not err.retryable
+
+
+@over_gateways()
 async def test_update_missing_customer_is_not_found(harness: Harness) -> None:
     req = UpdateCustomer(provider_customer_id="cus_missing0000", name="x")
     err = await expect(

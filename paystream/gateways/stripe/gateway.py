@@ -188,17 +188,12 @@ class StripeGateway:
 
     async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
         # Stripe takes no idempotency key on DELETE: a retry after a lost answer (or a
-        # customer deleted in Stripe's dashboard) meets a 404, which means "deleted" here,
-        # or erasure could never complete.
-        try:
-            obj = await self._call(
-                "delete_customer",
-                lambda: self._v1.customers.delete_async(req.provider_customer_id),
-            )
-        except GatewayError as exc:
-            if exc.code is not ErrorCode.NOT_FOUND:
-                raise
-            return CustomerResult(provider_customer_id=req.provider_customer_id, deleted=True)
+        # customer deleted in Stripe's dashboard) meets a 404, answered as NOT_FOUND like
+        # any provider's; the handler then counts the customer deleted and says so.
+        obj = await self._call(
+            "delete_customer",
+            lambda: self._v1.customers.delete_async(req.provider_customer_id),
+        )
         return mapping.customer(obj)
 
     # ---- payment methods -------------------------------------------------------------

@@ -277,14 +277,15 @@ async def test_three_decimal_amounts_stripe_would_refuse_are_refused_before_the_
     assert fake.requests[0]["form"]["amount"] == ["5120"]
 
 
-async def test_deleting_a_customer_already_gone_is_deleted() -> None:
-    """DELETE takes no idempotency key: the retry after a lost answer meets a 404."""
+async def test_deleting_a_customer_already_gone_is_not_found() -> None:
+    """DELETE takes no idempotency key: the retry after a lost answer meets a 404. It is
+    NOT_FOUND (the handler counts the customer deleted and the outcome says the provider
+    no longer had it), not a made-up success."""
     missing = {"type": "invalid_request_error", "code": "resource_missing", "message": "No such"}
     gw, _ = gateway(error(404, **missing))
-    gone = await gw.delete_customer(
-        DeleteCustomer(provider_customer_id="cus_1"), idempotency_key="k"
-    )
-    assert gone.deleted and gone.provider_customer_id == "cus_1"
+    with pytest.raises(GatewayError) as info:
+        await gw.delete_customer(DeleteCustomer(provider_customer_id="cus_1"), idempotency_key="k")
+    assert info.value.code is ErrorCode.NOT_FOUND and not info.value.retryable
 
 
 async def test_requires_action_surfaces_next_action() -> None:
