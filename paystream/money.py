@@ -6,7 +6,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
-__all__ = ["CURRENCY_EXPONENTS", "Money", "minor_unit_exponent", "normalise_currency"]
+__all__ = [
+    "CURRENCY_EXPONENTS",
+    "Money",
+    "format_minor",
+    "minor_unit_exponent",
+    "normalise_currency",
+]
 
 # ISO 4217 exponents for the currencies the gateways settle; absent means "not accepted".
 # Zero-decimal and three-decimal currencies are listed explicitly because they are where
@@ -104,8 +110,15 @@ class Money(BaseModel):
     currency: Currency
 
     def __str__(self) -> str:
-        exp = CURRENCY_EXPONENTS[self.currency]
-        if exp == 0:
-            return f"{self.amount} {self.currency}"
-        major, minor = divmod(self.amount, 10**exp)
-        return f"{major}.{minor:0{exp}d} {self.currency}"
+        return format_minor(self.amount, self.currency)
+
+
+def format_minor(amount: int, currency: str) -> str:
+    """An amount in minor units shown in major units: 123456 USD → "1234.56 USD". Any
+    size (limits may exceed what one Money holds)."""
+    code = normalise_currency(currency)
+    exp = CURRENCY_EXPONENTS[code]
+    if exp == 0:
+        return f"{amount} {code}"
+    major, minor = divmod(amount, 10**exp)
+    return f"{major}.{minor:0{exp}d} {code}"

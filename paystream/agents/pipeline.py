@@ -122,7 +122,7 @@ class CommandProcessor:
     # ---- entry point --------------------------------------------------------------
 
     async def process(self, rec: Inbound) -> list[Emit]:
-        when = datetime.fromtimestamp(rec.timestamp_ms / 1000, tz=UTC)
+        when = record_time(rec.timestamp_ms)
         # The quick look at the raw bytes: False for nearly every command, and then no
         # card number can be anywhere in it (key, headers, data).
         suspicious = _raw_may_hold_card(rec)
@@ -163,7 +163,7 @@ class CommandProcessor:
         traceparent = event.get_extension("traceparent")
         suffix = ce_type.removeprefix(COMMAND_PREFIX)
         sent_at = event.get_time()
-        bad_time = sent_at is not None and not _rfc3339_offset(sent_at)
+        bad_time = None if sent_at is None else _bad_time(sent_at)
         cmd = CommandRef(
             tenant_id=tenant_id or _key_str(rec.key) or "unknown",
             command_id=event.get_id(),
@@ -186,10 +186,7 @@ class CommandProcessor:
         if not tenant_id:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "missing extension tenantid")
         if bad_time:
-            # The parsers take "+05:30:15"; RFC 3339 (and the stored records) do not.
-            return self._reject(
-                cmd, RejectReason.VALIDATION_ERROR, "time: the UTC offset must be whole minutes"
-            )
+            return self._reject(cmd, RejectReason.VALIDATION_ERROR, f"time: {bad_time}")
         if _key_str(rec.key) != tenant_id:
             # The record key decides the partition and thus where tenant state lives;
             # a command keyed for one tenant must not act on another's state.
@@ -199,7 +196,7 @@ class CommandProcessor:
         if len(idem_key) > 255:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
         raw = event.get_data()
-        if isinstance(raw, bytes | str):
+        if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         tenant_raw = self.tenants.get(tenant_id)
         if tenant_raw is None:
@@ -276,7 +273,7 @@ class CommandProcessor:
                         cmd.command_type,
                         existing.outcome.type,
                         existing.outcome.data,
-                        hold_key=idem_table_key,
+                        hold_key=_hold_key(cmd, data, idem_table_key, existing.entity_keys),
                     )
                 return self._replay_done(cmd, existing)
         gateway_or_rejection = self._gateway_for(tenant)
@@ -712,7 +709,7 @@ class CommandProcessor:
             "internal_error",
             "unexpected processing failure; see worker logs",
             reject=RejectReason.INTERNAL_ERROR,
-            when=datetime.fromtimestamp(rec.timestamp_ms / 1000, tz=UTC),
+            when=record_time(rec.timestamp_ms),
         )
 
     def _park(
@@ -758,7 +755,9 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
     key, so a parked create sent again under a new command id is not held twice."""
     payment_id = getattr(data, "payment_id", None)
     if entity_keys and cmd.command_type == "payment.create" and payment_id:
-        return f"{cmd.tenant_id}:payment:{payment_id}"
+        # Idempotency table keys start with the tenant id, which starts with [a-z0-9]:
+        # "@" keeps a client's idempotency key "payment:p1" from naming this hold.
+        return f"@payment:{payment_id}"
     return idem_table_key
 
 
@@ -812,10 +811,31 @@ def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
 _KEPT = re.compile(r"(?i)ce_|content-type\Z").match
 
 
-def _rfc3339_offset(at: datetime) -> bool:
-    """RFC 3339 offsets are whole minutes (or none given, read as UTC)."""
+# The range a datetime can hold (years 1-9999), in epoch milliseconds.
+_MIN_TIME_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_MAX_TIME_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
+
+
+def record_time(timestamp_ms: int) -> datetime:
+    """A record's timestamp as a time. The producer sets it: one outside what a datetime
+    holds (2**62) would raise for every command of the batch, on every redelivery."""
+    clamped = min(max(timestamp_ms, _MIN_TIME_MS), _MAX_TIME_MS)
+    return datetime.fromtimestamp(clamped / 1000, tz=UTC)
+
+
+def _bad_time(at: datetime) -> str | None:
+    """What is wrong with a command's time, if anything."""
     offset = at.utcoffset()
-    return offset is None or (offset.seconds % 60 == 0 and offset.microseconds == 0)
+    if offset is not None and (offset.seconds % 60 or offset.microseconds):
+        # The parsers take "+05:30:15"; RFC 3339 (and the stored records) do not.
+        return "the UTC offset must be whole minutes"
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+01:00 is before year 1 in UTC: the ledger could never
+        # store it (its sink would retry the batch for ever).
+        return "out of range in UTC"
+    return None
 
 
 def _raw_may_hold_card(rec: Inbound, *, value: bool = True) -> bool:
@@ -838,11 +858,15 @@ def _header_texts(rec: Inbound) -> list[str]:
 
 
 def _event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
-    """The parsed scan: data, attributes, key and every header."""
+    """The parsed scan (data, attributes, key and every header), then the raw bytes: a
+    JSON object with a key twice parses to its last value only, and the bytes, card
+    number and all, are what a parked command keeps."""
     raw = event.get_data()
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
-    return contains_card_number(raw, event.get_attributes(), _header_texts(rec))
+    return contains_card_number(raw, event.get_attributes(), _header_texts(rec)) or _raw_holds_card(
+        rec, parse=False
+    )
 
 
 def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:

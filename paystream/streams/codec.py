@@ -109,7 +109,7 @@ def decode_record(
         if binary:
             # The SDK parses `time` with dateutil, a sizeable share of decoding a command;
             # the standard library parses RFC 3339 in a fraction of that.
-            factory: Any = CloudEvent
+            factory: Any = _Received
             if time_raw is not None:
                 factory = functools.partial(_event_at, _parse_time(time_raw.decode("utf-8")))
             message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
@@ -119,7 +119,7 @@ def decode_record(
             if ctype and not ctype.startswith(STRUCTURED_CONTENT_TYPE):
                 raise UndecodableRecord(f"content-type {ctype!r} is not a structured CloudEvent")
             message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
-            event = ce_kafka.from_structured(message, _FORMAT, CloudEvent)
+            event = ce_kafka.from_structured(message, _FORMAT, _Received)
     except UndecodableRecord:
         raise
     except Exception as exc:  # the SDK raises a zoo of types for malformed input
@@ -136,8 +136,23 @@ def _parse_time(text: str) -> datetime:
         return isoparse(text)  # what the SDK accepts, fromisoformat may not
 
 
+class _Received(CloudEvent):
+    """A CloudEvent as it arrived. The SDK makes up what is missing: a random ``id`` (a
+    command without one would run again under a new id, and key, on every redelivery)
+    and ``time`` = now (its outcome would differ on every redelivery). Here a missing id
+    is not a CloudEvent, and a missing time stays missing."""
+
+    def __init__(self, attributes: dict[str, Any], data: Any = None) -> None:
+        if "id" not in attributes:
+            raise UndecodableRecord("missing required attribute 'id'")
+        given_time = "time" in attributes
+        super().__init__(attributes, data)
+        if not given_time:
+            del self._attributes["time"]
+
+
 def _event_at(time: datetime, attributes: dict[str, Any], data: Any) -> CloudEvent:
-    return CloudEvent({**attributes, "time": time}, data)
+    return _Received({**attributes, "time": time}, data)
 
 
 def encode_data(data: Any, datacontenttype: str | None) -> bytes:

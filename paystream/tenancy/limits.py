@@ -43,7 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from paystream.money import MAX_MINOR_AMOUNT, Money, normalise_currency
+from paystream.money import MAX_MINOR_AMOUNT, format_minor, normalise_currency
 
 __all__ = [
     "MAX_FUTURE_SKEW_MS",
@@ -111,12 +111,11 @@ class TenantLimits(BaseModel):
             burst = self.burst or self.commands_per_second
             parts.append(f"{self.commands_per_second}/s (burst {burst})")
         parts += [
-            f"≤ {Money(amount=a, currency=c)} per payment"
+            f"≤ {format_minor(a, c)} per payment"
             for c, a in sorted(self.max_payment_amount.items())
         ]
         parts += [
-            f"≤ {Money(amount=a, currency=c)} per day"
-            for c, a in sorted(self.daily_payment_volume.items())
+            f"≤ {format_minor(a, c)} per day" for c, a in sorted(self.daily_payment_volume.items())
         ]
         return " · ".join(parts) or "none"
 

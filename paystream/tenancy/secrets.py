@@ -64,6 +64,11 @@ def _parts(name: str, sealed: str) -> tuple[str, str, str, str]:
         raise crypto.CryptoError(f"secret {name!r} is not a sealed value") from None
     if version != "v1":
         raise crypto.CryptoError(f"secret {name!r} uses unknown format {version!r}")
+    for part in (wrapped_b64, blob_b64):  # damaged base64 is a bad secret like any other
+        try:
+            base64.urlsafe_b64decode(part)
+        except ValueError:  # binascii.Error
+            raise crypto.CryptoError(f"secret {name!r} is not a sealed value") from None
     return version, key_id, wrapped_b64, blob_b64
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any
 
@@ -303,3 +304,51 @@ async def test_a_parked_create_resent_under_a_new_command_is_held_once(
     _, over = await _run(harness, _record("payment.create", t, _pay(200), "c", T0 + 2, 122))
     assert (data(over)["used"], data(over)["held"]) == (900, 0)
     assert await _charges(harness, t) == 1
+
+
+async def test_a_client_idempotency_key_cannot_name_a_chosen_payments_hold(
+    harness: Harness,
+) -> None:
+    """Hold keys of chosen payment ids once equalled the idempotency table key of a
+    client key "payment:p1": the second payment passed the first's hold, then released
+    it, and the day moved 1900 against a quota of 1000."""
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    parked = await harness.processor.process(
+        _record("payment.create", t, {**_pay(900), "payment_id": "p1"}, "a", T0, 140)
+    )
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    event = build_command("payment.create", t, _pay(1000), idempotency_key="payment:p1")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    inbound = Inbound(rec.key, rec.value, dict(rec.headers), T0 + 1, "paystream.commands", 0, 141)
+    _, out = await _run(harness, inbound)
+    assert (data(out)["reason"], data(out)["held"]) == ("quota_exceeded", 900)
+
+
+async def test_a_redelivered_answer_releases_the_hold_it_was_admitted_under(
+    harness: Harness,
+) -> None:
+    """A re-driven parked payment (chosen id) succeeded; a crash kept its idempotency
+    record but not the limits write. Its redelivery counted the amount but released a
+    hold it never had, so the day was charged twice for it."""
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    body = {**_pay(600), "payment_id": "p1"}
+    first = await harness.processor.process(_record("payment.create", t, body, "a", T0, 150))
+    assert [e.topic for e in first] == [harness.settings.retry_topic]
+    redrive = _record("payment.create", t, body, "a", T0 + 1, 151)  # `dlq replay`
+    after_park = copy.deepcopy(harness.processor.limits.table[f"{t}:limits"])
+    _, out = await _run(harness, redrive)
+    assert kind(out) == "payment.succeeded"
+    harness.processor.limits.table[f"{t}:limits"] = after_park  # the crash lost this
+    await _run(harness, redrive)  # redelivered: answered from the idempotency record
+    _, fits = await _run(harness, _record("payment.create", t, _pay(400), "b", T0 + 2, 152))
+    assert kind(fits) == "payment.succeeded"

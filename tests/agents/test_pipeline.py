@@ -958,3 +958,119 @@ async def test_a_command_time_must_have_an_rfc3339_offset(
         else:
             assert data(out)["reason"] == "validation_error"
             assert "offset" in data(out)["message"]
+
+
+# ---- hostile records found in review -------------------------------------------------
+
+
+@pytest.mark.parametrize("timestamp_ms", [2**62, 253402300800000, -(2**62)])
+async def test_a_record_timestamp_no_datetime_holds_is_still_answered(
+    harness: Harness, timestamp_ms: int
+) -> None:
+    """The producer sets the record's timestamp: one past year 9999 raised for the whole
+    batch (and in the dead-letter fallback too), on every redelivery."""
+    t = harness.add_tenant()
+    rec = _binary(
+        t.encode(),
+        json.dumps({"email": "a@example.com"}).encode(),
+        ce_type=b"com.paystream.command.customer.create",
+    )
+    emits = await harness.raw(Inbound(**{**rec.__dict__, "timestamp_ms": timestamp_ms}))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "customer.created"
+    assert harness.processor.dead_letter_bug(rec)  # the fallback cannot raise either
+
+
+@pytest.mark.parametrize("sent_at", [b"0001-01-01T00:00:00+01:00", b"9999-12-31T23:30:00-01:00"])
+async def test_a_command_time_outside_utc_is_a_validation_error(
+    harness: Harness, sent_at: bytes
+) -> None:
+    """Accepted, it reached the ledger, which cannot store it: the sink retried for ever."""
+    t = harness.add_tenant()
+    rec = _binary(
+        t.encode(),
+        json.dumps({"email": "a@example.com"}).encode(),
+        ce_type=b"com.paystream.command.customer.create",
+        ce_time=sent_at,
+    )
+    out = outcome_of(harness.settings, await harness.raw(rec))
+    assert out is not None and data(out)["reason"] == "validation_error"
+    assert "out of range" in data(out)["message"]
+
+
+async def test_a_command_without_time_gets_the_same_outcome_on_redelivery(
+    harness: Harness,
+) -> None:
+    """The SDK fills a missing time with now: the outcome's time (and bytes) differed on
+    every redelivery. It is the record's timestamp."""
+    t = harness.add_tenant()
+    rec = _binary(
+        t.encode(),
+        json.dumps({"email": "a@example.com"}).encode(),
+        ce_type=b"com.paystream.command.customer.create",
+    )
+    rec = Inbound(**{**rec.__dict__, "timestamp_ms": 1_600_000_000_000})
+    first = [e.record for e in await harness.raw(rec) if e.topic == harness.settings.events_topic]
+    again = [e.record for e in await harness.raw(rec) if e.topic == harness.settings.events_topic]
+    assert first == again and len(first) == 1
+    assert dict(first[0].headers)["ce_time"].startswith(b"2020-09-13T12:26:40")
+
+
+@pytest.mark.parametrize("structured", [False, True])
+async def test_a_command_without_id_is_dead_lettered_not_given_a_random_one(
+    harness: Harness, structured: bool
+) -> None:
+    """The SDK made up a random id: each redelivery ran again under a new id (and a new
+    idempotency key), charging again."""
+    t = harness.add_tenant()
+    body = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    if structured:
+        envelope = {
+            "specversion": "1.0",
+            "type": "com.paystream.command.payment.create",
+            "source": "/x",
+            "tenantid": t,
+            "data": body,
+        }
+        rec = Inbound(
+            key=t.encode(),
+            value=json.dumps(envelope).encode(),
+            headers={"content-type": b"application/cloudevents+json"},
+            timestamp_ms=0,
+            topic="c",
+            offset=3,
+        )
+    else:
+        rec = _binary(t.encode(), json.dumps(body).encode())
+        del rec.headers["ce_id"]  # type: ignore[attr-defined]
+    for _ in range(2):
+        emits = await harness.raw(rec)
+        assert [e.topic for e in emits] == [harness.settings.dlq_topic]
+        assert dict(emits[0].record.headers)["paystream-dlq-reason"] == b"not_a_cloudevent"
+    assert await _effects(harness, t) == []
+
+
+@pytest.mark.parametrize("value", [b"[]", b"0", b"false", b'"x"'])
+async def test_data_that_is_not_an_object_is_a_validation_error(
+    harness: Harness, value: bytes
+) -> None:
+    t = harness.add_tenant()
+    rec = _binary(t.encode(), value, ce_type=b"com.paystream.command.customer.create")
+    out = outcome_of(harness.settings, await harness.raw(rec))
+    assert out is not None and data(out)["reason"] == "validation_error"
+    assert harness.tables.customers == {}
+
+
+async def test_a_card_number_under_a_repeated_key_is_refused_not_parked(harness: Harness) -> None:
+    """The parsed scan saw only the last of two "description"s; the parked record (kept
+    bytes and all) carried the card number to the retry topic."""
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})
+    value = (
+        b'{"amount":100,"currency":"USD","payment_method_token":"pm_card_visa",'
+        b'"description":"4111 1111 1111 1111","description":"order 7"}'
+    )
+    emits = await harness.raw(_binary(t.encode(), value))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert _leaks(emits, "4111 1111 1111 1111") == []
+    assert harness.settings.retry_topic not in [e.topic for e in emits]

@@ -353,3 +353,7 @@ def test_limits_read_for_operators() -> None:
         "50/s (burst 80) · ≤ 100000 JPY per payment · ≤ 2500.00 USD per payment"
         " · ≤ 1234.567 KWD per day"
     )
+    # Above what one Money holds (a won limit of about USD 75M a day): /v1/stats, which
+    # describes every tenant's limits, answered 500 for all of them.
+    big = TenantLimits(daily_payment_volume={"KRW": 100_000_000_000})
+    assert big.describe() == "≤ 100000000000 KRW per day"

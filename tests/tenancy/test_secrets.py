@@ -28,7 +28,8 @@ def test_tampering_and_unknown_formats_are_refused() -> None:
     sealed = seal_secret(ring, "acme", "api_key", "sk_test_123")
     version, key_id, wrapped, blob = sealed.split(".")
     flipped = blob[:-4] + ("AAAA" if blob[-4:] != "AAAA" else "BBBB")
-    for bad in (f"{version}.{key_id}.{wrapped}.{flipped}", "v2.x.y.z", "garbage"):
+    damaged = f"{version}.{key_id}.abc.def"  # base64 that does not decode (binascii.Error)
+    for bad in (f"{version}.{key_id}.{wrapped}.{flipped}", "v2.x.y.z", "garbage", damaged):
         with pytest.raises(CryptoError):
             open_secret(ring, "acme", "api_key", bad)
 
