@@ -179,7 +179,11 @@ class Settings(BaseSettings):
     command_max_bytes: int = Field(
         default=64 * 1024,
         ge=1024,
-        description="PAYSTREAM_COMMAND_MAX_BYTES: commands larger than this are rejected.",
+        # Outcomes and stored records echo a command (its data, ids and tenant) a few
+        # times over: bigger commands could make records over the broker's 1 MB.
+        le=256 * 1024,
+        description="PAYSTREAM_COMMAND_MAX_BYTES: commands (key, value and headers) larger "
+        "than this are dead-lettered and rejected; at most 256 KiB.",
     )
     idempotency_ttl_seconds: int = Field(
         default=24 * 3600,

@@ -126,7 +126,10 @@ class CommandProcessor:
         # The quick look at the raw bytes: False for nearly every command, and then no
         # card number can be anywhere in it (key, headers, data).
         suspicious = _raw_may_hold_card(rec)
-        size = len(rec.value or b"")
+        # Key and headers count too: outcomes and stored records echo them (a 500 KB
+        # tenant id in the key made a 1.25 MB outcome the broker refused, batch after
+        # batch).
+        size = _record_size(rec)
         if size > self.settings.command_max_bytes:
             return self._dead_letter(
                 rec,
@@ -193,7 +196,10 @@ class CommandProcessor:
             return self._reject(
                 cmd, RejectReason.TENANT_MISMATCH, "record key must equal the tenantid extension"
             )
-        if len(idem_key) > 255:
+        if len(cmd.command_id) > ID_MAX_CHARS:
+            # Every outcome of the command and every entity it touches keeps its id.
+            return self._reject(cmd, RejectReason.VALIDATION_ERROR, "id too long")
+        if len(idem_key) > ID_MAX_CHARS:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
         raw = event.get_data()
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
@@ -672,15 +678,26 @@ class CommandProcessor:
         }
         if card:
             ours["paystream-dlq-redacted"] = b"card_number"
-        kept = {} if card else _kept_headers(rec.headers)
+        # Bytes too large to produce again (with our headers, under the broker's message
+        # size) are not kept: the dead letter says where to find them while the commands
+        # topic retains them. Producing them would fail the batch on every redelivery.
+        dropped = not card and _record_size(rec) > DEAD_LETTER_KEEP_MAX_BYTES
+        if dropped:
+            ours["paystream-dlq-dropped"] = b"too_large_to_keep"
+        kept = {} if card or dropped else _kept_headers(rec.headers)
         headers = tuple(sorted({**kept, **ours}.items()))
-        value = b"" if card else rec.value or b""
-        out = [
-            Emit(self.settings.dlq_topic, KafkaRecord(None if card else rec.key, value, headers))
-        ]
+        value = b"" if card or dropped else rec.value or b""
+        key = None if card or dropped else rec.key
+        out = [Emit(self.settings.dlq_topic, KafkaRecord(key, value, headers))]
         cmd_id = rec.headers.get("ce_id")
         tenant = rec.headers.get("ce_tenantid")
-        if cmd_id and tenant and _key_str(rec.key) == tenant.decode("utf-8", "replace"):
+        if (
+            cmd_id
+            and tenant
+            and len(cmd_id) <= ID_MAX_CHARS  # the rejection echoes both, more than once
+            and len(tenant) <= ID_MAX_CHARS
+            and _key_str(rec.key) == tenant.decode("utf-8", "replace")
+        ):
             cmd = CommandRef(
                 tenant_id=redact_card_numbers(tenant.decode("utf-8", "replace")),
                 command_id=redact_card_numbers(cmd_id.decode("utf-8", "replace")),
@@ -809,6 +826,22 @@ def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
 # Header names are case-insensitive to the decoder (and the SDK): so here. (One regex call
 # per header: this runs for every command.)
 _KEPT = re.compile(r"(?i)ce_|content-type\Z").match
+
+
+# Longest command id or idempotency key accepted (Stripe's idempotency keys: 255).
+ID_MAX_CHARS = 255
+# Largest dead letter kept with its bytes: under Kafka's default 1 MB message size with
+# our headers beside them.
+DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
+
+
+def _record_size(rec: Inbound) -> int:
+    """Bytes of the record's key, value and headers."""
+    return (
+        len(rec.key or b"")
+        + len(rec.value or b"")
+        + sum(len(name) + len(value) for name, value in rec.headers.items())
+    )
 
 
 # The range a datetime can hold (years 1-9999), in epoch milliseconds.

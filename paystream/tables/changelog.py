@@ -18,6 +18,7 @@ Writes outside a batch (recovery, other agents) keep Faust's path.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,8 +30,19 @@ from faust.types import TP
 from faust.types.codecs import CodecArg
 
 from paystream.streams.batch_producer import OutRecord, SentBatch
+from paystream.tables.records import shed_applied
 
-__all__ = ["BatchedChangelogTable", "ChangelogBatch", "collect_changelog"]
+__all__ = [
+    "CHANGELOG_VALUE_MAX_BYTES",
+    "BatchedChangelogTable",
+    "ChangelogBatch",
+    "collect_changelog",
+]
+
+log = logging.getLogger(__name__)
+
+# Largest changelog value produced as is: well under Kafka's default 1 MB message size.
+CHANGELOG_VALUE_MAX_BYTES = 512 * 1024
 
 
 class ChangelogBatch:
@@ -61,6 +73,15 @@ class ChangelogBatch:
             value_bytes, headers = topic.prepare_value(
                 value, value_serializer or table.value_serializer
             )
+            while len(value_bytes) > CHANGELOG_VALUE_MAX_BYTES and (smaller := shed_applied(value)):
+                # The broker refuses records over its message size (1 MB by default),
+                # failing the batch on every redelivery; the outcomes an entity keeps
+                # for replays are what can grow (up to 16, each echoing a command).
+                log.warning("%s: %s sheds replay memory to fit", table.name, key)
+                value = smaller
+                value_bytes, headers = topic.prepare_value(
+                    value, value_serializer or table.value_serializer
+                )
             out.append(
                 OutRecord(
                     topic.get_topic_name(), partition, key_bytes, value_bytes, _headers(headers)

@@ -26,6 +26,7 @@ __all__ = [
     "RefundRecord",
     "StoredOutcome",
     "scrub_customer_outcome",
+    "shed_applied",
 ]
 
 APPLIED_MEMORY = 16  # outcomes remembered per entity; far more than a crash can replay
@@ -77,6 +78,15 @@ class CustomerRecord(EntityRecord):
     metadata: dict[str, str] = Field(default_factory=dict)
     deleted: bool = False
     erased: bool = False
+
+
+def shed_applied(record: Any) -> dict[str, Any] | None:
+    """An entity record (as stored) keeping only the newer half of the outcomes it
+    remembers for replays; None when it has none left to shed (or is no entity)."""
+    if not isinstance(record, dict) or not record.get("applied"):
+        return None
+    applied = list(record["applied"].items())
+    return {**record, "applied": dict(applied[(len(applied) + 1) // 2 :])}
 
 
 CUSTOMER_PII_FIELDS = ("email", "name", "description", "metadata")

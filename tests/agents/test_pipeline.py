@@ -1074,3 +1074,57 @@ async def test_a_card_number_under_a_repeated_key_is_refused_not_parked(harness:
     assert out is not None and data(out)["reason"] == "card_data_forbidden"
     assert _leaks(emits, "4111 1111 1111 1111") == []
     assert harness.settings.retry_topic not in [e.topic for e in emits]
+
+
+def _sizes_fit(emits: list[Emit], limit: int = 1_000_000) -> bool:
+    return all(
+        len(e.record.value)
+        + len(e.record.key or b"")
+        + sum(len(k) + len(v) for k, v in e.record.headers)
+        < limit
+        for e in emits
+    )
+
+
+async def test_a_huge_key_and_tenant_header_are_dead_lettered_within_the_message_size(
+    harness: Harness,
+) -> None:
+    """A 250 KB tenant id in the key and header (value small) made a 1.25 MB rejection the
+    broker refused: the batch failed on every redelivery."""
+    huge = ("t" * 250_000).encode()
+    emits = await harness.raw(_binary(huge, b"{}", ce_tenantid=huge))
+    assert [e.topic for e in emits] == [harness.settings.dlq_topic]  # no outcome echoing it
+    assert dict(emits[0].record.headers)["paystream-dlq-reason"] == b"payload_too_large"
+    assert _sizes_fit(emits)
+
+
+async def test_a_record_too_large_to_produce_again_is_dead_lettered_without_its_bytes(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    rec = _binary(t.encode(), b"{}", **{"x-padding": b"p" * 990_000})
+    emits = await harness.raw(rec)
+    dead = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert len(dead) == 1 and dead[0].record.value == b""
+    headers = dict(dead[0].record.headers)
+    assert headers["paystream-dlq-dropped"] == b"too_large_to_keep"
+    assert headers["paystream-source"] == b"c/-1/3"  # where to find it
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "payload_too_large"
+    assert _sizes_fit(emits)
+
+
+async def test_a_command_id_longer_than_an_idempotency_key_is_refused(harness: Harness) -> None:
+    """Every outcome and every entity the command touches keeps its id: 200 KB ids made
+    a customer's changelog record over 1 MB in three updates."""
+    t = harness.add_tenant()
+    long_id = ("i" * 256).encode()
+    rec = _binary(
+        t.encode(),
+        json.dumps({"email": "a@example.com"}).encode(),
+        ce_type=b"com.paystream.command.customer.create",
+        ce_id=long_id,
+    )
+    out = outcome_of(harness.settings, await harness.raw(rec))
+    assert out is not None and data(out)["reason"] == "validation_error"
+    assert data(out)["message"] == "id too long" and harness.tables.customers == {}
