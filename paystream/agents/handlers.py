@@ -103,6 +103,7 @@ class HandlerContext:
     tables: Tables
     call: Any = _direct  # GatewayCall; Any because a generic callable attribute is untypable
     entity_keys: bool = True  # False: a command parked by an older version (its keys)
+    request_hash: str | None = None  # of this command's type and data
 
     @property
     def tenant(self) -> str:
@@ -153,10 +154,23 @@ class HandlerContext:
         if raw is None:
             raise Rejection(RejectReason.NOT_FOUND, f"no such {_label(model)}: {entity_id}")
         record = model.model_validate(raw)
-        done = record.applied_outcome(self.cmd.command_id)
-        if done is not None:
-            raise AlreadyApplied(done)
+        self._applied_here(record)
         return record
+
+    def _applied_here(self, record: EntityRecord) -> None:
+        """AlreadyApplied if this command changed ``record`` before (a redelivery)."""
+        done = record.applied_outcome(self.cmd.command_id)
+        if done is None:
+            return
+        applied_hash = record.applied_hash(self.cmd.command_id)
+        if applied_hash is not None and self.request_hash not in (None, applied_hash):
+            # Another command under the same id (another source's, or a producer bug):
+            # answering with the first one's outcome would report an effect never made.
+            raise Rejection(
+                RejectReason.IDEMPOTENCY_CONFLICT,
+                f"command id {self.cmd.command_id!r} was already used for a different request",
+            )
+        raise AlreadyApplied(done)
 
     def ensure_new(self, model: type[EntityRecord], entity_id: str) -> None:
         """Refuse to create over an existing entity, unless this very command created it."""
@@ -164,10 +178,7 @@ class HandlerContext:
         raw = table.get(entity_key(self.tenant, entity_id))
         if raw is None:
             return
-        record = model.model_validate(raw)
-        done = record.applied_outcome(self.cmd.command_id)
-        if done is not None:
-            raise AlreadyApplied(done)
+        self._applied_here(model.model_validate(raw))
         raise Rejection(RejectReason.INVALID_STATE, f"{_label(model)} {entity_id} already exists")
 
 
@@ -345,8 +356,8 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     rec.email = rec.name = rec.description = None
     rec.metadata = {}
     rec.deleted = rec.erased = True
-    rec.applied = {
-        k: scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id).model_dump()
+    rec.applied = {  # the request hash stays beside the scrubbed outcome
+        k: {**v, **scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id).model_dump()}
         for k, v in rec.applied.items()
     }
     return HandlerResult("customer.erased", rec, extra=extra)

@@ -54,6 +54,7 @@ from paystream.tables.records import (
     IdempotencyRecord,
     IdempotencyState,
     StoredOutcome,
+    applied_entry,
     scrub_customer_outcome,
 )
 from paystream.tenancy.crypto import CryptoError
@@ -317,6 +318,7 @@ class CommandProcessor:
             tables=self.tables,
             call=self.gateways.call_for(tenant),
             entity_keys=entity_keys,
+            request_hash=request_hash,
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
@@ -328,7 +330,7 @@ class CommandProcessor:
         except AlreadyApplied as done:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
-            self._repair_entities(cmd.tenant_id, cmd.command_id, done.outcome)
+            self._repair_entities(cmd.tenant_id, cmd.command_id, done.outcome, request_hash)
             self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome)
             if admission is not None:
@@ -368,7 +370,7 @@ class CommandProcessor:
             self._finish(idem_table_key, cmd, request_hash, expires, stored)
             self._count(cmd.tenant_id, cmd.command_type, stored.type)
             return [self._outcome(cmd, stored)]
-        stored = self._apply(cmd, result)
+        stored = self._apply(cmd, result, request_hash)
         if admission is not None:
             self.limits.settle(admission, stored.type)
         if stored.type == "customer.erased" and result.primary is not None:
@@ -380,7 +382,9 @@ class CommandProcessor:
     def _replay_done(self, cmd: CommandRef, existing: IdempotencyRecord) -> list[Emit]:
         """The stored outcome of a finished command, again: the same event, byte for byte."""
         assert existing.outcome is not None
-        self._repair_entities(cmd.tenant_id, existing.command_id, existing.outcome)
+        self._repair_entities(
+            cmd.tenant_id, existing.command_id, existing.outcome, existing.request_hash
+        )
         if cmd.source is not None and existing.source == list(cmd.source):
             # This very record, redelivered after a crash: what it wrote may be in the
             # local store (RocksDB writes on set) but never reached the changelog.
@@ -416,7 +420,7 @@ class CommandProcessor:
             return None
         return self._replay_done(cmd, existing)
 
-    def _apply(self, cmd: CommandRef, result: HandlerResult) -> StoredOutcome:
+    def _apply(self, cmd: CommandRef, result: HandlerResult, request_hash: str) -> StoredOutcome:
         """Bump versions, build the outcome data, and write every changed entity."""
         data: dict[str, Any] = {"tenant_id": cmd.tenant_id, "command_id": cmd.command_id}
         entities = [e for e in [result.primary, *result.related] if e is not None]
@@ -451,7 +455,7 @@ class CommandProcessor:
             data["error"] = result.error.as_outcome()
         stored = StoredOutcome(type=result.outcome_type, data=data)
         for entity, record in zip(entities, dumped, strict=True):
-            entity.remember(cmd.command_id, stored)
+            entity.remember(cmd.command_id, stored, request_hash)
             record["applied"] = dict(entity.applied)
             table = self.tables.by_type(entity.entity_type)
             table[entity_key(cmd.tenant_id, entity.id)] = record
@@ -550,7 +554,13 @@ class CommandProcessor:
         record = IdempotencyRecord.model_validate(raw)
         return None if record.expires_at < now else record
 
-    def _repair_entities(self, tenant_id: str, command_id: str, outcome: StoredOutcome) -> None:
+    def _repair_entities(
+        self,
+        tenant_id: str,
+        command_id: str,
+        outcome: StoredOutcome,
+        request_hash: str | None = None,
+    ) -> None:
         """Restore whichever of a command's entity writes a crash lost.
 
         A command writes several changelog partitions (idempotency, the entity, related
@@ -568,7 +578,7 @@ class CommandProcessor:
             ):
                 continue
             applied = dict((current or {}).get("applied") or {})
-            applied[command_id] = {"type": outcome.type, "data": outcome.data}
+            applied[command_id] = applied_entry(outcome, request_hash)
             while len(applied) > APPLIED_MEMORY:
                 applied.pop(next(iter(applied)))
             table[key] = {**image, "entity_type": entity_type, "applied": applied}

@@ -25,6 +25,7 @@ __all__ = [
     "PaymentRecord",
     "RefundRecord",
     "StoredOutcome",
+    "applied_entry",
     "scrub_customer_outcome",
     "shed_applied",
 ]
@@ -58,8 +59,10 @@ class EntityRecord(BaseModel):
         """The entity as published in outcomes (without bookkeeping)."""
         return self.model_dump(mode="json", exclude={"applied", "entity_type"})
 
-    def remember(self, command_id: str, outcome: StoredOutcome) -> None:
-        self.applied[command_id] = {"type": outcome.type, "data": outcome.data}
+    def remember(
+        self, command_id: str, outcome: StoredOutcome, request_hash: str | None = None
+    ) -> None:
+        self.applied[command_id] = applied_entry(outcome, request_hash)
         while len(self.applied) > APPLIED_MEMORY:
             self.applied.pop(next(iter(self.applied)))
 
@@ -67,6 +70,20 @@ class EntityRecord(BaseModel):
         """The outcome this record stored for ``command_id``, if it applied that command."""
         raw = self.applied.get(command_id)
         return None if raw is None else StoredOutcome.model_validate(raw)
+
+    def applied_hash(self, command_id: str) -> str | None:
+        """The request hash of the command ``command_id`` applied here (None: not known,
+        e.g. remembered by an older version)."""
+        raw = self.applied.get(command_id)
+        return None if raw is None else raw.get("hash")
+
+
+def applied_entry(outcome: StoredOutcome, request_hash: str | None) -> dict[str, Any]:
+    """What an entity remembers of a command it applied."""
+    entry: dict[str, Any] = {"type": outcome.type, "data": outcome.data}
+    if request_hash is not None:
+        entry["hash"] = request_hash
+    return entry
 
 
 class CustomerRecord(EntityRecord):

@@ -382,3 +382,31 @@ async def test_a_client_key_naming_an_entity_is_not_its_provider_key(harness: Ha
         "payment.capture", t, {"payment_id": "p1"}, idempotency_key="payment:p1"
     )
     assert kind(captured) == "payment.succeeded"
+
+
+async def test_a_command_id_reused_for_another_request_is_a_conflict_not_a_replay(
+    harness: Harness,
+) -> None:
+    """Two payment.create under one command id (another source's, say) with their own
+    idempotency keys and amounts: the second was answered with the first's outcome, a
+    payment.succeeded for 1000 when 2500 was asked and nothing was charged."""
+    t = harness.add_tenant()
+    body = {**USD_1000, "payment_method_token": "pm_card_visa"}
+    first = await harness.send(
+        "payment.create", t, body, command_id="1", idempotency_key="k1", source="/shop-a"
+    )
+    assert kind(first) == "payment.succeeded"
+    again = await harness.send(
+        "payment.create", t, body, command_id="1", idempotency_key="k1", source="/shop-a"
+    )
+    assert again.get_id() == first.get_id()  # the same command: its outcome
+    other = await harness.send(
+        "payment.create",
+        t,
+        {**body, "amount": 2500},
+        command_id="1",
+        idempotency_key="k2",
+        source="/shop-b",
+    )
+    assert (kind(other), data(other)["reason"]) == ("command.rejected", "idempotency_conflict")
+    assert [a for k, a in await _effects(harness, t) if k == "charge"] == [1000]
