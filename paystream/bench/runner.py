@@ -318,7 +318,7 @@ def _latency_split(
     if not worker:
         return "rate latency split: no outcomes"
     return (
-        f"rate latency p50/p95/p99 ms: command sent → outcome produced {pcts(worker)}; "
+        f"rate latency p50/p95/p99 ms: command due → outcome produced {pcts(worker)}; "
         f"outcome produced → read {pcts(delivery)}"
     )
 
@@ -489,6 +489,10 @@ async def _pipeline_phases(
                     counters, _batch_counters(worker)
                 )
                 report_notes.append(_latency_split(paced, sent_r.sent_at, watcher))
+                report_notes.append(
+                    "rate latency counts from each command's due time (start + i/rate); "
+                    f"the bench sent at most {1000 * sent_r.max_send_lag:.1f} ms late"
+                )
                 if options.latency_csv is not None:
                     _write_latencies(options.latency_csv, paced, sent_r.sent_at, watcher)
             if watcher.duplicates:

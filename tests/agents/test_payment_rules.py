@@ -35,6 +35,67 @@ async def _effects(h: Harness, tenant: str) -> list[tuple[str, int | None]]:
     return [(e.kind, e.amount) for e in await _gateway(h, tenant).effects()]
 
 
+def _provider_down(harness: Harness, tenant: str) -> None:
+    """Every provider call now fails (and the command would park): an answer must come
+    from paystream's own rules. The simulator enforces the same ones, so with it up a
+    missing rule here went unnoticed; on Stripe (localstripe is lenient) they are the
+    only defence."""
+    record = dict(harness.tenants[tenant])
+    record["gateway_options"] = {"fail_rate": 1.0}
+    harness.tenants[tenant] = record
+
+
+async def _paid(harness: Harness, tenant: str, payment_id: str, **extra: Any) -> None:
+    body = {"payment_id": payment_id, **USD_1000, "payment_method_token": "pm_card_visa"}
+    out = await harness.send("payment.create", tenant, {**body, **extra})
+    assert kind(out) in ("payment.succeeded", "payment.authorized")
+
+
+async def test_paystreams_own_state_rules_answer_without_the_provider(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _paid(harness, t, "canceled", capture="manual")
+    await harness.send("payment.cancel", t, {"payment_id": "canceled"})
+    await _paid(harness, t, "succeeded")
+    await _paid(harness, t, "authorized", capture="manual")
+    await harness.send("customer.create", t, {"customer_id": "ann"})
+    await harness.send("customer.create", t, {"customer_id": "bob"})
+    for pm, owner in (("pm_ann", "ann"), ("pm_gone", "ann")):
+        attached = await harness.send(
+            "payment_method.attach",
+            t,
+            {"customer_id": owner, "payment_method_id": pm, "token": "pm_card_visa"},
+        )
+        assert kind(attached) == "payment_method.attached"
+    await harness.send("payment_method.detach", t, {"payment_method_id": "pm_gone"})
+    before = await _effects(harness, t)
+    _provider_down(harness, t)
+    charge = {**USD_1000, "payment_id": "new"}
+    cases = [
+        ("payment.capture", {"payment_id": "canceled"}, "invalid_state"),
+        ("refund.create", {"payment_id": "canceled"}, "invalid_state"),
+        ("payment.capture", {"payment_id": "succeeded"}, "invalid_state"),
+        ("payment.cancel", {"payment_id": "succeeded"}, "invalid_state"),
+        ("refund.create", {"payment_id": "authorized"}, "invalid_state"),  # nothing captured
+        ("refund.create", {"payment_id": "succeeded", "amount": 1001}, "invalid_state"),
+        ("payment.capture", {"payment_id": "authorized", "amount": 1001}, "validation_error"),
+        ("payment.create", {**charge, "payment_method_id": "pm_gone"}, "invalid_state"),
+        (
+            "payment.create",
+            {**charge, "payment_method_id": "pm_ann", "customer_id": "bob"},
+            "invalid_state",
+        ),
+        ("customer.update", {"customer_id": "nobody", "name": "x"}, "not_found"),
+    ]
+    for command, body, reason in cases:
+        emits, out = await harness.send_event(build_command(command, t, body))
+        assert harness.settings.retry_topic not in [e.topic for e in emits], (command, body)
+        assert out is not None and (kind(out), data(out)["reason"]) == (
+            "command.rejected",
+            reason,
+        ), (command, body)
+    assert await _effects(harness, t) == before
+
+
 async def test_no_refund_after_a_lost_dispute(harness: Harness) -> None:
     t = harness.add_tenant()
     paid = await harness.send(
@@ -45,6 +106,7 @@ async def test_no_refund_after_a_lost_dispute(harness: Harness) -> None:
     dispute_id = data(paid)["related"][0]["entity_id"]
     lost = await harness.send("dispute.accept", t, {"dispute_id": dispute_id})
     assert data(lost)["object"]["status"] == "lost"
+    _provider_down(harness, t)  # paystream's own rule, not the simulator's, must answer
     refund = await harness.send("refund.create", t, {"payment_id": "p1"})
     assert kind(refund) == "command.rejected" and data(refund)["reason"] == "invalid_state"
     assert "charged back" in data(refund)["message"]

@@ -173,7 +173,7 @@ def test_bench_smoke_run_json() -> None:
     assert "command.rejected" not in out["outcome_types"]
     assert "pipeline:" in proc.stderr
     # where rate-phase latency goes: before the worker produced the outcome, and after
-    assert any("command sent → outcome produced" in n for n in out["notes"]), out["notes"]
+    assert any("command due → outcome produced" in n for n in out["notes"]), out["notes"]
     # the ledger sink phase drained every outcome into PostgreSQL
     ledger = out["ledger"]
     # (the bench also sends a few warm-up commands of its own)

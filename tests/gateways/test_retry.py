@@ -143,3 +143,55 @@ async def test_a_probe_ending_without_an_answer_never_wedges_the_circuit(
         clock.now += 5.0
         assert await p.call("t", "sim", Flaky(failures=0)) == "ok"
     assert p.breaker("t", "sim").state is CircuitState.CLOSED
+
+
+async def test_a_providers_retry_after_hint_sets_the_least_wait() -> None:
+    """Stripe's 409 idempotency_key_in_use frees up only when the other request ends:
+    retried after our 0.1 s backoff, every attempt was spent before it did."""
+    clock = Clock()
+    busy = GatewayError(ErrorCode.RATE_LIMITED, "key in use", provider="sim", retry_after=1.0)
+    flaky = Flaky(2, busy)
+    assert await policy(clock).call("t1", "sim", flaky) == "ok"
+    assert clock.slept == [1.0, 1.0]
+    huge = GatewayError(ErrorCode.RATE_LIMITED, "slow down", provider="sim", retry_after=3600.0)
+    clock.slept.clear()
+    assert await policy(clock).call("t1", "sim", Flaky(1, huge)) == "ok"
+    assert clock.slept == [30.0]  # a hint is capped too
+
+
+async def test_backoff_is_capped() -> None:
+    clock = Clock()
+    p = policy(clock, attempts=12, threshold=100)
+    assert await p.call("t1", "sim", Flaky(11)) == "ok"
+    assert max(clock.slept) == 5.0 and clock.slept[:3] == [0.1, 0.2, 0.4]
+
+
+async def test_declines_are_answers_and_never_open_the_circuit() -> None:
+    clock = Clock()
+    p = policy(clock, threshold=2)
+    declined = GatewayError(ErrorCode.CARD_DECLINED, "declined", provider="sim")
+    for _ in range(5):
+        with pytest.raises(GatewayError):
+            await p.call("t1", "sim", Flaky(1, declined))
+    assert p.breaker("t1", "sim").state is CircuitState.CLOSED
+
+
+async def test_a_half_open_circuit_lets_one_probe_through_at_a_time() -> None:
+    clock = Clock()
+    p = policy(clock, attempts=1, threshold=1)
+    with pytest.raises(RetriesExhausted):
+        await p.call("t1", "sim", Flaky(1))
+    clock.now += 5.0  # the reset delay: half-open
+    release = asyncio.Event()
+
+    async def slow_probe() -> str:
+        await release.wait()
+        return "ok"
+
+    probe = asyncio.ensure_future(p.call("t1", "sim", slow_probe))
+    await asyncio.sleep(0)
+    with pytest.raises(CircuitOpen):  # a second caller while the probe is out
+        await p.call("t1", "sim", Flaky(0))
+    release.set()
+    assert await probe == "ok"
+    assert await p.call("t1", "sim", Flaky(0)) == "ok"  # closed again
