@@ -459,13 +459,16 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
     PAYSTREAM_DB_APP_PASSWORD are set."""
     settings = _settings()
     from paystream.errors import ConfigurationError
+    from paystream.ledger.cli import run_db
     from paystream.ledger.migrate import app_database_url
     from paystream.ledger.sink import asyncpg_url
     from paystream.tenancy.crypto import keyring_from_settings
     from paystream.tenancy.rotation import (
         RotationReport,
+        ledger_keys_left,
         reseal_registry_secrets,
         rewrap_ledger_keys,
+        secrets_left,
     )
 
     try:
@@ -484,10 +487,8 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
     password = settings.db_app_password.get_secret_value() if settings.db_app_password else ""
     if settings.database_url and password:
         url = app_database_url(asyncpg_url(settings.database_url), password)
-        tenant_ids = sorted({*report.tenants, *extra_tenants})
+        tenant_ids = sorted({*report.tenants, *report.unreadable, *extra_tenants})
         click.echo(f"  re-wrapping ledger data keys of {len(tenant_ids)} tenant(s)…", err=True)
-        from paystream.ledger.cli import run_db
-
         report.ledger_keys_rewrapped = run_db(rewrap_ledger_keys(url, keyring, tenant_ids))
     for tenant_id in report.unreadable:
         click.echo(
@@ -517,8 +518,25 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
         f"{report.secrets_resealed} secret(s) of {report.tenants_changed} tenant(s) re-sealed; "
         f"{ledger}"
     )
-    if report.unopenable:
-        # Not done: dropping the retired key now would lose these secrets for good.
+    # Done only when nothing is left under a retired key: dropping it before would lose
+    # those secrets (their tenants answered gateway_not_configured) and stall the ledger
+    # sink on those tenants' data keys.
+    current = keyring.current.key_id
+    left = _run(secrets_left(settings, current))
+    if left:
+        click.echo(f"error: secrets still under a retired key: {', '.join(left)}", err=True)
+    ledger_left: dict[str, int] = {}
+    if settings.database_url and report.ledger_keys_rewrapped is not None:
+        ledger_left = run_db(ledger_keys_left(asyncpg_url(settings.database_url), current))
+        if ledger_left:
+            named = ", ".join(f"{t} ({n})" for t, n in ledger_left.items())
+            click.echo(
+                f"error: ledger data keys still under a retired key: {named} (a tenant no "
+                "longer registered needs --tenant)",
+                err=True,
+            )
+    if left or ledger_left or report.unopenable:
+        click.echo("keep the retired key until `paystream keys rotate` exits 0", err=True)
         sys.exit(1)
 
 

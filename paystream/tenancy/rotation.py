@@ -18,7 +18,13 @@ from paystream.tenancy.models import Tenant
 from paystream.tenancy.registry import put_tenants_unless_changed, read_registry
 from paystream.tenancy.secrets import reseal_secret
 
-__all__ = ["RotationReport", "reseal_registry_secrets", "rewrap_ledger_keys"]
+__all__ = [
+    "RotationReport",
+    "ledger_keys_left",
+    "reseal_registry_secrets",
+    "rewrap_ledger_keys",
+    "secrets_left",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,5 +89,43 @@ async def rewrap_ledger_keys(
         # Unbound by RLS, a tenant's session would see (and fail to unwrap) others' keys.
         await assert_rls_enforced(engine)
         return await rotate_master_key(engine, keyring, tenant_ids)
+    finally:
+        await engine.dispose()
+
+
+async def secrets_left(settings: Settings, current_key_id: str) -> list[str]:
+    """Tenants whose latest registry record still holds a secret sealed under another
+    master key (or that this version cannot read): the retired key must stay."""
+    registry = await read_registry(settings)
+    left = set(registry.unreadable)
+    for tenant_id, tenant in registry.tenants.items():
+        if any(_sealed_under(sealed) != current_key_id for sealed in tenant.secrets.values()):
+            left.add(tenant_id)
+    return sorted(left)
+
+
+def _sealed_under(sealed: str) -> str:
+    parts = sealed.split(".")
+    return parts[1] if len(parts) == 4 else ""
+
+
+async def ledger_keys_left(owner_url: str, current_key_id: str) -> dict[str, int]:
+    """Per tenant, ledger data keys still wrapped under another master key (as the
+    owner: RLS shows the application role one tenant's keys at a time)."""
+    from sqlalchemy import text
+
+    from paystream.ledger import create_engine
+
+    engine = create_engine(owner_url, hide_parameters=True)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT tenant_id, count(*) FROM data_keys WHERE master_key_id <> :current"
+                    " GROUP BY tenant_id ORDER BY tenant_id"
+                ),
+                {"current": current_key_id},
+            )
+            return {str(tenant): int(count) for tenant, count in rows}
     finally:
         await engine.dispose()

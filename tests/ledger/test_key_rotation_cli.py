@@ -68,6 +68,10 @@ async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key
         [make_event.customer(tenant, f"cus_{i}") for i in range(3)],
         keyring=MasterKeyring(old),
     )
+    # A tenant no longer registered: its ledger keys are named, not silently left.
+    await write_events(
+        app_engine, [make_event.customer("gone", "cus_g")], keyring=MasterKeyring(old)
+    )
     assert await _ledger_key_ids(app_engine, tenant) == {old.key_id}
 
     env = {
@@ -82,6 +86,9 @@ async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key
     # Not done while a secret stays unopenable: dropping the old key would lose it.
     assert result.exit_code == 1 and "error: lost/api_key:" in result.output, result.output
     assert "PAYSTREAM_RETIRED_MASTER_KEYS" in result.output
+    assert "error: secrets still under a retired key: lost" in result.output
+    assert "ledger data keys still under a retired key: gone (1)" in result.output
+    assert "keep the retired key" in result.output
     await dep.produce(dep.settings.tenants_topic, (b'"lost"', None, None))  # removed
 
     registered = await registered_tenant(dep.settings, tenant)
@@ -96,6 +103,8 @@ async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key
     exported = await export_customer(app_engine, MasterKeyring(new), tenant, "cus_0")
     assert "cus_0@example.com" in str(exported)
 
-    again = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
+    again = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["keys", "rotate", "--tenant", "gone"], env=env
+    )
     assert again.exit_code == 0, again.output
-    assert "0 secret(s) of 0 tenant(s) re-sealed; 0 ledger data key(s) re-wrapped" in again.output
+    assert "0 secret(s) of 0 tenant(s) re-sealed; 1 ledger data key(s) re-wrapped" in again.output
