@@ -34,7 +34,7 @@ from paystream.agents.handlers import (
 from paystream.errors import ConfigurationError
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.settings import Settings
-from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record
+from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, valid_unicode
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
@@ -699,23 +699,13 @@ class CommandProcessor:
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
         out = [Emit(self.settings.dlq_topic, KafkaRecord(key, value, headers))]
-        cmd_id = rec.headers.get("ce_id")
-        tenant = rec.headers.get("ce_tenantid")
-        if (
-            cmd_id
-            and tenant
-            and len(cmd_id) <= ID_MAX_CHARS  # the rejection echoes both, more than once
-            and len(tenant) <= ID_MAX_CHARS
-            and _key_str(rec.key) == tenant.decode("utf-8", "replace")
-        ):
+        identity = _identity(rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE)
+        if identity is not None:
+            tenant, cmd_id, ce_type = identity
             cmd = CommandRef(
-                tenant_id=redact_card_numbers(tenant.decode("utf-8", "replace")),
-                command_id=redact_card_numbers(cmd_id.decode("utf-8", "replace")),
-                command_type=redact_card_numbers(
-                    rec.headers.get("ce_type", b"")
-                    .decode("utf-8", "replace")
-                    .removeprefix(COMMAND_PREFIX)[:128]
-                ),
+                tenant_id=redact_card_numbers(tenant),
+                command_id=redact_card_numbers(cmd_id),
+                command_type=redact_card_numbers(ce_type.removeprefix(COMMAND_PREFIX)[:128]),
                 idempotency_key="",
                 time=when,
             )
@@ -836,6 +826,33 @@ def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
 # Header names are case-insensitive to the decoder (and the SDK): so here. (One regex call
 # per header: this runs for every command.)
 _KEPT = re.compile(r"(?i)ce_|content-type\Z").match
+
+
+def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
+    """(tenant, command id, type) of a record that did not decode, when it names them
+    well enough to be answered: a command whose producer waits for an outcome gets a
+    rejection, not silence. From ``ce_*`` headers (any case, as Kafka header names are
+    read), or a structured command's body (``parse``: not for oversized records)."""
+    found: dict[str, Any] = {}
+    for name, value in rec.headers.items():
+        attr = name.lower().removeprefix("ce_")
+        if name.lower().startswith("ce_") and attr in ("id", "tenantid", "type"):
+            found[attr] = value.decode("utf-8", "replace")
+    if "id" not in found and parse and rec.value and rec.value[:1] == b"{":
+        try:
+            body = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict):
+            found = {k: body.get(k) for k in ("id", "tenantid", "type")}
+    tenant, cmd_id, ce_type = found.get("tenantid"), found.get("id"), found.get("type") or ""
+    if not (isinstance(tenant, str) and isinstance(cmd_id, str) and isinstance(ce_type, str)):
+        return None
+    # The rejection echoes them, more than once, into headers that must encode.
+    sane = all(0 < len(v) <= ID_MAX_CHARS and valid_unicode(v) for v in (tenant, cmd_id))
+    if not sane or not valid_unicode(ce_type) or _key_str(rec.key) != tenant:
+        return None
+    return tenant, cmd_id, ce_type
 
 
 # Longest command id or idempotency key accepted (Stripe's idempotency keys: 255).

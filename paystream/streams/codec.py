@@ -32,6 +32,7 @@ __all__ = [
     "encode_data",
     "encode_event",
     "headers_to_dict",
+    "valid_unicode",
 ]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -120,6 +121,11 @@ def decode_record(
                 raise UndecodableRecord(f"content-type {ctype!r} is not a structured CloudEvent")
             message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
             event = ce_kafka.from_structured(message, _FORMAT, _Received)
+            # JSON can spell a lone surrogate ("\ud800"): such an id or type could never
+            # be written into an outcome's headers (binary-mode headers are UTF-8 bytes).
+            for name, attr in event.get_attributes().items():
+                if isinstance(attr, str) and not valid_unicode(attr):
+                    raise UndecodableRecord(f"attribute {name!r} is not valid Unicode")
     except UndecodableRecord:
         raise
     except Exception as exc:  # the SDK raises a zoo of types for malformed input
@@ -127,6 +133,15 @@ def decode_record(
     if not isinstance(event, CloudEvent):
         raise UndecodableRecord("not a CloudEvents 1.0 event")
     return event
+
+
+def valid_unicode(text: str) -> bool:
+    """Is ``text`` encodable (no lone surrogates, which JSON can spell)?"""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_time(text: str) -> datetime:

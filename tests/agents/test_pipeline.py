@@ -1130,3 +1130,56 @@ async def test_a_command_id_longer_than_an_idempotency_key_is_refused(harness: H
     out = outcome_of(harness.settings, await harness.raw(rec))
     assert out is not None and data(out)["reason"] == "validation_error"
     assert data(out)["message"] == "id too long" and harness.tables.customers == {}
+
+
+def _structured(tenant: str, **envelope: object) -> Inbound:
+    body = {
+        "specversion": "1.0",
+        "id": "s1",
+        "type": "com.paystream.command.customer.create",
+        "source": "/x",
+        "tenantid": tenant,
+        "data": {},
+        **envelope,
+    }
+    return Inbound(
+        key=tenant.encode(),
+        value=json.dumps(body).encode(),
+        headers={"content-type": b"application/cloudevents+json"},
+        timestamp_ms=0,
+        topic="c",
+        offset=3,
+    )
+
+
+@pytest.mark.parametrize("case", ["structured_bad_time", "upper_case_headers"])
+async def test_a_dead_lettered_command_that_names_itself_is_still_answered(
+    harness: Harness, case: str
+) -> None:
+    """Dead-lettered records got a rejection only when lower-case ce_id/ce_tenantid
+    headers named them: a structured command, or headers written CE_ID, got silence."""
+    t = harness.add_tenant()
+    if case == "structured_bad_time":
+        rec = _structured(t, time="yesterday")
+    else:
+        rec = _binary(t.encode(), b"x" * 70_000)  # oversized
+        rec = Inbound(**{**rec.__dict__, "headers": {k.upper(): v for k, v in rec.headers.items()}})
+    emits = await harness.raw(rec)
+    assert harness.settings.dlq_topic in [e.topic for e in emits]
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "command.rejected"
+    assert out.get_extension("causationid") == ("s1" if case == "structured_bad_time" else "c1")
+
+
+async def test_an_id_no_header_can_carry_is_dead_lettered_without_an_internal_error(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON can spell a lone surrogate; the outcome's ce_id header could not encode it,
+    and the command ended in the bug path (internal_error, a logged traceback)."""
+    t = harness.add_tenant()
+    rec = _structured(t)
+    rec = Inbound(**{**rec.__dict__, "value": rec.value.replace(b'"s1"', b'"\\ud800"')})
+    emits = await harness.raw(rec)
+    assert [e.topic for e in emits] == [harness.settings.dlq_topic]
+    assert dict(emits[0].record.headers)["paystream-dlq-reason"] == b"not_a_cloudevent"
+    assert "Traceback" not in caplog.text
