@@ -19,22 +19,42 @@ __all__ = [
 REDACTED = "[card number]"
 
 # How card numbers are written: 13-19 contiguous digits, or 4-digit groups (Amex 4-6-5,
-# Diners 4-6-4) joined by one consistent separator: spaces (one or a run, or
-# non-breaking) or a dash, as always; or a dot or a slash. Grouped forms must stand
-# alone, so that ids such as UUIDs (8-4-4-4-12 hex) never look like a card however their
-# digits fall. Dot and slash groups stand alone more strictly (no dot or slash before,
-# none followed by a digit after: versions, dates and paths), while space and dash groups
-# may touch a dot or a slash ("No.4111 1111 …", "4111 1111 … 1111/12/27" with its expiry).
-_LOOSE = r"(?<![0-9A-Za-z-])"
-_LOOSE_END = r"(?![0-9A-Za-z-])"
-_STRICT = r"(?<![0-9A-Za-z./-])"
-_STRICT_END = r"(?![0-9A-Za-z-]|[./]\d)"
+# Diners 4-6-4) joined by one consistent separator:
+# * whitespace of any kind (one or a run: spaces, tabs, newlines, non-breaking and thin
+#   spaces) or an invisible zero-width character; the groups may touch letters
+#   ("card4111 1111 1111 1111") but not a digit or a dash;
+# * a dash or an underscore, standing alone: no letter, digit, dash or underscore
+#   touching, so that ids such as UUIDs (8-4-4-4-12 hex) never look like a card however
+#   their digits fall ("abcd3041-1476-4166-932e-…" would, if letters could touch);
+# * a dot or a slash, more strictly still (no dot or slash before, none followed by a
+#   digit after: versions, dates and paths).
+# The first two may touch a dot or a slash ("No.4111 1111 …", "4111 1111 … 1111/12/27"
+# with its expiry).
+_SPACE = r"([\s\u200b-\u200d\u2060\ufeff]+)"
+_SPACE_START = r"(?<![0-9-])"
+_SPACE_END = r"(?![0-9-])"
+_JOIN = r"([-_])"
+_JOIN_START = r"(?<![0-9A-Za-z_-])"
+_JOIN_END = r"(?![0-9A-Za-z_-])"
+_DOT = r"([./])"
+_DOT_START = r"(?<![0-9A-Za-z./_-])"
+_DOT_END = r"(?![0-9A-Za-z_-]|[./]\d)"
+
+
+def _grouped(sep: str, start: str, end: str, n: int) -> str:
+    """4-4-4-4(-1..3) groups joined by ``sep`` (capture group ``n``), and 4-6-4/5 groups
+    (capture group ``n + 1``)."""
+    return (
+        rf"{start}\d{{4}}{sep}\d{{4}}(?:\{n}\d{{4}}){{1,2}}(?:\{n}\d{{1,3}})?{end}"
+        rf"|{start}\d{{4}}{sep}\d{{6}}\{n + 1}\d{{4,5}}{end}"
+    )
+
+
 _CANDIDATE = re.compile(
     r"(?<!\d)\d{13,19}(?!\d)"
-    rf"|{_LOOSE}\d{{4}}([ \u00a0]+|-)\d{{4}}(?:\1\d{{4}}){{1,2}}(?:\1\d{{1,3}})?{_LOOSE_END}"
-    rf"|{_STRICT}\d{{4}}([./])\d{{4}}(?:\2\d{{4}}){{1,2}}(?:\2\d{{1,3}})?{_STRICT_END}"
-    rf"|{_LOOSE}\d{{4}}([ \u00a0]+|-)\d{{6}}\3\d{{4,5}}{_LOOSE_END}"
-    rf"|{_STRICT}\d{{4}}([./])\d{{6}}\4\d{{4,5}}{_STRICT_END}"
+    f"|{_grouped(_SPACE, _SPACE_START, _SPACE_END, 1)}"
+    f"|{_grouped(_JOIN, _JOIN_START, _JOIN_END, 3)}"
+    f"|{_grouped(_DOT, _DOT_START, _DOT_END, 5)}"
 )
 
 
@@ -144,4 +164,4 @@ _SEPARATORS = re.compile(r"[^\d]")
 # into the span regex it doubled that regex's time.
 _JSON_EXPONENT = re.compile(r"[:\[,\x00]\s*(-?\d+(?:\.\d+)?[eE][+-]?\d+)")
 # Every candidate is at least 13 digits and separators, starting and ending with a digit.
-_SPAN = re.compile(r"\d[\d \u00a0./-]{11,}\d")
+_SPAN = re.compile(r"\d[\d\s_\u200b-\u200d\u2060\ufeff./-]{11,}\d")

@@ -45,6 +45,16 @@ def _luhn_complete(prefix: str) -> str:
         "4111-1111-1111-1111/123",
         "cards/4111 1111 1111 1111",
         "the card is 4111.1111.1111.1111.",
+        # letters touching the groups; other whitespace, underscores and invisible
+        # characters as the separator (all once stored as plain customer data)
+        "card4111 1111 1111 1111",
+        "amex3782 822463 10005",
+        "4111\t1111\t1111\t1111",
+        "4111\n1111\n1111\n1111",
+        "4111\u20091111\u20091111\u20091111",  # thin space
+        "4111\u202f1111\u202f1111\u202f1111",  # narrow no-break space
+        "4111_1111_1111_1111",
+        "4111\u200b1111\u200b1111\u200b1111",  # zero-width space
     ],
 )
 def test_card_numbers_are_found(text: object) -> None:
@@ -68,6 +78,10 @@ def test_a_value_nested_deeper_than_the_recursion_limit_is_scanned() -> None:
         "+1 415 555 0100",
         "12345",
         "4242 4242-4242 4242",
+        # UUIDs whose digits fall into 4-4-4-3 dash groups behind a hex letter
+        "abcd3041-1476-4166-932e-0123456789ab",
+        "ffff0033-8272-4796-9045-3abcdef01234",
+        "order_4111_1111_1111_1111",  # underscore groups touching a word: an id
         True,
         1999,
         "v1.4111.1111.1111.1111",
