@@ -420,6 +420,33 @@ async def check_registry_compacted(settings: Settings) -> str:
         await admin.close()
 
 
+async def check_command_timestamps(settings: Settings) -> str:
+    """Commands must carry the broker's append time: the tenant limits count by record
+    time, and a producer's own timestamps can be set to any past day (each with its
+    quota again)."""
+    topic = settings.commands_topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    await admin.start()
+    try:
+        if topic not in set(await admin.list_topics()):
+            return f"{topic} not created yet (`paystream topics` creates it with LogAppendTime)"
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+        (response,) = await admin.describe_configs([resource])
+        (_code, _msg, _type, _name, entries), *_ = response.resources
+        kind = next((e[1] for e in entries if e[0] == "message.timestamp.type"), None)
+        if kind != "LogAppendTime":
+            raise CheckFailed(
+                f"{topic} has message.timestamp.type={kind or 'CreateTime'}: producers set "
+                "the time the tenant limits count by; set message.timestamp.type="
+                "LogAppendTime on the topic"
+            )
+        if settings.embedded_broker:
+            return f"{topic} LogAppendTime (stored; the embedded broker does not apply it)"
+        return f"{topic} message.timestamp.type=LogAppendTime"
+    finally:
+        await admin.close()
+
+
 _CheckFn = Callable[[Settings], Awaitable[str]]
 
 _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
@@ -429,6 +456,7 @@ _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
 ]
 _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("tenant registry compacted", check_registry_compacted),
+    ("command timestamps by broker", check_command_timestamps),
     ("workarounds for flavor", check_workarounds),
     ("headers round-trip", check_headers),
     ("idempotent producer", check_idempotent_producer),

@@ -11,12 +11,13 @@ from paystream.devstack._process import free_port
 from paystream.doctor import (
     CheckFailed,
     CheckResult,
+    check_command_timestamps,
     check_registry_compacted,
     render_table,
     run_checks,
 )
 from paystream.settings import Settings, load_settings
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import bootstrap_servers, ensure_topics
 
 
 async def test_doctor_passes_on_the_stack(stack_settings: Settings) -> None:
@@ -90,3 +91,28 @@ async def test_doctor_fails_a_registry_topic_that_is_not_compacted(
     # Topics created but not this one (misnamed, deleted): workers would wait for good.
     with pytest.raises(CheckFailed, match="workers will not run commands"):
         await check_registry_compacted(with_registry(f"{tag}.absent", commands=f"{tag}.plain"))
+
+
+async def test_doctor_fails_a_commands_topic_whose_producers_set_the_time(
+    stack_settings: Settings,
+) -> None:
+    """The limits count by record time: with CreateTime a producer can step its commands
+    back a day at a time and get every day's quota again."""
+    tag = uuid.uuid4().hex[:8]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(stack_settings.require_broker())
+    )
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{tag}.plain", 1, 1)])
+    finally:
+        await admin.close()
+    await ensure_topics(stack_settings.model_copy(update={"commands_topic": f"{tag}.made"}))
+
+    def with_commands(name: str) -> Settings:
+        return stack_settings.model_copy(update={"commands_topic": name})
+
+    with pytest.raises(CheckFailed, match=r"message\.timestamp\.type=CreateTime"):
+        await check_command_timestamps(with_commands(f"{tag}.plain"))
+    assert "LogAppendTime" in await check_command_timestamps(with_commands(f"{tag}.made"))
+    assert "not created yet" in await check_command_timestamps(with_commands(f"{tag}.absent"))

@@ -140,10 +140,13 @@ class HandlerContext:
         tenant's current one: its provider ids mean nothing there (a capture would be
         `not_found`, and a delete's `not_found` would read as "deleted")."""
         if rec.provider != self.gateway.provider:
+            # Not remembered: the tenant's gateway may be put back (a setup mistake), and
+            # the same command must then go through.
             raise Rejection(
                 RejectReason.INVALID_STATE,
                 f"{rec.entity_type.replace('_', ' ')} {rec.id} was made through "
                 f"{rec.provider}; tenant {self.tenant} now uses {self.gateway.provider}",
+                remember=False,
             )
 
     def load(self, model: type[R], entity_id: str) -> R:
@@ -356,8 +359,10 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     rec.email = rec.name = rec.description = None
     rec.metadata = {}
     rec.deleted = rec.erased = True
-    rec.applied = {  # the request hash stays beside the scrubbed outcome
-        k: {**v, **scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id).model_dump()}
+    # The request hashes go too: one of a create is a hash of the personal data, which a
+    # guessed email and name could be checked against.
+    rec.applied = {
+        k: scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id).model_dump()
         for k, v in rec.applied.items()
     }
     return HandlerResult("customer.erased", rec, extra=extra)

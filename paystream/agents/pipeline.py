@@ -127,15 +127,17 @@ class CommandProcessor:
         # The quick look at the raw bytes: False for nearly every command, and then no
         # card number can be anywhere in it (key, headers, data).
         suspicious = _raw_may_hold_card(rec)
-        # Key and headers count too: outcomes and stored records echo them (a 500 KB
-        # tenant id in the key made a 1.25 MB outcome the broker refused, batch after
-        # batch).
-        size = _record_size(rec)
-        if size > self.settings.command_max_bytes:
+        size = len(rec.value or b"")
+        # The key and the CloudEvents headers have their own limit: outcomes and stored
+        # records echo them (a 500 KB tenant id in the key made a 1.25 MB outcome the
+        # broker refused, batch after batch). Other headers are neither read nor kept.
+        attributes = _attribute_bytes(rec)
+        if size > self.settings.command_max_bytes or attributes > ATTRIBUTES_MAX_BYTES:
             return self._dead_letter(
                 rec,
                 "payload_too_large",
-                f"{size} bytes > limit {self.settings.command_max_bytes}",
+                f"value {size} bytes (limit {self.settings.command_max_bytes}), key and "
+                f"CloudEvents headers {attributes} bytes (limit {ATTRIBUTES_MAX_BYTES})",
                 reject=RejectReason.PAYLOAD_TOO_LARGE,
                 when=when,
                 suspicious=suspicious,
@@ -177,6 +179,23 @@ class CommandProcessor:
             traceparent=str(traceparent) if traceparent else None,
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
         )
+        if too_long := [
+            name
+            for name, text in (("id", cmd.command_id), ("tenantid", tenant_id), ("type", ce_type))
+            if len(text) > ID_MAX_CHARS
+        ]:
+            # Before anything echoes them: every outcome of the command keeps them, some
+            # several times over, and so does every entity it touches. (A record answered
+            # before, by a version that took them, keeps its answer.)
+            short = replace(
+                cmd,
+                tenant_id=cmd.tenant_id[:ID_MAX_CHARS],
+                command_id=cmd.command_id[:ID_MAX_CHARS],
+                command_type=suffix[:ID_MAX_CHARS],
+            )
+            return self._answered_before(cmd) or self._reject(
+                short, RejectReason.VALIDATION_ERROR, f"{', '.join(too_long)} too long"
+            )
         # Rules that need no state: the order is cheapest-first.
         if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
             return self._reject(
@@ -197,9 +216,6 @@ class CommandProcessor:
             return self._reject(
                 cmd, RejectReason.TENANT_MISMATCH, "record key must equal the tenantid extension"
             )
-        if len(cmd.command_id) > ID_MAX_CHARS:
-            # Every outcome of the command and every entity it touches keeps its id.
-            return self._reject(cmd, RejectReason.VALIDATION_ERROR, "id too long")
         if len(idem_key) > ID_MAX_CHARS:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
         raw = event.get_data()
@@ -281,6 +297,7 @@ class CommandProcessor:
                         existing.outcome.type,
                         existing.outcome.data,
                         hold_key=_hold_key(cmd, data, idem_table_key, existing.entity_keys),
+                        former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
                     )
                 return self._replay_done(cmd, existing)
         gateway_or_rejection = self._gateway_for(tenant)
@@ -303,6 +320,9 @@ class CommandProcessor:
                 data,
                 admitted_before=existing is not None,
                 hold_key=_hold_key(cmd, data, idem_table_key, entity_keys),
+                former_hold_key=_former_hold_key(cmd, data, entity_keys)
+                if existing is not None
+                else None,
             )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
@@ -778,6 +798,15 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
     return idem_table_key
 
 
+def _former_hold_key(cmd: CommandRef, data: Any, entity_keys: bool) -> str | None:
+    """What the previous version held a chosen payment id under (before the "@" space):
+    a payment it parked is still held so, until re-driven."""
+    payment_id = getattr(data, "payment_id", None)
+    if entity_keys and cmd.command_type == "payment.create" and payment_id:
+        return f"{cmd.tenant_id}:payment:{payment_id}"
+    return None
+
+
 def _idempotency_dict(
     cmd: CommandRef,
     request_hash: str,
@@ -862,6 +891,16 @@ ID_MAX_CHARS = 255
 DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
 
 
+# Largest key plus CloudEvents headers (ids, type, source, tenant, trace context).
+ATTRIBUTES_MAX_BYTES = 16 * 1024
+
+
+def _attribute_bytes(rec: Inbound) -> int:
+    """Bytes of the key and of the headers paystream reads (and echoes)."""
+    kept = _kept_headers(rec.headers)
+    return len(rec.key or b"") + sum(len(name) + len(value) for name, value in kept.items())
+
+
 def _record_size(rec: Inbound) -> int:
     """Bytes of the record's key, value and headers."""
     return (
@@ -924,9 +963,19 @@ def _event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
     raw = event.get_data()
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
-    return contains_card_number(raw, event.get_attributes(), _header_texts(rec)) or _raw_holds_card(
-        rec, parse=False
-    )
+    return contains_card_number(
+        raw, event.get_attributes(), _header_texts(rec)
+    ) or _value_text_holds_card(rec)
+
+
+def _value_text_holds_card(rec: Inbound) -> bool:
+    """The value as text, its JSON escapes resolved (escaped, "№1234567894" reads
+    "\\u21161234567894": digits a card number could be made of)."""
+    value = rec.value or b""
+    text = value.decode("utf-8", "replace")
+    if b"\\" in value:
+        text = _unescaped(text)
+    return contains_card_number(with_float_digits(text))
 
 
 def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:

@@ -30,6 +30,21 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
+# The broker stamps each command with the time it was appended: the tenant limits'
+# clock, which a producer could otherwise set to any past time (stepping back a day
+# at a time, every day's quota again). The embedded broker ignores it (doctor says so).
+COMMAND_TIMESTAMPS = {"message.timestamp.type": "LogAppendTime"}
+
+
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """Configs a paystream topic is created with."""
+    if name == settings.tenants_topic:
+        return {"cleanup.policy": "compact"}
+    if name == settings.commands_topic:
+        return dict(COMMAND_TIMESTAMPS)
+    return {}
+
+
 async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> list[str]:
     """Create any missing paystream topic; returns the names that were created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
@@ -42,9 +57,7 @@ async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> l
                 name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"}
-                if name == settings.tenants_topic
-                else {},
+                topic_configs=topic_configs(settings, name),
             )
             for name in wanted
             if name not in existing

@@ -192,6 +192,7 @@ class LimitGate:
         *,
         admitted_before: bool = False,
         hold_key: str | None = None,
+        former_hold_key: str | None = None,
     ) -> Admission | LimitRejection | None:
         """Decide on one command; None when the tenant has no limits to apply.
 
@@ -200,13 +201,18 @@ class LimitGate:
         admission does (the state must not depend on what the idempotency table held).
         ``hold_key``: the command's idempotency key; an admitted payment under a daily
         volume limit holds its amount under it until :meth:`settle` (the record's command
-        id stands in when none is given).
+        id stands in when none is given). ``former_hold_key``: what an older version held
+        the same payment under; such a hold is carried over to ``hold_key``.
         """
         key = self.key(tenant_id)
         if not limits.enforced and key not in self.table:
             return None  # nothing to apply or answer (`in`: a tenth of a missed get)
         state = self._state(self.table.get(key), rec)
         hold = _tag(hold_key or rec.command_id)
+        if former_hold_key is not None and _tag(former_hold_key) in (state.get("held") or {}):
+            held = dict(state["held"])
+            held[hold] = held.pop(_tag(former_hold_key))
+            state["held"] = held
         decided = _kept(state, rec)
         if decided is not None:
             if not decided["admit"]:
@@ -286,10 +292,11 @@ class LimitGate:
         outcome_data: Mapping[str, Any],
         *,
         hold_key: str | None = None,
+        former_hold_key: str | None = None,
     ) -> None:
         """Account a record answered from its own idempotency record (a redelivery whose
         limits state was lost): as the admission it was, spending and counting once, and
-        releasing what it held."""
+        releasing what it held (under an older version's key too)."""
         if rec.offset < 0 or not limits.enforced:
             return
         key = self.key(tenant_id)
@@ -298,6 +305,8 @@ class LimitGate:
             return  # accounted already
         held = dict(state.get("held") or {})
         held.pop(_tag(hold_key or rec.command_id), None)
+        if former_hold_key is not None:
+            held.pop(_tag(former_hold_key), None)
         state["held"] = held
         at_ms = self._at(state, rec)
         day = _day(at_ms)

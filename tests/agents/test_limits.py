@@ -13,6 +13,7 @@ from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
+from paystream.tenancy.limits import _tag as limits_tag
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 
@@ -351,4 +352,28 @@ async def test_a_redelivered_answer_releases_the_hold_it_was_admitted_under(
     harness.processor.limits.table[f"{t}:limits"] = after_park  # the crash lost this
     await _run(harness, redrive)  # redelivered: answered from the idempotency record
     _, fits = await _run(harness, _record("payment.create", t, _pay(400), "b", T0 + 2, 152))
+    assert kind(fits) == "payment.succeeded"
+
+
+async def test_a_hold_an_older_version_took_is_released_when_the_payment_is_answered(
+    harness: Harness,
+) -> None:
+    """Parked by the version that held chosen payment ids under "{tenant}:payment:{id}":
+    re-driven after the upgrade, its hold was never released (the day's quota stayed
+    short by its amount)."""
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    body = {**_pay(600), "payment_id": "p1"}
+    parked = await harness.processor.process(_record("payment.create", t, body, "a", T0, 160))
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    state = harness.processor.limits.table[f"{t}:limits"]
+    (held,) = state["held"].values()
+    state["held"] = {limits_tag(f"{t}:payment:p1"): held}  # as the older version kept it
+    _, out = await _run(harness, _record("payment.create", t, body, "a", T0 + 1, 161))
+    assert kind(out) == "payment.succeeded"
+    _, fits = await _run(harness, _record("payment.create", t, _pay(400), "b", T0 + 2, 162))
     assert kind(fits) == "payment.succeeded"
