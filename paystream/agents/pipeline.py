@@ -218,6 +218,12 @@ class CommandProcessor:
             )
         if len(idem_key) > ID_MAX_CHARS:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
+        if _CONTROL.search(idem_key) is not None:
+            # (The table keeps its own records under keys holding one.) A record answered
+            # before, by a version that took it, keeps its answer.
+            return self._answered_before(cmd) or self._reject(
+                cmd, RejectReason.VALIDATION_ERROR, "idempotencykey holds a control character"
+            )
         raw = event.get_data()
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
@@ -300,6 +306,14 @@ class CommandProcessor:
                         former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
                     )
                 return self._replay_done(cmd, existing)
+        if self._command_id_taken(cmd, request_hash, now):
+            # Same id, another request (another source's ids, or a producer bug): run, it
+            # would have the first one's outcome ids, and the ledger would keep only one.
+            return self._reject(
+                cmd,
+                RejectReason.IDEMPOTENCY_CONFLICT,
+                f"command id {cmd.command_id!r} was already used for a different request",
+            )
         gateway_or_rejection = self._gateway_for(tenant)
         if isinstance(gateway_or_rejection, Rejection):
             return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
@@ -345,6 +359,17 @@ class CommandProcessor:
         self.idempotency[idem_table_key] = _idempotency_dict(
             cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, entity_keys=entity_keys
         )
+        if cmd.idempotency_key != cmd.command_id:
+            # Under its own key, its id is not in the table: say which request it names.
+            self._remember(
+                _command_id_key(cmd),
+                {
+                    "command_id": cmd.command_id,
+                    "command_type": cmd.command_type,
+                    "request_hash": request_hash,
+                    "expires_at": expires,
+                },
+            )
         try:
             result = await HANDLERS[cmd.command_type](ctx, data)
         except AlreadyApplied as done:
@@ -398,6 +423,27 @@ class CommandProcessor:
         self._finish(idem_table_key, cmd, request_hash, expires, stored)
         self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
+
+    def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
+        """Did another request of the tenant run under this command id (within the
+        idempotency window)? Found under the id itself (a command whose key was its id)
+        or in the record of which request an id names (one sent with its own key)."""
+        named = self.idempotency.get(_command_id_key(cmd))
+        this = (request_hash, cmd.command_type)
+        if (
+            named is not None
+            and float(named.get("expires_at", 0)) >= now
+            and (named.get("request_hash"), named.get("command_type")) != this
+        ):
+            return True
+        if cmd.idempotency_key == cmd.command_id:
+            return False  # its own record, looked up already, is under the id
+        other = self._idempotency_record(f"{cmd.tenant_id}:{cmd.command_id}", now)
+        return (
+            other is not None
+            and other.command_id == cmd.command_id
+            and (other.request_hash, other.command_type) != this
+        )
 
     def _replay_done(self, cmd: CommandRef, existing: IdempotencyRecord) -> list[Emit]:
         """The stored outcome of a finished command, again: the same event, byte for byte."""
@@ -798,6 +844,12 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
     return idem_table_key
 
 
+def _command_id_key(cmd: CommandRef) -> str:
+    """Where the idempotency table says which request a command id names. Idempotency
+    keys hold no control characters, so no "{tenant}:{key}" can be this."""
+    return f"{cmd.tenant_id}:\x1fid:{cmd.command_id}"
+
+
 def _former_hold_key(cmd: CommandRef, data: Any, entity_keys: bool) -> str | None:
     """What the previous version held a chosen payment id under (before the "@" space):
     a payment it parked is still held so, until re-driven."""
@@ -883,6 +935,8 @@ def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
         return None
     return tenant, cmd_id, ce_type
 
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Longest command id or idempotency key accepted (Stripe's idempotency keys: 255).
 ID_MAX_CHARS = 255

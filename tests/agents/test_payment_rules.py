@@ -472,3 +472,46 @@ async def test_a_command_id_reused_for_another_request_is_a_conflict_not_a_repla
     )
     assert (kind(other), data(other)["reason"]) == ("command.rejected", "idempotency_conflict")
     assert [a for k, a in await _effects(harness, t) if k == "charge"] == [1000]
+
+
+@pytest.mark.parametrize(("first_key", "second_key"), [("k1", "k2"), (None, "k2"), ("k1", None)])
+async def test_a_command_id_reused_for_another_entity_is_a_conflict(
+    harness: Harness, first_key: str | None, second_key: str | None
+) -> None:
+    """Under one command id, p1 for 1000 then p2 for 5000: both were charged, and both
+    outcomes had the same event id, so the ledger kept one charge of the two."""
+    t = harness.add_tenant()
+    pay = {"payment_method_token": "pm_card_visa", "currency": "USD"}
+    first = await harness.send(
+        "payment.create",
+        t,
+        {**pay, "payment_id": "p1", "amount": 1000},
+        command_id="1",
+        idempotency_key=first_key,
+    )
+    assert kind(first) == "payment.succeeded"
+    second = await harness.send(
+        "payment.create",
+        t,
+        {**pay, "payment_id": "p2", "amount": 5000},
+        command_id="1",
+        idempotency_key=second_key,
+    )
+    assert (kind(second), data(second)["reason"]) == ("command.rejected", "idempotency_conflict")
+    assert [a for k, a in await _effects(harness, t) if k == "charge"] == [1000]
+    again = await harness.send(  # the first, redelivered: still its own outcome
+        "payment.create",
+        t,
+        {**pay, "payment_id": "p1", "amount": 1000},
+        command_id="1",
+        idempotency_key=first_key,
+    )
+    assert again.get_id() == first.get_id()
+
+
+async def test_an_idempotency_key_with_a_control_character_is_refused(harness: Harness) -> None:
+    t = harness.add_tenant()
+    out = await harness.send(
+        "customer.create", t, {"customer_id": "c1"}, idempotency_key="\x1fid:x"
+    )
+    assert data(out)["reason"] == "validation_error" and "control" in data(out)["message"]
