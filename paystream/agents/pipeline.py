@@ -126,12 +126,13 @@ class CommandProcessor:
         when = record_time(rec.timestamp_ms)
         # The quick look at the raw bytes: False for nearly every command, and then no
         # card number can be anywhere in it (key, headers, data).
-        suspicious = _raw_may_hold_card(rec)
+        kept = _kept_headers(rec.headers)
+        suspicious = _raw_may_hold_card(rec, kept)
         size = len(rec.value or b"")
         # The key and the CloudEvents headers have their own limit: outcomes and stored
         # records echo them (a 500 KB tenant id in the key made a 1.25 MB outcome the
         # broker refused, batch after batch). Other headers are neither read nor kept.
-        attributes = _attribute_bytes(rec)
+        attributes = len(rec.key or b"") + sum(len(k) + len(v) for k, v in kept.items())
         if size > self.settings.command_max_bytes or attributes > ATTRIBUTES_MAX_BYTES:
             return self._dead_letter(
                 rec,
@@ -949,12 +950,6 @@ DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
 ATTRIBUTES_MAX_BYTES = 16 * 1024
 
 
-def _attribute_bytes(rec: Inbound) -> int:
-    """Bytes of the key and of the headers paystream reads (and echoes)."""
-    kept = _kept_headers(rec.headers)
-    return len(rec.key or b"") + sum(len(name) + len(value) for name, value in kept.items())
-
-
 def _record_size(rec: Inbound) -> int:
     """Bytes of the record's key, value and headers."""
     return (
@@ -991,9 +986,13 @@ def _bad_time(at: datetime) -> str | None:
     return None
 
 
-def _raw_may_hold_card(rec: Inbound, *, value: bool = True) -> bool:
-    """The cheap look at the record's bytes: the parsed scan runs only when this says so."""
-    headers = _kept_headers(rec.headers)
+def _raw_may_hold_card(
+    rec: Inbound, headers: Mapping[str, bytes] | None = None, *, value: bool = True
+) -> bool:
+    """The cheap look at the record's bytes (``headers``: its kept ones, if known): the
+    parsed scan runs only when this says so."""
+    if headers is None:
+        headers = _kept_headers(rec.headers)
     return raw_may_contain_card_number(
         rec.key or b"",
         (rec.value or b"") if value else b"",

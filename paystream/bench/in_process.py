@@ -26,13 +26,12 @@ from typing import Any
 from paystream.agents.commands import BATCH_MAX
 from paystream.agents.handlers import Tables
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
-from paystream.bench.load import generate_commands, tenant_ids
+from paystream.bench.load import bench_tenants, generate_commands, tenant_ids
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
 from paystream.settings import load_settings
 from paystream.streams.codec import decode_record
 from paystream.tenancy.gateways import GatewayPool
-from paystream.tenancy.models import Tenant
 from paystream.tenancy.policy import call_policy
 
 __all__ = ["InProcessReport", "run_in_process"]
@@ -117,7 +116,7 @@ async def _rounds(
         GatewayDeps(settings=settings, redis=client), call_policy=call_policy(settings)
     )
     ids = tenant_ids(f"ip{os.urandom(3).hex()}", tenants)
-    registry = {t: Tenant(tenant_id=t).model_dump(mode="json") for t in ids}
+    registry = {t.tenant_id: t.model_dump(mode="json") for t in bench_tenants(ids)}
     processor = CommandProcessor(settings, Tables({}, {}, {}, {}, {}), {}, registry, pool)
     report = InProcessReport(commands=commands, tenants=tenants)
     try:

@@ -26,8 +26,10 @@ from typing import Any
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import KafkaRecord, encode_event
+from paystream.tenancy.limits import TenantLimits
+from paystream.tenancy.models import Tenant
 
-__all__ = ["BenchCommand", "CommandMix", "generate_commands", "tenant_ids"]
+__all__ = ["BenchCommand", "CommandMix", "bench_tenants", "generate_commands", "tenant_ids"]
 
 # Simulator tokens (Stripe test-card semantics), weighted toward success.
 _CREATE_TOKENS: tuple[str, ...] = (
@@ -66,6 +68,26 @@ class BenchCommand:
 def tenant_ids(tag: str, count: int) -> list[str]:
     """Tenant ids unique to one run (valid against the tenant id pattern)."""
     return [f"bench-{tag}-t{i:03d}" for i in range(count)]
+
+
+# Limits as a platform gives its tenants, far above what the bench sends (nothing is
+# rejected), so that their bookkeeping (token bucket, decisions kept for replays, daily
+# volume and holds) is in what is measured.
+_LIMITS = TenantLimits(
+    commands_per_second=10_000,
+    burst=10_000,
+    max_payment_amount={"USD": 10_000_000, "EUR": 10_000_000, "GBP": 10_000_000},
+    daily_payment_volume={"USD": 10**11, "EUR": 10**11, "GBP": 10**11},
+)
+
+
+def bench_tenants(ids: Sequence[str]) -> list[Tenant]:
+    """The bench's tenants: every other one with limits, as on a platform where some
+    tenants' plans carry them."""
+    return [
+        Tenant(tenant_id=tid, name=tid, limits=_LIMITS if i % 2 == 0 else TenantLimits())
+        for i, tid in enumerate(ids)
+    ]
 
 
 def _uuid(ids: random.Random) -> str:

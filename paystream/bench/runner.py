@@ -39,7 +39,7 @@ from typing import IO, Any
 from aiokafka.admin import AIOKafkaAdminClient
 
 from paystream.bench.ledger import LedgerResult, ledger_phase
-from paystream.bench.load import BenchCommand, generate_commands, tenant_ids
+from paystream.bench.load import BenchCommand, bench_tenants, generate_commands, tenant_ids
 from paystream.bench.probe import (
     CpuSampler,
     OutputWatcher,
@@ -57,7 +57,6 @@ from paystream.devstack.worker import WorkerProcess
 from paystream.settings import BrokerFlavor, Settings, load_settings
 from paystream.streams import broker_compat
 from paystream.streams.admin import bootstrap_servers, ensure_topics
-from paystream.tenancy.models import Tenant
 from paystream.tenancy.registry import put_tenant
 
 __all__ = ["BenchOptions", "BenchServices", "batch_series", "mean_batch", "run_bench"]
@@ -380,8 +379,8 @@ def _phase(
 
 
 async def _register_tenants(settings: Settings, tenants: Sequence[str]) -> None:
-    for tid in tenants:
-        await put_tenant(settings, Tenant(tenant_id=tid, name=tid))
+    for tenant in bench_tenants(tenants):
+        await put_tenant(settings, tenant)
 
 
 def _probe_wait_ms(settings: Settings) -> int:

@@ -73,7 +73,11 @@ class ChangelogBatch:
             value_bytes, headers = topic.prepare_value(
                 value, value_serializer or table.value_serializer
             )
-            while len(value_bytes) > CHANGELOG_VALUE_MAX_BYTES and (smaller := shed_applied(value)):
+            while (  # None: a deletion's tombstone
+                value_bytes is not None
+                and len(value_bytes) > CHANGELOG_VALUE_MAX_BYTES
+                and (smaller := shed_applied(value))
+            ):
                 # The broker refuses records over its message size (1 MB by default),
                 # failing the batch on every redelivery; the outcomes an entity keeps
                 # for replays are what can grow (up to 16, each echoing a command).

@@ -31,7 +31,9 @@ def test_an_entity_over_the_limit_keeps_its_newest_outcomes() -> None:
     with collect_changelog() as batch:
         batch.add(table, 0, "t:c1", _entity(16, 100_000), None)
         batch.add(table, 1, "t:small", _entity(16, 100), None)
-        big, small = batch.records()
+        batch.add(table, 2, "t:gone", None, "raw")  # a deletion, as Faust passes it
+        big, small, gone = batch.records()
+    assert gone.value is None
     assert len(big.value) <= CHANGELOG_VALUE_MAX_BYTES
     kept = orjson.loads(big.value)["applied"]
     assert list(kept) == [f"cmd{i}" for i in range(12, 16)]  # the newest, in order

@@ -134,9 +134,8 @@ async def test_no_sdk_retries_the_pipeline_owns_them() -> None:
 
 async def test_replayed_key_is_sent_unchanged() -> None:
     gw, fake = gateway(answer(200, PI))
-    first = await gw.create_payment(PAY, idempotency_key="k")
-    second = await gw.create_payment(PAY, idempotency_key="k")
-    assert first == second
+    await gw.create_payment(PAY, idempotency_key="k")
+    await gw.create_payment(PAY, idempotency_key="k")
     assert [r["headers"]["Idempotency-Key"] for r in fake.requests] == ["k", "k"]
 
 
