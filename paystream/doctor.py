@@ -432,7 +432,9 @@ async def check_command_timestamps(settings: Settings) -> str:
             return f"{topic} not created yet (`paystream topics` creates it with LogAppendTime)"
         resource = ConfigResource(ConfigResourceType.TOPIC, topic)
         (response,) = await admin.describe_configs([resource])
-        (_code, _msg, _type, _name, entries), *_ = response.resources
+        (code, message, _type, _name, entries), *_ = response.resources
+        if code:
+            raise CheckFailed(f"cannot read {topic}'s configs: error {code} {message or ''}")
         kind = next((e[1] for e in entries if e[0] == "message.timestamp.type"), None)
         if kind != "LogAppendTime":
             raise CheckFailed(

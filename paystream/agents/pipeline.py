@@ -219,11 +219,17 @@ class CommandProcessor:
             )
         if len(idem_key) > ID_MAX_CHARS:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
-        if _CONTROL.search(idem_key) is not None:
+        if controlled := [
+            name
+            for name, text in (("id", cmd.command_id), ("idempotencykey", idem_key))
+            if _CONTROL.search(text) is not None
+        ]:
             # (The table keeps its own records under keys holding one.) A record answered
             # before, by a version that took it, keeps its answer.
             return self._answered_before(cmd) or self._reject(
-                cmd, RejectReason.VALIDATION_ERROR, "idempotencykey holds a control character"
+                cmd,
+                RejectReason.VALIDATION_ERROR,
+                f"{controlled[0]} holds a control character",
             )
         raw = event.get_data()
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
@@ -307,7 +313,9 @@ class CommandProcessor:
                         former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
                     )
                 return self._replay_done(cmd, existing)
-        if self._command_id_taken(cmd, request_hash, now):
+        # Not for a command let through once (parked, or in flight at a crash): it is
+        # never stopped afterwards, whatever has run under its id since.
+        if existing is None and self._command_id_taken(cmd, request_hash, now):
             # Same id, another request (another source's ids, or a producer bug): run, it
             # would have the first one's outcome ids, and the ledger would keep only one.
             return self._reject(
@@ -363,7 +371,7 @@ class CommandProcessor:
         if cmd.idempotency_key != cmd.command_id:
             # Under its own key, its id is not in the table: say which request it names.
             self._remember(
-                _command_id_key(cmd),
+                _command_id_key(cmd.tenant_id, cmd.command_id),
                 {
                     "command_id": cmd.command_id,
                     "command_type": cmd.command_type,
@@ -388,6 +396,8 @@ class CommandProcessor:
                 self.limits.settle(admission, "command.rejected")  # releases its hold
             if not rej.remember:
                 self.idempotency.pop(idem_table_key, None)
+                if cmd.idempotency_key != cmd.command_id:
+                    self.idempotency.pop(_command_id_key(cmd.tenant_id, cmd.command_id), None)
                 return self._reject(cmd, rej.reason, rej.message)
             stored = StoredOutcome(
                 type="command.rejected",
@@ -429,7 +439,7 @@ class CommandProcessor:
         """Did another request of the tenant run under this command id (within the
         idempotency window)? Found under the id itself (a command whose key was its id)
         or in the record of which request an id names (one sent with its own key)."""
-        named = self.idempotency.get(_command_id_key(cmd))
+        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
         this = (request_hash, cmd.command_type)
         if (
             named is not None
@@ -456,6 +466,8 @@ class CommandProcessor:
             # This very record, redelivered after a crash: what it wrote may be in the
             # local store (RocksDB writes on set) but never reached the changelog.
             self._rewrite(self.idempotency, f"{cmd.tenant_id}:{cmd.idempotency_key}")
+            if cmd.idempotency_key != cmd.command_id:
+                self._rewrite(self.idempotency, _command_id_key(cmd.tenant_id, cmd.command_id))
             self._rewrite_entities(cmd.tenant_id, existing.outcome)
             self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
         metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
@@ -611,8 +623,16 @@ class CommandProcessor:
             assert record.outcome is not None
             scrubbed = scrub_customer_outcome(record.outcome, customer_id)
             if scrubbed != record.outcome:
+                # Its request hash goes too: a hash of the personal data, which a guessed
+                # email and name could be checked against. (A replay of the command now
+                # conflicts rather than answering.)
                 record.outcome = scrubbed
+                record.request_hash = ERASED_HASH
                 self.idempotency[key] = record.model_dump(mode="json")
+                named_key = _command_id_key(tenant_id, record.command_id)
+                named = self.idempotency.get(named_key)
+                if named is not None:
+                    self.idempotency[named_key] = {**named, "request_hash": ERASED_HASH}
 
     def _idempotency_record(self, key: str, now: float) -> IdempotencyRecord | None:
         raw = self.idempotency.get(key)
@@ -845,10 +865,10 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
     return idem_table_key
 
 
-def _command_id_key(cmd: CommandRef) -> str:
-    """Where the idempotency table says which request a command id names. Idempotency
-    keys hold no control characters, so no "{tenant}:{key}" can be this."""
-    return f"{cmd.tenant_id}:\x1fid:{cmd.command_id}"
+def _command_id_key(tenant_id: str, command_id: str) -> str:
+    """Where the idempotency table says which request a command id names. Ids and
+    idempotency keys hold no control characters, so no "{tenant}:{key}" can be this."""
+    return f"{tenant_id}:\x1fid:{command_id}"
 
 
 def _former_hold_key(cmd: CommandRef, data: Any, entity_keys: bool) -> str | None:
@@ -938,6 +958,8 @@ def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What stands for the request hash of a command about a customer since erased.
+ERASED_HASH = "erased"
 
 # Longest command id or idempotency key accepted (Stripe's idempotency keys: 255).
 ID_MAX_CHARS = 255

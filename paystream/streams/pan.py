@@ -20,25 +20,30 @@ REDACTED = "[card number]"
 
 # How card numbers are written: 13-19 contiguous digits, or 4-digit groups (Amex 4-6-5,
 # Diners 4-6-4) joined by one consistent separator:
-# * whitespace of any kind (one or a run: spaces, tabs, newlines, non-breaking and thin
-#   spaces) or an invisible zero-width character; the groups may touch letters
-#   ("card4111 1111 1111 1111") but not a digit or a dash;
-# * a dash or an underscore, standing alone: no letter, digit, dash or underscore
-#   touching, so that ids such as UUIDs (8-4-4-4-12 hex) never look like a card however
-#   their digits fall ("abcd3041-1476-4166-932e-…" would, if letters could touch);
+# * spaces on one line (a run of them, of any kind: tab, non-breaking, thin, ...) or an
+#   invisible zero-width character; the groups may touch letters ("card4111 1111 …")
+#   but not a digit or a dash. (Not newlines: a column of years or opening hours.)
+# * a dash (of any kind: hyphen, en dash, minus, soft hyphen, ...) or an underscore,
+#   standing alone: no letter, digit or dash touching (nor an underscore, when that is
+#   the separator), so that ids such as UUIDs (8-4-4-4-12 hex) never look like a card
+#   however their digits fall ("abcd3041-1476-4166-932e-…" would, if letters could);
 # * a dot or a slash, more strictly still (no dot or slash before, none followed by a
 #   digit after: versions, dates and paths).
 # The first two may touch a dot or a slash ("No.4111 1111 …", "4111 1111 … 1111/12/27"
-# with its expiry).
-_SPACE = r"([\s\u200b-\u200d\u2060\ufeff]+)"
-_SPACE_START = r"(?<![0-9-])"
-_SPACE_END = r"(?![0-9-])"
-_JOIN = r"([-_])"
-_JOIN_START = r"(?<![0-9A-Za-z_-])"
-_JOIN_END = r"(?![0-9A-Za-z_-])"
+# with its expiry), and dash and dot groups an underscore ("card_4111-1111-…").
+_DASHES = r"\-" + "\u00ad\u2010-\u2014\u2212\ufe63\uff0d"
+_SPACE = r"([ \t\u00a0\u1680\u2000-\u200d\u202f\u205f\u2060\u3000\ufeff]+)"
+_SPACE_START = rf"(?<![0-9{_DASHES}])"
+_SPACE_END = rf"(?![0-9{_DASHES}])"
+_DASH = rf"([{_DASHES}])"
+_DASH_START = rf"(?<![0-9A-Za-z{_DASHES}])"
+_DASH_END = rf"(?![0-9A-Za-z{_DASHES}])"
+_UNDERSCORE = r"(_)"
+_UNDERSCORE_START = r"(?<![0-9A-Za-z_])"
+_UNDERSCORE_END = r"(?![0-9A-Za-z_])"
 _DOT = r"([./])"
-_DOT_START = r"(?<![0-9A-Za-z./_-])"
-_DOT_END = r"(?![0-9A-Za-z_-]|[./]\d)"
+_DOT_START = rf"(?<![0-9A-Za-z./{_DASHES}])"
+_DOT_END = rf"(?![0-9A-Za-z{_DASHES}]|[./]\d)"
 
 
 def _grouped(sep: str, start: str, end: str, n: int) -> str:
@@ -53,8 +58,9 @@ def _grouped(sep: str, start: str, end: str, n: int) -> str:
 _CANDIDATE = re.compile(
     r"(?<!\d)\d{13,19}(?!\d)"
     f"|{_grouped(_SPACE, _SPACE_START, _SPACE_END, 1)}"
-    f"|{_grouped(_JOIN, _JOIN_START, _JOIN_END, 3)}"
-    f"|{_grouped(_DOT, _DOT_START, _DOT_END, 5)}"
+    f"|{_grouped(_DASH, _DASH_START, _DASH_END, 3)}"
+    f"|{_grouped(_UNDERSCORE, _UNDERSCORE_START, _UNDERSCORE_END, 5)}"
+    f"|{_grouped(_DOT, _DOT_START, _DOT_END, 7)}"
 )
 
 
@@ -164,4 +170,6 @@ _SEPARATORS = re.compile(r"[^\d]")
 # into the span regex it doubled that regex's time.
 _JSON_EXPONENT = re.compile(r"[:\[,\x00]\s*(-?\d+(?:\.\d+)?[eE][+-]?\d+)")
 # Every candidate is at least 13 digits and separators, starting and ending with a digit.
-_SPAN = re.compile(r"\d[\d\s_\u200b-\u200d\u2060\ufeff./-]{11,}\d")
+_SPAN = re.compile(
+    r"\d[\d \t\u00a0\u1680\u2000-\u200d\u202f\u205f\u2060\u3000\ufeff_./" + _DASHES + r"]{11,}\d"
+)

@@ -209,12 +209,15 @@ class LimitGate:
             return None  # nothing to apply or answer (`in`: a tenth of a missed get)
         state = self._state(self.table.get(key), rec)
         hold = _tag(hold_key or rec.command_id)
-        if former_hold_key is not None and _tag(former_hold_key) in (state.get("held") or {}):
+        carried = former_hold_key is not None and _tag(former_hold_key) in (state.get("held") or {})
+        if carried:
             held = dict(state["held"])
-            held[hold] = held.pop(_tag(former_hold_key))
+            held[hold] = held.pop(_tag(str(former_hold_key)))
             state["held"] = held
         decided = _kept(state, rec)
         if decided is not None:
+            if carried:
+                self.table[key] = state
             if not decided["admit"]:
                 return _replayed(decided)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), hold)

@@ -377,3 +377,26 @@ async def test_a_hold_an_older_version_took_is_released_when_the_payment_is_answ
     assert kind(out) == "payment.succeeded"
     _, fits = await _run(harness, _record("payment.create", t, _pay(400), "b", T0 + 2, 162))
     assert kind(fits) == "payment.succeeded"
+
+
+async def test_an_older_versions_hold_is_carried_over_on_a_redelivery_too(
+    harness: Harness,
+) -> None:
+    """The same record redelivered (its decision kept for replays): the carried-over hold
+    was not saved on that path, and the older tag held its amount for the rest of the day."""
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    record = _record("payment.create", t, {**_pay(600), "payment_id": "p1"}, "a", T0, 170)
+    parked = await harness.processor.process(record)
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    state = harness.processor.limits.table[f"{t}:limits"]
+    (held,) = state["held"].values()
+    state["held"] = {limits_tag(f"{t}:payment:p1"): held}  # as the older version kept it
+    _, out = await _run(harness, record)  # redelivered: same offset, decision kept
+    assert kind(out) == "payment.succeeded"
+    _, fits = await _run(harness, _record("payment.create", t, _pay(400), "b", T0 + 2, 171))
+    assert kind(fits) == "payment.succeeded"

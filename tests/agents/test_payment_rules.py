@@ -515,3 +515,65 @@ async def test_an_idempotency_key_with_a_control_character_is_refused(harness: H
         "customer.create", t, {"customer_id": "c1"}, idempotency_key="\x1fid:x"
     )
     assert data(out)["reason"] == "validation_error" and "control" in data(out)["message"]
+
+
+async def test_a_parked_command_is_not_stopped_by_a_later_use_of_its_id(
+    harness: Harness,
+) -> None:
+    """Parked (let through once: the provider may have charged), then another request ran
+    under the same id: re-driven, the parked one must still run, not conflict."""
+    t = new_tenant_id()
+    harness.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p2": 3}})
+    pay = {"payment_method_token": "pm_card_visa", "currency": "USD"}
+    parked_cmd = build_command(
+        "payment.create", t, {**pay, "payment_id": "p2", "amount": 5000},
+        command_id="1", idempotency_key="kB",
+    )  # fmt: skip
+    emits, _ = await harness.send_event(parked_cmd)
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    # What an older version let run meanwhile (it kept no record of which request id
+    # 1 names): a default-key command under the same id.
+    harness.idempotency.pop(f"{t}:\x1fid:1")
+    first = await harness.send(
+        "payment.create", t, {**pay, "payment_id": "p1", "amount": 1000}, command_id="1"
+    )
+    assert kind(first) == "payment.succeeded"
+    _, redriven = await harness.send_event(parked_cmd)  # `paystream dlq replay`
+    assert redriven is not None and kind(redriven) == "payment.succeeded"
+
+
+async def test_an_unremembered_refusal_does_not_claim_its_command_id(harness: Harness) -> None:
+    """A refusal that is not remembered (the tenant's setup was wrong) leaves the id free
+    for the corrected request, as it leaves the idempotency key."""
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1"})
+    harness.tables.customers[f"{t}:c1"] = {**harness.tables.customers[f"{t}:c1"], "provider": "x"}
+    refused = await harness.send(
+        "customer.update", t, {"customer_id": "c1", "name": "A"}, command_id="u1",
+        idempotency_key="ku",
+    )  # fmt: skip
+    assert data(refused)["reason"] == "invalid_state"
+    harness.tables.customers[f"{t}:c1"] = {
+        **harness.tables.customers[f"{t}:c1"],
+        "provider": "simulator",
+    }
+    fixed = await harness.send(
+        "customer.update", t, {"customer_id": "c1", "name": "B"}, command_id="u1",
+        idempotency_key="ku2",
+    )  # fmt: skip
+    assert kind(fixed) == "customer.updated"
+
+
+async def test_erasure_leaves_no_request_hash_of_the_personal_data(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await harness.send(
+        "customer.create",
+        t,
+        {"customer_id": "c1", "email": "ann@example.com", "name": "Ann"},
+        command_id="x1",
+        idempotency_key="k1",
+    )
+    create_hash = harness.idempotency[f"{t}:k1"]["request_hash"]
+    await harness.send("customer.erase", t, {"customer_id": "c1"})
+    assert create_hash not in str(harness.idempotency)
+    assert create_hash not in str(harness.tables.customers)

@@ -66,4 +66,5 @@ async def test_a_record_is_never_dropped_for_its_size(
             await batch.future
     finally:
         await producer.stop()
+    assert [b.count for b in sent] == [1, 1]  # the big one in a batch of its own
     assert await _read_all(kafka_bootstrap, TopicPartition(topic, 0), 2) == [b"a", big]

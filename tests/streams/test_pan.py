@@ -50,11 +50,17 @@ def _luhn_complete(prefix: str) -> str:
         "card4111 1111 1111 1111",
         "amex3782 822463 10005",
         "4111\t1111\t1111\t1111",
-        "4111\n1111\n1111\n1111",
         "4111\u20091111\u20091111\u20091111",  # thin space
         "4111\u202f1111\u202f1111\u202f1111",  # narrow no-break space
         "4111_1111_1111_1111",
         "4111\u200b1111\u200b1111\u200b1111",  # zero-width space
+        # touching an underscore; other dashes
+        "card_4111-1111-1111-1111",
+        "4111-1111-1111-1111_visa",
+        "pan_4111.1111.1111.1111",
+        "4111\u20131111\u20131111\u20131111",  # en dash
+        "4111\u20111111\u20111111\u20111111",  # non-breaking hyphen
+        "4111\u22121111\u22121111\u22121111",  # minus sign
     ],
 )
 def test_card_numbers_are_found(text: object) -> None:
@@ -82,6 +88,8 @@ def test_a_value_nested_deeper_than_the_recursion_limit_is_scanned() -> None:
         "abcd3041-1476-4166-932e-0123456789ab",
         "ffff0033-8272-4796-9045-3abcdef01234",
         "order_4111_1111_1111_1111",  # underscore groups touching a word: an id
+        "4111\n1111\n1111\n1111",  # a column of 4-digit values (years, hours)
+        "abcd3041\u20131476\u20134166\u2013932e",  # dash kinds stand alone too
         True,
         1999,
         "v1.4111.1111.1111.1111",
