@@ -293,7 +293,14 @@ class CommandProcessor:
         now = time.time()
         existing = self._idempotency_record(idem_table_key, now)
         if existing is not None:
-            if existing.request_hash != request_hash or existing.command_type != cmd.command_type:
+            # A command about a customer since erased has lost its hash: it is known by
+            # its id (its own redelivery or retry keeps its answer).
+            erased_same = (
+                existing.request_hash == ERASED_HASH and existing.command_id == cmd.command_id
+            )
+            if (
+                existing.request_hash != request_hash and not erased_same
+            ) or existing.command_type != cmd.command_type:
                 return self._reject(
                     cmd,
                     RejectReason.IDEMPOTENCY_CONFLICT,
@@ -315,7 +322,8 @@ class CommandProcessor:
                 return self._replay_done(cmd, existing)
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
-        if existing is None and self._command_id_taken(cmd, request_hash, now):
+        let_through = existing is not None and existing.command_id == cmd.command_id
+        if not let_through and self._command_id_taken(cmd, request_hash, now):
             # Same id, another request (another source's ids, or a producer bug): run, it
             # would have the first one's outcome ids, and the ledger would keep only one.
             return self._reject(
@@ -368,7 +376,10 @@ class CommandProcessor:
         self.idempotency[idem_table_key] = _idempotency_dict(
             cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, entity_keys=entity_keys
         )
-        if cmd.idempotency_key != cmd.command_id:
+        names_id = cmd.idempotency_key != cmd.command_id and (
+            _command_id_key(cmd.tenant_id, cmd.command_id) not in self.idempotency
+        )
+        if names_id:
             # Under its own key, its id is not in the table: say which request it names.
             self._remember(
                 _command_id_key(cmd.tenant_id, cmd.command_id),
@@ -396,7 +407,7 @@ class CommandProcessor:
                 self.limits.settle(admission, "command.rejected")  # releases its hold
             if not rej.remember:
                 self.idempotency.pop(idem_table_key, None)
-                if cmd.idempotency_key != cmd.command_id:
+                if names_id:  # only the record this command wrote
                     self.idempotency.pop(_command_id_key(cmd.tenant_id, cmd.command_id), None)
                 return self._reject(cmd, rej.reason, rej.message)
             stored = StoredOutcome(
@@ -445,6 +456,7 @@ class CommandProcessor:
             named is not None
             and float(named.get("expires_at", 0)) >= now
             and (named.get("request_hash"), named.get("command_type")) != this
+            and named.get("request_hash") != ERASED_HASH
         ):
             return True
         if cmd.idempotency_key == cmd.command_id:
@@ -454,6 +466,7 @@ class CommandProcessor:
             other is not None
             and other.command_id == cmd.command_id
             and (other.request_hash, other.command_type) != this
+            and other.request_hash != ERASED_HASH
         )
 
     def _replay_done(self, cmd: CommandRef, existing: IdempotencyRecord) -> list[Emit]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,8 @@ REDACTED = "[card number]"
 # Diners 4-6-4) joined by one consistent separator:
 # * spaces on one line (a run of them, of any kind: tab, non-breaking, thin, ...) or an
 #   invisible zero-width character; the groups may touch letters ("card4111 1111 …")
-#   but not a digit or a dash. (Not newlines: a column of years or opening hours.)
+#   but not a digit, nor a dash that joins them to one. (Not newlines: a column of
+#   years or opening hours.)
 # * a dash (of any kind: hyphen, en dash, minus, soft hyphen, ...) or an underscore,
 #   standing alone: no letter, digit or dash touching (nor an underscore, when that is
 #   the separator), so that ids such as UUIDs (8-4-4-4-12 hex) never look like a card
@@ -30,11 +32,15 @@ REDACTED = "[card number]"
 # * a dot or a slash, more strictly still (no dot or slash before, none followed by a
 #   digit after: versions, dates and paths).
 # The first two may touch a dot or a slash ("No.4111 1111 …", "4111 1111 … 1111/12/27"
-# with its expiry), and dash and dot groups an underscore ("card_4111-1111-…").
+# with its expiry), and space and dot groups a dash that is punctuation ("… 1111—exp").
+# Grouped forms must also start as issued cards do (below). Digits are ASCII here: text
+# with other decimal digits (fullwidth, Arabic-Indic, ...) is scanned with them mapped
+# to ASCII, position for position.
 _DASHES = r"\-" + "\u00ad\u2010-\u2014\u2212\ufe63\uff0d"
-_SPACE = r"([ \t\u00a0\u1680\u2000-\u200d\u202f\u205f\u2060\u3000\ufeff]+)"
-_SPACE_START = rf"(?<![0-9{_DASHES}])"
-_SPACE_END = rf"(?![0-9{_DASHES}])"
+_SPACES = " \t\x0b\x0c\u00a0\u1680\u2000-\u200d\u202f\u205f\u2060\u3000\ufeff"
+_JOINED_BEFORE = rf"(?<![0-9])(?<![0-9][{_DASHES}])"  # no digit, nor digit and dash
+_JOINED_AFTER = rf"(?![0-9]|[{_DASHES}][0-9])"
+_SPACE = rf"([{_SPACES}]+)"
 _DASH = rf"([{_DASHES}])"
 _DASH_START = rf"(?<![0-9A-Za-z{_DASHES}])"
 _DASH_END = rf"(?![0-9A-Za-z{_DASHES}])"
@@ -42,26 +48,34 @@ _UNDERSCORE = r"(_)"
 _UNDERSCORE_START = r"(?<![0-9A-Za-z_])"
 _UNDERSCORE_END = r"(?![0-9A-Za-z_])"
 _DOT = r"([./])"
-_DOT_START = rf"(?<![0-9A-Za-z./{_DASHES}])"
-_DOT_END = rf"(?![0-9A-Za-z{_DASHES}]|[./]\d)"
+_DOT_START = rf"(?<![0-9A-Za-z./]){_JOINED_BEFORE}"
+_DOT_END = rf"(?![A-Za-z]|[./][0-9]){_JOINED_AFTER}"
 
 
 def _grouped(sep: str, start: str, end: str, n: int) -> str:
     """4-4-4-4(-1..3) groups joined by ``sep`` (capture group ``n``), and 4-6-4/5 groups
     (capture group ``n + 1``)."""
     return (
-        rf"{start}\d{{4}}{sep}\d{{4}}(?:\{n}\d{{4}}){{1,2}}(?:\{n}\d{{1,3}})?{end}"
-        rf"|{start}\d{{4}}{sep}\d{{6}}\{n + 1}\d{{4,5}}{end}"
+        rf"{start}[0-9]{{4}}{sep}[0-9]{{4}}(?:\{n}[0-9]{{4}}){{1,2}}(?:\{n}[0-9]{{1,3}})?{end}"
+        rf"|{start}[0-9]{{4}}{sep}[0-9]{{6}}\{n + 1}[0-9]{{4,5}}{end}"
     )
 
 
 _CANDIDATE = re.compile(
-    r"(?<!\d)\d{13,19}(?!\d)"
-    f"|{_grouped(_SPACE, _SPACE_START, _SPACE_END, 1)}"
+    r"(?<![0-9])[0-9]{13,19}(?![0-9])"
+    f"|{_grouped(_SPACE, _JOINED_BEFORE, _JOINED_AFTER, 1)}"
     f"|{_grouped(_DASH, _DASH_START, _DASH_END, 3)}"
     f"|{_grouped(_UNDERSCORE, _UNDERSCORE_START, _UNDERSCORE_END, 5)}"
     f"|{_grouped(_DOT, _DOT_START, _DOT_END, 7)}"
 )
+
+
+def _issued_prefix(digits: str) -> bool:
+    """Could a card start so? Cards begin 2221-2720 (Mastercard's 2-series) or 3-6: a
+    grouped number starting otherwise is a row of years (2023 2024 …), hours or codes.
+    (Contiguous digits are not held to it: one long run is rarely anything else.)"""
+    first = digits[0]
+    return first in "3456" or (first == "2" and "2221" <= digits[:4] <= "2720")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -147,29 +161,63 @@ def _float_digits(match: re.Match[str]) -> str:
 
 
 def _has_card_number(text: str) -> bool:
-    if _SPAN.search(text) is None:  # an eighth of the cost of the full pattern
+    text = _ascii_digits(text)
+    if _span(text).search(text) is None:  # a fraction of the cost of the full pattern
         return False
     return any(_is_card_number(match) for match in _CANDIDATE.finditer(text))
 
 
 def _is_card_number(match: re.Match[str]) -> bool:
-    digits = _SEPARATORS.sub("", match.group())
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+    found = match.group()
+    digits = _SEPARATORS.sub("", found)
+    if not (13 <= len(digits) <= 19 and luhn_valid(digits)):
+        return False
+    return len(digits) == len(found) or _issued_prefix(digits)
 
 
 def redact_card_numbers(text: str) -> str:
     """``text`` with every card number in it replaced by :data:`REDACTED`."""
-    if _SPAN.search(text) is None:
+    scanned = _ascii_digits(text)
+    if _span(scanned).search(scanned) is None:
         return text
-    return _CANDIDATE.sub(lambda m: REDACTED if _is_card_number(m) else m.group(), text)
+    out: list[str] = []
+    last = 0
+    for match in _CANDIDATE.finditer(scanned):  # positions are the same in ``text``
+        if _is_card_number(match):
+            out += (text[last : match.start()], REDACTED)
+            last = match.end()
+    return "".join(out) + text[last:] if out else text
 
 
-_SEPARATORS = re.compile(r"[^\d]")
+def _ascii_digits(text: str) -> str:
+    """Decimal digits of every script as ASCII ones, one character for one."""
+    return text if text.isascii() else text.translate(_DIGITS)
+
+
+class _DigitTable(dict[int, int]):
+    """str.translate's table, filled as characters are met: Unicode has hundreds of
+    decimal digits (fullwidth, Arabic-Indic, ...), and Luhn needs their values."""
+
+    def __missing__(self, codepoint: int) -> int:
+        value = unicodedata.decimal(chr(codepoint), None)
+        self[codepoint] = found = codepoint if value is None else 48 + value
+        return found
+
+
+_DIGITS = _DigitTable()
+
+
+def _span(text: str) -> re.Pattern[str]:
+    # ASCII text (nearly every command) with an ASCII class: the class with the other
+    # spaces and dashes in it doubled the whole scan's cost.
+    return _SPAN_ASCII if text.isascii() else _SPAN
+
+
+_SEPARATORS = re.compile(r"[^0-9]")
 # A JSON number token with an exponent: only after ":", "[", "," or the NUL that starts
 # a part, so "2e013" inside a hex id is none. Its own pass (~5 µs a command): folded
 # into the span regex it doubled that regex's time.
 _JSON_EXPONENT = re.compile(r"[:\[,\x00]\s*(-?\d+(?:\.\d+)?[eE][+-]?\d+)")
 # Every candidate is at least 13 digits and separators, starting and ending with a digit.
-_SPAN = re.compile(
-    r"\d[\d \t\u00a0\u1680\u2000-\u200d\u202f\u205f\u2060\u3000\ufeff_./" + _DASHES + r"]{11,}\d"
-)
+_SPAN = re.compile(rf"[0-9][0-9{_SPACES}_./{_DASHES}]{{11,}}[0-9]")
+_SPAN_ASCII = re.compile(r"[0-9][0-9 \t\x0b\x0c_./\-]{11,}[0-9]")

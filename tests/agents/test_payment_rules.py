@@ -577,3 +577,62 @@ async def test_erasure_leaves_no_request_hash_of_the_personal_data(harness: Harn
     await harness.send("customer.erase", t, {"customer_id": "c1"})
     assert create_hash not in str(harness.idempotency)
     assert create_hash not in str(harness.tables.customers)
+
+
+async def test_a_create_redelivered_after_its_customers_erasure_keeps_its_answer(
+    harness: Harness,
+) -> None:
+    """Erasure replaced the create's request hash: its redelivery (a crash before the
+    commit) was then an idempotency_conflict, contradicting the customer.created sent."""
+    t = harness.add_tenant()
+    create = build_command("customer.create", t, {"customer_id": "c1", "email": "a@b.example"})
+    _, created = await harness.send_event(create)
+    await harness.send("customer.erase", t, {"customer_id": "c1"})
+    _, again = await harness.send_event(create)
+    assert created is not None and again is not None
+    assert (kind(again), again.get_id()) == ("customer.created", created.get_id())
+
+
+async def test_a_refusal_frees_only_the_id_record_it_wrote(harness: Harness) -> None:
+    """An unremembered refusal under id u1 deleted the record an earlier command under
+    u1 wrote: a third, different request under u1 then ran."""
+    t = harness.add_tenant()
+    update = {"customer_id": "c9", "name": "A"}
+    first = await harness.send("customer.update", t, update, command_id="u1", idempotency_key="ka")
+    assert data(first)["reason"] == "not_found"  # remembered; u1 names this request
+    await harness.send("customer.create", t, {"customer_id": "c9"})
+    record = harness.tables.customers[f"{t}:c9"]
+    harness.tables.customers[f"{t}:c9"] = {**record, "provider": "x"}
+    refused = await harness.send(
+        "customer.update", t, update, command_id="u1", idempotency_key="kb"
+    )
+    assert data(refused)["reason"] == "invalid_state"  # not remembered
+    third = await harness.send(
+        "customer.update", t, {"customer_id": "c9", "name": "B"}, command_id="u1",
+        idempotency_key="kc",
+    )  # fmt: skip
+    assert data(third)["reason"] == "idempotency_conflict"
+
+
+async def test_a_parked_key_resent_under_a_used_id_is_a_conflict(harness: Harness) -> None:
+    """The let-through exemption is the parked command's own: its key re-sent under an
+    id another request already used does not run under that id."""
+    t = new_tenant_id()
+    harness.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p2": 3}})
+    pay = {"payment_method_token": "pm_card_visa", "currency": "USD"}
+    parked = build_command(
+        "payment.create", t, {**pay, "payment_id": "p2", "amount": 5000},
+        command_id="1", idempotency_key="kB",
+    )  # fmt: skip
+    emits, _ = await harness.send_event(parked)
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    other = await harness.send(
+        "payment.create", t, {**pay, "payment_id": "p7", "amount": 1000}, command_id="2",
+        idempotency_key="k2",
+    )  # fmt: skip
+    assert kind(other) == "payment.succeeded"
+    resent = await harness.send(
+        "payment.create", t, {**pay, "payment_id": "p2", "amount": 5000}, command_id="2",
+        idempotency_key="kB",
+    )  # fmt: skip
+    assert data(resent)["reason"] == "idempotency_conflict"

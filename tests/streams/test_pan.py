@@ -61,6 +61,14 @@ def _luhn_complete(prefix: str) -> str:
         "4111\u20131111\u20131111\u20131111",  # en dash
         "4111\u20111111\u20111111\u20111111",  # non-breaking hyphen
         "4111\u22121111\u22121111\u22121111",  # minus sign
+        # punctuation dashes beside space and dot groups; form feeds; other digits
+        "my card 4111 1111 1111 1111\u2014exp 12/27",
+        "card\u20144111 1111 1111 1111",
+        "4111 1111 1111 1111\u00ad",
+        "4111.1111.1111.1111\u2014x",
+        "4111\x0c1111\x0c1111\x0c1111",
+        "\uff15" * 12 + "\uff14" * 4,  # fullwidth 5555555555554444
+        "".join(chr(0x660 + int(d)) for d in "4111111111111111"),  # Arabic-Indic
     ],
 )
 def test_card_numbers_are_found(text: object) -> None:
@@ -89,6 +97,10 @@ def test_a_value_nested_deeper_than_the_recursion_limit_is_scanned() -> None:
         "ffff0033-8272-4796-9045-3abcdef01234",
         "order_4111_1111_1111_1111",  # underscore groups touching a word: an id
         "4111\n1111\n1111\n1111",  # a column of 4-digit values (years, hours)
+        # rows of years: Luhn-valid, but no card starts so
+        "2023 2024 2025 2026",
+        "1991\t1992\t1993\t1994",
+        "".join(chr(0x660 + int(d)) for d in "4111111111111112"),  # Luhn-invalid
         "abcd3041\u20131476\u20134166\u2013932e",  # dash kinds stand alone too
         True,
         1999,
