@@ -1012,6 +1012,8 @@ def _bad_time(at: datetime) -> str | None:
     if offset is not None and (offset.seconds % 60 or offset.microseconds):
         # The parsers take "+05:30:15"; RFC 3339 (and the stored records) do not.
         return "the UTC offset must be whole minutes"
+    if offset is None or not offset or 1 < at.year < 9999:
+        return None  # only times within a day of the datetime range's ends can overflow
     try:
         at.astimezone(UTC)
     except OverflowError:
