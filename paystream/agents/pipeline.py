@@ -376,11 +376,12 @@ class CommandProcessor:
         self.idempotency[idem_table_key] = _idempotency_dict(
             cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, entity_keys=entity_keys
         )
-        names_id = cmd.idempotency_key != cmd.command_id and (
-            _command_id_key(cmd.tenant_id, cmd.command_id) not in self.idempotency
-        )
+        # Under its own key, its id is not in the table: say which request the id names
+        # (written again by each command of that request, so it lasts the window of the
+        # latest; ``claimed``: this command is the first, within the window, to name it).
+        names_id = cmd.idempotency_key != cmd.command_id
+        claimed = names_id and self._id_unclaimed(cmd, now)
         if names_id:
-            # Under its own key, its id is not in the table: say which request it names.
             self._remember(
                 _command_id_key(cmd.tenant_id, cmd.command_id),
                 {
@@ -407,7 +408,7 @@ class CommandProcessor:
                 self.limits.settle(admission, "command.rejected")  # releases its hold
             if not rej.remember:
                 self.idempotency.pop(idem_table_key, None)
-                if names_id:  # only the record this command wrote
+                if claimed:  # only a record this command was the first to write
                     self.idempotency.pop(_command_id_key(cmd.tenant_id, cmd.command_id), None)
                 return self._reject(cmd, rej.reason, rej.message)
             stored = StoredOutcome(
@@ -456,7 +457,6 @@ class CommandProcessor:
             named is not None
             and float(named.get("expires_at", 0)) >= now
             and (named.get("request_hash"), named.get("command_type")) != this
-            and named.get("request_hash") != ERASED_HASH
         ):
             return True
         if cmd.idempotency_key == cmd.command_id:
@@ -466,8 +466,11 @@ class CommandProcessor:
             other is not None
             and other.command_id == cmd.command_id
             and (other.request_hash, other.command_type) != this
-            and other.request_hash != ERASED_HASH
         )
+
+    def _id_unclaimed(self, cmd: CommandRef, now: float) -> bool:
+        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
+        return named is None or float(named.get("expires_at", 0)) < now
 
     def _replay_done(self, cmd: CommandRef, existing: IdempotencyRecord) -> list[Emit]:
         """The stored outcome of a finished command, again: the same event, byte for byte."""

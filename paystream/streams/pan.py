@@ -70,12 +70,13 @@ _CANDIDATE = re.compile(
 )
 
 
-def _issued_prefix(digits: str) -> bool:
-    """Could a card start so? Cards begin 2221-2720 (Mastercard's 2-series) or 3-6: a
-    grouped number starting otherwise is a row of years (2023 2024 …), hours or codes.
-    (Contiguous digits are not held to it: one long run is rarely anything else.)"""
-    first = digits[0]
-    return first in "3456" or (first == "2" and "2221" <= digits[:4] <= "2720")
+def _a_row_of_values(groups: list[str]) -> bool:
+    """Groups no card is written as: a row of years (2023 2024 2025 2026) or of times
+    starting 0 (0900 1730 …). (Contiguous digits are not held to it: one long run is
+    rarely anything else.)"""
+    if groups[0][0] == "0":
+        return True  # no card number starts with 0
+    return all(len(g) == 4 and "1900" <= g <= "2099" for g in groups)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -177,10 +178,20 @@ def _candidates(text: str) -> Iterator[re.Match[str]]:
 
 def _is_card_number(match: re.Match[str]) -> bool:
     found = match.group()
-    digits = _SEPARATORS.sub("", found)
-    if not (13 <= len(digits) <= 19 and luhn_valid(digits)):
+    groups = [g for g in _SEPARATORS.split(found) if g]
+    if len(groups) == 1:
+        return _card_digits(groups[0])
+    if _a_row_of_values(groups):
         return False
-    return len(digits) == len(found) or _issued_prefix(digits)
+    # A short last group may be what follows the card, not part of it: its CVC or its
+    # expiry ("4111 1111 1111 1111 123"); the whole match is redacted either way.
+    return _card_digits("".join(groups)) or (
+        len(groups) > 3 and len(groups[-1]) < 4 and _card_digits("".join(groups[:-1]))
+    )
+
+
+def _card_digits(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
 
 
 def redact_card_numbers(text: str) -> str:
@@ -201,13 +212,17 @@ def _ascii_digits(text: str) -> str:
 
 
 class _DigitTable(dict[int, int]):
-    """str.translate's table, filled as characters are met: Unicode has hundreds of
-    decimal digits (fullwidth, Arabic-Indic, ...), and Luhn needs their values."""
+    """str.translate's table, filled with the digits met: Unicode has hundreds of
+    decimal digits (fullwidth, Arabic-Indic, ...), and Luhn needs their values. Other
+    characters are left as they are and not kept (hostile text can hold a million
+    distinct ones)."""
 
     def __missing__(self, codepoint: int) -> int:
         value = unicodedata.decimal(chr(codepoint), None)
-        self[codepoint] = found = codepoint if value is None else 48 + value
-        return found
+        if value is None:
+            return codepoint
+        self[codepoint] = 48 + value
+        return 48 + value
 
 
 _DIGITS = _DigitTable()
@@ -220,10 +235,11 @@ def _span(text: str) -> re.Pattern[str]:
 
 
 _SEPARATORS = re.compile(r"[^0-9]")
-# A JSON number token with an exponent: only after ":", "[", "," or the NUL that starts
-# a part, so "2e013" inside a hex id is none. Its own pass (~5 µs a command): folded
-# into the span regex it doubled that regex's time.
-_JSON_EXPONENT = re.compile(r"[:\[,\x00]\s*(-?\d+(?:\.\d+)?[eE][+-]?\d+)")
+# A JSON number token with an exponent, or a long one with a fraction (it parses to a
+# float whose rounded digits are not in the text: 4111111111111110.99999999), only after
+# ":", "[", "," or the NUL that starts a part, so "2e013" inside a hex id is none. Its
+# own pass (~5 µs a command): folded into the span regex it doubled that regex's time.
+_JSON_EXPONENT = re.compile(r"[:\[,\x00]\s*(-?\d+(?:\.\d+)?[eE][+-]?\d+|-?\d{13,}\.\d+)")
 # Every candidate is at least 13 digits and separators, starting and ending with a digit.
 _SPAN = re.compile(rf"[0-9][0-9{_SPACES}_./{_DASHES}]{{11,}}[0-9]")
 _SPAN_ASCII = re.compile(r"[0-9][0-9 \t\x0b\x0c_./\-]{11,}[0-9]")

@@ -636,3 +636,44 @@ async def test_a_parked_key_resent_under_a_used_id_is_a_conflict(harness: Harnes
         idempotency_key="kB",
     )  # fmt: skip
     assert data(resent)["reason"] == "idempotency_conflict"
+
+
+async def test_an_erased_customers_command_id_is_not_free_for_another_request(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1"})
+    await harness.send("customer.create", t, {"customer_id": "c2"})
+    first = await harness.send(
+        "customer.update", t, {"customer_id": "c1", "name": "A"}, command_id="u",
+        idempotency_key="k1",
+    )  # fmt: skip
+    assert kind(first) == "customer.updated"
+    await harness.send("customer.erase", t, {"customer_id": "c1"})
+    other = await harness.send(
+        "customer.update", t, {"customer_id": "c2", "name": "B"}, command_id="u",
+        idempotency_key="k2",
+    )  # fmt: skip
+    assert data(other)["reason"] == "idempotency_conflict"
+
+
+async def test_an_id_record_past_its_window_is_taken_over_by_the_next_request(
+    harness: Harness,
+) -> None:
+    """Expired but not purged yet: the next request under the id must write its own
+    record, or a third request, inside the second's window, ran unchecked."""
+    t = harness.add_tenant()
+    pay = {"payment_method_token": "pm_card_visa", "currency": "USD", "amount": 1000}
+
+    async def pay_under_u(payment_id: str, key: str) -> Any:
+        body = {**pay, "payment_id": payment_id}
+        return await harness.send("payment.create", t, body, command_id="u", idempotency_key=key)
+
+    assert kind(await pay_under_u("p1", "k1")) == "payment.succeeded"
+    # p1's window is over (its records not purged yet):
+    harness.idempotency.pop(f"{t}:k1")
+    id_key = f"{t}:\x1fid:u"
+    harness.idempotency[id_key] = {**harness.idempotency[id_key], "expires_at": 0.0}
+    assert kind(await pay_under_u("p2", "k2")) == "payment.succeeded"
+    assert harness.idempotency[id_key]["expires_at"] > 0  # p2's now
+    assert data(await pay_under_u("p3", "k3"))["reason"] == "idempotency_conflict"

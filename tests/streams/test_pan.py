@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from paystream.streams import pan
 from paystream.streams.pan import contains_card_number, luhn_valid, raw_may_contain_card_number
 
 
@@ -69,6 +70,14 @@ def _luhn_complete(prefix: str) -> str:
         "4111\x0c1111\x0c1111\x0c1111",
         "\uff15" * 12 + "\uff14" * 4,  # fullwidth 5555555555554444
         "".join(chr(0x660 + int(d)) for d in "4111111111111111"),  # Arabic-Indic
+        # brands outside 3-6: Mir, RuPay/UnionPay 81, Troy, UATP as 4-4-4-3
+        "2200 7001 2345 6781",
+        "8171 0012 3456 7893",
+        "9792 0012 3456 7890",
+        "1234 5678 9012 347",
+        # followed by its CVC or expiry
+        "4111 1111 1111 1111 123",
+        "4111 1111 1111 1111 12/27",
     ],
 )
 def test_card_numbers_are_found(text: object) -> None:
@@ -99,6 +108,7 @@ def test_a_value_nested_deeper_than_the_recursion_limit_is_scanned() -> None:
         "4111\n1111\n1111\n1111",  # a column of 4-digit values (years, hours)
         # rows of years: Luhn-valid, but no card starts so
         "2023 2024 2025 2026",
+        "0830 1830 0830 1830",  # times (Luhn-valid: no card starts with 0)
         "1991\t1992\t1993\t1994",
         "".join(chr(0x660 + int(d)) for d in "4111111111111112"),  # Luhn-invalid
         "abcd3041\u20131476\u20134166\u2013932e",  # dash kinds stand alone too
@@ -186,3 +196,16 @@ def test_the_raw_prefilter_sees_a_card_number_written_with_an_exponent(raw: byte
 def test_the_raw_prefilter_clears_ordinary_commands() -> None:
     raw = orjson.dumps({"customer_id": "c1", "amount": {"amount": 1999, "currency": "EUR"}})
     assert not raw_may_contain_card_number(b"tenant-1", raw, b"ce_id", b"2026-11-28T00:00:00Z")
+
+
+def test_the_raw_prefilter_sees_a_long_number_whose_float_rounds_to_a_card() -> None:
+    raw = b'{"x": 4111111111111110.99999999}'  # parses to 4111111111111111.0
+    assert contains_card_number(orjson.loads(raw))
+    assert raw_may_contain_card_number(raw)
+
+
+def test_the_digit_table_keeps_only_digits() -> None:
+    """Hostile text with a million distinct characters must not grow it for good."""
+    before = len(pan._DIGITS)
+    assert not contains_card_number("".join(chr(0x4E00 + i) for i in range(5000)))
+    assert len(pan._DIGITS) == before
