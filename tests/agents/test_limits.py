@@ -46,6 +46,18 @@ async def _run(h: Harness, rec: Inbound) -> tuple[list[Emit], Any]:
     return emits, outcome
 
 
+def _quota_tenant(harness: Harness) -> str:
+    """A tenant with USD 1000 a day whose provider fails the first three attempts of
+    payment p1 (the harness tries three times: its first delivery parks)."""
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    return t
+
+
 def _pay(amount: int, token: str = "pm_card_visa") -> dict[str, Any]:
     return {"amount": amount, "currency": "USD", "payment_method_token": token}
 
@@ -313,12 +325,7 @@ async def test_a_client_idempotency_key_cannot_name_a_chosen_payments_hold(
     """Hold keys of chosen payment ids once equalled the idempotency table key of a
     client key "payment:p1": the second payment passed the first's hold, then released
     it, and the day moved 1900 against a quota of 1000."""
-    t = new_tenant_id()
-    harness.add_tenant(
-        t,
-        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
-        limits={"daily_payment_volume": {"USD": 1000}},
-    )
+    t = _quota_tenant(harness)
     parked = await harness.processor.process(
         _record("payment.create", t, {**_pay(900), "payment_id": "p1"}, "a", T0, 140)
     )
@@ -336,12 +343,7 @@ async def test_a_redelivered_answer_releases_the_hold_it_was_admitted_under(
     """A re-driven parked payment (chosen id) succeeded; a crash kept its idempotency
     record but not the limits write. Its redelivery counted the amount but released a
     hold it never had, so the day was charged twice for it."""
-    t = new_tenant_id()
-    harness.add_tenant(
-        t,
-        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
-        limits={"daily_payment_volume": {"USD": 1000}},
-    )
+    t = _quota_tenant(harness)
     body = {**_pay(600), "payment_id": "p1"}
     first = await harness.processor.process(_record("payment.create", t, body, "a", T0, 150))
     assert [e.topic for e in first] == [harness.settings.retry_topic]
@@ -361,12 +363,7 @@ async def test_a_hold_an_older_version_took_is_released_when_the_payment_is_answ
     """Parked by the version that held chosen payment ids under "{tenant}:payment:{id}":
     re-driven after the upgrade, its hold was never released (the day's quota stayed
     short by its amount)."""
-    t = new_tenant_id()
-    harness.add_tenant(
-        t,
-        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
-        limits={"daily_payment_volume": {"USD": 1000}},
-    )
+    t = _quota_tenant(harness)
     body = {**_pay(600), "payment_id": "p1"}
     parked = await harness.processor.process(_record("payment.create", t, body, "a", T0, 160))
     assert [e.topic for e in parked] == [harness.settings.retry_topic]
@@ -384,12 +381,7 @@ async def test_an_older_versions_hold_is_carried_over_on_a_redelivery_too(
 ) -> None:
     """The same record redelivered (its decision kept for replays): the carried-over hold
     was not saved on that path, and the older tag held its amount for the rest of the day."""
-    t = new_tenant_id()
-    harness.add_tenant(
-        t,
-        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
-        limits={"daily_payment_volume": {"USD": 1000}},
-    )
+    t = _quota_tenant(harness)
     record = _record("payment.create", t, {**_pay(600), "payment_id": "p1"}, "a", T0, 170)
     parked = await harness.processor.process(record)
     assert [e.topic for e in parked] == [harness.settings.retry_topic]

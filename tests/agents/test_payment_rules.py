@@ -517,20 +517,26 @@ async def test_an_idempotency_key_with_a_control_character_is_refused(harness: H
     assert data(out)["reason"] == "validation_error" and "control" in data(out)["message"]
 
 
+async def _park_p2(harness: Harness) -> tuple[str, Any]:
+    """A tenant, and its payment p2 (5000, id 1, key kB) parked: the provider failed."""
+    t = new_tenant_id()
+    harness.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p2": 3}})
+    body = {"payment_method_token": "pm_card_visa", "currency": "USD", "amount": 5000}
+    parked = build_command(
+        "payment.create", t, {**body, "payment_id": "p2"}, command_id="1", idempotency_key="kB"
+    )
+    emits, _ = await harness.send_event(parked)
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    return t, parked
+
+
 async def test_a_parked_command_is_not_stopped_by_a_later_use_of_its_id(
     harness: Harness,
 ) -> None:
     """Parked (let through once: the provider may have charged), then another request ran
     under the same id: re-driven, the parked one must still run, not conflict."""
-    t = new_tenant_id()
-    harness.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p2": 3}})
+    t, parked_cmd = await _park_p2(harness)
     pay = {"payment_method_token": "pm_card_visa", "currency": "USD"}
-    parked_cmd = build_command(
-        "payment.create", t, {**pay, "payment_id": "p2", "amount": 5000},
-        command_id="1", idempotency_key="kB",
-    )  # fmt: skip
-    emits, _ = await harness.send_event(parked_cmd)
-    assert [e.topic for e in emits] == [harness.settings.retry_topic]
     # What an older version let run meanwhile (it kept no record of which request id
     # 1 names): a default-key command under the same id.
     harness.idempotency.pop(f"{t}:\x1fid:1")
@@ -617,15 +623,8 @@ async def test_a_refusal_frees_only_the_id_record_it_wrote(harness: Harness) -> 
 async def test_a_parked_key_resent_under_a_used_id_is_a_conflict(harness: Harness) -> None:
     """The let-through exemption is the parked command's own: its key re-sent under an
     id another request already used does not run under that id."""
-    t = new_tenant_id()
-    harness.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p2": 3}})
+    t, _ = await _park_p2(harness)
     pay = {"payment_method_token": "pm_card_visa", "currency": "USD"}
-    parked = build_command(
-        "payment.create", t, {**pay, "payment_id": "p2", "amount": 5000},
-        command_id="1", idempotency_key="kB",
-    )  # fmt: skip
-    emits, _ = await harness.send_event(parked)
-    assert [e.topic for e in emits] == [harness.settings.retry_topic]
     other = await harness.send(
         "payment.create", t, {**pay, "payment_id": "p7", "amount": 1000}, command_id="2",
         idempotency_key="k2",

@@ -503,6 +503,16 @@ def _binary(key: bytes, value: bytes = b"{}", **headers: bytes) -> Inbound:
     )
 
 
+def _customer_create(tenant: str, **headers: bytes) -> Inbound:
+    """A binary-mode customer.create of ``tenant`` as consumed (headers override)."""
+    return _binary(
+        tenant.encode(),
+        json.dumps({"email": "a@example.com"}).encode(),
+        ce_type=b"com.paystream.command.customer.create",
+        **headers,
+    )
+
+
 def _leaks(emits: list[Emit], pan: str = PAN) -> list[str]:
     """Where ``pan`` shows in what the pipeline emitted: records and dashboard summaries."""
     found = []
@@ -973,11 +983,7 @@ async def test_a_record_timestamp_no_datetime_holds_is_still_answered(
     """The producer sets the record's timestamp: one past year 9999 raised for the whole
     batch (and in the dead-letter fallback too), on every redelivery."""
     t = harness.add_tenant()
-    rec = _binary(
-        t.encode(),
-        json.dumps({"email": "a@example.com"}).encode(),
-        ce_type=b"com.paystream.command.customer.create",
-    )
+    rec = _customer_create(t)
     hostile = Inbound(**{**rec.__dict__, "timestamp_ms": timestamp_ms})
     emits = await harness.raw(hostile)
     out = outcome_of(harness.settings, emits)
@@ -991,12 +997,7 @@ async def test_a_command_time_outside_utc_is_a_validation_error(
 ) -> None:
     """Accepted, it reached the ledger, which cannot store it: the sink retried for ever."""
     t = harness.add_tenant()
-    rec = _binary(
-        t.encode(),
-        json.dumps({"email": "a@example.com"}).encode(),
-        ce_type=b"com.paystream.command.customer.create",
-        ce_time=sent_at,
-    )
+    rec = _customer_create(t, ce_time=sent_at)
     out = outcome_of(harness.settings, await harness.raw(rec))
     assert out is not None and data(out)["reason"] == "validation_error"
     assert "out of range" in data(out)["message"]
@@ -1008,11 +1009,7 @@ async def test_a_command_without_time_gets_the_same_outcome_on_redelivery(
     """The SDK fills a missing time with now: the outcome's time (and bytes) differed on
     every redelivery. It is the record's timestamp."""
     t = harness.add_tenant()
-    rec = _binary(
-        t.encode(),
-        json.dumps({"email": "a@example.com"}).encode(),
-        ce_type=b"com.paystream.command.customer.create",
-    )
+    rec = _customer_create(t)
     rec = Inbound(**{**rec.__dict__, "timestamp_ms": 1_600_000_000_000})
     first = [e.record for e in await harness.raw(rec) if e.topic == harness.settings.events_topic]
     # Worked out afresh, not replayed from what was stored (a crash lost it all).
@@ -1126,12 +1123,7 @@ async def test_a_command_id_longer_than_an_idempotency_key_is_refused(harness: H
     a customer's changelog record over 1 MB in three updates."""
     t = harness.add_tenant()
     long_id = ("i" * 256).encode()
-    rec = _binary(
-        t.encode(),
-        json.dumps({"email": "a@example.com"}).encode(),
-        ce_type=b"com.paystream.command.customer.create",
-        ce_id=long_id,
-    )
+    rec = _customer_create(t, ce_id=long_id)
     out = outcome_of(harness.settings, await harness.raw(rec))
     assert out is not None and data(out)["reason"] == "validation_error"
     assert data(out)["message"] == "id too long" and harness.tables.customers == {}
@@ -1205,13 +1197,7 @@ async def test_long_ids_from_an_answered_record_keep_their_answer(harness: Harne
     """A record an older version answered (no limit on id length then), redelivered
     after the upgrade, keeps its outcome rather than becoming a validation_error."""
     t = harness.add_tenant()
-    rec = _binary(
-        t.encode(),
-        json.dumps({"email": "a@example.com"}).encode(),
-        ce_type=b"com.paystream.command.customer.create",
-        ce_id=b"i" * 300,
-        ce_idempotencykey=b"k1",
-    )
+    rec = _customer_create(t, ce_id=b"i" * 300, ce_idempotencykey=b"k1")
     refused = outcome_of(harness.settings, await harness.raw(rec))
     assert refused is not None and data(refused)["message"] == "id too long"
     # What the older version stored for it: run it with the limit out of the way.
@@ -1250,11 +1236,6 @@ async def test_a_huge_tenantid_attribute_is_refused_before_it_is_echoed(
 
 async def test_large_headers_paystream_does_not_read_do_not_count(harness: Harness) -> None:
     t = harness.add_tenant()
-    rec = _binary(
-        t.encode(),
-        json.dumps({"email": "a@example.com"}).encode(),
-        ce_type=b"com.paystream.command.customer.create",
-        baggage=b"b" * 100_000,
-    )
+    rec = _customer_create(t, baggage=b"b" * 100_000)
     out = outcome_of(harness.settings, await harness.raw(rec))
     assert out is not None and kind(out) == "customer.created"
