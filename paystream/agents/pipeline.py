@@ -1026,16 +1026,12 @@ def _bad_time(at: datetime) -> str | None:
     return None
 
 
-def _raw_may_hold_card(
-    rec: Inbound, headers: Mapping[str, bytes] | None = None, *, value: bool = True
-) -> bool:
-    """The cheap look at the record's bytes (``headers``: its kept ones, if known): the
-    parsed scan runs only when this says so."""
-    if headers is None:
-        headers = _kept_headers(rec.headers)
+def _raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
+    """The cheap look at the record's bytes (``headers``: its kept ones): the parsed scan
+    runs only when this says so."""
     return raw_may_contain_card_number(
         rec.key or b"",
-        (rec.value or b"") if value else b"",
+        rec.value or b"",
         "\x00".join(headers).encode(),
         *headers.values(),
     )
