@@ -161,7 +161,6 @@ async def test_sink_stalls_through_a_database_outage_and_loses_nothing(
             assert result.dead_letters == []
             done.append(i)
 
-    started = time.monotonic()
     task = asyncio.create_task(writer())
     try:
         await until(lambda: state["stopped"], 20, "PostgreSQL to be stopped mid-batch")
@@ -180,7 +179,6 @@ async def test_sink_stalls_through_a_database_outage_and_loses_nothing(
         sa_event.remove(engine.sync_engine, "before_cursor_execute", stop_mid_batch)
     assert done == list(range(len(stream)))
     assert not sink.stalled
-    elapsed = time.monotonic() - started
 
     try:
         for tenant in TENANTS:
@@ -202,4 +200,3 @@ async def test_sink_stalls_through_a_database_outage_and_loses_nothing(
             )
     finally:
         await engine.dispose()
-    assert elapsed < 30
