@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 from faust.types.codecs import CodecArg
 
@@ -139,6 +140,30 @@ class BatchedChangelogTable(faust.Table):
             return super().send_changelog(partition, key, value, key_serializer, value_serializer)
         batch.add(self, partition, key, value, value_serializer)  # deletes pass "raw"
         return QueuedWrite(QueuedMessage(partition))
+
+    # Reads and writes in memory, by the dict itself: Faust's path costs 3 µs a read
+    # (Mapping.get → __getitem__ → __missing__, and a KeyError per miss) and 5 µs a write,
+    # and a command makes about ten. The same calls in the same order: the sensors see
+    # each get and set, a write queues its changelog record for the current event's
+    # partition, then lands in the store. (Other stores, and writes outside a batch,
+    # keep Faust's path; so do the TTL hooks, which only windowed tables use.)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        store = self.data
+        if type(store) is not MemoryStore or self.default is not None:
+            return super().get(key, default)
+        self._sensor_on_get(self, key)
+        return store.data.get(key, default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        batch = _batch.get()
+        store = self.data
+        if batch is None or type(store) is not MemoryStore or self._should_expire_keys():
+            super().__setitem__(key, value)
+            return
+        batch.add(self, self.partition_for_key(key), key, value, None)
+        self._sensor_on_set(self, key, value)
+        store.data[key] = value
 
 
 @contextmanager
