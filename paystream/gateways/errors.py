@@ -59,6 +59,7 @@ class GatewayError(PaystreamError):
         provider_request_id: str | None = None,
         retry_after: float | None = None,
         provider_payment_id: str | None = None,
+        reached_provider: bool = True,
     ) -> None:
         super().__init__(f"{provider}: {code}: {message}")
         self.code = code
@@ -78,6 +79,9 @@ class GatewayError(PaystreamError):
         self.retry_after = retry_after
         # A declined payment still exists at the provider (Stripe keeps the PaymentIntent).
         self.provider_payment_id = provider_payment_id
+        # False: refused here, before any request (an unsupported operation, an amount the
+        # provider's rules refuse): says nothing of the provider's health.
+        self.reached_provider = reached_provider
 
     def as_outcome(self) -> dict[str, object]:
         """The error as it appears in a failure outcome's data (no secrets, no card data)."""
@@ -105,5 +109,6 @@ class UnsupportedOperation(GatewayError):
             f"{provider} does not support {operation}",
             provider=provider,
             retryable=False,
+            reached_provider=False,
         )
         self.operation = operation

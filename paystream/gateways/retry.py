@@ -145,7 +145,12 @@ class RetryPolicy:
                 result = await fn()
             except GatewayError as exc:
                 if not exc.retryable:
-                    breaker.on_success()  # the provider answered; it is healthy
+                    if exc.reached_provider:
+                        breaker.on_success()  # the provider answered; it is healthy
+                    else:
+                        # Refused before any request: no verdict on the provider (as a
+                        # half-open probe it would close a circuit whose provider is down).
+                        breaker.release()
                     raise
                 breaker.on_failure()
                 if attempt == self.max_attempts:

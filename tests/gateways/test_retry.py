@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.retry import CircuitOpen, CircuitState, RetriesExhausted, RetryPolicy
 from paystream.settings import load_settings
 
@@ -195,3 +195,26 @@ async def test_a_half_open_circuit_lets_one_probe_through_at_a_time() -> None:
     release.set()
     assert await probe == "ok"
     assert await p.call("t1", "sim", Flaky(0)) == "ok"  # closed again
+
+
+async def test_a_refusal_made_before_any_request_says_nothing_of_the_provider() -> None:
+    """An unsupported operation or an amount the provider's rules refuse is answered here,
+    without a request: as a half-open probe it used to close a circuit whose provider was
+    still down, and between real failures it reset their count."""
+    clock = Clock()
+    p = policy(clock, attempts=1, threshold=2)
+    local = UnsupportedOperation("sim", "capture_payment(amount=...)")
+    with pytest.raises(RetriesExhausted):
+        await p.call("t1", "sim", Flaky(1))
+    with pytest.raises(UnsupportedOperation):
+        await p.call("t1", "sim", Flaky(1, local))
+    with pytest.raises(RetriesExhausted):
+        await p.call("t1", "sim", Flaky(1))
+    assert p.breaker("t1", "sim").state is CircuitState.OPEN  # two failures in a row
+    clock.now += 5.0  # half-open
+    with pytest.raises(UnsupportedOperation):
+        await p.call("t1", "sim", Flaky(1, local))
+    assert p.breaker("t1", "sim").state is CircuitState.HALF_OPEN  # still to be probed
+    with pytest.raises(RetriesExhausted):  # the real probe: the provider is still down
+        await p.call("t1", "sim", Flaky(1))
+    assert p.breaker("t1", "sim").state is CircuitState.OPEN

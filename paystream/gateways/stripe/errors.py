@@ -94,8 +94,11 @@ def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, 
     if isinstance(exc, stripe.APIConnectionError):
         timed_out = isinstance(exc.__cause__, TimeoutError)
         return (ErrorCode.TIMEOUT if timed_out else ErrorCode.PROVIDER_UNAVAILABLE), True
-    if status == 404 or code == "resource_missing":
-        return ErrorCode.NOT_FOUND, None  # with or without a body: nothing was applied
+    if err and (status == 404 or code == "resource_missing"):
+        # Stripe's own answer. A bodiless 404 (an egress proxy, a wrong API base path)
+        # never reached Stripe: read as "not found", a delete or an erasure would count
+        # the customer as gone there while Stripe still holds them.
+        return ErrorCode.NOT_FOUND, None
     if not err:
         # Not Stripe's error object: an unreadable 200 (Stripe ran the request) or a
         # proxy's page. Nothing says the request was refused, and it may have been

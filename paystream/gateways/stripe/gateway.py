@@ -237,6 +237,7 @@ class StripeGateway:
                 f"(got {req.amount.amount})",
                 provider=PROVIDER,
                 retryable=False,
+                reached_provider=False,
             )
         params = _without_none(
             amount=req.amount.amount,

@@ -217,11 +217,12 @@ async def test_an_answer_that_is_not_a_stripe_error_is_retried_not_rejected(
     assert "secret" not in json.dumps(e.as_outcome()) and "html" not in e.message
 
 
-@pytest.mark.parametrize("status", [401, 413])
+@pytest.mark.parametrize("status", [401, 404, 413])
 async def test_a_proxys_page_that_a_retry_cannot_change_is_not_retried(status: int) -> None:
-    """An egress proxy's 401 or 413 page will answer the same to every retry: not retried
-    (each failure would count toward the tenant's circuit breaker), and answered as the
-    deployment's fault (gateway_not_configured, not remembered) by the handlers."""
+    """An egress proxy's 401, 404 or 413 page will answer the same to every retry: not
+    retried (each failure would count toward the tenant's circuit breaker), and answered as
+    the deployment's fault (gateway_not_configured, not remembered) by the handlers. A 404
+    without Stripe's error object is not "not found": a delete would count as done."""
     gw, fake = gateway(lambda _req: (status, b"<html>proxy says no</html>"))
     with pytest.raises(GatewayError) as info:
         await gw.create_payment(PAY, idempotency_key="k")
