@@ -452,12 +452,26 @@ def keys() -> None:
     multiple=True,
     help="also re-wrap this tenant's ledger keys (one no longer registered; repeatable)",
 )
-def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
+@click.option(
+    "--without-ledger",
+    is_flag=True,
+    help="this deployment has no ledger (DATABASE_URL unset): do not require its check",
+)
+def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
     """Re-wrap, under PAYSTREAM_MASTER_KEY, every tenant secret and ledger data key still
     wrapped by a key in PAYSTREAM_RETIRED_MASTER_KEYS. Idempotent: run it again after an
     interruption. The ledger's keys are re-wrapped when DATABASE_URL and
-    PAYSTREAM_DB_APP_PASSWORD are set."""
+    PAYSTREAM_DB_APP_PASSWORD are set; exits 0 only once nothing is left under a retired
+    key, the ledger included (which needs DATABASE_URL, or --without-ledger)."""
     settings = _settings()
+    if not settings.database_url and not without_ledger:
+        # Exit 0 tells the operator the retired key may go: never without having looked
+        # at the ledger's data keys, which only that key may still open.
+        raise click.ClickException(
+            "DATABASE_URL is not set, so the ledger's data keys cannot be checked; set it "
+            "(and PAYSTREAM_DB_APP_PASSWORD to re-wrap them), or pass --without-ledger if "
+            "this deployment has no ledger"
+        )
     from paystream.errors import ConfigurationError
     from paystream.ledger.cli import run_db
     from paystream.ledger.migrate import app_database_url
@@ -510,7 +524,7 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
             err=True,
         )
     ledger = (
-        "ledger not touched (DATABASE_URL or PAYSTREAM_DB_APP_PASSWORD unset)"
+        "ledger keys not re-wrapped (DATABASE_URL or PAYSTREAM_DB_APP_PASSWORD unset)"
         if report.ledger_keys_rewrapped is None
         else f"{report.ledger_keys_rewrapped} ledger data key(s) re-wrapped"
     )
@@ -526,13 +540,18 @@ def keys_rotate(extra_tenants: tuple[str, ...]) -> None:
     if left:
         click.echo(f"error: secrets still under a retired key: {', '.join(left)}", err=True)
     ledger_left: dict[str, int] = {}
-    if settings.database_url and report.ledger_keys_rewrapped is not None:
+    if settings.database_url:
+        # Checked even when nothing could be re-wrapped (no app password): as the owner.
         ledger_left = run_db(ledger_keys_left(asyncpg_url(settings.database_url), current))
         if ledger_left:
             named = ", ".join(f"{t} ({n})" for t, n in ledger_left.items())
+            hint = (
+                "set PAYSTREAM_DB_APP_PASSWORD to re-wrap them"
+                if report.ledger_keys_rewrapped is None
+                else "a tenant no longer registered needs --tenant"
+            )
             click.echo(
-                f"error: ledger data keys still under a retired key: {named} (a tenant no "
-                "longer registered needs --tenant)",
+                f"error: ledger data keys still under a retired key: {named} ({hint})",
                 err=True,
             )
     if left or ledger_left or report.unopenable:

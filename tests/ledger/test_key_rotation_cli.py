@@ -108,3 +108,34 @@ async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key
     )
     assert again.exit_code == 0, again.output
     assert "0 secret(s) of 0 tenant(s) re-sealed; 1 ledger data key(s) re-wrapped" in again.output
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_keys_rotate_never_says_done_without_looking_at_the_ledger(
+    deployment_factory: Any, ledger_db: LedgerDb, app_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """Exit 0 tells the operator the retired key may go. Without the app password the
+    ledger's keys cannot be re-wrapped, and without DATABASE_URL not even looked at: it
+    used to print "ledger not touched" and exit 0 all the same."""
+    dep = await deployment_factory()
+    old, new = MasterKey.generate(), MasterKey.generate()
+    await dep.add_tenants(Tenant(tenant_id="nopw"))
+    await write_events(
+        app_engine, [make_event.customer("nopw", "cus_1")], keyring=MasterKeyring(old)
+    )
+    keys = {"PAYSTREAM_MASTER_KEY": _b64(new), "PAYSTREAM_RETIRED_MASTER_KEYS": _b64(old)}
+    env = {**dep.env, **keys, "DATABASE_URL": ledger_db.owner_url, "PAYSTREAM_DB_APP_PASSWORD": ""}
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "ledger data keys still under a retired key: " in result.output
+    assert "nopw (1)" in result.output  # (beside other tests' tenants in this database)
+    assert "set PAYSTREAM_DB_APP_PASSWORD" in result.output
+    assert await _ledger_key_ids(app_engine, "nopw") == {old.key_id}
+
+    no_db = {k: v for k, v in {**dep.env, **keys}.items() if k != "DATABASE_URL"}
+    refused = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=no_db)
+    assert refused.exit_code == 1 and "--without-ledger" in refused.output, refused.output
+    without = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["keys", "rotate", "--without-ledger"], env=no_db
+    )
+    assert without.exit_code == 0, without.output

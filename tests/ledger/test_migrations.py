@@ -34,7 +34,7 @@ async def test_upgrade_matches_models_and_secures_every_table(
     module_database_url: str, owner: AsyncEngine
 ) -> None:
     await upgrade(module_database_url)
-    assert await current(module_database_url) == "0002"
+    assert await current(module_database_url) == "0003"
     async with owner.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
@@ -49,10 +49,22 @@ async def test_upgrade_matches_models_and_secures_every_table(
         )
         flags = {r.relname: (r.relrowsecurity, r.relforcerowsecurity) for r in rls}
         assert flags == dict.fromkeys(TENANT_TABLES, (True, True))
-        policies = await conn.execute(text("SELECT tablename, qual FROM pg_policies"))
-        quals = {r.tablename: r.qual for r in policies}
-        assert set(quals) == set(TENANT_TABLES)
-        assert all("current_setting('app.current_tenant_id'" in q for q in quals.values())
+        policies = (
+            await conn.execute(
+                text("SELECT tablename, policyname, cmd, roles::text[], qual FROM pg_policies")
+            )
+        ).all()
+        isolation = {r.tablename: r.qual for r in policies if r.policyname == "tenant_isolation"}
+        assert set(isolation) == set(TENANT_TABLES)
+        assert all("current_setting('app.current_tenant_id'" in q for q in isolation.values())
+        # The one exception: the owner reads which master key wraps each data key.
+        owner_name = (await conn.execute(text("SELECT current_user"))).scalar()
+        others = [
+            (r.tablename, r.policyname, r.cmd, r.roles)
+            for r in policies
+            if r.policyname != "tenant_isolation"
+        ]
+        assert others == [("data_keys", "owner_key_audit", "SELECT", [owner_name])]
 
 
 async def test_keys_and_indexes_lead_with_tenant_id(
