@@ -44,6 +44,7 @@ from paystream.ledger.migrate import app_database_url
 from paystream.ledger.session import create_engine
 from paystream.ledger.sink import (
     DEAD_LETTERS,
+    FORBIDDEN_DATA,
     DeadLetter,
     LedgerSink,
     asyncpg_url,
@@ -52,6 +53,7 @@ from paystream.ledger.sink import (
 )
 from paystream.settings import Settings
 from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
+from paystream.streams.pan import redact_card_numbers
 from paystream.streams.topics import events_topic
 
 __all__ = [
@@ -198,22 +200,26 @@ class LedgerSinkRunner:
         futures = []
         for i, letter in sorted(dead.items()):
             rec = records[i]
+            # An SDK's error text may quote what it could not parse.
+            detail = redact_card_numbers(letter.detail[:500])
             log.error(
-                "parking outcome %s on %s: %s: %s",
-                rec.source,
-                topic_name,
-                letter.reason,
-                letter.detail,
+                "parking outcome %s on %s: %s: %s", rec.source, topic_name, letter.reason, detail
             )
             headers = {
                 **rec.headers,
                 "paystream-dlq-reason": f"ledger_{letter.reason}".encode(),
-                "paystream-dlq-detail": letter.detail[:500].encode(),
+                "paystream-dlq-detail": detail.encode(),
                 "paystream-source": rec.source.encode(),
             }
+            value = rec.value or b""
+            if letter.reason == FORBIDDEN_DATA:
+                # Card data is not copied again (the source names where the outcome is):
+                # a parked copy would outlive every fix made to the original.
+                value = b""
+                headers["paystream-dlq-redacted"] = FORBIDDEN_DATA.encode()
             futures.append(
                 await app.producer.send(
-                    topic_name, rec.key, rec.value or b"", None, None, sorted(headers.items())
+                    topic_name, rec.key, value, None, None, sorted(headers.items())
                 )
             )
         # Durable before the batch is acknowledged: a parked outcome must not vanish.

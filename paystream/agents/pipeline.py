@@ -47,6 +47,7 @@ from paystream.streams.pan import (
     contains_card_number,
     raw_may_contain_card_number,
     redact_card_numbers,
+    security_code_at,
     with_float_digits,
 )
 from paystream.tables.records import (
@@ -253,6 +254,16 @@ class CommandProcessor:
             ]
             return self._reject(
                 cmd, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", errors
+            )
+        metadata = getattr(data, "metadata", None)  # the only keys a client names
+        if metadata and (key := security_code_at(metadata)) is not None:
+            # Kept, it would sit in tables, outcomes and the ledger (PCI DSS: never
+            # stored after authorisation, even encrypted). Not remembered: a corrected
+            # command under the same key goes through.
+            return self._reject(
+                cmd,
+                RejectReason.CARD_DATA_FORBIDDEN,
+                f"metadata {key!r} holds a card security code: card data is not accepted",
             )
         return await self._run(rec, cmd, tenant, data, when)
 

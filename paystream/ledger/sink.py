@@ -53,6 +53,7 @@ T = TypeVar("T")
 
 __all__ = [
     "DB_STATEMENT_SECONDS",
+    "FORBIDDEN_DATA",
     "BatchResult",
     "DeadLetter",
     "FailureKind",
@@ -63,6 +64,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The dead-letter reason of an outcome holding card data (parked without its bytes).
+FORBIDDEN_DATA = "forbidden_data"
 
 # ---- metrics (new names; paystream/metrics.py holds the pipeline's) -------------------
 
@@ -238,7 +242,9 @@ _RETRY_SQLSTATE_CLASSES = {
     "28": FailureKind.CONFIG,  # invalid password / authorization
     "3D": FailureKind.CONFIG,  # database does not exist
 }
-_DATA_SQLSTATE_CLASSES = {"22", "23"}  # data exception, integrity constraint violation
+# Data exception, integrity constraint violation, program limit exceeded (an index row
+# too large): the same event fails the same way on every retry.
+_DATA_SQLSTATE_CLASSES = {"22", "23", "54"}
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -327,7 +333,7 @@ def asyncpg_url(url: str) -> str:
 
 def dead_letter_for(exc: InvalidEventError, tenant_id: str | None) -> DeadLetter:
     """A DeadLetter for an outcome refused during translation."""
-    reason = "forbidden_data" if isinstance(exc, ForbiddenDataError) else "invalid_event"
+    reason = FORBIDDEN_DATA if isinstance(exc, ForbiddenDataError) else "invalid_event"
     return DeadLetter(exc.event_id, tenant_id, reason, exc.reason)
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "luhn_valid",
     "raw_may_contain_card_number",
     "redact_card_numbers",
+    "security_code_at",
     "with_float_digits",
 ]
 
@@ -145,6 +146,54 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
     if _JSON_EXPONENT.search(text) is not None:  # rare: a second pass only then
         text = with_float_digits(text)
     return _has_card_number(text)
+
+
+# Card security codes (CVC, CVV, CID, ...): PCI DSS forbids keeping them after
+# authorisation even encrypted, and no provider token flow needs one from us. Three or
+# four digits are anything at all, so only a key that names one gives it away.
+_SECURITY_CODE_PARTS = ("cvc", "cvv", "cvn", "cav2")
+_SECURITY_CODE_NAMES = frozenset(
+    {
+        "cid",
+        "csc",
+        "securitycode",
+        "cardsecuritycode",
+        "cardcode",
+        "cardverificationcode",
+        "cardverificationvalue",
+    }
+)
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def _names_security_code(key: str) -> bool:
+    name = _NOT_ALNUM.sub("", key.lower())
+    return name in _SECURITY_CODE_NAMES or any(part in name for part in _SECURITY_CODE_PARTS)
+
+
+def _looks_like_security_code(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value <= 9999
+    return isinstance(value, str) and 3 <= len(value.strip()) <= 4 and value.strip().isdecimal()
+
+
+def security_code_at(value: Any) -> str | None:
+    """The key under which ``value`` (dicts and lists, at any depth) holds what reads as a
+    card security code: 3 or 4 digits under a key naming one (``cvc``, ``card_cvv2``,
+    ``security_code``, ...), else None. (With a stack: hostile nesting must not raise.)"""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if _looks_like_security_code(inner) and _names_security_code(str(key)):
+                    return str(key)
+                stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
 
 
 def with_float_digits(text: str) -> str:

@@ -1226,3 +1226,23 @@ async def test_large_headers_paystream_does_not_read_do_not_count(harness: Harne
     rec = _customer_create(t, baggage=b"b" * 100_000)
     out = outcome_of(harness.settings, await harness.raw(rec))
     assert out is not None and kind(out) == "customer.created"
+
+
+async def test_a_card_security_code_in_metadata_is_refused_and_not_remembered(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PCI DSS: never kept after authorisation, even encrypted. Metadata is the only place
+    a client names keys; the corrected command under the same key then goes through."""
+    caplog.set_level(logging.DEBUG)
+    t = harness.add_tenant()
+    body = {"email": "a@example.com", "metadata": {"order": "o-1", "card_cvc": "7373"}}
+    emits, out = await harness.send_event(
+        build_command("customer.create", t, body, idempotency_key="k1")
+    )
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert "card_cvc" in data(out)["message"]
+    blob = b"".join(e.record.value + b"".join(v for _, v in e.record.headers) for e in emits)
+    assert b"7373" not in blob and "7373" not in caplog.text
+    fixed = {**body, "metadata": {"order": "o-1"}}
+    out = await harness.send("customer.create", t, fixed, idempotency_key="k1")
+    assert out.get_type() == "com.paystream.customer.created"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -239,6 +240,7 @@ def test_failure_classification() -> None:
     assert classify_failure(wrapped("40001")) == FailureKind.CONNECTION  # serialization
     assert classify_failure(wrapped("22P05")) == FailureKind.DATA  # untranslatable char
     assert classify_failure(wrapped("23505")) == FailureKind.DATA
+    assert classify_failure(wrapped("54000")) == FailureKind.DATA  # index row too large
     assert classify_failure(wrapped("42P01")) == FailureKind.CONFIG  # not migrated yet
     assert classify_failure(InvalidEventError("e", "bad")) == FailureKind.DATA
     assert classify_failure(RuntimeError("bug")) == FailureKind.UNEXPECTED
@@ -429,6 +431,50 @@ async def test_agent_batch_stores_outcomes_and_parks_bad_records(
     assert await _count(app_engine, tenant, Payment) == 2
     assert await _count(app_engine, tenant, Event) == 2
     assert agent.ledger_dlq_topic_name(agent.settings) == "paystream.events.ledger-dlq"
+
+
+async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger refuses it (a last line of defence); a parked copy of its bytes would
+    outlive any fix to the original, so the dead letter keeps only where it came from."""
+    from types import SimpleNamespace
+
+    from paystream.agents import ledger_sink as agent
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    data = dict(payment_outcome(tenant, "pay_cvc", 1).get_data())
+    data["object"] = {**data["object"], "metadata": {"card_cvc": "7373"}}
+    bad = encode_event(
+        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    sent: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
+
+    class _Producer:
+        async def send(self, topic: str, key: Any, value: Any, *_: Any) -> Any:
+            sent.append((topic, key, value, dict(_[-1])))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    class _Topic:
+        async def maybe_declare(self) -> None:
+            return None
+
+    stand_in = SimpleNamespace(producer=_Producer(), topic=lambda *_a, **_k: _Topic())
+    monkeypatch.setattr(agent, "app", stand_in)
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    await runner.run_batch([_Event(_Msg(bad.key, bad.value, list(bad.headers), 9))])  # type: ignore[list-item]
+    [(topic, _key, value, headers)] = sent
+    assert topic == "paystream.events.ledger-dlq" and value == b""
+    assert headers["paystream-dlq-reason"] == b"ledger_forbidden_data"
+    assert headers["paystream-dlq-redacted"] == b"forbidden_data"
+    assert headers["paystream-source"] == b"ev/0/9"
+    assert not any(b"7373" in v for v in headers.values())
+    assert await _count(app_engine, tenant, Payment) == 0
 
 
 # ---- CLI --------------------------------------------------------------------------

@@ -12,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paystream.streams import pan
-from paystream.streams.pan import contains_card_number, luhn_valid, raw_may_contain_card_number
+from paystream.streams.pan import (
+    contains_card_number,
+    luhn_valid,
+    raw_may_contain_card_number,
+    security_code_at,
+)
 
 
 def _luhn_complete(prefix: str) -> str:
@@ -209,3 +214,35 @@ def test_the_digit_table_keeps_only_digits() -> None:
     before = len(pan._DIGITS)
     assert not contains_card_number("".join(chr(0x4E00 + i) for i in range(5000)))
     assert len(pan._DIGITS) == before
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"cvc": "123"},
+        {"CVV2": 4321},
+        {"card_cvc": " 737 "},
+        {"Card-Security-Code": "1234"},
+        {"cid": "1234"},
+        {"order": {"payment": [{"security_code": "999"}]}},
+    ],
+)
+def test_a_security_code_is_found_by_its_key(value: object) -> None:
+    assert security_code_at(value) is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"cvc": "12345"},  # not 3-4 digits: not a security code
+        {"cvc": "abc"},
+        {"cvc": True},
+        {"pincode": "560001"},  # an Indian postal code
+        {"incident": "123"},  # "cid" only as the whole name
+        {"order_id": "123"},
+        {"note": "cvc 123"},  # a value naming one: only keys give it away
+        ["cvc", "123"],
+    ],
+)
+def test_other_keys_and_values_are_not_security_codes(value: object) -> None:
+    assert security_code_at(value) is None
