@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from aiokafka.errors import KafkaError
 
 from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings
@@ -47,6 +48,8 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
+    except (KafkaError, OSError) as exc:  # a broker or server down: say so, no traceback
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
 @click.group()
@@ -594,7 +597,12 @@ def dlq_list(which: str, limit: int) -> None:
             f"id={h.get('ce_id', b'?').decode(errors='replace')} "
             f"type={h.get('ce_type', b'?').decode(errors='replace')}"
             + (" (held a card number: not kept, not replayed)" if rec.redacted else "")
-            + (" (not replayed)" if not rec.replayable and not rec.redacted else "")
+            + (
+                f" (too large to keep, not replayed; the original is at {rec.source or '?'})"
+                if rec.dropped
+                else ""
+            )
+            + (" (not replayed)" if not (rec.replayable or rec.redacted or rec.dropped) else "")
         )
 
 
@@ -644,7 +652,12 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
             f"passed over {redacted} dead letter(s) kept without their bytes "
             "(they held a card number)"
         )
-    if undecodable := sum(not r.replayable and not r.redacted for r in records):
+    for rec in result.dropped:
+        click.echo(
+            f"passed over {rec.topic}[{rec.partition}]@{rec.offset}, dead-lettered without its "
+            f"bytes (too large to keep): the original is at {rec.source or '?'}"
+        )
+    if undecodable := sum(not (r.replayable or r.redacted or r.dropped) for r in records):
         click.echo(
             f"passed over {undecodable} dead letter(s) that are not CloudEvents "
             "(a replay would only dead-letter them again)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -13,18 +14,29 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cloudevents.core.v1.event import CloudEvent
 
-from paystream.errors import ConfigurationError
+from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.streams.outcomes import ANSWERS_HEADER
 
-__all__ = ["OutcomeTimeout", "PaystreamClient", "build_command"]
+__all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command"]
+
+log = logging.getLogger(__name__)
+
+# The worker refuses longer command ids, tenant ids and idempotency keys; a long command or
+# tenant id is answered under a shortened one, which no sender waits for.
+# (paystream.agents.pipeline.ID_MAX_CHARS; not imported: the client does not load the worker.)
+ID_MAX_CHARS = 255
 
 
 class OutcomeTimeout(TimeoutError):
     """No outcome arrived within the timeout (the worker may be down or lagging)."""
+
+
+class InvalidCommand(PaystreamError, ValueError):
+    """A command the worker would refuse, refused before it is sent."""
 
 
 def build_command(
@@ -37,9 +49,17 @@ def build_command(
     source: str = "/paystream/client",
     traceparent: str | None = None,
 ) -> CloudEvent:
-    """A command CloudEvent; ``command_type`` may omit the ``com.paystream.command.`` prefix."""
+    """A command CloudEvent; ``command_type`` may omit the ``com.paystream.command.`` prefix.
+
+    Raises :class:`InvalidCommand` (a ValueError) for an id, tenant id or idempotency key
+    over 255 characters: the worker answers such a command under a shortened id, which its
+    sender would wait for in vain. (Any other odd tenant id is answered as it is:
+    `unknown_tenant`.)
+    """
+    command_id = command_id or str(uuid.uuid4())
+    _check_ids(tenant_id, command_id, idempotency_key)
     attrs: dict[str, Any] = {
-        "id": command_id or str(uuid.uuid4()),
+        "id": command_id,
         "type": command_type if command_type.startswith("com.") else COMMAND_PREFIX + command_type,
         "source": source,
         "specversion": "1.0",
@@ -53,6 +73,17 @@ def build_command(
     if traceparent:
         attrs["traceparent"] = traceparent
     return CloudEvent(attrs, dict(data))
+
+
+def _check_ids(tenant_id: str, command_id: str, idempotency_key: str | None) -> None:
+    """Refuse now what would cost a round trip, or (a long id) the sender's whole timeout."""
+    for name, text in (
+        ("tenant id", tenant_id),
+        ("command id", command_id),
+        ("idempotency key", idempotency_key or ""),
+    ):
+        if len(text) > ID_MAX_CHARS:  # the value itself is not echoed: it may be anything
+            raise InvalidCommand(f"{name} is {len(text)} characters; at most {ID_MAX_CHARS}")
 
 
 class PaystreamClient:
@@ -70,6 +101,7 @@ class PaystreamClient:
         self._waiters: dict[tuple[str, str], asyncio.Future[CloudEvent]] = {}
         self._senders: Counter[tuple[str, str]] = Counter()  # send() calls awaiting each
         self._reader: asyncio.Task[None] | None = None
+        self._reader_error: BaseException | None = None  # what ended the reader, if anything
 
     async def __aenter__(self) -> PaystreamClient:
         await self.start()
@@ -79,19 +111,28 @@ class PaystreamClient:
         await self.stop()
 
     async def start(self) -> None:
-        await self._producer.start()
-        await self._consumer.start()
-        tps = await topic_partitions(self._consumer, self.settings.events_topic)
-        if not tps:
-            await self.stop()
-            raise ConfigurationError(
-                f"topic {self.settings.events_topic!r} does not exist: run `paystream topics`"
-            )
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve positions now, so nothing sent after start() is missed
-            await self._consumer.position(tp)
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+            tps = await topic_partitions(self._consumer, self.settings.events_topic)
+            if not tps:
+                raise ConfigurationError(
+                    f"topic {self.settings.events_topic!r} does not exist: run `paystream topics`"
+                )
+            self._consumer.assign(tps)
+            await self._consumer.seek_to_end(*tps)
+            for tp in tps:  # resolve positions now, so nothing sent after start() is missed
+                await self._consumer.position(tp)
+        except BaseException:
+            # Whatever started keeps connections and background tasks: stop it (stopping
+            # what never started is harmless), and report what failed the start.
+            try:
+                await self.stop()
+            except Exception:
+                log.warning("stopping a client that failed to start failed", exc_info=True)
+            raise
         self._reader = asyncio.create_task(self._read())
+        self._reader.add_done_callback(self._reader_done)
 
     async def stop(self) -> None:
         if self._reader is not None:
@@ -104,10 +145,22 @@ class PaystreamClient:
         async for msg in self._consumer:
             try:
                 event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
+                answers = dict(msg.headers or ()).get(ANSWERS_HEADER)
+                answered = answers.decode() if answers else None
             except Exception:  # noqa: S112 - foreign records on the topic are not ours to judge
                 continue
-            answers = dict(msg.headers or ()).get(ANSWERS_HEADER)
-            self._dispatch(event, answers.decode() if answers else None)
+            self._dispatch(event, answered)
+
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        """An outcome reader that failed sees no more outcomes: fail the waiting sends with
+        its error now (and later ones at once) rather than let each run out its timeout."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error("the outcome reader stopped; sends now fail with its error", exc_info=exc)
+        self._reader_error = exc
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(exc)
 
     def _dispatch(self, event: CloudEvent, answers: str | None) -> None:
         """Resolve the command this outcome answers: its cause, or (a retry under an
@@ -133,6 +186,8 @@ class PaystreamClient:
         waiter = self._waiters.get(key)
         if waiter is None or waiter.done():
             waiter = self._waiters[key] = asyncio.get_running_loop().create_future()
+            if self._reader_error is not None:
+                waiter.set_exception(self._reader_error)
         return waiter
 
     async def send(self, command: CloudEvent, timeout: float = 30.0) -> CloudEvent:  # noqa: ASYNC109
@@ -144,7 +199,8 @@ class PaystreamClient:
         waiter = self.expect(*key)
         self._senders[key] += 1
         try:
-            await self.publish(command)
+            if not waiter.done():  # done already: the reader failed, no outcome could arrive
+                await self.publish(command)
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             raise OutcomeTimeout(

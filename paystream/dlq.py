@@ -47,6 +47,18 @@ class ParkedRecord:
         return any(k == "paystream-dlq-redacted" for k, _ in self.headers)
 
     @property
+    def dropped(self) -> bool:
+        """Dead-lettered without its bytes (too large to produce again): nothing to replay
+        here; :attr:`source` says where the original record is."""
+        return any(k == "paystream-dlq-dropped" for k, _ in self.headers)
+
+    @property
+    def source(self) -> str | None:
+        """Where the worker read the original record (``topic/partition/offset``)."""
+        raw = dict(self.headers).get("paystream-source")
+        return None if raw is None else raw.decode(errors="replace")
+
+    @property
     def first_seen_ms(self) -> int:
         """When the command was first sent, as best known: the earlier of its CloudEvents
         ``time`` and this record's timestamp. A command parked again after a failed
@@ -57,17 +69,24 @@ class ParkedRecord:
     @property
     def replayable(self) -> bool:
         """Re-sent, it could get another answer: not bytes that never decode as a
-        CloudEvent (each replay would only dead-letter them again), nor redacted ones."""
-        return not self.redacted and self.reason not in NEVER_DECODES
+        CloudEvent (each replay would only dead-letter them again), nor records kept
+        without their bytes (redacted or dropped: re-sent, an empty keyless record)."""
+        return not (self.redacted or self.dropped) and self.reason not in NEVER_DECODES
 
 
 @dataclass(frozen=True)
 class ReplayResult:
-    handled: list[ParkedRecord]  # re-published, or passed over (held a card number)
+    handled: list[ParkedRecord]  # re-published, or passed over (not replayable)
     # Held back, with everything after them on their partition: parked longer than the
     # providers keep idempotency keys (Stripe: 24 h). Re-sent now, a command the provider
     # already applied would be applied again (a second charge).
     stale: list[ParkedRecord]
+
+    @property
+    def dropped(self) -> list[ParkedRecord]:
+        """Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
+        pointer to the original command (and the replay commits past them)."""
+        return [r for r in self.handled if r.dropped]
 
 
 def stale_after_ms(settings: Settings) -> int:
@@ -175,6 +194,7 @@ async def replay(
             stale.append(rec)
         else:
             records.append(rec)
+    _warn_dropped(records, dry_run=dry_run)
     try:
         if dry_run or not records:
             return ReplayResult(records, stale)
@@ -206,6 +226,24 @@ async def replay(
         return ReplayResult(records, stale)
     finally:
         await consumer.stop()
+
+
+def _warn_dropped(records: list[ParkedRecord], *, dry_run: bool) -> None:
+    """Name where each dropped dead letter's original is: once the replay commits past
+    it, `dlq list` no longer shows it, and the commands topic keeps the original only
+    until its retention runs out."""
+    for rec in records:
+        if rec.dropped:
+            log.warning(
+                "%s %s[%d]@%d (reason %s): dead-lettered without its bytes (too large to "
+                "keep); the original record is at %s",
+                "would pass over" if dry_run else "passing over",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                rec.reason,
+                rec.source or "an unknown place (no paystream-source header)",
+            )
 
 
 async def _finish(

@@ -47,3 +47,11 @@ def test_config_never_prints_a_database_password() -> None:
     result = CliRunner().invoke(cli, ["config"], env=env)
     assert result.exit_code == 0, result.output
     assert "hunter2" not in result.output and "owner:***@db" in result.output
+
+
+@pytest.mark.parametrize("args", [["tenants", "list"], ["dlq", "list"]])
+def test_an_unreachable_broker_is_an_error_message_not_a_traceback(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args, env=BROKER)
+    assert result.exit_code == 1, result.output
+    assert "Error: KafkaConnectionError" in result.output
+    assert result.exc_info is None or result.exc_info[0] is SystemExit

@@ -1,16 +1,27 @@
-"""How the client matches outcomes to the commands it waits for (no broker needed)."""
+"""How the client matches outcomes to the commands it waits for (no broker needed), and
+how it copes with what the broker gives it (the deployment fixtures' broker)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from cloudevents.core.v1.event import CloudEvent
 
-from paystream.client import PaystreamClient
+from paystream.agents import pipeline
+from paystream.client import ID_MAX_CHARS, InvalidCommand, PaystreamClient, build_command
 from paystream.errors import ConfigurationError
-from paystream.settings import load_settings
+from paystream.settings import CloudEventsMode, load_settings
+from paystream.streams.codec import encode_event
+from paystream.streams.outcomes import ANSWERS_HEADER
+from tests.fixtures.pipeline import RawSend
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -108,3 +119,144 @@ async def test_a_missing_events_topic_is_a_clear_error(deployment_factory: Any) 
     with pytest.raises(ConfigurationError, match="run `paystream topics`"):
         async with PaystreamClient(absent):
             pass
+
+
+async def test_a_malformed_record_on_the_events_topic_is_skipped(deployment_factory: Any) -> None:
+    """A foreign record whose paystream-answers header is not UTF-8 used to end the reader
+    (silently: every later send timed out). Structured mode: binary mode's decoding
+    already refuses any header that is not UTF-8."""
+    dep = await deployment_factory()
+    foreign = encode_event(_outcome("c0"), b"acme", CloudEventsMode.STRUCTURED)
+    answer = encode_event(_outcome("c1"), b"acme", CloudEventsMode.BINARY)
+    async with dep.client() as client:
+        waiter = _waiting(client, "c1")
+        await dep.produce(
+            dep.settings.events_topic,
+            RawSend(b"acme", foreign.value, 0, (*foreign.headers, (ANSWERS_HEADER, b"\xff\xfe"))),
+            RawSend(b"acme", answer.value, 0, answer.headers),
+        )
+        outcome = await asyncio.wait_for(waiter, 10)
+    assert outcome.get_extension("causationid") == "c1"
+
+
+async def test_a_failed_reader_fails_the_sends_instead_of_letting_them_time_out(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    dep = await deployment_factory()
+    client = dep.client()
+    denied = asyncio.Event()
+
+    async def getone(*partitions: Any) -> Any:  # the consumer iterator raises this one
+        await denied.wait()
+        raise TopicAuthorizationFailedError(dep.settings.events_topic)
+
+    monkeypatch.setattr(client._consumer, "getone", getone)
+    async with client:
+        with caplog.at_level(logging.ERROR, logger="paystream.client"):
+            pending = asyncio.ensure_future(
+                client.send(build_command("customer.create", "acme", {}), timeout=10)
+            )
+            while not client._waiters:
+                await asyncio.sleep(0)
+            denied.set()
+            with pytest.raises(TopicAuthorizationFailedError):
+                await pending
+        assert "outcome reader stopped" in caplog.text
+        assert client._waiters == {}
+
+        async def publish(command: CloudEvent) -> None:
+            raise AssertionError("sent a command whose outcome no one can read")
+
+        monkeypatch.setattr(client, "publish", publish)
+        with pytest.raises(TopicAuthorizationFailedError):  # at once, not after 10 s
+            await asyncio.wait_for(
+                client.send(build_command("customer.create", "acme", {}), timeout=10), 1
+            )
+
+
+def _kafka_tasks() -> set[asyncio.Task[Any]]:
+    """Running tasks of aiokafka's producers and consumers (their connections' keepers)."""
+
+    def module(task: asyncio.Task[Any]) -> str:
+        return str(getattr(getattr(task.get_coro(), "cr_code", None), "co_filename", ""))
+
+    return {t for t in asyncio.all_tasks() if not t.done() and "aiokafka" in module(t)}
+
+
+@pytest.mark.parametrize("failing", ["start", "seek_to_end"])
+async def test_a_failed_start_stops_what_it_started(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The producer (and the consumer, when it got that far) keep connections and tasks
+    of their own: a start that fails after starting them must stop them."""
+    dep = await deployment_factory()
+    client = dep.client()
+
+    async def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise KafkaConnectionError("Unable to bootstrap from the broker")
+
+    monkeypatch.setattr(client._consumer, failing, unreachable)
+    before = _kafka_tasks()
+    with pytest.raises(KafkaConnectionError):
+        await client.start()
+    await asyncio.sleep(0.1)  # cancelled tasks finish
+    assert _kafka_tasks() - before == set()
+    assert isinstance(client._consumer, AIOKafkaConsumer) and client._consumer._closed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tenant_id": "t" * 256}, "tenant id is 256 characters"),
+        ({"command_id": "i" * 256}, "command id is 256 characters"),
+        ({"idempotency_key": "k" * 300}, "idempotency key is 300 characters"),
+    ],
+)
+async def test_commands_the_worker_would_refuse_are_refused_when_built(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    args = {"tenant_id": "acme", **kwargs}
+    with pytest.raises(ValueError, match=message) as refused:
+        build_command("customer.create", args.pop("tenant_id"), {}, **args)
+    assert isinstance(refused.value, InvalidCommand)
+    assert "iii" not in str(refused.value) and "kkk" not in str(refused.value)
+
+
+async def test_the_longest_ids_the_worker_takes_are_built() -> None:
+    assert ID_MAX_CHARS == pipeline.ID_MAX_CHARS
+    longest = "i" * ID_MAX_CHARS
+    cmd = build_command(
+        "customer.create", "t" * 63, {}, command_id=longest, idempotency_key=longest
+    )
+    assert cmd.get_id() == longest and cmd.get_extension("idempotencykey") == longest
+
+
+async def test_a_command_the_worker_would_refuse_is_never_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = _client()
+
+    async def publish(command: CloudEvent) -> None:
+        raise AssertionError("sent")
+
+    monkeypatch.setattr(client, "publish", publish)
+    with pytest.raises(InvalidCommand):
+        await client.command("customer.create", "acme", {}, command_id="i" * 256, timeout=1)
+    assert client._waiters == {}
+
+
+async def test_paystream_send_reports_a_refused_command_without_a_traceback(
+    deployment_factory: Any,
+) -> None:
+    dep = await deployment_factory()
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "paystream", "send", "customer.create", "--tenant", "acme",
+         "--id", "i" * 256, "--timeout", "5"],
+        env={**os.environ, **dep.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "command id is 256 characters" in proc.stderr and "Traceback" not in proc.stderr

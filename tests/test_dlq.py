@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from paystream.dlq import read_parked, replay, stale_after_ms
 from tests.fixtures.pipeline import RawSend
+from tests.test_cli import run_cli
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -153,3 +155,72 @@ async def test_the_idempotency_window_runs_from_the_commands_first_attempt(
     assert retry.handled == [] and len(retry.stale) == 1
     dlq = await replay(settings, [settings.dlq_topic], now_ms=now)
     assert [r.value for r in dlq.handled] == [b"", b"fresh"] and dlq.stale == []
+
+
+async def test_dead_letters_dropped_as_too_large_are_passed_over_with_their_source(
+    deployment_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record too large to keep is dead-lettered as an empty keyless record pointing at
+    the original: re-sent, it would be an empty command, and the commit past it would
+    lose the only pointer. Passed over like a redacted one, naming where the original is."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    source = f"{settings.commands_topic}/0/41"
+    await dep.produce(
+        settings.dlq_topic,
+        RawSend(  # as the worker's _dead_letter writes one
+            key=None,
+            value=b"",
+            partition=0,
+            headers=(
+                ("paystream-dlq-detail", b"value 900000 bytes (limit 65536)"),
+                ("paystream-dlq-dropped", b"too_large_to_keep"),
+                ("paystream-dlq-reason", b"payload_too_large"),
+                ("paystream-source", source.encode()),
+            ),
+        ),
+        (b"acme", b"junk", 0),
+    )
+    listed, consumer = await read_parked(settings, [settings.dlq_topic], committed_only=True)
+    await consumer.stop()
+    assert [r.replayable for r in listed] == [False, True]
+    shown = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "dlq")
+    assert f"too large to keep, not replayed; the original is at {source}" in shown.stdout
+    dry = await asyncio.to_thread(run_cli, dep, "dlq", "replay", "--topic", "dlq", "--dry-run")
+    assert f"(too large to keep): the original is at {source}" in dry.stdout
+    assert "would replay 1 record(s)" in dry.stdout and "not CloudEvents" not in dry.stdout
+    with caplog.at_level(logging.WARNING, logger="paystream.dlq"):
+        result = await replay(settings, [settings.dlq_topic])
+    # only the junk went back to the commands topic; both are done with
+    assert await _resent(settings) == [b"junk"]
+    assert (await replay(settings, [settings.dlq_topic])).handled == []
+    assert [r.value for r in result.handled] == [b"", b"junk"]
+    # where the original is: on the record (`dlq list`), the result and in the log
+    assert [(r.dropped, r.source) for r in listed] == [(True, source), (False, None)]
+    assert [r.source for r in result.dropped] == [source]
+    assert source in caplog.text and "too large to keep" in caplog.text
+
+
+async def test_an_old_dropped_dead_letter_holds_nothing_back(deployment_factory: Any) -> None:
+    """Like a redacted one, a dropped dead letter is never re-sent: its age is no reason to
+    hold back its partition."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    now = int(time.time() * 1000)
+    await dep.produce(
+        settings.dlq_topic,
+        RawSend(
+            value=b"",
+            partition=0,
+            timestamp_ms=now - stale_after_ms(settings) - 60_000,
+            headers=(
+                ("paystream-dlq-dropped", b"too_large_to_keep"),
+                ("paystream-dlq-reason", b"internal_error"),
+                ("paystream-source", b"commands/0/7"),
+            ),
+        ),
+        (None, b"fresh", 0),
+    )
+    result = await replay(settings, [settings.dlq_topic], now_ms=now)
+    assert [r.value for r in result.handled] == [b"", b"fresh"] and result.stale == []
+    assert await _resent(settings) == [b"fresh"]

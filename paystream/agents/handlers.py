@@ -29,6 +29,7 @@ from paystream.tables.records import (
     PaymentRecord,
     RefundRecord,
     StoredOutcome,
+    applied_entry,
     scrub_customer_outcome,
 )
 from paystream.tables.state_machines import InvalidState, check_payment_transition
@@ -63,9 +64,10 @@ class Rejection(Exception):
 class AlreadyApplied(Exception):
     """The entity already recorded this command (redelivery after a crash): re-emit."""
 
-    def __init__(self, outcome: StoredOutcome) -> None:
+    def __init__(self, outcome: StoredOutcome, id_salt: str | None = None) -> None:
         super().__init__(outcome.type)
         self.outcome = outcome
+        self.id_salt = id_salt  # the outcome's ids, as first emitted
 
 
 @dataclass
@@ -173,7 +175,7 @@ class HandlerContext:
                 RejectReason.IDEMPOTENCY_CONFLICT,
                 f"command id {self.cmd.command_id!r} was already used for a different request",
             )
-        raise AlreadyApplied(done)
+        raise AlreadyApplied(done, record.applied_salt(self.cmd.command_id))
 
     def ensure_new(self, model: type[EntityRecord], entity_id: str) -> None:
         """Refuse to create over an existing entity, unless this very command created it."""
@@ -362,7 +364,9 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     # The request hashes go too: one of a create is a hash of the personal data, which a
     # guessed email and name could be checked against.
     rec.applied = {
-        k: scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id).model_dump()
+        k: applied_entry(
+            scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id), None, v.get("salt")
+        )
         for k, v in rec.applied.items()
     }
     return HandlerResult("customer.erased", rec, extra=extra)

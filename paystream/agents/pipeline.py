@@ -180,6 +180,7 @@ class CommandProcessor:
             time=when if bad_time or sent_at is None else sent_at,
             traceparent=str(traceparent) if traceparent else None,
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
+            id_salt=f"{rec.partition}:{rec.offset}" if rec.offset >= 0 else None,
         )
         if too_long := [
             name
@@ -407,7 +408,10 @@ class CommandProcessor:
         except AlreadyApplied as done:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
-            self._repair_entities(cmd.tenant_id, cmd.command_id, done.outcome, request_hash)
+            cmd = replace(cmd, id_salt=done.id_salt)  # the ids it was first emitted with
+            self._repair_entities(
+                cmd.tenant_id, cmd.command_id, done.outcome, request_hash, cmd.id_salt
+            )
             self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome)
             if admission is not None:
@@ -487,7 +491,11 @@ class CommandProcessor:
         """The stored outcome of a finished command, again: the same event, byte for byte."""
         assert existing.outcome is not None
         self._repair_entities(
-            cmd.tenant_id, existing.command_id, existing.outcome, existing.request_hash
+            cmd.tenant_id,
+            existing.command_id,
+            existing.outcome,
+            existing.request_hash,
+            existing.id_salt,
         )
         if cmd.source is not None and existing.source == list(cmd.source):
             # This very record, redelivered after a crash: what it wrote may be in the
@@ -500,7 +508,7 @@ class CommandProcessor:
         metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
         # The stored outcome was produced for the original command id; a retry under a
         # new id with the same key gets the original event (as Stripe does).
-        first: dict[str, Any] = {"command_id": existing.command_id}
+        first: dict[str, Any] = {"command_id": existing.command_id, "id_salt": existing.id_salt}
         if existing.time is not None:
             first.update(time=existing.time, traceparent=existing.traceparent)
         original = CommandRef(**{**cmd.__dict__, **first})
@@ -561,7 +569,7 @@ class CommandProcessor:
             data["error"] = result.error.as_outcome()
         stored = StoredOutcome(type=result.outcome_type, data=data)
         for entity, record in zip(entities, dumped, strict=True):
-            entity.remember(cmd.command_id, stored, request_hash)
+            entity.remember(cmd.command_id, stored, request_hash, cmd.id_salt)
             record["applied"] = dict(entity.applied)
             table = self.tables.by_type(entity.entity_type)
             table[entity_key(cmd.tenant_id, entity.id)] = record
@@ -674,6 +682,7 @@ class CommandProcessor:
         command_id: str,
         outcome: StoredOutcome,
         request_hash: str | None = None,
+        id_salt: str | None = None,
     ) -> None:
         """Restore whichever of a command's entity writes a crash lost.
 
@@ -692,7 +701,7 @@ class CommandProcessor:
             ):
                 continue
             applied = dict((current or {}).get("applied") or {})
-            applied[command_id] = applied_entry(outcome, request_hash)
+            applied[command_id] = applied_entry(outcome, request_hash, id_salt)
             while len(applied) > APPLIED_MEMORY:
                 applied.pop(next(iter(applied)))
             table[key] = {**image, "entity_type": entity_type, "applied": applied}
@@ -930,6 +939,7 @@ def _idempotency_dict(
         # for a replay of the outcome (only a finished record's is ever replayed)
         "time": None if outcome is None else cmd.time.isoformat(),
         "traceparent": None if outcome is None else cmd.traceparent,
+        "id_salt": None if outcome is None else cmd.id_salt,
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from paystream.ledger.audit import AuditEntry, VerifyResult, verify_audit
 from paystream.ledger.errors import (
     CustomerNotFoundError,
+    EventIdConflictError,
     ForbiddenDataError,
     InvalidEventError,
     LedgerError,
@@ -25,6 +26,7 @@ __all__ = [
     "AuditEntry",
     "CustomerNotFoundError",
     "EntityType",
+    "EventIdConflictError",
     "ForbiddenDataError",
     "InvalidEventError",
     "LedgerError",

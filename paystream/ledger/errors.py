@@ -6,6 +6,7 @@ from paystream.errors import PaystreamError
 
 __all__ = [
     "CustomerNotFoundError",
+    "EventIdConflictError",
     "ForbiddenDataError",
     "InvalidEventError",
     "LedgerError",
@@ -32,6 +33,12 @@ class InvalidEventError(LedgerError):
 
 class ForbiddenDataError(InvalidEventError):
     """The event carried data the ledger must never store (a card number or CVC)."""
+
+
+class EventIdConflictError(InvalidEventError):
+    """Another event is stored under this event id (a producer reused a command id once
+    its idempotency records expired, under an older version's ids): storing neither as a
+    duplicate of the other, it is parked for an operator."""
 
 
 class CustomerNotFoundError(LedgerError):

@@ -42,7 +42,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paystream.ledger.errors import ForbiddenDataError, InvalidEventError, RlsNotEnforcedError
+from paystream.ledger.errors import (
+    EventIdConflictError,
+    ForbiddenDataError,
+    InvalidEventError,
+    RlsNotEnforcedError,
+)
 from paystream.ledger.events import LedgerEvent
 from paystream.ledger.privacy import erase_customer
 from paystream.ledger.session import assert_rls_enforced
@@ -67,6 +72,8 @@ log = logging.getLogger(__name__)
 
 # The dead-letter reason of an outcome holding card data (parked without its bytes).
 FORBIDDEN_DATA = "forbidden_data"
+# Another event is stored under its id (see EventIdConflictError).
+EVENT_ID_CONFLICT = "event_id_conflict"
 
 # ---- metrics (new names; paystream/metrics.py holds the pipeline's) -------------------
 
@@ -443,8 +450,10 @@ class LedgerSink:
                     detail,
                 )
                 reason = (
-                    "forbidden_data"
+                    FORBIDDEN_DATA
                     if isinstance(rejected.cause, ForbiddenDataError)
+                    else EVENT_ID_CONFLICT
+                    if isinstance(rejected.cause, EventIdConflictError)
                     else "database_rejected"
                 )
                 result.dead_letters.append(

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger.audit import AuditEntry, append_audit, lock_tenant
+from paystream.ledger.errors import EventIdConflictError
 from paystream.ledger.events import EntityType, LedgerEvent
 from paystream.ledger.keys import customer_data_keys
 from paystream.ledger.models import (
@@ -103,14 +104,20 @@ async def _write_tenant(
     await session.execute(pg_insert(Tenant).values(tenant_id=tenant_id).on_conflict_do_nothing())
     # Serialise with other writers and erasures of this tenant before reading anything.
     await lock_tenant(session, tenant_id)
-    unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
-    seen = set(
-        (
-            await session.scalars(
-                select(Event.event_id).where(Event.event_id.in_([e.event_id for e in unique]))
-            )
-        ).all()
+    first: dict[str, LedgerEvent] = {}
+    for event in events:
+        if (seen_first := first.setdefault(event.event_id, event)) is not event:
+            _same_change(seen_first.event_id, _change(seen_first), event)
+    unique = list(first.values())
+    rows = await session.execute(
+        select(Event.event_id, Event.entity_type, Event.entity_id, Event.entity_version).where(
+            Event.event_id.in_([e.event_id for e in unique])
+        )
     )
+    seen = {row.event_id: (row.entity_type, row.entity_id, row.entity_version) for row in rows}
+    for event in unique:
+        if (stored := seen.get(event.event_id)) is not None:
+            _same_change(event.event_id, stored, event)
     new = [e for e in unique if e.event_id not in seen]
     result = WriteResult(duplicates=len(events) - len(new))
     if not new:
@@ -137,6 +144,21 @@ async def _write_tenant(
     result.entities_stale = len(latest) - len(audit)
     await append_audit(session, tenant_id, audit)
     return result
+
+
+def _change(event: LedgerEvent) -> tuple[str, str, int]:
+    return (event.entity_type, event.entity_id, event.version)
+
+
+def _same_change(event_id: str, known: tuple[str, str, int], event: LedgerEvent) -> None:
+    """A replay is the same change of the same entity; anything else under the id is
+    another event, which skipping as a duplicate would silently lose."""
+    if known != _change(event):
+        raise EventIdConflictError(
+            event_id,
+            f"already stored for {known[0]} {known[1]} version {known[2]}, not "
+            f"{event.entity_type} {event.entity_id} version {event.version}",
+        )
 
 
 async def _customer_keys(

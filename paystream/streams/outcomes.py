@@ -67,16 +67,27 @@ class CommandRef:
     # (partition, offset) of the command record, when read from Kafka: tells a
     # redelivery of this record from the same command sent again.
     source: tuple[int, int] | None = None
+    # Names which request the outcome ids belong to: the "partition:offset" of the record
+    # that first produced the outcome (kept with it, so that every re-emission has the
+    # same ids). A command id reused once its records expired is another request and
+    # gets other ids; the same ids would make two events one for every consumer (the
+    # ledger kept only the first payment). None: the ids of older versions.
+    id_salt: str | None = None
 
 
-def outcome_id(tenant_id: str, command_id: str, outcome_type: str) -> str:
+def outcome_id(tenant_id: str, command_id: str, outcome_type: str, salt: str | None = None) -> str:
     """Deterministic event id: the same command always yields the same outcome id.
 
     It is ``uuid.uuid5(_NAMESPACE, name)``, computed without building a ``UUID`` object
-    (a third of the cost of an outcome's id, on every command).
+    (a third of the cost of an outcome's id, on every command). ``salt``: see
+    ``CommandRef.id_salt``.
     """
-    name = f"{tenant_id}\x1f{command_id}\x1f{outcome_type}".encode()
-    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    name = f"{tenant_id}\x1f{command_id}\x1f{outcome_type}"
+    if salt is not None:
+        name += f"\x1f{salt}"
+    raw = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()[:16]
+    )
     raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
@@ -120,7 +131,7 @@ _JSON = b"application/json"
 def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dict[str, Any]:
     domain = outcome_type.split(".", 1)[0]
     attrs: dict[str, Any] = {
-        "id": outcome_id(cmd.tenant_id, cmd.command_id, outcome_type),
+        "id": outcome_id(cmd.tenant_id, cmd.command_id, outcome_type, cmd.id_salt),
         "source": f"/paystream/tenants/{cmd.tenant_id}/{domain}",
         "type": OUTCOME_PREFIX + outcome_type,
         "specversion": "1.0",

@@ -60,9 +60,13 @@ class EntityRecord(BaseModel):
         return self.model_dump(mode="json", exclude={"applied", "entity_type"})
 
     def remember(
-        self, command_id: str, outcome: StoredOutcome, request_hash: str | None = None
+        self,
+        command_id: str,
+        outcome: StoredOutcome,
+        request_hash: str | None = None,
+        id_salt: str | None = None,
     ) -> None:
-        self.applied[command_id] = applied_entry(outcome, request_hash)
+        self.applied[command_id] = applied_entry(outcome, request_hash, id_salt)
         while len(self.applied) > APPLIED_MEMORY:
             self.applied.pop(next(iter(self.applied)))
 
@@ -77,12 +81,21 @@ class EntityRecord(BaseModel):
         raw = self.applied.get(command_id)
         return None if raw is None else raw.get("hash")
 
+    def applied_salt(self, command_id: str) -> str | None:
+        """The id salt its outcome was emitted with (see ``CommandRef.id_salt``)."""
+        raw = self.applied.get(command_id)
+        return None if raw is None else raw.get("salt")
 
-def applied_entry(outcome: StoredOutcome, request_hash: str | None) -> dict[str, Any]:
+
+def applied_entry(
+    outcome: StoredOutcome, request_hash: str | None, id_salt: str | None = None
+) -> dict[str, Any]:
     """What an entity remembers of a command it applied."""
     entry: dict[str, Any] = {"type": outcome.type, "data": outcome.data}
     if request_hash is not None:
         entry["hash"] = request_hash
+    if id_salt is not None:
+        entry["salt"] = id_salt
     return entry
 
 
@@ -195,6 +208,7 @@ class IdempotencyRecord(BaseModel):
     # another command id, is the very event first emitted (absent from older records).
     time: datetime | None = None
     traceparent: str | None = None
+    id_salt: str | None = None  # its outcome's (see CommandRef.id_salt)
     # Whether its creates use entity-scoped provider keys (absent, so False, from older
     # versions: a command they parked keeps the keys it was first sent with).
     entity_keys: bool = False

@@ -57,6 +57,7 @@ class Harness:
         key: bytes | None = None,
         mode: CloudEventsMode = CloudEventsMode.BINARY,
         timestamp_ms: int | None = None,
+        offset: int = -1,  # >= 0: as read from Kafka (partition 0)
     ) -> tuple[list[Emit], CloudEvent | None]:
         tenant = str(event.get_extension("tenantid") or "")
         rec = encode_event(event, key if key is not None else tenant.encode(), mode)
@@ -67,6 +68,8 @@ class Harness:
                 headers=dict(rec.headers),
                 timestamp_ms=timestamp_ms or int(time.time() * 1000),
                 topic=self.settings.commands_topic,
+                partition=0 if offset >= 0 else -1,
+                offset=offset,
             )
         )
         return emits, outcome_of(self.settings, emits)

@@ -1246,3 +1246,40 @@ async def test_a_card_security_code_in_metadata_is_refused_and_not_remembered(
     fixed = {**body, "metadata": {"order": "o-1"}}
     out = await harness.send("customer.create", t, fixed, idempotency_key="k1")
     assert out.get_type() == "com.paystream.customer.created"
+
+
+async def test_a_command_id_reused_once_its_records_expired_gets_other_event_ids(
+    harness: Harness,
+) -> None:
+    """Outcome ids name the record that first produced them: every re-emission keeps
+    them, and another request under a command id whose idempotency records expired gets
+    its own (the same ids made two payments one event, and the ledger kept the first)."""
+    t = harness.add_tenant()
+    pay = {"amount": 1999, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    day1 = build_command("payment.create", t, {**pay, "payment_id": "p1"}, command_id="c-7")
+    when = 1_700_000_000_000
+    emits, first = await harness.send_event(day1, offset=10, timestamp_ms=when)
+    again, redelivered = await harness.send_event(day1, offset=10, timestamp_ms=when)
+    assert first is not None and redelivered is not None
+    assert again[0].record == emits[0].record  # this very record: byte-identical
+    _, resent = await harness.send_event(day1, offset=11)  # sent again: a replay
+    assert resent is not None and resent.get_id() == first.get_id()
+    assert first.get_id() != outcome_id(t, "c-7", "payment.succeeded")  # named by 0:10
+
+    def window_passes() -> None:
+        for key in [k for k in harness.idempotency if k.startswith(f"{t}:")]:
+            del harness.idempotency[key]
+
+    window_passes()
+    # The same command once more: the payment remembers it, and its first ids.
+    _, remembered = await harness.send_event(day1, offset=12)
+    assert remembered is not None and remembered.get_id() == first.get_id()
+    window_passes()
+    # Another request under the same id: another event.
+    day3 = build_command(
+        "payment.create", t, {**pay, "payment_id": "p3", "amount": 5000}, command_id="c-7"
+    )
+    _, other = await harness.send_event(day3, offset=13)
+    assert other is not None and other.get_type() == "com.paystream.payment.succeeded"
+    assert other.get_id() != first.get_id()
+    assert data(other)["entity_id"] == "p3"

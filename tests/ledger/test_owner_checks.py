@@ -35,6 +35,13 @@ async def ordinary_owner(ledger_database_url: str) -> AsyncIterator[str]:
             f"CREATE ROLE {role} LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS PASSWORD '{password}'"
         )
         await admin.execute(f"CREATE DATABASE {database} OWNER {role}")
+        # The application role is cluster-wide: when it exists already, a DBA lets the
+        # owner administer it (migrations set its password).
+        await admin.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+            "'paystream_app') THEN CREATE ROLE paystream_app NOLOGIN; END IF; END $$"
+        )
+        await admin.execute(f"GRANT paystream_app TO {role} WITH ADMIN OPTION")
     finally:
         await admin.close()
     yield (

@@ -433,6 +433,25 @@ async def test_agent_batch_stores_outcomes_and_parks_bad_records(
     assert agent.ledger_dlq_topic_name(agent.settings) == "paystream.events.ledger-dlq"
 
 
+async def test_another_event_under_a_stored_event_id_is_parked_not_skipped(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """A command id reused after its idempotency records expired: under an older
+    version's outcome ids the second payment's event had the first one's id, and was
+    skipped as its duplicate, so the ledger never had the second payment."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    day1 = outcome_to_ledger_events(payment_outcome(tenant, "pay_day1", 1, command_id="c-7"))
+    day3 = outcome_to_ledger_events(payment_outcome(tenant, "pay_day3", 1, command_id="c-7"))
+    assert day1[0].event_id == day3[0].event_id
+    sink = LedgerSink(app_engine, keyring)
+    assert (await sink.write_batch(day1)).dead_letters == []
+    result = await sink.write_batch([*day1, *day3])  # with a true replay beside it
+    [letter] = result.dead_letters
+    assert letter.reason == "event_id_conflict" and "pay_day1" in letter.detail
+    assert result.written.duplicates == 1
+    assert await _count(app_engine, tenant, Payment) == 1
+
+
 async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
     app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
