@@ -29,6 +29,10 @@ def create_app(settings: Settings) -> faust.App:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_in_thread": False,
+        # Faust's /table/{name}/{key}/ would serve any table's raw records (idempotency
+        # records, customers' personal data, limits) to anyone reaching the port; the
+        # entity views serve what operators need, one tenant's entity at a time.
+        "web_tables_enabled": False,
         "autodiscover": False,
         "key_serializer": "raw",
         "value_serializer": "raw",

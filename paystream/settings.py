@@ -232,6 +232,13 @@ class Settings(BaseSettings):
         "rotated out: still used to open what they wrapped until `paystream keys rotate` "
         "has re-wrapped it under PAYSTREAM_MASTER_KEY.",
     )
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="PAYSTREAM_WEB_TOKEN: when set, the dashboard, the /v1 views and /metrics "
+        "answer only requests bearing it (`Authorization: Bearer <token>`, or the cookie that "
+        "opening `/?token=<token>` gives a browser); /healthz and /readyz stay open for "
+        "probes. Unset, they are open to whoever reaches the port.",
+    )
     db_app_password: SecretStr | None = Field(
         default=None,
         description="PAYSTREAM_DB_APP_PASSWORD: password of the non-owner `paystream_app` role the "

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import os
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +119,7 @@ async def _topic_size(settings: Settings) -> int:
 
 
 def _metrics(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
-    with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=5) as resp:  # noqa: S310
+    with worker.open("/metrics", timeout=5) as resp:
         return scrape(resp.read().decode())
 
 

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -240,7 +239,7 @@ _BATCH_SERIES = {
 def _batch_counters(worker: WorkerProcess) -> dict[str, tuple[float, float]] | None:
     """(sum, count) of the worker's batch size and batch stage-time histograms."""
     try:
-        with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=2) as resp:  # noqa: S310
+        with worker.open("/metrics", timeout=2) as resp:
             return batch_series(resp.read().decode())
     except OSError:
         return None

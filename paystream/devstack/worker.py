@@ -57,9 +57,16 @@ class WorkerProcess:
         """Started, and no longer running."""
         return self.proc is not None and self.proc.poll() is not None
 
+    def open(self, path: str, timeout: float) -> Any:
+        """GET one of the worker's pages, with its web token when it has one."""
+        request = urllib.request.Request(f"{self.base_url}{path}")  # noqa: S310 - http://127.0.0.1
+        if token := self.env.get("PAYSTREAM_WEB_TOKEN"):
+            request.add_header("Authorization", f"Bearer {token}")
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
+
     def stats(self) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(f"{self.base_url}/v1/stats", timeout=1) as resp:  # noqa: S310
+            with self.open("/v1/stats", timeout=1) as resp:
                 return dict(json.load(resp))
         except (OSError, ValueError):
             return None

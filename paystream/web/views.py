@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,11 +20,12 @@ from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
-from paystream.tables.views import entity_view, tenant_summaries
+from paystream.tables.views import SummaryCache, entity_view
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
 
 _STARTED = time.time()
+_summaries = SummaryCache()
 _ENTITY_TABLES = {
     "customers": t.customers,
     "payment_methods": t.payment_methods,
@@ -32,17 +35,72 @@ _ENTITY_TABLES = {
 }
 
 
+_Handler = Callable[..., Awaitable[Response]]
+_TOKEN_COOKIE = "paystream_token"  # noqa: S105 - the cookie's name
+
+
+def _bears_token(request: Request) -> bool:
+    """Does the request carry the operators' token (if one is configured)?"""
+    if settings.web_token is None:
+        return True
+    expected = settings.web_token.get_secret_value().encode()
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:] if auth.startswith("Bearer ") else request.cookies.get(_TOKEN_COOKIE, "")
+    return hmac.compare_digest(given.encode(), expected)
+
+
+def _operators_only(fun: _Handler) -> _Handler:
+    """Entity lookups carry customers' personal data: with PAYSTREAM_WEB_TOKEN set, only
+    requests bearing it are answered (a lookup forwarded to the tenant's owner carries the
+    caller's headers, so the owner checks the same token)."""
+
+    @functools.wraps(fun)
+    async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not _bears_token(request):
+            return view.json(
+                {"error": "unauthorized", "message": "PAYSTREAM_WEB_TOKEN required"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="paystream"'},
+            )
+        return await fun(view, request, *args, **kwargs)
+
+    return answer
+
+
 @app.page("/")
 class DashboardView(View):
     """The operator dashboard (static page polling /v1/stats)."""
 
     async def get(self, request: Request) -> Response:
+        token = request.query.get("token")
+        if token is not None and settings.web_token is not None:
+            # A browser opens /?token=...: it gets the token as a cookie its polls send,
+            # and the address bar (and history) loses it.
+            valid = hmac.compare_digest(
+                token.encode(), settings.web_token.get_secret_value().encode()
+            )
+            found = aiohttp.web.Response(status=303, headers={"Location": "/"})
+            if valid:
+                found.set_cookie(
+                    _TOKEN_COOKIE,
+                    token,
+                    httponly=True,
+                    samesite="Strict",
+                    secure=getattr(request, "secure", False),
+                )
+            return found  # type: ignore[return-value]  # aiohttp's, as Faust's driver uses
+        if not _bears_token(request):
+            return self.text(
+                "paystream: open /?token=<PAYSTREAM_WEB_TOKEN> to see the dashboard\n",
+                status=401,
+            )
         html = resources.files("paystream.web").joinpath("static/dashboard.html").read_text()
         return self.html(html)
 
 
 @app.page("/metrics")
 class MetricsView(View):
+    @_operators_only
     async def get(self, request: Request) -> Response:
         return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
@@ -98,6 +156,7 @@ def _assigned() -> list[int]:
 class StatsView(View):
     """Counts, recent outcomes, per-tenant summaries and this worker's partitions."""
 
+    @_operators_only
     async def get(self, request: Request) -> Response:
         assigned = _assigned()
         tenants: dict[str, Any] = {}
@@ -116,12 +175,9 @@ class StatsView(View):
                 },
                 "activity": runner.activity.as_json(),
                 "tenants": tenants,
-                "summaries": tenant_summaries(t.payments),
+                "summaries": await _summaries.get(t.payments),
             }
         )
-
-
-_Handler = Callable[..., Awaitable[Response]]
 
 
 def _owner_unreachable_is_503(fun: _Handler) -> _Handler:
@@ -161,6 +217,7 @@ class EntityView(View):
     topic routing) instead of answering "not found".
     """
 
+    @_operators_only
     @_owner_unreachable_is_503
     @app.topic_route(commands_topic, match_info="tenant")  # type: ignore[arg-type]
     async def get(self, request: Request, tenant: str, kind: str, entity_id: str) -> Response:

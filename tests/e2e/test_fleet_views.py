@@ -16,16 +16,55 @@ from tests.fixtures.pipeline import Deployment
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 
-def _get(base_url: str, path: str) -> tuple[int, dict[str, Any]]:
+TOKEN = "operators-only-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _get(
+    base_url: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"{base_url}{path}", headers=headers or BEARER)
     try:
-        with urllib.request.urlopen(f"{base_url}{path}", timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, dict(json.load(r))
     except urllib.error.HTTPError as exc:
         return exc.code, dict(json.load(exc))
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _status(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(f"{base_url}{path}", headers=headers)) as r:
+            return r.status, r.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers
+
+
+def _check_the_token_guards_the_views(base_url: str, lookup: str) -> None:
+    """PAYSTREAM_WEB_TOKEN: lookups carry personal data; probes stay open."""
+    for path in ("/v1/stats", lookup, "/metrics", "/"):
+        assert _status(base_url, path, {})[0] == 401, path
+        assert _status(base_url, path, {"Authorization": "Bearer wrong"})[0] == 401, path
+    assert _status(base_url, "/healthz", {})[0] == 200
+    status, headers = _status(base_url, f"/?token={TOKEN}", {})
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = {"Cookie": cookie.split(";", 1)[0]}
+    assert _status(base_url, "/v1/stats", jar)[0] == 200
+    assert _status(base_url, "/", jar)[0] == 200
+    status, headers = _status(base_url, "/?token=wrong", {})
+    assert status == 303 and "Set-Cookie" not in headers
+
+
 async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) -> None:
-    dep: Deployment = await deployment_factory()
+    # With a web token: a lookup forwarded to the owner carries the caller's header.
+    dep: Deployment = await deployment_factory(PAYSTREAM_WEB_TOKEN=TOKEN)
     tenants = [f"fleetview-{i}" for i in range(8)]  # on every partition
     await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
     first, second = dep.worker("w1").start(), dep.worker("w2").start()
@@ -57,6 +96,7 @@ async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) ->
             _get, first.base_url, f"/v1/tenants/{tenants[0]}/payments/nope"
         )
         assert missing[0] == 404
+        _check_the_token_guards_the_views(first.base_url, f"/v1/tenants/{tenants[0]}/payments/p1")
     finally:
         first.stop()
         second.stop()

@@ -239,3 +239,10 @@ async def test_no_card_number_in_any_response(http: aiohttp.ClientSession, seede
     for body in bodies:
         for pan in CARD_NUMBERS:
             assert pan not in body
+
+
+async def test_fausts_raw_table_views_are_not_served(http: aiohttp.ClientSession) -> None:
+    """They would hand out any table's raw records (personal data, idempotency records)."""
+    for path in ("/table/", "/table/customers/", "/table/customers/acme:cus_1/"):
+        async with http.get(path) as resp:
+            assert resp.status == 404, path

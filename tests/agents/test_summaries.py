@@ -1,0 +1,66 @@
+"""The dashboard's per-tenant payment summaries: every payment counted, the worker's loop
+given back during the scan, and one scan shared by every request until it is stale."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from paystream.tables import views
+from paystream.tables.views import SummaryCache, tenant_summaries
+
+
+def _payments(n: int) -> dict[str, Any]:
+    return {
+        f"t{i % 2}:pay_{i}": {
+            "status": "succeeded",
+            "currency": "USD",
+            "amount_captured": 100,
+            "amount_refunded": 0,
+        }
+        for i in range(n)
+    }
+
+
+async def test_every_payment_counts_and_the_loop_runs_meanwhile() -> None:
+    payments = _payments(3 * views.SCAN_CHUNK + 1)  # the old cap was a row count
+    ticks = 0
+
+    async def other_work() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    beside = asyncio.ensure_future(other_work())
+    await asyncio.sleep(0)
+    ticks = 0
+    summary = await tenant_summaries(payments)
+    beside.cancel()
+    assert ticks >= 3  # once per chunk at least
+    total = len(payments)
+    assert summary["t0"]["payments"]["succeeded"] + summary["t1"]["payments"]["succeeded"] == total
+    assert summary["t0"]["captured"]["USD"] == 100 * ((total + 1) // 2)
+
+
+async def test_requests_share_one_scan_until_it_is_stale() -> None:
+    now = [0.0]
+    cache = SummaryCache(min_age=5.0, clock=lambda: now[0])
+    payments = _payments(10)
+    reads = 0
+
+    class Counting(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            nonlocal reads
+            reads += 1
+            return super().get(key, default)
+
+    table = Counting(payments)
+    first, second = await asyncio.gather(cache.get(table), cache.get(table))
+    assert first is second and reads == 10  # two requests, one scan
+    table["t0:pay_new"] = dict(payments["t0:pay_0"])
+    now[0] = 4.9
+    assert (await cache.get(table))["t0"]["payments"]["succeeded"] == 5  # still fresh
+    now[0] = 5.0
+    assert (await cache.get(table))["t0"]["payments"]["succeeded"] == 6
+    assert reads == 21
