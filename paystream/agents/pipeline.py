@@ -190,14 +190,19 @@ class CommandProcessor:
             # Before anything echoes them: every outcome of the command keeps them, some
             # several times over, and so does every entity it touches. (A record answered
             # before, by a version that took them, keeps its answer.)
+            # An over-long id is answered as "sha256:<hex digest of the id>": cut short, it
+            # could be another command's whole id, whose sender would take this answer
+            # for its own (and never see its real one).
             short = replace(
                 cmd,
                 tenant_id=cmd.tenant_id[:ID_MAX_CHARS],
-                command_id=cmd.command_id[:ID_MAX_CHARS],
+                command_id=_id_digest(cmd.command_id),
                 command_type=suffix[:ID_MAX_CHARS],
             )
             return self._answered_before(cmd) or self._reject(
-                short, RejectReason.VALIDATION_ERROR, f"{', '.join(too_long)} too long"
+                short,
+                RejectReason.VALIDATION_ERROR,
+                f"{', '.join(too_long)} too long (at most {ID_MAX_CHARS} characters)",
             )
         # Rules that need no state: the order is cheapest-first.
         if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
@@ -1144,6 +1149,14 @@ def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef
         idempotency_key="",
         time=when,
     )
+
+
+def _id_digest(command_id: str) -> str:
+    """A command id as outcomes may carry it: as it is, or hashed when too long."""
+    if len(command_id) <= ID_MAX_CHARS:
+        return command_id
+    digest = hashlib.sha256(command_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"sha256:{digest}"
 
 
 def _key_str(key: bytes | None) -> str:
