@@ -304,10 +304,11 @@ async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> Handle
         metadata=data.metadata,
     )
     await _gateway(ctx, lambda: ctx.gateway.update_customer(req, idempotency_key=ctx.idem))
-    for name in ("email", "name", "description", "metadata"):
+    for name in ("email", "name", "description"):
         value = getattr(data, name)
         if value is not None:
             setattr(rec, name, value)
+    rec.metadata = gw.merged_metadata(rec.metadata, data.metadata)  # as the provider does
     return HandlerResult("customer.updated", rec)
 
 

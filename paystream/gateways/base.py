@@ -42,6 +42,7 @@ __all__ = [
     "RefundStatus",
     "SubmitDisputeEvidence",
     "UpdateCustomer",
+    "merged_metadata",
 ]
 
 
@@ -110,7 +111,17 @@ class UpdateCustomer(_Req):
     email: str | None = None
     name: str | None = None
     description: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str] | None = None  # merged key by key: see merged_metadata
+
+
+def merged_metadata(current: dict[str, str], update: dict[str, str] | None) -> dict[str, str]:
+    """Metadata after an update, as Stripe applies one: the given keys are set, a key
+    given as "" is removed, the others stay (so an empty update changes nothing). Every
+    provider and paystream's own records follow it, or the two drift apart."""
+    if not update:
+        return current
+    merged = {**current, **update}
+    return {k: v for k, v in merged.items() if v != ""}
 
 
 class DeleteCustomer(_Req):

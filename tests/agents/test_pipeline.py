@@ -1288,3 +1288,23 @@ async def test_a_command_id_reused_once_its_records_expired_gets_other_event_ids
     assert other is not None and other.get_type() == "com.paystream.payment.succeeded"
     assert other.get_id() != first.get_id()
     assert data(other)["entity_id"] == "p3"
+
+
+async def test_customer_metadata_updates_merge_key_by_key_as_the_provider_does(
+    harness: Harness,
+) -> None:
+    """Stripe merges metadata on update ("" removes a key): replacing the whole map here
+    left paystream's record and the provider's apart."""
+    t = harness.add_tenant()
+    first = {"email": "a@example.com", "customer_id": "c1", "metadata": {"a": "1", "b": "2"}}
+    await harness.send("customer.create", t, first)
+    out = await harness.send(
+        "customer.update", t, {"customer_id": "c1", "metadata": {"b": "", "c": "3"}}
+    )
+    assert data(out)["object"]["metadata"] == {"a": "1", "c": "3"}
+    unchanged = await harness.send("customer.update", t, {"customer_id": "c1", "metadata": {}})
+    assert data(unchanged)["object"]["metadata"] == {"a": "1", "c": "3"}
+    gateway = harness.pool.get(Tenant.model_validate(harness.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    at_provider = await gateway._store.read(data(out)["object"]["provider_customer_id"])
+    assert at_provider is not None and at_provider["metadata"] == {"a": "1", "c": "3"}

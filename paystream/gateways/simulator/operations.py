@@ -26,6 +26,7 @@ from paystream.gateways.base import (
     PaymentStatus,
     SubmitDisputeEvidence,
     UpdateCustomer,
+    merged_metadata,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import results
@@ -115,8 +116,8 @@ async def create_customer(tx: Tx, req: CreateCustomer, key: str) -> dict[str, An
 
 async def update_customer(tx: Tx, req: UpdateCustomer, key: str) -> dict[str, Any]:
     cus = await _must(tx, req.provider_customer_id, "customer")
-    changes = req.model_dump(exclude={"provider_customer_id"}, exclude_none=True)
-    cus = {**cus, **changes}
+    changes = req.model_dump(exclude={"provider_customer_id", "metadata"}, exclude_none=True)
+    cus = {**cus, **changes, "metadata": merged_metadata(cus.get("metadata") or {}, req.metadata)}
     tx.put(cus)
     tx.effect(Effect("customer.updated", key, cus["id"]))
     return {"ok": results.customer(cus)}
