@@ -478,6 +478,8 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
     from paystream.errors import ConfigurationError
     from paystream.ledger.cli import run_db
     from paystream.ledger.migrate import app_database_url
+    from paystream.ledger.migrate import current as schema_revision
+    from paystream.ledger.migrate import head as schema_head
     from paystream.ledger.sink import asyncpg_url
     from paystream.tenancy.crypto import keyring_from_settings
     from paystream.tenancy.rotation import (
@@ -544,8 +546,19 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
         click.echo(f"error: secrets still under a retired key: {', '.join(left)}", err=True)
     ledger_left: dict[str, int] = {}
     if settings.database_url:
+        owner_url = asyncpg_url(settings.database_url)
+        at, latest = run_db(schema_revision(owner_url)), schema_head()
+        if at != latest:
+            # Before 0003 an owner that is not a superuser sees no data keys (RLS): the
+            # check below would find nothing left and say the retired key may go.
+            click.echo(
+                f"error: the ledger schema is at {at or 'nothing'}, not {latest}: run "
+                "`paystream migrate` first; the ledger's data keys were not checked",
+                err=True,
+            )
+            sys.exit(1)
         # Checked even when nothing could be re-wrapped (no app password): as the owner.
-        ledger_left = run_db(ledger_keys_left(asyncpg_url(settings.database_url), current))
+        ledger_left = run_db(ledger_keys_left(owner_url, current))
         if ledger_left:
             named = ", ".join(f"{t} ({n})" for t, n in ledger_left.items())
             hint = (

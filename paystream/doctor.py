@@ -138,11 +138,11 @@ async def check_ledger_ready(settings: Settings) -> str:
     """What the ledger sink needs on its first batch (it would otherwise stall there): the
     master key, the application role's password and login, the schema at the latest
     migration, and row-level security binding that role."""
-    from alembic.script import ScriptDirectory
 
     from paystream.errors import ConfigurationError
     from paystream.ledger import assert_rls_enforced, create_engine
-    from paystream.ledger.migrate import alembic_config, app_database_url, current
+    from paystream.ledger.migrate import app_database_url, current
+    from paystream.ledger.migrate import head as schema_head
     from paystream.ledger.sink import asyncpg_url
     from paystream.tenancy.crypto import keyring_from_settings
 
@@ -158,7 +158,7 @@ async def check_ledger_ready(settings: Settings) -> str:
             "PAYSTREAM_DB_APP_PASSWORD is not set (the sink logs in as paystream_app)"
         )
     owner_url = asyncpg_url(settings.database_url)
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = schema_head()
     found = await current(owner_url)
     if found != head:
         raise CheckFailed(

@@ -278,6 +278,14 @@ class Settings(BaseSettings):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("web_token", mode="before")
+    @classmethod
+    def _web_token(cls, value: object) -> object:
+        # PAYSTREAM_WEB_TOKEN= (empty) is unset, as in a compose file: not a token that
+        # every request matches while the operator believes the views are guarded.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if text is None or (isinstance(text, str) and not text.strip()) else value
+
     def advertised_web_host(self) -> str:
         """Where other workers reach this one's web server (Faust's canonical URL host):
         never a bind-everything address, or every worker would take every other for

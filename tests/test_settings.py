@@ -101,3 +101,10 @@ def test_the_advertised_web_host_is_never_a_bind_everything_address() -> None:
         assert everywhere.advertised_web_host() == resolved
     pinned = load_settings(web_host="0.0.0.0", web_advertised_host="10.1.2.3")
     assert pinned.advertised_web_host() == "10.1.2.3"
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_web_token_is_no_token(empty: str) -> None:
+    # Not a token every request matches while the operator believes the views guarded.
+    assert load_settings(web_token=empty).web_token is None
+    assert load_settings(web_token="t0k").web_token is not None

@@ -44,10 +44,12 @@ from paystream.streams.outcomes import (
     rejection_data,
 )
 from paystream.streams.pan import (
+    SECURITY_CODE_HINT,
     contains_card_number,
     raw_may_contain_card_number,
     redact_card_numbers,
     security_code_at,
+    text_holds_security_code,
     with_float_digits,
 )
 from paystream.tables.records import (
@@ -261,17 +263,10 @@ class CommandProcessor:
             return self._reject(
                 cmd, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", errors
             )
-        metadata = getattr(data, "metadata", None)  # the only keys a client names
-        if metadata and (key := security_code_at(metadata)) is not None:
-            # Kept, it would sit in tables, outcomes and the ledger (PCI DSS: never
-            # stored after authorisation, even encrypted). Not remembered: a corrected
-            # command under the same key goes through.
-            return self._reject(
-                cmd,
-                RejectReason.CARD_DATA_FORBIDDEN,
-                f"metadata {key!r} holds a card security code: card data is not accepted",
-            )
-        return await self._run(rec, cmd, tenant, data, when)
+        # Keys a client names (metadata, dispute evidence) may name a card security code;
+        # the bytes say first whether any could.
+        code_at = security_code_at(raw) if SECURITY_CODE_HINT.search(rec.value or b"") else None
+        return await self._run(rec, cmd, tenant, data, when, code_at)
 
     def _count(self, tenant_id: str, command_type: str, outcome_type: str) -> None:
         """Count a command's outcome; the labelled child is looked up once per label set."""
@@ -295,7 +290,13 @@ class CommandProcessor:
     # ---- idempotent execution -----------------------------------------------------
 
     async def _run(
-        self, rec: Inbound, cmd: CommandRef, tenant: Tenant, data: Any, when: datetime
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        tenant: Tenant,
+        data: Any,
+        when: datetime,
+        code_key: str | None = None,  # a data key holding a card security code
     ) -> list[Emit]:
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         limited = self.limits.applies(cmd.tenant_id, tenant.limits)
@@ -340,6 +341,16 @@ class CommandProcessor:
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
         let_through = existing is not None and existing.command_id == cmd.command_id
+        if code_key is not None and not let_through:
+            # Kept, it would sit in tables, outcomes and the ledger (PCI DSS: never
+            # stored after authorisation, even encrypted). Not remembered: a corrected
+            # command under the same key goes through. (One an older version let
+            # through, parked or in flight, still finishes: the provider may have acted.)
+            return self._reject(
+                cmd,
+                RejectReason.CARD_DATA_FORBIDDEN,
+                f"{code_key!r} holds a card security code: card data is not accepted",
+            )
         if not let_through and self._command_id_taken(cmd, request_hash, now):
             # Same id, another request (another source's ids, or a producer bug): run, it
             # would have the first one's outcome ids, and the ledger would keep only one.
@@ -804,11 +815,12 @@ class CommandProcessor:
             card = suspicious and _raw_holds_card(
                 rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE
             )
+            code = not card and _raw_holds_security_code(rec)
         except Exception:
             # This is also the path of our own bugs: it must never raise (the worker would
             # stop on every redelivery). Unsure means the bytes are not kept.
             log.exception("card scan of a dead letter failed; its bytes are not kept")
-            card = True
+            card, code = True, False
         ours = {
             "paystream-dlq-reason": reason.encode(),
             "paystream-dlq-detail": redact_card_numbers(detail)[:500].encode(),
@@ -816,6 +828,9 @@ class CommandProcessor:
         }
         if card:
             ours["paystream-dlq-redacted"] = b"card_number"
+        elif code:
+            ours["paystream-dlq-redacted"] = b"card_security_code"
+            card = True  # kept and answered as one holding a card number would be
         # Bytes too large to produce again (with our headers, under the broker's message
         # size) are not kept: the dead letter says where to find them while the commands
         # topic retains them. Producing them would fail the batch on every redelivery.
@@ -841,7 +856,7 @@ class CommandProcessor:
                 out += self._reject(
                     cmd,
                     RejectReason.CARD_DATA_FORBIDDEN,
-                    f"{reason}, and card numbers are not accepted: the record was not kept",
+                    f"{reason}, and card data is not accepted: the record was not kept",
                 )
             else:
                 out += self._reject(cmd, reject, redact_card_numbers(f"{reason}: {detail}")[:500])
@@ -1112,6 +1127,19 @@ def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     elif b"\\" in value:
         texts.append(with_float_digits(_unescaped(text)))
     return contains_card_number(texts)
+
+
+def _raw_holds_security_code(rec: Inbound) -> bool:
+    """A record that did not decode, holding a member that reads as a card security code
+    (as JSON where it parses, as text, and with JSON escapes resolved, where not)."""
+    value = rec.value or b""
+    if SECURITY_CODE_HINT.search(value) is None:
+        return False
+    try:
+        return security_code_at(orjson.loads(value)) is not None
+    except orjson.JSONDecodeError:
+        text = value.decode("utf-8", "replace")
+        return text_holds_security_code(text) or text_holds_security_code(_unescaped(text))
 
 
 def _unescaped(text: str) -> str:

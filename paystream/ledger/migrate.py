@@ -21,6 +21,7 @@ __all__ = [
     "create_database",
     "current",
     "downgrade",
+    "head",
     "set_app_password",
     "upgrade",
 ]
@@ -69,6 +70,13 @@ async def upgrade(
 async def downgrade(database_url: str, revision: str = "-1") -> None:
     """Downgrade as the schema owner (``"base"`` removes every ledger object but the role)."""
     await _migrate(database_url, "downgrade", revision, None)
+
+
+def head() -> str | None:
+    """The latest revision this version's migrations know."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def current(database_url: str) -> str | None:

@@ -14,6 +14,7 @@ __all__ = [
     "raw_may_contain_card_number",
     "redact_card_numbers",
     "security_code_at",
+    "text_holds_security_code",
     "with_float_digits",
 ]
 
@@ -148,22 +149,25 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
     return _has_card_number(text)
 
 
-# Card security codes (CVC, CVV, CID, ...): PCI DSS forbids keeping them after
+# Card security codes (CVC, CVV, CVD, ...): PCI DSS forbids keeping them after
 # authorisation even encrypted, and no provider token flow needs one from us. Three or
-# four digits are anything at all, so only a key that names one gives it away.
-_SECURITY_CODE_PARTS = ("cvc", "cvv", "cvn", "cav2")
+# four digits are anything at all, so only a key that names one gives it away. (Not
+# "cid" or "csc" alone: far more often a customer, client or campaign id.)
+_SECURITY_CODE_PARTS = ("cvc", "cvv", "cvn", "cvd", "cv2", "ccv", "cav2")
 _SECURITY_CODE_NAMES = frozenset(
     {
-        "cid",
-        "csc",
         "securitycode",
         "cardsecuritycode",
-        "cardcode",
         "cardverificationcode",
         "cardverificationvalue",
     }
 )
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
+# Bytes in which a key could name a security code (letters of every name above, or a
+# JSON escape that could spell them): only then is the data walked.
+SECURITY_CODE_HINT = re.compile(rb"(?i)cv|ccv|cav2|secur|verif|\\u")
+# A JSON member whose value is 3-4 digits, in text that did not parse.
+_CODE_MEMBER = re.compile(r'"([^"\\]{1,64})"\s*:\s*"?\s*([0-9]{3,4})(?![0-9])')
 
 
 def _names_security_code(key: str) -> bool:
@@ -177,6 +181,12 @@ def _looks_like_security_code(value: Any) -> bool:
     if isinstance(value, int):
         return 0 <= value <= 9999
     return isinstance(value, str) and 3 <= len(value.strip()) <= 4 and value.strip().isdecimal()
+
+
+def text_holds_security_code(text: str) -> bool:
+    """Raw text (a record that is not a CloudEvent) with a member that reads as a card
+    security code."""
+    return any(_names_security_code(m.group(1)) for m in _CODE_MEMBER.finditer(text))
 
 
 def security_code_at(value: Any) -> str | None:

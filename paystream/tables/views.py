@@ -86,11 +86,18 @@ SCAN_CHUNK = 2_000
 class SummaryCache:
     """The last summaries, shared by every request until stale: each open dashboard
     polls every second, and a scan of a large table costs the worker's loop more than
-    that (280 ms per 100,000 payments). Stale after ``min_age`` seconds, or ten times
-    the last scan's duration if longer, so scans take at most a tenth of the loop."""
+    that (280 ms per 100,000 payments). Stale after ten times the last scan's duration
+    (so scans take at most a tenth of the loop; a small table is scanned afresh for every
+    request), at least ``min_age`` and at most ``max_age`` seconds."""
 
-    def __init__(self, min_age: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        min_age: float = 0.0,
+        max_age: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.min_age = min_age
+        self.max_age = max_age
         self._clock = clock
         self._value: dict[str, Any] | None = None
         self._fresh_until = 0.0
@@ -101,6 +108,9 @@ class SummaryCache:
             return self._value
         if self._scan is None:  # one scan at a time, whoever asked
             self._scan = asyncio.ensure_future(self._rescan(payments))
+            # Retrieved even when every requester has gone (cancelled): no "never
+            # retrieved" noise; the next request scans again.
+            self._scan.add_done_callback(lambda done: done.cancelled() or done.exception())
         scan = self._scan
         return await asyncio.shield(scan)
 
@@ -111,7 +121,7 @@ class SummaryCache:
         finally:
             self._scan = None
         took = self._clock() - started
-        self._fresh_until = self._clock() + max(self.min_age, 10 * took)
+        self._fresh_until = self._clock() + min(self.max_age, max(self.min_age, 10 * took))
         return self._value
 
 

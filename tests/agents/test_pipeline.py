@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -1308,3 +1309,32 @@ async def test_customer_metadata_updates_merge_key_by_key_as_the_provider_does(
     assert isinstance(gateway, SimulatorGateway)
     at_provider = await gateway._store.read(data(out)["object"]["provider_customer_id"])
     assert at_provider is not None and at_provider["metadata"] == {"a": "1", "c": "3"}
+
+
+async def test_a_security_code_anywhere_a_client_names_keys_is_refused(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    pay = await harness.send(
+        "payment.create",
+        t,
+        {"amount": 900, "currency": "USD", "payment_method_token": "pm_card_createDispute"},
+    )
+    evidence = {"dispute_id": data(pay)["object"]["dispute_id"], "evidence": {"cvv2": "123"}}
+    out = await harness.send("dispute.submit_evidence", t, evidence)
+    assert data(out)["reason"] == "card_data_forbidden"
+    # A key merely looking like one, with another kind of value, or another id: accepted.
+    for metadata in ({"cid": "1042"}, {"cvc_policy": "required"}, {"order": "1234"}):
+        ok = await harness.send("customer.create", t, {"metadata": metadata})
+        assert kind(ok) == "customer.created", metadata
+
+
+async def test_a_dead_letter_holding_a_security_code_is_not_kept(harness: Harness) -> None:
+    t = harness.add_tenant()
+    rec = _structured(t, data={"metadata": {"card_cvc": "7373"}})
+    rec = replace(rec, value=(rec.value or b"")[:-1])  # cut short: not a CloudEvent
+    emits = await harness.raw(rec)
+    [dead] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dead.record.value == b"" and dead.record.key is None
+    assert dict(dead.record.headers)["paystream-dlq-redacted"] == b"card_security_code"
+    assert not any(b"7373" in e.record.value for e in emits)

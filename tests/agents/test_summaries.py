@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from paystream.tables import views
 from paystream.tables.views import SummaryCache, tenant_summaries
 
@@ -45,7 +47,7 @@ async def test_every_payment_counts_and_the_loop_runs_meanwhile() -> None:
 
 async def test_requests_share_one_scan_until_it_is_stale() -> None:
     now = [0.0]
-    cache = SummaryCache(min_age=5.0, clock=lambda: now[0])
+    cache = SummaryCache(min_age=5.0, clock=lambda: now[0])  # (the clock stands still)
     payments = _payments(10)
     reads = 0
 
@@ -64,3 +66,22 @@ async def test_requests_share_one_scan_until_it_is_stale() -> None:
     now[0] = 5.0
     assert (await cache.get(table))["t0"]["payments"]["succeeded"] == 6
     assert reads == 21
+
+
+async def test_a_scan_is_fresh_for_ten_times_its_duration_within_bounds() -> None:
+    now = [0.0]
+
+    class Slow(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            now[0] += 0.5  # each row "takes" half a second of the clock
+            return super().get(key, default)
+
+    small = SummaryCache(clock=lambda: now[0])
+    await small.get(Slow(_payments(1)))  # 0.5 s: fresh for 5 s
+    now[0] += 4.9
+    assert small._clock() < small._fresh_until
+    now[0] += 0.2
+    assert small._clock() >= small._fresh_until
+    capped = SummaryCache(max_age=60.0, clock=lambda: now[0])
+    await capped.get(Slow(_payments(100)))  # 50 s: ten times that is over the cap
+    assert capped._fresh_until - now[0] == pytest.approx(60.0)

@@ -15,12 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.cli import cli
 from paystream.ledger import export_customer, tenant_session, write_events
+from paystream.ledger.migrate import upgrade
 from paystream.ledger.models import DataKey
 from paystream.settings import load_settings
 from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring, keyring_from_settings
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.registry import put_tenant, registered_tenant
 from paystream.tenancy.secrets import open_secret, reseal_secret, seal_secret
+from tests.fixtures.postgres import fresh_database
 from tests.ledger.factories import EventFactory, LedgerDb
 
 
@@ -139,3 +141,25 @@ async def test_keys_rotate_never_says_done_without_looking_at_the_ledger(
         CliRunner().invoke, cli, ["keys", "rotate", "--without-ledger"], env=no_db
     )
     assert without.exit_code == 0, without.output
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_keys_rotate_refuses_a_ledger_schema_not_migrated(
+    deployment_factory: Any, ledger_database_url: str
+) -> None:
+    """Before migration 0003 an owner that is not a superuser sees no data keys: the
+    check would find nothing left under the retired key and exit 0."""
+    dep = await deployment_factory()
+    url = await fresh_database(ledger_database_url, prefix="rot0002")
+    await upgrade(url, "0002")
+    old, new = MasterKey.generate(), MasterKey.generate()
+    env = {
+        **dep.env,
+        "PAYSTREAM_MASTER_KEY": _b64(new),
+        "PAYSTREAM_RETIRED_MASTER_KEYS": _b64(old),
+        "DATABASE_URL": url,
+        "PAYSTREAM_DB_APP_PASSWORD": "",
+    }
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "the ledger schema is at 0002, not 0003: run `paystream migrate`" in result.output

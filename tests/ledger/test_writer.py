@@ -155,6 +155,9 @@ def test_card_data_is_refused_before_any_write(make_event: EventFactory, data: d
         {"metadata": {"pan": "ABCDE1234F"}},  # an Indian tax id (PAN), not a card
         {"metadata": {"number": "555-123-4567"}},
         {"metadata": {"cvc_policy": "required"}},
+        {"metadata": {"cid": "1042"}},
+        # the provider's own text: a bank transfer reference that passes Luhn by chance
+        {"next_action": {"display_bank_transfer_instructions": {"reference": "4242424242424242"}}},
     ],
 )
 def test_ordinary_data_is_not_mistaken_for_card_data(make_event: EventFactory, data: dict) -> None:

@@ -223,12 +223,16 @@ def test_the_digit_table_keeps_only_digits() -> None:
         {"CVV2": 4321},
         {"card_cvc": " 737 "},
         {"Card-Security-Code": "1234"},
-        {"cid": "1234"},
+        {"CV2": "123"},
+        {"ccv": "123"},
+        {"card_cvd": "123"},
         {"order": {"payment": [{"security_code": "999"}]}},
     ],
 )
 def test_a_security_code_is_found_by_its_key(value: object) -> None:
     assert security_code_at(value) is not None
+    assert pan.text_holds_security_code(json.dumps(value)[:-1])  # cut: not JSON any more
+    assert pan.SECURITY_CODE_HINT.search(json.dumps(value).encode()) is not None
 
 
 @pytest.mark.parametrize(
@@ -238,7 +242,9 @@ def test_a_security_code_is_found_by_its_key(value: object) -> None:
         {"cvc": "abc"},
         {"cvc": True},
         {"pincode": "560001"},  # an Indian postal code
-        {"incident": "123"},  # "cid" only as the whole name
+        {"incident": "123"},
+        {"cid": "1042"},  # a customer, client or campaign id far more often
+        {"csc": "1042"},
         {"order_id": "123"},
         {"note": "cvc 123"},  # a value naming one: only keys give it away
         ["cvc", "123"],

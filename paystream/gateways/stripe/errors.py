@@ -134,6 +134,9 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
         http_status=exc.http_status,
         provider_request_id=exc.request_id,
         provider_payment_id=_payment_id(err),
+        # A final answer without Stripe's error object came from something in between
+        # (a proxy's 401/404/413 page): no word on Stripe's health for the breaker.
+        reached_provider=bool(err) or bool(retryable),
     )
     if error.retryable and code in (ErrorCode.IDEMPOTENCY_ERROR, ErrorCode.RATE_LIMITED):
         # A held key or a rate limit frees up in about a second, not in the backoff's

@@ -227,6 +227,7 @@ async def test_a_proxys_page_that_a_retry_cannot_change_is_not_retried(status: i
     with pytest.raises(GatewayError) as info:
         await gw.create_payment(PAY, idempotency_key="k")
     assert (info.value.code, info.value.retryable) == (ErrorCode.PROVIDER_UNAVAILABLE, False)
+    assert not info.value.reached_provider  # a half-open circuit is not closed by it
     assert len(fake.requests) == 1
 
 
