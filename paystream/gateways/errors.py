@@ -82,6 +82,9 @@ class GatewayError(PaystreamError):
         # False: refused here, before any request (an unsupported operation, an amount the
         # provider's rules refuse): says nothing of the provider's health.
         self.reached_provider = reached_provider
+        # False: retryable, but not under the same key now (Stripe-Should-Retry: false on
+        # an answer Stripe keeps for the key, a 500 included): parked at once.
+        self.retry_now = True
 
     def as_outcome(self) -> dict[str, object]:
         """The error as it appears in a failure outcome's data (no secrets, no card data)."""

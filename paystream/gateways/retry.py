@@ -153,7 +153,7 @@ class RetryPolicy:
                         breaker.release()
                     raise
                 breaker.on_failure()
-                if attempt == self.max_attempts:
+                if attempt == self.max_attempts or not exc.retry_now:
                     raise RetriesExhausted(exc, attempt) from exc
                 # A provider's own hint wins: e.g. an idempotency key still held by a
                 # crashed worker's request frees up only when that claim expires.

@@ -138,6 +138,12 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
         # (a proxy's 401/404/413 page): no word on Stripe's health for the breaker.
         reached_provider=bool(err) or bool(retryable),
     )
+    headers = {str(k).lower(): v for k, v in (getattr(exc, "headers", None) or {}).items()}
+    if error.retryable and headers.get("stripe-should-retry") == "false":
+        # Stripe keeps a key's answer, a 500 included, and says so: every retry under the
+        # key would get it again (and count against the breaker). Parked at once; the
+        # payment's state at Stripe is for an operator to reconcile.
+        error.retry_now = False
     if error.retryable and code in (ErrorCode.IDEMPOTENCY_ERROR, ErrorCode.RATE_LIMITED):
         # A held key or a rate limit frees up in about a second, not in the backoff's
         # 50 ms: without the hint every attempt was spent in a third of a second, and

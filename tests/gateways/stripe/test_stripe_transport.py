@@ -36,7 +36,7 @@ from paystream.settings import load_settings
 API_BASE = "https://stripe.test.invalid"
 API_KEY = "sk_test_transport_secret"
 
-Response = tuple[int, dict[str, Any] | bytes]
+Response = tuple[int, dict[str, Any] | bytes] | tuple[int, dict[str, Any] | bytes, dict[str, str]]
 
 
 class FakeStripe(stripe.HTTPClient):
@@ -56,9 +56,9 @@ class FakeStripe(stripe.HTTPClient):
         body = post_data.decode() if isinstance(post_data, bytes) else post_data or ""
         req = {"method": method, "url": url, "headers": dict(headers), "form": parse_qs(body)}
         self.requests.append(req)
-        status, payload = self.handler(req)
+        status, payload, *extra = self.handler(req)
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        return body, status, {"request-id": f"req_{len(self.requests)}"}
+        return body, status, {"request-id": f"req_{len(self.requests)}", **(extra or [{}])[0]}
 
     async def close_async(self) -> None:
         self.closed = True
@@ -365,3 +365,25 @@ async def test_dispute_already_closed_is_invalid_state() -> None:
     with pytest.raises(GatewayError) as info:
         await gw.accept_dispute(AcceptDispute(provider_dispute_id="dp_1"), idempotency_key="k")
     assert info.value.code is ErrorCode.INVALID_STATE
+
+
+async def test_an_answer_stripe_keeps_for_the_key_is_not_retried_under_it() -> None:
+    """Stripe keeps a key's first answer, a 500 included, and says so with
+    Stripe-Should-Retry: false: retried under the same key it only came back (each time
+    counting against the breaker), and the command parked with its state unknown all the
+    same. Parked at once instead."""
+    from paystream.gateways.retry import RetriesExhausted, RetryPolicy
+
+    saved = {"error": {"type": "api_error", "message": "An unknown error occurred"}}
+    gw, fake = gateway(lambda _req: (500, saved, {"Stripe-Should-Retry": "false"}))
+    policy = RetryPolicy(
+        max_attempts=4, backoff_base_seconds=0.0, failure_threshold=5, reset_seconds=30.0
+    )
+    with pytest.raises(RetriesExhausted) as info:
+        await policy.call("t1", "stripe", lambda: gw.create_payment(PAY, idempotency_key="k"))
+    assert info.value.attempts == 1 and len(fake.requests) == 1
+    assert info.value.last.retryable  # parked, not answered: the charge may exist
+    gw, fake = gateway(lambda _req: (500, saved, {"Stripe-Should-Retry": "true"}))
+    with pytest.raises(RetriesExhausted):
+        await policy.call("t2", "stripe", lambda: gw.create_payment(PAY, idempotency_key="k"))
+    assert len(fake.requests) == 4
