@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_GROUP = "paystream-dlq-replay"
 _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
+# Set by the worker on a parked command; carried back onto the commands topic by a replay.
+FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
 # Dead-letter reasons that no replay can change (the same bytes fail the same way).
 NEVER_DECODES = frozenset({"not_a_cloudevent"})
 # While replaying, how many re-published records between progress commits.
@@ -60,9 +62,13 @@ class ParkedRecord:
 
     @property
     def first_seen_ms(self) -> int:
-        """When the command was first sent, as best known: the earlier of its CloudEvents
-        ``time`` and this record's timestamp. A command parked again after a failed
-        replay gets a new record; the idempotency window runs from its first attempt."""
+        """When the command was first run, as best known. The worker records it on the
+        parked record (carried through replays). Records parked by older versions: the
+        earlier of its CloudEvents ``time`` (the producer's clock: an old business time
+        counts as stale) and this record's timestamp."""
+        first = _first_attempt_ms(self)
+        if first is not None:
+            return min(first, self.timestamp_ms)
         sent = _command_time_ms(self)
         return self.timestamp_ms if sent is None else min(sent, self.timestamp_ms)
 
@@ -94,6 +100,14 @@ def stale_after_ms(settings: Settings) -> int:
     the idempotency window (ours, and the provider's)."""
     ttl_ms = settings.idempotency_ttl_seconds * 1000
     return max(ttl_ms - 3_600_000, ttl_ms // 2)
+
+
+def _first_attempt_ms(rec: ParkedRecord) -> int | None:
+    raw = next((v for k, v in rec.headers if k == FIRST_ATTEMPT_HEADER), None)
+    try:
+        return None if raw is None else int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def _command_time_ms(rec: ParkedRecord) -> int | None:
@@ -209,6 +223,7 @@ async def replay(
             for n, rec in enumerate(records, 1):
                 if rec.replayable:  # the others are passed over (and committed)
                     headers = [(k, v) for k, v in rec.headers if not k.startswith(_OUR_HEADERS)]
+                    # (the first-attempt header stays: a park of the replay keeps it)
                     await producer.send_and_wait(
                         settings.commands_topic, rec.value, key=rec.key, headers=headers
                     )

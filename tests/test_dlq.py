@@ -23,11 +23,15 @@ class Interrupted(Exception):
     pass
 
 
-async def _resent(settings: Any) -> list[bytes | None]:
+async def _resent_records(settings: Any) -> list[Any]:
     """What replays put back on the commands topic."""
     sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
     await consumer.stop()
-    return [r.value for r in sent]
+    return sent
+
+
+async def _resent(settings: Any) -> list[bytes | None]:
+    return [r.value for r in await _resent_records(settings)]
 
 
 async def test_an_interrupted_replay_resumes_where_it_stopped(deployment_factory: Any) -> None:
@@ -224,3 +228,37 @@ async def test_an_old_dropped_dead_letter_holds_nothing_back(deployment_factory:
     result = await replay(settings, [settings.dlq_topic], now_ms=now)
     assert [r.value for r in result.handled] == [b"", b"fresh"] and result.stale == []
     assert await _resent(settings) == [b"fresh"]
+
+
+async def test_staleness_counts_from_the_first_attempt_the_worker_recorded(
+    deployment_factory: Any,
+) -> None:
+    """Not from the producer's `time` (an old business time made every parked command of
+    a tenant stale at once, holding back its partition); and a replay carries the first
+    attempt onto the commands topic, so a park of the replay keeps it."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    now = int(time.time() * 1000)
+    old = now - stale_after_ms(settings) - 60_000
+    business_time = datetime.fromtimestamp(old / 1000, UTC).isoformat().encode()
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(  # first run a minute ago, stamped with an old business time
+            value=b"{}",
+            partition=0,
+            headers=(
+                ("ce_time", business_time),
+                ("paystream-first-attempt-ms", b"%d" % (now - 60_000)),
+            ),
+        ),
+        RawSend(  # first run over a window ago, parked again just now
+            value=b"{}",
+            partition=1,
+            headers=(("paystream-first-attempt-ms", b"%d" % old),),
+        ),
+    )
+    result = await replay(settings, [settings.retry_topic], now_ms=now)
+    assert [r.partition for r in result.handled] == [0]
+    assert [r.partition for r in result.stale] == [1]
+    [resent] = await _resent_records(settings)
+    assert dict(resent.headers)["paystream-first-attempt-ms"] == b"%d" % (now - 60_000)

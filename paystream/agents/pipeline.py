@@ -7,6 +7,7 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -897,6 +898,7 @@ class CommandProcessor:
                     **_kept_headers(rec.headers),
                     "paystream-park-reason": exc.code.value.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
+                    FIRST_ATTEMPT_HEADER: str(_first_attempt_ms(rec)).encode(),
                 }.items()
             )
         )
@@ -908,6 +910,24 @@ _PROVIDER_REJECTIONS = {
     ErrorCode.INVALID_REQUEST: RejectReason.VALIDATION_ERROR,
     ErrorCode.IDEMPOTENCY_ERROR: RejectReason.IDEMPOTENCY_CONFLICT,
 }
+
+
+# When a parked command was first run, in ms since the epoch: the provider's idempotency
+# window runs from then (`dlq replay` holds back what is older). Kept on the parked record,
+# and carried by the replay onto the commands topic and on to the next park.
+FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
+
+
+def _first_attempt_ms(rec: Inbound) -> int:
+    """This record's time (the broker's, on a LogAppendTime commands topic), or the one
+    an earlier park recorded if earlier: never later, so a producer's header can only
+    make a command look older (held back), not fresher."""
+    first = rec.timestamp_ms
+    raw = next((v for k, v in rec.headers.items() if k == FIRST_ATTEMPT_HEADER), None)
+    if raw is not None:
+        with contextlib.suppress(UnicodeDecodeError, ValueError):
+            first = min(first, int(raw.decode("ascii")))
+    return first
 
 
 def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool) -> str:

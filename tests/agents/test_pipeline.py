@@ -1338,3 +1338,33 @@ async def test_a_dead_letter_holding_a_security_code_is_not_kept(harness: Harnes
     assert dead.record.value == b"" and dead.record.key is None
     assert dict(dead.record.headers)["paystream-dlq-redacted"] == b"card_security_code"
     assert not any(b"7373" in e.record.value for e in emits)
+
+
+@pytest.mark.parametrize(
+    ("carried", "expected"),
+    [(None, 5_000), (b"2000", 2_000), (b"9000", 5_000), (b"junk", 5_000)],
+    ids=["first-park", "re-parked-after-replay", "a-later-claim-is-ignored", "unreadable"],
+)
+async def test_a_parked_command_says_when_it_was_first_run(
+    harness: Harness, carried: bytes | None, expected: int
+) -> None:
+    """`dlq replay` holds back what is older than the provider's key window, counted from
+    the first attempt: recorded by the worker (the broker's time of the command record),
+    kept through replays, never made later by a header (the producer's `time` was used
+    before: an old business time held back the whole retry partition)."""
+    t = harness.add_tenant(gateway_options={"fail_first": {"*": 50}})  # parks the command
+    cmd = build_command(
+        "payment.create",
+        t,
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    rec = encode_event(cmd, t.encode(), CloudEventsMode.BINARY)
+    headers = dict(rec.headers)
+    if carried is not None:
+        headers[pipeline_module.FIRST_ATTEMPT_HEADER] = carried
+    emits = await harness.raw(
+        Inbound(key=rec.key, value=rec.value, headers=headers, timestamp_ms=5_000, topic="c")
+    )
+    [parked] = [e for e in emits if e.topic == harness.settings.retry_topic]
+    first = dict(parked.record.headers)[pipeline_module.FIRST_ATTEMPT_HEADER]
+    assert int(first) == expected
