@@ -494,6 +494,15 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
         keyring = keyring_from_settings(settings)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
+    if settings.database_url:
+        at, latest = run_db(schema_revision(asyncpg_url(settings.database_url))), schema_head()
+        if at != latest:
+            # Before 0003 an owner that is not a superuser sees no data keys (RLS): the
+            # check would find nothing left and say the retired key may go.
+            raise click.ClickException(
+                f"the ledger schema is at {at or 'nothing'}, this version's is {latest}: "
+                "migrate it (`paystream migrate`, with the version that matches) first"
+            )
     report = RotationReport()
 
     def progress(done: int, total: int) -> None:
@@ -546,19 +555,8 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
         click.echo(f"error: secrets still under a retired key: {', '.join(left)}", err=True)
     ledger_left: dict[str, int] = {}
     if settings.database_url:
-        owner_url = asyncpg_url(settings.database_url)
-        at, latest = run_db(schema_revision(owner_url)), schema_head()
-        if at != latest:
-            # Before 0003 an owner that is not a superuser sees no data keys (RLS): the
-            # check below would find nothing left and say the retired key may go.
-            click.echo(
-                f"error: the ledger schema is at {at or 'nothing'}, not {latest}: run "
-                "`paystream migrate` first; the ledger's data keys were not checked",
-                err=True,
-            )
-            sys.exit(1)
         # Checked even when nothing could be re-wrapped (no app password): as the owner.
-        ledger_left = run_db(ledger_keys_left(owner_url, current))
+        ledger_left = run_db(ledger_keys_left(asyncpg_url(settings.database_url), current))
         if ledger_left:
             named = ", ".join(f"{t} ({n})" for t, n in ledger_left.items())
             hint = (
@@ -609,7 +607,7 @@ def dlq_list(which: str, limit: int) -> None:
             f"{rec.topic}[{rec.partition}]@{rec.offset} reason={rec.reason} "
             f"id={h.get('ce_id', b'?').decode(errors='replace')} "
             f"type={h.get('ce_type', b'?').decode(errors='replace')}"
-            + (" (held a card number: not kept, not replayed)" if rec.redacted else "")
+            + (" (held card data: not kept, not replayed)" if rec.redacted else "")
             + (
                 f" (too large to keep, not replayed; the original is at {rec.source or '?'})"
                 if rec.dropped
@@ -662,8 +660,7 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
     click.echo(f"{verb} {len(replayable)} record(s): {dict(Counter(r.reason for r in replayable))}")
     if redacted := sum(r.redacted for r in records):
         click.echo(
-            f"passed over {redacted} dead letter(s) kept without their bytes "
-            "(they held a card number)"
+            f"passed over {redacted} dead letter(s) kept without their bytes (they held card data)"
         )
     for rec in result.dropped:
         click.echo(

@@ -25,8 +25,8 @@ __all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command
 
 log = logging.getLogger(__name__)
 
-# The worker refuses longer command ids, tenant ids and idempotency keys; a long command or
-# tenant id is answered under a shortened one, which no sender waits for.
+# The worker refuses longer command ids, tenant ids and idempotency keys; a long command id
+# is answered as "sha256:<digest>", a long tenant id cut short: no sender waits for those.
 # (paystream.agents.pipeline.ID_MAX_CHARS; not imported: the client does not load the worker.)
 ID_MAX_CHARS = 255
 
@@ -52,7 +52,7 @@ def build_command(
     """A command CloudEvent; ``command_type`` may omit the ``com.paystream.command.`` prefix.
 
     Raises :class:`InvalidCommand` (a ValueError) for an id, tenant id or idempotency key
-    over 255 characters: the worker answers such a command under a shortened id, which its
+    over 255 characters: the worker answers such a command under another id, which its
     sender would wait for in vain. (Any other odd tenant id is answered as it is:
     `unknown_tenant`.)
     """

@@ -281,10 +281,12 @@ class Settings(BaseSettings):
     @field_validator("web_token", mode="before")
     @classmethod
     def _web_token(cls, value: object) -> object:
-        # PAYSTREAM_WEB_TOKEN= (empty) is unset, as in a compose file: not a token that
-        # every request matches while the operator believes the views are guarded.
+        # An empty token would match every request while the operator believes the views
+        # guarded: refused (unset the variable to leave them open).
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
-        return None if text is None or (isinstance(text, str) and not text.strip()) else value
+        if isinstance(text, str) and not text.strip():
+            raise ValueError("PAYSTREAM_WEB_TOKEN is empty: set a token, or unset it")
+        return value
 
     def advertised_web_host(self) -> str:
         """Where other workers reach this one's web server (Faust's canonical URL host):

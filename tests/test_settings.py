@@ -104,7 +104,8 @@ def test_the_advertised_web_host_is_never_a_bind_everything_address() -> None:
 
 
 @pytest.mark.parametrize("empty", ["", "  "])
-def test_an_empty_web_token_is_no_token(empty: str) -> None:
+def test_an_empty_web_token_is_refused(empty: str) -> None:
     # Not a token every request matches while the operator believes the views guarded.
-    assert load_settings(web_token=empty).web_token is None
+    with pytest.raises(ConfigurationError, match="PAYSTREAM_WEB_TOKEN is empty"):
+        load_settings(web_token=empty)
     assert load_settings(web_token="t0k").web_token is not None

@@ -45,7 +45,6 @@ from paystream.streams.outcomes import (
     rejection_data,
 )
 from paystream.streams.pan import (
-    SECURITY_CODE_HINT,
     contains_card_number,
     raw_may_contain_card_number,
     redact_card_numbers,
@@ -264,10 +263,8 @@ class CommandProcessor:
             return self._reject(
                 cmd, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", errors
             )
-        # Keys a client names (metadata, dispute evidence) may name a card security code;
-        # the bytes say first whether any could.
-        code_at = security_code_at(raw) if SECURITY_CODE_HINT.search(rec.value or b"") else None
-        return await self._run(rec, cmd, tenant, data, when, code_at)
+        # Keys a client names (metadata, dispute evidence) may name a card security code.
+        return await self._run(rec, cmd, tenant, data, when, security_code_at(raw))
 
     def _count(self, tenant_id: str, command_type: str, outcome_type: str) -> None:
         """Count a command's outcome; the labelled child is looked up once per label set."""
@@ -1153,13 +1150,15 @@ def _raw_holds_security_code(rec: Inbound) -> bool:
     """A record that did not decode, holding a member that reads as a card security code
     (as JSON where it parses, as text, and with JSON escapes resolved, where not)."""
     value = rec.value or b""
-    if SECURITY_CODE_HINT.search(value) is None:
-        return False
+    text = value.decode("utf-8", "replace")
+    # The text too when it parses: a repeated key keeps only its last value parsed, and
+    # JSON inside a string is found once its escapes are resolved.
+    if text_holds_security_code(text) or text_holds_security_code(_unescaped(text)):
+        return True
     try:
         return security_code_at(orjson.loads(value)) is not None
     except orjson.JSONDecodeError:
-        text = value.decode("utf-8", "replace")
-        return text_holds_security_code(text) or text_holds_security_code(_unescaped(text))
+        return False
 
 
 def _unescaped(text: str) -> str:

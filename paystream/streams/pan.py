@@ -149,30 +149,38 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
     return _has_card_number(text)
 
 
-# Card security codes (CVC, CVV, CVD, ...): PCI DSS forbids keeping them after
+# Card security codes (CVC, CVV, CSC, ...): PCI DSS forbids keeping them after
 # authorisation even encrypted, and no provider token flow needs one from us. Three or
-# four digits are anything at all, so only a key that names one gives it away. (Not
-# "cid" or "csc" alone: far more often a customer, client or campaign id.)
-_SECURITY_CODE_PARTS = ("cvc", "cvv", "cvn", "cvd", "cv2", "ccv", "cav2")
-_SECURITY_CODE_NAMES = frozenset(
+# four digits are anything at all, so only a key that names one gives it away. A key is
+# read as its letters and digits ("c_v_v", "CAV-2" and "cardCvv2" all count) and as its
+# words (split at separators and camel case).
+# Found anywhere in the letters (no English word holds them):
+_CODE_INSIDE = ("cvc", "cvv", "cav2")
+# Only as a whole word or the whole key ("rcvd" is "received", "mcc_value" no code):
+_CODE_WORDS = frozenset({"cvn", "cvn2", "cvd", "cv2", "ccv", "csc"})
+_CODE_NAMES = frozenset(
     {
         "securitycode",
         "cardsecuritycode",
         "cardverificationcode",
         "cardverificationvalue",
+        "cardcode",  # Authorize.Net's name for it
     }
 )
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
-# Bytes in which a key could name a security code (letters of every name above, or a
-# JSON escape that could spell them): only then is the data walked.
-SECURITY_CODE_HINT = re.compile(rb"(?i)cv|ccv|cav2|secur|verif|\\u")
-# A JSON member whose value is 3-4 digits, in text that did not parse.
-_CODE_MEMBER = re.compile(r'"([^"\\]{1,64})"\s*:\s*"?\s*([0-9]{3,4})(?![0-9])')
+_WORDS = re.compile(r"[A-Z]?[a-z]+[0-9]*|[A-Z]+[0-9]*(?![a-z])|[0-9]+")
+# A JSON member whose value is 3-4 digits, in text that did not parse. (Possessive: a
+# run of spaces must not be tried every way; one hostile dead letter took minutes.)
+_CODE_MEMBER = re.compile(r'"([^"\\]{1,64}+)"\s*+:\s*+"?\s*+([0-9]{3,4})(?![0-9])')
 
 
 def _names_security_code(key: str) -> bool:
-    name = _NOT_ALNUM.sub("", key.lower())
-    return name in _SECURITY_CODE_NAMES or any(part in name for part in _SECURITY_CODE_PARTS)
+    letters = _NOT_ALNUM.sub("", key.lower())
+    if letters in _CODE_NAMES or letters in _CODE_WORDS:
+        return True
+    if any(part in letters for part in _CODE_INSIDE):
+        return True
+    return any(word.lower() in _CODE_WORDS for word in _WORDS.findall(key))
 
 
 def _looks_like_security_code(value: Any) -> bool:

@@ -88,7 +88,8 @@ class SummaryCache:
     polls every second, and a scan of a large table costs the worker's loop more than
     that (280 ms per 100,000 payments). Stale after ten times the last scan's duration
     (so scans take at most a tenth of the loop; a small table is scanned afresh for every
-    request), at least ``min_age`` and at most ``max_age`` seconds."""
+    request), at least ``min_age`` and at most ``max_age`` seconds (past 6 s scans, about
+    two million payments, the figures' age wins over the loop's share)."""
 
     def __init__(
         self,

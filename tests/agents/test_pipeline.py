@@ -1368,3 +1368,35 @@ async def test_a_parked_command_says_when_it_was_first_run(
     [parked] = [e for e in emits if e.topic == harness.settings.retry_topic]
     first = dict(parked.record.headers)[pipeline_module.FIRST_ATTEMPT_HEADER]
     assert int(first) == expected
+
+
+@pytest.mark.parametrize("mode", [CloudEventsMode.BINARY, CloudEventsMode.STRUCTURED])
+async def test_security_code_rules_are_the_same_in_either_mode(
+    harness: Harness, mode: CloudEventsMode
+) -> None:
+    """A bytes prefilter once let binary-mode commands by that structured mode refused
+    (structured bodies always hold "specversion")."""
+    t = harness.add_tenant()
+    refused = await harness.send("customer.create", t, {"metadata": {"c_v_v": "123"}}, mode=mode)
+    assert data(refused)["reason"] == "card_data_forbidden"
+    for metadata in ({"amt_rcvd": "500"}, {"mcc_value": "5411"}):
+        ok = await harness.send("customer.create", t, {"metadata": metadata}, mode=mode)
+        assert kind(ok) == "customer.created", metadata
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"metadata": {"cvv": "123", "cvv": "x"}, ',  # repeated: parsed keeps the last
+        b'{"data": "{\\"cvv\\": \\"123\\"}", ',  # JSON inside a string
+    ],
+    ids=["repeated-key", "json-in-a-string"],
+)
+async def test_dead_letters_holding_a_security_code_anywhere_are_not_kept(
+    harness: Harness, value: bytes
+) -> None:
+    t = harness.add_tenant()
+    not_a_cloudevent = Inbound(key=t.encode(), value=value, headers={}, timestamp_ms=0, topic="c")
+    emits = await harness.raw(not_a_cloudevent)
+    [dead] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dead.record.value == b"" and b"123" not in b"".join(v for _, v in dead.record.headers)

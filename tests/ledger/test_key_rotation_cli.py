@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.cli import cli
 from paystream.ledger import export_customer, tenant_session, write_events
-from paystream.ledger.migrate import upgrade
+from paystream.ledger.migrate import head, upgrade
 from paystream.ledger.models import DataKey
 from paystream.settings import load_settings
 from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring, keyring_from_settings
@@ -162,4 +162,5 @@ async def test_keys_rotate_refuses_a_ledger_schema_not_migrated(
     }
     result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
     assert result.exit_code == 1, result.output
-    assert "the ledger schema is at 0002, not 0003: run `paystream migrate`" in result.output
+    assert f"the ledger schema is at 0002, this version's is {head()}: migrate" in result.output
+    assert "re-sealed" not in result.output  # refused before touching anything

@@ -139,10 +139,12 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
         reached_provider=bool(err) or bool(retryable),
     )
     headers = {str(k).lower(): v for k, v in (getattr(exc, "headers", None) or {}).items()}
-    if error.retryable and headers.get("stripe-should-retry") == "false":
+    status = exc.http_status or 0
+    if error.retryable and status >= 500 and headers.get("stripe-should-retry") == "false":
         # Stripe keeps a key's answer, a 500 included, and says so: every retry under the
         # key would get it again (and count against the breaker). Parked at once; the
-        # payment's state at Stripe is for an operator to reconcile.
+        # payment's state at Stripe is for an operator to reconcile. (Not a 429: a rate
+        # limit passes, whatever the header says.)
         error.retry_now = False
     if error.retryable and code in (ErrorCode.IDEMPOTENCY_ERROR, ErrorCode.RATE_LIMITED):
         # A held key or a rate limit frees up in about a second, not in the backoff's

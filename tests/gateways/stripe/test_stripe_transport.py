@@ -6,6 +6,7 @@ timeouts) by injecting ``StripeClient(http_client=...)``, as stripe-python's tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -387,3 +388,13 @@ async def test_an_answer_stripe_keeps_for_the_key_is_not_retried_under_it() -> N
     with pytest.raises(RetriesExhausted):
         await policy.call("t2", "stripe", lambda: gw.create_payment(PAY, idempotency_key="k"))
     assert len(fake.requests) == 4
+    # A rate limit passes, whatever the header says: retried after its hint.
+    limited = {"error": {"type": "invalid_request_error", "code": "rate_limit"}}
+    gw, fake = gateway(lambda _req: (429, limited, {"Stripe-Should-Retry": "false"}))
+    quick = RetryPolicy(
+        max_attempts=3, backoff_base_seconds=0.0, failure_threshold=5, reset_seconds=30.0,
+        sleep=lambda _s: asyncio.sleep(0),
+    )  # fmt: skip
+    with pytest.raises(RetriesExhausted):
+        await quick.call("t3", "stripe", lambda: gw.create_payment(PAY, idempotency_key="k"))
+    assert len(fake.requests) == 3
