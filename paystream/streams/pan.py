@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -174,6 +175,7 @@ _WORDS = re.compile(r"[A-Z]?[a-z]+[0-9]*|[A-Z]+[0-9]*(?![a-z])|[0-9]+")
 _CODE_MEMBER = re.compile(r'"([^"\\]{1,64}+)"\s*+:\s*+"?\s*+([0-9]{3,4})(?![0-9])')
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys on every command
 def _names_security_code(key: str) -> bool:
     letters = _NOT_ALNUM.sub("", key.lower())
     if letters in _CODE_NAMES or letters in _CODE_WORDS:
