@@ -222,8 +222,14 @@ async def replay(
         try:
             for n, rec in enumerate(records, 1):
                 if rec.replayable:  # the others are passed over (and committed)
-                    headers = [(k, v) for k, v in rec.headers if not k.startswith(_OUR_HEADERS)]
-                    # (the first-attempt header stays: a park of the replay keeps it)
+                    # The first attempt as this replay reckons it (a record parked by an
+                    # older version has none): a park of the replay keeps it.
+                    headers = [
+                        (k, v)
+                        for k, v in rec.headers
+                        if not k.startswith(_OUR_HEADERS) and k != FIRST_ATTEMPT_HEADER
+                    ]
+                    headers.append((FIRST_ATTEMPT_HEADER, str(rec.first_seen_ms).encode()))
                     await producer.send_and_wait(
                         settings.commands_topic, rec.value, key=rec.key, headers=headers
                     )

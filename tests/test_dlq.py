@@ -262,3 +262,20 @@ async def test_staleness_counts_from_the_first_attempt_the_worker_recorded(
     assert [r.partition for r in result.stale] == [1]
     [resent] = await _resent_records(settings)
     assert dict(resent.headers)["paystream-first-attempt-ms"] == b"%d" % (now - 60_000)
+
+
+async def test_a_replay_writes_the_first_attempt_it_reckoned(deployment_factory: Any) -> None:
+    """A record parked by an older version has no first-attempt header: the replay writes
+    what it reckoned (from the command's time), so a park of the replay does not start
+    the window again at the replay's time."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    now = int(time.time() * 1000)
+    two_hours_ago = now - 7_200_000
+    sent = datetime.fromtimestamp(two_hours_ago / 1000, UTC).isoformat().encode()
+    await dep.produce(
+        settings.retry_topic, RawSend(value=b"{}", partition=0, headers=(("ce_time", sent),))
+    )
+    await replay(settings, [settings.retry_topic], now_ms=now)
+    [resent] = await _resent_records(settings)
+    assert dict(resent.headers)["paystream-first-attempt-ms"] == b"%d" % two_hours_ago

@@ -836,6 +836,8 @@ class CommandProcessor:
         if dropped:
             ours["paystream-dlq-dropped"] = b"too_large_to_keep"
         kept = {} if card or dropped else _kept_headers(rec.headers)
+        if kept:  # a replayed command dead-lettered now keeps its first attempt
+            kept[FIRST_ATTEMPT_HEADER] = str(_first_attempt_ms(rec)).encode()
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
@@ -916,10 +918,10 @@ FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
 
 
 def _first_attempt_ms(rec: Inbound) -> int:
-    """This record's time (the broker's, on a LogAppendTime commands topic), or the one
-    an earlier park recorded if earlier: never later, so a producer's header can only
-    make a command look older (held back), not fresher."""
-    first = rec.timestamp_ms
+    """This record's time (the broker's, on a LogAppendTime commands topic; never later
+    than now, whatever a producer stamped), or the one an earlier park recorded if
+    earlier: a header can only make a command look older (held back), not fresher."""
+    first = min(rec.timestamp_ms, int(time.time() * 1000))
     raw = next((v for k, v in rec.headers.items() if k == FIRST_ATTEMPT_HEADER), None)
     if raw is not None:
         with contextlib.suppress(UnicodeDecodeError, ValueError):

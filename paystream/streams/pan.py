@@ -153,12 +153,14 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
 # Card security codes (CVC, CVV, CSC, ...): PCI DSS forbids keeping them after
 # authorisation even encrypted, and no provider token flow needs one from us. Three or
 # four digits are anything at all, so only a key that names one gives it away. A key is
-# read as its letters and digits ("c_v_v", "CAV-2" and "cardCvv2" all count) and as its
-# words (split at separators and camel case).
-# Found anywhere in the letters (no English word holds them):
-_CODE_INSIDE = ("cvc", "cvv", "cav2")
-# Only as a whole word or the whole key ("rcvd" is "received", "mcc_value" no code):
-_CODE_WORDS = frozenset({"cvn", "cvn2", "cvd", "cv2", "ccv", "csc"})
+# read as words (split at separators and camel case; single letters rejoined, so "c_v_v"
+# and "C.V.V" are "cvv", and a lone number joins the word before: "CAV-2" is "cav2"). A
+# word names a code when it is one, or begins or ends with one ("cardcvv", "cvvcode"),
+# and only as the key's last word or before words that name its value ("cvv_code",
+# "cv_number"): "csc_id" is a service centre's id, "cvd_amount" a customs duty.
+_CODES = frozenset({"cvc", "cvv", "cvn", "cv2", "ccv", "csc", "cav2", "cvc2", "cvv2", "cvn2"})
+_CODE_ALONE = frozenset({"cvd"})  # whole words only: "rcvd" is "received"
+_CODE_TAIL = frozenset({"code", "value", "val", "number", "num", "no", "nr", "digits"})
 _CODE_NAMES = frozenset(
     {
         "securitycode",
@@ -173,16 +175,48 @@ _WORDS = re.compile(r"[A-Z]?[a-z]+[0-9]*|[A-Z]+[0-9]*(?![a-z])|[0-9]+")
 # A JSON member whose value is 3-4 digits, in text that did not parse. (Possessive: a
 # run of spaces must not be tried every way; one hostile dead letter took minutes.)
 _CODE_MEMBER = re.compile(r'"([^"\\]{1,64}+)"\s*+:\s*+"?\s*+([0-9]{3,4})(?![0-9])')
+# Keys longer than this are read afresh each time (the cache must not hold huge keys).
+_CACHED_KEY_MAX = 64
 
 
-@functools.lru_cache(maxsize=4096)  # the same few keys on every command
+def _key_words(key: str) -> list[str]:
+    words: list[str] = []
+    for word in (w.lower() for w in _WORDS.findall(key)):
+        if words and ((len(word) == 1 and len(words[-1]) <= 2) or word.isdigit()):
+            words[-1] += word  # c_v_v -> cvv, CAV-2 -> cav2
+        else:
+            words.append(word)
+    return words
+
+
+def _names_code(word: str) -> bool:
+    return (
+        word in _CODES
+        or word in _CODE_ALONE
+        or any(word.startswith(code) or word.endswith(code) for code in _CODES)
+    )
+
+
+def _key_names_security_code(key: str) -> bool:
+    if _NOT_ALNUM.sub("", key.lower()) in _CODE_NAMES:
+        return True
+    words = _key_words(key)
+    for i, word in enumerate(words):
+        rest = words[i + 1 :]
+        if word == "cv" and rest and rest[0] in _CODE_TAIL:  # "cvNumber" (CyberSource)
+            return True
+        if _names_code(word) and all(w in _CODE_TAIL for w in rest):
+            return True
+    return False
+
+
+_cached_names_security_code = functools.lru_cache(maxsize=4096)(_key_names_security_code)
+
+
 def _names_security_code(key: str) -> bool:
-    letters = _NOT_ALNUM.sub("", key.lower())
-    if letters in _CODE_NAMES or letters in _CODE_WORDS:
-        return True
-    if any(part in letters for part in _CODE_INSIDE):
-        return True
-    return any(word.lower() in _CODE_WORDS for word in _WORDS.findall(key))
+    if len(key) > _CACHED_KEY_MAX:
+        return _key_names_security_code(key)
+    return _cached_names_security_code(key)  # the same few keys on every command
 
 
 def _looks_like_security_code(value: Any) -> bool:

@@ -1344,7 +1344,7 @@ async def test_a_dead_letter_holding_a_security_code_is_not_kept(harness: Harnes
     ("carried", "expected"),
     [(None, 5_000), (b"2000", 2_000), (b"9000", 5_000), (b"junk", 5_000)],
     ids=["first-park", "re-parked-after-replay", "a-later-claim-is-ignored", "unreadable"],
-)
+)  # (record times of 5 s after the epoch: a producer's future stamp is capped at now)
 async def test_a_parked_command_says_when_it_was_first_run(
     harness: Harness, carried: bytes | None, expected: int
 ) -> None:
@@ -1387,8 +1387,8 @@ async def test_security_code_rules_are_the_same_in_either_mode(
 @pytest.mark.parametrize(
     "value",
     [
-        b'{"metadata": {"cvv": "123", "cvv": "x"}, ',  # repeated: parsed keeps the last
-        b'{"data": "{\\"cvv\\": \\"123\\"}", ',  # JSON inside a string
+        b'{"metadata": {"cvv": "123", "cvv": "x"}}',  # repeated: parsed keeps the last
+        b'{"data": "{\\"cvv\\": \\"123\\"}"}',  # JSON inside a string
     ],
     ids=["repeated-key", "json-in-a-string"],
 )
@@ -1400,3 +1400,22 @@ async def test_dead_letters_holding_a_security_code_anywhere_are_not_kept(
     emits = await harness.raw(not_a_cloudevent)
     [dead] = [e for e in emits if e.topic == harness.settings.dlq_topic]
     assert dead.record.value == b"" and b"123" not in b"".join(v for _, v in dead.record.headers)
+
+
+async def test_a_future_record_time_is_not_a_first_attempt(harness: Harness) -> None:
+    """On a topic whose record times the producer sets, a stamp in the future would make
+    a parked command look fresh for as long: the first attempt is never after now."""
+    t = harness.add_tenant(gateway_options={"fail_first": {"*": 50}})  # parks the command
+    cmd = build_command(
+        "payment.create",
+        t,
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    rec = encode_event(cmd, t.encode(), CloudEventsMode.BINARY)
+    future = int(time.time() * 1000) + 86_400_000
+    emits = await harness.raw(
+        Inbound(key=rec.key, value=rec.value, headers=dict(rec.headers), timestamp_ms=future)
+    )
+    [parked] = [e for e in emits if e.topic == harness.settings.retry_topic]
+    first = int(dict(parked.record.headers)[pipeline_module.FIRST_ATTEMPT_HEADER])
+    assert first <= int(time.time() * 1000)
