@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import asyncpg
+import scramp
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -22,11 +24,15 @@ __all__ = [
     "current",
     "downgrade",
     "head",
+    "scram_verifier",
     "set_app_password",
     "upgrade",
 ]
 
 APP_ROLE = "paystream_app"
+# PostgreSQL's own default (scram_iterations) for the application role's password.
+_SCRAM_ITERATIONS = 4096
+_SCRAM = scramp.ScramMechanism("SCRAM-SHA-256")
 # Arbitrary constant: serialises concurrent `paystream migrate` runs on one database.
 _MIGRATION_LOCK = 0x7061_7973_7472_6561
 
@@ -92,16 +98,33 @@ async def current(database_url: str) -> str | None:
 
 
 async def set_app_password(conn: AsyncConnection, password: str) -> None:
-    """ALTER ROLE paystream_app LOGIN PASSWORD ...; the role must exist (run upgrade first)."""
+    """ALTER ROLE paystream_app LOGIN PASSWORD ...; the role must exist (run upgrade first).
+
+    The statement carries the password's SCRAM-SHA-256 verifier, never the password:
+    PostgreSQL stores a verifier given to it as is, and the statement text can reach the
+    server's log (``log_statement = 'ddl'``) and monitoring views.
+    """
     if not password or "\x00" in password:
         raise LedgerError("the application role password must be non-empty text")
-    # ALTER ROLE takes no bind parameters: quote as a standard SQL literal, and send it
-    # raw so SQLAlchemy never reads ':' in the password as a bind marker.
-    literal = "'" + password.replace("'", "''") + "'"
+    # ALTER ROLE takes no bind parameters; the verifier is base64 and '$', ':' only.
+    verifier = scram_verifier(password)
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    await driver.execute(f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD {literal}")
+    await driver.execute(f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD '{verifier}'")
+
+
+def scram_verifier(password: str, iterations: int = _SCRAM_ITERATIONS) -> str:
+    """PostgreSQL's stored form of ``password`` for SCRAM-SHA-256 authentication
+    (``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``, RFC 5803)."""
+    salt, stored_key, server_key, iterations = _SCRAM.make_auth_info(
+        password, iteration_count=iterations
+    )
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
 
 
 def app_database_url(owner_url: str, password: str, role: str = APP_ROLE) -> str:

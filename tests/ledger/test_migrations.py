@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
@@ -11,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import create_engine
-from paystream.ledger.migrate import current, downgrade, upgrade
+from paystream.ledger.migrate import app_database_url, current, downgrade, scram_verifier, upgrade
 from paystream.ledger.models import TENANT_TABLES, Base
 
 
@@ -122,3 +123,36 @@ async def test_downgrade_to_base_and_back(module_database_url: str, owner: Async
     assert await _tables(owner) == {"alembic_version"}
     await upgrade(module_database_url)
     assert await _tables(owner) == {*TENANT_TABLES, "alembic_version"}
+
+
+async def test_app_password_reaches_the_server_only_as_a_scram_verifier(
+    module_database_url: str, owner: AsyncEngine
+) -> None:
+    password = "it's:a %s 'secret'"  # quotes, a colon, a format marker
+    await upgrade(module_database_url, app_password=password)
+    async with owner.connect() as conn:
+        superuser = (
+            await conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+        ).scalar()
+        if superuser:  # pg_authid is readable by superusers only
+            stored = (
+                await conn.execute(
+                    text("SELECT rolpassword FROM pg_authid WHERE rolname = 'paystream_app'")
+                )
+            ).scalar()
+            assert stored is not None and stored.startswith("SCRAM-SHA-256$4096:")
+    app = create_engine(app_database_url(module_database_url, password))
+    try:
+        async with app.connect() as conn:
+            assert (await conn.execute(text("SELECT current_user"))).scalar() == "paystream_app"
+    finally:
+        await app.dispose()
+
+
+def test_scram_verifier_holds_no_password_and_is_salted() -> None:
+    first, second = scram_verifier("hunter2"), scram_verifier("hunter2")
+    assert re.fullmatch(
+        r"SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+", first
+    )
+    assert "hunter2" not in first
+    assert first != second  # a fresh salt each time
