@@ -245,11 +245,17 @@ class CommandProcessor:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         tenant_raw = self.tenants.get(tenant_id)
         if tenant_raw is None:
-            return self._answered_before(cmd) or self._reject(
-                cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}"
+            # One let through before (parked, or in flight at a crash) goes back on the
+            # retry topic: the provider may have acted on it, so no final rejection.
+            return (
+                self._answered_before(cmd)
+                or self._repark_let_through(rec, cmd, RejectReason.UNKNOWN_TENANT)
+                or self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
             )
         tenant = self._tenant(tenant_id, tenant_raw)
-        if tenant.status is TenantStatus.SUSPENDED:
+        if tenant.status is TenantStatus.SUSPENDED and self._let_through_before(cmd) is None:
+            # (One let through before finishes: suspension stops new business, and the
+            # provider may already have acted on this.)
             return self._answered_before(cmd) or self._reject(
                 cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
             )
@@ -334,6 +340,7 @@ class CommandProcessor:
                         existing.outcome.data,
                         hold_key=_hold_key(cmd, data, idem_table_key, existing.entity_keys),
                         former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
+                        request=request_hash,
                     )
                 return self._replay_done(cmd, existing)
         # Not for a command let through once (parked, or in flight at a crash): it is
@@ -359,7 +366,16 @@ class CommandProcessor:
             )
         gateway_or_rejection = self._gateway_for(tenant)
         if isinstance(gateway_or_rejection, Rejection):
-            return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
+            # One let through before (its gateway was usable then) waits on the retry
+            # topic for the tenant's setup to be fixed.
+            reparked = (
+                self._repark_let_through(rec, cmd, gateway_or_rejection.reason)
+                if let_through
+                else None
+            )
+            return reparked or self._reject(
+                cmd, gateway_or_rejection.reason, gateway_or_rejection.message
+            )
         # Limits come after the idempotency check: a replay of a finished command is
         # answered from its record, neither counted nor limited again. A parked or
         # in-flight record means it was let through once: the provider may have acted
@@ -380,6 +396,7 @@ class CommandProcessor:
                 former_hold_key=_former_hold_key(cmd, data, entity_keys)
                 if existing is not None
                 else None,
+                request=request_hash,
             )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
@@ -449,7 +466,9 @@ class CommandProcessor:
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
             if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
-                return self._park(rec, cmd, idem_table_key, request_hash, expires, exc, entity_keys)
+                return self._park(
+                    rec, cmd, idem_table_key, request_hash, expires, exc.code.value, entity_keys
+                )
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")
@@ -530,6 +549,39 @@ class CommandProcessor:
         if existing.command_id != cmd.command_id:
             replayed = _answering(replayed, cmd.command_id)
         return [replayed]
+
+    def _let_through_before(self, cmd: CommandRef) -> IdempotencyRecord | None:
+        """This command's record if it was let through once (parked, or in flight at a
+        crash) and not answered: the provider may have acted on it, so a later change of
+        its tenant (suspended, removed, gateway unusable) must not answer it with a final
+        rejection (the customer charged, paystream saying rejected, no payment recorded)."""
+        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
+        if (
+            existing is None
+            or existing.command_id != cmd.command_id
+            or existing.state not in (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
+        ):
+            return None
+        return existing
+
+    def _repark_let_through(
+        self, rec: Inbound, cmd: CommandRef, reason: RejectReason
+    ) -> list[Emit] | None:
+        """Back to the retry topic, if let through once (see above); it keeps its record
+        (and any daily-volume hold) until it can run."""
+        existing = self._let_through_before(cmd)
+        if existing is None:
+            return None
+        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        return self._park(
+            rec,
+            cmd,
+            key,
+            existing.request_hash,
+            existing.expires_at,
+            reason.value,
+            existing.entity_keys,
+        )
 
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
         """This very record's outcome, if it was answered before (a redelivery after a
@@ -879,12 +931,14 @@ class CommandProcessor:
         idem_key: str,
         request_hash: str,
         expires: float,
-        exc: GatewayError,
+        reason: str,
         entity_keys: bool,
     ) -> list[Emit]:
-        """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`."""
+        """Keep the command on the retry topic for `paystream dlq replay`: its provider
+        retries are exhausted (``reason``: the error code), or it was let through once and
+        cannot run now (``reason``: why)."""
         metrics.PARKED.labels(cmd.tenant_id).inc()
-        log.warning("parking command %s of %s: %s", cmd.command_id, cmd.tenant_id, exc.code)
+        log.warning("parking command %s of %s: %s", cmd.command_id, cmd.tenant_id, reason)
         self._remember(
             idem_key,
             _idempotency_dict(
@@ -895,7 +949,7 @@ class CommandProcessor:
             sorted(
                 {
                     **_kept_headers(rec.headers),
-                    "paystream-park-reason": exc.code.value.encode(),
+                    "paystream-park-reason": reason.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                     FIRST_ATTEMPT_HEADER: str(_first_attempt_ms(rec)).encode(),
                 }.items()

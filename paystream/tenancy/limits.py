@@ -11,8 +11,9 @@ A tenant's registry record may carry :class:`TenantLimits`:
   authorised, captured or are awaiting authentication, counted from when the limit is
   set, plus the payments admitted and not yet answered (in flight, or parked after the
   provider failed): each *holds* its amount under its idempotency key until its outcome
-  counts it or releases it, so payments parked during an outage and re-driven later
-  cannot take the day over its quota. Over either limit, the command is rejected
+  counts it or releases it (against its day and the next: it is counted on the day it
+  is answered), so payments parked during an outage and re-driven later cannot take the
+  day over its quota. At most :data:`MAX_HOLDS` hold at once. Over either limit, the command is rejected
   ``quota_exceeded`` (``limit`` names which).
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
@@ -38,7 +39,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
@@ -67,6 +68,11 @@ VOLUME_OUTCOMES = frozenset(
 )
 
 _MILLI = 1000  # milli-tokens per command
+# Unanswered payments (in flight, parked) one tenant may hold against its daily volume at
+# once. Every admission sums them, and they live in one changelog record: an outage
+# parking tens of thousands made each admission 40x slower and the record too big for
+# the broker (failing its batch on every redelivery). Past it, new payments wait.
+MAX_HOLDS = 1_000
 
 
 class TenantLimits(BaseModel):
@@ -193,6 +199,7 @@ class LimitGate:
         admitted_before: bool = False,
         hold_key: str | None = None,
         former_hold_key: str | None = None,
+        request: str | None = None,
     ) -> Admission | LimitRejection | None:
         """Decide on one command; None when the tenant has no limits to apply.
 
@@ -202,13 +209,16 @@ class LimitGate:
         ``hold_key``: the command's idempotency key; an admitted payment under a daily
         volume limit holds its amount under it until :meth:`settle` (the record's command
         id stands in when none is given). ``former_hold_key``: what an older version held
-        the same payment under; such a hold is carried over to ``hold_key``.
+        the same payment under; such a hold is carried over to ``hold_key``. ``request``:
+        what the command asks (its request hash): a hold is the request's that placed it
+        (see :func:`_may_hold`).
         """
         key = self.key(tenant_id)
         if not limits.enforced and key not in self.table:
             return None  # nothing to apply or answer (`in`: a tenth of a missed get)
         state = self._state(self.table.get(key), rec)
         hold = _tag(hold_key or rec.command_id)
+        owner = None if request is None else _tag(request)
         carried = former_hold_key is not None and _tag(former_hold_key) in (state.get("held") or {})
         if carried:
             held = dict(state["held"])
@@ -220,7 +230,8 @@ class LimitGate:
                 self.table[key] = state
             if not decided["admit"]:
                 return _replayed(decided)
-            return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), hold)
+            mine = hold if _may_hold(state, hold, owner) else None
+            return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
         if not limits.enforced:
             # Limits since removed: only earlier decisions still stand, until committed.
             self._forget_committed(state, rec.partition)
@@ -229,12 +240,14 @@ class LimitGate:
             return None
         at_ms = self._at(state, rec)
         day = _day(at_ms)
+        # None: another request holds this payment id (counted against this one, kept).
+        hold_of_this = hold if _may_hold(state, hold, owner) else None
         if admitted_before:
             decision = None
             _spend(state, limits, at_ms)
         else:
             decision = _rate(state, limits, at_ms) or _quota(
-                state, limits, day, command_type, data, hold
+                state, limits, day, command_type, data, hold_of_this
             )
         if limits.commands_per_second is None:
             state["tokens"] = None  # a rate limit set later starts with a full bucket
@@ -254,10 +267,11 @@ class LimitGate:
             currency, amount = str(data.currency), int(data.amount)
             if currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
-                state["held"][hold] = [day, currency, amount]
+                if hold_of_this is not None:
+                    state["held"][hold_of_this] = [day, currency, amount, owner]
         entry.update(admit=True, counted=False, currency=currency, amount=amount)
         self._decide(key, state, rec, entry)
-        return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold)
+        return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold_of_this)
 
     def settle(self, admission: Admission, outcome_type: str) -> None:
         """An admitted payment answered: count its amount once if its outcome says money
@@ -296,6 +310,7 @@ class LimitGate:
         *,
         hold_key: str | None = None,
         former_hold_key: str | None = None,
+        request: str | None = None,
     ) -> None:
         """Account a record answered from its own idempotency record (a redelivery whose
         limits state was lost): as the admission it was, spending and counting once, and
@@ -307,7 +322,9 @@ class LimitGate:
         if _kept(state, rec) is not None:
             return  # accounted already
         held = dict(state.get("held") or {})
-        held.pop(_tag(hold_key or rec.command_id), None)
+        hold = _tag(hold_key or rec.command_id)
+        if _may_hold(state, hold, None if request is None else _tag(request)):
+            held.pop(hold, None)
         if former_hold_key is not None:
             held.pop(_tag(former_hold_key), None)
         state["held"] = held
@@ -370,18 +387,33 @@ def _fresh(partition: int) -> dict[str, Any]:
 
 
 def _holds_of_day(state: Mapping[str, Any], day: str) -> dict[str, list[Any]]:
-    """The holds that still count on ``day``; those of earlier days are dropped (a
-    payment parked then and re-driven now is counted when it is answered, holding or not)."""
-    return {tag: h for tag, h in (state.get("held") or {}).items() if h[0] >= day}
+    """The holds that still count on ``day``: those placed on it or the day before. A
+    payment parked before midnight and answered after counts on the day it is answered,
+    so until then it holds against that day too; older ones are dropped (the provider's
+    idempotency window is 24 h: `dlq replay` holds back what is older)."""
+    since = _day_before(day)
+    return {tag: h for tag, h in (state.get("held") or {}).items() if h[0] >= since}
 
 
-def _held(state: Mapping[str, Any], day: str, currency: str, own: str) -> int:
-    """What payments admitted on ``day`` and not yet answered hold, but ``own``'s."""
+def _held(state: Mapping[str, Any], day: str, currency: str, own: str | None) -> int:
+    """What payments not yet answered hold against ``day``, but ``own``'s."""
     return sum(
-        int(h[2])
-        for tag, h in (state.get("held") or {}).items()
-        if h[0] == day and h[1] == currency and tag != own
+        int(h[2]) for tag, h in _holds_of_day(state, day).items() if h[1] == currency and tag != own
     )
+
+
+def _may_hold(state: Mapping[str, Any], hold: str, owner: str | None) -> bool:
+    """May the request ``owner`` place (or release) the hold ``hold``? It is free, or
+    held by the same request (a chosen-id payment sent again under a new command id).
+    Another request naming the same payment id shares its provider key and is refused by
+    the provider: it must not take over, nor release, the first one's hold. (Holds
+    placed by older versions name no request.)"""
+    held = (state.get("held") or {}).get(hold)
+    return held is None or len(held) < 4 or held[3] is None or owner is None or held[3] == owner
+
+
+def _day_before(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
 
 
 def _kept(state: Mapping[str, Any] | None, rec: Record) -> dict[str, Any] | None:
@@ -461,7 +493,7 @@ def _quota(
     day: str,
     command_type: str,
     data: Any,
-    hold: str,
+    hold: str | None,
 ) -> LimitRejection | None:
     if command_type != "payment.create":
         return None
@@ -476,6 +508,14 @@ def _quota(
     daily = limits.daily_payment_volume.get(currency)
     if daily is None:
         return None
+    holds = _holds_of_day(state, day)
+    if len(holds) >= MAX_HOLDS and (hold is None or hold not in holds):
+        return LimitRejection(
+            "quota_exceeded",
+            f"{len(holds)} payments of the tenant are awaiting their provider's answer "
+            f"(at most {MAX_HOLDS}); send this one again once they are answered",
+            {"limit": "pending_payments", "currency": currency, "allowed": MAX_HOLDS},
+        )
     used = int((state.get("volume") or {}).get(currency, 0)) if state.get("day") == day else 0
     held = _held(state, day, currency, hold)
     if used + held + amount > daily:

@@ -392,3 +392,100 @@ async def test_an_older_versions_hold_is_carried_over_on_a_redelivery_too(
     assert kind(out) == "payment.succeeded"
     _, fits = await _run(harness, _record("payment.create", t, _pay(400), "b", T0 + 2, 171))
     assert kind(fits) == "payment.succeeded"
+
+
+async def test_a_conflicting_create_for_the_same_payment_id_leaves_the_parked_ones_hold(
+    harness: Harness,
+) -> None:
+    """A second create naming a parked payment's id, with another amount: the provider
+    refuses it (one key, other parameters). It took the first one's hold over, then
+    released it, and the day moved 1800 against a quota of 1000."""
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    first = _record("payment.create", t, {**_pay(900), "payment_id": "p1"}, "a", T0, 180)
+    assert [e.topic for e in await harness.processor.process(first)] == [
+        harness.settings.retry_topic
+    ]
+    other = _record("payment.create", t, {**_pay(50), "payment_id": "p1"}, "b", T0 + 1, 181)
+    _, refused = await _run(harness, other)
+    assert kind(refused) == "command.rejected"
+    await _run(harness, other)  # its redelivery releases nothing either
+    _, over = await _run(harness, _record("payment.create", t, _pay(900), "c", T0 + 2, 182))
+    assert (data(over)["reason"], data(over)["held"]) == ("quota_exceeded", 900)
+    _, out = await _run(
+        harness, _record("payment.create", t, {**_pay(900), "payment_id": "p1"}, "a", T0 + 3, 183)
+    )
+    assert kind(out) == "payment.succeeded"
+    assert await _charges(harness, t) == 1
+
+
+async def test_a_payment_parked_before_midnight_holds_against_the_next_day(
+    harness: Harness,
+) -> None:
+    """Holds counted only on the day they were placed: after midnight new payments filled
+    the day, then the re-driven parked one was counted on top (1700 of 1000)."""
+    t = _quota_tenant(harness)
+    midnight = (T0 // 86_400_000 + 1) * 86_400_000
+    body = {**_pay(800), "payment_id": "p1"}
+    parked = await harness.processor.process(
+        _record("payment.create", t, body, "a", midnight - 1_800_000, 190)
+    )
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    _, over = await _run(
+        harness, _record("payment.create", t, _pay(900), "b", midnight + 1_800_000, 191)
+    )
+    assert (data(over)["reason"], data(over)["held"]) == ("quota_exceeded", 800)
+    _, out = await _run(harness, _record("payment.create", t, body, "a", midnight + 1_860_000, 192))
+    assert kind(out) == "payment.succeeded"
+    _, fits = await _run(
+        harness, _record("payment.create", t, _pay(200), "c", midnight + 1_900_000, 193)
+    )
+    assert kind(fits) == "payment.succeeded"
+
+
+async def test_a_hold_never_answered_stops_counting_after_the_next_day(harness: Harness) -> None:
+    t = _quota_tenant(harness)
+    parked = _record("payment.create", t, {**_pay(900), "payment_id": "p1"}, "a", T0, 196)
+    assert [e.topic for e in await harness.processor.process(parked)] == [
+        harness.settings.retry_topic
+    ]
+    _, next_day = await _run(
+        harness, _record("payment.create", t, _pay(200), "b", T0 + 86_400_000, 197)
+    )
+    assert (data(next_day)["reason"], data(next_day)["held"]) == ("quota_exceeded", 900)
+    # (`dlq replay` holds back what is older than the provider's 24 h window.)
+    later = T0 + 2 * 86_400_000
+    _, fits = await _run(harness, _record("payment.create", t, _pay(1000), "c", later, 198))
+    assert kind(fits) == "payment.succeeded"
+
+
+async def test_payments_awaiting_the_provider_are_capped(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each parked payment held its amount in the tenant's one limits record: a long
+    outage grew it past the broker's message size, and every admission summed it."""
+    monkeypatch.setattr("paystream.tenancy.limits.MAX_HOLDS", 3)
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        gateway_options={"fail_first": {"*": 3}},
+        limits={"daily_payment_volume": {"USD": 100_000}},
+    )
+    for n in range(3):
+        rec = _record("payment.create", t, _pay(100), f"p{n}", T0 + n, 200 + n)
+        assert [e.topic for e in await harness.processor.process(rec)] == [
+            harness.settings.retry_topic
+        ]
+    _, waits = await _run(harness, _record("payment.create", t, _pay(100), "p3", T0 + 5, 205))
+    assert (data(waits)["reason"], data(waits)["limit"]) == ("quota_exceeded", "pending_payments")
+    assert f"{t}:p3" not in harness.idempotency  # not remembered: sent again later, it runs
+    assert len(harness.processor.limits.table[f"{t}:limits"]["held"]) == 3
+    # A parked one re-driven is let through (the provider still down: parked again).
+    redriven = _record("payment.create", t, _pay(100), "p0", T0 + 6, 206)
+    assert [e.topic for e in await harness.processor.process(redriven)] == [
+        harness.settings.retry_topic
+    ]

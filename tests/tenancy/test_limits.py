@@ -195,12 +195,15 @@ def test_an_unanswered_payment_holds_its_amount_until_settled() -> None:
     assert g2.state["held"] == {} and g2.state["volume"] == {}
 
 
-def test_a_hold_of_an_earlier_day_no_longer_counts() -> None:
+def test_a_hold_counts_until_the_end_of_the_next_day() -> None:
+    """A payment parked before midnight is counted on the day it is answered: until
+    then it holds against that day too. After that the provider's window is over."""
     g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
     assert isinstance(g.send(T0, "payment.create", Pay(900)), Admission)  # parked
-    next_day = T0 + DAY_MS
-    assert isinstance(g.pay(1000, at_ms=next_day), Admission)
-    assert g.state["held"] == {}  # the earlier day's hold is dropped, not just ignored
+    over = rejected(g.pay(200, at_ms=T0 + DAY_MS), "quota_exceeded")
+    assert over.extra["held"] == 900
+    assert isinstance(g.pay(1000, at_ms=T0 + 2 * DAY_MS), Admission)
+    assert g.state["held"] == {}  # the old hold is dropped, not just ignored
 
 
 def test_a_record_admitted_before_passes_unchecked_but_spends_a_token() -> None:

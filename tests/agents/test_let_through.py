@@ -1,0 +1,107 @@
+"""A command let through once (parked, or in flight at a crash) is never answered with a
+final rejection by a later change of its tenant: the provider may have acted on it."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from paystream.agents.pipeline import Emit, Inbound
+from paystream.client import build_command
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
+
+pytestmark = pytest.mark.asyncio
+
+_offsets = itertools.count(1)
+_BODY = {
+    "amount": 5000,
+    "currency": "USD",
+    "payment_method_token": "pm_card_visa",
+    "payment_id": "p1",
+}
+
+
+def _record(tenant: str, command_id: str = "c1") -> Inbound:
+    """payment.create of p1, as read from the commands topic (a new offset each time: the
+    first delivery, then `dlq replay`'s copies)."""
+    event = build_command("payment.create", tenant, _BODY, command_id=command_id)
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
+        next(_offsets),
+    )  # fmt: skip
+
+
+async def _charges(h: Harness, tenant: str, record: dict[str, Any]) -> int:
+    gateway = h.pool.get(Tenant.model_validate(record))
+    assert isinstance(gateway, SimulatorGateway)
+    return sum(1 for e in await gateway.effects() if e.kind == "charge")
+
+
+async def _parked_after_a_charge(h: Harness) -> tuple[str, dict[str, Any]]:
+    """A tenant whose provider charged p1 but whose answers were lost: the command parked."""
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
+    emits = await h.processor.process(_record(t))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert h.idempotency[f"{t}:c1"]["state"] == "parked"
+    return t, dict(h.tenants[t])
+
+
+def _reparked(h: Harness, emits: list[Emit], reason: str) -> None:
+    assert outcome_of(h.settings, emits) is None
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert dict(emits[0].record.headers)["paystream-park-reason"] == reason.encode()
+
+
+async def test_a_parked_payment_of_a_tenant_suspended_since_finishes(harness: Harness) -> None:
+    t, record = await _parked_after_a_charge(harness)
+    harness.tenants[t] = {**record, "status": "suspended"}
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert f"{t}:p1" in harness.tables.payments
+    assert await _charges(harness, t, record) == 1
+    # New business stays refused.
+    refused = outcome_of(harness.settings, await harness.processor.process(_record(t, "c2")))
+    assert refused is not None and data(refused)["reason"] == "tenant_suspended"
+
+
+async def test_a_parked_payment_of_a_tenant_removed_since_is_parked_again(
+    harness: Harness,
+) -> None:
+    t, record = await _parked_after_a_charge(harness)
+    del harness.tenants[t]
+    emits = await harness.processor.process(_record(t))
+    _reparked(harness, emits, "unknown_tenant")
+    assert harness.idempotency[f"{t}:c1"]["state"] == "parked"
+    harness.tenants[t] = record  # restored: the next replay finishes it, charging once
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert await _charges(harness, t, record) == 1
+
+
+async def test_a_parked_payment_whose_gateway_cannot_be_opened_is_parked_again(
+    harness: Harness,
+) -> None:
+    """E.g. `keys rotate` resealed the tenant's secrets before this worker had the new key."""
+    t, record = await _parked_after_a_charge(harness)
+    harness.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}
+    emits = await harness.processor.process(_record(t))
+    _reparked(harness, emits, "gateway_not_configured")
+    harness.tenants[t] = record
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert await _charges(harness, t, record) == 1
+
+
+async def test_a_new_command_of_a_removed_tenant_is_still_rejected(harness: Harness) -> None:
+    t, _ = await _parked_after_a_charge(harness)
+    del harness.tenants[t]
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t, "other")))
+    assert out is not None and data(out)["reason"] == "unknown_tenant"
