@@ -13,8 +13,8 @@ A tenant's registry record may carry :class:`TenantLimits`:
   provider failed): each *holds* its amount under its idempotency key until its outcome
   counts it or releases it (against its day and the next: it is counted on the day it
   is answered), so payments parked during an outage and re-driven later cannot take the
-  day over its quota. At most :data:`MAX_HOLDS` hold at once. Over either limit, the command is rejected
-  ``quota_exceeded`` (``limit`` names which).
+  day over its quota. At most :data:`MAX_HOLDS` hold at once. Over either limit, the
+  command is rejected ``quota_exceeded`` (``limit`` names which).
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
 catches up on a backlog must not reject commands that were sent at an allowed pace.

@@ -189,13 +189,20 @@ async def test_a_request_the_provider_refuses_is_rejected_without_a_failed_payme
         "payment.create", t, {"payment_id": "p1", **USD_1000, "payment_method_id": "m1"}
     )
     assert kind(refused) == "command.rejected" and data(refused)["reason"] == "validation_error"
-    # the corrected command (new key, same payment id) is not blocked by a failed p1
-    fixed = await harness.send(
-        "payment.create",
-        t,
-        {"payment_id": "p1", **USD_1000, "payment_method_id": "m1", "customer_id": "c1"},
-    )
+    assert f"{t}:p1" not in harness.tables.payments  # no failed p1 left behind
+    corrected = {**USD_1000, "payment_method_id": "m1", "customer_id": "c1"}
+    # The provider keeps its refusal under p1's key (Stripe, for 24 h; the simulator as
+    # Stripe): the corrected command under the same payment id is told so...
+    same_id = await harness.send("payment.create", t, {"payment_id": "p1", **corrected})
+    assert data(same_id)["reason"] == "idempotency_conflict"
+    # ...and goes through under a new one (as the README tells producers to send it).
+    fixed = await harness.send("payment.create", t, {"payment_id": "p2", **corrected})
     assert kind(fixed) == "payment.succeeded"
+    assert await _effects(harness, t) == [
+        ("customer.created", None),
+        ("payment_method.attached", None),
+        ("charge", 1000),
+    ]
 
 
 async def test_a_dispute_the_provider_resolved_as_won_does_not_block_a_refund(

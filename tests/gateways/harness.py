@@ -24,7 +24,11 @@ _LOCALSTRIPE_CANONICAL = {
     "pm_card_visa_chargeDeclined",
     "pm_card_chargeCustomerFail",
 }
-_LOCALSTRIPE_TEST_NUMBERS = {"pm_card_authenticationRequired": "4000002500003155"}
+_LOCALSTRIPE_TEST_NUMBERS = {
+    "pm_card_authenticationRequired": "4000002760003184",
+    "pm_card_threeDSecure2Required": "4000000000003220",
+    "pm_card_authenticationRequiredOnSetup": "4000002500003155",
+}
 
 
 def over_gateways(localstripe_gap: str | None = None) -> pytest.MarkDecorator:

@@ -329,12 +329,51 @@ async def test_declines_map_onto_the_vocabulary(
     assert err.http_status == 402
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        "pm_card_authenticationRequired",
+        "pm_card_threeDSecure2Required",
+        "pm_card_authenticationRequiredOnSetup",  # asks on-session too
+    ],
+)
 @over_gateways()
-async def test_authentication_required_surfaces_next_action(harness: Harness) -> None:
-    res = await pay(harness, token="pm_card_authenticationRequired")
+async def test_authentication_required_surfaces_next_action(harness: Harness, token: str) -> None:
+    res = await pay(harness, token=token)
     assert res.status is PaymentStatus.REQUIRES_ACTION
     assert res.next_action and res.next_action.get("type")
     assert res.amount_captured == 0
+
+
+@pytest.mark.parametrize(
+    ("token", "last4"),
+    [
+        ("pm_card_authenticationRequired", "3184"),
+        ("pm_card_threeDSecure2Required", "3220"),
+        ("pm_card_authenticationRequiredOnSetup", "3155"),
+    ],
+)
+@over_gateways()
+async def test_three_d_secure_cards_have_stripes_last4(
+    harness: Harness, token: str, last4: str
+) -> None:
+    pm = await harness.gateway.attach_payment_method(
+        AttachPaymentMethod(
+            provider_customer_id=await customer(harness), token=await harness.token(token)
+        ),
+        idempotency_key=key(),
+    )
+    assert pm.last4 == last4
+
+
+@over_gateways(localstripe_gap="no minimum charge amounts (Stripe: amount_too_small)")
+async def test_a_charge_under_the_currencys_minimum_is_invalid_request(harness: Harness) -> None:
+    for amount in (Money(amount=49, currency="USD"), Money(amount=29, currency="GBP")):
+        req = CreatePayment(amount=amount, provider_payment_method_id="pm_card_visa")
+        err = await expect(
+            ErrorCode.INVALID_REQUEST, harness.gateway.create_payment(req, idempotency_key=key())
+        )
+        assert not err.retryable
 
 
 # ---- refunds -------------------------------------------------------------------------
@@ -413,6 +452,23 @@ async def test_decline_replay_returns_the_same_failure(harness: Harness) -> None
         ErrorCode.CARD_DECLINED, harness.gateway.create_payment(req, idempotency_key=k)
     )
     assert first.provider_payment_id and second.provider_payment_id == first.provider_payment_id
+
+
+@over_gateways(localstripe_gap=NO_IDEMPOTENCY)
+async def test_a_refusal_is_the_keys_answer(harness: Harness) -> None:
+    """Stripe keeps the first answer of a request it ran, a refusal included: the same
+    request again gets it again, a corrected one under the key an idempotency error."""
+    k = key()
+    missing = CreatePayment(amount=usd(700), provider_payment_method_id="pm_doesnotexist0000")
+    await expect(ErrorCode.NOT_FOUND, harness.gateway.create_payment(missing, idempotency_key=k))
+    await expect(ErrorCode.NOT_FOUND, harness.gateway.create_payment(missing, idempotency_key=k))
+    fixed = CreatePayment(amount=usd(700), provider_payment_method_id="pm_card_visa")
+    await expect(
+        ErrorCode.IDEMPOTENCY_ERROR, harness.gateway.create_payment(fixed, idempotency_key=k)
+    )
+    assert (await harness.gateway.create_payment(fixed, idempotency_key=key())).status is (
+        PaymentStatus.SUCCEEDED
+    )
 
 
 @over_gateways(localstripe_gap=NO_IDEMPOTENCY)

@@ -111,7 +111,13 @@ _CUSTOMER_FAIL = _decline(
     "charge_customer_fail", "0341", ErrorCode.CARD_DECLINED, "card_declined", "generic_decline",
     "Your card was declined.", on_attach=False,
 )  # fmt: skip
-_3DS = TestCard("authentication_required", "visa", "3155", Behaviour.REQUIRE_ACTION)
+# Stripe's 3-D Secure cards: 3184 always asks; 3220 is its 3DS2 card; 3155 asks unless
+# set up for off-session use, and every payment here is on-session, so it asks too.
+_3DS = TestCard("authentication_required", "visa", "3184", Behaviour.REQUIRE_ACTION)
+_3DS2 = TestCard("three_d_secure_2_required", "visa", "3220", Behaviour.REQUIRE_ACTION)
+_3DS_ON_SETUP = TestCard(
+    "authentication_required_on_setup", "visa", "3155", Behaviour.REQUIRE_ACTION
+)
 _DISPUTE = TestCard("create_dispute", "visa", "0259", Behaviour.DISPUTE)
 
 
@@ -132,7 +138,9 @@ CARDS: dict[str, TestCard] = {
     **_aliases(_CVC, "chargeDeclinedIncorrectCvc", "visa_chargeDeclinedIncorrectCvc"),
     **_aliases(_PROCESSING, "chargeDeclinedProcessingError", "visa_chargeDeclinedProcessingError"),
     **_aliases(_CUSTOMER_FAIL, "chargeCustomerFail"),
-    **_aliases(_3DS, "authenticationRequired", "threeDSecure2Required"),
+    **_aliases(_3DS, "authenticationRequired"),
+    **_aliases(_3DS2, "threeDSecure2Required"),
+    **_aliases(_3DS_ON_SETUP, "authenticationRequiredOnSetup"),
     **_aliases(_DISPUTE, "createDispute"),
 }
 

@@ -45,7 +45,9 @@ from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import operations as ops
 from paystream.gateways.simulator.options import SimulatorOptions
 from paystream.gateways.simulator.store import (
+    EFFECTS_CAP,
     PROVIDER,
+    STATE_TTL_SECONDS,
     Effect,
     SimulatorStore,
     Tx,
@@ -82,6 +84,8 @@ class SimulatorGateway:
         *,
         options: SimulatorOptions | None = None,
         record_ttl_seconds: int = 24 * 3600,
+        state_ttl_seconds: int = STATE_TTL_SECONDS,
+        effects_cap: int = EFFECTS_CAP,
     ) -> None:
         self.options = options or SimulatorOptions()
         narrowed = self.options.capabilities
@@ -96,6 +100,8 @@ class SimulatorGateway:
             redis,
             tenant_id,
             record_ttl_seconds=record_ttl_seconds,
+            state_ttl_seconds=state_ttl_seconds,
+            effects_cap=effects_cap,
         )
         self._random = random.Random(self.options.seed)
 
@@ -116,22 +122,30 @@ class SimulatorGateway:
 
     # ---- the machinery every call goes through -------------------------------------
 
-    async def _inject_failure(self, key: str) -> int:
-        """Fail before reaching the "provider" (nothing applied, nothing stored).
-
-        Returns the attempt number of this key (0 when no per-key knob is set).
-        """
+    async def _inject_failure(self, key: str) -> None:
+        """Fail before reaching the "provider" (nothing applied, nothing stored)."""
         opts = self.options
         if opts.latency_ms:
             await asyncio.sleep(opts.latency_ms / 1000)
-        attempt = 0
-        if opts.fail_first or opts.lose_response_first:
-            attempt = await self._store.count_attempt(key)
-        if attempt and attempt <= opts.injected_failures(key, opts.fail_first):
-            raise self._transient(f"injected failure (attempt {attempt} of key {key!r})")
+        # Counted only for a key the knob names (or "*"): a counter per call otherwise.
+        failures = opts.injected_failures(key, opts.fail_first)
+        if failures:
+            attempt = await self._store.count_attempt(key, "attempts")
+            if attempt <= failures:
+                raise self._transient(f"injected failure (attempt {attempt} of key {key!r})")
         if opts.fail_rate and self._random.random() < opts.fail_rate:
             raise self._transient("injected random failure")
-        return attempt
+
+    async def _lose_response(self, key: str) -> None:
+        """The provider applied (or replayed) the call but its answer never arrives.
+
+        Counted apart from ``fail_first``, among the calls that reached the provider
+        only: with both knobs set, the first calls fail and the next ones lose their
+        answers, rather than the failed calls using up the lost ones.
+        """
+        lost = self.options.injected_failures(key, self.options.lose_response_first)
+        if lost and await self._store.count_attempt(key, "answered") <= lost:
+            raise GatewayError(ErrorCode.TIMEOUT, "injected lost response", provider=PROVIDER)
 
     def _transient(self, message: str) -> GatewayError:
         return GatewayError(self.options.fail_code, message, provider=PROVIDER, http_status=503)
@@ -143,13 +157,20 @@ class SimulatorGateway:
         key: str,
         fn: Callable[[Tx], Awaitable[dict[str, Any]]],
         result: type[R],
+        *,
+        keyed: bool = True,
     ) -> R:
         if OPERATION_CAPABILITY[operation] not in self.capabilities:
             raise UnsupportedOperation(PROVIDER, operation)
-        attempt = await self._inject_failure(key) if self.options.misbehaves else 0
         fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
         try:
-            response = await self._store.execute(key, fingerprint, fn)
+            # Injection counts its attempts in Redis too: inside the try, so a store
+            # that is down is the provider down whichever knob is set.
+            if self.options.misbehaves:
+                await self._inject_failure(key)
+            response = await self._store.execute(key, fingerprint, fn, keyed=keyed)
+            if self.options.lose_response_first:
+                await self._lose_response(key)
         except (
             RedisConnectionError,
             RedisTimeoutError,
@@ -165,22 +186,7 @@ class SimulatorGateway:
                 f"simulator state store unreachable ({type(exc).__name__})",
                 provider=PROVIDER,
             ) from exc
-        if attempt and attempt <= self.options.injected_failures(
-            key, self.options.lose_response_first
-        ):
-            # The provider applied (or replayed) the call but the answer never arrived.
-            raise GatewayError(ErrorCode.TIMEOUT, "injected lost response", provider=PROVIDER)
-        if "error" in response:
-            err = response["error"]
-            raise GatewayError(
-                ErrorCode(err["code"]),
-                err["message"],
-                provider=PROVIDER,
-                decline_code=err.get("decline_code"),
-                http_status=err.get("http_status"),
-                provider_payment_id=err.get("provider_payment_id"),
-            )
-        return result.model_validate(response["ok"])
+        return _answer(response, result)
 
     # ---- the protocol --------------------------------------------------------------
 
@@ -197,9 +203,13 @@ class SimulatorGateway:
         )  # fmt: skip
 
     async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
+        # Stripe's DELETE takes no idempotency key: a retry after a lost answer runs
+        # afresh and finds no such customer (404), as the handler expects of Stripe. The
+        # customer's `deleted` flag, read-checked at commit, keeps customer.deleted once.
         return await self._run(
             "delete_customer", req, idempotency_key,
             lambda tx: ops.delete_customer(tx, req, idempotency_key), CustomerResult,
+            keyed=False,
         )  # fmt: skip
 
     async def attach_payment_method(
@@ -277,20 +287,42 @@ class SimulatorGateway:
     ) -> PaymentResult:
         """The cardholder finishes (or fails) the 3-D Secure challenge."""
         return await self._provider_action(
-            f"3ds:{payment_id}", lambda tx: ops.complete_authentication(tx, payment_id, succeed),
-            PaymentResult,
+            f"3ds:{payment_id}", {"succeed": succeed},
+            lambda tx: ops.complete_authentication(tx, payment_id, succeed), PaymentResult,
         )  # fmt: skip
 
     async def resolve_dispute(self, dispute_id: str, *, won: bool) -> DisputeResult:
         """The card network decides a dispute."""
         return await self._provider_action(
-            f"resolve:{dispute_id}", lambda tx: ops.resolve_dispute(tx, dispute_id, won),
-            DisputeResult,
+            f"resolve:{dispute_id}", {"won": won},
+            lambda tx: ops.resolve_dispute(tx, dispute_id, won), DisputeResult,
         )  # fmt: skip
 
     async def _provider_action(
-        self, key: str, fn: Callable[[Tx], Awaitable[dict[str, Any]]], result: type[R]
+        self,
+        key: str,
+        params: dict[str, Any],
+        fn: Callable[[Tx], Awaitable[dict[str, Any]]],
+        result: type[R],
     ) -> R:
-        # Provider-initiated changes go through the same commit, so they happen once.
-        response = await self._store.execute(f"provider:{key}", request_fingerprint(key, {}), fn)
-        return result.model_validate(response["ok"])
+        # Provider-initiated changes go through the same commit, so they happen once; the
+        # verdict is in the fingerprint, so the opposite one (a lost dispute after a won
+        # one) is an idempotency error, not the first one replayed as if it were new.
+        fingerprint = request_fingerprint(key, params)
+        response = await self._store.execute(f"provider:{key}", fingerprint, fn)
+        return _answer(response, result)
+
+
+def _answer(response: dict[str, Any], result: type[R]) -> R:
+    """The stored or fresh response as the result, or as the error it records."""
+    if "error" in response:
+        err = response["error"]
+        raise GatewayError(
+            ErrorCode(err["code"]),
+            err["message"],
+            provider=PROVIDER,
+            decline_code=err.get("decline_code"),
+            http_status=err.get("http_status"),
+            provider_payment_id=err.get("provider_payment_id"),
+        )
+    return result.model_validate(response["ok"])

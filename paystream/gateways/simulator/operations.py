@@ -1,14 +1,18 @@
 """The simulated provider's object rules (Stripe's), run inside one store transaction.
 
 Each function returns the response to store for its idempotency key: ``{"ok": result}``
-or, for outcomes a provider records (card declines), ``{"error": ...}``. Failures that
-change nothing (not found, wrong state) are raised, so the key is released.
+or, for outcomes a provider records (card declines), ``{"error": ...}``. As Stripe does,
+each first checks its parameters alone (`_invalid`: raised, nothing stored, the key stays
+free), then looks objects up; what it refuses from there on (`_refuse`: no such object,
+a state that forbids the call, an amount the object cannot take) is the key's answer,
+stored and replayed on a retry like any other.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any
 
 from paystream.gateways.base import (
@@ -31,11 +35,14 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import results
 from paystream.gateways.simulator.cards import Behaviour, TestCard, card_for_token
-from paystream.gateways.simulator.store import PROVIDER, Effect, Tx
+from paystream.gateways.simulator.store import PROVIDER, Effect, Refusal, Tx
+from paystream.gateways.stripe_rules import below_minimum_charge, three_decimal_problem
 from paystream.ids import ID_LENGTH, letters
+from paystream.money import Money
 
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
+    "DISPUTE_EVIDENCE_FILE_FIELDS",
     "accept_dispute",
     "attach_payment_method",
     "cancel_payment",
@@ -83,6 +90,21 @@ DISPUTE_EVIDENCE_FIELDS = frozenset(
         "uncategorized_text",
     }
 )
+# The evidence fields that take a file uploaded to Stripe (its id, `file_...`), not text.
+DISPUTE_EVIDENCE_FILE_FIELDS = frozenset(
+    {
+        "cancellation_policy",
+        "customer_communication",
+        "customer_signature",
+        "duplicate_charge_documentation",
+        "receipt",
+        "refund_policy",
+        "service_documentation",
+        "shipping_documentation",
+        "uncategorized_file",
+    }
+)
+_FILE_ID = re.compile(r"file_[A-Za-z0-9]+")
 
 
 # Simulated provider ids need uniqueness, not secrecy: seed once instead of a syscall per id.
@@ -93,14 +115,20 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{letters(_IDS.randbytes(ID_LENGTH))}"
 
 
-def _fail(code: ErrorCode, message: str, *, http_status: int = 400) -> GatewayError:
-    return GatewayError(code, message, provider=PROVIDER, http_status=http_status)
+def _invalid(message: str) -> GatewayError:
+    """The parameters alone are refused, before anything is looked up: not stored."""
+    return GatewayError(ErrorCode.INVALID_REQUEST, message, provider=PROVIDER, http_status=400)
+
+
+def _refuse(code: ErrorCode, message: str, *, http_status: int = 400) -> Refusal:
+    """Refused from what the call found: the key's answer, stored."""
+    return Refusal(code, message, http_status=http_status)
 
 
 async def _must(tx: Tx, object_id: str, kind: str) -> dict[str, Any]:
     obj = await tx.get(object_id)
     if obj is None or obj.get("object") != kind or obj.get("deleted"):
-        raise _fail(ErrorCode.NOT_FOUND, f"no such {kind}: {object_id!r}", http_status=404)
+        raise _refuse(ErrorCode.NOT_FOUND, f"no such {kind}: {object_id!r}", http_status=404)
     return obj
 
 
@@ -153,10 +181,10 @@ async def attach_payment_method(tx: Tx, req: AttachPaymentMethod, key: str) -> d
     if card is None:
         existing = await tx.get(req.token)
         if existing is None or existing.get("object") != "payment_method":
-            raise _fail(
+            raise _refuse(
                 ErrorCode.NOT_FOUND, f"no such payment method: {req.token!r}", http_status=404
             )
-        raise _fail(
+        raise _refuse(
             ErrorCode.INVALID_STATE,
             "a saved payment method that was attached once cannot be attached again",
         )
@@ -176,7 +204,7 @@ async def attach_payment_method(tx: Tx, req: AttachPaymentMethod, key: str) -> d
 async def detach_payment_method(tx: Tx, req: DetachPaymentMethod, key: str) -> dict[str, Any]:
     pm = await _must(tx, req.provider_payment_method_id, "payment_method")
     if pm["customer"] is None:
-        raise _fail(ErrorCode.INVALID_STATE, "the payment method is not attached to a customer")
+        raise _refuse(ErrorCode.INVALID_STATE, "the payment method is not attached to a customer")
     pm = {**pm, "customer": None}
     tx.put(pm)
     tx.effect(Effect("payment_method.detached", key, pm["id"]))
@@ -195,9 +223,9 @@ async def _card_for_payment(tx: Tx, req: CreatePayment) -> tuple[TestCard, str]:
         return card, req.provider_payment_method_id
     pm = await _must(tx, req.provider_payment_method_id, "payment_method")
     if pm["customer"] is None:
-        raise _fail(ErrorCode.INVALID_STATE, "a detached payment method cannot be used again")
+        raise _refuse(ErrorCode.INVALID_STATE, "a detached payment method cannot be used again")
     if pm["customer"] != req.provider_customer_id:
-        raise _fail(
+        raise _refuse(
             ErrorCode.INVALID_REQUEST,
             "the payment method belongs to another customer (or none was given)",
         )
@@ -243,14 +271,21 @@ async def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
 MAX_STRIPE_AMOUNT = 99_999_999
 
 
-async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]:
-    if req.amount.amount < 1:
-        raise _fail(ErrorCode.INVALID_REQUEST, "amount must be at least 1 minor unit")
-    if req.amount.amount > MAX_STRIPE_AMOUNT:
-        raise _fail(
-            ErrorCode.INVALID_REQUEST,
-            f"amount must be no more than {MAX_STRIPE_AMOUNT} minor units (eight digits)",
+def _check_amount(amount: Money) -> None:
+    """Stripe's bounds on a charge's amount, checked before anything is looked up."""
+    if amount.amount < 1:
+        raise _invalid("amount must be at least 1 minor unit")
+    if amount.amount > MAX_STRIPE_AMOUNT:
+        raise _invalid(
+            f"amount must be no more than {MAX_STRIPE_AMOUNT} minor units (eight digits)"
         )
+    problem = below_minimum_charge(amount) or three_decimal_problem(amount)
+    if problem is not None:
+        raise _invalid(problem)
+
+
+async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]:
+    _check_amount(req.amount)
     card, token = await _card_for_payment(tx, req)
     pi: dict[str, Any] = {
         "object": "payment_intent",
@@ -271,9 +306,11 @@ async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]
     }
     if card.behaviour is Behaviour.DECLINE:
         assert card.error is not None
+        # As Stripe's last_payment_error reports it (and our Stripe mapping reads it):
+        # the decline code (lost_card, generic_decline, ...), not our vocabulary's.
         pi.update(
             status=PaymentStatus.FAILED.value,
-            failure_code=card.error.value,
+            failure_code=card.decline_code or card.stripe_code,
             failure_message=card.message,
         )
         tx.put(pi)
@@ -296,7 +333,7 @@ async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]
 async def complete_authentication(tx: Tx, payment_id: str, succeed: bool) -> dict[str, Any]:
     pi = await _must(tx, payment_id, "payment_intent")
     if pi["status"] != PaymentStatus.REQUIRES_ACTION.value:
-        raise _fail(ErrorCode.INVALID_STATE, f"payment is {pi['status']}, not requires_action")
+        raise _refuse(ErrorCode.INVALID_STATE, f"payment is {pi['status']}, not requires_action")
     if succeed:
         pi = await _authorise(tx, pi, f"3ds:{payment_id}")
     else:
@@ -304,20 +341,23 @@ async def complete_authentication(tx: Tx, payment_id: str, succeed: bool) -> dic
             **pi,
             "status": PaymentStatus.FAILED.value,
             "next_action": None,
-            "failure_code": ErrorCode.AUTHENTICATION_REQUIRED.value,
-            "failure_message": "The cardholder failed 3-D Secure authentication.",
+            # Stripe's last_payment_error after a failed challenge (no decline code).
+            "failure_code": "payment_intent_authentication_failure",
+            "failure_message": "The provided PaymentMethod has failed authentication.",
         }
     tx.put(pi)
     return {"ok": await results.payment(tx, pi)}
 
 
 async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, Any]:
+    if req.amount is not None and req.amount < 1:
+        raise _invalid(f"capture amount {req.amount} must be at least 1")
     pi = await _must(tx, req.provider_payment_id, "payment_intent")
     if pi["status"] != PaymentStatus.AUTHORIZED.value:
-        raise _fail(ErrorCode.INVALID_STATE, f"cannot capture a payment that is {pi['status']}")
+        raise _refuse(ErrorCode.INVALID_STATE, f"cannot capture a payment that is {pi['status']}")
     amount = pi["amount"] if req.amount is None else req.amount
-    if not 1 <= amount <= pi["amount"]:
-        raise _fail(
+    if amount > pi["amount"]:
+        raise _refuse(
             ErrorCode.INVALID_REQUEST,
             f"capture amount {amount} must be between 1 and the authorised {pi['amount']}",
         )
@@ -342,7 +382,7 @@ _CANCELLABLE = frozenset(
 async def cancel_payment(tx: Tx, req: CancelPayment, key: str) -> dict[str, Any]:
     pi = await _must(tx, req.provider_payment_id, "payment_intent")
     if pi["status"] not in _CANCELLABLE:
-        raise _fail(ErrorCode.INVALID_STATE, f"cannot cancel a payment that is {pi['status']}")
+        raise _refuse(ErrorCode.INVALID_STATE, f"cannot cancel a payment that is {pi['status']}")
     if pi["status"] == PaymentStatus.AUTHORIZED.value:
         tx.effect(Effect("void", key, pi["id"], pi["amount"], pi["currency"]))
     pi = {**pi, "status": PaymentStatus.CANCELED.value, "next_action": None}
@@ -354,27 +394,31 @@ async def cancel_payment(tx: Tx, req: CancelPayment, key: str) -> dict[str, Any]
 
 
 async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
+    if req.amount is not None and req.amount < 1:
+        raise _invalid(f"refund amount {req.amount} must be at least 1")
     pi = await _must(tx, req.provider_payment_id, "payment_intent")
     if pi["status"] != PaymentStatus.SUCCEEDED.value:
-        raise _fail(ErrorCode.INVALID_STATE, f"cannot refund a payment that is {pi['status']}")
+        raise _refuse(ErrorCode.INVALID_STATE, f"cannot refund a payment that is {pi['status']}")
     if pi.get("dispute_id"):
         dispute = await tx.get(pi["dispute_id"])
         if dispute and dispute["status"] in (
             DisputeStatus.NEEDS_RESPONSE,
             DisputeStatus.UNDER_REVIEW,
         ):
-            raise _fail(ErrorCode.INVALID_STATE, "the payment is disputed; respond to the dispute")
+            raise _refuse(
+                ErrorCode.INVALID_STATE, "the payment is disputed; respond to the dispute"
+            )
         if dispute and dispute["status"] == DisputeStatus.LOST:
             # The disputed amount already went back to the cardholder (Stripe: charge_disputed).
-            raise _fail(
+            raise _refuse(
                 ErrorCode.INVALID_STATE, "the payment's dispute was lost: it was charged back"
             )
     remaining = pi["amount_captured"] - pi["amount_refunded"]
     if remaining == 0:
-        raise _fail(ErrorCode.INVALID_STATE, "the payment has already been fully refunded")
+        raise _refuse(ErrorCode.INVALID_STATE, "the payment has already been fully refunded")
     amount = remaining if req.amount is None else req.amount
-    if not 1 <= amount <= remaining:
-        raise _fail(
+    if amount > remaining:
+        raise _refuse(
             ErrorCode.INVALID_REQUEST,
             f"refund amount {amount} must be between 1 and the unrefunded {remaining}",
         )
@@ -395,13 +439,25 @@ async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
 # ---- disputes ----------------------------------------------------------------------
 
 
-async def submit_dispute_evidence(tx: Tx, req: SubmitDisputeEvidence, key: str) -> dict[str, Any]:
-    dispute = await _must(tx, req.provider_dispute_id, "dispute")
-    unknown = sorted(set(req.evidence) - DISPUTE_EVIDENCE_FIELDS)
+def _check_evidence(evidence: dict[str, str]) -> None:
+    unknown = sorted(set(evidence) - DISPUTE_EVIDENCE_FIELDS)
     if unknown:
-        raise _fail(ErrorCode.INVALID_REQUEST, f"unknown evidence fields: {', '.join(unknown)}")
+        raise _invalid(f"unknown evidence fields: {', '.join(unknown)}")
+    for field in sorted(DISPUTE_EVIDENCE_FILE_FIELDS & set(evidence)):
+        if not _FILE_ID.fullmatch(evidence[field]):
+            # Stripe answers "No such file upload"; the value is not echoed (it may be a
+            # customer's name or words, and the message travels in outcomes and logs).
+            raise _invalid(
+                f"No such file upload in evidence[{field}]: it takes the id of a file "
+                "uploaded to the provider (file_...), not text"
+            )
+
+
+async def submit_dispute_evidence(tx: Tx, req: SubmitDisputeEvidence, key: str) -> dict[str, Any]:
+    _check_evidence(req.evidence)
+    dispute = await _must(tx, req.provider_dispute_id, "dispute")
     if dispute["status"] != DisputeStatus.NEEDS_RESPONSE.value:
-        raise _fail(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
+        raise _refuse(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
     dispute = {**dispute, "evidence": {**dispute["evidence"], **req.evidence}}
     if req.submit:
         dispute["status"] = DisputeStatus.UNDER_REVIEW.value
@@ -413,7 +469,7 @@ async def submit_dispute_evidence(tx: Tx, req: SubmitDisputeEvidence, key: str) 
 async def accept_dispute(tx: Tx, req: AcceptDispute, key: str) -> dict[str, Any]:
     dispute = await _must(tx, req.provider_dispute_id, "dispute")
     if dispute["status"] != DisputeStatus.NEEDS_RESPONSE.value:
-        raise _fail(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
+        raise _refuse(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
     dispute = {**dispute, "status": DisputeStatus.LOST.value}
     tx.put(dispute)
     tx.effect(
@@ -425,7 +481,7 @@ async def accept_dispute(tx: Tx, req: AcceptDispute, key: str) -> dict[str, Any]
 async def resolve_dispute(tx: Tx, dispute_id: str, won: bool) -> dict[str, Any]:
     dispute = await _must(tx, dispute_id, "dispute")
     if dispute["status"] not in (DisputeStatus.NEEDS_RESPONSE, DisputeStatus.UNDER_REVIEW):
-        raise _fail(ErrorCode.INVALID_STATE, f"the dispute is already {dispute['status']}")
+        raise _refuse(ErrorCode.INVALID_STATE, f"the dispute is already {dispute['status']}")
     dispute = {**dispute, "status": (DisputeStatus.WON if won else DisputeStatus.LOST).value}
     tx.put(dispute)
     return {"ok": results.dispute(dispute)}

@@ -23,10 +23,12 @@ class SimulatorOptions(BaseModel):
     fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = None  # makes fail_rate reproducible
     # Key → N: the first N attempts with that idempotency key fail before reaching the
-    # provider ("*" matches every key). Counted in Redis so counts survive a crash.
+    # provider ("*" matches every key). Counted in Redis so counts survive a crash, and
+    # only for keys a knob names.
     fail_first: dict[str, int] = {}
-    # Key → N: the first N attempts apply their effect, then the response is "lost"
-    # (a timeout), which is exactly the case idempotent retries exist for.
+    # Key → N: the first N calls with that key that reach the provider (counted apart
+    # from fail_first's) are applied, or refused, and then their answer is "lost" (a
+    # timeout): exactly the case idempotent retries exist for.
     lose_response_first: dict[str, int] = {}
     fail_code: ErrorCode = ErrorCode.PROVIDER_UNAVAILABLE
     capabilities: frozenset[Capability] | None = None  # narrows what the tenant may use

@@ -9,6 +9,16 @@ calls with one key can never both apply an effect, and two calls with different 
 touching one object (two refunds racing for the same balance) are serialised: the loser
 recomputes from fresh state. A call costs its reads plus one round trip, and commands
 go through the client's auto-pipeline, so concurrent tenants share round trips.
+
+A call the provider ran and refused (a `Refusal`: no such object, or not in a state
+that allows it) is committed the same way, with its reads checked but no writes and no
+effects, and its answer is stored under the key: Stripe keeps the first answer of a
+request whose endpoint started executing, errors included. Refusals of the parameters
+themselves (plain `GatewayError`s raised before any read) are not stored.
+
+Nothing here lives for ever (a development stack runs for weeks): idempotency records
+expire with the idempotency window, objects some time after the last call that read or
+wrote them, and the effect ledger keeps its newest entries only (see `SimulatorStore`).
 """
 
 from __future__ import annotations
@@ -24,11 +34,18 @@ import orjson
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator.autopipeline import autopipeline_for
 
-__all__ = ["Effect", "SimulatorStore", "Tx", "request_fingerprint"]
+__all__ = ["Effect", "Refusal", "SimulatorStore", "Tx", "request_fingerprint"]
 
 PROVIDER = "simulator"
 
 _MAX_CONFLICT_RETRIES = 64
+
+# Long enough for any test or crash test, and for an authorisation captured days later
+# on a development stack; short enough that a stack left running does not fill Redis.
+# Objects in use never expire: every commit that reads or writes one extends it.
+STATE_TTL_SECONDS = 7 * 24 * 3600
+# The effect ledger is for tests and inspection; a tenant's newest entries are kept.
+EFFECTS_CAP = 100_000
 
 
 def _dumps(obj: Any) -> str:
@@ -39,25 +56,47 @@ def _dumps(obj: Any) -> str:
 _ABSENT = "\x00absent"
 
 # KEYS: idem, effects, read keys..., write keys...
-# ARGV: done record, record ttl, n reads, read values..., n writes, write values..., effects...
+# ARGV: done record ('' = keyless call: no record read or written), record ttl, state ttl,
+# effects cap, n reads, read values..., n writes, write values..., effects...
 _COMMIT = """
-local used = redis.call('GET', KEYS[1])
-if used then return {'used', used} end
-local n_reads = tonumber(ARGV[3])
+local keyed = ARGV[1] ~= ''
+if keyed then
+  local used = redis.call('GET', KEYS[1])
+  if used then return {'used', used} end
+end
+local state_ttl = tonumber(ARGV[3])
+local n_reads = tonumber(ARGV[5])
 for i = 1, n_reads do
   local current = redis.call('GET', KEYS[2 + i])
   if not current then current = '\\0absent' end
-  if current ~= ARGV[3 + i] then return {'conflict'} end
+  if current ~= ARGV[5 + i] then return {'conflict'} end
 end
-local n_writes = tonumber(ARGV[4 + n_reads])
+for i = 1, n_reads do
+  redis.call('EXPIRE', KEYS[2 + i], state_ttl)  -- in use: lives on (a no-op if absent)
+end
+local n_writes = tonumber(ARGV[6 + n_reads])
 for i = 1, n_writes do
-  redis.call('SET', KEYS[2 + n_reads + i], ARGV[4 + n_reads + i])
+  redis.call('SET', KEYS[2 + n_reads + i], ARGV[6 + n_reads + i], 'EX', state_ttl)
 end
-for i = 5 + n_reads + n_writes, #ARGV do
-  redis.call('RPUSH', KEYS[2], ARGV[i])
+local first_effect = 7 + n_reads + n_writes
+if first_effect <= #ARGV then
+  for i = first_effect, #ARGV do
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+  end
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+  redis.call('EXPIRE', KEYS[2], state_ttl)
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+if keyed then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+end
 return {'ok'}
+"""
+
+# KEYS: counter; ARGV: ttl. One atomic round trip (through the auto-pipeline).
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return n
 """
 
 
@@ -80,6 +119,19 @@ class Effect:
             "amount": self.amount,
             "currency": self.currency,
         }
+
+
+class Refusal(GatewayError):
+    """The provider ran the call and refused it from what it found (no such object, a
+    state that forbids it): an answer, stored under the key and replayed like any."""
+
+    def __init__(self, code: ErrorCode, message: str, *, http_status: int) -> None:
+        super().__init__(code, message, provider=PROVIDER, http_status=http_status)
+
+    def as_response(self) -> dict[str, Any]:
+        """The stored answer, in the shape the gateway turns back into this error."""
+        error = {"code": self.code.value, "message": self.message}
+        return {"error": {**error, "http_status": self.http_status}}
 
 
 def request_fingerprint(operation: str, params: dict[str, Any]) -> str:
@@ -126,14 +178,27 @@ TxFn = Callable[[Tx], Awaitable[dict[str, Any]]]
 class SimulatorStore:
     """One tenant's slice of the simulated provider (all keys share a cluster hash tag)."""
 
-    def __init__(self, redis: Any, tenant_id: str, *, record_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        tenant_id: str,
+        *,
+        record_ttl_seconds: int,
+        state_ttl_seconds: int = STATE_TTL_SECONDS,
+        effects_cap: int = EFFECTS_CAP,
+    ) -> None:
         if not tenant_id or any(c in tenant_id for c in "{}:"):
             raise ValueError(f"tenant id {tenant_id!r} cannot namespace simulator keys")
         self._redis = redis
         self._io = autopipeline_for(redis)
         self._prefix = f"sim:{{{tenant_id}}}:"
         self._record_ttl = record_ttl_seconds
+        # An object outlives every idempotency record that names it (a replayed create
+        # answers with an id that must still mean something).
+        self._state_ttl = max(state_ttl_seconds, record_ttl_seconds)
+        self._effects_cap = effects_cap
         self._commit = redis.register_script(_COMMIT)
+        self._count = redis.register_script(_COUNT)
 
     def object_key(self, object_id: str) -> str:
         return f"{self._prefix}obj:{object_id}"
@@ -145,21 +210,36 @@ class SimulatorStore:
     def _effects_key(self) -> str:
         return f"{self._prefix}effects"
 
-    async def execute(self, idempotency_key: str, fingerprint: str, fn: TxFn) -> dict[str, Any]:
+    async def execute(
+        self, idempotency_key: str, fingerprint: str, fn: TxFn, *, keyed: bool = True
+    ) -> dict[str, Any]:
         """Run ``fn`` and commit its writes, effects and response atomically, once per key.
 
         A key used before answers with its stored response (same parameters) or an
         idempotency error (other parameters), as Stripe does; ``fn``'s work is dropped.
+        A `Refusal` is committed and stored like any response. ``keyed=False`` is a call
+        the provider takes no key for (Stripe's DELETE): every call runs afresh, its
+        refusals are answered but not stored, and only the read checks keep its effect
+        to one.
         """
         idem = self._idem_key(idempotency_key)
         for _ in range(_MAX_CONFLICT_RETRIES):
             tx = Tx(self)
             try:
                 response = await fn(tx)
+            except Refusal as refusal:
+                if not keyed:
+                    return refusal.as_response()  # answered, with no key to keep it under
+                # Stored with the reads it was decided on (a payment captured meanwhile
+                # makes the refund's refusal a conflict, recomputed), nothing else.
+                response = refusal.as_response()
+                tx.writes.clear()
+                tx.effects.clear()
             except GatewayError:
-                # A replay of a call that succeeded can fail afresh (a capture finds the
-                # payment captured): the stored response wins.
-                stored = _text(await self._io.get(idem))
+                # The parameters were refused before anything was looked up: nothing is
+                # stored. A key used before still answers as before (same parameters:
+                # its response; other parameters: the idempotency error).
+                stored = _text(await self._io.get(idem)) if keyed else None
                 if stored is not None:
                     return _replay(json.loads(stored), fingerprint, idempotency_key)
                 raise
@@ -167,8 +247,10 @@ class SimulatorStore:
             read_keys = list(tx.reads)
             write_keys = [self.object_key(object_id) for object_id in tx.writes]
             args: list[Any] = [
-                _dumps(record),
+                _dumps(record) if keyed else "",
                 self._record_ttl,
+                self._state_ttl,
+                self._effects_cap,
                 len(read_keys),
                 *(tx.reads[k] if tx.reads[k] is not None else _ABSENT for k in read_keys),
                 len(write_keys),
@@ -200,12 +282,12 @@ class SimulatorStore:
         rows = await self._redis.lrange(self._effects_key, 0, -1)
         return [Effect(**json.loads(_text(row) or "{}")) for row in rows]
 
-    async def count_attempt(self, idempotency_key: str) -> int:
-        """How many times this key has been tried (failure injection counts these)."""
-        key = f"{self._prefix}attempts:{idempotency_key}"
-        n = int(await self._redis.incr(key))
-        await self._redis.expire(key, self._record_ttl)
-        return n
+    async def count_attempt(self, idempotency_key: str, counter: str = "attempts") -> int:
+        """How many times this key has been counted by ``counter`` (failure injection
+        keeps one counter per knob: a call failed before the store never had a response
+        to lose)."""
+        key = f"{self._prefix}{counter}:{idempotency_key}"
+        return int(await self._io.run_script(self._count, [key], [self._record_ttl]))
 
 
 def _replay(record: dict[str, Any], fingerprint: str, idempotency_key: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperat
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.stripe import mapping
 from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
-from paystream.money import minor_unit_exponent
+from paystream.gateways.stripe_rules import three_decimal_problem
 
 __all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
 
@@ -228,13 +228,13 @@ class StripeGateway:
             and Capability.MANUAL_CAPTURE not in self.capabilities
         ):
             raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
-        if minor_unit_exponent(req.amount.currency) == 3 and req.amount.amount % 10:
-            # Stripe's rule for three-decimal currencies (BHD, JOD, KWD, OMR, TND): said
-            # before the call, in the words of the command's own amount.
+        problem = three_decimal_problem(req.amount)
+        if problem is not None:
+            # Stripe's rule for three-decimal currencies: said before the call, in the
+            # words of the command's own amount (the simulator applies the same rule).
             raise GatewayError(
                 ErrorCode.INVALID_REQUEST,
-                f"Stripe takes {req.amount.currency} amounts in multiples of 10 minor units "
-                f"(got {req.amount.amount})",
+                problem,
                 provider=PROVIDER,
                 retryable=False,
                 reached_provider=False,

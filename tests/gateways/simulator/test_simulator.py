@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -14,16 +16,25 @@ from redis.backoff import NoBackoff
 
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
+    AcceptDispute,
+    CancelPayment,
     CaptureMethod,
     CapturePayment,
+    CreateCustomer,
     CreatePayment,
     CreateRefund,
+    DeleteCustomer,
+    DisputeStatus,
     GatewayContext,
     PaymentStatus,
+    SubmitDisputeEvidence,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import SimulatorGateway
+from paystream.gateways.simulator.operations import DISPUTE_EVIDENCE_FILE_FIELDS
+from paystream.gateways.simulator.store import Refusal, Tx
+from paystream.gateways.stripe_rules import three_decimal_problem
 from paystream.money import Money
 from paystream.settings import load_settings
 
@@ -39,6 +50,17 @@ def charge(amount: int = 1000, token: str = "pm_card_visa", **kw: Any) -> Create
     return CreatePayment(
         amount=Money(amount=amount, currency="EUR"), provider_payment_method_id=token, **kw
     )
+
+
+async def refused(coro: Awaitable[object]) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        await coro
+    return info.value
+
+
+def sim_key(tenant: str, kind: str, name: str) -> str:
+    """A Redis key of the simulator's (store.py's layout), to look at it from outside."""
+    return f"sim:{{{tenant}}}:{kind}:{name}"
 
 
 def test_from_context_without_redis_fails_clearly() -> None:
@@ -220,7 +242,20 @@ async def test_latency_is_applied(redis_client: aredis.Redis, tenant_id: str) ->
     assert loop.time() - start >= 0.03
 
 
-async def test_unreachable_state_store_is_a_retryable_provider_outage() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        # Failure injection counts attempts in Redis too: that was outside the mapping,
+        # and a raw redis ConnectionError escaped (dead-lettering the command).
+        {"fail_first": {"k-down": 1}},
+        {"fail_first": {"other": 1}},
+        {"latency_ms": 1, "lose_response_first": {"*": 1}},
+    ],
+)
+async def test_unreachable_state_store_is_a_retryable_provider_outage(
+    options: dict[str, Any],
+) -> None:
     """Redis down looks like the provider down: retried, then parked; never dead-lettered."""
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -229,7 +264,7 @@ async def test_unreachable_state_store_is_a_retryable_provider_outage() -> None:
         host="127.0.0.1", port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )
     try:
-        gw = sim(down, "t-down")
+        gw = sim(down, "t-down", **options)
         with pytest.raises(GatewayError) as caught:
             await gw.create_payment(charge(), idempotency_key="k-down")
         assert caught.value.code is ErrorCode.PROVIDER_UNAVAILABLE and caught.value.retryable
@@ -268,3 +303,375 @@ async def test_an_amount_over_stripes_eight_digits_is_refused(
     with pytest.raises(GatewayError) as info:
         await gw.create_payment(charge(100_000_000), idempotency_key="over")
     assert info.value.code is ErrorCode.INVALID_REQUEST and not info.value.retryable
+
+
+# ---- refusals: the key's answer once the provider ran the call (Stripe keeps them) ---
+
+
+async def test_a_state_refusal_is_the_keys_answer(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """A refund refused while the payment was only authorised, retried under its key after
+    the capture: Stripe answers with the stored refusal; the simulator used to refund."""
+    gw = sim(redis_client, tenant_id)
+    auth = await gw.create_payment(
+        charge(5000, capture_method=CaptureMethod.MANUAL), idempotency_key="auth"
+    )
+    refund = CreateRefund(provider_payment_id=auth.provider_payment_id, amount=5000)
+    first = await refused(gw.create_refund(refund, idempotency_key="re"))
+    assert first.code is ErrorCode.INVALID_STATE and first.http_status == 400
+    await gw.capture_payment(
+        CapturePayment(provider_payment_id=auth.provider_payment_id), idempotency_key="cap"
+    )
+    again = await refused(gw.create_refund(refund, idempotency_key="re"))
+    assert (again.code, again.message) == (first.code, first.message)
+    other = refund.model_copy(update={"amount": 4000})
+    assert (await refused(gw.create_refund(other, idempotency_key="re"))).code is (
+        ErrorCode.IDEMPOTENCY_ERROR
+    )
+    assert [e.kind for e in await gw.effects()] == ["authorization", "capture"]
+    await gw.create_refund(refund, idempotency_key="re-2")  # a new request goes through
+    assert [e.kind for e in await gw.effects()][-1] == "refund"
+
+
+async def test_a_not_found_refusal_is_the_keys_answer(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """The README's case: a create refused for a missing payment method keeps its key
+    bound to the refusal; the corrected create under the key is an idempotency error."""
+    gw = sim(redis_client, tenant_id)
+    missing = charge(token="pm_missing")
+    for _ in range(2):
+        err = await refused(gw.create_payment(missing, idempotency_key="pse:t:payment:p1"))
+        assert err.code is ErrorCode.NOT_FOUND and err.http_status == 404
+    corrected = await refused(gw.create_payment(charge(), idempotency_key="pse:t:payment:p1"))
+    assert corrected.code is ErrorCode.IDEMPOTENCY_ERROR and not corrected.retryable
+    assert await gw.effects() == []
+    # The refusal wrote nothing but the key's record.
+    assert await redis_client.exists(sim_key(tenant_id, "idem", "pse:t:payment:p1")) == 1
+
+
+async def test_a_refusal_decided_on_state_that_changed_is_recomputed(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """A refusal is committed with its read checks: decided on a payment that changed
+    before the commit, it is not stored but recomputed from the fresh state."""
+    gw = sim(redis_client, tenant_id)
+    paid = await gw.create_payment(charge(), idempotency_key="pay")
+    runs = 0
+
+    async def refuse_once(tx: Tx) -> dict[str, Any]:
+        nonlocal runs
+        runs += 1
+        pi = await tx.get(paid.provider_payment_id)
+        assert pi is not None
+        if runs == 1:  # another call commits meanwhile
+            key = gw._store.object_key(paid.provider_payment_id)
+            await redis_client.set(key, json.dumps({**pi, "amount_refunded": 1}))
+            raise Refusal(ErrorCode.INVALID_STATE, "stale", http_status=400)
+        return {"ok": {"seen": pi["amount_refunded"]}}
+
+    assert await gw._store.execute("k", "fp", refuse_once) == {"ok": {"seen": 1}}
+    assert runs == 2
+
+
+async def test_parameter_refusals_are_not_stored(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Stripe saves no result for parameters that fail validation: the corrected request
+    under the same key goes through."""
+    gw = sim(redis_client, tenant_id)
+    small = await refused(gw.create_payment(charge(49), idempotency_key="k"))
+    assert small.code is ErrorCode.INVALID_REQUEST and "amount_too_small" in small.message
+    paid = await gw.create_payment(charge(5000), idempotency_key="k")
+    assert paid.status is PaymentStatus.SUCCEEDED
+    zero = CreateRefund(provider_payment_id=paid.provider_payment_id, amount=0)
+    assert (await refused(gw.create_refund(zero, idempotency_key="r"))).code is (
+        ErrorCode.INVALID_REQUEST
+    )
+    await gw.create_refund(zero.model_copy(update={"amount": 10}), idempotency_key="r")
+    assert [(e.kind, e.idempotency_key) for e in await gw.effects()] == [
+        ("charge", "k"),
+        ("refund", "r"),
+    ]
+
+
+async def test_a_refused_provider_action_raises_its_refusal(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = sim(redis_client, tenant_id)
+    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
+    assert res.dispute is not None
+    dispute_id = res.dispute.provider_dispute_id
+    await gw.accept_dispute(AcceptDispute(provider_dispute_id=dispute_id), idempotency_key="a")
+    err = await refused(gw.resolve_dispute(dispute_id, won=True))
+    assert err.code is ErrorCode.INVALID_STATE
+
+
+# ---- delete: Stripe's DELETE takes no idempotency key ----------------------------------
+
+
+async def test_a_delete_retried_after_a_lost_answer_is_not_found(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """As on Stripe, where the handler then reports provider_deletion "not_found"."""
+    gw = sim(redis_client, tenant_id, lose_response_first={"del": 1})
+    cus = await gw.create_customer(CreateCustomer(email="a@example.com"), idempotency_key="c")
+    req = DeleteCustomer(provider_customer_id=cus.provider_customer_id)
+    assert (await refused(gw.delete_customer(req, idempotency_key="del"))).code is (
+        ErrorCode.TIMEOUT
+    )
+    err = await refused(gw.delete_customer(req, idempotency_key="del"))
+    assert err.code is ErrorCode.NOT_FOUND and err.http_status == 404
+    assert [e.kind for e in await gw.effects()] == ["customer.created", "customer.deleted"]
+    assert await redis_client.exists(sim_key(tenant_id, "idem", "del")) == 0
+
+
+async def test_concurrent_deletes_delete_once(redis_client: aredis.Redis, tenant_id: str) -> None:
+    gw = sim(redis_client, tenant_id)
+    cus = await gw.create_customer(CreateCustomer(), idempotency_key="c")
+    req = DeleteCustomer(provider_customer_id=cus.provider_customer_id)
+    outcomes = await asyncio.gather(
+        *(gw.delete_customer(req, idempotency_key=f"del-{i % 3}") for i in range(12)),
+        return_exceptions=True,
+    )
+    deleted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(deleted) == 1
+    assert all(
+        isinstance(o, GatewayError) and o.code is ErrorCode.NOT_FOUND
+        for o in outcomes
+        if isinstance(o, BaseException)
+    )
+    assert [e.kind for e in await gw.effects()].count("customer.deleted") == 1
+
+
+# ---- dispute evidence ----------------------------------------------------------------
+
+
+async def test_evidence_file_fields_take_file_upload_ids(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = sim(redis_client, tenant_id)
+    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
+    assert res.dispute is not None
+    dispute_id = res.dispute.provider_dispute_id
+    assert len(DISPUTE_EVIDENCE_FILE_FIELDS) == 9
+    for field in sorted(DISPUTE_EVIDENCE_FILE_FIELDS):
+        text = SubmitDisputeEvidence(
+            provider_dispute_id=dispute_id, evidence={field: "Ada Lovelace"}, submit=False
+        )
+        err = await refused(gw.submit_dispute_evidence(text, idempotency_key=f"ev-{field}"))
+        assert err.code is ErrorCode.INVALID_REQUEST and not err.retryable
+        assert "No such file upload" in err.message and "Ada" not in err.message
+        # Not stored (a parameter refusal): the corrected request under the key is fine.
+        upload = text.model_copy(update={"evidence": {field: "file_1Nb3Qz2eZvKYlo2C"}})
+        done = await gw.submit_dispute_evidence(upload, idempotency_key=f"ev-{field}")
+        assert done.status is DisputeStatus.NEEDS_RESPONSE
+    text_fields = SubmitDisputeEvidence(
+        provider_dispute_id=dispute_id,
+        evidence={"uncategorized_text": "delivered", "customer_name": "Ada"},
+    )
+    done = await gw.submit_dispute_evidence(text_fields, idempotency_key="ev")
+    assert done.status is DisputeStatus.UNDER_REVIEW
+
+
+# ---- amounts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("currency", "minimum"),
+    [
+        ("USD", 50),
+        ("EUR", 50),
+        ("GBP", 30),
+        ("JPY", 50),
+        ("CAD", 50),
+        ("AUD", 50),
+        ("CHF", 50),
+        ("HKD", 400),
+        ("MXN", 1000),
+    ],
+)
+async def test_stripes_minimum_charge_amounts(
+    redis_client: aredis.Redis, tenant_id: str, currency: str, minimum: int
+) -> None:
+    gw = sim(redis_client, tenant_id)
+
+    def pay(amount: int) -> CreatePayment:
+        money = Money(amount=amount, currency=currency)
+        return CreatePayment(amount=money, provider_payment_method_id="pm_card_visa")
+
+    err = await refused(gw.create_payment(pay(minimum - 1), idempotency_key="low"))
+    assert err.code is ErrorCode.INVALID_REQUEST and not err.retryable
+    assert "amount_too_small" in err.message
+    assert (await gw.create_payment(pay(minimum), idempotency_key="min")).status is (
+        PaymentStatus.SUCCEEDED
+    )
+
+
+async def test_a_currency_outside_stripes_table_has_no_minimum(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Stripe converts it to the settlement currency first; the simulator cannot."""
+    req = CreatePayment(
+        amount=Money(amount=1, currency="KRW"), provider_payment_method_id="pm_card_visa"
+    )
+    res = await sim(redis_client, tenant_id).create_payment(req, idempotency_key="k")
+    assert res.status is PaymentStatus.SUCCEEDED
+
+
+async def test_three_decimal_amounts_follow_the_stripe_gateways_rule(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = sim(redis_client, tenant_id)
+    odd = Money(amount=5124, currency="KWD")
+    err = await refused(
+        gw.create_payment(
+            CreatePayment(amount=odd, provider_payment_method_id="pm_card_visa"),
+            idempotency_key="odd",
+        )
+    )
+    assert err.code is ErrorCode.INVALID_REQUEST and err.message == three_decimal_problem(odd)
+    even = CreatePayment(
+        amount=Money(amount=5120, currency="KWD"), provider_payment_method_id="pm_card_visa"
+    )
+    assert (await gw.create_payment(even, idempotency_key="odd")).status is (
+        PaymentStatus.SUCCEEDED
+    )
+
+
+# ---- failure injection -----------------------------------------------------------------
+
+
+async def test_attempts_are_counted_only_for_keys_a_knob_names(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = sim(redis_client, tenant_id, fail_first={"k1": 1}, lose_response_first={"k2": 1})
+    for _ in range(2):
+        await gw.create_payment(charge(), idempotency_key="other")
+    for counter in ("attempts", "answered"):
+        assert await redis_client.exists(sim_key(tenant_id, counter, "other")) == 0
+    await refused(gw.create_payment(charge(), idempotency_key="k1"))
+    assert await redis_client.exists(sim_key(tenant_id, "attempts", "k1")) == 1
+
+
+async def test_fail_first_and_lose_response_first_together(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Failed attempts never reached the provider: they used up the lost answers too, so
+    with both knobs set no answer was ever lost."""
+    gw = sim(redis_client, tenant_id, fail_first={"*": 2}, lose_response_first={"*": 1})
+    codes = [
+        (await refused(gw.create_payment(charge(), idempotency_key="k"))).code for _ in range(3)
+    ]
+    assert codes == [
+        ErrorCode.PROVIDER_UNAVAILABLE,
+        ErrorCode.PROVIDER_UNAVAILABLE,
+        ErrorCode.TIMEOUT,
+    ]
+    res = await gw.create_payment(charge(), idempotency_key="k")
+    assert [(e.kind, e.object_id) for e in await gw.effects()] == [
+        ("charge", res.provider_payment_id)
+    ]
+
+
+# ---- failure codes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token", "decline_code"),
+    [
+        ("pm_card_chargeDeclined", "generic_decline"),
+        ("pm_card_chargeDeclinedLostCard", "lost_card"),
+        ("pm_card_chargeDeclinedStolenCard", "stolen_card"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card"),
+        ("pm_card_chargeDeclinedIncorrectCvc", "incorrect_cvc"),
+        ("pm_card_chargeCustomerFail", "generic_decline"),
+    ],
+)
+async def test_a_declined_payment_records_the_cards_decline_code(
+    redis_client: aredis.Redis, tenant_id: str, token: str, decline_code: str
+) -> None:
+    """Stripe's failed PaymentIntent says `decline_code` (what our Stripe mapping reads),
+    not our vocabulary's `lost_or_stolen_card`."""
+    gw = sim(redis_client, tenant_id)
+    err = await refused(gw.create_payment(charge(token=token), idempotency_key="k"))
+    assert err.decline_code == decline_code and err.provider_payment_id
+    canceled = await gw.cancel_payment(
+        CancelPayment(provider_payment_id=err.provider_payment_id), idempotency_key="x"
+    )
+    assert canceled.failure_code == decline_code
+
+
+async def test_a_failed_challenge_records_stripes_code(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = sim(redis_client, tenant_id)
+    res = await gw.create_payment(
+        charge(token="pm_card_threeDSecure2Required"), idempotency_key="k"
+    )
+    failed = await gw.complete_authentication(res.provider_payment_id, succeed=False)
+    assert failed.status is PaymentStatus.FAILED
+    assert failed.failure_code == "payment_intent_authentication_failure"
+
+
+async def test_an_opposite_provider_verdict_is_an_idempotency_error(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """It was replayed as the first verdict, silently: a test asking for a lost dispute
+    got a won one."""
+    gw = sim(redis_client, tenant_id)
+    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
+    assert res.dispute is not None
+    dispute_id = res.dispute.provider_dispute_id
+    won = await gw.resolve_dispute(dispute_id, won=True)
+    assert await gw.resolve_dispute(dispute_id, won=True) == won
+    err = await refused(gw.resolve_dispute(dispute_id, won=False))
+    assert err.code is ErrorCode.IDEMPOTENCY_ERROR
+    pending = await gw.create_payment(
+        charge(token="pm_card_authenticationRequired"), idempotency_key="p"
+    )
+    await gw.complete_authentication(pending.provider_payment_id, succeed=True)
+    err = await refused(gw.complete_authentication(pending.provider_payment_id, succeed=False))
+    assert err.code is ErrorCode.IDEMPOTENCY_ERROR
+
+
+# ---- housekeeping: nothing grows without bound ------------------------------------------
+
+
+async def test_objects_records_and_the_ledger_expire(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = SimulatorGateway(redis_client, tenant_id, record_ttl_seconds=100, state_ttl_seconds=1000)
+    cus = await gw.create_customer(CreateCustomer(), idempotency_key="c")
+    paid = await gw.create_payment(
+        charge(provider_customer_id=cus.provider_customer_id), idempotency_key="p"
+    )
+    assert 0 < await redis_client.ttl(sim_key(tenant_id, "idem", "p")) <= 100
+    assert 900 < await redis_client.ttl(sim_key(tenant_id, "obj", paid.provider_payment_id)) <= 1000
+    assert 900 < await redis_client.ttl(f"sim:{{{tenant_id}}}:effects") <= 1000
+    # An object in use lives on: a payment that only reads the customer extends it.
+    customer_key = sim_key(tenant_id, "obj", cus.provider_customer_id)
+    await redis_client.expire(customer_key, 5)
+    await gw.create_payment(
+        charge(provider_customer_id=cus.provider_customer_id), idempotency_key="p2"
+    )
+    assert await redis_client.ttl(customer_key) > 900
+    # Never shorter than the idempotency window: a replayed create names a live object.
+    longer = SimulatorGateway(
+        redis_client, f"{tenant_id}-w", record_ttl_seconds=5000, state_ttl_seconds=1000
+    )
+    again = await longer.create_payment(charge(), idempotency_key="p")
+    assert (
+        await redis_client.ttl(sim_key(f"{tenant_id}-w", "obj", again.provider_payment_id)) > 4000
+    )
+
+
+async def test_the_effect_ledger_keeps_its_newest_entries(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    gw = SimulatorGateway(redis_client, tenant_id, effects_cap=3)
+    for i in range(5):
+        await gw.create_payment(charge(), idempotency_key=f"k{i}")
+    assert [e.idempotency_key for e in await gw.effects()] == ["k2", "k3", "k4"]

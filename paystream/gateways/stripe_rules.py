@@ -1,0 +1,63 @@
+"""Stripe's rules on charge amounts, shared by the Stripe gateway and the simulator.
+
+A module of its own, outside `stripe/`, so that the simulator (which answers as Stripe
+does) applies the same rules without loading Stripe's SDK.
+"""
+
+from __future__ import annotations
+
+from paystream.money import Money, format_minor, minor_unit_exponent
+
+__all__ = ["MINIMUM_CHARGE", "below_minimum_charge", "three_decimal_problem"]
+
+# Stripe's published minimum charge amounts, in minor units
+# (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts). Stripe applies them
+# in the account's settlement currency, converting a charge in another currency first,
+# so the Stripe gateway leaves the judgement to Stripe; the simulator plays an account
+# that settles in each charge's own currency, and sets no minimum (beyond one minor unit)
+# for a currency outside the table, having no exchange rates to convert with.
+MINIMUM_CHARGE: dict[str, int] = {
+    "USD": 50,
+    "AED": 200,
+    "AUD": 50,
+    "BGN": 100,
+    "BRL": 50,
+    "CAD": 50,
+    "CHF": 50,
+    "CZK": 1500,
+    "DKK": 250,
+    "EUR": 50,
+    "GBP": 30,
+    "HKD": 400,
+    "HUF": 17500,
+    "INR": 50,
+    "JPY": 50,
+    "MXN": 1000,
+    "MYR": 200,
+    "NOK": 300,
+    "NZD": 50,
+    "PLN": 200,
+    "RON": 200,
+    "SEK": 300,
+    "SGD": 50,
+    "THB": 1000,
+}
+
+
+def below_minimum_charge(amount: Money) -> str | None:
+    """Stripe's `amount_too_small` message for a charge under the currency's minimum."""
+    minimum = MINIMUM_CHARGE.get(amount.currency)
+    if minimum is None or amount.amount >= minimum:
+        return None
+    return f"Amount must be at least {format_minor(minimum, amount.currency)} (amount_too_small)"
+
+
+def three_decimal_problem(amount: Money) -> str | None:
+    """Why Stripe refuses an amount in a three-decimal currency (BHD, JOD, KWD, OMR,
+    TND): its card partners take only multiples of 10 minor units."""
+    if minor_unit_exponent(amount.currency) == 3 and amount.amount % 10:
+        return (
+            f"Stripe takes {amount.currency} amounts in multiples of 10 minor units "
+            f"(got {amount.amount})"
+        )
+    return None
