@@ -31,6 +31,9 @@ def test_valid_options_pass(provider: str, options: dict[str, Any]) -> None:
         ("simulator", {"fail_code": "card_declined"}, "retryable"),
         ("stripe", {"stripe_verison": "2024-06-20"}, r"unknown stripe option\(s\): stripe_verison"),
         ("stripe", {"capabilities": ["payments", "teleport"]}, "capabilities"),
+        ("stripe", {"capabilities": 5}, "list of names"),
+        ("stripe", {"capabilities": True}, "list of names"),
+        ("stripe", {"capabilities": "payments"}, "list of names"),
         ("stripe", {"stripe_version": 2024}, "stripe_version"),
     ],
 )

@@ -66,6 +66,8 @@ def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
     names = options.get("capabilities")
     if names is None:
         return STRIPE_CAPABILITIES
+    if not isinstance(names, list | tuple):  # a number or a string is not iterated
+        raise ConfigurationError("the stripe capabilities option must be a list of names")
     try:
         narrowed = frozenset(Capability(n) for n in names)
     except ValueError as exc:
