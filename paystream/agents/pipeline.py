@@ -244,21 +244,28 @@ class CommandProcessor:
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         tenant_raw = self.tenants.get(tenant_id)
-        if tenant_raw is None:
-            # One let through before (parked, or in flight at a crash) goes back on the
-            # retry topic: the provider may have acted on it, so no final rejection.
-            return (
-                self._answered_before(cmd)
-                or self._repark_let_through(rec, cmd, RejectReason.UNKNOWN_TENANT)
-                or self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
-            )
-        tenant = self._tenant(tenant_id, tenant_raw)
-        if tenant.status is TenantStatus.SUSPENDED and self._let_through_before(cmd) is None:
-            # (One let through before finishes: suspension stops new business, and the
-            # provider may already have acted on this.)
-            return self._answered_before(cmd) or self._reject(
-                cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
-            )
+        tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
+        if tenant is None or tenant.status is TenantStatus.SUSPENDED:
+            # A tenant removed or suspended since must not change an answer given, nor
+            # answer a request the provider may have acted on (let through once: parked,
+            # or in flight at a crash) with a final rejection: a suspended tenant's one
+            # finishes (suspension stops new business), a removed tenant's is parked again.
+            answered = self._answered_before(cmd)
+            if answered is not None:
+                return answered
+            earlier = self._earlier_request(cmd, raw)
+            if earlier is not None and earlier.state is IdempotencyState.DONE and earlier.outcome:
+                return self._replay_done(cmd, earlier)  # a retry of it: its answer
+            if tenant is None:
+                if earlier is not None and earlier.state in _LET_THROUGH:
+                    return self._repark(rec, cmd, earlier, RejectReason.UNKNOWN_TENANT)
+                return self._reject(
+                    cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}"
+                )
+            if earlier is None or earlier.state not in _LET_THROUGH:
+                return self._reject(
+                    cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
+                )
         try:
             data = COMMANDS[suffix].model_validate(raw or {})
         except ValidationError as exc:
@@ -368,14 +375,10 @@ class CommandProcessor:
         if isinstance(gateway_or_rejection, Rejection):
             # One let through before (its gateway was usable then) waits on the retry
             # topic for the tenant's setup to be fixed.
-            reparked = (
-                self._repark_let_through(rec, cmd, gateway_or_rejection.reason)
-                if let_through
-                else None
-            )
-            return reparked or self._reject(
-                cmd, gateway_or_rejection.reason, gateway_or_rejection.message
-            )
+            # (The checks above made it the same request as the record's.)
+            if existing is not None and existing.state in _LET_THROUGH:
+                return self._repark(rec, cmd, existing, gateway_or_rejection.reason)
+            return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
         # Limits come after the idempotency check: a replay of a finished command is
         # answered from its record, neither counted nor limited again. A parked or
         # in-flight record means it was let through once: the provider may have acted
@@ -466,9 +469,7 @@ class CommandProcessor:
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
             if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
-                return self._park(
-                    rec, cmd, idem_table_key, request_hash, expires, exc.code.value, entity_keys
-                )
+                return self._park(rec, cmd, idem_table_key, request_hash, expires, exc, entity_keys)
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")
@@ -550,38 +551,30 @@ class CommandProcessor:
             replayed = _answering(replayed, cmd.command_id)
         return [replayed]
 
-    def _let_through_before(self, cmd: CommandRef) -> IdempotencyRecord | None:
-        """This command's record if it was let through once (parked, or in flight at a
-        crash) and not answered: the provider may have acted on it, so a later change of
-        its tenant (suspended, removed, gateway unusable) must not answer it with a final
-        rejection (the customer charged, paystream saying rejected, no payment recorded)."""
+    def _earlier_request(self, cmd: CommandRef, raw: Any) -> IdempotencyRecord | None:
+        """The record under this command's key if it is of the same request (``raw``: its
+        data), whichever command id ran it and whatever its state."""
         existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
-        if (
-            existing is None
-            or existing.command_id != cmd.command_id
-            or existing.state not in (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
-        ):
+        if existing is None or existing.command_type != cmd.command_type:
             return None
+        try:
+            data = COMMANDS[cmd.command_type].model_validate(raw or {})
+        except ValidationError:
+            return None
+        if _request_hash(cmd.command_type, data.model_dump(mode="json")) != existing.request_hash:
+            return None  # another request under the key: answered as any would be
         return existing
 
-    def _repark_let_through(
-        self, rec: Inbound, cmd: CommandRef, reason: RejectReason
-    ) -> list[Emit] | None:
-        """Back to the retry topic, if let through once (see above); it keeps its record
-        (and any daily-volume hold) until it can run."""
-        existing = self._let_through_before(cmd)
-        if existing is None:
-            return None
+    def _repark(
+        self, rec: Inbound, cmd: CommandRef, existing: IdempotencyRecord, reason: RejectReason
+    ) -> list[Emit]:
+        """Park again a command let through once that cannot run now. Its record stays as
+        it is but for its state (it may name another command of the same request), and
+        so does any daily-volume hold it has, until it can run."""
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
-        return self._park(
-            rec,
-            cmd,
-            key,
-            existing.request_hash,
-            existing.expires_at,
-            reason.value,
-            existing.entity_keys,
-        )
+        if existing.state is not IdempotencyState.PARKED:
+            self._remember(key, {**self.idempotency[key], "state": IdempotencyState.PARKED.value})
+        return self._to_retry_topic(rec, cmd, reason.value)
 
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
         """This very record's outcome, if it was answered before (a redelivery after a
@@ -931,20 +924,22 @@ class CommandProcessor:
         idem_key: str,
         request_hash: str,
         expires: float,
-        reason: str,
+        exc: GatewayError,
         entity_keys: bool,
     ) -> list[Emit]:
-        """Keep the command on the retry topic for `paystream dlq replay`: its provider
-        retries are exhausted (``reason``: the error code), or it was let through once and
-        cannot run now (``reason``: why)."""
-        metrics.PARKED.labels(cmd.tenant_id).inc()
-        log.warning("parking command %s of %s: %s", cmd.command_id, cmd.tenant_id, reason)
+        """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`."""
         self._remember(
             idem_key,
             _idempotency_dict(
                 cmd, request_hash, IdempotencyState.PARKED, expires, entity_keys=entity_keys
             ),
         )
+        return self._to_retry_topic(rec, cmd, exc.code.value)
+
+    def _to_retry_topic(self, rec: Inbound, cmd: CommandRef, reason: str) -> list[Emit]:
+        """The command's record, as it came, on the retry topic; ``reason`` says why."""
+        metrics.PARKED.labels(cmd.tenant_id).inc()
+        log.warning("parking command %s of %s: %s", cmd.command_id, cmd.tenant_id, reason)
         headers = tuple(
             sorted(
                 {
@@ -957,6 +952,9 @@ class CommandProcessor:
         )
         return [Emit(self.settings.retry_topic, KafkaRecord(rec.key, rec.value or b"", headers))]
 
+
+# Idempotency states of a command let through and not answered.
+_LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
 
 # Provider refusals that have a rejection reason of their own.
 _PROVIDER_REJECTIONS = {

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import os
 import uuid
 
 import asyncpg
-import scramp
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from scramp import ScramException
+from scramp.core import saslprep
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
@@ -32,7 +36,6 @@ __all__ = [
 APP_ROLE = "paystream_app"
 # PostgreSQL's own default (scram_iterations) for the application role's password.
 _SCRAM_ITERATIONS = 4096
-_SCRAM = scramp.ScramMechanism("SCRAM-SHA-256")
 # Arbitrary constant: serialises concurrent `paystream migrate` runs on one database.
 _MIGRATION_LOCK = 0x7061_7973_7472_6561
 
@@ -116,15 +119,31 @@ async def set_app_password(conn: AsyncConnection, password: str) -> None:
 
 def scram_verifier(password: str, iterations: int = _SCRAM_ITERATIONS) -> str:
     """PostgreSQL's stored form of ``password`` for SCRAM-SHA-256 authentication
-    (``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``, RFC 5803)."""
-    salt, stored_key, server_key, iterations = _SCRAM.make_auth_info(
-        password, iteration_count=iterations
-    )
+    (``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``, RFC 5802/5803),
+    computed from the password as PostgreSQL and its clients normalise it."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", _pg_saslprep(password).encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
     b64 = base64.b64encode
     return (
         f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
         f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
     )
+
+
+def _pg_saslprep(password: str) -> str:
+    """The password as PostgreSQL (``pg_saslprep``) and libpq/asyncpg hash it: ASCII as
+    is (control characters too); otherwise SASLprep (RFC 4013), or as is where SASLprep
+    refuses it or leaves nothing. (Strict SASLprep refused emoji and tabs, and gave a
+    soft hyphen a verifier no client could match.)"""
+    if password.isascii():
+        return password
+    try:
+        prepared = saslprep(password)
+    except ScramException:
+        return password
+    return prepared or password
 
 
 def app_database_url(owner_url: str, password: str, role: str = APP_ROLE) -> str:

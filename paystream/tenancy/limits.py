@@ -211,7 +211,7 @@ class LimitGate:
         id stands in when none is given). ``former_hold_key``: what an older version held
         the same payment under; such a hold is carried over to ``hold_key``. ``request``:
         what the command asks (its request hash): a hold is the request's that placed it
-        (see :func:`_may_hold`).
+        (see :func:`_hold_of`).
         """
         key = self.key(tenant_id)
         if not limits.enforced and key not in self.table:
@@ -230,7 +230,7 @@ class LimitGate:
                 self.table[key] = state
             if not decided["admit"]:
                 return _replayed(decided)
-            mine = hold if _may_hold(state, hold, owner) else None
+            mine = _hold_of(state, hold_key or rec.command_id, owner)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
         if not limits.enforced:
             # Limits since removed: only earlier decisions still stand, until committed.
@@ -240,8 +240,7 @@ class LimitGate:
             return None
         at_ms = self._at(state, rec)
         day = _day(at_ms)
-        # None: another request holds this payment id (counted against this one, kept).
-        hold_of_this = hold if _may_hold(state, hold, owner) else None
+        hold_of_this = _hold_of(state, hold_key or rec.command_id, owner)
         if admitted_before:
             decision = None
             _spend(state, limits, at_ms)
@@ -267,8 +266,7 @@ class LimitGate:
             currency, amount = str(data.currency), int(data.amount)
             if currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
-                if hold_of_this is not None:
-                    state["held"][hold_of_this] = [day, currency, amount, owner]
+                state["held"][hold_of_this] = [day, currency, amount, owner]
         entry.update(admit=True, counted=False, currency=currency, amount=amount)
         self._decide(key, state, rec, entry)
         return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold_of_this)
@@ -322,9 +320,10 @@ class LimitGate:
         if _kept(state, rec) is not None:
             return  # accounted already
         held = dict(state.get("held") or {})
-        hold = _tag(hold_key or rec.command_id)
-        if _may_hold(state, hold, None if request is None else _tag(request)):
-            held.pop(hold, None)
+        held.pop(
+            _hold_of(state, hold_key or rec.command_id, None if request is None else _tag(request)),
+            None,
+        )
         if former_hold_key is not None:
             held.pop(_tag(former_hold_key), None)
         state["held"] = held
@@ -395,21 +394,33 @@ def _holds_of_day(state: Mapping[str, Any], day: str) -> dict[str, list[Any]]:
     return {tag: h for tag, h in (state.get("held") or {}).items() if h[0] >= since}
 
 
-def _held(state: Mapping[str, Any], day: str, currency: str, own: str | None) -> int:
+def _held(state: Mapping[str, Any], day: str, currency: str, own: str) -> int:
     """What payments not yet answered hold against ``day``, but ``own``'s."""
     return sum(
         int(h[2]) for tag, h in _holds_of_day(state, day).items() if h[1] == currency and tag != own
     )
 
 
-def _may_hold(state: Mapping[str, Any], hold: str, owner: str | None) -> bool:
-    """May the request ``owner`` place (or release) the hold ``hold``? It is free, or
-    held by the same request (a chosen-id payment sent again under a new command id).
-    Another request naming the same payment id shares its provider key and is refused by
-    the provider: it must not take over, nor release, the first one's hold. (Holds
-    placed by older versions name no request.)"""
-    held = (state.get("held") or {}).get(hold)
-    return held is None or len(held) < 4 or held[3] is None or owner is None or held[3] == owner
+def _hold_of(state: Mapping[str, Any], hold_key: str, owner: str | None) -> str:
+    """The tag the request ``owner`` holds (or would hold) its payment under.
+
+    ``hold_key``'s own tag, when free or held by the same request (a chosen-id payment
+    sent again under a new command id: one payment, held once). Another request naming
+    the same payment id shares its provider key; it must neither take over nor release
+    the first one's hold, and it holds its own amount under a tag of its own (parked
+    before the provider saw either, it may be the one that charges). (Holds placed by
+    older versions name no request: they are anyone's.)"""
+    tag = _tag(hold_key)
+    if owner is None:
+        return tag
+    holds = state.get("held") or {}
+    own = _tag(f"{hold_key}\x1f{owner}")
+    if own in holds:
+        return own
+    held = holds.get(tag)
+    if held is None or len(held) < 4 or held[3] is None or held[3] == owner:
+        return tag
+    return own
 
 
 def _day_before(day: str) -> str:
@@ -493,7 +504,7 @@ def _quota(
     day: str,
     command_type: str,
     data: Any,
-    hold: str | None,
+    hold: str,
 ) -> LimitRejection | None:
     if command_type != "payment.create":
         return None
@@ -509,7 +520,7 @@ def _quota(
     if daily is None:
         return None
     holds = _holds_of_day(state, day)
-    if len(holds) >= MAX_HOLDS and (hold is None or hold not in holds):
+    if len(holds) >= MAX_HOLDS and hold not in holds:
         return LimitRejection(
             "quota_exceeded",
             f"{len(holds)} payments of the tenant are awaiting their provider's answer "

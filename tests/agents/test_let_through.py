@@ -4,14 +4,18 @@ final rejection by a later change of its tenant: the provider may have acted on 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
-from paystream.settings import CloudEventsMode
+from paystream.settings import CloudEventsMode, load_settings
 from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
@@ -105,3 +109,66 @@ async def test_a_new_command_of_a_removed_tenant_is_still_rejected(harness: Harn
     del harness.tenants[t]
     out = outcome_of(harness.settings, await harness.processor.process(_record(t, "other")))
     assert out is not None and data(out)["reason"] == "unknown_tenant"
+
+
+async def test_another_command_reusing_a_parked_ones_id_is_rejected_and_changes_nothing(
+    harness: Harness,
+) -> None:
+    """Parked again for a removed tenant, any record carrying the parked command's id
+    was put on the retry topic and rewrote its record: the real one, replayed, was then
+    refused as a conflict, with the customer charged."""
+    t, record = await _parked_after_a_charge(harness)
+    del harness.tenants[t]
+    event = build_command("payment.cancel", t, {"payment_id": "p1"}, command_id="c1")
+    _, out = await harness.send_event(event, offset=next(_offsets))
+    assert out is not None and data(out)["reason"] == "unknown_tenant"
+    assert harness.idempotency[f"{t}:c1"]["command_type"] == "payment.create"
+    harness.tenants[t] = record
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert await _charges(harness, t, record) == 1
+
+
+@pytest_asyncio.fixture
+async def patient_harness(redis_url: str) -> AsyncIterator[Harness]:
+    """A harness whose circuit breaker never opens (a provider losing six answers in a
+    row would open it, and the breaker would park what the test re-drives)."""
+    client = aioredis.from_url(redis_url)
+    settings = load_settings(
+        redis_url=redis_url,
+        gateway_backoff_base_ms=1,
+        gateway_max_attempts=3,
+        breaker_failure_threshold=1000,
+    )
+    h = Harness(settings=settings, redis=client)
+    try:
+        yield h
+    finally:
+        await h.pool.aclose()
+        await client.aclose()
+
+
+async def test_a_retry_under_the_same_key_does_not_strand_the_first_command(
+    patient_harness: Harness,
+) -> None:
+    """c1 parked after a charge; the client retried as c2 under the same key (parked
+    too, so the record names c2). With the tenant suspended, c1's replay was refused
+    tenant_suspended for a charged payment."""
+    harness = patient_harness
+    t = new_tenant_id()
+    harness.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 6}})
+    record = dict(harness.tenants[t])
+
+    def keyed(command_id: str) -> CloudEvent:
+        return build_command("payment.create", t, _BODY, command_id=command_id, idempotency_key="K")
+
+    for command_id in ("c1", "c2"):
+        emits, _ = await harness.send_event(keyed(command_id), offset=next(_offsets))
+        assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    harness.tenants[t] = {**record, "status": "suspended"}
+    _, first = await harness.send_event(keyed("c1"), offset=next(_offsets))
+    assert first is not None and kind(first) == "payment.succeeded"
+    # The other one, replayed too, is answered with that outcome (a retry of it).
+    _, second = await harness.send_event(keyed("c2"), offset=next(_offsets))
+    assert second is not None and second.get_id() == first.get_id()
+    assert await _charges(harness, t, record) == 1

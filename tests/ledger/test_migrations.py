@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -125,10 +126,21 @@ async def test_downgrade_to_base_and_back(module_database_url: str, owner: Async
     assert await _tables(owner) == {*TENANT_TABLES, "alembic_version"}
 
 
+@pytest.mark.parametrize(
+    "password",
+    [
+        "it's:a %s 'secret'",  # quotes, a colon, a format marker
+        "tab\there\x7f",  # ASCII control characters: used as they are
+        "pässwörd\u00a0x",  # SASLprep maps the no-break space
+        "key\U0001f511",  # unassigned in SASLprep's Unicode: used as it is
+        "\u00ad",  # mapped to nothing by SASLprep: used as it is
+    ],
+)
 async def test_app_password_reaches_the_server_only_as_a_scram_verifier(
-    module_database_url: str, owner: AsyncEngine
+    module_database_url: str, owner: AsyncEngine, password: str
 ) -> None:
-    password = "it's:a %s 'secret'"  # quotes, a colon, a format marker
+    """The login goes over TCP, which the test server authenticates with SCRAM: the
+    verifier must be the one PostgreSQL's clients compute (they normalise as it does)."""
     await upgrade(module_database_url, app_password=password)
     async with owner.connect() as conn:
         superuser = (

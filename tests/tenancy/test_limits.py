@@ -360,3 +360,39 @@ def test_limits_read_for_operators() -> None:
     # describes every tenant's limits, answered 500 for all of them.
     big = TenantLimits(daily_payment_volume={"KRW": 100_000_000_000})
     assert big.describe() == "≤ 100000000000 KRW per day"
+
+
+def test_another_request_for_a_held_payment_id_holds_its_own_amount() -> None:
+    """Two requests naming payment p1 (one provider key), both parked before the provider
+    saw either: the second held nothing, so the day filled up behind it, and when it was
+    re-driven first it charged on top of a full day."""
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    first = g.send(T0, "payment.create", Pay(50), hold_key="@payment:p1", request="r-a")
+    second = g.send(T0, "payment.create", Pay(900), hold_key="@payment:p1", request="r-b")
+    assert isinstance(first, Admission) and isinstance(second, Admission)
+    assert first.hold != second.hold
+    over = rejected(g.pay(100, hold_key="other"), "quota_exceeded")
+    assert over.extra["held"] == 950
+    # The provider refuses the second (one key, other parameters): it releases its own.
+    g.gate.settle(second, "command.rejected")
+    assert [h[2] for h in g.state["held"].values()] == [50]
+    # Re-driven, each finds its own hold again.
+    again = g.send(
+        T0, "payment.create", Pay(50), admitted_before=True, hold_key="@payment:p1", request="r-a"
+    )
+    assert isinstance(again, Admission) and again.hold == first.hold
+
+
+def test_a_redelivery_answered_from_its_record_releases_only_its_own_hold() -> None:
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    parked = g.send(T0, "payment.create", Pay(600), hold_key="@payment:p1", request="r-a")
+    assert isinstance(parked, Admission)
+    # Another request for p1, answered (refused); its redelivery after a crash lost the
+    # limits write is accounted from its idempotency record.
+    rec = g.record(T0)
+    g.gate.account_answered(
+        "t1", g.limits, rec, "payment.create", "command.rejected", {},
+        hold_key="@payment:p1", request="r-b",
+    )  # fmt: skip
+    over = rejected(g.pay(500, hold_key="other"), "quota_exceeded")
+    assert over.extra["held"] == 600
