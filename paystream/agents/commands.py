@@ -219,7 +219,15 @@ class CommandRunner:
         broker has them all: only then may the batch be acknowledged."""
         producer, _ = self._kafka()
         started = time.perf_counter()
-        sent = await _publish(producer, batch.records, len(batch.events))
+        generation = app.consumer_generation_id
+        sent = await _publish(
+            producer,
+            batch.records,
+            len(batch.events),
+            # After a hand-over, a retry could land records of partitions now another
+            # worker's after its newer ones: the batch fails instead (and is redone).
+            may_retry=lambda: app.consumer_generation_id == generation,
+        )
         _PUBLISH_SECONDS.observe(time.perf_counter() - started)
         batch.changelog.persisted(sent)
         for e in batch.emits:
@@ -278,7 +286,10 @@ _PUBLISH_SECONDS = metrics.BATCH_SECONDS.labels("publish")
 
 
 async def _publish(
-    producer: AIOKafkaProducer, records: list[OutRecord], commands: int
+    producer: AIOKafkaProducer,
+    records: list[OutRecord],
+    commands: int,
+    may_retry: Callable[[], bool] = lambda: True,
 ) -> list[SentBatch]:
     """Produce the batch's records until the broker has all of them.
 
@@ -292,7 +303,7 @@ async def _publish(
             await _delivered(sent, commands)
             return sent
         except KafkaError as exc:
-            if not exc.retriable:
+            if not exc.retriable or not may_retry():
                 raise
             delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)
             log.warning(
@@ -462,7 +473,15 @@ class ContinuityGuard:
             if offset < expected:
                 continue  # handled already
             if offset > expected:
-                missing, reached = await self._read_range(tp, expected, offset)
+                # At most a batch's worth at once (held in memory, run as one batch): a
+                # longer gap is read on in the next batches, from where this one got to.
+                end = min(offset, expected + BATCH_MAX)
+                try:
+                    missing, reached = await self._read_range(tp, expected, end)
+                except (KafkaError, OSError) as exc:
+                    log.warning("%s: reading offsets %d-%d failed (%r)", tp, expected, end, exc)
+                    held.add(tp)  # found again as a gap by its next event or a sweep
+                    continue
                 if self._app.consumer_generation_id != generation:
                     return []
                 metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
@@ -516,12 +535,21 @@ class ContinuityGuard:
         if not idle:
             return []
         found: list[EventT] = []
-        ends = await consumer.highwaters(*idle)
+        try:
+            ends = await consumer.highwaters(*idle)
+        except (KafkaError, OSError) as exc:
+            log.warning("sweep: the broker did not say where %s end (%r)", list(idle), exc)
+            return []
         for tp, expected in idle.items():
             end = min(ends.get(tp, expected), expected + BATCH_MAX)
             if end <= expected or self._generation != app.consumer_generation_id:
                 continue
-            missing, reached = await self._read_range(tp, expected, end)
+            try:
+                missing, reached = await self._read_range(tp, expected, end)
+            except (KafkaError, OSError) as exc:
+                # Left for the next sweep (a crashing agent would drop the batch in hand).
+                log.warning("sweep: reading %s %d-%d failed (%r)", tp, expected, end, exc)
+                continue
             metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
             log.warning(
                 "%s: idle for %.1f s with offsets %d-%d on the broker that never reached "
@@ -567,9 +595,9 @@ async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
         # over every record still there.
         auto_offset_reset="earliest",
     )
-    await reader.start()
     found: list[EventT] = []
     try:
+        await reader.start()  # (in the try: a failed start is stopped too)
         atp = TopicPartition(tp.topic, tp.partition)
         reader.assign([atp])
         reader.seek(atp, start)
@@ -665,6 +693,16 @@ async def finish_batches_before_handing_over(
     runner.rescan_expiry()
     for chain, offsets in list(_IN_HAND):
         if not await chain.drain(max(0.0, deadline - time.monotonic())):
+            if _delivering:
+                # Its records are with the producer, which retries them for as long as
+                # its request timeout: they could land after the new owner's writes to
+                # the same changelog partitions (a stale value for the next recovery).
+                # Exiting ends those retries; the group reassigns only after the session
+                # timeout, by when any request already sent has landed or failed.
+                _exit_uncommitted(
+                    "rebalance: the batch in hand was not delivered within "
+                    f"{REBALANCE_DRAIN_SECONDS:.0f} s"
+                )
             log.warning(
                 "rebalance: the batch in hand was not delivered within %.0f s; "
                 "its commands will be redone by their new owner",
@@ -699,8 +737,17 @@ async def _deliver(
                 moved,
             )
             batch = batch.keep(owned)
-    await runner.deliver_batch(batch)
+    global _delivering
+    _delivering += 1
+    try:
+        await runner.deliver_batch(batch)
+    finally:
+        _delivering -= 1
     offsets.advance(events)
+
+
+# Batches whose records are being produced (deliveries run one at a time).
+_delivering = 0
 
 
 def _owned_partitions() -> set[int]:

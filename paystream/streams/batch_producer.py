@@ -76,8 +76,13 @@ async def _submit(
 class KeyPartitioner:
     """The partition ``producer.send()`` would pick for a key (murmur2), cached.
 
-    Keys are tenant ids, a small set, and aiokafka's murmur2 is pure Python.
+    Keys are tenant ids, a small set, and aiokafka's murmur2 is pure Python. The cache
+    is bounded all the same: made-up tenant ids (answered ``unknown_tenant``) and the raw
+    keys of dead letters are keys too, and a producer sending unique ones would grow it
+    without end.
     """
+
+    CACHE_MAX = 4096
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
@@ -93,6 +98,8 @@ class KeyPartitioner:
             return int(DefaultPartitioner()(None, partitions, partitions))
         found = self._cache.get((topic, key))
         if found is None:
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()  # the tenants in use are cached again at once
             found = self._cache[(topic, key)] = int(
                 DefaultPartitioner()(key, partitions, partitions)
             )

@@ -259,3 +259,48 @@ async def test_nothing_read_for_a_gap_is_admitted_after_a_rebalance_meanwhile() 
 
     guard._read_range = read_then_reassigned
     assert await guard.admit([record(P0, 5)]) == []  # type: ignore[list-item]
+
+
+async def test_a_long_gap_is_read_a_batch_at_a_time() -> None:
+    """The whole gap was read into memory and run as one batch (up to ~9 batches' worth
+    after Faust cleared its queue)."""
+    _, broker, guard = make({P0: 3 * BATCH_MAX + 1}, {P0: 0})
+    far = record(P0, 3 * BATCH_MAX)
+    first = await guard.admit([far])  # type: ignore[list-item]
+    assert offsets(first) == [(0, o) for o in range(BATCH_MAX)]
+    assert broker.reads == [(P0, 0, BATCH_MAX)]
+    taken = len(first)
+    while taken < 3 * BATCH_MAX + 1:
+        more = await guard.admit([far])  # type: ignore[list-item]
+        assert 0 < len(more) <= BATCH_MAX + 1
+        taken += len(more)
+    assert offsets(more)[-1] == (0, 3 * BATCH_MAX)
+
+
+async def test_a_read_the_broker_fails_holds_the_partition_instead_of_ending_the_agent() -> None:
+    _, broker, guard = make({P0: 10, P1: 10}, {P0: 0, P1: 0})
+    real = broker.read
+
+    async def failing(tp: TP, start: int, end: int) -> tuple[list[Any], int]:
+        if tp == P0:
+            raise KafkaConnectionError("broker unreachable")
+        return await real(tp, start, end)
+
+    guard._read_range = failing
+    admitted = await guard.admit([record(P0, 4), record(P0, 5), record(P1, 0)])  # type: ignore[list-item]
+    assert offsets(admitted) == [(1, 0)]  # P0 held: found again as a gap
+    guard._read_range = real
+    assert offsets(await guard.admit([record(P0, 6)])) == [(0, o) for o in range(7)]  # type: ignore[list-item]
+
+
+async def test_a_sweep_the_broker_fails_finds_nothing_and_tries_again() -> None:
+    app, _, guard = make({P0: 6}, {P0: 0})
+    await guard.sweep()
+
+    async def down(*tps: TP) -> dict[TP, int]:
+        raise KafkaConnectionError("broker unreachable")
+
+    real, app.consumer.highwaters = app.consumer.highwaters, down  # type: ignore[method-assign]
+    assert await guard.sweep() == []
+    app.consumer.highwaters = real  # type: ignore[method-assign]
+    assert offsets(await guard.sweep()) == [(0, o) for o in range(6)]

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from aiokafka.errors import NotLeaderForPartitionError
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
@@ -429,3 +430,87 @@ async def test_a_batch_that_outlived_its_partitions_hand_over_delivers_only_what
     assert [r.value for r in sent.records] == [b"v1", b"o1"]
     assert [e.record.value for e in sent.emits] == [b"o1"]
     assert exits == []
+
+
+async def test_a_hand_over_that_cannot_wait_for_a_batch_in_delivery_exits_uncommitted(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """The hook gave up on a batch whose records were with the producer and rejoined:
+    aiokafka retries them for its request timeout, so they could land after the new
+    owner's writes to the same changelog partitions."""
+    stuck = asyncio.Event()
+
+    class Runner:
+        async def deliver_batch(self, batch: ProcessedBatch) -> None:
+            await stuck.wait()
+
+        def rescan_expiry(self) -> None:
+            pass
+
+    consumer = StandInConsumer()
+    monkeypatch.setattr(commands, "runner", Runner())
+    monkeypatch.setattr(commands, "app", stand_in_app(consumer))
+    monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.05)
+    offsets = DurableOffsets(stand_in_app(consumer))
+    chain = DeliveryChain()
+    batch = ProcessedBatch([event(P0, 3)], [], [], cast(Any, None), [], [])
+
+    async def done() -> ProcessedBatch:
+        return batch
+
+    await chain.run(done(), lambda b: commands._deliver(offsets, b.events, b))
+    monkeypatch.setattr(commands, "_IN_HAND", [(chain, offsets)])
+    await commands.finish_batches_before_handing_over(None)
+    assert len(exits) == 1 and "rebalance" in exits[0]
+    stuck.set()
+    await chain.drain(1)
+
+
+async def test_a_hand_over_that_cannot_wait_for_a_batch_still_processing_carries_on(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """Still processing, nothing of it is produced yet: `_deliver` later keeps only what
+    is still ours."""
+    stuck = asyncio.Event()
+
+    class Runner:
+        def rescan_expiry(self) -> None:
+            pass
+
+    consumer = StandInConsumer()
+    monkeypatch.setattr(commands, "runner", Runner())
+    monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.05)
+    offsets = DurableOffsets(stand_in_app(consumer))
+    chain = DeliveryChain()
+
+    async def processing() -> None:
+        await stuck.wait()
+
+    async def deliver(_: None) -> None:
+        pass
+
+    task = asyncio.ensure_future(chain.run(processing(), deliver))
+    await asyncio.sleep(0)
+    monkeypatch.setattr(commands, "_IN_HAND", [(chain, offsets)])
+    await commands.finish_batches_before_handing_over(None)
+    assert exits == []
+    stuck.set()
+    await task
+    await chain.drain(1)
+
+
+async def test_a_publish_retry_after_a_hand_over_fails_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts: list[int] = []
+
+    async def refused(producer: Any, records: Any) -> Any:
+        attempts.append(len(records))
+        raise NotLeaderForPartitionError()
+
+    monkeypatch.setattr(commands, "send_batches", refused)
+    monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
+    records = [OutRecord("changelog", 1, b"k", b"v")]
+    with pytest.raises(NotLeaderForPartitionError):
+        await commands._publish(cast(Any, None), records, 1, may_retry=lambda: False)
+    assert attempts == [1]  # never produced again once the partitions may have moved
