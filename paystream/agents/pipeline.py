@@ -250,6 +250,14 @@ class CommandProcessor:
             # answer a request the provider may have acted on (let through once: parked,
             # or in flight at a crash) with a final rejection: a suspended tenant's one
             # finishes (suspension stops new business), a removed tenant's is parked again.
+            # This very record, answered before: the same answer (a limits rejection is
+            # kept by the limits, not the idempotency table).
+            kept = self.limits.kept_rejection(
+                cmd.tenant_id,
+                LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms),
+            )
+            if kept is not None:
+                return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
             answered = self._answered_before(cmd)
             if answered is not None:
                 return answered

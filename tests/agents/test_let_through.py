@@ -172,3 +172,35 @@ async def test_a_retry_under_the_same_key_does_not_strand_the_first_command(
     _, second = await harness.send_event(keyed("c2"), offset=next(_offsets))
     assert second is not None and second.get_id() == first.get_id()
     assert await _charges(harness, t, record) == 1
+
+
+@pytest.mark.parametrize("change", ["suspended", "removed"])
+async def test_a_limits_rejection_redelivered_after_a_tenant_change_is_the_same_event(
+    harness: Harness, change: str
+) -> None:
+    """Kept by the limits, not the idempotency table: redelivered after a crash and a
+    suspension it was answered tenant_suspended (or, once a retry under its key had
+    succeeded, with that payment's outcome) under the same event id."""
+    t = new_tenant_id()
+    harness.add_tenant(t, limits={"commands_per_second": 1, "burst": 1})
+    record = dict(harness.tenants[t])
+    await harness.processor.process(_record(t, "c0"))  # takes the only token
+    body = {**_BODY, "payment_id": "p2"}
+    event = build_command("payment.create", t, body, command_id="c1", idempotency_key="K")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    limited = Inbound(
+        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
+        next(_offsets),
+    )  # fmt: skip
+    first = await harness.processor.process(limited)
+    out = outcome_of(harness.settings, first)
+    assert out is not None and data(out)["reason"] == "rate_limited"
+    retry = build_command("payment.create", t, body, command_id="c2", idempotency_key="K")
+    _, ok = await harness.send_event(retry, offset=next(_offsets), timestamp_ms=1_790_000_060_000)
+    assert ok is not None and kind(ok) == "payment.succeeded"
+    if change == "suspended":
+        harness.tenants[t] = {**record, "status": "suspended"}
+    else:
+        del harness.tenants[t]
+    again = await harness.processor.process(limited)  # redelivered after a crash
+    assert [e.record for e in again] == [e.record for e in first]

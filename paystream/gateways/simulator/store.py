@@ -40,10 +40,12 @@ PROVIDER = "simulator"
 
 _MAX_CONFLICT_RETRIES = 64
 
-# Long enough for any test or crash test, and for an authorisation captured days later
-# on a development stack; short enough that a stack left running does not fill Redis.
-# Objects in use never expire: every commit that reads or writes one extends it.
-STATE_TTL_SECONDS = 7 * 24 * 3600
+# Past every window in which paystream may still act on an object it holds the id of, as
+# a provider would let it: refunds (Stripe: up to 180 days after the charge, longer for
+# some methods), disputes (opened up to 120 days after the charge, then days to answer),
+# customers deleted or erased at any time. Every commit that reads or writes an object
+# extends it. What a stack left running for months accumulates is bounded by this.
+STATE_TTL_SECONDS = 400 * 24 * 3600
 # The effect ledger is for tests and inspection; a tenant's newest entries are kept.
 EFFECTS_CAP = 100_000
 
