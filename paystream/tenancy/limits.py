@@ -35,6 +35,7 @@ is let through again without checks: the provider may already have acted on it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable, Mapping, MutableMapping
@@ -423,6 +424,7 @@ def _hold_of(state: Mapping[str, Any], hold_key: str, owner: str | None) -> str:
     return own
 
 
+@functools.lru_cache(maxsize=64)  # a few distinct days, asked on every payment
 def _day_before(day: str) -> str:
     return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
 
