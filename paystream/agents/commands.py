@@ -16,6 +16,7 @@ import functools
 import itertools
 import logging
 import os
+import threading
 import time
 import weakref
 from collections import defaultdict
@@ -82,6 +83,9 @@ EXIT_UNCOMMITTED = 70
 # On a rebalance, how long the batch in hand may take to be delivered before the worker
 # rejoins the group: well inside the rebalance timeout (6 s on the embedded broker).
 REBALANCE_DRAIN_SECONDS = 3.0
+# A batch the hand-over gave up on while it was still processing waits this long for the
+# new assignment (to deliver only what is still ours) before the worker exits without it.
+REASSIGNMENT_WAIT_SECONDS = 120.0
 # How often durable offsets are committed (Faust's default commit interval is 2.8 s).
 COMMIT_INTERVAL_SECONDS = 1.0
 # How long a partition must stand still, with records past it on the broker, before the
@@ -489,7 +493,7 @@ class ContinuityGuard:
                     "%s: offsets %d-%d never reached the agent; read %d of them directly",
                     tp,
                     expected,
-                    offset - 1,
+                    end - 1,
                     len(missing),
                 )
                 admitted += missing
@@ -688,6 +692,7 @@ async def finish_batches_before_handing_over(
     new owner's (a stale value on its next recovery). Bounded: a batch stuck on the
     broker is left to the new owner (its effects are idempotent), as before.
     """
+    global _abandoned_generation
     started = time.monotonic()
     deadline = started + REBALANCE_DRAIN_SECONDS  # shared: the whole hand-over, not each step
     runner.rescan_expiry()
@@ -703,6 +708,9 @@ async def finish_batches_before_handing_over(
                     "rebalance: the batch in hand was not delivered within "
                     f"{REBALANCE_DRAIN_SECONDS:.0f} s"
                 )
+            # Still processing: once processed, it waits for the new assignment and
+            # delivers only what is still ours (see _deliver).
+            _abandoned_generation = app.consumer_generation_id
             log.warning(
                 "rebalance: the batch in hand was not delivered within %.0f s; "
                 "its commands will be redone by their new owner",
@@ -712,6 +720,7 @@ async def finish_batches_before_handing_over(
             await asyncio.wait_for(_final_commit(offsets), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             log.warning("rebalance: offset commit timed out; the new owner redoes those commands")
+    _watch.finished()
     log.info(
         "rebalance: batches in hand delivered and committed in %.3f s", time.monotonic() - started
     )
@@ -720,6 +729,11 @@ async def finish_batches_before_handing_over(
 async def _deliver(
     offsets: DurableOffsets, events: Sequence[EventT], batch: ProcessedBatch
 ) -> None:
+    abandoned = _abandoned_generation
+    if events and abandoned is not None and events[0].message.generation_id == abandoned:
+        # The hand-over gave up on this batch and the worker is rejoining: its
+        # partitions may be moving, and which is not known until the new assignment.
+        await _reassigned(abandoned)
     if events and events[0].message.generation_id != app.consumer_generation_id:
         # The batch outlived its partitions' hand-over (the rebalance hook gave up on
         # it). Where a partition went to another worker, that worker redoes these
@@ -748,6 +762,81 @@ async def _deliver(
 
 # Batches whose records are being produced (deliveries run one at a time).
 _delivering = 0
+# The consumer generation in which the hand-over last gave up on a batch still processing.
+_abandoned_generation: int | None = None
+
+
+async def _reassigned(generation: int | None) -> None:
+    """Wait until the consumer has left ``generation`` (its new assignment is known)."""
+    deadline = time.monotonic() + REASSIGNMENT_WAIT_SECONDS
+    while app.consumer_generation_id == generation:
+        if time.monotonic() > deadline:
+            _exit_uncommitted(
+                f"a batch waited {REASSIGNMENT_WAIT_SECONDS:.0f} s for its partitions' reassignment"
+            )
+            return
+        await asyncio.sleep(0.05)
+
+
+class HandOverWatch:
+    """Exit uncommitted if a rebalance is not through with a batch in delivery in time.
+
+    Faust flushes its producer (unbounded: aiokafka retries a record batch for its whole
+    request timeout, 20 minutes by default) before it calls the hand-over hook, so the
+    hook alone cannot bound the wait: meanwhile the group gives this worker's partitions
+    to another, and the batch's records could land after the new owner's writes to the
+    same table changelogs. The watch starts with the rebalance (on Faust's consumer
+    thread) and, if a batch is still in delivery ``seconds`` later, ends the process.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        delivering: Callable[[], bool],
+        exit_: Callable[[str], None],
+    ) -> None:
+        self.seconds = seconds
+        self._delivering = delivering
+        self._exit = exit_
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def started(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.seconds, self._expired)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def finished(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _expired(self) -> None:
+        if self._delivering():
+            self._exit(
+                f"rebalance: a batch was still being delivered {self.seconds:.0f} s after "
+                "the rebalance began"
+            )
+
+
+# A second past the hook's own deadline: the hook decides when it gets to run in time.
+_watch = HandOverWatch(
+    REBALANCE_DRAIN_SECONDS + 1.0,
+    delivering=lambda: _delivering > 0,
+    exit_=lambda what: _exit_uncommitted(what),
+)
+
+
+def _watch_rebalance(start: Callable[[], None]) -> Callable[[], None]:
+    def on_rebalance_start() -> None:
+        start()
+        _watch.started()
+
+    return on_rebalance_start
 
 
 def _owned_partitions() -> set[int]:
@@ -805,3 +894,5 @@ if settings.runs("commands"):
     process_commands_agent = app.agent(commands_topic, name="process_commands")(process_commands)
     # (mode's signal stubs do not admit a coroutine function; it is awaited all the same)
     app.on_partitions_revoked.connect(cast(Any, finish_batches_before_handing_over))
+    # (Called by Faust's consumer thread as a rebalance begins, before anything waits.)
+    app.on_rebalance_start = _watch_rebalance(app.on_rebalance_start)  # type: ignore[method-assign]

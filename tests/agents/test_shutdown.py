@@ -514,3 +514,64 @@ async def test_a_publish_retry_after_a_hand_over_fails_the_batch(
     with pytest.raises(NotLeaderForPartitionError):
         await commands._publish(cast(Any, None), records, 1, may_retry=lambda: False)
     assert attempts == [1]  # never produced again once the partitions may have moved
+
+
+@pytest.fixture(autouse=True)
+def _hand_over_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-over's module state starts clean and is restored after each test."""
+    monkeypatch.setattr(commands, "_abandoned_generation", None)
+    monkeypatch.setattr(commands, "_delivering", 0)
+
+
+async def test_a_batch_the_hand_over_gave_up_on_waits_for_the_new_assignment(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """Processed after the hook gave up on it but before the rejoin completed, it saw the
+    old generation everywhere and delivered the records of a partition about to move."""
+    delivered: list[ProcessedBatch] = []
+
+    class Runner:
+        async def deliver_batch(self, batch: ProcessedBatch) -> None:
+            delivered.append(batch)
+
+    consumer = StandInConsumer(owned={P0, P1})
+    app = SimpleNamespace(consumer_generation_id=1, consumer=consumer)
+    monkeypatch.setattr(commands, "runner", Runner())
+    monkeypatch.setattr(commands, "app", app)
+    monkeypatch.setattr(
+        commands, "commands_topic", SimpleNamespace(get_topic_name=lambda: P0.topic)
+    )
+    monkeypatch.setattr(commands, "_abandoned_generation", 1)
+    events = [event(P0, 7), event(P1, 9)]
+    for e in events:
+        e.message.generation_id = 1
+    records = [OutRecord("changelog", 0, b"k", b"v0"), OutRecord("changelog", 1, b"k", b"v1")]
+    batch = ProcessedBatch(events, [], records, cast(Any, None), [], [0, 1])
+    offsets = DurableOffsets(SimpleNamespace(consumer=consumer, consumer_generation_id=2))
+    delivery = asyncio.ensure_future(commands._deliver(offsets, events, batch))
+    await asyncio.sleep(0.2)
+    assert delivered == []  # still rejoining: which partitions stay is not known
+    consumer.owned = {P1}
+    app.consumer_generation_id = 2
+    await asyncio.wait_for(delivery, 1)
+    [sent] = delivered
+    assert [r.value for r in sent.records] == [b"v1"]
+    assert exits == []
+
+
+async def test_the_hand_over_watch_ends_a_worker_still_delivering_when_it_expires() -> None:
+    """Faust flushes its producer (unbounded) before it calls the hook: the watch, started
+    with the rebalance, bounds the whole hand-over."""
+    seen: list[str] = []
+    delivering = [True]
+    watch = commands.HandOverWatch(0.05, lambda: delivering[0], seen.append)
+    watch.started()
+    await asyncio.sleep(0.2)
+    assert len(seen) == 1 and "still being delivered" in seen[0]
+    # Through in time, or nothing in delivery: the worker carries on.
+    watch.started()
+    watch.finished()
+    delivering[0] = False
+    watch.started()
+    await asyncio.sleep(0.2)
+    assert len(seen) == 1
