@@ -692,10 +692,22 @@ async def finish_batches_before_handing_over(
     new owner's (a stale value on its next recovery). Bounded: a batch stuck on the
     broker is left to the new owner (its effects are idempotent), as before.
     """
-    global _abandoned_generation
     started = time.monotonic()
-    deadline = started + REBALANCE_DRAIN_SECONDS  # shared: the whole hand-over, not each step
-    runner.rescan_expiry()
+    try:
+        # Shared: the whole hand-over, counted from when the rebalance began (Faust's
+        # producer flush came first), not each step.
+        deadline = (_watch.began or started) + REBALANCE_DRAIN_SECONDS
+        runner.rescan_expiry()
+        await _hand_over(deadline)
+    finally:
+        _watch.finished()
+    log.info(
+        "rebalance: batches in hand delivered and committed in %.3f s", time.monotonic() - started
+    )
+
+
+async def _hand_over(deadline: float) -> None:
+    global _abandoned_at
     for chain, offsets in list(_IN_HAND):
         if not await chain.drain(max(0.0, deadline - time.monotonic())):
             if _delivering:
@@ -710,7 +722,7 @@ async def finish_batches_before_handing_over(
                 )
             # Still processing: once processed, it waits for the new assignment and
             # delivers only what is still ours (see _deliver).
-            _abandoned_generation = app.consumer_generation_id
+            _abandoned_at = _assignments
             log.warning(
                 "rebalance: the batch in hand was not delivered within %.0f s; "
                 "its commands will be redone by their new owner",
@@ -720,20 +732,15 @@ async def finish_batches_before_handing_over(
             await asyncio.wait_for(_final_commit(offsets), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             log.warning("rebalance: offset commit timed out; the new owner redoes those commands")
-    _watch.finished()
-    log.info(
-        "rebalance: batches in hand delivered and committed in %.3f s", time.monotonic() - started
-    )
 
 
 async def _deliver(
     offsets: DurableOffsets, events: Sequence[EventT], batch: ProcessedBatch
 ) -> None:
-    abandoned = _abandoned_generation
-    if events and abandoned is not None and events[0].message.generation_id == abandoned:
+    if _abandoned_at is not None and _assignments == _abandoned_at:
         # The hand-over gave up on this batch and the worker is rejoining: its
         # partitions may be moving, and which is not known until the new assignment.
-        await _reassigned(abandoned)
+        await _reassigned(_abandoned_at)
     if events and events[0].message.generation_id != app.consumer_generation_id:
         # The batch outlived its partitions' hand-over (the rebalance hook gave up on
         # it). Where a partition went to another worker, that worker redoes these
@@ -762,18 +769,27 @@ async def _deliver(
 
 # Batches whose records are being produced (deliveries run one at a time).
 _delivering = 0
-# The consumer generation in which the hand-over last gave up on a batch still processing.
-_abandoned_generation: int | None = None
+# Assignments received (each rebalance ends in one), and how many there had been when
+# the hand-over last gave up on a batch still processing: until the next one, which of
+# its partitions stay is not known. (Generations could not say it: a batch can outlive
+# two rebalances, and a rejoin can return the same generation.)
+_assignments = 0
+_abandoned_at: int | None = None
 
 
-async def _reassigned(generation: int | None) -> None:
-    """Wait until the consumer has left ``generation`` (its new assignment is known)."""
+async def _count_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
+    global _assignments
+    _assignments += 1
+
+
+async def _reassigned(abandoned_at: int) -> None:
+    """Wait for the assignment after ``abandoned_at`` (exit if it does not come)."""
     deadline = time.monotonic() + REASSIGNMENT_WAIT_SECONDS
-    while app.consumer_generation_id == generation:
-        if time.monotonic() > deadline:
-            _exit_uncommitted(
-                f"a batch waited {REASSIGNMENT_WAIT_SECONDS:.0f} s for its partitions' reassignment"
-            )
+    while _assignments == abandoned_at:
+        if getattr(app, "should_stop", False) or time.monotonic() > deadline:
+            # Stopping (the rejoin may never finish), or waited too long: left
+            # uncommitted, for whoever owns its partitions next.
+            _exit_uncommitted("a batch could not learn which of its partitions are still ours")
             return
         await asyncio.sleep(0.05)
 
@@ -800,17 +816,21 @@ class HandOverWatch:
         self._exit = exit_
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
+        self.began: float | None = None  # time.monotonic() when the rebalance began
 
     def started(self) -> None:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
+            self.began = time.monotonic()
             self._timer = threading.Timer(self.seconds, self._expired)
             self._timer.daemon = True
             self._timer.start()
 
     def finished(self) -> None:
+        """The hand-over is through (or the worker is stopping: its own drain decides)."""
         with self._lock:
+            self.began = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -823,10 +843,12 @@ class HandOverWatch:
             )
 
 
-# A second past the hook's own deadline: the hook decides when it gets to run in time.
+# A second past the hook's own deadline (counted from the same start): the hook decides
+# whenever it gets to run in time.
 _watch = HandOverWatch(
     REBALANCE_DRAIN_SECONDS + 1.0,
-    delivering=lambda: _delivering > 0,
+    # (Stopping, Faust skips the hook, and the shutdown drain has its own limit.)
+    delivering=lambda: _delivering > 0 and not getattr(app, "should_stop", False),
     exit_=lambda what: _exit_uncommitted(what),
 )
 
@@ -858,6 +880,9 @@ async def _close(
 ) -> None:
     """Let the batches in hand be delivered, commit, close; exit uncommitted if a batch
     is still undelivered after ``drain_seconds`` (its commands are redelivered)."""
+    # A rebalance that began meanwhile never gets to the hand-over hook (Faust skips it
+    # when stopping): the drain below decides, not the rebalance's watch.
+    _watch.finished()
     try:
         # What is durable already goes first: the periodic committer has stopped, and
         # the process may be killed while the batch in hand waits for a slow broker.
@@ -896,3 +921,4 @@ if settings.runs("commands"):
     app.on_partitions_revoked.connect(cast(Any, finish_batches_before_handing_over))
     # (Called by Faust's consumer thread as a rebalance begins, before anything waits.)
     app.on_rebalance_start = _watch_rebalance(app.on_rebalance_start)  # type: ignore[method-assign]
+    app.on_partitions_assigned.connect(cast(Any, _count_assignment))

@@ -11,6 +11,7 @@ tests/e2e/test_backlog.py, which checks the group's committed offsets after each
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -519,7 +520,8 @@ async def test_a_publish_retry_after_a_hand_over_fails_the_batch(
 @pytest.fixture(autouse=True)
 def _hand_over_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """The hand-over's module state starts clean and is restored after each test."""
-    monkeypatch.setattr(commands, "_abandoned_generation", None)
+    monkeypatch.setattr(commands, "_abandoned_at", None)
+    monkeypatch.setattr(commands, "_assignments", 0)
     monkeypatch.setattr(commands, "_delivering", 0)
 
 
@@ -541,7 +543,7 @@ async def test_a_batch_the_hand_over_gave_up_on_waits_for_the_new_assignment(
     monkeypatch.setattr(
         commands, "commands_topic", SimpleNamespace(get_topic_name=lambda: P0.topic)
     )
-    monkeypatch.setattr(commands, "_abandoned_generation", 1)
+    monkeypatch.setattr(commands, "_abandoned_at", 0)  # the hook gave up; no assignment yet
     events = [event(P0, 7), event(P1, 9)]
     for e in events:
         e.message.generation_id = 1
@@ -553,6 +555,7 @@ async def test_a_batch_the_hand_over_gave_up_on_waits_for_the_new_assignment(
     assert delivered == []  # still rejoining: which partitions stay is not known
     consumer.owned = {P1}
     app.consumer_generation_id = 2
+    await commands._count_assignment(None)
     await asyncio.wait_for(delivery, 1)
     [sent] = delivered
     assert [r.value for r in sent.records] == [b"v1"]
@@ -568,10 +571,61 @@ async def test_the_hand_over_watch_ends_a_worker_still_delivering_when_it_expire
     watch.started()
     await asyncio.sleep(0.2)
     assert len(seen) == 1 and "still being delivered" in seen[0]
-    # Through in time, or nothing in delivery: the worker carries on.
+    # Through in time: the worker carries on, however long the delivery then takes.
     watch.started()
     watch.finished()
+    await asyncio.sleep(0.2)
+    assert len(seen) == 1 and watch.began is None
+    # Nothing in delivery when it expires: nothing to end.
     delivering[0] = False
     watch.started()
     await asyncio.sleep(0.2)
     assert len(seen) == 1
+
+
+async def test_the_hook_ends_the_watch_and_counts_from_when_the_rebalance_began(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """Its deadline counted from when the hook ran, after Faust's producer flush: the
+    watch (counted from the rebalance) could end a delivery the hook was still allowed."""
+
+    class Runner:
+        def rescan_expiry(self) -> None:
+            pass
+
+    monkeypatch.setattr(commands, "runner", Runner())
+    monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.3)
+    stuck = asyncio.Event()
+    chain = DeliveryChain()
+
+    async def processing() -> None:
+        await stuck.wait()
+
+    async def deliver(_: None) -> None:
+        pass
+
+    task = asyncio.ensure_future(chain.run(processing(), deliver))
+    await asyncio.sleep(0)
+    monkeypatch.setattr(commands, "_IN_HAND", [(chain, durable_offsets()[0])])
+    watch = commands.HandOverWatch(10, lambda: False, exits.append)
+    monkeypatch.setattr(commands, "_watch", watch)
+    commands._watch_rebalance(lambda: None)()  # the rebalance begins (Faust's thread)
+    await asyncio.sleep(0.2)  # Faust's producer flush
+    began = time.monotonic()
+    await commands.finish_batches_before_handing_over(None)
+    assert time.monotonic() - began < 0.25  # gave up 0.3 s after the rebalance began
+    assert watch.began is None and watch._timer is None  # the watch is over
+    assert commands._abandoned_at == commands._assignments
+    stuck.set()
+    await task
+    await chain.drain(1)
+
+
+async def test_a_batch_waiting_for_its_reassignment_gives_up_when_the_worker_stops(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """The rejoin may never finish once the worker is stopping: waiting out the shutdown
+    drain (30 s) went past a typical grace period."""
+    monkeypatch.setattr(commands, "app", SimpleNamespace(should_stop=True))
+    await asyncio.wait_for(commands._reassigned(0), 1)
+    assert len(exits) == 1 and "still ours" in exits[0]
