@@ -729,7 +729,8 @@ async def _hand_over(deadline: float) -> None:
                 REBALANCE_DRAIN_SECONDS,
             )
         try:
-            await asyncio.wait_for(_final_commit(offsets), max(0.1, deadline - time.monotonic()))
+            # (At least a second: the deadline may be spent by Faust's producer flush.)
+            await asyncio.wait_for(_final_commit(offsets), max(1.0, deadline - time.monotonic()))
         except TimeoutError:
             log.warning("rebalance: offset commit timed out; the new owner redoes those commands")
 
@@ -847,18 +848,35 @@ class HandOverWatch:
 # whenever it gets to run in time.
 _watch = HandOverWatch(
     REBALANCE_DRAIN_SECONDS + 1.0,
-    # (Stopping, Faust skips the hook, and the shutdown drain has its own limit.)
-    delivering=lambda: _delivering > 0 and not getattr(app, "should_stop", False),
+    delivering=lambda: _delivering > 0,
     exit_=lambda what: _exit_uncommitted(what),
 )
 
 
 def _watch_rebalance(start: Callable[[], None]) -> Callable[[], None]:
     def on_rebalance_start() -> None:
+        if getattr(app, "should_stop", False):
+            _before_rejoining_while_stopping()
         start()
         _watch.started()
 
     return on_rebalance_start
+
+
+def _before_rejoining_while_stopping(seconds: float | None = None) -> None:
+    """A rebalance begins while the worker stops. Faust then skips the hand-over hook
+    and aiokafka rejoins at once, so partitions may move straight away: a batch in
+    delivery gets a moment to land (this is Faust's consumer thread, holding the rejoin
+    back meanwhile), else the worker exits without rejoining; and no batch processed
+    after this may be delivered before the new assignment is known (`_reassigned`, which
+    gives up while stopping: left uncommitted, it is redone by the next owner)."""
+    global _abandoned_at
+    deadline = time.monotonic() + (REBALANCE_DRAIN_SECONDS if seconds is None else seconds)
+    while _delivering and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if _delivering:
+        _exit_uncommitted("stopping: a batch was still being delivered as a rebalance began")
+    _abandoned_at = _assignments
 
 
 def _owned_partitions() -> set[int]:
@@ -880,9 +898,6 @@ async def _close(
 ) -> None:
     """Let the batches in hand be delivered, commit, close; exit uncommitted if a batch
     is still undelivered after ``drain_seconds`` (its commands are redelivered)."""
-    # A rebalance that began meanwhile never gets to the hand-over hook (Faust skips it
-    # when stopping): the drain below decides, not the rebalance's watch.
-    _watch.finished()
     try:
         # What is durable already goes first: the periodic committer has stopped, and
         # the process may be killed while the batch in hand waits for a slow broker.

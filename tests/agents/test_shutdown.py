@@ -629,3 +629,59 @@ async def test_a_batch_waiting_for_its_reassignment_gives_up_when_the_worker_sto
     monkeypatch.setattr(commands, "app", SimpleNamespace(should_stop=True))
     await asyncio.wait_for(commands._reassigned(0), 1)
     assert len(exits) == 1 and "still ours" in exits[0]
+
+
+async def test_assignments_are_counted_from_fausts_signal() -> None:
+    """Without the count, every batch the hand-over gave up on would wait out its 120 s."""
+    before = commands._assignments
+    await commands.app.on_partitions_assigned.send(set())
+    assert commands._assignments == before + 1
+
+
+async def test_a_batch_outliving_two_rebalances_waits_for_the_assignment_after_the_second(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """Given up on by two hand-overs in a row, it was compared with the first one's
+    generation and delivered a partition the second was moving."""
+    monkeypatch.setattr(commands, "app", SimpleNamespace(should_stop=False))
+    for _ in range(2):  # the hook gives up; the rejoin after it completes
+        monkeypatch.setattr(commands, "_abandoned_at", commands._assignments)
+        await commands._count_assignment(None)
+    monkeypatch.setattr(commands, "_abandoned_at", commands._assignments)  # a third one
+    waiting = asyncio.ensure_future(commands._reassigned(commands._abandoned_at))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await commands._count_assignment(None)
+    await asyncio.wait_for(waiting, 1)
+    assert exits == []
+
+
+async def test_the_watch_is_ended_however_the_hook_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Runner:
+        def rescan_expiry(self) -> None:
+            raise RuntimeError("bug")
+
+    watch = commands.HandOverWatch(10, lambda: True, lambda what: None)
+    monkeypatch.setattr(commands, "_watch", watch)
+    monkeypatch.setattr(commands, "runner", Runner())
+    watch.started()
+    with pytest.raises(RuntimeError):
+        await commands.finish_batches_before_handing_over(None)
+    assert watch._timer is None
+
+
+async def test_a_rebalance_while_stopping_lets_a_delivery_land_or_exits(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    """Stopping, Faust skips the hand-over hook and aiokafka rejoins at once: a batch
+    still in delivery could land after the new owner's writes."""
+    monkeypatch.setattr(commands, "_delivering", 1)
+    commands._before_rejoining_while_stopping(0.05)
+    assert len(exits) == 1 and "stopping" in exits[0]
+    # Nothing in delivery: the rejoin goes ahead, and what is processed from now on is
+    # not delivered before the new assignment (while stopping: left for the next owner).
+    monkeypatch.setattr(commands, "_delivering", 0)
+    commands._before_rejoining_while_stopping(0.05)
+    assert len(exits) == 1 and commands._abandoned_at == commands._assignments
