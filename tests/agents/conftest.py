@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest_asyncio
 import redis.asyncio as aioredis
@@ -11,13 +13,22 @@ from paystream.settings import load_settings
 from tests.agents.harness import Harness
 
 
-@pytest_asyncio.fixture
-async def harness(redis_url: str) -> AsyncIterator[Harness]:
+@asynccontextmanager
+async def running_harness(redis_url: str, **settings: Any) -> AsyncIterator[Harness]:
+    """A harness on ``redis_url`` with quick gateway retries, and ``settings`` on top."""
     client = aioredis.from_url(redis_url)
-    settings = load_settings(redis_url=redis_url, gateway_backoff_base_ms=1, gateway_max_attempts=3)
-    h = Harness(settings=settings, redis=client)
+    options: dict[str, Any] = {"gateway_backoff_base_ms": 1, "gateway_max_attempts": 3}
+    h = Harness(
+        settings=load_settings(redis_url=redis_url, **{**options, **settings}), redis=client
+    )
     try:
         yield h
     finally:
         await h.pool.aclose()
         await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def harness(redis_url: str) -> AsyncIterator[Harness]:
+    async with running_harness(redis_url) as h:
+        yield h

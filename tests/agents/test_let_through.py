@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
-from paystream.settings import CloudEventsMode, load_settings
+from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
+from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 
 pytestmark = pytest.mark.asyncio
@@ -133,19 +133,8 @@ async def test_another_command_reusing_a_parked_ones_id_is_rejected_and_changes_
 async def patient_harness(redis_url: str) -> AsyncIterator[Harness]:
     """A harness whose circuit breaker never opens (a provider losing six answers in a
     row would open it, and the breaker would park what the test re-drives)."""
-    client = aioredis.from_url(redis_url)
-    settings = load_settings(
-        redis_url=redis_url,
-        gateway_backoff_base_ms=1,
-        gateway_max_attempts=3,
-        breaker_failure_threshold=1000,
-    )
-    h = Harness(settings=settings, redis=client)
-    try:
+    async with running_harness(redis_url, breaker_failure_threshold=1000) as h:
         yield h
-    finally:
-        await h.pool.aclose()
-        await client.aclose()
 
 
 async def test_a_retry_under_the_same_key_does_not_strand_the_first_command(
