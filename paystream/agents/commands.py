@@ -855,25 +855,38 @@ _watch = HandOverWatch(
 
 def _watch_rebalance(start: Callable[[], None]) -> Callable[[], None]:
     def on_rebalance_start() -> None:
-        if getattr(app, "should_stop", False):
-            _before_rejoining_while_stopping()
         start()
         _watch.started()
 
     return on_rebalance_start
 
 
-def _before_rejoining_while_stopping(seconds: float | None = None) -> None:
-    """A rebalance begins while the worker stops. Faust then skips the hand-over hook
-    and aiokafka rejoins at once, so partitions may move straight away: a batch in
-    delivery gets a moment to land (this is Faust's consumer thread, holding the rejoin
-    back meanwhile), else the worker exits without rejoining; and no batch processed
-    after this may be delivered before the new assignment is known (`_reassigned`, which
-    gives up while stopping: left uncommitted, it is redone by the next owner)."""
+def _hand_over_while_stopping(
+    on_revoked: Callable[[set[TP]], Awaitable[None]],
+) -> Callable[[set[TP]], Awaitable[None]]:
+    """Faust's revocation handler, preceded by :func:`_before_rejoining_while_stopping`
+    when the worker is stopping (Faust decides that there too, on the main loop)."""
+
+    async def on_partitions_revoked(revoked: set[TP]) -> None:
+        if getattr(app, "should_stop", False):
+            await _before_rejoining_while_stopping()
+        await on_revoked(revoked)
+
+    return on_partitions_revoked
+
+
+async def _before_rejoining_while_stopping(seconds: float | None = None) -> None:
+    """A rebalance while the worker stops: Faust then skips the hand-over hook and
+    aiokafka rejoins as soon as this returns, so partitions may move straight away. A
+    batch in delivery gets a moment to land, else the worker exits without rejoining;
+    and no batch processed after this is delivered before the new assignment is known
+    (`_reassigned`, which gives up while stopping: left uncommitted, it is redone by the
+    next owner). On the main loop, as `_deliver`: neither can act between the other's
+    check and act."""
     global _abandoned_at
     deadline = time.monotonic() + (REBALANCE_DRAIN_SECONDS if seconds is None else seconds)
     while _delivering and time.monotonic() < deadline:
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
     if _delivering:
         _exit_uncommitted("stopping: a batch was still being delivered as a rebalance began")
     _abandoned_at = _assignments
@@ -937,3 +950,5 @@ if settings.runs("commands"):
     # (Called by Faust's consumer thread as a rebalance begins, before anything waits.)
     app.on_rebalance_start = _watch_rebalance(app.on_rebalance_start)  # type: ignore[method-assign]
     app.on_partitions_assigned.connect(cast(Any, _count_assignment))
+    # (Faust hands this handler to its consumer when it creates it, at start: not yet.)
+    app._on_partitions_revoked = _hand_over_while_stopping(app._on_partitions_revoked)  # type: ignore[method-assign,assignment]

@@ -676,12 +676,39 @@ async def test_a_rebalance_while_stopping_lets_a_delivery_land_or_exits(
     monkeypatch: pytest.MonkeyPatch, exits: list[str]
 ) -> None:
     """Stopping, Faust skips the hand-over hook and aiokafka rejoins at once: a batch
-    still in delivery could land after the new owner's writes."""
+    still in delivery could land after the new owner's writes. Decided on the main loop,
+    where Faust decides it is stopping (the consumer thread could see it otherwise)."""
+    revoked: list[set[TP]] = []
+
+    async def fausts(partitions: set[TP]) -> None:
+        revoked.append(partitions)
+
+    monkeypatch.setattr(commands, "app", SimpleNamespace(should_stop=True))
+    monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.05)
+    handler = commands._hand_over_while_stopping(fausts)
     monkeypatch.setattr(commands, "_delivering", 1)
-    commands._before_rejoining_while_stopping(0.05)
+    await handler({P0})
     assert len(exits) == 1 and "stopping" in exits[0]
     # Nothing in delivery: the rejoin goes ahead, and what is processed from now on is
     # not delivered before the new assignment (while stopping: left for the next owner).
     monkeypatch.setattr(commands, "_delivering", 0)
-    commands._before_rejoining_while_stopping(0.05)
+    await handler({P0})
     assert len(exits) == 1 and commands._abandoned_at == commands._assignments
+    assert revoked == [{P0}, {P0}]  # Faust's own handler runs after
+
+
+async def test_a_rebalance_while_running_leaves_the_hand_over_to_the_hook(
+    monkeypatch: pytest.MonkeyPatch, exits: list[str]
+) -> None:
+    async def fausts(partitions: set[TP]) -> None:
+        pass
+
+    monkeypatch.setattr(commands, "app", SimpleNamespace(should_stop=False))
+    monkeypatch.setattr(commands, "_delivering", 1)
+    await commands._hand_over_while_stopping(fausts)({P0})
+    assert exits == [] and commands._abandoned_at is None
+
+
+async def test_fausts_revocation_handler_is_the_wrapped_one() -> None:
+    """Faust hands its consumer the handler when it creates the consumer, at start."""
+    assert "_hand_over_while_stopping" in commands.app._on_partitions_revoked.__qualname__
