@@ -8,6 +8,7 @@ and the stored outcome is re-emitted instead of applying the change again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -28,9 +29,12 @@ __all__ = [
     "applied_entry",
     "scrub_customer_outcome",
     "shed_applied",
+    "trim_applied",
 ]
 
-APPLIED_MEMORY = 16  # outcomes remembered per entity; far more than a crash can replay
+# Outcomes an entity remembers of the commands that changed it, for replays: at least
+# this many, and every one whose command record is not yet committed (see trim_applied).
+APPLIED_MEMORY = 16
 
 
 class StoredOutcome(BaseModel):
@@ -65,10 +69,10 @@ class EntityRecord(BaseModel):
         outcome: StoredOutcome,
         request_hash: str | None = None,
         id_salt: str | None = None,
+        committed: Callable[[int], int] | None = None,
     ) -> None:
         self.applied[command_id] = applied_entry(outcome, request_hash, id_salt)
-        while len(self.applied) > APPLIED_MEMORY:
-            self.applied.pop(next(iter(self.applied)))
+        trim_applied(self.applied, committed)
 
     def applied_outcome(self, command_id: str) -> StoredOutcome | None:
         """The outcome this record stored for ``command_id``, if it applied that command."""
@@ -85,6 +89,35 @@ class EntityRecord(BaseModel):
         """The id salt its outcome was emitted with (see ``CommandRef.id_salt``)."""
         raw = self.applied.get(command_id)
         return None if raw is None else raw.get("salt")
+
+
+def trim_applied(
+    applied: dict[str, dict[str, Any]], committed: Callable[[int], int] | None = None
+) -> None:
+    """Forget the oldest outcomes past :data:`APPLIED_MEMORY`, but never one whose command
+    record a crash could still redeliver.
+
+    A crash replays every uncommitted command, a batch is up to 500 of them, and an
+    entity's changelog write can outlive the batch's idempotency writes: an entity that
+    forgot the 17th-last command of a batch applied the batch's commands again (every
+    update twice, a capture answered "already captured"). So an entry is dropped only
+    once its record (its id salt: "partition:offset") is below the partition's
+    committed offset (``committed(partition)``, -1 when unknown: then, and for entries
+    without a position, the count alone decides).
+    """
+    while len(applied) > APPLIED_MEMORY:
+        oldest = next(iter(applied))
+        if committed is not None and _uncommitted(applied[oldest].get("salt"), committed):
+            return
+        del applied[oldest]
+
+
+def _uncommitted(salt: Any, committed: Callable[[int], int]) -> bool:
+    partition, _, offset = str(salt or "").partition(":")
+    if not (partition.isdigit() and offset.isdigit()):
+        return False
+    floor = committed(int(partition))
+    return floor >= 0 and int(offset) >= floor
 
 
 def applied_entry(

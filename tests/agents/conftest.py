@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,12 +14,17 @@ from tests.agents.harness import Harness
 
 
 @asynccontextmanager
-async def running_harness(redis_url: str, **settings: Any) -> AsyncIterator[Harness]:
-    """A harness on ``redis_url`` with quick gateway retries, and ``settings`` on top."""
+async def running_harness(
+    redis_url: str, committed: Callable[[int], int] | None = None, **settings: Any
+) -> AsyncIterator[Harness]:
+    """A harness on ``redis_url`` with quick gateway retries, and ``settings`` on top;
+    ``committed``: the commands topic's committed offset per partition."""
     client = aioredis.from_url(redis_url)
     options: dict[str, Any] = {"gateway_backoff_base_ms": 1, "gateway_max_attempts": 3}
     h = Harness(
-        settings=load_settings(redis_url=redis_url, **{**options, **settings}), redis=client
+        settings=load_settings(redis_url=redis_url, **{**options, **settings}),
+        redis=client,
+        committed=committed,
     )
     try:
         yield h

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class Harness:
     tenants: dict[str, Any] = field(default_factory=dict)
     tables: Tables = field(default_factory=lambda: Tables({}, {}, {}, {}, {}))
     idempotency: dict[str, Any] = field(default_factory=dict)
+    # The commands topic's committed offset per partition (None: never known).
+    committed: Callable[[int], int] | None = None
 
     def __post_init__(self) -> None:
         pool = GatewayPool(
@@ -39,8 +42,9 @@ class Harness:
         )
         self.pool = pool
         self.processor = CommandProcessor(
-            self.settings, self.tables, self.idempotency, self.tenants, pool
-        )
+            self.settings, self.tables, self.idempotency, self.tenants, pool,
+            committed=self.committed,
+        )  # fmt: skip
 
     def add_tenant(self, tenant_id: str | None = None, **kw: Any) -> str:
         tid = tenant_id or new_tenant_id()

@@ -20,7 +20,9 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.streams.outcomes import outcome_id
+from paystream.tables.records import APPLIED_MEMORY, trim_applied
 from paystream.tenancy.models import Tenant
+from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind, outcome_of
 
 pytestmark = pytest.mark.asyncio
@@ -1419,3 +1421,41 @@ async def test_a_future_record_time_is_not_a_first_attempt(harness: Harness) -> 
     [parked] = [e for e in emits if e.topic == harness.settings.retry_topic]
     first = int(dict(parked.record.headers)[pipeline_module.FIRST_ATTEMPT_HEADER])
     assert first <= int(time.time() * 1000)
+
+
+async def test_a_whole_batch_redelivered_is_not_applied_again_whatever_its_length(
+    redis_url: str,
+) -> None:
+    """Entities remembered their last 16 commands: a batch (up to 500) touching one more
+    often than that, redelivered after a crash that kept the entity's changelog write
+    but lost the idempotency writes, applied its first commands again, and each rerun
+    pushed out the next (17 updates applied twice; a capture answered invalid_state)."""
+    async with running_harness(redis_url, committed=lambda partition: 10) as h:
+        t = h.add_tenant()
+        await h.send("customer.create", t, {"customer_id": "c1", "email": "a0@x.io"})
+        batch = [
+            build_command(
+                "customer.update", t, {"customer_id": "c1", "email": f"a{n}@x.io"},
+                command_id=f"upd-{n}",
+            )
+            for n in range(1, 21)
+        ]  # fmt: skip
+        first = [(await h.send_event(c, offset=10 + n))[0] for n, c in enumerate(batch)]
+        record = h.tables.customers[f"{t}:c1"]
+        assert record["version"] == 21 and len(record["applied"]) == 20  # none committed
+        for n in range(1, 21):
+            del h.idempotency[f"{t}:upd-{n}"]  # the crash lost these writes
+        again = [(await h.send_event(c, offset=10 + n))[0] for n, c in enumerate(batch)]
+        assert [e[0].record for e in again] == [e[0].record for e in first]
+        assert h.tables.customers[f"{t}:c1"]["version"] == 21
+
+
+async def test_entities_forget_committed_commands_past_their_memory() -> None:
+    applied = {f"c{n}": {"type": "t", "data": {}, "salt": f"0:{n}"} for n in range(30)}
+    trim_applied(applied, lambda partition: 20)  # offsets 20-29 may still come again
+    assert list(applied) == [f"c{n}" for n in range(14, 30)]  # 16 kept, the rest committed
+    applied = {f"c{n}": {"type": "t", "data": {}, "salt": f"0:{n}"} for n in range(30)}
+    trim_applied(applied, lambda partition: 5)
+    assert list(applied) == [f"c{n}" for n in range(5, 30)]  # all uncommitted ones kept
+    trim_applied(applied, lambda partition: -1)  # not known: the count decides
+    assert len(applied) == APPLIED_MEMORY
