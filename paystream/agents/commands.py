@@ -193,7 +193,7 @@ class CommandRunner:
         by_tenant: dict[bytes | None, list[EventT]] = defaultdict(list)
         for event in events:
             by_tenant[event.message.key].append(event)
-        with collect_changelog() as changelog:
+        with collect_changelog(processor.committed) as changelog:
             groups = await asyncio.gather(
                 *(self._run_tenant(processor, group) for group in by_tenant.values())
             )

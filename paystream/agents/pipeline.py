@@ -113,7 +113,7 @@ class CommandProcessor:
         self.gateways = gateways
         # ``committed(partition)``: the commands topic's committed offset there.
         self.limits = LimitGate({} if limits is None else limits, committed=committed)
-        self._committed = committed
+        self.committed = committed
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
         # idempotency window is fixed, so purging only ever looks at the front.
@@ -637,7 +637,7 @@ class CommandProcessor:
             data["error"] = result.error.as_outcome()
         stored = StoredOutcome(type=result.outcome_type, data=data)
         for entity, record in zip(entities, dumped, strict=True):
-            entity.remember(cmd.command_id, stored, request_hash, cmd.id_salt, self._committed)
+            entity.remember(cmd.command_id, stored, request_hash, cmd.id_salt, self.committed)
             record["applied"] = dict(entity.applied)
             table = self.tables.by_type(entity.entity_type)
             table[entity_key(cmd.tenant_id, entity.id)] = record
@@ -770,7 +770,7 @@ class CommandProcessor:
                 continue
             applied = dict((current or {}).get("applied") or {})
             applied[command_id] = applied_entry(outcome, request_hash, id_salt)
-            trim_applied(applied, self._committed)
+            trim_applied(applied, self.committed)
             table[key] = {**image, "entity_type": entity_type, "applied": applied}
             metrics.REPAIRS.labels(tenant_id, entity_type).inc()
             log.info("repaired %s %s to version %s", entity_type, key, image.get("version"))

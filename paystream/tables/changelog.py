@@ -19,7 +19,7 @@ Writes outside a batch (recovery, other agents) keep Faust's path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -49,7 +49,9 @@ CHANGELOG_VALUE_MAX_BYTES = 512 * 1024
 class ChangelogBatch:
     """The last pending write of each (table, key) in one batch, in first-write order."""
 
-    def __init__(self) -> None:
+    def __init__(self, committed: Callable[[int], int] | None = None) -> None:
+        # ``committed(partition)``: the commands topic's committed offset (for shedding).
+        self._committed = committed
         # (table name, key) → (table, partition, value, value serializer)
         self._writes: dict[tuple[str, Any], tuple[BatchedChangelogTable, int, Any, Any]] = {}
 
@@ -77,7 +79,7 @@ class ChangelogBatch:
             while (  # None: a deletion's tombstone
                 value_bytes is not None
                 and len(value_bytes) > CHANGELOG_VALUE_MAX_BYTES
-                and (smaller := shed_applied(value))
+                and (smaller := shed_applied(value, self._committed))
             ):
                 # The broker refuses records over its message size (1 MB by default),
                 # failing the batch on every redelivery; the outcomes an entity keeps
@@ -167,9 +169,9 @@ class BatchedChangelogTable(faust.Table):
 
 
 @contextmanager
-def collect_changelog() -> Iterator[ChangelogBatch]:
+def collect_changelog(committed: Callable[[int], int] | None = None) -> Iterator[ChangelogBatch]:
     """Queue changelog writes made in this context (and the tasks it starts)."""
-    batch = ChangelogBatch()
+    batch = ChangelogBatch(committed)
     token = _batch.set(batch)
     try:
         yield batch

@@ -102,8 +102,9 @@ def trim_applied(
     forgot the 17th-last command of a batch applied the batch's commands again (every
     update twice, a capture answered "already captured"). So an entry is dropped only
     once its record (its id salt: "partition:offset") is below the partition's
-    committed offset (``committed(partition)``, -1 when unknown: then, and for entries
-    without a position, the count alone decides).
+    committed offset (``committed(partition)``; -1, not known yet, as on a worker that
+    has just taken a partition over: kept). Entries without a position (older versions),
+    or with no ``committed`` at all, go by the count alone.
     """
     while len(applied) > APPLIED_MEMORY:
         oldest = next(iter(applied))
@@ -117,7 +118,7 @@ def _uncommitted(salt: Any, committed: Callable[[int], int]) -> bool:
     if not (partition.isdigit() and offset.isdigit()):
         return False
     floor = committed(int(partition))
-    return floor >= 0 and int(offset) >= floor
+    return floor < 0 or int(offset) >= floor
 
 
 def applied_entry(
@@ -143,12 +144,21 @@ class CustomerRecord(EntityRecord):
     erased: bool = False
 
 
-def shed_applied(record: Any) -> dict[str, Any] | None:
-    """An entity record (as stored) keeping only the newer half of the outcomes it
-    remembers for replays; None when it has none left to shed (or is no entity)."""
+def shed_applied(
+    record: Any, committed: Callable[[int], int] | None = None
+) -> dict[str, Any] | None:
+    """An entity record (as stored) remembering fewer outcomes, to fit the broker's
+    message size: those of committed command records first (``committed``: see
+    :func:`trim_applied`), else the older half (a redelivery may then apply some of
+    those again: the last resort, logged by the caller); None when it has none left to
+    shed (or is no entity)."""
     if not isinstance(record, dict) or not record.get("applied"):
         return None
     applied = list(record["applied"].items())
+    if committed is not None:
+        pending = [(k, v) for k, v in applied if _uncommitted(v.get("salt"), committed)]
+        if len(pending) < len(applied):
+            return {**record, "applied": dict(pending)}
     return {**record, "applied": dict(applied[(len(applied) + 1) // 2 :])}
 
 

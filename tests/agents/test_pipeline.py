@@ -20,7 +20,7 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.streams.outcomes import outcome_id
-from paystream.tables.records import APPLIED_MEMORY, trim_applied
+from paystream.tables.records import APPLIED_MEMORY, shed_applied, trim_applied
 from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind, outcome_of
@@ -1423,14 +1423,15 @@ async def test_a_future_record_time_is_not_a_first_attempt(harness: Harness) -> 
     assert first <= int(time.time() * 1000)
 
 
+@pytest.mark.parametrize("committed", [10, -1])  # -1: a worker that just took it over
 async def test_a_whole_batch_redelivered_is_not_applied_again_whatever_its_length(
-    redis_url: str,
+    redis_url: str, committed: int
 ) -> None:
     """Entities remembered their last 16 commands: a batch (up to 500) touching one more
     often than that, redelivered after a crash that kept the entity's changelog write
     but lost the idempotency writes, applied its first commands again, and each rerun
     pushed out the next (17 updates applied twice; a capture answered invalid_state)."""
-    async with running_harness(redis_url, committed=lambda partition: 10) as h:
+    async with running_harness(redis_url, committed=lambda partition: committed) as h:
         t = h.add_tenant()
         await h.send("customer.create", t, {"customer_id": "c1", "email": "a0@x.io"})
         batch = [
@@ -1457,5 +1458,17 @@ async def test_entities_forget_committed_commands_past_their_memory() -> None:
     applied = {f"c{n}": {"type": "t", "data": {}, "salt": f"0:{n}"} for n in range(30)}
     trim_applied(applied, lambda partition: 5)
     assert list(applied) == [f"c{n}" for n in range(5, 30)]  # all uncommitted ones kept
-    trim_applied(applied, lambda partition: -1)  # not known: the count decides
+    trim_applied(applied, lambda partition: -1)  # not known yet (a partition just taken)
+    assert len(applied) == 25
+    trim_applied(applied)  # no committed offsets at all: the count decides
     assert len(applied) == APPLIED_MEMORY
+
+
+async def test_an_entity_too_large_for_the_broker_sheds_committed_outcomes_first() -> None:
+    applied = {f"c{n}": {"type": "t", "data": {}, "salt": f"0:{n}"} for n in range(30)}
+    record = {"id": "e", "applied": applied}
+    shed = shed_applied(record, lambda partition: 20)
+    assert shed is not None and list(shed["applied"]) == [f"c{n}" for n in range(20, 30)]
+    # Only uncommitted ones left: the older half goes (the last resort).
+    again = shed_applied(shed, lambda partition: 20)
+    assert again is not None and list(again["applied"]) == [f"c{n}" for n in range(25, 30)]
