@@ -200,6 +200,21 @@ async def processed() -> None:
     return None
 
 
+async def processing_batch(stuck: asyncio.Event) -> tuple[DeliveryChain, asyncio.Future[Any]]:
+    """A chain whose newest batch is still processing (until ``stuck`` is set)."""
+    chain = DeliveryChain()
+
+    async def processing() -> None:
+        await stuck.wait()
+
+    async def deliver(_: None) -> None:
+        pass
+
+    task = asyncio.ensure_future(chain.run(processing(), deliver))
+    await asyncio.sleep(0)
+    return chain, task
+
+
 async def test_shutdown_lets_the_batch_in_delivery_finish_then_commits_it() -> None:
     offsets, consumer = durable_offsets()
     chain, acked = DeliveryChain(), asyncio.Event()
@@ -482,16 +497,7 @@ async def test_a_hand_over_that_cannot_wait_for_a_batch_still_processing_carries
     monkeypatch.setattr(commands, "runner", Runner())
     monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.05)
     offsets = DurableOffsets(stand_in_app(consumer))
-    chain = DeliveryChain()
-
-    async def processing() -> None:
-        await stuck.wait()
-
-    async def deliver(_: None) -> None:
-        pass
-
-    task = asyncio.ensure_future(chain.run(processing(), deliver))
-    await asyncio.sleep(0)
+    chain, task = await processing_batch(stuck)
     monkeypatch.setattr(commands, "_IN_HAND", [(chain, offsets)])
     await commands.finish_batches_before_handing_over(None)
     assert exits == []
@@ -596,16 +602,7 @@ async def test_the_hook_ends_the_watch_and_counts_from_when_the_rebalance_began(
     monkeypatch.setattr(commands, "runner", Runner())
     monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.3)
     stuck = asyncio.Event()
-    chain = DeliveryChain()
-
-    async def processing() -> None:
-        await stuck.wait()
-
-    async def deliver(_: None) -> None:
-        pass
-
-    task = asyncio.ensure_future(chain.run(processing(), deliver))
-    await asyncio.sleep(0)
+    chain, task = await processing_batch(stuck)
     monkeypatch.setattr(commands, "_IN_HAND", [(chain, durable_offsets()[0])])
     watch = commands.HandOverWatch(10, lambda: False, exits.append)
     monkeypatch.setattr(commands, "_watch", watch)

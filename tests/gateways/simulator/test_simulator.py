@@ -58,6 +58,13 @@ async def refused(coro: Awaitable[object]) -> GatewayError:
     return info.value
 
 
+async def disputed(gw: SimulatorGateway) -> str:
+    """The id of the dispute a charge with the dispute-creating test card opens."""
+    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
+    assert res.dispute is not None
+    return res.dispute.provider_dispute_id
+
+
 def sim_key(tenant: str, kind: str, name: str) -> str:
     """A Redis key of the simulator's (store.py's layout), to look at it from outside."""
     return f"sim:{{{tenant}}}:{kind}:{name}"
@@ -400,9 +407,7 @@ async def test_a_refused_provider_action_raises_its_refusal(
     redis_client: aredis.Redis, tenant_id: str
 ) -> None:
     gw = sim(redis_client, tenant_id)
-    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
-    assert res.dispute is not None
-    dispute_id = res.dispute.provider_dispute_id
+    dispute_id = await disputed(gw)
     await gw.accept_dispute(AcceptDispute(provider_dispute_id=dispute_id), idempotency_key="a")
     err = await refused(gw.resolve_dispute(dispute_id, won=True))
     assert err.code is ErrorCode.INVALID_STATE
@@ -452,9 +457,7 @@ async def test_evidence_file_fields_take_file_upload_ids(
     redis_client: aredis.Redis, tenant_id: str
 ) -> None:
     gw = sim(redis_client, tenant_id)
-    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
-    assert res.dispute is not None
-    dispute_id = res.dispute.provider_dispute_id
+    dispute_id = await disputed(gw)
     assert len(DISPUTE_EVIDENCE_FILE_FIELDS) == 9
     for field in sorted(DISPUTE_EVIDENCE_FILE_FIELDS):
         text = SubmitDisputeEvidence(
@@ -622,9 +625,7 @@ async def test_an_opposite_provider_verdict_is_an_idempotency_error(
     """It was replayed as the first verdict, silently: a test asking for a lost dispute
     got a won one."""
     gw = sim(redis_client, tenant_id)
-    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
-    assert res.dispute is not None
-    dispute_id = res.dispute.provider_dispute_id
+    dispute_id = await disputed(gw)
     won = await gw.resolve_dispute(dispute_id, won=True)
     assert await gw.resolve_dispute(dispute_id, won=True) == won
     err = await refused(gw.resolve_dispute(dispute_id, won=False))
