@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from paystream.settings import Settings
 from paystream.streams import broker_compat
+from paystream.streams.admin import RECORD_MAX_BYTES, undersized_topics
 
 __all__ = [
     "CheckResult",
@@ -449,6 +450,30 @@ async def check_command_timestamps(settings: Settings) -> str:
         await admin.close()
 
 
+async def check_record_limits(settings: Settings) -> str:
+    """Every topic paystream writes (its own and its tables' changelogs) must take its
+    largest records: a smaller limit fails the batch holding one on every redelivery."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    await admin.start()
+    try:
+        existing = await admin.list_topics()
+    finally:
+        await admin.close()
+    changelogs = [
+        t for t in existing if t.startswith(f"{settings.app_id}-") and t.endswith("-changelog")
+    ]
+    topics = [t for t in (*settings.topic_names(), *changelogs) if t in existing]
+    if not topics:
+        return "no paystream topics yet"
+    small = await undersized_topics(settings, topics)
+    if small:
+        raise CheckFailed(
+            f"records up to {RECORD_MAX_BYTES} bytes refused by {', '.join(small)}: "
+            f"set max.message.bytes >= {RECORD_MAX_BYTES}"
+        )
+    return f"{len(topics)} topics take records of {RECORD_MAX_BYTES} bytes"
+
+
 _CheckFn = Callable[[Settings], Awaitable[str]]
 
 _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
@@ -459,6 +484,7 @@ _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
 _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("tenant registry compacted", check_registry_compacted),
     ("command timestamps by broker", check_command_timestamps),
+    ("record size limits", check_record_limits),
     ("workarounds for flavor", check_workarounds),
     ("headers round-trip", check_headers),
     ("idempotent producer", check_idempotent_producer),

@@ -12,6 +12,7 @@ from paystream.doctor import (
     CheckFailed,
     CheckResult,
     check_command_timestamps,
+    check_record_limits,
     check_registry_compacted,
     render_table,
     run_checks,
@@ -116,3 +117,39 @@ async def test_doctor_fails_a_commands_topic_whose_producers_set_the_time(
         await check_command_timestamps(with_commands(f"{tag}.plain"))
     assert "LogAppendTime" in await check_command_timestamps(with_commands(f"{tag}.made"))
     assert "not created yet" in await check_command_timestamps(with_commands(f"{tag}.absent"))
+
+
+async def test_doctor_fails_a_topic_that_refuses_paystreams_largest_records(
+    stack_settings: Settings,
+) -> None:
+    """A dead letter keeps its command (up to 768 KiB): a topic with a smaller record limit
+    would fail the batch holding one on every redelivery."""
+    tag = uuid.uuid4().hex[:8]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(stack_settings.require_broker())
+    )
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(f"{tag}.small", 1, 1, topic_configs={"max.message.bytes": "262144"}),
+                NewTopic(f"{tag}.large", 1, 1, topic_configs={"max.message.bytes": "2097152"}),
+            ]
+        )
+    finally:
+        await admin.close()
+    # Only this test's topics: the app id matches no changelog of the stack's.
+    alone = {"app_id": f"doctor-{tag}", "commands_topic": f"{tag}.large"}
+    for name in ("events_topic", "retry_topic", "ledger_dlq_topic", "tenants_topic"):
+        alone[name] = f"{tag}.absent-{name}"
+    for name in ("fraud_topic", "analytics_topic"):
+        alone[name] = f"{tag}.absent-{name}"
+
+    def with_dlq(name: str) -> Settings:
+        return stack_settings.model_copy(update={**alone, "dlq_topic": name})
+
+    with pytest.raises(CheckFailed, match=rf"{tag}\.small \(max\.message\.bytes=262144\)"):
+        await check_record_limits(with_dlq(f"{tag}.small"))
+    assert "2 topics take records of 1048576 bytes" in await check_record_limits(
+        with_dlq(f"{tag}.large")
+    )

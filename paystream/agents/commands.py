@@ -43,7 +43,7 @@ from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
 from paystream.gc_pacing import full_collections
-from paystream.streams.admin import bootstrap_servers
+from paystream.streams.admin import RECORD_MAX_BYTES, bootstrap_servers, undersized_topics
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatch, send_batches
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
@@ -80,6 +80,8 @@ SHUTDOWN_DRAIN_SECONDS = 30.0
 SHUTDOWN_CLOSE_SECONDS = 10.0
 # Exit status when a batch is abandoned uncommitted (EX_SOFTWARE).
 EXIT_UNCOMMITTED = 70
+# Exit status when the topics cannot take what the worker writes (EX_CONFIG).
+EXIT_MISCONFIGURED = 78
 # On a rebalance, how long the batch in hand may take to be delivered before the worker
 # rejoins the group: well inside the rebalance timeout (6 s on the embedded broker).
 REBALANCE_DRAIN_SECONDS = 3.0
@@ -149,6 +151,7 @@ class CommandRunner:
         if self._processor is None:
             # A registered tenant must never be taken for an unknown one.
             await registry.ready.wait()
+            await _check_record_limits()
             redis_client = None
             if settings.redis_url:
                 import redis.asyncio as aioredis
@@ -283,6 +286,35 @@ class CommandRunner:
         if tenant:
             processor.purge_expired(tenant, time.time())
         return out
+
+
+async def _check_record_limits() -> None:
+    """Refuse to run against topics that would refuse the worker's largest records.
+
+    A record over a topic's limit fails its batch on every redelivery: the worker exits,
+    its partitions move to the next worker, which fails the same way. Better to say so
+    once, before the first command, than to take the fleet down one worker at a time.
+    """
+    tables = (t.customers, t.payment_methods, t.payments, t.refunds, t.disputes)
+    topics = [
+        *settings.topic_names(),
+        *(table.changelog_topic.get_topic_name() for table in (*tables, t.idempotency, t.limits)),
+    ]
+    try:
+        small = await asyncio.wait_for(undersized_topics(settings, topics), BROKER_ASK_SECONDS)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("could not read the topics' record size limits (%r): not checked", exc)
+        return
+    if small:
+        log.critical(
+            "these topics refuse records paystream writes (up to %d bytes): %s; set their "
+            "max.message.bytes to at least %d (Kafka's default 1048588 is enough)",
+            RECORD_MAX_BYTES,
+            ", ".join(small),
+            RECORD_MAX_BYTES,
+        )
+        logging.shutdown()
+        os._exit(EXIT_MISCONFIGURED)
 
 
 _PROCESS_SECONDS = metrics.BATCH_SECONDS.labels("process")

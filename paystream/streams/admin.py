@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from paystream.settings import Settings
 
-__all__ = ["TopicCreationError", "bootstrap_servers", "ensure_topics", "topic_partitions"]
+__all__ = [
+    "RECORD_MAX_BYTES",
+    "TopicCreationError",
+    "bootstrap_servers",
+    "ensure_topics",
+    "record_limits",
+    "topic_partitions",
+    "undersized_topics",
+]
+
+#: The largest record paystream writes: a dead letter keeps its command (up to 768 KiB)
+#: with headers saying why, a table changelog value reaches 512 KiB. Every topic it
+#: writes must accept one (Kafka's default, message.max.bytes 1048588, does); a smaller
+#: limit fails the batch holding such a record on every redelivery.
+RECORD_MAX_BYTES = 1024 * 1024
 
 
 def bootstrap_servers(url: str) -> str:
@@ -86,3 +102,39 @@ def _raise_failures(topic_errors: list[tuple[object, ...]]) -> None:
     ]
     if failed:
         raise TopicCreationError("the broker refused to create " + "; ".join(map(str, failed)))
+
+
+async def record_limits(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
+    """Each existing topic's ``max.message.bytes``, where the broker says (Kafka answers
+    the effective value, the broker's default included; the embedded broker knows only
+    configs given at creation)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = sorted({t for t in topics if t in existing})
+        if not wanted:
+            return {}
+        # All configs: the embedded broker drops the connection when asked for named ones.
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted]
+        )
+    finally:
+        await admin.close()
+    limits: dict[str, int] = {}
+    for response in responses:
+        for code, _message, _type, name, entries in response.resources:
+            value = next((e[1] for e in entries if e[0] == "max.message.bytes"), None)
+            if code == 0 and value is not None and str(value).isdigit():
+                limits[name] = int(value)
+    return limits
+
+
+async def undersized_topics(settings: Settings, topics: Sequence[str]) -> list[str]:
+    """The topics that would refuse paystream's largest records, each with its limit."""
+    limits = await record_limits(settings, topics)
+    return [
+        f"{name} (max.message.bytes={limit})"
+        for name, limit in sorted(limits.items())
+        if limit < RECORD_MAX_BYTES
+    ]

@@ -185,3 +185,37 @@ async def test_changelog_holds_only_each_batch_last_write(
     finally:
         await consumer.stop()
     assert all(states[i] == ["done"] for i in ids), {i: states[i] for i in ids}
+
+
+async def test_a_worker_refuses_topics_too_small_for_its_records(
+    deployed: Deployment, deployment_factory: Any
+) -> None:
+    """A dead-letter topic that refuses records of 1 MiB would fail the batch holding a
+    large dead letter on every redelivery, worker after worker: the worker says so before
+    its first command and exits (EX_CONFIG) instead."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from paystream.agents.commands import EXIT_MISCONFIGURED
+
+    small_dlq = f"{uuid.uuid4().hex[:8]}.small-dlq"
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(deployed.settings.require_broker())
+    )
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(small_dlq, 1, 1, topic_configs={"max.message.bytes": "65536"})]
+        )
+        assert [code for _name, code, *_ in response.topic_errors] == [0]
+    finally:
+        await admin.close()
+    dep: Deployment = await deployment_factory(paystream_dlq_topic=small_dlq)
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    with dep.worker() as worker:
+        worker.wait_ready(["acme"], partitions=dep.settings.partitions)
+        await dep.produce(dep.settings.commands_topic, (b"acme", b"not an event", None))
+        assert worker.proc is not None
+        assert worker.proc.wait(timeout=60) == EXIT_MISCONFIGURED
+    log = worker.log_path.read_text()
+    assert f"{small_dlq} (max.message.bytes=65536)" in log
+    assert "set their max.message.bytes to at least 1048576" in log
