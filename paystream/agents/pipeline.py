@@ -261,6 +261,8 @@ class CommandProcessor:
                 return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
             answered = self._answered_before(cmd)
             if answered is not None:
+                if tenant is not None:  # its count holds should it be resumed today
+                    self._account_suspended_replay(rec, cmd, tenant, raw)
                 return answered
             earlier = self._earlier_request(cmd, raw)
             if earlier is not None and earlier.state is IdempotencyState.DONE and earlier.outcome:
@@ -347,17 +349,7 @@ class CommandProcessor:
             if existing.state is IdempotencyState.DONE and existing.outcome is not None:
                 if cmd.source is not None and existing.source == list(cmd.source):
                     # This very record, redelivered: the limits may have lost its count.
-                    self.limits.account_answered(
-                        cmd.tenant_id,
-                        tenant.limits,
-                        limit_rec,
-                        cmd.command_type,
-                        existing.outcome.type,
-                        existing.outcome.data,
-                        hold_key=_hold_key(cmd, data, idem_table_key, existing.entity_keys),
-                        former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
-                        request=request_hash,
-                    )
+                    self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
                 return self._replay_done(cmd, existing)
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
@@ -584,6 +576,50 @@ class CommandProcessor:
         if existing.state is not IdempotencyState.PARKED:
             self._remember(key, {**self.idempotency[key], "state": IdempotencyState.PARKED.value})
         return self._to_retry_topic(rec, cmd, reason.value)
+
+    def _account_replay(
+        self,
+        limit_rec: LimitRecord,
+        cmd: CommandRef,
+        tenant: Tenant,
+        data: Any,
+        existing: IdempotencyRecord,
+        request_hash: str,
+    ) -> None:
+        """Count a redelivered record answered from its own idempotency record, in case a
+        crash kept that record but lost the limits' write (counted once either way)."""
+        if existing.outcome is None:
+            return
+        idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        self.limits.account_answered(
+            cmd.tenant_id,
+            tenant.limits,
+            limit_rec,
+            cmd.command_type,
+            existing.outcome.type,
+            existing.outcome.data,
+            hold_key=_hold_key(cmd, data, idem_table_key, existing.entity_keys),
+            former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
+            request=request_hash,
+        )
+
+    def _account_suspended_replay(
+        self, rec: Inbound, cmd: CommandRef, tenant: Tenant, raw: Any
+    ) -> None:
+        """A suspended tenant's record answered before: counted as on the normal path (a
+        tenant resumed the same day must not find that day's volume short)."""
+        if not tenant.limits.enforced:
+            return
+        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
+        if existing is None:
+            return
+        try:
+            data = COMMANDS[cmd.command_type].model_validate(raw or {})
+        except ValidationError:
+            return  # answered, so valid once: a version with other rules took it
+        limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
+        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
 
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
         """This very record's outcome, if it was answered before (a redelivery after a

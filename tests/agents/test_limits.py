@@ -189,6 +189,26 @@ async def test_limits_lost_in_a_crash_are_caught_up_by_answered_redeliveries(
     assert await _charges(harness, t) == 1
 
 
+async def test_a_suspended_tenants_answered_redelivery_still_counts_toward_its_day(
+    harness: Harness,
+) -> None:
+    """A crash kept A's idempotency record but lost the limits write; A is redelivered
+    while its tenant is suspended (answered as before). Resumed the same day, the tenant
+    must find A counted: B would otherwise take the day over its quota."""
+    t = harness.add_tenant(limits={"daily_payment_volume": {"USD": 1000}})
+    a = _record("payment.create", t, _pay(900), "a", T0, 45)
+    _, first = await _run(harness, a)
+    assert kind(first) == "payment.succeeded"
+    del harness.processor.limits.table[f"{t}:limits"]  # lost; A's idempotency record kept
+    harness.tenants[t] = {**harness.tenants[t], "status": "suspended"}
+    _, again = await _run(harness, a)
+    assert again.get_id() == first.get_id() and kind(again) == "payment.succeeded"
+    harness.tenants[t] = {**harness.tenants[t], "status": "active"}
+    _, over = await _run(harness, _record("payment.create", t, _pay(200), "b", T0, 46))
+    assert data(over)["reason"] == "quota_exceeded" and data(over)["used"] == 900
+    assert await _charges(harness, t) == 1
+
+
 async def test_a_parked_payment_counts_toward_the_volume_once_it_succeeds(
     harness: Harness,
 ) -> None:
