@@ -37,6 +37,7 @@ from paystream.tables.state_machines import InvalidState, check_payment_transiti
 __all__ = [
     "HANDLERS",
     "AlreadyApplied",
+    "AnsweredByAnother",
     "HandlerContext",
     "HandlerResult",
     "Rejection",
@@ -68,6 +69,17 @@ class AlreadyApplied(Exception):
         super().__init__(outcome.type)
         self.outcome = outcome
         self.id_salt = id_salt  # the outcome's ids, as first emitted
+
+
+class AnsweredByAnother(Exception):
+    """A create let through once (parked, in flight at a crash) whose entity another
+    command of the very same request made meanwhile (a resend under a new command id):
+    one provider object under one provider key, so this command's answer is that one's."""
+
+    def __init__(self, outcome: StoredOutcome, command_id: str) -> None:
+        super().__init__(outcome.type)
+        self.outcome = outcome
+        self.command_id = command_id  # the command that made the entity
 
 
 @dataclass
@@ -106,6 +118,7 @@ class HandlerContext:
     call: Any = _direct  # GatewayCall; Any because a generic callable attribute is untypable
     entity_keys: bool = True  # False: a command parked by an older version (its keys)
     request_hash: str | None = None  # of this command's type and data
+    let_through: bool = False  # parked or in flight before: the provider may have acted
 
     @property
     def tenant(self) -> str:
@@ -183,7 +196,16 @@ class HandlerContext:
         raw = table.get(entity_key(self.tenant, entity_id))
         if raw is None:
             return
-        self._applied_here(model.model_validate(raw))
+        record = model.model_validate(raw)
+        self._applied_here(record)
+        if self.let_through and self.entity_keys and self.request_hash is not None:
+            # Its provider key is the entity's: whatever the provider did for the other
+            # command, it did once, for both.
+            for command_id, entry in record.applied.items():
+                if entry.get("hash") == self.request_hash:
+                    made = record.applied_outcome(command_id)
+                    if made is not None:
+                        raise AnsweredByAnother(made, command_id)
         raise Rejection(RejectReason.INVALID_STATE, f"{_label(model)} {entity_id} already exists")
 
 

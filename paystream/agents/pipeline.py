@@ -26,6 +26,7 @@ from paystream import metrics
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
+    AnsweredByAnother,
     HandlerContext,
     HandlerResult,
     Rejection,
@@ -417,6 +418,7 @@ class CommandProcessor:
             call=self.gateways.call_for(tenant),
             entity_keys=entity_keys,
             request_hash=request_hash,
+            let_through=let_through,
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
@@ -453,6 +455,20 @@ class CommandProcessor:
                 self.limits.settle(admission, done.outcome.type)
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
             return [self._outcome(cmd, done.outcome)]
+        except AnsweredByAnother as other:
+            # Its answer, under this command's id; the other command counted the volume.
+            if admission is not None:
+                self.limits.settle(admission, "command.rejected")  # releases its hold
+            stored = StoredOutcome(
+                type=other.outcome.type,
+                data={
+                    **other.outcome.data,
+                    "command_id": cmd.command_id,
+                    "answered_by": other.command_id,
+                },
+            )
+            self._finish(idem_table_key, cmd, request_hash, expires, stored)
+            return [self._outcome(cmd, stored)]
         except Rejection as rej:
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")  # releases its hold

@@ -193,3 +193,39 @@ async def test_a_limits_rejection_redelivered_after_a_tenant_change_is_the_same_
         del harness.tenants[t]
     again = await harness.processor.process(limited)  # redelivered after a crash
     assert [e.record for e in again] == [e.record for e in first]
+
+
+async def test_a_parked_create_whose_resend_made_the_payment_gets_that_answer(
+    harness: Harness,
+) -> None:
+    """Parked after the provider charged p1; the producer, seeing no answer, sent the same
+    request under a new command id, which made p1 (the provider replayed its charge).
+    Re-driven, the parked command was answered `invalid_state` ("already exists"), though
+    its request is the one that charged the customer."""
+    t, record = await _parked_after_a_charge(harness)
+    resend = outcome_of(harness.settings, await harness.processor.process(_record(t, "c2")))
+    assert resend is not None and kind(resend) == "payment.succeeded"
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert out.get_extension("causationid") == "c1" and out.get_id() != resend.get_id()
+    body, made = data(out), data(resend)
+    assert body["command_id"] == "c1" and body["answered_by"] == "c2"
+    assert body["object"] == made["object"] and body["entity_id"] == "p1"
+    assert await _charges(harness, t, record) == 1
+    # Its redelivery is the same answer; the payment is as the resend left it.
+    again = outcome_of(harness.settings, await harness.processor.process(_record(t)))
+    assert again is not None and again.get_id() == out.get_id()
+    assert harness.tables.payments[f"{t}:p1"]["version"] == made["version"]
+
+
+async def test_a_fresh_create_of_an_existing_payment_is_still_invalid_state(
+    harness: Harness,
+) -> None:
+    """Only a command let through before is answered by the one that made its entity: a
+    new command naming an existing payment id is refused as before."""
+    t, record = await _parked_after_a_charge(harness)
+    await harness.processor.process(_record(t, "c2"))
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t, "c3")))
+    assert out is not None and data(out)["reason"] == "invalid_state"
+    assert "already exists" in data(out)["message"]
+    assert await _charges(harness, t, record) == 1

@@ -232,8 +232,8 @@ async def test_a_create_parked_after_the_provider_applied_it_moves_money_once(
 ) -> None:
     """The provider applied the create but its answer was lost: parked, no outcome. The
     producer sends it again under a new command id (same entity id): the same create at
-    the provider, so no second charge or refund; the parked original, re-driven, finds
-    it done."""
+    the provider, so no second charge or refund; the parked original, re-driven, is
+    answered with what the resend made."""
     t = new_tenant_id()
     entity = "p1" if create == "payment" else "r1"
     harness.add_tenant(
@@ -250,7 +250,9 @@ async def test_a_create_parked_after_the_provider_applied_it_moves_money_once(
     again = await harness.send(f"{create}.create", t, body, command_id=f"cmd-{create}-2")
     assert kind(again) == ("payment.succeeded" if create == "payment" else "refund.succeeded")
     _, replayed = await harness.send_event(first)  # `paystream dlq replay`
-    assert replayed is not None and data(replayed)["reason"] == "invalid_state"
+    assert replayed is not None and kind(replayed) == kind(again)
+    assert data(replayed)["answered_by"] == f"cmd-{create}-2"
+    assert data(replayed)["object"] == data(again)["object"]
     moved = [k for k, _ in await _effects(harness, t) if k in ("charge", "refund")]
     assert moved == (["charge"] if create == "payment" else ["charge", "refund"])
 
