@@ -600,7 +600,8 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
     req = gw.CancelPayment(provider_payment_id=rec.provider_payment_id, reason=data.reason)
     res = await _gateway(ctx, lambda: ctx.gateway.cancel_payment(req, idempotency_key=ctx.idem))
     _apply_payment_result(rec, res)
-    return HandlerResult("payment.canceled", rec)
+    # What the provider says it is now (it may have been captured meanwhile), as capture.
+    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec)
 
 
 def _transition(status: str, verb: str) -> None:
@@ -622,6 +623,10 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     ctx.at_provider(payment)
     refundable = payment.amount_captured - payment.amount_refunded
     amount = data.amount if data.amount is not None else refundable
+    if refundable <= 0:
+        raise Rejection(
+            RejectReason.INVALID_STATE, f"payment {payment.id} has nothing left to refund"
+        )
     if amount <= 0 or amount > refundable:
         raise Rejection(
             RejectReason.INVALID_STATE,

@@ -685,3 +685,37 @@ async def test_an_id_record_past_its_window_is_taken_over_by_the_next_request(
     assert kind(await pay_under_u("p2", "k2")) == "payment.succeeded"
     assert harness.idempotency[id_key]["expires_at"] > 0  # p2's now
     assert data(await pay_under_u("p3", "k3"))["reason"] == "idempotency_conflict"
+
+
+async def test_a_refund_of_a_fully_refunded_payment_says_nothing_is_left(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    await harness.send("payment.create", t, {"payment_id": "p1", **USD_1000,
+                                             "payment_method_token": "pm_card_visa"})  # fmt: skip
+    assert kind(await harness.send("refund.create", t, {"payment_id": "p1"})) == "refund.succeeded"
+    out = await harness.send("refund.create", t, {"payment_id": "p1"})
+    assert data(out)["reason"] == "invalid_state"
+    assert data(out)["message"] == "payment p1 has nothing left to refund"
+
+
+async def test_a_cancel_the_provider_answers_with_another_status_says_that_status(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome is what the provider says the payment is now (as for a capture), not
+    `payment.canceled` whatever it answered: here it was captured meanwhile."""
+    t = harness.add_tenant()
+    body = {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa"}
+    assert kind(await harness.send("payment.create", t, {**body, "capture": "manual"})) == (
+        "payment.authorized"
+    )
+    gateway = _gateway(harness, t)
+
+    async def captured_meanwhile(req: gw.CancelPayment, idempotency_key: str) -> Any:
+        capture = gw.CapturePayment(provider_payment_id=req.provider_payment_id)
+        return await gateway.capture_payment(capture, idempotency_key=idempotency_key)
+
+    monkeypatch.setattr(gateway, "cancel_payment", captured_meanwhile)
+    out = await harness.send("payment.cancel", t, {"payment_id": "p1"})
+    assert kind(out) == "payment.succeeded"
+    assert harness.tables.payments[f"{t}:p1"]["status"] == "succeeded"
