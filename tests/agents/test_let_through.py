@@ -229,3 +229,77 @@ async def test_a_fresh_create_of_an_existing_payment_is_still_invalid_state(
     assert out is not None and data(out)["reason"] == "invalid_state"
     assert "already exists" in data(out)["message"]
     assert await _charges(harness, t, record) == 1
+
+
+def _command(tenant: str, command_type: str, body: dict[str, Any], command_id: str) -> Inbound:
+    event = build_command(command_type, tenant, body, command_id=command_id)
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
+        next(_offsets),
+    )  # fmt: skip
+
+
+async def _answer(h: Harness, rec: Inbound) -> CloudEvent:
+    out = outcome_of(h.settings, await h.processor.process(rec))
+    assert out is not None
+    return out
+
+
+@pytest.mark.parametrize(
+    ("since", "body"),
+    [
+        ("payment_method.detach", {"payment_method_id": "pm1"}),
+        ("customer.delete", {"customer_id": "c1"}),
+    ],
+)
+async def test_a_parked_charge_stands_after_its_card_or_customer_is_gone(
+    harness: Harness, since: str, body: dict[str, Any]
+) -> None:
+    """Pay with a saved card, the answer lost (parked), then "don't keep my card" (or the
+    customer deleted): re-driven, the create was refused by paystream's own checks
+    (`invalid_state` detached, `not_found` customer) with the customer charged."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1"}, "k1"))
+    attach = {"customer_id": "c1", "payment_method_id": "pm1", "token": "pm_card_visa"}
+    await _answer(h, _command(t, "payment_method.attach", attach, "k2"))
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD", "customer_id": "c1",
+           "payment_method_id": "pm1"}  # fmt: skip
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    gone = await _answer(h, _command(t, since, body, "k4"))
+    assert kind(gone) in ("payment_method.detached", "customer.deleted")
+    out = await _answer(h, _command(t, "payment.create", pay, "k3"))  # `dlq replay`
+    assert kind(out) == "payment.succeeded", data(out)
+    assert h.tables.payments[f"{t}:p1"]["status"] == "succeeded"
+    assert await _charges(h, t, h.tenants[t]) == 1
+    # A new payment with that card (or for that customer) is refused as before.
+    fresh = await _answer(h, _command(t, "payment.create", {**pay, "payment_id": "p2"}, "k5"))
+    assert data(fresh)["reason"] in ("invalid_state", "not_found")
+    assert await _charges(h, t, h.tenants[t]) == 1
+
+
+async def test_a_parked_refund_stands_after_a_dispute_was_lost(harness: Harness) -> None:
+    """Refunded at the provider, the answer lost (parked); a dispute on the payment was
+    lost since: re-driven, the refund was refused ("charged back: nothing to refund")
+    though the provider had refunded."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:refund:r1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+    assert kind(await _answer(h, _command(t, "payment.create", pay, "k1"))) == "payment.succeeded"
+    refund = {"refund_id": "r1", "payment_id": "p1", "amount": 2000}
+    emits = await h.processor.process(_command(t, "refund.create", refund, "k2"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    # The dispute as paystream records it once lost (dispute.accept).
+    h.tables.disputes[f"{t}:dp1"] = {"status": "lost"}
+    h.tables.payments[f"{t}:p1"] = {**h.tables.payments[f"{t}:p1"], "dispute_id": "dp1"}
+    out = await _answer(h, _command(t, "refund.create", refund, "k2"))  # `dlq replay`
+    assert kind(out) == "refund.succeeded", data(out)
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 2000
+    # A new refund is refused by the rule as before.
+    again = await _answer(h, _command(t, "refund.create", {"payment_id": "p1", "amount": 1}, "k3"))
+    assert "charged back" in data(again)["message"]
