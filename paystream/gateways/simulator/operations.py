@@ -349,6 +349,13 @@ async def complete_authentication(tx: Tx, payment_id: str, succeed: bool) -> dic
     return {"ok": await results.payment(tx, pi)}
 
 
+def _three_decimal_rule(amount: int, currency: str) -> None:
+    """Stripe applies it to captures and refunds as to charges (its currencies page)."""
+    problem = three_decimal_problem(Money(amount=amount, currency=currency))
+    if problem is not None:
+        raise _refuse(ErrorCode.INVALID_REQUEST, problem)
+
+
 async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, Any]:
     if req.amount is not None and req.amount < 1:
         raise _invalid(f"capture amount {req.amount} must be at least 1")
@@ -361,6 +368,7 @@ async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, An
             ErrorCode.INVALID_REQUEST,
             f"capture amount {amount} must be between 1 and the authorised {pi['amount']}",
         )
+    _three_decimal_rule(amount, pi["currency"])
     # As at Stripe, what is not captured is released, so the payment is final.
     pi = {**pi, "status": PaymentStatus.SUCCEEDED.value, "amount_captured": amount}
     tx.effect(Effect("capture", key, pi["id"], amount, pi["currency"]))
@@ -422,6 +430,7 @@ async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
             ErrorCode.INVALID_REQUEST,
             f"refund amount {amount} must be between 1 and the unrefunded {remaining}",
         )
+    _three_decimal_rule(amount, pi["currency"])
     refund = {
         "object": "refund",
         "id": _new_id("re"),

@@ -15,6 +15,7 @@ from paystream.gateways.base import (
     RefundResult,
     RefundStatus,
 )
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.money import Money
 
 __all__ = ["customer", "dispute", "payment", "payment_method", "refund"]
@@ -48,7 +49,23 @@ _DISPUTE_STATUS = {
     "warning_closed": DisputeStatus.WON,  # an inquiry closed without a chargeback
     "lost": DisputeStatus.LOST,
     "charge_refunded": DisputeStatus.LOST,
+    # The card network's appeal of a decision: the tenant may answer again.
+    "appeal_needs_response": DisputeStatus.NEEDS_RESPONSE,
+    "appeal_under_review": DisputeStatus.UNDER_REVIEW,
+    # Stopped before it became a chargeback: the money stays with the merchant.
+    "prevented": DisputeStatus.WON,
 }
+
+
+def _unknown(kind: str, value: Any) -> GatewayError:
+    """A status this version does not know, in an answer to a request Stripe ran: never
+    "refused"; retried under the same key, then parked until a version that knows it."""
+    return GatewayError(
+        ErrorCode.PROVIDER_UNAVAILABLE,
+        f"unknown Stripe {kind} status {str(value)[:64]!r}",
+        provider="stripe",
+        retryable=True,
+    )
 
 
 def _id(value: Any) -> str | None:
@@ -92,7 +109,7 @@ def payment(pi: Mapping[str, Any]) -> PaymentResult:
     error = pi.get("last_payment_error") or {}
     status = _PAYMENT_STATUS.get(str(pi["status"]))
     if status is None:
-        raise ValueError(f"unknown Stripe PaymentIntent status {pi['status']!r}")
+        raise _unknown("PaymentIntent", pi["status"])
     next_action = pi.get("next_action")
     return PaymentResult(
         provider_payment_id=pi["id"],
@@ -120,5 +137,5 @@ def refund(obj: Mapping[str, Any]) -> RefundResult:
 def dispute(obj: Mapping[str, Any]) -> DisputeResult:
     status = _DISPUTE_STATUS.get(str(obj["status"]))
     if status is None:
-        raise ValueError(f"unknown Stripe dispute status {obj['status']!r}")
+        raise _unknown("dispute", obj["status"])
     return DisputeResult(provider_dispute_id=obj["id"], status=status, amount=_money(obj))

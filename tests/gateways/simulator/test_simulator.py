@@ -543,6 +543,28 @@ async def test_three_decimal_amounts_follow_the_stripe_gateways_rule(
     )
 
 
+async def test_three_decimal_captures_and_refunds_follow_it_too(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Stripe applies the rule to captures and refunds as to charges."""
+    gw = sim(redis_client, tenant_id)
+    manual = CreatePayment(
+        amount=Money(amount=5120, currency="KWD"),
+        provider_payment_method_id="pm_card_visa",
+        capture_method=CaptureMethod.MANUAL,
+    )
+    pid = (await gw.create_payment(manual, idempotency_key="auth")).provider_payment_id
+    capture = CapturePayment(provider_payment_id=pid, amount=5005)
+    err = await refused(gw.capture_payment(capture, idempotency_key="cap-odd"))
+    assert err.code is ErrorCode.INVALID_REQUEST and "multiples of 10" in err.message
+    captured = CapturePayment(provider_payment_id=pid, amount=5000)
+    assert (await gw.capture_payment(captured, idempotency_key="cap")).amount_captured == 5000
+    refund = CreateRefund(provider_payment_id=pid, amount=1005)
+    err = await refused(gw.create_refund(refund, idempotency_key="ref-odd"))
+    assert err.code is ErrorCode.INVALID_REQUEST and "multiples of 10" in err.message
+    assert (await gw.effects())[-1].kind == "capture"  # neither moved money
+
+
 # ---- failure injection -----------------------------------------------------------------
 
 

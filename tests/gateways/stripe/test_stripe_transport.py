@@ -338,6 +338,9 @@ async def test_refund() -> None:
         ("warning_closed", DisputeStatus.WON),
         ("lost", DisputeStatus.LOST),
         ("charge_refunded", DisputeStatus.LOST),
+        ("appeal_needs_response", DisputeStatus.NEEDS_RESPONSE),
+        ("appeal_under_review", DisputeStatus.UNDER_REVIEW),
+        ("prevented", DisputeStatus.WON),
     ],
 )
 async def test_submit_dispute_evidence(stripe_status: str, ours: DisputeStatus) -> None:
@@ -349,6 +352,22 @@ async def test_submit_dispute_evidence(stripe_status: str, ours: DisputeStatus) 
     assert sent["url"] == f"{API_BASE}/v1/disputes/dp_1"
     assert sent["form"]["evidence[uncategorized_text]"] == ["ok"]
     assert sent["form"]["submit"] == ["true"]
+
+
+async def test_a_status_this_version_does_not_know_is_retried_not_a_crash() -> None:
+    """Stripe ran the request: the answer must not be read as a refusal, nor escape as a
+    ValueError (an internal error whose command stays in flight, counted against the
+    breaker): a retryable provider error, so the command is retried, then parked."""
+    gw, _ = gateway(answer(200, {**DISPUTE, "status": "some_new_status"}))
+    req = AcceptDispute(provider_dispute_id="dp_1")
+    with pytest.raises(GatewayError) as info:
+        await gw.accept_dispute(req, idempotency_key="k")
+    assert info.value.code is ErrorCode.PROVIDER_UNAVAILABLE and info.value.retryable
+    assert "some_new_status" in info.value.message
+    gw, _ = gateway(answer(200, {**PI, "status": "requires_reauthorization"}))
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    assert info.value.retryable and "requires_reauthorization" in info.value.message
 
 
 async def test_accept_dispute_closes_it() -> None:
