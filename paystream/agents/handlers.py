@@ -530,6 +530,11 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
             )
         ctx.at_provider(pm)
         provider_pm = pm.provider_payment_method_id
+        if customer is None and pm.customer_id is not None:
+            # A saved card is its customer's: Stripe refuses it without that customer
+            # (parameter_missing), and would keep that refusal under the key.
+            customer = ctx.load(CustomerRecord, pm.customer_id)
+            ctx.at_provider(customer)
     else:
         provider_pm = str(data.payment_method_token)
     manual = data.capture is c.CaptureMode.MANUAL

@@ -719,3 +719,18 @@ async def test_a_cancel_the_provider_answers_with_another_status_says_that_statu
     out = await harness.send("payment.cancel", t, {"payment_id": "p1"})
     assert kind(out) == "payment.succeeded"
     assert harness.tables.payments[f"{t}:p1"]["status"] == "succeeded"
+
+
+async def test_a_saved_card_pays_for_its_customer_without_naming_them(harness: Harness) -> None:
+    """Stripe refuses a saved payment method without its customer (parameter_missing),
+    and the simulator as well: paystream names the card's customer itself."""
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1"})
+    attach = {"customer_id": "c1", "payment_method_id": "pm1", "token": "pm_card_visa"}
+    assert kind(await harness.send("payment_method.attach", t, attach)) == (
+        "payment_method.attached"
+    )
+    pay = {"payment_id": "p1", **USD_1000, "payment_method_id": "pm1"}
+    out = await harness.send("payment.create", t, pay)
+    assert kind(out) == "payment.succeeded", data(out)
+    assert data(out)["object"]["customer_id"] == "c1"
