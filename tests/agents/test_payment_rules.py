@@ -179,18 +179,20 @@ async def test_a_request_the_provider_refuses_is_rejected_without_a_failed_payme
 ) -> None:
     t = harness.add_tenant()
     await harness.send("customer.create", t, {"customer_id": "c1"})
-    await harness.send(
+    attached = await harness.send(
         "payment_method.attach",
         t,
         {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "m1"},
     )
-    # the provider refuses a saved card without its customer (invalid_request)
+    await harness.send("payment_method.detach", t, {"payment_method_id": "m1"})
+    # the provider refuses its detached card, named by its own id (invalid_state)
+    token = data(attached)["object"]["provider_payment_method_id"]
     refused = await harness.send(
-        "payment.create", t, {"payment_id": "p1", **USD_1000, "payment_method_id": "m1"}
+        "payment.create", t, {"payment_id": "p1", **USD_1000, "payment_method_token": token}
     )
-    assert kind(refused) == "command.rejected" and data(refused)["reason"] == "validation_error"
+    assert kind(refused) == "command.rejected" and data(refused)["reason"] == "invalid_state"
     assert f"{t}:p1" not in harness.tables.payments  # no failed p1 left behind
-    corrected = {**USD_1000, "payment_method_id": "m1", "customer_id": "c1"}
+    corrected = {**USD_1000, "payment_method_token": "pm_card_visa"}
     # The provider keeps its refusal under p1's key (Stripe, for 24 h; the simulator as
     # Stripe): the corrected command under the same payment id is told so...
     same_id = await harness.send("payment.create", t, {"payment_id": "p1", **corrected})
@@ -201,6 +203,7 @@ async def test_a_request_the_provider_refuses_is_rejected_without_a_failed_payme
     assert await _effects(harness, t) == [
         ("customer.created", None),
         ("payment_method.attached", None),
+        ("payment_method.detached", None),
         ("charge", 1000),
     ]
 
