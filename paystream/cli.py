@@ -403,27 +403,39 @@ def send(
 ) -> None:
     """Send a command (e.g. `payment.create`) and print its outcome."""
     settings = _settings()
-    from paystream.client import OutcomeTimeout, PaystreamClient, build_command, dumps
+    from paystream.client import (
+        InvalidCommand,
+        OutcomeTimeout,
+        PaystreamClient,
+        build_command,
+        dumps,
+    )
     from paystream.settings import CloudEventsMode
 
+    def not_json(constant: str) -> None:
+        # Python reads NaN and Infinity; JSON has neither (other consumers would choke).
+        raise click.BadParameter(f"--data holds {constant}, which is not JSON")
+
     try:
-        payload = json.loads(data)
+        payload = json.loads(data, parse_constant=not_json)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--data is not JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise click.BadParameter("--data must be a JSON object")
+    try:  # before connecting: what the worker would answer under another id, or not at all
+        cmd = build_command(
+            command_type, tenant, payload, command_id=command_id, idempotency_key=idempotency_key
+        )
+    except InvalidCommand as exc:
+        raise click.UsageError(str(exc)) from exc
 
-    async def go() -> str:
+    async def go() -> str | OutcomeTimeout:
         mode = CloudEventsMode.STRUCTURED if structured else CloudEventsMode.BINARY
         async with PaystreamClient(settings, mode) as client:
-            cmd = build_command(
-                command_type,
-                tenant,
-                payload,
-                command_id=command_id,
-                idempotency_key=idempotency_key,
-            )
-            outcome = await client.send(cmd, timeout)
+            try:
+                outcome = await client.send(cmd, timeout)
+            except OutcomeTimeout as exc:  # (a TimeoutError: _run would take it for an outage)
+                return exc
             cause = outcome.get_extension("causationid")
             if cause != cmd.get_id():
                 click.echo(
@@ -433,11 +445,11 @@ def send(
                 )
             return dumps(outcome)
 
-    try:
-        click.echo(_run(go()))
-    except OutcomeTimeout as exc:
-        click.echo(f"error: {exc}", err=True)
+    answer = _run(go())
+    if isinstance(answer, OutcomeTimeout):
+        click.echo(f"error: {answer}", err=True)
         sys.exit(2)
+    click.echo(answer)
 
 
 # ---- dead letters -----------------------------------------------------------------

@@ -17,9 +17,10 @@ from cloudevents.core.v1.event import CloudEvent
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
-from paystream.streams.codec import decode_record, encode_event, headers_to_dict
+from paystream.streams.codec import decode_record, encode_event, headers_to_dict, valid_unicode
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.streams.outcomes import ANSWERS_HEADER
+from paystream.streams.pan import contains_card_number
 
 __all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command"]
 
@@ -52,12 +53,13 @@ def build_command(
     """A command CloudEvent; ``command_type`` may omit the ``com.paystream.command.`` prefix.
 
     Raises :class:`InvalidCommand` (a ValueError) for an id, tenant id or idempotency key
-    over 255 characters: the worker answers such a command under another id, which its
-    sender would wait for in vain. (Any other odd tenant id is answered as it is:
-    `unknown_tenant`.)
+    over 255 characters, an empty tenant id, ids that read as a card number or are not
+    valid Unicode: the worker answers such a command under another id (or cannot be
+    sent it), which its sender would wait for in vain. (Any other odd tenant id is
+    answered as it is: `unknown_tenant`.)
     """
     command_id = command_id or str(uuid.uuid4())
-    _check_ids(tenant_id, command_id, idempotency_key)
+    _check_ids(tenant_id, command_id, idempotency_key, command_type)
     attrs: dict[str, Any] = {
         "id": command_id,
         "type": command_type if command_type.startswith("com.") else COMMAND_PREFIX + command_type,
@@ -75,15 +77,27 @@ def build_command(
     return CloudEvent(attrs, dict(data))
 
 
-def _check_ids(tenant_id: str, command_id: str, idempotency_key: str | None) -> None:
-    """Refuse now what would cost a round trip, or (a long id) the sender's whole timeout."""
+def _check_ids(
+    tenant_id: str, command_id: str, idempotency_key: str | None, command_type: str = ""
+) -> None:
+    """Refuse now what would cost a round trip, or the sender's whole timeout: the worker
+    answers a command with an over-long id, an empty tenant id or an id that reads as a
+    card number under another id or tenant (a digest, "unknown", "[card number]")."""
+    if not tenant_id:
+        raise InvalidCommand("tenant id is empty")
     for name, text in (
         ("tenant id", tenant_id),
         ("command id", command_id),
         ("idempotency key", idempotency_key or ""),
+        ("command type", command_type),
     ):
-        if len(text) > ID_MAX_CHARS:  # the value itself is not echoed: it may be anything
+        # The value itself is not echoed: it may be anything, a card number included.
+        if len(text) > ID_MAX_CHARS:
             raise InvalidCommand(f"{name} is {len(text)} characters; at most {ID_MAX_CHARS}")
+        if not valid_unicode(text):
+            raise InvalidCommand(f"{name} is not valid Unicode (an undecodable byte?)")
+        if contains_card_number(text):
+            raise InvalidCommand(f"{name} reads as a card number: card data is not accepted")
 
 
 class PaystreamClient:
@@ -195,16 +209,27 @@ class PaystreamClient:
 
         Concurrent sends of one command (an application retrying) share the outcome.
         """
+        if self._reader is None:
+            raise PaystreamError(
+                "the client is not started: use `async with PaystreamClient(settings) as "
+                "client:` (or await client.start())"
+            )
         key = (str(command.get_extension("tenantid")), command.get_id())
         waiter = self.expect(*key)
         self._senders[key] += 1
+        sent = False
         try:
-            if not waiter.done():  # done already: the reader failed, no outcome could arrive
-                await self.publish(command)
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            # One deadline for sending and answering: a stalled broker must not hold the
+            # caller past it (aiokafka would wait for metadata for up to 40 s).
+            async with asyncio.timeout(timeout):
+                if not waiter.done():  # done already: the reader failed, no answer comes
+                    await self.publish(command)
+                sent = True
+                return await asyncio.shield(waiter)
         except TimeoutError:
+            unsent = "" if sent else " (the broker had not taken it)"
             raise OutcomeTimeout(
-                f"no outcome for command {command.get_id()} within {timeout}s"
+                f"no outcome for command {command.get_id()} within {timeout}s{unsent}"
             ) from None
         finally:
             self._senders[key] -= 1

@@ -19,6 +19,13 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
         (["tenants", "add", "acme", "--option", "=1"], "is not key=value"),
         (["send", "customer.create", "--tenant", "acme", "--data", "[1]"], "JSON object"),
         (["send", "customer.create", "--tenant", "acme", "--data", "{"], "is not JSON"),
+        (["send", "customer.create", "--tenant", "acme", "--data", '{"a": NaN}'], "NaN"),
+        (
+            ["send", "customer.create", "--tenant", "acme", "--data", '{"a": -Infinity}'],
+            "-Infinity",
+        ),
+        (["send", "customer.create", "--tenant", "acme\udcff"], "not valid Unicode"),
+        (["send", "customer.create", "--tenant", ""], "tenant id is empty"),
     ],
 )
 def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:

@@ -16,8 +16,14 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents import pipeline
-from paystream.client import ID_MAX_CHARS, InvalidCommand, PaystreamClient, build_command
-from paystream.errors import ConfigurationError
+from paystream.client import (
+    ID_MAX_CHARS,
+    InvalidCommand,
+    OutcomeTimeout,
+    PaystreamClient,
+    build_command,
+)
+from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, load_settings
 from paystream.streams.codec import encode_event
 from paystream.streams.outcomes import ANSWERS_HEADER
@@ -94,6 +100,7 @@ async def test_concurrent_sends_of_one_command_share_its_outcome(
         sent.append(command.get_id())
 
     monkeypatch.setattr(client, "publish", publish)
+    client._reader = asyncio.create_task(asyncio.sleep(60))  # started, as far as send sees
     command = CloudEvent(
         {
             "id": "c9",
@@ -106,11 +113,12 @@ async def test_concurrent_sends_of_one_command_share_its_outcome(
     )
     first = asyncio.ensure_future(client.send(command, timeout=5))
     second = asyncio.ensure_future(client.send(command, timeout=5))
-    while len(sent) < 2:
+    while len(sent) < 2 and not (first.done() or second.done()):
         await asyncio.sleep(0)
     client._dispatch(_outcome("c9"), None)
     assert (await first).get_id() == (await second).get_id() == "out-c9-payment.succeeded"
     assert client._waiters == {} and not client._senders
+    client._reader.cancel()
 
 
 async def test_a_missing_events_topic_is_a_clear_error(deployment_factory: Any) -> None:
@@ -210,6 +218,14 @@ async def test_a_failed_start_stops_what_it_started(
         ({"tenant_id": "t" * 256}, "tenant id is 256 characters"),
         ({"command_id": "i" * 256}, "command id is 256 characters"),
         ({"idempotency_key": "k" * 300}, "idempotency key is 300 characters"),
+        # answered as tenant "unknown", causation "[card number]": never matched
+        ({"tenant_id": ""}, "tenant id is empty"),
+        ({"command_id": "4242424242424242"}, "command id reads as a card number"),
+        ({"tenant_id": "4242424242424242"}, "tenant id reads as a card number"),
+        ({"idempotency_key": "4242 4242 4242 4242"}, "idempotency key reads as a card"),
+        # an undecodable byte (as a shell argument gives one): cannot be sent at all
+        ({"tenant_id": "acme\udcff"}, "tenant id is not valid Unicode"),
+        ({"command_id": "c\udcff"}, "command id is not valid Unicode"),
     ],
 )
 async def test_commands_the_worker_would_refuse_are_refused_when_built(
@@ -220,6 +236,33 @@ async def test_commands_the_worker_would_refuse_are_refused_when_built(
         build_command("customer.create", args.pop("tenant_id"), {}, **args)
     assert isinstance(refused.value, InvalidCommand)
     assert "iii" not in str(refused.value) and "kkk" not in str(refused.value)
+    assert "4242" not in str(refused.value)
+
+
+async def test_a_client_that_was_not_started_says_so() -> None:
+    """Not started, it waited for broker metadata for good (the README's example did)."""
+    with pytest.raises(PaystreamError, match="not started"):
+        await _client().command("customer.create", "acme", {}, timeout=1)
+
+
+async def test_the_timeout_bounds_sending_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled broker held send() for 40 s whatever its timeout (aiokafka's metadata
+    wait): the publish is inside the deadline."""
+    client = _client()
+
+    async def stalled(command: CloudEvent) -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(client, "publish", stalled)
+    client._reader = asyncio.create_task(asyncio.sleep(60))  # started, as far as send sees
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(OutcomeTimeout, match="the broker had not taken it"):
+            await client.command("customer.create", "acme", {}, timeout=0.2)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert client._waiters == {}
+    finally:
+        client._reader.cancel()
 
 
 async def test_the_longest_ids_the_worker_takes_are_built() -> None:
@@ -258,5 +301,24 @@ async def test_paystream_send_reports_a_refused_command_without_a_traceback(
         text=True,
         timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # a usage error
     assert "command id is 256 characters" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_paystream_send_says_no_outcome_came_with_its_own_status(
+    deployment_factory: Any,
+) -> None:
+    """No worker runs: no outcome within the timeout is exit status 2 (a broker that is
+    down is 1), so scripts can tell the two apart."""
+    dep = await deployment_factory()
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "paystream", "send", "customer.create", "--tenant", "acme",
+         "--timeout", "1"],
+        env={**os.environ, **dep.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: no outcome for command" in proc.stderr and "Traceback" not in proc.stderr

@@ -100,12 +100,19 @@ def decode_record(
     fields = dict(headers)
     binary = False
     time_raw: bytes | None = None
+    ctype = ""
     for name in headers:
         lowered = name.lower()
         if lowered.startswith("ce_"):
             binary = True
             if lowered == "ce_time":
                 time_raw = fields.pop(name)
+        elif lowered == "content-type":
+            ctype = headers[name].decode("latin-1").lower()
+    if ctype.startswith(STRUCTURED_CONTENT_TYPE):
+        # The content type decides the mode (Kafka binding §3): a structured record may
+        # carry ce_* headers too (§3.3.3); its body is the event.
+        binary = False
     try:
         if binary:
             # The SDK parses `time` with dateutil, a sizeable share of decoding a command;
@@ -116,7 +123,6 @@ def decode_record(
             message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
             event = ce_kafka.from_binary(message, _FORMAT, factory)
         else:
-            ctype = headers.get("content-type", b"").decode("latin-1").lower()
             if ctype and not ctype.startswith(STRUCTURED_CONTENT_TYPE):
                 raise UndecodableRecord(f"content-type {ctype!r} is not a structured CloudEvent")
             message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
@@ -160,6 +166,12 @@ class _Received(CloudEvent):
     def __init__(self, attributes: dict[str, Any], data: Any = None) -> None:
         if "id" not in attributes:
             raise UndecodableRecord("missing required attribute 'id'")
+        if "specversion" not in attributes:  # required; the SDK would assume 1.0
+            raise UndecodableRecord("missing required attribute 'specversion'")
+        for name, value in attributes.items():
+            # Attribute types are all scalars (spec: Type System); JSON could nest.
+            if isinstance(value, dict | list):
+                raise UndecodableRecord(f"attribute {name!r} is not a scalar")
         given_time = "time" in attributes
         super().__init__(attributes, data)
         if not given_time:

@@ -6,6 +6,7 @@ import contextlib
 import uuid
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from dateutil.parser import isoparse
 from hypothesis import given
@@ -72,6 +73,40 @@ def test_records_that_are_not_cloudevents_raise_undecodable(
 ) -> None:
     with pytest.raises(UndecodableRecord):
         decode_record(b"acme", value, headers)
+
+
+def test_a_structured_record_carrying_ce_headers_is_read_as_structured() -> None:
+    """The content type decides the mode (Kafka binding §3); a structured record may carry
+    the ce_* headers too (§3.3.3). Read as binary, its whole body became the data and the
+    command was dead-lettered ("missing required attribute 'id'")."""
+    cmd = build_command("customer.create", "acme", {"email": "a@acme.example"})
+    rec = encode_event(cmd, b"acme", CloudEventsMode.STRUCTURED)
+    headers = {
+        **dict(rec.headers),
+        "ce_traceparent": b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01",
+    }
+    back = decode_record(rec.key, rec.value, headers)
+    assert back.get_id() == cmd.get_id() and back.get_type() == cmd.get_type()
+    assert back.get_data() == {"email": "a@acme.example"}
+    upper = {"Content-Type": b"Application/CloudEvents+JSON", "ce_id": b"x"}
+    assert decode_record(rec.key, rec.value, upper).get_id() == cmd.get_id()
+
+
+def test_specversion_is_required_and_attributes_are_scalars() -> None:
+    cmd = build_command("customer.create", "acme", {})
+    binary = encode_event(cmd, b"acme", CloudEventsMode.BINARY)
+    without = {k: v for k, v in binary.headers if k != "ce_specversion"}
+    with pytest.raises(UndecodableRecord, match="specversion"):
+        decode_record(binary.key, binary.value, without)
+    structured = {"id": "c1", "source": "/x", "type": "com.paystream.command.customer.create",
+                  "tenantid": "acme", "data": {}}  # fmt: skip
+    ctype = {"content-type": b"application/cloudevents+json"}
+    with pytest.raises(UndecodableRecord, match="specversion"):
+        decode_record(b"acme", orjson.dumps(structured), ctype)
+    nested = {**structured, "specversion": "1.0", "tenantid": {"a": 1}}
+    with pytest.raises(UndecodableRecord, match="not a scalar"):
+        decode_record(b"acme", orjson.dumps(nested), ctype)
+    assert decode_record(b"acme", orjson.dumps({**structured, "specversion": "1.0"}), ctype)
 
 
 @given(st.binary(max_size=300))
