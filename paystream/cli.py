@@ -240,8 +240,11 @@ def tenants_add(
     registered tenant are set with `tenants limits`.
     """
     settings = _settings()
+    from pydantic import ValidationError
+
     from paystream.errors import ConfigurationError
     from paystream.gateways.registry import GATEWAYS, REQUIRED_SECRETS, validate_options
+    from paystream.streams.codec import valid_unicode
     from paystream.tenancy.models import TENANT_ID_PATTERN, TenantChanges, register_or_update
     from paystream.tenancy.registry import put_tenant_unless_changed
 
@@ -251,6 +254,11 @@ def tenants_add(
         raise click.BadParameter(f"tenant ids match {TENANT_ID_PATTERN}", param_hint="TENANT_ID")
     if clear_options and options:
         raise click.UsageError("--clear-options removes every option: give no --option")
+    for hint, text in (("--name", name), ("--connected-account", connected_account),
+                       *(("--option", o) for o in options)):  # fmt: skip
+        if text is not None and not valid_unicode(text):
+            # Written escaped, it would be refused by every reader: never changed again.
+            raise click.BadParameter("not valid Unicode (an undecodable byte?)", param_hint=hint)
     opts = {}
     for item in options:
         key, eq, raw = item.partition("=")
@@ -289,7 +297,12 @@ def tenants_add(
         connected_account=connected_account,
         limits=limits,
     )
-    tenant = register_or_update(tenant_id, known, changes)
+    try:
+        tenant = register_or_update(tenant_id, known, changes)
+    except ValidationError as exc:  # nothing written: every reader would refuse it
+        raise click.UsageError(
+            "; ".join(str(e["msg"]) for e in exc.errors(include_url=False))
+        ) from exc
     if known is None or options or gateway is not None:
         # Only options being written now: an old record's options do not block, say,
         # rotating its key.

@@ -25,6 +25,12 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
             "-Infinity",
         ),
         (["send", "customer.create", "--tenant", "acme\udcff"], "not valid Unicode"),
+        (
+            ["tenants", "add", "acme", "--name", "Soci\udce9t\udce9"],
+            "Invalid value for --name: not valid Unicode",
+        ),
+        (["tenants", "add", "acme", "--connected-account", "acct_\udcff"], "not valid Unicode"),
+        (["tenants", "add", "acme", "--option", 'latency_ms="\udcff"'], "not valid Unicode"),
         (["send", "customer.create", "--tenant", ""], "tenant id is empty"),
     ],
 )

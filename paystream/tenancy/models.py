@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from paystream.tenancy.limits import TenantLimits
 
@@ -45,11 +45,41 @@ class Tenant(BaseModel):
     connected_account: str | None = None
     limits: TenantLimits = TenantLimits()  # rate limit and payment quotas (tenancy/limits.py)
 
+    @model_validator(mode="after")
+    def _text_is_unicode(self) -> Tenant:
+        """A lone surrogate (an undecodable byte in a shell argument) would be written
+        escaped, and then refused by every reader: the tenant could never change again."""
+        bad = _invalid_text(self.model_dump())
+        if bad is not None:
+            raise ValueError(f"{bad} is not valid Unicode (an undecodable byte?)")
+        return self
+
     def redacted(self) -> dict[str, Any]:
         """For display and logs: secret names only."""
         out = self.model_dump(mode="json")
         out["secrets"] = sorted(self.secrets)
         return out
+
+
+def _invalid_text(value: Any, where: str = "tenant") -> str | None:
+    """Where in ``value`` a string is not encodable as UTF-8, if anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _invalid_text(key, f"{where} key") or _invalid_text(item, f"{where}.{key}")
+            if found is not None:
+                return found.encode("utf-8", "backslashreplace").decode()
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found = _invalid_text(item, where)
+            if found is not None:
+                return found
+    return None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant, TenantChanges, TenantStatus, register_or_update
 
@@ -71,3 +76,20 @@ def test_a_new_gateway_starts_its_settings_afresh() -> None:
         "acme", STRIPE, TenantChanges(gateway="simulator", gateway_options={"latency_ms": 5})
     )
     assert with_settings.gateway_options == {"latency_ms": 5}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"name": "Soci\udce9t\udce9"},
+        {"connected_account": "acct_\udcff"},
+        {"gateway_options": {"latency_ms": "\udcff"}},
+        {"gateway_options": {"k\udcff": 1}},
+        {"gateway_options": {"nested": ["ok", {"deep": "\ud800"}]}},
+    ],
+)
+def test_a_tenant_with_text_that_is_not_unicode_is_refused(fields: dict[str, Any]) -> None:
+    """Written escaped (JSON spells a lone surrogate), every reader would refuse the
+    record: a new tenant would never exist, a known one could never change again."""
+    with pytest.raises(ValidationError, match="is not valid Unicode"):
+        Tenant(tenant_id="acme", **fields)
