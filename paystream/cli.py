@@ -627,11 +627,10 @@ def dlq_list(which: str, limit: int) -> None:
         return records
 
     for rec in _run(go()):
-        h = dict(rec.headers)
+        command_id, command_type = rec.command_id_and_type
         click.echo(
             f"{rec.topic}[{rec.partition}]@{rec.offset} reason={rec.reason} "
-            f"id={h.get('ce_id', b'?').decode(errors='replace')} "
-            f"type={h.get('ce_type', b'?').decode(errors='replace')}"
+            f"id={command_id} type={command_type}"
             + (" (held card data: not kept, not replayed)" if rec.redacted else "")
             + (
                 f" (too large to keep, not replayed; the original is at {rec.source or '?'})"
@@ -656,9 +655,11 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
     settings = _settings()
     from paystream.dlq import replay, stale_after_ms
 
+    verb = "would replay" if dry_run else "replayed"
+
     def progress(n: int, total: int) -> None:
         if n == total or n % 100 == 0:
-            click.echo(f"\rreplayed {n}/{total}", nl=n == total, err=True)
+            click.echo(f"\rrecords read: {n}/{total}", nl=n == total, err=True)
 
     result = _run(
         replay(
@@ -670,31 +671,29 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
             progress=progress,
         )
     )
-    records = result.handled
     if result.stale:
         hours = stale_after_ms(settings) / 3_600_000
         click.echo(
-            f"held back {len(result.stale)} record(s) parked over {hours:g} h ago (and those "
+            f"held back {result.stale} record(s) parked over {hours:g} h ago (and those "
             "after them on their partitions): the provider may have forgotten their "
             "idempotency keys, so a command it already applied would be applied again. "
             "Check them with the provider, then replay with --include-stale.",
             err=True,
         )
-    verb = "would replay" if dry_run else "replayed"
-    replayable = [r for r in records if r.replayable]
-    click.echo(f"{verb} {len(replayable)} record(s): {dict(Counter(r.reason for r in replayable))}")
-    if redacted := sum(r.redacted for r in records):
+    click.echo(f"{verb} {sum(result.replayed.values())} record(s): {dict(result.replayed)}")
+    if result.redacted:
         click.echo(
-            f"passed over {redacted} dead letter(s) kept without their bytes (they held card data)"
+            f"passed over {result.redacted} dead letter(s) kept without their bytes "
+            "(they held card data)"
         )
     for rec in result.dropped:
         click.echo(
             f"passed over {rec.topic}[{rec.partition}]@{rec.offset}, dead-lettered without its "
             f"bytes (too large to keep): the original is at {rec.source or '?'}"
         )
-    if undecodable := sum(not (r.replayable or r.redacted or r.dropped) for r in records):
+    if result.undecodable:
         click.echo(
-            f"passed over {undecodable} dead letter(s) that are not CloudEvents "
+            f"passed over {result.undecodable} dead letter(s) that are not CloudEvents "
             "(a replay would only dead-letter them again)"
         )
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
@@ -14,7 +15,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 
-__all__ = ["ParkedRecord", "ReplayResult", "read_parked", "replay", "stale_after_ms"]
+__all__ = [
+    "HELD_BACK",
+    "PASSED_OVER",
+    "REPLAYED",
+    "ParkedRecord",
+    "ReplayResult",
+    "read_parked",
+    "replay",
+    "stale_after_ms",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,24 @@ class ParkedRecord:
         return None if raw is None else raw.decode(errors="replace")
 
     @property
+    def command_id_and_type(self) -> tuple[str, str]:
+        """The command's id and type, from its ce_* headers (binary mode) or its body
+        (structured mode); "?" where neither says."""
+        h = {k.lower(): v for k, v in self.headers}
+        found = {name: h[f"ce_{name}"].decode(errors="replace") for name in ("id", "type")
+                 if f"ce_{name}" in h}  # fmt: skip
+        if len(found) < 2 and self.value:
+            try:
+                body = orjson.loads(self.value)
+            except orjson.JSONDecodeError:
+                body = None
+            if isinstance(body, dict):
+                for name in ("id", "type"):
+                    if name not in found and isinstance(body.get(name), str):
+                        found[name] = body[name]
+        return found.get("id", "?"), found.get("type", "?")
+
+    @property
     def first_seen_ms(self) -> int:
         """When the command was first run, as best known. The worker records it on the
         parked record (carried through replays). Records parked by older versions: the
@@ -80,19 +108,40 @@ class ParkedRecord:
         return not (self.redacted or self.dropped) and self.reason not in NEVER_DECODES
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReplayResult:
-    handled: list[ParkedRecord]  # re-published, or passed over (not replayable)
+    """What a replay did, counted (a backlog may be millions of records)."""
+
+    # Re-published (or, in a dry run, would be), by reason.
+    replayed: Counter[str] = field(default_factory=Counter)
+    redacted: int = 0  # passed over: dead-lettered without their bytes (card data)
+    undecodable: int = 0  # passed over: not CloudEvents, would only come back
+    # Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
+    # pointer to the original command (and the replay commits past them).
+    dropped: list[ParkedRecord] = field(default_factory=list)
     # Held back, with everything after them on their partition: parked longer than the
     # providers keep idempotency keys (Stripe: 24 h). Re-sent now, a command the provider
     # already applied would be applied again (a second charge).
-    stale: list[ParkedRecord]
+    stale: int = 0
+    last: str = ""  # what was done with the latest record (for ``observe``)
 
     @property
-    def dropped(self) -> list[ParkedRecord]:
-        """Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
-        pointer to the original command (and the replay commits past them)."""
-        return [r for r in self.handled if r.dropped]
+    def handled(self) -> int:
+        """Re-published or passed over (and committed past)."""
+        return sum(self.replayed.values()) + self.redacted + self.undecodable + len(self.dropped)
+
+    def note(self, rec: ParkedRecord, what: str) -> None:
+        self.last = what
+        if what == HELD_BACK:
+            self.stale += 1
+        elif what == REPLAYED:
+            self.replayed[rec.reason] += 1
+        elif rec.dropped:
+            self.dropped.append(rec)  # its bytes are already gone: small
+        elif rec.redacted:
+            self.redacted += 1
+        else:
+            self.undecodable += 1
 
 
 def stale_after_ms(settings: Settings) -> int:
@@ -131,47 +180,80 @@ def _command_time_ms(rec: ParkedRecord) -> int | None:
     return int(when.timestamp() * 1000)
 
 
+class _ParkedReader:
+    """Reads the records not yet replayed (from the replay group's committed offsets), a
+    fetch at a time: a backlog from a long outage is never held in memory at once."""
+
+    def __init__(self, settings: Settings, topics: list[str], *, committed_only: bool) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.committed_only = committed_only
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers(settings.require_broker()),
+            group_id=REPLAY_GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=1024 * 1024,  # (one record may be that large)
+        )
+        self.ends: dict[TopicPartition, int] = {}
+        self.waiting = 0  # records between the starting positions and the ends
+
+    async def start(self) -> None:
+        consumer = self.consumer
+        await consumer.start()
+        tps = [tp for t in self.topics for tp in await topic_partitions(consumer, t)]
+        consumer.assign(tps)
+        self.ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if committed is None or not self.committed_only:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        for tp in tps:
+            self.waiting += max(0, self.ends[tp] - await consumer.position(tp))
+
+    async def batches(self, limit: int | None = None) -> AsyncIterator[list[ParkedRecord]]:
+        """Each fetch's records up to the ends seen at start, oldest first per partition."""
+        consumer, ends, taken = self.consumer, self.ends, 0
+        pending = {tp for tp in ends if await consumer.position(tp) < ends[tp]}
+        while pending and (limit is None or taken < limit):
+            fetched = await consumer.getmany(*pending, timeout_ms=1000, max_records=500)
+            out: list[ParkedRecord] = []
+            for tp, records in fetched.items():
+                for r in records:
+                    if r.offset < ends[tp] and (limit is None or taken < limit):
+                        taken += 1
+                        out.append(
+                            ParkedRecord(
+                                tp.topic,
+                                tp.partition,
+                                r.offset,
+                                r.key,
+                                r.value,
+                                tuple(r.headers),
+                                r.timestamp,
+                            )
+                        )
+            if out:
+                yield out
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+
+
 async def read_parked(
     settings: Settings, topics: list[str], *, committed_only: bool, limit: int | None = None
 ) -> tuple[list[ParkedRecord], AIOKafkaConsumer]:
-    """Records not yet replayed (from the replay group's committed offsets), oldest first."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings.require_broker()),
-        group_id=REPLAY_GROUP,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-    )
-    await consumer.start()
-    tps = [tp for t in topics for tp in await topic_partitions(consumer, t)]
-    consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
-    for tp in tps:
-        committed = await consumer.committed(tp)
-        if committed is None or not committed_only:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, committed)
-    out: list[ParkedRecord] = []
-    pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-    while pending and (limit is None or len(out) < limit):
-        batch = await consumer.getmany(*pending, timeout_ms=1000)
-        for tp, records in batch.items():
-            for r in records:
-                if r.offset < ends[tp] and (limit is None or len(out) < limit):
-                    out.append(
-                        ParkedRecord(
-                            tp.topic,
-                            tp.partition,
-                            r.offset,
-                            r.key,
-                            r.value,
-                            tuple(r.headers),
-                            r.timestamp,
-                        )
-                    )
-        pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-    return out, consumer
+    """Records not yet replayed (from the replay group's committed offsets), oldest first
+    per partition (all of them in memory: for listing, with a ``limit``)."""
+    reader = _ParkedReader(settings, topics, committed_only=committed_only)
+    await reader.start()
+    out = [rec async for batch in reader.batches(limit) for rec in batch]
+    return out, reader.consumer
+
+
+#: What a replay did with a record, as told to its ``observe`` callback.
+REPLAYED, PASSED_OVER, HELD_BACK = "replayed", "passed over", "held back"
 
 
 async def replay(
@@ -182,89 +264,127 @@ async def replay(
     dry_run: bool = False,
     include_stale: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    observe: Callable[[ParkedRecord, str], None] | None = None,
     now_ms: int | None = None,
 ) -> ReplayResult:
-    """Re-publish parked records to the commands topic (same key, id and data) and commit.
+    """Re-publish parked records to the commands topic (same key, id and data, to the
+    partition the worker first read them from) and commit, a fetch at a time.
 
     Records older than :func:`stale_after_ms` stop their partition's replay (they and
     everything after them stay parked) unless ``include_stale``: reconcile them with the
-    provider first (e.g. look its payments up by the command's metadata).
+    provider first (e.g. look its payments up by the command's metadata). ``progress``
+    gets (records done, records waiting); ``observe`` each record and what was done.
     """
-    found, consumer = await read_parked(settings, topics, committed_only=True, limit=limit)
+    reader = _ParkedReader(settings, topics, committed_only=True)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    records: list[ParkedRecord] = []
-    stale: list[ParkedRecord] = []
+    result = ReplayResult()
     held: set[tuple[str, int]] = set()
-    for rec in found:
-        where = (rec.topic, rec.partition)
-        # Only what would be re-sent can be too old: the rest is passed over anyway.
-        too_old = (
-            not include_stale
-            and rec.replayable
-            and now_ms - rec.first_seen_ms > stale_after_ms(settings)
-        )
-        if where in held or too_old:
-            held.add(where)
-            stale.append(rec)
-        else:
-            records.append(rec)
-    _warn_dropped(records, dry_run=dry_run)
+    producer: AIOKafkaProducer | None = None
+    # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a failed
+    # send): a second run re-publishes only what the first did not.
+    sent: dict[TopicPartition, int] = {}
     try:
-        if dry_run or not records:
-            return ReplayResult(records, stale)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
-        )
-        await producer.start()
-        # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a
-        # failed send): a second run re-publishes only what the first did not.
-        sent: dict[TopicPartition, int] = {}
-        try:
-            for n, rec in enumerate(records, 1):
-                if rec.replayable:  # the others are passed over (and committed)
-                    # The first attempt as this replay reckons it (a record parked by an
-                    # older version has none): a park of the replay keeps it.
-                    headers = [
-                        (k, v)
-                        for k, v in rec.headers
-                        if not k.startswith(_OUR_HEADERS) and k != FIRST_ATTEMPT_HEADER
-                    ]
-                    headers.append((FIRST_ATTEMPT_HEADER, str(rec.first_seen_ms).encode()))
-                    await producer.send_and_wait(
-                        settings.commands_topic, rec.value, key=rec.key, headers=headers
-                    )
-                tp = TopicPartition(rec.topic, rec.partition)
-                sent[tp] = max(sent.get(tp, -1), rec.offset + 1)  # a partition's are in order
-                if n % COMMIT_EVERY == 0:
-                    await consumer.commit(sent)
-                if progress:
-                    progress(n, len(records))
-        except BaseException:
-            # What stopped the replay is the error to report, not a failing clean-up.
-            await _finish(producer, consumer, sent, quiet=True)
-            raise
-        await _finish(producer, consumer, sent, quiet=False)
-        return ReplayResult(records, stale)
-    finally:
-        await consumer.stop()
-
-
-def _warn_dropped(records: list[ParkedRecord], *, dry_run: bool) -> None:
-    """Name where each dropped dead letter's original is: once the replay commits past
-    it, `dlq list` no longer shows it, and the commands topic keeps the original only
-    until its retention runs out."""
-    for rec in records:
-        if rec.dropped:
-            log.warning(
-                "%s %s[%d]@%d (reason %s): dead-lettered without its bytes (too large to "
-                "keep); the original record is at %s",
-                "would pass over" if dry_run else "passing over",
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                rec.reason,
-                rec.source or "an unknown place (no paystream-source header)",
+        await reader.start()
+        total = reader.waiting if limit is None else min(limit, reader.waiting)
+        if not dry_run and total:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
             )
+            await producer.start()
+        partitions = await _command_partitions(producer, settings.commands_topic)
+        done = 0
+        async for batch in reader.batches(limit):
+            for rec in batch:
+                done += 1
+                where = (rec.topic, rec.partition)
+                # Only what would be re-sent can be too old: the rest is passed over.
+                too_old = (
+                    not include_stale
+                    and rec.replayable
+                    and now_ms - rec.first_seen_ms > stale_after_ms(settings)
+                )
+                if where in held or too_old:
+                    held.add(where)
+                    result.note(rec, HELD_BACK)
+                else:
+                    if rec.dropped:
+                        _warn_dropped(rec, dry_run=dry_run)
+                    if rec.replayable and producer is not None:
+                        await _resend(producer, settings, rec, partitions)
+                    result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
+                    tp = TopicPartition(rec.topic, rec.partition)
+                    sent[tp] = rec.offset + 1  # a partition's records come in order
+                    if producer is not None and done % COMMIT_EVERY == 0:
+                        await reader.consumer.commit(sent)
+                if observe:
+                    observe(rec, result.last)
+                if progress:
+                    progress(done, total)
+    except BaseException:
+        # What stopped the replay is the error to report, not a failing clean-up.
+        if producer is not None:
+            await _finish(producer, reader.consumer, sent, quiet=True)
+        await reader.consumer.stop()
+        raise
+    try:
+        if producer is not None:
+            await _finish(producer, reader.consumer, sent, quiet=False)
+    finally:
+        await reader.consumer.stop()
+    return result
+
+
+async def _command_partitions(producer: AIOKafkaProducer | None, topic: str) -> set[int]:
+    if producer is None:
+        return set()
+    return set(await producer.partitions_for(topic) or ())
+
+
+async def _resend(
+    producer: AIOKafkaProducer, settings: Settings, rec: ParkedRecord, partitions: set[int]
+) -> None:
+    # The first attempt as this replay reckons it (a record parked by an older version
+    # has none): a park of the replay keeps it.
+    headers = [
+        (k, v)
+        for k, v in rec.headers
+        if not k.startswith(_OUR_HEADERS) and k != FIRST_ATTEMPT_HEADER
+    ]
+    headers.append((FIRST_ATTEMPT_HEADER, str(rec.first_seen_ms).encode()))
+    await producer.send_and_wait(
+        settings.commands_topic,
+        rec.value,
+        key=rec.key,
+        headers=headers,
+        # Where its tenant's state is: the producer that first sent it may partition keys
+        # otherwise than this one (librdkafka's default is CRC32, aiokafka's murmur2).
+        partition=_source_partition(rec, settings.commands_topic, partitions),
+    )
+
+
+def _source_partition(rec: ParkedRecord, commands_topic: str, partitions: set[int]) -> int | None:
+    """The commands-topic partition the worker read the record from, if it says so."""
+    parts = (rec.source or "").rsplit("/", 2)
+    if len(parts) != 3 or parts[0] != commands_topic or not parts[1].isdigit():
+        return None
+    partition = int(parts[1])
+    return partition if partition in partitions else None
+
+
+def _warn_dropped(rec: ParkedRecord, *, dry_run: bool) -> None:
+    """Name where a dropped dead letter's original is: once the replay commits past it,
+    `dlq list` no longer shows it, and the commands topic keeps the original only until
+    its retention runs out."""
+    log.warning(
+        "%s %s[%d]@%d (reason %s): dead-lettered without its bytes (too large to keep); "
+        "the original record is at %s",
+        "would pass over" if dry_run else "passing over",
+        rec.topic,
+        rec.partition,
+        rec.offset,
+        rec.reason,
+        rec.source or "an unknown place (no paystream-source header)",
+    )
 
 
 async def _finish(

@@ -11,8 +11,17 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.partitioner import murmur2
 
-from paystream.dlq import read_parked, replay, stale_after_ms
+from paystream.dlq import (
+    HELD_BACK,
+    ParkedRecord,
+    ReplayResult,
+    _ParkedReader,
+    read_parked,
+    replay,
+    stale_after_ms,
+)
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
 
@@ -21,6 +30,22 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
 class Interrupted(Exception):
     pass
+
+
+class Replayed:
+    """A replay's result and what it told ``observe``, record by record."""
+
+    def __init__(self, result: ReplayResult, seen: list[tuple[ParkedRecord, str]]) -> None:
+        self.result = result
+        self.handled = [r for r, what in seen if what != HELD_BACK]
+        self.stale = [r for r, what in seen if what == HELD_BACK]
+        self.dropped = result.dropped
+
+
+async def _replay(settings: Any, topics: list[str], **kw: Any) -> Replayed:
+    seen: list[tuple[ParkedRecord, str]] = []
+    result = await replay(settings, topics, observe=lambda r, what: seen.append((r, what)), **kw)
+    return Replayed(result, seen)
 
 
 async def _resent_records(settings: Any) -> list[Any]:
@@ -46,13 +71,13 @@ async def test_an_interrupted_replay_resumes_where_it_stopped(deployment_factory
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        await replay(settings, [settings.dlq_topic], progress=stop_after_three)
+        await _replay(settings, [settings.dlq_topic], progress=stop_after_three)
     left, consumer = await read_parked(settings, [settings.dlq_topic], committed_only=True)
     await consumer.stop()
     assert len(left) == 4
-    again = (await replay(settings, [settings.dlq_topic])).handled
+    again = (await _replay(settings, [settings.dlq_topic])).handled
     assert sorted(r.value for r in again) == sorted(r.value for r in left)
-    assert (await replay(settings, [settings.dlq_topic])).handled == []
+    assert (await _replay(settings, [settings.dlq_topic])).handled == []
 
 
 async def test_a_failing_clean_up_does_not_hide_what_stopped_the_replay(
@@ -72,11 +97,11 @@ async def test_a_failing_clean_up_does_not_hide_what_stopped_the_replay(
             raise Interrupted
 
     with caplog.at_level(logging.WARNING, logger="paystream.dlq"), pytest.raises(Interrupted):
-        await replay(settings, [settings.dlq_topic], progress=stop_after_two)
+        await _replay(settings, [settings.dlq_topic], progress=stop_after_two)
     assert "replay clean-up failed" in caplog.text
     # Without another error in flight, a failed commit is the error.
     with pytest.raises(KafkaConnectionError):
-        await replay(settings, [settings.dlq_topic])
+        await _replay(settings, [settings.dlq_topic])
 
 
 async def test_dead_letters_kept_without_their_bytes_are_passed_over(
@@ -89,10 +114,10 @@ async def test_dead_letters_kept_without_their_bytes_are_passed_over(
         settings.dlq_topic,
         RawSend(value=b"", partition=0, headers=(("paystream-dlq-redacted", b"card_number"),)),
     )
-    replayed = (await replay(settings, [settings.dlq_topic])).handled
+    replayed = (await _replay(settings, [settings.dlq_topic])).handled
     assert [r.redacted for r in replayed] == [False, True]
     # only the junk went back to the commands topic; both are done with
-    assert (await replay(settings, [settings.dlq_topic])).handled == []
+    assert (await _replay(settings, [settings.dlq_topic])).handled == []
     assert await _resent(settings) == [b"junk"]
 
 
@@ -106,9 +131,9 @@ async def test_records_parked_longer_than_the_idempotency_window_are_held_back(
     settings = dep.settings
     await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(3)))
     later = int(time.time() * 1000) + stale_after_ms(settings) + 60_000
-    held = await replay(settings, [settings.retry_topic], now_ms=later)
+    held = await _replay(settings, [settings.retry_topic], now_ms=later)
     assert held.handled == [] and [r.value for r in held.stale] == [b"cmd 0", b"cmd 1", b"cmd 2"]
-    forced = await replay(settings, [settings.retry_topic], now_ms=later, include_stale=True)
+    forced = await _replay(settings, [settings.retry_topic], now_ms=later, include_stale=True)
     assert len(forced.handled) == 3 and forced.stale == []
 
 
@@ -124,9 +149,9 @@ async def test_dead_letters_that_never_decode_are_passed_over(deployment_factory
         ),
         RawSend(value=b"cmd", partition=0, headers=(("paystream-dlq-reason", b"internal_error"),)),
     )
-    handled = (await replay(settings, [settings.dlq_topic])).handled
+    handled = (await _replay(settings, [settings.dlq_topic])).handled
     assert [(r.value, r.replayable) for r in handled] == [(b"garbage", False), (b"cmd", True)]
-    assert (await replay(settings, [settings.dlq_topic])).handled == []
+    assert (await _replay(settings, [settings.dlq_topic])).handled == []
     assert await _resent(settings) == [b"cmd"]
 
 
@@ -155,9 +180,9 @@ async def test_the_idempotency_window_runs_from_the_commands_first_attempt(
         ),
         (None, b"fresh", 0),
     )
-    retry = await replay(settings, [settings.retry_topic], now_ms=now)
+    retry = await _replay(settings, [settings.retry_topic], now_ms=now)
     assert retry.handled == [] and len(retry.stale) == 1
-    dlq = await replay(settings, [settings.dlq_topic], now_ms=now)
+    dlq = await _replay(settings, [settings.dlq_topic], now_ms=now)
     assert [r.value for r in dlq.handled] == [b"", b"fresh"] and dlq.stale == []
 
 
@@ -194,10 +219,10 @@ async def test_dead_letters_dropped_as_too_large_are_passed_over_with_their_sour
     assert f"(too large to keep): the original is at {source}" in dry.stdout
     assert "would replay 1 record(s)" in dry.stdout and "not CloudEvents" not in dry.stdout
     with caplog.at_level(logging.WARNING, logger="paystream.dlq"):
-        result = await replay(settings, [settings.dlq_topic])
+        result = await _replay(settings, [settings.dlq_topic])
     # only the junk went back to the commands topic; both are done with
     assert await _resent(settings) == [b"junk"]
-    assert (await replay(settings, [settings.dlq_topic])).handled == []
+    assert (await _replay(settings, [settings.dlq_topic])).handled == []
     assert [r.value for r in result.handled] == [b"", b"junk"]
     # where the original is: on the record (`dlq list`), the result and in the log
     assert [(r.dropped, r.source) for r in listed] == [(True, source), (False, None)]
@@ -225,7 +250,7 @@ async def test_an_old_dropped_dead_letter_holds_nothing_back(deployment_factory:
         ),
         (None, b"fresh", 0),
     )
-    result = await replay(settings, [settings.dlq_topic], now_ms=now)
+    result = await _replay(settings, [settings.dlq_topic], now_ms=now)
     assert [r.value for r in result.handled] == [b"", b"fresh"] and result.stale == []
     assert await _resent(settings) == [b"fresh"]
 
@@ -257,7 +282,7 @@ async def test_staleness_counts_from_the_first_attempt_the_worker_recorded(
             headers=(("paystream-first-attempt-ms", b"%d" % old),),
         ),
     )
-    result = await replay(settings, [settings.retry_topic], now_ms=now)
+    result = await _replay(settings, [settings.retry_topic], now_ms=now)
     assert [r.partition for r in result.handled] == [0]
     assert [r.partition for r in result.stale] == [1]
     [resent] = await _resent_records(settings)
@@ -276,6 +301,66 @@ async def test_a_replay_writes_the_first_attempt_it_reckoned(deployment_factory:
     await dep.produce(
         settings.retry_topic, RawSend(value=b"{}", partition=0, headers=(("ce_time", sent),))
     )
-    await replay(settings, [settings.retry_topic], now_ms=now)
+    await _replay(settings, [settings.retry_topic], now_ms=now)
     [resent] = await _resent_records(settings)
     assert dict(resent.headers)["paystream-first-attempt-ms"] == b"%d" % two_hours_ago
+
+
+async def test_a_replay_goes_back_to_the_partition_the_worker_read_it_from(
+    deployment_factory: Any,
+) -> None:
+    """An upstream whose client partitions keys otherwise (librdkafka: CRC32) put acme's
+    commands on another partition than aiokafka's murmur2 would: replayed by key, they
+    ran away from acme's state and out of order with its newer commands."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    commands = settings.commands_topic
+    by_key = murmur2(b"acme") & 0x7FFFFFFF
+    elsewhere = (by_key + 1) % settings.partitions
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(key=b"acme", value=b"{}", partition=0,
+                headers=(("paystream-source", f"{commands}/{elsewhere}/17".encode()),)),
+        # no source (an older version), or one naming no partition of the topic: by key
+        RawSend(key=b"acme", value=b"{}", partition=0),
+        RawSend(key=b"acme", value=b"{}", partition=0,
+                headers=(("paystream-source", f"{commands}/999/1".encode()),)),
+    )  # fmt: skip
+    await _replay(settings, [settings.retry_topic])
+    partitions = [r.partition for r in await _resent_records(settings)]
+    home = by_key % settings.partitions
+    assert sorted(partitions) == sorted([elsewhere, home, home])
+
+
+async def test_a_backlog_is_read_and_replayed_a_fetch_at_a_time(deployment_factory: Any) -> None:
+    """A backlog from a long outage was read whole into memory (20,000 records of 10 KB:
+    721 MB) before the first was re-sent, with no word meanwhile."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.retry_topic, *((b"acme", b"x" * 1000, 0) for _ in range(1200)))
+    reads: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        reads.append((done, total))
+
+    result = await replay(settings, [settings.retry_topic], progress=progress)
+    assert sum(result.replayed.values()) == 1200 and result.handled == 1200
+    # Progress from the first record on, against what was waiting when it started.
+    assert reads[0] == (1, 1200) and reads[-1] == (1200, 1200)
+    reader = _ParkedReader(settings, [settings.retry_topic], committed_only=False)
+    await reader.start()
+    try:
+        sizes = [len(batch) async for batch in reader.batches()]
+    finally:
+        await reader.consumer.stop()
+    assert sum(sizes) == 1200 and max(sizes) <= 500
+
+
+async def test_a_structured_records_id_and_type_are_listed() -> None:
+    body = b'{"id": "cmd-9", "type": "com.paystream.command.payment.create", "data": {}}'
+    structured = ParkedRecord("retry", 0, 1, b"acme", body,
+                              (("content-type", b"application/cloudevents+json"),))  # fmt: skip
+    assert structured.command_id_and_type == ("cmd-9", "com.paystream.command.payment.create")
+    binary = ParkedRecord("retry", 0, 2, b"acme", b"{}", (("ce_id", b"c1"), ("ce_type", b"t")))
+    assert binary.command_id_and_type == ("c1", "t")
+    assert ParkedRecord("dlq", 0, 3, None, b"\xff", ()).command_id_and_type == ("?", "?")
