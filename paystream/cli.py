@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import re
 import secrets
@@ -429,8 +430,14 @@ def send(
         # Python reads NaN and Infinity; JSON has neither (other consumers would choke).
         raise click.BadParameter(f"--data holds {constant}, which is not JSON")
 
+    def finite(text: str) -> float:
+        number = float(text)
+        if not math.isfinite(number):  # 1e999: Python's inf, JSON's nothing
+            raise click.BadParameter(f"--data number {text} is out of range")
+        return number
+
     try:
-        payload = json.loads(data, parse_constant=not_json)
+        payload = json.loads(data, parse_constant=not_json, parse_float=finite)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--data is not JSON: {exc}") from exc
     if not isinstance(payload, dict):

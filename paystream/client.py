@@ -188,9 +188,15 @@ class PaystreamClient:
 
     async def publish(self, command: CloudEvent) -> None:
         """Send a command without waiting for its outcome."""
+        await (await self._enqueue(command))
+
+    async def _enqueue(self, command: CloudEvent) -> asyncio.Future[Any]:
+        """Hand the command to the producer (waiting for metadata or buffer room); the
+        future says when the broker has it. Once handed over it is sent, even if the
+        caller stops waiting (the producer flushes its queue when it stops)."""
         tenant = str(command.get_extension("tenantid"))
         record = encode_event(command, tenant.encode(), self.mode)
-        await self._producer.send_and_wait(
+        return await self._producer.send(
             self.settings.commands_topic, record.value, key=record.key, headers=list(record.headers)
         )
 
@@ -217,19 +223,24 @@ class PaystreamClient:
         key = (str(command.get_extension("tenantid")), command.get_id())
         waiter = self.expect(*key)
         self._senders[key] += 1
-        sent = False
+        queued = False
         try:
             # One deadline for sending and answering: a stalled broker must not hold the
             # caller past it (aiokafka would wait for metadata for up to 40 s).
             async with asyncio.timeout(timeout):
                 if not waiter.done():  # done already: the reader failed, no answer comes
-                    await self.publish(command)
-                sent = True
+                    delivery = await self._enqueue(command)
+                    queued = True
+                    await delivery
                 return await asyncio.shield(waiter)
         except TimeoutError:
-            unsent = "" if sent else " (the broker had not taken it)"
+            said = (
+                "it may still be sent and run: retry with the same command id"
+                if queued
+                else "it was not sent (no broker to take it)"
+            )
             raise OutcomeTimeout(
-                f"no outcome for command {command.get_id()} within {timeout}s{unsent}"
+                f"no outcome for command {command.get_id()} within {timeout}s; {said}"
             ) from None
         finally:
             self._senders[key] -= 1

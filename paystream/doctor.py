@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from paystream.settings import Settings
 from paystream.streams import broker_compat
-from paystream.streams.admin import RECORD_MAX_BYTES, undersized_topics
+from paystream.streams.admin import RECORD_MAX_BYTES, large_record_topics, undersized_topics
 
 __all__ = [
     "CheckResult",
@@ -462,15 +462,17 @@ async def check_record_limits(settings: Settings) -> str:
     changelogs = [
         t for t in existing if t.startswith(f"{settings.app_id}-") and t.endswith("-changelog")
     ]
-    topics = [t for t in (*settings.topic_names(), *changelogs) if t in existing]
+    topics = [t for t in (*large_record_topics(settings), *changelogs) if t in existing]
     if not topics:
         return "no paystream topics yet"
-    small = await undersized_topics(settings, topics)
+    small, unread = await undersized_topics(settings, topics)
     if small:
         raise CheckFailed(
             f"records up to {RECORD_MAX_BYTES} bytes refused by {', '.join(small)}: "
             f"set max.message.bytes >= {RECORD_MAX_BYTES}"
         )
+    if unread:
+        raise CheckFailed(f"could not read the record size limits of {', '.join(unread)}")
     return f"{len(topics)} topics take records of {RECORD_MAX_BYTES} bytes"
 
 

@@ -25,6 +25,7 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
             "-Infinity",
         ),
         (["send", "customer.create", "--tenant", "acme\udcff"], "not valid Unicode"),
+        (["send", "customer.create", "--tenant", "a", "--data", '{"x": 1e999}'], "out of range"),
         (
             ["tenants", "add", "acme", "--name", "Soci\udce9t\udce9"],
             "Invalid value for --name: not valid Unicode",

@@ -134,13 +134,20 @@ async def test_doctor_fails_a_topic_that_refuses_paystreams_largest_records(
             [
                 NewTopic(f"{tag}.small", 1, 1, topic_configs={"max.message.bytes": "262144"}),
                 NewTopic(f"{tag}.large", 1, 1, topic_configs={"max.message.bytes": "2097152"}),
+                NewTopic(f"{tag}.events", 1, 1, topic_configs={"max.message.bytes": "1048588"}),
+                # the commands topic carries small records only: its limit may be smaller
+                NewTopic(f"{tag}.commands", 1, 1, topic_configs={"max.message.bytes": "300000"}),
             ]
         )
     finally:
         await admin.close()
     # Only this test's topics: the app id matches no changelog of the stack's.
-    alone = {"app_id": f"doctor-{tag}", "commands_topic": f"{tag}.large"}
-    for name in ("events_topic", "retry_topic", "ledger_dlq_topic", "tenants_topic"):
+    alone = {
+        "app_id": f"doctor-{tag}",
+        "commands_topic": f"{tag}.commands",
+        "events_topic": f"{tag}.events",
+    }
+    for name in ("retry_topic", "ledger_dlq_topic", "tenants_topic"):
         alone[name] = f"{tag}.absent-{name}"
     for name in ("fraud_topic", "analytics_topic"):
         alone[name] = f"{tag}.absent-{name}"

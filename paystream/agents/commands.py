@@ -43,7 +43,12 @@ from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
 from paystream.gc_pacing import full_collections
-from paystream.streams.admin import RECORD_MAX_BYTES, bootstrap_servers, undersized_topics
+from paystream.streams.admin import (
+    RECORD_MAX_BYTES,
+    bootstrap_servers,
+    large_record_topics,
+    undersized_topics,
+)
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatch, send_batches
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
@@ -297,14 +302,18 @@ async def _check_record_limits() -> None:
     """
     tables = (t.customers, t.payment_methods, t.payments, t.refunds, t.disputes)
     topics = [
-        *settings.topic_names(),
+        *large_record_topics(settings),
         *(table.changelog_topic.get_topic_name() for table in (*tables, t.idempotency, t.limits)),
     ]
     try:
-        small = await asyncio.wait_for(undersized_topics(settings, topics), BROKER_ASK_SECONDS)
+        small, unread = await asyncio.wait_for(
+            undersized_topics(settings, topics), BROKER_ASK_SECONDS
+        )
     except (KafkaError, OSError, TimeoutError) as exc:
         log.warning("could not read the topics' record size limits (%r): not checked", exc)
         return
+    if unread:
+        log.warning("could not read the record size limits of %s: not checked", ", ".join(unread))
     if small:
         log.critical(
             "these topics refuse records paystream writes (up to %d bytes): %s; set their "

@@ -607,12 +607,15 @@ class CommandProcessor:
         if existing.outcome is None:
             return
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        # Answered by the command that made its entity: that one counted the money (this
+        # one was settled as moving none); it only releases its hold.
+        answered_by = "answered_by" in existing.outcome.data
         self.limits.account_answered(
             cmd.tenant_id,
             tenant.limits,
             limit_rec,
             cmd.command_type,
-            existing.outcome.type,
+            "command.rejected" if answered_by else existing.outcome.type,
             existing.outcome.data,
             hold_key=_hold_key(cmd, data, idem_table_key, existing.entity_keys),
             former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
@@ -822,7 +825,7 @@ class CommandProcessor:
                 continue
             applied = dict((current or {}).get("applied") or {})
             applied[command_id] = applied_entry(outcome, request_hash, id_salt)
-            trim_applied(applied, self.committed)
+            trim_applied(applied, self.committed, keep=image.get("created_by"))
             table[key] = {**image, "entity_type": entity_type, "applied": applied}
             metrics.REPAIRS.labels(tenant_id, entity_type).inc()
             log.info("repaired %s %s to version %s", entity_type, key, image.get("version"))

@@ -85,6 +85,9 @@ class GatewayError(PaystreamError):
         # False: retryable, but not under the same key now (Stripe-Should-Retry: false on
         # an answer Stripe keeps for the key, a 500 included): parked at once.
         self.retry_now = True
+        # True: the provider answered, in words this version cannot read (a status added
+        # since): it is healthy, the answer stands for the key; parked until an upgrade.
+        self.unreadable_answer = False
 
     def as_outcome(self) -> dict[str, object]:
         """The error as it appears in a failure outcome's data (no secrets, no card data)."""

@@ -152,6 +152,9 @@ class RetryPolicy:
                         # half-open probe it would close a circuit whose provider is down).
                         breaker.release()
                     raise
+                if exc.unreadable_answer:
+                    breaker.on_success()  # it answered; a retry gets the same answer
+                    raise RetriesExhausted(exc, attempt) from exc
                 breaker.on_failure()
                 if attempt == self.max_attempts or not exc.retry_now:
                     raise RetriesExhausted(exc, attempt) from exc

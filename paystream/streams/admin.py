@@ -17,6 +17,7 @@ __all__ = [
     "TopicCreationError",
     "bootstrap_servers",
     "ensure_topics",
+    "large_record_topics",
     "record_limits",
     "topic_partitions",
     "undersized_topics",
@@ -104,17 +105,20 @@ def _raise_failures(topic_errors: list[tuple[object, ...]]) -> None:
         raise TopicCreationError("the broker refused to create " + "; ".join(map(str, failed)))
 
 
-async def record_limits(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
-    """Each existing topic's ``max.message.bytes``, where the broker says (Kafka answers
+async def record_limits(
+    settings: Settings, topics: Sequence[str]
+) -> tuple[dict[str, int], list[str]]:
+    """Each existing topic's ``max.message.bytes`` where the broker says (Kafka answers
     the effective value, the broker's default included; the embedded broker knows only
-    configs given at creation)."""
+    configs given at creation), and the topics whose configs it would not describe (no
+    DescribeConfigs permission, say)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = sorted({t for t in topics if t in existing})
         if not wanted:
-            return {}
+            return {}, []
         # All configs: the embedded broker drops the connection when asked for named ones.
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted]
@@ -122,19 +126,39 @@ async def record_limits(settings: Settings, topics: Sequence[str]) -> dict[str, 
     finally:
         await admin.close()
     limits: dict[str, int] = {}
+    unread: list[str] = []
     for response in responses:
         for code, _message, _type, name, entries in response.resources:
+            if code != 0:
+                unread.append(name)
+                continue
             value = next((e[1] for e in entries if e[0] == "max.message.bytes"), None)
-            if code == 0 and value is not None and str(value).isdigit():
+            if value is not None and str(value).isdigit():
                 limits[name] = int(value)
-    return limits
+    return limits, sorted(unread)
 
 
-async def undersized_topics(settings: Settings, topics: Sequence[str]) -> list[str]:
-    """The topics that would refuse paystream's largest records, each with its limit."""
-    limits = await record_limits(settings, topics)
+def large_record_topics(settings: Settings) -> list[str]:
+    """paystream's own topics that get its largest records (outcomes, dead letters,
+    parked commands, the ledger's dead letters); its tables' changelogs do too. The
+    commands, registry and aggregate topics carry only small ones."""
     return [
+        settings.events_topic,
+        settings.dlq_topic,
+        settings.retry_topic,
+        settings.ledger_dlq_topic,
+    ]
+
+
+async def undersized_topics(
+    settings: Settings, topics: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The topics that would refuse paystream's largest records, each with its limit, and
+    those whose limit could not be read."""
+    limits, unread = await record_limits(settings, topics)
+    small = [
         f"{name} (max.message.bytes={limit})"
         for name, limit in sorted(limits.items())
         if limit < RECORD_MAX_BYTES
     ]
+    return small, unread

@@ -72,7 +72,7 @@ class EntityRecord(BaseModel):
         committed: Callable[[int], int] | None = None,
     ) -> None:
         self.applied[command_id] = applied_entry(outcome, request_hash, id_salt)
-        trim_applied(self.applied, committed)
+        trim_applied(self.applied, committed, keep=self.created_by)
 
     def applied_outcome(self, command_id: str) -> StoredOutcome | None:
         """The outcome this record stored for ``command_id``, if it applied that command."""
@@ -92,7 +92,9 @@ class EntityRecord(BaseModel):
 
 
 def trim_applied(
-    applied: dict[str, dict[str, Any]], committed: Callable[[int], int] | None = None
+    applied: dict[str, dict[str, Any]],
+    committed: Callable[[int], int] | None = None,
+    keep: str | None = None,
 ) -> None:
     """Forget the oldest outcomes past :data:`APPLIED_MEMORY`, but never one whose command
     record a crash could still redeliver.
@@ -104,10 +106,12 @@ def trim_applied(
     once its record (its id salt: "partition:offset") is below the partition's
     committed offset (``committed(partition)``; -1, not known yet, as on a worker that
     has just taken a partition over: kept). Entries without a position (older versions),
-    or with no ``committed`` at all, go by the count alone.
+    or with no ``committed`` at all, go by the count alone. ``keep`` (the command that
+    made the entity) is never dropped: a create let through once, re-driven after a
+    resend of its request made the entity, is answered with that command's outcome.
     """
-    while len(applied) > APPLIED_MEMORY:
-        oldest = next(iter(applied))
+    while len(applied) > APPLIED_MEMORY + (keep in applied):
+        oldest = next(k for k in applied if k != keep)
         if committed is not None and _uncommitted(applied[oldest].get("salt"), committed):
             return
         del applied[oldest]
@@ -155,8 +159,11 @@ def shed_applied(
     if not isinstance(record, dict) or not record.get("applied"):
         return None
     applied = list(record["applied"].items())
+    creator = record.get("created_by")
     if committed is not None:
-        pending = [(k, v) for k, v in applied if _uncommitted(v.get("salt"), committed)]
+        pending = [
+            (k, v) for k, v in applied if k == creator or _uncommitted(v.get("salt"), committed)
+        ]
         if len(pending) < len(applied):
             return {**record, "applied": dict(pending)}
     return {**record, "applied": dict(applied[(len(applied) + 1) // 2 :])}

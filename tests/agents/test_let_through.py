@@ -3,6 +3,7 @@ final rejection by a later change of its tenant: the provider may have acted on 
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -303,3 +304,46 @@ async def test_a_parked_refund_stands_after_a_dispute_was_lost(harness: Harness)
     # A new refund is refused by the rule as before.
     again = await _answer(h, _command(t, "refund.create", {"payment_id": "p1", "amount": 1}, "k3"))
     assert "charged back" in data(again)["message"]
+
+
+async def test_an_answer_by_another_redelivered_does_not_count_the_money_twice(
+    harness: Harness,
+) -> None:
+    """The resend counted the 5000; the parked command answered by it moved none. Its
+    record redelivered after a crash that lost the limits write was counted as a 5000
+    payment of its own: the day showed 10000 and refused a 4000 payment."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}},
+                 limits={"daily_payment_volume": {"USD": 10000}})  # fmt: skip
+    emits = await h.processor.process(_record(t))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    await _answer(h, _record(t, "c2"))
+    before = copy.deepcopy(h.processor.limits.table[f"{t}:limits"])
+    redrive = _record(t)
+    first = await _answer(h, redrive)
+    assert data(first)["answered_by"] == "c2"
+    h.processor.limits.table[f"{t}:limits"] = before  # the crash lost the limits write
+    again = await _answer(h, redrive)  # the same record, redelivered
+    assert again.get_id() == first.get_id()
+    other = {**_BODY, "payment_id": "p9", "amount": 4000}
+    out = await _answer(h, _command(t, "payment.create", other, "c9"))
+    assert kind(out) == "payment.succeeded", data(out)
+
+
+async def test_an_answer_by_another_outlives_the_entitys_memory(harness: Harness) -> None:
+    """The entity remembers its last 16 commands: 17 refunds since pushed the creating
+    command out, and the re-driven parked create was `invalid_state` again. The command
+    that made an entity is never forgotten."""
+    h = harness
+    t, record = await _parked_after_a_charge(h)
+    made = await _answer(h, _record(t, "c2"))
+    for i in range(17):
+        refund = await _answer(h, _command(t, "refund.create", {"payment_id": "p1", "amount": 100},
+                                           f"r{i}"))  # fmt: skip
+        assert kind(refund) == "refund.succeeded", data(refund)
+    assert "c2" in h.tables.payments[f"{t}:p1"]["applied"]
+    out = await _answer(h, _record(t))
+    assert kind(out) == "payment.succeeded" and data(out)["answered_by"] == "c2"
+    assert data(out)["object"] == data(made)["object"]
+    assert await _charges(h, t, record) == 1

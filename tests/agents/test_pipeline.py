@@ -1443,7 +1443,8 @@ async def test_a_whole_batch_redelivered_is_not_applied_again_whatever_its_lengt
         ]  # fmt: skip
         first = [(await h.send_event(c, offset=10 + n))[0] for n, c in enumerate(batch)]
         record = h.tables.customers[f"{t}:c1"]
-        assert record["version"] == 21 and len(record["applied"]) == 20  # none committed
+        # none committed (and the creating command is kept for good)
+        assert record["version"] == 21 and len(record["applied"]) == 21
         for n in range(1, 21):
             del h.idempotency[f"{t}:upd-{n}"]  # the crash lost these writes
         again = [(await h.send_event(c, offset=10 + n))[0] for n, c in enumerate(batch)]
@@ -1462,6 +1463,10 @@ async def test_entities_forget_committed_commands_past_their_memory() -> None:
     assert len(applied) == 25
     trim_applied(applied)  # no committed offsets at all: the count decides
     assert len(applied) == APPLIED_MEMORY
+    # The command that made the entity is kept beyond the count (see test_let_through).
+    applied = {f"c{n}": {"type": "t", "data": {}, "salt": f"0:{n}"} for n in range(30)}
+    trim_applied(applied, lambda partition: 100, keep="c0")
+    assert list(applied) == ["c0", *(f"c{n}" for n in range(14, 30))]
 
 
 async def test_an_entity_too_large_for_the_broker_sheds_committed_outcomes_first() -> None:
@@ -1469,6 +1474,8 @@ async def test_an_entity_too_large_for_the_broker_sheds_committed_outcomes_first
     record = {"id": "e", "applied": applied}
     shed = shed_applied(record, lambda partition: 20)
     assert shed is not None and list(shed["applied"]) == [f"c{n}" for n in range(20, 30)]
+    made = shed_applied({**record, "created_by": "c0"}, lambda partition: 20)
+    assert made is not None and list(made["applied"]) == ["c0", *(f"c{n}" for n in range(20, 30))]
     # Only uncommitted ones left: the older half goes (the last resort).
     again = shed_applied(shed, lambda partition: 20)
     assert again is not None and list(again["applied"]) == [f"c{n}" for n in range(25, 30)]

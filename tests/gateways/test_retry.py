@@ -218,3 +218,32 @@ async def test_a_refusal_made_before_any_request_says_nothing_of_the_provider() 
     with pytest.raises(RetriesExhausted):  # the real probe: the provider is still down
         await p.call("t1", "sim", Flaky(1))
     assert p.breaker("t1", "sim").state is CircuitState.OPEN
+
+
+async def test_an_unreadable_answer_is_not_retried_nor_held_against_the_provider() -> None:
+    """A status added by the provider since: retried under the same key it only comes
+    back, and each attempt counted against the breaker, whose opening parked every other
+    command of the tenant."""
+    from paystream.gateways.stripe import mapping
+
+    clock = Clock()
+    p = policy(clock, attempts=4, threshold=3)
+    calls = 0
+
+    async def new_status() -> object:
+        nonlocal calls
+        calls += 1
+        return mapping.payment({"id": "pi_1", "status": "requires_reauthorization",
+                                "amount": 1000, "currency": "usd"})  # fmt: skip
+
+    for _ in range(5):
+        with pytest.raises(RetriesExhausted) as info:
+            await p.call("t", "stripe", new_status)
+        assert info.value.__cause__ is not None
+    assert calls == 5 and clock.slept == []  # one attempt each, no waiting
+    assert p.breaker("t", "stripe").state is CircuitState.CLOSED
+
+    async def healthy() -> str:
+        return "ok"
+
+    assert await p.call("t", "stripe", healthy) == "ok"

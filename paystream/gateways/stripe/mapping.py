@@ -59,13 +59,17 @@ _DISPUTE_STATUS = {
 
 def _unknown(kind: str, value: Any) -> GatewayError:
     """A status this version does not know, in an answer to a request Stripe ran: never
-    "refused"; retried under the same key, then parked until a version that knows it."""
-    return GatewayError(
+    "refused", and not retried (Stripe replays the answer for the key, and each retry
+    would count against the tenant's circuit breaker): parked until a version that
+    knows it."""
+    error = GatewayError(
         ErrorCode.PROVIDER_UNAVAILABLE,
         f"unknown Stripe {kind} status {str(value)[:64]!r}",
         provider="stripe",
         retryable=True,
     )
+    error.unreadable_answer = True
+    return error
 
 
 def _id(value: Any) -> str | None:
