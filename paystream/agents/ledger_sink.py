@@ -35,6 +35,7 @@ from typing import Any
 from faust.types import EventT
 
 from paystream.agents.batching import take_batches
+from paystream.agents.continuity import SWEEP_INTERVAL_SECONDS, ContinuityGuard
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.app import app, settings
 from paystream.errors import ConfigurationError
@@ -123,6 +124,13 @@ def translate_records(records: Sequence[RawRecord]) -> Translated:
             continue
         except InvalidEventError as exc:
             out.dead[i] = dead_letter_for(exc, tenant_id)
+            continue
+        except RecursionError:
+            # Nested deeper than the card scan can walk (orjson reads 1024 levels): it
+            # cannot be shown free of card data, so it is parked as if it held some (not
+            # copied again), not retried for ever with its partition waiting behind it.
+            detail = "nested too deeply to be checked for card data"
+            out.dead[i] = DeadLetter(rec.source, tenant_id, FORBIDDEN_DATA, detail)
             continue
         for event in events:
             out.events.append(event)
@@ -245,11 +253,27 @@ runner = LedgerSinkRunner(settings)
 
 
 async def store_outcomes(stream: Any) -> None:
-    """Write outcome events to the ledger; a batch is committed only after its DB commit."""
+    """Write outcome events to the ledger; a batch is committed only after its DB commit.
+
+    Offsets are committed past the highest record stored: a record Faust dropped before
+    it (flow control, a rebalance) would be committed past and never reach the ledger,
+    so the same guard as the command agent's reads such gaps from the broker first.
+    """
     offsets = DurableOffsets(app)
+    guard = ContinuityGuard(app, events_topic.get_topic_name())
+    queue = stream.channel.queue
     committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))
     try:
-        async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN, idle=1.0):
+        async for taken in take_batches(
+            stream, BATCH_MAX, BATCH_WITHIN, idle=SWEEP_INTERVAL_SECONDS
+        ):
+            events = await guard.admit(taken)
+            if queue.empty():
+                events += await guard.sweep()
+            # The guard may have waited on the broker: events of partitions that moved
+            # meanwhile are their new owner's.
+            generation = app.consumer_generation_id
+            events = [e for e in events if e.message.generation_id == generation]
             if events:
                 await _until_stored(events)
                 offsets.advance(events)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from paystream.agents import ledger_sink
+from paystream.agents.continuity import ContinuityGuard
 from paystream.errors import ConfigurationError
 from tests.agents.test_shutdown import P0, StandInConsumer, event, stand_in_app
 
@@ -36,10 +38,27 @@ class FlakyRunner:
         self.stored += [e.message.offset for e in events]
 
 
+class PassThroughGuard:
+    """No record skipped (the guard itself: test_continuity, and the test below)."""
+
+    def __init__(self, *_: Any) -> None: ...
+
+    async def admit(self, events: list[Any]) -> list[Any]:
+        return list(events)
+
+    async def sweep(self) -> list[Any]:
+        return []
+
+
+# The agent's stream, as far as it looks at it (whether events are waiting).
+STREAM = SimpleNamespace(channel=SimpleNamespace(queue=SimpleNamespace(empty=lambda: False)))
+
+
 def agent_over(
     monkeypatch: pytest.MonkeyPatch,
     runner: FlakyRunner,
     batches: list[list[Any]],
+    guard: Any = PassThroughGuard,
 ) -> StandInConsumer:
     async def take(*_: Any, **__: Any) -> AsyncIterator[list[Any]]:
         for batch in batches:
@@ -49,6 +68,7 @@ def agent_over(
     app = stand_in_app(consumer)
     app.rebalancing = False
     monkeypatch.setattr(ledger_sink, "take_batches", take)
+    monkeypatch.setattr(ledger_sink, "ContinuityGuard", guard)
     monkeypatch.setattr(ledger_sink, "runner", runner)
     monkeypatch.setattr(ledger_sink, "app", app)
     monkeypatch.setattr(ledger_sink, "RETRY_FIRST_SECONDS", 0.01)
@@ -60,7 +80,7 @@ async def test_a_failing_batch_is_retried_until_stored_then_committed(
 ) -> None:
     runner = FlakyRunner(failures=2)
     consumer = agent_over(monkeypatch, runner, [[event(P0, 0), event(P0, 1)]])
-    await asyncio.wait_for(ledger_sink.store_outcomes(object()), 10)
+    await asyncio.wait_for(ledger_sink.store_outcomes(STREAM), 10)
     assert runner.attempts == 3 and runner.stored == [0, 1]
     assert consumer.commits == [{P0: 2}]
 
@@ -70,7 +90,7 @@ async def test_a_batch_cut_short_by_shutdown_is_not_committed(
 ) -> None:
     runner = FlakyRunner(block=True)
     consumer = agent_over(monkeypatch, runner, [[event(P0, 0)], [event(P0, 1)]])
-    task = asyncio.ensure_future(ledger_sink.store_outcomes(object()))
+    task = asyncio.ensure_future(ledger_sink.store_outcomes(STREAM))
     await asyncio.wait_for(runner.started.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -94,9 +114,62 @@ async def test_what_was_stored_is_committed_when_the_agent_is_cancelled(
         return True
 
     monkeypatch.setattr(consumer, "_commit", slow_commit)
-    task = asyncio.ensure_future(ledger_sink.store_outcomes(object()))
+    task = asyncio.ensure_future(ledger_sink.store_outcomes(STREAM))
     await asyncio.wait_for(committing.wait(), 5)  # the stream ended: the final commit
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert consumer.commits == [{P0: 1}]
+
+
+async def test_an_outcome_faust_never_delivered_is_read_before_the_commit_passes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust dropped offset 2 (flow control, a rebalance) and delivered 3 and 4: the sink
+    stored 0, 1, 3, 4 and committed 5, so outcome 2 never reached the ledger, for good."""
+    reads: list[tuple[int, int]] = []
+
+    async def read_range(tp: Any, start: int, end: int) -> tuple[list[Any], int]:
+        reads.append((start, end))
+        return [event(tp, o) for o in range(start, end)], end
+
+    async def committed(tps: Any) -> dict[Any, int | None]:
+        return dict.fromkeys(tps, 0)
+
+    def guard(app: Any, topic: str) -> ContinuityGuard:
+        return ContinuityGuard(app, topic, read_range=read_range, read_committed=committed)
+
+    runner = FlakyRunner()
+    delivered = [event(P0, 0), event(P0, 1), event(P0, 3), event(P0, 4)]
+    consumer = agent_over(monkeypatch, runner, [delivered], guard)
+    await asyncio.wait_for(ledger_sink.store_outcomes(STREAM), 10)
+    assert reads == [(2, 3)] and runner.stored == [0, 1, 2, 3, 4]
+    assert consumer.commits == [{P0: 5}]
+
+
+async def test_an_outcome_nested_too_deeply_is_parked_not_retried_for_ever() -> None:
+    """The card scan recursed into it and raised RecursionError, which escaped the batch:
+    retried for ever, with every later outcome of its partition waiting behind it."""
+    import json
+
+    from paystream.agents.ledger_sink import RawRecord, translate_records
+    from paystream.ledger.sink import FORBIDDEN_DATA
+
+    payment = {"amount": 100, "currency": "USD", "status": "succeeded"}
+    data = {"tenant_id": "acme", "entity_type": "payment", "entity_id": "pay_1", "version": 1,
+            "object": {**payment, "x": json.loads("[" * 900 + "]" * 900)}}  # fmt: skip
+    doc = {"specversion": "1.0", "id": "evt-1", "source": "/x", "tenantid": "acme",
+           "type": "com.paystream.payment.succeeded", "time": "2025-01-01T00:00:00Z",
+           "datacontenttype": "application/json", "data": data}  # fmt: skip
+    record = RawRecord(b"acme", json.dumps(doc).encode(),
+                       {"content-type": b"application/cloudevents+json"}, 0.0, "t/0/1")  # fmt: skip
+    flat = {
+        **doc,
+        "id": "evt-2",
+        "data": {**data, "object": {"amount": 100, "currency": "USD", "status": "succeeded"}},
+    }
+    shallow = RawRecord(b"acme", json.dumps(flat).encode(), record.headers, 0.0, "t/0/2")
+    translated = translate_records([record, shallow])
+    assert translated.dead[0].reason == FORBIDDEN_DATA  # not copied again: unchecked
+    assert 1 not in translated.dead, translated.dead.get(1)
+    assert len(translated.events) == 1
