@@ -440,6 +440,8 @@ def send(
         payload = json.loads(data, parse_constant=not_json, parse_float=finite)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--data is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits, deep nesting
+        raise click.BadParameter(f"--data cannot be read: {exc}") from exc
     if not isinstance(payload, dict):
         raise click.BadParameter("--data must be a JSON object")
     try:  # before connecting: what the worker would answer under another id, or not at all

@@ -27,6 +27,10 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
         (["send", "customer.create", "--tenant", "acme\udcff"], "not valid Unicode"),
         (["send", "customer.create", "--tenant", "a", "--data", '{"x": 1e999}'], "out of range"),
         (
+            ["send", "customer.create", "--tenant", "a", "--data", '{"x": %s}' % ("1" * 5000)],
+            "cannot be read",
+        ),
+        (
             ["tenants", "add", "acme", "--name", "Soci\udce9t\udce9"],
             "Invalid value for --name: not valid Unicode",
         ),

@@ -281,7 +281,8 @@ async def _group_committed(app: AppT, tps: Sequence[TP]) -> dict[TP, int | None]
 
 async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
     """Records [start, end) of one partition, as Faust events, read with a plain consumer,
-    and the offset the read got to (``end`` unless the broker did not answer in time)."""
+    and the offset the read got to (``end`` unless the broker did not answer in time; the
+    log start, past ``end``, when retention removed the whole range)."""
     # The generation the read is for: records read after a rebalance must not pass as the
     # new generation's (the partition may be another worker's by then).
     generation = app.consumer_generation_id
@@ -298,6 +299,14 @@ async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
         await reader.start()  # (in the try: a failed start is stopped too)
         atp = TopicPartition(tp.topic, tp.partition)
         reader.assign([atp])
+        log_start = (await reader.beginning_offsets([atp]))[atp]
+        if log_start > start:
+            # Retention removed them before they were handled: nothing to read there.
+            # Said at once, not crossed a gap's worth per read (hours, for millions).
+            log.warning("%s: offsets %d-%d are gone (retention)", tp, start, log_start - 1)
+            if log_start >= end:
+                return [], log_start
+            start = log_start
         reader.seek(atp, start)
         deadline = time.monotonic() + 30
         position = start  # next offset to read: the consumer passes over control records

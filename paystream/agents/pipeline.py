@@ -452,7 +452,11 @@ class CommandProcessor:
             self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome)
             if admission is not None:
-                self.limits.settle(admission, done.outcome.type)
+                # Its money counts only for the record that moved it (a redelivery after
+                # a crash that lost the limits write); the same command sent again later
+                # (past the idempotency window) is answered and only releases its hold.
+                again = done.id_salt is not None and done.id_salt != f"{rec.partition}:{rec.offset}"
+                self.limits.settle(admission, "command.rejected" if again else done.outcome.type)
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
             return [self._outcome(cmd, done.outcome)]
         except AnsweredByAnother as other:

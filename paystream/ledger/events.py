@@ -92,6 +92,24 @@ _DEFAULTS: dict[str, Any] = {"amount_captured": 0, "amount_refunded": 0}
 _PROVIDER_TEXT = frozenset({"next_action"})
 
 
+# paystream's own outcomes nest a few levels (an entity's metadata inside its snapshot
+# inside the outcome); JSON parsers take up to 1024, which recursion cannot walk.
+MAX_DEPTH = 64
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Does ``value`` nest containers more than ``limit`` deep? (No recursion.)"""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, Mapping) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _client_data(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _client_data(v) for k, v in value.items() if k not in _PROVIDER_TEXT}
@@ -106,6 +124,12 @@ def _check_no_card_data(event_id: str, value: Any) -> None:
     key naming one. (Key names alone refused ordinary data: an Indian tax id under "pan",
     a phone number under "number", parked for good with every later event of the
     customer.)"""
+    if _deeper_than(value, MAX_DEPTH):
+        # Not walked (recursion): unchecked, it is treated as holding card data (parked
+        # without its bytes; the source header says where the outcome is).
+        raise ForbiddenDataError(
+            event_id, f"nested deeper than {MAX_DEPTH} levels: not checked for card data"
+        )
     value = _client_data(value)
     if contains_card_number(value):
         raise ForbiddenDataError(event_id, "the data holds a card number")

@@ -304,3 +304,26 @@ async def test_a_sweep_the_broker_fails_finds_nothing_and_tries_again() -> None:
     assert await guard.sweep() == []
     app.consumer.highwaters = real  # type: ignore[method-assign]
     assert offsets(await guard.sweep()) == [(0, o) for o in range(6)]
+
+
+async def test_a_gap_retention_removed_is_passed_at_once() -> None:
+    """Records removed by retention before they were handled (a committed offset below
+    the log start): the direct read says where the log starts, and the guard goes on
+    from there instead of crossing the gap a batch's worth per read (hours, for
+    millions of offsets)."""
+    _, broker, guard = make({P0: 6000}, {P0: 0})
+    log_start = 5000
+
+    async def read(tp: TP, start: int, end: int) -> tuple[list[Any], int]:
+        broker.reads.append((tp, start, end))
+        if start < log_start:  # as continuity._read_range answers it
+            if log_start >= end:
+                return [], log_start
+            start = log_start
+        return [record(tp, o) for o in range(start, end)], end
+
+    guard._read_range = read
+    assert await guard.admit([record(P0, 5500)]) == []  # type: ignore[list-item]
+    admitted = await guard.admit([record(P0, 5500)])  # type: ignore[list-item]
+    assert offsets(admitted) == [(0, o) for o in range(5000, 5501)]
+    assert broker.reads == [(P0, 0, 500), (P0, 5000, 5500)]

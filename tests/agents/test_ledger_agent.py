@@ -171,5 +171,6 @@ async def test_an_outcome_nested_too_deeply_is_parked_not_retried_for_ever() -> 
     shallow = RawRecord(b"acme", json.dumps(flat).encode(), record.headers, 0.0, "t/0/2")
     translated = translate_records([record, shallow])
     assert translated.dead[0].reason == FORBIDDEN_DATA  # not copied again: unchecked
+    assert "nested deeper than 64 levels" in translated.dead[0].detail
     assert 1 not in translated.dead, translated.dead.get(1)
     assert len(translated.events) == 1

@@ -347,3 +347,23 @@ async def test_an_answer_by_another_outlives_the_entitys_memory(harness: Harness
     assert kind(out) == "payment.succeeded" and data(out)["answered_by"] == "c2"
     assert data(out)["object"] == data(made)["object"]
     assert await _charges(h, t, record) == 1
+
+
+async def test_a_payment_sent_again_past_the_window_is_answered_without_counting_again(
+    harness: Harness,
+) -> None:
+    """Past the idempotency window the entity still knows the command that made it: it
+    answers the resend (no second charge) and that answer counted the 5000 again, so the
+    day showed 10000 and refused a 4000 payment. Only a crash redelivery of the record
+    that moved the money counts it."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, limits={"daily_payment_volume": {"USD": 10000}})
+    first = await _answer(h, _record(t))
+    assert kind(first) == "payment.succeeded"
+    del h.idempotency[f"{t}:c1"]  # the idempotency window passed
+    again = await _answer(h, _record(t))  # the client sends c1 again (a new record)
+    assert kind(again) == "payment.succeeded" and again.get_id() == first.get_id()
+    other = {**_BODY, "payment_id": "p9", "amount": 4000}
+    out = await _answer(h, _command(t, "payment.create", other, "c9"))
+    assert kind(out) == "payment.succeeded", data(out)

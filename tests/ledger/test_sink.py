@@ -556,3 +556,17 @@ async def test_backoff_doubles_to_the_cap_and_never_gives_up(
     assert sink.failed_attempts == failures and not sink.stalled
     assert 0.075 <= delays[0] <= 0.1 and 0.15 <= delays[1] <= 0.2  # 0.1 s, doubling, jittered
     assert max(delays) <= 5.0 and min(delays[10:]) >= 3.75  # capped at 5 s
+
+
+def test_nesting_is_measured_without_recursion() -> None:
+    from paystream.ledger.events import MAX_DEPTH, _deeper_than
+
+    def nested(depth: int) -> object:
+        value: object = 1
+        for n in range(depth):
+            value = [value] if n % 2 else {"k": value}
+        return value
+
+    assert not _deeper_than(nested(MAX_DEPTH), MAX_DEPTH)
+    assert _deeper_than(nested(MAX_DEPTH + 1), MAX_DEPTH)
+    assert _deeper_than(nested(100_000), MAX_DEPTH)  # far past the recursion limit
