@@ -452,10 +452,16 @@ class CommandProcessor:
             self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome)
             if admission is not None:
-                # Its money counts only for the record that moved it (a redelivery after
-                # a crash that lost the limits write); the same command sent again later
-                # (past the idempotency window) is answered and only releases its hold.
-                again = done.id_salt is not None and done.id_salt != f"{rec.partition}:{rec.offset}"
+                # Its money counts for the record that moved it (a redelivery after a
+                # crash that lost the limits write) or for the command carrying on from it
+                # (let through: parked or in flight there, re-driven since); the same
+                # command sent again later (past the idempotency window) is answered and
+                # only releases its hold.
+                again = (
+                    not let_through
+                    and done.id_salt is not None
+                    and done.id_salt != f"{rec.partition}:{rec.offset}"
+                )
                 self.limits.settle(admission, "command.rejected" if again else done.outcome.type)
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
             return [self._outcome(cmd, done.outcome)]
@@ -611,9 +617,17 @@ class CommandProcessor:
         if existing.outcome is None:
             return
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
-        # Answered by the command that made its entity: that one counted the money (this
-        # one was settled as moving none); it only releases its hold.
-        answered_by = "answered_by" in existing.outcome.data
+        # Answered by the command that made its entity, or answered again past the
+        # idempotency window (its outcome first produced by another record): that one
+        # counted the money; this one was settled as moving none and only releases its
+        # hold. (A let-through command re-driven by another record counts there, and
+        # would not be counted again here: a crash losing that limits write under-counts.)
+        source = existing.source
+        answered_by = "answered_by" in existing.outcome.data or (
+            existing.id_salt is not None
+            and source is not None
+            and existing.id_salt != f"{source[0]}:{source[1]}"
+        )
         self.limits.account_answered(
             cmd.tenant_id,
             tenant.limits,

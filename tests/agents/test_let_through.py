@@ -367,3 +367,69 @@ async def test_a_payment_sent_again_past_the_window_is_answered_without_counting
     other = {**_BODY, "payment_id": "p9", "amount": 4000}
     out = await _answer(h, _command(t, "payment.create", other, "c9"))
     assert kind(out) == "payment.succeeded", data(out)
+
+
+async def test_a_resend_past_the_window_redelivered_after_a_crash_counts_nothing(
+    harness: Harness,
+) -> None:
+    """The resend past the window settles as moving no money, but its DONE idempotency
+    record (source = the resend's record, outcome payment.succeeded) is what a crash
+    redelivery of that same record is answered from: _account_replay counts 5000 again."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, limits={"daily_payment_volume": {"USD": 10000}})
+    first = await _answer(h, _record(t))
+    assert kind(first) == "payment.succeeded"
+    del h.idempotency[f"{t}:c1"]  # the idempotency window passed
+    before = copy.deepcopy(h.processor.limits.table[f"{t}:limits"])
+    resend = _record(t)
+    again = await _answer(h, resend)
+    assert again.get_id() == first.get_id()
+    h.processor.limits.table[f"{t}:limits"] = before  # crash lost the limits write
+    redelivered = await _answer(h, resend)  # same record, DONE idempotency kept
+    assert redelivered.get_id() == first.get_id()
+    other = {**_BODY, "payment_id": "p9", "amount": 4000}
+    out = await _answer(h, _command(t, "payment.create", other, "c9"))
+    assert kind(out) == "payment.succeeded", data(out)
+
+
+async def test_a_charge_whose_redelivery_was_parked_counts_once_replayed(
+    harness: Harness,
+) -> None:
+    """c1 at O1 charged and wrote its entity; the crash lost the limits write and the
+    DONE write (IN_FLIGHT kept). O1 redelivered while the gateway cannot be opened:
+    reparked. `dlq replay` (new offset O2) hits AlreadyApplied with salt of O1 != O2:
+    settled as rejected, so the 5000 that moved is never counted."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, limits={"daily_payment_volume": {"USD": 10000}})
+    record = dict(h.tenants[t])
+    limits_before = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
+    o1 = _record(t)
+    first = await _answer(h, o1)
+    assert kind(first) == "payment.succeeded"
+    done = h.idempotency[f"{t}:c1"]
+    # crash: limits write lost, DONE lost (IN_FLIGHT write kept), entity write kept
+    if limits_before is None:
+        h.processor.limits.table.pop(f"{t}:limits", None)
+    else:
+        h.processor.limits.table[f"{t}:limits"] = limits_before
+    h.idempotency[f"{t}:c1"] = {
+        **done,
+        "state": "in_flight",
+        "outcome": None,
+        "time": None,
+        "traceparent": None,
+        "id_salt": None,
+    }
+    # restart while the tenant's gateway cannot be opened (e.g. keys rotate)
+    h.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}
+    emits = await h.processor.process(o1)
+    assert [e.topic for e in emits] == [h.settings.retry_topic], emits
+    h.tenants[t] = record
+    replayed = await _answer(h, _record(t))  # dlq replay: a new offset
+    assert kind(replayed) == "payment.succeeded"
+    other = {**_BODY, "payment_id": "p9", "amount": 6000}
+    out = await _answer(h, _command(t, "payment.create", other, "c9"))
+    # 5000 moved + 6000 > 10000: must be refused
+    assert data(out).get("reason") == "quota_exceeded", (kind(out), data(out))
