@@ -422,8 +422,16 @@ class CommandProcessor:
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
+        # (``counted``: a record this command left parked, whose money an earlier record
+        # of it already counted, keeps saying so; see the AlreadyApplied branch.)
+        carried = existing.counted if let_through and existing is not None else None
         self.idempotency[idem_table_key] = _idempotency_dict(
-            cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, entity_keys=entity_keys
+            cmd,
+            request_hash,
+            IdempotencyState.IN_FLIGHT,
+            expires,
+            entity_keys=entity_keys,
+            counted=carried,
         )
         # Under its own key, its id is not in the table: say which request the id names
         # (written again by each command of that request, so it lasts the window of the
@@ -451,19 +459,11 @@ class CommandProcessor:
             )
             self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome)
+            # Whether this record counts the money the outcome moved (see _counts_here).
+            counts = self._counts_here(rec, existing, let_through, done.id_salt)
             if admission is not None:
-                # Its money counts for the record that moved it (a redelivery after a
-                # crash that lost the limits write) or for the command carrying on from it
-                # (let through: parked or in flight there, re-driven since); the same
-                # command sent again later (past the idempotency window) is answered and
-                # only releases its hold.
-                again = (
-                    not let_through
-                    and done.id_salt is not None
-                    and done.id_salt != f"{rec.partition}:{rec.offset}"
-                )
-                self.limits.settle(admission, "command.rejected" if again else done.outcome.type)
-            self._finish(idem_table_key, cmd, request_hash, expires, done.outcome)
+                self.limits.settle(admission, done.outcome.type if counts else "command.rejected")
+            self._finish(idem_table_key, cmd, request_hash, expires, done.outcome, counted=counts)
             return [self._outcome(cmd, done.outcome)]
         except AnsweredByAnother as other:
             # Its answer, under this command's id; the other command counted the volume.
@@ -477,7 +477,7 @@ class CommandProcessor:
                     "answered_by": other.command_id,
                 },
             )
-            self._finish(idem_table_key, cmd, request_hash, expires, stored)
+            self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=False)
             return [self._outcome(cmd, stored)]
         except Rejection as rej:
             if admission is not None:
@@ -519,7 +519,7 @@ class CommandProcessor:
             self.limits.settle(admission, stored.type)
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id)
-        self._finish(idem_table_key, cmd, request_hash, expires, stored)
+        self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=True)
         self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
 
@@ -599,9 +599,46 @@ class CommandProcessor:
         it is but for its state (it may name another command of the same request), and
         so does any daily-volume hold it has, until it can run."""
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
-        if existing.state is not IdempotencyState.PARKED:
-            self._remember(key, {**self.idempotency[key], "state": IdempotencyState.PARKED.value})
+        # This record may have moved money and counted it before a crash lost its
+        # answer (its limits decision is kept until it is committed): the re-drive must
+        # know, or count it again.
+        counted = existing.counted or self.limits.counted(
+            cmd.tenant_id, LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
+        )
+        if existing.state is not IdempotencyState.PARKED or counted != existing.counted:
+            record = {**self.idempotency[key], "state": IdempotencyState.PARKED.value}
+            if counted:
+                record["counted"] = True
+            self._remember(key, record)
         return self._to_retry_topic(rec, cmd, reason.value)
+
+    @staticmethod
+    def _counts_here(
+        rec: Inbound,
+        existing: IdempotencyRecord | None,
+        let_through: bool,
+        first_salt: str | None,
+    ) -> bool:
+        """Does this record count the money of an outcome its entity already holds?
+
+        * The record that moved it, redelivered (a crash lost the limits write, or not:
+          the limits keep this record's decision and count it once): yes.
+        * The command re-driven by another record (parked, then `dlq replay` or a client
+          retry): only if no earlier record of it counted it (the parked record says, as
+          of when it was parked; records of older versions do not: counted).
+        * The command sent again past the idempotency window: no, it was counted then.
+        """
+        here = f"{rec.partition}:{rec.offset}"
+        if first_salt == here:
+            return True
+        if let_through and existing is not None:
+            if existing.source is None:  # where it was let through is not known: counted
+                return True
+            if existing.source != [rec.partition, rec.offset]:  # re-driven by another record
+                return not existing.counted
+        # Sent again (or its own in-flight record redelivered): counted by the record
+        # that moved the money. (Without a salt, an older version's: counted here.)
+        return first_salt is None
 
     def _account_replay(
         self,
@@ -623,11 +660,14 @@ class CommandProcessor:
         # hold. (A let-through command re-driven by another record counts there, and
         # would not be counted again here: a crash losing that limits write under-counts.)
         source = existing.source
-        answered_by = "answered_by" in existing.outcome.data or (
-            existing.id_salt is not None
-            and source is not None
-            and existing.id_salt != f"{source[0]}:{source[1]}"
-        )
+        if existing.counted is not None:  # what this record's settle did
+            answered_by = not existing.counted
+        else:  # a record of an older version: judged by where its outcome came from
+            answered_by = "answered_by" in existing.outcome.data or (
+                existing.id_salt is not None
+                and source is not None
+                and existing.id_salt != f"{source[0]}:{source[1]}"
+            )
         self.limits.account_answered(
             cmd.tenant_id,
             tenant.limits,
@@ -723,9 +763,14 @@ class CommandProcessor:
         request_hash: str,
         expires: float,
         stored: StoredOutcome,
+        *,
+        counted: bool | None = None,
     ) -> None:
         self._remember(
-            key, _idempotency_dict(cmd, request_hash, IdempotencyState.DONE, expires, stored)
+            key,
+            _idempotency_dict(
+                cmd, request_hash, IdempotencyState.DONE, expires, stored, counted=counted
+            ),
         )
 
     def _remember(self, key: str, record: dict[str, Any]) -> None:
@@ -1096,10 +1141,11 @@ def _idempotency_dict(
     outcome: StoredOutcome | None = None,
     *,
     entity_keys: bool = True,
+    counted: bool | None = None,
 ) -> dict[str, Any]:
     """An IdempotencyRecord in its stored (JSON) shape, built without a model round trip:
     this runs two or three times per command on the hot path."""
-    return {
+    record = {
         "entity_keys": entity_keys,
         "command_id": cmd.command_id,
         "command_type": cmd.command_type,
@@ -1113,6 +1159,9 @@ def _idempotency_dict(
         "traceparent": None if outcome is None else cmd.traceparent,
         "id_salt": None if outcome is None else cmd.id_salt,
     }
+    if counted is not None:
+        record["counted"] = counted
+    return record
 
 
 def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:

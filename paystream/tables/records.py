@@ -262,3 +262,7 @@ class IdempotencyRecord(BaseModel):
     # Whether its creates use entity-scoped provider keys (absent, so False, from older
     # versions: a command they parked keeps the keys it was first sent with).
     entity_keys: bool = False
+    # Tenant limits: done, whether this record counted its outcome's money toward the
+    # day (not when another record did); parked, whether an earlier record of the
+    # command already had. None: not said (older versions).
+    counted: bool | None = None

@@ -183,6 +183,12 @@ class LimitGate:
         kept from when it had some)."""
         return limits.enforced or self.key(tenant_id) in self.table
 
+    def counted(self, tenant_id: str, rec: Record) -> bool:
+        """Did this very record count its payment's money toward the day (its decision,
+        kept until the record is committed, says so)?"""
+        decided = _kept(self.table.get(self.key(tenant_id)), rec)
+        return bool(decided is not None and decided.get("counted"))
+
     def kept_rejection(self, tenant_id: str, rec: Record) -> LimitRejection | None:
         """The rejection this very record got before, if it did: it stands, whatever
         happened since (a retry of the same key that finished, limits removed)."""
@@ -318,8 +324,24 @@ class LimitGate:
             return
         key = self.key(tenant_id)
         state = self._state(self.table.get(key), rec)
-        if _kept(state, rec) is not None:
-            return  # accounted already
+        decided = _kept(state, rec)
+        if decided is not None:
+            # Decided already. Admitted but not settled (its answer kept, its settle
+            # lost): settled now, counting once and releasing its hold.
+            if decided.get("admit") and decided.get("currency") and not decided.get("counted"):
+                owner = None if request is None else _tag(request)
+                self.settle(
+                    Admission(
+                        tenant_id,
+                        rec.offset,
+                        decided["day"],
+                        decided["currency"],
+                        int(decided.get("amount") or 0),
+                        _hold_of(state, hold_key or rec.command_id, owner),
+                    ),
+                    outcome_type if command_type == "payment.create" else "command.rejected",
+                )
+            return
         held = dict(state.get("held") or {})
         held.pop(
             _hold_of(state, hold_key or rec.command_id, None if request is None else _tag(request)),
