@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import faust
 
 from paystream.settings import Settings, get_settings
 from paystream.streams import broker_compat
 
 __all__ = ["app", "create_app", "settings"]
+
+# A lookup forwarded to a partition's owner (Faust's topic_route): a hung owner must be
+# answered 503 within seconds, not after aiohttp's default five minutes.
+FORWARD_TIMEOUT_SECONDS = 5.0
+
+
+def forwarding_client() -> aiohttp.ClientSession:
+    """Faust's HTTP client (its ``HttpClient`` setting is called with no arguments)."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_SECONDS, sock_connect=1.0)
+    )
+
 
 # Used only so that importing the app (for CLI help, schema export) never needs a broker;
 # `paystream worker` refuses to start without KAFKA_BROKER_URL.
@@ -33,6 +46,10 @@ def create_app(settings: Settings) -> faust.App:
         # records, customers' personal data, limits) to anyone reaching the port; the
         # entity views serve what operators need, one tenant's entity at a time.
         "web_tables_enabled": False,
+        # Faust's /router/ pages list every worker, topic and partition to anyone (and a
+        # name it does not know is a 500 with a logged traceback); nothing here uses them.
+        "web_router_enabled": False,
+        "HttpClient": forwarding_client,
         "autodiscover": False,
         "key_serializer": "raw",
         "value_serializer": "raw",

@@ -18,6 +18,7 @@ from paystream.agents.commands import runner
 from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
+from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.views import SummaryCache, entity_view
@@ -45,8 +46,14 @@ def _bears_token(request: Request) -> bool:
         return True
     expected = settings.web_token.get_secret_value().encode()
     auth = request.headers.get("Authorization", "")
-    given = auth[7:] if auth.startswith("Bearer ") else request.cookies.get(_TOKEN_COOKIE, "")
-    return hmac.compare_digest(given.encode(), expected)
+    scheme, _, credentials = auth.partition(" ")
+    # The scheme is case-insensitive (RFC 7235).
+    bearer = scheme.lower() == "bearer"
+    given = credentials.strip() if bearer else request.cookies.get(_TOKEN_COOKIE, "")
+    try:
+        return hmac.compare_digest(given.encode(), expected)
+    except UnicodeEncodeError:  # raw bytes that are not UTF-8: not the token
+        return False
 
 
 def _operators_only(fun: _Handler) -> _Handler:
@@ -159,6 +166,8 @@ class StatsView(View):
     @_operators_only
     async def get(self, request: Request) -> Response:
         assigned = _assigned()
+        activity = runner.activity.as_json()
+        summaries = await _summaries.get(t.payments)
         tenants: dict[str, Any] = {}
         for key, tenant in registry.tenants.items():
             tenants[key] = {"status": tenant.status.value, "gateway": tenant.gateway}
@@ -173,11 +182,29 @@ class StatsView(View):
                     "processed": runner.processed,
                     "ledger_processed": ledger_runner.processed,
                 },
-                "activity": runner.activity.as_json(),
+                "activity": activity,
                 "tenants": tenants,
-                "summaries": await _summaries.get(t.payments),
+                "summaries": summaries,
+                # Amounts are in minor units: the digits after the point per currency
+                # shown, so that the page shows 25.00 USD, not 2500 USD.
+                "minor_units": _minor_units(activity, summaries),
             }
         )
+
+
+def _minor_units(activity: dict[str, Any], summaries: dict[str, Any]) -> dict[str, int]:
+    """Each currency shown on the page, with its ISO 4217 minor-unit digits."""
+    shown = {e.get("currency") for e in activity.get("recent", ())}
+    for summary in summaries.values():
+        for totals in (summary.get("captured"), summary.get("refunded")):
+            shown.update(totals or ())
+    units: dict[str, int] = {}
+    for code in shown:
+        try:
+            units[str(code)] = minor_unit_exponent(str(code))
+        except (KeyError, ValueError):
+            continue  # not a currency this version knows: shown in minor units
+    return units
 
 
 def _owner_unreachable_is_503(fun: _Handler) -> _Handler:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import murmur2
 
 from paystream.devstack._process import wait_until
 from paystream.tenancy.models import Tenant
@@ -60,6 +66,27 @@ def _check_the_token_guards_the_views(base_url: str, lookup: str) -> None:
     assert _status(base_url, "/", jar)[0] == 200
     status, headers = _status(base_url, "/?token=wrong", {})
     assert status == 303 and "Set-Cookie" not in headers
+    # The scheme is case-insensitive; raw bytes that are not UTF-8 are a 401, not a 500.
+    assert _status(base_url, "/v1/stats", {"Authorization": f"bearer {TOKEN}"})[0] == 200
+    assert _raw_status(base_url, "/v1/stats", b"Authorization: Bearer \xff\xfe") == 401
+    assert _raw_status(base_url, "/v1/stats", b"Cookie: paystream_token=\xff\xfe") == 401
+    # Faust's router pages (every worker, topic and partition) are not served.
+    for path in ("/router/", "/router/topics", "/router/nope/"):
+        assert _status(base_url, path, BEARER)[0] == 404, path
+
+
+def _raw_status(base_url: str, path: str, header: bytes) -> int:
+    """The status of a request carrying a header no HTTP client library would send."""
+    address = urllib.parse.urlsplit(base_url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            b"GET "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + header
+            + b"\r\n\r\n"
+        )
+        return int(conn.recv(64).split()[1])
 
 
 async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) -> None:
@@ -97,6 +124,25 @@ async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) ->
         )
         assert missing[0] == 404
         _check_the_token_guards_the_views(first.base_url, f"/v1/tenants/{tenants[0]}/payments/p1")
+        # The owner hung (not dead: the group has not noticed): the lookup is answered
+        # within seconds (503, or 200 once the group gave its partitions over), where it
+        # waited for aiohttp's default five minutes.
+        owned = set((second.stats() or {})["worker"]["partitions"])
+        hung = next(
+            t
+            for t in tenants
+            if (murmur2(t.encode()) & 0x7FFFFFFF) % dep.settings.partitions in owned
+        )
+        assert second.proc is not None
+        os.kill(second.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status, _ = await asyncio.to_thread(
+                _get, first.base_url, f"/v1/tenants/{hung}/payments/p1"
+            )
+            assert status in (200, 503) and time.monotonic() - started < 9
+        finally:
+            os.kill(second.proc.pid, signal.SIGCONT)
     finally:
         first.stop()
         second.stop()

@@ -67,7 +67,7 @@ async def test_tiles_tenants_and_recent_outcomes(
     await expect(acme.nth(3)).to_have_text("3")  # succeeded, declined, card-number rejection
     await expect(acme.nth(4)).to_contain_text("succeeded: 1")
     await expect(acme.nth(4)).to_contain_text("failed: 1")
-    await expect(acme.nth(5)).to_have_text("2500 USD")
+    await expect(acme.nth(5)).to_have_text("25.00 USD")  # minor units shown as major
     globex = page.locator('#tenants tr[data-tenant="globex"] td')
     await expect(globex.nth(1)).to_have_text("active")
     await expect(globex.nth(3)).to_have_text("1")
@@ -99,7 +99,7 @@ async def test_tiles_tenants_and_recent_outcomes(
         await expect(reasons.filter(has_text=reason).first).to_be_visible()
     succeeded_row = recent.filter(has_text="payment.succeeded")
     await expect(succeeded_row.locator("td").nth(4)).to_have_text(seeded.succeeded_payment)
-    await expect(succeeded_row.locator("td").nth(5)).to_have_text("2500 USD")
+    await expect(succeeded_row.locator("td").nth(5)).to_have_text("25.00 USD")
     assert js_errors == []
 
 

@@ -93,7 +93,8 @@ async def test_a_lookup_whose_owner_is_unreachable_is_retried_not_a_500() -> Non
 
 async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seeded) -> None:
     stats = await get_json(http, "/v1/stats")
-    assert set(stats) == {"worker", "activity", "tenants", "summaries"}
+    assert set(stats) == {"worker", "activity", "tenants", "summaries", "minor_units"}
+    assert stats["minor_units"] == {"USD": 2}  # the currencies shown (amounts: minor units)
 
     worker = stats["worker"]
     assert set(worker) == {"app_id", "uptime_s", "partitions", "processed", "ledger_processed"}
