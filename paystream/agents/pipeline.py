@@ -424,7 +424,17 @@ class CommandProcessor:
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
         # (``counted``: a record this command left parked, whose money an earlier record
         # of it already counted, keeps saying so; see the AlreadyApplied branch.)
+        # A re-drive from another record says so explicitly (False: this record is to
+        # count it), so that its own in-flight record, redelivered, is told from a
+        # resend past the window's.
         carried = existing.counted if let_through and existing is not None else None
+        if (
+            let_through
+            and existing is not None
+            and existing.source is not None
+            and existing.source != [rec.partition, rec.offset]
+        ):
+            carried = bool(existing.counted)
         self.idempotency[idem_table_key] = _idempotency_dict(
             cmd,
             request_hash,
@@ -496,7 +506,16 @@ class CommandProcessor:
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
             if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
-                return self._park(rec, cmd, idem_table_key, request_hash, expires, exc, entity_keys)
+                return self._park(
+                    rec,
+                    cmd,
+                    idem_table_key,
+                    request_hash,
+                    expires,
+                    exc,
+                    entity_keys,
+                    counted=bool(carried) or self.limits.counted(cmd.tenant_id, limit_rec),
+                )
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")
@@ -515,11 +534,19 @@ class CommandProcessor:
             self._count(cmd.tenant_id, cmd.command_type, stored.type)
             return [self._outcome(cmd, stored)]
         stored = self._apply(cmd, result, request_hash)
+        # A re-drive that charged again (its first record's entity write was lost) whose
+        # money an earlier record already counted: answered, not counted again.
+        counts = not (
+            let_through
+            and existing is not None
+            and existing.counted is True
+            and existing.source != [rec.partition, rec.offset]
+        )
         if admission is not None:
-            self.limits.settle(admission, stored.type)
+            self.limits.settle(admission, stored.type if counts else "command.rejected")
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id)
-        self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=True)
+        self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)
         self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
 
@@ -605,7 +632,7 @@ class CommandProcessor:
         counted = existing.counted or self.limits.counted(
             cmd.tenant_id, LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         )
-        if existing.state is not IdempotencyState.PARKED or counted != existing.counted:
+        if existing.state is not IdempotencyState.PARKED or counted != bool(existing.counted):
             record = {**self.idempotency[key], "state": IdempotencyState.PARKED.value}
             if counted:
                 record["counted"] = True
@@ -629,9 +656,13 @@ class CommandProcessor:
         * The command sent again past the idempotency window: no, it was counted then.
         """
         here = f"{rec.partition}:{rec.offset}"
+        if let_through and existing is not None and existing.counted is True:
+            return False  # an earlier record of it counted it
         if first_salt == here:
             return True
         if let_through and existing is not None:
+            if existing.source == [rec.partition, rec.offset] and existing.counted is False:
+                return True  # its own in-flight record of a re-drive that was to count
             if existing.source is None:  # where it was let through is not known: counted
                 return True
             if existing.source != [rec.partition, rec.offset]:  # re-driven by another record
@@ -1052,12 +1083,18 @@ class CommandProcessor:
         expires: float,
         exc: GatewayError,
         entity_keys: bool,
+        counted: bool = False,
     ) -> list[Emit]:
         """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`."""
         self._remember(
             idem_key,
             _idempotency_dict(
-                cmd, request_hash, IdempotencyState.PARKED, expires, entity_keys=entity_keys
+                cmd,
+                request_hash,
+                IdempotencyState.PARKED,
+                expires,
+                entity_keys=entity_keys,
+                counted=True if counted else None,
             ),
         )
         return self._to_retry_topic(rec, cmd, exc.code.value)

@@ -7,6 +7,7 @@ the tenants whose partitions it owns (the dashboard lists the owner in `partitio
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping
@@ -19,6 +20,8 @@ from paystream.tenancy.models import UNREGISTERED
 MAX_UNREGISTERED_SHOWN = 100
 
 __all__ = ["ActivityLog", "SummaryCache", "entity_view", "tenant_summaries"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,7 +122,11 @@ class SummaryCache:
             # retrieved" noise; the next request scans again.
             self._scan.add_done_callback(lambda done: done.cancelled() or done.exception())
         scan = self._scan
-        if self._value is not None and self._took > self.wait_at_most:
+        if (
+            self._value is not None
+            and self._took > self.wait_at_most
+            and self._clock() < self._fresh_until + self.max_age  # (scans failing: not for ever)
+        ):
             return self._value  # stale, while the next scan runs
         return await asyncio.shield(scan)
 
@@ -127,6 +134,9 @@ class SummaryCache:
         started = self._clock()
         try:
             self._value = await tenant_summaries(payments)
+        except Exception:
+            log.warning("scanning the payments table for the summaries failed", exc_info=True)
+            raise
         finally:
             self._scan = None
         took = self._took = self._clock() - started

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
+from paystream.agents import pipeline
 from tests.agents.harness import Harness, data, kind, new_tenant_id
-from tests.agents.test_let_through import (
-    _answer,
-    _record,
-)
+from tests.agents.test_let_through import _answer, _charges, _record
 
 pytestmark = pytest.mark.asyncio
 
@@ -306,3 +304,141 @@ async def test_F5b_charged_create_whose_idempotency_batch_was_lost_is_rejected(
     again = await _answer(h, _record(t))
     assert kind(again) == "payment.succeeded"
     assert used(h, t) == 5000, f"redelivery answered {rejected}; counted {used(h, t)}"
+
+
+def _break_gateway(h: Harness, t: str) -> dict[str, Any]:
+    record = dict(h.tenants[t])
+    h.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}
+    return record
+
+
+@pytest.mark.parametrize("how", ["gateway", "removed"])
+async def test_R1_a_redrive_that_charges_again_does_not_count_what_was_counted(
+    harness: Harness, how: str
+) -> None:
+    """O1 charges, counts (limits kept); crash loses its DONE (IN_FLIGHT kept) and the
+    entity write. Redelivered while the tenant can't run: reparked, counted=True. The
+    re-drive at O2 finds no entity, the provider answers the same charge (pse key), the
+    normal path settles and counts again: counted ignored."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, limits=LIMITS)
+    o1 = _record(t)
+    assert kind(await _answer(h, o1)) == "payment.succeeded" and used(h, t) == 5000
+    h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])
+    del h.tables.payments[f"{t}:p1"]
+    record = dict(h.tenants[t])
+    if how == "removed":
+        del h.tenants[t]
+    else:
+        _break_gateway(h, t)
+    assert [e.topic for e in await h.processor.process(o1)] == [h.settings.retry_topic]
+    assert h.idempotency[f"{t}:c1"].get("counted") is True
+    h.tenants[t] = record
+    out = await _answer(h, _record(t))
+    assert kind(out) == "payment.succeeded"
+    assert await _charges(h, t, record) == 1
+    assert holds(h, t) == {}
+    assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"
+
+
+async def test_R2_a_redrives_own_in_flight_record_redelivered_counts(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As F3 with the re-drive's DONE lost too (IN_FLIGHT kept): O1 charges, entity kept,
+    DONE + limits lost; reparked (counted not set). O2 re-drive: AlreadyApplied(salt O1),
+    counts (not existing.counted). Crash at O2: DONE and limits lost, IN_FLIGHT(source O2)
+    kept. Redelivery of O2: _counts_here -> source == here, salt O1 -> False: never."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, limits=LIMITS)
+    empty = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
+    o1 = _record(t)
+    await _answer(h, o1)
+
+    def reset_limits(v: Any) -> None:
+        if v is None:
+            h.processor.limits.table.pop(f"{t}:limits", None)
+        else:
+            h.processor.limits.table[f"{t}:limits"] = copy.deepcopy(v)
+
+    reset_limits(empty)
+    h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])
+    record = _break_gateway(h, t)
+    assert [e.topic for e in await h.processor.process(o1)] == [h.settings.retry_topic]
+    h.tenants[t] = record
+    before_o2 = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
+    o2 = _record(t)
+    real, written = pipeline._idempotency_dict, []
+
+    def spy(*a: Any, **k: Any) -> dict[str, Any]:  # the records as really written
+        out = real(*a, **k)
+        written.append(copy.deepcopy(out))
+        return out
+
+    monkeypatch.setattr(pipeline, "_idempotency_dict", spy)
+    first = await _answer(h, o2)
+    monkeypatch.setattr(pipeline, "_idempotency_dict", real)
+    assert used(h, t) == 5000
+    # crash at O2: DONE lost (the IN_FLIGHT as really written kept), limits lost
+    h.idempotency[f"{t}:c1"] = next(w for w in written if w["state"] == "in_flight")
+    reset_limits(before_o2)
+    again = await _answer(h, o2)
+    assert again.get_id() == first.get_id()
+    assert holds(h, t) == {}
+    assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"
+
+
+async def test_R3_parking_again_keeps_counted(harness: Harness) -> None:
+    """A PARKED record saying counted=True, re-driven and parked again by _park (provider
+    failing): the flag is gone from the new PARKED record."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, limits=LIMITS)
+    o1 = _record(t)
+    await _answer(h, o1)
+    h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])
+    del h.tables.payments[f"{t}:p1"]
+    record = _break_gateway(h, t)
+    await h.processor.process(o1)
+    assert h.idempotency[f"{t}:c1"].get("counted") is True
+    # provider down now: every call fails retryably
+    h.tenants[t] = {**record, "gateway_options": {"fail_rate": 1.0}}
+    emits = await h.processor.process(_record(t))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert h.idempotency[f"{t}:c1"]["state"] == "parked"
+    assert h.idempotency[f"{t}:c1"].get("counted") is True, h.idempotency[f"{t}:c1"]
+
+
+@pytest.mark.parametrize("how", ["removed", "provider_down"])
+async def test_R1b_a_redrive_whose_entity_and_idempotency_writes_were_lost(
+    harness: Harness, how: str
+) -> None:
+    """Whole-batch model (as F2c): c1 parked at O1. `dlq replay` at O2 charges, writes the
+    entity, counts 5000; the crash loses the idempotency and payments batches (limits
+    batch delivered). O2 redelivered while the tenant is removed (reparked with
+    counted=True) or while the provider fails again (_park, no counted at all). O3:
+    no entity, the provider answers the same charge, the normal path counts again."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(
+        t, limits=LIMITS, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}}
+    )
+    assert [e.topic for e in await h.processor.process(_record(t))] == [h.settings.retry_topic]
+    parked = copy.deepcopy(h.idempotency[f"{t}:c1"])
+    record = dict(h.tenants[t])
+    o2 = _record(t)
+    assert kind(await _answer(h, o2)) == "payment.succeeded" and used(h, t) == 5000
+    h.idempotency[f"{t}:c1"] = parked  # idempotency batch lost
+    del h.tables.payments[f"{t}:p1"]  # payments batch lost
+    if how == "removed":
+        del h.tenants[t]
+    else:
+        h.tenants[t] = {**record, "gateway_options": {"fail_rate": 1.0}}
+    assert [e.topic for e in await h.processor.process(o2)] == [h.settings.retry_topic]
+    h.tenants[t] = {**record, "gateway_options": {}}
+    out = await _answer(h, _record(t))  # O3
+    assert kind(out) == "payment.succeeded"
+    assert await _charges(h, t, h.tenants[t]) == 1
+    assert holds(h, t) == {}
+    assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"

@@ -112,3 +112,29 @@ async def test_after_a_slow_scan_a_stale_value_is_answered_while_the_next_runs()
     await asyncio.sleep(0)
     fresh = await cache.get(table)
     assert fresh["t0"]["payments"]["succeeded"] == 2
+
+
+async def test_failing_scans_are_logged_and_stale_figures_not_served_for_ever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    failing = [False]
+
+    class Table(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            if failing[0]:
+                raise RuntimeError("table gone")
+            now[0] += 0.5
+            return super().get(key, default)
+
+    cache = SummaryCache(clock=lambda: now[0], max_age=60.0, wait_at_most=0.5)
+    table = Table(_payments(2))
+    first = await cache.get(table)
+    failing[0] = True
+    now[0] = cache._fresh_until
+    assert await cache.get(table) is first  # stale, while the (failing) rescan runs
+    await asyncio.sleep(0)
+    assert "summaries failed" in caplog.text
+    now[0] = cache._fresh_until + 61  # past max_age: the failure is the answer
+    with pytest.raises(RuntimeError, match="table gone"):
+        await cache.get(table)
