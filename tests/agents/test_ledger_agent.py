@@ -14,7 +14,7 @@ import pytest
 from paystream.agents import ledger_sink
 from paystream.agents.continuity import ContinuityGuard
 from paystream.errors import ConfigurationError
-from tests.agents.test_shutdown import P0, StandInConsumer, event, stand_in_app
+from tests.agents.test_shutdown import P0, PassThroughGuard, StandInConsumer, event, stand_in_app
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,18 +36,6 @@ class FlakyRunner:
         if self.attempts <= self.failures:
             raise ConfigurationError("PAYSTREAM_DB_APP_PASSWORD is not set")
         self.stored += [e.message.offset for e in events]
-
-
-class PassThroughGuard:
-    """No record skipped (the guard itself: test_continuity, and the test below)."""
-
-    def __init__(self, *_: Any) -> None: ...
-
-    async def admit(self, events: list[Any]) -> list[Any]:
-        return list(events)
-
-    async def sweep(self) -> list[Any]:
-        return []
 
 
 # The agent's stream, as far as it looks at it (whether events are waiting).

@@ -374,7 +374,7 @@ async def test_a_resend_past_the_window_redelivered_after_a_crash_counts_nothing
 ) -> None:
     """The resend past the window settles as moving no money, but its DONE idempotency
     record (source = the resend's record, outcome payment.succeeded) is what a crash
-    redelivery of that same record is answered from: _account_replay counts 5000 again."""
+    redelivery of that same record is answered from: it counted the 5000 again."""
     h = harness
     t = new_tenant_id()
     h.add_tenant(t, limits={"daily_payment_volume": {"USD": 10000}})

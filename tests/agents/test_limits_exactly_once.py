@@ -22,6 +22,11 @@ pytestmark = pytest.mark.asyncio
 LIMITS = {"daily_payment_volume": {"USD": 100000}}
 
 
+def limited_tenant(h: Harness, **kw: Any) -> str:
+    """A tenant with a daily USD volume limit (its money is what is counted)."""
+    return h.add_tenant(new_tenant_id(), limits=LIMITS, **kw)
+
+
 def used(h: Harness, t: str) -> int:
     state = h.processor.limits.table.get(f"{t}:limits") or {}
     return int((state.get("volume") or {}).get("USD", 0))
@@ -47,8 +52,7 @@ async def test_F1_resend_past_window_redelivered_after_losing_only_done_counts_t
     harness: Harness, limits_lost: bool, suspended: bool
 ) -> None:
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     first = await _answer(h, _record(t))
     assert kind(first) == "payment.succeeded" and used(h, t) == 5000
     del h.idempotency[f"{t}:c1"]  # the idempotency window passed
@@ -74,8 +78,7 @@ async def test_F2_let_through_redrive_counts_again_when_first_record_counted(
     """HEAD's own scenario (charge at O1, DONE lost, O1's redelivery reparked, dlq replay
     at O2) with the other subset: O1's limits write survived (it had counted 5000)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     record = dict(h.tenants[t])
     o1 = _record(t)
     first = await _answer(h, o1)
@@ -97,8 +100,7 @@ async def test_F2b_client_resend_within_window_after_reparked_redelivery(
     """Same, but the tenant was removed at the redelivery and the client itself sent c1
     again (within the window) once it was restored."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     record = dict(h.tenants[t])
     o1 = _record(t)
     await _answer(h, o1)
@@ -118,8 +120,7 @@ async def test_F3_let_through_redrive_whose_limits_write_is_lost_is_never_counte
     too while its DONE survived: O2 redelivered is answered from DONE and _account_replay
     treats salt O1 != source O2 as 'answered by another': 5000 moved, 0 counted."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     record = dict(h.tenants[t])
     empty = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
     o1 = _record(t)
@@ -157,8 +158,7 @@ async def test_F4_resend_past_window_of_an_older_versions_payment_counts_again(
     """Entities made before id salts (5bd7e54) remember their creator without "salt":
     AlreadyApplied(id_salt=None), again=False, and the resend counts 5000 a second time."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     await _answer(h, _record(t))
     assert used(h, t) == 5000
     pay = h.tables.payments[f"{t}:p1"]
@@ -185,8 +185,7 @@ async def test_F5_charged_payment_whose_idempotency_writes_were_lost_rejected_ne
     rejected (gateway_not_configured, not remembered). The client sends c1 again once
     fixed: AlreadyApplied (salt O1) from another record, not let through: not counted."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     record = dict(h.tenants[t])
     empty = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
     o1 = _record(t)
@@ -283,8 +282,7 @@ async def test_F5b_charged_create_whose_idempotency_batch_was_lost_is_rejected(
     is not known as let through: a final rejection for a charged payment, never counted
     (the client's later resend is AlreadyApplied from another record)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     empty = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
     o1 = _record(t)
     await _answer(h, o1)
@@ -321,8 +319,7 @@ async def test_R1_a_redrive_that_charges_again_does_not_count_what_was_counted(
     re-drive at O2 finds no entity, the provider answers the same charge (pse key), the
     normal path settles and counts again: counted ignored."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     o1 = _record(t)
     assert kind(await _answer(h, o1)) == "payment.succeeded" and used(h, t) == 5000
     h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])
@@ -350,8 +347,7 @@ async def test_R2_a_redrives_own_in_flight_record_redelivered_counts(
     counts (not existing.counted). Crash at O2: DONE and limits lost, IN_FLIGHT(source O2)
     kept. Redelivery of O2: _counts_here -> source == here, salt O1 -> False: never."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     empty = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
     o1 = _record(t)
     await _answer(h, o1)
@@ -393,8 +389,7 @@ async def test_R3_parking_again_keeps_counted(harness: Harness) -> None:
     """A PARKED record saying counted=True, re-driven and parked again by _park (provider
     failing): the flag is gone from the new PARKED record."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     o1 = _record(t)
     await _answer(h, o1)
     h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])

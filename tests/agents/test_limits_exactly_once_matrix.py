@@ -15,7 +15,7 @@ import pytest
 from paystream.agents.pipeline import Inbound
 from tests.agents.harness import Harness, data, kind, new_tenant_id
 from tests.agents.test_let_through import _answer, _charges, _record
-from tests.agents.test_limits_exactly_once import LIMITS, holds, in_flight, used
+from tests.agents.test_limits_exactly_once import LIMITS, holds, in_flight, limited_tenant, used
 
 pytestmark = pytest.mark.asyncio
 
@@ -78,8 +78,7 @@ async def test_V1_crash_redelivery_of_the_charging_record(
     harness: Harness, idem: str, entity: bool, limits: str
 ) -> None:
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     o1 = _record(t)
     await crash_run(h, t, o1, idem, entity, limits)
     out = await _answer(h, o1)
@@ -157,8 +156,7 @@ async def test_V4_resend_past_window_crash_with_both_idempotency_writes_lost(
     harness: Harness, entity: bool, limits: str
 ) -> None:
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     await _answer(h, _record(t))
     del h.idempotency[f"{t}:c1"]
     resend = _record(t)
@@ -171,8 +169,7 @@ async def test_V4_resend_past_window_crash_with_both_idempotency_writes_lost(
 @pytest.mark.parametrize("limits", ["kept", "admit", "lost"])
 async def test_V5_suspended_tenants_redelivery(harness: Harness, limits: str) -> None:
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     o1 = _record(t)
     await crash_run(h, t, o1, "done", True, limits)
     h.tenants[t] = {**h.tenants[t], "status": "suspended"}
@@ -186,8 +183,7 @@ async def test_V6_older_version_records_without_salt_redelivered(
     harness: Harness, limits: str
 ) -> None:
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     o1 = _record(t)
     await crash_run(h, t, o1, "done", True, limits)
     raw = h.idempotency[f"{t}:c1"]
@@ -202,8 +198,7 @@ async def test_V6b_older_entity_without_salt_redelivered_in_flight(
     harness: Harness, limits: str
 ) -> None:
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, limits=LIMITS)
+    t = limited_tenant(h)
     o1 = _record(t)
     await crash_run(h, t, o1, "in_flight", True, limits)
     pay = h.tables.payments[f"{t}:p1"]

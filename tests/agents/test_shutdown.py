@@ -323,6 +323,18 @@ class StandInRunner:
         self.closed = True
 
 
+class PassThroughGuard:
+    """No record skipped (the guard itself: test_continuity)."""
+
+    def __init__(self, *_: Any) -> None: ...
+
+    async def admit(self, events: list[Any]) -> list[Any]:
+        return list(events)
+
+    async def sweep(self) -> list[Any]:
+        return []
+
+
 def stand_in_agent(
     monkeypatch: pytest.MonkeyPatch, batches: list[list[Any]], ends: bool
 ) -> tuple[Any, StandInRunner, StandInConsumer]:
@@ -333,15 +345,6 @@ def stand_in_agent(
             yield batch
         if not ends:
             await asyncio.get_running_loop().create_future()
-
-    class PassThroughGuard:
-        def __init__(self, *_: Any) -> None: ...
-
-        async def admit(self, events: list[Any]) -> list[Any]:
-            return list(events)
-
-        async def sweep(self) -> list[Any]:
-            return []
 
     consumer = StandInConsumer()
     runner = StandInRunner({b[0].message.offset: asyncio.Event() for b in batches})
