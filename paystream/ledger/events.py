@@ -105,7 +105,11 @@ def _deeper_than(value: Any, limit: int) -> bool:
         if isinstance(item, Mapping | list):
             if depth >= limit:
                 return True
-            children = item.values() if isinstance(item, Mapping) else item
+            children = (
+                [v for k, v in item.items() if k not in _PROVIDER_TEXT]  # not scanned
+                if isinstance(item, Mapping)
+                else item
+            )
             stack.extend((child, depth + 1) for child in children)
     return False
 

@@ -570,3 +570,14 @@ def test_nesting_is_measured_without_recursion() -> None:
     assert not _deeper_than(nested(MAX_DEPTH), MAX_DEPTH)
     assert _deeper_than(nested(MAX_DEPTH + 1), MAX_DEPTH)
     assert _deeper_than(nested(100_000), MAX_DEPTH)  # far past the recursion limit
+
+
+def test_the_providers_own_text_does_not_count_toward_the_depth() -> None:
+    """The card scan skips it (next_action: the provider's redirect data)."""
+    from paystream.ledger.events import MAX_DEPTH, _deeper_than
+
+    deep: object = 1
+    for _ in range(MAX_DEPTH + 5):
+        deep = [deep]
+    assert not _deeper_than({"object": {"next_action": deep}}, MAX_DEPTH)
+    assert _deeper_than({"object": {"metadata": deep}}, MAX_DEPTH)

@@ -68,6 +68,10 @@ async def test_tiles_tenants_and_recent_outcomes(
     await expect(acme.nth(4)).to_contain_text("succeeded: 1")
     await expect(acme.nth(4)).to_contain_text("failed: 1")
     await expect(acme.nth(5)).to_have_text("25.00 USD")  # minor units shown as major
+    # By digits, not by float division (which misrounds totals past ~7e15 minor units).
+    assert await page.evaluate("major(8000000000000001, 'USD')") == "80000000000000.01 USD"
+    assert await page.evaluate("major(5, 'USD')") == "0.05 USD"
+    assert await page.evaluate("major(12, 'XXX')") == "12 XXX (minor units)"
     globex = page.locator('#tenants tr[data-tenant="globex"] td')
     await expect(globex.nth(1)).to_have_text("active")
     await expect(globex.nth(3)).to_have_text("1")
