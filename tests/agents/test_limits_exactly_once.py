@@ -27,6 +27,14 @@ def limited_tenant(h: Harness, **kw: Any) -> str:
     return h.add_tenant(new_tenant_id(), limits=LIMITS, **kw)
 
 
+def restore_limits(h: Harness, t: str, saved: Any) -> None:
+    """The tenant's limits record as ``saved`` (None: none): a crash lost the writes since."""
+    if saved is None:
+        h.processor.limits.table.pop(f"{t}:limits", None)
+    else:
+        h.processor.limits.table[f"{t}:limits"] = copy.deepcopy(saved)
+
+
 def used(h: Harness, t: str) -> int:
     state = h.processor.limits.table.get(f"{t}:limits") or {}
     return int((state.get("volume") or {}).get("USD", 0))
@@ -126,10 +134,7 @@ async def test_F3_let_through_redrive_whose_limits_write_is_lost_is_never_counte
     o1 = _record(t)
     await _answer(h, o1)
     # crash at O1: limits lost, DONE lost (IN_FLIGHT kept), entity kept
-    if empty is None:
-        h.processor.limits.table.pop(f"{t}:limits", None)
-    else:
-        h.processor.limits.table[f"{t}:limits"] = empty
+    restore_limits(h, t, empty)
     h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])
     h.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}
     assert [e.topic for e in await h.processor.process(o1)] == [h.settings.retry_topic]
@@ -140,10 +145,7 @@ async def test_F3_let_through_redrive_whose_limits_write_is_lost_is_never_counte
     assert used(h, t) == 5000  # HEAD: counted at O2
     assert h.idempotency[f"{t}:c1"]["state"] == "done"
     # crash at O2: its limits write lost, its DONE kept
-    if before_o2 is None:
-        h.processor.limits.table.pop(f"{t}:limits", None)
-    else:
-        h.processor.limits.table[f"{t}:limits"] = before_o2
+    restore_limits(h, t, before_o2)
     again = await _answer(h, o2)
     assert again.get_id() == first.get_id()
     assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"
@@ -191,10 +193,7 @@ async def test_F5_charged_payment_whose_idempotency_writes_were_lost_rejected_ne
     o1 = _record(t)
     await _answer(h, o1)
     del h.idempotency[f"{t}:c1"]
-    if empty is None:
-        h.processor.limits.table.pop(f"{t}:limits", None)
-    else:
-        h.processor.limits.table[f"{t}:limits"] = empty
+    restore_limits(h, t, empty)
     h.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}
     out = await _answer(h, o1)
     rejected = (kind(out), data(out).get("reason"))
@@ -287,10 +286,7 @@ async def test_F5b_charged_create_whose_idempotency_batch_was_lost_is_rejected(
     o1 = _record(t)
     await _answer(h, o1)
     del h.idempotency[f"{t}:c1"]
-    if empty is None:
-        h.processor.limits.table.pop(f"{t}:limits", None)
-    else:
-        h.processor.limits.table[f"{t}:limits"] = empty
+    restore_limits(h, t, empty)
     if how == "suspended":
         record = dict(h.tenants[t])
         h.tenants[t] = {**record, "status": "suspended"}
@@ -352,13 +348,7 @@ async def test_R2_a_redrives_own_in_flight_record_redelivered_counts(
     o1 = _record(t)
     await _answer(h, o1)
 
-    def reset_limits(v: Any) -> None:
-        if v is None:
-            h.processor.limits.table.pop(f"{t}:limits", None)
-        else:
-            h.processor.limits.table[f"{t}:limits"] = copy.deepcopy(v)
-
-    reset_limits(empty)
+    restore_limits(h, t, empty)
     h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])
     record = _break_gateway(h, t)
     assert [e.topic for e in await h.processor.process(o1)] == [h.settings.retry_topic]
@@ -378,7 +368,7 @@ async def test_R2_a_redrives_own_in_flight_record_redelivered_counts(
     assert used(h, t) == 5000
     # crash at O2: DONE lost (the IN_FLIGHT as really written kept), limits lost
     h.idempotency[f"{t}:c1"] = next(w for w in written if w["state"] == "in_flight")
-    reset_limits(before_o2)
+    restore_limits(h, t, before_o2)
     again = await _answer(h, o2)
     assert again.get_id() == first.get_id()
     assert holds(h, t) == {}
