@@ -10,12 +10,14 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 from aiokafka.errors import KafkaError
@@ -50,7 +52,9 @@ def _run(coro: Any) -> Any:
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except (KafkaError, OSError) as exc:  # a broker or server down: say so, no traceback
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        name, text = type(exc).__name__, str(exc)
+        # (aiokafka's errors already start with their class name)
+        raise click.ClickException(text if text.startswith(name) else f"{name}: {text}") from exc
 
 
 @click.group()
@@ -85,17 +89,30 @@ def config() -> None:
 
 
 def _without_password(value: Any) -> Any:
-    """A URL's password masked (DATABASE_URL, REDIS_URL may carry one); anything else as is."""
+    """A URL with its credentials masked (DATABASE_URL, REDIS_URL may carry a password,
+    in the user part or as a query parameter), whether or not the rest of it is valid:
+    a mistyped URL is what an operator running `paystream config` is looking at."""
     if not isinstance(value, str) or "://" not in value:
         return value
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        url = make_url(value)
-    except (ArgumentError, ValueError):
+        parts = urlsplit(value)
+    except ValueError:
+        return "<not a readable URL: hidden>"
+    netloc, query = parts.netloc, parts.query
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        if ":" in user:
+            netloc = user.split(":", 1)[0] + ":***@" + host
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+        masked = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs]
+        query = urlencode(masked, safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
         return value
-    return url.render_as_string(hide_password=True) if url.password else value
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "pwd", "token", "secret", "key"})
 
 
 @cli.command()
@@ -104,12 +121,14 @@ def doctor() -> None:
 
     With nothing configured it checks a freshly started embedded stack (what
     `paystream dev` runs); otherwise the servers in KAFKA_BROKER_URL, DATABASE_URL and
-    REDIS_URL.
+    REDIS_URL, and what is not set is reported so.
     """
     settings = _settings()
     from paystream import doctor as doctor_mod
 
-    if settings.kafka_broker_url and settings.database_url and settings.redis_url:
+    # Any server configured: check those (an embedded stand-in for one left out would
+    # pass for a server the workers never use, and skip the ledger's set-up check).
+    if settings.kafka_broker_url or settings.database_url or settings.redis_url:
         results = _run(doctor_mod.run_checks(settings, deployment=True))
     else:
         import tempfile
@@ -404,7 +423,13 @@ def tenants_activate(tenant_id: str) -> None:
 @click.option("--data", default="{}", help="command data as JSON")
 @click.option("--id", "command_id", default=None, help="command id (default: random UUID)")
 @click.option("--idempotency-key", default=None)
-@click.option("--timeout", default=30.0, show_default=True)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="seconds to wait for the outcome, connecting to the broker included",
+)
 @click.option("--structured", is_flag=True, help="send in structured content mode")
 def send(
     command_type: str,
@@ -453,21 +478,43 @@ def send(
 
     async def go() -> str | OutcomeTimeout:
         mode = CloudEventsMode.STRUCTURED if structured else CloudEventsMode.BINARY
-        async with PaystreamClient(settings, mode) as client:
-            try:
-                outcome = await client.send(cmd, timeout)
-            except OutcomeTimeout as exc:  # (a TimeoutError: _run would take it for an outage)
-                return exc
-            cause = outcome.get_extension("causationid")
-            if cause != cmd.get_id():
-                click.echo(
-                    f"note: answered with the outcome of command {cause}, sent earlier "
-                    f"under idempotency key {idempotency_key!r}",
-                    err=True,
-                )
-            return dumps(outcome)
+        client = PaystreamClient(settings, mode)
+        deadline = time.monotonic() + timeout
+        try:
+            # A broker that takes connections but never answers held this for 40 s
+            # (aiokafka's metadata wait), whatever --timeout said.
+            async with asyncio.timeout(timeout):
+                await client.start()
+        except TimeoutError:
+            raise click.ClickException(
+                f"no answer from the broker at {settings.kafka_broker_url} within "
+                f"{timeout:g} s: command {cmd.get_id()} was not sent"
+            ) from None
+        try:
+            outcome = await client.send(cmd, max(deadline - time.monotonic(), 0.001))
+        except OutcomeTimeout as exc:  # (a TimeoutError: _run would take it for an outage)
+            return exc
+        finally:
+            await client.stop()
+        cause = outcome.get_extension("causationid")
+        if cause != cmd.get_id():
+            click.echo(
+                f"note: answered with the outcome of command {cause}, sent earlier "
+                f"under idempotency key {idempotency_key!r}",
+                err=True,
+            )
+        return dumps(outcome)
 
-    answer = _run(go())
+    try:
+        answer = _run(go())
+    except KeyboardInterrupt:
+        # The id is the only handle on a command that may have been sent.
+        click.echo(
+            f"interrupted: command {cmd.get_id()} may have been sent; send it again with "
+            f"--id {cmd.get_id()} (same data) to get its outcome without running it twice",
+            err=True,
+        )
+        sys.exit(130)
     if isinstance(answer, OutcomeTimeout):
         click.echo(f"error: {answer}", err=True)
         sys.exit(2)
@@ -617,42 +664,80 @@ def _dlq_topics(settings: Settings, which: str) -> list[str]:
         "dlq": [settings.dlq_topic],
         "retry": [settings.retry_topic],
         "all": [settings.dlq_topic, settings.retry_topic],
+        "ledger": [settings.ledger_dlq_topic],
     }[which]
 
 
 @dlq.command("list")
-@click.option("--topic", "which", type=click.Choice(["dlq", "retry", "all"]), default="all")
-@click.option("--limit", type=int, default=100)
-def dlq_list(which: str, limit: int) -> None:
-    """List records waiting to be replayed, with their reasons."""
+@click.option(
+    "--topic",
+    "which",
+    type=click.Choice(["dlq", "retry", "all", "ledger"]),
+    default="all",
+    help="dead letters, parked commands, both, or outcomes the ledger refused (list only)",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="also records replayed or passed over before (from the start of the topic)",
+)
+def dlq_list(which: str, limit: int, everything: bool) -> None:
+    """List records waiting to be replayed: where, how old, whose, why."""
     settings = _settings()
-    from paystream.dlq import read_parked
+    from paystream.dlq import list_parked
 
-    async def go() -> list[Any]:
-        records, consumer = await read_parked(
-            settings, _dlq_topics(settings, which), committed_only=True, limit=limit
-        )
-        await consumer.stop()
-        return records
-
-    for rec in _run(go()):
+    records, waiting = _run(
+        list_parked(settings, _dlq_topics(settings, which), limit=limit, everything=everything)
+    )
+    now_ms = time.time() * 1000
+    for rec in records:
         command_id, command_type = rec.command_id_and_type
+        detail = rec.detail.replace("\n", " ")
         click.echo(
-            f"{rec.topic}[{rec.partition}]@{rec.offset} reason={rec.reason} "
-            f"id={command_id} type={command_type}"
+            f"{rec.topic}[{rec.partition}]@{rec.offset} age={_age(now_ms - rec.first_seen_ms)} "
+            f"tenant={rec.tenant} reason={rec.reason} id={command_id} type={command_type}"
+            + (f" detail={detail[:160]!r}" if detail else "")
             + (" (held card data: not kept, not replayed)" if rec.redacted else "")
             + (
                 f" (too large to keep, not replayed; the original is at {rec.source or '?'})"
                 if rec.dropped
                 else ""
             )
-            + (" (not replayed)" if not (rec.replayable or rec.redacted or rec.dropped) else "")
+            + (
+                " (not replayed)"
+                if which != "ledger" and not (rec.replayable or rec.redacted or rec.dropped)
+                else ""
+            )
         )
+    kind = "record(s) in the topic" if everything else "record(s) waiting"
+    if len(records) < waiting:
+        click.echo(f"showing {len(records)} of {waiting} {kind} (--limit for more)", err=True)
+    else:
+        click.echo(f"{waiting} {kind}", err=True)
+    if which == "ledger" and records:
+        click.echo(
+            "outcomes the ledger refused are kept here for inspection and never replayed; "
+            "each names where it is on the events topic (paystream-source)",
+            err=True,
+        )
+
+
+def _age(ms: float) -> str:
+    seconds = max(0, int(ms // 1000))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
 
 
 @dlq.command("replay")
 @click.option("--topic", "which", type=click.Choice(["dlq", "retry", "all"]), default="all")
-@click.option("--limit", type=int, default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--dry-run", is_flag=True)
 @click.option(
     "--include-stale",
@@ -724,6 +809,25 @@ def _dev_master_key(data_dir: Path) -> str:
     return _dev_secret(data_dir, "dev-master.key")
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _last_error(log_path: Path) -> str:
+    """The last ERROR line of a log, to say why a process died (or nothing)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return f"\n  {errors[-1].strip()[:300]}" if errors else ""
+
+
 @cli.command()
 @click.option("--demo", is_flag=True, help="drive demo traffic through the worker")
 @click.option(
@@ -750,8 +854,16 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     def raise_interrupt(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    port = web_port or settings.web_port
+    if not _port_free(settings.web_host, port):
+        # Found now, not as a worker that exits after the whole stack has started.
+        raise click.ClickException(
+            f"port {port} on {settings.web_host} is in use (another `paystream dev`?): "
+            "pass --web-port or set PAYSTREAM_WEB_PORT"
+        )
     for sig in stop_signals:
         signal.signal(sig, raise_interrupt)
+    log_path = data_dir / "dev" / "worker.log"
     try:
         click.echo("starting embedded stack (broker, PostgreSQL, Redis)…")
         stack.start()
@@ -804,7 +916,6 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
                 )
 
         asyncio.run(prepare())
-        log_path = data_dir / "dev" / "worker.log"
         click.echo("starting worker (joins the group, recovers tables)…")
         worker = WorkerProcess(env, log_path, run_settings.web_port).start()
         worker.wait_ready(DEMO_TENANTS, partitions=run_settings.partitions, timeout=120)
@@ -832,6 +943,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
                 time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("\nstopping…")
+    except PaystreamError as exc:  # a service that would not start: why, not a traceback
+        raise click.ClickException(f"{exc}{_last_error(log_path)}") from exc
     finally:
         for sig in stop_signals:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not abort the cleanup

@@ -235,7 +235,8 @@ class PaystreamClient:
                 return await asyncio.shield(waiter)
         except TimeoutError:
             said = (
-                "it may still be sent and run: retry with the same command id"
+                "it may still be sent and run, or have been parked after the provider "
+                "failed (see `paystream dlq list`): retry with the same command id"
                 if queued
                 else "it was not sent (no broker to take it)"
             )

@@ -21,6 +21,7 @@ __all__ = [
     "REPLAYED",
     "ParkedRecord",
     "ReplayResult",
+    "list_parked",
     "read_parked",
     "replay",
     "stale_after_ms",
@@ -63,6 +64,17 @@ class ParkedRecord:
         """Dead-lettered without its bytes (too large to produce again): nothing to replay
         here; :attr:`source` says where the original record is."""
         return any(k == "paystream-dlq-dropped" for k, _ in self.headers)
+
+    @property
+    def detail(self) -> str:
+        """What was wrong, in the worker's words (dead letters; parked records have none)."""
+        raw = dict(self.headers).get("paystream-dlq-detail")
+        return "" if raw is None else raw.decode(errors="replace")
+
+    @property
+    def tenant(self) -> str:
+        """The record key: the tenant the command was sent for ("?" if none)."""
+        return "?" if self.key is None else self.key.decode(errors="replace")
 
     @property
     def source(self) -> str | None:
@@ -250,6 +262,19 @@ async def read_parked(
     await reader.start()
     out = [rec async for batch in reader.batches(limit) for rec in batch]
     return out, reader.consumer
+
+
+async def list_parked(
+    settings: Settings, topics: list[str], *, limit: int | None, everything: bool = False
+) -> tuple[list[ParkedRecord], int]:
+    """Up to ``limit`` records waiting to be replayed (``everything``: also those replayed
+    or passed over before), oldest first per partition, and how many there are in all."""
+    reader = _ParkedReader(settings, topics, committed_only=not everything)
+    try:
+        await reader.start()
+        return [rec async for batch in reader.batches(limit) for rec in batch], reader.waiting
+    finally:
+        await reader.consumer.stop()  # (a consumer that failed to start too)
 
 
 #: What a replay did with a record, as told to its ``observe`` callback.

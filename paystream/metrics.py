@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from paystream.agents.offsets import DurableOffsets
+    from paystream.gateways.retry import RetryPolicy
 
 __all__ = [
     "BATCH_SECONDS",
@@ -14,6 +24,7 @@ __all__ = [
     "GATEWAY_CALLS",
     "LIMITED",
     "PARKED",
+    "PROGRESS",
     "REPAIRS",
     "REPLAYS",
     "SKIPPED_RECORDS",
@@ -50,7 +61,8 @@ REPLAYS = Counter(
 )
 SKIPPED_RECORDS = Counter(
     "paystream_skipped_records_total",
-    "Times Faust skipped command records (offset gap) and the partition was rewound.",
+    "Records Faust did not deliver to the command agent or the ledger sink (an offset "
+    "gap), read from the broker directly.",
     ["topic", "partition"],
 )
 REPAIRS = Counter(
@@ -76,8 +88,84 @@ BATCH_SIZE = Histogram(
     "Commands per processed batch.",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
-BREAKER_OPEN = Gauge(
-    "paystream_circuit_open",
-    "1 while a (tenant, provider) circuit is open.",
-    ["tenant", "provider"],
-)
+
+
+class _OpenCircuits(Collector):
+    """``paystream_circuit_open``, read from the circuit breakers at scrape time.
+
+    A gauge set on each call kept showing a circuit open for as long as the process
+    lived once nobody called it: the tenant's partitions moved to another worker, or the
+    tenant was removed or moved to another provider. Read here, a circuit shows open
+    until its probe is due, and a forgotten one (see ``RetryPolicy.forget``) not at all.
+    """
+
+    def __init__(self) -> None:
+        self._policies: weakref.WeakSet[RetryPolicy] = weakref.WeakSet()
+
+    def track(self, policy: RetryPolicy) -> None:
+        self._policies.add(policy)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "paystream_circuit_open",
+            "1 while a (tenant, provider) circuit holds calls back (open, or probing).",
+            labels=["tenant", "provider"],
+        )
+        shown: dict[tuple[str, str], bool] = {}
+        for policy in list(self._policies):
+            for key, breaker in list(policy.breakers.items()):
+                shown[key] = shown.get(key, False) or breaker.refusing()
+        for (tenant, provider), refusing in sorted(shown.items()):
+            family.add_metric([tenant, provider], 1.0 if refusing else 0.0)
+        yield family
+
+
+BREAKER_OPEN = _OpenCircuits()
+REGISTRY.register(BREAKER_OPEN)
+
+
+class _AgentProgress(Collector):
+    """How far behind each agent is, read at scrape time from its committed offsets.
+
+    ``paystream_consumer_lag_records``: records on the broker past what the agent has
+    made durable and committed, per partition this worker owns (as of the latest fetch).
+    ``paystream_agent_committed_timestamp_seconds``: when it last committed progress.
+    Lag above zero while the timestamp stands still is a stalled agent (a hung database
+    under the ledger sink, a hung provider); both standing still with lag zero is an
+    idle one.
+    """
+
+    def __init__(self) -> None:
+        self._agents: weakref.WeakSet[DurableOffsets] = weakref.WeakSet()
+
+    def track(self, offsets: DurableOffsets) -> None:
+        self._agents.add(offsets)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "paystream_consumer_lag_records",
+            "Records past what the agent has durably handled and committed, per partition "
+            "this worker owns (as of its latest fetch).",
+            labels=["agent", "topic", "partition"],
+        )
+        committed = GaugeMetricFamily(
+            "paystream_agent_committed_timestamp_seconds",
+            "When the agent last committed progress (Unix time); stalled if it stands "
+            "still while its lag is above zero.",
+            labels=["agent"],
+        )
+        for offsets in list(self._agents):
+            try:
+                behind = offsets.lag()
+            except Exception:  # the app not started (or stopping): nothing to say
+                behind = {}
+            for tp, records in sorted(behind.items()):
+                lag.add_metric([offsets.agent, tp.topic, str(tp.partition)], records)
+            if offsets.committed_at:
+                committed.add_metric([offsets.agent], offsets.committed_at)
+        yield lag
+        yield committed
+
+
+PROGRESS = _AgentProgress()
+REGISTRY.register(PROGRESS)

@@ -56,16 +56,23 @@ async def collect_garbage_when_quiet() -> None:
     full_collections.maybe_collect()
 
 
+def quiet_libraries(log_level: str) -> None:
+    """Keep the libraries that see customer data from logging it.
+
+    aiokafka logs record values at DEBUG: never below INFO. The Stripe SDK logs every
+    request at INFO (two lines a provider call) and, on an API error, Stripe's message,
+    which echoes what was sent (an e-mail address, a metadata value): never below
+    WARNING. paystream reports provider errors itself, by code.
+    """
+    level = logging.getLevelName(log_level.upper().replace("WARN", "WARNING"))
+    logging.getLogger("aiokafka").setLevel(max(logging.INFO, level))
+    logging.getLogger("stripe").setLevel(max(logging.WARNING, level))
+
+
 def main(extra_args: list[str] | None = None) -> None:
     """Run a Faust worker for this process's settings (blocks until stopped)."""
     settings.require_broker()
-    # At DEBUG the Stripe SDK logs request/response bodies and aiokafka logs record
-    # values (customer data): never below INFO, whatever the worker's level.
-    floor = max(
-        logging.INFO, logging.getLevelName(settings.log_level.upper().replace("WARN", "WARNING"))
-    )
-    for noisy in ("stripe", "aiokafka"):
-        logging.getLogger(noisy).setLevel(floor)
+    quiet_libraries(settings.log_level)
     # Faust refuses to start when its data directory does not exist yet.
     (settings.data_dir / "faust" / settings.app_id).mkdir(parents=True, exist_ok=True)
     # Faust reads --loop at `import faust`, long done by now: install the policy directly.

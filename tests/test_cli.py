@@ -125,6 +125,26 @@ async def test_doctor_prints_its_table_and_passes(deployed: Deployment) -> None:
     assert "end offsets after batch" in out and "caught-up fetch latency" in out
 
 
+async def test_doctor_checks_the_configured_servers_when_redis_is_not_set(
+    deployed: Deployment,
+) -> None:
+    """A Stripe-only fleet sets no REDIS_URL: doctor still checks the broker and database
+    it was given, the ledger's set-up among them, rather than an embedded stand-in (which
+    passed an unmigrated ledger)."""
+    env = {k: v for k, v in {**os.environ, **deployed.env}.items() if k != "REDIS_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "paystream", "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "checking the embedded stack" not in out
+    assert "ledger ready" in out and "REDIS_URL not set" in out, out
+
+
 def _send_payment(dep: Deployment, tenant: str, amount: int) -> dict[str, Any]:
     body = json.dumps({"amount": amount, "currency": "USD", "payment_method_token": "pm_card_visa"})
     out = run_cli(dep, "send", "payment.create", "--tenant", tenant, "--data", body).stdout

@@ -3,6 +3,9 @@ prints a password: no broker needed (these fail before contacting one)."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from click.testing import CliRunner
 
@@ -53,6 +56,12 @@ def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:
         ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
         ("redis://cache:6379/0", "redis://cache:6379/0"),
         ("kafka://k1:9092;k2:9092", "kafka://k1:9092;k2:9092"),
+        # A URL an operator mistyped is still masked (it was printed as it was).
+        ("postgresql+asyncpg://owner:pg-pass@db:54 32/paystream",
+         "postgresql+asyncpg://owner:***@db:54 32/paystream"),
+        ("redis://cache:6379/0?password=s3cr3t", "redis://cache:6379/0?password=***"),
+        ("redis://cache:6379/0?db=1", "redis://cache:6379/0?db=1"),
+        ("http://[::1/x", "<not a readable URL: hidden>"),
         (4, 4),
     ],
 )  # fmt: skip
@@ -73,3 +82,47 @@ def test_an_unreachable_broker_is_an_error_message_not_a_traceback(args: list[st
     assert result.exit_code == 1, result.output
     assert "Error: KafkaConnectionError" in result.output
     assert result.exc_info is None or result.exc_info[0] is SystemExit
+
+
+def test_send_gives_up_on_a_broker_that_never_answers_within_its_timeout() -> None:
+    """A broker that takes connections and never answers held `send --timeout 1` for
+    aiokafka's 40 s metadata wait; now the timeout covers connecting too, and says the
+    command was not sent."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # connections complete in the kernel; nothing ever answers
+        port = hung.getsockname()[1]
+        started = time.monotonic()
+        result = CliRunner().invoke(
+            cli,
+            ["send", "customer.create", "--tenant", "acme", "--id", "c-hung", "--timeout", "1"],
+            env={"KAFKA_BROKER_URL": f"kafka://127.0.0.1:{port}"},
+        )
+        took = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    assert "no answer from the broker" in result.output and "c-hung was not sent" in result.output
+    assert took < 15, f"took {took:.1f} s"
+
+
+def test_send_refuses_a_timeout_that_is_not_positive() -> None:
+    result = CliRunner().invoke(
+        cli, ["send", "customer.create", "--tenant", "acme", "--timeout", "-5"], env=BROKER
+    )
+    assert result.exit_code == 2 and "--timeout" in result.output
+
+
+def test_dev_on_a_port_in_use_says_so_before_starting_anything(tmp_path: object) -> None:
+    """It started the broker, PostgreSQL and Redis, then the worker died on the port,
+    ending in a 12-frame traceback; the cause was only in the worker's log."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            cli,
+            ["dev", "--duration", "1", "--web-port", str(port)],
+            env={"PAYSTREAM_DATA_DIR": str(tmp_path), "PAYSTREAM_WEB_HOST": "127.0.0.1"},
+        )
+    assert result.exit_code == 1, result.output
+    assert f"port {port} on 127.0.0.1 is in use" in result.output
+    assert "starting embedded stack" not in result.output and "Traceback" not in result.output

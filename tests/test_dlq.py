@@ -215,6 +215,30 @@ async def test_dead_letters_dropped_as_too_large_are_passed_over_with_their_sour
     assert [r.replayable for r in listed] == [False, True]
     shown = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "dlq")
     assert f"too large to keep, not replayed; the original is at {source}" in shown.stdout
+    # Why, whose and how old, and how many in all (it stopped at 100 without saying).
+    assert "detail='value 900000 bytes (limit 65536)'" in shown.stdout
+    assert "tenant=acme" in shown.stdout and "tenant=?" in shown.stdout
+    assert " age=" in shown.stdout and "2 record(s) waiting" in shown.stderr
+    one = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "dlq", "--limit", "1")
+    assert len(one.stdout.splitlines()) == 1
+    assert "showing 1 of 2 record(s) waiting (--limit for more)" in one.stderr
+    # The ledger's refused outcomes can be seen (list only).
+    await dep.produce(
+        settings.ledger_dlq_topic,
+        RawSend(
+            key=b"acme",
+            value=b"not a cloudevent",
+            partition=0,
+            headers=(
+                ("paystream-dlq-detail", b"not a CloudEvent: JSONDecodeError"),
+                ("paystream-dlq-reason", b"ledger_undecodable"),
+                ("paystream-source", f"{settings.events_topic}/0/7".encode()),
+            ),
+        ),
+    )
+    ledger = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "ledger")
+    assert "reason=ledger_undecodable" in ledger.stdout and "tenant=acme" in ledger.stdout
+    assert "never replayed" in ledger.stderr
     dry = await asyncio.to_thread(run_cli, dep, "dlq", "replay", "--topic", "dlq", "--dry-run")
     assert f"(too large to keep): the original is at {source}" in dry.stdout
     assert "would replay 1 record(s)" in dry.stdout and "not CloudEvents" not in dry.stdout

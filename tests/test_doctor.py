@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -160,3 +162,26 @@ async def test_doctor_fails_a_topic_that_refuses_paystreams_largest_records(
     assert "2 topics take records of 1048576 bytes" in await check_record_limits(
         with_dlq(f"{tag}.large")
     )
+
+
+async def test_doctor_says_when_it_cannot_read_the_registry_topic_s_configs(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that refuses DescribeConfigs (Kafka ACLs: error 29) answers no entries;
+    read as the default policy, a compacted registry was reported as "delete"."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = stack_settings.model_copy(
+        update={"tenants_topic": f"cfg-{suffix}.tenants", "commands_topic": f"cfg-{suffix}.cmd"}
+    )
+    await ensure_topics(settings)
+    assert "compact" in await check_registry_compacted(settings)
+
+    async def refused(self: Any, resources: Any, include_synonyms: bool = False) -> Any:
+        (res,) = resources
+        return [SimpleNamespace(resources=[(29, "Topic authorization failed.", 2, res.name, [])])]
+
+    monkeypatch.setattr(AIOKafkaAdminClient, "describe_configs", refused)
+    with pytest.raises(CheckFailed) as registry:
+        await check_registry_compacted(settings)
+    assert "cannot read" in str(registry.value) and "error 29" in str(registry.value)
+    assert "cleanup.policy" not in str(registry.value)

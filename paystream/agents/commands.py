@@ -220,7 +220,7 @@ class CommandRunner:
                 emits.append(e)
                 emit_sources.append(source)
         # No provider call is in flight between processing stages (they never overlap).
-        await processor.gateways.close_retired()
+        await processor.gateways.close_retired(processor.tenants)
         _PROCESS_SECONDS.observe(time.perf_counter() - started)
         return ProcessedBatch(events, emits, records, changelog, emit_sources, record_sources)
 
@@ -399,7 +399,9 @@ async def process_commands(stream: Any) -> None:
     are finished and their offsets committed first, and a failure that cannot be
     retried ends the process without committing, so the commands are redelivered.
     """
-    offsets = DurableOffsets(app, published=COMMITTED)
+    offsets = DurableOffsets(
+        app, published=COMMITTED, agent="commands", topic=commands_topic.get_topic_name()
+    )
     guard = ContinuityGuard(app, commands_topic.get_topic_name())
     chain = DeliveryChain()
     queue = stream.channel.queue

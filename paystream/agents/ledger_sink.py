@@ -191,10 +191,11 @@ class LedgerSinkRunner:
         dead = dict(translated.dead)
         for letter in result.dead_letters:
             dead.setdefault(translated.origin[letter.event_id], letter)
-        for letter in translated.dead.values():
-            DEAD_LETTERS.labels(letter.reason).inc()  # the sink counted its own already
         if dead:
             await self._park(records, dead)
+            # Counted once parked: a batch whose parking failed is run again.
+            for letter in dead.values():
+                DEAD_LETTERS.labels(letter.reason).inc()
         self.processed += len(events)
 
     async def _park(self, records: Sequence[RawRecord], dead: Mapping[int, DeadLetter]) -> None:
@@ -259,7 +260,7 @@ async def store_outcomes(stream: Any) -> None:
     it (flow control, a rebalance) would be committed past and never reach the ledger,
     so the same guard as the command agent's reads such gaps from the broker first.
     """
-    offsets = DurableOffsets(app)
+    offsets = DurableOffsets(app, agent="ledger_sink", topic=events_topic.get_topic_name())
     guard = ContinuityGuard(app, events_topic.get_topic_name())
     queue = stream.channel.queue
     committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))

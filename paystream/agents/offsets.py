@@ -11,6 +11,8 @@ from typing import cast
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, AppT, EventT
 
+from paystream import metrics
+
 __all__ = ["DurableOffsets", "commit_periodically", "despite_cancellation"]
 
 log = logging.getLogger(__name__)
@@ -25,12 +27,47 @@ class DurableOffsets:
     outcomes never stored in the ledger.
     """
 
-    def __init__(self, app: AppT, *, published: dict[int, int] | None = None) -> None:
-        """``published``: where to record, per partition, the offset last committed."""
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        published: dict[int, int] | None = None,
+        agent: str = "",
+        topic: str = "",
+    ) -> None:
+        """``published``: where to record, per partition, the offset last committed.
+        ``agent``, ``topic``: what the progress metrics call this agent, and its topic
+        (empty: not in the metrics)."""
         self._app = app
         self._published = published
         self._ready: dict[TP, int] = {}
         self._generation: int | None = None  # the consumer generation ``_ready`` is of
+        self.agent, self.topic = agent, topic
+        self._committed: dict[TP, int] = {}  # what this worker committed, per partition
+        self.committed_at = 0.0  # Unix time of the last commit that moved any (0: none)
+        if agent and topic:
+            metrics.PROGRESS.track(self)
+
+    def lag(self) -> dict[TP, int]:
+        """Per partition this worker owns: records on the broker (as of its latest fetch)
+        past the offset committed for them, i.e. not yet durably handled."""
+        consumer = cast(FaustConsumer, self._app.consumer)
+        known = getattr(consumer, "_committed_offset", {})  # where Faust started it
+        out: dict[TP, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic != self.topic:
+                continue
+            # Never committed by the group: all of the partition is still to be handled
+            # (counted from offset 0, so a topic trimmed by retention reads high until
+            # the first commit).
+            done = self._committed.get(tp, known.get(tp)) or 0
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not fetched from yet (or the consumer is going away)
+                high = None
+            if high is not None:
+                out[tp] = max(0, int(high) - int(done))
+        return out
 
     def advance(self, events: Sequence[EventT]) -> None:
         # Events of an older generation (the batch outlived a rebalance) are left out:
@@ -72,6 +109,9 @@ class DurableOffsets:
         # Only now are they done with: a commit that failed or was cancelled leaves them
         # for the next one. Later batches may have advanced some partitions meanwhile.
         for tp, offset in offsets.items():
+            if committed:
+                self._committed[tp] = offset
+                self.committed_at = time.time()
             if self._ready.get(tp) == offset:
                 del self._ready[tp]
             published = self._published

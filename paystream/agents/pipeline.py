@@ -35,6 +35,7 @@ from paystream.agents.handlers import (
 )
 from paystream.errors import ConfigurationError
 from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, valid_unicode
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
@@ -70,6 +71,8 @@ from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 __all__ = ["CommandProcessor", "Emit", "Inbound"]
 
 log = logging.getLogger(__name__)
+# Parks and dead letters can come for every record (a provider down, a broken producer).
+_throttled = ThrottledLog(log)
 
 
 @dataclass(frozen=True)
@@ -948,8 +951,7 @@ class CommandProcessor:
             return Rejection(RejectReason.GATEWAY_NOT_CONFIGURED, exc.message)
         except (CryptoError, ConfigurationError) as exc:
             # A secret sealed under another key or tenant, or bad gateway options: the
-            # tenant's setup is wrong. Messages name key ids and options, never secrets.
-            log.warning("tenant %s gateway not usable: %s", tenant.tenant_id, exc)
+            # tenant's setup is wrong (the pool logs it once per tenant record).
             return Rejection(RejectReason.GATEWAY_NOT_CONFIGURED, str(exc))
 
     # ---- emitted records ----------------------------------------------------------
@@ -1009,7 +1011,14 @@ class CommandProcessor:
         where it came from and why, and the rejection names no attribute that held one.
         """
         metrics.DEAD_LETTERS.labels(reason).inc()
-        log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
+        _throttled.warning(
+            ("dead-letter", rec.topic, reason),
+            "dead-lettering %s[%d]@%d: %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            reason,
+        )
         # An oversized record is not parsed (at any size): its escapes are resolved as text.
         try:
             card = suspicious and _raw_holds_card(
@@ -1102,7 +1111,13 @@ class CommandProcessor:
     def _to_retry_topic(self, rec: Inbound, cmd: CommandRef, reason: str) -> list[Emit]:
         """The command's record, as it came, on the retry topic; ``reason`` says why."""
         metrics.PARKED.labels(cmd.tenant_id).inc()
-        log.warning("parking command %s of %s: %s", cmd.command_id, cmd.tenant_id, reason)
+        _throttled.warning(
+            ("park", cmd.tenant_id, reason),
+            "parking command %s of %s: %s",
+            cmd.command_id,
+            cmd.tenant_id,
+            reason,
+        )
         headers = tuple(
             sorted(
                 {

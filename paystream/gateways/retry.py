@@ -88,6 +88,14 @@ class CircuitBreaker:
     def on_success(self) -> None:
         self.state, self.failures, self._trial_in_flight = CircuitState.CLOSED, 0, False
 
+    def refusing(self) -> bool:
+        """Would a call now be held back? (Open and not yet due a probe, or a probe is
+        out.) Read at scrape time: a circuit nobody calls any more stops showing open
+        once its probe is due, rather than for as long as the process lives."""
+        if self.state is CircuitState.OPEN:
+            return self.clock() - self.opened_at < self.reset_seconds
+        return self.state is CircuitState.HALF_OPEN and self._trial_in_flight
+
     def release(self) -> None:
         """A call ended without an answer either way (cancelled): another may probe."""
         self._trial_in_flight = False
@@ -99,7 +107,7 @@ class CircuitBreaker:
             self.state, self.opened_at = CircuitState.OPEN, self.clock()
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the metrics follow each policy by weak reference
 class RetryPolicy:
     """Retry transient failures with exponential backoff and full jitter, per circuit."""
 
@@ -128,6 +136,11 @@ class RetryPolicy:
                 self.failure_threshold, self.reset_seconds, clock=self.clock
             )
         return self.breakers[key]
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop the tenant's circuits (it was removed, or moved to another provider)."""
+        for key in [k for k in self.breakers if k[0] == tenant_id]:
+            del self.breakers[key]
 
     def delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, base * 2^(attempt-1)], capped."""

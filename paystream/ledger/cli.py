@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
+from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
 from paystream.errors import PaystreamError
@@ -41,6 +42,8 @@ def run_db(coro: Coroutine[Any, Any, T]) -> T:
     except DBAPIError as exc:  # bad password, missing database, ...: first line only
         lines = str(exc.orig or exc).strip().splitlines()
         raise click.ClickException(f"database error: {lines[0] if lines else exc}") from exc
+    except CommandError as exc:  # alembic: an unknown revision, ...
+        raise click.ClickException(f"migration: {exc}") from exc
 
 
 def _app_password(settings: Settings) -> str | None:
@@ -121,9 +124,14 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
             await engine.dispose()
 
     results = run_db(go())
-    failed = 0
+    failed = empty = 0
     for res in results:
-        if res.ok:
+        if res.ok and not res.checked:
+            empty += 1  # a mistyped id must not read as a verified chain
+            click.echo(
+                f"{res.tenant_id}: no audit entries recorded for this tenant id (check the id)"
+            )
+        elif res.ok:
             click.echo(f"{res.tenant_id}: ok, {res.checked} audit entries verified")
         else:
             failed += 1
@@ -133,6 +141,9 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
             )
             for problem in res.problems:
                 click.echo(f"  - {problem}")
-    click.echo(f"{len(results) - failed}/{len(results)} tenant chain(s) intact")
+    click.echo(
+        f"{len(results) - failed - empty}/{len(results)} tenant chain(s) intact"
+        + (f", {empty} with no entries" if empty else "")
+    )
     if failed:
         raise SystemExit(1)

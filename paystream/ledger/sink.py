@@ -426,8 +426,8 @@ class LedgerSink:
         EVENTS_WRITTEN.labels("duplicate").inc(w.duplicates)
         ENTITIES.labels("applied").inc(w.entities_applied)
         ENTITIES.labels("stale").inc(w.entities_stale)
-        for dead in result.dead_letters:
-            DEAD_LETTERS.labels(dead.reason).inc()
+        # (Dead letters are counted by whoever parks them, once they are parked: a batch
+        # whose parking failed runs again and would count them again.)
         return result
 
     async def _write_isolating(self, events: list[LedgerEvent], result: BatchResult) -> None:

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Container
 from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
+from paystream.errors import ConfigurationError
 from paystream.gateways.base import GatewayContext, PaymentGateway
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.registry import GatewayDeps, build_gateway
+from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.models import Tenant
 
 __all__ = ["GatewayPool", "SecretOpener"]
+
+log = logging.getLogger(__name__)
+
+# How often the pool looks for tenants removed from the registry (their clients closed).
+ABSENT_SWEEP_SECONDS = 30.0
 
 T = TypeVar("T")
 SecretOpener = Callable[[Tenant, str], SecretStr]
@@ -43,6 +52,12 @@ class GatewayPool:
         self._last_seen: dict[str, tuple[Tenant, PaymentGateway]] = {}
         self._calls: dict[str, tuple[Tenant, GatewayCall]] = {}
         self._retired: list[PaymentGateway] = []
+        # A tenant whose gateway cannot be built (a secret sealed under a key this worker
+        # lacks, bad options): the error, until its record changes. Rebuilt and logged
+        # for every command, a misconfigured tenant flooded the log and cost a decryption
+        # attempt per command.
+        self._failed: dict[str, tuple[str, Exception]] = {}
+        self._swept_at = time.monotonic()
 
     def get(self, tenant: Tenant) -> PaymentGateway:
         seen = self._last_seen.get(tenant.tenant_id)
@@ -57,6 +72,26 @@ class GatewayPool:
         cached = self._cache.get(tenant.tenant_id)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
+        failed = self._failed.get(tenant.tenant_id)
+        if failed is not None and failed[0] == fingerprint:
+            raise failed[1]
+        if cached is not None and cached[1].provider != tenant.gateway:
+            self._forget_circuits(tenant.tenant_id)  # its old provider's
+        try:
+            gateway = self._build(tenant)
+        except (GatewayError, CryptoError, ConfigurationError) as exc:
+            self._failed[tenant.tenant_id] = (fingerprint, exc)
+            # Once per record: messages name key ids and options, never secrets.
+            log.warning("tenant %s: gateway not usable: %s", tenant.tenant_id, exc)
+            raise
+        self._failed.pop(tenant.tenant_id, None)
+        if cached is not None:
+            # The tenant's record changed (e.g. a rotated key): retire the old client.
+            self._retired.append(cached[1])
+        self._cache[tenant.tenant_id] = (fingerprint, gateway)
+        return gateway
+
+    def _build(self, tenant: Tenant) -> PaymentGateway:
         credentials: dict[str, SecretStr] = {}
         for name in tenant.secrets:
             if self._open_secret is None:
@@ -74,12 +109,7 @@ class GatewayPool:
             options=tenant.gateway_options,
             connected_account=tenant.connected_account,
         )
-        gateway = build_gateway(ctx, self.deps)
-        if cached is not None:
-            # The tenant's record changed (e.g. a rotated key): retire the old client.
-            self._retired.append(cached[1])
-        self._cache[tenant.tenant_id] = (fingerprint, gateway)
-        return gateway
+        return build_gateway(ctx, self.deps)
 
     def call_for(self, tenant: Tenant) -> GatewayCall:
         """The retry/circuit-breaker wrapper for this tenant's provider calls."""
@@ -90,11 +120,34 @@ class GatewayPool:
             cached = self._calls[tenant.tenant_id] = (tenant, self._call_policy(tenant))
         return cached[1]
 
-    async def close_retired(self) -> None:
-        """Close clients replaced since the last call (between batches, never mid-call)."""
+    async def close_retired(self, registered: Container[str] | None = None) -> None:
+        """Close clients replaced since the last call (between batches, never mid-call),
+        and, every ``ABSENT_SWEEP_SECONDS``, those of tenants no longer ``registered``."""
+        if registered is not None and time.monotonic() - self._swept_at >= ABSENT_SWEEP_SECONDS:
+            self._swept_at = time.monotonic()
+            self.retire_absent(registered)
         retired, self._retired = self._retired, []
         for gateway in retired:
             await gateway.aclose()
+
+    def retire_absent(self, registered: Container[str]) -> None:
+        """Let go of what the pool holds for tenants removed from the registry: their
+        clients (each holds a connection pool) are closed at the next ``close_retired``,
+        and their circuits forgotten."""
+        known = self._cache.keys() | self._failed.keys() | self._calls.keys()
+        for tenant_id in [t for t in known if t not in registered]:
+            cached = self._cache.pop(tenant_id, None)
+            if cached is not None:
+                self._retired.append(cached[1])
+            self._last_seen.pop(tenant_id, None)
+            self._calls.pop(tenant_id, None)
+            self._failed.pop(tenant_id, None)
+            self._forget_circuits(tenant_id)
+
+    def _forget_circuits(self, tenant_id: str) -> None:
+        forget = getattr(self._call_policy, "forget", None)
+        if forget is not None:
+            forget(tenant_id)
 
     async def aclose(self) -> None:
         await self.close_retired()

@@ -537,7 +537,8 @@ def _quota(
     if cap is not None and amount > cap:
         return LimitRejection(
             "quota_exceeded",
-            f"amount {amount} {currency} is over the tenant's per-payment limit of {cap}",
+            f"amount {format_minor(amount, currency)} is over the tenant's per-payment "
+            f"limit of {format_minor(cap, currency)}",
             {"limit": "max_payment_amount", "currency": currency, "allowed": cap},
         )
     daily = limits.daily_payment_volume.get(currency)
@@ -556,9 +557,14 @@ def _quota(
     if used + held + amount > daily:
         return LimitRejection(
             "quota_exceeded",
-            f"amount {amount} {currency} would take the tenant's volume on {day} to "
-            f"{used + held + amount}, over its daily limit of {daily}"
-            + (f" ({held} of it held by payments not yet answered)" if held else ""),
+            f"amount {format_minor(amount, currency)} would take the tenant's volume on "
+            f"{day} to {format_minor(used + held + amount, currency)}, over its daily limit "
+            f"of {format_minor(daily, currency)}"
+            + (
+                f" ({format_minor(held, currency)} of it held by payments not yet answered)"
+                if held
+                else ""
+            ),
             {
                 "limit": "daily_payment_volume",
                 "currency": currency,

@@ -9,26 +9,33 @@ from typing import Any, TypeVar
 from paystream import metrics
 from paystream.gateways.deadlines import CallDeadlines
 from paystream.gateways.errors import ErrorCode, GatewayError
-from paystream.gateways.retry import CircuitState, RetryPolicy
+from paystream.gateways.retry import RetryPolicy
 from paystream.settings import Settings
 from paystream.tenancy.models import Tenant
 
-__all__ = ["call_policy"]
+__all__ = ["CallPolicy", "call_policy"]
 
 T = TypeVar("T")
 
 
-def call_policy(settings: Settings) -> Callable[[Tenant], Callable[..., Awaitable[Any]]]:
+class CallPolicy:
     """Per-tenant call wrappers sharing one RetryPolicy (and its breakers) per worker."""
-    policy = RetryPolicy.from_settings(settings)
-    timeout = settings.gateway_timeout_seconds
-    # A limit may overrun by one tick: a tenth of it, at most 100 ms.
-    deadlines = CallDeadlines(tick=min(0.1, timeout / 10))
 
-    def for_tenant(tenant: Tenant) -> Callable[..., Awaitable[Any]]:
+    def __init__(self, settings: Settings) -> None:
+        self.policy = RetryPolicy.from_settings(settings)
+        metrics.BREAKER_OPEN.track(self.policy)
+        self.timeout = settings.gateway_timeout_seconds
+        # A limit may overrun by one tick: a tenth of it, at most 100 ms.
+        self.deadlines = CallDeadlines(tick=min(0.1, self.timeout / 10))
+
+    def forget(self, tenant_id: str) -> None:
+        """The tenant was removed or changed provider: its circuits go (and their gauge)."""
+        self.policy.forget(tenant_id)
+
+    def __call__(self, tenant: Tenant) -> Callable[..., Awaitable[Any]]:
+        policy, deadlines, timeout = self.policy, self.deadlines, self.timeout
         provider = tenant.gateway
         # Label lookups cost more than the updates: resolve them once per tenant wrapper.
-        breaker_open = metrics.BREAKER_OPEN.labels(tenant.tenant_id, provider)
         call_seconds: dict[str, Any] = {}
 
         async def attempt(fn: Callable[[], Awaitable[T]]) -> T:
@@ -54,17 +61,12 @@ def call_policy(settings: Settings) -> Callable[[Tenant], Callable[..., Awaitabl
                     )
                 histogram.observe(time.perf_counter() - started)
 
-        breaker = policy.breaker(tenant.tenant_id, provider)
-        shown: list[CircuitState | None] = [None]  # the state the gauge shows
-
         async def call(fn: Callable[[], Awaitable[T]]) -> T:
-            try:
-                return await policy.call(tenant.tenant_id, provider, lambda: attempt(fn))
-            finally:
-                if breaker.state is not shown[0]:  # a gauge update per call cost ~1%
-                    shown[0] = breaker.state
-                    breaker_open.set(0 if breaker.state is CircuitState.CLOSED else 1)
+            return await policy.call(tenant.tenant_id, provider, lambda: attempt(fn))
 
         return call
 
-    return for_tenant
+
+def call_policy(settings: Settings) -> CallPolicy:
+    """The worker's provider call policy (one per process: its breakers are shared)."""
+    return CallPolicy(settings)

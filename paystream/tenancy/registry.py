@@ -155,8 +155,8 @@ async def _records_since(
 ) -> list[tuple[TopicPartition, int, bytes | None, bytes | None]]:
     """Every registry record from ``since`` (per partition; 0 where absent) to the end."""
     consumer = _reader(settings)
-    await consumer.start()
     try:
+        await consumer.start()  # (inside: a consumer that failed to start is stopped too)
         tps = await topic_partitions(consumer, settings.tenants_topic)
         if not tps:
             return []
@@ -227,8 +227,8 @@ async def _read_registry_with_ends(
     """:func:`read_registry`, and the end offset each partition was read to."""
     registry = RegistryMirror(settings)
     consumer = _reader(settings)
-    await consumer.start()
     try:
+        await consumer.start()  # (inside: a consumer that failed to start is stopped too)
         tps = await topic_partitions(consumer, settings.tenants_topic)
         if not tps:
             return registry, {}

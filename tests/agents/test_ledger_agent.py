@@ -5,15 +5,19 @@ its body ended, so a shutdown during a database outage committed past its outcom
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from paystream.agents import ledger_sink
 from paystream.agents.continuity import ContinuityGuard
 from paystream.errors import ConfigurationError
+from paystream.settings import load_settings
 from tests.agents.test_shutdown import P0, PassThroughGuard, StandInConsumer, event, stand_in_app
 
 pytestmark = pytest.mark.asyncio
@@ -162,3 +166,42 @@ async def test_an_outcome_nested_too_deeply_is_parked_not_retried_for_ever() -> 
     assert "nested deeper than 64 levels" in translated.dead[0].detail
     assert 1 not in translated.dead, translated.dead.get(1)
     assert len(translated.events) == 1
+
+
+async def test_a_dead_letter_is_counted_once_however_often_its_parking_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ledger's dead-letter topic unreachable three times: the batch is run four
+    times, its one bad outcome parked once and counted once (it was counted on every
+    run, so an alert on the counter kept climbing for one record)."""
+    ls = ledger_sink
+
+    def counted() -> float:
+        labels = {"reason": "undecodable"}
+        return REGISTRY.get_sample_value("paystream_ledger_dead_letters_total", labels) or 0.0
+
+    cfg = load_settings(
+        database_url="postgresql://owner@127.0.0.1:1/x",
+        db_app_password="pw",
+        master_key=base64.b64encode(os.urandom(32)).decode(),
+    )
+    runner = ls.LedgerSinkRunner(cfg)
+    failures, parked = [3], []
+
+    async def park(records: object, dead: dict[int, object]) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("ledger dead-letter topic unreachable")
+        parked.extend(dead)
+
+    monkeypatch.setattr(runner, "_park", park)
+    monkeypatch.setattr(ls, "runner", runner)
+    monkeypatch.setattr(ls, "RETRY_FIRST_SECONDS", 0.01)
+    msg = SimpleNamespace(
+        key=b"acme", value=b"not a cloudevent", headers=[], timestamp=1.0,
+        topic="paystream.events", partition=0, offset=7,
+    )  # fmt: skip
+    before = counted()
+    await ls._until_stored([SimpleNamespace(message=msg)])  # type: ignore[list-item]
+    assert len(parked) == 1
+    assert counted() - before == 1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from paystream.client import build_command
@@ -42,6 +43,18 @@ def _metric(base_url: str, name: str) -> float:
             for line in resp.read().decode().splitlines()
             if line.startswith((name + " ", name + "{"))
         )
+
+
+def _lag(base_url: str) -> dict[str, float]:
+    """``paystream_consumer_lag_records`` summed per agent."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {"commands": 0.0, "ledger_sink": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name == "paystream_consumer_lag_records":
+            for sample in family.samples:
+                out[sample.labels["agent"]] += sample.value
+    return out
 
 
 async def _until(check: Any, timeout: float, what: str) -> None:
@@ -100,6 +113,14 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
 
                 await _until(stalled, 30, "the sink to report itself stalled")
                 failures = _metric(worker.base_url, "paystream_ledger_write_failures_total")
+                # An operator sees the sink behind while the command agent keeps up.
+                assert _lag(worker.base_url)["ledger_sink"] > 0
+
+                async def commands_kept_up() -> bool:
+                    return _lag(worker.base_url)["commands"] == 0
+
+                await _until(commands_kept_up, 10, "the command agent's lag to be zero")
+                assert _lag(worker.base_url)["ledger_sink"] > 0
                 pg.resume()
 
                 async def caught_up() -> bool:
@@ -109,6 +130,18 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
                         return False
 
                 await _until(caught_up, 60, "the ledger to catch up")
+
+                async def committed() -> bool:
+                    return _lag(worker.base_url)["ledger_sink"] == 0
+
+                await _until(committed, 30, "the sink's lag to return to zero")
+                assert (
+                    _metric(
+                        worker.base_url,
+                        'paystream_agent_committed_timestamp_seconds{agent="ledger_sink"}',
+                    )
+                    > time.time() - 60
+                )
         assert failures >= 1
         assert await _ledger_counts(engine) == (len(commands), len(commands))  # none doubled
         for tenant in TENANTS:

@@ -519,7 +519,12 @@ def test_cli_migrate_and_audit_verify(cli_database_url: str) -> None:
     assert "ledger schema at revision" in up.output and "base" not in up.output
     ok = runner.invoke(audit_group, ["verify", "--tenant", "acme", "--tenant", "globex"], env=env)
     assert ok.exit_code == 0, ok.output
-    assert "2/2 tenant chain(s) intact" in ok.output
+    # Nothing recorded yet: said so, not "intact" (a mistyped id read as a verified chain).
+    assert "0/2 tenant chain(s) intact, 2 with no entries" in ok.output
+    assert "acme: no audit entries recorded for this tenant id" in ok.output
+    unknown = runner.invoke(migrate_command, ["--revision", "9999"], env=env)
+    assert unknown.exit_code == 1 and "migration:" in unknown.output, unknown.output
+    assert "Traceback" not in unknown.output
     # Without the app password the owner (a superuser here) would bypass RLS: refused.
     refused = runner.invoke(
         audit_group, ["verify", "--tenant", "acme"], env={**env, "PAYSTREAM_DB_APP_PASSWORD": None}

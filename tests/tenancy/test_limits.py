@@ -114,6 +114,8 @@ def test_per_payment_cap_is_per_currency_and_only_for_payments() -> None:
     assert isinstance(g.pay(1000), Admission)
     over = rejected(g.pay(1001), "quota_exceeded")
     assert over.extra == {"limit": "max_payment_amount", "currency": "USD", "allowed": 1000}
+    # People read the message: major units (the extra keeps minor units for machines).
+    assert "10.01 USD" in over.message and "limit of 10.00 USD" in over.message
     assert isinstance(g.pay(50_000, currency="EUR"), Admission)
     assert isinstance(g.send(T0, "refund.create", Pay(50_000)), Admission)
 
@@ -127,6 +129,8 @@ def test_daily_volume_counts_money_that_moved_per_utc_day() -> None:
     over = rejected(g.pay(600), "quota_exceeded")
     assert over.extra["used"] == 2500 and over.extra["allowed"] == 3000
     assert over.extra["limit"] == "daily_payment_volume"
+    assert "6.00 USD" in over.message and "to 31.00 USD" in over.message
+    assert "daily limit of 30.00 USD" in over.message
     assert isinstance(g.pay(500), Admission)  # exactly at the limit
     next_day = T0 + DAY_MS
     assert isinstance(g.pay(3000, at_ms=next_day), Admission)

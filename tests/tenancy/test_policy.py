@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from paystream import metrics
 from paystream.gateways.errors import ErrorCode, GatewayError
@@ -56,6 +57,16 @@ async def test_policy_passes_answers_and_provider_errors_through() -> None:
     assert caught.value.code is ErrorCode.CARD_DECLINED
 
 
+def _circuit_open(tenant: str, provider: str = "simulator") -> float | None:
+    return REGISTRY.get_sample_value(
+        "paystream_circuit_open", {"tenant": tenant, "provider": provider}
+    )
+
+
+async def _down() -> str:
+    raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+
 async def test_policy_breaker_gauge_follows_the_circuit() -> None:
     settings = load_settings(
         gateway_timeout_seconds=1.0,
@@ -65,16 +76,40 @@ async def test_policy_breaker_gauge_follows_the_circuit() -> None:
     )
     tenant = Tenant(tenant_id="t-gauge", gateway="simulator")
     call = call_policy(settings)(tenant)
-    gauge = metrics.BREAKER_OPEN.labels("t-gauge", "simulator")
 
     async def ok() -> str:
         return "ok"
 
-    async def down() -> str:
-        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
-
     await call(ok)
-    assert gauge._value.get() == 0
+    assert _circuit_open("t-gauge") == 0
     with pytest.raises(RetriesExhausted):
-        await call(down)
-    assert gauge._value.get() == 1
+        await call(_down)
+    assert _circuit_open("t-gauge") == 1
+    await asyncio.sleep(0)
+    assert _circuit_open("t-gauge") == 1  # held back until its probe is due
+
+
+async def test_a_circuit_nobody_calls_stops_showing_open_when_its_probe_is_due() -> None:
+    """Its tenant's partitions moved to another worker: this one must not report the
+    circuit open for as long as it lives (an alert on the gauge would never clear)."""
+    settings = load_settings(
+        gateway_max_attempts=1, breaker_failure_threshold=1, breaker_reset_seconds=0.05
+    )
+    call = call_policy(settings)(Tenant(tenant_id="t-moved", gateway="simulator"))
+    with pytest.raises(RetriesExhausted):
+        await call(_down)
+    assert _circuit_open("t-moved") == 1
+    await asyncio.sleep(0.1)
+    assert _circuit_open("t-moved") == 0
+
+
+async def test_a_forgotten_tenant_has_no_circuit_gauge() -> None:
+    settings = load_settings(
+        gateway_max_attempts=1, breaker_failure_threshold=1, breaker_reset_seconds=60
+    )
+    policy = call_policy(settings)
+    with pytest.raises(RetriesExhausted):
+        await policy(Tenant(tenant_id="t-gone", gateway="simulator"))(_down)
+    assert _circuit_open("t-gone") == 1
+    policy.forget("t-gone")
+    assert _circuit_open("t-gone") is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,6 +21,7 @@ from pydantic import SecretStr
 from paystream.gateways.base import (
     AcceptDispute,
     CapturePayment,
+    CreateCustomer,
     CreatePayment,
     CreateRefund,
     DeleteCustomer,
@@ -417,3 +419,43 @@ async def test_an_answer_stripe_keeps_for_the_key_is_not_retried_under_it() -> N
     with pytest.raises(RetriesExhausted):
         await quick.call("t3", "stripe", lambda: gw.create_payment(PAY, idempotency_key="k"))
     assert len(fake.requests) == 3
+
+
+async def test_the_worker_keeps_stripe_sdk_logs_of_customer_data_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At the worker's default level the SDK's per-call INFO lines, and its error line
+    echoing what was sent (an e-mail address), are not written; paystream's own
+    rejection says what went wrong, by code."""
+    from paystream.worker import quiet_libraries
+
+    def reply(req: dict[str, Any]) -> Response:
+        email = req["form"].get("email", [""])[0]
+        if email == "jane.doe@example":
+            error = {
+                "type": "invalid_request_error",
+                "code": "email_invalid",
+                "param": "email",
+                "message": f"Invalid email address: {email}",
+            }
+            return 400, {"error": error}
+        return 200, {"id": "cus_1", "object": "customer", "email": email}
+
+    stripe_logger = logging.getLogger("stripe")
+    before = stripe_logger.level
+    quiet_libraries("info")
+    gw, _ = gateway(reply)
+    try:
+        with caplog.at_level(logging.INFO):
+            await gw.create_customer(CreateCustomer(email="c1@example.com"), idempotency_key="k1")
+            with pytest.raises(GatewayError) as refused:
+                await gw.create_customer(
+                    CreateCustomer(email="jane.doe@example"), idempotency_key="k2"
+                )
+    finally:
+        await gw.aclose()
+        stripe_logger.setLevel(before)
+    assert refused.value.code.value == "invalid_request"
+    assert not [r for r in caplog.records if r.name.startswith("stripe")], caplog.text
+    assert "jane.doe" not in caplog.text
+    assert logging.getLogger("aiokafka").level == logging.INFO

@@ -1,0 +1,135 @@
+"""The per-tenant gateway pool: clients built once per tenant record, let go of when the
+tenant goes, and a tenant whose gateway cannot be built tried once per record."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.retry import RetriesExhausted
+from paystream.settings import load_settings
+from paystream.tenancy import gateways as pool_module
+from paystream.tenancy.crypto import CryptoError
+from paystream.tenancy.gateways import GatewayPool
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.policy import call_policy
+
+SEALED = {"api_key": "v1.mk-0000.AAAA.AAAA"}
+
+
+def _pool(opened: list[str], redis: object = None, **kw: object) -> GatewayPool:
+    def open_secret(tenant: Tenant, name: str) -> SecretStr:
+        opened.append(tenant.tenant_id)
+        raise CryptoError(f"{name} is sealed under master key mk-0000, which is not loaded")
+
+    settings = load_settings(gateway_max_attempts=1, breaker_failure_threshold=1, **kw)
+    return GatewayPool(
+        GatewayDeps(settings=settings, redis=redis),
+        open_secret=open_secret,
+        call_policy=call_policy(settings),
+    )
+
+
+async def test_a_tenant_whose_gateway_cannot_be_built_is_tried_and_logged_once_per_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A secret sealed under a key the worker lacks: every command used to rebuild the
+    gateway, try the decryption again and log a warning (500 commands, 500 lines)."""
+    opened: list[str] = []
+    pool = _pool(opened)
+    tenant = Tenant(tenant_id="t-sealed", gateway="stripe", secrets=SEALED)
+    with caplog.at_level(logging.WARNING, logger=pool_module.__name__):
+        for _ in range(50):
+            # A fresh Tenant object each time, as the registry hands one per record read.
+            with pytest.raises(CryptoError):
+                pool.get(Tenant.model_validate(tenant.model_dump()))
+    assert opened == ["t-sealed"]
+    warnings = [r for r in caplog.records if "t-sealed" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "AAAA" not in caplog.text
+    # The record changes (a rotated secret): built, and refused, afresh.
+    changed = Tenant(tenant_id="t-sealed", gateway="stripe", secrets={"api_key": "v1.mk-0001.B.B"})
+    with pytest.raises(CryptoError):
+        pool.get(changed)
+    assert opened == ["t-sealed", "t-sealed"]
+    await pool.aclose()
+
+
+async def test_a_removed_tenant_s_client_is_closed_and_its_circuit_forgotten(
+    redis_url: str,
+) -> None:
+    redis = aioredis.from_url(redis_url)
+    pool = _pool([], redis)
+    kept = Tenant(tenant_id="t-kept", gateway="simulator")
+    gone = Tenant(tenant_id="t-removed", gateway="simulator")
+    gone_gateway = pool.get(gone)
+    pool.get(kept)
+    closed: list[str] = []
+    original = gone_gateway.aclose
+
+    async def aclose() -> None:
+        closed.append("t-removed")
+        await original()
+
+    gone_gateway.aclose = aclose  # type: ignore[method-assign]
+
+    async def down() -> None:
+        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+    with pytest.raises(RetriesExhausted):
+        await pool.call_for(gone)(down)
+    labels = {"tenant": "t-removed", "provider": "simulator"}
+    assert REGISTRY.get_sample_value("paystream_circuit_open", labels) == 1
+
+    await pool.close_retired({"t-kept", "t-removed"})
+    assert closed == []  # still registered (and the sweep is not due yet)
+    pool.retire_absent({"t-kept"})
+    await pool.close_retired()
+    assert closed == ["t-removed"]
+    assert REGISTRY.get_sample_value("paystream_circuit_open", labels) is None
+    assert pool.get(kept) is pool.get(kept)  # the others keep their clients
+    await pool.aclose()
+    await redis.aclose()
+    assert closed == ["t-removed"]  # closed once
+
+
+async def test_the_registry_sweep_runs_between_batches_when_due(
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redis = aioredis.from_url(redis_url)
+    pool = _pool([], redis)
+    pool.get(Tenant(tenant_id="t-swept", gateway="simulator"))
+    monkeypatch.setattr(pool_module, "ABSENT_SWEEP_SECONDS", 0.0)
+    await pool.close_retired(set())
+    assert "t-swept" not in pool._cache
+    await pool.aclose()
+    await redis.aclose()
+
+
+async def test_a_tenant_moved_to_another_provider_loses_the_old_circuit(
+    redis_url: str,
+) -> None:
+    redis = aioredis.from_url(redis_url)
+    pool = _pool([], redis)
+    before = Tenant(tenant_id="t-moving", gateway="simulator")
+    pool.get(before)
+
+    async def down() -> None:
+        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+    with pytest.raises(RetriesExhausted):
+        await pool.call_for(before)(down)
+    labels = {"tenant": "t-moving", "provider": "simulator"}
+    assert REGISTRY.get_sample_value("paystream_circuit_open", labels) == 1
+    with pytest.raises(GatewayError):  # (its Stripe key not given yet)
+        pool.get(Tenant(tenant_id="t-moving", gateway="stripe"))
+    assert REGISTRY.get_sample_value("paystream_circuit_open", labels) is None
+    await pool.aclose()
+    await redis.aclose()
