@@ -755,16 +755,31 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
         if n == total or n % 100 == 0:
             click.echo(f"\rrecords read: {n}/{total}", nl=n == total, err=True)
 
-    result = _run(
-        replay(
-            settings,
-            _dlq_topics(settings, which),
-            limit=limit,
-            dry_run=dry_run,
-            include_stale=include_stale,
-            progress=progress,
+    done: Counter[str] = Counter()  # what was done so far, for an interrupted replay
+
+    def observe(_rec: Any, what: str) -> None:
+        done[what] += 1  # REPLAYED, PASSED_OVER or HELD_BACK (paystream.dlq)
+
+    try:
+        result = _run(
+            replay(
+                settings,
+                _dlq_topics(settings, which),
+                limit=limit,
+                dry_run=dry_run,
+                include_stale=include_stale,
+                progress=progress,
+                observe=observe,
+            )
         )
-    )
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: {verb} {done['replayed']} record(s), passed over "
+            f"{done['passed over']}"
+            + ("" if dry_run else "; what was done is committed: run it again to go on"),
+            err=True,
+        )
+        sys.exit(130)
     if result.stale:
         hours = stale_after_ms(settings) / 3_600_000
         click.echo(

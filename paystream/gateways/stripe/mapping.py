@@ -52,8 +52,10 @@ _DISPUTE_STATUS = {
     # The card network's appeal of a decision: the tenant may answer again.
     "appeal_needs_response": DisputeStatus.NEEDS_RESPONSE,
     "appeal_under_review": DisputeStatus.UNDER_REVIEW,
-    # Stopped before it became a chargeback: the money stays with the merchant.
-    "prevented": DisputeStatus.WON,
+    # Stopped before it became a chargeback (Visa's Rapid Dispute Resolution): the
+    # cardholder was refunded from the merchant's balance, with no chargeback fee. The
+    # money went back, as with charge_refunded: not a dispute the merchant won.
+    "prevented": DisputeStatus.LOST,
 }
 
 

@@ -342,7 +342,7 @@ async def test_refund() -> None:
         ("charge_refunded", DisputeStatus.LOST),
         ("appeal_needs_response", DisputeStatus.NEEDS_RESPONSE),
         ("appeal_under_review", DisputeStatus.UNDER_REVIEW),
-        ("prevented", DisputeStatus.WON),
+        ("prevented", DisputeStatus.LOST),  # RDR: the cardholder was refunded
     ],
 )
 async def test_submit_dispute_evidence(stripe_status: str, ours: DisputeStatus) -> None:
