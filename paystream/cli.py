@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import click
 from aiokafka.errors import KafkaError
@@ -94,25 +94,27 @@ def _without_password(value: Any) -> Any:
     a mistyped URL is what an operator running `paystream config` is looking at."""
     if not isinstance(value, str) or "://" not in value:
         return value
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "<not a readable URL: hidden>"
-    netloc, query = parts.netloc, parts.query
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        if ":" in user:
-            netloc = user.split(":", 1)[0] + ":***@" + host
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-        masked = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs]
-        query = urlencode(masked, safe="*")
-    if (netloc, query) == (parts.netloc, parts.query):
-        return value
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    scheme, _, rest = value.partition("://")
+    # Everything up to the last "@" is credentials, whatever it holds ("/", "?" or "#"
+    # in a password end the host part for a URL parser, which then finds no password).
+    creds, at, rest = rest.rpartition("@")
+    if at and ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    base, question, query = rest.partition("?")
+    if question:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_secret_param(k) for k, _ in pairs):
+            masked = [(k, "***" if _secret_param(k) else v) for k, v in pairs]
+            query = urlencode(masked, safe="*")
+    return f"{scheme}://{creds}{at}{base}{question}{query}"
 
 
-_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "pwd", "token", "secret", "key"})
+def _secret_param(name: str) -> bool:
+    """Query parameters that carry a secret (libpq's ``sslpassword`` among them)."""
+    lowered = name.lower()
+    return lowered in {"pass", "passwd", "pwd", "key"} or lowered.endswith(
+        ("password", "token", "secret")
+    )
 
 
 @cli.command()
@@ -825,7 +827,10 @@ def _dev_master_key(data_dir: Path) -> str:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Can the worker's web server bind it? (As aiohttp does: a port left in TIME_WAIT
+    by an earlier run's connections is free.)"""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -95,8 +95,9 @@ class _OpenCircuits(Collector):
 
     A gauge set on each call kept showing a circuit open for as long as the process
     lived once nobody called it: the tenant's partitions moved to another worker, or the
-    tenant was removed or moved to another provider. Read here, a circuit shows open
-    until its probe is due, and a forgotten one (see ``RetryPolicy.forget``) not at all.
+    tenant was removed or moved to another provider. Read here, a circuit not closed
+    shows open while it is called and for a while after (``SHOWN_IDLE_SECONDS``), and a
+    forgotten one (see ``RetryPolicy.forget``) not at all.
     """
 
     def __init__(self) -> None:
@@ -108,13 +109,14 @@ class _OpenCircuits(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "paystream_circuit_open",
-            "1 while a (tenant, provider) circuit holds calls back (open, or probing).",
+            "1 while a (tenant, provider) circuit is open or half-open (and called within "
+            "the last 10 minutes).",
             labels=["tenant", "provider"],
         )
         shown: dict[tuple[str, str], bool] = {}
         for policy in list(self._policies):
             for key, breaker in list(policy.breakers.items()):
-                shown[key] = shown.get(key, False) or breaker.refusing()
+                shown[key] = shown.get(key, False) or breaker.shows_open()
         for (tenant, provider), refusing in sorted(shown.items()):
             family.add_metric([tenant, provider], 1.0 if refusing else 0.0)
         yield family

@@ -61,7 +61,13 @@ def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:
          "postgresql+asyncpg://owner:***@db:54 32/paystream"),
         ("redis://cache:6379/0?password=s3cr3t", "redis://cache:6379/0?password=***"),
         ("redis://cache:6379/0?db=1", "redis://cache:6379/0?db=1"),
-        ("http://[::1/x", "<not a readable URL: hidden>"),
+        # "/", "#" or "?" left unencoded in a password end the host part for a parser.
+        ("postgresql+asyncpg://app:s3cr/et@db:5432/paystream",
+         "postgresql+asyncpg://app:***@db:5432/paystream"),
+        ("redis://:hunter#2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("postgresql://app:pa?ss@db/paystream", "postgresql://app:***@db/paystream"),
+        ("postgresql://app@db/p?sslpassword=k3y&sslmode=require",
+         "postgresql://app@db/p?sslpassword=***&sslmode=require"),
         (4, 4),
     ],
 )  # fmt: skip

@@ -57,10 +57,11 @@ class DurableOffsets:
         for tp in consumer.assignment():
             if tp.topic != self.topic:
                 continue
-            # Never committed by the group: all of the partition is still to be handled
-            # (counted from offset 0, so a topic trimmed by retention reads high until
-            # the first commit).
-            done = self._committed.get(tp, known.get(tp)) or 0
+            # The later of what the group had committed at the assignment and what this
+            # worker committed since. Never committed by the group: all of the partition
+            # is still to be handled (counted from offset 0, so a topic trimmed by
+            # retention reads high until the agent's first commit there).
+            done = max(self._committed.get(tp) or 0, known.get(tp) or 0)
             try:
                 high = consumer.highwater(tp)
             except Exception:  # not fetched from yet (or the consumer is going away)
@@ -89,6 +90,9 @@ class DurableOffsets:
         done, and they would forget the decisions the replay must repeat."""
         if self._generation != generation:
             self._ready.clear()
+            # What this worker committed before: a partition that moved away and came
+            # back has the group's newer offset (Faust reads it at the assignment).
+            self._committed.clear()
             self._generation = generation
 
     async def commit(self) -> None:

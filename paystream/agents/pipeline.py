@@ -23,6 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
 from paystream import metrics
+from paystream.agents.answers import RecordAnswers
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
@@ -117,6 +118,8 @@ class CommandProcessor:
         self.gateways = gateways
         # ``committed(partition)``: the commands topic's committed offset there.
         self.limits = LimitGate({} if limits is None else limits, committed=committed)
+        # Rejections that depend on state, for the record's redeliveries (answers.py).
+        self.answers = RecordAnswers(self.limits.table, committed)
         self.committed = committed
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
@@ -248,6 +251,11 @@ class CommandProcessor:
         raw = event.get_data()
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
+        # Everything above depends on the record alone; what follows on state, which may
+        # have changed since this record was first answered (a redelivery).
+        rejected = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
+        if rejected is not None:
+            return self._answer_again(cmd, rejected)
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
         if tenant is None or tenant.status is TenantStatus.SUSPENDED:
@@ -274,12 +282,12 @@ class CommandProcessor:
             if tenant is None:
                 if earlier is not None and earlier.state in _LET_THROUGH:
                     return self._repark(rec, cmd, earlier, RejectReason.UNKNOWN_TENANT)
-                return self._reject(
-                    cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}"
+                return self._reject_kept(
+                    rec, cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}"
                 )
             if earlier is None or earlier.state not in _LET_THROUGH:
-                return self._reject(
-                    cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
+                return self._reject_kept(
+                    rec, cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
                 )
         try:
             data = COMMANDS[suffix].model_validate(raw or {})
@@ -288,8 +296,8 @@ class CommandProcessor:
                 {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
                 for e in exc.errors(include_input=False, include_url=False)
             ]
-            return self._reject(
-                cmd, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", errors
+            return self._reject_kept(
+                rec, cmd, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", errors
             )
         # Keys a client names (metadata, dispute evidence) may name a card security code.
         return await self._run(rec, cmd, tenant, data, when, security_code_at(raw))
@@ -345,7 +353,8 @@ class CommandProcessor:
             if (
                 existing.request_hash != request_hash and not erased_same
             ) or existing.command_type != cmd.command_type:
-                return self._reject(
+                return self._reject_kept(
+                    rec,
                     cmd,
                     RejectReason.IDEMPOTENCY_CONFLICT,
                     f"idempotency key {cmd.idempotency_key!r} was used for a different request",
@@ -363,7 +372,8 @@ class CommandProcessor:
             # stored after authorisation, even encrypted). Not remembered: a corrected
             # command under the same key goes through. (One an older version let
             # through, parked or in flight, still finishes: the provider may have acted.)
-            return self._reject(
+            return self._reject_kept(
+                rec,
                 cmd,
                 RejectReason.CARD_DATA_FORBIDDEN,
                 f"{code_key!r} holds a card security code: card data is not accepted",
@@ -371,7 +381,8 @@ class CommandProcessor:
         if not let_through and self._command_id_taken(cmd, request_hash, now):
             # Same id, another request (another source's ids, or a producer bug): run, it
             # would have the first one's outcome ids, and the ledger would keep only one.
-            return self._reject(
+            return self._reject_kept(
+                rec,
                 cmd,
                 RejectReason.IDEMPOTENCY_CONFLICT,
                 f"command id {cmd.command_id!r} was already used for a different request",
@@ -383,7 +394,9 @@ class CommandProcessor:
             # (The checks above made it the same request as the record's.)
             if existing is not None and existing.state in _LET_THROUGH:
                 return self._repark(rec, cmd, existing, gateway_or_rejection.reason)
-            return self._reject(cmd, gateway_or_rejection.reason, gateway_or_rejection.message)
+            return self._reject_kept(
+                rec, cmd, gateway_or_rejection.reason, gateway_or_rejection.message
+            )
         # Limits come after the idempotency check: a replay of a finished command is
         # answered from its record, neither counted nor limited again. A parked or
         # in-flight record means it was let through once: the provider may have acted
@@ -499,7 +512,7 @@ class CommandProcessor:
                 self.idempotency.pop(idem_table_key, None)
                 if claimed:  # only a record this command was the first to write
                     self.idempotency.pop(_command_id_key(cmd.tenant_id, cmd.command_id), None)
-                return self._reject(cmd, rej.reason, rej.message)
+                return self._reject_kept(rec, cmd, rej.reason, rej.message)
             stored = StoredOutcome(
                 type="command.rejected",
                 data=rejection_data(cmd.command_type, rej.reason, rej.message),
@@ -994,6 +1007,32 @@ class CommandProcessor:
             data.update(extra)
         stored = StoredOutcome(type="command.rejected", data=data)
         return [self._outcome(cmd, stored)]
+
+    def _reject_kept(
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        reason: RejectReason,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> list[Emit]:
+        """A rejection that depends on state: kept for the record's redeliveries, which
+        get it again whatever changed since (answers.py)."""
+        emits = self._reject(cmd, reason, message, errors)
+        self.answers.keep(
+            rec.partition,
+            rec.offset,
+            cmd.command_id,
+            rejection_data(cmd.command_type, reason, message, errors),
+        )
+        return emits
+
+    def _answer_again(self, cmd: CommandRef, data: dict[str, Any]) -> list[Emit]:
+        """A kept rejection, as first answered (the same event)."""
+        metrics.REPLAYS.labels(
+            cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED, "rejection"
+        ).inc()
+        return [self._outcome(cmd, StoredOutcome(type="command.rejected", data=data))]
 
     def _dead_letter(
         self,

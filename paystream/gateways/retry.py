@@ -60,6 +60,11 @@ class CircuitOpen(GatewayError):
         self.retry_after = retry_after
 
 
+# A circuit not closed shows open on the gauge while calls keep coming, and this long
+# after the last one (its tenant's traffic may have moved to another worker).
+SHOWN_IDLE_SECONDS = 600.0
+
+
 @dataclass
 class CircuitBreaker:
     """Opens after N consecutive transient failures; one trial call after the reset delay."""
@@ -70,10 +75,12 @@ class CircuitBreaker:
     state: CircuitState = CircuitState.CLOSED
     failures: int = 0
     opened_at: float = 0.0
+    last_call: float = 0.0  # when a call last came (held back or not)
     _trial_in_flight: bool = field(default=False, repr=False)
 
     def before_call(self) -> float | None:
         """None if a call may go ahead, else seconds until the circuit may be tried."""
+        self.last_call = self.clock()
         if self.state is CircuitState.OPEN:
             waited = self.clock() - self.opened_at
             if waited < self.reset_seconds:
@@ -88,13 +95,16 @@ class CircuitBreaker:
     def on_success(self) -> None:
         self.state, self.failures, self._trial_in_flight = CircuitState.CLOSED, 0, False
 
-    def refusing(self) -> bool:
-        """Would a call now be held back? (Open and not yet due a probe, or a probe is
-        out.) Read at scrape time: a circuit nobody calls any more stops showing open
-        once its probe is due, rather than for as long as the process lives."""
-        if self.state is CircuitState.OPEN:
-            return self.clock() - self.opened_at < self.reset_seconds
-        return self.state is CircuitState.HALF_OPEN and self._trial_in_flight
+    def shows_open(self) -> bool:
+        """What the circuit gauge says: not closed, and called within ``SHOWN_IDLE_SECONDS``.
+
+        A provider that stays down for a quiet tenant (a command a minute) shows open
+        throughout, between probes too; a circuit nobody calls any more (its tenant's
+        partitions moved to another worker) stops showing open after a while, rather
+        than for as long as the process lives."""
+        if self.state is CircuitState.CLOSED:
+            return False
+        return self.clock() - self.last_call < max(SHOWN_IDLE_SECONDS, self.reset_seconds)
 
     def release(self) -> None:
         """A call ended without an answer either way (cancelled): another may probe."""

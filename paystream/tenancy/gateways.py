@@ -74,7 +74,9 @@ class GatewayPool:
             return cached[1]
         failed = self._failed.get(tenant.tenant_id)
         if failed is not None and failed[0] == fingerprint:
-            raise failed[1]
+            # Without its traceback: one shared error raised for every command would
+            # otherwise gather each command's frames (and their data) without end.
+            raise failed[1].with_traceback(None)
         if cached is not None and cached[1].provider != tenant.gateway:
             self._forget_circuits(tenant.tenant_id)  # its old provider's
         try:

@@ -192,12 +192,17 @@ class Step:
 
 
 REPLAY = "@replay"  # a step that re-drives the oldest parked command
+TENANT = "@tenant"  # a step that changes tenant "a" in the registry (data: its status)
 
 
 @st.composite
 def steps(draw: st.DrawFn) -> Step:
-    if draw(st.integers(0, 9)) == 7:
+    special = draw(st.integers(0, 19))
+    if special in (7, 8):
         return Step(REPLAY, "a", {}, "", None, False, None, False)
+    if special == 9:  # suspended, removed or back: commands let through must still finish
+        status = draw(st.sampled_from(["suspended", "removed", "active"]))
+        return Step(TENANT, "a", {"status": status}, "", None, False, None, False)
     command_type = draw(
         mostly(
             st.sampled_from(
@@ -227,19 +232,34 @@ class Run:
     def __init__(self, h: Harness) -> None:
         self.h = h
         self.names = {name: new_tenant_id("fz") for name in TENANTS}
-        # "a": a daily volume to count (never reached) and a provider that loses answers
-        # and fails now and then, so commands are retried, parked and re-driven.
-        h.add_tenant(
-            self.names["a"],
-            limits={"daily_payment_volume": {"USD": 10**9}},
-            gateway_options={"fail_rate": 0.3, "seed": 7, "lose_response_first": {"*": 1}},
-        )
-        h.add_tenant(self.names["b"])
+        # "a": a daily volume to count (never reached) and, once set up (see
+        # `provider_misbehaves`), a provider that loses answers and fails now and then,
+        # so commands are retried, parked and re-driven. "b": a per-payment cap that
+        # some payments go over (limits rejections, and their redeliveries).
+        h.add_tenant(self.names["a"], limits={"daily_payment_volume": {"USD": 10**9}})
+        h.add_tenant(self.names["b"], limits={"max_payment_amount": {"USD": 10000}})
         h.add_tenant(self.names["suspended"], status="suspended")
         self.offset = 0
         # Each record as first answered: its inbound and its outcome's bytes (if any).
         self.sent: list[tuple[Inbound, tuple[bytes | None, tuple[Any, ...]] | None]] = []
         self.parked: list[Emit] = []  # on the retry topic, waiting for a replay
+        self.registered_a = dict(h.tenants[self.names["a"]])
+        self.day = time.strftime("%Y-%m-%d", time.gmtime())
+
+    def provider_misbehaves(self) -> None:
+        self.registered_a = {
+            **self.registered_a,
+            "gateway_options": {"fail_rate": 0.3, "seed": 7, "lose_response_first": {"*": 1}},
+        }
+        self.set_status("active")
+
+    def set_status(self, status: str) -> None:
+        """Tenant "a" suspended, removed from the registry, or back as it was."""
+        name = self.names["a"]
+        if status == "removed":
+            self.h.tenants.pop(name, None)
+        else:
+            self.h.tenants[name] = {**self.registered_a, "status": status}
 
     def inbound(self, step: Step) -> Inbound:
         tenant = self.names[step.tenant]
@@ -320,17 +340,22 @@ class Run:
         if step.command_type == REPLAY:
             await self.replay_parked()
             return
+        if step.command_type == TENANT:
+            self.set_status(step.data["status"])
+            return
         rec = self.inbound(step)
         first = self.outcome(await self.deliver(rec))
         self.sent.append((rec, first))
         if step.redeliver_now:
             await self.redeliver(rec, first)
+        self.check_tables()
 
     async def redeliver(
         self, rec: Inbound, first: tuple[bytes | None, tuple[Any, ...]] | None
     ) -> None:
         again = self.outcome(await self.deliver(rec))
-        if first is not None and again is not None:
+        if first is not None:
+            assert again is not None, f"record {rec.offset}, answered before, got no answer"
             if again != first:  # the customer may have been erased since: blanked
                 first = _erased(first)
             assert again == first, (
@@ -338,7 +363,8 @@ class Run:
                 f"  first: {_show(first)}\n  again: {_show(again)}"
             )
 
-    async def check_state(self) -> None:
+    def check_tables(self) -> None:
+        """What must hold after every step."""
         tables = self.h.tables
         for name in ("customers", "payment_methods", "payments", "refunds", "disputes"):
             for key, value in getattr(tables, name).items():
@@ -349,6 +375,13 @@ class Run:
             _no_card(key.encode(), json.dumps(value).encode())
         for key, p in tables.payments.items():
             assert 0 <= p["amount_refunded"] <= p["amount_captured"] <= p["amount"], (key, p)
+
+    async def check_state(self) -> None:
+        """What must hold once every parked command has been answered."""
+        self.check_tables()
+        tables = self.h.tables
+        if time.strftime("%Y-%m-%d", time.gmtime()) != self.day:
+            return  # the volume counted is the new day's: the scenario crossed midnight
         # Each payment that moved money counted toward the day once, whatever was
         # retried, parked, re-driven or redelivered.
         a = self.names["a"]
@@ -449,6 +482,7 @@ async def _scenario(redis_url: str, scenario: list[Step], at_end: list[int]) -> 
             for command_type, body in SETUP:
                 step = Step(command_type, tenant, body, str(uuid.uuid4()), None, False, None, False)
                 await run.step(step)
+        run.provider_misbehaves()
         for step in scenario:
             await run.step(step)
         # Redeliveries after everything else ran (a crash before the commit).
@@ -456,6 +490,7 @@ async def _scenario(redis_url: str, scenario: list[Step], at_end: list[int]) -> 
             if run.sent:
                 rec, first = run.sent[i % len(run.sent)]
                 await run.redeliver(rec, first)
+        run.set_status("active")  # back, so that what it parked can finish
         for _ in range(500):  # every parked command re-driven until it is answered
             if not run.parked:
                 break

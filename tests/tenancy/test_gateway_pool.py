@@ -87,13 +87,15 @@ async def test_a_removed_tenant_s_client_is_closed_and_its_circuit_forgotten(
     labels = {"tenant": "t-removed", "provider": "simulator"}
     assert REGISTRY.get_sample_value("paystream_circuit_open", labels) == 1
 
-    await pool.close_retired({"t-kept", "t-removed"})
-    assert closed == []  # still registered (and the sweep is not due yet)
+    kept_gateway = pool.get(kept)
+    pool.retire_absent({"t-kept", "t-removed"})
+    await pool.close_retired()
+    assert closed == []  # both still registered
     pool.retire_absent({"t-kept"})
     await pool.close_retired()
     assert closed == ["t-removed"]
     assert REGISTRY.get_sample_value("paystream_circuit_open", labels) is None
-    assert pool.get(kept) is pool.get(kept)  # the others keep their clients
+    assert pool.get(kept) is kept_gateway  # the others keep their clients
     await pool.aclose()
     await redis.aclose()
     assert closed == ["t-removed"]  # closed once
@@ -105,10 +107,15 @@ async def test_the_registry_sweep_runs_between_batches_when_due(
 ) -> None:
     redis = aioredis.from_url(redis_url)
     pool = _pool([], redis)
-    pool.get(Tenant(tenant_id="t-swept", gateway="simulator"))
-    monkeypatch.setattr(pool_module, "ABSENT_SWEEP_SECONDS", 0.0)
+    swept = pool.get(Tenant(tenant_id="t-swept", gateway="simulator"))
+    staying = Tenant(tenant_id="t-staying", gateway="simulator")
+    stays = pool.get(staying)
     await pool.close_retired(set())
-    assert "t-swept" not in pool._cache
+    assert pool.get(staying) is stays  # the sweep is not due yet: nothing let go
+    monkeypatch.setattr(pool_module, "ABSENT_SWEEP_SECONDS", 0.0)
+    await pool.close_retired({"t-staying"})
+    assert pool.get(staying) is stays
+    assert pool.get(Tenant(tenant_id="t-swept", gateway="simulator")) is not swept
     await pool.aclose()
     await redis.aclose()
 
@@ -133,3 +140,26 @@ async def test_a_tenant_moved_to_another_provider_loses_the_old_circuit(
     assert REGISTRY.get_sample_value("paystream_circuit_open", labels) is None
     await pool.aclose()
     await redis.aclose()
+
+
+def test_the_cached_build_error_does_not_gather_every_command_s_frames() -> None:
+    """Re-raised for every command of the tenant, one shared error's traceback grew by
+    each command's frames, keeping their data alive (8.6 kB a command, e-mails in it)."""
+    pool = _pool([])
+    tenant = Tenant(tenant_id="t-tb", gateway="stripe")  # no api_key: cannot be built
+
+    def deep(n: int) -> None:  # a command's own frames around the call
+        if n:
+            deep(n - 1)
+        else:
+            pool.get(Tenant.model_validate(tenant.model_dump()))
+
+    depths = []
+    for _ in range(200):
+        with pytest.raises(GatewayError) as refused:
+            deep(5)
+        tb, depth = refused.value.__traceback__, 0
+        while tb is not None:
+            depth, tb = depth + 1, tb.tb_next
+        depths.append(depth)
+    assert max(depths) == depths[0] < 20, depths[-5:]

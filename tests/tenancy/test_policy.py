@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 
 from paystream import metrics
 from paystream.gateways.errors import ErrorCode, GatewayError
-from paystream.gateways.retry import RetriesExhausted
+from paystream.gateways.retry import SHOWN_IDLE_SECONDS, RetriesExhausted
 from paystream.settings import load_settings
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.policy import call_policy
@@ -89,18 +89,26 @@ async def test_policy_breaker_gauge_follows_the_circuit() -> None:
     assert _circuit_open("t-gauge") == 1  # held back until its probe is due
 
 
-async def test_a_circuit_nobody_calls_stops_showing_open_when_its_probe_is_due() -> None:
-    """Its tenant's partitions moved to another worker: this one must not report the
-    circuit open for as long as it lives (an alert on the gauge would never clear)."""
+async def test_a_circuit_shows_open_between_probes_and_not_once_nobody_calls_it() -> None:
+    """A provider down for a quiet tenant (a command a minute) shows open throughout,
+    between probes too; once nobody calls the circuit (its tenant's partitions moved to
+    another worker) it stops showing open after a while, not for the process's life."""
     settings = load_settings(
-        gateway_max_attempts=1, breaker_failure_threshold=1, breaker_reset_seconds=0.05
+        gateway_max_attempts=1, breaker_failure_threshold=1, breaker_reset_seconds=5
     )
-    call = call_policy(settings)(Tenant(tenant_id="t-moved", gateway="simulator"))
-    with pytest.raises(RetriesExhausted):
-        await call(_down)
-    assert _circuit_open("t-moved") == 1
-    await asyncio.sleep(0.1)
-    assert _circuit_open("t-moved") == 0
+    policy = call_policy(settings)
+    now = [1000.0]
+    policy.policy.clock = lambda: now[0]
+    call = policy(Tenant(tenant_id="t-quiet", gateway="simulator"))
+    for _ in range(10):  # a command a minute, the provider down all along
+        with pytest.raises(RetriesExhausted):
+            await call(_down)
+        assert _circuit_open("t-quiet") == 1
+        now[0] += 30
+        assert _circuit_open("t-quiet") == 1  # between probes (the scrape misses nothing)
+        now[0] += 30
+    now[0] += SHOWN_IDLE_SECONDS
+    assert _circuit_open("t-quiet") == 0  # nobody calls it here any more
 
 
 async def test_a_forgotten_tenant_has_no_circuit_gauge() -> None:

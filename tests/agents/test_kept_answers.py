@@ -1,0 +1,135 @@
+"""A record redelivered after a crash gets the rejection it was first answered with,
+whatever its tenant's state is since: found by the generated-sequence test (a
+`validation_error` became `tenant_suspended` on redelivery, one event id, two answers)
+and, worse, a payment answered `tenant_suspended` was charged on its redelivery once the
+tenant was active again."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import pytest
+
+from paystream.agents import answers
+from paystream.agents.answers import MAX_KEPT, RecordAnswers
+from paystream.agents.pipeline import Emit, Inbound
+from paystream.client import build_command
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
+from tests.agents.test_let_through import _charges
+
+pytestmark = pytest.mark.asyncio
+
+_offsets = itertools.count(9_000)
+PAY = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+def _record(tenant: str, body: dict[str, Any] = PAY, command_id: str = "k1") -> Inbound:
+    event = build_command("payment.create", tenant, body, command_id=command_id)
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
+        next(_offsets),
+    )  # fmt: skip
+
+
+def _outcome(h: Harness, emits: list[Emit]) -> tuple[bytes | None, tuple[Any, ...]]:
+    (out,) = [e.record for e in emits if e.topic == h.settings.events_topic]
+    return out.value, tuple(out.headers)
+
+
+@pytest.mark.parametrize("then", ["active", "removed"])
+async def test_a_payment_refused_as_suspended_is_not_charged_when_redelivered_later(
+    harness: Harness, then: str
+) -> None:
+    h = harness
+    t = h.add_tenant(new_tenant_id(), status="suspended")
+    record = dict(h.tenants[t])
+    rec = _record(t)
+    first = _outcome(h, await h.processor.process(rec))
+    if then == "active":
+        h.tenants[t] = {**record, "status": "active"}
+    else:
+        del h.tenants[t]
+    again = _outcome(h, await h.processor.process(rec))  # the same record, redelivered
+    assert again == first
+    h.tenants[t] = {**record, "status": "active"}
+    assert await _charges(h, t, h.tenants[t]) == 0
+    # Sent again (a new record, same command): decided afresh, and charged once.
+    out = outcome_of(h.settings, await h.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert await _charges(h, t, h.tenants[t]) == 1
+
+
+async def test_a_validation_error_stays_one_when_the_tenant_is_suspended_since(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = h.add_tenant(new_tenant_id())
+    rec = _record(t, {**PAY, "amount": -5})
+    first = _outcome(h, await h.processor.process(rec))
+    h.tenants[t] = {**h.tenants[t], "status": "suspended"}
+    assert _outcome(h, await h.processor.process(rec)) == first
+
+
+async def test_an_unknown_tenant_s_record_is_refused_again_once_the_tenant_exists(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = new_tenant_id()
+    rec = _record(t)
+    first = _outcome(h, await h.processor.process(rec))
+    h.add_tenant(t)
+    assert _outcome(h, await h.processor.process(rec)) == first
+    assert await _charges(h, t, h.tenants[t]) == 0
+
+
+async def test_an_unusable_gateway_s_refusal_stands_for_its_record_once_fixed(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = h.add_tenant(new_tenant_id(), gateway="stripe")  # no api_key: not configured
+    rec = _record(t)
+    first = _outcome(h, await h.processor.process(rec))
+    h.tenants[t] = {**h.tenants[t], "gateway": "simulator"}  # the setup is fixed
+    assert _outcome(h, await h.processor.process(rec)) == first
+    out = outcome_of(h.settings, await h.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded"
+
+
+async def test_another_record_at_the_same_offset_is_not_taken_for_the_kept_one(
+    harness: Harness,
+) -> None:
+    """(A topic recreated, offsets counting from 0 again.)"""
+    h = harness
+    t = h.add_tenant(new_tenant_id(), status="suspended")
+    rec = _record(t, command_id="k-first")
+    await h.processor.process(rec)
+    h.tenants[t] = {**h.tenants[t], "status": "active"}
+    other = _record(t, command_id="k-other")
+    other = Inbound(other.key, other.value, other.headers, other.timestamp_ms, other.topic,
+                    rec.partition, rec.offset)  # fmt: skip
+    out = outcome_of(h.settings, await h.processor.process(other))
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+
+
+async def test_kept_rejections_are_bounded_and_dropped_once_committed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    committed = [-1]
+    table: dict[str, Any] = {}
+    kept = RecordAnswers(table, lambda partition: committed[0])
+    with caplog.at_level(logging.WARNING, logger=answers.__name__):
+        for offset in range(MAX_KEPT + 100):
+            kept.keep(3, offset, f"c{offset}", {"reason": "tenant_suspended"})
+    assert len(table[RecordAnswers.key(3)]) == MAX_KEPT
+    assert len(caplog.records) == 1  # said once, not for each one not kept
+    assert kept.kept(3, 5, "c5") == {"reason": "tenant_suspended"}
+    assert kept.kept(3, 5, "c6") is None and kept.kept(3, MAX_KEPT + 5, "x") is None
+    committed[0] = MAX_KEPT - 10  # the partition's offsets committed past most of them
+    kept.keep(3, 5_000, "c5000", {"reason": "unknown_tenant"})
+    assert sorted(map(int, table[RecordAnswers.key(3)])) == [*range(MAX_KEPT - 10, MAX_KEPT), 5_000]
+    assert kept.kept(3, -1, "c") is None  # not read from Kafka: nothing kept

@@ -1,0 +1,72 @@
+"""``paystream_consumer_lag_records`` from an agent's durable offsets, across partitions
+moving away and back (the consumer is a stand-in: only its offsets matter here)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP
+from prometheus_client import REGISTRY
+
+from paystream.agents.offsets import DurableOffsets
+
+pytestmark = pytest.mark.asyncio
+
+TOPIC = "lag-test.commands"
+P0 = TP(TOPIC, 0)
+
+
+class StandInConsumer:
+    """What DurableOffsets reads of Faust's consumer: assignment, highwater, commit, and
+    the committed offsets Faust reads at an assignment."""
+
+    def __init__(self) -> None:
+        self.assigned = {P0}
+        self.high = {P0: 0}
+        self._committed_offset: dict[TP, int] = {}
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def highwater(self, tp: TP) -> int:
+        return self.high[tp]
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        return True
+
+
+def _event(app: Any, offset: int) -> Any:
+    message = SimpleNamespace(tp=P0, offset=offset, generation_id=app.consumer_generation_id)
+    return SimpleNamespace(message=message)
+
+
+def _lag(agent: str) -> float | None:
+    labels = {"agent": agent, "topic": TOPIC, "partition": "0"}
+    return REGISTRY.get_sample_value("paystream_consumer_lag_records", labels)
+
+
+async def test_lag_follows_commits_and_the_group_s_offset_after_a_partition_comes_back() -> None:
+    consumer = StandInConsumer()
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    offsets = DurableOffsets(app, agent="lag-a", topic=TOPIC)  # type: ignore[arg-type]
+    consumer.high[P0] = 100
+    assert _lag("lag-a") == 100  # never committed by the group: all of it to do
+    offsets.advance([_event(app, i) for i in range(60)])
+    await offsets.commit()
+    assert _lag("lag-a") == 40
+    offsets.advance([_event(app, i) for i in range(60, 100)])
+    await offsets.commit()
+    assert _lag("lag-a") == 0 and offsets.committed_at > 0
+    # The partition moves to another worker, which handles 100..4999, and comes back.
+    app.consumer_generation_id = 2
+    consumer.assigned = set()
+    assert _lag("lag-a") is None  # not this worker's: no sample
+    app.consumer_generation_id = 3
+    consumer.assigned = {P0}
+    consumer._committed_offset[P0] = 5000  # read by Faust at the assignment
+    consumer.high[P0] = 5000
+    assert _lag("lag-a") == 0  # idle, not stalled (this worker's old 100 no longer counts)
+    await offsets.commit()  # the periodic commit, nothing ready
+    assert _lag("lag-a") == 0
