@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from paystream.agents.offsets import DurableOffsets
-    from paystream.gateways.retry import RetryPolicy
+if TYPE_CHECKING:  # (named in strings: both modules import this one)
+    from paystream.agents.offsets import DurableOffsets  # noqa: F401
+    from paystream.gateways.retry import RetryPolicy  # noqa: F401
+
+T = TypeVar("T")
 
 __all__ = [
     "BATCH_SECONDS",
@@ -90,7 +92,21 @@ BATCH_SIZE = Histogram(
 )
 
 
-class _OpenCircuits(Collector):
+class _ReadAtScrape(Collector, Generic[T]):
+    """A collector over live objects (weakly held: a worker's agents and policies) that
+    its subclass reads when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        self._tracked: weakref.WeakSet[T] = weakref.WeakSet()
+
+    def track(self, item: T) -> None:
+        self._tracked.add(item)
+
+    def tracked(self) -> list[T]:
+        return list(self._tracked)
+
+
+class _OpenCircuits(_ReadAtScrape["RetryPolicy"]):
     """``paystream_circuit_open``, read from the circuit breakers at scrape time.
 
     A gauge set on each call kept showing a circuit open for as long as the process
@@ -100,12 +116,6 @@ class _OpenCircuits(Collector):
     forgotten one (see ``RetryPolicy.forget``) not at all.
     """
 
-    def __init__(self) -> None:
-        self._policies: weakref.WeakSet[RetryPolicy] = weakref.WeakSet()
-
-    def track(self, policy: RetryPolicy) -> None:
-        self._policies.add(policy)
-
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "paystream_circuit_open",
@@ -114,7 +124,7 @@ class _OpenCircuits(Collector):
             labels=["tenant", "provider"],
         )
         shown: dict[tuple[str, str], bool] = {}
-        for policy in list(self._policies):
+        for policy in self.tracked():
             for key, breaker in list(policy.breakers.items()):
                 shown[key] = shown.get(key, False) or breaker.shows_open()
         for (tenant, provider), refusing in sorted(shown.items()):
@@ -126,7 +136,7 @@ BREAKER_OPEN = _OpenCircuits()
 REGISTRY.register(BREAKER_OPEN)
 
 
-class _AgentProgress(Collector):
+class _AgentProgress(_ReadAtScrape["DurableOffsets"]):
     """How far behind each agent is, read at scrape time from its committed offsets.
 
     ``paystream_consumer_lag_records``: records on the broker past what the agent has
@@ -136,12 +146,6 @@ class _AgentProgress(Collector):
     under the ledger sink, a hung provider); both standing still with lag zero is an
     idle one.
     """
-
-    def __init__(self) -> None:
-        self._agents: weakref.WeakSet[DurableOffsets] = weakref.WeakSet()
-
-    def track(self, offsets: DurableOffsets) -> None:
-        self._agents.add(offsets)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lag = GaugeMetricFamily(
@@ -156,7 +160,7 @@ class _AgentProgress(Collector):
             "still while its lag is above zero.",
             labels=["agent"],
         )
-        for offsets in list(self._agents):
+        for offsets in self.tracked():
             try:
                 behind = offsets.lag()
             except Exception:  # the app not started (or stopping): nothing to say

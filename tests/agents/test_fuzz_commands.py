@@ -286,11 +286,15 @@ class Run:
         key = self.names[step.key_tenant or step.tenant].encode()
         mode = CloudEventsMode.STRUCTURED if step.structured else CloudEventsMode.BINARY
         rec = encode_event(event, key, mode)
+        return self.next_record(rec.key, rec.value, rec.headers)
+
+    def next_record(self, key: bytes | None, value: bytes | None, headers: Any) -> Inbound:
+        """A record as read from the commands topic, at its next offset."""
         self.offset += 1
         return Inbound(
-            key=rec.key,
-            value=rec.value,
-            headers=dict(rec.headers),
+            key=key,
+            value=value,
+            headers=dict(headers),
             timestamp_ms=int(time.time() * 1000),
             topic=self.h.settings.commands_topic,
             partition=0,
@@ -317,16 +321,7 @@ class Run:
         if not self.parked:
             return
         parked = self.parked.pop(0).record
-        self.offset += 1
-        rec = Inbound(
-            key=parked.key,
-            value=parked.value,
-            headers=dict(parked.headers),
-            timestamp_ms=int(time.time() * 1000),
-            topic=self.h.settings.commands_topic,
-            partition=0,
-            offset=self.offset,
-        )
+        rec = self.next_record(parked.key, parked.value, parked.headers)
         first = self.outcome(await self.deliver(rec))
         self.sent.append((rec, first))
 

@@ -6,7 +6,6 @@ tenant was active again."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Any
 
@@ -15,25 +14,17 @@ import pytest
 from paystream.agents import answers
 from paystream.agents.answers import MAX_KEPT, RecordAnswers
 from paystream.agents.pipeline import Emit, Inbound
-from paystream.client import build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.codec import encode_event
 from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 from tests.agents.test_let_through import _charges
+from tests.agents.test_let_through import _record as _read
 
 pytestmark = pytest.mark.asyncio
 
-_offsets = itertools.count(9_000)
 PAY = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
 
 
 def _record(tenant: str, body: dict[str, Any] = PAY, command_id: str = "k1") -> Inbound:
-    event = build_command("payment.create", tenant, body, command_id=command_id)
-    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
-    return Inbound(
-        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
-        next(_offsets),
-    )  # fmt: skip
+    return _read(tenant, command_id, body)
 
 
 def _outcome(h: Harness, emits: list[Emit]) -> tuple[bytes | None, tuple[Any, ...]]:

@@ -32,10 +32,10 @@ _BODY = {
 }
 
 
-def _record(tenant: str, command_id: str = "c1") -> Inbound:
-    """payment.create of p1, as read from the commands topic (a new offset each time: the
-    first delivery, then `dlq replay`'s copies)."""
-    event = build_command("payment.create", tenant, _BODY, command_id=command_id)
+def _record(tenant: str, command_id: str = "c1", body: dict[str, Any] = _BODY) -> Inbound:
+    """payment.create (of p1 unless ``body`` says otherwise), as read from the commands
+    topic (a new offset each time: the first delivery, then `dlq replay`'s copies)."""
+    event = build_command("payment.create", tenant, body, command_id=command_id)
     rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
     return Inbound(
         rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,

@@ -23,6 +23,10 @@ from paystream.tenancy.policy import call_policy
 SEALED = {"api_key": "v1.mk-0000.AAAA.AAAA"}
 
 
+async def down() -> None:
+    raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+
 def _pool(opened: list[str], redis: object = None, **kw: object) -> GatewayPool:
     def open_secret(tenant: Tenant, name: str) -> SecretStr:
         opened.append(tenant.tenant_id)
@@ -78,10 +82,6 @@ async def test_a_removed_tenant_s_client_is_closed_and_its_circuit_forgotten(
         await original()
 
     gone_gateway.aclose = aclose  # type: ignore[method-assign]
-
-    async def down() -> None:
-        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
-
     with pytest.raises(RetriesExhausted):
         await pool.call_for(gone)(down)
     labels = {"tenant": "t-removed", "provider": "simulator"}
@@ -127,10 +127,6 @@ async def test_a_tenant_moved_to_another_provider_loses_the_old_circuit(
     pool = _pool([], redis)
     before = Tenant(tenant_id="t-moving", gateway="simulator")
     pool.get(before)
-
-    async def down() -> None:
-        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
-
     with pytest.raises(RetriesExhausted):
         await pool.call_for(before)(down)
     labels = {"tenant": "t-moving", "provider": "simulator"}
