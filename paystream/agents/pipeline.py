@@ -23,7 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
 from paystream import metrics
-from paystream.agents.answers import RecordAnswers
+from paystream.agents.answers import REVALIDATE, RecordAnswers
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
@@ -254,8 +254,10 @@ class CommandProcessor:
         # Everything above depends on the record alone; what follows on state, which may
         # have changed since this record was first answered (a redelivery).
         rejected = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
+        if rejected is not None and rejected.get(REVALIDATE):
+            rejected = _validation_rejection(suffix, raw)  # the same bytes: the same errors
         if rejected is not None:
-            return self._answer_again(cmd, rejected)
+            return self._answer_again(rec, cmd, rejected)
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
         if tenant is None or tenant.status is TenantStatus.SUSPENDED:
@@ -270,7 +272,7 @@ class CommandProcessor:
                 LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms),
             )
             if kept is not None:
-                return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
+                return self._limits_answer_again(cmd, kept)
             answered = self._answered_before(cmd)
             if answered is not None:
                 if tenant is not None:  # its count holds should it be resumed today
@@ -292,12 +294,12 @@ class CommandProcessor:
         try:
             data = COMMANDS[suffix].model_validate(raw or {})
         except ValidationError as exc:
-            errors = [
-                {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_input=False, include_url=False)
-            ]
             return self._reject_kept(
-                rec, cmd, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", errors
+                rec,
+                cmd,
+                RejectReason.VALIDATION_ERROR,
+                f"invalid {suffix} data",
+                _validation_errors(exc),
             )
         # Keys a client names (metadata, dispute evidence) may name a card security code.
         return await self._run(rec, cmd, tenant, data, when, security_code_at(raw))
@@ -339,7 +341,7 @@ class CommandProcessor:
             # command has since been retried and finished under the same key.
             kept = self.limits.kept_rejection(cmd.tenant_id, limit_rec)
             if kept is not None:
-                return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
+                return self._limits_answer_again(cmd, kept)
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
         now = time.time()
@@ -1027,11 +1029,20 @@ class CommandProcessor:
         )
         return emits
 
-    def _answer_again(self, cmd: CommandRef, data: dict[str, Any]) -> list[Emit]:
-        """A kept rejection, as first answered (the same event)."""
+    def _limits_answer_again(self, cmd: CommandRef, kept: LimitRejection) -> list[Emit]:
+        """A limits rejection kept for this record, as first answered; its state written
+        again (RocksDB: see _answer_again)."""
+        self._rewrite(self.limits.table, self.limits.key(cmd.tenant_id))
+        return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
+
+    def _answer_again(self, rec: Inbound, cmd: CommandRef, data: dict[str, Any]) -> list[Emit]:
+        """A kept rejection, as first answered (the same event). Its record is written
+        again: with RocksDB the store may be ahead of the changelog after a crash, and the
+        next owner of the partition must still find it (see _rewrite_entities)."""
         metrics.REPLAYS.labels(
             cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED, "rejection"
         ).inc()
+        self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
         return [self._outcome(cmd, StoredOutcome(type="command.rejected", data=data))]
 
     def _dead_letter(
@@ -1184,6 +1195,24 @@ _PROVIDER_REJECTIONS = {
 # window runs from then (`dlq replay` holds back what is older). Kept on the parked record,
 # and carried by the replay onto the commands topic and on to the next park.
 FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_input=False, include_url=False)
+    ]
+
+
+def _validation_rejection(suffix: str, raw: Any) -> dict[str, Any] | None:
+    """The validation error a record's data gets (None: it is valid), as first answered."""
+    try:
+        COMMANDS[suffix].model_validate(raw or {})
+    except ValidationError as exc:
+        return rejection_data(
+            suffix, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", _validation_errors(exc)
+        )
+    return None
 
 
 def _first_attempt_ms(rec: Inbound) -> int:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 import pytest
 
 from paystream.agents import answers
-from paystream.agents.answers import MAX_KEPT, RecordAnswers
+from paystream.agents.answers import MAX_BYTES, MAX_KEPT, REVALIDATE, RecordAnswers
 from paystream.agents.pipeline import Emit, Inbound
 from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 from tests.agents.test_let_through import _charges
@@ -116,11 +117,68 @@ async def test_kept_rejections_are_bounded_and_dropped_once_committed(
     with caplog.at_level(logging.WARNING, logger=answers.__name__):
         for offset in range(MAX_KEPT + 100):
             kept.keep(3, offset, f"c{offset}", {"reason": "tenant_suspended"})
-    assert len(table[RecordAnswers.key(3)]) == MAX_KEPT
+    state = table[RecordAnswers.key(3)]
+    assert len(state["kept"]) == MAX_KEPT
+    assert state["bytes"] == sum(e["n"] for e in state["kept"].values())
     assert len(caplog.records) == 1  # said once, not for each one not kept
     assert kept.kept(3, 5, "c5") == {"reason": "tenant_suspended"}
     assert kept.kept(3, 5, "c6") is None and kept.kept(3, MAX_KEPT + 5, "x") is None
     committed[0] = MAX_KEPT - 10  # the partition's offsets committed past most of them
     kept.keep(3, 5_000, "c5000", {"reason": "unknown_tenant"})
-    assert sorted(map(int, table[RecordAnswers.key(3)])) == [*range(MAX_KEPT - 10, MAX_KEPT), 5_000]
+    assert sorted(map(int, state["kept"])) == [*range(MAX_KEPT - 10, MAX_KEPT), 5_000]
+    assert state["bytes"] == sum(e["n"] for e in state["kept"].values())
     assert kept.kept(3, -1, "c") is None  # not read from Kafka: nothing kept
+
+
+async def test_the_kept_record_stays_far_under_the_broker_s_message_size() -> None:
+    """Entries hold messages that echo ids (255 characters, each escaped up to 10 bytes
+    in JSON) and validation errors (one per unknown field): counted by entries alone,
+    the record passed 1 MiB and failed its batch on every redelivery."""
+    table: dict[str, Any] = {}
+    kept = RecordAnswers(table, lambda partition: -1)
+    for offset in range(MAX_KEPT):  # ~760 bytes each: 800 would be 600 KB
+        kept.keep(0, offset, f"c{offset}", {"reason": "unknown_tenant", "message": "x" * 700})
+    assert len(table[RecordAnswers.key(0)]["kept"]) < MAX_KEPT  # the size bound came first
+    errors = [{"loc": f"field{i}", "msg": "Extra inputs are not permitted"} for i in range(500)]
+    kept.keep(0, 10_000, "big", {"reason": "validation_error", "errors": errors})
+    kept.keep(0, 10_001, "big2", {"reason": "gateway_not_configured", "message": "x" * 5000})
+    size = len(orjson.dumps(table[RecordAnswers.key(0)]))
+    assert size <= MAX_BYTES + 2_000, size
+    assert kept.kept(0, 10_001, "big2") is None  # too long to keep: decided afresh
+
+
+async def test_a_long_validation_error_is_found_again_by_validating_the_record_again(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = h.add_tenant(new_tenant_id())
+    rec = _record(t, {**PAY, **{f"unexpected_{i}": "x" * 40 for i in range(60)}})
+    first = _outcome(h, await h.processor.process(rec))
+    entry = h.processor.answers.table[RecordAnswers.key(0)]["kept"][str(rec.offset)]
+    assert entry.get(REVALIDATE) and "data" not in entry  # kept small
+    h.tenants[t] = {**h.tenants[t], "status": "suspended"}
+    assert _outcome(h, await h.processor.process(rec)) == first
+
+
+async def test_a_redelivered_rejection_writes_its_record_again_for_the_changelog(
+    harness: Harness,
+) -> None:
+    """With RocksDB the store can be ahead of the changelog after a crash: the batch
+    answering the redelivery must write the kept rejection again, or the next owner of
+    the partition would decide the record afresh (and charge a refused payment)."""
+    h = harness
+    t = h.add_tenant(new_tenant_id(), status="suspended")
+    rec = _record(t)
+    await h.processor.process(rec)
+    writes: list[str] = []
+    table = h.processor.answers.table
+
+    class Watched(dict[str, Any]):
+        def __setitem__(self, key: str, value: Any) -> None:
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    watched = Watched(table)
+    h.processor.answers.table = watched
+    await h.processor.process(rec)
+    assert writes == [RecordAnswers.key(0)]
