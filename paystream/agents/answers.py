@@ -30,26 +30,27 @@ log = logging.getLogger(__name__)
 # Rejections kept per partition at most, by count and by size. Only uncommitted records
 # come again (a batch is at most 500 commands and offsets are committed every second),
 # and the record must stay well under the broker's 1 MiB (a larger one would fail its
-# batch on every redelivery, worker after worker). Past either, a rejection is not kept
-# (its redelivery is decided afresh, as before).
+# batch on every redelivery, worker after worker). Past either, and for one rejection
+# larger than ``MAX_ENTRY_BYTES`` (validation errors are cut to fit: see the pipeline's
+# ``VALIDATION_ERRORS_SHOWN``), a rejection is not kept: its redelivery is decided
+# afresh, as before.
 MAX_KEPT = 800
 MAX_BYTES = 256 * 1024
-# A validation error's list of errors is not kept past this size: the redelivered record,
-# the same bytes, gives the same errors again when validated (see ``REVALIDATE``).
-MAX_ENTRY_BYTES = 1024
-# Kept instead of a validation error too large to keep: "validate the record again".
-REVALIDATE = "revalidate"
+MAX_ENTRY_BYTES = 4096
 
 
 class RecordAnswers:
-    """Per partition, the rejection data of records not yet committed, by offset."""
+    """Per partition, the rejection data of records not yet committed, by offset.
+
+    The value under :meth:`key` is ``{"floor": offset pruned to, "bytes": size of the
+    entries, "kept": {offset: {"id": tag, "data": rejection, "n": size}}}``.
+    """
 
     def __init__(
         self, table: MutableMapping[str, Any], committed: Callable[[int], int] | None
     ) -> None:
         self.table = table  # changelog-backed, co-partitioned with the commands topic
         self._committed = committed or (lambda partition: -1)
-        self._floors: dict[int, int] = {}  # the committed offset last pruned to
         self._full_logged: set[int] = set()
 
     @staticmethod
@@ -57,62 +58,67 @@ class RecordAnswers:
         # No tenant id holds a NUL (the table's other keys are "{tenant}:limits").
         return f"answers\x00{partition}"
 
+    def _state(self, partition: int) -> dict[str, Any]:
+        state = self.table.get(self.key(partition))
+        if not isinstance(state, dict) or not isinstance(state.get("kept"), dict):
+            # None yet (or not in this shape: nothing to answer from, start afresh).
+            return {"floor": -1, "bytes": 0, "kept": {}}
+        return state
+
     def kept(self, partition: int, offset: int, command_id: str) -> dict[str, Any] | None:
-        """The rejection data this very record was answered with, if it was kept
-        (``{REVALIDATE: True}``: a validation error, to be found again)."""
+        """The rejection data this very record was answered with, if it was kept."""
         if offset < 0:
             return None
-        state = self.table.get(self.key(partition))
-        entry = None if state is None else state["kept"].get(str(offset))
+        entry = self._state(partition)["kept"].get(str(offset))
         if entry is None or entry["id"] != _tag(command_id):
             return None
-        return {REVALIDATE: True} if entry.get(REVALIDATE) else dict(entry["data"])
+        return dict(entry["data"])
 
     def keep(self, partition: int, offset: int, command_id: str, data: dict[str, Any]) -> None:
         """Keep a rejection for the record's redeliveries (a record not from Kafka has
         none); what is committed already is dropped."""
         if offset < 0:
             return
-        key = self.key(partition)
-        state = self.table.get(key) or {"bytes": 0, "kept": {}}
-        self._prune(state, partition)
+        state = self._state(partition)
+        _prune(state, self._committed(partition))
         entry: dict[str, Any] = {"id": _tag(command_id), "data": data}
         size = _size(offset, entry)
         if size > MAX_ENTRY_BYTES:
-            if data.get("reason") != "validation_error":
-                return  # (a message that long is not worth its room)
-            entry = {"id": entry["id"], REVALIDATE: True}
-            size = _size(offset, entry)
-        if len(state["kept"]) >= MAX_KEPT or state["bytes"] + size > MAX_BYTES:
+            return  # (the pipeline cuts validation errors to fit; nothing else is so long)
+        kept = state["kept"]
+        replaced = kept.pop(str(offset), None)
+        if replaced is not None:
+            state["bytes"] -= replaced["n"]
+        if len(kept) >= MAX_KEPT or state["bytes"] + size > MAX_BYTES:
             if partition not in self._full_logged:
                 self._full_logged.add(partition)
                 log.warning(
                     "partition %d: %d rejections (%d bytes) not yet committed; more are "
                     "not kept for redeliveries until offsets are committed",
                     partition,
-                    len(state["kept"]),
+                    len(kept),
                     state["bytes"],
                 )
+            self.table[self.key(partition)] = state  # (what the prune dropped)
             return
         self._full_logged.discard(partition)
         entry["n"] = size
         # In place: the batch writes the record once, serialised when the batch ends.
-        state["kept"][str(offset)] = entry
+        kept[str(offset)] = entry
         state["bytes"] += size
-        self.table[key] = state
+        self.table[self.key(partition)] = state
 
-    def _prune(self, state: dict[str, Any], partition: int) -> None:
-        """Drop what the partition's committed offset has passed (oldest first: records
-        come in offset order), once per move of that offset."""
-        floor = self._committed(partition)
-        if self._floors.get(partition) == floor:
-            return
-        self._floors[partition] = floor
-        kept = state["kept"]
-        for offset in list(kept):
-            if int(offset) >= floor:
-                break
-            state["bytes"] -= kept.pop(offset)["n"]
+
+def _prune(state: dict[str, Any], floor: int) -> None:
+    """Drop what the partition's committed offset has passed, when it has moved since
+    the last prune (kept in the state: it survives recovery and hand-overs)."""
+    if floor <= state["floor"]:
+        return
+    state["floor"] = floor
+    kept = state["kept"]
+    # Not only the oldest: tenants of a batch run concurrently, so offsets come out of order.
+    for offset in [o for o in kept if int(o) < floor]:
+        state["bytes"] -= kept.pop(offset)["n"]
 
 
 def _tag(command_id: str) -> str:

@@ -23,7 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
 from paystream import metrics
-from paystream.agents.answers import REVALIDATE, RecordAnswers
+from paystream.agents.answers import RecordAnswers
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
@@ -254,8 +254,6 @@ class CommandProcessor:
         # Everything above depends on the record alone; what follows on state, which may
         # have changed since this record was first answered (a redelivery).
         rejected = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
-        if rejected is not None and rejected.get(REVALIDATE):
-            rejected = _validation_rejection(suffix, raw)  # the same bytes: the same errors
         if rejected is not None:
             return self._answer_again(rec, cmd, rejected)
         tenant_raw = self.tenants.get(tenant_id)
@@ -294,12 +292,19 @@ class CommandProcessor:
         try:
             data = COMMANDS[suffix].model_validate(raw or {})
         except ValidationError as exc:
+            errors = _validation_errors(exc)
+            shown = errors[:VALIDATION_ERRORS_SHOWN]
             return self._reject_kept(
                 rec,
                 cmd,
                 RejectReason.VALIDATION_ERROR,
-                f"invalid {suffix} data",
-                _validation_errors(exc),
+                f"invalid {suffix} data"
+                + (
+                    f" ({len(errors)} errors, the first {len(shown)} shown)"
+                    if shown != errors
+                    else ""
+                ),
+                shown,
             )
         # Keys a client names (metadata, dispute evidence) may name a card security code.
         return await self._run(rec, cmd, tenant, data, when, security_code_at(raw))
@@ -1197,22 +1202,18 @@ _PROVIDER_REJECTIONS = {
 FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
 
 
+# Validation errors an outcome lists (the message says how many there were): a command
+# with hundreds of unknown fields is answered in a few hundred bytes, and the rejection
+# fits what is kept for its redeliveries (answers.py).
+VALIDATION_ERRORS_SHOWN = 10
+
+
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    # Field names are the sender's: cut, as an error's location, to a readable length.
     return [
-        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+        {"loc": ".".join(str(p) for p in e["loc"])[:100], "msg": e["msg"][:200], "type": e["type"]}
         for e in exc.errors(include_input=False, include_url=False)
     ]
-
-
-def _validation_rejection(suffix: str, raw: Any) -> dict[str, Any] | None:
-    """The validation error a record's data gets (None: it is valid), as first answered."""
-    try:
-        COMMANDS[suffix].model_validate(raw or {})
-    except ValidationError as exc:
-        return rejection_data(
-            suffix, RejectReason.VALIDATION_ERROR, f"invalid {suffix} data", _validation_errors(exc)
-        )
-    return None
 
 
 def _first_attempt_ms(rec: Inbound) -> int:

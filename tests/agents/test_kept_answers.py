@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from paystream.agents import answers
-from paystream.agents.answers import MAX_BYTES, MAX_KEPT, REVALIDATE, RecordAnswers
+from paystream.agents.answers import MAX_BYTES, MAX_KEPT, RecordAnswers
 from paystream.agents.pipeline import Emit, Inbound
 from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 from tests.agents.test_let_through import _charges
@@ -147,17 +147,48 @@ async def test_the_kept_record_stays_far_under_the_broker_s_message_size() -> No
     assert kept.kept(0, 10_001, "big2") is None  # too long to keep: decided afresh
 
 
-async def test_a_long_validation_error_is_found_again_by_validating_the_record_again(
+async def test_a_validation_error_with_many_fields_is_answered_short_and_kept(
     harness: Harness,
 ) -> None:
+    """Hundreds of unknown fields: the answer lists the first ten errors and says how many
+    there were, so it fits what is kept (found again by validating the redelivered
+    record instead, a later version's rules could have charged it)."""
     h = harness
     t = h.add_tenant(new_tenant_id())
-    rec = _record(t, {**PAY, **{f"unexpected_{i}": "x" * 40 for i in range(60)}})
-    first = _outcome(h, await h.processor.process(rec))
-    entry = h.processor.answers.table[RecordAnswers.key(0)]["kept"][str(rec.offset)]
-    assert entry.get(REVALIDATE) and "data" not in entry  # kept small
+    rec = _record(t, {**PAY, **{f"unexpected_{i}_{'x' * 150}": "y" for i in range(60)}})
+    emits = await h.processor.process(rec)
+    out = outcome_of(h.settings, emits)
+    assert out is not None and data(out)["reason"] == "validation_error"
+    assert (
+        len(data(out)["errors"]) == 10 and "60 errors, the first 10 shown" in data(out)["message"]
+    )
+    assert all(len(e["loc"]) <= 100 for e in data(out)["errors"])
+    first = _outcome(h, emits)
+    assert str(rec.offset) in h.processor.answers.table[RecordAnswers.key(0)]["kept"]
     h.tenants[t] = {**h.tenants[t], "status": "suspended"}
     assert _outcome(h, await h.processor.process(rec)) == first
+
+
+async def test_the_kept_record_survives_recovery_replacement_and_an_older_shape() -> None:
+    committed = [-1]
+    table: dict[str, Any] = {}
+    kept = RecordAnswers(table, lambda partition: committed[0])
+    for offset in range(10):
+        kept.keep(1, offset, f"c{offset}", {"reason": "tenant_suspended"})
+    kept.keep(1, 4, "c4", {"reason": "unknown_tenant"})  # the same offset again
+    state = table[RecordAnswers.key(1)]
+    assert state["bytes"] == sum(e["n"] for e in state["kept"].values())
+    # Recovered from the changelog (a copy) by a new worker: the prune it needs happens.
+    committed[0] = 8
+    table[RecordAnswers.key(1)] = orjson.loads(orjson.dumps(state))
+    again = RecordAnswers(table, lambda partition: committed[0])
+    again.keep(1, 20, "c20", {"reason": "tenant_suspended"})
+    assert sorted(map(int, table[RecordAnswers.key(1)]["kept"])) == [8, 9, 20]
+    # A value in a shape this version does not know: nothing to answer from, no error.
+    table[RecordAnswers.key(1)] = {"3": {"id": "x", "data": {}}}
+    assert again.kept(1, 3, "c3") is None
+    again.keep(1, 21, "c21", {"reason": "tenant_suspended"})
+    assert again.kept(1, 21, "c21") == {"reason": "tenant_suspended"}
 
 
 async def test_a_redelivered_rejection_writes_its_record_again_for_the_changelog(
