@@ -4,8 +4,10 @@ Hypothesis builds sequences from a small pool of tenants and ids (so commands co
 one command id for two requests, one key for two payloads, captures and refunds of the
 same payment, another tenant's ids), with bad values mixed in (card numbers, wrong
 types, out-of-range amounts, odd currencies, hostile ids), in both CloudEvents modes,
-and redelivers records as Kafka would after a crash. After each step and at the end it
-checks what must hold whatever the input:
+redelivers records as Kafka would after a crash, replays parked commands, changes a
+tenant's registry record, and runs steps one by one or in batches as the agent does
+(tenants concurrently). After each step and at the end it checks what must hold
+whatever the input:
 
 * the processor never raises, and each record gets one outcome (or is parked or
   dead-lettered, with at most one outcome);
@@ -345,6 +347,26 @@ class Run:
             await self.redeliver(rec, first)
         self.check_tables()
 
+    async def batch(self, steps: list[Step]) -> None:
+        """Ordinary steps as the agent runs a batch: each tenant's records in order, the
+        tenants concurrently (their provider calls interleave)."""
+        by_key: dict[bytes | None, list[Inbound]] = {}
+        records = [(self.inbound(step), step) for step in steps]
+        for rec, _ in records:
+            by_key.setdefault(rec.key, []).append(rec)
+        answers: dict[int, tuple[bytes | None, tuple[Any, ...]] | None] = {}
+
+        async def run(group: list[Inbound]) -> None:
+            for rec in group:
+                answers[rec.offset] = self.outcome(await self.deliver(rec))
+
+        await asyncio.gather(*(run(group) for group in by_key.values()))
+        for rec, step in records:
+            self.sent.append((rec, answers[rec.offset]))
+            if step.redeliver_now:
+                await self.redeliver(rec, answers[rec.offset])
+        self.check_tables()
+
     async def redeliver(
         self, rec: Inbound, first: tuple[bytes | None, tuple[Any, ...]] | None
     ) -> None:
@@ -458,7 +480,9 @@ def _no_card(*parts: Any) -> None:
             assert card not in text and plain not in digits, f"card number in {text[:200]!r}"
 
 
-async def _scenario(redis_url: str, scenario: list[Step], at_end: list[int]) -> None:
+async def _scenario(
+    redis_url: str, scenario: list[Step], at_end: list[int], batched: bool = False
+) -> None:
     client = aioredis.from_url(redis_url)
     h = Harness(
         # (A circuit breaker would park every command of "a" for its reset time: the
@@ -478,8 +502,20 @@ async def _scenario(redis_url: str, scenario: list[Step], at_end: list[int]) -> 
                 step = Step(command_type, tenant, body, str(uuid.uuid4()), None, False, None, False)
                 await run.step(step)
         run.provider_misbehaves()
-        for step in scenario:
-            await run.step(step)
+        if batched:  # ordinary steps in batches, broken by replays and tenant changes
+            pending: list[Step] = []
+            for step in [*scenario, None]:
+                if step is not None and step.command_type not in (REPLAY, TENANT):
+                    pending.append(step)
+                    continue
+                if pending:
+                    await run.batch(pending)
+                    pending = []
+                if step is not None:
+                    await run.step(step)
+        else:
+            for step in scenario:
+                await run.step(step)
         # Redeliveries after everything else ran (a crash before the commit).
         for i in at_end:
             if run.sent:
@@ -508,11 +544,12 @@ async def _scenario(redis_url: str, scenario: list[Step], at_end: list[int]) -> 
 @given(
     scenario=st.lists(steps(), min_size=1, max_size=25),
     at_end=st.lists(st.integers(0, 100), max_size=6),
+    batched=st.booleans(),
 )
 def test_generated_commands_keep_the_pipeline_invariants(
-    redis_url: str, scenario: list[Step], at_end: list[int]
+    redis_url: str, scenario: list[Step], at_end: list[int], batched: bool
 ) -> None:
-    asyncio.run(_scenario(redis_url, scenario, at_end))
+    asyncio.run(_scenario(redis_url, scenario, at_end, batched))
 
 
 def test_decode_of_an_answer_is_a_cloudevent(redis_url: str) -> None:
