@@ -4,8 +4,10 @@ tenant goes, and a tenant whose gateway cannot be built tried once per record.""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
@@ -25,6 +27,18 @@ SEALED = {"api_key": "v1.mk-0000.AAAA.AAAA"}
 
 async def down() -> None:
     raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+
+@pytest_asyncio.fixture
+async def simulator_pool(redis_url: str) -> AsyncIterator[GatewayPool]:
+    """A pool whose simulator tenants keep their state in a real Redis."""
+    redis = aioredis.from_url(redis_url)
+    pool = _pool([], redis)
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+        await redis.aclose()
 
 
 def _pool(opened: list[str], redis: object = None, **kw: object) -> GatewayPool:
@@ -66,10 +80,9 @@ async def test_a_tenant_whose_gateway_cannot_be_built_is_tried_and_logged_once_p
 
 
 async def test_a_removed_tenant_s_client_is_closed_and_its_circuit_forgotten(
-    redis_url: str,
+    simulator_pool: GatewayPool,
 ) -> None:
-    redis = aioredis.from_url(redis_url)
-    pool = _pool([], redis)
+    pool = simulator_pool
     kept = Tenant(tenant_id="t-kept", gateway="simulator")
     gone = Tenant(tenant_id="t-removed", gateway="simulator")
     gone_gateway = pool.get(gone)
@@ -97,16 +110,14 @@ async def test_a_removed_tenant_s_client_is_closed_and_its_circuit_forgotten(
     assert REGISTRY.get_sample_value("paystream_circuit_open", labels) is None
     assert pool.get(kept) is kept_gateway  # the others keep their clients
     await pool.aclose()
-    await redis.aclose()
     assert closed == ["t-removed"]  # closed once
 
 
 async def test_the_registry_sweep_runs_between_batches_when_due(
-    redis_url: str,
+    simulator_pool: GatewayPool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    redis = aioredis.from_url(redis_url)
-    pool = _pool([], redis)
+    pool = simulator_pool
     swept = pool.get(Tenant(tenant_id="t-swept", gateway="simulator"))
     staying = Tenant(tenant_id="t-staying", gateway="simulator")
     stays = pool.get(staying)
@@ -116,15 +127,12 @@ async def test_the_registry_sweep_runs_between_batches_when_due(
     await pool.close_retired({"t-staying"})
     assert pool.get(staying) is stays
     assert pool.get(Tenant(tenant_id="t-swept", gateway="simulator")) is not swept
-    await pool.aclose()
-    await redis.aclose()
 
 
 async def test_a_tenant_moved_to_another_provider_loses_the_old_circuit(
-    redis_url: str,
+    simulator_pool: GatewayPool,
 ) -> None:
-    redis = aioredis.from_url(redis_url)
-    pool = _pool([], redis)
+    pool = simulator_pool
     before = Tenant(tenant_id="t-moving", gateway="simulator")
     pool.get(before)
     with pytest.raises(RetriesExhausted):
@@ -134,8 +142,6 @@ async def test_a_tenant_moved_to_another_provider_loses_the_old_circuit(
     with pytest.raises(GatewayError):  # (its Stripe key not given yet)
         pool.get(Tenant(tenant_id="t-moving", gateway="stripe"))
     assert REGISTRY.get_sample_value("paystream_circuit_open", labels) is None
-    await pool.aclose()
-    await redis.aclose()
 
 
 def test_the_cached_build_error_does_not_gather_every_command_s_frames() -> None:
