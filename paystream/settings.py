@@ -129,6 +129,14 @@ class Settings(BaseSettings):
         "(the sink; also needs DATABASE_URL) or both (default), so the sink can be scaled "
         "apart from command processing.",
     )
+    stall_seconds: float = Field(
+        default=120.0,
+        ge=5,
+        description="PAYSTREAM_STALL_SECONDS: an agent behind (records to handle) that has "
+        "committed no progress for this long is stalled: /readyz lists it, and answers 503 "
+        "when it is the worker's own source agent (commands; the sink on a ledger-only "
+        "worker).",
+    )
     web_host: str = Field(default="127.0.0.1", description="PAYSTREAM_WEB_HOST: worker web bind.")
     web_advertised_host: str | None = Field(
         default=None,

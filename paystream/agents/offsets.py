@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -13,7 +14,7 @@ from faust.types import TP, AppT, EventT
 
 from paystream import metrics
 
-__all__ = ["DurableOffsets", "commit_periodically", "despite_cancellation"]
+__all__ = ["DurableOffsets", "Stall", "commit_periodically", "despite_cancellation", "stalls"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class DurableOffsets:
         published: dict[int, int] | None = None,
         agent: str = "",
         topic: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``published``: where to record, per partition, the offset last committed.
         ``agent``, ``topic``: what the progress metrics call this agent, and its topic
@@ -45,6 +47,11 @@ class DurableOffsets:
         self.agent, self.topic = agent, topic
         self._committed: dict[TP, int] = {}  # what this worker committed, per partition
         self.committed_at = 0.0  # Unix time of the last commit that moved any (0: none)
+        # Monotonic times: the last progress (a commit, or a new assignment to start on)
+        # and since when the agent has been seen behind (None: not behind when last seen).
+        self._clock = clock
+        self._progress_at = clock()
+        self._behind_since: float | None = None
         if agent and topic:
             metrics.PROGRESS.track(self)
 
@@ -70,6 +77,23 @@ class DurableOffsets:
                 out[tp] = max(0, int(high) - int(done))
         return out
 
+    def stalled_for(self) -> tuple[int, float] | None:
+        """``(records behind, seconds)`` while the agent has records to handle: how long
+        it has been behind without committing progress; None when it is not behind.
+
+        Counted from the later of its last commit and when it was first seen behind (by
+        a call of this), so that a burst after a quiet hour does not read as an hour's
+        stall before the first commit. Call it periodically (probes do) for that.
+        """
+        now = self._clock()
+        behind = sum(self.lag().values())
+        if behind == 0:
+            self._behind_since = None
+            return None
+        if self._behind_since is None:
+            self._behind_since = now
+        return behind, now - max(self._behind_since, self._progress_at)
+
     def advance(self, events: Sequence[EventT]) -> None:
         # Events of an older generation (the batch outlived a rebalance) are left out:
         # their partitions may be another worker's now, whose commits must not be undone.
@@ -94,6 +118,7 @@ class DurableOffsets:
             # back has the group's newer offset (Faust reads it at the assignment).
             self._committed.clear()
             self._generation = generation
+            self._progress_at = self._clock()  # new partitions: a fresh start
 
     async def commit(self) -> None:
         self._keep_only(self._app.consumer_generation_id)
@@ -116,6 +141,7 @@ class DurableOffsets:
             if committed:
                 self._committed[tp] = offset
                 self.committed_at = time.time()
+                self._progress_at = self._clock()
             if self._ready.get(tp) == offset:
                 del self._ready[tp]
             published = self._published
@@ -123,6 +149,32 @@ class DurableOffsets:
                 published[tp.partition] = offset
         if not committed:
             log.info("offsets not committed (rebalancing); the commands will be redelivered")
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    agent: str
+    behind: int  # records on the broker the agent has not durably handled
+    seconds: float  # behind, without committing progress, for this long
+
+    def describe(self) -> str:
+        return (
+            f"{self.agent} agent stalled: {self.behind} records behind, no progress "
+            f"for {self.seconds:.0f} s"
+        )
+
+
+def stalls(tracked: Iterable[DurableOffsets], after: float) -> list[Stall]:
+    """The agents behind without progress for ``after`` seconds or more."""
+    found = []
+    for offsets in tracked:
+        try:
+            behind = offsets.stalled_for()
+        except Exception:  # noqa: S112 - the app not started (or stopping): nothing to say
+            continue
+        if behind is not None and behind[1] >= after:
+            found.append(Stall(offsets.agent, *behind))
+    return sorted(found, key=lambda s: s.agent)
 
 
 async def commit_periodically(app: AppT, offsets: DurableOffsets, interval: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -14,8 +14,10 @@ import aiohttp.web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from paystream import metrics
 from paystream.agents.commands import runner
 from paystream.agents.ledger_sink import runner as ledger_runner
+from paystream.agents.offsets import stalls
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.money import minor_unit_exponent
@@ -121,21 +123,39 @@ class HealthView(View):
 @app.page("/readyz")
 class ReadyView(View):
     """For a readiness probe: 503 until the worker can run commands (tenant registry read
-    to its end, partitions of its source topic assigned, not rebalancing)."""
+    to its end, partitions of its source topic assigned, not rebalancing), and while its
+    source agent is stalled (behind, with no progress for PAYSTREAM_STALL_SECONDS).
+    Every stalled agent is listed under ``stalled``: a ledger sink waiting on its
+    database does not stop commands, so it does not make the worker unready."""
 
     async def get(self, request: Request) -> Response:
+        stalled = stalls(metrics.PROGRESS.tracked(), settings.stall_seconds)
+        source = "commands" if settings.runs("commands") else "ledger_sink"
         waiting = not_ready_because(
             registry_loaded=registry.ready.is_set(),
             partitions=len(_assigned()),
             rebalancing=bool(app.rebalancing),
             recovering=bool(getattr(app, "in_recovery", False)),
+            stalled=[s.describe() for s in stalled if s.agent == source],
         )
-        body = {"ready": not waiting, "waiting_for": waiting}
+        body = {
+            "ready": not waiting,
+            "waiting_for": waiting,
+            "stalled": [
+                {"agent": s.agent, "behind": s.behind, "seconds": round(s.seconds, 1)}
+                for s in stalled
+            ],
+        }
         return self.json(body, status=503 if waiting else 200)
 
 
 def not_ready_because(
-    *, registry_loaded: bool, partitions: int, rebalancing: bool, recovering: bool = False
+    *,
+    registry_loaded: bool,
+    partitions: int,
+    rebalancing: bool,
+    recovering: bool = False,
+    stalled: Sequence[str] = (),
 ) -> list[str]:
     """What a worker still waits for before it is ready; empty when ready."""
     waiting = []
@@ -147,6 +167,7 @@ def not_ready_because(
         waiting.append("rebalance")
     if recovering:
         waiting.append("table recovery")
+    waiting += stalled
     return waiting
 
 

@@ -10,7 +10,7 @@ import pytest
 from faust.types import TP
 from prometheus_client import REGISTRY
 
-from paystream.agents.offsets import DurableOffsets
+from paystream.agents.offsets import DurableOffsets, Stall, stalls
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,3 +70,39 @@ async def test_lag_follows_commits_and_the_group_s_offset_after_a_partition_come
     assert _lag("lag-a") == 0  # idle, not stalled (this worker's old 100 no longer counts)
     await offsets.commit()  # the periodic commit, nothing ready
     assert _lag("lag-a") == 0
+
+
+async def test_an_agent_behind_without_progress_is_stalled_from_when_it_was_seen_behind() -> None:
+    consumer = StandInConsumer()
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    now = [1000.0]
+    offsets = DurableOffsets(
+        app,  # type: ignore[arg-type]
+        agent="stall-a",
+        topic=TOPIC,
+        clock=lambda: now[0],
+    )
+    now[0] += 3600  # an hour's quiet since it started: not a stall
+    assert offsets.stalled_for() is None  # nothing to handle
+    consumer.high[P0] = 50  # a burst arrives
+    now[0] += 1
+    assert offsets.stalled_for() == (50, 0.0)  # counted from when seen behind
+    now[0] += 30
+    assert offsets.stalled_for() == (50, 30.0)
+    offsets.advance([_event(app, i) for i in range(20)])
+    await offsets.commit()  # progress: counted from the commit
+    now[0] += 10
+    assert offsets.stalled_for() == (30, 10.0)
+    assert stalls([offsets], after=10) == [Stall("stall-a", 30, 10.0)]
+    assert stalls([offsets], after=10.5) == []
+    # A new assignment is a fresh start, not a stall carried over.
+    app.consumer_generation_id = 2
+    await offsets.commit()
+    now[0] += 1
+    assert offsets.stalled_for() == (50, 1.0)
+    offsets.advance([_event(app, i) for i in range(50)])
+    await offsets.commit()
+    assert offsets.stalled_for() is None  # caught up
+    assert Stall("commands", 40, 130.4).describe() == (
+        "commands agent stalled: 40 records behind, no progress for 130 s"
+    )

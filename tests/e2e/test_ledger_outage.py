@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import shutil
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,14 @@ def _lag(base_url: str) -> dict[str, float]:
     return out
 
 
+def _readyz(base_url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 async def _until(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -86,6 +96,7 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
             database_url=pg.url,
             paystream_db_app_password=password,
             paystream_master_key=base64.b64encode(os.urandom(32)).decode(),
+            paystream_stall_seconds="5",
         )
         await dep.add_tenants(*(Tenant(tenant_id=t) for t in TENANTS))
         engine = create_engine(app_database_url(pg.url, password))
@@ -121,6 +132,17 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
 
                 await _until(commands_kept_up, 10, "the command agent's lag to be zero")
                 assert _lag(worker.base_url)["ledger_sink"] > 0
+
+                async def listed_stalled() -> bool:
+                    return [s["agent"] for s in _readyz(worker.base_url)[1]["stalled"]] == [
+                        "ledger_sink"
+                    ]
+
+                # /readyz names the stalled sink; the worker stays ready: commands run.
+                await _until(listed_stalled, 30, "/readyz to list the sink as stalled")
+                status, body = _readyz(worker.base_url)
+                assert status == 200 and body["ready"] is True, body
+                assert body["stalled"][0]["behind"] > 0 and body["stalled"][0]["seconds"] >= 5
                 pg.resume()
 
                 async def caught_up() -> bool:
@@ -135,6 +157,10 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
                     return _lag(worker.base_url)["ledger_sink"] == 0
 
                 await _until(committed, 30, "the sink's lag to return to zero")
+                assert _readyz(worker.base_url) == (
+                    200,
+                    {"ready": True, "waiting_for": [], "stalled": []},
+                )
                 assert (
                     _metric(
                         worker.base_url,

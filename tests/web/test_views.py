@@ -38,7 +38,7 @@ async def test_healthz(http: aiohttp.ClientSession) -> None:
 
 async def test_readyz_once_the_worker_can_run_commands(http: aiohttp.ClientSession) -> None:
     body = await get_json(http, "/readyz")
-    assert body == {"ready": True, "waiting_for": []}
+    assert body == {"ready": True, "waiting_for": [], "stalled": []}
 
 
 async def test_what_a_worker_waits_for() -> None:
@@ -50,6 +50,10 @@ async def test_what_a_worker_waits_for() -> None:
         "partition assignment",
         "rebalance",
     ]
+    stalled = "commands agent stalled: 40 records behind, no progress for 130 s"
+    assert not_ready_because(
+        registry_loaded=True, partitions=2, rebalancing=False, stalled=[stalled]
+    ) == [stalled]
 
 
 async def test_a_lookup_while_tables_settle_is_retried_not_answered_not_found() -> None:
