@@ -8,6 +8,7 @@ import os
 import re
 import signal
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from cloudevents.core.v1.event import CloudEvent
@@ -104,6 +105,33 @@ async def test_tiles_tenants_and_recent_outcomes(
     succeeded_row = recent.filter(has_text="payment.succeeded")
     await expect(succeeded_row.locator("td").nth(4)).to_have_text(seeded.succeeded_payment)
     await expect(succeeded_row.locator("td").nth(5)).to_have_text("25.00 USD")
+    assert js_errors == []
+
+
+async def test_totals_past_2_53_keep_every_digit(
+    page: Page, seeded: Seeded, js_errors: list[str]
+) -> None:
+    """A tenant's all-time total past 2**53 minor units (JSON.parse would round it to a
+    float): the worker's stats, with acme's captured total raised past it on the wire,
+    are shown to the last digit; so is an entity lookup's JSON."""
+    huge = "9007199254740993"  # 2**53 + 1: a float reads it as ...992
+
+    async def raise_total(route: Any) -> None:
+        response = await route.fetch()
+        body = (await response.text()).replace(
+            '"captured":{"USD":2500}', f'"captured":{{"USD":{huge}}}'
+        )
+        assert huge in body, "acme's captured total was not found in the stats"
+        await route.fulfill(response=response, body=body)
+
+    await page.route("**/v1/stats", raise_total)
+    await open_dashboard(page, seeded)
+    captured = page.locator('#tenants tr[data-tenant="acme"] td').nth(5)
+    await expect(captured).to_have_text("90071992547409.93 USD", timeout=WAIT)
+    shown = await page.evaluate(
+        'JSON.stringify(exactJSON(\'{"amount": 12345678901234567891, "n": 1.5}\', true))'
+    )
+    assert shown == '{"amount":12345678901234567891,"n":1.5}'
     assert js_errors == []
 
 
