@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -160,17 +160,25 @@ class _AgentProgress(_ReadAtScrape["DurableOffsets"]):
             "still while its lag is above zero.",
             labels=["agent"],
         )
+        fetched = GaugeMetricFamily(
+            "paystream_consumer_fetch_age_seconds",
+            "Seconds since the broker last answered a fetch for the partition (this "
+            "worker's): a broker that stops answering shows here, not in the lag.",
+            labels=["agent", "topic", "partition"],
+        )
         for offsets in self.tracked():
-            try:
-                behind = offsets.lag()
-            except Exception:  # the app not started (or stopping): nothing to say
-                behind = {}
-            for tp, records in sorted(behind.items()):
-                lag.add_metric([offsets.agent, tp.topic, str(tp.partition)], records)
+            for family, read in ((lag, offsets.lag), (fetched, offsets.fetch_ages)):
+                try:
+                    values: dict[Any, float] = dict(read())
+                except Exception:  # the app not started (or stopping): nothing to say
+                    values = {}
+                for tp, value in sorted(values.items()):
+                    family.add_metric([offsets.agent, tp.topic, str(tp.partition)], value)
             if offsets.committed_at:
                 committed.add_metric([offsets.agent], offsets.committed_at)
         yield lag
         yield committed
+        yield fetched
 
 
 PROGRESS = _AgentProgress()

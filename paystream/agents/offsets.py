@@ -7,8 +7,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
+from aiokafka import TopicPartition
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, AppT, EventT
 
@@ -75,6 +76,22 @@ class DurableOffsets:
                 high = None
             if high is not None:
                 out[tp] = max(0, int(high) - int(done))
+        return out
+
+    def fetch_ages(self) -> dict[TP, float]:
+        """Per partition this worker owns: seconds since the broker last answered a fetch
+        for it (absent until the first answer). A broker that stops answering is seen
+        here, not in the lag (which stands as of the last answer)."""
+        consumer = cast(FaustConsumer, self._app.consumer)
+        client = cast(Any, consumer)._thread._ensure_consumer()  # aiokafka's, on its thread
+        now_ms = time.time() * 1000
+        out: dict[TP, float] = {}
+        for tp in consumer.assignment():
+            if tp.topic != self.topic:
+                continue
+            polled = client.last_poll_timestamp(TopicPartition(tp.topic, tp.partition))
+            if polled is not None:
+                out[tp] = max(0.0, (now_ms - polled) / 1000)
         return out
 
     def stalled_for(self) -> tuple[int, float] | None:
