@@ -156,11 +156,18 @@ class ReplayResult:
             self.undecodable += 1
 
 
+# How long providers keep an idempotency key, whatever ours is: Stripe may drop a key
+# once it is 24 hours old, and then runs a retry under it as a new request.
+PROVIDER_KEY_WINDOW_MS = 24 * 3_600_000
+
+
 def stale_after_ms(settings: Settings) -> int:
     """Age past which a parked command may no longer be re-sent blindly: an hour inside
-    the idempotency window (ours, and the provider's)."""
-    ttl_ms = settings.idempotency_ttl_seconds * 1000
-    return max(ttl_ms - 3_600_000, ttl_ms // 2)
+    the idempotency window, ours or the provider's, whichever is shorter (a longer
+    PAYSTREAM_IDEMPOTENCY_TTL_SECONDS dedupes longer here, but a provider that has
+    forgotten the key would charge again)."""
+    window_ms = min(settings.idempotency_ttl_seconds * 1000, PROVIDER_KEY_WINDOW_MS)
+    return max(window_ms - 3_600_000, window_ms // 2)
 
 
 def _first_attempt_ms(rec: ParkedRecord) -> int | None:

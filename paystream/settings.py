@@ -197,7 +197,8 @@ class Settings(BaseSettings):
         default=24 * 3600,
         ge=60,
         description="PAYSTREAM_IDEMPOTENCY_TTL_SECONDS: how long an idempotency key is "
-        "remembered (Stripe: 24 h).",
+        "remembered (Stripe: 24 h). Longer dedupes longer here, but `dlq replay` still holds "
+        "back parked commands past Stripe's 24 h (an hour inside it).",
     )
 
     # --- gateways ----------------------------------------------------------------

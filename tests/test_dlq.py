@@ -388,3 +388,14 @@ async def test_a_structured_records_id_and_type_are_listed() -> None:
     binary = ParkedRecord("retry", 0, 2, b"acme", b"{}", (("ce_id", b"c1"), ("ce_type", b"t")))
     assert binary.command_id_and_type == ("c1", "t")
     assert ParkedRecord("dlq", 0, 3, None, b"\xff", ()).command_id_and_type == ("?", "?")
+
+
+def test_a_longer_idempotency_window_never_replays_past_the_providers() -> None:
+    """Stripe may drop a key once it is 24 h old: with a 7-day window of our own, a
+    parked command is still held back from 23 h (re-sent later, a charge the provider
+    applied would be made again)."""
+    from paystream.settings import load_settings
+
+    assert stale_after_ms(load_settings(idempotency_ttl_seconds=7 * 24 * 3600)) == 23 * 3_600_000
+    assert stale_after_ms(load_settings(idempotency_ttl_seconds=24 * 3600)) == 23 * 3_600_000
+    assert stale_after_ms(load_settings(idempotency_ttl_seconds=3600)) == 1_800_000

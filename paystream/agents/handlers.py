@@ -533,7 +533,12 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         if customer is None and pm.customer_id is not None:
             # A saved card is its customer's: Stripe refuses it without that customer
             # (parameter_missing), and would keep that refusal under the key.
-            customer = ctx.load(CustomerRecord, pm.customer_id)
+            # (A deleted customer's card is refused here, as a named deleted one is.)
+            customer = (
+                ctx.load(CustomerRecord, pm.customer_id)
+                if ctx.let_through
+                else _live_customer(ctx, pm.customer_id)
+            )
             ctx.at_provider(customer)
     else:
         provider_pm = str(data.payment_method_token)
@@ -566,6 +571,8 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
             raise
         rec.failure_code = exc.decline_code or exc.code.value
         rec.failure_message = exc.message
+        # Declined, the provider's payment still exists (Stripe: requires_payment_method).
+        rec.provider_payment_id = exc.provider_payment_id or ""
         return HandlerResult("payment.failed", rec, error=exc)
     rec.provider_payment_id = res.provider_payment_id
     _apply_payment_result(rec, res)

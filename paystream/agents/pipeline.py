@@ -988,7 +988,10 @@ class CommandProcessor:
             "command": cmd.command_type,
             "outcome": stored.type,
             "entity_id": stored.data.get("entity_id"),
-            "amount": obj.get("amount"),
+            # What the command moved: a (partial) capture's captured amount.
+            "amount": obj.get("amount_captured")
+            if cmd.command_type == "payment.capture" and "amount_captured" in obj
+            else obj.get("amount"),
             "currency": obj.get("currency"),
             "reason": stored.data.get("reason") or (stored.data.get("error") or {}).get("code"),
         }

@@ -737,3 +737,65 @@ async def test_a_saved_card_pays_for_its_customer_without_naming_them(harness: H
     out = await harness.send("payment.create", t, pay)
     assert kind(out) == "payment.succeeded", data(out)
     assert data(out)["object"]["customer_id"] == "c1"
+
+
+async def test_a_declined_payment_keeps_the_providers_payment_id(harness: Harness) -> None:
+    """Declined, the provider's payment still exists (Stripe: requires_payment_method):
+    the entity names it, as the outcome's error does, so it can be found there."""
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_chargeDeclined"},
+    )
+    assert kind(out) == "payment.failed"
+    pi = data(out)["error"]["provider_payment_id"]
+    assert pi and pi.startswith("pi_")
+    assert data(out)["object"]["provider_payment_id"] == pi
+    assert harness.tables.payments[f"{t}:p1"]["provider_payment_id"] == pi
+
+
+async def test_a_deleted_customers_saved_card_is_refused_by_paystream(harness: Harness) -> None:
+    """A saved card named alone brings its customer along: deleted, it is refused here
+    as a deleted customer named outright is (not parked while the provider is down, nor
+    answered with the provider's own customer id)."""
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1"})
+    attach = {"customer_id": "c1", "payment_method_id": "pm1", "token": "pm_card_visa"}
+    assert kind(await harness.send("payment_method.attach", t, attach)) == (
+        "payment_method.attached"
+    )
+    assert kind(await harness.send("customer.delete", t, {"customer_id": "c1"})) == (
+        "customer.deleted"
+    )
+    _provider_down(harness, t)
+    emits, out = await harness.send_event(
+        build_command(
+            "payment.create", t, {"payment_id": "p1", **USD_1000, "payment_method_id": "pm1"}
+        )
+    )
+    assert harness.settings.retry_topic not in [e.topic for e in emits]
+    assert out is not None and data(out)["reason"] == "not_found"
+    assert data(out)["message"] == "no such customer: c1"
+
+
+async def test_a_partial_captures_summary_shows_the_captured_amount(harness: Harness) -> None:
+    """The dashboard's recent outcomes show what a command moved: 6.00 of a 10.00
+    authorisation, as a refund's row shows the refund."""
+    t = harness.add_tenant()
+    await harness.send(
+        "payment.create",
+        t,
+        {
+            "payment_id": "p1",
+            **USD_1000,
+            "payment_method_token": "pm_card_visa",
+            "capture": "manual",
+        },
+    )
+    emits, out = await harness.send_event(
+        build_command("payment.capture", t, {"payment_id": "p1", "amount": 600})
+    )
+    assert out is not None and data(out)["object"]["amount_captured"] == 600
+    [summary] = [e.summary for e in emits if e.topic == harness.settings.events_topic]
+    assert summary is not None and summary["amount"] == 600
