@@ -654,6 +654,12 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
     if left or ledger_left or report.unopenable:
         click.echo("keep the retired key until `paystream keys rotate` exits 0", err=True)
         sys.exit(1)
+    if settings.database_url and keyring.retired:
+        click.echo(
+            "note: audit entries written before the rotation stay keyed under the retired "
+            "key: `paystream audit verify` needs it in PAYSTREAM_RETIRED_MASTER_KEYS",
+            err=True,
+        )
 
 
 @cli.group()

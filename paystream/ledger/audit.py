@@ -1,8 +1,17 @@
-"""Append-only audit trail with a per-tenant hash chain, and its verifier."""
+"""Append-only audit trail with a per-tenant keyed hash chain, and its verifier.
+
+Each row's hash is an HMAC-SHA256 of the previous row's hash and the row, under a key
+derived from the master key current when it was written (``key_id`` names which). The
+database never sees that key: whoever can write the tables (a DBA, a stolen owner
+credential, an edited backup) can no longer rewrite a row and recompute the chain
+after it, which a plain hash allowed. Rows without a key id (written before migration
+0004) are reported as unkeyed: nothing tells them from a forgery.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,14 +22,17 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from paystream.ledger.models import AuditHead, AuditLog
+from paystream.ledger.models import AuditHead, AuditLog, Event
 from paystream.ledger.session import tenant_session
+from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring
 
 __all__ = [
     "GENESIS_HASH",
     "AuditEntry",
     "VerifyResult",
     "append_audit",
+    "audit_key",
+    "chain_hash",
     "lock_tenant",
     "verify_audit",
 ]
@@ -78,9 +90,21 @@ def _canonical(tenant_id: str, seq: int, row: Mapping[str, Any]) -> bytes:
     ).encode()
 
 
-def chain_hash(prev_hash: bytes, tenant_id: str, seq: int, row: Mapping[str, Any]) -> bytes:
-    """sha256(prev_hash || canonical JSON of the row)."""
-    return hashlib.sha256(prev_hash + _canonical(tenant_id, seq, row)).digest()
+def audit_key(master: MasterKey) -> bytes:
+    """The chain's MAC key under ``master``: derived, so the master key itself is only
+    ever used to wrap keys."""
+    return hmac.new(master.key, b"paystream/audit-chain/v1", hashlib.sha256).digest()
+
+
+def chain_hash(
+    prev_hash: bytes, tenant_id: str, seq: int, row: Mapping[str, Any], key: bytes | None
+) -> bytes:
+    """HMAC-SHA256(key, prev_hash || canonical JSON of the row); sha256 of the same for
+    an unkeyed row (``key`` None: written before chains were keyed)."""
+    message = prev_hash + _canonical(tenant_id, seq, row)
+    if key is None:
+        return hashlib.sha256(message).digest()
+    return hmac.new(key, message, hashlib.sha256).digest()
 
 
 async def lock_tenant(session: AsyncSession, tenant_id: str) -> tuple[int, bytes]:
@@ -105,11 +129,18 @@ async def lock_tenant(session: AsyncSession, tenant_id: str) -> tuple[int, bytes
 
 
 async def append_audit(
-    session: AsyncSession, tenant_id: str, entries: Sequence[AuditEntry]
+    session: AsyncSession,
+    tenant_id: str,
+    entries: Sequence[AuditEntry],
+    *,
+    keyring: MasterKeyring,
 ) -> None:
-    """Append entries to the tenant's chain inside the caller's tenant transaction."""
+    """Append entries to the tenant's chain inside the caller's tenant transaction,
+    keyed under the keyring's current master key."""
     if not entries:
         return
+    master = keyring.current
+    key = audit_key(master)
     seq, prev = await lock_tenant(session, tenant_id)
     rows = []
     for entry in entries:
@@ -127,8 +158,9 @@ async def append_audit(
             "before": _json_normal(entry.before),
             "after": _json_normal(entry.after),
             "prev_hash": prev,
+            "key_id": master.key_id,
         }
-        row["hash"] = prev = chain_hash(prev, tenant_id, seq, row)
+        row["hash"] = prev = chain_hash(prev, tenant_id, seq, row, key)
         rows.append(row)
     for start in range(0, len(rows), 1000):
         await session.execute(pg_insert(AuditLog).values(rows[start : start + 1000]))
@@ -137,9 +169,12 @@ async def append_audit(
     )
 
 
-async def verify_audit(engine: AsyncEngine, tenant_id: str) -> VerifyResult:
-    """Walk the tenant's chain: every seq present, each prev_hash linked, each hash recomputed."""
+async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyring) -> VerifyResult:
+    """Walk the tenant's chain: every seq present, each prev_hash linked, each hash
+    recomputed under the key its row names (which ``keyring`` must hold)."""
     problems: list[str] = []
+    keys: dict[str, bytes | None] = {}  # key id → MAC key (None: not in the keyring)
+    unkeyed: list[int] = []
     expected_seq, prev, checked = 1, GENESIS_HASH, 0
     # One snapshot for the head and the rows: a batch committed between the two reads
     # would otherwise look like a head out of step with its chain (tampering).
@@ -166,10 +201,28 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str) -> VerifyResult:
                     "after",
                 )
             }
-            if chain_hash(bytes(entry.prev_hash), tenant_id, entry.seq, row) != bytes(entry.hash):
+            if entry.key_id is None:
+                unkeyed.append(entry.seq)
+                key = None
+            else:
+                if entry.key_id not in keys:
+                    keys[entry.key_id] = _key_in(keyring, entry.key_id)
+                key = keys[entry.key_id]
+                if key is None:
+                    problems.append(
+                        f"seq {entry.seq}: keyed under master key {entry.key_id!r}, which is "
+                        "not in the keyring (PAYSTREAM_RETIRED_MASTER_KEYS): not verifiable"
+                    )
+            if (entry.key_id is None or key is not None) and chain_hash(
+                bytes(entry.prev_hash), tenant_id, entry.seq, row, key
+            ) != bytes(entry.hash):
                 problems.append(f"seq {entry.seq}: contents do not match its hash (altered)")
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
+        # Events stored but no chain at all: the whole of it was deleted.
+        wiped = not checked and (await session.execute(select(Event.event_id).limit(1))).first()
     last_seq = expected_seq - 1
+    if wiped:
+        problems.append("events are recorded for this tenant but its audit chain is empty")
     if head is None:
         if checked:
             problems.append("audit head is missing")
@@ -178,4 +231,17 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str) -> VerifyResult:
             problems.append(f"rows {last_seq + 1}..{head.seq} are missing (head is at {head.seq})")
         else:
             problems.append(f"head (seq {head.seq}) does not match the last row (seq {last_seq})")
+    if unkeyed:
+        shown = ", ".join(map(str, unkeyed[:5])) + (", ..." if len(unkeyed) > 5 else "")
+        problems.append(
+            f"{len(unkeyed)} row(s) not keyed (seq {shown}): written before keyed chains "
+            "(migration 0004) or forged without the key; either way not verifiable"
+        )
     return VerifyResult(tenant_id, checked, problems)
+
+
+def _key_in(keyring: MasterKeyring, key_id: str) -> bytes | None:
+    try:
+        return audit_key(keyring.get(key_id))
+    except CryptoError:
+        return None

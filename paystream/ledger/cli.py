@@ -104,12 +104,20 @@ def audit_group() -> None:
 @audit_group.command("verify")
 @click.option("--tenant", "tenants", multiple=True, required=True, help="tenant id (repeatable)")
 def audit_verify(tenants: tuple[str, ...]) -> None:
-    """Recompute each tenant's audit chain; exit 1 if any row is missing or altered."""
+    """Recompute each tenant's audit chain; exit 1 if any row is missing or altered.
+
+    The chain is keyed under the master key: PAYSTREAM_MASTER_KEY (and, for rows written
+    before a rotation, the old key in PAYSTREAM_RETIRED_MASTER_KEYS) must be set."""
     from paystream.ledger import assert_rls_enforced, create_engine, verify_audit
     from paystream.ledger.audit import VerifyResult
     from paystream.ledger.migrate import app_database_url
+    from paystream.tenancy.crypto import keyring_from_settings
 
     settings = _settings()
+    try:
+        keyring = keyring_from_settings(settings)
+    except PaystreamError as exc:
+        raise click.ClickException(f"{exc}: the audit chain is keyed under it") from exc
     url = _owner_url(settings)
     if (password := _app_password(settings)) is not None:
         url = app_database_url(url, password)
@@ -119,7 +127,7 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
         try:
             # Without RLS the unfiltered chain query would mix tenants and report garbage.
             await assert_rls_enforced(engine)
-            return [await verify_audit(engine, t) for t in tenants]
+            return [await verify_audit(engine, t, keyring) for t in tenants]
         finally:
             await engine.dispose()
 

@@ -237,7 +237,8 @@ class Event(Base):
 
 
 class AuditLog(Base):
-    """Append-only, hash-chained per tenant: hash = sha256(prev_hash || canonical row)."""
+    """Append-only, chained per tenant: hash = HMAC(key, prev_hash || canonical row), the
+    key derived from the master key ``key_id`` names (see ledger/audit.py)."""
 
     __tablename__ = "audit_log"
     __table_args__ = (
@@ -257,6 +258,7 @@ class AuditLog(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
     hash: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str | None] = mapped_column(Text)  # None: unkeyed (before 0004)
 
 
 class AuditHead(Base):

@@ -103,7 +103,12 @@ async def export_customer(
 
 
 async def erase_customer(
-    engine: AsyncEngine, tenant_id: str, customer_id: str, *, actor: str = "system:privacy"
+    engine: AsyncEngine,
+    tenant_id: str,
+    customer_id: str,
+    *,
+    keyring: MasterKeyring,
+    actor: str = "system:privacy",
 ) -> bool:
     """Crypto-shred a customer's PII: delete their data key and clear the ciphertext.
 
@@ -164,5 +169,6 @@ async def erase_customer(
                     occurred_at=now,
                 )
             ],
+            keyring=keyring,
         )
     return True

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from paystream.ledger.errors import LedgerError, RlsNotEnforcedError
+from paystream.ledger.models import TENANT_TABLES
 from paystream.tenancy.models import TENANT_ID_PATTERN
 
 __all__ = ["TENANT_SETTING", "assert_rls_enforced", "create_engine", "tenant_session"]
@@ -49,24 +50,61 @@ async def tenant_session(
 
 
 async def assert_rls_enforced(engine: AsyncEngine) -> None:
-    """Refuse to run as a role that row-level security would not restrict.
+    """Refuse to run as a role that row-level security would not restrict, or on tables
+    where it is not in force.
 
-    Superusers and BYPASSRLS roles skip every policy, and so would a table owner were
-    FORCE ever dropped: the application must connect as ``paystream_app``.
+    Superusers and BYPASSRLS roles skip every policy; a table's owner, and any member of
+    the owning role (PostgreSQL lets members act as owners: a common layout on managed
+    PostgreSQL), can switch it off (``NO FORCE ROW LEVEL SECURITY``) or disable the
+    audit log's triggers. Every ledger table must have RLS enabled and forced with its
+    ``tenant_isolation`` policy: one left off after maintenance would show every tenant's
+    rows to every tenant's session. The application must connect as ``paystream_app``.
     """
     async with engine.connect() as conn:
-        row = (
+        role = (
             await conn.execute(
                 text(
-                    "SELECT r.rolname, r.rolsuper, r.rolbypassrls, "
-                    "EXISTS (SELECT 1 FROM pg_tables t WHERE t.schemaname = 'public' "
-                    "AND t.tablename = 'audit_log' AND t.tableowner = r.rolname) AS owner "
-                    "FROM pg_roles r WHERE r.rolname = current_user"
+                    "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles "
+                    "WHERE rolname = current_user"
                 )
             )
         ).one()
-    if row.rolsuper or row.rolbypassrls or row.owner:
+        tables = (
+            await conn.execute(
+                text(
+                    "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
+                    "pg_has_role(current_user, c.relowner, 'MEMBER') AS owns, "
+                    "EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid "
+                    "AND p.polname = 'tenant_isolation') AS isolated "
+                    "FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+                    "AND c.relkind = 'r' AND c.relname = ANY(:tables)"
+                ),
+                {"tables": list(TENANT_TABLES)},
+            )
+        ).all()
+    if role.rolsuper or role.rolbypassrls:
         raise RlsNotEnforcedError(
-            f"role {row.rolname!r} bypasses row-level security (superuser, BYPASSRLS or "
-            "table owner); connect as paystream_app"
+            f"role {role.rolname!r} bypasses row-level security (superuser or BYPASSRLS); "
+            "connect as paystream_app"
+        )
+    if owned := sorted(t.relname for t in tables if t.owns):
+        raise RlsNotEnforcedError(
+            f"role {role.rolname!r} owns (or is a member of the role owning) "
+            f"{', '.join(owned)} and could switch row-level security off; connect as "
+            "paystream_app"
+        )
+    found = {t.relname: t for t in tables}
+    if unenforced := sorted(
+        name
+        for name in TENANT_TABLES
+        if name not in found
+        or not (
+            found[name].relrowsecurity and found[name].relforcerowsecurity and found[name].isolated
+        )
+    ):
+        raise RlsNotEnforcedError(
+            "row-level security is not in force on "
+            + ", ".join(unenforced)
+            + " (enabled, forced, with its tenant_isolation policy); run `paystream migrate` "
+            "or restore it"
         )

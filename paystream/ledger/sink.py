@@ -477,7 +477,7 @@ class LedgerSink:
         """Crypto-shred a customer (after their `customer.erased` event is stored); retried
         like a write. Idempotent: False if the customer was already erased."""
         return await self._retrying(
-            lambda: erase_customer(self.engine, tenant_id, customer_id),
+            lambda: erase_customer(self.engine, tenant_id, customer_id, keyring=self.keyring),
             f"erasure of customer {customer_id} of tenant {tenant_id}",
             BatchResult(),
         )

@@ -142,7 +142,7 @@ async def _write_tenant(
             audit += await _upsert(session, tenant_id, model, id_column, batch, keys, first_seen)
     result.entities_applied = len(audit)
     result.entities_stale = len(latest) - len(audit)
-    await append_audit(session, tenant_id, audit)
+    await append_audit(session, tenant_id, audit, keyring=keyring)
     return result
 
 

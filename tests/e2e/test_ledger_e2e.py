@@ -17,6 +17,7 @@ from paystream.ledger import create_engine, tenant_session, verify_audit
 from paystream.ledger.migrate import app_database_url, create_database, upgrade
 from paystream.ledger.models import Customer, Event, Payment
 from paystream.ledger.sink import asyncpg_url
+from paystream.tenancy.crypto import keyring_from_settings
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
 
@@ -99,7 +100,7 @@ async def test_outcomes_land_in_the_ledger_per_tenant(ledgered: tuple[Deployment
         assert customer.email_ciphertext and b"ada@acme.io" not in customer.email_ciphertext
         events = (await s.execute(select(func.count()).select_from(Event))).scalar_one()
         assert events >= 3
-    assert (await verify_audit(engine, "acme")).ok
+    assert (await verify_audit(engine, "acme", keyring_from_settings(dep.settings))).ok
 
 
 async def test_customer_erase_crypto_shreds_the_ledger_copy(
@@ -140,4 +141,4 @@ async def test_customer_erase_crypto_shreds_the_ledger_copy(
             )  # type: ignore[index]
         ).scalar_one()
         assert payment.amount == 990  # money stays
-    assert (await verify_audit(engine, "acme")).ok
+    assert (await verify_audit(engine, "acme", keyring_from_settings(dep.settings))).ok

@@ -28,6 +28,7 @@ from paystream.devstack.postgres import EmbeddedPostgres
 from paystream.ledger import create_engine, tenant_session, verify_audit
 from paystream.ledger.migrate import app_database_url, upgrade
 from paystream.ledger.models import Event, Payment
+from paystream.tenancy.crypto import keyring_from_settings
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
 
@@ -171,7 +172,7 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
         assert failures >= 1
         assert await _ledger_counts(engine) == (len(commands), len(commands))  # none doubled
         for tenant in TENANTS:
-            assert (await verify_audit(engine, tenant)).ok
+            assert (await verify_audit(engine, tenant, keyring_from_settings(dep.settings))).ok
     finally:
         if engine is not None:
             await engine.dispose()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger import tenant_session, verify_audit, write_events
+from paystream.ledger.audit import audit_key, chain_hash
 from paystream.ledger.models import AuditLog
-from paystream.tenancy.crypto import MasterKeyring
+from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory
 
 
@@ -47,9 +50,9 @@ async def test_untouched_chain_verifies(
     app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
 ) -> None:
     await _history(app_engine, keyring, make_event, "au2")
-    result = await verify_audit(app_engine, "au2")
+    result = await verify_audit(app_engine, "au2", keyring)
     assert (result.ok, result.checked, result.problems) == (True, 4, [])
-    empty = await verify_audit(app_engine, "nobody")
+    empty = await verify_audit(app_engine, "nobody", keyring)
     assert (empty.ok, empty.checked) == (True, 0)
 
 
@@ -70,9 +73,9 @@ async def test_a_batch_committed_while_verifying_is_not_taken_for_tampering(
         return await stream(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(AsyncSession, "stream", append_then_stream)
-    during = await verify_audit(app_engine, "au3")
+    during = await verify_audit(app_engine, "au3", keyring)
     assert (during.ok, during.checked, during.problems) == (True, 4, [])
-    after = await verify_audit(app_engine, "au3")
+    after = await verify_audit(app_engine, "au3", keyring)
     assert (after.ok, after.checked) == (True, 5)
 
 
@@ -120,7 +123,7 @@ async def test_altered_row_is_detected(
         "UPDATE audit_log SET after = jsonb_set(after, '{amount}', '1') "
         "WHERE tenant_id = 'au4' AND seq = 2",
     )
-    result = await verify_audit(app_engine, "au4")
+    result = await verify_audit(app_engine, "au4", keyring)
     assert not result.ok
     assert result.problems == ["seq 2: contents do not match its hash (altered)"]
 
@@ -138,7 +141,7 @@ async def test_altered_row_with_recomputed_hash_breaks_the_link(
         "UPDATE audit_log SET actor = 'mallory', hash = sha256(hash) "
         "WHERE tenant_id = 'au5' AND seq = 2",
     )
-    problems = (await verify_audit(app_engine, "au5")).problems
+    problems = (await verify_audit(app_engine, "au5", keyring)).problems
     assert "seq 2: contents do not match its hash (altered)" in problems
     assert "seq 3: prev_hash does not link to the previous row" in problems
 
@@ -160,6 +163,154 @@ async def test_deleted_row_is_detected(
     await _as_owner_without_trigger(
         owner_engine, f"DELETE FROM audit_log WHERE tenant_id = '{tenant}' AND seq = {seq}"
     )
-    result = await verify_audit(app_engine, tenant)
+    result = await verify_audit(app_engine, tenant, keyring)
     assert not result.ok
     assert expected in result.problems
+
+
+async def _rewrite_chain_from(
+    owner: AsyncEngine, tenant: str, seq: int, key: bytes | None, *, drop_key_id: bool
+) -> None:
+    """A forger with the owner's rights: change row ``seq``'s amount and recompute every
+    hash from it on (with ``key``: the wrong one, or none at all), head included."""
+    async with owner.begin() as conn:
+        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
+        await conn.execute(text("ALTER TABLE audit_heads DISABLE TRIGGER audit_heads_forward_only"))
+        rows = (
+            (
+                await conn.execute(
+                    text("SELECT * FROM audit_log WHERE tenant_id = :t ORDER BY seq"), {"t": tenant}
+                )
+            )
+            .mappings()
+            .all()
+        )
+        prev = bytes(rows[seq - 2]["hash"]) if seq > 1 else bytes(32)
+        for r in rows[seq - 1 :]:
+            row = dict(r)
+            if row["seq"] == seq:
+                row["after"] = {**row["after"], "amount": 1}
+            new_hash = chain_hash(prev, tenant, row["seq"], row, key)
+            await conn.execute(
+                text(
+                    "UPDATE audit_log SET after = CAST(:after AS jsonb), prev_hash = :p, "
+                    "hash = :h, key_id = CASE WHEN :drop THEN NULL ELSE key_id END "
+                    "WHERE tenant_id = :t AND seq = :s"
+                ),
+                {
+                    "after": json.dumps(row["after"]),
+                    "p": prev,
+                    "h": new_hash,
+                    "drop": drop_key_id,
+                    "t": tenant,
+                    "s": row["seq"],
+                },
+            )
+            prev = new_hash
+        await conn.execute(
+            text("UPDATE audit_heads SET hash = :h WHERE tenant_id = :t"), {"h": prev, "t": tenant}
+        )
+        await conn.execute(text("ALTER TABLE audit_heads ENABLE TRIGGER audit_heads_forward_only"))
+        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
+
+
+@pytest.mark.parametrize("forgery", ["plain hash", "plain hash, key id dropped", "another key"])
+async def test_a_row_rewritten_with_the_chain_recomputed_is_detected(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+    forgery: str,
+) -> None:
+    """The database never sees the chain's key: whoever can write the tables can
+    recompute a plain hash chain after an edit, not a keyed one."""
+    tenant = f"au7-{len(forgery)}"
+    await _history(app_engine, keyring, make_event, tenant)
+    assert (await verify_audit(app_engine, tenant, keyring)).ok
+    key = audit_key(MasterKey.generate()) if forgery == "another key" else None
+    await _rewrite_chain_from(owner_engine, tenant, 2, key, drop_key_id="dropped" in forgery)
+    result = await verify_audit(app_engine, tenant, keyring)
+    assert not result.ok
+    if "dropped" in forgery:
+        assert result.problems == [
+            "3 row(s) not keyed (seq 2, 3, 4): written before keyed chains (migration 0004) "
+            "or forged without the key; either way not verifiable"
+        ]
+    else:
+        assert result.problems == [
+            f"seq {n}: contents do not match its hash (altered)" for n in (2, 3, 4)
+        ]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_heads SET seq = 1 WHERE tenant_id = 'au8'",
+        "UPDATE audit_heads SET hash = sha256(hash) WHERE tenant_id = 'au8'",
+        "DELETE FROM audit_heads WHERE tenant_id = 'au8'",
+        "TRUNCATE audit_heads CASCADE",
+    ],
+)
+async def test_the_head_only_moves_forward(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+    statement: str,
+) -> None:
+    """Cutting the newest entries and moving the head back to the last one kept passed
+    verification: now the owner too must disable a trigger to do it."""
+    await _history(app_engine, keyring, make_event, "au8")
+    with pytest.raises(DBAPIError, match="audit_heads only move forward"):
+        async with owner_engine.begin() as conn:
+            await conn.execute(text(statement))
+    assert (await verify_audit(app_engine, "au8", keyring)).ok
+
+
+async def test_rows_under_a_retired_master_key_verify_while_it_is_in_the_keyring(
+    app_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    old = MasterKeyring(MasterKey.generate())
+    await write_events(app_engine, [make_event.payment("au9", "pay_1")], keyring=old)
+    rotated = old.rotated_to(MasterKey.generate())
+    await write_events(app_engine, [make_event.payment("au9", "pay_2")], keyring=rotated)
+    assert (await verify_audit(app_engine, "au9", rotated)).ok
+    without_old = MasterKeyring(rotated.current)
+    problems = (await verify_audit(app_engine, "au9", without_old)).problems
+    assert problems == [
+        f"seq 1: keyed under master key {old.current.key_id!r}, which is not in the keyring "
+        "(PAYSTREAM_RETIRED_MASTER_KEYS): not verifiable"
+    ]
+
+
+async def test_the_app_role_cannot_delete_money_rows(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """No code path deletes them (the writer upserts, erasure updates): a compromised
+    worker or an injected statement must not be able to, unaudited."""
+    await write_events(app_engine, [make_event.payment("au10", "pay_1")], keyring=keyring)
+    for table in ("payments", "refunds", "disputes", "customers", "payment_methods"):
+        with pytest.raises(DBAPIError, match="permission denied"):
+            async with tenant_session(app_engine, "au10") as s:
+                await s.execute(text(f"DELETE FROM {table}"))
+
+
+async def test_a_chain_deleted_whole_is_detected(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+) -> None:
+    """Log and head both gone read as a tenant with no entries; its stored events say
+    otherwise."""
+    await _history(app_engine, keyring, make_event, "au11")
+    async with owner_engine.begin() as conn:
+        for table, trigger in (
+            ("audit_log", "audit_log_append_only"),
+            ("audit_heads", "audit_heads_forward_only"),
+        ):
+            await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
+            await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = 'au11'"))
+            await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+    result = await verify_audit(app_engine, "au11", keyring)
+    assert result.problems == ["events are recorded for this tenant but its audit chain is empty"]

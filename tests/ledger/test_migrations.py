@@ -36,7 +36,7 @@ async def test_upgrade_matches_models_and_secures_every_table(
     module_database_url: str, owner: AsyncEngine
 ) -> None:
     await upgrade(module_database_url)
-    assert await current(module_database_url) == "0003"
+    assert await current(module_database_url) == "0004"
     async with owner.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)

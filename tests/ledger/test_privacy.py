@@ -76,8 +76,8 @@ async def test_erase_shreds_pii_but_keeps_amounts_and_ids(
     app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
 ) -> None:
     await _customer_with_payment(app_engine, keyring, make_event, "pr4")
-    assert await erase_customer(app_engine, "pr4", "cus_1") is True
-    assert await erase_customer(app_engine, "pr4", "cus_1") is False  # idempotent
+    assert await erase_customer(app_engine, "pr4", "cus_1", keyring=keyring) is True
+    assert await erase_customer(app_engine, "pr4", "cus_1", keyring=keyring) is False  # idempotent
     exported = await export_customer(app_engine, keyring, "pr4", "cus_1")
     customer = exported["customer"]
     assert customer["erased"] is True
@@ -92,7 +92,7 @@ async def test_erase_shreds_pii_but_keeps_amounts_and_ids(
         assert await s.scalar(select(Payment.amount).where(Payment.payment_id == "pay_1")) == 4200
     other = await export_customer(app_engine, keyring, "pr4", "cus_2")
     assert other["customer"]["email"] == "bob@example.com"
-    result = await verify_audit(app_engine, "pr4")
+    result = await verify_audit(app_engine, "pr4", keyring)
     assert result.ok
 
 
@@ -100,7 +100,7 @@ async def test_later_events_for_an_erased_customer_store_no_pii(
     app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
 ) -> None:
     # the erasure overtakes the customer's events: a tombstone keeps the PII out
-    assert await erase_customer(app_engine, "pr5", "cus_late") is True
+    assert await erase_customer(app_engine, "pr5", "cus_late", keyring=keyring) is True
     await write_events(
         app_engine,
         [make_event.customer("pr5", "cus_late", 3, email="late@example.com")],
@@ -126,7 +126,7 @@ async def test_erasure_shreds_description_and_metadata_in_stored_events_too(
     exported = await export_customer(app_engine, keyring, "pr9", "cus_9")
     [event] = [e for e in exported["events"] if e["entity_type"] == "customer"]
     assert (event["data"]["description"], event["data"]["metadata"]) == tuple(secret.values())
-    assert await erase_customer(app_engine, "pr9", "cus_9") is True
+    assert await erase_customer(app_engine, "pr9", "cus_9", keyring=keyring) is True
     async with tenant_session(app_engine, "pr9") as s:
         stored = json.dumps((await s.scalars(select(Event.data))).all())
     assert "Jane Doe" not in stored and "7700" not in stored

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -301,7 +303,7 @@ async def test_batch_is_stored_and_replay_doubles_nothing(
     async with tenant_session(app_engine, tenant) as session:
         versions = dict((await session.execute(select(Payment.payment_id, Payment.version))).all())
     assert versions == {"pay_9": 3, "pay_8": 2}
-    audit = await verify_audit(app_engine, tenant)
+    audit = await verify_audit(app_engine, tenant, keyring)
     # One audit entry per entity row change: a batch collapses pay_9 v1..v3 into one.
     assert audit.ok and audit.checked == 4  # pay_9, dp_9, pay_8 v1; then pay_8 v2
 
@@ -336,7 +338,7 @@ async def test_refused_event_is_dead_lettered_and_the_rest_stored(
     assert result.written.events_written == 7
     assert await _count(app_engine, tenant, Payment) == 7
     assert sink.failed_attempts == 0  # data errors are never retried
-    assert (await verify_audit(app_engine, tenant)).ok
+    assert (await verify_audit(app_engine, tenant, keyring)).ok
 
 
 async def test_payment_method_and_empty_batch(
@@ -512,11 +514,16 @@ def test_cli_migrate_and_audit_verify(cli_database_url: str) -> None:
     env: dict[str, str | None] = {
         "DATABASE_URL": cli_database_url,
         "PAYSTREAM_DB_APP_PASSWORD": "s3cret:'pw",
+        "PAYSTREAM_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
     }
     runner = CliRunner()
     up = runner.invoke(migrate_command, [], env=env)
     assert up.exit_code == 0, up.output
     assert "ledger schema at revision" in up.output and "base" not in up.output
+    keyless = runner.invoke(
+        audit_group, ["verify", "--tenant", "acme"], env={**env, "PAYSTREAM_MASTER_KEY": None}
+    )
+    assert keyless.exit_code == 1 and "the audit chain is keyed under it" in keyless.output
     ok = runner.invoke(audit_group, ["verify", "--tenant", "acme", "--tenant", "globex"], env=env)
     assert ok.exit_code == 0, ok.output
     # Nothing recorded yet: said so, not "intact" (a mistyped id read as a verified chain).

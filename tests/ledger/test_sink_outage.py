@@ -192,7 +192,7 @@ async def test_sink_stalls_through_a_database_outage_and_loses_nothing(
             assert set(ids) == expected[tenant]  # and nothing lost
             assert versions == {f"pay_{p}": VERSIONS for p in range(PAYMENTS_PER_TENANT)}
             assert statuses == {"succeeded"}
-            audit = await verify_audit(engine, tenant)
+            audit = await verify_audit(engine, tenant, keyring)
             assert audit.ok, audit.problems
         async with tenant_session(engine, TENANTS[0]) as session:
             assert await session.scalar(select(func.count()).select_from(Event)) == len(

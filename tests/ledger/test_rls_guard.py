@@ -1,0 +1,98 @@
+"""The start-up guard refuses roles and tables row-level security would not hold.
+
+Its own module (own database): the owner-membership grant is cluster-wide and the
+switched-off table must not leak into other tests; both are undone in ``finally``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import (
+    RlsNotEnforcedError,
+    assert_rls_enforced,
+    create_engine,
+    tenant_session,
+    write_events,
+)
+from paystream.tenancy.crypto import MasterKeyring
+from tests.ledger.factories import EventFactory, LedgerDb
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def test_a_member_of_the_owning_role_is_refused(
+    ledger_db: LedgerDb,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+) -> None:
+    """PostgreSQL lets members of a table's owning role act as its owner (a common
+    managed-PostgreSQL layout): such an app role can switch FORCE off and read every
+    tenant. The guard used to compare only the owner's name with the current user."""
+    app = create_engine(ledger_db.app_url)
+    await write_events(
+        app,
+        [make_event.payment("om_a", "pay_a"), make_event.payment("om_b", "pay_b")],
+        keyring=keyring,
+    )
+    await assert_rls_enforced(app)
+    async with owner_engine.begin() as c:
+        owner = (
+            await c.execute(text("SELECT tableowner FROM pg_tables WHERE tablename = 'payments'"))
+        ).scalar()
+        await c.execute(text(f'GRANT "{owner}" TO paystream_app'))
+    try:
+        await app.dispose()
+        async with tenant_session(app, "om_a") as s:  # the hole is real
+            await s.execute(text("ALTER TABLE payments NO FORCE ROW LEVEL SECURITY"))
+            seen = (await s.execute(text("SELECT DISTINCT tenant_id FROM payments"))).scalars()
+            assert sorted(seen) == ["om_a", "om_b"]
+            await s.rollback()
+        with pytest.raises(RlsNotEnforcedError, match="member of the role owning"):
+            await assert_rls_enforced(app)
+    finally:
+        async with owner_engine.begin() as c:
+            await c.execute(text(f'REVOKE "{owner}" FROM paystream_app'))
+        await app.dispose()
+    await assert_rls_enforced(app)
+
+
+@pytest.mark.parametrize(
+    ("off", "on"),
+    [
+        ("DISABLE ROW LEVEL SECURITY", "ENABLE ROW LEVEL SECURITY"),
+        ("NO FORCE ROW LEVEL SECURITY", "FORCE ROW LEVEL SECURITY"),
+    ],
+)
+async def test_a_table_without_row_level_security_in_force_is_refused(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine, off: str, on: str
+) -> None:
+    """Left off after maintenance, one table would show every tenant's rows."""
+    app = create_engine(ledger_db.app_url)
+    async with owner_engine.begin() as c:
+        await c.execute(text(f"ALTER TABLE refunds {off}"))
+    try:
+        with pytest.raises(RlsNotEnforcedError, match="not in force on refunds"):
+            await assert_rls_enforced(app)
+    finally:
+        async with owner_engine.begin() as c:
+            await c.execute(text(f"ALTER TABLE refunds {on}"))
+        await app.dispose()
+
+
+async def test_a_table_without_its_policy_is_refused(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine
+) -> None:
+    app = create_engine(ledger_db.app_url)
+    async with owner_engine.begin() as c:
+        await c.execute(text("ALTER POLICY tenant_isolation ON disputes RENAME TO other"))
+    try:
+        with pytest.raises(RlsNotEnforcedError, match="not in force on disputes"):
+            await assert_rls_enforced(app)
+    finally:
+        async with owner_engine.begin() as c:
+            await c.execute(text("ALTER POLICY other ON disputes RENAME TO tenant_isolation"))
+        await app.dispose()
