@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_SECONDS = 1.0
 # Longest the guard waits for the broker to say where a partition starts.
 BROKER_ASK_SECONDS = 10.0
+# A gap found this soon after partitions were reassigned is Faust's known hand-over drop
+# (records fetched for the old assignment, discarded): logged at INFO. Later, a WARNING.
+HANDOVER_SECONDS = 30.0
 # Most records read directly at once (a batch's worth: they are held in memory and run
 # as one batch); a longer gap is read on in the next batches.
 GAP_READ_MAX = 500
@@ -97,6 +100,7 @@ class ContinuityGuard:
         # Per partition, the next offset we expected at the last sweep.
         self._at_last_sweep: dict[TP, int] = {}
         self._next_sweep = 0.0
+        self._reassigned_at = time.monotonic()
 
     def _check_generation(self) -> None:
         if self._app.consumer_generation_id != self._generation:
@@ -104,6 +108,18 @@ class ContinuityGuard:
             self._generation = self._app.consumer_generation_id
             self._next.clear()
             self._at_last_sweep.clear()
+            self._reassigned_at = time.monotonic()
+
+    def _log_gap(self, message: str, *args: Any) -> None:
+        """A gap right after a reassignment is the hand-over drop Faust is known for
+        (every rebalance may show one): INFO. Any other is worth a look: WARNING."""
+        handover = time.monotonic() - self._reassigned_at < HANDOVER_SECONDS
+        log.log(
+            logging.INFO if handover else logging.WARNING,
+            message + (" (after a reassignment: records Faust dropped in the hand-over)"
+                       if handover else ""),
+            *args,
+        )  # fmt: skip
 
     async def _expected(self, tps: Sequence[TP]) -> dict[TP, int]:
         """Next offset due on each partition: after what we handled, else the group's
@@ -183,7 +199,7 @@ class ContinuityGuard:
                 if self._app.consumer_generation_id != generation:
                     return []
                 metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
-                log.warning(
+                self._log_gap(
                     "%s: offsets %d-%d never reached the agent; read %d of them directly",
                     tp,
                     expected,
@@ -249,7 +265,7 @@ class ContinuityGuard:
                 log.warning("sweep: reading %s %d-%d failed (%r)", tp, expected, end, exc)
                 continue
             metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
-            log.warning(
+            self._log_gap(
                 "%s: idle for %.1f s with offsets %d-%d on the broker that never reached "
                 "the agent; read %d of them directly",
                 tp,

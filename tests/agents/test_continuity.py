@@ -327,3 +327,29 @@ async def test_a_gap_retention_removed_is_passed_at_once() -> None:
     admitted = await guard.admit([record(P0, 5500)])  # type: ignore[list-item]
     assert offsets(admitted) == [(0, o) for o in range(5000, 5501)]
     assert broker.reads == [(P0, 0, 500), (P0, 5000, 5500)]
+
+
+async def test_a_gap_right_after_a_reassignment_is_info_later_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rebalance may show Faust's hand-over drop: not a warning each time. A gap
+    long after one is unexpected: a warning."""
+    import logging
+
+    from paystream.agents import continuity
+
+    app, _, guard = make({P0: 20}, {P0: 0})
+    caplog.set_level(logging.INFO, logger=continuity.__name__)
+    await guard.admit([record(P0, 0), record(P0, 3)])  # type: ignore[list-item]
+    [early] = [r for r in caplog.records if "never reached" in r.getMessage()]
+    assert early.levelno == logging.INFO and "hand-over" in early.getMessage()
+    caplog.clear()
+    later = continuity.time.monotonic() + continuity.HANDOVER_SECONDS + 1
+    monkeypatch.setattr(continuity.time, "monotonic", lambda: later)
+    await guard.admit([record(P0, 6)])  # type: ignore[list-item]
+    [late] = [r for r in caplog.records if "never reached" in r.getMessage()]
+    assert late.levelno == logging.WARNING and "hand-over" not in late.getMessage()
+    app.consumer_generation_id += 1  # reassigned: a fresh hand-over
+    caplog.clear()
+    await guard.admit([record(P0, 9)])  # type: ignore[list-item]
+    assert all(r.levelno == logging.INFO for r in caplog.records if "never" in r.getMessage())
