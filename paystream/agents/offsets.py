@@ -48,8 +48,8 @@ class DurableOffsets:
         self.agent, self.topic = agent, topic
         self._committed: dict[TP, int] = {}  # what this worker committed, per partition
         self.committed_at = 0.0  # Unix time of the last commit that moved any (0: none)
-        # Monotonic times: the last progress (a commit, or a new assignment to start on)
-        # and since when the agent has been seen behind (None: not behind when last seen).
+        # Monotonic times: the last progress (a commit that moved an offset), and since
+        # when the agent has been seen behind (None: not behind when last seen).
         self._clock = clock
         self._progress_at = clock()
         self._behind_since: float | None = None
@@ -135,7 +135,8 @@ class DurableOffsets:
             # back has the group's newer offset (Faust reads it at the assignment).
             self._committed.clear()
             self._generation = generation
-            self._progress_at = self._clock()  # new partitions: a fresh start
+            # (The stall clock runs on: a rebalance is not progress. A partition handed
+            # over with a backlog counts from when the agent is first seen behind.)
 
     async def commit(self) -> None:
         self._keep_only(self._app.consumer_generation_id)

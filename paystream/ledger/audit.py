@@ -4,8 +4,14 @@ Each row's hash is an HMAC-SHA256 of the previous row's hash and the row, under 
 derived from the master key current when it was written (``key_id`` names which). The
 database never sees that key: whoever can write the tables (a DBA, a stolen owner
 credential, an edited backup) can no longer rewrite a row and recompute the chain
-after it, which a plain hash allowed. Rows without a key id (written before migration
-0004) are reported as unkeyed: nothing tells them from a forgery.
+after it, which a plain hash allowed.
+
+A row under the current master key vouches for every row before it (its MAC covers
+their hashes). Rows *after* the last one under the current key (written unkeyed, before
+migration 0004, or under a key since retired, which may have leaked) could be rewritten
+by whoever holds their key: :func:`verify_audit` reports such a tail, and
+:func:`seal_chain` (``paystream audit seal``; ``paystream keys rotate`` runs it for every
+tenant) ends the chain under the current key with a seal entry.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "audit_key",
     "chain_hash",
     "lock_tenant",
+    "seal_chain",
     "verify_audit",
 ]
 
@@ -60,6 +67,9 @@ class VerifyResult:
     tenant_id: str
     checked: int
     problems: list[str] = field(default_factory=list)
+    # The chain's end not under the current master key (one of ``problems``): sealing
+    # it is the remedy, once the rest verifies.
+    unsealed: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -174,7 +184,10 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
     recomputed under the key its row names (which ``keyring`` must hold)."""
     problems: list[str] = []
     keys: dict[str, bytes | None] = {}  # key id → MAC key (None: not in the keyring)
-    unkeyed: list[int] = []
+    current = keyring.current.key_id
+    # Rows after the last one under the current key: (first seq, key ids) of that tail.
+    tail_from: int | None = None
+    tail_keys: set[str | None] = set()
     expected_seq, prev, checked = 1, GENESIS_HASH, 0
     # One snapshot for the head and the rows: a batch committed between the two reads
     # would otherwise look like a head out of step with its chain (tampering).
@@ -201,8 +214,12 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
                     "after",
                 )
             }
+            if entry.key_id == current:
+                tail_from, tail_keys = None, set()
+            else:
+                tail_from = entry.seq if tail_from is None else tail_from
+                tail_keys.add(entry.key_id)
             if entry.key_id is None:
-                unkeyed.append(entry.seq)
                 key = None
             else:
                 if entry.key_id not in keys:
@@ -231,13 +248,49 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             problems.append(f"rows {last_seq + 1}..{head.seq} are missing (head is at {head.seq})")
         else:
             problems.append(f"head (seq {head.seq}) does not match the last row (seq {last_seq})")
-    if unkeyed:
-        shown = ", ".join(map(str, unkeyed[:5])) + (", ..." if len(unkeyed) > 5 else "")
-        problems.append(
-            f"{len(unkeyed)} row(s) not keyed (seq {shown}): written before keyed chains "
-            "(migration 0004) or forged without the key; either way not verifiable"
+    unsealed = None
+    if tail_from is not None:
+        held = sorted("no key (written before keyed chains)" if k is None else k for k in tail_keys)
+        unsealed = (
+            f"seq {tail_from}..{last_seq}, the end of the chain, are not under the current "
+            f"master key but {', '.join(held)}: whoever holds that could rewrite them; "
+            "`paystream audit seal` (after a rotation, `paystream keys rotate`) ends the "
+            "chain under the current key"
         )
-    return VerifyResult(tenant_id, checked, problems)
+        problems.append(unsealed)
+    return VerifyResult(tenant_id, checked, problems, unsealed)
+
+
+SEAL_ACTION = "com.paystream.audit.sealed"
+
+
+async def seal_chain(session: AsyncSession, tenant_id: str, keyring: MasterKeyring) -> bool:
+    """End the tenant's chain under the current master key (a seal entry), unless its last
+    row already is; False then, or when the tenant has no chain. Inside the caller's
+    tenant transaction. Sealing vouches for the chain as it stands: verify it first."""
+    head = (
+        await session.execute(
+            select(AuditHead.seq).where(AuditHead.tenant_id == tenant_id).with_for_update()
+        )
+    ).one_or_none()
+    if head is None or head.seq == 0:
+        return False
+    last_key = (
+        await session.execute(select(AuditLog.key_id).where(AuditLog.seq == head.seq))
+    ).scalar_one_or_none()
+    if last_key == keyring.current.key_id:
+        return False
+    entry = AuditEntry(
+        actor="system:audit-seal",
+        action=SEAL_ACTION,
+        entity_type="audit",
+        entity_id=tenant_id,
+        before={"seq": head.seq, "key_id": last_key},
+        after={"key_id": keyring.current.key_id},
+        occurred_at=datetime.now(UTC),
+    )
+    await append_audit(session, tenant_id, [entry], keyring=keyring)
+    return True
 
 
 def _key_in(keyring: MasterKeyring, key_id: str) -> bytes | None:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings
+from paystream.tenancy.crypto import MasterKeyring
 
 __all__ = ["audit_group", "migrate_command", "run_db"]
 
@@ -110,17 +111,9 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
     before a rotation, the old key in PAYSTREAM_RETIRED_MASTER_KEYS) must be set."""
     from paystream.ledger import assert_rls_enforced, create_engine, verify_audit
     from paystream.ledger.audit import VerifyResult
-    from paystream.ledger.migrate import app_database_url
-    from paystream.tenancy.crypto import keyring_from_settings
 
     settings = _settings()
-    try:
-        keyring = keyring_from_settings(settings)
-    except PaystreamError as exc:
-        raise click.ClickException(f"{exc}: the audit chain is keyed under it") from exc
-    url = _owner_url(settings)
-    if (password := _app_password(settings)) is not None:
-        url = app_database_url(url, password)
+    keyring, url = _audit_access(settings)
 
     async def go() -> list[VerifyResult]:
         engine = create_engine(url, hide_parameters=True)
@@ -155,3 +148,62 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
     )
     if failed:
         raise SystemExit(1)
+
+
+@audit_group.command("seal")
+@click.option("--tenant", "tenants", multiple=True, required=True, help="tenant id (repeatable)")
+def audit_seal(tenants: tuple[str, ...]) -> None:
+    """End each tenant's chain under the current master key.
+
+    Rows after the last one under the current key (written before keyed chains, or under
+    a retired key) could be rewritten by whoever holds their key; a seal entry under the
+    current key vouches for them. Only a chain that otherwise verifies is sealed: exit 1
+    naming any that does not. (`paystream keys rotate` seals every tenant it re-wraps.)
+    """
+    from paystream.ledger import assert_rls_enforced, create_engine, tenant_session, verify_audit
+    from paystream.ledger.audit import seal_chain
+
+    settings = _settings()
+    keyring, url = _audit_access(settings)
+
+    async def go() -> list[tuple[str, str]]:
+        engine = create_engine(url, hide_parameters=True)
+        done = []
+        try:
+            await assert_rls_enforced(engine)
+            for tenant in tenants:
+                res = await verify_audit(engine, tenant, keyring)
+                other = [p for p in res.problems if p != res.unsealed]
+                if not res.checked and not other:
+                    done.append((tenant, "no audit entries recorded for this tenant id"))
+                    continue
+                if other:
+                    done.append((tenant, "NOT sealed: " + "; ".join(other)))
+                    continue
+                async with tenant_session(engine, tenant) as session:
+                    sealed = await seal_chain(session, tenant, keyring)
+                done.append((tenant, "sealed" if sealed else "already ends under the current key"))
+        finally:
+            await engine.dispose()
+        return done
+
+    results = run_db(go())
+    for tenant, what in results:
+        click.echo(f"{tenant}: {what}")
+    if any(what.startswith("NOT") for _, what in results):
+        raise SystemExit(1)
+
+
+def _audit_access(settings: Settings) -> tuple[MasterKeyring, str]:
+    """The keyring the chain is keyed under and the app role's URL (RLS must hold)."""
+    from paystream.ledger.migrate import app_database_url
+    from paystream.tenancy.crypto import keyring_from_settings
+
+    try:
+        keyring = keyring_from_settings(settings)
+    except PaystreamError as exc:
+        raise click.ClickException(f"{exc}: the audit chain is keyed under it") from exc
+    url = _owner_url(settings)
+    if (password := _app_password(settings)) is not None:
+        url = app_database_url(url, password)
+    return keyring, url

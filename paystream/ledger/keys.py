@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from paystream.ledger.audit import seal_chain
 from paystream.ledger.models import DataKey
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import (
@@ -100,7 +101,8 @@ async def customer_data_keys(
 async def rotate_master_key(
     engine: AsyncEngine, keyring: MasterKeyring, tenant_ids: Iterable[str]
 ) -> int:
-    """Re-wrap every data key not under ``keyring.current``; rows stay untouched.
+    """Re-wrap every data key not under ``keyring.current`` (rows stay untouched), and
+    end each tenant's audit chain under it (see ``seal_chain``).
 
     One transaction per tenant (RLS scopes the work), so a crash leaves each tenant
     either fully re-wrapped or untouched, and re-running resumes where it stopped.
@@ -127,4 +129,7 @@ async def rotate_master_key(
                     )
                 )
                 count += 1
+            # Audit rows since the last under the new key could be rewritten by whoever
+            # holds the retired one (it may have leaked): end the chain under the new key.
+            await seal_chain(session, tenant_id, keyring)
     return count

@@ -49,6 +49,16 @@ async def tenant_session(
         yield session
 
 
+# How PostgreSQL renders the tenant policy's expression (whitespace removed), for a
+# ``tenant_id`` of type varchar (ours) or text.
+_TENANT_QUALS = frozenset(
+    {
+        "((tenant_id)::text=current_setting('app.current_tenant_id'::text,true))",
+        "(tenant_id=current_setting('app.current_tenant_id'::text,true))",
+    }
+)
+
+
 async def assert_rls_enforced(engine: AsyncEngine) -> None:
     """Refuse to run as a role that row-level security would not restrict, or on tables
     where it is not in force.
@@ -56,9 +66,11 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
     Superusers and BYPASSRLS roles skip every policy; a table's owner, and any member of
     the owning role (PostgreSQL lets members act as owners: a common layout on managed
     PostgreSQL), can switch it off (``NO FORCE ROW LEVEL SECURITY``) or disable the
-    audit log's triggers. Every ledger table must have RLS enabled and forced with its
-    ``tenant_isolation`` policy: one left off after maintenance would show every tenant's
-    rows to every tenant's session. The application must connect as ``paystream_app``.
+    audit log's triggers. Every ledger table the application reaches (resolved as its
+    queries resolve them, through the search path) must have RLS enabled and forced with
+    the ``tenant_isolation`` policy as migrated, and no other policy widening what this
+    role sees: one left off or loosened after maintenance would show every tenant's rows
+    to every tenant's session. The application must connect as ``paystream_app``.
     """
     async with engine.connect() as conn:
         role = (
@@ -72,12 +84,21 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
         tables = (
             await conn.execute(
                 text(
-                    "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
-                    "pg_has_role(current_user, c.relowner, 'MEMBER') AS owns, "
+                    "SELECT t.name, c.oid IS NOT NULL AS found, "
+                    "coalesce(c.relrowsecurity AND c.relforcerowsecurity, false) AS forced, "
+                    "coalesce(pg_has_role(current_user, c.relowner, 'MEMBER'), false) AS owns, "
+                    "(SELECT array_agg(regexp_replace(pg_get_expr(p.polqual, p.polrelid), "
+                    "'\\s', '', 'g') || '|' || regexp_replace(coalesce(pg_get_expr("
+                    "p.polwithcheck, p.polrelid), ''), '\\s', '', 'g')) FROM pg_policy p "
+                    "WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation' "
+                    "AND p.polpermissive AND p.polcmd = '*') AS isolation, "
                     "EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid "
-                    "AND p.polname = 'tenant_isolation') AS isolated "
-                    "FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
-                    "AND c.relkind = 'r' AND c.relname = ANY(:tables)"
+                    "AND p.polname <> 'tenant_isolation' AND p.polpermissive "
+                    "AND (0 = ANY(p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) r "
+                    "WHERE pg_has_role(current_user, r, 'MEMBER')))) AS widened "
+                    "FROM unnest(CAST(:tables AS text[])) AS t(name) "
+                    "LEFT JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name)) "
+                    "AND c.relkind IN ('r', 'p')"
                 ),
                 {"tables": list(TENANT_TABLES)},
             )
@@ -87,24 +108,25 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
             f"role {role.rolname!r} bypasses row-level security (superuser or BYPASSRLS); "
             "connect as paystream_app"
         )
-    if owned := sorted(t.relname for t in tables if t.owns):
+    if owned := sorted(t.name for t in tables if t.owns):
         raise RlsNotEnforcedError(
             f"role {role.rolname!r} owns (or is a member of the role owning) "
             f"{', '.join(owned)} and could switch row-level security off; connect as "
             "paystream_app"
         )
-    found = {t.relname: t for t in tables}
-    if unenforced := sorted(
-        name
-        for name in TENANT_TABLES
-        if name not in found
-        or not (
-            found[name].relrowsecurity and found[name].relforcerowsecurity and found[name].isolated
-        )
-    ):
+    if unenforced := sorted(t.name for t in tables if not _isolated(t)):
         raise RlsNotEnforcedError(
             "row-level security is not in force on "
             + ", ".join(unenforced)
-            + " (enabled, forced, with its tenant_isolation policy); run `paystream migrate` "
-            "or restore it"
+            + " (enabled, forced, with only its tenant_isolation policy as migrated); run "
+            "`paystream migrate` or restore it"
         )
+
+
+def _isolated(table: Any) -> bool:
+    if not (table.found and table.forced) or table.widened:
+        return False
+    return table.isolation is not None and all(
+        using in _TENANT_QUALS and check in _TENANT_QUALS
+        for using, _, check in (q.partition("|") for q in table.isolation)
+    )

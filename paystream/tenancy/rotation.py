@@ -2,8 +2,10 @@
 
 Procedure (README "Rotating the master key"): run every worker with the new key as
 ``PAYSTREAM_MASTER_KEY`` and the old one in ``PAYSTREAM_RETIRED_MASTER_KEYS``; run
-``paystream keys rotate``; then drop the retired key. Only data keys are re-wrapped: a
-tenant secret's ciphertext and the ledger's encrypted rows are never rewritten.
+``paystream keys rotate``; then drop the retired key from the workers (audit
+verification still needs it: audit rows stay keyed under the key they were written
+with). Only data keys are re-wrapped: a tenant secret's ciphertext and the ledger's
+encrypted rows are never rewritten; each tenant's audit chain is sealed under the new key.
 """
 
 from __future__ import annotations

@@ -95,11 +95,12 @@ async def test_an_agent_behind_without_progress_is_stalled_from_when_it_was_seen
     assert offsets.stalled_for() == (30, 10.0)
     assert stalls([offsets], after=10) == [Stall("stall-a", 30, 10.0)]
     assert stalls([offsets], after=10.5) == []
-    # A new assignment is a fresh start, not a stall carried over.
-    app.consumer_generation_id = 2
-    await offsets.commit()
-    now[0] += 1
-    assert offsets.stalled_for() == (50, 1.0)
+    # Rebalances are not progress: a peer restarting every minute must not hide a stall.
+    for generation in (2, 3, 4):
+        app.consumer_generation_id = generation
+        await offsets.commit()
+        now[0] += 60
+    assert offsets.stalled_for() == (50, 190.0)
     offsets.advance([_event(app, i) for i in range(50)])
     await offsets.commit()
     assert offsets.stalled_for() is None  # caught up

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger import tenant_session, verify_audit, write_events
-from paystream.ledger.audit import audit_key, chain_hash
+from paystream.ledger.audit import audit_key, chain_hash, seal_chain
 from paystream.ledger.models import AuditLog
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory
@@ -231,11 +231,11 @@ async def test_a_row_rewritten_with_the_chain_recomputed_is_detected(
     await _rewrite_chain_from(owner_engine, tenant, 2, key, drop_key_id="dropped" in forgery)
     result = await verify_audit(app_engine, tenant, keyring)
     assert not result.ok
-    if "dropped" in forgery:
-        assert result.problems == [
-            "3 row(s) not keyed (seq 2, 3, 4): written before keyed chains (migration 0004) "
-            "or forged without the key; either way not verifiable"
-        ]
+    if "dropped" in forgery:  # a consistent unkeyed tail: nothing vouches for it
+        assert result.problems == [result.unsealed]
+        assert result.unsealed is not None and result.unsealed.startswith(
+            "seq 2..4, the end of the chain, are not under the current master key but no key"
+        )
     else:
         assert result.problems == [
             f"seq {n}: contents do not match its hash (altered)" for n in (2, 3, 4)
@@ -314,3 +314,117 @@ async def test_a_chain_deleted_whole_is_detected(
             await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
     result = await verify_audit(app_engine, "au11", keyring)
     assert result.problems == ["events are recorded for this tenant but its audit chain is empty"]
+
+
+async def _unkey(owner: AsyncEngine, tenant: str) -> None:
+    """Rewrite the tenant's chain as a version before keyed chains wrote it: no key id,
+    plain sha256 (what rows written before migration 0004 look like)."""
+    async with owner.begin() as conn:
+        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
+        await conn.execute(text("ALTER TABLE audit_heads DISABLE TRIGGER audit_heads_forward_only"))
+        rows = (
+            (
+                await conn.execute(
+                    text("SELECT * FROM audit_log WHERE tenant_id = :t ORDER BY seq"), {"t": tenant}
+                )
+            )
+            .mappings()
+            .all()
+        )
+        prev = bytes(32)
+        for r in rows:
+            new_hash = chain_hash(prev, tenant, r["seq"], dict(r), None)
+            await conn.execute(
+                text(
+                    "UPDATE audit_log SET prev_hash = :p, hash = :h, key_id = NULL "
+                    "WHERE tenant_id = :t AND seq = :s"
+                ),
+                {"p": prev, "h": new_hash, "t": tenant, "s": r["seq"]},
+            )
+            prev = new_hash
+        await conn.execute(
+            text("UPDATE audit_heads SET hash = :h WHERE tenant_id = :t"), {"h": prev, "t": tenant}
+        )
+        await conn.execute(text("ALTER TABLE audit_heads ENABLE TRIGGER audit_heads_forward_only"))
+        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
+
+
+async def test_a_chain_begun_before_keying_is_vouched_for_by_its_first_keyed_row(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+) -> None:
+    """Rows from before migration 0004 are not a failure for ever: the first keyed row
+    after them covers their hashes. Until one comes (or a seal), the tail is reported."""
+    await _history(app_engine, keyring, make_event, "au12")
+    await _unkey(owner_engine, "au12")
+    before = await verify_audit(app_engine, "au12", keyring)
+    assert before.problems == [before.unsealed] and before.unsealed is not None
+    await write_events(app_engine, [make_event.payment("au12", "pay_new")], keyring=keyring)
+    after = await verify_audit(app_engine, "au12", keyring)
+    assert (after.ok, after.checked) == (True, 5)
+    # ... and an edit to the unkeyed prefix, recomputed, breaks the keyed row's link.
+    async with owner_engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
+        row = dict(
+            (await conn.execute(text("SELECT * FROM audit_log WHERE tenant_id='au12' AND seq=4")))
+            .mappings()
+            .one()
+        )
+        row["actor"] = "mallory"
+        await conn.execute(
+            text(
+                "UPDATE audit_log SET actor = 'mallory', hash = :h WHERE tenant_id='au12' AND seq=4"
+            ),
+            {"h": chain_hash(bytes(row["prev_hash"]), "au12", 4, row, None)},
+        )
+        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
+    problems = (await verify_audit(app_engine, "au12", keyring)).problems
+    assert problems == ["seq 5: prev_hash does not link to the previous row"]
+
+
+async def test_a_seal_ends_a_quiet_tenants_chain_under_the_current_key(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+) -> None:
+    await _history(app_engine, keyring, make_event, "au13")
+    await _unkey(owner_engine, "au13")
+    async with tenant_session(app_engine, "au13") as s:
+        assert await seal_chain(s, "au13", keyring) is True
+    async with tenant_session(app_engine, "au13") as s:
+        assert await seal_chain(s, "au13", keyring) is False  # already ends under it
+    result = await verify_audit(app_engine, "au13", keyring)
+    assert (result.ok, result.checked) == (True, 5)
+    async with tenant_session(app_engine, "au13") as s:
+        last = (await s.scalars(select(AuditLog).order_by(AuditLog.seq.desc()).limit(1))).one()
+    assert (last.action, last.key_id) == ("com.paystream.audit.sealed", keyring.current.key_id)
+    async with tenant_session(app_engine, "nobody-13") as s:
+        assert await seal_chain(s, "nobody-13", keyring) is False  # no chain: nothing
+
+
+async def test_a_retired_key_cannot_rewrite_rows_written_since_the_rotation(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """A key rotated out because it leaked: rows since the rotation are under the new
+    key; rewritten under the old one, they are the chain's end, no longer vouched for."""
+    old = MasterKeyring(MasterKey.generate())
+    await write_events(app_engine, [make_event.payment("au14", "pay_1")], keyring=old)
+    rotated = old.rotated_to(MasterKey.generate())
+    for pay in ("pay_2", "pay_3"):
+        await write_events(app_engine, [make_event.payment("au14", pay)], keyring=rotated)
+    assert (await verify_audit(app_engine, "au14", rotated)).ok
+    # The forger rewrites rows 2.. under the old key (key ids too).
+    await _rewrite_chain_from(owner_engine, "au14", 2, audit_key(old.current), drop_key_id=False)
+    async with owner_engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
+        await conn.execute(
+            text("UPDATE audit_log SET key_id = :k WHERE tenant_id = 'au14' AND seq >= 2"),
+            {"k": old.current.key_id},
+        )
+        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
+    result = await verify_audit(app_engine, "au14", rotated)
+    assert result.problems == [result.unsealed] and result.unsealed is not None
+    assert old.current.key_id in result.unsealed

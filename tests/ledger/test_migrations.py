@@ -168,3 +168,22 @@ def test_scram_verifier_holds_no_password_and_is_salted() -> None:
     )
     assert "hunter2" not in first
     assert first != second  # a fresh salt each time
+
+
+async def test_a_downgrade_and_upgrade_keep_the_chain_verifiable(
+    module_database_url: str, owner: AsyncEngine
+) -> None:
+    """Migrating down past 0004 keeps audit_log.key_id: dropped, no row written since
+    could ever be verified again (each would be checked as an unkeyed hash)."""
+    from paystream.ledger import verify_audit, write_events
+    from paystream.tenancy.crypto import MasterKey, MasterKeyring
+    from tests.ledger.factories import EventFactory
+
+    keyring = MasterKeyring(MasterKey.generate())
+    await upgrade(module_database_url)
+    await write_events(owner, [EventFactory().payment("dg1", "pay_1")], keyring=keyring)
+    assert (await verify_audit(owner, "dg1", keyring)).ok
+    await downgrade(module_database_url, "0003")
+    await upgrade(module_database_url)
+    result = await verify_audit(owner, "dg1", keyring)
+    assert result.ok, result.problems

@@ -96,3 +96,72 @@ async def test_a_table_without_its_policy_is_refused(
         async with owner_engine.begin() as c:
             await c.execute(text("ALTER POLICY other ON disputes RENAME TO tenant_isolation"))
         await app.dispose()
+
+
+async def test_a_private_schema_for_the_app_role_is_not_a_broken_deployment(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """PostgreSQL's docs suggest a schema per role; with the default search path
+    ("$user", public) the app's queries still reach the ledger's tables, so the guard
+    must look there too, as the queries resolve them, not in current_schema()."""
+    async with owner_engine.begin() as c:
+        await c.execute(text("CREATE SCHEMA paystream_app AUTHORIZATION paystream_app"))
+    app = create_engine(ledger_db.app_url)
+    try:
+        await write_events(app, [make_event.payment("sc1", "pay_1")], keyring=keyring)
+        await assert_rls_enforced(app)
+    finally:
+        await app.dispose()
+        async with owner_engine.begin() as c:
+            await c.execute(text("DROP SCHEMA paystream_app"))
+
+
+async def test_a_mixed_case_schema_first_in_the_search_path(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine
+) -> None:
+    async with owner_engine.begin() as c:
+        await c.execute(text('CREATE SCHEMA "Ledger"'))
+        await c.execute(text('GRANT USAGE ON SCHEMA "Ledger" TO paystream_app'))
+    app = create_engine(
+        ledger_db.app_url, connect_args={"server_settings": {"search_path": '"Ledger", public'}}
+    )
+    try:
+        await assert_rls_enforced(app)
+    finally:
+        await app.dispose()
+        async with owner_engine.begin() as c:
+            await c.execute(text('DROP SCHEMA "Ledger"'))
+
+
+@pytest.mark.parametrize(
+    ("loosen", "restore"),
+    [
+        (
+            "ALTER POLICY tenant_isolation ON payments USING (true)",
+            "ALTER POLICY tenant_isolation ON payments USING "
+            "(tenant_id = current_setting('app.current_tenant_id', true))",
+        ),
+        (
+            "CREATE POLICY peek ON payments FOR SELECT USING (true)",
+            "DROP POLICY peek ON payments",
+        ),
+    ],
+)
+async def test_a_loosened_or_widened_policy_is_refused(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine, loosen: str, restore: str
+) -> None:
+    """A policy named tenant_isolation that no longer isolates, or another permissive
+    policy beside it (policies are OR-ed), shows every tenant's rows."""
+    app = create_engine(ledger_db.app_url)
+    async with owner_engine.begin() as c:
+        await c.execute(text(loosen))
+    try:
+        with pytest.raises(RlsNotEnforcedError, match="not in force on payments"):
+            await assert_rls_enforced(app)
+    finally:
+        async with owner_engine.begin() as c:
+            await c.execute(text(restore))
+        await app.dispose()
+    restored = create_engine(ledger_db.app_url)
+    await assert_rls_enforced(restored)
+    await restored.dispose()

@@ -15,7 +15,13 @@ from cloudevents.core.v1.event import CloudEvent
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paystream.ledger import ForbiddenDataError, InvalidEventError, verify_audit
+from paystream.ledger import (
+    ForbiddenDataError,
+    InvalidEventError,
+    create_engine,
+    verify_audit,
+    write_events,
+)
 from paystream.ledger.models import Dispute, Event, Payment, PaymentMethod
 from paystream.ledger.session import tenant_session
 from paystream.ledger.sink import (
@@ -30,6 +36,7 @@ from paystream.streams.codec import decode_record, encode_event
 from paystream.streams.outcomes import CommandRef, RejectReason, build_outcome, rejection_data
 from paystream.tenancy.crypto import MasterKeyring
 from tests.fixtures.postgres import fresh_database
+from tests.ledger.factories import EventFactory
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -529,6 +536,39 @@ def test_cli_migrate_and_audit_verify(cli_database_url: str) -> None:
     # Nothing recorded yet: said so, not "intact" (a mistyped id read as a verified chain).
     assert "0/2 tenant chain(s) intact, 2 with no entries" in ok.output
     assert "acme: no audit entries recorded for this tenant id" in ok.output
+    sealed = runner.invoke(audit_group, ["seal", "--tenant", "acme"], env=env)
+    assert sealed.exit_code == 0 and "acme: no audit entries recorded" in sealed.output
+    # A chain written under a key since rotated: verify names its tail, seal ends it
+    # under the new key; a chain with another problem is not sealed.
+    from paystream.ledger.migrate import app_database_url
+    from paystream.tenancy.crypto import MasterKey, MasterKeyring
+
+    old = MasterKey.from_base64(str(env["PAYSTREAM_MASTER_KEY"]))
+    app_url = app_database_url(cli_database_url, str(env["PAYSTREAM_DB_APP_PASSWORD"]))
+
+    async def write(tenant: str, keyring: MasterKeyring) -> None:
+        engine = create_engine(app_url)
+        await write_events(engine, [EventFactory().payment(tenant, "pay_1")], keyring=keyring)
+        await engine.dispose()
+
+    asyncio.run(write("acme", MasterKeyring(old)))
+    asyncio.run(write("globex", MasterKeyring(MasterKey.generate())))  # a key nobody has
+    new_key = base64.b64encode(os.urandom(32)).decode()
+    rotated = {
+        **env,
+        "PAYSTREAM_MASTER_KEY": new_key,
+        "PAYSTREAM_RETIRED_MASTER_KEYS": str(env["PAYSTREAM_MASTER_KEY"]),
+    }
+    tail = runner.invoke(audit_group, ["verify", "--tenant", "acme"], env=rotated)
+    assert tail.exit_code == 1 and "the end of the chain, are not under the current" in tail.output
+    sealing = runner.invoke(
+        audit_group, ["seal", "--tenant", "acme", "--tenant", "globex"], env=rotated
+    )
+    assert sealing.exit_code == 1, sealing.output
+    assert "acme: sealed" in sealing.output and "globex: NOT sealed" in sealing.output
+    assert runner.invoke(audit_group, ["verify", "--tenant", "acme"], env=rotated).exit_code == 0
+    again = runner.invoke(audit_group, ["seal", "--tenant", "acme"], env=rotated)
+    assert "acme: already ends under the current key" in again.output
     unknown = runner.invoke(migrate_command, ["--revision", "9999"], env=env)
     assert unknown.exit_code == 1 and "migration:" in unknown.output, unknown.output
     assert "Traceback" not in unknown.output

@@ -3,7 +3,7 @@
 * ``audit_log.key_id``: the master key whose derived MAC key made the row's hash (see
   ledger/audit.py). A plain hash let whoever can write the tables rewrite a row and
   recompute the chain after it; the key never reaches the database. Rows written before
-  this revision keep no key id and verify as unkeyed.
+  this revision keep no key id: vouched for by the first keyed row after them.
 * ``audit_heads`` only moves forward: deleting the newest audit rows and moving the head
   back to the last one kept passed verification. Like the log's own triggers, this
   makes tampering a deliberate ``DISABLE TRIGGER`` by the owner.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
@@ -33,7 +32,8 @@ NO_DELETE = ("customers", "payment_methods", "payments", "refunds", "disputes")
 
 
 def upgrade() -> None:
-    op.add_column("audit_log", sa.Column("key_id", sa.Text(), nullable=True))
+    # (IF NOT EXISTS: a downgrade keeps the column, see below.)
+    op.execute("ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS key_id text")
     for table in NO_DELETE:
         op.execute(f"REVOKE DELETE ON {table} FROM {APP_ROLE}")
     op.execute(
@@ -66,4 +66,6 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION audit_heads_refuse_rewind()")
     for table in NO_DELETE:
         op.execute(f"GRANT DELETE ON {table} TO {APP_ROLE}")
-    op.execute("ALTER TABLE audit_log DROP COLUMN key_id")
+    # ``key_id`` stays: without it no row written since this revision could ever be
+    # verified again (each would be checked as an unkeyed hash). The older code ignores
+    # it; its rows are written unkeyed and verify as a tail to seal.
