@@ -196,9 +196,12 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(
         default=24 * 3600,
         ge=60,
+        # Not longer than the providers keep theirs: a request remembered here past that
+        # would be let through again as "already admitted" (its limits hold is gone by
+        # then) while the provider, having forgotten the key, charges it anew.
+        le=24 * 3600,
         description="PAYSTREAM_IDEMPOTENCY_TTL_SECONDS: how long an idempotency key is "
-        "remembered (Stripe: 24 h). Longer dedupes longer here, but `dlq replay` still holds "
-        "back parked commands past Stripe's 24 h (an hour inside it).",
+        "remembered: at most 24 h, as Stripe keeps keys.",
     )
 
     # --- gateways ----------------------------------------------------------------

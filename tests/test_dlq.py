@@ -390,12 +390,14 @@ async def test_a_structured_records_id_and_type_are_listed() -> None:
     assert ParkedRecord("dlq", 0, 3, None, b"\xff", ()).command_id_and_type == ("?", "?")
 
 
-def test_a_longer_idempotency_window_never_replays_past_the_providers() -> None:
-    """Stripe may drop a key once it is 24 h old: with a 7-day window of our own, a
-    parked command is still held back from 23 h (re-sent later, a charge the provider
-    applied would be made again)."""
+def test_the_idempotency_window_is_never_longer_than_the_providers() -> None:
+    """Stripe may drop a key once it is 24 h old. A longer window of our own is refused
+    (a request remembered past it would pass as admitted before while the provider
+    charges it anew), and a replay is held back an hour inside the window."""
+    from paystream.errors import ConfigurationError
     from paystream.settings import load_settings
 
-    assert stale_after_ms(load_settings(idempotency_ttl_seconds=7 * 24 * 3600)) == 23 * 3_600_000
+    with pytest.raises(ConfigurationError, match="idempotency_ttl_seconds"):
+        load_settings(idempotency_ttl_seconds=7 * 24 * 3600)
     assert stale_after_ms(load_settings(idempotency_ttl_seconds=24 * 3600)) == 23 * 3_600_000
     assert stale_after_ms(load_settings(idempotency_ttl_seconds=3600)) == 1_800_000
