@@ -402,7 +402,7 @@ async def process_commands(stream: Any) -> None:
     offsets = DurableOffsets(
         app, published=COMMITTED, agent="commands", topic=commands_topic.get_topic_name()
     )
-    guard = ContinuityGuard(app, commands_topic.get_topic_name())
+    guard = ContinuityGuard(app, commands_topic.get_topic_name(), on_passed=offsets.passed)
     chain = DeliveryChain()
     queue = stream.channel.queue
     committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))

@@ -89,7 +89,10 @@ class ContinuityGuard:
         read_range: RangeReader | None = None,
         sweep_interval: float = SWEEP_INTERVAL_SECONDS,
         read_committed: CommittedReader | None = None,
+        on_passed: Callable[[TP, int], None] | None = None,
     ) -> None:
+        """``on_passed(tp, offset)``: a sweep found no record at all below ``offset``
+        past what the agent had handled (gone to retention, or control records)."""
         self._app = app
         self._read_committed = read_committed or functools.partial(_group_committed, app)
         self._sweep_interval = sweep_interval
@@ -101,6 +104,7 @@ class ContinuityGuard:
         self._at_last_sweep: dict[TP, int] = {}
         self._next_sweep = 0.0
         self._reassigned_at = time.monotonic()
+        self._on_passed = on_passed
 
     def _check_generation(self) -> None:
         if self._app.consumer_generation_id != self._generation:
@@ -280,6 +284,9 @@ class ContinuityGuard:
             done = max(reached, missing[-1].message.offset + 1 if missing else expected)
             if done > expected:
                 self._next[tp] = self._at_last_sweep[tp] = done
+                if not missing and self._on_passed is not None:
+                    # Nothing there to handle or commit: the agent is not behind on it.
+                    self._on_passed(tp, done)
             found += missing
         return found
 

@@ -261,7 +261,7 @@ async def store_outcomes(stream: Any) -> None:
     so the same guard as the command agent's reads such gaps from the broker first.
     """
     offsets = DurableOffsets(app, agent="ledger_sink", topic=events_topic.get_topic_name())
-    guard = ContinuityGuard(app, events_topic.get_topic_name())
+    guard = ContinuityGuard(app, events_topic.get_topic_name(), on_passed=offsets.passed)
     queue = stream.channel.queue
     committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))
     try:

@@ -47,6 +47,9 @@ class DurableOffsets:
         self._generation: int | None = None  # the consumer generation ``_ready`` is of
         self.agent, self.topic = agent, topic
         self._committed: dict[TP, int] = {}  # what this worker committed, per partition
+        # Per partition, an offset below which the broker holds no record left to handle
+        # (retention removed them, or control records): not lag, though not committed.
+        self._passed: dict[TP, int] = {}
         self.committed_at = 0.0  # Unix time of the last commit that moved any (0: none)
         # Monotonic times: the last progress (a commit that moved an offset), and since
         # when the agent has been seen behind (None: not behind when last seen).
@@ -69,7 +72,7 @@ class DurableOffsets:
             # worker committed since. Never committed by the group: all of the partition
             # is still to be handled (counted from offset 0, so a topic trimmed by
             # retention reads high until the agent's first commit there).
-            done = max(self._committed.get(tp) or 0, known.get(tp) or 0)
+            done = max(self._committed.get(tp) or 0, known.get(tp) or 0, self._passed.get(tp, 0))
             try:
                 high = consumer.highwater(tp)
             except Exception:  # not fetched from yet (or the consumer is going away)
@@ -77,6 +80,13 @@ class DurableOffsets:
             if high is not None:
                 out[tp] = max(0, int(high) - int(done))
         return out
+
+    def passed(self, tp: TP, offset: int) -> None:
+        """Nothing below ``offset`` is left on the broker to handle (see ContinuityGuard's
+        ``on_passed``): a partition whose records retention removed before this group got
+        to them is not behind, nor stalled, for want of a record to commit past."""
+        self._keep_only(self._app.consumer_generation_id)
+        self._passed[tp] = max(self._passed.get(tp, 0), offset)
 
     def fetch_ages(self) -> dict[TP, float]:
         """Per partition this worker owns: seconds since the broker last answered a fetch
@@ -134,6 +144,7 @@ class DurableOffsets:
             # What this worker committed before: a partition that moved away and came
             # back has the group's newer offset (Faust reads it at the assignment).
             self._committed.clear()
+            self._passed.clear()
             self._generation = generation
             # (The stall clock runs on: a rebalance is not progress. A partition handed
             # over with a backlog counts from when the agent is first seen behind.)

@@ -353,3 +353,28 @@ async def test_a_gap_right_after_a_reassignment_is_info_later_a_warning(
     caplog.clear()
     await guard.admit([record(P0, 9)])  # type: ignore[list-item]
     assert all(r.levelno == logging.INFO for r in caplog.records if "never" in r.getMessage())
+
+
+async def test_a_range_with_no_record_left_is_reported_passed() -> None:
+    """Retention removed a quiet partition's records before the group got to them: the
+    sweep finds nothing to run, and says so, so the agent is not counted behind (nor
+    stalled) for want of a record to commit past. A range that held records is not."""
+    app, broker, _ = make({P0: 10, P1: 10}, {P0: 0, P1: 0})
+    passed: list[tuple[TP, int]] = []
+    guard = ContinuityGuard(
+        app,
+        TOPIC,
+        read_range=broker.read,
+        sweep_interval=0,
+        read_committed=app.consumer.read_committed,
+        on_passed=lambda tp, offset: passed.append((tp, offset)),
+    )
+    broker.control = set(range(10))  # on P0 (and P1, but P1 gets its records below)
+    await guard.sweep()
+    found = await guard.sweep()
+    assert found == [] and sorted(passed) == [(P0, 10), (P1, 10)]
+    passed.clear()
+    app.consumer.ends = {P0: 10, P1: 15}
+    broker.control = set()
+    found = await guard.sweep() + await guard.sweep()
+    assert offsets(found) == [(1, o) for o in range(10, 15)] and passed == []

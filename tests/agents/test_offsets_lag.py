@@ -107,3 +107,26 @@ async def test_an_agent_behind_without_progress_is_stalled_from_when_it_was_seen
     assert Stall("commands", 40, 130.4).describe() == (
         "commands agent stalled: 40 records behind, no progress for 130 s"
     )
+
+
+async def test_a_partition_whose_records_are_gone_is_not_behind() -> None:
+    """The group committed 10; retention has removed everything up to 50 since, and no
+    record came: the guard reports 50 passed, and nothing is left to handle."""
+    consumer = StandInConsumer()
+    consumer._committed_offset[P0] = 10
+    consumer.high[P0] = 50
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    now = [0.0]
+    offsets = DurableOffsets(
+        app,  # type: ignore[arg-type]
+        agent="trim",
+        topic=TOPIC,
+        clock=lambda: now[0],
+    )
+    assert offsets.lag() == {P0: 40}
+    offsets.passed(P0, 50)
+    now[0] += 3600
+    assert offsets.lag() == {P0: 0} and stalls([offsets], after=120) == []
+    app.consumer_generation_id = 2  # reassigned: what was passed is asked again
+    await offsets.commit()
+    assert offsets.lag() == {P0: 40}
