@@ -128,7 +128,10 @@ async def _write_tenant(
 
     latest: dict[tuple[EntityType, str], LedgerEvent] = {}
     first_seen: dict[tuple[EntityType, str], datetime] = {}
+    # Every version of an entity in the batch: each applied one gets its audit entry.
+    history: dict[tuple[EntityType, str], list[LedgerEvent]] = defaultdict(list)
     for event in new:
+        history[(event.entity_type, event.entity_id)].append(event)
         current = latest.get((event.entity_type, event.entity_id))
         if current is None or event.version > current.version:
             latest[(event.entity_type, event.entity_id)] = event
@@ -139,9 +142,11 @@ async def _write_tenant(
     for entity_type, (model, id_column) in ENTITY_TABLES.items():
         batch = [e for (t, _), e in latest.items() if t is entity_type]
         if batch:
-            audit += await _upsert(session, tenant_id, model, id_column, batch, keys, first_seen)
-    result.entities_applied = len(audit)
-    result.entities_stale = len(latest) - len(audit)
+            audit += await _upsert(
+                session, tenant_id, model, id_column, batch, keys, first_seen, history
+            )
+    result.entities_applied = len({(a.entity_type, a.entity_id) for a in audit})
+    result.entities_stale = len(latest) - result.entities_applied
     await append_audit(session, tenant_id, audit, keyring=keyring)
     return result
 
@@ -214,8 +219,11 @@ async def _upsert(
     events: list[LedgerEvent],
     keys: Mapping[str, bytes],
     first_seen: Mapping[tuple[EntityType, str], datetime],
+    history: Mapping[tuple[EntityType, str], list[LedgerEvent]],
 ) -> list[AuditEntry]:
-    """Insert-or-advance the entity rows; returns audit entries for the rows that changed."""
+    """Insert-or-advance the entity rows to their latest version; returns an audit entry
+    for each version the row moved through (not only the last: how complete the trail
+    is must not depend on how the outcomes were batched)."""
     table = model.__table__
     id_col = table.c[id_column]
     before = {
@@ -224,8 +232,8 @@ async def _upsert(
             await session.execute(select(table).where(id_col.in_([e.entity_id for e in events])))
         ).mappings()
     }
-    rows = []
-    for e in events:
+
+    def image(e: LedgerEvent) -> dict[str, Any]:
         row: dict[str, Any] = {
             "tenant_id": tenant_id,
             id_column: e.entity_id,
@@ -237,7 +245,9 @@ async def _upsert(
         }
         if model is Customer:
             row |= seal_customer_columns(keys.get(e.entity_id), tenant_id, e.entity_id, e.data)
-        rows.append(row)
+        return row
+
+    rows = [image(e) for e in events]
     # created_at is set once; erased_at belongs to erase_customer, never to events.
     updated = [c for c in rows[0] if c not in ("tenant_id", id_column, "created_at")]
     applied: set[str] = set()
@@ -252,17 +262,29 @@ async def _upsert(
     now = datetime.now(UTC)
     entries = []
     for e, row in zip(events, rows, strict=True):
-        if e.entity_id in applied:
-            after = {**before.get(e.entity_id, {}), **row}
+        if e.entity_id not in applied:
+            continue
+        prior = before.get(e.entity_id)
+        stored = int(prior["version"]) if prior is not None else 0
+        steps: dict[int, LedgerEvent] = {}  # by version, the first event that carried it
+        for step in history[(e.entity_type, e.entity_id)]:
+            if stored < step.version < e.version:
+                steps.setdefault(step.version, step)
+        steps[e.version] = e
+        current = prior
+        for version in sorted(steps):
+            step = steps[version]
+            after = {**(current or {}), **(row if step is e else image(step))}
             entries.append(
                 AuditEntry(
-                    actor=e.actor,
-                    action=e.type,
+                    actor=step.actor,
+                    action=step.type,
                     entity_type=e.entity_type.value,
                     entity_id=e.entity_id,
-                    before=summarise(before.get(e.entity_id)),
+                    before=summarise(current),
                     after=summarise(after),
                     occurred_at=now,
                 )
             )
+            current = after
     return entries

@@ -428,3 +428,50 @@ async def test_a_retired_key_cannot_rewrite_rows_written_since_the_rotation(
     result = await verify_audit(app_engine, "au14", rotated)
     assert result.problems == [result.unsealed] and result.unsealed is not None
     assert old.current.key_id in result.unsealed
+
+
+async def test_every_version_written_in_one_batch_is_audited(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """authorised, captured, refunded in one sink batch: three entries, each from the one
+    before, as three batches would give (the trail must not depend on batching)."""
+    batch = [
+        make_event.payment("au15", "pay_1", 1, status="requires_capture", amount_captured=0),
+        make_event.payment("au15", "pay_1", 3, status="refunded", amount_refunded=1000),
+        make_event.payment("au15", "pay_1", 2, status="succeeded", amount_captured=1000),
+    ]
+    result = await write_events(app_engine, batch, keyring=keyring)
+    assert (result.entities_applied, result.entities_stale) == (1, 0)
+    async with tenant_session(app_engine, "au15") as s:
+        rows = (await s.scalars(select(AuditLog).order_by(AuditLog.seq))).all()
+    assert [r.after["status"] for r in rows] == ["requires_capture", "succeeded", "refunded"]
+    assert [r.before and r.before["status"] for r in rows] == [
+        None,
+        "requires_capture",
+        "succeeded",
+    ]
+    # Already stored at v1: a batch of v2 and v3 audits those two only.
+    more = [
+        make_event.payment("au15", "pay_2", 1, status="requires_capture", amount_captured=0),
+    ]
+    await write_events(app_engine, more, keyring=keyring)
+    await write_events(
+        app_engine,
+        [
+            make_event.payment("au15", "pay_2", 2, status="succeeded", amount_captured=1000),
+            make_event.payment("au15", "pay_2", 3, status="refunded", amount_refunded=1000),
+        ],
+        keyring=keyring,
+    )
+    async with tenant_session(app_engine, "au15") as s:
+        two = (
+            await s.scalars(
+                select(AuditLog).where(AuditLog.entity_id == "pay_2").order_by(AuditLog.seq)
+            )
+        ).all()
+    assert [(r.before and r.before["version"], r.after["version"]) for r in two] == [
+        (None, 1),
+        (1, 2),
+        (2, 3),
+    ]
+    assert (await verify_audit(app_engine, "au15", keyring)).ok
