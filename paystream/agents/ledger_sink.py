@@ -183,10 +183,11 @@ class LedgerSinkRunner:
         translated = translate_records(records)
         sink = self.sink()
         result = await sink.write_batch(translated.events)
-        # Erasure after the batch is stored, so the erased event itself is in the ledger.
-        refused = {letter.event_id for letter in result.dead_letters}
+        # Erasure after the batch is stored, so the erased event itself is in the ledger;
+        # one the ledger refused to store still erases (the command agent did erase the
+        # customer: their data key must go whatever became of the event's row).
         for event in translated.events:
-            if event.type == ERASED_TYPE and event.event_id not in refused:
+            if event.type == ERASED_TYPE:
                 await sink.erase_customer(event.tenant_id, event.entity_id)
         dead = dict(translated.dead)
         for letter in result.dead_letters:

@@ -113,6 +113,10 @@ OUTCOMES_SKIPPED = Counter(
     "Outcomes that change no entity (e.g. command.rejected) and so write no ledger rows.",
     ["type"],
 )
+ERASURES_REFUSED = Counter(
+    "paystream_ledger_erasures_refused_total",
+    "Customer erasures the database refused: the customer's data key was not deleted.",
+)
 STALLED = Gauge(
     "paystream_ledger_sink_stalled",
     "1 while the sink is retrying a batch (database unavailable or misconfigured).",
@@ -475,12 +479,25 @@ class LedgerSink:
 
     async def erase_customer(self, tenant_id: str, customer_id: str) -> bool:
         """Crypto-shred a customer (after their `customer.erased` event is stored); retried
-        like a write. Idempotent: False if the customer was already erased."""
-        return await self._retrying(
-            lambda: erase_customer(self.engine, tenant_id, customer_id, keyring=self.keyring),
-            f"erasure of customer {customer_id} of tenant {tenant_id}",
-            BatchResult(),
-        )
+        like a write. Idempotent: False if the customer was already erased, or if the
+        database refuses the erasure itself (logged as an error: it cannot succeed on a
+        retry, and must not stop the sink)."""
+        try:
+            return await self._retrying(
+                lambda: erase_customer(self.engine, tenant_id, customer_id, keyring=self.keyring),
+                f"erasure of customer {customer_id} of tenant {tenant_id}",
+                BatchResult(),
+            )
+        except _Rejected as refused:
+            ERASURES_REFUSED.inc()
+            log.error(
+                "erasure of customer %r of tenant %r refused by the database (%s): their "
+                "data key is not deleted; erase them again once the cause is fixed",
+                customer_id,
+                tenant_id,
+                _one_line(refused.__cause__ or refused),
+            )
+            return False
 
     async def _retrying(
         self, operation: Callable[[], Awaitable[T]], what: str, result: BatchResult

@@ -130,3 +130,70 @@ async def test_erasure_shreds_description_and_metadata_in_stored_events_too(
     async with tenant_session(app_engine, "pr9") as s:
         stored = json.dumps((await s.scalars(select(Event.data))).all())
     assert "Jane Doe" not in stored and "7700" not in stored
+
+
+async def test_an_erasure_whose_event_the_ledger_refuses_still_shreds(
+    app_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command agent erased the customer: whatever became of the outcome's ledger
+    row (here refused: its event id already names another change), the customer's data
+    key must go. It used to be kept, their PII readable, with nothing said."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from paystream.agents import ledger_sink as ls
+    from paystream.ledger.sink import LedgerSink
+    from paystream.settings import CloudEventsMode, load_settings
+    from paystream.streams.codec import encode_event
+    from paystream.streams.outcomes import CommandRef, build_outcome
+
+    t = "pr10"
+    await write_events(
+        app_engine, [make_event.customer(t, "cus_1", email="x@y.z")], keyring=keyring
+    )
+    cmd = CommandRef(
+        tenant_id=t,
+        command_id="cmd_erase",
+        command_type="customer.erase",
+        idempotency_key="k",
+        time=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    obj = {"tenant_id": t, "id": "cus_1", "entity_type": "customer", "version": 2}
+    data = {"tenant_id": t, "command_id": cmd.command_id, "entity_type": "customer",
+            "entity_id": "cus_1", "version": 2, "object": obj}  # fmt: skip
+    outcome = build_outcome(cmd, "customer.erased", data)
+    clash = replace(make_event.payment(t, "pay_x"), event_id=outcome.get_id())
+    await write_events(app_engine, [clash], keyring=keyring)  # the id names another change
+    record = encode_event(outcome, t.encode(), CloudEventsMode.BINARY)
+    message = SimpleNamespace(
+        key=record.key, value=record.value, headers=list(record.headers), timestamp=1.7e9,
+        topic="paystream.events", partition=0, offset=1,
+    )  # fmt: skip
+    runner = ls.LedgerSinkRunner(load_settings())
+    runner._sink = LedgerSink(app_engine, keyring)
+    parked: list[object] = []
+
+    async def park(records: object, dead: dict[int, object]) -> None:
+        parked.extend(dead.values())
+
+    monkeypatch.setattr(runner, "_park", park)
+    await runner.run_batch([SimpleNamespace(message=message)])  # type: ignore[list-item]
+    assert len(parked) == 1  # the refused event
+    async with tenant_session(app_engine, t) as s:
+        assert (await s.scalars(select(DataKey))).all() == []
+        assert (await s.scalars(select(Customer))).one().email_ciphertext is None
+
+
+async def test_an_erasure_the_database_refuses_is_logged_not_a_stalled_sink(
+    app_engine: AsyncEngine, keyring: MasterKeyring, caplog: pytest.LogCaptureFixture
+) -> None:
+    from paystream.ledger.sink import LedgerSink
+
+    sink = LedgerSink(app_engine, keyring)
+    # PostgreSQL refuses NUL in text: a data error, which no retry can fix.
+    assert await sink.erase_customer("pr11", "cus\x00nul") is False
+    assert "refused by the database" in caplog.text and "data key is not deleted" in caplog.text
