@@ -193,6 +193,12 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             multiple=True,
             help="payment volume per UTC day, CURRENCY=MINOR_UNITS (repeatable)",
         ),
+        click.option(
+            "--only-listed-currencies",
+            is_flag=True,
+            default=None,
+            help="refuse payments in currencies no --max-payment or --daily-volume names",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -205,7 +211,8 @@ def _limits_from(args: dict[str, Any]) -> TenantLimits | None:
 
     rate, burst = args.get("rate_limit"), args.get("burst")
     caps, daily = args.get("max_payment") or (), args.get("daily_volume") or ()
-    if rate is None and burst is None and not caps and not daily:
+    only_listed = bool(args.get("only_listed_currencies"))
+    if rate is None and burst is None and not caps and not daily and not only_listed:
         return None
     try:
         return TenantLimits(
@@ -213,6 +220,7 @@ def _limits_from(args: dict[str, Any]) -> TenantLimits | None:
             burst=burst,
             max_payment_amount=_per_currency(caps, "--max-payment"),
             daily_payment_volume=_per_currency(daily, "--daily-volume"),
+            only_listed_currencies=only_listed,
         )
     except ValidationError as exc:
         raise click.BadParameter(

@@ -179,6 +179,15 @@ async def test_tenant_limits_are_set_kept_enforced_and_cleared(deployed: Deploym
     assert out["type"] == "com.paystream.payment.succeeded", out
     bad = run_cli(deployed, "tenants", "limits", "capped", "--daily-volume", "USD", check=False)
     assert bad.returncode == 2 and "CURRENCY=MINOR_UNITS" in bad.stderr
+    only = run_cli(
+        deployed, "tenants", "limits", "capped", "--max-payment", "USD=1000",
+        "--only-listed-currencies",
+    ).stdout  # fmt: skip
+    assert json.loads(only)["only_listed_currencies"] is True
+    alone = run_cli(
+        deployed, "tenants", "limits", "capped", "--only-listed-currencies", check=False
+    )
+    assert alone.returncode == 2 and "only_listed_currencies needs" in alone.stderr
     unknown = run_cli(deployed, "tenants", "limits", "nobody", check=False)
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
 

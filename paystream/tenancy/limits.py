@@ -15,6 +15,9 @@ A tenant's registry record may carry :class:`TenantLimits`:
   is answered), so payments parked during an outage and re-driven later cannot take the
   day over its quota. At most :data:`MAX_HOLDS` hold at once. Over either limit, the
   command is rejected ``quota_exceeded`` (``limit`` names which).
+* ``only_listed_currencies``: the money limits name currencies, with no conversion; with
+  this, a payment in a currency neither names is rejected ``quota_exceeded`` (``limit:
+  currencies``) instead of moving unlimited.
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
 catches up on a backlog must not reject commands that were sent at an allowed pace.
@@ -85,6 +88,9 @@ class TenantLimits(BaseModel):
     burst: StrictInt | None = Field(default=None, ge=1, le=10_000_000)
     max_payment_amount: dict[str, StrictInt] = {}
     daily_payment_volume: dict[str, StrictInt] = {}
+    # Money limits name currencies, with no conversion: without this, a tenant capped in
+    # USD could pay any amount in EUR or JPY. With it, only the currencies named move.
+    only_listed_currencies: bool = False
 
     @field_validator("max_payment_amount", "daily_payment_volume")
     @classmethod
@@ -105,6 +111,18 @@ class TenantLimits(BaseModel):
             raise ValueError("burst needs commands_per_second")
         return self
 
+    @model_validator(mode="after")
+    def _currencies_listed(self) -> TenantLimits:
+        if self.only_listed_currencies and not self.listed_currencies:
+            raise ValueError(
+                "only_listed_currencies needs a max_payment_amount or daily_payment_volume"
+            )
+        return self
+
+    @property
+    def listed_currencies(self) -> set[str]:
+        return {*self.max_payment_amount, *self.daily_payment_volume}
+
     @property
     def enforced(self) -> bool:
         return bool(
@@ -124,6 +142,8 @@ class TenantLimits(BaseModel):
         parts += [
             f"≤ {format_minor(a, c)} per day" for c, a in sorted(self.daily_payment_volume.items())
         ]
+        if self.only_listed_currencies:
+            parts.append(f"only {', '.join(sorted(self.listed_currencies))}")
         return " · ".join(parts) or "none"
 
 
@@ -533,6 +553,13 @@ def _quota(
     if command_type != "payment.create":
         return None
     currency, amount = str(data.currency), int(data.amount)
+    if limits.only_listed_currencies and currency not in limits.listed_currencies:
+        listed = sorted(limits.listed_currencies)
+        return LimitRejection(
+            "quota_exceeded",
+            f"payments in {currency} are not allowed for this tenant (only {', '.join(listed)})",
+            {"limit": "currencies", "currency": currency, "allowed": listed},
+        )
     cap = limits.max_payment_amount.get(currency)
     if cap is not None and amount > cap:
         return LimitRejection(

@@ -509,3 +509,29 @@ async def test_payments_awaiting_the_provider_are_capped(
     assert [e.topic for e in await harness.processor.process(redriven)] == [
         harness.settings.retry_topic
     ]
+
+
+async def test_only_listed_currencies_refuses_a_payment_in_another(harness: Harness) -> None:
+    """Money limits name currencies, with no conversion: a tenant capped in USD paid any
+    amount in JPY. With only_listed_currencies, a currency no limit names is refused
+    (before the provider); without it, it moves unlimited as before."""
+    strict = harness.add_tenant(
+        limits={"max_payment_amount": {"USD": 500}, "only_listed_currencies": True}
+    )
+    loose = harness.add_tenant(limits={"max_payment_amount": {"USD": 500}})
+    jpy = {"amount": 10**7, "currency": "jpy", "payment_method_token": "pm_card_visa"}
+    _, refused = await _run(harness, _record("payment.create", strict, jpy, "c1", T0, 0))
+    assert kind(refused) == "command.rejected"
+    assert (data(refused)["reason"], data(refused)["limit"], data(refused)["allowed"]) == (
+        "quota_exceeded",
+        "currencies",
+        ["USD"],
+    )
+    assert data(refused)["message"] == (
+        "payments in JPY are not allowed for this tenant (only USD)"
+    )
+    assert await _charges(harness, strict) == 0
+    _, usd = await _run(harness, _record("payment.create", strict, _pay(400), "c2", T0, 1))
+    assert kind(usd) == "payment.succeeded"
+    _, moved = await _run(harness, _record("payment.create", loose, jpy, "c3", T0, 2))
+    assert kind(moved) == "payment.succeeded"

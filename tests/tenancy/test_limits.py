@@ -327,6 +327,9 @@ def test_limits_validation() -> None:
         TenantLimits(commands_per_second=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="USD is given twice"):
         TenantLimits(max_payment_amount={"usd": 1, "USD": 2})
+    with pytest.raises(ValidationError, match="only_listed_currencies needs"):
+        TenantLimits(commands_per_second=5, only_listed_currencies=True)
+    assert TenantLimits(daily_payment_volume={"EUR": 5}, only_listed_currencies=True).enforced
 
 
 def test_tenant_records_without_limits_still_parse() -> None:
@@ -350,6 +353,12 @@ def test_registry_records_leave_out_unused_limits_for_older_workers() -> None:
 
 def test_limits_read_for_operators() -> None:
     assert TenantLimits().describe() == "none"
+    only = TenantLimits(
+        max_payment_amount={"USD": 500},
+        daily_payment_volume={"EUR": 9},
+        only_listed_currencies=True,
+    )
+    assert only.describe() == ("≤ 5.00 USD per payment · ≤ 0.09 EUR per day · only EUR, USD")
     both = TenantLimits(
         commands_per_second=50,
         burst=80,
