@@ -2,16 +2,21 @@
 
 Each row's hash is an HMAC-SHA256 of the previous row's hash and the row, under a key
 derived from the master key current when it was written (``key_id`` names which). The
-database never sees that key: whoever can write the tables (a DBA, a stolen owner
-credential, an edited backup) can no longer rewrite a row and recompute the chain
-after it, which a plain hash allowed.
+database never sees that key, so whoever can write the tables (a DBA, a stolen owner or
+application credential, an edited backup) cannot write a row that verifies: an edited
+row recomputed, or one inserted, has no key (or a key the keyring does not hold), and
+:func:`verify_audit` reports every such row, wherever it sits in the chain.
 
-A row under the current master key vouches for every row before it (its MAC covers
-their hashes). Rows *after* the last one under the current key (written unkeyed, before
-migration 0004, or under a key since retired, which may have leaked) could be rewritten
-by whoever holds their key: :func:`verify_audit` reports such a tail, and
-:func:`seal_chain` (``paystream audit seal``; ``paystream keys rotate`` runs it for every
-tenant) ends the chain under the current key with a seal entry.
+Rotation: rows under a retired key still verify with it (keep it where verification
+runs). ``paystream keys rotate`` appends a seal entry under the new key naming the keys
+it retires; a row under one of those after that seal is reported (a leaked retired key
+cannot extend the chain). Rows at the chain's end under a retired key not yet sealed
+(workers still on the old key) are reported until a row under the current key follows
+them, or :func:`seal_chain` ends the chain (``paystream audit seal``).
+
+Rows without a key (written before migration 0004) are reported too: nothing tells them
+from a forgery. An operator who knows the chain began before keying may accept unkeyed
+rows *before the first keyed one* (``allow_unkeyed_prefix``); never after it.
 """
 
 from __future__ import annotations
@@ -179,13 +184,23 @@ async def append_audit(
     )
 
 
-async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyring) -> VerifyResult:
+async def verify_audit(
+    engine: AsyncEngine,
+    tenant_id: str,
+    keyring: MasterKeyring,
+    *,
+    allow_unkeyed_prefix: bool = False,
+) -> VerifyResult:
     """Walk the tenant's chain: every seq present, each prev_hash linked, each hash
-    recomputed under the key its row names (which ``keyring`` must hold)."""
+    recomputed under the key its row names (which ``keyring`` must hold), no row unkeyed
+    (but for an accepted prefix) or under a key a seal retired before it."""
     problems: list[str] = []
     keys: dict[str, bytes | None] = {}  # key id → MAC key (None: not in the keyring)
     current = keyring.current.key_id
-    # Rows after the last one under the current key: (first seq, key ids) of that tail.
+    unkeyed: list[int] = []
+    keyed_yet = False
+    retired: dict[str, int] = {}  # key id → seq of the seal that retired it
+    # Rows after the last one under the current key, under keys not yet sealed out.
     tail_from: int | None = None
     tail_keys: set[str | None] = set()
     expected_seq, prev, checked = 1, GENESIS_HASH, 0
@@ -202,26 +217,16 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
                 problems.append(f"rows {expected_seq}..{entry.seq - 1} are missing")
             if bytes(entry.prev_hash) != prev:
                 problems.append(f"seq {entry.seq}: prev_hash does not link to the previous row")
-            row = {
-                c: getattr(entry, c)
-                for c in (
-                    "occurred_at",
-                    "actor",
-                    "action",
-                    "entity_type",
-                    "entity_id",
-                    "before",
-                    "after",
-                )
-            }
-            if entry.key_id == current:
-                tail_from, tail_keys = None, set()
-            else:
-                tail_from = entry.seq if tail_from is None else tail_from
-                tail_keys.add(entry.key_id)
+            row = {c: getattr(entry, c) for c in _HASHED}
+            key: bytes | None = None
             if entry.key_id is None:
-                key = None
+                if keyed_yet or not allow_unkeyed_prefix:
+                    unkeyed.append(entry.seq)
+                else:  # an accepted prefix: the first keyed row after it covers it
+                    tail_from = entry.seq if tail_from is None else tail_from
+                    tail_keys.add(None)
             else:
+                keyed_yet = True
                 if entry.key_id not in keys:
                     keys[entry.key_id] = _key_in(keyring, entry.key_id)
                 key = keys[entry.key_id]
@@ -230,16 +235,37 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
                         f"seq {entry.seq}: keyed under master key {entry.key_id!r}, which is "
                         "not in the keyring (PAYSTREAM_RETIRED_MASTER_KEYS): not verifiable"
                     )
-            if (entry.key_id is None or key is not None) and chain_hash(
-                bytes(entry.prev_hash), tenant_id, entry.seq, row, key
-            ) != bytes(entry.hash):
+                elif entry.key_id in retired:
+                    problems.append(
+                        f"seq {entry.seq}: under master key {entry.key_id!r}, which the seal "
+                        f"at seq {retired[entry.key_id]} retired"
+                    )
+                elif entry.key_id == current:
+                    tail_from, tail_keys = None, set()
+                else:
+                    tail_from = entry.seq if tail_from is None else tail_from
+                    tail_keys.add(entry.key_id)
+            intact = chain_hash(bytes(entry.prev_hash), tenant_id, entry.seq, row, key) == bytes(
+                entry.hash
+            )
+            if (entry.key_id is None or key is not None) and not intact:
                 problems.append(f"seq {entry.seq}: contents do not match its hash (altered)")
+            elif key is not None and entry.action == SEAL_ACTION:
+                for old in (entry.after or {}).get("retires") or ():
+                    if old != entry.key_id:
+                        retired.setdefault(str(old), entry.seq)
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
         # Events stored but no chain at all: the whole of it was deleted.
         wiped = not checked and (await session.execute(select(Event.event_id).limit(1))).first()
     last_seq = expected_seq - 1
     if wiped:
         problems.append("events are recorded for this tenant but its audit chain is empty")
+    if unkeyed:
+        shown = ", ".join(map(str, unkeyed[:5])) + (", ..." if len(unkeyed) > 5 else "")
+        problems.append(
+            f"{len(unkeyed)} row(s) not keyed (seq {shown}): written before keyed chains "
+            "(migration 0004) or by someone without the key; nothing tells them apart"
+        )
     if head is None:
         if checked:
             problems.append("audit head is missing")
@@ -250,24 +276,30 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             problems.append(f"head (seq {head.seq}) does not match the last row (seq {last_seq})")
     unsealed = None
     if tail_from is not None:
-        held = sorted("no key (written before keyed chains)" if k is None else k for k in tail_keys)
+        held = sorted("no key (accepted prefix)" if k is None else k for k in tail_keys)
         unsealed = (
             f"seq {tail_from}..{last_seq}, the end of the chain, are not under the current "
-            f"master key but {', '.join(held)}: whoever holds that could rewrite them; "
-            "`paystream audit seal` (after a rotation, `paystream keys rotate`) ends the "
-            "chain under the current key"
+            f"master key but {', '.join(held)}: a row under the current key (the next "
+            "event, `paystream audit seal`, or `paystream keys rotate` after a rotation) "
+            "ends it"
         )
         problems.append(unsealed)
     return VerifyResult(tenant_id, checked, problems, unsealed)
+
+
+# The row's fields the hash covers (with its tenant and seq).
+_HASHED = ("occurred_at", "actor", "action", "entity_type", "entity_id", "before", "after")
 
 
 SEAL_ACTION = "com.paystream.audit.sealed"
 
 
 async def seal_chain(session: AsyncSession, tenant_id: str, keyring: MasterKeyring) -> bool:
-    """End the tenant's chain under the current master key (a seal entry), unless its last
-    row already is; False then, or when the tenant has no chain. Inside the caller's
-    tenant transaction. Sealing vouches for the chain as it stands: verify it first."""
+    """End the tenant's chain under the current master key with a seal entry naming the
+    keys retired by now, unless its last row already is and a seal already names them;
+    False then, or when the tenant has no chain. Inside the caller's tenant transaction.
+    It vouches for the rows under retired keys at the chain's end as they stand (verify
+    first); unkeyed or unknown-key rows stay reported whatever follows them."""
     head = (
         await session.execute(
             select(AuditHead.seq).where(AuditHead.tenant_id == tenant_id).with_for_update()
@@ -278,7 +310,18 @@ async def seal_chain(session: AsyncSession, tenant_id: str, keyring: MasterKeyri
     last_key = (
         await session.execute(select(AuditLog.key_id).where(AuditLog.seq == head.seq))
     ).scalar_one_or_none()
-    if last_key == keyring.current.key_id:
+    current = keyring.current.key_id
+    retiring = {k.key_id for k in keyring.retired}
+    latest_seal = (
+        await session.execute(
+            select(AuditLog.after)
+            .where(AuditLog.action == SEAL_ACTION, AuditLog.key_id == current)
+            .order_by(AuditLog.seq.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    retired_before = set((latest_seal or {}).get("retires") or ())
+    if last_key == current and retiring <= retired_before:
         return False
     entry = AuditEntry(
         actor="system:audit-seal",
@@ -286,7 +329,11 @@ async def seal_chain(session: AsyncSession, tenant_id: str, keyring: MasterKeyri
         entity_type="audit",
         entity_id=tenant_id,
         before={"seq": head.seq, "key_id": last_key},
-        after={"key_id": keyring.current.key_id},
+        # The keys retired by now: a row under one of them after this seal is reported.
+        after={
+            "key_id": keyring.current.key_id,
+            "retires": sorted(k.key_id for k in keyring.retired),
+        },
         occurred_at=datetime.now(UTC),
     )
     await append_audit(session, tenant_id, [entry], keyring=keyring)

@@ -231,11 +231,17 @@ async def test_a_row_rewritten_with_the_chain_recomputed_is_detected(
     await _rewrite_chain_from(owner_engine, tenant, 2, key, drop_key_id="dropped" in forgery)
     result = await verify_audit(app_engine, tenant, keyring)
     assert not result.ok
-    if "dropped" in forgery:  # a consistent unkeyed tail: nothing vouches for it
-        assert result.problems == [result.unsealed]
-        assert result.unsealed is not None and result.unsealed.startswith(
-            "seq 2..4, the end of the chain, are not under the current master key but no key"
-        )
+    if "dropped" in forgery:  # unkeyed rows after a keyed one: never accepted
+        assert result.problems == [
+            "3 row(s) not keyed (seq 2, 3, 4): written before keyed chains (migration 0004) "
+            "or by someone without the key; nothing tells them apart"
+        ]
+        # ... nor vouched for by the sink's next (keyed) row, nor by a seal.
+        await write_events(app_engine, [make_event.payment(tenant, "pay_n")], keyring=keyring)
+        async with tenant_session(app_engine, tenant) as s:
+            await seal_chain(s, tenant, keyring)
+        again = await verify_audit(app_engine, tenant, keyring, allow_unkeyed_prefix=True)
+        assert again.problems == result.problems
     else:
         assert result.problems == [
             f"seq {n}: contents do not match its hash (altered)" for n in (2, 3, 4)
@@ -349,21 +355,24 @@ async def _unkey(owner: AsyncEngine, tenant: str) -> None:
         await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
 
 
-async def test_a_chain_begun_before_keying_is_vouched_for_by_its_first_keyed_row(
+async def test_a_chain_begun_before_keying_is_accepted_only_when_the_operator_says_so(
     app_engine: AsyncEngine,
     owner_engine: AsyncEngine,
     keyring: MasterKeyring,
     make_event: EventFactory,
 ) -> None:
-    """Rows from before migration 0004 are not a failure for ever: the first keyed row
-    after them covers their hashes. Until one comes (or a seal), the tail is reported."""
+    """Rows from before migration 0004 cannot be told from forgeries: reported, unless
+    the operator accepts an unkeyed *prefix*; the first keyed row after it covers it."""
     await _history(app_engine, keyring, make_event, "au12")
     await _unkey(owner_engine, "au12")
-    before = await verify_audit(app_engine, "au12", keyring)
-    assert before.problems == [before.unsealed] and before.unsealed is not None
+    strict = await verify_audit(app_engine, "au12", keyring)
+    assert strict.problems[0].startswith("4 row(s) not keyed (seq 1, 2, 3, 4)")
+    accepted = await verify_audit(app_engine, "au12", keyring, allow_unkeyed_prefix=True)
+    assert accepted.problems == [accepted.unsealed] and accepted.unsealed is not None
     await write_events(app_engine, [make_event.payment("au12", "pay_new")], keyring=keyring)
-    after = await verify_audit(app_engine, "au12", keyring)
+    after = await verify_audit(app_engine, "au12", keyring, allow_unkeyed_prefix=True)
     assert (after.ok, after.checked) == (True, 5)
+    assert not (await verify_audit(app_engine, "au12", keyring)).ok  # still, unaccepted
     # ... and an edit to the unkeyed prefix, recomputed, breaks the keyed row's link.
     async with owner_engine.begin() as conn:
         await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
@@ -380,29 +389,30 @@ async def test_a_chain_begun_before_keying_is_vouched_for_by_its_first_keyed_row
             {"h": chain_hash(bytes(row["prev_hash"]), "au12", 4, row, None)},
         )
         await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
-    problems = (await verify_audit(app_engine, "au12", keyring)).problems
+    problems = (await verify_audit(app_engine, "au12", keyring, allow_unkeyed_prefix=True)).problems
     assert problems == ["seq 5: prev_hash does not link to the previous row"]
 
 
-async def test_a_seal_ends_a_quiet_tenants_chain_under_the_current_key(
-    app_engine: AsyncEngine,
-    owner_engine: AsyncEngine,
-    keyring: MasterKeyring,
-    make_event: EventFactory,
+async def test_a_seal_ends_the_chain_under_the_current_key_and_retires_the_old(
+    app_engine: AsyncEngine, make_event: EventFactory
 ) -> None:
-    await _history(app_engine, keyring, make_event, "au13")
-    await _unkey(owner_engine, "au13")
+    old = MasterKeyring(MasterKey.generate())
+    await _history(app_engine, old, make_event, "au13")
+    rotated = old.rotated_to(MasterKey.generate())
+    tail = await verify_audit(app_engine, "au13", rotated)
+    assert tail.problems == [tail.unsealed] and tail.unsealed is not None
     async with tenant_session(app_engine, "au13") as s:
-        assert await seal_chain(s, "au13", keyring) is True
+        assert await seal_chain(s, "au13", rotated) is True
     async with tenant_session(app_engine, "au13") as s:
-        assert await seal_chain(s, "au13", keyring) is False  # already ends under it
-    result = await verify_audit(app_engine, "au13", keyring)
+        assert await seal_chain(s, "au13", rotated) is False  # ends under it, named
+    result = await verify_audit(app_engine, "au13", rotated)
     assert (result.ok, result.checked) == (True, 5)
     async with tenant_session(app_engine, "au13") as s:
         last = (await s.scalars(select(AuditLog).order_by(AuditLog.seq.desc()).limit(1))).one()
-    assert (last.action, last.key_id) == ("com.paystream.audit.sealed", keyring.current.key_id)
+    assert (last.action, last.key_id) == ("com.paystream.audit.sealed", rotated.current.key_id)
+    assert last.after is not None and last.after["retires"] == [old.current.key_id]
     async with tenant_session(app_engine, "nobody-13") as s:
-        assert await seal_chain(s, "nobody-13", keyring) is False  # no chain: nothing
+        assert await seal_chain(s, "nobody-13", rotated) is False  # no chain: nothing
 
 
 async def test_a_retired_key_cannot_rewrite_rows_written_since_the_rotation(
