@@ -42,6 +42,11 @@ def _event(app: Any, offset: int) -> Any:
     return SimpleNamespace(message=message)
 
 
+def _on_clock(app: Any, agent: str, now: list[float]) -> DurableOffsets:
+    """Durable offsets whose clock reads ``now[0]``."""
+    return DurableOffsets(app, agent=agent, topic=TOPIC, clock=lambda: now[0])
+
+
 def _lag(agent: str) -> float | None:
     labels = {"agent": agent, "topic": TOPIC, "partition": "0"}
     return REGISTRY.get_sample_value("paystream_consumer_lag_records", labels)
@@ -76,12 +81,7 @@ async def test_an_agent_behind_without_progress_is_stalled_from_when_it_was_seen
     consumer = StandInConsumer()
     app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
     now = [1000.0]
-    offsets = DurableOffsets(
-        app,  # type: ignore[arg-type]
-        agent="stall-a",
-        topic=TOPIC,
-        clock=lambda: now[0],
-    )
+    offsets = _on_clock(app, "stall-a", now)
     now[0] += 3600  # an hour's quiet since it started: not a stall
     assert offsets.stalled_for() is None  # nothing to handle
     consumer.high[P0] = 50  # a burst arrives
@@ -117,12 +117,7 @@ async def test_a_partition_whose_records_are_gone_is_not_behind() -> None:
     consumer.high[P0] = 50
     app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
     now = [0.0]
-    offsets = DurableOffsets(
-        app,  # type: ignore[arg-type]
-        agent="trim",
-        topic=TOPIC,
-        clock=lambda: now[0],
-    )
+    offsets = _on_clock(app, "trim", now)
     assert offsets.lag() == {P0: 40}
     offsets.passed(P0, 50)
     now[0] += 3600

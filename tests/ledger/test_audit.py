@@ -169,10 +169,17 @@ async def test_deleted_row_is_detected(
 
 
 async def _rewrite_chain_from(
-    owner: AsyncEngine, tenant: str, seq: int, key: bytes | None, *, drop_key_id: bool
+    owner: AsyncEngine,
+    tenant: str,
+    seq: int,
+    key: bytes | None,
+    *,
+    drop_key_id: bool,
+    edit: bool = True,
 ) -> None:
-    """A forger with the owner's rights: change row ``seq``'s amount and recompute every
-    hash from it on (with ``key``: the wrong one, or none at all), head included."""
+    """A forger with the owner's rights: change row ``seq``'s amount (unless not
+    ``edit``) and recompute every hash from it on (with ``key``: the wrong one, or none
+    at all), head included."""
     async with owner.begin() as conn:
         await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
         await conn.execute(text("ALTER TABLE audit_heads DISABLE TRIGGER audit_heads_forward_only"))
@@ -188,7 +195,7 @@ async def _rewrite_chain_from(
         prev = bytes(rows[seq - 2]["hash"]) if seq > 1 else bytes(32)
         for r in rows[seq - 1 :]:
             row = dict(r)
-            if row["seq"] == seq:
+            if edit and row["seq"] == seq:
                 row["after"] = {**row["after"], "amount": 1}
             new_hash = chain_hash(prev, tenant, row["seq"], row, key)
             await conn.execute(
@@ -325,34 +332,7 @@ async def test_a_chain_deleted_whole_is_detected(
 async def _unkey(owner: AsyncEngine, tenant: str) -> None:
     """Rewrite the tenant's chain as a version before keyed chains wrote it: no key id,
     plain sha256 (what rows written before migration 0004 look like)."""
-    async with owner.begin() as conn:
-        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
-        await conn.execute(text("ALTER TABLE audit_heads DISABLE TRIGGER audit_heads_forward_only"))
-        rows = (
-            (
-                await conn.execute(
-                    text("SELECT * FROM audit_log WHERE tenant_id = :t ORDER BY seq"), {"t": tenant}
-                )
-            )
-            .mappings()
-            .all()
-        )
-        prev = bytes(32)
-        for r in rows:
-            new_hash = chain_hash(prev, tenant, r["seq"], dict(r), None)
-            await conn.execute(
-                text(
-                    "UPDATE audit_log SET prev_hash = :p, hash = :h, key_id = NULL "
-                    "WHERE tenant_id = :t AND seq = :s"
-                ),
-                {"p": prev, "h": new_hash, "t": tenant, "s": r["seq"]},
-            )
-            prev = new_hash
-        await conn.execute(
-            text("UPDATE audit_heads SET hash = :h WHERE tenant_id = :t"), {"h": prev, "t": tenant}
-        )
-        await conn.execute(text("ALTER TABLE audit_heads ENABLE TRIGGER audit_heads_forward_only"))
-        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
+    await _rewrite_chain_from(owner, tenant, 1, None, drop_key_id=True, edit=False)
 
 
 async def test_a_chain_begun_before_keying_is_accepted_only_when_the_operator_says_so(
