@@ -252,7 +252,9 @@ async def verify_audit(
                 problems.append(f"seq {entry.seq}: contents do not match its hash (altered)")
             elif key is not None and entry.action == SEAL_ACTION:
                 for old in (entry.after or {}).get("retires") or ():
-                    if old != entry.key_id:
+                    # (Never the current key: a seal under a leaked old key naming it
+                    # would otherwise condemn every genuine row after it.)
+                    if old not in (entry.key_id, current):
                         retired.setdefault(str(old), entry.seq)
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
         # Events stored but no chain at all: the whole of it was deleted.
