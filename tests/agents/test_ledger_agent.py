@@ -128,8 +128,10 @@ async def test_an_outcome_faust_never_delivered_is_read_before_the_commit_passes
     async def committed(tps: Any) -> dict[Any, int | None]:
         return dict.fromkeys(tps, 0)
 
-    def guard(app: Any, topic: str) -> ContinuityGuard:
-        return ContinuityGuard(app, topic, read_range=read_range, read_committed=committed)
+    def guard(app: Any, topic: str, **kwargs: Any) -> ContinuityGuard:
+        return ContinuityGuard(
+            app, topic, read_range=read_range, read_committed=committed, **kwargs
+        )
 
     runner = FlakyRunner()
     delivered = [event(P0, 0), event(P0, 1), event(P0, 3), event(P0, 4)]

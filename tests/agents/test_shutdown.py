@@ -326,7 +326,7 @@ class StandInRunner:
 class PassThroughGuard:
     """No record skipped (the guard itself: test_continuity)."""
 
-    def __init__(self, *_: Any) -> None: ...
+    def __init__(self, *_: Any, **__: Any) -> None: ...
 
     async def admit(self, events: list[Any]) -> list[Any]:
         return list(events)
