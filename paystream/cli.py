@@ -576,6 +576,7 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
     from paystream.tenancy.rotation import (
         RotationReport,
         ledger_keys_left,
+        record_audit_retirements,
         reseal_registry_secrets,
         rewrap_ledger_keys,
         secrets_left,
@@ -628,6 +629,17 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
             "(If that key is lost, set the secret again with `paystream tenants add --secret`.)",
             err=True,
         )
+    if settings.database_url and keyring.retired:
+        # As the owner: the application role may not write these (a leaked old key would
+        # otherwise record its own retirement far ahead).
+        owner_url = asyncpg_url(settings.database_url)
+        given = sorted({*report.tenants, *report.unreadable, *extra_tenants})
+        recorded = run_db(record_audit_retirements(owner_url, keyring, given))
+        click.echo(
+            f"  audit chains: {recorded} retirement(s) of the old key recorded (rows under it "
+            "past them are reported; `paystream audit verify` still needs the old key)",
+            err=True,
+        )
     ledger = (
         "ledger keys not re-wrapped (DATABASE_URL or PAYSTREAM_DB_APP_PASSWORD unset)"
         if report.ledger_keys_rewrapped is None
@@ -662,12 +674,6 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
     if left or ledger_left or report.unopenable:
         click.echo("keep the retired key until `paystream keys rotate` exits 0", err=True)
         sys.exit(1)
-    if settings.database_url and keyring.retired:
-        click.echo(
-            "note: audit entries written before the rotation stay keyed under the retired "
-            "key: `paystream audit verify` needs it in PAYSTREAM_RETIRED_MASTER_KEYS",
-            err=True,
-        )
 
 
 @cli.group()

@@ -4,19 +4,16 @@ Each row's hash is an HMAC-SHA256 of the previous row's hash and the row, under 
 derived from the master key current when it was written (``key_id`` names which). The
 database never sees that key, so whoever can write the tables (a DBA, a stolen owner or
 application credential, an edited backup) cannot write a row that verifies: an edited
-row recomputed, or one inserted, has no key (or a key the keyring does not hold), and
-:func:`verify_audit` reports every such row, wherever it sits in the chain.
+row recomputed, or one inserted, has no key or a key the keyring does not hold, and
+:func:`verify_audit` reports it wherever it sits, whatever is written after it.
 
-Rotation: rows under a retired key still verify with it (keep it where verification
-runs). ``paystream keys rotate`` appends a seal entry under the new key naming the keys
-it retires; a row under one of those after that seal is reported (a leaked retired key
-cannot extend the chain). Rows at the chain's end under a retired key not yet sealed
-(workers still on the old key) are reported until a row under the current key follows
-them, or :func:`seal_chain` ends the chain (``paystream audit seal``).
+Two kinds of row are accepted on records the application role cannot write:
 
-Rows without a key (written before migration 0004) are reported too: nothing tells them
-from a forgery. An operator who knows the chain began before keying may accept unkeyed
-rows *before the first keyed one* (``allow_unkeyed_prefix``); never after it.
+* unkeyed rows up to where the tenant's chain stood when chains became keyed (migration
+  0004 recorded it in ``audit_legacy``, with the hash of that row);
+* rows under a *retired* master key up to the last seq written under it, which
+  ``paystream keys rotate`` records per tenant (``audit_key_retirements``, as the owner):
+  a leaked old key cannot extend the chain past its retirement.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from paystream.ledger.models import AuditHead, AuditLog, Event
+from paystream.ledger.models import AuditHead, AuditKeyRetirement, AuditLegacy, AuditLog, Event
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring
 
@@ -45,7 +42,7 @@ __all__ = [
     "audit_key",
     "chain_hash",
     "lock_tenant",
-    "seal_chain",
+    "record_retirements",
     "verify_audit",
 ]
 
@@ -72,9 +69,6 @@ class VerifyResult:
     tenant_id: str
     checked: int
     problems: list[str] = field(default_factory=list)
-    # The chain's end not under the current master key (one of ``problems``): sealing
-    # it is the remedy, once the rest verifies.
-    unsealed: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -184,30 +178,28 @@ async def append_audit(
     )
 
 
-async def verify_audit(
-    engine: AsyncEngine,
-    tenant_id: str,
-    keyring: MasterKeyring,
-    *,
-    allow_unkeyed_prefix: bool = False,
-) -> VerifyResult:
+async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyring) -> VerifyResult:
     """Walk the tenant's chain: every seq present, each prev_hash linked, each hash
-    recomputed under the key its row names (which ``keyring`` must hold), no row unkeyed
-    (but for an accepted prefix) or under a key a seal retired before it."""
+    recomputed under the key its row names (which ``keyring`` must hold); an unkeyed
+    row, or one under a retired key, only where the records above accept it."""
     problems: list[str] = []
     keys: dict[str, bytes | None] = {}  # key id → MAC key (None: not in the keyring)
     current = keyring.current.key_id
     unkeyed: list[int] = []
-    keyed_yet = False
-    retired: dict[str, int] = {}  # key id → seq of the seal that retired it
-    # Rows after the last one under the current key, under keys not yet sealed out.
-    tail_from: int | None = None
-    tail_keys: set[str | None] = set()
+    past_retirement: dict[str, list[int]] = {}  # retired key id → seqs beyond its record
     expected_seq, prev, checked = 1, GENESIS_HASH, 0
-    # One snapshot for the head and the rows: a batch committed between the two reads
-    # would otherwise look like a head out of step with its chain (tampering).
+    # One snapshot for the head, the records and the rows: a batch committed between the
+    # reads would otherwise look like a head out of step with its chain (tampering).
     async with tenant_session(engine, tenant_id, snapshot=True) as session:
         head = (await session.execute(select(AuditHead.seq, AuditHead.hash))).one_or_none()
+        legacy = (await session.execute(select(AuditLegacy.seq, AuditLegacy.hash))).one_or_none()
+        legacy_seq = legacy.seq if legacy is not None else 0
+        retired_through = {
+            r.key_id: int(r.through_seq)
+            for r in await session.execute(
+                select(AuditKeyRetirement.key_id, AuditKeyRetirement.through_seq)
+            )
+        }
         stream = await session.stream(
             select(AuditLog).order_by(AuditLog.seq).execution_options(yield_per=1000)
         )
@@ -220,13 +212,9 @@ async def verify_audit(
             row = {c: getattr(entry, c) for c in _HASHED}
             key: bytes | None = None
             if entry.key_id is None:
-                if keyed_yet or not allow_unkeyed_prefix:
+                if entry.seq > legacy_seq:
                     unkeyed.append(entry.seq)
-                else:  # an accepted prefix: the first keyed row after it covers it
-                    tail_from = entry.seq if tail_from is None else tail_from
-                    tail_keys.add(None)
             else:
-                keyed_yet = True
                 if entry.key_id not in keys:
                     keys[entry.key_id] = _key_in(keyring, entry.key_id)
                 key = keys[entry.key_id]
@@ -235,27 +223,20 @@ async def verify_audit(
                         f"seq {entry.seq}: keyed under master key {entry.key_id!r}, which is "
                         "not in the keyring (PAYSTREAM_RETIRED_MASTER_KEYS): not verifiable"
                     )
-                elif entry.key_id in retired:
-                    problems.append(
-                        f"seq {entry.seq}: under master key {entry.key_id!r}, which the seal "
-                        f"at seq {retired[entry.key_id]} retired"
-                    )
-                elif entry.key_id == current:
-                    tail_from, tail_keys = None, set()
-                else:
-                    tail_from = entry.seq if tail_from is None else tail_from
-                    tail_keys.add(entry.key_id)
-            intact = chain_hash(bytes(entry.prev_hash), tenant_id, entry.seq, row, key) == bytes(
-                entry.hash
-            )
-            if (entry.key_id is None or key is not None) and not intact:
+                elif entry.key_id != current and entry.seq > retired_through.get(entry.key_id, 0):
+                    past_retirement.setdefault(entry.key_id, []).append(entry.seq)
+            if (entry.key_id is None or key is not None) and chain_hash(
+                bytes(entry.prev_hash), tenant_id, entry.seq, row, key
+            ) != bytes(entry.hash):
                 problems.append(f"seq {entry.seq}: contents do not match its hash (altered)")
-            elif key is not None and entry.action == SEAL_ACTION:
-                for old in (entry.after or {}).get("retires") or ():
-                    # (Never the current key: a seal under a leaked old key naming it
-                    # would otherwise condemn every genuine row after it.)
-                    if old not in (entry.key_id, current):
-                        retired.setdefault(str(old), entry.seq)
+            if (
+                legacy is not None
+                and entry.seq == legacy.seq
+                and bytes(entry.hash) != bytes(legacy.hash)
+            ):
+                problems.append(
+                    f"seq {entry.seq}: not the row the chain ended with when it became keyed"
+                )
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
         # Events stored but no chain at all: the whole of it was deleted.
         wiped = not checked and (await session.execute(select(Event.event_id).limit(1))).first()
@@ -263,10 +244,21 @@ async def verify_audit(
     if wiped:
         problems.append("events are recorded for this tenant but its audit chain is empty")
     if unkeyed:
-        shown = ", ".join(map(str, unkeyed[:5])) + (", ..." if len(unkeyed) > 5 else "")
         problems.append(
-            f"{len(unkeyed)} row(s) not keyed (seq {shown}): written before keyed chains "
-            "(migration 0004) or by someone without the key; nothing tells them apart"
+            f"{len(unkeyed)} row(s) not keyed (seq {_some(unkeyed)}), past where the chain "
+            f"stood when it became keyed (seq {legacy_seq}): written by someone without the key"
+        )
+    for key_id, seqs in sorted(past_retirement.items()):
+        through = retired_through.get(key_id)
+        recorded = (
+            f"past seq {through}, where `paystream keys rotate` recorded its retirement"
+            if through is not None
+            else "and `paystream keys rotate` has recorded none under it"
+        )
+        problems.append(
+            f"{len(seqs)} row(s) under retired master key {key_id!r} (seq {_some(seqs)}) "
+            f"{recorded} for this tenant: a worker still on that key after the rotation, "
+            "or whoever holds it"
         )
     if head is None:
         if checked:
@@ -276,70 +268,47 @@ async def verify_audit(
             problems.append(f"rows {last_seq + 1}..{head.seq} are missing (head is at {head.seq})")
         else:
             problems.append(f"head (seq {head.seq}) does not match the last row (seq {last_seq})")
-    unsealed = None
-    if tail_from is not None:
-        held = sorted("no key (accepted prefix)" if k is None else k for k in tail_keys)
-        unsealed = (
-            f"seq {tail_from}..{last_seq}, the end of the chain, are not under the current "
-            f"master key but {', '.join(held)}: a row under the current key (the next "
-            "event, `paystream audit seal`, or `paystream keys rotate` after a rotation) "
-            "ends it"
-        )
-        problems.append(unsealed)
-    return VerifyResult(tenant_id, checked, problems, unsealed)
+    return VerifyResult(tenant_id, checked, problems)
+
+
+def _some(seqs: list[int]) -> str:
+    return ", ".join(map(str, seqs[:5])) + (", ..." if len(seqs) > 5 else "")
 
 
 # The row's fields the hash covers (with its tenant and seq).
 _HASHED = ("occurred_at", "actor", "action", "entity_type", "entity_id", "before", "after")
 
 
-SEAL_ACTION = "com.paystream.audit.sealed"
-
-
-async def seal_chain(session: AsyncSession, tenant_id: str, keyring: MasterKeyring) -> bool:
-    """End the tenant's chain under the current master key with a seal entry naming the
-    keys retired by now, unless its last row already is and a seal already names them;
-    False then, or when the tenant has no chain. Inside the caller's tenant transaction.
-    It vouches for the rows under retired keys at the chain's end as they stand (verify
-    first); unkeyed or unknown-key rows stay reported whatever follows them."""
-    head = (
-        await session.execute(
-            select(AuditHead.seq).where(AuditHead.tenant_id == tenant_id).with_for_update()
-        )
-    ).one_or_none()
-    if head is None or head.seq == 0:
-        return False
-    last_key = (
-        await session.execute(select(AuditLog.key_id).where(AuditLog.seq == head.seq))
-    ).scalar_one_or_none()
-    current = keyring.current.key_id
-    retiring = {k.key_id for k in keyring.retired}
-    latest_seal = (
-        await session.execute(
-            select(AuditLog.after)
-            .where(AuditLog.action == SEAL_ACTION, AuditLog.key_id == current)
-            .order_by(AuditLog.seq.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-    retired_before = set((latest_seal or {}).get("retires") or ())
-    if last_key == current and retiring <= retired_before:
-        return False
-    entry = AuditEntry(
-        actor="system:audit-seal",
-        action=SEAL_ACTION,
-        entity_type="audit",
-        entity_id=tenant_id,
-        before={"seq": head.seq, "key_id": last_key},
-        # The keys retired by now: a row under one of them after this seal is reported.
-        after={
-            "key_id": keyring.current.key_id,
-            "retires": sorted(k.key_id for k in keyring.retired),
-        },
-        occurred_at=datetime.now(UTC),
+async def record_retirements(
+    session: AsyncSession, tenant_ids: Sequence[str], keyring: MasterKeyring
+) -> int:
+    """As the owner: for each tenant and each key ``keyring`` retires, the last seq written
+    under it (the head, or 0 for a chain not begun); a rotation run again keeps the first
+    record (a row written under the old key since is for the operator to look at).
+    Returns how many were recorded."""
+    if not keyring.retired or not tenant_ids:
+        return 0
+    heads = dict(
+        (
+            await session.execute(
+                select(AuditHead.tenant_id, AuditHead.seq).where(
+                    AuditHead.tenant_id.in_(list(tenant_ids))
+                )
+            )
+        ).all()
     )
-    await append_audit(session, tenant_id, [entry], keyring=keyring)
-    return True
+    rows = [
+        {"tenant_id": t, "key_id": k.key_id, "through_seq": int(heads.get(t, 0))}
+        for t in tenant_ids
+        for k in keyring.retired
+    ]
+    done = await session.execute(
+        pg_insert(AuditKeyRetirement)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(AuditKeyRetirement.key_id)
+    )
+    return len(done.all())
 
 
 def _key_in(keyring: MasterKeyring, key_id: str) -> bytes | None:

@@ -102,18 +102,9 @@ def audit_group() -> None:
     """Check the ledger's hash-chained audit log."""
 
 
-_ALLOW_UNKEYED = click.option(
-    "--allow-unkeyed-prefix",
-    is_flag=True,
-    help="accept unkeyed rows before the first keyed one (a chain begun before migration "
-    "0004: nothing tells them from forgeries; never accepted after a keyed row)",
-)
-
-
 @audit_group.command("verify")
 @click.option("--tenant", "tenants", multiple=True, required=True, help="tenant id (repeatable)")
-@_ALLOW_UNKEYED
-def audit_verify(tenants: tuple[str, ...], allow_unkeyed_prefix: bool) -> None:
+def audit_verify(tenants: tuple[str, ...]) -> None:
     """Recompute each tenant's audit chain; exit 1 if any row is missing or altered.
 
     The chain is keyed under the master key: PAYSTREAM_MASTER_KEY (and, for rows written
@@ -129,10 +120,7 @@ def audit_verify(tenants: tuple[str, ...], allow_unkeyed_prefix: bool) -> None:
         try:
             # Without RLS the unfiltered chain query would mix tenants and report garbage.
             await assert_rls_enforced(engine)
-            return [
-                await verify_audit(engine, t, keyring, allow_unkeyed_prefix=allow_unkeyed_prefix)
-                for t in tenants
-            ]
+            return [await verify_audit(engine, t, keyring) for t in tenants]
         finally:
             await engine.dispose()
 
@@ -159,54 +147,6 @@ def audit_verify(tenants: tuple[str, ...], allow_unkeyed_prefix: bool) -> None:
         + (f", {empty} with no entries" if empty else "")
     )
     if failed:
-        raise SystemExit(1)
-
-
-@audit_group.command("seal")
-@click.option("--tenant", "tenants", multiple=True, required=True, help="tenant id (repeatable)")
-@_ALLOW_UNKEYED
-def audit_seal(tenants: tuple[str, ...], allow_unkeyed_prefix: bool) -> None:
-    """End each tenant's chain under the current master key.
-
-    Rows at the chain's end under a retired key (workers still on the old key) could be
-    rewritten by whoever holds it; a seal entry under the current key, naming the keys
-    retired, vouches for them and reports any row under those keys after it. Only a
-    chain that otherwise verifies is sealed: exit 1 naming any that does not. (`paystream
-    keys rotate` seals every tenant it is given.)
-    """
-    from paystream.ledger import assert_rls_enforced, create_engine, tenant_session, verify_audit
-    from paystream.ledger.audit import seal_chain
-
-    settings = _settings()
-    keyring, url = _audit_access(settings)
-
-    async def go() -> list[tuple[str, str]]:
-        engine = create_engine(url, hide_parameters=True)
-        done = []
-        try:
-            await assert_rls_enforced(engine)
-            for tenant in tenants:
-                res = await verify_audit(
-                    engine, tenant, keyring, allow_unkeyed_prefix=allow_unkeyed_prefix
-                )
-                other = [p for p in res.problems if p != res.unsealed]
-                if not res.checked and not other:
-                    done.append((tenant, "no audit entries recorded for this tenant id"))
-                    continue
-                if other:
-                    done.append((tenant, "NOT sealed: " + "; ".join(other)))
-                    continue
-                async with tenant_session(engine, tenant) as session:
-                    sealed = await seal_chain(session, tenant, keyring)
-                done.append((tenant, "sealed" if sealed else "already ends under the current key"))
-        finally:
-            await engine.dispose()
-        return done
-
-    results = run_db(go())
-    for tenant, what in results:
-        click.echo(f"{tenant}: {what}")
-    if any(what.startswith("NOT") for _, what in results):
         raise SystemExit(1)
 
 

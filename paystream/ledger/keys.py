@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from paystream.ledger.audit import seal_chain
-from paystream.ledger.models import AuditHead, DataKey
+from paystream.ledger.models import DataKey
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import (
     MasterKeyring,
@@ -24,8 +21,6 @@ from paystream.tenancy.crypto import (
 )
 
 __all__ = ["SqlKeyStore", "customer_data_keys", "rotate_master_key"]
-
-log = logging.getLogger(__name__)
 
 
 class SqlKeyStore:
@@ -105,8 +100,7 @@ async def customer_data_keys(
 async def rotate_master_key(
     engine: AsyncEngine, keyring: MasterKeyring, tenant_ids: Iterable[str]
 ) -> int:
-    """Re-wrap every data key not under ``keyring.current`` (rows stay untouched), and
-    end each tenant's audit chain under it (see ``seal_chain``).
+    """Re-wrap every data key not under ``keyring.current``; rows stay untouched.
 
     One transaction per tenant (RLS scopes the work), so a crash leaves each tenant
     either fully re-wrapped or untouched, and re-running resumes where it stopped.
@@ -115,11 +109,6 @@ async def rotate_master_key(
     count = 0
     for tenant_id in tenant_ids:
         async with tenant_session(engine, tenant_id) as session:
-            # The audit head first, as the writer and erasure take it (the same lock
-            # order: erasure locks the head, then deletes a data key).
-            await session.execute(
-                select(AuditHead.seq).where(AuditHead.tenant_id == tenant_id).with_for_update()
-            )
             rows = await session.execute(
                 select(DataKey.key_ref, DataKey.master_key_id, DataKey.wrapped_key)
                 .where(DataKey.master_key_id != keyring.current.key_id)
@@ -138,17 +127,4 @@ async def rotate_master_key(
                     )
                 )
                 count += 1
-            # A seal under the new key naming the retired ones: a row under one of them
-            # after it is reported (the key may have leaked). One tenant's chain that
-            # cannot take it must not stop the others' re-wrapping: said, and skipped.
-            try:
-                async with session.begin_nested():
-                    await seal_chain(session, tenant_id, keyring)
-            except DBAPIError as exc:
-                log.warning(
-                    "tenant %s: audit chain not sealed (%s); check it with `paystream audit "
-                    "verify`",
-                    tenant_id,
-                    str(exc.orig or exc).strip().splitlines()[0][:200],
-                )
     return count

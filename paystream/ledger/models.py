@@ -24,6 +24,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "TENANT_TABLES",
     "AuditHead",
+    "AuditKeyRetirement",
+    "AuditLegacy",
     "AuditLog",
     "Base",
     "Customer",
@@ -270,6 +272,30 @@ class AuditHead(Base):
     tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
     hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditLegacy(Base):
+    """Where a tenant's chain stood when chains became keyed (migration 0004): unkeyed
+    rows up to ``seq`` (ending in ``hash``) are the older version's; any other is
+    reported. Written by the migration; the application role only reads it."""
+
+    __tablename__ = "audit_legacy"
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditKeyRetirement(Base):
+    """A master key retired for a tenant's chain: the last seq written under it, recorded
+    by ``paystream keys rotate`` as the owner. A row under it past that is reported."""
+
+    __tablename__ = "audit_key_retirements"
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    key_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    through_seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    retired_at: Mapped[datetime] = mapped_column(Tstz, server_default=func.now())
 
 
 # Every table holding tenant rows: each gets RLS enabled + forced and the tenant policy.

@@ -5,7 +5,8 @@ Procedure (README "Rotating the master key"): run every worker with the new key 
 ``paystream keys rotate``; then drop the retired key from the workers (audit
 verification still needs it: audit rows stay keyed under the key they were written
 with). Only data keys are re-wrapped: a tenant secret's ciphertext and the ledger's
-encrypted rows are never rewritten; each tenant's audit chain is sealed under the new key.
+encrypted rows are never rewritten; where each audit chain stands under the retired key
+is recorded, so that rows under it past that are reported.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from paystream.tenancy.secrets import reseal_secret
 __all__ = [
     "RotationReport",
     "ledger_keys_left",
+    "record_audit_retirements",
     "reseal_registry_secrets",
     "rewrap_ledger_keys",
     "secrets_left",
@@ -129,5 +131,27 @@ async def ledger_keys_left(owner_url: str, current_key_id: str) -> dict[str, int
                 {"current": current_key_id},
             )
             return {str(tenant): int(count) for tenant, count in rows}
+    finally:
+        await engine.dispose()
+
+
+async def record_audit_retirements(
+    owner_url: str, keyring: MasterKeyring, tenant_ids: Iterable[str]
+) -> int:
+    """As the owner: record, for every tenant with an audit chain and every one given,
+    where its chain stands under each retired key (see ``ledger.audit``)."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from paystream.ledger import create_engine
+    from paystream.ledger.audit import record_retirements
+    from paystream.ledger.models import AuditHead
+
+    engine = create_engine(owner_url, hide_parameters=True)
+    try:
+        async with AsyncSession(engine) as session, session.begin():
+            chains = (await session.scalars(select(AuditHead.tenant_id))).all()
+            tenants = sorted({*chains, *tenant_ids})
+            return await record_retirements(session, tenants, keyring)
     finally:
         await engine.dispose()

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger import tenant_session, verify_audit, write_events
-from paystream.ledger.audit import audit_key, chain_hash, seal_chain
+from paystream.ledger.audit import audit_key, chain_hash, record_retirements
 from paystream.ledger.models import AuditLog
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory
@@ -238,17 +238,14 @@ async def test_a_row_rewritten_with_the_chain_recomputed_is_detected(
     await _rewrite_chain_from(owner_engine, tenant, 2, key, drop_key_id="dropped" in forgery)
     result = await verify_audit(app_engine, tenant, keyring)
     assert not result.ok
-    if "dropped" in forgery:  # unkeyed rows after a keyed one: never accepted
+    if "dropped" in forgery:  # unkeyed rows the migration did not record: never accepted
         assert result.problems == [
-            "3 row(s) not keyed (seq 2, 3, 4): written before keyed chains (migration 0004) "
-            "or by someone without the key; nothing tells them apart"
+            "3 row(s) not keyed (seq 2, 3, 4), past where the chain stood when it became "
+            "keyed (seq 0): written by someone without the key"
         ]
-        # ... nor vouched for by the sink's next (keyed) row, nor by a seal.
+        # ... nor vouched for by whatever the ledger writes after them.
         await write_events(app_engine, [make_event.payment(tenant, "pay_n")], keyring=keyring)
-        async with tenant_session(app_engine, tenant) as s:
-            await seal_chain(s, tenant, keyring)
-        again = await verify_audit(app_engine, tenant, keyring, allow_unkeyed_prefix=True)
-        assert again.problems == result.problems
+        assert (await verify_audit(app_engine, tenant, keyring)).problems == result.problems
     else:
         assert result.problems == [
             f"seq {n}: contents do not match its hash (altered)" for n in (2, 3, 4)
@@ -281,12 +278,20 @@ async def test_the_head_only_moves_forward(
 
 
 async def test_rows_under_a_retired_master_key_verify_while_it_is_in_the_keyring(
-    app_engine: AsyncEngine, make_event: EventFactory
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, make_event: EventFactory
 ) -> None:
+    """... up to where `keys rotate` recorded its retirement for the tenant."""
     old = MasterKeyring(MasterKey.generate())
     await write_events(app_engine, [make_event.payment("au9", "pay_1")], keyring=old)
     rotated = old.rotated_to(MasterKey.generate())
     await write_events(app_engine, [make_event.payment("au9", "pay_2")], keyring=rotated)
+    unrecorded = (await verify_audit(app_engine, "au9", rotated)).problems
+    assert unrecorded == [
+        f"1 row(s) under retired master key {old.current.key_id!r} (seq 1) and `paystream "
+        "keys rotate` has recorded none under it for this tenant: a worker still on that key "
+        "after the rotation, or whoever holds it"
+    ]
+    assert await _retire(owner_engine, ["au9"], rotated) == 1
     assert (await verify_audit(app_engine, "au9", rotated)).ok
     without_old = MasterKeyring(rotated.current)
     problems = (await verify_audit(app_engine, "au9", without_old)).problems
@@ -329,80 +334,15 @@ async def test_a_chain_deleted_whole_is_detected(
     assert result.problems == ["events are recorded for this tenant but its audit chain is empty"]
 
 
-async def _unkey(owner: AsyncEngine, tenant: str) -> None:
-    """Rewrite the tenant's chain as a version before keyed chains wrote it: no key id,
-    plain sha256 (what rows written before migration 0004 look like)."""
-    await _rewrite_chain_from(owner, tenant, 1, None, drop_key_id=True, edit=False)
-
-
-async def test_a_chain_begun_before_keying_is_accepted_only_when_the_operator_says_so(
-    app_engine: AsyncEngine,
-    owner_engine: AsyncEngine,
-    keyring: MasterKeyring,
-    make_event: EventFactory,
-) -> None:
-    """Rows from before migration 0004 cannot be told from forgeries: reported, unless
-    the operator accepts an unkeyed *prefix*; the first keyed row after it covers it."""
-    await _history(app_engine, keyring, make_event, "au12")
-    await _unkey(owner_engine, "au12")
-    strict = await verify_audit(app_engine, "au12", keyring)
-    assert strict.problems[0].startswith("4 row(s) not keyed (seq 1, 2, 3, 4)")
-    accepted = await verify_audit(app_engine, "au12", keyring, allow_unkeyed_prefix=True)
-    assert accepted.problems == [accepted.unsealed] and accepted.unsealed is not None
-    await write_events(app_engine, [make_event.payment("au12", "pay_new")], keyring=keyring)
-    after = await verify_audit(app_engine, "au12", keyring, allow_unkeyed_prefix=True)
-    assert (after.ok, after.checked) == (True, 5)
-    assert not (await verify_audit(app_engine, "au12", keyring)).ok  # still, unaccepted
-    # ... and an edit to the unkeyed prefix, recomputed, breaks the keyed row's link.
-    async with owner_engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
-        row = dict(
-            (await conn.execute(text("SELECT * FROM audit_log WHERE tenant_id='au12' AND seq=4")))
-            .mappings()
-            .one()
-        )
-        row["actor"] = "mallory"
-        await conn.execute(
-            text(
-                "UPDATE audit_log SET actor = 'mallory', hash = :h WHERE tenant_id='au12' AND seq=4"
-            ),
-            {"h": chain_hash(bytes(row["prev_hash"]), "au12", 4, row, None)},
-        )
-        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
-    problems = (await verify_audit(app_engine, "au12", keyring, allow_unkeyed_prefix=True)).problems
-    assert problems == ["seq 5: prev_hash does not link to the previous row"]
-
-
-async def test_a_seal_ends_the_chain_under_the_current_key_and_retires_the_old(
-    app_engine: AsyncEngine, make_event: EventFactory
-) -> None:
-    old = MasterKeyring(MasterKey.generate())
-    await _history(app_engine, old, make_event, "au13")
-    rotated = old.rotated_to(MasterKey.generate())
-    tail = await verify_audit(app_engine, "au13", rotated)
-    assert tail.problems == [tail.unsealed] and tail.unsealed is not None
-    async with tenant_session(app_engine, "au13") as s:
-        assert await seal_chain(s, "au13", rotated) is True
-    async with tenant_session(app_engine, "au13") as s:
-        assert await seal_chain(s, "au13", rotated) is False  # ends under it, named
-    result = await verify_audit(app_engine, "au13", rotated)
-    assert (result.ok, result.checked) == (True, 5)
-    async with tenant_session(app_engine, "au13") as s:
-        last = (await s.scalars(select(AuditLog).order_by(AuditLog.seq.desc()).limit(1))).one()
-    assert (last.action, last.key_id) == ("com.paystream.audit.sealed", rotated.current.key_id)
-    assert last.after is not None and last.after["retires"] == [old.current.key_id]
-    async with tenant_session(app_engine, "nobody-13") as s:
-        assert await seal_chain(s, "nobody-13", rotated) is False  # no chain: nothing
-
-
-async def test_a_retired_key_cannot_rewrite_rows_written_since_the_rotation(
+async def test_a_leaked_retired_key_cannot_extend_a_chain_past_its_retirement(
     app_engine: AsyncEngine, owner_engine: AsyncEngine, make_event: EventFactory
 ) -> None:
-    """A key rotated out because it leaked: rows since the rotation are under the new
-    key; rewritten under the old one, they are the chain's end, no longer vouched for."""
+    """A key rotated out because it leaked: its holder rewrites the rows written since
+    the rotation under it (or appends more): past its recorded retirement, reported."""
     old = MasterKeyring(MasterKey.generate())
     await write_events(app_engine, [make_event.payment("au14", "pay_1")], keyring=old)
     rotated = old.rotated_to(MasterKey.generate())
+    await _retire(owner_engine, ["au14"], rotated)
     for pay in ("pay_2", "pay_3"):
         await write_events(app_engine, [make_event.payment("au14", pay)], keyring=rotated)
     assert (await verify_audit(app_engine, "au14", rotated)).ok
@@ -415,9 +355,18 @@ async def test_a_retired_key_cannot_rewrite_rows_written_since_the_rotation(
             {"k": old.current.key_id},
         )
         await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only"))
-    result = await verify_audit(app_engine, "au14", rotated)
-    assert result.problems == [result.unsealed] and result.unsealed is not None
-    assert old.current.key_id in result.unsealed
+    problems = (await verify_audit(app_engine, "au14", rotated)).problems
+    assert problems == [
+        f"2 row(s) under retired master key {old.current.key_id!r} (seq 2, 3) past seq 1, "
+        "where `paystream keys rotate` recorded its retirement for this tenant: a worker "
+        "still on that key after the rotation, or whoever holds it"
+    ]
+
+
+async def _retire(owner: AsyncEngine, tenants: list[str], keyring: MasterKeyring) -> int:
+    """What `paystream keys rotate` records, as the owner."""
+    async with AsyncSession(owner) as session, session.begin():
+        return await record_retirements(session, tenants, keyring)
 
 
 async def test_every_version_written_in_one_batch_is_audited(

@@ -1,17 +1,19 @@
-"""Forgeries the keyed audit chain must catch, by what the forger holds.
+"""Forgeries the keyed audit chain must catch, by what the forger holds, and the false
+alarms it must not raise.
 
-From a review: the first keyed chain let the ledger's own next (keyed) row, a seal or a
-rotation "vouch" for rows nobody with the key wrote. Each test is one forger.
+From reviews: an earlier design let the ledger's own next (keyed) row, a seal or a
+rotation "vouch" for rows nobody with the key wrote, and a leaked retired key extend any
+chain no seal covered. Each test is one forger, or one legitimate operation.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import tenant_session, verify_audit, write_events
@@ -19,7 +21,7 @@ from paystream.ledger.audit import audit_key, chain_hash
 from paystream.ledger.keys import rotate_master_key
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory
-from tests.ledger.test_audit import _history, _rewrite_chain_from
+from tests.ledger.test_audit import _history, _retire, _rewrite_chain_from
 
 
 async def _append_forged(
@@ -89,21 +91,24 @@ async def test_a_rotation_does_not_vouch_for_a_forged_row(
     assert not (await verify_audit(app_engine, "fg3", rotated)).ok
 
 
-async def test_a_leaked_retired_key_cannot_extend_the_chain_after_the_rotation(
-    app_engine: AsyncEngine, make_event: EventFactory
+async def test_a_leaked_retired_key_cannot_extend_a_chain_after_the_rotation(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, make_event: EventFactory
 ) -> None:
+    """Whether the chain had begun at the rotation (fg4a), had not (fg4b: registered, no
+    event yet), or began after it unrecorded (fg4c): rows under the old key written
+    after the rotation are reported, whatever the ledger writes after them."""
     old = MasterKeyring(MasterKey.generate())
-    await write_events(app_engine, [make_event.payment("fg4", "pay_1")], keyring=old)
+    await write_events(app_engine, [make_event.payment("fg4a", "pay_1")], keyring=old)
     rotated = old.rotated_to(MasterKey.generate())
-    await write_events(app_engine, [make_event.payment("fg4", "pay_2")], keyring=rotated)
-    await rotate_master_key(app_engine, rotated, ["fg4"])  # seals, naming the old key
-    assert (await verify_audit(app_engine, "fg4", rotated)).ok
-    await _append_forged(app_engine, "fg4", audit_key(old.current), old.current.key_id)
-    await write_events(app_engine, [make_event.payment("fg4", "pay_3")], keyring=rotated)
-    problems = (await verify_audit(app_engine, "fg4", rotated)).problems
-    assert problems == [
-        f"seq 4: under master key {old.current.key_id!r}, which the seal at seq 3 retired"
-    ]
+    await _retire(owner_engine, ["fg4a", "fg4b"], rotated)
+    for tenant in ("fg4a", "fg4b", "fg4c"):
+        await write_events(app_engine, [make_event.payment(tenant, "pay_2")], keyring=rotated)
+        await _append_forged(app_engine, tenant, audit_key(old.current), old.current.key_id)
+        await write_events(app_engine, [make_event.payment(tenant, "pay_3")], keyring=rotated)
+        problems = (await verify_audit(app_engine, tenant, rotated)).problems
+        assert len(problems) == 1 and problems[0].startswith(
+            f"1 row(s) under retired master key {old.current.key_id!r}"
+        ), (tenant, problems)
 
 
 async def test_one_tenants_broken_chain_does_not_stop_the_rotation_of_others(
@@ -122,36 +127,51 @@ async def test_one_tenants_broken_chain_does_not_stop_the_rotation_of_others(
         )
     rotated = old.rotated_to(MasterKey.generate())
     assert await rotate_master_key(app_engine, rotated, ["fg5a", "fg5b"]) == 2
-    assert (await verify_audit(app_engine, "fg5b", rotated)).ok
 
 
-async def test_a_rotation_and_an_erasure_take_their_locks_in_one_order(
-    app_engine: AsyncEngine, make_event: EventFactory, monkeypatch: pytest.MonkeyPatch
+async def test_the_app_role_cannot_start_a_chain_with_unkeyed_rows(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
 ) -> None:
-    """Rotation locked the data keys, then the audit head; erasure the head, then the data
-    key: forced to interleave, they deadlocked."""
-    from paystream.ledger import keys as keys_mod
-    from paystream.ledger.privacy import erase_customer
+    """Unkeyed rows are accepted only up to where migration 0004 found a chain standing;
+    a chain begun since has no such record, and the application role cannot write one."""
+    async with tenant_session(app_engine, "fg6") as s:
+        await s.execute(text("INSERT INTO tenants (tenant_id) VALUES ('fg6')"))
+        await s.execute(
+            text("INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ('fg6', 0, :g)"),
+            {"g": bytes(32)},
+        )
+    await _append_forged(app_engine, "fg6", None, None)
+    await write_events(app_engine, [make_event.payment("fg6", "pay_1")], keyring=keyring)
+    problems = (await verify_audit(app_engine, "fg6", keyring)).problems
+    assert len(problems) == 1 and problems[0].startswith("1 row(s) not keyed (seq 1)")
+    with pytest.raises(DBAPIError, match="permission denied"):
+        async with tenant_session(app_engine, "fg6") as s:
+            await s.execute(
+                text("INSERT INTO audit_legacy (tenant_id, seq, hash) VALUES ('fg6', 9, :h)"),
+                {"h": bytes(32)},
+            )
+    with pytest.raises(DBAPIError, match="permission denied"):
+        async with tenant_session(app_engine, "fg6") as s:
+            await s.execute(
+                text(
+                    "INSERT INTO audit_key_retirements (tenant_id, key_id, through_seq) "
+                    "VALUES ('fg6', 'mk-x', 99)"
+                )
+            )
 
-    old = MasterKeyring(MasterKey.generate())
-    await write_events(app_engine, [make_event.customer("fg6", "cus_1")], keyring=old)
-    rotated = old.rotated_to(MasterKey.generate())
-    real_seal = keys_mod.seal_chain
-    rewrapped = asyncio.Event()
 
-    async def seal_after_erasure_started(session: Any, tenant_id: str, keyring: Any) -> bool:
-        rewrapped.set()
-        await asyncio.sleep(0.5)  # the erasure now waits on a lock the rotation holds
-        return await real_seal(session, tenant_id, keyring)
-
-    monkeypatch.setattr(keys_mod, "seal_chain", seal_after_erasure_started)
-
-    async def erase() -> bool:
-        await rewrapped.wait()
-        return await erase_customer(app_engine, "fg6", "cus_1", keyring=rotated)
-
-    results = await asyncio.gather(
-        keys_mod.rotate_master_key(app_engine, rotated, ["fg6"]), erase(), return_exceptions=True
-    )
-    assert not any(isinstance(r, BaseException) for r in results), results
-    assert (await verify_audit(app_engine, "fg6", rotated)).ok
+async def test_rolling_back_to_the_previous_master_key_raises_no_alarm(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """K1 → K2 (retirement of K1 recorded), then back to K1 (a bad deploy of K2): K1 is
+    current again, its new rows are not taken for a retired key's."""
+    k1 = MasterKeyring(MasterKey.generate())
+    await write_events(app_engine, [make_event.payment("fg7", "pay_1")], keyring=k1)
+    k2 = k1.rotated_to(MasterKey.generate())
+    await _retire(owner_engine, ["fg7"], k2)
+    await write_events(app_engine, [make_event.payment("fg7", "pay_2")], keyring=k2)
+    back = k2.rotated_to(k1.current)
+    await _retire(owner_engine, ["fg7"], back)
+    await write_events(app_engine, [make_event.payment("fg7", "pay_3")], keyring=back)
+    result = await verify_audit(app_engine, "fg7", back)
+    assert result.ok, result.problems

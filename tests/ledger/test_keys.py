@@ -6,14 +6,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paystream.ledger import (
-    export_customer,
-    rotate_master_key,
-    tenant_session,
-    verify_audit,
-    write_events,
-)
-from paystream.ledger.models import AuditLog, Customer, DataKey
+from paystream.ledger import export_customer, rotate_master_key, tenant_session, write_events
+from paystream.ledger.models import Customer, DataKey
 from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory
 
@@ -45,12 +39,6 @@ async def test_rotation_rewraps_keys_without_touching_rows(
     assert {mk for mk, _ in keys_after.values()} == {new_key.key_id}
     assert all(keys_after[r][1] != keys_before[r][1] for r in keys_before)
 
-    # Each tenant's audit chain now ends under the new key (sealed once, not again).
-    for tenant in ("k1", "k2"):
-        assert (await verify_audit(app_engine, tenant, rotating)).ok
-        async with tenant_session(app_engine, tenant) as s:
-            actions = [a.action for a in await s.scalars(select(AuditLog).order_by(AuditLog.seq))]
-        assert actions[-1] == "com.paystream.audit.sealed" and actions.count(actions[-1]) == 1
     only_new = MasterKeyring(new_key)  # no longer needed to open the data
     exported = await export_customer(app_engine, only_new, "k2", "cus_1")
     assert exported["customer"]["email"] == "cus_1@example.com"

@@ -59,14 +59,19 @@ async def test_upgrade_matches_models_and_secures_every_table(
         isolation = {r.tablename: r.qual for r in policies if r.policyname == "tenant_isolation"}
         assert set(isolation) == set(TENANT_TABLES)
         assert all("current_setting('app.current_tenant_id'" in q for q in isolation.values())
-        # The one exception: the owner reads which master key wraps each data key.
+        # The exceptions, all the owner's: it reads which master key wraps each data key
+        # and where each audit chain stands, and records retired keys' last rows.
         owner_name = (await conn.execute(text("SELECT current_user"))).scalar()
-        others = [
+        others = sorted(
             (r.tablename, r.policyname, r.cmd, r.roles)
             for r in policies
             if r.policyname != "tenant_isolation"
+        )
+        assert others == [
+            ("audit_heads", "owner_reads_heads", "SELECT", [owner_name]),
+            ("audit_key_retirements", "owner_records_retirements", "ALL", [owner_name]),
+            ("data_keys", "owner_key_audit", "SELECT", [owner_name]),
         ]
-        assert others == [("data_keys", "owner_key_audit", "SELECT", [owner_name])]
 
 
 async def test_keys_and_indexes_lead_with_tenant_id(
@@ -170,20 +175,82 @@ def test_scram_verifier_holds_no_password_and_is_salted() -> None:
     assert first != second  # a fresh salt each time
 
 
-async def test_a_downgrade_and_upgrade_keep_the_chain_verifiable(
+async def test_a_chain_begun_before_keying_verifies_as_the_migration_found_it(
     module_database_url: str, owner: AsyncEngine
 ) -> None:
-    """Migrating down past 0004 keeps audit_log.key_id: dropped, no row written since
-    could ever be verified again (each would be checked as an unkeyed hash)."""
+    """Migration 0004 records where each chain stood (unkeyed rows up to there are the
+    older version's); rows an older version writes while downgraded are taken in on the
+    way back up; an unkeyed row past the record is reported."""
     from paystream.ledger import verify_audit, write_events
     from paystream.tenancy.crypto import MasterKey, MasterKeyring
     from tests.ledger.factories import EventFactory
 
     keyring = MasterKeyring(MasterKey.generate())
+    make = EventFactory()
+    await downgrade(module_database_url, "base")
+    await upgrade(module_database_url, "0003")
+    await _write_unkeyed(owner, "lg1", 2)  # what the version before 0004 wrote
     await upgrade(module_database_url)
-    await write_events(owner, [EventFactory().payment("dg1", "pay_1")], keyring=keyring)
-    assert (await verify_audit(owner, "dg1", keyring)).ok
+    assert (await verify_audit(owner, "lg1", keyring)).ok
+    await write_events(owner, [make.payment("lg1", "pay_new")], keyring=keyring)
+    assert (await verify_audit(owner, "lg1", keyring)).ok
     await downgrade(module_database_url, "0003")
+    await _write_unkeyed(owner, "lg1", 1)  # an older worker, while downgraded
     await upgrade(module_database_url)
-    result = await verify_audit(owner, "dg1", keyring)
-    assert result.ok, result.problems
+    result = await verify_audit(owner, "lg1", keyring)
+    assert (result.ok, result.checked) == (True, 4), result.problems
+    await _write_unkeyed(owner, "lg1", 1)  # no migration in between: not accepted
+    problems = (await verify_audit(owner, "lg1", keyring)).problems
+    assert problems == [
+        "1 row(s) not keyed (seq 5), past where the chain stood when it became keyed "
+        "(seq 4): written by someone without the key"
+    ]
+
+
+async def _write_unkeyed(owner: AsyncEngine, tenant: str, n: int) -> None:
+    """Audit rows as versions before 0004 wrote them: plain sha256, no key id."""
+    from datetime import UTC, datetime
+
+    from paystream.ledger.audit import GENESIS_HASH, chain_hash
+
+    async with owner.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO tenants (tenant_id) VALUES (:t) ON CONFLICT DO NOTHING"),
+            {"t": tenant},
+        )
+        head = (
+            await conn.execute(
+                text("SELECT seq, hash FROM audit_heads WHERE tenant_id = :t"), {"t": tenant}
+            )
+        ).one_or_none()
+        seq, prev = (head.seq, bytes(head.hash)) if head else (0, GENESIS_HASH)
+        for _ in range(n):
+            seq += 1
+            row = {
+                "occurred_at": datetime(2025, 1, 1, tzinfo=UTC),
+                "actor": "system:ledger-sink",
+                "action": "com.paystream.payment.succeeded",
+                "entity_type": "payment",
+                "entity_id": f"pay_{seq}",
+                "before": None,
+                "after": {"status": "succeeded"},
+            }
+            digest = chain_hash(prev, tenant, seq, row, None)
+            await conn.execute(
+                text(
+                    "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, "
+                    "entity_type, entity_id, before, after, prev_hash, hash) VALUES (:t, :s, "
+                    ":o, :a, :ac, :et, :ei, NULL, CAST(:af AS jsonb), :p, :h)"
+                ),
+                {"t": tenant, "s": seq, "o": row["occurred_at"], "a": row["actor"],
+                 "ac": row["action"], "et": row["entity_type"], "ei": row["entity_id"],
+                 "af": '{"status": "succeeded"}', "p": prev, "h": digest},
+            )  # fmt: skip
+            prev = digest
+        await conn.execute(
+            text(
+                "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES (:t, :s, :h) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash"
+            ),
+            {"t": tenant, "s": seq, "h": prev},
+        )

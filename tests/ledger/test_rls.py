@@ -25,7 +25,9 @@ RLS_VIOLATION = "row-level security"
 
 
 @pytest_asyncio.fixture(scope="module", autouse=True)
-async def two_tenants(app_engine: AsyncEngine, keyring: MasterKeyring) -> None:
+async def two_tenants(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
     """Tenants a and b each with a customer, a payment method, payments, a refund, a dispute."""
     make = EventFactory()
     events = []
@@ -39,6 +41,20 @@ async def two_tenants(app_engine: AsyncEngine, keyring: MasterKeyring) -> None:
             make(t, "dispute", "dp_1", 1, {"amount": 100, "currency": "USD", "status": "open"}),
         ]
     await write_events(app_engine, events, keyring=keyring)
+    # The audit records only the owner writes (a migration, `keys rotate`): one each.
+    async with owner_engine.begin() as conn:
+        for t in ("a", "b"):
+            await conn.execute(
+                text("INSERT INTO audit_legacy (tenant_id, seq, hash) VALUES (:t, 0, :h)"),
+                {"t": t, "h": bytes(32)},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO audit_key_retirements (tenant_id, key_id, through_seq) "
+                    "VALUES (:t, 'mk-old', 0)"
+                ),
+                {"t": t},
+            )
 
 
 async def test_each_tenant_sees_only_its_rows_in_every_table(app_engine: AsyncEngine) -> None:

@@ -2,8 +2,13 @@
 
 * ``audit_log.key_id``: the master key whose derived MAC key made the row's hash (see
   ledger/audit.py). A plain hash let whoever can write the tables rewrite a row and
-  recompute the chain after it; the key never reaches the database. Rows written before
-  this revision keep no key id: vouched for by the first keyed row after them.
+  recompute the chain after it; the key never reaches the database.
+* ``audit_legacy``: per tenant, where its chain stood when this revision ran (seq and
+  hash). Unkeyed rows up to there are the older version's; any other is reported. Kept
+  by the owner (written here; the application role may only read its own tenant's).
+* ``audit_key_retirements``: per tenant and retired master key, the last seq written
+  under it, recorded by ``paystream keys rotate`` (as the owner). A row under a retired
+  key past that is reported: a leaked old key cannot extend the chain.
 * ``audit_heads`` only moves forward: deleting the newest audit rows and moving the head
   back to the last one kept passed verification. Like the log's own triggers, this
   makes tampering a deliberate ``DISABLE TRIGGER`` by the owner.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
@@ -29,11 +35,74 @@ depends_on: str | Sequence[str] | None = None
 
 APP_ROLE = "paystream_app"
 NO_DELETE = ("customers", "payment_methods", "payments", "refunds", "disputes")
+TENANT_PREDICATE = "tenant_id = current_setting('app.current_tenant_id', true)"
+OWNER_ONLY = ("audit_legacy", "audit_key_retirements")
 
 
 def upgrade() -> None:
     # (IF NOT EXISTS: a downgrade keeps the column, see below.)
     op.execute("ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS key_id text")
+    op.create_table(
+        "audit_legacy",
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("hash", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", name="pk_audit_legacy"),
+    )
+    op.create_table(
+        "audit_key_retirements",
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("key_id", sa.Text(), nullable=False),
+        sa.Column("through_seq", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column(
+            "retired_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", "key_id", name="pk_audit_key_retirements"),
+    )
+    # Where every chain stands now (before RLS holds the owner to one tenant at a time);
+    # after a downgrade, rows the older code wrote meanwhile are taken in too.
+    # (The owner is held to the tenant policy too, FORCE: lifted for this one read.)
+    op.execute("ALTER TABLE audit_heads NO FORCE ROW LEVEL SECURITY")
+    op.execute(
+        "INSERT INTO audit_legacy (tenant_id, seq, hash) "
+        "SELECT tenant_id, seq, hash FROM audit_heads WHERE seq > 0"
+    )
+    op.execute("ALTER TABLE audit_heads FORCE ROW LEVEL SECURITY")
+    for table in OWNER_ONLY:
+        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        op.execute(
+            f"CREATE POLICY tenant_isolation ON {table} "
+            f"USING ({TENANT_PREDICATE}) WITH CHECK ({TENANT_PREDICATE})"
+        )
+        op.execute(f"GRANT SELECT ON {table} TO {APP_ROLE}")
+    # `keys rotate` records retirements across tenants as the owner (by name, as 0003).
+    op.execute(
+        """
+        DO $$ BEGIN
+          EXECUTE format(
+            'CREATE POLICY owner_records_retirements ON audit_key_retirements TO %I '
+            'USING (true) WITH CHECK (true)',
+            (SELECT tableowner FROM pg_tables
+              WHERE schemaname = current_schema() AND tablename = 'audit_key_retirements'));
+        END $$
+        """
+    )
+    # ... and reads where each chain stands then (the heads, and nothing else across
+    # tenants; FORCE holds the owner to the tenant policy otherwise).
+    op.execute(
+        """
+        DO $$ BEGIN
+          EXECUTE format(
+            'CREATE POLICY owner_reads_heads ON audit_heads FOR SELECT TO %I USING (true)',
+            (SELECT tableowner FROM pg_tables
+              WHERE schemaname = current_schema() AND tablename = 'audit_heads'));
+        END $$
+        """
+    )
     for table in NO_DELETE:
         op.execute(f"REVOKE DELETE ON {table} FROM {APP_ROLE}")
     op.execute(
@@ -61,11 +130,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP POLICY owner_reads_heads ON audit_heads")
     op.execute("DROP TRIGGER audit_heads_no_truncate ON audit_heads")
     op.execute("DROP TRIGGER audit_heads_forward_only ON audit_heads")
     op.execute("DROP FUNCTION audit_heads_refuse_rewind()")
     for table in NO_DELETE:
         op.execute(f"GRANT DELETE ON {table} TO {APP_ROLE}")
+    op.drop_table("audit_key_retirements")
+    op.drop_table("audit_legacy")
     # ``key_id`` stays: without it no row written since this revision could ever be
     # verified again (each would be checked as an unkeyed hash). The older code ignores
-    # it; its rows are written unkeyed and verify as a tail to seal.
+    # it; the unkeyed rows it writes are taken into ``audit_legacy`` on the way back up.
