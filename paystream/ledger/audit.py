@@ -2,18 +2,19 @@
 
 Each row's hash is an HMAC-SHA256 of the previous row's hash and the row, under a key
 derived from the master key current when it was written (``key_id`` names which). The
-database never sees that key, so whoever can write the tables (a DBA, a stolen owner or
-application credential, an edited backup) cannot write a row that verifies: an edited
-row recomputed, or one inserted, has no key or a key the keyring does not hold, and
+database never sees that key, so whoever writes through the application role (a stolen
+credential, an injected statement) cannot write a row that verifies: an edited row
+recomputed, or one inserted, has no key or a key the keyring does not hold, and
 :func:`verify_audit` reports it wherever it sits, whatever is written after it.
 
-Two kinds of row are accepted on records the application role cannot write:
+Two kinds of row are accepted on records only the owner writes (so the owner, who can
+also disable the triggers, is trusted with the chain's history; see the ledger README):
 
-* unkeyed rows up to where the tenant's chain stood when chains became keyed (migration
-  0004 recorded it in ``audit_legacy``, with the hash of that row);
-* rows under a *retired* master key up to the last seq written under it, which
-  ``paystream keys rotate`` records per tenant (``audit_key_retirements``, as the owner):
-  a leaked old key cannot extend the chain past its retirement.
+* unkeyed rows in the ranges the version before keyed chains wrote, which migration
+  0004 recorded in ``audit_legacy`` (with the hash of each range's last row);
+* rows under a *retired* master key up to where ``paystream keys rotate`` recorded its
+  retirement for the tenant (``audit_key_retirements``, as the owner; 0 for a tenant
+  first seen after it): a leaked old key cannot extend a chain past its retirement.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -192,8 +193,13 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
     # reads would otherwise look like a head out of step with its chain (tampering).
     async with tenant_session(engine, tenant_id, snapshot=True) as session:
         head = (await session.execute(select(AuditHead.seq, AuditHead.hash))).one_or_none()
-        legacy = (await session.execute(select(AuditLegacy.seq, AuditLegacy.hash))).one_or_none()
-        legacy_seq = legacy.seq if legacy is not None else 0
+        legacy = [
+            (int(r.from_seq), int(r.seq), bytes(r.hash))
+            for r in await session.execute(
+                select(AuditLegacy.from_seq, AuditLegacy.seq, AuditLegacy.hash)
+            )
+        ]
+        legacy_ends = {end: digest for _, end, digest in legacy}
         retired_through = {
             r.key_id: int(r.through_seq)
             for r in await session.execute(
@@ -212,7 +218,7 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             row = {c: getattr(entry, c) for c in _HASHED}
             key: bytes | None = None
             if entry.key_id is None:
-                if entry.seq > legacy_seq:
+                if not any(start <= entry.seq <= end for start, end, _ in legacy):
                     unkeyed.append(entry.seq)
             else:
                 if entry.key_id not in keys:
@@ -229,13 +235,9 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
                 bytes(entry.prev_hash), tenant_id, entry.seq, row, key
             ) != bytes(entry.hash):
                 problems.append(f"seq {entry.seq}: contents do not match its hash (altered)")
-            if (
-                legacy is not None
-                and entry.seq == legacy.seq
-                and bytes(entry.hash) != bytes(legacy.hash)
-            ):
+            if entry.seq in legacy_ends and bytes(entry.hash) != legacy_ends[entry.seq]:
                 problems.append(
-                    f"seq {entry.seq}: not the row the chain ended with when it became keyed"
+                    f"seq {entry.seq}: not the row migration 0004 found there (older version's)"
                 )
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
         # Events stored but no chain at all: the whole of it was deleted.
@@ -245,8 +247,9 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
         problems.append("events are recorded for this tenant but its audit chain is empty")
     if unkeyed:
         problems.append(
-            f"{len(unkeyed)} row(s) not keyed (seq {_some(unkeyed)}), past where the chain "
-            f"stood when it became keyed (seq {legacy_seq}): written by someone without the key"
+            f"{len(unkeyed)} row(s) not keyed (seq {_some(unkeyed)}), outside what the "
+            "version before keyed chains wrote (as migration 0004 recorded): written by "
+            "someone without the key"
         )
     for key_id, seqs in sorted(past_retirement.items()):
         through = retired_through.get(key_id)
@@ -283,32 +286,50 @@ async def record_retirements(
     session: AsyncSession, tenant_ids: Sequence[str], keyring: MasterKeyring
 ) -> int:
     """As the owner: for each tenant and each key ``keyring`` retires, the last seq written
-    under it (the head, or 0 for a chain not begun); a rotation run again keeps the first
-    record (a row written under the old key since is for the operator to look at).
-    Returns how many were recorded."""
-    if not keyring.retired or not tenant_ids:
+    under it. A key retired by this run (no record of it anywhere yet) is recorded at the
+    tenant's head (0 for a chain not begun); one an earlier run retired, for a tenant it
+    has no record for (first seen since), at 0: no genuine row was written under it
+    there. A record stays as first made (a row written under the old key since is for
+    the operator to look at), but a key current again (a rollback) loses its records: it
+    is live, and will be retired afresh. Returns how many were recorded."""
+    current = keyring.current.key_id
+    await session.execute(delete(AuditKeyRetirement).where(AuditKeyRetirement.key_id == current))
+    retiring = sorted(k.key_id for k in keyring.retired)
+    if not retiring or not tenant_ids:
         return 0
-    heads = dict(
-        (
-            await session.execute(
-                select(AuditHead.tenant_id, AuditHead.seq).where(
-                    AuditHead.tenant_id.in_(list(tenant_ids))
-                )
-            )
-        ).all()
+    earlier = set(
+        await session.scalars(
+            select(AuditKeyRetirement.key_id)
+            .where(AuditKeyRetirement.key_id.in_(retiring))
+            .distinct()
+        )
     )
+    tenants = sorted(set(tenant_ids))
+    heads: dict[str, int] = {}
+    for start in range(0, len(tenants), _CHUNK):
+        chunk = tenants[start : start + _CHUNK]
+        found = await session.execute(
+            select(AuditHead.tenant_id, AuditHead.seq).where(AuditHead.tenant_id.in_(chunk))
+        )
+        heads.update((str(t), int(seq)) for t, seq in found)
     rows = [
-        {"tenant_id": t, "key_id": k.key_id, "through_seq": int(heads.get(t, 0))}
-        for t in tenant_ids
-        for k in keyring.retired
+        {"tenant_id": t, "key_id": k, "through_seq": 0 if k in earlier else heads.get(t, 0)}
+        for t in tenants
+        for k in retiring
     ]
-    done = await session.execute(
-        pg_insert(AuditKeyRetirement)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .returning(AuditKeyRetirement.key_id)
-    )
-    return len(done.all())
+    recorded = 0
+    for start in range(0, len(rows), _CHUNK):  # bind parameters are limited per statement
+        done = await session.execute(
+            pg_insert(AuditKeyRetirement)
+            .values(rows[start : start + _CHUNK])
+            .on_conflict_do_nothing()
+            .returning(AuditKeyRetirement.key_id)
+        )
+        recorded += len(done.all())
+    return recorded
+
+
+_CHUNK = 1000
 
 
 def _key_in(keyring: MasterKeyring, key_id: str) -> bytes | None:

@@ -275,13 +275,15 @@ class AuditHead(Base):
 
 
 class AuditLegacy(Base):
-    """Where a tenant's chain stood when chains became keyed (migration 0004): unkeyed
-    rows up to ``seq`` (ending in ``hash``) are the older version's; any other is
-    reported. Written by the migration; the application role only reads it."""
+    """Ranges of a tenant's chain the version before keyed chains wrote (recorded by
+    migration 0004: the whole chain at the first upgrade, the unkeyed end after a
+    downgrade): unkeyed rows ``from_seq``..``seq`` (ending in ``hash``) are accepted;
+    any other is reported. Written by the migration; the application role reads it."""
 
     __tablename__ = "audit_legacy"
 
     tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    from_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
     hash: Mapped[bytes] = mapped_column(LargeBinary)
 

@@ -240,8 +240,8 @@ async def test_a_row_rewritten_with_the_chain_recomputed_is_detected(
     assert not result.ok
     if "dropped" in forgery:  # unkeyed rows the migration did not record: never accepted
         assert result.problems == [
-            "3 row(s) not keyed (seq 2, 3, 4), past where the chain stood when it became "
-            "keyed (seq 0): written by someone without the key"
+            "3 row(s) not keyed (seq 2, 3, 4), outside what the version before keyed chains "
+            "wrote (as migration 0004 recorded): written by someone without the key"
         ]
         # ... nor vouched for by whatever the ledger writes after them.
         await write_events(app_engine, [make_event.payment(tenant, "pay_n")], keyring=keyring)

@@ -30,7 +30,11 @@ async def _append_forged(
     """What the application role can do with no master key (or a leaked retired one):
     insert an audit row chained onto the head and move the head forward (both granted)."""
     async with tenant_session(app, tenant) as s:
-        head = (await s.execute(text("SELECT seq, hash FROM audit_heads"))).one()
+        head = (
+            await s.execute(
+                text("SELECT seq, hash FROM audit_heads WHERE tenant_id = :t"), {"t": tenant}
+            )
+        ).one()
         seq, prev = head.seq + 1, bytes(head.hash)
         row: dict[str, Any] = {
             "occurred_at": datetime(2025, 1, 2, tzinfo=UTC),
@@ -52,7 +56,10 @@ async def _append_forged(
              "ac": row["action"], "et": row["entity_type"], "ei": row["entity_id"],
              "af": '{"note": "forged"}', "p": prev, "h": forged, "k": key_id},
         )  # fmt: skip
-        await s.execute(text("UPDATE audit_heads SET seq = :s, hash = :h"), {"s": seq, "h": forged})
+        await s.execute(
+            text("UPDATE audit_heads SET seq = :s, hash = :h WHERE tenant_id = :t"),
+            {"s": seq, "h": forged, "t": tenant},
+        )
 
 
 async def test_an_owner_rewrite_without_the_key_is_not_vouched_for_by_the_next_write(
@@ -147,7 +154,7 @@ async def test_the_app_role_cannot_start_a_chain_with_unkeyed_rows(
     with pytest.raises(DBAPIError, match="permission denied"):
         async with tenant_session(app_engine, "fg6") as s:
             await s.execute(
-                text("INSERT INTO audit_legacy (tenant_id, seq, hash) VALUES ('fg6', 9, :h)"),
+                text("INSERT INTO audit_legacy VALUES ('fg6', 1, 9, :h)"),
                 {"h": bytes(32)},
             )
     with pytest.raises(DBAPIError, match="permission denied"):
@@ -175,3 +182,63 @@ async def test_rolling_back_to_the_previous_master_key_raises_no_alarm(
     await write_events(app_engine, [make_event.payment("fg7", "pay_3")], keyring=back)
     result = await verify_audit(app_engine, "fg7", back)
     assert result.ok, result.problems
+
+
+async def test_a_later_rotation_does_not_accept_rows_forged_under_a_key_retired_before(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, ledger_db: Any, make_event: EventFactory
+) -> None:
+    """K1 retired while fg8 did not exist; a forger starts fg8 (or adds to it) under K1.
+    A later run of `keys rotate` (the same rotation again, or K2 → K3 with K1 still kept
+    for verification) must not record K1 at fg8's head: it never had a genuine K1 row."""
+    from paystream.tenancy.rotation import record_audit_retirements
+
+    k1 = MasterKeyring(MasterKey.generate())
+    await write_events(app_engine, [make_event.payment("fg8_old", "pay_1")], keyring=k1)
+    k2 = k1.rotated_to(MasterKey.generate())
+    await record_audit_retirements(ledger_db.owner_url, k2, ["fg8_old"])
+    await write_events(app_engine, [make_event.payment("fg8", "pay_1")], keyring=k2)
+    await _append_forged(app_engine, "fg8", audit_key(k1.current), k1.current.key_id)
+    assert not (await verify_audit(app_engine, "fg8", k2)).ok
+    await record_audit_retirements(ledger_db.owner_url, k2, ["fg8_old"])  # run again
+    assert not (await verify_audit(app_engine, "fg8", k2)).ok
+    k3 = k2.rotated_to(MasterKey.generate())  # K1 and K2 retired
+    await record_audit_retirements(ledger_db.owner_url, k3, [])
+    problems = (await verify_audit(app_engine, "fg8", k3)).problems
+    assert (
+        len(problems) == 1
+        and f"master key {k1.current.key_id!r} (seq 2) past seq 0" in (problems[0])
+    )
+    assert (await verify_audit(app_engine, "fg8_old", k3)).ok
+
+
+async def test_rolling_back_then_rotating_again_raises_no_alarm(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """K1 → K2, back to K1 (its rows since are genuine), then K1 → K3: K1's retirement is
+    recorded afresh, not kept from before the rollback."""
+    k1 = MasterKeyring(MasterKey.generate())
+    await write_events(app_engine, [make_event.payment("fg9", "pay_1")], keyring=k1)
+    k2 = MasterKeyring(MasterKey.generate(), (k1.current,))
+    await _retire(owner_engine, ["fg9"], k2)
+    await write_events(app_engine, [make_event.payment("fg9", "pay_2")], keyring=k2)
+    back = MasterKeyring(k1.current, (k2.current,))
+    await _retire(owner_engine, ["fg9"], back)
+    await write_events(app_engine, [make_event.payment("fg9", "pay_3")], keyring=back)
+    assert (await verify_audit(app_engine, "fg9", back)).ok
+    k3 = MasterKeyring(MasterKey.generate(), (k1.current, k2.current))
+    await _retire(owner_engine, ["fg9"], k3)
+    await write_events(app_engine, [make_event.payment("fg9", "pay_4")], keyring=k3)
+    result = await verify_audit(app_engine, "fg9", k3)
+    assert result.ok, result.problems
+
+
+async def test_retirements_are_recorded_for_many_tenants(
+    ledger_db: Any, keyring: MasterKeyring
+) -> None:
+    """One statement for all of them passed PostgreSQL's bind parameter limit (32,767)
+    past about 11,000 tenants, after the data keys were re-wrapped."""
+    from paystream.tenancy.rotation import record_audit_retirements
+
+    rotated = keyring.rotated_to(MasterKey.generate())
+    tenants = [f"many_{i}" for i in range(11_000)]
+    assert await record_audit_retirements(ledger_db.owner_url, rotated, tenants) >= 11_000

@@ -122,8 +122,11 @@ async def test_downgrade_to_base_and_back(module_database_url: str, owner: Async
     await downgrade(module_database_url, "0001")
     assert await current(module_database_url) == "0001"
     async with owner.connect() as conn:
-        forced = await conn.execute(text("SELECT count(*) FROM pg_class WHERE relforcerowsecurity"))
-        assert forced.scalar() == 0
+        forced = await conn.execute(
+            text("SELECT relname FROM pg_class WHERE relforcerowsecurity ORDER BY relname")
+        )
+        # Only revision 0004's audit records, which survive its downgrade (see there).
+        assert forced.scalars().all() == ["audit_key_retirements", "audit_legacy"]
     await downgrade(module_database_url, "base")
     assert await current(module_database_url) is None
     assert await _tables(owner) == {"alembic_version"}
@@ -202,8 +205,8 @@ async def test_a_chain_begun_before_keying_verifies_as_the_migration_found_it(
     await _write_unkeyed(owner, "lg1", 1)  # no migration in between: not accepted
     problems = (await verify_audit(owner, "lg1", keyring)).problems
     assert problems == [
-        "1 row(s) not keyed (seq 5), past where the chain stood when it became keyed "
-        "(seq 4): written by someone without the key"
+        "1 row(s) not keyed (seq 5), outside what the version before keyed chains wrote "
+        "(as migration 0004 recorded): written by someone without the key"
     ]
 
 
@@ -254,3 +257,41 @@ async def _write_unkeyed(owner: AsyncEngine, tenant: str, n: int) -> None:
             ),
             {"t": tenant, "s": seq, "h": prev},
         )
+
+
+async def test_a_downgrade_and_back_neither_accepts_a_forgery_nor_forgets_a_rotation(
+    module_database_url: str, owner: AsyncEngine
+) -> None:
+    """The audit records survive a downgrade to 0003: an unkeyed row written under 0004
+    before keyed rows is not taken for the older version's on the way back up, and the
+    old key's recorded retirement still holds."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from paystream.ledger import create_engine, verify_audit, write_events
+    from paystream.ledger.audit import audit_key, record_retirements
+    from paystream.ledger.migrate import app_database_url
+    from paystream.tenancy.crypto import MasterKey, MasterKeyring
+    from tests.ledger.factories import EventFactory
+    from tests.ledger.test_audit_forgery import _append_forged
+
+    await upgrade(module_database_url, app_password="dg2-pw")
+    app = create_engine(app_database_url(module_database_url, "dg2-pw"))  # RLS: one tenant
+    make = EventFactory()
+    k1 = MasterKeyring(MasterKey.generate())
+    await write_events(app, [make.payment("dg2", "pay_1")], keyring=k1)
+    k2 = k1.rotated_to(MasterKey.generate())
+    async with AsyncSession(owner) as session, session.begin():
+        await record_retirements(session, ["dg2"], k2)  # `keys rotate`
+    await write_events(app, [make.payment("dg2", "pay_2")], keyring=k2)
+    await _append_forged(app, "dg2", None, None)  # unkeyed, under 0004
+    await _append_forged(app, "dg2", audit_key(k1.current), k1.current.key_id)
+    await write_events(app, [make.payment("dg2", "pay_3")], keyring=k2)
+    before = (await verify_audit(app, "dg2", k2)).problems
+    assert len(before) == 2, before
+    await downgrade(module_database_url, "0003")
+    await upgrade(module_database_url)
+    await app.dispose()  # (the upgrade changed the types the pool's connections cached)
+    try:
+        assert (await verify_audit(app, "dg2", k2)).problems == before
+    finally:
+        await app.dispose()

@@ -45,7 +45,10 @@ async def two_tenants(
     async with owner_engine.begin() as conn:
         for t in ("a", "b"):
             await conn.execute(
-                text("INSERT INTO audit_legacy (tenant_id, seq, hash) VALUES (:t, 0, :h)"),
+                text(
+                    "INSERT INTO audit_legacy (tenant_id, from_seq, seq, hash) "
+                    "VALUES (:t, 1, 0, :h)"
+                ),
                 {"t": t, "h": bytes(32)},
             )
             await conn.execute(

@@ -222,6 +222,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Revision 0004's audit records survive its own downgrade (see there): gone with base.
+    op.execute("DROP TABLE IF EXISTS audit_key_retirements, audit_legacy")
     for table in (
         "audit_heads",
         "audit_log",

@@ -40,37 +40,42 @@ OWNER_ONLY = ("audit_legacy", "audit_key_retirements")
 
 
 def upgrade() -> None:
-    # (IF NOT EXISTS: a downgrade keeps the column, see below.)
+    # The audit columns and tables survive a downgrade (see below): IF NOT EXISTS.
     op.execute("ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS key_id text")
-    op.create_table(
-        "audit_legacy",
-        sa.Column("tenant_id", sa.String(64), nullable=False),
-        sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column("hash", sa.LargeBinary(), nullable=False),
-        sa.PrimaryKeyConstraint("tenant_id", name="pk_audit_legacy"),
-    )
-    op.create_table(
-        "audit_key_retirements",
-        sa.Column("tenant_id", sa.String(64), nullable=False),
-        sa.Column("key_id", sa.Text(), nullable=False),
-        sa.Column("through_seq", sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column(
-            "retired_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.PrimaryKeyConstraint("tenant_id", "key_id", name="pk_audit_key_retirements"),
-    )
-    # Where every chain stands now (before RLS holds the owner to one tenant at a time);
-    # after a downgrade, rows the older code wrote meanwhile are taken in too.
-    # (The owner is held to the tenant policy too, FORCE: lifted for this one read.)
-    op.execute("ALTER TABLE audit_heads NO FORCE ROW LEVEL SECURITY")
+    fresh = not _exists("audit_legacy")
     op.execute(
-        "INSERT INTO audit_legacy (tenant_id, seq, hash) "
-        "SELECT tenant_id, seq, hash FROM audit_heads WHERE seq > 0"
+        "CREATE TABLE IF NOT EXISTS audit_legacy ("
+        "tenant_id varchar(64) NOT NULL, from_seq bigint NOT NULL, seq bigint NOT NULL, "
+        "hash bytea NOT NULL, CONSTRAINT pk_audit_legacy PRIMARY KEY (tenant_id, from_seq))"
     )
-    op.execute("ALTER TABLE audit_heads FORCE ROW LEVEL SECURITY")
+    op.execute(
+        "CREATE TABLE IF NOT EXISTS audit_key_retirements ("
+        "tenant_id varchar(64) NOT NULL, key_id text NOT NULL, through_seq bigint NOT NULL, "
+        "retired_at timestamptz NOT NULL DEFAULT now(), "
+        "CONSTRAINT pk_audit_key_retirements PRIMARY KEY (tenant_id, key_id))"
+    )
+    # Unkeyed rows at the end of each chain (all of it at the first upgrade; after a
+    # downgrade, what the older version wrote meanwhile) are the older version's: their
+    # range is recorded. Unkeyed rows before a keyed one were not written by it (it never
+    # ran between them) and stay reported. The owner is held to the tenant policy too
+    # (FORCE): lifted for these reads.
+    for table in ("audit_heads", "audit_log"):
+        op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
+    op.execute(
+        """
+        INSERT INTO audit_legacy (tenant_id, from_seq, seq, hash)
+        SELECT h.tenant_id, coalesce(k.last_keyed, 0) + 1, h.seq, h.hash
+        FROM audit_heads h
+        LEFT JOIN (SELECT tenant_id, max(seq) AS last_keyed FROM audit_log
+                   WHERE key_id IS NOT NULL GROUP BY tenant_id) k USING (tenant_id)
+        WHERE h.seq > coalesce(k.last_keyed, 0)
+        ON CONFLICT DO NOTHING
+        """
+    )
+    for table in ("audit_heads", "audit_log"):
+        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+    if not fresh:
+        return _restore_rest()
     for table in OWNER_ONLY:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
@@ -91,8 +96,18 @@ def upgrade() -> None:
         END $$
         """
     )
-    # ... and reads where each chain stands then (the heads, and nothing else across
-    # tenants; FORCE holds the owner to the tenant policy otherwise).
+    _restore_rest()
+
+
+def _exists(table: str) -> bool:
+    bind = op.get_bind()
+    return bool(bind.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar())
+
+
+def _restore_rest() -> None:
+    """What a downgrade removes, put back."""
+    # The owner reads where each chain stands (`keys rotate` records retirements from
+    # the heads), and nothing else across tenants; FORCE holds it to the policy otherwise.
     op.execute(
         """
         DO $$ BEGIN
@@ -136,8 +151,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION audit_heads_refuse_rewind()")
     for table in NO_DELETE:
         op.execute(f"GRANT DELETE ON {table} TO {APP_ROLE}")
-    op.drop_table("audit_key_retirements")
-    op.drop_table("audit_legacy")
-    # ``key_id`` stays: without it no row written since this revision could ever be
-    # verified again (each would be checked as an unkeyed hash). The older code ignores
-    # it; the unkeyed rows it writes are taken into ``audit_legacy`` on the way back up.
+    # ``key_id`` and the two record tables stay: without them no row written since this
+    # revision could ever be verified again, and on the way back up a forged unkeyed row
+    # would pass for the older version's. The older code ignores them; the unkeyed rows
+    # it writes at the chains' ends are recorded on the way back up.
