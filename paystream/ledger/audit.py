@@ -286,25 +286,34 @@ async def record_retirements(
     session: AsyncSession, tenant_ids: Sequence[str], keyring: MasterKeyring
 ) -> int:
     """As the owner: for each tenant and each key ``keyring`` retires, the last seq written
-    under it. A key retired by this run (no record of it anywhere yet) is recorded at the
+    under it. A key retired by this run (no earlier run marked it) is recorded at the
     tenant's head (0 for a chain not begun); one an earlier run retired, for a tenant it
     has no record for (first seen since), at 0: no genuine row was written under it
-    there. A record stays as first made (a row written under the old key since is for
-    the operator to look at), but a key current again (a rollback) loses its records: it
-    is live, and will be retired afresh. Returns how many were recorded."""
+    there. One call per rotation, with every tenant: a second call is a later run. A
+    record stays as first made (a row written under the old key since is for the
+    operator to look at), but a key current again (a rollback) loses its records: it is
+    live, and will be retired afresh. Returns how many tenant records were made."""
     current = keyring.current.key_id
     await session.execute(delete(AuditKeyRetirement).where(AuditKeyRetirement.key_id == current))
     retiring = sorted(k.key_id for k in keyring.retired)
-    if not retiring or not tenant_ids:
+    if not retiring:
         return 0
+    # Which keys an earlier run retired: its marker row (tenant "*", which no tenant id
+    # can be), made even when no tenant had a chain yet.
     earlier = set(
         await session.scalars(
-            select(AuditKeyRetirement.key_id)
-            .where(AuditKeyRetirement.key_id.in_(retiring))
-            .distinct()
+            select(AuditKeyRetirement.key_id).where(
+                AuditKeyRetirement.tenant_id == RETIRED_MARKER,
+                AuditKeyRetirement.key_id.in_(retiring),
+            )
         )
     )
-    tenants = sorted(set(tenant_ids))
+    await session.execute(
+        pg_insert(AuditKeyRetirement)
+        .values([{"tenant_id": RETIRED_MARKER, "key_id": k, "through_seq": 0} for k in retiring])
+        .on_conflict_do_nothing()
+    )
+    tenants = sorted(set(tenant_ids) - {RETIRED_MARKER})
     heads: dict[str, int] = {}
     for start in range(0, len(tenants), _CHUNK):
         chunk = tenants[start : start + _CHUNK]
@@ -330,6 +339,8 @@ async def record_retirements(
 
 
 _CHUNK = 1000
+# The tenant id of the row marking a key retired at all (not a valid tenant id).
+RETIRED_MARKER = "*"
 
 
 def _key_in(keyring: MasterKeyring, key_id: str) -> bytes | None:

@@ -242,3 +242,29 @@ async def test_retirements_are_recorded_for_many_tenants(
     rotated = keyring.rotated_to(MasterKey.generate())
     tenants = [f"many_{i}" for i in range(11_000)]
     assert await record_audit_retirements(ledger_db.owner_url, rotated, tenants) >= 11_000
+
+
+async def test_a_key_first_retired_before_any_chain_is_still_retired_on_a_later_run(
+    ledger_database_url: str,
+) -> None:
+    """The first `keys rotate` found no chain at all (a new install): the key's
+    retirement is marked all the same, so a chain a forger starts under it is recorded
+    at 0 by a later run, not at the forger's head."""
+    from paystream.ledger import create_engine
+    from paystream.ledger.migrate import app_database_url, upgrade
+    from paystream.tenancy.rotation import record_audit_retirements
+    from tests.fixtures.postgres import fresh_database
+
+    url = await fresh_database(ledger_database_url, prefix="empty")
+    await upgrade(url, app_password="empty-pw")
+    app = create_engine(app_database_url(url, "empty-pw"))
+    try:
+        k1 = MasterKeyring(MasterKey.generate())
+        k2 = k1.rotated_to(MasterKey.generate())
+        assert await record_audit_retirements(url, k2, []) == 0  # no chain anywhere
+        await write_events(app, [EventFactory().payment("fg10", "pay_1")], keyring=k1)
+        await record_audit_retirements(url, k2, [])  # `keys rotate` again
+        problems = (await verify_audit(app, "fg10", k2)).problems
+        assert len(problems) == 1 and "(seq 1) past seq 0" in problems[0], problems
+    finally:
+        await app.dispose()

@@ -295,3 +295,36 @@ async def test_a_downgrade_and_back_neither_accepts_a_forgery_nor_forgets_a_rota
         assert (await verify_audit(app, "dg2", k2)).problems == before
     finally:
         await app.dispose()
+
+
+async def test_idle_chains_take_in_what_the_older_version_wrote_downgrade_after_downgrade(
+    module_database_url: str, owner: AsyncEngine
+) -> None:
+    """A tenant with no keyed row since the last upgrade (idle), written to by the older
+    version while downgraded, twice: each time its new unkeyed end is recorded (the
+    range used to collide with the one before and be dropped: a false alarm)."""
+    from paystream.ledger import create_engine, verify_audit, write_events
+    from paystream.ledger.migrate import app_database_url
+    from paystream.tenancy.crypto import MasterKey, MasterKeyring
+    from tests.ledger.factories import EventFactory
+
+    keyring = MasterKeyring(MasterKey.generate())
+    await downgrade(module_database_url, "base")
+    await upgrade(module_database_url, "0003")
+    await _write_unkeyed(owner, "idle", 2)
+    await _write_unkeyed(owner, "busy", 1)
+    await upgrade(module_database_url, app_password="idle-pw")
+    app = create_engine(app_database_url(module_database_url, "idle-pw"))  # RLS: one tenant
+    try:
+        await write_events(app, [EventFactory().payment("busy", "pay_k")], keyring=keyring)
+        for _ in range(2):
+            await downgrade(module_database_url, "0003")
+            await _write_unkeyed(owner, "idle", 1)
+            await _write_unkeyed(owner, "busy", 1)
+            await upgrade(module_database_url)
+            await app.dispose()
+            for tenant in ("idle", "busy"):
+                result = await verify_audit(app, tenant, keyring)
+                assert result.ok, (tenant, result.problems)
+    finally:
+        await app.dispose()

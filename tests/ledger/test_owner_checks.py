@@ -81,3 +81,29 @@ async def test_an_ordinary_owner_sees_every_tenants_key_headers(
     finally:
         await app.dispose()
         await owner.dispose()
+
+
+async def test_an_ordinary_owner_upgrades_again_after_a_downgrade(ordinary_owner: str) -> None:
+    """Revision 0004's records survive its downgrade, FORCE included: on the way back up
+    the owner recording what the older version wrote was refused by its own policy."""
+    from paystream.ledger import create_engine, verify_audit, write_events
+    from paystream.ledger.migrate import app_database_url, downgrade, upgrade
+    from paystream.tenancy.crypto import MasterKey, MasterKeyring
+    from tests.ledger.factories import EventFactory
+    from tests.ledger.test_audit_forgery import _append_forged
+
+    password = secrets.token_hex(12)
+    await upgrade(ordinary_owner, app_password=password)
+    app = create_engine(app_database_url(ordinary_owner, password))
+    keyring = MasterKeyring(MasterKey.generate())
+    try:
+        await write_events(app, [EventFactory().payment("oo", "pay_1")], keyring=keyring)
+        await downgrade(ordinary_owner, "0003")
+        await _append_forged(app, "oo", None, None)  # an older (unkeyed) worker meanwhile
+        await app.dispose()
+        await upgrade(ordinary_owner)
+        await app.dispose()
+        result = await verify_audit(app, "oo", keyring)
+        assert result.ok, result.problems
+    finally:
+        await app.dispose()

@@ -56,23 +56,29 @@ def upgrade() -> None:
     )
     # Unkeyed rows at the end of each chain (all of it at the first upgrade; after a
     # downgrade, what the older version wrote meanwhile) are the older version's: their
-    # range is recorded. Unkeyed rows before a keyed one were not written by it (it never
-    # ran between them) and stay reported. The owner is held to the tenant policy too
-    # (FORCE): lifted for these reads.
-    for table in ("audit_heads", "audit_log"):
+    # range is recorded, from after the last keyed row or recorded range to the last row
+    # (not the head: a head moved on ahead of its rows covers nothing). Unkeyed rows
+    # before a keyed one were not written by it (it never ran between them) and stay
+    # reported. The owner is held to the tenant policy too (FORCE): lifted for this.
+    owned = ("audit_heads", "audit_log", "audit_legacy")
+    for table in owned:
         op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
     op.execute(
         """
         INSERT INTO audit_legacy (tenant_id, from_seq, seq, hash)
-        SELECT h.tenant_id, coalesce(k.last_keyed, 0) + 1, h.seq, h.hash
-        FROM audit_heads h
+        SELECT l.tenant_id,
+               greatest(coalesce(k.last_keyed, 0), coalesce(r.last_recorded, 0)) + 1,
+               l.seq, l.hash
+        FROM (SELECT DISTINCT ON (tenant_id) tenant_id, seq, hash FROM audit_log
+              ORDER BY tenant_id, seq DESC) l
         LEFT JOIN (SELECT tenant_id, max(seq) AS last_keyed FROM audit_log
                    WHERE key_id IS NOT NULL GROUP BY tenant_id) k USING (tenant_id)
-        WHERE h.seq > coalesce(k.last_keyed, 0)
-        ON CONFLICT DO NOTHING
+        LEFT JOIN (SELECT tenant_id, max(seq) AS last_recorded FROM audit_legacy
+                   GROUP BY tenant_id) r USING (tenant_id)
+        WHERE l.seq > greatest(coalesce(k.last_keyed, 0), coalesce(r.last_recorded, 0))
         """
     )
-    for table in ("audit_heads", "audit_log"):
+    for table in owned:
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
     if not fresh:
         return _restore_rest()
