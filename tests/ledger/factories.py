@@ -80,3 +80,36 @@ class EventFactory:
             snapshot,
             type="com.paystream.customer.created",
         )
+
+
+async def insert_audit_row(
+    conn: Any,
+    tenant: str,
+    seq: int,
+    prev: bytes,
+    row: dict[str, Any],
+    key: bytes | None = None,
+    key_id: str | None = None,
+) -> bytes:
+    """An audit row written straight into the table, chained onto ``prev`` (as a forger
+    would, or a version before keyed chains, whose schema had no ``key_id``); returns
+    its hash. ``conn``: a connection or session."""
+    import json
+
+    from sqlalchemy import text
+
+    from paystream.ledger.audit import chain_hash
+
+    digest = chain_hash(prev, tenant, seq, row, key)
+    keyed = ", key_id" if key_id is not None else ""
+    await conn.execute(
+        text(
+            "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, entity_type, "
+            f"entity_id, before, after, prev_hash, hash{keyed}) VALUES (:t, :s, :o, :a, :ac, "
+            f":et, :ei, NULL, CAST(:af AS jsonb), :p, :h{', :k' if keyed else ''})"
+        ),
+        {"t": tenant, "s": seq, "o": row["occurred_at"], "a": row["actor"],
+         "ac": row["action"], "et": row["entity_type"], "ei": row["entity_id"],
+         "af": json.dumps(row["after"]), "p": prev, "h": digest, "k": key_id},
+    )  # fmt: skip
+    return digest

@@ -17,10 +17,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import tenant_session, verify_audit, write_events
-from paystream.ledger.audit import audit_key, chain_hash
+from paystream.ledger.audit import audit_key
 from paystream.ledger.keys import rotate_master_key
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.ledger.factories import EventFactory
+from tests.ledger.factories import EventFactory, insert_audit_row
 from tests.ledger.test_audit import _history, _retire, _rewrite_chain_from
 
 
@@ -45,17 +45,7 @@ async def _append_forged(
             "before": None,
             "after": {"note": "forged"},
         }
-        forged = chain_hash(prev, tenant, seq, row, key)
-        await s.execute(
-            text(
-                "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, "
-                "entity_type, entity_id, before, after, prev_hash, hash, key_id) VALUES "
-                "(:t, :s, :o, :a, :ac, :et, :ei, NULL, CAST(:af AS jsonb), :p, :h, :k)"
-            ),
-            {"t": tenant, "s": seq, "o": row["occurred_at"], "a": row["actor"],
-             "ac": row["action"], "et": row["entity_type"], "ei": row["entity_id"],
-             "af": '{"note": "forged"}', "p": prev, "h": forged, "k": key_id},
-        )  # fmt: skip
+        forged = await insert_audit_row(s, tenant, seq, prev, row, key, key_id)
         await s.execute(
             text("UPDATE audit_heads SET seq = :s, hash = :h WHERE tenant_id = :t"),
             {"s": seq, "h": forged, "t": tenant},

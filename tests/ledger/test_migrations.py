@@ -214,7 +214,8 @@ async def _write_unkeyed(owner: AsyncEngine, tenant: str, n: int) -> None:
     """Audit rows as versions before 0004 wrote them: plain sha256, no key id."""
     from datetime import UTC, datetime
 
-    from paystream.ledger.audit import GENESIS_HASH, chain_hash
+    from paystream.ledger.audit import GENESIS_HASH
+    from tests.ledger.factories import insert_audit_row
 
     async with owner.begin() as conn:
         await conn.execute(
@@ -238,17 +239,7 @@ async def _write_unkeyed(owner: AsyncEngine, tenant: str, n: int) -> None:
                 "before": None,
                 "after": {"status": "succeeded"},
             }
-            digest = chain_hash(prev, tenant, seq, row, None)
-            await conn.execute(
-                text(
-                    "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, "
-                    "entity_type, entity_id, before, after, prev_hash, hash) VALUES (:t, :s, "
-                    ":o, :a, :ac, :et, :ei, NULL, CAST(:af AS jsonb), :p, :h)"
-                ),
-                {"t": tenant, "s": seq, "o": row["occurred_at"], "a": row["actor"],
-                 "ac": row["action"], "et": row["entity_type"], "ei": row["entity_id"],
-                 "af": '{"status": "succeeded"}', "p": prev, "h": digest},
-            )  # fmt: skip
+            digest = await insert_audit_row(conn, tenant, seq, prev, row)
             prev = digest
         await conn.execute(
             text(
