@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -151,6 +151,29 @@ async def _write_tenant(
     return result
 
 
+async def _move_created_back(
+    session: AsyncSession,
+    table: Any,
+    id_col: Any,
+    before: Mapping[str, Mapping[str, Any]],
+    events: list[LedgerEvent],
+    first_seen: Mapping[tuple[EntityType, str], datetime],
+) -> None:
+    """A stored row whose batch holds an earlier event (version 1 after version 2, e.g.
+    replayed from the ledger's dead letters) takes that event's time as ``created_at``:
+    the row's creation is its earliest event, not the first one to arrive."""
+    for e in events:
+        prior = before.get(e.entity_id)
+        earliest = first_seen[(e.entity_type, e.entity_id)]
+        if prior is not None and prior["created_at"] > earliest:
+            await session.execute(
+                update(table)
+                .where(table.c.tenant_id == e.tenant_id, id_col == e.entity_id)
+                .where(table.c.created_at > earliest)
+                .values(created_at=earliest)
+            )
+
+
 def _change(event: LedgerEvent) -> tuple[str, str, int]:
     return (event.entity_type, event.entity_id, event.version)
 
@@ -247,8 +270,10 @@ async def _upsert(
             row |= seal_customer_columns(keys.get(e.entity_id), tenant_id, e.entity_id, e.data)
         return row
 
+    await _move_created_back(session, table, id_col, before, events, first_seen)
     rows = [image(e) for e in events]
-    # created_at is set once; erased_at belongs to erase_customer, never to events.
+    # created_at is set once (moved only back, above); erased_at belongs to
+    # erase_customer, never to events.
     updated = [c for c in rows[0] if c not in ("tenant_id", id_column, "created_at")]
     applied: set[str] = set()
     for start in range(0, len(rows), _CHUNK):

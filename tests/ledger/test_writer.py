@@ -44,6 +44,26 @@ async def test_newer_version_wins_regardless_of_arrival_order(
     assert await _count(app_engine, "w1", Event) == 3  # all history kept, even stale events
 
 
+async def test_created_at_is_the_earliest_event_even_when_it_arrives_late(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    # Version 1 refused, dead-lettered and replayed after version 2 was stored.
+    v1 = make_event.payment("w1b", "pay_1", 1, status="pending", amount_captured=0)
+    v2 = make_event.payment("w1b", "pay_1", 2, status="succeeded")
+    await write_events(app_engine, [v2], keyring=keyring)
+    assert (await _payment(app_engine, "w1b", "pay_1")).created_at == v2.time
+    audit_before = await _count(app_engine, "w1b", AuditLog)
+    result = await write_events(app_engine, [v1], keyring=keyring)
+    assert (result.events_written, result.entities_applied, result.entities_stale) == (1, 0, 1)
+    payment = await _payment(app_engine, "w1b", "pay_1")
+    assert (payment.created_at, payment.status, payment.version) == (v1.time, "succeeded", 2)
+    assert await _count(app_engine, "w1b", AuditLog) == audit_before  # no state change
+    # A later version never moves it forward again.
+    v3 = make_event.payment("w1b", "pay_1", 3, status="refunded", amount_refunded=1000)
+    await write_events(app_engine, [v3], keyring=keyring)
+    assert (await _payment(app_engine, "w1b", "pay_1")).created_at == v1.time
+
+
 async def test_replayed_events_are_not_doubled(
     app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
 ) -> None:
