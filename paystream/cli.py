@@ -717,9 +717,12 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
     for rec in records:
         command_id, command_type = rec.command_id_and_type
         detail = rec.detail.replace("\n", " ")
+        # Key, ids and type are whatever a producer sent: shown escaped and cut, never
+        # as terminal control sequences.
         click.echo(
             f"{rec.topic}[{rec.partition}]@{rec.offset} age={_age(now_ms - rec.first_seen_ms)} "
-            f"tenant={rec.tenant} reason={rec.reason} id={command_id} type={command_type}"
+            f"tenant={_shown(rec.tenant)} reason={_shown(rec.reason)} "
+            f"id={_shown(command_id)} type={_shown(command_type)}"
             + (f" detail={detail[:160]!r}" if detail else "")
             + (" (held card data: not kept, not replayed)" if rec.redacted else "")
             + (
@@ -746,6 +749,16 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
         )
 
 
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """A producer's text, safe to print: controls escaped (``\\x1b``), cut to ``limit``."""
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), cut)
+
+
 def _age(ms: float) -> str:
     seconds = max(0, int(ms // 1000))
     if seconds < 120:
@@ -755,6 +768,11 @@ def _age(ms: float) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
+
+
+# `dlq replay` exit statuses besides 0, 1 and 130 (interrupted).
+EXIT_HELD_BACK = 3  # stale records held back: they need a person
+EXIT_CONCURRENT_REPLAY = 4  # another replay committed meanwhile: nothing committed
 
 
 @dlq.command("replay")
@@ -769,7 +787,7 @@ def _age(ms: float) -> str:
 def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool) -> None:
     """Re-drive parked and dead-lettered commands through `paystream.commands`."""
     settings = _settings()
-    from paystream.dlq import replay, stale_after_ms
+    from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
 
     verb = "would replay" if dry_run else "replayed"
 
@@ -794,6 +812,9 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
                 observe=observe,
             )
         )
+    except ConcurrentReplayError as exc:
+        click.echo(f"\n{exc}", err=True)
+        sys.exit(EXIT_CONCURRENT_REPLAY)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: {verb} {done['replayed']} record(s), passed over "
@@ -805,10 +826,11 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
     if result.stale:
         hours = stale_after_ms(settings) / 3_600_000
         click.echo(
-            f"held back {result.stale} record(s) parked over {hours:g} h ago (and those "
-            "after them on their partitions): the provider may have forgotten their "
-            "idempotency keys, so a command it already applied would be applied again. "
-            "Check them with the provider, then replay with --include-stale.",
+            f"held back {result.stale} record(s) parked over {hours:g} h ago (and their "
+            "tenants' later ones on the same partitions), parked again at the end of "
+            "their topics: the provider may have forgotten their idempotency keys, so a "
+            "command it already applied would be applied again. Check them with the "
+            "provider, then replay with --include-stale.",
             err=True,
         )
     click.echo(f"{verb} {sum(result.replayed.values())} record(s): {dict(result.replayed)}")
@@ -825,8 +847,10 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
     if result.undecodable:
         click.echo(
             f"passed over {result.undecodable} dead letter(s) that are not CloudEvents "
-            "(a replay would only dead-letter them again)"
+            "or too large for any setting (a replay would only dead-letter them again)"
         )
+    if result.stale:
+        sys.exit(EXIT_HELD_BACK)  # a scheduled replay must not pass for a clean one
 
 
 # ---- dev ----------------------------------------------------------------------------

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -112,8 +112,9 @@ class PaystreamClient:
             bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=50
         )
         # Keyed by (tenant, command id): ids are unique only within a tenant.
-        self._waiters: dict[tuple[str, str], asyncio.Future[CloudEvent]] = {}
-        self._senders: Counter[tuple[str, str]] = Counter()  # send() calls awaiting each
+        # Per (tenant, command id), a future for each caller awaiting its outcome: one
+        # caller giving up (cancelled, timed out) must not take the others' with it.
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[CloudEvent]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reader_error: BaseException | None = None  # what ended the reader, if anything
 
@@ -172,9 +173,10 @@ class PaystreamClient:
             return
         log.error("the outcome reader stopped; sends now fail with its error", exc_info=exc)
         self._reader_error = exc
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_exception(exc)
+        for waiters in list(self._waiters.values()):
+            for waiter in list(waiters):
+                if not waiter.done():
+                    waiter.set_exception(exc)
 
     def _dispatch(self, event: CloudEvent, answers: str | None) -> None:
         """Resolve the command this outcome answers: its cause, or (a retry under an
@@ -182,9 +184,10 @@ class PaystreamClient:
         names."""
         tenant = str(event.get_extension("tenantid") or "")
         for command_id in (str(event.get_extension("causationid") or ""), answers):
-            waiter = self._waiters.pop((tenant, command_id), None) if command_id else None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event)
+            waiters = self._waiters.pop((tenant, command_id), None) if command_id else None
+            for waiter in waiters or ():
+                if not waiter.done():
+                    waiter.set_result(event)
 
     async def publish(self, command: CloudEvent) -> None:
         """Send a command without waiting for its outcome."""
@@ -201,19 +204,32 @@ class PaystreamClient:
         )
 
     def expect(self, tenant_id: str, command_id: str) -> asyncio.Future[CloudEvent]:
-        """A future for the outcome of a command sent by someone else (e.g. a replay)."""
+        """A future for the outcome of a command sent by someone else (e.g. a replay).
+
+        Each call gets a future of its own: cancelling it (``asyncio.wait_for`` giving up)
+        forgets it and touches no other caller awaiting the same command."""
         key = (tenant_id, command_id)
-        waiter = self._waiters.get(key)
-        if waiter is None or waiter.done():
-            waiter = self._waiters[key] = asyncio.get_running_loop().create_future()
-            if self._reader_error is not None:
-                waiter.set_exception(self._reader_error)
+        waiter: asyncio.Future[CloudEvent] = asyncio.get_running_loop().create_future()
+        if self._reader_error is not None:
+            waiter.set_exception(self._reader_error)
+            return waiter
+        self._waiters.setdefault(key, []).append(waiter)
+        waiter.add_done_callback(lambda done: self._forget(key, done))
         return waiter
+
+    def _forget(self, key: tuple[str, str], waiter: asyncio.Future[CloudEvent]) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            return  # answered: the key went with the outcome
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
+        if not waiters:
+            del self._waiters[key]
 
     async def send(self, command: CloudEvent, timeout: float = 30.0) -> CloudEvent:  # noqa: ASYNC109
         """Send a command and return its outcome event.
 
-        Concurrent sends of one command (an application retrying) share the outcome.
+        Concurrent sends of one command (an application retrying) each get the outcome.
         """
         if self._reader is None:
             raise PaystreamError(
@@ -222,7 +238,6 @@ class PaystreamClient:
             )
         key = (str(command.get_extension("tenantid")), command.get_id())
         waiter = self.expect(*key)
-        self._senders[key] += 1
         queued = False
         try:
             # One deadline for sending and answering: a stalled broker must not hold the
@@ -232,7 +247,7 @@ class PaystreamClient:
                     delivery = await self._enqueue(command)
                     queued = True
                     await delivery
-                return await asyncio.shield(waiter)
+                return await waiter
         except TimeoutError:
             said = (
                 "it may still be sent and run, or have been parked after the provider "
@@ -244,11 +259,8 @@ class PaystreamClient:
                 f"no outcome for command {command.get_id()} within {timeout}s; {said}"
             ) from None
         finally:
-            self._senders[key] -= 1
-            if not self._senders[key]:
-                del self._senders[key]
-                if self._waiters.get(key) is waiter:
-                    del self._waiters[key]
+            waiter.cancel()  # (a no-op once answered)
+            self._forget(key, waiter)  # now, not a loop turn later
 
     async def command(
         self, command_type: str, tenant_id: str, data: Mapping[str, Any], **kw: Any

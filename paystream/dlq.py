@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -12,13 +13,15 @@ from datetime import UTC, datetime
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from paystream.settings import Settings
+from paystream.errors import PaystreamError
+from paystream.settings import ATTRIBUTES_MAX_BYTES, COMMAND_MAX_BYTES_CEILING, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 
 __all__ = [
     "HELD_BACK",
     "PASSED_OVER",
     "REPLAYED",
+    "ConcurrentReplayError",
     "ParkedRecord",
     "ReplayResult",
     "list_parked",
@@ -31,12 +34,17 @@ log = logging.getLogger(__name__)
 
 REPLAY_GROUP = "paystream-dlq-replay"
 _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
-# Set by the worker on a parked command; carried back onto the commands topic by a replay.
+# When a parked command was first run, in ms since the epoch: the provider's idempotency
+# window runs from then. Set by the worker on a parked command, carried back onto the
+# commands topic by a replay and on to the next park; a command carrying one older than
+# :func:`stale_after_ms` is held back here and parked again by the worker, never run.
 FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
 # Dead-letter reasons that no replay can change (the same bytes fail the same way).
 NEVER_DECODES = frozenset({"not_a_cloudevent"})
 # While replaying, how many re-published records between progress commits.
 COMMIT_EVERY = 100
+# The headers the worker reads and counts against a command's attribute limit.
+_CLOUDEVENTS_HEADER = re.compile(r"(?i)ce_|content-type\Z")
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,23 @@ class ParkedRecord:
     @property
     def replayable(self) -> bool:
         """Re-sent, it could get another answer: not bytes that never decode as a
-        CloudEvent (each replay would only dead-letter them again), nor records kept
-        without their bytes (redacted or dropped: re-sent, an empty keyless record)."""
-        return not (self.redacted or self.dropped) and self.reason not in NEVER_DECODES
+        CloudEvent, nor a command too large for any setting (each replay would only
+        dead-letter them again), nor records kept without their bytes (redacted or
+        dropped: re-sent, an empty keyless record)."""
+        return not (
+            self.redacted
+            or self.dropped
+            or self.reason in NEVER_DECODES
+            or (self.reason == "payload_too_large" and self._too_large_for_any_setting())
+        )
+
+    def _too_large_for_any_setting(self) -> bool:
+        attributes = len(self.key or b"") + sum(
+            len(k) + len(v) for k, v in self.headers if _CLOUDEVENTS_HEADER.match(k)
+        )
+        return (
+            len(self.value or b"") > COMMAND_MAX_BYTES_CEILING or attributes > ATTRIBUTES_MAX_BYTES
+        )
 
 
 @dataclass
@@ -131,9 +153,10 @@ class ReplayResult:
     # Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
     # pointer to the original command (and the replay commits past them).
     dropped: list[ParkedRecord] = field(default_factory=list)
-    # Held back, with everything after them on their partition: parked longer than the
-    # providers keep idempotency keys (Stripe: 24 h). Re-sent now, a command the provider
-    # already applied would be applied again (a second charge).
+    # Held back (parked again at the end of their topic), with their tenant's later
+    # records on the partition: parked longer than the providers keep idempotency keys
+    # (Stripe: 24 h). Re-sent now, a command the provider already applied would be
+    # applied again (a second charge).
     stale: int = 0
     last: str = ""  # what was done with the latest record (for ``observe``)
 
@@ -216,6 +239,7 @@ class _ParkedReader:
             max_partition_fetch_bytes=1024 * 1024,  # (one record may be that large)
         )
         self.ends: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int | None] = {}  # the group's, at start
         self.waiting = 0  # records between the starting positions and the ends
 
     async def start(self) -> None:
@@ -225,7 +249,7 @@ class _ParkedReader:
         consumer.assign(tps)
         self.ends = await consumer.end_offsets(tps)
         for tp in tps:
-            committed = await consumer.committed(tp)
+            committed = self.committed[tp] = await consumer.committed(tp)
             if committed is None or not self.committed_only:
                 await consumer.seek_to_beginning(tp)
             else:
@@ -302,19 +326,25 @@ async def replay(
     """Re-publish parked records to the commands topic (same key, id and data, to the
     partition the worker first read them from) and commit, a fetch at a time.
 
-    Records older than :func:`stale_after_ms` stop their partition's replay (they and
-    everything after them stay parked) unless ``include_stale``: reconcile them with the
-    provider first (e.g. look its payments up by the command's metadata). ``progress``
-    gets (records done, records waiting); ``observe`` each record and what was done.
+    Records older than :func:`stale_after_ms` are held back unless ``include_stale``,
+    with their tenant's later records on the same partition (its commands stay in
+    order): reconcile them with the provider first (e.g. look its payments up by the
+    command's metadata). Held records are parked again at the end of their topic, so
+    that the replay commits past them. ``progress`` gets (records done, records
+    waiting); ``observe`` each record and what was done. Raises
+    :class:`ConcurrentReplayError`, without committing, if another replay commits on
+    the same topics meanwhile.
     """
     reader = _ParkedReader(settings, topics, committed_only=True)
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     result = ReplayResult()
-    held: set[tuple[str, int]] = set()
+    # A tenant whose record is held back has its later records on that partition held
+    # too (its commands stay in order); other tenants' go on.
+    held: set[tuple[str, int, bytes | None]] = set()
     producer: AIOKafkaProducer | None = None
     # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a failed
     # send): a second run re-publishes only what the first did not.
     sent: dict[TopicPartition, int] = {}
+    commits = _FencedCommits(reader)
     try:
         await reader.start()
         total = reader.waiting if limit is None else min(limit, reader.waiting)
@@ -328,15 +358,21 @@ async def replay(
         async for batch in reader.batches(limit):
             for rec in batch:
                 done += 1
-                where = (rec.topic, rec.partition)
-                # Only what would be re-sent can be too old: the rest is passed over.
+                where = (rec.topic, rec.partition, rec.key)
+                # Only what would be re-sent can be too old: the rest is passed over. The
+                # clock is read per record: a long backlog ages while it is replayed.
+                now = int(time.time() * 1000) if now_ms is None else now_ms
                 too_old = (
                     not include_stale
                     and rec.replayable
-                    and now_ms - rec.first_seen_ms > stale_after_ms(settings)
+                    and now - rec.first_seen_ms > stale_after_ms(settings)
                 )
-                if where in held or too_old:
+                if rec.replayable and (where in held or too_old):
                     held.add(where)
+                    if producer is not None:
+                        # To the end of its topic, so that the replay can commit past it
+                        # and other tenants' records go on (it keeps its age).
+                        await _park_again(producer, rec)
                     result.note(rec, HELD_BACK)
                 else:
                     if rec.dropped:
@@ -344,10 +380,9 @@ async def replay(
                     if rec.replayable and producer is not None:
                         await _resend(producer, settings, rec, partitions)
                     result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
-                    tp = TopicPartition(rec.topic, rec.partition)
-                    sent[tp] = rec.offset + 1  # a partition's records come in order
-                    if producer is not None and done % COMMIT_EVERY == 0:
-                        await reader.consumer.commit(sent)
+                sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
+                if producer is not None and done % COMMIT_EVERY == 0:
+                    await commits.commit(sent)
                 if observe:
                     observe(rec, result.last)
                 if progress:
@@ -355,15 +390,45 @@ async def replay(
     except BaseException:
         # What stopped the replay is the error to report, not a failing clean-up.
         if producer is not None:
-            await _finish(producer, reader.consumer, sent, quiet=True)
+            await _finish(producer, commits, sent, quiet=True)
         await reader.consumer.stop()
         raise
     try:
         if producer is not None:
-            await _finish(producer, reader.consumer, sent, quiet=False)
+            await _finish(producer, commits, sent, quiet=False)
     finally:
         await reader.consumer.stop()
     return result
+
+
+class ConcurrentReplayError(PaystreamError):
+    """Another replay committed on the same topics while this one ran."""
+
+
+class _FencedCommits:
+    """Commits a replay's progress unless another replay has committed meanwhile.
+
+    Two replays at once re-send the same records (the worker answers the copies from
+    its idempotency records), and the one finishing last would move the committed
+    offsets back to where it stopped (a ``--limit`` run behind a full one): the next
+    replay would re-send all of it again. The second to commit stops instead."""
+
+    def __init__(self, reader: _ParkedReader) -> None:
+        self.reader = reader
+
+    async def commit(self, sent: dict[TopicPartition, int]) -> None:
+        if not sent:
+            return
+        consumer, expected = self.reader.consumer, self.reader.committed
+        moved = [tp for tp in sent if await consumer.committed(tp) != expected.get(tp)]
+        if moved:
+            raise ConcurrentReplayError(
+                "another `paystream dlq replay` committed on "
+                + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(moved))
+                + " while this one ran: stopped without committing (run one at a time)"
+            )
+        await consumer.commit(sent)
+        expected.update(sent)
 
 
 async def _command_partitions(producer: AIOKafkaProducer | None, topic: str) -> set[int]:
@@ -394,6 +459,16 @@ async def _resend(
     )
 
 
+async def _park_again(producer: AIOKafkaProducer, rec: ParkedRecord) -> None:
+    """``rec`` again at the end of its own topic and partition, as it is but for its
+    first attempt (recorded, so that it keeps its age)."""
+    headers = [(k, v) for k, v in rec.headers if k != FIRST_ATTEMPT_HEADER]
+    headers.append((FIRST_ATTEMPT_HEADER, str(rec.first_seen_ms).encode()))
+    await producer.send_and_wait(
+        rec.topic, rec.value, key=rec.key, headers=headers, partition=rec.partition
+    )
+
+
 def _source_partition(rec: ParkedRecord, commands_topic: str, partitions: set[int]) -> int | None:
     """The commands-topic partition the worker read the record from, if it says so."""
     parts = (rec.source or "").rsplit("/", 2)
@@ -421,7 +496,7 @@ def _warn_dropped(rec: ParkedRecord, *, dry_run: bool) -> None:
 
 async def _finish(
     producer: AIOKafkaProducer,
-    consumer: AIOKafkaConsumer,
+    commits: _FencedCommits,
     sent: dict[TopicPartition, int],
     *,
     quiet: bool,
@@ -430,8 +505,7 @@ async def _finish(
     failure is logged, not raised (another error is already on its way out)."""
 
     async def commit() -> None:
-        if sent:
-            await consumer.commit(sent)
+        await commits.commit(sent)
 
     # Each step on its own: records already acknowledged are committed even if the
     # producer fails to stop.

@@ -40,6 +40,14 @@ class CloudEventsMode(StrEnum):
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
+# The most PAYSTREAM_COMMAND_MAX_BYTES may be: outcomes and stored records echo a command
+# a few times over, and must stay under the broker's 1 MB.
+COMMAND_MAX_BYTES_CEILING = 256 * 1024
+# Largest key plus CloudEvents headers (ids, type, source, tenant, trace context) of a
+# command, whatever the settings: outcomes and stored records echo them too.
+ATTRIBUTES_MAX_BYTES = 16 * 1024
+
+
 class Settings(BaseSettings):
     """paystream configuration. Immutable once loaded; pass it down, never mutate it."""
 
@@ -189,7 +197,7 @@ class Settings(BaseSettings):
         ge=1024,
         # Outcomes and stored records echo a command (its data, ids and tenant) a few
         # times over: bigger commands could make records over the broker's 1 MB.
-        le=256 * 1024,
+        le=COMMAND_MAX_BYTES_CEILING,
         description="PAYSTREAM_COMMAND_MAX_BYTES: commands (key, value and headers) larger "
         "than this are dead-lettered and rejected; at most 256 KiB.",
     )

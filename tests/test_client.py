@@ -120,7 +120,7 @@ async def test_concurrent_sends_of_one_command_share_its_outcome(
         await asyncio.sleep(0)
     client._dispatch(_outcome("c9"), None)
     assert (await first).get_id() == (await second).get_id() == "out-c9-payment.succeeded"
-    assert client._waiters == {} and not client._senders
+    assert client._waiters == {}
     client._reader.cancel()
 
 

@@ -34,10 +34,11 @@ from paystream.agents.handlers import (
     Tables,
     entity_key,
 )
+from paystream.dlq import FIRST_ATTEMPT_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
-from paystream.settings import Settings
+from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, valid_unicode
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
 from paystream.streams.outcomes import (
@@ -371,6 +372,14 @@ class CommandProcessor:
                     # This very record, redelivered: the limits may have lost its count.
                     self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
                 return self._replay_done(cmd, existing)
+        if self._past_provider_window(rec):
+            # A parked or dead-lettered command re-driven (`dlq replay` records its first
+            # attempt) that reached us after the provider may have forgotten its key: run
+            # now, a charge its first attempt made could be made again. Parked again for
+            # a person to reconcile (`dlq replay` holds it back from now on).
+            if existing is not None and existing.state in _LET_THROUGH:
+                return self._repark(rec, cmd, existing, STALE)
+            return self._to_retry_topic(rec, cmd, STALE)
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
         let_through = existing is not None and existing.command_id == cmd.command_id
@@ -458,6 +467,7 @@ class CommandProcessor:
             and existing.source != [rec.partition, rec.offset]
         ):
             carried = bool(existing.counted)
+        held_before = self.idempotency.get(idem_table_key) if existing is not None else None
         self.idempotency[idem_table_key] = _idempotency_dict(
             cmd,
             request_hash,
@@ -513,6 +523,13 @@ class CommandProcessor:
             self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=False)
             return [self._outcome(cmd, stored)]
         except Rejection as rej:
+            if not rej.remember and existing is not None and held_before is not None:
+                # Let through before (parked, or in flight at a crash): the provider may
+                # have acted on it, so no answer that a later run would contradict (a
+                # provider refusing the tenant's key now, say). Parked again as it was,
+                # with its hold, until it can run.
+                self.idempotency[idem_table_key] = held_before
+                return self._repark(rec, cmd, existing, rej.reason)
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")  # releases its hold
             if not rej.remember:
@@ -642,8 +659,23 @@ class CommandProcessor:
             return None  # another request under the key: answered as any would be
         return existing
 
+    def _past_provider_window(self, rec: Inbound) -> bool:
+        """Does ``rec`` say it was first run longer ago than a replay may be re-sent?"""
+        raw = rec.headers.get(FIRST_ATTEMPT_HEADER)
+        if raw is None:
+            return False
+        try:
+            first = int(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return False
+        return time.time() * 1000 - first > stale_after_ms(self.settings)
+
     def _repark(
-        self, rec: Inbound, cmd: CommandRef, existing: IdempotencyRecord, reason: RejectReason
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        existing: IdempotencyRecord,
+        reason: RejectReason | str,
     ) -> list[Emit]:
         """Park again a command let through once that cannot run now. Its record stays as
         it is but for its state (it may name another command of the same request), and
@@ -660,7 +692,7 @@ class CommandProcessor:
             if counted:
                 record["counted"] = True
             self._remember(key, record)
-        return self._to_retry_topic(rec, cmd, reason.value)
+        return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason))
 
     @staticmethod
     def _counts_here(
@@ -1132,7 +1164,20 @@ class CommandProcessor:
         return out
 
     def dead_letter_bug(self, rec: Inbound) -> list[Emit]:
-        """An unexpected exception of ours: keep the command (DLQ) and the partition moving."""
+        """An unexpected exception of ours: keep the command (DLQ) and the partition moving.
+
+        A command let through to the provider (its record in flight or parked) may have
+        moved money before the failure: it is parked, unanswered, as a provider outage's
+        would be. A final ``internal_error`` would contradict the answer its replay gives
+        once the bug is fixed, and a sender trusting it might pay again under a new id.
+        """
+        try:
+            parked = self._park_let_through(rec)
+        except Exception:  # this path must never raise: the dead letter below is the floor
+            log.exception("could not park %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+            parked = None
+        if parked is not None:
+            return parked
         return self._dead_letter(
             rec,
             "internal_error",
@@ -1140,6 +1185,36 @@ class CommandProcessor:
             reject=RejectReason.INTERNAL_ERROR,
             when=record_time(rec.timestamp_ms),
         )
+
+    def _park_let_through(self, rec: Inbound) -> list[Emit] | None:
+        """Park ``rec`` if its command was let through to the provider (see
+        ``dead_letter_bug``); None if it was not, or the record does not say whose it is."""
+        event = decode_record(rec.key, rec.value, rec.headers)
+        tenant_id = str(event.get_extension("tenantid") or "")
+        idem_key = str(event.get_extension("idempotencykey") or event.get_id())
+        existing = self._idempotency_record(f"{tenant_id}:{idem_key}", time.time())
+        if (
+            not tenant_id
+            or existing is None
+            or existing.state not in _LET_THROUGH
+            or existing.command_id != event.get_id()
+        ):
+            return None
+        cmd = CommandRef(
+            tenant_id=tenant_id,
+            command_id=event.get_id(),
+            command_type=event.get_type().removeprefix(COMMAND_PREFIX),
+            idempotency_key=idem_key,
+            time=record_time(rec.timestamp_ms),
+            source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
+        )
+        log.error(
+            "parking command %s of %s after an unexpected failure (the provider may have "
+            "acted on it): fix the cause, then `paystream dlq replay`",
+            cmd.command_id,
+            tenant_id,
+        )
+        return self._repark(rec, cmd, existing, RejectReason.INTERNAL_ERROR)
 
     def _park(
         self,
@@ -1199,10 +1274,8 @@ _PROVIDER_REJECTIONS = {
 }
 
 
-# When a parked command was first run, in ms since the epoch: the provider's idempotency
-# window runs from then (`dlq replay` holds back what is older). Kept on the parked record,
-# and carried by the replay onto the commands topic and on to the next park.
-FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
+# Park reason of a re-driven command older than `dlq replay` may re-send (see dlq.py).
+STALE = "stale"
 
 
 # Validation errors an outcome lists (the message says how many there were): a command
@@ -1348,10 +1421,6 @@ ID_MAX_CHARS = 255
 # Largest dead letter kept with its bytes: under Kafka's default 1 MB message size with
 # our headers beside them.
 DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
-
-
-# Largest key plus CloudEvents headers (ids, type, source, tenant, trace context).
-ATTRIBUTES_MAX_BYTES = 16 * 1024
 
 
 def _record_size(rec: Inbound) -> int:

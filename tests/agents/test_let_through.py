@@ -14,6 +14,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
@@ -434,3 +435,45 @@ async def test_a_charge_whose_redelivery_was_parked_counts_once_replayed(
     out = await _answer(h, _command(t, "payment.create", other, "c9"))
     # 5000 moved + 6000 > 10000: must be refused
     assert data(out).get("reason") == "quota_exceeded", (kind(out), data(out))
+
+
+async def _refuse_the_key(self: SimulatorGateway, req: Any, *, idempotency_key: str) -> Any:
+    """A provider refusing the tenant's credentials (a Stripe key rolled or revoked)."""
+    raise GatewayError(
+        ErrorCode.AUTHENTICATION_FAILED, "invalid api key", provider="simulator", retryable=False
+    )
+
+
+def _resent(tenant: str, command_id: str) -> Inbound:
+    """payment.create of p1 under c1's idempotency key (its own record, or a resend's)."""
+    event = build_command("payment.create", tenant, _BODY, command_id=command_id,
+                          idempotency_key="c1")  # fmt: skip
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
+        next(_offsets),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command_id", ["c1", "c2"])
+async def test_parked_charge_redriven_into_refused_credentials_is_parked_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, command_id: str
+) -> None:
+    """The provider charged p1 and its answer was lost (parked). Re-driven while the
+    provider refuses the tenant's key, it must not be answered (a later run, the key
+    fixed, answers payment.succeeded for the same charge): parked again, record kept."""
+    t, record = await _parked_after_a_charge(harness)
+    assert await _charges(harness, t, record) == 1
+    with monkeypatch.context() as m:
+        m.setattr(SimulatorGateway, "create_payment", _refuse_the_key)
+        emits = await harness.processor.process(_resent(t, command_id))
+    out = outcome_of(harness.settings, emits)
+    assert out is None, f"answered a charged payment: {kind(out)} {data(out).get('reason')}"
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    assert dict(emits[0].record.headers)["paystream-park-reason"] == b"gateway_not_configured"
+    assert harness.idempotency[f"{t}:c1"]["state"] == "parked"
+    assert harness.idempotency[f"{t}:c1"]["command_id"] == "c1"
+    # The key fixed: one answer, for the one charge.
+    answer = outcome_of(harness.settings, await harness.processor.process(_resent(t, command_id)))
+    assert answer is not None and kind(answer) == "payment.succeeded"
+    assert await _charges(harness, t, record) == 1

@@ -1,0 +1,126 @@
+"""A failure of ours (a bug) while running a command: nothing lost, never answered twice.
+
+A command that reached the provider before the failure may have moved money: it is
+parked, unanswered, and its replay (once the bug is fixed) gives its one answer. One
+that never reached it is dead-lettered and rejected ``internal_error``. Dead letters
+that would only come back are not re-sent by ``dlq replay``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from paystream.agents import pipeline
+from paystream.agents.pipeline import Inbound
+from paystream.client import build_command
+from paystream.dlq import ParkedRecord
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind, outcome_of
+
+pytestmark = pytest.mark.asyncio
+
+_BODY = {"amount": 5000, "currency": "USD", "payment_method_token": "pm_card_visa",
+         "payment_id": "p1"}  # fmt: skip
+
+
+def _inbound(key: Any, value: Any, headers: dict[str, bytes], offset: int) -> Inbound:
+    return Inbound(key, value, headers, int(time.time() * 1000), "paystream.commands", 0, offset)
+
+
+async def _run_as_the_agent_does(h: Harness, rec: Inbound) -> list[Any]:
+    try:  # what agents/commands.py does with an exception of ours
+        return await h.processor.process(rec)
+    except RuntimeError:
+        return h.processor.dead_letter_bug(rec)
+
+
+async def _charges(h: Harness, tenant: str) -> int:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return sum(1 for e in await gateway.effects() if e.kind == "charge")
+
+
+def _replayed(record: Any, offset: int) -> Inbound:
+    """What `dlq replay` re-sends: the bytes, minus our headers but the first attempt."""
+    ours = ("paystream-dlq-", "paystream-park-", "paystream-source")
+    headers = {k: v for k, v in record.headers if not k.startswith(ours)}
+    return _inbound(record.key, record.value, headers, offset)
+
+
+async def test_a_failure_once_let_through_parks_the_command_unanswered(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = harness.add_tenant()
+    real = pipeline.HANDLERS["payment.create"]
+
+    async def buggy(ctx: Any, body: Any) -> Any:
+        await real(ctx, body)  # the provider charged ...
+        raise RuntimeError("a bug of ours after the provider acted")  # ... then we failed
+
+    monkeypatch.setitem(pipeline.HANDLERS, "payment.create", buggy)
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    emits = await _run_as_the_agent_does(
+        harness, _inbound(rec.key, rec.value, dict(rec.headers), 10)
+    )
+    assert outcome_of(harness.settings, emits) is None  # no answer to contradict later
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    parked = emits[0].record
+    assert dict(parked.headers)["paystream-park-reason"] == b"internal_error"
+    assert harness.idempotency[f"{t}:c1"]["state"] == "parked"
+    assert await _charges(harness, t) == 1
+
+    # The bug is fixed; the operator replays: the command's one answer, no second charge.
+    monkeypatch.setitem(pipeline.HANDLERS, "payment.create", real)
+    answer = outcome_of(harness.settings, await harness.processor.process(_replayed(parked, 11)))
+    assert answer is not None and kind(answer) == "payment.succeeded"
+    assert await _charges(harness, t) == 1
+
+
+async def test_a_failure_before_the_command_is_let_through_is_dead_lettered_and_rejected(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = harness.add_tenant()
+
+    def buggy(tenant_id: str, raw: Any) -> Any:
+        raise RuntimeError("a bug of ours while reading the tenant")
+
+    monkeypatch.setattr(harness.processor, "_tenant", buggy)
+    event = build_command("payment.create", t, _BODY, command_id="c2")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    emits = await _run_as_the_agent_does(
+        harness, _inbound(rec.key, rec.value, dict(rec.headers), 12)
+    )
+    answer = outcome_of(harness.settings, emits)
+    assert answer is not None and data(answer)["reason"] == "internal_error"
+    assert [e.topic for e in emits if e.topic == harness.settings.dlq_topic]
+    assert f"{t}:c2" not in harness.idempotency
+    assert await _charges(harness, t) == 0
+
+
+async def test_a_dead_letter_too_large_for_any_setting_is_not_replayed(
+    harness: Harness,
+) -> None:
+    """A 300 KiB command is over PAYSTREAM_COMMAND_MAX_BYTES at any setting (at most
+    256 KiB) but under what a dead letter keeps: re-sent, it would only come back."""
+    t = harness.add_tenant()
+    body = {**_BODY, "metadata": {"blob": "x" * 300_000}}
+    event = build_command("payment.create", t, body, command_id="big")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    emits = await harness.processor.process(_inbound(rec.key, rec.value, dict(rec.headers), 20))
+    [d] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dict(d.headers)["paystream-dlq-reason"] == b"payload_too_large"
+    assert not ParkedRecord(harness.settings.dlq_topic, 0, 0, d.key, d.value, d.headers).replayable
+    # One just over today's limit may go through once the limit is raised: replayable.
+    body = {**_BODY, "metadata": {"blob": "x" * 70_000}}
+    event = build_command("payment.create", t, body, command_id="mid")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    emits = await harness.processor.process(_inbound(rec.key, rec.value, dict(rec.headers), 21))
+    [d] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dict(d.headers)["paystream-dlq-reason"] == b"payload_too_large"
+    assert ParkedRecord(harness.settings.dlq_topic, 0, 0, d.key, d.value, d.headers).replayable

@@ -1,0 +1,101 @@
+"""Callers awaiting one command's outcome (send, expect) do not disturb each other, and
+those that gave up are forgotten (no broker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.client import OutcomeTimeout, PaystreamClient
+from paystream.settings import load_settings
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+
+def _client() -> PaystreamClient:
+    return PaystreamClient(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
+
+
+def _outcome(cause: str) -> CloudEvent:
+    return CloudEvent(
+        {"id": f"out-{cause}", "source": "/paystream/tenants/acme/payment",
+         "type": "com.paystream.payment.succeeded", "specversion": "1.0",
+         "tenantid": "acme", "causationid": cause},
+        {},
+    )  # fmt: skip
+
+
+def _command(command_id: str) -> CloudEvent:
+    return CloudEvent(
+        {"id": command_id, "source": "/app", "type": "com.paystream.command.payment.create",
+         "specversion": "1.0", "tenantid": "acme"},
+        {},
+    )  # fmt: skip
+
+
+def _started(client: PaystreamClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def enqueue(command: CloudEvent) -> Any:
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+    monkeypatch.setattr(client, "_enqueue", enqueue)
+    client._reader = asyncio.create_task(asyncio.sleep(60))
+
+
+async def test_an_expect_outlives_a_timed_out_send_of_the_same_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The documented flow for a parked command: `expect` its outcome, `send` it, the
+    send gives up ("parked ... see `paystream dlq list`"), the operator replays it. The
+    send's clean-up removed the shared waiter from the dispatch map: the outcome of the
+    replay arrives and the `expect` future never resolves (the caller hangs)."""
+    client = _client()
+    _started(client, monkeypatch)
+    waiter = client.expect("acme", "c1")
+    with pytest.raises(OutcomeTimeout):
+        await client.send(_command("c1"), timeout=0.05)
+    client._dispatch(_outcome("c1"), None)  # the replayed command's outcome
+    try:
+        assert waiter.done(), "expect() future orphaned: the outcome arrived, nobody got it"
+    finally:
+        client._reader.cancel()
+
+
+async def test_expect_futures_given_up_on_are_forgotten() -> None:
+    """A long-lived client (a service) awaiting outcomes with expect() and wait_for():
+    every command whose outcome never came keeps a future in the client."""
+    client = _client()
+    for i in range(1000):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.expect("acme", f"c{i}"), 0)
+    assert len(client._waiters) == 0, f"{len(client._waiters)} futures kept"
+
+
+async def test_an_expect_caller_giving_up_leaves_a_concurrent_send_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """expect() hands out the very future send() waits on. One task waits for a command's
+    outcome with `wait_for(client.expect(...), 0.05)`, as tests/test_cli.py does; another
+    sends that command with a 5 s timeout. The first's wait_for cancels the shared future:
+    the send raises CancelledError (a task cancellation, not OutcomeTimeout) at 0.05 s,
+    and the outcome arriving later is given to nobody."""
+    client = _client()
+    _started(client, monkeypatch)
+    observer = asyncio.ensure_future(asyncio.wait_for(client.expect("acme", "c2"), 0.05))
+    sender = asyncio.ensure_future(client.send(_command("c2"), timeout=5))
+    with contextlib.suppress(TimeoutError):
+        await observer
+    await asyncio.sleep(0.01)
+    client._dispatch(_outcome("c2"), None)  # the outcome arrives within the send's 5 s
+    try:
+        result = await sender
+    except asyncio.CancelledError:
+        result = "CancelledError"
+    finally:
+        client._reader.cancel()
+    assert not isinstance(result, str), "send() of c2 was cancelled by another task's wait_for"

@@ -1,0 +1,172 @@
+"""`paystream dlq replay` and `dlq list` against what goes wrong in operation: two
+replays at once, a long backlog, one tenant's stale record, hostile keys and ids."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from paystream import dlq
+from paystream.dlq import read_parked, replay
+from tests.fixtures.pipeline import RawSend
+from tests.test_cli import run_cli
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+
+async def _resent(settings: Any) -> list[bytes | None]:
+    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
+    await consumer.stop()
+    return [r.value for r in sent]
+
+
+async def test_a_second_replay_at_once_stops_without_moving_the_commit_back(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator runs `dlq replay --limit 1` while a full `dlq replay` runs (or two
+    operators, or a cron job and an operator). Nothing stops the second; the slower one
+    commits last, moving the group's offset back: the next replay re-sends everything
+    the full one already did."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(3)))
+    real = dlq._resend
+    calls = 0
+
+    async def interleaved(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the limited replay has read record 0; the full one runs now
+            monkeypatch.setattr(dlq, "_resend", real)
+            full = await replay(settings, [settings.retry_topic])
+            assert sum(full.replayed.values()) == 3
+        await real(*args)
+
+    monkeypatch.setattr(dlq, "_resend", interleaved)
+    with pytest.raises(dlq.ConcurrentReplayError):
+        await replay(settings, [settings.retry_topic], limit=1)
+    # The limited run had re-sent record 0 (the worker answers the copy from its
+    # idempotency record) but did not move the full run's commit back.
+    assert sorted(await _resent(settings)) == [b"cmd 0", b"cmd 0", b"cmd 1", b"cmd 2"]
+    left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
+    await consumer.stop()
+    assert [r.value for r in left] == [], "records replayed already are waiting again"
+
+
+async def test_staleness_is_judged_against_the_clock_when_the_record_is_resent(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`now_ms` is read once, when the replay starts. A backlog of millions re-sent one
+    `send_and_wait` at a time takes hours: a record 22.5 h old at the start is re-sent at
+    24.5 h (past Stripe's key window) without being held back."""
+    import time as _time
+
+    from paystream.dlq import stale_after_ms
+
+    dep = await deployment_factory()
+    settings = dep.settings
+    start = int(_time.time() * 1000)
+    nearly = start - stale_after_ms(settings) + 30 * 60_000  # 30 min short of the cut
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(key=b"acme", value=b"first", partition=0),
+        RawSend(key=b"acme", value=b"older", partition=0,
+                headers=(("paystream-first-attempt-ms", b"%d" % nearly),)),
+    )  # fmt: skip
+    real_time = _time.time
+    shift = 0.0
+    monkeypatch.setattr(_time, "time", lambda: real_time() + shift)
+
+    def two_hours_pass(done: int, total: int) -> None:
+        nonlocal shift
+        if done == 1:  # the first record took (as a long backlog would) two hours
+            shift = 2 * 3600.0
+
+    seen: list[tuple[bytes | None, str]] = []
+    await replay(settings, [settings.retry_topic], progress=two_hours_pass,
+                 observe=lambda r, what: seen.append((r.value, what)))  # fmt: skip
+    age_h = (real_time() + shift - nearly / 1000) / 3600
+    assert seen[1] == (b"older", "held back"), f"re-sent at age {age_h:.1f} h: {seen}"
+
+
+async def test_a_replay_that_held_records_back_exits_3(deployment_factory: Any) -> None:
+    """Records that need reconciling with the provider are left parked, with everything
+    after them on their partition; the exit status says all is well, so a scheduled
+    `paystream dlq replay` (cron, a runbook script) never notices."""
+    import time as _time
+
+    from paystream.dlq import stale_after_ms
+
+    dep = await deployment_factory()
+    settings = dep.settings
+    old = int(_time.time() * 1000) - stale_after_ms(settings) - 60_000
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(key=b"acme", value=b"{}", partition=0,
+                headers=(("paystream-first-attempt-ms", b"%d" % old),)),
+        RawSend(key=b"acme", value=b"{}", partition=0),
+    )  # fmt: skip
+    proc = await asyncio.to_thread(run_cli, dep, "dlq", "replay", check=False)
+    assert "held back 2 record(s)" in proc.stderr, proc.stderr
+    assert proc.returncode == 3, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+
+
+async def test_one_tenants_stale_record_holds_back_only_its_tenant(
+    deployment_factory: Any,
+) -> None:
+    """Tenants share retry-topic partitions; order matters only within one. A stale
+    record holds back its tenant's later ones, not `acme`'s fresh parked payment; the
+    held records are parked again at the end (keeping their age), so the replay commits
+    past them and the next one neither re-sends acme's nor lets evil's through."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(key=b"evil", value=b"evil's", partition=0,
+                headers=(("paystream-first-attempt-ms", b"1"),)),
+        RawSend(key=b"acme", value=b"acme's", partition=0),
+        RawSend(key=b"evil", value=b"evil's next", partition=0),
+    )  # fmt: skip
+    seen: list[tuple[bytes | None, str]] = []
+    result = await replay(settings, [settings.retry_topic],
+                          observe=lambda r, what: seen.append((r.key, what)))  # fmt: skip
+    assert seen == [(b"evil", "held back"), (b"acme", "replayed"), (b"evil", "held back")]
+    assert result.stale == 2
+    assert await _resent(settings) == [b"acme's"]
+    left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
+    await consumer.stop()
+    assert [(r.offset, r.value) for r in left] == [(3, b"evil's"), (4, b"evil's next")]
+    assert left[0].first_seen_ms == 1  # kept its age
+    seen.clear()
+    await replay(settings, [settings.retry_topic],
+                 observe=lambda r, what: seen.append((r.key, what)))  # fmt: skip
+    assert seen == [(b"evil", "held back"), (b"evil", "held back")]
+    assert await _resent(settings) == [b"acme's"]
+
+
+async def test_dlq_list_escapes_a_hostile_key_and_id(
+    deployment_factory: Any,
+) -> None:
+    """Anyone who can produce to paystream.commands chooses the key and ce_id of a dead
+    letter (e.g. a not_a_cloudevent or payload_too_large record). `dlq list` echoes
+    them unescaped: terminal control sequences reach the operator's terminal (rewrite
+    lines, set the window title, hide records...)."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    esc = b"\x1b[2K\x1b[1A\x1b]0;pwned\x07"
+    await dep.produce(
+        settings.dlq_topic,
+        RawSend(
+            key=b"acme" + esc,
+            value=b"junk",
+            partition=0,
+            headers=(
+                ("ce_id", b"c1" + esc),
+                ("paystream-dlq-reason", b"internal_error"),
+            ),
+        ),
+    )
+    shown = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "dlq")
+    assert "\x1b" not in shown.stdout, repr(shown.stdout)
