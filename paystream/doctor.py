@@ -454,6 +454,36 @@ async def check_command_timestamps(settings: Settings) -> str:
         await admin.close()
 
 
+async def check_parked_retention(settings: Settings) -> str:
+    """Parked commands and dead letters must stay until a person handles them: a parked
+    payment the provider may have charged, expired by retention, is gone unseen."""
+    topics = (settings.retry_topic, settings.dlq_topic, settings.ledger_dlq_topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    await admin.start()
+    try:
+        present = [t for t in topics if t in set(await admin.list_topics())]
+        if not present:
+            return "not created yet (`paystream topics` creates them with retention.ms=-1)"
+        expiring = []
+        for topic in present:
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+            (response,) = await admin.describe_configs([resource])
+            (code, message, _type, _name, entries), *_ = response.resources
+            if code:
+                raise CheckFailed(f"cannot read {topic}'s configs: error {code} {message or ''}")
+            retention = next((e[1] for e in entries if e[0] == "retention.ms"), None)
+            if retention != "-1":
+                expiring.append(f"{topic} (retention.ms={retention or 'broker default'})")
+        if expiring:
+            raise CheckFailed(
+                f"parked commands and dead letters expire unseen on {', '.join(expiring)}: "
+                "set retention.ms=-1 on them"
+            )
+        return f"{len(present)} topics keep their records (retention.ms=-1)"
+    finally:
+        await admin.close()
+
+
 async def check_record_limits(settings: Settings) -> str:
     """Every topic paystream writes (its own and its tables' changelogs) must take its
     largest records: a smaller limit fails the batch holding one on every redelivery."""
@@ -490,6 +520,7 @@ _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
 _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("tenant registry compacted", check_registry_compacted),
     ("command timestamps by broker", check_command_timestamps),
+    ("parked records kept", check_parked_retention),
     ("record size limits", check_record_limits),
     ("workarounds for flavor", check_workarounds),
     ("headers round-trip", check_headers),

@@ -209,7 +209,10 @@ class Settings(BaseSettings):
         # then) while the provider, having forgotten the key, charges it anew.
         le=24 * 3600,
         description="PAYSTREAM_IDEMPOTENCY_TTL_SECONDS: how long an idempotency key is "
-        "remembered: at most 24 h, as Stripe keeps keys.",
+        "remembered: at most 24 h, as Stripe keeps keys. Shorter only for tests or "
+        "providers that forget keys as soon: with Stripe, a create retried under the same "
+        "key after this window (inside Stripe's 24 h) gets the first charge back as a "
+        "second entity.",
     )
 
     # --- gateways ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from paystream.doctor import (
     CheckFailed,
     CheckResult,
     check_command_timestamps,
+    check_parked_retention,
     check_record_limits,
     check_registry_compacted,
     render_table,
@@ -119,6 +120,36 @@ async def test_doctor_fails_a_commands_topic_whose_producers_set_the_time(
         await check_command_timestamps(with_commands(f"{tag}.plain"))
     assert "LogAppendTime" in await check_command_timestamps(with_commands(f"{tag}.made"))
     assert "not created yet" in await check_command_timestamps(with_commands(f"{tag}.absent"))
+
+
+async def test_doctor_fails_parked_records_that_expire(stack_settings: Settings) -> None:
+    """A retry topic made with the broker's default retention (7 days on Kafka) would
+    delete a parked payment the provider may have charged, unseen by `dlq list`."""
+    tag = uuid.uuid4().hex[:8]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(stack_settings.require_broker())
+    )
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{tag}.plain-retry", 1, 1)])
+    finally:
+        await admin.close()
+
+    def with_topics(prefix: str) -> Settings:
+        return stack_settings.model_copy(
+            update={
+                "retry_topic": f"{prefix}-retry",
+                "dlq_topic": f"{prefix}-dlq",
+                "ledger_dlq_topic": f"{prefix}-ledger-dlq",
+            }
+        )
+
+    with pytest.raises(CheckFailed, match=rf"{tag}\.plain-retry \(retention\.ms="):
+        await check_parked_retention(with_topics(f"{tag}.plain"))
+    made = with_topics(f"{tag}.made")
+    await ensure_topics(made)
+    assert "3 topics keep their records" in await check_parked_retention(made)
+    assert "not created yet" in await check_parked_retention(with_topics(f"{tag}.absent"))
 
 
 async def test_doctor_fails_a_topic_that_refuses_paystreams_largest_records(

@@ -53,12 +53,20 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
 COMMAND_TIMESTAMPS = {"message.timestamp.type": "LogAppendTime"}
 
 
+# Parked commands and dead letters wait for a person, however long that takes: the
+# broker's default retention (7 days on Kafka) would delete a parked payment the
+# provider may have charged, unseen by `dlq list`. A replay commits past what it re-sent.
+KEPT_UNTIL_HANDLED = {"retention.ms": "-1"}
+
+
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:
     """Configs a paystream topic is created with."""
     if name == settings.tenants_topic:
         return {"cleanup.policy": "compact"}
     if name == settings.commands_topic:
         return dict(COMMAND_TIMESTAMPS)
+    if name in (settings.retry_topic, settings.dlq_topic, settings.ledger_dlq_topic):
+        return dict(KEPT_UNTIL_HANDLED)
     return {}
 
 

@@ -44,3 +44,29 @@ async def test_partitions_come_from_the_cluster_not_the_consumers_cache(
         assert await topic_partitions(consumer, f"{dep.settings.app_id}.absent") == []
     finally:
         await consumer.stop()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_parked_and_dead_letter_topics_are_kept_until_handled(
+    deployment_factory: Any,
+) -> None:
+    """A parked payment the provider may have charged must not expire unseen (Kafka's
+    default retention is 7 days): the retry and dead-letter topics keep their records."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    dep = await deployment_factory()
+    settings = dep.settings
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    await admin.start()
+    try:
+        kept = (settings.retry_topic, settings.dlq_topic, settings.ledger_dlq_topic)
+        for topic in (*kept, settings.events_topic):
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+            (response,) = await admin.describe_configs([resource])
+            (code, _message, _type, _name, entries), *_ = response.resources
+            assert code == 0
+            retention = next((e[1] for e in entries if e[0] == "retention.ms"), None)
+            assert (retention == "-1") is (topic in kept), (topic, retention)
+    finally:
+        await admin.close()
