@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import re
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,6 +41,9 @@ _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
 # commands topic by a replay and on to the next park; a command carrying one older than
 # :func:`stale_after_ms` is held back here and parked again by the worker, never run.
 FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
+# Set by `dlq replay --include-stale` on a command past that age: an operator has
+# reconciled it with the provider, so the worker runs it (once: a park drops the mark).
+RECONCILED_HEADER = "paystream-reconciled"
 # Dead-letter reasons that no replay can change (the same bytes fail the same way).
 NEVER_DECODES = frozenset({"not_a_cloudevent"})
 # While replaying, how many re-published records between progress commits.
@@ -158,6 +163,7 @@ class ReplayResult:
     # (Stripe: 24 h). Re-sent now, a command the provider already applied would be
     # applied again (a second charge).
     stale: int = 0
+    copies: int = 0  # copies of held records (an interrupted replay's), dropped
     last: str = ""  # what was done with the latest record (for ``observe``)
 
     @property
@@ -169,6 +175,8 @@ class ReplayResult:
         self.last = what
         if what == HELD_BACK:
             self.stale += 1
+        elif what == DROPPED_COPY:
+            self.copies += 1
         elif what == REPLAYED:
             self.replayed[rec.reason] += 1
         elif rec.dropped:
@@ -310,6 +318,7 @@ async def list_parked(
 
 #: What a replay did with a record, as told to its ``observe`` callback.
 REPLAYED, PASSED_OVER, HELD_BACK = "replayed", "passed over", "held back"
+DROPPED_COPY = "dropped copy"  # a held record's copy (an interrupted run parked it again)
 
 
 async def replay(
@@ -327,10 +336,13 @@ async def replay(
     partition the worker first read them from) and commit, a fetch at a time.
 
     Records older than :func:`stale_after_ms` are held back unless ``include_stale``,
-    with their tenant's later records on the same partition (its commands stay in
-    order): reconcile them with the provider first (e.g. look its payments up by the
-    command's metadata). Held records are parked again at the end of their topic, so
-    that the replay commits past them. ``progress`` gets (records done, records
+    with their tenant's later records on the same partition (those this replay reads
+    stay in order; one parked for the tenant while it runs may come before them):
+    reconcile them with the provider first (e.g. look its payments up by the command's
+    metadata). Held records that later records must pass are parked again at the end
+    of their topic, so that the replay commits past them; copies of a held record (an
+    interrupted replay's) are dropped. With ``include_stale``, a stale record is re-sent
+    marked as reconciled, so that the worker runs it. ``progress`` gets (records done, records
     waiting); ``observe`` each record and what was done. Raises
     :class:`ConcurrentReplayError`, without committing, if another replay commits on
     the same topics meanwhile.
@@ -338,8 +350,14 @@ async def replay(
     reader = _ParkedReader(settings, topics, committed_only=True)
     result = ReplayResult()
     # A tenant whose record is held back has its later records on that partition held
-    # too (its commands stay in order); other tenants' go on.
+    # too (the ones this replay reads stay in order); other tenants' go on.
     held: set[tuple[str, int, bytes | None]] = set()
+    # Held records not parked again yet: only when a later record is handled (so that
+    # the commit can pass them) do they go to the end of their topic. A partition with
+    # only held records left is left as it is: a scheduled replay adds no copies.
+    pending: dict[TopicPartition, list[ParkedRecord]] = defaultdict(list)
+    seen_held: set[tuple[object, ...]] = set()  # to tell copies (an interrupted run's)
+    moved: set[TopicPartition] = set()  # partitions whose held records went to the end
     producer: AIOKafkaProducer | None = None
     # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a failed
     # send): a second run re-publishes only what the first did not.
@@ -358,31 +376,40 @@ async def replay(
         async for batch in reader.batches(limit):
             for rec in batch:
                 done += 1
+                tp = TopicPartition(rec.topic, rec.partition)
                 where = (rec.topic, rec.partition, rec.key)
                 # Only what would be re-sent can be too old: the rest is passed over. The
                 # clock is read per record: a long backlog ages while it is replayed.
                 now = int(time.time() * 1000) if now_ms is None else now_ms
-                too_old = (
-                    not include_stale
-                    and rec.replayable
-                    and now - rec.first_seen_ms > stale_after_ms(settings)
-                )
-                if rec.replayable and (where in held or too_old):
+                stale = rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
+                if rec.replayable and (where in held or (stale and not include_stale)):
                     held.add(where)
-                    if producer is not None:
-                        # To the end of its topic, so that the replay can commit past it
-                        # and other tenants' records go on (it keeps its age).
-                        await _park_again(producer, rec)
-                    result.note(rec, HELD_BACK)
+                    copy = _copy_identity(rec)
+                    if copy in seen_held:
+                        result.note(rec, DROPPED_COPY)  # dropped with the pending ones
+                    else:
+                        seen_held.add(copy)
+                        pending[tp].append(rec)
+                        result.note(rec, HELD_BACK)
+                    if tp in moved and producer is not None:
+                        # Held ones before it went to the end already: so does it, after
+                        # them (a tenant's held records keep their order).
+                        await _move_pending(producer, pending.pop(tp, []))
+                        sent[tp] = rec.offset + 1
                 else:
+                    if pending.get(tp) and producer is not None:
+                        # Check first: a replay stopped by another must leave no copies.
+                        await commits.check([tp])
+                        await _move_pending(producer, pending.pop(tp))
+                        moved.add(tp)
                     if rec.dropped:
                         _warn_dropped(rec, dry_run=dry_run)
                     if rec.replayable and producer is not None:
-                        await _resend(producer, settings, rec, partitions)
+                        await _resend(producer, settings, rec, partitions, reconciled=stale)
                     result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
-                sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
-                if producer is not None and done % COMMIT_EVERY == 0:
-                    await commits.commit(sent)
+                    sent[tp] = rec.offset + 1  # a partition's records come in order
+                    if producer is not None and (done % COMMIT_EVERY == 0):
+                        await commits.commit(sent)
                 if observe:
                     observe(rec, result.last)
                 if progress:
@@ -401,6 +428,17 @@ async def replay(
     return result
 
 
+async def _move_pending(producer: AIOKafkaProducer, records: list[ParkedRecord]) -> None:
+    for rec in records:
+        await _park_again(producer, rec)
+
+
+def _copy_identity(rec: ParkedRecord) -> tuple[object, ...]:
+    """What a held record and a copy of it parked again share (not the offset)."""
+    digest = hashlib.sha256(rec.value or b"").digest()
+    return (rec.topic, rec.partition, rec.key, digest, rec.source, rec.first_seen_ms)
+
+
 class ConcurrentReplayError(PaystreamError):
     """Another replay committed on the same topics while this one ran."""
 
@@ -416,19 +454,32 @@ class _FencedCommits:
     def __init__(self, reader: _ParkedReader) -> None:
         self.reader = reader
 
-    async def commit(self, sent: dict[TopicPartition, int]) -> None:
-        if not sent:
-            return
+    async def check(self, partitions: Iterable[TopicPartition]) -> None:
+        """Raise if another replay committed on any of ``partitions`` meanwhile."""
         consumer, expected = self.reader.consumer, self.reader.committed
-        moved = [tp for tp in sent if await consumer.committed(tp) != expected.get(tp)]
+        moved = [tp for tp in partitions if await consumer.committed(tp) != expected.get(tp)]
         if moved:
             raise ConcurrentReplayError(
                 "another `paystream dlq replay` committed on "
                 + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(moved))
                 + " while this one ran: stopped without committing (run one at a time)"
             )
-        await consumer.commit(sent)
-        expected.update(sent)
+
+    async def commit(self, sent: dict[TopicPartition, int]) -> None:
+        if not sent:
+            return
+        await self.check(sent)
+        try:
+            await self.reader.consumer.commit(sent)
+        except Exception:
+            # The broker may have applied it all the same (a timed-out answer): what it
+            # holds now is ours, not another replay's.
+            for tp, offset in sent.items():
+                with contextlib.suppress(Exception):
+                    if await self.reader.consumer.committed(tp) == offset:
+                        self.reader.committed[tp] = offset
+            raise
+        self.reader.committed.update(sent)
 
 
 async def _command_partitions(producer: AIOKafkaProducer | None, topic: str) -> set[int]:
@@ -438,16 +489,23 @@ async def _command_partitions(producer: AIOKafkaProducer | None, topic: str) -> 
 
 
 async def _resend(
-    producer: AIOKafkaProducer, settings: Settings, rec: ParkedRecord, partitions: set[int]
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    rec: ParkedRecord,
+    partitions: set[int],
+    *,
+    reconciled: bool = False,
 ) -> None:
     # The first attempt as this replay reckons it (a record parked by an older version
     # has none): a park of the replay keeps it.
     headers = [
         (k, v)
         for k, v in rec.headers
-        if not k.startswith(_OUR_HEADERS) and k != FIRST_ATTEMPT_HEADER
+        if not k.startswith(_OUR_HEADERS) and k not in (FIRST_ATTEMPT_HEADER, RECONCILED_HEADER)
     ]
     headers.append((FIRST_ATTEMPT_HEADER, str(rec.first_seen_ms).encode()))
+    if reconciled:  # stale, re-sent with --include-stale: the worker runs it all the same
+        headers.append((RECONCILED_HEADER, b"1"))
     await producer.send_and_wait(
         settings.commands_topic,
         rec.value,

@@ -35,14 +35,14 @@ async def test_a_second_replay_at_once_stops_without_moving_the_commit_back(
     real = dlq._resend
     calls = 0
 
-    async def interleaved(*args: Any) -> None:
+    async def interleaved(*args: Any, **kwargs: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:  # the limited replay has read record 0; the full one runs now
             monkeypatch.setattr(dlq, "_resend", real)
             full = await replay(settings, [settings.retry_topic])
             assert sum(full.replayed.values()) == 3
-        await real(*args)
+        await real(*args, **kwargs)
 
     monkeypatch.setattr(dlq, "_resend", interleaved)
     with pytest.raises(dlq.ConcurrentReplayError):
@@ -170,3 +170,59 @@ async def test_dlq_list_escapes_a_hostile_key_and_id(
     )
     shown = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "dlq")
     assert "\x1b" not in shown.stdout, repr(shown.stdout)
+
+
+async def _waiting(settings: Any) -> list[tuple[bytes | None, bytes | None]]:
+    left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
+    await consumer.stop()
+    return [(r.key, r.value) for r in left]
+
+
+async def test_replays_while_a_record_waits_for_a_person_add_no_copies(
+    deployment_factory: Any,
+) -> None:
+    """A scheduled `dlq replay` (every 10 min, say) while a stale record waits for a
+    person must not append a copy per run to a topic kept forever (retention.ms=-1)."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(key=b"evil", value=b"stale", partition=0,
+                headers=(("paystream-first-attempt-ms", b"1"),)),
+    )  # fmt: skip
+    for _ in range(3):
+        await replay(settings, [settings.retry_topic])
+    everything, consumer = await read_parked(settings, [settings.retry_topic], committed_only=False)
+    await consumer.stop()
+    assert len(everything) == 1, f"{len(everything)} copies of one held record kept"
+
+
+async def test_a_replay_stopped_by_another_leaves_no_second_copy_waiting(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replays at once: the one that stops without committing has parked its held
+    record again; the other meets the original and that copy: one is dropped."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(key=b"evil", value=b"stale", partition=0,
+                headers=(("paystream-first-attempt-ms", b"1"),)),
+        RawSend(key=b"acme", value=b"fresh", partition=0),
+    )  # fmt: skip
+    real = dlq._resend
+    calls = 0
+
+    async def interleaved(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            monkeypatch.setattr(dlq, "_resend", real)
+            await replay(settings, [settings.retry_topic])
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(dlq, "_resend", interleaved)
+    with pytest.raises(dlq.ConcurrentReplayError):
+        await replay(settings, [settings.retry_topic])
+    waiting = await _waiting(settings)
+    assert waiting.count((b"evil", b"stale")) == 1, f"waiting: {waiting}"

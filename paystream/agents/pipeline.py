@@ -34,7 +34,7 @@ from paystream.agents.handlers import (
     Tables,
     entity_key,
 )
-from paystream.dlq import FIRST_ATTEMPT_HEADER, stale_after_ms
+from paystream.dlq import FIRST_ATTEMPT_HEADER, RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
@@ -660,9 +660,10 @@ class CommandProcessor:
         return existing
 
     def _past_provider_window(self, rec: Inbound) -> bool:
-        """Does ``rec`` say it was first run longer ago than a replay may be re-sent?"""
+        """Does ``rec`` say it was first run longer ago than a replay may be re-sent
+        (and was not re-sent by ``dlq replay --include-stale``, after reconciling)?"""
         raw = rec.headers.get(FIRST_ATTEMPT_HEADER)
-        if raw is None:
+        if raw is None or RECONCILED_HEADER in rec.headers:
             return False
         try:
             first = int(raw.decode("ascii"))
@@ -1188,17 +1189,16 @@ class CommandProcessor:
 
     def _park_let_through(self, rec: Inbound) -> list[Emit] | None:
         """Park ``rec`` if its command was let through to the provider (see
-        ``dead_letter_bug``); None if it was not, or the record does not say whose it is."""
+        ``dead_letter_bug``), or answer it if it finished before the failure; None if
+        neither, or the record does not say whose it is."""
         event = decode_record(rec.key, rec.value, rec.headers)
         tenant_id = str(event.get_extension("tenantid") or "")
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
         existing = self._idempotency_record(f"{tenant_id}:{idem_key}", time.time())
-        if (
-            not tenant_id
-            or existing is None
-            or existing.state not in _LET_THROUGH
-            or existing.command_id != event.get_id()
-        ):
+        if not tenant_id or existing is None or existing.command_id != event.get_id():
+            return None
+        done = existing.state is IdempotencyState.DONE and existing.outcome is not None
+        if not done and existing.state not in _LET_THROUGH:
             return None
         cmd = CommandRef(
             tenant_id=tenant_id,
@@ -1208,6 +1208,9 @@ class CommandProcessor:
             time=record_time(rec.timestamp_ms),
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
         )
+        if done:
+            # Finished (the provider may have charged) before the failure: its answer.
+            return self._replay_done(cmd, existing)
         log.error(
             "parking command %s of %s after an unexpected failure (the provider may have "
             "acted on it): fix the cause, then `paystream dlq replay`",

@@ -124,3 +124,36 @@ async def test_a_dead_letter_too_large_for_any_setting_is_not_replayed(
     [d] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
     assert dict(d.headers)["paystream-dlq-reason"] == b"payload_too_large"
     assert ParkedRecord(harness.settings.dlq_topic, 0, 0, d.key, d.value, d.headers).replayable
+
+
+async def test_a_failure_after_the_command_finished_answers_its_outcome(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of ours in the last step (building the outcome, after its DONE record is
+    written): the payment was charged, so its answer is the stored outcome."""
+    from paystream.agents.pipeline import CommandProcessor
+
+    t = harness.add_tenant()
+    real = CommandProcessor._outcome
+    calls = 0
+
+    def buggy(self: Any, cmd: Any, stored: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug of ours building the outcome")
+        return real(self, cmd, stored)
+
+    monkeypatch.setattr(CommandProcessor, "_outcome", buggy)
+    event = build_command("payment.create", t, _BODY, command_id="c9")
+    raw = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    rec = Inbound(raw.key, raw.value, dict(raw.headers), int(time.time() * 1000),
+                  "paystream.commands", 0, 30)  # fmt: skip
+    try:
+        emits = await harness.processor.process(rec)
+    except RuntimeError:
+        emits = harness.processor.dead_letter_bug(rec)
+    assert await _charges(harness, t) == 1
+    assert harness.idempotency[f"{t}:c9"]["state"] == "done"
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "payment.succeeded", out and out.get_data()

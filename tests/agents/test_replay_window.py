@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from paystream import dlq
 from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
+from paystream.dlq import ParkedRecord
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
@@ -107,3 +109,40 @@ async def test_a_first_attempt_a_producer_makes_up_only_parks_its_own_command(
     assert outcome_of(harness.settings, emits) is None
     assert dict(emits[0].record.headers)["paystream-park-reason"] == b"stale"
     assert await _charges(harness, harness.tenants[t]) == 0
+
+
+class _CapturingProducer:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_and_wait(self, topic: str, value: Any, **kw: Any) -> None:
+        self.sent.append({"topic": topic, "value": value, **kw})
+
+
+async def test_include_stale_after_reconciling_runs_the_command(harness: Harness) -> None:
+    """A payment parked by a provider outage 25 h ago (the provider never charged it).
+    The operator checks with the provider, as README says, and runs
+    `dlq replay --include-stale`: the worker runs it (its first attempt is kept)."""
+    t = new_tenant_id()
+    harness.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p1": 50}})
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    raw = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    first = Inbound(raw.key, raw.value, dict(raw.headers), day_ago, "paystream.commands", 0, 1)
+    emits = await harness.processor.process(first)
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    parked = emits[0].record
+    assert await _charges(harness, harness.tenants[t]) == 0
+    # The outage is over; the operator reconciled (nothing charged) and re-drives it.
+    harness.tenants[t] = {**harness.tenants[t], "gateway_options": {}}
+    rec = ParkedRecord(harness.settings.retry_topic, 0, 0, parked.key, parked.value,
+                       tuple(parked.headers), int(time.time() * 1000))  # fmt: skip
+    producer = _CapturingProducer()
+    await dlq._resend(producer, harness.settings, rec, {0}, reconciled=True)  # --include-stale
+    (resent,) = producer.sent
+    replayed = Inbound(resent["key"], resent["value"], dict(resent["headers"]),
+                       int(time.time() * 1000), "paystream.commands", 0, 2)  # fmt: skip
+    out = outcome_of(harness.settings, await harness.processor.process(replayed))
+    assert out is not None, "re-driven with --include-stale, parked again as stale, unrun"
+    assert dict(resent["headers"])["paystream-first-attempt-ms"] == str(day_ago).encode()
+    assert kind(out) == "payment.succeeded"
