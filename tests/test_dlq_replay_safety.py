@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from paystream import dlq
-from paystream.dlq import read_parked, replay
+from paystream.dlq import list_parked, read_parked, replay
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+STALE = ("paystream-first-attempt-ms", b"1")
 
 
 async def _resent(settings: Any) -> list[bytes | None]:
@@ -117,9 +119,9 @@ async def test_one_tenants_stale_record_holds_back_only_its_tenant(
     deployment_factory: Any,
 ) -> None:
     """Tenants share retry-topic partitions; order matters only within one. A stale
-    record holds back its tenant's later ones, not `acme`'s fresh parked payment; the
-    held records are parked again at the end (keeping their age), so the replay commits
-    past them and the next one neither re-sends acme's nor lets evil's through."""
+    record holds back its tenant's later ones, not `acme`'s fresh parked payment. Held
+    records stay in place; the next run re-sends nothing already handled and still
+    holds evil's records, in order, until --include-stale."""
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(
@@ -135,15 +137,26 @@ async def test_one_tenants_stale_record_holds_back_only_its_tenant(
     assert seen == [(b"evil", "held back"), (b"acme", "replayed"), (b"evil", "held back")]
     assert result.stale == 2
     assert await _resent(settings) == [b"acme's"]
-    left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
-    await consumer.stop()
-    assert [(r.offset, r.value) for r in left] == [(3, b"evil's"), (4, b"evil's next")]
-    assert left[0].first_seen_ms == 1  # kept its age
+    listing = await list_parked(settings, [settings.retry_topic], limit=None)
+    assert [(r.offset, listing.already_handled(r)) for r in listing.records] == [
+        (0, False), (1, True), (2, False)
+    ]  # fmt: skip
     seen.clear()
-    await replay(settings, [settings.retry_topic],
-                 observe=lambda r, what: seen.append((r.key, what)))  # fmt: skip
-    assert seen == [(b"evil", "held back"), (b"evil", "held back")]
+    again = await replay(settings, [settings.retry_topic],
+                         observe=lambda r, what: seen.append((r.key, what)))  # fmt: skip
+    assert seen == [(b"evil", "held back"), (b"acme", "already handled"), (b"evil", "held back")]
+    assert again.already_handled == 1
     assert await _resent(settings) == [b"acme's"]
+    # Reconciled: evil's go, in order, marked; acme's again (answered from its record).
+    await replay(settings, [settings.retry_topic], include_stale=True)
+    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
+    await consumer.stop()
+    evil = [
+        (r.value, dict(r.headers).get("paystream-reconciled")) for r in sent if r.key == b"evil"
+    ]
+    assert evil == [(b"evil's", b"1"), (b"evil's next", None)]  # in order; the stale one marked
+    assert [r.value for r in sent if r.key == b"acme"] == [b"acme's", b"acme's"]
+    assert await _waiting(settings) == []
 
 
 async def test_dlq_list_escapes_a_hostile_key_and_id(
@@ -172,17 +185,17 @@ async def test_dlq_list_escapes_a_hostile_key_and_id(
     assert "\x1b" not in shown.stdout, repr(shown.stdout)
 
 
-async def _waiting(settings: Any) -> list[tuple[bytes | None, bytes | None]]:
+async def _waiting(settings: Any) -> list[Any]:
     left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
     await consumer.stop()
-    return [(r.key, r.value) for r in left]
+    return left
 
 
-async def test_replays_while_a_record_waits_for_a_person_add_no_copies(
+async def test_replays_while_a_record_waits_for_a_person_add_nothing(
     deployment_factory: Any,
 ) -> None:
     """A scheduled `dlq replay` (every 10 min, say) while a stale record waits for a
-    person must not append a copy per run to a topic kept forever (retention.ms=-1)."""
+    person writes nothing to a topic kept forever (retention.ms=-1)."""
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(
@@ -194,22 +207,95 @@ async def test_replays_while_a_record_waits_for_a_person_add_no_copies(
         await replay(settings, [settings.retry_topic])
     everything, consumer = await read_parked(settings, [settings.retry_topic], committed_only=False)
     await consumer.stop()
-    assert len(everything) == 1, f"{len(everything)} copies of one held record kept"
+    assert len(everything) == 1
 
 
-async def test_a_replay_stopped_by_another_leaves_no_second_copy_waiting(
+async def test_a_crash_between_commits_keeps_a_held_tenants_order(
     deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two replays at once: the one that stops without committing has parked its held
-    record again; the other meets the original and that copy: one is dropped."""
+    """Killed before its last commit, the next run re-reads from the first held record:
+    evil's later record is held again behind it, never sent ahead of it."""
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(
+        s.retry_topic,
+        RawSend(key=b"evil", value=b"H", partition=0, headers=(STALE,)),
+        RawSend(key=b"acme", value=b"B", partition=0),
+        RawSend(key=b"evil", value=b"A3", partition=0),
+        RawSend(key=b"acme", value=b"C", partition=0),
+    )
+    monkeypatch.setattr(dlq, "COMMIT_EVERY", 1)
+    real_resend = dlq._resend
+
+    class Killed(BaseException):
+        pass
+
+    async def resend(producer: Any, settings: Any, rec: Any, *a: Any, **kw: Any) -> None:
+        if rec.value == b"C":
+            raise Killed  # the process dies here
+        await real_resend(producer, settings, rec, *a, **kw)
+
+    async def no_finish(*a: Any, **kw: Any) -> None:
+        return None  # a killed process commits nothing more
+
+    with monkeypatch.context() as m:
+        m.setattr(dlq, "_resend", resend)
+        m.setattr(dlq, "_finish", no_finish)
+        with pytest.raises(Killed):
+            await replay(s, [s.retry_topic])
+    seen: list[tuple[bytes | None, str]] = []
+    await replay(s, [s.retry_topic], observe=lambda r, w: seen.append((r.value, w)))
+    assert seen == [(b"H", "held back"), (b"B", "already handled"), (b"A3", "held back"),
+                    (b"C", "replayed")]  # fmt: skip
+    assert await _resent(s) == [b"B", b"C"]
+
+
+async def test_limited_runs_make_progress_behind_held_records(deployment_factory: Any) -> None:
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(
+        s.retry_topic,
+        RawSend(key=b"evil", value=b"e1", partition=0, headers=(STALE,)),
+        RawSend(key=b"acme", value=b"a1", partition=0),
+        RawSend(key=b"evil", value=b"e2", partition=0, headers=(STALE,)),
+        RawSend(key=b"acme", value=b"a2", partition=0),
+    )
+    for _ in range(3):
+        await replay(s, [s.retry_topic], limit=2)
+    assert await _resent(s) == [b"a1", b"a2"]
+
+
+async def test_two_commands_with_the_same_bytes_are_both_kept(deployment_factory: Any) -> None:
+    """No record is taken for a copy of another: both distinct commands wait."""
+    dep = await deployment_factory()
+    s = dep.settings
+    body = b'{"payment_id":"p1","amount":100}'
+    await dep.produce(
+        s.retry_topic,
+        RawSend(key=b"evil", value=body, partition=0,
+                headers=(("ce_id", b"c1"), ("ce_type", b"t"), STALE)),
+        RawSend(key=b"evil", value=body, partition=0,
+                headers=(("ce_id", b"c2"), ("ce_type", b"t"), STALE)),
+        RawSend(key=b"acme", value=b"fresh", partition=0),
+    )  # fmt: skip
+    await replay(s, [s.retry_topic])
+    left = await _waiting(s)
+    assert sorted(r.command_id_and_type[0] for r in left if r.key == b"evil") == ["c1", "c2"]
+
+
+async def test_a_replay_stopped_by_another_commits_nothing(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replays at once, a held record among them: the one stopped leaves the other's
+    commits and no extra record."""
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(
         settings.retry_topic,
-        RawSend(key=b"evil", value=b"stale", partition=0,
-                headers=(("paystream-first-attempt-ms", b"1"),)),
+        RawSend(key=b"evil", value=b"stale", partition=0, headers=(STALE,)),
         RawSend(key=b"acme", value=b"fresh", partition=0),
-    )  # fmt: skip
+        RawSend(key=b"acme", value=b"fresh 2", partition=0),
+    )
     real = dlq._resend
     calls = 0
 
@@ -224,5 +310,10 @@ async def test_a_replay_stopped_by_another_leaves_no_second_copy_waiting(
     monkeypatch.setattr(dlq, "_resend", interleaved)
     with pytest.raises(dlq.ConcurrentReplayError):
         await replay(settings, [settings.retry_topic])
-    waiting = await _waiting(settings)
-    assert waiting.count((b"evil", b"stale")) == 1, f"waiting: {waiting}"
+    everything, consumer = await read_parked(settings, [settings.retry_topic], committed_only=False)
+    await consumer.stop()
+    assert len(everything) == 3
+    seen: list[tuple[bytes | None, str]] = []
+    await replay(settings, [settings.retry_topic], observe=lambda r, w: seen.append((r.value, w)))
+    assert seen == [(b"stale", "held back"), (b"fresh", "already handled"),
+                    (b"fresh 2", "already handled")]  # fmt: skip

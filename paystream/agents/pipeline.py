@@ -1092,11 +1092,12 @@ class CommandProcessor:
         reason: str,
         detail: str,
         *,
-        reject: RejectReason,
+        reject: RejectReason | None,
         when: datetime,
         suspicious: bool = True,
     ) -> list[Emit]:
-        """Dead-letter the raw bytes; also reject if the headers identify a command.
+        """Dead-letter the raw bytes; also reject if the headers identify a command (and
+        ``reject`` is given: None for one that must get no final answer).
 
         Bytes holding a card number are not kept (PCI): the dead letter then carries only
         where it came from and why, and the rejection names no attribute that held one.
@@ -1145,7 +1146,7 @@ class CommandProcessor:
         key = None if card or dropped else rec.key
         out = [Emit(self.settings.dlq_topic, KafkaRecord(key, value, headers))]
         identity = _identity(rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE)
-        if identity is not None:
+        if identity is not None and reject is not None:
             tenant, cmd_id, ce_type = identity
             cmd = CommandRef(
                 tenant_id=redact_card_numbers(tenant),
@@ -1165,59 +1166,76 @@ class CommandProcessor:
         return out
 
     def dead_letter_bug(self, rec: Inbound) -> list[Emit]:
-        """An unexpected exception of ours: keep the command (DLQ) and the partition moving.
+        """An unexpected exception of ours: keep the command and the partition moving.
 
         A command let through to the provider (its record in flight or parked) may have
         moved money before the failure: it is parked, unanswered, as a provider outage's
-        would be. A final ``internal_error`` would contradict the answer its replay gives
-        once the bug is fixed, and a sender trusting it might pay again under a new id.
+        would be; one that finished gets its stored answer. A final ``internal_error``
+        would contradict the answer its replay gives once the bug is fixed, and a sender
+        trusting it might pay again under a new id. Others are dead-lettered and
+        rejected ``internal_error``.
         """
         try:
-            parked = self._park_let_through(rec)
+            found = self._let_through_before(rec)
         except Exception:  # this path must never raise: the dead letter below is the floor
-            log.exception("could not park %s[%d]@%d", rec.topic, rec.partition, rec.offset)
-            parked = None
-        if parked is not None:
-            return parked
+            log.exception("could not read %s[%d]@%d again", rec.topic, rec.partition, rec.offset)
+            found = None
+        if found is not None:
+            cmd, existing = found
+            try:
+                if existing.state is IdempotencyState.DONE:
+                    return self._replay_done(cmd, existing)
+                log.error(
+                    "parking command %s of %s after an unexpected failure (the provider may "
+                    "have acted on it): fix the cause, then `paystream dlq replay`",
+                    cmd.command_id,
+                    cmd.tenant_id,
+                )
+                return self._repark(rec, cmd, existing, RejectReason.INTERNAL_ERROR)
+            except Exception:
+                log.exception("could not answer or park %s", cmd.command_id)
+                reject = None  # kept, never answered: its provider may have acted
+        else:
+            reject = RejectReason.INTERNAL_ERROR
         return self._dead_letter(
             rec,
             "internal_error",
             "unexpected processing failure; see worker logs",
-            reject=RejectReason.INTERNAL_ERROR,
+            reject=reject,
             when=record_time(rec.timestamp_ms),
         )
 
-    def _park_let_through(self, rec: Inbound) -> list[Emit] | None:
-        """Park ``rec`` if its command was let through to the provider (see
-        ``dead_letter_bug``), or answer it if it finished before the failure; None if
-        neither, or the record does not say whose it is."""
+    def _let_through_before(self, rec: Inbound) -> tuple[CommandRef, IdempotencyRecord] | None:
+        """The command of ``rec`` and its idempotency record if that request was let
+        through to the provider (in flight or parked) or finished; else None."""
         event = decode_record(rec.key, rec.value, rec.headers)
         tenant_id = str(event.get_extension("tenantid") or "")
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
         existing = self._idempotency_record(f"{tenant_id}:{idem_key}", time.time())
-        if not tenant_id or existing is None or existing.command_id != event.get_id():
+        if not tenant_id or existing is None:
             return None
         done = existing.state is IdempotencyState.DONE and existing.outcome is not None
         if not done and existing.state not in _LET_THROUGH:
             return None
+        command_type = event.get_type().removeprefix(COMMAND_PREFIX)
+        # Only the very same request shares the record's fate (another command of the key
+        # or the same id reused for another request would not have run).
+        data = COMMANDS[command_type].model_validate(event.get_data() or {})
+        request_hash = _request_hash(command_type, data.model_dump(mode="json"))
+        erased_same = existing.request_hash == ERASED_HASH and existing.command_id == event.get_id()
+        if existing.command_type != command_type or (
+            request_hash != existing.request_hash and not erased_same
+        ):
+            return None
         cmd = CommandRef(
             tenant_id=tenant_id,
             command_id=event.get_id(),
-            command_type=event.get_type().removeprefix(COMMAND_PREFIX),
+            command_type=command_type,
             idempotency_key=idem_key,
             time=record_time(rec.timestamp_ms),
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
         )
-        if done:
-            # Finished (the provider may have charged) before the failure: its answer.
-            return self._replay_done(cmd, existing)
-        log.error(
-            "parking command %s of %s after an unexpected failure (the provider may have "
-            "acted on it): fix the cause, then `paystream dlq replay`",
-            cmd.command_id,
-            tenant_id,
-        )
-        return self._repark(rec, cmd, existing, RejectReason.INTERNAL_ERROR)
+        return cmd, existing
 
     def _park(
         self,

@@ -157,3 +157,54 @@ async def test_a_failure_after_the_command_finished_answers_its_outcome(
     assert harness.idempotency[f"{t}:c9"]["state"] == "done"
     out = outcome_of(harness.settings, emits)
     assert out is not None and kind(out) == "payment.succeeded", out and out.get_data()
+
+
+def _rec(t: str, command_id: str, offset: int, key: str | None = None) -> Inbound:
+    event = build_command("payment.create", t, _BODY, command_id=command_id, idempotency_key=key)
+    raw = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    return _inbound(raw.key, raw.value, dict(raw.headers), offset)
+
+
+async def test_a_retry_under_a_new_id_of_a_finished_command_meeting_a_bug_gets_its_answer(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paystream.agents.pipeline import CommandProcessor
+
+    t = harness.add_tenant()
+    first = outcome_of(
+        harness.settings, await _run_as_the_agent_does(harness, _rec(t, "c1", 1, "k1"))
+    )
+    assert first is not None and kind(first) == "payment.succeeded"
+    real = CommandProcessor._repair_entities
+    calls = 0
+
+    def buggy(self: Any, *a: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug of ours")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(CommandProcessor, "_repair_entities", buggy)
+    emits = await _run_as_the_agent_does(harness, _rec(t, "c2", 2, "k1"))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert out.get_id() == first.get_id()  # the key's one answer
+
+
+async def test_a_finished_command_whose_answer_cannot_be_built_is_kept_unanswered(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paystream.agents.pipeline import CommandProcessor
+
+    t = harness.add_tenant()
+    first = outcome_of(harness.settings, await _run_as_the_agent_does(harness, _rec(t, "c1", 1)))
+    assert first is not None and kind(first) == "payment.succeeded"
+
+    def buggy(self: Any, *a: Any, **kw: Any) -> Any:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(CommandProcessor, "_repair_entities", buggy)
+    emits = await _run_as_the_agent_does(harness, _rec(t, "c1", 2))
+    assert outcome_of(harness.settings, emits) is None  # no internal_error for a charge
+    assert [e.topic for e in emits] == [harness.settings.dlq_topic]
