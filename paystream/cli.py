@@ -710,10 +710,9 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
     settings = _settings()
     from paystream.dlq import list_parked
 
-    listing = _run(
+    records, waiting = _run(
         list_parked(settings, _dlq_topics(settings, which), limit=limit, everything=everything)
     )
-    records, waiting = listing.records, listing.waiting
     now_ms = time.time() * 1000
     for rec in records:
         command_id, command_type = rec.command_id_and_type
@@ -734,11 +733,6 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
             + (
                 " (not replayed)"
                 if which != "ledger" and not (rec.replayable or rec.redacted or rec.dropped)
-                else ""
-            )
-            + (
-                " (handled already; committed past once the held records before it are)"
-                if not everything and which != "ledger" and listing.already_handled(rec)
                 else ""
             )
         )
@@ -832,10 +826,10 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
     if result.stale:
         hours = stale_after_ms(settings) / 3_600_000
         click.echo(
-            f"held back {result.stale} record(s) parked over {hours:g} h ago (and their "
-            "tenants' later ones on the same partitions), left where they are: the "
-            "provider may have forgotten their idempotency keys, so a "
-            "command it already applied would be applied again. Check them with the "
+            f"held back {result.stale} record(s) parked over {hours:g} h ago (and those "
+            "after them on their partitions): the provider may have forgotten their "
+            "idempotency keys, so a command it already applied would be applied again. "
+            "Check them with the "
             "provider, then replay with --include-stale.",
             err=True,
         )
@@ -854,11 +848,6 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
         click.echo(
             f"passed over {result.undecodable} dead letter(s) that are not CloudEvents "
             "or too large for any setting (a replay would only dead-letter them again)"
-        )
-    if result.already_handled:
-        click.echo(
-            f"skipped {result.already_handled} record(s) an earlier replay handled (they "
-            "wait behind held records only to be committed past)"
         )
     if result.stale:
         sys.exit(EXIT_HELD_BACK)  # a scheduled replay must not pass for a clean one

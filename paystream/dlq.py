@@ -23,7 +23,6 @@ __all__ = [
     "PASSED_OVER",
     "REPLAYED",
     "ConcurrentReplayError",
-    "Listing",
     "ParkedRecord",
     "ReplayResult",
     "list_parked",
@@ -35,7 +34,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REPLAY_GROUP = "paystream-dlq-replay"
-HANDLED_GROUP = "paystream-dlq-replay-handled"
 _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
 # When a parked command was first run, in ms since the epoch: the provider's idempotency
 # window runs from then. Set by the worker on a parked command, carried back onto the
@@ -159,12 +157,10 @@ class ReplayResult:
     # Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
     # pointer to the original command (and the replay commits past them).
     dropped: list[ParkedRecord] = field(default_factory=list)
-    # Held back (left in place), with their tenant's later records on the partition:
-    # parked longer than the providers keep idempotency keys
-    # (Stripe: 24 h). Re-sent now, a command the provider already applied would be
-    # applied again (a second charge).
+    # Held back (left in place), with everything after them on their partition: parked
+    # longer than the providers keep idempotency keys (Stripe: 24 h). Re-sent now, a
+    # command the provider already applied would be applied again (a second charge).
     stale: int = 0
-    already_handled: int = 0  # re-sent or passed over by an earlier run, not again
     last: str = ""  # what was done with the latest record (for ``observe``)
 
     @property
@@ -176,8 +172,6 @@ class ReplayResult:
         self.last = what
         if what == HELD_BACK:
             self.stale += 1
-        elif what == ALREADY_HANDLED:
-            self.already_handled += 1
         elif what == REPLAYED:
             self.replayed[rec.reason] += 1
         elif rec.dropped:
@@ -247,26 +241,15 @@ class _ParkedReader:
             fetch_max_wait_ms=50,
             max_partition_fetch_bytes=1024 * 1024,  # (one record may be that large)
         )
-        # How far records past a held one were handled: commits under a group of its own
-        # (Tansu keeps no commit metadata), read and written through this consumer.
-        self.handled_consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers(settings.require_broker()),
-            group_id=HANDLED_GROUP,
-            enable_auto_commit=False,
-        )
         self.ends: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int | None] = {}  # the group's, at start
-        self.handled: dict[TopicPartition, int] = {}  # records before these were handled
         self.waiting = 0  # records between the starting positions and the ends
 
     async def start(self) -> None:
         consumer = self.consumer
         await consumer.start()
-        await self.handled_consumer.start()
         tps = [tp for t in self.topics for tp in await topic_partitions(consumer, t)]
         consumer.assign(tps)
-        self.handled_consumer.assign(tps)  # (commits need an assignment)
-        self.handled_consumer.pause(*tps)  # never fetches: it only keeps offsets
         self.ends = await consumer.end_offsets(tps)
         for tp in tps:
             committed = self.committed[tp] = await consumer.committed(tp)
@@ -274,21 +257,11 @@ class _ParkedReader:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, committed)
-            self.handled[tp] = await self.handled_consumer.committed(tp) or 0
         for tp in tps:
             self.waiting += max(0, self.ends[tp] - await consumer.position(tp))
 
-    async def commit_handled(self, handled: dict[TopicPartition, int]) -> None:
-        ahead = {tp: end for tp, end in handled.items() if end > self.handled.get(tp, 0)}
-        if ahead:
-            await self.handled_consumer.commit(ahead)
-            self.handled.update(ahead)
-
     async def stop(self) -> None:
-        try:
-            await self.handled_consumer.stop()
-        finally:
-            await self.consumer.stop()
+        await self.consumer.stop()
 
     async def batches(self, limit: int | None = None) -> AsyncIterator[list[ParkedRecord]]:
         """Each fetch's records up to the ends seen at start, oldest first per partition."""
@@ -324,58 +297,25 @@ async def read_parked(
     per partition (all of them in memory: for listing, with a ``limit``)."""
     reader = _ParkedReader(settings, topics, committed_only=committed_only)
     await reader.start()
-    await reader.handled_consumer.stop()  # (the caller stops the other)
     out = [rec async for batch in reader.batches(limit) for rec in batch]
     return out, reader.consumer
 
 
-@dataclass
-class Listing:
-    records: list[ParkedRecord]  # oldest first per partition
-    waiting: int  # in all, from where the listing started
-    # Records a replay re-sent or passed over already, behind a held one: they wait
-    # only to be committed past.
-    handled: set[tuple[str, int, int]] = field(default_factory=set)
-
-    def already_handled(self, rec: ParkedRecord) -> bool:
-        return (rec.topic, rec.partition, rec.offset) in self.handled
-
-
-def _handled_behind_held(
-    settings: Settings, records: list[ParkedRecord], handled: dict[TopicPartition, int]
-) -> set[tuple[str, int, int]]:
-    """Which of ``records`` a replay would skip as handled already (see ``replay``)."""
-    held: set[tuple[str, int, bytes | None]] = set()
-    out: set[tuple[str, int, int]] = set()
-    now = int(time.time() * 1000)
-    for rec in records:
-        where = (rec.topic, rec.partition, rec.key)
-        stale = rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
-        if rec.replayable and (where in held or stale):
-            held.add(where)
-        elif rec.offset < handled.get(TopicPartition(rec.topic, rec.partition), 0):
-            out.add((rec.topic, rec.partition, rec.offset))
-    return out
-
-
 async def list_parked(
     settings: Settings, topics: list[str], *, limit: int | None, everything: bool = False
-) -> Listing:
+) -> tuple[list[ParkedRecord], int]:
     """Up to ``limit`` records waiting to be replayed (``everything``: also those replayed
     or passed over before), oldest first per partition, and how many there are in all."""
     reader = _ParkedReader(settings, topics, committed_only=not everything)
     try:
         await reader.start()
-        records = [rec async for batch in reader.batches(limit) for rec in batch]
-        handled = set() if everything else _handled_behind_held(settings, records, reader.handled)
-        return Listing(records, reader.waiting, handled)
+        return [rec async for batch in reader.batches(limit) for rec in batch], reader.waiting
     finally:
         await reader.stop()  # (consumers that failed to start too)
 
 
 #: What a replay did with a record, as told to its ``observe`` callback.
 REPLAYED, PASSED_OVER, HELD_BACK = "replayed", "passed over", "held back"
-ALREADY_HANDLED = "already handled"  # by an earlier run, behind a held record
 
 
 async def replay(
@@ -392,33 +332,26 @@ async def replay(
     """Re-publish parked records to the commands topic (same key, id and data, to the
     partition the worker first read them from) and commit, a fetch at a time.
 
-    Records older than :func:`stale_after_ms` are held back unless ``include_stale``,
-    with their tenant's later records on the same partition (its commands stay in
-    order); other tenants' records go on. Reconcile held ones with the provider first
-    (e.g. look its payments up by the command's metadata). Held records stay where they
-    are: the replay group's commit stops at the first one, and a second group records
-    how far the records after it were handled, so that the next run neither re-sends
-    them nor loses any. With ``include_stale``, a stale record is re-sent marked as
-    reconciled, so that the worker runs it (and records handled before are re-sent:
-    the worker answers them from its idempotency records). ``limit`` counts records
-    held, re-sent or passed over. ``progress`` gets (records read, records waiting);
-    ``observe`` each record and what was done. Raises :class:`ConcurrentReplayError`,
-    without committing, if another replay commits on the same topics meanwhile.
+    Records older than :func:`stale_after_ms` stop their partition's replay unless
+    ``include_stale`` (they and everything after them stay parked, in place, and the
+    commit stops before them): reconcile them with the provider first (e.g. look its
+    payments up by the command's metadata). With ``include_stale``, a stale record is
+    re-sent marked as reconciled, so that the worker runs it. ``progress`` gets (records
+    done, records waiting); ``observe`` each record and what was done. Raises
+    :class:`ConcurrentReplayError`, without committing, if another replay commits on
+    the same topics meanwhile.
     """
     reader = _ParkedReader(settings, topics, committed_only=True)
     result = ReplayResult()
-    # A tenant whose record is held back has its later records on that partition held
-    # too (its commands stay in order); other tenants' go on.
-    held: set[tuple[str, int, bytes | None]] = set()
+    # Held partitions: whose record a provider may have applied is not known, and any
+    # later record there may be the same tenant's, so nothing after it goes ahead of it.
+    # (Per tenant, records after a held one would have to be re-sent around it; each way
+    # of keeping that straight across runs, crashes and changed settings fell to review.)
+    held: set[tuple[str, int]] = set()
     producer: AIOKafkaProducer | None = None
-    # Per partition: the replay group's commit never passes the first held record (it
-    # waits there, in place, for a person); how far records past it were handled
-    # (re-sent or passed over) is committed under a second group, so that the next run
-    # does not re-send them. Each run re-reads the records between the two: those it
-    # holds are those the last one held (a stale record stays stale, and the record that
-    # held a tenant is among them), the rest were handled.
-    first_held: dict[TopicPartition, int] = {}
-    handled: dict[TopicPartition, int] = {}
+    # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a failed
+    # send): a second run re-publishes only what the first did not.
+    sent: dict[TopicPartition, int] = {}
     commits = _FencedCommits(reader)
     try:
         await reader.start()
@@ -429,52 +362,40 @@ async def replay(
             )
             await producer.start()
         partitions = await _command_partitions(producer, settings.commands_topic)
-        done = 0  # records read, for progress
-        work = 0  # records held, re-sent or passed over (not those handled before): --limit
-        async for batch in reader.batches():
+        done = 0
+        async for batch in reader.batches(limit):
             for rec in batch:
-                if limit is not None and work >= limit:
-                    break
                 done += 1
-                tp = TopicPartition(rec.topic, rec.partition)
-                where = (rec.topic, rec.partition, rec.key)
+                where = (rec.topic, rec.partition)
                 # Only what would be re-sent can be too old: the rest is passed over. The
                 # clock is read per record: a long backlog ages while it is replayed.
                 now = int(time.time() * 1000) if now_ms is None else now_ms
                 stale = rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
-                if rec.replayable and (where in held or (stale and not include_stale)):
+                if where in held or (stale and not include_stale):
                     held.add(where)
-                    first_held.setdefault(tp, rec.offset)
-                    if rec.offset >= reader.handled.get(tp, 0):
-                        work += 1  # (an earlier run's held ones are not new work)
                     result.note(rec, HELD_BACK)
-                elif rec.offset < reader.handled.get(tp, 0) and not include_stale:
-                    result.note(rec, ALREADY_HANDLED)
                 else:
-                    work += 1
                     if rec.dropped:
                         _warn_dropped(rec, dry_run=dry_run)
                     if rec.replayable and producer is not None:
                         await _resend(producer, settings, rec, partitions, reconciled=stale)
                     result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
-                    handled[tp] = rec.offset + 1  # a partition's records come in order
-                    if producer is not None and work % COMMIT_EVERY == 0:
-                        await commits.commit(first_held, handled)
+                    sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
+                    if producer is not None and done % COMMIT_EVERY == 0:
+                        await commits.commit(sent)
                 if observe:
                     observe(rec, result.last)
                 if progress:
                     progress(done, total)
-            if limit is not None and work >= limit:
-                break
     except BaseException:
         # What stopped the replay is the error to report, not a failing clean-up.
         if producer is not None:
-            await _finish(producer, commits, first_held, handled, quiet=True)
+            await _finish(producer, commits, sent, quiet=True)
         await reader.stop()
         raise
     try:
         if producer is not None:
-            await _finish(producer, commits, first_held, handled, quiet=False)
+            await _finish(producer, commits, sent, quiet=False)
     finally:
         await reader.stop()
     return result
@@ -495,36 +416,28 @@ class _FencedCommits:
     def __init__(self, reader: _ParkedReader) -> None:
         self.reader = reader
 
-    async def commit(
-        self, first_held: dict[TopicPartition, int], handled: dict[TopicPartition, int]
-    ) -> None:
-        """The replay group up to the first held record (else all handled), and how far
-        past it records were handled (the second group)."""
-        if not handled:
+    async def commit(self, sent: dict[TopicPartition, int]) -> None:
+        if not sent:
             return
-        position = {tp: min(end, first_held.get(tp, end)) for tp, end in handled.items()}
         consumer, expected = self.reader.consumer, self.reader.committed
-        moved = [tp for tp in position if await consumer.committed(tp) != expected.get(tp)]
+        moved = [tp for tp in sent if await consumer.committed(tp) != expected.get(tp)]
         if moved:
             raise ConcurrentReplayError(
                 "another `paystream dlq replay` committed on "
                 + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(moved))
                 + " while this one ran: stopped without committing (run one at a time)"
             )
-        # Handled first: lost between the two, the next run re-sends (the worker answers
-        # a copy from its idempotency record) rather than skips.
-        await self.reader.commit_handled(handled)
         try:
-            await consumer.commit(position)
+            await consumer.commit(sent)
         except Exception:
             # The broker may have applied it all the same (a timed-out answer): what it
             # holds now is ours, not another replay's.
-            for tp, offset in position.items():
+            for tp, offset in sent.items():
                 with contextlib.suppress(Exception):
                     if await consumer.committed(tp) == offset:
                         expected[tp] = offset
             raise
-        expected.update(position)
+        expected.update(sent)
 
 
 async def _command_partitions(producer: AIOKafkaProducer | None, topic: str) -> set[int]:
@@ -590,8 +503,7 @@ def _warn_dropped(rec: ParkedRecord, *, dry_run: bool) -> None:
 async def _finish(
     producer: AIOKafkaProducer,
     commits: _FencedCommits,
-    first_held: dict[TopicPartition, int],
-    handled: dict[TopicPartition, int],
+    sent: dict[TopicPartition, int],
     *,
     quiet: bool,
 ) -> None:
@@ -599,7 +511,7 @@ async def _finish(
     failure is logged, not raised (another error is already on its way out)."""
 
     async def commit() -> None:
-        await commits.commit(first_held, handled)
+        await commits.commit(sent)
 
     # Each step on its own: records already acknowledged are committed even if the
     # producer fails to stop.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from paystream import dlq
-from paystream.dlq import list_parked, read_parked, replay
+from paystream.dlq import read_parked, replay
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
 
@@ -115,47 +115,35 @@ async def test_a_replay_that_held_records_back_exits_3(deployment_factory: Any) 
     assert proc.returncode == 3, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
 
 
-async def test_one_tenants_stale_record_holds_back_only_its_tenant(
+async def test_a_stale_record_waits_in_place_and_include_stale_marks_it(
     deployment_factory: Any,
 ) -> None:
-    """Tenants share retry-topic partitions; order matters only within one. A stale
-    record holds back its tenant's later ones, not `acme`'s fresh parked payment. Held
-    records stay in place; the next run re-sends nothing already handled and still
-    holds evil's records, in order, until --include-stale."""
+    """A stale record holds back its partition, in place (nothing is written to a topic
+    kept for ever); --include-stale then re-sends it first, marked as reconciled, and
+    what waited behind it after it, unmarked."""
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(
         settings.retry_topic,
-        RawSend(key=b"evil", value=b"evil's", partition=0,
-                headers=(("paystream-first-attempt-ms", b"1"),)),
+        RawSend(key=b"evil", value=b"evil's", partition=0, headers=(STALE,)),
         RawSend(key=b"acme", value=b"acme's", partition=0),
         RawSend(key=b"evil", value=b"evil's next", partition=0),
-    )  # fmt: skip
+    )
     seen: list[tuple[bytes | None, str]] = []
     result = await replay(settings, [settings.retry_topic],
                           observe=lambda r, what: seen.append((r.key, what)))  # fmt: skip
-    assert seen == [(b"evil", "held back"), (b"acme", "replayed"), (b"evil", "held back")]
-    assert result.stale == 2
-    assert await _resent(settings) == [b"acme's"]
-    listing = await list_parked(settings, [settings.retry_topic], limit=None)
-    assert [(r.offset, listing.already_handled(r)) for r in listing.records] == [
-        (0, False), (1, True), (2, False)
-    ]  # fmt: skip
-    seen.clear()
-    again = await replay(settings, [settings.retry_topic],
-                         observe=lambda r, what: seen.append((r.key, what)))  # fmt: skip
-    assert seen == [(b"evil", "held back"), (b"acme", "already handled"), (b"evil", "held back")]
-    assert again.already_handled == 1
-    assert await _resent(settings) == [b"acme's"]
-    # Reconciled: evil's go, in order, marked; acme's again (answered from its record).
+    assert [what for _, what in seen] == ["held back"] * 3
+    assert result.stale == 3
+    assert await _resent(settings) == []
+    assert [r.offset for r in await _waiting(settings)] == [0, 1, 2]
     await replay(settings, [settings.retry_topic], include_stale=True)
     sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
     await consumer.stop()
     evil = [
         (r.value, dict(r.headers).get("paystream-reconciled")) for r in sent if r.key == b"evil"
     ]
-    assert evil == [(b"evil's", b"1"), (b"evil's next", None)]  # in order; the stale one marked
-    assert [r.value for r in sent if r.key == b"acme"] == [b"acme's", b"acme's"]
+    assert evil == [(b"evil's", b"1"), (b"evil's next", None)]
+    assert [r.value for r in sent if r.key == b"acme"] == [b"acme's"]
     assert await _waiting(settings) == []
 
 
@@ -210,61 +198,6 @@ async def test_replays_while_a_record_waits_for_a_person_add_nothing(
     assert len(everything) == 1
 
 
-async def test_a_crash_between_commits_keeps_a_held_tenants_order(
-    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Killed before its last commit, the next run re-reads from the first held record:
-    evil's later record is held again behind it, never sent ahead of it."""
-    dep = await deployment_factory()
-    s = dep.settings
-    await dep.produce(
-        s.retry_topic,
-        RawSend(key=b"evil", value=b"H", partition=0, headers=(STALE,)),
-        RawSend(key=b"acme", value=b"B", partition=0),
-        RawSend(key=b"evil", value=b"A3", partition=0),
-        RawSend(key=b"acme", value=b"C", partition=0),
-    )
-    monkeypatch.setattr(dlq, "COMMIT_EVERY", 1)
-    real_resend = dlq._resend
-
-    class Killed(BaseException):
-        pass
-
-    async def resend(producer: Any, settings: Any, rec: Any, *a: Any, **kw: Any) -> None:
-        if rec.value == b"C":
-            raise Killed  # the process dies here
-        await real_resend(producer, settings, rec, *a, **kw)
-
-    async def no_finish(*a: Any, **kw: Any) -> None:
-        return None  # a killed process commits nothing more
-
-    with monkeypatch.context() as m:
-        m.setattr(dlq, "_resend", resend)
-        m.setattr(dlq, "_finish", no_finish)
-        with pytest.raises(Killed):
-            await replay(s, [s.retry_topic])
-    seen: list[tuple[bytes | None, str]] = []
-    await replay(s, [s.retry_topic], observe=lambda r, w: seen.append((r.value, w)))
-    assert seen == [(b"H", "held back"), (b"B", "already handled"), (b"A3", "held back"),
-                    (b"C", "replayed")]  # fmt: skip
-    assert await _resent(s) == [b"B", b"C"]
-
-
-async def test_limited_runs_make_progress_behind_held_records(deployment_factory: Any) -> None:
-    dep = await deployment_factory()
-    s = dep.settings
-    await dep.produce(
-        s.retry_topic,
-        RawSend(key=b"evil", value=b"e1", partition=0, headers=(STALE,)),
-        RawSend(key=b"acme", value=b"a1", partition=0),
-        RawSend(key=b"evil", value=b"e2", partition=0, headers=(STALE,)),
-        RawSend(key=b"acme", value=b"a2", partition=0),
-    )
-    for _ in range(3):
-        await replay(s, [s.retry_topic], limit=2)
-    assert await _resent(s) == [b"a1", b"a2"]
-
-
 async def test_two_commands_with_the_same_bytes_are_both_kept(deployment_factory: Any) -> None:
     """No record is taken for a copy of another: both distinct commands wait."""
     dep = await deployment_factory()
@@ -281,39 +214,3 @@ async def test_two_commands_with_the_same_bytes_are_both_kept(deployment_factory
     await replay(s, [s.retry_topic])
     left = await _waiting(s)
     assert sorted(r.command_id_and_type[0] for r in left if r.key == b"evil") == ["c1", "c2"]
-
-
-async def test_a_replay_stopped_by_another_commits_nothing(
-    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two replays at once, a held record among them: the one stopped leaves the other's
-    commits and no extra record."""
-    dep = await deployment_factory()
-    settings = dep.settings
-    await dep.produce(
-        settings.retry_topic,
-        RawSend(key=b"evil", value=b"stale", partition=0, headers=(STALE,)),
-        RawSend(key=b"acme", value=b"fresh", partition=0),
-        RawSend(key=b"acme", value=b"fresh 2", partition=0),
-    )
-    real = dlq._resend
-    calls = 0
-
-    async def interleaved(*args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            monkeypatch.setattr(dlq, "_resend", real)
-            await replay(settings, [settings.retry_topic])
-        await real(*args, **kwargs)
-
-    monkeypatch.setattr(dlq, "_resend", interleaved)
-    with pytest.raises(dlq.ConcurrentReplayError):
-        await replay(settings, [settings.retry_topic])
-    everything, consumer = await read_parked(settings, [settings.retry_topic], committed_only=False)
-    await consumer.stop()
-    assert len(everything) == 3
-    seen: list[tuple[bytes | None, str]] = []
-    await replay(settings, [settings.retry_topic], observe=lambda r, w: seen.append((r.value, w)))
-    assert seen == [(b"stale", "held back"), (b"fresh", "already handled"),
-                    (b"fresh 2", "already handled")]  # fmt: skip

@@ -1220,9 +1220,15 @@ class CommandProcessor:
         command_type = event.get_type().removeprefix(COMMAND_PREFIX)
         # Only the very same request shares the record's fate (another command of the key
         # or the same id reused for another request would not have run).
-        data = COMMANDS[command_type].model_validate(event.get_data() or {})
-        request_hash = _request_hash(command_type, data.model_dump(mode="json"))
-        erased_same = existing.request_hash == ERASED_HASH and existing.command_id == event.get_id()
+        same_id = existing.command_id == event.get_id()
+        try:
+            data = COMMANDS[command_type].model_validate(event.get_data() or {})
+            request_hash = _request_hash(command_type, data.model_dump(mode="json"))
+        except Exception:
+            if not same_id:
+                raise  # another command: not known to have run
+            request_hash = existing.request_hash  # its own record: no verdict against it
+        erased_same = existing.request_hash == ERASED_HASH and same_id
         if existing.command_type != command_type or (
             request_hash != existing.request_hash and not erased_same
         ):

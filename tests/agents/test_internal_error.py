@@ -208,3 +208,37 @@ async def test_a_finished_command_whose_answer_cannot_be_built_is_kept_unanswere
     emits = await _run_as_the_agent_does(harness, _rec(t, "c1", 2))
     assert outcome_of(harness.settings, emits) is None  # no internal_error for a charge
     assert [e.topic for e in emits] == [harness.settings.dlq_topic]
+
+
+async def test_a_failure_while_reading_a_charged_command_again_still_parks_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bug path compares the command with its record; if that fails too (the same
+    bug), its own record still decides: parked, never answered internal_error."""
+    t = harness.add_tenant()
+    real = pipeline.HANDLERS["payment.create"]
+    real_hash = pipeline._request_hash
+    broken = False
+
+    async def buggy(ctx: Any, body: Any) -> Any:
+        nonlocal broken
+        await real(ctx, body)
+        broken = True
+        raise RuntimeError("a bug of ours after the provider acted")
+
+    def hash_(*a: Any, **kw: Any) -> Any:
+        if broken:
+            raise RuntimeError("same bug, hit again")
+        return real_hash(*a, **kw)
+
+    monkeypatch.setitem(pipeline.HANDLERS, "payment.create", buggy)
+    monkeypatch.setattr(pipeline, "_request_hash", hash_)
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    emits = await _run_as_the_agent_does(
+        harness, _inbound(rec.key, rec.value, dict(rec.headers), 10)
+    )
+    assert await _charges(harness, t) == 1
+    out = outcome_of(harness.settings, emits)
+    assert out is None, "charged command answered internal_error"
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
