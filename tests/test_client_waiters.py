@@ -51,9 +51,8 @@ async def test_an_expect_outlives_a_timed_out_send_of_the_same_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The documented flow for a parked command: `expect` its outcome, `send` it, the
-    send gives up ("parked ... see `paystream dlq list`"), the operator replays it. The
-    send's clean-up removed the shared waiter from the dispatch map: the outcome of the
-    replay arrives and the `expect` future never resolves (the caller hangs)."""
+    send gives up ("parked ... see `paystream dlq list`"), the operator replays it: the
+    replay's outcome reaches the `expect` future (the send's clean-up took only its own)."""
     client = _client()
     _started(client, monkeypatch)
     waiter = client.expect("acme", "c1")
@@ -67,8 +66,8 @@ async def test_an_expect_outlives_a_timed_out_send_of_the_same_command(
 
 
 async def test_expect_futures_given_up_on_are_forgotten() -> None:
-    """A long-lived client (a service) awaiting outcomes with expect() and wait_for():
-    every command whose outcome never came keeps a future in the client."""
+    """A long-lived client (a service) awaiting outcomes with expect() and wait_for()
+    keeps no future for the commands whose outcome never came."""
     client = _client()
     for i in range(1000):
         with contextlib.suppress(TimeoutError):
@@ -79,18 +78,17 @@ async def test_expect_futures_given_up_on_are_forgotten() -> None:
 async def test_an_expect_caller_giving_up_leaves_a_concurrent_send_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """expect() hands out the very future send() waits on. One task waits for a command's
-    outcome with `wait_for(client.expect(...), 0.05)`, as tests/test_cli.py does; another
-    sends that command with a 5 s timeout. The first's wait_for cancels the shared future:
-    the send raises CancelledError (a task cancellation, not OutcomeTimeout) at 0.05 s,
-    and the outcome arriving later is given to nobody."""
+    """One task waits for a command's outcome with `wait_for(client.expect(...), 0.05)`,
+    as tests/test_cli.py does; another sends that command with a 5 s timeout. The first
+    giving up cancels only its own future: the send gets the outcome arriving later."""
     client = _client()
     _started(client, monkeypatch)
     observer = asyncio.ensure_future(asyncio.wait_for(client.expect("acme", "c2"), 0.05))
     sender = asyncio.ensure_future(client.send(_command("c2"), timeout=5))
     with contextlib.suppress(TimeoutError):
         await observer
-    await asyncio.sleep(0.01)
+    while ("acme", "c2") not in client._waiters:  # the send is waiting
+        await asyncio.sleep(0)
     client._dispatch(_outcome("c2"), None)  # the outcome arrives within the send's 5 s
     try:
         result = await sender
