@@ -391,6 +391,17 @@ async def check_workarounds(settings: Settings) -> str:
     return f"active: {', '.join(active)}, session 6 s"
 
 
+async def _topic_configs(admin: AIOKafkaAdminClient, topic: str) -> dict[str, str | None]:
+    """All of a topic's configs (the embedded broker drops the connection when asked for
+    named ones); an error answer is a failed check, never read as the defaults."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+    (response,) = await admin.describe_configs([resource])
+    (code, message, _type, _name, entries), *_ = response.resources
+    if code:
+        raise CheckFailed(f"cannot read {topic}'s configs: error {code} {message or ''}")
+    return {e[0]: e[1] for e in entries}
+
+
 async def check_registry_compacted(settings: Settings) -> str:
     """The tenant registry must be compacted: with plain retention, tenant records expire
     and their tenants' commands become `unknown_tenant`."""
@@ -408,13 +419,7 @@ async def check_registry_compacted(settings: Settings) -> str:
                     "`paystream topics` (or check PAYSTREAM_TENANTS_TOPIC)"
                 )
             return f"{topic} not created yet (`paystream topics` creates it compacted)"
-        # All its configs: the embedded broker drops the connection when asked for named ones.
-        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
-        (response,) = await admin.describe_configs([resource])
-        (code, message, _type, _name, entries), *_ = response.resources
-        if code:  # (no entries would read as the default, "delete": a false alarm)
-            raise CheckFailed(f"cannot read {topic}'s configs: error {code} {message or ''}")
-        policy = next((e[1] for e in entries if e[0] == "cleanup.policy"), None) or "delete"
+        policy = (await _topic_configs(admin, topic)).get("cleanup.policy") or "delete"
         if "compact" not in policy.split(","):
             raise CheckFailed(
                 f"{topic} has cleanup.policy={policy}: tenant records would expire; "
@@ -435,12 +440,7 @@ async def check_command_timestamps(settings: Settings) -> str:
     try:
         if topic not in set(await admin.list_topics()):
             return f"{topic} not created yet (`paystream topics` creates it with LogAppendTime)"
-        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
-        (response,) = await admin.describe_configs([resource])
-        (code, message, _type, _name, entries), *_ = response.resources
-        if code:
-            raise CheckFailed(f"cannot read {topic}'s configs: error {code} {message or ''}")
-        kind = next((e[1] for e in entries if e[0] == "message.timestamp.type"), None)
+        kind = (await _topic_configs(admin, topic)).get("message.timestamp.type")
         if kind != "LogAppendTime":
             raise CheckFailed(
                 f"{topic} has message.timestamp.type={kind or 'CreateTime'}: producers set "
@@ -466,12 +466,7 @@ async def check_parked_retention(settings: Settings) -> str:
             return "not created yet (`paystream topics` creates them with retention.ms=-1)"
         expiring = []
         for topic in present:
-            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
-            (response,) = await admin.describe_configs([resource])
-            (code, message, _type, _name, entries), *_ = response.resources
-            if code:
-                raise CheckFailed(f"cannot read {topic}'s configs: error {code} {message or ''}")
-            retention = next((e[1] for e in entries if e[0] == "retention.ms"), None)
+            retention = (await _topic_configs(admin, topic)).get("retention.ms")
             if retention != "-1":
                 expiring.append(f"{topic} (retention.ms={retention or 'broker default'})")
         if expiring:

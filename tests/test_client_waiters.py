@@ -87,8 +87,11 @@ async def test_an_expect_caller_giving_up_leaves_a_concurrent_send_waiting(
     sender = asyncio.ensure_future(client.send(_command("c2"), timeout=5))
     with contextlib.suppress(TimeoutError):
         await observer
-    while ("acme", "c2") not in client._waiters:  # the send is waiting
+    for _ in range(1000):  # a few loop turns: the send registers its waiter
+        if ("acme", "c2") in client._waiters:
+            break
         await asyncio.sleep(0)
+    assert ("acme", "c2") in client._waiters
     client._dispatch(_outcome("c2"), None)  # the outcome arrives within the send's 5 s
     try:
         result = await sender
