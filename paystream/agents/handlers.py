@@ -443,10 +443,11 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
 
 
 async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod) -> HandlerResult:
+    pmid = data.payment_method_id or ctx.derived_id("pm")
+    # First: a redelivery of this very attach is answered whatever became of the customer.
+    ctx.ensure_new(PaymentMethodRecord, pmid)
     customer = _live_customer(ctx, data.customer_id)
     ctx.at_provider(customer)
-    pmid = data.payment_method_id or ctx.derived_id("pm")
-    ctx.ensure_new(PaymentMethodRecord, pmid)
     req = gw.AttachPaymentMethod(
         provider_customer_id=customer.provider_customer_id, token=data.token
     )

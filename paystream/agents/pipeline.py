@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from paystream import metrics
 from paystream.agents.answers import RecordAnswers
+from paystream.agents.entity_probe import NoProvider, applied_by_entity
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
@@ -280,6 +281,9 @@ class CommandProcessor:
             earlier = self._earlier_request(cmd, raw)
             if earlier is not None and earlier.state is IdempotencyState.DONE and earlier.outcome:
                 return self._replay_done(cmd, earlier)  # a retry of it: its answer
+            if earlier is None:
+                # A crash may have kept its entity and lost its idempotency record.
+                earlier = await self._let_through_by_entity(cmd, raw, tenant)
             if tenant is None:
                 if earlier is not None and earlier.state in _LET_THROUGH:
                     return self._repark(rec, cmd, earlier, RejectReason.UNKNOWN_TENANT)
@@ -404,15 +408,32 @@ class CommandProcessor:
                 f"command id {cmd.command_id!r} was already used for a different request",
             )
         gateway_or_rejection = self._gateway_for(tenant)
+        # Its entity says it took effect (a crash lost its idempotency record): it was
+        # let through once, and is answered from the entity, not refused.
+        applied = False
         if isinstance(gateway_or_rejection, Rejection):
             # One let through before (its gateway was usable then) waits on the retry
             # topic for the tenant's setup to be fixed.
             # (The checks above made it the same request as the record's.)
             if existing is not None and existing.state in _LET_THROUGH:
                 return self._repark(rec, cmd, existing, gateway_or_rejection.reason)
-            return self._reject_kept(
-                rec, cmd, gateway_or_rejection.reason, gateway_or_rejection.message
+            stand_in = NoProvider(
+                tenant.gateway,
+                Rejection(
+                    gateway_or_rejection.reason, gateway_or_rejection.message, remember=False
+                ),
             )
+            applied = existing is None and await applied_by_entity(
+                self.tables, cmd, data, request_hash, stand_in
+            )
+            if not applied:
+                return self._reject_kept(
+                    rec, cmd, gateway_or_rejection.reason, gateway_or_rejection.message
+                )
+            gateway: Any = stand_in  # the handler stops at AlreadyApplied, before any call
+            call: Any = stand_in.call
+        else:
+            gateway, call = gateway_or_rejection, self.gateways.call_for(tenant)
         # Limits come after the idempotency check: a replay of a finished command is
         # answered from its record, neither counted nor limited again. A parked or
         # in-flight record means it was let through once: the provider may have acted
@@ -422,19 +443,29 @@ class CommandProcessor:
         entity_keys = existing.entity_keys if existing is not None else True
         decision = None
         if limited:
-            decision = self.limits.admit(
-                cmd.tenant_id,
-                tenant.limits,
-                limit_rec,
-                cmd.command_type,
-                data,
-                admitted_before=existing is not None,
-                hold_key=_hold_key(cmd, data, idem_table_key, entity_keys),
-                former_hold_key=_former_hold_key(cmd, data, entity_keys)
-                if existing is not None
-                else None,
-                request=request_hash,
+            decision = self._admit(
+                limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, applied
             )
+            if (
+                isinstance(decision, LimitRejection)
+                and not decision.replay
+                and existing is None
+                and not applied
+                and await applied_by_entity(
+                    self.tables,
+                    cmd,
+                    data,
+                    request_hash,
+                    NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
+                )
+            ):
+                # Refused now (a limit lowered, the day's volume spent since), though
+                # its entity says it took effect (a crash lost its idempotency and
+                # limits writes): admitted as let through, so answered from the entity.
+                self.limits.forget_decision(cmd.tenant_id, limit_rec)
+                decision = self._admit(
+                    limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
+                )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
             if not decision.replay:
@@ -445,9 +476,9 @@ class CommandProcessor:
         admission = decision
         ctx = HandlerContext(
             cmd=cmd,
-            gateway=gateway_or_rejection,
+            gateway=gateway,
             tables=self.tables,
-            call=self.gateways.call_for(tenant),
+            call=call,
             entity_keys=entity_keys,
             request_hash=request_hash,
             let_through=let_through,
@@ -589,6 +620,59 @@ class CommandProcessor:
         self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)
         self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
+
+    def _admit(
+        self,
+        limit_rec: LimitRecord,
+        cmd: CommandRef,
+        tenant: Tenant,
+        data: Any,
+        existing: IdempotencyRecord | None,
+        request_hash: str,
+        entity_keys: bool,
+        applied: bool,
+    ) -> Any:
+        """The limits' decision on a command (``applied``: its entity says it took effect,
+        so it passes as one let through before does)."""
+        idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        return self.limits.admit(
+            cmd.tenant_id,
+            tenant.limits,
+            limit_rec,
+            cmd.command_type,
+            data,
+            admitted_before=existing is not None or applied,
+            hold_key=_hold_key(cmd, data, idem_table_key, entity_keys),
+            former_hold_key=_former_hold_key(cmd, data, entity_keys)
+            if existing is not None
+            else None,
+            request=request_hash,
+        )
+
+    async def _let_through_by_entity(
+        self, cmd: CommandRef, raw: Any, tenant: Tenant | None
+    ) -> IdempotencyRecord | None:
+        """For a tenant suspended or removed: a command with no idempotency record whose
+        entity says it took effect (a crash lost that record) is recorded as let through
+        (in flight), so that it is finished or parked again as one, never refused."""
+        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        now = time.time()
+        if cmd.source is None or self._idempotency_record(key, now) is not None:
+            return None
+        try:
+            data = COMMANDS[cmd.command_type].model_validate(raw or {})
+        except ValidationError:
+            return None
+        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        reason = RejectReason.UNKNOWN_TENANT if tenant is None else RejectReason.TENANT_SUSPENDED
+        stand_in = NoProvider("" if tenant is None else tenant.gateway, Rejection(reason, ""))
+        if not await applied_by_entity(self.tables, cmd, data, request_hash, stand_in):
+            return None
+        expires = now + self.settings.idempotency_ttl_seconds
+        self._remember(
+            key, _idempotency_dict(cmd, request_hash, IdempotencyState.IN_FLIGHT, expires)
+        )
+        return self._idempotency_record(key, now)
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the

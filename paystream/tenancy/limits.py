@@ -215,6 +215,17 @@ class LimitGate:
         decided = _kept(self.table.get(self.key(tenant_id)), rec)
         return None if decided is None or decided["admit"] else _replayed(decided)
 
+    def forget_decision(self, tenant_id: str, rec: Record) -> None:
+        """Drop this record's kept decision, so that it is decided again (a command the
+        limits just refused turned out to have taken effect before a crash)."""
+        key = self.key(tenant_id)
+        raw = self.table.get(key)
+        if raw is None or rec.offset < 0 or _kept(raw, rec) is None:
+            return
+        decided = dict(raw.get("decided") or {})
+        del decided[str(rec.offset)]
+        self.table[key] = {**raw, "decided": decided}
+
     def admit(
         self,
         tenant_id: str,

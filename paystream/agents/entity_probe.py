@@ -1,0 +1,62 @@
+"""Does an entity say a command already took effect, when no idempotency record does?
+
+A crash can keep a batch's entity changelog writes and lose its idempotency and limits
+writes (each table's changelog is produced on its own). The redelivered command is then
+not known as let through, and whatever changed since (the tenant suspended or removed,
+its provider key broken, its limits lowered) would refuse it with a final rejection,
+though the provider charged it and its entity says so.
+
+So before such a refusal the pipeline asks the command's own handler: run with a
+stand-in gateway, a handler reads the entities it needs and, for a command that already
+changed one of them, raises ``AlreadyApplied`` before its first provider call (every
+handler checks its entities before calling out; none writes a table). The first provider
+call ends the run: the stand-in refuses it. Asked only on those refusal paths, so the
+common path pays nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, cast
+
+from paystream.agents.handlers import HANDLERS, AlreadyApplied, HandlerContext, Rejection, Tables
+from paystream.gateways import base as gw
+from paystream.streams.outcomes import CommandRef
+
+__all__ = ["NoProvider", "applied_by_entity"]
+
+
+@dataclass(frozen=True, slots=True)
+class NoProvider:
+    """Stands in for a tenant's gateway where none may be called: a handler gets as far
+    as its first provider call, which raises ``refusal``."""
+
+    provider: str  # what the handler compares its entities' provider with
+    refusal: Rejection
+
+    async def call(self, fn: Callable[[], Awaitable[Any]]) -> NoReturn:
+        raise self.refusal
+
+    def context(self, cmd: CommandRef, tables: Tables, request_hash: str) -> HandlerContext:
+        return HandlerContext(
+            cmd=cmd,
+            gateway=cast(gw.PaymentGateway, self),
+            tables=tables,
+            call=self.call,
+            request_hash=request_hash,
+        )
+
+
+async def applied_by_entity(
+    tables: Tables, cmd: CommandRef, data: Any, request_hash: str, stand_in: NoProvider
+) -> bool:
+    """Whether the command's handler finds that this command already changed an entity
+    (``cmd.command_id`` recorded in it, for the same request)."""
+    try:
+        await HANDLERS[cmd.command_type](stand_in.context(cmd, tables, request_hash), data)
+    except AlreadyApplied:
+        return True
+    except Exception:
+        return False
+    return False  # finished without a provider call (a read-only command): nothing applied

@@ -1,0 +1,221 @@
+"""A command whose entity write survived a crash that lost its idempotency (and limits)
+writes is known by its entity as having taken effect: its redelivery is answered as
+before (the same event), or parked again, but never refused for what changed since (the
+tenant suspended or removed, its provider key broken, its limit lowered), and the
+provider is not asked again.
+
+Every command type that changes an entity is run once, its idempotency record dropped
+(what the crash lost), the tenant changed, and the very record redelivered."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.streams.commands import COMMANDS
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind
+from tests.agents.test_let_through import _answer, _command
+
+pytestmark = pytest.mark.asyncio
+
+Setup = Callable[[Harness, str], Awaitable[tuple[str, dict[str, Any]]]]
+_CHARGE = {"amount": 800, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+async def _made(h: Harness, t: str, command_type: str, body: dict[str, Any]) -> str:
+    out = await h.send(command_type, t, body)
+    assert not kind(out).endswith("rejected"), data(out)
+    return str(data(out)["object"]["id"])
+
+
+async def _customer(h: Harness, t: str) -> str:
+    return await _made(h, t, "customer.create", {"customer_id": "cus1", "email": "a@example.com"})
+
+
+async def _authorized(h: Harness, t: str) -> str:
+    return await _made(h, t, "payment.create", {**_CHARGE, "capture": "manual"})
+
+
+async def _dispute(h: Harness, t: str) -> str:
+    out = await h.send(
+        "payment.create", t, {**_CHARGE, "payment_method_token": "pm_card_createDispute"}
+    )
+    return str(data(out)["object"]["dispute_id"])
+
+
+async def _detach(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    cus = await _customer(h, t)
+    pm = await _made(h, t, "payment_method.attach", {"customer_id": cus, "token": "pm_card_visa"})
+    return "payment_method.detach", {"payment_method_id": pm}
+
+
+async def _none(command_type: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return command_type, body
+
+
+async def _with_customer(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
+    cus = await _customer(h, t)
+    body: dict[str, Any] = {"customer_id": cus}
+    if command_type == "customer.update":
+        body["name"] = "Bo"
+    if command_type == "payment_method.attach":
+        body["token"] = "pm_card_visa"
+    return command_type, body
+
+
+async def _with_authorization(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
+    return command_type, {"payment_id": await _authorized(h, t)}
+
+
+async def _with_charge(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    pay = await _made(h, t, "payment.create", _CHARGE)
+    return "refund.create", {"payment_id": pay, "amount": 300}
+
+
+async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
+    body: dict[str, Any] = {"dispute_id": await _dispute(h, t)}
+    if command_type == "dispute.submit_evidence":
+        body["evidence"] = {"customer_name": "Ada"}
+    return command_type, body
+
+
+SCENARIOS: dict[str, Setup] = {
+    "customer.create": lambda h, t: _none("customer.create", {"customer_id": "cus9"}),
+    "customer.create (derived id)": lambda h, t: _none("customer.create", {"name": "Ada"}),
+    "customer.update": lambda h, t: _with_customer(h, t, "customer.update"),
+    "customer.delete": lambda h, t: _with_customer(h, t, "customer.delete"),
+    "customer.erase": lambda h, t: _with_customer(h, t, "customer.erase"),
+    "payment_method.attach": lambda h, t: _with_customer(h, t, "payment_method.attach"),
+    "payment_method.detach": _detach,
+    "payment.create": lambda h, t: _none("payment.create", {**_CHARGE, "payment_id": "p9"}),
+    "payment.create (derived id)": lambda h, t: _none("payment.create", _CHARGE),
+    "payment.create (manual)": lambda h, t: _none(
+        "payment.create", {**_CHARGE, "capture": "manual"}
+    ),
+    "payment.capture": lambda h, t: _with_authorization(h, t, "payment.capture"),
+    "payment.cancel": lambda h, t: _with_authorization(h, t, "payment.cancel"),
+    "refund.create": _with_charge,
+    "dispute.submit_evidence": lambda h, t: _with_dispute(h, t, "dispute.submit_evidence"),
+    "dispute.accept": lambda h, t: _with_dispute(h, t, "dispute.accept"),
+}
+
+
+async def _effects(h: Harness, record: dict[str, Any]) -> list[tuple[str, str]]:
+    gateway = h.pool.get(Tenant.model_validate(record))
+    assert isinstance(gateway, SimulatorGateway)
+    return sorted((e.kind, e.idempotency_key) for e in await gateway.effects())
+
+
+def _entities(h: Harness) -> dict[str, Any]:
+    return {
+        name: copy.deepcopy(dict(getattr(h.tables, name)))
+        for name in ("customers", "payment_methods", "payments", "refunds", "disputes")
+    }
+
+
+def _change(h: Harness, t: str, how: str) -> None:
+    record = h.tenants[t]
+    if how == "suspended":
+        h.tenants[t] = {**record, "status": "suspended"}
+    elif how == "removed":
+        del h.tenants[t]
+    else:  # `keys rotate` before this worker has the new key: the gateway cannot open
+        h.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}
+
+
+@pytest.mark.parametrize("how", ["suspended", "gateway", "removed"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+async def test_a_redelivery_whose_idempotency_record_was_lost_keeps_its_answer(
+    harness: Harness, scenario: str, how: str
+) -> None:
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    command_type, body = await SCENARIOS[scenario](h, t)
+    rec = _command(t, command_type, body, "cmd-under-test")
+    first = await _answer(h, rec)
+    assert not kind(first).endswith("rejected"), data(first)
+    entities, effects = _entities(h), await _effects(h, record)
+    del h.idempotency[f"{t}:cmd-under-test"]  # the crash lost the idempotency batch
+    _change(h, t, how)
+    emits = await h.processor.process(rec)
+    if how == "removed":  # as one let through: parked until the tenant is back
+        assert [e.topic for e in emits] == [h.settings.retry_topic]
+        h.tenants[t] = record
+        again = await _answer(h, _command(t, command_type, body, "cmd-under-test"))  # replay
+    else:
+        again = await _answer(h, rec)
+    assert (kind(again), again.get_id()) == (kind(first), first.get_id()), data(again)
+    assert data(again) == data(first)
+    assert _entities(h) == entities
+    assert await _effects(h, record) == effects  # the provider was not asked again
+
+
+async def test_a_command_that_never_ran_is_still_refused(harness: Harness) -> None:
+    """The entity probe finds nothing for a command that did not run: the refusals stand."""
+    h = harness
+    t = h.add_tenant()
+    _change(h, t, "suspended")
+    out = await _answer(h, _command(t, "payment.create", {**_CHARGE, "payment_id": "p1"}, "c1"))
+    assert data(out)["reason"] == "tenant_suspended"
+    assert "p1" not in str(h.tables.payments)
+
+
+async def test_another_commands_payment_does_not_pass_for_this_ones(harness: Harness) -> None:
+    """A payment another command made (same chosen id) is not this command's effect: a
+    new command naming it, for a tenant whose gateway is broken, is refused as before."""
+    h = harness
+    t = h.add_tenant()
+    body = {**_CHARGE, "payment_id": "p1"}
+    assert kind(await _answer(h, _command(t, "payment.create", body, "c1"))) == (
+        "payment.succeeded"
+    )
+    _change(h, t, "gateway")
+    out = await _answer(h, _command(t, "payment.create", body, "c2"))
+    assert data(out)["reason"] == "gateway_not_configured"
+
+
+LIMITS = {"daily_payment_volume": {"USD": 100000}}
+
+
+async def test_a_charge_redelivered_after_its_limit_was_lowered_keeps_its_answer(
+    harness: Harness,
+) -> None:
+    """The crash lost the idempotency and limits batches; the tenant's daily limit was
+    lowered below the payment meanwhile: answered as before, counted once, and the
+    refusal it was about to get is not kept for the record."""
+    h = harness
+    t = h.add_tenant(limits=LIMITS)
+    before = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
+    rec = _command(t, "payment.create", {**_CHARGE, "payment_id": "p1"}, "c1")
+    first = await _answer(h, rec)
+    assert kind(first) == "payment.succeeded"
+    del h.idempotency[f"{t}:c1"]
+    if before is None:
+        h.processor.limits.table.pop(f"{t}:limits", None)
+    else:
+        h.processor.limits.table[f"{t}:limits"] = before
+    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100}}}
+    again = await _answer(h, rec)
+    assert (kind(again), again.get_id()) == (kind(first), first.get_id()), data(again)
+    state = h.processor.limits.table[f"{t}:limits"]
+    assert (state.get("volume") or {}).get("USD") == 800  # counted once
+    assert kind(await _answer(h, rec)) == "payment.succeeded"  # and so it stays
+
+
+async def test_a_new_charge_over_a_lowered_limit_is_still_refused(harness: Harness) -> None:
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100}})
+    out = await _answer(h, _command(t, "payment.create", {**_CHARGE, "payment_id": "p1"}, "c1"))
+    assert data(out)["reason"] == "quota_exceeded"
+
+
+def test_every_command_that_changes_an_entity_is_covered() -> None:
+    """A new command type must show that its handler finds its own effect before it
+    calls the provider (customer.export changes nothing)."""
+    assert {name.split(" ")[0] for name in SCENARIOS} == set(COMMANDS) - {"customer.export"}
