@@ -24,7 +24,11 @@ from paystream.agents.handlers import HANDLERS, AlreadyApplied, HandlerContext, 
 from paystream.gateways import base as gw
 from paystream.streams.outcomes import CommandRef
 
-__all__ = ["NoProvider", "applied_by_entity"]
+__all__ = ["READ_ONLY", "NoProvider", "applied_by_entity"]
+
+# Commands that change no entity: nothing to find, and their handler runs to the end
+# without a provider call (an export scans tables), so they are not asked.
+READ_ONLY = frozenset({"customer.export"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +54,16 @@ class NoProvider:
 
 async def applied_by_entity(
     tables: Tables, cmd: CommandRef, data: Any, request_hash: str, stand_in: NoProvider
-) -> bool:
-    """Whether the command's handler finds that this command already changed an entity
-    (``cmd.command_id`` recorded in it, for the same request)."""
+) -> AlreadyApplied | None:
+    """What the command's handler finds if this command already changed an entity
+    (``cmd.command_id`` recorded in it, for the same request): its outcome and the salt
+    of the record that made it; None if nothing."""
+    if cmd.command_type in READ_ONLY:
+        return None
     try:
         await HANDLERS[cmd.command_type](stand_in.context(cmd, tables, request_hash), data)
-    except AlreadyApplied:
-        return True
-    except Exception:
-        return False
-    return False  # finished without a provider call (a read-only command): nothing applied
+    except AlreadyApplied as done:
+        return done
+    except Exception:  # refused, not found, a conflict: not known to have applied
+        return None
+    return None

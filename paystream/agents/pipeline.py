@@ -423,8 +423,10 @@ class CommandProcessor:
                     gateway_or_rejection.reason, gateway_or_rejection.message, remember=False
                 ),
             )
-            applied = existing is None and await applied_by_entity(
-                self.tables, cmd, data, request_hash, stand_in
+            applied = (
+                existing is None
+                and await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
+                is not None
             )
             if not applied:
                 return self._reject_kept(
@@ -458,6 +460,7 @@ class CommandProcessor:
                     request_hash,
                     NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
                 )
+                is not None
             ):
                 # Refused now (a limit lowered, the day's volume spent since), though
                 # its entity says it took effect (a crash lost its idempotency and
@@ -666,12 +669,17 @@ class CommandProcessor:
         request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
         reason = RejectReason.UNKNOWN_TENANT if tenant is None else RejectReason.TENANT_SUSPENDED
         stand_in = NoProvider("" if tenant is None else tenant.gateway, Rejection(reason, ""))
-        if not await applied_by_entity(self.tables, cmd, data, request_hash, stand_in):
+        done = await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
+        if done is None:
             return None
         expires = now + self.settings.idempotency_ttl_seconds
-        self._remember(
-            key, _idempotency_dict(cmd, request_hash, IdempotencyState.IN_FLIGHT, expires)
+        # Made by another record (this command sent again past the window): that one
+        # counted its money, and a re-drive of this record must not count it again.
+        by_another = done.id_salt is not None and done.id_salt != cmd.id_salt
+        record = _idempotency_dict(
+            cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, counted=by_another or None
         )
+        self._remember(key, record)
         return self._idempotency_record(key, now)
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:

@@ -19,7 +19,8 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.streams.commands import COMMANDS
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind
-from tests.agents.test_let_through import _answer, _command
+from tests.agents.test_let_through import _answer, _charges, _command, _record
+from tests.agents.test_limits_exactly_once import limited_tenant, used
 
 pytestmark = pytest.mark.asyncio
 
@@ -219,3 +220,54 @@ def test_every_command_that_changes_an_entity_is_covered() -> None:
     """A new command type must show that its handler finds its own effect before it
     calls the provider (customer.export changes nothing)."""
     assert {name.split(" ")[0] for name in SCENARIOS} == set(COMMANDS) - {"customer.export"}
+
+
+@pytest.mark.parametrize("how", ["removed", "suspended+gateway"])
+async def test_a_resend_past_the_window_parked_by_its_entity_counts_once(
+    harness: Harness, how: str
+) -> None:
+    """c1 charged and counted at O1. The window passes; the client sends c1 again at O2
+    while the tenant is removed (or suspended with its gateway unusable): known by its
+    entity, it is parked again, marked as counted by another record, so the dlq replay
+    at O3 answers it without counting the money a second time."""
+    h = harness
+    t = limited_tenant(h)
+    record = dict(h.tenants[t])
+    first = await _answer(h, _record(t))
+    assert kind(first) == "payment.succeeded" and used(h, t) == 5000
+    del h.idempotency[f"{t}:c1"]  # the idempotency window passed
+    if how == "removed":
+        del h.tenants[t]
+    else:
+        h.tenants[t] = {**record, "status": "suspended",
+                        "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}  # fmt: skip
+    emits = await h.processor.process(_record(t))  # the late resend, O2
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    h.tenants[t] = record
+    again = await _answer(h, _record(t))  # dlq replay, O3
+    assert again.get_id() == first.get_id()
+    assert await _charges(h, t, record) == 1  # no money moved again
+    assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"
+
+
+async def test_rate_limited_exports_are_not_run_to_look_for_an_effect(harness: Harness) -> None:
+    """customer.export changes nothing, so the entity probe does not run its handler
+    (which scans tables) for each export the rate limit refuses."""
+    h = harness
+    t = h.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "cus1"}, "mk"))
+
+    class Counting(dict[str, Any]):
+        scans = 0
+
+        def items(self):  # type: ignore[override]
+            Counting.scans += 1
+            return super().items()
+
+    h.tables.payments = Counting(h.tables.payments)  # type: ignore[assignment]
+    refused = 0
+    for i in range(20):
+        out = await _answer(h, _command(t, "customer.export", {"customer_id": "cus1"}, f"e{i}"))
+        refused += data(out).get("reason") == "rate_limited"
+    assert refused >= 19
+    assert Counting.scans == 0, f"{refused} refused exports scanned payments {Counting.scans} times"
