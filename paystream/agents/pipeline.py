@@ -67,7 +67,7 @@ from paystream.tables.records import (
 )
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
-from paystream.tenancy.limits import LimitGate, LimitRejection
+from paystream.tenancy.limits import Admission, LimitGate, LimitRejection
 from paystream.tenancy.limits import Record as LimitRecord
 from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 
@@ -634,7 +634,7 @@ class CommandProcessor:
         request_hash: str,
         entity_keys: bool,
         applied: bool,
-    ) -> Any:
+    ) -> Admission | LimitRejection | None:
         """The limits' decision on a command (``applied``: its entity says it took effect,
         so it passes as one let through before does)."""
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
