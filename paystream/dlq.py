@@ -15,6 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from paystream.errors import PaystreamError
+from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
 from paystream.settings import ATTRIBUTES_MAX_BYTES, COMMAND_MAX_BYTES_CEILING, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 
@@ -35,11 +36,11 @@ log = logging.getLogger(__name__)
 
 REPLAY_GROUP = "paystream-dlq-replay"
 _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
-# When a parked command was first run, in ms since the epoch: the provider's idempotency
-# window runs from then. Set by the worker on a parked command, carried back onto the
-# commands topic by a replay and on to the next park; a command carrying one older than
-# :func:`stale_after_ms` is held back here and parked again by the worker, never run.
-FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
+# FIRST_ATTEMPT_HEADER: when a parked command was first run, in ms since the epoch: the
+# provider's idempotency window runs from then. Set by the worker on a parked command,
+# carried back onto the commands topic by a replay (sealed: first_attempt.py) and on to
+# the next park; a command carrying one older than :func:`stale_after_ms` is held back
+# here and parked again by the worker, never run.
 # Set by `dlq replay --include-stale` on a command past that age: an operator has
 # reconciled it with the provider, so the worker runs it (once: a park drops the mark).
 RECONCILED_HEADER = "paystream-reconciled"
@@ -353,6 +354,12 @@ async def replay(
     # send): a second run re-publishes only what the first did not.
     sent: dict[TopicPartition, int] = {}
     commits = _FencedCommits(reader)
+    seals = FirstAttemptSeals.from_settings(settings)
+    if not seals.sealing and not dry_run:
+        log.warning(
+            "PAYSTREAM_MASTER_KEY is not set: re-sent commands carry their first-attempt "
+            "time unsealed, and a worker with a master key counts their age from now"
+        )
     try:
         await reader.start()
         total = reader.waiting if limit is None else min(limit, reader.waiting)
@@ -378,7 +385,9 @@ async def replay(
                     if rec.dropped:
                         _warn_dropped(rec, dry_run=dry_run)
                     if rec.replayable and producer is not None:
-                        await _resend(producer, settings, rec, partitions, reconciled=stale)
+                        await _resend(
+                            producer, settings, rec, partitions, reconciled=stale, seals=seals
+                        )
                     result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
                     sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
                     if producer is not None and done % COMMIT_EVERY == 0:
@@ -453,15 +462,22 @@ async def _resend(
     partitions: set[int],
     *,
     reconciled: bool = False,
+    seals: FirstAttemptSeals | None = None,
 ) -> None:
     # The first attempt as this replay reckons it (a record parked by an older version
-    # has none): a park of the replay keeps it.
+    # has none), sealed so that the worker believes it: a park of the replay keeps it.
     headers = [
         (k, v)
         for k, v in rec.headers
-        if not k.startswith(_OUR_HEADERS) and k not in (FIRST_ATTEMPT_HEADER, RECONCILED_HEADER)
+        if not k.startswith(_OUR_HEADERS)
+        and k not in (FIRST_ATTEMPT_HEADER, SEAL_HEADER, RECONCILED_HEADER)
     ]
-    headers.append((FIRST_ATTEMPT_HEADER, str(rec.first_seen_ms).encode()))
+    first = rec.first_seen_ms
+    headers.append((FIRST_ATTEMPT_HEADER, str(first).encode()))
+    seals = FirstAttemptSeals.from_settings(settings) if seals is None else seals
+    seal = seals.seal(rec.key, rec.value, dict(headers), first)
+    if seal is not None:
+        headers.append((SEAL_HEADER, seal))
     if reconciled:  # stale, re-sent with --include-stale: the worker runs it all the same
         headers.append((RECONCILED_HEADER, b"1"))
     await producer.send_and_wait(

@@ -7,7 +7,6 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
@@ -35,8 +34,9 @@ from paystream.agents.handlers import (
     Tables,
     entity_key,
 )
-from paystream.dlq import FIRST_ATTEMPT_HEADER, RECONCILED_HEADER, stale_after_ms
+from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
+from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
 from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
@@ -114,6 +114,8 @@ class CommandProcessor:
         committed: Callable[[int], int] | None = None,
     ) -> None:
         self.settings = settings
+        # Whose first-attempt times to believe (re-sent by `dlq replay`, sealed).
+        self.seals = FirstAttemptSeals.from_settings(settings)
         self.tables = tables
         self.idempotency = idempotency
         self.tenants = tenants
@@ -754,14 +756,22 @@ class CommandProcessor:
     def _past_provider_window(self, rec: Inbound) -> bool:
         """Does ``rec`` say it was first run longer ago than a replay may be re-sent
         (and was not re-sent by ``dlq replay --include-stale``, after reconciling)?"""
-        raw = rec.headers.get(FIRST_ATTEMPT_HEADER)
-        if raw is None or RECONCILED_HEADER in rec.headers:
-            return False
-        try:
-            first = int(raw.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            return False
-        return time.time() * 1000 - first > stale_after_ms(self.settings)
+        if FIRST_ATTEMPT_HEADER not in rec.headers or RECONCILED_HEADER in rec.headers:
+            return False  # (the common case: no header, no seal to check)
+        first = self.seals.first_attempt_ms(rec.key, rec.value, rec.headers)
+        return first is not None and time.time() * 1000 - first > stale_after_ms(self.settings)
+
+    def _first_attempt_ms(self, rec: Inbound) -> int:
+        """This record's time (the broker's, on a LogAppendTime commands topic; never
+        later than now, whatever a producer stamped), or the sealed one a replay carried
+        if earlier: a header can only make a command look older (held back), not fresher,
+        and only under paystream's seal (first_attempt.py)."""
+        first = min(rec.timestamp_ms, int(time.time() * 1000))
+        if FIRST_ATTEMPT_HEADER in rec.headers:
+            carried = self.seals.first_attempt_ms(rec.key, rec.value, rec.headers)
+            if carried is not None:
+                first = min(first, carried)
+        return first
 
     def _repark(
         self,
@@ -1232,7 +1242,7 @@ class CommandProcessor:
             ours["paystream-dlq-dropped"] = b"too_large_to_keep"
         kept = {} if card or dropped else _kept_headers(rec.headers)
         if kept:  # a replayed command dead-lettered now keeps its first attempt
-            kept[FIRST_ATTEMPT_HEADER] = str(_first_attempt_ms(rec)).encode()
+            kept[FIRST_ATTEMPT_HEADER] = str(self._first_attempt_ms(rec)).encode()
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
@@ -1376,7 +1386,7 @@ class CommandProcessor:
                     **_kept_headers(rec.headers),
                     "paystream-park-reason": reason.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
-                    FIRST_ATTEMPT_HEADER: str(_first_attempt_ms(rec)).encode(),
+                    FIRST_ATTEMPT_HEADER: str(self._first_attempt_ms(rec)).encode(),
                 }.items()
             )
         )
@@ -1409,18 +1419,6 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
         {"loc": ".".join(str(p) for p in e["loc"])[:100], "msg": e["msg"][:200], "type": e["type"]}
         for e in exc.errors(include_input=False, include_url=False)
     ]
-
-
-def _first_attempt_ms(rec: Inbound) -> int:
-    """This record's time (the broker's, on a LogAppendTime commands topic; never later
-    than now, whatever a producer stamped), or the one an earlier park recorded if
-    earlier: a header can only make a command look older (held back), not fresher."""
-    first = min(rec.timestamp_ms, int(time.time() * 1000))
-    raw = next((v for k, v in rec.headers.items() if k == FIRST_ATTEMPT_HEADER), None)
-    if raw is not None:
-        with contextlib.suppress(UnicodeDecodeError, ValueError):
-            first = min(first, int(raw.decode("ascii")))
-    return first
 
 
 def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool) -> str:

@@ -6,19 +6,25 @@ whose first attempt is that old is parked again (reason ``stale``), never run.""
 
 from __future__ import annotations
 
+import base64
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from paystream import dlq
 from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.dlq import ParkedRecord
+from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
+from paystream.tenancy.crypto import MasterKey
 from paystream.tenancy.models import Tenant
+from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, kind, new_tenant_id, outcome_of
 
 pytestmark = pytest.mark.asyncio
@@ -97,12 +103,13 @@ async def test_a_live_parked_command_past_the_window_is_parked_again(harness: Ha
     assert await _charges(harness, harness.tenants[t]) == 1
 
 
-async def test_a_first_attempt_a_producer_makes_up_only_parks_its_own_command(
+async def test_without_a_master_key_a_made_up_first_attempt_parks_its_own_command(
     harness: Harness,
 ) -> None:
-    """The header is paystream's own, but nothing stops a producer from setting it: an
-    old one only parks that producer's command (as stale, unrun), and a replay holds
-    back only its tenant's records behind it (tests/test_dlq.py)."""
+    """With no master key there is nothing to seal first-attempt times with: one a
+    producer makes up parks that producer's command (as stale, unrun), and a replay holds
+    back only its partition's records behind it (tests/test_dlq.py). With a key, it is
+    ignored (below)."""
     t = new_tenant_id()
     harness.add_tenant(t)
     emits = await harness.processor.process(_record(t, 5, {"paystream-first-attempt-ms": b"1"}))
@@ -146,3 +153,124 @@ async def test_include_stale_after_reconciling_runs_the_command(harness: Harness
     assert out is not None, "re-driven with --include-stale, parked again as stale, unrun"
     assert dict(resent["headers"])["paystream-first-attempt-ms"] == str(day_ago).encode()
     assert kind(out) == "payment.succeeded"
+
+
+# --- with a master key: only a time paystream sealed counts (first_attempt.py) ---------
+
+
+@pytest_asyncio.fixture
+async def keyed(redis_url: str) -> AsyncIterator[Harness]:
+    async with running_harness(redis_url, master_key=_KEY) as h:
+        yield h
+
+
+_KEY = base64.b64encode(MasterKey.generate().key).decode()
+
+
+def _sealed(h: Harness, rec: Inbound, first_ms: int, **override: bytes) -> Inbound:
+    """``rec`` as `dlq replay` re-sends it: first-attempt time and its seal."""
+    headers = {**rec.headers, FIRST_ATTEMPT_HEADER: str(first_ms).encode()}
+    seal = FirstAttemptSeals.from_settings(h.settings).seal(rec.key, rec.value, headers, first_ms)
+    assert seal is not None
+    headers = {**headers, SEAL_HEADER: seal, **override}
+    return Inbound(rec.key, rec.value, headers, rec.timestamp_ms, rec.topic, 0, rec.offset)
+
+
+async def test_a_made_up_first_attempt_is_ignored(keyed: Harness) -> None:
+    """A producer stamps a new command as a day old: it runs as any command does (it was
+    parked unrun, and held its retry partition back in every replay)."""
+    t = new_tenant_id()
+    keyed.add_tenant(t)
+    day_ago = str(int(time.time() * 1000) - 25 * 3_600_000).encode()
+    emits = await keyed.processor.process(_record(t, 5, {FIRST_ATTEMPT_HEADER: day_ago}))
+    out = outcome_of(keyed.settings, emits)
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert await _charges(keyed, keyed.tenants[t]) == 1
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    ["no-seal", "seal-of-another-time", "seal-of-another-command", "garbage", "unknown-key"],
+)
+async def test_a_parked_command_does_not_take_a_forged_age(keyed: Harness, forgery: str) -> None:
+    """Parked now, it records its own record time as its first attempt, whatever the
+    header claims, unless paystream sealed that claim for this very command."""
+    t = new_tenant_id()
+    keyed.add_tenant(t, gateway_options={"fail_first": {"*": 50}})  # parks the command
+    rec = _record(t, 1)
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    genuine = _sealed(keyed, rec, day_ago + 1)
+    other = _sealed(keyed, _record(new_tenant_id(), 1), day_ago)
+    seal = {
+        "no-seal": None,
+        "seal-of-another-time": genuine.headers[SEAL_HEADER],
+        "seal-of-another-command": other.headers[SEAL_HEADER],
+        "garbage": b"not a seal",
+        "unknown-key": b"mk-0000000000000000." + genuine.headers[SEAL_HEADER].split(b".")[1],
+    }[forgery]
+    headers = {**rec.headers, FIRST_ATTEMPT_HEADER: str(day_ago).encode()}
+    if seal is not None:
+        headers[SEAL_HEADER] = seal
+    forged = Inbound(rec.key, rec.value, headers, rec.timestamp_ms, rec.topic, 0, 2)
+    emits = await keyed.processor.process(forged)
+    [parked] = [e for e in emits if e.topic == keyed.settings.retry_topic]
+    parked_headers = dict(parked.record.headers)
+    assert parked_headers.get("paystream-park-reason") != b"stale"
+    assert int(parked_headers[FIRST_ATTEMPT_HEADER]) == rec.timestamp_ms
+    assert SEAL_HEADER not in parked_headers  # (the retry topic is paystream's own)
+
+
+async def test_a_sealed_first_attempt_past_the_window_is_parked_again(keyed: Harness) -> None:
+    t = new_tenant_id()
+    keyed.add_tenant(t)
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    emits = await keyed.processor.process(_sealed(keyed, _record(t, 1), day_ago))
+    assert outcome_of(keyed.settings, emits) is None
+    parked = dict(emits[0].record.headers)
+    assert parked["paystream-park-reason"] == b"stale"
+    assert parked[FIRST_ATTEMPT_HEADER] == str(day_ago).encode()
+    assert await _charges(keyed, keyed.tenants[t]) == 0
+
+
+async def test_a_replay_seals_what_it_resends_and_the_age_survives_another_park(
+    keyed: Harness,
+) -> None:
+    """Parked 20 h ago, re-sent by `dlq replay` while the provider is still down: parked
+    again with its first attempt of 20 h ago (not the re-send's), so the next replay
+    holds it back once it is past the window."""
+    t = new_tenant_id()
+    keyed.add_tenant(t, gateway_options={"fail_first": {"*": 50}})
+    hours_ago = int(time.time() * 1000) - 20 * 3_600_000
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    raw = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    first = Inbound(raw.key, raw.value, dict(raw.headers), hours_ago, "paystream.commands", 0, 1)
+    [parked] = await keyed.processor.process(first)
+    rec = ParkedRecord(keyed.settings.retry_topic, 0, 0, parked.record.key, parked.record.value,
+                       tuple(parked.record.headers), int(time.time() * 1000))  # fmt: skip
+    producer = _CapturingProducer()
+    await dlq._resend(producer, keyed.settings, rec, {0})
+    (resent,) = producer.sent
+    assert SEAL_HEADER in dict(resent["headers"])
+    replayed = Inbound(resent["key"], resent["value"], dict(resent["headers"]),
+                       int(time.time() * 1000), "paystream.commands", 0, 2)  # fmt: skip
+    [again] = await keyed.processor.process(replayed)
+    assert dict(again.record.headers)[FIRST_ATTEMPT_HEADER] == str(hours_ago).encode()
+    assert await _charges(keyed, keyed.tenants[t]) == 0
+
+
+async def test_a_seal_made_before_a_master_key_rotation_still_counts(redis_url: str) -> None:
+    """Sealed under the key being rotated out: believed while PAYSTREAM_RETIRED_MASTER_KEYS
+    holds it (as for the data keys it wrapped), not after."""
+    old, new = (base64.b64encode(MasterKey.generate().key).decode() for _ in range(2))
+    t = new_tenant_id()
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    async with running_harness(redis_url, master_key=old) as before:
+        resent = _sealed(before, _record(t, 1), day_ago)
+    async with running_harness(redis_url, master_key=new, retired_master_keys=old) as rotated:
+        rotated.add_tenant(t)
+        emits = await rotated.processor.process(resent)
+        assert dict(emits[0].record.headers)["paystream-park-reason"] == b"stale"
+    async with running_harness(redis_url, master_key=new) as dropped:
+        dropped.add_tenant(t)
+        out = outcome_of(dropped.settings, await dropped.processor.process(resent))
+        assert out is not None and kind(out) == "payment.succeeded"
