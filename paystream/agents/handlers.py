@@ -190,6 +190,16 @@ class HandlerContext:
             )
         raise AlreadyApplied(done, record.applied_salt(self.cmd.command_id))
 
+    def applied_to(self, model: type[EntityRecord], entity_id: str) -> None:
+        """AlreadyApplied if this command made or changed that entity: one whose id the
+        command derives (the dispute a charge raised), whose write may be all a crash
+        kept of the command."""
+        raw = self.tables.by_type(model.model_fields["entity_type"].default).get(
+            entity_key(self.tenant, entity_id)
+        )
+        if raw is not None:
+            self._applied_here(model.model_validate(raw))
+
     def ensure_new(self, model: type[EntityRecord], entity_id: str) -> None:
         """Refuse to create over an existing entity, unless this very command created it."""
         table = self.tables.by_type(model.model_fields["entity_type"].default)
@@ -509,6 +519,7 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
     pid = data.payment_id or ctx.derived_id("pay")
     ctx.ensure_new(PaymentRecord, pid)
+    ctx.applied_to(DisputeRecord, ctx.derived_id("dp"))  # raised at charge (_new_dispute)
     # Let through before, the provider may have charged under this key: a customer
     # deleted or a payment method detached since must not turn that into a rejection.
     # The provider answers with what it did (or refuses, as it would have then).
@@ -601,6 +612,7 @@ def _new_dispute(
 
 async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
+    ctx.applied_to(DisputeRecord, ctx.derived_id("dp"))  # raised at capture (_new_dispute)
     _transition(rec.status, "capture")
     ctx.at_provider(rec)
     if data.amount is not None and data.amount > rec.amount:

@@ -271,3 +271,52 @@ async def test_rate_limited_exports_are_not_run_to_look_for_an_effect(harness: H
         refused += data(out).get("reason") == "rate_limited"
     assert refused >= 19
     assert Counting.scans == 0, f"{refused} refused exports scanned payments {Counting.scans} times"
+
+
+_DISPUTED = {**_CHARGE, "payment_method_token": "pm_card_createDispute"}
+
+
+async def _disputed_at_capture(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    payment = await _made(h, t, "payment.create", {**_DISPUTED, "capture": "manual"})
+    return "payment.capture", {"payment_id": payment}
+
+
+DISPUTED: dict[str, Setup] = {
+    "payment.create": lambda h, t: _none("payment.create", {**_DISPUTED, "payment_id": "p7"}),
+    "payment.create (derived id)": lambda h, t: _none("payment.create", _DISPUTED),
+    "payment.capture": _disputed_at_capture,
+}
+
+
+@pytest.mark.parametrize("how", ["suspended", "gateway", "removed"])
+@pytest.mark.parametrize("scenario", sorted(DISPUTED))
+async def test_a_charge_known_only_by_the_dispute_it_raised_keeps_its_answer(
+    harness: Harness, scenario: str, how: str
+) -> None:
+    """The crash kept the dispute the charge raised and lost every other write of the
+    command (its payment's among them): the dispute, whose id the command derives,
+    knows it took effect."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    command_type, body = await DISPUTED[scenario](h, t)
+    payments_before = copy.deepcopy(dict(h.tables.payments))
+    rec = _command(t, command_type, body, "cmd-under-test")
+    first = await _answer(h, rec)
+    assert data(first)["object"]["dispute_id"], data(first)
+    entities, effects = _entities(h), await _effects(h, record)
+    del h.idempotency[f"{t}:cmd-under-test"]
+    h.tables.payments.clear()
+    h.tables.payments.update(copy.deepcopy(payments_before))  # the payment write lost
+    _change(h, t, how)
+    emits = await h.processor.process(rec)
+    if how == "removed":
+        assert [e.topic for e in emits] == [h.settings.retry_topic]
+        h.tenants[t] = record
+        again = await _answer(h, _command(t, command_type, body, "cmd-under-test"))
+    else:
+        again = await _answer(h, rec)
+    assert (kind(again), again.get_id()) == (kind(first), first.get_id()), data(again)
+    assert data(again) == data(first)
+    assert await _effects(h, record) == effects  # the provider was not asked again
+    assert _entities(h) == entities  # the payment repaired from the answer
