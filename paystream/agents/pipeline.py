@@ -758,7 +758,7 @@ class CommandProcessor:
         (and was not re-sent by ``dlq replay --include-stale``, after reconciling)?"""
         if FIRST_ATTEMPT_HEADER not in rec.headers or RECONCILED_HEADER in rec.headers:
             return False  # (the common case: no header, no seal to check)
-        first = self.seals.first_attempt_ms(rec.key, rec.value, rec.headers)
+        first = self._carried_first_attempt(rec)
         return first is not None and time.time() * 1000 - first > stale_after_ms(self.settings)
 
     def _first_attempt_ms(self, rec: Inbound) -> int:
@@ -767,11 +767,25 @@ class CommandProcessor:
         if earlier: a header can only make a command look older (held back), not fresher,
         and only under paystream's seal (first_attempt.py)."""
         first = min(rec.timestamp_ms, int(time.time() * 1000))
-        if FIRST_ATTEMPT_HEADER in rec.headers:
-            carried = self.seals.first_attempt_ms(rec.key, rec.value, rec.headers)
-            if carried is not None:
-                first = min(first, carried)
-        return first
+        carried = self._carried_first_attempt(rec)
+        return first if carried is None else min(first, carried)
+
+    def _carried_first_attempt(self, rec: Inbound) -> int | None:
+        """The first-attempt time ``rec`` carries under a valid seal, if any."""
+        if FIRST_ATTEMPT_HEADER not in rec.headers:
+            return None
+        carried = self.seals.first_attempt_ms(rec.key, rec.value, rec.headers)
+        if carried is None:  # made up, or sealed under a key this worker lacks
+            _throttled.warning(
+                "unsealed-first-attempt",
+                "%s[%d]@%d carries a first-attempt time without a valid seal: ignored, its "
+                "age counts from this record (a replay run without the workers' master "
+                "keys loses a parked command's age)",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+            )
+        return carried
 
     def _repark(
         self,
@@ -1241,7 +1255,9 @@ class CommandProcessor:
         if dropped:
             ours["paystream-dlq-dropped"] = b"too_large_to_keep"
         kept = {} if card or dropped else _kept_headers(rec.headers)
-        if kept:  # a replayed command dead-lettered now keeps its first attempt
+        if not (card or dropped):
+            # Its first attempt, whatever headers it came with: without one, a replay
+            # reckons its age from the `time` in its body, which the producer chose.
             kept[FIRST_ATTEMPT_HEADER] = str(self._first_attempt_ms(rec)).encode()
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -274,3 +275,32 @@ async def test_a_seal_made_before_a_master_key_rotation_still_counts(redis_url: 
         dropped.add_tenant(t)
         out = outcome_of(dropped.settings, await dropped.processor.process(resent))
         assert out is not None and kind(out) == "payment.succeeded"
+
+
+async def test_a_dead_letter_without_headers_gets_its_first_attempt_not_its_body_time(
+    keyed: Harness,
+) -> None:
+    """A structured command with no Kafka headers at all, too large: dead-lettered with
+    its bytes (replayable), it once carried no first attempt, so a replay took its age
+    from the `time` in its body, which the producer chose: year 2000 held back its
+    whole partition (review finding)."""
+    t = new_tenant_id()
+    keyed.add_tenant(t)
+    now = int(time.time() * 1000)
+    body = orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": "forged-1",
+            "source": "/x",
+            "type": "com.paystream.command.payment.create",
+            "tenantid": t,
+            "time": "2000-01-01T00:00:00Z",
+            "data": {"pad": "a" * (keyed.settings.command_max_bytes + 10)},
+        }
+    )
+    emits = await keyed.processor.process(Inbound(t.encode(), body, {}, now, "c", 0, 7))
+    [letter] = [e for e in emits if e.topic == keyed.settings.dlq_topic]
+    assert dict(letter.record.headers)[FIRST_ATTEMPT_HEADER] == str(now).encode()
+    parked = ParkedRecord(keyed.settings.dlq_topic, 0, 0, letter.record.key,
+                          letter.record.value, tuple(letter.record.headers), now)  # fmt: skip
+    assert parked.replayable and parked.first_seen_ms == now
