@@ -108,6 +108,15 @@ class Translated:
     dead: dict[int, DeadLetter]  # record index -> why the whole record is parked
 
 
+def _record_time(timestamp: float) -> datetime | None:
+    """A Kafka record time as a datetime, if Python can hold it (a producer may stamp
+    any 64-bit value; years past 9999 are not dates here)."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def translate_records(records: Sequence[RawRecord]) -> Translated:
     """Decode and translate each record; a bad record is parked, never the whole batch."""
     out = Translated([], {}, {})
@@ -116,9 +125,7 @@ def translate_records(records: Sequence[RawRecord]) -> Translated:
         tenant_id = tenant.decode("utf-8", "replace") if tenant else None
         try:
             outcome = decode_record(rec.key, rec.value, rec.headers)
-            events = outcome_to_ledger_events(
-                outcome, received_at=datetime.fromtimestamp(rec.timestamp, UTC)
-            )
+            events = outcome_to_ledger_events(outcome, received_at=_record_time(rec.timestamp))
         except UndecodableRecord as exc:
             out.dead[i] = DeadLetter(rec.source, tenant_id, "undecodable", str(exc)[:500])
             continue
@@ -131,6 +138,13 @@ def translate_records(records: Sequence[RawRecord]) -> Translated:
             # copied again), not retried for ever with its partition waiting behind it.
             detail = "nested too deeply to be checked for card data"
             out.dead[i] = DeadLetter(rec.source, tenant_id, FORBIDDEN_DATA, detail)
+            continue
+        except Exception as exc:
+            # Whatever else one record makes us raise must not stall its partition (the
+            # batch would fail the same way on every retry): parked, with what failed.
+            log.exception("ledger sink: cannot translate %s", rec.source)
+            detail = f"could not be translated: {type(exc).__name__}"
+            out.dead[i] = DeadLetter(rec.source, tenant_id, "invalid_event", detail)
             continue
         for event in events:
             out.events.append(event)

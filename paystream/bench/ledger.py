@@ -16,15 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from paystream.devstack._process import free_port
 from paystream.devstack.worker import WorkerProcess
-from paystream.ledger.migrate import create_database, upgrade
+from paystream.ledger.migrate import APP_ROLE, create_database, upgrade
 from paystream.ledger.sink import asyncpg_url
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers
 
-__all__ = ["LedgerResult", "histogram_quantile", "ledger_phase", "scrape"]
+__all__ = ["LedgerPhaseSkipped", "LedgerResult", "histogram_quantile", "ledger_phase", "scrape"]
 
 
 @dataclass
@@ -123,6 +126,36 @@ def _metrics(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], floa
         return scrape(resp.read().decode())
 
 
+class LedgerPhaseSkipped(Exception):
+    """The ledger phase cannot run on this server without disturbing another ledger."""
+
+
+async def _app_password(url: str, settings: Settings) -> str:
+    """The password to let ``paystream_app`` log in with for the bench's database.
+
+    The role is the whole server's, not one database's: a new password would lock out a
+    ledger already running on that server (and let the bench's password into it). So
+    the configured one is used (setting it again changes nothing), a fresh one only
+    where the role cannot log in yet (a server of the bench's own), and otherwise the
+    phase is skipped."""
+    if settings.db_app_password is not None:
+        return settings.db_app_password.get_secret_value()
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            logs_in = await conn.scalar(
+                text("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r"), {"r": APP_ROLE}
+            )
+    finally:
+        await engine.dispose()
+    if logs_in:
+        raise LedgerPhaseSkipped(
+            f"ledger phase skipped: {APP_ROLE} already logs in on this server (another "
+            "ledger's); set PAYSTREAM_DB_APP_PASSWORD to its password to run the phase"
+        )
+    return base64.urlsafe_b64encode(os.urandom(18)).decode()
+
+
 async def ledger_phase(
     settings: Settings,
     worker_env: dict[str, str],
@@ -134,7 +167,7 @@ async def ledger_phase(
 ) -> LedgerResult:
     """Run a ledger-only worker over the events topic and measure it."""
     url = await create_database(asyncpg_url(database_url), "bench_ledger")
-    password = base64.urlsafe_b64encode(os.urandom(18)).decode()
+    password = await _app_password(url, settings)
     await upgrade(url, app_password=password)
     outcomes = await _topic_size(settings)
     env = {

@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from paystream.bench.ledger import LedgerResult, ledger_phase
+from paystream.bench.ledger import LedgerPhaseSkipped, LedgerResult, ledger_phase
 from paystream.bench.load import BenchCommand, bench_tenants, generate_commands, tenant_ids
 from paystream.bench.probe import (
     CpuSampler,
@@ -652,14 +652,18 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
         full, rate, profile = await _pipeline_phases(dep, options, base, notes, cpu)
         ledger: LedgerResult | None = None
         if options.ledger and services.database_url:
-            ledger = await ledger_phase(
-                settings,
-                {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"},
-                services.database_url,
-                base,
-                idle_timeout=options.idle_timeout,
-                say=options.say,
-            )
+            try:
+                ledger = await ledger_phase(
+                    settings,
+                    {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"},
+                    services.database_url,
+                    base,
+                    idle_timeout=options.idle_timeout,
+                    say=options.say,
+                )
+            except LedgerPhaseSkipped as skipped:
+                notes.append(str(skipped))
+                options.say(str(skipped))
         raw = faust = floor = None
         if options.baselines:
             count = options.baseline_records or max(options.commands, 5000)

@@ -97,8 +97,9 @@ _PROVIDER_TEXT = frozenset({"next_action"})
 MAX_DEPTH = 64
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Does ``value`` nest containers more than ``limit`` deep? (No recursion.)"""
+def _deeper_than(value: Any, limit: int, skip: frozenset[str] = _PROVIDER_TEXT) -> bool:
+    """Does ``value`` nest containers more than ``limit`` deep, under keys other than
+    ``skip``? (No recursion.)"""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -106,9 +107,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
             if depth >= limit:
                 return True
             children = (
-                [v for k, v in item.items() if k not in _PROVIDER_TEXT]  # not scanned
-                if isinstance(item, Mapping)
-                else item
+                [v for k, v in item.items() if k not in skip] if isinstance(item, Mapping) else item
             )
             stack.extend((child, depth + 1) for child in children)
     return False
@@ -134,6 +133,10 @@ def _check_no_card_data(event_id: str, value: Any) -> None:
         raise ForbiddenDataError(
             event_id, f"nested deeper than {MAX_DEPTH} levels: not checked for card data"
         )
+    if _deeper_than(value, MAX_DEPTH, skip=frozenset()):
+        # The provider's own part, not scanned, is no deeper: the database's JSON encoder
+        # recurses, and an outcome it cannot encode would be retried for ever.
+        raise InvalidEventError(event_id, f"nested deeper than {MAX_DEPTH} levels")
     value = _client_data(value)
     if contains_card_number(value):
         raise ForbiddenDataError(event_id, "the data holds a card number")

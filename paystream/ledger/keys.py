@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from paystream.ledger.chunks import chunked
 from paystream.ledger.models import DataKey
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import (
@@ -36,12 +37,17 @@ class SqlKeyStore:
 
     async def get_many(self, tenant_id: str, key_refs: Iterable[str]) -> dict[str, WrappedKey]:
         """Wrapped keys by ref; refs without a key are absent."""
-        rows = await self._session.execute(
-            select(DataKey.key_ref, DataKey.master_key_id, DataKey.wrapped_key).where(
-                DataKey.tenant_id == tenant_id, DataKey.key_ref.in_(list(key_refs))
+        found: dict[str, WrappedKey] = {}
+        for refs in chunked(key_refs):
+            rows = await self._session.execute(
+                select(DataKey.key_ref, DataKey.master_key_id, DataKey.wrapped_key).where(
+                    DataKey.tenant_id == tenant_id, DataKey.key_ref.in_(refs)
+                )
             )
-        )
-        return {r.key_ref: WrappedKey(r.master_key_id, bytes(r.wrapped_key)) for r in rows}
+            found.update(
+                {r.key_ref: WrappedKey(r.master_key_id, bytes(r.wrapped_key)) for r in rows}
+            )
+        return found
 
     async def put(self, tenant_id: str, key_ref: str, wrapped: WrappedKey) -> None:
         """Store a new wrapped key; an existing key for the ref is an error, never replaced."""
@@ -49,20 +55,13 @@ class SqlKeyStore:
 
     async def put_many(self, tenant_id: str, keys: dict[str, WrappedKey]) -> None:
         """Store several new wrapped keys in one statement."""
-        if keys:
-            await self._session.execute(
-                pg_insert(DataKey).values(
-                    [
-                        {
-                            "tenant_id": tenant_id,
-                            "key_ref": ref,
-                            "master_key_id": w.master_key_id,
-                            "wrapped_key": w.blob,
-                        }
-                        for ref, w in keys.items()
-                    ]
-                )
-            )
+        rows = [
+            {"tenant_id": tenant_id, "key_ref": ref, "master_key_id": w.master_key_id,
+             "wrapped_key": w.blob}
+            for ref, w in keys.items()
+        ]  # fmt: skip
+        for chunk in chunked(rows):
+            await self._session.execute(pg_insert(DataKey).values(chunk))
 
     async def delete(self, tenant_id: str, key_ref: str) -> bool:
         """Destroy a data key (crypto-shredding whatever it encrypted); True if one existed."""

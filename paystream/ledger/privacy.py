@@ -68,7 +68,9 @@ async def export_customer(
             return [_jsonable(r) for r in result.mappings()]
 
         payments = await rows(Payment, Payment.customer_id == customer_id)
-        payment_ids = [p["payment_id"] for p in payments]
+        # A subquery, not a list of ids: a customer of years may have more payments than
+        # a statement takes bind parameters (32,767).
+        payment_ids = select(Payment.payment_id).where(Payment.customer_id == customer_id)
         events = await session.execute(
             select(Event.__table__)
             .where(

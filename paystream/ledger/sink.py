@@ -284,6 +284,14 @@ def classify_failure(exc: BaseException) -> str:
         return _RETRY_SQLSTATE_CLASSES.get(code[:2], FailureKind.UNEXPECTED)
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return FailureKind.CONNECTION
+    if (
+        isinstance(exc, sa_exc.StatementError)
+        and not isinstance(exc, sa_exc.DBAPIError)
+        and not isinstance(exc.orig, OSError | TimeoutError)
+    ):
+        # Raised turning the events into parameters, before the database saw anything
+        # (a value the JSON encoder cannot take): the same on every retry.
+        return FailureKind.DATA
     if isinstance(
         exc,
         OSError  # refused, reset, unreachable (ConnectionError is a subclass)

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger.audit import AuditEntry, append_audit, lock_tenant
+from paystream.ledger.chunks import chunked
 from paystream.ledger.errors import EventIdConflictError
 from paystream.ledger.events import EntityType, LedgerEvent
 from paystream.ledger.keys import customer_data_keys
@@ -40,7 +41,6 @@ ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
     EntityType.REFUND: (Refund, "refund_id"),
     EntityType.DISPUTE: (Dispute, "dispute_id"),
 }
-_CHUNK = 500  # rows per multi-VALUES statement; keeps bind parameters far below 32767
 _ENCRYPTED = "encrypted"
 
 
@@ -109,12 +109,16 @@ async def _write_tenant(
         if (seen_first := first.setdefault(event.event_id, event)) is not event:
             _same_change(seen_first.event_id, _change(seen_first), event)
     unique = list(first.values())
-    rows = await session.execute(
-        select(Event.event_id, Event.entity_type, Event.entity_id, Event.entity_version).where(
-            Event.event_id.in_([e.event_id for e in unique])
+    seen: dict[str, tuple[Any, str, int]] = {}
+    for ids in chunked(e.event_id for e in unique):
+        rows = await session.execute(
+            select(Event.event_id, Event.entity_type, Event.entity_id, Event.entity_version).where(
+                Event.event_id.in_(ids)
+            )
         )
-    )
-    seen = {row.event_id: (row.entity_type, row.entity_id, row.entity_version) for row in rows}
+        seen.update(
+            {row.event_id: (row.entity_type, row.entity_id, row.entity_version) for row in rows}
+        )
     for event in unique:
         if (stored := seen.get(event.event_id)) is not None:
             _same_change(event.event_id, stored, event)
@@ -196,15 +200,15 @@ async def _customer_keys(
     ids = {e.entity_id for e in events if e.entity_type is EntityType.CUSTOMER}
     if not ids:
         return {}
-    erased = set(
-        (
+    erased: set[str] = set()
+    for chunk in chunked(ids):
+        erased.update(
             await session.scalars(
                 select(Customer.customer_id).where(
-                    Customer.customer_id.in_(ids), Customer.erased_at.is_not(None)
+                    Customer.customer_id.in_(chunk), Customer.erased_at.is_not(None)
                 )
             )
-        ).all()
-    )
+        )
     return await customer_data_keys(session, keyring, tenant_id, ids - erased, create=True)
 
 
@@ -229,8 +233,8 @@ async def _insert_events(
                 "data": data,
             }
         )
-    for start in range(0, len(rows), _CHUNK):
-        stmt = pg_insert(Event).values(rows[start : start + _CHUNK])
+    for chunk in chunked(rows):
+        stmt = pg_insert(Event).values(chunk)
         await session.execute(stmt.on_conflict_do_nothing())
 
 
@@ -251,9 +255,8 @@ async def _upsert(
     id_col = table.c[id_column]
     before = {
         row[id_column]: dict(row)
-        for row in (
-            await session.execute(select(table).where(id_col.in_([e.entity_id for e in events])))
-        ).mappings()
+        for chunk in chunked(e.entity_id for e in events)
+        for row in (await session.execute(select(table).where(id_col.in_(chunk)))).mappings()
     }
 
     def image(e: LedgerEvent) -> dict[str, Any]:
@@ -276,8 +279,8 @@ async def _upsert(
     # erase_customer, never to events.
     updated = [c for c in rows[0] if c not in ("tenant_id", id_column, "created_at")]
     applied: set[str] = set()
-    for start in range(0, len(rows), _CHUNK):
-        stmt = pg_insert(model).values(rows[start : start + _CHUNK])
+    for chunk in chunked(rows):
+        stmt = pg_insert(model).values(chunk)
         upsert = stmt.on_conflict_do_update(
             index_elements=[table.c.tenant_id, id_col],
             set_={c: stmt.excluded[c] for c in updated},

@@ -1,0 +1,118 @@
+"""One hostile or odd outcome never stalls the ledger sink: it is parked, and the rest of
+its batch (every tenant on its partition) is stored. Each case once had the batch retried
+for ever (review findings)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.agents.ledger_sink import RawRecord, translate_records
+from paystream.ledger.sink import (
+    FailureKind,
+    LedgerSink,
+    classify_failure,
+    outcome_to_ledger_events,
+)
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.tenancy.crypto import MasterKeyring
+from tests.ledger.test_sink import payment_outcome
+
+
+def _tenant() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+async def _write_within(sink: LedgerSink, events: list[Any], seconds: float = 60.0) -> Any:
+    try:
+        return await asyncio.wait_for(sink.write_batch(events), seconds)
+    except TimeoutError:
+        pytest.fail(f"still retrying after {seconds} s ({sink.failed_attempts} failed attempts)")
+
+
+def _raw(
+    outcome: Any, tenant: str, *, timestamp: float = 1.7e9, value: bytes | None = None
+) -> RawRecord:
+    rec = encode_event(outcome, tenant.encode(), CloudEventsMode.BINARY)
+    return RawRecord(rec.key, value or rec.value, dict(rec.headers), timestamp, "ev/0/0")
+
+
+def test_a_record_time_past_year_9999_is_no_error() -> None:
+    """A producer's CreateTime may be any 64-bit value; the outcome's own `time` counts."""
+    tenant = _tenant()
+    out = translate_records([_raw(payment_outcome(tenant, "pay_ts", 1), tenant, timestamp=1e12)])
+    assert out.dead == {} and len(out.events) == 1
+
+
+def test_a_record_that_fails_translation_unexpectedly_is_parked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever a record makes translation raise (a bug of ours), it is parked, not
+    retried with its partition behind it."""
+    tenant = _tenant()
+    ok, odd = (_raw(payment_outcome(tenant, p, 1), tenant) for p in ("pay_ok", "pay_odd"))
+    from paystream.agents import ledger_sink
+
+    real = ledger_sink.outcome_to_ledger_events
+
+    def translate(outcome: Any, **kw: Any) -> Any:
+        if outcome.get_data()["entity_id"] == "pay_odd":
+            raise KeyError("surprise")
+        return real(outcome, **kw)
+
+    monkeypatch.setattr(ledger_sink, "outcome_to_ledger_events", translate)
+    out = translate_records([ok, odd])
+    assert len(out.events) == 1 and list(out.dead) == [1]
+    assert out.dead[1].reason == "invalid_event" and "KeyError" in out.dead[1].detail
+
+
+def test_a_deeply_nested_next_action_is_refused_at_translation() -> None:
+    """The provider's own `next_action` is not scanned for card data, but is no deeper
+    than the rest: nested ~1000 levels (orjson reads 1024), the database's JSON encoder
+    could not take it."""
+    tenant = _tenant()
+    outcome = payment_outcome(tenant, "pay_deep", 1, next_action="DEEP")
+    rec = encode_event(outcome, tenant.encode(), CloudEventsMode.BINARY)
+    deep = rec.value.replace(b'"DEEP"', b"[" * 1000 + b"1" + b"]" * 1000)
+    out = translate_records([_raw(outcome, tenant, value=deep)])
+    assert out.events == [] and out.dead[0].reason == "invalid_event"
+    assert "nested deeper" in out.dead[0].detail
+
+
+def test_a_value_the_json_encoder_cannot_take_is_refused_data() -> None:
+    """Raised turning events into parameters, before the database saw them: bisected and
+    parked, never retried as if the database were down."""
+    refused = sa_exc.StatementError("encoding", "INSERT ...", {}, RecursionError("too deep"))
+    assert classify_failure(refused) == FailureKind.DATA
+    lost = sa_exc.StatementError("connecting", "INSERT ...", {}, ConnectionResetError())
+    assert classify_failure(lost) != FailureKind.DATA
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_batch_naming_more_entities_than_a_statement_takes_is_stored(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """500 outcomes (one sink batch) of one tenant naming 70 related refunds each: 35,500
+    ledger events, past asyncpg's 32,767 bind parameters in one IN list (an
+    InterfaceError, read as a lost connection)."""
+    tenant = _tenant()
+    events: list[Any] = []
+    for n in range(500):
+        related = [
+            {"entity_type": "refund", "entity_id": f"re_{n}_{i}", "version": 1,
+             "object": {"amount": 1, "currency": "USD", "status": "succeeded"}}
+            for i in range(70)
+        ]  # fmt: skip
+        events += outcome_to_ledger_events(payment_outcome(tenant, f"pay_{n}", 1, related=related))
+    assert len(events) > 32_767
+    sink = LedgerSink(app_engine, keyring, initial_backoff=0.01, max_backoff=0.05)
+    result = await _write_within(sink, events)
+    assert result.dead_letters == [] and result.attempts == 1
+    assert result.written.events_written == len(events)
