@@ -163,9 +163,32 @@ class BatchedChangelogTable(faust.Table):
         if batch is None or type(store) is not MemoryStore or self._should_expire_keys():
             super().__setitem__(key, value)
             return
-        batch.add(self, self.partition_for_key(key), key, value, None)
+        partition = self.partition_for_key(key)
+        batch.add(self, partition, key, value, None)
         self._sensor_on_set(self, key, value)
         store.data[key] = value
+        _track(store, key, partition)
+
+    # Faust's memory store learns a key's partition only from the changelog (recovery):
+    # keys written here were never dropped when their partition moved to another worker,
+    # and the views went on showing (and summing) tenants another worker now serves.
+    # With each written key's partition known, recovery after a rebalance drops those
+    # of partitions no longer this worker's (``MemoryStore.on_recovery_completed``).
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        super().on_key_set(key, value)
+        if type(self.data) is MemoryStore:
+            _track(self.data, key, self.partition_for_key(key))
+
+    def on_key_del(self, key: Any) -> None:
+        super().on_key_del(key)
+        if type(self.data) is MemoryStore:
+            self.data._key_partition.pop(key, None)  # (deleted keys must not pile up)
+
+
+def _track(store: MemoryStore, key: Any, partition: int | None) -> None:
+    if partition is not None:  # (None: a table partitioned by key, which Faust tracks)
+        store._key_partition[key] = partition
 
 
 @contextmanager

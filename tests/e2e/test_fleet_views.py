@@ -146,3 +146,72 @@ async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) ->
     finally:
         first.stop()
         second.stop()
+
+
+async def test_summaries_leave_a_partition_behind_when_it_moves(deployment_factory: Any) -> None:
+    """A worker's summaries count only the partitions it serves: rows it wrote itself
+    stayed in its memory after their partition moved to a worker that joined, and its
+    page went on showing (and the fleet's totals summing) those tenants' old figures
+    (review finding)."""
+    dep: Deployment = await deployment_factory()
+    tenants = [f"fleetsum-{i}" for i in range(8)]
+    body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
+    first = dep.worker("w1").start()
+    second = None
+    try:
+        await asyncio.to_thread(first.wait_ready, tenants, partitions=dep.settings.partitions)
+        async with dep.client() as client:
+            for t in tenants:
+                out = await client.command("payment.create", t, {**body, "payment_id": "p1"})
+                assert out.get_type() == "com.paystream.payment.succeeded", out
+        second = dep.worker("w2").start()  # half the partitions move to it
+        await asyncio.to_thread(second.wait_ready, tenants)
+        workers = (first, second)
+
+        def split() -> bool:
+            owned = [
+                set((w.stats() or {}).get("worker", {}).get("partitions") or ()) for w in workers
+            ]
+            return all(owned) and len(owned[0] | owned[1]) == dep.settings.partitions
+
+        await asyncio.to_thread(wait_until, split, timeout=90, what="two owners", interval=0.1)
+        async with dep.client() as client:  # each tenant's new owner runs a second payment
+            for t in tenants:
+                out = await client.command("payment.create", t, {**body, "payment_id": "p2"})
+                assert out.get_type() == "com.paystream.payment.succeeded", out
+
+        def totals() -> dict[str, int]:
+            counted: dict[str, int] = {}
+            for w in workers:
+                for t, s in ((w.stats() or {}).get("summaries") or {}).items():
+                    counted[t] = counted.get(t, 0) + sum(s["payments"].values())
+            return counted
+
+        def owners() -> dict[str, set[str]]:
+            """Which tenants each worker's partitions hold (the client partitions by murmur2)."""
+            out = {}
+            for name, w in (("w1", first), ("w2", second)):
+                owned = set((w.stats() or {}).get("worker", {}).get("partitions") or ())
+                out[name] = {
+                    t
+                    for t in tenants
+                    if (murmur2(t.encode()) & 0x7FFFFFFF) % dep.settings.partitions in owned
+                }
+            return out
+
+        expected = dict.fromkeys(tenants, 2)
+        try:
+            await asyncio.to_thread(
+                wait_until,
+                lambda: totals() == expected,
+                timeout=30,
+                what="fleet totals",
+                interval=0.2,
+            )
+        except Exception:
+            raise AssertionError(f"fleet totals {totals()}, owners {owners()}") from None
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

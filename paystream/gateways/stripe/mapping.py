@@ -109,6 +109,19 @@ def _captured(pi: Mapping[str, Any], charge: Mapping[str, Any]) -> int:
     return int(charge.get("amount", 0)) if charge.get("captured") else 0
 
 
+def _refunded(charge: Mapping[str, Any], captured: int) -> int:
+    """What went back to the cardholder. Stripe counts in the charge's ``amount_refunded``
+    what was authorised and never taken: the rest of a partial capture ("any additional
+    amount will be automatically refunded") and a canceled hold ("the remaining
+    amount_capturable will automatically be refunded"). Counted as refunds, those left a
+    partially captured payment nothing to refund (captured 10.00, "refunded" 20.00)."""
+    reported = int(charge.get("amount_refunded") or 0)
+    if charge.get("captured") is False:
+        return 0  # nothing was taken: whatever it reports is the released hold
+    released = max(0, int(charge.get("amount") or captured) - captured)
+    return max(0, reported - released)
+
+
 def payment(pi: Mapping[str, Any]) -> PaymentResult:
     latest = pi.get("latest_charge")
     charge: Mapping[str, Any] = latest if isinstance(latest, Mapping) else {}
@@ -117,12 +130,13 @@ def payment(pi: Mapping[str, Any]) -> PaymentResult:
     if status is None:
         raise _unknown("PaymentIntent", pi["status"])
     next_action = pi.get("next_action")
+    captured = _captured(pi, charge)
     return PaymentResult(
         provider_payment_id=pi["id"],
         status=status,
         amount=_money(pi),
-        amount_captured=_captured(pi, charge),
-        amount_refunded=int(charge.get("amount_refunded") or 0),
+        amount_captured=captured,
+        amount_refunded=_refunded(charge, captured),
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         next_action=dict(next_action) if next_action else None,

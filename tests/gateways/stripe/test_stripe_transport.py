@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from paystream.gateways.base import (
     AcceptDispute,
+    CancelPayment,
     CapturePayment,
     CreateCustomer,
     CreatePayment,
@@ -459,3 +460,47 @@ async def test_the_worker_keeps_stripe_sdk_logs_of_customer_data_out(
     assert not [r for r in caplog.records if r.name.startswith("stripe")], caplog.text
     assert "jane.doe" not in caplog.text
     assert logging.getLogger("aiokafka").level == logging.INFO
+
+
+# A PaymentIntent for 30.00 authorised, then captured for 10.00: Stripe releases the
+# other 20.00, and the charge counts it in amount_refunded (as localstripe does).
+PARTIALLY_CAPTURED = {
+    **PI,
+    "amount": 3000,
+    "amount_received": 1000,
+    "latest_charge": {"id": "ch_1", "object": "charge", "amount": 3000, "captured": True,
+                      "amount_captured": 1000, "amount_refunded": 2000, "refunded": False},
+}  # fmt: skip
+# Canceled while it awaited capture: "the remaining amount_capturable will automatically
+# be refunded" (Stripe API reference, cancel a PaymentIntent).
+CANCELED_HOLD = {
+    **PI,
+    "status": "canceled",
+    "amount": 3000,
+    "amount_received": 0,
+    "latest_charge": {"id": "ch_1", "object": "charge", "amount": 3000, "captured": False,
+                      "amount_captured": 0, "amount_refunded": 3000, "refunded": True},
+}  # fmt: skip
+
+
+async def test_the_rest_of_a_partial_capture_is_no_refund() -> None:
+    """Counted as refunded, it left the captured 10.00 nothing to refund (review finding)."""
+    gw, _ = gateway(answer(200, PARTIALLY_CAPTURED))
+    res = await gw.capture_payment(
+        CapturePayment(provider_payment_id="pi_123", amount=1000), idempotency_key="k"
+    )
+    assert (res.amount_captured, res.amount_refunded) == (1000, 0)
+    # A real refund of 5.00 later: the charge reports 25.00 refunded, 5.00 of it money back.
+    later = {**PARTIALLY_CAPTURED["latest_charge"], "amount_refunded": 2500}  # type: ignore[dict-item]
+    gw, _ = gateway(answer(200, {**PARTIALLY_CAPTURED, "latest_charge": later}))
+    res = await gw.capture_payment(
+        CapturePayment(provider_payment_id="pi_123", amount=1000), idempotency_key="k"
+    )
+    assert (res.amount_captured, res.amount_refunded) == (1000, 500)
+
+
+async def test_a_canceled_hold_refunded_nothing() -> None:
+    gw, _ = gateway(answer(200, CANCELED_HOLD))
+    res = await gw.cancel_payment(CancelPayment(provider_payment_id="pi_123"), idempotency_key="k")
+    assert res.status is PaymentStatus.CANCELED
+    assert (res.amount_captured, res.amount_refunded) == (0, 0)
