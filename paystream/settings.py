@@ -309,7 +309,8 @@ class Settings(BaseSettings):
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         if isinstance(text, str) and not text.strip():
             raise ValueError("PAYSTREAM_WEB_TOKEN is empty: set a token, or unset it")
-        return value
+        # A token read from a file keeps its newline; a Bearer header never carries one.
+        return text.strip() if isinstance(text, str) else value
 
     def advertised_web_host(self) -> str:
         """Where other workers reach this one's web server (Faust's canonical URL host):

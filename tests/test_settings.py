@@ -109,3 +109,9 @@ def test_an_empty_web_token_is_refused(empty: str) -> None:
     with pytest.raises(ConfigurationError, match="PAYSTREAM_WEB_TOKEN is empty"):
         load_settings(web_token=empty)
     assert load_settings(web_token="t0k").web_token is not None
+
+
+def test_a_web_token_read_from_a_file_loses_its_newline() -> None:
+    """A Bearer header never carries it: the token would never have matched."""
+    token = load_settings(web_token=" t0k\n").web_token
+    assert token is not None and token.get_secret_value() == "t0k"

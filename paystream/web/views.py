@@ -71,7 +71,10 @@ def _operators_only(fun: _Handler) -> _Handler:
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="paystream"'},
             )
-        return await fun(view, request, *args, **kwargs)
+        response = await fun(view, request, *args, **kwargs)
+        # Personal data and the fleet's figures: no proxy or browser cache keeps a copy.
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     return answer
 

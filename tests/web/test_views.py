@@ -251,3 +251,12 @@ async def test_fausts_raw_table_views_are_not_served(http: aiohttp.ClientSession
     for path in ("/table/", "/table/customers/", "/table/customers/acme:cus_1/"):
         async with http.get(path) as resp:
             assert resp.status == 404, path
+
+
+async def test_personal_data_and_figures_are_not_cached(
+    http: aiohttp.ClientSession, seeded: Seeded
+) -> None:
+    """A proxy or browser cache must not keep a copy of a customer's data (review finding)."""
+    for path in (f"/v1/tenants/acme/payments/{seeded.succeeded_payment}", "/v1/stats", "/metrics"):
+        async with http.get(path) as resp:
+            assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store", path
