@@ -285,7 +285,10 @@ def tenants_add(
     if clear_options and options:
         raise click.UsageError("--clear-options removes every option: give no --option")
     for hint, text in (("--name", name), ("--connected-account", connected_account),
-                       *(("--option", o) for o in options)):  # fmt: skip
+                       *(("--option", o) for o in options),
+                       *(("--secret", n) for n in secret_names),
+                       *(("--secret", os.environ.get(f"PAYSTREAM_SECRET_{n.upper()}"))
+                         for n in secret_names)):  # fmt: skip
         if text is not None and not valid_unicode(text):
             # Written escaped, it would be refused by every reader: never changed again.
             raise click.BadParameter("not valid Unicode (an undecodable byte?)", param_hint=hint)
@@ -318,6 +321,11 @@ def tenants_add(
             value = os.environ.get(f"PAYSTREAM_SECRET_{sname.upper()}") or click.prompt(
                 f"value of secret {sname}", hide_input=True
             )
+            if not valid_unicode(value):  # (the message never shows the value)
+                raise click.BadParameter(
+                    f"the value of {sname} is not valid Unicode (an undecodable byte?)",
+                    param_hint="--secret",
+                )
             sealed[sname] = seal_secret(keyring, tenant_id, sname, value)
     changes = TenantChanges(
         name=name,

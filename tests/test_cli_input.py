@@ -38,6 +38,8 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
             "Invalid value for --name: not valid Unicode",
         ),
         (["tenants", "add", "acme", "--connected-account", "acct_\udcff"], "not valid Unicode"),
+        # an undecodable byte in a secret's name (its value is never shown either way)
+        (["tenants", "add", "acme", "--secret", "api_key\udcff"], "not valid Unicode"),
         (["tenants", "add", "acme", "--option", 'latency_ms="\udcff"'], "not valid Unicode"),
         (["send", "customer.create", "--tenant", ""], "tenant id is empty"),
     ],
@@ -132,3 +134,15 @@ def test_dev_on_a_port_in_use_says_so_before_starting_anything(tmp_path: object)
     assert result.exit_code == 1, result.output
     assert f"port {port} on 127.0.0.1 is in use" in result.output
     assert "starting embedded stack" not in result.output and "Traceback" not in result.output
+
+
+def test_an_undecodable_secret_value_is_a_usage_error_that_never_shows_it() -> None:
+    """`export PAYSTREAM_SECRET_API_KEY=$(cat key.bin)`: a usage error, not a traceback
+    whose exception carries the secret (review finding)."""
+    result = CliRunner().invoke(
+        cli,
+        ["tenants", "add", "acme", "--gateway", "stripe", "--secret", "api_key"],
+        env={**BROKER, "PAYSTREAM_SECRET_API_KEY": "sk_live_secret\udcff"},
+    )
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "not valid Unicode" in result.output and "sk_live_secret" not in result.output

@@ -257,10 +257,11 @@ class LimitGate:
         state = self._state(self.table.get(key), rec)
         hold = _tag(hold_key or rec.command_id)
         owner = None if request is None else _tag(request)
-        carried = former_hold_key is not None and _tag(former_hold_key) in (state.get("held") or {})
-        if carried:
+        former = _former_hold(state, former_hold_key, owner)
+        carried = former is not None
+        if former is not None:
             held = dict(state["held"])
-            held[hold] = held.pop(_tag(str(former_hold_key)))
+            held[hold] = held.pop(former)
             state["held"] = held
         decided = _kept(state, rec)
         if decided is not None:
@@ -378,8 +379,9 @@ class LimitGate:
             _hold_of(state, hold_key or rec.command_id, None if request is None else _tag(request)),
             None,
         )
-        if former_hold_key is not None:
-            held.pop(_tag(former_hold_key), None)
+        former = _former_hold(state, former_hold_key, None if request is None else _tag(request))
+        if former is not None:
+            held.pop(former, None)
         state["held"] = held
         at_ms = self._at(state, rec)
         day = _day(at_ms)
@@ -453,6 +455,24 @@ def _held(state: Mapping[str, Any], day: str, currency: str, own: str) -> int:
     return sum(
         int(h[2]) for tag, h in _holds_of_day(state, day).items() if h[1] == currency and tag != own
     )
+
+
+def _former_hold(
+    state: Mapping[str, Any], former_hold_key: str | None, owner: str | None
+) -> str | None:
+    """The tag of the hold an older version placed for this payment, if there is one and
+    it is this request's (or names none). The former key of a chosen payment id is also
+    what a client's idempotency key "payment:<id>" is held under today: that payment's
+    hold is its own, neither carried over nor released by this one (it was, and the
+    tenant went past its daily volume)."""
+    if former_hold_key is None:
+        return None
+    tag = _tag(former_hold_key)
+    held = (state.get("held") or {}).get(tag)
+    if held is None:
+        return None
+    placed_by = held[3] if len(held) >= 4 else None
+    return tag if placed_by is None or owner is None or placed_by == owner else None
 
 
 def _hold_of(state: Mapping[str, Any], hold_key: str, owner: str | None) -> str:
