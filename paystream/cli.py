@@ -35,6 +35,17 @@ DEMO_TENANTS = ("acme", "globex")
 DEMO_LIMITS = {"globex": TenantLimits(commands_per_second=50, max_payment_amount={"USD": 40_000})}
 
 
+class _Finite(click.FloatRange):
+    """A float range that refuses nan (every comparison with it is false, so it passed
+    any range: `send --timeout nan` timed out at once, blaming the broker) and inf."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _settings() -> Settings:
     try:
         settings = load_settings()
@@ -301,6 +312,11 @@ def tenants_add(
             opts[key] = json.loads(raw)
         except json.JSONDecodeError:
             opts[key] = raw
+        except (ValueError, RecursionError) as exc:  # 4,300+ digits; nesting too deep
+            raise click.BadParameter(
+                f"{key}: a JSON value that cannot be read ({type(exc).__name__})",
+                param_hint="--option",
+            ) from None
     limits = _limits_from(limit_args)  # before any prompt: a bad option fails first
     known = _registered(settings, tenant_id)
     if known is not None and limits is not None:
@@ -445,7 +461,7 @@ def tenants_activate(tenant_id: str) -> None:
     "--timeout",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=_Finite(min=0, min_open=True),
     help="seconds to wait for the outcome, connecting to the broker included",
 )
 @click.option("--structured", is_flag=True, help="send in structured content mode")
@@ -904,12 +920,14 @@ def _last_error(log_path: Path) -> str:
 @click.option("--demo", is_flag=True, help="drive demo traffic through the worker")
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True, max=1000),
+    type=_Finite(min=0, min_open=True, max=1000),
     default=5.0,
     show_default=True,
     help="demo payment flows per second",
 )
-@click.option("--duration", type=float, default=None, help="stop after N seconds (default: Ctrl-C)")
+@click.option(
+    "--duration", type=_Finite(min=0), default=None, help="stop after N seconds (default: Ctrl-C)"
+)
 @click.option("--web-port", type=int, default=None, help="worker web port (default: settings)")
 def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -> None:
     """Start the embedded stack, a worker and its dashboard; Ctrl-C stops everything."""

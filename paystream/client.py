@@ -153,8 +153,18 @@ class PaystreamClient:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+            # No outcome is read from now on: what is awaited fails now, not at its
+            # timeout (or never, for an `expect()` with none), saying why.
+            self._fail_waiters(PaystreamError("the client stopped: no outcome is read any more"))
         await self._consumer.stop()
         await self._producer.stop()
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        self._reader_error = exc
+        for waiters in list(self._waiters.values()):
+            for waiter in list(waiters):
+                if not waiter.done():
+                    waiter.set_exception(exc)
 
     async def _read(self) -> None:
         async for msg in self._consumer:
@@ -172,11 +182,7 @@ class PaystreamClient:
         if task.cancelled() or (exc := task.exception()) is None:
             return
         log.error("the outcome reader stopped; sends now fail with its error", exc_info=exc)
-        self._reader_error = exc
-        for waiters in list(self._waiters.values()):
-            for waiter in list(waiters):
-                if not waiter.done():
-                    waiter.set_exception(exc)
+        self._fail_waiters(exc)
 
     def _dispatch(self, event: CloudEvent, answers: str | None) -> None:
         """Resolve the command this outcome answers: its cause, or (a retry under an
@@ -199,6 +205,14 @@ class PaystreamClient:
         caller stops waiting (the producer flushes its queue when it stops)."""
         tenant = str(command.get_extension("tenantid"))
         record = encode_event(command, tenant.encode(), self.mode)
+        limit = self.settings.command_max_bytes
+        if self.mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:
+            # The workers dead-letter it unread, so unanswered (a binary-mode one is
+            # answered payload_too_large from its headers): its sender would wait in vain.
+            raise InvalidCommand(
+                f"command {command.get_id()} is {len(record.value or b'')} bytes in structured "
+                f"mode; the workers take at most {limit} (PAYSTREAM_COMMAND_MAX_BYTES)"
+            )
         return await self._producer.send(
             self.settings.commands_topic, record.value, key=record.key, headers=list(record.headers)
         )

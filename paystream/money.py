@@ -82,7 +82,9 @@ def normalise_currency(value: Any) -> str:
     """Upper-case a currency code and check it is one we accept."""
     if not isinstance(value, str):
         raise ValueError("currency must be a string ISO 4217 code")
-    code = value.strip().upper()
+    code = value.strip()
+    # ASCII only, before upper-casing: "u\u017fd".upper() is "USD" (U+017F, long s).
+    code = code.upper() if code.isascii() else code
     if code not in CURRENCY_EXPONENTS:
         raise ValueError(f"unsupported currency {value!r}: expected an ISO 4217 code")
     return code
@@ -120,5 +122,6 @@ def format_minor(amount: int, currency: str) -> str:
     exp = CURRENCY_EXPONENTS[code]
     if exp == 0:
         return f"{amount} {code}"
-    major, minor = divmod(amount, 10**exp)
-    return f"{major}.{minor:0{exp}d} {code}"
+    sign = "-" if amount < 0 else ""  # (divmod floors: -5 would read -1.95)
+    major, minor = divmod(abs(amount), 10**exp)
+    return f"{sign}{major}.{minor:0{exp}d} {code}"

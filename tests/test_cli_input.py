@@ -146,3 +146,21 @@ def test_an_undecodable_secret_value_is_a_usage_error_that_never_shows_it() -> N
     )
     assert result.exit_code == 2, (result.output, result.exception)
     assert "not valid Unicode" in result.output and "sk_live_secret" not in result.output
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, "[" * 100_000], ids=["5000 digits", "deep"])
+def test_an_option_json_cannot_read_is_a_usage_error(value: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["tenants", "add", "acme", "--option", f"seed={value}"], env=BROKER
+    )
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "cannot be read" in result.output
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf"])
+def test_a_timeout_that_is_no_finite_number_is_a_usage_error(timeout: str) -> None:
+    """nan passed FloatRange (every comparison with it is false): the send timed out at
+    once, blaming the broker."""
+    args = ["send", "customer.create", "--tenant", "acme", "--timeout", timeout]
+    result = CliRunner().invoke(cli, args, env=BROKER)
+    assert result.exit_code == 2 and "--timeout" in result.output, result.output

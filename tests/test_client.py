@@ -325,3 +325,32 @@ async def test_paystream_send_says_no_outcome_came_with_its_own_status(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: no outcome for command" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_stopping_fails_what_is_still_awaited(deployment_factory: Any) -> None:
+    """No outcome is read once the client stops: an `expect()` stayed pending for ever,
+    and a send in flight waited out its timeout, then said it "may still be sent and
+    run" (review finding)."""
+    dep = await deployment_factory()
+    client = dep.client()
+    await client.start()
+    awaited = client.expect("acme", "replayed-1")
+    pending = asyncio.ensure_future(client.send(build_command("customer.create", "acme", {}), 30))
+    while len(client._waiters) < 2:
+        await asyncio.sleep(0.01)
+    await client.stop()
+    with pytest.raises(PaystreamError, match="client stopped"):
+        await asyncio.wait_for(pending, 5)
+    assert awaited.done() and isinstance(awaited.exception(), PaystreamError)
+
+
+async def test_a_structured_command_the_workers_would_not_read_is_refused(
+    deployment_factory: Any,
+) -> None:
+    """Over PAYSTREAM_COMMAND_MAX_BYTES, a structured-mode command is dead-lettered unread,
+    so unanswered: its sender waited out the whole timeout (review finding)."""
+    dep = await deployment_factory()
+    async with PaystreamClient(dep.settings, CloudEventsMode.STRUCTURED) as client:
+        big = {"dispute_id": "dp_1", "evidence": {"a": "x" * dep.settings.command_max_bytes}}
+        with pytest.raises(InvalidCommand, match="PAYSTREAM_COMMAND_MAX_BYTES"):
+            await asyncio.wait_for(client.command("dispute.submit_evidence", "acme", big), 5)

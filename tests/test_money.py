@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from paystream.money import Money, minor_unit_exponent
+from paystream.money import Money, format_minor, minor_unit_exponent, normalise_currency
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,22 @@ def test_exponents() -> None:
         2,
         3,
     )
+
+
+@pytest.mark.parametrize(
+    "code", ["u\u017fd", "\u017fek", "\u017fgd", "\u0131dr", "\u0131ls", "\u0131nr"]
+)
+def test_letters_that_upper_case_to_ascii_are_no_currency(code: str) -> None:
+    """str.upper() maps U+017F (long s) to S and U+0131 (dotless i) to I: "u\u017fd" was
+    taken for USD, in commands and in tenant limits (review finding)."""
+    with pytest.raises(ValueError):
+        normalise_currency(code)
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [(-5, "USD", "-0.05 USD"), (-105, "KWD", "-0.105 KWD"), (-199, "USD", "-1.99 USD"),
+     (-7, "JPY", "-7 JPY")],
+)  # fmt: skip
+def test_negative_amounts_are_shown_as_such(amount: int, currency: str, shown: str) -> None:
+    assert format_minor(amount, currency) == shown  # (divmod floors: -5 read -1.95)

@@ -61,7 +61,8 @@ class _OrjsonFormat(JSONFormat):
 
 @functools.lru_cache(maxsize=64)  # a handful of content types, seen on every record
 def _is_json(datacontenttype: str | None) -> bool:
-    content_type = datacontenttype or JSONFormat.DEFAULT_CONTENT_TYPE
+    # Media types are case-insensitive (RFC 9110 8.3.1): "Application/JSON" is JSON too.
+    content_type = (datacontenttype or JSONFormat.DEFAULT_CONTENT_TYPE).lower()
     return re.match(JSONFormat.JSON_CONTENT_TYPE_PATTERN, content_type) is not None
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 from paystream.money import MAX_MINOR_AMOUNT, Currency
 
@@ -39,8 +47,10 @@ EntityId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ShortText = Annotated[str, StringConstraints(max_length=500)]
 Metadata = Annotated[
     dict[
-        Annotated[str, StringConstraints(max_length=40)],
-        Annotated[str, StringConstraints(max_length=500)],
+        # Kept as sent: stripped, " a" and "a " were merged into "a" (one value lost),
+        # and a value " " became "", which removes the key on customer.update.
+        Annotated[str, StringConstraints(max_length=40, strip_whitespace=False)],
+        Annotated[str, StringConstraints(max_length=500, strip_whitespace=False)],
     ],
     Field(max_length=50),
 ]
@@ -150,7 +160,7 @@ class SubmitDisputeEvidence(CommandData):
         ],
         Field(min_length=1, max_length=30),
     ]
-    submit: bool = True
+    submit: StrictBool = True  # irrevocable at the provider: true or false, nothing else
 
 
 class AcceptDispute(CommandData):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -128,11 +130,19 @@ def encode_outcome(
 _JSON = b"application/json"
 
 
+@functools.lru_cache(maxsize=1024)  # registered tenants: the same few on every outcome
+def _path_segment(tenant_id: str) -> str:
+    """A tenant id as one segment of ``source``, a URI reference (CloudEvents 1.0): a
+    registered id is itself; one a sender made up (answered `unknown_tenant`) may hold
+    spaces, newlines or quotes, percent-encoded here."""
+    return urllib.parse.quote(tenant_id, safe="")
+
+
 def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dict[str, Any]:
     domain = outcome_type.split(".", 1)[0]
     attrs: dict[str, Any] = {
         "id": outcome_id(cmd.tenant_id, cmd.command_id, outcome_type, cmd.id_salt),
-        "source": f"/paystream/tenants/{cmd.tenant_id}/{domain}",
+        "source": f"/paystream/tenants/{_path_segment(cmd.tenant_id)}/{domain}",
         "type": OUTCOME_PREFIX + outcome_type,
         "specversion": "1.0",
         "time": cmd.time,

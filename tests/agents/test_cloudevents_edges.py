@@ -1,0 +1,72 @@
+"""Commands at the edges of the CloudEvents spec and of the command models, through the
+real pipeline (review findings)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from paystream.agents.pipeline import Inbound
+from paystream.client import build_command
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.streams.commands import SubmitDisputeEvidence
+from tests.agents.harness import Harness, data, kind, outcome_of
+
+
+@pytest.mark.parametrize("ctype", [b"Application/JSON", b"application/JSON; charset=utf-8"])
+async def test_a_content_type_in_capitals_is_json(harness: Harness, ctype: bytes) -> None:
+    """Media types are case-insensitive (RFC 9110 8.3.1): the data was read as a string
+    and the command refused ("data must be a JSON object")."""
+    tenant = harness.add_tenant()
+    cmd = build_command("customer.create", tenant, {"email": "a@example.com"})
+    rec = encode_event(cmd, tenant.encode(), CloudEventsMode.BINARY)
+    headers = {**dict(rec.headers), "content-type": ctype}
+    emits = await harness.raw(
+        Inbound(rec.key, rec.value, headers, int(time.time() * 1000), "c", -1, -1)
+    )
+    outcome = outcome_of(harness.settings, emits)
+    assert outcome is not None and kind(outcome) == "customer.created", data(outcome)
+
+
+async def test_metadata_is_kept_as_sent(harness: Harness) -> None:
+    """Stripped, " a" and "a " were merged into "a" (two values lost), and " " became "",
+    which removes the key on customer.update."""
+    tenant = harness.add_tenant()
+    spaced = {"a": "1", " a": "2", "a ": "3", "note": "vip"}
+    created = await harness.send(
+        "customer.create", tenant, {"customer_id": "c1", "metadata": spaced}
+    )
+    assert data(created)["object"]["metadata"] == spaced, data(created)
+    updated = await harness.send(
+        "customer.update", tenant, {"customer_id": "c1", "metadata": {"note": " "}}
+    )
+    assert data(updated)["object"]["metadata"]["note"] == " ", data(updated)
+
+
+# RFC 3986 URI-reference characters (unreserved, reserved, and "%" of pct-encoding).
+_URI_REFERENCE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+
+
+@pytest.mark.parametrize("tenant", ["acme corp", "acme\nx", "acm\u00e9", 'a"b<c>'])
+async def test_an_outcome_source_is_a_uri_reference_whatever_the_tenant_id(
+    harness: Harness, tenant: str
+) -> None:
+    """CloudEvents 1.0: `source` is a URI-reference; a made-up tenant id (answered
+    unknown_tenant) was written into it raw."""
+    outcome = await harness.send("customer.create", tenant, {})
+    assert data(outcome).get("reason") == "unknown_tenant", data(outcome)
+    assert _URI_REFERENCE.fullmatch(outcome.get_source()), repr(outcome.get_source())
+    assert outcome.get_extension("tenantid") == tenant  # (the id itself is unchanged)
+
+
+@pytest.mark.parametrize("flag", ["yes", "on", "1", 1, 0.0, "off"])
+def test_the_evidence_submit_flag_is_a_json_boolean(flag: object) -> None:
+    """Submitting evidence is irrevocable at the provider: true or false, nothing else."""
+    with pytest.raises(ValidationError):
+        SubmitDisputeEvidence.model_validate(
+            {"dispute_id": "dp_1", "evidence": {"product_description": "x"}, "submit": flag}
+        )
