@@ -209,9 +209,11 @@ class CommandRunner:
         record_sources = [r.partition for r in records]
         emits: list[Emit] = []
         emit_sources: list[int] = []
-        for group_events, group_emits in zip(by_tenant.values(), groups, strict=True):
-            source = group_events[0].message.partition  # one tenant: one partition
-            for e in group_emits:
+        for group_emits in groups:
+            # Each answer's source is its own command's partition: one tenant's commands
+            # share one, but records without a key (answered or dead-lettered) come from
+            # any, and a hand-over keeps or drops a batch's answers by source.
+            for e, source in group_emits:
                 partition = await partitioner.partition(e.topic, e.record.key)
                 records.append(
                     OutRecord(e.topic, partition, e.record.key, e.record.value, e.record.headers)
@@ -260,8 +262,11 @@ class CommandRunner:
             self._partitioner = KeyPartitioner(producer)
         return producer, self._partitioner
 
-    async def _run_tenant(self, processor: CommandProcessor, group: list[EventT]) -> list[Emit]:
-        out: list[Emit] = []
+    async def _run_tenant(
+        self, processor: CommandProcessor, group: list[EventT]
+    ) -> list[tuple[Emit, int]]:
+        """Run one key's commands in order: each emit with its command's partition."""
+        out: list[tuple[Emit, int]] = []
         for event in group:
             # Table writes go to the changelog partition of the *current* event; in a
             # batch Faust only knows the last one, so each command sets its own.
@@ -277,13 +282,14 @@ class CommandRunner:
                 offset=msg.offset,
             )
             try:
-                out += await processor.process(inbound)
+                emitted = await processor.process(inbound)
             except Exception:
                 # A bug of ours must not stall the partition: dead-letter and move on.
                 log.exception(
                     "unexpected failure on %s[%d]@%d", msg.topic, msg.partition, msg.offset
                 )
-                out += processor.dead_letter_bug(inbound)
+                emitted = processor.dead_letter_bug(inbound)
+            out += ((e, msg.partition) for e in emitted)
         # The current event is still one of this tenant's: tombstones go to its partition.
         tenant = (group[-1].message.key or b"").decode("utf-8", "replace")
         if tenant:

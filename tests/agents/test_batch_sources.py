@@ -1,0 +1,50 @@
+"""A batch's answers are credited to their own command's partition: after a hand-over a
+worker delivers only those of partitions still its own (review finding: records without
+a key, from any partition, were all credited to the first one's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from faust.types import TP, Message
+
+from paystream.agents import commands
+from tests.agents.harness import Harness
+
+
+class _Event:
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+def _keyless(partition: int, offset: int, value: bytes) -> Any:
+    tp = TP("paystream.commands", partition)
+    return _Event(Message(tp.topic, partition, offset, 0.0, 0, None, None, value, None, tp=tp))
+
+
+class _Partitioner:
+    async def partition(self, topic: str, key: bytes | None) -> int:
+        return 0
+
+
+async def test_keyless_commands_are_credited_to_their_own_partition(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = commands.CommandRunner()
+
+    async def processor() -> Any:
+        return harness.processor
+
+    monkeypatch.setattr(runner, "processor", processor)
+    monkeypatch.setattr(runner, "_kafka", lambda: (None, _Partitioner()))
+    batch = await runner.process_batch(
+        [_keyless(0, 7, b"not json 0"), _keyless(1, 3, b"not json 1")]
+    )
+    letters = [e for e in batch.emits if e.topic == harness.settings.dlq_topic]
+    assert [e.record.value for e in letters] == [b"not json 0", b"not json 1"]
+    # Partition 1 moved to another worker (which answers its command again).
+    kept = batch.keep({0})
+    assert [e.record.value for e in kept.emits if e.topic == harness.settings.dlq_topic] == [
+        b"not json 0"
+    ]
