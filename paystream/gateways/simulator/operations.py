@@ -353,7 +353,9 @@ def _three_decimal_rule(amount: int, currency: str) -> None:
     """Stripe applies it to captures and refunds as to charges (its currencies page)."""
     problem = three_decimal_problem(Money(amount=amount, currency=currency))
     if problem is not None:
-        raise _refuse(ErrorCode.INVALID_REQUEST, problem)
+        # The parameters refused, as for a charge: not kept under the key (README), so
+        # the corrected amount may be sent again under it.
+        raise _invalid(problem)
 
 
 async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, Any]:

@@ -565,6 +565,35 @@ async def test_three_decimal_captures_and_refunds_follow_it_too(
     assert (await gw.effects())[-1].kind == "capture"  # neither moved money
 
 
+async def test_a_three_decimal_refusal_leaves_the_key_free(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """A refusal of the parameters alone is not kept (as for a charge): the corrected
+    capture or refund may be sent again under the same key (review finding: it was
+    answered idempotency_error)."""
+    gw = sim(redis_client, tenant_id)
+    manual = CreatePayment(
+        amount=Money(amount=5120, currency="KWD"),
+        provider_payment_method_id="pm_card_visa",
+        capture_method=CaptureMethod.MANUAL,
+    )
+    pid = (await gw.create_payment(manual, idempotency_key="auth")).provider_payment_id
+    await refused(
+        gw.capture_payment(
+            CapturePayment(provider_payment_id=pid, amount=5005), idempotency_key="cap"
+        )
+    )
+    fixed = CapturePayment(provider_payment_id=pid, amount=5000)
+    assert (await gw.capture_payment(fixed, idempotency_key="cap")).amount_captured == 5000
+    await refused(
+        gw.create_refund(CreateRefund(provider_payment_id=pid, amount=1005), idempotency_key="r")
+    )
+    refund = await gw.create_refund(
+        CreateRefund(provider_payment_id=pid, amount=1000), idempotency_key="r"
+    )
+    assert refund.amount.amount == 1000
+
+
 # ---- failure injection -----------------------------------------------------------------
 
 
