@@ -543,17 +543,22 @@ async def test_three_decimal_amounts_follow_the_stripe_gateways_rule(
     )
 
 
-async def test_three_decimal_captures_and_refunds_follow_it_too(
-    redis_client: aredis.Redis, tenant_id: str
-) -> None:
-    """Stripe applies the rule to captures and refunds as to charges."""
-    gw = sim(redis_client, tenant_id)
+async def _kwd_authorised(gw: Any) -> str:
+    """A KWD payment of 5.120 authorised for manual capture: its provider id."""
     manual = CreatePayment(
         amount=Money(amount=5120, currency="KWD"),
         provider_payment_method_id="pm_card_visa",
         capture_method=CaptureMethod.MANUAL,
     )
-    pid = (await gw.create_payment(manual, idempotency_key="auth")).provider_payment_id
+    return (await gw.create_payment(manual, idempotency_key="auth")).provider_payment_id
+
+
+async def test_three_decimal_captures_and_refunds_follow_it_too(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Stripe applies the rule to captures and refunds as to charges."""
+    gw = sim(redis_client, tenant_id)
+    pid = await _kwd_authorised(gw)
     capture = CapturePayment(provider_payment_id=pid, amount=5005)
     err = await refused(gw.capture_payment(capture, idempotency_key="cap-odd"))
     assert err.code is ErrorCode.INVALID_REQUEST and "multiples of 10" in err.message
@@ -572,12 +577,7 @@ async def test_a_three_decimal_refusal_leaves_the_key_free(
     capture or refund may be sent again under the same key (review finding: it was
     answered idempotency_error)."""
     gw = sim(redis_client, tenant_id)
-    manual = CreatePayment(
-        amount=Money(amount=5120, currency="KWD"),
-        provider_payment_method_id="pm_card_visa",
-        capture_method=CaptureMethod.MANUAL,
-    )
-    pid = (await gw.create_payment(manual, idempotency_key="auth")).provider_payment_id
+    pid = await _kwd_authorised(gw)
     await refused(
         gw.capture_payment(
             CapturePayment(provider_payment_id=pid, amount=5005), idempotency_key="cap"
