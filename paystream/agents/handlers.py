@@ -187,6 +187,7 @@ class HandlerContext:
             raise Rejection(
                 RejectReason.IDEMPOTENCY_CONFLICT,
                 f"command id {self.cmd.command_id!r} was already used for a different request",
+                remember=False,  # not kept under the key: the corrected request may follow
             )
         raise AlreadyApplied(done, record.applied_salt(self.cmd.command_id))
 

@@ -577,7 +577,12 @@ class CommandProcessor:
                 type="command.rejected",
                 data=rejection_data(cmd.command_type, rej.reason, rej.message),
             )
-            self._finish(idem_table_key, cmd, request_hash, expires, stored)
+            # A rejection names no entity: the customer it was about is kept beside it, so
+            # that an erasure finds its request hash (of the personal data) too.
+            self._finish(
+                idem_table_key, cmd, request_hash, expires, stored,
+                customer_id=getattr(data, "customer_id", None),
+            )  # fmt: skip
             self._count(cmd.tenant_id, cmd.command_type, stored.type)
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
@@ -968,13 +973,14 @@ class CommandProcessor:
         stored: StoredOutcome,
         *,
         counted: bool | None = None,
+        customer_id: str | None = None,
     ) -> None:
-        self._remember(
-            key,
-            _idempotency_dict(
-                cmd, request_hash, IdempotencyState.DONE, expires, stored, counted=counted
-            ),
+        record = _idempotency_dict(
+            cmd, request_hash, IdempotencyState.DONE, expires, stored, counted=counted
         )
+        if customer_id is not None:
+            record["customer_id"] = customer_id
+        self._remember(key, record)
 
     def _remember(self, key: str, record: dict[str, Any]) -> None:
         """Write an idempotency record and queue it for deletion when it expires."""
@@ -1041,7 +1047,14 @@ class CommandProcessor:
         """Erasure reaches the stored outcomes too: they hold the customer's old snapshot."""
         prefix = f"{tenant_id}:"
         for key, raw in list(self.idempotency.items()):
-            if raw is None or not str(key).startswith(prefix) or not raw.get("outcome"):
+            if raw is None or not str(key).startswith(prefix):
+                continue
+            if raw.get("customer_id") == customer_id and raw["request_hash"] != ERASED_HASH:
+                # A rejected command about the customer (its create sent again, an update
+                # after a delete): its outcome holds no personal data, its hash does.
+                self._erase_request_hash(tenant_id, key, raw)
+                continue
+            if not raw.get("outcome"):
                 continue
             record = IdempotencyRecord.model_validate(raw)
             assert record.outcome is not None
@@ -1051,12 +1064,15 @@ class CommandProcessor:
                 # email and name could be checked against. (A replay of the command now
                 # conflicts rather than answering.)
                 record.outcome = scrubbed
-                record.request_hash = ERASED_HASH
-                self.idempotency[key] = record.model_dump(mode="json")
-                named_key = _command_id_key(tenant_id, record.command_id)
-                named = self.idempotency.get(named_key)
-                if named is not None:
-                    self.idempotency[named_key] = {**named, "request_hash": ERASED_HASH}
+                self._erase_request_hash(tenant_id, key, record.model_dump(mode="json"))
+
+    def _erase_request_hash(self, tenant_id: str, key: str, raw: dict[str, Any]) -> None:
+        """Rewrite an idempotency record (and its command id's) without its request hash."""
+        self.idempotency[key] = {**raw, "request_hash": ERASED_HASH}
+        named_key = _command_id_key(tenant_id, str(raw["command_id"]))
+        named = self.idempotency.get(named_key)
+        if named is not None and named_key != key:
+            self.idempotency[named_key] = {**named, "request_hash": ERASED_HASH}
 
     def _idempotency_record(self, key: str, now: float) -> IdempotencyRecord | None:
         raw = self.idempotency.get(key)

@@ -266,3 +266,6 @@ class IdempotencyRecord(BaseModel):
     # day (not when another record did); parked, whether an earlier record of the
     # command already had. None: not said (older versions).
     counted: bool | None = None
+    # A rejection's: the customer the command was about (its data named one), so that
+    # erasing them also erases the request hash, a hash of their personal data.
+    customer_id: str | None = None

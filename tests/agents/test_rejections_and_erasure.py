@@ -1,0 +1,73 @@
+"""Erasure and id conflicts around rejected commands (review findings): a rejection about
+a customer kept a hash of their personal data past their erasure, and an id conflict
+found through an entity was kept under the key, refusing the corrected request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from paystream.agents.pipeline import _request_hash
+from tests.agents.harness import Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+USD_1000 = {"amount": 1000, "currency": "USD"}
+
+
+async def test_erasure_leaves_the_hash_of_a_rejected_create_of_the_personal_data(
+    harness: Harness,
+) -> None:
+    """A create re-sent under a new command id (rejected: c1 already exists) keeps the
+    hash of the customer's email and name under its key after the erasure."""
+    t = harness.add_tenant()
+    body = {"customer_id": "c1", "email": "ann@example.com", "name": "Ann"}
+    created = await harness.send("customer.create", t, body, command_id="x1")
+    assert kind(created) == "customer.created"
+    resent = await harness.send("customer.create", t, body, command_id="x2")
+    assert data(resent)["reason"] == "invalid_state"
+    pii_hash = _request_hash("customer.create", {**body, "description": None, "metadata": {}})
+    assert pii_hash in json.dumps(harness.idempotency)
+    erased = await harness.send("customer.erase", t, {"customer_id": "c1"})
+    assert kind(erased) == "customer.erased"
+    assert pii_hash not in json.dumps(harness.idempotency)
+
+
+async def test_erasure_leaves_the_hash_of_a_refused_update_of_the_personal_data(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1", "email": "a@x.example"})
+    await harness.send("customer.delete", t, {"customer_id": "c1"})
+    upd = {"customer_id": "c1", "email": "ann.new@example.com", "name": "Ann New"}
+    refused = await harness.send("customer.update", t, upd)
+    assert data(refused)["reason"] == "not_found"
+    pii_hash = _request_hash("customer.update", {**upd, "description": None, "metadata": None})
+    assert pii_hash in json.dumps(harness.idempotency)
+    await harness.send("customer.erase", t, {"customer_id": "c1"})
+    assert pii_hash not in json.dumps(harness.idempotency)
+
+
+async def test_an_id_conflict_found_by_the_entity_is_not_kept_under_the_key(
+    harness: Harness,
+) -> None:
+    """README: an idempotency conflict is not stored under the idempotency key, so the
+    command may be sent again once fixed. Found by the entity (the id's records past
+    their window), it was stored: the corrected command (new id, same key) is refused."""
+    t = harness.add_tenant()
+    await harness.send(
+        "payment.create", t,
+        {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_visa",
+         "capture": "manual"},
+    )  # fmt: skip
+    cap = await harness.send("payment.capture", t, {"payment_id": "p1"}, command_id="X")
+    assert kind(cap) == "payment.succeeded"
+    # X's idempotency records are past their window (purged); p1 still remembers X.
+    for key in [k for k in harness.idempotency if k.endswith(":X")]:
+        harness.idempotency.pop(key)
+    refund = {"payment_id": "p1", "amount": 300}
+    clash = await harness.send("refund.create", t, refund, command_id="X", idempotency_key="K2")
+    assert data(clash)["reason"] == "idempotency_conflict"
+    fixed = await harness.send("refund.create", t, refund, command_id="Y", idempotency_key="K2")
+    assert kind(fixed) == "refund.succeeded", data(fixed)
