@@ -538,7 +538,23 @@ async def _run_one(name: str, fn: _CheckFn, settings: Settings) -> CheckResult:
         ok, figure = False, f"no answer within {CHECK_TIMEOUT_S:.0f} s"
     except Exception as exc:
         ok, figure = False, f"{type(exc).__name__}: {exc}"
-    return CheckResult(name, ok, figure, time.monotonic() - started)
+    return CheckResult(name, ok, _without_credentials(figure, settings), time.monotonic() - started)
+
+
+def _without_credentials(text: str, settings: Settings) -> str:
+    """``text`` with the servers' credentials blanked: a URL the driver cannot parse (a
+    password holding an unescaped "@" or ":") comes back in its error, password and all."""
+    for url in (settings.database_url, settings.redis_url, settings.kafka_broker_url):
+        rest = (url or "").partition("://")[2]
+        credentials = rest.rpartition("@")[0]  # everything up to the last "@"
+        password = credentials.partition(":")[2]  # (the user name is no secret)
+        if not password:
+            continue
+        # The whole, then each piece a parser may have split it into (longest first).
+        pieces = {password, *password.split(":"), *password.split("@")}
+        for piece in sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True):
+            text = text.replace(piece, "***")
+    return text
 
 
 async def run_checks(settings: Settings, *, deployment: bool = False) -> list[CheckResult]:

@@ -55,6 +55,7 @@ from paystream.streams.pan import (
     redact_card_numbers,
     security_code_at,
     text_holds_security_code,
+    text_security_code_key,
     with_float_digits,
 )
 from paystream.tables.records import (
@@ -314,7 +315,8 @@ class CommandProcessor:
                 shown,
             )
         # Keys a client names (metadata, dispute evidence) may name a card security code.
-        return await self._run(rec, cmd, tenant, data, when, security_code_at(raw))
+        code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
+        return await self._run(rec, cmd, tenant, data, when, code_key)
 
     def _count(self, tenant_id: str, command_type: str, outcome_type: str) -> None:
         """Count a command's outcome; the labelled child is looked up once per label set."""
@@ -1612,8 +1614,9 @@ def _bad_time(at: datetime) -> str | None:
 
 def _raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
     """The cheap look at the record's bytes (``headers``: its kept ones): the parsed scan
-    runs only when this says so."""
-    return raw_may_contain_card_number(
+    runs only when this says so. (A NUL in the value: UTF-16 and the like, whose digits
+    the quick look cannot see: look properly.)"""
+    return b"\x00" in (rec.value or b"") or raw_may_contain_card_number(
         rec.key or b"",
         rec.value or b"",
         "\x00".join(headers).encode(),
@@ -1659,6 +1662,8 @@ def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     value = rec.value or b""
     text = value.decode("utf-8", "replace")
     texts.append(with_float_digits(text))
+    if b"\x00" in value:  # UTF-16 and the like: ASCII with a NUL beside each character
+        texts.append(with_float_digits(value.replace(b"\x00", b"").decode("utf-8", "replace")))
     parsed: Any = None
     if parse:
         try:
@@ -1672,6 +1677,21 @@ def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     return contains_card_number(texts)
 
 
+def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
+    """A card security code the parsed data does not show, in what a parked command
+    keeps: an attribute (an extension: a binary header, a structured top-level member),
+    an earlier value of a repeated key, or JSON inside a string (escapes resolved)."""
+    found = security_code_at(event.get_attributes())
+    if found is not None:
+        return found
+    value = rec.value or b""
+    text = value.decode("utf-8", "replace")
+    found = text_security_code_key(text)
+    if found is None and b"\\" in value:
+        found = text_security_code_key(_unescaped(text))
+    return found
+
+
 def _raw_holds_security_code(rec: Inbound) -> bool:
     """A record that did not decode, holding a member that reads as a card security code
     (as JSON where it parses, as text, and with JSON escapes resolved, where not)."""
@@ -1681,6 +1701,10 @@ def _raw_holds_security_code(rec: Inbound) -> bool:
     # JSON inside a string is found once its escapes are resolved.
     if text_holds_security_code(text) or text_holds_security_code(_unescaped(text)):
         return True
+    if b"\x00" in value and text_holds_security_code(
+        value.replace(b"\x00", b"").decode("utf-8", "replace")
+    ):
+        return True  # UTF-16 and the like
     try:
         return security_code_at(orjson.loads(value)) is not None
     except orjson.JSONDecodeError:

@@ -16,6 +16,7 @@ __all__ = [
     "redact_card_numbers",
     "security_code_at",
     "text_holds_security_code",
+    "text_security_code_key",
     "with_float_digits",
 ]
 
@@ -230,7 +231,15 @@ def _looks_like_security_code(value: Any) -> bool:
 def text_holds_security_code(text: str) -> bool:
     """Raw text (a record that is not a CloudEvent) with a member that reads as a card
     security code."""
-    return any(_names_security_code(m.group(1)) for m in _CODE_MEMBER.finditer(text))
+    return text_security_code_key(text) is not None
+
+
+def text_security_code_key(text: str) -> str | None:
+    """The key of the first member of raw JSON text that reads as a card security code."""
+    return next(
+        (m.group(1) for m in _CODE_MEMBER.finditer(text) if _names_security_code(m.group(1))),
+        None,
+    )
 
 
 def security_code_at(value: Any) -> str | None:
@@ -266,7 +275,24 @@ def _float_digits(match: re.Match[str]) -> str:
 
 def _has_card_number(text: str) -> bool:
     text = _ascii_digits(text)
-    return any(_is_card_number(match) for match in _candidates(text))
+    if any(_is_card_number(match) for match in _candidates(text)):
+        return True
+    if text.isascii():
+        return False
+    # Invisible characters (zero-width space, soft hyphen, direction marks, joiners,
+    # variation selectors, ...) between digits: a card number to any reader, none to the
+    # pattern. Scanned again without them (detection only: redaction keeps positions).
+    visible = _INVISIBLE.sub("", text)
+    return visible != text and any(_is_card_number(m) for m in _candidates(visible))
+
+
+# Unicode's default-ignorable code points (rendered as nothing) and the combining
+# grapheme joiner: what can sit between digits unseen.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
 
 
 def _candidates(text: str) -> Iterator[re.Match[str]]:
