@@ -7,6 +7,8 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import logging
 import re
@@ -1616,7 +1618,10 @@ def _raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
     """The cheap look at the record's bytes (``headers``: its kept ones): the parsed scan
     runs only when this says so. (A NUL in the value: UTF-16 and the like, whose digits
     the quick look cannot see: look properly.)"""
-    return b"\x00" in (rec.value or b"") or raw_may_contain_card_number(
+    value = rec.value or b""
+    if b"\x00" in value or b'"data_base64"' in value:  # digits the quick look cannot see
+        return True
+    return raw_may_contain_card_number(
         rec.key or b"",
         rec.value or b"",
         "\x00".join(headers).encode(),
@@ -1672,9 +1677,24 @@ def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
             parsed = None
     if parsed is not None:
         texts.append(parsed)
+        texts.extend(_base64_data(parsed))
     elif b"\\" in value:
         texts.append(with_float_digits(_unescaped(text)))
     return contains_card_number(texts)
+
+
+def _base64_data(parsed: Any) -> list[str]:
+    """The decoded ``data_base64`` of a structured record (as text), if it has one: what
+    a replay would send, card number and all, in a form no text scan reads."""
+    encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
+    if not isinstance(encoded, str):
+        return []
+    try:
+        decoded = base64.b64decode(encoded, validate=True)
+    except ValueError:  # (binascii.Error)
+        return []
+    text = decoded.replace(b"\x00", b"").decode("utf-8", "replace")
+    return [with_float_digits(text), with_float_digits(_unescaped(text))]
 
 
 def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
@@ -1705,6 +1725,10 @@ def _raw_holds_security_code(rec: Inbound) -> bool:
         value.replace(b"\x00", b"").decode("utf-8", "replace")
     ):
         return True  # UTF-16 and the like
+    if b'"data_base64"' in value:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            if any(text_holds_security_code(t) for t in _base64_data(orjson.loads(value))):
+                return True
     try:
         return security_code_at(orjson.loads(value)) is not None
     except orjson.JSONDecodeError:

@@ -5,6 +5,7 @@ record, a table or a log."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 from paystream.agents.pipeline import Emit, Inbound
@@ -127,16 +128,10 @@ async def test_json_with_a_cvc_inside_a_string_is_refused(harness: Harness) -> N
     assert '{"card_cvc": "737"}' not in kept, (kind(out), kept)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the dead-letter scan does not decode data_base64 of a record that "
-    "does not decode as a CloudEvent",
-)
 async def test_a_base64_card_number_is_not_kept_in_a_dead_letter(harness: Harness) -> None:
-    """A structured command whose data is data_base64 (CloudEvents' own way to carry
-    data): when the record is dead-lettered, its bytes are kept with the card number
-    base64-encoded (the scans read text, never decode it)."""
-    import base64
+    """A structured record whose data is data_base64 (CloudEvents' own way to carry
+    data), dead-lettered: its bytes were kept with the card number base64-encoded (the
+    scans read text and did not decode it)."""
 
     t = harness.add_tenant()
     body = json.dumps({"description": f"card {PAN}", "email": "a@example.com"}).encode()
@@ -178,3 +173,24 @@ async def test_a_utf16_card_number_is_not_kept_in_a_dead_letter(harness: Harness
     emits = await harness.raw(Inbound(rec.key, rec.value, headers, 0, "c", 0, 3))
     kept = [e.record.value for e in emits if e.topic == harness.settings.dlq_topic]
     assert not any(PAN in v.decode("utf-16-le", "replace") for v in kept), kept
+
+
+async def test_a_base64_card_number_in_a_command_is_refused(harness: Harness) -> None:
+    """The same in a structured command that decodes: refused before anything else."""
+    t = harness.add_tenant()
+    body = json.dumps({"description": f"card {PAN}", "email": "a@example.com"}).encode()
+    value = json.dumps(
+        {
+            "specversion": "1.0",
+            "id": "c1",
+            "type": "com.paystream.command.customer.create",
+            "source": "/x",
+            "tenantid": t,
+            "datacontenttype": "application/json",
+            "data_base64": base64.b64encode(body).decode(),
+        }
+    ).encode()
+    headers = {"content-type": b"application/cloudevents+json"}
+    emits = await harness.raw(Inbound(t.encode(), value, headers, 0, "c", 0, 4))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out).get("reason") == "card_data_forbidden", data(out)
