@@ -10,20 +10,7 @@ import json
 
 from paystream.agents.pipeline import Emit, Inbound
 from tests.agents.harness import Harness, data, kind, outcome_of
-
-
-def _binary(key: bytes, value: bytes = b"{}", **headers: bytes) -> Inbound:
-    base = {
-        "ce_specversion": b"1.0",
-        "ce_id": b"c1",
-        "ce_type": b"com.paystream.command.payment.create",
-        "ce_source": b"/x",
-        "ce_tenantid": key,
-        "content-type": b"application/json",
-    }
-    return Inbound(
-        key=key, value=value, headers={**base, **headers}, timestamp_ms=0, topic="c", offset=3
-    )
+from tests.agents.test_pipeline import _binary
 
 
 def _where(emits: list[Emit], needle: bytes) -> list[str]:
@@ -128,24 +115,28 @@ async def test_json_with_a_cvc_inside_a_string_is_refused(harness: Harness) -> N
     assert '{"card_cvc": "737"}' not in kept, (kind(out), kept)
 
 
+def _base64_structured(tenant: str, *, specversion: bool) -> bytes:
+    """A structured customer.create whose data (a card number in its description) is
+    data_base64; without specversion it is no CloudEvent."""
+    body = json.dumps({"description": f"card {PAN}", "email": "a@example.com"}).encode()
+    event = {
+        "id": "c1",
+        "type": "com.paystream.command.customer.create",
+        "source": "/x",
+        "tenantid": tenant,
+        "datacontenttype": "application/json",
+        "data_base64": base64.b64encode(body).decode(),
+    }
+    return json.dumps({"specversion": "1.0", **event} if specversion else event).encode()
+
+
 async def test_a_base64_card_number_is_not_kept_in_a_dead_letter(harness: Harness) -> None:
     """A structured record whose data is data_base64 (CloudEvents' own way to carry
     data), dead-lettered: its bytes were kept with the card number base64-encoded (the
     scans read text and did not decode it)."""
 
     t = harness.add_tenant()
-    body = json.dumps({"description": f"card {PAN}", "email": "a@example.com"}).encode()
-    value = json.dumps(
-        {
-            # no specversion: not a CloudEvent, dead-lettered with its bytes
-            "id": "c1",
-            "type": "com.paystream.command.customer.create",
-            "source": "/x",
-            "tenantid": t,
-            "datacontenttype": "application/json",
-            "data_base64": base64.b64encode(body).decode(),
-        }
-    ).encode()
+    value = _base64_structured(t, specversion=False)  # not a CloudEvent: dead-lettered
     emits = await harness.raw(
         Inbound(
             key=t.encode(),
@@ -178,18 +169,7 @@ async def test_a_utf16_card_number_is_not_kept_in_a_dead_letter(harness: Harness
 async def test_a_base64_card_number_in_a_command_is_refused(harness: Harness) -> None:
     """The same in a structured command that decodes: refused before anything else."""
     t = harness.add_tenant()
-    body = json.dumps({"description": f"card {PAN}", "email": "a@example.com"}).encode()
-    value = json.dumps(
-        {
-            "specversion": "1.0",
-            "id": "c1",
-            "type": "com.paystream.command.customer.create",
-            "source": "/x",
-            "tenantid": t,
-            "datacontenttype": "application/json",
-            "data_base64": base64.b64encode(body).decode(),
-        }
-    ).encode()
+    value = _base64_structured(t, specversion=True)
     headers = {"content-type": b"application/cloudevents+json"}
     emits = await harness.raw(Inbound(t.encode(), value, headers, 0, "c", 0, 4))
     out = outcome_of(harness.settings, emits)
