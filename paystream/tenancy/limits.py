@@ -259,7 +259,7 @@ class LimitGate:
         owner = None if request is None else _tag(request)
         former = _former_hold(state, former_hold_key, owner)
         carried = former is not None
-        if former is not None:
+        if carried:
             held = dict(state["held"])
             held[hold] = held.pop(former)
             state["held"] = held
@@ -375,11 +375,9 @@ class LimitGate:
                 )
             return
         held = dict(state.get("held") or {})
-        held.pop(
-            _hold_of(state, hold_key or rec.command_id, None if request is None else _tag(request)),
-            None,
-        )
-        former = _former_hold(state, former_hold_key, None if request is None else _tag(request))
+        owner = None if request is None else _tag(request)
+        held.pop(_hold_of(state, hold_key or rec.command_id, owner), None)
+        former = _former_hold(state, former_hold_key, owner)
         if former is not None:
             held.pop(former, None)
         state["held"] = held
