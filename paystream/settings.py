@@ -13,14 +13,21 @@ import socket
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from paystream.errors import ConfigurationError
 
-__all__ = ["BrokerFlavor", "CloudEventsMode", "Settings", "get_settings", "load_settings"]
+__all__ = [
+    "BrokerFlavor",
+    "CloudEventsMode",
+    "Settings",
+    "get_settings",
+    "load_settings",
+    "url_without_password",
+]
 
 
 class BrokerFlavor(StrEnum):
@@ -38,6 +45,24 @@ class CloudEventsMode(StrEnum):
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+_URL_FIELDS = frozenset({"kafka_broker_url", "database_url", "redis_url"})
+
+
+def url_without_password(url: str) -> str:
+    """``url`` with the password of its user info (``scheme://user:password@host``)
+    replaced by ``***``. The user info ends at the last "@" before the query: a password
+    may hold an unescaped "@", ":" or "/" (drivers then fail to parse it, but it is
+    still a secret)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head, query_sep, query = rest.partition("?")
+    credentials, at, hosts = head.rpartition("@")
+    user, colon, password = credentials.partition(":")
+    if not at or not colon or not password:
+        return url
+    return f"{scheme}://{user}:***@{hosts}{query_sep}{query}"
 
 
 # The most PAYSTREAM_COMMAND_MAX_BYTES may be: outcomes and stored records echo a command
@@ -311,6 +336,14 @@ class Settings(BaseSettings):
             raise ValueError("PAYSTREAM_WEB_TOKEN is empty: set a token, or unset it")
         # A token read from a file keeps its newline; a Bearer header never carries one.
         return text.strip() if isinstance(text, str) else value
+
+    def __repr_args__(self) -> Any:
+        # Settings end up in logs and tracebacks (repr, str, a failed check): the server
+        # URLs may carry passwords, which SecretStr fields already hide.
+        for name, value in super().__repr_args__():
+            if name in _URL_FIELDS and isinstance(value, str):
+                value = url_without_password(value)
+            yield name, value
 
     def advertised_web_host(self) -> str:
         """Where other workers reach this one's web server (Faust's canonical URL host):

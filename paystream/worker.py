@@ -9,6 +9,8 @@ import sys
 from typing import Any, cast
 
 import mode.loop
+import stripe
+import stripe._util as stripe_util  # STRIPE_LOG is read there at import
 
 # Importing these modules registers their agents, tables and pages on `app`.
 from paystream.agents import commands as _commands
@@ -62,11 +64,18 @@ def quiet_libraries(log_level: str) -> None:
     aiokafka logs record values at DEBUG: never below INFO. The Stripe SDK logs every
     request at INFO (two lines a provider call) and, on an API error, Stripe's message,
     which echoes what was sent (an e-mail address, a metadata value): never below
-    WARNING. paystream reports provider errors itself, by code.
+    WARNING, and never to stderr by STRIPE_LOG. paystream reports provider errors
+    itself, by code.
     """
     level = logging.getLevelName(log_level.upper().replace("WARN", "WARNING"))
     logging.getLogger("aiokafka").setLevel(max(logging.INFO, level))
     logging.getLogger("stripe").setLevel(max(logging.WARNING, level))
+    # STRIPE_LOG=debug|info makes the SDK print every request and response body to
+    # stderr, past the logging levels above: customer names, e-mail addresses, metadata.
+    if stripe.log or stripe_util.STRIPE_LOG:
+        log.warning("STRIPE_LOG ignored: the Stripe SDK would print customer data to stderr")
+    stripe.log = None
+    stripe_util.STRIPE_LOG = None
 
 
 def main(extra_args: list[str] | None = None) -> None:

@@ -10,7 +10,13 @@ from pydantic import ValidationError
 
 from paystream import settings as settings_module
 from paystream.errors import ConfigurationError
-from paystream.settings import BrokerFlavor, CloudEventsMode, Settings, load_settings
+from paystream.settings import (
+    BrokerFlavor,
+    CloudEventsMode,
+    Settings,
+    load_settings,
+    url_without_password,
+)
 
 
 def test_defaults_are_development_friendly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +121,36 @@ def test_a_web_token_read_from_a_file_loses_its_newline() -> None:
     """A Bearer header never carries it: the token would never have matched."""
     token = load_settings(web_token=" t0k\n").web_token
     assert token is not None and token.get_secret_value() == "t0k"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:s3cret@db:5432/ledger", "postgresql://app:***@db:5432/ledger"),
+        ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("kafka://svc:s3cret@b1:9092,b2:9092", "kafka://svc:***@b1:9092,b2:9092"),
+        # Unescaped "@", ":" and "/" in a password: still all of it hidden.
+        (
+            "postgresql://app:s@c:r/et@db/x?sslmode=require",
+            "postgresql://app:***@db/x?sslmode=require",
+        ),
+        ("postgresql://app@db/x", "postgresql://app@db/x"),
+        ("redis://cache:6379", "redis://cache:6379"),
+    ],
+)
+def test_url_passwords_are_hidden(url: str, shown: str) -> None:
+    assert url_without_password(url) == shown
+
+
+def test_the_settings_repr_shows_no_server_password() -> None:
+    """Settings land in logs and tracebacks; SecretStr hides the keys, not the URLs."""
+    s = Settings(
+        _env_file=None,
+        kafka_broker_url="kafka://svc:kpass1@b1:9092",
+        database_url="postgresql://app:dpass2@db/x",
+        redis_url="redis://:rpass3@cache:6379",
+    )
+    for text in (repr(s), str(s)):
+        for secret in ("kpass1", "dpass2", "rpass3"):
+            assert secret not in text
+    assert s.database_url == "postgresql://app:dpass2@db/x"  # the value itself is intact

@@ -58,6 +58,22 @@ def _bears_token(request: Request) -> bool:
         return False
 
 
+def _over_https(request: Request) -> bool:
+    """Did the browser use HTTPS? Behind a TLS-terminating proxy (ingress, load balancer)
+    the worker itself sees plain HTTP: the proxy's X-Forwarded-Proto or Forwarded says.
+    Believing a client's claim is safe here: it only adds Secure to the cookie, which a
+    browser then keeps for HTTPS alone."""
+    if getattr(request, "secure", False):
+        return True
+    forwarded_proto = request.headers.get("X-Forwarded-Proto", "")
+    if forwarded_proto.split(",")[0].strip().lower() == "https":
+        return True
+    first_hop = request.headers.get("Forwarded", "").split(",")[0]
+    return any(
+        part.strip().lower().replace('"', "") == "proto=https" for part in first_hop.split(";")
+    )
+
+
 def _operators_only(fun: _Handler) -> _Handler:
     """Entity lookups carry customers' personal data: with PAYSTREAM_WEB_TOKEN set, only
     requests bearing it are answered (a lookup forwarded to the tenant's owner carries the
@@ -98,7 +114,7 @@ class DashboardView(View):
                     token,
                     httponly=True,
                     samesite="Strict",
-                    secure=getattr(request, "secure", False),
+                    secure=_over_https(request),
                 )
             return found  # type: ignore[return-value]  # aiohttp's, as Faust's driver uses
         if not _bears_token(request):

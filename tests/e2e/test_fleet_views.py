@@ -61,6 +61,11 @@ def _check_the_token_guards_the_views(base_url: str, lookup: str) -> None:
     assert status == 303 and headers["Location"] == "/"
     cookie = headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
+    # Behind a TLS-terminating proxy the browser is on HTTPS: the cookie is Secure.
+    for proxy in ({"X-Forwarded-Proto": "https"}, {"Forwarded": 'for=10.0.0.1;proto="https"'}):
+        status, headers = _status(base_url, f"/?token={TOKEN}", proxy)
+        assert status == 303 and "Secure" in headers["Set-Cookie"], proxy
     jar = {"Cookie": cookie.split(";", 1)[0]}
     assert _status(base_url, "/v1/stats", jar)[0] == 200
     assert _status(base_url, "/", jar)[0] == 200

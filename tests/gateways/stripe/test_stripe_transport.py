@@ -462,6 +462,36 @@ async def test_the_worker_keeps_stripe_sdk_logs_of_customer_data_out(
     assert logging.getLogger("aiokafka").level == logging.INFO
 
 
+async def test_stripe_log_cannot_print_request_bodies_past_the_worker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """STRIPE_LOG=debug makes the SDK print each request's and response's body to
+    stderr, logging levels or not: the worker turns it off (and says so)."""
+    import stripe
+    import stripe._util as stripe_util
+
+    from paystream.worker import quiet_libraries
+
+    monkeypatch.setattr(stripe_util, "STRIPE_LOG", "debug")  # as read from the environment
+    monkeypatch.setattr(stripe, "log", None)
+    stripe_logger = logging.getLogger("stripe")
+    before = stripe_logger.level
+    try:
+        quiet_libraries("info")
+        gw, _ = gateway(lambda req: (200, {"id": "cus_1", "object": "customer"}))
+        try:
+            await gw.create_customer(
+                CreateCustomer(email="jane.doe@example.com", name="Jane Doe"),
+                idempotency_key="k1",
+            )
+        finally:
+            await gw.aclose()
+    finally:
+        stripe_logger.setLevel(before)
+    err = capsys.readouterr().err
+    assert "jane.doe" not in err and "Jane" not in err, err
+
+
 # A PaymentIntent for 30.00 authorised, then captured for 10.00: Stripe releases the
 # other 20.00, and the charge counts it in amount_refunded (as localstripe does).
 PARTIALLY_CAPTURED = {
