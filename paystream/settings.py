@@ -293,9 +293,6 @@ class Settings(BaseSettings):
         "workers connect as (DATABASE_URL's user owns the schema and runs migrations). The "
         "embedded stack generates one.",
     )
-    webhook_tolerance_seconds: int = Field(
-        default=300, ge=1, description="PAYSTREAM_WEBHOOK_TOLERANCE_SECONDS: signature age limit."
-    )
 
     @field_validator("kafka_broker_url")
     @classmethod
