@@ -17,13 +17,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import click
 from aiokafka.errors import KafkaError
 
 from paystream.errors import PaystreamError
-from paystream.settings import Settings, load_settings
+from paystream.settings import Settings, load_settings, unknown_variables, url_without_password
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 
@@ -97,35 +96,12 @@ def config() -> None:
         value = getattr(settings, name)
         shown = "**********" if "SecretStr" in type(value).__name__ else _without_password(value)
         click.echo(f"{name:28} = {shown!s:40}  # {field.description}")
+    for name in unknown_variables(os.environ):
+        click.echo(f"warning: {name} is not a paystream setting (mistyped?): ignored", err=True)
 
 
 def _without_password(value: Any) -> Any:
-    """A URL with its credentials masked (DATABASE_URL, REDIS_URL may carry a password,
-    in the user part or as a query parameter), whether or not the rest of it is valid:
-    a mistyped URL is what an operator running `paystream config` is looking at."""
-    if not isinstance(value, str) or "://" not in value:
-        return value
-    scheme, _, rest = value.partition("://")
-    # Everything up to the last "@" is credentials, whatever it holds ("/", "?" or "#"
-    # in a password end the host part for a URL parser, which then finds no password).
-    creds, at, rest = rest.rpartition("@")
-    if at and ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    base, question, query = rest.partition("?")
-    if question:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_secret_param(k) for k, _ in pairs):
-            masked = [(k, "***" if _secret_param(k) else v) for k, v in pairs]
-            query = urlencode(masked, safe="*")
-    return f"{scheme}://{creds}{at}{base}{question}{query}"
-
-
-def _secret_param(name: str) -> bool:
-    """Query parameters that carry a secret (libpq's ``sslpassword`` among them)."""
-    lowered = name.lower()
-    return lowered in {"pass", "passwd", "pwd", "key"} or lowered.endswith(
-        ("password", "token", "secret")
-    )
+    return url_without_password(value) if isinstance(value, str) else value
 
 
 @cli.command()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +28,7 @@ __all__ = [
     "Settings",
     "get_settings",
     "load_settings",
+    "unknown_variables",
     "url_without_password",
 ]
 
@@ -49,20 +52,34 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 _URL_FIELDS = frozenset({"kafka_broker_url", "database_url", "redis_url"})
 
 
-def url_without_password(url: str) -> str:
-    """``url`` with the password of its user info (``scheme://user:password@host``)
-    replaced by ``***``. The user info ends at the last "@" before the query: a password
-    may hold an unescaped "@", ":" or "/" (drivers then fail to parse it, but it is
-    still a secret)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    head, query_sep, query = rest.partition("?")
-    credentials, at, hosts = head.rpartition("@")
-    user, colon, password = credentials.partition(":")
-    if not at or not colon or not password:
-        return url
-    return f"{scheme}://{user}:***@{hosts}{query_sep}{query}"
+def url_without_password(value: str) -> str:
+    """A URL with its credentials masked: the password of its user info
+    (``scheme://user:password@host``) and query parameters that carry one (libpq's
+    ``sslpassword``, ``password=`` ...), whether or not the rest of it is valid: a
+    mistyped URL is what an operator reading a log or `paystream config` is looking at."""
+    if "://" not in value:
+        return value
+    scheme, _, rest = value.partition("://")
+    # Everything up to the last "@" is credentials, whatever it holds ("/", "?" or "#"
+    # in a password end the host part for a URL parser, which then finds no password).
+    creds, at, rest = rest.rpartition("@")
+    if at and ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    base, question, query = rest.partition("?")
+    if question:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_secret_param(k) for k, _ in pairs):
+            masked = [(k, "***" if _secret_param(k) else v) for k, v in pairs]
+            query = urlencode(masked, safe="*")
+    return f"{scheme}://{creds}{at}{base}{question}{query}"
+
+
+def _secret_param(name: str) -> bool:
+    """Query parameters that carry a secret (libpq's ``sslpassword`` among them)."""
+    lowered = name.lower()
+    return lowered in {"pass", "passwd", "pwd", "key"} or lowered.endswith(
+        ("password", "token", "secret")
+    )
 
 
 # The most PAYSTREAM_COMMAND_MAX_BYTES may be: outcomes and stored records echo a command
@@ -413,6 +430,27 @@ def load_settings(**overrides: object) -> Settings:
             for err in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from exc
+
+
+# PAYSTREAM_ variables read outside the settings: `tenants add --secret NAME` reads
+# PAYSTREAM_SECRET_<NAME>; the test suite has two knobs of its own.
+_READ_ELSEWHERE_PREFIX = "PAYSTREAM_SECRET_"
+_READ_ELSEWHERE = frozenset({"PAYSTREAM_FUZZ_EXAMPLES", "PAYSTREAM_CHROMIUM"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """PAYSTREAM_ variables nothing reads, sorted: a mistyped name is otherwise silently
+    the default (PAYSTREAM_WEB_TOKN leaves the views open to whoever reaches the port)."""
+    prefix = Settings.model_config.get("env_prefix") or ""
+    known = {f"{prefix}{name}".upper() for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith("PAYSTREAM_")
+        and name.upper() not in known
+        and name.upper() not in _READ_ELSEWHERE
+        and not name.upper().startswith(_READ_ELSEWHERE_PREFIX)
+    )
 
 
 @lru_cache(maxsize=1)

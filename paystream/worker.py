@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
 from paystream.gc_pacing import full_collections
+from paystream.settings import unknown_variables
 from paystream.streams import fast_delivery
 from paystream.web import views as _views  # noqa: F401
 
@@ -82,6 +84,8 @@ def main(extra_args: list[str] | None = None) -> None:
     """Run a Faust worker for this process's settings (blocks until stopped)."""
     settings.require_broker()
     quiet_libraries(settings.log_level)
+    for name in unknown_variables(os.environ):
+        log.warning("%s is not a paystream setting (mistyped?): ignored", name)
     # Faust refuses to start when its data directory does not exist yet.
     (settings.data_dir / "faust" / settings.app_id).mkdir(parents=True, exist_ok=True)
     # Faust reads --loop at `import faust`, long done by now: install the policy directly.

@@ -84,6 +84,22 @@ def test_config_never_prints_a_database_password() -> None:
     assert "hunter2" not in result.output and "owner:***@db" in result.output
 
 
+def test_config_names_a_mistyped_variable() -> None:
+    """PAYSTREAM_WEB_TOKN (sic) would leave the views open while the operator believes
+    them guarded: named as read by nothing. Secret references and real settings are not."""
+    env = {
+        **BROKER,
+        "PAYSTREAM_WEB_TOKN": "t0ken",
+        "PAYSTREAM_SECRET_API_KEY": "sk",
+        "PAYSTREAM_LOG_LEVEL": "info",
+    }
+    result = CliRunner().invoke(cli, ["config"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "PAYSTREAM_WEB_TOKN is not a paystream setting" in result.stderr
+    assert "SECRET_API_KEY" not in result.stderr and "LOG_LEVEL" not in result.stderr
+    assert "t0ken" not in result.output
+
+
 @pytest.mark.parametrize("args", [["tenants", "list"], ["dlq", "list"]])
 def test_an_unreachable_broker_is_an_error_message_not_a_traceback(args: list[str]) -> None:
     result = CliRunner().invoke(cli, args, env=BROKER)

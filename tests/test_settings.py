@@ -135,6 +135,7 @@ def test_a_web_token_read_from_a_file_loses_its_newline() -> None:
             "postgresql://app:***@db/x?sslmode=require",
         ),
         ("postgresql://app@db/x", "postgresql://app@db/x"),
+        ("postgresql://app@db/x?sslpassword=s3cret", "postgresql://app@db/x?sslpassword=***"),
         ("redis://cache:6379", "redis://cache:6379"),
     ],
 )
@@ -148,9 +149,9 @@ def test_the_settings_repr_shows_no_server_password() -> None:
         _env_file=None,
         kafka_broker_url="kafka://svc:kpass1@b1:9092",
         database_url="postgresql://app:dpass2@db/x",
-        redis_url="redis://:rpass3@cache:6379",
+        redis_url="redis://:rpass3@cache:6379/0?password=rpass4",
     )
     for text in (repr(s), str(s)):
-        for secret in ("kpass1", "dpass2", "rpass3"):
+        for secret in ("kpass1", "dpass2", "rpass3", "rpass4"):
             assert secret not in text
     assert s.database_url == "postgresql://app:dpass2@db/x"  # the value itself is intact
