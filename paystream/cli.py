@@ -56,9 +56,13 @@ def _settings() -> Settings:
     return settings
 
 
-def _run(coro: Any) -> Any:
+def _run(coro: Any, *, own: tuple[type[PaystreamError], ...] = ()) -> Any:
+    """Run ``coro``; paystream errors become click errors (exit 1), but for ``own``: the
+    caller answers those itself (an exit status of their own)."""
     try:
         return asyncio.run(coro)
+    except own:
+        raise
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except (KafkaError, OSError) as exc:  # a broker or server down: say so, no traceback
@@ -810,7 +814,8 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
                 include_stale=include_stale,
                 progress=progress,
                 observe=observe,
-            )
+            ),
+            own=(ConcurrentReplayError,),
         )
     except ConcurrentReplayError as exc:
         click.echo(f"\n{exc}", err=True)
@@ -826,8 +831,8 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
     if result.stale:
         hours = stale_after_ms(settings) / 3_600_000
         click.echo(
-            f"held back {result.stale} record(s) parked over {hours:g} h ago (and those "
-            "after them on their partitions): the provider may have forgotten their "
+            f"held back {result.stale} record(s): parked over {hours:g} h ago, or after "
+            "such a one on its partition. The provider may have forgotten the old ones' "
             "idempotency keys, so a command it already applied would be applied again. "
             "Check them with the "
             "provider, then replay with --include-stale.",

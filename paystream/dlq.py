@@ -158,9 +158,9 @@ class ReplayResult:
     # Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
     # pointer to the original command (and the replay commits past them).
     dropped: list[ParkedRecord] = field(default_factory=list)
-    # Held back (left in place), with everything after them on their partition: parked
-    # longer than the providers keep idempotency keys (Stripe: 24 h). Re-sent now, a
-    # command the provider already applied would be applied again (a second charge).
+    # Held back (left in place): parked longer than the providers keep idempotency keys
+    # (Stripe: 24 h), and every record after such a one on its partition (counted too).
+    # Re-sent now, a command the provider already applied would be applied again.
     stale: int = 0
     last: str = ""  # what was done with the latest record (for ``observe``)
 

@@ -289,6 +289,13 @@ class CommandProcessor:
             if earlier is None:
                 # A crash may have kept its entity and lost its idempotency record.
                 earlier = await self._let_through_by_entity(cmd, raw, tenant)
+            if (earlier is None or earlier.state not in _LET_THROUGH) and (
+                self._past_provider_window(rec)
+            ):
+                # A re-drive reached past the provider's key window, its record expired:
+                # the provider may have acted on it, so no final answer (as for an active
+                # tenant's, in _run): parked again for a person to reconcile.
+                return self._to_retry_topic(rec, cmd, STALE)
             if tenant is None:
                 if earlier is not None and earlier.state in _LET_THROUGH:
                     return self._repark(rec, cmd, earlier, RejectReason.UNKNOWN_TENANT)
