@@ -29,6 +29,8 @@ from paystream.tenancy.models import Tenant
 __all__ = ["main"]
 
 DEMO_TENANTS = ("acme", "globex")
+# Secrets and connected accounts end up in provider HTTP headers, which refuse these.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # One demo tenant has limits, so the dashboard shows them at work: the demo's larger USD
 # payments go over the per-payment cap (quota_exceeded); the rate limit leaves room.
 DEMO_LIMITS = {"globex": TenantLimits(commands_per_second=50, max_payment_amount={"USD": 40_000})}
@@ -283,6 +285,16 @@ def tenants_add(
         if text is not None and not valid_unicode(text):
             # Written escaped, it would be refused by every reader: never changed again.
             raise click.BadParameter("not valid Unicode (an undecodable byte?)", param_hint=hint)
+    for hint, text in (("--connected-account", connected_account),
+                       *(("--secret", os.environ.get(f"PAYSTREAM_SECRET_{n.upper()}"))
+                         for n in secret_names)):  # fmt: skip
+        if text is not None and _CONTROL.search(text):
+            # Sent in a provider's HTTP headers: the client refuses it, and every call
+            # failed as the provider unreachable (retried, the circuit opened). The
+            # message never shows the value.
+            raise click.BadParameter(
+                "holds a control character (a trailing newline from a file?)", param_hint=hint
+            )
     opts = {}
     for item in options:
         key, eq, raw = item.partition("=")
@@ -320,6 +332,11 @@ def tenants_add(
             if not valid_unicode(value):  # (the message never shows the value)
                 raise click.BadParameter(
                     f"the value of {sname} is not valid Unicode (an undecodable byte?)",
+                    param_hint="--secret",
+                )
+            if _CONTROL.search(value):
+                raise click.BadParameter(
+                    f"the value of {sname} holds a control character",
                     param_hint="--secret",
                 )
             sealed[sname] = seal_secret(keyring, tenant_id, sname, value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Container
 from typing import Any, TypeVar
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # How often the pool looks for tenants removed from the registry (their clients closed).
 ABSENT_SWEEP_SECONDS = 30.0
+# Credentials and connected accounts travel in provider HTTP headers, which refuse these.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 T = TypeVar("T")
 SecretOpener = Callable[[Tenant, str], SecretStr]
@@ -104,6 +107,19 @@ class GatewayPool:
                     retryable=False,
                 )
             credentials[name] = self._open_secret(tenant, name)
+            if _CONTROL.search(credentials[name].get_secret_value()):
+                # (e.g. a key read from a file with its newline) The HTTP client refuses
+                # such a header: every call failed as the provider unreachable, retried
+                # behind an opening circuit. The message never shows the value.
+                raise GatewayError(
+                    ErrorCode.AUTHENTICATION_FAILED,
+                    f"tenant secret {name!r} holds a control character (a trailing newline?): "
+                    "set it again with `paystream tenants add --secret`",
+                    provider=tenant.gateway,
+                    retryable=False,
+                )
+        if tenant.connected_account is not None and _CONTROL.search(tenant.connected_account):
+            raise ConfigurationError("the tenant's connected account holds a control character")
         ctx = GatewayContext(
             tenant_id=tenant.tenant_id,
             provider=tenant.gateway,

@@ -70,7 +70,10 @@ class RegistryState:
             self._skip("a registry record without a tenant id key")
             return None
         self.unreadable_suspended.discard(tenant_id)
-        if value is None:
+        # An empty value is a removal too: what tools write when asked to delete a key
+        # without sending a null (no paystream version writes one). Taken for a record
+        # from a newer version, it kept the tenant active, and the CLI refused to change it.
+        if value is None or not value.strip():
             self.tenants.pop(tenant_id, None)
             self.unreadable.discard(tenant_id)
             return tenant_id

@@ -35,6 +35,8 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
     record = tenant.model_dump(mode="json")
     if not tenant.limits.enforced:
         del record["limits"]
+    elif not tenant.limits.only_listed_currencies:
+        del record["limits"]["only_listed_currencies"]  # (newer than the limits)
     return record
 
 

@@ -17,6 +17,7 @@ from paystream.gateways.registry import validate_options
         ("simulator", {"latency_ms": 5, "fail_first": {"*": 2}}),
         ("stripe", {}),
         ("stripe", {"stripe_version": "2024-06-20", "capabilities": ["payments", "refunds"]}),
+        ("stripe", {"stripe_version": "2025-03-31.basil"}),
     ],
 )
 def test_valid_options_pass(provider: str, options: dict[str, Any]) -> None:
@@ -35,6 +36,9 @@ def test_valid_options_pass(provider: str, options: dict[str, Any]) -> None:
         ("stripe", {"capabilities": True}, "list of names"),
         ("stripe", {"capabilities": "payments"}, "list of names"),
         ("stripe", {"stripe_version": 2024}, "stripe_version"),
+        # The Stripe-Version header: a newline made every call fail as Stripe unreachable.
+        ("stripe", {"stripe_version": "2024-06-20\n"}, "stripe_version"),
+        ("stripe", {"stripe_version": "latest"}, "stripe_version"),
     ],
 )
 def test_options_the_gateway_would_refuse_are_refused(

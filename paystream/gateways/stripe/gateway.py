@@ -7,6 +7,7 @@ retries are off: the pipeline owns retries and always reuses the idempotency key
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -82,6 +83,10 @@ def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
 STRIPE_OPTIONS = frozenset({"stripe_version", "capabilities"})
 
 
+# Stripe API versions: a date, and since 2024-09-30 a release name ("2024-09-30.acacia").
+_STRIPE_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[a-z]+)?")
+
+
 def validate_options(options: Mapping[str, Any]) -> None:
     """Refuse, before they are stored, options the gateway would refuse at its first call."""
     unknown = sorted(set(options) - STRIPE_OPTIONS)
@@ -91,8 +96,14 @@ def validate_options(options: Mapping[str, Any]) -> None:
             + ", ".join(sorted(STRIPE_OPTIONS))
         )
     version = options.get("stripe_version")
-    if version is not None and not isinstance(version, str):
-        raise ConfigurationError("stripe_version must be a string such as 2024-06-20")
+    # Sent as the Stripe-Version header: a newline (a value read from a file) made every
+    # call fail as Stripe unreachable, retried behind an opening circuit.
+    if version is not None and (
+        not isinstance(version, str) or _STRIPE_VERSION.fullmatch(version) is None
+    ):
+        raise ConfigurationError(
+            "stripe_version must be an API version such as 2024-06-20 or 2025-03-31.basil"
+        )
     _capabilities(options)
 
 
