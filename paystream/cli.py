@@ -960,6 +960,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             **stack.env(),
             "PAYSTREAM_DATA_DIR": str(data_dir / "dev"),
             "PAYSTREAM_WEB_PORT": str(web_port or settings.web_port),
+            # The whole pipeline, analytics windows and fraud alerts included.
+            "PAYSTREAM_AGENTS": os.environ.get("PAYSTREAM_AGENTS", "commands,ledger,insights"),
         }
         # For other shells: the stack's URLs, and where the dev secrets are (never echoed).
         exports = dict(stack.env())

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from paystream.errors import ConfigurationError
@@ -174,10 +181,45 @@ class Settings(BaseSettings):
     )
     agents: str = Field(
         default="commands,ledger",
-        pattern=r"^(commands|ledger)(,(commands|ledger))*$",
-        description="PAYSTREAM_AGENTS: which agents this worker runs: `commands`, `ledger` "
-        "(the sink; also needs DATABASE_URL) or both (default), so the sink can be scaled "
-        "apart from command processing.",
+        pattern=r"^(commands|ledger|insights)(,(commands|ledger|insights))*$",
+        description="PAYSTREAM_AGENTS: which agents this worker runs, comma-separated: "
+        "`commands`, `ledger` (the sink; also needs DATABASE_URL), `insights` (analytics "
+        "windows and fraud alerts from the outcomes). Default `commands,ledger`; each can "
+        "be scaled apart from command processing.",
+    )
+    insights_window_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="PAYSTREAM_INSIGHTS_WINDOW_SECONDS: length of an analytics window "
+        "(outcomes counted by their command's time).",
+    )
+    insights_horizon_seconds: int = Field(
+        default=900,
+        ge=60,
+        le=86400,
+        description="PAYSTREAM_INSIGHTS_HORIZON_SECONDS: how late an outcome may arrive and "
+        "still be counted (and a re-emitted one recognised); older ones count as late only. "
+        "The worker keeps each counted outcome's id this long (about 150 bytes each).",
+    )
+    fraud_window_seconds: int = Field(
+        default=600,
+        ge=60,
+        le=86400,
+        description="PAYSTREAM_FRAUD_WINDOW_SECONDS: window of the fraud rules' counts.",
+    )
+    fraud_subject_declines: int = Field(
+        default=5,
+        ge=2,
+        description="PAYSTREAM_FRAUD_SUBJECT_DECLINES: card declines of one customer or saved "
+        "payment method in a fraud window that raise a `subject_declines` alert.",
+    )
+    fraud_burst_declines: int = Field(
+        default=25,
+        ge=2,
+        description="PAYSTREAM_FRAUD_BURST_DECLINES: card declines of one tenant in a fraud "
+        "window that raise a `decline_burst` alert (card testing), when they are at least "
+        "half of its payment attempts in that window.",
     )
     stall_seconds: float = Field(
         default=120.0,
@@ -350,6 +392,17 @@ class Settings(BaseSettings):
             raise ValueError("PAYSTREAM_WEB_TOKEN is empty: set a token, or unset it")
         # A token read from a file keeps its newline; a Bearer header never carries one.
         return text.strip() if isinstance(text, str) else value
+
+    @model_validator(mode="after")
+    def _horizon_covers_a_window(self) -> Settings:
+        # An outcome is late once older than the horizon: a window shorter-lived than
+        # itself would count (and publish) nothing of what arrives after its start.
+        if self.insights_horizon_seconds < self.insights_window_seconds:
+            raise ValueError(
+                "PAYSTREAM_INSIGHTS_HORIZON_SECONDS must be at least "
+                "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"
+            )
+        return self
 
     def __repr_args__(self) -> Any:
         # Settings end up in logs and tracebacks (repr, str, a failed check): the server

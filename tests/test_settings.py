@@ -155,3 +155,9 @@ def test_the_settings_repr_shows_no_server_password() -> None:
         for secret in ("kpass1", "dpass2", "rpass3", "rpass4"):
             assert secret not in text
     assert s.database_url == "postgresql://app:dpass2@db/x"  # the value itself is intact
+
+
+def test_the_insights_horizon_covers_a_window() -> None:
+    with pytest.raises(ConfigurationError, match="HORIZON_SECONDS must be at least"):
+        load_settings(insights_window_seconds=600, insights_horizon_seconds=300)
+    assert load_settings(insights_window_seconds=60).insights_horizon_seconds == 900

@@ -34,6 +34,7 @@ from typing import Any
 
 from faust.types import EventT
 
+from paystream.agents import insights
 from paystream.agents.batching import take_batches
 from paystream.agents.continuity import SWEEP_INTERVAL_SECONDS, ContinuityGuard
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
@@ -275,7 +276,7 @@ async def store_outcomes(stream: Any) -> None:
     it (flow control, a rebalance) would be committed past and never reach the ledger,
     so the same guard as the command agent's reads such gaps from the broker first.
     """
-    offsets = DurableOffsets(app, agent="ledger_sink", topic=events_topic.get_topic_name())
+    offsets = DurableOffsets(app, agent=AGENT_NAME, topic=events_topic.get_topic_name())
     guard = ContinuityGuard(app, events_topic.get_topic_name(), on_passed=offsets.passed)
     queue = stream.channel.queue
     committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))
@@ -293,6 +294,8 @@ async def store_outcomes(stream: Any) -> None:
             if events:
                 await _until_stored(events)
                 offsets.advance(events)
+            if insights.runner is not None:
+                await _insights_tick()
     finally:
         committer.cancel()
         with contextlib.suppress(Exception):
@@ -304,12 +307,27 @@ async def store_outcomes(stream: Any) -> None:
 FINAL_COMMIT_SECONDS = 5.0
 
 
+async def _insights_tick() -> None:
+    """Windows of quiet tenants published, old ids forgotten; a failure waits a tick."""
+    assert insights.runner is not None
+    topic = events_topic.get_topic_name()
+    owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+    try:
+        await insights.runner.tick(owned.__contains__)
+    except Exception:
+        log.exception("insights: publishing closed windows failed; trying again")
+
+
 async def _until_stored(events: Sequence[EventT]) -> None:
-    """Run the batch until it is stored; never pass over it. Cancellation propagates."""
+    """Run the batch until it is stored (and counted by the insights, where this worker
+    runs them); never pass over it. Cancellation propagates."""
     delay = RETRY_FIRST_SECONDS
     while True:
         try:
-            await runner.run_batch(events)
+            if ENABLED:
+                await runner.run_batch(events)
+            if insights.runner is not None:
+                await insights.runner.run_batch(events)
             return
         except Exception:
             # The writer retries database outages itself; this is everything else (a
@@ -324,5 +342,8 @@ async def _until_stored(events: Sequence[EventT]) -> None:
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
-if ENABLED:
-    ledger_sink_agent = app.agent(events_topic, name="ledger_sink")(store_outcomes)
+# One agent reads the outcomes for the ledger and the insights: a second agent on the
+# topic would commit the same consumer group's offsets over this one's.
+AGENT_NAME = "ledger_sink" if ENABLED else "insights"
+if ENABLED or insights.ENABLED:
+    ledger_sink_agent = app.agent(events_topic, name=AGENT_NAME)(store_outcomes)

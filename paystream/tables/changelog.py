@@ -19,6 +19,7 @@ Writes outside a batch (recovery, other agents) keep Faust's path.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,6 +28,7 @@ from typing import Any
 
 import faust
 from faust.stores.memory import Store as MemoryStore
+from faust.streams import _current_event
 from faust.types import TP
 from faust.types.codecs import CodecArg
 
@@ -37,6 +39,7 @@ __all__ = [
     "CHANGELOG_VALUE_MAX_BYTES",
     "BatchedChangelogTable",
     "ChangelogBatch",
+    "at_partition",
     "collect_changelog",
 ]
 
@@ -189,6 +192,30 @@ class BatchedChangelogTable(faust.Table):
 def _track(store: MemoryStore, key: Any, partition: int | None) -> None:
     if partition is not None:  # (None: a table partitioned by key, which Faust tracks)
         store._key_partition[key] = partition
+
+
+@dataclass(frozen=True)
+class _SourceMessage:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class _SourceEvent:
+    message: _SourceMessage
+
+
+@contextmanager
+def at_partition(topic: str, partition: int) -> Iterator[None]:
+    """Table writes in this block go to changelog ``partition``, as for an event of
+    ``topic``'s ``partition``: for an agent that knows where a key lives but is not
+    iterating a Faust stream (a timer, or its own batches). Faust reads the current event."""
+    stub = _SourceEvent(_SourceMessage(topic, partition))
+    token = _current_event.set(weakref.ref(stub))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 @contextmanager

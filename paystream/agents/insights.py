@@ -1,0 +1,264 @@
+"""Insights: analytics windows and fraud alerts from the outcome stream.
+
+Runs inside the outcomes agent (agents/ledger_sink.py), which reads ``paystream.events``
+once for the ledger and for this, and commits a batch's offsets only once both are done
+(one consumer group: two agents on one topic would commit over each other's progress).
+
+Per registered tenant, one ``insights`` table record (see insights/state.py) holds its
+open windows and fraud counters and the offset of the last outcome applied. The
+``insights_seen`` table keeps the id of every outcome counted, for the horizon: paystream
+re-emits an outcome under its id when its command is redelivered after a crash or sent
+again by its client, and that must not count twice. A batch's table changes and the
+events it publishes are produced together and awaited before its offsets may be
+committed. Windows are published once closed (end + grace, by the worker's clock) and
+again, updated, if a late outcome changes them; a worker that takes a partition over
+publishes its tenants' windows again (the same events, by id, if unchanged), so one
+lost in a crash between the table change and the publication is not lost for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
+from faust.types import EventT
+from prometheus_client import Counter
+
+from paystream.app import app, settings
+from paystream.insights.events import alert_event, window_event
+from paystream.insights.observe import observe
+from paystream.insights.state import InsightsConfig, TenantInsights, window_start
+from paystream.settings import Settings
+from paystream.streams.batch_producer import KeyPartitioner, OutRecord, send_batches
+from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, headers_to_dict
+from paystream.tables.changelog import BatchedChangelogTable, at_partition, collect_changelog
+
+__all__ = ["ENABLED", "InsightsRunner", "config_from", "runner"]
+
+log = logging.getLogger(__name__)
+
+ENABLED = settings.runs("insights")
+
+# How often an idle worker looks for windows to publish and ids to forget.
+TICK_SECONDS = 1.0
+SEEN_SWEEP_SECONDS = 30.0
+
+SKIPPED = Counter(
+    "paystream_insights_skipped_total",
+    "Outcomes the insights did not count, by why: duplicate (re-emitted, counted before), "
+    "late (older than the horizon), unregistered (tenant), not_an_outcome.",
+    ["why"],
+)
+PUBLISHED = Counter(
+    "paystream_insights_published_total",
+    "Analytics windows and fraud alerts published.",
+    ["kind"],
+)
+
+
+def config_from(cfg: Settings) -> InsightsConfig:
+    window_ms = cfg.insights_window_seconds * 1000
+    return InsightsConfig(
+        window_ms=window_ms,
+        grace_ms=min(5_000, window_ms),
+        horizon_ms=cfg.insights_horizon_seconds * 1000,
+        fraud_window_ms=cfg.fraud_window_seconds * 1000,
+        subject_declines=cfg.fraud_subject_declines,
+        burst_declines=cfg.fraud_burst_declines,
+    )
+
+
+class InsightsRunner:
+    """Applies outcome batches to the insights tables and publishes what they yield."""
+
+    def __init__(
+        self,
+        cfg: Settings,
+        tenants: Mapping[str, Any],
+        state: Any,
+        seen: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = cfg
+        self.config = config_from(cfg)
+        self.tenants = tenants  # the registry: only registered tenants are tracked
+        self.state = state  # tenant id → TenantInsights record
+        self.seen = seen  # "tenant:event id" → [window start ms, offset]
+        self._clock = clock
+        self._partitioner: KeyPartitioner | None = None
+        self._ticked = 0.0
+        self._swept = 0.0
+        self._generation: int | None = None
+        self._topic = cfg.events_topic  # the tables' source topic (co-partitioned)
+
+    async def run_batch(self, events: Sequence[EventT]) -> None:
+        """Count a batch's outcomes; returns once its changes and events are durable."""
+        now_ms = int(self._clock() * 1000)
+        out: list[tuple[str, KafkaRecord]] = []
+        with collect_changelog() as changelog:
+            touched: dict[str, tuple[TenantInsights, int]] = {}
+            for event in events:
+                self._apply(event, touched, out)
+            for tenant_id, (st, partition) in touched.items():
+                self._publish_closed(st, now_ms, out)
+                st.expire(now_ms, self.config)
+                with at_partition(self._topic, partition):
+                    self.state[tenant_id] = st.dump()
+            await self._produce(changelog.records(), out, changelog)
+
+    def _apply(
+        self,
+        event: EventT,
+        touched: dict[str, tuple[TenantInsights, int]],
+        out: list[tuple[str, KafkaRecord]],
+    ) -> None:
+        msg = event.message
+        try:
+            seen = observe(decode_record(msg.key, msg.value, headers_to_dict(msg.headers)))
+        except UndecodableRecord:
+            seen = None  # (the ledger sink parks those; nothing to count here)
+        if seen is None:
+            SKIPPED.labels("not_an_outcome").inc()
+            return
+        tenant_id = seen.tenant_id
+        if tenant_id not in self.tenants:
+            # Made-up tenant ids (answered unknown_tenant) must not grow the state.
+            SKIPPED.labels("unregistered").inc()
+            return
+        found = touched.get(tenant_id)
+        st = found[0] if found else TenantInsights.load(tenant_id, self.state.get(tenant_id))
+        touched[tenant_id] = (st, msg.partition)
+        if msg.offset <= st.through:
+            return  # applied before a crash: the record says so
+        st.through = msg.offset
+        key = f"{tenant_id}:{seen.event_id}"
+        counted = self.seen.get(key)
+        if counted is not None and counted[1] != msg.offset:
+            SKIPPED.labels("duplicate").inc()
+            return
+        now_ms = int(self._clock() * 1000)
+        if st.is_late(seen, now_ms, self.config):
+            SKIPPED.labels("late").inc()
+            return
+        with at_partition(self._topic, msg.partition):
+            self.seen[key] = [window_start(seen.time_ms, self.config.window_ms), msg.offset]
+        for alert in st.apply(seen, self.config):
+            out.append((self.settings.fraud_topic, alert_event(tenant_id, alert, self._mode)))
+            PUBLISHED.labels("fraud_alert").inc()
+
+    @property
+    def _mode(self) -> Any:
+        return self.settings.cloudevents_mode
+
+    def _publish_closed(
+        self, st: TenantInsights, now_ms: int, out: list[tuple[str, KafkaRecord]]
+    ) -> None:
+        for start, agg in st.closed_windows(now_ms, self.config):
+            record = window_event(st.tenant_id, start, self.config.window_ms, agg, self._mode)
+            out.append((self.settings.analytics_topic, record))
+            st.published(agg)
+            PUBLISHED.labels("analytics_window").inc()
+
+    async def tick(self, owned: Callable[[int], bool]) -> None:
+        """Publish closed windows of tenants with no new outcomes, and forget old ids.
+
+        ``owned(partition)``: whether this worker has that partition of the events topic.
+        After a partition moved here, every window published before is published again.
+        """
+        now = self._clock()
+        generation = app.consumer_generation_id
+        taken_over = generation != self._generation
+        if not taken_over and now - self._ticked < TICK_SECONDS:
+            return
+        self._ticked, self._generation = now, generation
+        now_ms = int(now * 1000)
+        out: list[tuple[str, KafkaRecord]] = []
+        with collect_changelog() as changelog:
+            for tenant_id, partition in self._tenants_here(owned):
+                st = TenantInsights.load(tenant_id, self.state.get(tenant_id))
+                if taken_over:
+                    for agg in st.windows.values():
+                        agg["emitted"] = 0  # published again below (same id if unchanged)
+                closed = st.closed_windows(now_ms, self.config)
+                before = st.dump()
+                self._publish_closed(st, now_ms, out)
+                st.expire(now_ms, self.config)
+                if closed or st.dump() != before or taken_over:
+                    with at_partition(self._topic, partition):
+                        self.state[tenant_id] = st.dump()
+            if now - self._swept >= SEEN_SWEEP_SECONDS:
+                self._swept = now
+                self._forget_seen(now_ms, owned)
+            records = changelog.records()
+            if records or out:
+                await self._produce(records, out, changelog)
+
+    def _tenants_here(self, owned: Callable[[int], bool]) -> list[tuple[str, int]]:
+        partitions = _key_partitions(self.state)
+        return [(t, p) for t, p in partitions.items() if owned(p)]
+
+    def _forget_seen(self, now_ms: int, owned: Callable[[int], bool]) -> None:
+        """Drop the ids of outcomes now past the horizon: none can be counted again."""
+        oldest = now_ms - self.config.horizon_ms - self.config.window_ms
+        partitions = _key_partitions(self.seen)
+        for key, value in list(_items(self.seen)):
+            partition = partitions.get(key)
+            if partition is None or not owned(partition) or value[0] >= oldest:
+                continue
+            with at_partition(self._topic, partition):
+                del self.seen[key]
+
+    async def _produce(
+        self, changelog_records: list[OutRecord], out: list[tuple[str, KafkaRecord]], batch: Any
+    ) -> None:
+        producer = cast(FaustAIOKafkaProducer, app.producer)._ensure_producer()
+        if self._partitioner is None or self._partitioner.producer is not producer:
+            self._partitioner = KeyPartitioner(producer)
+        records = list(changelog_records)
+        for topic, rec in out:
+            partition = await self._partitioner.partition(topic, rec.key)
+            records.append(OutRecord(topic, partition, rec.key, rec.value, rec.headers))
+        sent = await send_batches(producer, records)
+        for batch_sent in sent:
+            await batch_sent.future
+        batch.persisted(sent)
+
+
+def _key_partitions(table: Any) -> dict[Any, int]:
+    """Each key's changelog partition, as the memory store tracks it (tables/changelog.py)."""
+    return dict(getattr(table.data, "_key_partition", {}))
+
+
+def _items(table: Any) -> list[tuple[Any, Any]]:
+    data = getattr(table.data, "data", None)
+    return list(data.items()) if isinstance(data, dict) else list(table.items())
+
+
+def _table(name: str, help_: str) -> Any:
+    return app.tables.add(
+        BatchedChangelogTable(
+            app,
+            name=name,
+            default=None,
+            key_type=str,
+            beacon=app.tables.beacon,
+            partitions=settings.partitions,
+            help=help_,
+        )
+    )
+
+
+runner: InsightsRunner | None = None
+if ENABLED:
+    from paystream.agents.tenants import registry
+
+    runner = InsightsRunner(
+        settings,
+        registry.tenants,
+        _table("insights", "tenant → open analytics windows, fraud counters, offset applied"),
+        _table("insights_seen", "tenant:outcome id → [window start, offset] (for the horizon)"),
+    )

@@ -1,0 +1,1 @@
+"""Analytics windows and fraud alerts derived from the outcome stream (see README: Insights)."""

@@ -1,0 +1,104 @@
+"""What analytics and fraud rules read of one outcome event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.gateways.errors import ErrorCode
+from paystream.streams.commands import COMMAND_PREFIX
+from paystream.streams.outcomes import OUTCOME_PREFIX
+
+__all__ = ["CARD_DECLINES", "Observed", "observe"]
+
+# Error codes (paystream's, on `payment.failed`) that mean the card's issuer refused the
+# payment: what card testing produces, as opposed to the provider failing.
+CARD_DECLINES = frozenset(
+    code.value
+    for code in (
+        ErrorCode.CARD_DECLINED,
+        ErrorCode.INSUFFICIENT_FUNDS,
+        ErrorCode.EXPIRED_CARD,
+        ErrorCode.INCORRECT_CVC,
+        ErrorCode.INCORRECT_NUMBER,
+        ErrorCode.LOST_OR_STOLEN,
+        ErrorCode.FRAUDULENT,
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One outcome as the insights see it. Amounts are integer minor units."""
+
+    event_id: str
+    tenant_id: str
+    outcome: str  # e.g. "payment.succeeded" (without the com.paystream. prefix)
+    time_ms: int  # the command's time (stable across re-emissions of the outcome)
+    currency: str | None = None
+    authorized: int = 0  # held on the card (payment.authorized)
+    captured: int = 0  # money taken (payment.succeeded: what the payment captured)
+    refunded: int = 0  # money given back (refund.succeeded)
+    declined: int = 0  # asked for and refused by the card's issuer (payment.failed)
+    decline_code: str | None = None  # why a payment failed (decline code or error code)
+    card_declined: bool = False  # the issuer refused it (not a provider failure)
+    reject_reason: str | None = None  # command.rejected's reason
+    customer_id: str | None = None
+    payment_method_id: str | None = None
+
+
+def observe(event: CloudEvent) -> Observed | None:
+    """The facts of a paystream outcome; None for events that are not outcomes."""
+    kind = event.get_type()
+    if not kind.startswith(OUTCOME_PREFIX) or kind.startswith(COMMAND_PREFIX):
+        return None
+    tenant = event.get_extension("tenantid")
+    when = event.get_time()
+    if not isinstance(tenant, str) or not tenant or when is None:
+        return None
+    outcome = kind.removeprefix(OUTCOME_PREFIX)
+    data = event.get_data()
+    data = data if isinstance(data, dict) else {}
+    obj = data.get("object")
+    obj = obj if isinstance(obj, dict) else {}
+    error = data.get("error")
+    error = error if isinstance(error, dict) else {}
+    currency = _text(obj.get("currency"))
+    amount = _minor(obj.get("amount"))
+    facts: dict[str, Any] = {}
+    if outcome == "payment.authorized":
+        facts["authorized"] = amount
+    elif outcome == "payment.succeeded":
+        facts["captured"] = _minor(obj.get("amount_captured"))
+    elif outcome == "refund.succeeded":
+        facts["refunded"] = amount
+    elif outcome == "payment.failed":
+        code = _text(error.get("decline_code")) or _text(error.get("code"))
+        card = _text(error.get("code")) in CARD_DECLINES
+        facts.update(declined=amount if card else 0, decline_code=code, card_declined=card)
+    elif outcome == "command.rejected":
+        facts["reject_reason"] = _text(data.get("reason"))
+    if outcome.startswith("payment."):
+        facts.update(
+            customer_id=_text(obj.get("customer_id")),
+            payment_method_id=_text(obj.get("payment_method_id")),
+        )
+    return Observed(
+        event_id=event.get_id(),
+        tenant_id=tenant,
+        outcome=outcome,
+        time_ms=int(when.timestamp() * 1000),
+        currency=currency,
+        **facts,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _minor(value: Any) -> int:
+    # Outcomes carry integer minor units; anything else (a newer shape) counts nothing.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,0 +1,198 @@
+"""One tenant's insights state: open analytics windows, fraud counters, and how far into
+the outcome stream it has been applied. A plain JSON dict, one table record per tenant.
+
+Exactly once per outcome, across crashes: the record keeps the offset of the last outcome
+applied (``through``), written together with the counts in one changelog record, so a
+redelivered outcome at or below it is skipped. Outcomes paystream re-emits (a command
+redelivered after a crash, or sent again by its client) carry the same event id: those
+are recognised by a separate table of the ids counted (see agents/insights.py), which
+keeps an id for the horizon. An outcome older than the horizon (by its command's time)
+is counted as late only: its window is gone, and its id would no longer be recognised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from paystream.insights.observe import Observed
+
+__all__ = ["Alert", "InsightsConfig", "TenantInsights", "window_start"]
+
+# Distinct customers and payment methods one fraud window tracks per tenant: the record
+# must stay well under the broker's message size whatever the traffic (past it, their
+# declines count only toward the tenant's burst rule).
+SUBJECTS_MAX = 2_000
+
+
+@dataclass(frozen=True)
+class InsightsConfig:
+    window_ms: int = 60_000  # analytics window
+    horizon_ms: int = 900_000  # how late an outcome may arrive and still count
+    grace_ms: int = 5_000  # a window is emitted this long after its end
+    fraud_window_ms: int = 600_000
+    subject_declines: int = 5  # card declines of one customer or payment method
+    burst_declines: int = 25  # card declines of the whole tenant ...
+    burst_share_pct: int = 50  # ... that are at least this share of its payment attempts
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A fraud rule that fired: once per (rule, subject, fraud window)."""
+
+    rule: str  # "subject_declines" | "decline_burst"
+    subject_type: str  # "customer" | "payment_method" | "tenant"
+    subject: str
+    window_start_ms: int
+    window_end_ms: int
+    threshold: int
+    observed: int  # the count that crossed the threshold (equal to it, for subjects)
+
+
+def window_start(time_ms: int, size_ms: int) -> int:
+    return time_ms - time_ms % size_ms
+
+
+@dataclass
+class TenantInsights:
+    tenant_id: str
+    through: int = -1  # offset of the last outcome applied (the tenant's one partition)
+    windows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fraud: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, tenant_id: str, raw: Any) -> TenantInsights:
+        if not isinstance(raw, dict):
+            return cls(tenant_id)
+        return cls(
+            tenant_id,
+            through=int(raw.get("through", -1)),
+            windows=dict(raw.get("windows") or {}),
+            fraud=dict(raw.get("fraud") or {}),
+        )
+
+    def dump(self) -> dict[str, Any]:
+        return {"through": self.through, "windows": self.windows, "fraud": self.fraud}
+
+    def is_late(self, seen: Observed, now_ms: int, cfg: InsightsConfig) -> bool:
+        return seen.time_ms < now_ms - cfg.horizon_ms
+
+    def apply(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
+        """Count one outcome (not a duplicate, not late) in its windows; the alerts it fires."""
+        self._count(seen, cfg)
+        return self._rules(seen, cfg)
+
+    def _count(self, seen: Observed, cfg: InsightsConfig) -> None:
+        ws = str(window_start(seen.time_ms, cfg.window_ms))
+        agg = self.windows.setdefault(ws, _new_window())
+        agg["events"] += 1
+        outcomes = agg["outcomes"]
+        outcomes[seen.outcome] = outcomes.get(seen.outcome, 0) + 1
+        if seen.currency is not None:
+            money = agg["money"].setdefault(seen.currency, _new_money())
+            money["authorized"] += seen.authorized
+            money["captured"] += seen.captured
+            money["refunded"] += seen.refunded
+            money["declined"] += seen.declined
+        if seen.outcome == "payment.failed" and seen.decline_code:
+            declines = agg["declines"]
+            declines[seen.decline_code] = declines.get(seen.decline_code, 0) + 1
+        if seen.reject_reason:
+            rejections = agg["rejections"]
+            rejections[seen.reject_reason] = rejections.get(seen.reject_reason, 0) + 1
+
+    def _rules(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
+        # Payment attempts the issuer answered: what card testing shows up as.
+        if seen.outcome not in ("payment.failed", "payment.succeeded", "payment.authorized"):
+            return []
+        start = window_start(seen.time_ms, cfg.fraud_window_ms)
+        fw = self.fraud.setdefault(str(start), _new_fraud_window())
+        fw["attempts"] += 1
+        if not seen.card_declined:
+            return []
+        fw["declines"] += 1
+        end = start + cfg.fraud_window_ms
+        alerts: list[Alert] = []
+        for subject_type, subject in (
+            ("customer", seen.customer_id),
+            ("payment_method", seen.payment_method_id),
+        ):
+            if subject is None:
+                continue
+            name = f"{subject_type}:{subject}"
+            counts = fw["by"]
+            if name not in counts and len(counts) >= SUBJECTS_MAX:
+                fw["untracked"] += 1
+                continue
+            counts[name] = counts.get(name, 0) + 1
+            if counts[name] == cfg.subject_declines:  # once: exactly when it is reached
+                alerts.append(
+                    Alert(
+                        "subject_declines",
+                        subject_type,
+                        subject,
+                        start,
+                        end,
+                        cfg.subject_declines,
+                        counts[name],
+                    )
+                )
+        burst = f"decline_burst:{self.tenant_id}"
+        if (
+            burst not in fw["alerted"]
+            and fw["declines"] >= cfg.burst_declines
+            and 100 * fw["declines"] >= cfg.burst_share_pct * fw["attempts"]
+        ):
+            fw["alerted"].append(burst)
+            alerts.append(
+                Alert(
+                    "decline_burst",
+                    "tenant",
+                    self.tenant_id,
+                    start,
+                    end,
+                    cfg.burst_declines,
+                    fw["declines"],
+                )
+            )
+        return alerts
+
+    def closed_windows(self, now_ms: int, cfg: InsightsConfig) -> list[tuple[int, dict[str, Any]]]:
+        """Windows past their end (and grace) with outcomes not yet published, oldest first."""
+        out = []
+        for ws, agg in sorted(self.windows.items(), key=lambda kv: int(kv[0])):
+            start = int(ws)
+            if start + cfg.window_ms + cfg.grace_ms <= now_ms and agg["events"] > agg["emitted"]:
+                out.append((start, agg))
+        return out
+
+    def published(self, agg: dict[str, Any]) -> None:
+        agg["emitted"] = agg["events"]
+
+    def expire(self, now_ms: int, cfg: InsightsConfig) -> None:
+        """Forget windows no outcome can reach any more (all published)."""
+        oldest = now_ms - cfg.horizon_ms
+        for ws in [w for w, agg in self.windows.items() if int(w) + cfg.window_ms < oldest]:
+            if self.windows[ws]["events"] == self.windows[ws]["emitted"]:
+                del self.windows[ws]
+        for ws in [w for w in self.fraud if int(w) + cfg.fraud_window_ms < oldest]:
+            del self.fraud[ws]
+
+
+def _new_window() -> dict[str, Any]:
+    return {
+        "events": 0,
+        "emitted": 0,
+        "outcomes": {},
+        "money": {},
+        "declines": {},
+        "rejections": {},
+    }
+
+
+def _new_money() -> dict[str, int]:
+    return {"authorized": 0, "captured": 0, "refunded": 0, "declined": 0}
+
+
+def _new_fraud_window() -> dict[str, Any]:
+    return {"attempts": 0, "declines": 0, "by": {}, "alerted": [], "untracked": 0}

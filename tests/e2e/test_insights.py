@@ -1,0 +1,138 @@
+"""Insights end to end: a real worker counts its own outcomes into analytics windows and
+raises fraud alerts, exactly once per outcome across a re-sent command and a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from paystream.client import PaystreamClient, build_command
+from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
+from paystream.streams.admin import bootstrap_servers
+from paystream.streams.codec import decode_record
+from paystream.tenancy.models import Tenant
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+DECLINED = {"amount": 500, "currency": "USD", "payment_method_token": "pm_card_chargeDeclined"}
+PAID = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+async def _events(dep: Deployment, topic: str) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers(dep.settings.require_broker()),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        got = await consumer.getmany(timeout_ms=1500)
+        records = [r for rs in got.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return [decode_record(r.key, r.value, dict(r.headers)) for r in records]
+
+
+def _totals(windows: list[Any]) -> dict[str, Any]:
+    """Per window the publication with the most outcomes (consumers keep that), summed."""
+    latest: dict[str, dict[str, Any]] = {}
+    for event in windows:
+        data = event.get_data()
+        start = data["window_start"]
+        if start not in latest or data["events"] > latest[start]["events"]:
+            latest[start] = data
+    outcomes: dict[str, int] = {}
+    money: dict[str, int] = {}
+    for data in latest.values():
+        for kind, n in data["outcomes"].items():
+            outcomes[kind] = outcomes.get(kind, 0) + n
+        for field, amount in data["money"].get("USD", {}).items():
+            money[field] = money.get(field, 0) + amount
+    return {"outcomes": outcomes, "money": money}
+
+
+async def _until(check: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await check()
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
+async def test_outcomes_are_counted_once_and_card_testing_raises_one_alert(
+    deployment_factory: Any,
+) -> None:
+    dep: Deployment = await deployment_factory(
+        paystream_agents="commands,insights",
+        paystream_insights_window_seconds="2",
+        paystream_fraud_subject_declines="3",
+    )
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    expected_outcomes = {
+        "customer.created": 1,
+        "payment.failed": 4,
+        "payment.succeeded": 3,
+        "refund.succeeded": 1,
+    }
+    with dep.worker() as worker:
+        worker.wait_ready(["acme"], partitions=dep.settings.partitions)
+        async with PaystreamClient(dep.settings) as client:
+            customer = await client.command("customer.create", "acme", {})
+            cus = customer.get_data()["entity_id"]  # type: ignore[index]
+            for _ in range(2):
+                out = await client.command(
+                    "payment.create", "acme", {**DECLINED, "customer_id": cus}
+                )
+                assert out.get_type() == "com.paystream.payment.failed"
+            paid = build_command("payment.create", "acme", PAID)
+            first = await client.send(paid)
+            again = await client.send(paid)  # sent twice: one outcome, re-emitted
+            assert again.get_id() == first.get_id()
+            pid = first.get_data()["entity_id"]  # type: ignore[index]
+            await client.command("refund.create", "acme", {"payment_id": pid, "amount": 300})
+        # Published once their window closed (2 s, plus 2 s of grace).
+        assert await _until(lambda: _events(dep, dep.settings.analytics_topic))
+        worker.kill(signal.SIGKILL)  # and everything not yet committed comes again
+    with dep.worker("w2") as worker:
+        worker.wait_ready(["acme"], partitions=dep.settings.partitions)
+        async with PaystreamClient(dep.settings) as client:
+            # The third decline of the customer in the fraud window: one alert.
+            for _ in range(2):
+                await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
+            for _ in range(2):
+                await client.command("payment.create", "acme", PAID)
+
+        async def all_counted() -> dict[str, Any] | None:
+            totals = _totals(await _events(dep, dep.settings.analytics_topic))
+            return totals if totals["outcomes"] == expected_outcomes else None
+
+        totals = await _until(all_counted)
+        assert totals, _totals(await _events(dep, dep.settings.analytics_topic))
+    assert totals["money"] == {
+        "authorized": 0,
+        "captured": 3 * 1000,
+        "refunded": 300,
+        "declined": 4 * 500,
+    }
+    windows = await _events(dep, dep.settings.analytics_topic)
+    assert {w.get_type() for w in windows} == {WINDOW_TYPE}
+    assert all(w.get_extension("tenantid") == "acme" for w in windows)
+    alerts = await _events(dep, dep.settings.fraud_topic)
+    assert {a.get_id() for a in alerts} and all(a.get_type() == ALERT_TYPE for a in alerts)
+    [alert] = {a.get_id(): a for a in alerts}.values()  # republished: the same event
+    data = alert.get_data()
+    assert (data["rule"], data["subject_type"], data["subject"], data["observed"]) == (
+        "subject_declines",
+        "customer",
+        cus,
+        3,
+    )
