@@ -324,7 +324,7 @@ async def _until_stored(events: Sequence[EventT]) -> None:
     delay = RETRY_FIRST_SECONDS
     while True:
         try:
-            if ENABLED:
+            if ENABLED or insights.runner is None:  # (not a worker of insights alone)
                 await runner.run_batch(events)
             if insights.runner is not None:
                 await insights.runner.run_batch(events)

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paystream import metrics
 from paystream.agents.commands import runner
+from paystream.agents.ledger_sink import AGENT_NAME as OUTCOMES_AGENT
 from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.agents.offsets import stalls
 from paystream.agents.tenants import registry
@@ -149,7 +150,7 @@ class ReadyView(View):
 
     async def get(self, request: Request) -> Response:
         stalled = stalls(metrics.PROGRESS.tracked(), settings.stall_seconds)
-        source = "commands" if settings.runs("commands") else "ledger_sink"
+        source = "commands" if settings.runs("commands") else OUTCOMES_AGENT
         waiting = not_ready_because(
             registry_loaded=registry.ready.is_set(),
             partitions=len(_assigned()),
