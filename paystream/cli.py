@@ -1080,6 +1080,21 @@ async def _demo(
     click.echo(f"demo done: {sum(seen.values())} outcomes: {dict(seen)}")
 
 
+@cli.command()
+@click.option("--check", is_flag=True, help="only compare: exit 1 if a document differs")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("docs"))
+def docs(check: bool, directory: Path) -> None:
+    """Write the interface documents (AsyncAPI, OpenAPI) generated from the code."""
+    from paystream import docs as interface
+
+    if not check:
+        for path in interface.write(directory):
+            click.echo(f"wrote {path}")
+    elif differ := interface.stale(directory):
+        names = ", ".join(str(directory / n) for n in differ)
+        raise click.ClickException(f"{names} differ from the code: run `paystream docs`")
+
+
 def _attach_subcommands() -> None:
     from paystream.ledger.cli import audit_group, migrate_command
 

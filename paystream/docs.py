@@ -1,0 +1,1256 @@
+"""The interface documents, built from the code so that they cannot drift from it.
+
+``docs/asyncapi.yaml`` (AsyncAPI 3.0) describes the Kafka interface: the command models'
+JSON schemas (``streams/commands.py``), the outcomes, the rejection reasons
+(``RejectReason``) and the topics' default names (``settings.py``). ``docs/openapi.yaml``
+(OpenAPI 3.1) describes the worker's HTTP views (``web/views.py``). ``paystream docs``
+writes both; ``paystream docs --check`` fails when the committed files differ.
+
+YAML is written here (a small emitter for the documents' JSON-like values) so that the
+command needs nothing beyond paystream's own dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
+
+from paystream import __version__
+from paystream.agents import handlers, pipeline
+from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
+from paystream.money import CURRENCY_EXPONENTS
+from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
+from paystream.streams.codec import STRUCTURED_CONTENT_TYPE
+from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
+from paystream.streams.outcomes import ANSWERS_HEADER, OUTCOME_PREFIX, RejectReason
+from paystream.tables import records
+from paystream.tenancy.models import Tenant
+
+__all__ = [
+    "COMMAND_SUMMARIES",
+    "OUTCOMES",
+    "REJECT_REASONS",
+    "asyncapi",
+    "documents",
+    "openapi",
+    "stale",
+    "to_yaml",
+    "write",
+]
+
+Doc = dict[str, Any]
+_REFS = "#/components/schemas/{model}"
+
+# ---- what the code cannot say -------------------------------------------------------
+
+COMMAND_SUMMARIES: dict[str, str] = {
+    "customer.create": "Create a customer (at the provider and here).",
+    "customer.update": "Update a customer; `metadata` is merged key by key, as Stripe does "
+    '(`""` removes a key).',
+    "customer.delete": "Delete a customer at the provider.",
+    "customer.erase": "Right to erasure: delete at the provider, blank the personal data in the "
+    "tables and stored outcomes, crypto-shred the ledger's copies.",
+    "customer.export": "Right of access: everything held on the customer, as one outcome.",
+    "payment_method.attach": "Attach a provider token (never card data) to a customer.",
+    "payment_method.detach": "Detach a payment method.",
+    "payment.create": "Create (and by default capture) a payment.",
+    "payment.capture": "Capture an authorised payment, in full or in part.",
+    "payment.cancel": "Cancel an uncaptured payment.",
+    "refund.create": "Refund a payment, in full (no `amount`) or in part.",
+    "dispute.submit_evidence": "Submit (or, with `submit: false`, stage) evidence for a dispute.",
+    "dispute.accept": "Accept a dispute (the money stays with the cardholder).",
+}
+
+REJECT_REASONS: dict[RejectReason, str] = {
+    RejectReason.VALIDATION_ERROR: "the command or its data is invalid (`errors` lists the "
+    "first ten errors; the message says how many there were)",
+    RejectReason.CARD_DATA_FORBIDDEN: "something that looks like a card number or a card "
+    "security code was found anywhere in the command; nothing of it is echoed",
+    RejectReason.PAYLOAD_TOO_LARGE: "value over PAYSTREAM_COMMAND_MAX_BYTES or key and "
+    f"CloudEvents headers over {ATTRIBUTES_MAX_BYTES // 1024} KiB (the record is also "
+    "dead-lettered)",
+    RejectReason.UNKNOWN_COMMAND: f"`type` starts with `{COMMAND_PREFIX}` but names no command",
+    RejectReason.UNKNOWN_TENANT: "the tenant is not in the registry",
+    RejectReason.TENANT_SUSPENDED: "the tenant is suspended",
+    RejectReason.TENANT_MISMATCH: "the record key is not the `tenantid` extension",
+    RejectReason.IDEMPOTENCY_CONFLICT: "the command id or idempotency key was used for "
+    "another request",
+    RejectReason.INVALID_STATE: "the entity's state forbids the command",
+    RejectReason.UNSUPPORTED: f"`type` is not a paystream command (no `{COMMAND_PREFIX}` "
+    "prefix), or the tenant's provider cannot do it",
+    RejectReason.NOT_FOUND: "no such entity for this tenant",
+    RejectReason.RATE_LIMITED: "over the tenant's `commands_per_second`/`burst` "
+    "(`limit`, `retry_after_ms`)",
+    RejectReason.QUOTA_EXCEEDED: "over a tenant payment limit (`limit`, `currency`, `allowed`; "
+    "daily volume also `used`, `held`, `day`)",
+    RejectReason.GATEWAY_NOT_CONFIGURED: "missing, unopenable or refused credentials; not "
+    "remembered under the idempotency key, so a retry works once fixed",
+    RejectReason.PROVIDER_REJECTED: "the provider refused the request; `error` carries its "
+    "code and request id",
+    RejectReason.INTERNAL_ERROR: "a failure of ours before the command was let through to the "
+    "provider: the command is dead-lettered, and `dlq replay` after the fix runs it again",
+}
+
+# Outcome type → (entity type of `object`, or None; summary; properties of its own).
+OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
+    "customer.created": ("customer", "The customer was created.", {}),
+    "customer.updated": ("customer", "The customer was updated.", {}),
+    "customer.deleted": (
+        "customer",
+        "The customer was deleted.",
+        {"provider_deletion": {"$ref": "#/components/schemas/ProviderDeletion"}},
+    ),
+    "customer.erased": (
+        "customer",
+        "The customer's personal data was erased (absent `provider_deletion`: it had been "
+        "deleted before).",
+        {"provider_deletion": {"$ref": "#/components/schemas/ProviderDeletion"}},
+    ),
+    "customer.exported": (
+        None,
+        f"Everything held on the customer (at most {handlers.EXPORT_MAX_BYTES // 1024} KiB of "
+        "rows; `truncated` gives the full counts when there are more).",
+        {"customer_id": {"type": "string"}, "export": {"$ref": "#/components/schemas/Export"}},
+    ),
+    "payment_method.attached": ("payment_method", "The payment method was attached.", {}),
+    "payment_method.attach_failed": (
+        None,
+        "The provider declined the card; `id` is the payment method id the command named or "
+        "would have made.",
+        {"id": {"type": "string"}},
+    ),
+    "payment_method.detached": ("payment_method", "The payment method was detached.", {}),
+    "payment.authorized": ("payment", "Authorised, awaiting `payment.capture`.", {}),
+    "payment.succeeded": ("payment", "The payment succeeded (captured).", {}),
+    "payment.requires_action": ("payment", "Needs 3-D Secure (`object.next_action`).", {}),
+    "payment.processing": ("payment", "Accepted; the provider settles it later.", {}),
+    "payment.canceled": ("payment", "The payment was cancelled.", {}),
+    "payment.failed": (
+        "payment",
+        "Declined: `object.failure_code` is the decline code, `error` the provider's error.",
+        {},
+    ),
+    "refund.pending": ("refund", "The refund is pending at the provider.", {}),
+    "refund.succeeded": ("refund", "The refund succeeded (`related`: the payment).", {}),
+    "refund.failed": ("refund", "The refund failed.", {}),
+    "dispute.evidence_submitted": ("dispute", "Evidence was submitted (or staged).", {}),
+    "dispute.closed": ("dispute", "The dispute was accepted (lost).", {}),
+    "command.rejected": (
+        None,
+        "The command was refused; `reason` is machine-readable, `message` for people.",
+        {},
+    ),
+}
+
+_ENTITIES: dict[str, type[records.EntityRecord]] = {
+    "customer": records.CustomerRecord,
+    "payment_method": records.PaymentMethodRecord,
+    "payment": records.PaymentRecord,
+    "refund": records.RefundRecord,
+    "dispute": records.DisputeRecord,
+}
+# The views' path segment per entity type.
+ENTITY_KINDS = {f"{name}s": name for name in _ENTITIES}
+
+
+def _defaults() -> Settings:
+    """Settings as documented: the defaults, whatever this environment sets."""
+    return Settings.model_construct()
+
+
+# ---- JSON schemas -------------------------------------------------------------------
+
+
+def _strip_titles(schema: Any) -> Any:
+    """Pydantic's per-property titles repeat the property names."""
+    if isinstance(schema, list):
+        return [_strip_titles(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "properties":
+            out[key] = {name: _strip_titles(sub) for name, sub in value.items()}
+        elif key != "title":
+            out[key] = _strip_titles(value)
+    return out
+
+
+def _model_schema(
+    model: type[BaseModel], components: Doc, mode: JsonSchemaMode = "validation"
+) -> Doc:
+    """``model``'s JSON schema; shared definitions go to ``components`` (refs point there)."""
+    schema = model.model_json_schema(ref_template=_REFS, mode=mode)
+    for name, sub in schema.pop("$defs", {}).items():
+        components[name] = _strip_titles(sub)
+    return {"title": schema.pop("title"), **_strip_titles(schema)}
+
+
+def _command_schema(kind: str, components: Doc) -> Doc:
+    schema = _model_schema(COMMANDS[kind], components)
+    if kind == "payment.create":
+        # The model's validator: exactly one of the two, not null.
+        schema["oneOf"] = [
+            {"required": [name], "properties": {name: {"type": "string"}}}
+            for name in ("payment_method_id", "payment_method_token")
+        ]
+        schema["properties"]["currency"]["description"] = (
+            "ISO 4217 code (case-insensitive): " + ", ".join(sorted(CURRENCY_EXPONENTS))
+        )
+    return schema
+
+
+def _entity_schema(entity_type: str, components: Doc, *, tagged: bool) -> Doc:
+    """An entity as published (``object`` of an outcome) or, ``tagged``, as the entity
+    view answers it (with ``entity_type``); never its ``applied`` bookkeeping."""
+    schema = _model_schema(_ENTITIES[entity_type], components, mode="serialization")
+    props = schema["properties"]
+    props.pop("applied")
+    if tagged:
+        props["entity_type"] = {"const": entity_type}
+    else:
+        props.pop("entity_type")
+    required = [p for p in schema.get("required", []) if p in props]
+    schema["required"] = ["entity_type", *required] if tagged else required
+    return schema
+
+
+def _ref(name: str) -> Doc:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_STR = {"type": "string"}
+_ID_MAX = pipeline.ID_MAX_CHARS
+_INT = {"type": "integer"}
+_COUNTS = {"type": "object", "additionalProperties": _INT}
+
+
+def _gateway_error() -> Doc:
+    return {
+        "type": "object",
+        "description": "A provider's error as outcomes carry it (no secrets, no card data).",
+        "required": ["code", "message", "retryable", "provider"],
+        "properties": {
+            "code": {
+                "type": "string",
+                "description": "provider-neutral code (`paystream/gateways/errors.py`)",
+            },
+            "message": _STR,
+            "retryable": {"type": "boolean"},
+            "provider": _STR,
+            "decline_code": _STR,
+            "provider_request_id": _STR,
+            "provider_payment_id": _STR,
+        },
+    }
+
+
+def _outcome_schemas(components: Doc) -> None:
+    for entity_type in _ENTITIES:
+        components[_pascal(entity_type)] = _entity_schema(entity_type, components, tagged=False)
+    components["GatewayError"] = _gateway_error()
+    components["RelatedEntity"] = {
+        "type": "object",
+        "description": "Another entity the command wrote (a refund's payment, a charge's "
+        "dispute), with its post-image.",
+        "required": ["entity_type", "entity_id", "version", "object"],
+        "properties": {
+            "entity_type": {"enum": list(_ENTITIES)},
+            "entity_id": _STR,
+            "version": _INT,
+            "object": {"oneOf": [_ref(_pascal(e)) for e in _ENTITIES]},
+        },
+    }
+    components["ProviderDeletion"] = {
+        "description": "What the provider did: `deleted`; `not_found` (it no longer had the "
+        "customer: deleted there before, or the tenant's credentials now reach another "
+        "account, so check there); or, for an erasure only, `other_provider` (the customer "
+        "was made through a provider the tenant has since left: delete it there).",
+        "enum": [handlers.DELETED_THERE, handlers.NOT_FOUND_THERE, handlers.OTHER_PROVIDER],
+    }
+    components["Export"] = {
+        "type": "object",
+        "required": ["customer", "payment_methods", "payments", "refunds"],
+        "properties": {
+            "customer": _ref("Customer"),
+            "payment_methods": {"type": "array", "items": _ref("PaymentMethod")},
+            "payments": {"type": "array", "items": _ref("Payment")},
+            "refunds": {"type": "array", "items": _ref("Refund")},
+            "truncated": {"description": "full counts of the lists cut short", **_COUNTS},
+        },
+    }
+    components["OutcomeData"] = {
+        "type": "object",
+        "description": "`data` of every outcome but `command.rejected`.",
+        "required": ["tenant_id", "command_id"],
+        "properties": {
+            "tenant_id": _STR,
+            "command_id": {"type": "string", "description": "the command's `id`"},
+            "entity_type": {"enum": list(_ENTITIES)},
+            "entity_id": _STR,
+            "version": {"type": "integer", "description": "the entity's version after it"},
+            "object": {"description": "the entity after the command (its post-image)"},
+            "related": {"type": "array", "items": _ref("RelatedEntity")},
+            "error": _ref("GatewayError"),
+            "answered_by": {
+                "type": "string",
+                "description": "a create let through once whose entity another command of "
+                "the same request made: that command's id (this answer is its answer)",
+            },
+        },
+    }
+    components["RejectReason"] = {
+        "type": "string",
+        "description": "Why a command was rejected:\n"
+        + "\n".join(f"- `{r.value}`: {REJECT_REASONS[r]}" for r in RejectReason),
+        "enum": [r.value for r in RejectReason],
+    }
+    components["CommandRejected"] = {
+        "type": "object",
+        "description": "`data` of `command.rejected`.",
+        "required": ["command_type", "reason", "message"],
+        "properties": {
+            "command_type": {"type": "string", "description": "the type after the prefix"},
+            "reason": _ref("RejectReason"),
+            "message": _STR,
+            "errors": {
+                "type": "array",
+                "maxItems": pipeline.VALIDATION_ERRORS_SHOWN,
+                "items": {
+                    "type": "object",
+                    "required": ["loc", "msg", "type"],
+                    "properties": {"loc": _STR, "msg": _STR, "type": _STR},
+                },
+            },
+            "error": _ref("GatewayError"),
+            "limit": {
+                "description": "the tenant limit that refused it",
+                "enum": [
+                    "commands_per_second",
+                    "max_payment_amount",
+                    "daily_payment_volume",
+                    "pending_payments",
+                    "currencies",
+                ],
+            },
+            "retry_after_ms": _INT,
+            "currency": _STR,
+            "allowed": {
+                "description": "the limit's amount or count; for `currencies`, those allowed",
+                "oneOf": [_INT, {"type": "array", "items": _STR}],
+            },
+            "used": _INT,
+            "held": {"type": "integer", "description": "held by payments not yet answered"},
+            "day": {"type": "string", "format": "date"},
+        },
+    }
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _outcome_payload(outcome: str) -> Doc:
+    if outcome == "command.rejected":
+        return _ref("CommandRejected")
+    entity_type, _summary, extra = OUTCOMES[outcome]
+    own: Doc = {"properties": dict(extra), "required": list(_REQUIRED.get(outcome, ()))}
+    if entity_type is not None:
+        own["properties"] |= {"entity_type": {"const": entity_type}}
+        own["properties"] |= {"object": _ref(_pascal(entity_type))}
+        own["required"] = ["entity_type", "entity_id", "version", "object", *own["required"]]
+    if not own["required"]:
+        del own["required"]
+    return {"allOf": [_ref("OutcomeData"), own]}
+
+
+# Outcome data fields an outcome type always has, beyond its entity's.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "customer.deleted": ("provider_deletion",),
+    "customer.exported": ("customer_id", "export"),
+    "payment_method.attach_failed": ("id", "error"),
+}
+
+
+# ---- AsyncAPI -----------------------------------------------------------------------
+
+
+def _header(description: str, **schema: Any) -> Doc:
+    return {"type": "string", "description": description, **schema}
+
+
+def _command_headers() -> Doc:
+    return {
+        "type": "object",
+        "description": "Binary content mode: the CloudEvents attributes as `ce_*` Kafka headers "
+        "(structured mode: `content-type: application/cloudevents+json` and the attributes in "
+        "the value). Headers other than `ce_*` and `content-type` (tracing ids and the like) are "
+        "neither read nor kept.",
+        "required": ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_tenantid"],
+        "properties": {
+            "ce_specversion": {"const": "1.0"},
+            "ce_id": _header(
+                f"the command id (required; at most {_ID_MAX} characters). One id names one "
+                "request for the idempotency window: another request under an id the tenant "
+                "used is an `idempotency_conflict`, whatever its `idempotencykey`",
+                maxLength=_ID_MAX,
+            ),
+            "ce_source": _header("the producer (CloudEvents `source`)"),
+            "ce_type": _header(f"`{COMMAND_PREFIX}<domain>.<verb>`", maxLength=_ID_MAX),
+            "ce_tenantid": _header("the tenant (must equal the record key)", maxLength=_ID_MAX),
+            "ce_idempotencykey": _header(
+                f"optional, at most {_ID_MAX} characters, no control characters; defaults to `id`; "
+                "remembered 24 h (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS). A command under a key "
+                "already answered (same request) gets the first command's event again",
+                maxLength=_ID_MAX,
+            ),
+            "ce_traceparent": _header("optional (W3C trace context); copied onto the outcome"),
+            "ce_time": _header(
+                "optional; when absent, the record's timestamp stands in (outcomes of a "
+                "redelivered command stay byte-identical)",
+                format="date-time",
+            ),
+            "ce_datacontenttype": _header("`application/json` when given"),
+            "content-type": _header("`application/json` (binary mode)"),
+            "paystream-first-attempt-ms": _header(
+                "set by `paystream dlq replay`: when the command was first run (ms since the "
+                "epoch), believed only under the seal"
+            ),
+            "paystream-first-attempt-seal": _header(
+                "set by `paystream dlq replay`: `<master key id>.<hex HMAC>` over the time "
+                "and the command as sent"
+            ),
+            "paystream-reconciled": _header(
+                "set by `paystream dlq replay --include-stale`: a stale command an operator "
+                "checked with the provider"
+            ),
+        },
+    }
+
+
+def _outcome_headers() -> Doc:
+    return {
+        "type": "object",
+        "description": "Binary content mode (the default, PAYSTREAM_CLOUDEVENTS_MODE): the "
+        "CloudEvents attributes as `ce_*` headers; structured mode puts them in the value.",
+        "required": [
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_time",
+            "ce_tenantid",
+            "ce_causationid",
+            "ce_partitionkey",
+            "content-type",
+        ],
+        "properties": {
+            "ce_specversion": {"const": "1.0"},
+            "ce_id": _header(
+                "derived from (tenant, command id, outcome type, and the command record that "
+                "first produced it): a redelivered command yields a byte-identical event",
+                format="uuid",
+            ),
+            "ce_source": _header("`/paystream/tenants/{tenant}/{domain}`"),
+            "ce_type": _header(f"`{OUTCOME_PREFIX}<domain>.<event>`"),
+            "ce_time": _header("the command's time", format="date-time"),
+            "ce_subject": _header("the entity id, when the outcome names one"),
+            "ce_tenantid": _header("the tenant"),
+            "ce_causationid": _header(
+                "the command's `id` (an over-long id: `sha256:<hex digest of the id>`)"
+            ),
+            "ce_partitionkey": _header("the tenant (the record key)"),
+            "ce_traceparent": _header("the command's, when it had one"),
+            "content-type": {"const": "application/json"},
+            ANSWERS_HEADER: _header(
+                "on an outcome sent again for another command under an idempotency key "
+                "already answered (same request): that command's id"
+            ),
+        },
+    }
+
+
+def _dead_letter_headers(reasons: list[str], redacted: list[str], what: str) -> Doc:
+    return {
+        "type": "object",
+        "description": f"paystream's headers beside the {what}'s own `ce_*` and `content-type` "
+        "(none when its bytes are not kept).",
+        "required": ["paystream-dlq-reason", "paystream-dlq-detail", "paystream-source"],
+        "properties": {
+            "paystream-dlq-reason": {"enum": reasons},
+            "paystream-dlq-detail": _header(
+                "the worker's detail (at most 500 characters, card numbers redacted)"
+            ),
+            "paystream-source": _header(f"`<topic>/<partition>/<offset>` of the {what}"),
+            "paystream-dlq-redacted": {
+                "enum": redacted,
+                "description": "the bytes were not kept (card data); `dlq replay` passes it over",
+            },
+            "paystream-dlq-dropped": {
+                "const": "too_large_to_keep",
+                "description": f"over {pipeline.DEAD_LETTER_KEEP_MAX_BYTES // 1024} KiB: not kept "
+                "(`paystream-source` says where it is)",
+            },
+            "paystream-first-attempt-ms": _header("when it was first run, ms since the epoch"),
+        },
+    }
+
+
+def _key(description: str) -> Doc:
+    return {
+        "kafka": {"key": {"type": "string", "description": description}, "bindingVersion": "0.5.0"}
+    }
+
+
+def _channel(address: str, description: str, messages: Doc, **config: Any) -> Doc:
+    binding: Doc = {"topic": address, "partitions": _defaults().partitions}
+    if config:
+        binding["topicConfiguration"] = config
+    return {
+        "address": address,
+        "description": description,
+        "messages": messages,
+        "bindings": {"kafka": {**binding, "bindingVersion": "0.5.0"}},
+    }
+
+
+def asyncapi() -> Doc:
+    """The AsyncAPI 3.0 document of the Kafka interface."""
+    s = _defaults()
+    schemas: Doc = {}
+    messages: Doc = {}
+    for kind in COMMANDS:
+        name = COMMANDS[kind].__name__
+        schemas[name] = _command_schema(kind, schemas)
+        messages[f"command.{kind}"] = {
+            "name": kind,
+            "title": COMMAND_PREFIX + kind,
+            "summary": COMMAND_SUMMARIES.get(kind, COMMANDS[kind].__doc__ or kind),
+            "contentType": "application/json",
+            "headers": {
+                "allOf": [
+                    _ref("CommandHeaders"),
+                    {"properties": {"ce_type": {"const": COMMAND_PREFIX + kind}}},
+                ]
+            },
+            "payload": _ref(name),
+            "correlationId": {"$ref": "#/components/correlationIds/command"},
+            "bindings": _key("the tenant id"),
+        }
+    _outcome_schemas(schemas)
+    for outcome, (_entity, summary, _extra) in OUTCOMES.items():
+        messages[f"outcome.{outcome}"] = {
+            "name": outcome,
+            "title": OUTCOME_PREFIX + outcome,
+            "summary": summary,
+            "contentType": "application/json",
+            "headers": {
+                "allOf": [
+                    _ref("OutcomeHeaders"),
+                    {"properties": {"ce_type": {"const": OUTCOME_PREFIX + outcome}}},
+                ]
+            },
+            "payload": _outcome_payload(outcome),
+            "correlationId": {"$ref": "#/components/correlationIds/outcome"},
+            "bindings": _key("the tenant id"),
+        }
+    schemas["CommandHeaders"] = _command_headers()
+    schemas["OutcomeHeaders"] = _outcome_headers()
+    schemas["StructuredCloudEvent"] = {
+        "type": "object",
+        "description": f"Structured content mode (`content-type: {STRUCTURED_CONTENT_TYPE}`): "
+        "the record value is the whole event; its attributes are those of the `ce_*` headers "
+        "without the prefix, and `data` (or `data_base64`) is the message's payload.",
+        "required": ["specversion", "id", "source", "type"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": _STR,
+            "source": _STR,
+            "type": _STR,
+            "data": {"type": "object"},
+        },
+    }
+    schemas["DeadLetterHeaders"] = _dead_letter_headers(
+        ["payload_too_large", "not_a_cloudevent", "internal_error"],
+        ["card_number", "card_security_code"],
+        "command",
+    )
+    schemas["LedgerDeadLetterHeaders"] = _dead_letter_headers(
+        [
+            "ledger_invalid_event",
+            "ledger_forbidden_data",
+            "ledger_database_rejected",
+            "ledger_undecodable",
+        ],
+        ["forbidden_data"],
+        "outcome",
+    )
+    schemas["ParkedHeaders"] = {
+        "type": "object",
+        "description": "paystream's headers beside the command's own `ce_*` and `content-type`.",
+        "required": ["paystream-park-reason", "paystream-source", "paystream-first-attempt-ms"],
+        "properties": {
+            "paystream-park-reason": _header(
+                "the provider error code that exhausted the retries (`timeout`, "
+                "`provider_unavailable`, `rate_limited`, `processing_error`), `stale` (older "
+                "than the providers keep idempotency keys), or the rejection reason of a command "
+                "let through once that cannot run now (`unknown_tenant`, `internal_error`, ...)"
+            ),
+            "paystream-source": _header("`<topic>/<partition>/<offset>` of the command"),
+            "paystream-first-attempt-ms": _header("the broker's time of the command's first run"),
+        },
+    }
+    tenant = _model_schema(Tenant, schemas)
+    schemas["Tenant"] = tenant
+    command_refs = {
+        m: {"$ref": f"#/components/messages/{m}"} for m in messages if m.startswith("command.")
+    }
+    outcome_refs = {
+        m: {"$ref": f"#/components/messages/{m}"} for m in messages if m.startswith("outcome.")
+    }
+    messages["deadLetter"] = {
+        "name": "dead-letter",
+        "summary": "A record that could not be run, with the reason in headers.",
+        "contentType": "application/octet-stream",
+        "headers": _ref("DeadLetterHeaders"),
+        "payload": {"description": "the record's value as it came (empty when not kept)"},
+    }
+    messages["parkedCommand"] = {
+        "name": "parked-command",
+        "summary": "A command parked for `paystream dlq replay`, as it came.",
+        "headers": _ref("ParkedHeaders"),
+        "payload": {"description": "the command record's value as it came"},
+        "bindings": _key("the tenant id"),
+    }
+    messages["tenant"] = {
+        "name": "tenant",
+        "summary": "A tenant's registry record; an empty value (or a tombstone) removes it.",
+        "contentType": "application/json",
+        "payload": {"oneOf": [_ref("Tenant"), {"type": "null"}]},
+        "bindings": _key("the tenant id as a JSON string"),
+    }
+    messages["ledgerDeadLetter"] = {
+        "name": "ledger-dead-letter",
+        "summary": "An outcome the ledger refused (listed by `paystream dlq list --topic "
+        "ledger`, never replayed).",
+        "headers": _ref("LedgerDeadLetterHeaders"),
+        "payload": {"description": "the outcome record's value (empty for `forbidden_data`)"},
+    }
+    schemas.update(_insights_schemas())
+    for name, kind, schema, summary in (
+        ("analyticsWindow", WINDOW_TYPE, "AnalyticsWindow",
+         "One tenant's outcomes in one window; published again, with more `events`, if an "
+         "outcome arrives for it later: keep the publication with the most."),
+        ("fraudAlert", ALERT_TYPE, "FraudAlert",
+         "A fraud rule fired: once per rule, subject and fraud window."),
+    ):  # fmt: skip
+        messages[name] = {
+            "name": name,
+            "title": kind,
+            "summary": summary,
+            "contentType": "application/json",
+            "headers": {
+                "allOf": [_ref("InsightHeaders"), {"properties": {"ce_type": {"const": kind}}}]
+            },
+            "payload": _ref(schema),
+            "bindings": _key("the tenant id"),
+        }
+    channels = {
+        "commands": _channel(
+            s.commands_topic,
+            "Commands are CloudEvents 1.0, Kafka key = tenant id, in binary (`ce_*` headers) or "
+            "structured content mode, detected per record. A value may be at most "
+            f"{s.command_max_bytes // 1024} KiB (PAYSTREAM_COMMAND_MAX_BYTES), key and CloudEvents "
+            f"headers together {ATTRIBUTES_MAX_BYTES // 1024} KiB: larger "
+            "ones are dead-lettered. Created with `message.timestamp.type=LogAppendTime` "
+            "(tenant limits count by the broker's time).",
+            command_refs,
+        ),
+        "events": _channel(
+            s.events_topic,
+            "One CloudEvent outcome per command, key = tenant id, binary mode by default "
+            "(PAYSTREAM_CLOUDEVENTS_MODE).",
+            outcome_refs,
+        ),
+        "deadLetters": _channel(
+            s.dlq_topic,
+            "Bytes that are not CloudEvents (or are oversized, or met a failure of ours), with "
+            "the reason in headers; `paystream dlq list|replay`.",
+            {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
+        ),
+        "retry": _channel(
+            s.retry_topic,
+            "Commands whose transient provider failures outlasted the retries (or that cannot "
+            "run now), parked for `paystream dlq replay`, which re-sends each to the "
+            "commands-topic partition it came from.",
+            {"parkedCommand": {"$ref": "#/components/messages/parkedCommand"}},
+        ),
+        "tenants": _channel(
+            s.tenants_topic,
+            "The tenant registry (compacted): every worker follows the whole topic and runs no "
+            "command before it has read it to its end. Never add partitions to it.",
+            {"tenant": {"$ref": "#/components/messages/tenant"}},
+            **{"cleanup.policy": ["compact"]},
+        ),
+        "ledgerDeadLetters": _channel(
+            s.ledger_dlq_topic,
+            "Outcomes the ledger sink refused.",
+            {"ledgerDeadLetter": {"$ref": "#/components/messages/ledgerDeadLetter"}},
+        ),
+        "analytics": _channel(
+            s.analytics_topic,
+            "Analytics windows of registered tenants' outcomes (workers running `insights`), "
+            f"per PAYSTREAM_INSIGHTS_WINDOW_SECONDS ({s.insights_window_seconds} s) by the "
+            "command's time.",
+            {"analyticsWindow": {"$ref": "#/components/messages/analyticsWindow"}},
+        ),
+        "fraud": _channel(
+            s.fraud_topic,
+            "Fraud alerts raised from registered tenants' outcomes (workers running `insights`).",
+            {"fraudAlert": {"$ref": "#/components/messages/fraudAlert"}},
+        ),
+    }
+    operations = {
+        "runCommands": {
+            "action": "receive",
+            "channel": {"$ref": "#/channels/commands"},
+            "summary": "Workers run each command against the tenant's payment gateway.",
+            "bindings": {
+                "kafka": {
+                    "groupId": {"type": "string", "description": "PAYSTREAM_APP_ID"},
+                    "bindingVersion": "0.5.0",
+                }
+            },
+            "reply": {"channel": {"$ref": "#/channels/events"}},
+        },
+        "emitOutcomes": _operation("send", "events", "One outcome per command."),
+        "storeOutcomes": _operation(
+            "receive", "events", "The ledger sink writes every outcome to PostgreSQL."
+        ),
+        "deadLetter": _operation("send", "deadLetters", "Records that cannot be run."),
+        "park": _operation("send", "retry", "Commands parked after their retries."),
+        "followRegistry": _operation(
+            "receive", "tenants", "Every worker reads the whole registry."
+        ),
+        "registerTenants": _operation(
+            "send", "tenants", "`paystream tenants add|limits|suspend|activate`."
+        ),
+        "parkOutcomes": _operation("send", "ledgerDeadLetters", "Outcomes the ledger refused."),
+        "publishWindows": _operation(
+            "send",
+            "analytics",
+            "Each closed window, once, and again when a late outcome changes it.",
+        ),
+        "publishAlerts": _operation("send", "fraud", "Each fraud rule that fires."),
+    }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "paystream Kafka interface",
+            "version": __version__,
+            "description": "Upstream services send payment *commands* as CloudEvents to Kafka; "
+            "workers run them against the tenant's payment gateway and emit one CloudEvent "
+            "*outcome* per command. Generated by `paystream docs` from the code: do not edit.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "kafka": {
+                "host": "{broker}",
+                "protocol": "kafka",
+                "description": "KAFKA_BROKER_URL (`kafka://host:9092[;host2:9092]`)",
+                "variables": {"broker": {"default": "localhost:9092"}},
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "messages": messages,
+            "correlationIds": {
+                "command": {"location": "$message.header#/ce_id"},
+                "outcome": {"location": "$message.header#/ce_causationid"},
+            },
+        },
+    }
+
+
+def _insights_schemas() -> Doc:
+    """The insights' events (paystream/insights/events.py)."""
+    count = {"type": "integer", "minimum": 0}
+    counts = {"type": "object", "additionalProperties": count}
+    money = _object(
+        {
+            name: {**count, "description": f"{what}, in minor units"}
+            for name, what in (
+                ("authorized", "held on cards (payment.authorized)"),
+                ("captured", "taken (payment.succeeded: what each payment captured)"),
+                ("refunded", "given back (refund.succeeded)"),
+                ("declined", "asked for and refused by the cards' issuers (payment.failed)"),
+            )
+        },
+    )
+    window = _object(
+        {
+            "tenant_id": _STR,
+            "window_start": {"type": "string", "format": "date-time"},
+            "window_end": {"type": "string", "format": "date-time"},
+            "events": {**count, "description": "outcomes counted (the most wins)"},
+            "outcomes": {**counts, "description": "outcomes by type (`payment.succeeded`, ...)"},
+            "money": {
+                "type": "object",
+                "description": "per ISO 4217 currency",
+                "additionalProperties": money,
+            },
+            "declines": {**counts, "description": "failed payments by decline or error code"},
+            "rejections": {**counts, "description": "`command.rejected` by reason"},
+        },
+        "One tenant's outcomes in one analytics window.",
+    )
+    alert = _object(
+        {
+            "tenant_id": _STR,
+            "rule": {
+                "enum": ["subject_declines", "decline_burst"],
+                "description": "`subject_declines`: one customer or saved payment method reached "
+                "PAYSTREAM_FRAUD_SUBJECT_DECLINES card declines in the window; `decline_burst`: "
+                "the tenant reached PAYSTREAM_FRAUD_BURST_DECLINES, at least half its payment "
+                "attempts (card testing)",
+            },
+            "subject_type": {"enum": ["customer", "payment_method", "tenant"]},
+            "subject": _STR,
+            "window_start": {"type": "string", "format": "date-time"},
+            "window_end": {"type": "string", "format": "date-time"},
+            "threshold": count,
+            "observed": count,
+        },
+        "A fraud rule that fired.",
+    )
+    headers = _object(
+        {
+            "ce_id": _header("derived from what the event is about: republished, the same id"),
+            "ce_source": _header("`/paystream/tenants/{tenant}/analytics` or `.../fraud`"),
+            "ce_type": _header("the event type"),
+            "ce_specversion": {"const": "1.0"},
+            "ce_time": _header("the window's end (analytics) or start (fraud), RFC 3339"),
+            "ce_tenantid": _header("the tenant id"),
+            "ce_partitionkey": _header("the tenant id"),
+            "content-type": {"const": "application/json"},
+        },
+        "Binary content mode (structured with PAYSTREAM_CLOUDEVENTS_MODE=structured).",
+    )
+    return {"AnalyticsWindow": window, "FraudAlert": alert, "InsightHeaders": headers}
+
+
+def _operation(action: str, channel: str, summary: str) -> Doc:
+    return {"action": action, "channel": {"$ref": f"#/channels/{channel}"}, "summary": summary}
+
+
+# ---- OpenAPI ------------------------------------------------------------------------
+
+_GUARDED: list[Doc] = [{"bearerAuth": []}, {"tokenCookie": []}]
+_NO_STORE = {
+    "Cache-Control": {
+        "description": "`no-store`: personal data and the fleet's figures are not cached",
+        "schema": {"const": "no-store"},
+    }
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": {"const": "1"}}}
+
+
+def _json(schema: str, description: str, headers: Doc | None = None) -> Doc:
+    response: Doc = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(schema)}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_UNAUTHORIZED = _json("Error", "PAYSTREAM_WEB_TOKEN is set and the request does not bear it")
+
+
+def _object(properties: Doc, description: str = "") -> Doc:
+    """A closed object: every property present, no other (as the views answer)."""
+    schema: Doc = {"type": "object"}
+    if description:
+        schema["description"] = description
+    return {
+        **schema,
+        "required": list(properties),
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _nullable(schema: Doc) -> Doc:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _view_schemas() -> Doc:
+    components: Doc = {}
+    for entity_type in _ENTITIES:
+        components[_pascal(entity_type)] = _entity_schema(entity_type, components, tagged=True)
+    number = {"type": "number"}
+    components |= {
+        "Error": _object(
+            {"error": {"enum": ["unauthorized", "not_found", "unavailable"]}, "message": _STR}
+        ),
+        "Health": _object(
+            {"ok": {"const": True}, "uptime_s": {**number, "minimum": 0}},
+            "The worker's process answers (a liveness probe).",
+        ),
+        "Ready": _object(
+            {
+                "ready": {"type": "boolean"},
+                "waiting_for": {
+                    "type": "array",
+                    "items": _STR,
+                    "description": "`tenant registry`, `partition assignment`, `rebalance`, "
+                    "`table recovery`, or the worker's own stalled agent",
+                },
+                "stalled": {
+                    "type": "array",
+                    "description": "every agent behind with no progress for "
+                    "PAYSTREAM_STALL_SECONDS",
+                    "items": _object({"agent": _STR, "behind": _INT, "seconds": number}),
+                },
+            }
+        ),
+        "ActivityEntry": _object(
+            {
+                "time": {"type": "string", "format": "date-time"},
+                "tenant": _STR,
+                "registered": {"type": "boolean"},
+                "command": _STR,
+                "outcome": _STR,
+                "entity_id": _nullable(_STR),
+                "amount": _nullable(_INT),
+                "currency": _nullable(_STR),
+                "reason": _nullable(_STR),
+            },
+            "One recent outcome; `reason`: the rejection reason or the provider error code.",
+        ),
+        "Stats": _object(
+            {
+                "worker": _object(
+                    {
+                        "app_id": _STR,
+                        "uptime_s": number,
+                        "partitions": {
+                            "type": "array",
+                            "items": _INT,
+                            "description": "the partitions this worker owns of its source topic",
+                        },
+                        "processed": _INT,
+                        "ledger_processed": _INT,
+                    }
+                ),
+                "activity": _object(
+                    {
+                        "recent": {"type": "array", "maxItems": 50, "items": _ref("ActivityEntry")},
+                        "by_outcome": _COUNTS,
+                        "by_tenant": _COUNTS,
+                        "dead_letters": _INT,
+                        "parked": _INT,
+                        "total": _INT,
+                    },
+                    "This worker's outcomes since it started.",
+                ),
+                "tenants": {
+                    "type": "object",
+                    "description": "every registered tenant: status, gateway and its limits",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["status", "gateway"],
+                        "properties": {
+                            "status": {"enum": ["active", "suspended"]},
+                            "gateway": _STR,
+                            "limits": _STR,
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+                "summaries": {
+                    "type": "object",
+                    "description": "per tenant of this worker's partitions: payments by status, "
+                    "captured and refunded amounts per currency (minor units)",
+                    "additionalProperties": _object(
+                        {"payments": _COUNTS, "captured": _COUNTS, "refunded": _COUNTS}
+                    ),
+                },
+                "minor_units": {
+                    "description": "each currency shown, with its ISO 4217 minor-unit digits",
+                    **_COUNTS,
+                },
+            },
+            "Counts, recent outcomes, per-tenant summaries and this worker's partitions.",
+        ),
+    }
+    return components
+
+
+def openapi() -> Doc:
+    """The OpenAPI 3.1 document of the worker's HTTP views."""
+    s = _defaults()
+    entity = {"oneOf": [_ref(_pascal(e)) for e in _ENTITIES]}
+    paths = {
+        "/": {
+            "get": {
+                "summary": "The operator dashboard (a static page polling /v1/stats).",
+                "security": [*_GUARDED, {}],
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "description": "PAYSTREAM_WEB_TOKEN: a browser opens `/?token=…` once "
+                        "and gets it as an HttpOnly cookie",
+                        "schema": _STR,
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the dashboard",
+                        "content": {"text/html": {"schema": _STR}},
+                    },
+                    "303": {
+                        "description": "`?token=` given: to `/`, with the `paystream_token` "
+                        "cookie (HttpOnly, SameSite=Strict, Secure over HTTPS) when it is right",
+                        "headers": {
+                            "Location": {"schema": {"const": "/"}},
+                            "Set-Cookie": {"schema": _STR},
+                        },
+                    },
+                    "401": {
+                        "description": "without the token",
+                        "content": {"text/plain": {"schema": _STR}},
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics.",
+                "security": _GUARDED,
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format",
+                        "headers": _NO_STORE,
+                        "content": {"text/plain": {"schema": _STR}},
+                    },
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Alive (open without the token).",
+                "security": [],
+                "responses": {"200": _json("Health", "alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Ready: 503 until the registry is read and partitions are assigned, "
+                "and while the worker's own agent is stalled; lists every stalled agent "
+                "(open without the token).",
+                "security": [],
+                "responses": {
+                    "200": _json("Ready", "ready"),
+                    "503": _json("Ready", "not ready: `waiting_for` says for what"),
+                },
+            }
+        },
+        "/v1/stats": {
+            "get": {
+                "summary": "This worker's counts, recent outcomes and per-tenant summaries.",
+                "security": _GUARDED,
+                "responses": {
+                    "200": _json("Stats", "the figures", _NO_STORE),
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/v1/tenants/{tenant}/{kind}/{entity_id}": {
+            "get": {
+                "summary": "One entity of one tenant: any worker of a fleet answers, fetching "
+                "from the tenant's owner.",
+                "description": "Entity lookups return customers' personal data.",
+                "security": _GUARDED,
+                "parameters": [
+                    {"name": "tenant", "in": "path", "required": True, "schema": _STR},
+                    {
+                        "name": "kind",
+                        "in": "path",
+                        "required": True,
+                        "description": "another kind is a 404",
+                        "schema": {"enum": list(ENTITY_KINDS)},
+                    },
+                    {"name": "entity_id", "in": "path", "required": True, "schema": _STR},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the entity, without its bookkeeping",
+                        "headers": _NO_STORE,
+                        "content": {"application/json": {"schema": entity}},
+                    },
+                    "401": _UNAUTHORIZED,
+                    "404": _json("Error", "no such entity of this tenant, or an unknown kind"),
+                    "503": _json(
+                        "Error",
+                        "tables are being recovered, or the tenant's owner is unreachable "
+                        "(answered within 5 s): retry",
+                        _RETRY_AFTER,
+                    ),
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "paystream worker HTTP views",
+            "version": __version__,
+            "description": "Served by every worker on PAYSTREAM_WEB_HOST:PAYSTREAM_WEB_PORT. "
+            "Generated by `paystream docs` from the code: do not edit.",
+        },
+        "servers": [{"url": f"http://{s.web_host}:{s.web_port}", "description": "the defaults"}],
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(_view_schemas().items())),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "PAYSTREAM_WEB_TOKEN (`Authorization: Bearer …`). When it is "
+                    "unset every view is open; when set, the dashboard, `/v1/*` and `/metrics` "
+                    "answer only requests bearing it; `/healthz` and `/readyz` stay open.",
+                },
+                "tokenCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "paystream_token",
+                    "description": "PAYSTREAM_WEB_TOKEN as the cookie `GET /?token=…` sets",
+                },
+            },
+        },
+    }
+
+
+# ---- YAML ---------------------------------------------------------------------------
+
+# A plain (unquoted) scalar that no YAML 1.1 or 1.2 reader takes for anything but a string.
+_PLAIN = re.compile(r"[A-Za-z_$/][A-Za-z0-9_$./-]*\Z")
+_SPECIAL = frozenset({"true", "false", "yes", "no", "on", "off", "null", "y", "n"})
+# Characters a YAML double-quoted scalar must escape (beyond JSON's), and line breaks
+# other than \n.
+_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
+
+
+def _quoted(text: str) -> str:
+    escaped = json.dumps(text, ensure_ascii=False)  # JSON escapes are YAML escapes
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", escaped)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    text = str(value)
+    if _PLAIN.match(text) and text.lower() not in _SPECIAL:
+        return text
+    return _quoted(text)
+
+
+def _block(text: Any) -> bool:
+    """Is ``text`` a multi-line string written as a literal block (``|-``)?"""
+    return (
+        isinstance(text, str)
+        and "\n" in text
+        and not text.endswith("\n")
+        and not text.startswith((" ", "\n"))
+        and not _UNPRINTABLE.search(text)
+        and all(c == "\n" or c == "\t" or c >= " " for c in text)
+        and "\r" not in text
+    )
+
+
+def _lines(value: Any, indent: int) -> list[str]:
+    pad = " " * indent
+    out: list[str] = []
+    items: list[tuple[str, Any]] = (
+        [(f"{_scalar(k)}:", v) for k, v in value.items()]
+        if isinstance(value, dict)
+        else [("-", v) for v in value]
+    )
+    for lead, item in items:
+        if _block(item):
+            out.append(f"{pad}{lead} |-")
+            out += [f"{pad}  {line}" if line else "" for line in item.split("\n")]
+        elif isinstance(item, dict | list) and item:
+            inner = _lines(item, indent + 2)
+            if lead == "-":
+                out.append(f"{pad}- {inner[0][indent + 2 :]}")
+                out += inner[1:]
+            else:
+                out.append(f"{pad}{lead}")
+                out += inner
+        else:
+            out.append(f"{pad}{lead} {_scalar(item)}")
+    return out
+
+
+def to_yaml(doc: Doc) -> str:
+    """``doc`` (JSON-like values, string keys) as block-style YAML, the same every time."""
+    return "\n".join(_lines(doc, 0)) + "\n"
+
+
+# ---- the files ----------------------------------------------------------------------
+
+_HEADER = (
+    "# Generated by `paystream docs` from the code: do not edit; `paystream docs` rewrites it.\n"
+)
+
+
+def documents() -> dict[str, str]:
+    """File name → text of each interface document."""
+    return {
+        "asyncapi.yaml": _HEADER + to_yaml(asyncapi()),
+        "openapi.yaml": _HEADER + to_yaml(openapi()),
+    }
+
+
+def write(directory: Path) -> list[Path]:
+    """Write the documents into ``directory``; returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in documents().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def stale(directory: Path) -> list[str]:
+    """The documents in ``directory`` that are missing or differ from the code's."""
+    return [
+        name
+        for name, text in documents().items()
+        if not (directory / name).is_file()
+        or (directory / name).read_text(encoding="utf-8") != text
+    ]

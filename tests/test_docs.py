@@ -1,0 +1,428 @@
+"""The interface documents (docs/asyncapi.yaml, docs/openapi.yaml) say what the code does.
+
+They are generated (`paystream docs`); these tests hold the committed files to the
+generator, the generator to the code (every command, outcome, rejection reason and web
+route), and the documented response and outcome schemas to what a real worker answers.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+import pytest_asyncio
+import yaml
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from openapi_spec_validator import validate as validate_openapi
+from pydantic import ValidationError
+from referencing import Registry
+from referencing.jsonschema import DRAFT7, DRAFT202012
+
+from paystream import docs
+from paystream.agents import handlers
+from paystream.client import build_command
+from paystream.gateways.base import RefundStatus
+from paystream.insights.events import alert_event, window_event
+from paystream.insights.observe import Observed
+from paystream.insights.state import InsightsConfig, TenantInsights
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
+from paystream.streams.outcomes import CommandRef, RejectReason, encode_outcome
+from paystream.tenancy.models import Tenant
+from tests.fixtures.pipeline import Deployment
+
+ROOT = Path(__file__).resolve().parent.parent
+VIEWS = ROOT / "paystream" / "web" / "views.py"
+TOKEN = "docs-test-token"
+
+
+@pytest.fixture(scope="module")
+def asyncapi() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text()))
+
+
+def validator(doc: dict[str, Any], pointer: str, *, draft7: bool = False) -> Any:
+    """A validator for the schema at ``pointer`` in ``doc``, its refs resolved in ``doc``."""
+    spec = DRAFT7 if draft7 else DRAFT202012
+    uri = "urn:paystream:doc"
+    registry: Registry[Any] = Registry().with_resource(uri, spec.create_resource(doc))
+    cls = jsonschema.Draft7Validator if draft7 else jsonschema.Draft202012Validator
+    return cls({"$ref": f"{uri}#{pointer}"}, registry=registry)
+
+
+def response_schema(path: str, status: int, content: str = "application/json") -> str:
+    escaped = path.replace("~", "~0").replace("/", "~1")
+    return f"/paths/{escaped}/get/responses/{status}/content/{content.replace('/', '~1')}/schema"
+
+
+# ---- the files are the generator's ---------------------------------------------------
+
+
+def test_the_committed_documents_are_what_the_code_generates() -> None:
+    assert docs.stale(ROOT / "docs") == [], "run `paystream docs` and commit docs/*.yaml"
+
+
+def test_the_documents_read_back_as_the_generated_values() -> None:
+    generated = {"asyncapi.yaml": docs.asyncapi(), "openapi.yaml": docs.openapi()}
+    for name, text in docs.documents().items():
+        assert yaml.safe_load(text) == generated[name], name
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=5))
+def test_the_yaml_writer_round_trips_any_json_like_value(value: dict[str, Any]) -> None:
+    assert yaml.safe_load(docs.to_yaml(value)) == (value or None)
+
+
+def test_docs_check_fails_on_a_stale_document_and_docs_writes_them(tmp_path: Path) -> None:
+    from paystream.cli import cli
+
+    runner = CliRunner()
+    stale = runner.invoke(cli, ["docs", "--check", "--dir", str(tmp_path)])
+    assert stale.exit_code == 1 and "run `paystream docs`" in stale.output, stale.output
+    written = runner.invoke(cli, ["docs", "--dir", str(tmp_path)])
+    assert written.exit_code == 0, written.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["asyncapi.yaml", "openapi.yaml"]
+    assert runner.invoke(cli, ["docs", "--check", "--dir", str(tmp_path)]).exit_code == 0
+    (tmp_path / "openapi.yaml").write_text("openapi: 3.1.0\n")
+    changed = runner.invoke(cli, ["docs", "--check", "--dir", str(tmp_path)])
+    assert changed.exit_code == 1 and "openapi.yaml" in changed.output
+
+
+# ---- required top-level fields ------------------------------------------------------
+
+
+def test_asyncapi_top_level(asyncapi: dict[str, Any]) -> None:
+    assert asyncapi["asyncapi"] == "3.0.0"
+    assert asyncapi["info"]["title"] and asyncapi["info"]["version"]
+    assert {"channels", "operations", "components", "servers"} <= set(asyncapi)
+    addresses = {c["address"] for c in asyncapi["channels"].values()}
+    assert {
+        "paystream.commands",
+        "paystream.events",
+        "paystream.commands.dlq",
+        "paystream.commands.retry",
+        "paystream.tenants",
+    } <= addresses
+    for name, operation in asyncapi["operations"].items():
+        assert operation["action"] in ("send", "receive"), name
+
+
+def test_openapi_is_a_valid_openapi_3_1_document(openapi: dict[str, Any]) -> None:
+    assert openapi["openapi"] == "3.1.0"
+    assert openapi["info"]["title"] and openapi["info"]["version"]
+    assert openapi["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    validate_openapi(openapi)
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+@pytest.mark.parametrize("name", ["asyncapi", "openapi"])
+def test_every_reference_resolves(name: str, request: pytest.FixtureRequest) -> None:
+    doc = request.getfixturevalue(name)
+    refs = set(_refs(doc))
+    assert refs
+    for ref in refs:
+        assert _resolve(doc, ref) is not None, ref
+
+
+def test_asyncapi_names_and_schemas_are_well_formed(asyncapi: dict[str, Any]) -> None:
+    key = re.compile(r"^[A-Za-z0-9.\-_]+$")  # AsyncAPI 3.0's rule for component keys
+    for section in asyncapi["components"].values():
+        assert all(key.match(k) for k in section), list(section)
+    for channel in asyncapi["channels"].values():
+        assert all(key.match(k) for k in channel["messages"])
+    # The default schema format is a superset of JSON Schema draft 7.
+    for name, schema in asyncapi["components"]["schemas"].items():
+        jsonschema.Draft7Validator.check_schema(schema)
+        assert "$defs" not in json.dumps(schema), name
+
+
+# ---- every command, outcome, reason and route ---------------------------------------
+
+
+def test_every_command_has_a_message_whose_payload_is_its_model(asyncapi: dict[str, Any]) -> None:
+    channel = asyncapi["channels"]["commands"]["messages"]
+    assert set(channel) == {f"command.{kind}" for kind in COMMANDS}
+    for kind, model in COMMANDS.items():
+        message = _resolve(asyncapi, channel[f"command.{kind}"]["$ref"])
+        assert message["name"] == kind and message["title"] == COMMAND_PREFIX + kind
+        payload = _resolve(asyncapi, message["payload"]["$ref"])
+        expected = model.model_json_schema()
+        assert set(payload["properties"]) == set(expected["properties"]), kind
+        assert payload.get("required", []) == expected.get("required", []), kind
+        assert payload["additionalProperties"] is False
+        assert kind in docs.COMMAND_SUMMARIES
+
+
+SAMPLES: list[tuple[str, dict[str, Any]]] = [
+    ("payment.create", {"amount": 1999, "currency": "USD", "payment_method_token": "pm_card_visa"}),
+    ("payment.create", {"amount": 1999, "currency": "USD", "payment_method_id": "pm_1"}),
+    (
+        "payment.create",
+        {"amount": 1, "currency": "JPY", "payment_method_id": None, "payment_method_token": "tok"},
+    ),
+    ("payment.create", {"amount": 1999, "currency": "USD"}),
+    (
+        "payment.create",
+        {"amount": 1, "currency": "USD", "payment_method_id": "a", "payment_method_token": "tok"},
+    ),
+    ("payment.create", {"amount": 19.99, "currency": "USD", "payment_method_id": "pm_1"}),
+    ("payment.create", {"amount": 5, "currency": "USD", "payment_method_id": "x", "cvc": "1"}),
+    ("customer.create", {}),
+    ("customer.create", {"email": "not-an-address"}),
+    ("customer.update", {"customer_id": "cus_1", "metadata": {"k": ""}}),
+    ("payment.cancel", {"payment_id": "p1", "reason": "abandoned"}),
+    ("payment.cancel", {"payment_id": "p1", "reason": "bored"}),
+    ("refund.create", {"payment_id": "p 1"}),
+    ("dispute.submit_evidence", {"dispute_id": "dp_1", "evidence": {}}),
+    ("dispute.submit_evidence", {"dispute_id": "dp_1", "evidence": {"a": "b"}, "submit": 1}),
+    ("dispute.accept", {"dispute_id": "dp_1"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "data"), SAMPLES)
+def test_command_schemas_accept_what_the_models_accept(
+    asyncapi: dict[str, Any], kind: str, data: dict[str, Any]
+) -> None:
+    message = asyncapi["components"]["messages"][f"command.{kind}"]
+    schema = validator(asyncapi, message["payload"]["$ref"][1:], draft7=True)
+    try:
+        COMMANDS[kind].model_validate(data)
+        model_accepts = True
+    except ValidationError:
+        model_accepts = False
+    assert schema.is_valid(data) == model_accepts, (kind, data)
+
+
+def test_every_reject_reason_is_documented(asyncapi: dict[str, Any]) -> None:
+    reason = asyncapi["components"]["schemas"]["RejectReason"]
+    assert reason["enum"] == [r.value for r in RejectReason]
+    for r in RejectReason:
+        assert f"`{r.value}`:" in reason["description"]
+    rejected = asyncapi["components"]["schemas"]["CommandRejected"]["properties"]["reason"]
+    assert rejected == {"$ref": "#/components/schemas/RejectReason"}
+
+
+def _emitted_outcomes() -> set[str]:
+    """Every outcome type the handlers can produce, read from their code."""
+    source = Path(handlers.__file__).read_text()
+    literal = set(re.findall(r'HandlerResult\(\s*"([a-z_]+\.[a-z_]+)"', source))
+    assert literal, 'the handlers\' outcome types are no longer written HandlerResult("...")'
+    assert 'f"refund.{res.status.value}"' in source
+    return (
+        literal
+        | set(handlers._PAYMENT_OUTCOME.values())
+        | {f"refund.{s.value}" for s in RefundStatus}
+        | {"command.rejected"}
+    )
+
+
+def test_every_outcome_type_is_documented(asyncapi: dict[str, Any]) -> None:
+    documented = set(docs.OUTCOMES)
+    assert documented == _emitted_outcomes()
+    channel = asyncapi["channels"]["events"]["messages"]
+    assert set(channel) == {f"outcome.{o}" for o in documented}
+
+
+def _page_routes() -> set[str]:
+    """The paths of every ``@app.page(...)`` in web/views.py."""
+    routes = set()
+    for node in ast.walk(ast.parse(VIEWS.read_text())):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            for deco in node.decorator_list:
+                if (
+                    isinstance(deco, ast.Call)
+                    and ast.unparse(deco.func) == "app.page"
+                    and isinstance(deco.args[0], ast.Constant)
+                ):
+                    routes.add(str(deco.args[0].value))
+    return routes
+
+
+def test_every_web_route_is_in_the_openapi_paths(openapi: dict[str, Any]) -> None:
+    routes = _page_routes()
+    assert "/v1/stats" in routes and "/healthz" in routes
+    assert routes == set(openapi["paths"])
+    kinds = openapi["paths"]["/v1/tenants/{tenant}/{kind}/{entity_id}"]["get"]["parameters"][1]
+    source = VIEWS.read_text()
+    for kind in kinds["schema"]["enum"]:
+        assert f'"{kind}": t.{kind}' in source, kind
+
+
+# ---- headers as the codec writes them -------------------------------------------------
+
+
+def test_a_command_as_the_client_sends_it_matches_its_headers(asyncapi: dict[str, Any]) -> None:
+    event = build_command(
+        "payment.create", "acme", {"amount": 1}, idempotency_key="k1", traceparent=None
+    )
+    record = encode_event(event, b"acme", CloudEventsMode.BINARY)
+    headers = {k: v.decode() for k, v in record.headers}
+    message = asyncapi["components"]["messages"]["command.payment.create"]
+    schema = validator(asyncapi, "/components/messages/command.payment.create/headers", draft7=True)
+    schema.validate(headers)
+    assert not schema.is_valid({**headers, "ce_type": COMMAND_PREFIX + "refund.create"})
+    assert message["bindings"]["kafka"]["key"]["type"] == "string"
+
+
+def test_an_outcome_record_matches_its_headers(asyncapi: dict[str, Any]) -> None:
+    cmd = CommandRef("acme", "c1", "payment.create", "c1", datetime(2026, 1, 2, tzinfo=UTC))
+    data = {"tenant_id": "acme", "command_id": "c1", "entity_id": "pay_1"}
+    record = encode_outcome(cmd, "payment.succeeded", data, CloudEventsMode.BINARY)
+    headers = {k: v.decode() for k, v in record.headers}
+    pointer = "/components/messages/outcome.payment.succeeded/headers"
+    validator(asyncapi, pointer, draft7=True).validate(headers)
+    assert headers["ce_subject"] == "pay_1"
+
+
+def test_insights_events_match_their_messages(asyncapi: dict[str, Any]) -> None:
+    """What paystream/insights/events.py publishes, payload and headers, as documented."""
+    cfg = InsightsConfig(subject_declines=2)
+    st = TenantInsights("acme")
+    at = 1_700_000_040_000
+    paid = Observed("e1", "acme", "payment.succeeded", at, currency="USD", captured=900)
+    declined = Observed(
+        "e2", "acme", "payment.failed", at, currency="USD", declined=500,
+        decline_code="generic_decline", card_declined=True, customer_id="cus_1",
+    )  # fmt: skip
+    st.apply(paid, cfg)
+    alerts = [a for _ in range(2) for a in st.apply(declined, cfg)]
+    records = {
+        "analyticsWindow": window_event(
+            "acme", at, cfg.window_ms, st.windows[str(at)], CloudEventsMode.BINARY
+        ),
+        "fraudAlert": alert_event("acme", alerts[0], CloudEventsMode.BINARY),
+    }
+    for name, record in records.items():
+        pointer = f"/components/messages/{name}"
+        validator(asyncapi, f"{pointer}/payload", draft7=True).validate(json.loads(record.value))
+        headers = {k: v.decode() for k, v in record.headers}
+        validator(asyncapi, f"{pointer}/headers", draft7=True).validate(headers)
+
+
+# ---- against a real worker ----------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def served(deployment_factory: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A worker with a web token, a payment, a decline, a customer and a rejection behind
+    it: (base URL, the outcomes by name)."""
+    dep: Deployment = await deployment_factory(PAYSTREAM_WEB_TOKEN=TOKEN)
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    with dep.worker() as worker:
+        await asyncio.to_thread(worker.wait_ready, ["acme"], partitions=dep.settings.partitions)
+        card = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+        async with dep.client() as client:
+            outcomes = dict(
+                zip(
+                    ("paid", "declined", "customer", "unknown"),
+                    await asyncio.gather(
+                        client.command("payment.create", "acme", card),
+                        client.command(
+                            "payment.create",
+                            "acme",
+                            {**card, "payment_method_token": "pm_card_chargeDeclined"},
+                        ),
+                        client.command("customer.create", "acme", {"email": "a@example.com"}),
+                        client.command("payment.create", "nobody", card),
+                    ),
+                    strict=True,
+                )
+            )
+        yield worker.base_url, outcomes
+
+
+async def _get(base_url: str, path: str, *, token: bool = True) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {TOKEN}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            base_url + path, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_real_worker_answers_as_the_openapi_document_says(
+    served: tuple[str, dict[str, Any]], openapi: dict[str, Any]
+) -> None:
+    base_url, outcomes = served
+    paid = outcomes["paid"].get_data()["entity_id"]
+    checks = [
+        ("/healthz", 200, False),
+        ("/readyz", 200, False),
+        ("/v1/stats", 200, True),
+        ("/v1/stats", 401, False),
+        (f"/v1/tenants/acme/payments/{paid}", 200, True),
+        ("/v1/tenants/acme/payments/nope", 404, True),
+        ("/v1/tenants/acme/widgets/nope", 404, True),
+        (f"/v1/tenants/acme/payments/{paid}", 401, False),
+    ]
+    for path, status, token in checks:
+        got, body = await _get(base_url, path, token=token)
+        assert got == status, (path, got, body)
+        template = "/v1/tenants/{tenant}/{kind}/{entity_id}" if "/tenants/" in path else path
+        validator(openapi, response_schema(template, status)).validate(body)
+    _, stats = await _get(base_url, "/v1/stats")
+    # The checks saw the parts that are optional or nullable filled in.
+    assert stats["activity"]["recent"] and stats["summaries"]["acme"]
+    assert {e["reason"] for e in stats["activity"]["recent"]} >= {None, "unknown_tenant"}
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_real_workers_outcomes_match_their_asyncapi_payloads(
+    served: tuple[str, dict[str, Any]], asyncapi: dict[str, Any]
+) -> None:
+    _, outcomes = served
+    seen = set()
+    for event in outcomes.values():
+        outcome = event.get_type().removeprefix("com.paystream.")
+        seen.add(outcome)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(asyncapi, pointer, draft7=True).validate(event.get_data())
+    assert seen == {"payment.succeeded", "payment.failed", "customer.created", "command.rejected"}
