@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from aiokafka.errors import KafkaError
@@ -25,6 +25,9 @@ from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings, unknown_variables, url_without_password
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
+
+if TYPE_CHECKING:
+    from paystream.dlq import PaceWait
 
 __all__ = ["main"]
 
@@ -791,6 +794,39 @@ def _age(ms: float) -> str:
     return f"{seconds // 86400}d"
 
 
+class _ReplayProgress:
+    """`dlq replay`'s progress line on stderr: records read, and whose pace it waits for."""
+
+    def __init__(self) -> None:
+        self.width = 0  # of the line shown, to blank out what a shorter one leaves
+        self.waiting_shown = 0.0  # when a "waiting" line was last shown (monotonic)
+
+    def progress(self, n: int, total: int) -> None:
+        if n == total or n % 100 == 0:
+            self._show(f"records read: {n}/{total}", last=n == total)
+
+    def paced(self, wait: PaceWait) -> None:
+        now = time.monotonic()
+        if now - self.waiting_shown < 0.5:
+            return
+        self.waiting_shown = now
+        self._show(
+            f"records read: {wait.done}/{wait.total}, waiting for the pace of "
+            + _tenant_rates(dict(wait.tenants))
+        )
+
+    def _show(self, text: str, *, last: bool = False) -> None:
+        click.echo(f"\r{text.ljust(self.width)}", nl=last, err=True)
+        self.width = 0 if last else max(self.width, len(text))
+
+
+def _tenant_rates(rates: dict[str, int], shown: int = 3) -> str:
+    """Tenants and their paces, escaped and cut: "acme (20/s), globex (5/s) and 3 more"."""
+    named = [f"{_shown(t, 64)} ({rate}/s)" for t, rate in sorted(rates.items())[:shown]]
+    more = len(rates) - len(named)
+    return ", ".join(named) + (f" and {more} more" if more > 0 else "")
+
+
 # `dlq replay` exit statuses besides 0, 1 and 130 (interrupted).
 EXIT_HELD_BACK = 3  # stale records held back: they need a person
 EXIT_CONCURRENT_REPLAY = 4  # another replay committed meanwhile: nothing committed
@@ -805,16 +841,27 @@ EXIT_CONCURRENT_REPLAY = 4  # another replay committed meanwhile: nothing commit
     is_flag=True,
     help="also re-send records parked longer than the idempotency window (reconcile first)",
 )
-def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool) -> None:
-    """Re-drive parked and dead-lettered commands through `paystream.commands`."""
+@click.option(
+    "--rate-per-tenant",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="re-send at most N commands a second per tenant (burst N), whatever the tenants' "
+    "rate limits; 0: unpaced. Default: each tenant's commands_per_second and burst in the "
+    "registry when the replay starts (tenants without one unpaced). A partition's records "
+    "keep their order: one behind a record waiting for its tenant's pace waits too, "
+    "whoever's it is; the other partitions go on",
+)
+def dlq_replay(
+    which: str, limit: int | None, dry_run: bool, include_stale: bool, rate_per_tenant: int | None
+) -> None:
+    """Re-drive parked and dead-lettered commands through `paystream.commands`, at each
+    tenant's rate limit."""
     settings = _settings()
     from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
 
     verb = "would replay" if dry_run else "replayed"
-
-    def progress(n: int, total: int) -> None:
-        if n == total or n % 100 == 0:
-            click.echo(f"\rrecords read: {n}/{total}", nl=n == total, err=True)
+    shown = _ReplayProgress()
 
     done: Counter[str] = Counter()  # what was done so far, for an interrupted replay
 
@@ -829,8 +876,10 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
                 limit=limit,
                 dry_run=dry_run,
                 include_stale=include_stale,
-                progress=progress,
+                progress=shown.progress,
                 observe=observe,
+                rate_per_tenant=rate_per_tenant,
+                paced=shown.paced,
             ),
             own=(ConcurrentReplayError,),
         )
@@ -856,6 +905,11 @@ def dlq_replay(which: str, limit: int | None, dry_run: bool, include_stale: bool
             err=True,
         )
     click.echo(f"{verb} {sum(result.replayed.values())} record(s): {dict(result.replayed)}")
+    if result.waited_for:
+        click.echo(
+            f"waited {result.paced_seconds:.1f} s for the pace of "
+            + _tenant_rates(result.waited_for)
+        )
     if result.redacted:
         click.echo(
             f"passed over {result.redacted} dead letter(s) kept without their bytes "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,12 +25,14 @@ __all__ = [
     "PASSED_OVER",
     "REPLAYED",
     "ConcurrentReplayError",
+    "PaceWait",
     "ParkedRecord",
     "ReplayResult",
     "list_parked",
     "read_parked",
     "replay",
     "stale_after_ms",
+    "tenant_paces",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,6 +166,10 @@ class ReplayResult:
     # Re-sent now, a command the provider already applied would be applied again.
     stale: int = 0
     last: str = ""  # what was done with the latest record (for ``observe``)
+    # Time spent with every partition waiting for its tenant's pace, and those tenants
+    # (tenant → commands a second).
+    paced_seconds: float = 0.0
+    waited_for: dict[str, int] = field(default_factory=dict)
 
     @property
     def handled(self) -> int:
@@ -245,6 +252,8 @@ class _ParkedReader:
         self.ends: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int | None] = {}  # the group's, at start
         self.waiting = 0  # records between the starting positions and the ends
+        self.pending: set[TopicPartition] = set()  # partitions not yet read to their ends
+        self.taken = 0  # records read so far (for a ``limit``)
 
     async def start(self) -> None:
         consumer = self.consumer
@@ -260,35 +269,54 @@ class _ParkedReader:
                 consumer.seek(tp, committed)
         for tp in tps:
             self.waiting += max(0, self.ends[tp] - await consumer.position(tp))
+        self.pending = {tp for tp in tps if await consumer.position(tp) < self.ends[tp]}
 
     async def stop(self) -> None:
         await self.consumer.stop()
 
+    def more(self, limit: int | None = None) -> bool:
+        """Are there records left to read (within ``limit`` records in all)?"""
+        return bool(self.pending) and (limit is None or self.taken < limit)
+
+    async def fetch(
+        self,
+        partitions: Iterable[TopicPartition] | None = None,
+        *,
+        limit: int | None = None,
+        timeout_ms: int = 1000,
+    ) -> list[ParkedRecord]:
+        """One fetch's records of ``partitions`` (default: all) up to the ends seen at
+        start, oldest first per partition; waits up to ``timeout_ms`` for some."""
+        consumer, ends = self.consumer, self.ends
+        wanted = self.pending if partitions is None else self.pending & set(partitions)
+        if not wanted or not self.more(limit):
+            return []
+        fetched = await consumer.getmany(*wanted, timeout_ms=timeout_ms, max_records=500)
+        out: list[ParkedRecord] = []
+        for tp, records in fetched.items():
+            for r in records:
+                if r.offset < ends[tp] and (limit is None or self.taken < limit):
+                    self.taken += 1
+                    out.append(
+                        ParkedRecord(
+                            tp.topic,
+                            tp.partition,
+                            r.offset,
+                            r.key,
+                            r.value,
+                            tuple(r.headers),
+                            r.timestamp,
+                        )
+                    )
+        self.pending = {tp for tp in self.pending if await consumer.position(tp) < ends[tp]}
+        return out
+
     async def batches(self, limit: int | None = None) -> AsyncIterator[list[ParkedRecord]]:
         """Each fetch's records up to the ends seen at start, oldest first per partition."""
-        consumer, ends, taken = self.consumer, self.ends, 0
-        pending = {tp for tp in ends if await consumer.position(tp) < ends[tp]}
-        while pending and (limit is None or taken < limit):
-            fetched = await consumer.getmany(*pending, timeout_ms=1000, max_records=500)
-            out: list[ParkedRecord] = []
-            for tp, records in fetched.items():
-                for r in records:
-                    if r.offset < ends[tp] and (limit is None or taken < limit):
-                        taken += 1
-                        out.append(
-                            ParkedRecord(
-                                tp.topic,
-                                tp.partition,
-                                r.offset,
-                                r.key,
-                                r.value,
-                                tuple(r.headers),
-                                r.timestamp,
-                            )
-                        )
+        while self.more(limit):
+            out = await self.fetch(limit=limit)
             if out:
                 yield out
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
 
 
 async def read_parked(
@@ -317,6 +345,99 @@ async def list_parked(
 
 #: What a replay did with a record, as told to its ``observe`` callback.
 REPLAYED, PASSED_OVER, HELD_BACK = "replayed", "passed over", "held back"
+# While every partition's next record waits for its tenant's pace, what was re-sent is
+# committed if the last commit is this old (a slow replay that crashes repeats less).
+COMMIT_SECONDS = 5.0
+_MILLI = 1000  # milli-tokens per command (as tenancy/limits.py counts them)
+
+
+@dataclass(frozen=True)
+class PaceWait:
+    """A replay waiting for tenants' pace: the next record of every partition read and not
+    yet done with is a re-send that its tenant's pace does not allow yet."""
+
+    done: int  # records done with so far (as ``progress`` counts them)
+    total: int  # of those waiting when the replay started
+    tenants: tuple[tuple[str, int], ...]  # (tenant, commands a second) waited for
+    seconds: float  # until the soonest of them may go
+
+
+class _Pace:
+    """A token bucket over one tenant's re-sends, as the worker's (tenancy/limits.py):
+    ``rate`` commands a second, at most ``burst`` at once, full at the start, counted in
+    milli-tokens, on a monotonic clock. A re-send's token is taken before it is sent, and
+    the time until the broker acknowledged it refills nothing: the worker's clock for
+    limits is the broker's append time, and a slow acknowledgement must not bunch the
+    next re-sends together there."""
+
+    def __init__(self, rate: int, burst: int) -> None:
+        self.rate = rate
+        self.capacity = burst * _MILLI
+        self.tokens = self.capacity
+        self.at_ms: int | None = None
+
+    def wait_ms(self, now_ms: int) -> int:
+        """How long until the next re-send may go (0: now)."""
+        self._refill(now_ms)
+        return 0 if self.tokens >= _MILLI else -(-(_MILLI - self.tokens) // self.rate)
+
+    def take(self, now_ms: int) -> None:
+        self._refill(now_ms)
+        self.tokens -= _MILLI
+
+    def acknowledged(self, now_ms: int) -> None:
+        self.at_ms = now_ms
+
+    def _refill(self, now_ms: int) -> None:
+        if self.at_ms is not None and now_ms > self.at_ms:
+            self.tokens = min(self.capacity, self.tokens + (now_ms - self.at_ms) * self.rate)
+        self.at_ms = now_ms
+
+
+class _Paces:
+    """The buckets of the tenants a replay paces: ``rates`` (tenant → commands a second,
+    burst), or ``every`` tenant at that rate (burst the same)."""
+
+    def __init__(self, rates: Mapping[str, tuple[int, int]], every: int | None = None) -> None:
+        self.rates = rates
+        self.every = every
+        self.buckets: dict[str, _Pace] = {}
+
+    def of(self, tenant: str) -> _Pace | None:
+        bucket = self.buckets.get(tenant)
+        if bucket is None:
+            rate = (self.every, self.every) if self.every else self.rates.get(tenant)
+            if rate is None:
+                return None
+            bucket = self.buckets[tenant] = _Pace(*rate)
+        return bucket
+
+
+async def tenant_paces(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Each rate-limited tenant's (``commands_per_second``, ``burst``) in the registry as it
+    is now: the pace a replay re-sends its commands at (the burst defaults to the rate,
+    as the worker's does)."""
+    from paystream.tenancy.registry import read_registry
+
+    registry = await read_registry(settings)
+    if registry.unreadable:
+        log.warning(
+            "%d tenant(s) have a registry record this version cannot read (written by a "
+            "newer one?): their commands are re-sent at the pace of their older record, "
+            "if any (unpaced if none): %s",
+            len(registry.unreadable),
+            ", ".join(sorted(registry.unreadable)[:10]),
+        )
+    paces: dict[str, tuple[int, int]] = {}
+    for tenant_id, tenant in registry.tenants.items():
+        rate = tenant.limits.commands_per_second
+        if rate is not None:
+            paces[tenant_id] = (rate, tenant.limits.burst or rate)
+    return paces
+
+
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 async def replay(
@@ -329,6 +450,8 @@ async def replay(
     progress: Callable[[int, int], None] | None = None,
     observe: Callable[[ParkedRecord, str], None] | None = None,
     now_ms: int | None = None,
+    rate_per_tenant: int | None = None,
+    paced: Callable[[PaceWait], None] | None = None,
 ) -> ReplayResult:
     """Re-publish parked records to the commands topic (same key, id and data, to the
     partition the worker first read them from) and commit, a fetch at a time.
@@ -341,6 +464,15 @@ async def replay(
     done, records waiting); ``observe`` each record and what was done. Raises
     :class:`ConcurrentReplayError`, without committing, if another replay commits on
     the same topics meanwhile.
+
+    Re-sends are paced per tenant (the record key) at its rate limit, read from the
+    registry when the replay starts (:func:`tenant_paces`): the worker lets a command it
+    admitted before through its rate limit unchecked, so a backlog re-sent at full speed
+    would reach the provider at full speed. Tenants without a rate limit go at full
+    speed. ``rate_per_tenant``: every tenant at that many a second (burst the same)
+    instead; 0: none paced. A dry run paces nothing. Each partition's records keep their
+    order: a record behind one waiting for its tenant's pace waits too, whoever's it is,
+    while the other partitions go on (``paced`` is told when all of them wait).
     """
     reader = _ParkedReader(settings, topics, committed_only=True)
     result = ReplayResult()
@@ -363,39 +495,115 @@ async def replay(
     try:
         await reader.start()
         total = reader.waiting if limit is None else min(limit, reader.waiting)
+        paces = _Paces({})
         if not dry_run and total:
+            if rate_per_tenant is None:
+                paces = _Paces(await tenant_paces(settings))
+            elif rate_per_tenant > 0:
+                paces = _Paces({}, every=rate_per_tenant)
             producer = AIOKafkaProducer(
                 bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
             )
             await producer.start()
         partitions = await _command_partitions(producer, settings.commands_topic)
         done = 0
-        async for batch in reader.batches(limit):
-            for rec in batch:
-                done += 1
-                where = (rec.topic, rec.partition)
-                # Only what would be re-sent can be too old: the rest is passed over. The
-                # clock is read per record: a long backlog ages while it is replayed.
+        committed_at = time.monotonic()
+
+        async def commit() -> None:
+            nonlocal committed_at
+            await commits.commit(sent)
+            committed_at = time.monotonic()
+
+        def stale(rec: ParkedRecord, now: int) -> bool:
+            # Only what would be re-sent can be too old: the rest is passed over.
+            return rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
+
+        def pace_of(rec: ParkedRecord, now: int) -> _Pace | None:
+            """The bucket ``rec``'s re-send takes a token from (None: not re-sent now, or
+            its tenant is not paced)."""
+            if producer is None or not rec.replayable:
+                return None
+            if (rec.topic, rec.partition) in held or (stale(rec, now) and not include_stale):
+                return None  # held back
+            return paces.of(rec.tenant)
+
+        async def handle(rec: ParkedRecord, now: int, pace: _Pace | None) -> None:
+            nonlocal done
+            done += 1
+            where = (rec.topic, rec.partition)
+            is_stale = stale(rec, now)
+            if where in held or (is_stale and not include_stale):
+                held.add(where)
+                result.note(rec, HELD_BACK)
+            else:
+                if rec.dropped:
+                    _warn_dropped(rec, dry_run=dry_run)
+                if rec.replayable and producer is not None:
+                    if pace is not None:
+                        pace.take(_monotonic_ms())
+                    await _resend(
+                        producer, settings, rec, partitions, reconciled=is_stale, seals=seals
+                    )
+                    if pace is not None:
+                        pace.acknowledged(_monotonic_ms())
+                result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
+                sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
+                if producer is not None and done % COMMIT_EVERY == 0:
+                    await commit()
+            if observe:
+                observe(rec, result.last)
+            if progress:
+                progress(done, total)
+
+        # Per partition, the records read and not yet done with, oldest first. Each pass
+        # takes the next record of every partition whose tenant's pace allows it: one
+        # waiting holds back only its own partition (whose order comes first), and a
+        # partition is read again only once its records in hand are done with, so one
+        # waiting for a slow tenant is not read ahead into memory.
+        lanes: dict[TopicPartition, deque[ParkedRecord]] = {}
+        while True:
+            moved = False
+            waiting: dict[str, int] = {}  # tenant → its rate, for those waited for
+            soonest_ms = 1000
+            for lane in list(lanes.values()):
+                if not lane:
+                    continue
+                rec = lane[0]
+                # The clock is read per record: a long backlog ages while it is replayed
+                # (and a record may wait for its tenant's pace).
                 now = int(time.time() * 1000) if now_ms is None else now_ms
-                stale = rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
-                if where in held or (stale and not include_stale):
-                    held.add(where)
-                    result.note(rec, HELD_BACK)
-                else:
-                    if rec.dropped:
-                        _warn_dropped(rec, dry_run=dry_run)
-                    if rec.replayable and producer is not None:
-                        await _resend(
-                            producer, settings, rec, partitions, reconciled=stale, seals=seals
-                        )
-                    result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
-                    sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
-                    if producer is not None and done % COMMIT_EVERY == 0:
-                        await commits.commit(sent)
-                if observe:
-                    observe(rec, result.last)
-                if progress:
-                    progress(done, total)
+                pace = pace_of(rec, now)
+                if pace is not None and (wait_ms := pace.wait_ms(_monotonic_ms())):
+                    waiting[rec.tenant] = pace.rate
+                    soonest_ms = min(soonest_ms, wait_ms)
+                    continue
+                lane.popleft()
+                await handle(rec, now, pace)
+                moved = True
+            unread = [tp for tp in reader.pending if not lanes.get(tp)]
+            if not reader.more(limit):
+                unread = []
+            if not moved and not waiting and not unread:
+                break
+            started = time.monotonic()
+            if waiting and not moved:
+                # Nothing can go until a tenant's pace allows it.
+                if paced:
+                    paced(PaceWait(done, total, tuple(sorted(waiting.items())),
+                                   soonest_ms / 1000))  # fmt: skip
+                if producer is not None and time.monotonic() - committed_at >= COMMIT_SECONDS:
+                    await commit()
+            if unread:
+                # (Waits for records only while nothing in hand may go.)
+                timeout_ms = 0 if moved else soonest_ms if waiting else 1000
+                for rec in await reader.fetch(unread, limit=limit, timeout_ms=timeout_ms):
+                    tp = TopicPartition(rec.topic, rec.partition)
+                    lanes.setdefault(tp, deque()).append(rec)
+            elif not moved:
+                await asyncio.sleep(soonest_ms / 1000)
+            if waiting and not moved:
+                result.paced_seconds += time.monotonic() - started
+                result.waited_for.update(waiting)
     except BaseException:
         # What stopped the replay is the error to report, not a failing clean-up.
         if producer is not None:
