@@ -325,8 +325,12 @@ async def read_parked(
     """Records not yet replayed (from the replay group's committed offsets), oldest first
     per partition (all of them in memory: for listing, with a ``limit``)."""
     reader = _ParkedReader(settings, topics, committed_only=committed_only)
-    await reader.start()
-    out = [rec async for batch in reader.batches(limit) for rec in batch]
+    try:
+        await reader.start()
+        out = [rec async for batch in reader.batches(limit) for rec in batch]
+    except BaseException:
+        await reader.stop()  # the caller gets no consumer to stop
+        raise
     return out, reader.consumer
 
 
@@ -604,10 +608,13 @@ async def replay(
             if waiting and not moved:
                 result.paced_seconds += time.monotonic() - started
                 result.waited_for.update(waiting)
-    except BaseException:
-        # What stopped the replay is the error to report, not a failing clean-up.
+    except BaseException as exc:
+        # What stopped the replay is the error to report, not a failing clean-up. Another
+        # replay's commit stops this one without committing (the fence would refuse it
+        # again, and say so as a clean-up failure).
         if producer is not None:
-            await _finish(producer, commits, sent, quiet=True)
+            fenced = isinstance(exc, ConcurrentReplayError)
+            await _finish(producer, commits, {} if fenced else sent, quiet=True)
         await reader.stop()
         raise
     try:

@@ -57,6 +57,33 @@ async def test_a_second_replay_at_once_stops_without_moving_the_commit_back(
     assert [r.value for r in left] == [], "records replayed already are waiting again"
 
 
+async def test_a_replay_fenced_mid_run_does_not_report_a_failed_clean_up(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fenced by a periodic commit (another replay committed meanwhile), a replay stops
+    without committing: it must not try again on its way out and log that as a failed
+    clean-up, traceback and all, for what is the designed outcome."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(3)))
+    real = dlq._resend
+    calls = 0
+
+    async def interleaved(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            monkeypatch.setattr(dlq, "_resend", real)
+            await replay(settings, [settings.retry_topic])
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(dlq, "_resend", interleaved)
+    monkeypatch.setattr(dlq, "COMMIT_EVERY", 1)  # commit after every record, inside the run
+    with pytest.raises(dlq.ConcurrentReplayError):
+        await replay(settings, [settings.retry_topic])
+    assert "clean-up failed" not in caplog.text
+
+
 async def test_staleness_is_judged_against_the_clock_when_the_record_is_resent(
     deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
