@@ -962,6 +962,24 @@ def _view_schemas() -> Doc:
                     },
                     "This worker's outcomes since it started.",
                 ),
+                "insights": _nullable(
+                    _object(
+                        {
+                            "alerts": {
+                                "type": "array",
+                                "maxItems": 50,
+                                "items": _insights_schemas()["FraudAlert"],
+                                "description": "the latest fraud alerts, newest first",
+                            },
+                            "windows": {
+                                "type": "object",
+                                "description": "per tenant, the latest analytics window",
+                                "additionalProperties": _insights_schemas()["AnalyticsWindow"],
+                            },
+                        },
+                        "What this worker's insights published (null: it does not run them).",
+                    )
+                ),
                 "tenants": {
                     "type": "object",
                     "description": "every registered tenant: status, gateway and its limits",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -45,6 +46,9 @@ ENABLED = settings.runs("insights")
 # How often an idle worker looks for windows to publish and ids to forget.
 TICK_SECONDS = 1.0
 SEEN_SWEEP_SECONDS = 30.0
+RECENT_ALERTS = 50  # alerts the dashboard shows
+
+_Published = tuple[str, KafkaRecord]  # (topic, record)
 
 SKIPPED = Counter(
     "paystream_insights_skipped_total",
@@ -94,11 +98,14 @@ class InsightsRunner:
         self._swept = 0.0
         self._generation: int | None = None
         self._topic = cfg.events_topic  # the tables' source topic (co-partitioned)
+        # For the dashboard: the latest alerts and each tenant's latest window published.
+        self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
+        self.latest_windows: dict[str, dict[str, Any]] = {}
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
         """Count a batch's outcomes; returns once its changes and events are durable."""
         now_ms = int(self._clock() * 1000)
-        out: list[tuple[str, KafkaRecord]] = []
+        out: list[_Published] = []
         with collect_changelog() as changelog:
             touched: dict[str, tuple[TenantInsights, int]] = {}
             for event in events:
@@ -114,7 +121,7 @@ class InsightsRunner:
         self,
         event: EventT,
         touched: dict[str, tuple[TenantInsights, int]],
-        out: list[tuple[str, KafkaRecord]],
+        out: list[_Published],
     ) -> None:
         msg = event.message
         try:
@@ -147,21 +154,18 @@ class InsightsRunner:
         with at_partition(self._topic, msg.partition):
             self.seen[key] = [window_start(seen.time_ms, self.config.window_ms), msg.offset]
         for alert in st.apply(seen, self.config):
-            out.append((self.settings.fraud_topic, alert_event(tenant_id, alert, self._mode)))
-            PUBLISHED.labels("fraud_alert").inc()
+            record = alert_event(tenant_id, alert, self._mode)
+            out.append((self.settings.fraud_topic, record))
 
     @property
     def _mode(self) -> Any:
         return self.settings.cloudevents_mode
 
-    def _publish_closed(
-        self, st: TenantInsights, now_ms: int, out: list[tuple[str, KafkaRecord]]
-    ) -> None:
+    def _publish_closed(self, st: TenantInsights, now_ms: int, out: list[_Published]) -> None:
         for start, agg in st.closed_windows(now_ms, self.config):
             record = window_event(st.tenant_id, start, self.config.window_ms, agg, self._mode)
             out.append((self.settings.analytics_topic, record))
             st.published(agg)
-            PUBLISHED.labels("analytics_window").inc()
 
     async def tick(self, owned: Callable[[int], bool]) -> None:
         """Publish closed windows of tenants with no new outcomes, and forget old ids.
@@ -176,7 +180,7 @@ class InsightsRunner:
             return
         self._ticked, self._generation = now, generation
         now_ms = int(now * 1000)
-        out: list[tuple[str, KafkaRecord]] = []
+        out: list[_Published] = []
         with collect_changelog() as changelog:
             for tenant_id, partition in self._tenants_here(owned):
                 st = TenantInsights.load(tenant_id, self.state.get(tenant_id))
@@ -213,7 +217,7 @@ class InsightsRunner:
                 del self.seen[key]
 
     async def _produce(
-        self, changelog_records: list[OutRecord], out: list[tuple[str, KafkaRecord]], batch: Any
+        self, changelog_records: list[OutRecord], out: list[_Published], batch: Any
     ) -> None:
         producer = cast(FaustAIOKafkaProducer, app.producer)._ensure_producer()
         if self._partitioner is None or self._partitioner.producer is not producer:
@@ -226,6 +230,23 @@ class InsightsRunner:
         for batch_sent in sent:
             await batch_sent.future
         batch.persisted(sent)
+        for topic, rec in out:  # published: shown on this worker's dashboard
+            data = decode_record(rec.key, rec.value, dict(rec.headers)).get_data()  # (any mode)
+            if not isinstance(data, dict):
+                continue
+            if topic == self.settings.fraud_topic:
+                PUBLISHED.labels("fraud_alert").inc()
+                self.recent_alerts.appendleft(data)
+            else:
+                PUBLISHED.labels("analytics_window").inc()
+                shown = self.latest_windows.get(data["tenant_id"])
+                if shown is None or shown["window_start"] <= data["window_start"]:
+                    self.latest_windows[data["tenant_id"]] = data
+
+    def as_json(self) -> dict[str, Any]:
+        """What this worker published lately (its partitions' tenants), for the dashboard."""
+        windows = {t: w for t, w in self.latest_windows.items() if t in self.tenants}
+        return {"alerts": list(self.recent_alerts), "windows": windows}
 
 
 def _key_partitions(table: Any) -> dict[Any, int]:

@@ -15,6 +15,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paystream import metrics
+from paystream.agents import insights
 from paystream.agents.commands import runner
 from paystream.agents.ledger_sink import AGENT_NAME as OUTCOMES_AGENT
 from paystream.agents.ledger_sink import runner as ledger_runner
@@ -209,6 +210,7 @@ class StatsView(View):
         assigned = _assigned()
         activity = runner.activity.as_json()
         summaries = await _summaries.get(t.payments)
+        shown_insights = None if insights.runner is None else insights.runner.as_json()
         tenants: dict[str, Any] = {}
         for key, tenant in registry.tenants.items():
             tenants[key] = {"status": tenant.status.value, "gateway": tenant.gateway}
@@ -224,21 +226,28 @@ class StatsView(View):
                     "ledger_processed": ledger_runner.processed,
                 },
                 "activity": activity,
+                # Analytics windows and fraud alerts this worker published (None: it
+                # does not run the insights).
+                "insights": shown_insights,
                 "tenants": tenants,
                 "summaries": summaries,
                 # Amounts are in minor units: the digits after the point per currency
                 # shown, so that the page shows 25.00 USD, not 2500 USD.
-                "minor_units": _minor_units(activity, summaries),
+                "minor_units": _minor_units(activity, summaries, shown_insights),
             }
         )
 
 
-def _minor_units(activity: dict[str, Any], summaries: dict[str, Any]) -> dict[str, int]:
+def _minor_units(
+    activity: dict[str, Any], summaries: dict[str, Any], shown_insights: dict[str, Any] | None
+) -> dict[str, int]:
     """Each currency shown on the page, with its ISO 4217 minor-unit digits."""
     shown = {e.get("currency") for e in activity.get("recent", ())}
     for summary in summaries.values():
         for totals in (summary.get("captured"), summary.get("refunded")):
             shown.update(totals or ())
+    for window in (shown_insights or {}).get("windows", {}).values():
+        shown.update(window.get("money") or ())
     units: dict[str, int] = {}
     for code in shown:
         try:

@@ -97,7 +97,15 @@ async def test_a_lookup_whose_owner_is_unreachable_is_retried_not_a_500() -> Non
 
 async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seeded) -> None:
     stats = await get_json(http, "/v1/stats")
-    assert set(stats) == {"worker", "activity", "tenants", "summaries", "minor_units"}
+    assert set(stats) == {
+        "worker",
+        "activity",
+        "insights",
+        "tenants",
+        "summaries",
+        "minor_units",
+    }
+    assert stats["insights"] is None  # this worker does not run them
     assert stats["minor_units"] == {"USD": 2}  # the currencies shown (amounts: minor units)
 
     worker = stats["worker"]

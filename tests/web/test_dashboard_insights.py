@@ -1,0 +1,82 @@
+"""The dashboard's insights in a real browser: the fraud alerts and latest analytics
+window of a worker running them, and none of it on a worker that does not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Page, expect
+
+from paystream.devstack.worker import WorkerProcess
+from paystream.tenancy.models import Tenant
+from tests.fixtures.pipeline import Deployment
+from tests.web.conftest import wait_for_stats
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+WAIT = 15_000  # ms; the page polls every second
+DECLINED = {"amount": 1200, "currency": "USD", "payment_method_token": "pm_card_chargeDeclined"}
+PAID = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProcess, str]]:
+    """A worker running the insights (1 s windows, an alert at 2 declines of a customer)
+    after a customer's two declines and a payment: (the worker, the customer id)."""
+    dep: Deployment = await deployment_factory(
+        paystream_agents="commands,insights",
+        paystream_insights_window_seconds="1",
+        paystream_fraud_subject_declines="2",
+    )
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    with dep.worker() as worker:
+        await asyncio.to_thread(worker.wait_ready, ["acme"], partitions=dep.settings.partitions)
+        async with dep.client() as client:
+            customer = await client.command("customer.create", "acme", {})
+            cus = str(customer.get_data()["entity_id"])  # type: ignore[index]
+            for _ in range(2):
+                await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
+            await client.command("payment.create", "acme", PAID)  # last: the latest window
+
+        def published(stats: dict[str, Any]) -> bool:
+            ins = stats["insights"] or {}
+            window = ins.get("windows", {}).get("acme", {})
+            captured = window.get("money", {}).get("USD", {}).get("captured")
+            return bool(ins.get("alerts")) and captured == 2500
+
+        await wait_for_stats(worker, published, timeout=30)
+        yield worker, cus
+
+
+async def test_alerts_and_the_latest_window_are_shown(
+    page: Page, insightful: tuple[WorkerProcess, str], js_errors: list[str]
+) -> None:
+    worker, cus = insightful
+    await page.goto(worker.base_url + "/")
+    await expect(page.locator("#insights")).to_be_visible(timeout=WAIT)
+    alert = page.locator('#alerts tr[data-rule="subject_declines"] td')
+    await expect(alert.nth(1)).to_have_text("acme", timeout=WAIT)
+    await expect(alert.nth(3)).to_have_text(f"customer {cus}")
+    await expect(alert.nth(4)).to_have_text("2 (threshold 2)")
+    window = page.locator('#windows tr[data-tenant="acme"] td')
+    await expect(window.nth(3)).to_have_text("25.00 USD", timeout=WAIT)  # minor units → major
+    assert js_errors == []
+
+
+async def test_a_worker_without_insights_shows_none(
+    page: Page, deployment_factory: Any, js_errors: list[str]
+) -> None:
+    dep: Deployment = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    with dep.worker() as worker:
+        await asyncio.to_thread(worker.wait_ready, ["acme"], partitions=dep.settings.partitions)
+        stats = await wait_for_stats(worker, lambda s: True)
+        assert stats["insights"] is None
+        await page.goto(worker.base_url + "/")
+        await expect(page.locator("#status")).to_have_text("live", timeout=WAIT)
+        await expect(page.locator("#insights")).to_be_hidden()
+    assert js_errors == []
