@@ -16,8 +16,8 @@ non-owner ``paystream_app`` role (RLS applies), created lazily on the first batc
 importing this module never touches the database.
 
 Dead letters (records that are not CloudEvents, outcomes the ledger refuses) go to
-``<events topic>.ledger-dlq`` with the same headers as the command DLQ
-(``paystream-dlq-reason``, ``paystream-dlq-detail``, ``paystream-source``). Not the
+``PAYSTREAM_LEDGER_DLQ_TOPIC`` (``paystream.events.ledger-dlq``) with the same headers as
+the command DLQ (``paystream-dlq-reason``, ``paystream-dlq-detail``, ``paystream-source``). Not the
 command DLQ: ``paystream dlq replay`` re-publishes that to the *commands* topic, which
 would be wrong for outcomes.
 """
