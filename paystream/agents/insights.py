@@ -18,10 +18,11 @@ lost in a crash between the table change and the publication is not lost for goo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
@@ -53,7 +54,8 @@ _Published = tuple[str, KafkaRecord]  # (topic, record)
 SKIPPED = Counter(
     "paystream_insights_skipped_total",
     "Outcomes the insights did not count, by why: duplicate (re-emitted, counted before), "
-    "late (older than the horizon), unregistered (tenant), not_an_outcome.",
+    "late (older than the horizon), future (dated more than the horizon ahead), "
+    "unregistered (tenant), not_an_outcome, error (a failure of ours, logged).",
     ["why"],
 )
 PUBLISHED = Counter(
@@ -91,12 +93,15 @@ class InsightsRunner:
         self.config = config_from(cfg)
         self.tenants = tenants  # the registry: only registered tenants are tracked
         self.state = state  # tenant id → TenantInsights record
-        self.seen = seen  # "tenant:event id" → [window start ms, offset]
+        self.seen = seen  # "tenant:event id" → [window start ms, offset, partition]
         self._clock = clock
         self._partitioner: KeyPartitioner | None = None
         self._ticked = 0.0
         self._swept = 0.0
-        self._generation: int | None = None
+        self._generation: int | None = None  # of the last takeover republished
+        self._tried: int | None = None
+        # (table, key) → (table, key, value before, partition): see _undone_on_failure.
+        self._undo: dict[tuple[int, str], tuple[Any, str, Any, int]] | None = None
         self._topic = cfg.events_topic  # the tables' source topic (co-partitioned)
         # For the dashboard: the latest alerts and each tenant's latest window published.
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
@@ -106,16 +111,61 @@ class InsightsRunner:
         """Count a batch's outcomes; returns once its changes and events are durable."""
         now_ms = int(self._clock() * 1000)
         out: list[_Published] = []
-        with collect_changelog() as changelog:
+        with collect_changelog() as changelog, self._undone_on_failure():
             touched: dict[str, tuple[TenantInsights, int]] = {}
             for event in events:
-                self._apply(event, touched, out)
+                try:
+                    self._apply(event, touched, out)
+                except Exception:
+                    # A bug of ours on one outcome must not stall the partition: the batch
+                    # would be retried for ever, and the ledger sink with it.
+                    msg = event.message
+                    log.exception(
+                        "insights: outcome %s[%d]@%d not counted",
+                        self._topic,
+                        msg.partition,
+                        msg.offset,
+                    )
+                    SKIPPED.labels("error").inc()
             for tenant_id, (st, partition) in touched.items():
                 self._publish_closed(st, now_ms, out)
                 st.expire(now_ms, self.config)
-                with at_partition(self._topic, partition):
-                    self.state[tenant_id] = st.dump()
+                self._write(self.state, tenant_id, st.dump(), partition)
             await self._produce(changelog.records(), out, changelog)
+
+    @contextlib.contextmanager
+    def _undone_on_failure(self) -> Iterator[None]:
+        """Table writes in this block are undone in memory if it fails: the stores hold
+        them at once, but they (and the events they publish) are durable only once
+        produced. Kept, a batch retried after a failed produce would find every outcome
+        applied and publish nothing (its alerts and windows lost), and a tick retried
+        would find its windows published."""
+        self._undo = {}
+        try:
+            yield
+        except BaseException:
+            for table, key, old, partition in reversed(self._undo.values()):
+                with at_partition(self._topic, partition):
+                    tracked = getattr(table.data, "_key_partition", {})
+                    if old is None:
+                        with contextlib.suppress(KeyError):
+                            del table.data[key]
+                        tracked.pop(key, None)
+                    else:
+                        table.data[key] = old
+                        tracked[key] = partition
+            raise
+        finally:
+            self._undo = None
+
+    def _write(self, table: Any, key: str, value: Any, partition: int) -> None:
+        if self._undo is not None and (id(table), key) not in self._undo:
+            self._undo[(id(table), key)] = (table, key, table.get(key), partition)
+        with at_partition(self._topic, partition):
+            if value is None:
+                del table[key]
+            else:
+                table[key] = value
 
     def _apply(
         self,
@@ -137,13 +187,21 @@ class InsightsRunner:
             SKIPPED.labels("unregistered").inc()
             return
         found = touched.get(tenant_id)
-        st = found[0] if found else TenantInsights.load(tenant_id, self.state.get(tenant_id))
+        if found:
+            st = found[0]
+        else:
+            # Read as of the record's partition: a RocksDB store reads the current
+            # event's, which is the batch's last record, maybe another partition's.
+            with at_partition(self._topic, msg.partition):
+                st = TenantInsights.load(tenant_id, self.state.get(tenant_id))
+        st.partition = msg.partition
         touched[tenant_id] = (st, msg.partition)
         if msg.offset <= st.through:
             return  # applied before a crash: the record says so
         st.through = msg.offset
         key = f"{tenant_id}:{seen.event_id}"
-        counted = self.seen.get(key)
+        with at_partition(self._topic, msg.partition):
+            counted = self.seen.get(key)
         if counted is not None and counted[1] != msg.offset:
             SKIPPED.labels("duplicate").inc()
             return
@@ -151,8 +209,11 @@ class InsightsRunner:
         if st.is_late(seen, now_ms, self.config):
             SKIPPED.labels("late").inc()
             return
-        with at_partition(self._topic, msg.partition):
-            self.seen[key] = [window_start(seen.time_ms, self.config.window_ms), msg.offset]
+        if st.is_future(seen, now_ms, self.config):
+            SKIPPED.labels("future").inc()
+            return
+        ws = window_start(seen.time_ms, self.config.window_ms)
+        self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
         for alert in st.apply(seen, self.config):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
@@ -176,45 +237,42 @@ class InsightsRunner:
         now = self._clock()
         generation = app.consumer_generation_id
         taken_over = generation != self._generation
-        if not taken_over and now - self._ticked < TICK_SECONDS:
-            return
-        self._ticked, self._generation = now, generation
+        if now - self._ticked < TICK_SECONDS and (not taken_over or self._tried == generation):
+            return  # (a takeover's republication that failed waits a tick too)
+        self._ticked, self._tried = now, generation
         now_ms = int(now * 1000)
         out: list[_Published] = []
-        with collect_changelog() as changelog:
-            for tenant_id, partition in self._tenants_here(owned):
-                st = TenantInsights.load(tenant_id, self.state.get(tenant_id))
+        with collect_changelog() as changelog, self._undone_on_failure():
+            for tenant_id, raw, partition in _located(self.state):
+                if not owned(partition):
+                    continue
+                st = TenantInsights.load(tenant_id, raw)
+                st.partition = partition
                 if taken_over:
                     for agg in st.windows.values():
                         agg["emitted"] = 0  # published again below (same id if unchanged)
-                closed = st.closed_windows(now_ms, self.config)
-                before = st.dump()
                 self._publish_closed(st, now_ms, out)
                 st.expire(now_ms, self.config)
-                if closed or st.dump() != before or taken_over:
-                    with at_partition(self._topic, partition):
-                        self.state[tenant_id] = st.dump()
-            if now - self._swept >= SEEN_SWEEP_SECONDS:
-                self._swept = now
+                if taken_over or st.dump() != raw:
+                    self._write(self.state, tenant_id, st.dump(), partition)
+            sweep = now - self._swept >= SEEN_SWEEP_SECONDS
+            if sweep:
                 self._forget_seen(now_ms, owned)
             records = changelog.records()
             if records or out:
                 await self._produce(records, out, changelog)
-
-    def _tenants_here(self, owned: Callable[[int], bool]) -> list[tuple[str, int]]:
-        partitions = _key_partitions(self.state)
-        return [(t, p) for t, p in partitions.items() if owned(p)]
+        # Only once durable: a failed takeover tick publishes everything again.
+        self._generation = generation
+        if sweep:
+            self._swept = now
 
     def _forget_seen(self, now_ms: int, owned: Callable[[int], bool]) -> None:
         """Drop the ids of outcomes now past the horizon: none can be counted again."""
         oldest = now_ms - self.config.horizon_ms - self.config.window_ms
-        partitions = _key_partitions(self.seen)
-        for key, value in list(_items(self.seen)):
-            partition = partitions.get(key)
-            if partition is None or not owned(partition) or value[0] >= oldest:
+        for key, value, partition in _located(self.seen):
+            if not owned(partition) or value[0] >= oldest:
                 continue
-            with at_partition(self._topic, partition):
-                del self.seen[key]
+            self._write(self.seen, key, None, partition)
 
     async def _produce(
         self, changelog_records: list[OutRecord], out: list[_Published], batch: Any
@@ -249,14 +307,26 @@ class InsightsRunner:
         return {"alerts": list(self.recent_alerts), "windows": windows}
 
 
-def _key_partitions(table: Any) -> dict[Any, int]:
-    """Each key's changelog partition, as the memory store tracks it (tables/changelog.py)."""
-    return dict(getattr(table.data, "_key_partition", {}))
+def _located(table: Any) -> list[tuple[Any, Any, int]]:
+    """Each key with its value and changelog partition: as the memory store tracks it
+    (tables/changelog.py), else as the value names it (a RocksDB store does not say;
+    its items are those of the partitions this worker has)."""
+    store = table.data
+    tracked = getattr(store, "_key_partition", None)
+    data = getattr(store, "data", None)
+    if isinstance(tracked, dict) and isinstance(data, dict):
+        return [(k, v, tracked[k]) for k, v in list(data.items()) if k in tracked]
+    return [(k, v, p) for k, v in list(table.items()) if (p := _partition_of(v)) is not None]
 
 
-def _items(table: Any) -> list[tuple[Any, Any]]:
-    data = getattr(table.data, "data", None)
-    return list(data.items()) if isinstance(data, dict) else list(table.items())
+def _partition_of(value: Any) -> int | None:
+    if isinstance(value, dict):  # a tenant's record
+        partition = value.get("partition")
+    elif isinstance(value, list) and len(value) > 2:  # a counted id: [window, offset, partition]
+        partition = value[2]
+    else:
+        return None
+    return partition if isinstance(partition, int) and partition >= 0 else None
 
 
 def _table(name: str, help_: str) -> Any:
@@ -281,5 +351,5 @@ if ENABLED:
         settings,
         registry.tenants,
         _table("insights", "tenant → open analytics windows, fraud counters, offset applied"),
-        _table("insights_seen", "tenant:outcome id → [window start, offset] (for the horizon)"),
+        _table("insights_seen", "tenant:outcome id → [window start, offset, partition]"),
     )

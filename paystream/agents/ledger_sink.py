@@ -323,6 +323,12 @@ async def _until_stored(events: Sequence[EventT]) -> None:
     runs them); never pass over it. Cancellation propagates."""
     delay = RETRY_FIRST_SECONDS
     while True:
+        # Retried past a rebalance, what moved away is its new owner's now: a late write
+        # of ours would land after (and over) that owner's insights record.
+        generation = app.consumer_generation_id
+        events = [e for e in events if e.message.generation_id == generation]
+        if not events:
+            return
         try:
             if ENABLED or insights.runner is None:  # (not a worker of insights alone)
                 await runner.run_batch(events)
@@ -345,5 +351,12 @@ async def _until_stored(events: Sequence[EventT]) -> None:
 # One agent reads the outcomes for the ledger and the insights: a second agent on the
 # topic would commit the same consumer group's offsets over this one's.
 AGENT_NAME = "ledger_sink" if ENABLED else "insights"
+if insights.ENABLED and not ENABLED and settings.database_url is not None:
+    # Its share of the outcome partitions would be committed without reaching the ledger.
+    raise ConfigurationError(
+        "PAYSTREAM_AGENTS: `insights` and `ledger` read the outcomes as one consumer: "
+        "with DATABASE_URL set, a worker running insights runs the ledger sink too "
+        "(PAYSTREAM_AGENTS=ledger,insights)"
+    )
 if ENABLED or insights.ENABLED:
     ledger_sink_agent = app.agent(events_topic, name=AGENT_NAME)(store_outcomes)

@@ -8,10 +8,11 @@ from typing import Any
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.gateways.errors import ErrorCode
+from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.streams.outcomes import OUTCOME_PREFIX
 
-__all__ = ["CARD_DECLINES", "Observed", "observe"]
+__all__ = ["CARD_DECLINES", "LABEL_MAX_CHARS", "Observed", "observe"]
 
 # Error codes (paystream's, on `payment.failed`) that mean the card's issuer refused the
 # payment: what card testing produces, as opposed to the provider failing.
@@ -59,6 +60,8 @@ def observe(event: CloudEvent) -> Observed | None:
     if not isinstance(tenant, str) or not tenant or when is None:
         return None
     outcome = kind.removeprefix(OUTCOME_PREFIX)
+    if len(outcome) > LABEL_MAX_CHARS:
+        return None  # not a type paystream emits (and no key for a window's counts)
     data = event.get_data()
     data = data if isinstance(data, dict) else {}
     obj = data.get("object")
@@ -66,6 +69,8 @@ def observe(event: CloudEvent) -> Observed | None:
     error = data.get("error")
     error = error if isinstance(error, dict) else {}
     currency = _text(obj.get("currency"))
+    if currency not in CURRENCY_EXPONENTS:
+        currency = None  # only what paystream accepts: a key of the window's money
     amount = _minor(obj.get("amount"))
     facts: dict[str, Any] = {}
     if outcome == "payment.authorized":
@@ -75,15 +80,15 @@ def observe(event: CloudEvent) -> Observed | None:
     elif outcome == "refund.succeeded":
         facts["refunded"] = amount
     elif outcome == "payment.failed":
-        code = _text(error.get("decline_code")) or _text(error.get("code"))
+        code = _label(error.get("decline_code")) or _label(error.get("code"))
         card = _text(error.get("code")) in CARD_DECLINES
         facts.update(declined=amount if card else 0, decline_code=code, card_declined=card)
     elif outcome == "command.rejected":
-        facts["reject_reason"] = _text(data.get("reason"))
+        facts["reject_reason"] = _label(data.get("reason"))
     if outcome.startswith("payment."):
         facts.update(
-            customer_id=_text(obj.get("customer_id")),
-            payment_method_id=_text(obj.get("payment_method_id")),
+            customer_id=_id(obj.get("customer_id")),
+            payment_method_id=_id(obj.get("payment_method_id")),
         )
     return Observed(
         event_id=event.get_id(),
@@ -99,6 +104,26 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+# What one table record may hold of a string the outcome's producer chose: a forged
+# outcome's megabyte-long code would otherwise be copied into the tenant's record.
+LABEL_MAX_CHARS = 64  # outcome types, decline codes, reasons (paystream's are short)
+ID_MAX_CHARS = 255  # customer and payment method ids (as for every id paystream takes)
+
+
+def _label(value: Any) -> str | None:
+    text = _text(value)
+    return text if text is None or len(text) <= LABEL_MAX_CHARS else "other"
+
+
+def _id(value: Any) -> str | None:
+    text = _text(value)
+    return text if text is None or len(text) <= ID_MAX_CHARS else None
+
+
 def _minor(value: Any) -> int:
-    # Outcomes carry integer minor units; anything else (a newer shape) counts nothing.
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    # Outcomes carry integer minor units; anything else (a newer shape) counts nothing,
+    # nor does an amount past what paystream accepts (not an outcome of its own): a
+    # window's sums must stay within 64 bits, which is all the table's encoder writes.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_MINOR_AMOUNT:
+        return value
+    return 0

@@ -12,6 +12,7 @@ is counted as late only: its window is gone, and its id would no longer be recog
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,10 @@ __all__ = ["Alert", "InsightsConfig", "TenantInsights", "window_start"]
 # must stay well under the broker's message size whatever the traffic (past it, their
 # declines count only toward the tenant's burst rule).
 SUBJECTS_MAX = 2_000
+# Distinct outcome types, decline codes and rejection reasons one window counts apart
+# (paystream's own are a few dozen; forged outcomes may bring any number): past it,
+# under "other".
+LABELS_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ def window_start(time_ms: int, size_ms: int) -> int:
 class TenantInsights:
     tenant_id: str
     through: int = -1  # offset of the last outcome applied (the tenant's one partition)
+    # That partition: stores other than the memory store (RocksDB) do not say which
+    # partition a key is of, and the timer must know which tenants are this worker's.
+    partition: int = -1
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
     fraud: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -64,18 +72,32 @@ class TenantInsights:
     def load(cls, tenant_id: str, raw: Any) -> TenantInsights:
         if not isinstance(raw, dict):
             return cls(tenant_id)
+        # A deep copy: the table's value (the memory store holds the object itself) must
+        # not change before the batch that changes it is durable (a failed one is undone).
         return cls(
             tenant_id,
             through=int(raw.get("through", -1)),
-            windows=dict(raw.get("windows") or {}),
-            fraud=dict(raw.get("fraud") or {}),
+            partition=int(raw.get("partition", -1)),
+            windows=copy.deepcopy(dict(raw.get("windows") or {})),
+            fraud=copy.deepcopy(dict(raw.get("fraud") or {})),
         )
 
     def dump(self) -> dict[str, Any]:
-        return {"through": self.through, "windows": self.windows, "fraud": self.fraud}
+        return {
+            "through": self.through,
+            "partition": self.partition,
+            "windows": self.windows,
+            "fraud": self.fraud,
+        }
 
     def is_late(self, seen: Observed, now_ms: int, cfg: InsightsConfig) -> bool:
         return seen.time_ms < now_ms - cfg.horizon_ms
+
+    def is_future(self, seen: Observed, now_ms: int, cfg: InsightsConfig) -> bool:
+        """Dated more than the horizon ahead (a command's time is its client's): its
+        window would stay open, its id kept, until then (year 9999 is accepted), so
+        such outcomes would grow the record past the broker's message size."""
+        return seen.time_ms >= now_ms + cfg.horizon_ms
 
     def apply(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
         """Count one outcome (not a duplicate, not late) in its windows; the alerts it fires."""
@@ -86,8 +108,7 @@ class TenantInsights:
         ws = str(window_start(seen.time_ms, cfg.window_ms))
         agg = self.windows.setdefault(ws, _new_window())
         agg["events"] += 1
-        outcomes = agg["outcomes"]
-        outcomes[seen.outcome] = outcomes.get(seen.outcome, 0) + 1
+        _bump(agg["outcomes"], seen.outcome)
         if seen.currency is not None:
             money = agg["money"].setdefault(seen.currency, _new_money())
             money["authorized"] += seen.authorized
@@ -95,11 +116,9 @@ class TenantInsights:
             money["refunded"] += seen.refunded
             money["declined"] += seen.declined
         if seen.outcome == "payment.failed" and seen.decline_code:
-            declines = agg["declines"]
-            declines[seen.decline_code] = declines.get(seen.decline_code, 0) + 1
+            _bump(agg["declines"], seen.decline_code)
         if seen.reject_reason:
-            rejections = agg["rejections"]
-            rejections[seen.reject_reason] = rejections.get(seen.reject_reason, 0) + 1
+            _bump(agg["rejections"], seen.reject_reason)
 
     def _rules(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
         # Payment attempts the issuer answered: what card testing shows up as.
@@ -177,6 +196,12 @@ class TenantInsights:
                 del self.windows[ws]
         for ws in [w for w in self.fraud if int(w) + cfg.fraud_window_ms < oldest]:
             del self.fraud[ws]
+
+
+def _bump(counts: dict[str, int], label: str) -> None:
+    if label not in counts and len(counts) >= LABELS_MAX:
+        label = "other"
+    counts[label] = counts.get(label, 0) + 1
 
 
 def _new_window() -> dict[str, Any]:

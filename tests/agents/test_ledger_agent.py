@@ -202,8 +202,33 @@ async def test_a_dead_letter_is_counted_once_however_often_its_parking_is_retrie
     msg = SimpleNamespace(
         key=b"acme", value=b"not a cloudevent", headers=[], timestamp=1.0,
         topic="paystream.events", partition=0, offset=7,
+        generation_id=ls.app.consumer_generation_id,
     )  # fmt: skip
     before = counted()
     await ls._until_stored([SimpleNamespace(message=msg)])  # type: ignore[list-item]
     assert len(parked) == 1
     assert counted() - before == 1
+
+
+async def test_a_batch_whose_partitions_moved_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch retried past a rebalance is dropped (uncommitted: the partitions' new
+    owner runs it): written late, it would land after and over that owner's records."""
+    runs = []
+
+    class Failing:
+        async def run_batch(self, events: Any) -> None:
+            runs.append(len(events))
+            monkeypatch.setattr(ledger_sink.app, "consumer_generation_id", 99)  # a rebalance
+            raise ConnectionError("database unreachable")
+
+    monkeypatch.setattr(ledger_sink, "runner", Failing())
+    monkeypatch.setattr(ledger_sink, "RETRY_FIRST_SECONDS", 0.01)
+    msg = SimpleNamespace(
+        key=b"acme", value=b"x", headers=[], timestamp=1.0, topic="paystream.events",
+        partition=0, offset=7, generation_id=ledger_sink.app.consumer_generation_id,
+    )  # fmt: skip
+    batch = [SimpleNamespace(message=msg)]
+    await asyncio.wait_for(ledger_sink._until_stored(batch), 5)  # type: ignore[arg-type]
+    assert runs == [1]

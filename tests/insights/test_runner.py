@@ -1,0 +1,272 @@
+"""The insights runner on real in-memory and RocksDB tables, a fake producer (no Kafka):
+failed publications, quiet tenants, hostile outcomes, the RocksDB store."""
+
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import pytest
+from faust.streams import _current_event
+from faust.types import TP
+
+from paystream.agents.insights import InsightsRunner
+from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
+from paystream.settings import CloudEventsMode, Settings
+from paystream.streams.codec import decode_record
+from paystream.streams.outcomes import CommandRef, encode_outcome
+from paystream.tables.changelog import BatchedChangelogTable
+
+pytestmark = pytest.mark.asyncio
+
+T0 = 1_700_000_040_000  # a window start (a multiple of 60 s)
+DECLINE = {
+    "object": {"amount": 500, "currency": "USD", "customer_id": "cus_1"},
+    "error": {"code": "card_declined", "decline_code": "generic_decline"},
+}
+PAID = {"object": {"amount": 900, "amount_captured": 900, "currency": "USD"}}
+
+
+@dataclass
+class _Msg:
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    partition: int
+    offset: int
+
+
+@dataclass
+class _Event:
+    message: _Msg
+
+
+def _settings() -> Settings:
+    return Settings(cloudevents_mode=CloudEventsMode.BINARY)  # type: ignore[call-arg]
+
+
+def _table(app: faust.App, name: str, topic: str) -> BatchedChangelogTable:
+    table = app.tables.add(BatchedChangelogTable(app, name=name, default=None, partitions=4))
+    table._verified_source_topics_for_partitions.add(topic)
+    return table
+
+
+class Harness:
+    def __init__(self, name: str, store: str = "memory://", tabledir: str = "") -> None:
+        self.cfg = _settings()
+        app = faust.App(
+            f"insights-{name}", broker="kafka://127.0.0.1:1", store=store, tabledir=tabledir
+        )
+        topic = self.cfg.events_topic
+        self.state = _table(app, f"{name}-insights", topic)
+        self.seen = _table(app, f"{name}-seen", topic)
+        if store.startswith("rocksdb"):  # every partition this worker's
+            names = (self.state.changelog_topic_name, self.seen.changelog_topic_name)
+            actives = {TP(n, p) for n in names for p in range(4)}
+            app.assignor.assigned_actives = lambda: actives  # type: ignore[method-assign]
+        self.now = T0 / 1000 + 1
+        self.runner = InsightsRunner(
+            self.cfg,
+            {"acme": object(), "beta": object()},
+            self.state,
+            self.seen,
+            clock=lambda: self.now,
+        )
+        self.published: list[Any] = []
+        self.changelog: list[Any] = []
+        self.fail_next = 0
+        self.offset = 0
+
+        async def produce(records: list[Any], out: list[Any], batch: Any) -> None:
+            for rec in records:  # what the broker would refuse (over 1 MB)
+                assert len(rec.key or b"") + len(rec.value or b"") < 1_000_000
+            if self.fail_next:
+                self.fail_next -= 1
+                raise RuntimeError("broker unreachable")
+            self.changelog += records
+            self.published += [decode_record(r.key, r.value, dict(r.headers)) for _, r in out]
+
+        self.runner._produce = produce  # type: ignore[method-assign]
+
+    def event(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        cid: str,
+        at_ms: int = T0,
+        partition: int = 0,
+        tenant: str = "acme",
+    ) -> _Event:
+        cmd = CommandRef(
+            tenant, cid, "payment.create", cid, datetime.fromtimestamp(at_ms / 1000, UTC)
+        )
+        rec = encode_outcome(cmd, kind, data, CloudEventsMode.BINARY)
+        self.offset += 1
+        return _Event(_Msg(rec.key, rec.value, list(rec.headers), partition, self.offset))
+
+    def of_type(self, kind: str) -> list[Any]:
+        return [e for e in self.published if e.get_type() == kind]
+
+
+async def test_a_batch_whose_publication_failed_publishes_its_alert_when_retried() -> None:
+    h = Harness("retry")
+    batch = [h.event("payment.failed", DECLINE, cid=f"c{i}") for i in range(5)]
+    h.fail_next = 1
+    with pytest.raises(RuntimeError):
+        await h.runner.run_batch(batch)
+    await h.runner.run_batch(batch)  # what _until_stored does: the same batch again
+    assert len(h.of_type(ALERT_TYPE)) == 1
+    h.now = (T0 + 70_000) / 1000  # the window closed
+    await h.runner.tick(lambda p: True)
+    [window] = h.of_type(WINDOW_TYPE)
+    assert window.get_data()["events"] == 5  # counted once, not twice
+
+
+async def test_a_failed_tick_publishes_its_windows_on_the_next() -> None:
+    h = Harness("tickretry")
+    await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="c1")])
+    await h.runner.tick(lambda p: True)  # first tick: the takeover republication
+    h.now = (T0 + 70_000) / 1000
+    h.fail_next = 1
+    with pytest.raises(RuntimeError):
+        await h.runner.tick(lambda p: True)
+    h.now += 2
+    await h.runner.tick(lambda p: True)
+    [window] = h.of_type(WINDOW_TYPE)
+    assert window.get_data()["events"] == 1
+
+
+async def test_a_quiet_tenant_s_expired_windows_leave_its_record() -> None:
+    h = Harness("expire")
+    await h.runner.run_batch([h.event("payment.failed", DECLINE, cid="c1")])
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)  # published
+    assert len(h.of_type(WINDOW_TYPE)) == 1
+    h.now = (T0 + 3_600_000) / 1000  # long past the horizon: nothing can reach them
+    await h.runner.tick(lambda p: True)
+    stored = h.state.get("acme")
+    assert stored["windows"] == {} and stored["fraud"] == {}
+
+
+END_OF_TIME = int(datetime(9999, 12, 31, 23, 58, tzinfo=UTC).timestamp() * 1000)
+
+
+async def test_declines_dated_at_the_end_of_time_do_not_stall_the_partition() -> None:
+    # A command's `time` is the client's: 9999-12-31 is accepted, and its fraud window
+    # ends in year 10000, which no datetime holds.
+    h = Harness("endoftime")
+    batch = [h.event("payment.failed", DECLINE, cid=f"c{i}", at_ms=END_OF_TIME) for i in range(5)]
+    await h.runner.run_batch(batch)  # raised ValueError: retried for ever, ledger included
+
+
+async def test_future_dated_outcomes_do_not_grow_a_tenant_record_without_bound() -> None:
+    h = Harness("future")
+    minute = 60_000
+    batch = [
+        h.event("payment.succeeded", PAID, cid=f"c{i}", at_ms=T0 + (i + 1) * 7 * minute)
+        for i in range(6_000)
+    ]
+    await h.runner.run_batch(batch)  # one record per tenant: must stay under 1 MB
+    assert len(h.state.get("acme")["windows"]) <= 2 * 15 + 1
+    assert len(h.seen.data.data) <= 2 * 15 + 1
+
+
+async def test_amounts_beyond_64_bits_cannot_stall_the_partition() -> None:
+    # A forged outcome (a registered tenant's id): each amount fits in 64 bits, their sum
+    # does not, and the table's JSON encoder (orjson) refused the record on every retry.
+    h = Harness("huge")
+    huge = {"object": {"amount": 2**64 - 1, "currency": "USD"}}
+    batch = [h.event("payment.authorized", huge, cid=f"c{i}") for i in range(2)]
+    await h.runner.run_batch(batch)
+    json.dumps(h.changelog[0].value.decode())
+
+
+async def test_forged_labels_cannot_grow_a_record_past_the_message_size() -> None:
+    # Outcomes forged under a registered tenant's id: currencies, decline codes and
+    # outcome types are the producer's strings, of any length and number.
+    h = Harness("labels")
+    big = [
+        h.event(
+            "payment.failed",
+            {
+                "object": {"amount": 5, "currency": f"{i}" + "X" * 300_000},
+                "error": {"code": "card_declined", "decline_code": "D" * 300_000 + f"{i}"},
+            },
+            cid=f"c{i}",
+        )
+        for i in range(2)
+    ]
+    many = [
+        h.event(
+            f"payment.odd{i}", {"error": {"code": "x", "decline_code": f"code_{i}"}}, cid=f"m{i}"
+        )
+        for i in range(20_000)
+    ]
+    await h.runner.run_batch(big + many)  # the harness refuses records of 1 MB or more
+    [window] = h.state.get("acme")["windows"].values()
+    assert window["events"] == 20_002
+    assert len(window["outcomes"]) <= 101 and len(window["money"]) <= 101
+
+
+async def test_with_rocksdb_a_batch_reads_each_tenant_from_its_own_partition(
+    tmp_path: Any,
+) -> None:
+    h = Harness("rocksread", "rocksdb://", str(tmp_path))
+    await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="a1")])
+    batch = [
+        h.event("payment.succeeded", PAID, cid="a2"),
+        h.event("payment.succeeded", PAID, cid="b1", tenant="beta", partition=1),
+    ]
+    # The agent iterates a Faust stream: the current event is the batch's last.
+    token = _current_event.set(weakref.ref(batch[-1]))  # type: ignore[arg-type]
+    try:
+        await h.runner.run_batch(batch)
+    finally:
+        _current_event.reset(token)
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    counts = {e.get_data()["tenant_id"]: e.get_data()["events"] for e in h.of_type(WINDOW_TYPE)}
+    assert counts == {"acme": 2, "beta": 1}  # acme's record was read as empty: 1
+
+
+async def test_with_rocksdb_quiet_tenants_windows_are_published_and_ids_forgotten(
+    tmp_path: Any,
+) -> None:
+    h = Harness("rockstick", "rocksdb://", str(tmp_path))
+    await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="a1")])
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    [window] = h.of_type(WINDOW_TYPE)
+    assert window.get_data()["events"] == 1
+    h.now = (T0 + 3_600_000) / 1000
+    await h.runner.tick(lambda p: True)
+    assert list(h.seen.items()) == []
+
+
+async def test_a_failure_on_one_outcome_does_not_stall_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug of ours on one outcome (here: reading it) must not fail the batch: it would be
+    retried for ever, and the ledger sink with it, the agents sharing one batch."""
+    from paystream.agents import insights as agent
+
+    h = Harness("poison")
+    real = agent.observe
+
+    def observe(event: Any) -> Any:
+        if event.get_extension("causationid") == "poison":
+            raise KeyError("a bug")
+        return real(event)
+
+    monkeypatch.setattr(agent, "observe", observe)
+    batch = [h.event("payment.succeeded", PAID, cid=c) for c in ("c1", "poison", "c2")]
+    await h.runner.run_batch(batch)
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    [window] = h.of_type(WINDOW_TYPE)
+    assert window.get_data()["events"] == 2
