@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import math
 import os
@@ -996,12 +997,24 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     def raise_interrupt(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # One stack per data dir: starting embedded PostgreSQL wipes its data dir, so a second
+    # `dev` on another port killed the first's database (its ledger stalled, unseen).
+    # The lock is held for this process's life (released by the kernel when it exits).
+    (data_dir / "dev").mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "dev" / "dev.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise click.ClickException(
+            f"another `paystream dev` runs from {data_dir / 'dev'}: stop it, or run this one "
+            "with PAYSTREAM_DATA_DIR set to another directory (and another --web-port)"
+        ) from None
     port = web_port or settings.web_port
     if not _port_free(settings.web_host, port):
         # Found now, not as a worker that exits after the whole stack has started.
         raise click.ClickException(
-            f"port {port} on {settings.web_host} is in use (another `paystream dev`?): "
-            "pass --web-port or set PAYSTREAM_WEB_PORT"
+            f"port {port} on {settings.web_host} is in use: pass --web-port or set "
+            "PAYSTREAM_WEB_PORT"
         )
     for sig in stop_signals:
         signal.signal(sig, raise_interrupt)

@@ -270,7 +270,7 @@ class PaystreamClient:
                 else "it was not sent (no broker to take it)"
             )
             raise OutcomeTimeout(
-                f"no outcome for command {command.get_id()} within {timeout}s; {said}"
+                f"no outcome for command {command.get_id()} within {timeout:.1f} s; {said}"
             ) from None
         finally:
             waiter.cancel()  # (a no-op once answered)

@@ -81,6 +81,18 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert "PAYSTREAM_BROKER_FLAVOR=tansu" in output, output
         master_key = (data_dir / "dev" / "dev-master.key").read_text().strip()
         assert master_key not in output and "dev-master.key" in output
+        # A second `dev` from the same data dir (on another port, as a busy port suggests)
+        # is refused: starting its PostgreSQL wiped the first one's data dir under it.
+        second = subprocess.run(
+            [sys.executable, "-m", "paystream", "dev", "--web-port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "another `paystream dev` runs from" in second.stderr
+        assert all(_port_open(p) for p in set(ports)), "the first stack lost a service"
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest

@@ -18,7 +18,7 @@ import orjson
 from paystream.gateways import base as gw
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.ids import derived_id
-from paystream.money import Money
+from paystream.money import Money, format_minor
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
 from paystream.tables.records import (
@@ -708,7 +708,8 @@ def _refunds_allowed(
     if wanted <= 0 or wanted > refundable:
         raise Rejection(
             RejectReason.INVALID_STATE,
-            f"refund of {wanted} exceeds the refundable {refundable} {payment.currency}",
+            f"refund of {format_minor(wanted, payment.currency)} exceeds the refundable "
+            f"{format_minor(refundable, payment.currency)}",
         )
 
 

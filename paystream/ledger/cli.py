@@ -22,6 +22,10 @@ from paystream.tenancy.crypto import MasterKeyring
 
 __all__ = ["audit_group", "migrate_command", "run_db"]
 
+# Problems listed per tenant by `audit verify` (the count says how many there are).
+PROBLEMS_SHOWN = 20
+EXIT_NO_ENTRIES = 3  # `audit verify`: a tenant named has no audit entries at all
+
 T = TypeVar("T")
 
 
@@ -105,7 +109,9 @@ def audit_group() -> None:
 @audit_group.command("verify")
 @click.option("--tenant", "tenants", multiple=True, required=True, help="tenant id (repeatable)")
 def audit_verify(tenants: tuple[str, ...]) -> None:
-    """Recompute each tenant's audit chain; exit 1 if any row is missing or altered.
+    """Recompute each of the named tenants' audit chains; exit 1 if any row is missing or
+    altered, else 3 if a tenant has no entries at all (a mistyped id, or nothing stored
+    yet: nothing was verified).
 
     The chain is keyed under the master key: PAYSTREAM_MASTER_KEY (and, for rows written
     before a rotation, the old key in PAYSTREAM_RETIRED_MASTER_KEYS) must be set."""
@@ -140,14 +146,18 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
                 f"{res.tenant_id}: FAILED, {res.checked} entries checked, "
                 f"{len(res.problems)} problem(s)"
             )
-            for problem in res.problems:
+            for problem in res.problems[:PROBLEMS_SHOWN]:
                 click.echo(f"  - {problem}")
+            if len(res.problems) > PROBLEMS_SHOWN:  # (a wrong key fails every row alike)
+                click.echo(f"  … and {len(res.problems) - PROBLEMS_SHOWN} more")
     click.echo(
         f"{len(results) - failed - empty}/{len(results)} tenant chain(s) intact"
         + (f", {empty} with no entries" if empty else "")
     )
     if failed:
         raise SystemExit(1)
+    if empty:
+        raise SystemExit(EXIT_NO_ENTRIES)  # a script must not read it as verified
 
 
 def _audit_access(settings: Settings) -> tuple[MasterKeyring, str]:

@@ -533,8 +533,9 @@ def test_cli_migrate_and_audit_verify(cli_database_url: str) -> None:
     )
     assert keyless.exit_code == 1 and "the audit chain is keyed under it" in keyless.output
     ok = runner.invoke(audit_group, ["verify", "--tenant", "acme", "--tenant", "globex"], env=env)
-    assert ok.exit_code == 0, ok.output
-    # Nothing recorded yet: said so, not "intact" (a mistyped id read as a verified chain).
+    # Nothing recorded yet: said so, not "intact" (a mistyped id read as a verified chain),
+    # nor a success to a script checking the status.
+    assert ok.exit_code == 3, ok.output
     assert "0/2 tenant chain(s) intact, 2 with no entries" in ok.output
     assert "acme: no audit entries recorded for this tenant id" in ok.output
     # A chain written under a key since rotated: reported until `keys rotate` records
