@@ -1029,6 +1029,10 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             "PAYSTREAM_WEB_PORT": str(web_port or settings.web_port),
             # The whole pipeline, analytics windows and fraud alerts included.
             "PAYSTREAM_AGENTS": os.environ.get("PAYSTREAM_AGENTS", "commands,ledger,insights"),
+            # Short windows: the dashboard shows the demo's analytics within seconds.
+            "PAYSTREAM_INSIGHTS_WINDOW_SECONDS": os.environ.get(
+                "PAYSTREAM_INSIGHTS_WINDOW_SECONDS", "10"
+            ),
         }
         # For other shells: the stack's URLs, and where the dev secrets are (never echoed).
         exports = dict(stack.env())

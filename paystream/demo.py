@@ -24,10 +24,21 @@ DEMO_TOKENS = [
 ]
 
 
+# Share of demo customers who are card testers, and the tokens they try.
+CARD_TESTERS = 0.03
+DECLINING_TOKENS = [
+    "pm_card_chargeDeclined",
+    "pm_card_chargeDeclinedInsufficientFunds",
+    "pm_card_chargeDeclinedExpiredCard",
+    "pm_card_chargeDeclinedIncorrectCvc",
+]
+
+
 async def _flow(
     client: PaystreamClient, tenant: str, rng: random.Random, seen: Counter[str]
 ) -> None:
-    """customer → attach card → pay (auto or manual capture) → maybe refund."""
+    """customer → attach card → pay (auto or manual capture) → maybe refund; now and then
+    a card tester instead."""
 
     async def send(kind: str, data: dict[str, Any]) -> dict[str, Any]:
         event = await client.send(build_command(kind, tenant, data), timeout=30)
@@ -38,6 +49,16 @@ async def _flow(
     customer = await send("customer.create", {"email": f"demo{rng.randrange(10**6)}@example.com"})
     cid = customer.get("entity_id")
     if not cid:
+        return
+    if rng.random() < CARD_TESTERS:
+        # A card tester: one-off tokens, declined one after another (the insights' fraud
+        # rules raise a `subject_declines` alert for the customer).
+        for _ in range(6):
+            token = rng.choice(DECLINING_TOKENS)
+            card = {"amount": rng.randrange(100, 900), "currency": "USD"}
+            await send(
+                "payment.create", {**card, "customer_id": cid, "payment_method_token": token}
+            )
         return
     pm = await send("payment_method.attach", {"customer_id": cid, "token": rng.choice(DEMO_TOKENS)})
     pmid = pm.get("entity_id")
