@@ -409,7 +409,11 @@ def _command_headers() -> Doc:
                 "already answered (same request) gets the first command's event again",
                 maxLength=_ID_MAX,
             ),
-            "ce_traceparent": _header("optional (W3C trace context); copied onto the outcome"),
+            "ce_traceparent": _header(
+                "optional (W3C trace context): the worker's span for the command is its "
+                "child, and the outcome carries that span's context (same trace)"
+            ),
+            "ce_tracestate": _header("optional (W3C trace context), with `traceparent`"),
             "ce_time": _header(
                 "optional; when absent, the record's timestamp stands in (outcomes of a "
                 "redelivered command stay byte-identical)",
@@ -465,7 +469,12 @@ def _outcome_headers() -> Doc:
                 "the command's `id` (an over-long id: `sha256:<hex digest of the id>`)"
             ),
             "ce_partitionkey": _header("the tenant (the record key)"),
-            "ce_traceparent": _header("the command's, when it had one"),
+            "ce_traceparent": _header(
+                "when the command had one: the worker's span for the command (the "
+                "command's trace id and flags, a span id derived from the command, the "
+                "same on every emission); a command `traceparent` that is not W3C trace "
+                "context is copied as it came"
+            ),
             "content-type": {"const": "application/json"},
             ANSWERS_HEADER: _header(
                 "on an outcome sent again for another command under an idempotency key "

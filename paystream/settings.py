@@ -33,6 +33,7 @@ __all__ = [
     "BrokerFlavor",
     "CloudEventsMode",
     "Settings",
+    "TraceExporter",
     "get_settings",
     "load_settings",
     "unknown_variables",
@@ -52,6 +53,14 @@ class CloudEventsMode(StrEnum):
 
     BINARY = "binary"
     STRUCTURED = "structured"
+
+
+class TraceExporter(StrEnum):
+    """Where the worker sends its OpenTelemetry spans (paystream/tracing.py)."""
+
+    NONE = "none"
+    CONSOLE = "console"
+    OTLP = "otlp"
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -325,6 +334,27 @@ class Settings(BaseSettings):
     stripe_api_base: str = Field(
         default="https://api.stripe.com",
         description="PAYSTREAM_STRIPE_API_BASE: Stripe API address (tests use localstripe).",
+    )
+
+    # --- tracing -----------------------------------------------------------------
+    otel_exporter: TraceExporter = Field(
+        default=TraceExporter.NONE,
+        description="PAYSTREAM_OTEL_EXPORTER: OpenTelemetry tracing of commands (a span per "
+        "command, a child span per provider call; README, Tracing). `none` (default): no "
+        "SDK is set up and no span is made; `console`: spans as JSON lines on stdout; "
+        "`otlp`: OTLP over HTTP (protobuf) to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), with the SDK's other "
+        "standard OTEL_EXPORTER_OTLP_* and OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES "
+        "variables. `console` and `otlp` need the SDK: pip install 'paystream[otel]'.",
+    )
+    otel_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="PAYSTREAM_OTEL_SAMPLE_RATIO: share of the commands without a (valid) "
+        "`traceparent` that are traced, 0 to 1 (default 1), chosen by trace id. "
+        "Parent-based: a command whose `traceparent` says sampled is traced and one that "
+        "says not sampled is not, whatever the ratio.",
     )
 
     # --- secrets -----------------------------------------------------------------

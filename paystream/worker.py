@@ -14,6 +14,7 @@ import stripe
 import stripe._util as stripe_util  # STRIPE_LOG is read there at import
 
 # Importing these modules registers their agents, tables and pages on `app`.
+from paystream import tracing
 from paystream.agents import commands as _commands
 from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
@@ -86,6 +87,9 @@ def main(extra_args: list[str] | None = None) -> None:
     quiet_libraries(settings.log_level)
     for name in unknown_variables(os.environ):
         log.warning("%s is not a paystream setting (mistyped?): ignored", name)
+    # PAYSTREAM_OTEL_EXPORTER: the SDK, only when an exporter is set (before the agents'
+    # processor is built, which takes the tracing set up here).
+    tracing.configure(settings)
     # Faust refuses to start when its data directory does not exist yet.
     (settings.data_dir / "faust" / settings.app_id).mkdir(parents=True, exist_ok=True)
     # Faust reads --loop at `import faust`, long done by now: install the policy directly.

@@ -30,7 +30,7 @@ from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.types import TP, EventT
 
-from paystream import metrics
+from paystream import metrics, tracing
 from paystream.agents.batching import take_batches
 from paystream.agents.continuity import (
     BROKER_ASK_SECONDS,
@@ -184,6 +184,7 @@ class CommandRunner:
                 pool,
                 limits=t.limits,
                 committed=lambda partition: COMMITTED.get(partition, -1),
+                tracing=tracing.active(),  # set up by the worker at start (worker.py)
             )
         return self._processor
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -33,6 +33,9 @@ from paystream.tables.records import (
     scrub_customer_outcome,
 )
 from paystream.tables.state_machines import InvalidState, check_payment_transition
+
+if TYPE_CHECKING:
+    from paystream.tracing import CommandTrace
 
 __all__ = [
     "HANDLERS",
@@ -119,6 +122,7 @@ class HandlerContext:
     entity_keys: bool = True  # False: a command parked by an older version (its keys)
     request_hash: str | None = None  # of this command's type and data
     let_through: bool = False  # parked or in flight before: the provider may have acted
+    trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
 
     @property
     def tenant(self) -> str:
@@ -240,10 +244,13 @@ class HandlerResult:
 Handler = Callable[[HandlerContext, Any], Awaitable[HandlerResult]]
 
 
-async def _gateway(ctx: HandlerContext, fn: Callable[[], Awaitable[T]]) -> T:
-    """Call the provider; an unsupported operation becomes an `unsupported` rejection."""
+async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+    """Call the provider (``operation``: the gateway method, for the call's span); an
+    unsupported operation becomes an `unsupported` rejection."""
     try:
-        return await ctx.call(fn)
+        if ctx.trace is None:
+            return await ctx.call(fn)
+        return await ctx.trace.provider_call(ctx.gateway.provider, operation, ctx.call, fn)
     except UnsupportedOperation as exc:
         raise Rejection(RejectReason.UNSUPPORTED, exc.message) from exc
     except GatewayError as exc:
@@ -307,7 +314,9 @@ async def create_customer(ctx: HandlerContext, data: c.CreateCustomer) -> Handle
         email=data.email, name=data.name, description=data.description, metadata=data.metadata
     )
     key = ctx.create_key("customer", data.customer_id)
-    res = await _gateway(ctx, lambda: ctx.gateway.create_customer(req, idempotency_key=key))
+    res = await _gateway(
+        ctx, "create_customer", lambda: ctx.gateway.create_customer(req, idempotency_key=key)
+    )
     rec = CustomerRecord(
         **_base(ctx, cid),
         provider_customer_id=res.provider_customer_id,
@@ -336,7 +345,9 @@ async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> Handle
         description=data.description,
         metadata=data.metadata,
     )
-    await _gateway(ctx, lambda: ctx.gateway.update_customer(req, idempotency_key=ctx.idem))
+    await _gateway(
+        ctx, "update_customer", lambda: ctx.gateway.update_customer(req, idempotency_key=ctx.idem)
+    )
     for name in ("email", "name", "description"):
         value = getattr(data, name)
         if value is not None:
@@ -360,7 +371,11 @@ async def _delete_at_provider(ctx: HandlerContext, rec: CustomerRecord) -> str:
     good), and the outcome says which it was."""
     req = gw.DeleteCustomer(provider_customer_id=rec.provider_customer_id)
     try:
-        await _gateway(ctx, lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem))
+        await _gateway(
+            ctx,
+            "delete_customer",
+            lambda: ctx.gateway.delete_customer(req, idempotency_key=ctx.idem),
+        )
     except Rejection as rej:
         if rej.reason is not RejectReason.NOT_FOUND:
             raise
@@ -465,7 +480,9 @@ async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod
     key = ctx.create_key("payment_method", data.payment_method_id)
     try:
         res = await _gateway(
-            ctx, lambda: ctx.gateway.attach_payment_method(req, idempotency_key=key)
+            ctx,
+            "attach_payment_method",
+            lambda: ctx.gateway.attach_payment_method(req, idempotency_key=key),
         )
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
@@ -490,7 +507,11 @@ async def detach_payment_method(ctx: HandlerContext, data: c.DetachPaymentMethod
         raise Rejection(RejectReason.INVALID_STATE, f"payment method {rec.id} is already detached")
     ctx.at_provider(rec)
     req = gw.DetachPaymentMethod(provider_payment_method_id=rec.provider_payment_method_id)
-    await _gateway(ctx, lambda: ctx.gateway.detach_payment_method(req, idempotency_key=ctx.idem))
+    await _gateway(
+        ctx,
+        "detach_payment_method",
+        lambda: ctx.gateway.detach_payment_method(req, idempotency_key=ctx.idem),
+    )
     rec.attached = False
     return HandlerResult("payment_method.detached", rec)
 
@@ -578,7 +599,9 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     )
     try:
         key = ctx.create_key("payment", data.payment_id)
-        res = await _gateway(ctx, lambda: ctx.gateway.create_payment(req, idempotency_key=key))
+        res = await _gateway(
+            ctx, "create_payment", lambda: ctx.gateway.create_payment(req, idempotency_key=key)
+        )
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -622,7 +645,9 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
             f"capture amount {data.amount} exceeds the authorised {rec.amount}",
         )
     req = gw.CapturePayment(provider_payment_id=rec.provider_payment_id, amount=data.amount)
-    res = await _gateway(ctx, lambda: ctx.gateway.capture_payment(req, idempotency_key=ctx.idem))
+    res = await _gateway(
+        ctx, "capture_payment", lambda: ctx.gateway.capture_payment(req, idempotency_key=ctx.idem)
+    )
     _apply_payment_result(rec, res)
     return HandlerResult(_PAYMENT_OUTCOME[res.status], rec, _new_dispute(ctx, rec, res))
 
@@ -632,7 +657,9 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
     _transition(rec.status, "cancel")
     ctx.at_provider(rec)
     req = gw.CancelPayment(provider_payment_id=rec.provider_payment_id, reason=data.reason)
-    res = await _gateway(ctx, lambda: ctx.gateway.cancel_payment(req, idempotency_key=ctx.idem))
+    res = await _gateway(
+        ctx, "cancel_payment", lambda: ctx.gateway.cancel_payment(req, idempotency_key=ctx.idem)
+    )
     _apply_payment_result(rec, res)
     # What the provider says it is now (it may have been captured meanwhile), as capture.
     return HandlerResult(_PAYMENT_OUTCOME[res.status], rec)
@@ -679,7 +706,9 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     )
     try:
         key = ctx.create_key("refund", data.refund_id)
-        res = await _gateway(ctx, lambda: ctx.gateway.create_refund(req, idempotency_key=key))
+        res = await _gateway(
+            ctx, "create_refund", lambda: ctx.gateway.create_refund(req, idempotency_key=key)
+        )
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -745,7 +774,9 @@ async def submit_dispute_evidence(
         provider_dispute_id=rec.provider_dispute_id, evidence=data.evidence, submit=data.submit
     )
     res = await _gateway(
-        ctx, lambda: ctx.gateway.submit_dispute_evidence(req, idempotency_key=ctx.idem)
+        ctx,
+        "submit_dispute_evidence",
+        lambda: ctx.gateway.submit_dispute_evidence(req, idempotency_key=ctx.idem),
     )
     rec.status = res.status.value
     rec.evidence_submitted = data.submit
@@ -758,7 +789,9 @@ async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerR
         raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
     ctx.at_provider(rec)
     req = gw.AcceptDispute(provider_dispute_id=rec.provider_dispute_id)
-    res = await _gateway(ctx, lambda: ctx.gateway.accept_dispute(req, idempotency_key=ctx.idem))
+    res = await _gateway(
+        ctx, "accept_dispute", lambda: ctx.gateway.accept_dispute(req, idempotency_key=ctx.idem)
+    )
     rec.status = res.status.value
     return HandlerResult("dispute.closed", rec)
 

@@ -49,6 +49,7 @@ from paystream.streams.outcomes import (
     CommandRef,
     RejectReason,
     encode_outcome,
+    outcome_traceparent,
     rejection_data,
 )
 from paystream.streams.pan import (
@@ -73,6 +74,7 @@ from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.limits import Admission, LimitGate, LimitRejection
 from paystream.tenancy.limits import Record as LimitRecord
 from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
+from paystream.tracing import CommandTrace, CommandTracing
 
 __all__ = ["CommandProcessor", "Emit", "Inbound"]
 
@@ -115,8 +117,11 @@ class CommandProcessor:
         gateways: GatewayPool,
         limits: MutableMapping[str, Any] | None = None,
         committed: Callable[[int], int] | None = None,
+        tracing: CommandTracing | None = None,
     ) -> None:
         self.settings = settings
+        # OpenTelemetry spans of commands and provider calls (None: off, the default).
+        self.tracing = tracing
         # Whose first-attempt times to believe (re-sent by `dlq replay`, sealed).
         self.seals = FirstAttemptSeals.from_settings(settings)
         self.tables = tables
@@ -141,6 +146,20 @@ class CommandProcessor:
     # ---- entry point --------------------------------------------------------------
 
     async def process(self, rec: Inbound) -> list[Emit]:
+        """What a command record comes to: its outcome, or its dead letter or parked
+        copy (and, with tracing on, its span, ended with what it came to)."""
+        if self.tracing is None:
+            return await self._process(rec, None)
+        trace = self.tracing.start(rec)
+        try:
+            emits = await self._process(rec, trace)
+        except BaseException as exc:
+            trace.failed(exc)
+            raise
+        trace.finish(emits)
+        return emits
+
+    async def _process(self, rec: Inbound, trace: CommandTrace | None) -> list[Emit]:
         when = record_time(rec.timestamp_ms)
         # The quick look at the raw bytes: False for nearly every command, and then no
         # card number can be anywhere in it (key, headers, data).
@@ -179,9 +198,11 @@ class CommandProcessor:
                 RejectReason.CARD_DATA_FORBIDDEN,
                 "card numbers are not accepted; tokenise with the provider and send its token",
             )
-        return await self._process_event(rec, event, when)
+        return await self._process_event(rec, event, when, trace)
 
-    async def _process_event(self, rec: Inbound, event: CloudEvent, when: datetime) -> list[Emit]:
+    async def _process_event(
+        self, rec: Inbound, event: CloudEvent, when: datetime, trace: CommandTrace | None
+    ) -> list[Emit]:
         ce_type = event.get_type()
         tenant_id = str(event.get_extension("tenantid") or "")
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
@@ -216,11 +237,15 @@ class CommandProcessor:
                 command_id=_id_digest(cmd.command_id),
                 command_type=suffix[:ID_MAX_CHARS],
             )
+            if trace is not None:  # (named as its rejection names it)
+                trace.begin(short, event.get_extension("tracestate"))
             return self._answered_before(cmd) or self._reject(
                 short,
                 RejectReason.VALIDATION_ERROR,
                 f"{', '.join(too_long)} too long (at most {ID_MAX_CHARS} characters)",
             )
+        if trace is not None:
+            trace.begin(cmd, event.get_extension("tracestate"))
         # Rules that need no state: the order is cheapest-first.
         if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
             return self._reject(
@@ -325,7 +350,7 @@ class CommandProcessor:
             )
         # Keys a client names (metadata, dispute evidence) may name a card security code.
         code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
-        return await self._run(rec, cmd, tenant, data, when, code_key)
+        return await self._run(rec, cmd, tenant, data, when, code_key, trace)
 
     def _count(self, tenant_id: str, command_type: str, outcome_type: str) -> None:
         """Count a command's outcome; the labelled child is looked up once per label set."""
@@ -356,6 +381,7 @@ class CommandProcessor:
         data: Any,
         when: datetime,
         code_key: str | None = None,  # a data key holding a card security code
+        trace: CommandTrace | None = None,
     ) -> list[Emit]:
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         limited = self.limits.applies(cmd.tenant_id, tenant.limits)
@@ -498,6 +524,7 @@ class CommandProcessor:
             entity_keys=entity_keys,
             request_hash=request_hash,
             let_through=let_through,
+            trace=trace,
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
@@ -748,7 +775,10 @@ class CommandProcessor:
         # new id with the same key gets the original event (as Stripe does).
         first: dict[str, Any] = {"command_id": existing.command_id, "id_salt": existing.id_salt}
         if existing.time is not None:
-            first.update(time=existing.time, traceparent=existing.traceparent)
+            # (its traceparent is the one its outcome carried, whichever version stored it)
+            first.update(
+                time=existing.time, traceparent=existing.traceparent, traceparent_is_outcomes=True
+            )
         original = CommandRef(**{**cmd.__dict__, **first})
         replayed = self._outcome(original, existing.outcome)
         if existing.command_id != cmd.command_id:
@@ -1513,7 +1543,8 @@ def _idempotency_dict(
         "source": None if cmd.source is None else list(cmd.source),
         # for a replay of the outcome (only a finished record's is ever replayed)
         "time": None if outcome is None else cmd.time.isoformat(),
-        "traceparent": None if outcome is None else cmd.traceparent,
+        # (the outcome's: the command span's, see outcome_traceparent)
+        "traceparent": None if outcome is None else outcome_traceparent(cmd),
         "id_salt": None if outcome is None else cmd.id_salt,
     }
     if counted is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paystream import tracing
 from paystream.agents.commands import BATCH_MAX
 from paystream.agents.handlers import Tables
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
@@ -117,7 +118,11 @@ async def _rounds(
     )
     ids = tenant_ids(f"ip{os.urandom(3).hex()}", tenants)
     registry = {t.tenant_id: t.model_dump(mode="json") for t in bench_tenants(ids)}
-    processor = CommandProcessor(settings, Tables({}, {}, {}, {}, {}), {}, registry, pool)
+    # PAYSTREAM_OTEL_EXPORTER as the worker would have it (none: no tracing at all).
+    tracer = tracing.configure(settings, install=False)
+    processor = CommandProcessor(
+        settings, Tables({}, {}, {}, {}, {}), {}, registry, pool, tracing=tracer
+    )
     report = InProcessReport(commands=commands, tenants=tenants)
     try:
         # As the worker does (gc_pacing): what lives for the process leaves the GC's view,
@@ -144,6 +149,8 @@ async def _rounds(
         gc.unfreeze()
         await pool.aclose()
         await client.aclose()
+        if tracer is not None:
+            tracer.shutdown()
     return report
 
 

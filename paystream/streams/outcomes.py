@@ -15,6 +15,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import KafkaRecord, encode_data, encode_event
+from paystream.streams.tracecontext import child_traceparent
 
 __all__ = [
     "ANSWERS_HEADER",
@@ -24,6 +25,7 @@ __all__ = [
     "build_outcome",
     "encode_outcome",
     "outcome_id",
+    "outcome_traceparent",
     "rejection_data",
 ]
 
@@ -65,6 +67,8 @@ class CommandRef:
     command_type: str  # suffix after com.paystream.command., e.g. "payment.create"
     idempotency_key: str
     time: datetime  # the command record's timestamp: stable across redeliveries
+    # The command's W3C traceparent (its producer's span); its outcome carries the
+    # worker's span for the command, derived from it (see outcome_traceparent).
     traceparent: str | None = None
     # (partition, offset) of the command record, when read from Kafka: tells a
     # redelivery of this record from the same command sent again.
@@ -75,6 +79,22 @@ class CommandRef:
     # gets other ids; the same ids would make two events one for every consumer (the
     # ledger kept only the first payment). None: the ids of older versions.
     id_salt: str | None = None
+    # True: ``traceparent`` is already the outcome's, carried as it is (a stored outcome
+    # re-emitted as first emitted, by whichever version emitted it).
+    traceparent_is_outcomes: bool = False
+
+
+def outcome_traceparent(cmd: CommandRef) -> str | None:
+    """The ``traceparent`` of ``cmd``'s outcome: the context of the worker's span for the
+    command, a child of the command's own (same trace; span id derived from the command
+    record, so every emission of the outcome is the same, see streams/tracecontext.py).
+    A ``traceparent`` that is not valid W3C trace context is copied as it came."""
+    if cmd.traceparent is None or cmd.traceparent_is_outcomes:
+        return cmd.traceparent
+    return (
+        child_traceparent(cmd.tenant_id, cmd.command_id, cmd.id_salt, cmd.traceparent)
+        or cmd.traceparent
+    )
 
 
 def outcome_id(tenant_id: str, command_id: str, outcome_type: str, salt: str | None = None) -> str:
@@ -155,7 +175,7 @@ def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dic
     if subject:
         attrs["subject"] = subject
     if cmd.traceparent:
-        attrs["traceparent"] = cmd.traceparent
+        attrs["traceparent"] = outcome_traceparent(cmd)
     return attrs
 
 

@@ -254,7 +254,8 @@ class IdempotencyRecord(BaseModel):
     expires_at: float  # unix seconds
     outcome: StoredOutcome | None = None
     source: list[int] | None = None  # [partition, offset] of the record that wrote it
-    # The first command's time and traceparent: its outcome, re-emitted for a retry under
+    # The first command's time and its outcome's traceparent (from older versions, the
+    # command's, which outcomes then carried): its outcome, re-emitted for a retry under
     # another command id, is the very event first emitted (absent from older records).
     time: datetime | None = None
     traceparent: str | None = None
