@@ -475,7 +475,7 @@ def send(
     timeout: float,
     structured: bool,
 ) -> None:
-    """Send a command (e.g. `payment.create`) and print its outcome."""
+    """Send a command (such as payment.create) and print its outcome."""
     settings = _settings()
     from paystream.client import (
         InvalidCommand,
@@ -1084,7 +1084,9 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo(f"broker     {stack.env()['KAFKA_BROKER_URL']}")
         click.echo(f"database   {stack.env()['DATABASE_URL']}")
         click.echo(f"redis      {stack.env()['REDIS_URL']}")
-        click.echo(f"dashboard  {base}/")
+        # Behind PAYSTREAM_WEB_TOKEN the plain URL answers 401: say how to open it.
+        opener = "?token=<PAYSTREAM_WEB_TOKEN>" if run_settings.web_token else ""
+        click.echo(f"dashboard  {base}/{opener}")
         click.echo(f"metrics    {base}/metrics")
         click.echo(f"worker log {log_path}")
         click.echo("CLI from another shell (the broker flavor matters: Tansu's workarounds):")
@@ -1162,6 +1164,13 @@ def docs(check: bool, directory: Path) -> None:
         for path in interface.write(directory):
             click.echo(f"wrote {path}")
     elif differ := interface.stale(directory):
+        missing = [n for n in differ if not (directory / n).is_file()]
+        if missing:  # (run outside the repository root, or never written)
+            names = ", ".join(str(directory / n) for n in missing)
+            raise click.ClickException(
+                f"{names} not found (from the repository root, or with --dir, they are "
+                "checked; run `paystream docs` to write them)"
+            )
         names = ", ".join(str(directory / n) for n in differ)
         raise click.ClickException(f"{names} differ from the code: run `paystream docs`")
 

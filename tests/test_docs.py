@@ -103,6 +103,7 @@ def test_docs_check_fails_on_a_stale_document_and_docs_writes_them(tmp_path: Pat
     runner = CliRunner()
     stale = runner.invoke(cli, ["docs", "--check", "--dir", str(tmp_path)])
     assert stale.exit_code == 1 and "run `paystream docs`" in stale.output, stale.output
+    assert "not found" in stale.output  # (not "differ": run outside the repository root)
     written = runner.invoke(cli, ["docs", "--dir", str(tmp_path)])
     assert written.exit_code == 0, written.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["asyncapi.yaml", "openapi.yaml"]

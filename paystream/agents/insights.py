@@ -36,7 +36,7 @@ from paystream.insights.state import InsightsConfig, TenantInsights, window_star
 from paystream.settings import Settings
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, send_batches
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, headers_to_dict
-from paystream.tables.changelog import BatchedChangelogTable, at_partition, collect_changelog
+from paystream.tables.changelog import at_partition, collect_changelog
 
 __all__ = ["ENABLED", "InsightsRunner", "config_from", "runner"]
 
@@ -329,23 +329,10 @@ def _partition_of(value: Any) -> int | None:
     return partition if isinstance(partition, int) and partition >= 0 else None
 
 
-def _table(name: str, help_: str) -> Any:
-    return app.tables.add(
-        BatchedChangelogTable(
-            app,
-            name=name,
-            default=None,
-            key_type=str,
-            beacon=app.tables.beacon,
-            partitions=settings.partitions,
-            help=help_,
-        )
-    )
-
-
 runner: InsightsRunner | None = None
 if ENABLED:
     from paystream.agents.tenants import registry
+    from paystream.tables.definitions import batched_table as _table
 
     runner = InsightsRunner(
         settings,

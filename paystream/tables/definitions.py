@@ -13,6 +13,7 @@ from paystream.app import app, settings
 from paystream.tables.changelog import BatchedChangelogTable
 
 __all__ = [
+    "batched_table",
     "customers",
     "disputes",
     "idempotency",
@@ -23,9 +24,11 @@ __all__ = [
 ]
 
 
-def _entity_table(name: str, help_: str) -> Any:
-    # Changes made while the command agent collects a batch are produced by the agent
-    # and awaited before the batch is acknowledged (see tables/changelog.py).
+def batched_table(name: str, help_: str) -> Any:
+    """A tenant-partitioned table whose changes an agent produces with its batch.
+
+    Changes made while an agent collects a batch are produced by the agent and awaited
+    before the batch is acknowledged (see tables/changelog.py)."""
     return app.tables.add(
         BatchedChangelogTable(
             app,
@@ -39,10 +42,10 @@ def _entity_table(name: str, help_: str) -> Any:
     )
 
 
-customers = _entity_table("customers", "tenant:customer id → customer record")
-payment_methods = _entity_table("payment_methods", "tenant:pm id → payment method (token only)")
-payments = _entity_table("payments", "tenant:payment id → payment record")
-refunds = _entity_table("refunds", "tenant:refund id → refund record")
-disputes = _entity_table("disputes", "tenant:dispute id → dispute record")
-idempotency = _entity_table("idempotency", "tenant:idempotency key → in-flight/done record")
-limits = _entity_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")
+customers = batched_table("customers", "tenant:customer id → customer record")
+payment_methods = batched_table("payment_methods", "tenant:pm id → payment method (token only)")
+payments = batched_table("payments", "tenant:payment id → payment record")
+refunds = batched_table("refunds", "tenant:refund id → refund record")
+disputes = batched_table("disputes", "tenant:dispute id → dispute record")
+idempotency = batched_table("idempotency", "tenant:idempotency key → in-flight/done record")
+limits = batched_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")
