@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -164,8 +166,10 @@ async def test_payment_method_keeps_token_facts(
 def test_card_data_is_refused_before_any_write(make_event: EventFactory, data: dict) -> None:
     with pytest.raises(ForbiddenDataError) as caught:
         make_event("w8", "payment_method", "pm_1", 1, {"brand": "visa", **data})
+    # (Without the event's id: a random hex id holds "123" now and then.)
+    message = re.sub(r"evt_[0-9a-z_]+", "evt", str(caught.value))
     for digits in ("4242", "5556", "123"):
-        assert digits not in str(caught.value)
+        assert digits not in message
 
 
 @pytest.mark.parametrize(
