@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from paystream.gateways import base as gw
-from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.errors import (
+    ISSUER_DECLINES,
+    ErrorCode,
+    GatewayError,
+    UnsupportedOperation,
+)
 from paystream.ids import derived_id
 from paystream.money import Money, format_minor
 from paystream.streams import commands as c
@@ -273,19 +278,7 @@ async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitab
 
 
 # The card's own answers: recorded as the operation failing (`payment.failed`, ...).
-_CARD_ERRORS = frozenset(
-    {
-        ErrorCode.CARD_DECLINED,
-        ErrorCode.INSUFFICIENT_FUNDS,
-        ErrorCode.EXPIRED_CARD,
-        ErrorCode.INCORRECT_CVC,
-        ErrorCode.INCORRECT_NUMBER,
-        ErrorCode.LOST_OR_STOLEN,
-        ErrorCode.FRAUDULENT,
-        ErrorCode.AUTHENTICATION_REQUIRED,
-        ErrorCode.PROCESSING_ERROR,
-    }
-)
+_CARD_ERRORS = ISSUER_DECLINES | {ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.PROCESSING_ERROR}
 
 
 def _is_card_error(exc: GatewayError) -> bool:

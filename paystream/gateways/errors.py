@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from paystream.errors import PaystreamError
 
-__all__ = ["RETRYABLE", "ErrorCode", "GatewayError", "UnsupportedOperation"]
+__all__ = ["ISSUER_DECLINES", "RETRYABLE", "ErrorCode", "GatewayError", "UnsupportedOperation"]
 
 
 class ErrorCode(StrEnum):
@@ -32,6 +32,20 @@ class ErrorCode(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     UNSUPPORTED = "unsupported"
 
+
+# The card's issuer refused the payment (what card testing produces), as opposed to the
+# provider failing or asking for authentication.
+ISSUER_DECLINES: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.CARD_DECLINED,
+        ErrorCode.INSUFFICIENT_FUNDS,
+        ErrorCode.EXPIRED_CARD,
+        ErrorCode.INCORRECT_CVC,
+        ErrorCode.INCORRECT_NUMBER,
+        ErrorCode.LOST_OR_STOLEN,
+        ErrorCode.FRAUDULENT,
+    }
+)
 
 # Retryable = the same request may succeed later without the customer doing anything.
 RETRYABLE: frozenset[ErrorCode] = frozenset(

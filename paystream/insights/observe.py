@@ -7,7 +7,7 @@ from typing import Any
 
 from cloudevents.core.v1.event import CloudEvent
 
-from paystream.gateways.errors import ErrorCode
+from paystream.gateways.errors import ISSUER_DECLINES
 from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.streams.outcomes import OUTCOME_PREFIX
@@ -16,18 +16,7 @@ __all__ = ["CARD_DECLINES", "LABEL_MAX_CHARS", "Observed", "observe"]
 
 # Error codes (paystream's, on `payment.failed`) that mean the card's issuer refused the
 # payment: what card testing produces, as opposed to the provider failing.
-CARD_DECLINES = frozenset(
-    code.value
-    for code in (
-        ErrorCode.CARD_DECLINED,
-        ErrorCode.INSUFFICIENT_FUNDS,
-        ErrorCode.EXPIRED_CARD,
-        ErrorCode.INCORRECT_CVC,
-        ErrorCode.INCORRECT_NUMBER,
-        ErrorCode.LOST_OR_STOLEN,
-        ErrorCode.FRAUDULENT,
-    )
-)
+CARD_DECLINES = frozenset(code.value for code in ISSUER_DECLINES)
 
 
 @dataclass(frozen=True, slots=True)
