@@ -21,6 +21,7 @@ from typing import Any
 
 import faust
 
+from paystream.bench.first_record import FirstRecordMark
 from paystream.settings import load_settings
 from paystream.streams import broker_compat
 
@@ -65,7 +66,9 @@ destination = app.topic(_DST, **_topic_args)
 @app.agent(source, name="forward")
 async def forward(stream: Any) -> None:
     """Forward each record unchanged: key, value and headers."""
+    mark = FirstRecordMark()
     async for event in stream.events():
+        mark()
         msg = event.message
         await destination.send(key=msg.key, value=msg.value, headers=msg.headers)
 

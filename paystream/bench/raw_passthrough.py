@@ -19,6 +19,7 @@ import signal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from paystream.bench.first_record import FirstRecordMark
 from paystream.settings import load_settings
 from paystream.streams import broker_compat
 from paystream.streams.admin import bootstrap_servers, topic_partitions
@@ -46,8 +47,11 @@ async def passthrough(
         tps = await topic_partitions(consumer, src)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        mark = FirstRecordMark()
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if batch:
+                mark()
             futures = [
                 await producer.send(dst, r.value, key=r.key, headers=list(r.headers or ()))
                 for records in batch.values()

@@ -37,6 +37,7 @@ from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from paystream.bench.first_record import read_first_record
 from paystream.bench.ledger import LedgerPhaseSkipped, LedgerResult, ledger_phase
 from paystream.bench.load import BenchCommand, bench_tenants, generate_commands, tenant_ids
 from paystream.bench.probe import (
@@ -355,8 +356,11 @@ def _phase(
     sent_at: dict[str, float] | None,
     cpu: CpuSampler,
     sut: str,
+    started: float | None = None,
     **extra: float,
 ) -> PhaseResult:
+    """``started``: when the phase began (default: its first send), to time it by if its
+    output came back in one fetch."""
     ids = [c.command_id for c in commands]
     arrivals = [watcher.arrivals[i] for i in ids if i in watcher.arrivals]
     latencies = (
@@ -365,11 +369,13 @@ def _phase(
         else []
     )
     types = watcher.outcome_types(ids) if sent_at is not None else {}
+    if started is None and sent_at:
+        started = min(sent_at.values())
     result = PhaseResult.from_arrivals(
-        name, len(ids), arrivals, latencies, outcome_types=types, sut=sut, **extra
+        name, len(ids), arrivals, latencies, started, outcome_types=types, sut=sut, **extra
     )
-    if len(arrivals) > 1:
-        first, last = min(arrivals), max(arrivals)
+    if result.window is not None:
+        first, last = result.window
         for proc in cpu.pids:
             secs = cpu.between(proc, first, last)
             if secs is not None:
@@ -560,7 +566,8 @@ async def _baseline(
     finally:
         child.stop()
         await watcher.stop()
-    result = _phase(name, records, watcher, None, cpu, name)
+    started = read_first_record(child.log_path)
+    result = _phase(name, records, watcher, None, cpu, name, started=started)
     del cpu.pids[name]
     return result
 

@@ -27,8 +27,8 @@ class PhaseResult:
     name: str
     records: int  # records sent into the phase
     received: int  # distinct records seen at the output
-    seconds: float  # first output → last output
-    throughput: float  # (received - 1) / seconds, records per second
+    seconds: float  # first output → last output (or first send → last output, see window)
+    throughput: float  # records per second over that window
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     offered_rate: float = 0.0  # 0: as fast as possible
     achieved_rate: float = 0.0  # what the load generator really sent at
@@ -40,6 +40,7 @@ class PhaseResult:
     redis_commands: int | None = None  # Redis commands the phase caused (INFO stats delta)
     sut: str = ""  # the process under test: "worker", "raw" or "faust"
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, same window
+    window: tuple[float, float] | None = None  # monotonic (start, end) timed, if any
 
     @property
     def sut_cpu_pct(self) -> float | None:
@@ -49,7 +50,12 @@ class PhaseResult:
     @property
     def sut_us_per_record(self) -> float | None:
         cpu = self.cpu_seconds.get(self.sut)
-        return None if cpu is None or self.received < 2 else 1e6 * cpu / (self.received - 1)
+        return None if cpu is None or self.throughput <= 0 else 1e6 * cpu / self.timed_records
+
+    @property
+    def timed_records(self) -> float:
+        """Records the window covers: the first arrival opens a first-to-last window."""
+        return self.throughput * self.seconds
 
     @property
     def missing(self) -> int:
@@ -64,19 +70,32 @@ class PhaseResult:
         records: int,
         arrivals: Sequence[float],
         latencies_ms: Sequence[float] = (),
+        started: float | None = None,
         **extra: Any,
     ) -> PhaseResult:
-        """Throughput from first to last arrival (monotonic seconds)."""
+        """Throughput from first to last arrival (monotonic seconds).
+
+        A phase whose output came back in one fetch has no such window (every arrival
+        shares one instant); it is timed from ``started``, its first send, instead, which
+        counts every record it received. Without ``started`` it gets no figure (0).
+        """
         received = len(arrivals)
-        seconds = (max(arrivals) - min(arrivals)) if received > 1 else 0.0
-        throughput = (received - 1) / seconds if seconds > 0 else 0.0
+        window: tuple[float, float] | None = None
+        throughput = 0.0
+        if received:
+            first, last = min(arrivals), max(arrivals)
+            if last > first:
+                window, throughput = (first, last), (received - 1) / (last - first)
+            elif started is not None and last > started:
+                window, throughput = (started, last), received / (last - started)
         return PhaseResult(
             name=name,
             records=records,
             received=received,
-            seconds=seconds,
+            seconds=window[1] - window[0] if window else 0.0,
             throughput=throughput,
             latencies_ms=sorted(latencies_ms),
+            window=window,
             **extra,
         )
 
@@ -174,7 +193,7 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 
 def _phase_json(p: PhaseResult) -> dict[str, Any]:
-    d = {k: v for k, v in asdict(p).items() if k not in {"latencies_ms", "outcome_types"}}
+    d = {k: v for k, v in asdict(p).items() if k not in {"latencies_ms", "outcome_types", "window"}}
     d["throughput"] = _r(p.throughput)
     d["seconds"] = _r(p.seconds, 3)
     d["achieved_rate"] = _r(p.achieved_rate)

@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from paystream.bench.cli import bench_command
+from paystream.bench.first_record import read_first_record
 from paystream.bench.load import generate_commands, tenant_ids
 from paystream.bench.profiling import summarise
 from paystream.bench.runner import batch_series, mean_batch
@@ -43,6 +46,16 @@ def test_phase_throughput_from_first_to_last_arrival() -> None:
     phase = PhaseResult.from_arrivals("x", 5, [10.0, 10.5, 11.0, 11.5, 12.0])
     assert phase.throughput == pytest.approx(2.0)
     assert phase.missing == 0
+
+
+def test_a_phase_answered_in_one_fetch_is_timed_from_its_first_send() -> None:
+    # A short phase can come back in one fetch: every arrival shares one instant, and
+    # first-to-last arrival is no window at all (CI once reported 0 commands/s).
+    phase = PhaseResult.from_arrivals("x", 4, [12.0] * 4, started=10.0)
+    assert (phase.seconds, phase.throughput) == (2.0, 2.0)
+    assert phase.window == (10.0, 12.0)
+    # Without a send time there is nothing to time it by: no figure rather than a wrong one.
+    assert PhaseResult.from_arrivals("x", 4, [12.0] * 4).throughput == 0.0
 
 
 def test_report_sets_the_rate_phase_beside_the_broker_floor() -> None:
@@ -217,3 +230,23 @@ def test_in_process_bench_from_the_cli(redis_url: str) -> None:
     assert out["commands"] == 40 and len(out["in_process_rounds_cpu_us"]) == 1
     bad = CliRunner().invoke(bench_command, ["--in-process", "--rounds", "0"])
     assert bad.exit_code != 0 and "at least 1" in bad.output
+
+
+def test_a_baseline_marks_when_it_took_its_first_record(tmp_path: Path) -> None:
+    # The baselines forward waiting records: a phase answered in one fetch is timed from
+    # the child's own mark, on the one system-wide monotonic clock.
+    log = tmp_path / "raw.log"
+    before = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", "from paystream.bench.first_record import FirstRecordMark as M\n"
+         "m = M(); m(); m()"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    log.write_text("some faust noise\n" + proc.stdout + "more\n")
+    mark = read_first_record(log)
+    assert mark is not None and before < mark < time.monotonic()
+    assert proc.stdout.count("first record") == 1
+    assert read_first_record(tmp_path / "absent.log") is None
+    # Faust's worker logs a child's stdout through its logger: prefix and trailing space.
+    log.write_text(f"[2026-12-01 08:37:52,846] [2544] [WARNING] {proc.stdout.strip()} \n")
+    assert read_first_record(log) == mark
