@@ -267,6 +267,14 @@ def test_every_outcome_type_is_documented(asyncapi: dict[str, Any]) -> None:
     assert set(channel) == {f"outcome.{o}" for o in documented}
 
 
+def test_the_ledger_knows_which_outcomes_carry_no_entity() -> None:
+    # It counts them by type; any other entity-less type is "other" (a forged label).
+    from paystream.ledger.sink import ENTITYLESS_OUTCOMES
+
+    entityless = {o for o, (entity, _s, _p) in docs.OUTCOMES.items() if entity is None}
+    assert {docs.OUTCOME_PREFIX + o for o in entityless} == ENTITYLESS_OUTCOMES
+
+
 def _page_routes() -> set[str]:
     """The paths of every ``@app.page(...)`` in web/views.py."""
     routes = set()

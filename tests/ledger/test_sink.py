@@ -635,3 +635,36 @@ def test_the_providers_own_text_does_not_count_toward_the_depth() -> None:
         deep = [deep]
     assert not _deeper_than({"object": {"next_action": deep}}, MAX_DEPTH)
     assert _deeper_than({"object": {"metadata": deep}}, MAX_DEPTH)
+
+
+def test_skipped_outcomes_are_counted_under_known_types_only() -> None:
+    # The label comes from whatever lands on the events topic: a forged type per record
+    # would make a new series each, without bound.
+    from prometheus_client import REGISTRY
+
+    from paystream.ledger.sink import outcome_to_ledger_events
+
+    def count(label: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "paystream_ledger_outcomes_skipped_total", {"type": label}
+        )
+        return value or 0.0
+
+    rejected = build_outcome(
+        _cmd("acme"),
+        "command.rejected",
+        rejection_data("payment.capture", RejectReason.NOT_FOUND, "no such payment"),
+    )
+    before = count("com.paystream.command.rejected"), count("other")
+    assert outcome_to_ledger_events(rejected) == []
+    forged = CloudEvent(
+        {"id": "f-1", "source": "/x", "type": f"com.paystream.forged.{uuid.uuid4().hex}",
+         "tenantid": "acme"},
+        {"note": "no entity"},
+    )  # fmt: skip
+    assert outcome_to_ledger_events(forged) == []
+    assert (count("com.paystream.command.rejected"), count("other")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+    assert count(forged.get_type()) == 0
