@@ -1117,18 +1117,60 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo("stopped: worker and embedded services are down.")
 
 
+@cli.command("demo")
+@click.option(
+    "--rate",
+    type=_Finite(min=0, min_open=True, max=1000),
+    default=5.0,
+    show_default=True,
+    help="demo payment flows per second",
+)
+@click.option(
+    "--duration", type=_Finite(min=0), default=None, help="stop after N seconds (default: Ctrl-C)"
+)
+@click.option(
+    "--register/--no-register",
+    default=True,
+    show_default=True,
+    help=f"register the demo tenants ({', '.join(DEMO_TENANTS)}) on the simulator first",
+)
+def demo_command(rate: float, duration: float | None, register: bool) -> None:
+    """Drive demo payment flows through a running fleet (the configured broker): what
+    `paystream dev --demo` does on the embedded stack, for docker-compose and staging."""
+    settings = _settings()
+
+    async def run() -> None:
+        if register:
+            from paystream.tenancy.models import Tenant
+            from paystream.tenancy.registry import put_tenant
+
+            for tid in DEMO_TENANTS:
+                limits = DEMO_LIMITS.get(tid, TenantLimits())
+                await put_tenant(settings, Tenant(tenant_id=tid, name=tid.title(), limits=limits))
+                click.echo(f"registered {tid} (simulator gateway)")
+        await _demo(settings, rate, duration)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        click.echo("\nstopped")
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 async def _demo(
     settings: Settings,
     rate: float,
     duration: float | None,
-    worker_exited: Callable[[], bool],
-    died: str,
+    worker_exited: Callable[[], bool] | None = None,
+    died: str = "",
 ) -> None:
+    """Demo flows until ``duration``; with ``worker_exited``, stop when the worker dies."""
     from paystream.client import PaystreamClient
     from paystream.demo import run_demo
 
     async def watch_worker() -> None:
-        while not worker_exited():
+        while worker_exited is None or not worker_exited():
             await asyncio.sleep(0.5)
 
     def progress(seen: Counter[str], elapsed: float) -> None:

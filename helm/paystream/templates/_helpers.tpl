@@ -1,0 +1,100 @@
+{{/* Names and labels, as `helm create` makes them. */}}
+{{- define "paystream.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "paystream.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "paystream.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "paystream.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "paystream.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "paystream.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "paystream.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "paystream.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: paystream
+{{- end }}
+
+{{- define "paystream.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "paystream.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "paystream.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* Refusals that the values schema cannot express. */}}
+{{- define "paystream.validate" -}}
+{{- if gt (int .Values.replicaCount) (int .Values.partitions) }}
+{{- fail (printf "replicaCount (%d) > partitions (%d): a worker beyond the partition count owns none and is never ready, which stalls rolling updates" (int .Values.replicaCount) (int .Values.partitions)) }}
+{{- end }}
+{{- if and (has "insights" (splitList "," .Values.agents)) (not (has "ledger" (splitList "," .Values.agents))) }}
+{{- fail "agents: insights runs inside the ledger sink's consumer; with a database it needs ledger too (PAYSTREAM_AGENTS)" }}
+{{- end }}
+{{- range $name, $_ := .Values.config }}
+{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR") }}
+{{- fail (printf "config.%s: set by the chart (a value or the Secret), not in config" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The environment of every paystream container: workers and the setup job. Inline,
+not a ConfigMap: the setup job runs as a pre-install hook, before release objects exist. */}}
+{{- define "paystream.env" -}}
+- name: KAFKA_BROKER_URL
+  value: {{ required "kafka.brokerUrl is required" .Values.kafka.brokerUrl | quote }}
+{{- with .Values.redis.url }}
+- name: REDIS_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: PAYSTREAM_APP_ID
+  value: {{ .Values.appId | quote }}
+- name: PAYSTREAM_PARTITIONS
+  value: {{ .Values.partitions | quote }}
+- name: PAYSTREAM_REPLICATION_FACTOR
+  value: {{ .Values.replicationFactor | quote }}
+- name: PAYSTREAM_DATA_DIR
+  value: /var/lib/paystream
+{{- range $key := list "DATABASE_URL" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_MASTER_KEY" }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "existingSecret is required (README: the Helm chart)" $.Values.existingSecret }}
+      key: {{ $key }}
+{{- end }}
+- name: PAYSTREAM_RETIRED_MASTER_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.existingSecret }}
+      key: PAYSTREAM_RETIRED_MASTER_KEYS
+      optional: true
+{{- range $key, $value := .Values.config }}
+- name: {{ $key }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "paystream.securityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: ["ALL"]
+{{- end }}

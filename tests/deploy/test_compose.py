@@ -1,0 +1,173 @@
+"""docker-compose.yml, its Prometheus and Grafana files, and the Dockerfile's package.
+
+No Docker engine runs here: `docker-compose config` (Debian's docker-compose, which needs
+none) validates the file against the Compose schema and resolves it; the checks below
+then hold it to what the workers need."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from paystream.cli import cli
+from paystream.settings import unknown_variables
+from tests.deploy.tools import ROOT, SERVER_URLS, run, tool
+
+ENV_EXAMPLE = ROOT / "deploy" / "compose" / "env.example"
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "PAYSTREAM_DB_APP_PASSWORD": "app-secret",
+    "PAYSTREAM_MASTER_KEY": "bWFzdGVyLWtleS1tYXN0ZXIta2V5LW1hc3Rlci1rZXk=",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-secret",
+}
+
+
+def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # Only the given variables: the developer's own environment must not fill the gaps.
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return run(tool("docker-compose"), "--project-directory", str(ROOT), "config",
+               env={**base, **env})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, Any]:
+    proc = compose_config(SECRETS)
+    assert proc.returncode == 0, proc.stderr
+    config: dict[str, Any] = yaml.safe_load(proc.stdout)
+    return config
+
+
+def paystream_services(config: dict[str, Any]) -> dict[str, Any]:
+    return {n: s for n, s in config["services"].items() if s["image"].startswith("paystream:")}
+
+
+def test_every_secret_must_be_given_none_has_a_default() -> None:
+    proc = compose_config({})
+    assert proc.returncode != 0
+    for name in SECRETS:
+        assert all(compose_config({**SECRETS, name: ""}).returncode != 0 for _ in [0]), name
+    # ...and the example .env names each one the file requires
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", (ROOT / "docker-compose.yml").read_text()))
+    example = set(re.findall(r"^#?\s*([A-Z_]+)=", ENV_EXAMPLE.read_text(), re.M))
+    assert required == set(SECRETS) and required <= example
+
+
+def test_paystream_services_set_only_variables_paystream_reads(resolved: dict[str, Any]) -> None:
+    services = paystream_services(resolved)
+    assert set(services) == {"topics", "migrate", "worker-1", "worker-2", "demo"}
+    for name, service in services.items():
+        env = service["environment"]
+        assert unknown_variables(env) == [], name
+        assert {k for k in env if not k.startswith("PAYSTREAM_")} <= SERVER_URLS, name
+        assert service["command"][0] in cli.commands, (name, service["command"])
+
+
+def test_workers_run_the_same_roles_after_topics_and_schema(resolved: dict[str, Any]) -> None:
+    workers = {n: s for n, s in resolved["services"].items() if s.get("command") == ["worker"]}
+    assert set(workers) == {"worker-1", "worker-2"}
+    roles = {s["environment"]["PAYSTREAM_AGENTS"] for s in workers.values()}
+    assert roles == {"commands,ledger,insights"}  # one group reads the outcomes: same roles
+    for service in workers.values():
+        deps = service["depends_on"]
+        assert deps["topics"]["condition"] == "service_completed_successfully"
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+    services = resolved["services"]
+    assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The owner in DATABASE_URL is the one PostgreSQL creates.
+    owner = services["postgres"]["environment"]["POSTGRES_USER"]
+    url = services["migrate"]["environment"]["DATABASE_URL"]
+    assert url.startswith(f"postgresql+asyncpg://{owner}:{SECRETS['POSTGRES_PASSWORD']}@postgres:")
+
+
+def test_published_ports_are_loopback_only_and_images_pinned(resolved: dict[str, Any]) -> None:
+    for name, service in resolved["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+        image = service["image"]
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), image
+
+
+def test_mounted_files_are_in_the_repository(resolved: dict[str, Any]) -> None:
+    mounted = 0
+    for service in resolved["services"].values():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if source.startswith("/"):
+                assert Path(source).exists(), source
+                mounted += 1
+    assert mounted >= 5
+
+
+def test_prometheus_scrapes_every_worker_and_loads_the_alert_rules(
+    resolved: dict[str, Any], tmp_path: Path
+) -> None:
+    config = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["job_name"] == "paystream"  # the job the alert rules select
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    workers = {n for n, s in resolved["services"].items() if s.get("command") == ["worker"]}
+    ports = {
+        s["environment"].get("PAYSTREAM_WEB_PORT", "6066")
+        for s in paystream_services(resolved).values()
+    }
+    assert targets == {f"{w}:{p}" for w in workers for p in ports}
+    # promtool checks the config with the rule file where the container finds it
+    mounts = dict(
+        reversed(str(v).split(":")[:2]) for v in resolved["services"]["prometheus"]["volumes"]
+        if str(v).startswith("/")
+    )  # fmt: skip
+    config["rule_files"] = [mounts[p] for p in config["rule_files"]]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config))
+    proc = run(tool("promtool"), "check", "config", str(local))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout and "rules found" in proc.stdout
+
+
+def test_grafana_provisions_the_dashboard_from_the_charts_file(resolved: dict[str, Any]) -> None:
+    grafana = resolved["services"]["grafana"]
+    mounts = dict(reversed(str(v).split(":")[:2]) for v in grafana["volumes"])
+    providers = yaml.safe_load((ROOT / "deploy/compose/grafana/dashboards.yml").read_text())
+    path = providers["providers"][0]["options"]["path"]
+    assert Path(mounts[path], "paystream.json").is_file()
+    sources = yaml.safe_load((ROOT / "deploy/compose/grafana/datasources.yml").read_text())
+    assert sources["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+@pytest.mark.slow
+def test_the_package_the_image_installs_holds_what_the_worker_reads(tmp_path: Path) -> None:
+    # The image installs a wheel of the repository (Dockerfile), not the editable checkout
+    # the tests run from: package data left out of it would fail only in production.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(tmp_path),
+         str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [wheel] = tmp_path.glob("paystream-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    package = ROOT / "paystream"
+    wanted = [
+        p.relative_to(ROOT).as_posix()
+        for p in package.rglob("*")
+        # every file but bytecode and notes for developers (no process reads a .md)
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".md"}
+    ]
+    missing = sorted(set(wanted) - names)
+    assert not missing, f"left out of the wheel: {missing[:20]}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M)
+    assert {w for line in copied for w in line.split()} == {
+        "pyproject.toml",
+        "README.md",
+        "paystream",
+    }

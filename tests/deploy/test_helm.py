@@ -1,0 +1,279 @@
+"""The Helm chart (helm/paystream): lint, render, Kubernetes' own schemas, and the facts
+the workers rely on (settings they read, probes, secrets, the setup job, monitoring)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from paystream.settings import unknown_variables
+from tests.deploy.tools import CHART, SERVER_URLS, run, tool
+
+REQUIRED = {
+    "kafka": {"brokerUrl": "kafka://kafka-0.kafka:9092;kafka-1.kafka:9092"},
+    "redis": {"url": "redis://redis:6379/0"},
+    "existingSecret": "paystream-secrets",
+}
+MONITORING = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
+    "networkPolicy": {"enabled": True, "allowFromNamespaces": ["monitoring"]},
+}
+SECRET_KEYS = {"DATABASE_URL", "PAYSTREAM_DB_APP_PASSWORD", "PAYSTREAM_MASTER_KEY"}
+# The chart's minimum Kubernetes (Chart.yaml kubeVersion) and the newest schemas we have.
+K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def helm(*args: str, values: dict[str, Any] | None = None) -> Any:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        json.dump(values or {}, f)  # JSON is YAML
+    try:
+        return run(tool("helm"), *args, str(CHART), "-f", f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    proc = helm("template", "pay", values=_merge(REQUIRED, values or {}))
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def refusal(values: dict[str, Any]) -> str:
+    proc = helm("template", "pay", values=values)
+    assert proc.returncode != 0, f"rendered: {proc.stdout[:500]}"
+    return proc.stderr
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [doc] = by_kind(docs, kind)
+    return doc
+
+
+def containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+
+
+def test_the_chart_lints_strictly() -> None:
+    for values in (REQUIRED, _merge(REQUIRED, MONITORING)):
+        proc = helm("lint", "--strict", values=values)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_manifest_is_valid_for_kubernetes(version: str) -> None:
+    docs = render(MONITORING)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["ConfigMap", "Deployment", "Job", "NetworkPolicy",
+                            "PodDisruptionBudget", "PrometheusRule", "Service",
+                            "ServiceAccount", "ServiceMonitor"])  # fmt: skip
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # the Prometheus Operator's CRDs: checked below
+        # strict: an unknown or misplaced field is an error, not silently dropped
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_required_values_are_refused_when_missing() -> None:
+    assert "brokerUrl" in refusal({"existingSecret": "s"})
+    assert "existingSecret" in refusal({"kafka": REQUIRED["kafka"]})
+    assert "brokerUrl" in refusal(_merge(REQUIRED, {"kafka": {"brokerUrl": "kafka:9092"}}))
+
+
+def test_more_workers_than_partitions_is_refused() -> None:
+    # A worker owning no partition is never ready: a rolling update would stall on it.
+    err = refusal(_merge(REQUIRED, {"replicaCount": 5, "partitions": 4}))
+    assert "replicaCount (5) > partitions (4)" in err
+    render({"replicaCount": 4, "partitions": 4})
+
+
+def test_roles_are_checked() -> None:
+    assert "needs ledger" in refusal(_merge(REQUIRED, {"agents": "commands,insights"}))
+    assert "agents" in refusal(_merge(REQUIRED, {"agents": "commands,fraud"}))
+    render({"agents": "commands"})
+
+
+def test_config_cannot_override_what_the_chart_sets_or_name_a_non_setting() -> None:
+    err = refusal(_merge(REQUIRED, {"config": {"PAYSTREAM_MASTER_KEY": "AAAA"}}))
+    assert "config.PAYSTREAM_MASTER_KEY: set by the chart" in err
+    assert "DATABASE_URL" in refusal(_merge(REQUIRED, {"config": {"DATABASE_URL": "x"}}))
+    assert "config" in refusal(_merge(REQUIRED, {"config": {"log_level": "debug"}}))
+
+
+def _worker(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [c] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_every_variable_set_is_one_paystream_reads() -> None:
+    extra = {"config": {"PAYSTREAM_GATEWAY_TIMEOUT_SECONDS": "5", "PAYSTREAM_OTEL_EXPORTER": "otlp",
+                        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}}  # fmt: skip
+    docs = render(extra)
+    pods = [one(docs, "Deployment"), one(docs, "Job")]
+    for pod in pods:
+        for c in containers(pod["spec"]["template"]["spec"]):
+            names = [e["name"] for e in c["env"]]
+            assert len(names) == len(set(names)), f"{c['name']}: a variable set twice"
+            assert unknown_variables(dict.fromkeys(names, "")) == [], c["name"]
+            others = {n for n in names if not n.startswith(("PAYSTREAM_", "OTEL_"))}
+            assert others <= SERVER_URLS, others
+    # A typo'd setting is caught by the same check (the schema admits any PAYSTREAM_ name).
+    typo = render({"config": {"PAYSTREAM_WEB_TOKN": "x"}})
+    names = {e["name"]: "" for e in _worker(typo)["env"]}
+    assert unknown_variables(names) == ["PAYSTREAM_WEB_TOKN"]
+
+
+def test_secrets_come_from_the_secret_never_from_values() -> None:
+    docs = render()
+    for pod in (one(docs, "Deployment"), one(docs, "Job")):
+        for c in containers(pod["spec"]["template"]["spec"]):
+            env = {e["name"]: e for e in c["env"]}
+            for key in SECRET_KEYS | {"PAYSTREAM_RETIRED_MASTER_KEYS"}:
+                ref = env[key]["valueFrom"]["secretKeyRef"]
+                assert (ref["name"], ref["key"]) == ("paystream-secrets", key)
+                assert "value" not in env[key]
+            assert env["PAYSTREAM_RETIRED_MASTER_KEYS"]["valueFrom"]["secretKeyRef"]["optional"]
+    token = {e["name"]: e for e in _worker(docs)["env"]}["PAYSTREAM_WEB_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["key"] == "PAYSTREAM_WEB_TOKEN"
+    text = yaml.safe_dump_all(docs)
+    assert not re.search(r"postgres(ql)?(\+asyncpg)?://", text)
+
+
+def test_workers_serve_probes_and_lookups_on_their_web_port() -> None:
+    docs = render({"web": {"port": 7077}, "service": {"port": 80}})
+    worker = _worker(docs)
+    env = {e["name"]: e for e in worker["env"]}
+    [port] = worker["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", 7077)
+    assert env["PAYSTREAM_WEB_PORT"]["value"] == "7077"
+    assert env["PAYSTREAM_WEB_HOST"]["value"] == "0.0.0.0"
+    # other workers fetch a tenant's entities from its owner: at the pod's own address
+    assert env["PAYSTREAM_WEB_ADVERTISED_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "status.podIP"
+    )
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    for probe in ("livenessProbe", "startupProbe"):
+        assert worker[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert worker["args"] == ["worker"]
+    assert env["PAYSTREAM_AGENTS"]["value"] == "commands,ledger,insights"
+    assert env["PAYSTREAM_TABLE_STORE"]["value"] == "rocksdb://"
+    service = one(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_workers_run_unprivileged_with_writable_data_and_tmp_only() -> None:
+    docs = render()
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    worker = _worker(docs)
+    sc = worker["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+    assert not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
+    data_dir = {e["name"]: e.get("value") for e in worker["env"]}["PAYSTREAM_DATA_DIR"]
+    mounts = {m["mountPath"] for m in worker["volumeMounts"]}
+    assert mounts == {data_dir, "/tmp"}
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_selectors_match_the_pods_they_select() -> None:
+    docs = render(MONITORING)
+    deployment = one(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector: dict[str, str]) -> bool:
+        return selector.items() <= pod_labels.items()
+
+    assert selects(deployment["spec"]["selector"]["matchLabels"])
+    assert selects(one(docs, "Service")["spec"]["selector"])
+    assert selects(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
+    assert selects(one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"])
+    # the setup job's pods are not workers: the Service and the PDB must not count them
+    job_labels = one(docs, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert not one(docs, "Service")["spec"]["selector"].items() <= job_labels.items()
+
+
+def test_the_setup_job_makes_topics_then_the_schema_before_workers_start() -> None:
+    docs = render({"partitions": 8})
+    job = one(docs, "Job")
+    hooks = job["metadata"]["annotations"]["helm.sh/hook"].split(",")
+    assert hooks == ["pre-install", "pre-upgrade"]
+    spec = job["spec"]["template"]["spec"]
+    assert [c["args"] for c in containers(spec)] == [["topics"], ["migrate"]]
+    # same servers and partition count as the workers
+    worker_env = {e["name"]: e for e in _worker(docs)["env"]}
+    for c in containers(spec):
+        env = {e["name"]: e for e in c["env"]}
+        assert env["PAYSTREAM_PARTITIONS"]["value"] == "8"
+        for name in ("KAFKA_BROKER_URL", "DATABASE_URL", "PAYSTREAM_DB_APP_PASSWORD"):
+            assert env[name] == worker_env[name]
+    assert render({"setupJob": {"enabled": False}}) and not by_kind(
+        render({"setupJob": {"enabled": False}}), "Job"
+    )
+
+
+def test_monitoring_scrapes_with_the_token_and_ships_the_rules_and_dashboard() -> None:
+    docs = render(MONITORING)
+    service = one(docs, "Service")
+    monitor = one(docs, "ServiceMonitor")["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    [endpoint] = monitor["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    creds = endpoint["authorization"]["credentials"]
+    assert (creds["name"], creds["key"]) == ("paystream-secrets", "PAYSTREAM_WEB_TOKEN")
+    # The alert rules select job="paystream": the job label the ServiceMonitor gives.
+    assert service["metadata"]["labels"][monitor["jobLabel"]] == "paystream"
+    rules = yaml.safe_load((CHART / "files/prometheus/alerts.yml").read_text())
+    assert one(docs, "PrometheusRule")["spec"] == rules
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    assert any('job="paystream"' in e for e in exprs)
+    dashboard = one(docs, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "files/grafana/paystream.json").read_text())
+    assert json.loads(dashboard["data"]["paystream.json"]) == shipped
+
+
+def test_container_commands_are_paystream_commands() -> None:
+    from paystream.cli import cli
+
+    entrypoint = re.search(
+        r"^ENTRYPOINT (.+)$", (CHART.parents[1] / "Dockerfile").read_text(), re.M
+    )
+    assert entrypoint and json.loads(entrypoint.group(1)) == ["paystream"]
+    docs = render()
+    for pod in (one(docs, "Deployment"), one(docs, "Job")):
+        for c in containers(pod["spec"]["template"]["spec"]):
+            assert "command" not in c  # the image's entrypoint runs
+            assert c["args"][0] in cli.commands, c["args"]
+
+
+def test_the_chart_and_the_package_agree_on_the_version() -> None:
+    import tomllib
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    image = _worker(render())["image"]
+    assert image == f"paystream:{project['version']}"
