@@ -6,14 +6,16 @@ FROM python:3.11-slim-bookworm AS build
 # Wheels only: every dependency ships manylinux wheels (rocksdict bundles RocksDB), so
 # the image needs no compiler, and a dependency that would build from source fails here.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ONLY_BINARY=:all:
-RUN python -m venv /opt/paystream
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY paystream ./paystream
+# paystream's own wheel, built in a throwaway venv: the build tools stay out of the image.
+RUN python -m venv /tmp/build \
+    && /tmp/build/bin/pip wheel --no-deps --wheel-dir /tmp/wheels .
 # The [otel] extra: tracing can be turned on with PAYSTREAM_OTEL_EXPORTER alone.
-RUN PIP_ONLY_BINARY=:none: /opt/paystream/bin/pip install --upgrade pip setuptools wheel \
-    && /opt/paystream/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
-    && /opt/paystream/bin/pip install "$(ls /tmp/wheels/paystream-*.whl)[otel]"
+RUN python -m venv --without-pip /opt/paystream \
+    && /tmp/build/bin/pip --python /opt/paystream/bin/python install \
+       "$(ls /tmp/wheels/paystream-*.whl)[otel]"
 
 FROM python:3.11-slim-bookworm
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/paystream --create-home paystream

@@ -1132,7 +1132,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     "--register/--no-register",
     default=True,
     show_default=True,
-    help=f"register the demo tenants ({', '.join(DEMO_TENANTS)}) on the simulator first",
+    help=f"register the demo tenants ({', '.join(DEMO_TENANTS)}) on the simulator where they "
+    "are not registered (a registered one is never rewritten)",
 )
 def demo_command(rate: float, duration: float | None, register: bool) -> None:
     """Drive demo payment flows through a running fleet (the configured broker): what
@@ -1142,12 +1143,33 @@ def demo_command(rate: float, duration: float | None, register: bool) -> None:
     async def run() -> None:
         if register:
             from paystream.tenancy.models import Tenant
-            from paystream.tenancy.registry import put_tenant
+            from paystream.tenancy.registry import (
+                list_tenants,
+                put_tenants_unless_changed,
+            )
 
+            known = await list_tenants(settings)
+            absent = [t for t in DEMO_TENANTS if t not in known]
+            # Only where absent: a restart of the demo (compose restarts it) must not undo
+            # an operator's suspension, limits or provider; base None also loses to
+            # anyone registering the same tenant meanwhile.
+            await put_tenants_unless_changed(
+                settings,
+                [
+                    (
+                        None,
+                        Tenant(
+                            tenant_id=tid,
+                            name=tid.title(),
+                            limits=DEMO_LIMITS.get(tid, TenantLimits()),
+                        ),
+                    )
+                    for tid in absent
+                ],
+            )
             for tid in DEMO_TENANTS:
-                limits = DEMO_LIMITS.get(tid, TenantLimits())
-                await put_tenant(settings, Tenant(tenant_id=tid, name=tid.title(), limits=limits))
-                click.echo(f"registered {tid} (simulator gateway)")
+                said = "registered" if tid in absent else "already registered, left as it is"
+                click.echo(f"{tid}: {said}")
         await _demo(settings, rate, duration)
 
     try:

@@ -21,7 +21,7 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
     with dep.worker() as worker:
         worker.wait_ready([], partitions=dep.settings.partitions)
         out = run_cli(dep, "demo", "--rate", "20", "--duration", "4").stdout
-    assert "registered acme" in out and "registered globex" in out
+    assert "acme: registered" in out and "globex: registered" in out
     done = re.search(r"demo done: (\d+) outcomes: (\{.*\})", out)
     assert done, out
     seen = ast.literal_eval(done.group(2))  # a dict's repr, printed by the command
@@ -32,8 +32,11 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
         for t in map(json.loads, run_cli(dep, "tenants", "list").stdout.splitlines())
     }
     assert listed["globex"]["limits"]["commands_per_second"] == 50
-    # --no-register leaves the registry alone: an operator's tenants are never rewritten.
+    # A registered tenant is never rewritten (compose restarts the demo): an operator's
+    # suspension stays, and so does --no-register's registry.
     run_cli(dep, "tenants", "suspend", "acme")
+    again = run_cli(dep, "demo", "--rate", "5", "--duration", "1").stdout
+    assert "acme: already registered, left as it is" in again
     run_cli(dep, "demo", "--no-register", "--rate", "5", "--duration", "1")
     statuses = {
         t["tenant_id"]: t["status"]

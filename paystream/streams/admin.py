@@ -71,11 +71,17 @@ def topic_configs(settings: Settings, name: str) -> dict[str, str]:
 
 
 async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> list[str]:
-    """Create any missing paystream topic; returns the names that were created."""
+    """Create any missing paystream topic; returns the names that were created.
+
+    Raises :class:`TopicCreationError` when an existing paystream topic has another
+    partition count than ``PAYSTREAM_PARTITIONS``: workers started with that setting would
+    wait for partitions that do not exist (an upgrade that changed it, run as the setup
+    step, must stop there)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        await _check_partition_counts(admin, settings, existing)
         wanted = [*settings.topic_names(), *(extra or [])]
         new = [
             NewTopic(
@@ -98,7 +104,26 @@ async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> l
 
 
 class TopicCreationError(RuntimeError):
-    """The broker refused to create some topics (the answer names each and why)."""
+    """The broker refused to create some topics (the answer names each and why), or
+    existing ones do not have the configured partition count."""
+
+
+async def _check_partition_counts(
+    admin: AIOKafkaAdminClient, settings: Settings, existing: set[str]
+) -> None:
+    cluster = await admin._client.fetch_all_metadata()
+    wrong = [
+        f"{name} has {count} partitions"
+        for name in settings.topic_names()
+        if name in existing
+        and (count := len(cluster.partitions_for_topic(name) or ())) != settings.partitions
+    ]
+    if wrong:
+        raise TopicCreationError(
+            f"{'; '.join(wrong)}, but PAYSTREAM_PARTITIONS is {settings.partitions}: set it to "
+            "the topics' count (never add partitions to the tenant registry; README, Running "
+            "against real Kafka, PostgreSQL and Redis)"
+        )
 
 
 def _raise_failures(topic_errors: list[tuple[object, ...]]) -> None:

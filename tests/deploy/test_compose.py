@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -65,6 +66,8 @@ def test_paystream_services_set_only_variables_paystream_reads(resolved: dict[st
     assert set(services) == {"topics", "migrate", "worker-1", "worker-2", "demo"}
     for name, service in services.items():
         env = service["environment"]
+        # the base environment reached every service (a broken `<<:` merge would not)
+        assert {"KAFKA_BROKER_URL", "DATABASE_URL", "PAYSTREAM_MASTER_KEY"} <= env.keys(), name
         assert unknown_variables(env) == [], name
         assert {k for k in env if not k.startswith("PAYSTREAM_")} <= SERVER_URLS, name
         assert service["command"][0] in cli.commands, (name, service["command"])
@@ -94,6 +97,32 @@ def test_published_ports_are_loopback_only_and_images_pinned(resolved: dict[str,
             assert str(port).startswith("127.0.0.1:"), (name, port)
         image = service["image"]
         assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), image
+
+
+def test_state_lives_on_the_volumes(resolved: dict[str, Any]) -> None:
+    # apache/kafka logs to /tmp inside the container unless told: a recreated container
+    # would lose the registry, the changelogs and the offsets.
+    kafka = resolved["services"]["kafka"]
+    [data] = [str(v).split(":")[1] for v in kafka["volumes"] if str(v).startswith("kafka-data")]
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == data
+    assert "--appendonly" in resolved["services"]["redis"]["command"]
+
+
+def test_health_checks_say_ready_for_workers_and_nothing_for_the_others(
+    resolved: dict[str, Any],
+) -> None:
+    for name, service in paystream_services(resolved).items():
+        check = service["healthcheck"]
+        if service["command"] == ["worker"]:
+            assert "/readyz" in " ".join(check["test"]), name
+        else:  # one-shot and demo services serve no /healthz: never "unhealthy"
+            # (`disable: true`, which compose resolves to test NONE)
+            assert check.get("disable") is True or check["test"] == ["NONE"], name
+    gated = resolved["services"]["demo"]["depends_on"]
+    assert {n for n, d in gated.items() if d["condition"] == "service_healthy"} == {
+        "worker-1",
+        "worker-2",
+    }
 
 
 def test_mounted_files_are_in_the_repository(resolved: dict[str, Any]) -> None:
@@ -147,9 +176,20 @@ def test_grafana_provisions_the_dashboard_from_the_charts_file(resolved: dict[st
 def test_the_package_the_image_installs_holds_what_the_worker_reads(tmp_path: Path) -> None:
     # The image installs a wheel of the repository (Dockerfile), not the editable checkout
     # the tests run from: package data left out of it would fail only in production.
+    # Built from a copy of what the Dockerfile copies: a stale build/ in the checkout would
+    # otherwise fill the wheel's gaps.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "paystream",
+        source / "paystream",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(tmp_path),
-         str(ROOT)],
+         str(source)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

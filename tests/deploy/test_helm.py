@@ -17,13 +17,14 @@ from paystream.settings import unknown_variables
 from tests.deploy.tools import CHART, SERVER_URLS, run, tool
 
 REQUIRED = {
+    "image": {"repository": "registry.example/paystream"},
     "kafka": {"brokerUrl": "kafka://kafka-0.kafka:9092;kafka-1.kafka:9092"},
     "redis": {"url": "redis://redis:6379/0"},
     "existingSecret": "paystream-secrets",
 }
 MONITORING = {
     "metrics": {
-        "serviceMonitor": {"enabled": True},
+        "serviceMonitor": {"enabled": True, "tokenSecret": {"name": "scrape-token"}},
         "prometheusRule": {"enabled": True},
         "grafanaDashboard": {"enabled": True},
     },
@@ -41,17 +42,18 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def helm(*args: str, values: dict[str, Any] | None = None) -> Any:
+def helm(*args: str, values: dict[str, Any] | None = None, kube: str | None = None) -> Any:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         json.dump(values or {}, f)  # JSON is YAML
+    versions = ["--kube-version", kube] if kube else []
     try:
-        return run(tool("helm"), *args, str(CHART), "-f", f.name)
+        return run(tool("helm"), *args, str(CHART), "-f", f.name, *versions)
     finally:
         os.unlink(f.name)
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    proc = helm("template", "pay", values=_merge(REQUIRED, values or {}))
+def render(values: dict[str, Any] | None = None, kube: str | None = None) -> list[dict[str, Any]]:
+    proc = helm("template", "pay", values=_merge(REQUIRED, values or {}), kube=kube)
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -83,7 +85,7 @@ def test_the_chart_lints_strictly() -> None:
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_manifest_is_valid_for_kubernetes(version: str) -> None:
-    docs = render(MONITORING)
+    docs = render(MONITORING, kube=version)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ConfigMap", "Deployment", "Job", "NetworkPolicy",
                             "PodDisruptionBudget", "PrometheusRule", "Service",
@@ -96,9 +98,30 @@ def test_every_manifest_is_valid_for_kubernetes(version: str) -> None:
 
 
 def test_required_values_are_refused_when_missing() -> None:
-    assert "brokerUrl" in refusal({"existingSecret": "s"})
-    assert "existingSecret" in refusal({"kafka": REQUIRED["kafka"]})
-    assert "brokerUrl" in refusal(_merge(REQUIRED, {"kafka": {"brokerUrl": "kafka:9092"}}))
+    def without(key: str) -> dict[str, Any]:
+        return {k: v for k, v in REQUIRED.items() if k != key}
+
+    assert "brokerUrl" in refusal(without("kafka"))
+    assert "existingSecret" in refusal(without("existingSecret"))
+    assert "image.repository" in refusal(without("image"))
+    for url in ("kafka:9092", "kafka://kafka", "kafka://a:9092;b"):
+        assert "brokerUrl" in refusal(_merge(REQUIRED, {"kafka": {"brokerUrl": url}})), url
+    # a typo'd key is refused, not silently ignored
+    assert "replicas" in refusal(_merge(REQUIRED, {"replicas": 3}))
+
+
+def test_the_fleet_can_be_paused_and_drains_are_never_blocked() -> None:
+    assert one(render({"replicaCount": 0}), "Deployment")["spec"]["replicas"] == 0
+    assert "maxUnavailable" in refusal(
+        _merge(REQUIRED, {"podDisruptionBudget": {"maxUnavailable": 0}})
+    )
+    # an unready worker (stalled, crash-looping) may still be evicted where Kubernetes can
+    new = one(render(kube="1.30.0"), "PodDisruptionBudget")["spec"]
+    assert new["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert (
+        "unhealthyPodEvictionPolicy"
+        not in one(render(kube="1.25.0"), "PodDisruptionBudget")["spec"]
+    )
 
 
 def test_more_workers_than_partitions_is_refused() -> None:
@@ -149,6 +172,9 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
     for pod in (one(docs, "Deployment"), one(docs, "Job")):
         for c in containers(pod["spec"]["template"]["spec"]):
             env = {e["name"]: e for e in c["env"]}
+            if c["name"] == "topics":  # the broker alone: no database, no master key
+                assert not [e for e in c["env"] if "valueFrom" in e]
+                continue
             for key in SECRET_KEYS | {"PAYSTREAM_RETIRED_MASTER_KEYS"}:
                 ref = env[key]["valueFrom"]["secretKeyRef"]
                 assert (ref["name"], ref["key"]) == ("paystream-secrets", key)
@@ -195,6 +221,12 @@ def test_workers_run_unprivileged_with_writable_data_and_tmp_only() -> None:
     mounts = {m["mountPath"] for m in worker["volumeMounts"]}
     assert mounts == {data_dir, "/tmp"}
     assert spec["automountServiceAccountToken"] is False
+    # A Service named paystream-web would inject PAYSTREAM_WEB_PORT=tcp://… otherwise.
+    for pod in (one(docs, "Deployment"), one(docs, "Job")):
+        assert pod["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    assert worker["resources"]["limits"]["ephemeral-storage"]
+    data = {v["name"]: v for v in spec["volumes"]}["data"]
+    assert data["emptyDir"]["sizeLimit"]
 
 
 def test_selectors_match_the_pods_they_select() -> None:
@@ -226,8 +258,11 @@ def test_the_setup_job_makes_topics_then_the_schema_before_workers_start() -> No
     for c in containers(spec):
         env = {e["name"]: e for e in c["env"]}
         assert env["PAYSTREAM_PARTITIONS"]["value"] == "8"
-        for name in ("KAFKA_BROKER_URL", "DATABASE_URL", "PAYSTREAM_DB_APP_PASSWORD"):
-            assert env[name] == worker_env[name]
+        shared = ["KAFKA_BROKER_URL", "PAYSTREAM_APP_ID", "PAYSTREAM_REPLICATION_FACTOR"]
+        if c["name"] == "migrate":
+            shared += ["DATABASE_URL", "PAYSTREAM_DB_APP_PASSWORD"]
+        for name in shared:
+            assert env[name] == worker_env[name], (c["name"], name)
     assert render({"setupJob": {"enabled": False}}) and not by_kind(
         render({"setupJob": {"enabled": False}}), "Job"
     )
@@ -242,7 +277,8 @@ def test_monitoring_scrapes_with_the_token_and_ships_the_rules_and_dashboard() -
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     creds = endpoint["authorization"]["credentials"]
-    assert (creds["name"], creds["key"]) == ("paystream-secrets", "PAYSTREAM_WEB_TOKEN")
+    # a Secret of its own: monitoring need not read the one holding the master key
+    assert (creds["name"], creds["key"]) == ("scrape-token", "PAYSTREAM_WEB_TOKEN")
     # The alert rules select job="paystream": the job label the ServiceMonitor gives.
     assert service["metadata"]["labels"][monitor["jobLabel"]] == "paystream"
     rules = yaml.safe_load((CHART / "files/prometheus/alerts.yml").read_text())
@@ -276,4 +312,10 @@ def test_the_chart_and_the_package_agree_on_the_version() -> None:
     project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"]
     image = _worker(render())["image"]
-    assert image == f"paystream:{project['version']}"
+    assert image == f"registry.example/paystream:{project['version']}"
+
+
+def test_a_network_policy_that_would_shut_out_prometheus_is_refused() -> None:
+    shut = _merge(REQUIRED, {"networkPolicy": {"enabled": True, "allowFromNamespaces": []},
+                             "metrics": {"serviceMonitor": {"enabled": True}}})  # fmt: skip
+    assert "allowFromNamespaces" in refusal(shut)

@@ -70,3 +70,23 @@ async def test_parked_and_dead_letter_topics_are_kept_until_handled(
             assert (retention == "-1") is (topic in kept), (topic, retention)
     finally:
         await admin.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_existing_topics_with_another_partition_count_are_refused(
+    deployment_factory: Any,
+) -> None:
+    """`paystream topics` on an upgrade that changes PAYSTREAM_PARTITIONS: the topics exist
+    with the old count, and workers started with the new one would own partitions that do
+    not exist (never ready). The setup step must fail, naming them, not pass."""
+    from paystream.streams.admin import ensure_topics
+
+    dep = await deployment_factory()
+    settings = dep.settings
+    assert await ensure_topics(settings) == []  # all exist, with the configured count
+    more = settings.model_copy(update={"partitions": settings.partitions * 2})
+    with pytest.raises(TopicCreationError) as err:
+        await ensure_topics(more)
+    message = str(err.value)
+    assert f"{settings.commands_topic} has {settings.partitions} partitions" in message
+    assert f"PAYSTREAM_PARTITIONS is {settings.partitions * 2}" in message

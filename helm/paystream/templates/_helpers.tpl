@@ -35,7 +35,7 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 
 {{- define "paystream.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ required "image.repository is required: where the image built from ./Dockerfile was pushed" .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
 {{/* Refusals that the values schema cannot express. */}}
@@ -45,6 +45,9 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- if and (has "insights" (splitList "," .Values.agents)) (not (has "ledger" (splitList "," .Values.agents))) }}
 {{- fail "agents: insights runs inside the ledger sink's consumer; with a database it needs ledger too (PAYSTREAM_AGENTS)" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.metrics.serviceMonitor.enabled (not .Values.networkPolicy.allowFromNamespaces) }}
+{{- fail "networkPolicy: with the ServiceMonitor on, name Prometheus's namespace in networkPolicy.allowFromNamespaces (else it cannot scrape, and every worker reads as down)" }}
 {{- end }}
 {{- range $name, $_ := .Values.config }}
 {{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR") }}
@@ -56,25 +59,12 @@ app.kubernetes.io/part-of: paystream
 {{/* The environment of every paystream container: workers and the setup job. Inline,
 not a ConfigMap: the setup job runs as a pre-install hook, before release objects exist. */}}
 {{- define "paystream.env" -}}
-- name: KAFKA_BROKER_URL
-  value: {{ required "kafka.brokerUrl is required" .Values.kafka.brokerUrl | quote }}
-{{- with .Values.redis.url }}
-- name: REDIS_URL
-  value: {{ . | quote }}
-{{- end }}
-- name: PAYSTREAM_APP_ID
-  value: {{ .Values.appId | quote }}
-- name: PAYSTREAM_PARTITIONS
-  value: {{ .Values.partitions | quote }}
-- name: PAYSTREAM_REPLICATION_FACTOR
-  value: {{ .Values.replicationFactor | quote }}
-- name: PAYSTREAM_DATA_DIR
-  value: /var/lib/paystream
+{{ include "paystream.brokerEnv" . }}
 {{- range $key := list "DATABASE_URL" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_MASTER_KEY" }}
 - name: {{ $key }}
   valueFrom:
     secretKeyRef:
-      name: {{ required "existingSecret is required (README: the Helm chart)" $.Values.existingSecret }}
+      name: {{ required "existingSecret is required (README: docker-compose and Helm)" $.Values.existingSecret }}
       key: {{ $key }}
 {{- end }}
 - name: PAYSTREAM_RETIRED_MASTER_KEYS
@@ -83,6 +73,24 @@ not a ConfigMap: the setup job runs as a pre-install hook, before release object
       name: {{ .Values.existingSecret }}
       key: PAYSTREAM_RETIRED_MASTER_KEYS
       optional: true
+{{- with .Values.redis.url }}
+- name: REDIS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* What `paystream topics` needs: the broker, the topics' shape, the settings given. */}}
+{{- define "paystream.brokerEnv" -}}
+- name: KAFKA_BROKER_URL
+  value: {{ required "kafka.brokerUrl is required" .Values.kafka.brokerUrl | quote }}
+- name: PAYSTREAM_APP_ID
+  value: {{ .Values.appId | quote }}
+- name: PAYSTREAM_PARTITIONS
+  value: {{ .Values.partitions | quote }}
+- name: PAYSTREAM_REPLICATION_FACTOR
+  value: {{ .Values.replicationFactor | quote }}
+- name: PAYSTREAM_DATA_DIR
+  value: /var/lib/paystream
 {{- range $key, $value := .Values.config }}
 - name: {{ $key }}
   value: {{ $value | quote }}
