@@ -73,10 +73,10 @@ def topic_configs(settings: Settings, name: str) -> dict[str, str]:
 async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> list[str]:
     """Create any missing paystream topic; returns the names that were created.
 
-    Raises :class:`TopicCreationError` when an existing paystream topic has another
-    partition count than ``PAYSTREAM_PARTITIONS``: workers started with that setting would
-    wait for partitions that do not exist (an upgrade that changed it, run as the setup
-    step, must stop there)."""
+    Raises :class:`TopicCreationError` when the existing commands or events topic has
+    another partition count than ``PAYSTREAM_PARTITIONS``: workers started with that
+    setting would wait for partitions that do not exist (an upgrade that changed it, run as
+    the setup step, must stop there)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
     await admin.start()
     try:
@@ -111,10 +111,13 @@ class TopicCreationError(RuntimeError):
 async def _check_partition_counts(
     admin: AIOKafkaAdminClient, settings: Settings, existing: set[str]
 ) -> None:
+    # The agents' sources: their tables' changelogs are co-partitioned with them. (Dead
+    # letters, parked commands and the registry may have any count.)
+    sources = (settings.commands_topic, settings.events_topic)
     cluster = await admin._client.fetch_all_metadata()
     wrong = [
         f"{name} has {count} partitions"
-        for name in settings.topic_names()
+        for name in sources
         if name in existing
         and (count := len(cluster.partitions_for_topic(name) or ())) != settings.partitions
     ]

@@ -90,3 +90,4 @@ async def test_existing_topics_with_another_partition_count_are_refused(
     message = str(err.value)
     assert f"{settings.commands_topic} has {settings.partitions} partitions" in message
     assert f"PAYSTREAM_PARTITIONS is {settings.partitions * 2}" in message
+    assert settings.events_topic in message and settings.dlq_topic not in message
