@@ -969,18 +969,23 @@ def _last_error(log_path: Path) -> str:
     return f"\n  {errors[-1].strip()[:300]}" if errors else ""
 
 
-@cli.command()
-@click.option("--demo", is_flag=True, help="drive demo traffic through the worker")
-@click.option(
+# The demo's pace and length: `dev --demo` and `demo` take the same.
+_demo_rate = click.option(
     "--rate",
     type=_Finite(min=0, min_open=True, max=1000),
     default=5.0,
     show_default=True,
     help="demo payment flows per second",
 )
-@click.option(
+_duration = click.option(
     "--duration", type=_Finite(min=0), default=None, help="stop after N seconds (default: Ctrl-C)"
 )
+
+
+@cli.command()
+@click.option("--demo", is_flag=True, help="drive demo traffic through the worker")
+@_demo_rate
+@_duration
 @click.option("--web-port", type=int, default=None, help="worker web port (default: settings)")
 def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -> None:
     """Start the embedded stack, a worker and its dashboard; Ctrl-C stops everything."""
@@ -1118,16 +1123,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
 
 
 @cli.command("demo")
-@click.option(
-    "--rate",
-    type=_Finite(min=0, min_open=True, max=1000),
-    default=5.0,
-    show_default=True,
-    help="demo payment flows per second",
-)
-@click.option(
-    "--duration", type=_Finite(min=0), default=None, help="stop after N seconds (default: Ctrl-C)"
-)
+@_demo_rate
+@_duration
 @click.option(
     "--register/--no-register",
     default=True,
