@@ -911,8 +911,17 @@ def _view_schemas() -> Doc:
             {"error": {"enum": ["unauthorized", "not_found", "unavailable"]}, "message": _STR}
         ),
         "Health": _object(
-            {"ok": {"const": True}, "uptime_s": {**number, "minimum": 0}},
-            "The worker's process answers (a liveness probe).",
+            {
+                "ok": {"type": "boolean"},
+                "uptime_s": {**number, "minimum": 0},
+                "failing": {
+                    "type": "array",
+                    "items": _STR,
+                    "description": "why the worker should be restarted: its command agent "
+                    "wedged (behind, no progress for PAYSTREAM_LIVENESS_STALL_SECONDS)",
+                },
+            },
+            "The worker answers, and its command agent is not wedged (a liveness probe).",
         ),
         "Ready": _object(
             {
@@ -1077,9 +1086,13 @@ def openapi() -> Doc:
         },
         "/healthz": {
             "get": {
-                "summary": "Alive (open without the token).",
+                "summary": "Alive: 503 while the command agent is wedged, behind with no "
+                "progress for PAYSTREAM_LIVENESS_STALL_SECONDS (open without the token).",
                 "security": [],
-                "responses": {"200": _json("Health", "alive")},
+                "responses": {
+                    "200": _json("Health", "alive"),
+                    "503": _json("Health", "wedged: restart it (`failing` says why)"),
+                },
             }
         },
         "/readyz": {

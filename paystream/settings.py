@@ -238,6 +238,14 @@ class Settings(BaseSettings):
         "when it is the worker's own source agent (commands; the sink on a ledger-only "
         "worker).",
     )
+    liveness_stall_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="PAYSTREAM_LIVENESS_STALL_SECONDS: the command agent stalled (behind, no "
+        "committed progress, time spent rebalancing or recovering tables not counted) for this "
+        "long is wedged: /healthz answers 503, so that a liveness probe restarts the worker. "
+        "0 turns it off; otherwise at least PAYSTREAM_STALL_SECONDS.",
+    )
     web_host: str = Field(default="127.0.0.1", description="PAYSTREAM_WEB_HOST: worker web bind.")
     web_advertised_host: str | None = Field(
         default=None,
@@ -431,6 +439,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PAYSTREAM_INSIGHTS_HORIZON_SECONDS must be at least "
                 "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_after_readiness(self) -> Settings:
+        # Restarted before it was ever reported unready, a stalled worker would leave
+        # nothing for an operator to see but restarts.
+        if 0 < self.liveness_stall_seconds < self.stall_seconds:
+            raise ValueError(
+                "PAYSTREAM_LIVENESS_STALL_SECONDS must be 0 (off) or at least "
+                "PAYSTREAM_STALL_SECONDS"
             )
         return self
 

@@ -26,10 +26,12 @@ from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.views import SummaryCache, entity_view
+from paystream.web.liveness import LivenessWatch
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
 
 _STARTED = time.time()
+_liveness = LivenessWatch()
 _summaries = SummaryCache()
 _ENTITY_TABLES = {
     "customers": t.customers,
@@ -137,8 +139,28 @@ class MetricsView(View):
 
 @app.page("/healthz")
 class HealthView(View):
+    """For a liveness probe: 503 while the command agent is wedged (behind, with no
+    progress for PAYSTREAM_LIVENESS_STALL_SECONDS, not counting time spent settling),
+    so that the worker is restarted and its partitions move to a peer meanwhile."""
+
     async def get(self, request: Request) -> Response:
-        return self.json({"ok": True, "uptime_s": round(time.time() - _STARTED, 1)})
+        _observe_settling()
+        failing = _liveness.failures(
+            stalls(metrics.PROGRESS.tracked(), 0.0) if settings.runs("commands") else [],
+            after=settings.liveness_stall_seconds,
+        )
+        body = {"ok": not failing, "uptime_s": round(time.time() - _STARTED, 1), "failing": failing}
+        return self.json(body, status=503 if failing else 200)
+
+
+def _observe_settling() -> bool:
+    """Is the worker settling (rebalancing, recovering tables, reading the registry)?
+    Told to the liveness watch, whichever probe asks."""
+    settling = bool(
+        app.rebalancing or getattr(app, "in_recovery", False) or not registry.ready.is_set()
+    )
+    _liveness.observe(settling=settling)
+    return settling
 
 
 @app.page("/readyz")
@@ -150,6 +172,7 @@ class ReadyView(View):
     database does not stop commands, so it does not make the worker unready."""
 
     async def get(self, request: Request) -> Response:
+        _observe_settling()
         stalled = stalls(metrics.PROGRESS.tracked(), settings.stall_seconds)
         source = "commands" if settings.runs("commands") else OUTCOMES_AGENT
         waiting = not_ready_because(

@@ -32,7 +32,7 @@ async def get_json(http: aiohttp.ClientSession, path: str, status: int = 200) ->
 
 async def test_healthz(http: aiohttp.ClientSession) -> None:
     body = await get_json(http, "/healthz")
-    assert body["ok"] is True
+    assert body["ok"] is True and body["failing"] == []
     assert body["uptime_s"] >= 0
 
 

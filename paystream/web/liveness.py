@@ -1,0 +1,61 @@
+"""When a live worker is of no use: its command agent wedged, /healthz fails.
+
+A Kafka worker that is up but makes no progress holds its partitions for ever: readiness
+(``/readyz``) says so, but nothing routes traffic by readiness here, so nothing acts on
+it. Failing liveness after a much longer stall lets the orchestrator restart the worker;
+its partitions move to a peer meanwhile, and the restarted worker resumes from the
+committed offsets (nothing durable is lost: offsets are committed only once outcomes
+and table changes are).
+
+Only the command agent is judged. A ledger sink stalls on its database, which a restart
+does not bring back; restarting would only add noise to an outage (``/readyz`` and
+``PaystreamLedgerSinkStalled`` report it).
+
+Time spent settling (rebalancing, recovering tables, reading the tenant registry) is not
+a stall: a worker that took twenty minutes to recover its tables must not be judged on
+them the moment it is done. A stall is counted from the later of when it began and when
+the worker was last seen settling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from paystream.agents.offsets import Stall
+
+__all__ = ["COMMANDS_AGENT", "LivenessWatch"]
+
+COMMANDS_AGENT = "commands"
+
+
+class LivenessWatch:
+    """Remembers when the worker was last seen settling; judges the command agent's stall."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._settled_since = clock()  # settling until proven otherwise: starting up
+
+    def observe(self, *, settling: bool) -> None:
+        """Every probe (readiness too) says whether the worker is settling right now."""
+        if settling:
+            self._settled_since = self._clock()
+
+    def failures(self, stalled: Iterable[Stall], *, after: float) -> list[str]:
+        """Why the worker should be restarted (empty: it should not). ``stalled``: every
+        agent behind without progress, with for how long; ``after``: seconds of stall that
+        make it wedged (0: never)."""
+        if after <= 0:
+            return []
+        now = self._clock()
+        out = []
+        for stall in stalled:
+            if stall.agent != COMMANDS_AGENT:
+                continue
+            seconds = min(stall.seconds, now - self._settled_since)
+            if seconds >= after:
+                out.append(
+                    f"{stall.agent} agent wedged: {stall.behind} records behind, no progress "
+                    f"for {seconds:.0f} s (PAYSTREAM_LIVENESS_STALL_SECONDS={after:.0f})"
+                )
+        return out

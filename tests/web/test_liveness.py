@@ -1,0 +1,78 @@
+"""Liveness: a worker whose command agent is wedged fails /healthz, one settling does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from paystream.agents.offsets import Stall
+from paystream.errors import ConfigurationError
+from paystream.settings import load_settings
+from paystream.web.liveness import LivenessWatch
+
+WEDGED_AFTER = 600.0
+
+
+def _watch(now: list[float]) -> LivenessWatch:
+    return LivenessWatch(clock=lambda: now[0])
+
+
+def test_a_command_agent_stalled_past_the_limit_is_wedged() -> None:
+    now = [0.0]
+    watch = _watch(now)
+    watch.observe(settling=False)
+    now[0] = 1000.0
+    assert watch.failures([Stall("commands", 40, 599.0)], after=WEDGED_AFTER) == []
+    assert watch.failures([Stall("commands", 40, 650.4)], after=WEDGED_AFTER) == [
+        "commands agent wedged: 40 records behind, no progress for 650 s "
+        "(PAYSTREAM_LIVENESS_STALL_SECONDS=600)"
+    ]
+    assert watch.failures([], after=WEDGED_AFTER) == []  # caught up: alive again
+
+
+def test_a_stalled_ledger_sink_never_fails_liveness() -> None:
+    """A restart does not bring its database back: readiness and alerts report it."""
+    now = [10_000.0]
+    watch = _watch(now)
+    assert watch.failures([Stall("ledger_sink", 9, 9000.0)], after=WEDGED_AFTER) == []
+
+
+def test_time_spent_settling_is_not_counted() -> None:
+    """Twenty minutes recovering tables, behind all along: judged from the recovery's end."""
+    now = [0.0]
+    watch = _watch(now)
+    for _ in range(120):  # probes every 10 s during the recovery
+        watch.observe(settling=True)
+        now[0] += 10
+    # Last seen settling at 1190 s; behind (and not committing) since it started.
+    stall = Stall("commands", 5000, now[0])
+    assert watch.failures([stall], after=WEDGED_AFTER) == []
+    now[0] = 1189.0 + WEDGED_AFTER
+    assert watch.failures([Stall("commands", 5000, now[0])], after=WEDGED_AFTER) == []
+    now[0] = 1190.0 + WEDGED_AFTER
+    (why,) = watch.failures([Stall("commands", 5000, now[0])], after=WEDGED_AFTER)
+    assert "no progress for 600 s" in why
+
+
+def test_starting_up_counts_as_settling() -> None:
+    now = [500.0]
+    watch = _watch(now)  # created at 500: the process started then
+    now[0] = 800.0
+    assert watch.failures([Stall("commands", 3, 900.0)], after=WEDGED_AFTER) == []
+
+
+def test_zero_turns_it_off() -> None:
+    now = [0.0]
+    watch = _watch(now)
+    now[0] = 1e6
+    assert watch.failures([Stall("commands", 1, 1e6)], after=0) == []
+
+
+def test_liveness_must_not_come_before_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYSTREAM_STALL_SECONDS", "120")
+    monkeypatch.setenv("PAYSTREAM_LIVENESS_STALL_SECONDS", "60")
+    with pytest.raises(ConfigurationError, match="PAYSTREAM_LIVENESS_STALL_SECONDS"):
+        load_settings()
+    monkeypatch.setenv("PAYSTREAM_LIVENESS_STALL_SECONDS", "0")
+    assert load_settings().liveness_stall_seconds == 0
+    monkeypatch.delenv("PAYSTREAM_LIVENESS_STALL_SECONDS")
+    assert load_settings().liveness_stall_seconds == WEDGED_AFTER
