@@ -26,6 +26,7 @@ from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from paystream.settings import Settings
@@ -143,7 +144,7 @@ async def check_ledger_ready(settings: Settings) -> str:
 
     from paystream.errors import ConfigurationError
     from paystream.ledger import assert_rls_enforced, create_engine
-    from paystream.ledger.migrate import app_database_url, current
+    from paystream.ledger.migrate import current, is_app_url, worker_database_url
     from paystream.ledger.migrate import head as schema_head
     from paystream.ledger.sink import asyncpg_url
     from paystream.tenancy.crypto import keyring_from_settings
@@ -155,28 +156,40 @@ async def check_ledger_ready(settings: Settings) -> str:
     except ConfigurationError as exc:
         raise CheckFailed(str(exc)) from exc
     password = settings.db_app_password.get_secret_value() if settings.db_app_password else ""
-    if not password:
-        raise CheckFailed(
-            "PAYSTREAM_DB_APP_PASSWORD is not set (the sink logs in as paystream_app)"
-        )
-    owner_url = asyncpg_url(settings.database_url)
+    given_url = asyncpg_url(settings.database_url)
+    try:
+        app_url = worker_database_url(given_url, password)
+    except ConfigurationError as exc:
+        raise CheckFailed(str(exc)) from exc
     head = schema_head()
-    found = await current(owner_url)
+    # The owner's URL reads the revision as the owner; the app role's own URL as itself
+    # (granted since 0005: an older schema refuses it, and needs migrating anyway).
+    try:
+        found = await current(app_url if is_app_url(given_url) else given_url)
+    except DBAPIError as exc:
+        raise CheckFailed(
+            f"the schema's revision is not readable as {make_url(given_url).username} "
+            f"({type(exc.orig).__name__}): run `paystream migrate` (latest is {head})"
+        ) from exc
     if found != head:
         raise CheckFailed(
             f"schema at {found or 'nothing'}, latest is {head}: run `paystream migrate`"
         )
-    engine = create_engine(app_database_url(owner_url, password), hide_parameters=True)
+    engine = create_engine(app_url, hide_parameters=True)
     try:
         await assert_rls_enforced(engine)
     except Exception as exc:
         raise CheckFailed(f"as paystream_app: {type(exc).__name__}: {exc}") from exc
     finally:
         await engine.dispose()
+    figure = f"schema {head}, paystream_app logs in under RLS, master key {keyring.current.key_id}"
+    if is_app_url(given_url):
+        # Workers given only the app role's URL: RLS shows it one tenant's keys at a time.
+        return f"{figure} (data keys' master keys not checked: needs the owner's URL)"
     # Every master key the ledger's data keys are wrapped under must be in the keyring,
     # or the sink retries its first batch of such a tenant for ever. (As the owner: RLS
     # shows the application role one tenant's keys at a time.)
-    owner = create_engine(owner_url, hide_parameters=True)
+    owner = create_engine(given_url, hide_parameters=True)
     try:
         async with owner.connect() as conn:
             used = {
@@ -193,7 +206,7 @@ async def check_ledger_ready(settings: Settings) -> str:
             f"ledger data keys are wrapped under master key(s) {', '.join(missing)}, not in "
             "PAYSTREAM_MASTER_KEY or PAYSTREAM_RETIRED_MASTER_KEYS"
         )
-    return f"schema {head}, paystream_app logs in under RLS, master key {keyring.current.key_id}"
+    return figure
 
 
 async def check_redis(settings: Settings) -> str:

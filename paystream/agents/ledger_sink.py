@@ -42,7 +42,7 @@ from paystream.app import app, settings
 from paystream.errors import ConfigurationError
 from paystream.ledger.errors import InvalidEventError
 from paystream.ledger.events import LedgerEvent
-from paystream.ledger.migrate import app_database_url
+from paystream.ledger.migrate import worker_database_url
 from paystream.ledger.session import create_engine
 from paystream.ledger.sink import (
     DEAD_LETTERS,
@@ -169,15 +169,10 @@ class LedgerSinkRunner:
             if cfg.database_url is None:
                 raise ConfigurationError("the ledger sink needs DATABASE_URL")
             password = cfg.db_app_password.get_secret_value() if cfg.db_app_password else ""
-            if not password:
-                raise ConfigurationError(
-                    "the ledger sink connects as paystream_app: set PAYSTREAM_DB_APP_PASSWORD "
-                    "(and run `paystream migrate` with it)"
-                )
+            url = worker_database_url(asyncpg_url(cfg.database_url), password)
             from paystream.tenancy.crypto import keyring_from_settings
 
             keyring = keyring_from_settings(cfg)
-            url = app_database_url(asyncpg_url(cfg.database_url), password)
             engine = create_engine(
                 url,
                 # The sink writes one batch at a time; a couple of connections suffice.

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from paystream.errors import ConfigurationError
 from paystream.ledger.errors import LedgerError
 
 __all__ = [
@@ -28,9 +29,11 @@ __all__ = [
     "current",
     "downgrade",
     "head",
+    "is_app_url",
     "scram_verifier",
     "set_app_password",
     "upgrade",
+    "worker_database_url",
 ]
 
 APP_ROLE = "paystream_app"
@@ -150,6 +153,25 @@ def app_database_url(owner_url: str, password: str, role: str = APP_ROLE) -> str
     """The URL the application uses: same server and database, the non-owner role."""
     url = make_url(owner_url).set(username=role, password=password)
     return url.render_as_string(hide_password=False)
+
+
+def is_app_url(database_url: str) -> bool:
+    """Is ``database_url`` the application role's own (not the owner's)?"""
+    return make_url(database_url).username == APP_ROLE
+
+
+def worker_database_url(database_url: str, app_password: str | None) -> str:
+    """The URL a worker connects with, as ``paystream_app``: derived from the owner's URL
+    and the role's password, or DATABASE_URL itself when it is already that role's own
+    (a worker given nothing of the owner's)."""
+    if app_password:
+        return app_database_url(database_url, app_password)
+    if is_app_url(database_url):
+        return database_url
+    raise ConfigurationError(
+        f"the ledger connects as {APP_ROLE}: set DATABASE_URL to that role's own URL, or "
+        "give the owner's with PAYSTREAM_DB_APP_PASSWORD (`paystream migrate` sets it)"
+    )
 
 
 async def create_database(server_url: str, prefix: str = "paystream") -> str:

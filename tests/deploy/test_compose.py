@@ -67,7 +67,7 @@ def test_paystream_services_set_only_variables_paystream_reads(resolved: dict[st
     for name, service in services.items():
         env = service["environment"]
         # the base environment reached every service (a broken `<<:` merge would not)
-        assert {"KAFKA_BROKER_URL", "DATABASE_URL", "PAYSTREAM_MASTER_KEY"} <= env.keys(), name
+        assert {"KAFKA_BROKER_URL", "PAYSTREAM_MASTER_KEY"} <= env.keys(), name
         assert unknown_variables(env) == [], name
         assert {k for k in env if not k.startswith("PAYSTREAM_")} <= SERVER_URLS, name
         assert service["command"][0] in cli.commands, (name, service["command"])
@@ -89,6 +89,26 @@ def test_workers_run_the_same_roles_after_topics_and_schema(resolved: dict[str, 
     owner = services["postgres"]["environment"]["POSTGRES_USER"]
     url = services["migrate"]["environment"]["DATABASE_URL"]
     assert url.startswith(f"postgresql+asyncpg://{owner}:{SECRETS['POSTGRES_PASSWORD']}@postgres:")
+    assert services["migrate"]["environment"]["PAYSTREAM_DB_APP_PASSWORD"] == "app-secret"
+
+
+def test_only_migrations_hold_the_owner_s_credentials(resolved: dict[str, Any]) -> None:
+    """Least privilege: the workers log in as paystream_app with its own URL; nothing of
+    the owner's (who could switch row-level security off) reaches them, or the one-shot
+    topics and demo services (which need no database at all)."""
+    services = paystream_services(resolved)
+    owner_secret = SECRETS["POSTGRES_PASSWORD"]
+    for name, service in services.items():
+        env = service["environment"]
+        if name == "migrate":
+            continue
+        assert not any(owner_secret in str(v) for v in env.values()), name
+        assert "PAYSTREAM_DB_APP_PASSWORD" not in env, name
+        if name.startswith("worker-"):
+            app_url = f"postgresql+asyncpg://paystream_app:{SECRETS['PAYSTREAM_DB_APP_PASSWORD']}@"
+            assert env["DATABASE_URL"].startswith(app_url), name
+        else:
+            assert "DATABASE_URL" not in env, name
 
 
 def test_published_ports_are_loopback_only_and_images_pinned(resolved: dict[str, Any]) -> None:

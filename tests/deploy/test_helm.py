@@ -175,10 +175,17 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
             if c["name"] == "topics":  # the broker alone: no database, no master key
                 assert not [e for e in c["env"] if "valueFrom" in e]
                 continue
-            for key in SECRET_KEYS | {"PAYSTREAM_RETIRED_MASTER_KEYS"}:
-                ref = env[key]["valueFrom"]["secretKeyRef"]
+            # variable → the Secret's key: the workers' database URL is paystream_app's own
+            keys = {k: k for k in SECRET_KEYS | {"PAYSTREAM_RETIRED_MASTER_KEYS"}}
+            if c["name"] != "migrate":
+                del keys["PAYSTREAM_DB_APP_PASSWORD"]
+                keys["DATABASE_URL"] = "APP_DATABASE_URL"
+            secret_env = {k for k, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
+            assert secret_env - {"PAYSTREAM_WEB_TOKEN"} == keys.keys(), c["name"]
+            for var, key in keys.items():
+                ref = env[var]["valueFrom"]["secretKeyRef"]
                 assert (ref["name"], ref["key"]) == ("paystream-secrets", key)
-                assert "value" not in env[key]
+                assert "value" not in env[var]
             assert env["PAYSTREAM_RETIRED_MASTER_KEYS"]["valueFrom"]["secretKeyRef"]["optional"]
     token = {e["name"]: e for e in _worker(docs)["env"]}["PAYSTREAM_WEB_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"]["key"] == "PAYSTREAM_WEB_TOKEN"
@@ -259,10 +266,15 @@ def test_the_setup_job_makes_topics_then_the_schema_before_workers_start() -> No
         env = {e["name"]: e for e in c["env"]}
         assert env["PAYSTREAM_PARTITIONS"]["value"] == "8"
         shared = ["KAFKA_BROKER_URL", "PAYSTREAM_APP_ID", "PAYSTREAM_REPLICATION_FACTOR"]
-        if c["name"] == "migrate":
-            shared += ["DATABASE_URL", "PAYSTREAM_DB_APP_PASSWORD"]
         for name in shared:
             assert env[name] == worker_env[name], (c["name"], name)
+        if c["name"] == "migrate":  # as the schema owner, giving paystream_app its password
+            for key in ("DATABASE_URL", "PAYSTREAM_DB_APP_PASSWORD"):
+                assert env[key]["valueFrom"]["secretKeyRef"]["key"] == key
+    # Least privilege: the workers' DATABASE_URL is paystream_app's own; nothing of the
+    # owner's reaches them.
+    ref = worker_env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] == "APP_DATABASE_URL" and "PAYSTREAM_DB_APP_PASSWORD" not in worker_env
     assert render({"setupJob": {"enabled": False}}) and not by_kind(
         render({"setupJob": {"enabled": False}}), "Job"
     )

@@ -27,10 +27,29 @@ async def test_a_ready_ledger_passes(ledger_db: LedgerDb) -> None:
     assert "paystream_app logs in under RLS" in figure
 
 
+async def test_workers_given_only_the_app_role_s_url_pass(ledger_db: LedgerDb) -> None:
+    """No owner credentials: the revision is read as paystream_app (granted since 0005);
+    the data keys' master keys, which RLS shows it one tenant at a time, are not checked."""
+    settings = load_settings(database_url=ledger_db.app_url, db_app_password=None, master_key=KEY)
+    figure = await check_ledger_ready(settings)
+    assert "paystream_app logs in under RLS" in figure and "not checked" in figure
+
+
+async def test_an_owner_url_without_the_app_password_is_refused(ledger_db: LedgerDb) -> None:
+    from paystream.errors import ConfigurationError
+    from paystream.ledger.migrate import worker_database_url
+
+    with pytest.raises(ConfigurationError, match="PAYSTREAM_DB_APP_PASSWORD"):
+        worker_database_url(ledger_db.owner_url, None)
+    assert worker_database_url(ledger_db.app_url, None) == ledger_db.app_url
+    derived = make_url(worker_database_url(ledger_db.owner_url, "pw"))
+    assert (derived.username, derived.password) == ("paystream_app", "pw")
+
+
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        ({"db_app_password": None}, "PAYSTREAM_DB_APP_PASSWORD is not set"),
+        ({"db_app_password": None}, "or give the owner's with PAYSTREAM_DB_APP_PASSWORD"),
         ({"db_app_password": "wrong"}, "as paystream_app"),
         ({"master_key": None}, "PAYSTREAM_MASTER_KEY"),
     ],

@@ -13,7 +13,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import create_engine
-from paystream.ledger.migrate import app_database_url, current, downgrade, scram_verifier, upgrade
+from paystream.ledger.migrate import (
+    app_database_url,
+    current,
+    downgrade,
+    head,
+    scram_verifier,
+    upgrade,
+)
 from paystream.ledger.models import TENANT_TABLES, Base
 
 
@@ -36,7 +43,7 @@ async def test_upgrade_matches_models_and_secures_every_table(
     module_database_url: str, owner: AsyncEngine
 ) -> None:
     await upgrade(module_database_url)
-    assert await current(module_database_url) == "0004"
+    assert await current(module_database_url) == head()
     async with owner.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
@@ -111,10 +118,13 @@ async def test_app_role_is_not_privileged(module_database_url: str, owner: Async
                 "SELECT has_table_privilege('paystream_app', 'audit_log', 'UPDATE'), "
                 "has_table_privilege('paystream_app', 'audit_log', 'DELETE'), "
                 "has_table_privilege('paystream_app', 'events', 'UPDATE'), "
-                "has_table_privilege('paystream_app', 'audit_log', 'INSERT')"
+                "has_table_privilege('paystream_app', 'audit_log', 'INSERT'), "
+                # Which schema it is on (0005): a worker given only its URL checks that.
+                "has_table_privilege('paystream_app', 'alembic_version', 'SELECT'), "
+                "has_table_privilege('paystream_app', 'alembic_version', 'UPDATE')"
             )
         )
-        assert tuple(can.one()) == (False, False, False, True)
+        assert tuple(can.one()) == (False, False, False, True, True, False)
 
 
 async def test_downgrade_to_base_and_back(module_database_url: str, owner: AsyncEngine) -> None:

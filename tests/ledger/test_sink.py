@@ -443,6 +443,31 @@ async def test_agent_batch_stores_outcomes_and_parks_bad_records(
     assert agent.ledger_dlq_topic_name(agent.settings) == "paystream.events.ledger-dlq"
 
 
+async def test_a_worker_given_only_the_app_role_s_url_stores_outcomes(
+    ledger_db: Any, app_engine: AsyncEngine
+) -> None:
+    """Least privilege: DATABASE_URL is paystream_app's own, with no owner password and
+    no PAYSTREAM_DB_APP_PASSWORD; the sink logs in with it, as it is, under RLS."""
+    from paystream.agents import ledger_sink as agent
+    from paystream.settings import load_settings
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    good = encode_event(
+        payment_outcome(tenant, "pay_app", 1), tenant.encode(), CloudEventsMode.BINARY
+    )
+    settings = load_settings(
+        database_url=ledger_db.app_url,
+        db_app_password=None,
+        master_key=base64.b64encode(os.urandom(32)).decode(),
+    )
+    runner = agent.LedgerSinkRunner(settings)
+    try:
+        await runner.run_batch([_Event(_Msg(good.key, good.value, list(good.headers), 0))])  # type: ignore[list-item]
+        assert await _count(app_engine, tenant, Payment) == 1
+    finally:
+        await runner.sink().engine.dispose()
+
+
 async def test_another_event_under_a_stored_event_id_is_parked_not_skipped(
     app_engine: AsyncEngine, keyring: MasterKeyring
 ) -> None:

@@ -56,17 +56,16 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 
-{{/* The environment of every paystream container: workers and the setup job. Inline,
-not a ConfigMap: the setup job runs as a pre-install hook, before release objects exist. */}}
+{{/* The environment of every paystream container but `topics`: workers and migrations
+(each adds its own database credentials). Inline, not a ConfigMap: the setup job runs as
+a pre-install hook, before release objects exist. */}}
 {{- define "paystream.env" -}}
 {{ include "paystream.brokerEnv" . }}
-{{- range $key := list "DATABASE_URL" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_MASTER_KEY" }}
-- name: {{ $key }}
+- name: PAYSTREAM_MASTER_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ required "existingSecret is required (README: docker-compose and Helm)" $.Values.existingSecret }}
-      key: {{ $key }}
-{{- end }}
+      name: {{ required "existingSecret is required (README: docker-compose and Helm)" .Values.existingSecret }}
+      key: PAYSTREAM_MASTER_KEY
 - name: PAYSTREAM_RETIRED_MASTER_KEYS
   valueFrom:
     secretKeyRef:
@@ -76,6 +75,27 @@ not a ConfigMap: the setup job runs as a pre-install hook, before release object
 {{- with .Values.redis.url }}
 - name: REDIS_URL
   value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Workers log in as paystream_app with its own URL (Secret key APP_DATABASE_URL):
+nothing of the owner's, who could switch row-level security off, reaches them. */}}
+{{- define "paystream.workerDatabaseEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.existingSecret }}
+      key: APP_DATABASE_URL
+{{- end }}
+
+{{/* Migrations run as the schema owner, and give paystream_app its password. */}}
+{{- define "paystream.ownerDatabaseEnv" -}}
+{{- range $key := list "DATABASE_URL" "PAYSTREAM_DB_APP_PASSWORD" }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.existingSecret }}
+      key: {{ $key }}
 {{- end }}
 {{- end }}
 
