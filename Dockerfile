@@ -7,14 +7,16 @@ FROM python:3.11-slim-bookworm AS build
 # the image needs no compiler, and a dependency that would build from source fails here.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ONLY_BINARY=:all:
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY paystream ./paystream
 # paystream's own wheel, built in a throwaway venv: the build tools stay out of the image.
 RUN python -m venv /tmp/build \
     && /tmp/build/bin/pip wheel --no-deps --wheel-dir /tmp/wheels .
-# The [otel] extra: tracing can be turned on with PAYSTREAM_OTEL_EXPORTER alone.
+# The [otel] extra: tracing can be turned on with PAYSTREAM_OTEL_EXPORTER alone. Every
+# dependency at the version constraints.txt pins (scripts/lock): a rebuild for a hotfix
+# installs what was tested, not whatever was released since.
 RUN python -m venv --without-pip /opt/paystream \
-    && /tmp/build/bin/pip --python /opt/paystream/bin/python install \
+    && /tmp/build/bin/pip --python /opt/paystream/bin/python install -c constraints.txt \
        "$(ls /tmp/wheels/paystream-*.whl)[otel]"
 
 FROM python:3.11-slim-bookworm

@@ -242,8 +242,10 @@ class Settings(BaseSettings):
         default=600.0,
         ge=0,
         description="PAYSTREAM_LIVENESS_STALL_SECONDS: the command agent stalled (behind, no "
-        "committed progress, time spent rebalancing or recovering tables not counted) for this "
-        "long is wedged: /healthz answers 503, so that a liveness probe restarts the worker. "
+        "committed progress, time spent rebalancing or recovering tables not counted), or no "
+        "fetch of its partitions answered by the broker, for this long is wedged: /healthz "
+        "answers 503, so that a liveness probe restarts the worker. Keep it well above what "
+        "a provider outage takes to park a command (timeouts times attempts). "
         "0 turns it off; otherwise at least PAYSTREAM_STALL_SECONDS.",
     )
     web_host: str = Field(default="127.0.0.1", description="PAYSTREAM_WEB_HOST: worker web bind.")

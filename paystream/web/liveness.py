@@ -14,7 +14,14 @@ does not bring back; restarting would only add noise to an outage (``/readyz`` a
 Time spent settling (rebalancing, recovering tables, reading the tenant registry) is not
 a stall: a worker that took twenty minutes to recover its tables must not be judged on
 them the moment it is done. A stall is counted from the later of when it began and when
-the worker was last seen settling.
+the worker was last seen settling: by a probe that found it so, or by one that found a
+new consumer generation (a rebalance that began and ended between two probes).
+
+The lag counts only records the worker has fetched: a consumer whose fetches stopped
+being answered (a hung connection, a partition cut off from this worker alone) sees no
+backlog, so no stall. The broker having answered no fetch of the agent's partitions for
+as long is the other sign of a wedged worker. (Faust also stops fetching a partition
+whose records wait on a stalled agent: then both are reported.)
 """
 
 from __future__ import annotations
@@ -34,28 +41,42 @@ class LivenessWatch:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._settled_since = clock()  # settling until proven otherwise: starting up
+        self._settled_since = clock()  # the process starting counts as settling
+        self._generation: int | None = None
 
-    def observe(self, *, settling: bool) -> None:
-        """Every probe (readiness too) says whether the worker is settling right now."""
-        if settling:
+    def observe(self, *, settling: bool, generation: int | None = None) -> None:
+        """Every probe (readiness too) says whether the worker is settling right now, and
+        its consumer generation (which every rebalance moves on)."""
+        moved = generation is not None and generation != self._generation
+        self._generation = generation if generation is not None else self._generation
+        if settling or moved:
             self._settled_since = self._clock()
 
-    def failures(self, stalled: Iterable[Stall], *, after: float) -> list[str]:
+    def failures(
+        self, stalled: Iterable[Stall], *, after: float, fetch_age: float | None = None
+    ) -> list[str]:
         """Why the worker should be restarted (empty: it should not). ``stalled``: every
-        agent behind without progress, with for how long; ``after``: seconds of stall that
-        make it wedged (0: never)."""
+        agent behind without progress, with for how long; ``fetch_age``: seconds since the
+        broker last answered a fetch of the command agent's oldest-answered partition
+        (None: none answered yet, or it owns none); ``after``: seconds that make either
+        wedged (0: never)."""
         if after <= 0:
             return []
-        now = self._clock()
+        settled = self._clock() - self._settled_since
+        limit = f"(PAYSTREAM_LIVENESS_STALL_SECONDS={after:.0f})"
         out = []
         for stall in stalled:
             if stall.agent != COMMANDS_AGENT:
                 continue
-            seconds = min(stall.seconds, now - self._settled_since)
+            seconds = min(stall.seconds, settled)
             if seconds >= after:
                 out.append(
                     f"{stall.agent} agent wedged: {stall.behind} records behind, no progress "
-                    f"for {seconds:.0f} s (PAYSTREAM_LIVENESS_STALL_SECONDS={after:.0f})"
+                    f"for {seconds:.0f} s {limit}"
                 )
+        if fetch_age is not None and min(fetch_age, settled) >= after:
+            out.append(
+                f"{COMMANDS_AGENT} consumer wedged: no fetch answered by the broker for "
+                f"{min(fetch_age, settled):.0f} s {limit}"
+            )
         return out

@@ -229,5 +229,10 @@ def test_the_package_the_image_installs_holds_what_the_worker_reads(tmp_path: Pa
     assert {w for line in copied for w in line.split()} == {
         "pyproject.toml",
         "README.md",
+        "constraints.txt",
         "paystream",
     }
+    # ...and installs it at the pinned versions
+    assert re.search(
+        r"pip --python /opt/paystream/bin/python install -c constraints\.txt", dockerfile
+    )

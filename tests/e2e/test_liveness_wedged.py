@@ -3,10 +3,10 @@
 What wedges the agent for real: a broker that stops answering (SIGSTOP: alive, listening,
 never answering) while the worker holds a command it has fetched but not committed. The
 agent then waits for the broker to acknowledge the command's outcome (retried for as long
-as the broker is in trouble, nothing in the worker gives up on it), and committing the
-offset needs the broker too: no progress is possible, while the worker's web server
-answers. A hung Redis would not do: provider calls have a deadline and a circuit breaker,
-and the command is parked (progress) once they run out.
+as the broker is in trouble: short of a rebalance, nothing in the worker gives up on it),
+and committing the offset needs the broker too: no progress is possible, while the
+worker's web server answers. A hung Redis would not do: provider calls have a deadline
+and a circuit breaker, and the command is parked (progress) once they run out.
 
 The lag is counted from the broker's high watermark as of the worker's latest fetch, so
 the worker must have *fetched* the command before the broker stops, and not yet committed
@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -146,6 +147,8 @@ async def test_a_worker_wedged_on_its_broker_fails_liveness_until_it_moves(
                 freezer.freeze(redis)
                 held = build_command("customer.create", TENANT, {})
                 outcome = client.expect(TENANT, held.get_id())
+                # (Should the test fail first, the client's stop fails it: not a stray error.)
+                outcome.add_done_callback(lambda f: None if f.cancelled() else f.exception())
                 await client.publish(held)
                 lag = await _until(
                     lambda: _command_lag(worker) or None, 30, "the worker to fetch the command"
@@ -197,3 +200,4 @@ async def test_a_worker_wedged_on_its_broker_fails_liveness_until_it_moves(
         freezer.thaw_all()
         broker.stop()
         redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
