@@ -157,7 +157,15 @@ class ContinuityGuard:
             else:
                 start[tp] = offset
         if never and self._app.conf.consumer_auto_offset_reset == "earliest":
-            start.update(await cast(FaustConsumer, self._app.consumer).earliest_offsets(*never))
+            earliest = await cast(FaustConsumer, self._app.consumer).earliest_offsets(*never)
+            start.update(earliest)
+            if self._on_passed is not None:
+                # Nothing below the log start is left to handle: a partition that
+                # retention emptied (the group's offset expired with its records, after
+                # a quiet week) has no record to commit past, and is not behind.
+                for tp, offset in earliest.items():
+                    if offset:
+                        self._on_passed(tp, offset)
         return start
 
     async def admit(self, events: Sequence[EventT]) -> list[EventT]:

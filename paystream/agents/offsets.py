@@ -70,8 +70,8 @@ class DurableOffsets:
                 continue
             # The later of what the group had committed at the assignment and what this
             # worker committed since. Never committed by the group: all of the partition
-            # is still to be handled (counted from offset 0, so a topic trimmed by
-            # retention reads high until the agent's first commit there).
+            # is still to be handled, from its log start (which the continuity guard
+            # reports as passed: retention may have emptied the partition).
             done = max(self._committed.get(tp) or 0, known.get(tp) or 0, self._passed.get(tp, 0))
             try:
                 high = consumer.highwater(tp)

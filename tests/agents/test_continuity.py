@@ -378,3 +378,17 @@ async def test_a_range_with_no_record_left_is_reported_passed() -> None:
     broker.control = set()
     found = await guard.sweep() + await guard.sweep()
     assert offsets(found) == [(1, o) for o in range(10, 15)] and passed == []
+
+
+async def test_a_never_committed_partition_retention_emptied_is_not_behind() -> None:
+    """The group's offset expired (Kafka forgets an idle group's offsets after a week, as
+    retention does the records): nothing left below the log start, nothing to commit
+    there. Without being told, the agent read as behind by the whole partition for ever
+    (stalled: unready, and restarted by liveness every PAYSTREAM_LIVENESS_STALL_SECONDS)."""
+    app, broker, guard = make({P0: 9}, {P0: None})
+    app.consumer.starts = {P0: 9}  # retention removed every record there was
+    passed: list[tuple[TP, int]] = []
+    guard._on_passed = lambda tp, offset: passed.append((tp, offset))
+    assert await guard.sweep() == []
+    assert await guard.sweep() == [] and broker.reads == []
+    assert passed == [(P0, 9)]
