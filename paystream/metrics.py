@@ -27,6 +27,7 @@ __all__ = [
     "LIMITED",
     "PARKED",
     "PROGRESS",
+    "REJECTIONS",
     "REPAIRS",
     "REPLAYS",
     "SKIPPED_RECORDS",
@@ -36,6 +37,12 @@ COMMANDS = Counter(
     "paystream_commands_total",
     "Commands processed, by tenant, command type and outcome type.",
     ["tenant", "command", "outcome"],
+)
+REJECTIONS = Counter(
+    "paystream_command_rejections_total",
+    "Commands answered command.rejected, by tenant, command type and reason (the outcome's "
+    "data.reason: validation_error, unknown_tenant, card_declined, ...).",
+    ["tenant", "command", "reason"],
 )
 COMMAND_LATENCY = Histogram(
     "paystream_command_latency_seconds",

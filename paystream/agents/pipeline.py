@@ -142,6 +142,7 @@ class CommandProcessor:
         self._seeded: set[str] = set()
         self._expiry_seeded = False
         self._counters: dict[tuple[str, str, str], Any] = {}
+        self._rejections: dict[tuple[str, str, str], Any] = {}
 
     # ---- entry point --------------------------------------------------------------
 
@@ -352,13 +353,26 @@ class CommandProcessor:
         code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
         return await self._run(rec, cmd, tenant, data, when, code_key, trace)
 
-    def _count(self, tenant_id: str, command_type: str, outcome_type: str) -> None:
-        """Count a command's outcome; the labelled child is looked up once per label set."""
+    def _count(
+        self,
+        tenant_id: str,
+        command_type: str,
+        outcome_type: str,
+        reason: RejectReason | None = None,
+    ) -> None:
+        """Count a command's outcome (and a rejection's reason); the labelled children are
+        looked up once per label set."""
         key = (tenant_id, command_type, outcome_type)
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = metrics.COMMANDS.labels(*key)
         counter.inc()
+        if reason is not None:
+            why = (tenant_id, command_type, reason.value)
+            rejected = self._rejections.get(why)
+            if rejected is None:
+                rejected = self._rejections[why] = metrics.REJECTIONS.labels(*why)
+            rejected.inc()
 
     def _tenant(self, tenant_id: str, raw: Any) -> Tenant:
         """Parse a registry record once per change, not once per command."""
@@ -621,7 +635,7 @@ class CommandProcessor:
                 idem_table_key, cmd, request_hash, expires, stored,
                 customer_id=getattr(data, "customer_id", None),
             )  # fmt: skip
-            self._count(cmd.tenant_id, cmd.command_type, stored.type)
+            self._count(cmd.tenant_id, cmd.command_type, stored.type, rej.reason)
             return [self._outcome(cmd, stored)]
         except GatewayError as exc:
             if exc.retryable:  # retries exhausted or circuit open: keep it for a replay
@@ -638,19 +652,16 @@ class CommandProcessor:
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")
+            refused = _PROVIDER_REJECTIONS.get(exc.code, RejectReason.PROVIDER_REJECTED)
             stored = StoredOutcome(
                 type="command.rejected",
                 data={
-                    **rejection_data(
-                        cmd.command_type,
-                        _PROVIDER_REJECTIONS.get(exc.code, RejectReason.PROVIDER_REJECTED),
-                        exc.message,
-                    ),
+                    **rejection_data(cmd.command_type, refused, exc.message),
                     "error": exc.as_outcome(),
                 },
             )
             self._finish(idem_table_key, cmd, request_hash, expires, stored)
-            self._count(cmd.tenant_id, cmd.command_type, stored.type)
+            self._count(cmd.tenant_id, cmd.command_type, stored.type, refused)
             return [self._outcome(cmd, stored)]
         stored = self._apply(cmd, result, request_hash)
         # A re-drive that charged again (its first record's entity write was lost) whose
@@ -1217,6 +1228,7 @@ class CommandProcessor:
             cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED,
             cmd.command_type if cmd.command_type in COMMANDS else "unknown",
             "command.rejected",
+            reason,
         )
         data = rejection_data(cmd.command_type, reason, message, errors)
         if extra:

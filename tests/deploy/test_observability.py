@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from paystream.streams.outcomes import RejectReason
 from tests.deploy.tools import ROOT, run, tool
 from tests.fixtures.pipeline import Deployment
 
@@ -405,6 +406,8 @@ async def test_every_metric_named_is_exposed_by_a_worker(exposition: Exposition)
         assert name in exposition.sampled, name
     assert "commands" in exposition.values["paystream_consumer_lag_records", "agent"]
     assert "command.rejected" in exposition.values["paystream_commands_total", "outcome"]
+    reasons = exposition.values["paystream_command_rejections_total", "reason"]
+    assert "unknown_tenant" in reasons and reasons <= {r.value for r in RejectReason}
     assert "ok" in exposition.values["paystream_gateway_call_seconds_count", "result"]
 
 
