@@ -27,6 +27,18 @@ def forwarding_client() -> aiohttp.ClientSession:
 # Used only so that importing the app (for CLI help, schema export) never needs a broker;
 # `paystream worker` refuses to start without KAFKA_BROKER_URL.
 _UNCONFIGURED_BROKER = "kafka://127.0.0.1:9092"
+# A poll's worth of records, enough that polls are not what limits throughput.
+MAX_POLL_RECORDS = 500
+
+
+def max_poll_records(buffer_maxsize: int) -> int:
+    """Records one poll hands Faust's conductor, at most: fewer than a fifth of an agent's
+    queue. Faust stops fetching a partition once its agent's queue is 80% full, but puts
+    every record of the poll in hand; one that filled the queue made the conductor wait
+    on it, and with it every other agent (a ledger sink stalled on its database, with
+    1 MiB polls of outcomes, stopped the commands). Bounded, a stalled agent's queue stops
+    short of full and the others go on."""
+    return max(1, min(MAX_POLL_RECORDS, buffer_maxsize // 5 - 1))
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -61,6 +73,8 @@ def create_app(settings: Settings) -> faust.App:
         # batch (streams/batch_producer.py); Faust's 16 KiB default splits them up.
         "producer_max_batch_size": 512 * 1024,
         "stream_wait_empty": False,
+        "stream_buffer_maxsize": settings.stream_buffer_maxsize,
+        "broker_max_poll_records": max_poll_records(settings.stream_buffer_maxsize),
         "table_standby_replicas": 1,
         "logging_config": None,
     }

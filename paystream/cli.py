@@ -593,7 +593,7 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
         )
     from paystream.errors import ConfigurationError
     from paystream.ledger.cli import run_db
-    from paystream.ledger.migrate import app_database_url
+    from paystream.ledger.migrate import app_database_url, is_app_url
     from paystream.ledger.migrate import current as schema_revision
     from paystream.ledger.migrate import head as schema_head
     from paystream.ledger.sink import asyncpg_url
@@ -607,6 +607,16 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
         secrets_left,
     )
 
+    if settings.database_url and is_app_url(settings.database_url):
+        # A worker's environment (least privilege: paystream_app's own URL). Row-level
+        # security would show that role no tenant's data keys, and "none left" would tell
+        # the operator the retired key may go while the ledger still needs it.
+        raise click.ClickException(
+            "DATABASE_URL is paystream_app's (a worker's): key rotation reads every "
+            "tenant's ledger keys and records retirements as the schema owner; run it "
+            "with the owner's DATABASE_URL and PAYSTREAM_DB_APP_PASSWORD (as `paystream "
+            "migrate` runs)"
+        )
     try:
         keyring = keyring_from_settings(settings)
     except ConfigurationError as exc:

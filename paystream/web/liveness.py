@@ -18,10 +18,12 @@ the worker was last seen settling: by a probe that found it so, or by one that f
 new consumer generation (a rebalance that began and ended between two probes).
 
 The lag counts only records the worker has fetched: a consumer whose fetches stopped
-being answered (a hung connection, a partition cut off from this worker alone) sees no
-backlog, so no stall. The broker having answered no fetch of the agent's partitions for
-as long is the other sign of a wedged worker. (Faust also stops fetching a partition
-whose records wait on a stalled agent: then both are reported.)
+being answered (a hung connection) sees no backlog, so no stall, and is not caught here.
+The fetch age is no sign of it to act on: partitions of a healthy, idle worker went
+unanswered for many seconds on the embedded broker, and Faust stops fetching partitions
+whose agent is busy (tests/e2e/test_sink_outage_keeps_commands_running.py saw both);
+``paystream_consumer_fetch_age_seconds`` and PaystreamBrokerNotAnswering leave it to a
+person.
 """
 
 from __future__ import annotations
@@ -52,14 +54,10 @@ class LivenessWatch:
         if settling or moved:
             self._settled_since = self._clock()
 
-    def failures(
-        self, stalled: Iterable[Stall], *, after: float, fetch_age: float | None = None
-    ) -> list[str]:
+    def failures(self, stalled: Iterable[Stall], *, after: float) -> list[str]:
         """Why the worker should be restarted (empty: it should not). ``stalled``: every
-        agent behind without progress, with for how long; ``fetch_age``: seconds since the
-        broker last answered a fetch of the command agent's oldest-answered partition
-        (None: none answered yet, or it owns none); ``after``: seconds that make either
-        wedged (0: never)."""
+        agent behind without progress, with for how long; ``after``: seconds of stall that
+        make it wedged (0: never)."""
         if after <= 0:
             return []
         settled = self._clock() - self._settled_since
@@ -74,9 +72,4 @@ class LivenessWatch:
                     f"{stall.agent} agent wedged: {stall.behind} records behind, no progress "
                     f"for {seconds:.0f} s {limit}"
                 )
-        if fetch_age is not None and min(fetch_age, settled) >= after:
-            out.append(
-                f"{COMMANDS_AGENT} consumer wedged: no fetch answered by the broker for "
-                f"{min(fetch_age, settled):.0f} s {limit}"
-            )
         return out

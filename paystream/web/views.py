@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -19,14 +19,14 @@ from paystream.agents import insights
 from paystream.agents.commands import runner
 from paystream.agents.ledger_sink import AGENT_NAME as OUTCOMES_AGENT
 from paystream.agents.ledger_sink import runner as ledger_runner
-from paystream.agents.offsets import DurableOffsets, stalls
+from paystream.agents.offsets import stalls
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.views import SummaryCache, entity_view
-from paystream.web.liveness import COMMANDS_AGENT, LivenessWatch
+from paystream.web.liveness import LivenessWatch
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
 
@@ -147,11 +147,8 @@ class HealthView(View):
         _observe_settling()
         failing = []
         if settings.runs("commands"):
-            tracked = metrics.PROGRESS.tracked()
             failing = _liveness.failures(
-                stalls(tracked, 0.0),
-                after=settings.liveness_stall_seconds,
-                fetch_age=_oldest_fetch_answer(tracked),
+                stalls(metrics.PROGRESS.tracked(), 0.0), after=settings.liveness_after
             )
         body = {"ok": not failing, "uptime_s": round(time.time() - _STARTED, 1), "failing": failing}
         return self.json(body, status=503 if failing else 200)
@@ -165,20 +162,6 @@ def _observe_settling() -> bool:
     )
     _liveness.observe(settling=settling, generation=app.consumer_generation_id)
     return settling
-
-
-def _oldest_fetch_answer(tracked: Iterable[DurableOffsets]) -> float | None:
-    """Seconds since the broker last answered a fetch of the command agent's partition
-    answered longest ago (None: no answer yet, or no partition)."""
-    for offsets in tracked:
-        if offsets.agent != COMMANDS_AGENT:
-            continue
-        try:
-            ages = offsets.fetch_ages()
-        except Exception:  # noqa: S112 - the consumer not started (or stopping)
-            continue
-        return max(ages.values(), default=None)
-    return None
 
 
 @app.page("/readyz")

@@ -144,6 +144,32 @@ async def test_keys_rotate_never_says_done_without_looking_at_the_ledger(
 
 
 @pytest.mark.asyncio(loop_scope="session")
+async def test_keys_rotate_refuses_a_worker_s_app_role_url(
+    deployment_factory: Any, ledger_db: LedgerDb, app_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """Workers carry paystream_app's own URL (compose, chart). Run there, RLS showed the
+    role no tenant's data keys: "none left under the retired key", exit 0, though the
+    ledger still needed it."""
+    dep = await deployment_factory()
+    old, new = MasterKey.generate(), MasterKey.generate()
+    await write_events(
+        app_engine, [make_event.customer("appurl", "cus_1")], keyring=MasterKeyring(old)
+    )
+    env = {
+        **dep.env,
+        "PAYSTREAM_MASTER_KEY": _b64(new),
+        "PAYSTREAM_RETIRED_MASTER_KEYS": _b64(old),
+        "DATABASE_URL": ledger_db.app_url,
+        "PAYSTREAM_DB_APP_PASSWORD": "",
+    }
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "DATABASE_URL is paystream_app's" in result.output
+    assert "re-sealed" not in result.output  # refused before touching anything
+    assert await _ledger_key_ids(app_engine, "appurl") == {old.key_id}
+
+
+@pytest.mark.asyncio(loop_scope="session")
 async def test_keys_rotate_refuses_a_ledger_schema_not_migrated(
     deployment_factory: Any, ledger_database_url: str
 ) -> None:
