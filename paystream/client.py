@@ -49,6 +49,7 @@ def build_command(
     idempotency_key: str | None = None,
     source: str = "/paystream/client",
     traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> CloudEvent:
     """A command CloudEvent; ``command_type`` may omit the ``com.paystream.command.`` prefix.
 
@@ -74,6 +75,8 @@ def build_command(
         attrs["idempotencykey"] = idempotency_key
     if traceparent:
         attrs["traceparent"] = traceparent
+        if tracestate:
+            attrs["tracestate"] = tracestate
     return CloudEvent(attrs, dict(data))
 
 

@@ -475,6 +475,10 @@ def _outcome_headers() -> Doc:
                 "same on every emission); a command `traceparent` that is not W3C trace "
                 "context is copied as it came"
             ),
+            "ce_tracestate": _header(
+                "the command's `tracestate`, as it came, when it is valid W3C trace state "
+                "beside a valid `traceparent` (a replay: the first emission's)"
+            ),
             "content-type": {"const": "application/json"},
             ANSWERS_HEADER: _header(
                 "on an outcome sent again for another command under an idempotency key "

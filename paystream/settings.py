@@ -259,6 +259,13 @@ class Settings(BaseSettings):
         "a provider outage takes to park a command (timeouts times attempts). "
         "0 turns it off; otherwise at least PAYSTREAM_STALL_SECONDS.",
     )
+    liveness_settling_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="PAYSTREAM_LIVENESS_SETTLING_SECONDS: a worker rebalancing, recovering "
+        "tables or reading the tenant registry for this long without a break is wedged "
+        "(/healthz answers 503); keep it above your longest table recovery. 0 turns it off.",
+    )
     web_host: str = Field(default="127.0.0.1", description="PAYSTREAM_WEB_HOST: worker web bind.")
     web_advertised_host: str | None = Field(
         default=None,

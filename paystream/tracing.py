@@ -25,7 +25,6 @@ and the pipeline's cost is an ``is None`` test per command and per provider call
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,7 +48,7 @@ from paystream.errors import ConfigurationError
 from paystream.gateways.errors import GatewayError
 from paystream.settings import Settings, TraceExporter
 from paystream.streams.commands import COMMANDS
-from paystream.streams.tracecontext import command_span_id, parse_traceparent
+from paystream.streams.tracecontext import command_span_id, parse_traceparent, tracestate_members
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -67,13 +66,6 @@ T = TypeVar("T")
 # The tracing the worker set up at start (None: off).
 _active: CommandTracing | None = None
 
-# W3C tracestate: at most 32 list members of key=value (a larger or malformed one is
-# not used: the span still has its parent).
-_TRACESTATE_MEMBER = re.compile(
-    r"([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
-    r"=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])\Z"
-)
-_TRACESTATE_MAX_MEMBERS = 32
 # The flags a span takes from its parent: sampled, random trace id.
 _PARENT_FLAGS = 0x03
 
@@ -390,17 +382,5 @@ def _header(emit: Emit, name: str) -> str | None:
 def _trace_state(value: object) -> TraceState | None:
     """The command's ``tracestate`` if it is valid W3C trace state, else None (the SDK's
     own parser logs every malformed one, which a sender could repeat at will)."""
-    if not isinstance(value, str) or not value or len(value) > 8192:
-        return None
-    pairs: dict[str, str] = {}
-    for member in value.split(","):
-        member = member.strip(" \t")
-        if not member:
-            continue
-        found = _TRACESTATE_MEMBER.match(member)
-        if found is None or found.group(1) in pairs:
-            return None
-        pairs[found.group(1)] = found.group(2)
-    if not pairs or len(pairs) > _TRACESTATE_MAX_MEMBERS:
-        return None
-    return TraceState(list(pairs.items()))
+    members = tracestate_members(value)
+    return None if members is None else TraceState(members)

@@ -61,6 +61,7 @@ from paystream.streams.pan import (
     text_security_code_key,
     with_float_digits,
 )
+from paystream.streams.tracecontext import valid_tracestate
 from paystream.tables.records import (
     IdempotencyRecord,
     IdempotencyState,
@@ -208,6 +209,7 @@ class CommandProcessor:
         tenant_id = str(event.get_extension("tenantid") or "")
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
         traceparent = event.get_extension("traceparent")
+        tracestate = event.get_extension("tracestate")
         suffix = ce_type.removeprefix(COMMAND_PREFIX)
         sent_at = event.get_time()
         bad_time = None if sent_at is None else _bad_time(sent_at)
@@ -218,6 +220,7 @@ class CommandProcessor:
             idempotency_key=idem_key,
             time=when if bad_time or sent_at is None else sent_at,
             traceparent=str(traceparent) if traceparent else None,
+            tracestate=valid_tracestate(str(traceparent), tracestate) if tracestate else None,
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
             id_salt=f"{rec.partition}:{rec.offset}" if rec.offset >= 0 else None,
         )
@@ -788,7 +791,10 @@ class CommandProcessor:
         if existing.time is not None:
             # (its traceparent is the one its outcome carried, whichever version stored it)
             first.update(
-                time=existing.time, traceparent=existing.traceparent, traceparent_is_outcomes=True
+                time=existing.time,
+                traceparent=existing.traceparent,
+                tracestate=existing.tracestate,
+                traceparent_is_outcomes=True,
             )
         original = CommandRef(**{**cmd.__dict__, **first})
         replayed = self._outcome(original, existing.outcome)
@@ -1559,6 +1565,8 @@ def _idempotency_dict(
         "traceparent": None if outcome is None else outcome_traceparent(cmd),
         "id_salt": None if outcome is None else cmd.id_salt,
     }
+    if outcome is not None and cmd.tracestate and cmd.traceparent:
+        record["tracestate"] = cmd.tracestate  # (only when there is one: records stay small)
     if counted is not None:
         record["counted"] = counted
     return record

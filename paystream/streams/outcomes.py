@@ -82,6 +82,10 @@ class CommandRef:
     # True: ``traceparent`` is already the outcome's, carried as it is (a stored outcome
     # re-emitted as first emitted, by whichever version emitted it).
     traceparent_is_outcomes: bool = False
+    # The command's W3C tracestate, passed on with the outcome's traceparent as it came
+    # (vendors' trace state must survive each hop); None unless valid with a valid
+    # traceparent (streams/tracecontext.valid_tracestate).
+    tracestate: str | None = None
 
 
 def outcome_traceparent(cmd: CommandRef) -> str | None:
@@ -176,6 +180,8 @@ def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dic
         attrs["subject"] = subject
     if cmd.traceparent:
         attrs["traceparent"] = outcome_traceparent(cmd)
+        if cmd.tracestate:
+            attrs["tracestate"] = cmd.tracestate
     return attrs
 
 

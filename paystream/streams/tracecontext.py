@@ -18,7 +18,13 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["child_traceparent", "command_span_id", "parse_traceparent"]
+__all__ = [
+    "child_traceparent",
+    "command_span_id",
+    "parse_traceparent",
+    "tracestate_members",
+    "valid_tracestate",
+]
 
 # version-traceid-parentid-flags (W3C Trace Context): lowercase hex only. Version ff is
 # invalid; a later version than 00 may append fields, which a 00 reader ignores.
@@ -66,3 +72,39 @@ def child_traceparent(
     trace, _, flags = parsed
     span = command_span_id(tenant_id, command_id, id_salt, traceparent)
     return f"00-{trace:032x}-{span:016x}-{flags & _KEPT_FLAGS:02x}"
+
+
+# W3C tracestate: at most 32 list members of key=value (a larger or malformed one is
+# neither used nor passed on).
+_TRACESTATE_MEMBER = re.compile(
+    r"([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])\Z"
+)
+_TRACESTATE_MAX_MEMBERS = 32
+_TRACESTATE_MAX_CHARS = 8192
+
+
+def tracestate_members(value: object) -> list[tuple[str, str]] | None:
+    """The ``(key, value)`` members of a valid W3C ``tracestate``, else None."""
+    if not isinstance(value, str) or not value or len(value) > _TRACESTATE_MAX_CHARS:
+        return None
+    pairs: dict[str, str] = {}
+    for member in value.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        found = _TRACESTATE_MEMBER.match(member)
+        if found is None or found.group(1) in pairs:
+            return None
+        pairs[found.group(1)] = found.group(2)
+    if not pairs or len(pairs) > _TRACESTATE_MAX_MEMBERS:
+        return None
+    return list(pairs.items())
+
+
+def valid_tracestate(traceparent: str | None, tracestate: object) -> str | None:
+    """The ``tracestate`` an outcome passes on: the command's, as it came, when it is valid
+    and goes with a valid ``traceparent`` (W3C: no trace state without a parent)."""
+    if parse_traceparent(traceparent) is None or tracestate_members(tracestate) is None:
+        return None
+    return str(tracestate)

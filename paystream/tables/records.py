@@ -259,6 +259,7 @@ class IdempotencyRecord(BaseModel):
     # another command id, is the very event first emitted (absent from older records).
     time: datetime | None = None
     traceparent: str | None = None
+    tracestate: str | None = None  # its outcome's (absent: none, or an older version)
     id_salt: str | None = None  # its outcome's (see CommandRef.id_salt)
     # Whether its creates use entity-scoped provider keys (absent, so False, from older
     # versions: a command they parked keeps the keys it was first sent with).

@@ -11,9 +11,11 @@ Only the command agent is judged. A ledger sink stalls on its database, which a 
 does not bring back; restarting would only add noise to an outage (``/readyz`` and
 ``PaystreamLedgerSinkStalled`` report it).
 
-Time spent settling (rebalancing, recovering tables, reading the tenant registry) is not
-a stall: a worker that took twenty minutes to recover its tables must not be judged on
-them the moment it is done. A stall is counted from the later of when it began and when
+Settling for longer than PAYSTREAM_LIVENESS_SETTLING_SECONDS without a break (an hour:
+recovering large tables takes long) is a wedge of its own. Otherwise time spent settling
+(rebalancing, recovering tables, reading the tenant registry) is not a stall: a worker
+that took twenty minutes to recover its tables must not be judged on them the moment it
+is done. A stall is counted from the later of when it began and when
 the worker was last seen settling: by a probe that found it so, or by one that found a
 new consumer generation (a rebalance that began and ended between two probes).
 
@@ -44,25 +46,43 @@ class LivenessWatch:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._settled_since = clock()  # the process starting counts as settling
+        self._settling_since: float | None = None  # settling without a break since
         self._generation: int | None = None
 
     def observe(self, *, settling: bool, generation: int | None = None) -> None:
         """Every probe (readiness too) says whether the worker is settling right now, and
         its consumer generation (which every rebalance moves on)."""
+        now = self._clock()
         moved = generation is not None and generation != self._generation
         self._generation = generation if generation is not None else self._generation
         if settling or moved:
-            self._settled_since = self._clock()
+            self._settled_since = now
+        if not settling:
+            self._settling_since = None
+        elif self._settling_since is None:
+            self._settling_since = now
 
-    def failures(self, stalled: Iterable[Stall], *, after: float) -> list[str]:
+    def failures(
+        self, stalled: Iterable[Stall], *, after: float, settling_after: float = 0.0
+    ) -> list[str]:
         """Why the worker should be restarted (empty: it should not). ``stalled``: every
         agent behind without progress, with for how long; ``after``: seconds of stall that
-        make it wedged (0: never)."""
-        if after <= 0:
-            return []
-        settled = self._clock() - self._settled_since
-        limit = f"(PAYSTREAM_LIVENESS_STALL_SECONDS={after:.0f})"
+        make it wedged (0: never); ``settling_after``: seconds of settling without a
+        break that do (0: never): Faust has been seen to stay "rebalancing" for good
+        after a recovery that ended on an older generation, and a restart settles it."""
         out = []
+        now = self._clock()
+        if settling_after > 0 and self._settling_since is not None:
+            settling = now - self._settling_since
+            if settling >= settling_after:
+                out.append(
+                    f"worker settling (rebalance, table recovery or tenant registry) for "
+                    f"{settling:.0f} s (PAYSTREAM_LIVENESS_SETTLING_SECONDS={settling_after:.0f})"
+                )
+        if after <= 0:
+            return out
+        settled = now - self._settled_since
+        limit = f"(PAYSTREAM_LIVENESS_STALL_SECONDS={after:.0f})"
         for stall in stalled:
             if stall.agent != COMMANDS_AGENT:
                 continue

@@ -140,16 +140,18 @@ class MetricsView(View):
 @app.page("/healthz")
 class HealthView(View):
     """For a liveness probe: 503 while the command agent is wedged (behind, with no
-    progress for PAYSTREAM_LIVENESS_STALL_SECONDS, not counting time spent settling),
+    progress for PAYSTREAM_LIVENESS_STALL_SECONDS, not counting time spent settling), or
+    the worker has been settling for PAYSTREAM_LIVENESS_SETTLING_SECONDS without a break,
     so that the worker is restarted and its partitions move to a peer meanwhile."""
 
     async def get(self, request: Request) -> Response:
         _observe_settling()
-        failing = []
-        if settings.runs("commands"):
-            failing = _liveness.failures(
-                stalls(metrics.PROGRESS.tracked(), 0.0), after=settings.liveness_after
-            )
+        stalled = stalls(metrics.PROGRESS.tracked(), 0.0) if settings.runs("commands") else []
+        failing = _liveness.failures(
+            stalled,
+            after=settings.liveness_after,
+            settling_after=settings.liveness_settling_seconds,
+        )
         body = {"ok": not failing, "uptime_s": round(time.time() - _STARTED, 1), "failing": failing}
         return self.json(body, status=503 if failing else 200)
 

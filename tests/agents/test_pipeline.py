@@ -782,6 +782,40 @@ async def test_traceparent_is_propagated(harness: Harness) -> None:
     assert out.get_extension("traceparent") == odd
 
 
+async def test_tracestate_is_passed_on_with_the_traceparent(harness: Harness) -> None:
+    """W3C Trace Context: vendors' trace state travels with the trace, hop to hop. The
+    command's goes onto its outcome as it came, only when valid and with a valid
+    traceparent; a retry under another id gets the first outcome, trace state and all."""
+    t = harness.add_tenant()
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ts = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    out = await harness.send("customer.create", t, {}, traceparent=tp, tracestate=ts)
+    assert out.get_extension("tracestate") == ts
+    for traceparent, tracestate in (
+        (tp, "not a tracestate"),
+        (tp, ",".join(f"k{i}=v" for i in range(33))),  # over 32 members
+        ("not-a-traceparent", ts),  # no valid parent: no trace state
+    ):
+        odd = await harness.send(
+            "customer.create", t, {}, traceparent=traceparent, tracestate=tracestate
+        )
+        assert odd.get_extension("tracestate") is None, tracestate
+    first = await harness.send(
+        "customer.create", t, {"customer_id": "c1"}, idempotency_key="k1", traceparent=tp,
+        tracestate=ts,
+    )  # fmt: skip
+    retry = await harness.send(
+        "customer.create", t, {"customer_id": "c1"}, idempotency_key="k1",
+        traceparent="00-11111111111111111111111111111111-2222222222222222-01",
+        tracestate="other=1",
+    )  # fmt: skip
+    assert retry.get_id() == first.get_id()
+    assert (retry.get_extension("traceparent"), retry.get_extension("tracestate")) == (
+        first.get_extension("traceparent"),
+        ts,
+    )
+
+
 # ---- transient failures ----------------------------------------------------------------
 
 

@@ -98,3 +98,28 @@ def test_a_rebalance_between_two_probes_counts_as_settling() -> None:
     assert watch.failures([Stall("commands", 7, 5000.0)], after=WEDGED_AFTER) == []
     now[0] += 1
     assert len(watch.failures([Stall("commands", 7, 5000.0)], after=WEDGED_AFTER)) == 1
+
+
+def test_settling_without_a_break_for_too_long_is_a_wedge_of_its_own() -> None:
+    """Faust has been seen to stay "rebalancing" for good; a restart settles it. Breaks
+    (a probe that found it settled) start the count again."""
+    now = [0.0]
+    watch = _watch(now)
+    for _ in range(30):
+        watch.observe(settling=True)
+        now[0] += 100
+    assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == []
+    watch.observe(settling=False)  # settled, briefly
+    for _ in range(35):
+        watch.observe(settling=True)
+        now[0] += 100
+    assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == []
+    now[0] += 100
+    watch.observe(settling=True)
+    assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == [
+        "worker settling (rebalance, table recovery or tenant registry) for 3600 s "
+        "(PAYSTREAM_LIVENESS_SETTLING_SECONDS=3600)"
+    ]
+    assert watch.failures([], after=0, settling_after=0) == []  # off
+    watch.observe(settling=False)
+    assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == []
