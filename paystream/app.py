@@ -8,7 +8,7 @@ import aiohttp
 import faust
 
 from paystream.settings import Settings, get_settings
-from paystream.streams import broker_compat
+from paystream.streams import backpressure, broker_compat
 
 __all__ = ["app", "create_app", "settings"]
 
@@ -33,17 +33,17 @@ MAX_POLL_RECORDS = 500
 
 def max_poll_records(buffer_maxsize: int) -> int:
     """Records one poll hands Faust's conductor, at most: fewer than a fifth of an agent's
-    queue. Faust stops fetching a partition once its agent's queue is 80% full, but puts
-    every record of the poll in hand; one that filled the queue made the conductor wait
-    on it, and with it every other agent (a ledger sink stalled on its database, with
-    1 MiB polls of outcomes, stopped the commands). Bounded, a stalled agent's queue stops
-    short of full and the others go on."""
+    queue. Once its queue is 80% full, an agent's topic is no longer fetched
+    (streams/backpressure.py), but the poll in hand is delivered; one that filled the
+    queue would make the conductor wait on it, and with it every other agent (a ledger
+    sink stalled on its database, with 1 MiB polls of outcomes, would stop the commands)."""
     return max(1, min(MAX_POLL_RECORDS, buffer_maxsize // 5 - 1))
 
 
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app from settings; broker quirks are applied here and only here."""
     broker_compat.apply(settings)
+    backpressure.install()  # before the conductor compiles its per-partition callbacks
     conf: dict[str, Any] = {
         "broker": settings.kafka_broker_url or _UNCONFIGURED_BROKER,
         "store": settings.table_store,

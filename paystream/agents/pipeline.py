@@ -61,7 +61,7 @@ from paystream.streams.pan import (
     text_security_code_key,
     with_float_digits,
 )
-from paystream.streams.tracecontext import valid_tracestate
+from paystream.streams.tracecontext import tracestate_members, valid_tracestate
 from paystream.tables.records import (
     IdempotencyRecord,
     IdempotencyState,
@@ -1762,6 +1762,13 @@ def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
     found = security_code_at(event.get_attributes())
     if found is not None:
         return found
+    tracestate = event.get_extension("tracestate")
+    if tracestate:
+        # Its members are key=value pairs too, passed on with the outcome: "cvc=737".
+        members = tracestate_members(tracestate)
+        found = security_code_at(dict(members)) if members else None
+        if found is not None:
+            return f"tracestate {found}"
     value = rec.value or b""
     text = value.decode("utf-8", "replace")
     found = text_security_code_key(text)

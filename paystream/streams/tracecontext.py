@@ -102,9 +102,25 @@ def tracestate_members(value: object) -> list[tuple[str, str]] | None:
     return list(pairs.items())
 
 
+# W3C: propagate at least 512 characters; past that, drop members over 128 characters,
+# then members from the end. (A sender's 8 KiB would ride on every outcome and record.)
+_TRACESTATE_PASSED_CHARS = 512
+_TRACESTATE_LONG_MEMBER = 128
+
+
 def valid_tracestate(traceparent: str | None, tracestate: object) -> str | None:
     """The ``tracestate`` an outcome passes on: the command's, as it came, when it is valid
-    and goes with a valid ``traceparent`` (W3C: no trace state without a parent)."""
-    if parse_traceparent(traceparent) is None or tracestate_members(tracestate) is None:
+    and goes with a valid ``traceparent`` (W3C: no trace state without a parent);
+    truncated as W3C says when over 512 characters (the same input, the same result)."""
+    if parse_traceparent(traceparent) is None:
         return None
-    return str(tracestate)
+    members = tracestate_members(tracestate)
+    if members is None:
+        return None
+    text = str(tracestate)
+    if len(text) <= _TRACESTATE_PASSED_CHARS:
+        return text
+    kept = [f"{k}={v}" for k, v in members if len(k) + 1 + len(v) <= _TRACESTATE_LONG_MEMBER]
+    while kept and len(",".join(kept)) > _TRACESTATE_PASSED_CHARS:
+        kept.pop()
+    return ",".join(kept) or None

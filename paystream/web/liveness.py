@@ -11,8 +11,8 @@ Only the command agent is judged. A ledger sink stalls on its database, which a 
 does not bring back; restarting would only add noise to an outage (``/readyz`` and
 ``PaystreamLedgerSinkStalled`` report it).
 
-Settling for longer than PAYSTREAM_LIVENESS_SETTLING_SECONDS without a break (an hour:
-recovering large tables takes long) is a wedge of its own. Otherwise time spent settling
+Rebalancing without recovering tables for PAYSTREAM_LIVENESS_SETTLING_SECONDS without a
+break (an hour) is a wedge of its own. Otherwise time spent settling
 (rebalancing, recovering tables, reading the tenant registry) is not a stall: a worker
 that took twenty minutes to recover its tables must not be judged on them the moment it
 is done. A stall is counted from the later of when it began and when
@@ -49,15 +49,19 @@ class LivenessWatch:
         self._settling_since: float | None = None  # settling without a break since
         self._generation: int | None = None
 
-    def observe(self, *, settling: bool, generation: int | None = None) -> None:
-        """Every probe (readiness too) says whether the worker is settling right now, and
-        its consumer generation (which every rebalance moves on)."""
+    def observe(
+        self, *, settling: bool, generation: int | None = None, rebalancing: bool = False
+    ) -> None:
+        """Every probe (readiness too) says whether the worker is settling right now, its
+        consumer generation (which every rebalance moves on), and whether it is
+        rebalancing without recovering tables (what a stuck rebalance looks like; a long
+        recovery makes progress, and a registry never read is not mended by a restart)."""
         now = self._clock()
         moved = generation is not None and generation != self._generation
         self._generation = generation if generation is not None else self._generation
         if settling or moved:
             self._settled_since = now
-        if not settling:
+        if not rebalancing:
             self._settling_since = None
         elif self._settling_since is None:
             self._settling_since = now
@@ -67,17 +71,18 @@ class LivenessWatch:
     ) -> list[str]:
         """Why the worker should be restarted (empty: it should not). ``stalled``: every
         agent behind without progress, with for how long; ``after``: seconds of stall that
-        make it wedged (0: never); ``settling_after``: seconds of settling without a
-        break that do (0: never): Faust has been seen to stay "rebalancing" for good
-        after a recovery that ended on an older generation, and a restart settles it."""
+        make it wedged (0: never); ``settling_after``: seconds of rebalancing (not
+        recovering tables) without a break that do (0: never): Faust has been seen to stay
+        "rebalancing" for good after a recovery that ended on an older generation, and a
+        restart settles it."""
         out = []
         now = self._clock()
         if settling_after > 0 and self._settling_since is not None:
             settling = now - self._settling_since
             if settling >= settling_after:
                 out.append(
-                    f"worker settling (rebalance, table recovery or tenant registry) for "
-                    f"{settling:.0f} s (PAYSTREAM_LIVENESS_SETTLING_SECONDS={settling_after:.0f})"
+                    f"worker rebalancing for {settling:.0f} s without recovering tables "
+                    f"(PAYSTREAM_LIVENESS_SETTLING_SECONDS={settling_after:.0f})"
                 )
         if after <= 0:
             return out

@@ -150,7 +150,7 @@ class HealthView(View):
         failing = _liveness.failures(
             stalled,
             after=settings.liveness_after,
-            settling_after=settings.liveness_settling_seconds,
+            settling_after=settings.liveness_settling_seconds if settings.liveness_after else 0,
         )
         body = {"ok": not failing, "uptime_s": round(time.time() - _STARTED, 1), "failing": failing}
         return self.json(body, status=503 if failing else 200)
@@ -159,10 +159,13 @@ class HealthView(View):
 def _observe_settling() -> bool:
     """Is the worker settling (rebalancing, recovering tables, reading the registry)?
     Told to the liveness watch, whichever probe asks, with the consumer generation."""
-    settling = bool(
-        app.rebalancing or getattr(app, "in_recovery", False) or not registry.ready.is_set()
+    recovering = bool(getattr(app, "in_recovery", False))
+    settling = bool(app.rebalancing or recovering or not registry.ready.is_set())
+    _liveness.observe(
+        settling=settling,
+        generation=app.consumer_generation_id,
+        rebalancing=bool(app.rebalancing) and not recovering,
     )
-    _liveness.observe(settling=settling, generation=app.consumer_generation_id)
     return settling
 
 

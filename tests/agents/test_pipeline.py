@@ -814,6 +814,20 @@ async def test_tracestate_is_passed_on_with_the_traceparent(harness: Harness) ->
         first.get_extension("traceparent"),
         ts,
     )
+    # Over W3C's 512 characters: members over 128 dropped, then from the end.
+    long_ts = ",".join([f"big=x{'y' * 200}"] + [f"m{i}=v{i:08d}" for i in range(31)])
+    cut = await harness.send("customer.create", t, {}, traceparent=tp, tracestate=long_ts)
+    passed = str(cut.get_extension("tracestate"))
+    assert (
+        len(passed) <= 512
+        and passed.startswith("m0=v00000000,m1=v00000001")
+        and "big=" not in passed
+    )
+    # A member naming a card security code: refused, as in any other attribute (it would
+    # be passed on with the outcome and stored for replays).
+    refused = await harness.send("customer.create", t, {}, traceparent=tp, tracestate="cvc=737")
+    assert data(refused)["reason"] == "card_data_forbidden", data(refused)
+    assert "737" not in json.dumps(data(refused))
 
 
 # ---- transient failures ----------------------------------------------------------------

@@ -3,12 +3,14 @@
 Faust hands every agent its records through one conductor. It stops fetching a partition
 once its agent's queue is 80% full, but puts every record of the poll in hand; a poll
 that filled a stalled sink's queue would make the conductor wait on it, and with it
-every other agent. The worker bounds a poll to under a fifth of a queue (as Kafka's own
-client bounds max.poll.records to 500), so that cannot happen. Here the queues are tiny
-(PAYSTREAM_STREAM_BUFFER_MAXSIZE=16) and hundreds of outcomes wait on the stalled sink:
+every other agent. The worker pauses the agent's whole topic (streams/backpressure.py) and
+bounds a poll to under a fifth of a queue (as Kafka's own client bounds max.poll.records
+to 500), so that cannot happen. Here the queues are tiny
+(PAYSTREAM_STREAM_BUFFER_MAXSIZE=256) and hundreds of outcomes wait on the stalled sink:
 the commands go on, /readyz lists the sink as stalled, and /healthz stays 200. (On the
-embedded broker the polls stayed small enough that an unbounded poll did not fill the
-queue either: this guards the outcome, not the mechanism.)
+embedded broker the polls stayed small enough that Faust's own per-partition pause did
+not fill the queue either: this guards the outcome; tests/streams/test_backpressure.py
+shows the mechanism.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 TENANTS = ["starve-a", "starve-b", "starve-c"]
 BEFORE, DURING = 10, 200  # commands per tenant before and during the outage
-QUEUE = 16
+QUEUE = 256
 
 
 def _get(worker: WorkerProcess, path: str) -> tuple[int, Any]:

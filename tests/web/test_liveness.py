@@ -106,20 +106,38 @@ def test_settling_without_a_break_for_too_long_is_a_wedge_of_its_own() -> None:
     now = [0.0]
     watch = _watch(now)
     for _ in range(30):
-        watch.observe(settling=True)
+        watch.observe(settling=True, rebalancing=True)
         now[0] += 100
     assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == []
     watch.observe(settling=False)  # settled, briefly
     for _ in range(35):
-        watch.observe(settling=True)
+        watch.observe(settling=True, rebalancing=True)
         now[0] += 100
     assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == []
     now[0] += 100
-    watch.observe(settling=True)
+    watch.observe(settling=True, rebalancing=True)
     assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == [
-        "worker settling (rebalance, table recovery or tenant registry) for 3600 s "
+        "worker rebalancing for 3600 s without recovering tables "
         "(PAYSTREAM_LIVENESS_SETTLING_SECONDS=3600)"
     ]
     assert watch.failures([], after=0, settling_after=0) == []  # off
     watch.observe(settling=False)
     assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == []
+
+
+def test_a_long_recovery_or_an_unread_registry_is_not_a_stuck_rebalance() -> None:
+    """Recovering tables makes progress, and a restart does not bring a registry back."""
+    now = [0.0]
+    watch = _watch(now)
+    for _ in range(100):
+        watch.observe(settling=True, rebalancing=False)  # recovering, or registry unread
+        now[0] += 100
+    assert watch.failures([], after=WEDGED_AFTER, settling_after=3600) == []
+
+
+def test_the_settling_limit_is_never_an_ordinary_rebalance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYSTREAM_LIVENESS_SETTLING_SECONDS", "30")
+    with pytest.raises(ConfigurationError, match="PAYSTREAM_LIVENESS_SETTLING_SECONDS"):
+        load_settings()
+    monkeypatch.setenv("PAYSTREAM_LIVENESS_SETTLING_SECONDS", "0")
+    assert load_settings().liveness_settling_seconds == 0
