@@ -8,15 +8,10 @@ catches up: every outcome in the ledger once, nothing lost, nothing doubled.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,13 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from paystream.client import build_command
-from paystream.devstack.postgres import EmbeddedPostgres
-from paystream.ledger import create_engine, tenant_session, verify_audit
-from paystream.ledger.migrate import app_database_url, upgrade
+from paystream.ledger import tenant_session, verify_audit
 from paystream.ledger.models import Event, Payment
 from paystream.tenancy.crypto import keyring_from_settings
 from paystream.tenancy.models import Tenant
-from tests.fixtures.pipeline import Deployment
+from tests.e2e.own_servers import own_ledger
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -86,21 +79,11 @@ async def _ledger_counts(engine: Any) -> tuple[int, int]:
 
 
 async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_factory: Any) -> None:
-    root = Path(tempfile.mkdtemp(prefix="paystream-outage-"))  # not tmp_path: see services.py
-    pg = EmbeddedPostgres(root / "pg")
-    pg.start()
-    engine = None
-    try:
-        password = base64.urlsafe_b64encode(os.urandom(18)).decode()
-        await upgrade(pg.url, app_password=password)
-        dep: Deployment = await deployment_factory(
-            database_url=pg.url,
-            paystream_db_app_password=password,
-            paystream_master_key=base64.b64encode(os.urandom(32)).decode(),
-            paystream_stall_seconds="5",
-        )
+    async with own_ledger(
+        deployment_factory, "paystream-outage-", paystream_stall_seconds="5"
+    ) as own:
+        dep, pg, engine = own.dep, own.pg, own.engine
         await dep.add_tenants(*(Tenant(tenant_id=t) for t in TENANTS))
-        engine = create_engine(app_database_url(pg.url, password))
         commands = [
             build_command(
                 "payment.create", t,
@@ -173,11 +156,6 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
         assert await _ledger_counts(engine) == (len(commands), len(commands))  # none doubled
         for tenant in TENANTS:
             assert (await verify_audit(engine, tenant, keyring_from_settings(dep.settings))).ok
-    finally:
-        if engine is not None:
-            await engine.dispose()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _has(engine: Any, n: int) -> bool:

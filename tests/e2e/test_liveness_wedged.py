@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +39,7 @@ from paystream.devstack.kafka import TansuBroker
 from paystream.devstack.redis import EmbeddedRedis
 from paystream.devstack.worker import WorkerProcess
 from paystream.tenancy.models import Tenant
+from tests.e2e.own_servers import json_page
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -50,16 +48,6 @@ T = TypeVar("T")
 TENANT = "wedge-a"
 # What the agent logs when a batch's records are still unacknowledged after 5 s.
 _WAITING_ON_BROKER = "1 commands waiting on the broker"
-
-
-def _get(worker: WorkerProcess, path: str) -> tuple[int, Any]:
-    """GET a JSON page of the worker: (status, body), a 503 included."""
-    try:
-        with worker.open(path, timeout=5) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.load(exc)
 
 
 def _command_lag(worker: WorkerProcess) -> int:
@@ -135,7 +123,7 @@ async def test_a_worker_wedged_on_its_broker_fails_liveness_until_it_moves(
                 # A first command end to end: Redis connected, the outcome topics known.
                 first = await client.command("customer.create", TENANT, {}, timeout=60)
                 assert first.get_type() == "com.paystream.customer.created"
-                status, body = await asyncio.to_thread(_get, worker, "/healthz")
+                status, body = await asyncio.to_thread(json_page, worker, "/healthz")
                 assert (status, body["ok"], body["failing"]) == (200, True, []), body
 
                 await _until(
@@ -159,7 +147,7 @@ async def test_a_worker_wedged_on_its_broker_fails_liveness_until_it_moves(
                 freezer.thaw(redis)
 
                 def wedged() -> dict[str, Any] | None:
-                    status, body = _get(worker, "/healthz")
+                    status, body = json_page(worker, "/healthz")
                     return body if status == 503 else None
 
                 body = await _until(wedged, 60, "/healthz to answer 503")
@@ -168,7 +156,7 @@ async def test_a_worker_wedged_on_its_broker_fails_liveness_until_it_moves(
                 assert reason.startswith("commands agent wedged: 1 records behind"), reason
                 assert "PAYSTREAM_LIVENESS_STALL_SECONDS=5" in reason
                 # Readiness gave up on it first (PAYSTREAM_STALL_SECONDS).
-                status, ready = await asyncio.to_thread(_get, worker, "/readyz")
+                status, ready = await asyncio.to_thread(json_page, worker, "/readyz")
                 assert status == 503, ready
                 assert any(w.startswith("commands agent stalled") for w in ready["waiting_for"])
                 # The command was handled: its outcome waits for the broker's acknowledgement.
@@ -183,7 +171,7 @@ async def test_a_worker_wedged_on_its_broker_fails_liveness_until_it_moves(
                 freezer.thaw(broker)
 
                 def alive() -> dict[str, Any] | None:
-                    status, body = _get(worker, "/healthz")
+                    status, body = json_page(worker, "/healthz")
                     return body if status == 200 else None
 
                 body = await _until(alive, 60, "/healthz to answer 200 again")

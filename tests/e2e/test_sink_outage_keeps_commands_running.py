@@ -16,42 +16,23 @@ shows the mechanism.)
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import os
-import shutil
-import tempfile
 import time
-import urllib.error
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from paystream.client import build_command
-from paystream.devstack.postgres import EmbeddedPostgres
-from paystream.devstack.worker import WorkerProcess
-from paystream.ledger import create_engine, tenant_session
-from paystream.ledger.migrate import app_database_url, upgrade
+from paystream.ledger import tenant_session
 from paystream.ledger.models import Event
 from paystream.tenancy.models import Tenant
-from tests.fixtures.pipeline import Deployment
+from tests.e2e.own_servers import json_page, own_ledger
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 TENANTS = ["starve-a", "starve-b", "starve-c"]
 BEFORE, DURING = 10, 200  # commands per tenant before and during the outage
 QUEUE = 256
-
-
-def _get(worker: WorkerProcess, path: str) -> tuple[int, Any]:
-    try:
-        with worker.open(path, timeout=5) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.load(exc)
 
 
 async def _events(engine: Any) -> int:
@@ -81,23 +62,15 @@ def _payments(tenant: str, n: int, base: int) -> list[Any]:
 
 
 async def test_a_stalled_sink_does_not_starve_the_command_agent(deployment_factory: Any) -> None:
-    root = Path(tempfile.mkdtemp(prefix="paystream-starve-"))
-    pg = EmbeddedPostgres(root / "pg")
-    pg.start()
-    engine = None
-    try:
-        password = base64.urlsafe_b64encode(os.urandom(18)).decode()
-        await upgrade(pg.url, app_password=password)
-        dep: Deployment = await deployment_factory(
-            database_url=pg.url,
-            paystream_db_app_password=password,
-            paystream_master_key=base64.b64encode(os.urandom(32)).decode(),
-            paystream_stream_buffer_maxsize=str(QUEUE),
-            paystream_stall_seconds="5",
-            paystream_liveness_stall_seconds="5",
-        )
+    async with own_ledger(
+        deployment_factory,
+        "paystream-starve-",
+        paystream_stream_buffer_maxsize=str(QUEUE),
+        paystream_stall_seconds="5",
+        paystream_liveness_stall_seconds="5",
+    ) as own:
+        dep, pg, engine = own.dep, own.pg, own.engine
         await dep.add_tenants(*(Tenant(tenant_id=t) for t in TENANTS))
-        engine = create_engine(app_database_url(pg.url, password))
         with dep.worker() as worker:
             worker.wait_ready(TENANTS, partitions=dep.settings.partitions)
             async with dep.client() as client:
@@ -118,11 +91,11 @@ async def test_a_stalled_sink_does_not_starve_the_command_agent(deployment_facto
                 # probe first saw it behind); the command agent is not, and a stalled sink
                 # never fails liveness.
                 async def sink_listed() -> bool:
-                    _, ready = await asyncio.to_thread(_get, worker, "/readyz")
+                    _, ready = await asyncio.to_thread(json_page, worker, "/readyz")
                     return [s["agent"] for s in ready["stalled"]] == ["ledger_sink"]
 
                 await _until(sink_listed, 30, "/readyz to list the sink as stalled")
-                status, health = await asyncio.to_thread(_get, worker, "/healthz")
+                status, health = await asyncio.to_thread(json_page, worker, "/healthz")
                 assert (status, health["failing"]) == (200, []), health
                 late = await asyncio.gather(
                     *(client.send(c, timeout=60) for c in _payments(TENANTS[0], 5, 5000))
@@ -138,8 +111,3 @@ async def test_a_stalled_sink_does_not_starve_the_command_agent(deployment_facto
 
                 await _until(caught_up, 90, "the ledger to catch up")
             assert not worker.exited()
-    finally:
-        if engine is not None:
-            await engine.dispose()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
