@@ -922,7 +922,8 @@ def _view_schemas() -> Doc:
                     "type": "array",
                     "items": _STR,
                     "description": "why the worker should be restarted: its command agent "
-                    "wedged (behind, no progress for PAYSTREAM_LIVENESS_STALL_SECONDS)",
+                    "wedged (behind, no progress for PAYSTREAM_LIVENESS_STALL_SECONDS), or a "
+                    "rebalance that has not ended in PAYSTREAM_LIVENESS_SETTLING_SECONDS",
                 },
             },
             "The worker answers, and its command agent is not wedged (a liveness probe).",
@@ -1091,7 +1092,8 @@ def openapi() -> Doc:
         "/healthz": {
             "get": {
                 "summary": "Alive: 503 while the command agent is wedged, behind with no "
-                "progress for PAYSTREAM_LIVENESS_STALL_SECONDS (open without the token).",
+                "progress for PAYSTREAM_LIVENESS_STALL_SECONDS, or the worker has been "
+                "rebalancing for PAYSTREAM_LIVENESS_SETTLING_SECONDS (open without the token).",
                 "security": [],
                 "responses": {
                     "200": _json("Health", "alive"),

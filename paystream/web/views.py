@@ -141,8 +141,9 @@ class MetricsView(View):
 class HealthView(View):
     """For a liveness probe: 503 while the command agent is wedged (behind, with no
     progress for PAYSTREAM_LIVENESS_STALL_SECONDS, not counting time spent settling), or
-    the worker has been settling for PAYSTREAM_LIVENESS_SETTLING_SECONDS without a break,
-    so that the worker is restarted and its partitions move to a peer meanwhile."""
+    the worker has been rebalancing (not recovering tables) for
+    PAYSTREAM_LIVENESS_SETTLING_SECONDS without a break, so that the worker is restarted
+    and its partitions move to a peer meanwhile."""
 
     async def get(self, request: Request) -> Response:
         _observe_settling()
