@@ -242,14 +242,14 @@ class CommandProcessor:
                 command_type=suffix[:ID_MAX_CHARS],
             )
             if trace is not None:  # (named as its rejection names it)
-                trace.begin(short, event.get_extension("tracestate"))
+                trace.begin(short, tracestate)
             return self._answered_before(cmd) or self._reject(
                 short,
                 RejectReason.VALIDATION_ERROR,
                 f"{', '.join(too_long)} too long (at most {ID_MAX_CHARS} characters)",
             )
         if trace is not None:
-            trace.begin(cmd, event.get_extension("tracestate"))
+            trace.begin(cmd, tracestate)
         # Rules that need no state: the order is cheapest-first.
         if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
             return self._reject(

@@ -29,8 +29,8 @@ FAUST_PER_PARTITION = {
     "on_buffer_full": Consumer.on_buffer_full,
     "on_buffer_drop": Consumer.on_buffer_drop,
 }
-_pause_one = Consumer.on_buffer_full
-_resume_one = Consumer.on_buffer_drop
+_pause_one = FAUST_PER_PARTITION["on_buffer_full"]
+_resume_one = FAUST_PER_PARTITION["on_buffer_drop"]
 
 
 def on_buffer_full(self: Any, tp: TP) -> None:

@@ -157,9 +157,9 @@ class HealthView(View):
         return self.json(body, status=503 if failing else 200)
 
 
-def _observe_settling() -> bool:
-    """Is the worker settling (rebalancing, recovering tables, reading the registry)?
-    Told to the liveness watch, whichever probe asks, with the consumer generation."""
+def _observe_settling() -> None:
+    """Tell the liveness watch, whichever probe asks, whether the worker is settling
+    (rebalancing, recovering tables, reading the registry), with its consumer generation."""
     recovering = bool(getattr(app, "in_recovery", False))
     settling = bool(app.rebalancing or recovering or not registry.ready.is_set())
     _liveness.observe(
@@ -167,7 +167,6 @@ def _observe_settling() -> bool:
         generation=app.consumer_generation_id,
         rebalancing=bool(app.rebalancing) and not recovering,
     )
-    return settling
 
 
 @app.page("/readyz")
