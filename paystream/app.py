@@ -29,6 +29,11 @@ def forwarding_client() -> aiohttp.ClientSession:
 _UNCONFIGURED_BROKER = "kafka://127.0.0.1:9092"
 # A poll's worth of records, enough that polls are not what limits throughput.
 MAX_POLL_RECORDS = 500
+# How long a produced record batch may go unacknowledged before aiokafka fails it (and
+# the ProduceRequest's own timeout): Kafka's request.timeout.ms default. Faust's 1200 s
+# kept a batch the broker refused (NOT_ENOUGH_REPLICAS, ...) in aiokafka's own retries
+# for 20 minutes, where the command agent could not see why it was stalled.
+PRODUCER_REQUEST_TIMEOUT_SECONDS = 30.0
 
 
 def max_poll_records(buffer_maxsize: int) -> int:
@@ -72,6 +77,7 @@ def create_app(settings: Settings) -> faust.App:
         # The command agent sends each topic-partition's share of a batch as one record
         # batch (streams/batch_producer.py); Faust's 16 KiB default splits them up.
         "producer_max_batch_size": 512 * 1024,
+        "producer_request_timeout": PRODUCER_REQUEST_TIMEOUT_SECONDS,
         "stream_wait_empty": False,
         "stream_buffer_maxsize": settings.stream_buffer_maxsize,
         "broker_max_poll_records": max_poll_records(settings.stream_buffer_maxsize),

@@ -925,6 +925,12 @@ def _view_schemas() -> Doc:
                     "wedged (behind, no progress for PAYSTREAM_LIVENESS_STALL_SECONDS), or a "
                     "rebalance that has not ended in PAYSTREAM_LIVENESS_SETTLING_SECONDS",
                 },
+                "excused": {
+                    "type": "array",
+                    "items": _STR,
+                    "description": "why a stall is not failing liveness: the broker refusing "
+                    "the command agent's writes (a restart would not mend it)",
+                },
             },
             "The worker answers, and its command agent is not wedged (a liveness probe).",
         ),
@@ -942,6 +948,11 @@ def _view_schemas() -> Doc:
                     "description": "every agent behind with no progress for "
                     "PAYSTREAM_STALL_SECONDS",
                     "items": _object({"agent": _STR, "behind": _INT, "seconds": number}),
+                },
+                "publish_failing": {
+                    **_nullable(_STR),
+                    "description": "producing the command agent's batches failing now, for "
+                    "how long and with what error (each attempt retried)",
                 },
             }
         ),
@@ -1093,7 +1104,8 @@ def openapi() -> Doc:
             "get": {
                 "summary": "Alive: 503 while the command agent is wedged, behind with no "
                 "progress for PAYSTREAM_LIVENESS_STALL_SECONDS, or the worker has been "
-                "rebalancing for PAYSTREAM_LIVENESS_SETTLING_SECONDS (open without the token).",
+                "rebalancing for PAYSTREAM_LIVENESS_SETTLING_SECONDS; not while the broker "
+                "refuses the agent's writes (open without the token).",
                 "security": [],
                 "responses": {
                     "200": _json("Health", "alive"),

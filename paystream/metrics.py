@@ -6,7 +6,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -27,6 +27,8 @@ __all__ = [
     "LIMITED",
     "PARKED",
     "PROGRESS",
+    "PUBLISH_FAILING",
+    "PUBLISH_FAILURES",
     "REJECTIONS",
     "REPAIRS",
     "REPLAYS",
@@ -57,6 +59,17 @@ LIMITED = Counter(
     "Commands rejected by a tenant limit, by tenant and limit "
     "(commands_per_second, max_payment_amount, daily_payment_volume).",
     ["tenant", "limit"],
+)
+PUBLISH_FAILURES = Counter(
+    "paystream_publish_failures_total",
+    "Attempts to produce a command batch's outcomes and table changes that failed, by "
+    "error (NotEnoughReplicasError, RequestTimedOutError, ...); each is retried.",
+    ["error"],
+)
+PUBLISH_FAILING = Gauge(
+    "paystream_publish_failing_seconds",
+    "How long producing the command agent's batches has been failing (0: the latest "
+    "attempt was delivered); the agent waits meanwhile.",
 )
 PARKED = Counter(
     "paystream_parked_total",

@@ -42,6 +42,7 @@ from paystream.agents.handlers import Tables
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
+from paystream.agents.publish_health import PUBLISH
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.gateways.registry import GatewayDeps
@@ -351,8 +352,10 @@ async def _publish(
         try:
             sent = await send_batches(producer, records)
             await _delivered(sent, commands)
+            PUBLISH.delivered()
             return sent
         except KafkaError as exc:
+            PUBLISH.failed(exc)
             if not exc.retriable or not may_retry():
                 raise
             delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)

@@ -9,7 +9,10 @@ and table changes are).
 
 Only the command agent is judged. A ledger sink stalls on its database, which a restart
 does not bring back; restarting would only add noise to an outage (``/readyz`` and
-``PaystreamLedgerSinkStalled`` report it).
+``PaystreamLedgerSinkStalled`` report it). For the same reason the command agent is not
+judged while the broker keeps refusing its writes (``agents/publish_health.py``;
+``PaystreamPublishRefused``): restarted in turn, every worker would stall on the same
+partition, each restart a rebalance of the whole group.
 
 Rebalancing without recovering tables for PAYSTREAM_LIVENESS_SETTLING_SECONDS without a
 break (an hour) is a wedge of its own. Otherwise time spent settling
@@ -50,16 +53,24 @@ class LivenessWatch:
         self._generation: int | None = None
 
     def observe(
-        self, *, settling: bool, generation: int | None = None, rebalancing: bool = False
+        self,
+        *,
+        settling: bool,
+        generation: int | None = None,
+        rebalancing: bool = False,
+        refused: bool = False,
     ) -> None:
         """Every probe (readiness too) says whether the worker is settling right now, its
-        consumer generation (which every rebalance moves on), and whether it is
-        rebalancing without recovering tables (what a stuck rebalance looks like; a long
-        recovery makes progress, and a registry never read is not mended by a restart)."""
+        consumer generation (which every rebalance moves on), whether it is rebalancing
+        without recovering tables (what a stuck rebalance looks like; a long recovery
+        makes progress, and a registry never read is not mended by a restart), and
+        whether the broker is refusing the command agent's writes (agents/publish_health:
+        the peer taking over the partitions would stall on them too). A stall is counted
+        only from the last probe that saw none of these."""
         now = self._clock()
         moved = generation is not None and generation != self._generation
         self._generation = generation if generation is not None else self._generation
-        if settling or moved:
+        if settling or moved or refused:
             self._settled_since = now
         if not rebalancing:
             self._settling_since = None

@@ -16,12 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paystream import metrics
 from paystream.agents import insights
-from paystream.agents.commands import runner
+from paystream.agents.commands import PUBLISH_RETRY_MAX_SECONDS, runner
 from paystream.agents.ledger_sink import AGENT_NAME as OUTCOMES_AGENT
 from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.agents.offsets import stalls
+from paystream.agents.publish_health import PUBLISH, PublishTrouble
 from paystream.agents.tenants import registry
-from paystream.app import app, settings
+from paystream.app import PRODUCER_REQUEST_TIMEOUT_SECONDS, app, settings
 from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
@@ -146,27 +147,42 @@ class HealthView(View):
     and its partitions move to a peer meanwhile."""
 
     async def get(self, request: Request) -> Response:
-        _observe_settling()
+        refused = _observe_settling()
         stalled = stalls(metrics.PROGRESS.tracked(), 0.0) if settings.runs("commands") else []
         failing = _liveness.failures(
             stalled,
             after=settings.liveness_after,
             settling_after=settings.liveness_settling_seconds if settings.liveness_after else 0,
         )
-        body = {"ok": not failing, "uptime_s": round(time.time() - _STARTED, 1), "failing": failing}
+        body = {
+            "ok": not failing,
+            "uptime_s": round(time.time() - _STARTED, 1),
+            "failing": failing,
+            # Why a stall is not failing liveness: a restart would not mend it.
+            "excused": [refused.describe()] if refused is not None else [],
+        }
         return self.json(body, status=503 if failing else 200)
 
 
-def _observe_settling() -> None:
+def _observe_settling() -> PublishTrouble | None:
     """Tell the liveness watch, whichever probe asks, whether the worker is settling
-    (rebalancing, recovering tables, reading the registry), with its consumer generation."""
+    (rebalancing, recovering tables, reading the registry), with its consumer generation,
+    and whether the broker is refusing the command agent's writes (returned, if so)."""
     recovering = bool(getattr(app, "in_recovery", False))
     settling = bool(app.rebalancing or recovering or not registry.ready.is_set())
+    refused = PUBLISH.refused_within(REFUSAL_FRESH_SECONDS)
     _liveness.observe(
         settling=settling,
         generation=app.consumer_generation_id,
         rebalancing=bool(app.rebalancing) and not recovering,
+        refused=refused is not None,
     )
+    return refused
+
+
+# A refusing broker fails each retried batch again within a producer request timeout
+# (and the retry's pause): a refusal older than two of those is no longer the reason.
+REFUSAL_FRESH_SECONDS = 2 * (PRODUCER_REQUEST_TIMEOUT_SECONDS + PUBLISH_RETRY_MAX_SECONDS)
 
 
 @app.page("/readyz")
@@ -179,6 +195,7 @@ class ReadyView(View):
 
     async def get(self, request: Request) -> Response:
         _observe_settling()
+        trouble = PUBLISH.trouble() if settings.runs("commands") else None
         stalled = stalls(metrics.PROGRESS.tracked(), settings.stall_seconds)
         source = "commands" if settings.runs("commands") else OUTCOMES_AGENT
         waiting = not_ready_because(
@@ -195,6 +212,8 @@ class ReadyView(View):
                 {"agent": s.agent, "behind": s.behind, "seconds": round(s.seconds, 1)}
                 for s in stalled
             ],
+            # Producing the command agent's batches failing now (retried meanwhile).
+            "publish_failing": trouble.describe() if trouble is not None else None,
         }
         return self.json(body, status=503 if waiting else 200)
 

@@ -32,13 +32,13 @@ async def get_json(http: aiohttp.ClientSession, path: str, status: int = 200) ->
 
 async def test_healthz(http: aiohttp.ClientSession) -> None:
     body = await get_json(http, "/healthz")
-    assert body["ok"] is True and body["failing"] == []
+    assert body["ok"] is True and body["failing"] == [] and body["excused"] == []
     assert body["uptime_s"] >= 0
 
 
 async def test_readyz_once_the_worker_can_run_commands(http: aiohttp.ClientSession) -> None:
     body = await get_json(http, "/readyz")
-    assert body == {"ready": True, "waiting_for": [], "stalled": []}
+    assert body == {"ready": True, "waiting_for": [], "stalled": [], "publish_failing": None}
 
 
 async def test_what_a_worker_waits_for() -> None:

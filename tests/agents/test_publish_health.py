@@ -1,0 +1,132 @@
+"""A broker refusing the command agent's writes: reported, and not a reason to restart.
+
+The embedded broker never refuses a produce (one broker, topics and partitions created
+on demand: a produce to a deleted topic, or past a recreated topic's partitions, is
+simply accepted), so the refusals here are aiokafka's own exception classes, raised
+where a real refusal surfaces: out of the batch's delivery in ``commands._publish``.
+A broker that stops answering altogether is tests/e2e/test_liveness_wedged.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    NotEnoughReplicasError,
+    RequestTimedOutError,
+)
+from prometheus_client import REGISTRY
+
+from paystream.agents import commands
+from paystream.agents.offsets import Stall
+from paystream.agents.publish_health import PUBLISH, PublishHealth, is_refusal
+from paystream.streams.batch_producer import OutRecord
+from paystream.web.liveness import LivenessWatch
+
+WEDGED_AFTER = 600.0
+
+
+def test_only_the_broker_s_own_error_answers_are_refusals() -> None:
+    assert is_refusal(NotEnoughReplicasError())
+    assert is_refusal(LeaderNotAvailableError())
+    # aiokafka raises RequestTimedOutError for a request never answered too (a hung
+    # connection: a restart may mend it), and the others are the client's own.
+    assert not is_refusal(RequestTimedOutError())
+    assert not is_refusal(KafkaTimeoutError())
+    assert not is_refusal(KafkaConnectionError())
+
+
+def test_trouble_lasts_from_the_first_failure_until_a_delivery() -> None:
+    now = [100.0]
+    health = PublishHealth(clock=lambda: now[0])
+    assert health.trouble() is None
+    health.failed(NotEnoughReplicasError())
+    now[0] = 130.0
+    health.failed(RequestTimedOutError())
+    now[0] = 135.0
+    trouble = health.trouble()
+    assert trouble is not None
+    assert (trouble.seconds, trouble.last_seconds) == (35.0, 5.0)
+    assert (trouble.error, trouble.refused) == ("RequestTimedOutError", False)
+    assert trouble.describe() == "producing outcomes failing for 35 s (RequestTimedOutError)"
+    assert health.refused_within(60) is None  # the latest failure was no refusal
+    health.delivered()
+    assert health.trouble() is None
+
+
+def test_a_refusal_is_an_excuse_only_while_fresh() -> None:
+    """A refusing broker fails every retried batch again within a request timeout; an
+    attempt that has hung since is a stall like any other."""
+    now = [0.0]
+    health = PublishHealth(clock=lambda: now[0])
+    health.failed(NotEnoughReplicasError())
+    now[0] = 50.0
+    refused = health.refused_within(70)
+    assert refused is not None and refused.describe() == (
+        "producing outcomes refused by the broker for 50 s (NotEnoughReplicasError)"
+    )
+    now[0] = 71.0
+    assert health.refused_within(70) is None
+
+
+def test_a_stall_while_the_broker_refuses_never_fails_liveness() -> None:
+    """Counted only from the last probe that saw the refusal: restarted in turn, every
+    worker would stall on the same partition."""
+    now = [0.0]
+    watch = LivenessWatch(clock=lambda: now[0])
+    for _ in range(200):  # probes every 10 s for 2000 s, the broker refusing throughout
+        watch.observe(settling=False, refused=True)
+        now[0] += 10
+    assert watch.failures([Stall("commands", 80, now[0])], after=WEDGED_AFTER) == []
+    last_refused = now[0] - 10
+    now[0] = last_refused + WEDGED_AFTER  # refusals stopped, and no progress since
+    (why,) = watch.failures([Stall("commands", 80, now[0])], after=WEDGED_AFTER)
+    assert "no progress for 600 s" in why
+
+
+def _failures(error: str) -> float:
+    return REGISTRY.get_sample_value("paystream_publish_failures_total", {"error": error}) or 0.0
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_publish_reports_each_failure_and_clears_on_delivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: list[Exception | None] = [NotEnoughReplicasError(), NotEnoughReplicasError(), None]
+    seen: list[Any] = []
+
+    async def send(producer: Any, records: Any) -> list[Any]:
+        seen.append(PUBLISH.trouble())
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return []
+
+    monkeypatch.setattr(commands, "send_batches", send)
+    monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
+    before = _failures("NotEnoughReplicasError")
+    records = [OutRecord("events", 0, b"acme", b"{}")]
+    assert await commands._publish(cast(Any, None), records, 1) == []
+    assert seen[0] is None  # nothing wrong before the first attempt
+    assert seen[2] is not None and seen[2].refused and seen[2].error == "NotEnoughReplicasError"
+    assert PUBLISH.trouble() is None  # delivered
+    assert _failures("NotEnoughReplicasError") == before + 2
+    assert REGISTRY.get_sample_value("paystream_publish_failing_seconds") == 0.0
+
+
+def test_the_producer_gives_up_on_a_batch_within_kafka_s_request_timeout() -> None:
+    """Faust's default (1200 s) kept a refused batch inside aiokafka's retries, out of
+    the agent's sight, for longer than liveness waits: the refusal was never seen."""
+    from paystream.app import PRODUCER_REQUEST_TIMEOUT_SECONDS, create_app
+    from paystream.settings import load_settings
+
+    app = create_app(load_settings())
+    assert PRODUCER_REQUEST_TIMEOUT_SECONDS == 30.0
+    producer_settings = cast(Any, app.producer)._settings_default()
+    assert producer_settings["request_timeout_ms"] == 30_000
+    refusal_fresh = 2 * (PRODUCER_REQUEST_TIMEOUT_SECONDS + commands.PUBLISH_RETRY_MAX_SECONDS)
+    assert refusal_fresh < WEDGED_AFTER
