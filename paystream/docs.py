@@ -928,8 +928,8 @@ def _view_schemas() -> Doc:
                 "excused": {
                     "type": "array",
                     "items": _STR,
-                    "description": "why a stall is not failing liveness: the broker refusing "
-                    "the command agent's writes (a restart would not mend it)",
+                    "description": "the broker refusing the command agent's writes, when it "
+                    "does: a stall meanwhile is not counted (a restart would not mend it)",
                 },
             },
             "The worker answers, and its command agent is not wedged (a liveness probe).",
@@ -1104,8 +1104,8 @@ def openapi() -> Doc:
             "get": {
                 "summary": "Alive: 503 while the command agent is wedged, behind with no "
                 "progress for PAYSTREAM_LIVENESS_STALL_SECONDS, or the worker has been "
-                "rebalancing for PAYSTREAM_LIVENESS_SETTLING_SECONDS; not while the broker "
-                "refuses the agent's writes (open without the token).",
+                "rebalancing for PAYSTREAM_LIVENESS_SETTLING_SECONDS; a stall while the broker "
+                "refuses the agent's writes is not counted (open without the token).",
                 "security": [],
                 "responses": {
                     "200": _json("Health", "alive"),

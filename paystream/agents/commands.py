@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.types import TP, EventT
@@ -356,7 +356,11 @@ async def _publish(
             return sent
         except KafkaError as exc:
             PUBLISH.failed(exc)
-            if not exc.retriable or not may_retry():
+            # KafkaTimeoutError is aiokafka's own wait running out (for metadata, or for
+            # room behind an earlier batch of the same partition that a leaderless
+            # partition keeps queued until it expires): marked not retriable, and as safe
+            # to retry as the rest.
+            if not (exc.retriable or isinstance(exc, KafkaTimeoutError)) or not may_retry():
                 raise
             delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)
             log.warning(

@@ -6,7 +6,7 @@ without enough in-sync replicas, without a leader, on a failed disk) stalls the 
 Restarting the worker would not help: its partitions would move to a peer, which stalls
 on the same partition, and each restart is a rebalance that pauses the whole group. So
 liveness leaves such a stall alone while the broker keeps answering so
-(``web/liveness.py``); readiness and ``PaystreamPublishRefused`` report it.
+(``web/liveness.py``); readiness and ``PaystreamPublishFailing`` report it.
 
 A timeout is not a refusal: aiokafka raises ``RequestTimedOutError`` both for a broker's
 REQUEST_TIMED_OUT answer and for a request that got no answer at all (a hung

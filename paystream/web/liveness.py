@@ -11,7 +11,7 @@ Only the command agent is judged. A ledger sink stalls on its database, which a 
 does not bring back; restarting would only add noise to an outage (``/readyz`` and
 ``PaystreamLedgerSinkStalled`` report it). For the same reason the command agent is not
 judged while the broker keeps refusing its writes (``agents/publish_health.py``;
-``PaystreamPublishRefused``): restarted in turn, every worker would stall on the same
+``PaystreamPublishFailing``): restarted in turn, every worker would stall on the same
 partition, each restart a rebalance of the whole group.
 
 Rebalancing without recovering tables for PAYSTREAM_LIVENESS_SETTLING_SECONDS without a

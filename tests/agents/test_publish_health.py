@@ -118,6 +118,44 @@ async def test_publish_reports_each_failure_and_clears_on_delivery(
     assert REGISTRY.get_sample_value("paystream_publish_failing_seconds") == 0.0
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_aiokafka_s_own_wait_running_out_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch behind another of the same partition waits for room in aiokafka's
+    accumulator; a leaderless partition keeps the first queued until it expires, and the
+    wait raises KafkaTimeoutError, marked not retriable: the worker would have exited,
+    and each next owner of the partition after it."""
+    answers: list[Exception | None] = [KafkaTimeoutError(), LeaderNotAvailableError(), None]
+
+    async def send(producer: Any, records: Any) -> list[Any]:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return []
+
+    monkeypatch.setattr(commands, "send_batches", send)
+    monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
+    records = [OutRecord("events", 0, b"acme", b"{}")]
+    assert await commands._publish(cast(Any, None), records, 1) == []
+    assert answers == []
+
+
+def test_probes_see_a_fresh_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What /healthz and /readyz read: the refusal, while it is fresh."""
+    from paystream.web import views
+
+    now = [0.0]
+    health = PublishHealth(clock=lambda: now[0])
+    monkeypatch.setattr(views, "PUBLISH", health)
+    monkeypatch.setattr(views, "_liveness", LivenessWatch(clock=lambda: now[0]))
+    assert views._observe_settling() is None
+    health.failed(NotEnoughReplicasError())
+    now[0] = views.REFUSAL_FRESH_SECONDS
+    refused = views._observe_settling()
+    assert refused is not None and refused.error == "NotEnoughReplicasError"
+    now[0] += 1
+    assert views._observe_settling() is None  # stale: whatever holds it up now counts
+
+
 def test_the_producer_gives_up_on_a_batch_within_kafka_s_request_timeout() -> None:
     """Faust's default (1200 s) kept a refused batch inside aiokafka's retries, out of
     the agent's sight, for longer than liveness waits: the refusal was never seen."""
@@ -125,8 +163,14 @@ def test_the_producer_gives_up_on_a_batch_within_kafka_s_request_timeout() -> No
     from paystream.settings import load_settings
 
     app = create_app(load_settings())
-    assert PRODUCER_REQUEST_TIMEOUT_SECONDS == 30.0
+    # Above the brokers' replica.lag.time.max.ms (30 s): a lagging follower holds an
+    # acks=all produce that long, and a client giving up first writes it twice.
+    assert PRODUCER_REQUEST_TIMEOUT_SECONDS == 60.0
     producer_settings = cast(Any, app.producer)._settings_default()
-    assert producer_settings["request_timeout_ms"] == 30_000
-    refusal_fresh = 2 * (PRODUCER_REQUEST_TIMEOUT_SECONDS + commands.PUBLISH_RETRY_MAX_SECONDS)
-    assert refusal_fresh < WEDGED_AFTER
+    assert producer_settings["request_timeout_ms"] == 60_000
+    from paystream.web.views import REFUSAL_FRESH_SECONDS
+
+    assert REFUSAL_FRESH_SECONDS == 2 * (
+        PRODUCER_REQUEST_TIMEOUT_SECONDS + commands.PUBLISH_RETRY_MAX_SECONDS
+    )
+    assert REFUSAL_FRESH_SECONDS < WEDGED_AFTER
