@@ -26,12 +26,14 @@ from paystream.app import PRODUCER_REQUEST_TIMEOUT_SECONDS, app, settings
 from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
+from paystream.tables import observed
 from paystream.tables.views import SummaryCache, entity_view
 from paystream.web.liveness import LivenessWatch
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
 
 _STARTED = time.time()
+observed.install(app)  # table sizes and recovery progress on /metrics
 _liveness = LivenessWatch()
 _summaries = SummaryCache()
 _ENTITY_TABLES = {

@@ -239,6 +239,34 @@ async def test_metrics_count_commands_by_tenant_command_and_outcome(
     assert "paystream_command_latency_seconds_bucket" in text
 
 
+async def test_the_worker_runs_on_uvloop(seeded: Seeded) -> None:
+    """PAYSTREAM_EVENT_LOOP's default. Anything that touched a table's store (or the
+    app's loop) while the worker's modules were imported bound them to asyncio's own loop
+    before the worker chose one: it then ran on that, silently (a metrics collector
+    registered at import once did)."""
+    startup = [
+        line for line in seeded.worker.log_path.read_text().splitlines() if "event loop:" in line
+    ]
+    assert startup and "event loop: uvloop;" in startup[0], startup
+
+
+async def test_metrics_size_the_tables_and_their_recovery(http: aiohttp.ClientSession) -> None:
+    """What the next recovery replays, and what is left of one in progress (none)."""
+    async with http.get("/metrics") as resp:
+        text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    keys = {s.labels["table"]: s.value for s in families["paystream_table_keys"].samples}
+    # acme's payments (one succeeded, one failed) and globex's customer.
+    assert (keys["payments"], keys["customers"], keys["refunds"]) == (2.0, 1.0, 0.0)
+    assert keys["idempotency"] >= 3.0  # at least the three commands that made entities
+    assert families["paystream_table_recovering"].samples[0].value == 0.0
+    remaining = {
+        s.labels["kind"]: s.value
+        for s in families["paystream_table_recovery_remaining_records"].samples
+    }
+    assert remaining == {"active": 0.0, "standby": 0.0}
+
+
 async def test_no_card_number_in_any_response(http: aiohttp.ClientSession, seeded: Seeded) -> None:
     bodies = []
     for path in (
