@@ -88,8 +88,8 @@ def keep_log_levels() -> None:
     At WARN and above, Faust's worker sets the root logger to DEBUG for its terminal
     progress spinner (a handler that draws a frame per log record, on a terminal only):
     every debug call of every library then built a record only to drop it, two per
-    changelog record in a table recovery (13% of its CPU). Without the spinner, Faust
-    leaves the level as configured.
+    changelog record in a table recovery (100,000 records: 13.6 s of CPU against 11.3).
+    Without the spinner, Faust leaves the level as configured.
     """
     cast(Any, faust.Worker)._disable_spinner_if_level_below_WARN = _no_spinner
 

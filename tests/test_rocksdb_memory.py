@@ -60,9 +60,11 @@ def test_a_rocksdb_table_is_sized_by_its_partitions_estimates(tmp_path: Path) ->
         for p, n in ((0, 300), (3, 200)):
             for i in range(n):
                 dbs[p][b"tenant:%d" % i] = b"{}"
-        table = SimpleNamespace(data=SimpleNamespace(_dbs=dbs))
+        table = SimpleNamespace(_data=SimpleNamespace(_dbs=dbs))
         assert table_keys(table) == 500
-        assert table_keys(SimpleNamespace(data=SimpleNamespace(data={"a": 1}))) == 1  # memory
+        assert table_keys(SimpleNamespace(_data=SimpleNamespace(data={"a": 1}))) == 1  # memory
+        # A store not opened yet is not opened by a scrape (it would bind an event loop).
+        assert table_keys(SimpleNamespace(_data=None)) is None
     finally:
         for db in dbs.values():
             db.close()

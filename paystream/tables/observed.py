@@ -17,21 +17,25 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["TableStateCollector", "install", "table_keys"]
+__all__ = ["TableStateCollector", "behind", "install", "table_keys"]
 
 log = logging.getLogger(__name__)
 
 _ESTIMATE = "rocksdb.estimate-num-keys"
 
 
-def table_keys(table: Any) -> int:
-    """Keys the table holds on this worker, in active and standby partitions.
+def table_keys(table: Any) -> int | None:
+    """Keys the table holds on this worker, in active and standby partitions (None: its
+    store is not open yet, and reading ``table.data`` would open it, bound to whatever
+    event loop is current).
 
     RocksDB (``rocksdb://``): each partition database's own estimate (counting them
     would read every key at every scrape), which also counts writes over a key that no
     compaction has merged yet (at most a few memtables' worth); the memory store: its
     dict's length."""
-    store = table.data
+    store = table._data
+    if store is None:
+        return None
     dbs = getattr(store, "_dbs", None)
     if isinstance(dbs, dict):
         total = 0
@@ -64,17 +68,49 @@ class TableStateCollector(Collector):
         keys, recovering, remaining = _families()
         for name, table in sorted(self._app.tables.items()):
             try:
-                keys.add_metric([name], table_keys(table))
+                held = table_keys(table)
             except Exception:  # a store closing under a rebalance: next scrape
                 log.debug("could not size table %s", name, exc_info=True)
+                continue
+            if held is not None:
+                keys.add_metric([name], held)
         yield keys
         recovering.add_metric([], 1.0 if getattr(self._app, "in_recovery", False) else 0.0)
         yield recovering
-        recovery = getattr(self._app.tables, "recovery", None)
+        # (Its private attribute: the property would create the service if it is not yet.)
+        recovery = getattr(self._app.tables, "_recovery", None)
         if recovery is not None:
-            remaining.add_metric(["active"], recovery.active_remaining_total())
-            remaining.add_metric(["standby"], recovery.standby_remaining_total())
+            remaining.add_metric(["active"], behind(recovery, active=True))
+            remaining.add_metric(["standby"], behind(recovery, active=False))
         yield remaining
+
+
+def behind(recovery: Any, *, active: bool) -> int:
+    """Records Faust's recovery has still to replay into the worker's current active (or
+    standby) partitions. Faust's own totals sum ``highwater - offset`` over every
+    partition it knows: the highwaters are read once per recovery while standby copies
+    keep reading past them (the total went negative with traffic, hiding a standby still
+    behind), and a partition that moved from active to standby keeps its highwater with
+    no offset (counted whole): so each partition counts from 0, and only the current
+    ones."""
+    if active:
+        tps, highwaters, offsets = (
+            recovery.active_tps,
+            recovery.active_highwaters,
+            recovery.active_offsets,
+        )
+    else:
+        tps, highwaters, offsets = (
+            recovery.standby_tps,
+            recovery.standby_highwaters,
+            recovery.standby_offsets,
+        )
+    total = 0
+    for tp in tps:
+        highwater, offset = highwaters.get(tp), offsets.get(tp)
+        if highwater is not None and highwater >= 0:
+            total += max(0, highwater - (offset if offset is not None and offset >= 0 else -1))
+    return total
 
 
 def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
@@ -93,7 +129,8 @@ def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
     remaining = GaugeMetricFamily(
         "paystream_table_recovery_remaining_records",
         "Changelog records this worker has still to replay: into its active "
-        "partitions (before it may run their commands) and its standby copies.",
+        "partitions (before it may run their commands) and its standby copies, up to "
+        "the changelogs' ends as read when the recovery began.",
         labels=["kind"],
     )
     return keys, recovering, remaining
