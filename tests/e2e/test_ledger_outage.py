@@ -143,7 +143,7 @@ async def test_database_outage_stalls_the_sink_and_loses_nothing(deployment_fact
                 await _until(committed, 30, "the sink's lag to return to zero")
                 assert _readyz(worker.base_url) == (
                     200,
-                    {"ready": True, "waiting_for": [], "stalled": []},
+                    {"ready": True, "waiting_for": [], "stalled": [], "publish_failing": None},
                 )
                 assert (
                     _metric(
