@@ -68,9 +68,14 @@ def broker_answers(url: str, timeout: float = 2.0) -> bool:
 class TansuBroker(ServiceProcess):
     """One Tansu broker process on a free loopback port; data lives as long as the process."""
 
-    def __init__(self, log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, log_path: Path, port: int | None = None, advertised_port: int | None = None
+    ) -> None:
         self.log_path = log_path
         self.port = port or free_port()
+        # Where clients are told to connect (a proxy in front of it, in tests that cut
+        # connections): its own port unless said otherwise.
+        self.advertised_port = advertised_port or self.port
         self.host = "127.0.0.1"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -101,7 +106,7 @@ class TansuBroker(ServiceProcess):
                 "--listener-url",
                 listener,
                 "--advertised-listener-url",
-                listener,
+                f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

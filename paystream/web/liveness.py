@@ -23,12 +23,14 @@ the worker was last seen settling: by a probe that found it so, or by one that f
 new consumer generation (a rebalance that began and ended between two probes).
 
 The lag counts only records the worker has fetched: a consumer whose fetches stopped
-being answered (a hung connection) sees no backlog, so no stall, and is not caught here.
+being answered (a hung connection) sees no backlog, so no stall, and is not judged here.
 The fetch age is no sign of it to act on: partitions of a healthy, idle worker went
 unanswered for many seconds on the embedded broker, and Faust stops fetching partitions
-whose agent is busy (tests/e2e/test_sink_outage_keeps_commands_running.py saw both);
-``paystream_consumer_fetch_age_seconds`` and PaystreamBrokerNotAnswering leave it to a
-person.
+whose agent is busy (tests/e2e/test_sink_outage_keeps_commands_running.py saw both).
+Nor does it need a restart: aiokafka closes a connection whose request timed out and
+opens another, and the worker joins its group again
+(tests/e2e/test_blackholed_connections.py); a broker that stays silent is
+PaystreamBrokerNotAnswering's.
 """
 
 from __future__ import annotations
