@@ -993,7 +993,7 @@ _duration = click.option(
 
 
 @cli.command()
-@click.option("--demo", is_flag=True, help="drive demo traffic through the worker")
+@click.option("--demo/--no-demo", default=False, help="drive demo traffic through the worker")
 @_demo_rate
 @_duration
 @click.option("--web-port", type=int, default=None, help="worker web port (default: settings)")
@@ -1049,8 +1049,10 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
                 "PAYSTREAM_INSIGHTS_WINDOW_SECONDS", "10"
             ),
         }
-        # For other shells: the stack's URLs, and where the dev secrets are (never echoed).
+        # For other shells: the stack's URLs, where the dev secrets are (never echoed), and
+        # this environment's `paystream` first on the PATH (scripts/setup's .venv).
         exports = dict(stack.env())
+        exports["PATH"] = f'"{Path(sys.executable).parent}:$PATH"'
         if "PAYSTREAM_MASTER_KEY" not in env:
             env["PAYSTREAM_MASTER_KEY"] = _dev_master_key(data_dir / "dev")
             exports["PAYSTREAM_MASTER_KEY"] = f'"$(cat {data_dir / "dev" / "dev-master.key"})"'
@@ -1104,7 +1106,10 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo(f"dashboard  {base}/{opener}")
         click.echo(f"metrics    {base}/metrics")
         click.echo(f"worker log {log_path}")
-        click.echo("CLI from another shell (the broker flavor matters: Tansu's workarounds):")
+        click.echo(
+            "CLI from another shell (puts `paystream` on the PATH; the broker flavor "
+            "matters: Tansu's workarounds):"
+        )
         click.echo("  export " + " ".join(f"{k}={v}" for k, v in exports.items()))
         click.echo(f"tenants    {', '.join(DEMO_TENANTS)} (simulator gateway)")
         for tid, limits in DEMO_LIMITS.items():

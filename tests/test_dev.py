@@ -79,6 +79,8 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert not stale.exists() and others.exists()
         # Other shells get the stack's URLs and flavor; the dev secrets only by reference.
         assert "PAYSTREAM_BROKER_FLAVOR=tansu" in output, output
+        # ... and this environment's `paystream` first on the PATH (the README's CLI).
+        assert f'PATH="{Path(sys.executable).parent}:$PATH"' in output, output
         master_key = (data_dir / "dev" / "dev-master.key").read_text().strip()
         assert master_key not in output and "dev-master.key" in output
         # A second `dev` from the same data dir (on another port, as a busy port suggests)
