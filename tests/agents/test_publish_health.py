@@ -88,15 +88,12 @@ def test_a_stall_while_the_broker_refuses_never_fails_liveness() -> None:
     assert "no progress for 600 s" in why
 
 
-def _failures(error: str) -> float:
-    return REGISTRY.get_sample_value("paystream_publish_failures_total", {"error": error}) or 0.0
+RECORDS = [OutRecord("events", 0, b"acme", b"{}")]
 
 
-@pytest.mark.asyncio(loop_scope="session")
-async def test_publish_reports_each_failure_and_clears_on_delivery(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    answers: list[Exception | None] = [NotEnoughReplicasError(), NotEnoughReplicasError(), None]
+def _broker_answers(monkeypatch: pytest.MonkeyPatch, answers: list[Exception | None]) -> list[Any]:
+    """Each produce attempt raises the next answer (None: delivered); returns the publish
+    trouble each attempt saw as it began."""
     seen: list[Any] = []
 
     async def send(producer: Any, records: Any) -> list[Any]:
@@ -108,9 +105,21 @@ async def test_publish_reports_each_failure_and_clears_on_delivery(
 
     monkeypatch.setattr(commands, "send_batches", send)
     monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
+    return seen
+
+
+def _failures(error: str) -> float:
+    return REGISTRY.get_sample_value("paystream_publish_failures_total", {"error": error}) or 0.0
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_publish_reports_each_failure_and_clears_on_delivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: list[Exception | None] = [NotEnoughReplicasError(), NotEnoughReplicasError(), None]
+    seen = _broker_answers(monkeypatch, answers)
     before = _failures("NotEnoughReplicasError")
-    records = [OutRecord("events", 0, b"acme", b"{}")]
-    assert await commands._publish(cast(Any, None), records, 1) == []
+    assert await commands._publish(cast(Any, None), RECORDS, 1) == []
     assert seen[0] is None  # nothing wrong before the first attempt
     assert seen[2] is not None and seen[2].refused and seen[2].error == "NotEnoughReplicasError"
     assert PUBLISH.trouble() is None  # delivered
@@ -125,17 +134,8 @@ async def test_aiokafka_s_own_wait_running_out_is_retried(monkeypatch: pytest.Mo
     wait raises KafkaTimeoutError, marked not retriable: the worker would have exited,
     and each next owner of the partition after it."""
     answers: list[Exception | None] = [KafkaTimeoutError(), LeaderNotAvailableError(), None]
-
-    async def send(producer: Any, records: Any) -> list[Any]:
-        answer = answers.pop(0)
-        if answer is not None:
-            raise answer
-        return []
-
-    monkeypatch.setattr(commands, "send_batches", send)
-    monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
-    records = [OutRecord("events", 0, b"acme", b"{}")]
-    assert await commands._publish(cast(Any, None), records, 1) == []
+    _broker_answers(monkeypatch, answers)
+    assert await commands._publish(cast(Any, None), RECORDS, 1) == []
     assert answers == []
 
 
