@@ -9,6 +9,7 @@ import faust
 
 from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat
+from paystream.tables import faster_recovery
 
 __all__ = ["app", "create_app", "settings"]
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> faust.App:
     """Build the Faust app from settings; broker quirks are applied here and only here."""
     broker_compat.apply(settings)
     backpressure.install()  # before the conductor compiles its per-partition callbacks
+    faster_recovery.install()
     conf: dict[str, Any] = {
         "broker": settings.kafka_broker_url or _UNCONFIGURED_BROKER,
         "store": settings.table_store,
