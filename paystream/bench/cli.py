@@ -79,6 +79,14 @@ __all__ = ["bench_command"]
     "enough to compare two checkouts",
 )
 @click.option("--rounds", default=5, show_default=True, help="rounds for --in-process")
+@click.option(
+    "--recovery",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="only table recovery: a worker started on an empty data directory replays N "
+    "payment records (PAYSTREAM_TABLE_STORE's store); time to ready, and its CPU",
+)
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def bench_command(
     commands: int,
@@ -97,6 +105,7 @@ def bench_command(
     latency_csv: Path | None,
     in_process: bool,
     rounds: int,
+    recovery: int | None,
     quiet: bool,
 ) -> None:
     """Send N commands across T tenants through a real worker and report commands/s and
@@ -120,6 +129,15 @@ def bench_command(
 
     if in_process:
         _in_process(commands, tenants, rounds, seed, as_json, say)
+        return
+    if recovery is not None:
+        from paystream.bench.recovery import run_recovery
+
+        try:
+            found = run_recovery(recovery, say)
+        except (PaystreamError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(found.as_json(), sort_keys=True) if as_json else found.render())
         return
 
     try:

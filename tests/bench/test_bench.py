@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -250,3 +251,22 @@ def test_a_baseline_marks_when_it_took_its_first_record(tmp_path: Path) -> None:
     # Faust's worker logs a child's stdout through its logger: prefix and trailing space.
     log.write_text(f"[2026-12-01 08:37:52,846] [2544] [WARNING] {proc.stdout.strip()} \n")
     assert read_first_record(log) == mark
+
+
+@pytest.mark.slow
+def test_recovery_bench_times_a_real_recovery(stack: Any) -> None:
+    """`paystream bench --recovery N`: a worker started on an empty data directory
+    replays N payment records into its table, on the session's broker and Redis."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        **{k: v for k, v in stack.env().items() if k != "DATABASE_URL"},
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "paystream", "bench", "--recovery", "3000", "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["recovery_records"] == 3000 and out["table_store"] == "memory://"
+    assert out["ready_s"] > 0 and out["baseline_ready_s"] > 0
+    assert out["worker_cpu_s"] > 0 and out["recovery_records_per_s"] > 0
