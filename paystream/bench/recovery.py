@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paystream.bench.probe import process_cpu_seconds
 from paystream.bench.runner import BenchOptions, BenchServices, _deployment, _work_dir
-from paystream.devstack._process import free_port
+from paystream.devstack._process import free_port, wait_until
 from paystream.devstack.worker import WorkerProcess
 from paystream.settings import Settings, load_settings
 from paystream.streams.admin import bootstrap_servers, ensure_topics
@@ -121,22 +121,25 @@ def _measure(
     asyncio.run(_fill(dep.settings, f"{dep.settings.app_id}-payments-changelog", records))
     shutil.rmtree(dep.settings.data_dir, ignore_errors=True)
     worker = WorkerProcess(dep.worker_env, base / "recover.log", free_port())
-    started = time.monotonic()
+    said = [time.monotonic()]
+
+    def ready() -> bool:
+        if time.monotonic() - said[0] >= 5:  # progress, every 5 s
+            said[0] = time.monotonic()
+            left = _remaining(worker)
+            if left:  # (0 too until the worker has read the changelogs' ends)
+                say(f"  {left} records left to recover…")
+        return _ready(worker)
+
+    def alive() -> str | None:
+        return f"exited; log: {worker.log_path}" if worker.exited() else None
+
     worker.start()
     try:
         assert worker.proc is not None
-        deadline = started + max(120.0, records / 1000)
-        last_said = started
-        while not _ready(worker):
-            if worker.exited() or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not recover; log: {worker.log_path}")
-            if time.monotonic() - last_said >= 5:
-                left = _remaining(worker)
-                if left:  # (0 too until the worker has read the changelogs' ends)
-                    say(f"  {left} records left to recover…")
-                last_said = time.monotonic()
-            time.sleep(0.1)
-        took = time.monotonic() - started
+        took = wait_until(
+            ready, timeout=max(120.0, records / 1000), what="recovering worker", alive=alive
+        )
         return took, process_cpu_seconds(worker.proc.pid) or 0.0
     finally:
         worker.stop()
