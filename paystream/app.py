@@ -30,14 +30,6 @@ def forwarding_client() -> aiohttp.ClientSession:
 _UNCONFIGURED_BROKER = "kafka://127.0.0.1:9092"
 # A poll's worth of records, enough that polls are not what limits throughput.
 MAX_POLL_RECORDS = 500
-# How long a produced record batch may take, aiokafka's own retries included, before it
-# fails (also the ProduceRequest's timeout on the broker). Faust's 1200 s kept a batch the
-# broker refused (NOT_ENOUGH_REPLICAS, ...) in aiokafka's retries for 20 minutes, where
-# the command agent could not see why it was stalled. Above the brokers' default
-# replica.lag.time.max.ms (30 s), as Kafka's producer docs advise: with acks=all, a
-# follower that stops fetching holds a produce that long before it leaves the ISR, and a
-# client giving up first would write the batch again.
-PRODUCER_REQUEST_TIMEOUT_SECONDS = 60.0
 
 
 def max_poll_records(buffer_maxsize: int) -> int:
@@ -82,7 +74,11 @@ def create_app(settings: Settings) -> faust.App:
         # The command agent sends each topic-partition's share of a batch as one record
         # batch (streams/batch_producer.py); Faust's 16 KiB default splits them up.
         "producer_max_batch_size": 512 * 1024,
-        "producer_request_timeout": PRODUCER_REQUEST_TIMEOUT_SECONDS,
+        # How long a produced record batch may take, aiokafka's own retries included,
+        # before it fails (also the ProduceRequest's timeout on the broker). Faust's 1200 s
+        # kept a batch the broker refused (NOT_ENOUGH_REPLICAS, ...) in aiokafka's retries
+        # for 20 minutes, where the command agent could not see why it was stalled.
+        "producer_request_timeout": settings.producer_request_timeout_seconds,
         "stream_wait_empty": False,
         "stream_buffer_maxsize": settings.stream_buffer_maxsize,
         "broker_max_poll_records": max_poll_records(settings.stream_buffer_maxsize),

@@ -66,6 +66,8 @@ class TraceExporter(StrEnum):
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 DEFAULT_LIVENESS_STALL_SECONDS = 600.0
+# Above the brokers' default replica.lag.time.max.ms (30 s): see producer_request_timeout.
+DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS = 60.0
 _URL_FIELDS = frozenset({"kafka_broker_url", "database_url", "redis_url"})
 
 
@@ -247,6 +249,17 @@ class Settings(BaseSettings):
         "stream_buffer_maxsize); at 80% Faust stops fetching that agent's partitions, and a "
         "poll hands over under a fifth of it, so an agent that stalls never starves the "
         "others.",
+    )
+    producer_request_timeout_seconds: float = Field(
+        default=DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS,
+        ge=5,
+        le=240,
+        description="PAYSTREAM_PRODUCER_REQUEST_TIMEOUT_SECONDS: how long a record batch the "
+        "worker produces may take, the producer's own retries included, before the command "
+        "agent sees it fail (and why: a broker refusing writes excuses the stall, see "
+        "/healthz). Keep it above the brokers' replica.lag.time.max.ms (30 s by default): "
+        "with acks=all a lagging follower holds a produce that long before it leaves the "
+        "in-sync replicas, and a client giving up first writes the batch twice.",
     )
     liveness_stall_seconds: float | None = Field(
         default=None,

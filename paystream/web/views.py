@@ -22,7 +22,7 @@ from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.agents.offsets import stalls
 from paystream.agents.publish_health import PUBLISH, PublishTrouble
 from paystream.agents.tenants import registry
-from paystream.app import PRODUCER_REQUEST_TIMEOUT_SECONDS, app, settings
+from paystream.app import app, settings
 from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
@@ -184,7 +184,7 @@ def _observe_settling() -> PublishTrouble | None:
 
 # A refusing broker fails each retried batch again within a producer request timeout
 # (and the retry's pause): a refusal older than two of those is no longer the reason.
-REFUSAL_FRESH_SECONDS = 2 * (PRODUCER_REQUEST_TIMEOUT_SECONDS + PUBLISH_RETRY_MAX_SECONDS)
+REFUSAL_FRESH_SECONDS = 2 * (settings.producer_request_timeout_seconds + PUBLISH_RETRY_MAX_SECONDS)
 
 
 @app.page("/readyz")

@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from paystream.agents import commands
 from paystream.agents.offsets import Stall
 from paystream.agents.publish_health import PUBLISH, PublishHealth, is_refusal
+from paystream.settings import Settings
 from paystream.streams.batch_producer import OutRecord
 from paystream.web.liveness import LivenessWatch
 
@@ -159,18 +160,23 @@ def test_probes_see_a_fresh_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_producer_gives_up_on_a_batch_within_kafka_s_request_timeout() -> None:
     """Faust's default (1200 s) kept a refused batch inside aiokafka's retries, out of
     the agent's sight, for longer than liveness waits: the refusal was never seen."""
-    from paystream.app import PRODUCER_REQUEST_TIMEOUT_SECONDS, create_app
-    from paystream.settings import load_settings
+    from paystream.app import create_app
+    from paystream.settings import DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS, load_settings
 
-    app = create_app(load_settings())
+    settings = load_settings()
+    app = create_app(settings)
     # Above the brokers' replica.lag.time.max.ms (30 s): a lagging follower holds an
     # acks=all produce that long, and a client giving up first writes it twice.
-    assert PRODUCER_REQUEST_TIMEOUT_SECONDS == 60.0
+    assert settings.producer_request_timeout_seconds == 60.0
+    assert DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS == 60.0
     producer_settings = cast(Any, app.producer)._settings_default()
     assert producer_settings["request_timeout_ms"] == 60_000
     from paystream.web.views import REFUSAL_FRESH_SECONDS
 
-    assert REFUSAL_FRESH_SECONDS == 2 * (
-        PRODUCER_REQUEST_TIMEOUT_SECONDS + commands.PUBLISH_RETRY_MAX_SECONDS
-    )
+    assert REFUSAL_FRESH_SECONDS == 2 * (60.0 + commands.PUBLISH_RETRY_MAX_SECONDS)
     assert REFUSAL_FRESH_SECONDS < WEDGED_AFTER
+    # The longest timeout allowed still leaves a refusal stale before liveness judges.
+    longest = Settings.model_fields["producer_request_timeout_seconds"].metadata
+    assert 2 * (max(m.le for m in longest if hasattr(m, "le")) + 5) < WEDGED_AFTER
+    tuned = create_app(load_settings(producer_request_timeout_seconds=10))
+    assert cast(Any, tuned.producer)._settings_default()["request_timeout_ms"] == 10_000

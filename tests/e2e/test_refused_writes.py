@@ -1,0 +1,169 @@
+"""A broker refusing the worker's writes: seen, reported, excused, and survived.
+
+A cluster refuses produces to a partition with too few in-sync replicas
+(NOT_ENOUGH_REPLICAS) until a replica catches up. The worker must keep every command
+of the refused batches (nothing acknowledged, nothing committed), tell operators why it
+is stuck (/readyz `publish_failing`, /healthz `excused`, a metric), not count the wait
+as a wedge (a restart would not mend the cluster: each one is a rebalance of the whole
+group), and answer every command exactly once when the broker takes writes again, with
+the provider asked once. The embedded broker never refuses, so a Kafka-protocol proxy
+of the test's own (tests/e2e/refusing.py) plays the refusing cluster: while on, it
+answers every produce naming the outcomes topic itself, and forwards nothing of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from paystream.devstack._process import free_port
+from paystream.devstack.kafka import TansuBroker
+from paystream.devstack.redis import EmbeddedRedis
+from paystream.devstack.worker import WorkerProcess
+from paystream.gateways.base import GatewayContext
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.tenancy.models import Tenant
+from tests.e2e.own_servers import json_page
+from tests.e2e.refusing import RefusingProxy
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+TENANT = "refused-a"
+COMMANDS = 5
+# The worker's producer gives a refused batch up after this (its retries included), so
+# the command agent sees the refusal within seconds instead of the default minute.
+REQUEST_TIMEOUT_SECONDS = 5
+
+
+def _metric(worker: WorkerProcess, name: str) -> float:
+    with worker.open("/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+async def _until(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = await asyncio.to_thread(check)
+        if seen:
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        await asyncio.sleep(0.5)
+
+
+async def test_a_broker_refusing_writes_holds_commands_until_it_takes_them(
+    deployment_factory: Any,
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="paystream-refused-"))
+    broker_port = free_port()
+    proxy = RefusingProxy(broker_port)
+    # Clients learn the broker's address from its metadata: the proxy's.
+    broker = TansuBroker(root / "tansu.log", port=broker_port, advertised_port=proxy.port)
+    redis = EmbeddedRedis(root / "redis")
+    try:
+        proxy.start()
+        broker.start()
+        redis.start()
+        dep: Deployment = await deployment_factory(
+            kafka_broker_url=f"kafka://127.0.0.1:{proxy.port}",
+            paystream_broker_flavor="tansu",
+            redis_url=redis.url,
+            paystream_producer_request_timeout_seconds=str(REQUEST_TIMEOUT_SECONDS),
+        )
+        await dep.add_tenants(Tenant(tenant_id=TENANT))
+        with dep.worker() as worker:
+            worker.wait_ready([TENANT], partitions=dep.settings.partitions)
+            assert worker.proc is not None
+            pid = worker.proc.pid
+            charge = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
+            async with dep.client() as client:
+                first = await client.command("payment.create", TENANT, charge, timeout=60)
+                assert first.get_type() == "com.paystream.payment.succeeded"
+
+                proxy.refuse(dep.settings.events_topic)
+                answers = [
+                    asyncio.ensure_future(
+                        client.command("payment.create", TENANT, charge, timeout=240)
+                    )
+                    for _ in range(COMMANDS)
+                ]
+                ready = await _until(
+                    "/readyz names the refusal",
+                    lambda: (r := json_page(worker, "/readyz"))[1].get("publish_failing") and r,
+                    timeout=60,
+                )
+                status, body = ready
+                assert status == 200, body  # refused writes are no reason to route away
+                assert "NotEnoughReplicasError" in body["publish_failing"], body
+                status, health = await asyncio.to_thread(json_page, worker, "/healthz")
+                assert status == 200 and health["ok"] is True, health
+                assert any("NotEnoughReplicasError" in e for e in health["excused"]), health
+                failures = _metric(
+                    worker, 'paystream_publish_failures_total{error="NotEnoughReplicasError"}'
+                )
+                assert failures >= 1
+                assert _metric(worker, "paystream_publish_failing_seconds") > 0
+                assert not any(a.done() for a in answers)  # nothing answered meanwhile
+                assert proxy.refusals > 0
+
+                proxy.refuse(None)
+                outcomes = await asyncio.gather(*answers)
+            assert [o.get_type() for o in outcomes] == ["com.paystream.payment.succeeded"] * 5
+            # The same process all along: no restart, no rebalance of the group.
+            assert not worker.exited() and worker.proc.pid == pid
+            await _until(
+                "/readyz clears the refusal",
+                lambda: json_page(worker, "/readyz")[1].get("publish_failing") is None,
+                timeout=30,
+            )
+
+        # Exactly once: one outcome per command on the topic (the refused batches never
+        # reached it), and one charge per command at the provider.
+        consumer = AIOKafkaConsumer(
+            dep.settings.events_topic,
+            bootstrap_servers=f"127.0.0.1:{broker_port}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            records = []
+            deadline = time.monotonic() + 20
+            while len(records) < COMMANDS + 1 and time.monotonic() < deadline:
+                got = await consumer.getmany(timeout_ms=1000)
+                records += [r for batch in got.values() for r in batch]
+        finally:
+            await consumer.stop()
+        ids = Counter(dict(r.headers)["ce_id"] for r in records)
+        assert sum(ids.values()) == COMMANDS + 1 and max(ids.values()) == 1, ids
+        client_redis = aioredis.from_url(redis.url)
+        try:
+            sim = SimulatorGateway.from_context(
+                GatewayContext(tenant_id=TENANT, provider="simulator"),
+                GatewayDeps(settings=dep.settings, redis=client_redis),
+            )
+            charges = Counter(e.idempotency_key for e in await sim.effects() if e.kind == "charge")
+        finally:
+            await client_redis.aclose()
+        assert len(charges) == COMMANDS + 1 and max(charges.values()) == 1, charges
+    finally:
+        proxy.stop()
+        redis.stop()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
