@@ -422,32 +422,31 @@ def tenants_list() -> None:
         click.echo(json.dumps(tenant.redacted(), sort_keys=True))
 
 
-def _set_status(tenant_id: str, suspend: bool) -> None:
+def _set_status(tenant_id: str, status: str) -> None:
     settings = _settings()
+    from paystream.tenancy.models import TenantStatus
     from paystream.tenancy.registry import put_tenant_unless_changed
 
     known = _registered(settings, tenant_id)
     if known is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    updated = known.suspended(int(time.time() * 1000)) if suspend else known.activated()
+    updated = known.model_copy(update={"status": TenantStatus(status)})
     _run(put_tenant_unless_changed(settings, known, updated))
-    click.echo(f"{tenant_id}: {updated.status.value}")
+    click.echo(f"{tenant_id}: {status}")
 
 
 @tenants.command("suspend")
 @click.argument("tenant_id")
 def tenants_suspend(tenant_id: str) -> None:
-    """Suspend a tenant: commands the broker takes from now on are rejected with
-    `tenant_suspended`. Those it took before (a backlog, or a batch redelivered after a
-    worker crash, which may already have reached the provider) still run."""
-    _set_status(tenant_id, suspend=True)
+    """Suspend a tenant: its commands are rejected with `tenant_suspended`."""
+    _set_status(tenant_id, "suspended")
 
 
 @tenants.command("activate")
 @click.argument("tenant_id")
 def tenants_activate(tenant_id: str) -> None:
     """Re-activate a suspended tenant."""
-    _set_status(tenant_id, suspend=False)
+    _set_status(tenant_id, "active")
 
 
 # ---- send -------------------------------------------------------------------------

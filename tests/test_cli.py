@@ -7,18 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import PaystreamClient, build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.codec import encode_event
-from tests.fixtures.pipeline import Deployment, RawSend
+from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -54,56 +50,21 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     listed = [json.loads(line) for line in run_cli(deployed, "tenants", "list").stdout.splitlines()]
     by_id = {t["tenant_id"]: t for t in listed}
     assert by_id["acme"]["name"] == "Acme Corp" and by_id["acme"]["status"] == "active"
-    before = int(time.time() * 1000)
     run_cli(deployed, "tenants", "suspend", "acme")
-    after = int(time.time() * 1000)
     deployed.worker_handle.wait_ready(["acme"])  # type: ignore[attr-defined]
     suspended = run_cli(deployed, "send", "customer.create", "--tenant", "acme", "--data", "{}")
     assert json.loads(suspended.stdout)["data"]["reason"] == "tenant_suspended"
-    (acme,) = [t for t in _listed(deployed) if t["tenant_id"] == "acme"]
-    assert before <= acme["suspended_at_ms"] <= after, acme
-    # A command the broker appended before the suspension (queued behind a slow worker,
-    # or redelivered after a crash, when the provider may have charged already) runs.
-    assert (await _sent_at(deployed, before - 1_000)).get_type() == "com.paystream.customer.created"
-    run_cli(deployed, "tenants", "suspend", "acme")  # again: the first time stands
-    (acme,) = [t for t in _listed(deployed) if t["tenant_id"] == "acme"]
-    assert before <= acme["suspended_at_ms"] <= after, acme
     # Re-running a registration to rename it must not re-activate it.
     renamed = run_cli(deployed, "tenants", "add", "acme", "--name", "Acme Inc")
     assert json.loads(renamed.stdout)["status"] == "suspended", renamed.stdout
     assert "updated acme (status suspended)" in renamed.stderr
     run_cli(deployed, "tenants", "activate", "acme")
-    (acme,) = [t for t in _listed(deployed) if t["tenant_id"] == "acme"]
-    assert (acme["status"], acme["suspended_at_ms"]) == ("active", None)
     # Options the gateway would refuse are refused when written, not at the first payment.
     typo = run_cli(deployed, "tenants", "add", "acme", "--option", "fail_rat=0.5", check=False)
     assert typo.returncode == 2 and "fail_rat" in typo.stderr
     assert json.loads(run_cli(deployed, "tenants", "add", "acme").stdout)["gateway_options"] == {}
     unknown = run_cli(deployed, "tenants", "suspend", "nobody", check=False)
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
-
-
-def _listed(dep: Deployment) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in run_cli(dep, "tenants", "list").stdout.splitlines()]
-
-
-async def _sent_at(dep: Deployment, timestamp_ms: int) -> CloudEvent:
-    """A customer.create the broker stores with this timestamp (a producer's on the
-    embedded broker; LogAppendTime sets the broker's own in production), and its outcome."""
-    command = build_command("customer.create", "acme", {})
-    record = encode_event(command, b"acme", CloudEventsMode.BINARY)
-    async with dep.client() as client:
-        answer = client.expect("acme", command.get_id())
-        await dep.produce(
-            dep.settings.commands_topic,
-            RawSend(
-                key=record.key,
-                value=record.value,
-                headers=tuple(record.headers),
-                timestamp_ms=timestamp_ms,
-            ),
-        )
-        return await asyncio.wait_for(answer, 60)
 
 
 async def test_send_prints_the_outcome(deployed: Deployment) -> None:

@@ -294,7 +294,7 @@ class CommandProcessor:
             return self._answer_again(rec, cmd, rejected)
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
-        if tenant is None or _suspended_for(tenant, rec):
+        if tenant is None or tenant.status is TenantStatus.SUSPENDED:
             # A tenant removed or suspended since must not change an answer given, nor
             # answer a request the provider may have acted on (let through once: parked,
             # or in flight at a crash) with a final rejection: a suspended tenant's one
@@ -1670,18 +1670,6 @@ def _bad_time(at: datetime) -> str | None:
         # store it (its sink would retry the batch for ever).
         return "out of range in UTC"
     return None
-
-
-def _suspended_for(tenant: Tenant, rec: Inbound) -> bool:
-    """Is ``tenant`` suspended for this record? Not for one the broker appended before
-    the suspension: nothing of a batch is durable before it is delivered, so a worker
-    killed after a provider call leaves no trace of a command the provider may have
-    charged, and its redelivery must run (the provider answers it from its key), never
-    be refused. A backlog appended before the suspension runs too, as it would have."""
-    if tenant.status is not TenantStatus.SUSPENDED:
-        return False
-    since = tenant.suspended_at_ms
-    return since is None or rec.timestamp_ms >= since
 
 
 def _raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from paystream.tenancy.limits import TenantLimits
 
@@ -44,11 +44,6 @@ class Tenant(BaseModel):
     secrets: dict[str, str] = {}  # name → "v1:<wrapped ciphertext>"
     connected_account: str | None = None
     limits: TenantLimits = TenantLimits()  # rate limit and payment quotas (tenancy/limits.py)
-    # When the suspension was made (Unix ms, the suspending host's clock). Commands the
-    # broker appended before it still run: one of them may already have reached the
-    # provider before a crash lost every trace of it (see CommandProcessor._suspended).
-    # None for an active tenant, and for one suspended by a version without it.
-    suspended_at_ms: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _text_is_unicode(self) -> Tenant:
@@ -58,15 +53,6 @@ class Tenant(BaseModel):
         if bad is not None:
             raise ValueError(f"{bad} is not valid Unicode (an undecodable byte?)")
         return self
-
-    def suspended(self, at_ms: int) -> Tenant:
-        """This tenant suspended at ``at_ms``; suspended already, from its first time."""
-        if self.status is TenantStatus.SUSPENDED:
-            return self
-        return self.model_copy(update={"status": TenantStatus.SUSPENDED, "suspended_at_ms": at_ms})
-
-    def activated(self) -> Tenant:
-        return self.model_copy(update={"status": TenantStatus.ACTIVE, "suspended_at_ms": None})
 
     def redacted(self) -> dict[str, Any]:
         """For display and logs: secret names only."""

@@ -37,8 +37,6 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
         del record["limits"]
     elif not tenant.limits.only_listed_currencies:
         del record["limits"]["only_listed_currencies"]  # (newer than the limits)
-    if tenant.suspended_at_ms is None:
-        del record["suspended_at_ms"]
     return record
 
 
