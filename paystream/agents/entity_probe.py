@@ -24,7 +24,7 @@ from paystream.agents.handlers import HANDLERS, AlreadyApplied, HandlerContext, 
 from paystream.gateways import base as gw
 from paystream.streams.outcomes import CommandRef
 
-__all__ = ["READ_ONLY", "NoProvider", "applied_by_entity"]
+__all__ = ["READ_ONLY", "NoProvider", "applied_by_entity", "first_provider_key"]
 
 # Commands that change no entity: nothing to find, and their handler runs to the end
 # without a provider call (an export scans tables), so they are not asked.
@@ -65,5 +65,56 @@ async def applied_by_entity(
     except AlreadyApplied as done:
         return done
     except Exception:  # refused, not found, a conflict: not known to have applied
+        return None
+    return None
+
+
+class _FirstCall(Exception):
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__(idempotency_key)
+        self.idempotency_key = idempotency_key
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyProbe:
+    """Stands in for a tenant's gateway to learn the idempotency key of the handler's
+    first provider call: every gateway operation raises ``_FirstCall`` with it."""
+
+    provider: str
+
+    async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        return await fn()
+
+    def __getattr__(self, operation: str) -> Callable[..., Awaitable[NoReturn]]:
+        if operation.startswith("_"):
+            raise AttributeError(operation)
+
+        async def first_call(req: Any, *, idempotency_key: str) -> NoReturn:
+            raise _FirstCall(idempotency_key)
+
+        return first_call
+
+
+async def first_provider_key(
+    tables: Tables, cmd: CommandRef, data: Any, request_hash: str, provider: str
+) -> str | None:
+    """The provider idempotency key the command's handler would send its first provider
+    call under (keys derive from the command, never from time or chance), as a first
+    run of it would; None when it would make none (refused first, or already applied)."""
+    if cmd.command_type in READ_ONLY:
+        return None
+    probe = _KeyProbe(provider)
+    context = HandlerContext(
+        cmd=cmd,
+        gateway=cast(gw.PaymentGateway, probe),
+        tables=tables,
+        call=probe.call,
+        request_hash=request_hash,
+    )
+    try:
+        await HANDLERS[cmd.command_type](context, data)
+    except _FirstCall as first:
+        return first.idempotency_key
+    except Exception:  # refused, not found, applied: no provider call to ask about
         return None
     return None

@@ -7,6 +7,7 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from paystream import metrics
 from paystream.agents.answers import RecordAnswers
-from paystream.agents.entity_probe import NoProvider, applied_by_entity
+from paystream.agents.entity_probe import NoProvider, applied_by_entity, first_provider_key
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
@@ -318,6 +319,9 @@ class CommandProcessor:
             if earlier is None:
                 # A crash may have kept its entity and lost its idempotency record.
                 earlier = await self._let_through_by_entity(cmd, raw, tenant)
+            if earlier is None and tenant is not None:
+                # Or lost every write of its batch after the provider call (K1).
+                earlier = await self._let_through_by_provider(cmd, raw, tenant)
             if (earlier is None or earlier.state not in _LET_THROUGH) and (
                 self._past_provider_window(rec)
             ):
@@ -509,18 +513,22 @@ class CommandProcessor:
                 and not decision.replay
                 and existing is None
                 and not applied
-                and await applied_by_entity(
-                    self.tables,
-                    cmd,
-                    data,
-                    request_hash,
-                    NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
+                and (
+                    await applied_by_entity(
+                        self.tables,
+                        cmd,
+                        data,
+                        request_hash,
+                        NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
+                    )
+                    is not None
+                    or await self._provider_knows(cmd, data, request_hash, gateway)
                 )
-                is not None
             ):
                 # Refused now (a limit lowered, the day's volume spent since), though
                 # its entity says it took effect (a crash lost its idempotency and
-                # limits writes): admitted as let through, so answered from the entity.
+                # limits writes), or the provider knows its request (a crash lost the
+                # whole batch): admitted as let through, so answered as it was.
                 self.limits.forget_decision(cmd.tenant_id, limit_rec)
                 decision = self._admit(
                     limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
@@ -740,6 +748,54 @@ class CommandProcessor:
         )
         self._remember(key, record)
         return self._idempotency_record(key, now)
+
+    async def _let_through_by_provider(
+        self, cmd: CommandRef, raw: Any, tenant: Tenant
+    ) -> IdempotencyRecord | None:
+        """For a suspended tenant: a command with no record of ours whose provider has a
+        request under the key its first provider call uses is recorded as let through
+        (in flight), so that it finishes (the provider answers it from that key), never
+        refused. Nothing of a batch is durable before it is delivered: a worker killed
+        after a provider call leaves only the provider's record of the command. Asked
+        read-only; a provider that cannot tell so (Stripe) leaves it refused."""
+        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        now = time.time()
+        if cmd.source is None or self._idempotency_record(key, now) is not None:
+            return None
+        try:
+            data = COMMANDS[cmd.command_type].model_validate(raw or {})
+        except ValidationError:
+            return None
+        gateway = self._gateway_for(tenant)
+        if isinstance(gateway, Rejection):
+            return None
+        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        if not await self._provider_knows(cmd, data, request_hash, gateway):
+            return None
+        expires = now + self.settings.idempotency_ttl_seconds
+        self._remember(
+            key, _idempotency_dict(cmd, request_hash, IdempotencyState.IN_FLIGHT, expires)
+        )
+        return self._idempotency_record(key, now)
+
+    async def _provider_knows(
+        self, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
+    ) -> bool:
+        """Does the provider know the key of the command's first provider call (it took
+        the request: a crash lost everything of ours about it)? False when it cannot tell
+        (Stripe), does not answer within PROVIDER_LOOKUP_SECONDS, or the command would
+        make no provider call."""
+        ask = getattr(gateway, "knows_idempotency_key", None)  # a stand-in has none
+        provider_key = await first_provider_key(
+            self.tables, cmd, data, request_hash, gateway.provider
+        )
+        if ask is None or provider_key is None:
+            return False
+        try:
+            known = await asyncio.wait_for(ask(provider_key), PROVIDER_LOOKUP_SECONDS)
+        except TimeoutError:
+            return False
+        return known is True
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the
@@ -1502,6 +1558,9 @@ STALE = "stale"
 # with hundreds of unknown fields is answered in a few hundred bytes, and the rejection
 # fits what is kept for its redeliveries (answers.py).
 VALIDATION_ERRORS_SHOWN = 10
+# Longest wait for a provider's answer to "do you know this key?" (K1 above): a hung
+# provider must not hold the batch; unanswered, the command is refused as before.
+PROVIDER_LOOKUP_SECONDS = 5.0
 
 
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

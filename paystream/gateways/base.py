@@ -306,6 +306,12 @@ class PaymentGateway(Protocol):
         self, req: AcceptDispute, *, idempotency_key: str
     ) -> DisputeResult: ...
 
+    async def knows_idempotency_key(self, idempotency_key: str) -> bool | None:
+        """Has the provider taken a request under this key (within its key window)?
+        Asked without acting on anything; None when the provider cannot tell that way
+        (Stripe has no such lookup: a request resent under the key would act)."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections (HTTP sessions, Redis pools)."""
         ...

@@ -474,6 +474,23 @@ async def test_a_refusal_is_the_keys_answer(harness: Harness) -> None:
     )
 
 
+@over_gateways()
+async def test_a_gateway_says_whether_it_knows_a_key_without_acting(harness: Harness) -> None:
+    """Asked after a crash lost everything of ours about a command (pipeline K1): True
+    once a request ran under the key, False before; None from a provider that cannot
+    tell without running a request (Stripe). Asking never acts."""
+    k = key()
+    before = await harness.gateway.knows_idempotency_key(k)
+    req = CreatePayment(amount=usd(700), provider_payment_method_id="pm_card_visa")
+    await harness.gateway.create_payment(req, idempotency_key=k)
+    after = await harness.gateway.knows_idempotency_key(k)
+    if harness.name == "stripe":
+        assert (before, after) == (None, None)
+    else:
+        assert (before, after) == (False, True)
+        assert await harness.gateway.knows_idempotency_key(key()) is False
+
+
 @over_gateways(localstripe_gap=NO_IDEMPOTENCY)
 async def test_key_reused_with_other_params_is_idempotency_error(harness: Harness) -> None:
     k = key()

@@ -273,6 +273,14 @@ class SimulatorGateway:
             lambda tx: ops.accept_dispute(tx, req, idempotency_key), DisputeResult,
         )  # fmt: skip
 
+    async def knows_idempotency_key(self, idempotency_key: str) -> bool | None:
+        """Whether a request under the key reached the simulator (its record lives for
+        the idempotency window); None while its store cannot be asked."""
+        try:
+            return await self._store.knows(idempotency_key)
+        except (RedisConnectionError, RedisTimeoutError, RedisResponseError, ConnectionError):
+            return None
+
     async def aclose(self) -> None:
         """The Redis client belongs to the caller (shared GatewayDeps); nothing to close."""
 

@@ -279,6 +279,10 @@ class SimulatorStore:
         raw = _text(await self._redis.get(self.object_key(object_id)))
         return None if raw is None else dict(json.loads(raw))
 
+    async def knows(self, idempotency_key: str) -> bool:
+        """Is there a record of a request under this key (answered, refused or running)?"""
+        return bool(await self._redis.exists(self._idem_key(idempotency_key)))
+
     async def effects(self) -> list[Effect]:
         """The tenant's effect ledger, oldest first."""
         rows = await self._redis.lrange(self._effects_key, 0, -1)

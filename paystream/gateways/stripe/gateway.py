@@ -333,6 +333,10 @@ class StripeGateway:
         )
         return mapping.dispute(obj)
 
+    async def knows_idempotency_key(self, idempotency_key: str) -> bool | None:
+        """Stripe cannot say without acting: a request resent under the key is run."""
+        return None
+
     async def aclose(self) -> None:
         """Close the tenant's HTTP session."""
         if self._http_client is not None:
