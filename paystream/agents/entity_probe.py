@@ -16,15 +16,27 @@ common path pays nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
-from paystream.agents.handlers import HANDLERS, AlreadyApplied, HandlerContext, Rejection, Tables
+from pydantic import BaseModel
+
+from paystream.agents.handlers import (
+    HANDLERS,
+    AlreadyApplied,
+    AnsweredByAnother,
+    HandlerContext,
+    Rejection,
+    Tables,
+)
 from paystream.gateways import base as gw
 from paystream.streams.outcomes import CommandRef
 
-__all__ = ["READ_ONLY", "NoProvider", "applied_by_entity", "first_provider_key"]
+__all__ = ["READ_ONLY", "NoProvider", "ProviderCall", "applied_by_entity", "first_provider_call"]
+
+log = logging.getLogger(__name__)
 
 # Commands that change no entity: nothing to find, and their handler runs to the end
 # without a provider call (an export scans tables), so they are not asked.
@@ -69,16 +81,25 @@ async def applied_by_entity(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """A gateway call as a handler would make it."""
+
+    operation: str  # the PaymentGateway method
+    request: BaseModel
+    idempotency_key: str
+
+
 class _FirstCall(Exception):
-    def __init__(self, idempotency_key: str) -> None:
-        super().__init__(idempotency_key)
-        self.idempotency_key = idempotency_key
+    def __init__(self, call: ProviderCall) -> None:
+        super().__init__(call.operation)
+        self.call = call
 
 
 @dataclass(frozen=True, slots=True)
-class _KeyProbe:
-    """Stands in for a tenant's gateway to learn the idempotency key of the handler's
-    first provider call: every gateway operation raises ``_FirstCall`` with it."""
+class _CallProbe:
+    """Stands in for a tenant's gateway to learn the handler's first provider call:
+    every operation of the protocol raises ``_FirstCall`` with it."""
 
     provider: str
 
@@ -86,35 +107,41 @@ class _KeyProbe:
         return await fn()
 
     def __getattr__(self, operation: str) -> Callable[..., Awaitable[NoReturn]]:
-        if operation.startswith("_"):
+        if operation not in gw.OPERATION_CAPABILITY:
             raise AttributeError(operation)
 
-        async def first_call(req: Any, *, idempotency_key: str) -> NoReturn:
-            raise _FirstCall(idempotency_key)
+        async def first_call(req: BaseModel, *, idempotency_key: str) -> NoReturn:
+            raise _FirstCall(ProviderCall(operation, req, idempotency_key))
 
         return first_call
 
 
-async def first_provider_key(
+async def first_provider_call(
     tables: Tables, cmd: CommandRef, data: Any, request_hash: str, provider: str
-) -> str | None:
-    """The provider idempotency key the command's handler would send its first provider
-    call under (keys derive from the command, never from time or chance), as a first
-    run of it would; None when it would make none (refused first, or already applied)."""
+) -> ProviderCall | None:
+    """The first provider call the command's handler makes when it finishes a command
+    let through before (keys and requests derive from the command and the entities it
+    names, never from time or chance); None when it makes none: it is refused first
+    (not found, a state that forbids it) or finds its effect recorded."""
     if cmd.command_type in READ_ONLY:
         return None
-    probe = _KeyProbe(provider)
+    probe = _CallProbe(provider)
     context = HandlerContext(
         cmd=cmd,
         gateway=cast(gw.PaymentGateway, probe),
         tables=tables,
         call=probe.call,
         request_hash=request_hash,
+        let_through=True,  # as the run that would finish it
     )
     try:
         await HANDLERS[cmd.command_type](context, data)
     except _FirstCall as first:
-        return first.idempotency_key
-    except Exception:  # refused, not found, applied: no provider call to ask about
+        return first.call
+    except (Rejection, AlreadyApplied, AnsweredByAnother):
         return None
+    except Exception:
+        log.exception("probing the provider call of %s failed", cmd.command_type)
+        return None
+    log.debug("%s made no provider call", cmd.command_type)
     return None

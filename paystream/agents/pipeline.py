@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from paystream import metrics
 from paystream.agents.answers import RecordAnswers
-from paystream.agents.entity_probe import NoProvider, applied_by_entity, first_provider_key
+from paystream.agents.entity_probe import NoProvider, applied_by_entity, first_provider_call
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
@@ -136,6 +136,8 @@ class CommandProcessor:
         self.answers = RecordAnswers(self.limits.table, committed)
         self.committed = committed
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
+        # Provider name → until when its K1 lookups are paused (after one failed).
+        self._lookups_paused: dict[str, float] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
         # idempotency window is fixed, so purging only ever looks at the front.
         self._expiring: dict[str, deque[tuple[float, str]]] = {}
@@ -321,7 +323,12 @@ class CommandProcessor:
                 earlier = await self._let_through_by_entity(cmd, raw, tenant)
             if earlier is None and tenant is not None:
                 # Or lost every write of its batch after the provider call (K1).
-                earlier = await self._let_through_by_provider(cmd, raw, tenant)
+                found = await self._let_through_by_provider(rec, cmd, raw, tenant)
+                if found is UNANSWERED:
+                    # The provider, which can tell, could not be asked now: no final
+                    # answer while it may have acted. Parked, to be asked again.
+                    return self._to_retry_topic(rec, cmd, UNANSWERED)
+                earlier = found if isinstance(found, IdempotencyRecord) else None
             if (earlier is None or earlier.state not in _LET_THROUGH) and (
                 self._past_provider_window(rec)
             ):
@@ -522,7 +529,13 @@ class CommandProcessor:
                         NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
                     )
                     is not None
-                    or await self._provider_knows(cmd, data, request_hash, gateway)
+                    or (
+                        # Not for a rate limit: its refusal only says "later", and later
+                        # the command runs and the provider answers it from its key.
+                        decision.reason == RejectReason.QUOTA_EXCEEDED.value
+                        and await self._provider_knows(rec, cmd, data, request_hash, gateway)
+                        is True
+                    )
                 )
             ):
                 # Refused now (a limit lowered, the day's volume spent since), though
@@ -750,14 +763,15 @@ class CommandProcessor:
         return self._idempotency_record(key, now)
 
     async def _let_through_by_provider(
-        self, cmd: CommandRef, raw: Any, tenant: Tenant
-    ) -> IdempotencyRecord | None:
-        """For a suspended tenant: a command with no record of ours whose provider has a
-        request under the key its first provider call uses is recorded as let through
-        (in flight), so that it finishes (the provider answers it from that key), never
-        refused. Nothing of a batch is durable before it is delivered: a worker killed
-        after a provider call leaves only the provider's record of the command. Asked
-        read-only; a provider that cannot tell so (Stripe) leaves it refused."""
+        self, rec: Inbound, cmd: CommandRef, raw: Any, tenant: Tenant
+    ) -> IdempotencyRecord | str | None:
+        """For a suspended tenant: a command with no record of ours whose very request
+        the provider finished (under the key of the command's first provider call) is
+        recorded as let through (in flight), so that it finishes (the provider answers
+        it from that key), never refused. Nothing of a batch is durable before it is
+        delivered: a worker killed after a provider call leaves only the provider's
+        record of the command. None: it is refused (the provider did not take it, or
+        cannot tell, as Stripe); UNANSWERED: the provider could not be asked now."""
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         now = time.time()
         if cmd.source is None or self._idempotency_record(key, now) is not None:
@@ -770,7 +784,10 @@ class CommandProcessor:
         if isinstance(gateway, Rejection):
             return None
         request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
-        if not await self._provider_knows(cmd, data, request_hash, gateway):
+        known = await self._provider_knows(rec, cmd, data, request_hash, gateway)
+        if known is None:
+            return UNANSWERED
+        if not known:
             return None
         expires = now + self.settings.idempotency_ttl_seconds
         self._remember(
@@ -779,23 +796,46 @@ class CommandProcessor:
         return self._idempotency_record(key, now)
 
     async def _provider_knows(
-        self, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
-    ) -> bool:
-        """Does the provider know the key of the command's first provider call (it took
-        the request: a crash lost everything of ours about it)? False when it cannot tell
-        (Stripe), does not answer within PROVIDER_LOOKUP_SECONDS, or the command would
-        make no provider call."""
-        ask = getattr(gateway, "knows_idempotency_key", None)  # a stand-in has none
-        provider_key = await first_provider_key(
-            self.tables, cmd, data, request_hash, gateway.provider
-        )
-        if ask is None or provider_key is None:
+        self, rec: Inbound, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
+    ) -> bool | None:
+        """Did the provider finish the command's first provider call, this very request
+        (a crash lost everything of ours about it)? False when it did not, cannot tell
+        (Stripe), the command makes no provider call, or was first run so long ago that
+        the provider may have forgotten its key (what it knows then may be gone by the
+        time the command runs); None when it could not be asked now: no answer within
+        PROVIDER_LOOKUP_SECONDS or an error, and for LOOKUP_PAUSE_SECONDS after one."""
+        ask = getattr(gateway, "knows_request", None)  # a stand-in has none
+        if ask is None or not self._within_key_window(rec):
+            return False
+        provider = str(gateway.provider)
+        if self._lookups_paused.get(provider, 0.0) > time.monotonic():
+            return None
+        call = await first_provider_call(self.tables, cmd, data, request_hash, provider)
+        if call is None:
             return False
         try:
-            known = await asyncio.wait_for(ask(provider_key), PROVIDER_LOOKUP_SECONDS)
-        except TimeoutError:
-            return False
+            known = await asyncio.wait_for(
+                ask(call.operation, call.request, idempotency_key=call.idempotency_key),
+                PROVIDER_LOOKUP_SECONDS,
+            )
+        except Exception as exc:
+            self._lookups_paused[provider] = time.monotonic() + LOOKUP_PAUSE_SECONDS
+            _throttled.warning(
+                ("lookup", provider),
+                "asking %s whether it took a request failed (%r); lookups paused %.0f s",
+                provider,
+                exc,
+                LOOKUP_PAUSE_SECONDS,
+            )
+            return None
         return known is True
+
+    def _within_key_window(self, rec: Inbound) -> bool:
+        """Was the command first run recently enough that the provider still keeps its
+        key for as long as the command may take to finish (the window dlq replay
+        holds stale commands back at)?"""
+        age_ms = time.time() * 1000 - self._first_attempt_ms(rec)
+        return age_ms <= stale_after_ms(self.settings)
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the
@@ -1558,9 +1598,14 @@ STALE = "stale"
 # with hundreds of unknown fields is answered in a few hundred bytes, and the rejection
 # fits what is kept for its redeliveries (answers.py).
 VALIDATION_ERRORS_SHOWN = 10
-# Longest wait for a provider's answer to "do you know this key?" (K1 above): a hung
-# provider must not hold the batch; unanswered, the command is refused as before.
-PROVIDER_LOOKUP_SECONDS = 5.0
+# Longest wait for a provider's answer to "did you take this request?" (K1: see
+# _let_through_by_provider), and after a failed one how long no provider of that name
+# is asked (each would wait as long, one command after another): the commands that
+# needed an answer meanwhile are parked, to be asked again when re-driven.
+PROVIDER_LOOKUP_SECONDS = 2.0
+LOOKUP_PAUSE_SECONDS = 30.0
+# Parking reason of a command the provider could not be asked about.
+UNANSWERED = "provider_unanswered"
 
 
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -306,10 +306,13 @@ class PaymentGateway(Protocol):
         self, req: AcceptDispute, *, idempotency_key: str
     ) -> DisputeResult: ...
 
-    async def knows_idempotency_key(self, idempotency_key: str) -> bool | None:
-        """Has the provider taken a request under this key (within its key window)?
-        Asked without acting on anything; None when the provider cannot tell that way
-        (Stripe has no such lookup: a request resent under the key would act)."""
+    async def knows_request(
+        self, operation: str, req: BaseModel, *, idempotency_key: str
+    ) -> bool | None:
+        """Has the provider finished this very request (``operation``, a method of this
+        protocol, with ``req``'s parameters) under the key, within its key window? Asked
+        without acting on anything; None when the provider cannot tell that way (Stripe
+        has no such lookup: a request resent under the key would run)."""
         ...
 
     async def aclose(self) -> None:

@@ -14,20 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import time
 from typing import Any
 
 import pytest
 
 from paystream.agents import pipeline
+from paystream.gateways import base as gw
 from paystream.gateways.simulator import SimulatorGateway
+from paystream.money import Money
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, outcome_of
 from tests.agents.test_applied_by_entity import SCENARIOS, _effects, _entities
-from tests.agents.test_let_through import _answer, _command
+from tests.agents.test_let_through import _answer
+from tests.agents.test_let_through import _command as _old_command
 
 pytestmark = pytest.mark.asyncio
 
 CHARGE = {"amount": 800, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+def _command(tenant: str, command_type: str, body: dict[str, Any], command_id: str) -> Any:
+    """A command record appended now: one a crash just lost (the provider keeps its
+    keys for the idempotency window, and is asked only within it)."""
+    rec = _old_command(tenant, command_type, body, command_id)
+    return dataclasses.replace(rec, timestamp_ms=int(time.time() * 1000))
 
 
 def _durable(h: Harness) -> tuple[Any, ...]:
@@ -139,8 +151,8 @@ async def test_a_suspended_tenants_new_command_is_refused_and_charges_nothing(
 async def test_a_provider_that_cannot_tell_leaves_it_refused(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stripe has no read-only lookup by idempotency key (StripeGateway answers None):
-    the command is refused as before (README: the K1 gap left for such providers)."""
+    """Stripe has no read-only lookup (StripeGateway.knows_request answers None): the
+    command is refused as before (README: the K1 gap left for such providers)."""
     h = harness
     t = h.add_tenant()
     durable = _durable(h)
@@ -149,44 +161,154 @@ async def test_a_provider_that_cannot_tell_leaves_it_refused(
     _crash_back_to(h, durable)
     _suspend(h, t)
 
-    async def cannot_tell(self: SimulatorGateway, idempotency_key: str) -> bool | None:
+    async def cannot_tell(self: Any, operation: str, req: Any, *, idempotency_key: str) -> None:
         return None
 
-    monkeypatch.setattr(SimulatorGateway, "knows_idempotency_key", cannot_tell)
+    monkeypatch.setattr(SimulatorGateway, "knows_request", cannot_tell)
     out = await _answer(h, rec)
     assert data(out)["reason"] == "tenant_suspended"
 
 
-async def test_a_provider_that_does_not_answer_holds_the_batch_only_briefly(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("failure", ["hangs", "raises"])
+async def test_a_provider_that_cannot_be_asked_now_gets_the_command_parked(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
+    """No final answer while the provider may have acted: parked, to be asked again when
+    re-driven. After one failed lookup the provider is not asked for a while (each would
+    wait as long, one command after another, holding the batch)."""
     h = harness
     t = h.add_tenant()
     durable = _durable(h)
-    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-hung")
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-unasked")
     assert kind(await _answer(h, rec)) == "payment.succeeded"
     _crash_back_to(h, durable)
     _suspend(h, t)
+    asked = []
 
-    async def hangs(self: SimulatorGateway, idempotency_key: str) -> bool | None:
-        await asyncio.Event().wait()
-        return True
+    async def broken(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        asked.append(idempotency_key)
+        if failure == "hangs":
+            await asyncio.Event().wait()
+        raise ConnectionError("store down")
 
-    monkeypatch.setattr(SimulatorGateway, "knows_idempotency_key", hangs)
+    monkeypatch.setattr(SimulatorGateway, "knows_request", broken)
     monkeypatch.setattr(pipeline, "PROVIDER_LOOKUP_SECONDS", 0.05)
-    out = outcome_of(h.settings, await asyncio.wait_for(h.processor.process(rec), 10))
-    assert out is not None and data(out)["reason"] == "tenant_suspended"
+    emits = await asyncio.wait_for(h.processor.process(rec), 10)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    new = await asyncio.wait_for(
+        h.processor.process(_command(t, "payment.create", dict(CHARGE), "cmd-new")), 10
+    )
+    assert [e.topic for e in new] == [h.settings.retry_topic]  # paused: not asked
+    assert len(asked) == 1
 
 
-async def test_the_simulator_knows_the_keys_it_took(harness: Harness) -> None:
+async def test_a_command_first_run_near_the_end_of_the_key_window_is_not_let_through(
+    harness: Harness,
+) -> None:
+    """What the provider knows now may be gone by the time the command runs (and a
+    parked one would later be re-driven as let through, charging afresh): a command
+    first run past the window dlq replay holds stale commands back at is not asked for."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    durable = _durable(h)
+    fresh = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-old")
+    assert kind(await _answer(h, fresh)) == "payment.succeeded"
+    _crash_back_to(h, durable)
+    _suspend(h, t)
+    day_ago = int(time.time() * 1000) - 23 * 3_600_000 - 1_800_000
+    old = dataclasses.replace(fresh, timestamp_ms=day_ago)
+    out = await _answer(h, old)
+    assert data(out)["reason"] == "tenant_suspended"
+    assert [k for k, _ in await _effects(h, record)] == ["charge"]
+
+
+async def test_another_request_under_the_same_provider_key_is_not_let_through(
+    harness: Harness,
+) -> None:
+    """A create naming its payment id uses the entity's provider key: a different
+    request under it (another amount) is not the one the provider took."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    durable = _durable(h)
+    first = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-a")
+    assert kind(await _answer(h, first)) == "payment.succeeded"
+    _crash_back_to(h, durable)
+    _suspend(h, t)
+    other = _command(t, "payment.create", {**CHARGE, "amount": 900, "payment_id": "p1"}, "cmd-b")
+    out = await _answer(h, other)
+    assert data(out)["reason"] == "tenant_suspended"
+    assert [k for k, _ in await _effects(h, record)] == ["charge"]
+
+
+async def test_a_rate_limited_flood_asks_the_provider_nothing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rate limit's refusal says "later", and later the command runs: no lookup."""
+    h = harness
+    t = h.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    asked = []
+
+    async def counting(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        asked.append(idempotency_key)
+        return False
+
+    monkeypatch.setattr(SimulatorGateway, "knows_request", counting)
+    reasons = [
+        data(await _answer(h, _command(t, "payment.create", dict(CHARGE), f"f{i}"))).get("reason")
+        for i in range(20)
+    ]
+    assert reasons.count("rate_limited") >= 18
+    assert asked == []
+
+
+async def test_the_simulator_knows_the_requests_it_finished(harness: Harness) -> None:
     h = harness
     t = h.add_tenant()
     gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
     assert isinstance(gateway, SimulatorGateway)
     key = f"ps:{t}:cmd-known"
-    assert await gateway.knows_idempotency_key(key) is False
-    await _answer(h, _command(t, "payment.create", dict(CHARGE), "cmd-known"))
-    assert await gateway.knows_idempotency_key(key) is True
-    other = h.add_tenant()  # keys are the tenant's own
-    elsewhere = h.pool.get(Tenant.model_validate(h.tenants[other]))
-    assert await elsewhere.knows_idempotency_key(key) is False
+    req = gw.CreatePayment(
+        amount=Money(amount=800, currency="USD"), provider_payment_method_id="pm_card_visa"
+    )
+    assert await gateway.knows_request("create_payment", req, idempotency_key=key) is False
+    await gateway.create_payment(req, idempotency_key=key)
+    assert await gateway.knows_request("create_payment", req, idempotency_key=key) is True
+    other = req.model_copy(update={"amount": Money(amount=900, currency="USD")})
+    assert await gateway.knows_request("create_payment", other, idempotency_key=key) is False
+    elsewhere = h.pool.get(Tenant.model_validate(h.tenants[h.add_tenant()]))
+    assert await elsewhere.knows_request("create_payment", req, idempotency_key=key) is False
+    # A record about to expire may be gone by the time the command runs: not counted on.
+    await h.redis.pexpire(gateway._store._idem_key(key), 600_000)
+    assert await gateway.knows_request("create_payment", req, idempotency_key=key) is False
+
+
+async def test_a_stale_redrive_leaves_nothing_that_lets_it_through_later(
+    harness: Harness,
+) -> None:
+    """Review repro: a re-drive past the key window is parked stale, unasked; once the
+    provider has forgotten the key, re-driven as reconciled, it is refused (no record
+    of ours lets it through to charge afresh)."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    durable = _durable(h)
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "c1")
+    assert kind(await _answer(h, rec)) == "payment.succeeded"
+    _crash_back_to(h, durable)
+    _suspend(h, t)
+    day_ago = str(int(time.time() * 1000) - 23 * 3_600_000 - 1_800_000).encode()
+    stale = dataclasses.replace(
+        rec, offset=10_001, headers={**rec.headers, "paystream-first-attempt-ms": day_ago}
+    )
+    emits = await h.processor.process(stale)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert f"{t}:c1" not in h.idempotency
+    await h.redis.flushdb()  # the provider forgets (its window ends): effects too
+    reconciled = dataclasses.replace(
+        stale, offset=10_002, headers={**stale.headers, "paystream-reconciled": b"1"}
+    )
+    out = outcome_of(h.settings, await h.processor.process(reconciled))
+    assert out is not None and data(out)["reason"] == "tenant_suspended", out and data(out)
+    assert await _effects(h, record) == []  # nothing charged after the flush

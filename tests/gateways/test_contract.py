@@ -475,20 +475,34 @@ async def test_a_refusal_is_the_keys_answer(harness: Harness) -> None:
 
 
 @over_gateways()
-async def test_a_gateway_says_whether_it_knows_a_key_without_acting(harness: Harness) -> None:
+async def test_a_gateway_says_whether_it_finished_a_request_without_acting(
+    harness: Harness,
+) -> None:
     """Asked after a crash lost everything of ours about a command (pipeline K1): True
-    once a request ran under the key, False before; None from a provider that cannot
-    tell without running a request (Stripe). Asking never acts."""
+    once this very request ran under the key, False before and for other parameters
+    (or a delete, which takes no key); None from a provider that cannot tell without
+    running a request (Stripe). Asking never acts."""
     k = key()
-    before = await harness.gateway.knows_idempotency_key(k)
     req = CreatePayment(amount=usd(700), provider_payment_method_id="pm_card_visa")
+    before = await harness.gateway.knows_request("create_payment", req, idempotency_key=k)
     await harness.gateway.create_payment(req, idempotency_key=k)
-    after = await harness.gateway.knows_idempotency_key(k)
+    after = await harness.gateway.knows_request("create_payment", req, idempotency_key=k)
+    other = CreatePayment(amount=usd(900), provider_payment_method_id="pm_card_visa")
     if harness.name == "stripe":
         assert (before, after) == (None, None)
-    else:
-        assert (before, after) == (False, True)
-        assert await harness.gateway.knows_idempotency_key(key()) is False
+        return
+    assert (before, after) == (False, True)
+    assert await harness.gateway.knows_request("create_payment", other, idempotency_key=k) is False
+    gone = DeleteCustomer(provider_customer_id=await customer(harness))
+    await harness.gateway.delete_customer(gone, idempotency_key=k + "d")
+    assert await harness.gateway.knows_request(
+        "delete_customer", gone, idempotency_key=k + "d"
+    ) is (False)
+    unasked = key()
+    await harness.gateway.knows_request("create_payment", req, idempotency_key=unasked)
+    assert await harness.gateway.knows_request("create_payment", req, idempotency_key=unasked) is (
+        False
+    )  # asking made nothing
 
 
 @over_gateways(localstripe_gap=NO_IDEMPOTENCY)

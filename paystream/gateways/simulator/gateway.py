@@ -72,6 +72,10 @@ R = TypeVar("R", bound=BaseModel)
 Req = TypeVar("Req", bound=BaseModel)
 
 
+# A key answered "known" must still be known when the command runs: at least this long.
+KEY_KEPT_MS = 3_600_000
+
+
 class SimulatorGateway:
     """A simulated provider for one tenant; its state is in Redis, not in this object."""
 
@@ -273,13 +277,17 @@ class SimulatorGateway:
             lambda tx: ops.accept_dispute(tx, req, idempotency_key), DisputeResult,
         )  # fmt: skip
 
-    async def knows_idempotency_key(self, idempotency_key: str) -> bool | None:
-        """Whether a request under the key reached the simulator (its record lives for
-        the idempotency window); None while its store cannot be asked."""
-        try:
-            return await self._store.knows(idempotency_key)
-        except (RedisConnectionError, RedisTimeoutError, RedisResponseError, ConnectionError):
-            return None
+    async def knows_request(
+        self, operation: str, req: BaseModel, *, idempotency_key: str
+    ) -> bool | None:
+        """Whether the simulator finished this request under the key and keeps its
+        record for a while yet (records live for the idempotency window; one expiring
+        within KEY_KEPT_MS is not counted on); a delete takes no key, so none is ever
+        known. A store that cannot be asked raises, as for any call."""
+        if operation == "delete_customer":
+            return False
+        fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
+        return await self._store.finished(idempotency_key, fingerprint, kept_ms=KEY_KEPT_MS)
 
     async def aclose(self) -> None:
         """The Redis client belongs to the caller (shared GatewayDeps); nothing to close."""

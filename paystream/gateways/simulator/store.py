@@ -279,9 +279,19 @@ class SimulatorStore:
         raw = _text(await self._redis.get(self.object_key(object_id)))
         return None if raw is None else dict(json.loads(raw))
 
-    async def knows(self, idempotency_key: str) -> bool:
-        """Is there a record of a request under this key (answered, refused or running)?"""
-        return bool(await self._redis.exists(self._idem_key(idempotency_key)))
+    async def finished(self, idempotency_key: str, fingerprint: str, *, kept_ms: int) -> bool:
+        """Is there a finished record of this very request (its parameters' fingerprint)
+        under the key, answered or refused, kept for at least ``kept_ms`` more? Another
+        request's record is not this one; one about to expire may be gone when asked."""
+        idem = self._idem_key(idempotency_key)
+        stored = _text(await self._redis.get(idem))
+        if stored is None:
+            return False
+        record = json.loads(stored)
+        if record.get("state") != "done" or record.get("fp") != fingerprint:
+            return False
+        left = int(await self._redis.pttl(idem))
+        return left == -1 or left >= kept_ms  # (-1: kept for good; -2: gone meanwhile)
 
     async def effects(self) -> list[Effect]:
         """The tenant's effect ledger, oldest first."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import stripe
+from pydantic import BaseModel
 
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
@@ -333,7 +334,9 @@ class StripeGateway:
         )
         return mapping.dispute(obj)
 
-    async def knows_idempotency_key(self, idempotency_key: str) -> bool | None:
+    async def knows_request(
+        self, operation: str, req: BaseModel, *, idempotency_key: str
+    ) -> bool | None:
         """Stripe cannot say without acting: a request resent under the key is run."""
         return None
 
