@@ -611,8 +611,10 @@ def asyncapi() -> Doc:
             "paystream-park-reason": _header(
                 "the provider error code that exhausted the retries (`timeout`, "
                 "`provider_unavailable`, `rate_limited`, `processing_error`), `stale` (older "
-                "than the providers keep idempotency keys), or the rejection reason of a command "
-                "let through once that cannot run now (`unknown_tenant`, `internal_error`, ...)"
+                "than the providers keep idempotency keys), `provider_unanswered` (the provider "
+                "could not be asked whether it took the request; asked again when re-driven), "
+                "or the rejection reason of a command let through once that cannot run now "
+                "(`unknown_tenant`, `internal_error`, ...)"
             ),
             "paystream-source": _header("`<topic>/<partition>/<offset>` of the command"),
             "paystream-first-attempt-ms": _header("the broker's time of the command's first run"),

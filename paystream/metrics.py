@@ -73,8 +73,9 @@ PUBLISH_FAILING = Gauge(
 )
 PARKED = Counter(
     "paystream_parked_total",
-    "Commands parked on the retry topic after exhausting retries.",
-    ["tenant"],
+    "Commands parked on the retry topic, by why (the park reason: the provider error "
+    "that exhausted the retries, stale, provider_unanswered, ...).",
+    ["tenant", "reason"],
 )
 REPLAYS = Counter(
     "paystream_replayed_commands_total",

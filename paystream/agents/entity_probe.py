@@ -32,11 +32,13 @@ from paystream.agents.handlers import (
     Tables,
 )
 from paystream.gateways import base as gw
+from paystream.log_limits import ThrottledLog
 from paystream.streams.outcomes import CommandRef
 
 __all__ = ["READ_ONLY", "NoProvider", "ProviderCall", "applied_by_entity", "first_provider_call"]
 
 log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
 
 # Commands that change no entity: nothing to find, and their handler runs to the end
 # without a provider call (an export scans tables), so they are not asked.
@@ -140,8 +142,13 @@ async def first_provider_call(
         return first.call
     except (Rejection, AlreadyApplied, AnsweredByAnother):
         return None
-    except Exception:
-        log.exception("probing the provider call of %s failed", cmd.command_type)
+    except Exception as exc:  # a bug: refused as before, and said (at most once a minute)
+        _throttled.warning(
+            ("probe", cmd.command_type),
+            "probing the provider call of %s failed: %r",
+            cmd.command_type,
+            exc,
+        )
         return None
     log.debug("%s made no provider call", cmd.command_type)
     return None

@@ -40,6 +40,7 @@ from paystream.agents.handlers import (
 from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
+from paystream.gateways.base import KEYLESS_OPERATIONS
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
 from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
@@ -137,7 +138,7 @@ class CommandProcessor:
         self.committed = committed
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Provider name → until when its K1 lookups are paused (after one failed).
-        self._lookups_paused: dict[str, float] = {}
+        self._lookups_paused: dict[tuple[str, str], float] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
         # idempotency window is fixed, so purging only ever looks at the front.
         self._expiring: dict[str, deque[tuple[float, str]]] = {}
@@ -520,7 +521,8 @@ class CommandProcessor:
                 and not decision.replay
                 and existing is None
                 and not applied
-                and (
+            ):
+                took: bool | None = (
                     await applied_by_entity(
                         self.tables,
                         cmd,
@@ -529,23 +531,25 @@ class CommandProcessor:
                         NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
                     )
                     is not None
-                    or (
-                        # Not for a rate limit: its refusal only says "later", and later
-                        # the command runs and the provider answers it from its key.
-                        decision.reason == RejectReason.QUOTA_EXCEEDED.value
-                        and await self._provider_knows(rec, cmd, data, request_hash, gateway)
-                        is True
+                )
+                # Not for a rate limit: its refusal only says "later", and later the
+                # command runs and the provider answers it from its key.
+                if not took and decision.reason == RejectReason.QUOTA_EXCEEDED.value:
+                    took = await self._provider_knows(rec, cmd, data, request_hash, gateway)
+                if took is None:
+                    # The provider could not be asked now: no final answer while it may
+                    # have acted (the limits keep their decisions per record: forgotten).
+                    self.limits.forget_decision(cmd.tenant_id, limit_rec)
+                    return self._to_retry_topic(rec, cmd, UNANSWERED)
+                if took:
+                    # Refused now (a limit lowered, the day's volume spent since), though
+                    # its entity says it took effect (a crash lost its idempotency and
+                    # limits writes), or the provider finished its request (a crash lost
+                    # the whole batch): admitted as let through, so answered as it was.
+                    self.limits.forget_decision(cmd.tenant_id, limit_rec)
+                    decision = self._admit(
+                        limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
                     )
-                )
-            ):
-                # Refused now (a limit lowered, the day's volume spent since), though
-                # its entity says it took effect (a crash lost its idempotency and
-                # limits writes), or the provider knows its request (a crash lost the
-                # whole batch): admitted as let through, so answered as it was.
-                self.limits.forget_decision(cmd.tenant_id, limit_rec)
-                decision = self._admit(
-                    limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
-                )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
             if not decision.replay:
@@ -800,42 +804,44 @@ class CommandProcessor:
     ) -> bool | None:
         """Did the provider finish the command's first provider call, this very request
         (a crash lost everything of ours about it)? False when it did not, cannot tell
-        (Stripe), the command makes no provider call, or was first run so long ago that
-        the provider may have forgotten its key (what it knows then may be gone by the
-        time the command runs); None when it could not be asked now: no answer within
-        PROVIDER_LOOKUP_SECONDS or an error, and for LOOKUP_PAUSE_SECONDS after one."""
+        (Stripe), the command makes no provider call or one that takes no key, or is a
+        re-drive first run so long ago that the provider may have forgotten its key
+        (its answer could be gone by the time the command runs); None when it could not
+        be asked now: an error or no answer within PROVIDER_LOOKUP_SECONDS, and for
+        LOOKUP_PAUSE_SECONDS after one (or after a slow answer), for this tenant."""
         ask = getattr(gateway, "knows_request", None)  # a stand-in has none
-        if ask is None or not self._within_key_window(rec):
+        if ask is None or self._past_provider_window(rec, reconciled_too=True):
             return False
         provider = str(gateway.provider)
-        if self._lookups_paused.get(provider, 0.0) > time.monotonic():
-            return None
         call = await first_provider_call(self.tables, cmd, data, request_hash, provider)
-        if call is None:
+        if call is None or call.operation in KEYLESS_OPERATIONS:
             return False
+        # Paused per tenant: a provider account (or a store's shard) may fail alone.
+        paused = (provider, cmd.tenant_id)
+        if self._lookups_paused.get(paused, 0.0) > time.monotonic():
+            return None
+        started = time.monotonic()
         try:
             known = await asyncio.wait_for(
                 ask(call.operation, call.request, idempotency_key=call.idempotency_key),
                 PROVIDER_LOOKUP_SECONDS,
             )
         except Exception as exc:
-            self._lookups_paused[provider] = time.monotonic() + LOOKUP_PAUSE_SECONDS
+            self._lookups_paused[paused] = time.monotonic() + LOOKUP_PAUSE_SECONDS
             _throttled.warning(
-                ("lookup", provider),
-                "asking %s whether it took a request failed (%r); lookups paused %.0f s",
+                ("lookup", provider, cmd.tenant_id),
+                "asking %s whether it took a request of %s failed (%r); not asked for %.0f s",
                 provider,
+                cmd.tenant_id,
                 exc,
                 LOOKUP_PAUSE_SECONDS,
             )
             return None
+        if time.monotonic() - started > LOOKUP_SLOW_SECONDS:
+            # Each lookup waits in turn, holding the batch: a slow provider is not asked
+            # again for a while (the commands meanwhile are parked, asked when re-driven).
+            self._lookups_paused[paused] = time.monotonic() + LOOKUP_PAUSE_SECONDS
         return known is True
-
-    def _within_key_window(self, rec: Inbound) -> bool:
-        """Was the command first run recently enough that the provider still keeps its
-        key for as long as the command may take to finish (the window dlq replay
-        holds stale commands back at)?"""
-        age_ms = time.time() * 1000 - self._first_attempt_ms(rec)
-        return age_ms <= stale_after_ms(self.settings)
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the
@@ -912,11 +918,14 @@ class CommandProcessor:
             return None  # another request under the key: answered as any would be
         return existing
 
-    def _past_provider_window(self, rec: Inbound) -> bool:
+    def _past_provider_window(self, rec: Inbound, *, reconciled_too: bool = False) -> bool:
         """Does ``rec`` say it was first run longer ago than a replay may be re-sent
-        (and was not re-sent by ``dlq replay --include-stale``, after reconciling)?"""
-        if FIRST_ATTEMPT_HEADER not in rec.headers or RECONCILED_HEADER in rec.headers:
+        (and was not re-sent by ``dlq replay --include-stale``, after reconciling, unless
+        ``reconciled_too``: reconciled by a person is not known to the provider still)?"""
+        if FIRST_ATTEMPT_HEADER not in rec.headers:
             return False  # (the common case: no header, no seal to check)
+        if RECONCILED_HEADER in rec.headers and not reconciled_too:
+            return False
         first = self._carried_first_attempt(rec)
         return first is not None and time.time() * 1000 - first > stale_after_ms(self.settings)
 
@@ -1559,7 +1568,7 @@ class CommandProcessor:
 
     def _to_retry_topic(self, rec: Inbound, cmd: CommandRef, reason: str) -> list[Emit]:
         """The command's record, as it came, on the retry topic; ``reason`` says why."""
-        metrics.PARKED.labels(cmd.tenant_id).inc()
+        metrics.PARKED.labels(cmd.tenant_id, reason).inc()
         _throttled.warning(
             ("park", cmd.tenant_id, reason),
             "parking command %s of %s: %s",
@@ -1599,10 +1608,12 @@ STALE = "stale"
 # fits what is kept for its redeliveries (answers.py).
 VALIDATION_ERRORS_SHOWN = 10
 # Longest wait for a provider's answer to "did you take this request?" (K1: see
-# _let_through_by_provider), and after a failed one how long no provider of that name
-# is asked (each would wait as long, one command after another): the commands that
-# needed an answer meanwhile are parked, to be asked again when re-driven.
+# _let_through_by_provider), an answer slower than which is a warning, and after a
+# failed or slow one how long the provider is not asked about that tenant's commands
+# (each would wait as long, one after another): the commands that needed an answer
+# meanwhile are parked, to be asked again when re-driven.
 PROVIDER_LOOKUP_SECONDS = 2.0
+LOOKUP_SLOW_SECONDS = 0.5
 LOOKUP_PAUSE_SECONDS = 30.0
 # Parking reason of a command the provider could not be asked about.
 UNANSWERED = "provider_unanswered"

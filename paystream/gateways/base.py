@@ -231,6 +231,9 @@ class RefundResult(_Res):
 
 # The capability each protocol operation needs; a gateway checks it before calling out, so
 # an operation the tenant's provider lacks fails fast with `unsupported` and no side effect.
+# Operations providers take no idempotency key for (Stripe's DELETE): a retry runs afresh.
+KEYLESS_OPERATIONS = frozenset({"delete_customer"})
+
 OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_customer": Capability.CUSTOMERS,
     "update_customer": Capability.CUSTOMERS,
@@ -310,9 +313,11 @@ class PaymentGateway(Protocol):
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:
         """Has the provider finished this very request (``operation``, a method of this
-        protocol, with ``req``'s parameters) under the key, within its key window? Asked
-        without acting on anything; None when the provider cannot tell that way (Stripe
-        has no such lookup: a request resent under the key would run)."""
+        protocol, with ``req``'s parameters) under the key, and will it keep answering
+        the key with it for at least an hour more (the command is run again on the
+        strength of the answer)? Asked without acting on anything; None when the
+        provider cannot tell that way (Stripe has no such lookup: a request resent
+        under the key would run). Raises when the provider cannot be asked now."""
         ...
 
     async def aclose(self) -> None:

@@ -200,26 +200,113 @@ async def test_a_provider_that_cannot_be_asked_now_gets_the_command_parked(
     )
     assert [e.topic for e in new] == [h.settings.retry_topic]  # paused: not asked
     assert len(asked) == 1
+    # ...for this tenant only: another's provider account (or store shard) may be fine.
+    other = h.add_tenant()
+    _suspend(h, other)
+    await asyncio.wait_for(
+        h.processor.process(_command(other, "payment.create", dict(CHARGE), "cmd-other")), 10
+    )
+    assert len(asked) == 2
+    # Commands that make no provider call are refused as ever, paused or not.
+    for command_type, body in [
+        ("customer.export", {"customer_id": "cus_none"}),
+        ("payment.capture", {"payment_id": "pay_none"}),
+    ]:
+        out = outcome_of(
+            h.settings, await h.processor.process(_command(t, command_type, body, command_type))
+        )
+        assert out is not None and data(out)["reason"] == "tenant_suspended", command_type
+    assert len(asked) == 2
 
 
-async def test_a_command_first_run_near_the_end_of_the_key_window_is_not_let_through(
-    harness: Harness,
+async def test_a_quota_refusal_the_provider_cannot_be_asked_about_is_parked(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the provider knows now may be gone by the time the command runs (and a
-    parked one would later be re-driven as let through, charging afresh): a command
-    first run past the window dlq replay holds stale commands back at is not asked for."""
+    """Review repro: refused `quota_exceeded` while the provider could not be asked, the
+    limits kept that refusal for the record, and every redelivery got it, though the
+    provider had charged. Now parked; re-driven with the provider back, it finishes."""
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100_000}})
+    durable = _durable(h)
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-quota")
+    first = await _answer(h, rec)
+    assert kind(first) == "payment.succeeded"
+    _crash_back_to(h, durable)
+    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100}}}
+    real = SimulatorGateway.knows_request
+
+    async def down(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(SimulatorGateway, "knows_request", down)
+    emits = await h.processor.process(rec)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    monkeypatch.setattr(SimulatorGateway, "knows_request", real)
+    monkeypatch.setattr(h.processor, "_lookups_paused", {})  # the pause is over
+    parked = emits[0].record  # `dlq replay` re-sends it as parked, with its headers
+    redrive = dataclasses.replace(rec, headers=dict(parked.headers), offset=rec.offset + 10_000)
+    again = await _answer(h, redrive)
+    # (A new event id: ids are salted with the record's offset, and the first outcome,
+    # lost with its batch, was never published.)
+    assert kind(again) == kind(first) and data(again)["object"] == data(first)["object"]
+    assert [k for k, _ in await _effects(h, dict(h.tenants[t]))] == ["charge"]
+
+
+async def test_a_slow_provider_is_not_asked_again_for_a_while(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookups wait one after another: each answering just inside the timeout would
+    hold a batch for minutes. A slow answer is used, then the tenant's lookups pause."""
+    h = harness
+    t = h.add_tenant()
+    _suspend(h, t)
+    asked = []
+
+    async def slow(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        asked.append(idempotency_key)
+        await asyncio.sleep(0.05)
+        return False
+
+    monkeypatch.setattr(SimulatorGateway, "knows_request", slow)
+    monkeypatch.setattr(pipeline, "LOOKUP_SLOW_SECONDS", 0.01)
+    outs = [
+        await h.processor.process(_command(t, "payment.create", dict(CHARGE), f"slow-{i}"))
+        for i in range(5)
+    ]
+    first = outcome_of(h.settings, outs[0])
+    assert first is not None and data(first)["reason"] == "tenant_suspended"
+    assert all([e.topic for e in out] == [h.settings.retry_topic] for out in outs[1:])
+    assert len(asked) == 1
+
+
+@pytest.mark.parametrize("kept", ["for hours", "for minutes"])
+async def test_a_day_old_record_is_let_through_only_while_the_provider_keeps_its_answer(
+    harness: Harness, kept: str
+) -> None:
+    """A worker a day behind charged a day-old record and crashed: the record's age says
+    nothing of the provider's record (made at the charge); the provider's own margin
+    does. An answer it is about to forget may be gone by the time the command runs."""
     h = harness
     t = h.add_tenant()
     record = dict(h.tenants[t])
     durable = _durable(h)
-    fresh = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-old")
-    assert kind(await _answer(h, fresh)) == "payment.succeeded"
+    day_ago = int(time.time() * 1000) - 23 * 3_600_000 - 1_800_000
+    rec = dataclasses.replace(
+        _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-old"),
+        timestamp_ms=day_ago,
+    )
+    first = await _answer(h, rec)
+    assert kind(first) == "payment.succeeded"
     _crash_back_to(h, durable)
     _suspend(h, t)
-    day_ago = int(time.time() * 1000) - 23 * 3_600_000 - 1_800_000
-    old = dataclasses.replace(fresh, timestamp_ms=day_ago)
-    out = await _answer(h, old)
-    assert data(out)["reason"] == "tenant_suspended"
+    if kept == "for minutes":
+        for key in await h.redis.keys(f"*idem:pse:{t}:payment:p1"):
+            await h.redis.pexpire(key, 600_000)
+    again = await _answer(h, rec)
+    if kept == "for hours":
+        assert (kind(again), again.get_id()) == (kind(first), first.get_id())
+    else:
+        assert data(again)["reason"] == "tenant_suspended"
     assert [k for k, _ in await _effects(h, record)] == ["charge"]
 
 

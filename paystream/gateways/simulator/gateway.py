@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
+    KEYLESS_OPERATIONS,
     OPERATION_CAPABILITY,
     AcceptDispute,
     AttachPaymentMethod,
@@ -284,7 +285,7 @@ class SimulatorGateway:
         record for a while yet (records live for the idempotency window; one expiring
         within KEY_KEPT_MS is not counted on); a delete takes no key, so none is ever
         known. A store that cannot be asked raises, as for any call."""
-        if operation == "delete_customer":
+        if operation in KEYLESS_OPERATIONS:
             return False
         fingerprint = request_fingerprint(operation, req.model_dump(mode="json"))
         return await self._store.finished(idempotency_key, fingerprint, kept_ms=KEY_KEPT_MS)
