@@ -9,6 +9,10 @@ group), and answer every command exactly once when the broker takes writes again
 the provider asked once. The embedded broker never refuses, so a Kafka-protocol proxy
 of the test's own (tests/e2e/refusing.py) plays the refusing cluster: while on, it
 answers every produce naming the outcomes topic itself, and forwards nothing of it.
+
+The same proxy holds a batch undelivered for as long as a test needs: long enough to
+kill its worker after the provider charged and before anything of the batch was
+durable, the crash the pipeline's K1 lookup is for.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
+from paystream.client import build_command
 from paystream.devstack._process import free_port
 from paystream.devstack.kafka import TansuBroker
 from paystream.devstack.redis import EmbeddedRedis
@@ -32,7 +40,7 @@ from paystream.devstack.worker import WorkerProcess
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import SimulatorGateway
-from paystream.tenancy.models import Tenant
+from paystream.tenancy.models import Tenant, TenantStatus
 from tests.e2e.own_servers import json_page
 from tests.e2e.refusing import RefusingProxy
 from tests.fixtures.pipeline import Deployment
@@ -67,13 +75,22 @@ async def _until(what: str, check: Any, timeout: float) -> Any:
         await asyncio.sleep(0.5)
 
 
-async def test_a_broker_refusing_writes_holds_commands_until_it_takes_them(
-    deployment_factory: Any,
-) -> None:
+@dataclass
+class RefusingStack:
+    dep: Deployment
+    proxy: RefusingProxy
+    broker_port: int
+    redis_url: str
+
+
+@asynccontextmanager
+async def refusing_stack(deployment_factory: Any, tenant: str) -> AsyncIterator[RefusingStack]:
+    """A broker, Redis and deployment of the test's own, the workers' broker connections
+    through a refusing proxy (clients learn the broker's address from its metadata:
+    the proxy's)."""
     root = Path(tempfile.mkdtemp(prefix="paystream-refused-"))
     broker_port = free_port()
     proxy = RefusingProxy(broker_port)
-    # Clients learn the broker's address from its metadata: the proxy's.
     broker = TansuBroker(root / "tansu.log", port=broker_port, advertised_port=proxy.port)
     redis = EmbeddedRedis(root / "redis")
     try:
@@ -86,7 +103,32 @@ async def test_a_broker_refusing_writes_holds_commands_until_it_takes_them(
             redis_url=redis.url,
             paystream_producer_request_timeout_seconds=str(REQUEST_TIMEOUT_SECONDS),
         )
-        await dep.add_tenants(Tenant(tenant_id=TENANT))
+        await dep.add_tenants(Tenant(tenant_id=tenant))
+        yield RefusingStack(dep, proxy, broker_port, redis.url)
+    finally:
+        proxy.stop()
+        redis.stop()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _provider_effects(stack: RefusingStack, tenant: str) -> list[str]:
+    client_redis = aioredis.from_url(stack.redis_url)
+    try:
+        sim = SimulatorGateway.from_context(
+            GatewayContext(tenant_id=tenant, provider="simulator"),
+            GatewayDeps(settings=stack.dep.settings, redis=client_redis),
+        )
+        return [f"{e.kind}:{e.idempotency_key}" for e in await sim.effects()]
+    finally:
+        await client_redis.aclose()
+
+
+async def test_a_broker_refusing_writes_holds_commands_until_it_takes_them(
+    deployment_factory: Any,
+) -> None:
+    async with refusing_stack(deployment_factory, TENANT) as stack:
+        dep, proxy = stack.dep, stack.proxy
         with dep.worker() as worker:
             worker.wait_ready([TENANT], partitions=dep.settings.partitions)
             assert worker.proc is not None
@@ -137,7 +179,7 @@ async def test_a_broker_refusing_writes_holds_commands_until_it_takes_them(
         # reached it), and one charge per command at the provider.
         consumer = AIOKafkaConsumer(
             dep.settings.events_topic,
-            bootstrap_servers=f"127.0.0.1:{broker_port}",
+            bootstrap_servers=f"127.0.0.1:{stack.broker_port}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
@@ -152,18 +194,42 @@ async def test_a_broker_refusing_writes_holds_commands_until_it_takes_them(
             await consumer.stop()
         ids = Counter(dict(r.headers)["ce_id"] for r in records)
         assert sum(ids.values()) == COMMANDS + 1 and max(ids.values()) == 1, ids
-        client_redis = aioredis.from_url(redis.url)
-        try:
-            sim = SimulatorGateway.from_context(
-                GatewayContext(tenant_id=TENANT, provider="simulator"),
-                GatewayDeps(settings=dep.settings, redis=client_redis),
-            )
-            charges = Counter(e.idempotency_key for e in await sim.effects() if e.kind == "charge")
-        finally:
-            await client_redis.aclose()
+        charges = Counter(e for e in await _provider_effects(stack, TENANT) if "charge" in e)
         assert len(charges) == COMMANDS + 1 and max(charges.values()) == 1, charges
-    finally:
-        proxy.stop()
-        redis.stop()
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_charge_lost_with_its_worker_finishes_after_the_tenant_is_suspended(
+    deployment_factory: Any,
+) -> None:
+    """K1 end to end: the provider charged, the worker was killed before its batch was
+    delivered (the broker refusing the writes holds it there), and the tenant was
+    suspended before a new worker read the command again. Nothing of ours recorded it;
+    the provider did, so the command finishes (one charge), and a new command of the
+    suspended tenant is still refused."""
+    tenant = "k1-crash"
+    async with refusing_stack(deployment_factory, tenant) as stack:
+        dep, proxy = stack.dep, stack.proxy
+        charge = {"amount": 900, "currency": "USD", "payment_method_token": "pm_card_visa"}
+        async with dep.client() as client:
+            with dep.worker("w1") as first_worker:
+                first_worker.wait_ready([tenant], partitions=dep.settings.partitions)
+                proxy.refuse(dep.settings.events_topic)
+                command = build_command("payment.create", tenant, charge)
+                answer = client.expect(tenant, command.get_id())
+                await client.publish(command)
+                await _until(
+                    "the provider charged",
+                    lambda: asyncio.run(_provider_effects(stack, tenant)),
+                    timeout=60,
+                )
+                first_worker.kill()  # mid-delivery: nothing of the batch is durable
+            await dep.add_tenants(Tenant(tenant_id=tenant, status=TenantStatus.SUSPENDED))
+            proxy.refuse(None)
+            with dep.worker("w2") as second_worker:
+                second_worker.wait_ready([tenant], partitions=dep.settings.partitions)
+                outcome = await asyncio.wait_for(answer, 120)
+                assert outcome.get_type() == "com.paystream.payment.succeeded", outcome.get_data()
+                refused = await client.command("payment.create", tenant, charge, timeout=60)
+                assert refused.get_data()["reason"] == "tenant_suspended"  # type: ignore[index]
+        effects = await _provider_effects(stack, tenant)
+        assert [e.split(":")[0] for e in effects] == ["charge"], effects
