@@ -143,6 +143,7 @@ async def first_provider_call(
     except (Rejection, AlreadyApplied, AnsweredByAnother):
         return None
     except Exception as exc:  # a bug: refused as before, and said (at most once a minute)
+        log.debug("probing the provider call of %s failed", cmd.command_type, exc_info=True)
         _throttled.warning(
             ("probe", cmd.command_type),
             "probing the provider call of %s failed: %r",

@@ -138,6 +138,7 @@ class CommandProcessor:
         self.committed = committed
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Provider name → until when its K1 lookups are paused (after one failed).
+        # (provider, tenant; "" for every tenant) → until when K1 lookups are paused.
         self._lookups_paused: dict[tuple[str, str], float] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
         # idempotency window is fixed, so purging only ever looks at the front.
@@ -295,6 +296,9 @@ class CommandProcessor:
         # have changed since this record was first answered (a redelivery).
         rejected = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
         if rejected is not None:
+            if PARKED_AS in rejected:  # parked, unanswered: parked again, as decided
+                self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
+                return self._to_retry_topic(rec, cmd, str(rejected[PARKED_AS]))
             return self._answer_again(rec, cmd, rejected)
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
@@ -328,7 +332,7 @@ class CommandProcessor:
                 if found is UNANSWERED:
                     # The provider, which can tell, could not be asked now: no final
                     # answer while it may have acted. Parked, to be asked again.
-                    return self._to_retry_topic(rec, cmd, UNANSWERED)
+                    return self._park_unanswered(rec, cmd)
                 earlier = found if isinstance(found, IdempotencyRecord) else None
             if (earlier is None or earlier.state not in _LET_THROUGH) and (
                 self._past_provider_window(rec)
@@ -540,7 +544,7 @@ class CommandProcessor:
                     # The provider could not be asked now: no final answer while it may
                     # have acted (the limits keep their decisions per record: forgotten).
                     self.limits.forget_decision(cmd.tenant_id, limit_rec)
-                    return self._to_retry_topic(rec, cmd, UNANSWERED)
+                    return self._park_unanswered(rec, cmd)
                 if took:
                     # Refused now (a limit lowered, the day's volume spent since), though
                     # its entity says it took effect (a crash lost its idempotency and
@@ -816,32 +820,58 @@ class CommandProcessor:
         call = await first_provider_call(self.tables, cmd, data, request_hash, provider)
         if call is None or call.operation in KEYLESS_OPERATIONS:
             return False
-        # Paused per tenant: a provider account (or a store's shard) may fail alone.
-        paused = (provider, cmd.tenant_id)
-        if self._lookups_paused.get(paused, 0.0) > time.monotonic():
+        # Paused per tenant (a provider account or a store's shard may fail alone), and
+        # for every tenant once several failed: an outage must not cost each tenant its
+        # own wait, one after another, in one batch.
+        now = time.monotonic()
+        if (
+            max(
+                self._lookups_paused.get((provider, cmd.tenant_id), 0.0),
+                self._lookups_paused.get((provider, ""), 0.0),
+            )
+            > now
+        ):
             return None
-        started = time.monotonic()
         try:
             known = await asyncio.wait_for(
                 ask(call.operation, call.request, idempotency_key=call.idempotency_key),
                 PROVIDER_LOOKUP_SECONDS,
             )
         except Exception as exc:
-            self._lookups_paused[paused] = time.monotonic() + LOOKUP_PAUSE_SECONDS
-            _throttled.warning(
-                ("lookup", provider, cmd.tenant_id),
-                "asking %s whether it took a request of %s failed (%r); not asked for %.0f s",
-                provider,
-                cmd.tenant_id,
-                exc,
-                LOOKUP_PAUSE_SECONDS,
-            )
+            self._pause_lookups(provider, cmd.tenant_id, f"failed ({exc!r})")
             return None
-        if time.monotonic() - started > LOOKUP_SLOW_SECONDS:
+        took = time.monotonic() - now
+        if took > LOOKUP_SLOW_SECONDS:
             # Each lookup waits in turn, holding the batch: a slow provider is not asked
             # again for a while (the commands meanwhile are parked, asked when re-driven).
-            self._lookups_paused[paused] = time.monotonic() + LOOKUP_PAUSE_SECONDS
+            self._pause_lookups(provider, cmd.tenant_id, f"took {took:.1f} s")
         return known is True
+
+    def _pause_lookups(self, provider: str, tenant_id: str, why: str) -> None:
+        now = time.monotonic()
+        until = now + LOOKUP_PAUSE_SECONDS
+        self._lookups_paused = {k: t for k, t in self._lookups_paused.items() if t > now}
+        self._lookups_paused[(provider, tenant_id)] = until
+        tenants = sum(1 for (p, t) in self._lookups_paused if p == provider and t)
+        everyone = tenants >= LOOKUP_TENANTS_FAILING
+        if everyone:
+            self._lookups_paused[(provider, "")] = until
+        _throttled.warning(
+            ("lookup", provider, "" if everyone else tenant_id),
+            "asking %s whether it took a request of %s %s; not asked for %.0f s (%s)",
+            provider,
+            tenant_id,
+            why,
+            LOOKUP_PAUSE_SECONDS,
+            "any tenant" if everyone else "this tenant",
+        )
+
+    def _park_unanswered(self, rec: Inbound, cmd: CommandRef) -> list[Emit]:
+        """Park a command the provider could not be asked about, and keep that decision
+        for the record: redelivered before its offset is committed, decided afresh, it
+        could get a final refusal while its parked copy is later re-driven and runs."""
+        self.answers.keep(rec.partition, rec.offset, cmd.command_id, {PARKED_AS: UNANSWERED})
+        return self._to_retry_topic(rec, cmd, UNANSWERED)
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the
@@ -1615,6 +1645,10 @@ VALIDATION_ERRORS_SHOWN = 10
 PROVIDER_LOOKUP_SECONDS = 2.0
 LOOKUP_SLOW_SECONDS = 0.5
 LOOKUP_PAUSE_SECONDS = 30.0
+# Tenants whose lookups a provider failed within the pause: past this, it is paused for all.
+LOOKUP_TENANTS_FAILING = 3
+# In a kept answer: the record was parked (with this reason), not answered.
+PARKED_AS = "parked_as"
 # Parking reason of a command the provider could not be asked about.
 UNANSWERED = "provider_unanswered"
 

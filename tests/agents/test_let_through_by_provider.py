@@ -219,6 +219,52 @@ async def test_a_provider_that_cannot_be_asked_now_gets_the_command_parked(
     assert len(asked) == 2
 
 
+async def test_a_parked_unanswered_record_redelivered_is_parked_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review repro: parked unanswered, the worker crashed before committing; decided
+    afresh, the redelivery could get a final refusal while the parked copy is later
+    re-driven and runs: two answers. The record keeps its decision."""
+    h = harness
+    t = h.add_tenant()
+    _suspend(h, t)
+    rec = _command(t, "payment.create", dict(CHARGE), "cmd-twice")
+
+    async def down(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(SimulatorGateway, "knows_request", down)
+    first = await h.processor.process(rec)
+    assert [e.topic for e in first] == [h.settings.retry_topic]
+    monkeypatch.undo()  # the provider answers again (it never took this request)
+    monkeypatch.setattr(h.processor, "_lookups_paused", {})
+    again = await h.processor.process(rec)  # the same record, redelivered
+    assert [e.topic for e in again] == [h.settings.retry_topic]
+    fresh = await h.processor.process(dataclasses.replace(rec, offset=rec.offset + 1))
+    out = outcome_of(h.settings, fresh)  # another record of it (a re-drive): asked
+    assert out is not None and data(out)["reason"] == "tenant_suspended"
+
+
+async def test_a_provider_failing_several_tenants_is_not_asked_for_any(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage must not cost each tenant its own wait, one after another."""
+    h = harness
+    tenants = [h.add_tenant() for _ in range(pipeline.LOOKUP_TENANTS_FAILING + 1)]
+    asked = []
+
+    async def down(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        asked.append(idempotency_key)
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(SimulatorGateway, "knows_request", down)
+    for t in tenants:
+        _suspend(h, t)
+        emits = await h.processor.process(_command(t, "payment.create", dict(CHARGE), "c"))
+        assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert len(asked) == pipeline.LOOKUP_TENANTS_FAILING  # the last tenant: not asked
+
+
 async def test_a_quota_refusal_the_provider_cannot_be_asked_about_is_parked(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
