@@ -74,14 +74,34 @@ class RecordAnswers:
             return None
         return dict(entry["data"])
 
+    def parked(self, partition: int, offset: int, command_id: str) -> dict[str, Any] | None:
+        """What :meth:`keep_parked` kept for this very record, if anything."""
+        if offset < 0:
+            return None
+        entry = self._state(partition)["kept"].get(str(offset))
+        if entry is None or entry["id"] != _PARKED + _tag(command_id):
+            return None
+        return dict(entry["data"])
+
     def keep(self, partition: int, offset: int, command_id: str, data: dict[str, Any]) -> None:
         """Keep a rejection for the record's redeliveries (a record not from Kafka has
         none); what is committed already is dropped."""
+        self._keep(partition, offset, _tag(command_id), data)
+
+    def keep_parked(
+        self, partition: int, offset: int, command_id: str, data: dict[str, Any]
+    ) -> None:
+        """Keep that the record was parked, not answered (its redeliveries are parked
+        again). Under a tag no version before it matches: one of those, given the record,
+        decides it afresh as it always did, rather than answer with this as a rejection."""
+        self._keep(partition, offset, _PARKED + _tag(command_id), data)
+
+    def _keep(self, partition: int, offset: int, tag: str, data: dict[str, Any]) -> None:
         if offset < 0:
             return
         state = self._state(partition)
         _prune(state, self._committed(partition))
-        entry: dict[str, Any] = {"id": _tag(command_id), "data": data}
+        entry: dict[str, Any] = {"id": tag, "data": data}
         size = _size(offset, entry)
         if size > MAX_ENTRY_BYTES:
             return  # (the pipeline cuts validation errors to fit; nothing else is so long)
@@ -119,6 +139,9 @@ def _prune(state: dict[str, Any], floor: int) -> None:
     # Not only the oldest: tenants of a batch run concurrently, so offsets come out of order.
     for offset in [o for o in kept if int(o) < floor]:
         state["bytes"] -= kept.pop(offset)["n"]
+
+
+_PARKED = "parked:"
 
 
 def _tag(command_id: str) -> str:

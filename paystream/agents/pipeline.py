@@ -137,7 +137,6 @@ class CommandProcessor:
         self.answers = RecordAnswers(self.limits.table, committed)
         self.committed = committed
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
-        # Provider name → until when its K1 lookups are paused (after one failed).
         # (provider, tenant; "" for every tenant) → until when K1 lookups are paused.
         self._lookups_paused: dict[tuple[str, str], float] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
@@ -296,10 +295,11 @@ class CommandProcessor:
         # have changed since this record was first answered (a redelivery).
         rejected = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
         if rejected is not None:
-            if PARKED_AS in rejected:  # parked, unanswered: parked again, as decided
-                self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
-                return self._to_retry_topic(rec, cmd, str(rejected[PARKED_AS]))
             return self._answer_again(rec, cmd, rejected)
+        parked = self.answers.parked(rec.partition, rec.offset, cmd.command_id)
+        if parked is not None:  # parked, unanswered: parked again, as decided
+            self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
+            return self._park_unanswered(rec, cmd, _refusal_named(parked.get("refusal")))
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
         if tenant is None or tenant.status is TenantStatus.SUSPENDED:
@@ -332,7 +332,7 @@ class CommandProcessor:
                 if found is UNANSWERED:
                     # The provider, which can tell, could not be asked now: no final
                     # answer while it may have acted. Parked, to be asked again.
-                    return self._park_unanswered(rec, cmd)
+                    return self._park_unanswered(rec, cmd, RejectReason.TENANT_SUSPENDED)
                 earlier = found if isinstance(found, IdempotencyRecord) else None
             if (earlier is None or earlier.state not in _LET_THROUGH) and (
                 self._past_provider_window(rec)
@@ -508,6 +508,25 @@ class CommandProcessor:
             call: Any = stand_in.call
         else:
             gateway, call = gateway_or_rejection, self.gateways.call_for(tenant)
+        # Parked once because the provider could not be asked whether it took it (K1):
+        # it gets the refusal it would have had then unless the provider did, whatever
+        # changed since (the tenant resumed, a limit raised: it must not run because the
+        # provider was unreachable when it came).
+        stamped = _stamped_refusal(rec)
+        provider_took = False
+        if stamped is not None and existing is None and not applied:
+            known = await self._provider_knows(rec, cmd, data, request_hash, gateway)
+            if known is None:
+                return self._park_unanswered(rec, cmd, stamped)
+            if not known:
+                return self._reject_kept(
+                    rec,
+                    cmd,
+                    stamped,
+                    f"refused when it first came ({stamped.value}), and the provider has "
+                    "not taken it",
+                )
+            provider_took = True
         # Limits come after the idempotency check: a replay of a finished command is
         # answered from its record, neither counted nor limited again. A parked or
         # in-flight record means it was let through once: the provider may have acted
@@ -518,7 +537,14 @@ class CommandProcessor:
         decision = None
         if limited:
             decision = self._admit(
-                limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, applied
+                limit_rec,
+                cmd,
+                tenant,
+                data,
+                existing,
+                request_hash,
+                entity_keys,
+                applied or provider_took,
             )
             if (
                 isinstance(decision, LimitRejection)
@@ -544,12 +570,13 @@ class CommandProcessor:
                     # The provider could not be asked now: no final answer while it may
                     # have acted (the limits keep their decisions per record: forgotten).
                     self.limits.forget_decision(cmd.tenant_id, limit_rec)
-                    return self._park_unanswered(rec, cmd)
+                    return self._park_unanswered(rec, cmd, RejectReason.QUOTA_EXCEEDED)
                 if took:
                     # Refused now (a limit lowered, the day's volume spent since), though
                     # its entity says it took effect (a crash lost its idempotency and
                     # limits writes), or the provider finished its request (a crash lost
                     # the whole batch): admitted as let through, so answered as it was.
+                    provider_took = True  # (a let-through run, as the lookup assumed)
                     self.limits.forget_decision(cmd.tenant_id, limit_rec)
                     decision = self._admit(
                         limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
@@ -562,6 +589,7 @@ class CommandProcessor:
                 cmd, RejectReason(decision.reason), decision.message, extra=decision.extra
             )
         admission = decision
+        let_through = let_through or provider_took
         ctx = HandlerContext(
             cmd=cmd,
             gateway=gateway,
@@ -866,12 +894,23 @@ class CommandProcessor:
             "any tenant" if everyone else "this tenant",
         )
 
-    def _park_unanswered(self, rec: Inbound, cmd: CommandRef) -> list[Emit]:
-        """Park a command the provider could not be asked about, and keep that decision
-        for the record: redelivered before its offset is committed, decided afresh, it
-        could get a final refusal while its parked copy is later re-driven and runs."""
-        self.answers.keep(rec.partition, rec.offset, cmd.command_id, {PARKED_AS: UNANSWERED})
-        return self._to_retry_topic(rec, cmd, UNANSWERED)
+    def _park_unanswered(
+        self, rec: Inbound, cmd: CommandRef, refusal: RejectReason | None
+    ) -> list[Emit]:
+        """Park a command the provider could not be asked about, with the refusal it
+        would otherwise have had (its re-drive gets that refusal unless the provider took
+        it, whatever changed meanwhile: a tenant resumed, a limit raised), and keep that
+        decision for the record: redelivered before its offset is committed, decided
+        afresh, it could get a final answer while its parked copy is re-driven."""
+        refusal = _stamped_refusal(rec) or refusal  # the first one, when parked again
+        self.answers.keep_parked(
+            rec.partition,
+            rec.offset,
+            cmd.command_id,
+            {"refusal": None if refusal is None else refusal.value},
+        )
+        stamp = {} if refusal is None else {UNANSWERED_REFUSAL_HEADER: refusal.value.encode()}
+        return self._to_retry_topic(rec, cmd, UNANSWERED, stamp)
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the
@@ -1596,7 +1635,13 @@ class CommandProcessor:
         )
         return self._to_retry_topic(rec, cmd, exc.code.value)
 
-    def _to_retry_topic(self, rec: Inbound, cmd: CommandRef, reason: str) -> list[Emit]:
+    def _to_retry_topic(
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        reason: str,
+        extra_headers: dict[str, bytes] | None = None,
+    ) -> list[Emit]:
         """The command's record, as it came, on the retry topic; ``reason`` says why."""
         metrics.PARKED.labels(cmd.tenant_id, reason).inc()
         _throttled.warning(
@@ -1613,6 +1658,9 @@ class CommandProcessor:
                     "paystream-park-reason": reason.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                     FIRST_ATTEMPT_HEADER: str(self._first_attempt_ms(rec)).encode(),
+                    # A K1 park's refusal stays with the command, however often parked.
+                    **{k: v for k, v in rec.headers.items() if k == UNANSWERED_REFUSAL_HEADER},
+                    **(extra_headers or {}),
                 }.items()
             )
         )
@@ -1647,8 +1695,10 @@ LOOKUP_SLOW_SECONDS = 0.5
 LOOKUP_PAUSE_SECONDS = 30.0
 # Tenants whose lookups a provider failed within the pause: past this, it is paused for all.
 LOOKUP_TENANTS_FAILING = 3
-# In a kept answer: the record was parked (with this reason), not answered.
-PARKED_AS = "parked_as"
+# On a command parked unanswered: the refusal it would have had (it only ever
+# restricts: a producer setting it gets its own command refused, nothing more).
+UNANSWERED_REFUSAL_HEADER = "paystream-unanswered-refusal"
+_STAMPABLE = frozenset({RejectReason.TENANT_SUSPENDED, RejectReason.QUOTA_EXCEEDED})
 # Parking reason of a command the provider could not be asked about.
 UNANSWERED = "provider_unanswered"
 
@@ -2009,3 +2059,20 @@ def _answering(emit: Emit, command_id: str) -> Emit:
     finds it: its causation id names the command that first used the key."""
     headers = tuple(sorted((*emit.record.headers, (ANSWERS_HEADER, command_id.encode()))))
     return replace(emit, record=replace(emit.record, headers=headers))
+
+
+def _refusal_named(value: Any) -> RejectReason | None:
+    """A refusal a K1 park stamps, by name (None for anything else)."""
+    try:
+        reason = RejectReason(value)
+    except ValueError:
+        return None
+    return reason if reason in _STAMPABLE else None
+
+
+def _stamped_refusal(rec: Inbound) -> RejectReason | None:
+    """The refusal a command parked unanswered (K1) carries, if it is one."""
+    raw = rec.headers.get(UNANSWERED_REFUSAL_HEADER)
+    if raw is None:
+        return None
+    return _refusal_named(raw.decode("utf-8", "replace"))

@@ -213,3 +213,15 @@ async def test_a_redelivered_rejection_writes_its_record_again_for_the_changelog
     h.processor.answers.table = watched
     await h.processor.process(rec)
     assert writes == [RecordAnswers.key(0)]
+
+
+def test_a_kept_park_is_no_rejection_to_an_older_reader() -> None:
+    """An older worker given the record reads only rejections (``kept``): a park under
+    their tag would be answered as a rejection with no reason. It decides afresh."""
+
+    answers = RecordAnswers({}, None)
+    answers.keep_parked(0, 5, "cmd", {"refusal": "tenant_suspended"})
+    assert answers.kept(0, 5, "cmd") is None
+    assert answers.parked(0, 5, "cmd") == {"refusal": "tenant_suspended"}
+    answers.keep(0, 6, "cmd2", {"reason": "tenant_suspended"})
+    assert answers.parked(0, 6, "cmd2") is None

@@ -445,3 +445,90 @@ async def test_a_stale_redrive_leaves_nothing_that_lets_it_through_later(
     out = outcome_of(h.settings, await h.processor.process(reconciled))
     assert out is not None and data(out)["reason"] == "tenant_suspended", out and data(out)
     assert await _effects(h, record) == []  # nothing charged after the flush
+
+
+async def _park_while_down(h: Harness, monkeypatch: pytest.MonkeyPatch, rec: Any) -> Any:
+    """Process ``rec`` while the provider cannot be asked; the parked copy as `dlq
+    replay` re-sends it (its headers kept, at a new offset)."""
+
+    async def down(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        raise ConnectionError("store down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SimulatorGateway, "knows_request", down)
+        emits = await h.processor.process(rec)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    monkeypatch.setattr(h.processor, "_lookups_paused", {})  # the pause is over
+    return dataclasses.replace(rec, headers=dict(emits[0].record.headers), offset=rec.offset + 7)
+
+
+@pytest.mark.parametrize("took", [False, True])
+async def test_a_parked_unanswered_command_keeps_its_refusal_after_the_tenant_resumes(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, took: bool
+) -> None:
+    """Review repro: parked because the provider could not be asked, re-driven once the
+    tenant was active again, a command that never reached the provider charged, where
+    before it would have been refused. It gets that refusal unless the provider took it."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-stamped")
+    if took:  # lost at a crash, as in the tests above
+        durable = _durable(h)
+        first = await _answer(h, rec)
+        _crash_back_to(h, durable)
+    _suspend(h, t)
+    redrive = await _park_while_down(h, monkeypatch, rec)
+    assert redrive.headers["paystream-unanswered-refusal"] == b"tenant_suspended"
+    h.tenants[t] = {**h.tenants[t], "status": "active"}
+    out = await _answer(h, redrive)
+    if took:
+        assert kind(out) == kind(first) and data(out)["object"] == data(first)["object"]
+        assert [k for k, _ in await _effects(h, record)] == ["charge"]
+    else:
+        assert data(out)["reason"] == "tenant_suspended", data(out)
+        assert await _effects(h, record) == []
+
+
+async def test_an_over_quota_command_parked_unanswered_is_not_charged_when_the_limit_rises(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100}})
+    record = dict(h.tenants[t])
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-over")
+    redrive = await _park_while_down(h, monkeypatch, rec)
+    assert redrive.headers["paystream-unanswered-refusal"] == b"quota_exceeded"
+    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100_000}}}
+    out = await _answer(h, redrive)
+    assert data(out)["reason"] == "quota_exceeded", data(out)
+    assert await _effects(h, record) == []
+
+
+@pytest.mark.parametrize("path", ["quota", "suspended"])
+async def test_what_changed_since_does_not_refuse_a_charge_the_provider_made(
+    harness: Harness, path: str
+) -> None:
+    """Review repro: on the quota path the run did not go as one let through (the
+    lookup assumed it would): a customer deleted since made it `not_found`, stored as
+    final, although the provider had charged."""
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100_000}})
+    record = dict(h.tenants[t])
+    made = _command(t, "customer.create", {"customer_id": "c1", "email": "a@b.c"}, "cc")
+    assert kind(await _answer(h, made)) == "customer.created"
+    durable = _durable(h)
+    body = {**CHARGE, "customer_id": "c1", "payment_id": "p1"}
+    rec = _command(t, "payment.create", body, "pay")
+    first = await _answer(h, rec)
+    assert kind(first) == "payment.succeeded"
+    _crash_back_to(h, durable)
+    gone = _command(t, "customer.delete", {"customer_id": "c1"}, "del")
+    assert kind(await _answer(h, gone)) == "customer.deleted"
+    if path == "quota":
+        h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100}}}
+    else:
+        _suspend(h, t)
+    out = await _answer(h, rec)
+    assert (kind(out), out.get_id()) == (kind(first), first.get_id()), data(out)
+    assert [k for k, _ in await _effects(h, record)].count("charge") == 1
