@@ -35,7 +35,15 @@ from paystream.gateways import base as gw
 from paystream.log_limits import ThrottledLog
 from paystream.streams.outcomes import CommandRef
 
-__all__ = ["READ_ONLY", "NoProvider", "ProviderCall", "applied_by_entity", "first_provider_call"]
+__all__ = [
+    "ANSWERED_BY_ANOTHER",
+    "EFFECT_RECORDED",
+    "READ_ONLY",
+    "NoProvider",
+    "ProviderCall",
+    "applied_by_entity",
+    "first_provider_call",
+]
 
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
@@ -118,13 +126,21 @@ class _CallProbe:
         return first_call
 
 
+# What first_provider_call answers for a command whose effect an entity records, and
+# for one whose request another command of the same request made the entity of.
+EFFECT_RECORDED = "effect recorded"
+ANSWERED_BY_ANOTHER = "answered by another"
+
+
 async def first_provider_call(
     tables: Tables, cmd: CommandRef, data: Any, request_hash: str, provider: str
-) -> ProviderCall | None:
+) -> ProviderCall | str | None:
     """The first provider call the command's handler makes when it finishes a command
     let through before (keys and requests derive from the command and the entities it
-    names, never from time or chance); None when it makes none: it is refused first
-    (not found, a state that forbids it) or finds its effect recorded."""
+    names, never from time or chance); EFFECT_RECORDED when it finds its effect
+    recorded, ANSWERED_BY_ANOTHER when another command of the same request made its
+    entity; None when it makes none: it is refused first (not found, a state that
+    forbids it)."""
     if cmd.command_type in READ_ONLY:
         return None
     probe = _CallProbe(provider)
@@ -140,7 +156,11 @@ async def first_provider_call(
         await HANDLERS[cmd.command_type](context, data)
     except _FirstCall as first:
         return first.call
-    except (Rejection, AlreadyApplied, AnsweredByAnother):
+    except AlreadyApplied:
+        return EFFECT_RECORDED
+    except AnsweredByAnother:
+        return ANSWERED_BY_ANOTHER
+    except Rejection:
         return None
     except Exception as exc:  # a bug: refused as before, and said (at most once a minute)
         log.debug("probing the provider call of %s failed", cmd.command_type, exc_info=True)

@@ -16,7 +16,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,14 @@ from pydantic import ValidationError
 
 from paystream import metrics
 from paystream.agents.answers import RecordAnswers
-from paystream.agents.entity_probe import NoProvider, applied_by_entity, first_provider_call
+from paystream.agents.entity_probe import (
+    ANSWERED_BY_ANOTHER,
+    EFFECT_RECORDED,
+    NoProvider,
+    ProviderCall,
+    applied_by_entity,
+    first_provider_call,
+)
 from paystream.agents.handlers import (
     HANDLERS,
     AlreadyApplied,
@@ -299,7 +306,7 @@ class CommandProcessor:
         parked = self.answers.parked(rec.partition, rec.offset, cmd.command_id)
         if parked is not None:  # parked, unanswered: parked again, as decided
             self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
-            return self._park_unanswered(rec, cmd, _refusal_named(parked.get("refusal")))
+            return self._park_unanswered(rec, cmd, _refusal_from(parked.get("refusal")))
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
         if tenant is None or tenant.status is TenantStatus.SUSPENDED:
@@ -332,7 +339,13 @@ class CommandProcessor:
                 if found is UNANSWERED:
                     # The provider, which can tell, could not be asked now: no final
                     # answer while it may have acted. Parked, to be asked again.
-                    return self._park_unanswered(rec, cmd, RejectReason.TENANT_SUSPENDED)
+                    return self._park_unanswered(
+                        rec,
+                        cmd,
+                        StampedRefusal(
+                            RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
+                        ),
+                    )
                 earlier = found if isinstance(found, IdempotencyRecord) else None
             if (earlier is None or earlier.state not in _LET_THROUGH) and (
                 self._past_provider_window(rec)
@@ -480,6 +493,11 @@ class CommandProcessor:
                 f"command id {cmd.command_id!r} was already used for a different request",
             )
         gateway_or_rejection = self._gateway_for(tenant)
+        # Parked once because the provider could not be asked whether it took it (K1):
+        # it gets the refusal it would have had then unless the provider did, whatever
+        # changed since (the tenant resumed, a limit raised: it must not run because the
+        # provider was unreachable when it came).
+        stamped = _stamped_refusal(rec) if existing is None else None
         # Its entity says it took effect (a crash lost its idempotency record): it was
         # let through once, and is answered from the entity, not refused.
         applied = False
@@ -500,6 +518,9 @@ class CommandProcessor:
                 and await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
                 is not None
             )
+            if not applied and stamped is not None:
+                # The provider still cannot be asked (its setup broken meanwhile).
+                return self._park_unanswered(rec, cmd, stamped)
             if not applied:
                 return self._reject_kept(
                     rec, cmd, gateway_or_rejection.reason, gateway_or_rejection.message
@@ -508,23 +529,24 @@ class CommandProcessor:
             call: Any = stand_in.call
         else:
             gateway, call = gateway_or_rejection, self.gateways.call_for(tenant)
-        # Parked once because the provider could not be asked whether it took it (K1):
-        # it gets the refusal it would have had then unless the provider did, whatever
-        # changed since (the tenant resumed, a limit raised: it must not run because the
-        # provider was unreachable when it came).
-        stamped = _stamped_refusal(rec)
         provider_took = False
-        if stamped is not None and existing is None and not applied:
-            known = await self._provider_knows(rec, cmd, data, request_hash, gateway)
+        if stamped is not None and not applied:
+            known = await self._provider_knows(
+                rec, cmd, data, request_hash, gateway, parked_unanswered=True
+            )
             if known is None:
                 return self._park_unanswered(rec, cmd, stamped)
             if not known:
+                if stamped.reason is RejectReason.QUOTA_EXCEEDED:
+                    limit = str(stamped.extra.get("limit", "unknown"))
+                    metrics.LIMITED.labels(cmd.tenant_id, limit).inc()
                 return self._reject_kept(
                     rec,
                     cmd,
-                    stamped,
-                    f"refused when it first came ({stamped.value}), and the provider has "
-                    "not taken it",
+                    stamped.reason,
+                    f"{stamped.message} (when it first came; the provider did not confirm "
+                    "taking it)",
+                    extra=stamped.extra or None,
                 )
             provider_took = True
         # Limits come after the idempotency check: a replay of a finished command is
@@ -570,7 +592,13 @@ class CommandProcessor:
                     # The provider could not be asked now: no final answer while it may
                     # have acted (the limits keep their decisions per record: forgotten).
                     self.limits.forget_decision(cmd.tenant_id, limit_rec)
-                    return self._park_unanswered(rec, cmd, RejectReason.QUOTA_EXCEEDED)
+                    return self._park_unanswered(
+                        rec,
+                        cmd,
+                        StampedRefusal(
+                            RejectReason.QUOTA_EXCEEDED, decision.message, dict(decision.extra)
+                        ),
+                    )
                 if took:
                     # Refused now (a limit lowered, the day's volume spent since), though
                     # its entity says it took effect (a crash lost its idempotency and
@@ -832,7 +860,14 @@ class CommandProcessor:
         return self._idempotency_record(key, now)
 
     async def _provider_knows(
-        self, rec: Inbound, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        data: Any,
+        request_hash: str,
+        gateway: Any,
+        *,
+        parked_unanswered: bool = False,
     ) -> bool | None:
         """Did the provider finish the command's first provider call, this very request
         (a crash lost everything of ours about it)? False when it did not, cannot tell
@@ -846,7 +881,13 @@ class CommandProcessor:
             return False
         provider = str(gateway.provider)
         call = await first_provider_call(self.tables, cmd, data, request_hash, provider)
-        if call is None or call.operation in KEYLESS_OPERATIONS:
+        if call == EFFECT_RECORDED or (call == ANSWERED_BY_ANOTHER and parked_unanswered):
+            # An entity says it took effect: the run answers from it. Or another command
+            # of the same request made it: a command parked unanswered (it may have
+            # reached the provider) is answered from that one; a new one is refused as
+            # it always was (as an active tenant's would be: "already exists").
+            return True
+        if not isinstance(call, ProviderCall) or call.operation in KEYLESS_OPERATIONS:
             return False
         # Paused per tenant (a provider account or a store's shard may fail alone), and
         # for every tenant once several failed: an outage must not cost each tenant its
@@ -895,7 +936,7 @@ class CommandProcessor:
         )
 
     def _park_unanswered(
-        self, rec: Inbound, cmd: CommandRef, refusal: RejectReason | None
+        self, rec: Inbound, cmd: CommandRef, refusal: StampedRefusal | None
     ) -> list[Emit]:
         """Park a command the provider could not be asked about, with the refusal it
         would otherwise have had (its re-drive gets that refusal unless the provider took
@@ -903,14 +944,16 @@ class CommandProcessor:
         decision for the record: redelivered before its offset is committed, decided
         afresh, it could get a final answer while its parked copy is re-driven."""
         refusal = _stamped_refusal(rec) or refusal  # the first one, when parked again
+        stamp = None if refusal is None else refusal.header()
         self.answers.keep_parked(
             rec.partition,
             rec.offset,
             cmd.command_id,
-            {"refusal": None if refusal is None else refusal.value},
+            {"refusal": None if stamp is None else stamp.decode()},
         )
-        stamp = {} if refusal is None else {UNANSWERED_REFUSAL_HEADER: refusal.value.encode()}
-        return self._to_retry_topic(rec, cmd, UNANSWERED, stamp)
+        return self._to_retry_topic(
+            rec, cmd, UNANSWERED, {} if stamp is None else {UNANSWERED_REFUSAL_HEADER: stamp}
+        )
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the
@@ -1423,16 +1466,13 @@ class CommandProcessor:
         reason: RejectReason,
         message: str,
         errors: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> list[Emit]:
         """A rejection that depends on state: kept for the record's redeliveries, which
         get it again whatever changed since (answers.py)."""
-        emits = self._reject(cmd, reason, message, errors)
-        self.answers.keep(
-            rec.partition,
-            rec.offset,
-            cmd.command_id,
-            rejection_data(cmd.command_type, reason, message, errors),
-        )
+        emits = self._reject(cmd, reason, message, errors, extra)
+        data = rejection_data(cmd.command_type, reason, message, errors)
+        self.answers.keep(rec.partition, rec.offset, cmd.command_id, {**data, **(extra or {})})
         return emits
 
     def _limits_answer_again(self, cmd: CommandRef, kept: LimitRejection) -> list[Emit]:
@@ -1508,6 +1548,7 @@ class CommandProcessor:
             # Its first attempt, whatever headers it came with: without one, a replay
             # reckons its age from the `time` in its body, which the producer chose.
             kept[FIRST_ATTEMPT_HEADER] = str(self._first_attempt_ms(rec)).encode()
+            kept.update(_stamp_of(rec))  # a K1 park's refusal, for when it is replayed
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
@@ -1659,7 +1700,7 @@ class CommandProcessor:
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                     FIRST_ATTEMPT_HEADER: str(self._first_attempt_ms(rec)).encode(),
                     # A K1 park's refusal stays with the command, however often parked.
-                    **{k: v for k, v in rec.headers.items() if k == UNANSWERED_REFUSAL_HEADER},
+                    **_stamp_of(rec),
                     **(extra_headers or {}),
                 }.items()
             )
@@ -1698,6 +1739,7 @@ LOOKUP_TENANTS_FAILING = 3
 # On a command parked unanswered: the refusal it would have had (it only ever
 # restricts: a producer setting it gets its own command refused, nothing more).
 UNANSWERED_REFUSAL_HEADER = "paystream-unanswered-refusal"
+STAMP_MAX_CHARS = 2048
 _STAMPABLE = frozenset({RejectReason.TENANT_SUSPENDED, RejectReason.QUOTA_EXCEEDED})
 # Parking reason of a command the provider could not be asked about.
 UNANSWERED = "provider_unanswered"
@@ -2061,18 +2103,54 @@ def _answering(emit: Emit, command_id: str) -> Emit:
     return replace(emit, record=replace(emit.record, headers=headers))
 
 
-def _refusal_named(value: Any) -> RejectReason | None:
-    """A refusal a K1 park stamps, by name (None for anything else)."""
+@dataclass(frozen=True, slots=True)
+class StampedRefusal:
+    """The refusal a command parked unanswered (K1) would have had, as its header says
+    (JSON: reason, message, the rejection's extra data)."""
+
+    reason: RejectReason
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def header(self) -> bytes:
+        return orjson.dumps(
+            {"reason": self.reason.value, "message": self.message, "extra": self.extra}
+        )
+
+
+def _refusal_from(value: Any) -> StampedRefusal | None:
+    """A stamped refusal from its header (or kept) text; None for anything else. It
+    only ever restricts: a producer stamping its own command gets it refused (after a
+    provider lookup), nothing more; its text is cut and its extra data kept to scalars."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str) or len(value) > STAMP_MAX_CHARS:
+        return None
     try:
-        reason = RejectReason(value)
-    except ValueError:
+        raw = orjson.loads(value)
+        reason = RejectReason(raw["reason"])
+    except (orjson.JSONDecodeError, ValueError, KeyError, TypeError):
         return None
-    return reason if reason in _STAMPABLE else None
+    if reason not in _STAMPABLE:
+        return None
+    extra = raw.get("extra")
+    return StampedRefusal(
+        reason,
+        str(raw.get("message") or reason.value)[:300],
+        {
+            str(k): v
+            for k, v in (extra.items() if isinstance(extra, dict) else ())
+            if isinstance(v, str | int | float | bool) or v is None
+        },
+    )
 
 
-def _stamped_refusal(rec: Inbound) -> RejectReason | None:
+def _stamped_refusal(rec: Inbound) -> StampedRefusal | None:
     """The refusal a command parked unanswered (K1) carries, if it is one."""
-    raw = rec.headers.get(UNANSWERED_REFUSAL_HEADER)
-    if raw is None:
-        return None
-    return _refusal_named(raw.decode("utf-8", "replace"))
+    return _refusal_from(rec.headers.get(UNANSWERED_REFUSAL_HEADER))
+
+
+def _stamp_of(rec: Inbound) -> dict[str, bytes]:
+    """The record's K1 stamp header, if it carries a valid one, to keep on a park."""
+    stamp = _stamped_refusal(rec)
+    return {} if stamp is None else {UNANSWERED_REFUSAL_HEADER: stamp.header()}

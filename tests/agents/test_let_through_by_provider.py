@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import json
 import time
 from typing import Any
 
@@ -479,7 +480,9 @@ async def test_a_parked_unanswered_command_keeps_its_refusal_after_the_tenant_re
         _crash_back_to(h, durable)
     _suspend(h, t)
     redrive = await _park_while_down(h, monkeypatch, rec)
-    assert redrive.headers["paystream-unanswered-refusal"] == b"tenant_suspended"
+    assert json.loads(redrive.headers["paystream-unanswered-refusal"])["reason"] == (
+        "tenant_suspended"
+    )
     h.tenants[t] = {**h.tenants[t], "status": "active"}
     out = await _answer(h, redrive)
     if took:
@@ -498,11 +501,56 @@ async def test_an_over_quota_command_parked_unanswered_is_not_charged_when_the_l
     record = dict(h.tenants[t])
     rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-over")
     redrive = await _park_while_down(h, monkeypatch, rec)
-    assert redrive.headers["paystream-unanswered-refusal"] == b"quota_exceeded"
+    assert json.loads(redrive.headers["paystream-unanswered-refusal"])["reason"] == (
+        "quota_exceeded"
+    )
     h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100_000}}}
     out = await _answer(h, redrive)
     assert data(out)["reason"] == "quota_exceeded", data(out)
+    # As documented for every quota_exceeded: which limit, in what currency, how much.
+    assert (data(out)["limit"], data(out)["currency"], data(out)["allowed"]) == (
+        "daily_payment_volume",
+        "USD",
+        100,
+    ), data(out)
     assert await _effects(h, record) == []
+
+
+async def test_a_stamped_command_whose_effect_an_entity_records_is_answered_from_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review repro: the same request resent under a new command id charged (one
+    provider key: the payment id); the stamped copy is answered from that command
+    (`answered_by`), not refused as never taken."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    body = {**CHARGE, "payment_id": "p1"}
+    _suspend(h, t)
+    redrive = await _park_while_down(h, monkeypatch, _command(t, "payment.create", body, "c1"))
+    h.tenants[t] = {**h.tenants[t], "status": "active"}
+    resent = await _answer(h, _command(t, "payment.create", body, "c2"))
+    assert kind(resent) == "payment.succeeded"
+    out = await _answer(h, redrive)
+    assert kind(out) == "payment.succeeded" and data(out).get("answered_by") == "c2", data(out)
+    assert [k for k, _ in await _effects(h, record)] == ["charge"]
+
+
+async def test_a_stamped_command_whose_gateway_broke_meanwhile_is_parked_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness
+    t = h.add_tenant()
+    _suspend(h, t)
+    redrive = await _park_while_down(h, monkeypatch, _command(t, "payment.create", CHARGE, "c1"))
+    h.tenants[t] = {
+        **h.tenants[t],
+        "status": "active",
+        "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"},  # cannot be opened
+    }
+    emits = await h.processor.process(redrive)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert dict(emits[0].record.headers)["paystream-park-reason"] == b"provider_unanswered"
 
 
 @pytest.mark.parametrize("path", ["quota", "suspended"])
