@@ -16,7 +16,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -306,7 +306,7 @@ class CommandProcessor:
         parked = self.answers.parked(rec.partition, rec.offset, cmd.command_id)
         if parked is not None:  # parked, unanswered: parked again, as decided
             self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
-            return self._park_unanswered(rec, cmd, _refusal_from(parked.get("refusal")))
+            return self._park_unanswered(rec, cmd, stamp=bool(parked.get("refusal")))
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
         if tenant is None or tenant.status is TenantStatus.SUSPENDED:
@@ -339,13 +339,7 @@ class CommandProcessor:
                 if found is UNANSWERED:
                     # The provider, which can tell, could not be asked now: no final
                     # answer while it may have acted. Parked, to be asked again.
-                    return self._park_unanswered(
-                        rec,
-                        cmd,
-                        StampedRefusal(
-                            RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
-                        ),
-                    )
+                    return self._park_unanswered(rec, cmd, stamp=True)
                 earlier = found if isinstance(found, IdempotencyRecord) else None
             if (earlier is None or earlier.state not in _LET_THROUGH) and (
                 self._past_provider_window(rec)
@@ -497,7 +491,7 @@ class CommandProcessor:
         # it gets the refusal it would have had then unless the provider did, whatever
         # changed since (the tenant resumed, a limit raised: it must not run because the
         # provider was unreachable when it came).
-        stamped = _stamped_refusal(rec) if existing is None else None
+        stamped = existing is None and UNANSWERED_REFUSAL_HEADER in rec.headers
         # Its entity says it took effect (a crash lost its idempotency record): it was
         # let through once, and is answered from the entity, not refused.
         applied = False
@@ -518,9 +512,9 @@ class CommandProcessor:
                 and await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
                 is not None
             )
-            if not applied and stamped is not None:
+            if not applied and stamped:
                 # The provider still cannot be asked (its setup broken meanwhile).
-                return self._park_unanswered(rec, cmd, stamped)
+                return self._park_unanswered(rec, cmd, stamp=True)
             if not applied:
                 return self._reject_kept(
                     rec, cmd, gateway_or_rejection.reason, gateway_or_rejection.message
@@ -530,23 +524,19 @@ class CommandProcessor:
         else:
             gateway, call = gateway_or_rejection, self.gateways.call_for(tenant)
         provider_took = False
-        if stamped is not None and not applied:
+        if stamped and not applied:
             known = await self._provider_knows(
                 rec, cmd, data, request_hash, gateway, parked_unanswered=True
             )
             if known is None:
-                return self._park_unanswered(rec, cmd, stamped)
+                return self._park_unanswered(rec, cmd, stamp=True)
             if not known:
-                if stamped.reason is RejectReason.QUOTA_EXCEEDED:
-                    limit = str(stamped.extra.get("limit", "unknown"))
-                    metrics.LIMITED.labels(cmd.tenant_id, limit).inc()
                 return self._reject_kept(
                     rec,
                     cmd,
-                    stamped.reason,
-                    f"{stamped.message} (when it first came; the provider did not confirm "
-                    "taking it)",
-                    extra=stamped.extra or None,
+                    RejectReason.TENANT_SUSPENDED,
+                    f"tenant {cmd.tenant_id} was suspended when the command came (the "
+                    "provider could not be asked then, and did not confirm taking it since)",
                 )
             provider_took = True
         # Limits come after the idempotency check: a replay of a finished command is
@@ -592,13 +582,9 @@ class CommandProcessor:
                     # The provider could not be asked now: no final answer while it may
                     # have acted (the limits keep their decisions per record: forgotten).
                     self.limits.forget_decision(cmd.tenant_id, limit_rec)
-                    return self._park_unanswered(
-                        rec,
-                        cmd,
-                        StampedRefusal(
-                            RejectReason.QUOTA_EXCEEDED, decision.message, dict(decision.extra)
-                        ),
-                    )
+                    # Unstamped: a quota refusal is decided afresh whenever it is sent
+                    # again (not remembered), so also when this copy is re-driven.
+                    return self._park_unanswered(rec, cmd, stamp=False)
                 if took:
                     # Refused now (a limit lowered, the day's volume spent since), though
                     # its entity says it took effect (a crash lost its idempotency and
@@ -876,18 +862,21 @@ class CommandProcessor:
         (its answer could be gone by the time the command runs); None when it could not
         be asked now: an error or no answer within PROVIDER_LOOKUP_SECONDS, and for
         LOOKUP_PAUSE_SECONDS after one (or after a slow answer), for this tenant."""
-        ask = getattr(gateway, "knows_request", None)  # a stand-in has none
-        if ask is None or self._past_provider_window(rec, reconciled_too=True):
-            return False
         provider = str(gateway.provider)
         call = await first_provider_call(self.tables, cmd, data, request_hash, provider)
         if call == EFFECT_RECORDED or (call == ANSWERED_BY_ANOTHER and parked_unanswered):
-            # An entity says it took effect: the run answers from it. Or another command
-            # of the same request made it: a command parked unanswered (it may have
-            # reached the provider) is answered from that one; a new one is refused as
-            # it always was (as an active tenant's would be: "already exists").
+            # An entity says it took effect: the run answers from it, whenever it comes.
+            # Or another command of the same request made it: a command parked
+            # unanswered (it may have reached the provider) is answered from that one; a
+            # new one is refused as it always was (an active tenant's: "already exists").
             return True
-        if not isinstance(call, ProviderCall) or call.operation in KEYLESS_OPERATIONS:
+        ask = getattr(gateway, "knows_request", None)  # a stand-in has none
+        if (
+            ask is None
+            or not isinstance(call, ProviderCall)
+            or call.operation in KEYLESS_OPERATIONS
+            or self._past_provider_window(rec, reconciled_too=True)
+        ):
             return False
         # Paused per tenant (a provider account or a store's shard may fail alone), and
         # for every tenant once several failed: an outage must not cost each tenant its
@@ -935,24 +924,23 @@ class CommandProcessor:
             "any tenant" if everyone else "this tenant",
         )
 
-    def _park_unanswered(
-        self, rec: Inbound, cmd: CommandRef, refusal: StampedRefusal | None
-    ) -> list[Emit]:
-        """Park a command the provider could not be asked about, with the refusal it
-        would otherwise have had (its re-drive gets that refusal unless the provider took
-        it, whatever changed meanwhile: a tenant resumed, a limit raised), and keep that
-        decision for the record: redelivered before its offset is committed, decided
-        afresh, it could get a final answer while its parked copy is re-driven."""
-        refusal = _stamped_refusal(rec) or refusal  # the first one, when parked again
-        stamp = None if refusal is None else refusal.header()
+    def _park_unanswered(self, rec: Inbound, cmd: CommandRef, *, stamp: bool) -> list[Emit]:
+        """Park a command the provider could not be asked about, and keep that decision
+        for the record: redelivered before its offset is committed, decided afresh, it
+        could get a final answer while its parked copy is re-driven. ``stamp``: it was
+        refused for its tenant's suspension, and carries that (UNANSWERED_REFUSAL_HEADER)
+        so that, re-driven, it is refused unless the provider took it, whatever changed
+        meanwhile (the tenant resumed: it must not run because the provider was
+        unreachable when it came)."""
+        stamp = stamp or UNANSWERED_REFUSAL_HEADER in rec.headers  # once, for good
         self.answers.keep_parked(
             rec.partition,
             rec.offset,
             cmd.command_id,
-            {"refusal": None if stamp is None else stamp.decode()},
+            {"refusal": RejectReason.TENANT_SUSPENDED.value if stamp else None},
         )
         return self._to_retry_topic(
-            rec, cmd, UNANSWERED, {} if stamp is None else {UNANSWERED_REFUSAL_HEADER: stamp}
+            rec, cmd, UNANSWERED, {UNANSWERED_REFUSAL_HEADER: SUSPENDED_STAMP} if stamp else None
         )
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
@@ -1548,7 +1536,8 @@ class CommandProcessor:
             # Its first attempt, whatever headers it came with: without one, a replay
             # reckons its age from the `time` in its body, which the producer chose.
             kept[FIRST_ATTEMPT_HEADER] = str(self._first_attempt_ms(rec)).encode()
-            kept.update(_stamp_of(rec))  # a K1 park's refusal, for when it is replayed
+            if UNANSWERED_REFUSAL_HEADER in rec.headers:  # a K1 park's refusal, kept
+                kept[UNANSWERED_REFUSAL_HEADER] = SUSPENDED_STAMP
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
@@ -1700,7 +1689,11 @@ class CommandProcessor:
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                     FIRST_ATTEMPT_HEADER: str(self._first_attempt_ms(rec)).encode(),
                     # A K1 park's refusal stays with the command, however often parked.
-                    **_stamp_of(rec),
+                    **(
+                        {UNANSWERED_REFUSAL_HEADER: SUSPENDED_STAMP}
+                        if UNANSWERED_REFUSAL_HEADER in rec.headers
+                        else {}
+                    ),
                     **(extra_headers or {}),
                 }.items()
             )
@@ -1736,11 +1729,12 @@ LOOKUP_SLOW_SECONDS = 0.5
 LOOKUP_PAUSE_SECONDS = 30.0
 # Tenants whose lookups a provider failed within the pause: past this, it is paused for all.
 LOOKUP_TENANTS_FAILING = 3
-# On a command parked unanswered: the refusal it would have had (it only ever
-# restricts: a producer setting it gets its own command refused, nothing more).
+# On a command parked unanswered while its tenant was suspended: re-driven, it is refused
+# unless the provider took it. Its presence is what counts, whatever its value: a
+# producer setting it gets its own command refused (or answered from a command of the
+# same request already made), nothing more.
 UNANSWERED_REFUSAL_HEADER = "paystream-unanswered-refusal"
-STAMP_MAX_CHARS = 2048
-_STAMPABLE = frozenset({RejectReason.TENANT_SUSPENDED, RejectReason.QUOTA_EXCEEDED})
+SUSPENDED_STAMP = RejectReason.TENANT_SUSPENDED.value.encode()
 # Parking reason of a command the provider could not be asked about.
 UNANSWERED = "provider_unanswered"
 
@@ -2101,56 +2095,3 @@ def _answering(emit: Emit, command_id: str) -> Emit:
     finds it: its causation id names the command that first used the key."""
     headers = tuple(sorted((*emit.record.headers, (ANSWERS_HEADER, command_id.encode()))))
     return replace(emit, record=replace(emit.record, headers=headers))
-
-
-@dataclass(frozen=True, slots=True)
-class StampedRefusal:
-    """The refusal a command parked unanswered (K1) would have had, as its header says
-    (JSON: reason, message, the rejection's extra data)."""
-
-    reason: RejectReason
-    message: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def header(self) -> bytes:
-        return orjson.dumps(
-            {"reason": self.reason.value, "message": self.message, "extra": self.extra}
-        )
-
-
-def _refusal_from(value: Any) -> StampedRefusal | None:
-    """A stamped refusal from its header (or kept) text; None for anything else. It
-    only ever restricts: a producer stamping its own command gets it refused (after a
-    provider lookup), nothing more; its text is cut and its extra data kept to scalars."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not isinstance(value, str) or len(value) > STAMP_MAX_CHARS:
-        return None
-    try:
-        raw = orjson.loads(value)
-        reason = RejectReason(raw["reason"])
-    except (orjson.JSONDecodeError, ValueError, KeyError, TypeError):
-        return None
-    if reason not in _STAMPABLE:
-        return None
-    extra = raw.get("extra")
-    return StampedRefusal(
-        reason,
-        str(raw.get("message") or reason.value)[:300],
-        {
-            str(k): v
-            for k, v in (extra.items() if isinstance(extra, dict) else ())
-            if isinstance(v, str | int | float | bool) or v is None
-        },
-    )
-
-
-def _stamped_refusal(rec: Inbound) -> StampedRefusal | None:
-    """The refusal a command parked unanswered (K1) carries, if it is one."""
-    return _refusal_from(rec.headers.get(UNANSWERED_REFUSAL_HEADER))
-
-
-def _stamp_of(rec: Inbound) -> dict[str, bytes]:
-    """The record's K1 stamp header, if it carries a valid one, to keep on a park."""
-    stamp = _stamped_refusal(rec)
-    return {} if stamp is None else {UNANSWERED_REFUSAL_HEADER: stamp.header()}

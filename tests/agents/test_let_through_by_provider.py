@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import json
 import time
 from typing import Any
 
@@ -480,9 +479,7 @@ async def test_a_parked_unanswered_command_keeps_its_refusal_after_the_tenant_re
         _crash_back_to(h, durable)
     _suspend(h, t)
     redrive = await _park_while_down(h, monkeypatch, rec)
-    assert json.loads(redrive.headers["paystream-unanswered-refusal"])["reason"] == (
-        "tenant_suspended"
-    )
+    assert redrive.headers["paystream-unanswered-refusal"] == b"tenant_suspended"
     h.tenants[t] = {**h.tenants[t], "status": "active"}
     out = await _answer(h, redrive)
     if took:
@@ -493,27 +490,30 @@ async def test_a_parked_unanswered_command_keeps_its_refusal_after_the_tenant_re
         assert await _effects(h, record) == []
 
 
-async def test_an_over_quota_command_parked_unanswered_is_not_charged_when_the_limit_rises(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("limit", [100, 100_000])
+async def test_an_over_quota_command_parked_unanswered_is_decided_afresh_when_re_driven(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, limit: int
 ) -> None:
+    """A quota refusal is not remembered (the same command sent again later is decided
+    afresh), so neither is one the provider could not be asked about: the re-drive is
+    decided under the limits then, with the refusal's usual data."""
     h = harness
     t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100}})
     record = dict(h.tenants[t])
     rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-over")
     redrive = await _park_while_down(h, monkeypatch, rec)
-    assert json.loads(redrive.headers["paystream-unanswered-refusal"])["reason"] == (
-        "quota_exceeded"
-    )
-    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100_000}}}
+    assert "paystream-unanswered-refusal" not in redrive.headers
+    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": limit}}}
     out = await _answer(h, redrive)
-    assert data(out)["reason"] == "quota_exceeded", data(out)
-    # As documented for every quota_exceeded: which limit, in what currency, how much.
-    assert (data(out)["limit"], data(out)["currency"], data(out)["allowed"]) == (
-        "daily_payment_volume",
-        "USD",
-        100,
-    ), data(out)
-    assert await _effects(h, record) == []
+    if limit == 100:
+        assert (data(out)["reason"], data(out)["limit"], data(out)["allowed"]) == (
+            "quota_exceeded",
+            "daily_payment_volume",
+            100,
+        ), data(out)
+        assert await _effects(h, record) == []
+    else:
+        assert kind(out) == "payment.succeeded", data(out)
 
 
 async def test_a_stamped_command_whose_effect_an_entity_records_is_answered_from_it(
@@ -580,3 +580,58 @@ async def test_what_changed_since_does_not_refuse_a_charge_the_provider_made(
     out = await _answer(h, rec)
     assert (kind(out), out.get_id()) == (kind(first), first.get_id()), data(out)
     assert [k for k, _ in await _effects(h, record)].count("charge") == 1
+
+
+async def test_a_forged_stamp_gets_its_own_command_refused_and_nothing_more(
+    harness: Harness,
+) -> None:
+    """The stamp's presence counts, never its value: nothing of it reaches an outcome
+    (no card number, no made-up reason or entity), and it restricts only its own
+    command."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    forged = {
+        "paystream-unanswered-refusal": b'{"reason": "card_declined", "message": '
+        b'"4242424242424242", "extra": {"entity_id": "pay_victim", "object": 1}}'
+    }
+    rec = _command(t, "payment.create", dict(CHARGE), "cmd-forged")
+    rec = dataclasses.replace(rec, headers={**rec.headers, **forged})
+    out = await _answer(h, rec)
+    assert data(out)["reason"] == "tenant_suspended", data(out)
+    text = repr(data(out))
+    assert "4242424242424242" not in text and "pay_victim" not in text
+    assert await _effects(h, record) == []
+
+
+async def test_a_stamped_copy_whose_effect_an_entity_records_is_answered_past_the_window(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review repro: one copy of a stamped command ran (the provider had taken it); a
+    second copy, re-driven past the window as reconciled once its idempotency record
+    had expired, was refused. The entity's record of its effect wins, whenever."""
+    h = harness
+    t = h.add_tenant()
+    record = dict(h.tenants[t])
+    durable = _durable(h)
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "c1")
+    first = await _answer(h, rec)
+    _crash_back_to(h, durable)
+    _suspend(h, t)
+    redrive = await _park_while_down(h, monkeypatch, rec)
+    a = await _answer(h, redrive)  # the provider took it: it finishes
+    assert kind(a) == kind(first)
+    del h.idempotency[f"{t}:c1"]  # the window passed
+    day_ago = str(int(time.time() * 1000) - 23 * 3_600_000 - 1_800_000).encode()
+    b = dataclasses.replace(
+        redrive,
+        offset=redrive.offset + 1,
+        headers={
+            **redrive.headers,
+            "paystream-first-attempt-ms": day_ago,
+            "paystream-reconciled": b"1",
+        },
+    )
+    out = await _answer(h, b)
+    assert kind(out) == kind(first) and data(out)["object"]["id"] == "p1", data(out)
+    assert [k for k, _ in await _effects(h, record)] == ["charge"]
