@@ -487,10 +487,10 @@ class CommandProcessor:
                 f"command id {cmd.command_id!r} was already used for a different request",
             )
         gateway_or_rejection = self._gateway_for(tenant)
-        # Parked once because the provider could not be asked whether it took it (K1):
-        # it gets the refusal it would have had then unless the provider did, whatever
-        # changed since (the tenant resumed, a limit raised: it must not run because the
-        # provider was unreachable when it came).
+        # Parked while its tenant was suspended, because the provider could not be asked
+        # whether it took it (K1): refused `tenant_suspended` unless the provider did or
+        # an entity records its effect, even if the tenant was resumed since (it must not
+        # run because the provider was unreachable when it came).
         stamped = existing is None and UNANSWERED_REFUSAL_HEADER in rec.headers
         # Its entity says it took effect (a crash lost its idempotency record): it was
         # let through once, and is answered from the entity, not refused.
@@ -856,12 +856,18 @@ class CommandProcessor:
         parked_unanswered: bool = False,
     ) -> bool | None:
         """Did the provider finish the command's first provider call, this very request
-        (a crash lost everything of ours about it)? False when it did not, cannot tell
-        (Stripe), the command makes no provider call or one that takes no key, or is a
-        re-drive first run so long ago that the provider may have forgotten its key
-        (its answer could be gone by the time the command runs); None when it could not
-        be asked now: an error or no answer within PROVIDER_LOOKUP_SECONDS, and for
-        LOOKUP_PAUSE_SECONDS after one (or after a slow answer), for this tenant."""
+        (a crash lost everything of ours about it)? True without asking, for a command
+        ``parked_unanswered``, when an entity records its effect (or another command of
+        the same request made its entity), whenever it comes. False when the provider
+        did not take it, cannot tell (Stripe), the command makes no provider call or one
+        that takes no key, or is a re-drive first run so long ago that the provider may
+        have forgotten its key (its answer could be gone by the time the command runs);
+        None when it could not be asked now: an error or no answer within
+        PROVIDER_LOOKUP_SECONDS, and for LOOKUP_PAUSE_SECONDS after one (or after a slow
+        answer), for this tenant."""
+        ask = getattr(gateway, "knows_request", None)  # a stand-in has none
+        if ask is None and not parked_unanswered:
+            return False  # (every other caller asked the entities already)
         provider = str(gateway.provider)
         call = await first_provider_call(self.tables, cmd, data, request_hash, provider)
         if call == EFFECT_RECORDED or (call == ANSWERED_BY_ANOTHER and parked_unanswered):
@@ -870,7 +876,6 @@ class CommandProcessor:
             # unanswered (it may have reached the provider) is answered from that one; a
             # new one is refused as it always was (an active tenant's: "already exists").
             return True
-        ask = getattr(gateway, "knows_request", None)  # a stand-in has none
         if (
             ask is None
             or not isinstance(call, ProviderCall)
