@@ -788,28 +788,46 @@ class CommandProcessor:
         """For a tenant suspended or removed: a command with no idempotency record whose
         entity says it took effect (a crash lost that record) is recorded as let through
         (in flight), so that it is finished or parked again as one, never refused."""
-        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
-        now = time.time()
-        if cmd.source is None or self._idempotency_record(key, now) is not None:
+        unrecorded = self._unrecorded_request(cmd, raw)
+        if unrecorded is None:
             return None
-        try:
-            data = COMMANDS[cmd.command_type].model_validate(raw or {})
-        except ValidationError:
-            return None
-        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        data, request_hash = unrecorded
         reason = RejectReason.UNKNOWN_TENANT if tenant is None else RejectReason.TENANT_SUSPENDED
         stand_in = NoProvider("" if tenant is None else tenant.gateway, Rejection(reason, ""))
         done = await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
         if done is None:
             return None
-        expires = now + self.settings.idempotency_ttl_seconds
         # Made by another record (this command sent again past the window): that one
         # counted its money, and a re-drive of this record must not count it again.
         by_another = done.id_salt is not None and done.id_salt != cmd.id_salt
-        record = _idempotency_dict(
-            cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, counted=by_another or None
+        return self._record_in_flight(cmd, request_hash, counted=by_another or None)
+
+    def _unrecorded_request(self, cmd: CommandRef, raw: Any) -> tuple[Any, str] | None:
+        """A command read from Kafka that has no idempotency record: its validated data
+        and request hash (None if it has a record, or its data is invalid)."""
+        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        if cmd.source is None or self._idempotency_record(key, time.time()) is not None:
+            return None
+        try:
+            data = COMMANDS[cmd.command_type].model_validate(raw or {})
+        except ValidationError:
+            return None
+        return data, _request_hash(cmd.command_type, data.model_dump(mode="json"))
+
+    def _record_in_flight(
+        self, cmd: CommandRef, request_hash: str, counted: bool | None = None
+    ) -> IdempotencyRecord | None:
+        """Record the command as let through (in flight): finished or parked again as
+        one from now on, never refused."""
+        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        now = time.time()
+        expires = now + self.settings.idempotency_ttl_seconds
+        self._remember(
+            key,
+            _idempotency_dict(
+                cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, counted=counted
+            ),
         )
-        self._remember(key, record)
         return self._idempotency_record(key, now)
 
     async def _let_through_by_provider(
@@ -822,28 +840,17 @@ class CommandProcessor:
         delivered: a worker killed after a provider call leaves only the provider's
         record of the command. None: it is refused (the provider did not take it, or
         cannot tell, as Stripe); UNANSWERED: the provider could not be asked now."""
-        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
-        now = time.time()
-        if cmd.source is None or self._idempotency_record(key, now) is not None:
-            return None
-        try:
-            data = COMMANDS[cmd.command_type].model_validate(raw or {})
-        except ValidationError:
+        unrecorded = self._unrecorded_request(cmd, raw)
+        if unrecorded is None:
             return None
         gateway = self._gateway_for(tenant)
         if isinstance(gateway, Rejection):
             return None
-        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        data, request_hash = unrecorded
         known = await self._provider_knows(rec, cmd, data, request_hash, gateway)
         if known is None:
             return UNANSWERED
-        if not known:
-            return None
-        expires = now + self.settings.idempotency_ttl_seconds
-        self._remember(
-            key, _idempotency_dict(cmd, request_hash, IdempotencyState.IN_FLIGHT, expires)
-        )
-        return self._idempotency_record(key, now)
+        return self._record_in_flight(cmd, request_hash) if known else None
 
     async def _provider_knows(
         self,

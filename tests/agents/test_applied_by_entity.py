@@ -121,6 +121,26 @@ def _entities(h: Harness) -> dict[str, Any]:
     }
 
 
+def _durable(h: Harness) -> tuple[Any, ...]:
+    """What of the tables a crash before delivery keeps: all of them, as they are now."""
+    return (
+        copy.deepcopy(h.idempotency),
+        _entities(h),
+        copy.deepcopy(dict(h.processor.limits.table)),
+    )
+
+
+def _crash_back_to(h: Harness, durable: tuple[Any, ...]) -> None:
+    """What survives a worker killed after the provider call, before delivery."""
+    h.idempotency.clear()
+    h.idempotency.update(durable[0])
+    for name, rows in durable[1].items():
+        getattr(h.tables, name).clear()
+        getattr(h.tables, name).update(rows)
+    h.processor.limits.table.clear()
+    h.processor.limits.table.update(durable[2])
+
+
 def _change(h: Harness, t: str, how: str) -> None:
     record = h.tenants[t]
     if how == "suspended":
@@ -351,22 +371,12 @@ async def test_K1_a_charge_in_flight_at_a_crash_before_delivery_is_not_refused(
     h = harness
     t = h.add_tenant()
     record = dict(h.tenants[t])
-    durable = (
-        copy.deepcopy(h.idempotency),
-        _entities(h),
-        copy.deepcopy(dict(h.processor.limits.table)),
-    )
+    durable = _durable(h)
     rec = _command(t, "payment.create", {**_CHARGE, "payment_id": "p1"}, "cmd-k1")
     rec = dataclasses.replace(rec, timestamp_ms=int(time.time() * 1000))  # a crash just now
     first = await _answer(h, rec)
     assert kind(first) == "payment.succeeded"
-    h.idempotency.clear()
-    h.idempotency.update(durable[0])
-    for name, rows in durable[1].items():
-        getattr(h.tables, name).clear()
-        getattr(h.tables, name).update(rows)
-    h.processor.limits.table.clear()
-    h.processor.limits.table.update(durable[2])
+    _crash_back_to(h, durable)
     _change(h, t, then)
     emits = await h.processor.process(rec)
     if then == "removed":  # parked again, as one let through, would be right

@@ -13,7 +13,6 @@ nothing else: suspension still stops every new charge.
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import time
 from typing import Any
@@ -26,7 +25,7 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.money import Money
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, outcome_of
-from tests.agents.test_applied_by_entity import SCENARIOS, _effects, _entities
+from tests.agents.test_applied_by_entity import SCENARIOS, _crash_back_to, _durable, _effects
 from tests.agents.test_let_through import _answer
 from tests.agents.test_let_through import _command as _old_command
 
@@ -40,25 +39,6 @@ def _command(tenant: str, command_type: str, body: dict[str, Any], command_id: s
     keys for the idempotency window, and is asked only within it)."""
     rec = _old_command(tenant, command_type, body, command_id)
     return dataclasses.replace(rec, timestamp_ms=int(time.time() * 1000))
-
-
-def _durable(h: Harness) -> tuple[Any, ...]:
-    return (
-        copy.deepcopy(h.idempotency),
-        _entities(h),
-        copy.deepcopy(dict(h.processor.limits.table)),
-    )
-
-
-def _crash_back_to(h: Harness, durable: tuple[Any, ...]) -> None:
-    """What survives a worker killed after the provider call, before delivery."""
-    h.idempotency.clear()
-    h.idempotency.update(durable[0])
-    for name, rows in durable[1].items():
-        getattr(h.tables, name).clear()
-        getattr(h.tables, name).update(rows)
-    h.processor.limits.table.clear()
-    h.processor.limits.table.update(durable[2])
 
 
 def _suspend(h: Harness, t: str) -> None:

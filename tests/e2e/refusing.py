@@ -10,22 +10,20 @@ forwarded, so nothing of it is written. Everything else passes through unchanged
 Kafka clients match responses to requests by order on a connection, so a refusal made
 up here waits until the broker has answered every request sent before it. Frames are
 read with aiokafka's own protocol classes (Produce v0-v8, the non-flexible versions it
-speaks). Runs on a thread of its own, like tests/e2e/blackhole.py.
+speaks). Runs on a thread of its own (tests/e2e/threaded_proxy.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
-import threading
 from collections import deque
 from io import BytesIO
 from typing import Any
 
 from aiokafka.protocol import produce
 
-from paystream.devstack._process import free_port
+from tests.e2e.threaded_proxy import ThreadedProxy
 
 __all__ = ["NOT_ENOUGH_REPLICAS", "RefusingProxy"]
 
@@ -38,52 +36,23 @@ _REQUESTS: dict[int, Any] = {
 }
 
 
-class RefusingProxy:
+class RefusingProxy(ThreadedProxy):
     def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = free_port(host)
-        self._target = target_port
+        super().__init__(target_port, host)
         self._refused_topic: str | None = None
         self._error_code = NOT_ENOUGH_REPLICAS
         self.refusals = 0  # Produce requests answered with a refusal
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> RefusingProxy:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, self.host, self.port), self._loop
-        ).result(timeout=10)
-        return self
 
     def refuse(self, topic: str | None, error_code: int = NOT_ENOUGH_REPLICAS) -> None:
         """Refuse produces naming ``topic`` from now on (None: refuse nothing)."""
         self._error_code = error_code
         self._refused_topic = topic  # (an assignment: atomic for the proxy's thread)
 
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.host, self._target)
-        except OSError:
-            writer.close()
+        upstream = await self._upstream(writer)
+        if upstream is None:
             return
+        up_reader, up_writer = upstream
         # Requests awaiting their response, in order: None for one the broker answers,
         # the response frame for one refused here.
         pending: deque[bytes | None] = deque()

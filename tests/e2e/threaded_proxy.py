@@ -1,0 +1,61 @@
+"""A TCP proxy on a thread and event loop of its own, for end-to-end tests that cut or
+rewrite a worker's broker connections: the tests around it block (waiting for a worker)
+while it must keep forwarding. Subclasses handle each accepted connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Self
+
+from paystream.devstack._process import free_port
+
+__all__ = ["ThreadedProxy"]
+
+
+class ThreadedProxy:
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self._target = target_port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> Self:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, self.host, self.port), self._loop
+        ).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # their sockets closed
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    async def _upstream(
+        self, writer: asyncio.StreamWriter
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection to the target for an accepted one (None, and it closed, if the
+        target cannot be reached)."""
+        try:
+            return await asyncio.open_connection(self.host, self._target)
+        except OSError:
+            writer.close()
+            return None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
