@@ -13,21 +13,14 @@ heartbeats, produces) turns into a black hole at once, behind a proxy the test o
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from paystream.devstack._process import free_port
-from paystream.devstack.kafka import TansuBroker
-from paystream.devstack.redis import EmbeddedRedis
-from paystream.tenancy.models import Tenant
 from tests.e2e.blackhole import BlackholeProxy
 from tests.e2e.own_servers import json_page
-from tests.fixtures.pipeline import Deployment
+from tests.e2e.proxied_stack import proxied_stack
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -38,23 +31,8 @@ COMMANDS = 5
 async def test_a_worker_whose_broker_connections_go_silent_recovers_by_itself(
     deployment_factory: Any,
 ) -> None:
-    root = Path(tempfile.mkdtemp(prefix="paystream-blackhole-"))
-    broker_port = free_port()
-    proxy = BlackholeProxy(broker_port)
-    # Clients learn the broker's address from its metadata: the proxy's, so that every
-    # connection of theirs goes through it.
-    broker = TansuBroker(root / "tansu.log", port=broker_port, advertised_port=proxy.port)
-    redis = EmbeddedRedis(root / "redis")
-    try:
-        proxy.start()
-        broker.start()
-        redis.start()
-        dep: Deployment = await deployment_factory(
-            kafka_broker_url=f"kafka://127.0.0.1:{proxy.port}",
-            paystream_broker_flavor="tansu",
-            redis_url=redis.url,
-        )
-        await dep.add_tenants(Tenant(tenant_id=TENANT))
+    async with proxied_stack(deployment_factory, BlackholeProxy, TENANT) as stack:
+        dep, proxy = stack.dep, stack.proxy
         with dep.worker() as worker:
             worker.wait_ready([TENANT], partitions=dep.settings.partitions)
             async with dep.client() as client:
@@ -80,8 +58,3 @@ async def test_a_worker_whose_broker_connections_go_silent_recovers_by_itself(
             status, body = await asyncio.to_thread(json_page, worker, "/healthz")
             assert status == 200 and body["ok"] is True, body
             print(f"commands answered {took:.0f} s after the connections went silent")
-    finally:
-        proxy.stop()
-        redis.stop()
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)

@@ -18,14 +18,9 @@ durable, the crash the pipeline's K1 lookup is for.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -33,17 +28,14 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from paystream.client import build_command
-from paystream.devstack._process import free_port
-from paystream.devstack.kafka import TansuBroker
-from paystream.devstack.redis import EmbeddedRedis
 from paystream.devstack.worker import WorkerProcess
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.tenancy.models import Tenant, TenantStatus
 from tests.e2e.own_servers import json_page
+from tests.e2e.proxied_stack import ProxiedStack, proxied_stack
 from tests.e2e.refusing import RefusingProxy
-from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -75,41 +67,19 @@ async def _until(what: str, check: Any, timeout: float) -> Any:
         await asyncio.sleep(0.5)
 
 
-@dataclass
-class RefusingStack:
-    dep: Deployment
-    proxy: RefusingProxy
-    broker_port: int
-    redis_url: str
+RefusingStack = ProxiedStack[RefusingProxy]
 
 
-@asynccontextmanager
-async def refusing_stack(deployment_factory: Any, tenant: str) -> AsyncIterator[RefusingStack]:
-    """A broker, Redis and deployment of the test's own, the workers' broker connections
-    through a refusing proxy (clients learn the broker's address from its metadata:
-    the proxy's)."""
-    root = Path(tempfile.mkdtemp(prefix="paystream-refused-"))
-    broker_port = free_port()
-    proxy = RefusingProxy(broker_port)
-    broker = TansuBroker(root / "tansu.log", port=broker_port, advertised_port=proxy.port)
-    redis = EmbeddedRedis(root / "redis")
-    try:
-        proxy.start()
-        broker.start()
-        redis.start()
-        dep: Deployment = await deployment_factory(
-            kafka_broker_url=f"kafka://127.0.0.1:{proxy.port}",
-            paystream_broker_flavor="tansu",
-            redis_url=redis.url,
-            paystream_producer_request_timeout_seconds=str(REQUEST_TIMEOUT_SECONDS),
-        )
-        await dep.add_tenants(Tenant(tenant_id=tenant))
-        yield RefusingStack(dep, proxy, broker_port, redis.url)
-    finally:
-        proxy.stop()
-        redis.stop()
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
+def refusing_stack(
+    deployment_factory: Any, tenant: str
+) -> AbstractAsyncContextManager[RefusingStack]:
+    """The test's own broker behind a refusing proxy (see tests/e2e/proxied_stack.py)."""
+    return proxied_stack(
+        deployment_factory,
+        RefusingProxy,
+        tenant,
+        paystream_producer_request_timeout_seconds=str(REQUEST_TIMEOUT_SECONDS),
+    )
 
 
 async def _provider_effects(stack: RefusingStack, tenant: str) -> list[str]:
