@@ -223,8 +223,13 @@ class LimitGate:
         if raw is None or rec.offset < 0 or _kept(raw, rec) is None:
             return
         decided = dict(raw.get("decided") or {})
-        del decided[str(rec.offset)]
-        self.table[key] = {**raw, "decided": decided}
+        forgotten = decided.pop(str(rec.offset))
+        state = {**raw, "decided": decided}
+        if forgotten.get("spent") and state.get("tokens") is not None:
+            # Its rate token back: decided again, the command must not pay twice (taken
+            # just now, so it fits the bucket).
+            state["tokens"] = int(state["tokens"]) + _MILLI
+        self.table[key] = state
 
     def admit(
         self,
@@ -280,13 +285,17 @@ class LimitGate:
         at_ms = self._at(state, rec)
         day = _day(at_ms)
         hold_of_this = _hold_of(state, hold_key or rec.command_id, owner)
+        spent = False
         if admitted_before:
             decision = None
             _spend(state, limits, at_ms)
         else:
-            decision = _rate(state, limits, at_ms) or _quota(
-                state, limits, day, command_type, data, hold_of_this
-            )
+            decision = _rate(state, limits, at_ms)
+            if decision is None:
+                # A quota refusal past the rate limit keeps its token, as any command the
+                # tenant sends counts toward its rate; `forget_decision` gives it back.
+                spent = limits.commands_per_second is not None
+                decision = _quota(state, limits, day, command_type, data, hold_of_this)
         if limits.commands_per_second is None:
             state["tokens"] = None  # a rate limit set later starts with a full bucket
         state["at_ms"] = at_ms
@@ -298,6 +307,8 @@ class LimitGate:
                 message=decision.message,
                 extra=decision.extra,
             )
+            if spent:
+                entry["spent"] = True
             self._decide(key, state, rec, entry)
             return decision
         currency = amount = None

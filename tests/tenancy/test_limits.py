@@ -223,6 +223,36 @@ def test_a_record_admitted_before_passes_unchecked_but_spends_a_token() -> None:
     assert isinstance(g.send(T0 + 1_000), Admission)
 
 
+def test_a_forgotten_quota_refusal_gives_its_rate_token_back() -> None:
+    """A quota refusal takes a rate token (every command the tenant sends counts toward
+    its rate). Forgotten (the command turned out to have taken effect, and is admitted
+    as let through; or it is parked unanswered), it gives the token back: one command
+    pays one token, not two (review finding)."""
+    g = Gate(TenantLimits(commands_per_second=1, burst=2, max_payment_amount={"USD": 1000}))
+    rec = g.record(T0)
+    rejected(g.gate.admit("t1", g.limits, rec, "payment.create", Pay(5000)), "quota_exceeded")
+    assert g.state["tokens"] == 1_000
+    g.gate.forget_decision("t1", rec)
+    assert g.state["tokens"] == 2_000
+    let_through = g.gate.admit(
+        "t1", g.limits, rec, "payment.create", Pay(5000), admitted_before=True
+    )
+    assert isinstance(let_through, Admission)
+    assert isinstance(g.send(T0 + 1), Admission)  # burst 2: this command's token is there
+    rejected(g.send(T0 + 2), "rate_limited")
+
+
+def test_forgetting_a_rate_limit_refusal_gives_back_nothing() -> None:
+    """A command refused for the rate took no token: forgetting it leaves the bucket."""
+    g = Gate(TenantLimits(commands_per_second=1, burst=1))
+    g.send(T0)
+    rec = g.record(T0 + 1)
+    rejected(g.gate.admit("t1", g.limits, rec, "customer.create", None), "rate_limited")
+    before = g.state["tokens"]
+    g.gate.forget_decision("t1", rec)
+    assert g.state["tokens"] == before
+
+
 def test_an_answered_redelivery_is_accounted_once() -> None:
     g = Gate(TenantLimits(commands_per_second=1, burst=2, daily_payment_volume={"USD": 5000}))
     rec = g.record(T0)
