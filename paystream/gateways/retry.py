@@ -117,6 +117,17 @@ class CircuitBreaker:
             self.state, self.opened_at = CircuitState.OPEN, self.clock()
 
 
+def _not_about_the_request(exc: GatewayError) -> bool:
+    """A refusal that says nothing of what the provider did with the request: refused
+    before sending, or before the provider reads the request and its key (credentials,
+    access, no way through)."""
+    return (
+        not exc.reached_provider
+        or exc.code in (ErrorCode.AUTHENTICATION_FAILED, ErrorCode.PERMISSION_DENIED)
+        or exc.code is ErrorCode.PROVIDER_UNAVAILABLE
+    )
+
+
 @dataclass(eq=False)  # identity: the metrics follow each policy by weak reference
 class RetryPolicy:
     """Retry transient failures with exponential backoff and full jitter, per circuit."""
@@ -160,6 +171,10 @@ class RetryPolicy:
     async def call(self, tenant_id: str, provider: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` (which must reuse one idempotency key) until it answers or we give up."""
         breaker = self.breaker(tenant_id, provider)
+        # An earlier attempt's failure after which the provider may have acted (a lost
+        # answer, a 5xx): a later refusal that is no answer to the request itself must
+        # not end the command as if nothing had happened.
+        may_have_acted: GatewayError | None = None
         for attempt in range(1, self.max_attempts + 1):
             wait = breaker.before_call()
             if wait is not None:
@@ -174,7 +189,14 @@ class RetryPolicy:
                         # Refused before any request: no verdict on the provider (as a
                         # half-open probe it would close a circuit whose provider is down).
                         breaker.release()
+                    if may_have_acted is not None and _not_about_the_request(exc):
+                        # E.g. the key rolled between a timed-out charge and its retry:
+                        # the 401 comes before the provider looks the key up. Parked,
+                        # not rejected: the first attempt may have charged.
+                        raise RetriesExhausted(may_have_acted, attempt) from exc
                     raise
+                if exc.code is not ErrorCode.RATE_LIMITED:  # a 429 ran nothing
+                    may_have_acted = exc
                 if exc.unreadable_answer:
                     breaker.on_success()  # it answered; a retry gets the same answer
                     raise RetriesExhausted(exc, attempt) from exc

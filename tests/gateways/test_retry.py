@@ -247,3 +247,60 @@ async def test_an_unreadable_answer_is_not_retried_nor_held_against_the_provider
         return "ok"
 
     assert await p.call("t", "stripe", healthy) == "ok"
+
+
+def _lost_answer() -> GatewayError:
+    return GatewayError(ErrorCode.TIMEOUT, "read timed out", provider="sim")
+
+
+class AfterLostAnswer:
+    """Attempt 1's answer is lost (the provider may have acted); attempt 2 gets ``then``."""
+
+    def __init__(self, then: GatewayError, first: GatewayError | None = None) -> None:
+        self.then, self.first, self.calls = then, first or _lost_answer(), 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        raise self.first if self.calls == 1 else self.then
+
+
+@pytest.mark.parametrize(
+    "then",
+    [
+        GatewayError(ErrorCode.AUTHENTICATION_FAILED, "key rolled", provider="sim"),
+        GatewayError(ErrorCode.PERMISSION_DENIED, "account disconnected", provider="sim"),
+        GatewayError(
+            ErrorCode.PROVIDER_UNAVAILABLE, "no way through", provider="sim", retryable=False
+        ),
+        UnsupportedOperation("sim", "refund"),  # refused before sending
+    ],
+    ids=["401", "403", "unreachable", "not-sent"],
+)
+async def test_a_refusal_that_is_no_answer_after_a_lost_one_parks(then: GatewayError) -> None:
+    """Attempt 1 may have charged; attempt 2 is refused before the provider reads the
+    request (its key rolled meanwhile: Stripe checks credentials before the idempotency
+    key). Ending the command with that refusal would say nothing happened: it is parked
+    with the lost answer instead (review finding)."""
+    fn = AfterLostAnswer(then)
+    with pytest.raises(RetriesExhausted) as info:
+        await policy(Clock(), threshold=10).call("t", "sim", fn)
+    assert info.value.last.code is ErrorCode.TIMEOUT and info.value.attempts == 2
+    assert info.value.__cause__ is then and fn.calls == 2
+
+
+async def test_an_answer_to_the_request_after_a_lost_one_stands() -> None:
+    """A decline on the retry is the provider's answer for the key (it replays what the
+    first attempt got, or it ran now): final, as on a first attempt."""
+    decline = GatewayError(ErrorCode.CARD_DECLINED, "no", provider="sim", http_status=402)
+    with pytest.raises(GatewayError) as info:
+        await policy(Clock(), threshold=10).call("t", "sim", AfterLostAnswer(decline))
+    assert info.value is decline
+
+
+async def test_a_refusal_after_a_rate_limit_is_not_held_back() -> None:
+    """A 429 ran nothing: a credentials refusal after it is the answer, as on a first try."""
+    limited = GatewayError(ErrorCode.RATE_LIMITED, "slow down", provider="sim")
+    denied = GatewayError(ErrorCode.AUTHENTICATION_FAILED, "bad key", provider="sim")
+    with pytest.raises(GatewayError) as info:
+        await policy(Clock(), threshold=10).call("t", "sim", AfterLostAnswer(denied, limited))
+    assert info.value is denied
