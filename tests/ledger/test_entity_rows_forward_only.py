@@ -1,0 +1,94 @@
+"""Entity rows only move forward (revision 0006): the application role cannot rewrite a
+row at its version, move it back, or change its keys; what the writer and erasure do
+still works (review finding: a rewrite at a lower version went unaudited, `audit verify`
+passed, and a replayed event then applied again)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import tenant_session
+from paystream.ledger.audit import verify_audit
+from paystream.ledger.models import Customer, Payment
+from paystream.ledger.privacy import erase_customer
+from paystream.ledger.writer import write_events
+from paystream.tenancy.crypto import MasterKeyring
+from tests.ledger.factories import EventFactory
+
+
+async def _payment(engine: AsyncEngine, tenant: str) -> Payment:
+    async with tenant_session(engine, tenant) as s:
+        return (await s.scalars(select(Payment))).one()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "amount = 1, amount_captured = 1, currency = 'JPY', version = 1",  # rewound
+        "amount = 1, amount_captured = 1",  # rewritten at its version
+        "payment_id = 'p2'",  # another key
+        "created_at = created_at + interval '1 day'",  # moved later
+    ],
+    ids=["rewind", "same-version", "rekey", "created-later"],
+)
+async def test_the_app_role_cannot_rewrite_a_payment(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory, tamper: str
+) -> None:
+    t = f"fw-{abs(hash(tamper)) % 10**8}"
+    await write_events(
+        app_engine,
+        [
+            make_event.payment(t, "p1", version=1),
+            make_event.payment(t, "p1", version=2, amount=5000, amount_captured=5000),
+        ],
+        keyring=keyring,
+    )
+    with pytest.raises(DBAPIError, match="payments rows"):
+        async with tenant_session(app_engine, t) as s:
+            await s.execute(text(f"UPDATE payments SET {tamper} WHERE payment_id = 'p1'"))
+    p = await _payment(app_engine, t)
+    assert (p.version, p.amount, p.currency) == (2, 5000, "USD")
+    assert (await verify_audit(app_engine, t, keyring)).problems == []
+    # A replayed version 2 stays a duplicate; version 3 applies.
+    await write_events(
+        app_engine, [make_event.payment(t, "p1", version=2, amount=7)], keyring=keyring
+    )
+    assert (await _payment(app_engine, t)).amount == 5000
+    await write_events(
+        app_engine, [make_event.payment(t, "p1", version=3, amount=9)], keyring=keyring
+    )
+    assert (await _payment(app_engine, t)).amount == 9
+
+
+async def test_an_earlier_event_arriving_later_still_moves_created_at_back(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    first = make_event.payment("fw-created", "p1", version=1)
+    second = make_event.payment("fw-created", "p1", version=2)
+    await write_events(app_engine, [second], keyring=keyring)
+    await write_events(app_engine, [first], keyring=keyring)  # e.g. from the dead letters
+    p = await _payment(app_engine, "fw-created")
+    assert p.version == 2 and p.created_at == first.time < second.time
+
+
+async def test_erasure_still_blanks_a_customer_but_nothing_else_at_its_version(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    t = "fw-erase"
+    await write_events(app_engine, [make_event.customer(t, "cus_1")], keyring=keyring)
+    # Not an erasure: personal data blanked without erased_at, or erased_at set with the
+    # ciphertext kept.
+    for tamper in ("email_ciphertext = NULL", "erased_at = now()"):
+        with pytest.raises(DBAPIError, match="customers rows"):
+            async with tenant_session(app_engine, t) as s:
+                await s.execute(text(f"UPDATE customers SET {tamper}"))
+    assert await erase_customer(app_engine, t, "cus_1", keyring=keyring) is True
+    async with tenant_session(app_engine, t) as s:
+        c = (await s.scalars(select(Customer))).one()
+    assert c.erased_at is not None and c.email_ciphertext is None and c.version == 1
+    with pytest.raises(DBAPIError, match="customers rows"):  # erased once, for good
+        async with tenant_session(app_engine, t) as s:
+            await s.execute(text("UPDATE customers SET erased_at = NULL"))
