@@ -888,6 +888,12 @@ def _json(schema: str, description: str, headers: Doc | None = None) -> Doc:
 
 
 _UNAUTHORIZED = _json("Error", "PAYSTREAM_WEB_TOKEN is set and the request does not bear it")
+_HOST_REFUSED = _json(
+    "Error",
+    "PAYSTREAM_WEB_TOKEN is unset and the Host header is a name an outside web page could "
+    "own (not an address, `localhost`, a name without a dot, the worker's own or "
+    "PAYSTREAM_WEB_ALLOWED_HOSTS): DNS rebinding",
+)
 
 
 def _object(properties: Doc, description: str = "") -> Doc:
@@ -914,7 +920,10 @@ def _view_schemas() -> Doc:
     number = {"type": "number"}
     components |= {
         "Error": _object(
-            {"error": {"enum": ["unauthorized", "not_found", "unavailable"]}, "message": _STR}
+            {
+                "error": {"enum": ["unauthorized", "host_not_allowed", "not_found", "unavailable"]},
+                "message": _STR,
+            }
         ),
         "Health": _object(
             {
@@ -1085,6 +1094,7 @@ def openapi() -> Doc:
                         "description": "without the token",
                         "content": {"text/plain": {"schema": _STR}},
                     },
+                    "403": _HOST_REFUSED,
                 },
             }
         },
@@ -1099,6 +1109,7 @@ def openapi() -> Doc:
                         "content": {"text/plain": {"schema": _STR}},
                     },
                     "401": _UNAUTHORIZED,
+                    "403": _HOST_REFUSED,
                 },
             }
         },
@@ -1134,6 +1145,7 @@ def openapi() -> Doc:
                 "responses": {
                     "200": _json("Stats", "the figures", _NO_STORE),
                     "401": _UNAUTHORIZED,
+                    "403": _HOST_REFUSED,
                 },
             }
         },
@@ -1161,6 +1173,7 @@ def openapi() -> Doc:
                         "content": {"application/json": {"schema": entity}},
                     },
                     "401": _UNAUTHORIZED,
+                    "403": _HOST_REFUSED,
                     "404": _json("Error", "no such entity of this tenant, or an unknown kind"),
                     "503": _json(
                         "Error",

@@ -289,6 +289,14 @@ class Settings(BaseSettings):
     web_port: Port = Field(
         default=6066, description="PAYSTREAM_WEB_PORT: worker web port (dashboard, /metrics)."
     )
+    web_allowed_hosts: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9.,\- ]*$",
+        description="PAYSTREAM_WEB_ALLOWED_HOSTS: comma-separated host names a worker without "
+        "PAYSTREAM_WEB_TOKEN also answers in the Host header. Without a token it answers only "
+        "IP addresses, `localhost`, names without a dot and its own bind and advertised hosts "
+        "(a web page re-pointing its own domain at the worker, DNS rebinding, gets 403).",
+    )
     data_dir: Path = Field(
         default=Path("var"),
         description="PAYSTREAM_DATA_DIR: table stores, embedded servers' data, generated keys.",
@@ -539,6 +547,11 @@ class Settings(BaseSettings):
                 return _outbound_address() or found
             return found
         return self.web_host
+
+    def web_host_names(self) -> frozenset[str]:
+        """Host names an open worker answers besides addresses and dotless names."""
+        listed = (n.strip() for n in self.web_allowed_hosts.split(","))
+        return frozenset({*filter(None, listed), self.web_host, self.advertised_web_host()})
 
     @property
     def liveness_after(self) -> float:

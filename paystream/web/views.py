@@ -28,6 +28,7 @@ from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables import observed
 from paystream.tables.views import SummaryCache, entity_view
+from paystream.web.hosts import host_allowed
 from paystream.web.liveness import LivenessWatch
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
@@ -65,6 +66,25 @@ def _bears_token(request: Request) -> bool:
         return False
 
 
+@functools.cache
+def _named_hosts() -> frozenset[str]:
+    return settings.web_host_names()  # (the advertised host may take a DNS lookup)
+
+
+def _refused_host(view: View, request: Request) -> Response | None:
+    """403 for an open worker (no token) asked under a name a web page could own."""
+    if settings.web_token is not None or host_allowed(request.headers.get("Host"), _named_hosts()):
+        return None
+    return view.json(
+        {
+            "error": "host_not_allowed",
+            "message": "without PAYSTREAM_WEB_TOKEN this worker answers only addresses, "
+            "localhost and PAYSTREAM_WEB_ALLOWED_HOSTS",
+        },
+        status=403,
+    )
+
+
 def _over_https(request: Request) -> bool:
     """Did the browser use HTTPS? Behind a TLS-terminating proxy (ingress, load balancer)
     the worker itself sees plain HTTP: the proxy's X-Forwarded-Proto or Forwarded says.
@@ -88,6 +108,8 @@ def _operators_only(fun: _Handler) -> _Handler:
 
     @functools.wraps(fun)
     async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if (refused := _refused_host(view, request)) is not None:
+            return refused
         if not _bears_token(request):
             return view.json(
                 {"error": "unauthorized", "message": "PAYSTREAM_WEB_TOKEN required"},
@@ -124,6 +146,8 @@ class DashboardView(View):
                     secure=_over_https(request),
                 )
             return found  # type: ignore[return-value]  # aiohttp's, as Faust's driver uses
+        if (refused := _refused_host(self, request)) is not None:
+            return refused
         if not _bears_token(request):
             return self.text(
                 "paystream: open /?token=<PAYSTREAM_WEB_TOKEN> to see the dashboard\n",

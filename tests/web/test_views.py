@@ -296,3 +296,22 @@ async def test_personal_data_and_figures_are_not_cached(
     for path in (f"/v1/tenants/acme/payments/{seeded.succeeded_payment}", "/v1/stats", "/metrics"):
         async with http.get(path) as resp:
             assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store", path
+
+
+async def test_an_open_worker_refuses_a_rebound_domain(
+    http: aiohttp.ClientSession, seeded: Seeded
+) -> None:
+    """No PAYSTREAM_WEB_TOKEN: a page whose domain was re-pointed at the worker (DNS
+    rebinding) reads nothing; the same requests by address, and the probes, are answered
+    (review finding)."""
+    lookup = f"/v1/tenants/acme/payments/{seeded.succeeded_payment}"
+    rebound = {"Host": "rebind.attacker.example:6066"}
+    for path in ("/", "/v1/stats", "/metrics", lookup):
+        async with http.get(path, headers=rebound) as resp:
+            assert resp.status == 403, (path, resp.status)
+            assert "acme" not in await resp.text()
+        async with http.get(path) as resp:
+            assert resp.status == 200, path
+    for probe in ("/healthz", "/readyz"):
+        async with http.get(probe, headers=rebound) as resp:
+            assert resp.status == 200, probe

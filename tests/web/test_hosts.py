@@ -1,0 +1,72 @@
+"""The Host headers an open worker (no PAYSTREAM_WEB_TOKEN) answers: DNS rebinding."""
+
+from __future__ import annotations
+
+import pytest
+
+from paystream.errors import ConfigurationError
+from paystream.settings import load_settings
+from paystream.web.hosts import host_allowed, host_name
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:6066", "127.0.0.1"),
+        ("[::1]:6066", "::1"),
+        ("::1", "::1"),
+        ("Worker-1:6066", "worker-1"),
+        ("dash.example.com.", "dash.example.com"),
+        ("[::1", ""),
+    ],
+)
+def test_host_name(header: str, name: str) -> None:
+    assert host_name(header) == name
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "127.0.0.1:6066",
+        "10.0.3.7:6066",  # a pod's address (Prometheus scraping it)
+        "[::1]:6066",
+        "localhost:6066",
+        "paystream.localhost",  # loopback in browsers (RFC 6761)
+        "worker-1:6066",  # a compose service name
+        "dash.internal.example:6066",  # listed
+        "DASH.internal.example.",
+        None,  # no Host: no browser
+    ],
+)
+def test_names_no_outside_page_can_own_are_answered(header: str | None) -> None:
+    assert host_allowed(header, ["dash.internal.example"])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "rebind.attacker.example:6066",
+        "127.0.0.1.nip.io:6066",  # a public name for a loopback address
+        "localhost.attacker.example",
+        "[::1",
+        ":6066",
+    ],
+)
+def test_a_public_name_is_refused(header: str) -> None:
+    assert not host_allowed(header, ["dash.internal.example"])
+
+
+def test_the_workers_own_hosts_and_the_listed_ones() -> None:
+    s = load_settings(
+        web_host="0.0.0.0",
+        web_advertised_host="w1.paystream.svc.cluster.local",
+        web_allowed_hosts="dash.example.com, ops.example.com",
+    )
+    names = s.web_host_names()
+    assert {"w1.paystream.svc.cluster.local", "dash.example.com", "ops.example.com"} <= names
+    assert host_allowed("w1.paystream.svc.cluster.local:6066", names)
+
+
+def test_allowed_hosts_are_names_only() -> None:
+    with pytest.raises(ConfigurationError, match="web_allowed_hosts"):
+        load_settings(web_allowed_hosts="*")
