@@ -283,7 +283,8 @@ class StatsView(View):
     async def get(self, request: Request) -> Response:
         assigned = _assigned()
         activity = runner.activity.as_json()
-        summaries = await _summaries.get(t.payments)
+        # The payments table is partitioned as the source topic: its owned partitions'.
+        summaries = await _summaries.get(t.payments, frozenset(assigned))
         shown_insights = None if insights.runner is None else insights.runner.as_json()
         tenants: dict[str, Any] = {}
         for key, tenant in registry.tenants.items():

@@ -52,10 +52,11 @@ async def test_requests_share_one_scan_until_it_is_stale() -> None:
     reads = 0
 
     class Counting(dict[str, Any]):
-        def get(self, key: str, default: Any = None) -> Any:
+        def items(self) -> Any:  # the scan reads rows through items()
             nonlocal reads
-            reads += 1
-            return super().get(key, default)
+            for item in super().items():
+                reads += 1
+                yield item
 
     table = Counting(payments)
     first, second = await asyncio.gather(cache.get(table), cache.get(table))
@@ -72,9 +73,10 @@ async def test_a_scan_is_fresh_for_ten_times_its_duration_within_bounds() -> Non
     now = [0.0]
 
     class Slow(dict[str, Any]):
-        def get(self, key: str, default: Any = None) -> Any:
-            now[0] += 0.5  # each row "takes" half a second of the clock
-            return super().get(key, default)
+        def items(self) -> Any:  # the scan reads rows through items()
+            for item in super().items():
+                now[0] += 0.5  # each row "takes" half a second of the clock
+                yield item
 
     small = SummaryCache(clock=lambda: now[0])
     await small.get(Slow(_payments(1)))  # 0.5 s: fresh for 5 s
@@ -94,10 +96,11 @@ async def test_after_a_slow_scan_a_stale_value_is_answered_while_the_next_runs()
     slow_rows = [True]
 
     class Slow(dict[str, Any]):
-        def get(self, key: str, default: Any = None) -> Any:
-            if slow_rows[0]:
-                now[0] += 0.5
-            return super().get(key, default)
+        def items(self) -> Any:  # the scan reads rows through items()
+            for item in super().items():
+                if slow_rows[0]:
+                    now[0] += 0.5
+                yield item
 
     cache = SummaryCache(clock=lambda: now[0], wait_at_most=0.5)
     table = Slow(_payments(2))  # a 1 s scan
@@ -121,11 +124,12 @@ async def test_failing_scans_are_logged_and_stale_figures_not_served_for_ever(
     failing = [False]
 
     class Table(dict[str, Any]):
-        def get(self, key: str, default: Any = None) -> Any:
-            if failing[0]:
-                raise RuntimeError("table gone")
-            now[0] += 0.5
-            return super().get(key, default)
+        def items(self) -> Any:  # the scan reads rows through items()
+            for item in super().items():
+                if failing[0]:
+                    raise RuntimeError("table gone")
+                now[0] += 0.5
+                yield item
 
     cache = SummaryCache(clock=lambda: now[0], max_age=60.0, wait_at_most=0.5)
     table = Table(_payments(2))
@@ -138,3 +142,55 @@ async def test_failing_scans_are_logged_and_stale_figures_not_served_for_ever(
     now[0] = cache._fresh_until + 61  # past max_age: the failure is the answer
     with pytest.raises(RuntimeError, match="table gone"):
         await cache.get(table)
+
+
+class _MemoryStore:
+    """Faust's memory store as the summaries see it: one dict for the active and the
+    standby partitions' rows, and each key's partition beside."""
+
+    def __init__(self, rows: dict[str, Any], partition_of: dict[str, int]) -> None:
+        self.data = rows
+        self._key_partition = partition_of
+
+
+class _Table(dict[str, Any]):
+    def __init__(self, store: _MemoryStore) -> None:
+        super().__init__(store.data)
+        self.data = store
+
+
+async def test_only_the_owned_partitions_payments_count() -> None:
+    """A peer's partitions kept here as a standby copy are not this worker's tenants
+    (review finding: each worker of a fleet showed the other's, with stale figures)."""
+    rows = _payments(4)  # t0 and t1, two payments each
+    partition_of = {key: 0 if key.startswith("t0:") else 1 for key in rows}
+    table = _Table(_MemoryStore(rows, partition_of))
+    assert set(await tenant_summaries(table, frozenset({0}))) == {"t0"}
+    assert set(await tenant_summaries(table, frozenset({0, 1}))) == {"t0", "t1"}
+    assert await tenant_summaries(table, frozenset()) == {}
+
+
+class _Snapshot:
+    """A RocksDB-backed table as the summaries see it: items read lazily; no key list."""
+
+    def __init__(self, rows: dict[str, Any]) -> None:
+        self.rows, self.read = rows, 0
+
+    def items(self) -> Any:
+        for item in self.rows.items():
+            self.read += 1
+            yield item
+
+    def keys(self) -> Any:
+        raise AssertionError("every key listed before the scan: the loop stalls")
+
+
+async def test_a_store_without_key_partitions_is_read_lazily_a_chunk_at_a_time() -> None:
+    rows = _payments(2 * views.SCAN_CHUNK + 5)
+    table = _Snapshot(rows)
+    scan = asyncio.ensure_future(tenant_summaries(table))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert 0 < table.read < len(rows)  # the loop ran with rows still unread
+    summary = await scan
+    assert sum(sum(s["payments"].values()) for s in summary.values()) == len(rows)

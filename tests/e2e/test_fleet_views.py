@@ -220,3 +220,62 @@ async def test_summaries_leave_a_partition_behind_when_it_moves(deployment_facto
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_a_workers_summaries_leave_out_its_standby_copy(deployment_factory: Any) -> None:
+    """Memory-store workers keep a standby copy of each other's partitions in the same
+    dict as their own, filled a thousand changelog records at a time: once a peer's
+    tenants had made that many changes, each worker's page listed them too, with stale
+    figures (review finding)."""
+    dep: Deployment = await deployment_factory()
+    tenants = [f"standby-{i}" for i in range(8)]
+    await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
+    first, second = dep.worker("w1").start(), dep.worker("w2").start()
+    try:
+        for w in (first, second):
+            await asyncio.to_thread(w.wait_ready, tenants)
+
+        def owned(w: Any) -> set[int]:
+            return set(((w.stats() or {}).get("worker") or {}).get("partitions") or ())
+
+        await asyncio.to_thread(
+            wait_until,
+            lambda: owned(first) and owned(second)
+            and len(owned(first) | owned(second)) == dep.settings.partitions,
+            timeout=90,
+            what="two owners",
+            interval=0.2,
+        )  # fmt: skip
+        mine = owned(first)
+
+        def partition(t: str) -> int:
+            return (murmur2(t.encode()) & 0x7FFFFFFF) % dep.settings.partitions
+
+        peers = [t for t in tenants if partition(t) not in mine]
+        assert peers and len(peers) < len(tenants), (mine, peers)
+        body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
+        async with dep.client() as client:
+            for _ in range(12):  # 1,200 changes on the peer's partitions
+                outs = await asyncio.gather(
+                    *(client.command("payment.create", peers[i % len(peers)], body)
+                      for i in range(100))
+                )  # fmt: skip
+                assert all(o.get_type() == "com.paystream.payment.succeeded" for o in outs)
+
+        def shown(w: Any) -> dict[str, int]:
+            summaries = (w.stats() or {}).get("summaries") or {}
+            return {t: sum(s["payments"].values()) for t, s in summaries.items()}
+
+        await asyncio.to_thread(
+            wait_until,
+            lambda: sum(shown(second).values()) == 1_200,
+            timeout=30,
+            what="the owner's summaries",
+            interval=0.2,
+        )
+        await asyncio.sleep(2)  # the standby copy's flushes (a thousand records each)
+        assert owned(first) == mine, "a rebalance moved partitions: the test saw nothing"
+        assert not set(shown(first)) & set(peers), shown(first)
+    finally:
+        first.stop()
+        second.stop()
