@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paystream import metrics
@@ -345,6 +346,11 @@ def _owner_unreachable_is_503(fun: _Handler) -> _Handler:
         except (aiohttp.ClientError, TimeoutError):
             status, body, headers = owner_unreachable()
             return view.json(body, status=status, headers=headers)
+        except ServiceUnavailable:
+            # Faust's router knows no owner yet (no assignment since the worker started,
+            # about 4 s): its own answer had neither our shape nor Retry-After.
+            status, body, headers = owner_unknown()
+            return view.json(body, status=status, headers=headers)
         if response.status == 503 and "Retry-After" not in response.headers:
             response.headers["Retry-After"] = "1"
         return response
@@ -356,6 +362,14 @@ def owner_unreachable() -> tuple[int, dict[str, str], dict[str, str]]:
     body = {
         "error": "unavailable",
         "message": "the worker owning this tenant is unreachable; retry",
+    }
+    return 503, body, {"Retry-After": "1"}
+
+
+def owner_unknown() -> tuple[int, dict[str, str], dict[str, str]]:
+    body = {
+        "error": "unavailable",
+        "message": "partitions are being assigned: no worker owns this tenant yet; retry",
     }
     return 503, body, {"Retry-After": "1"}
 
