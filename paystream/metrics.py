@@ -71,6 +71,13 @@ PUBLISH_FAILING = Gauge(
     "How long producing the command agent's batches has been failing (0: the latest "
     "attempt was delivered); the agent waits meanwhile.",
 )
+TENANT_PARTITION_CHANGES = Counter(
+    "paystream_tenant_partition_changes_total",
+    "Commands of a tenant read from another commands-topic partition than its previous "
+    "one on this worker: its producers do not all key by tenant id with one partitioner, "
+    "and its state (limits, idempotency, entities) is split between partitions.",
+    ["tenant"],
+)
 PARKED = Counter(
     "paystream_parked_total",
     "Commands parked on the retry topic, by why (the park reason: the provider error "

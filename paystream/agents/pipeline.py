@@ -144,6 +144,8 @@ class CommandProcessor:
         self.answers = RecordAnswers(self.limits.table, committed)
         self.committed = committed
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
+        # Registered tenant → the commands-topic partition it was last read from here.
+        self._partition_of: dict[str, int] = {}
         # (provider, tenant; "" for every tenant) → until when K1 lookups are paused.
         self._lookups_paused: dict[tuple[str, str], float] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
@@ -309,6 +311,8 @@ class CommandProcessor:
             return self._park_unanswered(rec, cmd, stamp=bool(parked.get("refusal")))
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
+        if tenant is not None and rec.partition >= 0:
+            self._note_partition(tenant_id, rec.partition)
         if tenant is None or tenant.status is TenantStatus.SUSPENDED:
             # A tenant removed or suspended since must not change an answer given, nor
             # answer a request the provider may have acted on (let through once: parked,
@@ -399,6 +403,29 @@ class CommandProcessor:
             if rejected is None:
                 rejected = self._rejections[why] = metrics.REJECTIONS.labels(*why)
             rejected.inc()
+
+    def _note_partition(self, tenant_id: str, partition: int) -> None:
+        """A tenant's commands must all come from one partition: its state (limits,
+        idempotency, entities) lives in that partition's changelogs, and the worker that
+        owns it is the only one to see it. Producers keying by tenant id with differing
+        partitioners (murmur2 and librdkafka's CRC32), or naming partitions, split it:
+        limits counted per partition, a capture not finding its payment. Counted and
+        logged; what this worker sees of it (its own partitions) is all it can tell."""
+        seen = self._partition_of.get(tenant_id)
+        if seen == partition:
+            return
+        self._partition_of[tenant_id] = partition
+        if seen is None:
+            return
+        metrics.TENANT_PARTITION_CHANGES.labels(tenant_id).inc()
+        _throttled.warning(
+            ("partition", tenant_id),
+            "tenant %s: a command from commands-topic partition %d after one from %d; "
+            "every producer must key its commands by tenant id with the same partitioner",
+            tenant_id,
+            partition,
+            seen,
+        )
 
     def _tenant(self, tenant_id: str, raw: Any) -> Tenant:
         """Parse a registry record once per change, not once per command."""
