@@ -804,7 +804,7 @@ def _insights_schemas() -> Doc:
             for name, what in (
                 ("authorized", "held on cards (payment.authorized)"),
                 ("captured", "taken (payment.succeeded: what each payment captured)"),
-                ("refunded", "given back (refund.succeeded)"),
+                ("refunded", "given back (refund.succeeded or refund.pending)"),
                 ("declined", "asked for and refused by the cards' issuers (payment.failed)"),
             )
         },

@@ -331,10 +331,12 @@ def test_insights_events_match_their_messages(asyncapi: dict[str, Any]) -> None:
     cfg = InsightsConfig(subject_declines=2)
     st = TenantInsights("acme")
     at = 1_700_000_040_000
-    paid = Observed("e1", "acme", "payment.succeeded", at, currency="USD", captured=900)
+    paid = Observed(
+        "e1", "acme", "payment.succeeded", at, currency="USD", captured=900, attempt=True
+    )
     declined = Observed(
         "e2", "acme", "payment.failed", at, currency="USD", declined=500,
-        decline_code="generic_decline", card_declined=True, customer_id="cus_1",
+        decline_code="generic_decline", card_declined=True, customer_id="cus_1", attempt=True,
     )  # fmt: skip
     st.apply(paid, cfg)
     alerts = [a for _ in range(2) for a in st.apply(declined, cfg)]

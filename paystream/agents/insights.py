@@ -88,8 +88,10 @@ class InsightsRunner:
         seen: Any,
         *,
         clock: Callable[[], float] = time.time,
+        settled: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = cfg
+        self._settled = settled or _tables_settled
         self.config = config_from(cfg)
         self.tenants = tenants  # the registry: only registered tenants are tracked
         self.state = state  # tenant id → TenantInsights record
@@ -212,6 +214,9 @@ class InsightsRunner:
         if st.is_future(seen, now_ms, self.config):
             SKIPPED.labels("future").inc()
             return
+        if not st.has_room(seen, self.config):
+            SKIPPED.labels("late").inc()  # (as many windows kept as fit one record)
+            return
         ws = window_start(seen.time_ms, self.config.window_ms)
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
         for alert in st.apply(seen, self.config):
@@ -234,6 +239,12 @@ class InsightsRunner:
         ``owned(partition)``: whether this worker has that partition of the events topic.
         After a partition moved here, every window published before is published again.
         """
+        if not self._settled():
+            # Partitions moving, or their tables being recovered: what a takeover must
+            # publish again is not all here yet, and a record written back now would be
+            # a partial one (review finding: the republication ran on the first tick, before
+            # recovery, and never again: a window lost in a crash stayed lost).
+            return
         now = self._clock()
         generation = app.consumer_generation_id
         taken_over = generation != self._generation
@@ -305,6 +316,12 @@ class InsightsRunner:
         """What this worker published lately (its partitions' tenants), for the dashboard."""
         windows = {t: w for t, w in self.latest_windows.items() if t in self.tenants}
         return {"alerts": list(self.recent_alerts), "windows": windows}
+
+
+def _tables_settled() -> bool:
+    """No rebalance under way, and this worker's active table partitions recovered
+    (Faust ends a rebalance only once recovery is done)."""
+    return not app.rebalancing and bool(getattr(app.tables, "actives_ready", True))
 
 
 def _located(table: Any) -> list[tuple[Any, Any, int]]:

@@ -30,10 +30,13 @@ class Observed:
     currency: str | None = None
     authorized: int = 0  # held on the card (payment.authorized)
     captured: int = 0  # money taken (payment.succeeded: what the payment captured)
-    refunded: int = 0  # money given back (refund.succeeded)
+    refunded: int = 0  # money given back (refund.succeeded, or pending at the provider)
     declined: int = 0  # asked for and refused by the card's issuer (payment.failed)
     decline_code: str | None = None  # why a payment failed (decline code or error code)
     card_declined: bool = False  # the issuer refused it (not a provider failure)
+    # A payment attempt the issuer answered (what card testing shows up as): a payment's
+    # creation, not the later capture of a manual one.
+    attempt: bool = False
     reject_reason: str | None = None  # command.rejected's reason
     customer_id: str | None = None
     payment_method_id: str | None = None
@@ -66,7 +69,9 @@ def observe(event: CloudEvent) -> Observed | None:
         facts["authorized"] = amount
     elif outcome == "payment.succeeded":
         facts["captured"] = _minor(obj.get("amount_captured"))
-    elif outcome == "refund.succeeded":
+    elif outcome in ("refund.succeeded", "refund.pending"):
+        # Pending: committed at the provider, and no later status reaches paystream (the
+        # payment already counts it refunded); left out, it was never counted (review).
         facts["refunded"] = amount
     elif outcome == "payment.failed":
         code = _label(error.get("decline_code")) or _label(error.get("code"))
@@ -74,6 +79,10 @@ def observe(event: CloudEvent) -> Observed | None:
         facts.update(declined=amount if card else 0, decline_code=code, card_declined=card)
     elif outcome == "command.rejected":
         facts["reject_reason"] = _label(data.get("reason"))
+    if outcome in ("payment.authorized", "payment.failed") or (
+        outcome == "payment.succeeded" and obj.get("capture_method") != "manual"
+    ):
+        facts["attempt"] = True  # (a manual payment succeeds when captured: counted once)
     if outcome.startswith("payment."):
         facts.update(
             customer_id=_id(obj.get("customer_id")),

@@ -28,6 +28,13 @@ SUBJECTS_MAX = 2_000
 # (paystream's own are a few dozen; forged outcomes may bring any number): past it,
 # under "other".
 LABELS_MAX = 100
+# Windows one record keeps at most, analytics and fraud. Past windows stay for the horizon
+# (late outcomes) and future ones up to it ahead: with a long horizon over short windows
+# (a day of minutes) the record outgrew the broker's message size and stopped the
+# partition, ledger included (review finding). Past it the oldest published windows go
+# first (their late outcomes count as late); an outcome finding no room counts as late.
+WINDOWS_MAX = 64
+FRAUD_WINDOWS_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,20 @@ class TenantInsights:
         such outcomes would grow the record past the broker's message size."""
         return seen.time_ms >= now_ms + cfg.horizon_ms
 
+    def has_room(self, seen: Observed, cfg: InsightsConfig) -> bool:
+        """Can the outcome's window be kept (it is, or a published one can make way)?"""
+        if str(window_start(seen.time_ms, cfg.window_ms)) in self.windows:
+            return True
+        if len(self.windows) < WINDOWS_MAX:
+            return True
+        done = sorted(
+            (int(w) for w, agg in self.windows.items() if agg["events"] == agg["emitted"])
+        )
+        if not done:
+            return False
+        del self.windows[str(done[0])]
+        return True
+
     def apply(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
         """Count one outcome (not a duplicate, not late) in its windows; the alerts it fires."""
         self._count(seen, cfg)
@@ -122,9 +143,11 @@ class TenantInsights:
 
     def _rules(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
         # Payment attempts the issuer answered: what card testing shows up as.
-        if seen.outcome not in ("payment.failed", "payment.succeeded", "payment.authorized"):
+        if not seen.attempt:
             return []
         start = window_start(seen.time_ms, cfg.fraud_window_ms)
+        if str(start) not in self.fraud and len(self.fraud) >= FRAUD_WINDOWS_MAX:
+            del self.fraud[min(self.fraud, key=int)]  # (nothing to publish: counts only)
         fw = self.fraud.setdefault(str(start), _new_fraud_window())
         fw["attempts"] += 1
         if not seen.card_declined:

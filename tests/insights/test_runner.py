@@ -75,7 +75,9 @@ class Harness:
             self.state,
             self.seen,
             clock=lambda: self.now,
+            settled=lambda: self.settled,
         )
+        self.settled = True  # partitions assigned, tables recovered
         self.published: list[Any] = []
         self.changelog: list[Any] = []
         self.fail_next = 0
@@ -276,3 +278,92 @@ async def test_a_failure_on_one_outcome_does_not_stall_the_batch(
     await h.runner.tick(lambda p: True)
     [window] = h.of_type(WINDOW_TYPE)
     assert window.get_data()["events"] == 2
+
+
+async def test_a_takeover_republishes_once_its_tables_are_recovered() -> None:
+    """A worker taking partitions over publishes their windows again, so that one lost in
+    a crash between its table write and its publication is not lost for good. It ticked
+    during the tables' recovery, republished what was there (nothing), and never again
+    (review finding): it now waits for the recovery to end."""
+    from paystream.app import app
+
+    a = Harness("takeover-a")
+    await a.runner.run_batch([a.event("payment.succeeded", PAID, cid="c1")])
+    a.now = (T0 + 70_000) / 1000
+    await a.runner.tick(lambda p: True)
+    a.now += 2
+    await a.runner.tick(lambda p: True)
+    assert len(a.of_type(WINDOW_TYPE)) == 1  # ...and say it was lost with worker A
+    b = Harness("takeover-b")
+    b.now = a.now + 5
+    app.consumer_generation_id += 1  # the partitions were assigned to B
+    b.settled = False  # B recovers their tables
+    await b.runner.tick(lambda p: True)
+    assert b.of_type(WINDOW_TYPE) == [] and b.changelog == []  # nothing half-recovered
+    for rec in a.changelog:  # the recovery: A's changelog replayed into B's stores
+        table = b.state if rec.topic == a.state.changelog_topic.get_topic_name() else b.seen
+        key = json.loads(rec.key)
+        table.data.data[key] = json.loads(rec.value)
+        table.data._key_partition[key] = rec.partition
+    b.settled = True
+    b.now += 2
+    await b.runner.tick(lambda p: True)
+    [window] = b.of_type(WINDOW_TYPE)
+    assert window.get_data()["events"] == 1
+
+
+async def test_a_long_horizon_keeps_the_record_within_a_message() -> None:
+    """A day's horizon over minute windows kept every window of the day in the tenant's
+    one record: a busy tenant's outgrew the broker's message size and stopped the
+    partition, ledger included (review finding). At most WINDOWS_MAX are kept; the
+    oldest published ones make way."""
+    from paystream.agents.insights import config_from
+    from paystream.insights.state import WINDOWS_MAX
+
+    h = Harness("day")
+    cfg = Settings(cloudevents_mode=CloudEventsMode.BINARY, insights_horizon_seconds=86_400)  # type: ignore[call-arg]
+    h.runner.settings, h.runner.config = cfg, config_from(cfg)
+    currencies = ["USD", "EUR", "GBP", "CAD", "AUD", "JPY", "CHF", "SEK"]
+    n = 0
+    for hour in range(3):
+        batch = []
+        for minute in range(60):
+            at = T0 + (hour * 60 + minute) * 60_000
+            for i, currency in enumerate(currencies):
+                n += 1
+                paid = {"object": {"amount": 900, "amount_captured": 900, "currency": currency}}
+                batch.append(h.event("payment.succeeded", paid, cid=f"p{n}", at_ms=at + i))
+        h.now = (T0 + (hour + 1) * 3_600_000 + 10_000) / 1000
+        await h.runner.run_batch(batch)
+    state = h.runner.state["acme"]
+    assert len(state["windows"]) <= WINDOWS_MAX
+    biggest = max(
+        len(r.value or b"") for r in h.changelog if r.topic.endswith("day-insights-changelog")
+    )
+    assert biggest < 200_000, biggest
+    windows = h.of_type(WINDOW_TYPE)
+    assert len(windows) == 3 * 60 and {w.get_data()["events"] for w in windows} == {8}
+
+
+async def test_a_manual_payment_is_one_attempt_and_a_pending_refund_is_refunded() -> None:
+    """A manual-capture payment answered `payment.authorized` at creation and
+    `payment.succeeded` at capture counted two attempts, halving the decline share the
+    card-testing rule reads; a refund pending at the provider was never counted refunded
+    (review findings)."""
+    from paystream.insights.observe import observe
+
+    h = Harness("manual")
+
+    def seen(kind: str, data: dict[str, Any]) -> Any:
+        ev = h.event(kind, data, cid=f"x{h.offset}")
+        msg = ev.message
+        return observe(decode_record(msg.key, msg.value, dict(msg.headers)))
+
+    manual = {"amount": 900, "amount_captured": 900, "currency": "USD", "capture_method": "manual"}
+    assert seen("payment.authorized", {"object": {**manual, "amount_captured": 0}}).attempt
+    assert not seen("payment.succeeded", {"object": manual}).attempt  # its capture
+    assert seen("payment.succeeded", {"object": {**manual, "capture_method": "automatic"}}).attempt
+    assert seen("payment.failed", DECLINE).attempt
+    refund = {"object": {"amount": 700, "currency": "USD"}}
+    assert seen("refund.pending", refund).refunded == 700
+    assert seen("refund.succeeded", refund).refunded == 700

@@ -27,6 +27,8 @@ T0 = 1_700_000_040_000  # a window start (a multiple of 60 s)
 
 
 def _seen(outcome: str, at: int = T0, **facts: object) -> Observed:
+    # A payment outcome is an attempt unless said otherwise (observe tells a capture).
+    facts.setdefault("attempt", outcome.startswith("payment."))
     return Observed(event_id=f"e{at}{outcome}", tenant_id="acme", outcome=outcome, time_ms=at,
                     **facts)  # type: ignore[arg-type]  # fmt: skip
 
