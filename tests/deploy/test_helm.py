@@ -331,3 +331,64 @@ def test_a_network_policy_that_would_shut_out_prometheus_is_refused() -> None:
     shut = _merge(REQUIRED, {"networkPolicy": {"enabled": True, "allowFromNamespaces": []},
                              "metrics": {"serviceMonitor": {"enabled": True}}})  # fmt: skip
     assert "allowFromNamespaces" in refusal(shut)
+
+
+def test_the_storage_limit_covers_the_data_volume() -> None:
+    """The kubelet evicts a pod past its containers' ephemeral-storage limit whatever its
+    volumes' size limits: a data volume raised alone did nothing, and an evicted worker
+    rebuilt its tables from the changelogs, to be evicted again (review finding)."""
+    err = refusal(_merge(REQUIRED, {"dataVolume": {"sizeLimit": "50Gi"}}))
+    assert "must cover dataVolume.sizeLimit (50Gi) plus 2Gi" in err
+    render(
+        {
+            "dataVolume": {"sizeLimit": "50Gi"},
+            "resources": {"limits": {"ephemeral-storage": "52Gi"}},
+        }
+    )
+    assert "ephemeral-storage" in refusal(
+        _merge(
+            REQUIRED,
+            {
+                "dataVolume": {"sizeLimit": "9G"},
+                "resources": {"limits": {"ephemeral-storage": "10G"}},
+            },
+        )
+    )  # (9 GB + 2 GiB is over 10 GB)
+    render(
+        {
+            "dataVolume": {"sizeLimit": "8000Mi"},
+            "resources": {"limits": {"ephemeral-storage": "1T"}},
+        }
+    )
+    worker = _worker(render())
+    assert worker["resources"]["limits"]["ephemeral-storage"] == "10Gi"
+
+
+def test_the_setup_job_runs_where_the_workers_may() -> None:
+    """A dedicated, tainted pool that alone reaches the broker and the database: a Job
+    scheduled elsewhere stayed Pending and failed the install (review finding)."""
+    placement = {
+        "nodeSelector": {"pool": "payments"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "podLabels": {"team": "payments"},
+        "setupJob": {"podAnnotations": {"sidecar.istio.io/inject": "false"}},
+    }  # fmt: skip
+    docs = render(placement)
+    pod = one(docs, "Job")["spec"]["template"]
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        assert pod["spec"][key] == placement[key], key
+    assert pod["metadata"]["labels"]["team"] == "payments"
+    assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+
+
+def test_workers_get_their_drain_before_they_are_killed() -> None:
+    """A worker drains its batch in delivery for up to 30 s, then closes in 10 s: killed
+    sooner, that batch is redone (review finding: compose stopped workers at 30 s)."""
+    err = refusal(_merge(REQUIRED, {"terminationGracePeriodSeconds": 30}))
+    assert "terminationGracePeriodSeconds: Must be greater than or equal to 40" in err
+    compose = yaml.safe_load((CHART.parents[1] / "docker-compose.yml").read_text())
+    seconds = int(compose["x-worker"]["stop_grace_period"].removesuffix("s"))
+    assert seconds >= 40

@@ -49,6 +49,14 @@ app.kubernetes.io/part-of: paystream
 {{- if and .Values.networkPolicy.enabled .Values.metrics.serviceMonitor.enabled (not .Values.networkPolicy.allowFromNamespaces) }}
 {{- fail "networkPolicy: with the ServiceMonitor on, name Prometheus's namespace in networkPolicy.allowFromNamespaces (else it cannot scrape, and every worker reads as down)" }}
 {{- end }}
+{{- $storage := index ((.Values.resources).limits | default dict) "ephemeral-storage" }}
+{{- if and $storage .Values.dataVolume.sizeLimit }}
+{{- $limit := include "paystream.mebibytes" $storage | atoi }}
+{{- $data := include "paystream.mebibytes" .Values.dataVolume.sizeLimit | atoi }}
+{{- if and (gt $limit 0) (gt $data 0) (lt $limit (add $data 2048)) }}
+{{- fail (printf "resources.limits.ephemeral-storage (%s) must cover dataVolume.sizeLimit (%s) plus 2Gi (/tmp and logs): the kubelet evicts a pod past its containers' limit whatever its volumes' size limits, and an evicted worker rebuilds its tables from the changelogs" (toString $storage) (toString .Values.dataVolume.sizeLimit)) }}
+{{- end }}
+{{- end }}
 {{- range $name, $_ := .Values.config }}
 {{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR") }}
 {{- fail (printf "config.%s: set by the chart (a value or the Secret), not in config" $name) }}
@@ -125,4 +133,21 @@ runAsUser: 10001
 runAsGroup: 10001
 capabilities:
   drop: ["ALL"]
+{{- end }}
+
+{{/* A storage quantity in MiB (integers with Ki, Mi, Gi, Ti, k, M, G, T or no suffix);
+0 for what it cannot read (a decimal: not checked). */}}
+{{- define "paystream.mebibytes" -}}
+{{- $q := toString . -}}
+{{- if not (regexMatch "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$" $q) -}}0
+{{- else if hasSuffix "Ti" $q -}}{{ mul (atoi (trimSuffix "Ti" $q)) 1048576 }}
+{{- else if hasSuffix "Gi" $q -}}{{ mul (atoi (trimSuffix "Gi" $q)) 1024 }}
+{{- else if hasSuffix "Mi" $q -}}{{ atoi (trimSuffix "Mi" $q) }}
+{{- else if hasSuffix "Ki" $q -}}{{ div (atoi (trimSuffix "Ki" $q)) 1024 }}
+{{- else if hasSuffix "T" $q -}}{{ div (mul (atoi (trimSuffix "T" $q)) 1000000000000) 1048576 }}
+{{- else if hasSuffix "G" $q -}}{{ div (mul (atoi (trimSuffix "G" $q)) 1000000000) 1048576 }}
+{{- else if hasSuffix "M" $q -}}{{ div (mul (atoi (trimSuffix "M" $q)) 1000000) 1048576 }}
+{{- else if hasSuffix "k" $q -}}{{ div (mul (atoi (trimSuffix "k" $q)) 1000) 1048576 }}
+{{- else -}}{{ div (atoi $q) 1048576 }}
+{{- end -}}
 {{- end }}
