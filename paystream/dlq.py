@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -17,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from paystream.errors import PaystreamError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
-from paystream.settings import ATTRIBUTES_MAX_BYTES, COMMAND_MAX_BYTES_CEILING, Settings
+from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 
 __all__ = [
@@ -49,10 +48,10 @@ _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
 RECONCILED_HEADER = "paystream-reconciled"
 # Dead-letter reasons that no replay can change (the same bytes fail the same way).
 NEVER_DECODES = frozenset({"not_a_cloudevent"})
+# Dead-letter reasons whose command was given a final answer its sender acts on.
+ANSWERED_FOR_GOOD = frozenset({"payload_too_large"})
 # While replaying, how many re-published records between progress commits.
 COMMIT_EVERY = 100
-# The headers the worker reads and counts against a command's attribute limit.
-_CLOUDEVENTS_HEADER = re.compile(r"(?i)ce_|content-type\Z")
 
 
 @dataclass(frozen=True)
@@ -130,23 +129,17 @@ class ParkedRecord:
 
     @property
     def replayable(self) -> bool:
-        """Re-sent, it could get another answer: not bytes that never decode as a
-        CloudEvent, nor a command too large for any setting (each replay would only
-        dead-letter them again), nor records kept without their bytes (redacted or
-        dropped: re-sent, an empty keyless record)."""
+        """Re-sent, it could get another answer, and may: not bytes that never decode as
+        a CloudEvent (each replay would only dead-letter them again), nor records kept
+        without their bytes (redacted or dropped: re-sent, an empty keyless record), nor
+        a command too large (its sender was answered `payload_too_large`, a final
+        rejection, and may well have sent it again smaller under a new id: re-run once
+        the limit is raised, it would charge a second time; review finding)."""
         return not (
             self.redacted
             or self.dropped
             or self.reason in NEVER_DECODES
-            or (self.reason == "payload_too_large" and self._too_large_for_any_setting())
-        )
-
-    def _too_large_for_any_setting(self) -> bool:
-        attributes = len(self.key or b"") + sum(
-            len(k) + len(v) for k, v in self.headers if _CLOUDEVENTS_HEADER.match(k)
-        )
-        return (
-            len(self.value or b"") > COMMAND_MAX_BYTES_CEILING or attributes > ATTRIBUTES_MAX_BYTES
+            or self.reason in ANSWERED_FOR_GOOD
         )
 
 

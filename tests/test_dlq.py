@@ -401,3 +401,16 @@ def test_the_idempotency_window_is_never_longer_than_the_providers() -> None:
         load_settings(idempotency_ttl_seconds=7 * 24 * 3600)
     assert stale_after_ms(load_settings(idempotency_ttl_seconds=24 * 3600)) == 23 * 3_600_000
     assert stale_after_ms(load_settings(idempotency_ttl_seconds=3600)) == 1_800_000
+
+
+def test_a_command_answered_too_large_is_never_replayed() -> None:
+    """Its sender was answered `payload_too_large` (final) and may have sent it again,
+    smaller, under a new id: re-run once the limit was raised, it charged a second time
+    (review finding). Whatever its size, a replay passes it over."""
+
+    def dead_letter(reason: bytes) -> ParkedRecord:
+        headers = (("ce_id", b"c-big"), ("paystream-dlq-reason", reason))
+        return ParkedRecord("paystream.commands.dlq", 0, 7, b"acme", b"{}" * 40_000, headers)
+
+    assert not dead_letter(b"payload_too_large").replayable
+    assert dead_letter(b"internal_error").replayable  # (README: after the fix, by design)
