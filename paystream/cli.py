@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -794,6 +795,26 @@ def _shown(text: str, limit: int = 200) -> str:
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), cut)
 
 
+def _epoch_ms(text: str) -> int:
+    """An ISO 8601 time (a zone is required: Z or an offset) in ms since the epoch."""
+    try:
+        when = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{text!r} names no time zone (end it with Z)")
+    return int(when.timestamp() * 1000)
+
+
+def _iso_ms(ms: int) -> str:
+    """A time in ms since the epoch, as ISO 8601 UTC to the millisecond."""
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
 def _age(ms: float) -> str:
     seconds = max(0, int(ms // 1000))
     if seconds < 120:
@@ -848,10 +869,15 @@ EXIT_CONCURRENT_REPLAY = 4  # another replay committed meanwhile: nothing commit
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--dry-run", is_flag=True)
 @click.option(
-    "--include-stale",
-    is_flag=True,
-    help="also re-send records parked longer than the idempotency window (reconcile first)",
+    "--include-stale-as-of",
+    "stale_checked_as_of",
+    default=None,
+    metavar="TIME",
+    help="also re-send, marked as reconciled, the records that were stale as of TIME: the "
+    "time a run that held them back printed, after you checked them with the provider "
+    "(ISO 8601, e.g. 2026-12-01T19:30:12Z). Records stale only since are held back again",
 )
+@click.option("--include-stale", is_flag=True, hidden=True)
 @click.option(
     "--rate-per-tenant",
     type=click.IntRange(min=0),
@@ -864,10 +890,23 @@ EXIT_CONCURRENT_REPLAY = 4  # another replay committed meanwhile: nothing commit
     "whoever's it is; the other partitions go on",
 )
 def dlq_replay(
-    which: str, limit: int | None, dry_run: bool, include_stale: bool, rate_per_tenant: int | None
+    which: str,
+    limit: int | None,
+    dry_run: bool,
+    stale_checked_as_of: str | None,
+    include_stale: bool,
+    rate_per_tenant: int | None,
 ) -> None:
     """Re-drive parked and dead-lettered commands through `paystream.commands`, at each
     tenant's rate limit."""
+    if include_stale:
+        # It marked whatever was stale when it ran, records nobody had checked included
+        # (one that aged past the window behind another): a second charge (review finding).
+        raise click.UsageError(
+            "--include-stale is replaced by --include-stale-as-of TIME: the time the run "
+            "that held the records back printed, after you checked them with the provider"
+        )
+    checked_ms = None if stale_checked_as_of is None else _epoch_ms(stale_checked_as_of)
     settings = _settings()
     from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
 
@@ -886,7 +925,7 @@ def dlq_replay(
                 _dlq_topics(settings, which),
                 limit=limit,
                 dry_run=dry_run,
-                include_stale=include_stale,
+                stale_checked_as_of_ms=checked_ms,
                 progress=shown.progress,
                 observe=observe,
                 rate_per_tenant=rate_per_tenant,
@@ -911,8 +950,9 @@ def dlq_replay(
             f"held back {result.stale} record(s): parked over {hours:g} h ago, or after "
             "such a one on its partition. The provider may have forgotten the old ones' "
             "idempotency keys, so a command it already applied would be applied again. "
-            "Check them with the "
-            "provider, then replay with --include-stale.",
+            "Check them with the provider, then replay with --include-stale-as-of "
+            + _iso_ms(result.started_ms)
+            + " (only those stale as of then are re-sent as reconciled).",
             err=True,
         )
     click.echo(f"{verb} {sum(result.replayed.values())} record(s): {dict(result.replayed)}")

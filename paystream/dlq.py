@@ -43,7 +43,7 @@ _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
 # carried back onto the commands topic by a replay (sealed: first_attempt.py) and on to
 # the next park; a command carrying one older than :func:`stale_after_ms` is held back
 # here and parked again by the worker, never run.
-# Set by `dlq replay --include-stale` on a command past that age: an operator has
+# Set by `dlq replay --include-stale-as-of` on a command past that age: an operator has
 # reconciled it with the provider, so the worker runs it (once: a park drops the mark).
 RECONCILED_HEADER = "paystream-reconciled"
 # Dead-letter reasons that no replay can change (the same bytes fail the same way).
@@ -163,6 +163,9 @@ class ReplayResult:
     # (tenant → commands a second).
     paced_seconds: float = 0.0
     waited_for: dict[str, int] = field(default_factory=dict)
+    # When the run began (ms): what it held back as stale, it found stale as of then (or
+    # later); a run after the operator checked those names it (--include-stale-as-of).
+    started_ms: int = 0
 
     @property
     def handled(self) -> int:
@@ -443,7 +446,7 @@ async def replay(
     *,
     limit: int | None = None,
     dry_run: bool = False,
-    include_stale: bool = False,
+    stale_checked_as_of_ms: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     observe: Callable[[ParkedRecord, str], None] | None = None,
     now_ms: int | None = None,
@@ -453,14 +456,16 @@ async def replay(
     """Re-publish parked records to the commands topic (same key, id and data, to the
     partition the worker first read them from) and commit, a fetch at a time.
 
-    Records older than :func:`stale_after_ms` stop their partition's replay unless
-    ``include_stale`` (they and everything after them stay parked, in place, and the
-    commit stops before them): reconcile them with the provider first (e.g. look its
-    payments up by the command's metadata). With ``include_stale``, a stale record is
-    re-sent marked as reconciled, so that the worker runs it. ``progress`` gets (records
-    done, records waiting); ``observe`` each record and what was done. Raises
-    :class:`ConcurrentReplayError`, without committing, if another replay commits on
-    the same topics meanwhile.
+    Records older than :func:`stale_after_ms` stop their partition's replay (they and
+    everything after them stay parked, in place, and the commit stops before them):
+    reconcile them with the provider first (e.g. look its payments up by the command's
+    metadata). ``stale_checked_as_of_ms``: the time of the run that held them back (its
+    :attr:`ReplayResult.started_ms`), after which an operator checked them: those stale
+    as of then are re-sent marked as reconciled, so that the worker runs them; a record
+    that grew stale since (behind another, say) nobody checked, and is held back again.
+    ``progress`` gets (records done, records waiting); ``observe`` each record and what
+    was done. Raises :class:`ConcurrentReplayError`, without committing, if another
+    replay commits on the same topics meanwhile.
 
     Re-sends are paced per tenant (the record key) at its rate limit, read from the
     registry when the replay starts (:func:`tenant_paces`): the worker lets a command it
@@ -472,7 +477,7 @@ async def replay(
     while the other partitions go on (``paced`` is told when all of them wait).
     """
     reader = _ParkedReader(settings, topics, committed_only=True)
-    result = ReplayResult()
+    result = ReplayResult(started_ms=int(time.time() * 1000) if now_ms is None else now_ms)
     # Held partitions: whose record a provider may have applied is not known, and any
     # later record there may be the same tenant's, so nothing after it goes ahead of it.
     # (Per tenant, records after a held one would have to be re-sent around it; each way
@@ -515,12 +520,16 @@ async def replay(
             # Only what would be re-sent can be too old: the rest is passed over.
             return rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
 
+        def checked(rec: ParkedRecord) -> bool:
+            """Stale already when the run the operator checked after held it back."""
+            return stale_checked_as_of_ms is not None and stale(rec, stale_checked_as_of_ms)
+
         def pace_of(rec: ParkedRecord, now: int) -> _Pace | None:
             """The bucket ``rec``'s re-send takes a token from (None: not re-sent now, or
             its tenant is not paced)."""
             if producer is None or not rec.replayable:
                 return None
-            if (rec.topic, rec.partition) in held or (stale(rec, now) and not include_stale):
+            if (rec.topic, rec.partition) in held or (stale(rec, now) and not checked(rec)):
                 return None  # held back
             return paces.of(rec.tenant)
 
@@ -529,7 +538,7 @@ async def replay(
             done += 1
             where = (rec.topic, rec.partition)
             is_stale = stale(rec, now)
-            if where in held or (is_stale and not include_stale):
+            if where in held or (is_stale and not checked(rec)):
                 held.add(where)
                 result.note(rec, HELD_BACK)
             else:
@@ -686,7 +695,7 @@ async def _resend(
     seal = seals.seal(rec.key, rec.value, dict(headers), first)
     if seal is not None:
         headers.append((SEAL_HEADER, seal))
-    if reconciled:  # stale, re-sent with --include-stale: the worker runs it all the same
+    if reconciled:  # stale, re-sent with --include-stale-as-of: the worker runs it all the same
         headers.append((RECONCILED_HEADER, b"1"))
     await producer.send_and_wait(
         settings.commands_topic,

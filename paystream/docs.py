@@ -430,7 +430,7 @@ def _command_headers() -> Doc:
                 "and the command as sent"
             ),
             "paystream-reconciled": _header(
-                "set by `paystream dlq replay --include-stale`: a stale command an operator "
+                "set by `paystream dlq replay --include-stale-as-of`: a stale command an operator "
                 "checked with the provider"
             ),
         },

@@ -126,14 +126,16 @@ async def test_records_parked_longer_than_the_idempotency_window_are_held_back(
 ) -> None:
     """A provider forgets an idempotency key after 24 h: re-sent later, a command it
     applied before the park would be applied again. Such records (and the rest of their
-    partition) wait for --include-stale."""
+    partition) wait for --include-stale-as-of."""
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(3)))
     later = int(time.time() * 1000) + stale_after_ms(settings) + 60_000
     held = await _replay(settings, [settings.retry_topic], now_ms=later)
     assert held.handled == [] and [r.value for r in held.stale] == [b"cmd 0", b"cmd 1", b"cmd 2"]
-    forced = await _replay(settings, [settings.retry_topic], now_ms=later, include_stale=True)
+    forced = await _replay(
+        settings, [settings.retry_topic], now_ms=later, stale_checked_as_of_ms=later
+    )
     assert len(forced.handled) == 3 and forced.stale == []
 
 

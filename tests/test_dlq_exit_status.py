@@ -25,3 +25,33 @@ def test_a_concurrent_replay_exits_4_from_the_cli(monkeypatch: pytest.MonkeyPatc
     result = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
     assert result.exit_code == cli_module.EXIT_CONCURRENT_REPLAY, result.output
     assert "another `paystream dlq replay` committed" in result.output
+
+
+def test_stale_records_are_included_as_of_the_run_that_reported_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that holds stale records back exits 3 and names its time; the replay after
+    the check passes it back (--include-stale-as-of), so that only what was stale then is
+    marked reconciled. The old flag marked whatever was stale when it ran (review
+    finding): refused, with the way to go on."""
+    calls: list[dict[str, Any]] = []
+
+    async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
+        calls.append(kwargs)
+        return dlq.ReplayResult(stale=2, started_ms=1_796_000_000_123)
+
+    monkeypatch.setattr(cli_module, "_settings", load_settings)
+    monkeypatch.setattr(dlq, "replay", holding)
+    held = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
+    assert held.exit_code == cli_module.EXIT_HELD_BACK, held.output
+    assert "--include-stale-as-of 2026-11-30T" in held.output and ".123Z" in held.output
+    assert calls[-1]["stale_checked_as_of_ms"] is None
+    when = held.output.split("--include-stale-as-of ")[1].split()[0]
+    CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of", when])
+    assert calls[-1]["stale_checked_as_of_ms"] == 1_796_000_000_123
+    old = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale"])
+    assert old.exit_code == 2 and "--include-stale-as-of TIME" in old.output
+    no_zone = CliRunner().invoke(
+        cli_module.cli, ["dlq", "replay", "--include-stale-as-of", "2026-12-01T10:00:00"]
+    )
+    assert no_zone.exit_code == 2 and "time zone" in no_zone.output

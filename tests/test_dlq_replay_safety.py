@@ -4,12 +4,13 @@ replays at once, a long backlog, one tenant's stale record, hostile keys and ids
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from paystream import dlq
-from paystream.dlq import read_parked, replay
+from paystream.dlq import read_parked, replay, stale_after_ms
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
 
@@ -142,11 +143,11 @@ async def test_a_replay_that_held_records_back_exits_3(deployment_factory: Any) 
     assert proc.returncode == 3, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
 
 
-async def test_a_stale_record_waits_in_place_and_include_stale_marks_it(
+async def test_a_stale_record_waits_in_place_and_the_checked_one_is_marked(
     deployment_factory: Any,
 ) -> None:
     """A stale record holds back its partition, in place (nothing is written to a topic
-    kept for ever); --include-stale then re-sends it first, marked as reconciled, and
+    kept for ever); --include-stale-as-of then re-sends it first, marked as reconciled, and
     what waited behind it after it, unmarked."""
     dep = await deployment_factory()
     settings = dep.settings
@@ -163,7 +164,7 @@ async def test_a_stale_record_waits_in_place_and_include_stale_marks_it(
     assert result.stale == 3
     assert await _resent(settings) == []
     assert [r.offset for r in await _waiting(settings)] == [0, 1, 2]
-    await replay(settings, [settings.retry_topic], include_stale=True)
+    await replay(settings, [settings.retry_topic], stale_checked_as_of_ms=result.started_ms)
     sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
     await consumer.stop()
     evil = [
@@ -241,3 +242,32 @@ async def test_two_commands_with_the_same_bytes_are_both_kept(deployment_factory
     await replay(s, [s.retry_topic])
     left = await _waiting(s)
     assert sorted(r.command_id_and_type[0] for r in left if r.key == b"evil") == ["c1", "c2"]
+
+
+async def test_only_what_was_stale_when_it_was_reported_is_marked_reconciled(
+    deployment_factory: Any,
+) -> None:
+    """The operator is told what a run held back as stale, checks it, and replays. A
+    record only held behind it then, inside the window, has aged past it meanwhile:
+    marked reconciled too, it ran past the provider's key window unchecked (review
+    finding). Only records stale as of the reporting run are marked; that one is held
+    back again (and reported)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    t = int(time.time() * 1000)
+    cut = stale_after_ms(s)
+    first = "paystream-first-attempt-ms"
+    await dep.produce(
+        s.retry_topic,
+        RawSend(key=b"evil", value=b"A", partition=0,
+                headers=((first, b"%d" % (t - cut - 60_000)),)),
+        RawSend(key=b"acme", value=b"B", partition=0,  # 30 min inside the window at T
+                headers=((first, b"%d" % (t - cut + 30 * 60_000)),)),
+    )  # fmt: skip
+    reported = await replay(s, [s.retry_topic], now_ms=t)
+    assert reported.stale == 2 and reported.started_ms == t
+    later = await replay(s, [s.retry_topic], now_ms=t + 3_600_000, stale_checked_as_of_ms=t)
+    sent, consumer = await read_parked(s, [s.commands_topic], committed_only=False)
+    await consumer.stop()
+    assert [(r.value, dict(r.headers).get("paystream-reconciled")) for r in sent] == [(b"A", b"1")]
+    assert later.stale == 1 and [r.value for r in await _waiting(s)] == [b"B"]

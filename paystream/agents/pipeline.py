@@ -1059,7 +1059,7 @@ class CommandProcessor:
 
     def _past_provider_window(self, rec: Inbound, *, reconciled_too: bool = False) -> bool:
         """Does ``rec`` say it was first run longer ago than a replay may be re-sent
-        (and was not re-sent by ``dlq replay --include-stale``, after reconciling, unless
+        (and was not re-sent by ``dlq replay --include-stale-as-of``, after reconciling, unless
         ``reconciled_too``: reconciled by a person is not known to the provider still)?"""
         if FIRST_ATTEMPT_HEADER not in rec.headers:
             return False  # (the common case: no header, no seal to check)
