@@ -65,6 +65,14 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     assert json.loads(run_cli(deployed, "tenants", "add", "acme").stdout)["gateway_options"] == {}
     unknown = run_cli(deployed, "tenants", "suspend", "nobody", check=False)
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
+    # A registry topic that does not exist is not created by the broker's defaults (not
+    # compacted), nor is a mistyped one taken for it (review finding).
+    missing = run_cli(
+        deployed, "tenants", "add", "zeta", check=False,
+        PAYSTREAM_TENANTS_TOPIC=f"{deployed.settings.app_id}.tenants-typo",
+    )  # fmt: skip
+    assert missing.returncode != 0 and "does not exist" in missing.stderr, missing.stderr
+    assert "paystream topics" in missing.stderr
 
 
 async def test_send_prints_the_outcome(deployed: Deployment) -> None:

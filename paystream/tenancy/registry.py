@@ -10,7 +10,7 @@ import json
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from paystream.errors import PaystreamError
+from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.tenancy.mirror import RegistryMirror
@@ -88,6 +88,14 @@ async def put_tenants_unless_changed(
     left is the time between that look and the re-write.
     """
     registry, ends = await _read_registry_with_ends(settings)
+    if not ends:
+        # Written anyway, the broker would create it with its defaults: not compacted (a
+        # tenant's old records go with retention), its partition count anyone's; and a
+        # mistyped PAYSTREAM_TENANTS_TOPIC would take tenants no worker reads (review).
+        raise ConfigurationError(
+            f"the tenant registry topic {settings.tenants_topic!r} does not exist: create "
+            "it with `paystream topics` (or check PAYSTREAM_TENANTS_TOPIC)"
+        )
     skipped = []
     writes = []
     for base, tenant in changes:
