@@ -529,9 +529,14 @@ def send(
         try:
             outcome = await client.send(cmd, max(deadline - time.monotonic(), 0.001))
         except OutcomeTimeout as exc:  # (a TimeoutError: _run would take it for an outage)
+            # Said now: stopping may wait on a stalled broker, and the id is what matters.
+            click.echo(f"error: {exc}", err=True)
+            await _stop_within(client, STOP_AFTER_TIMEOUT_SECONDS)
             return exc
-        finally:
-            await client.stop()
+        except BaseException:
+            await _stop_within(client, STOP_AFTER_TIMEOUT_SECONDS)
+            raise
+        await client.stop()
         cause = outcome.get_extension("causationid")
         if cause != cmd.get_id():
             click.echo(
@@ -552,9 +557,28 @@ def send(
         )
         sys.exit(130)
     if isinstance(answer, OutcomeTimeout):
-        click.echo(f"error: {answer}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_NO_OUTCOME)
     click.echo(answer)
+
+
+# `send`: no outcome within --timeout (the command may still run: retry with its id);
+# 2 is click's for bad input, which was never sent (review finding: the two were one).
+EXIT_NO_OUTCOME = 75  # EX_TEMPFAIL
+# How long `send` waits, after giving up on an outcome, for the client to stop (its
+# producer flushing a queued command to a stalled broker took 40 s past --timeout).
+STOP_AFTER_TIMEOUT_SECONDS = 5.0
+
+
+async def _stop_within(client: Any, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await client.stop()
+    except TimeoutError:
+        click.echo(
+            f"note: the broker did not take the command within {seconds:g} s more; it may "
+            "not have been sent (the same id is the safe retry either way)",
+            err=True,
+        )
 
 
 # ---- dead letters -----------------------------------------------------------------

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.errors import ConfigurationError, PaystreamError
@@ -159,8 +160,18 @@ class PaystreamClient:
             # No outcome is read from now on: what is awaited fails now, not at its
             # timeout (or never, for an `expect()` with none), saying why.
             self._fail_waiters(PaystreamError("the client stopped: no outcome is read any more"))
-        await self._consumer.stop()
-        await self._producer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's fetcher, in its retry sleep with the broker gone, lets its own
+            # cancellation out of stop(): not ours, unless this task is being cancelled.
+            # (Raised, it skipped the producer's stop: a queued command never flushed.)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("the outcome reader stopped with the broker unreachable")
+        finally:
+            await self._producer.stop()
 
     def _fail_waiters(self, exc: BaseException) -> None:
         self._reader_error = exc
@@ -263,8 +274,19 @@ class PaystreamClient:
                 if not waiter.done():  # done already: the reader failed, no answer comes
                     delivery = await self._enqueue(command)
                     queued = True
-                    await delivery
+                    try:
+                        await delivery
+                    except KafkaError as exc:
+                        # A disconnect, a request timed out: the broker may have appended
+                        # it all the same. Not "failed": the same id is the safe retry.
+                        raise OutcomeTimeout(
+                            f"no outcome for command {command.get_id()}: the broker failed "
+                            f"after it was handed over ({type(exc).__name__}), so it may "
+                            "have been sent and run: retry with the same command id"
+                        ) from exc
                 return await waiter
+        except OutcomeTimeout:
+            raise  # (the broker failed after taking it: said above)
         except TimeoutError:
             said = (
                 "it may still be sent and run, or have been parked after the provider "

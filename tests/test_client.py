@@ -311,8 +311,8 @@ async def test_paystream_send_reports_a_refused_command_without_a_traceback(
 async def test_paystream_send_says_no_outcome_came_with_its_own_status(
     deployment_factory: Any,
 ) -> None:
-    """No worker runs: no outcome within the timeout is exit status 2 (a broker that is
-    down is 1), so scripts can tell the two apart."""
+    """No worker runs: no outcome within the timeout is exit status 75 (a broker that is
+    down is 1, bad input 2: never sent), so scripts can tell them apart."""
     dep = await deployment_factory()
     proc = await asyncio.to_thread(
         subprocess.run,
@@ -323,7 +323,7 @@ async def test_paystream_send_says_no_outcome_came_with_its_own_status(
         text=True,
         timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.returncode == 75, proc.stdout + proc.stderr
     assert "error: no outcome for command" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -354,3 +354,44 @@ async def test_a_structured_command_the_workers_would_not_read_is_refused(
         big = {"dispute_id": "dp_1", "evidence": {"a": "x" * dep.settings.command_max_bytes}}
         with pytest.raises(InvalidCommand, match="PAYSTREAM_COMMAND_MAX_BYTES"):
             await asyncio.wait_for(client.command("dispute.submit_evidence", "acme", big), 5)
+
+
+async def test_a_broker_gone_at_stop_still_stops_the_producer(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the broker gone, aiokafka's consumer lets its fetcher's cancellation out of
+    stop(): the producer was never stopped (its queued command never flushed) and `send`
+    ended in a traceback without the command id (review finding)."""
+    dep = await deployment_factory()
+    client = dep.client()
+    await client.start()
+
+    async def fetcher_cancelled() -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(client._consumer, "stop", fetcher_cancelled)
+    await client.stop()  # no CancelledError out of it
+    assert client._producer._closed
+
+
+async def test_a_delivery_that_fails_after_the_hand_over_says_to_retry_with_the_id(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker may have appended a record whose delivery then failed: not "failed",
+    but "no outcome, retry with the same id" (exit 75 in the CLI), naming the id."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    from paystream.client import OutcomeTimeout
+
+    dep = await deployment_factory()
+    async with dep.client() as client:
+
+        async def lost(command: CloudEvent) -> Any:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(KafkaTimeoutError())
+            return failed
+
+        monkeypatch.setattr(client, "_enqueue", lost)
+        cmd = build_command("customer.create", "acme", {})
+        with pytest.raises(OutcomeTimeout, match=f"{cmd.get_id()}: the broker failed after"):
+            await client.send(cmd, timeout=10)
