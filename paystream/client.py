@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import secrets
+import string
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict, valid_unicode
 from paystream.streams.commands import COMMAND_PREFIX
-from paystream.streams.outcomes import ANSWERS_HEADER
+from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
 from paystream.streams.pan import contains_card_number
 
 __all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command"]
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 # is answered as "sha256:<digest>", a long tenant id cut short: no sender waits for those.
 # (paystream.agents.pipeline.ID_MAX_CHARS; not imported: the client does not load the worker.)
 ID_MAX_CHARS = 255
+
+
+_Waiter = tuple["asyncio.Future[CloudEvent]", str | None]  # (future, request header)
+
+
+def _new_request() -> str:
+    """A send's request header: 26 random letters (no digit: never read as card data)."""
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(26))
 
 
 class OutcomeTimeout(TimeoutError):
@@ -117,8 +126,9 @@ class PaystreamClient:
         )
         # Keyed by (tenant, command id): ids are unique only within a tenant.
         # Per (tenant, command id), a future for each caller awaiting its outcome: one
-        # caller giving up (cancelled, timed out) must not take the others' with it.
-        self._waiters: dict[tuple[str, str], list[asyncio.Future[CloudEvent]]] = {}
+        # caller giving up (cancelled, timed out) must not take the others' with it. Beside
+        # each, the request header its send put on the record (None: any outcome will do).
+        self._waiters: dict[tuple[str, str], list[_Waiter]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reader_error: BaseException | None = None  # what ended the reader, if anything
 
@@ -176,7 +186,7 @@ class PaystreamClient:
     def _fail_waiters(self, exc: BaseException) -> None:
         self._reader_error = exc
         for waiters in list(self._waiters.values()):
-            for waiter in list(waiters):
+            for waiter, _ in list(waiters):
                 if not waiter.done():
                     waiter.set_exception(exc)
 
@@ -184,11 +194,13 @@ class PaystreamClient:
         async for msg in self._consumer:
             try:
                 event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
-                answers = dict(msg.headers or ()).get(ANSWERS_HEADER)
+                headers = dict(msg.headers or ())
+                answers = headers.get(ANSWERS_HEADER)
                 answered = answers.decode() if answers else None
+                request = headers.get(REQUEST_HEADER)
             except Exception:  # noqa: S112 - foreign records on the topic are not ours to judge
                 continue
-            self._dispatch(event, answered)
+            self._dispatch(event, answered, request.decode("ascii", "replace") if request else None)
 
     def _reader_done(self, task: asyncio.Task[None]) -> None:
         """An outcome reader that failed sees no more outcomes: fail the waiting sends with
@@ -198,14 +210,28 @@ class PaystreamClient:
         log.error("the outcome reader stopped; sends now fail with its error", exc_info=exc)
         self._fail_waiters(exc)
 
-    def _dispatch(self, event: CloudEvent, answers: str | None) -> None:
+    def _dispatch(self, event: CloudEvent, answers: str | None, request: str | None = None) -> None:
         """Resolve the command this outcome answers: its cause, or (a retry under an
         answered idempotency key gets the first command's event) the command its record
-        names."""
+        names. An outcome echoing a send's request header answers that send (and those
+        awaiting any outcome of the command), not another send of the same id (review
+        finding: the second of two sends under one id, its data different, was shown the
+        first's success instead of its own idempotency_conflict)."""
         tenant = str(event.get_extension("tenantid") or "")
         for command_id in (str(event.get_extension("causationid") or ""), answers):
-            waiters = self._waiters.pop((tenant, command_id), None) if command_id else None
-            for waiter in waiters or ():
+            if not command_id:
+                continue
+            key = (tenant, command_id)
+            waiters = self._waiters.get(key)
+            if not waiters:
+                continue
+            mine = [w for w in waiters if request is None or w[1] is None or w[1] == request]
+            rest = [w for w in waiters if w not in mine]
+            if rest:
+                self._waiters[key] = rest
+            else:
+                del self._waiters[key]
+            for waiter, _ in mine:
                 if not waiter.done():
                     waiter.set_result(event)
 
@@ -213,7 +239,9 @@ class PaystreamClient:
         """Send a command without waiting for its outcome."""
         await (await self._enqueue(command))
 
-    async def _enqueue(self, command: CloudEvent) -> asyncio.Future[Any]:
+    async def _enqueue(
+        self, command: CloudEvent, request: str | None = None
+    ) -> asyncio.Future[Any]:
         """Hand the command to the producer (waiting for metadata or buffer room); the
         future says when the broker has it. Once handed over it is sent, even if the
         caller stops waiting (the producer flushes its queue when it stops)."""
@@ -227,21 +255,28 @@ class PaystreamClient:
                 f"command {command.get_id()} is {len(record.value or b'')} bytes in structured "
                 f"mode; the workers take at most {limit} (PAYSTREAM_COMMAND_MAX_BYTES)"
             )
+        headers = list(record.headers)
+        if request is not None:
+            headers.append((REQUEST_HEADER, request.encode()))
         return await self._producer.send(
-            self.settings.commands_topic, record.value, key=record.key, headers=list(record.headers)
+            self.settings.commands_topic, record.value, key=record.key, headers=headers
         )
 
-    def expect(self, tenant_id: str, command_id: str) -> asyncio.Future[CloudEvent]:
+    def expect(
+        self, tenant_id: str, command_id: str, *, request: str | None = None
+    ) -> asyncio.Future[CloudEvent]:
         """A future for the outcome of a command sent by someone else (e.g. a replay).
 
         Each call gets a future of its own: cancelling it (``asyncio.wait_for`` giving up)
-        forgets it and touches no other caller awaiting the same command."""
+        forgets it and touches no other caller awaiting the same command. ``request``:
+        only the outcome of the record that carried that request header (or one that
+        carries none) will do."""
         key = (tenant_id, command_id)
         waiter: asyncio.Future[CloudEvent] = asyncio.get_running_loop().create_future()
         if self._reader_error is not None:
             waiter.set_exception(self._reader_error)
             return waiter
-        self._waiters.setdefault(key, []).append(waiter)
+        self._waiters.setdefault(key, []).append((waiter, request))
         waiter.add_done_callback(lambda done: self._forget(key, done))
         return waiter
 
@@ -249,8 +284,7 @@ class PaystreamClient:
         waiters = self._waiters.get(key)
         if waiters is None:
             return  # answered: the key went with the outcome
-        with contextlib.suppress(ValueError):
-            waiters.remove(waiter)
+        waiters[:] = [w for w in waiters if w[0] is not waiter]
         if not waiters:
             del self._waiters[key]
 
@@ -265,14 +299,15 @@ class PaystreamClient:
                 "client:` (or await client.start())"
             )
         key = (str(command.get_extension("tenantid")), command.get_id())
-        waiter = self.expect(*key)
+        request = _new_request()
+        waiter = self.expect(*key, request=request)
         queued = False
         try:
             # One deadline for sending and answering: a stalled broker must not hold the
             # caller past it (aiokafka would wait for metadata for up to 40 s).
             async with asyncio.timeout(timeout):
                 if not waiter.done():  # done already: the reader failed, no answer comes
-                    delivery = await self._enqueue(command)
+                    delivery = await self._enqueue(command, request)
                     queued = True
                     try:
                         await delivery

@@ -27,7 +27,12 @@ from paystream.money import CURRENCY_EXPONENTS
 from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
 from paystream.streams.codec import STRUCTURED_CONTENT_TYPE
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
-from paystream.streams.outcomes import ANSWERS_HEADER, OUTCOME_PREFIX, RejectReason
+from paystream.streams.outcomes import (
+    ANSWERS_HEADER,
+    OUTCOME_PREFIX,
+    REQUEST_HEADER,
+    RejectReason,
+)
 from paystream.tables import records
 from paystream.tenancy.models import Tenant
 
@@ -483,6 +488,11 @@ def _outcome_headers() -> Doc:
             ANSWERS_HEADER: _header(
                 "on an outcome sent again for another command under an idempotency key "
                 "already answered (same request): that command's id"
+            ),
+            REQUEST_HEADER: _header(
+                "the `paystream-request` header of the command record this outcome answers, "
+                "when it had one of 16-64 lower-case letters (paystream.client sets one per "
+                "send): two senders of one command id each find their own outcome"
             ),
         },
     }

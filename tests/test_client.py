@@ -96,7 +96,7 @@ async def test_concurrent_sends_of_one_command_share_its_outcome(
     client = _client()
     sent: list[str] = []
 
-    async def enqueue(command: CloudEvent) -> Any:
+    async def enqueue(command: CloudEvent, request: str | None = None) -> Any:
         sent.append(command.get_id())
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivered.set_result(None)
@@ -175,7 +175,7 @@ async def test_a_failed_reader_fails_the_sends_instead_of_letting_them_time_out(
         assert "outcome reader stopped" in caplog.text
         assert client._waiters == {}
 
-        async def enqueue(command: CloudEvent) -> Any:
+        async def enqueue(command: CloudEvent, request: str | None = None) -> Any:
             raise AssertionError("sent a command whose outcome no one can read")
 
         monkeypatch.setattr(client, "_enqueue", enqueue)
@@ -253,7 +253,7 @@ async def test_the_timeout_bounds_sending_too(monkeypatch: pytest.MonkeyPatch) -
     wait): the publish is inside the deadline."""
     client = _client()
 
-    async def stalled(command: CloudEvent) -> Any:
+    async def stalled(command: CloudEvent, request: str | None = None) -> Any:
         await asyncio.sleep(60)  # waiting for metadata: nothing handed to the producer
 
     monkeypatch.setattr(client, "_enqueue", stalled)
@@ -282,7 +282,7 @@ async def test_a_command_the_worker_would_refuse_is_never_sent(
 ) -> None:
     client = _client()
 
-    async def enqueue(command: CloudEvent) -> Any:
+    async def enqueue(command: CloudEvent, request: str | None = None) -> Any:
         raise AssertionError("sent")
 
     monkeypatch.setattr(client, "_enqueue", enqueue)
@@ -386,7 +386,7 @@ async def test_a_delivery_that_fails_after_the_hand_over_says_to_retry_with_the_
     dep = await deployment_factory()
     async with dep.client() as client:
 
-        async def lost(command: CloudEvent) -> Any:
+        async def lost(command: CloudEvent, request: str | None = None) -> Any:
             failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             failed.set_exception(KafkaTimeoutError())
             return failed
@@ -395,3 +395,40 @@ async def test_a_delivery_that_fails_after_the_hand_over_says_to_retry_with_the_
         cmd = build_command("customer.create", "acme", {})
         with pytest.raises(OutcomeTimeout, match=f"{cmd.get_id()}: the broker failed after"):
             await client.send(cmd, timeout=10)
+
+
+async def test_two_sends_of_one_id_each_get_the_outcome_of_their_own_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two senders of one command id, their data different: the worker answers the first
+    and rejects the second idempotency_conflict, both under that causation id. The second
+    was shown the first's success (review finding): each send now puts a request header
+    on its record, the worker echoes it on that record's outcome, and a send takes only
+    its own (an `expect` any; an outcome without the header, from an older worker, all)."""
+    client = _client()
+    requests: list[str | None] = []
+
+    async def enqueue(command: CloudEvent, request: str | None = None) -> Any:
+        requests.append(request)
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+    monkeypatch.setattr(client, "_enqueue", enqueue)
+    client._reader = asyncio.create_task(asyncio.sleep(60))
+    command = build_command("payment.create", "acme", {}, command_id="order-7")
+    first = asyncio.ensure_future(client.send(command, timeout=5))
+    second = asyncio.ensure_future(client.send(command, timeout=5))
+    anyone = client.expect("acme", "order-7")
+    while len(requests) < 2:
+        await asyncio.sleep(0)
+    a, b = requests
+    assert a and b and a != b and a.isalpha()
+    client._dispatch(_outcome("order-7", "command.rejected"), None, b)  # the second's answer
+    assert (await second).get_type() == "com.paystream.command.rejected"
+    assert (await anyone).get_type() == "com.paystream.command.rejected"
+    assert not first.done()
+    client._dispatch(_outcome("order-7"), None, a)
+    assert (await first).get_type() == "com.paystream.payment.succeeded"
+    assert client._waiters == {}
+    client._reader.cancel()

@@ -38,7 +38,7 @@ def _command(command_id: str) -> CloudEvent:
 
 
 def _started(client: PaystreamClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def enqueue(command: CloudEvent) -> Any:
+    async def enqueue(command: CloudEvent, request: str | None = None) -> Any:
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivered.set_result(None)
         return delivered

@@ -55,6 +55,8 @@ from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_recor
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
+    REQUEST_HEADER,
+    REQUEST_PATTERN,
     CommandRef,
     RejectReason,
     encode_outcome,
@@ -164,15 +166,19 @@ class CommandProcessor:
         """What a command record comes to: its outcome, or its dead letter or parked
         copy (and, with tracing on, its span, ended with what it came to)."""
         if self.tracing is None:
-            return await self._process(rec, None)
-        trace = self.tracing.start(rec)
-        try:
-            emits = await self._process(rec, trace)
-        except BaseException as exc:
-            trace.failed(exc)
-            raise
-        trace.finish(emits)
-        return emits
+            emits = await self._process(rec, None)
+        else:
+            trace = self.tracing.start(rec)
+            try:
+                emits = await self._process(rec, trace)
+            except BaseException as exc:
+                trace.failed(exc)
+                raise
+            trace.finish(emits)
+        request = rec.headers.get(REQUEST_HEADER)
+        if request is None or REQUEST_PATTERN.fullmatch(request) is None:
+            return emits
+        return [_echoing(e, request) if e.topic == self.settings.events_topic else e for e in emits]
 
     async def _process(self, rec: Inbound, trace: CommandTrace | None) -> list[Emit]:
         when = record_time(rec.timestamp_ms)
@@ -2126,6 +2132,14 @@ def _key_str(key: bytes | None) -> str:
 def _request_hash(command_type: str, data: dict[str, Any]) -> str:
     canonical = orjson.dumps([command_type, data], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _echoing(emit: Emit, request: bytes) -> Emit:
+    """The outcome record with the sender's request header (a transport header: the event
+    is the one stored and re-emitted), so that its sender tells it from another sender's
+    outcome for the same command id."""
+    headers = tuple(sorted((*emit.record.headers, (REQUEST_HEADER, request))))
+    return replace(emit, record=replace(emit.record, headers=headers))
 
 
 def _answering(emit: Emit, command_id: str) -> Emit:

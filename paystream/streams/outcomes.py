@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from paystream.streams.tracecontext import child_traceparent
 __all__ = [
     "ANSWERS_HEADER",
     "OUTCOME_PREFIX",
+    "REQUEST_HEADER",
+    "REQUEST_PATTERN",
     "CommandRef",
     "RejectReason",
     "build_outcome",
@@ -33,6 +36,11 @@ OUTCOME_PREFIX = "com.paystream."
 # Kafka header on an outcome re-emitted for a retry under the same idempotency key with
 # a new command id: that command's id (the event's causation id is the first command's).
 ANSWERS_HEADER = "paystream-answers"
+# Kafka header a sender may put on a command record (letters only: never card data), and
+# the worker echoes on the outcome record of that very record: two senders of one command
+# id (different data: one is answered idempotency_conflict) each find their own outcome.
+REQUEST_HEADER = "paystream-request"
+REQUEST_PATTERN = re.compile(rb"[a-z]{16,64}")
 _NAMESPACE = uuid.UUID("6f1d8f0e-4b7a-5c1e-9a55-706179737472")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 

@@ -66,3 +66,27 @@ async def test_unregistered_tenants_and_records_without_a_partition_are_not_trac
     t = harness.add_tenant()
     await harness.raw(_create(t, "c1", partition=-1, offset=-1))
     assert t not in harness.processor._partition_of
+
+
+async def test_an_outcome_echoes_its_records_request_header(harness: Harness) -> None:
+    """A sender's request header comes back on its record's outcome (not on a dead
+    letter), so two senders of one command id tell their outcomes apart; a value that
+    is not letters alone (card data could hide in digits) is not echoed."""
+    t = harness.add_tenant()
+    mine = b"abcdefghijklmnopqrstuvwxyz"
+    rec = _create(t, "c1", partition=0, offset=1)
+    emits = await harness.raw(
+        dataclasses.replace(rec, headers={**rec.headers, "paystream-request": mine})
+    )
+    [outcome] = [e for e in emits if e.topic == harness.settings.events_topic]
+    assert dict(outcome.record.headers)["paystream-request"] == mine
+    other = b"zyxwvutsrqponmlkjihgfedcba"  # another sender, the same id and data
+    again = dataclasses.replace(rec, offset=2, headers={**rec.headers, "paystream-request": other})
+    [replayed] = [e for e in await harness.raw(again) if e.topic == harness.settings.events_topic]
+    assert dict(replayed.record.headers)["paystream-request"] == other
+    assert replayed.record.value == outcome.record.value  # the same event
+    digits = dataclasses.replace(
+        rec, offset=3, headers={**rec.headers, "paystream-request": b"4242424242424242"}
+    )
+    [plain] = [e for e in await harness.raw(digits) if e.topic == harness.settings.events_topic]
+    assert "paystream-request" not in dict(plain.record.headers)
