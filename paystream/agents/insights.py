@@ -8,10 +8,11 @@ Per registered tenant, one ``insights`` table record (see insights/state.py) hol
 open windows and fraud counters and the offset of the last outcome applied. The
 ``insights_seen`` table keeps the id of every outcome counted, for the horizon: paystream
 re-emits an outcome under its id when its command is redelivered after a crash or sent
-again by its client, and that must not count twice. A batch's table changes and the
-events it publishes are produced together and awaited before its offsets may be
-committed. Windows are published once closed (end + grace, by the worker's clock) and
-again, updated, if a late outcome changes them; a worker that takes a partition over
+again by its client, and that must not count twice. A batch's ids counted and the
+events it publishes are produced and awaited first, its tenant records (which say how
+far the outcomes were applied) after them, all before its offsets may be committed.
+Windows are published once closed (end + grace, by the worker's clock) and again,
+updated, if a late outcome changes them; a worker that takes a partition over
 publishes its tenants' windows again (the same events, by id, if unchanged), so one
 lost in a crash between the table change and the publication is not lost for good.
 """
@@ -291,14 +292,26 @@ class InsightsRunner:
         producer = cast(FaustAIOKafkaProducer, app.producer)._ensure_producer()
         if self._partitioner is None or self._partitioner.producer is not producer:
             self._partitioner = KeyPartitioner(producer)
-        records = list(changelog_records)
+        # Two steps, as the producer is not transactional and a crash may land any part of
+        # one send: first what the tenant records' `through` vouches for (the ids counted,
+        # the alerts and windows, all with deterministic ids), then those records. A crash
+        # between leaves the outcomes to be counted again on redelivery (their ids kept
+        # with their own offsets) and the same events to be published again. In one send,
+        # a record that landed without its alert lost the alert for good, and one that
+        # landed without its ids let a re-emitted outcome count twice (review findings).
+        state_topic = self.state.changelog_topic.get_topic_name()
+        first = [r for r in changelog_records if r.topic != state_topic]
         for topic, rec in out:
             partition = await self._partitioner.partition(topic, rec.key)
-            records.append(OutRecord(topic, partition, rec.key, rec.value, rec.headers))
-        sent = await send_batches(producer, records)
-        for batch_sent in sent:
-            await batch_sent.future
-        batch.persisted(sent)
+            first.append(OutRecord(topic, partition, rec.key, rec.value, rec.headers))
+        last = [r for r in changelog_records if r.topic == state_topic]
+        for records in (first, last):
+            if not records:
+                continue
+            sent = await send_batches(producer, records)
+            for batch_sent in sent:
+                await batch_sent.future
+            batch.persisted(sent)
         for topic, rec in out:  # published: shown on this worker's dashboard
             data = decode_record(rec.key, rec.value, dict(rec.headers)).get_data()  # (any mode)
             if not isinstance(data, dict):
