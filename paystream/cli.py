@@ -128,8 +128,12 @@ def doctor() -> None:
 
     # Any server configured: check those (an embedded stand-in for one left out would
     # pass for a server the workers never use, and skip the ledger's set-up check).
+    def shown(result: Any) -> None:  # each check as it ends (a stalled server: 30 s one)
+        verdict = "PASS" if result.ok else "FAIL"
+        click.echo(f"  {result.name}: {verdict} ({result.duration:.2f} s)", err=True)
+
     if settings.kafka_broker_url or settings.database_url or settings.redis_url:
-        results = _run(doctor_mod.run_checks(settings, deployment=True))
+        results = _run(doctor_mod.run_checks(settings, deployment=True, progress=shown))
     else:
         import tempfile
 
@@ -143,7 +147,7 @@ def doctor() -> None:
             base = Path(tmp)
             base.chmod(0o755)  # the embedded PostgreSQL runs as an unprivileged user
             with DevStack(base, settings.model_copy(update={"data_dir": base})) as stack:
-                results = _run(doctor_mod.run_checks(stack.stack_settings()))
+                results = _run(doctor_mod.run_checks(stack.stack_settings(), progress=shown))
     click.echo(doctor_mod.render_table(results))
     if not all(r.ok for r in results):
         sys.exit(1)

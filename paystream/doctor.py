@@ -570,23 +570,43 @@ def _without_credentials(text: str, settings: Settings) -> str:
     return text
 
 
-async def run_checks(settings: Settings, *, deployment: bool = False) -> list[CheckResult]:
+async def run_checks(
+    settings: Settings,
+    *,
+    deployment: bool = False,
+    progress: Callable[[CheckResult], None] | None = None,
+) -> list[CheckResult]:
     """Run every check, one after another (latency figures need a quiet machine).
 
     ``deployment``: the servers are the operator's own (not a fresh embedded stack), so
     also check what the workers need of them beyond answering (the ledger's set-up).
+    ``progress`` gets each result as it comes (a server that never answers takes 30 s
+    a check: the table alone came after a minute of silence; review finding).
     """
     # Exactly what the app does at start-up, so the checks see the workers' behaviour.
     broker_compat.apply(settings)
-    results = [await _run_one(name, fn, settings) for name, fn in _SERVER_CHECKS]
+    results: list[CheckResult] = []
+
+    async def run(name: str, fn: _CheckFn, skip: str | None = None) -> CheckResult:
+        result = (
+            CheckResult(name, False, f"skipped: {skip}", 0.0)
+            if skip
+            else await _run_one(name, fn, settings)
+        )
+        results.append(result)
+        if progress is not None:
+            progress(result)
+        return result
+
+    found = {name: await run(name, fn) for name, fn in _SERVER_CHECKS}
     if deployment:
-        results.append(await _run_one("ledger ready", check_ledger_ready, settings))
-    broker_ok = results[0].ok
+        unanswered = not found["database answers"].ok
+        await run(
+            "ledger ready", check_ledger_ready, "database unreachable" if unanswered else None
+        )
+    broker_ok = found["broker answers"].ok
     for name, fn in _BROKER_BEHAVIOUR:
-        if broker_ok:
-            results.append(await _run_one(name, fn, settings))
-        else:
-            results.append(CheckResult(name, False, "skipped: broker unreachable", 0.0))
+        await run(name, fn, None if broker_ok else "broker unreachable")
     return results
 
 

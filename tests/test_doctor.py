@@ -47,6 +47,13 @@ async def test_doctor_fails_when_nothing_answers() -> None:
     results = await run_checks(settings)
     assert not any(r.ok for r in results), render_table(results)
     assert all("skipped" in r.figure for r in results[3:])
+    # As a deployment: each result said as it comes (a stalled server takes 30 s a
+    # check), and the ledger's set-up not tried on a database that did not answer.
+    said: list[str] = []
+    deployed = await run_checks(settings, deployment=True, progress=lambda r: said.append(r.name))
+    assert said == [r.name for r in deployed]
+    ledger = next(r for r in deployed if r.name == "ledger ready")
+    assert ledger.figure == "skipped: database unreachable" and ledger.duration == 0.0
 
 
 def test_render_table_layout() -> None:
