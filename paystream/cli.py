@@ -974,13 +974,18 @@ def dlq_replay(
         sys.exit(130)
     if result.stale:
         hours = stale_after_ms(settings) / 3_600_000
+        advice = (
+            "Check them with the provider, then replay with --include-stale-as-of "
+            f"{_iso_ms(result.started_ms)} (only those stale as of then are re-sent as "
+            "reconciled)."
+            if result.complete
+            else "This run stopped at --limit: replay without it to see every stale "
+            "record (and the time to name) before including any."
+        )
         click.echo(
             f"held back {result.stale} record(s): parked over {hours:g} h ago, or after "
             "such a one on its partition. The provider may have forgotten the old ones' "
-            "idempotency keys, so a command it already applied would be applied again. "
-            "Check them with the provider, then replay with --include-stale-as-of "
-            + _iso_ms(result.started_ms)
-            + " (only those stale as of then are re-sent as reconciled).",
+            f"idempotency keys, so a command it already applied would be applied again. {advice}",
             err=True,
         )
     click.echo(f"{verb} {sum(result.replayed.values())} record(s): {dict(result.replayed)}")

@@ -166,6 +166,9 @@ class ReplayResult:
     # When the run began (ms): what it held back as stale, it found stale as of then (or
     # later); a run after the operator checked those names it (--include-stale-as-of).
     started_ms: int = 0
+    # It reached every record waiting when it began (not cut short by a limit): only
+    # then does ``started_ms`` vouch for every stale record there was.
+    complete: bool = False
 
     @property
     def handled(self) -> int:
@@ -521,8 +524,14 @@ async def replay(
             return rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
 
         def checked(rec: ParkedRecord) -> bool:
-            """Stale already when the run the operator checked after held it back."""
-            return stale_checked_as_of_ms is not None and stale(rec, stale_checked_as_of_ms)
+            """Stale already when the run the operator checked after held it back, and on
+            the topic then (one parked again since, a re-send the worker found stale,
+            nobody checked)."""
+            return (
+                stale_checked_as_of_ms is not None
+                and rec.timestamp_ms <= stale_checked_as_of_ms
+                and stale(rec, stale_checked_as_of_ms)
+            )
 
         def pace_of(rec: ParkedRecord, now: int) -> _Pace | None:
             """The bucket ``rec``'s re-send takes a token from (None: not re-sent now, or
@@ -619,6 +628,9 @@ async def replay(
             await _finish(producer, commits, {} if fenced else sent, quiet=True)
         await reader.stop()
         raise
+    # Every record waiting when it began was reached (no --limit cut it short): what it
+    # held back as stale is all there was, so its start can vouch for a later run.
+    result.complete = done >= reader.waiting
     try:
         if producer is not None:
             await _finish(producer, commits, sent, quiet=False)

@@ -38,7 +38,7 @@ def test_stale_records_are_included_as_of_the_run_that_reported_them(
 
     async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
         calls.append(kwargs)
-        return dlq.ReplayResult(stale=2, started_ms=1_796_000_000_123)
+        return dlq.ReplayResult(stale=2, started_ms=1_796_000_000_123, complete=not kwargs["limit"])
 
     monkeypatch.setattr(cli_module, "_settings", load_settings)
     monkeypatch.setattr(dlq, "replay", holding)
@@ -49,6 +49,8 @@ def test_stale_records_are_included_as_of_the_run_that_reported_them(
     when = held.output.split("--include-stale-as-of ")[1].split()[0]
     CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of", when])
     assert calls[-1]["stale_checked_as_of_ms"] == 1_796_000_000_123
+    cut = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--limit", "5"])
+    assert "stopped at --limit" in cut.output and "--include-stale-as-of 2" not in cut.output
     old = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale"])
     assert old.exit_code == 2 and "--include-stale-as-of TIME" in old.output
     no_zone = CliRunner().invoke(

@@ -264,10 +264,18 @@ async def test_only_what_was_stale_when_it_was_reported_is_marked_reconciled(
         RawSend(key=b"acme", value=b"B", partition=0,  # 30 min inside the window at T
                 headers=((first, b"%d" % (t - cut + 30 * 60_000)),)),
     )  # fmt: skip
+    t = int(time.time() * 1000) + 1  # the reporting run: after they were parked
     reported = await replay(s, [s.retry_topic], now_ms=t)
-    assert reported.stale == 2 and reported.started_ms == t
+    assert reported.stale == 2 and reported.started_ms == t and reported.complete
     later = await replay(s, [s.retry_topic], now_ms=t + 3_600_000, stale_checked_as_of_ms=t)
     sent, consumer = await read_parked(s, [s.commands_topic], committed_only=False)
     await consumer.stop()
     assert [(r.value, dict(r.headers).get("paystream-reconciled")) for r in sent] == [(b"A", b"1")]
     assert later.stale == 1 and [r.value for r in await _waiting(s)] == [b"B"]
+    # Nor is one parked after that run (a re-send the worker found stale), though its
+    # first attempt was old enough: it was not on the topic when the operator was told.
+    await asyncio.sleep(0.01)  # (its broker timestamp is past T)
+    headers = ((first, b"%d" % (t - cut - 120_000)),)
+    await dep.produce(s.retry_topic, RawSend(key=b"acme", value=b"C", partition=1, headers=headers))
+    again = await replay(s, [s.retry_topic], now_ms=t + 7_200_000, stale_checked_as_of_ms=t)
+    assert again.stale == 2 and {r.value for r in await _waiting(s)} == {b"B", b"C"}
