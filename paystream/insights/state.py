@@ -74,6 +74,12 @@ class TenantInsights:
     partition: int = -1
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
     fraud: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The newest window start let go to keep the record small (WINDOWS_MAX, and the same
+    # for fraud windows): an outcome for it or an older one counts as late. Recreated
+    # from nothing, its window would be published again under a new id, with a part of
+    # its figures, over the right ones.
+    evicted_through: int = -1
+    fraud_evicted_through: int = -1
 
     @classmethod
     def load(cls, tenant_id: str, raw: Any) -> TenantInsights:
@@ -87,6 +93,8 @@ class TenantInsights:
             partition=int(raw.get("partition", -1)),
             windows=copy.deepcopy(dict(raw.get("windows") or {})),
             fraud=copy.deepcopy(dict(raw.get("fraud") or {})),
+            evicted_through=int(raw.get("evicted", -1)),
+            fraud_evicted_through=int(raw.get("fraud_evicted", -1)),
         )
 
     def dump(self) -> dict[str, Any]:
@@ -95,6 +103,8 @@ class TenantInsights:
             "partition": self.partition,
             "windows": self.windows,
             "fraud": self.fraud,
+            "evicted": self.evicted_through,
+            "fraud_evicted": self.fraud_evicted_through,
         }
 
     def is_late(self, seen: Observed, now_ms: int, cfg: InsightsConfig) -> bool:
@@ -107,17 +117,25 @@ class TenantInsights:
         return seen.time_ms >= now_ms + cfg.horizon_ms
 
     def has_room(self, seen: Observed, cfg: InsightsConfig) -> bool:
-        """Can the outcome's window be kept (it is, or a published one can make way)?"""
-        if str(window_start(seen.time_ms, cfg.window_ms)) in self.windows:
+        """Can the outcome's window be kept (it is, or an older published one can make
+        way)? Not one let go before (see ``evicted_through``)."""
+        start = window_start(seen.time_ms, cfg.window_ms)
+        if str(start) in self.windows:
             return True
+        if start <= self.evicted_through:
+            return False
         if len(self.windows) < WINDOWS_MAX:
             return True
-        done = sorted(
-            (int(w) for w, agg in self.windows.items() if agg["events"] == agg["emitted"])
-        )
+        done = [
+            int(w)
+            for w, agg in self.windows.items()
+            if agg["events"] == agg["emitted"] and int(w) < start
+        ]
         if not done:
-            return False
-        del self.windows[str(done[0])]
+            return False  # (open windows, or newer ones, all: this one counts as late)
+        oldest = min(done)
+        del self.windows[str(oldest)]
+        self.evicted_through = max(self.evicted_through, oldest)
         return True
 
     def apply(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
@@ -146,8 +164,15 @@ class TenantInsights:
         if not seen.attempt:
             return []
         start = window_start(seen.time_ms, cfg.fraud_window_ms)
-        if str(start) not in self.fraud and len(self.fraud) >= FRAUD_WINDOWS_MAX:
-            del self.fraud[min(self.fraud, key=int)]  # (nothing to publish: counts only)
+        if str(start) not in self.fraud:
+            if start <= self.fraud_evicted_through:
+                return []  # its window was let go (with what it had alerted on)
+            if len(self.fraud) >= FRAUD_WINDOWS_MAX:
+                oldest = min(self.fraud, key=int)
+                if int(oldest) > start:
+                    return []  # older than every window kept: not counted
+                del self.fraud[oldest]  # (nothing to publish: counts only)
+                self.fraud_evicted_through = max(self.fraud_evicted_through, int(oldest))
         fw = self.fraud.setdefault(str(start), _new_fraud_window())
         fw["attempts"] += 1
         if not seen.card_declined:
