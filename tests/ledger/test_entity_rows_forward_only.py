@@ -31,8 +31,9 @@ async def _payment(engine: AsyncEngine, tenant: str) -> Payment:
         "amount = 1, amount_captured = 1",  # rewritten at its version
         "payment_id = 'p2'",  # another key
         "created_at = created_at + interval '1 day'",  # moved later
+        "amount = 1, version = version + 1",  # forward, but by no event of its own
     ],
-    ids=["rewind", "same-version", "rekey", "created-later"],
+    ids=["rewind", "same-version", "rekey", "created-later", "forward-unexplained"],
 )
 async def test_the_app_role_cannot_rewrite_a_payment(
     app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory, tamper: str
@@ -89,6 +90,12 @@ async def test_erasure_still_blanks_a_customer_but_nothing_else_at_its_version(
     async with tenant_session(app_engine, t) as s:
         c = (await s.scalars(select(Customer))).one()
     assert c.erased_at is not None and c.email_ciphertext is None and c.version == 1
-    with pytest.raises(DBAPIError, match="customers rows"):  # erased once, for good
-        async with tenant_session(app_engine, t) as s:
-            await s.execute(text("UPDATE customers SET erased_at = NULL"))
+    for undo in ("erased_at = NULL", "erased_at = NULL, version = version + 1"):
+        with pytest.raises(DBAPIError, match="customers rows"):  # erased once, for good
+            async with tenant_session(app_engine, t) as s:
+                await s.execute(text(f"UPDATE customers SET {undo}"))
+    # A later event of the erased customer still moves it forward, without its data.
+    await write_events(app_engine, [make_event.customer(t, "cus_1", version=2)], keyring=keyring)
+    async with tenant_session(app_engine, t) as s:
+        c = (await s.scalars(select(Customer))).one()
+    assert c.version == 2 and c.erased_at is not None and c.email_ciphertext is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import pytest_asyncio
 from sqlalchemy import delete, func, insert, select, text, update
@@ -184,15 +186,19 @@ async def test_pooled_connection_does_not_leak_the_tenant(ledger_db: LedgerDb) -
 async def test_failed_session_rolls_back_and_leaves_no_tenant(ledger_db: LedgerDb) -> None:
     engine = create_engine(ledger_db.app_url, pool_size=1, max_overflow=0)
     try:
+        async with tenant_session(engine, "a") as s:
+            before = (await s.scalars(select(Payment.created_at))).all()
         with pytest.raises(RuntimeError):
             async with tenant_session(engine, "a") as s:
-                # (A newer version: one at the same version is refused outright.)
-                await s.execute(update(Payment).values(status="lost", version=Payment.version + 1))
+                # (Moving created_at back: what the entity rows' trigger lets through at
+                # the same version.)
+                earlier = Payment.created_at - timedelta(days=1)
+                assert (await s.execute(update(Payment).values(created_at=earlier))).rowcount
                 raise RuntimeError("boom")
         async with engine.connect() as conn:
             assert await conn.scalar(text("SELECT count(*) FROM payments")) == 0
         async with tenant_session(engine, "a") as s:
-            assert "lost" not in (await s.scalars(select(Payment.status))).all()
+            assert (await s.scalars(select(Payment.created_at))).all() == before
     finally:
         await engine.dispose()
 

@@ -7,13 +7,15 @@ so that a replayed event applied again, with no audit entry and `audit verify` p
 (review finding). A trigger now refuses, for the owner too, any update of an entity row
 but:
 
-* a higher version (the writer's upsert; audited);
+* a higher version that a stored event of the entity, named by ``last_event_id``, has
+  (the writer's upsert, after storing the event; audited);
 * at the same version, ``created_at`` moved back (an earlier event arrived later);
 * at the same version, a customer's erasure: ``erased_at`` set once, its personal-data
   columns emptied.
 
-The key columns never change. Tampering is then a deliberate ``DISABLE TRIGGER`` by the
-owner, as for the audit log.
+The key columns never change, and an erased customer stays erased. Tampering then takes
+a forged event row as well, or a deliberate ``DISABLE TRIGGER`` by the owner, as for the
+audit log.
 
 Revision ID: 0006
 Revises: 0005
@@ -55,8 +57,19 @@ BEGIN
     RAISE EXCEPTION '% rows keep their keys', TG_TABLE_NAME
       USING ERRCODE = 'insufficient_privilege';
   END IF;
+  IF o ->> 'erased_at' IS NOT NULL AND n ->> 'erased_at' IS NULL THEN
+    RAISE EXCEPTION '% rows stay erased', TG_TABLE_NAME
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
   IF NEW.version > OLD.version THEN
-    RETURN NEW;
+    -- The writer's image of an event stored in the same transaction, first.
+    IF EXISTS (SELECT 1 FROM events e
+               WHERE e.tenant_id = NEW.tenant_id AND e.event_id = NEW.last_event_id
+                 AND e.entity_id = n ->> TG_ARGV[0] AND e.entity_version = NEW.version) THEN
+      RETURN NEW;
+    END IF;
+    RAISE EXCEPTION '% rows move forward by an event of theirs only', TG_TABLE_NAME
+      USING ERRCODE = 'insufficient_privilege';
   END IF;
   IF NEW.version = OLD.version AND (n - rest) = (o - rest)
      AND NEW.created_at <= OLD.created_at
