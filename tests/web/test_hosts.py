@@ -70,3 +70,36 @@ def test_the_workers_own_hosts_and_the_listed_ones() -> None:
 def test_allowed_hosts_are_names_only() -> None:
     with pytest.raises(ConfigurationError, match="web_allowed_hosts"):
         load_settings(web_allowed_hosts="*")
+
+
+def test_a_lookup_forwarded_under_another_workers_name_is_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust forwards a lookup to the tenant's owner with the Host it was asked under:
+    another worker's own (dotted) name, which the owner refused (review finding). The
+    names the group's workers advertise are answered too."""
+    from aiohttp import web
+
+    from paystream.app import app
+    from paystream.web import views
+
+    class StandInView:
+        def json(self, body: object, *, status: int) -> web.Response:
+            return web.json_response(body, status=status)
+
+    class Request:
+        def __init__(self, host: str) -> None:
+            self.headers = {"Host": host}
+
+    monkeypatch.setattr(views, "settings", views.settings.model_copy(update={"web_token": None}))
+    forwarded = Request("worker-a.internal.example:6066")
+    assert views._refused_host(StandInView(), forwarded) is not None  # type: ignore[arg-type]
+    assignor = app.assignor
+    before = assignor.changelog_distribution  # type: ignore[attr-defined]
+    assignor.changelog_distribution = {"http://worker-a.internal.example:6066": {}}  # type: ignore[attr-defined]
+    try:
+        assert views._refused_host(StandInView(), forwarded) is None  # type: ignore[arg-type]
+        rebound = Request("rebind.attacker.example:6066")
+        assert views._refused_host(StandInView(), rebound).status == 403  # type: ignore[arg-type, union-attr]
+    finally:
+        assignor.changelog_distribution = before  # type: ignore[attr-defined]
