@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.errors import ConfigurationError, PaystreamError
@@ -312,6 +312,8 @@ class PaystreamClient:
                     try:
                         await delivery
                     except KafkaError as exc:
+                        if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                            raise  # refused (too large, not allowed): never appended
                         # A disconnect, a request timed out: the broker may have appended
                         # it all the same. Not "failed": the same id is the safe retry.
                         raise OutcomeTimeout(

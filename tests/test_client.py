@@ -379,7 +379,7 @@ async def test_a_delivery_that_fails_after_the_hand_over_says_to_retry_with_the_
 ) -> None:
     """The broker may have appended a record whose delivery then failed: not "failed",
     but "no outcome, retry with the same id" (exit 75 in the CLI), naming the id."""
-    from aiokafka.errors import KafkaTimeoutError
+    from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
     from paystream.client import OutcomeTimeout
 
@@ -395,6 +395,16 @@ async def test_a_delivery_that_fails_after_the_hand_over_says_to_retry_with_the_
         cmd = build_command("customer.create", "acme", {})
         with pytest.raises(OutcomeTimeout, match=f"{cmd.get_id()}: the broker failed after"):
             await client.send(cmd, timeout=10)
+
+        async def refused(command: CloudEvent, request: str | None = None) -> Any:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(MessageSizeTooLargeError())
+            return failed
+
+        # A refusal is no "may have been sent": the broker never appended it (review).
+        monkeypatch.setattr(client, "_enqueue", refused)
+        with pytest.raises(MessageSizeTooLargeError):
+            await client.send(build_command("customer.create", "acme", {}), timeout=10)
 
 
 async def test_two_sends_of_one_id_each_get_the_outcome_of_their_own_record(
