@@ -376,10 +376,23 @@ def test_the_setup_job_runs_where_the_workers_may() -> None:
         "podLabels": {"team": "payments"},
         "setupJob": {"podAnnotations": {"sidecar.istio.io/inject": "false"}},
     }  # fmt: skip
+    apart = {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "pay"}},
+        "topologyKey": "kubernetes.io/hostname"}]}  # fmt: skip
+    placement["affinity"]["podAntiAffinity"] = apart  # type: ignore[index]
     docs = render(placement)
     pod = one(docs, "Job")["spec"]["template"]
-    for key in ("nodeSelector", "tolerations", "affinity"):
+    for key in ("nodeSelector", "tolerations"):
         assert pod["spec"][key] == placement[key], key
+    # The workers' node affinity, not their anti-affinity (it would keep the Job off
+    # every node running a worker; second review's finding), unless set for the Job.
+    assert pod["spec"]["affinity"] == {"nodeAffinity": placement["affinity"]["nodeAffinity"]}  # type: ignore[index]
+    assert (
+        one(docs, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"] == apart
+    )
+    own = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    job = one(render({**placement, "setupJob": {"affinity": own}}), "Job")
+    assert job["spec"]["template"]["spec"]["affinity"] == own
     assert pod["metadata"]["labels"]["team"] == "payments"
     assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
 
