@@ -220,7 +220,7 @@ class InsightsRunner:
             return
         ws = window_start(seen.time_ms, self.config.window_ms)
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
-        for alert in st.apply(seen, self.config):
+        for alert in st.apply(seen, self.config, now_ms):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
 

@@ -138,10 +138,11 @@ class TenantInsights:
         self.evicted_through = max(self.evicted_through, oldest)
         return True
 
-    def apply(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
-        """Count one outcome (not a duplicate, not late) in its windows; the alerts it fires."""
+    def apply(self, seen: Observed, cfg: InsightsConfig, now_ms: int | None = None) -> list[Alert]:
+        """Count one outcome (not a duplicate, not late) in its windows; the alerts it fires.
+        ``now_ms``: the worker's clock; the fraud rules count no later than it."""
         self._count(seen, cfg)
-        return self._rules(seen, cfg)
+        return self._rules(seen, cfg, now_ms)
 
     def _count(self, seen: Observed, cfg: InsightsConfig) -> None:
         ws = str(window_start(seen.time_ms, cfg.window_ms))
@@ -159,11 +160,16 @@ class TenantInsights:
         if seen.reject_reason:
             _bump(agg["rejections"], seen.reject_reason)
 
-    def _rules(self, seen: Observed, cfg: InsightsConfig) -> list[Alert]:
+    def _rules(self, seen: Observed, cfg: InsightsConfig, now_ms: int | None) -> list[Alert]:
         # Payment attempts the issuer answered: what card testing shows up as.
         if not seen.attempt:
             return []
-        start = window_start(seen.time_ms, cfg.fraud_window_ms)
+        # The rules are about what a tenant's cards do now: a command dated ahead (its
+        # client's clock) counts in the present window. Counted ahead, such clients filled
+        # the kept windows with future ones and the present's declines went uncounted
+        # (review finding); and a card tester could not hide in the future either.
+        at = seen.time_ms if now_ms is None else min(seen.time_ms, now_ms)
+        start = window_start(at, cfg.fraud_window_ms)
         if str(start) not in self.fraud:
             if start <= self.fraud_evicted_through:
                 return []  # its window was let go (with what it had alerted on)

@@ -153,16 +153,21 @@ class SummaryCache:
         self._fresh_until = 0.0
         self._scan: asyncio.Future[dict[str, Any]] | None = None
         self._owned: frozenset[int] | None = None  # the partitions the value counts
+        self._scan_owned: frozenset[int] | None = None  # the running scan's
 
     async def get(
         self, payments: Mapping[str, Any], owned: Collection[int] | None = None
     ) -> dict[str, Any]:
         owned = None if owned is None else frozenset(owned)
+        if self._scan is not None and self._scan_owned != owned:
+            # A scan of the partitions as they were: let it end, then scan these.
+            await asyncio.gather(asyncio.shield(self._scan), return_exceptions=True)
         if owned != self._owned:  # partitions moved: what was counted is not this worker's
             self._value = None
         if self._value is not None and self._clock() < self._fresh_until:
             return self._value
         if self._scan is None:  # one scan at a time, whoever asked
+            self._scan_owned = owned
             self._scan = asyncio.ensure_future(self._rescan(payments, owned))
             # Retrieved even when every requester has gone (cancelled): no "never
             # retrieved" noise; the next request scans again.

@@ -79,7 +79,15 @@ def _fleet_hosts() -> set[str]:
     Host it was asked under, another worker's own name; review finding)."""
     assignor = cast(PartitionAssignor, app.assignor)
     urls = {*assignor.changelog_distribution, *assignor.external_topic_distribution}
-    return {host for url in urls if (host := urllib.parse.urlsplit(str(url)).hostname)}
+    hosts = set()
+    for url in urls:
+        try:
+            host = urllib.parse.urlsplit(str(url)).hostname
+        except ValueError:  # a peer advertising something odd ("http://[worker-1]:6066")
+            continue
+        if host:
+            hosts.add(host)
+    return hosts
 
 
 def _refused_host(view: View, request: Request) -> Response | None:

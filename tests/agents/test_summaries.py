@@ -224,3 +224,17 @@ async def test_summaries_of_other_partitions_are_not_served() -> None:
     assert set(await cache.get(table, {0})) == {"t0"}
     assert set(await cache.get(table, {0})) == {"t0"}  # fresh
     assert set(await cache.get(table, {1})) == {"t1"}  # not t0's, fresh as it was
+
+
+async def test_a_scan_of_the_partitions_as_they_were_is_not_served_after_a_rebalance() -> None:
+    """A scan still running for the old partitions was shared with a request for the
+    new ones (second review's finding): that request waits for it, then scans its own."""
+    rows = _payments(3 * views.SCAN_CHUNK)  # big enough that the scan gives the loop back
+    partition_of = {key: 0 if key.startswith("t0:") else 1 for key in rows}
+    table = _Table(_MemoryStore(rows, partition_of))
+    cache = SummaryCache(min_age=60.0)
+    before = asyncio.ensure_future(cache.get(table, {0, 1}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert set(await cache.get(table, {0})) == {"t0"}
+    assert set(await before) == {"t0", "t1"}

@@ -209,3 +209,21 @@ def test_a_window_let_go_for_room_is_not_recreated_by_a_late_outcome() -> None:
     assert str(T0) not in st.windows
     # The record keeps the mark (a worker taking the tenant over knows it too).
     assert TenantInsights.load("acme", st.dump()).evicted_through == st.evicted_through > -1
+
+
+def test_a_client_clocked_ahead_does_not_crowd_the_present_out_of_the_fraud_rules() -> None:
+    """A command's time is its client's. One running ten minutes ahead filled the kept
+    fraud windows with future ones, and the present's declines (a card tester's)
+    went uncounted (review finding): the rules count no later than the worker's clock."""
+    cfg = replace(CFG, fraud_window_ms=60_000, horizon_ms=900_000, subject_declines=5)
+    st = TenantInsights("acme")
+    alerts = []
+    for minute in range(30):
+        now = T0 + minute * 60_000
+        st.expire(now, cfg)
+        ahead = _decline(now + 600_000 + 1, customer_id=f"cus_ahead_{minute}")
+        st.apply(ahead, cfg, now)
+        for k in range(5):
+            alerts += st.apply(_decline(now + 10 + k, customer_id="cus_tester"), cfg, now + 20)
+    assert sum(a.subject == "cus_tester" for a in alerts) == 30  # every minute's window
+    assert max(int(w) for w in st.fraud) <= T0 + 29 * 60_000  # none ahead of the clock

@@ -99,3 +99,50 @@ async def test_erasure_still_blanks_a_customer_but_nothing_else_at_its_version(
     async with tenant_session(app_engine, t) as s:
         c = (await s.scalars(select(Customer))).one()
     assert c.version == 2 and c.erased_at is not None and c.email_ciphertext is None
+
+
+async def test_another_entitys_event_does_not_move_a_row(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """Tenants choose ids: a customer event whose entity id is a payment's id, at the
+    version wanted, let the app role move that payment (review finding)."""
+    t = "fw-cross"
+    await write_events(app_engine, [make_event.payment(t, "pay_x", amount=5000)], keyring=keyring)
+    customer = [make_event.customer(t, "pay_x", version=v) for v in (1, 2, 3)]
+    await write_events(app_engine, customer, keyring=keyring)
+    with pytest.raises(DBAPIError, match="payments rows move forward by an event"):
+        async with tenant_session(app_engine, t) as s:
+            await s.execute(
+                text(
+                    "UPDATE payments SET amount = 1, version = 3, last_event_id = :e "
+                    "WHERE payment_id = 'pay_x'"
+                ),
+                {"e": customer[2].event_id},
+            )
+    assert (await _payment(app_engine, t)).amount == 5000
+
+
+async def test_an_erased_customer_gets_no_personal_data_back(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """Even with an event of its own at the new version (a forged one), an erased row
+    takes no ciphertext back (review finding)."""
+    t = "fw-refill"
+    await write_events(app_engine, [make_event.customer(t, "cus_1")], keyring=keyring)
+    assert await erase_customer(app_engine, t, "cus_1", keyring=keyring)
+    with pytest.raises(DBAPIError, match="customers rows stay erased"):
+        async with tenant_session(app_engine, t) as s:
+            await s.execute(
+                text(
+                    "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
+                    "entity_version, time, data) VALUES (:t, 'forged', 'x', 'customer', "
+                    "'cus_1', 2, now(), '{}')"
+                ),
+                {"t": t},
+            )
+            await s.execute(
+                text(
+                    "UPDATE customers SET email_ciphertext = '\\x01'::bytea, version = 2, "
+                    "last_event_id = 'forged'"
+                )
+            )

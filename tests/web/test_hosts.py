@@ -103,3 +103,21 @@ def test_a_lookup_forwarded_under_another_workers_name_is_answered(
         assert views._refused_host(StandInView(), rebound).status == 403  # type: ignore[arg-type, union-attr]
     finally:
         assignor.changelog_distribution = before  # type: ignore[attr-defined]
+
+
+def test_a_peer_advertising_an_odd_url_breaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urlsplit raises on some URLs ("http://[worker-1]:6066"): one peer's made every
+    request that reached the fleet check a 500 (review finding). It is passed over."""
+    from paystream.app import app
+    from paystream.web import views
+
+    assignor = app.assignor
+    before = assignor.changelog_distribution  # type: ignore[attr-defined]
+    assignor.changelog_distribution = {  # type: ignore[attr-defined]
+        "http://[worker-1]:6066": {},
+        "http://worker-b.internal.example:6066": {},
+    }
+    try:
+        assert views._fleet_hosts() == {"worker-b.internal.example"}
+    finally:
+        assignor.changelog_distribution = before  # type: ignore[attr-defined]

@@ -33,23 +33,27 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# table → (its id column, the columns erasure empties)
-ENTITY_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "customers": ("customer_id", ("email_ciphertext", "name_ciphertext", "address_ciphertext")),
-    "payment_methods": ("payment_method_id", ()),
-    "payments": ("payment_id", ()),
-    "refunds": ("refund_id", ()),
-    "disputes": ("dispute_id", ()),
+# table → (its id column, its events' entity type, the columns erasure empties)
+ENTITY_TABLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "customers": (
+        "customer_id",
+        "customer",
+        ("email_ciphertext", "name_ciphertext", "address_ciphertext"),
+    ),
+    "payment_methods": ("payment_method_id", "payment_method", ()),
+    "payments": ("payment_id", "payment", ()),
+    "refunds": ("refund_id", "refund", ()),
+    "disputes": ("dispute_id", "dispute", ()),
 }
 
-# TG_ARGV: the id column, then the columns erasure empties. (jsonb, so one function
-# serves tables with and without ``erased_at``.)
+# TG_ARGV: the id column, the entity type, then the columns erasure empties. (jsonb, so
+# one function serves tables with and without ``erased_at``.)
 _FUNCTION = """
 CREATE FUNCTION ledger_entity_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   n jsonb := to_jsonb(NEW);
   o jsonb := to_jsonb(OLD);
-  erasable text[] := coalesce(TG_ARGV[1:TG_NARGS - 1], ARRAY[]::text[]);
+  erasable text[] := coalesce(TG_ARGV[2:TG_NARGS - 1], ARRAY[]::text[]);
   rest text[] := ARRAY['created_at', 'erased_at'] || erasable;
 BEGIN
   IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id
@@ -57,7 +61,8 @@ BEGIN
     RAISE EXCEPTION '% rows keep their keys', TG_TABLE_NAME
       USING ERRCODE = 'insufficient_privilege';
   END IF;
-  IF o ->> 'erased_at' IS NOT NULL AND n ->> 'erased_at' IS NULL THEN
+  IF o ->> 'erased_at' IS NOT NULL AND (n ->> 'erased_at' IS NULL
+     OR EXISTS (SELECT 1 FROM unnest(erasable) AS c WHERE n ->> c IS NOT NULL)) THEN
     RAISE EXCEPTION '% rows stay erased', TG_TABLE_NAME
       USING ERRCODE = 'insufficient_privilege';
   END IF;
@@ -65,7 +70,8 @@ BEGIN
     -- The writer's image of an event stored in the same transaction, first.
     IF EXISTS (SELECT 1 FROM events e
                WHERE e.tenant_id = NEW.tenant_id AND e.event_id = NEW.last_event_id
-                 AND e.entity_id = n ->> TG_ARGV[0] AND e.entity_version = NEW.version) THEN
+                 AND e.entity_type = TG_ARGV[1] AND e.entity_id = n ->> TG_ARGV[0]
+                 AND e.entity_version = NEW.version) THEN
       RETURN NEW;
     END IF;
     RAISE EXCEPTION '% rows move forward by an event of theirs only', TG_TABLE_NAME
@@ -87,8 +93,8 @@ END $$
 
 def upgrade() -> None:
     op.execute(_FUNCTION)
-    for table, (id_column, erasable) in ENTITY_TABLES.items():
-        args = ", ".join(f"'{name}'" for name in (id_column, *erasable))
+    for table, (id_column, entity_type, erasable) in ENTITY_TABLES.items():
+        args = ", ".join(f"'{name}'" for name in (id_column, entity_type, *erasable))
         op.execute(
             f"CREATE TRIGGER {table}_forward_only BEFORE UPDATE ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION ledger_entity_forward_only({args})"
