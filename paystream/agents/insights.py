@@ -220,7 +220,12 @@ class InsightsRunner:
             return
         ws = window_start(seen.time_ms, self.config.window_ms)
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
-        for alert in st.apply(seen, self.config, now_ms):
+        # The fraud rules clamp a command dated ahead to this: the outcome record's own
+        # time (when it was produced), the same on every redelivery, so a batch counted
+        # again publishes the same alert ids (the worker's clock moved on would not).
+        produced_ms = getattr(msg, "timestamp", None)
+        produced_at = now_ms if produced_ms is None else int(produced_ms * 1000)
+        for alert in st.apply(seen, self.config, produced_at):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
 

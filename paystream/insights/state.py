@@ -140,7 +140,8 @@ class TenantInsights:
 
     def apply(self, seen: Observed, cfg: InsightsConfig, now_ms: int | None = None) -> list[Alert]:
         """Count one outcome (not a duplicate, not late) in its windows; the alerts it fires.
-        ``now_ms``: the worker's clock; the fraud rules count no later than it."""
+        ``now_ms``: the fraud rules count no later than it (the outcome record's time: the
+        same on a redelivery, so are the alert ids)."""
         self._count(seen, cfg)
         return self._rules(seen, cfg, now_ms)
 

@@ -159,8 +159,9 @@ class SummaryCache:
         self, payments: Mapping[str, Any], owned: Collection[int] | None = None
     ) -> dict[str, Any]:
         owned = None if owned is None else frozenset(owned)
-        if self._scan is not None and self._scan_owned != owned:
-            # A scan of the partitions as they were: let it end, then scan these.
+        while self._scan is not None and self._scan_owned != owned:
+            # A scan of other partitions (as they were, or another request's since): let it
+            # end, then scan these.
             await asyncio.gather(asyncio.shield(self._scan), return_exceptions=True)
         if owned != self._owned:  # partitions moved: what was counted is not this worker's
             self._value = None

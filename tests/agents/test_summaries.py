@@ -238,3 +238,20 @@ async def test_a_scan_of_the_partitions_as_they_were_is_not_served_after_a_rebal
     await asyncio.sleep(0)
     assert set(await cache.get(table, {0})) == {"t0"}
     assert set(await before) == {"t0", "t1"}
+
+
+async def test_two_rebalances_during_one_scan_each_get_their_own() -> None:
+    """Two requests for other partitions, both waiting for the old scan: the second took
+    the scan the first then started (review finding). Each waits until a scan of its own."""
+    rows = _payments(3 * views.SCAN_CHUNK)
+    partition_of = {key: 0 if key.startswith("t0:") else 1 for key in rows}
+    table = _Table(_MemoryStore(rows, partition_of))
+    cache = SummaryCache(min_age=60.0)
+    old = asyncio.ensure_future(cache.get(table, {0, 1}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    first = asyncio.ensure_future(cache.get(table, {0}))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(cache.get(table, {1}))
+    await old
+    assert (set(await first), set(await second)) == ({"t0"}, {"t1"})

@@ -38,6 +38,7 @@ class _Msg:
     headers: Any
     partition: int
     offset: int
+    timestamp: float | None = None  # when the outcome was produced (s), as Faust gives it
 
 
 @dataclass
@@ -103,13 +104,15 @@ class Harness:
         at_ms: int = T0,
         partition: int = 0,
         tenant: str = "acme",
+        produced_ms: int | None = None,
     ) -> _Event:
         cmd = CommandRef(
             tenant, cid, "payment.create", cid, datetime.fromtimestamp(at_ms / 1000, UTC)
         )
         rec = encode_outcome(cmd, kind, data, CloudEventsMode.BINARY)
         self.offset += 1
-        return _Event(_Msg(rec.key, rec.value, list(rec.headers), partition, self.offset))
+        produced = None if produced_ms is None else produced_ms / 1000
+        return _Event(_Msg(rec.key, rec.value, list(rec.headers), partition, self.offset, produced))
 
     def of_type(self, kind: str) -> list[Any]:
         return [e for e in self.published if e.get_type() == kind]
@@ -409,3 +412,39 @@ async def test_the_tenant_record_is_produced_only_once_what_it_vouches_for_is_du
     state = h.state.changelog_topic.get_topic_name()
     seen = h.seen.changelog_topic.get_topic_name()
     assert sends == [sorted([seen, h.cfg.fraud_topic]), [state]]
+
+
+async def test_a_batch_counted_again_later_publishes_the_same_alert() -> None:
+    """A command dated ahead counts in the present fraud window. The present was the
+    worker's clock: a batch whose alert landed and whose tenant record did not, counted
+    again after a window boundary, published a second alert under another id (review
+    finding). It is the outcome record's own time, the same on every delivery."""
+    h = Harness("clampretry")
+    fw = h.runner.config.fraud_window_ms
+    boundary = (int(h.now * 1000) // fw + 1) * fw
+    h.now = (boundary - 1_000) / 1000  # the worker's clock: a second before the boundary
+    batch = [
+        h.event(
+            "payment.failed",
+            DECLINE,
+            cid=f"c{i}",
+            at_ms=boundary + 1_000,
+            produced_ms=boundary - 1_500,
+        )
+        for i in range(5)  # its client's clock is ahead
+    ]
+    calls = 0
+
+    async def produce(records: list[Any], out: list[Any], b: Any) -> None:
+        nonlocal calls
+        calls += 1
+        h.published += [decode_record(r.key, r.value, dict(r.headers)) for _, r in out]
+        if calls == 1:  # the ids and alerts landed; the tenant record did not
+            raise TimeoutError("tenant record not durable")
+
+    h.runner._produce = produce  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await h.runner.run_batch(batch)
+    h.now = (boundary + 5_000) / 1000  # counted again past the boundary
+    await h.runner.run_batch(batch)
+    assert len({a.get_id() for a in h.of_type(ALERT_TYPE)}) == 1
