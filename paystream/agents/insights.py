@@ -223,8 +223,8 @@ class InsightsRunner:
         # The fraud rules clamp a command dated ahead to this: the outcome record's own
         # time (when it was produced), the same on every redelivery, so a batch counted
         # again publishes the same alert ids (the worker's clock moved on would not).
-        produced_ms = getattr(msg, "timestamp", None)
-        produced_at = now_ms if produced_ms is None else int(produced_ms * 1000)
+        produced = getattr(msg, "timestamp", None)  # seconds; 0 or None: not known
+        produced_at = int(produced * 1000) if produced else now_ms
         for alert in st.apply(seen, self.config, produced_at):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
