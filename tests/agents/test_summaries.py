@@ -159,12 +159,16 @@ class _Table(dict[str, Any]):
         self.data = store
 
 
+def _two_partitions(n: int) -> _Table:
+    """``n`` payments of t0 (partition 0) and t1 (partition 1) in a memory store."""
+    rows = _payments(n)
+    return _Table(_MemoryStore(rows, {key: 0 if key.startswith("t0:") else 1 for key in rows}))
+
+
 async def test_only_the_owned_partitions_payments_count() -> None:
     """A peer's partitions kept here as a standby copy are not this worker's tenants
     (review finding: each worker of a fleet showed the other's, with stale figures)."""
-    rows = _payments(4)  # t0 and t1, two payments each
-    partition_of = {key: 0 if key.startswith("t0:") else 1 for key in rows}
-    table = _Table(_MemoryStore(rows, partition_of))
+    table = _two_partitions(4)  # t0 and t1, two payments each
     assert set(await tenant_summaries(table, frozenset({0}))) == {"t0"}
     assert set(await tenant_summaries(table, frozenset({0, 1}))) == {"t0", "t1"}
     assert await tenant_summaries(table, frozenset()) == {}
@@ -217,9 +221,7 @@ async def test_a_rebalance_during_the_scan_is_scanned_again() -> None:
 
 async def test_summaries_of_other_partitions_are_not_served() -> None:
     """Partitions moved: the cached figures counted the old ones (for up to a minute)."""
-    rows = _payments(4)
-    partition_of = {key: 0 if key.startswith("t0:") else 1 for key in rows}
-    table = _Table(_MemoryStore(rows, partition_of))
+    table = _two_partitions(4)
     cache = SummaryCache(min_age=60.0)
     assert set(await cache.get(table, {0})) == {"t0"}
     assert set(await cache.get(table, {0})) == {"t0"}  # fresh
@@ -229,9 +231,7 @@ async def test_summaries_of_other_partitions_are_not_served() -> None:
 async def test_a_scan_of_the_partitions_as_they_were_is_not_served_after_a_rebalance() -> None:
     """A scan still running for the old partitions was shared with a request for the
     new ones (second review's finding): that request waits for it, then scans its own."""
-    rows = _payments(3 * views.SCAN_CHUNK)  # big enough that the scan gives the loop back
-    partition_of = {key: 0 if key.startswith("t0:") else 1 for key in rows}
-    table = _Table(_MemoryStore(rows, partition_of))
+    table = _two_partitions(3 * views.SCAN_CHUNK)  # big enough that the scan gives way
     cache = SummaryCache(min_age=60.0)
     before = asyncio.ensure_future(cache.get(table, {0, 1}))
     await asyncio.sleep(0)
@@ -243,9 +243,7 @@ async def test_a_scan_of_the_partitions_as_they_were_is_not_served_after_a_rebal
 async def test_two_rebalances_during_one_scan_each_get_their_own() -> None:
     """Two requests for other partitions, both waiting for the old scan: the second took
     the scan the first then started (review finding). Each waits until a scan of its own."""
-    rows = _payments(3 * views.SCAN_CHUNK)
-    partition_of = {key: 0 if key.startswith("t0:") else 1 for key in rows}
-    table = _Table(_MemoryStore(rows, partition_of))
+    table = _two_partitions(3 * views.SCAN_CHUNK)
     cache = SummaryCache(min_age=60.0)
     old = asyncio.ensure_future(cache.get(table, {0, 1}))
     await asyncio.sleep(0)

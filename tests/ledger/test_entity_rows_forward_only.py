@@ -19,6 +19,16 @@ from paystream.tenancy.crypto import MasterKeyring
 from tests.ledger.factories import EventFactory
 
 
+async def _refused(
+    engine: AsyncEngine, tenant: str, match: str, *statements: str, **params: str
+) -> None:
+    """The statements, run as the app role in one tenant session, are refused."""
+    with pytest.raises(DBAPIError, match=match):
+        async with tenant_session(engine, tenant) as s:
+            for statement in statements:
+                await s.execute(text(statement), params)
+
+
 async def _payment(engine: AsyncEngine, tenant: str) -> Payment:
     async with tenant_session(engine, tenant) as s:
         return (await s.scalars(select(Payment))).one()
@@ -47,9 +57,9 @@ async def test_the_app_role_cannot_rewrite_a_payment(
         ],
         keyring=keyring,
     )
-    with pytest.raises(DBAPIError, match="payments rows"):
-        async with tenant_session(app_engine, t) as s:
-            await s.execute(text(f"UPDATE payments SET {tamper} WHERE payment_id = 'p1'"))
+    await _refused(
+        app_engine, t, "payments rows", f"UPDATE payments SET {tamper} WHERE payment_id = 'p1'"
+    )
     p = await _payment(app_engine, t)
     assert (p.version, p.amount, p.currency) == (2, 5000, "USD")
     assert (await verify_audit(app_engine, t, keyring)).problems == []
@@ -83,17 +93,14 @@ async def test_erasure_still_blanks_a_customer_but_nothing_else_at_its_version(
     # Not an erasure: personal data blanked without erased_at, or erased_at set with the
     # ciphertext kept.
     for tamper in ("email_ciphertext = NULL", "erased_at = now()"):
-        with pytest.raises(DBAPIError, match="customers rows"):
-            async with tenant_session(app_engine, t) as s:
-                await s.execute(text(f"UPDATE customers SET {tamper}"))
+        await _refused(app_engine, t, "customers rows", f"UPDATE customers SET {tamper}")
     assert await erase_customer(app_engine, t, "cus_1", keyring=keyring) is True
     async with tenant_session(app_engine, t) as s:
         c = (await s.scalars(select(Customer))).one()
     assert c.erased_at is not None and c.email_ciphertext is None and c.version == 1
     for undo in ("erased_at = NULL", "erased_at = NULL, version = version + 1"):
-        with pytest.raises(DBAPIError, match="customers rows"):  # erased once, for good
-            async with tenant_session(app_engine, t) as s:
-                await s.execute(text(f"UPDATE customers SET {undo}"))
+        # Erased once, for good.
+        await _refused(app_engine, t, "customers rows", f"UPDATE customers SET {undo}")
     # A later event of the erased customer still moves it forward, without its data.
     await write_events(app_engine, [make_event.customer(t, "cus_1", version=2)], keyring=keyring)
     async with tenant_session(app_engine, t) as s:
@@ -110,15 +117,14 @@ async def test_another_entitys_event_does_not_move_a_row(
     await write_events(app_engine, [make_event.payment(t, "pay_x", amount=5000)], keyring=keyring)
     customer = [make_event.customer(t, "pay_x", version=v) for v in (1, 2, 3)]
     await write_events(app_engine, customer, keyring=keyring)
-    with pytest.raises(DBAPIError, match="payments rows move forward by an event"):
-        async with tenant_session(app_engine, t) as s:
-            await s.execute(
-                text(
-                    "UPDATE payments SET amount = 1, version = 3, last_event_id = :e "
-                    "WHERE payment_id = 'pay_x'"
-                ),
-                {"e": customer[2].event_id},
-            )
+    await _refused(
+        app_engine,
+        t,
+        "payments rows move forward by an event",
+        "UPDATE payments SET amount = 1, version = 3, last_event_id = :e "
+        "WHERE payment_id = 'pay_x'",
+        e=customer[2].event_id,
+    )
     assert (await _payment(app_engine, t)).amount == 5000
 
 
@@ -130,19 +136,14 @@ async def test_an_erased_customer_gets_no_personal_data_back(
     t = "fw-refill"
     await write_events(app_engine, [make_event.customer(t, "cus_1")], keyring=keyring)
     assert await erase_customer(app_engine, t, "cus_1", keyring=keyring)
-    with pytest.raises(DBAPIError, match="customers rows stay erased"):
-        async with tenant_session(app_engine, t) as s:
-            await s.execute(
-                text(
-                    "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
-                    "entity_version, time, data) VALUES (:t, 'forged', 'x', 'customer', "
-                    "'cus_1', 2, now(), '{}')"
-                ),
-                {"t": t},
-            )
-            await s.execute(
-                text(
-                    "UPDATE customers SET email_ciphertext = '\\x01'::bytea, version = 2, "
-                    "last_event_id = 'forged'"
-                )
-            )
+    await _refused(
+        app_engine,
+        t,
+        "customers rows stay erased",
+        "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
+        "entity_version, time, data) VALUES (:t, 'forged', 'x', 'customer', "
+        "'cus_1', 2, now(), '{}')",
+        "UPDATE customers SET email_ciphertext = '\\x01'::bytea, version = 2, "
+        "last_event_id = 'forged'",
+        t=t,
+    )
