@@ -274,8 +274,10 @@ async def test_only_what_was_stale_when_it_was_reported_is_marked_reconciled(
     assert later.stale == 1 and [r.value for r in await _waiting(s)] == [b"B"]
     # Nor is one parked after that run (a re-send the worker found stale), though its
     # first attempt was old enough: it was not on the topic when the operator was told.
-    await asyncio.sleep(0.01)  # (its broker timestamp is past T)
     headers = ((first, b"%d" % (t - cut - 120_000)),)
-    await dep.produce(s.retry_topic, RawSend(key=b"acme", value=b"C", partition=1, headers=headers))
+    parked_later = RawSend(
+        key=b"acme", value=b"C", partition=1, headers=headers, timestamp_ms=t + 60_000
+    )
+    await dep.produce(s.retry_topic, parked_later)
     again = await replay(s, [s.retry_topic], now_ms=t + 7_200_000, stale_checked_as_of_ms=t)
     assert again.stale == 2 and {r.value for r in await _waiting(s)} == {b"B", b"C"}

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import murmur2
+from prometheus_client.parser import text_string_to_metric_families
 
 from paystream.devstack._process import wait_until
 from paystream.tenancy.models import Tenant
@@ -273,7 +274,25 @@ async def test_a_workers_summaries_leave_out_its_standby_copy(deployment_factory
             what="the owner's summaries",
             interval=0.2,
         )
-        await asyncio.sleep(2)  # the standby copy's flushes (a thousand records each)
+
+        def standby_payments() -> float:
+            """The payments the first worker's store holds: all its peer's (standby)."""
+            with first.open("/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+            return sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "paystream_table_keys"
+                for sample in family.samples
+                if sample.labels.get("table") == "payments"
+            )
+
+        # The standby copy arrives in flushes of a thousand records: once it is there,
+        # the summaries below have something to leave out.
+        await asyncio.to_thread(
+            wait_until, lambda: standby_payments() > 0, timeout=60, what="the standby copy",
+            interval=0.2,
+        )  # fmt: skip
         assert owned(first) == mine, "a rebalance moved partitions: the test saw nothing"
         assert not set(shown(first)) & set(peers), shown(first)
     finally:
