@@ -34,6 +34,23 @@ pytestmark = pytest.mark.asyncio
 CHARGE = {"amount": 800, "currency": "USD", "payment_method_token": "pm_card_visa"}
 
 
+async def _charged_then_limit_lowered(
+    h: Harness, command_id: str
+) -> tuple[str, Any, Any, dict[str, Any]]:
+    """A payment charged whose batch a crash lost before delivery, then its tenant's daily
+    volume lowered below it: (tenant, command record, first outcome, tenant record as it
+    was)."""
+    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100_000}})
+    record = dict(h.tenants[t])
+    durable = _durable(h)
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, command_id)
+    first = await _answer(h, rec)
+    assert kind(first) == "payment.succeeded"
+    _crash_back_to(h, durable)
+    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100}}}
+    return t, rec, first, record
+
+
 def _command(tenant: str, command_type: str, body: dict[str, Any], command_id: str) -> Any:
     """A command record appended now: one a crash just lost (the provider keeps its
     keys for the idempotency window, and is asked only within it)."""
@@ -81,14 +98,7 @@ async def test_a_charge_lost_whole_at_a_crash_passes_a_limit_lowered_since(
     charge the provider already made: admitted as let through, answered as it was,
     and its money counted once."""
     h = harness
-    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100_000}})
-    record = dict(h.tenants[t])
-    durable = _durable(h)
-    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-limited")
-    first = await _answer(h, rec)
-    assert kind(first) == "payment.succeeded"
-    _crash_back_to(h, durable)
-    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100}}}
+    t, rec, first, record = await _charged_then_limit_lowered(h, "cmd-limited")
     again = await _answer(h, rec)
     assert (kind(again), again.get_id()) == (kind(first), first.get_id()), data(again)
     assert [k for k, _ in await _effects(h, record)] == ["charge"]
@@ -252,13 +262,7 @@ async def test_a_quota_refusal_the_provider_cannot_be_asked_about_is_parked(
     limits kept that refusal for the record, and every redelivery got it, though the
     provider had charged. Now parked; re-driven with the provider back, it finishes."""
     h = harness
-    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 100_000}})
-    durable = _durable(h)
-    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-quota")
-    first = await _answer(h, rec)
-    assert kind(first) == "payment.succeeded"
-    _crash_back_to(h, durable)
-    h.tenants[t] = {**h.tenants[t], "limits": {"daily_payment_volume": {"USD": 100}}}
+    t, rec, first, _ = await _charged_then_limit_lowered(h, "cmd-quota")
     real = SimulatorGateway.knows_request
 
     async def down(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
