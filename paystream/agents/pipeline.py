@@ -178,7 +178,8 @@ class CommandProcessor:
         request = rec.headers.get(REQUEST_HEADER)
         if request is None or REQUEST_PATTERN.fullmatch(request) is None:
             return emits
-        return [_echoing(e, request) if e.topic == self.settings.events_topic else e for e in emits]
+        events = self.settings.events_topic
+        return [_with_header(e, REQUEST_HEADER, request) if e.topic == events else e for e in emits]
 
     async def _process(self, rec: Inbound, trace: CommandTrace | None) -> list[Emit]:
         when = record_time(rec.timestamp_ms)
@@ -1046,7 +1047,7 @@ class CommandProcessor:
         original = CommandRef(**{**cmd.__dict__, **first})
         replayed = self._outcome(original, existing.outcome)
         if existing.command_id != cmd.command_id:
-            replayed = _answering(replayed, cmd.command_id)
+            replayed = _with_header(replayed, ANSWERS_HEADER, cmd.command_id.encode())
         return [replayed]
 
     def _earlier_request(self, cmd: CommandRef, raw: Any) -> IdempotencyRecord | None:
@@ -2134,17 +2135,11 @@ def _request_hash(command_type: str, data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def _echoing(emit: Emit, request: bytes) -> Emit:
-    """The outcome record with the sender's request header (a transport header: the event
-    is the one stored and re-emitted), so that its sender tells it from another sender's
-    outcome for the same command id."""
-    headers = tuple(sorted((*emit.record.headers, (REQUEST_HEADER, request))))
-    return replace(emit, record=replace(emit.record, headers=headers))
-
-
-def _answering(emit: Emit, command_id: str) -> Emit:
-    """The record, with a transport header (not a CloudEvents attribute: the event stays
-    the one first emitted) naming the command it now answers, so that command's sender
-    finds it: its causation id names the command that first used the key."""
-    headers = tuple(sorted((*emit.record.headers, (ANSWERS_HEADER, command_id.encode()))))
+def _with_header(emit: Emit, name: str, value: bytes) -> Emit:
+    """The record with one more transport header (not a CloudEvents attribute: the event
+    stays the one stored and first emitted). ANSWERS_HEADER names the command a replayed
+    outcome now answers (its causation id names the command that first used the key);
+    REQUEST_HEADER echoes the sender's, so that two senders of one command id each tell
+    their own outcome."""
+    headers = tuple(sorted((*emit.record.headers, (name, value))))
     return replace(emit, record=replace(emit.record, headers=headers))
