@@ -95,7 +95,7 @@ def _check_ids(
 ) -> None:
     """Refuse now what would cost a round trip, or the sender's whole timeout: the worker
     answers a command with an over-long id, an empty tenant id or an id that reads as a
-    card number under another id or tenant (a digest, "unknown", "[card number]")."""
+    card number under another id or tenant (a digest, "_unknown", "[card number]")."""
     if not tenant_id:
         raise InvalidCommand("tenant id is empty")
     for name, text in (

@@ -72,7 +72,11 @@ from paystream.streams.pan import (
     text_security_code_key,
     with_float_digits,
 )
-from paystream.streams.tracecontext import tracestate_members, valid_tracestate
+from paystream.streams.tracecontext import (
+    parse_traceparent,
+    tracestate_members,
+    valid_tracestate,
+)
 from paystream.tables.records import (
     IdempotencyRecord,
     IdempotencyState,
@@ -93,6 +97,9 @@ __all__ = ["CommandProcessor", "Emit", "Inbound"]
 log = logging.getLogger(__name__)
 # Parks and dead letters can come for every record (a provider down, a broken producer).
 _throttled = ThrottledLog(log)
+# The tenant a rejection names when the command named none it may repeat: no tenant id
+# can be this (TENANT_ID_PATTERN), so no tenant's events, dashboard or metrics get it.
+UNNAMED_TENANT = "_unknown"
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,7 @@ class CommandProcessor:
         sent_at = event.get_time()
         bad_time = None if sent_at is None else _bad_time(sent_at)
         cmd = CommandRef(
-            tenant_id=tenant_id or _key_str(rec.key) or "unknown",
+            tenant_id=tenant_id or _key_str(rec.key) or UNNAMED_TENANT,
             command_id=event.get_id(),
             command_type=suffix,
             idempotency_key=idem_key,
@@ -244,6 +251,14 @@ class CommandProcessor:
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
             id_salt=f"{rec.partition}:{rec.offset}" if rec.offset >= 0 else None,
         )
+        raw = event.get_data()
+        # Before any other rule (like a card number's, in _process): every other answer
+        # echoes the command's attributes, and some keep its data.
+        code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
+        if code_key is not None:
+            answered = self._security_code_answer(rec, cmd, code_key, trace)
+            if answered is not None:
+                return answered
         if too_long := [
             name
             for name, text in (("id", cmd.command_id), ("tenantid", tenant_id), ("type", ce_type))
@@ -304,7 +319,6 @@ class CommandProcessor:
                 RejectReason.VALIDATION_ERROR,
                 f"{controlled[0]} holds a control character",
             )
-        raw = event.get_data()
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         # Everything above depends on the record alone; what follows on state, which may
@@ -386,9 +400,33 @@ class CommandProcessor:
                 ),
                 shown,
             )
-        # Keys a client names (metadata, dispute evidence) may name a card security code.
-        code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
-        return await self._run(rec, cmd, tenant, data, when, code_key, trace)
+        return await self._run(rec, cmd, tenant, data, when, trace)
+
+    def _security_code_answer(
+        self, rec: Inbound, cmd: CommandRef, code_key: str, trace: CommandTrace | None
+    ) -> list[Emit] | None:
+        """A command holding a card security code (in keys a client names: metadata,
+        dispute evidence; or an attribute, a trace state member, JSON in a string) is
+        refused, naming it only as far as nothing of the code is repeated. Kept, it would
+        sit in outcomes, tables, traces and the ledger (PCI DSS: never stored after
+        authorisation, even encrypted). Not remembered under its key: a corrected command
+        under the same key goes through.
+
+        None for one let through before (parked, or in flight at a crash: an older
+        version may have run it), which finishes as any other: the provider may have
+        acted on it."""
+        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
+        if existing is not None and existing.command_id == cmd.command_id:
+            return None
+        safe = _without_security_code(cmd)
+        if trace is not None:
+            trace.begin(safe, None)
+        return self._reject_kept(
+            rec,
+            safe,
+            RejectReason.CARD_DATA_FORBIDDEN,
+            f"{code_key!r} holds a card security code: card data is not accepted",
+        )
 
     def _count(
         self,
@@ -454,7 +492,6 @@ class CommandProcessor:
         tenant: Tenant,
         data: Any,
         when: datetime,
-        code_key: str | None = None,  # a data key holding a card security code
         trace: CommandTrace | None = None,
     ) -> list[Emit]:
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
@@ -500,17 +537,6 @@ class CommandProcessor:
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
         let_through = existing is not None and existing.command_id == cmd.command_id
-        if code_key is not None and not let_through:
-            # Kept, it would sit in tables, outcomes and the ledger (PCI DSS: never
-            # stored after authorisation, even encrypted). Not remembered: a corrected
-            # command under the same key goes through. (One an older version let
-            # through, parked or in flight, still finishes: the provider may have acted.)
-            return self._reject_kept(
-                rec,
-                cmd,
-                RejectReason.CARD_DATA_FORBIDDEN,
-                f"{code_key!r} holds a card security code: card data is not accepted",
-            )
         if not let_through and self._command_id_taken(cmd, request_hash, now):
             # Same id, another request (another source's ids, or a producer bug): run, it
             # would have the first one's outcome ids, and the ledger would keep only one.
@@ -1561,9 +1587,12 @@ class CommandProcessor:
             # stop on every redelivery). Unsure means the bytes are not kept.
             log.exception("card scan of a dead letter failed; its bytes are not kept")
             card, code = True, False
+        # The decoder's message may quote the record (an attribute's name, a value): one
+        # that holds card data is not repeated at all, as `dlq list` would show it.
+        shown = f"{reason}: not shown, the record holds card data" if card or code else detail
         ours = {
             "paystream-dlq-reason": reason.encode(),
-            "paystream-dlq-detail": redact_card_numbers(detail)[:500].encode(),
+            "paystream-dlq-detail": redact_card_numbers(shown)[:500].encode(),
             "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
         }
         if card:
@@ -1960,6 +1989,8 @@ def _raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
     value = rec.value or b""
     if b"\x00" in value or b'"data_base64"' in value:  # digits the quick look cannot see
         return True
+    if any(b"\x00" in v for v in headers.values()) or any("\x00" in k for k in headers):
+        return True
     return raw_may_contain_card_number(
         rec.key or b"",
         rec.value or b"",
@@ -2055,12 +2086,47 @@ def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
     found = text_security_code_key(text)
     if found is None and b"\\" in value:
         found = text_security_code_key(_unescaped(text))
-    return found
+    return found or _header_text_security_code(rec)
+
+
+def _header_text_security_code(rec: Inbound) -> str | None:
+    """A card security code in JSON text inside a kept header's value (``ce_note:
+    {"card_cvc":"737"}``): a binary-mode attribute's value, which a parked or dead-lettered
+    command keeps as it came. (Structured mode has it in the value's text.)"""
+    for name, value in _kept_headers(rec.headers).items():
+        if b'"' not in value:
+            continue  # no JSON member (the common case: no decoding)
+        text = value.replace(b"\x00", b"").decode("utf-8", "replace")  # UTF-16 too
+        found = text_security_code_key(text)
+        if found is None and "\\" in text:
+            found = text_security_code_key(_unescaped(text))
+        if found is not None:
+            return f"{name} {found}"
+    return None
+
+
+def _header_security_code(rec: Inbound) -> str | None:
+    """A card security code in a kept header of a record that did not decode: an
+    extension naming one (``ce_cardcvc: 737``), a trace state member (``cvc=737``), or JSON
+    text in a value."""
+    named: dict[str, str] = {}
+    for name, value in _kept_headers(rec.headers).items():
+        text = value.replace(b"\x00", b"").decode("utf-8", "replace")
+        if name[:3].lower() == "ce_":
+            named[name[3:]] = text
+        if name.lower() == "ce_tracestate":
+            members = tracestate_members(text)
+            if members and security_code_at(dict(members)) is not None:
+                return f"{name} {security_code_at(dict(members))}"
+    return security_code_at(named) or _header_text_security_code(rec)
 
 
 def _raw_holds_security_code(rec: Inbound) -> bool:
     """A record that did not decode, holding a member that reads as a card security code
-    (as JSON where it parses, as text, and with JSON escapes resolved, where not)."""
+    (as JSON where it parses, as text, and with JSON escapes resolved, where not), or a
+    header that holds one."""
+    if _header_security_code(rec) is not None:
+        return True
     value = rec.value or b""
     text = value.decode("utf-8", "replace")
     # The text too when it parses: a repeated key keeps only its last value parsed, and
@@ -2104,13 +2170,38 @@ _SIMPLE_ESCAPES = {
 }
 
 
+def _without_security_code(cmd: CommandRef) -> CommandRef:
+    """The command as its rejection for a card security code may name it: without its
+    trace state (members are key=value pairs: ``cvc=737``) or a traceparent that is not
+    trace context, and with an id, tenant or type whose text holds the code replaced (a
+    digest, as an over-long id is; a tenant no tenant id can be)."""
+
+    def holds(text: str) -> bool:
+        return text_security_code_key(text) is not None or (
+            "\\" in text and text_security_code_key(_unescaped(text)) is not None
+        )
+
+    command_id = cmd.command_id
+    if holds(command_id):
+        command_id = _digest(command_id)
+    return replace(
+        cmd,
+        tenant_id=UNNAMED_TENANT if holds(cmd.tenant_id) else cmd.tenant_id[:ID_MAX_CHARS],
+        command_id=_id_digest(command_id),
+        command_type="unknown" if holds(cmd.command_type) else cmd.command_type[:ID_MAX_CHARS],
+        idempotency_key="",
+        traceparent=cmd.traceparent if parse_traceparent(cmd.traceparent) else None,
+        tracestate=None,
+    )
+
+
 def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef:
     """The command, as far as a rejection may name it when it held a card number."""
     tenant = redact_card_numbers(str(event.get_extension("tenantid") or "")) or redact_card_numbers(
         _key_str(rec.key)
     )
     return CommandRef(
-        tenant_id=tenant or "unknown",
+        tenant_id=tenant or UNNAMED_TENANT,
         command_id=redact_card_numbers(str(event.get_id())),
         command_type=redact_card_numbers(str(event.get_type()).removeprefix(COMMAND_PREFIX))[:128],
         idempotency_key="",
@@ -2120,9 +2211,11 @@ def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef
 
 def _id_digest(command_id: str) -> str:
     """A command id as outcomes may carry it: as it is, or hashed when too long."""
-    if len(command_id) <= ID_MAX_CHARS:
-        return command_id
-    digest = hashlib.sha256(command_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return command_id if len(command_id) <= ID_MAX_CHARS else _digest(command_id)
+
+
+def _digest(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return f"sha256:{digest}"
 
 

@@ -125,7 +125,18 @@ def contains_card_number(*values: Any) -> bool:
     """True if any string (or integer) inside ``values`` looks like a Luhn-valid card number."""
     # One regex pass over all strings joined by NUL (neither a digit, a letter nor a
     # separator, so no match can span two strings) instead of one pass per string.
-    return _has_card_number("\x00".join(s for value in values for s in _strings(value)))
+    return _has_card_number("\x00".join(_with_nuls_removed(values)))
+
+
+def _with_nuls_removed(values: tuple[Any, ...]) -> Iterator[str]:
+    """Every string of ``values``, and one holding NULs once more without them: UTF-16
+    read as UTF-8 puts a NUL beside each digit ("4\x002\x00..."), and NUL is the joiner
+    here, so it cannot be an invisible character of the scan."""
+    for value in values:
+        for s in _strings(value):
+            yield s
+            if "\x00" in s:
+                yield s.replace("\x00", "")
 
 
 def raw_may_contain_card_number(*parts: bytes) -> bool:
@@ -236,8 +247,14 @@ def text_holds_security_code(text: str) -> bool:
 
 def text_security_code_key(text: str) -> str | None:
     """The key of the first member of raw JSON text that reads as a card security code."""
+    if '"' not in text:
+        return None  # no JSON member: nothing to read
     return next(
-        (m.group(1) for m in _CODE_MEMBER.finditer(text) if _names_security_code(m.group(1))),
+        (
+            m.group(1)
+            for m in _CODE_MEMBER.finditer(_ascii_digits(text))  # any script's digits, as parsed
+            if _names_security_code(m.group(1))
+        ),
         None,
     )
 
@@ -277,7 +294,7 @@ def _has_card_number(text: str) -> bool:
     text = _ascii_digits(text)
     if any(_is_card_number(match) for match in _candidates(text)):
         return True
-    if text.isascii():
+    if text.isascii() and _ASCII_CONTROL.search(text) is None:
         return False
     # Invisible characters (zero-width space, soft hyphen, direction marks, joiners,
     # variation selectors, ...) between digits: a card number to any reader, none to the
@@ -286,13 +303,19 @@ def _has_card_number(text: str) -> bool:
     return visible != text and any(_is_card_number(m) for m in _candidates(visible))
 
 
-# Unicode's default-ignorable code points (rendered as nothing) and the combining
-# grapheme joiner: what can sit between digits unseen.
-_INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+# Unicode's default-ignorable code points (rendered as nothing), the combining grapheme
+# joiner and the C0 controls other than spaces and line breaks: what can sit between
+# digits unseen. (Not NUL: it joins the strings of a scan; see _with_nuls_removed.)
+_INVISIBLE_CHARS = (
+    "\x01-\x08\x0e-\x1f\x7f"
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
     "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
 )
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+_ASCII_CONTROL = re.compile("[\x01-\x08\x0e-\x1f\x7f]")
+# What redaction, which scans one string at a time, looks through: NUL too.
+_UNSEEN = re.compile(f"[\x00{_INVISIBLE_CHARS}]+")
 
 
 def _candidates(text: str) -> Iterator[re.Match[str]]:
@@ -324,15 +347,41 @@ def _card_digits(digits: str) -> bool:
 
 
 def redact_card_numbers(text: str) -> str:
-    """``text`` with every card number in it replaced by :data:`REDACTED`."""
-    scanned = _ascii_digits(text)
+    """``text`` with every card number in it replaced by :data:`REDACTED`, one written
+    with invisible characters (or NULs) between its digits included."""
+    scanned = _ascii_digits(text)  # positions are the same in ``text``
+    spans = [m.span() for m in _candidates(scanned) if _is_card_number(m)]
+    if _UNSEEN.search(scanned) is not None:
+        visible, origin = _without_unseen(scanned)
+        spans += [
+            (origin[m.start()], origin[m.end() - 1] + 1)
+            for m in _candidates(visible)
+            if _is_card_number(m)
+        ]
+    if not spans:
+        return text
     out: list[str] = []
     last = 0
-    for match in _candidates(scanned):  # positions are the same in ``text``
-        if _is_card_number(match):
-            out += (text[last : match.start()], REDACTED)
-            last = match.end()
-    return "".join(out) + text[last:] if out else text
+    for start, end in sorted(spans):
+        if end <= last:
+            continue  # within one already redacted
+        out += (text[last : max(start, last)], REDACTED)
+        last = end
+    return "".join(out) + text[last:]
+
+
+def _without_unseen(text: str) -> tuple[str, list[int]]:
+    """``text`` without its unseen characters, and where each remaining one was in it."""
+    kept: list[str] = []
+    origin: list[int] = []
+    last = 0
+    for run in _UNSEEN.finditer(text):
+        kept.append(text[last : run.start()])
+        origin.extend(range(last, run.start()))
+        last = run.end()
+    kept.append(text[last:])
+    origin.extend(range(last, len(text)))
+    return "".join(kept), origin
 
 
 def _ascii_digits(text: str) -> str:

@@ -174,3 +174,168 @@ async def test_a_base64_card_number_in_a_command_is_refused(harness: Harness) ->
     emits = await harness.raw(Inbound(t.encode(), value, headers, 0, "c", 0, 4))
     out = outcome_of(harness.settings, emits)
     assert out is not None and data(out).get("reason") == "card_data_forbidden", data(out)
+
+
+# ---- Review findings (session 27): a code or number refused, then repeated ----------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _blob(emits: list[Emit]) -> str:
+    """Everything emitted, as text a reader would see (NULs dropped, as a display does)."""
+    parts = []
+    for e in emits:
+        rec = e.record
+        parts += [rec.key or b"", rec.value, *(k.encode() + v for k, v in rec.headers)]
+    return b"".join(parts).replace(b"\x00", b"").decode("utf-8", "replace")
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+async def test_a_card_number_with_invisible_characters_is_not_repeated_by_its_rejection(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    hidden = "order-" + "\u200b".join(PAN)
+    emits = await harness.raw(_binary(t.encode(), b"{}", ce_id=hidden.encode()))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert PAN not in _digits(_blob(emits)), out.get_extension("causationid")
+
+
+async def test_a_card_number_in_utf16_is_refused_in_a_header_and_in_data(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})  # were it run, parked
+    pay = b'{"amount":100,"currency":"USD","payment_method_token":"pm_card_visa"}'
+    emits = await harness.raw(_binary(t.encode(), pay, ce_note=PAN.encode("utf-16-le")))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert PAN not in _blob(emits)
+    value = json.dumps({"description": PAN.encode("utf-16-le").decode(), "email": "a@x.io"})
+    emits = await harness.raw(
+        _binary(t.encode(), value.encode(), ce_type=b"com.paystream.command.customer.create")
+    )
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert not harness.tables.customers
+
+
+async def test_a_security_code_outside_the_data_is_not_repeated_by_its_rejection(
+    harness: Harness,
+) -> None:
+    """Its trace state (``cvc=737``), an id holding it: not on the outcome, nor kept."""
+    t = harness.add_tenant()
+    emits = await harness.raw(
+        _binary(t.encode(), b"{}", ce_traceparent=TRACEPARENT.encode(), ce_tracestate=b"cvc=737")
+    )
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert out.get_extension("tracestate") is None
+    assert out.get_extension("traceparent") is not None  # the trace goes on
+    code_id = '{"card_cvc":"737"}'
+    emits = await harness.raw(_binary(t.encode(), b"{}", ce_id=code_id.encode()))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert str(out.get_extension("causationid")).startswith("sha256:")
+    assert "737" not in _blob(emits)
+    assert "737" not in json.dumps(dict(harness.processor.answers.table), default=str)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"ce_note": b'{"card_cvc":"737"}'},  # JSON in a binary-mode attribute's value
+        {"ce_traceparent": b'{"cvc":"737"}'},  # the same, where a traceparent goes
+        {"ce_note": '{"card_cvc":"737"}'.encode("utf-16-le")},
+    ],
+    ids=["extension", "traceparent", "utf16"],
+)
+async def test_a_security_code_as_json_in_a_header_is_refused(
+    harness: Harness, headers: dict[str, bytes]
+) -> None:
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})  # were it run, parked
+    pay = b'{"amount":100,"currency":"USD","payment_method_token":"pm_card_visa"}'
+    emits = await harness.raw(_binary(t.encode(), pay, **headers))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert "737" not in _blob(emits)
+
+
+async def test_a_security_code_in_other_digits_inside_a_string_is_refused(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    value = json.dumps({"description": '{"card_cvc": "\uff17\uff13\uff17"}', "email": "a@x.io"})
+    emits = await harness.raw(
+        _binary(t.encode(), value.encode(), ce_type=b"com.paystream.command.customer.create")
+    )
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert not harness.tables.customers
+
+
+async def test_a_security_code_is_refused_before_any_other_rule(harness: Harness) -> None:
+    """Validation repeats a bad value ("unsupported currency '...'"), an unknown tenant
+    its id; answered first, neither sees it."""
+    t = harness.add_tenant()
+    value = json.dumps(
+        {"amount": 100, "currency": '{"card_cvc": "737"}', "payment_method_token": "pm_x"}
+    )
+    emits = await harness.raw(_binary(t.encode(), value.encode()))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert "737" not in _blob(emits)
+    assert "737" not in json.dumps(dict(harness.processor.answers.table), default=str)
+    code = '{"card_cvc":"737"}'
+    emits = await harness.raw(_binary(code.encode(), b"{}", ce_id=b"c2"))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert "737" not in _blob(emits)
+
+
+async def test_a_dead_letter_with_a_security_code_in_a_header_keeps_no_header(
+    harness: Harness,
+) -> None:
+    """Not a CloudEvent (no source): dead-lettered, its headers not kept, and its detail
+    (the decoder's message names attributes) not shown."""
+    t = harness.add_tenant()
+    rec = _binary(t.encode(), b'{"email":"a@x.io"}', ce_cardcvc=b"737")
+    rec = Inbound(
+        key=rec.key,
+        value=rec.value,
+        headers={k: v for k, v in rec.headers.items() if k != "ce_source"},
+        timestamp_ms=0,
+        topic="c",
+        offset=4,
+    )
+    emits = await harness.raw(rec)
+    (dead,) = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    headers = dict(dead.record.headers)
+    assert headers["paystream-dlq-redacted"] == b"card_security_code"
+    assert "ce_cardcvc" not in headers and "737" not in _blob(emits)
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+
+
+async def test_a_command_naming_no_tenant_is_answered_under_no_tenant_id(
+    harness: Harness,
+) -> None:
+    """Not as tenant ``unknown``, which a tenant may be called."""
+    harness.add_tenant("unknown")
+    rec = _binary(b"", b"{}")
+    rec = Inbound(
+        key=None,
+        value=rec.value,
+        headers={k: v for k, v in rec.headers.items() if k != "ce_tenantid"},
+        timestamp_ms=0,
+        topic="c",
+        offset=5,
+    )
+    emits = await harness.raw(rec)
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "validation_error"
+    assert out.get_extension("tenantid") == "_unknown"
+    assert all(e.record.key != b"unknown" for e in emits)

@@ -14,10 +14,13 @@ from hypothesis import strategies as st
 
 from paystream.streams import pan
 from paystream.streams.pan import (
+    REDACTED,
     contains_card_number,
     luhn_valid,
     raw_may_contain_card_number,
+    redact_card_numbers,
     security_code_at,
+    text_security_code_key,
 )
 
 
@@ -293,3 +296,28 @@ def test_the_text_scan_of_a_dead_letter_takes_linear_time() -> None:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert pan.text_holds_security_code('{"cvv" :  " 1234 "')
+
+
+@pytest.mark.parametrize("sep", ["\u200b", "\u00ad", "\x00", "\x1f", "\u200b\u200b"])
+def test_a_card_number_with_unseen_characters_between_its_digits_is_redacted(sep: str) -> None:
+    """Detected with them removed, so redacted so: a rejection repeats what it redacts."""
+    text = "order-" + sep.join("4242424242424242") + "-x"
+    assert contains_card_number(text)
+    assert redact_card_numbers(text) == f"order-{REDACTED}-x"
+
+
+def test_redaction_keeps_what_is_around_several_card_numbers() -> None:
+    text = "a 4242424242424242 b " + "\u200b".join("4000056655665556") + " c"
+    assert redact_card_numbers(text) == f"a {REDACTED} b {REDACTED} c"
+
+
+def test_a_card_number_in_utf16_inside_one_string_is_found() -> None:
+    """UTF-16 read as UTF-8: a NUL beside each digit. NUL joins the strings of a scan, so
+    two strings never run together into one number."""
+    assert contains_card_number("4242424242424242".encode("utf-16-le").decode())
+    assert not contains_card_number("42424242", "42424242")
+
+
+def test_a_security_code_in_other_digits_is_found_in_text() -> None:
+    assert text_security_code_key('{"card_cvc": "\uff17\uff13\uff17"}') == "card_cvc"
+    assert text_security_code_key("cvc 737") is None  # no JSON member
