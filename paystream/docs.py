@@ -623,6 +623,8 @@ def asyncapi() -> Doc:
                 "`provider_unavailable`, `rate_limited`, `processing_error`), `stale` (older "
                 "than the providers keep idempotency keys), `provider_unanswered` (the provider "
                 "could not be asked whether it took the request; asked again when re-driven), "
+                "`provider_changed` (let through to one provider account, re-driven after its "
+                "tenant moved to another, where its key would be a new request), "
                 "or the rejection reason of a command let through once that cannot run now "
                 "(`unknown_tenant`, `internal_error`, ...)"
             ),

@@ -257,7 +257,10 @@ async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitab
             return await ctx.call(fn)
         return await ctx.trace.provider_call(ctx.gateway.provider, operation, ctx.call, fn)
     except UnsupportedOperation as exc:
-        raise Rejection(RejectReason.UNSUPPORTED, exc.message) from exc
+        # The tenant's setup (its provider, the capabilities it is given), not the
+        # command: not remembered, so the same key runs once that is changed, and one
+        # let through before (the provider may have acted) is parked again, not refused.
+        raise Rejection(RejectReason.UNSUPPORTED, exc.message, remember=False) from exc
     except GatewayError as exc:
         if exc.code is ErrorCode.NOT_FOUND:
             raise Rejection(RejectReason.NOT_FOUND, exc.message) from exc

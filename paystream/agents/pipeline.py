@@ -546,6 +546,17 @@ class CommandProcessor:
                 RejectReason.IDEMPOTENCY_CONFLICT,
                 f"command id {cmd.command_id!r} was already used for a different request",
             )
+        account = gateway_account(tenant)
+        if (
+            existing is not None
+            and existing.state in _LET_THROUGH
+            and existing.gateway not in (None, account)
+        ):
+            # Let through to another provider account, which may have acted on it: sent
+            # to this one, under a key it has never seen, it would be charged again.
+            # Parked again for a person to reconcile (or for the tenant's account to be
+            # put back).
+            return self._repark(rec, cmd, existing, PROVIDER_CHANGED)
         gateway_or_rejection = self._gateway_for(tenant)
         # Parked while its tenant was suspended, because the provider could not be asked
         # whether it took it (K1): refused `tenant_suspended` unless the provider did or
@@ -697,6 +708,8 @@ class CommandProcessor:
             expires,
             entity_keys=entity_keys,
             counted=carried,
+            # (one let through by an older version, which did not say: this account)
+            gateway=(existing.gateway if let_through and existing is not None else None) or account,
         )
         # Under its own key, its id is not in the table: say which request the id names
         # (written again by each command of that request, so it lasts the window of the
@@ -1727,6 +1740,7 @@ class CommandProcessor:
         counted: bool = False,
     ) -> list[Emit]:
         """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`."""
+        in_flight = self.idempotency.get(idem_key) or {}
         self._remember(
             idem_key,
             _idempotency_dict(
@@ -1736,6 +1750,7 @@ class CommandProcessor:
                 expires,
                 entity_keys=entity_keys,
                 counted=True if counted else None,
+                gateway=in_flight.get("gateway"),  # where it was sent
             ),
         )
         return self._to_retry_topic(rec, cmd, exc.code.value)
@@ -1788,6 +1803,9 @@ _PROVIDER_REJECTIONS = {
 
 # Park reason of a re-driven command older than `dlq replay` may re-send (see dlq.py).
 STALE = "stale"
+# A command let through to one provider account, re-driven after its tenant moved to
+# another (see gateway_account).
+PROVIDER_CHANGED = "provider_changed"
 
 
 # Validation errors an outcome lists (the message says how many there were): a command
@@ -1857,6 +1875,7 @@ def _idempotency_dict(
     *,
     entity_keys: bool = True,
     counted: bool | None = None,
+    gateway: str | None = None,
 ) -> dict[str, Any]:
     """An IdempotencyRecord in its stored (JSON) shape, built without a model round trip:
     this runs two or three times per command on the hot path."""
@@ -1879,7 +1898,18 @@ def _idempotency_dict(
         record["tracestate"] = cmd.tracestate  # (only when there is one: records stay small)
     if counted is not None:
         record["counted"] = counted
+    if gateway is not None:
+        record["gateway"] = gateway
     return record
+
+
+def gateway_account(tenant: Tenant) -> str:
+    """The provider account a tenant's calls reach: its provider and connected account.
+    Idempotency keys live per account (Stripe's per account, the simulator's in its
+    store), so a request re-sent to another account is a new request there. (A rotated
+    key of the same account is the same account; one of another account cannot be told
+    without asking the provider.)"""
+    return f"{tenant.gateway}/{tenant.connected_account or ''}"
 
 
 def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:

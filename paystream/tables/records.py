@@ -268,6 +268,9 @@ class IdempotencyRecord(BaseModel):
     # day (not when another record did); parked, whether an earlier record of the
     # command already had. None: not said (older versions).
     counted: bool | None = None
+    # Let through (in flight or parked): the provider account it was first sent to
+    # (``gateway_account``). None: older versions, or never let through.
+    gateway: str | None = None
     # A rejection's: the customer the command was about (its data named one), so that
     # erasing them also erases the request hash, a hash of their personal data.
     customer_id: str | None = None
