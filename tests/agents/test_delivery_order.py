@@ -1,0 +1,64 @@
+"""A batch with a rejection lands its decisions before the rest (review finding: with the
+idempotency records lost and a later command's entity landed, a payment refused
+`not_found` was charged on redelivery, once its customer existed). A batch without one
+is produced in one go, as before."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from paystream.agents import commands
+from paystream.agents.commands import ProcessedBatch, _changelog_name
+from paystream.agents.pipeline import Emit
+from paystream.streams.batch_producer import OutRecord
+from paystream.streams.codec import KafkaRecord
+from paystream.tables import definitions as t
+from paystream.tables.changelog import ChangelogBatch
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+
+def _batch(outcome: str) -> ProcessedBatch:
+    idem, limits = _changelog_name(t.idempotency), _changelog_name(t.limits)
+    customers = _changelog_name(t.customers)
+    records = [
+        OutRecord(customers, 0, b"k", b"entity"),
+        OutRecord(idem, 0, b"k", b"decision"),
+        OutRecord(limits, 0, b"k", b"kept answer"),
+        OutRecord("paystream.events", 0, b"t", b"outcome"),
+    ]
+    summary = {"outcome": outcome, "tenant": "t"}
+    emit = Emit("paystream.events", KafkaRecord(b"t", b"outcome", ()), summary)
+    return ProcessedBatch([], [emit], records, ChangelogBatch(), [0], [0, 0, 0, 0])
+
+
+async def _delivered_in_groups(
+    monkeypatch: pytest.MonkeyPatch, batch: ProcessedBatch
+) -> list[list[bytes | None]]:
+    groups: list[list[bytes | None]] = []
+
+    async def publish(producer: Any, records: list[OutRecord], *a: Any, **kw: Any) -> list[Any]:
+        groups.append([r.value for r in records])
+        await asyncio.sleep(0)
+        return []
+
+    runner = commands.CommandRunner()
+    monkeypatch.setattr(commands, "_publish", publish)
+    monkeypatch.setattr(runner, "_kafka", lambda: (None, None))
+    await runner.deliver_batch(batch)
+    return groups
+
+
+async def test_a_batch_with_a_rejection_lands_its_decisions_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    groups = await _delivered_in_groups(monkeypatch, _batch("command.rejected"))
+    assert groups == [[b"decision", b"kept answer"], [b"entity", b"outcome"]]
+
+
+async def test_a_batch_without_one_is_produced_in_one_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    groups = await _delivered_in_groups(monkeypatch, _batch("payment.succeeded"))
+    assert groups == [[b"entity", b"decision", b"kept answer", b"outcome"]]
