@@ -9,6 +9,7 @@ Rule violations raise ``Rejection``; provider declines become ``*.failed`` outco
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -73,10 +74,16 @@ class Rejection(Exception):
 class AlreadyApplied(Exception):
     """The entity already recorded this command (redelivery after a crash): re-emit."""
 
-    def __init__(self, outcome: StoredOutcome, id_salt: str | None = None) -> None:
+    def __init__(
+        self,
+        outcome: StoredOutcome,
+        id_salt: str | None = None,
+        emitted: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(outcome.type)
         self.outcome = outcome
         self.id_salt = id_salt  # the outcome's ids, as first emitted
+        self.emitted = emitted  # its time and trace context, as first emitted (or None)
 
 
 class AnsweredByAnother(Exception):
@@ -128,6 +135,8 @@ class HandlerContext:
     request_hash: str | None = None  # of this command's type and data
     let_through: bool = False  # parked or in flight before: the provider may have acted
     trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
+    # How long a command id names one request (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS).
+    id_window_seconds: float = 24 * 3600
 
     @property
     def tenant(self) -> str:
@@ -189,16 +198,24 @@ class HandlerContext:
         done = record.applied_outcome(self.cmd.command_id)
         if done is None:
             return
-        applied_hash = record.applied_hash(self.cmd.command_id)
+        command_id = self.cmd.command_id
+        applied_hash = record.applied_hash(command_id)
         if applied_hash is not None and self.request_hash not in (None, applied_hash):
+            at = record.applied_at(command_id)
+            if at is not None and at < time.time() - self.id_window_seconds:
+                # Past the window, a command id names another request (README): a
+                # producer using order ids may refund under the id its payment had.
+                return
             # Another command under the same id (another source's, or a producer bug):
             # answering with the first one's outcome would report an effect never made.
             raise Rejection(
                 RejectReason.IDEMPOTENCY_CONFLICT,
-                f"command id {self.cmd.command_id!r} was already used for a different request",
+                f"command id {command_id!r} was already used for a different request",
                 remember=False,  # not kept under the key: the corrected request may follow
             )
-        raise AlreadyApplied(done, record.applied_salt(self.cmd.command_id))
+        raise AlreadyApplied(
+            done, record.applied_salt(command_id), record.applied_emission(command_id)
+        )
 
     def applied_to(self, model: type[EntityRecord], entity_id: str) -> None:
         """AlreadyApplied if this command made or changed that entity: one whose id the
@@ -410,7 +427,10 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     # guessed email and name could be checked against.
     rec.applied = {
         k: applied_entry(
-            scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id), None, v.get("salt")
+            scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id),
+            None,
+            v.get("salt"),
+            v,  # (its emission: times and trace context only)
         )
         for k, v in rec.applied.items()
     }

@@ -684,6 +684,7 @@ class CommandProcessor:
             request_hash=request_hash,
             let_through=let_through,
             trace=trace,
+            id_window_seconds=self.settings.idempotency_ttl_seconds,
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
@@ -732,8 +733,21 @@ class CommandProcessor:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
             cmd = replace(cmd, id_salt=done.id_salt)  # the ids it was first emitted with
+            if done.emitted is not None:  # and its time and trace context
+                cmd = replace(
+                    cmd,
+                    time=datetime.fromisoformat(str(done.emitted["time"])),
+                    traceparent=done.emitted.get("traceparent"),
+                    tracestate=done.emitted.get("tracestate"),
+                    traceparent_is_outcomes=True,
+                )
             self._repair_entities(
-                cmd.tenant_id, cmd.command_id, done.outcome, request_hash, cmd.id_salt
+                cmd.tenant_id,
+                cmd.command_id,
+                done.outcome,
+                request_hash,
+                cmd.id_salt,
+                done.emitted,
             )
             self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome)
@@ -810,7 +824,7 @@ class CommandProcessor:
             self._finish(idem_table_key, cmd, request_hash, expires, stored)
             self._count(cmd.tenant_id, cmd.command_type, stored.type, refused)
             return [self._outcome(cmd, stored)]
-        stored = self._apply(cmd, result, request_hash)
+        stored = self._apply(cmd, result, request_hash, expires)
         # A re-drive that charged again (its first record's entity write was lost) whose
         # money an earlier record already counted: answered, not counted again.
         counts = not (
@@ -1053,6 +1067,11 @@ class CommandProcessor:
         named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
         return named is None or float(named.get("expires_at", 0)) < now
 
+    def _applied_at(self, expires: float) -> float:
+        """When a command whose idempotency record expires at ``expires`` ran: the same
+        from the record as when it was written (a repair converges on the entity)."""
+        return round(expires - self.settings.idempotency_ttl_seconds, 3)
+
     def _replay_done(self, cmd: CommandRef, existing: IdempotencyRecord) -> list[Emit]:
         """The stored outcome of a finished command, again: the same event, byte for byte."""
         assert existing.outcome is not None
@@ -1062,6 +1081,14 @@ class CommandProcessor:
             existing.outcome,
             existing.request_hash,
             existing.id_salt,
+            None
+            if existing.time is None
+            else {
+                "at": self._applied_at(existing.expires_at),
+                "time": existing.time.isoformat(),
+                "traceparent": existing.traceparent,
+                "tracestate": existing.tracestate,
+            },
         )
         if cmd.source is not None and existing.source == list(cmd.source):
             # This very record, redelivered after a crash: what it wrote may be in the
@@ -1271,8 +1298,11 @@ class CommandProcessor:
             return None
         return self._replay_done(cmd, existing)
 
-    def _apply(self, cmd: CommandRef, result: HandlerResult, request_hash: str) -> StoredOutcome:
-        """Bump versions, build the outcome data, and write every changed entity."""
+    def _apply(
+        self, cmd: CommandRef, result: HandlerResult, request_hash: str, expires: float
+    ) -> StoredOutcome:
+        """Bump versions, build the outcome data, and write every changed entity
+        (``expires``: when its idempotency record does)."""
         data: dict[str, Any] = {"tenant_id": cmd.tenant_id, "command_id": cmd.command_id}
         entities = [e for e in [result.primary, *result.related] if e is not None]
         # One dump per entity serves both its published snapshot and its table record, so
@@ -1305,8 +1335,11 @@ class CommandProcessor:
         if result.error is not None:
             data["error"] = result.error.as_outcome()
         stored = StoredOutcome(type=result.outcome_type, data=data)
+        emitted = _emission(cmd, self._applied_at(expires)) if entities else None
         for entity, record in zip(entities, dumped, strict=True):
-            entity.remember(cmd.command_id, stored, request_hash, cmd.id_salt, self.committed)
+            entity.remember(
+                cmd.command_id, stored, request_hash, cmd.id_salt, self.committed, emitted
+            )
             record["applied"] = dict(entity.applied)
             table = self.tables.by_type(entity.entity_type)
             table[entity_key(cmd.tenant_id, entity.id)] = record
@@ -1436,6 +1469,7 @@ class CommandProcessor:
         outcome: StoredOutcome,
         request_hash: str | None = None,
         id_salt: str | None = None,
+        emitted: Mapping[str, Any] | None = None,
     ) -> None:
         """Restore whichever of a command's entity writes a crash lost.
 
@@ -1454,7 +1488,7 @@ class CommandProcessor:
             ):
                 continue
             applied = dict((current or {}).get("applied") or {})
-            applied[command_id] = applied_entry(outcome, request_hash, id_salt)
+            applied[command_id] = applied_entry(outcome, request_hash, id_salt, emitted)
             trim_applied(applied, self.committed, keep=image.get("created_by"))
             table[key] = {**image, "entity_type": entity_type, "applied": applied}
             metrics.REPAIRS.labels(tenant_id, entity_type).inc()
@@ -1901,6 +1935,17 @@ def _idempotency_dict(
     if gateway is not None:
         record["gateway"] = gateway
     return record
+
+
+def _emission(cmd: CommandRef, at: float) -> dict[str, Any]:
+    """What an entity keeps of how a command's outcome was emitted (applied_entry): when,
+    its time and trace context, as the idempotency record keeps them."""
+    emitted: dict[str, Any] = {"at": at, "time": cmd.time.isoformat()}
+    if cmd.traceparent:
+        emitted["traceparent"] = outcome_traceparent(cmd)
+        if cmd.tracestate:
+            emitted["tracestate"] = cmd.tracestate
+    return emitted
 
 
 def gateway_account(tenant: Tenant) -> str:

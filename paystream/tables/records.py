@@ -8,7 +8,7 @@ and the stored outcome is re-emitted instead of applying the change again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "APPLIED_MEMORY",
+    "EMISSION_KEYS",
     "CustomerRecord",
     "DisputeRecord",
     "EntityRecord",
@@ -70,8 +71,9 @@ class EntityRecord(BaseModel):
         request_hash: str | None = None,
         id_salt: str | None = None,
         committed: Callable[[int], int] | None = None,
+        emitted: Mapping[str, Any] | None = None,
     ) -> None:
-        self.applied[command_id] = applied_entry(outcome, request_hash, id_salt)
+        self.applied[command_id] = applied_entry(outcome, request_hash, id_salt, emitted)
         trim_applied(self.applied, committed, keep=self.created_by)
 
     def applied_outcome(self, command_id: str) -> StoredOutcome | None:
@@ -89,6 +91,21 @@ class EntityRecord(BaseModel):
         """The id salt its outcome was emitted with (see ``CommandRef.id_salt``)."""
         raw = self.applied.get(command_id)
         return None if raw is None else raw.get("salt")
+
+    def applied_at(self, command_id: str) -> float | None:
+        """When (unix seconds, the worker's clock) it applied ``command_id`` (None: not
+        known, remembered by an older version)."""
+        at = (self.applied.get(command_id) or {}).get("at")
+        return float(at) if isinstance(at, int | float) else None
+
+    def applied_emission(self, command_id: str) -> dict[str, Any] | None:
+        """How its outcome was emitted: ``time``, ``traceparent``, ``tracestate``, and
+        when it applied it (``at``), as kept (None: not known, remembered by an older
+        version)."""
+        raw = self.applied.get(command_id) or {}
+        if "time" not in raw:
+            return None
+        return {k: raw[k] for k in EMISSION_KEYS if k in raw}
 
 
 def trim_applied(
@@ -125,15 +142,27 @@ def _uncommitted(salt: Any, committed: Callable[[int], int]) -> bool:
     return floor < 0 or int(offset) >= floor
 
 
+# What an applied entry keeps of its outcome's emission (see applied_entry).
+EMISSION_KEYS = ("at", "time", "traceparent", "tracestate")
+
+
 def applied_entry(
-    outcome: StoredOutcome, request_hash: str | None, id_salt: str | None = None
+    outcome: StoredOutcome,
+    request_hash: str | None,
+    id_salt: str | None = None,
+    emitted: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What an entity remembers of a command it applied."""
+    """What an entity remembers of a command it applied. ``emitted``: when it applied it
+    (``at``: a reused command id is another request once the idempotency window has
+    passed) and its outcome's ``time``, ``traceparent`` and ``tracestate``, so that
+    answering it again from the entity emits the very event first emitted."""
     entry: dict[str, Any] = {"type": outcome.type, "data": outcome.data}
     if request_hash is not None:
         entry["hash"] = request_hash
     if id_salt is not None:
         entry["salt"] = id_salt
+    if emitted:
+        entry.update((k, v) for k, v in emitted.items() if k in EMISSION_KEYS and v is not None)
     return entry
 
 
