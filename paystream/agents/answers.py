@@ -83,6 +83,11 @@ class RecordAnswers:
             return None
         return dict(entry["data"])
 
+    @staticmethod
+    def fits(data: dict[str, Any]) -> bool:
+        """Whether a rejection with this data can be kept (at any offset)."""
+        return _size(10**18, {"id": "x" * 16, "data": data, "n": 10**5}) <= MAX_ENTRY_BYTES
+
     def keep(self, partition: int, offset: int, command_id: str, data: dict[str, Any]) -> None:
         """Keep a rejection for the record's redeliveries (a record not from Kafka has
         none); what is committed already is dropped."""

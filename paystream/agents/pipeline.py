@@ -388,18 +388,21 @@ class CommandProcessor:
         except ValidationError as exc:
             errors = _validation_errors(exc)
             shown = errors[:VALIDATION_ERRORS_SHOWN]
-            return self._reject_kept(
-                rec,
-                cmd,
-                RejectReason.VALIDATION_ERROR,
-                f"invalid {suffix} data"
-                + (
+            while True:
+                message = f"invalid {suffix} data" + (
                     f" ({len(errors)} errors, the first {len(shown)} shown)"
                     if shown != errors
                     else ""
-                ),
-                shown,
-            )
+                )
+                # As few as keep it small enough to be kept for the record's redeliveries
+                # (long non-ASCII field names): else one could be answered otherwise.
+                fits = RecordAnswers.fits(
+                    rejection_data(suffix, RejectReason.VALIDATION_ERROR, message, shown)
+                )
+                if fits or not shown:
+                    break
+                shown = shown[:-1]
+            return self._reject_kept(rec, cmd, RejectReason.VALIDATION_ERROR, message, shown)
         return await self._run(rec, cmd, tenant, data, when, trace)
 
     def _security_code_answer(

@@ -225,3 +225,19 @@ def test_a_kept_park_is_no_rejection_to_an_older_reader() -> None:
     assert answers.parked(0, 5, "cmd") == {"refusal": "tenant_suspended"}
     answers.keep(0, 6, "cmd2", {"reason": "tenant_suspended"})
     assert answers.parked(0, 6, "cmd2") is None
+
+
+async def test_a_long_validation_error_is_cut_to_be_kept(harness: Harness) -> None:
+    """Field names in a script of 4-byte characters made a `validation_error` too large
+    to keep (the cut was by characters): redelivered after a suspension, the record was
+    answered `tenant_suspended` under the same event id (review finding)."""
+    h = harness
+    t = h.add_tenant()
+    metadata = {("\U0001f600" * 100) + str(i): "v" for i in range(12)}
+    rec = _record(t, {**PAY, "metadata": metadata})
+    first = _outcome(h, await h.raw(rec))
+    again = outcome_of(h.settings, await h.raw(rec))
+    assert again is not None and data(again)["reason"] == "validation_error"
+    assert "shown" in data(again)["message"]
+    h.tenants[t] = {**h.tenants[t], "status": "suspended"}
+    assert _outcome(h, await h.raw(rec)) == first
