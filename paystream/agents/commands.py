@@ -94,9 +94,6 @@ EXIT_MISCONFIGURED = 78
 # On a rebalance, how long the batch in hand may take to be delivered before the worker
 # rejoins the group: well inside the rebalance timeout (6 s on the embedded broker).
 REBALANCE_DRAIN_SECONDS = 3.0
-# A batch the hand-over gave up on while it was still processing waits this long for the
-# new assignment (to deliver only what is still ours) before the worker exits without it.
-REASSIGNMENT_WAIT_SECONDS = 120.0
 # How often durable offsets are committed (Faust's default commit interval is 2.8 s).
 COMMIT_INTERVAL_SECONDS = 1.0
 
@@ -466,7 +463,7 @@ async def process_commands(stream: Any) -> None:
             # finally below lets them finish before the last commit.
             await chain.run(
                 runner.process_batch(events),
-                functools.partial(_deliver, offsets, events),
+                functools.partial(_deliver, offsets, events, taken_at=_assignments),
                 on_done=functools.partial(_exit_if_failed, len(events)),
             )
     finally:
@@ -531,12 +528,11 @@ async def _hand_over(deadline: float) -> None:
                     "rebalance: the batch in hand was not delivered within "
                     f"{REBALANCE_DRAIN_SECONDS:.0f} s"
                 )
-            # Still processing: once processed, it waits for the new assignment and
-            # delivers only what is still ours (see _deliver).
+            # Still processing: once processed, it is not delivered (see _deliver).
             _abandoned_at = _assignments
             log.warning(
                 "rebalance: the batch in hand was not delivered within %.0f s; "
-                "its commands will be redone by their new owner",
+                "its commands will be redone from the committed offsets",
                 REBALANCE_DRAIN_SECONDS,
             )
         try:
@@ -547,12 +543,25 @@ async def _hand_over(deadline: float) -> None:
 
 
 async def _deliver(
-    offsets: DurableOffsets, events: Sequence[EventT], batch: ProcessedBatch
+    offsets: DurableOffsets, events: Sequence[EventT], batch: ProcessedBatch, taken_at: int
 ) -> None:
-    if _abandoned_at is not None and _assignments == _abandoned_at:
-        # The hand-over gave up on this batch and the worker is rejoining: its
-        # partitions may be moving, and which is not known until the new assignment.
-        await _reassigned(_abandoned_at)
+    """Deliver a processed batch (``taken_at``: the assignments counted when its events
+    were taken), then make its offsets committable."""
+    if _abandoned_at is not None and taken_at <= _abandoned_at:
+        # The hand-over gave up on it (or it was taken before the rejoin that followed):
+        # nothing of it is delivered, nor committed. Its partitions may be moving, and
+        # for one that stays, Faust's recovery reads the changelog only up to where it
+        # stood as the assignment came: this batch's writes, landing after, would be
+        # replaced in the store by older values (a kept rejection undone, a redelivery
+        # answered otherwise). Redone from the committed offsets by whoever owns them,
+        # its commands are answered from what is stored of them (the provider calls
+        # were idempotent); none of its outcomes was emitted to be contradicted.
+        log.warning(
+            "a batch of %d commands the hand-over gave up on is not delivered: they are "
+            "redone from the committed offsets",
+            len(events),
+        )
+        return
     if events and events[0].message.generation_id != app.consumer_generation_id:
         # The batch outlived its partitions' hand-over (the rebalance hook gave up on
         # it). Where a partition went to another worker, that worker redoes these
@@ -582,9 +591,9 @@ async def _deliver(
 # Batches whose records are being produced (deliveries run one at a time).
 _delivering = 0
 # Assignments received (each rebalance ends in one), and how many there had been when
-# the hand-over last gave up on a batch still processing: until the next one, which of
-# its partitions stay is not known. (Generations could not say it: a batch can outlive
-# two rebalances, and a rejoin can return the same generation.)
+# the hand-over last gave up on a batch still processing: a batch taken before the next
+# one is not delivered. (Generations could not say it: a batch can outlive two
+# rebalances, and a rejoin can return the same generation.)
 _assignments = 0
 _abandoned_at: int | None = None
 
@@ -592,18 +601,6 @@ _abandoned_at: int | None = None
 async def _count_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
     global _assignments
     _assignments += 1
-
-
-async def _reassigned(abandoned_at: int) -> None:
-    """Wait for the assignment after ``abandoned_at`` (exit if it does not come)."""
-    deadline = time.monotonic() + REASSIGNMENT_WAIT_SECONDS
-    while _assignments == abandoned_at:
-        if getattr(app, "should_stop", False) or time.monotonic() > deadline:
-            # Stopping (the rejoin may never finish), or waited too long: left
-            # uncommitted, for whoever owns its partitions next.
-            _exit_uncommitted("a batch could not learn which of its partitions are still ours")
-            return
-        await asyncio.sleep(0.05)
 
 
 class HandOverWatch:
@@ -690,10 +687,9 @@ async def _before_rejoining_while_stopping(seconds: float | None = None) -> None
     """A rebalance while the worker stops: Faust then skips the hand-over hook and
     aiokafka rejoins as soon as this returns, so partitions may move straight away. A
     batch in delivery gets a moment to land, else the worker exits without rejoining;
-    and no batch processed after this is delivered before the new assignment is known
-    (`_reassigned`, which gives up while stopping: left uncommitted, it is redone by the
-    next owner). On the main loop, as `_deliver`: neither can act between the other's
-    check and act."""
+    and no batch taken before the new assignment is delivered (`_deliver` drops it:
+    left uncommitted, it is redone by the next owner). On the main loop, as `_deliver`:
+    neither can act between the other's check and act."""
     global _abandoned_at
     deadline = time.monotonic() + (REBALANCE_DRAIN_SECONDS if seconds is None else seconds)
     while _delivering and time.monotonic() < deadline:

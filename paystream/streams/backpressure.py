@@ -41,9 +41,18 @@ def on_buffer_full(self: Any, tp: TP) -> None:
 
 
 def on_buffer_drop(self: Any, tp: TP) -> None:
-    """Fetch again every partition of ``tp``'s topic that was stopped."""
+    """Fetch again every partition of ``tp``'s topic that was stopped, but not one Faust
+    has paused meanwhile (a rebalance pauses all, and keeps the stream's partitions
+    paused while tables recover): its pressure ends when the queue is cleared, and the
+    agent's next wait on the empty queue comes here, mid-recovery; resumed, its records
+    ran against tables still being restored. Faust resumes those when it is done."""
+    paused = self._paused_partitions
     for other in list(self._buffered_partitions):
-        if other.topic == tp.topic:
+        if other.topic != tp.topic:
+            continue
+        if other in paused:
+            self._buffered_partitions.discard(other)
+        else:
             _resume_one(self, other)
 
 

@@ -10,6 +10,7 @@ delivery with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace as NS
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from faust.transport.conductor import ConductorCompiler
 from faust.transport.consumer import Consumer
 from faust.types import TP
-from mode.utils.queues import FlowControlEvent, FlowControlQueue
+from mode.utils.queues import FlowControlEvent, FlowControlQueue, ThrowableQueue
 
 from paystream.app import max_poll_records
 from paystream.streams import backpressure
@@ -116,3 +117,57 @@ def test_the_worker_s_consumer_pauses_topic_wide() -> None:
 
     assert Consumer.on_buffer_full is backpressure.on_buffer_full
     assert Consumer.on_buffer_drop is backpressure.on_buffer_drop
+
+
+_COMMANDS = {TP("paystream.commands", p) for p in range(4)}
+_CHANGELOG = {TP("paystream-payments-changelog", p) for p in range(4)}
+
+
+@pytest.mark.asyncio
+async def test_pressure_dropping_mid_recovery_resumes_no_paused_partition() -> None:
+    """A rebalance while the agent's queue was past 80%: Faust pauses every partition,
+    clears the queue and, while tables recover, keeps the stream's partitions paused.
+    The agent's next wait on its empty queue fires the pressure-drop callback left on it;
+    that resumed the whole topic, and commands ran against tables still being restored
+    (review finding). Faust's own consumer methods, mode's queue."""
+    backpressure.install()
+    consumer = NS(
+        app=NS(in_recovery=False),
+        _active_partitions=None,
+        _paused_partitions=set(),
+        _buffered_partitions=set(),
+        assignment=lambda: _COMMANDS | _CHANGELOG,
+    )
+    for name in ("_get_active_partitions", "_set_active_tps", "pause_partitions",
+                 "resume_partitions", "on_buffer_full", "on_buffer_drop"):  # fmt: skip
+        setattr(consumer, name, getattr(Consumer, name).__get__(consumer))
+    flow = FlowControlEvent(initially_suspended=False)
+    queue: ThrowableQueue[int] = ThrowableQueue(
+        maxsize=MAXSIZE, flow_control=flow, clear_on_resume=True
+    )
+    tp = TP("paystream.commands", 0)
+    consumer._set_active_tps(consumer.assignment())
+    for i in range(int(MAXSIZE * 0.81)):  # the agent busy: its queue passes 80%
+        queue.put_nowait_enhanced(
+            i,
+            on_pressure_high=lambda: consumer.on_buffer_full(tp),
+            on_pressure_drop=lambda: consumer.on_buffer_drop(tp),
+        )
+    assert not _COMMANDS & consumer._get_active_partitions()
+    # The rebalance (App._on_partitions_revoked, then the assignment) and recovery.
+    consumer.pause_partitions(consumer.assignment())
+    flow.suspend()
+    flow.clear()
+    consumer._set_active_tps(consumer.assignment())
+    consumer.pause_partitions(consumer.assignment())
+    consumer.app.in_recovery = True
+    consumer.resume_partitions(_CHANGELOG)
+    flow.resume()
+    with contextlib.suppress(TimeoutError):  # the agent waits on its empty queue
+        await asyncio.wait_for(queue.get(), 0.05)
+    assert not _COMMANDS & consumer._get_active_partitions()
+    # Recovery done: Faust resumes them, and back-pressure works as before.
+    consumer.app.in_recovery = False
+    consumer.resume_partitions(_COMMANDS)
+    assert consumer._get_active_partitions() >= _COMMANDS
+    assert not consumer._buffered_partitions
