@@ -275,7 +275,12 @@ def tenants_add(
     from pydantic import ValidationError
 
     from paystream.errors import ConfigurationError
-    from paystream.gateways.registry import GATEWAYS, REQUIRED_SECRETS, validate_options
+    from paystream.gateways.registry import (
+        GATEWAYS,
+        KNOWN_SECRETS,
+        REQUIRED_SECRETS,
+        validate_options,
+    )
     from paystream.streams.codec import valid_unicode
     from paystream.tenancy.models import TENANT_ID_PATTERN, TenantChanges, register_or_update
     from paystream.tenancy.registry import put_tenant_unless_changed
@@ -304,6 +309,15 @@ def tenants_add(
             raise click.BadParameter(
                 "holds a control character (a trailing newline from a file?)", param_hint=hint
             )
+    # Before anything is asked of the broker, with what is known: the gateway given, or
+    # any (the tenant's own is checked once its record is read).
+    _refuse_unknown_secret_names(
+        secret_names,
+        gateway,
+        KNOWN_SECRETS.get(gateway, frozenset())
+        if gateway is not None
+        else frozenset().union(*KNOWN_SECRETS.values()),
+    )
     opts = {}
     for item in options:
         key, eq, raw = item.partition("=")
@@ -326,6 +340,8 @@ def tenants_add(
             "which sets exactly the limits given"
         )
     sealed = {}
+    provider = gateway or (known.gateway if known is not None else "simulator")
+    _refuse_unknown_secret_names(secret_names, provider, KNOWN_SECRETS.get(provider, frozenset()))
     if secret_names:
         from paystream.tenancy.crypto import keyring_from_settings
         from paystream.tenancy.secrets import seal_secret
@@ -335,9 +351,14 @@ def tenants_add(
         except ConfigurationError as exc:
             raise click.ClickException(str(exc)) from exc
         for sname in (n.lower() for n in secret_names):
-            value = os.environ.get(f"PAYSTREAM_SECRET_{sname.upper()}") or click.prompt(
-                f"value of secret {sname}", hide_input=True
-            )
+            variable = f"PAYSTREAM_SECRET_{sname.upper()}"
+            value = os.environ.get(variable)
+            if value:
+                # Said, so that one left exported from another tenant's registration is
+                # noticed (its value never is shown).
+                click.echo(f"{sname}: read from {variable}", err=True)
+            else:
+                value = click.prompt(f"value of secret {sname}", hide_input=True)
             if not valid_unicode(value):  # (the message never shows the value)
                 raise click.BadParameter(
                     f"the value of {sname} is not valid Unicode (an undecodable byte?)",
@@ -405,6 +426,23 @@ def tenants_limits(tenant_id: str, clear: bool, **limit_args: Any) -> None:
         _run(put_tenant_unless_changed(settings, known, updated))
         known = updated
     click.echo(json.dumps(known.limits.model_dump(mode="json"), sort_keys=True))
+
+
+def _refuse_unknown_secret_names(
+    names: tuple[str, ...], provider: str | None, known: frozenset[str]
+) -> None:
+    """A usage error for a --secret name the gateway does not read, without repeating it:
+    names are kept in plain text, and this may be a key typed where its name goes
+    (`--secret sk_live_...`)."""
+    unknown = [n for n in names if n.lower() not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"{len(unknown)} secret name(s) the {provider or 'tenant'}'s gateway does not "
+            f"read (not shown: a secret's value given as its name?); known names: "
+            f"{', '.join(sorted(known)) or 'none'}. The value is read from "
+            "PAYSTREAM_SECRET_<NAME> or prompted for",
+            param_hint="--secret",
+        )
 
 
 def _registered(settings: Settings, tenant_id: str) -> Tenant | None:

@@ -11,12 +11,14 @@ dropped the day its quirk is gone.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
@@ -563,8 +565,10 @@ def _without_credentials(text: str, settings: Settings) -> str:
         password = credentials.partition(":")[2]  # (the user name is no secret)
         if not password:
             continue
-        # The whole, then each piece a parser may have split it into (longest first).
-        pieces = {password, *password.split(":"), *password.split("@")}
+        # The whole, decoded too, then each piece a parser may have split it into at a
+        # character that ends a URL part (longest first).
+        pieces = {password, unquote(password)}
+        pieces |= {p for whole in list(pieces) for p in re.split(r"[:@/?#]", whole)}
         for piece in sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True):
             text = text.replace(piece, "***")
     return text

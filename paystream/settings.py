@@ -15,7 +15,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -93,6 +93,20 @@ def url_without_password(value: str) -> str:
     return f"{scheme}://{creds}{at}{base}{question}{query}"
 
 
+def _parseable(url: str, name: str) -> str:
+    """``url`` if a URL parser finds its host and port where it should: a password holding
+    an unescaped "/", "?", "#" or "@" moves them, and the drivers' errors then quote the
+    password ("Port could not be cast to integer value as '<half of it>'")."""
+    try:
+        urlsplit(url).port  # noqa: B018  (parses the port: raises on a misplaced one)
+    except ValueError:
+        raise ValueError(
+            f"{name} cannot be parsed: percent-encode '/', '?', '#', '@' and ':' in its "
+            f"password ({url_without_password(url)})"
+        ) from None
+    return url
+
+
 def _secret_param(name: str) -> bool:
     """Query parameters that carry a secret (libpq's ``sslpassword`` among them)."""
     lowered = name.lower()
@@ -117,6 +131,9 @@ class Settings(BaseSettings):
         frozen=True,
         extra="ignore",
         populate_by_name=True,
+        # A refused value is not repeated in the error: server URLs and keys carry
+        # passwords, and the error goes to a terminal or a log (the messages say why).
+        hide_input_in_errors=True,
     )
 
     # --- external services -------------------------------------------------------
@@ -455,6 +472,12 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         for server in value.removeprefix("kafka://").split(";"):
+            if "@" in server:
+                # aiokafka would take "user:password@host" for a host name, and its
+                # connection errors would show the password.
+                raise ValueError(
+                    "KAFKA_BROKER_URL takes no credentials (kafka://host:port[;host:port])"
+                )
             host, sep, port = server.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected kafka://host:port[;host:port], got {value!r}")
@@ -467,7 +490,7 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
             raise ValueError(f"expected a postgresql:// URL, got scheme of {value.split(':')[0]!r}")
-        return value
+        return _parseable(value, "DATABASE_URL")
 
     @field_validator("redis_url")
     @classmethod
@@ -476,7 +499,7 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
-        return value
+        return _parseable(value, "REDIS_URL")
 
     @field_validator("web_token", mode="before")
     @classmethod

@@ -180,3 +180,41 @@ def test_a_timeout_that_is_no_finite_number_is_a_usage_error(timeout: str) -> No
     args = ["send", "customer.create", "--tenant", "acme", "--timeout", timeout]
     result = CliRunner().invoke(cli, args, env=BROKER)
     assert result.exit_code == 2 and "--timeout" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tenants", "add", "acme", "--secret", "sk_live_51hqlyjwdarjtt1zdp7dcxyz"],
+        ["tenants", "add", "acme", "--gateway", "stripe", "--secret", "sk_test_abc"],
+        ["tenants", "add", "acme", "--gateway", "simulator", "--secret", "api_key"],
+    ],
+    ids=["any-gateway", "stripe", "simulator-reads-none"],
+)
+def test_a_secret_name_the_gateway_does_not_read_is_refused_unrepeated(args: list[str]) -> None:
+    """`--secret sk_live_...` (a key typed where its name goes) was stored in plain text
+    as the name, and printed by `tenants add` and `tenants list` (review finding)."""
+    result = CliRunner().invoke(cli, args, env=BROKER)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "does not read" in result.output
+    assert "sk_" not in result.output and "value of secret" not in result.output
+
+
+def test_a_credential_in_the_broker_url_is_refused_unrepeated() -> None:
+    """aiokafka took "user:password@host" for a host name, and its connection errors
+    (`paystream doctor` printed them) showed the password (review finding)."""
+    result = CliRunner().invoke(
+        cli, ["config"], env={"KAFKA_BROKER_URL": "kafka://svc:Sup3rSecretPart@127.0.0.1:9"}
+    )
+    assert result.exit_code != 0 and "takes no credentials" in result.output
+    assert "Sup3rSecretPart" not in result.output
+
+
+@pytest.mark.parametrize("password", ["hQ7vZk2R9x/mB4tLpN3s", "hQ7vZk2R9x#mB4tLpN3s"])
+def test_a_url_whose_password_hides_its_port_is_refused_masked(password: str) -> None:
+    """The driver's parse error quoted most of the password ("Port could not be cast to
+    integer value as '...'")."""
+    url = f"redis://default:{password}@127.0.0.1:6379/0"
+    result = CliRunner().invoke(cli, ["config"], env={"REDIS_URL": url})
+    assert result.exit_code != 0 and "percent-encode" in result.output
+    assert "hQ7vZk2R9x" not in result.output and "mB4tLpN3s" not in result.output

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GATEWAYS",
+    "KNOWN_SECRETS",
     "REQUIRED_SECRETS",
     "GatewayDeps",
     "GatewayFactory",
@@ -68,6 +69,9 @@ REQUIRED_SECRETS: dict[str, frozenset[str]] = {
     "simulator": frozenset(),
     "stripe": frozenset({"api_key"}),
 }
+# Every secret each provider reads: the only names `tenants add --secret` takes (a name
+# is stored in plain text; a key typed where its name goes must not be).
+KNOWN_SECRETS: dict[str, frozenset[str]] = dict(REQUIRED_SECRETS)
 
 
 def validate_options(provider: str, options: Mapping[str, Any]) -> None:
