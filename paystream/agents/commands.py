@@ -38,6 +38,7 @@ from paystream.agents.continuity import (
     SWEEP_INTERVAL_SECONDS,
     ContinuityGuard,
 )
+from paystream.agents.entity_probe import READ_ONLY
 from paystream.agents.handlers import Tables
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
@@ -341,19 +342,29 @@ def _delivery_order(batch: ProcessedBatch) -> list[list[OutRecord]]:
     Record batches of different topic-partitions land independently: a worker that
     dies while producing may leave some of a batch's written and not others. Each
     command's own writes survive that (its outcome carries its entities' post-images),
-    but a rejection decided on state writes no entity: were its decision (idempotency
-    record, or the answer kept in the limits table) lost while a later command's entity
-    of the same batch landed, its redelivery would be decided again on that later state
-    (a payment refused `not_found` charged once its customer exists). So a batch with a
-    rejection produces its decisions first and waits for them, then the rest: whatever
-    of the rest landed, every decision did. (One broker round trip more, for those
-    batches only.)"""
-    if not any(e.summary and e.summary.get("outcome") == "command.rejected" for e in batch.emits):
+    but a rejection decided on state writes no entity, nor does a read-only command (an
+    export) or a park: were its decision (idempotency record, or the answer kept in the
+    limits table) lost while a later command's entity of the same batch landed, its
+    redelivery would be decided again on that later state (a payment refused
+    `not_found` charged once its customer exists; an export listing a payment it had not
+    seen, under the same event id). So such a batch produces its decisions first and
+    waits for them, then the rest: whatever of the rest landed, every decision did. (One
+    broker round trip more, for those batches only.)"""
+    if not any(_decided_without_entity(e) for e in batch.emits):
         return [batch.records]
     decisions = {_changelog_name(t.idempotency), _changelog_name(t.limits)}
     first = [r for r in batch.records if r.topic in decisions]
     rest = [r for r in batch.records if r.topic not in decisions]
     return [group for group in (first, rest) if group]
+
+
+def _decided_without_entity(emit: Emit) -> bool:
+    """An answer (or a park) whose only record is its decision: no entity it wrote
+    carries it (see _delivery_order)."""
+    if emit.topic == settings.retry_topic:
+        return True
+    summary = emit.summary or {}
+    return summary.get("outcome") == "command.rejected" or summary.get("command") in READ_ONLY
 
 
 def _changelog_name(table: Any) -> str:
@@ -449,6 +460,7 @@ async def process_commands(stream: Any) -> None:
     _QUEUES.append(queue)
     try:
         async for taken in take_batches(stream, BATCH_MAX, BATCH_WITHIN, SWEEP_INTERVAL_SECONDS):
+            taken_at = _assignments  # (as they were taken: see _deliver)
             events = await guard.admit(taken)
             if queue.empty():
                 events += await guard.sweep()
@@ -463,7 +475,7 @@ async def process_commands(stream: Any) -> None:
             # finally below lets them finish before the last commit.
             await chain.run(
                 runner.process_batch(events),
-                functools.partial(_deliver, offsets, events, taken_at=_assignments),
+                functools.partial(_deliver, offsets, events, taken_at=taken_at),
                 on_done=functools.partial(_exit_if_failed, len(events)),
             )
     finally:

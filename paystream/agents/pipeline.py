@@ -256,9 +256,15 @@ class CommandProcessor:
         # echoes the command's attributes, and some keep its data.
         code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
         if code_key is not None:
-            answered = self._security_code_answer(rec, cmd, code_key, trace)
+            answered = self._security_code_answer(rec, cmd, raw, code_key, trace)
             if answered is not None:
                 return answered
+            # Let through once: it runs on as any other would, but nothing of its trace
+            # state (key=value pairs: "cvc=737") is kept, emitted or traced.
+            cmd = replace(cmd, tracestate=None)
+            tracestate = None
+            if parse_traceparent(cmd.traceparent) is None:
+                cmd = replace(cmd, traceparent=None)
         if too_long := [
             name
             for name, text in (("id", cmd.command_id), ("tenantid", tenant_id), ("type", ce_type))
@@ -406,7 +412,12 @@ class CommandProcessor:
         return await self._run(rec, cmd, tenant, data, when, trace)
 
     def _security_code_answer(
-        self, rec: Inbound, cmd: CommandRef, code_key: str, trace: CommandTrace | None
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        raw: Any,
+        code_key: str,
+        trace: CommandTrace | None,
     ) -> list[Emit] | None:
         """A command holding a card security code (in keys a client names: metadata,
         dispute evidence; or an attribute, a trace state member, JSON in a string) is
@@ -415,13 +426,22 @@ class CommandProcessor:
         authorisation, even encrypted). Not remembered under its key: a corrected command
         under the same key goes through.
 
-        None for one let through before (parked, or in flight at a crash: an older
-        version may have run it), which finishes as any other: the provider may have
-        acted on it."""
-        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
-        if existing is not None and existing.command_id == cmd.command_id:
-            return None
+        None for one the provider may have acted on (an older version, which did not see
+        this code, ran it), which goes on as any other would: this record answered or
+        parked before (its answer kept), a request under its key let through or finished
+        (replayed), or a re-drive past the provider's key window (parked as stale).
+        (Not found so: an older version's run whose every record a crash lost.)"""
         safe = _without_security_code(cmd)
+        # This very record answered before: the same answer, as first emitted (by this
+        # gate, named safely; by an older version, as it named it).
+        for ref in (safe, cmd):
+            kept = self.answers.kept(rec.partition, rec.offset, ref.command_id)
+            if kept is not None:
+                if trace is not None:
+                    trace.begin(safe, None)
+                return self._answer_again(rec, replace(ref, tracestate=None), kept)
+        if self._may_have_reached_provider(rec, cmd, raw):
+            return None
         if trace is not None:
             trace.begin(safe, None)
         return self._reject_kept(
@@ -430,6 +450,20 @@ class CommandProcessor:
             RejectReason.CARD_DATA_FORBIDDEN,
             f"{code_key!r} holds a card security code: card data is not accepted",
         )
+
+    def _may_have_reached_provider(self, rec: Inbound, cmd: CommandRef, raw: Any) -> bool:
+        """Has this very record been parked, or this command (its request) let through or
+        finished before, or does it come back past the provider's key window?"""
+        if self.answers.parked(
+            rec.partition, rec.offset, cmd.command_id
+        ) is not None or self._past_provider_window(rec):
+            return True
+        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
+        if existing is None:
+            return False
+        if existing.command_id == cmd.command_id:
+            return True
+        return cmd.command_type in COMMANDS and self._earlier_request(cmd, raw) is not None
 
     def _count(
         self,
@@ -1671,9 +1705,9 @@ class CommandProcessor:
         if identity is not None and reject is not None:
             tenant, cmd_id, ce_type = identity
             cmd = CommandRef(
-                tenant_id=redact_card_numbers(tenant),
-                command_id=redact_card_numbers(cmd_id),
-                command_type=redact_card_numbers(ce_type.removeprefix(COMMAND_PREFIX)[:128]),
+                tenant_id=_safe_tenant(tenant),
+                command_id=_safe_id(cmd_id),
+                command_type=_safe_type(ce_type.removeprefix(COMMAND_PREFIX)),
                 idempotency_key="",
                 time=when,
             )
@@ -2164,7 +2198,32 @@ def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
     found = text_security_code_key(text)
     if found is None and b"\\" in value:
         found = text_security_code_key(_unescaped(text))
+    if found is None and rec.key and _holds_security_code_text(_key_str(rec.key)):
+        found = "the record key"  # (the tenant, when no tenantid names one)
     return found or _header_text_security_code(rec)
+
+
+def _holds_security_code_text(text: str) -> bool:
+    """Does this text hold a JSON member naming a card security code (escapes resolved)?"""
+    return text_security_code_key(text) is not None or (
+        "\\" in text and text_security_code_key(_unescaped(text)) is not None
+    )
+
+
+def _safe_tenant(text: str) -> str:
+    """A tenant as a rejection of a command holding card data may name it."""
+    if _holds_security_code_text(text):
+        return UNNAMED_TENANT
+    return redact_card_numbers(text)[:ID_MAX_CHARS] or UNNAMED_TENANT
+
+
+def _safe_id(text: str) -> str:
+    """A command id as such a rejection may name it (a digest when it holds a code)."""
+    return _digest(text) if _holds_security_code_text(text) else redact_card_numbers(text)
+
+
+def _safe_type(text: str) -> str:
+    return "unknown" if _holds_security_code_text(text) else redact_card_numbers(text)[:128]
 
 
 def _header_text_security_code(rec: Inbound) -> str | None:
@@ -2187,6 +2246,8 @@ def _header_security_code(rec: Inbound) -> str | None:
     """A card security code in a kept header of a record that did not decode: an
     extension naming one (``ce_cardcvc: 737``), a trace state member (``cvc=737``), or JSON
     text in a value."""
+    if rec.key and _holds_security_code_text(_key_str(rec.key)):
+        return "the record key"
     named: dict[str, str] = {}
     for name, value in _kept_headers(rec.headers).items():
         text = value.replace(b"\x00", b"").decode("utf-8", "replace")
@@ -2254,19 +2315,11 @@ def _without_security_code(cmd: CommandRef) -> CommandRef:
     trace context, and with an id, tenant or type whose text holds the code replaced (a
     digest, as an over-long id is; a tenant no tenant id can be)."""
 
-    def holds(text: str) -> bool:
-        return text_security_code_key(text) is not None or (
-            "\\" in text and text_security_code_key(_unescaped(text)) is not None
-        )
-
-    command_id = cmd.command_id
-    if holds(command_id):
-        command_id = _digest(command_id)
     return replace(
         cmd,
-        tenant_id=UNNAMED_TENANT if holds(cmd.tenant_id) else cmd.tenant_id[:ID_MAX_CHARS],
-        command_id=_id_digest(command_id),
-        command_type="unknown" if holds(cmd.command_type) else cmd.command_type[:ID_MAX_CHARS],
+        tenant_id=_safe_tenant(cmd.tenant_id),
+        command_id=_id_digest(_safe_id(cmd.command_id)),
+        command_type=_safe_type(cmd.command_type),
         idempotency_key="",
         traceparent=cmd.traceparent if parse_traceparent(cmd.traceparent) else None,
         tracestate=None,
@@ -2275,13 +2328,11 @@ def _without_security_code(cmd: CommandRef) -> CommandRef:
 
 def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef:
     """The command, as far as a rejection may name it when it held a card number."""
-    tenant = redact_card_numbers(str(event.get_extension("tenantid") or "")) or redact_card_numbers(
-        _key_str(rec.key)
-    )
+    tenant = str(event.get_extension("tenantid") or "") or _key_str(rec.key)
     return CommandRef(
-        tenant_id=tenant or UNNAMED_TENANT,
-        command_id=redact_card_numbers(str(event.get_id())),
-        command_type=redact_card_numbers(str(event.get_type()).removeprefix(COMMAND_PREFIX))[:128],
+        tenant_id=_safe_tenant(tenant),
+        command_id=_id_digest(_safe_id(str(event.get_id()))),
+        command_type=_safe_type(str(event.get_type()).removeprefix(COMMAND_PREFIX)),
         idempotency_key="",
         time=when,
     )

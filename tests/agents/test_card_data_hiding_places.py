@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from typing import Any
 
 from paystream.agents.pipeline import Emit, Inbound
+from paystream.client import build_command
+from paystream.first_attempt import FIRST_ATTEMPT_HEADER
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
 from tests.agents.harness import Harness, data, kind, outcome_of
 from tests.agents.test_pipeline import _binary
 
@@ -339,3 +345,98 @@ async def test_a_command_naming_no_tenant_is_answered_under_no_tenant_id(
     assert out is not None and data(out)["reason"] == "validation_error"
     assert out.get_extension("tenantid") == "_unknown"
     assert all(e.record.key != b"unknown" for e in emits)
+
+
+# ---- Review round 2: the gate must not refuse what the provider may have charged ------
+
+_PAY = {"payment_id": "p1", "amount": 2000, "currency": "USD",
+        "payment_method_token": "pm_card_visa"}  # fmt: skip
+
+
+def _inbound(event: Any, offset: int, **headers: bytes) -> Inbound:
+    tenant = str(event.get_extension("tenantid"))
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(rec.key, rec.value, {**dict(rec.headers), **headers},
+                   int(time.time() * 1000), "paystream.commands", 0, offset)  # fmt: skip
+
+
+async def test_a_finished_request_retried_with_a_code_in_its_trace_state_is_replayed(
+    harness: Harness,
+) -> None:
+    """Its answer is the finished one (the provider charged it), not card_data_forbidden,
+    and the code is nowhere in it."""
+    t = harness.add_tenant()
+    first = build_command("payment.create", t, _PAY, command_id="c1", idempotency_key="k")
+    out = outcome_of(harness.settings, await harness.raw(_inbound(first, 1)))
+    assert out is not None and kind(out) == "payment.succeeded"
+    retry = build_command("payment.create", t, _PAY, command_id="c2", idempotency_key="k")
+    emits = await harness.raw(
+        _inbound(retry, 2, ce_traceparent=TRACEPARENT.encode(), ce_tracestate=b"cvc=737")
+    )
+    again = outcome_of(harness.settings, emits)
+    assert again is not None and (kind(again), again.get_id()) == (kind(out), out.get_id())
+    assert "737" not in _blob(emits)
+
+
+async def test_a_parked_payment_resent_with_a_code_in_its_trace_state_runs_without_it(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant(gateway_options={"lose_response_first": {"*": 3}})
+    event = build_command("payment.create", t, _PAY, command_id="c1")
+    emits = await harness.raw(_inbound(event, 1))
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    emits = await harness.raw(
+        _inbound(event, 2, ce_traceparent=TRACEPARENT.encode(), ce_tracestate=b"cvc=737")
+    )
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+    assert "737" not in _blob(emits)
+    assert "737" not in json.dumps([dict(harness.idempotency), dict(harness.tables.payments)])
+
+
+async def test_a_stale_re_drive_holding_a_code_is_parked_again_not_refused(
+    harness: Harness,
+) -> None:
+    """Let through by a version that did not see the code (its header JSON), charged,
+    parked; re-driven past the provider's key window after its record expired."""
+    t = harness.add_tenant()
+    event = build_command("payment.create", t, _PAY, command_id="c1")
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    note = b'{"card_cvc":"737"}'
+    emits = await harness.raw(
+        _inbound(event, 2, ce_note=note, **{FIRST_ATTEMPT_HEADER: str(day_ago).encode()})
+    )
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    assert dict(emits[0].record.headers)["paystream-park-reason"] == b"stale"
+
+
+async def test_a_code_in_the_record_key_is_not_repeated(harness: Harness) -> None:
+    """No tenantid: the key names the tenant, in the outcome's key, source and metrics.
+    And a record that is no CloudEvent (no source) naming it as its tenant too."""
+    code = b'{"card_cvc":"737"}'
+    rec = _binary(code, b"{}")
+    keyed_only = {k: v for k, v in rec.headers.items() if k != "ce_tenantid"}
+    no_event = {k: v for k, v in rec.headers.items() if k != "ce_source"}
+    for headers_now in (keyed_only, no_event):
+        emits = await harness.raw(
+            Inbound(key=code, value=b"{}", headers=headers_now, timestamp_ms=0, topic="c", offset=8)
+        )
+        out = outcome_of(harness.settings, emits)
+        assert out is not None and data(out)["reason"] == "card_data_forbidden"
+        assert "737" not in _blob(emits)
+
+
+async def test_a_card_number_and_a_code_in_the_id_are_both_kept_out(harness: Harness) -> None:
+    t = harness.add_tenant()
+    value = json.dumps({"description": f"card {PAN}", "email": "a@x.io"}).encode()
+    emits = await harness.raw(
+        _binary(
+            t.encode(),
+            value,
+            ce_type=b"com.paystream.command.customer.create",
+            ce_id=b'{"card_cvc":"737"}',
+        )
+    )
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    assert "737" not in _blob(emits) and PAN not in _blob(emits)

@@ -21,7 +21,9 @@ from paystream.tables.changelog import ChangelogBatch
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
 
-def _batch(outcome: str) -> ProcessedBatch:
+def _batch(
+    outcome: str, command: str = "payment.create", topic: str = "paystream.events"
+) -> ProcessedBatch:
     idem, limits = _changelog_name(t.idempotency), _changelog_name(t.limits)
     customers = _changelog_name(t.customers)
     records = [
@@ -30,8 +32,8 @@ def _batch(outcome: str) -> ProcessedBatch:
         OutRecord(limits, 0, b"k", b"kept answer"),
         OutRecord("paystream.events", 0, b"t", b"outcome"),
     ]
-    summary = {"outcome": outcome, "tenant": "t"}
-    emit = Emit("paystream.events", KafkaRecord(b"t", b"outcome", ()), summary)
+    summary = {"outcome": outcome, "tenant": "t", "command": command}
+    emit = Emit(topic, KafkaRecord(b"t", b"outcome", ()), summary)
     return ProcessedBatch([], [emit], records, ChangelogBatch(), [0], [0, 0, 0, 0])
 
 
@@ -62,3 +64,21 @@ async def test_a_batch_with_a_rejection_lands_its_decisions_first(
 async def test_a_batch_without_one_is_produced_in_one_go(monkeypatch: pytest.MonkeyPatch) -> None:
     groups = await _delivered_in_groups(monkeypatch, _batch("payment.succeeded"))
     assert groups == [[b"entity", b"decision", b"kept answer", b"outcome"]]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        _batch("customer.exported", command="customer.export"),  # reads only: no entity
+        _batch("", topic="paystream.commands.retry"),  # a park
+    ],
+    ids=["export", "park"],
+)
+async def test_other_answers_without_an_entity_land_their_decisions_first(
+    monkeypatch: pytest.MonkeyPatch, batch: ProcessedBatch
+) -> None:
+    """An export's only record is its idempotency record: lost beside a later payment's
+    landed entity, its redelivery listed that payment under the same event id (review
+    finding)."""
+    groups = await _delivered_in_groups(monkeypatch, batch)
+    assert groups == [[b"decision", b"kept answer"], [b"entity", b"outcome"]]

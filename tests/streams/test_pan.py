@@ -321,3 +321,25 @@ def test_a_card_number_in_utf16_inside_one_string_is_found() -> None:
 def test_a_security_code_in_other_digits_is_found_in_text() -> None:
     assert text_security_code_key('{"card_cvc": "\uff17\uff13\uff17"}') == "card_cvc"
     assert text_security_code_key("cvc 737") is None  # no JSON member
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\x00".join("4242424242424242") + "\x1f12",
+        "4242424242424242\xad" + "\x7f".join("6011111111111117"),
+        "order " + "4242424242424242\x1f12".encode("utf-16-le").decode(),
+    ],
+)
+def test_what_detection_finds_redaction_leaves_none_of(text: str) -> None:
+    assert contains_card_number(text)
+    assert not contains_card_number(redact_card_numbers(text))
+
+
+_UNSEEN_CHARS = st.sampled_from(["", "", "", "\x00", "\x1f", "\x7f", "\u200b", "\xad", " "])
+
+
+@given(st.lists(_UNSEEN_CHARS, min_size=16, max_size=16), st.text(max_size=8))
+def test_redacted_text_never_reads_as_a_card_number(seps: list[str], tail: str) -> None:
+    text = "".join(d + s for d, s in zip("4242424242424242", seps, strict=True)) + tail
+    assert not contains_card_number(redact_card_numbers(text))
