@@ -211,6 +211,50 @@ async def check_ledger_ready(settings: Settings) -> str:
     return figure
 
 
+async def check_tenant_secrets(settings: Settings) -> str:
+    """The master key parses, and opens every tenant secret in the registry: a worker
+    without it (or with another) answers each of those tenants' commands
+    `gateway_not_configured`. Failures are named by tenant, secret and key id only."""
+    from paystream.errors import ConfigurationError
+    from paystream.tenancy.crypto import CryptoError, keyring_from_settings
+    from paystream.tenancy.registry import list_tenants
+    from paystream.tenancy.secrets import open_secret
+
+    keyring = None
+    if settings.master_key is not None or settings.retired_master_keys is not None:
+        try:
+            keyring = keyring_from_settings(settings)
+        except ConfigurationError as exc:
+            raise CheckFailed(str(exc)) from exc
+    sealed = [
+        (tenant.tenant_id, name, value)
+        for tenant in (await list_tenants(settings)).values()
+        for name, value in sorted(tenant.secrets.items())
+    ]
+    key = "none set" if keyring is None else f"master key {keyring.current.key_id}"
+    if keyring is not None and keyring.retired:
+        key += f" (+{len(keyring.retired)} retired)"
+    if not sealed:
+        return f"{key}; no tenant secrets"
+    if keyring is None:
+        raise CheckFailed(
+            f"PAYSTREAM_MASTER_KEY is not set, and {len(sealed)} tenant secret(s) need it"
+        )
+    failed = []
+    for tenant_id, name, value in sealed:
+        try:
+            open_secret(keyring, tenant_id, name, value)
+        except (CryptoError, ValueError) as exc:
+            failed.append(f"{tenant_id} {name} ({type(exc).__name__})")
+    if failed:
+        raise CheckFailed(
+            f"{len(failed)} of {len(sealed)} tenant secrets do not open with {key}: "
+            + ", ".join(failed[:5])
+            + (" ..." if len(failed) > 5 else "")
+        )
+    return f"{key}; {len(sealed)} tenant secret(s) open"
+
+
 async def check_redis(settings: Settings) -> str:
     if settings.redis_url is None:
         # Optional: only the simulator gateway keeps state there.
@@ -529,6 +573,7 @@ _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
 ]
 _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("tenant registry compacted", check_registry_compacted),
+    ("tenant secrets open", check_tenant_secrets),
     ("command timestamps by broker", check_command_timestamps),
     ("parked records kept", check_parked_retention),
     ("record size limits", check_record_limits),

@@ -17,6 +17,7 @@ from paystream.doctor import (
     check_parked_retention,
     check_record_limits,
     check_registry_compacted,
+    check_tenant_secrets,
     render_table,
     run_checks,
 )
@@ -223,3 +224,42 @@ async def test_doctor_says_when_it_cannot_read_the_registry_topic_s_configs(
         await check_registry_compacted(settings)
     assert "cannot read" in str(registry.value) and "error 29" in str(registry.value)
     assert "cleanup.policy" not in str(registry.value)
+
+
+async def test_doctor_says_whether_the_master_key_opens_every_tenant_secret(
+    deployment_factory: Any,
+) -> None:
+    """Without a ledger, doctor never looked at the master key: a deployment whose key
+    was missing, malformed or another passed, and its workers answered every Stripe
+    tenant `gateway_not_configured` (review finding)."""
+    import base64
+
+    from paystream.tenancy.crypto import MasterKey, MasterKeyring
+    from paystream.tenancy.models import Tenant
+    from paystream.tenancy.secrets import seal_secret
+
+    ours, other = (MasterKeyring(MasterKey(bytes([n]) * 32)) for n in (1, 2))
+    key_b64 = base64.b64encode(ours.current.key).decode()
+    dep = await deployment_factory(paystream_master_key=key_b64)
+    assert "no tenant secrets" in await check_tenant_secrets(dep.settings)
+    await dep.add_tenants(
+        Tenant(
+            tenant_id="sealed-ours",
+            gateway="stripe",
+            secrets={"api_key": seal_secret(ours, "sealed-ours", "api_key", "sk_test_a")},
+        )
+    )
+    assert "1 tenant secret(s) open" in await check_tenant_secrets(dep.settings)
+    await dep.add_tenants(
+        Tenant(
+            tenant_id="sealed-other",
+            gateway="stripe",
+            secrets={"api_key": seal_secret(other, "sealed-other", "api_key", "sk_test_b")},
+        )
+    )
+    with pytest.raises(CheckFailed, match="1 of 2 tenant secrets do not open") as failed:
+        await check_tenant_secrets(dep.settings)
+    assert "sealed-other api_key" in str(failed.value) and "sk_test" not in str(failed.value)
+    unset = dep.settings.model_copy(update={"master_key": None})
+    with pytest.raises(CheckFailed, match="PAYSTREAM_MASTER_KEY is not set"):
+        await check_tenant_secrets(unset)
