@@ -242,21 +242,14 @@ async def test_doctor_says_whether_the_master_key_opens_every_tenant_secret(
     key_b64 = base64.b64encode(ours.current.key).decode()
     dep = await deployment_factory(paystream_master_key=key_b64)
     assert "no tenant secrets" in await check_tenant_secrets(dep.settings)
-    await dep.add_tenants(
-        Tenant(
-            tenant_id="sealed-ours",
-            gateway="stripe",
-            secrets={"api_key": seal_secret(ours, "sealed-ours", "api_key", "sk_test_a")},
-        )
-    )
+
+    def sealed_under(keyring: MasterKeyring, tenant_id: str) -> Tenant:
+        key = seal_secret(keyring, tenant_id, "api_key", f"sk_test_{tenant_id}")
+        return Tenant(tenant_id=tenant_id, gateway="stripe", secrets={"api_key": key})
+
+    await dep.add_tenants(sealed_under(ours, "sealed-ours"))
     assert "1 tenant secret(s) open" in await check_tenant_secrets(dep.settings)
-    await dep.add_tenants(
-        Tenant(
-            tenant_id="sealed-other",
-            gateway="stripe",
-            secrets={"api_key": seal_secret(other, "sealed-other", "api_key", "sk_test_b")},
-        )
-    )
+    await dep.add_tenants(sealed_under(other, "sealed-other"))
     with pytest.raises(CheckFailed, match="1 of 2 tenant secrets do not open") as failed:
         await check_tenant_secrets(dep.settings)
     assert "sealed-other api_key" in str(failed.value) and "sk_test" not in str(failed.value)

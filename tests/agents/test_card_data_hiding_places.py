@@ -196,6 +196,13 @@ def _blob(emits: list[Emit]) -> str:
     return b"".join(parts).replace(b"\x00", b"").decode("utf-8", "replace")
 
 
+def _refused(harness: Harness, emits: list[Emit]) -> Any:
+    """The outcome, a `card_data_forbidden` rejection."""
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "card_data_forbidden", out and data(out)
+    return out
+
+
 def _digits(text: str) -> str:
     return "".join(c for c in text if c.isdigit())
 
@@ -206,8 +213,7 @@ async def test_a_card_number_with_invisible_characters_is_not_repeated_by_its_re
     t = harness.add_tenant()
     hidden = "order-" + "\u200b".join(PAN)
     emits = await harness.raw(_binary(t.encode(), b"{}", ce_id=hidden.encode()))
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    out = _refused(harness, emits)
     assert PAN not in _digits(_blob(emits)), out.get_extension("causationid")
 
 
@@ -217,15 +223,13 @@ async def test_a_card_number_in_utf16_is_refused_in_a_header_and_in_data(
     t = harness.add_tenant(gateway_options={"fail_rate": 1.0})  # were it run, parked
     pay = b'{"amount":100,"currency":"USD","payment_method_token":"pm_card_visa"}'
     emits = await harness.raw(_binary(t.encode(), pay, ce_note=PAN.encode("utf-16-le")))
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
     assert PAN not in _blob(emits)
     value = json.dumps({"description": PAN.encode("utf-16-le").decode(), "email": "a@x.io"})
     emits = await harness.raw(
         _binary(t.encode(), value.encode(), ce_type=b"com.paystream.command.customer.create")
     )
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
     assert not harness.tables.customers
 
 
@@ -237,14 +241,12 @@ async def test_a_security_code_outside_the_data_is_not_repeated_by_its_rejection
     emits = await harness.raw(
         _binary(t.encode(), b"{}", ce_traceparent=TRACEPARENT.encode(), ce_tracestate=b"cvc=737")
     )
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    out = _refused(harness, emits)
     assert out.get_extension("tracestate") is None
     assert out.get_extension("traceparent") is not None  # the trace goes on
     code_id = '{"card_cvc":"737"}'
     emits = await harness.raw(_binary(t.encode(), b"{}", ce_id=code_id.encode()))
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    out = _refused(harness, emits)
     assert str(out.get_extension("causationid")).startswith("sha256:")
     assert "737" not in _blob(emits)
     assert "737" not in json.dumps(dict(harness.processor.answers.table), default=str)
@@ -265,8 +267,7 @@ async def test_a_security_code_as_json_in_a_header_is_refused(
     t = harness.add_tenant(gateway_options={"fail_rate": 1.0})  # were it run, parked
     pay = b'{"amount":100,"currency":"USD","payment_method_token":"pm_card_visa"}'
     emits = await harness.raw(_binary(t.encode(), pay, **headers))
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
     assert "737" not in _blob(emits)
 
 
@@ -278,8 +279,7 @@ async def test_a_security_code_in_other_digits_inside_a_string_is_refused(
     emits = await harness.raw(
         _binary(t.encode(), value.encode(), ce_type=b"com.paystream.command.customer.create")
     )
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
     assert not harness.tables.customers
 
 
@@ -291,14 +291,12 @@ async def test_a_security_code_is_refused_before_any_other_rule(harness: Harness
         {"amount": 100, "currency": '{"card_cvc": "737"}', "payment_method_token": "pm_x"}
     )
     emits = await harness.raw(_binary(t.encode(), value.encode()))
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
     assert "737" not in _blob(emits)
     assert "737" not in json.dumps(dict(harness.processor.answers.table), default=str)
     code = '{"card_cvc":"737"}'
     emits = await harness.raw(_binary(code.encode(), b"{}", ce_id=b"c2"))
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
     assert "737" not in _blob(emits)
 
 
@@ -322,8 +320,7 @@ async def test_a_dead_letter_with_a_security_code_in_a_header_keeps_no_header(
     headers = dict(dead.record.headers)
     assert headers["paystream-dlq-redacted"] == b"card_security_code"
     assert "ce_cardcvc" not in headers and "737" not in _blob(emits)
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
 
 
 async def test_a_command_naming_no_tenant_is_answered_under_no_tenant_id(
@@ -421,8 +418,7 @@ async def test_a_code_in_the_record_key_is_not_repeated(harness: Harness) -> Non
         emits = await harness.raw(
             Inbound(key=code, value=b"{}", headers=headers_now, timestamp_ms=0, topic="c", offset=8)
         )
-        out = outcome_of(harness.settings, emits)
-        assert out is not None and data(out)["reason"] == "card_data_forbidden"
+        _refused(harness, emits)
         assert "737" not in _blob(emits)
 
 
@@ -437,6 +433,5 @@ async def test_a_card_number_and_a_code_in_the_id_are_both_kept_out(harness: Har
             ce_id=b'{"card_cvc":"737"}',
         )
     )
-    out = outcome_of(harness.settings, emits)
-    assert out is not None and data(out)["reason"] == "card_data_forbidden"
+    _refused(harness, emits)
     assert "737" not in _blob(emits) and PAN not in _blob(emits)
