@@ -107,6 +107,26 @@ def _parseable(url: str, name: str) -> str:
     return url
 
 
+def _parseable_by_sqlalchemy(url: str) -> str:
+    """``url`` if SQLAlchemy, which the ledger connects with, finds its host and port:
+    an unescaped "@" or ":" in the password moves them, and its errors then quote the
+    password. (Its parser takes "/", "?" and "#" in a password, unlike urlsplit.)"""
+    from sqlalchemy.engine import make_url  # (only when a database is configured)
+
+    try:
+        parsed = make_url(url)
+        bad = parsed.port is not None and not isinstance(parsed.port, int)
+        bad = bad or "@" in (parsed.host or "")
+    except (ValueError, TypeError):
+        bad = True
+    if bad:
+        raise ValueError(
+            "DATABASE_URL cannot be parsed: percent-encode '@' and ':' in its password "
+            f"({url_without_password(url)})"
+        )
+    return url
+
+
 def _secret_param(name: str) -> bool:
     """Query parameters that carry a secret (libpq's ``sslpassword`` among them)."""
     lowered = name.lower()
@@ -480,7 +500,8 @@ class Settings(BaseSettings):
                 )
             host, sep, port = server.rpartition(":")
             if not sep or not host or not port.isdigit():
-                raise ValueError(f"expected kafka://host:port[;host:port], got {value!r}")
+                # (Not repeated: a query may carry a password.)
+                raise ValueError("expected kafka://host:port[;host:port]")
         return value if value.startswith("kafka://") else f"kafka://{value}"
 
     @field_validator("database_url")
@@ -490,7 +511,7 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
             raise ValueError(f"expected a postgresql:// URL, got scheme of {value.split(':')[0]!r}")
-        return _parseable(value, "DATABASE_URL")
+        return _parseable_by_sqlalchemy(value)
 
     @field_validator("redis_url")
     @classmethod

@@ -218,3 +218,19 @@ def test_a_url_whose_password_hides_its_port_is_refused_masked(password: str) ->
     result = CliRunner().invoke(cli, ["config"], env={"REDIS_URL": url})
     assert result.exit_code != 0 and "percent-encode" in result.output
     assert "hQ7vZk2R9x" not in result.output and "mB4tLpN3s" not in result.output
+
+
+def test_a_database_password_sqlalchemy_reads_is_accepted() -> None:
+    """The ledger connects with SQLAlchemy, whose parser takes "/", "?" and "#" in a
+    password (a raw base64 one): refused by a stricter parser, it broke start-up."""
+    from paystream.settings import load_settings
+
+    url = "postgresql://owner:ab/cd+ef==@db.internal:5432/x"
+    assert load_settings(database_url=url).database_url == url
+
+
+def test_a_refused_broker_url_is_not_repeated() -> None:
+    result = CliRunner().invoke(
+        cli, ["config"], env={"KAFKA_BROKER_URL": "kafka://b1:9092?sasl_plain_password=hunter2"}
+    )
+    assert result.exit_code != 0 and "hunter2" not in result.output

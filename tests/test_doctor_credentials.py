@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import pytest
+
 from paystream.doctor import _run_one, check_database, render_table
+from paystream.errors import ConfigurationError
 from paystream.settings import load_settings
 
 
 async def test_doctor_never_shows_the_database_password() -> None:
-    # A password holding "@" and ":" (unescaped, as `paystream config` expects them:
-    # "everything up to the last @ is credentials").
-    password = "a@b:Sup3rSecretPart"
-    settings = load_settings(database_url=f"postgresql://owner:{password}@127.0.0.1:9/x")
+    # A password holding "@" and ":", percent-encoded (unescaped, the settings refuse
+    # it without showing it: SQLAlchemy's parse error quoted it).
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(database_url="postgresql://owner:a@b:Sup3rSecretPart@127.0.0.1:9/x")
+    assert "Sup3rSecretPart" not in str(refused.value)
+    settings = load_settings(
+        database_url="postgresql://owner:a%40b%3ASup3rSecretPart@127.0.0.1:9/x"
+    )
     result = await _run_one("database answers", check_database, settings)
     table = render_table([result])
     assert "Sup3rSecretPart" not in table, table

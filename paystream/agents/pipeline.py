@@ -256,11 +256,14 @@ class CommandProcessor:
         # echoes the command's attributes, and some keep its data.
         code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
         if code_key is not None:
-            answered = self._security_code_answer(rec, cmd, raw, code_key, trace)
+            answered = await self._security_code_answer(rec, cmd, raw, code_key, trace)
             if answered is not None:
                 return answered
             # Let through once: it runs on as any other would, but nothing of its trace
-            # state (key=value pairs: "cvc=737") is kept, emitted or traced.
+            # state (key=value pairs: "cvc=737") is kept, emitted or traced, nor is a
+            # header holding the code parked (_to_retry_topic). (A code in its data stays:
+            # the provider may have acted on that very request, and a re-drive must send
+            # it unchanged.)
             cmd = replace(cmd, tracestate=None)
             tracestate = None
             if parse_traceparent(cmd.traceparent) is None:
@@ -411,7 +414,7 @@ class CommandProcessor:
             return self._reject_kept(rec, cmd, RejectReason.VALIDATION_ERROR, message, shown)
         return await self._run(rec, cmd, tenant, data, when, trace)
 
-    def _security_code_answer(
+    async def _security_code_answer(
         self,
         rec: Inbound,
         cmd: CommandRef,
@@ -440,7 +443,7 @@ class CommandProcessor:
                 if trace is not None:
                     trace.begin(safe, None)
                 return self._answer_again(rec, replace(ref, tracestate=None), kept)
-        if self._may_have_reached_provider(rec, cmd, raw):
+        if await self._may_have_reached_provider(rec, cmd, raw):
             return None
         if trace is not None:
             trace.begin(safe, None)
@@ -451,19 +454,24 @@ class CommandProcessor:
             f"{code_key!r} holds a card security code: card data is not accepted",
         )
 
-    def _may_have_reached_provider(self, rec: Inbound, cmd: CommandRef, raw: Any) -> bool:
-        """Has this very record been parked, or this command (its request) let through or
-        finished before, or does it come back past the provider's key window?"""
-        if self.answers.parked(
-            rec.partition, rec.offset, cmd.command_id
-        ) is not None or self._past_provider_window(rec):
+    async def _may_have_reached_provider(self, rec: Inbound, cmd: CommandRef, raw: Any) -> bool:
+        """Has this very record been parked, or this request let through or finished
+        (its idempotency record, or its entity's memory of it), or does it come back past
+        the provider's key window (under a valid seal: a made-up time is no evidence)?"""
+        if self.answers.parked(rec.partition, rec.offset, cmd.command_id) is not None:
             return True
-        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
-        if existing is None:
+        if self.seals.sealing and self._past_provider_window(rec):
+            return True
+        if cmd.command_type not in COMMANDS:
+            return False  # (no request of this type ever ran)
+        if self._earlier_request(cmd, raw) is not None:
+            return True
+        unrecorded = self._unrecorded_request(cmd, raw)
+        if unrecorded is None:
             return False
-        if existing.command_id == cmd.command_id:
-            return True
-        return cmd.command_type in COMMANDS and self._earlier_request(cmd, raw) is not None
+        data, request_hash = unrecorded
+        stand_in = NoProvider("", Rejection(RejectReason.CARD_DATA_FORBIDDEN, ""))
+        return await applied_by_entity(self.tables, cmd, data, request_hash, stand_in) is not None
 
     def _count(
         self,
@@ -931,6 +939,8 @@ class CommandProcessor:
         and request hash (None if it has a record, or its data is invalid)."""
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         if cmd.source is None or self._idempotency_record(key, time.time()) is not None:
+            return None
+        if cmd.command_type not in COMMANDS:
             return None
         try:
             data = COMMANDS[cmd.command_type].model_validate(raw or {})
@@ -1676,7 +1686,7 @@ class CommandProcessor:
         shown = f"{reason}: not shown, the record holds card data" if card or code else detail
         ours = {
             "paystream-dlq-reason": reason.encode(),
-            "paystream-dlq-detail": redact_card_numbers(shown)[:500].encode(),
+            "paystream-dlq-detail": redact_card_numbers(shown[:500]).encode(),
             "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
         }
         if card:
@@ -1845,7 +1855,9 @@ class CommandProcessor:
         headers = tuple(
             sorted(
                 {
-                    **_kept_headers(rec.headers),
+                    # (Without a header holding a card security code: only one let
+                    # through once, which the provider may have acted on, has one.)
+                    **_without_code_headers(_kept_headers(rec.headers)),
                     "paystream-park-reason": reason.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                     FIRST_ATTEMPT_HEADER: str(self._first_attempt_ms(rec)).encode(),
@@ -2211,10 +2223,11 @@ def _holds_security_code_text(text: str) -> bool:
 
 
 def _safe_tenant(text: str) -> str:
-    """A tenant as a rejection of a command holding card data may name it."""
+    """A tenant as a rejection of a command holding card data may name it (cut, then
+    redacted: a cut could make a card number of a longer run of digits)."""
     if _holds_security_code_text(text):
         return UNNAMED_TENANT
-    return redact_card_numbers(text)[:ID_MAX_CHARS] or UNNAMED_TENANT
+    return redact_card_numbers(text[:ID_MAX_CHARS]) or UNNAMED_TENANT
 
 
 def _safe_id(text: str) -> str:
@@ -2223,7 +2236,25 @@ def _safe_id(text: str) -> str:
 
 
 def _safe_type(text: str) -> str:
-    return "unknown" if _holds_security_code_text(text) else redact_card_numbers(text)[:128]
+    return "unknown" if _holds_security_code_text(text) else redact_card_numbers(text[:128])
+
+
+def _without_code_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The headers without any CloudEvents header holding a card security code: an
+    extension naming one, JSON naming one in its value, a trace state member."""
+    kept = {}
+    for name, value in headers.items():
+        if name[:3].lower() == "ce_":
+            text = value.replace(b"\x00", b"").decode("utf-8", "replace")
+            members = tracestate_members(text) if name.lower() == "ce_tracestate" else None
+            if (
+                security_code_at({name[3:]: text})
+                or _holds_security_code_text(text)
+                or (members and security_code_at(dict(members)))
+            ):
+                continue
+        kept[name] = value
+    return kept
 
 
 def _header_text_security_code(rec: Inbound) -> str | None:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
-from paystream.agents.pipeline import Emit, Inbound
+from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.client import build_command
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
+from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind, outcome_of
 from tests.agents.test_pipeline import _binary
+from tests.agents.test_replay_window import _KEY, _sealed
 
 
 def _where(emits: list[Emit], needle: bytes) -> list[str]:
@@ -392,19 +395,78 @@ async def test_a_parked_payment_resent_with_a_code_in_its_trace_state_runs_witho
 
 
 async def test_a_stale_re_drive_holding_a_code_is_parked_again_not_refused(
-    harness: Harness,
+    redis_url: str,
 ) -> None:
     """Let through by a version that did not see the code (its header JSON), charged,
-    parked; re-driven past the provider's key window after its record expired."""
-    t = harness.add_tenant()
-    event = build_command("payment.create", t, _PAY, command_id="c1")
+    parked; re-driven (its first attempt sealed by `dlq replay`) past the provider's key
+    window after its record expired: parked again, not answered. A made-up time is no
+    such evidence (without a master key, one is believed unsealed): refused."""
     day_ago = int(time.time() * 1000) - 25 * 3_600_000
     note = b'{"card_cvc":"737"}'
-    emits = await harness.raw(
-        _inbound(event, 2, ce_note=note, **{FIRST_ATTEMPT_HEADER: str(day_ago).encode()})
-    )
+    async with running_harness(redis_url, master_key=_KEY) as keyed:
+        t = keyed.add_tenant()
+        rec = _inbound(build_command("payment.create", t, _PAY, command_id="c1"), 2, ce_note=note)
+        emits = await keyed.raw(_sealed(keyed, rec, day_ago))
+        assert [e.topic for e in emits] == [keyed.settings.retry_topic]
+        assert dict(emits[0].record.headers)["paystream-park-reason"] == b"stale"
+        assert "737" not in _blob(emits)  # its header holding the code is not parked
+    async with running_harness(redis_url) as unkeyed:
+        t = unkeyed.add_tenant()
+        rec = _inbound(build_command("payment.create", t, _PAY, command_id="c1"), 2, ce_note=note)
+        made_up = {FIRST_ATTEMPT_HEADER: str(day_ago).encode()}
+        _refused(unkeyed, await unkeyed.raw(replace(rec, headers={**rec.headers, **made_up})))
+
+
+async def test_a_code_in_a_header_of_a_let_through_command_is_not_parked(
+    harness: Harness,
+) -> None:
+    """A parked payment sent again with a code in an extension while the provider still
+    fails: parked again, without that header."""
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})
+    event = build_command("payment.create", t, _PAY, command_id="c1")
+    assert [e.topic for e in await harness.raw(_inbound(event, 1))] == [
+        harness.settings.retry_topic
+    ]
+    emits = await harness.raw(_inbound(event, 2, ce_cardcvc=b"737", ce_tracestate=b"cvc=737"))
     assert [e.topic for e in emits] == [harness.settings.retry_topic]
-    assert dict(emits[0].record.headers)["paystream-park-reason"] == b"stale"
+    assert "737" not in _blob(emits)
+
+
+async def test_a_taken_command_id_exempts_no_other_request(harness: Harness) -> None:
+    """Only the same request under the key may have reached the provider: another one
+    reusing a live command id is refused, and the same answer is kept for its record."""
+    t = harness.add_tenant()
+    event = build_command("payment.create", t, _PAY, command_id="c1")
+    await harness.raw(_inbound(event, 1))
+    other = build_command("payment.create", t, {**_PAY, "metadata": {"card_cvc": "737"}},
+                          command_id="c1")  # fmt: skip
+    first = _refused(harness, await harness.raw(_inbound(other, 2)))
+    harness.idempotency.clear()  # its window passes before it is redelivered
+    again = _refused(harness, await harness.raw(_inbound(other, 2)))
+    assert again.get_id() == first.get_id()
+
+
+async def test_a_charge_known_only_by_its_entity_is_not_refused(harness: Harness) -> None:
+    """Run by a version that did not see the code; a crash lost its idempotency records
+    but kept its entity: answered from the entity, not refused."""
+    t = harness.add_tenant()
+    event = build_command("payment.create", t, {**_PAY, "metadata": {"card_cvc": "737"}},
+                          command_id="c1")  # fmt: skip
+    record = _inbound(event, 1)
+    gate = CommandProcessor._security_code_answer
+
+    async def older_version(*args: Any) -> None:
+        return None
+
+    CommandProcessor._security_code_answer = older_version  # type: ignore[method-assign]
+    try:
+        first = outcome_of(harness.settings, await harness.raw(record))
+    finally:
+        CommandProcessor._security_code_answer = gate  # type: ignore[method-assign]
+    assert first is not None and kind(first) == "payment.succeeded"
+    harness.idempotency.clear()
+    again = outcome_of(harness.settings, await harness.raw(record))
+    assert again is not None and (kind(again), again.get_id()) == (kind(first), first.get_id())
 
 
 async def test_a_code_in_the_record_key_is_not_repeated(harness: Harness) -> None:
@@ -435,3 +497,15 @@ async def test_a_card_number_and_a_code_in_the_id_are_both_kept_out(harness: Har
     )
     _refused(harness, emits)
     assert "737" not in _blob(emits) and PAN not in _blob(emits)
+
+
+async def test_a_long_tenant_cut_for_a_rejection_makes_no_card_number(harness: Harness) -> None:
+    """A 20-digit run is no card number (a known gap); cut at 255 characters after it
+    was redacted, its first 16 digits were one (review finding)."""
+    tenant = "a" * 239 + "42424242424242421227"
+    value = json.dumps({"description": f"card {PAN}", "email": "a@x.io"}).encode()
+    emits = await harness.raw(
+        _binary(tenant.encode(), value, ce_type=b"com.paystream.command.customer.create")
+    )
+    _refused(harness, emits)
+    assert PAN not in _blob(emits)
