@@ -116,7 +116,7 @@ def _parseable_by_sqlalchemy(url: str) -> str:
     try:
         parsed = make_url(url)
         bad = parsed.port is not None and not isinstance(parsed.port, int)
-        bad = bad or "@" in (parsed.host or "")
+        bad = bad or "@" in (parsed.host or "") or "@" in (parsed.database or "")
     except (ValueError, TypeError):
         bad = True
     if bad:

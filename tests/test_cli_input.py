@@ -234,3 +234,12 @@ def test_a_refused_broker_url_is_not_repeated() -> None:
         cli, ["config"], env={"KAFKA_BROKER_URL": "kafka://b1:9092?sasl_plain_password=hunter2"}
     )
     assert result.exit_code != 0 and "hunter2" not in result.output
+
+
+def test_a_database_url_whose_password_moves_the_host_into_the_path_is_refused() -> None:
+    """`u:p@ss/word@db`: SQLAlchemy reads host "ss" and database "word@db:5432/ledger"."""
+    result = CliRunner().invoke(
+        cli, ["config"], env={"DATABASE_URL": "postgresql://u:p@ss/word@db:5432/ledger"}
+    )
+    assert result.exit_code != 0 and "percent-encode" in result.output
+    assert "ss/word" not in result.output

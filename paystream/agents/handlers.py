@@ -79,11 +79,13 @@ class AlreadyApplied(Exception):
         outcome: StoredOutcome,
         id_salt: str | None = None,
         emitted: dict[str, Any] | None = None,
+        request_hash: str | None = None,
     ) -> None:
         super().__init__(outcome.type)
         self.outcome = outcome
         self.id_salt = id_salt  # the outcome's ids, as first emitted
         self.emitted = emitted  # its time and trace context, as first emitted (or None)
+        self.request_hash = request_hash  # of the request it applied (None: not kept)
 
 
 class AnsweredByAnother(Exception):
@@ -214,7 +216,10 @@ class HandlerContext:
                 remember=False,  # not kept under the key: the corrected request may follow
             )
         raise AlreadyApplied(
-            done, record.applied_salt(command_id), record.applied_emission(command_id)
+            done,
+            record.applied_salt(command_id),
+            record.applied_emission(command_id),
+            applied_hash,
         )
 
     def applied_to(self, model: type[EntityRecord], entity_id: str) -> None:

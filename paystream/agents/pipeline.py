@@ -457,21 +457,37 @@ class CommandProcessor:
     async def _may_have_reached_provider(self, rec: Inbound, cmd: CommandRef, raw: Any) -> bool:
         """Has this very record been parked, or this request let through or finished
         (its idempotency record, or its entity's memory of it), or does it come back past
-        the provider's key window (under a valid seal: a made-up time is no evidence)?"""
+        the provider's key window (under a valid seal: a made-up time is no evidence)?
+
+        A code in the command's id, key, tenant or type is no part of the request's hash:
+        there only this very command id counts (another id of the same request would be
+        stored and emitted, code and all)."""
         if self.answers.parked(rec.partition, rec.offset, cmd.command_id) is not None:
             return True
         if self.seals.sealing and self._past_provider_window(rec):
             return True
         if cmd.command_type not in COMMANDS:
             return False  # (no request of this type ever ran)
-        if self._earlier_request(cmd, raw) is not None:
-            return True
+        named_by_code = any(
+            _holds_security_code_text(text)
+            for text in (cmd.command_id, cmd.idempotency_key, cmd.tenant_id, cmd.command_type)
+        )
+        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
+        if existing is not None:
+            same = (
+                existing.command_id == cmd.command_id
+                and existing.command_type == cmd.command_type
+                and existing.request_hash == ERASED_HASH  # (its customer erased since)
+            ) or self._earlier_request(cmd, raw) is not None
+            return same and (existing.command_id == cmd.command_id or not named_by_code)
         unrecorded = self._unrecorded_request(cmd, raw)
         if unrecorded is None:
             return False
         data, request_hash = unrecorded
         stand_in = NoProvider("", Rejection(RejectReason.CARD_DATA_FORBIDDEN, ""))
-        return await applied_by_entity(self.tables, cmd, data, request_hash, stand_in) is not None
+        done = await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
+        # Only an entity that kept this request's hash (an erased customer's keep none).
+        return done is not None and done.request_hash == request_hash
 
     def _count(
         self,
@@ -2212,7 +2228,23 @@ def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
         found = text_security_code_key(_unescaped(text))
     if found is None and rec.key and _holds_security_code_text(_key_str(rec.key)):
         found = "the record key"  # (the tenant, when no tenantid names one)
+    headers = rec.headers
+    if found is None and (
+        any(b"\x00" in v for v in headers.values())
+        or len({k.lower() for k in headers}) != len(headers)
+    ):
+        # UTF-16, or an extension given twice in two cases (the SDK keeps the last):
+        # each header on its own, as a dead letter's are read.
+        found = _header_security_code(rec)
     return found or _header_text_security_code(rec)
+
+
+# CloudEvents attributes that make a command's request (and its identity): kept on a
+# park whatever they hold (see _without_code_headers).
+_REQUEST_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "time", "subject", "datacontenttype",
+     "dataschema", "tenantid", "idempotencykey"}
+)  # fmt: skip
 
 
 def _holds_security_code_text(text: str) -> bool:
@@ -2240,11 +2272,12 @@ def _safe_type(text: str) -> str:
 
 
 def _without_code_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The headers without any CloudEvents header holding a card security code: an
-    extension naming one, JSON naming one in its value, a trace state member."""
+    """The headers without any extension header holding a card security code (one naming
+    one, JSON naming one in its value, a trace state member). Never an attribute that
+    makes the request (id, type, tenant, key, ...): a re-drive must send the very one."""
     kept = {}
     for name, value in headers.items():
-        if name[:3].lower() == "ce_":
+        if name[:3].lower() == "ce_" and name[3:].lower() not in _REQUEST_ATTRIBUTES:
             text = value.replace(b"\x00", b"").decode("utf-8", "replace")
             members = tracestate_members(text) if name.lower() == "ce_tracestate" else None
             if (
