@@ -116,7 +116,9 @@ def _parseable_by_sqlalchemy(url: str) -> str:
     try:
         parsed = make_url(url)
         bad = parsed.port is not None and not isinstance(parsed.port, int)
-        bad = bad or "@" in (parsed.host or "") or "@" in (parsed.database or "")
+        # Its parser ends the password at the first "@": any other moves host, port,
+        # database or query.
+        bad = bad or url.count("@") > 1
     except (ValueError, TypeError):
         bad = True
     if bad:

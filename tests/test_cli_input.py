@@ -243,3 +243,13 @@ def test_a_database_url_whose_password_moves_the_host_into_the_path_is_refused()
     )
     assert result.exit_code != 0 and "percent-encode" in result.output
     assert "ss/word" not in result.output
+
+
+def test_a_database_url_with_a_second_at_sign_is_refused() -> None:
+    """SQLAlchemy ends the password at the first "@": `app:Tr0ub@dor?Horse@db` read host
+    "dor" (a piece of the password) and no database."""
+    result = CliRunner().invoke(
+        cli, ["config"], env={"DATABASE_URL": "postgresql+asyncpg://app:Tr0ub@dor?Horse@db:5432/x"}
+    )
+    assert result.exit_code != 0 and "percent-encode" in result.output
+    assert "Tr0ub" not in result.output and "Horse" not in result.output

@@ -256,7 +256,9 @@ class CommandProcessor:
         # echoes the command's attributes, and some keep its data.
         code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
         if code_key is not None:
-            answered = await self._security_code_answer(rec, cmd, raw, code_key, trace)
+            answered = await self._security_code_answer(
+                rec, cmd, raw, event.get_attributes(), code_key, trace
+            )
             if answered is not None:
                 return answered
             # Let through once: it runs on as any other would, but nothing of its trace
@@ -419,6 +421,7 @@ class CommandProcessor:
         rec: Inbound,
         cmd: CommandRef,
         raw: Any,
+        attributes: Mapping[str, Any],
         code_key: str,
         trace: CommandTrace | None,
     ) -> list[Emit] | None:
@@ -443,7 +446,7 @@ class CommandProcessor:
                 if trace is not None:
                     trace.begin(safe, None)
                 return self._answer_again(rec, replace(ref, tracestate=None), kept)
-        if await self._may_have_reached_provider(rec, cmd, raw):
+        if await self._may_have_reached_provider(rec, cmd, raw, attributes):
             return None
         if trace is not None:
             trace.begin(safe, None)
@@ -454,24 +457,26 @@ class CommandProcessor:
             f"{code_key!r} holds a card security code: card data is not accepted",
         )
 
-    async def _may_have_reached_provider(self, rec: Inbound, cmd: CommandRef, raw: Any) -> bool:
+    async def _may_have_reached_provider(
+        self, rec: Inbound, cmd: CommandRef, raw: Any, event_attributes: Mapping[str, Any]
+    ) -> bool:
         """Has this very record been parked, or this request let through or finished
         (its idempotency record, or its entity's memory of it), or does it come back past
         the provider's key window (under a valid seal: a made-up time is no evidence)?
 
-        A code in the command's id, key, tenant or type is no part of the request's hash:
-        there only this very command id counts (another id of the same request would be
-        stored and emitted, code and all)."""
+        A code outside the data is no part of the request's hash: where a park or answer
+        of this command would keep it (its id, key, tenant, type, source, subject, ...;
+        any attribute of a structured command, whose body is parked as it came), only
+        this very command id counts (another id of the same request would be stored,
+        parked or emitted, code and all). Its trace state and extension headers are
+        dropped from what it keeps."""
         if self.answers.parked(rec.partition, rec.offset, cmd.command_id) is not None:
             return True
         if self.seals.sealing and self._past_provider_window(rec):
             return True
         if cmd.command_type not in COMMANDS:
             return False  # (no request of this type ever ran)
-        named_by_code = any(
-            _holds_security_code_text(text)
-            for text in (cmd.command_id, cmd.idempotency_key, cmd.tenant_id, cmd.command_type)
-        )
+        kept_by_code = _kept_attributes_hold_code(rec, event_attributes)
         existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
         if existing is not None:
             same = (
@@ -479,7 +484,7 @@ class CommandProcessor:
                 and existing.command_type == cmd.command_type
                 and existing.request_hash == ERASED_HASH  # (its customer erased since)
             ) or self._earlier_request(cmd, raw) is not None
-            return same and (existing.command_id == cmd.command_id or not named_by_code)
+            return same and (existing.command_id == cmd.command_id or not kept_by_code)
         unrecorded = self._unrecorded_request(cmd, raw)
         if unrecorded is None:
             return False
@@ -2239,12 +2244,43 @@ def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
     return found or _header_text_security_code(rec)
 
 
+def _header_text(value: bytes) -> str:
+    """A header's value as text for the security-code scans: UTF-16 by its byte-order
+    mark (Java's UTF_16 writes one), else UTF-8 without NULs (UTF-16 without a mark, a
+    NUL beside each character) or its own mark."""
+    if value[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return value.decode("utf-16", "replace")
+    return value.replace(b"\x00", b"").decode("utf-8", "replace").removeprefix("\ufeff")
+
+
 # CloudEvents attributes that make a command's request (and its identity): kept on a
 # park whatever they hold (see _without_code_headers).
 _REQUEST_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "time", "subject", "datacontenttype",
      "dataschema", "tenantid", "idempotencykey"}
 )  # fmt: skip
+
+
+def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any]) -> bool:
+    """Does a card security code sit where a park or an answer of the command keeps it:
+    the record key, an attribute that makes the request, or (structured mode, whose body
+    is parked as it came) any attribute?"""
+    structured = any(
+        k.lower() == "content-type" and v.startswith(b"application/cloudevents")
+        for k, v in rec.headers.items()
+    )
+    for name, value in attributes.items():
+        if not structured and name.lower() not in _REQUEST_ATTRIBUTES:
+            continue
+        text = str(value)
+        members = tracestate_members(text) if name == "tracestate" else None
+        if (
+            security_code_at({name: text})
+            or _holds_security_code_text(text)
+            or (members and security_code_at(dict(members)))
+        ):
+            return True
+    return bool(rec.key) and _holds_security_code_text(_key_str(rec.key))
 
 
 def _holds_security_code_text(text: str) -> bool:
@@ -2278,7 +2314,7 @@ def _without_code_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
     kept = {}
     for name, value in headers.items():
         if name[:3].lower() == "ce_" and name[3:].lower() not in _REQUEST_ATTRIBUTES:
-            text = value.replace(b"\x00", b"").decode("utf-8", "replace")
+            text = _header_text(value)
             members = tracestate_members(text) if name.lower() == "ce_tracestate" else None
             if (
                 security_code_at({name[3:]: text})
@@ -2297,7 +2333,7 @@ def _header_text_security_code(rec: Inbound) -> str | None:
     for name, value in _kept_headers(rec.headers).items():
         if b'"' not in value:
             continue  # no JSON member (the common case: no decoding)
-        text = value.replace(b"\x00", b"").decode("utf-8", "replace")  # UTF-16 too
+        text = _header_text(value)
         found = text_security_code_key(text)
         if found is None and "\\" in text:
             found = text_security_code_key(_unescaped(text))
@@ -2314,7 +2350,7 @@ def _header_security_code(rec: Inbound) -> str | None:
         return "the record key"
     named: dict[str, str] = {}
     for name, value in _kept_headers(rec.headers).items():
-        text = value.replace(b"\x00", b"").decode("utf-8", "replace")
+        text = _header_text(value)
         if name[:3].lower() == "ce_":
             named[name[3:]] = text
         if name.lower() == "ce_tracestate":

@@ -236,7 +236,11 @@ def _looks_like_security_code(value: Any) -> bool:
         return False
     if isinstance(value, int):
         return 0 <= value <= 9999
-    return isinstance(value, str) and 3 <= len(value.strip()) <= 4 and value.strip().isdecimal()
+    if not isinstance(value, str):
+        return False
+    # (Without invisible characters: a byte-order mark before "737" hides nothing.)
+    visible = _INVISIBLE.sub("", value).strip() if not value.isascii() else value.strip()
+    return 3 <= len(visible) <= 4 and visible.isdecimal()
 
 
 def text_holds_security_code(text: str) -> bool:

@@ -593,3 +593,49 @@ async def test_a_let_through_command_of_an_erased_customer_keeps_its_answer(
     again = outcome_of(harness.settings, await harness.raw(update))
     assert first is not None and again is not None
     assert (kind(again), again.get_id()) == (kind(first), first.get_id())
+
+
+@pytest.mark.parametrize(
+    ("mode", "headers", "extra"),
+    [
+        (CloudEventsMode.BINARY, {"ce_subject": b'{"card_cvc":"737"}'}, {}),
+        (CloudEventsMode.BINARY, {"ce_dataschema": b'{"card_cvc":"737"}'}, {}),
+        (CloudEventsMode.STRUCTURED, {}, {"cardcvc": "737"}),  # its body is parked as it came
+    ],
+    ids=["subject", "dataschema", "structured-extension"],
+)
+async def test_a_retry_under_another_id_with_a_code_a_park_would_keep_is_refused(
+    harness: Harness, mode: CloudEventsMode, headers: dict[str, bytes], extra: dict[str, str]
+) -> None:
+    """The same request as a parked one, under a new id: let through, it was parked with
+    the code in an attribute a park keeps (review finding)."""
+    t = harness.add_tenant(gateway_options={"lose_response_first": {"*": 6}})
+    parked = build_command("payment.create", t, _PAY, command_id="A", idempotency_key="k")
+    assert [e.topic for e in await harness.raw(_inbound(parked, 1))] == [
+        harness.settings.retry_topic
+    ]
+    retry = build_command("payment.create", t, _PAY, command_id="B", idempotency_key="k")
+    rec = encode_event(retry, t.encode(), mode)
+    value = json.dumps({**json.loads(rec.value), **extra}).encode() if extra else rec.value
+    inbound = Inbound(rec.key, value, {**dict(rec.headers), **headers}, 0, "c", 0, 2)
+    emits = await harness.raw(inbound)
+    _refused(harness, emits)
+    assert not _shows_code(_blob(emits))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "737".encode("utf-16"),  # with its byte-order mark (Python: little-endian)
+        b"\xfe\xff" + "737".encode("utf-16-be"),  # Java's StandardCharsets.UTF_16
+        b"\xef\xbb\xbf737",  # UTF-8 with a byte-order mark
+    ],
+    ids=["utf16-bom-le", "utf16-bom-be", "utf8-bom"],
+)
+async def test_a_code_behind_a_byte_order_mark_is_refused(harness: Harness, value: bytes) -> None:
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})  # were it run, parked
+    emits = await harness.raw(
+        _inbound(build_command("payment.create", t, _PAY), 1, ce_cardcvc=value)
+    )
+    _refused(harness, emits)
+    assert all("ce_cardcvc" not in dict(e.record.headers) for e in emits)

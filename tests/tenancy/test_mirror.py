@@ -356,10 +356,11 @@ async def test_a_change_made_meanwhile_is_never_overwritten(
 
     # The CLI: the other operator suspends while this one types a secret at the prompt.
     def prompt_while_suspended(*args: Any, **kwargs: Any) -> str:
-        asyncio.run(put_tenant(dep.settings, Tenant(tenant_id="race2", status="suspended")))
+        suspended = Tenant(tenant_id="race2", gateway="stripe", status="suspended")
+        asyncio.run(put_tenant(dep.settings, suspended))
         return "sk_test_typed"
 
-    await dep.add_tenants(Tenant(tenant_id="race2"))
+    await dep.add_tenants(Tenant(tenant_id="race2", gateway="stripe"))  # (reads api_key)
     monkeypatch.setattr("paystream.cli.click.prompt", prompt_while_suspended)
     env = {**dep.env, "PAYSTREAM_MASTER_KEY": base64.b64encode(bytes(32)).decode()}
     args = ["tenants", "add", "race2", "--secret", "api_key"]
