@@ -116,9 +116,10 @@ def _parseable_by_sqlalchemy(url: str) -> str:
     try:
         parsed = make_url(url)
         bad = parsed.port is not None and not isinstance(parsed.port, int)
-        # Its parser ends the password at the first "@": any other moves host, port,
-        # database or query.
-        bad = bad or url.count("@") > 1
+        # Its parser ends the password at the first "@": a second one there moves host,
+        # port or database (one in a query value, "application_name=a@b", is fine).
+        bad = bad or "@" in (parsed.host or "") or "@" in (parsed.database or "")
+        bad = bad or (parsed.database is None and "@" in url.partition("?")[2])
     except (ValueError, TypeError):
         bad = True
     if bad:

@@ -253,3 +253,16 @@ def test_a_database_url_with_a_second_at_sign_is_refused() -> None:
     )
     assert result.exit_code != 0 and "percent-encode" in result.output
     assert "Tr0ub" not in result.output and "Horse" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://paystream:s3cret@db.internal:5432/paystream?application_name=ledger@eu-west-1",
+        "postgresql://paystream@db.internal/paystream?sslcert=/home/svc@corp/client.crt",
+    ],
+)
+def test_a_database_url_with_an_at_sign_in_a_query_value_is_accepted(url: str) -> None:
+    from paystream.settings import load_settings
+
+    assert load_settings(database_url=url).database_url == url

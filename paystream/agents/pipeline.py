@@ -51,7 +51,13 @@ from paystream.gateways.base import KEYLESS_OPERATIONS
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
 from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
-from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, valid_unicode
+from paystream.streams.codec import (
+    KafkaRecord,
+    UndecodableRecord,
+    decode_record,
+    is_structured,
+    valid_unicode,
+)
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
@@ -476,7 +482,7 @@ class CommandProcessor:
             return True
         if cmd.command_type not in COMMANDS:
             return False  # (no request of this type ever ran)
-        kept_by_code = _kept_attributes_hold_code(rec, event_attributes)
+        kept_by_code = _kept_attributes_hold_code(rec, event_attributes, raw)
         existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
         if existing is not None:
             same = (
@@ -2261,14 +2267,15 @@ _REQUEST_ATTRIBUTES = frozenset(
 )  # fmt: skip
 
 
-def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any]) -> bool:
-    """Does a card security code sit where a park or an answer of the command keeps it:
-    the record key, an attribute that makes the request, or (structured mode, whose body
-    is parked as it came) any attribute?"""
-    structured = any(
-        k.lower() == "content-type" and v.startswith(b"application/cloudevents")
-        for k, v in rec.headers.items()
-    )
+def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any], raw: Any) -> bool:
+    """Does a card security code sit where a park or an answer of the command keeps it,
+    beyond its parsed data (which its request hash covers): the record key, an attribute
+    that makes the request, (structured mode, whose body is parked as it came) any
+    attribute, or the value's text (an earlier value of a key given twice, JSON inside a
+    string)?"""
+    if security_code_at(raw) is None and _value_text_holds_code(rec):
+        return True
+    structured = is_structured(rec.headers)
     for name, value in attributes.items():
         if not structured and name.lower() not in _REQUEST_ATTRIBUTES:
             continue
@@ -2281,6 +2288,13 @@ def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any]) -> b
         ):
             return True
     return bool(rec.key) and _holds_security_code_text(_key_str(rec.key))
+
+
+def _value_text_holds_code(rec: Inbound) -> bool:
+    """The record value's text, escapes resolved, holds a member naming a card security
+    code (whatever its parse keeps)."""
+    value = rec.value or b""
+    return b'"' in value and _holds_security_code_text(_header_text(value))
 
 
 def _holds_security_code_text(text: str) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "encode_data",
     "encode_event",
     "headers_to_dict",
+    "is_structured",
     "valid_unicode",
 ]
 
@@ -90,6 +91,21 @@ def headers_to_dict(
         return {}
     items = headers.items() if isinstance(headers, Mapping) else headers
     return {str(k): bytes(v) if v is not None else b"" for k, v in items}
+
+
+def is_structured(headers: Mapping[str, bytes]) -> bool:
+    """Whether ``decode_record`` reads a record with these headers in structured mode
+    (its body is the whole event): a structured content type (any case), or no ``ce_*``
+    header at all."""
+    binary = False
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "content-type":
+            if value.decode("latin-1").lower().startswith(STRUCTURED_CONTENT_TYPE):
+                return True
+        elif lowered.startswith("ce_"):
+            binary = True
+    return not binary
 
 
 def decode_record(

@@ -601,11 +601,21 @@ async def test_a_let_through_command_of_an_erased_customer_keeps_its_answer(
         (CloudEventsMode.BINARY, {"ce_subject": b'{"card_cvc":"737"}'}, {}),
         (CloudEventsMode.BINARY, {"ce_dataschema": b'{"card_cvc":"737"}'}, {}),
         (CloudEventsMode.STRUCTURED, {}, {"cardcvc": "737"}),  # its body is parked as it came
+        # Structured as the decoder reads it: no content type, or one in capitals.
+        (CloudEventsMode.STRUCTURED, {"content-type": None}, {"cardcvc": "737"}),
+        (
+            CloudEventsMode.STRUCTURED,
+            {"content-type": b"Application/CloudEvents+JSON; charset=UTF-8"},
+            {"cardcvc": "737"},
+        ),
     ],
-    ids=["subject", "dataschema", "structured-extension"],
+    ids=["subject", "dataschema", "structured-extension", "no-content-type", "capitals"],
 )
 async def test_a_retry_under_another_id_with_a_code_a_park_would_keep_is_refused(
-    harness: Harness, mode: CloudEventsMode, headers: dict[str, bytes], extra: dict[str, str]
+    harness: Harness,
+    mode: CloudEventsMode,
+    headers: dict[str, bytes | None],
+    extra: dict[str, str],
 ) -> None:
     """The same request as a parked one, under a new id: let through, it was parked with
     the code in an attribute a park keeps (review finding)."""
@@ -617,7 +627,8 @@ async def test_a_retry_under_another_id_with_a_code_a_park_would_keep_is_refused
     retry = build_command("payment.create", t, _PAY, command_id="B", idempotency_key="k")
     rec = encode_event(retry, t.encode(), mode)
     value = json.dumps({**json.loads(rec.value), **extra}).encode() if extra else rec.value
-    inbound = Inbound(rec.key, value, {**dict(rec.headers), **headers}, 0, "c", 0, 2)
+    merged = {k: v for k, v in {**dict(rec.headers), **headers}.items() if v is not None}
+    inbound = Inbound(rec.key, value, merged, 0, "c", 0, 2)
     emits = await harness.raw(inbound)
     _refused(harness, emits)
     assert not _shows_code(_blob(emits))
@@ -639,3 +650,25 @@ async def test_a_code_behind_a_byte_order_mark_is_refused(harness: Harness, valu
     )
     _refused(harness, emits)
     assert all("ce_cardcvc" not in dict(e.record.headers) for e in emits)
+
+
+async def test_a_retry_under_another_id_with_a_code_under_a_key_given_twice_is_refused(
+    harness: Harness,
+) -> None:
+    """Parsed, the data is the parked request's (the last value of the key counts); its
+    bytes, earlier value and all, were parked (review finding)."""
+    t = harness.add_tenant(gateway_options={"lose_response_first": {"*": 6}})
+    body = {**_PAY, "metadata": {"order": "o-1"}}
+    parked = build_command("payment.create", t, body, command_id="A", idempotency_key="k")
+    assert [e.topic for e in await harness.raw(_inbound(parked, 1))] == [
+        harness.settings.retry_topic
+    ]
+    retry = encode_event(
+        build_command("payment.create", t, body, command_id="B", idempotency_key="k"),
+        t.encode(),
+        CloudEventsMode.BINARY,
+    )
+    value = retry.value.replace(b'"metadata":', b'"metadata":{"card_cvc":"737"},"metadata":', 1)
+    emits = await harness.raw(Inbound(retry.key, value, dict(retry.headers), 0, "c", 0, 2))
+    _refused(harness, emits)
+    assert not _shows_code(_blob(emits))
