@@ -217,6 +217,12 @@ def _shows_code(text: str) -> bool:
     return _CODE.search(text) is not None
 
 
+def _without_header(rec: Inbound, name: str, **changes: Any) -> Inbound:
+    """``rec`` without one header (and with ``changes``)."""
+    headers = {k: v for k, v in rec.headers.items() if k != name}
+    return replace(rec, headers=headers, **changes)
+
+
 def _digits(text: str) -> str:
     return "".join(c for c in text if c.isdigit())
 
@@ -321,15 +327,7 @@ async def test_a_dead_letter_with_a_security_code_in_a_header_keeps_no_header(
     (the decoder's message names attributes) not shown."""
     t = harness.add_tenant()
     rec = _binary(t.encode(), b'{"email":"a@x.io"}', ce_cardcvc=b"737")
-    rec = Inbound(
-        key=rec.key,
-        value=rec.value,
-        headers={k: v for k, v in rec.headers.items() if k != "ce_source"},
-        timestamp_ms=0,
-        topic="c",
-        offset=4,
-    )
-    emits = await harness.raw(rec)
+    emits = await harness.raw(_without_header(rec, "ce_source", offset=4))
     (dead,) = [e for e in emits if e.topic == harness.settings.dlq_topic]
     headers = dict(dead.record.headers)
     assert headers["paystream-dlq-redacted"] == b"card_security_code"
@@ -342,15 +340,7 @@ async def test_a_command_naming_no_tenant_is_answered_under_no_tenant_id(
 ) -> None:
     """Not as tenant ``unknown``, which a tenant may be called."""
     harness.add_tenant("unknown")
-    rec = _binary(b"", b"{}")
-    rec = Inbound(
-        key=None,
-        value=rec.value,
-        headers={k: v for k, v in rec.headers.items() if k != "ce_tenantid"},
-        timestamp_ms=0,
-        topic="c",
-        offset=5,
-    )
+    rec = _without_header(_binary(b"", b"{}"), "ce_tenantid", key=None, offset=5)
     emits = await harness.raw(rec)
     out = outcome_of(harness.settings, emits)
     assert out is not None and data(out)["reason"] == "validation_error"
