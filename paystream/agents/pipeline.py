@@ -74,6 +74,8 @@ from paystream.streams.pan import (
     raw_may_contain_card_number,
     redact_card_numbers,
     security_code_at,
+    security_codes_at,
+    security_codes_in_text,
     text_holds_security_code,
     text_security_code_key,
     with_float_digits,
@@ -2273,7 +2275,7 @@ def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any], raw:
     that makes the request, (structured mode, whose body is parked as it came) any
     attribute, or the value's text (an earlier value of a key given twice, JSON inside a
     string)?"""
-    if security_code_at(raw) is None and _value_text_holds_code(rec):
+    if _value_text_holds_other_codes(rec, raw):
         return True
     structured = is_structured(rec.headers)
     for name, value in attributes.items():
@@ -2290,11 +2292,17 @@ def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any], raw:
     return bool(rec.key) and _holds_security_code_text(_key_str(rec.key))
 
 
-def _value_text_holds_code(rec: Inbound) -> bool:
-    """The record value's text, escapes resolved, holds a member naming a card security
-    code (whatever its parse keeps)."""
+def _value_text_holds_other_codes(rec: Inbound, raw: Any) -> bool:
+    """The record value's text (escapes resolved too) holds a card security code its
+    parsed data does not (an earlier value of a key given twice, JSON in a string)."""
     value = rec.value or b""
-    return b'"' in value and _holds_security_code_text(_header_text(value))
+    if b'"' not in value:
+        return False
+    text = _header_text(value)
+    found = security_codes_in_text(text)
+    if "\\" in text:
+        found |= security_codes_in_text(_unescaped(text))
+    return bool(found - security_codes_at(raw))
 
 
 def _holds_security_code_text(text: str) -> bool:

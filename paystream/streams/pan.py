@@ -15,6 +15,8 @@ __all__ = [
     "raw_may_contain_card_number",
     "redact_card_numbers",
     "security_code_at",
+    "security_codes_at",
+    "security_codes_in_text",
     "text_holds_security_code",
     "text_security_code_key",
     "with_float_digits",
@@ -261,6 +263,35 @@ def text_security_code_key(text: str) -> str | None:
         ),
         None,
     )
+
+
+def security_codes_in_text(text: str) -> set[tuple[str, str]]:
+    """Every (key, digits) member of raw JSON text that reads as a card security code,
+    a key given twice included (its parse keeps only the last)."""
+    if '"' not in text:
+        return set()
+    return {
+        (m.group(1), m.group(2))
+        for m in _CODE_MEMBER.finditer(_ascii_digits(text))
+        if _names_security_code(m.group(1))
+    }
+
+
+def security_codes_at(value: Any) -> set[tuple[str, str]]:
+    """Every (key, digits) that ``value`` holds as a card security code (as
+    :func:`security_code_at` finds them), to compare with :func:`security_codes_in_text`."""
+    found: set[tuple[str, str]] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if _looks_like_security_code(inner) and _names_security_code(str(key)):
+                    found.add((str(key), _ascii_digits(_INVISIBLE.sub("", str(inner)).strip())))
+                stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return found
 
 
 def security_code_at(value: Any) -> str | None:

@@ -662,3 +662,26 @@ async def test_a_retry_under_another_id_with_a_code_under_a_key_given_twice_is_r
     emits = await harness.raw(Inbound(retry.key, value, dict(retry.headers), 0, "c", 0, 2))
     _refused(harness, emits)
     assert not _shows_code(_blob(emits))
+
+
+async def test_a_retry_under_another_id_with_another_code_under_a_key_given_twice_is_refused(
+    harness: Harness,
+) -> None:
+    """The parked request's data holds a code already (an older version ran it): one
+    more, in an earlier value of a key given twice, is no part of the request's hash,
+    and was parked with a retry under a new id (review finding)."""
+    t = harness.add_tenant(gateway_options={"lose_response_first": {"*": 6}})
+    body = {**_PAY, "metadata": {"order": "o-1", "cvc": "111"}}
+    parked = build_command("payment.create", t, body, command_id="A", idempotency_key="k")
+    assert [e.topic for e in await _as_an_older_version(harness, _inbound(parked, 1))] == [
+        harness.settings.retry_topic
+    ]
+    retry = encode_event(
+        build_command("payment.create", t, body, command_id="B", idempotency_key="k"),
+        t.encode(),
+        CloudEventsMode.BINARY,
+    )
+    value = retry.value.replace(b'"metadata":', b'"metadata":{"card_cvc":"737"},"metadata":', 1)
+    emits = await harness.raw(Inbound(retry.key, value, dict(retry.headers), 0, "c", 0, 2))
+    _refused(harness, emits)
+    assert not _shows_code(_blob(emits))
