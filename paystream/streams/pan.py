@@ -277,38 +277,35 @@ def security_codes_in_text(text: str) -> set[tuple[str, str]]:
     }
 
 
-def security_codes_at(value: Any) -> set[tuple[str, str]]:
-    """Every (key, digits) that ``value`` holds as a card security code (as
-    :func:`security_code_at` finds them), to compare with :func:`security_codes_in_text`."""
-    found: set[tuple[str, str]] = set()
+def _security_code_members(value: Any) -> Iterator[tuple[str, Any]]:
+    """Each (key, value) inside ``value`` (dicts and lists, at any depth) that reads as a
+    card security code: 3 or 4 digits under a key naming one. (With a stack: hostile
+    nesting must not raise.)"""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for key, inner in item.items():
                 if _looks_like_security_code(inner) and _names_security_code(str(key)):
-                    found.add((str(key), _ascii_digits(_INVISIBLE.sub("", str(inner)).strip())))
+                    yield str(key), inner
                 stack.append(inner)
         elif isinstance(item, list | tuple):
             stack.extend(item)
-    return found
+
+
+def security_codes_at(value: Any) -> set[tuple[str, str]]:
+    """Every (key, digits) that ``value`` holds as a card security code, to compare with
+    :func:`security_codes_in_text`."""
+    return {
+        (key, _ascii_digits(_INVISIBLE.sub("", str(inner)).strip()))
+        for key, inner in _security_code_members(value)
+    }
 
 
 def security_code_at(value: Any) -> str | None:
-    """The key under which ``value`` (dicts and lists, at any depth) holds what reads as a
-    card security code: 3 or 4 digits under a key naming one (``cvc``, ``card_cvv2``,
-    ``security_code``, ...), else None. (With a stack: hostile nesting must not raise.)"""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, inner in item.items():
-                if _looks_like_security_code(inner) and _names_security_code(str(key)):
-                    return str(key)
-                stack.append(inner)
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return None
+    """The key under which ``value`` holds what reads as a card security code (``cvc``,
+    ``card_cvv2``, ``security_code``, ...), else None."""
+    return next((key for key, _ in _security_code_members(value)), None)
 
 
 def with_float_digits(text: str) -> str:
