@@ -478,11 +478,19 @@ async def check_registry_compacted(settings: Settings) -> str:
                     "`paystream topics` (or check PAYSTREAM_TENANTS_TOPIC)"
                 )
             return f"{topic} not created yet (`paystream topics` creates it compacted)"
-        policy = (await _topic_configs(admin, topic)).get("cleanup.policy") or "delete"
+        configs = await _topic_configs(admin, topic)
+        policy = configs.get("cleanup.policy") or "delete"
         if "compact" not in policy.split(","):
             raise CheckFailed(
                 f"{topic} has cleanup.policy={policy}: tenant records would expire; "
                 "set cleanup.policy=compact"
+            )
+        if "delete" in policy.split(",") and (limit := _retention_limit(configs)):
+            # compact,delete also deletes by age or size: the newest record of a tenant
+            # that has not changed for that long goes too.
+            raise CheckFailed(
+                f"{topic} has cleanup.policy={policy} with {limit}: tenant records would "
+                "expire; set cleanup.policy=compact"
             )
         return f"{topic} cleanup.policy={policy}"
     finally:
@@ -513,6 +521,16 @@ async def check_command_timestamps(settings: Settings) -> str:
         await admin.close()
 
 
+def _retention_limit(configs: dict[str, str | None]) -> str | None:
+    """The age or size limit a topic deletes by, if any (``retention.bytes`` left out:
+    a broker that does not report it applies none, as Kafka's default)."""
+    if configs.get("retention.ms") != "-1":
+        return f"retention.ms={configs.get('retention.ms') or 'broker default'}"
+    if configs.get("retention.bytes") not in (None, "-1"):
+        return f"retention.bytes={configs['retention.bytes']}"
+    return None
+
+
 async def check_parked_retention(settings: Settings) -> str:
     """Parked commands and dead letters must stay until a person handles them: a parked
     payment the provider may have charged, expired by retention, is gone unseen."""
@@ -520,18 +538,28 @@ async def check_parked_retention(settings: Settings) -> str:
     admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
     await admin.start()
     try:
-        present = [t for t in topics if t in set(await admin.list_topics())]
+        existing = set(await admin.list_topics())
+        present = [t for t in topics if t in existing]
         if not present:
             return "not created yet (`paystream topics` creates them with retention.ms=-1)"
+        if missing := [t for t in topics if t not in existing]:
+            # Declared later by whoever first writes one, with the broker's defaults.
+            raise CheckFailed(
+                f"{', '.join(missing)} not created: run `paystream topics` (or check "
+                "PAYSTREAM_RETRY_TOPIC, PAYSTREAM_DLQ_TOPIC, PAYSTREAM_LEDGER_DLQ_TOPIC)"
+            )
         expiring = []
         for topic in present:
-            retention = (await _topic_configs(admin, topic)).get("retention.ms")
-            if retention != "-1":
-                expiring.append(f"{topic} (retention.ms={retention or 'broker default'})")
+            configs = await _topic_configs(admin, topic)
+            if limit := _retention_limit(configs):
+                expiring.append(f"{topic} ({limit})")
+            elif "compact" in (configs.get("cleanup.policy") or "delete").split(","):
+                # Parked records are keyed by tenant: compaction keeps each tenant's newest.
+                expiring.append(f"{topic} (cleanup.policy={configs['cleanup.policy']})")
         if expiring:
             raise CheckFailed(
-                f"parked commands and dead letters expire unseen on {', '.join(expiring)}: "
-                "set retention.ms=-1 on them"
+                f"parked commands and dead letters are deleted unseen on {', '.join(expiring)}: "
+                "set retention.ms=-1, retention.bytes=-1 and cleanup.policy=delete on them"
             )
         return f"{len(present)} topics keep their records (retention.ms=-1)"
     finally:

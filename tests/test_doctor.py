@@ -88,6 +88,18 @@ async def test_doctor_fails_a_registry_topic_that_is_not_compacted(
             [
                 NewTopic(f"{tag}.plain", 1, 1),
                 NewTopic(f"{tag}.compact", 1, 1, topic_configs={"cleanup.policy": "compact"}),
+                NewTopic(
+                    f"{tag}.compact-delete",
+                    1,
+                    1,
+                    topic_configs={"cleanup.policy": "compact,delete", "retention.ms": "604800000"},
+                ),
+                NewTopic(
+                    f"{tag}.compact-delete-kept",
+                    1,
+                    1,
+                    topic_configs={"cleanup.policy": "compact,delete", "retention.ms": "-1"},
+                ),
             ]
         )
     finally:
@@ -99,6 +111,12 @@ async def test_doctor_fails_a_registry_topic_that_is_not_compacted(
     with pytest.raises(CheckFailed, match=r"cleanup\.policy=delete"):
         await check_registry_compacted(with_registry(f"{tag}.plain"))
     assert "compact" in await check_registry_compacted(with_registry(f"{tag}.compact"))
+    # compact,delete deletes by age too: a tenant unchanged for a week would be gone.
+    with pytest.raises(CheckFailed, match=r"compact,delete with retention\.ms=604800000"):
+        await check_registry_compacted(with_registry(f"{tag}.compact-delete"))
+    assert "compact,delete" in await check_registry_compacted(
+        with_registry(f"{tag}.compact-delete-kept")
+    )
     assert "not created yet" in await check_registry_compacted(with_registry(f"{tag}.absent"))
     # Topics created but not this one (misnamed, deleted): workers would wait for good.
     with pytest.raises(CheckFailed, match="workers will not run commands"):
@@ -138,8 +156,25 @@ async def test_doctor_fails_parked_records_that_expire(stack_settings: Settings)
         bootstrap_servers=bootstrap_servers(stack_settings.require_broker())
     )
     await admin.start()
+    kept = {"retention.ms": "-1"}
     try:
-        await admin.create_topics([NewTopic(f"{tag}.plain-retry", 1, 1)])
+        await admin.create_topics(
+            [
+                NewTopic(f"{tag}.lone-retry", 1, 1, topic_configs=kept),
+                # The broker's default retention; kept for ever by age but capped by
+                # size, or compacted (parked records are keyed by tenant: compaction
+                # keeps only each tenant's newest).
+                *(
+                    NewTopic(f"{tag}.{name}-{t}", 1, 1, topic_configs=configs)
+                    for name, configs in (
+                        ("plain", {}),
+                        ("capped", {**kept, "retention.bytes": "1073741824"}),
+                        ("compacted", {**kept, "cleanup.policy": "compact"}),
+                    )
+                    for t in ("retry", "dlq", "ledger-dlq")
+                ),
+            ]
+        )
     finally:
         await admin.close()
 
@@ -158,6 +193,12 @@ async def test_doctor_fails_parked_records_that_expire(stack_settings: Settings)
     await ensure_topics(made)
     assert "3 topics keep their records" in await check_parked_retention(made)
     assert "not created yet" in await check_parked_retention(with_topics(f"{tag}.absent"))
+    with pytest.raises(CheckFailed, match=rf"{tag}\.lone-dlq, {tag}\.lone-ledger-dlq not created"):
+        await check_parked_retention(with_topics(f"{tag}.lone"))
+    with pytest.raises(CheckFailed, match=rf"{tag}\.capped-retry \(retention\.bytes=1073741824\)"):
+        await check_parked_retention(with_topics(f"{tag}.capped"))
+    with pytest.raises(CheckFailed, match=rf"{tag}\.compacted-retry \(cleanup\.policy=compact\)"):
+        await check_parked_retention(with_topics(f"{tag}.compacted"))
 
 
 async def test_doctor_fails_a_topic_that_refuses_paystreams_largest_records(

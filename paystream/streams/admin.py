@@ -56,7 +56,7 @@ COMMAND_TIMESTAMPS = {"message.timestamp.type": "LogAppendTime"}
 # Parked commands and dead letters wait for a person, however long that takes: the
 # broker's default retention (7 days on Kafka) would delete a parked payment the
 # provider may have charged, unseen by `dlq list`. A replay commits past what it re-sent.
-KEPT_UNTIL_HANDLED = {"retention.ms": "-1"}
+KEPT_UNTIL_HANDLED = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:
