@@ -75,6 +75,7 @@ from paystream.streams.pan import (
     redact_card_numbers,
     security_code_at,
     security_codes_at,
+    security_codes_in_strings,
     security_codes_in_text,
     text_holds_security_code,
     text_security_code_key,
@@ -2273,9 +2274,15 @@ def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any], raw:
     """Does a card security code sit where a park or an answer of the command keeps it,
     beyond its parsed data (which its request hash covers): the record key, an attribute
     that makes the request, (structured mode, whose body is parked as it came) any
-    attribute, or the value's text (an earlier value of a key given twice, JSON inside a
-    string)?"""
+    attribute, a header the park keeps (one the decoder did not read: given twice, in
+    structured mode, in UTF-16), or the value's text (an earlier value of a key given
+    twice)?"""
     if _value_text_holds_other_codes(rec, raw):
+        return True
+    if any(
+        _header_holds_code(name, value)
+        for name, value in _without_code_headers(_kept_headers(rec.headers)).items()
+    ):
         return True
     structured = is_structured(rec.headers)
     for name, value in attributes.items():
@@ -2294,7 +2301,8 @@ def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any], raw:
 
 def _value_text_holds_other_codes(rec: Inbound, raw: Any) -> bool:
     """The record value's text (escapes resolved too) holds a card security code its
-    parsed data does not (an earlier value of a key given twice, JSON in a string)."""
+    parsed data does not (an earlier value of a key given twice). One in JSON inside a
+    string of the data is in the data (its request hash covers it, its park keeps it)."""
     value = rec.value or b""
     if b'"' not in value:
         return False
@@ -2302,11 +2310,17 @@ def _value_text_holds_other_codes(rec: Inbound, raw: Any) -> bool:
     found = security_codes_in_text(text)
     if "\\" in text:
         found |= security_codes_in_text(_unescaped(text))
-    return bool(found - security_codes_at(raw))
+    if not found:
+        return False
+    found -= security_codes_at(raw)
+    return bool(found and found - security_codes_in_strings(raw, unescape=_unescaped))
 
 
 def _holds_security_code_text(text: str) -> bool:
-    """Does this text hold a JSON member naming a card security code (escapes resolved)?"""
+    """Does this text hold a JSON member naming a card security code (escapes resolved;
+    NULs dropped: UTF-16 read as UTF-8)?"""
+    if "\x00" in text and _holds_security_code_text(text.replace("\x00", "")):
+        return True
     return text_security_code_key(text) is not None or (
         "\\" in text and text_security_code_key(_unescaped(text)) is not None
     )
@@ -2333,19 +2347,25 @@ def _without_code_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
     """The headers without any extension header holding a card security code (one naming
     one, JSON naming one in its value, a trace state member). Never an attribute that
     makes the request (id, type, tenant, key, ...): a re-drive must send the very one."""
-    kept = {}
-    for name, value in headers.items():
-        if name[:3].lower() == "ce_" and name[3:].lower() not in _REQUEST_ATTRIBUTES:
-            text = _header_text(value)
-            members = tracestate_members(text) if name.lower() == "ce_tracestate" else None
-            if (
-                security_code_at({name[3:]: text})
-                or _holds_security_code_text(text)
-                or (members and security_code_at(dict(members)))
-            ):
-                continue
-        kept[name] = value
-    return kept
+    return {
+        name: value
+        for name, value in headers.items()
+        if name[:3].lower() != "ce_"
+        or name[3:].lower() in _REQUEST_ATTRIBUTES
+        or not _header_holds_code(name, value)
+    }
+
+
+def _header_holds_code(name: str, value: bytes) -> bool:
+    """Does this header hold a card security code: as an extension naming one, JSON
+    naming one in its value, or a trace state member?"""
+    text = _header_text(value)
+    members = tracestate_members(text) if name.lower() == "ce_tracestate" else None
+    return bool(
+        security_code_at({name[3:] if name[:3].lower() == "ce_" else name: text})
+        or _holds_security_code_text(text)
+        or (members and security_code_at(dict(members)))
+    )
 
 
 def _header_text_security_code(rec: Inbound) -> str | None:
@@ -2403,9 +2423,15 @@ def _raw_holds_security_code(rec: Inbound) -> bool:
             if any(text_holds_security_code(t) for t in _base64_data(orjson.loads(value))):
                 return True
     try:
-        return security_code_at(orjson.loads(value)) is not None
+        parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
         return False
+    if isinstance(parsed, dict) and isinstance(parsed.get("tracestate"), str):
+        # A structured command's trace state: its members are key=value pairs ("cvc=737").
+        members = tracestate_members(parsed["tracestate"])
+        if members and security_code_at(dict(members)) is not None:
+            return True
+    return security_code_at(parsed) is not None
 
 
 def _unescaped(text: str) -> str:

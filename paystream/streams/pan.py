@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "redact_card_numbers",
     "security_code_at",
     "security_codes_at",
+    "security_codes_in_strings",
     "security_codes_in_text",
     "text_holds_security_code",
     "text_security_code_key",
@@ -300,6 +301,21 @@ def security_codes_at(value: Any) -> set[tuple[str, str]]:
         (key, _ascii_digits(_INVISIBLE.sub("", str(inner)).strip()))
         for key, inner in _security_code_members(value)
     }
+
+
+def security_codes_in_strings(
+    value: Any, *, unescape: Callable[[str], str]
+) -> set[tuple[str, str]]:
+    """Every (key, digits) member of JSON text inside the strings ``value`` holds (as
+    :func:`security_codes_in_text` reads it; ``unescape`` resolves JSON escapes for JSON
+    inside JSON in a string): codes its parsed data holds, though not as members."""
+    found: set[tuple[str, str]] = set()
+    for text in _strings(value):
+        if '"' in text:
+            found |= security_codes_in_text(text)
+            if "\\" in text:
+                found |= security_codes_in_text(unescape(text))
+    return found
 
 
 def security_code_at(value: Any) -> str | None:

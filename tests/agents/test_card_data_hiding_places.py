@@ -685,3 +685,101 @@ async def _retry_with_a_code_under_a_key_given_twice_is_refused(
     emits = await harness.raw(Inbound(retry.key, value, dict(retry.headers), 0, "c", 0, 2))
     _refused(harness, emits)
     assert not _shows_code(_blob(emits))
+
+
+# ---- round 8 (review findings) --------------------------------------------------------
+
+_CODE_JSON = '{"card_cvc":"737"}'
+
+
+async def _park_request_k(harness: Harness, body: dict[str, Any], *, older: bool = False) -> str:
+    """A tenant whose provider loses its answers, with request "k" (command "A") parked."""
+    t = harness.add_tenant(gateway_options={"lose_response_first": {"*": 6}})
+    parked = _inbound(
+        build_command("payment.create", t, body, command_id="A", idempotency_key="k"), 1
+    )
+    emits = await (_as_an_older_version(harness, parked) if older else harness.raw(parked))
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    return t
+
+
+async def test_a_retry_of_a_parked_request_with_a_code_as_json_in_a_string_is_not_refused(
+    harness: Harness,
+) -> None:
+    """The code is in the data (JSON in a description), which the request hash covers and
+    the first park keeps: a retry under another id is the same request, which the provider
+    may have charged. It was refused for good (review finding)."""
+    body = {**_PAY, "description": _CODE_JSON}
+    t = await _park_request_k(harness, body, older=True)
+    retry = build_command("payment.create", t, body, command_id="B", idempotency_key="k")
+    emits = await harness.raw(_inbound(retry, 2))
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+
+
+async def test_a_code_in_a_utf16_id_is_not_repeated_by_its_rejection(harness: Harness) -> None:
+    """Any producer: the rejection named the command by its id, code and all (review
+    finding)."""
+    t = harness.add_tenant()
+    command = build_command("payment.create", t, _PAY)
+    emits = await harness.raw(_inbound(command, 1, ce_id=_CODE_JSON.encode("utf-16-le")))
+    _refused(harness, emits)
+    assert not _shows_code(_blob(emits))
+
+
+async def test_a_code_in_a_utf16_record_key_is_refused(harness: Harness) -> None:
+    """The record key names the tenant when no tenantid does: a UTF-16 one holding a code
+    was not seen, and its validation error was keyed and sourced by it (review finding)."""
+    key = _CODE_JSON.encode("utf-16-le")
+    headers = {k: v for k, v in _binary(key, b"{}").headers.items() if k != "ce_tenantid"}
+    emits = await harness.raw(Inbound(key, b"{}", headers, 0, "c", 0, 8))
+    _refused(harness, emits)
+    assert not _shows_code(_blob(emits))
+
+
+@pytest.mark.parametrize(
+    ("mode", "headers"),
+    [
+        # Ignored by the decoder of a structured command, kept by its park.
+        (CloudEventsMode.STRUCTURED, {"ce_subject": _CODE_JSON.encode()}),
+        # The SDK reads the last of two; the park keeps both.
+        (CloudEventsMode.BINARY, {"CE_SUBJECT": _CODE_JSON.encode(), "ce_subject": b"o-1"}),
+        (CloudEventsMode.BINARY, {"ce_subject": _CODE_JSON.encode("utf-16-le")}),
+    ],
+    ids=["structured-header", "given-twice", "utf16"],
+)
+async def test_a_retry_under_another_id_with_a_code_in_a_header_a_park_keeps_is_refused(
+    harness: Harness, mode: CloudEventsMode, headers: dict[str, bytes]
+) -> None:
+    """The attributes as decoded held no code, the headers the park keeps did (review
+    finding)."""
+    t = await _park_request_k(harness, _PAY)
+    retry = encode_event(
+        build_command("payment.create", t, _PAY, command_id="B", idempotency_key="k"),
+        t.encode(),
+        mode,
+    )
+    inbound = Inbound(retry.key, retry.value, {**dict(retry.headers), **headers}, 0, "c", 0, 2)
+    emits = await harness.raw(inbound)
+    _refused(harness, emits)
+    assert not _shows_code(_blob(emits))
+
+
+async def test_a_dead_letter_with_a_code_in_a_structured_trace_state_keeps_no_bytes(
+    harness: Harness,
+) -> None:
+    """A structured record that does not decode (no specversion), a code as a member of
+    its trace state: dead-lettered with its bytes (review finding)."""
+    t = harness.add_tenant()
+    body = {
+        "id": "c1",
+        "type": "com.paystream.command.payment.create",
+        "source": "/x",
+        "tenantid": t,
+        "tracestate": "cvc=737",
+        "data": _PAY,
+    }
+    headers = {"content-type": b"application/cloudevents+json"}
+    emits = await harness.raw(Inbound(t.encode(), json.dumps(body).encode(), headers, 0, "c", 0, 3))
+    dead = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dead, [e.topic for e in emits]
+    assert not _shows_code(_blob(emits))
