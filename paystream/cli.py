@@ -1163,6 +1163,10 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         # For other shells: the stack's URLs, where the dev secrets are (never echoed), and
         # this environment's `paystream` first on the PATH (scripts/setup's .venv).
         exports = dict(stack.env())
+        # A second worker started there must read outcomes as this one does (its agents,
+        # its windows): the group's outcome readers must all run the same set.
+        for name in ("PAYSTREAM_AGENTS", "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"):
+            exports[name] = env[name]
         exports["PATH"] = f'"{Path(sys.executable).parent}:$PATH"'
         if "PAYSTREAM_MASTER_KEY" not in env:
             env["PAYSTREAM_MASTER_KEY"] = _dev_master_key(data_dir / "dev")

@@ -394,8 +394,8 @@ def _command_headers() -> Doc:
         "type": "object",
         "description": "Binary content mode: the CloudEvents attributes as `ce_*` Kafka headers "
         "(structured mode: `content-type: application/cloudevents+json` and the attributes in "
-        "the value). Headers other than `ce_*` and `content-type` (tracing ids and the like) are "
-        "neither read nor kept.",
+        "the value). Headers other than `ce_*`, `content-type` and paystream's own `paystream-*` "
+        "(tracing ids and the like) are neither read nor kept.",
         "required": ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_tenantid"],
         "properties": {
             "ce_specversion": {"const": "1.0"},
@@ -437,6 +437,14 @@ def _command_headers() -> Doc:
             "paystream-reconciled": _header(
                 "set by `paystream dlq replay --include-stale-as-of`: a stale command an operator "
                 "checked with the provider"
+            ),
+            "paystream-request": _header(
+                "optional, set by `paystream.client` (16 to 64 lower-case letters): echoed on "
+                "this record's outcome, so that a sender tells its own send's answer from another's"
+            ),
+            "paystream-unanswered-refusal": _header(
+                "set by the worker on a command parked unanswered while its tenant was "
+                "suspended: re-driven, it is refused unless the provider took it"
             ),
         },
     }

@@ -43,7 +43,7 @@ COMMANDS = Counter(
 REJECTIONS = Counter(
     "paystream_command_rejections_total",
     "Commands answered command.rejected, by tenant, command type and reason (the outcome's "
-    "data.reason: validation_error, unknown_tenant, card_declined, ...).",
+    "data.reason: validation_error, unknown_tenant, quota_exceeded, ...).",
     ["tenant", "command", "reason"],
 )
 COMMAND_LATENCY = Histogram(

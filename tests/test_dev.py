@@ -79,6 +79,10 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert not stale.exists() and others.exists()
         # Other shells get the stack's URLs and flavor; the dev secrets only by reference.
         assert "PAYSTREAM_BROKER_FLAVOR=tansu" in output, output
+        # ... and the worker's outcome readers: a second worker started there must run
+        # the same set (and windows), or the group's insights are lost for its partitions.
+        assert "PAYSTREAM_AGENTS=commands,ledger,insights" in output, output
+        assert "PAYSTREAM_INSIGHTS_WINDOW_SECONDS=10" in output, output
         # ... and this environment's `paystream` first on the PATH (the README's CLI).
         assert f'PATH="{Path(sys.executable).parent}:$PATH"' in output, output
         master_key = (data_dir / "dev" / "dev-master.key").read_text().strip()
