@@ -205,7 +205,9 @@ def _command_schema(kind: str, components: Doc) -> Doc:
             for name in ("payment_method_id", "payment_method_token")
         ]
         schema["properties"]["currency"]["description"] = (
-            "ISO 4217 code (case-insensitive): " + ", ".join(sorted(CURRENCY_EXPONENTS))
+            "ISO 4217 code (case-insensitive). Accepted, each with the decimals `amount` "
+            "counts in (Stripe's: MGA has none, unlike ISO 4217): "
+            + ", ".join(f"{code} {CURRENCY_EXPONENTS[code]}" for code in sorted(CURRENCY_EXPONENTS))
         )
     return schema
 

@@ -14,9 +14,12 @@ __all__ = [
     "normalise_currency",
 ]
 
-# ISO 4217 exponents for the currencies the gateways settle; absent means "not accepted".
-# Zero-decimal and three-decimal currencies are listed explicitly because they are where
-# amount bugs live (JPY 500 is five hundred yen, not five).
+# Minor-unit exponents for the currencies the gateways settle, as Stripe counts them (and
+# CLDR); absent means "not accepted". They are ISO 4217's but for MGA, which ISO gives 2
+# decimals and Stripe none: 100 is a hundred ariary (a client converting with ISO data,
+# Java's Currency or glibc, must not multiply by 100). Zero-decimal and three-decimal
+# currencies are listed explicitly because they are where amount bugs live (JPY 500 is
+# five hundred yen, not five).
 CURRENCY_EXPONENTS: dict[str, int] = {
     **dict.fromkeys(
         [

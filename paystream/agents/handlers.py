@@ -663,7 +663,8 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
     if data.amount is not None and data.amount > rec.amount:
         raise Rejection(
             RejectReason.VALIDATION_ERROR,
-            f"capture amount {data.amount} exceeds the authorised {rec.amount}",
+            f"capture amount {format_minor(data.amount, rec.currency)} exceeds the authorised "
+            f"{format_minor(rec.amount, rec.currency)}",
         )
     req = gw.CapturePayment(provider_payment_id=rec.provider_payment_id, amount=data.amount)
     res = await _gateway(

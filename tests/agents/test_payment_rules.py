@@ -799,3 +799,12 @@ async def test_a_partial_captures_summary_shows_the_captured_amount(harness: Har
     assert out is not None and data(out)["object"]["amount_captured"] == 600
     [summary] = [e.summary for e in emits if e.topic == harness.settings.events_topic]
     assert summary is not None and summary["amount"] == 600
+
+
+async def test_a_capture_over_the_authorised_amount_names_both_in_money(harness: Harness) -> None:
+    """As the refund and limit messages do: "10.01 USD", not a bare 1001 (review finding)."""
+    t = harness.add_tenant()
+    await _paid(harness, t, "authorized", capture="manual")
+    out = await harness.send("payment.capture", t, {"payment_id": "authorized", "amount": 1001})
+    assert data(out)["reason"] == "validation_error"
+    assert "capture amount 10.01 USD exceeds the authorised 10.00 USD" in data(out)["message"]
