@@ -20,18 +20,13 @@ from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict, valid_unicode
-from paystream.streams.commands import COMMAND_PREFIX
+from paystream.streams.commands import COMMAND_PREFIX, ID_MAX_CHARS
 from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
 from paystream.streams.pan import contains_card_number
 
 __all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command"]
 
 log = logging.getLogger(__name__)
-
-# The worker refuses longer command ids, tenant ids and idempotency keys; a long command id
-# is answered as "sha256:<digest>", a long tenant id cut short: no sender waits for those.
-# (paystream.agents.pipeline.ID_MAX_CHARS; not imported: the client does not load the worker.)
-ID_MAX_CHARS = 255
 
 
 _Waiter = tuple["asyncio.Future[CloudEvent]", str | None]  # (future, request header)

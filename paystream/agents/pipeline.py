@@ -8,8 +8,6 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import hashlib
 import logging
 import re
@@ -26,6 +24,22 @@ from pydantic import ValidationError
 
 from paystream import metrics
 from paystream.agents.answers import RecordAnswers
+from paystream.agents.card_data import (
+    UNNAMED_TENANT,
+    digest,
+    event_holds_card,
+    kept_attributes_hold_code,
+    kept_headers,
+    key_str,
+    raw_holds_card,
+    raw_holds_security_code,
+    raw_may_hold_card,
+    safe_id,
+    safe_tenant,
+    safe_type,
+    security_code_outside_data,
+    without_code_headers,
+)
 from paystream.agents.entity_probe import (
     ANSWERED_BY_ANOTHER,
     EFFECT_RECORDED,
@@ -55,10 +69,9 @@ from paystream.streams.codec import (
     KafkaRecord,
     UndecodableRecord,
     decode_record,
-    is_structured,
     valid_unicode,
 )
-from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
+from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, ID_MAX_CHARS
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
     REQUEST_HEADER,
@@ -70,20 +83,11 @@ from paystream.streams.outcomes import (
     rejection_data,
 )
 from paystream.streams.pan import (
-    contains_card_number,
-    raw_may_contain_card_number,
     redact_card_numbers,
     security_code_at,
-    security_codes_at,
-    security_codes_in_strings,
-    security_codes_in_text,
-    text_holds_security_code,
-    text_security_code_key,
-    with_float_digits,
 )
 from paystream.streams.tracecontext import (
     parse_traceparent,
-    tracestate_members,
     valid_tracestate,
 )
 from paystream.tables.records import (
@@ -106,9 +110,6 @@ __all__ = ["CommandProcessor", "Emit", "Inbound"]
 log = logging.getLogger(__name__)
 # Parks and dead letters can come for every record (a provider down, a broken producer).
 _throttled = ThrottledLog(log)
-# The tenant a rejection names when the command named none it may repeat: no tenant id
-# can be this (TENANT_ID_PATTERN), so no tenant's events, dashboard or metrics get it.
-UNNAMED_TENANT = "_unknown"
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,8 @@ class CommandProcessor:
         when = record_time(rec.timestamp_ms)
         # The quick look at the raw bytes: False for nearly every command, and then no
         # card number can be anywhere in it (key, headers, data).
-        kept = _kept_headers(rec.headers)
-        suspicious = _raw_may_hold_card(rec, kept)
+        kept = kept_headers(rec.headers)
+        suspicious = raw_may_hold_card(rec, kept)
         size = len(rec.value or b"")
         # The key and the CloudEvents headers have their own limit: outcomes and stored
         # records echo them (a 500 KB tenant id in the key made a 1.25 MB outcome the
@@ -229,7 +230,7 @@ class CommandProcessor:
                 when=when,
                 suspicious=suspicious,
             )
-        if suspicious and _event_holds_card(rec, event):
+        if suspicious and event_holds_card(rec, event):
             # Before any other rule: every other answer echoes the command's attributes.
             return self._reject(
                 _redacted_ref(rec, event, when),
@@ -250,7 +251,7 @@ class CommandProcessor:
         sent_at = event.get_time()
         bad_time = None if sent_at is None else _bad_time(sent_at)
         cmd = CommandRef(
-            tenant_id=tenant_id or _key_str(rec.key) or UNNAMED_TENANT,
+            tenant_id=tenant_id or key_str(rec.key) or UNNAMED_TENANT,
             command_id=event.get_id(),
             command_type=suffix,
             idempotency_key=idem_key,
@@ -263,7 +264,7 @@ class CommandProcessor:
         raw = event.get_data()
         # Before any other rule (like a card number's, in _process): every other answer
         # echoes the command's attributes, and some keep its data.
-        code_key = security_code_at(raw) or _security_code_outside_data(rec, event)
+        code_key = security_code_at(raw) or security_code_outside_data(rec, event)
         if code_key is not None:
             answered = await self._security_code_answer(
                 rec, cmd, raw, event.get_attributes(), code_key, trace
@@ -319,7 +320,7 @@ class CommandProcessor:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "missing extension tenantid")
         if bad_time:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, f"time: {bad_time}")
-        if _key_str(rec.key) != tenant_id:
+        if key_str(rec.key) != tenant_id:
             # The record key decides the partition and thus where tenant state lives;
             # a command keyed for one tenant must not act on another's state.
             return self._reject(
@@ -485,7 +486,7 @@ class CommandProcessor:
             return True
         if cmd.command_type not in COMMANDS:
             return False  # (no request of this type ever ran)
-        kept_by_code = _kept_attributes_hold_code(rec, event_attributes, raw)
+        kept_by_code = kept_attributes_hold_code(rec, event_attributes, raw)
         existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
         if existing is not None:
             same = (
@@ -1702,10 +1703,10 @@ class CommandProcessor:
         )
         # An oversized record is not parsed (at any size): its escapes are resolved as text.
         try:
-            card = suspicious and _raw_holds_card(
+            card = suspicious and raw_holds_card(
                 rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE
             )
-            code = not card and _raw_holds_security_code(rec)
+            code = not card and raw_holds_security_code(rec)
         except Exception:
             # This is also the path of our own bugs: it must never raise (the worker would
             # stop on every redelivery). Unsure means the bytes are not kept.
@@ -1730,7 +1731,7 @@ class CommandProcessor:
         dropped = not card and _record_size(rec) > DEAD_LETTER_KEEP_MAX_BYTES
         if dropped:
             ours["paystream-dlq-dropped"] = b"too_large_to_keep"
-        kept = {} if card or dropped else _kept_headers(rec.headers)
+        kept = {} if card or dropped else kept_headers(rec.headers)
         if not (card or dropped):
             # Its first attempt, whatever headers it came with: without one, a replay
             # reckons its age from the `time` in its body, which the producer chose.
@@ -1745,9 +1746,9 @@ class CommandProcessor:
         if identity is not None and reject is not None:
             tenant, cmd_id, ce_type = identity
             cmd = CommandRef(
-                tenant_id=_safe_tenant(tenant),
-                command_id=_safe_id(cmd_id),
-                command_type=_safe_type(ce_type.removeprefix(COMMAND_PREFIX)),
+                tenant_id=safe_tenant(tenant),
+                command_id=safe_id(cmd_id),
+                command_type=safe_type(ce_type.removeprefix(COMMAND_PREFIX)),
                 idempotency_key="",
                 time=when,
             )
@@ -1887,7 +1888,7 @@ class CommandProcessor:
                 {
                     # (Without a header holding a card security code: only one let
                     # through once, which the provider may have acted on, has one.)
-                    **_without_code_headers(_kept_headers(rec.headers)),
+                    **without_code_headers(kept_headers(rec.headers)),
                     "paystream-park-reason": reason.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                     FIRST_ATTEMPT_HEADER: str(self._first_attempt_ms(rec)).encode(),
@@ -2048,18 +2049,6 @@ def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:
     return images
 
 
-def _kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The headers paystream reads, checks for card numbers and keeps (retry topic, dead
-    letters): the CloudEvents ones. Others (tracing ids and the like) are neither read nor
-    kept: long decimal ids would pass for card numbers one time in ten."""
-    return {k: v for k, v in headers.items() if _KEPT(k)}
-
-
-# Header names are case-insensitive to the decoder (and the SDK): so here. (One regex call
-# per header: this runs for every command.)
-_KEPT = re.compile(r"(?i)ce_|content-type\Z").match
-
-
 def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
     """(tenant, command id, type) of a record that did not decode, when it names them
     well enough to be answered: a command whose producer waits for an outcome gets a
@@ -2082,7 +2071,7 @@ def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
         return None
     # The rejection echoes them, more than once, into headers that must encode.
     sane = all(0 < len(v) <= ID_MAX_CHARS and valid_unicode(v) for v in (tenant, cmd_id))
-    if not sane or not valid_unicode(ce_type) or _key_str(rec.key) != tenant:
+    if not sane or not valid_unicode(ce_type) or key_str(rec.key) != tenant:
         return None
     return tenant, cmd_id, ce_type
 
@@ -2091,8 +2080,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What stands for the request hash of a command about a customer since erased.
 ERASED_HASH = "erased"
 
-# Longest command id or idempotency key accepted (Stripe's idempotency keys: 255).
-ID_MAX_CHARS = 255
 # Largest dead letter kept with its bytes: under Kafka's default 1 MB message size with
 # our headers beside them.
 DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
@@ -2136,327 +2123,6 @@ def _bad_time(at: datetime) -> str | None:
     return None
 
 
-def _raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
-    """The cheap look at the record's bytes (``headers``: its kept ones): the parsed scan
-    runs only when this says so. (A NUL in the value: UTF-16 and the like, whose digits
-    the quick look cannot see: look properly.)"""
-    value = rec.value or b""
-    if b"\x00" in value or b'"data_base64"' in value:  # digits the quick look cannot see
-        return True
-    if any(b"\x00" in v for v in headers.values()) or any("\x00" in k for k in headers):
-        return True
-    return raw_may_contain_card_number(
-        rec.key or b"",
-        rec.value or b"",
-        "\x00".join(headers).encode(),
-        *headers.values(),
-    )
-
-
-def _header_texts(rec: Inbound) -> list[str]:
-    """The key, and the kept headers' names and values, as text."""
-    headers = _kept_headers(rec.headers)
-    texts = [_key_str(rec.key), *headers]
-    texts += (v.decode("utf-8", "replace") for v in headers.values())
-    return texts
-
-
-def _event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
-    """The parsed scan (data, attributes, key and every header), then the raw bytes: a
-    JSON object with a key twice parses to its last value only, and the bytes, card
-    number and all, are what a parked command keeps."""
-    raw = event.get_data()
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    return contains_card_number(
-        raw, event.get_attributes(), _header_texts(rec)
-    ) or _value_text_holds_card(rec)
-
-
-def _value_text_holds_card(rec: Inbound) -> bool:
-    """The value as text, its JSON escapes resolved (escaped, "№1234567894" reads
-    "\\u21161234567894": digits a card number could be made of)."""
-    value = rec.value or b""
-    text = value.decode("utf-8", "replace")
-    if b"\\" in value:
-        text = _unescaped(text)
-    return contains_card_number(with_float_digits(text))
-
-
-def _raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
-    """A record that did not decode (or is not parsed): scan its bytes as text, as JSON
-    where they parse, and with every JSON escape resolved and the digits of exponent
-    numbers added where they do not, so nothing the command scan would catch slips."""
-    texts: list[Any] = _header_texts(rec)
-    value = rec.value or b""
-    text = value.decode("utf-8", "replace")
-    texts.append(with_float_digits(text))
-    if b"\x00" in value:  # UTF-16 and the like: ASCII with a NUL beside each character
-        texts.append(with_float_digits(value.replace(b"\x00", b"").decode("utf-8", "replace")))
-    parsed: Any = None
-    if parse:
-        try:
-            parsed = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            parsed = None
-    if parsed is not None:
-        texts.append(parsed)
-        texts.extend(_base64_data(parsed))
-    elif b"\\" in value:
-        texts.append(with_float_digits(_unescaped(text)))
-    return contains_card_number(texts)
-
-
-def _base64_data(parsed: Any) -> list[str]:
-    """The decoded ``data_base64`` of a structured record (as text), if it has one: what
-    a replay would send, card number and all, in a form no text scan reads."""
-    encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
-    if not isinstance(encoded, str):
-        return []
-    try:
-        decoded = base64.b64decode(encoded, validate=True)
-    except ValueError:  # (binascii.Error)
-        return []
-    text = decoded.replace(b"\x00", b"").decode("utf-8", "replace")
-    return [with_float_digits(text), with_float_digits(_unescaped(text))]
-
-
-def _security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
-    """A card security code the parsed data does not show, in what a parked command
-    keeps: an attribute (an extension: a binary header, a structured top-level member),
-    an earlier value of a repeated key, or JSON inside a string (escapes resolved)."""
-    found = security_code_at(event.get_attributes())
-    if found is not None:
-        return found
-    tracestate = event.get_extension("tracestate")
-    if tracestate:
-        # Its members are key=value pairs too, passed on with the outcome: "cvc=737".
-        members = tracestate_members(tracestate)
-        found = security_code_at(dict(members)) if members else None
-        if found is not None:
-            return f"tracestate {found}"
-    value = rec.value or b""
-    text = value.decode("utf-8", "replace")
-    found = text_security_code_key(text)
-    if found is None and b"\\" in value:
-        found = text_security_code_key(_unescaped(text))
-    if found is None and rec.key and _holds_security_code_text(_key_str(rec.key)):
-        found = "the record key"  # (the tenant, when no tenantid names one)
-    headers = rec.headers
-    if found is None and (
-        any(b"\x00" in v for v in headers.values())
-        or len({k.lower() for k in headers}) != len(headers)
-    ):
-        # UTF-16, or an extension given twice in two cases (the SDK keeps the last):
-        # each header on its own, as a dead letter's are read.
-        found = _header_security_code(rec)
-    return found or _header_text_security_code(rec)
-
-
-def _header_text(value: bytes) -> str:
-    """A header's value as text for the security-code scans: UTF-16 by its byte-order
-    mark (Java's UTF_16 writes one), else UTF-8 without NULs (UTF-16 without a mark, a
-    NUL beside each character) or its own mark."""
-    if value[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return value.decode("utf-16", "replace")
-    return value.replace(b"\x00", b"").decode("utf-8", "replace").removeprefix("\ufeff")
-
-
-# CloudEvents attributes that make a command's request (and its identity): kept on a
-# park whatever they hold (see _without_code_headers).
-_REQUEST_ATTRIBUTES = frozenset(
-    {"specversion", "id", "source", "type", "time", "subject", "datacontenttype",
-     "dataschema", "tenantid", "idempotencykey"}
-)  # fmt: skip
-
-
-def _kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any], raw: Any) -> bool:
-    """Does a card security code sit where a park or an answer of the command keeps it,
-    beyond its parsed data (which its request hash covers): the record key, an attribute
-    that makes the request, (structured mode, whose body is parked as it came) any
-    attribute, a header the park keeps (one the decoder did not read: given twice, in
-    structured mode, in UTF-16), or the value's text (an earlier value of a key given
-    twice)?"""
-    if _value_text_holds_other_codes(rec, raw):
-        return True
-    if any(
-        _header_holds_code(name, value)
-        for name, value in _without_code_headers(_kept_headers(rec.headers)).items()
-    ):
-        return True
-    structured = is_structured(rec.headers)
-    for name, value in attributes.items():
-        if not structured and name.lower() not in _REQUEST_ATTRIBUTES:
-            continue
-        text = str(value)
-        members = tracestate_members(text) if name == "tracestate" else None
-        if (
-            security_code_at({name: text})
-            or _holds_security_code_text(text)
-            or (members and security_code_at(dict(members)))
-        ):
-            return True
-    return bool(rec.key) and _holds_security_code_text(_key_str(rec.key))
-
-
-def _value_text_holds_other_codes(rec: Inbound, raw: Any) -> bool:
-    """The record value's text (escapes resolved too) holds a card security code its
-    parsed data does not (an earlier value of a key given twice). One in JSON inside a
-    string of the data is in the data (its request hash covers it, its park keeps it)."""
-    value = rec.value or b""
-    if b'"' not in value:
-        return False
-    text = _header_text(value)
-    found = security_codes_in_text(text)
-    if "\\" in text:
-        found |= security_codes_in_text(_unescaped(text))
-    if not found:
-        return False
-    found -= security_codes_at(raw)
-    return bool(found and found - security_codes_in_strings(raw, unescape=_unescaped))
-
-
-def _holds_security_code_text(text: str) -> bool:
-    """Does this text hold a JSON member naming a card security code (escapes resolved;
-    NULs dropped: UTF-16 read as UTF-8)?"""
-    if "\x00" in text and _holds_security_code_text(text.replace("\x00", "")):
-        return True
-    return text_security_code_key(text) is not None or (
-        "\\" in text and text_security_code_key(_unescaped(text)) is not None
-    )
-
-
-def _safe_tenant(text: str) -> str:
-    """A tenant as a rejection of a command holding card data may name it (cut, then
-    redacted: a cut could make a card number of a longer run of digits)."""
-    if _holds_security_code_text(text):
-        return UNNAMED_TENANT
-    return redact_card_numbers(text[:ID_MAX_CHARS]) or UNNAMED_TENANT
-
-
-def _safe_id(text: str) -> str:
-    """A command id as such a rejection may name it (a digest when it holds a code)."""
-    return _digest(text) if _holds_security_code_text(text) else redact_card_numbers(text)
-
-
-def _safe_type(text: str) -> str:
-    return "unknown" if _holds_security_code_text(text) else redact_card_numbers(text[:128])
-
-
-def _without_code_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The headers without any extension header holding a card security code (one naming
-    one, JSON naming one in its value, a trace state member). Never an attribute that
-    makes the request (id, type, tenant, key, ...): a re-drive must send the very one."""
-    return {
-        name: value
-        for name, value in headers.items()
-        if name[:3].lower() != "ce_"
-        or name[3:].lower() in _REQUEST_ATTRIBUTES
-        or not _header_holds_code(name, value)
-    }
-
-
-def _header_holds_code(name: str, value: bytes) -> bool:
-    """Does this header hold a card security code: as an extension naming one, JSON
-    naming one in its value, or a trace state member?"""
-    text = _header_text(value)
-    members = tracestate_members(text) if name.lower() == "ce_tracestate" else None
-    return bool(
-        security_code_at({name[3:] if name[:3].lower() == "ce_" else name: text})
-        or _holds_security_code_text(text)
-        or (members and security_code_at(dict(members)))
-    )
-
-
-def _header_text_security_code(rec: Inbound) -> str | None:
-    """A card security code in JSON text inside a kept header's value (``ce_note:
-    {"card_cvc":"737"}``): a binary-mode attribute's value, which a parked or dead-lettered
-    command keeps as it came. (Structured mode has it in the value's text.)"""
-    for name, value in _kept_headers(rec.headers).items():
-        if b'"' not in value:
-            continue  # no JSON member (the common case: no decoding)
-        text = _header_text(value)
-        found = text_security_code_key(text)
-        if found is None and "\\" in text:
-            found = text_security_code_key(_unescaped(text))
-        if found is not None:
-            return f"{name} {found}"
-    return None
-
-
-def _header_security_code(rec: Inbound) -> str | None:
-    """A card security code in a kept header of a record that did not decode: an
-    extension naming one (``ce_cardcvc: 737``), a trace state member (``cvc=737``), or JSON
-    text in a value."""
-    if rec.key and _holds_security_code_text(_key_str(rec.key)):
-        return "the record key"
-    named: dict[str, str] = {}
-    for name, value in _kept_headers(rec.headers).items():
-        text = _header_text(value)
-        if name[:3].lower() == "ce_":
-            named[name[3:]] = text
-        if name.lower() == "ce_tracestate":
-            members = tracestate_members(text)
-            if members and security_code_at(dict(members)) is not None:
-                return f"{name} {security_code_at(dict(members))}"
-    return security_code_at(named) or _header_text_security_code(rec)
-
-
-def _raw_holds_security_code(rec: Inbound) -> bool:
-    """A record that did not decode, holding a member that reads as a card security code
-    (as JSON where it parses, as text, and with JSON escapes resolved, where not), or a
-    header that holds one."""
-    if _header_security_code(rec) is not None:
-        return True
-    value = rec.value or b""
-    text = value.decode("utf-8", "replace")
-    # The text too when it parses: a repeated key keeps only its last value parsed, and
-    # JSON inside a string is found once its escapes are resolved.
-    if text_holds_security_code(text) or text_holds_security_code(_unescaped(text)):
-        return True
-    if b"\x00" in value and text_holds_security_code(
-        value.replace(b"\x00", b"").decode("utf-8", "replace")
-    ):
-        return True  # UTF-16 and the like
-    if b'"data_base64"' in value:
-        with contextlib.suppress(orjson.JSONDecodeError):
-            if any(text_holds_security_code(t) for t in _base64_data(orjson.loads(value))):
-                return True
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return False
-    if isinstance(parsed, dict) and isinstance(parsed.get("tracestate"), str):
-        # A structured command's trace state: its members are key=value pairs ("cvc=737").
-        members = tracestate_members(parsed["tracestate"])
-        if members and security_code_at(dict(members)) is not None:
-            return True
-    return security_code_at(parsed) is not None
-
-
-def _unescaped(text: str) -> str:
-    """JSON string escapes resolved in raw text (``\\/`` included: PHP writes slashes so)."""
-    return _JSON_ESCAPE.sub(_unescape, text)
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match.group(1)
-    return chr(int(code[1:], 16)) if code[0] == "u" else _SIMPLE_ESCAPES[code]
-
-
-_JSON_ESCAPE = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
-_SIMPLE_ESCAPES = {
-    '"': '"',
-    "\\": "\\",
-    "/": "/",
-    "b": "\b",
-    "f": "\f",
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-}
-
-
 def _without_security_code(cmd: CommandRef) -> CommandRef:
     """The command as its rejection for a card security code may name it: without its
     trace state (members are key=value pairs: ``cvc=737``) or a traceparent that is not
@@ -2465,9 +2131,9 @@ def _without_security_code(cmd: CommandRef) -> CommandRef:
 
     return replace(
         cmd,
-        tenant_id=_safe_tenant(cmd.tenant_id),
-        command_id=_id_digest(_safe_id(cmd.command_id)),
-        command_type=_safe_type(cmd.command_type),
+        tenant_id=safe_tenant(cmd.tenant_id),
+        command_id=_id_digest(safe_id(cmd.command_id)),
+        command_type=safe_type(cmd.command_type),
         idempotency_key="",
         traceparent=cmd.traceparent if parse_traceparent(cmd.traceparent) else None,
         tracestate=None,
@@ -2476,11 +2142,11 @@ def _without_security_code(cmd: CommandRef) -> CommandRef:
 
 def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef:
     """The command, as far as a rejection may name it when it held a card number."""
-    tenant = str(event.get_extension("tenantid") or "") or _key_str(rec.key)
+    tenant = str(event.get_extension("tenantid") or "") or key_str(rec.key)
     return CommandRef(
-        tenant_id=_safe_tenant(tenant),
-        command_id=_id_digest(_safe_id(str(event.get_id()))),
-        command_type=_safe_type(str(event.get_type()).removeprefix(COMMAND_PREFIX)),
+        tenant_id=safe_tenant(tenant),
+        command_id=_id_digest(safe_id(str(event.get_id()))),
+        command_type=safe_type(str(event.get_type()).removeprefix(COMMAND_PREFIX)),
         idempotency_key="",
         time=when,
     )
@@ -2488,16 +2154,7 @@ def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef
 
 def _id_digest(command_id: str) -> str:
     """A command id as outcomes may carry it: as it is, or hashed when too long."""
-    return command_id if len(command_id) <= ID_MAX_CHARS else _digest(command_id)
-
-
-def _digest(text: str) -> str:
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"sha256:{digest}"
-
-
-def _key_str(key: bytes | None) -> str:
-    return key.decode("utf-8", "replace") if key else ""
+    return command_id if len(command_id) <= ID_MAX_CHARS else digest(command_id)
 
 
 def _request_hash(command_type: str, data: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from paystream.money import MAX_MINOR_AMOUNT, Currency
 __all__ = [
     "COMMANDS",
     "COMMAND_PREFIX",
+    "ID_MAX_CHARS",
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 COMMAND_PREFIX = "com.paystream.command."
+# Longest command id, tenant id or idempotency key accepted (Stripe's idempotency keys:
+# 255). The worker answers a longer command id as "sha256:<digest>" and cuts a longer
+# tenant id; the client refuses them, since no sender could wait for those.
+ID_MAX_CHARS = 255
 
 EntityId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ShortText = Annotated[str, StringConstraints(max_length=500)]

@@ -1,0 +1,403 @@
+"""Card data in a command record: where the card-number and security-code scans look
+(the value as text and as parsed JSON, escapes resolved, UTF-16, base64 data, the key,
+the headers a park or dead letter keeps), and how a rejection may name such a record.
+
+The pipeline's gate (``CommandProcessor._security_code_answer``) decides with these;
+they only read the record.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.streams.codec import is_structured
+from paystream.streams.commands import ID_MAX_CHARS
+from paystream.streams.pan import (
+    contains_card_number,
+    raw_may_contain_card_number,
+    redact_card_numbers,
+    security_code_at,
+    security_codes_at,
+    security_codes_in_strings,
+    security_codes_in_text,
+    text_holds_security_code,
+    text_security_code_key,
+    with_float_digits,
+)
+from paystream.streams.tracecontext import tracestate_members
+
+if TYPE_CHECKING:
+    from paystream.agents.pipeline import Inbound
+
+__all__ = [
+    "UNNAMED_TENANT",
+    "digest",
+    "event_holds_card",
+    "kept_attributes_hold_code",
+    "kept_headers",
+    "key_str",
+    "raw_holds_card",
+    "raw_holds_security_code",
+    "raw_may_hold_card",
+    "safe_id",
+    "safe_tenant",
+    "safe_type",
+    "security_code_outside_data",
+    "without_code_headers",
+]
+
+# The tenant a rejection names when the command named none it may repeat: no tenant id
+# can be this (TENANT_ID_PATTERN), so no tenant's events, dashboard or metrics get it.
+UNNAMED_TENANT = "_unknown"
+
+
+def kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The headers paystream reads, checks for card numbers and keeps (retry topic, dead
+    letters): the CloudEvents ones. Others (tracing ids and the like) are neither read nor
+    kept: long decimal ids would pass for card numbers one time in ten."""
+    return {k: v for k, v in headers.items() if _KEPT(k)}
+
+
+# Header names are case-insensitive to the decoder (and the SDK): so here. (One regex call
+# per header: this runs for every command.)
+_KEPT = re.compile(r"(?i)ce_|content-type\Z").match
+
+
+def raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
+    """The cheap look at the record's bytes (``headers``: its kept ones): the parsed scan
+    runs only when this says so. (A NUL in the value: UTF-16 and the like, whose digits
+    the quick look cannot see: look properly.)"""
+    value = rec.value or b""
+    if b"\x00" in value or b'"data_base64"' in value:  # digits the quick look cannot see
+        return True
+    if any(b"\x00" in v for v in headers.values()) or any("\x00" in k for k in headers):
+        return True
+    return raw_may_contain_card_number(
+        rec.key or b"",
+        rec.value or b"",
+        "\x00".join(headers).encode(),
+        *headers.values(),
+    )
+
+
+def _header_texts(rec: Inbound) -> list[str]:
+    """The key, and the kept headers' names and values, as text."""
+    headers = kept_headers(rec.headers)
+    texts = [key_str(rec.key), *headers]
+    texts += (v.decode("utf-8", "replace") for v in headers.values())
+    return texts
+
+
+def event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
+    """The parsed scan (data, attributes, key and every header), then the raw bytes: a
+    JSON object with a key twice parses to its last value only, and the bytes, card
+    number and all, are what a parked command keeps."""
+    raw = event.get_data()
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    return contains_card_number(
+        raw, event.get_attributes(), _header_texts(rec)
+    ) or _value_text_holds_card(rec)
+
+
+def _value_text_holds_card(rec: Inbound) -> bool:
+    """The value as text, its JSON escapes resolved (escaped, "№1234567894" reads
+    "\\u21161234567894": digits a card number could be made of)."""
+    value = rec.value or b""
+    text = value.decode("utf-8", "replace")
+    if b"\\" in value:
+        text = _unescaped(text)
+    return contains_card_number(with_float_digits(text))
+
+
+def raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
+    """A record that did not decode (or is not parsed): scan its bytes as text, as JSON
+    where they parse, and with every JSON escape resolved and the digits of exponent
+    numbers added where they do not, so nothing the command scan would catch slips."""
+    texts: list[Any] = _header_texts(rec)
+    value = rec.value or b""
+    text = value.decode("utf-8", "replace")
+    texts.append(with_float_digits(text))
+    if b"\x00" in value:  # UTF-16 and the like: ASCII with a NUL beside each character
+        texts.append(with_float_digits(value.replace(b"\x00", b"").decode("utf-8", "replace")))
+    parsed: Any = None
+    if parse:
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            parsed = None
+    if parsed is not None:
+        texts.append(parsed)
+        texts.extend(_base64_data(parsed))
+    elif b"\\" in value:
+        texts.append(with_float_digits(_unescaped(text)))
+    return contains_card_number(texts)
+
+
+def _base64_data(parsed: Any) -> list[str]:
+    """The decoded ``data_base64`` of a structured record (as text), if it has one: what
+    a replay would send, card number and all, in a form no text scan reads."""
+    encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
+    if not isinstance(encoded, str):
+        return []
+    try:
+        decoded = base64.b64decode(encoded, validate=True)
+    except ValueError:  # (binascii.Error)
+        return []
+    text = decoded.replace(b"\x00", b"").decode("utf-8", "replace")
+    return [with_float_digits(text), with_float_digits(_unescaped(text))]
+
+
+def security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
+    """A card security code the parsed data does not show, in what a parked command
+    keeps: an attribute (an extension: a binary header, a structured top-level member),
+    an earlier value of a repeated key, or JSON inside a string (escapes resolved)."""
+    found = security_code_at(event.get_attributes())
+    if found is not None:
+        return found
+    tracestate = event.get_extension("tracestate")
+    if tracestate:
+        # Its members are key=value pairs too, passed on with the outcome: "cvc=737".
+        members = tracestate_members(tracestate)
+        found = security_code_at(dict(members)) if members else None
+        if found is not None:
+            return f"tracestate {found}"
+    value = rec.value or b""
+    text = value.decode("utf-8", "replace")
+    found = text_security_code_key(text)
+    if found is None and b"\\" in value:
+        found = text_security_code_key(_unescaped(text))
+    if found is None and rec.key and _holds_security_code_text(key_str(rec.key)):
+        found = "the record key"  # (the tenant, when no tenantid names one)
+    headers = rec.headers
+    if found is None and (
+        any(b"\x00" in v for v in headers.values())
+        or len({k.lower() for k in headers}) != len(headers)
+    ):
+        # UTF-16, or an extension given twice in two cases (the SDK keeps the last):
+        # each header on its own, as a dead letter's are read.
+        found = _header_security_code(rec)
+    return found or _header_text_security_code(rec)
+
+
+def _header_text(value: bytes) -> str:
+    """A header's value as text for the security-code scans: UTF-16 by its byte-order
+    mark (Java's UTF_16 writes one), else UTF-8 without NULs (UTF-16 without a mark, a
+    NUL beside each character) or its own mark."""
+    if value[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return value.decode("utf-16", "replace")
+    return value.replace(b"\x00", b"").decode("utf-8", "replace").removeprefix("\ufeff")
+
+
+# CloudEvents attributes that make a command's request (and its identity): kept on a
+# park whatever they hold (see without_code_headers).
+_REQUEST_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "time", "subject", "datacontenttype",
+     "dataschema", "tenantid", "idempotencykey"}
+)  # fmt: skip
+
+
+def kept_attributes_hold_code(rec: Inbound, attributes: Mapping[str, Any], raw: Any) -> bool:
+    """Does a card security code sit where a park or an answer of the command keeps it,
+    beyond its parsed data (which its request hash covers): the record key, an attribute
+    that makes the request, (structured mode, whose body is parked as it came) any
+    attribute, a header the park keeps (one the decoder did not read: given twice, in
+    structured mode, in UTF-16), or the value's text (an earlier value of a key given
+    twice)?"""
+    if _value_text_holds_other_codes(rec, raw):
+        return True
+    if any(
+        _header_holds_code(name, value)
+        for name, value in without_code_headers(kept_headers(rec.headers)).items()
+    ):
+        return True
+    structured = is_structured(rec.headers)
+    for name, value in attributes.items():
+        if not structured and name.lower() not in _REQUEST_ATTRIBUTES:
+            continue
+        text = str(value)
+        members = tracestate_members(text) if name == "tracestate" else None
+        if (
+            security_code_at({name: text})
+            or _holds_security_code_text(text)
+            or (members and security_code_at(dict(members)))
+        ):
+            return True
+    return bool(rec.key) and _holds_security_code_text(key_str(rec.key))
+
+
+def _value_text_holds_other_codes(rec: Inbound, raw: Any) -> bool:
+    """The record value's text (escapes resolved too) holds a card security code its
+    parsed data does not (an earlier value of a key given twice). One in JSON inside a
+    string of the data is in the data (its request hash covers it, its park keeps it)."""
+    value = rec.value or b""
+    if b'"' not in value:
+        return False
+    text = _header_text(value)
+    found = security_codes_in_text(text)
+    if "\\" in text:
+        found |= security_codes_in_text(_unescaped(text))
+    if not found:
+        return False
+    found -= security_codes_at(raw)
+    return bool(found and found - security_codes_in_strings(raw, unescape=_unescaped))
+
+
+def _holds_security_code_text(text: str) -> bool:
+    """Does this text hold a JSON member naming a card security code (escapes resolved;
+    NULs dropped: UTF-16 read as UTF-8)?"""
+    if "\x00" in text and _holds_security_code_text(text.replace("\x00", "")):
+        return True
+    return text_security_code_key(text) is not None or (
+        "\\" in text and text_security_code_key(_unescaped(text)) is not None
+    )
+
+
+def safe_tenant(text: str) -> str:
+    """A tenant as a rejection of a command holding card data may name it (cut, then
+    redacted: a cut could make a card number of a longer run of digits)."""
+    if _holds_security_code_text(text):
+        return UNNAMED_TENANT
+    return redact_card_numbers(text[:ID_MAX_CHARS]) or UNNAMED_TENANT
+
+
+def safe_id(text: str) -> str:
+    """A command id as such a rejection may name it (a digest when it holds a code)."""
+    return digest(text) if _holds_security_code_text(text) else redact_card_numbers(text)
+
+
+def safe_type(text: str) -> str:
+    return "unknown" if _holds_security_code_text(text) else redact_card_numbers(text[:128])
+
+
+def without_code_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The headers without any extension header holding a card security code (one naming
+    one, JSON naming one in its value, a trace state member). Never an attribute that
+    makes the request (id, type, tenant, key, ...): a re-drive must send the very one."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if name[:3].lower() != "ce_"
+        or name[3:].lower() in _REQUEST_ATTRIBUTES
+        or not _header_holds_code(name, value)
+    }
+
+
+def _header_holds_code(name: str, value: bytes) -> bool:
+    """Does this header hold a card security code: as an extension naming one, JSON
+    naming one in its value, or a trace state member?"""
+    text = _header_text(value)
+    members = tracestate_members(text) if name.lower() == "ce_tracestate" else None
+    return bool(
+        security_code_at({name[3:] if name[:3].lower() == "ce_" else name: text})
+        or _holds_security_code_text(text)
+        or (members and security_code_at(dict(members)))
+    )
+
+
+def _header_text_security_code(rec: Inbound) -> str | None:
+    """A card security code in JSON text inside a kept header's value (``ce_note:
+    {"card_cvc":"737"}``): a binary-mode attribute's value, which a parked or dead-lettered
+    command keeps as it came. (Structured mode has it in the value's text.)"""
+    for name, value in kept_headers(rec.headers).items():
+        if b'"' not in value:
+            continue  # no JSON member (the common case: no decoding)
+        text = _header_text(value)
+        found = text_security_code_key(text)
+        if found is None and "\\" in text:
+            found = text_security_code_key(_unescaped(text))
+        if found is not None:
+            return f"{name} {found}"
+    return None
+
+
+def _header_security_code(rec: Inbound) -> str | None:
+    """A card security code in a kept header of a record that did not decode: an
+    extension naming one (``ce_cardcvc: 737``), a trace state member (``cvc=737``), or JSON
+    text in a value."""
+    if rec.key and _holds_security_code_text(key_str(rec.key)):
+        return "the record key"
+    named: dict[str, str] = {}
+    for name, value in kept_headers(rec.headers).items():
+        text = _header_text(value)
+        if name[:3].lower() == "ce_":
+            named[name[3:]] = text
+        if name.lower() == "ce_tracestate":
+            members = tracestate_members(text)
+            if members and security_code_at(dict(members)) is not None:
+                return f"{name} {security_code_at(dict(members))}"
+    return security_code_at(named) or _header_text_security_code(rec)
+
+
+def raw_holds_security_code(rec: Inbound) -> bool:
+    """A record that did not decode, holding a member that reads as a card security code
+    (as JSON where it parses, as text, and with JSON escapes resolved, where not), or a
+    header that holds one."""
+    if _header_security_code(rec) is not None:
+        return True
+    value = rec.value or b""
+    text = value.decode("utf-8", "replace")
+    # The text too when it parses: a repeated key keeps only its last value parsed, and
+    # JSON inside a string is found once its escapes are resolved.
+    if text_holds_security_code(text) or text_holds_security_code(_unescaped(text)):
+        return True
+    if b"\x00" in value and text_holds_security_code(
+        value.replace(b"\x00", b"").decode("utf-8", "replace")
+    ):
+        return True  # UTF-16 and the like
+    if b'"data_base64"' in value:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            if any(text_holds_security_code(t) for t in _base64_data(orjson.loads(value))):
+                return True
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    if isinstance(parsed, dict) and isinstance(parsed.get("tracestate"), str):
+        # A structured command's trace state: its members are key=value pairs ("cvc=737").
+        members = tracestate_members(parsed["tracestate"])
+        if members and security_code_at(dict(members)) is not None:
+            return True
+    return security_code_at(parsed) is not None
+
+
+def _unescaped(text: str) -> str:
+    """JSON string escapes resolved in raw text (``\\/`` included: PHP writes slashes so)."""
+    return _JSON_ESCAPE.sub(_unescape, text)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    return chr(int(code[1:], 16)) if code[0] == "u" else _SIMPLE_ESCAPES[code]
+
+
+_JSON_ESCAPE = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
+
+
+_SIMPLE_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
+
+
+def digest(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"sha256:{digest}"
+
+
+def key_str(key: bytes | None) -> str:
+    return key.decode("utf-8", "replace") if key else ""
