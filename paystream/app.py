@@ -9,7 +9,7 @@ import faust
 
 from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat
-from paystream.tables import faster_recovery
+from paystream.tables import faster_recovery, stale_stores
 
 __all__ = ["app", "create_app", "settings"]
 
@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> faust.App:
     broker_compat.apply(settings)
     backpressure.install()  # before the conductor compiles its per-partition callbacks
     faster_recovery.install()
+    stale_stores.install(lambda: settings.table_store_max_age_seconds)
     conf: dict[str, Any] = {
         "broker": settings.kafka_broker_url or _UNCONFIGURED_BROKER,
         "store": settings.table_store,

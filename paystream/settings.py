@@ -363,6 +363,15 @@ class Settings(BaseSettings):
         description="PAYSTREAM_ROCKSDB_BLOCK_CACHE_MB: each RocksDB table partition's block "
         "cache (reads beyond it come from the OS page cache).",
     )
+    table_store_max_age_seconds: int = Field(
+        default=12 * 3600,
+        ge=300,
+        description="PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS: with rocksdb://, a table "
+        "partition's store not followed for longer (its worker down, or the partition on a "
+        "peer) is rebuilt from its changelog rather than caught up: keep it well under the "
+        "changelog topics' delete.retention.ms (Kafka's default: a day), past which a "
+        "deleted key's tombstone is compacted away and a store caught up would keep the key.",
+    )
     event_loop: str = Field(
         default="uvloop",
         pattern=r"^(aio|uvloop)$",

@@ -23,6 +23,7 @@ from paystream.app import app, settings
 from paystream.gc_pacing import full_collections
 from paystream.settings import unknown_variables
 from paystream.streams import fast_delivery
+from paystream.tables import stale_stores
 from paystream.web import views as _views  # noqa: F401
 
 __all__ = ["main"]
@@ -60,6 +61,11 @@ async def speed_up_record_delivery() -> None:
 @app.timer(interval=1.0)
 async def collect_garbage_when_quiet() -> None:
     full_collections.maybe_collect()
+
+
+@app.timer(interval=stale_stores.TOUCH_INTERVAL_SECONDS)
+async def mark_table_stores_followed() -> None:
+    stale_stores.touch_followed(table.data for table in app.tables.values())
 
 
 def quiet_libraries(log_level: str) -> None:

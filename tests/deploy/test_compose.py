@@ -67,7 +67,10 @@ def test_paystream_services_set_only_variables_paystream_reads(resolved: dict[st
     for name, service in services.items():
         env = service["environment"]
         # the base environment reached every service (a broken `<<:` merge would not)
-        assert {"KAFKA_BROKER_URL", "PAYSTREAM_MASTER_KEY"} <= env.keys(), name
+        assert {"KAFKA_BROKER_URL", "PAYSTREAM_PARTITIONS"} <= env.keys(), name
+        # The master key only where tenant secrets or personal data are opened: not in
+        # `topics`, nor in `migrate`, which holds the schema owner's password.
+        assert ("PAYSTREAM_MASTER_KEY" in env) == (name not in ("topics", "migrate")), name
         assert unknown_variables(env) == [], name
         assert {k for k in env if not k.startswith("PAYSTREAM_")} <= SERVER_URLS, name
         assert service["command"][0] in cli.commands, (name, service["command"])
@@ -126,6 +129,36 @@ def test_state_lives_on_the_volumes(resolved: dict[str, Any]) -> None:
     [data] = [str(v).split(":")[1] for v in kafka["volumes"] if str(v).startswith("kafka-data")]
     assert kafka["environment"]["KAFKA_LOG_DIRS"] == data
     assert "--appendonly" in resolved["services"]["redis"]["command"]
+    # Each worker's tables on a volume of its own, where the image keeps them: recreated
+    # (a new image, a changed setting), it reads the changelogs since, not all of them.
+    workers = {n: s for n, s in resolved["services"].items() if s.get("command") == ["worker"]}
+    volumes = set()
+    for service in workers.values():
+        [mount] = [
+            str(v) for v in service["volumes"] if str(v).split(":")[1] == "/var/lib/paystream"
+        ]
+        volumes.add(mount.split(":")[0])
+    assert len(volumes) == len(workers) and volumes <= set(resolved["volumes"])
+
+
+def test_long_running_services_come_back_and_workers_get_their_shutdown_time(
+    resolved: dict[str, Any],
+) -> None:
+    """After a reboot or a crash the servers restart too (workers alone would crash-loop
+    against a broker that is not there), and a worker's SIGTERM budget fits: the drain
+    and close (SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS), the ledger sink's final
+    commit, and Faust's producer flush."""
+    from paystream.agents.commands import SHUTDOWN_CLOSE_SECONDS, SHUTDOWN_DRAIN_SECONDS
+    from paystream.agents.ledger_sink import FINAL_COMMIT_SECONDS
+
+    for name, service in resolved["services"].items():
+        if name not in ("topics", "migrate", "demo"):
+            assert service.get("restart") == "unless-stopped", name
+        if service.get("command") == ["worker"]:
+            grace = int(str(service["stop_grace_period"]).removesuffix("s"))
+            assert (
+                grace >= SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS + FINAL_COMMIT_SECONDS + 5
+            )
 
 
 def test_health_checks_say_ready_for_workers_and_nothing_for_the_others(

@@ -177,7 +177,11 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
                 continue
             # variable → the Secret's key: the workers' database URL is paystream_app's own
             keys = {k: k for k in SECRET_KEYS | {"PAYSTREAM_RETIRED_MASTER_KEYS"}}
-            if c["name"] != "migrate":
+            if c["name"] == "migrate":
+                # The owner's credentials, and no master key: the pod that could switch
+                # row-level security off must not also open every tenant's data.
+                keys = {k: k for k in ("DATABASE_URL", "PAYSTREAM_DB_APP_PASSWORD")}
+            else:
                 del keys["PAYSTREAM_DB_APP_PASSWORD"]
                 keys["DATABASE_URL"] = "APP_DATABASE_URL"
             secret_env = {k for k, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
@@ -186,7 +190,9 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
                 ref = env[var]["valueFrom"]["secretKeyRef"]
                 assert (ref["name"], ref["key"]) == ("paystream-secrets", key)
                 assert "value" not in env[var]
-            assert env["PAYSTREAM_RETIRED_MASTER_KEYS"]["valueFrom"]["secretKeyRef"]["optional"]
+            if c["name"] != "migrate":
+                retired = env["PAYSTREAM_RETIRED_MASTER_KEYS"]["valueFrom"]["secretKeyRef"]
+                assert retired["optional"]
     token = {e["name"]: e for e in _worker(docs)["env"]}["PAYSTREAM_WEB_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"]["key"] == "PAYSTREAM_WEB_TOKEN"
     text = yaml.safe_dump_all(docs)

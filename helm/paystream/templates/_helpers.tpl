@@ -64,9 +64,9 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 
-{{/* The environment of every paystream container but `topics`: workers and migrations
-(each adds its own database credentials). Inline, not a ConfigMap: the setup job runs as
-a pre-install hook, before release objects exist. */}}
+{{/* The workers' environment (they add their own database credentials); `topics` and
+`migrate` get only paystream.brokerEnv. Inline, not a ConfigMap: the setup job runs as a
+pre-install hook, before release objects exist. */}}
 {{- define "paystream.env" -}}
 {{ include "paystream.brokerEnv" . }}
 - name: PAYSTREAM_MASTER_KEY
