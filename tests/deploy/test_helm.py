@@ -73,6 +73,14 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return doc
 
 
+def worker_service(docs: list[dict[str, Any]], *, headless: bool = False) -> dict[str, Any]:
+    """The workers' Service (``headless``: the StatefulSet's governing one)."""
+    [doc] = [
+        d for d in by_kind(docs, "Service") if (d["spec"].get("clusterIP") == "None") == headless
+    ]
+    return doc
+
+
 def containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
 
@@ -87,8 +95,8 @@ def test_the_chart_lints_strictly() -> None:
 def test_every_manifest_is_valid_for_kubernetes(version: str) -> None:
     docs = render(MONITORING, kube=version)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ConfigMap", "Deployment", "Job", "NetworkPolicy",
-                            "PodDisruptionBudget", "PrometheusRule", "Service",
+    assert kinds == sorted(["ConfigMap", "StatefulSet", "Job", "NetworkPolicy",
+                            "PodDisruptionBudget", "PrometheusRule", "Service", "Service",
                             "ServiceAccount", "ServiceMonitor"])  # fmt: skip
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -111,7 +119,7 @@ def test_required_values_are_refused_when_missing() -> None:
 
 
 def test_the_fleet_can_be_paused_and_drains_are_never_blocked() -> None:
-    assert one(render({"replicaCount": 0}), "Deployment")["spec"]["replicas"] == 0
+    assert one(render({"replicaCount": 0}), "StatefulSet")["spec"]["replicas"] == 0
     assert "maxUnavailable" in refusal(
         _merge(REQUIRED, {"podDisruptionBudget": {"maxUnavailable": 0}})
     )
@@ -145,7 +153,7 @@ def test_config_cannot_override_what_the_chart_sets_or_name_a_non_setting() -> N
 
 
 def _worker(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    [c] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    [c] = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"]
     return c
 
 
@@ -153,7 +161,7 @@ def test_every_variable_set_is_one_paystream_reads() -> None:
     extra = {"config": {"PAYSTREAM_GATEWAY_TIMEOUT_SECONDS": "5", "PAYSTREAM_OTEL_EXPORTER": "otlp",
                         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}}  # fmt: skip
     docs = render(extra)
-    pods = [one(docs, "Deployment"), one(docs, "Job")]
+    pods = [one(docs, "StatefulSet"), one(docs, "Job")]
     for pod in pods:
         for c in containers(pod["spec"]["template"]["spec"]):
             names = [e["name"] for e in c["env"]]
@@ -169,7 +177,7 @@ def test_every_variable_set_is_one_paystream_reads() -> None:
 
 def test_secrets_come_from_the_secret_never_from_values() -> None:
     docs = render()
-    for pod in (one(docs, "Deployment"), one(docs, "Job")):
+    for pod in (one(docs, "StatefulSet"), one(docs, "Job")):
         for c in containers(pod["spec"]["template"]["spec"]):
             env = {e["name"]: e for e in c["env"]}
             if c["name"] == "topics":  # the broker alone: no database, no master key
@@ -217,7 +225,7 @@ def test_workers_serve_probes_and_lookups_on_their_web_port() -> None:
     assert worker["args"] == ["worker"]
     assert env["PAYSTREAM_AGENTS"]["value"] == "commands,ledger,insights"
     assert env["PAYSTREAM_TABLE_STORE"]["value"] == "rocksdb://"
-    service = one(docs, "Service")
+    service = worker_service(docs)
     assert service["spec"]["ports"] == [
         {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
     ]
@@ -225,7 +233,7 @@ def test_workers_serve_probes_and_lookups_on_their_web_port() -> None:
 
 def test_workers_run_unprivileged_with_writable_data_and_tmp_only() -> None:
     docs = render()
-    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    spec = one(docs, "StatefulSet")["spec"]["template"]["spec"]
     worker = _worker(docs)
     sc = worker["securityContext"]
     assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
@@ -235,28 +243,47 @@ def test_workers_run_unprivileged_with_writable_data_and_tmp_only() -> None:
     assert mounts == {data_dir, "/tmp"}
     assert spec["automountServiceAccountToken"] is False
     # A Service named paystream-web would inject PAYSTREAM_WEB_PORT=tcp://… otherwise.
-    for pod in (one(docs, "Deployment"), one(docs, "Job")):
+    for pod in (one(docs, "StatefulSet"), one(docs, "Job")):
         assert pod["spec"]["template"]["spec"]["enableServiceLinks"] is False
     assert worker["resources"]["limits"]["ephemeral-storage"]
-    data = {v["name"]: v for v in spec["volumes"]}["data"]
-    assert data["emptyDir"]["sizeLimit"]
+    # Table stores on a claim of each worker's own, kept across restarts...
+    sts = one(docs, "StatefulSet")["spec"]
+    [claim] = sts["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data" and "data" not in {
+        v["name"] for v in spec["volumes"]
+    }
+    assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    assert "storageClassName" not in claim["spec"]  # the cluster's default
+    assert sts["serviceName"] == worker_service(docs, headless=True)["metadata"]["name"]
+    # ... or, persistence off, on an emptyDir of that size, rebuilt with each new pod.
+    off = render({"persistence": {"enabled": False}})
+    assert "volumeClaimTemplates" not in one(off, "StatefulSet")["spec"]
+    pod = one(off, "StatefulSet")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["data"]["emptyDir"]["sizeLimit"] == "8Gi"
+    fast = render({"persistence": {"storageClassName": "fast-ssd", "size": "20Gi"}})
+    [claim] = one(fast, "StatefulSet")["spec"]["volumeClaimTemplates"]
+    assert (claim["spec"]["storageClassName"], claim["spec"]["resources"]["requests"]) == (
+        "fast-ssd",
+        {"storage": "20Gi"},
+    )
 
 
 def test_selectors_match_the_pods_they_select() -> None:
     docs = render(MONITORING)
-    deployment = one(docs, "Deployment")
+    deployment = one(docs, "StatefulSet")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
 
     def selects(selector: dict[str, str]) -> bool:
         return selector.items() <= pod_labels.items()
 
     assert selects(deployment["spec"]["selector"]["matchLabels"])
-    assert selects(one(docs, "Service")["spec"]["selector"])
+    assert selects(worker_service(docs)["spec"]["selector"])
+    assert selects(worker_service(docs, headless=True)["spec"]["selector"])
     assert selects(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
     assert selects(one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"])
     # the setup job's pods are not workers: the Service and the PDB must not count them
     job_labels = one(docs, "Job")["spec"]["template"]["metadata"]["labels"]
-    assert not one(docs, "Service")["spec"]["selector"].items() <= job_labels.items()
+    assert not worker_service(docs)["spec"]["selector"].items() <= job_labels.items()
 
 
 def test_the_setup_job_makes_topics_then_the_schema_before_workers_start() -> None:
@@ -288,9 +315,15 @@ def test_the_setup_job_makes_topics_then_the_schema_before_workers_start() -> No
 
 def test_monitoring_scrapes_with_the_token_and_ships_the_rules_and_dashboard() -> None:
     docs = render(MONITORING)
-    service = one(docs, "Service")
+    service = worker_service(docs)
     monitor = one(docs, "ServiceMonitor")["spec"]
-    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    # One Service scraped (the headless one too would scrape every worker twice).
+    scraped = [
+        d["metadata"]["name"]
+        for d in by_kind(docs, "Service")
+        if monitor["selector"]["matchLabels"].items() <= d["metadata"]["labels"].items()
+    ]
+    assert scraped == [service["metadata"]["name"]]
     [endpoint] = monitor["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
@@ -317,7 +350,7 @@ def test_container_commands_are_paystream_commands() -> None:
     )
     assert entrypoint and json.loads(entrypoint.group(1)) == ["paystream"]
     docs = render()
-    for pod in (one(docs, "Deployment"), one(docs, "Job")):
+    for pod in (one(docs, "StatefulSet"), one(docs, "Job")):
         for c in containers(pod["spec"]["template"]["spec"]):
             assert "command" not in c  # the image's entrypoint runs
             assert c["args"][0] in cli.commands, c["args"]
@@ -339,15 +372,18 @@ def test_a_network_policy_that_would_shut_out_prometheus_is_refused() -> None:
     assert "allowFromNamespaces" in refusal(shut)
 
 
-def test_the_storage_limit_covers_the_data_volume() -> None:
+def test_the_storage_limit_covers_an_emptydir_data_volume() -> None:
     """The kubelet evicts a pod past its containers' ephemeral-storage limit whatever its
     volumes' size limits: a data volume raised alone did nothing, and an evicted worker
-    rebuilt its tables from the changelogs, to be evicted again (review finding)."""
-    err = refusal(_merge(REQUIRED, {"dataVolume": {"sizeLimit": "50Gi"}}))
-    assert "must cover dataVolume.sizeLimit (50Gi) plus 2Gi" in err
+    rebuilt its tables from the changelogs, to be evicted again (review finding). A
+    claim (persistence on) is no ephemeral storage."""
+    off = {"enabled": False}
+    err = refusal(_merge(REQUIRED, {"persistence": {**off, "size": "50Gi"}}))
+    assert "must cover persistence.size (50Gi) plus 2Gi" in err
+    render({"persistence": {"size": "50Gi"}})
     render(
         {
-            "dataVolume": {"sizeLimit": "50Gi"},
+            "persistence": {**off, "size": "50Gi"},
             "resources": {"limits": {"ephemeral-storage": "52Gi"}},
         }
     )
@@ -355,14 +391,14 @@ def test_the_storage_limit_covers_the_data_volume() -> None:
         _merge(
             REQUIRED,
             {
-                "dataVolume": {"sizeLimit": "9G"},
+                "persistence": {**off, "size": "9G"},
                 "resources": {"limits": {"ephemeral-storage": "10G"}},
             },
         )
     )  # (9 GB + 2 GiB is over 10 GB)
     render(
         {
-            "dataVolume": {"sizeLimit": "8000Mi"},
+            "persistence": {**off, "size": "8000Mi"},
             "resources": {"limits": {"ephemeral-storage": "1T"}},
         }
     )
@@ -394,7 +430,7 @@ def test_the_setup_job_runs_where_the_workers_may() -> None:
     # every node running a worker; second review's finding), unless set for the Job.
     assert pod["spec"]["affinity"] == {"nodeAffinity": placement["affinity"]["nodeAffinity"]}  # type: ignore[index]
     assert (
-        one(docs, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"] == apart
+        one(docs, "StatefulSet")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"] == apart
     )
     own = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
     job = one(render({**placement, "setupJob": {"affinity": own}}), "Job")
@@ -406,8 +442,8 @@ def test_the_setup_job_runs_where_the_workers_may() -> None:
 def test_workers_get_their_drain_before_they_are_killed() -> None:
     """A worker drains its batch in delivery for up to 30 s, then closes in 10 s: killed
     sooner, that batch is redone (review finding: compose stopped workers at 30 s)."""
-    err = refusal(_merge(REQUIRED, {"terminationGracePeriodSeconds": 30}))
-    assert "terminationGracePeriodSeconds: Must be greater than or equal to 40" in err
+    err = refusal(_merge(REQUIRED, {"terminationGracePeriodSeconds": 45}))
+    assert "terminationGracePeriodSeconds: Must be greater than or equal to 50" in err
     compose = yaml.safe_load((CHART.parents[1] / "docker-compose.yml").read_text())
     seconds = int(compose["x-worker"]["stop_grace_period"].removesuffix("s"))
-    assert seconds >= 40
+    assert seconds >= 50

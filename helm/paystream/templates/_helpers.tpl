@@ -50,11 +50,11 @@ app.kubernetes.io/part-of: paystream
 {{- fail "networkPolicy: with the ServiceMonitor on, name Prometheus's namespace in networkPolicy.allowFromNamespaces (else it cannot scrape, and every worker reads as down)" }}
 {{- end }}
 {{- $storage := index ((.Values.resources).limits | default dict) "ephemeral-storage" }}
-{{- if and $storage .Values.dataVolume.sizeLimit }}
+{{- if and $storage (not .Values.persistence.enabled) .Values.persistence.size }}
 {{- $limit := include "paystream.mebibytes" $storage | atoi }}
-{{- $data := include "paystream.mebibytes" .Values.dataVolume.sizeLimit | atoi }}
+{{- $data := include "paystream.mebibytes" .Values.persistence.size | atoi }}
 {{- if and (gt $limit 0) (gt $data 0) (lt $limit (add $data 2048)) }}
-{{- fail (printf "resources.limits.ephemeral-storage (%s) must cover dataVolume.sizeLimit (%s) plus 2Gi (/tmp and logs): the kubelet evicts a pod past its containers' limit whatever its volumes' size limits, and an evicted worker rebuilds its tables from the changelogs" (toString $storage) (toString .Values.dataVolume.sizeLimit)) }}
+{{- fail (printf "resources.limits.ephemeral-storage (%s) must cover persistence.size (%s) plus 2Gi (/tmp and logs) when persistence is off (an emptyDir): the kubelet evicts a pod past its containers' limit whatever its volumes' size limits, and an evicted worker rebuilds its tables from the changelogs" (toString $storage) (toString .Values.persistence.size)) }}
 {{- end }}
 {{- end }}
 {{- range $name, $_ := .Values.config }}
