@@ -18,11 +18,44 @@ __all__ = ["app", "create_app", "settings"]
 FORWARD_TIMEOUT_SECONDS = 5.0
 
 
-def forwarding_client() -> aiohttp.ClientSession:
-    """Faust's HTTP client (its ``HttpClient`` setting is called with no arguments)."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_SECONDS, sock_connect=1.0)
-    )
+# What a forwarded lookup passes on of the caller's headers: the owner checks the same
+# Host and token; nothing else (another service's cookies, a proxy's headers) leaves.
+FORWARDED_HEADERS = ("Host", "Authorization", "Accept")
+TOKEN_COOKIE = "paystream_token"  # noqa: S105 - the cookie's name
+
+
+class ForwardingClient:
+    """Faust's HTTP client for lookups forwarded to a partition's owner (its
+    ``HttpClient`` setting is called with no arguments; Faust calls ``request`` and
+    ``close``). The caller's token goes as a bearer header, whether it came as one or
+    as the dashboard's cookie, and no other of its headers but those the owner reads."""
+
+    def __init__(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_SECONDS, sock_connect=1.0)
+        )
+
+    def request(self, method: str, url: Any, *, headers: Any = None, **kwargs: Any) -> Any:
+        return self._session.request(method, url, headers=forwarded_headers(headers), **kwargs)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def forwarded_headers(headers: Any) -> dict[str, str]:
+    """The headers of a lookup as forwarded to its owner (see ForwardingClient)."""
+    given = headers or {}
+    out = {name: given[name] for name in FORWARDED_HEADERS if name in given}
+    if "Authorization" not in out:
+        for part in str(given.get("Cookie", "")).split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == TOKEN_COOKIE and value:
+                out["Authorization"] = "Bearer " + value.strip('"')
+    return out
+
+
+def forwarding_client() -> ForwardingClient:
+    return ForwardingClient()
 
 
 # Used only so that importing the app (for CLI help, schema export) never needs a broker;

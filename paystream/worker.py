@@ -24,6 +24,7 @@ from paystream.gc_pacing import full_collections
 from paystream.settings import unknown_variables
 from paystream.streams import fast_delivery
 from paystream.tables import stale_stores
+from paystream.web import bad_requests
 from paystream.web import views as _views  # noqa: F401
 
 __all__ = ["main"]
@@ -86,6 +87,8 @@ def quiet_libraries(log_level: str) -> None:
         log.warning("STRIPE_LOG ignored: the Stripe SDK would print customer data to stderr")
     stripe.log = None
     stripe_util.STRIPE_LOG = None
+    # aiohttp quotes a refused request's header (the token cookie among them).
+    bad_requests.install()
 
 
 def keep_log_levels() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import hmac
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +28,7 @@ from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.agents.offsets import stalls
 from paystream.agents.publish_health import PUBLISH, PublishTrouble
 from paystream.agents.tenants import registry
-from paystream.app import app, settings
+from paystream.app import TOKEN_COOKIE, app, settings
 from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
@@ -50,7 +53,6 @@ _ENTITY_TABLES = {
 
 
 _Handler = Callable[..., Awaitable[Response]]
-_TOKEN_COOKIE = "paystream_token"  # noqa: S105 - the cookie's name
 
 
 def _bears_token(request: Request) -> bool:
@@ -62,7 +64,7 @@ def _bears_token(request: Request) -> bool:
     scheme, _, credentials = auth.partition(" ")
     # The scheme is case-insensitive (RFC 7235).
     bearer = scheme.lower() == "bearer"
-    given = credentials.strip() if bearer else request.cookies.get(_TOKEN_COOKIE, "")
+    given = credentials.strip() if bearer else request.cookies.get(TOKEN_COOKIE, "")
     try:
         return hmac.compare_digest(given.encode(), expected)
     except UnicodeEncodeError:  # raw bytes that are not UTF-8: not the token
@@ -141,9 +143,46 @@ def _operators_only(fun: _Handler) -> _Handler:
         response = await fun(view, request, *args, **kwargs)
         # Personal data and the fleet's figures: no proxy or browser cache keeps a copy.
         response.headers["Cache-Control"] = "no-store"
-        return response
+        return _hardened(response, _DATA_POLICY)
 
     return answer
+
+
+# Data (JSON, metrics) is never a page: nothing in it may run, load or be framed.
+_DATA_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+def _hardened(response: Response, policy: str) -> Response:
+    """Defence in depth behind the page's escaping: a Content-Security-Policy, no type
+    sniffing (a body is what its content type says), no referrer, no framing."""
+    response.headers["Content-Security-Policy"] = policy
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+@functools.cache
+def _dashboard() -> tuple[str, str]:
+    """The dashboard page and its policy: only its own inline script and style run (by
+    their sha256), it fetches only from this worker, and nothing frames it."""
+    html = resources.files("paystream.web").joinpath("static/dashboard.html").read_text()
+    sources = {
+        kind: " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+            for body in re.findall(rf"<{kind}>(.*?)</{kind}>", html, re.DOTALL)
+        )
+        or "'none'"
+        for kind in ("script", "style")
+    }
+    policy = (
+        f"default-src 'none'; script-src {sources['script']}; style-src {sources['style']}; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+    return html, policy
+
+
+TOKEN_COOKIE_MAX_AGE_SECONDS = 12 * 3600
 
 
 @app.page("/")
@@ -161,11 +200,14 @@ class DashboardView(View):
             found = aiohttp.web.Response(status=303, headers={"Location": "/"})
             if valid:
                 found.set_cookie(
-                    _TOKEN_COOKIE,
+                    TOKEN_COOKIE,
                     token,
                     httponly=True,
                     samesite="Strict",
                     secure=_over_https(request),
+                    # Browsers send a host's cookies to every port of it (another local
+                    # service too): a working day's, not a session's for weeks.
+                    max_age=TOKEN_COOKIE_MAX_AGE_SECONDS,
                 )
             return found  # type: ignore[return-value]  # aiohttp's, as Faust's driver uses
         if (refused := _refused_host(self, request)) is not None:
@@ -175,8 +217,8 @@ class DashboardView(View):
                 "paystream: open /?token=<PAYSTREAM_WEB_TOKEN> to see the dashboard\n",
                 status=401,
             )
-        html = resources.files("paystream.web").joinpath("static/dashboard.html").read_text()
-        return self.html(html)
+        html, policy = _dashboard()
+        return _hardened(self.html(html), policy)
 
 
 @app.page("/metrics")
@@ -372,11 +414,25 @@ def _owner_unreachable_is_503(fun: _Handler) -> _Handler:
             # about 4 s): its own answer had neither our shape nor Retry-After.
             status, body, headers = owner_unknown()
             return view.json(body, status=status, headers=headers)
+        if response.content_type != "application/json":
+            # Our views answer JSON: anything else came from a peer that is no paystream
+            # worker (a stale assignment's address reused), and must not be served on
+            # the dashboard's origin (text/html would run there).
+            status, body, headers = owner_not_json()
+            return view.json(body, status=status, headers=headers)
         if response.status == 503 and "Retry-After" not in response.headers:
             response.headers["Retry-After"] = "1"
         return response
 
     return answer
+
+
+def owner_not_json() -> tuple[int, dict[str, str], dict[str, str]]:
+    body = {
+        "error": "bad_gateway",
+        "message": "the worker owning this tenant answered something other than JSON; retry",
+    }
+    return 502, body, {"Retry-After": "1"}
 
 
 def owner_unreachable() -> tuple[int, dict[str, str], dict[str, str]]:

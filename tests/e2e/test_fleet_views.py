@@ -62,6 +62,8 @@ def _check_the_token_guards_the_views(base_url: str, lookup: str) -> None:
     assert status == 303 and headers["Location"] == "/"
     cookie = headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # A host's cookies go to every port of it: kept a working day, not for weeks.
+    assert "Max-Age=43200" in cookie
     assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
     # Behind a TLS-terminating proxy the browser is on HTTPS: the cookie is Secure.
     for proxy in ({"X-Forwarded-Proto": "https"}, {"Forwarded": 'for=10.0.0.1;proto="https"'}):

@@ -87,7 +87,9 @@ async def test_a_lookup_whose_owner_is_unreachable_is_retried_not_a_500() -> Non
         raise aiohttp.ClientConnectionError("connection refused")
 
     async def owner_settling(view: Any, request: Any) -> web.Response:
-        return web.Response(text='{"error": "unavailable"}', status=503)  # Faust's re-wrap
+        # Faust's re-wrap: the owner's body and content type, no other header.
+        body = '{"error": "unavailable"}'
+        return web.Response(text=body, status=503, content_type="application/json")
 
     down = await _owner_unreachable_is_503(owner_down)(StandInView(), None)
     assert (down.status, down.headers["Retry-After"]) == (503, "1")
@@ -307,6 +309,68 @@ async def test_personal_data_and_figures_are_not_cached(
     for path in (f"/v1/tenants/acme/payments/{seeded.succeeded_payment}", "/v1/stats", "/metrics"):
         async with http.get(path) as resp:
             assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store", path
+
+
+async def test_pages_and_data_carry_a_content_security_policy(
+    http: aiohttp.ClientSession, seeded: Seeded
+) -> None:
+    """Defence in depth behind the page's escaping: data never runs, frames or sniffs;
+    the page runs only its own inline script and style (review finding). The browser
+    tests (test_dashboard.py) run the page under this policy."""
+    for path in (f"/v1/tenants/acme/payments/{seeded.succeeded_payment}", "/v1/stats", "/metrics"):
+        async with http.get(path) as resp:
+            assert resp.headers["Content-Security-Policy"].startswith("default-src 'none';"), path
+            assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+            assert resp.headers["Referrer-Policy"] == "no-referrer", path
+    async with http.get("/") as resp:
+        policy = resp.headers["Content-Security-Policy"]
+        assert "script-src 'sha256-" in policy and "style-src 'sha256-" in policy
+        assert "'unsafe-inline'" not in policy and "frame-ancestors 'none'" in policy
+        assert resp.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_a_forwarded_lookup_answered_other_than_json_is_a_502() -> None:
+    """A peer that is no paystream worker (a stale assignment's address, reused) answering
+    text/html: served on the dashboard's origin, it would run there (review finding)."""
+    from aiohttp import web
+
+    from paystream.web.views import _owner_unreachable_is_503
+
+    class StandInView:
+        def json(self, body: Any, *, status: int, headers: Any = None) -> web.Response:
+            return web.json_response(body, status=status, headers=headers)
+
+    async def rogue(view: Any, request: Any) -> web.Response:
+        return web.Response(text="<script>alert(1)</script>", content_type="text/html")
+
+    answer = await _owner_unreachable_is_503(rogue)(StandInView(), None)
+    assert (answer.status, answer.content_type) == (502, "application/json")
+    assert "<script>" not in answer.text
+
+
+async def test_a_forwarded_lookup_carries_the_token_and_nothing_else_of_the_caller() -> None:
+    """The dashboard's cookie goes as a bearer token; no other header (another local
+    service's cookies, a proxy's) leaves for the owner (review finding)."""
+    from multidict import CIMultiDict
+
+    from paystream.app import forwarded_headers
+
+    caller = CIMultiDict(
+        {
+            "host": "10.0.0.7:6066",
+            "Cookie": "grafana_session=abc; paystream_token=s3cret; other=1",
+            "X-Forwarded-For": "203.0.113.9",
+            "Accept": "application/json",
+        }
+    )
+    assert forwarded_headers(caller) == {
+        "Host": "10.0.0.7:6066",
+        "Accept": "application/json",
+        "Authorization": "Bearer s3cret",
+    }
+    bearer = CIMultiDict({"Authorization": "Bearer t", "Cookie": "paystream_token=other"})
+    assert forwarded_headers(bearer) == {"Authorization": "Bearer t"}
+    assert forwarded_headers(None) == {}
 
 
 async def test_an_open_worker_refuses_a_rebound_domain(
