@@ -592,6 +592,37 @@ async def check_record_limits(settings: Settings) -> str:
     return f"{len(topics)} topics take records of {RECORD_MAX_BYTES} bytes"
 
 
+async def check_write_durability(settings: Settings) -> str:
+    """With three replicas or more, every topic paystream writes (its own and its tables'
+    changelogs) must have min.insync.replicas at least 2: acks=all waits only for the
+    replicas in sync, and Kafka's default lets that be the leader alone."""
+    if settings.replication_factor < 3:
+        return f"replication factor {settings.replication_factor}: nothing to require"
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        changelogs = {
+            t for t in existing if t.startswith(f"{settings.app_id}-") and t.endswith("-changelog")
+        }
+        topics = sorted({t for t in settings.topic_names() if t in existing} | changelogs)
+        weak = []
+        for topic in topics:
+            value = (await _topic_configs(admin, topic)).get("min.insync.replicas")
+            if not (value or "1").isdigit() or int(value or "1") < 2:
+                weak.append(f"{topic} ({value or 'broker default'})")
+    finally:
+        await admin.close()
+    if not topics:
+        return "no paystream topics yet"
+    if weak:
+        raise CheckFailed(
+            f"an acknowledged write may be on one disk only: min.insync.replicas below 2 on "
+            f"{', '.join(weak[:5])}{' ...' if len(weak) > 5 else ''}; set it to 2"
+        )
+    return f"{len(topics)} topics need 2 replicas in sync"
+
+
 _CheckFn = Callable[[Settings], Awaitable[str]]
 
 _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
@@ -605,6 +636,7 @@ _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("command timestamps by broker", check_command_timestamps),
     ("parked records kept", check_parked_retention),
     ("record size limits", check_record_limits),
+    ("writes on two replicas", check_write_durability),
     ("workarounds for flavor", check_workarounds),
     ("headers round-trip", check_headers),
     ("idempotent producer", check_idempotent_producer),

@@ -18,6 +18,7 @@ from paystream.doctor import (
     check_record_limits,
     check_registry_compacted,
     check_tenant_secrets,
+    check_write_durability,
     render_table,
     run_checks,
 )
@@ -297,3 +298,33 @@ async def test_doctor_says_whether_the_master_key_opens_every_tenant_secret(
     unset = dep.settings.model_copy(update={"master_key": None})
     with pytest.raises(CheckFailed, match="PAYSTREAM_MASTER_KEY is not set"):
         await check_tenant_secrets(unset)
+
+
+async def test_doctor_fails_writes_that_may_land_on_one_disk(stack_settings: Settings) -> None:
+    """With three replicas, acks=all on a topic whose min.insync.replicas is 1 may be
+    acknowledged by the leader alone (review finding)."""
+    tag = uuid.uuid4().hex[:8]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(stack_settings.require_broker())
+    )
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(f"{tag}-weak-changelog", 1, 1, topic_configs={"min.insync.replicas": "1"}),
+                NewTopic(f"{tag}-ok-changelog", 1, 1, topic_configs={"min.insync.replicas": "2"}),
+            ]
+        )
+    finally:
+        await admin.close()
+    names = {
+        field: f"{tag}.absent.{field}"
+        for field in ("commands_topic", "events_topic", "dlq_topic", "retry_topic",
+                      "ledger_dlq_topic", "tenants_topic", "fraud_topic", "analytics_topic")
+    }  # fmt: skip
+    three = stack_settings.model_copy(update={**names, "replication_factor": 3, "app_id": tag})
+    with pytest.raises(CheckFailed, match=rf"{tag}-weak-changelog \(1\)") as refused:
+        await check_write_durability(three)
+    assert "ok-changelog" not in str(refused.value)
+    one = three.model_copy(update={"replication_factor": 1})
+    assert "nothing to require" in await check_write_durability(one)

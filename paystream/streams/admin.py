@@ -16,6 +16,7 @@ __all__ = [
     "RECORD_MAX_BYTES",
     "TopicCreationError",
     "bootstrap_servers",
+    "durability_configs",
     "ensure_topics",
     "large_record_topics",
     "record_limits",
@@ -59,15 +60,26 @@ COMMAND_TIMESTAMPS = {"message.timestamp.type": "LogAppendTime"}
 KEPT_UNTIL_HANDLED = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
+def durability_configs(settings: Settings) -> dict[str, str]:
+    """What every topic paystream writes needs beside its replication factor: workers
+    produce with acks=all and commit a command once its outcome and state are acknowledged,
+    but acks=all waits only for the replicas in sync, which Kafka's default
+    (min.insync.replicas=1) lets shrink to the leader alone: an acknowledged write on one
+    disk. With three replicas or more, two must have it (a write fails instead, and is
+    retried)."""
+    return {"min.insync.replicas": "2"} if settings.replication_factor >= 3 else {}
+
+
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:
     """Configs a paystream topic is created with."""
+    configs = durability_configs(settings)
     if name == settings.tenants_topic:
-        return {"cleanup.policy": "compact"}
-    if name == settings.commands_topic:
-        return dict(COMMAND_TIMESTAMPS)
-    if name in (settings.retry_topic, settings.dlq_topic, settings.ledger_dlq_topic):
-        return dict(KEPT_UNTIL_HANDLED)
-    return {}
+        configs["cleanup.policy"] = "compact"
+    elif name == settings.commands_topic:
+        configs.update(COMMAND_TIMESTAMPS)
+    elif name in (settings.retry_topic, settings.dlq_topic, settings.ledger_dlq_topic):
+        configs.update(KEPT_UNTIL_HANDLED)
+    return configs
 
 
 async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> list[str]:

@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from paystream.settings import load_settings
 from paystream.streams.admin import (
     TopicCreationError,
     _raise_failures,
     bootstrap_servers,
+    topic_configs,
     topic_partitions,
 )
 
@@ -91,3 +93,19 @@ async def test_existing_topics_with_another_partition_count_are_refused(
     assert f"{settings.commands_topic} has {settings.partitions} partitions" in message
     assert f"PAYSTREAM_PARTITIONS is {settings.partitions * 2}" in message
     assert settings.events_topic in message and settings.dlq_topic not in message
+
+
+def test_with_three_replicas_every_topic_needs_two_in_sync() -> None:
+    """acks=all waits for the replicas in sync only; Kafka's default lets that be the
+    leader alone: an acknowledged outcome on one disk (review finding). Tables'
+    changelogs are made the same way (tables/definitions.py)."""
+    from paystream.tables import definitions
+
+    three = load_settings().model_copy(update={"replication_factor": 3})
+    for name in three.topic_names():
+        assert topic_configs(three, name)["min.insync.replicas"] == "2", name
+    assert topic_configs(three, three.tenants_topic)["cleanup.policy"] == "compact"
+    one = load_settings().model_copy(update={"replication_factor": 1})
+    assert not any("min.insync.replicas" in topic_configs(one, n) for n in one.topic_names())
+    # The tables of this (test) process: one replica, nothing to require.
+    assert definitions.payments.extra_topic_configs == {}
