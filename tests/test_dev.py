@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,3 +109,5 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        # (A short path of its own, not tmp_path: PostgreSQL's socket path has a limit.)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -84,3 +85,4 @@ async def test_a_broker_that_stops_answering_shows_in_the_fetch_age(
             await _until(answering, 60, "fetches answered again once the broker resumed")
     finally:
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
