@@ -447,3 +447,26 @@ def test_workers_get_their_drain_before_they_are_killed() -> None:
     compose = yaml.safe_load((CHART.parents[1] / "docker-compose.yml").read_text())
     seconds = int(compose["x-worker"]["stop_grace_period"].removesuffix("s"))
     assert seconds >= 50
+
+
+def test_egress_is_limited_to_what_is_named_when_rules_are_given() -> None:
+    """Pods holding the master key reach, once egress rules are given, DNS, each other's
+    web port and those rules only (review finding); without rules egress stays open."""
+    assert one(render(MONITORING), "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
+    broker = {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kafka"}}}]
+    }
+    stripe = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}
+    values = _merge(MONITORING, {"networkPolicy": {"egress": [broker, stripe]}})
+    for version in K8S_VERSIONS:
+        policy = one(render(values, kube=version), "NetworkPolicy")
+        kubernetes_validate.validate(policy, version, strict=True)
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    dns, peers, *given = spec["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert peers["ports"] == [{"port": "http", "protocol": "TCP"}]
+    worker_labels = one(render(values), "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert peers["to"][0]["podSelector"]["matchLabels"].items() <= worker_labels.items()
+    assert given == [broker, stripe]
+    assert "egress" in refusal(_merge(REQUIRED, {"networkPolicy": {"egress": "all"}}))
