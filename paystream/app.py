@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import aiohttp
@@ -43,14 +45,19 @@ class ForwardingClient:
 
 
 def forwarded_headers(headers: Any) -> dict[str, str]:
-    """The headers of a lookup as forwarded to its owner (see ForwardingClient)."""
+    """The headers of a lookup as forwarded to its owner (see ForwardingClient). An
+    Authorization of another scheme (an authenticating proxy's Basic) is not ours: the
+    owner gets the dashboard cookie's token in its place, decoded as the worker reads it."""
     given = headers or {}
     out = {name: given[name] for name in FORWARDED_HEADERS if name in given}
-    if "Authorization" not in out:
-        for part in str(given.get("Cookie", "")).split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == TOKEN_COOKIE and value:
-                out["Authorization"] = "Bearer " + value.strip('"')
+    if out.get("Authorization", "").partition(" ")[0].lower() != "bearer":
+        out.pop("Authorization", None)
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load(str(given.get("Cookie", "")))
+        token = cookies.get(TOKEN_COOKIE)
+        if token is not None and token.value:
+            out["Authorization"] = f"Bearer {token.value}"
     return out
 
 

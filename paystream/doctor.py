@@ -33,7 +33,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from paystream.settings import Settings
 from paystream.streams import broker_compat
-from paystream.streams.admin import RECORD_MAX_BYTES, large_record_topics, undersized_topics
+from paystream.streams.admin import (
+    RECORD_MAX_BYTES,
+    changelog_topics,
+    large_record_topics,
+    undersized_topics,
+)
 
 __all__ = [
     "CheckResult",
@@ -575,10 +580,9 @@ async def check_record_limits(settings: Settings) -> str:
         existing = await admin.list_topics()
     finally:
         await admin.close()
-    changelogs = [
-        t for t in existing if t.startswith(f"{settings.app_id}-") and t.endswith("-changelog")
+    topics = [
+        t for t in (*large_record_topics(settings), *changelog_topics(settings)) if t in existing
     ]
-    topics = [t for t in (*large_record_topics(settings), *changelogs) if t in existing]
     if not topics:
         return "no paystream topics yet"
     small, unread = await undersized_topics(settings, topics)
@@ -602,10 +606,9 @@ async def check_write_durability(settings: Settings) -> str:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        changelogs = {
-            t for t in existing if t.startswith(f"{settings.app_id}-") and t.endswith("-changelog")
-        }
-        topics = sorted({t for t in settings.topic_names() if t in existing} | changelogs)
+        topics = [
+            t for t in (*settings.topic_names(), *changelog_topics(settings)) if t in existing
+        ]
         weak = []
         for topic in topics:
             value = (await _topic_configs(admin, topic)).get("min.insync.replicas")
@@ -623,6 +626,34 @@ async def check_write_durability(settings: Settings) -> str:
     return f"{len(topics)} topics need 2 replicas in sync"
 
 
+async def check_changelog_tombstones(settings: Settings) -> str:
+    """The tables' changelogs must keep a deleted key's tombstone after compaction for
+    longer than PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS: a worker's store younger than that
+    is caught up from the changelog, and would keep a key whose tombstone is gone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        topics = [t for t in changelog_topics(settings) if t in existing]
+        short = []
+        for topic in topics:
+            value = (await _topic_configs(admin, topic)).get("delete.retention.ms")
+            kept_ms = int(value) if value is not None and value.isdigit() else None
+            if kept_ms is not None and kept_ms <= settings.table_store_max_age_seconds * 1000:
+                short.append(f"{topic} ({kept_ms // 1000} s)")
+    finally:
+        await admin.close()
+    if not topics:
+        return "no table changelogs yet"
+    if short:
+        raise CheckFailed(
+            f"deleted keys' tombstones go before a store that old is rebuilt "
+            f"(PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS={settings.table_store_max_age_seconds}) "
+            f"on {', '.join(short)}: raise their delete.retention.ms, or lower the setting"
+        )
+    return f"{len(topics)} changelogs keep tombstones past the store age"
+
+
 _CheckFn = Callable[[Settings], Awaitable[str]]
 
 _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
@@ -637,6 +668,7 @@ _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("parked records kept", check_parked_retention),
     ("record size limits", check_record_limits),
     ("writes on two replicas", check_write_durability),
+    ("changelog tombstones kept", check_changelog_tombstones),
     ("workarounds for flavor", check_workarounds),
     ("headers round-trip", check_headers),
     ("idempotent producer", check_idempotent_producer),

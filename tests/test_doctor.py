@@ -13,6 +13,7 @@ from paystream.devstack._process import free_port
 from paystream.doctor import (
     CheckFailed,
     CheckResult,
+    check_changelog_tombstones,
     check_command_timestamps,
     check_parked_retention,
     check_record_limits,
@@ -302,29 +303,63 @@ async def test_doctor_says_whether_the_master_key_opens_every_tenant_secret(
 
 async def test_doctor_fails_writes_that_may_land_on_one_disk(stack_settings: Settings) -> None:
     """With three replicas, acks=all on a topic whose min.insync.replicas is 1 may be
-    acknowledged by the leader alone (review finding)."""
+    acknowledged by the leader alone (review finding). Only this app id's changelogs
+    count: another deployment on the cluster is not this one's (review finding)."""
     tag = uuid.uuid4().hex[:8]
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers(stack_settings.require_broker())
+    weak, ok = {"min.insync.replicas": "1"}, {"min.insync.replicas": "2"}
+    await _made(
+        stack_settings,
+        {
+            f"{tag}-payments-changelog": weak,
+            f"{tag}-refunds-changelog": ok,
+            f"{tag}-staging-payments-changelog": weak,  # app id "<tag>-staging"
+        },
     )
+    three = _only_changelogs(stack_settings, tag).model_copy(update={"replication_factor": 3})
+    with pytest.raises(CheckFailed, match=rf"{tag}-payments-changelog \(1\)") as refused:
+        await check_write_durability(three)
+    assert "refunds" not in str(refused.value) and "staging" not in str(refused.value)
+    one = three.model_copy(update={"replication_factor": 1})
+    assert "nothing to require" in await check_write_durability(one)
+
+
+async def test_doctor_fails_changelogs_that_drop_tombstones_before_stores_are_rebuilt(
+    stack_settings: Settings,
+) -> None:
+    """A store caught up after its changelog compacted a deleted key's tombstone away
+    keeps the key: the tombstones must outlive PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS."""
+    tag = uuid.uuid4().hex[:8]
+    await _made(
+        stack_settings,
+        {
+            f"{tag}-payments-changelog": {"delete.retention.ms": "3600000"},
+            f"{tag}-refunds-changelog": {"delete.retention.ms": "86400000"},
+        },
+    )
+    settings = _only_changelogs(stack_settings, tag)
+    with pytest.raises(CheckFailed, match=rf"{tag}-payments-changelog \(3600 s\)") as refused:
+        await check_changelog_tombstones(settings)
+    assert "refunds" not in str(refused.value)
+    longer = settings.model_copy(update={"table_store_max_age_seconds": 600})
+    assert "2 changelogs keep tombstones" in await check_changelog_tombstones(longer)
+
+
+async def _made(settings: Settings, topics: dict[str, dict[str, str]]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
     await admin.start()
     try:
         await admin.create_topics(
-            [
-                NewTopic(f"{tag}-weak-changelog", 1, 1, topic_configs={"min.insync.replicas": "1"}),
-                NewTopic(f"{tag}-ok-changelog", 1, 1, topic_configs={"min.insync.replicas": "2"}),
-            ]
+            [NewTopic(name, 1, 1, topic_configs=configs) for name, configs in topics.items()]
         )
     finally:
         await admin.close()
+
+
+def _only_changelogs(settings: Settings, app_id: str) -> Settings:
+    """Settings of app ``app_id`` whose own topics do not exist: its changelogs alone."""
     names = {
-        field: f"{tag}.absent.{field}"
+        field: f"{app_id}.absent.{field}"
         for field in ("commands_topic", "events_topic", "dlq_topic", "retry_topic",
                       "ledger_dlq_topic", "tenants_topic", "fraud_topic", "analytics_topic")
     }  # fmt: skip
-    three = stack_settings.model_copy(update={**names, "replication_factor": 3, "app_id": tag})
-    with pytest.raises(CheckFailed, match=rf"{tag}-weak-changelog \(1\)") as refused:
-        await check_write_durability(three)
-    assert "ok-changelog" not in str(refused.value)
-    one = three.model_copy(update={"replication_factor": 1})
-    assert "nothing to require" in await check_write_durability(one)
+    return settings.model_copy(update={**names, "app_id": app_id})

@@ -14,8 +14,11 @@ from paystream.settings import Settings
 
 __all__ = [
     "RECORD_MAX_BYTES",
+    "TABLE_NAMES",
     "TopicCreationError",
     "bootstrap_servers",
+    "changelog_configs",
+    "changelog_topics",
     "durability_configs",
     "ensure_topics",
     "large_record_topics",
@@ -68,6 +71,35 @@ def durability_configs(settings: Settings) -> dict[str, str]:
     disk. With three replicas or more, two must have it (a write fails instead, and is
     retried)."""
     return {"min.insync.replicas": "2"} if settings.replication_factor >= 3 else {}
+
+
+# The tables (tables/definitions.py, agents/insights.py), whose changelogs are
+# "<app id>-<name>-changelog": topics paystream writes as it writes its own.
+TABLE_NAMES = (
+    "customers",
+    "payment_methods",
+    "payments",
+    "refunds",
+    "disputes",
+    "idempotency",
+    "limits",
+    "insights",
+    "insights_seen",
+)
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """The tables' changelog topics of this app id (not another deployment's)."""
+    return [f"{settings.app_id}-{name}-changelog" for name in TABLE_NAMES]
+
+
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Configs a table's changelog is made with (Faust declares it): durable writes, and
+    the tombstone of a deleted key kept after compaction well past the age at which a
+    worker's store of it is rebuilt rather than caught up (tables/stale_stores.py): a
+    day at least, as Kafka's default, whatever a broker's own default says."""
+    keep_ms = max(24 * 3600, 2 * settings.table_store_max_age_seconds) * 1000
+    return {**durability_configs(settings), "delete.retention.ms": str(keep_ms)}
 
 
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:

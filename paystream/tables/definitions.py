@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from paystream.app import app, settings
-from paystream.streams.admin import durability_configs
+from paystream.streams.admin import changelog_configs
 from paystream.tables.changelog import BatchedChangelogTable
 
 __all__ = [
@@ -41,8 +41,9 @@ def batched_table(name: str, help_: str) -> Any:
             help=help_,
             # (A dict of its own: Faust's RocksDB store pops keys from it.)
             options=rocksdb_options(),
-            # Its changelog is the table's durable copy: as safe as the topics' writes.
-            extra_topic_configs=durability_configs(settings),
+            # Its changelog is the table's durable copy: as safe as the topics' writes,
+            # its tombstones kept past the age of a store that is caught up.
+            extra_topic_configs=changelog_configs(settings),
         )
     )
 

@@ -470,3 +470,11 @@ def test_egress_is_limited_to_what_is_named_when_rules_are_given() -> None:
     assert peers["to"][0]["podSelector"]["matchLabels"].items() <= worker_labels.items()
     assert given == [broker, stripe]
     assert "egress" in refusal(_merge(REQUIRED, {"networkPolicy": {"egress": "all"}}))
+
+
+def test_a_name_too_long_for_the_statefulsets_pods_is_refused() -> None:
+    """Its pods are labelled with its name and a revision hash (63 characters at most):
+    a longer name rendered fine and then never started a pod (review finding)."""
+    assert "at most 52" in refusal(_merge(REQUIRED, {"fullnameOverride": "p" * 53}))
+    sts = one(render({"fullnameOverride": "p" * 52}), "StatefulSet")
+    assert len(sts["metadata"]["name"]) == 52

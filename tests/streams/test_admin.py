@@ -12,6 +12,8 @@ from paystream.streams.admin import (
     TopicCreationError,
     _raise_failures,
     bootstrap_servers,
+    changelog_configs,
+    changelog_topics,
     topic_configs,
     topic_partitions,
 )
@@ -107,5 +109,31 @@ def test_with_three_replicas_every_topic_needs_two_in_sync() -> None:
     assert topic_configs(three, three.tenants_topic)["cleanup.policy"] == "compact"
     one = load_settings().model_copy(update={"replication_factor": 1})
     assert not any("min.insync.replicas" in topic_configs(one, n) for n in one.topic_names())
-    # The tables of this (test) process: one replica, nothing to require.
-    assert definitions.payments.extra_topic_configs == {}
+    # The tables of this (test) process: one replica, nothing to require; tombstones
+    # kept a day at least, past the age at which a store is rebuilt whole.
+    kept = definitions.payments.extra_topic_configs
+    assert "min.insync.replicas" not in kept
+    assert int(kept["delete.retention.ms"]) >= max(
+        24 * 3600 * 1000, 2 * load_settings().table_store_max_age_seconds * 1000
+    )
+    assert changelog_configs(three)["min.insync.replicas"] == "2"
+
+
+def test_the_changelog_names_doctor_reads_are_the_tables_a_worker_makes() -> None:
+    """doctor names this app's changelogs exactly (another deployment's on the same
+    cluster are not its own): they must be every table a worker with every role makes."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import paystream.worker; from paystream.app import app; "
+        "print(' '.join(sorted(t.changelog_topic.get_topic_name() for t in app.tables.values())))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PAYSTREAM_AGENTS": "commands,ledger,insights"},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    settings = load_settings()
+    assert shown.stdout.split() == sorted(changelog_topics(settings)), shown.stderr[-2000:]

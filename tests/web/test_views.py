@@ -371,6 +371,17 @@ async def test_a_forwarded_lookup_carries_the_token_and_nothing_else_of_the_call
     bearer = CIMultiDict({"Authorization": "Bearer t", "Cookie": "paystream_token=other"})
     assert forwarded_headers(bearer) == {"Authorization": "Bearer t"}
     assert forwarded_headers(None) == {}
+    # Behind an authenticating proxy (Basic): the cookie's token, not the proxy's header;
+    # and a token the cookie had to escape (aiohttp's set_cookie), decoded as the worker
+    # reads it (review finding: both were a 401 from the owner).
+    from aiohttp import web
+
+    jar = web.Response()
+    jar.set_cookie("paystream_token", 'a;b,c"d')
+    cookie = jar.cookies.output(header="").strip().split("; Path")[0]
+    proxied = CIMultiDict({"Authorization": "Basic b3A6cHc=", "Cookie": f"x=1; {cookie}"})
+    assert forwarded_headers(proxied) == {"Authorization": 'Bearer a;b,c"d'}
+    assert forwarded_headers(CIMultiDict({"Authorization": "Basic b3A6cHc="})) == {}
 
 
 async def test_an_open_worker_refuses_a_rebound_domain(

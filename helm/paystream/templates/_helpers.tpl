@@ -40,6 +40,10 @@ app.kubernetes.io/part-of: paystream
 
 {{/* Refusals that the values schema cannot express. */}}
 {{- define "paystream.validate" -}}
+{{- $name := include "paystream.fullname" . }}
+{{- if gt (len $name) 52 }}
+{{- fail (printf "the release's full name %q is %d characters: at most 52 (a StatefulSet's pods are labelled with its name and an 11-character revision hash, within 63), so set fullnameOverride or a shorter release name" $name (len $name)) }}
+{{- end }}
 {{- if gt (int .Values.replicaCount) (int .Values.partitions) }}
 {{- fail (printf "replicaCount (%d) > partitions (%d): a worker beyond the partition count owns none and is never ready, which stalls rolling updates" (int .Values.replicaCount) (int .Values.partitions)) }}
 {{- end }}
