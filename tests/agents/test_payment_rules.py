@@ -808,3 +808,91 @@ async def test_a_capture_over_the_authorised_amount_names_both_in_money(harness:
     out = await harness.send("payment.capture", t, {"payment_id": "authorized", "amount": 1001})
     assert data(out)["reason"] == "validation_error"
     assert "capture amount 10.01 USD exceeds the authorised 10.00 USD" in data(out)["message"]
+
+
+# ---- rules the simulator enforced too, so that a missing one went unseen (mutation
+# testing: each test fails with its rule removed or off by one) -------------------------
+
+
+async def _refused_without_the_provider(
+    harness: Harness, tenant: str, command: str, body: dict[str, Any], reason: str
+) -> Any:
+    """``command`` answered from paystream's own rules: rejected, never parked, nothing
+    asked of the provider."""
+    before = await _effects(harness, tenant)
+    _provider_down(harness, tenant)
+    emits, out = await harness.send_event(build_command(command, tenant, body))
+    assert harness.settings.retry_topic not in [e.topic for e in emits], (command, body)
+    assert out is not None and (kind(out), data(out)["reason"]) == ("command.rejected", reason)
+    assert await _effects(harness, tenant) == before
+    return out
+
+
+async def test_partial_refunds_add_up_toward_what_is_left_to_refund(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _paid(harness, t, "p1")
+    for _ in range(2):
+        refund = await harness.send("refund.create", t, {"payment_id": "p1", "amount": 300})
+        assert kind(refund) == "refund.succeeded"
+    [related] = [r for r in data(refund)["related"] if r["entity_type"] == "payment"]
+    assert related["object"]["amount_refunded"] == 600
+    out = await _refused_without_the_provider(
+        harness, t, "refund.create", {"payment_id": "p1", "amount": 500}, "invalid_state"
+    )
+    assert "refundable 4.00 USD" in data(out)["message"]
+
+
+async def test_capturing_exactly_the_authorised_amount_is_a_full_capture(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    await _paid(harness, t, "p1", capture="manual")
+    out = await harness.send("payment.capture", t, {"payment_id": "p1", "amount": 1000})
+    assert kind(out) == "payment.succeeded", data(out)
+    assert data(out)["object"]["amount_captured"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("command", "body"),
+    [
+        ("dispute.accept", {}),
+        ("dispute.submit_evidence", {"evidence": {"uncategorized_text": "x"}, "submit": True}),
+    ],
+)
+async def test_a_closed_dispute_is_refused_by_paystream_itself(
+    harness: Harness, command: str, body: dict[str, Any]
+) -> None:
+    t = harness.add_tenant()
+    paid = await harness.send(
+        "payment.create",
+        t,
+        {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_createDispute"},
+    )
+    dispute_id = data(paid)["related"][0]["entity_id"]
+    lost = await harness.send("dispute.accept", t, {"dispute_id": dispute_id})
+    assert data(lost)["object"]["status"] == "lost"
+    out = await _refused_without_the_provider(
+        harness, t, command, {"dispute_id": dispute_id, **body}, "invalid_state"
+    )
+    assert "is lost" in data(out)["message"]
+
+
+async def test_a_decline_the_error_vocabulary_does_not_name_is_still_a_failed_payment(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP 402 is the provider's "the card was declined", whatever code it names: a
+    failed payment, not the command's fault (a rejection would be remembered)."""
+    from paystream.gateways.errors import ErrorCode, GatewayError
+
+    async def declined(*args: Any, **kwargs: Any) -> Any:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST, "Your card was declined.", provider="simulator",
+            http_status=402,
+        )  # fmt: skip
+
+    monkeypatch.setattr(SimulatorGateway, "create_payment", declined)
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create", t, {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_x"}
+    )
+    assert kind(out) == "payment.failed", data(out)
