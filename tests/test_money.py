@@ -41,6 +41,26 @@ def test_exponents() -> None:
     )
 
 
+# Where an exponent is wrong, 10x or 100x the money moves: every currency whose minor
+# unit is not the cent, and MGA, where Stripe (and paystream) differ from ISO 4217.
+@pytest.mark.parametrize(
+    ("currency", "exponent"),
+    [("BHD", 3), ("JOD", 3), ("KWD", 3), ("OMR", 3), ("TND", 3),
+     ("JPY", 0), ("KRW", 0), ("VND", 0), ("CLP", 0), ("PYG", 0), ("UGX", 0), ("VUV", 0),
+     ("XAF", 0), ("XOF", 0), ("MGA", 0), ("HUF", 2), ("TWD", 2), ("IDR", 2)],
+)  # fmt: skip
+def test_the_currencies_whose_minor_unit_is_not_the_cent(currency: str, exponent: int) -> None:
+    assert minor_unit_exponent(currency) == exponent
+
+
+def test_the_largest_amount_is_accepted_and_one_more_is_not() -> None:
+    from paystream.money import MAX_MINOR_AMOUNT
+
+    assert Money(amount=MAX_MINOR_AMOUNT, currency="USD").amount == MAX_MINOR_AMOUNT
+    with pytest.raises(ValidationError):
+        Money(amount=MAX_MINOR_AMOUNT + 1, currency="USD")
+
+
 @pytest.mark.parametrize(
     "code", ["u\u017fd", "\u017fek", "\u017fgd", "\u0131dr", "\u0131ls", "\u0131nr"]
 )

@@ -439,3 +439,14 @@ def test_a_redelivery_answered_from_its_record_releases_only_its_own_hold() -> N
     )  # fmt: skip
     over = rejected(g.pay(500, hold_key="other"), "quota_exceeded")
     assert over.extra["held"] == 600
+
+
+@pytest.mark.parametrize("outcome", ["payment.requires_action", "payment.processing"])
+def test_a_payment_awaiting_authentication_or_processing_counts_toward_the_day(
+    outcome: str,
+) -> None:
+    """It may still complete (the cardholder authenticates later): not counted, a tenant
+    could pass its daily volume with such payments (mutation testing)."""
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    assert isinstance(g.pay(800, outcome=outcome), Admission)
+    rejected(g.pay(300), "quota_exceeded")

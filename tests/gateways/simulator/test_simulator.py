@@ -727,3 +727,33 @@ async def test_the_effect_ledger_keeps_its_newest_entries(
     for i in range(5):
         await gw.create_payment(charge(), idempotency_key=f"k{i}")
     assert [e.idempotency_key for e in await gw.effects()] == ["k2", "k3", "k4"]
+
+
+async def test_no_refund_of_a_charged_back_payment(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """A lost dispute took the money back: a refund would pay it out twice. The simulator
+    refuses it as Stripe does, whatever paystream checked first (mutation testing)."""
+    gw = sim(redis_client, tenant_id)
+    res = await gw.create_payment(charge(token="pm_card_createDispute"), idempotency_key="k")
+    assert res.dispute is not None
+    accept = AcceptDispute(provider_dispute_id=res.dispute.provider_dispute_id)
+    await gw.accept_dispute(accept, idempotency_key="a")
+    refund = CreateRefund(provider_payment_id=res.provider_payment_id)
+    err = await refused(gw.create_refund(refund, idempotency_key="r"))
+    assert err.code is ErrorCode.INVALID_STATE and "charged back" in err.message
+    assert "refund" not in [e.kind for e in await gw.effects()]
+
+
+async def test_a_cancelled_authorisation_is_a_void_in_the_effect_ledger(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """The ledger that proves each effect happened once must show the release too."""
+    gw = sim(redis_client, tenant_id)
+    res = await gw.create_payment(charge(capture_method=CaptureMethod.MANUAL), idempotency_key="k")
+    cancel = CancelPayment(provider_payment_id=res.provider_payment_id)
+    await gw.cancel_payment(cancel, idempotency_key="c")
+    assert [(e.kind, e.amount) for e in await gw.effects()] == [
+        ("authorization", 1000),
+        ("void", 1000),
+    ]
