@@ -269,6 +269,8 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
     elif head.seq != last_seq or bytes(head.hash) != prev:
         if head.seq > last_seq:
             problems.append(f"rows {last_seq + 1}..{head.seq} are missing (head is at {head.seq})")
+        elif head.seq == last_seq:
+            problems.append(f"head's hash does not match the last row's (seq {last_seq})")
         else:
             problems.append(f"head (seq {head.seq}) does not match the last row (seq {last_seq})")
     return VerifyResult(tenant_id, checked, problems)

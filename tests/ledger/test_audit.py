@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -414,3 +415,52 @@ async def test_every_version_written_in_one_batch_is_audited(
         (2, 3),
     ]
     assert (await verify_audit(app_engine, "au15", keyring)).ok
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "occurred_at = occurred_at + interval '1 second'",
+        "actor = 'mallory'",
+        "action = 'refund.succeeded'",
+        "entity_type = 'refund'",
+        "entity_id = 'pay_other'",
+        "before = '{}'::jsonb",
+        "after = jsonb_set(after, '{amount}', '1')",
+    ],
+)
+async def test_every_column_of_a_row_is_covered_by_its_hash(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+    change: str,
+) -> None:
+    """A row moved to another entity, or dated otherwise, is as altered as one whose
+    amount changed (mutation testing: the entity id was not checked by any test)."""
+    tenant = "auc" + hashlib.sha256(change.encode()).hexdigest()[:8]
+    await _history(app_engine, keyring, make_event, tenant)
+    await _as_owner_without_trigger(
+        owner_engine, f"UPDATE audit_log SET {change} WHERE tenant_id = '{tenant}' AND seq = 2"
+    )
+    result = await verify_audit(app_engine, tenant, keyring)
+    assert result.problems == ["seq 2: contents do not match its hash (altered)"], change
+
+
+async def test_a_head_whose_hash_is_not_the_last_rows_is_reported(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+) -> None:
+    """The head vouches for the newest row by its hash as well as its number (mutation
+    testing: a head with the right number and another hash passed)."""
+    await _history(app_engine, keyring, make_event, "au_head")
+    async with owner_engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE audit_heads DISABLE TRIGGER audit_heads_forward_only"))
+        await conn.execute(
+            text("UPDATE audit_heads SET hash = sha256(hash) WHERE tenant_id = 'au_head'")
+        )
+        await conn.execute(text("ALTER TABLE audit_heads ENABLE TRIGGER audit_heads_forward_only"))
+    result = await verify_audit(app_engine, "au_head", keyring)
+    assert result.problems == ["head's hash does not match the last row's (seq 4)"]

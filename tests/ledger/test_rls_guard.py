@@ -145,6 +145,13 @@ async def test_a_mixed_case_schema_first_in_the_search_path(
             "CREATE POLICY peek ON payments FOR SELECT USING (true)",
             "DROP POLICY peek ON payments",
         ),
+        # Reads isolated, writes not: a tenant's session could write rows under another
+        # tenant's id (mutation testing: the WITH CHECK clause was checked by no test).
+        (
+            "ALTER POLICY tenant_isolation ON payments WITH CHECK (true)",
+            "ALTER POLICY tenant_isolation ON payments WITH CHECK "
+            "(tenant_id = current_setting('app.current_tenant_id', true))",
+        ),
     ],
 )
 async def test_a_loosened_or_widened_policy_is_refused(
@@ -165,3 +172,22 @@ async def test_a_loosened_or_widened_policy_is_refused(
     restored = create_engine(ledger_db.app_url)
     await assert_rls_enforced(restored)
     await restored.dispose()
+
+
+async def test_a_role_with_bypassrls_is_refused(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine
+) -> None:
+    """BYPASSRLS reads every tenant's rows, as a superuser does (mutation testing: only
+    the superuser case was tested)."""
+    app = create_engine(ledger_db.app_url)
+    async with owner_engine.begin() as c:
+        await c.execute(text("ALTER ROLE paystream_app BYPASSRLS"))
+    try:
+        with pytest.raises(RlsNotEnforcedError, match="bypasses row-level security"):
+            await assert_rls_enforced(app)
+    finally:
+        async with owner_engine.begin() as c:
+            await c.execute(text("ALTER ROLE paystream_app NOBYPASSRLS"))
+        await app.dispose()
+    await assert_rls_enforced(app)
+    await app.dispose()
