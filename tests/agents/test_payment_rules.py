@@ -18,7 +18,7 @@ from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.streams.commands import CreatePayment
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness, data, kind, new_tenant_id
+from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -896,3 +896,51 @@ async def test_a_decline_the_error_vocabulary_does_not_name_is_still_a_failed_pa
         "payment.create", t, {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_x"}
     )
     assert kind(out) == "payment.failed", data(out)
+
+
+async def test_another_request_under_a_used_key_is_a_conflict_paystream_finds_itself(
+    harness: Harness,
+) -> None:
+    """Not left to the provider's own key check (mutation testing: a request hash that
+    ignored the amount was caught only by the simulator's fingerprint)."""
+    t = harness.add_tenant()
+    body = {**USD_1000, "payment_method_token": "pm_card_visa"}
+    await harness.send("payment.create", t, body, idempotency_key="order-9")
+    before = await _effects(harness, t)
+    _provider_down(harness, t)
+    emits, out = await harness.send_event(
+        build_command("payment.create", t, {**body, "amount": 1001}, idempotency_key="order-9")
+    )
+    assert harness.settings.retry_topic not in [e.topic for e in emits]
+    assert out is not None and data(out)["reason"] == "idempotency_conflict"
+    assert await _effects(harness, t) == before
+
+
+@pytest.mark.parametrize(("spare", "hashed"), [(0, False), (1, True)])
+async def test_a_provider_key_is_hashed_only_past_stripes_255_characters(
+    harness: Harness, spare: int, hashed: bool
+) -> None:
+    t = harness.add_tenant()
+    key = "k" * (255 - len(f"ps:{t}:") + spare)
+    body = {**USD_1000, "payment_method_token": "pm_card_visa"}
+    await harness.send("payment.create", t, body, idempotency_key=key)
+    [charge] = await _gateway(harness, t).effects()
+    sent = charge.idempotency_key
+    assert len(sent) <= 255
+    assert (sent.startswith(f"ps:{t}:sha256:"), sent == f"ps:{t}:{key}") == (hashed, not hashed)
+
+
+@pytest.mark.parametrize(("extra", "too_large"), [(0, False), (1, True)])
+async def test_a_command_of_exactly_the_size_limit_runs_and_one_byte_more_does_not(
+    harness: Harness, extra: int, too_large: bool
+) -> None:
+    t = harness.add_tenant()
+    cmd = build_command("payment.create", t, {**USD_1000, "payment_method_token": "pm_card_visa"})
+    rec = encode_event(cmd, t.encode(), CloudEventsMode.BINARY)
+    limit = harness.settings.command_max_bytes
+    value = rec.value + b" " * (limit - len(rec.value) + extra)  # JSON allows the spaces
+    emits = await harness.raw(Inbound(rec.key, value, dict(rec.headers), 0, "c", 0, 5))
+    out = [e for e in emits if e.topic == harness.settings.events_topic]
+    assert out, [e.topic for e in emits]
+    reason = data(outcome_of(harness.settings, emits)).get("reason")
+    assert (reason == "payload_too_large") is too_large, reason
