@@ -392,7 +392,7 @@ async def test_a_structured_records_id_and_type_are_listed() -> None:
     assert ParkedRecord("dlq", 0, 3, None, b"\xff", ()).command_id_and_type == ("?", "?")
 
 
-def test_the_idempotency_window_is_never_longer_than_the_providers() -> None:
+async def test_the_idempotency_window_is_never_longer_than_the_providers() -> None:
     """Stripe may drop a key once it is 24 h old. A longer window of our own is refused
     (a request remembered past it would pass as admitted before while the provider
     charges it anew), and a replay is held back an hour inside the window."""
@@ -405,7 +405,7 @@ def test_the_idempotency_window_is_never_longer_than_the_providers() -> None:
     assert stale_after_ms(load_settings(idempotency_ttl_seconds=3600)) == 1_800_000
 
 
-def test_a_command_answered_too_large_is_never_replayed() -> None:
+async def test_a_command_answered_too_large_is_never_replayed() -> None:
     """Its sender was answered `payload_too_large` (final) and may have sent it again,
     smaller, under a new id: re-run once the limit was raised, it charged a second time
     (review finding). Whatever its size, a replay passes it over."""

@@ -238,7 +238,7 @@ async def test_a_new_charge_over_a_lowered_limit_is_still_refused(harness: Harne
     assert data(out)["reason"] == "quota_exceeded"
 
 
-def test_every_command_that_changes_an_entity_is_covered() -> None:
+async def test_every_command_that_changes_an_entity_is_covered() -> None:
     """A new command type must show that its handler finds its own effect before it
     calls the provider (customer.export changes nothing)."""
     assert {name.split(" ")[0] for name in SCENARIOS} == set(COMMANDS) - {"customer.export"}

@@ -215,7 +215,7 @@ async def test_a_redelivered_rejection_writes_its_record_again_for_the_changelog
     assert writes == [RecordAnswers.key(0)]
 
 
-def test_a_kept_park_is_no_rejection_to_an_older_reader() -> None:
+async def test_a_kept_park_is_no_rejection_to_an_older_reader() -> None:
     """An older worker given the record reads only rejections (``kept``): a park under
     their tag would be answered as a rejection with no reason. It decides afresh."""
 
