@@ -448,3 +448,49 @@ async def test_a_batch_counted_again_later_publishes_the_same_alert() -> None:
     h.now = (boundary + 5_000) / 1000  # counted again past the boundary
     await h.runner.run_batch(batch)
     assert len({a.get_id() for a in h.of_type(ALERT_TYPE)}) == 1
+
+
+# ---- exactly-once across a crash (mutation testing) -----------------------------------
+
+
+async def test_the_last_outcome_applied_redelivered_is_not_counted_again() -> None:
+    """A crash after the tenant record landed, before the offsets were committed: the
+    whole batch comes again, its last outcome at exactly the record's `through`."""
+    h = Harness("redeliver")
+    batch = [h.event("payment.succeeded", PAID, cid=f"c{i}") for i in range(3)]
+    await h.runner.run_batch(batch)
+    assert h.state.get("acme")["through"] == batch[-1].message.offset
+    await h.runner.run_batch(batch)
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    [window] = h.of_type(WINDOW_TYPE)
+    assert window.get_data()["events"] == 3
+
+
+async def test_outcomes_whose_ids_landed_without_the_tenant_record_count_on_redelivery() -> None:
+    """The two-step produce: the ids counted (with their own offsets) are durable, the
+    tenant record is not (a crash between). Redelivered, each outcome's id is found with
+    its own offset: the same record, not a re-emission, and it must count."""
+    h = Harness("halfway")
+    batch = [h.event("payment.failed", DECLINE, cid=f"c{i}") for i in range(5)]
+    await h.runner.run_batch(batch)
+    assert len(h.of_type(ALERT_TYPE)) == 1
+    del h.state.data["acme"]  # its record lost with the crash; its ids kept
+    h.published.clear()
+    await h.runner.run_batch(batch)
+    assert len(h.of_type(ALERT_TYPE)) == 1  # the same alert, published again
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    [window] = h.of_type(WINDOW_TYPE)
+    assert window.get_data()["events"] == 5
+
+
+async def test_outcomes_of_unregistered_tenants_leave_no_state() -> None:
+    """Made-up tenant ids are answered unknown_tenant: their outcomes grow no table."""
+    h = Harness("ghost")
+    await h.runner.run_batch(
+        [h.event("payment.failed", DECLINE, cid=f"g{i}", tenant="ghost") for i in range(5)]
+    )
+    assert h.state.get("ghost") is None
+    assert not h.seen.data.data
+    assert h.of_type(ALERT_TYPE) == []

@@ -227,3 +227,29 @@ def test_a_client_clocked_ahead_does_not_crowd_the_present_out_of_the_fraud_rule
             alerts += st.apply(_decline(now + 10 + k, customer_id="cus_tester"), cfg, now + 20)
     assert sum(a.subject == "cus_tester" for a in alerts) == 30  # every minute's window
     assert max(int(w) for w in st.fraud) <= T0 + 29 * 60_000  # none ahead of the clock
+
+
+def test_a_provider_failure_is_not_a_card_decline() -> None:
+    """The provider down must not look like card testing, nor count money as declined
+    (mutation testing)."""
+    for code in ("provider_unavailable", "processing_error", "timeout", "rate_limited"):
+        failed = _outcome(
+            "payment.failed",
+            {"object": {"amount": 500, "currency": "USD"}, "error": {"code": code}},
+        )
+        assert failed is not None and failed.attempt
+        assert not failed.card_declined and failed.declined == 0
+        assert failed.decline_code == code  # still counted apart in the window
+    st = TenantInsights("acme")
+    alerts = []
+    for i in range(CFG.burst_declines * 2):
+        failed = _outcome(
+            "payment.failed",
+            {
+                "object": {"amount": 500, "currency": "USD", "customer_id": "cus_1"},
+                "error": {"code": "provider_unavailable"},
+            },
+        )
+        assert failed is not None
+        alerts += st.apply(replace(failed, event_id=f"f{i}"), CFG)
+    assert alerts == []

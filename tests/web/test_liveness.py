@@ -30,10 +30,16 @@ def test_a_command_agent_stalled_past_the_limit_is_wedged() -> None:
 
 
 def test_a_stalled_ledger_sink_never_fails_liveness() -> None:
-    """A restart does not bring its database back: readiness and alerts report it."""
-    now = [10_000.0]
+    """A restart does not bring its database back: readiness and alerts report it. (Built
+    settled long ago: at its start, a watch counts no stall at all, whatever the agent,
+    so this could not fail; mutation testing.)"""
+    now = [0.0]
     watch = _watch(now)
+    watch.observe(settling=False)
+    now[0] = 10_000.0
     assert watch.failures([Stall("ledger_sink", 9, 9000.0)], after=WEDGED_AFTER) == []
+    assert watch.failures([Stall("insights", 9, 9000.0)], after=WEDGED_AFTER) == []
+    assert watch.failures([Stall("commands", 9, 9000.0)], after=WEDGED_AFTER) != []
 
 
 def test_time_spent_settling_is_not_counted() -> None:
