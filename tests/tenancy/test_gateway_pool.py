@@ -165,3 +165,26 @@ def test_the_cached_build_error_does_not_gather_every_command_s_frames() -> None
             depth, tb = depth + 1, tb.tb_next
         depths.append(depth)
     assert max(depths) == depths[0] < 20, depths[-5:]
+
+
+async def test_a_changed_tenant_record_retires_and_closes_its_old_client(
+    simulator_pool: GatewayPool,
+) -> None:
+    """A rotated key or a changed option builds a new client: the old one's connection
+    pool must be closed, not leaked on every rotation (mutation testing)."""
+    pool = simulator_pool
+    before = Tenant(tenant_id="t-rotated", gateway="simulator")
+    old = pool.get(before)
+    closed: list[object] = []
+    original = old.aclose
+
+    async def aclose() -> None:
+        closed.append(old)
+        await original()
+
+    old.aclose = aclose  # type: ignore[method-assign]
+    after = before.model_copy(update={"gateway_options": {"latency_ms": 1}})
+    new = pool.get(after)
+    assert new is not old and pool.get(after) is new
+    await pool.close_retired()
+    assert closed == [old]
