@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
@@ -183,3 +184,16 @@ def test_encode_outcome_writes_what_the_sdk_writes(
         data = {**data, "entity_id": entity_id}
     expected = encode_event(build_outcome(cmd, outcome, data), tenant.encode(), mode)
     assert encode_outcome(cmd, outcome, data, mode) == expected
+
+
+def test_an_outcome_names_its_command_partition_key_and_trace() -> None:
+    """What downstream consumers route and trace by (mutation testing: the partition key
+    and the trace state were asserted nowhere but end to end)."""
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    cmd = replace(CMD, traceparent=traceparent, tracestate="vendor=abc")
+    out = build_outcome(cmd, "payment.succeeded", {"entity_id": "p1"})
+    assert out.get_extension("causationid") == cmd.command_id
+    assert out.get_extension("partitionkey") == cmd.tenant_id
+    assert out.get_extension("tracestate") == "vendor=abc"
+    assert str(out.get_extension("traceparent")).split("-")[1] == traceparent.split("-")[1]
+    assert out.get_subject() == "p1"
