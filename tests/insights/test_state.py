@@ -253,3 +253,21 @@ def test_a_provider_failure_is_not_a_card_decline() -> None:
         assert failed is not None
         alerts += st.apply(replace(failed, event_id=f"f{i}"), CFG)
     assert alerts == []
+
+
+def test_unpublished_windows_are_never_let_go_for_room() -> None:
+    """At WINDOWS_MAX only published windows make way: an unpublished one's figures would
+    be lost for good (mutation testing). The newer outcome waits, counted as late."""
+    from paystream.insights.state import WINDOWS_MAX
+
+    cfg = replace(CFG, horizon_ms=86_400_000)
+    st = TenantInsights("acme")
+    minute = CFG.window_ms
+    for k in range(WINDOWS_MAX):
+        seen = _seen("payment.succeeded", T0 + k * minute, currency="USD", captured=100)
+        assert st.has_room(seen, cfg)
+        st.apply(seen, cfg)
+    newer = _seen("payment.succeeded", T0 + WINDOWS_MAX * minute, currency="USD", captured=100)
+    assert not st.has_room(newer, cfg)
+    assert len(st.windows) == WINDOWS_MAX
+    assert all(agg["events"] == 1 for agg in st.windows.values())
