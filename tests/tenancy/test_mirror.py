@@ -431,3 +431,20 @@ async def test_a_topic_recreated_during_the_first_load_does_not_leave_it_waiting
     async with _running(mirror):
         await asyncio.wait_for(mirror.ready.wait(), 10)
         assert set(mirror.tenants) == {"b"}
+
+
+async def test_a_write_over_a_record_this_version_cannot_read_is_refused(
+    deployment_factory: Any,
+) -> None:
+    """Even from the last record it can read, which the base matches: whatever the newer
+    record says beyond what this version reads would be undone (mutation testing: only
+    the CLI's earlier read stood in the way)."""
+    dep = await deployment_factory()
+    base = Tenant(tenant_id="newest")
+    await dep.add_tenants(base)
+    newer = {**tenant_record(base), "x": 1}  # active, as the base: only x is new
+    await dep.produce(dep.settings.tenants_topic, (b'"newest"', json.dumps(newer).encode(), None))
+    with pytest.raises(RegistryChanged):
+        await put_tenant_unless_changed(dep.settings, base, base.model_copy(update={"name": "N"}))
+    with pytest.raises(UnreadableTenant):
+        await registered_tenant(dep.settings, "newest")  # the newer record still stands
