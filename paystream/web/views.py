@@ -25,7 +25,7 @@ from paystream.agents import insights
 from paystream.agents.commands import PUBLISH_RETRY_MAX_SECONDS, runner
 from paystream.agents.ledger_sink import AGENT_NAME as OUTCOMES_AGENT
 from paystream.agents.ledger_sink import runner as ledger_runner
-from paystream.agents.offsets import stalls
+from paystream.agents.offsets import Stall, stalls
 from paystream.agents.publish_health import PUBLISH, PublishTrouble
 from paystream.agents.tenants import registry
 from paystream.app import TOKEN_COOKIE, app, settings
@@ -293,7 +293,8 @@ class ReadyView(View):
             partitions=len(_assigned()),
             rebalancing=bool(app.rebalancing),
             recovering=bool(getattr(app, "in_recovery", False)),
-            stalled=[s.describe() for s in stalled if s.agent == source],
+            stalled=stalled,
+            source=source,
         )
         body = {
             "ready": not waiting,
@@ -314,9 +315,12 @@ def not_ready_because(
     partitions: int,
     rebalancing: bool,
     recovering: bool = False,
-    stalled: Sequence[str] = (),
+    stalled: Sequence[Stall] = (),
+    source: str = "commands",
 ) -> list[str]:
-    """What a worker still waits for before it is ready; empty when ready."""
+    """What a worker still waits for before it is ready; empty when ready. Only its
+    ``source`` agent's stall counts: a ledger sink waiting on its database does not stop
+    commands, and taking every worker out of service for it would."""
     waiting = []
     if not registry_loaded:
         waiting.append("tenant registry")
@@ -326,7 +330,7 @@ def not_ready_because(
         waiting.append("rebalance")
     if recovering:
         waiting.append("table recovery")
-    waiting += stalled
+    waiting += [stall.describe() for stall in stalled if stall.agent == source]
     return waiting
 
 

@@ -51,10 +51,21 @@ async def test_what_a_worker_waits_for() -> None:
         "partition assignment",
         "rebalance",
     ]
-    stalled = "commands agent stalled: 40 records behind, no progress for 130 s"
+    from paystream.agents.offsets import Stall
+
+    commands, sink = Stall("commands", 40, 130.0), Stall("ledger_sink", 9, 900.0)
     assert not_ready_because(
-        registry_loaded=True, partitions=2, rebalancing=False, stalled=[stalled]
-    ) == [stalled]
+        registry_loaded=True, partitions=2, rebalancing=False, stalled=[commands, sink]
+    ) == [commands.describe()]
+    # The ledger sink's stall (its database down) takes no worker out of service; it is
+    # the source of a worker that runs no commands (mutation testing).
+    assert (
+        not_ready_because(registry_loaded=True, partitions=2, rebalancing=False, stalled=[sink])
+        == []
+    )
+    assert not_ready_because(
+        registry_loaded=True, partitions=2, rebalancing=False, stalled=[sink], source="ledger_sink"
+    ) == [sink.describe()]
 
 
 async def test_a_lookup_while_tables_settle_is_retried_not_answered_not_found() -> None:
