@@ -596,54 +596,55 @@ async def check_record_limits(settings: Settings) -> str:
     return f"{len(topics)} topics take records of {RECORD_MAX_BYTES} bytes"
 
 
+async def _existing_topic_configs(
+    settings: Settings, names: list[str]
+) -> dict[str, dict[str, str | None]]:
+    """The configs of those of ``names`` that exist, by topic, in their order."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        return {t: await _topic_configs(admin, t) for t in names if t in existing}
+    finally:
+        await admin.close()
+
+
 async def check_write_durability(settings: Settings) -> str:
     """With three replicas or more, every topic paystream writes (its own and its tables'
     changelogs) must have min.insync.replicas at least 2: acks=all waits only for the
     replicas in sync, and Kafka's default lets that be the leader alone."""
     if settings.replication_factor < 3:
         return f"replication factor {settings.replication_factor}: nothing to require"
-    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        topics = [
-            t for t in (*settings.topic_names(), *changelog_topics(settings)) if t in existing
-        ]
-        weak = []
-        for topic in topics:
-            value = (await _topic_configs(admin, topic)).get("min.insync.replicas")
-            if not (value or "1").isdigit() or int(value or "1") < 2:
-                weak.append(f"{topic} ({value or 'broker default'})")
-    finally:
-        await admin.close()
-    if not topics:
+    found = await _existing_topic_configs(
+        settings, [*settings.topic_names(), *changelog_topics(settings)]
+    )
+    weak = []
+    for topic, configs in found.items():
+        value = configs.get("min.insync.replicas")
+        if not (value or "1").isdigit() or int(value or "1") < 2:
+            weak.append(f"{topic} ({value or 'broker default'})")
+    if not found:
         return "no paystream topics yet"
     if weak:
         raise CheckFailed(
             f"an acknowledged write may be on one disk only: min.insync.replicas below 2 on "
             f"{', '.join(weak[:5])}{' ...' if len(weak) > 5 else ''}; set it to 2"
         )
-    return f"{len(topics)} topics need 2 replicas in sync"
+    return f"{len(found)} topics need 2 replicas in sync"
 
 
 async def check_changelog_tombstones(settings: Settings) -> str:
     """The tables' changelogs must keep a deleted key's tombstone after compaction for
     longer than PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS: a worker's store younger than that
     is caught up from the changelog, and would keep a key whose tombstone is gone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        topics = [t for t in changelog_topics(settings) if t in existing]
-        short = []
-        for topic in topics:
-            value = (await _topic_configs(admin, topic)).get("delete.retention.ms")
-            kept_ms = int(value) if value is not None and value.isdigit() else None
-            if kept_ms is not None and kept_ms <= settings.table_store_max_age_seconds * 1000:
-                short.append(f"{topic} ({kept_ms // 1000} s)")
-    finally:
-        await admin.close()
-    if not topics:
+    found = await _existing_topic_configs(settings, changelog_topics(settings))
+    short = []
+    for topic, configs in found.items():
+        value = configs.get("delete.retention.ms")
+        kept_ms = int(value) if value is not None and value.isdigit() else None
+        if kept_ms is not None and kept_ms <= settings.table_store_max_age_seconds * 1000:
+            short.append(f"{topic} ({kept_ms // 1000} s)")
+    if not found:
         return "no table changelogs yet"
     if short:
         raise CheckFailed(
@@ -651,7 +652,7 @@ async def check_changelog_tombstones(settings: Settings) -> str:
             f"(PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS={settings.table_store_max_age_seconds}) "
             f"on {', '.join(short)}: raise their delete.retention.ms, or lower the setting"
         )
-    return f"{len(topics)} changelogs keep tombstones past the store age"
+    return f"{len(found)} changelogs keep tombstones past the store age"
 
 
 _CheckFn = Callable[[Settings], Awaitable[str]]

@@ -96,16 +96,22 @@ async def test_paystreams_own_state_rules_answer_without_the_provider(harness: H
     assert await _effects(harness, t) == before
 
 
-async def test_no_refund_after_a_lost_dispute(harness: Harness) -> None:
-    t = harness.add_tenant()
+async def _lost_dispute(harness: Harness, tenant: str) -> str:
+    """Payment "p1" of ``tenant``, disputed and the dispute accepted (lost): its id."""
     paid = await harness.send(
         "payment.create",
-        t,
+        tenant,
         {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_createDispute"},
     )
-    dispute_id = data(paid)["related"][0]["entity_id"]
-    lost = await harness.send("dispute.accept", t, {"dispute_id": dispute_id})
+    dispute_id = str(data(paid)["related"][0]["entity_id"])
+    lost = await harness.send("dispute.accept", tenant, {"dispute_id": dispute_id})
     assert data(lost)["object"]["status"] == "lost"
+    return dispute_id
+
+
+async def test_no_refund_after_a_lost_dispute(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _lost_dispute(harness, t)
     _provider_down(harness, t)  # paystream's own rule, not the simulator's, must answer
     refund = await harness.send("refund.create", t, {"payment_id": "p1"})
     assert kind(refund) == "command.rejected" and data(refund)["reason"] == "invalid_state"
@@ -863,14 +869,7 @@ async def test_a_closed_dispute_is_refused_by_paystream_itself(
     harness: Harness, command: str, body: dict[str, Any]
 ) -> None:
     t = harness.add_tenant()
-    paid = await harness.send(
-        "payment.create",
-        t,
-        {"payment_id": "p1", **USD_1000, "payment_method_token": "pm_card_createDispute"},
-    )
-    dispute_id = data(paid)["related"][0]["entity_id"]
-    lost = await harness.send("dispute.accept", t, {"dispute_id": dispute_id})
-    assert data(lost)["object"]["status"] == "lost"
+    dispute_id = await _lost_dispute(harness, t)
     out = await _refused_without_the_provider(
         harness, t, command, {"dispute_id": dispute_id, **body}, "invalid_state"
     )
