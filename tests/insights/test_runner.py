@@ -117,6 +117,13 @@ class Harness:
     def of_type(self, kind: str) -> list[Any]:
         return [e for e in self.published if e.get_type() == kind]
 
+    async def first_window_events(self) -> int:
+        """Once the first minute's window closed: the outcomes it counted (the only one)."""
+        self.now = (T0 + 70_000) / 1000
+        await self.runner.tick(lambda p: True)
+        [window] = self.of_type(WINDOW_TYPE)
+        return int(window.get_data()["events"])
+
 
 async def test_a_batch_whose_publication_failed_publishes_its_alert_when_retried() -> None:
     h = Harness("retry")
@@ -126,10 +133,7 @@ async def test_a_batch_whose_publication_failed_publishes_its_alert_when_retried
         await h.runner.run_batch(batch)
     await h.runner.run_batch(batch)  # what _until_stored does: the same batch again
     assert len(h.of_type(ALERT_TYPE)) == 1
-    h.now = (T0 + 70_000) / 1000  # the window closed
-    await h.runner.tick(lambda p: True)
-    [window] = h.of_type(WINDOW_TYPE)
-    assert window.get_data()["events"] == 5  # counted once, not twice
+    assert await h.first_window_events() == 5  # counted once, not twice
 
 
 async def test_a_failed_tick_publishes_its_windows_on_the_next() -> None:
@@ -250,10 +254,7 @@ async def test_with_rocksdb_quiet_tenants_windows_are_published_and_ids_forgotte
 ) -> None:
     h = Harness("rockstick", "rocksdb://", str(tmp_path))
     await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="a1")])
-    h.now = (T0 + 70_000) / 1000
-    await h.runner.tick(lambda p: True)
-    [window] = h.of_type(WINDOW_TYPE)
-    assert window.get_data()["events"] == 1
+    assert await h.first_window_events() == 1
     h.now = (T0 + 3_600_000) / 1000
     await h.runner.tick(lambda p: True)
     assert list(h.seen.items()) == []
@@ -277,10 +278,7 @@ async def test_a_failure_on_one_outcome_does_not_stall_the_batch(
     monkeypatch.setattr(agent, "observe", observe)
     batch = [h.event("payment.succeeded", PAID, cid=c) for c in ("c1", "poison", "c2")]
     await h.runner.run_batch(batch)
-    h.now = (T0 + 70_000) / 1000
-    await h.runner.tick(lambda p: True)
-    [window] = h.of_type(WINDOW_TYPE)
-    assert window.get_data()["events"] == 2
+    assert await h.first_window_events() == 2
 
 
 async def test_a_takeover_republishes_once_its_tables_are_recovered() -> None:
@@ -461,10 +459,7 @@ async def test_the_last_outcome_applied_redelivered_is_not_counted_again() -> No
     await h.runner.run_batch(batch)
     assert h.state.get("acme")["through"] == batch[-1].message.offset
     await h.runner.run_batch(batch)
-    h.now = (T0 + 70_000) / 1000
-    await h.runner.tick(lambda p: True)
-    [window] = h.of_type(WINDOW_TYPE)
-    assert window.get_data()["events"] == 3
+    assert await h.first_window_events() == 3
 
 
 async def test_outcomes_whose_ids_landed_without_the_tenant_record_count_on_redelivery() -> None:
@@ -479,10 +474,7 @@ async def test_outcomes_whose_ids_landed_without_the_tenant_record_count_on_rede
     h.published.clear()
     await h.runner.run_batch(batch)
     assert len(h.of_type(ALERT_TYPE)) == 1  # the same alert, published again
-    h.now = (T0 + 70_000) / 1000
-    await h.runner.tick(lambda p: True)
-    [window] = h.of_type(WINDOW_TYPE)
-    assert window.get_data()["events"] == 5
+    assert await h.first_window_events() == 5
 
 
 async def test_outcomes_of_unregistered_tenants_leave_no_state() -> None:

@@ -71,31 +71,22 @@ async def test_a_table_without_row_level_security_in_force_is_refused(
     ledger_db: LedgerDb, owner_engine: AsyncEngine, off: str, on: str
 ) -> None:
     """Left off after maintenance, one table would show every tenant's rows."""
-    app = create_engine(ledger_db.app_url)
-    async with owner_engine.begin() as c:
-        await c.execute(text(f"ALTER TABLE refunds {off}"))
-    try:
-        with pytest.raises(RlsNotEnforcedError, match="not in force on refunds"):
-            await assert_rls_enforced(app)
-    finally:
-        async with owner_engine.begin() as c:
-            await c.execute(text(f"ALTER TABLE refunds {on}"))
-        await app.dispose()
+    await _refused_while(
+        ledger_db, owner_engine, f"ALTER TABLE refunds {off}", f"ALTER TABLE refunds {on}",
+        "not in force on refunds",
+    )  # fmt: skip
 
 
 async def test_a_table_without_its_policy_is_refused(
     ledger_db: LedgerDb, owner_engine: AsyncEngine
 ) -> None:
-    app = create_engine(ledger_db.app_url)
-    async with owner_engine.begin() as c:
-        await c.execute(text("ALTER POLICY tenant_isolation ON disputes RENAME TO other"))
-    try:
-        with pytest.raises(RlsNotEnforcedError, match="not in force on disputes"):
-            await assert_rls_enforced(app)
-    finally:
-        async with owner_engine.begin() as c:
-            await c.execute(text("ALTER POLICY other ON disputes RENAME TO tenant_isolation"))
-        await app.dispose()
+    await _refused_while(
+        ledger_db,
+        owner_engine,
+        "ALTER POLICY tenant_isolation ON disputes RENAME TO other",
+        "ALTER POLICY other ON disputes RENAME TO tenant_isolation",
+        "not in force on disputes",
+    )
 
 
 async def test_a_private_schema_for_the_app_role_is_not_a_broken_deployment(
@@ -159,16 +150,7 @@ async def test_a_loosened_or_widened_policy_is_refused(
 ) -> None:
     """A policy named tenant_isolation that no longer isolates, or another permissive
     policy beside it (policies are OR-ed), shows every tenant's rows."""
-    app = create_engine(ledger_db.app_url)
-    async with owner_engine.begin() as c:
-        await c.execute(text(loosen))
-    try:
-        with pytest.raises(RlsNotEnforcedError, match="not in force on payments"):
-            await assert_rls_enforced(app)
-    finally:
-        async with owner_engine.begin() as c:
-            await c.execute(text(restore))
-        await app.dispose()
+    await _refused_while(ledger_db, owner_engine, loosen, restore, "not in force on payments")
     restored = create_engine(ledger_db.app_url)
     await assert_rls_enforced(restored)
     await restored.dispose()
@@ -179,15 +161,30 @@ async def test_a_role_with_bypassrls_is_refused(
 ) -> None:
     """BYPASSRLS reads every tenant's rows, as a superuser does (mutation testing: only
     the superuser case was tested)."""
+    await _refused_while(
+        ledger_db,
+        owner_engine,
+        "ALTER ROLE paystream_app BYPASSRLS",
+        "ALTER ROLE paystream_app NOBYPASSRLS",
+        "bypasses row-level security",
+    )
+    app = create_engine(ledger_db.app_url)
+    await assert_rls_enforced(app)
+    await app.dispose()
+
+
+async def _refused_while(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine, change: str, undo: str, match: str
+) -> None:
+    """With ``change`` made by the owner, the guard refuses the app role (``match``);
+    ``undo`` puts it back whatever happens."""
     app = create_engine(ledger_db.app_url)
     async with owner_engine.begin() as c:
-        await c.execute(text("ALTER ROLE paystream_app BYPASSRLS"))
+        await c.execute(text(change))
     try:
-        with pytest.raises(RlsNotEnforcedError, match="bypasses row-level security"):
+        with pytest.raises(RlsNotEnforcedError, match=match):
             await assert_rls_enforced(app)
     finally:
         async with owner_engine.begin() as c:
-            await c.execute(text("ALTER ROLE paystream_app NOBYPASSRLS"))
+            await c.execute(text(undo))
         await app.dispose()
-    await assert_rls_enforced(app)
-    await app.dispose()
