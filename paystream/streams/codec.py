@@ -118,6 +118,8 @@ def decode_record(
     binary = False
     time_raw: bytes | None = None
     ctype = ""
+    named: set[str] = set()
+    twice: list[str] = []
     for name in headers:
         lowered = name.lower()
         if lowered.startswith("ce_"):
@@ -126,10 +128,20 @@ def decode_record(
                 time_raw = fields.pop(name)
         elif lowered == "content-type":
             ctype = headers[name].decode("latin-1").lower()
+        else:
+            continue
+        if lowered in named:
+            twice.append(lowered)
+        named.add(lowered)
     if ctype.startswith(STRUCTURED_CONTENT_TYPE):
         # The content type decides the mode (Kafka binding §3): a structured record may
         # carry ce_* headers too (§3.3.3); its body is the event.
         binary = False
+    if twice and (binary or "content-type" in twice):
+        # One attribute under two spellings ("ce_id", "CE_ID"): the decoder keeps
+        # whichever comes last, and a park (its headers sorted) would be re-driven as
+        # the other one: another command id, another charge.
+        raise UndecodableRecord(f"header {twice[0]!r} given twice (names differing in case)")
     try:
         if binary:
             # The SDK parses `time` with dateutil, a sizeable share of decoding a command;

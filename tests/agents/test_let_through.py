@@ -4,6 +4,7 @@ final rejection by a later change of its tenant: the provider may have acted on 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -477,3 +478,22 @@ async def test_parked_charge_redriven_into_refused_credentials_is_parked_again(
     answer = outcome_of(harness.settings, await harness.processor.process(_resent(t, command_id)))
     assert answer is not None and kind(answer) == "payment.succeeded"
     assert await _charges(harness, t, record) == 1
+
+
+async def test_a_command_naming_its_id_twice_is_refused_before_the_provider(
+    harness: Harness,
+) -> None:
+    """``ce_id`` and ``CE_ID``: the decoder kept the last, a park wrote its headers sorted,
+    and the re-drive ran under the other id: a new request, charged again (review
+    finding). Such a record is now undecodable: dead-lettered, answered, never charged."""
+    t = new_tenant_id()
+    harness.add_tenant(t, gateway_options={"lose_response_first": {"*": 3}})
+    rec = _record(t, "first-id")
+    emits = await harness.processor.process(
+        dataclasses.replace(rec, headers={**rec.headers, "CE_ID": b"second-id"})
+    )
+    assert harness.settings.retry_topic not in [e.topic for e in emits]
+    assert harness.settings.dlq_topic in [e.topic for e in emits]
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "validation_error"
+    assert await _charges(harness, t, dict(harness.tenants[t])) == 0

@@ -93,6 +93,36 @@ def test_a_structured_record_carrying_ce_headers_is_read_as_structured() -> None
     assert decode_record(rec.key, rec.value, upper).get_id() == cmd.get_id()
 
 
+@pytest.mark.parametrize(
+    "twice",
+    [{"CE_ID": b"second"}, {"CE_TRACEPARENT": b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"}],
+    ids=["id", "traceparent"],
+)
+def test_an_attribute_given_twice_in_two_cases_is_undecodable(twice: dict[str, bytes]) -> None:
+    """The decoder keeps whichever spelling comes last, and a park writes its headers
+    sorted: re-driven, the command ran as the other one (another id: a second charge).
+    Review finding."""
+    cmd = build_command(
+        "customer.create", "acme", {}, traceparent="00-" + "3" * 32 + "-" + "4" * 16 + "-01"
+    )
+    rec = encode_event(cmd, b"acme", CloudEventsMode.BINARY)
+    for headers in ({**dict(rec.headers), **twice}, {**twice, **dict(rec.headers)}):
+        with pytest.raises(UndecodableRecord, match="given twice"):
+            decode_record(rec.key, rec.value, headers)
+
+
+def test_a_content_type_given_twice_is_undecodable_and_ignored_ce_headers_are_not() -> None:
+    """The content type decides the mode: given twice, a park could flip it. The ce_*
+    headers of a structured record are not read, so two spellings there decide nothing."""
+    cmd = build_command("customer.create", "acme", {})
+    rec = encode_event(cmd, b"acme", CloudEventsMode.STRUCTURED)
+    both = {"content-type": b"application/cloudevents+json", "Content-Type": b"text/plain"}
+    with pytest.raises(UndecodableRecord, match="given twice"):
+        decode_record(rec.key, rec.value, both)
+    ignored = {**dict(rec.headers), "ce_id": b"a", "CE_ID": b"b"}
+    assert decode_record(rec.key, rec.value, ignored).get_id() == cmd.get_id()
+
+
 def test_specversion_is_required_and_attributes_are_scalars() -> None:
     cmd = build_command("customer.create", "acme", {})
     binary = encode_event(cmd, b"acme", CloudEventsMode.BINARY)
