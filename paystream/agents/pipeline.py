@@ -38,6 +38,8 @@ from paystream.agents.card_data import (
     safe_tenant,
     safe_type,
     security_code_outside_data,
+    trace_context_without_cards,
+    without_card_trace,
     without_code_headers,
 )
 from paystream.agents.entity_probe import (
@@ -69,6 +71,7 @@ from paystream.streams.codec import (
     KafkaRecord,
     UndecodableRecord,
     decode_record,
+    is_structured,
     valid_unicode,
 )
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, ID_MAX_CHARS
@@ -230,6 +233,20 @@ class CommandProcessor:
                 when=when,
                 suspicious=suspicious,
             )
+        if size > ATTRIBUTES_MAX_BYTES and is_structured(rec.headers):
+            # A structured command's attributes are in its value: held to the same limit
+            # (a 60 KB traceparent was copied into its outcome and every record it wrote).
+            named = _attribute_bytes(event)
+            if named > ATTRIBUTES_MAX_BYTES:
+                return self._dead_letter(
+                    rec,
+                    "payload_too_large",
+                    f"key and CloudEvents attributes {named} bytes (limit {ATTRIBUTES_MAX_BYTES})",
+                    reject=RejectReason.PAYLOAD_TOO_LARGE,
+                    when=when,
+                    suspicious=suspicious,
+                    decoded=True,
+                )
         if suspicious and event_holds_card(rec, event):
             # Before any other rule: every other answer echoes the command's attributes.
             return self._reject(
@@ -237,16 +254,23 @@ class CommandProcessor:
                 RejectReason.CARD_DATA_FORBIDDEN,
                 "card numbers are not accepted; tokenise with the provider and send its token",
             )
-        return await self._process_event(rec, event, when, trace)
+        return await self._process_event(rec, event, when, trace, suspicious)
 
     async def _process_event(
-        self, rec: Inbound, event: CloudEvent, when: datetime, trace: CommandTrace | None
+        self,
+        rec: Inbound,
+        event: CloudEvent,
+        when: datetime,
+        trace: CommandTrace | None,
+        suspicious: bool = True,
     ) -> list[Emit]:
         ce_type = event.get_type()
         tenant_id = str(event.get_extension("tenantid") or "")
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
         traceparent = event.get_extension("traceparent")
         tracestate = event.get_extension("tracestate")
+        if suspicious and (traceparent or tracestate):
+            traceparent, tracestate = trace_context_without_cards(traceparent, tracestate)
         suffix = ce_type.removeprefix(COMMAND_PREFIX)
         sent_at = event.get_time()
         bad_time = None if sent_at is None else _bad_time(sent_at)
@@ -1685,9 +1709,11 @@ class CommandProcessor:
         reject: RejectReason | None,
         when: datetime,
         suspicious: bool = True,
+        decoded: bool = False,
     ) -> list[Emit]:
         """Dead-letter the raw bytes; also reject if the headers identify a command (and
-        ``reject`` is given: None for one that must get no final answer).
+        ``reject`` is given: None for one that must get no final answer). An oversized
+        record's value is not parsed, unless it ``decoded`` (within the value limit).
 
         Bytes holding a card number are not kept (PCI): the dead letter then carries only
         where it came from and why, and the rejection names no attribute that held one.
@@ -1704,7 +1730,7 @@ class CommandProcessor:
         # An oversized record is not parsed (at any size): its escapes are resolved as text.
         try:
             card = suspicious and raw_holds_card(
-                rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE
+                rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE
             )
             code = not card and raw_holds_security_code(rec)
         except Exception:
@@ -1742,7 +1768,7 @@ class CommandProcessor:
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
         out = [Emit(self.settings.dlq_topic, KafkaRecord(key, value, headers))]
-        identity = _identity(rec, parse=reject is not RejectReason.PAYLOAD_TOO_LARGE)
+        identity = _identity(rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE)
         if identity is not None and reject is not None:
             tenant, cmd_id, ce_type = identity
             cmd = CommandRef(
@@ -1888,7 +1914,9 @@ class CommandProcessor:
                 {
                     # (Without a header holding a card security code: only one let
                     # through once, which the provider may have acted on, has one.)
-                    **without_code_headers(kept_headers(rec.headers)),
+                    **without_code_headers(
+                        without_card_trace(kept_headers(rec.headers), cmd.tracestate)
+                    ),
                     "paystream-park-reason": reason.encode(),
                     "paystream-source": f"{rec.topic}/{rec.partition}/{rec.offset}".encode(),
                     FIRST_ATTEMPT_HEADER: str(self._first_attempt_ms(rec)).encode(),
@@ -2097,6 +2125,19 @@ def _record_size(rec: Inbound) -> int:
 # The range a datetime can hold (years 1-9999), in epoch milliseconds.
 _MIN_TIME_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _MAX_TIME_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
+
+
+def _attribute_bytes(event: CloudEvent) -> int:
+    """The size of a command's attributes as text: not its data, nor the id, tenant and
+    type, whose own limit (ID_MAX_CHARS) is answered as a validation error."""
+    return sum(
+        len(name) + len(str(value))
+        for name, value in event.get_attributes().items()
+        if name not in _ANSWERED_IF_TOO_LONG
+    )
+
+
+_ANSWERED_IF_TOO_LONG = frozenset({"id", "tenantid", "type"})
 
 
 def record_time(timestamp_ms: int) -> datetime:

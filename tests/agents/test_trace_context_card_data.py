@@ -1,0 +1,148 @@
+"""Trace context that reads as a card number, and trace context's size (review findings).
+
+A random trace id holds a Luhn-valid run of 13 to 19 digits about one time in 430, and
+New Relic's trace-state member ends in a 13-digit millisecond timestamp that passes Luhn
+one time in ten: such commands were refused `card_data_forbidden`. Now that trace context
+is dropped instead (card_data.trace_context_without_cards), and the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from paystream.agents.pipeline import Emit, Inbound
+from paystream.client import build_command
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.streams.pan import contains_card_number
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Harness, data, kind, outcome_of
+
+pytestmark = pytest.mark.asyncio
+
+# W3C-valid, as OpenTelemetry's random id generator drew it; its trace id holds a
+# Luhn-valid run of 16 digits.
+CARD_LIKE_TRACEPARENT = "00-459f039076e099f944d5017262279051-c812fed7cbc0981c-01"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+# New Relic's member: its last field a 13-digit millisecond timestamp, Luhn-valid here.
+NEW_RELIC = "33@nr=0-0-33-5043-27ddd2d8890283b4-5569065a5b1313bd-1-1.23456-1764547200006"
+_PAY = {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"}
+_CARD_LIKE = re.compile(r"459f039076e099f9|1764547200006")
+
+
+async def test_the_examples_read_as_card_numbers() -> None:
+    assert contains_card_number(CARD_LIKE_TRACEPARENT) and contains_card_number(NEW_RELIC)
+    assert not contains_card_number(TRACEPARENT)
+
+
+def _blob(emits: list[Emit]) -> str:
+    parts = []
+    for e in emits:
+        rec = e.record
+        parts += [rec.key or b"", rec.value, *(k.encode() + v for k, v in rec.headers)]
+    return b"".join(parts).decode("utf-8", "replace")
+
+
+def _inbound(h: Harness, event: Any, mode: CloudEventsMode, offset: int) -> Inbound:
+    tenant = str(event.get_extension("tenantid"))
+    rec = encode_event(event, tenant.encode(), mode)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, h.settings.commands_topic, 0,
+        offset,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", list(CloudEventsMode))
+async def test_a_traceparent_reading_as_a_card_number_is_dropped_not_the_payment(
+    harness: Harness, mode: CloudEventsMode
+) -> None:
+    t = harness.add_tenant()
+    event = build_command("payment.create", t, _PAY, traceparent=CARD_LIKE_TRACEPARENT)
+    emits = await harness.raw(_inbound(harness, event, mode, 1))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "payment.succeeded", out and data(out)
+    assert out.get_extension("traceparent") is None  # the command's own trace, not carried
+    assert not _CARD_LIKE.search(_blob(emits))
+    stored = json.dumps([dict(harness.idempotency), dict(harness.tables.payments)])
+    assert not _CARD_LIKE.search(stored)
+    again = outcome_of(harness.settings, await harness.raw(_inbound(harness, event, mode, 1)))
+    assert again is not None and again.get_id() == out.get_id()  # a redelivery: the same
+
+
+@pytest.mark.parametrize("mode", list(CloudEventsMode))
+async def test_a_trace_state_member_reading_as_a_card_number_is_dropped_not_the_payment(
+    harness: Harness, mode: CloudEventsMode
+) -> None:
+    t = harness.add_tenant()
+    state = f"{NEW_RELIC},rojo=00f067aa0ba902b7"
+    event = build_command("payment.create", t, _PAY, traceparent=TRACEPARENT, tracestate=state)
+    emits = await harness.raw(_inbound(harness, event, mode, 1))
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and kind(out) == "payment.succeeded", out and data(out)
+    assert str(out.get_extension("traceparent")).split("-")[1] == TRACEPARENT.split("-")[1]
+    assert out.get_extension("tracestate") == "rojo=00f067aa0ba902b7"
+    assert not _CARD_LIKE.search(_blob(emits))
+
+
+async def test_a_park_keeps_no_trace_context_reading_as_a_card_number(redis_url: str) -> None:
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant(gateway_options={"fail_first": {"*": 3}})
+        state = f"{NEW_RELIC},rojo=00f067aa0ba902b7"
+        for offset, traceparent in enumerate((CARD_LIKE_TRACEPARENT, TRACEPARENT), start=1):
+            event = build_command(
+                "customer.create", t, {}, traceparent=traceparent, tracestate=state
+            )
+            [park] = await h.raw(_inbound(h, event, CloudEventsMode.BINARY, offset))
+            assert park.topic == h.settings.retry_topic
+            headers = dict(park.record.headers)
+            assert not _CARD_LIKE.search(_blob([park]))
+            if traceparent == TRACEPARENT:
+                assert headers["ce_traceparent"] == TRACEPARENT.encode()
+                assert headers["ce_tracestate"] == b"rojo=00f067aa0ba902b7"
+            else:  # no parent: no trace state passed on (W3C)
+                assert "ce_traceparent" not in headers and "ce_tracestate" not in headers
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a structured command's park keeps its body as it came, trace "
+    "context reading as a card number included (README: Card data)",
+)
+async def test_a_structured_park_keeps_no_trace_context_reading_as_a_card_number(
+    redis_url: str,
+) -> None:
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant(gateway_options={"fail_first": {"*": 3}})
+        event = build_command("customer.create", t, {}, traceparent=CARD_LIKE_TRACEPARENT)
+        [park] = await h.raw(_inbound(h, event, CloudEventsMode.STRUCTURED, 1))
+        assert park.topic == h.settings.retry_topic
+        assert not _CARD_LIKE.search(_blob([park]))
+
+
+async def test_a_structured_commands_attributes_are_held_to_the_headers_limit(
+    harness: Harness,
+) -> None:
+    """The 16 KiB limit counted binary-mode headers only: a structured command's 60 KB
+    traceparent was copied into its outcome and every record it wrote."""
+    t = harness.add_tenant()
+    reasons = {}
+    for offset, mode in enumerate(CloudEventsMode, start=1):
+        event = build_command("customer.create", t, {}, traceparent="x" * 60_000)
+        emits = await harness.raw(_inbound(harness, event, mode, offset))
+        out = outcome_of(harness.settings, emits)
+        assert out is not None and kind(out) == "command.rejected"
+        reasons[mode] = data(out)["reason"]
+        assert harness.settings.dlq_topic in [e.topic for e in emits]
+        assert max(len(e.record.value) + sum(len(v) for _, v in e.record.headers)
+                   for e in emits if e.topic != harness.settings.dlq_topic) < 16_384  # fmt: skip
+    assert set(reasons.values()) == {"payload_too_large"}
+    large = {"metadata": {f"k{i}": "v" * 490 for i in range(40)}}  # a 20 KB body
+    fits = build_command("customer.create", t, large, traceparent=TRACEPARENT)
+    out = outcome_of(
+        harness.settings, await harness.raw(_inbound(harness, fits, CloudEventsMode.STRUCTURED, 9))
+    )
+    assert out is not None and kind(out) == "customer.created"  # a large body is not the limit
