@@ -209,23 +209,28 @@ class InsightsRunner:
             SKIPPED.labels("duplicate").inc()
             return
         now_ms = int(self._clock() * 1000)
-        if st.is_late(seen, now_ms, self.config):
+        # When the outcome was produced (its record's time; 0 or None: not known), the
+        # same on every redelivery.
+        produced = getattr(msg, "timestamp", None)
+        produced_at = int(produced * 1000) if produced else now_ms
+        # Late by when it was produced, not by when it is read: a backlog (the agent held
+        # while the ledger's database was down) was all skipped as late.
+        if st.is_late(seen, produced_at, self.config):
             SKIPPED.labels("late").inc()
             return
         if st.is_future(seen, now_ms, self.config):
             SKIPPED.labels("future").inc()
             return
-        if not st.has_room(seen, self.config):
-            SKIPPED.labels("late").inc()  # (as many windows kept as fit one record)
-            return
+        # No window kept for it (as many are kept as fit one record): not counted, but
+        # the fraud rules still see it (a card tester is not let off for a crowded state).
+        room = st.has_room(seen, self.config)
+        if not room:
+            SKIPPED.labels("late").inc()
         ws = window_start(seen.time_ms, self.config.window_ms)
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
-        # The fraud rules clamp a command dated ahead to this: the outcome record's own
-        # time (when it was produced), the same on every redelivery, so a batch counted
-        # again publishes the same alert ids (the worker's clock moved on would not).
-        produced = getattr(msg, "timestamp", None)  # seconds; 0 or None: not known
-        produced_at = int(produced * 1000) if produced else now_ms
-        for alert in st.apply(seen, self.config, produced_at):
+        # The fraud rules clamp a command dated ahead to ``produced_at``, so a batch
+        # counted again publishes the same alert ids (the worker's clock moved on would not).
+        for alert in st.apply(seen, self.config, produced_at, count=room):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
 

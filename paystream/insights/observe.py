@@ -56,6 +56,8 @@ def observe(event: CloudEvent) -> Observed | None:
         return None  # not a type paystream emits (and no key for a window's counts)
     data = event.get_data()
     data = data if isinstance(data, dict) else {}
+    if data.get("answered_by"):
+        return None  # another command's outcome (counted under its own id), re-answered
     obj = data.get("object")
     obj = obj if isinstance(obj, dict) else {}
     error = data.get("error")

@@ -13,6 +13,7 @@ is counted as late only: its window is gone, and its id would no longer be recog
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,8 +114,11 @@ class TenantInsights:
     def is_future(self, seen: Observed, now_ms: int, cfg: InsightsConfig) -> bool:
         """Dated more than the horizon ahead (a command's time is its client's): its
         window would stay open, its id kept, until then (year 9999 is accepted), so
-        such outcomes would grow the record past the broker's message size."""
-        return seen.time_ms >= now_ms + cfg.horizon_ms
+        such outcomes would grow the record past the broker's message size. Nor more
+        than half the windows kept ahead: a client clocked ahead filled them all (short
+        windows, long horizon), and the present's outcomes found no room."""
+        ahead = min(cfg.horizon_ms, WINDOWS_MAX // 2 * cfg.window_ms)
+        return seen.time_ms >= now_ms + ahead
 
     def has_room(self, seen: Observed, cfg: InsightsConfig) -> bool:
         """Can the outcome's window be kept (it is, or an older published one can make
@@ -138,11 +142,15 @@ class TenantInsights:
         self.evicted_through = max(self.evicted_through, oldest)
         return True
 
-    def apply(self, seen: Observed, cfg: InsightsConfig, now_ms: int | None = None) -> list[Alert]:
+    def apply(
+        self, seen: Observed, cfg: InsightsConfig, now_ms: int | None = None, *, count: bool = True
+    ) -> list[Alert]:
         """Count one outcome (not a duplicate, not late) in its windows; the alerts it fires.
         ``now_ms``: the fraud rules count no later than it (the outcome record's time: the
-        same on a redelivery, so are the alert ids)."""
-        self._count(seen, cfg)
+        same on a redelivery, so are the alert ids). ``count``: False when its window
+        cannot be kept (``has_room``): the fraud rules see it all the same."""
+        if count:
+            self._count(seen, cfg)
         return self._rules(seen, cfg, now_ms)
 
     def _count(self, seen: Observed, cfg: InsightsConfig) -> None:
@@ -193,7 +201,9 @@ class TenantInsights:
         ):
             if subject is None:
                 continue
-            name = f"{subject_type}:{subject}"
+            # A digest, not the name (ids run to 255 characters): 2,000 names a window
+            # over a few windows outgrew the broker's message size.
+            name = hashlib.blake2b(f"{subject_type}:{subject}".encode(), digest_size=12).hexdigest()
             counts = fw["by"]
             if name not in counts and len(counts) >= SUBJECTS_MAX:
                 fw["untracked"] += 1

@@ -1,0 +1,118 @@
+"""Outcomes the insights counted twice, or not at all, and a record that outgrew a
+message (review findings, each failing before its fix)."""
+
+from __future__ import annotations
+
+import pytest
+
+from paystream.agents.insights import config_from
+from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
+from paystream.settings import CloudEventsMode, Settings
+from paystream.streams.codec import KafkaRecord, decode_record
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Harness as PipelineHarness
+from tests.agents.harness import data, kind
+from tests.agents.test_let_through import _parked_after_a_charge, _record
+from tests.insights.test_runner import DECLINE, PAID, T0, Harness, _Event, _Msg
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _answered_by_another(harness: PipelineHarness) -> list[KafkaRecord]:
+    """The outcomes of c2 (p1's resend) and of c1 (p1's create, parked after its charge,
+    re-driven after c2 ran)."""
+    t, _ = await _parked_after_a_charge(harness)  # c1 charged p1, its answer lost: parked
+    emits = await harness.processor.process(_record(t, "c2"))
+    emits += await harness.processor.process(_record(t))  # c1 re-driven
+    return [e.record for e in emits if e.topic == harness.settings.events_topic]
+
+
+async def test_a_create_answered_by_its_resend_is_not_counted_twice(redis_url: str) -> None:
+    """A parked create re-driven after its resend ran is answered with the resend's
+    payment (`answered_by`): one charge, which the windows counted twice."""
+    async with running_harness(redis_url) as harness:
+        records = await _answered_by_another(harness)
+    decoded = [decode_record(r.key, r.value, dict(r.headers)) for r in records]
+    at_ms = int(decoded[0].get_time().timestamp() * 1000)
+    assert [kind(e) for e in decoded] == ["payment.succeeded", "payment.succeeded"]
+    assert data(decoded[1])["answered_by"] == "c2"
+    ins = Harness("answered")
+    ins.runner.tenants = {str(decoded[0].get_extension("tenantid")): object()}
+    events = [
+        _Event(_Msg(r.key, r.value, list(r.headers), 0, offset))
+        for offset, r in enumerate(records, start=1)
+    ]
+    ins.now = at_ms / 1000
+    await ins.runner.run_batch(events)
+    ins.now = (at_ms + 3 * 60_000) / 1000
+    await ins.runner.tick(lambda p: True)
+    [window] = ins.of_type(WINDOW_TYPE)
+    assert window.get_data()["money"]["USD"]["captured"] == 5000
+    assert window.get_data()["events"] == 1
+
+
+@pytest.mark.parametrize("length", [160, 255])
+async def test_fraud_subjects_at_their_bounds_keep_the_record_within_a_message(
+    length: int,
+) -> None:
+    """2,000 distinct subjects a fraud window, ids of up to 255 characters, over the
+    horizon's three fraud windows: the names alone outgrew the broker's message size
+    (the harness refuses records of 1 MB or more)."""
+    h = Harness("subjects")
+    fw = h.runner.config.fraud_window_ms
+    n = 0
+    for w in range(3):
+        h.now = (T0 + w * fw + 1_000) / 1000
+        batch = []
+        for _ in range(1_000):
+            n += 1
+            obj = {
+                **DECLINE["object"],
+                "customer_id": f"{n:06d}".ljust(length, "c"),
+                "payment_method_id": f"{n:06d}".ljust(length, "m"),
+            }
+            batch.append(
+                h.event(
+                    "payment.failed", {**DECLINE, "object": obj}, cid=f"d{n}", at_ms=T0 + w * fw
+                )
+            )
+        await h.runner.run_batch(batch)
+
+
+async def test_a_client_clocked_ahead_does_not_crowd_the_present_out() -> None:
+    """Short windows, the default horizon: outcomes dated up to the horizon ahead filled
+    every window kept, and the present's were skipped, fraud rules and all."""
+    h = Harness("crowded")
+    cfg = Settings(cloudevents_mode=CloudEventsMode.BINARY, insights_window_seconds=10)  # type: ignore[call-arg]
+    h.runner.settings, h.runner.config = cfg, config_from(cfg)
+    for n, second in enumerate(range(0, 700, 10)):  # the skewed client: 890 s ahead
+        h.now = (T0 + second * 1000) / 1000
+        at = T0 + second * 1000 + 890_000
+        await h.runner.run_batch([h.event("payment.succeeded", PAID, cid=f"a{n}", at_ms=at)])
+    at = int(h.now * 1000)  # a card tester, through the tenant's correctly clocked server
+    await h.runner.run_batch(
+        [h.event("payment.failed", DECLINE, cid=f"t{i}", at_ms=at + i) for i in range(5)]
+    )
+    assert len(h.of_type(ALERT_TYPE)) == 1
+    h.now = (at + 20_000) / 1000
+    await h.runner.tick(lambda p: True)
+    present = [w for w in h.of_type(WINDOW_TYPE) if w.get_data()["outcomes"].get("payment.failed")]
+    assert present and present[0].get_data()["events"] == 5
+
+
+async def test_outcomes_of_a_backlog_are_counted_when_it_is_read() -> None:
+    """The insights share their agent with the ledger sink, which holds a batch while
+    PostgreSQL is down: read 16 minutes late, every outcome was skipped as late."""
+    h = Harness("backlog")
+    batch = [
+        h.event("payment.failed", DECLINE, cid=f"c{i}", at_ms=T0 + i, produced_ms=T0 + i + 50)
+        for i in range(5)
+    ]
+    h.now = (T0 + 16 * 60_000) / 1000  # the ledger's database came back
+    await h.runner.run_batch(batch)
+    await h.runner.tick(lambda p: True)
+    assert len(h.of_type(ALERT_TYPE)) == 1
+    windows = h.of_type(WINDOW_TYPE)  # (published again by the tick: the same event)
+    assert windows and {(w.get_id(), w.get_data()["events"]) for w in windows} == {
+        (windows[0].get_id(), 5)
+    }
