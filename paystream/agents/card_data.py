@@ -44,6 +44,7 @@ __all__ = [
     "kept_attributes_hold_code",
     "kept_headers",
     "key_str",
+    "park_value",
     "raw_holds_card",
     "raw_holds_security_code",
     "raw_may_hold_card",
@@ -155,6 +156,31 @@ def without_card_trace(headers: Mapping[str, bytes], tracestate: str | None) -> 
 
 
 _TRACE_HEADERS = frozenset("ce_" + name for name in _TRACE_CONTEXT)
+
+
+def park_value(rec: Inbound) -> bytes:
+    """The value a park keeps: as it came, but a structured command's body without trace
+    context that reads as a card number (trace_context_without_cards), written again.
+    (Its data, and so its request, is the same; parks are rare, so the parse is cheap.)"""
+    value = rec.value or b""
+    if not value or not is_structured(rec.headers) or not raw_may_contain_card_number(value):
+        return value
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    if not isinstance(body, dict):
+        return value
+    given = (body.get("traceparent"), body.get("tracestate"))
+    kept = trace_context_without_cards(*given)
+    if kept == given:
+        return value
+    for name, was, now in zip(_TRACE_CONTEXT, given, kept, strict=True):
+        if now is None:
+            body.pop(name, None)
+        elif now != was:
+            body[name] = now
+    return orjson.dumps(body)
 
 
 def _value_text_holds_card(rec: Inbound, trace: Sequence[str] = ()) -> bool:

@@ -31,6 +31,7 @@ from paystream.agents.card_data import (
     kept_attributes_hold_code,
     kept_headers,
     key_str,
+    park_value,
     raw_holds_card,
     raw_holds_security_code,
     raw_may_hold_card,
@@ -1930,7 +1931,7 @@ class CommandProcessor:
                 }.items()
             )
         )
-        return [Emit(self.settings.retry_topic, KafkaRecord(rec.key, rec.value or b"", headers))]
+        return [Emit(self.settings.retry_topic, KafkaRecord(rec.key, park_value(rec), headers))]
 
 
 # Idempotency states of a command let through and not answered.
