@@ -112,7 +112,14 @@ def event_holds_card(rec: Inbound, event: CloudEvent) -> bool:
     headers = _header_texts(rec)
     if trace:
         attributes = {k: v for k, v in attributes.items() if k not in _TRACE_CONTEXT}
-        headers = [h for h in headers if h not in trace]
+        # Only the trace headers themselves (by name; a park cleans them), never another
+        # header or the key that happens to equal them.
+        kept = kept_headers(rec.headers)
+        headers = [key_str(rec.key), *kept]
+        headers += (v.decode("utf-8", "replace") for k, v in kept.items()
+                    if k.lower() not in _TRACE_HEADERS)  # fmt: skip
+        if not is_structured(rec.headers):
+            trace = []  # binary mode: the value holds no trace context, only data
     return contains_card_number(raw, attributes, headers) or _value_text_holds_card(rec, trace)
 
 
@@ -190,7 +197,11 @@ def _value_text_holds_card(rec: Inbound, trace: Sequence[str] = ()) -> bool:
     value = rec.value or b""
     text = value.decode("utf-8", "replace")
     for member in trace:
-        text = text.replace(orjson.dumps(member).decode(), '""')
+        # Only where the trace context itself is: the same string once more (a key
+        # given twice, whose earlier value the parsed scans never saw) is scanned.
+        written = orjson.dumps(member).decode()
+        if text.count(written) == trace.count(member):
+            text = text.replace(written, '""')
     if b"\\" in value:
         text = _unescaped(text)
     return contains_card_number(with_float_digits(text))

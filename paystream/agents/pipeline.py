@@ -226,11 +226,15 @@ class CommandProcessor:
         try:
             event = decode_record(rec.key, rec.value, rec.headers)
         except UndecodableRecord as exc:
+            # A re-drive (it names its first attempt) decoded when it was parked: only a
+            # stricter rule since refuses it, and the provider may have acted on it, so it
+            # gets no answer (its dead letter is for an operator to look at).
+            redrive = FIRST_ATTEMPT_HEADER in rec.headers
             return self._dead_letter(
                 rec,
                 "not_a_cloudevent",
                 str(exc),
-                reject=RejectReason.VALIDATION_ERROR,
+                reject=None if redrive else RejectReason.VALIDATION_ERROR,
                 when=when,
                 suspicious=suspicious,
             )
@@ -238,7 +242,13 @@ class CommandProcessor:
             # A structured command's attributes are in its value: held to the same limit
             # (a 60 KB traceparent was copied into its outcome and every record it wrote).
             named = _attribute_bytes(event)
-            if named > ATTRIBUTES_MAX_BYTES:
+            tenant = str(event.get_extension("tenantid") or "") or key_str(rec.key)
+            idem = str(event.get_extension("idempotencykey") or event.get_id())
+            # (Not one a version before this limit admitted: its answer, or its re-drive
+            # of a request the provider may have acted on, stands.)
+            if named > ATTRIBUTES_MAX_BYTES and (
+                self._idempotency_record(f"{tenant}:{idem}", time.time()) is None
+            ):
                 return self._dead_letter(
                     rec,
                     "payload_too_large",
