@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -173,8 +174,10 @@ def park_value(rec: Inbound) -> bytes:
     if not value or not is_structured(rec.headers) or not raw_may_contain_card_number(value):
         return value
     try:
-        body = orjson.loads(value)
-    except orjson.JSONDecodeError:
+        # The decoder's parser (the SDK's stdlib json): orjson refuses NaN, Infinity and
+        # 1e400, which the decoder took, and reads integers past 64 bits as floats.
+        body = json.loads(value)
+    except ValueError:
         return value
     if not isinstance(body, dict):
         return value
@@ -187,7 +190,7 @@ def park_value(rec: Inbound) -> bytes:
             body.pop(name, None)
         elif now != was:
             body[name] = now
-    return orjson.dumps(body)
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _value_text_holds_card(rec: Inbound, trace: Sequence[str] = ()) -> bool:
@@ -449,7 +452,10 @@ def raw_holds_security_code(rec: Inbound) -> bool:
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return False
+        try:  # what the decoder (stdlib json) reads and orjson does not: NaN, 1e400
+            parsed = json.loads(value)
+        except ValueError:
+            return False
     if isinstance(parsed, dict) and isinstance(parsed.get("tracestate"), str):
         # A structured command's trace state: its members are key=value pairs ("cvc=737").
         members = tracestate_members(parsed["tracestate"])

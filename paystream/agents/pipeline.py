@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import time
@@ -257,6 +258,14 @@ class CommandProcessor:
                     when=when,
                     suspicious=suspicious,
                     decoded=True,
+                )
+            if named > ATTRIBUTES_MAX_BYTES:
+                # Admitted before (its answer stands), but its oversized trace context,
+                # no part of the request, is not echoed: it starts a trace of its own.
+                attrs = event.get_attributes()
+                event = type(event)(
+                    {k: v for k, v in attrs.items() if k not in ("traceparent", "tracestate")},
+                    event.get_data(),
                 )
         if suspicious and event_holds_card(rec, event):
             # Before any other rule: every other answer echoes the command's attributes.
@@ -2102,7 +2111,10 @@ def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
         try:
             body = orjson.loads(rec.value)
         except orjson.JSONDecodeError:
-            body = None
+            try:  # what the decoder (stdlib json) reads and orjson does not: NaN, 1e400
+                body = json.loads(rec.value)
+            except ValueError:
+                body = None
         if isinstance(body, dict):
             found = {k: body.get(k) for k in ("id", "tenantid", "type")}
     tenant, cmd_id, ce_type = found.get("tenantid"), found.get("id"), found.get("type") or ""
