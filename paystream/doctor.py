@@ -269,9 +269,24 @@ async def check_redis(settings: Settings) -> str:
         if not await client.ping():
             raise CheckFailed("PING not answered")
         info = await client.info("server")
-        return f"PING ok, Redis {info.get('redis_version', '?')}"
+        memory = await client.info("memory")
+        persistence = await client.info("persistence")
     finally:
         await client.aclose()
+    # It stands in for a provider's own storage: an evicted idempotency record makes a
+    # re-sent charge a second one (every key there has a TTL, so volatile-* evict too).
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        raise CheckFailed(
+            f"maxmemory-policy {policy} evicts keys under memory pressure: the simulator's "
+            "idempotency records among them; set noeviction"
+        )
+    kept = (
+        "AOF on"
+        if persistence.get("aof_enabled") in (1, "1")
+        else "AOF off (a restart loses what no snapshot holds: development only)"
+    )
+    return f"PING ok, Redis {info.get('redis_version', '?')}, noeviction, {kept}"
 
 
 async def check_headers(settings: Settings) -> str:

@@ -17,6 +17,7 @@ from paystream.doctor import (
     check_command_timestamps,
     check_parked_retention,
     check_record_limits,
+    check_redis,
     check_registry_compacted,
     check_tenant_secrets,
     check_write_durability,
@@ -38,6 +39,31 @@ async def test_doctor_passes_on_the_stack(stack_settings: Settings) -> None:
         by_name = {r.name: r for r in results}
         assert "corrected by workaround" in by_name["end offsets after batch"].figure
         assert "fetch_wait" in by_name["workarounds for flavor"].figure
+
+
+async def test_doctor_fails_a_redis_that_evicts_keys(stack_settings: Settings) -> None:
+    """The simulator's Redis stands in for a provider's storage: an evicted idempotency
+    record (every key there has a TTL) makes a re-sent charge a second one. Review
+    finding (a Redis outage drill)."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
+
+    assert stack_settings.redis_url is not None
+    assert "noeviction" in await check_redis(stack_settings)
+    client = aioredis.Redis.from_url(stack_settings.redis_url)
+    try:
+        try:
+            [(_, before)] = (await client.config_get("maxmemory-policy")).items()
+            await client.config_set("maxmemory-policy", "volatile-lru")
+        except ResponseError:
+            pytest.skip("this Redis does not take CONFIG SET")
+        try:
+            with pytest.raises(CheckFailed, match="volatile-lru evicts keys"):
+                await check_redis(stack_settings)
+        finally:
+            await client.config_set("maxmemory-policy", before)
+    finally:
+        await client.aclose()
 
 
 async def test_doctor_fails_when_nothing_answers() -> None:

@@ -190,7 +190,12 @@ class HandlerContext:
             entity_key(self.tenant, entity_id)
         )
         if raw is None:
-            raise Rejection(RejectReason.NOT_FOUND, f"no such {_label(model)}: {entity_id}")
+            # Not remembered under the idempotency key: the entity may yet be made (its
+            # create parked through a provider outage, and replayed), and the same
+            # command sent again then runs. (A redelivery of this record gets this answer.)
+            raise Rejection(
+                RejectReason.NOT_FOUND, f"no such {_label(model)}: {entity_id}", remember=False
+            )
         record = model.model_validate(raw)
         self._applied_here(record)
         return record

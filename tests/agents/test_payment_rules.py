@@ -621,18 +621,20 @@ async def test_a_refusal_frees_only_the_id_record_it_wrote(harness: Harness) -> 
     """An unremembered refusal under id u1 deleted the record an earlier command under
     u1 wrote: a third, different request under u1 then ran."""
     t = harness.add_tenant()
-    update = {"customer_id": "c9", "name": "A"}
-    first = await harness.send("customer.update", t, update, command_id="u1", idempotency_key="ka")
-    assert data(first)["reason"] == "not_found"  # remembered; u1 names this request
-    await harness.send("customer.create", t, {"customer_id": "c9"})
-    record = harness.tables.customers[f"{t}:c9"]
-    harness.tables.customers[f"{t}:c9"] = {**record, "provider": "x"}
+    pay = {"payment_id": "p9", "amount": 500, "currency": "USD",
+           "payment_method_token": "pm_card_visa", "capture": "manual"}  # fmt: skip
+    await harness.send("payment.create", t, pay)
+    await harness.send("payment.cancel", t, {"payment_id": "p9"})
+    capture = {"payment_id": "p9"}
+    first = await harness.send("payment.capture", t, capture, command_id="u1", idempotency_key="ka")
+    assert data(first)["reason"] == "invalid_state"  # remembered; u1 names this request
+    del harness.tables.payments[f"{t}:p9"]  # (no command removes one: a lost record)
     refused = await harness.send(
-        "customer.update", t, update, command_id="u1", idempotency_key="kb"
+        "payment.capture", t, capture, command_id="u1", idempotency_key="kb"
     )
-    assert data(refused)["reason"] == "invalid_state"  # not remembered
+    assert data(refused)["reason"] == "not_found"  # not remembered
     third = await harness.send(
-        "customer.update", t, {"customer_id": "c9", "name": "B"}, command_id="u1",
+        "payment.capture", t, {"payment_id": "p9", "amount": 100}, command_id="u1",
         idempotency_key="kc",
     )  # fmt: skip
     assert data(third)["reason"] == "idempotency_conflict"

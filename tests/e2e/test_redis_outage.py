@@ -1,0 +1,322 @@
+"""Redis (the simulator's provider-side store) goes away mid-stream under a real worker.
+
+Killed (SIGKILL, restarted ~15 s later on the same port and data dir, AOF on as
+docker-compose runs it) or frozen (SIGSTOP, SIGCONT ~15 s later). Every command gets
+exactly one outcome or is parked, and `dlq replay` finishes the parked ones; no effect
+applied twice at the provider; the worker keeps running; it recovers its latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.client import build_command
+from paystream.devstack._process import free_port, parent_death_signal, wait_until
+from paystream.devstack.redis import EmbeddedRedis, redis_answers, redis_server_bin
+from paystream.dlq import list_parked, replay
+from paystream.gateways.base import GatewayContext
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.streams.codec import decode_record
+from paystream.tenancy.models import Tenant
+from tests.e2e.own_servers import json_page
+from tests.e2e.test_crash import OutcomeLog, _produce, _read_all, _wait_for
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+class AofRedis(EmbeddedRedis):
+    """redis-server as docker-compose runs it (``--appendonly yes``), restartable on the
+    same port and data dir."""
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self._proc is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [
+                str(redis_server_bin()),
+                "--bind", self.host, "--port", str(self.port), "--dir", str(self.root),
+                "--save", "", "--appendonly", "yes", "--daemonize", "no",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=parent_death_signal(),
+        )  # fmt: skip
+        wait_until(
+            lambda: redis_answers(self.url, 0.5), timeout=timeout, what="redis", alive=self._died
+        )
+
+    def kill(self) -> None:
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def interleaved_workload(tenants: list[str], per_tenant: int) -> list[CloudEvent]:
+    """Per tenant: creates (auto and manual), then captures and refunds; tenants interleaved."""
+    queues: list[list[CloudEvent]] = []
+    for t in tenants:
+        creates, follow_ups = [], []
+        for j in range(per_tenant):
+            pid = f"pay_{j}"
+            manual = j % 2 == 0
+            creates.append(
+                build_command(
+                    "payment.create", t,
+                    {"payment_id": pid, "amount": 1000 + j, "currency": "USD",
+                     "payment_method_token": "pm_card_visa",
+                     "capture": "manual" if manual else "auto"},
+                )
+            )  # fmt: skip
+            if manual:
+                follow_ups.append(build_command("payment.capture", t, {"payment_id": pid}))
+            else:
+                follow_ups.append(
+                    build_command("refund.create", t, {"payment_id": pid, "amount": 300})
+                )
+        queues.append(creates + follow_ups)
+    return [q[i] for i in range(len(queues[0])) for q in queues]
+
+
+def _metrics(base_url: str) -> str:
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
+
+
+async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"paystream-redis-{how}-"))
+    rd = AofRedis(root / "redis", port=free_port())
+    rd.start()
+    report: dict[str, Any] = {}
+    try:
+        dep: Deployment = await deployment_factory(redis_url=rd.url)
+        tenants = [f"rd-{how}-{i}" for i in range(3)]
+        await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
+        commands = interleaved_workload(tenants, per_tenant=30)  # 180 commands
+        ids = {c.get_id() for c in commands}
+        log = OutcomeLog(dep)
+        reader = asyncio.create_task(log.run())
+        worker = dep.worker()
+        with worker:
+            await asyncio.to_thread(worker.wait_ready, tenants, partitions=dep.settings.partitions)
+            producing = asyncio.create_task(_produce(dep, commands, rate=8))
+            await _wait_for(lambda: len(log.by_command.keys() & ids) >= 40, 60, "40 outcomes")
+            log_lines_before = len(worker.log_path.read_text().splitlines())
+            report["outcomes_at_outage"] = len(log.by_command.keys() & ids)
+            if how == "kill":
+                rd.kill()
+            else:
+                assert rd.pid is not None
+                os.kill(rd.pid, signal.SIGSTOP)
+            samples: list[tuple[float, int, Any, Any]] = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < outage_s:
+                await asyncio.sleep(2.5)
+                ready = await asyncio.to_thread(json_page, worker, "/readyz")
+                health = await asyncio.to_thread(json_page, worker, "/healthz")
+                samples.append(
+                    (round(time.monotonic() - t0, 1), len(log.by_command.keys() & ids),
+                     ready, health)
+                )  # fmt: skip
+                assert not worker.exited(), "the worker died while Redis was away"
+            text = await asyncio.to_thread(_metrics, worker.base_url)
+            report["during"] = {
+                "samples": samples,
+                "parked_total": _metric(text, "paystream_parked_total"),
+                "breaker_open": _metric(text, "paystream_circuit_open"),
+                "gateway_results": sorted(
+                    {
+                        line.split("result=")[1].split('"')[1]
+                        for line in text.splitlines()
+                        if line.startswith("paystream_gateway_call_seconds_count")
+                    }
+                ),
+            }
+            if how == "kill":
+                rd.start()
+            else:
+                os.kill(rd.pid, signal.SIGCONT)
+            back = time.monotonic()
+            await producing
+            parked: list[Any] = []
+
+            async def settled() -> bool:
+                # Every command answered, or parked for a replay.
+                nonlocal parked
+                parked, _ = await list_parked(dep.settings, [dep.settings.retry_topic], limit=None)
+                ids_parked = {dict(p.headers).get("ce_id", b"").decode() for p in parked}
+                return ids <= log.by_command.keys() | ids_parked
+
+            deadline = time.monotonic() + 90
+            while not await settled():
+                assert time.monotonic() < deadline, "commands neither answered nor parked"
+                await asyncio.sleep(1)
+            report["settled_after_s"] = round(time.monotonic() - back, 1)
+            log_lines = worker.log_path.read_text().splitlines()
+            report["log_lines_during_and_after"] = len(log_lines) - log_lines_before
+            dead, _ = await list_parked(dep.settings, [dep.settings.dlq_topic], limit=None)
+            report["parked"] = Counter(p.reason for p in parked)
+            report["dead_lettered"] = Counter(p.reason for p in dead)
+            if parked:
+                result = await replay(dep.settings, [dep.settings.retry_topic])
+                report["replay"] = str(result)
+                with contextlib.suppress(AssertionError):
+                    await _wait_for(lambda: ids <= log.by_command.keys(), 60, "replayed outcomes")
+            # Latency after recovery: ten fresh payments, one at a time.
+            lat = []
+            async with dep.client() as client:
+                for i in range(10):
+                    s = time.monotonic()
+                    out = await client.send(
+                        build_command(
+                            "payment.create", tenants[0],
+                            {"amount": 500 + i, "currency": "USD",
+                             "payment_method_token": "pm_card_visa"},
+                        ),
+                        timeout=30,
+                    )  # fmt: skip
+                    lat.append(round(time.monotonic() - s, 3))
+                    assert out.get_type() == "com.paystream.payment.succeeded", out.get_data()
+            report["latency_after_s"] = lat
+            report["ready_after"] = await asyncio.to_thread(json_page, worker, "/readyz")
+            assert not worker.exited()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        full = await _read_all(dep, ids)
+        report["missing_outcomes"] = len(ids - full.by_command.keys())
+        report["two_outcomes"] = sum(1 for i in ids if len(full.by_command.get(i, ())) > 1)
+        kinds: Counter[str] = Counter()
+        rejections = []
+        seen = set()
+        for cause, event_id, raw in full.records:
+            if cause not in ids or event_id in seen:
+                continue
+            seen.add(event_id)
+            _k, v, h = json.loads(raw)
+            ev = decode_record(None, v.encode(), {a: b.encode() for a, b in h})
+            kinds[ev.get_type()] += 1
+            if ev.get_type().endswith("rejected"):
+                rejections.append(ev.get_data())
+        report["outcome_kinds"] = kinds
+        report["rejections"] = rejections[:5]
+        report["rejection_reasons"] = Counter(r.get("reason") for r in rejections)
+        client = aioredis.from_url(rd.url)
+        try:
+            doubled = {}
+            effect_kinds: Counter[str] = Counter()
+            for tenant in tenants:
+                sim = SimulatorGateway.from_context(
+                    GatewayContext(tenant_id=tenant, provider="simulator"),
+                    GatewayDeps(settings=dep.settings, redis=client),
+                )
+                effects = await sim.effects()
+                effect_kinds.update(e.kind for e in effects)
+                keys = Counter((e.kind, e.idempotency_key) for e in effects)
+                per_obj = Counter((e.kind, e.object_id) for e in effects if e.kind != "refund")
+                doubled[tenant] = [k for k, n in (keys + per_obj).items() if n > 1]
+            report["effects"] = effect_kinds
+            report["doubled_effects"] = doubled
+        finally:
+            await client.aclose()
+        return report
+    finally:
+        with contextlib.suppress(Exception):
+            if rd.pid is not None:
+                os.kill(rd.pid, signal.SIGCONT)
+        rd.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_redis_killed_mid_stream_loses_and_doubles_nothing(deployment_factory: Any) -> None:
+    """SIGKILL for 15 s (a SIGSTOP for 15 s or 50 s held up the same way when the drill
+    was first run, 2026-12-02; kept out of CI for time)."""
+    report = await _drill(deployment_factory, "kill", 15)
+    assert report["missing_outcomes"] == 0, report
+    assert report["two_outcomes"] == 0, report
+    assert not any(report["doubled_effects"].values()), report
+    assert not report["dead_lettered"], report
+    # The worker stays ready (it is making progress: parking is progress) and live.
+    assert all(r[0] == 200 and h[0] == 200 for _, _, r, h in report["during"]["samples"])
+    assert report["log_lines_during_and_after"] < 50, report  # no flood
+    assert max(report["latency_after_s"]) < 2, report  # recovered
+    assert report["ready_after"][1]["stalled"] == [], report
+    # A capture or refund of a payment whose create was parked meanwhile is refused
+    # `not_found`, not remembered: sent again after the replay, it runs (the next test).
+    assert set(report["rejection_reasons"]) <= {"not_found"}, report
+
+
+async def test_capture_after_a_parked_create_is_not_refused_for_good(
+    deployment_factory: Any,
+) -> None:
+    """A provider outage parks a payment.create; the capture the merchant sends next must
+    not get a final `not_found` (remembered under its key) for a payment paystream itself
+    holds parked: once `dlq replay` runs the create, the same capture must capture it."""
+    root = Path(tempfile.mkdtemp(prefix="paystream-redis-order-"))
+    rd = AofRedis(root / "redis", port=free_port())
+    rd.start()
+    try:
+        dep: Deployment = await deployment_factory(redis_url=rd.url)
+        tenant = "rd-order-0"
+        await dep.add_tenants(Tenant(tenant_id=tenant))
+        create = build_command(
+            "payment.create", tenant,
+            {"payment_id": "pay_1", "amount": 1000, "currency": "USD",
+             "payment_method_token": "pm_card_visa", "capture": "manual"},
+        )  # fmt: skip
+        capture = build_command("payment.capture", tenant, {"payment_id": "pay_1"})
+        with dep.worker() as worker:
+            await asyncio.to_thread(worker.wait_ready, [tenant], partitions=dep.settings.partitions)
+            async with dep.client() as client:
+                rd.kill()  # the provider is down
+                with contextlib.suppress(TimeoutError):
+                    await client.send(create, timeout=15)  # parked: no outcome
+                parked, _ = await list_parked(dep.settings, [dep.settings.retry_topic], limit=None)
+                assert [dict(p.headers)["ce_id"].decode() for p in parked] == [create.get_id()]
+                first = await client.send(capture, timeout=30)
+                rd.start()  # the provider is back
+                created = client.expect(tenant, create.get_id())
+                await replay(dep.settings, [dep.settings.retry_topic])
+                assert (await asyncio.wait_for(created, 60)).get_type() == (
+                    "com.paystream.payment.authorized"
+                )
+                again = await client.send(capture, timeout=30)  # the merchant retries it
+        assert again.get_type() == "com.paystream.payment.succeeded", (
+            first.get_data(),
+            again.get_data(),
+        )
+    finally:
+        rd.stop()
+        shutil.rmtree(root, ignore_errors=True)
