@@ -497,3 +497,28 @@ async def test_a_command_naming_its_id_twice_is_refused_before_the_provider(
     out = outcome_of(harness.settings, emits)
     assert out is not None and data(out)["reason"] == "validation_error"
     assert await _charges(harness, t, dict(harness.tenants[t])) == 0
+
+
+async def test_a_parked_update_of_a_customer_deleted_since_is_answered_not_found(
+    harness: Harness,
+) -> None:
+    """An entity missing is not remembered (its create may be parked); a customer deleted
+    is kept, marked deleted, so a parked update re-driven after the delete is answered
+    `not_found`, not parked again at every replay."""
+    t = new_tenant_id()
+    harness.add_tenant(t)
+    await harness.send("customer.create", t, {"customer_id": "c1"})
+    harness.add_tenant(t, gateway_options={"fail_first": {"*": 3}})
+    update = build_command("customer.update", t, {"customer_id": "c1", "name": "B"})
+    rec = encode_event(update, t.encode(), CloudEventsMode.BINARY)
+    inbound = Inbound(rec.key, rec.value, dict(rec.headers), 1_790_000_000_000,
+                      "paystream.commands", 0, next(_offsets))  # fmt: skip
+    assert [e.topic for e in await harness.processor.process(inbound)] == [
+        harness.settings.retry_topic
+    ]
+    harness.add_tenant(t)  # the provider is well again
+    deleted = await harness.send("customer.delete", t, {"customer_id": "c1"})
+    assert kind(deleted) == "customer.deleted"
+    again = dataclasses.replace(inbound, offset=next(_offsets))  # `dlq replay`'s copy
+    out = outcome_of(harness.settings, await harness.processor.process(again))
+    assert out is not None and data(out)["reason"] == "not_found", out and data(out)
