@@ -276,17 +276,20 @@ async def check_redis(settings: Settings) -> str:
     # It stands in for a provider's own storage: an evicted idempotency record makes a
     # re-sent charge a second one (every key there has a TTL, so volatile-* evict too).
     policy = str(memory.get("maxmemory_policy", "noeviction"))
-    if policy != "noeviction":
+    limit = int(memory.get("maxmemory", 0) or 0)
+    if policy != "noeviction" and limit:
         raise CheckFailed(
             f"maxmemory-policy {policy} evicts keys under memory pressure: the simulator's "
             "idempotency records among them; set noeviction"
         )
+    if policy != "noeviction":  # (no memory limit: nothing is evicted yet)
+        policy = f"{policy} (would evict once maxmemory is set: set noeviction)"
     kept = (
         "AOF on"
         if persistence.get("aof_enabled") in (1, "1")
         else "AOF off (a restart loses what no snapshot holds: development only)"
     )
-    return f"PING ok, Redis {info.get('redis_version', '?')}, noeviction, {kept}"
+    return f"PING ok, Redis {info.get('redis_version', '?')}, {policy}, {kept}"
 
 
 async def check_headers(settings: Settings) -> str:

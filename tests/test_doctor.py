@@ -53,15 +53,19 @@ async def test_doctor_fails_a_redis_that_evicts_keys(stack_settings: Settings) -
     client = aioredis.Redis.from_url(stack_settings.redis_url)
     try:
         try:
-            [(_, before)] = (await client.config_get("maxmemory-policy")).items()
+            before = await client.config_get("maxmemory*")
             await client.config_set("maxmemory-policy", "volatile-lru")
         except ResponseError:
             pytest.skip("this Redis does not take CONFIG SET")
         try:
+            # Without a memory limit nothing is evicted yet: said, not failed.
+            assert "would evict once maxmemory is set" in await check_redis(stack_settings)
+            await client.config_set("maxmemory", "1gb")
             with pytest.raises(CheckFailed, match="volatile-lru evicts keys"):
                 await check_redis(stack_settings)
         finally:
-            await client.config_set("maxmemory-policy", before)
+            for name in ("maxmemory", "maxmemory-policy"):
+                await client.config_set(name, before[name])
     finally:
         await client.aclose()
 

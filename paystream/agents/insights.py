@@ -213,9 +213,11 @@ class InsightsRunner:
         # same on every redelivery.
         produced = getattr(msg, "timestamp", None)
         produced_at = int(produced * 1000) if produced else now_ms
-        # Late by when it was produced, not by when it is read: a backlog (the agent held
-        # while the ledger's database was down) was all skipped as late.
-        if st.is_late(seen, produced_at, self.config):
+        # Late by the worker's clock, as windows expire and counted ids are forgotten: a
+        # backlog read over the horizon late (the agent held while the ledger's database
+        # was down) is late. (By when it was produced, one read in two batches had its
+        # windows expired between them, published twice, and re-emissions counted again.)
+        if st.is_late(seen, now_ms, self.config):
             SKIPPED.labels("late").inc()
             return
         if st.is_future(seen, now_ms, self.config):

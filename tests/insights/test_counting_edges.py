@@ -100,6 +100,11 @@ async def test_a_client_clocked_ahead_does_not_crowd_the_present_out() -> None:
     assert present and present[0].get_data()["events"] == 5
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: lateness, window expiry and forgotten ids go by the worker's clock; "
+    "a backlog read over the horizon late is counted as late (README: Insights)",
+)
 async def test_outcomes_of_a_backlog_are_counted_when_it_is_read() -> None:
     """The insights share their agent with the ledger sink, which holds a batch while
     PostgreSQL is down: read 16 minutes late, every outcome was skipped as late."""
@@ -116,3 +121,45 @@ async def test_outcomes_of_a_backlog_are_counted_when_it_is_read() -> None:
     assert windows and {(w.get_id(), w.get_data()["events"]) for w in windows} == {
         (windows[0].get_id(), 5)
     }
+
+
+async def test_a_backlog_read_in_two_batches_counts_each_window_once() -> None:
+    """Five outcomes of one minute read 17 minutes late, in two batches: judged late by
+    when they were produced (this session, reverted), the first batch's window was
+    published and expired, and the second made it again from nothing (published as 3,
+    then 2: consumers keep 3). Review finding. Late by the clock, none is counted."""
+    h = Harness("backlog2")
+    events = [
+        h.event("payment.succeeded", PAID, cid=f"c{i}", at_ms=T0 + i, produced_ms=T0 + i + 50)
+        for i in range(5)
+    ]
+    h.now = (T0 + 17 * 60_000) / 1000
+    await h.runner.run_batch(events[:3])
+    await h.runner.run_batch(events[3:])
+    await h.runner.tick(lambda p: True)
+    counts = {w.get_id(): w.get_data()["events"] for w in h.of_type(WINDOW_TYPE)}
+    assert len(counts) <= 1 and set(counts.values()) <= {5}, counts
+
+
+async def test_a_decline_re_emitted_in_a_backlog_does_not_fire_a_false_alert() -> None:
+    """Four declines of one customer (the rule fires at five), one re-emitted a minute
+    later (the same event id) and read after a 20-minute ledger outage, once its id was
+    forgotten: judged by when it was produced, it was counted again. Review finding."""
+    h = Harness("reemit-fraud")
+    declines = [
+        h.event("payment.failed", DECLINE, cid=f"d{i}", at_ms=T0 + i, produced_ms=T0 + i + 50)
+        for i in range(4)
+    ]
+    h.now = (T0 + 100) / 1000
+    await h.runner.run_batch(declines)
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    assert h.of_type(ALERT_TYPE) == []
+    again = h.event("payment.failed", DECLINE, cid="d0", at_ms=T0, produced_ms=T0 + 60_000)
+    h.now = (T0 + 20 * 60_000) / 1000
+    other = h.event("payment.succeeded", PAID, cid="c9", at_ms=T0 + 19 * 60_000,
+                    produced_ms=T0 + 19 * 60_000, tenant="beta", partition=1)  # fmt: skip
+    await h.runner.run_batch([other])
+    await h.runner.tick(lambda p: True)
+    await h.runner.run_batch([again])
+    assert h.of_type(ALERT_TYPE) == [], [a.get_data() for a in h.of_type(ALERT_TYPE)]
