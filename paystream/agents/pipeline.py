@@ -239,21 +239,24 @@ class CommandProcessor:
                 when=when,
                 suspicious=suspicious,
             )
+        scanned = event  # as decoded: the card scan exempts its trace context as it came
         if size > ATTRIBUTES_MAX_BYTES and is_structured(rec.headers):
             # A structured command's attributes are in its value: held to the same limit
             # (a 60 KB traceparent was copied into its outcome and every record it wrote).
             named = _attribute_bytes(event)
             tenant = str(event.get_extension("tenantid") or "") or key_str(rec.key)
             idem = str(event.get_extension("idempotencykey") or event.get_id())
-            # (Not one a version before this limit admitted: its answer, or its re-drive
-            # of a request the provider may have acted on, stands.)
+            # (Not this very command, admitted by a version before this limit: its
+            # answer, or its re-drive of a request the provider may have acted on,
+            # stands. Another command under its key gets this answer, redelivered too.)
+            admitted = self._idempotency_record(f"{tenant}:{idem}", time.time())
             if named > ATTRIBUTES_MAX_BYTES and (
-                self._idempotency_record(f"{tenant}:{idem}", time.time()) is None
+                admitted is None or admitted.command_id != event.get_id()
             ):
                 return self._dead_letter(
                     rec,
                     "payload_too_large",
-                    f"key and CloudEvents attributes {named} bytes (limit {ATTRIBUTES_MAX_BYTES})",
+                    f"CloudEvents attributes {named} bytes (limit {ATTRIBUTES_MAX_BYTES})",
                     reject=RejectReason.PAYLOAD_TOO_LARGE,
                     when=when,
                     suspicious=suspicious,
@@ -267,7 +270,7 @@ class CommandProcessor:
                     {k: v for k, v in attrs.items() if k not in ("traceparent", "tracestate")},
                     event.get_data(),
                 )
-        if suspicious and event_holds_card(rec, event):
+        if suspicious and event_holds_card(rec, scanned):
             # Before any other rule: every other answer echoes the command's attributes.
             return self._reject(
                 _redacted_ref(rec, event, when),
