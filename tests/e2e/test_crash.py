@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from paystream.devstack._process import wait_until
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import SimulatorGateway
-from paystream.settings import CloudEventsMode
+from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict
 from paystream.tenancy.limits import TenantLimits
@@ -393,24 +394,36 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
             ), (tenant, pid, state)
 
         # 3. the provider applied every effect exactly once
-        client = aioredis.from_url(dep.settings.redis_url)
-        try:
-            seen: Counter[str] = Counter()
-            for tenant in tenants:
-                sim = SimulatorGateway.from_context(
-                    GatewayContext(tenant_id=tenant, provider="simulator"),
-                    GatewayDeps(settings=dep.settings, redis=client),
-                )
-                effects = await sim.effects()
-                keys = Counter((e.kind, e.idempotency_key) for e in effects)
-                assert max(keys.values()) == 1, f"an effect applied twice for {tenant}"
-                seen.update(e.kind for e in effects)
-            assert {k: seen[k] for k in expected_effects} == dict(expected_effects)
-        finally:
-            await client.aclose()
+        seen: Counter[str] = Counter()
+        assert dep.settings.redis_url is not None
+        for tenant, effects in (
+            await provider_effects(dep.settings, dep.settings.redis_url, tenants)
+        ).items():
+            keys = Counter((e.kind, e.idempotency_key) for e in effects)
+            assert max(keys.values()) == 1, f"an effect applied twice for {tenant}"
+            seen.update(e.kind for e in effects)
+        assert {k: seen[k] for k in expected_effects} == dict(expected_effects)
         print(f"killed after {killed_at} outcomes; {len(log.records)} outcome records in all")
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         first.stop()
         second.stop()
+
+
+async def provider_effects(
+    settings: Settings, redis_url: str, tenants: Iterable[str]
+) -> dict[str, list[Any]]:
+    """Each tenant's effect ledger at the simulator (the provider's own record)."""
+    client = aioredis.from_url(redis_url)
+    try:
+        out: dict[str, list[Any]] = {}
+        for tenant in tenants:
+            sim = SimulatorGateway.from_context(
+                GatewayContext(tenant_id=tenant, provider="simulator"),
+                GatewayDeps(settings=settings, redis=client),
+            )
+            out[tenant] = list(await sim.effects())
+        return out
+    finally:
+        await client.aclose()

@@ -23,20 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
 from paystream.devstack._process import free_port, parent_death_signal, wait_until
 from paystream.devstack.redis import EmbeddedRedis, redis_answers, redis_server_bin
 from paystream.dlq import list_parked, replay
-from paystream.gateways.base import GatewayContext
-from paystream.gateways.registry import GatewayDeps
-from paystream.gateways.simulator import SimulatorGateway
 from paystream.streams.codec import decode_record
 from paystream.tenancy.models import Tenant
 from tests.e2e.own_servers import json_page
-from tests.e2e.test_crash import OutcomeLog, _produce, _read_all, _wait_for
+from tests.e2e.test_crash import OutcomeLog, _produce, _read_all, _wait_for, provider_effects
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -233,24 +229,15 @@ async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dic
         report["outcome_kinds"] = kinds
         report["rejections"] = rejections[:5]
         report["rejection_reasons"] = Counter(r.get("reason") for r in rejections)
-        client = aioredis.from_url(rd.url)
-        try:
-            doubled = {}
-            effect_kinds: Counter[str] = Counter()
-            for tenant in tenants:
-                sim = SimulatorGateway.from_context(
-                    GatewayContext(tenant_id=tenant, provider="simulator"),
-                    GatewayDeps(settings=dep.settings, redis=client),
-                )
-                effects = await sim.effects()
-                effect_kinds.update(e.kind for e in effects)
-                keys = Counter((e.kind, e.idempotency_key) for e in effects)
-                per_obj = Counter((e.kind, e.object_id) for e in effects if e.kind != "refund")
-                doubled[tenant] = [k for k, n in (keys + per_obj).items() if n > 1]
-            report["effects"] = effect_kinds
-            report["doubled_effects"] = doubled
-        finally:
-            await client.aclose()
+        doubled = {}
+        effect_kinds: Counter[str] = Counter()
+        for tenant, effects in (await provider_effects(dep.settings, rd.url, tenants)).items():
+            effect_kinds.update(e.kind for e in effects)
+            keys = Counter((e.kind, e.idempotency_key) for e in effects)
+            per_obj = Counter((e.kind, e.object_id) for e in effects if e.kind != "refund")
+            doubled[tenant] = [k for k, n in (keys + per_obj).items() if n > 1]
+        report["effects"] = effect_kinds
+        report["doubled_effects"] = doubled
         return report
     finally:
         with contextlib.suppress(Exception):
