@@ -118,6 +118,7 @@ async def test_publish_reports_each_failure_and_clears_on_delivery(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     answers: list[Exception | None] = [NotEnoughReplicasError(), NotEnoughReplicasError(), None]
+    PUBLISH.delivered()  # (process-wide: another test's refused publish may have left it set)
     seen = _broker_answers(monkeypatch, answers)
     before = _failures("NotEnoughReplicasError")
     assert await commands._publish(cast(Any, None), RECORDS, 1) == []
