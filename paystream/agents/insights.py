@@ -11,8 +11,13 @@ re-emits an outcome under its id when its command is redelivered after a crash o
 again by its client, and that must not count twice. A batch's ids counted and the
 events it publishes are produced and awaited first, its tenant records (which say how
 far the outcomes were applied) after them, all before its offsets may be committed.
-Windows are published once closed (end + grace, by the worker's clock) and again,
-updated, if a late outcome changes them; a worker that takes a partition over
+Lateness, window expiry and the forgetting of counted ids go by each tenant's stream
+time (insights/state.py: the latest production time of its outcomes read), so a backlog
+read late counts as it would have when produced. Windows are published once closed
+(end + grace): by stream time as a batch is applied, by the worker's clock on the tick
+(a quiet tenant's too); and again, updated, if a later outcome changes them (a window
+stays until stream time passes its horizon: never made again from nothing). A worker
+that takes a partition over
 publishes its tenants' windows again (the same events, by id, if unchanged), so one
 lost in a crash between the table change and the publication is not lost for good.
 """
@@ -131,7 +136,9 @@ class InsightsRunner:
                     )
                     SKIPPED.labels("error").inc()
             for tenant_id, (st, partition) in touched.items():
-                self._publish_closed(st, now_ms, out)
+                # Closed by what was read: a backlog read in several batches is published
+                # once it is read past the window (the tick publishes by the clock).
+                self._publish_closed(st, min(st.stream_time(now_ms), now_ms), out)
                 st.expire(now_ms, self.config)
                 self._write(self.state, tenant_id, st.dump(), partition)
             await self._produce(changelog.records(), out, changelog)
@@ -189,6 +196,7 @@ class InsightsRunner:
             # Made-up tenant ids (answered unknown_tenant) must not grow the state.
             SKIPPED.labels("unregistered").inc()
             return
+        now_ms = int(self._clock() * 1000)
         found = touched.get(tenant_id)
         if found:
             st = found[0]
@@ -196,27 +204,28 @@ class InsightsRunner:
             # Read as of the record's partition: a RocksDB store reads the current
             # event's, which is the batch's last record, maybe another partition's.
             with at_partition(self._topic, msg.partition):
-                st = TenantInsights.load(tenant_id, self.state.get(tenant_id))
+                st = TenantInsights.load(tenant_id, self.state.get(tenant_id), now_ms)
         st.partition = msg.partition
         touched[tenant_id] = (st, msg.partition)
         if msg.offset <= st.through:
             return  # applied before a crash: the record says so
         st.through = msg.offset
+        # When the outcome was produced (its record's time; 0 or None: not known, read
+        # now), the same on every redelivery: the tenant's stream time moves to it.
+        produced = getattr(msg, "timestamp", None)
+        produced_at = int(produced * 1000) if produced else now_ms
+        st.advance(produced_at, now_ms)
         key = f"{tenant_id}:{seen.event_id}"
         with at_partition(self._topic, msg.partition):
             counted = self.seen.get(key)
         if counted is not None and counted[1] != msg.offset:
             SKIPPED.labels("duplicate").inc()
             return
-        now_ms = int(self._clock() * 1000)
-        # When the outcome was produced (its record's time; 0 or None: not known), the
-        # same on every redelivery.
-        produced = getattr(msg, "timestamp", None)
-        produced_at = int(produced * 1000) if produced else now_ms
-        # Late by the worker's clock, as windows expire and counted ids are forgotten: a
-        # backlog read over the horizon late (the agent held while the ledger's database
-        # was down) is late. (By when it was produced, one read in two batches had its
-        # windows expired between them, published twice, and re-emissions counted again.)
+        # Late by the tenant's stream time, as windows expire and counted ids are
+        # forgotten: a backlog read over the horizon late (the agent held while the
+        # ledger's database was down) is counted. (By when each outcome was produced but
+        # with expiry by the clock, one read in two batches had its window expired between
+        # them and made again from nothing, and a re-emission's id forgotten: review.)
         if st.is_late(seen, now_ms, self.config):
             SKIPPED.labels("late").inc()
             return
@@ -266,22 +275,39 @@ class InsightsRunner:
         self._ticked, self._tried = now, generation
         now_ms = int(now * 1000)
         out: list[_Published] = []
+        streams: dict[str, int] = {}  # tenant → stream time (for its counted ids)
         with collect_changelog() as changelog, self._undone_on_failure():
+            located = []
             for tenant_id, raw, partition in _located(self.state):
-                if not owned(partition):
-                    continue
-                st = TenantInsights.load(tenant_id, raw)
+                if owned(partition):
+                    located.append((TenantInsights.load(tenant_id, raw, now_ms), raw, partition))
+            # A quiet tenant's stream time is its partition's: outcomes produced that late
+            # were read there, so its own, read after them, cannot be much earlier (what
+            # lets its windows and ids go; on a partition with no outcomes they stay).
+            read_up_to: dict[int, int] = {}
+            for st, _, partition in located:
+                read_up_to[partition] = max(read_up_to.get(partition, -1), st.stream_ms)
+            for st, raw, partition in located:
+                tenant_id = st.tenant_id
                 st.partition = partition
                 if taken_over:
                     for agg in st.windows.values():
                         agg["emitted"] = 0  # published again below (same id if unchanged)
-                self._publish_closed(st, now_ms, out)
+                self._publish_closed(st, now_ms, out)  # (by the clock: quiet tenants too)
+                own = st.stream_ms
+                kept = (len(st.windows), len(st.fraud))
+                st.stream_ms = max(own, read_up_to[partition])
                 st.expire(now_ms, self.config)
+                if (len(st.windows), len(st.fraud)) == kept:
+                    # Nothing let go: not worth writing the record for (each quiet tenant's
+                    # would be, every tick); its ids go by the stream time it has.
+                    st.stream_ms = own
+                streams[tenant_id] = st.stream_time(now_ms)
                 if taken_over or st.dump() != raw:
                     self._write(self.state, tenant_id, st.dump(), partition)
             sweep = now - self._swept >= SEEN_SWEEP_SECONDS
             if sweep:
-                self._forget_seen(now_ms, owned)
+                self._forget_seen(now_ms, owned, streams)
             records = changelog.records()
             if records or out:
                 await self._produce(records, out, changelog)
@@ -290,11 +316,19 @@ class InsightsRunner:
         if sweep:
             self._swept = now
 
-    def _forget_seen(self, now_ms: int, owned: Callable[[int], bool]) -> None:
-        """Drop the ids of outcomes now past the horizon: none can be counted again."""
-        oldest = now_ms - self.config.horizon_ms - self.config.window_ms
+    def _forget_seen(
+        self, now_ms: int, owned: Callable[[int], bool], streams: Mapping[str, int]
+    ) -> None:
+        """Drop the ids of outcomes now past the horizon by their tenant's stream time
+        (``streams``): a re-emission of one is late, whenever it is read. (By the clock,
+        one read in a backlog after its id was forgotten counted again: review.) An id
+        without its tenant's record (none is deleted; defensive) goes by the clock."""
+        margin = self.config.horizon_ms + self.config.window_ms
         for key, value, partition in _located(self.seen):
-            if not owned(partition) or value[0] >= oldest:
+            if not owned(partition):
+                continue
+            tenant_id = str(key).split(":", 1)[0]  # (tenant ids have no colon)
+            if value[0] >= streams.get(tenant_id, now_ms) - margin:
                 continue
             self._write(self.seen, key, None, partition)
 

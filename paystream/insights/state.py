@@ -8,6 +8,16 @@ redelivered after a crash, or sent again by its client) carry the same event id:
 are recognised by a separate table of the ids counted (see agents/insights.py), which
 keeps an id for the horizon. An outcome older than the horizon (by its command's time)
 is counted as late only: its window is gone, and its id would no longer be recognised.
+
+Late by what? By the tenant's stream time (as in Kafka Streams), not the worker's clock:
+the latest time an outcome of the tenant read so far was produced (its record's time),
+kept in the same record. Lateness, window expiry and the forgetting of counted ids are
+all judged against it, so a backlog read late (the agent held while the ledger's
+database was down) is counted as if read when produced, and a window or id is let go
+only once outcomes produced past its horizon have been read. No outcome moves it past
+the worker's clock (a forged record time of year 9999 would make every later outcome
+late). A record of an older version has none: it starts at the worker's clock when
+loaded (what that version judged by: its windows and ids were let go by the clock).
 """
 
 from __future__ import annotations
@@ -81,11 +91,20 @@ class TenantInsights:
     # its figures, over the right ones.
     evicted_through: int = -1
     fraud_evicted_through: int = -1
+    # Stream time: the latest production time (outcome record time, ms) read of the
+    # tenant, never past the worker's clock when read; -1: none yet (a new tenant).
+    stream_ms: int = -1
 
     @classmethod
-    def load(cls, tenant_id: str, raw: Any) -> TenantInsights:
+    def load(cls, tenant_id: str, raw: Any, now_ms: int | None = None) -> TenantInsights:
+        """``now_ms``: the worker's clock, the stream time of a record written by a
+        version without one (which let its windows and counted ids go by the clock: a
+        backlog of outcomes produced before must stay late, or it would count again)."""
         if not isinstance(raw, dict):
             return cls(tenant_id)
+        stream = raw.get("stream")
+        if stream is None and now_ms is not None:
+            stream = now_ms
         # A deep copy: the table's value (the memory store holds the object itself) must
         # not change before the batch that changes it is durable (a failed one is undone).
         return cls(
@@ -96,6 +115,7 @@ class TenantInsights:
             fraud=copy.deepcopy(dict(raw.get("fraud") or {})),
             evicted_through=int(raw.get("evicted", -1)),
             fraud_evicted_through=int(raw.get("fraud_evicted", -1)),
+            stream_ms=int(stream if stream is not None else -1),
         )
 
     def dump(self) -> dict[str, Any]:
@@ -106,13 +126,27 @@ class TenantInsights:
             "fraud": self.fraud,
             "evicted": self.evicted_through,
             "fraud_evicted": self.fraud_evicted_through,
+            "stream": self.stream_ms,
         }
 
+    def advance(self, produced_ms: int, now_ms: int) -> None:
+        """An outcome produced at ``produced_ms`` was read (at ``now_ms``, the worker's
+        clock): stream time moves to it, if later, but not past the clock (a producer
+        sets its record's time; forged far ahead, every later outcome would be late)."""
+        self.stream_ms = max(self.stream_ms, min(produced_ms, now_ms))
+
+    def stream_time(self, now_ms: int) -> int:
+        """What lateness and expiry are judged by: stream time (the worker's clock if
+        none yet)."""
+        return self.stream_ms if self.stream_ms >= 0 else now_ms
+
     def is_late(self, seen: Observed, now_ms: int, cfg: InsightsConfig) -> bool:
-        return seen.time_ms < now_ms - cfg.horizon_ms
+        """Older than the horizon, by stream time (``advance`` first, with this outcome)."""
+        return seen.time_ms < self.stream_time(now_ms) - cfg.horizon_ms
 
     def is_future(self, seen: Observed, now_ms: int, cfg: InsightsConfig) -> bool:
-        """Dated more than the horizon ahead (a command's time is its client's): its
+        """Dated more than the horizon ahead of the worker's clock (not of stream time: a
+        command's time is its client's, and this is about that clock being ahead): its
         window would stay open, its id kept, until then (year 9999 is accepted), so
         such outcomes would grow the record past the broker's message size. Nor more
         than half the windows kept ahead: a client clocked ahead filled them all (short
@@ -254,8 +288,10 @@ class TenantInsights:
         agg["emitted"] = agg["events"]
 
     def expire(self, now_ms: int, cfg: InsightsConfig) -> None:
-        """Forget windows no outcome can reach any more (all published)."""
-        oldest = now_ms - cfg.horizon_ms
+        """Forget windows no outcome can reach any more (all published): past the horizon
+        by stream time, not the clock: a tenant whose outcomes are not read yet (a
+        backlog) keeps the windows they will reach, however late they are read."""
+        oldest = self.stream_time(now_ms) - cfg.horizon_ms
         for ws in [w for w, agg in self.windows.items() if int(w) + cfg.window_ms < oldest]:
             if self.windows[ws]["events"] == self.windows[ws]["emitted"]:
                 del self.windows[ws]

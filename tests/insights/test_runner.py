@@ -156,7 +156,21 @@ async def test_a_quiet_tenant_s_expired_windows_leave_its_record() -> None:
     h.now = (T0 + 70_000) / 1000
     await h.runner.tick(lambda p: True)  # published
     assert len(h.of_type(WINDOW_TYPE)) == 1
-    h.now = (T0 + 3_600_000) / 1000  # long past the horizon: nothing can reach them
+    h.now = (T0 + 3_600_000) / 1000
+    await h.runner.tick(lambda p: True)
+    # Nothing read since on its partition: its outcomes may yet come (a backlog held).
+    assert h.state.get("acme")["windows"] != {}
+    # Another tenant's outcome on its partition, produced long past the horizon: nothing
+    # of acme's read after it can reach them.
+    later = T0 + 3_600_000
+    await h.runner.run_batch(
+        [
+            h.event(
+                "payment.succeeded", PAID, cid="b1", at_ms=later, tenant="beta", produced_ms=later
+            )
+        ]
+    )
+    h.now += 2  # (the next tick)
     await h.runner.tick(lambda p: True)
     stored = h.state.get("acme")
     assert stored["windows"] == {} and stored["fraud"] == {}
@@ -255,9 +269,19 @@ async def test_with_rocksdb_quiet_tenants_windows_are_published_and_ids_forgotte
     h = Harness("rockstick", "rocksdb://", str(tmp_path))
     await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="a1")])
     assert await h.first_window_events() == 1
-    h.now = (T0 + 3_600_000) / 1000
+    h.now = (T0 + 3_600_000) / 1000  # (another tenant's outcome: its partition moved on)
+    later = T0 + 3_600_000
+    await h.runner.run_batch(
+        [
+            h.event(
+                "payment.succeeded", PAID, cid="b1", at_ms=later, tenant="beta", produced_ms=later
+            )
+        ]
+    )
+    h.runner._swept = 0.0  # (the sweep of ids is due)
     await h.runner.tick(lambda p: True)
-    assert list(h.seen.items()) == []
+    assert [k for k, _ in h.seen.items() if k.startswith("acme:")] == []
+    assert h.state.get("acme")["windows"] == {}
 
 
 async def test_a_failure_on_one_outcome_does_not_stall_the_batch(
