@@ -214,7 +214,11 @@ class InsightsRunner:
         # now), the same on every redelivery: the tenant's stream time moves to it.
         produced = getattr(msg, "timestamp", None)
         produced_at = int(produced * 1000) if produced else now_ms
-        st.advance(produced_at, now_ms)
+        # Stream time moves by when it was produced, believed only between its command's
+        # time (it cannot be produced before) and the horizon after it (later, it is late
+        # anyway): a record time of 0, far past or far ahead does not move it.
+        believed = min(max(produced_at, seen.time_ms), seen.time_ms + self.config.horizon_ms)
+        st.advance(believed, now_ms)
         key = f"{tenant_id}:{seen.event_id}"
         with at_partition(self._topic, msg.partition):
             counted = self.seen.get(key)
@@ -241,7 +245,9 @@ class InsightsRunner:
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
         # The fraud rules clamp a command dated ahead to ``produced_at``, so a batch
         # counted again publishes the same alert ids (the worker's clock moved on would not).
-        for alert in st.apply(seen, self.config, produced_at, count=room):
+        # (Nor a record time far past: the fraud window would be let go by stream time.)
+        rules_at = max(produced_at, seen.time_ms - self.config.horizon_ms)
+        for alert in st.apply(seen, self.config, rules_at, count=room):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
 
