@@ -38,7 +38,7 @@ from prometheus_client import Counter
 from paystream.app import app, settings
 from paystream.insights.events import alert_event, window_event
 from paystream.insights.observe import observe
-from paystream.insights.state import InsightsConfig, TenantInsights, window_start
+from paystream.insights.state import WINDOWS_MAX, InsightsConfig, TenantInsights, window_start
 from paystream.settings import Settings
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, send_batches
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, headers_to_dict
@@ -214,11 +214,14 @@ class InsightsRunner:
         # now), the same on every redelivery: the tenant's stream time moves to it.
         produced = getattr(msg, "timestamp", None)
         produced_at = int(produced * 1000) if produced else now_ms
-        # Stream time moves by when it was produced, believed only between its command's
-        # time (it cannot be produced before) and the horizon after it (later, it is late
-        # anyway): a record time of 0, far past or far ahead does not move it.
-        believed = min(max(produced_at, seen.time_ms), seen.time_ms + self.config.horizon_ms)
-        st.advance(believed, now_ms)
+        # Stream time moves by when it was produced, believed only within a horizon of its
+        # command's time (a record time of 0, far past or far ahead moves it no further;
+        # the floor is a horizon before, not the command's time: that is its client's
+        # clock, which may run minutes ahead), and not by a command dated in the future.
+        horizon = self.config.horizon_ms
+        believed = min(max(produced_at, seen.time_ms - horizon), seen.time_ms + horizon)
+        if not st.is_future(seen, now_ms, self.config):
+            st.advance(believed, now_ms)
         key = f"{tenant_id}:{seen.event_id}"
         with at_partition(self._topic, msg.partition):
             counted = self.seen.get(key)
@@ -238,6 +241,12 @@ class InsightsRunner:
             return
         # No window kept for it (as many are kept as fit one record): not counted, but
         # the fraud rules still see it (a card tester is not let off for a crowded state).
+        start = str(window_start(seen.time_ms, self.config.window_ms))
+        if start not in st.windows and len(st.windows) >= WINDOWS_MAX:
+            # Full mid-batch (a backlog of over WINDOWS_MAX windows in one batch): publish
+            # and let go what stream time closed, as reading it live would have.
+            self._publish_closed(st, min(st.stream_time(now_ms), now_ms), out)
+            st.expire(now_ms, self.config)
         room = st.has_room(seen, self.config)
         if not room:
             SKIPPED.labels("late").inc()

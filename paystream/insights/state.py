@@ -297,6 +297,8 @@ class TenantInsights:
                 del self.windows[ws]
         for ws in [w for w in self.fraud if int(w) + cfg.fraud_window_ms < oldest]:
             del self.fraud[ws]
+            # (Let go with what it alerted on: one reached again is not made anew.)
+            self.fraud_evicted_through = max(self.fraud_evicted_through, int(ws))
 
 
 def _bump(counts: dict[str, int], label: str) -> None:
