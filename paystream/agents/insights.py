@@ -60,7 +60,9 @@ _Published = tuple[str, KafkaRecord]  # (topic, record)
 SKIPPED = Counter(
     "paystream_insights_skipped_total",
     "Outcomes the insights did not count, by why: duplicate (re-emitted, counted before), "
-    "late (older than the horizon), future (dated more than the horizon ahead), "
+    "late (not in the analytics windows: dated more than the horizon before the tenant's "
+    "stream time, or its window let go to keep the record at 64 windows; the fraud rules "
+    "still see those), future (dated more than the horizon ahead), "
     "unregistered (tenant), not_an_outcome, error (a failure of ours, logged).",
     ["why"],
 )
@@ -110,6 +112,9 @@ class InsightsRunner:
         self._tried: int | None = None
         # (table, key) → (table, key, value before, partition): see _undone_on_failure.
         self._undo: dict[tuple[int, str], tuple[Any, str, Any, int]] | None = None
+        # The batch's outcomes not counted, by why: counted once it is stored (a batch
+        # retried after a failed produce would count them again, each time).
+        self._skips: list[Any] = []
         self._topic = cfg.events_topic  # the tables' source topic (co-partitioned)
         # For the dashboard: the latest alerts and each tenant's latest window published.
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
@@ -119,6 +124,7 @@ class InsightsRunner:
         """Count a batch's outcomes; returns once its changes and events are durable."""
         now_ms = int(self._clock() * 1000)
         out: list[_Published] = []
+        self._skips = []
         with collect_changelog() as changelog, self._undone_on_failure():
             touched: dict[str, tuple[TenantInsights, int]] = {}
             for event in events:
@@ -134,7 +140,7 @@ class InsightsRunner:
                         msg.partition,
                         msg.offset,
                     )
-                    SKIPPED.labels("error").inc()
+                    self._skips.append(SKIPPED.labels("error"))
             for tenant_id, (st, partition) in touched.items():
                 # Closed by what was read: a backlog read in several batches is published
                 # once it is read past the window (the tick publishes by the clock).
@@ -142,6 +148,8 @@ class InsightsRunner:
                 st.expire(now_ms, self.config)
                 self._write(self.state, tenant_id, st.dump(), partition)
             await self._produce(changelog.records(), out, changelog)
+        for skipped in self._skips:
+            skipped.inc()
 
     @contextlib.contextmanager
     def _undone_on_failure(self) -> Iterator[None]:
@@ -189,12 +197,12 @@ class InsightsRunner:
         except UndecodableRecord:
             seen = None  # (the ledger sink parks those; nothing to count here)
         if seen is None:
-            SKIPPED.labels("not_an_outcome").inc()
+            self._skips.append(SKIPPED.labels("not_an_outcome"))
             return
         tenant_id = seen.tenant_id
         if tenant_id not in self.tenants:
             # Made-up tenant ids (answered unknown_tenant) must not grow the state.
-            SKIPPED.labels("unregistered").inc()
+            self._skips.append(SKIPPED.labels("unregistered"))
             return
         now_ms = int(self._clock() * 1000)
         found = touched.get(tenant_id)
@@ -219,14 +227,21 @@ class InsightsRunner:
         # the floor is a horizon before, not the command's time: that is its client's
         # clock, which may run minutes ahead), and not by a command dated in the future.
         horizon = self.config.horizon_ms
-        believed = min(max(produced_at, seen.time_ms - horizon), seen.time_ms + horizon)
+        floor = seen.time_ms - horizon
+        if st.stream_ms >= 0 and produced_at >= st.stream_ms - horizon:
+            # In line with what was read (one partition is read in the order produced):
+            # its own time, whatever its client's clock says. (Else a command dated over
+            # a horizon ahead of its record, skipped as future when read live, read late
+            # moved stream time past the rest of the backlog: review.)
+            floor = min(floor, produced_at)
+        believed = min(max(produced_at, floor), seen.time_ms + horizon)
         if not st.is_future(seen, now_ms, self.config):
             st.advance(believed, now_ms)
         key = f"{tenant_id}:{seen.event_id}"
         with at_partition(self._topic, msg.partition):
             counted = self.seen.get(key)
         if counted is not None and counted[1] != msg.offset:
-            SKIPPED.labels("duplicate").inc()
+            self._skips.append(SKIPPED.labels("duplicate"))
             return
         # Late by the tenant's stream time, as windows expire and counted ids are
         # forgotten: a backlog read over the horizon late (the agent held while the
@@ -234,10 +249,10 @@ class InsightsRunner:
         # with expiry by the clock, one read in two batches had its window expired between
         # them and made again from nothing, and a re-emission's id forgotten: review.)
         if st.is_late(seen, now_ms, self.config):
-            SKIPPED.labels("late").inc()
+            self._skips.append(SKIPPED.labels("late"))
             return
         if st.is_future(seen, now_ms, self.config):
-            SKIPPED.labels("future").inc()
+            self._skips.append(SKIPPED.labels("future"))
             return
         # No window kept for it (as many are kept as fit one record): not counted, but
         # the fraud rules still see it (a card tester is not let off for a crowded state).
@@ -249,7 +264,7 @@ class InsightsRunner:
             st.expire(now_ms, self.config)
         room = st.has_room(seen, self.config)
         if not room:
-            SKIPPED.labels("late").inc()
+            self._skips.append(SKIPPED.labels("late"))
         ws = window_start(seen.time_ms, self.config.window_ms)
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
         # The fraud rules clamp a command dated ahead to ``produced_at``, so a batch
@@ -296,6 +311,10 @@ class InsightsRunner:
             for tenant_id, raw, partition in _located(self.state):
                 if owned(partition):
                     located.append((TenantInsights.load(tenant_id, raw, now_ms), raw, partition))
+            # The dashboard shows this worker's partitions' tenants: not one moved away.
+            mine = {st.tenant_id for st, _, _ in located}
+            for gone in [t for t in self.latest_windows if t not in mine]:
+                del self.latest_windows[gone]
             # A quiet tenant's stream time is its partition's: outcomes produced that late
             # were read there, so its own, read after them, cannot be much earlier (what
             # lets its windows and ids go; on a partition with no outcomes they stay).
@@ -366,7 +385,14 @@ class InsightsRunner:
             partition = await self._partitioner.partition(topic, rec.key)
             first.append(OutRecord(topic, partition, rec.key, rec.value, rec.headers))
         last = [r for r in changelog_records if r.topic == state_topic]
-        for records in (first, last):
+        # And after those, the counted ids forgotten (the tick's): they go by the stream
+        # time the records hold (a quiet tenant's raised in the same tick). Landed before
+        # them, a crash left the ids gone and stream time short of them: a resend of one
+        # was counted again (review finding).
+        seen_topic = self.seen.changelog_topic.get_topic_name()
+        forgotten = [r for r in first if r.topic == seen_topic and r.value is None]
+        first = [r for r in first if not (r.topic == seen_topic and r.value is None)]
+        for records in (first, last, forgotten):
             if not records:
                 continue
             sent = await send_batches(producer, records)
