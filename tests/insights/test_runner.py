@@ -20,6 +20,7 @@ from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.codec import decode_record
 from paystream.streams.outcomes import CommandRef, encode_outcome
 from paystream.tables.changelog import BatchedChangelogTable
+from tests.insights.standin_broker import standin_broker
 
 pytestmark = pytest.mark.asyncio
 
@@ -401,35 +402,10 @@ async def test_the_tenant_record_is_produced_only_once_what_it_vouches_for_is_du
     record (its `through` past the batch) without the batch's alert, lost for good, or
     without its counted ids, so a re-emitted outcome counted twice (review findings).
     The ids, alerts and windows go first and are awaited; the tenant record after."""
-    import asyncio
-
-    from paystream.agents import insights as module
-    from paystream.streams.batch_producer import SentBatch
-
     h = Harness("twostep")
     del h.runner._produce  # the real one, over a recording stand-in for the broker
     sends: list[list[str]] = []
-
-    async def send_batches(producer: Any, records: Any) -> list[SentBatch]:
-        records = list(records)
-        sends.append(sorted({r.topic for r in records}))
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(type("Meta", (), {"offset": 0})())
-        return [SentBatch(r.topic, r.partition, 1, done) for r in records]
-
-    class Partitioner:
-        def __init__(self, producer: Any) -> None:
-            self.producer = producer
-
-        async def partition(self, topic: str, key: Any) -> int:
-            return 0
-
-    producer = object()
-    monkeypatch.setattr(module, "send_batches", send_batches)
-    monkeypatch.setattr(module, "KeyPartitioner", Partitioner)
-    monkeypatch.setattr(
-        module.app, "producer", type("P", (), {"_ensure_producer": lambda s: producer})()
-    )
+    standin_broker(monkeypatch, lambda records: sends.append(sorted({r.topic for r in records})))
     await h.runner.run_batch([h.event("payment.failed", DECLINE, cid=f"c{i}") for i in range(5)])
     state = h.state.changelog_topic.get_topic_name()
     seen = h.seen.changelog_topic.get_topic_name()

@@ -5,11 +5,13 @@ partition moved away. Each failed before its fix (the names say what must hold).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from paystream.agents.insights import SKIPPED
+from tests.insights.standin_broker import standin_broker
 from tests.insights.test_counting_edges import _window_counts
 from tests.insights.test_runner import DECLINE, PAID, T0, Harness
 
@@ -26,12 +28,6 @@ async def test_ids_forgotten_by_a_raise_whose_record_did_not_land_do_not_count_a
     its ids. The worker dies once the ids' tombstones (and the window) landed, before
     acme's record (the last send): recovered, acme has its window and its old stream
     time, and not the ids. c1 sent again by its client is counted again: 3."""
-    import asyncio
-    import json
-
-    from paystream.agents import insights as module
-    from paystream.streams.batch_producer import SentBatch
-
     h = Harness("raise-crash")
     await h.runner.run_batch(
         [
@@ -56,28 +52,12 @@ async def test_ids_forgotten_by_a_raise_whose_record_did_not_land_do_not_count_a
     seen_topic = h.seen.changelog_topic.get_topic_name()
     landed: list[Any] = []
 
-    async def send_batches(producer: Any, records: Any) -> list[SentBatch]:
-        records = list(records)
+    def killed_at_the_tenant_records(records: list[Any]) -> None:
         if any(r.topic == state_topic for r in records):
             raise SystemExit("worker killed")
         landed.extend(records)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(type("Meta", (), {"offset": 0})())
-        return [SentBatch(r.topic, r.partition, 1, done) for r in records]
 
-    class Partitioner:
-        def __init__(self, producer: Any) -> None:
-            self.producer = producer
-
-        async def partition(self, topic: str, key: Any) -> int:
-            return 0
-
-    producer = object()
-    monkeypatch.setattr(module, "send_batches", send_batches)
-    monkeypatch.setattr(module, "KeyPartitioner", Partitioner)
-    monkeypatch.setattr(
-        module.app, "producer", type("P", (), {"_ensure_producer": lambda s: producer})()
-    )
+    standin_broker(monkeypatch, killed_at_the_tenant_records)
     h.now += 31  # (a sweep is due)
     with pytest.raises(SystemExit):
         await h.runner.tick(lambda p: True)
@@ -225,29 +205,7 @@ async def test_the_dashboard_shows_no_window_of_a_partition_moved_away(
     """The dashboard's "Latest analytics window" is "per tenant of this worker's
     partitions": acme's partition moved to another worker (which shows it too), this
     one keeps showing acme's last window for good."""
-    import asyncio
-
-    from paystream.agents import insights as module
-    from paystream.streams.batch_producer import SentBatch
-
-    async def send_batches(producer: Any, records: Any) -> list[SentBatch]:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(type("Meta", (), {"offset": 0})())
-        return [SentBatch(r.topic, r.partition, 1, done) for r in records]
-
-    class Partitioner:
-        def __init__(self, producer: Any) -> None:
-            self.producer = producer
-
-        async def partition(self, topic: str, key: Any) -> int:
-            return 0
-
-    producer = object()
-    monkeypatch.setattr(module, "send_batches", send_batches)
-    monkeypatch.setattr(module, "KeyPartitioner", Partitioner)
-    monkeypatch.setattr(
-        module.app, "producer", type("P", (), {"_ensure_producer": lambda s: producer})()
-    )
+    standin_broker(monkeypatch)
     h = Harness("dash-moved")
     del h.runner._produce  # the real one (it keeps what the dashboard shows)
     await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="c1")])
