@@ -269,8 +269,11 @@ class InsightsRunner:
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
         # The fraud rules clamp a command dated ahead to ``produced_at``, so a batch
         # counted again publishes the same alert ids (the worker's clock moved on would not).
-        # (Nor a record time far past: the fraud window would be let go by stream time.)
-        rules_at = max(produced_at, seen.time_ms - self.config.horizon_ms)
+        # Nor earlier than a horizon before stream time (a record time far past): fraud
+        # windows ending before that are let go, and the next decline would find its
+        # window gone (the same on a redelivery: stream time is the stored record's).
+        horizon = self.config.horizon_ms
+        rules_at = max(produced_at, seen.time_ms - horizon, st.stream_time(now_ms) - horizon)
         for alert in st.apply(seen, self.config, rules_at, count=room):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
