@@ -20,6 +20,28 @@ pytestmark = pytest.mark.asyncio
 MIN = 60_000
 
 
+async def read_late_with_one_dated_ahead(
+    h: Harness, index: int, ahead_ms: int, read_at_ms: int
+) -> list[int]:
+    """Ten payments of one minute, the ``index``-th's command dated ``ahead_ms`` ahead by
+    its client, read in one batch at ``read_at_ms`` (a backlog); the counts its window was
+    published with."""
+    events = [
+        h.event(
+            "payment.succeeded",
+            PAID,
+            cid=f"c{i}",
+            at_ms=T0 + i + (ahead_ms if i == index else 0),
+            produced_ms=T0 + i + 50,
+        )
+        for i in range(10)
+    ]
+    h.now = read_at_ms / 1000
+    await h.runner.run_batch(events)
+    await h.runner.tick(lambda p: True)
+    return _window_counts(h, T0)
+
+
 @pytest.mark.parametrize("ahead_ms", [END_OF_TIME - T0, 20 * MIN])
 async def test_one_command_dated_ahead_in_a_backlog_does_not_make_the_rest_late(
     ahead_ms: int,
@@ -28,21 +50,10 @@ async def test_one_command_dated_ahead_in_a_backlog_does_not_make_the_rest_late(
     command is dated ahead by its client (year 9999, or 20 minutes: skipped as future
     when read live). Its time is taken as when it was produced: stream time jumps to
     the worker's clock and the six after it are skipped as late."""
-    h = Harness(f"ahead-{ahead_ms}")
-    events = [
-        h.event(
-            "payment.succeeded",
-            PAID,
-            cid=f"c{i}",
-            at_ms=T0 + i + (ahead_ms if i == 3 else 0),
-            produced_ms=T0 + i + 50,
-        )
-        for i in range(10)
-    ]
-    h.now = (T0 + 30 * MIN) / 1000
-    await h.runner.run_batch(events)
-    await h.runner.tick(lambda p: True)
-    assert _window_counts(h, T0)[-1:] == [9], _window_counts(h, T0)
+    counts = await read_late_with_one_dated_ahead(
+        Harness(f"ahead-{ahead_ms}"), 3, ahead_ms, T0 + 30 * MIN
+    )
+    assert counts[-1:] == [9], counts
 
 
 async def test_a_client_clocked_ahead_within_the_horizon_does_not_make_another_tenant_late() -> (

@@ -14,6 +14,7 @@ from paystream.agents.insights import SKIPPED
 from tests.insights.standin_broker import standin_broker
 from tests.insights.test_counting_edges import _window_counts
 from tests.insights.test_runner import DECLINE, PAID, T0, Harness
+from tests.insights.test_stream_time_client_clocks import read_late_with_one_dated_ahead
 
 pytestmark = pytest.mark.asyncio
 
@@ -145,21 +146,8 @@ async def test_a_command_dated_over_a_horizon_after_its_record_does_not_make_a_b
     as future (over the horizon ahead) and moves nothing. Read late it is not future by
     the worker's clock, and the horizon floor makes its record time `time - horizon`:
     stream time jumps 25 minutes and the six after it are skipped as late."""
-    h = Harness("ahead-40")
-    events = [
-        h.event(
-            "payment.succeeded",
-            PAID,
-            cid=f"c{i}",
-            at_ms=T0 + i + (40 * MIN if i == 3 else 0),
-            produced_ms=T0 + i + 50,
-        )
-        for i in range(10)
-    ]
-    h.now = (T0 + 60 * MIN) / 1000
-    await h.runner.run_batch(events)
-    await h.runner.tick(lambda p: True)
-    assert _window_counts(h, T0)[-1:] == [9], _window_counts(h, T0)
+    counts = await read_late_with_one_dated_ahead(Harness("ahead-40"), 3, 40 * MIN, T0 + 60 * MIN)
+    assert counts[-1:] == [9], counts
 
 
 async def test_late_counts_outcomes_within_the_horizon_the_fraud_rules_saw() -> None:

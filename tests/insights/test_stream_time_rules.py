@@ -11,6 +11,7 @@ from paystream.insights.state import WINDOWS_MAX, InsightsConfig, TenantInsights
 from tests.insights.standin_broker import standin_broker
 from tests.insights.test_counting_edges import _window_counts
 from tests.insights.test_runner import DECLINE, PAID, T0, Harness
+from tests.insights.test_stream_time_client_clocks import read_late_with_one_dated_ahead
 
 MIN = 60_000
 CFG = InsightsConfig()
@@ -28,21 +29,10 @@ async def test_a_future_command_does_not_move_a_new_tenant_s_stream_time() -> No
     ahead of its record: believed a horizon before its time (the tenant has no stream
     time to be in line with) and cut to the clock, it would move stream time 30 minutes
     past the rest of the backlog, and the nine after it would be late."""
-    h = Harness("future-first")
-    events = [
-        h.event(
-            "payment.succeeded",
-            PAID,
-            cid=f"c{i}",
-            at_ms=T0 + i + (50 * MIN if i == 0 else 0),
-            produced_ms=T0 + i + 50,
-        )
-        for i in range(10)
-    ]
-    h.now = (T0 + 30 * MIN) / 1000
-    await h.runner.run_batch(events)
-    await h.runner.tick(lambda p: True)
-    assert _window_counts(h, T0)[-1:] == [9], _window_counts(h, T0)
+    counts = await read_late_with_one_dated_ahead(
+        Harness("future-first"), 0, 50 * MIN, T0 + 30 * MIN
+    )
+    assert counts[-1:] == [9], counts
 
 
 @pytest.mark.asyncio
