@@ -67,12 +67,44 @@ def kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
     """The headers paystream reads, checks for card numbers and keeps (retry topic, dead
     letters): the CloudEvents ones. Others (tracing ids and the like) are neither read nor
     kept: long decimal ids would pass for card numbers one time in ten."""
-    return {k: v for k, v in headers.items() if _KEPT(k)}
+    names = tuple(headers)
+    kept = _KEPT_NAMES.get(names)
+    if kept is None:
+        kept = _kept_names(names)
+    if kept is _ALL_KEPT:
+        return dict(headers)  # (the common case: one C-level copy)
+    return {k: headers[k] for k in kept}
 
 
-# Header names are case-insensitive to the decoder (and the SDK): so here. (One regex call
-# per header: this runs for every command.)
+# Header names are case-insensitive to the decoder (and the SDK): so here.
 _KEPT = re.compile(r"(?i)ce_|content-type\Z").match
+# Which of a record's header names are kept, by the names in order: producers send the
+# same few sets on every command. (Only str names, as a dict of them holds; a bounded
+# number of small sets: hostile records must not fill memory.)
+_KEPT_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_ALL_KEPT: tuple[str, ...] = ("(every name)",)
+_KEPT_SET_MAX = 32
+_KEPT_NAME_MAX = 256
+_KEPT_SETS = 1024
+
+
+def _kept_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of ``names`` are kept (``_ALL_KEPT`` for all), remembered for next time."""
+    kept = tuple(k for k in names if _KEPT(k))
+    if len(kept) == len(names):
+        kept = _ALL_KEPT
+    if (
+        len(names) <= _KEPT_SET_MAX
+        and _STR.issuperset(map(type, names))
+        and max(map(len, names), default=0) <= _KEPT_NAME_MAX
+    ):
+        if len(_KEPT_NAMES) >= _KEPT_SETS:
+            _KEPT_NAMES.clear()
+        _KEPT_NAMES[names] = kept
+    return kept
+
+
+_STR = frozenset({str})
 
 
 def raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
@@ -82,13 +114,11 @@ def raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
     value = rec.value or b""
     if b"\x00" in value or b'"data_base64"' in value:  # digits the quick look cannot see
         return True
-    if any(b"\x00" in v for v in headers.values()) or any("\x00" in k for k in headers):
+    # (A NUL in any value or name, looked for in all of them at once.)
+    if b"\x00" in b"".join(headers.values()) or "\x00" in "".join(headers):
         return True
     return raw_may_contain_card_number(
-        rec.key or b"",
-        rec.value or b"",
-        "\x00".join(headers).encode(),
-        *headers.values(),
+        rec.key or b"", value, "\x00".join(headers).encode(), *headers.values()
     )
 
 
@@ -274,12 +304,11 @@ def security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:
     found = text_security_code_key(text)
     if found is None and b"\\" in value:
         found = text_security_code_key(_unescaped(text))
-    if found is None and rec.key and _holds_security_code_text(key_str(rec.key)):
+    if found is None and _key_holds_security_code(rec.key):
         found = "the record key"  # (the tenant, when no tenantid names one)
     headers = rec.headers
     if found is None and (
-        any(b"\x00" in v for v in headers.values())
-        or len({k.lower() for k in headers}) != len(headers)
+        b"\x00" in b"".join(headers.values()) or len(set(map(str.lower, headers))) != len(headers)
     ):
         # UTF-16, or an extension given twice in two cases (the SDK keeps the last):
         # each header on its own, as a dead letter's are read.
@@ -350,6 +379,15 @@ def _value_text_holds_other_codes(rec: Inbound, raw: Any) -> bool:
     return bool(found and found - security_codes_in_strings(raw, unescape=_unescaped))
 
 
+def _key_holds_security_code(key: bytes | None) -> bool:
+    """The record key holds a card security code (as :func:`_holds_security_code_text`
+    reads it). A key with neither a quote nor a backslash (a tenant id) holds no JSON
+    member, nor one once escapes are resolved: no need to decode it."""
+    if not key or (b'"' not in key and b"\\" not in key):
+        return False
+    return _holds_security_code_text(key_str(key))
+
+
 def _holds_security_code_text(text: str) -> bool:
     """Does this text hold a JSON member naming a card security code (escapes resolved;
     NULs dropped: UTF-16 read as UTF-8)?"""
@@ -406,6 +444,8 @@ def _header_text_security_code(rec: Inbound) -> str | None:
     """A card security code in JSON text inside a kept header's value (``ce_note:
     {"card_cvc":"737"}``): a binary-mode attribute's value, which a parked or dead-lettered
     command keeps as it came. (Structured mode has it in the value's text.)"""
+    if b'"' not in b"".join(rec.headers.values()):
+        return None  # no value with a JSON member, kept or not (nearly every command)
     for name, value in kept_headers(rec.headers).items():
         if b'"' not in value:
             continue  # no JSON member (the common case: no decoding)
