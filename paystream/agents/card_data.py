@@ -84,7 +84,7 @@ _KEPT = re.compile(r"(?i)ce_|content-type\Z").match
 _KEPT_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
 _ALL_KEPT: tuple[str, ...] = ("(every name)",)
 _KEPT_SET_MAX = 32
-_KEPT_NAME_MAX = 256
+_KEPT_NAME_MAX = 64
 _KEPT_SETS = 1024
 
 

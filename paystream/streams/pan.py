@@ -482,7 +482,7 @@ def _key_set_names_code(item: dict[Any, Any]) -> bool:
 _PLAIN = frozenset({str, int, float, bool, type(None), datetime})
 _STR = frozenset({str})
 _NAMING_KEY_SETS: dict[tuple[Any, ...], bool] = {}
-_CACHED_SET_MAX = 64
+_CACHED_SET_MAX = 32
 _CACHED_SETS = 1024
 
 
