@@ -6,7 +6,7 @@ does) applies the same rules without loading Stripe's SDK.
 
 from __future__ import annotations
 
-from paystream.money import Money, format_minor, minor_unit_exponent
+from paystream.money import CURRENCY_EXPONENTS, Money, format_minor, minor_unit_exponent
 
 __all__ = ["MINIMUM_CHARGE", "below_minimum_charge", "three_decimal_problem"]
 
@@ -55,7 +55,12 @@ def below_minimum_charge(amount: Money) -> str | None:
 def three_decimal_problem(amount: Money) -> str | None:
     """Why Stripe refuses an amount in a three-decimal currency (BHD, JOD, KWD, OMR,
     TND): its card partners take only multiples of 10 minor units."""
-    if minor_unit_exponent(amount.currency) == 3 and amount.amount % 10:
+    # A currency found as a key is already normalised (upper-case ASCII, no spaces), so
+    # `minor_unit_exponent` would answer the same; anything else takes the full path.
+    exponent = CURRENCY_EXPONENTS.get(amount.currency)
+    if exponent is None:
+        exponent = minor_unit_exponent(amount.currency)
+    if exponent == 3 and amount.amount % 10:
         return (
             f"Stripe takes {amount.currency} amounts in multiples of 10 minor units "
             f"(got {amount.amount})"

@@ -30,11 +30,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
+from paystream.gateways import base as gw
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator.autopipeline import autopipeline_for
+from paystream.money import Money
 
-__all__ = ["Effect", "Refusal", "SimulatorStore", "Tx", "request_fingerprint"]
+__all__ = [
+    "PLAIN_REQUESTS",
+    "Effect",
+    "Refusal",
+    "SimulatorStore",
+    "Tx",
+    "model_fingerprint",
+    "request_fingerprint",
+]
 
 PROVIDER = "simulator"
 
@@ -48,10 +59,6 @@ _MAX_CONFLICT_RETRIES = 64
 STATE_TTL_SECONDS = 400 * 24 * 3600
 # The effect ledger is for tests and inspection; a tenant's newest entries are kept.
 EFFECTS_CAP = 100_000
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
 
 
 # Marks "the object did not exist" among read values (a JSON object never equals it).
@@ -142,6 +149,48 @@ def request_fingerprint(operation: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+# Request models whose fields orjson writes exactly as ``model_dump(mode="json")`` does:
+# str, int, bool, None, dict[str, str], StrEnum members (written as their values) and
+# these same models (Money). Their field dicts are serialised as they stand, with no
+# intermediate dump; tests/gateways/simulator/test_fast_paths.py holds every class here
+# to that (its field types, and equal fingerprints).
+PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
+    {
+        Money,
+        gw.CreateCustomer,
+        gw.UpdateCustomer,
+        gw.DeleteCustomer,
+        gw.AttachPaymentMethod,
+        gw.DetachPaymentMethod,
+        gw.CreatePayment,
+        gw.CapturePayment,
+        gw.CancelPayment,
+        gw.CreateRefund,
+        gw.SubmitDisputeEvidence,
+        gw.AcceptDispute,
+    }
+)
+
+
+def _model_fields(obj: Any) -> Any:
+    """orjson's hook for what it cannot write itself: a request model's fields."""
+    if type(obj) in PLAIN_REQUESTS:
+        return obj.__dict__  # (a model's __dict__ holds its fields and nothing else)
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"cannot fingerprint {type(obj).__name__}")
+
+
+def model_fingerprint(operation: str, req: BaseModel) -> str:
+    """``request_fingerprint(operation, req.model_dump(mode="json"))``, the same bytes
+    hashed, in about half the time: orjson writes the model's fields as it goes (sorting
+    the keys of every dict, the fields' dicts included) instead of a dump being built
+    and then written."""
+    params = req.__dict__ if type(req) in PLAIN_REQUESTS else req  # (one hook call fewer)
+    body = orjson.dumps([operation, params], default=_model_fields, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -194,6 +243,7 @@ class SimulatorStore:
         self._redis = redis
         self._io = autopipeline_for(redis)
         self._prefix = f"sim:{{{tenant_id}}}:"
+        self._effects_list = f"{self._prefix}effects"
         self._record_ttl = record_ttl_seconds
         # An object outlives every idempotency record that names it (a replayed create
         # answers with an id that must still mean something).
@@ -210,7 +260,7 @@ class SimulatorStore:
 
     @property
     def _effects_key(self) -> str:
-        return f"{self._prefix}effects"
+        return self._effects_list
 
     async def execute(
         self, idempotency_key: str, fingerprint: str, fn: TxFn, *, keyed: bool = True
@@ -245,23 +295,8 @@ class SimulatorStore:
                 if stored is not None:
                     return _replay(json.loads(stored), fingerprint, idempotency_key)
                 raise
-            record = {"state": "done", "fp": fingerprint, "response": response}
-            read_keys = list(tx.reads)
-            write_keys = [self.object_key(object_id) for object_id in tx.writes]
-            args: list[Any] = [
-                _dumps(record) if keyed else "",
-                self._record_ttl,
-                self._state_ttl,
-                self._effects_cap,
-                len(read_keys),
-                *(tx.reads[k] if tx.reads[k] is not None else _ABSENT for k in read_keys),
-                len(write_keys),
-                *(_dumps(obj) for obj in tx.writes.values()),
-                *(_dumps(effect.as_dict()) for effect in tx.effects),
-            ]
-            answer = await self._io.run_script(
-                self._commit, [idem, self._effects_key, *read_keys, *write_keys], args
-            )
+            record = {"state": "done", "fp": fingerprint, "response": response} if keyed else None
+            answer = await self._io.run_script(self._commit, *self._commit_call(idem, record, tx))
             status = _text(answer[0])
             if status == "ok":
                 return response
@@ -273,6 +308,30 @@ class SimulatorStore:
             "too much contention on the simulated objects",
             provider=PROVIDER,
         )
+
+    def _commit_call(
+        self, idem: str, record: dict[str, Any] | None, tx: Tx
+    ) -> tuple[list[str], list[Any]]:
+        """The commit script's keys and arguments (see ``_COMMIT``) for ``tx``.
+
+        JSON goes as orjson's bytes: the str it used to be decoded into was encoded back
+        to the same UTF-8 bytes when the command was packed."""
+        keys = [idem, self._effects_key, *tx.reads]
+        args: list[Any] = [
+            b"" if record is None else orjson.dumps(record),
+            self._record_ttl,
+            self._state_ttl,
+            self._effects_cap,
+            len(tx.reads),
+        ]
+        args.extend(_ABSENT if raw is None else raw for raw in tx.reads.values())
+        args.append(len(tx.writes))
+        for object_id, obj in tx.writes.items():
+            keys.append(self.object_key(object_id))
+            args.append(orjson.dumps(obj))
+        # orjson writes a dataclass as `as_dict` does (its fields, in definition order).
+        args.extend(map(orjson.dumps, tx.effects))
+        return keys, args
 
     async def read(self, object_id: str) -> dict[str, Any] | None:
         """An object outside any transaction (test helpers, inspection)."""
