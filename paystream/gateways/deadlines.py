@@ -34,6 +34,9 @@ class CallDeadlines:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = (
             weakref.WeakKeyDictionary()
         )
+        # The loop looked up last and its entry: a worker has one loop, and a lookup in
+        # the weak map makes a weak reference to its key every time.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopDeadlines] | None = None
 
     def limit(self, seconds: float) -> _Limit:
         """``with deadlines.limit(s):`` around an await; raises TimeoutError when overdue."""
@@ -45,9 +48,13 @@ class CallDeadlines:
         return 0 if found is None else len(found.active)
 
     def _on(self, loop: asyncio.AbstractEventLoop) -> _LoopDeadlines:
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
         found = self._loops.get(loop)
         if found is None:
             found = self._loops[loop] = _LoopDeadlines(self.tick)
+        self._last = (weakref.ref(loop), found)
         return found
 
 
@@ -104,10 +111,10 @@ class _Limit:
     def __enter__(self) -> _Limit:
         if self._task is not None:
             raise RuntimeError("a call deadline cannot be entered twice")
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("a call deadline must be used inside a task")
-        loop = task.get_loop()
         self._task = task
         self._cancelling = task.cancelling()
         self.expires = loop.time() + self._seconds

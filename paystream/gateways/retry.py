@@ -170,7 +170,9 @@ class RetryPolicy:
 
     async def call(self, tenant_id: str, provider: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` (which must reuse one idempotency key) until it answers or we give up."""
-        breaker = self.breaker(tenant_id, provider)
+        breaker = self.breakers.get((tenant_id, provider))  # (one lookup, not two)
+        if breaker is None:
+            breaker = self.breaker(tenant_id, provider)
         # An earlier attempt's failure after which the provider may have acted (a lost
         # answer, a 5xx): a later refusal that is no answer to the request itself must
         # not end the command as if nothing had happened.

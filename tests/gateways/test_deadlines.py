@@ -153,3 +153,18 @@ def test_a_finished_event_loop_is_let_go() -> None:
     del loop
     gc.collect()
     assert ref() is None and len(deadlines._loops) == 0
+
+
+def test_loops_one_after_another_each_get_their_own_timer() -> None:
+    # The entry of the loop looked up last is kept at hand: a later loop must not use it.
+    deadlines = CallDeadlines(tick=TICK)
+
+    async def overdue() -> str:
+        try:
+            with deadlines.limit(0.03):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timeout"
+        return "ok"
+
+    assert [asyncio.run(overdue()) for _ in range(3)] == ["timeout"] * 3

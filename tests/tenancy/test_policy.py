@@ -121,3 +121,47 @@ async def test_a_forgotten_tenant_has_no_circuit_gauge() -> None:
     assert _circuit_open("t-gone") == 1
     policy.forget("t-gone")
     assert _circuit_open("t-gone") is None
+
+
+def test_the_call_histogram_counts_as_prometheus_client_does() -> None:
+    import math
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from paystream.tenancy.policy import observer
+
+    registry = CollectorRegistry()
+    hist = Histogram(
+        "t_seconds", "t", ["way"], buckets=(0.001, 0.005, 0.01, 1, 10), registry=registry
+    )
+    values = [0.0, 0.0005, 0.001, 0.0010001, 0.005, 0.007, 0.01, 0.5, 1, 9.99, 10, 11, 1e9]
+    values += [-1.0, math.inf, math.nan]
+    fast = observer(hist.labels("fast"))
+    for value in values:
+        hist.labels("slow").observe(value)
+        fast(value)
+
+    def samples(way: str) -> list[tuple[str, dict[str, str], float]]:
+        out = []
+        for metric in registry.collect():
+            for s in metric.samples:
+                if s.labels.get("way") == way and not s.name.endswith("_created"):
+                    labels = {k: v for k, v in s.labels.items() if k != "way"}
+                    out.append((s.name, labels, s.value))
+        return out
+
+    slow, quick = samples("slow"), samples("fast")
+    assert len(slow) == len(quick) > 0
+    for (n1, l1, v1), (n2, l2, v2) in zip(slow, quick, strict=True):
+        assert (n1, l1) == (n2, l2)
+        assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+
+
+def test_a_histogram_with_labels_cannot_be_observed_directly() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from paystream.tenancy.policy import observer
+
+    hist = Histogram("u_seconds", "u", ["way"], registry=CollectorRegistry())
+    with pytest.raises(ValueError, match="missing label values"):
+        observer(hist)(1.0)
