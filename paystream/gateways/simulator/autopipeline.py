@@ -103,7 +103,11 @@ class AutoPipeline:
         taken from the client's pool once and kept; a failed one goes back disconnected.
         """
         commands = [
-            ("EVALSHA", script.sha, *command[2:]) if script is not None else command
+            # A script's sha as it is now (reloaded after a NoScriptError); unchanged,
+            # the command as queued.
+            command
+            if script is None or command[1] == script.sha
+            else ("EVALSHA", script.sha, *command[2:])
             for command, script, _ in batch
         ]
         pool = self._redis.connection_pool

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import Connection
 
-from paystream.gateways.simulator.resp import _pack_command, use_hiredis_packing
+from paystream.gateways.simulator.resp import _pack_command, _pack_commands, use_hiredis_packing
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,27 @@ from paystream.gateways.simulator.resp import _pack_command, use_hiredis_packing
 )
 def test_same_wire_bytes_as_redis_py(args: tuple[Any, ...]) -> None:
     conn = Connection()
+    assert b"".join(_pack_command(conn, *args)) == b"".join(conn.pack_command(*args))
+
+
+def test_a_pipeline_is_packed_into_the_same_wire_bytes() -> None:
+    commands = [
+        ("EVALSHA", "0123abcd", 1, "k", b"\x00absent", "é" * 5000, 7),
+        ("GET", "x"),
+        ("SCRIPT LOAD", "return 1"),
+        ("SET", "k", b"v" * 7000),  # redis-py writes this one apart (over 6 kB)
+        ("SET", "k", 1.5),
+    ]
+    ours = Connection()
+    ours.pack_command = lambda *args: _pack_command(ours, *args)  # type: ignore[method-assign]
+    theirs = Connection()
+    assert b"".join(_pack_commands(ours, commands)) == b"".join(theirs.pack_commands(commands))
+
+
+@pytest.mark.parametrize("name", ["", " GET", "GET\t", "SCRIPT\nLOAD"])
+def test_command_names_split_as_redis_py_splits_them(name: str) -> None:
+    conn = Connection()
+    args = (name, "x")
     assert b"".join(_pack_command(conn, *args)) == b"".join(conn.pack_command(*args))
 
 
