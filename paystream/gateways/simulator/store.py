@@ -191,6 +191,17 @@ def model_fingerprint(operation: str, req: BaseModel) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def _loads(raw: str) -> Any:
+    """A stored object or record, parsed: what ``json.loads`` gives, four times faster.
+
+    The two read alike all but integers beyond 64 bits (orjson: floats) and the NaN and
+    Infinity literals (orjson: an error), and nothing stored holds either: objects and
+    records are written with ``orjson.dumps``, which refuses such integers and writes
+    no such literals (and have only ever held strings, integers within bounds far below
+    2**63, booleans, nulls, lists and dicts)."""
+    return orjson.loads(raw)
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -214,7 +225,7 @@ class Tx:
         if key not in self.reads:
             self.reads[key] = _text(await self._store._io.get(key))
         raw = self.reads[key]
-        return None if raw is None else dict(json.loads(raw))
+        return None if raw is None else dict(_loads(raw))
 
     def put(self, obj: dict[str, Any]) -> None:
         self.writes[str(obj["id"])] = obj
@@ -293,7 +304,7 @@ class SimulatorStore:
                 # its response; other parameters: the idempotency error).
                 stored = _text(await self._io.get(idem)) if keyed else None
                 if stored is not None:
-                    return _replay(json.loads(stored), fingerprint, idempotency_key)
+                    return _replay(_loads(stored), fingerprint, idempotency_key)
                 raise
             record = {"state": "done", "fp": fingerprint, "response": response} if keyed else None
             answer = await self._io.run_script(self._commit, *self._commit_call(idem, record, tx))
@@ -301,7 +312,7 @@ class SimulatorStore:
             if status == "ok":
                 return response
             if status == "used":
-                return _replay(json.loads(_text(answer[1]) or "{}"), fingerprint, idempotency_key)
+                return _replay(_loads(_text(answer[1]) or "{}"), fingerprint, idempotency_key)
             # "conflict": an object we read changed under us; recompute from fresh state
         raise GatewayError(
             ErrorCode.PROCESSING_ERROR,
