@@ -67,6 +67,9 @@ def kept_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:
     """The headers paystream reads, checks for card numbers and keeps (retry topic, dead
     letters): the CloudEvents ones. Others (tracing ids and the like) are neither read nor
     kept: long decimal ids would pass for card numbers one time in ten."""
+    if type(headers) is not dict:
+        # (A multi-valued mapping may give ``[]`` other than ``items()``: read as listed.)
+        return {k: v for k, v in headers.items() if _KEPT(k)}
     names = tuple(headers)
     kept = _KEPT_NAMES.get(names)
     if kept is None:
@@ -113,6 +116,8 @@ def raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
     the quick look cannot see: look properly.)"""
     value = rec.value or b""
     if b"\x00" in value or b'"data_base64"' in value:  # digits the quick look cannot see
+        return True
+    if b"\x00" in (rec.key or b""):  # a key in UTF-16 is echoed by a rejection's record
         return True
     # (A NUL in any value or name, looked for in all of them at once.)
     if b"\x00" in b"".join(headers.values()) or "\x00" in "".join(headers):

@@ -467,7 +467,7 @@ def _key_set_names_code(item: dict[Any, Any]) -> bool:
     their names differ), a bounded number of sets: hostile data must not fill memory."""
     keys = tuple(item)
     if not _STR.issuperset(map(type, keys)):
-        return any(_names_security_code(str(key)) for key in keys)
+        return True  # (not a parsed command's: left to the full walk, as it reads them)
     named = _NAMING_KEY_SETS.get(keys)
     if named is None:
         named = any(_names_security_code(key) for key in keys)

@@ -101,3 +101,28 @@ def test_security_code_outside_data(
 ) -> None:
     rec, event = _event_rec(key, **extra)
     assert security_code_outside_data(rec, event) == found  # type: ignore[arg-type]
+
+
+class _FirstValueHeaders(Mapping[str, bytes]):
+    """A Kafka-style multi-valued header list: ``[]`` gives a name's first value,
+    ``items()`` every pair (session 31 review)."""
+
+    def __init__(self, pairs: list[tuple[str, bytes]]) -> None:
+        self.pairs = pairs
+
+    def __getitem__(self, name: str) -> bytes:
+        return next(v for k, v in self.pairs if k == name)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (k for k, _ in self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def items(self):  # type: ignore[no-untyped-def,override]
+        return list(self.pairs)
+
+
+def test_kept_headers_of_another_mapping_are_read_as_listed() -> None:
+    headers = _FirstValueHeaders([("ce_note", b"x"), ("ce_note", b"4111 1111 1111 1111")])
+    assert kept_headers(headers) == _kept(headers) == {"ce_note": b"4111 1111 1111 1111"}

@@ -253,6 +253,19 @@ async def test_a_card_number_in_utf16_is_refused_in_a_header_and_in_data(
     assert not harness.tables.customers
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+async def test_a_card_number_in_utf16_as_the_record_key_is_refused(
+    harness: Harness, encoding: str
+) -> None:
+    """Every answer's record is keyed as its command was (session 31 review: a command
+    naming no tenant was answered `validation_error` under the UTF-16 card number)."""
+    rec = _binary(PAN.encode(encoding), b"{}", ce_type=b"com.paystream.command.customer.create")
+    headers = {k: v for k, v in rec.headers.items() if k != "ce_tenantid"}
+    emits = await harness.raw(replace(rec, headers=headers))
+    _refused(harness, emits)
+    assert PAN not in _blob(emits)
+
+
 async def test_a_security_code_outside_the_data_is_not_repeated_by_its_rejection(
     harness: Harness,
 ) -> None:

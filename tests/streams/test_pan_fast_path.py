@@ -225,3 +225,10 @@ def test_same_keys_with_other_values_are_still_read() -> None:
     assert security_code_at(keys) is None
     assert security_code_at({**keys, "cvc": "737"}) == "cvc"
     assert security_code_at(json.loads('{"a": {"b": [{"cvc": " 737 "}]}}')) == "cvc"
+
+
+def test_keys_that_are_not_text_are_left_to_the_full_walk() -> None:
+    """A key whose text cannot even be made (too many digits) is read as the full walk
+    reads it: only beside a value that looks like a code (session 31 review)."""
+    assert security_code_at({10**5000: "x"}) is None
+    assert security_code_at({1: "737", "cvc": "737"}) == "cvc"
