@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
@@ -114,22 +115,38 @@ def decode_record(
     """Parse a Kafka record into a CloudEvent, auto-detecting binary or structured mode."""
     if value is None:
         raise UndecodableRecord("empty record value (tombstone) is not a command")
-    fields = dict(headers)
     binary = False
-    time_raw: bytes | None = None
+    time_name: str | None = None
     ctype = ""
     named: set[str] = set()
     twice: list[str] = []
-    for name in headers:
+    # The binary-mode attributes, as the SDK's from_binary makes them, built in this same
+    # pass (see _binary_event); None once a header value is not UTF-8.
+    attributes: dict[str, Any] | None = {}
+    for name, raw in headers.items():
         lowered = name.lower()
+        attr: str | None = None  # the attribute it holds (ce_time's is parsed apart)
         if lowered.startswith("ce_"):
             binary = True
             if lowered == "ce_time":
-                time_raw = fields.pop(name)
+                time_name = name
+            else:
+                attr = lowered[3:]
         elif lowered == "content-type":
-            ctype = headers[name].decode("latin-1").lower()
-        else:
-            continue
+            ctype = raw.decode("latin-1").lower()
+            attr = "datacontenttype"
+        if name == time_name:
+            pass
+        elif attributes is not None:
+            try:
+                text = raw.decode("utf-8")  # from_binary decodes every header's value
+            except UnicodeDecodeError:
+                attributes = None
+            else:
+                if attr is not None:
+                    attributes[attr] = text
+        if attr is None and name != time_name:
+            continue  # not a CloudEvents header
         if lowered in named:
             twice.append(lowered)
         named.add(lowered)
@@ -142,19 +159,28 @@ def decode_record(
         # whichever comes last, and a park (its headers sorted) would be re-driven as
         # the other one: another command id, another charge.
         raise UndecodableRecord(f"header {twice[0]!r} given twice (names differing in case)")
+    event: BaseCloudEvent
     try:
         if binary:
             # The SDK parses `time` with dateutil, a sizeable share of decoding a command;
             # the standard library parses RFC 3339 in a fraction of that.
-            factory: Any = _Received
-            if time_raw is not None:
-                factory = functools.partial(_event_at, _parse_time(time_raw.decode("utf-8")))
-            message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
-            event = ce_kafka.from_binary(message, _FORMAT, factory)
+            time = None if time_name is None else _parse_time(headers[time_name].decode("utf-8"))
+            if attributes is not None:
+                event = _binary_event(attributes, key, value, time)
+            else:  # a value that is not UTF-8: the SDK raises as it always has
+                factory: Any = _Received
+                if time is not None:
+                    factory = functools.partial(_event_at, time)
+                message = ce_kafka.KafkaMessage(
+                    headers=_without(headers, time_name), key=key, value=value
+                )
+                event = ce_kafka.from_binary(message, _FORMAT, factory)
         else:
             if ctype and not ctype.startswith(STRUCTURED_CONTENT_TYPE):
                 raise UndecodableRecord(f"content-type {ctype!r} is not a structured CloudEvent")
-            message = ce_kafka.KafkaMessage(headers=fields, key=key, value=value)
+            message = ce_kafka.KafkaMessage(
+                headers=_without(headers, time_name), key=key, value=value
+            )
             event = ce_kafka.from_structured(message, _FORMAT, _Received)
             # JSON can spell a lone surrogate ("\ud800"): such an id or type could never
             # be written into an outcome's headers (binary-mode headers are UTF-8 bytes).
@@ -165,9 +191,19 @@ def decode_record(
         raise
     except Exception as exc:  # the SDK raises a zoo of types for malformed input
         raise UndecodableRecord(f"{type(exc).__name__}: {exc}") from exc
+    if type(event) is _Received:  # (CloudEvent's isinstance goes through typing.Protocol)
+        return event
     if not isinstance(event, CloudEvent):
         raise UndecodableRecord("not a CloudEvents 1.0 event")
     return event
+
+
+def _without(headers: Mapping[str, bytes], name: str | None) -> dict[str, bytes]:
+    """The headers as a dict, but ``name``'s."""
+    fields = dict(headers)
+    if name is not None:
+        del fields[name]
+    return fields
 
 
 def valid_unicode(text: str) -> bool:
@@ -197,18 +233,79 @@ class _Received(CloudEvent):
             raise UndecodableRecord("missing required attribute 'id'")
         if "specversion" not in attributes:  # required; the SDK would assume 1.0
             raise UndecodableRecord("missing required attribute 'specversion'")
+        if _plainly_valid(attributes):
+            # Nothing for the checks below to find (nor for the SDK's validation, which
+            # adds nothing either: id and specversion are given, and a missing time stays
+            # missing): they are skipped, a fifth of decoding a command.
+            self._attributes = attributes
+            self._data = data
+            return
         for name, value in attributes.items():
             # Attribute types are all scalars (spec: Type System); JSON could nest.
             if isinstance(value, dict | list):
                 raise UndecodableRecord(f"attribute {name!r} is not a scalar")
+        # The SDK's errors, word for word (UndecodableRecord quotes them).
         given_time = "time" in attributes
         super().__init__(attributes, data)
         if not given_time:
             del self._attributes["time"]
 
 
+# The attributes the spec defines but time: strings, not empty (CloudEvent's
+# _validate_required_attributes and _validate_optional_attributes; specversion is
+# checked to be "1.0" apart).
+_SPEC_NAMES = frozenset(
+    {"id", "source", "type", "specversion", "subject", "datacontenttype", "dataschema"}
+)
+# An extension attribute's name (the SDK's ``^[a-z0-9]+$`` also takes one trailing
+# newline: such a name goes to the SDK, which decides).
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+# Names no string-valued extension may have: "data" is reserved, and a time must be a
+# datetime (never a string here: both modes parse it, but the SDK would refuse one).
+_NOT_EXTENSIONS = frozenset({"data", "time"})
+
+
+def _plainly_valid(attributes: dict[str, Any]) -> bool:
+    """True only when neither the scalar check of ``_Received`` nor the SDK's
+    ``CloudEvent._validate_attribute`` would find anything wrong with ``attributes`` (id
+    and specversion present): every value a string but time; specversion "1.0"; id,
+    source and type (required) and subject, datacontenttype and dataschema (if given)
+    not empty; time (if given) a datetime with a time zone; every other name an
+    extension name, not "data". False is no verdict: the full checks then run."""
+    if attributes["specversion"] != "1.0" or "source" not in attributes:
+        return False
+    if "type" not in attributes:
+        return False
+    for name, value in attributes.items():
+        if type(value) is str:
+            if name in _SPEC_NAMES:
+                if not value:
+                    return False
+            elif name in _NOT_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
+                return False
+        elif name != "time" or type(value) is not datetime or not value.tzinfo:
+            return False
+    return True
+
+
 def _event_at(time: datetime, attributes: dict[str, Any], data: Any) -> CloudEvent:
     return _Received({**attributes, "time": time}, data)
+
+
+def _binary_event(
+    attributes: dict[str, Any], key: bytes | None, value: bytes, time: datetime | None
+) -> CloudEvent:
+    """``ce_kafka.from_binary(message, _FORMAT, partial(_event_at, time))`` from the
+    attributes decode_record read off the headers as from_binary does (every value
+    decoded as UTF-8, ``ce_*`` names lower-cased and unprefixed, ``content-type`` as
+    ``datacontenttype``; ``ce_time`` parsed apart, into ``time``): the same event, the
+    same attributes in the same order, without a second pass over the headers."""
+    if key is not None:
+        attributes["partitionkey"] = key.decode("utf-8") if isinstance(key, bytes) else key
+    data = _FORMAT.read_data(value, attributes.get("datacontenttype"))
+    if time is not None:
+        attributes["time"] = time
+    return _Received(attributes, data)
 
 
 def encode_data(data: Any, datacontenttype: str | None) -> bytes:
