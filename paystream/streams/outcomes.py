@@ -30,6 +30,7 @@ __all__ = [
     "outcome_id",
     "outcome_traceparent",
     "rejection_data",
+    "time_text",
 ]
 
 OUTCOME_PREFIX = "com.paystream."
@@ -109,23 +110,39 @@ def outcome_traceparent(cmd: CommandRef) -> str | None:
     )
 
 
+def time_text(at: datetime) -> str:
+    """``at.isoformat()``, kept for the last ``at`` asked: a command's time is written
+    four times per command (its outcome's header, its idempotency record, its entity's
+    emission, the dashboard's summary). By identity: the datetime kept cannot be freed
+    meanwhile, so no other can have its id (and a datetime never changes)."""
+    kept = _last_time[0]
+    if kept[0] is at:
+        return kept[1]
+    text = at.isoformat()
+    _last_time[0] = (at, text)  # (one tuple, swapped whole)
+    return text
+
+
+_last_time: list[tuple[datetime | None, str]] = [(None, "")]
+
+
 def outcome_id(tenant_id: str, command_id: str, outcome_type: str, salt: str | None = None) -> str:
     """Deterministic event id: the same command always yields the same outcome id.
 
     It is ``uuid.uuid5(_NAMESPACE, name)``, computed without building a ``UUID`` object
-    (a third of the cost of an outcome's id, on every command). ``salt``: see
-    ``CommandRef.id_salt``.
+    (a third of the cost of an outcome's id, on every command): the SHA-1 digest's first
+    32 hex digits, with the version digit set to 5 and the variant's two bits to 10.
+    ``salt``: see ``CommandRef.id_salt``.
     """
     name = f"{tenant_id}\x1f{command_id}\x1f{outcome_type}"
     if salt is not None:
         name += f"\x1f{salt}"
-    raw = bytearray(
-        hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()[:16]
-    )
-    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+# A hex digit with its top two bits set to 10 (RFC 4122 variant): 0-3 → 8-b, ... c-f → 8-b.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 def build_outcome(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> CloudEvent:
@@ -145,18 +162,43 @@ def encode_outcome(
     key = cmd.tenant_id.encode()
     if mode is not CloudEventsMode.BINARY:
         return encode_event(build_outcome(cmd, outcome_type, data), key, mode)
-    attrs = _attributes(cmd, outcome_type, data)
-    headers = [("content-type", _JSON)]
-    for name, value in attrs.items():
-        if name == "time":
-            text = value.isoformat()
-            headers.append(
-                ("ce_time", (text[:-6] + "Z" if text.endswith("+00:00") else text).encode())
-            )
-        elif name != "datacontenttype":
-            headers.append(("ce_" + name, str(value).encode()))
-    headers.sort()
-    return KafkaRecord(key=key, value=encode_data(data, "application/json"), headers=tuple(headers))
+    headers = _binary_headers(cmd, outcome_type, data)
+    return KafkaRecord(key=key, value=encode_data(data, "application/json"), headers=headers)
+
+
+def _binary_headers(
+    cmd: CommandRef, outcome_type: str, data: dict[str, Any]
+) -> tuple[tuple[str, bytes], ...]:
+    """The binary-mode headers of ``_attributes(cmd, outcome_type, data)``, sorted:
+    ``ce_<name>`` (time in RFC 3339, "Z" for UTC) and ``content-type`` for
+    datacontenttype. Written in sorted order straight away (the names are fixed, each
+    there once), without the attributes' dict."""
+    id_ = outcome_id(cmd.tenant_id, cmd.command_id, outcome_type, cmd.id_salt)
+    domain = outcome_type.split(".", 1)[0]
+    source = f"/paystream/tenants/{_path_segment(cmd.tenant_id)}/{domain}"
+    subject = data.get("entity_id")
+    traceparent = outcome_traceparent(cmd) if cmd.traceparent else None
+    # Encoded in the attributes' order, so that a value that cannot be fails as it did.
+    id_b, source_b, type_b = id_.encode(), source.encode(), (OUTCOME_PREFIX + outcome_type).encode()
+    time = time_text(cmd.time)
+    time_b = (time[:-6] + "Z" if time.endswith("+00:00") else time).encode()
+    tenant_b, causation_b = cmd.tenant_id.encode(), cmd.command_id.encode()
+    headers = [
+        ("ce_causationid", causation_b),
+        ("ce_id", id_b),
+        ("ce_partitionkey", tenant_b),
+        ("ce_source", source_b),
+        ("ce_specversion", b"1.0"),
+    ]
+    if subject:
+        headers.append(("ce_subject", str(subject).encode()))
+    headers += [("ce_tenantid", tenant_b), ("ce_time", time_b)]
+    if cmd.traceparent:
+        headers.append(("ce_traceparent", str(traceparent).encode()))
+        if cmd.tracestate:
+            headers.append(("ce_tracestate", cmd.tracestate.encode()))
+    headers += [("ce_type", type_b), ("content-type", _JSON)]
+    return tuple(headers)
 
 
 _JSON = b"application/json"
