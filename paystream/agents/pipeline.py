@@ -86,6 +86,7 @@ from paystream.streams.outcomes import (
     encode_outcome,
     outcome_traceparent,
     rejection_data,
+    time_text,
 )
 from paystream.streams.pan import (
     redact_card_numbers,
@@ -1434,10 +1435,14 @@ class CommandProcessor:
         # the two (and the stored outcome) share nested containers: replace, never mutate
         # them in place (changelog values are serialised only at the end of the batch).
         dumped: list[dict[str, Any]] = []
+        snapshots: list[dict[str, Any]] = []
         for entity in entities:
             entity.version += 1
-            dumped.append(entity.model_dump(mode="json", exclude={"applied"}))
-        snapshots = [{k: v for k, v in d.items() if k != "entity_type"} for d in dumped]
+            record = entity.model_dump(mode="json", exclude=_APPLIED)
+            dumped.append(record)
+            snapshot = dict(record)  # (in its order, without the type)
+            snapshot.pop("entity_type", None)
+            snapshots.append(snapshot)
         if result.primary is not None:
             data.update(
                 entity_type=result.primary.entity_type,
@@ -1653,7 +1658,7 @@ class CommandProcessor:
         obj = stored.data.get("object") or {}
         registered = cmd.tenant_id in self.tenants
         summary = {
-            "time": cmd.time.isoformat(),
+            "time": time_text(cmd.time),
             # (a made-up id can be as long as a Kafka header: the dashboard shows a prefix)
             "tenant": cmd.tenant_id if registered else cmd.tenant_id[:64],
             "registered": registered,
@@ -1997,6 +2002,11 @@ SUSPENDED_STAMP = RejectReason.TENANT_SUSPENDED.value.encode()
 UNANSWERED = "provider_unanswered"
 
 
+# What an entity's published snapshot and table record leave out of its dump (the record
+# gets its own copy back). Never changed: one set for every dump.
+_APPLIED: set[str] = {"applied"}
+
+
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     # Field names are the sender's: cut, as an error's location, to a readable length.
     return [
@@ -2054,7 +2064,7 @@ def _idempotency_dict(
         "outcome": None if outcome is None else {"type": outcome.type, "data": outcome.data},
         "source": None if cmd.source is None else list(cmd.source),
         # for a replay of the outcome (only a finished record's is ever replayed)
-        "time": None if outcome is None else cmd.time.isoformat(),
+        "time": None if outcome is None else time_text(cmd.time),
         # (the outcome's: the command span's, see outcome_traceparent)
         "traceparent": None if outcome is None else outcome_traceparent(cmd),
         "id_salt": None if outcome is None else cmd.id_salt,
@@ -2071,7 +2081,7 @@ def _idempotency_dict(
 def _emission(cmd: CommandRef, at: float) -> dict[str, Any]:
     """What an entity keeps of how a command's outcome was emitted (applied_entry): when,
     its time and trace context, as the idempotency record keeps them."""
-    emitted: dict[str, Any] = {"at": at, "time": cmd.time.isoformat()}
+    emitted: dict[str, Any] = {"at": at, "time": time_text(cmd.time)}
     if cmd.traceparent:
         emitted["traceparent"] = outcome_traceparent(cmd)
         if cmd.tracestate:
