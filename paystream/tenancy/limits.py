@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -191,7 +192,7 @@ class LimitGate:
         """``committed(partition)``: the partition's committed offset (-1: unknown); the
         records before it are never redelivered, so their decisions are dropped."""
         self.table = table
-        self._clock_ms = clock_ms or (lambda: int(datetime.now(UTC).timestamp() * 1000))
+        self._clock_ms = clock_ms or _now_ms
         self._committed = committed or (lambda partition: -1)
 
     @staticmethod
@@ -274,7 +275,7 @@ class LimitGate:
                 self.table[key] = state
             if not decided["admit"]:
                 return _replayed(decided)
-            mine = _hold_of(state, hold_key or rec.command_id, owner)
+            mine = _hold_of(state, hold_key or rec.command_id, owner, hold)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
         if not limits.enforced:
             # Limits since removed: only earlier decisions still stand, until committed.
@@ -284,7 +285,7 @@ class LimitGate:
             return None
         at_ms = self._at(state, rec)
         day = _day(at_ms)
-        hold_of_this = _hold_of(state, hold_key or rec.command_id, owner)
+        hold_of_this = _hold_of(state, hold_key or rec.command_id, owner, hold)
         spent = False
         if admitted_before:
             decision = None
@@ -445,6 +446,12 @@ class LimitGate:
             del decided[oldest]
 
 
+def _now_ms() -> int:
+    """The worker's clock in epoch milliseconds (``time.time()``, which is what
+    ``datetime.now`` reads, without building a datetime on every command)."""
+    return int(time.time() * 1000)
+
+
 def _fresh(partition: int) -> dict[str, Any]:
     return {"partition": partition, "at_ms": 0, "tokens": None, "day": "", "volume": {},
             "decided": {}, "held": {}}  # fmt: skip
@@ -484,7 +491,9 @@ def _former_hold(
     return tag if placed_by is None or owner is None or placed_by == owner else None
 
 
-def _hold_of(state: Mapping[str, Any], hold_key: str, owner: str | None) -> str:
+def _hold_of(
+    state: Mapping[str, Any], hold_key: str, owner: str | None, tag: str | None = None
+) -> str:
     """The tag the request ``owner`` holds (or would hold) its payment under.
 
     ``hold_key``'s own tag, when free or held by the same request (a chosen-id payment
@@ -492,8 +501,9 @@ def _hold_of(state: Mapping[str, Any], hold_key: str, owner: str | None) -> str:
     the same payment id shares its provider key; it must neither take over nor release
     the first one's hold, and it holds its own amount under a tag of its own (parked
     before the provider saw either, it may be the one that charges). (Holds placed by
-    older versions name no request: they are anyone's.)"""
-    tag = _tag(hold_key)
+    older versions name no request: they are anyone's.) ``tag``: ``_tag(hold_key)``,
+    when the caller has it already."""
+    tag = _tag(hold_key) if tag is None else tag
     if owner is None:
         return tag
     holds = state.get("held") or {}
@@ -537,7 +547,17 @@ def _spend(state: dict[str, Any], limits: TenantLimits, at_ms: int) -> None:
 
 
 def _day(at_ms: int) -> str:
-    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).date().isoformat()
+    """The UTC day of ``at_ms`` (epoch milliseconds), as an ISO date."""
+    return _day_of(at_ms // _DAY_MS)
+
+
+_DAY_MS = 86_400_000
+
+
+@functools.lru_cache(maxsize=64)  # the same day or two for every command of a tenant
+def _day_of(day_number: int) -> str:
+    # (UTC days are all 86 400 s of epoch time: day n starts at n * 86 400.)
+    return datetime.fromtimestamp(day_number * 86_400, tz=UTC).date().isoformat()
 
 
 def _volume_of(decided: Mapping[str, Any]) -> tuple[str | None, int]:
