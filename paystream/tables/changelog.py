@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.serializers import codecs
+from faust.serializers.registry import Registry
+from faust.serializers.schemas import Schema
 from faust.stores.memory import Store as MemoryStore
 from faust.streams import _current_event
 from faust.types import TP
@@ -73,12 +76,22 @@ class ChangelogBatch:
     def records(self) -> list[OutRecord]:
         """The coalesced writes, serialised as the tables' changelog topics would."""
         out = []
+        plain: dict[str, bool] = {}  # table name → _plain_json(table), once per batch
         for (_, key), (table, partition, value, value_serializer) in self._writes.items():
             topic = table.changelog_topic
-            key_bytes, headers = topic.prepare_key(key, table.key_serializer)
-            value_bytes, headers = topic.prepare_value(
-                value, value_serializer or table.value_serializer
-            )
+            fast = plain.get(table.name)
+            if fast is None:
+                fast = plain[table.name] = _plain_json(table)
+            if fast and value_serializer is None and type(key) is str and type(value) is dict:
+                # What Faust's path below comes to for these (see _plain_json), without
+                # its three layers of dispatch per key and per value.
+                key_bytes = codecs.dumps("json", key)
+                value_bytes, headers = codecs.dumps("json", value), None
+            else:
+                key_bytes, headers = topic.prepare_key(key, table.key_serializer)
+                value_bytes, headers = topic.prepare_value(
+                    value, value_serializer or table.value_serializer
+                )
             while (  # None: a deletion's tombstone
                 value_bytes is not None
                 and len(value_bytes) > CHANGELOG_VALUE_MAX_BYTES
@@ -109,6 +122,33 @@ class ChangelogBatch:
                 table.data.set_persisted_offset(
                     TP(batch.topic, batch.partition), base + batch.count - 1
                 )
+
+
+def _plain_json(table: BatchedChangelogTable) -> bool:
+    """Whether Faust serialises a str key and a dict value written to ``table`` (no
+    serializer given) as ``codecs.dumps("json", ...)`` of each, and adds no headers. So
+    it does when its changelog topic, the topic's schema and the app's serializer
+    registry are Faust's own classes (their prepare/dumps methods only resolve the
+    serializer and hand the key or value to that call; the schema's header hooks return
+    the headers as given, None) and the serializer each resolves to is "json": the
+    first set of the table's, the schema's and the registry's (a str or dict is no
+    Faust model, whose own serializer would come first)."""
+    topic = table.changelog_topic
+    schema = topic.schema
+    registry = topic.app.serializers
+    return (
+        type(topic).prepare_key is faust.Topic.prepare_key
+        and type(topic).prepare_value is faust.Topic.prepare_value
+        and type(schema) is Schema
+        and type(registry) is Registry
+        and _first(table.key_serializer, schema.key_serializer, registry.key_serializer) == "json"
+        and _first(table.value_serializer, schema.value_serializer, registry.value_serializer)
+        == "json"
+    )
+
+
+def _first(*serializers: CodecArg | None) -> CodecArg | None:
+    return next((s for s in serializers if s), None)
 
 
 @dataclass(frozen=True)
