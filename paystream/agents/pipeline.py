@@ -2178,9 +2178,19 @@ _ANSWERED_IF_TOO_LONG = frozenset({"id", "tenantid", "type"})
 
 def record_time(timestamp_ms: int) -> datetime:
     """A record's timestamp as a time. The producer sets it: one outside what a datetime
-    holds (2**62) would raise for every command of the batch, on every redelivery."""
+    holds (2**62) would raise for every command of the batch, on every redelivery.
+    The last one is kept: the records a producer sends together share their timestamp
+    (and a datetime never changes, so one can be handed out again)."""
+    kept = _last_record_time[0]
+    if kept[0] == timestamp_ms:
+        return kept[1]
     clamped = min(max(timestamp_ms, _MIN_TIME_MS), _MAX_TIME_MS)
-    return datetime.fromtimestamp(clamped / 1000, tz=UTC)
+    at = datetime.fromtimestamp(clamped / 1000, tz=UTC)
+    _last_record_time[0] = (timestamp_ms, at)  # (one tuple, swapped whole)
+    return at
+
+
+_last_record_time: list[tuple[int | None, datetime]] = [(None, datetime.fromtimestamp(0, UTC))]
 
 
 def _bad_time(at: datetime) -> str | None:
