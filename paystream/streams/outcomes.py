@@ -173,13 +173,11 @@ def _binary_headers(
     ``ce_<name>`` (time in RFC 3339, "Z" for UTC) and ``content-type`` for
     datacontenttype. Written in sorted order straight away (the names are fixed, each
     there once), without the attributes' dict."""
-    id_ = outcome_id(cmd.tenant_id, cmd.command_id, outcome_type, cmd.id_salt)
-    domain = outcome_type.split(".", 1)[0]
-    source = f"/paystream/tenants/{_path_segment(cmd.tenant_id)}/{domain}"
+    id_b = outcome_id(cmd.tenant_id, cmd.command_id, outcome_type, cmd.id_salt).encode()
+    source_b, type_b = _source_and_type(cmd.tenant_id, outcome_type)
     subject = data.get("entity_id")
     traceparent = outcome_traceparent(cmd) if cmd.traceparent else None
     # Encoded in the attributes' order, so that a value that cannot be fails as it did.
-    id_b, source_b, type_b = id_.encode(), source.encode(), (OUTCOME_PREFIX + outcome_type).encode()
     time = time_text(cmd.time)
     time_b = (time[:-6] + "Z" if time.endswith("+00:00") else time).encode()
     tenant_b, causation_b = cmd.tenant_id.encode(), cmd.command_id.encode()
@@ -202,6 +200,14 @@ def _binary_headers(
 
 
 _JSON = b"application/json"
+
+
+@functools.lru_cache(maxsize=1024)  # registered tenants, each with a few outcome types
+def _source_and_type(tenant_id: str, outcome_type: str) -> tuple[bytes, bytes]:
+    """The ``source`` and ``type`` header values of an outcome, as _attributes has them."""
+    domain = outcome_type.split(".", 1)[0]
+    source = f"/paystream/tenants/{_path_segment(tenant_id)}/{domain}"
+    return source.encode(), (OUTCOME_PREFIX + outcome_type).encode()
 
 
 @functools.lru_cache(maxsize=1024)  # registered tenants: the same few on every outcome
