@@ -18,6 +18,7 @@ Writes outside a batch (recovery, other agents) keep Faust's path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 from faust.serializers import codecs
 from faust.serializers.registry import Registry
 from faust.serializers.schemas import Schema
@@ -34,6 +36,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.streams import _current_event
 from faust.types import TP
 from faust.types.codecs import CodecArg
+from faust.utils import json as faust_json
 
 from paystream.streams.batch_producer import OutRecord, SentBatch
 from paystream.tables.records import shed_applied
@@ -76,41 +79,53 @@ class ChangelogBatch:
     def records(self) -> list[OutRecord]:
         """The coalesced writes, serialised as the tables' changelog topics would."""
         out = []
-        plain: dict[str, bool] = {}  # table name → _plain_json(table), once per batch
-        for (_, key), (table, partition, value, value_serializer) in self._writes.items():
-            topic = table.changelog_topic
-            fast = plain.get(table.name)
-            if fast is None:
-                fast = plain[table.name] = _plain_json(table)
-            if fast and value_serializer is None and type(key) is str and type(value) is dict:
+        # table name → (changelog topic name, whether plain JSON: see _plain_json), once
+        # per batch
+        tables: dict[str, tuple[str, bool]] = {}
+        for (name, key), (table, partition, value, value_serializer) in self._writes.items():
+            found = tables.get(name)
+            if found is None:
+                found = tables[name] = (table.changelog_topic.get_topic_name(), _plain_json(table))
+            topic_name, plain = found
+            if plain and value_serializer is None and type(key) is str and type(value) is dict:
                 # What Faust's path below comes to for these (see _plain_json), without
-                # its three layers of dispatch per key and per value.
-                key_bytes = codecs.dumps("json", key)
-                value_bytes, headers = codecs.dumps("json", value), None
-            else:
-                key_bytes, headers = topic.prepare_key(key, table.key_serializer)
-                value_bytes, headers = topic.prepare_value(
-                    value, value_serializer or table.value_serializer
-                )
-            while (  # None: a deletion's tombstone
-                value_bytes is not None
-                and len(value_bytes) > CHANGELOG_VALUE_MAX_BYTES
-                and (smaller := shed_applied(value, self._committed))
-            ):
-                # The broker refuses records over its message size (1 MB by default),
-                # failing the batch on every redelivery; the outcomes an entity keeps
-                # for replays are what can grow (up to 16, each echoing a command).
-                log.warning("%s: %s sheds replay memory to fit", table.name, key)
-                value = smaller
-                value_bytes, headers = topic.prepare_value(
-                    value, value_serializer or table.value_serializer
-                )
-            out.append(
-                OutRecord(
-                    topic.get_topic_name(), partition, key_bytes, value_bytes, _headers(headers)
-                )
-            )
+                # its three layers of dispatch per key and per value; no headers.
+                value_bytes = _json_dumps(value)
+                if len(value_bytes) <= CHANGELOG_VALUE_MAX_BYTES:  # else shed, below
+                    out.append(OutRecord(topic_name, partition, _json_dumps(key), value_bytes, []))
+                    continue
+            out.append(self._prepared(table, topic_name, partition, key, value, value_serializer))
         return out
+
+    def _prepared(
+        self,
+        table: BatchedChangelogTable,
+        topic_name: str,
+        partition: int,
+        key: Any,
+        value: Any,
+        value_serializer: Any,
+    ) -> OutRecord:
+        """A write serialised by the changelog topic (Faust's path), shed to fit."""
+        topic = table.changelog_topic
+        key_bytes, headers = topic.prepare_key(key, table.key_serializer)
+        value_bytes, headers = topic.prepare_value(
+            value, value_serializer or table.value_serializer
+        )
+        while (  # None: a deletion's tombstone
+            value_bytes is not None
+            and len(value_bytes) > CHANGELOG_VALUE_MAX_BYTES
+            and (smaller := shed_applied(value, self._committed))
+        ):
+            # The broker refuses records over its message size (1 MB by default),
+            # failing the batch on every redelivery; the outcomes an entity keeps
+            # for replays are what can grow (up to 16, each echoing a command).
+            log.warning("%s: %s sheds replay memory to fit", table.name, key)
+            value = smaller
+            value_bytes, headers = topic.prepare_value(
+                value, value_serializer or table.value_serializer
+            )
+        return OutRecord(topic_name, partition, key_bytes, value_bytes, _headers(headers))
 
     def persisted(self, sent: list[SentBatch]) -> None:
         """Tell the tables' stores (RocksDB) the last changelog offset now durable."""
@@ -126,9 +141,11 @@ class ChangelogBatch:
 
 def _plain_json(table: BatchedChangelogTable) -> bool:
     """Whether Faust serialises a str key and a dict value written to ``table`` (no
-    serializer given) as ``codecs.dumps("json", ...)`` of each, and adds no headers. So
-    it does when its changelog topic, the topic's schema and the app's serializer
-    registry are Faust's own classes (their prepare/dumps methods only resolve the
+    serializer given) as ``_json_dumps`` of each, and adds no headers.
+
+    It serialises them as ``codecs.dumps("json", ...)`` (which is ``_json_dumps``: see
+    _json_codec_is_orjson) when its changelog topic, the topic's schema and the app's
+    serializer registry are Faust's own classes (their prepare/dumps methods only resolve the
     serializer and hand the key or value to that call; the schema's header hooks return
     the headers as given, None) and the serializer each resolves to is "json": the
     first set of the table's, the schema's and the registry's (a str or dict is no
@@ -144,7 +161,30 @@ def _plain_json(table: BatchedChangelogTable) -> bool:
         and _first(table.key_serializer, schema.key_serializer, registry.key_serializer) == "json"
         and _first(table.value_serializer, schema.value_serializer, registry.value_serializer)
         == "json"
+        and _json_codec_is_orjson()
     )
+
+
+def _json_codec_is_orjson() -> bool:
+    """Whether ``codecs.dumps("json", obj)`` is ``_json_dumps(obj)``: the "json" codec
+    registered is Faust's own, alone (no chained codecs), and Faust's JSON module picked
+    its orjson variant (orjson is installed), whose ``dumps`` is exactly that orjson call
+    (the codec's ``want_bytes`` returns orjson's bytes as they are)."""
+    codec = codecs.get_codec("json")
+    return (
+        faust_json.orjson is orjson
+        and type(codec) is codecs.json
+        and not codec.children
+        and codecs._json is faust_json
+    )
+
+
+# faust.utils.json.dumps with orjson, as one C-level call (no Python frame per value).
+_json_dumps: Callable[[Any], bytes] = functools.partial(
+    orjson.dumps,
+    default=faust_json.on_default,
+    option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z,
+)
 
 
 def _first(*serializers: CodecArg | None) -> CodecArg | None:

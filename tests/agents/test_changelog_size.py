@@ -46,3 +46,36 @@ def test_shedding_always_ends() -> None:
     assert shed is not None and shed["applied"] == {}
     assert shed_applied(shed) is None
     assert shed_applied({"status": "x"}) is None and shed_applied(None) is None
+
+
+def test_plain_json_records_are_the_bytes_faust_writes() -> None:
+    """The batch's own JSON call gives Faust's changelog bytes: separators, key order,
+    non-ASCII text, floats, big ints, datetimes, decimals and non-str keys included."""
+    import datetime
+    import decimal
+
+    from faust.serializers import codecs
+
+    table = _table()
+    values: list[dict[object, object]] = [
+        {"b": 1, "a": [1.5, 1e300, -0.0, 2**63 - 1, None, True], "é": "ü\u2028\U0001f600"},
+        {"at": datetime.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)},
+        {"naive": datetime.datetime(2026, 1, 2), "d": datetime.date(2026, 1, 2)},
+        {"amount": decimal.Decimal("10.50"), 3: "int key", "nested": {"x": {"y": []}}},
+        _entity(16, 10),
+    ]
+    with collect_changelog() as batch:
+        for i, value in enumerate(values):
+            batch.add(table, i % 4, f"k\u00e9{i}", value, None)
+        records = batch.records()
+    topic = table.changelog_topic
+    for i, (record, value) in enumerate(zip(records, values, strict=True)):
+        assert record.key == codecs.dumps("json", f"k\u00e9{i}")
+        assert record.key == topic.prepare_key(f"k\u00e9{i}", None)[0]
+        assert record.value == codecs.dumps("json", value)
+        assert record.value == topic.prepare_value(value, None)[0]
+        assert (record.topic, record.partition, record.headers) == (
+            topic.get_topic_name(),
+            i % 4,
+            [],
+        )
