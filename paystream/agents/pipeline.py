@@ -76,7 +76,7 @@ from paystream.streams.codec import (
     is_structured,
     valid_unicode,
 )
-from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, ID_MAX_CHARS
+from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, ID_MAX_CHARS, CommandData
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
     REQUEST_HEADER,
@@ -627,7 +627,7 @@ class CommandProcessor:
             if kept is not None:
                 return self._limits_answer_again(cmd, kept)
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
-        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        request_hash = _request_hash(cmd.command_type, data)
         now = time.time()
         existing = self._idempotency_record(idem_table_key, now)
         if existing is not None:
@@ -1025,7 +1025,7 @@ class CommandProcessor:
             data = COMMANDS[cmd.command_type].model_validate(raw or {})
         except ValidationError:
             return None
-        return data, _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        return data, _request_hash(cmd.command_type, data)
 
     def _record_in_flight(
         self, cmd: CommandRef, request_hash: str, counted: bool | None = None
@@ -1252,7 +1252,7 @@ class CommandProcessor:
             data = COMMANDS[cmd.command_type].model_validate(raw or {})
         except ValidationError:
             return None
-        if _request_hash(cmd.command_type, data.model_dump(mode="json")) != existing.request_hash:
+        if _request_hash(cmd.command_type, data) != existing.request_hash:
             return None  # another request under the key: answered as any would be
         return existing
 
@@ -1404,7 +1404,7 @@ class CommandProcessor:
         except ValidationError:
             return  # answered, so valid once: a version with other rules took it
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
-        request_hash = _request_hash(cmd.command_type, data.model_dump(mode="json"))
+        request_hash = _request_hash(cmd.command_type, data)
         self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
 
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
@@ -1874,7 +1874,7 @@ class CommandProcessor:
         same_id = existing.command_id == event.get_id()
         try:
             data = COMMANDS[command_type].model_validate(event.get_data() or {})
-            request_hash = _request_hash(command_type, data.model_dump(mode="json"))
+            request_hash = _request_hash(command_type, data)
         except Exception:
             if not same_id:
                 raise  # another command: not known to have run
@@ -2244,8 +2244,17 @@ def _id_digest(command_id: str) -> str:
     return command_id if len(command_id) <= ID_MAX_CHARS else digest(command_id)
 
 
-def _request_hash(command_type: str, data: dict[str, Any]) -> str:
-    canonical = orjson.dumps([command_type, data], option=orjson.OPT_SORT_KEYS)
+def _request_hash(command_type: str, data: CommandData | dict[str, Any]) -> str:
+    """SHA-256 of the JSON of ``[command_type, data]``, keys sorted (``data``: the
+    command's validated data, or its ``model_dump(mode="json")``).
+
+    A validated model is written straight from its fields, without the dump: a command
+    model's ``__dict__`` is its fields and nothing else (extra="forbid"), each a str,
+    int, bool, None, StrEnum member or dict of str to str (tests/agents/test_pipeline.py
+    holds every command model to that), and orjson writes those exactly as the dump has
+    them (an enum member as its value): the same bytes, hashed."""
+    fields = data if isinstance(data, dict) else data.__dict__
+    canonical = orjson.dumps([command_type, fields], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 

@@ -7,7 +7,11 @@ import json
 import logging
 import re
 import time
+import types
+import typing
 from dataclasses import replace
+from enum import StrEnum
+from typing import Any
 
 import orjson
 import pytest
@@ -20,6 +24,7 @@ from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
+from paystream.streams.commands import COMMANDS
 from paystream.streams.outcomes import outcome_id
 from paystream.tables.records import APPLIED_MEMORY, shed_applied, trim_applied
 from paystream.tenancy.models import Tenant
@@ -1540,3 +1545,83 @@ async def test_an_entity_too_large_for_the_broker_sheds_committed_outcomes_first
     # Only uncommitted ones left: the older half goes (the last resort).
     again = shed_applied(shed, lambda partition: 20)
     assert again is not None and list(again["applied"]) == [f"c{n}" for n in range(25, 30)]
+
+
+# ---- the request hash, written from a command model's fields ---------------------------
+
+_PLAIN_FIELD_LEAVES: set[Any] = {str, int, bool, type(None)}
+
+
+def _plain_field(annotation: Any) -> bool:
+    """A field type orjson writes as ``model_dump(mode="json")`` does (the request hash
+    is written from a validated command's fields)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _plain_field(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return all(_plain_field(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return all(type(arg) is str for arg in typing.get_args(annotation))
+    if origin is dict:
+        return all(
+            _plain_field(arg) and arg is not type(None) for arg in typing.get_args(annotation)
+        )
+    if annotation in _PLAIN_FIELD_LEAVES:
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, StrEnum)
+
+
+@pytest.mark.parametrize("command_type", sorted(COMMANDS))
+async def test_every_command_model_has_only_fields_its_hash_writes_as_dumped(
+    command_type: str,
+) -> None:
+    model = COMMANDS[command_type]
+    for name, field in model.model_fields.items():
+        assert _plain_field(field.rebuild_annotation()), f"{model.__name__}.{name}"
+        assert field.alias is None and field.serialization_alias is None
+    assert not model.model_computed_fields
+    assert model.model_config.get("extra") == "forbid"
+
+
+@pytest.mark.parametrize(
+    ("command_type", "body"),
+    [
+        ("payment.create", {"amount": 1234, "currency": "usd", "payment_method_token": "pm_x"}),
+        (
+            "payment.create",
+            {
+                "payment_id": "p1",
+                "amount": 5,
+                "currency": " JPY ",
+                "payment_method_id": "pm1",
+                "customer_id": "c1",
+                "capture": "manual",
+                "description": ' order \u2603 "5" ',
+                "statement_descriptor": "X",
+                "return_url": "https://example.invalid/r?a=1",
+                "metadata": {"z": "1", "a": "\u00e9", "m": " "},
+            },
+        ),
+        ("payment.capture", {"payment_id": "p1"}),
+        ("payment.capture", {"payment_id": "p1", "amount": 7}),
+        ("payment.cancel", {"payment_id": "p1", "reason": "duplicate"}),
+        ("refund.create", {"payment_id": "p1", "amount": 3, "metadata": {"b": "", "a": "x"}}),
+        ("customer.create", {"email": "a@b.c", "name": "Zo\u00eb", "metadata": {"k": "v"}}),
+        ("customer.update", {"customer_id": "c1", "metadata": None}),
+        ("customer.erase", {"customer_id": "c1"}),
+        ("payment_method.attach", {"customer_id": "c1", "token": "pm_card_visa"}),
+        ("dispute.submit_evidence", {"dispute_id": "d1", "evidence": {"b": "2", "a": "1"}}),
+        ("dispute.submit_evidence", {"dispute_id": "d1", "evidence": {"a": "1"}, "submit": False}),
+    ],
+)
+async def test_the_request_hash_of_a_model_is_that_of_its_dump(
+    command_type: str, body: Any
+) -> None:
+    data = COMMANDS[command_type].model_validate(body)
+    dumped = data.model_dump(mode="json")
+    # (as it was computed: from the dump)
+    expected = hashlib.sha256(
+        orjson.dumps([command_type, dumped], option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    assert pipeline_module._request_hash(command_type, data) == expected
+    assert pipeline_module._request_hash(command_type, dumped) == expected
