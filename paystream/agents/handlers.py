@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from paystream.built import built
 from paystream.gateways import base as gw
 from paystream.gateways.errors import (
     ISSUER_DECLINES,
@@ -619,26 +620,22 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     else:
         provider_pm = str(data.payment_method_token)
     manual = data.capture is c.CaptureMode.MANUAL
-    req = gw.CreatePayment(
-        amount=Money(amount=data.amount, currency=data.currency),
-        provider_customer_id=customer.provider_customer_id if customer else None,
-        provider_payment_method_id=provider_pm,
-        capture_method=gw.CaptureMethod.MANUAL if manual else gw.CaptureMethod.AUTOMATIC,
-        description=data.description,
-        statement_descriptor=data.statement_descriptor,
-        return_url=data.return_url,
-        metadata=data.metadata,
+    # Built, not validated again: every value is the command's validated data, or one
+    # of the types' own (see paystream.built).
+    req = built(
+        gw.CreatePayment,
+        {
+            "amount": built(Money, {"amount": data.amount, "currency": data.currency}),
+            "provider_customer_id": customer.provider_customer_id if customer else None,
+            "provider_payment_method_id": provider_pm,
+            "capture_method": gw.CaptureMethod.MANUAL if manual else gw.CaptureMethod.AUTOMATIC,
+            "description": data.description,
+            "statement_descriptor": data.statement_descriptor,
+            "return_url": data.return_url,
+            "metadata": dict(data.metadata),
+        },
     )
-    rec = PaymentRecord(
-        **_base(ctx, pid),
-        status=gw.PaymentStatus.FAILED.value,
-        amount=data.amount,
-        currency=data.currency,
-        capture_method="manual" if manual else "automatic",
-        customer_id=customer.id if customer else None,
-        payment_method_id=data.payment_method_id,
-        provider_payment_id="",
-    )
+    customer_id = customer.id if customer else None
     try:
         key = ctx.create_key("payment", data.payment_id)
         res = await _gateway(
@@ -647,14 +644,78 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
-        rec.failure_code = exc.decline_code or exc.code.value
-        rec.failure_message = exc.message
         # Declined, the provider's payment still exists (Stripe: requires_payment_method).
-        rec.provider_payment_id = exc.provider_payment_id or ""
-        return HandlerResult("payment.failed", rec, error=exc)
-    rec.provider_payment_id = res.provider_payment_id
-    _apply_payment_result(rec, res)
+        failed = _new_payment(
+            ctx,
+            pid,
+            data,
+            customer_id,
+            provider_payment_id=exc.provider_payment_id or "",
+            status=gw.PaymentStatus.FAILED.value,
+            failure_code=exc.decline_code or exc.code.value,
+            failure_message=exc.message,
+        )
+        return HandlerResult("payment.failed", failed, error=exc)
+    rec = _new_payment(
+        ctx,
+        pid,
+        data,
+        customer_id,
+        provider_payment_id=res.provider_payment_id,
+        status=res.status.value,
+        amount_captured=res.amount_captured,
+        amount_refunded=max(0, res.amount_refunded),  # (as _apply_payment_result has it)
+        failure_code=res.failure_code,
+        failure_message=res.failure_message,
+        next_action=res.next_action,
+    )
     return HandlerResult(_PAYMENT_OUTCOME[res.status], rec, _new_dispute(ctx, rec, res))
+
+
+def _new_payment(
+    ctx: HandlerContext,
+    payment_id: str,
+    data: c.CreatePayment,
+    customer_id: str | None,
+    *,
+    provider_payment_id: str,
+    status: str,
+    amount_captured: int = 0,
+    amount_refunded: int = 0,
+    failure_code: str | None = None,
+    failure_message: str | None = None,
+    next_action: dict[str, Any] | None = None,
+) -> PaymentRecord:
+    """A create's payment record, made once its provider has answered, with every field
+    as it ends up (made up front and then changed field by field, it cost a pydantic
+    attribute write each). Its values are validated ones only (the command's data, the
+    context's ids, the provider's answer as its result type has it): built, not
+    validated again (paystream.built)."""
+    return built(
+        PaymentRecord,
+        {
+            "entity_type": "payment",
+            "tenant_id": ctx.tenant,
+            "id": payment_id,
+            "version": 0,
+            "provider": ctx.gateway.provider,
+            "created_by": ctx.cmd.command_id,
+            "applied": {},
+            "status": status,
+            "amount": data.amount,
+            "currency": data.currency,
+            "capture_method": "manual" if data.capture is c.CaptureMode.MANUAL else "automatic",
+            "amount_captured": amount_captured,
+            "amount_refunded": amount_refunded,
+            "customer_id": customer_id,
+            "payment_method_id": data.payment_method_id,
+            "provider_payment_id": provider_payment_id,
+            "failure_code": failure_code,
+            "failure_message": failure_message,
+            "next_action": next_action,
+            "dispute_id": None,
+        },
+    )
 
 
 def _new_dispute(
