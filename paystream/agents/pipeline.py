@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import time
+import types
+import typing
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
@@ -62,6 +64,7 @@ from paystream.agents.handlers import (
     Tables,
     entity_key,
 )
+from paystream.built import built
 from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
@@ -97,6 +100,7 @@ from paystream.streams.tracecontext import (
     valid_tracestate,
 )
 from paystream.tables.records import (
+    EntityRecord,
     IdempotencyRecord,
     IdempotencyState,
     StoredOutcome,
@@ -1429,8 +1433,8 @@ class CommandProcessor:
     ) -> StoredOutcome:
         """Bump versions, build the outcome data, and write every changed entity
         (``expires``: when its idempotency record does)."""
-        data: dict[str, Any] = {"tenant_id": cmd.tenant_id, "command_id": cmd.command_id}
-        entities = [e for e in [result.primary, *result.related] if e is not None]
+        primary = result.primary
+        entities = [primary, *result.related] if primary is not None else result.related
         # One dump per entity serves both its published snapshot and its table record, so
         # the two (and the stored outcome) share nested containers: replace, never mutate
         # them in place (changelog values are serialised only at the end of the batch).
@@ -1438,19 +1442,24 @@ class CommandProcessor:
         snapshots: list[dict[str, Any]] = []
         for entity in entities:
             entity.version += 1
-            record = entity.model_dump(mode="json", exclude=_APPLIED)
+            record = _stored_fields(entity)
             dumped.append(record)
             snapshot = dict(record)  # (in its order, without the type)
             snapshot.pop("entity_type", None)
             snapshots.append(snapshot)
-        if result.primary is not None:
-            data.update(
-                entity_type=result.primary.entity_type,
-                entity_id=result.primary.id,
-                version=result.primary.version,
-                object=snapshots[0],
-            )
-        data.update(result.extra)
+        if primary is not None:
+            data: dict[str, Any] = {
+                "tenant_id": cmd.tenant_id,
+                "command_id": cmd.command_id,
+                "entity_type": primary.entity_type,
+                "entity_id": primary.id,
+                "version": primary.version,
+                "object": snapshots[0],
+            }
+        else:
+            data = {"tenant_id": cmd.tenant_id, "command_id": cmd.command_id}
+        if result.extra:
+            data.update(result.extra)
         if result.related:
             offset = 0 if result.primary is None else 1
             data["related"] = [
@@ -1464,15 +1473,16 @@ class CommandProcessor:
             ]
         if result.error is not None:
             data["error"] = result.error.as_outcome()
-        stored = StoredOutcome(type=result.outcome_type, data=data)
+        # (a str and a dict made here, held by nothing else: see paystream.built)
+        stored = built(StoredOutcome, {"type": result.outcome_type, "data": data})
         emitted = _emission(cmd, self._applied_at(expires)) if entities else None
         for entity, record in zip(entities, dumped, strict=True):
             entity.remember(
                 cmd.command_id, stored, request_hash, cmd.id_salt, self.committed, emitted
             )
             record["applied"] = dict(entity.applied)
-            table = self.tables.by_type(entity.entity_type)
-            table[entity_key(cmd.tenant_id, entity.id)] = record
+            table = self.tables.by_type(record["entity_type"])
+            table[entity_key(cmd.tenant_id, record["id"])] = record
         return stored
 
     def _finish(
@@ -2005,6 +2015,54 @@ UNANSWERED = "provider_unanswered"
 # What an entity's published snapshot and table record leave out of its dump (the record
 # gets its own copy back). Never changed: one set for every dump.
 _APPLIED: set[str] = {"applied"}
+
+
+def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
+    """``entity.model_dump(mode="json", exclude={"applied"})``: its fields as they stand
+    when each holds exactly its declared type (a ``str``, ``int``, ``bool`` or, where the
+    field allows it, None), as nearly always. The JSON dump of such a value is the value
+    itself, and the dump writes the fields in ``__dict__``'s order: the same dict,
+    without the serialiser's pass over every field. Anything else is dumped (a dict, as
+    a customer's metadata or a payment's next action; a str subclass; a bool written to
+    an int field, which the dump would turn into 1)."""
+    record = dict(entity.__dict__)
+    del record["applied"]
+    kinds = tuple(map(type, record.values()))
+    if kinds in _PLAIN_KINDS.get(type(entity), ()) or _learn_plain(entity, record, kinds):
+        return record
+    return entity.model_dump(mode="json", exclude=_APPLIED)
+
+
+# Entity model → the tuples of its fields' value types (``applied`` left out, in field
+# order) found to be exactly the declared scalar types: a few per model (which optional
+# fields are None), learnt once each.
+_PLAIN_KINDS: dict[type[EntityRecord], set[tuple[type, ...]]] = {}
+_PLAIN_KINDS_MAX = 256  # per model (2 ** its optional fields at most; bounded anyway)
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _plain_types(annotation: Any) -> frozenset[type]:
+    """The value types a field so declared dumps as they are: its scalar types (None
+    too for an optional one; nothing else, a dict's included)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return frozenset().union(*map(_plain_types, typing.get_args(annotation)))
+    return frozenset({annotation}) & _SCALARS
+
+
+def _learn_plain(entity: EntityRecord, record: dict[str, Any], kinds: tuple[type, ...]) -> bool:
+    """Are ``kinds`` (the types of ``record``'s values) exactly the declared scalar types
+    of ``entity``'s fields, field by field? Remembered when they are."""
+    model = type(entity)
+    fields = [(name, info) for name, info in model.model_fields.items() if name != "applied"]
+    if [name for name, _ in fields] != list(record):
+        return False
+    for (_, info), kind in zip(fields, kinds, strict=True):
+        if kind not in _plain_types(info.annotation):
+            return False
+    known = _PLAIN_KINDS.setdefault(model, set())
+    if len(known) < _PLAIN_KINDS_MAX:
+        known.add(kinds)
+    return True
 
 
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

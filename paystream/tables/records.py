@@ -161,9 +161,19 @@ def applied_entry(
         entry["hash"] = request_hash
     if id_salt is not None:
         entry["salt"] = id_salt
-    if emitted:
+    if not emitted:
+        return entry
+    if emitted.keys() <= _EMISSION_KEY_SET and None not in emitted.values():
+        # Nothing to leave out (as a new command's emission is: the pipeline's
+        # _emission writes these keys only, none of them None): taken whole, in its
+        # order, as the filter below would take it, without a generator's frames.
+        entry.update(emitted)
+    else:
         entry.update((k, v) for k, v in emitted.items() if k in EMISSION_KEYS and v is not None)
     return entry
+
+
+_EMISSION_KEY_SET = frozenset(EMISSION_KEYS)
 
 
 class CustomerRecord(EntityRecord):
