@@ -160,6 +160,8 @@ class HandlerContext:
     trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
     # How long a command id names one request (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS).
     id_window_seconds: float = 24 * 3600
+    # "_" and the letters of the ids this command derives (see derived_id).
+    _id_suffix: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def tenant(self) -> str:
@@ -189,7 +191,13 @@ class HandlerContext:
         return f"{prefix}:{self.cmd.tenant_id}:sha256:{digest}"
 
     def derived_id(self, prefix: str) -> str:
-        return derived_id(prefix, self.tenant, self.cmd.command_id)
+        """``ids.derived_id(prefix, tenant, command id)``. Its hash is of the tenant and
+        the command id only, the prefix is put in front: hashed once per command (a
+        create's "pay_..." and the "dp_..." it looks for share it)."""
+        suffix = self._id_suffix
+        if suffix is None:
+            suffix = self._id_suffix = derived_id("", self.tenant, self.cmd.command_id)
+        return prefix + suffix
 
     def at_provider(self, rec: EntityRecord) -> None:
         """Refuse a provider call about an entity made through another provider than the

@@ -2117,7 +2117,7 @@ def _idempotency_dict(
         "command_id": cmd.command_id,
         "command_type": cmd.command_type,
         "request_hash": request_hash,
-        "state": state.value,
+        "state": state._value_,  # (its value: ``.value`` is a Python-level property)
         "expires_at": expires,
         "outcome": None if outcome is None else {"type": outcome.type, "data": outcome.data},
         "source": None if cmd.source is None else list(cmd.source),

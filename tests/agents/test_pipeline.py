@@ -1625,3 +1625,20 @@ async def test_the_request_hash_of_a_model_is_that_of_its_dump(
     ).hexdigest()
     assert pipeline_module._request_hash(command_type, data) == expected
     assert pipeline_module._request_hash(command_type, dumped) == expected
+
+
+async def test_a_context_derives_the_ids_ids_derives() -> None:
+    from paystream.agents.handlers import HandlerContext, Tables
+    from paystream.ids import derived_id
+    from paystream.streams.outcomes import CommandRef
+
+    cmd = CommandRef(
+        tenant_id="t1",
+        command_id="c-\u00e9-1",
+        command_type="payment.create",
+        idempotency_key="k",
+        time=pipeline_module.record_time(0),
+    )
+    ctx = HandlerContext(cmd=cmd, gateway=None, tables=Tables({}, {}, {}, {}, {}))  # type: ignore[arg-type]
+    for prefix in ("pay", "dp", "cus", "pm", "re", "pay", ""):
+        assert ctx.derived_id(prefix) == derived_id(prefix, "t1", "c-\u00e9-1")
