@@ -152,9 +152,14 @@ def raw_may_contain_card_number(*parts: bytes) -> bool:
     the NUL separators do; so a text with no candidate has none parsed. A backslash (an
     escape could spell digits) or bytes that are not UTF-8 answer True: look properly.
     """
-    joined = b"\x00".join(parts)  # as the text below joins them
+    joined = b"\x00".join(parts)  # as _full_raw_scan joins them
     if joined.isascii() and (quick := _ascii_may_contain(joined)) is not None:
         return quick
+    return _full_raw_scan(parts)
+
+
+def _full_raw_scan(parts: tuple[bytes, ...]) -> bool:
+    """:func:`raw_may_contain_card_number` without its quick look at ASCII records."""
     texts: list[str] = []
     for part in parts:
         if b"\\" in part:

@@ -26,19 +26,8 @@ from paystream.streams.pan import (
 
 
 def _full_scan(*parts: bytes) -> bool:
-    """raw_may_contain_card_number as it was before its fast path."""
-    texts: list[str] = []
-    for part in parts:
-        if b"\\" in part:
-            return True
-        try:
-            texts.append(part.decode("utf-8"))
-        except UnicodeDecodeError:
-            return True
-    text = "\x00".join(texts)
-    if pan._JSON_EXPONENT.search(text) is not None:
-        text = pan.with_float_digits(text)
-    return pan._has_card_number(text)
+    """raw_may_contain_card_number without its fast path."""
+    return pan._full_raw_scan(parts)
 
 
 _VALUE = (
