@@ -1,19 +1,31 @@
-"""The request fingerprint written without ``model_dump`` (``model_fingerprint``) is the
-fingerprint of the dumped request, for every request model it writes directly."""
+"""The simulator's fast paths against their full paths: the request fingerprint written
+without ``model_dump`` (``model_fingerprint``) is the fingerprint of the dumped request,
+for every request model it writes directly; an effect made whole (``Effect.of``) is the
+dataclass made as usual; a payment charged to a card that simply succeeds (``_charge``)
+is the full path's payment, write for write."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import types
 import typing
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
 from paystream.gateways import base as gw
+from paystream.gateways.simulator import operations as ops
+from paystream.gateways.simulator.cards import Behaviour, card_for_token
+from paystream.gateways.simulator.gateway import _answer
 from paystream.gateways.simulator.store import (
     PLAIN_REQUESTS,
+    Effect,
+    SimulatorStore,
+    Tx,
     model_fingerprint,
     request_fingerprint,
 )
@@ -102,3 +114,145 @@ def test_a_model_not_known_plain_is_dumped_first() -> None:
 
     req = Other(at=datetime.datetime(2026, 1, 2, 3, 4, 5, 6), money=Money(amount=1, currency="EUR"))
     assert model_fingerprint("x", req) == request_fingerprint("x", req.model_dump(mode="json"))
+
+
+# ---- effects made whole -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("charge", "ps:t:k", "pi_1", 1234, "USD"),
+        ("customer.created", "k", "cus_1"),
+        ("refund", "", "re_\u2603", 0, None),
+        ("void", "k\x00\n", "pi_x", -1, "usd"),
+        ("x", "k", "o", None, "EUR"),
+    ],
+)
+def test_effect_of_is_the_dataclass_made_as_usual(fields: tuple[Any, ...]) -> None:
+    fast, usual = Effect.of(*fields), Effect(*fields)
+    assert type(fast) is Effect
+    assert fast == usual and hash(fast) == hash(usual) and repr(fast) == repr(usual)
+    assert vars(fast) == vars(usual) and list(vars(fast)) == list(vars(usual))
+    assert fast.as_dict() == usual.as_dict()
+    assert orjson.dumps(fast) == orjson.dumps(usual)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.kind = "other"  # type: ignore[misc]
+
+
+# ---- a payment charged to a card that simply succeeds -------------------------------
+
+
+def _tx() -> Tx:
+    return Tx(cast(SimulatorStore, None))  # (no reads: the store is never asked)
+
+
+def _ran(coro: Any) -> Any:
+    """A coroutine that never suspends, run to its end."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine suspended")
+
+
+def _state(tx: Tx, response: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """What the store commits of a call, as the bytes it writes (key order included)."""
+    return (
+        orjson.dumps(tx.writes),
+        orjson.dumps(tx.effects),
+        orjson.dumps(response),
+    )
+
+
+_CHARGES: list[gw.CreatePayment] = [
+    gw.CreatePayment(amount=Money(amount=1234, currency="USD"), provider_payment_method_id=token)
+    for token in ("pm_card_visa", "tok_visa", "pm_card_mastercard", "pm_card_amex")
+] + [
+    gw.CreatePayment(
+        amount=Money(amount=99_999_999, currency="eur"),
+        provider_payment_method_id="pm_card_visa",
+        capture_method=gw.CaptureMethod.MANUAL,
+        description='order \u2603 "5"',
+        statement_descriptor="PAYSTREAM*5",
+        metadata={"z": "1", "order_id": "ord-5"},
+        return_url="https://example.invalid/r?a=1&b=2",
+    ),
+    gw.CreatePayment(
+        amount=Money(amount=50, currency="JPY"),
+        provider_payment_method_id="pm_card_mastercard",
+        capture_method=gw.CaptureMethod.AUTOMATIC,
+    ),
+    gw.CreatePayment(
+        amount=Money(amount=1000, currency="KWD"), provider_payment_method_id="tok_amex"
+    ),
+    gw.CreatePayment(
+        amount=Money(amount=30, currency="GBP"),
+        provider_payment_method_id="pm_card_visa",
+        capture_method=gw.CaptureMethod.MANUAL,
+        metadata={"\x00": "\n", "k": "\ud7ff"},
+    ),
+]
+
+
+@pytest.mark.parametrize("req", _CHARGES)
+def test_a_charge_is_the_full_paths_payment(
+    req: gw.CreatePayment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    card = card_for_token(req.provider_payment_method_id)
+    assert card is not None and card.behaviour is Behaviour.SUCCEED
+    for customer in (None, "cus_x"):
+        req = req.model_copy(update={"provider_customer_id": customer})
+        monkeypatch.setattr(ops, "_IDS", random.Random(7))
+        fast_tx = _tx()
+        manual = req.capture_method is gw.CaptureMethod.MANUAL
+        fast = ops._charge(fast_tx, req, "ps:t:key", req.provider_payment_method_id, manual)
+        monkeypatch.setattr(ops, "_IDS", random.Random(7))
+        full_tx = _tx()
+        token = req.provider_payment_method_id
+        full = _ran(ops._create_payment_full(full_tx, req, "ps:t:key", card, token))
+        assert fast == full
+        assert _state(fast_tx, fast) == _state(full_tx, full)
+        assert fast_tx.reads == full_tx.reads == {}
+        # The gateway's answer from either is the same result.
+        assert _answer(fast, gw.PaymentResult) == _answer(full, gw.PaymentResult)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_authenticationRequired",
+     "pm_card_createDispute", "pm_card_chargeDeclinedInsufficientFunds"],
+)  # fmt: skip
+@pytest.mark.parametrize("manual", [False, True])
+def test_create_payment_answers_as_the_full_path_for_every_card(
+    token: str, manual: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    method = gw.CaptureMethod.MANUAL if manual else gw.CaptureMethod.AUTOMATIC
+    req = gw.CreatePayment(
+        amount=Money(amount=777, currency="USD"),
+        provider_payment_method_id=token,
+        capture_method=method,
+        return_url="https://example.invalid/back",
+    )
+    card = card_for_token(token)
+    assert card is not None
+    monkeypatch.setattr(ops, "_IDS", random.Random(11))
+    fast_tx = _tx()
+    fast = _ran(ops.create_payment(fast_tx, req, "k"))
+    monkeypatch.setattr(ops, "_IDS", random.Random(11))
+    full_tx = _tx()
+    full = _ran(ops._create_payment_full(full_tx, req, "k", card, token))
+    assert _state(fast_tx, fast) == _state(full_tx, full)
+
+
+def test_a_capture_method_not_a_member_takes_the_full_path() -> None:
+    # Built without validation, a plain string: the full path's `.value` refuses it, as
+    # before (no payment is made from it either way).
+    req = gw.CreatePayment.model_construct(
+        amount=Money(amount=777, currency="USD"),
+        provider_payment_method_id="pm_card_visa",
+        provider_customer_id=None,
+        capture_method="manual",
+    )
+    with pytest.raises(AttributeError):
+        _ran(ops.create_payment(_tx(), req, "k"))
