@@ -256,7 +256,11 @@ class Tx:
         if key not in self.reads:
             self.reads[key] = _text(await self._store._io.get(key))
         raw = self.reads[key]
-        return None if raw is None else dict(_loads(raw))
+        if raw is None:
+            return None
+        obj = _loads(raw)
+        # A fresh dict each time (parsed anew, held by no one else): no copy of it needed.
+        return obj if type(obj) is dict else dict(obj)
 
     def put(self, obj: dict[str, Any]) -> None:
         self.writes[str(obj["id"])] = obj
@@ -339,7 +343,9 @@ class SimulatorStore:
                 raise
             record = {"state": "done", "fp": fingerprint, "response": response} if keyed else None
             answer = await self._io.run_script(self._commit, *self._commit_call(idem, record, tx))
-            status = _text(answer[0])
+            reply = answer[0]
+            # `_text` without its call for the bytes a reply is (decoded alike).
+            status = reply.decode() if type(reply) is bytes else _text(reply)
             if status == "ok":
                 return response
             if status == "used":
@@ -358,15 +364,17 @@ class SimulatorStore:
 
         JSON goes as orjson's bytes: the str it used to be decoded into was encoded back
         to the same UTF-8 bytes when the command was packed."""
-        keys = [idem, self._effects_key, *tx.reads]
+        reads = tx.reads
+        keys = [idem, self._effects_list, *reads]
         args: list[Any] = [
             b"" if record is None else orjson.dumps(record),
             self._record_ttl,
             self._state_ttl,
             self._effects_cap,
-            len(tx.reads),
+            len(reads),
         ]
-        args.extend(_ABSENT if raw is None else raw for raw in tx.reads.values())
+        if reads:  # (most calls read nothing: no generator made for none)
+            args.extend([_ABSENT if raw is None else raw for raw in reads.values()])
         args.append(len(tx.writes))
         for object_id, obj in tx.writes.items():
             keys.append(self.object_key(object_id))

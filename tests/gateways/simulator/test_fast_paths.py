@@ -256,3 +256,50 @@ def test_a_capture_method_not_a_member_takes_the_full_path() -> None:
     )
     with pytest.raises(AttributeError):
         _ran(ops.create_payment(_tx(), req, "k"))
+
+
+# ---- the commit's arguments ---------------------------------------------------------
+
+
+def _store() -> SimulatorStore:
+    class _Redis:
+        def register_script(self, script: str) -> str:
+            return script
+
+    return SimulatorStore(_Redis(), "t1", record_ttl_seconds=60, state_ttl_seconds=120)
+
+
+def test_the_commit_call_lays_out_reads_writes_and_effects() -> None:
+    store = _store()
+    tx = Tx(store)
+    assert store._commit_call("idem", None, tx) == (
+        ["idem", "sim:{t1}:effects"],
+        [b"", 60, 120, store._effects_cap, 0, 0],
+    )
+    tx.reads = {"sim:{t1}:obj:a": '{"id":"a"}', "sim:{t1}:obj:b": None}
+    tx.writes = {"a": {"id": "a", "n": 1}}
+    tx.effects = [Effect.of("refund", "k", "a", 5, "USD")]
+    keys, args = store._commit_call("idem", {"state": "done"}, tx)
+    assert keys == [
+        "idem",
+        "sim:{t1}:effects",
+        "sim:{t1}:obj:a",
+        "sim:{t1}:obj:b",
+        "sim:{t1}:obj:a",
+    ]
+    assert args == [
+        b'{"state":"done"}', 60, 120, store._effects_cap,
+        2, '{"id":"a"}', "\x00absent",
+        1, b'{"id":"a","n":1}',
+        b'{"kind":"refund","idempotency_key":"k","object_id":"a","amount":5,"currency":"USD"}',
+    ]  # fmt: skip
+
+
+async def test_a_read_object_is_a_fresh_dict_each_time() -> None:
+    store = _store()
+    tx = Tx(store)
+    tx.reads[store.object_key("a")] = '{"id":"a","n":{"m":1}}'
+    first, second = await tx.get("a"), await tx.get("a")
+    assert first == second == {"id": "a", "n": {"m": 1}}
+    assert first is not second and first["n"] is not second["n"]
+    assert type(first) is dict
