@@ -60,6 +60,12 @@ class CircuitOpen(GatewayError):
         self.retry_after = retry_after
 
 
+# The states as module globals: a member looked up on its enum class costs a few
+# times a global's lookup, and the breaker asks on every call (the same objects).
+_CLOSED = CircuitState.CLOSED
+_OPEN = CircuitState.OPEN
+_HALF_OPEN = CircuitState.HALF_OPEN
+
 # A circuit not closed shows open on the gauge while calls keep coming, and this long
 # after the last one (its tenant's traffic may have moved to another worker).
 SHOWN_IDLE_SECONDS = 600.0
@@ -81,19 +87,22 @@ class CircuitBreaker:
     def before_call(self) -> float | None:
         """None if a call may go ahead, else seconds until the circuit may be tried."""
         self.last_call = self.clock()
-        if self.state is CircuitState.OPEN:
+        state = self.state
+        if state is _CLOSED:
+            return None
+        if state is _OPEN:
             waited = self.clock() - self.opened_at
             if waited < self.reset_seconds:
                 return self.reset_seconds - waited
-            self.state = CircuitState.HALF_OPEN
-        if self.state is CircuitState.HALF_OPEN:
+            self.state = _HALF_OPEN
+        if self.state is _HALF_OPEN:
             if self._trial_in_flight:
                 return self.reset_seconds  # only one probe at a time
             self._trial_in_flight = True
         return None
 
     def on_success(self) -> None:
-        self.state, self.failures, self._trial_in_flight = CircuitState.CLOSED, 0, False
+        self.state, self.failures, self._trial_in_flight = _CLOSED, 0, False
 
     def shows_open(self) -> bool:
         """What the circuit gauge says: not closed, and called within ``SHOWN_IDLE_SECONDS``.

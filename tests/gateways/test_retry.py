@@ -304,3 +304,27 @@ async def test_a_refusal_after_a_rate_limit_is_not_held_back() -> None:
     with pytest.raises(GatewayError) as info:
         await policy(Clock(), threshold=10).call("t", "sim", AfterLostAnswer(denied, limited))
     assert info.value is denied
+
+
+def test_a_closed_circuit_lets_every_call_through_and_records_it() -> None:
+    # `before_call` answers a closed circuit at once (no open or half-open checks): the
+    # call goes ahead, is recorded as the last one, and nothing else changes.
+    clock = Clock()
+    breaker = policy(clock).breaker("t1", "sim")
+    for now in (1.0, 2.5, 2.5):
+        clock.now = now
+        assert breaker.before_call() is None
+        assert breaker.last_call == now
+        assert breaker.state is CircuitState.CLOSED
+        assert (breaker.failures, breaker._trial_in_flight) == (0, False)
+    breaker.on_failure()
+    breaker.on_failure()  # below the threshold: still closed, failures counted
+    assert breaker.before_call() is None and breaker.failures == 2
+    breaker.on_failure()  # the threshold: open, then half-open after the reset delay
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.before_call() == 5.0
+    clock.now += 5.0
+    assert breaker.before_call() is None and breaker.state is CircuitState.HALF_OPEN
+    assert breaker.before_call() == 5.0  # one probe at a time
+    breaker.on_success()
+    assert breaker.state is CircuitState.CLOSED and breaker.before_call() is None

@@ -115,6 +115,10 @@ _FAILED: str = PaymentStatus.FAILED.value
 _CANCELED: str = PaymentStatus.CANCELED.value
 _MANUAL: str = CaptureMethod.MANUAL.value
 _AUTOMATIC: str = CaptureMethod.AUTOMATIC.value
+# Members as globals, for the same reason (a member looked up on its class costs more).
+_AUTOMATIC_CAPTURE = CaptureMethod.AUTOMATIC
+_MANUAL_CAPTURE = CaptureMethod.MANUAL
+_PLAIN_CARD = Behaviour.SUCCEED
 _NEEDS_RESPONSE: str = DisputeStatus.NEEDS_RESPONSE.value
 
 
@@ -309,10 +313,10 @@ async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]
     if card is None:
         card, token = await _card_for_payment(tx, req)
     method = req.capture_method
-    if card.behaviour is Behaviour.SUCCEED and (
-        method is CaptureMethod.AUTOMATIC or method is CaptureMethod.MANUAL
+    if card.behaviour is _PLAIN_CARD and (
+        method is _AUTOMATIC_CAPTURE or method is _MANUAL_CAPTURE
     ):
-        return _charge(tx, req, key, token, method is CaptureMethod.MANUAL)
+        return _charge(tx, req, key, token, method is _MANUAL_CAPTURE)
     return await _create_payment_full(tx, req, key, card, token)
 
 
