@@ -38,7 +38,7 @@ from paystream.gateways.simulator.cards import Behaviour, TestCard, card_for_tok
 from paystream.gateways.simulator.store import PROVIDER, Effect, Refusal, Tx
 from paystream.gateways.stripe_rules import below_minimum_charge, three_decimal_problem
 from paystream.ids import ID_LENGTH, letters
-from paystream.money import Money
+from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money
 
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
@@ -425,6 +425,20 @@ async def complete_authentication(tx: Tx, payment_id: str, succeed: bool) -> dic
 
 def _three_decimal_rule(amount: int, currency: str) -> None:
     """Stripe applies it to captures and refunds as to charges (its currencies page)."""
+    if (
+        type(amount) is int
+        and 0 <= amount <= MAX_MINOR_AMOUNT
+        and CURRENCY_EXPONENTS.get(currency, 3) != 3
+    ):
+        # Nothing to refuse, and nothing `Money` would refuse: an int in its bounds, and a
+        # currency found as a key (so already as `Money` normalises it) whose amounts are
+        # not in thousandths (`three_decimal_problem` answers None for those). Most
+        # captures and refunds, spared validating a `Money` only to read it back.
+        return
+    _three_decimal_rule_full(amount, currency)
+
+
+def _three_decimal_rule_full(amount: int, currency: str) -> None:
     problem = three_decimal_problem(Money(amount=amount, currency=currency))
     if problem is not None:
         # The parameters refused, as for a charge: not kept under the key (README), so

@@ -303,3 +303,28 @@ async def test_a_read_object_is_a_fresh_dict_each_time() -> None:
     assert first == second == {"id": "a", "n": {"m": 1}}
     assert first is not second and first["n"] is not second["n"]
     assert type(first) is dict
+
+
+# ---- the three-decimal rule on captures and refunds ---------------------------------
+
+
+def _outcome(rule: Any, amount: Any, currency: Any) -> tuple[str, str]:
+    try:
+        rule(amount, currency)
+    except Exception as exc:  # the full path's refusals: GatewayError, ValidationError
+        return type(exc).__name__, str(exc)
+    return "ok", ""
+
+
+@pytest.mark.parametrize(
+    "amount", [0, 1, 5, 10, 1234, 99_999_999, 99_999_999_999, 100_000_000_000, -1, -10,
+               True, False, 10.0, 2**70, "10"],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "currency", ["USD", "JPY", "KWD", "BHD", "usd", "kwd", " USD", "USD ", "XXX", "",
+                 "u\u017fd", None, 3],
+)  # fmt: skip
+def test_the_three_decimal_rule_answers_as_its_full_path(amount: Any, currency: Any) -> None:
+    assert _outcome(ops._three_decimal_rule, amount, currency) == _outcome(
+        ops._three_decimal_rule_full, amount, currency
+    )
