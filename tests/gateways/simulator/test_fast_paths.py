@@ -29,6 +29,7 @@ from paystream.gateways.simulator.store import (
     model_fingerprint,
     request_fingerprint,
 )
+from paystream.ids import ID_LENGTH, letters
 from paystream.money import Money
 
 # ---- the request fingerprint --------------------------------------------------------
@@ -328,3 +329,18 @@ def test_the_three_decimal_rule_answers_as_its_full_path(amount: Any, currency: 
     assert _outcome(ops._three_decimal_rule, amount, currency) == _outcome(
         ops._three_decimal_rule_full, amount, currency
     )
+
+
+# ---- simulated provider ids ---------------------------------------------------------
+
+
+def test_a_new_id_is_letters_of_the_drawn_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    every_byte = bytes(range(256))
+    for start in range(0, 256, ID_LENGTH):
+        chunk = (every_byte[start:] + every_byte)[:ID_LENGTH]
+        assert chunk.translate(ops._LETTER_OF).decode("ascii") == letters(chunk)
+    drawn = random.Random(5)
+    monkeypatch.setattr(ops, "_IDS", random.Random(5))
+    for prefix in ("pi", "ch", "re", "dp", "x"):
+        made = ops._new_id(prefix)
+        assert made == f"{prefix}_{letters(drawn.randbytes(ID_LENGTH))}"
