@@ -269,19 +269,20 @@ class CommandRunner:
     ) -> list[tuple[Emit, int]]:
         """Run one key's commands in order: each emit with its command's partition."""
         out: list[tuple[Emit, int]] = []
+        append = out.append
         for event in group:
             # Table writes go to the changelog partition of the *current* event; in a
             # batch Faust only knows the last one, so each command sets its own.
             _current_event.set(weakref.ref(event))
             msg = event.message
-            inbound = Inbound(
-                key=msg.key,
-                value=msg.value,
-                headers=_headers(msg.headers),
-                timestamp_ms=int(msg.timestamp * 1000),
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
+            inbound = _inbound(
+                msg.key,
+                msg.value,
+                _headers(msg.headers),
+                int(msg.timestamp * 1000),
+                msg.topic,
+                msg.partition,
+                msg.offset,
             )
             try:
                 emitted = await processor.process(inbound)
@@ -291,7 +292,9 @@ class CommandRunner:
                     "unexpected failure on %s[%d]@%d", msg.topic, msg.partition, msg.offset
                 )
                 emitted = processor.dead_letter_bug(inbound)
-            out += ((e, msg.partition) for e in emitted)
+            partition = msg.partition
+            for e in emitted:  # (one, nearly always: no generator set up for it)
+                append((e, partition))
         # The current event is still one of this tenant's: tombstones go to its partition.
         tenant = (group[-1].message.key or b"").decode("utf-8", "replace")
         if tenant:
@@ -426,10 +429,78 @@ async def _delivered(sent: Sequence[SentBatch], commands: int) -> None:
 
 
 def _headers(raw: Any) -> dict[str, bytes]:
+    """A record's headers as a dict of str names to bytes values (the last of a name
+    given twice wins): ``_full_headers``. Made by one C-level ``dict()`` when that is
+    what it gives, as for aiokafka's records (pairs of a ``str`` and ``bytes``): each
+    ``str(k)`` and ``bytes(v or b"")`` is then ``k`` and ``v`` (an equal value), and the
+    same pairs in the same order make the same dict. Anything else (a None value, a
+    bytes name, a str or bytes subclass, something not a pair) takes the full path."""
+    if not raw:
+        return {}
+    if isinstance(raw, dict):
+        items: Any = raw.items()
+    elif type(raw) is list or type(raw) is tuple:
+        items = raw
+    else:
+        return _full_headers(raw)
+    try:
+        headers = dict(items)
+    except (TypeError, ValueError):
+        return _full_headers(raw)
+    if (
+        # (Every pair kept: a name given twice may hide a value the full path refuses.)
+        len(headers) == len(raw)
+        and set(map(type, headers)) <= _STR_ONLY
+        and set(map(type, headers.values())) <= _BYTES_ONLY
+    ):
+        return headers
+    return _full_headers(raw)
+
+
+def _full_headers(raw: Any) -> dict[str, bytes]:
     if not raw:
         return {}
     items = raw.items() if isinstance(raw, dict) else raw
     return {str(k): bytes(v or b"") for k, v in items}
+
+
+_STR_ONLY = frozenset({str})
+_BYTES_ONLY = frozenset({bytes})
+
+
+def _inbound(
+    key: bytes | None,
+    value: bytes | None,
+    headers: dict[str, bytes],
+    timestamp_ms: int,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> Inbound:
+    """``Inbound(key=key, value=value, ...)``, once per command, without the frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field, most of its cost):
+    a dataclass without ``__post_init__`` or slots is its ``__dict__``, the fields in
+    declaration order (tests/agents/test_run_tenant_fast_paths.py holds Inbound to that
+    and compares the two)."""
+    inbound = _new_object(Inbound)
+    _set_attribute(
+        inbound,
+        "__dict__",
+        {
+            "key": key,
+            "value": value,
+            "headers": headers,
+            "timestamp_ms": timestamp_ms,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+        },
+    )
+    return inbound
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 runner = CommandRunner()
