@@ -113,6 +113,22 @@ def decode_record(
     key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]
 ) -> CloudEvent:
     """Parse a Kafka record into a CloudEvent, auto-detecting binary or structured mode."""
+    if value is not None and type(headers) is dict:
+        names = tuple(headers)
+        plan = _PLANS.get(names)
+        if plan is None:
+            plan = _plan(names)
+        if plan is not None:
+            event = _planned(plan, key, value, headers)
+            if event is not None:
+                return event
+    return _decode_record_full(key, value, headers)
+
+
+def _decode_record_full(
+    key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]
+) -> CloudEvent:
+    """decode_record, every case: header by header."""
     if value is None:
         raise UndecodableRecord("empty record value (tombstone) is not a command")
     binary = False
@@ -196,6 +212,86 @@ def decode_record(
     if not isinstance(event, CloudEvent):
         raise UndecodableRecord("not a CloudEvents 1.0 event")
     return event
+
+
+# What decode_record's pass over the headers makes of their names alone (a record's
+# binary-mode attributes but for the values): per header, in order, the attribute it
+# holds (None: not a CloudEvents header, or ce_time, parsed apart), which one is ce_time
+# and which the content type. Producers send the same few name sets on every command, so each is
+# worked out once (a bounded number of small sets: hostile records must not fill memory).
+_Plan = tuple[tuple[str | None, ...], str | None, str | None]
+_PLANS: dict[tuple[str, ...], _Plan | None] = {}
+_PLANS_MAX = 1024
+_PLAN_NAMES_MAX = 32
+_PLAN_NAME_MAX = 64
+
+
+def _plan(names: tuple[str, ...]) -> _Plan | None:
+    """The plan of a binary-mode record with these header names, or None when the full
+    pass decides alone: a name not a str, a CloudEvents header given twice (any case),
+    or no ``ce_*`` header at all (structured mode)."""
+    attrs: list[str | None] = []
+    time_name = ctype_name = None
+    seen: set[str] = set()
+    for name in names:
+        if type(name) is not str:
+            return _remember_plan(names, None)
+        lowered = name.lower()
+        if lowered.startswith("ce_"):
+            if lowered == "ce_time":
+                attrs.append(None)
+                time_name = name
+            else:
+                attrs.append(lowered[3:])
+        elif lowered == "content-type":
+            attrs.append("datacontenttype")
+            ctype_name = name
+        else:
+            attrs.append(None)
+            continue
+        if lowered in seen:
+            return _remember_plan(names, None)
+        seen.add(lowered)
+    if not seen - {"content-type"}:
+        return _remember_plan(names, None)
+    return _remember_plan(names, (tuple(attrs), time_name, ctype_name))
+
+
+def _remember_plan(names: tuple[str, ...], plan: _Plan | None) -> _Plan | None:
+    if (
+        len(_PLANS) < _PLANS_MAX
+        and len(names) <= _PLAN_NAMES_MAX
+        and all(len(name) <= _PLAN_NAME_MAX for name in names)
+    ):
+        _PLANS[names] = plan
+    return plan
+
+
+def _planned(
+    plan: _Plan, key: bytes | None, value: bytes, headers: dict[str, bytes]
+) -> CloudEvent | None:
+    """_decode_record_full's binary-mode event, made from the plan of the headers' names:
+    the same attributes in the same order (every value decoded as UTF-8, as the full
+    pass does, or leaves to the SDK when one is not; ce_time's parsed apart). None for
+    anything else, whatever it is (a value that is not UTF-8 or not
+    bytes, a structured content type, a time or event the checks refuse): the full pass
+    then decides, raising as it does (nothing here changes anything it reads)."""
+    attr_names, time_name, ctype_name = plan
+    attributes: dict[str, Any] = {}
+    try:
+        for attr, raw in zip(attr_names, headers.values(), strict=True):
+            text = raw.decode("utf-8")
+            if attr is not None:
+                attributes[attr] = text
+        if ctype_name is not None and (
+            headers[ctype_name].decode("latin-1").lower().startswith(STRUCTURED_CONTENT_TYPE)
+        ):
+            return None
+        time = None if time_name is None else _parse_time(headers[time_name].decode("utf-8"))
+        event = _binary_event(attributes, key, value, time)
+    except Exception:
+        return None
+    return event if type(event) is _Received else None
 
 
 def _without(headers: Mapping[str, bytes], name: str | None) -> dict[str, bytes]:
