@@ -34,6 +34,7 @@ __all__ = [
     "encode_event",
     "headers_to_dict",
     "is_structured",
+    "kafka_record",
     "valid_unicode",
 ]
 
@@ -82,6 +83,23 @@ class KafkaRecord:
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
+
+
+def kafka_record(
+    key: bytes | None, value: bytes, headers: tuple[tuple[str, bytes], ...]
+) -> KafkaRecord:
+    """``KafkaRecord(key, value, headers)``, once per outcome, without the frozen
+    dataclass's ``__init__`` (an ``object.__setattr__`` per field, most of its cost): a
+    dataclass without ``__post_init__`` or slots is its ``__dict__``, the fields in
+    declaration order (tests/streams/test_codec_fast_path.py holds KafkaRecord to that
+    and compares the two)."""
+    record = _new_object(KafkaRecord)
+    _set_attribute(record, "__dict__", {"key": key, "value": value, "headers": headers})
+    return record
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 def headers_to_dict(

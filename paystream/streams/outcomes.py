@@ -15,7 +15,7 @@ from typing import Any
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.settings import CloudEventsMode
-from paystream.streams.codec import KafkaRecord, encode_data, encode_event
+from paystream.streams.codec import KafkaRecord, encode_data, encode_event, kafka_record
 from paystream.streams.tracecontext import child_traceparent
 
 __all__ = [
@@ -215,7 +215,7 @@ def encode_outcome(
     if mode is not CloudEventsMode.BINARY:
         return encode_event(build_outcome(cmd, outcome_type, data), key, mode)
     headers = _binary_headers(cmd, outcome_type, data)
-    return KafkaRecord(key=key, value=encode_data(data, "application/json"), headers=headers)
+    return kafka_record(key, encode_data(data, "application/json"), headers)
 
 
 def _binary_headers(
@@ -233,6 +233,32 @@ def _binary_headers(
     time = time_text(cmd.time)
     time_b = (time[:-6] + "Z" if time.endswith("+00:00") else time).encode()
     tenant_b, causation_b = cmd.tenant_id.encode(), cmd.command_id.encode()
+    if not cmd.traceparent:
+        # (Most commands carry no trace context: the tuple written out, in its order.)
+        if subject:
+            return (
+                ("ce_causationid", causation_b),
+                ("ce_id", id_b),
+                ("ce_partitionkey", tenant_b),
+                ("ce_source", source_b),
+                ("ce_specversion", b"1.0"),
+                ("ce_subject", str(subject).encode()),
+                ("ce_tenantid", tenant_b),
+                ("ce_time", time_b),
+                ("ce_type", type_b),
+                ("content-type", _JSON),
+            )
+        return (
+            ("ce_causationid", causation_b),
+            ("ce_id", id_b),
+            ("ce_partitionkey", tenant_b),
+            ("ce_source", source_b),
+            ("ce_specversion", b"1.0"),
+            ("ce_tenantid", tenant_b),
+            ("ce_time", time_b),
+            ("ce_type", type_b),
+            ("content-type", _JSON),
+        )
     headers = [
         ("ce_causationid", causation_b),
         ("ce_id", id_b),

@@ -1,18 +1,21 @@
 """decode_record's planned pass (header names worked out once per name set) against the
-full pass, header by header, on varied and hostile records."""
+full pass, header by header, on varied and hostile records; kafka_record against the
+dataclass's constructor."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams import codec
-from paystream.streams.codec import decode_record, encode_event
+from paystream.streams.codec import KafkaRecord, decode_record, encode_event, kafka_record
 
 _BASE = dict(
     encode_event(
@@ -113,3 +116,29 @@ def test_plans_are_bounded() -> None:
     for n in range(codec._PLANS_MAX + 10):
         decode_record(b"acme", b"{}", {**_BASE, f"x-{n}": b"1"})
     assert len(codec._PLANS) <= codec._PLANS_MAX
+
+
+def test_kafka_record_is_built_as_its_dataclass_allows() -> None:
+    fields = dataclasses.fields(KafkaRecord)
+    assert [f.name for f in fields] == ["key", "value", "headers"]
+    assert all(f.init for f in fields)
+    assert not hasattr(KafkaRecord, "__post_init__")
+    assert not hasattr(KafkaRecord, "__slots__")
+    assert KafkaRecord.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+@given(
+    st.none() | st.binary(max_size=8),
+    st.binary(max_size=8),
+    st.lists(st.tuples(st.text(max_size=5), st.binary(max_size=5)), max_size=4).map(tuple),
+)
+def test_kafka_record_is_the_dataclass_constructor(
+    key: bytes | None, value: bytes, headers: tuple[tuple[str, bytes], ...]
+) -> None:
+    fast, full = kafka_record(key, value, headers), KafkaRecord(key, value, headers)
+    assert type(fast) is KafkaRecord
+    assert fast == full and hash(fast) == hash(full) and repr(fast) == repr(full)
+    assert list(vars(fast).items()) == list(vars(full).items())
+    assert dataclasses.replace(fast, headers=()) == dataclasses.replace(full, headers=())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.value = b""  # type: ignore[misc]
