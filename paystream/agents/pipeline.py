@@ -2273,6 +2273,8 @@ _last_record_time: list[tuple[int | None, datetime]] = [(None, datetime.fromtime
 
 def _bad_time(at: datetime) -> str | None:
     """What is wrong with a command's time, if anything."""
+    if at.tzinfo is UTC:
+        return None  # (as nearly always: "Z"; an offset of zero, nothing to check)
     offset = at.utcoffset()
     if offset is not None and (offset.seconds % 60 or offset.microseconds):
         # The parsers take "+05:30:15"; RFC 3339 (and the stored records) do not.

@@ -258,7 +258,8 @@ class LimitGate:
         (see :func:`_hold_of`).
         """
         key = self.key(tenant_id)
-        if not limits.enforced and key not in self.table:
+        enforced = limits.enforced  # (a property: worked out once here)
+        if not enforced and key not in self.table:
             return None  # nothing to apply or answer (`in`: a tenth of a missed get)
         state = self._state(self.table.get(key), rec)
         hold = _tag(hold_key or rec.command_id)
@@ -277,7 +278,7 @@ class LimitGate:
                 return _replayed(decided)
             mine = _hold_of(state, hold_key or rec.command_id, owner, hold)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
-        if not limits.enforced:
+        if not enforced:
             # Limits since removed: only earlier decisions still stand, until committed.
             self._forget_committed(state, rec.partition)
             if not state["decided"]:
@@ -300,14 +301,16 @@ class LimitGate:
         if limits.commands_per_second is None:
             state["tokens"] = None  # a rate limit set later starts with a full bucket
         state["at_ms"] = at_ms
-        entry: dict[str, Any] = {"id": _tag(rec.command_id), "day": day}
+        tag = _tag(rec.command_id)
         if isinstance(decision, LimitRejection):
-            entry.update(
-                admit=False,
-                reason=decision.reason,
-                message=decision.message,
-                extra=decision.extra,
-            )
+            entry: dict[str, Any] = {
+                "id": tag,
+                "day": day,
+                "admit": False,
+                "reason": decision.reason,
+                "message": decision.message,
+                "extra": decision.extra,
+            }
             if spent:
                 entry["spent"] = True
             self._decide(key, state, rec, entry)
@@ -318,7 +321,9 @@ class LimitGate:
             if currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
                 state["held"][hold_of_this] = [day, currency, amount, owner]
-        entry.update(admit=True, counted=False, currency=currency, amount=amount)
+        # (The keys in the order kept decisions have always had them.)
+        entry = {"id": tag, "day": day, "admit": True, "counted": False,
+                 "currency": currency, "amount": amount}  # fmt: skip
         self._decide(key, state, rec, entry)
         return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold_of_this)
 
