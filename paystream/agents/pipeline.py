@@ -2272,9 +2272,16 @@ _last_record_time: list[tuple[int | None, datetime]] = [(None, datetime.fromtime
 
 
 def _bad_time(at: datetime) -> str | None:
-    """What is wrong with a command's time, if anything."""
+    """What is wrong with a command's time, if anything: _time_fault's answer, which
+    for UTC itself (as nearly always: "Z") is None (an offset of zero, whole minutes,
+    and no conversion to overflow), without asking."""
     if at.tzinfo is UTC:
-        return None  # (as nearly always: "Z"; an offset of zero, nothing to check)
+        return None
+    return _time_fault(at)
+
+
+def _time_fault(at: datetime) -> str | None:
+    """What is wrong with a command's time, if anything (any time zone)."""
     offset = at.utcoffset()
     if offset is not None and (offset.seconds % 60 or offset.microseconds):
         # The parsers take "+05:30:15"; RFC 3339 (and the stored records) do not.

@@ -1,10 +1,12 @@
 """The per-command glue's fast paths against their full forms, on varied and hostile
 input: a consumed record's headers and Inbound (commands.py), and the event attributes
-the pipeline reads straight from the SDK's dict (pipeline.py)."""
+the pipeline reads straight from the SDK's dict and its check of a command's time
+(pipeline.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -13,7 +15,7 @@ from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paystream.agents import commands
+from paystream.agents import commands, pipeline
 from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
@@ -176,3 +178,19 @@ def test_decoded_events_answer_the_getters_from_their_attributes() -> None:
             assert attrs.get(ext) == got.get_extension(ext)
     with pytest.raises(UndecodableRecord):
         decode_record(b"acme", rec.value, {k: v for k, v in cases[0].items() if k != "ce_id"})
+
+
+@given(
+    st.datetimes(timezones=st.timezones() | st.just(UTC))
+    | st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1, 1, 2), timezones=st.just(UTC))
+    | st.builds(
+        lambda at, seconds: at.replace(tzinfo=timezone(timedelta(seconds=seconds))),
+        st.sampled_from([datetime(1, 1, 1), datetime(9999, 12, 31, 23), datetime(2026, 1, 2)]),
+        st.integers(-86399, 86399),
+    )
+)
+def test_a_time_in_utc_is_answered_as_any_other(at: datetime) -> None:
+    assert pipeline._bad_time(at) == pipeline._time_fault(at)
+    if at.tzinfo is not None:
+        utc = at.astimezone(UTC) if 1 < at.year < 9999 else at.replace(tzinfo=UTC)
+        assert pipeline._bad_time(utc) is None is pipeline._time_fault(utc)
