@@ -395,11 +395,24 @@ def _plainly_valid(attributes: dict[str, Any]) -> bool:
             if name in _SPEC_NAMES:
                 if not value:
                     return False
-            elif name in _NOT_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
-                return False
+            elif name not in _EXTENSION_NAMES_SEEN:
+                if name in _NOT_EXTENSIONS or not _EXTENSION_NAME.fullmatch(name):
+                    return False
+                _see_extension_name(name)
         elif name != "time" or type(value) is not datetime or not value.tzinfo:
             return False
     return True
+
+
+# Extension names found good above (the same few on every command: tenantid,
+# partitionkey, idempotencykey), so not matched again; a bounded number of short ones.
+_EXTENSION_NAMES_SEEN: set[str] = set()
+_EXTENSION_NAMES_SEEN_MAX = 256
+
+
+def _see_extension_name(name: str) -> None:
+    if len(_EXTENSION_NAMES_SEEN) < _EXTENSION_NAMES_SEEN_MAX and len(name) <= 64:
+        _EXTENSION_NAMES_SEEN.add(name)
 
 
 def _event_at(time: datetime, attributes: dict[str, Any], data: Any) -> CloudEvent:

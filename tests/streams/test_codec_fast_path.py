@@ -142,3 +142,31 @@ def test_kafka_record_is_the_dataclass_constructor(
     assert dataclasses.replace(fast, headers=()) == dataclasses.replace(full, headers=())
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.value = b""  # type: ignore[misc]
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["tenantid", "partitionkey", "data", "time", "Tenantid", "a-b", "x\n"])
+        | st.text(max_size=6),
+        st.text(max_size=3) | st.none() | st.integers(),
+        max_size=5,
+    )
+)
+def test_extension_names_seen_before_are_judged_as_before(extra: dict[str, Any]) -> None:
+    """_plainly_valid remembers the extension names it found good: its verdict is the
+    same with them remembered as with nothing remembered (and none it refuses is kept)."""
+    attributes: dict[str, Any] = {
+        "id": "c1", "source": "/s", "type": "t", "specversion": "1.0", **extra,
+    }  # fmt: skip
+    warm = codec._plainly_valid(attributes)
+    assert codec._plainly_valid(attributes) == warm
+    remembered = set(codec._EXTENSION_NAMES_SEEN)
+    try:
+        codec._EXTENSION_NAMES_SEEN.clear()
+        cold = codec._plainly_valid(attributes)
+        codec._EXTENSION_NAMES_SEEN.clear()
+    finally:
+        codec._EXTENSION_NAMES_SEEN.update(remembered)
+    assert warm == cold
+    for name in codec._EXTENSION_NAMES_SEEN:
+        assert codec._EXTENSION_NAME.fullmatch(name) and name not in codec._NOT_EXTENSIONS
