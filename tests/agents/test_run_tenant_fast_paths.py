@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paystream.agents import commands, pipeline
-from paystream.agents.pipeline import Inbound
+from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams import codec
-from paystream.streams.codec import UndecodableRecord, decode_record, encode_event
+from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, encode_event
 
 _NAMES = st.sampled_from(["ce_id", "CE_ID", "content-type", "traceparent", "x", ""]) | st.text(
     max_size=8
@@ -194,3 +194,34 @@ def test_a_time_in_utc_is_answered_as_any_other(at: datetime) -> None:
     if at.tzinfo is not None:
         utc = at.astimezone(UTC) if 1 < at.year < 9999 else at.replace(tzinfo=UTC)
         assert pipeline._bad_time(utc) is None is pipeline._time_fault(utc)
+
+
+def test_emit_is_built_as_its_dataclass_allows() -> None:
+    fields = dataclasses.fields(Emit)
+    assert [f.name for f in fields] == ["topic", "record", "summary"]
+    assert all(f.init for f in fields)
+    assert not hasattr(Emit, "__post_init__")
+    assert not hasattr(Emit, "__slots__")
+    assert Emit.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+@given(
+    st.text(max_size=10),
+    st.builds(
+        KafkaRecord,
+        st.none() | st.binary(max_size=4),
+        st.binary(max_size=4),
+        st.lists(st.tuples(st.text(max_size=3), st.binary(max_size=3))).map(tuple),
+    ),
+    st.none() | st.dictionaries(st.text(max_size=4), st.integers() | st.none(), max_size=3),
+)
+def test_emit_is_the_dataclass_constructor(
+    topic: str, record: KafkaRecord, summary: dict[str, Any] | None
+) -> None:
+    fast, full = pipeline._emit(topic, record, summary), Emit(topic, record, summary)
+    assert type(fast) is Emit
+    assert fast == full and repr(fast) == repr(full)
+    assert list(vars(fast).items()) == list(vars(full).items())
+    assert dataclasses.replace(fast, topic="t") == dataclasses.replace(full, topic="t")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.topic = "other"  # type: ignore[misc]
