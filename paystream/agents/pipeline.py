@@ -145,6 +145,21 @@ class Emit:
     summary: dict[str, Any] | None = None  # for the dashboard's activity log
 
 
+def _emit(topic: str, record: KafkaRecord, summary: dict[str, Any] | None) -> Emit:
+    """``Emit(topic, record, summary)``, once per outcome, without the frozen dataclass's
+    ``__init__`` (an ``object.__setattr__`` per field, most of its cost): a dataclass
+    without ``__post_init__`` or slots is its ``__dict__``, the fields in declaration
+    order (tests/agents/test_run_tenant_fast_paths.py holds Emit to that and compares
+    the two)."""
+    emit = _new_object(Emit)
+    _set_attribute(emit, "__dict__", {"topic": topic, "record": record, "summary": summary})
+    return emit
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
 class CommandProcessor:
     """Runs commands against tables and gateways; one instance per worker."""
 
@@ -2035,21 +2050,6 @@ UNANSWERED = "provider_unanswered"
 # What an entity's published snapshot and table record leave out of its dump (the record
 # gets its own copy back). Never changed: one set for every dump.
 _APPLIED: set[str] = {"applied"}
-
-
-def _emit(topic: str, record: KafkaRecord, summary: dict[str, Any] | None) -> Emit:
-    """``Emit(topic, record, summary)``, once per outcome, without the frozen dataclass's
-    ``__init__`` (an ``object.__setattr__`` per field, most of its cost): a dataclass
-    without ``__post_init__`` or slots is its ``__dict__``, the fields in declaration
-    order (tests/agents/test_run_tenant_fast_paths.py holds Emit to that and compares
-    the two)."""
-    emit = _new_object(Emit)
-    _set_attribute(emit, "__dict__", {"topic": topic, "record": record, "summary": summary})
-    return emit
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__
 
 
 def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
