@@ -1,17 +1,20 @@
-"""The Redis auto-pipeline against a real Redis: coalescing, per-call results and errors."""
+"""The Redis auto-pipeline against a real Redis: coalescing, writing a turn's first command
+at once, per-call results and errors."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from paystream.gateways.simulator.autopipeline import AutoPipeline
 
@@ -23,9 +26,9 @@ class CountingPipeline(AutoPipeline):
         super().__init__(redis)
         self.round_trips: list[int] = []
 
-    async def _pipeline(self, batch: list[Any]) -> list[Any]:
+    async def _pipeline(self, batch: list[Any], written: Any = None) -> list[Any]:
         self.round_trips.append(len(batch))
-        return await super()._pipeline(batch)
+        return await super()._pipeline(batch, written)
 
 
 @pytest_asyncio.fixture
@@ -81,7 +84,47 @@ async def test_sequential_steps_of_concurrent_tasks_stay_coalesced(
         return total
 
     assert await asyncio.gather(*(tenant(i) for i in range(8))) == [3] * 8
-    assert p.round_trips == [8, 8, 8]
+    assert sum(p.round_trips) == 24
+    # The first step shares one round trip (no connection is held yet). Later, a turn
+    # writes its first command at once and the rest together: the first task to resume
+    # runs ahead alone ([1]), the seven others resume together ([1, 6] or [7]).
+    assert p.round_trips[0] == 8
+    assert len(p.round_trips) <= 6
+
+
+async def test_a_turns_first_command_reaches_redis_before_the_turn_ends(
+    client: aioredis.Redis, redis_url: str
+) -> None:
+    """Redis runs the first command while the rest of the turn is still computing."""
+    p = CountingPipeline(client)
+    first, rest = f"{uuid.uuid4().hex}:first", f"{uuid.uuid4().hex}:rest"
+    await p.execute("PING")  # a connection is now held
+    observer = redis.Redis.from_url(redis_url)
+    try:
+        one = p.execute("INCR", first)
+        others = [p.execute("INCR", rest) for _ in range(3)]
+        # Still in the same turn (no await yet): only the first has been written.
+        deadline = time.monotonic() + 5
+        while observer.get(first) is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert observer.get(first) == b"1"
+        assert observer.get(rest) is None
+    finally:
+        observer.close()
+    assert await one == 1
+    assert await asyncio.gather(*others) == [1, 2, 3]
+    assert p.round_trips == [1, 1, 3]
+
+
+async def test_a_command_that_cannot_be_packed_fails_alone(client: aioredis.Redis) -> None:
+    p = CountingPipeline(client)
+    key = f"{uuid.uuid4().hex}:k"
+    await p.execute("PING")  # the next command takes the written-at-once path
+    with pytest.raises(DataError):
+        await p.execute("SET", key, {"not": "packable"})
+    assert await p.execute("SET", key, "v") == b"OK"
+    assert await p.get(key) == b"v"
+    assert len(p._idle) == 1  # the connection was kept, not leaked
 
 
 async def test_overlapping_flushes_each_read_their_own_replies(client: aioredis.Redis) -> None:
