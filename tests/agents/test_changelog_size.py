@@ -79,3 +79,53 @@ def test_plain_json_records_are_the_bytes_faust_writes() -> None:
             i % 4,
             [],
         )
+
+
+def test_plain_json_fast_call_falls_back_for_any_key_not_exactly_a_str() -> None:
+    """The batch first serialises without OPT_NON_STR_KEYS and falls back to Faust's call
+    when orjson refuses a key: every kind of key (nested too) gives Faust's bytes, as an
+    exact ``bytes`` object, and a value Faust cannot serialise fails as it does."""
+    import datetime
+    import enum
+
+    import pytest
+    from faust.serializers import codecs
+
+    class Text(str):
+        pass
+
+    class Colour(enum.Enum):
+        RED = 1
+
+    class Named(enum.StrEnum):
+        A = "a"
+
+    class Mapping(dict):  # type: ignore[type-arg]
+        pass
+
+    table = _table()
+    values: list[dict[object, object]] = [
+        {Text("k"): 1},
+        {"a": {"b": {Text("c"): [1, {"d": 2}]}}},
+        {Named.A: 1, Colour.RED: 2},
+        {1: "one", "1": "also one"},  # two "1" keys, as Faust writes them
+        {None: 1, True: 2, 1.5: 3},
+        {datetime.date(2026, 1, 2): "date key"},
+        {"list": [{"x": 1}, {2: "y"}]},
+        {"sub": Mapping({3: "in a dict subclass"})},
+        {"plain": {"only": ["str", "keys"]}, "t": Text("value")},
+    ]
+    with collect_changelog() as batch:
+        for i, value in enumerate(values):
+            batch.add(table, 0, Text(f"k{i}") if i == 0 else f"k{i}", value, None)
+        records = batch.records()
+    for i, (record, value) in enumerate(zip(records, values, strict=True)):
+        assert record.value == codecs.dumps("json", value), value
+        assert type(record.value) is bytes and type(record.key) is bytes
+        assert record.key == codecs.dumps("json", f"k{i}")
+    with collect_changelog() as batch:
+        batch.add(table, 0, "bad", {"s": "\ud800"}, None)  # a lone surrogate
+        with pytest.raises(TypeError):
+            codecs.dumps("json", {"s": "\ud800"})
+        with pytest.raises(TypeError):
+            batch.records()
