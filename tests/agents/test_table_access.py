@@ -97,4 +97,57 @@ def test_a_write_without_a_command_event_is_refused() -> None:
     table, _ = _table("no-event")
     with collect_changelog(), pytest.raises(TypeError):
         table["t:a"] = {"v": 1}
+    assert table.get("t:a") is None and "t:a" not in table.data._key_partition
     assert table.get("t:a") is None
+
+
+def test_a_batched_write_is_what_fausts_path_does(event_on_partition_2: Any) -> None:
+    """The in-memory write (its batch queueing and key tracking inlined) against Faust's
+    own ``__setitem__`` (which queues through ``send_changelog``): the same records, the
+    same store, the same tracked partitions, the same sensor calls; also for a table's
+    first write, before its store exists (Faust's path makes it)."""
+    ours, our_sensor = _table("fast-writes")
+    theirs, their_sensor = _table("faust-writes")
+    assert ours._data is None  # no store yet: the first write takes Faust's path
+    writes: list[tuple[str, Any]] = [
+        ("t:a", {"v": 1}),
+        ("t:b", {"v": 2, "nested": {"x": [1, 2]}}),
+        ("t:a", {"v": 3}),  # coalesced
+        ("t:\u00e9", {}),
+        ("t:c", {"deep": {"er": None}}),
+    ]
+    with collect_changelog() as our_batch:
+        for key, value in writes:
+            ours[key] = value
+        our_records = our_batch.records()
+    with collect_changelog() as their_batch:
+        for key, value in writes:
+            faust.Table.__setitem__(theirs, key, value)
+        their_records = their_batch.records()
+    assert [(r.partition, r.key, r.value, r.headers) for r in our_records] == [
+        (r.partition, r.key, r.value, r.headers) for r in their_records
+    ]
+    assert dict(ours.data.data) == dict(theirs.data.data)
+    assert (
+        ours.data._key_partition
+        == theirs.data._key_partition
+        == {
+            "t:a": 2,
+            "t:b": 2,
+            "t:\u00e9": 2,
+            "t:c": 2,
+        }
+    )
+    assert our_sensor.calls == their_sensor.calls
+
+
+def test_a_batched_write_with_the_producers_partitioner_is_refused(
+    event_on_partition_2: Any,
+) -> None:
+    # (``use_partitioner``: no partition for the key; a batch cannot place its record.)
+    table, _ = _table("partitioner")
+    table.use_partitioner = True
+    table.data  # noqa: B018 (the store made: the in-memory path)
+    with collect_changelog(), pytest.raises(TypeError):
+        table["t:a"] = {"v": 1}
+    assert table.get("t:a") is None and "t:a" not in table.data._key_partition
