@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
@@ -68,3 +69,19 @@ async def test_a_record_is_never_dropped_for_its_size(
         await producer.stop()
     assert [b.count for b in sent] == [1, 1]  # the big one in a batch of its own
     assert await _read_all(kafka_bootstrap, TopicPartition(topic, 0), 2) == [b"a", big]
+
+
+def test_an_out_record_is_immutable_with_its_fields_in_order() -> None:
+    record = OutRecord("t", 3, b"k", b"v")
+    assert (record.topic, record.partition, record.key, record.value, record.headers) == (
+        "t",
+        3,
+        b"k",
+        b"v",
+        (),
+    )
+    assert OutRecord._fields == ("topic", "partition", "key", "value", "headers")
+    assert record == OutRecord("t", 3, b"k", b"v", ())
+    assert record != OutRecord("t", 3, b"k", b"other")
+    with pytest.raises(AttributeError):
+        record.value = b"changed"  # type: ignore[misc]
