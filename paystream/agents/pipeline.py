@@ -1541,8 +1541,13 @@ class CommandProcessor:
     def _remember(self, key: str, record: dict[str, Any]) -> None:
         """Write an idempotency record and queue it for deletion when it expires."""
         self.idempotency[key] = record
-        tenant_id = key.split(":", 1)[0]
-        self._expiring.setdefault(tenant_id, deque()).append((record["expires_at"], key))
+        # (``partition``: the tenant id, as ``split(":", 1)[0]``, without the list; the
+        # tenant's queue made only when it has none, not a deque per write for setdefault)
+        tenant_id = key.partition(":")[0]
+        queue = self._expiring.get(tenant_id)
+        if queue is None:
+            queue = self._expiring[tenant_id] = deque()
+        queue.append((record["expires_at"], key))
 
     def purge_expired(self, tenant_id: str, now: float, limit: int = 500) -> int:
         """Delete up to ``limit`` of the tenant's expired idempotency records.

@@ -963,6 +963,21 @@ async def test_expired_idempotency_records_are_purged(harness: Harness) -> None:
     assert [k for k in harness.idempotency if k.startswith(f"{other}:")], "other tenant untouched"
 
 
+async def test_remembered_records_queue_for_expiry_under_their_tenant(harness: Harness) -> None:
+    """Each write queues (expires_at, key) under the key's part before its first ":" (what
+    ``key.split(":", 1)[0]`` gives; the whole key when it has none), in write order, the
+    tenant's queue made on its first write and kept."""
+    processor = harness.processor
+    keys = ["ta:k1", "tb:k:with:colons", "ta:k2", "ta:", "nocolon", ":empty-tenant", "ta:k1"]
+    for n, key in enumerate(keys):
+        processor._remember(key, {"expires_at": 1000.0 + n})
+    expected: dict[str, list[tuple[float, str]]] = {}
+    for n, key in enumerate(keys):
+        expected.setdefault(key.split(":", 1)[0], []).append((1000.0 + n, key))
+    assert {t: list(q) for t, q in processor._expiring.items()} == expected
+    assert all(harness.idempotency[k]["expires_at"] for k in keys)
+
+
 async def test_purge_finds_records_written_before_the_process_started(harness: Harness) -> None:
     t = harness.add_tenant()
     await harness.send("customer.create", t, {"customer_id": "old"})
