@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from paystream.agents.pipeline import _stored_fields
-from paystream.built import built
+from paystream.built import built, frozen_record
 from paystream.gateways import base as gw
 from paystream.money import Money
 from paystream.tables.records import (
@@ -160,3 +160,30 @@ def test_payments_refunds_and_disputes_take_the_fast_path() -> None:
         _stored_fields(record)
     assert {PaymentRecord, RefundRecord, DisputeRecord} <= set(pipeline._PLAIN_KINDS)
     assert CustomerRecord not in pipeline._PLAIN_KINDS  # (its metadata: dumped)
+
+
+def _frozen_record_classes() -> list[type]:
+    from paystream.agents.pipeline import Emit, Inbound
+    from paystream.gateways.simulator.store import Effect
+    from paystream.streams.codec import KafkaRecord
+    from paystream.streams.outcomes import CommandRef
+
+    return [Inbound, Emit, KafkaRecord, CommandRef, Effect]
+
+
+@pytest.mark.parametrize("cls", _frozen_record_classes(), ids=lambda c: c.__name__)
+def test_frozen_record_classes_are_their_dict(cls: type) -> None:
+    """What ``frozen_record`` relies on, for every class paystream makes with it."""
+    import dataclasses
+
+    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert not hasattr(cls, "__post_init__") and "__slots__" not in cls.__dict__
+    fields = dataclasses.fields(cls)
+    assert all(f.default_factory is dataclasses.MISSING for f in fields)  # type: ignore[misc]
+    values = {f.name: f"v{i}" for i, f in enumerate(fields)}
+    made, full = frozen_record(cls, dict(values)), cls(**values)
+    assert made == full and hash(made) == hash(full) and repr(made) == repr(full)
+    assert dataclasses.asdict(made) == dataclasses.asdict(full)
+    assert vars(made) == vars(full) and list(vars(made)) == list(vars(full))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.x = 1  # type: ignore[attr-defined]

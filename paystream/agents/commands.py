@@ -46,6 +46,7 @@ from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.agents.publish_health import PUBLISH
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
+from paystream.built import frozen_record
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
 from paystream.gc_pacing import full_collections
@@ -477,15 +478,9 @@ def _inbound(
     partition: int,
     offset: int,
 ) -> Inbound:
-    """``Inbound(key=key, value=value, ...)``, once per command, without the frozen
-    dataclass's ``__init__`` (one ``object.__setattr__`` per field, most of its cost):
-    a dataclass without ``__post_init__`` or slots is its ``__dict__``, the fields in
-    declaration order (tests/agents/test_run_tenant_fast_paths.py holds Inbound to that
-    and compares the two)."""
-    inbound = _new_object(Inbound)
-    _set_attribute(
-        inbound,
-        "__dict__",
+    """``Inbound(key=key, value=value, ...)``, once per command (see ``frozen_record``)."""
+    return frozen_record(
+        Inbound,
         {
             "key": key,
             "value": value,
@@ -496,11 +491,6 @@ def _inbound(
             "offset": offset,
         },
     )
-    return inbound
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__
 
 
 runner = CommandRunner()

@@ -64,7 +64,7 @@ from paystream.agents.handlers import (
     Tables,
     entity_key,
 )
-from paystream.built import built
+from paystream.built import built, frozen_record
 from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
@@ -146,18 +146,8 @@ class Emit:
 
 
 def _emit(topic: str, record: KafkaRecord, summary: dict[str, Any] | None) -> Emit:
-    """``Emit(topic, record, summary)``, once per outcome, without the frozen dataclass's
-    ``__init__`` (an ``object.__setattr__`` per field, most of its cost): a dataclass
-    without ``__post_init__`` or slots is its ``__dict__``, the fields in declaration
-    order (tests/agents/test_run_tenant_fast_paths.py holds Emit to that and compares
-    the two)."""
-    emit = _new_object(Emit)
-    _set_attribute(emit, "__dict__", {"topic": topic, "record": record, "summary": summary})
-    return emit
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__
+    """``Emit(topic, record, summary)``, once per outcome (see ``frozen_record``)."""
+    return frozen_record(Emit, {"topic": topic, "record": record, "summary": summary})
 
 
 class CommandProcessor:

@@ -22,6 +22,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from dateutil.parser import isoparse
 
+from paystream.built import frozen_record
 from paystream.errors import PaystreamError
 from paystream.settings import CloudEventsMode
 
@@ -93,18 +94,8 @@ class KafkaRecord:
 def kafka_record(
     key: bytes | None, value: bytes, headers: tuple[tuple[str, bytes], ...]
 ) -> KafkaRecord:
-    """``KafkaRecord(key, value, headers)``, once per outcome, without the frozen
-    dataclass's ``__init__`` (an ``object.__setattr__`` per field, most of its cost): a
-    dataclass without ``__post_init__`` or slots is its ``__dict__``, the fields in
-    declaration order (tests/streams/test_codec_fast_path.py holds KafkaRecord to that
-    and compares the two)."""
-    record = _new_object(KafkaRecord)
-    _set_attribute(record, "__dict__", {"key": key, "value": value, "headers": headers})
-    return record
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__
+    """``KafkaRecord(key, value, headers)``, once per outcome (see ``frozen_record``)."""
+    return frozen_record(KafkaRecord, {"key": key, "value": value, "headers": headers})
 
 
 def headers_to_dict(

@@ -14,6 +14,7 @@ from typing import Any
 
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream.built import frozen_record
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import KafkaRecord, encode_data, encode_event, kafka_record
 from paystream.streams.tracecontext import child_traceparent
@@ -111,15 +112,9 @@ def command_ref(
     id_salt: str | None,
 ) -> CommandRef:
     """``CommandRef(...)`` of these fields (``traceparent_is_outcomes`` False), once per
-    command: the frozen dataclass's ``__init__`` sets each of its ten fields through
-    ``object.__setattr__``, more than twice the cost of this. The same object: a dataclass
-    without ``__post_init__``, slots or field converters is its ``__dict__``, the fields
-    in declaration order (tests/streams/test_codec.py holds CommandRef to that, and
-    compares the two on varied fields)."""
-    ref = _new_object(CommandRef)
-    _set_attribute(
-        ref,
-        "__dict__",
+    command (see ``frozen_record``)."""
+    return frozen_record(
+        CommandRef,
         {
             "tenant_id": tenant_id,
             "command_id": command_id,
@@ -133,11 +128,6 @@ def command_ref(
             "tracestate": tracestate,
         },
     )
-    return ref
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__
 
 
 def outcome_traceparent(cmd: CommandRef) -> str | None:
