@@ -83,6 +83,27 @@ class RecordAnswers:
             return None
         return dict(entry["data"])
 
+    def kept_or_parked(
+        self, partition: int, offset: int, command_id: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """``(kept(...), parked(...))``, from one lookup of the partition's state: the
+        pipeline asks both of every command. Safe as one: both read the one entry kept at
+        the offset and match its tag against the command's, ``kept`` as is and ``parked``
+        with its prefix, so at most one of them matches; the tag is hashed only when
+        there is an entry (as ``kept`` does). Tests compare it with the two calls."""
+        if offset < 0:
+            return None, None
+        entry = self._state(partition)["kept"].get(str(offset))
+        if entry is None:
+            return None, None
+        tag = _tag(command_id)
+        found = entry["id"]
+        if found == tag:
+            return dict(entry["data"]), None
+        if found == _PARKED + tag:
+            return None, dict(entry["data"])
+        return None, None
+
     @staticmethod
     def fits(data: dict[str, Any]) -> bool:
         """Whether a rejection with this data can be kept (at any offset)."""

@@ -421,10 +421,10 @@ class CommandProcessor:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         # Everything above depends on the record alone; what follows on state, which may
         # have changed since this record was first answered (a redelivery).
-        rejected = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
+        # (Both from one lookup of the record's partition's kept answers.)
+        rejected, parked = self.answers.kept_or_parked(rec.partition, rec.offset, cmd.command_id)
         if rejected is not None:
             return self._answer_again(rec, cmd, rejected)
-        parked = self.answers.parked(rec.partition, rec.offset, cmd.command_id)
         if parked is not None:  # parked, unanswered: parked again, as decided
             self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
             return self._park_unanswered(rec, cmd, stamp=bool(parked.get("refusal")))
