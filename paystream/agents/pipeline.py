@@ -111,7 +111,7 @@ from paystream.tables.records import (
 )
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
-from paystream.tenancy.limits import Admission, LimitGate, LimitRejection
+from paystream.tenancy.limits import UNREAD, Admission, LimitGate, LimitRejection
 from paystream.tenancy.limits import Record as LimitRecord
 from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 from paystream.tracing import CommandTrace, CommandTracing
@@ -649,10 +649,16 @@ class CommandProcessor:
     ) -> list[Emit]:
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         limited = self.limits.applies(cmd.tenant_id, tenant.limits)
+        # The tenant's limits state, read once for the kept rejection and the admission
+        # (UNREAD: admit reads it). Safe as nothing writes it in between: the branches
+        # that do (_account_replay, the rejections, parks) return, and a branch that
+        # awaits (other tenants run meanwhile) sets it back to UNREAD.
+        limits_state: Any = UNREAD
         if limited:
+            limits_state = self.limits.stored(cmd.tenant_id)
             # A redelivered record the limits rejected keeps its rejection even if the
             # command has since been retried and finished under the same key.
-            kept = self.limits.kept_rejection(cmd.tenant_id, limit_rec)
+            kept = self.limits.kept_rejection(cmd.tenant_id, limit_rec, limits_state)
             if kept is not None:
                 return self._limits_answer_again(cmd, kept)
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
@@ -731,6 +737,7 @@ class CommandProcessor:
                     gateway_or_rejection.reason, gateway_or_rejection.message, remember=False
                 ),
             )
+            limits_state = UNREAD  # (read again after the await)
             applied = (
                 existing is None
                 and await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
@@ -749,6 +756,7 @@ class CommandProcessor:
             gateway, call = gateway_or_rejection, self.gateways.call_for(tenant)
         provider_took = False
         if stamped and not applied:
+            limits_state = UNREAD  # (read again after the await)
             known = await self._provider_knows(
                 rec, cmd, data, request_hash, gateway, parked_unanswered=True
             )
@@ -781,6 +789,7 @@ class CommandProcessor:
                 request_hash,
                 entity_keys,
                 applied or provider_took,
+                limits_state,
             )
             if (
                 isinstance(decision, LimitRejection)
@@ -1004,9 +1013,11 @@ class CommandProcessor:
         request_hash: str,
         entity_keys: bool,
         applied: bool,
+        limits_state: Any = UNREAD,
     ) -> Admission | LimitRejection | None:
         """The limits' decision on a command (``applied``: its entity says it took effect,
-        so it passes as one let through before does)."""
+        so it passes as one let through before does; ``limits_state``: the tenant's, as
+        read for its kept rejection with nothing written since, or UNREAD)."""
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         return self.limits.admit(
             cmd.tenant_id,
@@ -1020,6 +1031,7 @@ class CommandProcessor:
             if existing is not None
             else None,
             request=request_hash,
+            stored=limits_state,
         )
 
     async def _let_through_by_entity(

@@ -54,12 +54,16 @@ from paystream.money import MAX_MINOR_AMOUNT, format_minor, normalise_currency
 __all__ = [
     "MAX_FUTURE_SKEW_MS",
     "REPLAY_MEMORY",
+    "UNREAD",
     "VOLUME_OUTCOMES",
     "Admission",
     "LimitGate",
     "LimitRejection",
     "TenantLimits",
 ]
+
+# ``stored`` not given (kept_rejection, admit): the tenant's state is read from the table.
+UNREAD: Any = object()
 
 # How far past the worker's clock a record timestamp is believed.
 MAX_FUTURE_SKEW_MS = 60_000
@@ -210,10 +214,19 @@ class LimitGate:
         decided = _kept(self.table.get(self.key(tenant_id)), rec)
         return bool(decided is not None and decided.get("counted"))
 
-    def kept_rejection(self, tenant_id: str, rec: Record) -> LimitRejection | None:
+    def stored(self, tenant_id: str) -> Any:
+        """The tenant's state as the table holds it (None: none), for a caller that asks
+        :meth:`kept_rejection` and then :meth:`admit` of one command to read it once."""
+        return self.table.get(self.key(tenant_id))
+
+    def kept_rejection(
+        self, tenant_id: str, rec: Record, stored: Any = UNREAD
+    ) -> LimitRejection | None:
         """The rejection this very record got before, if it did: it stands, whatever
-        happened since (a retry of the same key that finished, limits removed)."""
-        decided = _kept(self.table.get(self.key(tenant_id)), rec)
+        happened since (a retry of the same key that finished, limits removed).
+        ``stored``: what :meth:`stored` just returned (nothing written since)."""
+        raw = self.table.get(self.key(tenant_id)) if stored is UNREAD else stored
+        decided = _kept(raw, rec)
         return None if decided is None or decided["admit"] else _replayed(decided)
 
     def forget_decision(self, tenant_id: str, rec: Record) -> None:
@@ -244,6 +257,7 @@ class LimitGate:
         hold_key: str | None = None,
         former_hold_key: str | None = None,
         request: str | None = None,
+        stored: Any = UNREAD,
     ) -> Admission | LimitRejection | None:
         """Decide on one command; None when the tenant has no limits to apply.
 
@@ -255,13 +269,15 @@ class LimitGate:
         id stands in when none is given). ``former_hold_key``: what an older version held
         the same payment under; such a hold is carried over to ``hold_key``. ``request``:
         what the command asks (its request hash): a hold is the request's that placed it
-        (see :func:`_hold_of`).
+        (see :func:`_hold_of`). ``stored``: what :meth:`stored` returned, if nothing was
+        written to the table since (the state is read once for :meth:`kept_rejection` and
+        this: the same object the table would give again, so the same decision).
         """
         key = self.key(tenant_id)
         enforced = limits.enforced  # (a property: worked out once here)
         if not enforced and key not in self.table:
             return None  # nothing to apply or answer (`in`: a tenth of a missed get)
-        state = self._state(self.table.get(key), rec)
+        state = self._state(self.table.get(key) if stored is UNREAD else stored, rec)
         hold = _tag(hold_key or rec.command_id)
         owner = None if request is None else _tag(request)
         former = _former_hold(state, former_hold_key, owner)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from typing import Any
 
@@ -88,3 +89,113 @@ def test_holds_against_their_full_forms(
         assert _held(state, day, currency, "t1") == full
     assert _hold_of(state, hold_key, owner) == _full_hold_of(state, hold_key, owner)
     assert _hold_of(state, hold_key, owner, _tag(hold_key)) == _full_hold_of(state, hold_key, owner)
+
+
+# ---- the state read once for kept_rejection and admit (``stored``) ---------------------
+
+_T0 = 1_790_000_000_000
+
+
+class _Pay:
+    def __init__(self, amount: int, currency: str) -> None:
+        self.amount, self.currency = amount, currency
+
+
+_LIMITS = st.sampled_from(
+    [
+        limits.TenantLimits(),
+        limits.TenantLimits(commands_per_second=1, burst=2),
+        limits.TenantLimits(
+            max_payment_amount={"USD": 5_000},
+            daily_payment_volume={"USD": 9_000, "EUR": 4_000},
+        ),
+        limits.TenantLimits(commands_per_second=3, daily_payment_volume={"USD": 12_000}),
+    ]
+)
+_STEP = st.tuples(
+    st.integers(0, 5),  # offset
+    st.sampled_from(["c0", "c1", "c2", "c3"]),  # command id
+    st.sampled_from(["payment.create", "refund.create"]),
+    st.integers(1, 8_000),
+    st.sampled_from(["USD", "EUR"]),
+    st.integers(0, 3_000),  # ms after T0
+    st.booleans(),  # admitted before
+    st.sampled_from([0, 0, 1]),  # partition
+)
+
+
+def _admit(gate: limits.LimitGate, tl: limits.TenantLimits, step: Any, stored: Any) -> Any:
+    offset, cid, ctype, amount, currency, at, before, partition = step
+    rec = limits.Record(cid, partition, offset, _T0 + at)
+    return gate.admit(
+        "t", tl, rec, ctype, _Pay(amount, currency),
+        admitted_before=before, hold_key=f"t:{cid}", former_hold_key=f"t:payment:{cid}",
+        request=f"h-{cid}", stored=stored,
+    )  # fmt: skip
+
+
+@given(_LIMITS, _LIMITS, st.lists(_STEP, max_size=8), _STEP)
+def test_admit_on_the_state_read_before_decides_as_reading_it_itself(
+    before: limits.TenantLimits, now: limits.TenantLimits, history: list[Any], step: Any
+) -> None:
+    """As the pipeline does: ``stored`` read, the kept rejection asked of it, then admit
+    given it, against both reading the table themselves (a table whose get gives a fresh
+    copy, as a RocksDB store does, and one giving the object itself)."""
+    table: dict[str, Any] = {}
+    gate = limits.LimitGate(table, clock_ms=lambda: _T0 + 10**9, committed=lambda p: 1)
+    for past in history:
+        _admit(gate, before, past, limits.UNREAD)
+    offset, cid, *_rest = step
+    rec = limits.Record(cid, step[-1], offset, _T0 + step[5])
+    results = []
+    for share in (False, True):
+        for fresh_copies in (False, True):
+            mine = copy.deepcopy(table)
+            g = limits.LimitGate(mine, clock_ms=lambda: _T0 + 10**9, committed=lambda p: 1)
+            if fresh_copies:
+                g.table = _CopyingTable(mine)
+            stored = g.stored("t") if share else limits.UNREAD
+            kept = g.kept_rejection("t", rec, stored)
+            decision = None if kept is not None else _admit(g, now, step, stored)
+            results.append((kept, decision, mine))
+    assert all(r == results[0] for r in results[1:])
+
+
+class _CopyingTable(dict[str, Any]):
+    """A table whose get gives a fresh copy each time (a store that deserialises)."""
+
+    def __init__(self, backing: dict[str, Any]) -> None:
+        super().__init__()
+        self.backing = backing
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return copy.deepcopy(self.backing.get(key, default))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.backing
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.backing[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.backing[key]
+
+
+_RAW_STATES = [
+    None,
+    {},
+    {"partition": 0},
+    {"partition": 0, "decided": None},
+    {"partition": 1, "decided": {"2": {"id": "x", "admit": False}}},
+    {"partition": 0, "decided": {"2": {"id": _tag("c"), "admit": True}}},
+    {"partition": 0, "decided": {"2": {"id": _tag("c"), "admit": False, "reason": "r",
+                                       "message": "m", "extra": {}}}},
+]  # fmt: skip
+
+
+@given(st.sampled_from(_RAW_STATES))
+def test_kept_rejection_on_a_state_read_before_is_the_same(raw: Any) -> None:
+    table: dict[str, Any] = {} if raw is None else {"t:limits": raw}
+    gate = limits.LimitGate(table)
+    rec = limits.Record("c", 0, 2, _T0)
+    assert gate.kept_rejection("t", rec, gate.stored("t")) == gate.kept_rejection("t", rec)
