@@ -199,3 +199,26 @@ def test_kept_rejection_on_a_state_read_before_is_the_same(raw: Any) -> None:
     gate = limits.LimitGate(table)
     rec = limits.Record("c", 0, 2, _T0)
     assert gate.kept_rejection("t", rec, gate.stored("t")) == gate.kept_rejection("t", rec)
+
+
+@given(st.text(max_size=20), st.integers(-1, 9), st.integers(-1, 10**12), st.integers(0, 10**13))
+def test_a_record_reads_as_the_frozen_dataclass_it_was(
+    cid: str, partition: int, offset: int, at_ms: int
+) -> None:
+    """Record as a NamedTuple: its fields as given, positionally or by name, and immutable."""
+    rec = limits.Record(cid, partition, offset, at_ms)
+    named = limits.Record(command_id=cid, partition=partition, offset=offset, timestamp_ms=at_ms)
+    for r in (rec, named):
+        assert (r.command_id, r.partition, r.offset, r.timestamp_ms) == (
+            cid,
+            partition,
+            offset,
+            at_ms,
+        )
+    assert rec == named and hash(rec) == hash(named)
+    try:
+        rec.offset = 5  # type: ignore[misc]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("a Record must not change")
