@@ -162,9 +162,11 @@ class LimitRejection:
     replay: bool = False  # decided before, for this same record
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A command let through; :meth:`LimitGate.settle` counts its payment volume."""
+class Admission(NamedTuple):
+    """A command let through; :meth:`LimitGate.settle` counts its payment volume.
+
+    (A NamedTuple, immutable as the frozen dataclass it was, made for every admission at
+    half the cost; callers test it by ``isinstance`` and ``is not None``, as before.)"""
 
     tenant_id: str
     offset: int

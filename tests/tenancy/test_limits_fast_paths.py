@@ -222,3 +222,30 @@ def test_a_record_reads_as_the_frozen_dataclass_it_was(
         pass
     else:
         raise AssertionError("a Record must not change")
+
+
+@given(
+    st.text(max_size=10),
+    st.integers(-1, 10**9),
+    _DAYS,
+    st.none() | st.sampled_from(["USD", "EUR"]),
+    st.integers(0, 10**9),
+    st.none() | st.text(max_size=16),
+)
+def test_an_admission_reads_as_the_frozen_dataclass_it_was(
+    tenant: str, offset: int, day: str, currency: str | None, amount: int, hold: str | None
+) -> None:
+    """Admission as a NamedTuple: its fields and defaults as given, immutable, truthy."""
+    full = limits.Admission(tenant, offset, day, currency, amount, hold)
+    assert (full.tenant_id, full.offset, full.day, full.currency, full.amount, full.hold) == (
+        tenant, offset, day, currency, amount, hold
+    )  # fmt: skip
+    bare = limits.Admission(tenant_id=tenant, offset=offset, day=day)
+    assert (bare.currency, bare.amount, bare.hold) == (None, 0, None)
+    assert full and bare  # (never falsy: the pipeline tests ``is not None``, but still)
+    try:
+        full.amount = 1  # type: ignore[misc]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("an Admission must not change")
