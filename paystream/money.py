@@ -81,8 +81,26 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 }
 
 
+# Every accepted code, upper- and lower-case ("USD", "usd"), → the code: the spellings
+# that commands, records and provider answers use, looked up at once (see below).
+_SPELLINGS: dict[str, str] = {
+    **{code: code for code in CURRENCY_EXPONENTS},
+    **{code.lower(): code for code in CURRENCY_EXPONENTS},
+}
+
+
 def normalise_currency(value: Any) -> str:
     """Upper-case a currency code and check it is one we accept."""
+    # Fast path (it runs in every Money validation, several per command): an exact ``str``
+    # equal to an accepted code or to its lower case is what the full path makes of it
+    # (nothing to strip, ASCII, upper-cased to that code, accepted). Anything else, a
+    # ``str`` subclass, whitespace, mixed case, another code, a non-string, takes the
+    # full path below, with its errors. (``type() is str`` first: an unhashable value
+    # would raise TypeError in the lookup.)
+    if type(value) is str:
+        code = _SPELLINGS.get(value)
+        if code is not None:
+            return code
     if not isinstance(value, str):
         raise ValueError("currency must be a string ISO 4217 code")
     code = value.strip()

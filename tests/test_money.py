@@ -78,3 +78,96 @@ def test_letters_that_upper_case_to_ascii_are_no_currency(code: str) -> None:
 )  # fmt: skip
 def test_negative_amounts_are_shown_as_such(amount: int, currency: str, shown: str) -> None:
     assert format_minor(amount, currency) == shown  # (divmod floors: -5 read -1.95)
+
+
+def _full_path(value: object) -> str:
+    """normalise_currency as it was before its fast path (the reference)."""
+    if not isinstance(value, str):
+        raise ValueError("currency must be a string ISO 4217 code")
+    code = value.strip()
+    code = code.upper() if code.isascii() else code
+    from paystream.money import CURRENCY_EXPONENTS
+
+    if code not in CURRENCY_EXPONENTS:
+        raise ValueError(f"unsupported currency {value!r}: expected an ISO 4217 code")
+    return code
+
+
+class _Str(str):
+    pass
+
+
+class _Shouty(str):
+    def strip(self, chars: str | None = None) -> str:
+        return "EUR"
+
+
+def _currency_inputs() -> list[object]:
+    from paystream.money import CURRENCY_EXPONENTS
+
+    values: list[object] = []
+    for code in CURRENCY_EXPONENTS:
+        values += [
+            code,
+            code.lower(),
+            code.title(),
+            code.swapcase().title(),
+            f" {code}",
+            f"{code.lower()}\n",
+            code[:2],
+            code + "X",
+            _Str(code),
+            _Str(code.lower()),
+        ]
+    values += [
+        "",
+        " ",
+        "XXX",
+        "usd\x00",
+        "U\u017fD",
+        "u\u017fd",
+        "\u0131nr",
+        "\uff35\uff33\uff24",  # fullwidth USD
+        "usd ",
+        b"USD",
+        840,
+        None,
+        3.5,
+        ["USD"],
+        {"USD": 1},
+        {"USD"},
+        _Shouty("usd"),
+        _Shouty("ZZZ"),
+        "u" * 10_000,
+    ]
+    return values
+
+
+def test_the_fast_path_answers_as_the_full_path_does() -> None:
+    """normalise_currency looks exact upper- and lower-case codes up first: for every
+    other input (and those) it must return or raise exactly what the full path does."""
+    for value in _currency_inputs():
+        try:
+            expected: object = _full_path(value)
+        except ValueError as exc:
+            expected = ("ValueError", str(exc))
+        try:
+            got: object = normalise_currency(value)
+        except ValueError as exc:
+            got = ("ValueError", str(exc))
+        assert got == expected, value
+        assert type(got) is type(expected)
+
+
+def test_money_validation_errors_are_unchanged_by_the_fast_path() -> None:
+    for value in _currency_inputs():
+        try:
+            expected: object = _full_path(value)
+        except ValueError as exc:
+            expected = f"Value error, {exc}"
+        try:
+            got: object = Money(amount=1, currency=value).currency  # type: ignore[arg-type]
+        except ValidationError as exc:
+            (err,) = exc.errors()
+            got = err["msg"]
+        assert got == expected, value
