@@ -594,12 +594,15 @@ _PAYMENT_OUTCOME = {
 
 
 def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
-    rec.status = res.status.value
-    rec.amount_captured = res.amount_captured
-    rec.amount_refunded = max(rec.amount_refunded, res.amount_refunded)
-    rec.failure_code = res.failure_code
-    rec.failure_message = res.failure_message
-    rec.next_action = res.next_action
+    # The answer's fields from its ``__dict__``, its status's value as ``_value_`` (what
+    # ``.value`` returns): see create_payment.
+    r = res.__dict__
+    rec.status = r["status"]._value_
+    rec.amount_captured = r["amount_captured"]
+    rec.amount_refunded = max(rec.amount_refunded, r["amount_refunded"])
+    rec.failure_code = r["failure_code"]
+    rec.failure_message = r["failure_message"]
+    rec.next_action = r["next_action"]
 
 
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
@@ -849,13 +852,17 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
             raise
         rec.failure_code = exc.decline_code or exc.code.value
         return HandlerResult("refund.failed", rec, error=exc)
-    rec.provider_refund_id = res.provider_refund_id
-    rec.status = res.status.value
-    rec.failure_code = res.failure_code
-    if res.status is gw.RefundStatus.FAILED:
+    # The answer's fields from its ``__dict__``, its status's value as ``_value_`` (what
+    # ``.value`` returns): see create_payment.
+    r = res.__dict__
+    status = r["status"]
+    rec.provider_refund_id = r["provider_refund_id"]
+    rec.status = status._value_
+    rec.failure_code = r["failure_code"]
+    if status is _REFUND_FAILED:
         return HandlerResult("refund.failed", rec)
     payment.amount_refunded += amount
-    return HandlerResult(f"refund.{res.status.value}", rec, [payment])
+    return HandlerResult(f"refund.{status._value_}", rec, [payment])
 
 
 def _refunds_allowed(

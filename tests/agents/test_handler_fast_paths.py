@@ -164,3 +164,28 @@ def test_create_payment_makes_what_validation_makes(
     assert result.outcome_type == (
         "payment.failed" if res is None else h._PAYMENT_OUTCOME[res.status]
     )
+
+
+@pytest.mark.parametrize("answer", _ANSWERS)
+@pytest.mark.parametrize("refunded", [0, 3, 10_000])
+def test_a_payment_result_is_applied_as_its_attributes_read(
+    answer: dict[str, Any], refunded: int
+) -> None:
+    """_apply_payment_result (capture, cancel) reads the answer's ``__dict__``."""
+    res = gw.PaymentResult.model_validate(answer)
+    data = c.CreatePayment.model_validate(_COMMANDS[0])
+    base = _reference_record(_ctx(_Gateway(res)), data, res)
+    base.amount_refunded = refunded
+    got, expected = base.model_copy(deep=True), base.model_copy(deep=True)
+    h._apply_payment_result(got, res)
+    expected.status = res.status.value
+    expected.amount_captured = res.amount_captured
+    expected.amount_refunded = max(expected.amount_refunded, res.amount_refunded)
+    expected.failure_code = res.failure_code
+    expected.failure_message = res.failure_message
+    expected.next_action = res.next_action
+    assert got == expected
+    assert orjson.dumps(got.model_dump(mode="json")) == orjson.dumps(
+        expected.model_dump(mode="json")
+    )
+    assert type(got.status) is str
