@@ -251,7 +251,7 @@ def _emitted_outcomes() -> set[str]:
     source = Path(handlers.__file__).read_text()
     literal = set(re.findall(r'HandlerResult\(\s*"([a-z_]+\.[a-z_]+)"', source))
     assert literal, 'the handlers\' outcome types are no longer written HandlerResult("...")'
-    assert 'f"refund.{res.status.value}"' in source
+    assert 'f"refund.{status.value}"' in source
     return (
         literal
         | set(handlers._PAYMENT_OUTCOME.values())

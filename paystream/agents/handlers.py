@@ -862,7 +862,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     if status is _REFUND_FAILED:
         return HandlerResult("refund.failed", rec)
     payment.amount_refunded += amount
-    return HandlerResult(f"refund.{status._value_}", rec, [payment])
+    return HandlerResult(f"refund.{status.value}", rec, [payment])
 
 
 def _refunds_allowed(
