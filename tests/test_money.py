@@ -81,16 +81,10 @@ def test_negative_amounts_are_shown_as_such(amount: int, currency: str, shown: s
 
 
 def _full_path(value: object) -> str:
-    """normalise_currency as it was before its fast path (the reference)."""
-    if not isinstance(value, str):
-        raise ValueError("currency must be a string ISO 4217 code")
-    code = value.strip()
-    code = code.upper() if code.isascii() else code
-    from paystream.money import CURRENCY_EXPONENTS
+    """normalise_currency without its fast path (the reference)."""
+    from paystream.money import _normalise_currency_full
 
-    if code not in CURRENCY_EXPONENTS:
-        raise ValueError(f"unsupported currency {value!r}: expected an ISO 4217 code")
-    return code
+    return _normalise_currency_full(value)
 
 
 class _Str(str):
