@@ -137,10 +137,22 @@ def outcome_traceparent(cmd: CommandRef) -> str | None:
     A ``traceparent`` that is not valid W3C trace context is copied as it came."""
     if cmd.traceparent is None or cmd.traceparent_is_outcomes:
         return cmd.traceparent
-    return (
+    # Kept for the last command asked, as time_text does (it is asked up to three times
+    # per traced command: its emission, its idempotency record, its outcome's header).
+    # By identity: the command kept cannot be freed meanwhile, and a CommandRef is
+    # frozen, so the same object always has the same answer.
+    kept = _last_traceparent[0]
+    if kept[0] is cmd:
+        return kept[1]
+    traceparent = (
         child_traceparent(cmd.tenant_id, cmd.command_id, cmd.id_salt, cmd.traceparent)
         or cmd.traceparent
     )
+    _last_traceparent[0] = (cmd, traceparent)  # (one tuple, swapped whole)
+    return traceparent
+
+
+_last_traceparent: list[tuple[object, str | None]] = [(None, None)]
 
 
 def time_text(at: datetime) -> str:

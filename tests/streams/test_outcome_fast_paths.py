@@ -112,3 +112,57 @@ def test_outcome_id_of_a_fixed_command() -> None:
         id_salt=None,
     )  # fmt: skip
     assert ref == CommandRef("acme", "c", "payment.create", "c", when)
+
+
+_TRACEPARENTS = (
+    st.none()
+    | _TEXT
+    | st.builds(
+        lambda t, s, f: f"00-{t:032x}-{s:016x}-{f:02x}",
+        st.integers(1, 2**128 - 1),
+        st.integers(1, 2**64 - 1),
+        st.integers(0, 255),
+    )
+)
+
+
+@given(
+    st.lists(
+        st.tuples(_TEXT, _TEXT, _OPTIONAL, _TRACEPARENTS, st.booleans()), min_size=1, max_size=6
+    ),
+    st.lists(st.integers(0, 5), max_size=20),
+)
+def test_outcome_traceparent_kept_for_the_last_command_is_its_own(
+    commands: list[tuple[str, str, str | None, str | None, bool]], order: list[int]
+) -> None:
+    """Asked in any order, again and again (tenants interleave), each command's answer
+    is the one worked out afresh for it."""
+    from paystream.streams.outcomes import outcome_traceparent
+    from paystream.streams.tracecontext import child_traceparent
+
+    refs = [
+        replace(
+            command_ref(
+                tenant_id=tenant,
+                command_id=command,
+                command_type="payment.create",
+                idempotency_key=command,
+                time=datetime(2026, 12, 2, tzinfo=UTC),
+                traceparent=traceparent,
+                tracestate=None,
+                source=None,
+                id_salt=salt,
+            ),
+            traceparent_is_outcomes=is_outcomes,
+        )
+        for tenant, command, salt, traceparent, is_outcomes in commands
+    ]
+    for i in [*range(len(refs)), *order, *range(len(refs))]:
+        ref = refs[i % len(refs)]
+        fresh = (
+            ref.traceparent
+            if ref.traceparent is None or ref.traceparent_is_outcomes
+            else child_traceparent(ref.tenant_id, ref.command_id, ref.id_salt, ref.traceparent)
+            or ref.traceparent
+        )
+        assert outcome_traceparent(ref) == fresh
