@@ -39,6 +39,7 @@ class AutoPipeline:
         self._flushing: set[asyncio.Task[None]] = set()
         self._idle: list[Any] = []  # connections held between flushes
         self._wrote_this_turn = False
+        self._unwritten = 0  # flushes waiting for a connection to be written on
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         return self._submit(args, None)
@@ -55,13 +56,12 @@ class AutoPipeline:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((command, script, fut))
-        idle = self._idle
-        if not self._wrote_this_turn and idle and idle[-1].is_connected:
+        if not self._wrote_this_turn and self._can_write_now():
             # The turn's first command, and a free connection: write now (see the
             # module's docstring). The rest of the turn shares the turn-end flush.
             self._wrote_this_turn = True
             loop.call_soon(self._next_turn)
-            self._flush(idle.pop())
+            self._flush()
         elif len(self._queue) == 1:
             # Everything already runnable this turn (other tenants' tasks) queues first.
             loop.call_soon(self._flush)
@@ -70,12 +70,20 @@ class AutoPipeline:
     def _next_turn(self) -> None:
         self._wrote_this_turn = False
 
-    def _flush(self, conn: Any = None) -> None:
+    def _can_write_now(self) -> bool:
+        """A held connection is free, and no flush before is still to be written: Redis
+        runs commands in the order they were submitted, as when every write waited for
+        the turn's end."""
+        idle = self._idle
+        return not self._unwritten and bool(idle) and idle[-1].is_connected
+
+    def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        if not batch:  # written at once already, with the command that freed a connection
+        if not batch:  # written at once already, with a later turn's first command
             return
         written = None
-        if conn is not None:
+        if self._can_write_now():
+            conn = self._idle.pop()
             try:
                 # StreamWriter.writelines is the socket write itself (buffered only
                 # when the socket would block); send_packed_command would defer it to
@@ -88,6 +96,8 @@ class AutoPipeline:
                 # ``_writer``): the task's own path writes it, or raises the error to
                 # every caller as it always did.
                 self._idle.append(conn)
+        if written is None:
+            self._unwritten += 1  # until _pipeline has written it (or failed to)
         task = asyncio.get_running_loop().create_task(self._send(batch, written))
         self._flushing.add(task)  # keep a reference until done
         task.add_done_callback(self._flushing.discard)
@@ -95,7 +105,7 @@ class AutoPipeline:
     async def _send(self, batch: list[_Queued], written: Any = None) -> None:
         try:
             try:
-                results = await self._pipeline(batch, written)
+                results = await self._pipeline(batch, written, counted=written is None)
             except RedisConnectionError:
                 if not all(command[0] in _REPEATABLE for command, _, _ in batch):
                     raise
@@ -128,7 +138,9 @@ class AutoPipeline:
             else:
                 fut.set_result(result)
 
-    async def _pipeline(self, batch: list[_Queued], written: Any = None) -> list[Any]:
+    async def _pipeline(
+        self, batch: list[_Queued], written: Any = None, counted: bool = False
+    ) -> list[Any]:
         """Write the batch on a held connection (unless ``written`` on it already) and
         read its replies in order.
 
@@ -136,16 +148,18 @@ class AutoPipeline:
         lock, health checks, retry and observability hooks per call), so a connection is
         taken from the client's pool once and kept; a failed one goes back disconnected.
         """
-        if written is not None:
-            conn = written
-        else:
-            pool = self._redis.connection_pool
-            conn = self._idle.pop() if self._idle else await pool.get_connection()
+        conn = written
         try:
-            if written is None:
-                await conn.send_packed_command(
-                    conn.pack_commands(_commands(batch)), check_health=False
-                )
+            if conn is None:
+                try:
+                    pool = self._redis.connection_pool
+                    conn = self._idle.pop() if self._idle else await pool.get_connection()
+                    await conn.send_packed_command(
+                        conn.pack_commands(_commands(batch)), check_health=False
+                    )
+                finally:
+                    if counted:  # (the flush's first attempt: see _flush)
+                        self._unwritten -= 1
             results: list[Any] = []
             for _ in batch:
                 try:
@@ -154,7 +168,8 @@ class AutoPipeline:
                     results.append(exc)
         except BaseException:
             # Replies may be half read: never reuse the connection as it is.
-            await self._discard(conn)
+            if conn is not None:  # (None: no connection could be had)
+                await self._discard(conn)
             raise
         self._idle.append(conn)
         return results

@@ -26,9 +26,11 @@ class CountingPipeline(AutoPipeline):
         super().__init__(redis)
         self.round_trips: list[int] = []
 
-    async def _pipeline(self, batch: list[Any], written: Any = None) -> list[Any]:
+    async def _pipeline(
+        self, batch: list[Any], written: Any = None, counted: bool = False
+    ) -> list[Any]:
         self.round_trips.append(len(batch))
-        return await super()._pipeline(batch, written)
+        return await super()._pipeline(batch, written, counted)
 
 
 @pytest_asyncio.fixture
@@ -193,3 +195,35 @@ async def test_a_command_that_may_not_repeat_is_not_retried(
     with pytest.raises(RedisConnectionError):
         await p.execute("INCR", key)  # may or may not have run: the caller decides
     assert await p.execute("INCR", key) == 2  # the next call reconnects
+
+
+async def test_commands_reach_redis_in_the_order_they_were_submitted(
+    client: aioredis.Redis,
+) -> None:
+    """A command queued for its turn's end is written before the next turn's first."""
+    p = CountingPipeline(client)
+    prefix = uuid.uuid4().hex
+    await _hold_two_connections(p, prefix)
+    key = f"{prefix}:order"
+    first = p.execute("PING")  # written at once
+    queued = p.execute("RPUSH", key, "queued")  # written at the turn's end
+    await asyncio.sleep(0)
+    later = p.execute("RPUSH", key, "later")  # the next turn's first
+    await asyncio.gather(first, queued, later)
+    assert await client.lrange(key, 0, -1) == [b"queued", b"later"]
+
+
+async def test_no_command_overtakes_one_waiting_for_a_connection(
+    client: aioredis.Redis,
+) -> None:
+    """With no connection free, the turn's flush waits for a new one; a command of the
+    next turn, with a connection freed meanwhile, still waits its turn."""
+    p = CountingPipeline(client)
+    key = f"{uuid.uuid4().hex}:order"
+    results = []
+    for n in range(5):  # queued ones (no connection held yet) then later turns' ones
+        results.append(p.execute("RPUSH", key, str(n)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*results)
+    assert await client.lrange(key, 0, -1) == [str(n).encode() for n in range(5)]
+    assert p._unwritten == 0
