@@ -272,11 +272,11 @@ def _plan(names: tuple[str, ...]) -> _Plan | None:
 
 
 def _remember_plan(names: tuple[str, ...], plan: _Plan | None) -> _Plan | None:
-    if (
-        len(_PLANS) < _PLANS_MAX
-        and len(names) <= _PLAN_NAMES_MAX
-        and all(len(name) <= _PLAN_NAME_MAX for name in names)
-    ):
+    if len(names) <= _PLAN_NAMES_MAX and all(len(name) <= _PLAN_NAME_MAX for name in names):
+        if len(_PLANS) >= _PLANS_MAX:
+            # Full: start again, so that a sender's junk name sets cannot keep the
+            # producers' own out for good (they are back after a command each).
+            _PLANS.clear()
         _PLANS[names] = plan
     return plan
 
@@ -407,7 +407,9 @@ _EXTENSION_NAMES_SEEN_MAX = 256
 
 
 def _see_extension_name(name: str) -> None:
-    if len(_EXTENSION_NAMES_SEEN) < _EXTENSION_NAMES_SEEN_MAX and len(name) <= 64:
+    if len(name) <= 64:
+        if len(_EXTENSION_NAMES_SEEN) >= _EXTENSION_NAMES_SEEN_MAX:
+            _EXTENSION_NAMES_SEEN.clear()  # (as _remember_plan does, for the same reason)
         _EXTENSION_NAMES_SEEN.add(name)
 
 

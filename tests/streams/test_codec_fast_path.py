@@ -112,10 +112,20 @@ def test_decode_record_with_odd_names_and_values() -> None:
             assert _result(decode_record, key, value, headers) == got
 
 
-def test_plans_are_bounded() -> None:
+def test_plans_are_bounded_and_junk_cannot_keep_a_producers_own_out() -> None:
     for n in range(codec._PLANS_MAX + 10):
         decode_record(b"acme", b"{}", {**_BASE, f"x-{n}": b"1"})
     assert len(codec._PLANS) <= codec._PLANS_MAX
+    decode_record(b"acme", b"{}", _BASE)
+    assert tuple(_BASE) in codec._PLANS
+
+
+def test_extension_names_seen_are_bounded_and_start_again_when_full() -> None:
+    for n in range(codec._EXTENSION_NAMES_SEEN_MAX + 10):
+        codec._see_extension_name(f"junk{n}")
+    assert len(codec._EXTENSION_NAMES_SEEN) <= codec._EXTENSION_NAMES_SEEN_MAX
+    codec._see_extension_name("tenantid")
+    assert "tenantid" in codec._EXTENSION_NAMES_SEEN
 
 
 def test_kafka_record_is_built_as_its_dataclass_allows() -> None:
