@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter, deque
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from paystream.errors import PaystreamError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
+from paystream.replay_lease import LeaseLost, ReplayLease
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 
@@ -456,6 +458,56 @@ async def replay(
     rate_per_tenant: int | None = None,
     paced: Callable[[PaceWait], None] | None = None,
 ) -> ReplayResult:
+    """Re-publish parked records (:func:`_replay` says how), holding the deployment's
+    replay lease (replay_lease.py) while it does: raises :class:`ConcurrentReplayError`
+    at once, having read nothing, if another replay holds it. A dry run re-sends and
+    commits nothing, and takes no lease."""
+    run = functools.partial(
+        _replay,
+        settings,
+        topics,
+        limit=limit,
+        dry_run=dry_run,
+        stale_checked_as_of_ms=stale_checked_as_of_ms,
+        progress=progress,
+        observe=observe,
+        now_ms=now_ms,
+        rate_per_tenant=rate_per_tenant,
+        paced=paced,
+    )
+    if dry_run:
+        return await run(lease=None)
+    if not settings.redis_url:
+        log.warning("REDIS_URL is not set: nothing keeps two replays apart (run one at a time)")
+        return await run(lease=None)
+    lease = ReplayLease(settings)
+    try:
+        await lease.acquire()
+    except LeaseLost as exc:
+        raise ConcurrentReplayError(
+            f"another `paystream dlq replay` is running on this deployment ({exc}): "
+            "run one at a time"
+        ) from exc
+    try:
+        return await run(lease=lease)
+    finally:
+        await lease.release()
+
+
+async def _replay(
+    settings: Settings,
+    topics: list[str],
+    *,
+    limit: int | None = None,
+    dry_run: bool = False,
+    stale_checked_as_of_ms: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    observe: Callable[[ParkedRecord, str], None] | None = None,
+    now_ms: int | None = None,
+    rate_per_tenant: int | None = None,
+    paced: Callable[[PaceWait], None] | None = None,
+    lease: ReplayLease | None = None,
+) -> ReplayResult:
     """Re-publish parked records to the commands topic (same key, id and data, to the
     partition the worker first read them from) and commit, a fetch at a time.
 
@@ -467,8 +519,8 @@ async def replay(
     as of then are re-sent marked as reconciled, so that the worker runs them; a record
     that grew stale since (behind another, say) nobody checked, and is held back again.
     ``progress`` gets (records done, records waiting); ``observe`` each record and what
-    was done. Raises :class:`ConcurrentReplayError`, without committing, if another
-    replay commits on the same topics meanwhile.
+    was done. Raises :class:`ConcurrentReplayError`, without committing, if ``lease``
+    is lost or another replay commits on the same topics meanwhile.
 
     Re-sends are paced per tenant (the record key) at its rate limit, read from the
     registry when the replay starts (:func:`tenant_paces`): the worker lets a command it
@@ -490,7 +542,7 @@ async def replay(
     # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a failed
     # send): a second run re-publishes only what the first did not.
     sent: dict[TopicPartition, int] = {}
-    commits = _FencedCommits(reader)
+    commits = _FencedCommits(reader, lease)
     seals = FirstAttemptSeals.from_settings(settings)
     if not seals.sealing and not dry_run:
         log.warning(
@@ -554,6 +606,7 @@ async def replay(
                 if rec.dropped:
                     _warn_dropped(rec, dry_run=dry_run)
                 if rec.replayable and producer is not None:
+                    await commits.ensure_ours()
                     if pace is not None:
                         pace.take(_monotonic_ms())
                     await _resend(
@@ -651,12 +704,25 @@ class _FencedCommits:
     offsets back to where it stopped (a ``--limit`` run behind a full one): the next
     replay would re-send all of it again. The second to commit stops instead."""
 
-    def __init__(self, reader: _ParkedReader) -> None:
+    def __init__(self, reader: _ParkedReader, lease: ReplayLease | None = None) -> None:
         self.reader = reader
+        self.lease = lease
+
+    async def ensure_ours(self) -> None:
+        """Wait out a rebalance of the lease group; :class:`ConcurrentReplayError` if
+        the lease is another replay's now."""
+        if self.lease is not None and not self.lease.held:
+            try:
+                await self.lease.ensure_held()
+            except LeaseLost as exc:
+                raise ConcurrentReplayError(
+                    f"this replay lost its lease ({exc}): stopped without committing"
+                ) from exc
 
     async def commit(self, sent: dict[TopicPartition, int]) -> None:
         if not sent:
             return
+        await self.ensure_ours()
         consumer, expected = self.reader.consumer, self.reader.committed
         moved = [tp for tp in sent if await consumer.committed(tp) != expected.get(tp)]
         if moved:

@@ -25,13 +25,33 @@ async def _resent(settings: Any) -> list[bytes | None]:
     return [r.value for r in sent]
 
 
+class _NoLease:
+    """As if the lease had been lost unnoticed (a holder paused past its session while
+    another took over): what is left to stop two replays is the commit fence."""
+
+    held = True
+
+    def __init__(self, settings: Any) -> None:
+        pass
+
+    async def acquire(self) -> None:
+        pass
+
+    async def ensure_held(self) -> None:
+        pass
+
+    async def release(self) -> None:
+        pass
+
+
 async def test_a_second_replay_at_once_stops_without_moving_the_commit_back(
     deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An operator runs `dlq replay --limit 1` while a full `dlq replay` runs (or two
-    operators, or a cron job and an operator). Nothing stops the second; the slower one
-    commits last, moving the group's offset back: the next replay re-sends everything
-    the full one already did."""
+    """An operator runs `dlq replay --limit 1` while a full `dlq replay` runs, and the
+    lease (test_dlq_replay_lease.py) did not keep them apart. The slower one commits
+    last and would move the group's offset back: the next replay would re-send
+    everything the full one already did."""
+    monkeypatch.setattr(dlq, "ReplayLease", _NoLease)
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(3)))
@@ -64,6 +84,7 @@ async def test_a_replay_fenced_mid_run_does_not_report_a_failed_clean_up(
     """Fenced by a periodic commit (another replay committed meanwhile), a replay stops
     without committing: it must not try again on its way out and log that as a failed
     clean-up, traceback and all, for what is the designed outcome."""
+    monkeypatch.setattr(dlq, "ReplayLease", _NoLease)
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(3)))

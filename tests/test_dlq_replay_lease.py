@@ -1,0 +1,192 @@
+"""One `dlq replay` at a time: the replay lease (paystream/replay_lease.py), on the
+Redis and the broker the suite runs against."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from paystream import dlq
+from paystream.dlq import read_parked, replay
+from paystream.replay_lease import LeaseLost, ReplayLease, lease_key
+from tests.test_cli import run_cli
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+
+async def _park(dep: Any, n: int) -> None:
+    settings = dep.settings
+    await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(n)))
+
+
+async def _resent(settings: Any) -> list[bytes]:
+    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
+    await consumer.stop()
+    return sorted(r.value or b"" for r in sent)
+
+
+async def test_a_second_replay_while_one_runs_is_refused_having_sent_nothing(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator runs `dlq replay --limit 1` while a full `dlq replay` runs (or two
+    operators, or a cron job and an operator): the second stops at once, and every
+    parked record is re-sent once, by the first."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await _park(dep, 3)
+    real = dlq._resend
+    refused: list[BaseException] = []
+
+    async def with_a_second_replay(*args: Any, **kwargs: Any) -> None:
+        if not refused:  # the full replay holds the lease and has read record 0
+            try:
+                await replay(settings, [settings.retry_topic], limit=1)
+            except dlq.ConcurrentReplayError as exc:
+                refused.append(exc)
+            else:
+                refused.append(AssertionError("the second replay ran"))
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(dlq, "_resend", with_a_second_replay)
+    full = await replay(settings, [settings.retry_topic])
+    assert isinstance(refused[0], dlq.ConcurrentReplayError), refused
+    assert "another `paystream dlq replay` is running" in str(refused[0])
+    assert sum(full.replayed.values()) == 3
+    assert await _resent(settings) == [b"cmd 0", b"cmd 1", b"cmd 2"]
+    left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
+    await consumer.stop()
+    assert left == []
+
+
+async def test_the_lease_is_free_again_once_a_replay_ends(deployment_factory: Any) -> None:
+    """A replay leaves the lease group as it ends, whether it finished or was refused:
+    the next one gets the lease (and does not wait out a session timeout for it)."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await _park(dep, 2)
+    first = await replay(settings, [settings.retry_topic], limit=1)
+    second = await replay(settings, [settings.retry_topic])
+    assert sum(first.replayed.values()) == 1
+    assert sum(second.replayed.values()) == 1
+    # A dry run takes no lease: it runs beside a replay that holds it.
+    holder = ReplayLease(settings)
+    await holder.acquire()
+    try:
+        dry = await replay(settings, [settings.retry_topic], dry_run=True)
+        assert dry.complete
+        with pytest.raises(dlq.ConcurrentReplayError):
+            await replay(settings, [settings.retry_topic])
+    finally:
+        await holder.release()
+    started = time.monotonic()
+    await replay(settings, [settings.retry_topic])
+    assert time.monotonic() - started < 30
+
+
+async def test_a_holder_that_could_not_renew_counts_the_lease_lost(
+    deployment_factory: Any,
+) -> None:
+    """A holder that stops renewing (a replay paused past the time to live) loses the
+    lease to the next replay. When it comes back it knows the lease may be another's:
+    it stops, and its clean-up leaves the new holder's lease alone."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    first = ReplayLease(settings, ttl_seconds=1.0)
+    await first.acquire()
+    second = ReplayLease(settings)
+    try:
+        assert first.held
+        with pytest.raises(LeaseLost, match="another replay holds the lease"):
+            await ReplayLease(settings).acquire()
+        assert first._renewer is not None
+        first._renewer.cancel()  # paused: no renewals
+        await asyncio.sleep(1.3)
+        await second.acquire()
+        assert not first.held
+        with pytest.raises(LeaseLost):
+            await first.ensure_held()
+        await first.release()
+        assert second.held
+        await second.ensure_held()
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            assert await client.get(lease_key(settings.commands_topic)) == second.token.encode()
+        finally:
+            await client.aclose()
+    finally:
+        await first.release()
+        await second.release()
+
+
+async def test_a_replay_that_loses_its_lease_stops_without_committing(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mid-run, the lease turns out to be another's (taken after it expired): the
+    replay stops at its next commit or re-send (exit status 4), committing nothing
+    more, so the offsets the other replay commits are not moved back."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await _park(dep, 3)
+    leases: list[ReplayLease] = []
+
+    class Recorded(ReplayLease):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            leases.append(self)
+
+    real = dlq._resend
+    calls = 0
+
+    async def taken_over_after_the_first(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # record 0 is committed; record 1 is being re-sent as the
+            # lease expires and is taken (a re-send under way is not called back)
+            client = aioredis.from_url(settings.redis_url)
+            try:
+                await client.set(lease_key(settings.commands_topic), "someone else")
+            finally:
+                await client.aclose()
+            leases[0]._renewed_at -= 3600  # (as if paused since)
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(dlq, "ReplayLease", Recorded)
+    monkeypatch.setattr(dlq, "_resend", taken_over_after_the_first)
+    monkeypatch.setattr(dlq, "COMMIT_EVERY", 1)
+    with pytest.raises(dlq.ConcurrentReplayError, match="lost its lease"):
+        await replay(settings, [settings.retry_topic])
+    assert await _resent(settings) == [b"cmd 0", b"cmd 1"]  # (record 2 was not)
+    left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
+    await consumer.stop()
+    assert [r.value for r in left] == [b"cmd 1", b"cmd 2"]
+    client = aioredis.from_url(settings.redis_url)
+    try:  # the other replay's lease is left as it is
+        assert await client.get(lease_key(settings.commands_topic)) == b"someone else"
+    finally:
+        await client.aclose()
+
+
+async def test_the_cli_refuses_a_second_replay_with_exit_status_4(
+    deployment_factory: Any,
+) -> None:
+    """As an operator sees it: `paystream dlq replay` while another holds the lease
+    exits 4 naming the holder, having re-sent nothing; once it ends, the next runs."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await _park(dep, 1)
+    holder = ReplayLease(settings)
+    await holder.acquire()
+    try:
+        proc = run_cli(dep, "dlq", "replay", "--topic", "retry", check=False)
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert "another `paystream dlq replay` is running" in proc.stdout + proc.stderr
+        assert holder.token in proc.stdout + proc.stderr
+        assert await _resent(settings) == []
+    finally:
+        await holder.release()
+    run_cli(dep, "dlq", "replay", "--topic", "retry")
+    assert await _resent(settings) == [b"cmd 0"]
