@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from redis.exceptions import RedisError
 
 from paystream.errors import PaystreamError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
@@ -483,6 +484,11 @@ async def replay(
     lease = ReplayLease(settings)
     try:
         await lease.acquire()
+    except RedisError as exc:
+        raise PaystreamError(
+            f"cannot take the replay lease, Redis does not answer ({exc}): without it "
+            "nothing keeps two replays apart; run again once Redis is back"
+        ) from exc
     except LeaseLost as exc:
         raise ConcurrentReplayError(
             f"another `paystream dlq replay` is running on this deployment ({exc}): "

@@ -91,7 +91,12 @@ class ReplayLease:
         """Take the lease; :class:`LeaseLost` naming the holder if it is taken."""
         started = time.monotonic()
         ttl_ms = int(self.ttl_seconds * 1000)
-        if not await self._redis.set(self.key, self.token, nx=True, px=ttl_ms):
+        try:
+            taken = await self._redis.set(self.key, self.token, nx=True, px=ttl_ms)
+        except BaseException:
+            await self._close()
+            raise
+        if not taken:
             holder = await self._redis.get(self.key)
             await self._close()
             who = holder.decode("utf-8", "replace") if holder else "a replay just ending"

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from paystream import dlq
 from paystream.dlq import read_parked, replay
+from paystream.errors import PaystreamError
 from paystream.replay_lease import LeaseLost, ReplayLease, lease_key
 from tests.test_cli import run_cli
 
@@ -190,3 +191,16 @@ async def test_the_cli_refuses_a_second_replay_with_exit_status_4(
         await holder.release()
     run_cli(dep, "dlq", "replay", "--topic", "retry")
     assert await _resent(settings) == [b"cmd 0"]
+
+
+async def test_without_redis_a_replay_refuses_to_start(
+    deployment_factory: Any,
+) -> None:
+    """Redis unreachable: no lease can be taken, so the replay says so and re-sends
+    nothing (rather than run unguarded)."""
+    dep = await deployment_factory()
+    await _park(dep, 1)
+    nobody = dep.settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})
+    with pytest.raises(PaystreamError, match="cannot take the replay lease"):
+        await replay(nobody, [nobody.retry_topic])
+    assert await _resent(dep.settings) == []
