@@ -5,13 +5,18 @@ the worker, and its figures move by 10-30% between runs on this host: a code cha
 worth 5% cannot be seen there. This runs the same commands (the bench's mix, with the
 real simulator on Redis) through ``CommandProcessor`` in this process, batch by batch
 and tenant-concurrently as the agent does, without Kafka or Faust, and reports the
-process CPU time per command over several rounds. Compare medians of two checkouts run
-one after the other (``PYTHONPATH=<checkout> python -m paystream bench --in-process``).
+process CPU time per command over several rounds. Each record has a partition and an
+offset, and offsets become committed a batch behind, as in the worker: the pipeline
+keeps per-record bookkeeping (answers, limits, entity sources) only for records with
+an offset, so a run without them measured less than the worker does. Compare medians
+of two checkouts run one after the other
+(``PYTHONPATH=<checkout> python -m paystream bench --in-process``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import statistics
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aiokafka.partitioner import murmur2
 
 from paystream import tracing
 from paystream.agents.commands import BATCH_MAX
@@ -120,8 +127,15 @@ async def _rounds(
     registry = {t.tenant_id: t.model_dump(mode="json") for t in bench_tenants(ids)}
     # PAYSTREAM_OTEL_EXPORTER as the worker would have it (none: no tracing at all).
     tracer = tracing.configure(settings, install=False)
+    offsets = _Offsets(settings.partitions)
     processor = CommandProcessor(
-        settings, Tables({}, {}, {}, {}, {}), {}, registry, pool, tracing=tracer
+        settings,
+        Tables({}, {}, {}, {}, {}),
+        {},
+        registry,
+        pool,
+        tracing=tracer,
+        committed=offsets.committed,
     )
     report = InProcessReport(commands=commands, tenants=tenants)
     try:
@@ -134,11 +148,12 @@ async def _rounds(
             gc.collect()
             prefix = f"r{n}-{os.urandom(4).hex()}"
             generated = generate_commands(commands, ids, prefix=prefix, seed=seed + n)
-            batch = [_inbound(c, settings.commands_topic) for c in generated]
+            batch = [offsets.place(_inbound(c, settings.commands_topic)) for c in generated]
             emitted: list[Emit] = []
             cpu0, wall0 = time.process_time(), time.perf_counter()
             for i in range(0, len(batch), BATCH_MAX):
                 emitted += await _one_batch(processor, batch[i : i + BATCH_MAX])
+                offsets.batch_done()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
             report.outcomes.update(_kinds(emitted, settings.events_topic))
             report.cpu_us.append(cpu / commands * 1e6)
@@ -163,6 +178,31 @@ def _inbound(command: Any, topic: str) -> Inbound:
         timestamp_ms=int(time.time() * 1000),
         topic=topic,
     )
+
+
+class _Offsets:
+    """Partitions and offsets for the bench's records, and the committed offsets the
+    pipeline asks about: a batch's become committed once the next one is processed (the
+    worker commits a batch once it is delivered, every second)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.next: dict[int, int] = defaultdict(int)
+        self.done: dict[int, int] = {}  # as of the last batch processed
+        self.commits: dict[int, int] = {}
+
+    def place(self, rec: Inbound) -> Inbound:
+        partition = murmur2(rec.key or b"") % self.partitions
+        offset = self.next[partition]
+        self.next[partition] = offset + 1
+        return dataclasses.replace(rec, partition=partition, offset=offset)
+
+    def batch_done(self) -> None:
+        self.commits = dict(self.done)
+        self.done = dict(self.next)
+
+    def committed(self, partition: int) -> int:
+        return self.commits.get(partition, -1)
 
 
 async def _one_batch(processor: CommandProcessor, batch: list[Inbound]) -> list[Emit]:

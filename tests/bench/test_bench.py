@@ -220,6 +220,26 @@ def test_in_process_bench_runs_every_command_to_an_outcome(redis_url: str) -> No
     assert "median" in report.render()
 
 
+def test_in_process_records_have_offsets_committed_a_batch_behind() -> None:
+    """As the worker's records do: the pipeline keeps per-record bookkeeping (answers,
+    limits, entity sources) only for records with an offset, until it is committed."""
+    from paystream.agents.pipeline import Inbound
+    from paystream.bench.in_process import _Offsets
+
+    offsets = _Offsets(4)
+    placed = [offsets.place(Inbound(key, b"v", {}, 0)) for key in (b"a", b"b", b"a", b"a")]
+    assert placed[0].partition == placed[2].partition == placed[3].partition
+    part = placed[0].partition
+    here = [r.offset for r in placed if r.partition == part]
+    assert here == list(range(len(here)))  # (b"b" may share it)
+    assert offsets.committed(part) == -1
+    offsets.batch_done()  # the first batch processed: not yet committed
+    assert offsets.committed(part) == -1
+    offsets.place(Inbound(b"a", b"v", {}, 0))
+    offsets.batch_done()  # the second processed: the first's are committed
+    assert offsets.committed(part) == len(here)
+
+
 def test_in_process_bench_from_the_cli(redis_url: str) -> None:
     result = CliRunner().invoke(
         bench_command,
