@@ -263,8 +263,9 @@ _RETRY_SQLSTATE_CLASSES = {
     "3D": FailureKind.CONFIG,  # database does not exist
 }
 # Data exception, integrity constraint violation, program limit exceeded (an index row
-# too large): the same event fails the same way on every retry.
-_DATA_SQLSTATE_CLASSES = {"22", "23", "54"}
+# too large), and paystream's own refusals ("PS": the ledger's triggers refusing a write,
+# migration 0007): the same event fails the same way on every retry.
+_DATA_SQLSTATE_CLASSES = {"22", "23", "54", "PS"}
 
 
 def _sqlstate(exc: BaseException) -> str | None:

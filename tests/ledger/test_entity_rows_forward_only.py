@@ -14,6 +14,7 @@ from paystream.ledger import tenant_session
 from paystream.ledger.audit import verify_audit
 from paystream.ledger.models import Customer, Payment
 from paystream.ledger.privacy import erase_customer
+from paystream.ledger.sink import FailureKind, _sqlstate, classify_failure
 from paystream.ledger.writer import write_events
 from paystream.tenancy.crypto import MasterKeyring
 from tests.ledger.factories import EventFactory
@@ -22,11 +23,15 @@ from tests.ledger.factories import EventFactory
 async def _refused(
     engine: AsyncEngine, tenant: str, match: str, *statements: str, **params: str
 ) -> None:
-    """The statements, run as the app role in one tenant session, are refused."""
-    with pytest.raises(DBAPIError, match=match):
+    """The statements, run as the app role in one tenant session, are refused, with the
+    trigger's own SQLSTATE (0007): the sink dead-letters such a write rather than wait
+    for grants that are not missing."""
+    with pytest.raises(DBAPIError, match=match) as refused:
         async with tenant_session(engine, tenant) as s:
             for statement in statements:
                 await s.execute(text(statement), params)
+    assert _sqlstate(refused.value) == "PSR01"
+    assert classify_failure(refused.value) == FailureKind.DATA
 
 
 async def _payment(engine: AsyncEngine, tenant: str) -> Payment:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from cloudevents.core.v1.event import CloudEvent
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import (
@@ -251,6 +251,8 @@ def test_failure_classification() -> None:
     assert classify_failure(wrapped("23505")) == FailureKind.DATA
     assert classify_failure(wrapped("54000")) == FailureKind.DATA  # index row too large
     assert classify_failure(wrapped("42P01")) == FailureKind.CONFIG  # not migrated yet
+    assert classify_failure(wrapped("42501")) == FailureKind.CONFIG  # a grant missing
+    assert classify_failure(wrapped("PSR01")) == FailureKind.DATA  # a ledger trigger refused
     assert classify_failure(InvalidEventError("e", "bad")) == FailureKind.DATA
     assert classify_failure(RuntimeError("bug")) == FailureKind.UNEXPECTED
 
@@ -319,6 +321,46 @@ async def test_batch_is_stored_and_replay_doubles_nothing(
 def payment_outcome_event(tenant: str, pid: str, version: int) -> Any:
     [event] = outcome_to_ledger_events(payment_outcome(tenant, pid, version))
     return event
+
+
+async def test_an_event_a_ledger_trigger_refuses_is_dead_lettered_not_retried(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """A write the ledger's triggers refuse (0006's forward-only rule raises PSR01,
+    0007) is refused the same way every time: dead-lettered, the rest stored, the sink
+    goes on. Before 0007 the refusal read as a missing grant and the sink retried that
+    batch until an operator stepped in, its partition stalled. (No write of the writer
+    is refused by design, so a trigger of the test's own refuses one here, as the
+    ledger's do.)"""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    good = [payment_outcome_event(tenant, f"pay_{i}", 1) for i in range(5)]
+    refused = payment_outcome_event(tenant, "pay_refused", 1)
+    name = f"refuse_{tenant}"
+    async with owner_engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.payment_id = 'pay_refused' THEN RAISE EXCEPTION 'refused' "
+                "USING ERRCODE = 'PSR01'; END IF; RETURN NEW; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE INSERT ON payments FOR EACH ROW "
+                f"WHEN (NEW.tenant_id = '{tenant}') EXECUTE FUNCTION {name}()"
+            )
+        )
+    try:
+        sink = LedgerSink(app_engine, keyring)
+        result = await sink.write_batch([*good[:2], refused, *good[2:]])
+    finally:
+        async with owner_engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER {name} ON payments"))
+            await conn.execute(text(f"DROP FUNCTION {name}()"))
+    assert [d.event_id for d in result.dead_letters] == [refused.event_id]
+    assert result.dead_letters[0].reason == "database_rejected"
+    assert await _count(app_engine, tenant, Payment) == 5
+    assert sink.failed_attempts == 0  # not retried
 
 
 async def test_refused_event_is_dead_lettered_and_the_rest_stored(
