@@ -21,8 +21,11 @@ FORWARD_TIMEOUT_SECONDS = 5.0
 
 
 # What a forwarded lookup passes on of the caller's headers: the owner checks the same
-# Host and token; nothing else (another service's cookies, a proxy's headers) leaves.
-FORWARDED_HEADERS = ("Host", "Authorization", "Accept")
+# token; nothing else (another service's cookies, a proxy's headers) leaves. Not the
+# Host: the owner is asked under the name it advertises (the URL's), one it answers as
+# its own; asked under the forwarding worker's name it would have to trust every name
+# the group's members advertise, and anyone who can join the group can advertise one.
+FORWARDED_HEADERS = ("Authorization", "Accept")
 TOKEN_COOKIE = "paystream_token"  # noqa: S105 - the cookie's name
 
 

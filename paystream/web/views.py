@@ -8,14 +8,12 @@ import hashlib
 import hmac
 import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import aiohttp.web
-from faust.assignor import PartitionAssignor
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -76,28 +74,12 @@ def _named_hosts() -> frozenset[str]:
     return settings.web_host_names()  # (the advertised host may take a DNS lookup)
 
 
-def _fleet_hosts() -> set[str]:
-    """The hosts the group's workers advertise (a lookup forwarded to its owner keeps the
-    Host it was asked under, another worker's own name; review finding)."""
-    assignor = cast(PartitionAssignor, app.assignor)
-    urls = {*assignor.changelog_distribution, *assignor.external_topic_distribution}
-    hosts = set()
-    for url in urls:
-        try:
-            host = urllib.parse.urlsplit(str(url)).hostname
-        except ValueError:  # a peer advertising something odd ("http://[worker-1]:6066")
-            continue
-        if host:
-            hosts.add(host)
-    return hosts
-
-
 def _refused_host(view: View, request: Request) -> Response | None:
     """403 for an open worker (no token) asked under a name a web page could own."""
     if settings.web_token is not None:
         return None
     host = request.headers.get("Host")
-    if host_allowed(host, _named_hosts()) or host_allowed(host, _fleet_hosts()):
+    if host_allowed(host, _named_hosts()):
         return None
     return view.json(
         {

@@ -72,15 +72,17 @@ def test_allowed_hosts_are_names_only() -> None:
         load_settings(web_allowed_hosts="*")
 
 
-def test_a_lookup_forwarded_under_another_workers_name_is_answered(
+def test_a_forwarded_lookup_is_asked_under_its_owners_own_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Faust forwards a lookup to the tenant's owner with the Host it was asked under:
-    another worker's own (dotted) name, which the owner refused (review finding). The
-    names the group's workers advertise are answered too."""
+    """A lookup forwarded to the tenant's owner goes without the caller's Host, so the
+    owner is asked under the name it advertises (the URL's), which it answers. Names the
+    group's other members advertise are not answered: anyone who can join the group
+    could advertise one (a rebound domain among them)."""
     from aiohttp import web
+    from multidict import CIMultiDict
 
-    from paystream.app import app
+    from paystream.app import app, forwarded_headers
     from paystream.web import views
 
     class StandInView:
@@ -91,33 +93,26 @@ def test_a_lookup_forwarded_under_another_workers_name_is_answered(
         def __init__(self, host: str) -> None:
             self.headers = {"Host": host}
 
-    monkeypatch.setattr(views, "settings", views.settings.model_copy(update={"web_token": None}))
-    forwarded = Request("worker-a.internal.example:6066")
-    assert views._refused_host(StandInView(), forwarded) is not None  # type: ignore[arg-type]
-    assignor = app.assignor
-    before = assignor.changelog_distribution  # type: ignore[attr-defined]
-    assignor.changelog_distribution = {"http://worker-a.internal.example:6066": {}}  # type: ignore[attr-defined]
+    assert "Host" not in forwarded_headers(CIMultiDict({"Host": "worker-a.example:6066"}))
+    own = views.settings.model_copy(
+        update={"web_token": None, "web_advertised_host": "worker-b.internal.example"}
+    )
+    monkeypatch.setattr(views, "settings", own)
+    views._named_hosts.cache_clear()
     try:
-        assert views._refused_host(StandInView(), forwarded) is None  # type: ignore[arg-type]
-        rebound = Request("rebind.attacker.example:6066")
-        assert views._refused_host(StandInView(), rebound).status == 403  # type: ignore[arg-type, union-attr]
+        asked = Request("worker-b.internal.example:6066")  # the owner's own name
+        assert views._refused_host(StandInView(), asked) is None  # type: ignore[arg-type]
+        assignor = app.assignor
+        before = assignor.changelog_distribution  # type: ignore[attr-defined]
+        assignor.changelog_distribution = {  # type: ignore[attr-defined]
+            "http://worker-a.internal.example:6066": {},
+            "http://rebind.attacker.example:6066": {},
+        }
+        try:
+            for peer in ("worker-a.internal.example:6066", "rebind.attacker.example:6066"):
+                refused = views._refused_host(StandInView(), Request(peer))  # type: ignore[arg-type]
+                assert refused is not None and refused.status == 403
+        finally:
+            assignor.changelog_distribution = before  # type: ignore[attr-defined]
     finally:
-        assignor.changelog_distribution = before  # type: ignore[attr-defined]
-
-
-def test_a_peer_advertising_an_odd_url_breaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """urlsplit raises on some URLs ("http://[worker-1]:6066"): one peer's made every
-    request that reached the fleet check a 500 (review finding). It is passed over."""
-    from paystream.app import app
-    from paystream.web import views
-
-    assignor = app.assignor
-    before = assignor.changelog_distribution  # type: ignore[attr-defined]
-    assignor.changelog_distribution = {  # type: ignore[attr-defined]
-        "http://[worker-1]:6066": {},
-        "http://worker-b.internal.example:6066": {},
-    }
-    try:
-        assert views._fleet_hosts() == {"worker-b.internal.example"}
-    finally:
-        assignor.changelog_distribution = before  # type: ignore[attr-defined]
+        views._named_hosts.cache_clear()

@@ -360,8 +360,9 @@ async def test_a_forwarded_lookup_answered_other_than_json_is_a_502() -> None:
 
 
 async def test_a_forwarded_lookup_carries_the_token_and_nothing_else_of_the_caller() -> None:
-    """The dashboard's cookie goes as a bearer token; no other header (another local
-    service's cookies, a proxy's) leaves for the owner (review finding)."""
+    """The dashboard's cookie goes as a bearer token; no other header (the caller's
+    Host: the owner is asked under its own name; another local service's cookies, a
+    proxy's) leaves for the owner (review finding)."""
     from multidict import CIMultiDict
 
     from paystream.app import forwarded_headers
@@ -375,7 +376,6 @@ async def test_a_forwarded_lookup_carries_the_token_and_nothing_else_of_the_call
         }
     )
     assert forwarded_headers(caller) == {
-        "Host": "10.0.0.7:6066",
         "Accept": "application/json",
         "Authorization": "Bearer s3cret",
     }
