@@ -927,7 +927,9 @@ def _tenant_rates(rates: dict[str, int], shown: int = 3) -> str:
 
 # `dlq replay` exit statuses besides 0, 1 and 130 (interrupted).
 EXIT_HELD_BACK = 3  # stale records held back: they need a person
-EXIT_CONCURRENT_REPLAY = 4  # another replay committed meanwhile: nothing committed
+# Another replay holds the lease (refused at start, nothing read) or took it meanwhile,
+# or committed meanwhile: nothing more committed.
+EXIT_CONCURRENT_REPLAY = 4
 
 
 @dlq.command("replay")
@@ -984,6 +986,12 @@ def dlq_replay(
     def observe(_rec: Any, what: str) -> None:
         done[what] += 1  # REPLAYED, PASSED_OVER or HELD_BACK (paystream.dlq)
 
+    if not dry_run and not settings.redis_url:
+        click.echo(
+            "warning: REDIS_URL is not set: this replay takes no lease, and nothing keeps "
+            "another replay from running at the same time (run one at a time)",
+            err=True,
+        )
     try:
         result = _run(
             replay(

@@ -486,8 +486,8 @@ async def replay(
         await lease.acquire()
     except RedisError as exc:
         raise PaystreamError(
-            f"cannot take the replay lease, Redis does not answer ({exc}): without it "
-            "nothing keeps two replays apart; run again once Redis is back"
+            f"cannot take the replay lease, Redis refused or did not answer ({exc}): "
+            "without it nothing keeps two replays apart; run again once Redis is back"
         ) from exc
     except LeaseLost as exc:
         raise ConcurrentReplayError(
@@ -714,21 +714,23 @@ class _FencedCommits:
         self.reader = reader
         self.lease = lease
 
-    async def ensure_ours(self) -> None:
-        """Wait out a rebalance of the lease group; :class:`ConcurrentReplayError` if
-        the lease is another replay's now."""
-        if self.lease is not None and not self.lease.held:
-            try:
-                await self.lease.ensure_held()
-            except LeaseLost as exc:
-                raise ConcurrentReplayError(
-                    f"this replay lost its lease ({exc}): stopped without committing"
-                ) from exc
+    async def ensure_ours(self, *, confirm: bool = False) -> None:
+        """:class:`ConcurrentReplayError` if the lease may be another replay's now (see
+        replay_lease.py); ``confirm``: ask Redis, as before a commit."""
+        if self.lease is None or (self.lease.held and not confirm):
+            return
+        try:
+            await (self.lease.confirm() if confirm else self.lease.ensure_held())
+        except LeaseLost as exc:
+            raise ConcurrentReplayError(
+                f"this replay lost its lease ({exc}): stopped without committing what it "
+                "re-sent since its last commit (the next replay re-sends that)"
+            ) from exc
 
     async def commit(self, sent: dict[TopicPartition, int]) -> None:
         if not sent:
             return
-        await self.ensure_ours()
+        await self.ensure_ours(confirm=True)
         consumer, expected = self.reader.consumer, self.reader.committed
         moved = [tp for tp in sent if await consumer.committed(tp) != expected.get(tp)]
         if moved:
@@ -839,6 +841,9 @@ async def _finish(
         except Exception as exc:
             if not quiet:
                 failed = failed or exc
+                continue
+            if isinstance(exc, ConcurrentReplayError):  # (the designed stop: no trace)
+                log.warning("not committing on the way out: %s", exc)
                 continue
             log.warning(
                 "replay clean-up failed; records re-published since the last commit will "

@@ -8,10 +8,12 @@ lease (a key named after the commands topic it re-sends to, set only if absent, 
 time to live), renews it while it runs and deletes it as it ends; a replay that finds
 it taken stops at once, before reading anything.
 
-A holder that cannot renew (Redis down, or the process paused past the time to live)
-cannot know that nobody took the lease meanwhile: it counts it lost from the moment the
-time to live could have run out since its last renewal, and stops before re-sending or
-committing anything else. A lease left by a replay that died expires by itself.
+A holder trusts the lease without asking for one renewal period less than the time to
+live since it last renewed (time the machine was suspended counts); past that it asks
+Redis before its next re-send, and it always asks before a commit. A holder that cannot
+renew (Redis unreachable, or the process stopped or suspended past the time to live)
+cannot know that nobody took the lease meanwhile: it stops, committing nothing more. A
+lease left by a replay that died expires by itself.
 
 (A consumer group whose assignor gives everything to one member would do without Redis,
 but the development broker's group coordinator can be left with a departed leader by a
@@ -37,8 +39,6 @@ __all__ = ["LeaseLost", "ReplayLease", "lease_key"]
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = 30.0
-# Renewed this often: a holder misses two renewals before another may take it.
-RENEW_EVERY_SECONDS = TTL_SECONDS / 3
 
 # Only the holder's own token extends or removes the lease.
 _RENEW = """
@@ -53,6 +53,15 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def _clock() -> float:
+    """Seconds, counting time the machine spent suspended (as Redis's expiry does:
+    ``time.monotonic`` stops while a laptop or VM sleeps)."""
+    return time.clock_gettime(_CLOCK)
+
+
+_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 class LeaseLost(RuntimeError):
@@ -71,52 +80,72 @@ class ReplayLease:
             raise ValueError("the replay lease needs REDIS_URL")
         self.key = lease_key(settings.commands_topic)
         self.ttl_seconds = ttl_seconds
+        # Renewed this often; trusted without asking Redis for one period less than the
+        # time to live (a re-send or commit under way still ends inside it), so a holder
+        # that missed a renewal asks before its next step.
+        self.renew_every = ttl_seconds / 3
         # Says who holds it (for the one refused) and is unique to this run.
         self.token = f"{socket.gethostname()} pid {os.getpid()} {os.urandom(6).hex()}"
         self._redis: Any = aioredis.from_url(settings.redis_url, socket_timeout=5.0)
-        self._renewed_at = 0.0  # monotonic time of the last renewal (0: not held)
+        self._renewed_at = 0.0  # _clock() as the last renewal was asked (0: not held)
+        self._acquired = False  # set (perhaps) in Redis by us: release deletes it if ours
         self._lost = False
         self._renewer: asyncio.Task[None] | None = None
 
     @property
     def held(self) -> bool:
-        """Ours for sure: renewed within the time to live, never found taken."""
+        """Ours without asking: renewed recently enough, never found taken."""
         return (
             not self._lost
             and self._renewed_at > 0
-            and time.monotonic() - self._renewed_at < self.ttl_seconds
+            and _clock() - self._renewed_at < self.ttl_seconds - self.renew_every
         )
 
     async def acquire(self) -> None:
         """Take the lease; :class:`LeaseLost` naming the holder if it is taken."""
-        started = time.monotonic()
+        started = _clock()
         ttl_ms = int(self.ttl_seconds * 1000)
+        self._acquired = True  # (a SET whose answer is lost may have landed)
         try:
             taken = await self._redis.set(self.key, self.token, nx=True, px=ttl_ms)
+            if not taken:
+                self._acquired = False
+                holder = await self._redis.get(self.key)
+                left_ms = await self._redis.pttl(self.key)
         except BaseException:
-            await self._close()
+            await self.release()
             raise
         if not taken:
-            holder = await self._redis.get(self.key)
             await self._close()
             who = holder.decode("utf-8", "replace") if holder else "a replay just ending"
-            raise LeaseLost(f"another replay holds the lease ({who})")
+            left = (
+                f"; it expires within {left_ms / 1000:.0f} s if not renewed" if left_ms > 0 else ""
+            )
+            raise LeaseLost(f"another replay holds the lease ({who}{left})")
         self._renewed_at = started
         self._renewer = asyncio.ensure_future(self._renew_periodically())
 
     async def ensure_held(self) -> None:
-        """:class:`LeaseLost` unless the lease is still ours (renewing it now if the
-        last renewal is getting old)."""
-        if self._lost:
-            raise LeaseLost("another replay may hold the lease now")
-        if time.monotonic() - self._renewed_at >= RENEW_EVERY_SECONDS * 2:
+        """:class:`LeaseLost` unless the lease is ours without asking (:attr:`held`) or
+        Redis says it still is (renewing it)."""
+        if not self.held and not self._lost:
             await self._renew()
         if not self.held:
             self._lost = True
             raise LeaseLost(
-                f"the lease was not renewed within its {self.ttl_seconds:.0f} s: "
-                "another replay may hold it now"
+                f"the lease could not be renewed within {self.ttl_seconds:.0f} s: another "
+                "replay may hold it now"
             )
+
+    async def confirm(self) -> None:
+        """Renew now (before a commit, the one step another replay's could undo);
+        :class:`LeaseLost` if Redis says the lease is not ours, or if it has not been
+        renewed for long enough that it may not be (Redis unreachable)."""
+        if not self._lost:
+            await self._renew()
+        if not self.held:
+            self._lost = True
+            raise LeaseLost("Redis no longer holds the lease as this replay's")
 
     async def release(self) -> None:
         if self._renewer is not None:
@@ -124,20 +153,21 @@ class ReplayLease:
             with contextlib.suppress(BaseException):
                 await self._renewer
             self._renewer = None
-        if self._renewed_at and not self._lost:
+        if self._acquired:  # (ours or not, the script deletes it only if ours)
             with contextlib.suppress(Exception):
                 await self._redis.eval(_RELEASE, 1, self.key, self.token)
+        self._acquired = False
         self._renewed_at = 0.0
         await self._close()
 
     async def _renew(self) -> None:
-        started = time.monotonic()
+        started = _clock()
         try:
             ours = await self._redis.eval(
                 _RENEW, 1, self.key, self.token, int(self.ttl_seconds * 1000)
             )
-        except Exception:
-            log.warning("could not renew the replay lease", exc_info=True)
+        except Exception as exc:
+            log.warning("could not renew the replay lease: %r", exc)
             return  # (``held`` runs out by itself if this goes on)
         if ours:
             self._renewed_at = started
@@ -146,7 +176,7 @@ class ReplayLease:
 
     async def _renew_periodically(self) -> None:
         while not self._lost:
-            await asyncio.sleep(RENEW_EVERY_SECONDS)
+            await asyncio.sleep(self.renew_every)
             await self._renew()
 
     async def _close(self) -> None:

@@ -4,7 +4,6 @@ Redis and the broker the suite runs against."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -41,9 +40,12 @@ async def test_a_second_replay_while_one_runs_is_refused_having_sent_nothing(
     await _park(dep, 3)
     real = dlq._resend
     refused: list[BaseException] = []
+    tried = False
 
     async def with_a_second_replay(*args: Any, **kwargs: Any) -> None:
-        if not refused:  # the full replay holds the lease and has read record 0
+        nonlocal tried
+        if not tried:  # the full replay holds the lease and has read record 0
+            tried = True  # (without a lease, the second's own re-send comes here too)
             try:
                 await replay(settings, [settings.retry_topic], limit=1)
             except dlq.ConcurrentReplayError as exc:
@@ -64,8 +66,8 @@ async def test_a_second_replay_while_one_runs_is_refused_having_sent_nothing(
 
 
 async def test_the_lease_is_free_again_once_a_replay_ends(deployment_factory: Any) -> None:
-    """A replay leaves the lease group as it ends, whether it finished or was refused:
-    the next one gets the lease (and does not wait out a session timeout for it)."""
+    """A replay deletes its lease as it ends, whether it finished or was refused, so
+    the next one gets it at once; a dry run takes none, and runs beside a holder."""
     dep = await deployment_factory()
     settings = dep.settings
     await _park(dep, 2)
@@ -83,36 +85,46 @@ async def test_the_lease_is_free_again_once_a_replay_ends(deployment_factory: An
             await replay(settings, [settings.retry_topic])
     finally:
         await holder.release()
-    started = time.monotonic()
     await replay(settings, [settings.retry_topic])
-    assert time.monotonic() - started < 30
+
+
+async def _expire_now(settings: Any) -> None:
+    """The lease's time to live runs out now (as it would for a holder stopped or
+    suspended past it)."""
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        await client.pexpire(lease_key(settings.commands_topic), 1)
+        await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
 
 
 async def test_a_holder_that_could_not_renew_counts_the_lease_lost(
     deployment_factory: Any,
 ) -> None:
-    """A holder that stops renewing (a replay paused past the time to live) loses the
-    lease to the next replay. When it comes back it knows the lease may be another's:
-    it stops, and its clean-up leaves the new holder's lease alone."""
+    """A holder that stops renewing (a replay stopped or suspended past the time to
+    live) loses the lease to the next replay. When it comes back it knows the lease may
+    be another's: it stops, and its clean-up leaves the new holder's lease alone."""
     dep = await deployment_factory()
     settings = dep.settings
-    first = ReplayLease(settings, ttl_seconds=1.0)
+    first = ReplayLease(settings)
     await first.acquire()
     second = ReplayLease(settings)
     try:
         assert first.held
-        with pytest.raises(LeaseLost, match="another replay holds the lease"):
+        with pytest.raises(LeaseLost, match=r"another replay holds the lease \(.*expires within"):
             await ReplayLease(settings).acquire()
         assert first._renewer is not None
-        first._renewer.cancel()  # paused: no renewals
-        await asyncio.sleep(1.3)
+        first._renewer.cancel()  # stopped: no renewals
+        first._renewed_at -= first.ttl_seconds  # (as long ago as that)
+        await _expire_now(settings)
         await second.acquire()
         assert not first.held
         with pytest.raises(LeaseLost):
             await first.ensure_held()
         await first.release()
         assert second.held
-        await second.ensure_held()
+        await second.confirm()
         client = aioredis.from_url(settings.redis_url)
         try:
             assert await client.get(lease_key(settings.commands_topic)) == second.token.encode()
@@ -121,6 +133,26 @@ async def test_a_holder_that_could_not_renew_counts_the_lease_lost(
     finally:
         await first.release()
         await second.release()
+
+
+async def test_a_holder_asks_redis_once_its_last_renewal_is_a_period_old(
+    deployment_factory: Any,
+) -> None:
+    """Trusted without asking for one renewal period less than the time to live: a
+    step begun then still ends before the lease could expire. Past that, the holder
+    renews before going on (and still holds it, if nobody took it)."""
+    dep = await deployment_factory()
+    lease = ReplayLease(dep.settings, ttl_seconds=30.0)
+    await lease.acquire()
+    try:
+        assert lease._renewer is not None
+        lease._renewer.cancel()
+        lease._renewed_at -= 20.5  # past 30 s - 10 s
+        assert not lease.held
+        await lease.ensure_held()  # renews: Redis still has it as ours
+        assert lease.held
+    finally:
+        await lease.release()
 
 
 async def test_a_replay_that_loses_its_lease_stops_without_committing(
@@ -204,3 +236,41 @@ async def test_without_redis_a_replay_refuses_to_start(
     with pytest.raises(PaystreamError, match="cannot take the replay lease"):
         await replay(nobody, [nobody.retry_topic])
     assert await _resent(dep.settings) == []
+
+
+async def test_a_replay_checks_its_lease_before_each_re_send(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between commits too: once the lease may be another's, not one more record is
+    re-sent (and nothing is committed)."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await _park(dep, 3)
+    real = dlq._resend
+    calls = 0
+
+    async def lapsing_after_the_first(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await real(*args, **kwargs)
+        if calls == 1:  # then the replay stops (as if suspended) past its lease
+            await _expire_now(settings)
+            for lease in leases:
+                lease._renewed_at -= lease.ttl_seconds
+
+    leases: list[ReplayLease] = []
+
+    class Recorded(ReplayLease):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            leases.append(self)
+
+    monkeypatch.setattr(dlq, "ReplayLease", Recorded)
+    monkeypatch.setattr(dlq, "_resend", lapsing_after_the_first)
+    with pytest.raises(dlq.ConcurrentReplayError, match="lost its lease"):
+        await replay(settings, [settings.retry_topic])  # (COMMIT_EVERY: 100)
+    assert calls == 1
+    assert await _resent(settings) == [b"cmd 0"]
+    left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
+    await consumer.stop()
+    assert [r.value for r in left] == [b"cmd 0", b"cmd 1", b"cmd 2"]

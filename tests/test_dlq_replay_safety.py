@@ -26,8 +26,8 @@ async def _resent(settings: Any) -> list[bytes | None]:
 
 
 class _NoLease:
-    """As if the lease had been lost unnoticed (a holder paused past its session while
-    another took over): what is left to stop two replays is the commit fence."""
+    """As if the lease had not kept two replays apart (say, one run without REDIS_URL
+    beside one holding it): what is left to stop them is the commit fence."""
 
     held = True
 
@@ -38,6 +38,9 @@ class _NoLease:
         pass
 
     async def ensure_held(self) -> None:
+        pass
+
+    async def confirm(self) -> None:
         pass
 
     async def release(self) -> None:
