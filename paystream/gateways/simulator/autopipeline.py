@@ -40,6 +40,10 @@ class AutoPipeline:
         self._idle: list[Any] = []  # connections held between flushes
         self._wrote_this_turn = False
         self._unwritten = 0  # flushes waiting for a connection to be written on
+        # The newest of those, resolved once it is written (or failed to be): each
+        # waits for the one before, so that flushes waiting for new connections, which
+        # may connect in any order, still write in the order they were made.
+        self._last_unwritten: asyncio.Future[None] | None = None
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         return self._submit(args, None)
@@ -96,16 +100,25 @@ class AutoPipeline:
                 # ``_writer``): the task's own path writes it, or raises the error to
                 # every caller as it always did.
                 self._idle.append(conn)
+        loop = asyncio.get_running_loop()
+        order: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None
         if written is None:
             self._unwritten += 1  # until _pipeline has written it (or failed to)
-        task = asyncio.get_running_loop().create_task(self._send(batch, written))
+            order = (self._last_unwritten, loop.create_future())
+            self._last_unwritten = order[1]
+        task = loop.create_task(self._send(batch, written, order))
         self._flushing.add(task)  # keep a reference until done
         task.add_done_callback(self._flushing.discard)
 
-    async def _send(self, batch: list[_Queued], written: Any = None) -> None:
+    async def _send(
+        self,
+        batch: list[_Queued],
+        written: Any = None,
+        order: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None,
+    ) -> None:
         try:
             try:
-                results = await self._pipeline(batch, written, counted=written is None)
+                results = await self._pipeline(batch, written, order)
             except RedisConnectionError:
                 if not all(command[0] in _REPEATABLE for command, _, _ in batch):
                     raise
@@ -139,10 +152,14 @@ class AutoPipeline:
                 fut.set_result(result)
 
     async def _pipeline(
-        self, batch: list[_Queued], written: Any = None, counted: bool = False
+        self,
+        batch: list[_Queued],
+        written: Any = None,
+        order: tuple[asyncio.Future[None] | None, asyncio.Future[None]] | None = None,
     ) -> list[Any]:
         """Write the batch on a held connection (unless ``written`` on it already) and
-        read its replies in order.
+        read its replies in order. ``order``: (the flush before, still to be written,
+        if any; this one's): a flush's first attempt writes after the one before.
 
         redis-py's own pipeline costs far more than the round trip it saves here (pool
         lock, health checks, retry and observability hooks per call), so a connection is
@@ -152,14 +169,22 @@ class AutoPipeline:
         try:
             if conn is None:
                 try:
+                    if order is not None and order[0] is not None and not order[0].done():
+                        # (Before taking a connection: one held while waiting could be
+                        # the one the flush before needs, were the pool bounded.)
+                        await asyncio.shield(order[0])
                     pool = self._redis.connection_pool
                     conn = self._idle.pop() if self._idle else await pool.get_connection()
                     await conn.send_packed_command(
                         conn.pack_commands(_commands(batch)), check_health=False
                     )
                 finally:
-                    if counted:  # (the flush's first attempt: see _flush)
+                    if order is not None:  # (the flush's first attempt: see _flush)
                         self._unwritten -= 1
+                        if not order[1].done():
+                            order[1].set_result(None)
+                        if self._last_unwritten is order[1]:
+                            self._last_unwritten = None
             results: list[Any] = []
             for _ in batch:
                 try:

@@ -27,10 +27,10 @@ class CountingPipeline(AutoPipeline):
         self.round_trips: list[int] = []
 
     async def _pipeline(
-        self, batch: list[Any], written: Any = None, counted: bool = False
+        self, batch: list[Any], written: Any = None, order: Any = None
     ) -> list[Any]:
         self.round_trips.append(len(batch))
-        return await super()._pipeline(batch, written, counted)
+        return await super()._pipeline(batch, written, order)
 
 
 @pytest_asyncio.fixture
@@ -227,3 +227,31 @@ async def test_no_command_overtakes_one_waiting_for_a_connection(
     await asyncio.gather(*results)
     assert await client.lrange(key, 0, -1) == [str(n).encode() for n in range(5)]
     assert p._unwritten == 0
+
+
+async def test_flushes_waiting_for_new_connections_write_in_order(
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection held: each turn's flush asks the pool for one, and connections come
+    in any order (here the first asked comes last). Writes still follow the flushes.
+    (Before: [b"2", b"1", b"0"]; found as [0, 3, 2, 1, 4] under CI load.)"""
+    p = CountingPipeline(client)
+    pool = client.connection_pool
+    real = pool.get_connection
+    asked = 0
+
+    async def slower_the_earlier(*args: Any, **kwargs: Any) -> Any:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(0.05 / asked)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "get_connection", slower_the_earlier)
+    key = f"{uuid.uuid4().hex}:order"
+    results = []
+    for n in range(3):
+        results.append(p.execute("RPUSH", key, str(n)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*results)
+    assert await client.lrange(key, 0, -1) == [b"0", b"1", b"2"]
+    assert p._unwritten == 0 and p._last_unwritten is None
