@@ -957,6 +957,12 @@ EXIT_CONCURRENT_REPLAY = 4
     "keep their order: one behind a record waiting for its tenant's pace waits too, "
     "whoever's it is; the other partitions go on",
 )
+@click.option(
+    "--no-lease",
+    is_flag=True,
+    help="take no replay lease (it needs Redis: for a deployment without REDIS_URL, or "
+    "with Redis down): nothing then keeps another replay from running at the same time",
+)
 def dlq_replay(
     which: str,
     limit: int | None,
@@ -964,6 +970,7 @@ def dlq_replay(
     stale_checked_as_of: str | None,
     include_stale: bool,
     rate_per_tenant: int | None,
+    no_lease: bool,
 ) -> None:
     """Re-drive parked and dead-lettered commands through `paystream.commands`, at each
     tenant's rate limit."""
@@ -986,11 +993,13 @@ def dlq_replay(
     def observe(_rec: Any, what: str) -> None:
         done[what] += 1  # REPLAYED, PASSED_OVER or HELD_BACK (paystream.dlq)
 
-    if not dry_run and not settings.redis_url:
-        click.echo(
-            "warning: REDIS_URL is not set: this replay takes no lease, and nothing keeps "
-            "another replay from running at the same time (run one at a time)",
-            err=True,
+    if not dry_run and not settings.redis_url and not no_lease:
+        # (Most likely a shell without the workers' settings: a replay run from it would
+        # ignore the lease a properly configured one holds.)
+        raise click.UsageError(
+            "REDIS_URL is not set: the replay lease, which keeps replays one at a time, is "
+            "kept in Redis. Set REDIS_URL as the workers have it, or pass --no-lease (a "
+            "deployment without Redis; then run one replay at a time yourself)"
         )
     try:
         result = _run(
@@ -1004,6 +1013,7 @@ def dlq_replay(
                 observe=observe,
                 rate_per_tenant=rate_per_tenant,
                 paced=shown.paced,
+                take_lease=not no_lease,
             ),
             own=(ConcurrentReplayError,),
         )

@@ -458,11 +458,13 @@ async def replay(
     now_ms: int | None = None,
     rate_per_tenant: int | None = None,
     paced: Callable[[PaceWait], None] | None = None,
+    take_lease: bool = True,
 ) -> ReplayResult:
     """Re-publish parked records (:func:`_replay` says how), holding the deployment's
     replay lease (replay_lease.py) while it does: raises :class:`ConcurrentReplayError`
     at once, having read nothing, if another replay holds it. A dry run re-sends and
-    commits nothing, and takes no lease."""
+    commits nothing, and takes no lease; ``take_lease=False`` takes none either (the
+    lease is kept in Redis: without ``REDIS_URL`` that must be asked for)."""
     run = functools.partial(
         _replay,
         settings,
@@ -478,9 +480,14 @@ async def replay(
     )
     if dry_run:
         return await run(lease=None)
-    if not settings.redis_url:
-        log.warning("REDIS_URL is not set: nothing keeps two replays apart (run one at a time)")
+    if not take_lease:
+        log.warning("replaying without the lease: nothing keeps two replays apart")
         return await run(lease=None)
+    if not settings.redis_url:
+        raise PaystreamError(
+            "REDIS_URL is not set: the replay lease, which keeps replays one at a time, is "
+            "kept in Redis (replay without it only on purpose: take_lease=False)"
+        )
     lease = ReplayLease(settings)
     try:
         await lease.acquire()

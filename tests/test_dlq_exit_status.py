@@ -12,6 +12,34 @@ from paystream import dlq
 from paystream.settings import load_settings
 
 
+def _with_redis() -> Any:
+    # (replay itself is replaced: nothing connects to it)
+    return load_settings(redis_url="redis://127.0.0.1:6379/0")
+
+
+def test_a_replay_without_redis_url_takes_the_lease_only_if_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lease is kept in Redis: a shell without the workers' REDIS_URL would replay
+    beside one holding it. Refused, unless --no-lease says so on purpose."""
+    calls: list[dict[str, Any]] = []
+
+    async def replayed(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
+        calls.append(kwargs)
+        return dlq.ReplayResult(started_ms=1, complete=True)
+
+    monkeypatch.setattr(cli_module, "_settings", lambda: load_settings(redis_url=None))
+    monkeypatch.setattr(dlq, "replay", replayed)
+    refused = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
+    assert refused.exit_code == 2 and "--no-lease" in refused.output, refused.output
+    assert calls == []
+    dry = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    unguarded = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--no-lease"])
+    assert unguarded.exit_code == 0, unguarded.output
+    assert [c["take_lease"] for c in calls] == [True, False]
+
+
 def test_a_concurrent_replay_exits_4_from_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     """README and cli.EXIT_CONCURRENT_REPLAY: a replay that notices another one's commit
     stops without committing and exits 4. ConcurrentReplayError is a PaystreamError,
@@ -20,7 +48,7 @@ def test_a_concurrent_replay_exits_4_from_the_cli(monkeypatch: pytest.MonkeyPatc
     async def concurrent(*args: Any, **kwargs: Any) -> None:
         raise dlq.ConcurrentReplayError("another `paystream dlq replay` committed")
 
-    monkeypatch.setattr(cli_module, "_settings", load_settings)
+    monkeypatch.setattr(cli_module, "_settings", _with_redis)
     monkeypatch.setattr(dlq, "replay", concurrent)
     result = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
     assert result.exit_code == cli_module.EXIT_CONCURRENT_REPLAY, result.output
@@ -40,7 +68,7 @@ def test_stale_records_are_included_as_of_the_run_that_reported_them(
         calls.append(kwargs)
         return dlq.ReplayResult(stale=2, started_ms=1_796_000_000_123, complete=not kwargs["limit"])
 
-    monkeypatch.setattr(cli_module, "_settings", load_settings)
+    monkeypatch.setattr(cli_module, "_settings", _with_redis)
     monkeypatch.setattr(dlq, "replay", holding)
     held = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
     assert held.exit_code == cli_module.EXIT_HELD_BACK, held.output

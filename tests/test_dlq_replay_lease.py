@@ -274,3 +274,16 @@ async def test_a_replay_checks_its_lease_before_each_re_send(
     left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
     await consumer.stop()
     assert [r.value for r in left] == [b"cmd 0", b"cmd 1", b"cmd 2"]
+
+
+async def test_without_redis_url_a_replay_runs_unguarded_only_if_asked(
+    deployment_factory: Any,
+) -> None:
+    dep = await deployment_factory()
+    await _park(dep, 1)
+    no_redis = dep.settings.model_copy(update={"redis_url": None})
+    with pytest.raises(PaystreamError, match="REDIS_URL is not set"):
+        await replay(no_redis, [no_redis.retry_topic])
+    assert await _resent(dep.settings) == []
+    done = await replay(no_redis, [no_redis.retry_topic], take_lease=False)
+    assert sum(done.replayed.values()) == 1
