@@ -57,11 +57,11 @@ return 0
 
 def _clock() -> float:
     """Seconds, counting time the machine spent suspended (as Redis's expiry does:
-    ``time.monotonic`` stops while a laptop or VM sleeps)."""
-    return time.clock_gettime(_CLOCK)
+    ``time.monotonic`` stops while a laptop or VM sleeps, on Linux)."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
 
 
-_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)  # (Linux only)
 
 
 class LeaseLost(RuntimeError):
