@@ -93,8 +93,12 @@ async def _expire_now(settings: Any) -> None:
     suspended past it)."""
     client = aioredis.from_url(settings.redis_url)
     try:
-        await client.pexpire(lease_key(settings.commands_topic), 1)
-        await asyncio.sleep(0.01)
+        key = lease_key(settings.commands_topic)
+        await client.pexpire(key, 1)
+        deadline = asyncio.get_running_loop().time() + 5
+        while await client.exists(key) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.001)
+        assert not await client.exists(key)
     finally:
         await client.aclose()
 
