@@ -99,6 +99,9 @@ REJECT_REASONS: dict[RejectReason, str] = {
     "code and request id",
     RejectReason.INTERNAL_ERROR: "a failure of ours before the command was let through to the "
     "provider: the command is dead-lettered, and `dlq replay` after the fix runs it again",
+    RejectReason.STALE: "the command record is older than PAYSTREAM_ENTITY_RETENTION_SECONDS "
+    "less a day: the entities it may name may have left the tables (a consumer group reset "
+    "to records that old), so it is not run",
 }
 
 # Outcome type → (entity type of `object`, or None; summary; properties of its own).

@@ -23,6 +23,7 @@ __all__ = [
     "COMMANDS",
     "COMMAND_LATENCY",
     "DEAD_LETTERS",
+    "ENTITIES_EXPIRED",
     "GATEWAY_CALLS",
     "LIMITED",
     "PARKED",
@@ -99,6 +100,12 @@ REPAIRS = Counter(
     "paystream_repaired_entities_total",
     "Entity writes lost in a crash and restored from the command's stored outcome.",
     ["tenant", "entity_type"],
+)
+ENTITIES_EXPIRED = Counter(
+    "paystream_entities_expired_total",
+    "Settled entities removed from a table past PAYSTREAM_ENTITY_RETENTION_SECONDS "
+    "(tables/retention.py).",
+    ["table"],
 )
 GATEWAY_CALLS = Histogram(
     "paystream_gateway_call_seconds",

@@ -423,6 +423,16 @@ class Settings(BaseSettings):
         "second entity.",
     )
 
+    entity_retention_seconds: int = Field(
+        default=540 * 24 * 3600,
+        ge=0,
+        description="PAYSTREAM_ENTITY_RETENTION_SECONDS: settled entities (payments, "
+        "refunds, disputes; deleted or erased customers; detached payment methods) "
+        "unchanged for this long leave the tables (the ledger keeps their history), and "
+        "commands naming them are answered `not_found`. 540 days by default: past card "
+        "networks' longest dispute windows. 0 keeps them for ever; else at least 30 days.",
+    )
+
     # --- gateways ----------------------------------------------------------------
     gateway_timeout_seconds: float = Field(
         default=10.0, gt=0, description="PAYSTREAM_GATEWAY_TIMEOUT_SECONDS: per provider call."
@@ -553,6 +563,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PAYSTREAM_INSIGHTS_HORIZON_SECONDS must be at least "
                 "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_past_every_redelivery(self) -> Settings:
+        # An entity must outlive every command that may still arrive about it: a
+        # redelivery, a parked command re-driven, a retry inside the idempotency window.
+        if 0 < self.entity_retention_seconds < 30 * 24 * 3600:
+            raise ValueError(
+                "PAYSTREAM_ENTITY_RETENTION_SECONDS must be 0 (keep for ever) or at least 30 days"
             )
         return self
 

@@ -59,6 +59,7 @@ from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatc
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.changelog import ChangelogBatch, collect_changelog
+from paystream.tables.retention import RetentionSweep
 from paystream.tables.views import ActivityLog
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.policy import call_policy
@@ -135,11 +136,19 @@ class CommandRunner:
         self._partitioner: KeyPartitioner | None = None
         self.processed = 0
         self.activity = ActivityLog()
+        self.retention = RetentionSweep(
+            (t.customers, t.payment_methods, t.payments, t.refunds, t.disputes),
+            settings.entity_retention_seconds,
+            commands_topic.get_topic_name(),
+            _active_partitions,
+        )
 
     def rescan_expiry(self) -> None:
-        """Partitions are moving: look for recovered idempotency records afresh."""
+        """Partitions are moving: look for recovered idempotency records afresh, and
+        walk the entities this worker will hold from the start."""
         if self._processor is not None:
             self._processor.rescan_expiry()
+        self.retention.restart()
 
     async def aclose(self) -> None:
         """Close provider clients and the Redis pool (worker shutdown)."""
@@ -204,6 +213,8 @@ class CommandRunner:
             groups = await asyncio.gather(
                 *(self._run_tenant(processor, group) for group in by_tenant.values())
             )
+            # Settled entities past retention: their tombstones go with this batch.
+            self.retention.step(time.time())
         _, partitioner = self._kafka()
         records = changelog.records()
         # A changelog partition is its command's partition (co-partitioned tables).
@@ -491,6 +502,12 @@ def _inbound(
             "offset": offset,
         },
     )
+
+
+def _active_partitions() -> set[int]:
+    """The commands-topic partitions this worker serves (not its standbys)."""
+    topic = commands_topic.get_topic_name()
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
 
 
 runner = CommandRunner()

@@ -191,6 +191,9 @@ class CommandProcessor:
         self._seeded: set[str] = set()
         self._expiry_seeded = False
         self._counters: dict[tuple[str, str, str], Any] = {}
+        # Records older than this are refused `stale` (inf: retention off).
+        retention_ms = settings.entity_retention_seconds * 1000
+        self._stale_after_ms = retention_ms - 86_400_000 if retention_ms > 0 else float("inf")
         self._rejections: dict[tuple[str, str, str], Any] = {}
 
     # ---- entry point --------------------------------------------------------------
@@ -419,6 +422,15 @@ class CommandProcessor:
             )
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
+        if 0 < rec.timestamp_ms < time.time() * 1000 - self._stale_after_ms:
+            # Read again from records that old (a consumer group reset), a create would
+            # find its entity gone by retention (tables/retention.py) and charge again.
+            return self._reject(
+                cmd,
+                RejectReason.STALE,
+                "the command record is older than the entity retention less a day "
+                "(PAYSTREAM_ENTITY_RETENTION_SECONDS): not run",
+            )
         # Everything above depends on the record alone; what follows on state, which may
         # have changed since this record was first answered (a redelivery).
         # (Both from one lookup of the record's partition's kept answers.)

@@ -1,0 +1,232 @@
+"""Entity retention: settled entities leave the tables once nothing can act on them.
+
+Without it the entity tables, and their compacted changelogs, keep every payment,
+refund, dispute and deleted customer ever made: a worker's memory store and a new
+replica's recovery grow with all the traffic ever served. The ledger (PostgreSQL) is the
+record of history; the tables hold what commands may still act on.
+
+An entity is *settled* when no command can bring it back into use: every payment, refund
+and dispute, a deleted or erased customer, a detached payment method. A live customer or
+an attached payment method is named by new payments however long it sits unchanged, so
+it stays. A settled entity whose last change (the newest ``at`` among the outcomes it
+remembers) is older than ``PAYSTREAM_ENTITY_RETENTION_SECONDS`` is deleted; one with no
+``at`` at all (written by a version before it) is kept. A command naming a deleted
+entity is answered ``not_found``.
+
+The sweep deletes inside a command batch, so each tombstone is produced and awaited
+with that batch's records (tables/changelog.py) and lands on the entity's changelog
+partition in order with its writes; it only ever deletes keys of partitions this worker
+serves (actives, not standbys). Each batch examines at most ``budget`` keys, so a sweep
+adds a bounded, small cost per batch; a pass over every table rests ``rest_seconds``
+before the next begins.
+
+A deletion whose batch is never delivered (a crash, a batch a hand-over gave up on)
+leaves the entity in the changelog. The memory store gets it back with its next
+recovery and the next pass deletes it again; a RocksDB store has dropped it already, so
+it stays in the changelog until a worker rebuilds that partition from it (a new replica,
+a store past PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS), whose sweep then deletes it.
+
+Two rules keep a deleted entity from being made again by a command about the old one:
+a command record older than the retention less a day is refused ``stale`` (pipeline.py:
+read again that late, a create would charge again), and the retention is at least 30
+days, far past any idempotency window. An id a producer chose itself, reused for a new
+entity after the old one left, names a new entity (README, Retention).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any
+
+from faust.stores.memory import Store as MemoryStore
+
+from paystream import metrics
+from paystream.tables.changelog import at_partition
+
+__all__ = ["RetentionSweep", "last_change", "settled"]
+
+log = logging.getLogger(__name__)
+
+# Keys a batch examines at most: a few hundred dict lookups, well under a millisecond.
+SWEEP_BUDGET = 256
+# Rest between passes over the tables: retention is counted in days.
+PASS_REST_SECONDS = 600.0
+# Keys read from one RocksDB partition at a time (no iterator is kept across batches:
+# its partition may be closed by a rebalance meanwhile).
+_ROCKSDB_CHUNK = 256
+
+
+def last_change(record: Mapping[str, Any]) -> float | None:
+    """When the entity last changed: the newest ``at`` of the outcomes it remembers
+    (the worker's clock, unix seconds); None when none says (an older version's)."""
+    applied = record.get("applied")
+    if not isinstance(applied, dict):
+        return None
+    newest: float | None = None
+    for entry in applied.values():
+        at = entry.get("at") if isinstance(entry, dict) else None
+        if isinstance(at, int | float) and not isinstance(at, bool):
+            newest = at if newest is None or at > newest else newest
+    return newest
+
+
+def settled(record: Mapping[str, Any]) -> bool:
+    """No command can bring it back into use (see the module's docstring)."""
+    kind = record.get("entity_type")
+    if kind == "customer":
+        return bool(record.get("deleted") or record.get("erased"))
+    if kind == "payment_method":
+        return record.get("attached") is False
+    return kind in ("payment", "refund", "dispute")
+
+
+def expired(record: Any, now: float, retention_seconds: float) -> bool:
+    """Settled, and unchanged for at least ``retention_seconds``."""
+    if not isinstance(record, dict) or not settled(record):
+        return False
+    changed = last_change(record)
+    return changed is not None and changed + retention_seconds <= now
+
+
+class RetentionSweep:
+    """Walks the entity tables a bounded number of keys per command batch."""
+
+    def __init__(
+        self,
+        tables: Sequence[Any],
+        retention_seconds: float,
+        source_topic: str,
+        actives: Callable[[], Collection[int]],
+        *,
+        budget: int = SWEEP_BUDGET,
+        rest_seconds: float = PASS_REST_SECONDS,
+    ) -> None:
+        self.tables = tables
+        self.retention_seconds = retention_seconds
+        self.source_topic = source_topic  # the commands topic: the tables' source
+        self.actives = actives  # the commands-topic partitions this worker serves
+        self.budget = budget
+        self.rest_seconds = rest_seconds
+        self._walk: Iterator[tuple[Any, int, Any, Callable[[], Any]]] | None = None
+        self._actives: set[int] = set()
+        self._next_pass = 0.0
+        self._pass_began = 0.0
+        self._removed = 0
+        self._warned: set[str] = set()
+
+    def step(self, now: float) -> int:
+        """Examine up to ``budget`` keys and delete the expired ones; how many were.
+
+        Call while a batch's changelog writes are collected (see the module's docstring).
+        """
+        if self.retention_seconds <= 0:
+            return 0
+        if self._walk is None:
+            if now < self._next_pass:
+                return 0
+            self._walk = self._keys()
+            self._pass_began, self._removed = time.monotonic(), 0
+            # As assigned now: a rebalance ends the pass (restart), so it holds for it.
+            self._actives = set(self.actives())
+        actives = self._actives
+        removed = 0
+        for _ in range(self.budget):
+            item = next(self._walk, None)
+            if item is None:
+                self._finish_pass(now)
+                break
+            table, partition, key, current = item
+            # Standby partitions are their active owner's to change.
+            if partition not in actives:
+                continue
+            # Judged as it is now: a command may have changed it since the walk read it.
+            if not expired(current(), now, self.retention_seconds):
+                continue
+            with at_partition(self.source_topic, partition):
+                del table[key]
+            metrics.ENTITIES_EXPIRED.labels(table=table.name).inc()
+            removed += 1
+            self._removed += 1
+        return removed
+
+    def restart(self) -> None:
+        """Partitions are moving: begin a fresh pass over what this worker now holds."""
+        self._walk = None
+        self._next_pass = 0.0
+
+    def _finish_pass(self, now: float) -> None:
+        self._walk = None
+        self._next_pass = now + self.rest_seconds
+        if self._removed:
+            log.info(
+                "retention: %d settled entities unchanged for %.0f days left the tables "
+                "(pass took %.1f s)",
+                self._removed,
+                self.retention_seconds / 86400,
+                time.monotonic() - self._pass_began,
+            )
+
+    def _keys(self) -> Iterator[tuple[Any, int, Any, Callable[[], Any]]]:
+        """(table, partition, key, a read of its value now) of every key held, table after
+        table. Values are read from the store itself, not through the table (Faust's read
+        of a RocksDB key not in its index probes every partition's database)."""
+        for table in self.tables:
+            store = table.data
+            if type(store) is MemoryStore:
+                # A snapshot of the keys (the dict changes between batches; a list of
+                # keys is quick to copy, ~5 ms a million); each key's partition as the
+                # store tracks it (tables/changelog.py keeps it for every write).
+                tracked, values = store._key_partition, store.data
+                for key in list(tracked):
+                    partition = tracked.get(key)
+                    if partition is not None:  # (None: deleted meanwhile)
+                        yield table, partition, key, functools.partial(values.get, key)
+            elif hasattr(store, "_dbs") and getattr(store, "use_rocksdict", False):
+                for partition in sorted(store._dbs):
+                    for raw in _rocksdb_keys(store, partition):
+                        read = functools.partial(_rocksdb_value, store, partition, raw)
+                        yield table, partition, store._decode_key(raw), read
+            elif type(store).__name__ not in self._warned:
+                self._warned.add(type(store).__name__)
+                log.warning(
+                    "retention: the %s store cannot be walked; its entities are kept",
+                    type(store).__name__,
+                )
+
+
+def _rocksdb_value(store: Any, partition: int, raw_key: bytes) -> Any:
+    """The key's value now, from its partition's database (None: gone, or closed)."""
+    db = store._dbs.get(partition)
+    raw = None if db is None else db.get(raw_key)
+    return None if raw is None else store._decode_value(raw)
+
+
+def _rocksdb_keys(store: Any, partition: int) -> Iterator[bytes]:
+    """A RocksDB partition's keys (as stored), read a chunk at a time with a fresh
+    iterator that seeks past the last key read: none is held open across batches."""
+    last: bytes | None = None
+    while True:
+        db = store._dbs.get(partition)
+        if db is None:  # closed meanwhile (the partition moved)
+            return
+        chunk: list[bytes] = []
+        it = db.iter()
+        if last is None:
+            it.seek_to_first()
+        else:
+            it.seek(last)
+            if it.valid() and it.key() == last:
+                it.next()
+        while it.valid() and len(chunk) < _ROCKSDB_CHUNK:
+            raw = it.key()
+            if raw != store.offset_key:
+                chunk.append(raw)
+            it.next()
+        del it
+        if not chunk:
+            return
+        yield from chunk
+        last = chunk[-1]

@@ -1,0 +1,53 @@
+"""A command record older than the entity retention (less a day) is refused `stale`
+without running: read again that late (a consumer group reset to old records), a create
+would find its entity gone by retention and charge again (tables/retention.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from paystream.client import build_command
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+DAY_MS = 86_400_000
+
+
+async def _charge(h: Harness, age_ms: int) -> str:
+    tenant = h.add_tenant()
+    event = build_command(
+        "payment.create",
+        tenant,
+        {
+            "payment_id": "pay_1",
+            "amount": 500,
+            "currency": "EUR",
+            "payment_method_token": "pm_card_visa",
+        },
+    )
+    _, out = await h.send_event(event, timestamp_ms=int(time.time() * 1000) - age_ms)
+    assert out is not None
+    return kind(out) if kind(out) != "command.rejected" else str(data(out)["reason"])
+
+
+async def test_a_record_older_than_retention_less_a_day_is_refused_stale(
+    harness: Harness,
+) -> None:
+    answer = await _charge(harness, 540 * DAY_MS - DAY_MS + 60_000)
+    assert answer == "stale"
+    assert not harness.tables.payments  # nothing ran
+
+
+async def test_a_record_just_younger_runs(harness: Harness) -> None:
+    answer = await _charge(harness, 540 * DAY_MS - DAY_MS - 60_000)
+    assert answer == "payment.succeeded"
+
+
+async def test_without_retention_no_record_is_stale(redis_url: str) -> None:
+    async with running_harness(redis_url, entity_retention_seconds=0) as h:
+        answer = await _charge(h, 5000 * DAY_MS)
+        assert answer == "payment.succeeded"

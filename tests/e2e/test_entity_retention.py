@@ -1,0 +1,184 @@
+"""Entity retention on a real worker and broker: settled entities unchanged for longer
+than PAYSTREAM_ENTITY_RETENTION_SECONDS leave the tables, by a tombstone on their
+changelog, and stay gone after the worker restarts; live ones stay however old.
+
+The old entities are written to the changelogs before the worker starts (as a worker of
+540 days ago would have left them); the worker recovers them, and its first batch's
+sweep finds them."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
+
+from paystream.client import PaystreamClient
+from paystream.streams.admin import bootstrap_servers, changelog_topics, ensure_topics
+from paystream.tenancy.models import Tenant
+from tests.fixtures.pipeline import Deployment
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+TENANT = "keeper"
+DAY = 86400.0
+
+
+def _entity(kind: str, entity_id: str, at: float, **fields: Any) -> dict[str, Any]:
+    outcome = {"type": f"{kind}.seeded", "data": {"entity_id": entity_id}}
+    return {
+        "entity_type": kind,
+        "tenant_id": TENANT,
+        "id": entity_id,
+        "version": 1,
+        "provider": "simulator",
+        "created_by": f"cmd-{entity_id}",
+        "applied": {f"cmd-{entity_id}": {**outcome, "at": at}},
+        **fields,
+    }
+
+
+def _payment(entity_id: str, at: float) -> dict[str, Any]:
+    return _entity(
+        "payment",
+        entity_id,
+        at,
+        status="succeeded",
+        amount=1200,
+        currency="USD",
+        capture_method="automatic",
+        amount_captured=1200,
+        provider_payment_id=f"sim_{entity_id}",
+    )
+
+
+def _customer(entity_id: str, at: float, *, deleted: bool) -> dict[str, Any]:
+    return _entity(
+        "customer", entity_id, at, provider_customer_id=f"sim_{entity_id}", deleted=deleted
+    )
+
+
+def _method(entity_id: str, at: float, *, attached: bool) -> dict[str, Any]:
+    return _entity(
+        "payment_method",
+        entity_id,
+        at,
+        customer_id="cus_live",
+        provider_payment_method_id=f"sim_{entity_id}",
+        attached=attached,
+    )
+
+
+async def _changelog(dep: Deployment, table: str) -> dict[str, list[Any]]:
+    """Every value written to a table's changelog, per key, in order (None: tombstone)."""
+    topic = f"{dep.settings.app_id}-{table}-changelog"
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers(dep.settings.require_broker()),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    values: dict[str, list[Any]] = {}
+    try:
+        idle = 0
+        while idle < 3:
+            batches = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batches else idle + 1
+            for records in batches.values():
+                for r in records:
+                    key = json.loads(r.key)
+                    values.setdefault(key, []).append(
+                        None if r.value is None else json.loads(r.value)
+                    )
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def _reason(client: PaystreamClient, command: str, data: dict[str, Any]) -> str:
+    out = await client.command(command, TENANT, data)
+    body = out.get_data()
+    assert isinstance(body, dict)
+    return str(body.get("reason") or out.get_type())
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_settled_entities_past_retention_leave_the_tables_for_good(
+    deployment_factory: Any, store: str
+) -> None:
+    dep: Deployment = await deployment_factory(paystream_table_store=store)
+    await ensure_topics(dep.settings, extra=changelog_topics(dep.settings))
+    await dep.add_tenants(Tenant(tenant_id=TENANT))
+    now = time.time()
+    old, recent = now - 600 * DAY, now - 2 * DAY
+    partitions = list(range(dep.settings.partitions))
+    partition = DefaultPartitioner()(TENANT.encode(), partitions, partitions)
+    seeded = {
+        "payments": {
+            "pay_old": _payment("pay_old", old),
+            "pay_recent": _payment("pay_recent", recent),
+        },
+        "customers": {
+            "cus_gone": _customer("cus_gone", old, deleted=True),
+            "cus_live": _customer("cus_live", old, deleted=False),
+        },
+        "payment_methods": {
+            "pm_detached": _method("pm_detached", old, attached=False),
+            "pm_attached": _method("pm_attached", old, attached=True),
+        },
+    }
+    for table, entities in seeded.items():
+        await dep.produce(
+            f"{dep.settings.app_id}-{table}-changelog",
+            *(
+                (json.dumps(f"{TENANT}:{eid}").encode(), json.dumps(value).encode(), partition)
+                for eid, value in entities.items()
+            ),
+        )
+    removed = {
+        ("payments", "pay_old"),
+        ("customers", "cus_gone"),
+        ("payment_methods", "pm_detached"),
+    }
+
+    with dep.worker() as worker:
+        worker.wait_ready([TENANT], partitions=dep.settings.partitions)
+        async with dep.client() as client:
+            # Any batch sweeps (the first at once).
+            create = {"customer_id": "cus_new", "email": "new@example.com"}
+            assert await _reason(client, "customer.create", create) == (
+                "com.paystream.customer.created"
+            )
+            # The old payment is gone (not_found), the recent one is not (its state refuses).
+            assert (
+                await _reason(client, "payment.capture", {"payment_id": "pay_old"}) == "not_found"
+            )
+            assert (
+                await _reason(client, "payment.capture", {"payment_id": "pay_recent"})
+                == "invalid_state"
+            )
+    for table, entities in seeded.items():
+        log = await _changelog(dep, table)
+        for eid in entities:
+            values = log[f"{TENANT}:{eid}"]
+            if (table, eid) in removed:
+                assert values[-1] is None, f"{table} {eid}: no tombstone: {values}"
+            else:
+                assert None not in values, f"{table} {eid} was deleted"
+
+    # Recovered from the changelog, the worker holds none of them again.
+    with dep.worker("w2") as worker:
+        worker.wait_ready([TENANT], partitions=dep.settings.partitions)
+        async with dep.client() as client:
+            assert (
+                await _reason(client, "payment.capture", {"payment_id": "pay_old"}) == "not_found"
+            )
+            assert await _reason(client, "customer.update", {"customer_id": "cus_gone"}) == (
+                "not_found"
+            )
+    text = (dep.base_dir / "w1.log").read_text()
+    assert "3 settled entities unchanged for 540 days left the tables" in text, text[-3000:]

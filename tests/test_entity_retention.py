@@ -1,0 +1,203 @@
+"""Which entities retention removes, and how the sweep walks the tables: a bounded
+number of keys per batch, active partitions only, a rest between passes.
+
+The tables here are dicts carrying a memory store's key → partition bookkeeping (as
+tables/changelog.py keeps it for Faust's memory store); tests/e2e/test_entity_retention.py
+runs the sweep in a real worker on both stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.stores.memory import Store as MemoryStore
+from faust.streams import current_event
+from rocksdict import Options, Rdict
+
+from paystream.errors import ConfigurationError
+from paystream.settings import load_settings
+from paystream.tables import retention
+from paystream.tables.retention import RetentionSweep, expired, last_change, settled
+
+DAY = 86400.0
+RETENTION = 540 * DAY
+NOW = 2_000_000_000.0
+OLD = NOW - RETENTION - 1
+TOPIC = "paystream.commands"
+
+
+def entity(kind: str, *ats: float | None, **fields: Any) -> dict[str, Any]:
+    applied = {
+        f"c{i}": {"type": f"{kind}.x", "data": {}, **({} if at is None else {"at": at})}
+        for i, at in enumerate(ats)
+    }
+    return {"entity_type": kind, "id": "e", "tenant_id": "t", "applied": applied, **fields}
+
+
+class Table(dict[str, Any]):
+    """A dict table with a memory store's key → partition bookkeeping; each deletion
+    notes the changelog partition Faust would send its tombstone to."""
+
+    def __init__(self, name: str, rows: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        super().__init__({key: value for key, (_, value) in rows.items()})
+        self.name = name
+        self.data = object.__new__(MemoryStore)
+        self.data.data = self  # (the store's dict: these rows)
+        self.data._key_partition = {key: p for key, (p, _) in rows.items()}
+        self.tombstones: list[tuple[str, int]] = []
+
+    def __delitem__(self, key: str) -> None:
+        event = current_event()
+        assert event is not None, "deleted outside a partition's context"
+        self.tombstones.append((key, event.message.partition))
+        super().__delitem__(key)
+        self.data._key_partition.pop(key, None)  # (as BatchedChangelogTable.on_key_del)
+
+
+def test_last_change_is_the_newest_remembered_outcome() -> None:
+    assert last_change(entity("payment", 5.0, 9.0, 7.0)) == 9.0
+    assert last_change(entity("payment", None, 3.0)) == 3.0
+    assert last_change(entity("payment", None)) is None  # an older version's: unknown
+    assert last_change({"applied": None}) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "is_settled"),
+    [
+        (entity("payment", OLD, status="requires_capture"), True),
+        (entity("refund", OLD), True),
+        (entity("dispute", OLD), True),
+        (entity("customer", OLD, deleted=False), False),  # new payments may name it
+        (entity("customer", OLD, deleted=True), True),
+        (entity("customer", OLD, erased=True), True),
+        (entity("payment_method", OLD, attached=True), False),
+        (entity("payment_method", OLD, attached=False), True),
+        (entity("something_else", OLD), False),
+    ],
+)
+def test_what_is_settled(record: dict[str, Any], is_settled: bool) -> None:
+    assert settled(record) is is_settled
+    assert expired(record, NOW, RETENTION) is is_settled
+
+
+def test_expiry_counts_from_the_last_change() -> None:
+    assert not expired(entity("payment", OLD, NOW - DAY), NOW, RETENTION)  # refunded lately
+    assert expired(entity("payment", NOW - RETENTION), NOW, RETENTION)  # exactly as old
+    assert not expired(entity("payment", None), NOW, RETENTION)  # unknown age: kept
+    assert not expired(None, NOW, RETENTION)
+    assert not expired("garbage", NOW, RETENTION)
+
+
+def sweep(tables: list[Table], actives: set[int], **kw: Any) -> RetentionSweep:
+    return RetentionSweep(tables, RETENTION, TOPIC, lambda: actives, **kw)
+
+
+def test_expired_entities_of_active_partitions_get_a_tombstone_on_their_partition() -> None:
+    payments = Table(
+        "payments",
+        {
+            "t1:old": (1, entity("payment", OLD)),
+            "t1:new": (1, entity("payment", NOW)),
+            "t2:old": (2, entity("payment", OLD)),  # a standby's: its owner removes it
+        },
+    )
+    customers = Table(
+        "customers",
+        {
+            "t1:gone": (1, entity("customer", OLD, deleted=True)),
+            "t1:live": (1, entity("customer", OLD)),
+        },
+    )
+    s = sweep([payments, customers], actives={1})
+    assert s.step(NOW) == 2
+    assert payments.tombstones == [("t1:old", 1)]
+    assert customers.tombstones == [("t1:gone", 1)]
+    assert set(payments) == {"t1:new", "t2:old"} and set(customers) == {"t1:live"}
+
+
+def test_a_batch_examines_at_most_its_budget_and_a_pass_then_rests() -> None:
+    rows = {f"t:{i}": (0, entity("payment", OLD)) for i in range(10)}
+    payments = Table("payments", rows)
+    s = sweep([payments], actives={0}, budget=4, rest_seconds=600)
+    assert [s.step(NOW) for _ in range(3)] == [4, 4, 2]
+    assert not payments
+    payments["t:late"] = entity("payment", OLD)
+    payments.data._key_partition["t:late"] = 0
+    assert s.step(NOW + 599) == 0  # resting
+    assert s.step(NOW + 600) == 1  # the next pass
+
+
+def test_keys_changed_or_deleted_during_a_pass_are_judged_as_they_are_now() -> None:
+    payments = Table(
+        "payments", {"t:a": (0, entity("payment", OLD)), "t:b": (0, entity("payment", OLD))}
+    )
+    s = sweep([payments], actives={0}, budget=1)
+    assert s.step(NOW) == 1
+    payments["t:b"] = entity("payment", OLD, NOW)  # refunded meanwhile: changed now
+    assert s.step(NOW) == 0
+    assert "t:b" in payments
+    payments2 = Table("payments", {"t:c": (0, entity("payment", OLD))})
+    s2 = sweep([payments2], actives={0})
+    dict.__delitem__(payments2, "t:c")  # gone before the sweep reached it
+    assert s2.step(NOW) == 0 and payments2.tombstones == []
+
+
+def test_a_rebalance_starts_a_fresh_pass_over_what_the_worker_holds_now() -> None:
+    payments = Table("payments", {"t:a": (0, entity("payment", OLD))})
+    s = sweep([payments], actives={0}, rest_seconds=600)
+    assert s.step(NOW) == 1
+    payments["t:b"] = entity("payment", OLD)
+    payments.data._key_partition["t:b"] = 0
+    s.restart()  # (partitions moved: recovered keys may be new to this worker)
+    assert s.step(NOW + 1) == 1
+
+
+def test_zero_retention_keeps_everything() -> None:
+    payments = Table("payments", {"t:a": (0, entity("payment", 0.0))})
+    assert RetentionSweep([payments], 0, TOPIC, lambda: {0}).step(NOW) == 0
+    assert "t:a" in payments
+
+
+def test_a_store_that_cannot_be_walked_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    payments = Table("payments", {"t:a": (0, entity("payment", OLD))})
+    payments.data = object()  # type: ignore[assignment]
+    s = sweep([payments], actives={0})
+    assert s.step(NOW) == 0 and s.step(NOW + 601) == 0
+    assert "t:a" in payments
+    assert sum("cannot be walked" in r.message for r in caplog.records) == 1  # said once
+
+
+@pytest.mark.parametrize("seconds", [1, 29 * int(DAY)])
+def test_retention_shorter_than_30_days_is_refused(seconds: int) -> None:
+    with pytest.raises(ConfigurationError, match="ENTITY_RETENTION_SECONDS"):
+        load_settings(entity_retention_seconds=seconds)
+
+
+def test_retention_default_and_off() -> None:
+    assert load_settings().entity_retention_seconds == 540 * int(DAY)
+    assert load_settings(entity_retention_seconds=0).entity_retention_seconds == 0
+
+
+def test_a_rocksdb_partition_is_read_a_chunk_at_a_time_past_its_offset_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key once, in order, across chunk boundaries, without Faust's offset key; a
+    partition closed mid-walk (moved by a rebalance) ends its keys there."""
+    monkeypatch.setattr(retention, "_ROCKSDB_CHUNK", 3)
+    db = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    keys = [f'"t:{i:02d}"'.encode() for i in range(8)]
+    for k in keys:
+        db[k] = b"{}"
+    offset_key = b"__faust\0offset__"
+    db[offset_key] = b"41"
+    store = SimpleNamespace(_dbs={0: db}, offset_key=offset_key)
+    try:
+        assert list(retention._rocksdb_keys(store, 0)) == keys
+        walk = retention._rocksdb_keys(store, 0)
+        assert [next(walk) for _ in range(3)] == keys[:3]
+        store._dbs.clear()  # revoked: closed and dropped by Faust
+        assert list(walk) == []
+    finally:
+        db.close()
