@@ -20,7 +20,13 @@ async def running_harness(
     """A harness on ``redis_url`` with quick gateway retries, and ``settings`` on top;
     ``committed``: the commands topic's committed offset per partition."""
     client = aioredis.from_url(redis_url)
-    options: dict[str, Any] = {"gateway_backoff_base_ms": 1, "gateway_max_attempts": 3}
+    options: dict[str, Any] = {
+        "gateway_backoff_base_ms": 1,
+        "gateway_max_attempts": 3,
+        # Tests send records with fixed timestamps, which age past the retention's
+        # `stale` cut-off as the years pass: off, but where a test sets it.
+        "entity_retention_seconds": 0,
+    }
     h = Harness(
         settings=load_settings(redis_url=redis_url, **{**options, **settings}),
         redis=client,
