@@ -422,14 +422,18 @@ class CommandProcessor:
             )
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
-        if 0 < rec.timestamp_ms < time.time() * 1000 - self._stale_after_ms:
-            # Read again from records that old (a consumer group reset), a create would
-            # find its entity gone by retention (tables/retention.py) and charge again.
+        stale_before_ms = time.time() * 1000 - self._stale_after_ms
+        if 0 < rec.timestamp_ms < stale_before_ms or (
+            sent_at is not None and not bad_time and sent_at.timestamp() * 1000 < stale_before_ms
+        ):
+            # Read again from records that old (a consumer group reset), or sent again
+            # from a producer's outbox, a create would find its entity gone by retention
+            # (tables/retention.py) and charge again.
             return self._reject(
                 cmd,
                 RejectReason.STALE,
-                "the command record is older than the entity retention less a day "
-                "(PAYSTREAM_ENTITY_RETENTION_SECONDS): not run",
+                "the command (its record or its time) is older than the entity retention "
+                "less a day (PAYSTREAM_ENTITY_RETENTION_SECONDS): not run",
             )
         # Everything above depends on the record alone; what follows on state, which may
         # have changed since this record was first answered (a redelivery).

@@ -1,13 +1,16 @@
-"""A command record older than the entity retention (less a day) is refused `stale`
-without running: read again that late (a consumer group reset to old records), a create
-would find its entity gone by retention and charge again (tables/retention.py)."""
+"""A command whose record, or whose `time`, is older than the entity retention (less a
+day) is refused `stale` without running: read again that late (a consumer group reset to
+old records), or sent again from an outbox, a create would find its entity gone by
+retention and charge again (tables/retention.py)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
@@ -72,3 +75,20 @@ async def _effects(h: Harness) -> list[object]:
         assert isinstance(gateway, SimulatorGateway)
         effects += await gateway.effects()
     return effects
+
+
+async def test_a_command_whose_time_is_that_old_is_refused_stale_too(harness: Harness) -> None:
+    """Sent again from a producer's outbox: a fresh record, the command's own old time."""
+    tenant = harness.add_tenant()
+    event = build_command(
+        "payment.create",
+        tenant,
+        {"amount": 500, "currency": "EUR", "payment_method_token": "pm_card_visa"},
+    )
+    event = CloudEvent(
+        {**event.get_attributes(), "time": datetime.now(UTC) - timedelta(days=540)},
+        event.get_data(),
+    )
+    _, out = await harness.send_event(event)
+    assert out is not None and data(out)["reason"] == "stale", data(out)
+    assert not await _effects(harness)
