@@ -129,6 +129,20 @@ def test_a_batch_examines_at_most_its_budget_and_a_pass_then_rests() -> None:
     assert s.step(NOW + 600) == 1  # the next pass
 
 
+def test_a_batch_stops_examining_keys_once_its_time_is_spent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slow reads (RocksDB decodes every value) end the batch's share early: the rest of
+    the pass waits for the next batch."""
+    rows = {f"t:{i}": (0, entity("payment", OLD)) for i in range(100)}
+    payments = Table("payments", rows)
+    clock = iter(range(10_000))
+    monkeypatch.setattr(retention.time, "perf_counter", lambda: float(next(clock)) / 1000)
+    s = sweep([payments], actives={0}, budget=256, budget_seconds=0.0)
+    assert s.step(NOW) == retention._CLOCK_EVERY - 1  # the clock read once, spent
+    assert len(payments) == 100 - (retention._CLOCK_EVERY - 1)
+
+
 def test_keys_changed_or_deleted_during_a_pass_are_judged_as_they_are_now() -> None:
     payments = Table(
         "payments", {"t:a": (0, entity("payment", OLD)), "t:b": (0, entity("payment", OLD))}
