@@ -8,15 +8,17 @@ sweep finds them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from paystream.client import PaystreamClient
+from paystream.devstack._process import wait_until
 from paystream.streams.admin import bootstrap_servers, changelog_topics, ensure_topics
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
@@ -27,11 +29,13 @@ TENANT = "keeper"
 DAY = 86400.0
 
 
-def _entity(kind: str, entity_id: str, at: float, **fields: Any) -> dict[str, Any]:
+def _entity(
+    kind: str, entity_id: str, at: float, tenant: str = TENANT, **fields: Any
+) -> dict[str, Any]:
     outcome = {"type": f"{kind}.seeded", "data": {"entity_id": entity_id}}
     return {
         "entity_type": kind,
-        "tenant_id": TENANT,
+        "tenant_id": tenant,
         "id": entity_id,
         "version": 1,
         "provider": "simulator",
@@ -41,11 +45,12 @@ def _entity(kind: str, entity_id: str, at: float, **fields: Any) -> dict[str, An
     }
 
 
-def _payment(entity_id: str, at: float) -> dict[str, Any]:
+def _payment(entity_id: str, at: float, tenant: str = TENANT) -> dict[str, Any]:
     return _entity(
         "payment",
         entity_id,
         at,
+        tenant,
         status="succeeded",
         amount=1200,
         currency="USD",
@@ -182,3 +187,68 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
             )
     text = (dep.base_dir / "w1.log").read_text()
     assert "3 settled entities unchanged for 540 days left the tables" in text, text[-3000:]
+
+
+async def test_in_a_fleet_each_worker_removes_the_old_entities_of_its_own_partitions(
+    deployment_factory: Any,
+) -> None:
+    """Two workers: each one's batches remove the old entities of the partitions it
+    serves, and those only (the other's are still there until it runs a batch), each
+    with one tombstone. (Whether a sweep keeps off a standby copy is held by
+    tests/test_entity_retention.py: a standby copy is written a thousand changelog
+    records at a time, so a worker here has none yet of what was seeded.)"""
+    dep: Deployment = await deployment_factory()
+    n = dep.settings.partitions
+    await ensure_topics(dep.settings, extra=changelog_topics(dep.settings))
+    tenants: dict[int, str] = {}  # partition → a tenant whose commands go there
+    i = 0
+    while len(tenants) < n:
+        tenants.setdefault((murmur2(f"fleet{i}".encode()) & 0x7FFFFFFF) % n, f"fleet{i}")
+        i += 1
+    await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants.values()))
+    old = time.time() - 600 * DAY
+    await dep.produce(
+        f"{dep.settings.app_id}-payments-changelog",
+        *(
+            (
+                json.dumps(f"{t}:pay_old").encode(),
+                json.dumps(_payment("pay_old", old, t)).encode(),
+                p,
+            )
+            for p, t in tenants.items()
+        ),
+    )
+    first, second = dep.worker("w1").start(), dep.worker("w2").start()
+    try:
+        for w in (first, second):
+            await asyncio.to_thread(w.wait_ready, list(tenants.values()))
+
+        def owned(w: Any) -> set[int]:
+            return set(((w.stats() or {}).get("worker") or {}).get("partitions") or ())
+
+        await asyncio.to_thread(
+            wait_until,
+            lambda: owned(first) and owned(second) and len(owned(first) | owned(second)) == n,
+            timeout=90,
+            what="two owners",
+            interval=0.1,
+        )
+        mine = owned(first)
+
+        async def tombstoned() -> set[int]:
+            log = await _changelog(dep, "payments")
+            return {p for p, t in tenants.items() if log[f"{t}:pay_old"][-1] is None}
+
+        async with dep.client() as client:
+            await client.command("customer.create", tenants[min(mine)], {})
+            assert await tombstoned() == mine  # the first worker's batch: its own
+            theirs = set(range(n)) - mine
+            await client.command("customer.create", tenants[min(theirs)], {})
+            assert await tombstoned() == set(range(n))  # the second's: the rest
+        log = await _changelog(dep, "payments")
+        for t in tenants.values():
+            assert log[f"{t}:pay_old"].count(None) == 1, (t, log[f"{t}:pay_old"])
+        assert owned(first) == mine, "a rebalance moved partitions: the test saw nothing"
+    finally:
+        first.stop()
+        second.stop()
