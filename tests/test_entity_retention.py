@@ -82,6 +82,26 @@ def test_what_is_settled(record: dict[str, Any], is_settled: bool) -> None:
     assert expired(record, NOW, RETENTION) is is_settled
 
 
+def test_an_attached_method_goes_with_its_settled_customer() -> None:
+    """Deleting a customer leaves their methods attached: they go once the customer is
+    settled and as old (or already gone), not before."""
+    method = entity("payment_method", OLD, attached=True, customer_id="c")
+    live = entity("customer", OLD)
+    deleted_long_ago = entity("customer", OLD, deleted=True)
+    deleted_lately = entity("customer", OLD, NOW - DAY, deleted=True)
+    for owner, gone in [
+        (live, False),
+        (deleted_long_ago, True),
+        (deleted_lately, False),
+        (None, True),  # retention removed the customer first
+        (retention.UNREADABLE, False),
+    ]:
+        assert expired(method, NOW, RETENTION, lambda cid, o=owner: o) is gone, owner
+    assert not expired(method, NOW, RETENTION)  # no customer to ask: kept
+    recent = entity("payment_method", NOW - DAY, attached=True, customer_id="c")
+    assert not expired(recent, NOW, RETENTION, lambda cid: None)  # changed lately itself
+
+
 def test_expiry_counts_from_the_last_change() -> None:
     assert not expired(entity("payment", OLD, NOW - DAY), NOW, RETENTION)  # refunded lately
     assert expired(entity("payment", NOW - RETENTION), NOW, RETENTION)  # exactly as old
@@ -115,6 +135,25 @@ def test_expired_entities_of_active_partitions_get_a_tombstone_on_their_partitio
     assert payments.tombstones == [("t1:old", 1)]
     assert customers.tombstones == [("t1:gone", 1)]
     assert set(payments) == {"t1:new", "t2:old"} and set(customers) == {"t1:live"}
+
+
+def test_a_sweep_asks_a_methods_own_tenant_for_its_customer() -> None:
+    customers = Table(
+        "customers",
+        {
+            "t1:c": (1, entity("customer", OLD, deleted=True)),
+            "t2:c": (2, entity("customer", OLD)),  # same id, another tenant: live
+        },
+    )
+    methods = Table(
+        "payment_methods",
+        {
+            "t1:pm": (1, entity("payment_method", OLD, attached=True, customer_id="c")),
+            "t2:pm": (2, entity("payment_method", OLD, attached=True, customer_id="c")),
+        },
+    )
+    assert sweep([customers, methods], actives={1, 2}).step(NOW) == 2
+    assert set(customers) == {"t2:c"} and set(methods) == {"t2:pm"}
 
 
 def test_a_batch_examines_at_most_its_budget_and_a_pass_then_rests() -> None:

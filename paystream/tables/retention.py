@@ -6,12 +6,13 @@ replica's recovery grow with all the traffic ever served. The ledger (PostgreSQL
 record of history; the tables hold what commands may still act on.
 
 An entity is *settled* when no command can bring it back into use: every payment, refund
-and dispute, a deleted or erased customer, a detached payment method. A live customer or
-an attached payment method is named by new payments however long it sits unchanged, so
-it stays. A settled entity whose last change (the newest ``at`` among the outcomes it
-remembers) is older than ``PAYSTREAM_ENTITY_RETENTION_SECONDS`` is deleted; one with no
-``at`` at all (written by a version before it) is kept. A command naming a deleted
-entity is answered ``not_found``.
+and dispute, a deleted or erased customer, a detached payment method, or one whose
+customer is settled and as old (or already gone). A live customer or their attached
+payment method is named by new payments however long it sits unchanged, so it stays.
+A settled entity whose last change (the newest ``at`` among the outcomes it remembers)
+is older than ``PAYSTREAM_ENTITY_RETENTION_SECONDS`` is deleted; one with no ``at`` at
+all (written by a version before it) is kept. A command naming a deleted entity is
+answered ``not_found``.
 
 The sweep deletes inside a command batch, so each tombstone is produced and awaited
 with that batch's records (tables/changelog.py) and lands on the entity's changelog
@@ -87,12 +88,41 @@ def settled(record: Mapping[str, Any]) -> bool:
     return kind in ("payment", "refund", "dispute")
 
 
-def expired(record: Any, now: float, retention_seconds: float) -> bool:
-    """Settled, and unchanged for at least ``retention_seconds``."""
-    if not isinstance(record, dict) or not settled(record):
+# What a customer lookup answers when the store cannot be read (the method is kept).
+UNREADABLE = object()
+
+
+def expired(
+    record: Any,
+    now: float,
+    retention_seconds: float,
+    customer: Callable[[str], Any] | None = None,
+) -> bool:
+    """Settled, and unchanged for at least ``retention_seconds``. A payment method still
+    attached counts as settled once its customer (``customer(id)``: their record, None
+    when the table no longer holds it) is gone or has itself expired: deleting a
+    customer leaves their methods attached, which would otherwise stay for ever."""
+    if not isinstance(record, dict):
+        return False
+    if not settled(record) and not _orphaned(record, now, retention_seconds, customer):
         return False
     changed = last_change(record)
     return changed is not None and changed + retention_seconds <= now
+
+
+def _orphaned(
+    record: dict[str, Any],
+    now: float,
+    retention_seconds: float,
+    customer: Callable[[str], Any] | None,
+) -> bool:
+    if customer is None or record.get("entity_type") != "payment_method":
+        return False
+    owner = customer(str(record.get("customer_id") or ""))
+    if owner is UNREADABLE:
+        return False
+    # (None: retention removed the customer, settled and as old, before its methods.)
+    return owner is None or expired(owner, now, retention_seconds)
 
 
 class RetentionSweep:
@@ -122,6 +152,8 @@ class RetentionSweep:
         self._pass_began = 0.0
         self._removed = 0
         self._warned: set[str] = set()
+        # Payment methods are judged with their customer (see ``expired``).
+        self._customers = next((t for t in tables if t.name == "customers"), None)
 
     def step(self, now: float) -> int:
         """Examine up to ``budget`` keys (for up to ``budget_seconds``) and delete the
@@ -153,7 +185,8 @@ class RetentionSweep:
             if partition not in actives:
                 continue
             # Judged as it is now: a command may have changed it since the walk read it.
-            if not expired(current(), now, self.retention_seconds):
+            owner = None if table is self._customers else self._customer_reader(partition, key)
+            if not expired(current(), now, self.retention_seconds, owner):
                 continue
             with at_partition(self.source_topic, partition):
                 del table[key]
@@ -161,6 +194,15 @@ class RetentionSweep:
             removed += 1
             self._removed += 1
         return removed
+
+    def _customer_reader(self, partition: int, key: Any) -> Callable[[str], Any] | None:
+        """Reads a customer of the key's tenant (on the key's partition, as all the
+        tenant's state is); None without a customers table."""
+        customers = self._customers
+        if customers is None:
+            return None
+        tenant = str(key).partition(":")[0]
+        return lambda customer_id: _read_in(customers, partition, f"{tenant}:{customer_id}")
 
     def restart(self) -> None:
         """Partitions are moving: begin a fresh pass over what this worker now holds."""
@@ -205,6 +247,17 @@ class RetentionSweep:
                     "retention: the %s store cannot be walked; its entities are kept",
                     type(store).__name__,
                 )
+
+
+def _read_in(table: Any, partition: int, key: Any) -> Any:
+    """``table``'s value for ``key`` on ``partition`` now (None: not there), or
+    UNREADABLE for a store this module cannot read."""
+    store = table.data
+    if type(store) is MemoryStore:
+        return store.data.get(key)
+    if hasattr(store, "_dbs") and getattr(store, "use_rocksdict", False):
+        return _rocksdb_value(store, partition, store._encode_key(key))
+    return UNREADABLE
 
 
 def _rocksdb_value(store: Any, partition: int, raw_key: bytes) -> Any:

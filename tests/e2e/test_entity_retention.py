@@ -66,12 +66,14 @@ def _customer(entity_id: str, at: float, *, deleted: bool) -> dict[str, Any]:
     )
 
 
-def _method(entity_id: str, at: float, *, attached: bool) -> dict[str, Any]:
+def _method(
+    entity_id: str, at: float, *, attached: bool, customer: str = "cus_live"
+) -> dict[str, Any]:
     return _entity(
         "payment_method",
         entity_id,
         at,
-        customer_id="cus_live",
+        customer_id=customer,
         provider_payment_method_id=f"sim_{entity_id}",
         attached=attached,
     )
@@ -134,6 +136,8 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
         "payment_methods": {
             "pm_detached": _method("pm_detached", old, attached=False),
             "pm_attached": _method("pm_attached", old, attached=True),
+            # Still attached to the deleted customer: goes with them.
+            "pm_orphan": _method("pm_orphan", old, attached=True, customer="cus_gone"),
         },
     }
     for table, entities in seeded.items():
@@ -148,6 +152,7 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
         ("payments", "pay_old"),
         ("customers", "cus_gone"),
         ("payment_methods", "pm_detached"),
+        ("payment_methods", "pm_orphan"),
     }
 
     with dep.worker() as worker:
@@ -186,7 +191,7 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
                 "not_found"
             )
     text = (dep.base_dir / "w1.log").read_text()
-    assert "3 settled entities unchanged for 540 days left the tables" in text, text[-3000:]
+    assert "4 settled entities unchanged for 540 days left the tables" in text, text[-3000:]
 
 
 async def test_in_a_fleet_each_worker_removes_the_old_entities_of_its_own_partitions(
