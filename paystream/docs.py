@@ -99,10 +99,10 @@ REJECT_REASONS: dict[RejectReason, str] = {
     "code and request id",
     RejectReason.INTERNAL_ERROR: "a failure of ours before the command was let through to the "
     "provider: the command is dead-lettered, and `dlq replay` after the fix runs it again",
-    RejectReason.STALE: "the command record, or the command's `time`, is older than "
+    RejectReason.PAST_RETENTION: "the command record, or the command's `time`, is older than "
     "PAYSTREAM_ENTITY_RETENTION_SECONDS less a day: the entities it may name may have left "
     "the tables (a consumer group reset to records that old, an outbox sent again), so it "
-    "is not run",
+    "is not run (unless the provider may have acted on it: then it goes on as any would)",
 }
 
 # Outcome type → (entity type of `object`, or None; summary; properties of its own).

@@ -427,7 +427,8 @@ class Settings(BaseSettings):
         default=540 * 24 * 3600,
         ge=0,
         description="PAYSTREAM_ENTITY_RETENTION_SECONDS: settled entities (payments, "
-        "refunds, disputes; deleted or erased customers; detached payment methods) "
+        "refunds, disputes; deleted or erased customers; payment methods detached or left "
+        "attached to such a customer) "
         "unchanged for this long leave the tables (the ledger keeps their history), and "
         "commands naming them are answered `not_found`. 540 days by default: past card "
         "networks' longest dispute windows. 0 keeps them for ever; else at least 30 days.",

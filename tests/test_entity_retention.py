@@ -7,6 +7,7 @@ runs the sweep in a real worker on both stores."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -84,7 +85,7 @@ def test_what_is_settled(record: dict[str, Any], is_settled: bool) -> None:
 
 def test_an_attached_method_goes_with_its_settled_customer() -> None:
     """Deleting a customer leaves their methods attached: they go once the customer is
-    settled and as old (or already gone), not before."""
+    settled and as old, not before; a customer not found (or not readable) keeps them."""
     method = entity("payment_method", OLD, attached=True, customer_id="c")
     live = entity("customer", OLD)
     deleted_long_ago = entity("customer", OLD, deleted=True)
@@ -93,7 +94,7 @@ def test_an_attached_method_goes_with_its_settled_customer() -> None:
         (live, False),
         (deleted_long_ago, True),
         (deleted_lately, False),
-        (None, True),  # retention removed the customer first
+        (None, False),  # not found may be not readable here: kept
         (retention.UNREADABLE, False),
     ]:
         assert expired(method, NOW, RETENTION, lambda cid, o=owner: o) is gone, owner
@@ -152,7 +153,7 @@ def test_a_sweep_asks_a_methods_own_tenant_for_its_customer() -> None:
             "t2:pm": (2, entity("payment_method", OLD, attached=True, customer_id="c")),
         },
     )
-    assert sweep([customers, methods], actives={1, 2}).step(NOW) == 2
+    assert sweep([methods, customers], actives={1, 2}).step(NOW) == 2
     assert set(customers) == {"t2:c"} and set(methods) == {"t2:pm"}
 
 
@@ -252,5 +253,36 @@ def test_a_rocksdb_partition_is_read_a_chunk_at_a_time_past_its_offset_key(
         assert [next(walk) for _ in range(3)] == keys[:3]
         store._dbs.clear()  # revoked: closed and dropped by Faust
         assert list(walk) == []
+    finally:
+        db.close()
+
+
+def test_a_method_judged_after_its_customer_left_stays() -> None:
+    """Walked after its customer was removed, a method cannot tell gone from unreadable:
+    kept (so the worker walks methods first)."""
+    customers = Table("customers", {"t:c": (0, entity("customer", OLD, deleted=True))})
+    methods = Table(
+        "payment_methods",
+        {"t:pm": (0, entity("payment_method", OLD, attached=True, customer_id="c"))},
+    )
+    assert sweep([customers, methods], actives={0}).step(NOW) == 1
+    assert set(methods) == {"t:pm"}
+
+
+def test_a_closed_rocksdb_partition_reads_as_unreadable(tmp_path: Path) -> None:
+    db = Rdict(str(tmp_path / "p0"), options=Options(raw_mode=True))
+    try:
+        db[b'"t:c"'] = b'{"entity_type": "customer"}'
+        store = SimpleNamespace(
+            _dbs={0: db},
+            use_rocksdict=True,
+            _encode_key=lambda key: json.dumps(key).encode(),
+            _decode_value=json.loads,
+        )
+        table = SimpleNamespace(data=store)
+        assert retention._read_in(table, 0, "t:c") == {"entity_type": "customer"}
+        assert retention._read_in(table, 0, "t:other") is None
+        store._dbs.clear()
+        assert retention._read_in(table, 0, "t:c") is retention.UNREADABLE
     finally:
         db.close()

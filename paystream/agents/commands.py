@@ -137,7 +137,9 @@ class CommandRunner:
         self.processed = 0
         self.activity = ActivityLog()
         self.retention = RetentionSweep(
-            (t.customers, t.payment_methods, t.payments, t.refunds, t.disputes),
+            # Payment methods before customers: one left attached to a customer is
+            # judged with them, while they are still there (see retention.expired).
+            (t.payment_methods, t.customers, t.payments, t.refunds, t.disputes),
             settings.entity_retention_seconds,
             commands_topic.get_topic_name(),
             _active_partitions,

@@ -191,7 +191,7 @@ class CommandProcessor:
         self._seeded: set[str] = set()
         self._expiry_seeded = False
         self._counters: dict[tuple[str, str, str], Any] = {}
-        # Records older than this are refused `stale` (inf: retention off).
+        # Commands older than this are refused `past_retention` (inf: retention off).
         retention_ms = settings.entity_retention_seconds * 1000
         self._stale_after_ms = retention_ms - 86_400_000 if retention_ms > 0 else float("inf")
         self._rejections: dict[tuple[str, str, str], Any] = {}
@@ -423,18 +423,15 @@ class CommandProcessor:
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         stale_before_ms = time.time() * 1000 - self._stale_after_ms
-        if 0 < rec.timestamp_ms < stale_before_ms or (
-            sent_at is not None and not bad_time and sent_at.timestamp() * 1000 < stale_before_ms
-        ):
-            # Read again from records that old (a consumer group reset), or sent again
-            # from a producer's outbox, a create would find its entity gone by retention
-            # (tables/retention.py) and charge again.
-            return self._reject(
-                cmd,
-                RejectReason.STALE,
-                "the command (its record or its time) is older than the entity retention "
-                "less a day (PAYSTREAM_ENTITY_RETENTION_SECONDS): not run",
+        if (
+            0 < rec.timestamp_ms < stale_before_ms
+            or (
+                sent_at is not None
+                and not bad_time
+                and sent_at.timestamp() * 1000 < stale_before_ms
             )
+        ) and (answered := await self._past_retention_answer(rec, cmd, raw, attrs)):
+            return answered
         # Everything above depends on the record alone; what follows on state, which may
         # have changed since this record was first answered (a redelivery).
         # (Both from one lookup of the record's partition's kept answers.)
@@ -558,6 +555,29 @@ class CommandProcessor:
             safe,
             RejectReason.CARD_DATA_FORBIDDEN,
             f"{code_key!r} holds a card security code: card data is not accepted",
+        )
+
+    async def _past_retention_answer(
+        self, rec: Inbound, cmd: CommandRef, raw: Any, attributes: Mapping[str, Any]
+    ) -> list[Emit] | None:
+        """A command older than the entity retention less a day: read again that late (a
+        consumer group reset), or sent again from an outbox, a create would find its
+        entity gone by retention (tables/retention.py) and charge again. Refused, unless
+        it was answered before (this very record: the same answer) or the provider may
+        have acted on it (parked, let through, finished, or a re-drive past the provider's
+        key window): None, and it goes on as any other would (answered from what is
+        stored, parked again; never a final refusal while money may have moved)."""
+        kept = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
+        if kept is not None:
+            return self._answer_again(rec, cmd, kept)
+        if await self._may_have_reached_provider(rec, cmd, raw, attributes):
+            return None
+        return self._reject_kept(
+            rec,
+            cmd,
+            RejectReason.PAST_RETENTION,
+            "the command (its record or its time) is older than the entity retention "
+            "less a day (PAYSTREAM_ENTITY_RETENTION_SECONDS): not run",
         )
 
     async def _may_have_reached_provider(

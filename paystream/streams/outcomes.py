@@ -67,7 +67,7 @@ class RejectReason(StrEnum):
     GATEWAY_NOT_CONFIGURED = "gateway_not_configured"
     PROVIDER_REJECTED = "provider_rejected"
     INTERNAL_ERROR = "internal_error"
-    STALE = "stale"
+    PAST_RETENTION = "past_retention"
 
 
 @dataclass(frozen=True)

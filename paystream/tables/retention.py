@@ -7,7 +7,7 @@ record of history; the tables hold what commands may still act on.
 
 An entity is *settled* when no command can bring it back into use: every payment, refund
 and dispute, a deleted or erased customer, a detached payment method, or one whose
-customer is settled and as old (or already gone). A live customer or their attached
+customer is settled and as old. A live customer or their attached
 payment method is named by new payments however long it sits unchanged, so it stays.
 A settled entity whose last change (the newest ``at`` among the outcomes it remembers)
 is older than ``PAYSTREAM_ENTITY_RETENTION_SECONDS`` is deleted; one with no ``at`` at
@@ -29,10 +29,11 @@ it stays in the changelog until a worker rebuilds that partition from it (a new 
 a store past PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS), whose sweep then deletes it.
 
 Two rules keep a deleted entity from being made again by a command about the old one:
-a command record older than the retention less a day is refused ``stale`` (pipeline.py:
-read again that late, a create would charge again), and the retention is at least 30
-days, far past any idempotency window. An id a producer chose itself, reused for a new
-entity after the old one left, names a new entity (README, Retention).
+a command whose record or ``time`` is older than the retention less a day is refused
+``past_retention`` (pipeline.py: read again that late, a create would charge again),
+and the retention is at least 30 days, far past any idempotency window. An id a
+producer chose itself, reused for a new entity after the old one left, names a new
+entity (README, Retention).
 """
 
 from __future__ import annotations
@@ -99,9 +100,12 @@ def expired(
     customer: Callable[[str], Any] | None = None,
 ) -> bool:
     """Settled, and unchanged for at least ``retention_seconds``. A payment method still
-    attached counts as settled once its customer (``customer(id)``: their record, None
-    when the table no longer holds it) is gone or has itself expired: deleting a
-    customer leaves their methods attached, which would otherwise stay for ever."""
+    attached counts as settled once its customer (``customer(id)``: their record) has
+    itself expired: deleting a customer leaves their methods attached, which would
+    otherwise stay for ever. The sweep walks the methods before the customers, so a
+    method is judged while its expired customer is still there. A customer not found
+    keeps the method: not found may be not readable here (a store closed by a
+    rebalance, a tenant split across partitions)."""
     if not isinstance(record, dict):
         return False
     if not settled(record) and not _orphaned(record, now, retention_seconds, customer):
@@ -119,10 +123,7 @@ def _orphaned(
     if customer is None or record.get("entity_type") != "payment_method":
         return False
     owner = customer(str(record.get("customer_id") or ""))
-    if owner is UNREADABLE:
-        return False
-    # (None: retention removed the customer, settled and as old, before its methods.)
-    return owner is None or expired(owner, now, retention_seconds)
+    return owner is not UNREADABLE and expired(owner, now, retention_seconds)
 
 
 class RetentionSweep:
@@ -261,9 +262,12 @@ def _read_in(table: Any, partition: int, key: Any) -> Any:
 
 
 def _rocksdb_value(store: Any, partition: int, raw_key: bytes) -> Any:
-    """The key's value now, from its partition's database (None: gone, or closed)."""
+    """The key's value now, from its partition's database (None: not there), or
+    UNREADABLE when that database is not open (closed by a rebalance)."""
     db = store._dbs.get(partition)
-    raw = None if db is None else db.get(raw_key)
+    if db is None:
+        return UNREADABLE
+    raw = db.get(raw_key)
     return None if raw is None else store._decode_value(raw)
 
 

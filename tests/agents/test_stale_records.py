@@ -1,7 +1,8 @@
 """A command whose record, or whose `time`, is older than the entity retention (less a
-day) is refused `stale` without running: read again that late (a consumer group reset to
-old records), or sent again from an outbox, a create would find its entity gone by
-retention and charge again (tables/retention.py)."""
+day) is refused `past_retention` without running: read again that late (a consumer group
+reset to old records), or sent again from an outbox, a create would find its entity gone
+by retention and charge again (tables/retention.py). Unless it was answered before (the
+same answer) or the provider may have acted on it (it goes on as any would)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Harness, data, kind
+from tests.agents.harness import Harness, data, kind, outcome_of
+from tests.agents.test_let_through import _charges, _parked_after_a_charge, _record
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,11 +49,11 @@ async def harness(redis_url: str) -> AsyncIterator[Harness]:
         yield h
 
 
-async def test_a_record_older_than_retention_less_a_day_is_refused_stale(
+async def test_a_record_older_than_retention_less_a_day_is_refused_past_retention(
     harness: Harness,
 ) -> None:
     answer = await _charge(harness, 540 * DAY_MS - DAY_MS + 60_000)
-    assert answer == "stale"
+    assert answer == "past_retention"
     assert not harness.tables.payments  # nothing ran
     assert not await _effects(harness)  # nor was the provider asked
 
@@ -77,7 +79,9 @@ async def _effects(h: Harness) -> list[object]:
     return effects
 
 
-async def test_a_command_whose_time_is_that_old_is_refused_stale_too(harness: Harness) -> None:
+async def test_a_command_whose_time_is_that_old_is_refused_past_retention_too(
+    harness: Harness,
+) -> None:
     """Sent again from a producer's outbox: a fresh record, the command's own old time."""
     tenant = harness.add_tenant()
     event = build_command(
@@ -90,5 +94,30 @@ async def test_a_command_whose_time_is_that_old_is_refused_stale_too(harness: Ha
         event.get_data(),
     )
     _, out = await harness.send_event(event)
-    assert out is not None and data(out)["reason"] == "stale", data(out)
+    assert out is not None and data(out)["reason"] == "past_retention", data(out)
     assert not await _effects(harness)
+
+
+async def test_a_parked_charge_re_driven_past_the_cut_off_finishes_not_refused(
+    harness: Harness,
+) -> None:
+    """The provider charged, the answer was lost, the command parked; re-driven once
+    past the cut-off, it must not get a final refusal: the money moved."""
+    t, record = await _parked_after_a_charge(harness)
+    harness.processor._stale_after_ms = 0  # (time passes: every record is past it now)
+    out = outcome_of(harness.settings, await harness.processor.process(_record(t)))
+    assert out is not None and kind(out) == "payment.succeeded", out and data(out)
+    assert await _charges(harness, t, record) == 1
+
+
+async def test_a_record_answered_before_gets_the_same_answer_past_the_cut_off(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    rec = _record(t, body={"amount": -1, "currency": "USD", "payment_method_token": "x"})
+    first = outcome_of(harness.settings, await harness.processor.process(rec))
+    assert first is not None and data(first)["reason"] == "validation_error"
+    harness.processor._stale_after_ms = 0
+    again = outcome_of(harness.settings, await harness.processor.process(rec))  # redelivered
+    assert again is not None and data(again)["reason"] == "validation_error"
+    assert again.get_id() == first.get_id()
