@@ -7,7 +7,7 @@ import json
 import os
 import re
 import signal
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -185,7 +185,9 @@ async def test_no_card_number_anywhere_on_the_page(page: Page, seeded: Seeded) -
 async def test_time_column_shows_any_command_time_in_utc(page: Page, seeded: Seeded) -> None:
     """A producer's whole-second, non-UTC time used to render as ``12:00:00+02:``."""
     cmd = build_command("customer.create", "globex", {})
-    when = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone(timedelta(hours=2)))
+    # Noon (+02:00) of yesterday: a time older than the entity retention is refused.
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    when = datetime.combine(yesterday, time(12, 0), tzinfo=timezone(timedelta(hours=2)))
     async with seeded.deployment.client() as client:
         out = await client.send(CloudEvent({**cmd.get_attributes(), "time": when}, cmd.get_data()))
     entity = out.get_data()["entity_id"]  # type: ignore[index]
