@@ -14,12 +14,11 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from paystream.client import PaystreamClient
 from paystream.devstack._process import wait_until
-from paystream.streams.admin import bootstrap_servers, changelog_topics, ensure_topics
+from paystream.streams.admin import changelog_topics, ensure_topics
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
 
@@ -81,28 +80,11 @@ def _method(
 
 async def _changelog(dep: Deployment, table: str) -> dict[str, list[Any]]:
     """Every value written to a table's changelog, per key, in order (None: tombstone)."""
-    topic = f"{dep.settings.app_id}-{table}-changelog"
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap_servers(dep.settings.require_broker()),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
     values: dict[str, list[Any]] = {}
-    try:
-        idle = 0
-        while idle < 3:
-            batches = await consumer.getmany(timeout_ms=500)
-            idle = 0 if batches else idle + 1
-            for records in batches.values():
-                for r in records:
-                    key = json.loads(r.key)
-                    values.setdefault(key, []).append(
-                        None if r.value is None else json.loads(r.value)
-                    )
-    finally:
-        await consumer.stop()
+    for r in await dep.read_topic(f"{dep.settings.app_id}-{table}-changelog"):
+        values.setdefault(json.loads(r.key), []).append(
+            None if r.value is None else json.loads(r.value)
+        )
     return values
 
 

@@ -10,11 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from paystream.client import PaystreamClient, build_command
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
-from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import decode_record
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
@@ -26,18 +24,7 @@ PAID = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa
 
 
 async def _events(dep: Deployment, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap_servers(dep.settings.require_broker()),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        got = await consumer.getmany(timeout_ms=1500)
-        records = [r for rs in got.values() for r in rs]
-    finally:
-        await consumer.stop()
+    records = await dep.read_topic(topic)
     return [decode_record(r.key, r.value, dict(r.headers)) for r in records]
 
 
