@@ -49,7 +49,7 @@ from faust.stores.memory import Store as MemoryStore
 from paystream import metrics
 from paystream.tables.changelog import at_partition
 
-__all__ = ["RetentionSweep", "last_change", "settled"]
+__all__ = ["UNREADABLE", "RetentionSweep", "expired", "last_change", "settled"]
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,9 @@ class RetentionSweep:
             if partition not in actives:
                 continue
             # Judged as it is now: a command may have changed it since the walk read it.
-            owner = None if table is self._customers else self._customer_reader(partition, key)
+            owner = (
+                self._customer_reader(partition, key) if table.name == "payment_methods" else None
+            )
             if not expired(current(), now, self.retention_seconds, owner):
                 continue
             with at_partition(self.source_topic, partition):
