@@ -191,10 +191,10 @@ class CommandProcessor:
         self._seeded: set[str] = set()
         self._expiry_seeded = False
         self._counters: dict[tuple[str, str, str], Any] = {}
+        self._rejections: dict[tuple[str, str, str], Any] = {}
         # Commands older than this are refused `past_retention` (inf: retention off).
         retention_ms = settings.entity_retention_seconds * 1000
-        self._stale_after_ms = retention_ms - 86_400_000 if retention_ms > 0 else float("inf")
-        self._rejections: dict[tuple[str, str, str], Any] = {}
+        self._past_retention_ms = retention_ms - 86_400_000 if retention_ms > 0 else float("inf")
 
     # ---- entry point --------------------------------------------------------------
 
@@ -422,13 +422,11 @@ class CommandProcessor:
             )
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
-        stale_before_ms = time.time() * 1000 - self._stale_after_ms
+        past_before_ms = time.time() * 1000 - self._past_retention_ms
         if (
-            0 < rec.timestamp_ms < stale_before_ms
+            0 < rec.timestamp_ms < past_before_ms
             or (
-                sent_at is not None
-                and not bad_time
-                and sent_at.timestamp() * 1000 < stale_before_ms
+                sent_at is not None and not bad_time and sent_at.timestamp() * 1000 < past_before_ms
             )
         ) and (answered := await self._past_retention_answer(rec, cmd, raw, attrs)):
             return answered

@@ -239,7 +239,7 @@ class RetentionSweep:
                     partition = tracked.get(key)
                     if partition is not None:  # (None: deleted meanwhile)
                         yield table, partition, key, functools.partial(values.get, key)
-            elif hasattr(store, "_dbs") and getattr(store, "use_rocksdict", False):
+            elif _is_rocksdict(store):
                 for partition in sorted(store._dbs):
                     for raw in _rocksdb_keys(store, partition):
                         read = functools.partial(_rocksdb_value, store, partition, raw)
@@ -258,9 +258,14 @@ def _read_in(table: Any, partition: int, key: Any) -> Any:
     store = table.data
     if type(store) is MemoryStore:
         return store.data.get(key)
-    if hasattr(store, "_dbs") and getattr(store, "use_rocksdict", False):
+    if _is_rocksdict(store):
         return _rocksdb_value(store, partition, store._encode_key(key))
     return UNREADABLE
+
+
+def _is_rocksdict(store: Any) -> bool:
+    """Faust's RocksDB store on rocksdict (per-partition databases this module reads)."""
+    return hasattr(store, "_dbs") and bool(getattr(store, "use_rocksdict", False))
 
 
 def _rocksdb_value(store: Any, partition: int, raw_key: bytes) -> Any:

@@ -104,7 +104,7 @@ async def test_a_parked_charge_re_driven_past_the_cut_off_finishes_not_refused(
     """The provider charged, the answer was lost, the command parked; re-driven once
     past the cut-off, it must not get a final refusal: the money moved."""
     t, record = await _parked_after_a_charge(harness)
-    harness.processor._stale_after_ms = 0  # (time passes: every record is past it now)
+    harness.processor._past_retention_ms = 0  # (time passes: every record is past it now)
     out = outcome_of(harness.settings, await harness.processor.process(_record(t)))
     assert out is not None and kind(out) == "payment.succeeded", out and data(out)
     assert await _charges(harness, t, record) == 1
@@ -117,7 +117,7 @@ async def test_a_record_answered_before_gets_the_same_answer_past_the_cut_off(
     rec = _record(t, body={"amount": -1, "currency": "USD", "payment_method_token": "x"})
     first = outcome_of(harness.settings, await harness.processor.process(rec))
     assert first is not None and data(first)["reason"] == "validation_error"
-    harness.processor._stale_after_ms = 0
+    harness.processor._past_retention_ms = 0
     again = outcome_of(harness.settings, await harness.processor.process(rec))  # redelivered
     assert again is not None and data(again)["reason"] == "validation_error"
     assert again.get_id() == first.get_id()
