@@ -872,6 +872,21 @@ def _epoch_ms(text: str) -> int:
     return int(when.timestamp() * 1000)
 
 
+def _stale_checked(
+    settings: Settings, text: str | None
+) -> tuple[int | None, frozenset[str] | None]:
+    """``--include-stale-as-of TIME[@dlq|@retry]``: the time a run printed, and the topic
+    it read when it read only one (a bare time: a run over both)."""
+    if text is None:
+        return None, None
+    when, at, which = text.partition("@")
+    if at and which not in ("dlq", "retry"):
+        raise click.BadParameter(
+            f"{text!r}: after the time, @dlq or @retry (as the run that held them back printed)"
+        )
+    return _epoch_ms(when), frozenset(_dlq_topics(settings, which or "all"))
+
+
 def _iso_ms(ms: int) -> str:
     """A time in ms since the epoch, as ISO 8601 UTC to the millisecond."""
     return (
@@ -943,7 +958,9 @@ EXIT_CONCURRENT_REPLAY = 4
     metavar="TIME",
     help="also re-send, marked as reconciled, the records that were stale as of TIME: the "
     "time a run that held them back printed, after you checked them with the provider "
-    "(ISO 8601, e.g. 2026-12-01T19:30:12Z). Records stale only since are held back again",
+    "(ISO 8601, e.g. 2026-12-01T19:30:12Z; with @dlq or @retry when that run read only "
+    "that topic, as it printed). Records stale only since, or on a topic that run did not "
+    "read, are held back again",
 )
 @click.option("--include-stale", is_flag=True, hidden=True)
 @click.option(
@@ -981,8 +998,8 @@ def dlq_replay(
             "--include-stale is replaced by --include-stale-as-of TIME: the time the run "
             "that held the records back printed, after you checked them with the provider"
         )
-    checked_ms = None if stale_checked_as_of is None else _epoch_ms(stale_checked_as_of)
     settings = _settings()
+    checked_ms, checked_topics = _stale_checked(settings, stale_checked_as_of)
     from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
 
     verb = "would replay" if dry_run else "replayed"
@@ -1009,6 +1026,7 @@ def dlq_replay(
                 limit=limit,
                 dry_run=dry_run,
                 stale_checked_as_of_ms=checked_ms,
+                stale_checked_topics=checked_topics,
                 progress=shown.progress,
                 observe=observe,
                 rate_per_tenant=rate_per_tenant,
@@ -1030,10 +1048,14 @@ def dlq_replay(
         sys.exit(130)
     if result.stale:
         hours = stale_after_ms(settings) / 3_600_000
+        # The topics this run read go with its time: a stale record on another topic
+        # was shown to nobody (review finding: `--topic dlq`, then a replay of all).
+        as_of = _iso_ms(result.started_ms) + ("" if which == "all" else f"@{which}")
+        topic = "" if which == "all" else f"--topic {which} "
         advice = (
-            "Check them with the provider, then replay with --include-stale-as-of "
-            f"{_iso_ms(result.started_ms)} (only those stale as of then are re-sent as "
-            "reconciled)."
+            f"Check them with the provider, then replay with {topic}--include-stale-as-of "
+            f"{as_of} (only those stale as of then, on the topics this run read, are "
+            "re-sent as reconciled)."
             if result.complete
             else "This run stopped at --limit: replay without it to see every stale "
             "record (and the time to name) before including any."

@@ -453,6 +453,7 @@ async def replay(
     limit: int | None = None,
     dry_run: bool = False,
     stale_checked_as_of_ms: int | None = None,
+    stale_checked_topics: frozenset[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     observe: Callable[[ParkedRecord, str], None] | None = None,
     now_ms: int | None = None,
@@ -472,6 +473,7 @@ async def replay(
         limit=limit,
         dry_run=dry_run,
         stale_checked_as_of_ms=stale_checked_as_of_ms,
+        stale_checked_topics=stale_checked_topics,
         progress=progress,
         observe=observe,
         now_ms=now_ms,
@@ -514,6 +516,7 @@ async def _replay(
     limit: int | None = None,
     dry_run: bool = False,
     stale_checked_as_of_ms: int | None = None,
+    stale_checked_topics: frozenset[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     observe: Callable[[ParkedRecord, str], None] | None = None,
     now_ms: int | None = None,
@@ -531,6 +534,8 @@ async def _replay(
     :attr:`ReplayResult.started_ms`), after which an operator checked them: those stale
     as of then are re-sent marked as reconciled, so that the worker runs them; a record
     that grew stale since (behind another, say) nobody checked, and is held back again.
+    ``stale_checked_topics``: the topics that run read (None: all of ``topics``); a
+    stale record on another was never shown to anyone, and is held back too.
     ``progress`` gets (records done, records waiting); ``observe`` each record and what
     was done. Raises :class:`ConcurrentReplayError`, without committing, if ``lease``
     is lost or another replay commits on the same topics meanwhile.
@@ -589,11 +594,12 @@ async def _replay(
             return rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
 
         def checked(rec: ParkedRecord) -> bool:
-            """Stale already when the run the operator checked after held it back, and on
-            the topic then (one parked again since, a re-send the worker found stale,
-            nobody checked)."""
+            """Stale already when the run the operator checked after held it back, on a
+            topic that run read, and on the topic then (one parked again since, a
+            re-send the worker found stale, nobody checked)."""
             return (
                 stale_checked_as_of_ms is not None
+                and (stale_checked_topics is None or rec.topic in stale_checked_topics)
                 and rec.timestamp_ms <= stale_checked_as_of_ms
                 and stale(rec, stale_checked_as_of_ms)
             )

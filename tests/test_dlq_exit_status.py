@@ -85,3 +85,36 @@ def test_stale_records_are_included_as_of_the_run_that_reported_them(
         cli_module.cli, ["dlq", "replay", "--include-stale-as-of", "2026-12-01T10:00:00"]
     )
     assert no_zone.exit_code == 2 and "time zone" in no_zone.output
+
+
+def test_a_time_printed_by_a_run_over_one_topic_names_that_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `--topic dlq` run's time counts for the dead letters only: the advice names the
+    topic with it, and a replay of both topics passes only the dead-letter topic on as
+    checked (review finding: the retry topic's stale records were re-sent unseen)."""
+    calls: list[dict[str, Any]] = []
+
+    async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
+        calls.append(kwargs)
+        return dlq.ReplayResult(stale=1, started_ms=1_796_000_000_123, complete=True)
+
+    settings = _with_redis()
+    monkeypatch.setattr(cli_module, "_settings", lambda: settings)
+    monkeypatch.setattr(dlq, "replay", holding)
+    held = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--topic", "dlq"])
+    assert held.exit_code == cli_module.EXIT_HELD_BACK, held.output
+    assert "--topic dlq --include-stale-as-of 2026-11-30T" in held.output, held.output
+    when = held.output.split("--include-stale-as-of ")[1].split()[0]
+    assert when.endswith(".123Z@dlq")
+    CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of", when])
+    assert calls[-1]["stale_checked_as_of_ms"] == 1_796_000_000_123
+    assert calls[-1]["stale_checked_topics"] == frozenset([settings.dlq_topic])
+    bare = when.removesuffix("@dlq")
+    CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of", bare])
+    assert calls[-1]["stale_checked_topics"] == frozenset(
+        [settings.dlq_topic, settings.retry_topic]
+    )
+    bad = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of",
+                                              bare + "@ledger"])  # fmt: skip
+    assert bad.exit_code == 2 and "@dlq or @retry" in bad.output

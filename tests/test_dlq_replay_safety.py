@@ -305,3 +305,29 @@ async def test_only_what_was_stale_when_it_was_reported_is_marked_reconciled(
     await dep.produce(s.retry_topic, parked_later)
     again = await replay(s, [s.retry_topic], now_ms=t + 7_200_000, stale_checked_as_of_ms=t)
     assert again.stale == 2 and {r.value for r in await _waiting(s)} == {b"B", b"C"}
+
+
+async def test_a_time_checked_for_one_topic_reconciles_nothing_on_the_other(
+    deployment_factory: Any,
+) -> None:
+    """`dlq replay --topic dlq` held back a stale dead letter and printed its time; the
+    replay after the check, run over both topics, re-sent as reconciled a stale parked
+    command nobody was shown (review finding). The time now goes with the topics read."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(
+        settings.dlq_topic, RawSend(key=b"acme", value=b"shown", partition=0, headers=(STALE,))
+    )
+    await dep.produce(
+        settings.retry_topic, RawSend(key=b"acme", value=b"unseen", partition=0, headers=(STALE,))
+    )
+    shown = await replay(settings, [settings.dlq_topic])
+    assert shown.stale == 1
+    both = [settings.dlq_topic, settings.retry_topic]
+    seen: list[tuple[bytes | None, str]] = []
+    await replay(settings, both, stale_checked_as_of_ms=shown.started_ms,
+                 stale_checked_topics=frozenset([settings.dlq_topic]),
+                 observe=lambda r, what: seen.append((r.value, what)))  # fmt: skip
+    assert sorted(seen) == [(b"shown", "replayed"), (b"unseen", "held back")]
+    assert await _resent(settings) == [b"shown"]
+    assert [r.value for r in await _waiting(settings)] == [b"unseen"]

@@ -232,7 +232,12 @@ def park_value(rec: Inbound) -> bytes:
             body.pop(name, None)
         elif now != was:
             body[name] = now
-    return json.dumps(body, separators=(",", ":")).encode()
+    try:
+        # Not escaped to ASCII: "\\u4e2d" is six bytes where "中" is three, and a body
+        # that grew past the value limit was refused when it was re-driven (review).
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON) has no UTF-8
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _value_text_holds_card(rec: Inbound, trace: Sequence[str] = ()) -> bool:
@@ -255,39 +260,71 @@ def _value_text_holds_card(rec: Inbound, trace: Sequence[str] = ()) -> bool:
 def raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     """A record that did not decode (or is not parsed): scan its bytes as text, as JSON
     where they parse, and with every JSON escape resolved and the digits of exponent
-    numbers added where they do not, so nothing the command scan would catch slips."""
+    numbers added where they do not, so nothing the command scan would catch slips.
+
+    ``parse=False`` (an oversized record) still parses one that names ``data_base64``:
+    base64 data is read by no text scan, and a record that names it but parses as
+    nothing is taken to hold a card number (unsure: its bytes are not kept)."""
     texts: list[Any] = _header_texts(rec)
     value = rec.value or b""
     text = value.decode("utf-8", "replace")
     texts.append(with_float_digits(text))
     if b"\x00" in value:  # UTF-16 and the like: ASCII with a NUL beside each character
         texts.append(with_float_digits(value.replace(b"\x00", b"").decode("utf-8", "replace")))
-    parsed: Any = None
-    if parse:
-        try:
-            parsed = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            parsed = None
+    unescaped = _unescaped(text) if b"\\" in value else None
+    names_base64 = _names_base64(value, unescaped)
+    parsed: Any = _parsed(value) if parse or names_base64 else None
     if parsed is not None:
         texts.append(parsed)
         texts.extend(_base64_data(parsed))
-    elif b"\\" in value:
-        texts.append(with_float_digits(_unescaped(text)))
+    elif names_base64:
+        return True
+    if unescaped is not None and not (parse and parsed is not None):
+        texts.append(with_float_digits(unescaped))
     return contains_card_number(texts)
+
+
+def _names_base64(value: bytes, unescaped: str | None) -> bool:
+    """Does the record name ``data_base64`` anywhere (escaped, or in UTF-16 and the like)?"""
+    return (
+        b"data_base64" in value
+        or (unescaped is not None and "data_base64" in unescaped)
+        or (b"\x00" in value and b"data_base64" in value.replace(b"\x00", b""))
+    )
+
+
+def _parsed(value: bytes) -> Any:
+    """The value as JSON: orjson, else the stdlib parser the CloudEvents SDK uses, which
+    also takes NaN, Infinity, 1e400 and UTF-16 or UTF-32 bytes (a record orjson refuses
+    may still decode as a command, or carry base64 data a replay would send)."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None
 
 
 def _base64_data(parsed: Any) -> list[str]:
     """The decoded ``data_base64`` of a structured record (as text), if it has one: what
-    a replay would send, card number and all, in a form no text scan reads."""
+    a replay would send, card number and all, in a form no text scan reads. Decoded as
+    the CloudEvents SDK decodes it (characters outside the alphabet, line breaks
+    included, are skipped), and read even where the SDK would refuse its padding."""
     encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
     if not isinstance(encoded, str):
         return []
-    try:
-        decoded = base64.b64decode(encoded, validate=True)
-    except ValueError:  # (binascii.Error)
-        return []
+    alphabet = _NOT_BASE64.sub("", encoded)
+    if len(alphabet) % 4 == 1:  # a character more than any padding completes: left out
+        alphabet = alphabet[:-1]
+    decoded = base64.b64decode(alphabet + "=" * (-len(alphabet) % 4))
     text = decoded.replace(b"\x00", b"").decode("utf-8", "replace")
     return [with_float_digits(text), with_float_digits(_unescaped(text))]
+
+
+# What base64.b64decode skips unless validating: everything outside the alphabet.
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 
 
 def security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:

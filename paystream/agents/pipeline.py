@@ -71,7 +71,7 @@ from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
 from paystream.gateways.base import KEYLESS_OPERATIONS
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
-from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
+from paystream.settings import ATTRIBUTES_MAX_BYTES, COMMAND_MAX_BYTES_CEILING, Settings
 from paystream.streams.codec import (
     KafkaRecord,
     UndecodableRecord,
@@ -228,7 +228,22 @@ class CommandProcessor:
         # records echo them (a 500 KB tenant id in the key made a 1.25 MB outcome the
         # broker refused, batch after batch). Other headers are neither read nor kept.
         attributes = len(rec.key or b"") + sum(map(len, kept)) + sum(map(len, kept.values()))
-        if size > self.settings.command_max_bytes or attributes > ATTRIBUTES_MAX_BYTES:
+        if (
+            size > self.settings.command_max_bytes or attributes > ATTRIBUTES_MAX_BYTES
+        ) and not self._redrive_within_ceiling(rec, size, attributes):
+            if FIRST_ATTEMPT_HEADER in rec.headers:
+                # A re-drive the provider may have acted on: never a final answer. It
+                # waits on the dead-letter topic, replayable once the limit allows it.
+                return self._dead_letter(
+                    rec,
+                    "redrive_too_large",
+                    f"a re-driven command of {size} bytes (limit "
+                    f"{self.settings.command_max_bytes}), key and CloudEvents headers "
+                    f"{attributes} bytes (limit {ATTRIBUTES_MAX_BYTES})",
+                    reject=None,
+                    when=when,
+                    suspicious=suspicious,
+                )
             return self._dead_letter(
                 rec,
                 "payload_too_large",
@@ -1330,6 +1345,18 @@ class CommandProcessor:
         if _request_hash(cmd.command_type, data) != existing.request_hash:
             return None  # another request under the key: answered as any would be
         return existing
+
+    def _redrive_within_ceiling(self, rec: Inbound, size: int, attributes: int) -> bool:
+        """A re-drive (under paystream's seal, or any with no master key to seal with) is
+        held to the largest value limit there may be, not to the one set now: it was
+        admitted at its first attempt, and the provider may have acted on it (a limit
+        lowered since refused it, and its sender, told so, might pay again)."""
+        return (
+            FIRST_ATTEMPT_HEADER in rec.headers
+            and size <= COMMAND_MAX_BYTES_CEILING
+            and attributes <= ATTRIBUTES_MAX_BYTES
+            and self.seals.first_attempt_ms(rec.key, rec.value, rec.headers) is not None
+        )
 
     def _past_provider_window(self, rec: Inbound, *, reconciled_too: bool = False) -> bool:
         """Does ``rec`` say it was first run longer ago than a replay may be re-sent

@@ -164,6 +164,49 @@ async def test_a_base64_card_number_is_not_kept_in_a_dead_letter(harness: Harnes
     assert not any(PAN.encode() in d for d in decoded), decoded
 
 
+def _base64_variant(tenant: str, variant: str) -> bytes:
+    """``_base64_structured`` in the forms the dead-letter scan used to miss (review):
+    no CloudEvent (no specversion) unless ``oversized``."""
+    body = json.dumps({"description": f"card {PAN}", "email": "a@example.com"}).encode()
+    encoded = base64.b64encode(body).decode()
+    if variant == "line breaks":  # skipped by the SDK's decoder, refused by a strict one
+        encoded = "\n".join(encoded[i : i + 8] for i in range(0, len(encoded), 8))
+    event: dict[str, Any] = {
+        "id": "c1",
+        "type": "com.paystream.command.customer.create",
+        "source": "/x",
+        "tenantid": tenant,
+        "data_base64": encoded,
+    }
+    if variant.startswith("oversized"):  # a CloudEvent, over the value limit: not parsed
+        event |= {"specversion": "1.0", "pad": "x" * 70_000}
+    text = json.dumps(event)
+    if variant == "NaN":  # orjson refuses it; the stdlib parser (the SDK's) takes it
+        text = text[:-1] + ', "n": NaN}'
+    if "escaped" in variant:
+        text = text.replace('"data_base64"', '"data\\u005fbase64"')
+    return text.encode("utf-16" if variant == "UTF-16" else "utf-8")
+
+
+@pytest.mark.parametrize(
+    "variant", ["line breaks", "oversized", "NaN", "escaped name", "oversized, escaped name",
+                "UTF-16"],
+)  # fmt: skip
+async def test_base64_card_data_in_any_form_is_not_kept_in_a_dead_letter(
+    harness: Harness, variant: str
+) -> None:
+    """Each form kept its bytes, card number and all: a strict base64 decode refused
+    line breaks, orjson refused NaN, and an oversized record was not parsed at all."""
+    t = harness.add_tenant()
+    value = _base64_variant(t, variant)
+    emits = await harness.raw(
+        Inbound(t.encode(), value, {"content-type": b"application/cloudevents+json"}, 0, "c", 0, 3)
+    )
+    [letter] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
+    assert letter.value == b"", letter.value[:200]
+    assert dict(letter.headers)["paystream-dlq-redacted"] == b"card_number"
+
+
 async def test_a_utf16_card_number_is_not_kept_in_a_dead_letter(harness: Harness) -> None:
     """UTF-16 text decodes as UTF-8 (its ASCII is interleaved with NULs), so the raw scan
     sees "4\\x002\\x00…": no candidate, and the bytes are kept as they came."""
