@@ -853,7 +853,10 @@ async def _finish(
             await step()
         except Exception as exc:
             if not quiet:
-                failed = failed or exc
+                # A fenced commit says why nothing more was committed (exit status 4,
+                # another replay ran): it outranks a producer that failed to stop.
+                if failed is None or isinstance(exc, ConcurrentReplayError):
+                    failed = exc
                 continue
             if isinstance(exc, ConcurrentReplayError):  # (the designed stop: no trace)
                 log.warning("not committing on the way out: %s", exc)

@@ -139,3 +139,19 @@ async def test_only_a_source_on_the_commands_topic_names_the_partition() -> None
     assert dlq._source_partition(parked(b"cmds/2/41"), "cmds", parts) == 2
     assert dlq._source_partition(parked(b"cmds-v1/2/41"), "cmds", parts) is None
     assert dlq._source_partition(parked(b"cmds/7/41"), "cmds", parts) is None
+
+
+async def test_a_fenced_commit_outranks_a_producer_that_failed_to_stop() -> None:
+    """Both went wrong on the way out: the replay exits 4 (another replay committed),
+    not 1 for the producer (review finding)."""
+
+    class _Producer:
+        async def stop(self) -> None:
+            raise OSError("broker gone")
+
+    class _Fenced:
+        async def commit(self, sent: Any) -> None:
+            raise dlq.ConcurrentReplayError("another `paystream dlq replay` committed")
+
+    with pytest.raises(dlq.ConcurrentReplayError):
+        await dlq._finish(_Producer(), _Fenced(), {}, quiet=False)  # type: ignore[arg-type]
