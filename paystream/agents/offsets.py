@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -56,6 +57,8 @@ class DurableOffsets:
         self._clock = clock
         self._progress_at = clock()
         self._behind_since: float | None = None
+        # The commit on its way to the broker, whether or not its caller still waits.
+        self._in_flight: asyncio.Future[Any] | None = None
         if agent and topic:
             metrics.PROGRESS.track(self)
 
@@ -150,6 +153,13 @@ class DurableOffsets:
             # over with a backlog counts from when the agent is first seen behind.)
 
     async def commit(self) -> None:
+        # One commit at a time. A cancelled caller (the periodic committer, stopped at a
+        # hand-over) does not stop its commit, which runs on Faust's consumer thread and
+        # is retried there on a coordinator error: a later commit sent beside it could
+        # land first and then be overwritten by the earlier, smaller offsets (review).
+        while self._in_flight is not None and not self._in_flight.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._in_flight)
         self._keep_only(self._app.consumer_generation_id)
         if not self._ready:
             return
@@ -163,7 +173,8 @@ class DurableOffsets:
             return
         offsets = dict(self._ready)
         # Faust has no public "commit these offsets"; its consumer thread's commit is it.
-        committed = await consumer._commit(offsets)
+        self._in_flight = asyncio.ensure_future(consumer._commit(offsets))
+        committed = await asyncio.shield(self._in_flight)
         # Only now are they done with: a commit that failed or was cancelled leaves them
         # for the next one. Later batches may have advanced some partitions meanwhile.
         for tp, offset in offsets.items():

@@ -5,6 +5,11 @@ record, which was the largest single item in the worker's profile after the gate
 The command agent already knows every record of a batch before it produces any, so it
 builds one record batch per topic-partition (aiokafka's batch API) and awaits one
 future per batch. Records keep their order within a partition.
+
+A partition's share larger than one record batch goes as several, each submitted only
+once the one before it is acknowledged. aiokafka sends them one after another anyway,
+but gives up on one that timed out and still sends the next: that one landed, and the
+caller's retry of the whole batch put it before the records it follows (review finding).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ async def send_batches(producer: AIOKafkaProducer, records: Iterable[OutRecord])
         grouped.setdefault((record.topic, record.partition), []).append(record)
     sent: list[SentBatch] = []
     for (topic, partition), group in grouped.items():
+        before: asyncio.Future[Any] | None = None  # this partition's previous batch
         batch, count = producer.create_batch(), 0
         for record in group:
             headers = list(record.headers)
@@ -58,22 +64,40 @@ async def send_batches(producer: AIOKafkaProducer, records: Iterable[OutRecord])
                 continue
             if count == 0:  # an empty batch cannot hold it: it can never be produced
                 raise MessageSizeTooLargeError(f"record for {topic} exceeds the batch size")
-            sent.append(await _submit(producer, batch, topic, partition, count))
+            sent.append(await _submit(producer, batch, topic, partition, count, before))
+            before = sent[-1].future
             batch, count = producer.create_batch(), 1
             if not batch.append(
                 key=record.key, value=record.value, timestamp=None, headers=headers
             ):
                 raise MessageSizeTooLargeError(f"record for {topic} exceeds the batch size")
         if count:
-            sent.append(await _submit(producer, batch, topic, partition, count))
+            sent.append(await _submit(producer, batch, topic, partition, count, before))
     return sent
 
 
 async def _submit(
-    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int, count: int
+    producer: AIOKafkaProducer,
+    batch: Any,
+    topic: str,
+    partition: int,
+    count: int,
+    before: asyncio.Future[Any] | None,
 ) -> SentBatch:
-    future = await producer.send_batch(batch, topic, partition=partition)
+    if before is None:
+        future = await producer.send_batch(batch, topic, partition=partition)
+    else:
+        future = asyncio.ensure_future(_after(before, producer, batch, topic, partition))
     return SentBatch(topic, partition, count, future)
+
+
+async def _after(
+    before: asyncio.Future[Any], producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
+) -> Any:
+    """Submit ``batch`` once ``before`` (its partition's previous batch) is acknowledged;
+    if that failed, never: this fails with it, and nothing lands after a lost batch."""
+    await asyncio.shield(before)  # (cancelled, this leaves the earlier batch alone)
+    return await (await producer.send_batch(batch, topic, partition=partition))
 
 
 class KeyPartitioner:

@@ -122,6 +122,36 @@ async def test_offsets_of_a_failed_or_cancelled_commit_are_kept_for_the_next() -
     assert consumer.commits == [{P0: 10, P1: 8}]
 
 
+async def test_a_commit_waits_for_one_still_in_flight_whose_caller_was_cancelled() -> None:
+    """The periodic committer is cancelled at a hand-over while its commit is on Faust's
+    consumer thread, which goes on with it (and retries it on a coordinator error); the
+    final commit sent beside it could land first and then be overwritten by the smaller
+    offsets (review finding). It now waits for that commit to be answered."""
+    release = asyncio.Event()
+    calls: list[dict[TP, int]] = []
+
+    class SlowFirst(StandInConsumer):
+        async def _commit(self, offsets: dict[TP, int]) -> bool:
+            calls.append(dict(offsets))
+            if len(calls) == 1:
+                await release.wait()
+            return await super()._commit(offsets)
+
+    consumer = SlowFirst()
+    offsets = DurableOffsets(stand_in_app(consumer))
+    offsets.advance([event(P0, 4)])
+    periodic = asyncio.ensure_future(offsets.commit())
+    await asyncio.sleep(0.01)
+    periodic.cancel()  # committer.cancel(): the commit itself goes on
+    offsets.advance([event(P0, 9)])
+    final = asyncio.ensure_future(offsets.commit())
+    await asyncio.sleep(0.01)
+    assert calls == [{P0: 5}], "sent beside the one in flight"
+    release.set()
+    await final
+    assert consumer.commits == [{P0: 5}, {P0: 10}]
+
+
 async def test_offsets_of_partitions_no_longer_ours_or_of_an_old_generation_are_not_committed() -> (
     None
 ):
