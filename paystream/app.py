@@ -55,13 +55,25 @@ def forwarded_headers(headers: Any) -> dict[str, str]:
     out = {name: given[name] for name in FORWARDED_HEADERS if name in given}
     if out.get("Authorization", "").partition(" ")[0].lower() != "bearer":
         out.pop("Authorization", None)
+        token = _cookies(str(given.get("Cookie", ""))).get(TOKEN_COOKIE)
+        if token:
+            out["Authorization"] = f"Bearer {token}"
+    return out
+
+
+def _cookies(header: str) -> dict[str, str]:
+    """A Cookie header's cookies, read as the worker's token check reads them (aiohttp's
+    ``request.cookies``). SimpleCookie dropped them all at the first it did not like
+    (another service's ``theme=dark mode`` on the same host), so a lookup forwarded to
+    its owner lost the token the local check had accepted (review finding)."""
+    try:
+        from aiohttp._cookie_helpers import parse_cookie_header
+    except ImportError:  # (an aiohttp before 3.12: its request.cookies is SimpleCookie's)
         cookies = SimpleCookie()
         with contextlib.suppress(CookieError):
-            cookies.load(str(given.get("Cookie", "")))
-        token = cookies.get(TOKEN_COOKIE)
-        if token is not None and token.value:
-            out["Authorization"] = f"Bearer {token.value}"
-    return out
+            cookies.load(header)
+        return {name: morsel.value for name, morsel in cookies.items()}
+    return {name: morsel.value for name, morsel in parse_cookie_header(header)}
 
 
 def forwarding_client() -> ForwardingClient:

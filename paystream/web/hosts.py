@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-__all__ = ["host_allowed", "host_name"]
+__all__ = ["host_allowed", "host_name", "host_well_formed"]
 
 
 def host_name(header: str) -> str:
@@ -45,3 +45,37 @@ def host_allowed(header: str | None, named: Iterable[str]) -> bool:
     if name == "localhost" or name.endswith(".localhost") or "." not in name:
         return True  # (.localhost resolves to loopback in browsers: RFC 6761)
     return name in {n.lower().rstrip(".") for n in named if n}
+
+
+def host_well_formed(header: str | None) -> bool:
+    """Is ``header`` a host and an optional port (1-65535), as a Host header must be?
+    Faust forwards a lookup to its owner under the URL built from it: a port out of range
+    or credentials (``user:pass@``) made that a 500 with a traceback logged per request,
+    on every worker, whatever its token (review finding)."""
+    if not header:
+        return True
+    header = header.strip()
+    if any(c in header for c in "@/\\?#") or any(c.isspace() for c in header):
+        return False
+    if header.startswith("["):
+        end = header.find("]")
+        rest = header[end + 1 :] if end > 0 else None
+        if rest is None or (rest and not rest.startswith(":")):
+            return False
+        try:
+            ipaddress.IPv6Address(header[1:end])
+        except ValueError:
+            return False
+        port = rest[1:] if rest else None
+    elif header.count(":") > 1:  # a bare IPv6 address (host_name takes it too)
+        try:
+            ipaddress.IPv6Address(header)
+        except ValueError:
+            return False
+        port = None
+    else:
+        name, sep, after = header.partition(":")
+        if not name:
+            return False
+        port = after if sep else None
+    return port is None or (port.isdigit() and 0 < int(port) <= 65535)

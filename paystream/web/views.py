@@ -32,7 +32,7 @@ from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables import observed
 from paystream.tables.views import SummaryCache, entity_view
-from paystream.web.hosts import host_allowed
+from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.liveness import LivenessWatch
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
@@ -75,10 +75,15 @@ def _named_hosts() -> frozenset[str]:
 
 
 def _refused_host(view: View, request: Request) -> Response | None:
-    """403 for an open worker (no token) asked under a name a web page could own."""
+    """400 for a Host header that is no host[:port]; 403 for an open worker (no token)
+    asked under a name a web page could own."""
+    host = request.headers.get("Host")
+    if not host_well_formed(host):
+        return view.json(
+            {"error": "bad_host", "message": "the Host header is not a host[:port]"}, status=400
+        )
     if settings.web_token is not None:
         return None
-    host = request.headers.get("Host")
     if host_allowed(host, _named_hosts()):
         return None
     return view.json(

@@ -73,6 +73,11 @@ async def test_tiles_tenants_and_recent_outcomes(
     assert await page.evaluate("major(8000000000000001, 'USD')") == "80000000000000.01 USD"
     assert await page.evaluate("major(5, 'USD')") == "0.05 USD"
     assert await page.evaluate("major(12, 'XXX')") == "12 XXX (minor units)"
+    # A tenant may be called "constructor": its row reads its own figures, not those
+    # every object inherits ("function Object() { [native code] }"; review finding).
+    assert await page.evaluate("own({}, 'constructor') === undefined")
+    assert await page.evaluate("own({constructor: 3}, 'constructor')") == 3
+    assert await page.evaluate("own(null, 'x') === undefined")
     globex = page.locator('#tenants tr[data-tenant="globex"] td')
     await expect(globex.nth(1)).to_have_text("active")
     await expect(globex.nth(3)).to_have_text("1")

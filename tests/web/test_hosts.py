@@ -116,3 +116,19 @@ def test_a_forwarded_lookup_is_asked_under_its_owners_own_name(
             assignor.changelog_distribution = before  # type: ignore[attr-defined]
     finally:
         views._named_hosts.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ("w1", True), ("w1:6066", True), ("10.0.0.7:6066", True), ("[::1]:6066", True),
+        ("[::1]", True), ("::1", True), ("worker-a.example.:6066", True), (None, True),
+        ("w1:99999", False), ("w1:0", False), ("w1:", False), ("w1:x", False),
+        ("u:p@w1", False), ("w1/x", False), ("w 1", False), ("[::1", False),
+        ("[::1]x", False), ("[nope]:1", False), (":6066", False), ("a:b:c", False),
+    ],
+)  # fmt: skip
+def test_a_host_header_must_be_a_host_and_a_port(header: str | None, ok: bool) -> None:
+    from paystream.web.hosts import host_well_formed
+
+    assert host_well_formed(header) is ok

@@ -393,6 +393,11 @@ async def test_a_forwarded_lookup_carries_the_token_and_nothing_else_of_the_call
     proxied = CIMultiDict({"Authorization": "Basic b3A6cHc=", "Cookie": f"x=1; {cookie}"})
     assert forwarded_headers(proxied) == {"Authorization": 'Bearer a;b,c"d'}
     assert forwarded_headers(CIMultiDict({"Authorization": "Basic b3A6cHc="})) == {}
+    # Another service's cookie that Python's SimpleCookie refuses (a space, brackets, no
+    # name) made it drop them all: the owner got no token, and answered 401 (review).
+    for other in ("theme=dark mode", "arr[k]=1", "=nameless", 'q="unclosed'):
+        odd = CIMultiDict({"Cookie": f"{other}; paystream_token=s3cret"})
+        assert forwarded_headers(odd) == {"Authorization": "Bearer s3cret"}, other
 
 
 async def test_an_open_worker_refuses_a_rebound_domain(
@@ -412,3 +417,16 @@ async def test_an_open_worker_refuses_a_rebound_domain(
     for probe in ("/healthz", "/readyz"):
         async with http.get(probe, headers=rebound) as resp:
             assert resp.status == 200, probe
+
+
+@pytest.mark.parametrize("host", ["w1:99999", "w1:0", "u:p@w1", "w1/x", "w 1", "[::1", "w1:x"])
+async def test_a_host_header_that_is_no_host_and_port_is_a_400(
+    http: aiohttp.ClientSession, seeded: Seeded, host: str
+) -> None:
+    """A port out of range, or credentials in it, made the URL Faust forwards a lookup
+    under raise: a 500, and a traceback logged per request (review finding)."""
+    lookup = f"/v1/tenants/acme/payments/{seeded.succeeded_payment}"
+    for path in ("/", "/v1/stats", lookup):
+        async with http.get(path, headers={"Host": host}) as resp:
+            assert resp.status == 400, (path, resp.status)
+            assert (await resp.json())["error"] == "bad_host"
