@@ -893,7 +893,12 @@ class CommandProcessor:
             call=call,
             entity_keys=entity_keys,
             request_hash=request_hash,
-            let_through=let_through,
+            # Its handler checks as one let through also a retry under the key of a
+            # command parked or in flight (the same request, checked above, and the same
+            # provider key): refused by what changed since (a card detached, a dispute
+            # lost), its rejection was kept under the key, and the parked command,
+            # re-driven, got it too, though the provider had charged (review finding).
+            let_through=let_through or (existing is not None and existing.state in _LET_THROUGH),
             trace=trace,
             id_window_seconds=self.settings.idempotency_ttl_seconds,
         )

@@ -522,3 +522,66 @@ async def test_a_parked_update_of_a_customer_deleted_since_is_answered_not_found
     again = dataclasses.replace(inbound, offset=next(_offsets))  # `dlq replay`'s copy
     out = outcome_of(harness.settings, await harness.processor.process(again))
     assert out is not None and data(out)["reason"] == "not_found", out and data(out)
+
+
+def _retry(tenant: str, command_type: str, body: dict[str, Any], command_id: str) -> Inbound:
+    """``_command`` under the idempotency key "k3" of the parked command, a new id."""
+    event = build_command(command_type, tenant, body, command_id=command_id, idempotency_key="k3")
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
+        next(_offsets),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("since", "body"),
+    [
+        ("payment_method.detach", {"payment_method_id": "pm1"}),
+        ("customer.delete", {"customer_id": "c1"}),
+    ],
+)
+async def test_a_retry_under_a_parked_charges_key_is_answered_as_it(
+    harness: Harness, since: str, body: dict[str, Any]
+) -> None:
+    """The client retries the parked payment under its key with a new command id, after
+    the card was detached (or the customer deleted): the retry was refused by the new
+    state and that refusal kept under the key, so the parked command, re-driven, was
+    refused too, with the customer charged and no payment to refund (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1"}, "k1"))
+    attach = {"customer_id": "c1", "payment_method_id": "pm1", "token": "pm_card_visa"}
+    await _answer(h, _command(t, "payment_method.attach", attach, "k2"))
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD", "customer_id": "c1",
+           "payment_method_id": "pm1"}  # fmt: skip
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    await _answer(h, _command(t, since, body, "k4"))
+    retried = await _answer(h, _retry(t, "payment.create", pay, "k3-retry"))
+    assert kind(retried) == "payment.succeeded", data(retried)
+    redriven = await _answer(h, _command(t, "payment.create", pay, "k3"))  # `dlq replay`
+    assert kind(redriven) == "payment.succeeded", data(redriven)
+    assert h.tables.payments[f"{t}:p1"]["status"] == "succeeded"
+    assert await _charges(h, t, h.tenants[t]) == 1
+
+
+async def test_a_retry_under_a_parked_refunds_key_is_answered_as_it(harness: Harness) -> None:
+    """The same for a refund the provider made, retried after a dispute was lost."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:refund:r1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+    assert kind(await _answer(h, _command(t, "payment.create", pay, "k1"))) == "payment.succeeded"
+    refund = {"refund_id": "r1", "payment_id": "p1", "amount": 2000}
+    emits = await h.processor.process(_command(t, "refund.create", refund, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    h.tables.disputes[f"{t}:dp1"] = {"status": "lost"}
+    h.tables.payments[f"{t}:p1"] = {**h.tables.payments[f"{t}:p1"], "dispute_id": "dp1"}
+    retried = await _answer(h, _retry(t, "refund.create", refund, "k3-retry"))
+    assert kind(retried) == "refund.succeeded", data(retried)
+    redriven = await _answer(h, _command(t, "refund.create", refund, "k3"))  # `dlq replay`
+    assert kind(redriven) == "refund.succeeded", data(redriven)
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 2000
