@@ -232,3 +232,30 @@ async def test_a_batch_whose_partitions_moved_is_not_retried(
     batch = [SimpleNamespace(message=msg)]
     await asyncio.wait_for(ledger_sink._until_stored(batch), 5)  # type: ignore[arg-type]
     assert runs == [1]
+
+
+async def test_a_batch_whose_partitions_moved_while_it_was_stored_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ledger write waited out a database outage across a rebalance and then
+    succeeded: the insights counted the batch all the same, after its new owner had
+    (windows and alerts published twice; review finding)."""
+    counted: list[int] = []
+
+    class SlowStore:
+        async def run_batch(self, events: Any) -> None:
+            monkeypatch.setattr(ledger_sink.app, "consumer_generation_id", 99)  # a rebalance
+
+    class Counting:
+        async def run_batch(self, events: Any) -> None:
+            counted.append(len(events))
+
+    monkeypatch.setattr(ledger_sink, "ENABLED", True)  # (a worker of the ledger and insights)
+    monkeypatch.setattr(ledger_sink, "runner", SlowStore())
+    monkeypatch.setattr(ledger_sink.insights, "runner", Counting())
+    msg = SimpleNamespace(
+        key=b"acme", value=b"x", headers=[], timestamp=1.0, topic="paystream.events",
+        partition=0, offset=7, generation_id=ledger_sink.app.consumer_generation_id,
+    )  # fmt: skip
+    await asyncio.wait_for(ledger_sink._until_stored([SimpleNamespace(message=msg)]), 5)  # type: ignore[list-item]
+    assert counted == []

@@ -152,3 +152,44 @@ async def test_an_erased_customer_gets_no_personal_data_back(
         "last_event_id = 'forged'",
         t=t,
     )
+
+
+async def test_a_temporary_table_cannot_stand_in_for_the_events(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, keyring: MasterKeyring,
+    make_event: EventFactory,
+) -> None:  # fmt: skip
+    """The trigger looked `events` up through the caller's search path, whose temporary
+    schema comes first: a temporary `events` holding a made-up event let the app role
+    rewrite a payment with no event and no audit entry (review finding, revision 0008).
+    The role may create no temporary table now; granted one all the same (a database
+    whose owner did not run the migrations), the trigger still reads the real events."""
+    t = "fw-temp"
+    await write_events(app_engine, [make_event.payment(t, "p1", amount=1000)], keyring=keyring)
+    temp = (
+        "CREATE TEMP TABLE events (tenant_id text, event_id text, entity_type text, "
+        "entity_id text, entity_version bigint) ON COMMIT DROP"
+    )
+    with pytest.raises(DBAPIError, match="permission denied"):
+        async with tenant_session(app_engine, t) as s:
+            await s.execute(text(temp))
+    grant = "GRANT TEMPORARY ON DATABASE {db} TO paystream_app"
+    async with owner_engine.begin() as conn:
+        db = (await conn.execute(text("SELECT current_database()"))).scalar_one()
+        await conn.execute(text(grant.format(db=f'"{db}"')))
+    try:
+        await _refused(
+            app_engine,
+            t,
+            "payments rows",
+            temp,
+            "INSERT INTO events VALUES (:t, 'forged', 'payment', 'p1', 2)",
+            "UPDATE payments SET amount = 1, version = 2, last_event_id = 'forged' "
+            "WHERE payment_id = 'p1'",
+            t=t,
+        )
+    finally:
+        async with owner_engine.begin() as conn:
+            await conn.execute(text(grant.replace("GRANT", "REVOKE").replace(" TO ", " FROM ")
+                                    .format(db=f'"{db}"')))  # fmt: skip
+    assert (await _payment(app_engine, t)).amount == 1000
+    assert (await verify_audit(app_engine, t, keyring)).problems == []

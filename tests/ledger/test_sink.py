@@ -573,6 +573,54 @@ async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
     assert await _count(app_engine, tenant, Payment) == 0
 
 
+@pytest.mark.parametrize("refused_for", ["tenant mismatch", "undecodable"])
+async def test_card_data_refused_first_for_another_reason_is_not_parked_either(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch,
+    refused_for: str,
+) -> None:  # fmt: skip
+    """An outcome refused before its card scan ran (its data names another tenant; bytes
+    that are no CloudEvent) was parked with the card number in it (review finding)."""
+    from types import SimpleNamespace
+
+    from paystream.agents import ledger_sink as agent
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    data = dict(payment_outcome(tenant, "pay_pan", 1).get_data())
+    data["object"] = {**data["object"], "metadata": {"note": "card 4242 4242 4242 4242"}}
+    if refused_for == "tenant mismatch":
+        data["tenant_id"] = "someone-else"
+    bad = encode_event(
+        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    headers_in = list(bad.headers)
+    if refused_for == "undecodable":
+        headers_in = [(k, v) for k, v in headers_in if k != "ce_specversion"]
+    sent: list[tuple[bytes, dict[str, bytes]]] = []
+
+    class _Producer:
+        async def send(self, topic: str, key: Any, value: Any, *_: Any) -> Any:
+            sent.append((value, dict(_[-1])))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    class _Topic:
+        async def maybe_declare(self) -> None:
+            return None
+
+    monkeypatch.setattr(
+        agent, "app", SimpleNamespace(producer=_Producer(), topic=lambda *_a, **_k: _Topic())
+    )
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    await runner.run_batch([_Event(_Msg(bad.key, bad.value, headers_in, 9))])  # type: ignore[list-item]
+    [(value, headers)] = sent
+    assert headers["paystream-dlq-reason"] != b"ledger_forbidden_data"  # refused for that
+    assert value == b"" and headers["paystream-dlq-redacted"] == b"forbidden_data"
+
+
 # ---- CLI --------------------------------------------------------------------------
 
 
