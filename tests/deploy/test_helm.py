@@ -114,8 +114,34 @@ def test_required_values_are_refused_when_missing() -> None:
     assert "image.repository" in refusal(without("image"))
     for url in ("kafka:9092", "kafka://kafka", "kafka://a:9092;b"):
         assert "brokerUrl" in refusal(_merge(REQUIRED, {"kafka": {"brokerUrl": url}})), url
-    # a typo'd key is refused, not silently ignored
+    # a typo'd key is refused, not silently ignored, nested ones too (review finding:
+    # `tokenSecret.nmae` pointed the ServiceMonitor at the Secret holding the master key,
+    # `image.tga` deployed the chart's default tag)
     assert "replicas" in refusal(_merge(REQUIRED, {"replicas": 3}))
+    for typo in (
+        {"image": {"tga": "1.2"}},
+        {"metrics": {"serviceMonitor": {"tokenSecret": {"nmae": "scrape-token"}}}},
+        {"metrics": {"serviceMonitor": {"enabeld": True}}},
+        {"setupJob": {"backofLimit": 1}},
+        {"podDisruptionBudget": {"maxUnavilable": 1}},
+        {"web": {"prot": 1}},
+    ):
+        assert "Additional property" in refusal(_merge(REQUIRED, typo)), typo
+    assert "replicationFactor" in refusal(_merge(REQUIRED, {"replicationFactor": 20}))
+
+
+def test_secrets_never_go_into_the_pod_spec_as_plain_values() -> None:
+    """A provider secret in `config`, or a Redis password in `redis.url`, was plain env
+    in every container (review finding): the former is refused, the latter can come
+    from the Secret."""
+    secret = {"config": {"PAYSTREAM_SECRET_STRIPE": "sk_live_x"}}
+    assert "PAYSTREAM_SECRET_STRIPE" in refusal(_merge(REQUIRED, secret))
+    from_secret = {"redis": {"fromSecret": True, "url": ""}}
+    env = one(render(from_secret), "StatefulSet")["spec"]["template"]["spec"]
+    [redis] = [e for e in env["containers"][0]["env"] if e["name"] == "REDIS_URL"]
+    assert redis["valueFrom"]["secretKeyRef"]["key"] == "REDIS_URL"
+    both = {"redis": {"fromSecret": True, "url": "redis://:pw@redis:6379/0"}}
+    assert "one or the other" in refusal(_merge(REQUIRED, both))
 
 
 def test_the_fleet_can_be_paused_and_drains_are_never_blocked() -> None:

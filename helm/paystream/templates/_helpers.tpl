@@ -84,9 +84,18 @@ pre-install hook, before release objects exist. */}}
       name: {{ .Values.existingSecret }}
       key: PAYSTREAM_RETIRED_MASTER_KEYS
       optional: true
-{{- with .Values.redis.url }}
+{{- if .Values.redis.fromSecret }}
+{{- if .Values.redis.url }}
+{{- fail "redis.url and redis.fromSecret: one or the other (a URL with a password: fromSecret)" }}
+{{- end }}
 - name: REDIS_URL
-  value: {{ . | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.existingSecret }}
+      key: REDIS_URL
+{{- else if .Values.redis.url }}
+- name: REDIS_URL
+  value: {{ .Values.redis.url | quote }}
 {{- end }}
 {{- end }}
 
