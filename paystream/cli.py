@@ -526,6 +526,7 @@ def send(
         PaystreamClient,
         build_command,
         dumps,
+        encoded_for_sending,
     )
     from paystream.settings import CloudEventsMode
 
@@ -547,15 +548,16 @@ def send(
         raise click.BadParameter(f"--data cannot be read: {exc}") from exc
     if not isinstance(payload, dict):
         raise click.BadParameter("--data must be a JSON object")
+    mode = CloudEventsMode.STRUCTURED if structured else CloudEventsMode.BINARY
     try:  # before connecting: what the worker would answer under another id, or not at all
         cmd = build_command(
             command_type, tenant, payload, command_id=command_id, idempotency_key=idempotency_key
         )
+        encoded_for_sending(cmd, mode, settings)
     except InvalidCommand as exc:
         raise click.UsageError(str(exc)) from exc
 
     async def go() -> str | OutcomeTimeout:
-        mode = CloudEventsMode.STRUCTURED if structured else CloudEventsMode.BINARY
         client = PaystreamClient(settings, mode)
         deadline = time.monotonic() + timeout
         try:

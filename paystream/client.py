@@ -19,7 +19,13 @@ from cloudevents.core.v1.event import CloudEvent
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
-from paystream.streams.codec import decode_record, encode_event, headers_to_dict, valid_unicode
+from paystream.streams.codec import (
+    KafkaRecord,
+    decode_record,
+    encode_event,
+    headers_to_dict,
+    valid_unicode,
+)
 from paystream.streams.commands import COMMAND_PREFIX, ID_MAX_CHARS
 from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
 from paystream.streams.pan import contains_card_number
@@ -43,6 +49,23 @@ class OutcomeTimeout(TimeoutError):
 
 class InvalidCommand(PaystreamError, ValueError):
     """A command the worker would refuse, refused before it is sent."""
+
+
+def encoded_for_sending(
+    command: CloudEvent, mode: CloudEventsMode, settings: Settings
+) -> KafkaRecord:
+    """The command's Kafka record; InvalidCommand for a structured one larger than the
+    workers take, which they dead-letter unread, so unanswered (a binary-mode one is
+    answered payload_too_large from its headers): its sender would wait in vain."""
+    tenant = str(command.get_extension("tenantid"))
+    record = encode_event(command, tenant.encode(), mode)
+    limit = settings.command_max_bytes
+    if mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:
+        raise InvalidCommand(
+            f"command {command.get_id()} is {len(record.value or b'')} bytes in structured "
+            f"mode; the workers take at most {limit} (PAYSTREAM_COMMAND_MAX_BYTES)"
+        )
+    return record
 
 
 def build_command(
@@ -240,16 +263,7 @@ class PaystreamClient:
         """Hand the command to the producer (waiting for metadata or buffer room); the
         future says when the broker has it. Once handed over it is sent, even if the
         caller stops waiting (the producer flushes its queue when it stops)."""
-        tenant = str(command.get_extension("tenantid"))
-        record = encode_event(command, tenant.encode(), self.mode)
-        limit = self.settings.command_max_bytes
-        if self.mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:
-            # The workers dead-letter it unread, so unanswered (a binary-mode one is
-            # answered payload_too_large from its headers): its sender would wait in vain.
-            raise InvalidCommand(
-                f"command {command.get_id()} is {len(record.value or b'')} bytes in structured "
-                f"mode; the workers take at most {limit} (PAYSTREAM_COMMAND_MAX_BYTES)"
-            )
+        record = encoded_for_sending(command, self.mode, self.settings)
         headers = list(record.headers)
         if request is not None:
             headers.append((REQUEST_HEADER, request.encode()))

@@ -42,6 +42,20 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
         (["tenants", "add", "acme", "--secret", "api_key\udcff"], "not valid Unicode"),
         (["tenants", "add", "acme", "--option", 'latency_ms="\udcff"'], "not valid Unicode"),
         (["send", "customer.create", "--tenant", ""], "tenant id is empty"),
+        # Over the structured-mode limit: refused before connecting (it was exit 1, an
+        # outage's status, after a connection; review finding).
+        (
+            [
+                "send",
+                "customer.create",
+                "--tenant",
+                "acme",
+                "--structured",
+                "--data",
+                '{"metadata": {"k": "%s"}}' % ("x" * 70_000),
+            ],
+            "PAYSTREAM_COMMAND_MAX_BYTES",
+        ),
     ],
 )
 def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:

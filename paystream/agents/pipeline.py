@@ -1910,6 +1910,7 @@ class CommandProcessor:
             kept[FIRST_ATTEMPT_HEADER] = str(self._first_attempt_ms(rec)).encode()
             if UNANSWERED_REFUSAL_HEADER in rec.headers:  # a K1 park's refusal, kept
                 kept[UNANSWERED_REFUSAL_HEADER] = SUSPENDED_STAMP
+            kept.update(_sender_request(rec))
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
@@ -2072,6 +2073,7 @@ class CommandProcessor:
                         if UNANSWERED_REFUSAL_HEADER in rec.headers
                         else {}
                     ),
+                    **_sender_request(rec),
                     **(extra_headers or {}),
                 }.items()
             )
@@ -2080,6 +2082,16 @@ class CommandProcessor:
 
 
 # Idempotency states of a command let through and not answered.
+def _sender_request(rec: Inbound) -> dict[str, bytes]:
+    """The sender's request header, kept on a park or dead letter: re-driven, its outcome
+    echoes it, so that a second sender of the same command id, waiting meanwhile, is
+    not given this one's answer as its own (client.py; review finding)."""
+    request = rec.headers.get(REQUEST_HEADER)
+    if request is None or REQUEST_PATTERN.fullmatch(request) is None:
+        return {}
+    return {REQUEST_HEADER: request}
+
+
 _LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
 
 # Provider refusals that have a rejection reason of their own.

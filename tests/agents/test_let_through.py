@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -585,3 +586,31 @@ async def test_a_retry_under_a_parked_refunds_key_is_answered_as_it(harness: Har
     redriven = await _answer(h, _command(t, "refund.create", refund, "k3"))  # `dlq replay`
     assert kind(redriven) == "refund.succeeded", data(redriven)
     assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 2000
+
+
+async def test_a_re_driven_command_answers_its_own_sender(harness: Harness) -> None:
+    """Parks kept only the CloudEvents headers: the re-driven outcome carried no
+    `paystream-request`, so a second sender of the same command id waiting meanwhile
+    took it as its own answer (client.py; review finding). The park keeps the sender's
+    request, and the re-driven outcome echoes it."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
+    first = _record(t)
+    now = int(time.time() * 1000)  # (re-driven within the provider's key window)
+    first = dataclasses.replace(
+        first, headers={**first.headers, "paystream-request": b"abcdefghijklmnop"},
+        timestamp_ms=now,
+    )  # fmt: skip
+    [park] = [
+        e.record for e in await h.processor.process(first) if e.topic == h.settings.retry_topic
+    ]
+    kept = dict(park.headers)
+    assert kept["paystream-request"] == b"abcdefghijklmnop"
+    resent = {
+        k: v for k, v in kept.items() if not k.startswith(("paystream-park", "paystream-source"))
+    }
+    again = _record(t)
+    emits = await h.processor.process(dataclasses.replace(again, headers=resent, timestamp_ms=now))
+    [out] = [e.record for e in emits if e.topic == h.settings.events_topic]
+    assert dict(out.headers)["paystream-request"] == b"abcdefghijklmnop"
