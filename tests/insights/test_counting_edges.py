@@ -4,6 +4,7 @@ message (review findings, each failing before its fix)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -253,3 +254,85 @@ async def test_a_record_of_the_version_without_stream_time_loads_and_counts() ->
     h.now += 2
     await h.runner.tick(lambda p: True)
     assert _window_counts(h, T0) == [3, 4, 5]
+
+
+async def test_a_new_tenants_client_clock_ahead_does_not_make_a_backlog_late() -> None:
+    """Partition 0 read 70 minutes late; in the backlog, a new tenant's first outcome,
+    its client's clock an hour ahead. With no stream time of its own it believed its
+    command's time less a horizon, 45 minutes on, and the tick moved acme (quiet, same
+    partition) there: acme's other outcomes of T0 were then late, its window 3 of 6
+    (review finding). A tenant with none is held against its partition's."""
+    minute = 60_000
+    h = Harness("newahead")
+    h.now = (T0 + 70 * minute) / 1000
+
+    def acme(i: int) -> Any:
+        return h.event(
+            "payment.succeeded", PAID, cid=f"a{i}", at_ms=T0 + i, produced_ms=T0 + i + 50
+        )
+
+    first = [acme(i) for i in range(3)]
+    first.append(
+        h.event("payment.succeeded", PAID, cid="b0", tenant="beta",
+                at_ms=T0 + 60 * minute + 10, produced_ms=T0 + 60)
+    )  # fmt: skip
+    await h.runner.run_batch(first)
+    await h.runner.tick(lambda p: True)
+    h.now += 2
+    await h.runner.run_batch([acme(i) for i in range(3, 6)])
+    await h.runner.tick(lambda p: True)
+    assert _window_counts(h, T0)[-1:] == [6]
+
+
+async def test_the_undo_of_a_failed_produce_keeps_a_rocksdb_tenant_record(tmp_path: Any) -> None:
+    """The value before a write was read without its partition: a RocksDB store then
+    reads the current event's (here the batch's last, another partition's) and finds
+    nothing, so the undo of a failed produce deleted acme's record, and the retry counted
+    its window again from nothing (review finding)."""
+    import weakref
+
+    from faust.streams import _current_event
+
+    h = Harness("rockundo", "rocksdb://", str(tmp_path))
+    await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="a1")])
+    batch = [
+        h.event("payment.succeeded", PAID, cid="a2"),
+        h.event("payment.succeeded", PAID, cid="b1", tenant="beta", partition=1),
+    ]
+    token = _current_event.set(weakref.ref(batch[-1]))
+    try:
+        h.fail_next = 1
+        with pytest.raises(RuntimeError):
+            await h.runner.run_batch(batch)
+        await h.runner.run_batch(batch)  # the retry
+    finally:
+        _current_event.reset(token)
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    counts = {e.get_data()["tenant_id"]: e.get_data()["events"] for e in h.of_type(WINDOW_TYPE)}
+    assert counts == {"acme": 2, "beta": 1}
+
+
+async def test_payments_asking_for_authentication_are_attempts_of_the_decline_burst() -> None:
+    """250 creations in one window: 200 sent to 3-D Secure, 25 succeeded, 25 declined
+    (10%). Only the 50 answered then counted as attempts, so the 25 declines were half:
+    a card-testing alert on an ordinary SCA-heavy tenant (review finding)."""
+    h = Harness("threeds")
+    batch, n = [], 0
+    for _ in range(25):
+        for _ in range(8):
+            n += 1
+            waiting = {"object": {"amount": 900, "currency": "USD", "customer_id": f"c{n}"}}
+            batch.append(h.event("payment.requires_action", waiting, cid=f"r{n}"))
+        n += 1
+        paid = {"object": {"amount": 900, "amount_captured": 900, "currency": "USD",
+                           "capture_method": "automatic", "customer_id": f"c{n}"}}  # fmt: skip
+        batch.append(h.event("payment.succeeded", paid, cid=f"s{n}"))
+        n += 1
+        declined = {
+            "object": {**DECLINE["object"], "customer_id": f"c{n}"},
+            "error": DECLINE["error"],
+        }
+        batch.append(h.event("payment.failed", declined, cid=f"d{n}"))
+    await h.runner.run_batch(batch)
+    assert h.of_type(ALERT_TYPE) == []
