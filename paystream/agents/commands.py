@@ -215,8 +215,10 @@ class CommandRunner:
             groups = await asyncio.gather(
                 *(self._run_tenant(processor, group) for group in by_tenant.values())
             )
-            # Settled entities past retention: their tombstones go with this batch.
-            self.retention.step(time.time())
+            # Settled entities past retention: their tombstones go with this batch. Not
+            # while the group rebalances: which partitions are this worker's is changing.
+            if not app.rebalancing:
+                self.retention.step(time.time())
         _, partitioner = self._kafka()
         records = changelog.records()
         # A changelog partition is its command's partition (co-partitioned tables).

@@ -113,7 +113,7 @@ from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.limits import UNREAD, Admission, LimitGate, LimitRejection
 from paystream.tenancy.limits import Record as LimitRecord
-from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
+from paystream.tenancy.models import TENANT_ID_PATTERN, UNREGISTERED, Tenant, TenantStatus
 from paystream.tracing import CommandTrace, CommandTracing
 
 __all__ = ["CommandProcessor", "Emit", "Inbound"]
@@ -279,8 +279,29 @@ class CommandProcessor:
             # answer, or its re-drive of a request the provider may have acted on,
             # stands. Another command under its key gets this answer, redelivered too.)
             admitted = self._idempotency_record(f"{tenant}:{idem}", time.time())
-            if named > ATTRIBUTES_MAX_BYTES and (
-                admitted is None or admitted.command_id != event.get_id()
+            redrive = FIRST_ATTEMPT_HEADER in rec.headers
+            if (
+                named > ATTRIBUTES_MAX_BYTES
+                and redrive
+                and self.seals.first_attempt_ms(rec.key, rec.value, rec.headers) is None
+            ):
+                # A re-drive (not under paystream's seal): admitted at its first attempt
+                # by a version before this limit, maybe charged; never a final answer
+                # (as for the value limit: _redrive_within_ceiling; review finding).
+                return self._dead_letter(
+                    rec,
+                    "redrive_too_large",
+                    f"a re-driven command's CloudEvents attributes {named} bytes "
+                    f"(limit {ATTRIBUTES_MAX_BYTES})",
+                    reject=None,
+                    when=when,
+                    suspicious=suspicious,
+                    decoded=True,
+                )
+            if (
+                named > ATTRIBUTES_MAX_BYTES
+                and not redrive
+                and (admitted is None or admitted.command_id != event.get_id())
             ):
                 return self._dead_letter(
                     rec,
@@ -292,8 +313,9 @@ class CommandProcessor:
                     decoded=True,
                 )
             if named > ATTRIBUTES_MAX_BYTES:
-                # Admitted before (its answer stands), but its oversized trace context,
-                # no part of the request, is not echoed: it starts a trace of its own.
+                # Admitted before (its answer stands; a sealed re-drive was admitted at its
+                # first attempt), but its oversized trace context, no part of the request,
+                # is not echoed: it starts a trace of its own.
                 attrs = event.get_attributes()
                 event = type(event)(
                     {k: v for k, v in attrs.items() if k not in ("traceparent", "tracestate")},
@@ -416,6 +438,11 @@ class CommandProcessor:
             return self._reject(
                 cmd, RejectReason.TENANT_MISMATCH, "record key must equal the tenantid extension"
             )
+        if _TENANT_ID.fullmatch(tenant_id) is None:
+            # No tenant has such an id, and every table key is "<tenant>:<...>": read as
+            # one, "acme:export" with key "cus1" was acme's record of key "export:cus1",
+            # and acme's answer went out under it (review finding). Refused unread.
+            return self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
         if len(idem_key) > ID_MAX_CHARS:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
         # (Listed only when one holds a control character: nearly never.)
@@ -886,6 +913,11 @@ class CommandProcessor:
             )
         admission = decision
         let_through = let_through or provider_took
+        # A retry under the key of a command parked or in flight is the same request
+        # (checked above) under the same provider key: let through as that command is,
+        # by the handler's checks and by the limits' counting (its earlier record may
+        # have counted the money already; review findings).
+        let_through = let_through or (existing is not None and existing.state in _LET_THROUGH)
         ctx = HandlerContext(
             cmd=cmd,
             gateway=gateway,
@@ -893,12 +925,10 @@ class CommandProcessor:
             call=call,
             entity_keys=entity_keys,
             request_hash=request_hash,
-            # Its handler checks as one let through also a retry under the key of a
-            # command parked or in flight (the same request, checked above, and the same
-            # provider key): refused by what changed since (a card detached, a dispute
-            # lost), its rejection was kept under the key, and the parked command,
-            # re-driven, got it too, though the provider had charged (review finding).
-            let_through=let_through or (existing is not None and existing.state in _LET_THROUGH),
+            # (A retry under a parked command's key was refused by what changed since,
+            # a card detached, a dispute lost; its rejection was kept under the key and
+            # the parked command, re-driven, got it too, after the charge.)
+            let_through=let_through,
             trace=trace,
             id_window_seconds=self.settings.idempotency_ttl_seconds,
         )
@@ -2048,9 +2078,12 @@ class CommandProcessor:
         extra_headers: dict[str, bytes] | None = None,
     ) -> list[Emit]:
         """The command's record, as it came, on the retry topic; ``reason`` says why."""
-        metrics.PARKED.labels(cmd.tenant_id, reason).inc()
+        # (A made-up tenant's re-drive is parked too, stale: its id is no label, one
+        # series each for ever; review finding.)
+        tenant = cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED
+        metrics.PARKED.labels(tenant, reason).inc()
         _throttled.warning(
-            ("park", cmd.tenant_id, reason),
+            ("park", tenant, reason),
             "parking command %s of %s: %s",
             cmd.command_id,
             cmd.tenant_id,
@@ -2081,7 +2114,6 @@ class CommandProcessor:
         return [Emit(self.settings.retry_topic, KafkaRecord(rec.key, park_value(rec), headers))]
 
 
-# Idempotency states of a command let through and not answered.
 def _sender_request(rec: Inbound) -> dict[str, bytes]:
     """The sender's request header, kept on a park or dead letter: re-driven, its outcome
     echoes it, so that a second sender of the same command id, waiting meanwhile, is
@@ -2092,6 +2124,10 @@ def _sender_request(rec: Inbound) -> dict[str, bytes]:
     return {REQUEST_HEADER: request}
 
 
+# What every tenant id is (TENANT_ID_PATTERN): without ":", which separates table keys.
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
+
+# Idempotency states of a command let through and not answered.
 _LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
 
 # Provider refusals that have a rejection reason of their own.

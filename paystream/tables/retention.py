@@ -1,13 +1,14 @@
 """Entity retention: settled entities leave the tables once nothing can act on them.
 
 Without it the entity tables, and their compacted changelogs, keep every payment,
-refund, dispute and deleted customer ever made: a worker's memory store and a new
+refund, dispute and erased customer ever made: a worker's memory store and a new
 replica's recovery grow with all the traffic ever served. The ledger (PostgreSQL) is the
 record of history; the tables hold what commands may still act on.
 
 An entity is *settled* when no command can bring it back into use: every payment, refund
-and dispute, a deleted or erased customer, a detached payment method, or one whose
-customer is settled and as old. A live customer or their attached
+and dispute, an erased customer, a detached payment method, or one whose customer is
+settled and as old. A customer merely deleted stays: erasure may still be asked for, and
+needs the record. A live customer or their attached
 payment method is named by new payments however long it sits unchanged, so it stays.
 A settled entity whose last change (the newest ``at`` among the outcomes it remembers)
 is older than ``PAYSTREAM_ENTITY_RETENTION_SECONDS`` is deleted; one with no ``at`` at
@@ -83,7 +84,10 @@ def settled(record: Mapping[str, Any]) -> bool:
     """No command can bring it back into use (see the module's docstring)."""
     kind = record.get("entity_type")
     if kind == "customer":
-        return bool(record.get("deleted") or record.get("erased"))
+        # Erased only: a customer merely deleted may still be erased (the right to
+        # erasure outlives any retention), and erasure needs the record: removed, it was
+        # answered not_found and the ledger never shredded their data (review finding).
+        return bool(record.get("erased"))
     if kind == "payment_method":
         return record.get("attached") is False
     return kind in ("payment", "refund", "dispute")
@@ -148,7 +152,6 @@ class RetentionSweep:
         self.budget_seconds = budget_seconds
         self.rest_seconds = rest_seconds
         self._walk: Iterator[tuple[Any, int, Any, Callable[[], Any]]] | None = None
-        self._actives: set[int] = set()
         self._next_pass = 0.0
         self._pass_began = 0.0
         self._removed = 0
@@ -169,9 +172,10 @@ class RetentionSweep:
                 return 0
             self._walk = self._keys()
             self._pass_began, self._removed = time.monotonic(), 0
-            # As assigned now: a rebalance ends the pass (restart), so it holds for it.
-            self._actives = set(self.actives())
-        actives = self._actives
+        # As assigned now, at every step: a pass begun just before an assignment (the
+        # batch a hand-over waited for ends in a step) went on deleting, on partitions
+        # then another worker's, from a standby copy maybe far behind (review finding).
+        actives = set(self.actives())
         removed = 0
         stop_at = time.perf_counter() + self.budget_seconds
         for examined in range(self.budget):

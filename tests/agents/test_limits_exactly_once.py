@@ -14,8 +14,12 @@ from typing import Any
 import pytest
 
 from paystream.agents import pipeline
+from paystream.agents.pipeline import Inbound
+from paystream.client import build_command
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
 from tests.agents.harness import Harness, data, kind, new_tenant_id
-from tests.agents.test_let_through import _answer, _charges, _record
+from tests.agents.test_let_through import _BODY, _answer, _charges, _record
 
 pytestmark = pytest.mark.asyncio
 
@@ -426,4 +430,32 @@ async def test_R1b_a_redrive_whose_entity_and_idempotency_writes_were_lost(
     assert kind(out) == "payment.succeeded"
     assert await _charges(h, t, h.tenants[t]) == 1
     assert holds(h, t) == {}
+    assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"
+
+
+async def test_a_retry_under_the_key_of_a_reparked_counted_payment_counts_it_once(
+    harness: Harness,
+) -> None:
+    """c1 succeeded and counted 5000; a crash lost its answer and entity (its in-flight
+    record and the limits' count stayed); redelivered while its gateway was unusable, it
+    was parked again, counted. The client's retry c2 under c1's key then counted the
+    same 5000 again: only c1's own re-drive was told its money already counted (review
+    finding)."""
+    h = harness
+    t = limited_tenant(h)
+    record = dict(h.tenants[t])
+    first = _record(t)
+    assert kind(await _answer(h, first)) == "payment.succeeded"
+    assert used(h, t) == 5000
+    h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])
+    del h.tables.payments[f"{t}:p1"]
+    h.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}  # unusable
+    emits = await h.processor.process(first)  # redelivered
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    h.tenants[t] = record
+    event = build_command("payment.create", t, _BODY, command_id="c2", idempotency_key="c1")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    retry = Inbound(rec.key, rec.value, dict(rec.headers), first.timestamp_ms, first.topic, 0,
+                    first.offset + 2)  # fmt: skip
+    assert kind(await _answer(h, retry)) == "payment.succeeded"
     assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"

@@ -150,3 +150,60 @@ def test_a_park_of_a_lone_surrogate_is_still_written() -> None:
     kept = park_value(rec)
     assert json.loads(kept)["data"]["name"] == "\ud800"
     assert "traceparent" not in json.loads(kept)
+
+
+def _structured_with_big_attribute(tenant: str, command_id: str) -> Inbound:
+    event = build_command(
+        "payment.create", tenant, _BODY, command_id=command_id, idempotency_key="K"
+    )
+    event = type(event)({**event.get_attributes(), "bigext": "x" * 20_000}, event.get_data())
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.STRUCTURED)
+    return Inbound(rec.key, rec.value, dict(rec.headers), int(time.time() * 1000),
+                   "paystream.commands", 0, 2)  # fmt: skip
+
+
+_BODY = {"amount": 5000, "currency": "USD", "payment_method_token": "pm_card_visa",
+         "payment_id": "p1"}  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_redrive_over_the_attribute_limit_is_never_refused(
+    harness: Harness, keyed: Harness
+) -> None:
+    """Parked by a version before the attribute limit (20 KB of attributes), a1's retry
+    a2 under its key finished meanwhile; a1 re-driven was refused payload_too_large,
+    though the provider had charged (review finding). Under paystream's seal (or with
+    no master key to seal with) it gets the key's answer; unsealed while the workers
+    have a master key, it waits unanswered on the dead-letter topic."""
+    for h, sealed in ((harness, True), (keyed, False)):
+        t = new_tenant_id()
+        h.add_tenant(t)
+        retry = encode_event(
+            build_command("payment.create", t, _BODY, command_id="a2", idempotency_key="K"),
+            t.encode(),
+            CloudEventsMode.STRUCTURED,
+        )
+        done = await h.processor.process(
+            Inbound(
+                retry.key,
+                retry.value,
+                dict(retry.headers),
+                int(time.time() * 1000),
+                "paystream.commands",
+                0,
+                1,
+            )
+        )
+        assert kind(outcome_of(h.settings, done)) == "payment.succeeded"
+        a1 = _structured_with_big_attribute(t, "a1")
+        first = str(int(time.time() * 1000) - 60_000).encode()
+        redriven = Inbound(a1.key, a1.value, {**a1.headers, FIRST_ATTEMPT_HEADER: first},
+                           a1.timestamp_ms, a1.topic, 0, 3)  # fmt: skip
+        emits = await h.processor.process(redriven)
+        out = outcome_of(h.settings, emits)
+        if sealed:
+            assert out is not None and kind(out) == "payment.succeeded", out and out.get_data()
+        else:
+            assert out is None
+            [letter] = [e.record for e in emits if e.topic == h.settings.dlq_topic]
+            assert dict(letter.headers)["paystream-dlq-reason"] == b"redrive_too_large"

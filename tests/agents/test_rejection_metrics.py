@@ -63,3 +63,34 @@ async def test_a_declined_card_is_an_outcome_not_a_rejection(harness: Harness) -
         for s in m.samples
         if s.labels.get("tenant") == t
     ]
+
+
+async def test_a_made_up_tenants_parked_command_is_counted_as_unregistered(
+    harness: Harness,
+) -> None:
+    """Without a master key a first-attempt time is believed as it stands: a made-up
+    tenant's "re-drive" is parked stale, and its id became a label, a series each for
+    ever (review finding)."""
+    import itertools
+    import time
+
+    from paystream.agents.pipeline import Inbound
+    from paystream.client import build_command
+    from paystream.settings import CloudEventsMode
+    from paystream.streams.codec import encode_event
+
+    offsets = itertools.count(1)
+    before = _count("paystream_parked_total", tenant="(unregistered)", reason="stale")
+    for n in range(3):
+        tenant = f"made-up-{n}"
+        body = {"amount": 1, "currency": "USD", "payment_method_token": "pm_card_visa"}
+        event = build_command("payment.create", tenant, body)
+        rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+        headers = {**dict(rec.headers), "paystream-first-attempt-ms": b"1"}
+        emits = await harness.processor.process(
+            Inbound(rec.key, rec.value, headers, int(time.time() * 1000), "c", 0, next(offsets))
+        )
+        assert [e.topic for e in emits] == [harness.settings.retry_topic]
+        assert _count("paystream_parked_total", tenant=tenant, reason="stale") == 0
+    after = _count("paystream_parked_total", tenant="(unregistered)", reason="stale")
+    assert after - before == 3

@@ -59,10 +59,13 @@ def _payment(entity_id: str, at: float, tenant: str = TENANT) -> dict[str, Any]:
     )
 
 
-def _customer(entity_id: str, at: float, *, deleted: bool) -> dict[str, Any]:
+def _customer(entity_id: str, at: float, *, erased: bool) -> dict[str, Any]:
+    """An erased customer (deleted too) or a live one: a customer merely deleted stays,
+    as it may still be erased."""
     return _entity(
-        "customer", entity_id, at, provider_customer_id=f"sim_{entity_id}", deleted=deleted
-    )
+        "customer", entity_id, at, provider_customer_id=f"sim_{entity_id}",
+        deleted=erased, erased=erased,
+    )  # fmt: skip
 
 
 def _method(
@@ -112,13 +115,13 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
             "pay_recent": _payment("pay_recent", recent),
         },
         "customers": {
-            "cus_gone": _customer("cus_gone", old, deleted=True),
-            "cus_live": _customer("cus_live", old, deleted=False),
+            "cus_gone": _customer("cus_gone", old, erased=True),
+            "cus_live": _customer("cus_live", old, erased=False),
         },
         "payment_methods": {
             "pm_detached": _method("pm_detached", old, attached=False),
             "pm_attached": _method("pm_attached", old, attached=True),
-            # Still attached to the deleted customer: goes with them.
+            # Still attached to the erased customer: goes with them.
             "pm_orphan": _method("pm_orphan", old, attached=True, customer="cus_gone"),
         },
     }
