@@ -10,12 +10,13 @@ import math
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1209,15 +1210,16 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         # its windows): the group's outcome readers must all run the same set.
         for name in ("PAYSTREAM_AGENTS", "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"):
             exports[name] = env[name]
+        exports = _shell_values(exports, os.environ)
         exports["PATH"] = f'"{Path(sys.executable).parent}:$PATH"'
         if "PAYSTREAM_MASTER_KEY" not in env:
             env["PAYSTREAM_MASTER_KEY"] = _dev_master_key(data_dir / "dev")
-            exports["PAYSTREAM_MASTER_KEY"] = f'"$(cat {data_dir / "dev" / "dev-master.key"})"'
+            key_file = shlex.quote(str(data_dir / "dev" / "dev-master.key"))
+            exports["PAYSTREAM_MASTER_KEY"] = f'"$(cat {key_file})"'
         if "PAYSTREAM_DB_APP_PASSWORD" not in env:
             env["PAYSTREAM_DB_APP_PASSWORD"] = _dev_secret(data_dir / "dev", "db-app.password")
-            exports["PAYSTREAM_DB_APP_PASSWORD"] = (
-                f'"$(cat {data_dir / "dev" / "db-app.password"})"'
-            )
+            password_file = shlex.quote(str(data_dir / "dev" / "db-app.password"))
+            exports["PAYSTREAM_DB_APP_PASSWORD"] = f'"$(cat {password_file})"'
 
         os.environ.update(
             {
@@ -1255,9 +1257,9 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         worker = WorkerProcess(env, log_path, run_settings.web_port).start()
         worker.wait_ready(DEMO_TENANTS, partitions=run_settings.partitions, timeout=120)
         base = f"http://{run_settings.web_host}:{run_settings.web_port}"
-        click.echo(f"broker     {stack.env()['KAFKA_BROKER_URL']}")
-        click.echo(f"database   {stack.env()['DATABASE_URL']}")
-        click.echo(f"redis      {stack.env()['REDIS_URL']}")
+        click.echo(f"broker     {url_without_password(stack.env()['KAFKA_BROKER_URL'])}")
+        click.echo(f"database   {url_without_password(stack.env()['DATABASE_URL'])}")
+        click.echo(f"redis      {url_without_password(stack.env()['REDIS_URL'])}")
         # Behind PAYSTREAM_WEB_TOKEN the plain URL answers 401: say how to open it.
         opener = "?token=<PAYSTREAM_WEB_TOKEN>" if run_settings.web_token else ""
         click.echo(f"dashboard  {base}/{opener}")
@@ -1292,6 +1294,19 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             worker.stop()
         stack.stop()
         click.echo("stopped: worker and embedded services are down.")
+
+
+def _shell_values(values: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """``values`` as an ``export`` line writes them: quoted for the shell (a URL with
+    "&" put the rest of the line in the background), and a URL holding a password,
+    never printed, by reference to the variable it came from, which the other shell
+    needs too (review finding)."""
+    return {
+        name: f'"${name}"'
+        if url_without_password(value) != value and environ.get(name) == value
+        else shlex.quote(value)
+        for name, value in values.items()
+    }
 
 
 @cli.command("demo")

@@ -280,3 +280,20 @@ def test_a_database_url_with_an_at_sign_in_a_query_value_is_accepted(url: str) -
     from paystream.settings import load_settings
 
     assert load_settings(database_url=url).database_url == url
+
+
+def test_dev_exports_are_quoted_and_never_show_a_configured_password() -> None:
+    """The export line printed a configured DATABASE_URL's password, unquoted: a URL
+    with "&" put half the line in the background (review finding)."""
+    from paystream.cli import _shell_values
+
+    url = "postgresql+asyncpg://owner:S3cretPw9@db:5432/paystream?sslmode=require&x=1"
+    shown = _shell_values(
+        {"DATABASE_URL": url, "REDIS_URL": "redis://cache:6379/0", "X": "a b&c"},
+        {"DATABASE_URL": url},
+    )
+    assert shown == {
+        "DATABASE_URL": '"$DATABASE_URL"',
+        "REDIS_URL": "redis://cache:6379/0",
+        "X": "'a b&c'",
+    }
