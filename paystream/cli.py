@@ -1274,14 +1274,19 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         for tid, limits in DEMO_LIMITS.items():
             click.echo(f"limits     {tid}: {limits.describe()}")
         click.echo("Ctrl-C stops everything.")
+
+        # A server of the stack that dies is said, as the worker's death is: the worker
+        # only logged errors by the thousand, and `dev` ran on (review finding).
+        def gone() -> str | None:
+            return f"worker exited; see {log_path}" if worker.exited() else stack.died()
+
         if demo:
-            died = f"worker exited; see {log_path}"
-            asyncio.run(_demo(run_settings, rate, duration, worker.exited, died))
+            asyncio.run(_demo(run_settings, rate, duration, gone))
         else:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
-                if worker.exited():
-                    raise click.ClickException(f"worker exited; see {log_path}")
+                if (why := gone()) is not None:
+                    raise click.ClickException(why)
                 time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("\nstopping…")
@@ -1368,15 +1373,18 @@ async def _demo(
     settings: Settings,
     rate: float,
     duration: float | None,
-    worker_exited: Callable[[], bool] | None = None,
-    died: str = "",
+    gone: Callable[[], str | None] | None = None,
 ) -> None:
-    """Demo flows until ``duration``; with ``worker_exited``, stop when the worker dies."""
+    """Demo flows until ``duration``; with ``gone``, stop when it says why (the worker or
+    a server of the stack died)."""
     from paystream.client import PaystreamClient
     from paystream.demo import run_demo
 
+    why: str | None = None
+
     async def watch_worker() -> None:
-        while worker_exited is None or not worker_exited():
+        nonlocal why
+        while gone is None or (why := gone()) is None:
             await asyncio.sleep(0.5)
 
     def progress(seen: Counter[str], elapsed: float) -> None:
@@ -1395,7 +1403,7 @@ async def _demo(
         if not demo.done():  # the worker died: its commands would only time out
             demo.cancel()
             await asyncio.gather(demo, return_exceptions=True)
-            raise click.ClickException(died)
+            raise click.ClickException(why or "the stack went down")
         watcher.cancel()
         seen = demo.result()
     click.echo(f"demo done: {sum(seen.values())} outcomes: {dict(seen)}")

@@ -168,6 +168,15 @@ class DevStack:
             }
         )
 
+    def died(self) -> str | None:
+        """Which embedded server has exited, and where its log is (None: all running)."""
+        for name, service in (("broker", self.broker), ("redis", self.redis),
+                              ("postgresql", self.postgres)):  # fmt: skip
+            why = service._died() if service is not None else None
+            if why is not None:
+                return f"embedded {name} {why}"
+        return None
+
     def pids(self) -> list[int]:
         """Process ids of the servers this stack runs (for leak checks)."""
         return [
