@@ -250,6 +250,38 @@ async def _answer(h: Harness, rec: Inbound) -> CloudEvent:
     return out
 
 
+async def _saved_card_charge_parked(h: Harness) -> tuple[str, dict[str, Any]]:
+    """A tenant's customer c1 pays p1 with saved card pm1 (command k3); the provider
+    charges, its answers are lost: parked. The tenant and the payment's data."""
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1"}, "k1"))
+    attach = {"customer_id": "c1", "payment_method_id": "pm1", "token": "pm_card_visa"}
+    await _answer(h, _command(t, "payment_method.attach", attach, "k2"))
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD", "customer_id": "c1",
+           "payment_method_id": "pm1"}  # fmt: skip
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    return t, pay
+
+
+async def _refund_parked_then_dispute_lost(h: Harness, key: str) -> tuple[str, dict[str, Any]]:
+    """p1 paid; its refund r1 (command ``key``) made at the provider, the answers lost:
+    parked; then a dispute on p1 lost. The tenant and the refund's data."""
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:refund:r1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+    assert kind(await _answer(h, _command(t, "payment.create", pay, "k1"))) == "payment.succeeded"
+    refund = {"refund_id": "r1", "payment_id": "p1", "amount": 2000}
+    emits = await h.processor.process(_command(t, "refund.create", refund, key))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    # The dispute as paystream records it once lost (dispute.accept).
+    h.tables.disputes[f"{t}:dp1"] = {"status": "lost"}
+    h.tables.payments[f"{t}:p1"] = {**h.tables.payments[f"{t}:p1"], "dispute_id": "dp1"}
+    return t, refund
+
+
 @pytest.mark.parametrize(
     ("since", "body"),
     [
@@ -264,15 +296,7 @@ async def test_a_parked_charge_stands_after_its_card_or_customer_is_gone(
     customer deleted): re-driven, the create was refused by paystream's own checks
     (`invalid_state` detached, `not_found` customer) with the customer charged."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
-    await _answer(h, _command(t, "customer.create", {"customer_id": "c1"}, "k1"))
-    attach = {"customer_id": "c1", "payment_method_id": "pm1", "token": "pm_card_visa"}
-    await _answer(h, _command(t, "payment_method.attach", attach, "k2"))
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD", "customer_id": "c1",
-           "payment_method_id": "pm1"}  # fmt: skip
-    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    t, pay = await _saved_card_charge_parked(h)
     gone = await _answer(h, _command(t, since, body, "k4"))
     assert kind(gone) in ("payment_method.detached", "customer.deleted")
     out = await _answer(h, _command(t, "payment.create", pay, "k3"))  # `dlq replay`
@@ -290,17 +314,7 @@ async def test_a_parked_refund_stands_after_a_dispute_was_lost(harness: Harness)
     lost since: re-driven, the refund was refused ("charged back: nothing to refund")
     though the provider had refunded."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:refund:r1": 3}})
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
-           "payment_method_token": "pm_card_visa"}  # fmt: skip
-    assert kind(await _answer(h, _command(t, "payment.create", pay, "k1"))) == "payment.succeeded"
-    refund = {"refund_id": "r1", "payment_id": "p1", "amount": 2000}
-    emits = await h.processor.process(_command(t, "refund.create", refund, "k2"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
-    # The dispute as paystream records it once lost (dispute.accept).
-    h.tables.disputes[f"{t}:dp1"] = {"status": "lost"}
-    h.tables.payments[f"{t}:p1"] = {**h.tables.payments[f"{t}:p1"], "dispute_id": "dp1"}
+    t, refund = await _refund_parked_then_dispute_lost(h, "k2")
     out = await _answer(h, _command(t, "refund.create", refund, "k2"))  # `dlq replay`
     assert kind(out) == "refund.succeeded", data(out)
     assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 2000
@@ -550,15 +564,7 @@ async def test_a_retry_under_a_parked_charges_key_is_answered_as_it(
     state and that refusal kept under the key, so the parked command, re-driven, was
     refused too, with the customer charged and no payment to refund (review finding)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
-    await _answer(h, _command(t, "customer.create", {"customer_id": "c1"}, "k1"))
-    attach = {"customer_id": "c1", "payment_method_id": "pm1", "token": "pm_card_visa"}
-    await _answer(h, _command(t, "payment_method.attach", attach, "k2"))
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD", "customer_id": "c1",
-           "payment_method_id": "pm1"}  # fmt: skip
-    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    t, pay = await _saved_card_charge_parked(h)
     await _answer(h, _command(t, since, body, "k4"))
     retried = await _answer(h, _retry(t, "payment.create", pay, "k3-retry"))
     assert kind(retried) == "payment.succeeded", data(retried)
@@ -571,16 +577,7 @@ async def test_a_retry_under_a_parked_charges_key_is_answered_as_it(
 async def test_a_retry_under_a_parked_refunds_key_is_answered_as_it(harness: Harness) -> None:
     """The same for a refund the provider made, retried after a dispute was lost."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:refund:r1": 3}})
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
-           "payment_method_token": "pm_card_visa"}  # fmt: skip
-    assert kind(await _answer(h, _command(t, "payment.create", pay, "k1"))) == "payment.succeeded"
-    refund = {"refund_id": "r1", "payment_id": "p1", "amount": 2000}
-    emits = await h.processor.process(_command(t, "refund.create", refund, "k3"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
-    h.tables.disputes[f"{t}:dp1"] = {"status": "lost"}
-    h.tables.payments[f"{t}:p1"] = {**h.tables.payments[f"{t}:p1"], "dispute_id": "dp1"}
+    t, refund = await _refund_parked_then_dispute_lost(h, "k3")
     retried = await _answer(h, _retry(t, "refund.create", refund, "k3-retry"))
     assert kind(retried) == "refund.succeeded", data(retried)
     redriven = await _answer(h, _command(t, "refund.create", refund, "k3"))  # `dlq replay`

@@ -529,23 +529,15 @@ async def test_another_event_under_a_stored_event_id_is_parked_not_skipped(
     assert await _count(app_engine, tenant, Payment) == 1
 
 
-async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
-    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ledger refuses it (a last line of defence); a parked copy of its bytes would
-    outlive any fix to the original, so the dead letter keeps only where it came from."""
+def _parked_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[tuple[str, bytes | None, bytes, dict[str, bytes]]]:
+    """What the ledger agent parks, (topic, key, value, headers), through a stand-in of
+    the app's producer (the parking itself, not the broker, is under test)."""
     from types import SimpleNamespace
 
     from paystream.agents import ledger_sink as agent
 
-    tenant = f"t{uuid.uuid4().hex[:8]}"
-    data = dict(payment_outcome(tenant, "pay_cvc", 1).get_data())
-    data["object"] = {**data["object"], "metadata": {"card_cvc": "7373"}}
-    bad = encode_event(
-        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
-        tenant.encode(),
-        CloudEventsMode.BINARY,
-    )
     sent: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
 
     class _Producer:
@@ -561,6 +553,26 @@ async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
 
     stand_in = SimpleNamespace(producer=_Producer(), topic=lambda *_a, **_k: _Topic())
     monkeypatch.setattr(agent, "app", stand_in)
+    return sent
+
+
+async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger refuses it (a last line of defence); a parked copy of its bytes would
+    outlive any fix to the original, so the dead letter keeps only where it came from."""
+
+    from paystream.agents import ledger_sink as agent
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    data = dict(payment_outcome(tenant, "pay_cvc", 1).get_data())
+    data["object"] = {**data["object"], "metadata": {"card_cvc": "7373"}}
+    bad = encode_event(
+        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    sent = _parked_records(monkeypatch)
     runner = agent.LedgerSinkRunner(agent.settings)
     runner._sink = LedgerSink(app_engine, keyring)
     await runner.run_batch([_Event(_Msg(bad.key, bad.value, list(bad.headers), 9))])  # type: ignore[list-item]
@@ -580,7 +592,6 @@ async def test_card_data_refused_first_for_another_reason_is_not_parked_either(
 ) -> None:  # fmt: skip
     """An outcome refused before its card scan ran (its data names another tenant; bytes
     that are no CloudEvent) was parked with the card number in it (review finding)."""
-    from types import SimpleNamespace
 
     from paystream.agents import ledger_sink as agent
 
@@ -597,26 +608,11 @@ async def test_card_data_refused_first_for_another_reason_is_not_parked_either(
     headers_in = list(bad.headers)
     if refused_for == "undecodable":
         headers_in = [(k, v) for k, v in headers_in if k != "ce_specversion"]
-    sent: list[tuple[bytes, dict[str, bytes]]] = []
-
-    class _Producer:
-        async def send(self, topic: str, key: Any, value: Any, *_: Any) -> Any:
-            sent.append((value, dict(_[-1])))
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-
-    class _Topic:
-        async def maybe_declare(self) -> None:
-            return None
-
-    monkeypatch.setattr(
-        agent, "app", SimpleNamespace(producer=_Producer(), topic=lambda *_a, **_k: _Topic())
-    )
+    sent = _parked_records(monkeypatch)
     runner = agent.LedgerSinkRunner(agent.settings)
     runner._sink = LedgerSink(app_engine, keyring)
     await runner.run_batch([_Event(_Msg(bad.key, bad.value, headers_in, 9))])  # type: ignore[list-item]
-    [(value, headers)] = sent
+    [(_topic, _key, value, headers)] = sent
     assert headers["paystream-dlq-reason"] != b"ledger_forbidden_data"  # refused for that
     assert value == b"" and headers["paystream-dlq-redacted"] == b"forbidden_data"
 
