@@ -974,6 +974,12 @@ class CommandProcessor:
                 },
             )
         try:
+            if (
+                existing is not None
+                and existing.state in _LET_THROUGH
+                and existing.command_id != cmd.command_id
+            ):
+                await self._answered_by_the_keys_command(cmd, existing, data, request_hash)
             result = await HANDLERS[cmd.command_type](ctx, data)
         except AlreadyApplied as done:
             # Faust wrote the entity's changelog but the offset was not committed.
@@ -1380,6 +1386,19 @@ class CommandProcessor:
         if _request_hash(cmd.command_type, data) != existing.request_hash:
             return None  # another request under the key: answered as any would be
         return existing
+
+    async def _answered_by_the_keys_command(
+        self, cmd: CommandRef, existing: IdempotencyRecord, data: Any, request_hash: str
+    ) -> None:
+        """A retry under the key of a command let through before, which may have made
+        its entity (a crash lost only its answer): AnsweredByAnother with that command's
+        outcome if it did. Run itself, the retry derives ids of its own (a create without
+        a chosen id), and made a second entity of the one provider object (review)."""
+        first = replace(cmd, command_id=existing.command_id)
+        stand_in = NoProvider("", Rejection(RejectReason.INVALID_STATE, "", remember=False))
+        done = await applied_by_entity(self.tables, first, data, request_hash, stand_in)
+        if done is not None:
+            raise AnsweredByAnother(done.outcome, existing.command_id)
 
     def _redrive_within_ceiling(self, rec: Inbound, size: int, attributes: int) -> bool:
         """A re-drive (under paystream's seal, or any with no master key to seal with) is
