@@ -1102,8 +1102,11 @@ def _dev_secret(data_dir: Path, name: str) -> str:
     path = data_dir / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
-        path.chmod(0o600)
+        # Created owner-only: written first and chmod-ed after, it was readable by all
+        # meanwhile (or for good, had the chmod not run; review finding).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(base64.b64encode(secrets.token_bytes(32)).decode())
     return path.read_text().strip()
 
 

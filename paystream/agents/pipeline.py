@@ -2014,6 +2014,10 @@ class CommandProcessor:
             except Exception:
                 log.exception("could not answer or park %s", cmd.command_id)
                 reject = None  # kept, never answered: its provider may have acted
+        elif FIRST_ATTEMPT_HEADER in rec.headers:
+            # A re-drive with no record here (a K1 park, one parked past its record's
+            # window): the provider may have acted on it; kept, never answered (review).
+            reject = None
         else:
             reject = RejectReason.INTERNAL_ERROR
         return self._dead_letter(

@@ -243,3 +243,26 @@ async def test_a_failure_while_reading_a_charged_command_again_still_parks_it(
     out = outcome_of(harness.settings, emits)
     assert out is None, "charged command answered internal_error"
     assert [e.topic for e in emits] == [harness.settings.retry_topic]
+
+
+async def test_a_redrive_with_no_record_here_is_never_answered_internal_error(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-drive (its first attempt named) that no idempotency record here knows (a K1
+    park, one parked past its record's window) may have been acted on by the provider:
+    a bug of ours on it keeps it, unanswered (review finding: it was answered
+    internal_error, which its sender might act on by paying again)."""
+    t = harness.add_tenant()
+
+    def buggy(tenant_id: str, raw: Any) -> Any:
+        raise RuntimeError("a bug of ours while reading the tenant")
+
+    monkeypatch.setattr(harness.processor, "_tenant", buggy)
+    event = build_command("payment.create", t, _BODY, command_id="c3")
+    rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    first = str(int(time.time() * 1000) - 60_000).encode()
+    headers = {**dict(rec.headers), "paystream-first-attempt-ms": first}
+    emits = await _run_as_the_agent_does(harness, _inbound(rec.key, rec.value, headers, 13))
+    assert outcome_of(harness.settings, emits) is None
+    [letter] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dict(letter.headers)["paystream-dlq-reason"] == b"internal_error"
