@@ -82,15 +82,20 @@ async def test_a_failure_once_let_through_parks_the_command_unanswered(
     assert await _charges(harness, t) == 1
 
 
-async def test_a_failure_before_the_command_is_let_through_is_dead_lettered_and_rejected(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    t = harness.add_tenant()
+def _tenant_read_by_a_bug(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new tenant whose commands fail on a bug of ours, before any is let through."""
 
     def buggy(tenant_id: str, raw: Any) -> Any:
         raise RuntimeError("a bug of ours while reading the tenant")
 
     monkeypatch.setattr(harness.processor, "_tenant", buggy)
+    return harness.add_tenant()
+
+
+async def test_a_failure_before_the_command_is_let_through_is_dead_lettered_and_rejected(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = _tenant_read_by_a_bug(harness, monkeypatch)
     event = build_command("payment.create", t, _BODY, command_id="c2")
     rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
     emits = await _run_as_the_agent_does(
@@ -252,12 +257,7 @@ async def test_a_redrive_with_no_record_here_is_never_answered_internal_error(
     park, one parked past its record's window) may have been acted on by the provider:
     a bug of ours on it keeps it, unanswered (review finding: it was answered
     internal_error, which its sender might act on by paying again)."""
-    t = harness.add_tenant()
-
-    def buggy(tenant_id: str, raw: Any) -> Any:
-        raise RuntimeError("a bug of ours while reading the tenant")
-
-    monkeypatch.setattr(harness.processor, "_tenant", buggy)
+    t = _tenant_read_by_a_bug(harness, monkeypatch)
     event = build_command("payment.create", t, _BODY, command_id="c3")
     rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
     first = str(int(time.time() * 1000) - 60_000).encode()

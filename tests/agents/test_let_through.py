@@ -235,8 +235,10 @@ async def test_a_fresh_create_of_an_existing_payment_is_still_invalid_state(
     assert await _charges(harness, t, record) == 1
 
 
-def _command(tenant: str, command_type: str, body: dict[str, Any], command_id: str) -> Inbound:
-    event = build_command(command_type, tenant, body, command_id=command_id)
+def _command(
+    tenant: str, command_type: str, body: dict[str, Any], command_id: str, key: str | None = None
+) -> Inbound:
+    event = build_command(command_type, tenant, body, command_id=command_id, idempotency_key=key)
     rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
     return Inbound(
         rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
@@ -248,6 +250,13 @@ async def _answer(h: Harness, rec: Inbound) -> CloudEvent:
     out = outcome_of(h.settings, await h.processor.process(rec))
     assert out is not None
     return out
+
+
+# What takes a saved card's payment away: the card detached, or its customer deleted.
+_CARD_OR_CUSTOMER_GONE = [
+    ("payment_method.detach", {"payment_method_id": "pm1"}),
+    ("customer.delete", {"customer_id": "c1"}),
+]
 
 
 async def _saved_card_charge_parked(h: Harness) -> tuple[str, dict[str, Any]]:
@@ -282,13 +291,7 @@ async def _refund_parked_then_dispute_lost(h: Harness, key: str) -> tuple[str, d
     return t, refund
 
 
-@pytest.mark.parametrize(
-    ("since", "body"),
-    [
-        ("payment_method.detach", {"payment_method_id": "pm1"}),
-        ("customer.delete", {"customer_id": "c1"}),
-    ],
-)
+@pytest.mark.parametrize(("since", "body"), _CARD_OR_CUSTOMER_GONE)
 async def test_a_parked_charge_stands_after_its_card_or_customer_is_gone(
     harness: Harness, since: str, body: dict[str, Any]
 ) -> None:
@@ -539,23 +542,7 @@ async def test_a_parked_update_of_a_customer_deleted_since_is_answered_not_found
     assert out is not None and data(out)["reason"] == "not_found", out and data(out)
 
 
-def _retry(tenant: str, command_type: str, body: dict[str, Any], command_id: str) -> Inbound:
-    """``_command`` under the idempotency key "k3" of the parked command, a new id."""
-    event = build_command(command_type, tenant, body, command_id=command_id, idempotency_key="k3")
-    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
-    return Inbound(
-        rec.key, rec.value, dict(rec.headers), 1_790_000_000_000, "paystream.commands", 0,
-        next(_offsets),
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("since", "body"),
-    [
-        ("payment_method.detach", {"payment_method_id": "pm1"}),
-        ("customer.delete", {"customer_id": "c1"}),
-    ],
-)
+@pytest.mark.parametrize(("since", "body"), _CARD_OR_CUSTOMER_GONE)
 async def test_a_retry_under_a_parked_charges_key_is_answered_as_it(
     harness: Harness, since: str, body: dict[str, Any]
 ) -> None:
@@ -566,7 +553,7 @@ async def test_a_retry_under_a_parked_charges_key_is_answered_as_it(
     h = harness
     t, pay = await _saved_card_charge_parked(h)
     await _answer(h, _command(t, since, body, "k4"))
-    retried = await _answer(h, _retry(t, "payment.create", pay, "k3-retry"))
+    retried = await _answer(h, _command(t, "payment.create", pay, "k3-retry", key="k3"))
     assert kind(retried) == "payment.succeeded", data(retried)
     redriven = await _answer(h, _command(t, "payment.create", pay, "k3"))  # `dlq replay`
     assert kind(redriven) == "payment.succeeded", data(redriven)
@@ -578,7 +565,7 @@ async def test_a_retry_under_a_parked_refunds_key_is_answered_as_it(harness: Har
     """The same for a refund the provider made, retried after a dispute was lost."""
     h = harness
     t, refund = await _refund_parked_then_dispute_lost(h, "k3")
-    retried = await _answer(h, _retry(t, "refund.create", refund, "k3-retry"))
+    retried = await _answer(h, _command(t, "refund.create", refund, "k3-retry", key="k3"))
     assert kind(retried) == "refund.succeeded", data(retried)
     redriven = await _answer(h, _command(t, "refund.create", refund, "k3"))  # `dlq replay`
     assert kind(redriven) == "refund.succeeded", data(redriven)
