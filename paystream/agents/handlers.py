@@ -28,6 +28,7 @@ from paystream.ids import derived_id
 from paystream.money import Money, format_minor
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
+from paystream.tables.next_action import public_row
 from paystream.tables.records import (
     CustomerRecord,
     DisputeRecord,
@@ -502,7 +503,7 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
             if (ids is None and raw.get(field_name) == rec.id) or (
                 ids is not None and raw.get(field_name) in ids
             ):
-                rows.append({k: v for k, v in raw.items() if k != "applied"})
+                rows.append(public_row(raw))
         return sorted(rows, key=lambda r: r["id"])
 
     methods = owned(ctx.tables.payment_methods, "customer_id")

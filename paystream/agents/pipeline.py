@@ -100,6 +100,7 @@ from paystream.streams.tracecontext import (
     parse_traceparent,
     valid_tracestate,
 )
+from paystream.tables.next_action import NextActionSeal
 from paystream.tables.records import (
     EntityRecord,
     IdempotencyRecord,
@@ -169,6 +170,8 @@ class CommandProcessor:
         self.tracing = tracing
         # Whose first-attempt times to believe (re-sent by `dlq replay`, sealed).
         self.seals = FirstAttemptSeals.from_settings(settings)
+        # A payment's next action holds the customer's credential: kept sealed.
+        self.next_actions = NextActionSeal.from_settings(settings)
         self.tables = tables
         self.idempotency = idempotency
         self.tenants = tenants
@@ -1595,6 +1598,10 @@ class CommandProcessor:
         for entity in entities:
             entity.version += 1
             record = _stored_fields(entity)
+            if record.get("next_action") is not None:
+                record["next_action"] = self.next_actions.sealed(
+                    cmd.tenant_id, record["id"], record["next_action"]
+                )
             dumped.append(record)
             snapshot = dict(record)  # (in its order, without the type)
             snapshot.pop("entity_type", None)
@@ -1821,7 +1828,12 @@ class CommandProcessor:
     # ---- emitted records ----------------------------------------------------------
 
     def _outcome(self, cmd: CommandRef, stored: StoredOutcome) -> Emit:
-        record = encode_outcome(cmd, stored.type, stored.data, self.settings.cloudevents_mode)
+        record = encode_outcome(
+            cmd,
+            stored.type,
+            self.next_actions.opened(cmd.tenant_id, stored.data),
+            self.settings.cloudevents_mode,
+        )
         obj = stored.data.get("object") or {}
         registered = cmd.tenant_id in self.tenants
         summary = {

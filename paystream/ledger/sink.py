@@ -52,6 +52,7 @@ from paystream.ledger.events import LedgerEvent
 from paystream.ledger.privacy import erase_customer
 from paystream.ledger.session import assert_rls_enforced
 from paystream.ledger.writer import WriteResult, write_events
+from paystream.tables.next_action import without_credentials
 from paystream.tenancy.crypto import MasterKeyring
 
 T = TypeVar("T")
@@ -142,6 +143,9 @@ _ALIASES: dict[str, dict[str, str]] = {
 
 def _snapshot(entity_type: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     data = dict(obj)
+    if data.get("next_action") is not None:
+        # The customer's credential for a 3-D Secure step: not for an audit log.
+        data["next_action"] = without_credentials(data["next_action"])
     for column, source in _ALIASES.get(entity_type, {}).items():
         if data.get(column) is None and data.get(source) is not None:
             data[column] = data[source]

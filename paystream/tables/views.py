@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from paystream.tables.next_action import public_row
 from paystream.tenancy.models import UNREGISTERED
 
 # Distinct tenant ids that are not registered the activity counts keep by name.
@@ -204,4 +205,4 @@ def entity_view(table: Mapping[str, Any], tenant_id: str, entity_id: str) -> dic
     raw = table.get(f"{tenant_id}:{entity_id}")
     if raw is None:
         return None
-    return {k: v for k, v in raw.items() if k != "applied"}
+    return public_row(raw)

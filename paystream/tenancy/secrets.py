@@ -26,22 +26,27 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def seal_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, value: str) -> str:
-    """Encrypt one secret for storage in the tenant record."""
+def seal_secret(
+    keyring: crypto.MasterKeyring, tenant_id: str, name: str, value: str, purpose: str = _PURPOSE
+) -> str:
+    """Encrypt one secret for storage in the tenant record (``purpose``: what else it is,
+    bound into its ciphertext, for a secret kept elsewhere)."""
     ref = f"secret/{name}"
     data_key = crypto.generate_data_key()
     wrapped = crypto.wrap_data_key(keyring.current, data_key, tenant_id, ref)
-    blob = crypto.encrypt(data_key, value.encode(), crypto.aad(tenant_id, _PURPOSE, name))
+    blob = crypto.encrypt(data_key, value.encode(), crypto.aad(tenant_id, purpose, name))
     return ".".join(["v1", wrapped.master_key_id, _b64(wrapped.blob), _b64(blob)])
 
 
-def open_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, sealed: str) -> SecretStr:
+def open_secret(
+    keyring: crypto.MasterKeyring, tenant_id: str, name: str, sealed: str, purpose: str = _PURPOSE
+) -> SecretStr:
     """Decrypt a sealed secret; CryptoError if it was tampered with or moved."""
     _, key_id, wrapped_b64, blob_b64 = _parts(name, sealed)
     wrapped = crypto.WrappedKey(key_id, base64.urlsafe_b64decode(wrapped_b64))
     data_key = crypto.unwrap_data_key(keyring, wrapped, tenant_id, f"secret/{name}")
     plain = crypto.decrypt(
-        data_key, base64.urlsafe_b64decode(blob_b64), crypto.aad(tenant_id, _PURPOSE, name)
+        data_key, base64.urlsafe_b64decode(blob_b64), crypto.aad(tenant_id, purpose, name)
     )
     return SecretStr(plain.decode())
 

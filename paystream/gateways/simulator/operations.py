@@ -394,10 +394,14 @@ async def _create_payment_full(
         tx.put(pi)
         return _decline(card, pi["id"])
     if card.behaviour is Behaviour.REQUIRE_ACTION:
+        # As Stripe's 3-D Secure URL: it carries the payment's client secret, a
+        # credential for the customer's step that paystream must never keep in clear.
+        secret = f"{pi['id']}_secret_{_new_id('cs').removeprefix('cs_')}"
         pi["next_action"] = {
             "type": "redirect_to_url",
             "redirect_to_url": {
-                "url": f"https://simulator.paystream.invalid/3ds/{pi['id']}",
+                "url": f"https://simulator.paystream.invalid/3ds/{pi['id']}"
+                f"?payment_intent_client_secret={secret}",
                 "return_url": req.return_url,
             },
         }
