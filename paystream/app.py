@@ -26,7 +26,15 @@ FORWARD_TIMEOUT_SECONDS = 5.0
 # its own; asked under the forwarding worker's name it would have to trust every name
 # the group's members advertise, and anyone who can join the group can advertise one.
 FORWARDED_HEADERS = ("Authorization", "Accept")
+# Marks a lookup forwarded once: its receiver answers it or refuses it, never forwards it
+# again (two workers each naming the other the owner, mid-rebalance, bounced it for ever).
+FORWARDED_MARK = "Paystream-Forwarded"
 TOKEN_COOKIE = "paystream_token"  # noqa: S105 - the cookie's name
+
+
+class ForwardLoop(aiohttp.ClientError):
+    """A forwarded lookup that this worker would forward again: answered 503 and retried
+    (the workers disagree on who owns the tenant until the group settles)."""
 
 
 class ForwardingClient:
@@ -41,6 +49,8 @@ class ForwardingClient:
         )
 
     def request(self, method: str, url: Any, *, headers: Any = None, **kwargs: Any) -> Any:
+        if headers is not None and FORWARDED_MARK in headers:
+            raise ForwardLoop(f"a lookup forwarded to this worker would be forwarded to {url}")
         return self._session.request(method, url, headers=forwarded_headers(headers), **kwargs)
 
     async def close(self) -> None:
@@ -53,6 +63,7 @@ def forwarded_headers(headers: Any) -> dict[str, str]:
     owner gets the dashboard cookie's token in its place, decoded as the worker reads it."""
     given = headers or {}
     out = {name: given[name] for name in FORWARDED_HEADERS if name in given}
+    out[FORWARDED_MARK] = "1"
     if out.get("Authorization", "").partition(" ")[0].lower() != "bearer":
         out.pop("Authorization", None)
         token = _cookies(str(given.get("Cookie", ""))).get(TOKEN_COOKIE)

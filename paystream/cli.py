@@ -254,7 +254,11 @@ def tenants() -> None:
     help="secret NAME whose value is read from the environment variable PAYSTREAM_SECRET_<NAME> "
     "or prompted for (never pass secrets as arguments); replaces that secret only",
 )
-@click.option("--connected-account", default=None)
+@click.option(
+    "--connected-account",
+    default=None,
+    help='the provider account to act on (Stripe Connect `acct_...`); "" removes it',
+)
 @_limit_options
 def tenants_add(
     tenant_id: str,
@@ -1153,7 +1157,12 @@ _duration = click.option(
 @click.option("--demo/--no-demo", default=False, help="drive demo traffic through the worker")
 @_demo_rate
 @_duration
-@click.option("--web-port", type=int, default=None, help="worker web port (default: settings)")
+@click.option(
+    "--web-port",
+    type=click.IntRange(1, 65535),  # (0 would have meant the default port, silently)
+    default=None,
+    help="worker web port (default: settings)",
+)
 def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -> None:
     """Start the embedded stack, a worker and its dashboard; Ctrl-C stops everything."""
     settings = _settings()
@@ -1181,7 +1190,7 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             f"another `paystream dev` runs from {data_dir / 'dev'}: stop it, or run this one "
             "with PAYSTREAM_DATA_DIR set to another directory (and another --web-port)"
         ) from None
-    port = web_port or settings.web_port
+    port = settings.web_port if web_port is None else web_port
     if not _port_free(settings.web_host, port):
         # Found now, not as a worker that exits after the whole stack has started.
         raise click.ClickException(
@@ -1198,7 +1207,7 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             **os.environ,
             **stack.env(),
             "PAYSTREAM_DATA_DIR": str(data_dir / "dev"),
-            "PAYSTREAM_WEB_PORT": str(web_port or settings.web_port),
+            "PAYSTREAM_WEB_PORT": str(port),
             # The whole pipeline, analytics windows and fraud alerts included.
             "PAYSTREAM_AGENTS": os.environ.get("PAYSTREAM_AGENTS", "commands,ledger,insights"),
             # Short windows: the dashboard shows the demo's analytics within seconds.

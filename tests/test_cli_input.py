@@ -38,6 +38,7 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
             "Invalid value for --name: not valid Unicode",
         ),
         (["tenants", "add", "acme", "--connected-account", "acct_\udcff"], "not valid Unicode"),
+        (["dev", "--web-port", "0"], "0 is not in the range 1<=x<=65535"),
         # an undecodable byte in a secret's name (its value is never shown either way)
         (["tenants", "add", "acme", "--secret", "api_key\udcff"], "not valid Unicode"),
         (["tenants", "add", "acme", "--option", 'latency_ms="\udcff"'], "not valid Unicode"),

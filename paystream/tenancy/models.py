@@ -110,7 +110,7 @@ def register_or_update(tenant_id: str, known: Tenant | None, changes: TenantChan
             gateway=changes.gateway or "simulator",
             gateway_options=changes.gateway_options or {},
             secrets=changes.secrets or {},
-            connected_account=changes.connected_account,
+            connected_account=changes.connected_account or None,
             limits=changes.limits or TenantLimits(),
         )
     record = known.model_dump()
@@ -124,7 +124,8 @@ def register_or_update(tenant_id: str, known: Tenant | None, changes: TenantChan
     if changes.secrets:
         record["secrets"] = {**record["secrets"], **changes.secrets}
     if changes.connected_account is not None:
-        record["connected_account"] = changes.connected_account
+        # "" removes it: the calls go to the platform's own account again.
+        record["connected_account"] = changes.connected_account or None
     if changes.limits is not None:
         record["limits"] = changes.limits
     return Tenant.model_validate(record)

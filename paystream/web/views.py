@@ -26,7 +26,7 @@ from paystream.agents.ledger_sink import runner as ledger_runner
 from paystream.agents.offsets import Stall, stalls
 from paystream.agents.publish_health import PUBLISH, PublishTrouble
 from paystream.agents.tenants import registry
-from paystream.app import TOKEN_COOKIE, app, settings
+from paystream.app import TOKEN_COOKIE, ForwardLoop, app, settings
 from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
@@ -397,6 +397,11 @@ def _owner_unreachable_is_503(fun: _Handler) -> _Handler:
     async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
         try:
             response = await fun(view, request, *args, **kwargs)
+        except ForwardLoop:
+            # Forwarded here, and this worker names yet another owner: the group is
+            # settling (answered as a lookup before any assignment is).
+            status, body, headers = owner_unknown()
+            return view.json(body, status=status, headers=headers)
         except (aiohttp.ClientError, TimeoutError):
             status, body, headers = owner_unreachable()
             return view.json(body, status=status, headers=headers)

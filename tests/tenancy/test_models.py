@@ -93,3 +93,16 @@ def test_a_tenant_with_text_that_is_not_unicode_is_refused(fields: dict[str, Any
     record: a new tenant would never exist, a known one could never change again."""
     with pytest.raises(ValidationError, match="is not valid Unicode"):
         Tenant(tenant_id="acme", **fields)
+
+
+def test_an_empty_connected_account_removes_it() -> None:
+    """`tenants add --connected-account ""` means the platform's own account again: kept
+    as none (as `tenants list` then shows it), not as an empty account name."""
+    known = register_or_update("t1", None, TenantChanges(connected_account="acct_1"))
+    assert known.connected_account == "acct_1"
+    cleared = register_or_update("t1", known, TenantChanges(connected_account=""))
+    assert cleared.connected_account is None
+    assert (
+        register_or_update("t2", None, TenantChanges(connected_account="")).connected_account
+        is None
+    )

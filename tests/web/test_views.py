@@ -378,10 +378,11 @@ async def test_a_forwarded_lookup_carries_the_token_and_nothing_else_of_the_call
     assert forwarded_headers(caller) == {
         "Accept": "application/json",
         "Authorization": "Bearer s3cret",
+        **_MARK,
     }
     bearer = CIMultiDict({"Authorization": "Bearer t", "Cookie": "paystream_token=other"})
-    assert forwarded_headers(bearer) == {"Authorization": "Bearer t"}
-    assert forwarded_headers(None) == {}
+    assert forwarded_headers(bearer) == {"Authorization": "Bearer t", **_MARK}
+    assert forwarded_headers(None) == _MARK
     # Behind an authenticating proxy (Basic): the cookie's token, not the proxy's header;
     # and a token the cookie had to escape (aiohttp's set_cookie), decoded as the worker
     # reads it (review finding: both were a 401 from the owner).
@@ -391,13 +392,46 @@ async def test_a_forwarded_lookup_carries_the_token_and_nothing_else_of_the_call
     jar.set_cookie("paystream_token", 'a;b,c"d')
     cookie = jar.cookies.output(header="").strip().split("; Path")[0]
     proxied = CIMultiDict({"Authorization": "Basic b3A6cHc=", "Cookie": f"x=1; {cookie}"})
-    assert forwarded_headers(proxied) == {"Authorization": 'Bearer a;b,c"d'}
-    assert forwarded_headers(CIMultiDict({"Authorization": "Basic b3A6cHc="})) == {}
+    assert forwarded_headers(proxied) == {"Authorization": 'Bearer a;b,c"d', **_MARK}
+    assert forwarded_headers(CIMultiDict({"Authorization": "Basic b3A6cHc="})) == _MARK
     # Another service's cookie that Python's SimpleCookie refuses (a space, brackets, no
     # name) made it drop them all: the owner got no token, and answered 401 (review).
     for other in ("theme=dark mode", "arr[k]=1", "=nameless", 'q="unclosed'):
         odd = CIMultiDict({"Cookie": f"{other}; paystream_token=s3cret"})
-        assert forwarded_headers(odd) == {"Authorization": "Bearer s3cret"}, other
+        assert forwarded_headers(odd) == {"Authorization": "Bearer s3cret", **_MARK}, other
+
+
+_MARK = {"Paystream-Forwarded": "1"}
+
+
+async def test_a_forwarded_lookup_is_never_forwarded_again() -> None:
+    """Mid-rebalance two workers can each name the other the tenant's owner: the lookup
+    went back and forth, a new request each hop, until a timeout (review finding). The
+    second forward is refused, and the caller gets a 503 to retry."""
+    from aiohttp import web
+    from multidict import CIMultiDict
+
+    from paystream.app import ForwardingClient, ForwardLoop
+    from paystream.web.views import _owner_unreachable_is_503
+
+    client = ForwardingClient()
+    try:
+        forwarded = CIMultiDict({"Authorization": "Bearer t", **_MARK})
+        with pytest.raises(ForwardLoop):
+            client.request("GET", "http://10.0.0.8:6066/v1/x", headers=forwarded)
+    finally:
+        await client.close()
+
+    class StandInView:
+        def json(self, body: Any, *, status: int, headers: Any = None) -> web.Response:
+            return web.json_response(body, status=status, headers=headers)
+
+    async def bounced(view: Any, request: Any) -> web.Response:
+        raise ForwardLoop("again")
+
+    answer = await _owner_unreachable_is_503(bounced)(StandInView(), None)
+    assert (answer.status, answer.headers["Retry-After"]) == (503, "1")
+    assert "no worker owns this tenant yet" in answer.text
 
 
 async def test_an_open_worker_refuses_a_rebound_domain(
