@@ -211,7 +211,13 @@ class RetryPolicy:
                 if exc.unreadable_answer:
                     breaker.on_success()  # it answered; a retry gets the same answer
                     raise RetriesExhausted(exc, attempt) from exc
-                breaker.on_failure()
+                if exc.code is ErrorCode.IDEMPOTENCY_ERROR:
+                    # A 409: a concurrent request holds the key (a crashed worker's,
+                    # until the provider's claim expires). The provider answered: one
+                    # busy key must not hold back every command of its tenant.
+                    breaker.on_success()
+                else:
+                    breaker.on_failure()
                 if attempt == self.max_attempts or not exc.retry_now:
                     raise RetriesExhausted(exc, attempt) from exc
                 # A provider's own hint wins: e.g. an idempotency key still held by a

@@ -328,3 +328,17 @@ def test_a_closed_circuit_lets_every_call_through_and_records_it() -> None:
     assert breaker.before_call() == 5.0  # one probe at a time
     breaker.on_success()
     assert breaker.state is CircuitState.CLOSED and breaker.before_call() is None
+
+
+async def test_a_key_held_by_another_request_never_opens_the_circuit() -> None:
+    """Stripe's 409 idempotency_key_in_use says the provider is up and one key is busy
+    (a crashed worker's request still holds it): counted as failures, a few such commands
+    opened the tenant's circuit and parked every other command of the tenant."""
+    clock = Clock()
+    p = policy(clock, attempts=2, threshold=2)
+    in_use = GatewayError(ErrorCode.IDEMPOTENCY_ERROR, "key in use", provider="sim", retryable=True)
+    for _ in range(3):
+        with pytest.raises(RetriesExhausted):
+            await p.call("t", "sim", Flaky(failures=99, error=in_use))
+    assert p.breaker("t", "sim").state is CircuitState.CLOSED
+    assert await p.call("t", "sim", Flaky(failures=0)) == "ok"
