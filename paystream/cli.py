@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -144,11 +145,26 @@ def doctor() -> None:
             "checking the embedded stack (set KAFKA_BROKER_URL, DATABASE_URL, REDIS_URL "
             "to check your own servers)…"
         )
-        with tempfile.TemporaryDirectory(prefix="paystream-doctor-") as tmp:
-            base = Path(tmp)
-            base.chmod(0o755)  # the embedded PostgreSQL runs as an unprivileged user
+        base = Path(tempfile.mkdtemp(prefix="paystream-doctor-"))
+        base.chmod(0o755)  # the embedded PostgreSQL runs as an unprivileged user
+        keep = False
+        # SIGTERM as Ctrl-C: the servers are stopped and the directory removed.
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
             with DevStack(base, settings.model_copy(update={"data_dir": base})) as stack:
                 results = _run(doctor_mod.run_checks(stack.stack_settings(), progress=shown))
+        except PaystreamError as exc:
+            # Why, not a traceback; and the logs it names are kept, not deleted with it.
+            keep = True
+            raise click.ClickException(
+                f"the embedded stack did not start: {exc}\n(its files are kept in {base})"
+            ) from exc
+        except KeyboardInterrupt:
+            raise click.Abort from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if not keep:
+                shutil.rmtree(base, ignore_errors=True)
     click.echo(doctor_mod.render_table(results))
     if not all(r.ok for r in results):
         sys.exit(1)
@@ -1130,6 +1146,11 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    """A stop signal handled as Ctrl-C: the ``finally`` blocks stop what was started."""
+    raise KeyboardInterrupt
+
+
 def _last_error(log_path: Path) -> str:
     """The last ERROR line of a log, to say why a process died (or nothing)."""
     try:
@@ -1175,9 +1196,6 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     worker: WorkerProcess | None = None
     stop_signals = {signal.SIGINT, signal.SIGTERM}
 
-    def raise_interrupt(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
     # One stack per data dir: starting embedded PostgreSQL wipes its data dir, so a second
     # `dev` on another port killed the first's database (its ledger stalled, unseen).
     # The lock is held for this process's life (released by the kernel when it exits).
@@ -1198,7 +1216,7 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             "PAYSTREAM_WEB_PORT"
         )
     for sig in stop_signals:
-        signal.signal(sig, raise_interrupt)
+        signal.signal(sig, _raise_interrupt)
     log_path = data_dir / "dev" / "worker.log"
     try:
         click.echo("starting embedded stack (broker, PostgreSQL, Redis)…")
@@ -1303,7 +1321,9 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     except KeyboardInterrupt:
         click.echo("\nstopping…")
     except PaystreamError as exc:  # a service that would not start: why, not a traceback
-        raise click.ClickException(f"{exc}{_last_error(log_path)}") from exc
+        # The worker's log only once this run's worker has written it (else an older run's).
+        why = _last_error(log_path) if worker is not None else ""
+        raise click.ClickException(f"{exc}{why}") from exc
     finally:
         for sig in stop_signals:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not abort the cleanup

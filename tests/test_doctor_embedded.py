@@ -1,0 +1,69 @@
+"""`paystream doctor` with nothing configured starts an embedded stack in a temporary
+directory: a start that fails says why and keeps the logs it names; a stop signal
+stops the servers and removes the directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from paystream.cli import cli
+from paystream.devstack import DevStack
+from paystream.devstack._process import ServiceError
+
+_UNSET: dict[str, str | None] = {"KAFKA_BROKER_URL": None, "DATABASE_URL": None, "REDIS_URL": None}
+
+
+def test_a_stack_that_does_not_start_is_said_and_its_logs_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It printed a traceback naming a log in a directory it had deleted meanwhile."""
+
+    def fails(self: DevStack) -> DevStack:
+        log = Path(self.base_dir) / "redis.log"
+        log.write_text("bind: address in use\n")
+        raise ServiceError(f"embedded Redis did not start; see {log}")
+
+    monkeypatch.setattr(DevStack, "start", fails)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = CliRunner().invoke(cli, ["doctor"], env=_UNSET)
+    assert result.exit_code == 1, result.output
+    assert "embedded Redis did not start" in result.output
+    assert "Traceback" not in result.output and result.exception is not None
+    [kept] = tmp_path.glob("paystream-doctor-*")
+    assert (kept / "redis.log").read_text() == "bind: address in use\n"
+    assert str(kept) in result.output
+
+
+def test_a_stop_signal_stops_the_stack_and_removes_its_directory(tmp_path: Path) -> None:
+    env: dict[str, Any] = {k: v for k, v in os.environ.items() if k not in _UNSET}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paystream", "doctor"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Once a server has written into the directory, the stack is starting.
+        while not any(p.is_file() for p in tmp_path.glob("paystream-doctor-*/**/*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert list(tmp_path.glob("paystream-doctor-*")) == [], out
