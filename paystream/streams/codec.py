@@ -200,10 +200,16 @@ def _decode_record_full(
         # whichever comes last, and a park (its headers sorted) would be re-driven as
         # the other one: another command id, another charge.
         raise UndecodableRecord(f"header {twice[0]!r} given twice (names differing in case)")
-    if binary and len(content_types) > 1 and len(set(content_types)) > 1:
+    if (
+        binary
+        and len(content_types) > 1
+        and len({_is_json(ct.decode("utf-8", "replace")) for ct in content_types}) > 1
+    ):
         # Both spell datacontenttype in binary mode, and the last one wins: a park (its
         # headers sorted) would be re-driven with the other, its data read another way
-        # (JSON, then a string: refused after a charge; review finding).
+        # (JSON, then a string: refused after a charge; review finding). Spellings read
+        # the same way ("application/json; charset=utf-8" beside "application/json")
+        # are one content type: refused, a producer's every command was (review finding).
         raise UndecodableRecord("ce_datacontenttype and content-type disagree")
     event: BaseCloudEvent
     try:

@@ -246,6 +246,15 @@ def test_ce_datacontenttype_and_content_type_that_disagree_are_undecodable() -> 
                 decode_record(rec.key, rec.value, headers)
     same = {**base, "content-type": b"application/json", "ce_datacontenttype": b"application/json"}
     assert decode_record(rec.key, rec.value, same).get_data() == {"amount": 1}
+    # Two spellings read the same way decide nothing either: refused, a producer that
+    # adds a charset to one of them had its every command refused (review finding).
+    for one, other in (
+        (b"application/json; charset=utf-8", b"application/json"),
+        (b"Application/JSON", b"application/vnd.acme+json"),
+    ):
+        for first, last in ((one, other), (other, one)):
+            spelled = {"content-type": first, **base, "ce_datacontenttype": last}
+            assert decode_record(rec.key, rec.value, spelled).get_data() == {"amount": 1}
 
 
 @pytest.mark.parametrize("mode", list(CloudEventsMode))
