@@ -108,10 +108,13 @@ class AnsweredByAnother(Exception):
     command of the very same request made meanwhile (a resend under a new command id):
     one provider object under one provider key, so this command's answer is that one's."""
 
-    def __init__(self, outcome: StoredOutcome, command_id: str) -> None:
+    def __init__(self, outcome: StoredOutcome, command_id: str, *, counts: bool = False) -> None:
         super().__init__(outcome.type)
         self.outcome = outcome
         self.command_id = command_id  # the command that made the entity
+        # Whether this command counts the money toward the tenant's limits: no when the
+        # other command counted it, as one that ran to its answer did.
+        self.counts = counts
 
 
 @dataclass

@@ -1013,9 +1013,13 @@ class CommandProcessor:
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome, counted=counts)
             return [self._outcome(cmd, done.outcome)]
         except AnsweredByAnother as other:
-            # Its answer, under this command's id; the other command counted the volume.
+            # Its answer, under this command's id; the volume is counted once, by
+            # whichever of the two says so (see AnsweredByAnother.counts).
             if admission is not None:
-                self.limits.settle(admission, "command.rejected")  # releases its hold
+                # (a rejection settled: its hold released, nothing counted)
+                self.limits.settle(
+                    admission, other.outcome.type if other.counts else "command.rejected"
+                )
             stored = StoredOutcome(
                 type=other.outcome.type,
                 data={
@@ -1024,7 +1028,7 @@ class CommandProcessor:
                     "answered_by": other.command_id,
                 },
             )
-            self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=False)
+            self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=other.counts)
             return [self._outcome(cmd, stored)]
         except Rejection as rej:
             if not rej.remember and existing is not None and held_before is not None:
@@ -1401,7 +1405,12 @@ class CommandProcessor:
         stand_in = NoProvider("", Rejection(RejectReason.INVALID_STATE, "", remember=False))
         done = await applied_by_entity(self.tables, first, data, request_hash, stand_in)
         if done is not None:
-            raise AnsweredByAnother(done.outcome, existing.command_id)
+            # That command, let through before, may not have counted its money: a crash
+            # lost its limits write with its answer, and it was parked again uncounted
+            # (its record says). Then this answer counts it, and its re-drive, answered
+            # from this one's record, does not (review finding: charged, counted as 0).
+            counts = existing.counted is not True
+            raise AnsweredByAnother(done.outcome, existing.command_id, counts=counts)
 
     def _redrive_within_ceiling(self, rec: Inbound, size: int, attributes: int) -> bool:
         """A re-drive (under paystream's seal, or any with no master key to seal with) is

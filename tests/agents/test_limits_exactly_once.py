@@ -461,13 +461,17 @@ async def test_a_retry_under_the_key_of_a_reparked_counted_payment_counts_it_onc
     assert used(h, t) == 5000, f"one 5000 payment counted as {used(h, t)}"
 
 
+@pytest.mark.parametrize("limits_lost", [False, True], ids=["limits-kept", "limits-lost"])
+@pytest.mark.parametrize("retry_first", [True, False], ids=["retry-first", "redrive-first"])
 async def test_a_retry_under_the_key_of_a_reparked_payment_makes_no_second_entity(
-    harness: Harness,
+    harness: Harness, limits_lost: bool, retry_first: bool
 ) -> None:
     """As above, for a payment without a chosen id, whose entity the crash kept: the
     retry c2 derived ids of its own, and the provider answered it with the same charge,
     so two payment entities held one provider payment (review finding). It is answered
-    with c1's payment, naming c1, and c1's re-drive gets the same payment."""
+    with c1's payment, naming c1, and c1's re-drive gets the same payment. The money is
+    counted once, also when the crash lost c1's limits write with its answer (c1 parked
+    again uncounted: the retry answered by it counted nothing either; review finding)."""
     h = harness
     t = limited_tenant(h)
     record = dict(h.tenants[t])
@@ -476,23 +480,30 @@ async def test_a_retry_under_the_key_of_a_reparked_payment_makes_no_second_entit
     rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
     first = Inbound(rec.key, rec.value, dict(rec.headers), 1_790_000_000_000,
                     "paystream.commands", 0, 7001)  # fmt: skip
+    saved = copy.deepcopy(h.processor.limits.table.get(f"{t}:limits"))
     made = await _answer(h, first)
     assert kind(made) == "payment.succeeded"
-    h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])  # only DONE lost
+    h.idempotency[f"{t}:c1"] = in_flight(h.idempotency[f"{t}:c1"])  # DONE lost
+    if limits_lost:
+        restore_limits(h, t, saved)
     h.tenants[t] = {**record, "secrets": {"api_key": "v1.mk-0000.AAAA.AAAA"}}  # unusable
     emits = await h.processor.process(first)  # redelivered: parked again
     assert [e.topic for e in emits] == [h.settings.retry_topic]
     h.tenants[t] = record
     event = build_command("payment.create", t, body, command_id="c2", idempotency_key="c1")
     rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
-    retry = await _answer(h, Inbound(rec.key, rec.value, dict(rec.headers), 1_790_000_000_000,
-                                     "paystream.commands", 0, 7002))  # fmt: skip
-    assert kind(retry) == "payment.succeeded"
-    assert data(retry)["entity_id"] == data(made)["entity_id"]
-    assert data(retry).get("answered_by") == "c1"
+    retry = Inbound(rec.key, rec.value, dict(rec.headers), 1_790_000_000_000,
+                    "paystream.commands", 0, 7002)  # fmt: skip
+    redrive = Inbound(first.key, first.value, first.headers, first.timestamp_ms, first.topic,
+                      0, 7003)  # fmt: skip
+    answers = {}
+    for r in [retry, redrive] if retry_first else [redrive, retry]:
+        answers[r.offset] = await _answer(h, r)
+    assert kind(answers[7002]) == "payment.succeeded"
+    assert data(answers[7002])["entity_id"] == data(made)["entity_id"]
+    if retry_first:
+        assert data(answers[7002]).get("answered_by") == "c1"
+    assert kind(answers[7003]) == "payment.succeeded"
+    assert data(answers[7003])["entity_id"] == data(made)["entity_id"]
     assert len(h.tables.payments) == 1, list(h.tables.payments)
-    redriven = await _answer(h, Inbound(first.key, first.value, first.headers,
-                                        first.timestamp_ms, first.topic, 0, 7003))  # fmt: skip
-    assert kind(redriven) == "payment.succeeded"
-    assert data(redriven)["entity_id"] == data(made)["entity_id"]
-    assert len(h.tables.payments) == 1 and used(h, t) == 5000
+    assert used(h, t) == 5000, f"one charged 5000 payment counted as {used(h, t)}"
