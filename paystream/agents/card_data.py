@@ -315,16 +315,25 @@ def _base64_data(parsed: Any) -> list[str]:
     encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
     if not isinstance(encoded, str):
         return []
-    alphabet = _NOT_BASE64.sub("", encoded)
-    if len(alphabet) % 4 == 1:  # a character more than any padding completes: left out
-        alphabet = alphabet[:-1]
-    decoded = base64.b64decode(alphabet + "=" * (-len(alphabet) % 4))
-    text = decoded.replace(b"\x00", b"").decode("utf-8", "replace")
-    return [with_float_digits(text), with_float_digits(_unescaped(text))]
+    texts: list[str] = []
+    # The SDK stops at the first padding; whatever follows it (base64 of its own, at any
+    # alignment) is as plain to anyone who reads the record: every run between paddings
+    # is decoded at each of the four alignments (review finding: "QQ==" + a card's base64).
+    for run in _PADDING.split(_NOT_BASE64_OR_PAD.sub("", encoded)):
+        for shift in range(min(4, len(run))):
+            chunk = run[shift:]
+            if len(chunk) % 4 == 1:  # a character more than any padding completes: out
+                chunk = chunk[:-1]
+            decoded = base64.b64decode(chunk + "=" * (-len(chunk) % 4))
+            text = decoded.replace(b"\x00", b"").decode("utf-8", "replace")
+            texts += [with_float_digits(text), with_float_digits(_unescaped(text))]
+    return texts
 
 
-# What base64.b64decode skips unless validating: everything outside the alphabet.
-_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+# What base64.b64decode skips unless validating (everything outside the alphabet; the
+# padding is kept, to split the runs at), and the padding.
+_NOT_BASE64_OR_PAD = re.compile(r"[^A-Za-z0-9+/=]")
+_PADDING = re.compile(r"=+")
 
 
 def security_code_outside_data(rec: Inbound, event: CloudEvent) -> str | None:

@@ -36,7 +36,7 @@ from faust.types import EventT
 
 from paystream.agents import insights
 from paystream.agents.batching import take_batches
-from paystream.agents.card_data import raw_holds_card, raw_holds_security_code
+from paystream.agents.card_data import kept_headers, raw_holds_card, raw_holds_security_code
 from paystream.agents.continuity import SWEEP_INTERVAL_SECONDS, ContinuityGuard
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.pipeline import Inbound
@@ -228,23 +228,26 @@ class LedgerSinkRunner:
                 "parking outcome %s on %s: %s: %s", rec.source, topic_name, letter.reason, detail
             )
             headers = {
-                **rec.headers,
+                # The CloudEvents headers (what a replay sends again), and nothing else:
+                # what the card scan does not read is not kept (as the commands' parks).
+                **kept_headers(rec.headers),
                 "paystream-dlq-reason": f"ledger_{letter.reason}".encode(),
                 "paystream-dlq-detail": detail.encode(),
                 "paystream-source": rec.source.encode(),
             }
-            value = rec.value or b""
+            key, value = rec.key, rec.value or b""
             if letter.reason == FORBIDDEN_DATA or _holds_card_data(rec):
                 # Card data is not copied again (the source names where the outcome is):
                 # a parked copy would outlive every fix made to the original. Scanned
                 # whatever the reason: one refused first for another (a tenant mismatch,
                 # bytes that are no CloudEvent) was parked with it (review finding).
-                value = b""
+                # Nor its key or headers, where it may be (review finding; as the
+                # commands' dead letters do).
+                key, value = None, b""
+                headers = {k: headers[k] for k in _OURS}
                 headers["paystream-dlq-redacted"] = FORBIDDEN_DATA.encode()
             futures.append(
-                await app.producer.send(
-                    topic_name, rec.key, value, None, None, sorted(headers.items())
-                )
+                await app.producer.send(topic_name, key, value, None, None, sorted(headers.items()))
             )
         # Durable before the batch is acknowledged: a parked outcome must not vanish.
         for future in futures:
@@ -252,6 +255,11 @@ class LedgerSinkRunner:
 
 
 ERASED_TYPE = "com.paystream.customer.erased"
+
+
+# The headers a parked outcome holding card data keeps: the sink's own (the reason, its
+# redacted detail, where the outcome is).
+_OURS = ("paystream-dlq-reason", "paystream-dlq-detail", "paystream-source")
 
 
 def _holds_card_data(rec: RawRecord) -> bool:

@@ -419,10 +419,12 @@ class LedgerSink:
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
         check_rls: bool = True,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not 0 < initial_backoff <= max_backoff:
             raise ValueError("need 0 < initial_backoff <= max_backoff")
         self.engine = engine
+        self._sleep = sleep  # (a test's own: patching asyncio's stalls every other task)
         self.keyring = keyring
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
@@ -554,7 +556,7 @@ class LedgerSink:
                     delay,
                     exc_info=kind == FailureKind.UNEXPECTED,
                 )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             if down_since is not None:
                 log.warning(

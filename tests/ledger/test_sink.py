@@ -617,6 +617,48 @@ async def test_card_data_refused_first_for_another_reason_is_not_parked_either(
     assert value == b"" and headers["paystream-dlq-redacted"] == b"forbidden_data"
 
 
+@pytest.mark.parametrize("where", ["key", "ce_subject", "another header"])
+async def test_card_data_outside_the_value_is_not_parked_either(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:  # fmt: skip
+    """Another producer's outcome with a card number in its key or a header: the value
+    was dropped, and the key and every header kept, on a topic kept for ever (and shown
+    by `dlq list`; review finding). Only the sink's own headers are kept."""
+
+    from paystream.agents import ledger_sink as agent
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    data = dict(payment_outcome(tenant, "pay_pan", 1).get_data())
+    data["tenant_id"] = "someone-else"  # refused for that first
+    bad = encode_event(
+        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    pan = b"4111 1111 1111 1111"
+    key, headers_in = bad.key, list(bad.headers)
+    if where == "key":
+        key = pan
+    else:
+        headers_in.append(("ce_subject" if where == "ce_subject" else "x-note", pan))
+    sent = _parked_records(monkeypatch)
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    await runner.run_batch([_Event(_Msg(key, bad.value, headers_in, 9))])  # type: ignore[list-item]
+    [(_topic, key_out, value, headers)] = sent
+    assert pan not in (key_out or b"") and not any(pan in v for v in headers.values())
+    assert headers["paystream-source"] == b"ev/0/9"
+    if where == "another header":  # not read by the scan, so not kept
+        assert "x-note" not in headers and value == bad.value
+        return
+    assert (key_out, value, headers["paystream-dlq-redacted"]) == (None, b"", b"forbidden_data")
+    assert set(headers) == {
+        "paystream-dlq-reason", "paystream-dlq-detail", "paystream-source",
+        "paystream-dlq-redacted",
+    }  # fmt: skip
+
+
 # ---- CLI --------------------------------------------------------------------------
 
 
@@ -714,8 +756,9 @@ async def test_backoff_doubles_to_the_cap_and_never_gives_up(
         delays.append(delay)
 
     monkeypatch.setattr(sink_mod, "write_events", flaky)
-    monkeypatch.setattr(sink_mod.asyncio, "sleep", no_sleep)
-    sink = LedgerSink(app_engine, keyring, initial_backoff=0.1, max_backoff=5.0)
+    # (the sink's own sleep: asyncio's, patched, made every other task of the loop spin
+    # without yielding, and the test hung under xdist)
+    sink = LedgerSink(app_engine, keyring, initial_backoff=0.1, max_backoff=5.0, sleep=no_sleep)
     result = await sink.write_batch([payment_outcome_event(f"t{uuid.uuid4().hex[:8]}", "p", 1)])
     assert result.attempts == failures + 1 and result.written.events_written == 1
     assert sink.failed_attempts == failures and not sink.stalled
