@@ -28,7 +28,7 @@ from paystream.streams.codec import (
 )
 from paystream.streams.commands import COMMAND_PREFIX, ID_MAX_CHARS
 from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
-from paystream.streams.pan import contains_card_number
+from paystream.streams.pan import contains_card_number, security_code_at
 
 __all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command"]
 
@@ -54,9 +54,11 @@ class InvalidCommand(PaystreamError, ValueError):
 def encoded_for_sending(
     command: CloudEvent, mode: CloudEventsMode, settings: Settings
 ) -> KafkaRecord:
-    """The command's Kafka record; InvalidCommand for a structured one larger than the
-    workers take, which they dead-letter unread, so unanswered (a binary-mode one is
-    answered payload_too_large from its headers): its sender would wait in vain."""
+    """The command's Kafka record; InvalidCommand for data holding card data, and for a
+    structured one larger than the workers take, which they dead-letter unread, so
+    unanswered (a binary-mode one is answered payload_too_large from its headers): its
+    sender would wait in vain."""
+    _check_no_card_data(command)
     tenant = str(command.get_extension("tenantid"))
     record = encode_event(command, tenant.encode(), mode)
     limit = settings.command_max_bytes
@@ -66,6 +68,17 @@ def encoded_for_sending(
             f"mode; the workers take at most {limit} (PAYSTREAM_COMMAND_MAX_BYTES)"
         )
     return record
+
+
+def _check_no_card_data(command: CloudEvent) -> None:
+    """Card data is refused before it is sent: the worker refuses it too, but by then
+    the record sits on the commands topic (and its replicas) for the broker's retention,
+    bringing the brokers into card-data scope (review finding). Neither value is echoed."""
+    data = command.get_data()
+    if contains_card_number(data):
+        raise InvalidCommand("the data holds a card number: card data is not accepted")
+    if (key := security_code_at(data)) is not None:
+        raise InvalidCommand(f"{key!r} holds a card security code: card data is not accepted")
 
 
 def build_command(

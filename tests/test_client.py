@@ -4,6 +4,7 @@ how it copes with what the broker gives it (the deployment fixtures' broker)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -13,15 +14,18 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+from click.testing import CliRunner
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents import pipeline
+from paystream.cli import cli
 from paystream.client import (
     ID_MAX_CHARS,
     InvalidCommand,
     OutcomeTimeout,
     PaystreamClient,
     build_command,
+    encoded_for_sending,
 )
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, load_settings
@@ -240,6 +244,33 @@ async def test_commands_the_worker_would_refuse_are_refused_when_built(
     assert isinstance(refused.value, InvalidCommand)
     assert "iii" not in str(refused.value) and "kkk" not in str(refused.value)
     assert "4242" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"metadata": {"note": "card 4242 4242 4242 4242"}}, "holds a card number"),
+        ({"description": "4242424242424242"}, "holds a card number"),
+        ({"metadata": {"cvc": "737"}}, "'cvc' holds a card security code"),
+    ],
+)
+@pytest.mark.parametrize("mode", list(CloudEventsMode))
+async def test_card_data_is_never_sent(
+    data: dict[str, Any], message: str, mode: CloudEventsMode
+) -> None:
+    """The worker refuses it, but the record sat on the commands topic meanwhile, for
+    the broker's retention, in card-data scope (review finding). Not echoed."""
+    command = build_command("customer.create", "acme", data)
+    with pytest.raises(InvalidCommand, match=message) as refused:
+        encoded_for_sending(command, mode, load_settings())
+    assert "4242" not in str(refused.value) and "737" not in str(refused.value)
+    result = CliRunner().invoke(
+        cli,
+        ["send", "customer.create", "--tenant", "acme", "--data", json.dumps(data)],
+        env={"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"},
+    )
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "4242" not in result.output and "737" not in result.output
 
 
 async def test_a_client_that_was_not_started_says_so() -> None:

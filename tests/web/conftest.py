@@ -110,7 +110,8 @@ async def seeded(deployment_factory: Any) -> AsyncIterator[Seeded]:
                         "payment_method_token": "pm_card_chargeDeclined",
                     },
                 ),
-                client.command(
+                dep.command_as_foreign_producer(  # (the client refuses to send it)
+                    client,
                     "payment.create",
                     "acme",
                     {"amount": 900, "currency": "USD", "payment_method_token": PAN_SPACED},
