@@ -186,6 +186,19 @@ def topics() -> None:
     click.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
+def _check_connected_account(provider: str, account: str | None) -> None:
+    """A usage error for a connected account ``provider`` refuses ("": any provider's
+    rules), never repeating it."""
+    from paystream.errors import ConfigurationError
+    from paystream.gateways.registry import validate_connected_account
+
+    if account:
+        try:
+            validate_connected_account(provider, account)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--connected-account") from None
+
+
 def _per_currency(values: tuple[str, ...], option: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in values:
@@ -332,6 +345,7 @@ def tenants_add(
             )
     # Before anything is asked of the broker, with what is known: the gateway given, or
     # any (the tenant's own is checked once its record is read).
+    _check_connected_account(gateway or "", connected_account)
     _refuse_unknown_secret_names(
         secret_names,
         gateway,
@@ -363,6 +377,7 @@ def tenants_add(
     sealed = {}
     provider = gateway or (known.gateway if known is not None else "simulator")
     _refuse_unknown_secret_names(secret_names, provider, KNOWN_SECRETS.get(provider, frozenset()))
+    _check_connected_account(provider, connected_account)
     if secret_names:
         from paystream.tenancy.crypto import keyring_from_settings
         from paystream.tenancy.secrets import seal_secret

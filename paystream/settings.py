@@ -93,6 +93,16 @@ def url_without_password(value: str) -> str:
     return f"{scheme}://{creds}{at}{base}{question}{query}"
 
 
+def _loopback(host: str) -> bool:
+    """Is ``host`` this machine (localhost, 127.0.0.0/8, ::1)?"""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, not an address
+        return False
+
+
 def _parseable(url: str, name: str) -> str:
     """``url`` if a URL parser finds its host and port where it should: a password holding
     an unescaped "/", "?", "#" or "@" moves them, and the drivers' errors then quote the
@@ -544,6 +554,20 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return _parseable(value, "REDIS_URL")
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_api_base(cls, value: str) -> str:
+        # Every call carries a tenant's secret key: over plain HTTP only to this machine
+        # (localstripe), never across a network (review finding).
+        url = urlsplit(value)
+        if url.scheme == "https" and url.hostname:
+            return value
+        if url.scheme == "http" and _loopback(url.hostname or ""):
+            return value
+        raise ValueError(
+            "PAYSTREAM_STRIPE_API_BASE must be an https:// URL (http:// only to this machine)"
+        )
 
     @field_validator("web_token", mode="before")
     @classmethod

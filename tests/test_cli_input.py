@@ -39,6 +39,14 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
         ),
         (["tenants", "add", "acme", "--connected-account", "acct_\udcff"], "not valid Unicode"),
         (["dev", "--web-port", "0"], "0 is not in the range 1<=x<=65535"),
+        (
+            ["tenants", "add", "acme", "--gateway", "stripe", "--connected-account", "acme-eu"],
+            "a Stripe connected account is an account id (acct_...)",
+        ),
+        (
+            ["tenants", "add", "acme", "--connected-account", "sk_live_pasted"],
+            "the connected account looks like a secret key",
+        ),
         # an undecodable byte in a secret's name (its value is never shown either way)
         (["tenants", "add", "acme", "--secret", "api_key\udcff"], "not valid Unicode"),
         (["tenants", "add", "acme", "--option", 'latency_ms="\udcff"'], "not valid Unicode"),

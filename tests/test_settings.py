@@ -178,3 +178,28 @@ def test_a_poll_never_fills_an_agent_s_queue(maxsize: int) -> None:
     app = create_app(load_settings(stream_buffer_maxsize=maxsize))
     assert app.conf.stream_buffer_maxsize == maxsize
     assert app.conf.broker_max_poll_records == max_poll_records(maxsize)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("https://api.stripe.com", True),
+        ("https://stripe.test.invalid", True),
+        ("http://127.0.0.1:8420", True),
+        ("http://localhost:8420", True),
+        ("http://[::1]:8420", True),
+        ("http://api.stripe.com", False),
+        ("http://10.0.0.5:8420", False),
+        ("ftp://api.stripe.com", False),
+        ("api.stripe.com", False),
+        ("https://", False),
+    ],
+)
+def test_the_stripe_address_is_https_unless_on_this_machine(value: str, ok: bool) -> None:
+    """Every Stripe call carries a tenant's secret key: a typo'd or test value in
+    production sent it in clear (review finding)."""
+    if ok:
+        assert load_settings(stripe_api_base=value).stripe_api_base == value
+    else:
+        with pytest.raises(ConfigurationError, match="must be an https:// URL"):
+            load_settings(stripe_api_base=value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,24 @@ REQUIRED_SECRETS: dict[str, frozenset[str]] = {
 # Every secret each provider reads: the only names `tenants add --secret` takes (a name
 # is stored in plain text; a key typed where its name goes must not be).
 KNOWN_SECRETS: dict[str, frozenset[str]] = dict(REQUIRED_SECRETS)
+
+
+# A Stripe account id; and what a provider secret key starts with (pasted into the wrong
+# option it would be stored in clear, and shown by `tenants list`).
+_STRIPE_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
+_SECRET_KEY_PREFIXES = ("sk_", "rk_", "whsec_")
+
+
+def validate_connected_account(provider: str, account: str) -> None:
+    """ConfigurationError for a connected account the provider would refuse, or one that
+    is a secret key given in its place (the message never repeats the value)."""
+    if account.startswith(_SECRET_KEY_PREFIXES):
+        raise ConfigurationError(
+            "the connected account looks like a secret key: give keys with --secret, "
+            "which seals them"
+        )
+    if provider == "stripe" and not _STRIPE_ACCOUNT.fullmatch(account):
+        raise ConfigurationError("a Stripe connected account is an account id (acct_...)")
 
 
 def validate_options(provider: str, options: Mapping[str, Any]) -> None:
