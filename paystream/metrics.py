@@ -24,6 +24,7 @@ __all__ = [
     "COMMAND_LATENCY",
     "DEAD_LETTERS",
     "ENTITIES_EXPIRED",
+    "ENTITIES_MINIMIZED",
     "GATEWAY_CALLS",
     "LIMITED",
     "PARKED",
@@ -105,6 +106,12 @@ ENTITIES_EXPIRED = Counter(
     "paystream_entities_expired_total",
     "Settled entities removed from a table past PAYSTREAM_ENTITY_RETENTION_SECONDS "
     "(tables/retention.py).",
+    ["table"],
+)
+ENTITIES_MINIMIZED = Counter(
+    "paystream_entities_minimized_total",
+    "Deleted customers whose personal data left the tables past "
+    "PAYSTREAM_ENTITY_RETENTION_SECONDS (tables/retention.py).",
     ["table"],
 )
 GATEWAY_CALLS = Histogram(

@@ -100,6 +100,12 @@ def test_an_attached_method_goes_with_its_settled_customer() -> None:
     ]:
         assert expired(method, NOW, RETENTION, lambda cid, o=owner: o) is gone, owner
     assert not expired(method, NOW, RETENTION)  # no customer to ask: kept
+    # Deleted and not erased (kept itself, for an erasure): its methods go all the same
+    # (review finding: kept for ever, with the customer).
+    only_deleted = entity("customer", OLD, deleted=True)
+    assert expired(method, NOW, RETENTION, lambda cid: only_deleted)
+    deleted_lately_only = entity("customer", OLD, NOW - DAY, deleted=True)
+    assert not expired(method, NOW, RETENTION, lambda cid: deleted_lately_only)
     recent = entity("payment_method", NOW - DAY, attached=True, customer_id="c")
     assert not expired(recent, NOW, RETENTION, lambda cid: None)  # changed lately itself
 
@@ -301,3 +307,43 @@ def test_a_pass_follows_the_assignment_as_it_changes() -> None:
     actives.add(0)
     assert s.step(NOW) == 0 and s.step(NOW) == 0
     assert len(payments.tombstones) == 2
+
+
+def _deleted_customer(*ats: float) -> dict[str, Any]:
+    """A deleted customer whose create outcome (and record) hold their personal data."""
+    record = entity("customer", *ats, deleted=True, email="ada@example.com", name="Ada",
+                    description="VIP", metadata={"phone": "+44 20"})  # fmt: skip
+    record["id"] = "cus_1"
+    record["applied"]["c0"] = {
+        "type": "customer.created",
+        "data": {"entity_type": "customer", "entity_id": "cus_1",
+                 "object": {"id": "cus_1", "email": "ada@example.com", "name": "Ada"}},
+        "hash": "h-of-the-personal-data",
+        "salt": "0:7",
+        "at": ats[0],
+    }  # fmt: skip
+    return record
+
+
+def test_a_deleted_customer_past_retention_is_kept_without_personal_data() -> None:
+    """Deleted, never erased, the customer was kept for ever with their email and name
+    (in the record and in the outcomes it remembers): the tables keep them for an
+    erasure still, without the personal data (review finding)."""
+    customers = Table("customers", {"t:cus_1": (1, _deleted_customer(OLD))})
+    s = sweep([customers], actives={1})
+    assert s.step(NOW) == 0 and customers.tombstones == []
+    kept = customers["t:cus_1"]
+    text = json.dumps(kept)
+    for personal in ("ada@example.com", "Ada", "VIP", "+44 20", "h-of-the-personal-data"):
+        assert personal not in text, personal
+    assert kept["deleted"] is True and not kept.get("erased")
+    assert kept["applied"]["c0"]["at"] == OLD and kept["applied"]["c0"]["salt"] == "0:7"
+    assert last_change(kept) == OLD
+    # Nothing more to take out: not written again by later passes.
+    assert retention.minimized(kept, NOW, RETENTION) is None
+    # Deleted lately, or not deleted, or erased: not this sweep's to change.
+    for record in (
+        _deleted_customer(OLD, NOW - DAY),
+        {**_deleted_customer(OLD), "deleted": False},
+    ):
+        assert retention.minimized(record, NOW, RETENTION) is None

@@ -37,8 +37,7 @@ from paystream.tables.records import (
     PaymentRecord,
     RefundRecord,
     StoredOutcome,
-    applied_entry,
-    scrub_customer_outcome,
+    scrub_customer_applied,
 )
 from paystream.tables.state_machines import InvalidState, check_payment_transition
 
@@ -475,17 +474,8 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     rec.email = rec.name = rec.description = None
     rec.metadata = {}
     rec.deleted = rec.erased = True
-    # The request hashes go too: one of a create is a hash of the personal data, which a
-    # guessed email and name could be checked against.
-    rec.applied = {
-        k: applied_entry(
-            scrub_customer_outcome(StoredOutcome.model_validate(v), rec.id),
-            None,
-            v.get("salt"),
-            v,  # (its emission: times and trace context only)
-        )
-        for k, v in rec.applied.items()
-    }
+    # The request hashes go too (see scrub_customer_applied).
+    rec.applied = scrub_customer_applied(rec.applied, rec.id)
     return HandlerResult("customer.erased", rec, extra=extra)
 
 

@@ -28,9 +28,11 @@ __all__ = [
     "RefundRecord",
     "StoredOutcome",
     "applied_entry",
+    "scrub_customer_applied",
     "scrub_customer_outcome",
     "shed_applied",
     "trim_applied",
+    "without_personal_data",
 ]
 
 # Outcomes an entity remembers of the commands that changed it, for replays: at least
@@ -209,6 +211,34 @@ def shed_applied(
 
 
 CUSTOMER_PII_FIELDS = ("email", "name", "description", "metadata")
+
+
+def scrub_customer_applied(
+    applied: Mapping[str, Mapping[str, Any]], customer_id: str
+) -> dict[str, dict[str, Any]]:
+    """A customer's remembered outcomes without their personal data, and without their
+    request hashes (one of a create is a hash of the personal data, which a guessed
+    email and name could be checked against); when and how each was emitted stays."""
+    return {
+        k: applied_entry(
+            scrub_customer_outcome(StoredOutcome.model_validate(v), customer_id),
+            None,
+            v.get("salt"),
+            v,  # (its emission: times and trace context only)
+        )
+        for k, v in applied.items()
+    }
+
+
+def without_personal_data(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A customer's stored record with their personal data blanked, in it and in the
+    outcomes it remembers (as an erasure leaves it, but for the ``erased`` mark)."""
+    out = dict(record)
+    for name in CUSTOMER_PII_FIELDS:
+        if name in out:
+            out[name] = {} if name == "metadata" else None
+    out["applied"] = scrub_customer_applied(out.get("applied") or {}, str(out.get("id")))
+    return out
 
 
 def scrub_customer_outcome(outcome: StoredOutcome, customer_id: str) -> StoredOutcome:

@@ -7,9 +7,13 @@ record of history; the tables hold what commands may still act on.
 
 An entity is *settled* when no command can bring it back into use: every payment, refund
 and dispute, an erased customer, a detached payment method, or one whose customer is
-settled and as old. A customer merely deleted stays: erasure may still be asked for, and
-needs the record. A live customer or their attached
-payment method is named by new payments however long it sits unchanged, so it stays.
+settled, or deleted, and as old. A customer merely deleted stays: erasure may still be
+asked for, and needs the record. But once unchanged for the retention it stays without
+their personal data (in it and in the outcomes it remembers: what an erasure leaves,
+but for the mark), so that deleting a customer does not keep their data in the tables
+for ever; an erasure asked for later still shreds the ledger's copy. A live customer or
+their attached payment method is named by new payments however long it sits unchanged,
+so it stays.
 A settled entity whose last change (the newest ``at`` among the outcomes it remembers)
 is older than ``PAYSTREAM_ENTITY_RETENTION_SECONDS`` is deleted; one with no ``at`` at
 all (written by a version before it) is kept. A command naming a deleted entity is
@@ -49,8 +53,9 @@ from faust.stores.memory import Store as MemoryStore
 
 from paystream import metrics
 from paystream.tables.changelog import at_partition
+from paystream.tables.records import without_personal_data
 
-__all__ = ["UNREADABLE", "RetentionSweep", "expired", "last_change", "settled"]
+__all__ = ["UNREADABLE", "RetentionSweep", "expired", "last_change", "minimized", "settled"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +132,29 @@ def _orphaned(
     if customer is None or record.get("entity_type") != "payment_method":
         return False
     owner = customer(str(record.get("customer_id") or ""))
-    return owner is not UNREADABLE and expired(owner, now, retention_seconds)
+    return owner is not UNREADABLE and (
+        expired(owner, now, retention_seconds) or _deleted_for(owner, now, retention_seconds)
+    )
+
+
+def _deleted_for(record: Any, now: float, retention_seconds: float) -> bool:
+    """A customer deleted (erased or not) and unchanged for ``retention_seconds``."""
+    if not isinstance(record, dict) or record.get("entity_type") != "customer":
+        return False
+    changed = last_change(record)
+    return (
+        bool(record.get("deleted")) and changed is not None and (changed + retention_seconds <= now)
+    )
+
+
+def minimized(record: Any, now: float, retention_seconds: float) -> dict[str, Any] | None:
+    """A customer deleted (not erased) and unchanged for ``retention_seconds``, as kept
+    from then on: without their personal data (see the module's docstring); None when
+    there is none left to take out, or it is no such customer."""
+    if not _deleted_for(record, now, retention_seconds) or record.get("erased"):
+        return None
+    kept = without_personal_data(record)
+    return None if kept == record else kept
 
 
 class RetentionSweep:
@@ -193,7 +220,13 @@ class RetentionSweep:
             owner = (
                 self._customer_reader(partition, key) if table.name == "payment_methods" else None
             )
-            if not expired(current(), now, self.retention_seconds, owner):
+            value = current()
+            if not expired(value, now, self.retention_seconds, owner):
+                kept = minimized(value, now, self.retention_seconds)
+                if kept is not None:
+                    with at_partition(self.source_topic, partition):
+                        table[key] = kept
+                    metrics.ENTITIES_MINIMIZED.labels(table=table.name).inc()
                 continue
             with at_partition(self.source_topic, partition):
                 del table[key]

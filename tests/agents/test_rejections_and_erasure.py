@@ -71,3 +71,23 @@ async def test_an_id_conflict_found_by_the_entity_is_not_kept_under_the_key(
     assert data(clash)["reason"] == "idempotency_conflict"
     fixed = await harness.send("refund.create", t, refund, command_id="Y", idempotency_key="K2")
     assert kind(fixed) == "refund.succeeded", data(fixed)
+
+
+async def test_a_deleted_customer_kept_without_personal_data_can_still_be_erased(
+    harness: Harness,
+) -> None:
+    """Retention takes a deleted customer's personal data out of the tables (not the
+    record: an erasure may still be asked for, and shreds the ledger's copy)."""
+    from paystream.tables.records import without_personal_data
+
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "cus_1", "email": "a@b.io"})
+    assert kind(await harness.send("customer.delete", t, {"customer_id": "cus_1"})) == (
+        "customer.deleted"
+    )
+    key = f"{t}:cus_1"
+    harness.tables.customers[key] = without_personal_data(harness.tables.customers[key])
+    assert "a@b.io" not in json.dumps(harness.tables.customers[key])
+    erased = await harness.send("customer.erase", t, {"customer_id": "cus_1"})
+    assert kind(erased) == "customer.erased", data(erased)
+    assert data(erased)["object"]["email"] is None and data(erased)["object"]["erased"]
