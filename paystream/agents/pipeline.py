@@ -764,13 +764,17 @@ class CommandProcessor:
                     # This very record, redelivered: the limits may have lost its count.
                     self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
                 return self._replay_done(cmd, existing)
-        if self._past_provider_window(rec):
+        if self._past_provider_window(rec) or self._key_past_provider_window(
+            rec, cmd.command_id, existing
+        ):
             # A parked or dead-lettered command re-driven (`dlq replay` records its first
-            # attempt) that reached us after the provider may have forgotten its key: run
-            # now, a charge its first attempt made could be made again. Parked again for
-            # a person to reconcile (`dlq replay` holds it back from now on).
+            # attempt), or any command under the key of one let through that long ago (a
+            # client's retry under a new id, the record redelivered after a long outage),
+            # that reached us after the provider may have forgotten its key: run now, a
+            # charge its first attempt made could be made again. Parked again for a
+            # person to reconcile (`dlq replay` holds it back from now on).
             if existing is not None and existing.state in _LET_THROUGH:
-                return self._repark(rec, cmd, existing, STALE)
+                return self._repark(rec, cmd, existing, STALE, existing.first_attempt_ms)
             return self._to_retry_topic(rec, cmd, STALE)
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
@@ -960,6 +964,13 @@ class CommandProcessor:
             counted=carried,
             # (one let through by an older version, which did not say: this account)
             gateway=(existing.gateway if let_through and existing is not None else None) or account,
+            # When the key's request first reached here (the first of its commands let
+            # through), for the provider's key window (see _key_past_provider_window).
+            first_attempt=(
+                existing.first_attempt_ms
+                if let_through and existing is not None and existing.first_attempt_ms
+                else self._first_attempt_ms(rec)
+            ),
         )
         # Under its own key, its id is not in the table: say which request the id names
         # (written again by each command of that request, so it lasts the window of the
@@ -1435,6 +1446,23 @@ class CommandProcessor:
         first = self._carried_first_attempt(rec)
         return first is not None and time.time() * 1000 - first > stale_after_ms(self.settings)
 
+    def _key_past_provider_window(
+        self, rec: Inbound, rec_command_id: str, existing: IdempotencyRecord | None
+    ) -> bool:
+        """Is ``existing`` the record of a request let through (parked, in flight) whose
+        first attempt is older than a provider keeps its key? Its re-drives say so in a
+        header; a client's retry under its key (a new command id) said nothing, and ran
+        under the key the provider may have forgotten, a day after a charge (review
+        finding). A re-drive reconciled by a person (`dlq replay --include-stale-as-of`)
+        goes ahead, as it does with the header."""
+        if existing is None or existing.first_attempt_ms is None:
+            return False
+        if existing.command_id == rec_command_id:
+            return False  # its own records: their first-attempt header says (above)
+        if existing.state not in _LET_THROUGH or RECONCILED_HEADER in rec.headers:
+            return False
+        return time.time() * 1000 - existing.first_attempt_ms > stale_after_ms(self.settings)
+
     def _first_attempt_ms(self, rec: Inbound) -> int:
         """This record's time (the broker's, on a LogAppendTime commands topic; never
         later than now, whatever a producer stamped), or the sealed one a replay carried
@@ -1467,10 +1495,13 @@ class CommandProcessor:
         cmd: CommandRef,
         existing: IdempotencyRecord,
         reason: RejectReason | str,
+        first_attempt_ms: int | None = None,
     ) -> list[Emit]:
         """Park again a command let through once that cannot run now. Its record stays as
         it is but for its state (it may name another command of the same request), and
-        so does any daily-volume hold it has, until it can run."""
+        so does any daily-volume hold it has, until it can run. ``first_attempt_ms``: its
+        request's first attempt, if earlier than its own (a retry under the key of one
+        let through long ago: `dlq replay` then holds it back as stale too)."""
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         # This record may have moved money and counted it before a crash lost its
         # answer (its limits decision is kept until it is committed): the re-drive must
@@ -1483,7 +1514,12 @@ class CommandProcessor:
             if counted:
                 record["counted"] = True
             self._remember(key, record)
-        return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason))
+        earlier = (
+            {FIRST_ATTEMPT_HEADER: str(first_attempt_ms).encode()}
+            if first_attempt_ms is not None and first_attempt_ms < self._first_attempt_ms(rec)
+            else None
+        )
+        return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason), earlier)
 
     @staticmethod
     def _counts_here(
@@ -2110,6 +2146,7 @@ class CommandProcessor:
                 entity_keys=entity_keys,
                 counted=True if counted else None,
                 gateway=in_flight.get("gateway"),  # where it was sent
+                first_attempt=in_flight.get("first_attempt_ms"),  # and when first
             ),
         )
         return self._to_retry_topic(rec, cmd, exc.code.value)
@@ -2309,6 +2346,7 @@ def _idempotency_dict(
     entity_keys: bool = True,
     counted: bool | None = None,
     gateway: str | None = None,
+    first_attempt: int | None = None,
 ) -> dict[str, Any]:
     """An IdempotencyRecord in its stored (JSON) shape, built without a model round trip:
     this runs two or three times per command on the hot path."""
@@ -2333,6 +2371,8 @@ def _idempotency_dict(
         record["counted"] = counted
     if gateway is not None:
         record["gateway"] = gateway
+    if first_attempt is not None and state is not IdempotencyState.DONE:
+        record["first_attempt_ms"] = first_attempt
     return record
 
 

@@ -340,6 +340,10 @@ class IdempotencyRecord(BaseModel):
     # Let through (in flight or parked): the provider account it was first sent to
     # (``gateway_account``). None: older versions, or never let through.
     gateway: str | None = None
+    # Let through (in flight or parked): when its request first reached a worker (unix
+    # ms; the first of its commands' first attempt), so that a retry under its key past
+    # the provider's key window is held for a person. None: older versions.
+    first_attempt_ms: int | None = None
     # A rejection's: the customer the command was about (its data named one), so that
     # erasing them also erases the request hash, a hash of their personal data.
     customer_id: str | None = None
