@@ -59,7 +59,8 @@ DEAD_LETTERS = Counter(
 LIMITED = Counter(
     "paystream_limited_commands_total",
     "Commands rejected by a tenant limit, by tenant and limit "
-    "(commands_per_second, max_payment_amount, daily_payment_volume).",
+    "(commands_per_second, max_payment_amount, daily_payment_volume, currencies, "
+    "pending_payments).",
     ["tenant", "limit"],
 )
 PUBLISH_FAILURES = Counter(

@@ -203,11 +203,13 @@ class Settings(BaseSettings):
     )
     dlq_topic: str = Field(
         default="paystream.commands.dlq",
-        description="PAYSTREAM_DLQ_TOPIC: dead letters (records that are not CloudEvents).",
+        description="PAYSTREAM_DLQ_TOPIC: dead letters (records that are not CloudEvents, "
+        "oversized ones, ones holding card data, and commands a bug of ours stopped).",
     )
     retry_topic: str = Field(
         default="paystream.commands.retry",
-        description="PAYSTREAM_RETRY_TOPIC: commands parked after exhausting gateway retries.",
+        description="PAYSTREAM_RETRY_TOPIC: commands parked after exhausting gateway retries, or "
+        "held for a person (`stale`, `provider_changed`, `provider_unanswered`).",
     )
     ledger_dlq_topic: str = Field(
         default="paystream.events.ledger-dlq",
@@ -362,7 +364,8 @@ class Settings(BaseSettings):
         le=256,
         description="PAYSTREAM_ROCKSDB_WRITE_BUFFER_MB: each RocksDB table partition's "
         "memtable size (two at most); with rocksdb://, a worker's table memory is about "
-        "7 tables x the partitions it holds (active and standby) x (2 x this + "
+        "7 tables (9 with insights) x the partitions it holds (active and standby) x "
+        "(2 x this + "
         "PAYSTREAM_ROCKSDB_BLOCK_CACHE_MB). Faust's own default, 64 MB each (and a 2 GB block "
         "cache), grew a worker by 6 KB per command, never flushed.",
     )
@@ -416,8 +419,9 @@ class Settings(BaseSettings):
         # Outcomes and stored records echo a command (its data, ids and tenant) a few
         # times over: bigger commands could make records over the broker's 1 MB.
         le=COMMAND_MAX_BYTES_CEILING,
-        description="PAYSTREAM_COMMAND_MAX_BYTES: commands (key, value and headers) larger "
-        "than this are dead-lettered and rejected; at most 256 KiB.",
+        description="PAYSTREAM_COMMAND_MAX_BYTES: command values larger than this are "
+        "dead-lettered and rejected; at most 256 KiB (the key and headers have a 16 KiB "
+        "limit of their own).",
     )
     idempotency_ttl_seconds: int = Field(
         default=24 * 3600,
@@ -437,8 +441,8 @@ class Settings(BaseSettings):
         default=540 * 24 * 3600,
         ge=0,
         description="PAYSTREAM_ENTITY_RETENTION_SECONDS: settled entities (payments, "
-        "refunds, disputes; deleted or erased customers; payment methods detached or left "
-        "attached to such a customer) "
+        "refunds, disputes; erased customers; payment methods detached or left attached to "
+        "an erased or deleted customer; deleted customers stay, without their personal data) "
         "unchanged for this long leave the tables (the ledger keeps their history), and "
         "commands naming them are answered `not_found`. 540 days by default: past card "
         "networks' longest dispute windows. 0 keeps them for ever; else at least 30 days.",
