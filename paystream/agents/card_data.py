@@ -315,23 +315,38 @@ def _base64_data(parsed: Any) -> list[str]:
     encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
     if not isinstance(encoded, str):
         return []
-    texts: list[str] = []
-    # The SDK stops at the first padding; whatever follows it (base64 of its own, at any
-    # alignment) is as plain to anyone who reads the record: every run between paddings
-    # is decoded at each of the four alignments (review finding: "QQ==" + a card's base64).
-    for run in _PADDING.split(_NOT_BASE64_OR_PAD.sub("", encoded)):
-        for shift in range(min(4, len(run))):
-            chunk = run[shift:]
-            if len(chunk) % 4 == 1:  # a character more than any padding completes: out
-                chunk = chunk[:-1]
-            decoded = base64.b64decode(chunk + "=" * (-len(chunk) % 4))
-            text = decoded.replace(b"\x00", b"").decode("utf-8", "replace")
-            texts += [with_float_digits(text), with_float_digits(_unescaped(text))]
+    # As the SDK's decoder reads it (padding that completes no quad skipped, as all else
+    # outside the alphabet).
+    texts = _decoded_texts(_decoded(_NOT_BASE64.sub("", encoded)))
+    # A padding that completes one ends what the SDK decodes; whatever follows it (base64
+    # of its own, at any alignment) is as plain to anyone who reads the record: the runs
+    # between paddings, each decoded at each of the four alignments (review finding:
+    # "QQ==" + a card's base64). Runs too short to hold a card number are left out, so
+    # that a string of paddings costs no more than one decode per alignment.
+    runs = [run for run in _PADDING.split(_NOT_BASE64_OR_PAD.sub("", encoded)) if len(run) >= 16]
+    if len(runs) > 1 or (runs and "=" in encoded.rstrip("= \t\r\n")):
+        for shift in range(4):
+            text = "\n".join(_decoded(run[shift:]) for run in runs)
+            texts += _decoded_texts(text)
     return texts
 
 
-# What base64.b64decode skips unless validating (everything outside the alphabet; the
-# padding is kept, to split the runs at), and the padding.
+def _decoded(chunk: str) -> str:
+    """Base64 (alphabet only) decoded as text; a character more than any padding
+    completes is left out."""
+    if len(chunk) % 4 == 1:
+        chunk = chunk[:-1]
+    decoded = base64.b64decode(chunk + "=" * (-len(chunk) % 4))
+    return decoded.replace(b"\x00", b"").decode("utf-8", "replace")
+
+
+def _decoded_texts(text: str) -> list[str]:
+    return [with_float_digits(text), with_float_digits(_unescaped(text))]
+
+
+# What base64.b64decode skips unless validating (everything outside the alphabet); the
+# same keeping the padding (to split the runs at); the padding.
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 _NOT_BASE64_OR_PAD = re.compile(r"[^A-Za-z0-9+/=]")
 _PADDING = re.compile(r"=+")
 

@@ -764,9 +764,7 @@ class CommandProcessor:
                     # This very record, redelivered: the limits may have lost its count.
                     self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
                 return self._replay_done(cmd, existing)
-        if self._past_provider_window(rec) or self._key_past_provider_window(
-            rec, cmd.command_id, existing
-        ):
+        if self._past_provider_window(rec) or self._key_past_provider_window(rec, existing):
             # A parked or dead-lettered command re-driven (`dlq replay` records its first
             # attempt), or any command under the key of one let through that long ago (a
             # client's retry under a new id, the record redelivered after a long outage),
@@ -774,7 +772,7 @@ class CommandProcessor:
             # charge its first attempt made could be made again. Parked again for a
             # person to reconcile (`dlq replay` holds it back from now on).
             if existing is not None and existing.state in _LET_THROUGH:
-                return self._repark(rec, cmd, existing, STALE, existing.first_attempt_ms)
+                return self._repark(rec, cmd, existing, STALE)
             return self._to_retry_topic(rec, cmd, STALE)
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
@@ -969,7 +967,7 @@ class CommandProcessor:
             first_attempt=(
                 existing.first_attempt_ms
                 if let_through and existing is not None and existing.first_attempt_ms
-                else self._first_attempt_ms(rec)
+                else self._let_through_at(rec)
             ),
         )
         # Under its own key, its id is not in the table: say which request the id names
@@ -1446,19 +1444,16 @@ class CommandProcessor:
         first = self._carried_first_attempt(rec)
         return first is not None and time.time() * 1000 - first > stale_after_ms(self.settings)
 
-    def _key_past_provider_window(
-        self, rec: Inbound, rec_command_id: str, existing: IdempotencyRecord | None
-    ) -> bool:
-        """Is ``existing`` the record of a request let through (parked, in flight) whose
-        first attempt is older than a provider keeps its key? Its re-drives say so in a
+    def _key_past_provider_window(self, rec: Inbound, existing: IdempotencyRecord | None) -> bool:
+        """Is ``existing`` the record of a request let through (parked, in flight) first
+        let through longer ago than a provider keeps its key? Its re-drives say so in a
         header; a client's retry under its key (a new command id) said nothing, and ran
-        under the key the provider may have forgotten, a day after a charge (review
-        finding). A re-drive reconciled by a person (`dlq replay --include-stale-as-of`)
-        goes ahead, as it does with the header."""
+        under the key the provider may have forgotten, a day after a charge; so did the
+        command's own record redelivered after a long outage (review findings). A
+        re-drive reconciled by a person (`dlq replay --include-stale-as-of`) goes ahead,
+        as it does with the header."""
         if existing is None or existing.first_attempt_ms is None:
             return False
-        if existing.command_id == rec_command_id:
-            return False  # its own records: their first-attempt header says (above)
         if existing.state not in _LET_THROUGH or RECONCILED_HEADER in rec.headers:
             return False
         return time.time() * 1000 - existing.first_attempt_ms > stale_after_ms(self.settings)
@@ -1495,13 +1490,11 @@ class CommandProcessor:
         cmd: CommandRef,
         existing: IdempotencyRecord,
         reason: RejectReason | str,
-        first_attempt_ms: int | None = None,
     ) -> list[Emit]:
         """Park again a command let through once that cannot run now. Its record stays as
         it is but for its state (it may name another command of the same request), and
-        so does any daily-volume hold it has, until it can run. ``first_attempt_ms``: its
-        request's first attempt, if earlier than its own (a retry under the key of one
-        let through long ago: `dlq replay` then holds it back as stale too)."""
+        so does any daily-volume hold it has, until it can run. Parked with its request's
+        first attempt where that is earlier than its own (see _with_first_attempt)."""
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         # This record may have moved money and counted it before a crash lost its
         # answer (its limits decision is kept until it is committed): the re-drive must
@@ -1514,12 +1507,27 @@ class CommandProcessor:
             if counted:
                 record["counted"] = True
             self._remember(key, record)
-        earlier = (
-            {FIRST_ATTEMPT_HEADER: str(first_attempt_ms).encode()}
-            if first_attempt_ms is not None and first_attempt_ms < self._first_attempt_ms(rec)
-            else None
-        )
+        earlier = self._with_first_attempt(rec, existing.first_attempt_ms)
         return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason), earlier)
+
+    def _with_first_attempt(self, rec: Inbound, first: int | None) -> dict[str, bytes] | None:
+        """A park's first-attempt header naming ``first`` (its key's request's, from its
+        idempotency record) where that is earlier than the record's own: a retry under
+        the key (a new command id) parked, then re-driven a day after the request first
+        ran, was sent under a key the provider may have forgotten (review finding);
+        `dlq replay` holds such a park back as stale, and so does the worker."""
+        if first is None or first >= self._first_attempt_ms(rec):
+            return None
+        return {FIRST_ATTEMPT_HEADER: str(first).encode()}
+
+    def _let_through_at(self, rec: Inbound) -> int:
+        """When the request is first let through: now (the worker's clock), or earlier
+        if a re-drive carries its first attempt under paystream's seal. Not the record's
+        own time: a backlog read a day late would be held as stale when first retried,
+        though the provider saw its key seconds before (review finding)."""
+        now = int(time.time() * 1000)
+        carried = self._carried_first_attempt(rec)
+        return now if carried is None else min(now, carried)
 
     @staticmethod
     def _counts_here(
@@ -2149,7 +2157,8 @@ class CommandProcessor:
                 first_attempt=in_flight.get("first_attempt_ms"),  # and when first
             ),
         )
-        return self._to_retry_topic(rec, cmd, exc.code.value)
+        earlier = self._with_first_attempt(rec, in_flight.get("first_attempt_ms"))
+        return self._to_retry_topic(rec, cmd, exc.code.value, earlier)
 
     def _to_retry_topic(
         self,

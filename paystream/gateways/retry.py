@@ -212,10 +212,12 @@ class RetryPolicy:
                     breaker.on_success()  # it answered; a retry gets the same answer
                     raise RetriesExhausted(exc, attempt) from exc
                 if exc.code is ErrorCode.IDEMPOTENCY_ERROR:
-                    # A 409: a concurrent request holds the key (a crashed worker's,
-                    # until the provider's claim expires). The provider answered: one
-                    # busy key must not hold back every command of its tenant.
-                    breaker.on_success()
+                    # A 409: a concurrent request holds the key (a crashed worker's, or
+                    # our own timed-out attempt the provider is still running). No
+                    # verdict either way: one busy key must not open the tenant's
+                    # circuit, nor erase the timeouts before it (a slow provider gives
+                    # timeout, 409, timeout, 409...: review finding).
+                    breaker.release()
                 else:
                     breaker.on_failure()
                 if attempt == self.max_attempts or not exc.retry_now:

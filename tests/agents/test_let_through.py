@@ -632,3 +632,55 @@ async def test_a_retry_under_the_key_of_a_charge_parked_a_day_ago_is_held(
     assert int(headers[FIRST_ATTEMPT_HEADER]) == record["first_attempt_ms"]
     assert await _charges(h, t, h.tenants[t]) == 1
     assert h.idempotency[f"{t}:k3"]["command_id"] == "k3"  # the key's record, as it was
+
+
+async def _payment_parked_twice_over(h: Harness) -> tuple[str, dict[str, Any], int]:
+    """p1's create k3 parked (its answers lost), its first attempt made 20 hours old; then
+    the client's retry k3-retry under key k3, parked too. The tenant, the payment's data
+    and the key's first attempt."""
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 6}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    h.idempotency[f"{t}:k3"]["first_attempt_ms"] -= 20 * 3600 * 1000
+    first = h.idempotency[f"{t}:k3"]["first_attempt_ms"]
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3-retry", key="k3"))
+    [park] = [e.record for e in emits if e.topic == h.settings.retry_topic]
+    # Parked with the request's first attempt: `dlq replay` judges it by that.
+    assert int(dict(park.headers)[FIRST_ATTEMPT_HEADER]) == first
+    assert h.idempotency[f"{t}:k3"]["first_attempt_ms"] == first
+    return t, pay, first
+
+
+async def test_a_parked_retry_re_driven_past_the_keys_window_is_held(harness: Harness) -> None:
+    """The retry, parked within the window, re-driven when the request's first attempt
+    is a day old: its own park said it was hours old, and its own id escaped the key's
+    check, so it ran under a key the provider may have forgotten (review finding)."""
+    h = harness
+    t, pay, _ = await _payment_parked_twice_over(h)
+    h.idempotency[f"{t}:k3"]["first_attempt_ms"] -= 6 * 3600 * 1000  # now 26 hours
+    redriven = _command(t, "payment.create", pay, "k3-retry", key="k3")  # no header
+    emits = await h.processor.process(redriven)
+    assert [dict(e.record.headers)["paystream-park-reason"] for e in emits] == [b"stale"]
+    assert await _charges(h, t, h.tenants[t]) == 1
+
+
+async def test_a_backlog_read_late_is_not_held_when_first_retried(harness: Harness) -> None:
+    """Read a day after it was produced (workers down), a command's first attempt is
+    when it is first let through, not its record's time: its retry a minute later is no
+    stale request (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+    late = dataclasses.replace(
+        _command(t, "payment.create", pay, "k3"), timestamp_ms=_NOW_MS - 25 * 3600 * 1000
+    )
+    emits = await h.processor.process(late)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert h.idempotency[f"{t}:k3"]["first_attempt_ms"] >= _NOW_MS
+    retried = await _answer(h, _command(t, "payment.create", pay, "k3-retry", key="k3"))
+    assert kind(retried) == "payment.succeeded", data(retried)

@@ -342,3 +342,25 @@ async def test_a_key_held_by_another_request_never_opens_the_circuit() -> None:
             await p.call("t", "sim", Flaky(failures=99, error=in_use))
     assert p.breaker("t", "sim").state is CircuitState.CLOSED
     assert await p.call("t", "sim", Flaky(failures=0)) == "ok"
+
+
+async def test_a_key_in_use_after_a_timeout_does_not_erase_the_timeout() -> None:
+    """A slow provider: our attempt times out, its retry meets the key the provider is
+    still running (409). Taken for a success, the 409 reset the count and the circuit
+    never opened (review finding)."""
+    p = policy(Clock(), attempts=2, threshold=3)
+    timeout = GatewayError(ErrorCode.TIMEOUT, "read timed out", provider="sim")
+    in_use = GatewayError(ErrorCode.IDEMPOTENCY_ERROR, "key in use", provider="sim", retryable=True)
+
+    class SlowThenBusy:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def __call__(self) -> str:
+            self.calls += 1
+            raise timeout if self.calls == 1 else in_use
+
+    for _ in range(3):  # (the third's retry finds the circuit open)
+        with pytest.raises((RetriesExhausted, CircuitOpen)):
+            await p.call("t", "sim", SlowThenBusy())
+    assert p.breaker("t", "sim").state is CircuitState.OPEN
