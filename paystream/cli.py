@@ -864,7 +864,15 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
             f"tenant={_shown(rec.tenant)} reason={_shown(rec.reason)} "
             f"id={_shown(command_id)} type={_shown(command_type)}"
             + (f" detail={detail[:160]!r}" if detail else "")
-            + (" (held card data: not kept, not replayed)" if rec.redacted else "")
+            + (
+                (
+                    " (held a customer's 3-D Secure credential: not kept)"
+                    if dict(rec.headers).get("paystream-dlq-redacted") == b"next_action"
+                    else " (held card data: not kept, not replayed)"
+                )
+                if rec.redacted
+                else ""
+            )
             + (
                 f" (too large to keep, not replayed; the original is at {rec.source or '?'})"
                 if rec.dropped

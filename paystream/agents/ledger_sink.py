@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -246,6 +247,12 @@ class LedgerSinkRunner:
                 key, value = None, b""
                 headers = {k: headers[k] for k in _OURS}
                 headers["paystream-dlq-redacted"] = FORBIDDEN_DATA.encode()
+            elif _NEXT_ACTION.search(value):
+                # A payment's next action carries the customer's credential (a 3-D
+                # Secure URL's client secret), which the ledger keeps as its type alone:
+                # nor does its dead letter (kept for ever, listed, never replayed).
+                value = b""
+                headers["paystream-dlq-redacted"] = b"next_action"
             futures.append(
                 await app.producer.send(topic_name, key, value, None, None, sorted(headers.items()))
             )
@@ -256,6 +263,9 @@ class LedgerSinkRunner:
 
 ERASED_TYPE = "com.paystream.customer.erased"
 
+
+# A next action given (an object, not null) in an outcome's JSON.
+_NEXT_ACTION = re.compile(rb'"next_action"\s*:\s*\{')
 
 # The headers a parked outcome holding card data keeps: the sink's own (the reason, its
 # redacted detail, where the outcome is).

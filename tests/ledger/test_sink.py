@@ -822,3 +822,31 @@ def test_skipped_outcomes_are_counted_under_known_types_only() -> None:
         before[1] + 1,
     )
     assert count(forged.get_type()) == 0
+
+
+async def test_an_outcome_with_a_next_action_is_parked_without_its_bytes(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payment.requires_action outcome the ledger refuses carries the 3-D Secure URL
+    with its client secret, which the ledger keeps as the action's type alone: its dead
+    letter (kept for ever, listed) kept it in clear (review finding)."""
+
+    from paystream.agents import ledger_sink as agent
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    action = {"type": "redirect_to_url",
+              "redirect_to_url": {"url": "https://x/3ds?payment_intent_client_secret=pi_1_secret_z"}}  # fmt: skip
+    data = dict(payment_outcome(tenant, "pay_3ds", 1, next_action=action).get_data())
+    data["tenant_id"] = "someone-else"  # refused for that
+    bad = encode_event(
+        build_outcome(_cmd(tenant, data["command_id"]), "payment.requires_action", data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    sent = _parked_records(monkeypatch)
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    await runner.run_batch([_Event(_Msg(bad.key, bad.value, list(bad.headers), 9))])  # type: ignore[list-item]
+    [(_topic, _key, value, headers)] = sent
+    assert value == b"" and headers["paystream-dlq-redacted"] == b"next_action"
+    assert not any(b"secret" in v for v in headers.values())
