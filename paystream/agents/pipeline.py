@@ -1454,7 +1454,10 @@ class CommandProcessor:
         as it does with the header."""
         if existing is None or existing.first_attempt_ms is None:
             return False
-        if existing.state not in _LET_THROUGH or RECONCILED_HEADER in rec.headers:
+        if existing.state not in _LET_THROUGH:
+            return False
+        if RECONCILED_HEADER in rec.headers and self._carried_first_attempt(rec) is not None:
+            # (re-sent by `dlq replay`, under its seal: not a header any producer adds)
             return False
         return time.time() * 1000 - existing.first_attempt_ms > stale_after_ms(self.settings)
 

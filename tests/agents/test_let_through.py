@@ -16,6 +16,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
+from paystream.dlq import RECONCILED_HEADER
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import SimulatorGateway
@@ -684,3 +685,17 @@ async def test_a_backlog_read_late_is_not_held_when_first_retried(harness: Harne
     assert h.idempotency[f"{t}:k3"]["first_attempt_ms"] >= _NOW_MS
     retried = await _answer(h, _command(t, "payment.create", pay, "k3-retry", key="k3"))
     assert kind(retried) == "payment.succeeded", data(retried)
+
+
+async def test_a_reconciled_mark_without_a_replays_seal_does_not_release_a_retry(
+    harness: Harness,
+) -> None:
+    """`paystream-reconciled` is what `dlq replay --include-stale-as-of` adds to what it
+    re-sends (with its first attempt, sealed): on a client's own retry it proves nothing."""
+    h = harness
+    t, pay = await _saved_card_charge_parked(h)
+    h.idempotency[f"{t}:k3"]["first_attempt_ms"] -= 25 * 3600 * 1000
+    retry = _command(t, "payment.create", pay, "k3-retry", key="k3")
+    retry = dataclasses.replace(retry, headers={**retry.headers, RECONCILED_HEADER: b"1"})
+    emits = await h.processor.process(retry)
+    assert [dict(e.record.headers)["paystream-park-reason"] for e in emits] == [b"stale"]

@@ -834,8 +834,8 @@ async def test_an_outcome_with_a_next_action_is_parked_without_its_bytes(
     from paystream.agents import ledger_sink as agent
 
     tenant = f"t{uuid.uuid4().hex[:8]}"
-    action = {"type": "redirect_to_url",
-              "redirect_to_url": {"url": "https://x/3ds?payment_intent_client_secret=pi_1_secret_z"}}  # fmt: skip
+    url = "https://x/3ds?payment_intent_client_secret=pi_1_secret_z"
+    action = {"type": "redirect_to_url", "redirect_to_url": {"url": url}}
     data = dict(payment_outcome(tenant, "pay_3ds", 1, next_action=action).get_data())
     data["tenant_id"] = "someone-else"  # refused for that
     bad = encode_event(
