@@ -774,6 +774,14 @@ class CommandProcessor:
             if existing is not None and existing.state in _LET_THROUGH:
                 return self._repark(rec, cmd, existing, STALE)
             return self._to_retry_topic(rec, cmd, STALE)
+        scoped_first = self._create_past_provider_window(rec, cmd, data)
+        if scoped_first is not None:
+            # A create of a chosen id, parked long ago under another key (its retry
+            # under a new command id, with no idempotency key, shares only its id): its
+            # provider key is the entity's, which the provider may have forgotten.
+            return self._to_retry_topic(
+                rec, cmd, STALE, self._with_first_attempt(rec, scoped_first)
+            )
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
         let_through = existing is not None and existing.command_id == cmd.command_id
@@ -1077,6 +1085,7 @@ class CommandProcessor:
                     exc,
                     entity_keys,
                     counted=bool(carried) or self.limits.counted(cmd.tenant_id, limit_rec),
+                    data=data,
                 )
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
@@ -1454,12 +1463,30 @@ class CommandProcessor:
         as it does with the header."""
         if existing is None or existing.first_attempt_ms is None:
             return False
-        if existing.state not in _LET_THROUGH:
-            return False
-        if RECONCILED_HEADER in rec.headers and self._carried_first_attempt(rec) is not None:
-            # (re-sent by `dlq replay`, under its seal: not a header any producer adds)
+        if existing.state not in _LET_THROUGH or RECONCILED_HEADER in rec.headers:
             return False
         return time.time() * 1000 - existing.first_attempt_ms > stale_after_ms(self.settings)
+
+    def _create_past_provider_window(self, rec: Inbound, cmd: CommandRef, data: Any) -> int | None:
+        """The first attempt of a create of the same chosen id parked longer ago than a
+        provider keeps its key, its entity not made since (None: none such). Its provider
+        key is the entity's (handlers.create_key), so a retry under a new command id and
+        no idempotency key, past the window, would create it again (review finding)."""
+        scope = _create_scope(cmd, data)
+        if scope is None:
+            return None
+        parked = self.idempotency.get(scope)
+        if parked is None or RECONCILED_HEADER in rec.headers:
+            return None
+        first = parked.get("first_attempt_ms")
+        if not isinstance(first, int) or time.time() * 1000 - first <= stale_after_ms(
+            self.settings
+        ):
+            return None
+        kind, chosen = _CREATES[cmd.command_type][0], getattr(data, _CREATES[cmd.command_type][1])
+        if self.tables.by_type(kind).get(entity_key(cmd.tenant_id, chosen)) is not None:
+            return None  # made since: answered from it, the provider is not asked
+        return first
 
     def _first_attempt_ms(self, rec: Inbound) -> int:
         """This record's time (the broker's, on a LogAppendTime commands topic; never
@@ -1514,11 +1541,13 @@ class CommandProcessor:
         return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason), earlier)
 
     def _with_first_attempt(self, rec: Inbound, first: int | None) -> dict[str, bytes] | None:
-        """A park's first-attempt header naming ``first`` (its key's request's, from its
-        idempotency record) where that is earlier than the record's own: a retry under
-        the key (a new command id) parked, then re-driven a day after the request first
-        ran, was sent under a key the provider may have forgotten (review finding);
-        `dlq replay` holds such a park back as stale, and so does the worker."""
+        """A park's first-attempt header naming ``first`` (its key's request's first let
+        through, from its idempotency record) where that is earlier than the record's
+        own: a retry under the key (a new command id) parked, then re-driven a day after
+        the request first ran, was sent under a key the provider may have forgotten
+        (review finding); `dlq replay` holds such a park back as stale, and so does the
+        worker. (A park's own time stays the broker's time of its record, as before: a
+        backlog read a day late and parked is held back as stale, conservatively.)"""
         if first is None or first >= self._first_attempt_ms(rec):
             return None
         return {FIRST_ATTEMPT_HEADER: str(first).encode()}
@@ -2144,8 +2173,10 @@ class CommandProcessor:
         exc: GatewayError,
         entity_keys: bool,
         counted: bool = False,
+        data: Any = None,
     ) -> list[Emit]:
-        """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`."""
+        """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`
+        (``data``: its validated data)."""
         in_flight = self.idempotency.get(idem_key) or {}
         self._remember(
             idem_key,
@@ -2160,7 +2191,16 @@ class CommandProcessor:
                 first_attempt=in_flight.get("first_attempt_ms"),  # and when first
             ),
         )
-        earlier = self._with_first_attempt(rec, in_flight.get("first_attempt_ms"))
+        first = in_flight.get("first_attempt_ms")
+        scope = _create_scope(cmd, data) if entity_keys and first is not None else None
+        if scope is not None and scope not in self.idempotency:
+            # Its chosen id's provider key outlives this record's key: a retry naming
+            # only the id is checked against when it first ran (see above), for as long
+            # as the tables keep entities (until its entity is made, it is parked).
+            horizon = self.settings.entity_retention_seconds or _CREATE_SCOPE_SECONDS
+            keep_until = max(expires, time.time() + horizon)
+            self._remember(scope, {"first_attempt_ms": first, "expires_at": keep_until})
+        earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, exc.code.value, earlier)
 
     def _to_retry_topic(
@@ -2331,6 +2371,29 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
         # "@" keeps a client's idempotency key "payment:p1" from naming this hold.
         return f"@payment:{payment_id}"
     return idem_table_key
+
+
+# How long a parked create's scope is remembered when entities are kept for ever.
+_CREATE_SCOPE_SECONDS = 540 * 24 * 3600
+
+# Creates whose provider key is their chosen id's (handlers.create_key): entity type and
+# the data field naming the id.
+_CREATES: dict[str, tuple[str, str]] = {
+    "customer.create": ("customer", "customer_id"),
+    "payment_method.attach": ("payment_method", "payment_method_id"),
+    "payment.create": ("payment", "payment_id"),
+    "refund.create": ("refund", "refund_id"),
+}
+
+
+def _create_scope(cmd: CommandRef, data: Any) -> str | None:
+    """Where the idempotency table keeps when a create of a chosen id was first let
+    through, if parked (``"\x1f"``: no client key can name it), or None."""
+    create = _CREATES.get(cmd.command_type)
+    if create is None:
+        return None
+    chosen = getattr(data, create[1], None)
+    return f"{cmd.tenant_id}:\x1fcreate:{create[0]}:{chosen}" if chosen else None
 
 
 def _command_id_key(tenant_id: str, command_id: str) -> str:

@@ -16,7 +16,6 @@ from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
-from paystream.dlq import RECONCILED_HEADER
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import SimulatorGateway
@@ -687,15 +686,30 @@ async def test_a_backlog_read_late_is_not_held_when_first_retried(harness: Harne
     assert kind(retried) == "payment.succeeded", data(retried)
 
 
-async def test_a_reconciled_mark_without_a_replays_seal_does_not_release_a_retry(
-    harness: Harness,
+@pytest.mark.parametrize(("hours_ago", "held"), [(25, True), (20, False)])
+async def test_a_create_of_a_chosen_id_retried_under_a_new_key_a_day_later_is_held(
+    harness: Harness, hours_ago: int, held: bool
 ) -> None:
-    """`paystream-reconciled` is what `dlq replay --include-stale-as-of` adds to what it
-    re-sends (with its first attempt, sealed): on a client's own retry it proves nothing."""
+    """A create of a chosen id uses the id's provider key (pse:...:payment:p1). Parked,
+    then retried a day later under a new command id and no idempotency key, it shares
+    no record with the first but that key, which the provider may have forgotten: it
+    charged again (review finding). Held for a person; within the window it runs, and
+    the provider answers it from the key."""
     h = harness
-    t, pay = await _saved_card_charge_parked(h)
-    h.idempotency[f"{t}:k3"]["first_attempt_ms"] -= 25 * 3600 * 1000
-    retry = _command(t, "payment.create", pay, "k3-retry", key="k3")
-    retry = dataclasses.replace(retry, headers={**retry.headers, RECONCILED_HEADER: b"1"})
-    emits = await h.processor.process(retry)
-    assert [dict(e.record.headers)["paystream-park-reason"] for e in emits] == [b"stale"]
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    scope = h.idempotency[f"{t}:\x1fcreate:payment:p1"]
+    scope["first_attempt_ms"] -= hours_ago * 3600 * 1000
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k4"))
+    if held:
+        assert [dict(e.record.headers)["paystream-park-reason"] for e in emits] == [b"stale"]
+        first = int(dict(emits[0].record.headers)[FIRST_ATTEMPT_HEADER])
+        assert first == scope["first_attempt_ms"]
+    else:
+        out = outcome_of(h.settings, emits)
+        assert out is not None and kind(out) == "payment.succeeded", out and data(out)
+    assert await _charges(h, t, h.tenants[t]) == 1
