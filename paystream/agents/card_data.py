@@ -115,8 +115,8 @@ def raw_may_hold_card(rec: Inbound, headers: Mapping[str, bytes]) -> bool:
     runs only when this says so. (A NUL in the value: UTF-16 and the like, whose digits
     the quick look cannot see: look properly.)"""
     value = rec.value or b""
-    if b"\x00" in value or b'"data_base64"' in value:  # digits the quick look cannot see
-        return True
+    if b"\x00" in value or b'"data_base64"' in value or b'"datacontentencoding"' in value:
+        return True  # digits the quick look cannot see (UTF-16, base64)
     if b"\x00" in (rec.key or b""):  # a key in UTF-16 is echoed by a rejection's record
         return True
     # (A NUL in any value or name, looked for in all of them at once.)
@@ -276,7 +276,7 @@ def raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     parsed: Any = _parsed(value) if parse or names_base64 else None
     if parsed is not None:
         texts.append(parsed)
-        texts.extend(_base64_data(parsed))
+        texts.extend(_base64_data(parsed, value if names_base64 else None))
     elif names_base64:
         return True
     if unescaped is not None and not (parse and parsed is not None):
@@ -285,11 +285,13 @@ def raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
 
 
 def _names_base64(value: bytes, unescaped: str | None) -> bool:
-    """Does the record name ``data_base64`` anywhere (escaped, or in UTF-16 and the like)?"""
-    return (
-        b"data_base64" in value
-        or (unescaped is not None and "data_base64" in unescaped)
-        or (b"\x00" in value and b"data_base64" in value.replace(b"\x00", b""))
+    """Does the record name ``data_base64`` or ``datacontentencoding`` (CloudEvents 0.3's
+    base64 data) anywhere (escaped, or in UTF-16 and the like)?"""
+    return any(
+        name in value
+        or (unescaped is not None and name.decode() in unescaped)
+        or (b"\x00" in value and name in value.replace(b"\x00", b""))
+        for name in (b"data_base64", b"datacontentencoding")
     )
 
 
@@ -307,14 +309,45 @@ def _parsed(value: bytes) -> Any:
         return None
 
 
-def _base64_data(parsed: Any) -> list[str]:
+def _base64_data(parsed: Any, value: bytes | None = None) -> list[str]:
     """The decoded ``data_base64`` of a structured record (as text), if it has one: what
     a replay would send, card number and all, in a form no text scan reads. Decoded as
     the CloudEvents SDK decodes it (characters outside the alphabet, line breaks
-    included, are skipped), and read even where the SDK would refuse its padding."""
+    included, are skipped), and read even where the SDK would refuse its padding.
+    ``value`` (the record's bytes): every such value in it too, a key given twice
+    included (a parser keeps the last), and a CloudEvents 0.3 `data` its
+    `datacontentencoding` says is base64 (the SDK decodes it; review finding)."""
     encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
-    if not isinstance(encoded, str):
-        return []
+    found = [encoded] if isinstance(encoded, str) else []
+    if value is not None:
+        found += [v for v in _every_base64_value(value) if v not in found]
+    return [text for item in found for text in _base64_texts(item)]
+
+
+def _every_base64_value(value: bytes) -> list[str]:
+    """Each string under ``data_base64`` anywhere in the JSON, and each string ``data``
+    of an object whose ``datacontentencoding`` is base64 (stdlib parser: a hook sees
+    every pair, those of a key given twice too)."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        encoding = next((v for k, v in items if k == "datacontentencoding"), None)
+        for key, item in items:
+            if isinstance(item, str) and (
+                key == "data_base64"
+                or (key == "data" and isinstance(encoding, str) and "base64" in encoding.lower())
+            ):
+                found.append(item)
+        return dict(items)
+
+    # (UnicodeDecodeError is a ValueError)
+    with contextlib.suppress(ValueError, RecursionError):
+        json.loads(value, object_pairs_hook=pairs)
+    return found
+
+
+def _base64_texts(encoded: str) -> list[str]:
+    """One base64 string decoded as texts for the scans (see _base64_data)."""
     # As the SDK's decoder reads it (padding that completes no quad skipped, as all else
     # outside the alphabet).
     texts = _decoded_texts(_decoded(_NOT_BASE64.sub("", encoded)))
@@ -558,9 +591,10 @@ def raw_holds_security_code(rec: Inbound) -> bool:
         value.replace(b"\x00", b"").decode("utf-8", "replace")
     ):
         return True  # UTF-16 and the like
-    if b'"data_base64"' in value:
+    if b'"data_base64"' in value or b'"datacontentencoding"' in value:
         with contextlib.suppress(orjson.JSONDecodeError):
-            if any(text_holds_security_code(t) for t in _base64_data(orjson.loads(value))):
+            decoded = _base64_data(orjson.loads(value), value)
+            if any(text_holds_security_code(t) for t in decoded):
                 return True
     try:
         parsed = orjson.loads(value)
