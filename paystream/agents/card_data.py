@@ -320,29 +320,41 @@ def _base64_data(parsed: Any, value: bytes | None = None) -> list[str]:
     encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
     found = [encoded] if isinstance(encoded, str) else []
     if value is not None:
-        found += [v for v in _every_base64_value(value) if v not in found]
+        every = _every_base64_value(value)
+        if every is None:
+            return [_UNSURE]
+        found += [v for v in every if v not in found]
     return [text for item in found for text in _base64_texts(item)]
 
 
-def _every_base64_value(value: bytes) -> list[str]:
+# What stands for base64 data the stdlib parser could not walk (nested past its
+# recursion limit, which orjson's is not): read as holding a card number, unsure.
+_UNSURE = "4242424242424242"
+
+
+def _every_base64_value(value: bytes) -> list[str] | None:
     """Each string under ``data_base64`` anywhere in the JSON, and each string ``data``
-    of an object whose ``datacontentencoding`` is base64 (stdlib parser: a hook sees
-    every pair, those of a key given twice too)."""
+    of an object naming base64 as its ``datacontentencoding`` (any of them: the SDK keeps
+    the last; stdlib parser: a hook sees every pair, those of a key given twice too).
+    None: nested too deep for it to walk (orjson parsed it): unsure."""
     found: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        encoding = next((v for k, v in items if k == "datacontentencoding"), None)
+        base64_data = any(
+            k == "datacontentencoding" and isinstance(v, str) and "base64" in v.lower()
+            for k, v in items
+        )
         for key, item in items:
-            if isinstance(item, str) and (
-                key == "data_base64"
-                or (key == "data" and isinstance(encoding, str) and "base64" in encoding.lower())
-            ):
+            if isinstance(item, str) and (key == "data_base64" or (key == "data" and base64_data)):
                 found.append(item)
         return dict(items)
 
-    # (UnicodeDecodeError is a ValueError)
-    with contextlib.suppress(ValueError, RecursionError):
+    try:
         json.loads(value, object_pairs_hook=pairs)
+    except RecursionError:
+        return None
+    except ValueError:  # (UnicodeDecodeError too) not JSON: nothing it names is decoded
+        pass
     return found
 
 
@@ -594,7 +606,7 @@ def raw_holds_security_code(rec: Inbound) -> bool:
     if b'"data_base64"' in value or b'"datacontentencoding"' in value:
         with contextlib.suppress(orjson.JSONDecodeError):
             decoded = _base64_data(orjson.loads(value), value)
-            if any(text_holds_security_code(t) for t in decoded):
+            if _UNSURE in decoded or any(text_holds_security_code(t) for t in decoded):
                 return True
     try:
         parsed = orjson.loads(value)

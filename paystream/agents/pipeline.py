@@ -8,6 +8,7 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import json
 import logging
@@ -1475,8 +1476,15 @@ class CommandProcessor:
         scope = _create_scope(cmd, data)
         if scope is None:
             return None
-        parked = self.idempotency.get(scope)
-        if parked is None or RECONCILED_HEADER in rec.headers:
+        pointer = self.idempotency.get(scope)
+        if pointer is None or RECONCILED_HEADER in rec.headers:
+            return None
+        # Only while the create it names is still let through (parked, in flight): once
+        # answered (made, declined, refused), a create of the id is a new request.
+        parked = self.idempotency.get(str(pointer.get("key")))
+        if parked is None or parked.get("state") not in _LET_THROUGH_VALUES:
+            return None
+        if float(parked.get("expires_at", 0)) <= time.time():
             return None
         first = parked.get("first_attempt_ms")
         if not isinstance(first, int) or time.time() * 1000 - first <= stale_after_ms(
@@ -1536,9 +1544,18 @@ class CommandProcessor:
             record = {**self.idempotency[key], "state": IdempotencyState.PARKED.value}
             if counted:
                 record["counted"] = True
+            record["expires_at"] = self._parked_until(float(record["expires_at"]))
             self._remember(key, record)
         earlier = self._with_first_attempt(rec, existing.first_attempt_ms)
         return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason), earlier)
+
+    def _parked_until(self, expires: float) -> float:
+        """How long a parked command's record is kept: until it is answered (a re-drive
+        writes its final record, which expires as any), or for as long as the tables
+        keep entities. Expiring a day after it parked, it let a retry under its key,
+        past the provider's key window, run as a new request (review finding)."""
+        horizon = self.settings.entity_retention_seconds or _CREATE_SCOPE_SECONDS
+        return max(expires, time.time() + horizon)
 
     def _with_first_attempt(self, rec: Inbound, first: int | None) -> dict[str, bytes] | None:
         """A park's first-attempt header naming ``first`` (its key's request's first let
@@ -1756,7 +1773,14 @@ class CommandProcessor:
         queue = self._expiring.get(tenant_id)
         if queue is None:
             queue = self._expiring[tenant_id] = deque()
-        queue.append((record["expires_at"], key))
+        entry = (record["expires_at"], key)
+        if queue and queue[-1][0] > entry[0]:
+            # After a parked record (kept long, see _parked_until): in its place, as the
+            # purge only ever looks at the front (review finding: it held back every
+            # record written after it).
+            bisect.insort(queue, entry)
+        else:
+            queue.append(entry)
 
     def purge_expired(self, tenant_id: str, now: float, limit: int = 500) -> int:
         """Delete up to ``limit`` of the tenant's expired idempotency records.
@@ -2184,7 +2208,7 @@ class CommandProcessor:
                 cmd,
                 request_hash,
                 IdempotencyState.PARKED,
-                expires,
+                self._parked_until(expires),
                 entity_keys=entity_keys,
                 counted=True if counted else None,
                 gateway=in_flight.get("gateway"),  # where it was sent
@@ -2193,13 +2217,17 @@ class CommandProcessor:
         )
         first = in_flight.get("first_attempt_ms")
         scope = _create_scope(cmd, data) if entity_keys and first is not None else None
-        if scope is not None and scope not in self.idempotency:
-            # Its chosen id's provider key outlives this record's key: a retry naming
-            # only the id is checked against when it first ran (see above), for as long
-            # as the tables keep entities (until its entity is made, it is parked).
-            horizon = self.settings.entity_retention_seconds or _CREATE_SCOPE_SECONDS
-            keep_until = max(expires, time.time() + horizon)
-            self._remember(scope, {"first_attempt_ms": first, "expires_at": keep_until})
+        if scope is not None:
+            # Its chosen id's provider key outlives this record's key: a create of the
+            # id under another key is checked against this one while it stays parked.
+            self._remember(
+                scope,
+                {
+                    "key": idem_key,
+                    "first_attempt_ms": first,
+                    "expires_at": self._parked_until(expires),
+                },
+            )
         earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, exc.code.value, earlier)
 
@@ -2372,6 +2400,9 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
         return f"@payment:{payment_id}"
     return idem_table_key
 
+
+# A let-through record's states as stored.
+_LET_THROUGH_VALUES = frozenset({IdempotencyState.PARKED.value, IdempotencyState.IN_FLIGHT.value})
 
 # How long a parked create's scope is remembered when entities are kept for ever.
 _CREATE_SCOPE_SECONDS = 540 * 24 * 3600

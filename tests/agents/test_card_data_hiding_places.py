@@ -184,13 +184,19 @@ def _base64_variant(tenant: str, variant: str) -> bytes:
     }
     if variant.startswith(("oversized", "after padding", "padding", "given twice")):
         event |= {"specversion": "1.0", "pad": "x" * 70_000}  # too large: not parsed
-    if variant == "CloudEvents 0.3":  # not taken, but the SDK decodes its base64 `data`
+    if variant.startswith("CloudEvents 0.3"):  # not taken, but the SDK decodes its base64
         del event["data_base64"]
         event |= {"specversion": "0.3", "datacontentencoding": "base64", "data": encoded}
     text = json.dumps(event)
-    if variant == "given twice":  # every parser keeps the last: the first is not read
+    if variant.startswith("given twice"):  # every parser keeps the last: the first unread
         clean = base64.b64encode(b'{"description": "none"}').decode()
         text = text[:-1] + f', "data_base64": "{clean}"}}'
+    if variant.endswith("nested deep"):  # past the stdlib parser's recursion, not orjson's
+        text = text[:-1] + ', "deep": ' + "[" * 1000 + "]" * 1000 + "}"
+    if variant.endswith("encoding twice"):  # the SDK keeps the last one
+        text = text.replace(
+            '"datacontentencoding"', '"datacontentencoding": "7bit", "datacontentencoding"'
+        )
     if variant == "NaN":  # orjson refuses it; the stdlib parser (the SDK's) takes it
         text = text[:-1] + ', "n": NaN}'
     if "escaped" in variant:
@@ -201,7 +207,8 @@ def _base64_variant(tenant: str, variant: str) -> bytes:
 @pytest.mark.parametrize(
     "variant", ["line breaks", "oversized", "NaN", "escaped name", "oversized, escaped name",
                 "UTF-16", "after padding, aligned", "after padding, shifted", "padding inside",
-                "given twice", "CloudEvents 0.3"],
+                "given twice", "CloudEvents 0.3", "given twice, nested deep",
+                "CloudEvents 0.3, encoding twice"],
 )  # fmt: skip
 async def test_base64_card_data_in_any_form_is_not_kept_in_a_dead_letter(
     harness: Harness, variant: str

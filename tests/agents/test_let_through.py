@@ -702,7 +702,8 @@ async def test_a_create_of_a_chosen_id_retried_under_a_new_key_a_day_later_is_he
            "payment_method_token": "pm_card_visa"}  # fmt: skip
     emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
     assert [e.topic for e in emits] == [h.settings.retry_topic]
-    scope = h.idempotency[f"{t}:\x1fcreate:payment:p1"]
+    assert h.idempotency[f"{t}:\x1fcreate:payment:p1"]["key"] == f"{t}:k3"
+    scope = h.idempotency[f"{t}:k3"]  # the parked create's record, which it names
     scope["first_attempt_ms"] -= hours_ago * 3600 * 1000
     emits = await h.processor.process(_command(t, "payment.create", pay, "k4"))
     if held:
@@ -713,3 +714,44 @@ async def test_a_create_of_a_chosen_id_retried_under_a_new_key_a_day_later_is_he
         out = outcome_of(h.settings, emits)
         assert out is not None and kind(out) == "payment.succeeded", out and data(out)
     assert await _charges(h, t, h.tenants[t]) == 1
+
+
+async def test_a_parked_create_holds_back_no_other_records_expiry(harness: Harness) -> None:
+    """A parked record is kept until answered (expiring a day after it parked, a retry
+    under its key past the provider's window ran as new); the purge, which only ever
+    looks at the front of the tenant's queue, held back every record written after it
+    (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:customer:c1": 99}})
+    emits = await h.processor.process(
+        _command(t, "customer.create", {"customer_id": "c1", "email": "a@b.c"}, "c1")
+    )
+    assert [dict(e.record.headers)["paystream-park-reason"] for e in emits] == [
+        b"provider_unavailable"
+    ]
+    h.processor.purge_expired(t, time.time())
+    for i in range(20):
+        await _answer(h, _command(t, "customer.create", {"email": f"x{i}@b.c"}, f"n{i}"))
+    assert h.processor.purge_expired(t, time.time() + 2 * 86400) == 20
+    kept = {k for k in h.idempotency if k.startswith(t)}
+    assert kept == {f"{t}:c1", f"{t}:\x1fcreate:customer:c1"}  # parked: kept
+
+
+async def test_a_create_of_a_chosen_id_answered_since_is_not_held(harness: Harness) -> None:
+    """The id's parked create was answered since (declined: no entity): a create of the
+    id a day later is a new request, not one the provider may have forgotten."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_chargeDeclined"}  # fmt: skip
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    declined = await _answer(h, _command(t, "payment.create", pay, "k3"))  # re-driven
+    assert kind(declined) == "payment.failed", data(declined)
+    assert h.idempotency[f"{t}:\x1fcreate:payment:p1"]["key"] == f"{t}:k3"
+    assert h.idempotency[f"{t}:k3"]["state"] == "done"  # answered: the pointer is inert
+    again = {**pay, "payment_method_token": "pm_card_visa"}
+    emits = await h.processor.process(_command(t, "payment.create", again, "k4"))
+    assert all(e.topic != h.settings.retry_topic for e in emits), emits
