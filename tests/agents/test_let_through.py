@@ -686,6 +686,19 @@ async def test_a_backlog_read_late_is_not_held_when_first_retried(harness: Harne
     assert kind(retried) == "payment.succeeded", data(retried)
 
 
+async def _p1_create_parked(h: Harness, knob: str, token: str) -> tuple[str, dict[str, Any]]:
+    """p1's create k3 (a chosen id) parked, the simulator's ``knob`` failing its first
+    three calls; it leaves its id's pointer to its record. The tenant and the data."""
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={knob: {f"pse:{t}:payment:p1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": token}  # fmt: skip
+    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert h.idempotency[f"{t}:\x1fcreate:payment:p1"]["key"] == f"{t}:k3"
+    return t, pay
+
+
 @pytest.mark.parametrize(("hours_ago", "held"), [(25, True), (20, False)])
 async def test_a_create_of_a_chosen_id_retried_under_a_new_key_a_day_later_is_held(
     harness: Harness, hours_ago: int, held: bool
@@ -696,13 +709,7 @@ async def test_a_create_of_a_chosen_id_retried_under_a_new_key_a_day_later_is_he
     charged again (review finding). Held for a person; within the window it runs, and
     the provider answers it from the key."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
-           "payment_method_token": "pm_card_visa"}  # fmt: skip
-    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
-    assert h.idempotency[f"{t}:\x1fcreate:payment:p1"]["key"] == f"{t}:k3"
+    t, pay = await _p1_create_parked(h, "lose_response_first", "pm_card_visa")
     scope = h.idempotency[f"{t}:k3"]  # the parked create's record, which it names
     scope["first_attempt_ms"] -= hours_ago * 3600 * 1000
     emits = await h.processor.process(_command(t, "payment.create", pay, "k4"))
@@ -742,15 +749,9 @@ async def test_a_create_of_a_chosen_id_answered_since_is_not_held(harness: Harne
     """The id's parked create was answered since (declined: no entity): a create of the
     id a day later is a new request, not one the provider may have forgotten."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}})
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
-           "payment_method_token": "pm_card_chargeDeclined"}  # fmt: skip
-    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    t, pay = await _p1_create_parked(h, "fail_first", "pm_card_chargeDeclined")
     declined = await _answer(h, _command(t, "payment.create", pay, "k3"))  # re-driven
     assert kind(declined) == "payment.failed", data(declined)
-    assert h.idempotency[f"{t}:\x1fcreate:payment:p1"]["key"] == f"{t}:k3"
     assert h.idempotency[f"{t}:k3"]["state"] == "done"  # answered: the pointer is inert
     again = {**pay, "payment_method_token": "pm_card_visa"}
     emits = await h.processor.process(_command(t, "payment.create", again, "k4"))

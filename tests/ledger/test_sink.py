@@ -556,13 +556,29 @@ def _parked_records(
     return sent
 
 
+async def _sink_parks(
+    monkeypatch: pytest.MonkeyPatch,
+    app_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]],
+) -> list[tuple[str, bytes | None, bytes, dict[str, bytes]]]:
+    """What the ledger agent parks of one outcome record (offset 9 of partition 0)."""
+    from paystream.agents import ledger_sink as agent
+
+    sent = _parked_records(monkeypatch)
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    await runner.run_batch([_Event(_Msg(key, value, headers, 9))])  # type: ignore[list-item]
+    return sent
+
+
 async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
     app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ledger refuses it (a last line of defence); a parked copy of its bytes would
     outlive any fix to the original, so the dead letter keeps only where it came from."""
-
-    from paystream.agents import ledger_sink as agent
 
     tenant = f"t{uuid.uuid4().hex[:8]}"
     data = dict(payment_outcome(tenant, "pay_cvc", 1).get_data())
@@ -572,10 +588,9 @@ async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
         tenant.encode(),
         CloudEventsMode.BINARY,
     )
-    sent = _parked_records(monkeypatch)
-    runner = agent.LedgerSinkRunner(agent.settings)
-    runner._sink = LedgerSink(app_engine, keyring)
-    await runner.run_batch([_Event(_Msg(bad.key, bad.value, list(bad.headers), 9))])  # type: ignore[list-item]
+    sent = await _sink_parks(
+        monkeypatch, app_engine, keyring, bad.key, bad.value, list(bad.headers)
+    )
     [(topic, _key, value, headers)] = sent
     assert topic == "paystream.events.ledger-dlq" and value == b""
     assert headers["paystream-dlq-reason"] == b"ledger_forbidden_data"
@@ -593,8 +608,6 @@ async def test_card_data_refused_first_for_another_reason_is_not_parked_either(
     """An outcome refused before its card scan ran (its data names another tenant; bytes
     that are no CloudEvent) was parked with the card number in it (review finding)."""
 
-    from paystream.agents import ledger_sink as agent
-
     tenant = f"t{uuid.uuid4().hex[:8]}"
     data = dict(payment_outcome(tenant, "pay_pan", 1).get_data())
     data["object"] = {**data["object"], "metadata": {"note": "card 4242 4242 4242 4242"}}
@@ -608,10 +621,7 @@ async def test_card_data_refused_first_for_another_reason_is_not_parked_either(
     headers_in = list(bad.headers)
     if refused_for == "undecodable":
         headers_in = [(k, v) for k, v in headers_in if k != "ce_specversion"]
-    sent = _parked_records(monkeypatch)
-    runner = agent.LedgerSinkRunner(agent.settings)
-    runner._sink = LedgerSink(app_engine, keyring)
-    await runner.run_batch([_Event(_Msg(bad.key, bad.value, headers_in, 9))])  # type: ignore[list-item]
+    sent = await _sink_parks(monkeypatch, app_engine, keyring, bad.key, bad.value, headers_in)
     [(_topic, _key, value, headers)] = sent
     assert headers["paystream-dlq-reason"] != b"ledger_forbidden_data"  # refused for that
     assert value == b"" and headers["paystream-dlq-redacted"] == b"forbidden_data"
@@ -625,8 +635,6 @@ async def test_card_data_outside_the_value_is_not_parked_either(
     """Another producer's outcome with a card number in its key or a header: the value
     was dropped, and the key and every header kept, on a topic kept for ever (and shown
     by `dlq list`; review finding). Only the sink's own headers are kept."""
-
-    from paystream.agents import ledger_sink as agent
 
     tenant = f"t{uuid.uuid4().hex[:8]}"
     data = dict(payment_outcome(tenant, "pay_pan", 1).get_data())
@@ -642,10 +650,7 @@ async def test_card_data_outside_the_value_is_not_parked_either(
         key = pan
     else:
         headers_in.append(("ce_subject" if where == "ce_subject" else "x-note", pan))
-    sent = _parked_records(monkeypatch)
-    runner = agent.LedgerSinkRunner(agent.settings)
-    runner._sink = LedgerSink(app_engine, keyring)
-    await runner.run_batch([_Event(_Msg(key, bad.value, headers_in, 9))])  # type: ignore[list-item]
+    sent = await _sink_parks(monkeypatch, app_engine, keyring, key, bad.value, headers_in)
     [(_topic, key_out, value, headers)] = sent
     assert pan not in (key_out or b"") and not any(pan in v for v in headers.values())
     assert headers["paystream-source"] == b"ev/0/9"
@@ -831,8 +836,6 @@ async def test_an_outcome_with_a_next_action_is_parked_without_its_bytes(
     with its client secret, which the ledger keeps as the action's type alone: its dead
     letter (kept for ever, listed) kept it in clear (review finding)."""
 
-    from paystream.agents import ledger_sink as agent
-
     tenant = f"t{uuid.uuid4().hex[:8]}"
     url = "https://x/3ds?payment_intent_client_secret=pi_1_secret_z"
     action = {"type": "redirect_to_url", "redirect_to_url": {"url": url}}
@@ -843,10 +846,9 @@ async def test_an_outcome_with_a_next_action_is_parked_without_its_bytes(
         tenant.encode(),
         CloudEventsMode.BINARY,
     )
-    sent = _parked_records(monkeypatch)
-    runner = agent.LedgerSinkRunner(agent.settings)
-    runner._sink = LedgerSink(app_engine, keyring)
-    await runner.run_batch([_Event(_Msg(bad.key, bad.value, list(bad.headers), 9))])  # type: ignore[list-item]
+    sent = await _sink_parks(
+        monkeypatch, app_engine, keyring, bad.key, bad.value, list(bad.headers)
+    )
     [(_topic, _key, value, headers)] = sent
     assert value == b"" and headers["paystream-dlq-redacted"] == b"next_action"
     assert not any(b"secret" in v for v in headers.values())
