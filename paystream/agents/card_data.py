@@ -276,7 +276,10 @@ def raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     parsed: Any = _parsed(value) if parse or names_base64 else None
     if parsed is not None:
         texts.append(parsed)
-        texts.extend(_base64_data(parsed, value if names_base64 else None))
+        decoded = _base64_data(parsed, value if names_base64 else None)
+        if decoded is None:
+            return True  # unsure: taken to hold a card number (its bytes are not kept)
+        texts.extend(decoded)
     elif names_base64:
         return True
     if unescaped is not None and not (parse and parsed is not None):
@@ -309,27 +312,23 @@ def _parsed(value: bytes) -> Any:
         return None
 
 
-def _base64_data(parsed: Any, value: bytes | None = None) -> list[str]:
+def _base64_data(parsed: Any, value: bytes | None = None) -> list[str] | None:
     """The decoded ``data_base64`` of a structured record (as text), if it has one: what
     a replay would send, card number and all, in a form no text scan reads. Decoded as
     the CloudEvents SDK decodes it (characters outside the alphabet, line breaks
     included, are skipped), and read even where the SDK would refuse its padding.
     ``value`` (the record's bytes): every such value in it too, a key given twice
     included (a parser keeps the last), and a CloudEvents 0.3 `data` its
-    `datacontentencoding` says is base64 (the SDK decodes it; review finding)."""
+    `datacontentencoding` says is base64 (the SDK decodes it; review finding). None:
+    unsure (nested too deep to walk)."""
     encoded = parsed.get("data_base64") if isinstance(parsed, dict) else None
     found = [encoded] if isinstance(encoded, str) else []
     if value is not None:
         every = _every_base64_value(value)
         if every is None:
-            return [_UNSURE]
+            return None  # unsure (see _every_base64_value)
         found += [v for v in every if v not in found]
     return [text for item in found for text in _base64_texts(item)]
-
-
-# What stands for base64 data the stdlib parser could not walk (nested past its
-# recursion limit, which orjson's is not): read as holding a card number, unsure.
-_UNSURE = "4242424242424242"
 
 
 def _every_base64_value(value: bytes) -> list[str] | None:
@@ -606,7 +605,7 @@ def raw_holds_security_code(rec: Inbound) -> bool:
     if b'"data_base64"' in value or b'"datacontentencoding"' in value:
         with contextlib.suppress(orjson.JSONDecodeError):
             decoded = _base64_data(orjson.loads(value), value)
-            if _UNSURE in decoded or any(text_holds_security_code(t) for t in decoded):
+            if decoded is None or any(text_holds_security_code(t) for t in decoded):
                 return True
     try:
         parsed = orjson.loads(value)

@@ -1466,7 +1466,11 @@ class CommandProcessor:
             return False
         if existing.state not in _LET_THROUGH or RECONCILED_HEADER in rec.headers:
             return False
-        return time.time() * 1000 - existing.first_attempt_ms > stale_after_ms(self.settings)
+        return self._past_key_window(existing.first_attempt_ms)
+
+    def _past_key_window(self, first_attempt_ms: int) -> bool:
+        """Was a request first let through longer ago than a provider keeps its key?"""
+        return time.time() * 1000 - first_attempt_ms > stale_after_ms(self.settings)
 
     def _create_past_provider_window(self, rec: Inbound, cmd: CommandRef, data: Any) -> int | None:
         """The first attempt of a create of the same chosen id parked longer ago than a
@@ -1487,12 +1491,11 @@ class CommandProcessor:
         if float(parked.get("expires_at", 0)) <= time.time():
             return None
         first = parked.get("first_attempt_ms")
-        if not isinstance(first, int) or time.time() * 1000 - first <= stale_after_ms(
-            self.settings
-        ):
+        if not isinstance(first, int) or not self._past_key_window(first):
             return None
-        kind, chosen = _CREATES[cmd.command_type][0], getattr(data, _CREATES[cmd.command_type][1])
-        if self.tables.by_type(kind).get(entity_key(cmd.tenant_id, chosen)) is not None:
+        kind, field_name = _CREATES[cmd.command_type]
+        made = self.tables.by_type(kind).get(entity_key(cmd.tenant_id, getattr(data, field_name)))
+        if made is not None:
             return None  # made since: answered from it, the provider is not asked
         return first
 
@@ -1554,7 +1557,7 @@ class CommandProcessor:
         writes its final record, which expires as any), or for as long as the tables
         keep entities. Expiring a day after it parked, it let a retry under its key,
         past the provider's key window, run as a new request (review finding)."""
-        horizon = self.settings.entity_retention_seconds or _CREATE_SCOPE_SECONDS
+        horizon = self.settings.entity_retention_seconds or _PARKED_KEEP_SECONDS
         return max(expires, time.time() + horizon)
 
     def _with_first_attempt(self, rec: Inbound, first: int | None) -> dict[str, bytes] | None:
@@ -2202,13 +2205,14 @@ class CommandProcessor:
         """Retries exhausted: keep the command on the retry topic for `paystream dlq replay`
         (``data``: its validated data)."""
         in_flight = self.idempotency.get(idem_key) or {}
+        parked_until = self._parked_until(expires)
         self._remember(
             idem_key,
             _idempotency_dict(
                 cmd,
                 request_hash,
                 IdempotencyState.PARKED,
-                self._parked_until(expires),
+                parked_until,
                 entity_keys=entity_keys,
                 counted=True if counted else None,
                 gateway=in_flight.get("gateway"),  # where it was sent
@@ -2220,14 +2224,8 @@ class CommandProcessor:
         if scope is not None:
             # Its chosen id's provider key outlives this record's key: a create of the
             # id under another key is checked against this one while it stays parked.
-            self._remember(
-                scope,
-                {
-                    "key": idem_key,
-                    "first_attempt_ms": first,
-                    "expires_at": self._parked_until(expires),
-                },
-            )
+            # (Its first attempt is the named record's: not copied.)
+            self._remember(scope, {"key": idem_key, "expires_at": parked_until})
         earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, exc.code.value, earlier)
 
@@ -2404,8 +2402,8 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
 # A let-through record's states as stored.
 _LET_THROUGH_VALUES = frozenset({IdempotencyState.PARKED.value, IdempotencyState.IN_FLIGHT.value})
 
-# How long a parked create's scope is remembered when entities are kept for ever.
-_CREATE_SCOPE_SECONDS = 540 * 24 * 3600
+# How long a parked record is kept when entities are kept for ever (see _parked_until).
+_PARKED_KEEP_SECONDS = 540 * 24 * 3600
 
 # Creates whose provider key is their chosen id's (handlers.create_key): entity type and
 # the data field naming the id.

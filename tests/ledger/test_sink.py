@@ -556,6 +556,15 @@ def _parked_records(
     return sent
 
 
+def _outcome_record(tenant: str, outcome_type: str, data: dict[str, Any]) -> Any:
+    """The outcome (binary mode) of ``data``'s command, as the worker produces it."""
+    return encode_event(
+        build_outcome(_cmd(tenant, data["command_id"]), outcome_type, data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+
+
 async def _sink_parks(
     monkeypatch: pytest.MonkeyPatch,
     app_engine: AsyncEngine,
@@ -583,11 +592,7 @@ async def test_an_outcome_holding_card_data_is_parked_without_its_bytes(
     tenant = f"t{uuid.uuid4().hex[:8]}"
     data = dict(payment_outcome(tenant, "pay_cvc", 1).get_data())
     data["object"] = {**data["object"], "metadata": {"card_cvc": "7373"}}
-    bad = encode_event(
-        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
-        tenant.encode(),
-        CloudEventsMode.BINARY,
-    )
+    bad = _outcome_record(tenant, "payment.succeeded", data)
     sent = await _sink_parks(
         monkeypatch, app_engine, keyring, bad.key, bad.value, list(bad.headers)
     )
@@ -613,11 +618,7 @@ async def test_card_data_refused_first_for_another_reason_is_not_parked_either(
     data["object"] = {**data["object"], "metadata": {"note": "card 4242 4242 4242 4242"}}
     if refused_for == "tenant mismatch":
         data["tenant_id"] = "someone-else"
-    bad = encode_event(
-        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
-        tenant.encode(),
-        CloudEventsMode.BINARY,
-    )
+    bad = _outcome_record(tenant, "payment.succeeded", data)
     headers_in = list(bad.headers)
     if refused_for == "undecodable":
         headers_in = [(k, v) for k, v in headers_in if k != "ce_specversion"]
@@ -639,11 +640,7 @@ async def test_card_data_outside_the_value_is_not_parked_either(
     tenant = f"t{uuid.uuid4().hex[:8]}"
     data = dict(payment_outcome(tenant, "pay_pan", 1).get_data())
     data["tenant_id"] = "someone-else"  # refused for that first
-    bad = encode_event(
-        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
-        tenant.encode(),
-        CloudEventsMode.BINARY,
-    )
+    bad = _outcome_record(tenant, "payment.succeeded", data)
     pan = b"4111 1111 1111 1111"
     key, headers_in = bad.key, list(bad.headers)
     if where == "key":
@@ -841,11 +838,7 @@ async def test_an_outcome_with_a_next_action_is_parked_without_its_bytes(
     action = {"type": "redirect_to_url", "redirect_to_url": {"url": url}}
     data = dict(payment_outcome(tenant, "pay_3ds", 1, next_action=action).get_data())
     data["tenant_id"] = "someone-else"  # refused for that
-    bad = encode_event(
-        build_outcome(_cmd(tenant, data["command_id"]), "payment.requires_action", data),
-        tenant.encode(),
-        CloudEventsMode.BINARY,
-    )
+    bad = _outcome_record(tenant, "payment.requires_action", data)
     sent = await _sink_parks(
         monkeypatch, app_engine, keyring, bad.key, bad.value, list(bad.headers)
     )
