@@ -1549,8 +1549,37 @@ class CommandProcessor:
                 record["counted"] = True
             record["expires_at"] = self._parked_until(float(record["expires_at"]))
             self._remember(key, record)
-        earlier = self._with_first_attempt(rec, existing.first_attempt_ms)
+        first = existing.first_attempt_ms
+        if existing.entity_keys and first is not None and cmd.command_type in _CREATES:
+            # In flight at a crash, then parked here: _park never ran for it, so its id
+            # may have no pointer yet (review finding: a late create of the id under
+            # another key then ran under the id's provider key, maybe forgotten).
+            scope = _create_scope(cmd, _validated_data(rec, cmd.command_type))
+            expires = float(self.idempotency[key]["expires_at"])
+            self._point_create_scope(scope, key, first, expires)
+        earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason), earlier)
+
+    def _point_create_scope(
+        self, scope: str | None, idem_key: str, first: int, expires: float
+    ) -> None:
+        """Name the parked create ``idem_key`` under its chosen id's ``scope``: its
+        provider key is the id's and outlives this record's key, so a create of the id
+        under another key is checked against it while it stays parked
+        (_create_past_provider_window). A pointer to another create of the id, still
+        let through and first attempted earlier, is kept: the id's oldest attempt is
+        the one the provider may forget first. (The first attempt is the named
+        record's: not copied.)"""
+        if scope is None:
+            return
+        pointer = self.idempotency.get(scope)
+        if pointer is not None and pointer.get("key") != idem_key:
+            other = self.idempotency.get(str(pointer.get("key")))
+            earlier = other is not None and other.get("state") in _LET_THROUGH_VALUES
+            other_first = other.get("first_attempt_ms") if other is not None else None
+            if earlier and isinstance(other_first, int) and other_first <= first:
+                return
+        self._remember(scope, {"key": idem_key, "expires_at": expires})
 
     def _parked_until(self, expires: float) -> float:
         """How long a parked command's record is kept: until it is answered (a re-drive
@@ -2220,12 +2249,8 @@ class CommandProcessor:
             ),
         )
         first = in_flight.get("first_attempt_ms")
-        scope = _create_scope(cmd, data) if entity_keys and first is not None else None
-        if scope is not None:
-            # Its chosen id's provider key outlives this record's key: a create of the
-            # id under another key is checked against this one while it stays parked.
-            # (Its first attempt is the named record's: not copied.)
-            self._remember(scope, {"key": idem_key, "expires_at": parked_until})
+        if entity_keys and first is not None:
+            self._point_create_scope(_create_scope(cmd, data), idem_key, first, parked_until)
         earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, exc.code.value, earlier)
 
@@ -2413,6 +2438,16 @@ _CREATES: dict[str, tuple[str, str]] = {
     "payment.create": ("payment", "payment_id"),
     "refund.create": ("refund", "refund_id"),
 }
+
+
+def _validated_data(rec: Inbound, command_type: str) -> Any:
+    """``rec``'s command data, validated as ``command_type``'s, or None if it is not
+    (for the rare paths that have only the record)."""
+    try:
+        event = decode_record(rec.key, rec.value, rec.headers)
+        return COMMANDS[command_type].model_validate(event.get_data() or {})
+    except Exception:
+        return None
 
 
 def _create_scope(cmd: CommandRef, data: Any) -> str | None:
