@@ -614,6 +614,12 @@ class CommandProcessor:
         kept = self.answers.kept(rec.partition, rec.offset, cmd.command_id)
         if kept is not None:
             return self._answer_again(rec, cmd, kept)
+        # (The limits keep their refusals themselves, until the record is committed.)
+        limited = self.limits.kept_rejection(
+            cmd.tenant_id, LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
+        )
+        if limited is not None:
+            return self._limits_answer_again(cmd, limited)
         if await self._may_have_reached_provider(rec, cmd, raw, attributes):
             return None
         return self._reject_kept(

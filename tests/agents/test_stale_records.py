@@ -121,3 +121,18 @@ async def test_a_record_answered_before_gets_the_same_answer_past_the_cut_off(
     again = outcome_of(harness.settings, await harness.processor.process(rec))  # redelivered
     assert again is not None and data(again)["reason"] == "validation_error"
     assert again.get_id() == first.get_id()
+
+
+async def test_a_record_the_limits_refused_gets_the_same_refusal_past_the_cut_off(
+    harness: Harness,
+) -> None:
+    """The limits keep their own refusals (not the kept answers): redelivered after the
+    cut-off, the record was answered `past_retention`, another event than its first."""
+    t = harness.add_tenant(limits={"max_payment_amount": {"USD": 2000}})
+    rec = _record(t)  # 5000 USD: over the limit
+    first = outcome_of(harness.settings, await harness.processor.process(rec))
+    assert first is not None and data(first)["reason"] == "quota_exceeded", data(first)
+    harness.processor._past_retention_ms = 0
+    again = outcome_of(harness.settings, await harness.processor.process(rec))  # redelivered
+    assert again is not None and data(again)["reason"] == "quota_exceeded", data(again)
+    assert again.get_id() == first.get_id()
