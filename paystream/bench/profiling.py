@@ -293,6 +293,10 @@ def render_profile(summary: dict[str, Any]) -> str:
         f"worker CPU profile: {summary['samples']} samples at {summary['rate_hz']} Hz = "
         f"{summary['cpu_seconds']} CPU-s for {summary['commands']} commands "
         f"({summary['cpu_us_per_command']} µs CPU per command)",
+        "note: py-spy stops the worker to sample it, and on a VM the stop often lands at its "
+        "next system call: a function making one (a socket write; asyncio.get_running_loop, "
+        "which calls getpid on Python 3.11) is charged for code run before it (README: "
+        "Reading the profile)",
     ]
     for title, key in (
         ("by pipeline stage (outermost step on the stack)", "stages"),
