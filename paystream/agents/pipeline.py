@@ -751,6 +751,13 @@ class CommandProcessor:
         request_hash = _request_hash(cmd.command_type, data)
         now = time.time()
         existing = self._idempotency_record(idem_table_key, now)
+        if existing is None and (same := self._same_command_keyed(cmd, request_hash, now)):
+            # This very command (its id, its request) sent again under another key: it
+            # goes on as under the key it was let through (or answered) under. Run under
+            # its own key, it asked the provider under a key it had never seen: charged
+            # or refunded twice while the first attempt was parked (review finding).
+            cmd, existing = same
+            idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         if existing is not None:
             # A command about a customer since erased has lost its hash: it is known by
             # its id (its own redelivery or retry keeps its answer).
@@ -997,6 +1004,7 @@ class CommandProcessor:
                     "command_id": cmd.command_id,
                     "command_type": cmd.command_type,
                     "request_hash": request_hash,
+                    "key": cmd.idempotency_key,
                     "expires_at": expires,
                 },
             )
@@ -1330,6 +1338,30 @@ class CommandProcessor:
         return self._to_retry_topic(
             rec, cmd, UNANSWERED, {UNANSWERED_REFUSAL_HEADER: SUSPENDED_STAMP} if stamp else None
         )
+
+    def _same_command_keyed(
+        self, cmd: CommandRef, request_hash: str, now: float
+    ) -> tuple[CommandRef, IdempotencyRecord] | None:
+        """The command under the key its id was let through or answered under, if that
+        is another key than its own and the same request; else None. The key is its id
+        (sent first without one) or the one its id's pointer names (sent first with one;
+        a pointer written before it named the key names none)."""
+        keys = [cmd.command_id] if cmd.idempotency_key != cmd.command_id else []
+        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
+        named_key = None if named is None else named.get("key")
+        if isinstance(named_key, str) and named_key not in (cmd.idempotency_key, *keys):
+            keys.append(named_key)
+        for key in keys:
+            found = self._idempotency_record(f"{cmd.tenant_id}:{key}", now)
+            if (
+                found is not None
+                and found.command_id == cmd.command_id
+                and found.command_type == cmd.command_type
+                and found.request_hash == request_hash
+                and (found.state in _LET_THROUGH or found.outcome is not None)
+            ):
+                return replace(cmd, idempotency_key=key), found
+        return None
 
     def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
         """Did another request of the tenant run under this command id (within the

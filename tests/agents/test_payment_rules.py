@@ -619,7 +619,8 @@ async def test_a_create_redelivered_after_its_customers_erasure_keeps_its_answer
 
 async def test_a_refusal_frees_only_the_id_record_it_wrote(harness: Harness) -> None:
     """An unremembered refusal under id u1 deleted the record an earlier command under
-    u1 wrote: a third, different request under u1 then ran."""
+    u1 wrote: a third, different request under u1 then ran. (u1 sent again under
+    another key is now the command it was: its first answer, not a refusal of its own.)"""
     t = harness.add_tenant()
     pay = {"payment_id": "p9", "amount": 500, "currency": "USD",
            "payment_method_token": "pm_card_visa", "capture": "manual"}  # fmt: skip
@@ -629,10 +630,10 @@ async def test_a_refusal_frees_only_the_id_record_it_wrote(harness: Harness) -> 
     first = await harness.send("payment.capture", t, capture, command_id="u1", idempotency_key="ka")
     assert data(first)["reason"] == "invalid_state"  # remembered; u1 names this request
     del harness.tables.payments[f"{t}:p9"]  # (no command removes one: a lost record)
-    refused = await harness.send(
-        "payment.capture", t, capture, command_id="u1", idempotency_key="kb"
-    )
-    assert data(refused)["reason"] == "not_found"  # not remembered
+    again = await harness.send("payment.capture", t, capture, command_id="u1", idempotency_key="kb")
+    assert data(again)["reason"] == "invalid_state" and again.get_id() == first.get_id()
+    gone = await harness.send("payment.capture", t, capture, command_id="u2", idempotency_key="kb")
+    assert data(gone)["reason"] == "not_found"  # not remembered
     third = await harness.send(
         "payment.capture", t, {"payment_id": "p9", "amount": 100}, command_id="u1",
         idempotency_key="kc",

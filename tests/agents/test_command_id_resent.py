@@ -1,0 +1,143 @@
+"""The same command (its id, its request) sent again under another idempotency key, or
+without the one it first had: it is the command it was, not a new request. Run under
+its new key while its first attempt was parked, it asked the provider under a key the
+provider had never seen: charged or refunded twice, or answered twice differently
+(review finding)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.agents.pipeline import Inbound
+from paystream.client import build_command
+from paystream.first_attempt import FIRST_ATTEMPT_HEADER
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
+
+pytestmark = pytest.mark.asyncio
+
+_offsets = itertools.count(1)
+_PAY = {"amount": 5000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+def _rec(
+    tenant: str,
+    command_type: str,
+    body: dict[str, Any],
+    command_id: str,
+    key: str | None = None,
+    *,
+    redrive: bool = False,
+) -> Inbound:
+    """A command record; ``redrive``: as `dlq replay` sends a parked one."""
+    event = build_command(command_type, tenant, body, command_id=command_id, idempotency_key=key)
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    headers = dict(rec.headers)
+    if redrive:
+        headers[FIRST_ATTEMPT_HEADER] = str(int(time.time() * 1000)).encode()
+    return Inbound(
+        rec.key, rec.value, headers, int(time.time() * 1000), "paystream.commands", 0,
+        next(_offsets),
+    )  # fmt: skip
+
+
+async def _answer(h: Harness, rec: Inbound) -> CloudEvent:
+    out = outcome_of(h.settings, await h.processor.process(rec))
+    assert out is not None
+    return out
+
+
+async def _parked(h: Harness, rec: Inbound) -> None:
+    emits = await h.processor.process(rec)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+
+
+async def _effects(h: Harness, t: str, effect: str) -> int:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    return sum(1 for e in await gateway.effects() if e.kind == effect)
+
+
+@pytest.mark.parametrize(
+    ("first_key", "then_key"),
+    [(None, "k2"), ("k1", None), ("k1", "k2")],
+    ids=["keyless-then-keyed", "keyed-then-keyless", "keyed-then-other-key"],
+)
+async def test_a_parked_charge_sent_again_under_another_key_charges_once(
+    harness: Harness, first_key: str | None, then_key: str | None
+) -> None:
+    h = harness
+    t = new_tenant_id()
+    provider_key = f"ps:{t}:{first_key or 'c1'}"
+    h.add_tenant(t, gateway_options={"lose_response_first": {provider_key: 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", first_key))
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", then_key))
+    assert kind(again) == "payment.succeeded", data(again)
+    redriven = await _answer(h, _rec(t, "payment.create", _PAY, "c1", first_key, redrive=True))
+    assert redriven.get_id() == again.get_id() and kind(redriven) == kind(again)
+    assert await _effects(h, t, "charge") == 1
+
+
+async def test_a_parked_refund_sent_again_under_another_key_refunds_once(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:r1": 3}})
+    paid = await _answer(h, _rec(t, "payment.create", {**_PAY, "payment_id": "p1"}, "pc"))
+    assert kind(paid) == "payment.succeeded"
+    refund = {"payment_id": "p1", "amount": 2000}
+    await _parked(h, _rec(t, "refund.create", refund, "r1"))
+    again = await _answer(h, _rec(t, "refund.create", refund, "r1", "k2"))
+    assert kind(again) == "refund.succeeded", data(again)
+    assert await _effects(h, t, "refund") == 1
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 2000
+
+
+async def test_a_parked_capture_sent_again_under_another_key_is_answered_once(
+    harness: Harness,
+) -> None:
+    """It was answered invalid_state (the provider had captured under the first key),
+    then the parked capture, re-driven, payment.succeeded: two answers to one command."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:cap1": 3}})
+    body = {**_PAY, "payment_id": "p1", "capture": "manual"}
+    assert kind(await _answer(h, _rec(t, "payment.create", body, "pc"))) == "payment.authorized"
+    await _parked(h, _rec(t, "payment.capture", {"payment_id": "p1"}, "cap1"))
+    again = await _answer(h, _rec(t, "payment.capture", {"payment_id": "p1"}, "cap1", "k2"))
+    redriven = await _answer(
+        h, _rec(t, "payment.capture", {"payment_id": "p1"}, "cap1", redrive=True)
+    )
+    assert kind(again) == kind(redriven) == "payment.succeeded", (data(again), data(redriven))
+    assert again.get_id() == redriven.get_id()
+
+
+async def test_an_answered_command_sent_again_under_another_key_is_the_same_event(
+    harness: Harness,
+) -> None:
+    """Answered already: the stored outcome again, byte for byte, as for its key."""
+    h = harness
+    t = h.add_tenant()
+    first = await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k1"))
+    again = await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k2"))
+    assert [e.record for e in again] == [e.record for e in first]
+    assert await _effects(h, t, "charge") == 1
+
+
+async def test_another_request_under_the_id_is_still_a_conflict(harness: Harness) -> None:
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:c1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1"))
+    other = await _answer(h, _rec(t, "payment.create", {**_PAY, "amount": 6000}, "c1", "k2"))
+    assert data(other)["reason"] == "idempotency_conflict", data(other)
+    assert await _effects(h, t, "charge") == 1
