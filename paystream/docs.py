@@ -529,9 +529,10 @@ def _dead_letter_headers(reasons: list[str], redacted: list[str], what: str) -> 
                 "description": "the bytes were not kept (card data); `dlq replay` passes it over",
             },
             "paystream-dlq-dropped": {
-                "const": "too_large_to_keep",
-                "description": f"over {pipeline.DEAD_LETTER_KEEP_MAX_BYTES // 1024} KiB: not kept "
-                "(`paystream-source` says where it is)",
+                "enum": ["too_large_to_keep", "not_scanned"],
+                "description": f"not kept (`paystream-source` says where it is): over "
+                f"{pipeline.DEAD_LETTER_KEEP_MAX_BYTES // 1024} KiB, or not_scanned: the worker "
+                "failed to dead-letter it as usual (see its log)",
             },
             "paystream-first-attempt-ms": _header("when it was first run, ms since the epoch"),
         },

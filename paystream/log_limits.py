@@ -35,7 +35,7 @@ class ThrottledLog:
         self._clock = clock
         self._causes: dict[Hashable, tuple[float, int]] = {}  # cause → (logged at, held back)
 
-    def warning(self, cause: Hashable, msg: str, *args: Any) -> None:
+    def warning(self, cause: Hashable, msg: str, *args: Any, exc_info: bool = False) -> None:
         now = self._clock()
         seen = self._causes.get(cause)
         if seen is not None and now - seen[0] < self._interval:
@@ -48,4 +48,4 @@ class ThrottledLog:
         if len(self._causes) >= _MAX_CAUSES:
             del self._causes[next(iter(self._causes))]
         self._causes[cause] = (now, 0)
-        self._log.warning(msg, *args)
+        self._log.warning(msg, *args, exc_info=exc_info)

@@ -281,8 +281,14 @@ class CommandProcessor:
             idem = str(event.get_extension("idempotencykey") or event.get_id())
             # (Not this very command, admitted by a version before this limit: its
             # answer, or its re-drive of a request the provider may have acted on,
-            # stands. Another command under its key gets this answer, redelivered too.)
-            admitted = self._idempotency_record(f"{tenant}:{idem}", time.time())
+            # stands. Another command under its key gets this answer, redelivered too.
+            # Only a record keyed by its tenant was ever admitted: read for another, its
+            # answer told whether that tenant ran the id; review finding.)
+            admitted = (
+                self._idempotency_record(f"{tenant}:{idem}", time.time())
+                if tenant == key_str(rec.key)
+                else None
+            )
             redrive = FIRST_ATTEMPT_HEADER in rec.headers
             if (
                 named > ATTRIBUTES_MAX_BYTES
@@ -1864,6 +1870,11 @@ class CommandProcessor:
             self._seed_expiry(None)
             self._expiry_seeded = True
         elif tenant_id not in self._seeded:
+            if tenant_id not in self._expiring and tenant_id not in self.tenants:
+                # No record of ours, and no tenant: any record key at all (junk, a made-up
+                # tenant), each one a scan of the whole table and an entry kept for good.
+                # (A removed tenant's records were found by the scan above.)
+                return 0
             self._seed_expiry(tenant_id)
         queue = self._expiring.get(tenant_id)
         purged = 0
@@ -2122,7 +2133,11 @@ class CommandProcessor:
         except Exception:
             # This is also the path of our own bugs: it must never raise (the worker would
             # stop on every redelivery). Unsure means the bytes are not kept.
-            log.exception("card scan of a dead letter failed; its bytes are not kept")
+            _throttled.warning(
+                "dead-letter-scan-failed",
+                "card scan of a dead letter failed; its bytes are not kept",
+                exc_info=True,
+            )
             card, code = True, False
         # The decoder's message may quote the record (an attribute's name, a value): one
         # that holds card data is not repeated at all, as `dlq list` would show it.
@@ -2211,13 +2226,26 @@ class CommandProcessor:
             reject = None
         else:
             reject = RejectReason.INTERNAL_ERROR
-        return self._dead_letter(
-            rec,
-            "internal_error",
-            "unexpected processing failure; see worker logs",
-            reject=reject,
-            when=record_time(rec.timestamp_ms),
-        )
+        try:
+            return self._dead_letter(
+                rec,
+                "internal_error",
+                "unexpected processing failure; see worker logs",
+                reject=reject,
+                when=record_time(rec.timestamp_ms),
+            )
+        except Exception:
+            # The floor: raised here, the batch fails on every redelivery and the
+            # partition stops. Where it came from only (its bytes were never scanned).
+            log.exception("could not dead-letter %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+            source = f"{rec.topic}/{rec.partition}/{rec.offset}".encode()
+            headers = (
+                ("paystream-dlq-detail", b"could not be dead-lettered as usual; see worker logs"),
+                ("paystream-dlq-dropped", b"not_scanned"),
+                ("paystream-dlq-reason", b"internal_error"),
+                ("paystream-source", source),
+            )
+            return [Emit(self.settings.dlq_topic, KafkaRecord(None, b"", headers))]
 
     def _let_through_before(self, rec: Inbound) -> tuple[CommandRef, IdempotencyRecord] | None:
         """The command of ``rec`` and its idempotency record if that request was let
@@ -2585,6 +2613,9 @@ def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:
     return images
 
 
+_BOM_AND_BLANKS = b"\xef\xbb\xbf\xff\xfe\x00 \t\r\n"
+
+
 def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
     """(tenant, command id, type) of a record that did not decode, when it names them
     well enough to be answered: a command whose producer waits for an outcome gets a
@@ -2595,13 +2626,17 @@ def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
         attr = name.lower().removeprefix("ce_")
         if name.lower().startswith("ce_") and attr in ("id", "tenantid", "type"):
             found[attr] = value.decode("utf-8", "replace")
-    if "id" not in found and parse and rec.value and rec.value[:1] == b"{":
+    value = rec.value or b""
+    # (UTF-16 and UTF-32 bodies, with or without a byte order mark, as the stdlib reads.)
+    if "id" not in found and parse and value.lstrip(_BOM_AND_BLANKS)[:1] == b"{":
         try:
-            body = orjson.loads(rec.value)
+            body = orjson.loads(value)
         except orjson.JSONDecodeError:
-            try:  # what the decoder (stdlib json) reads and orjson does not: NaN, 1e400
-                body = json.loads(rec.value)
-            except ValueError:
+            try:  # what the decoder (stdlib json) reads and orjson does not: NaN, 1e400;
+                # numbers as text, as only the strings are wanted (an integer of 5,000
+                # digits is past the stdlib's limit).
+                body = json.loads(value, parse_int=str, parse_float=str, parse_constant=str)
+            except (ValueError, RecursionError):  # (nested past the parser's depth)
                 body = None
         if isinstance(body, dict):
             found = {k: body.get(k) for k in ("id", "tenantid", "type")}
