@@ -533,7 +533,12 @@ async def process_commands(stream: Any) -> None:
     offsets = DurableOffsets(
         app, published=COMMITTED, agent="commands", topic=commands_topic.get_topic_name()
     )
-    guard = ContinuityGuard(app, commands_topic.get_topic_name(), on_passed=offsets.passed)
+    guard = ContinuityGuard(
+        app,
+        commands_topic.get_topic_name(),
+        on_passed=offsets.passed,
+        assignments=lambda: _assignments,
+    )
     chain = DeliveryChain()
     queue = stream.channel.queue
     committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))

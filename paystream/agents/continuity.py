@@ -90,26 +90,38 @@ class ContinuityGuard:
         sweep_interval: float = SWEEP_INTERVAL_SECONDS,
         read_committed: CommittedReader | None = None,
         on_passed: Callable[[TP, int], None] | None = None,
+        assignments: Callable[[], int] | None = None,
     ) -> None:
         """``on_passed(tp, offset)``: a sweep found no record at all below ``offset``
-        past what the agent had handled (gone to retention, or control records)."""
+        past what the agent had handled (gone to retention, or control records).
+        ``assignments()``: how many assignments the worker has had (each one seeks its
+        partitions to their committed offsets, even one of the same generation)."""
         self._app = app
         self._read_committed = read_committed or functools.partial(_group_committed, app)
         self._sweep_interval = sweep_interval
         self._topic = topic
         self._read_range = read_range or _read_range
         self._next: dict[TP, int] = {}
-        self._generation: int | None = None
+        self._assignments = assignments or (lambda: 0)
+        # (Generation, assignments) when ``_next`` was last started afresh.
+        self._since: tuple[int, int] | None = None
         # Per partition, the next offset we expected at the last sweep.
         self._at_last_sweep: dict[TP, int] = {}
         self._next_sweep = 0.0
         self._reassigned_at = time.monotonic()
         self._on_passed = on_passed
 
+    def _reassignment(self) -> tuple[int, int]:
+        """Which assignment the partitions are in: a rejoin can return the same
+        generation, and Faust seeks the partitions back all the same (review finding:
+        the records of a batch the hand-over gave up on, sought back to, were taken for
+        handled, and the next batch's offsets committed past them)."""
+        return self._app.consumer_generation_id, self._assignments()
+
     def _check_generation(self) -> None:
-        if self._app.consumer_generation_id != self._generation:
+        if self._reassignment() != self._since:
             # Reassigned: Faust sought every partition to its committed offset.
-            self._generation = self._app.consumer_generation_id
+            self._since = self._reassignment()
             self._next.clear()
             self._at_last_sweep.clear()
             self._reassigned_at = time.monotonic()
@@ -136,7 +148,7 @@ class ContinuityGuard:
         unknown = [tp for tp in tps if tp not in found]
         if not unknown:
             return found
-        generation = self._app.consumer_generation_id
+        since = self._reassignment()
         try:
             start = await asyncio.wait_for(self._ask_start(unknown), BROKER_ASK_SECONDS)
         except (KafkaError, TimeoutError) as exc:
@@ -144,8 +156,8 @@ class ContinuityGuard:
             # seen as the start would pass over any that Faust dropped before it.
             log.warning("where %s start is unknown: the broker did not say (%r)", unknown, exc)
             raise _StartUnknown from exc
-        if generation == self._app.consumer_generation_id:
-            self._next.update(start)  # asked once per generation
+        if since == self._reassignment():
+            self._next.update(start)  # asked once per assignment
         return found | start
 
     async def _ask_start(self, tps: Sequence[TP]) -> dict[TP, int]:
@@ -180,7 +192,7 @@ class ContinuityGuard:
         them belong to the old generation.
         """
         self._check_generation()
-        generation = self._generation
+        since = self._since
         admitted: list[EventT] = []
         held: set[TP] = set()
         for event in events:
@@ -194,7 +206,7 @@ class ContinuityGuard:
                 except _StartUnknown:
                     held.add(tp)
                     continue
-                if self._app.consumer_generation_id != generation:
+                if self._reassignment() != since:
                     return []
             if offset < expected:
                 continue  # handled already
@@ -208,7 +220,7 @@ class ContinuityGuard:
                     log.warning("%s: reading offsets %d-%d failed (%r)", tp, expected, end, exc)
                     held.add(tp)  # found again as a gap by its next event or a sweep
                     continue
-                if self._app.consumer_generation_id != generation:
+                if self._reassignment() != since:
                     return []
                 metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
                 self._log_gap(
@@ -268,7 +280,7 @@ class ContinuityGuard:
             return []
         for tp, expected in idle.items():
             end = min(ends.get(tp, expected), expected + GAP_READ_MAX)
-            if end <= expected or self._generation != app.consumer_generation_id:
+            if end <= expected or self._since != self._reassignment():
                 continue
             try:
                 missing, reached = await self._read_range(tp, expected, end)
