@@ -2252,10 +2252,24 @@ class CommandProcessor:
         through to the provider (in flight or parked) or finished; else None."""
         event = decode_record(rec.key, rec.value, rec.headers)
         tenant_id = str(event.get_extension("tenantid") or "")
+        if not tenant_id or key_str(rec.key) != tenant_id:
+            return None  # (never run: refused tenant_mismatch; nor another tenant's record)
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
-        existing = self._idempotency_record(f"{tenant_id}:{idem_key}", time.time())
-        if not tenant_id or existing is None:
-            return None
+        now = time.time()
+        existing = self._idempotency_record(f"{tenant_id}:{idem_key}", now)
+        if existing is None:
+            # Sent again under another key: run under the one it was let through under.
+            command_type = event.get_type().removeprefix(COMMAND_PREFIX)
+            ref = CommandRef(
+                tenant_id=tenant_id,
+                command_id=event.get_id(),
+                command_type=command_type,
+                idempotency_key=idem_key,
+                time=record_time(rec.timestamp_ms),
+                source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
+            )
+            data = COMMANDS[command_type].model_validate(event.get_data() or {})
+            return self._same_command_keyed(ref, _request_hash(command_type, data), now)
         done = existing.state is IdempotencyState.DONE and existing.outcome is not None
         if not done and existing.state not in _LET_THROUGH:
             return None

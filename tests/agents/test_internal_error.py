@@ -266,3 +266,51 @@ async def test_a_redrive_with_no_record_here_is_never_answered_internal_error(
     assert outcome_of(harness.settings, emits) is None
     [letter] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
     assert dict(letter.headers)["paystream-dlq-reason"] == b"internal_error"
+
+
+async def test_a_command_sent_again_under_another_key_meeting_a_bug_is_parked(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It runs under the key its first attempt was let through under: a bug after the
+    provider acted parks it unanswered, as it would the first (not a final
+    internal_error, which its replay would contradict)."""
+    t = harness.add_tenant()
+    real = pipeline.HANDLERS["payment.create"]
+
+    async def buggy(ctx: Any, body: Any) -> Any:
+        await real(ctx, body)
+        raise RuntimeError("a bug of ours after the provider acted")
+
+    monkeypatch.setitem(pipeline.HANDLERS, "payment.create", buggy)
+    first = build_command("payment.create", t, _BODY, command_id="c1")
+    rec = encode_event(first, t.encode(), CloudEventsMode.BINARY)
+    await _run_as_the_agent_does(harness, _inbound(rec.key, rec.value, dict(rec.headers), 20))
+    again = build_command("payment.create", t, _BODY, command_id="c1", idempotency_key="k2")
+    rec = encode_event(again, t.encode(), CloudEventsMode.BINARY)
+    emits = await _run_as_the_agent_does(
+        harness, _inbound(rec.key, rec.value, dict(rec.headers), 21)
+    )
+    assert outcome_of(harness.settings, emits) is None
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    assert await _charges(harness, t) == 1
+
+
+async def test_a_bug_on_a_record_naming_another_tenant_gives_nothing_of_its(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyed as tenant A, naming tenant B and B's command: never B's answer (nor a park
+    under B's record), whatever fails on the way."""
+    a, b = harness.add_tenant(), harness.add_tenant()
+    done = await harness.send("payment.create", b, _BODY, command_id="c1")
+    assert kind(done) == "payment.succeeded"
+    monkeypatch.setattr(harness.processor, "_process", _raise)
+    event = build_command("payment.create", b, _BODY, command_id="c1")
+    rec = encode_event(event, a.encode(), CloudEventsMode.BINARY)
+    emits = await _run_as_the_agent_does(
+        harness, _inbound(rec.key, rec.value, dict(rec.headers), 30)
+    )
+    assert [e.topic for e in emits] == [harness.settings.dlq_topic]  # dead-lettered only
+
+
+async def _raise(*args: Any) -> Any:
+    raise RuntimeError("a bug of ours")
