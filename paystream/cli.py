@@ -1048,6 +1048,15 @@ def dlq_replay(
     checked_ms, checked_topics = _stale_checked(settings, stale_checked_as_of)
     from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
 
+    if checked_ms is not None and settings.master_key is None and not dry_run:
+        # The reconciled mark counts only under the workers' seal (first_attempt.py).
+        click.echo(
+            "warning: PAYSTREAM_MASTER_KEY is not set here, so the records re-sent as "
+            "reconciled go unsealed: workers that have a master key hold them back again as "
+            "stale. Run the replay with the workers' master key.",
+            err=True,
+        )
+
     verb = "would replay" if dry_run else "replayed"
     shown = _ReplayProgress()
 

@@ -790,12 +790,12 @@ async def _resend(
     ]
     first = rec.first_seen_ms
     headers.append((FIRST_ATTEMPT_HEADER, str(first).encode()))
+    if reconciled:  # stale, re-sent with --include-stale-as-of: the worker runs it all the same
+        headers.append((RECONCILED_HEADER, b"1"))  # (sealed with the rest)
     seals = FirstAttemptSeals.from_settings(settings) if seals is None else seals
     seal = seals.seal(rec.key, rec.value, dict(headers), first)
     if seal is not None:
         headers.append((SEAL_HEADER, seal))
-    if reconciled:  # stale, re-sent with --include-stale-as-of: the worker runs it all the same
-        headers.append((RECONCILED_HEADER, b"1"))
     await producer.send_and_wait(
         settings.commands_topic,
         rec.value,

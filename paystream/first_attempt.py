@@ -9,7 +9,8 @@ held its whole retry partition in every replay until an operator reconciled it.
 
 So on the commands topic the time counts only under a seal: an HMAC-SHA256, under a key
 derived from the master key, over the time and the command as sent (its key, value and
-CloudEvents headers), so a seal cannot be moved to another command nor its time changed.
+CloudEvents headers, and the reconciled mark if it has one), so a seal cannot be moved to
+another command nor its time changed, nor a mark added.
 `dlq replay` seals what it re-sends; the worker believes a sealed time and ignores any
 other. The retry and dead-letter topics are written by paystream alone, so the replay
 reads their times as they stand. A seal made under a retired master key is believed while
@@ -35,8 +36,10 @@ __all__ = ["FIRST_ATTEMPT_HEADER", "SEAL_HEADER", "FirstAttemptSeals"]
 FIRST_ATTEMPT_HEADER = "paystream-first-attempt-ms"
 # "<master key id>.<hex HMAC>" over the time and the command as sent.
 SEAL_HEADER = "paystream-first-attempt-seal"
-# The headers that are part of the command (the ones the worker reads and a park keeps).
-_COMMAND_HEADER = re.compile(r"(?i)ce_|content-type\Z").match
+# The headers a seal covers: the command's (the ones the worker reads and a park keeps),
+# and the reconciled mark `dlq replay --include-stale-as-of` adds (dlq.RECONCILED_HEADER;
+# unsealed, any producer could add it to release its own stale retries).
+_COMMAND_HEADER = re.compile(r"(?i)ce_|content-type\Z|paystream-reconciled\Z").match
 _LABEL = b"paystream/first-attempt-seal/v1"
 
 

@@ -1493,7 +1493,7 @@ class CommandProcessor:
         ``reconciled_too``: reconciled by a person is not known to the provider still)?"""
         if FIRST_ATTEMPT_HEADER not in rec.headers:
             return False  # (the common case: no header, no seal to check)
-        if RECONCILED_HEADER in rec.headers and not reconciled_too:
+        if not reconciled_too and self._reconciled(rec):
             return False
         first = self._carried_first_attempt(rec)
         return first is not None and time.time() * 1000 - first > stale_after_ms(self.settings)
@@ -1508,9 +1508,16 @@ class CommandProcessor:
         as it does with the header."""
         if existing is None or existing.first_attempt_ms is None:
             return False
-        if existing.state not in _LET_THROUGH or RECONCILED_HEADER in rec.headers:
+        if existing.state not in _LET_THROUGH or self._reconciled(rec):
             return False
         return self._past_key_window(existing.first_attempt_ms)
+
+    def _reconciled(self, rec: Inbound) -> bool:
+        """Re-sent by `dlq replay --include-stale-as-of` after a person reconciled it with
+        the provider: the mark counts under paystream's seal only (first_attempt.py), or
+        any producer could release its own stale retries with it. (Unsealed, by a replay
+        run without the workers' master key, it is held back again, with a warning.)"""
+        return RECONCILED_HEADER in rec.headers and self._carried_first_attempt(rec) is not None
 
     def _past_key_window(self, first_attempt_ms: int) -> bool:
         """Was a request first let through longer ago than a provider keeps its key?"""
@@ -1525,7 +1532,7 @@ class CommandProcessor:
         if scope is None:
             return None
         pointer = self.idempotency.get(scope)
-        if pointer is None or RECONCILED_HEADER in rec.headers:
+        if pointer is None or self._reconciled(rec):
             return None
         # Only while the create it names is still let through (parked, in flight): once
         # answered (made, declined, refused), a create of the id is a new request.

@@ -307,3 +307,55 @@ async def test_a_dead_letter_without_headers_gets_its_first_attempt_not_its_body
                           letter.record.value, tuple(letter.record.headers), now)  # fmt: skip
     # (Too large: answered, so never replayed since; its age is read all the same.)
     assert not parked.replayable and parked.first_seen_ms == now
+
+
+async def _stale_parked(h: Harness) -> tuple[str, ParkedRecord]:
+    """A payment parked by a provider outage 25 h ago (never charged); the outage over."""
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p1": 50}})
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    raw = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    first = Inbound(raw.key, raw.value, dict(raw.headers), day_ago, "paystream.commands", 0, 1)
+    [parked] = await h.processor.process(first)
+    h.tenants[t] = {**h.tenants[t], "gateway_options": {}}
+    return t, ParkedRecord(h.settings.retry_topic, 0, 0, parked.record.key, parked.record.value,
+                           tuple(parked.record.headers), int(time.time() * 1000))  # fmt: skip
+
+
+async def _resent(h: Harness, rec: ParkedRecord, *, reconciled: bool) -> Inbound:
+    producer = _CapturingProducer()
+    await dlq._resend(producer, h.settings, rec, {0}, reconciled=reconciled)
+    (resent,) = producer.sent
+    return Inbound(resent["key"], resent["value"], dict(resent["headers"]),
+                   int(time.time() * 1000), "paystream.commands", 0, 2)  # fmt: skip
+
+
+async def test_a_sealed_reconciled_replay_runs(keyed: Harness) -> None:
+    t, rec = await _stale_parked(keyed)
+    replayed = await _resent(keyed, rec, reconciled=True)
+    out = outcome_of(keyed.settings, await keyed.processor.process(replayed))
+    assert out is not None and kind(out) == "payment.succeeded"
+    assert await _charges(keyed, keyed.tenants[t]) == 1
+
+
+@pytest.mark.parametrize("how", ["added-to-a-sealed-replay", "unsealed"])
+async def test_a_reconciled_mark_paystream_did_not_seal_is_held(keyed: Harness, how: str) -> None:
+    """The client retries the parked payment under its key a day later (its record says
+    when it was first let through): held, unless a person reconciled it. Anyone who can
+    produce to the commands topic could add the mark to their own stale retries: it
+    counts only under paystream's seal."""
+    t, rec = await _stale_parked(keyed)
+    keyed.idempotency[f"{t}:c1"]["first_attempt_ms"] -= 25 * 3_600_000
+    resent = await _resent(keyed, rec, reconciled=False)
+    headers = {**resent.headers, "paystream-reconciled": b"1"}
+    if how == "unsealed":
+        del headers[SEAL_HEADER]
+    forged = Inbound(resent.key, resent.value, headers, resent.timestamp_ms, resent.topic, 0, 3)
+    emits = await keyed.processor.process(forged)
+    assert outcome_of(keyed.settings, emits) is None
+    assert [dict(e.record.headers).get("paystream-park-reason") for e in emits] == [b"stale"]
+    assert await _charges(keyed, keyed.tenants[t]) == 0
+    sealed = await _resent(keyed, rec, reconciled=True)  # by `dlq replay`: it runs
+    out = outcome_of(keyed.settings, await keyed.processor.process(sealed))
+    assert out is not None and kind(out) == "payment.succeeded"
