@@ -757,7 +757,9 @@ class CommandProcessor:
         request_hash = _request_hash(cmd.command_type, data)
         now = time.time()
         existing = self._idempotency_record(idem_table_key, now)
-        if existing is None and (same := self._same_command_keyed(cmd, request_hash, now)):
+        # Which request the command id names (the pointer, read once for both checks).
+        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
+        if existing is None and (same := self._same_command_keyed(cmd, request_hash, now, named)):
             # This very command (its id, its request) sent again under another key: it
             # goes on as under the key it was let through (or answered) under. Run under
             # its own key, it asked the provider under a key it had never seen: charged
@@ -805,7 +807,7 @@ class CommandProcessor:
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
         let_through = existing is not None and existing.command_id == cmd.command_id
-        if not let_through and self._command_id_taken(cmd, request_hash, now):
+        if not let_through and self._command_id_taken(cmd, request_hash, now, named):
             # Same id, another request (another source's ids, or a producer bug): run, it
             # would have the first one's outcome ids, and the ledger would keep only one.
             return self._reject_kept(
@@ -1346,14 +1348,15 @@ class CommandProcessor:
         )
 
     def _same_command_keyed(
-        self, cmd: CommandRef, request_hash: str, now: float
+        self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
     ) -> tuple[CommandRef, IdempotencyRecord] | None:
         """The command under the key its id was let through or answered under, if that
         is another key than its own and the same request; else None. The key is its id
         (sent first without one) or the one its id's pointer names (sent first with one;
         a pointer written before it named the key names none)."""
         keys = [cmd.command_id] if cmd.idempotency_key != cmd.command_id else []
-        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
+        if named is UNREAD:
+            named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
         named_key = None if named is None else named.get("key")
         if isinstance(named_key, str) and named_key not in (cmd.idempotency_key, *keys):
             keys.append(named_key)
@@ -1369,11 +1372,15 @@ class CommandProcessor:
                 return replace(cmd, idempotency_key=key), found
         return None
 
-    def _command_id_taken(self, cmd: CommandRef, request_hash: str, now: float) -> bool:
+    def _command_id_taken(
+        self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
+    ) -> bool:
         """Did another request of the tenant run under this command id (within the
         idempotency window)? Found under the id itself (a command whose key was its id)
-        or in the record of which request an id names (one sent with its own key)."""
-        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
+        or in the record of which request an id names (one sent with its own key;
+        ``named``: that record, if read already)."""
+        if named is UNREAD:
+            named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
         this = (request_hash, cmd.command_type)
         if (
             named is not None
