@@ -879,8 +879,14 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
                 else ""
             )
             + (
+                f" (its sender was answered {_shown(rec.answered)}: not replayed)"
+                if rec.answered is not None and not rec.redacted
+                else ""
+            )
+            + (
                 " (not replayed)"
-                if which != "ledger" and not (rec.replayable or rec.redacted or rec.dropped)
+                if which != "ledger"
+                and not (rec.replayable or rec.redacted or rec.dropped or rec.answered)
                 else ""
             )
         )
@@ -1136,6 +1142,12 @@ def dlq_replay(
         click.echo(
             f"passed over {rec.topic}[{rec.partition}]@{rec.offset}, dead-lettered without its "
             f"bytes (too large to keep): the original is at {rec.source or '?'}"
+        )
+    if result.answered:
+        click.echo(
+            f"passed over {result.answered} dead letter(s) whose senders were given a final "
+            "rejection (re-run, one could charge a second time: its sender re-sends it under "
+            "a new id)"
         )
     if result.undecodable:
         click.echo(

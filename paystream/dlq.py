@@ -131,18 +131,26 @@ class ParkedRecord:
         return self.timestamp_ms if sent is None else min(sent, self.timestamp_ms)
 
     @property
+    def answered(self) -> str | None:
+        """The rejection its sender was given when it was dead-lettered, if any."""
+        raw = dict(self.headers).get("paystream-dlq-answered")
+        return None if raw is None else raw.decode(errors="replace")
+
+    @property
     def replayable(self) -> bool:
         """Re-sent, it could get another answer, and may: not bytes that never decode as
         a CloudEvent (each replay would only dead-letter them again), nor records kept
         without their bytes (redacted or dropped: re-sent, an empty keyless record), nor
-        a command too large (its sender was answered `payload_too_large`, a final
-        rejection, and may well have sent it again smaller under a new id: re-run once
-        the limit is raised, it would charge a second time; review finding)."""
+        a command whose sender was given a final rejection (`payload_too_large`, or
+        `internal_error` for one a bug of ours failed before the provider was asked):
+        its sender may well have sent it again under a new id, and re-run once the
+        cause is fixed it would charge a second time (review findings)."""
         return not (
             self.redacted
             or self.dropped
             or self.reason in NEVER_DECODES
             or self.reason in ANSWERED_FOR_GOOD
+            or self.answered is not None
         )
 
 
@@ -154,6 +162,7 @@ class ReplayResult:
     replayed: Counter[str] = field(default_factory=Counter)
     redacted: int = 0  # passed over: dead-lettered without their bytes (card data)
     undecodable: int = 0  # passed over: not CloudEvents, would only come back
+    answered: int = 0  # passed over: their senders were given a final rejection
     # Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
     # pointer to the original command (and the replay commits past them).
     dropped: list[ParkedRecord] = field(default_factory=list)
@@ -176,7 +185,13 @@ class ReplayResult:
     @property
     def handled(self) -> int:
         """Re-published or passed over (and committed past)."""
-        return sum(self.replayed.values()) + self.redacted + self.undecodable + len(self.dropped)
+        return (
+            sum(self.replayed.values())
+            + self.redacted
+            + self.undecodable
+            + self.answered
+            + len(self.dropped)
+        )
 
     def note(self, rec: ParkedRecord, what: str) -> None:
         self.last = what
@@ -188,6 +203,8 @@ class ReplayResult:
             self.dropped.append(rec)  # its bytes are already gone: small
         elif rec.redacted:
             self.redacted += 1
+        elif rec.answered is not None:
+            self.answered += 1
         else:
             self.undecodable += 1
 

@@ -528,6 +528,10 @@ def _dead_letter_headers(reasons: list[str], redacted: list[str], what: str) -> 
                 "enum": redacted,
                 "description": "the bytes were not kept (card data); `dlq replay` passes it over",
             },
+            "paystream-dlq-answered": _header(
+                "the rejection reason its sender was given (a final answer): `dlq replay` "
+                "never re-sends it"
+            ),
             "paystream-dlq-dropped": {
                 "enum": ["too_large_to_keep", "not_scanned"],
                 "description": f"not kept (`paystream-source` says where it is): over "

@@ -2180,11 +2180,17 @@ class CommandProcessor:
             if UNANSWERED_REFUSAL_HEADER in rec.headers:  # a K1 park's refusal, kept
                 kept[UNANSWERED_REFUSAL_HEADER] = SUSPENDED_STAMP
             kept.update(_sender_request(rec))
+        identity = _identity(rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE)
+        if identity is not None and reject is not None:
+            # Its sender is answered below, for good: `dlq replay` never re-runs it (the
+            # sender may have paid again under a new id; review finding).
+            ours["paystream-dlq-answered"] = (
+                RejectReason.CARD_DATA_FORBIDDEN if card else reject
+            ).value.encode()
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""
         key = None if card or dropped else rec.key
         out = [Emit(self.settings.dlq_topic, KafkaRecord(key, value, headers))]
-        identity = _identity(rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE)
         if identity is not None and reject is not None:
             tenant, cmd_id, ce_type = identity
             cmd = CommandRef(

@@ -103,9 +103,15 @@ async def test_a_failure_before_the_command_is_let_through_is_dead_lettered_and_
     )
     answer = outcome_of(harness.settings, emits)
     assert answer is not None and data(answer)["reason"] == "internal_error"
-    assert [e.topic for e in emits if e.topic == harness.settings.dlq_topic]
+    [letter] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
     assert f"{t}:c2" not in harness.idempotency
     assert await _charges(harness, t) == 0
+    # Its sender was answered for good (and may have paid again under a new id): `dlq
+    # replay --topic dlq`, once the bug is fixed, must not run it (review finding).
+    assert dict(letter.headers)["paystream-dlq-answered"] == b"internal_error"
+    parked = ParkedRecord("paystream.commands.dlq", 0, 0, letter.key, letter.value,
+                          tuple(letter.headers))  # fmt: skip
+    assert parked.answered == "internal_error" and not parked.replayable
 
 
 async def test_a_dead_letter_too_large_is_never_replayed(
@@ -266,6 +272,11 @@ async def test_a_redrive_with_no_record_here_is_never_answered_internal_error(
     assert outcome_of(harness.settings, emits) is None
     [letter] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
     assert dict(letter.headers)["paystream-dlq-reason"] == b"internal_error"
+    # Unanswered: replayed once the bug is fixed, for its one answer.
+    assert "paystream-dlq-answered" not in dict(letter.headers)
+    parked = ParkedRecord("paystream.commands.dlq", 0, 0, letter.key, letter.value,
+                          tuple(letter.headers))  # fmt: skip
+    assert parked.replayable
 
 
 async def test_a_command_sent_again_under_another_key_meeting_a_bug_is_parked(
