@@ -616,8 +616,13 @@ def raw_holds_security_code(rec: Inbound) -> bool:
             return False
         except RecursionError:
             # Nested past the parser's depth: the text scans above read all of it but a
-            # trace state's members ("cvc=737"); unsure of those, so only without one.
-            return b"tracestate" in value
+            # trace state's members ("cvc=737"); unsure of those, so only without one,
+            # however spelled (JSON escapes, UTF-16 or -32; review finding).
+            plain = value.replace(b"\x00", b"").decode("utf-8", "replace")
+            return any(
+                "tracestate" in t.lower()
+                for t in (text, _unescaped(text), plain, _unescaped(plain))
+            )
     if isinstance(parsed, dict) and isinstance(parsed.get("tracestate"), str):
         # A structured command's trace state: its members are key=value pairs ("cvc=737").
         members = tracestate_members(parsed["tracestate"])

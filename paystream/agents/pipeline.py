@@ -474,6 +474,12 @@ class CommandProcessor:
             )
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
+        # This very command (its id, its request) sent again under another key goes on as
+        # under the key it was let through or answered under, through every rule below
+        # (a suspended or removed tenant, past retention, ...). Run under its own key, it
+        # asked the provider under a key it had never seen: charged or refunded twice
+        # while the first attempt was parked (review finding).
+        cmd = self._under_its_first_key(cmd, raw)
         past_before_ms = time.time() * 1000 - self._past_retention_ms
         if (
             0 < rec.timestamp_ms < past_before_ms
@@ -757,15 +763,6 @@ class CommandProcessor:
         request_hash = _request_hash(cmd.command_type, data)
         now = time.time()
         existing = self._idempotency_record(idem_table_key, now)
-        # Which request the command id names (the pointer, read once for both checks).
-        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        if existing is None and (same := self._same_command_keyed(cmd, request_hash, now, named)):
-            # This very command (its id, its request) sent again under another key: it
-            # goes on as under the key it was let through (or answered) under. Run under
-            # its own key, it asked the provider under a key it had never seen: charged
-            # or refunded twice while the first attempt was parked (review finding).
-            cmd, existing = same
-            idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         if existing is not None:
             # A command about a customer since erased has lost its hash: it is known by
             # its id (its own redelivery or retry keeps its answer).
@@ -807,7 +804,7 @@ class CommandProcessor:
         # Not for a command let through once (parked, or in flight at a crash): it is
         # never stopped afterwards, whatever has run under its id since.
         let_through = existing is not None and existing.command_id == cmd.command_id
-        if not let_through and self._command_id_taken(cmd, request_hash, now, named):
+        if not let_through and self._command_id_taken(cmd, request_hash, now):
             # Same id, another request (another source's ids, or a producer bug): run, it
             # would have the first one's outcome ids, and the ledger would keep only one.
             return self._reject_kept(
@@ -1347,6 +1344,23 @@ class CommandProcessor:
             rec, cmd, UNANSWERED, {UNANSWERED_REFUSAL_HEADER: SUSPENDED_STAMP} if stamp else None
         )
 
+    def _under_its_first_key(self, cmd: CommandRef, raw: Any) -> CommandRef:
+        """``cmd`` under the key its id was let through or answered under, if another
+        than its own (see _same_command_keyed); else ``cmd``. One table read for nearly
+        every command: the id's pointer, when the key is the id."""
+        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
+        if named is None and cmd.idempotency_key == cmd.command_id:
+            return cmd  # no other key names the id
+        now = time.time()
+        if self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", now) is not None:
+            return cmd  # its key has a record of its own: the rules of the key apply
+        try:
+            data = COMMANDS[cmd.command_type].model_validate(raw or {})
+        except ValidationError:
+            return cmd  # refused as it stands
+        same = self._same_command_keyed(cmd, _request_hash(cmd.command_type, data), now, named)
+        return cmd if same is None else same[0]
+
     def _same_command_keyed(
         self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
     ) -> tuple[CommandRef, IdempotencyRecord] | None:
@@ -1366,6 +1380,8 @@ class CommandProcessor:
                 found is not None
                 and found.command_id == cmd.command_id
                 and found.command_type == cmd.command_type
+                # (Not one whose customer was erased since: its hash is gone, and another
+                # request under the id could not be told from it; refused as a conflict.)
                 and found.request_hash == request_hash
                 and (found.state in _LET_THROUGH or found.outcome is not None)
             ):
@@ -1607,6 +1623,7 @@ class CommandProcessor:
                 record["counted"] = True
             record["expires_at"] = self._parked_until(float(record["expires_at"]))
             self._remember(key, record)
+        self._keep_id_pointer(cmd, float(self.idempotency[key]["expires_at"]))
         first = existing.first_attempt_ms
         if existing.entity_keys and first is not None and cmd.command_type in _CREATES:
             # In flight at a crash, then parked here: _park never ran for it, so its id
@@ -1617,6 +1634,21 @@ class CommandProcessor:
             self._point_create_scope(scope, key, first, expires)
         earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason), earlier)
+
+    def _keep_id_pointer(self, cmd: CommandRef, until: float) -> None:
+        """Keep the record of which key the id names for as long as the parked record
+        it names: expiring after the idempotency window, it let the command, sent again
+        under another key, run as new, a second charge (review finding)."""
+        if cmd.idempotency_key == cmd.command_id:
+            return  # the id is the key: its record is the pointer
+        pointer_key = _command_id_key(cmd.tenant_id, cmd.command_id)
+        pointer = self.idempotency.get(pointer_key)
+        if (
+            pointer is not None
+            and pointer.get("key") in (cmd.idempotency_key, None)
+            and float(pointer.get("expires_at", 0)) < until
+        ):
+            self._remember(pointer_key, {**pointer, "expires_at": until})
 
     def _point_create_scope(
         self, scope: str | None, idem_key: str, first: int, expires: float
@@ -2348,6 +2380,7 @@ class CommandProcessor:
                 first_attempt=in_flight.get("first_attempt_ms"),  # and when first
             ),
         )
+        self._keep_id_pointer(cmd, parked_until)
         first = in_flight.get("first_attempt_ms")
         if entity_keys and first is not None:
             self._point_create_scope(_create_scope(cmd, data), idem_key, first, parked_until)

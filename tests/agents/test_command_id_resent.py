@@ -141,3 +141,70 @@ async def test_another_request_under_the_id_is_still_a_conflict(harness: Harness
     other = await _answer(h, _rec(t, "payment.create", {**_PAY, "amount": 6000}, "c1", "k2"))
     assert data(other)["reason"] == "idempotency_conflict", data(other)
     assert await _effects(h, t, "charge") == 1
+
+
+@pytest.mark.parametrize("change", ["suspended", "removed"])
+async def test_the_command_sent_again_redelivered_after_a_tenant_change_is_the_same_event(
+    harness: Harness, change: str
+) -> None:
+    """Answered as the first (under its key), then redelivered once the tenant was
+    suspended or removed: the same event (it was parked, or answered tenant_suspended,
+    as a command of its own key; review finding)."""
+    h = harness
+    t = h.add_tenant()
+    await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k1"))
+    again = _rec(t, "payment.create", _PAY, "c1", "k2")
+    first = await h.processor.process(again)
+    if change == "suspended":
+        h.tenants[t] = {**h.tenants[t], "status": "suspended"}
+    else:
+        del h.tenants[t]
+    assert [e.record for e in await h.processor.process(again)] == [e.record for e in first]
+    assert not [k for k in h.idempotency if k.endswith(":k2")]
+
+
+async def test_a_refusal_sent_again_redelivered_after_a_suspension_is_the_same_event(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = h.add_tenant()
+    assert kind(await _answer(h, _rec(t, "payment.create", {**_PAY, "payment_id": "p1"}, "pc")))
+    refused = await h.processor.process(_rec(t, "payment.capture", {"payment_id": "p1"}, "c", "k1"))
+    again = _rec(t, "payment.capture", {"payment_id": "p1"}, "c", "k2")
+    first = await h.processor.process(again)
+    assert [e.record for e in first] == [e.record for e in refused]
+    h.tenants[t] = {**h.tenants[t], "status": "suspended"}
+    assert [e.record for e in await h.processor.process(again)] == [e.record for e in first]
+
+
+async def test_a_parked_charge_sent_again_while_suspended_finishes_as_it(
+    harness: Harness,
+) -> None:
+    """A suspended tenant's command let through before finishes (suspension stops new
+    business): so does the same command under another key, not refused tenant_suspended
+    while the first, re-driven once resumed, succeeds."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    record = h.tenants[t]
+    h.tenants[t] = {**record, "status": "suspended"}
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
+    h.tenants[t] = record
+    redriven = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k1", redrive=True))
+    assert kind(again) == kind(redriven) == "payment.succeeded", data(again)
+    assert await _effects(h, t, "charge") == 1
+
+
+async def test_the_ids_pointer_lasts_as_long_as_the_parked_record(harness: Harness) -> None:
+    """Past the idempotency window the purge took the id's pointer and left the parked
+    record: the command sent again under another key ran as new (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    assert h.processor.purge_expired(t, time.time() + 2 * 86_400) == 0
+    assert f"{t}:\x1fid:c1" in h.idempotency
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
+    assert kind(again) == "payment.succeeded"
+    assert await _effects(h, t, "charge") == 1

@@ -157,3 +157,17 @@ async def test_a_structured_command_naming_its_sender_is_answered(
     emits = await harness.raw(_inbound(t.encode(), value(t), _STRUCTURED))
     out = outcome_of(harness.settings, emits)
     assert out is not None and data(out)["reason"] == "validation_error", emits
+
+
+@pytest.mark.parametrize("spelling", ["plain", "escaped-key", "utf-16", "utf-32"])
+async def test_a_deep_record_with_a_trace_state_however_spelled_is_not_kept(
+    harness: Harness, spelling: str
+) -> None:
+    t = harness.add_tenant()
+    key = '"\\u0074racestate"' if spelling == "escaped-key" else '"tracestate"'
+    deep = "[" * 5000 + "]" * 5000
+    text = '{"specversion":"1.0","id":"c1",' + key + ':"cvc=737","a":' + deep + "}"
+    value = text.encode(spelling if spelling.startswith("utf") else "utf-8")
+    emits = await harness.raw(_inbound(t.encode(), value, dict(_STRUCTURED)))
+    [dead] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dead.value == b"", spelling

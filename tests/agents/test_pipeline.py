@@ -644,8 +644,10 @@ async def test_a_card_number_in_an_oversized_command_is_not_kept_in_the_dead_let
         "paystream-dlq-reason",
         "paystream-dlq-detail",
         "paystream-dlq-redacted",
+        "paystream-dlq-answered",
         "paystream-source",
     }
+    assert headers["paystream-dlq-answered"] == b"card_data_forbidden"
     out = outcome_of(harness.settings, emits)
     assert out is not None and data(out)["reason"] == "card_data_forbidden"
     assert _leaks(emits) == []
