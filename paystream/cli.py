@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import redis
 from aiokafka.errors import KafkaError
 
 from paystream.errors import PaystreamError
@@ -939,6 +940,52 @@ def _stale_checked(
     return _epoch_ms(when), frozenset(_dlq_topics(settings, which or "all"))
 
 
+def _check_printed(settings: Settings, text: str, as_of_ms: int, *, verify: bool) -> None:
+    """Refuse an --include-stale-as-of time no replay run printed (held_back.py): a
+    later one ("now") names stale records nobody was shown (review finding)."""
+    if as_of_ms > time.time() * 1000:
+        raise click.BadParameter(
+            f"{text!r} is later than now: name the time a run that held records back printed"
+        )
+    if not verify or not settings.redis_url:
+        return  # (no Redis: nothing was recorded to check against)
+    from paystream.held_back import HeldBackTimes
+
+    times = HeldBackTimes(settings.redis_url, settings.commands_topic)
+    try:
+        printed = times.printed(as_of_ms, text.partition("@")[2] or "all")
+    except redis.RedisError as exc:
+        raise click.ClickException(
+            f"could not check {text!r} against the times replay runs printed ({exc}); "
+            "with Redis down, --no-lease skips the check"
+        ) from None
+    finally:
+        times.close()
+    if not printed:
+        raise click.BadParameter(
+            f"no replay run printed {text!r} (in the last 30 days): run `paystream dlq "
+            "replay` (or --dry-run), check the records it holds back with the provider, "
+            "then name the time it prints, as it prints it"
+        )
+
+
+def _record_printed(settings: Settings, as_of_ms: int, which: str) -> None:
+    from paystream.held_back import HeldBackTimes
+
+    assert settings.redis_url is not None
+    times = HeldBackTimes(settings.redis_url, settings.commands_topic)
+    try:
+        times.record(as_of_ms, which)
+    except redis.RedisError as exc:
+        click.echo(
+            f"warning: could not record this run's time in Redis ({exc}): a replay naming "
+            "it will need --no-lease",
+            err=True,
+        )
+    finally:
+        times.close()
+
+
 def _iso_ms(ms: int) -> str:
     """A time in ms since the epoch, as ISO 8601 UTC to the millisecond."""
     return (
@@ -1054,6 +1101,9 @@ def dlq_replay(
     checked_ms, checked_topics = _stale_checked(settings, stale_checked_as_of)
     from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
 
+    if stale_checked_as_of is not None and checked_ms is not None:
+        _check_printed(settings, stale_checked_as_of, checked_ms, verify=not no_lease)
+
     if checked_ms is not None and settings.master_key is None and not dry_run:
         # The reconciled mark counts only under the workers' seal (first_attempt.py).
         click.echo(
@@ -1113,6 +1163,8 @@ def dlq_replay(
         # was shown to nobody (review finding: `--topic dlq`, then a replay of all).
         as_of = _iso_ms(result.started_ms) + ("" if which == "all" else f"@{which}")
         topic = "" if which == "all" else f"--topic {which} "
+        if result.complete and settings.redis_url and not no_lease:
+            _record_printed(settings, result.started_ms, which)
         advice = (
             f"Check them with the provider, then replay with {topic}--include-stale-as-of "
             f"{as_of} (only those stale as of then, on the topics this run read, are "

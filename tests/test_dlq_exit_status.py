@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -55,8 +57,14 @@ def test_a_concurrent_replay_exits_4_from_the_cli(monkeypatch: pytest.MonkeyPatc
     assert "another `paystream dlq replay` committed" in result.output
 
 
+def _commands_topic_of_its_own(redis_url: str) -> Any:
+    """Settings on the session's Redis, with a commands topic no other test names (the
+    printed times are kept per commands topic)."""
+    return load_settings(redis_url=redis_url, commands_topic=f"cmds-{uuid.uuid4().hex}")
+
+
 def test_stale_records_are_included_as_of_the_run_that_reported_them(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     """A run that holds stale records back exits 3 and names its time; the replay after
     the check passes it back (--include-stale-as-of), so that only what was stale then is
@@ -68,7 +76,8 @@ def test_stale_records_are_included_as_of_the_run_that_reported_them(
         calls.append(kwargs)
         return dlq.ReplayResult(stale=2, started_ms=1_796_000_000_123, complete=not kwargs["limit"])
 
-    monkeypatch.setattr(cli_module, "_settings", _with_redis)
+    settings = _commands_topic_of_its_own(redis_url)
+    monkeypatch.setattr(cli_module, "_settings", lambda: settings)
     monkeypatch.setattr(dlq, "replay", holding)
     held = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
     assert held.exit_code == cli_module.EXIT_HELD_BACK, held.output
@@ -88,7 +97,7 @@ def test_stale_records_are_included_as_of_the_run_that_reported_them(
 
 
 def test_a_time_printed_by_a_run_over_one_topic_names_that_topic(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     """A `--topic dlq` run's time counts for the dead letters only: the advice names the
     topic with it, and a replay of both topics passes only the dead-letter topic on as
@@ -99,7 +108,7 @@ def test_a_time_printed_by_a_run_over_one_topic_names_that_topic(
         calls.append(kwargs)
         return dlq.ReplayResult(stale=1, started_ms=1_796_000_000_123, complete=True)
 
-    settings = _with_redis()
+    settings = _commands_topic_of_its_own(redis_url)
     monkeypatch.setattr(cli_module, "_settings", lambda: settings)
     monkeypatch.setattr(dlq, "replay", holding)
     held = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--topic", "dlq"])
@@ -111,6 +120,7 @@ def test_a_time_printed_by_a_run_over_one_topic_names_that_topic(
     assert calls[-1]["stale_checked_as_of_ms"] == 1_796_000_000_123
     assert calls[-1]["stale_checked_topics"] == frozenset([settings.dlq_topic])
     bare = when.removesuffix("@dlq")
+    CliRunner().invoke(cli_module.cli, ["dlq", "replay"])  # a run over both: its time
     CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of", bare])
     assert calls[-1]["stale_checked_topics"] == frozenset(
         [settings.dlq_topic, settings.retry_topic]
@@ -118,3 +128,37 @@ def test_a_time_printed_by_a_run_over_one_topic_names_that_topic(
     bad = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of",
                                               bare + "@ledger"])  # fmt: skip
     assert bad.exit_code == 2 and "@dlq or @retry" in bad.output
+
+
+def test_a_time_no_run_printed_is_refused(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    """`--include-stale-as-of` names the run whose held-back records were checked: any
+    other time, "now" above all, marks as reconciled stale records nobody was shown, and
+    re-sent past the provider's key window one it applied is applied again (review
+    finding). A time later than now is refused even without Redis to check against."""
+    calls: list[dict[str, Any]] = []
+
+    async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
+        calls.append(kwargs)
+        return dlq.ReplayResult(stale=1, started_ms=1_796_000_000_123, complete=True)
+
+    settings = _commands_topic_of_its_own(redis_url)
+    monkeypatch.setattr(cli_module, "_settings", lambda: settings)
+    monkeypatch.setattr(dlq, "replay", holding)
+    now = cli_module._iso_ms(int(time.time() * 1000) - 1000)
+    for when in (now, "2026-11-30T00:00:00Z"):
+        refused = CliRunner().invoke(
+            cli_module.cli, ["dlq", "replay", "--include-stale-as-of", when]
+        )
+        assert refused.exit_code == 2 and "no replay run printed" in refused.output, refused.output
+    assert calls == []
+    later = CliRunner().invoke(
+        cli_module.cli,
+        ["dlq", "replay", "--no-lease", "--include-stale-as-of", "2099-01-01T00:00:00Z"],
+    )
+    assert later.exit_code == 2 and "later than now" in later.output, later.output
+    held = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--dry-run"])
+    when = held.output.split("--include-stale-as-of ")[1].split()[0]
+    # The same instant however written.
+    spelled = when.replace("Z", "+00:00")
+    done = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of", spelled])
+    assert calls[-1]["stale_checked_as_of_ms"] == 1_796_000_000_123, done.output
