@@ -1079,6 +1079,12 @@ EXIT_CONCURRENT_REPLAY = 4
     help="take no replay lease (it needs Redis: for a deployment without REDIS_URL, or "
     "with Redis down): nothing then keeps another replay from running at the same time",
 )
+@click.option(
+    "--without-master-key",
+    is_flag=True,
+    help="replay with no PAYSTREAM_MASTER_KEY set, for workers that run without one too "
+    "(the commands' first-attempt times go unsealed, as such workers read them)",
+)
 def dlq_replay(
     which: str,
     limit: int | None,
@@ -1087,6 +1093,7 @@ def dlq_replay(
     include_stale: bool,
     rate_per_tenant: int | None,
     no_lease: bool,
+    without_master_key: bool,
 ) -> None:
     """Re-drive parked and dead-lettered commands through `paystream.commands`, at each
     tenant's rate limit."""
@@ -1104,13 +1111,15 @@ def dlq_replay(
     if stale_checked_as_of is not None and checked_ms is not None:
         _check_printed(settings, stale_checked_as_of, checked_ms, verify=not no_lease)
 
-    if checked_ms is not None and settings.master_key is None and not dry_run:
-        # The reconciled mark counts only under the workers' seal (first_attempt.py).
-        click.echo(
-            "warning: PAYSTREAM_MASTER_KEY is not set here, so the records re-sent as "
-            "reconciled go unsealed: workers that have a master key hold them back again as "
-            "stale. Run the replay with the workers' master key.",
-            err=True,
+    if settings.master_key is None and not dry_run and not without_master_key:
+        # Unsealed, the first-attempt times (and reconciled marks) are ignored by workers
+        # that have a master key: a re-sent command's age counts from the re-send, and
+        # one parked a day ago, parked again, could be re-sent past the provider's key
+        # window and charged twice (review finding: this was a warning).
+        raise click.UsageError(
+            "PAYSTREAM_MASTER_KEY is not set: workers that have one would take the re-sent "
+            "commands as first run now. Set it as the workers have it, or pass "
+            "--without-master-key if the workers run without one"
         )
 
     verb = "would replay" if dry_run else "replayed"

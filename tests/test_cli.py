@@ -119,11 +119,14 @@ async def test_parked_commands_are_replayed_by_dlq_replay(deployed: Deployment) 
         run_cli(deployed, "tenants", "add", "flaky", "--clear-options")
         deployed.worker_handle.wait_ready(["flaky"])  # type: ignore[attr-defined]
         waiter = client.expect("flaky", cmd.get_id())
-        replayed = run_cli(deployed, "dlq", "replay", "--topic", "retry")
+        replayed = run_cli(deployed, "dlq", "replay", "--topic", "retry", "--without-master-key")
         assert "replayed 1 record(s)" in replayed.stdout
         outcome = await asyncio.wait_for(waiter, 30)
     assert outcome.get_type() == "com.paystream.payment.succeeded"
-    assert "replayed 0 record(s)" in run_cli(deployed, "dlq", "replay", "--topic", "retry").stdout
+    assert (
+        "replayed 0 record(s)"
+        in run_cli(deployed, "dlq", "replay", "--topic", "retry", "--without-master-key").stdout
+    )
 
 
 async def test_doctor_prints_its_table_and_passes(deployed: Deployment) -> None:

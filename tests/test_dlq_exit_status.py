@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from typing import Any
@@ -12,11 +13,14 @@ from click.testing import CliRunner
 from paystream import cli as cli_module
 from paystream import dlq
 from paystream.settings import load_settings
+from paystream.tenancy.crypto import MasterKey
+
+_MASTER_KEY = base64.b64encode(MasterKey.generate().key).decode()
 
 
 def _with_redis() -> Any:
     # (replay itself is replaced: nothing connects to it)
-    return load_settings(redis_url="redis://127.0.0.1:6379/0")
+    return load_settings(redis_url="redis://127.0.0.1:6379/0", master_key=_MASTER_KEY)
 
 
 def test_a_replay_without_redis_url_takes_the_lease_only_if_told_not_to(
@@ -30,7 +34,9 @@ def test_a_replay_without_redis_url_takes_the_lease_only_if_told_not_to(
         calls.append(kwargs)
         return dlq.ReplayResult(started_ms=1, complete=True)
 
-    monkeypatch.setattr(cli_module, "_settings", lambda: load_settings(redis_url=None))
+    monkeypatch.setattr(
+        cli_module, "_settings", lambda: load_settings(redis_url=None, master_key=_MASTER_KEY)
+    )
     monkeypatch.setattr(dlq, "replay", replayed)
     refused = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
     assert refused.exit_code == 2 and "--no-lease" in refused.output, refused.output
@@ -60,7 +66,9 @@ def test_a_concurrent_replay_exits_4_from_the_cli(monkeypatch: pytest.MonkeyPatc
 def _commands_topic_of_its_own(redis_url: str) -> Any:
     """Settings on the session's Redis, with a commands topic no other test names (the
     printed times are kept per commands topic)."""
-    return load_settings(redis_url=redis_url, commands_topic=f"cmds-{uuid.uuid4().hex}")
+    return load_settings(
+        redis_url=redis_url, commands_topic=f"cmds-{uuid.uuid4().hex}", master_key=_MASTER_KEY
+    )
 
 
 def test_stale_records_are_included_as_of_the_run_that_reported_them(
@@ -162,3 +170,27 @@ def test_a_time_no_run_printed_is_refused(monkeypatch: pytest.MonkeyPatch, redis
     spelled = when.replace("Z", "+00:00")
     done = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--include-stale-as-of", spelled])
     assert calls[-1]["stale_checked_as_of_ms"] == 1_796_000_000_123, done.output
+
+
+def test_a_replay_without_the_master_key_is_refused_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unsealed, the re-sent commands' first attempts are ignored by workers that have a
+    master key: their age counts from the re-send, and one parked a day ago could be
+    re-sent past the provider's key window (review finding: this was only a warning)."""
+    calls: list[dict[str, Any]] = []
+
+    async def replayed(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
+        calls.append(kwargs)
+        return dlq.ReplayResult(started_ms=1, complete=True)
+
+    keyless = load_settings(redis_url="redis://127.0.0.1:6379/0")
+    monkeypatch.setattr(cli_module, "_settings", lambda: keyless)
+    monkeypatch.setattr(dlq, "replay", replayed)
+    refused = CliRunner().invoke(cli_module.cli, ["dlq", "replay"])
+    assert refused.exit_code == 2 and "--without-master-key" in refused.output, refused.output
+    assert calls == []
+    assert CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--dry-run"]).exit_code == 0
+    told = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--without-master-key"])
+    assert told.exit_code == 0, told.output
+    assert len(calls) == 2

@@ -143,7 +143,15 @@ async def test_rate_per_tenant_0_is_unpaced_and_n_paces_every_tenant(
     await _limited(dep)
     await dep.produce(settings.retry_topic, *((b"slow", b"slow %d" % i, 0) for i in range(BACKLOG)))
     unpaced = await asyncio.to_thread(
-        run_cli, dep, "dlq", "replay", "--topic", "retry", "--rate-per-tenant", "0"
+        run_cli,
+        dep,
+        "dlq",
+        "replay",
+        "--topic",
+        "retry",
+        "--rate-per-tenant",
+        "0",
+        "--without-master-key",
     )
     assert f"replayed {BACKLOG} record(s)" in unpaced.stdout
     assert "waiting for the pace" not in unpaced.stderr and "waited" not in unpaced.stdout
@@ -152,7 +160,15 @@ async def test_rate_per_tenant_0_is_unpaced_and_n_paces_every_tenant(
 
     await dep.produce(settings.retry_topic, *((b"fast", b"fast %d" % i, 1) for i in range(15)))
     paced = await asyncio.to_thread(
-        run_cli, dep, "dlq", "replay", "--topic", "retry", "--rate-per-tenant", "10"
+        run_cli,
+        dep,
+        "dlq",
+        "replay",
+        "--topic",
+        "retry",
+        "--rate-per-tenant",
+        "10",
+        "--without-master-key",
     )
     assert "replayed 15 record(s)" in paced.stdout
     assert "for the pace of fast (10/s)" in paced.stdout, paced.stdout
@@ -172,7 +188,16 @@ async def test_an_interrupted_paced_replay_commits_what_it_re_sent(
     await _limited(dep)
     await dep.produce(settings.retry_topic, *((b"slow", b"slow %d" % i, 0) for i in range(BACKLOG)))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "paystream", "dlq", "replay", "--topic", "retry"],
+        [
+            sys.executable,
+            "-m",
+            "paystream",
+            "dlq",
+            "replay",
+            "--topic",
+            "retry",
+            "--without-master-key",
+        ],
         env={**os.environ, **dep.env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -218,14 +218,16 @@ async def test_the_cli_refuses_a_second_replay_with_exit_status_4(
     holder = ReplayLease(settings)
     await holder.acquire()
     try:
-        proc = run_cli(dep, "dlq", "replay", "--topic", "retry", check=False)
+        proc = run_cli(
+            dep, "dlq", "replay", "--topic", "retry", "--without-master-key", check=False
+        )
         assert proc.returncode == 4, proc.stdout + proc.stderr
         assert "another `paystream dlq replay` is running" in proc.stdout + proc.stderr
         assert holder.token in proc.stdout + proc.stderr
         assert await _resent(settings) == []
     finally:
         await holder.release()
-    run_cli(dep, "dlq", "replay", "--topic", "retry")
+    run_cli(dep, "dlq", "replay", "--topic", "retry", "--without-master-key")
     assert await _resent(settings) == [b"cmd 0"]
 
 

@@ -162,7 +162,9 @@ async def test_a_replay_that_held_records_back_exits_3(deployment_factory: Any) 
                 headers=(("paystream-first-attempt-ms", b"%d" % old),)),
         RawSend(key=b"acme", value=b"{}", partition=0),
     )  # fmt: skip
-    proc = await asyncio.to_thread(run_cli, dep, "dlq", "replay", check=False)
+    proc = await asyncio.to_thread(
+        run_cli, dep, "dlq", "replay", "--without-master-key", check=False
+    )
     assert "held back 2 record(s)" in proc.stderr, proc.stderr
     assert proc.returncode == 3, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
 
