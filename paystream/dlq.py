@@ -16,7 +16,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.exceptions import RedisError
 
-from paystream.errors import PaystreamError
+from paystream.errors import ConfigurationError, PaystreamError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
 from paystream.replay_lease import LeaseLost, ReplayLease
 from paystream.settings import Settings
@@ -277,7 +277,18 @@ class _ParkedReader:
     async def start(self) -> None:
         consumer = self.consumer
         await consumer.start()
-        tps = [tp for t in self.topics for tp in await topic_partitions(consumer, t)]
+        tps = []
+        for topic in self.topics:
+            found = await topic_partitions(consumer, topic)
+            if not found:
+                # Read as empty, a mistyped topic or another environment's broker said
+                # "0 records waiting" and exited 0 (review finding).
+                raise ConfigurationError(
+                    f"topic {topic!r} does not exist on the broker KAFKA_BROKER_URL names: "
+                    "create paystream's topics with `paystream topics` (or check "
+                    "PAYSTREAM_*_TOPIC and KAFKA_BROKER_URL)"
+                )
+            tps += found
         consumer.assign(tps)
         self.ends = await consumer.end_offsets(tps)
         for tp in tps:

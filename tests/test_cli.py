@@ -217,3 +217,23 @@ async def test_a_rate_limited_tenant_gets_rate_limited_outcomes(deployed: Deploy
     limited = [o.get_data() for o in outcomes if o.get_type().endswith("command.rejected")]
     assert len(limited) == 3
     assert all(d["reason"] == "rate_limited" and d["retry_after_ms"] > 0 for d in limited)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("dlq", "list"), {"PAYSTREAM_DLQ_TOPIC": "no.such.dlq"}),
+        (("dlq", "replay", "--dry-run"), {"PAYSTREAM_RETRY_TOPIC": "no.such.retry"}),
+        (("tenants", "list"), {"PAYSTREAM_TENANTS_TOPIC": "no.such.tenants"}),
+        (("tenants", "suspend", "acme"), {"PAYSTREAM_TENANTS_TOPIC": "no.such.tenants"}),
+    ],
+    ids=["dlq-list", "dlq-replay", "tenants-list", "tenants-suspend"],
+)
+async def test_a_topic_that_does_not_exist_is_said_not_read_as_empty(
+    deployed: Deployment, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """A shell pointed at another environment, or a mistyped topic, said "0 record(s)
+    waiting" or listed no tenant, and exited 0 (review finding)."""
+    proc = run_cli(deployed, *args, check=False, **env)
+    assert proc.returncode != 0, proc.stdout
+    assert "does not exist" in proc.stderr and next(iter(env.values())) in proc.stderr

@@ -92,10 +92,7 @@ async def put_tenants_unless_changed(
         # Written anyway, the broker would create it with its defaults: not compacted (a
         # tenant's old records go with retention), its partition count anyone's; and a
         # mistyped PAYSTREAM_TENANTS_TOPIC would take tenants no worker reads (review).
-        raise ConfigurationError(
-            f"the tenant registry topic {settings.tenants_topic!r} does not exist: create "
-            "it with `paystream topics` (or check PAYSTREAM_TENANTS_TOPIC)"
-        )
+        raise _no_registry(settings)
     skipped = []
     writes = []
     for base, tenant in changes:
@@ -190,9 +187,10 @@ class RegistryChanged(PaystreamError):
     """The tenant's record changed between reading it and writing the change."""
 
 
-async def list_tenants(settings: Settings) -> dict[str, Tenant]:
-    """Every tenant, from the registry read from the beginning to its current end."""
-    return (await read_registry(settings)).tenants
+async def list_tenants(settings: Settings, *, missing_ok: bool = False) -> dict[str, Tenant]:
+    """Every tenant, from the registry read from the beginning to its current end
+    (``missing_ok``: none if the topic does not exist yet, rather than an error)."""
+    return (await read_registry(settings, missing_ok=missing_ok)).tenants
 
 
 async def registered_tenant(settings: Settings, tenant_id: str) -> Tenant | None:
@@ -214,13 +212,26 @@ class UnreadableTenant(PaystreamError):
     """A tenant's latest registry record cannot be read, so it must not be rewritten."""
 
 
-async def read_registry(settings: Settings) -> RegistryMirror:
+async def read_registry(settings: Settings, *, missing_ok: bool = False) -> RegistryMirror:
     """The registry read from the beginning to its current end; last write per key wins.
 
     Records this version cannot read are skipped with a warning, as workers skip them,
     and their tenants noted in ``unreadable``.
     """
-    return (await _read_registry_with_ends(settings))[0]
+    registry, ends = await _read_registry_with_ends(settings)
+    if not ends and not missing_ok:
+        # Read as empty, a mistyped topic or another environment's broker listed no
+        # tenant and refused a suspension as "unknown tenant" (review finding).
+        raise _no_registry(settings)
+    return registry
+
+
+def _no_registry(settings: Settings) -> ConfigurationError:
+    return ConfigurationError(
+        f"the tenant registry topic {settings.tenants_topic!r} does not exist on the "
+        "broker KAFKA_BROKER_URL names: create it with `paystream topics` (or check "
+        "PAYSTREAM_TENANTS_TOPIC and KAFKA_BROKER_URL)"
+    )
 
 
 def _reader(settings: Settings) -> AIOKafkaConsumer:
