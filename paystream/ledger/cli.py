@@ -72,9 +72,11 @@ def _owner_url(settings: Settings) -> str:
     "downgrade_to",
     metavar="REV",
     default=None,
-    help="downgrade to REV instead (`base` removes every ledger object but the role)",
+    help="downgrade to REV instead (`base` removes every ledger object but the role); "
+    "asks first, unless --yes",
 )
-def migrate_command(revision: str, downgrade_to: str | None) -> None:
+@click.option("--yes", is_flag=True, help="downgrade without asking (scripts)")
+def migrate_command(revision: str, downgrade_to: str | None, yes: bool) -> None:
     """Upgrade (or downgrade) the ledger schema as the owner in DATABASE_URL.
 
     With PAYSTREAM_DB_APP_PASSWORD set, the paystream_app role is given that password
@@ -84,6 +86,18 @@ def migrate_command(revision: str, downgrade_to: str | None) -> None:
 
     settings = _settings()
     url = _owner_url(settings)
+    if downgrade_to is not None and not yes:
+        # (One mistyped command dropped the whole ledger, audit log and data keys with it,
+        # which leaves every encrypted value unreadable; review finding.)
+        what = (
+            "every ledger table, the audit log and the data keys (every encrypted value "
+            "becomes unreadable)"
+            if downgrade_to == "base"
+            else "what the revisions after it added, with their data"
+        )
+        click.confirm(
+            f"Downgrading the ledger to {downgrade_to} drops {what}. Continue?", abort=True
+        )
 
     async def go() -> str | None:
         if downgrade_to is not None:

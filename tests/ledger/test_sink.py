@@ -734,7 +734,11 @@ def test_cli_migrate_and_audit_verify(cli_database_url: str) -> None:
         audit_group, ["verify", "--tenant", "acme"], env={**env, "PAYSTREAM_DB_APP_PASSWORD": None}
     )
     assert refused.exit_code != 0 and "paystream_app" in refused.output
-    down = runner.invoke(migrate_command, ["--downgrade", "base"], env=env)
+    # A downgrade asks first (one mistyped command dropped the ledger; review finding).
+    kept = runner.invoke(migrate_command, ["--downgrade", "base"], env=env, input="n\n")
+    assert kept.exit_code == 1 and "data keys" in kept.output, kept.output
+    assert "revision base" not in kept.output
+    down = runner.invoke(migrate_command, ["--downgrade", "base", "--yes"], env=env)
     assert down.exit_code == 0 and "revision base" in down.output, down.output
 
 
