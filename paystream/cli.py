@@ -844,24 +844,29 @@ def _dlq_topics(settings: Settings, which: str) -> list[str]:
     "--all",
     "everything",
     is_flag=True,
-    help="also records replayed or passed over before (from the start of the topic)",
+    help="also records replayed or passed over before (from the start of the topic), marked [done]",
 )
 def dlq_list(which: str, limit: int, everything: bool) -> None:
     """List records waiting to be replayed: where, how old, whose, why."""
     settings = _settings()
-    from paystream.dlq import list_parked
+    from paystream.dlq import list_parked_and_done
 
-    records, waiting = _run(
-        list_parked(settings, _dlq_topics(settings, which), limit=limit, everything=everything)
+    records, waiting, done = _run(
+        list_parked_and_done(
+            settings, _dlq_topics(settings, which), limit=limit, everything=everything
+        )
     )
     now_ms = time.time() * 1000
     for rec in records:
+        # (--all: below where replays got to, it was replayed or passed over already.)
+        handled = rec.offset < done.get((rec.topic, rec.partition), 0)
         command_id, command_type = rec.command_id_and_type
         detail = rec.detail.replace("\n", " ")
         # Key, ids and type are whatever a producer sent: shown escaped and cut, never
         # as terminal control sequences.
         click.echo(
-            f"{rec.topic}[{rec.partition}]@{rec.offset} age={_age(now_ms - rec.first_seen_ms)} "
+            ("[done] " if handled and which != "ledger" else "")
+            + f"{rec.topic}[{rec.partition}]@{rec.offset} age={_age(now_ms - rec.first_seen_ms)} "
             f"tenant={_shown(rec.tenant)} reason={_shown(rec.reason)} "
             f"id={_shown(command_id)} type={_shown(command_type)}"
             + (f" detail={detail[:160]!r}" if detail else "")

@@ -369,10 +369,23 @@ async def list_parked(
 ) -> tuple[list[ParkedRecord], int]:
     """Up to ``limit`` records waiting to be replayed (``everything``: also those replayed
     or passed over before), oldest first per partition, and how many there are in all."""
+    records, waiting, _ = await list_parked_and_done(
+        settings, topics, limit=limit, everything=everything
+    )
+    return records, waiting
+
+
+async def list_parked_and_done(
+    settings: Settings, topics: list[str], *, limit: int | None, everything: bool = False
+) -> tuple[list[ParkedRecord], int, dict[tuple[str, int], int]]:
+    """:func:`list_parked`, and where replays got to on each partition (the replay
+    group's committed offset: records below it were replayed or passed over)."""
     reader = _ParkedReader(settings, topics, committed_only=not everything)
     try:
         await reader.start()
-        return [rec async for batch in reader.batches(limit) for rec in batch], reader.waiting
+        records = [rec async for batch in reader.batches(limit) for rec in batch]
+        done = {(tp.topic, tp.partition): c for tp, c in reader.committed.items() if c}
+        return records, reader.waiting, done
     finally:
         await reader.stop()  # (consumers that failed to start too)
 

@@ -248,3 +248,24 @@ def test_the_bucket_lets_a_burst_go_then_one_per_interval() -> None:
     assert pace.wait_ms(1100) == 40
     # Idle, it fills up to its burst, no more.
     assert pace.wait_ms(60_000) == 0 and pace.tokens == BURST * 1000
+
+
+@session_loop
+async def test_list_all_marks_what_replays_did(deployment_factory: Any) -> None:
+    """`dlq list --all` shows records replayed or passed over before: marked [done], or
+    an operator chases (or re-sends) them again (review finding)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    parked = [
+        RawSend(key=b"acme", value=b"{}", partition=0,
+                headers=(("ce_id", c), ("ce_type", b"t"), ("paystream-park-reason", b"timeout")))
+        for c in (b"c1", b"c2")
+    ]  # fmt: skip
+    await dep.produce(s.retry_topic, *parked)
+    await asyncio.to_thread(
+        run_cli, dep, "dlq", "replay", "--topic", "retry", "--limit", "1", "--without-master-key"
+    )
+    listed = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "retry", "--all")
+    [c1] = [line for line in listed.stdout.splitlines() if "id=c1" in line]
+    [c2] = [line for line in listed.stdout.splitlines() if "id=c2" in line]
+    assert c1.startswith("[done] ") and not c2.startswith("[done]"), listed.stdout
