@@ -622,7 +622,7 @@ def send(
         if cause != cmd.get_id():
             click.echo(
                 f"note: answered with the outcome of command {cause}, sent earlier "
-                f"under idempotency key {idempotency_key!r}",
+                f"under idempotency key {idempotency_key or cmd.get_id()!r}",
                 err=True,
             )
         return dumps(outcome)

@@ -716,10 +716,16 @@ async def _run_one(name: str, fn: _CheckFn, settings: Settings) -> CheckResult:
 def _without_credentials(text: str, settings: Settings) -> str:
     """``text`` with the servers' credentials blanked: a URL the driver cannot parse (a
     password holding an unescaped "@" or ":") comes back in its error, password and all."""
+    app_password = settings.db_app_password
+    passwords = [
+        # (The ledger check builds the app role's URL with this one.)
+        "" if app_password is None else app_password.get_secret_value(),
+    ]
     for url in (settings.database_url, settings.redis_url, settings.kafka_broker_url):
         rest = (url or "").partition("://")[2]
         credentials = rest.rpartition("@")[0]  # everything up to the last "@"
-        password = credentials.partition(":")[2]  # (the user name is no secret)
+        passwords.append(credentials.partition(":")[2])  # (the user name is no secret)
+    for password in passwords:
         if not password:
             continue
         # The whole, decoded too, then each piece a parser may have split it into at a

@@ -22,3 +22,15 @@ async def test_doctor_never_shows_the_database_password() -> None:
     result = await _run_one("database answers", check_database, settings)
     table = render_table([result])
     assert "Sup3rSecretPart" not in table, table
+
+
+async def test_doctor_never_shows_the_app_roles_password() -> None:
+    """PAYSTREAM_DB_APP_PASSWORD goes into the URL the ledger check builds for the app
+    role: an error quoting that URL showed it (review finding)."""
+    settings = load_settings(db_app_password="AppRolePassw0rd")
+
+    async def failing(_: object) -> str:
+        raise RuntimeError("cannot connect to postgresql://paystream_app:AppRolePassw0rd@x/db")
+
+    result = await _run_one("ledger", failing, settings)
+    assert "AppRolePassw0rd" not in render_table([result])
