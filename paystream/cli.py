@@ -945,14 +945,15 @@ def _stale_checked(
     return _epoch_ms(when), frozenset(_dlq_topics(settings, which or "all"))
 
 
-def _check_printed(settings: Settings, text: str, as_of_ms: int, *, verify: bool) -> None:
+def _check_printed(settings: Settings, text: str, as_of_ms: int, *, redis_down_ok: bool) -> None:
     """Refuse an --include-stale-as-of time no replay run printed (held_back.py): a
-    later one ("now") names stale records nobody was shown (review finding)."""
+    later one ("now") names stale records nobody was shown (review finding).
+    ``redis_down_ok`` (--no-lease): with Redis unreachable, only the first check."""
     if as_of_ms > time.time() * 1000:
         raise click.BadParameter(
             f"{text!r} is later than now: name the time a run that held records back printed"
         )
-    if not verify or not settings.redis_url:
+    if not settings.redis_url:
         return  # (no Redis: nothing was recorded to check against)
     from paystream.held_back import HeldBackTimes
 
@@ -960,6 +961,13 @@ def _check_printed(settings: Settings, text: str, as_of_ms: int, *, verify: bool
     try:
         printed = times.printed(as_of_ms, text.partition("@")[2] or "all")
     except redis.RedisError as exc:
+        if redis_down_ok:
+            click.echo(
+                f"warning: Redis did not answer ({exc}): {text!r} is not checked against "
+                "the times replay runs printed",
+                err=True,
+            )
+            return
         raise click.ClickException(
             f"could not check {text!r} against the times replay runs printed ({exc}); "
             "with Redis down, --no-lease skips the check"
@@ -1114,7 +1122,7 @@ def dlq_replay(
     from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
 
     if stale_checked_as_of is not None and checked_ms is not None:
-        _check_printed(settings, stale_checked_as_of, checked_ms, verify=not no_lease)
+        _check_printed(settings, stale_checked_as_of, checked_ms, redis_down_ok=no_lease)
 
     if settings.master_key is None and not dry_run and not without_master_key:
         # Unsealed, the first-attempt times (and reconciled marks) are ignored by workers
@@ -1177,7 +1185,7 @@ def dlq_replay(
         # was shown to nobody (review finding: `--topic dlq`, then a replay of all).
         as_of = _iso_ms(result.started_ms) + ("" if which == "all" else f"@{which}")
         topic = "" if which == "all" else f"--topic {which} "
-        if result.complete and settings.redis_url and not no_lease:
+        if result.complete and settings.redis_url:
             _record_printed(settings, result.started_ms, which)
         advice = (
             f"Check them with the provider, then replay with {topic}--include-stale-as-of "

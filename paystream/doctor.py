@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
@@ -730,7 +730,8 @@ def _without_credentials(text: str, settings: Settings) -> str:
             continue
         # The whole, decoded too, then each piece a parser may have split it into at a
         # character that ends a URL part (longest first).
-        pieces = {password, unquote(password)}
+        # (Escaped too: the app role's URL is built with it percent-escaped.)
+        pieces = {password, unquote(password), quote(password, safe=""), quote(password)}
         pieces |= {p for whole in list(pieces) for p in re.split(r"[:@/?#]", whole)}
         for piece in sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True):
             text = text.replace(piece, "***")

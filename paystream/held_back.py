@@ -11,6 +11,8 @@ nothing is recorded, and only a time later than now is refused.
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 __all__ = ["HeldBackTimes", "member"]
@@ -35,13 +37,19 @@ class HeldBackTimes:
         self._key = f"paystream:dlq:held-back-as-of:{commands_topic}"
 
     def record(self, as_of_ms: int, topics: str) -> None:
+        """Keep this run's time, scored by when it was printed; forget those older
+        than 30 days."""
+        now_ms = int(time.time() * 1000)
         with self._client.pipeline() as pipe:
-            pipe.sadd(self._key, member(as_of_ms, topics))
+            pipe.zadd(self._key, {member(as_of_ms, topics): now_ms})
+            pipe.zremrangebyscore(self._key, "-inf", now_ms - _KEEP_SECONDS * 1000)
             pipe.expire(self._key, _KEEP_SECONDS)
             pipe.execute()
 
     def printed(self, as_of_ms: int, topics: str) -> bool:
-        return bool(self._client.sismember(self._key, member(as_of_ms, topics)))
+        """Did a run print this time in the last 30 days?"""
+        score = self._client.zscore(self._key, member(as_of_ms, topics))
+        return score is not None and score >= time.time() * 1000 - _KEEP_SECONDS * 1000
 
     def close(self) -> None:
         self._client.close()

@@ -164,6 +164,12 @@ def test_a_time_no_run_printed_is_refused(monkeypatch: pytest.MonkeyPatch, redis
         ["dlq", "replay", "--no-lease", "--include-stale-as-of", "2099-01-01T00:00:00Z"],
     )
     assert later.exit_code == 2 and "later than now" in later.output, later.output
+    # --no-lease takes no lease: it does not skip the check while Redis answers.
+    unleased = CliRunner().invoke(
+        cli_module.cli, ["dlq", "replay", "--no-lease", "--include-stale-as-of", now]
+    )
+    assert unleased.exit_code == 2 and "no replay run printed" in unleased.output
+    assert calls == []
     held = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--dry-run"])
     when = held.output.split("--include-stale-as-of ")[1].split()[0]
     # The same instant however written.
@@ -194,3 +200,20 @@ def test_a_replay_without_the_master_key_is_refused_unless_told(
     told = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--without-master-key"])
     assert told.exit_code == 0, told.output
     assert len(calls) == 2
+
+
+def test_a_printed_time_is_taken_for_30_days(redis_url: str) -> None:
+    """Each time is kept 30 days from when it was printed, not for as long as any run
+    prints another (review finding)."""
+    from paystream.held_back import HeldBackTimes
+
+    times = HeldBackTimes(redis_url, f"cmds-{uuid.uuid4().hex}")
+    try:
+        times.record(1_000, "all")
+        assert times.printed(1_000, "all") and not times.printed(1_000, "dlq")
+        month_ago = int(time.time() * 1000) - 31 * 86_400_000
+        times._client.zadd(times._key, {"1000@all": month_ago})  # printed 31 days ago
+        times.record(2_000, "all")
+        assert not times.printed(1_000, "all") and times.printed(2_000, "all")
+    finally:
+        times.close()

@@ -27,10 +27,14 @@ async def test_doctor_never_shows_the_database_password() -> None:
 async def test_doctor_never_shows_the_app_roles_password() -> None:
     """PAYSTREAM_DB_APP_PASSWORD goes into the URL the ledger check builds for the app
     role: an error quoting that URL showed it (review finding)."""
-    settings = load_settings(db_app_password="AppRolePassw0rd")
+    for password, shown in (
+        ("AppRolePassw0rd", "AppRolePassw0rd"),
+        ("Secr%tW0rd!", "Secr%25tW0rd%21"),  # as the app role's URL escapes it
+    ):
+        settings = load_settings(db_app_password=password)
 
-    async def failing(_: object) -> str:
-        raise RuntimeError("cannot connect to postgresql://paystream_app:AppRolePassw0rd@x/db")
+        async def failing(_: object, shown: str = shown) -> str:
+            raise RuntimeError(f"cannot connect to postgresql://paystream_app:{shown}@x/db")
 
-    result = await _run_one("ledger", failing, settings)
-    assert "AppRolePassw0rd" not in render_table([result])
+        table = render_table([await _run_one("ledger", failing, settings)])
+        assert shown not in table and "W0rd" not in table, table

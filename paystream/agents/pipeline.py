@@ -193,6 +193,9 @@ class CommandProcessor:
         # Tenants whose records already in the table (recovered) are queued too: their
         # queue may exist before that (a command of theirs ran first), so not the same.
         self._seeded: set[str] = set()
+        # Id pointer → the key of the parked or in-flight record it names, as the last
+        # scan found (pointers written before they lasted as long as such records).
+        self._parked_ids: dict[str, str] = {}
         self._expiry_seeded = False
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._rejections: dict[tuple[str, str, str], Any] = {}
@@ -1346,10 +1349,11 @@ class CommandProcessor:
 
     def _under_its_first_key(self, cmd: CommandRef, raw: Any) -> CommandRef:
         """``cmd`` under the key its id was let through or answered under, if another
-        than its own (see _same_command_keyed); else ``cmd``. One table read for nearly
-        every command: the id's pointer, when the key is the id."""
+        than its own (see _same_command_keyed); else ``cmd``. For nearly every command
+        one or two table reads and no validation: the id's pointer, and the record under
+        the id when the command has a key of its own."""
         named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        if named is None and cmd.idempotency_key == cmd.command_id:
+        if not self._first_keys(cmd, named):
             return cmd  # no other key names the id
         now = time.time()
         if self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", now) is not None:
@@ -1361,24 +1365,46 @@ class CommandProcessor:
         same = self._same_command_keyed(cmd, _request_hash(cmd.command_type, data), now, named)
         return cmd if same is None else same[0]
 
+    def _first_keys(self, cmd: CommandRef, named: Any) -> list[str]:
+        """Other keys the command's id may have run under, each holding a record: its id
+        (sent first without a key), and the key its id's pointer names (sent first with
+        one; a pointer written before pointers named keys names none)."""
+        keys = []
+        if cmd.idempotency_key != cmd.command_id and (
+            self.idempotency.get(f"{cmd.tenant_id}:{cmd.command_id}") is not None
+        ):
+            keys.append(cmd.command_id)
+        named_key = None if named is None else named.get("key")
+        if (
+            isinstance(named_key, str)
+            and named_key not in (cmd.idempotency_key, *keys)
+            and self.idempotency.get(f"{cmd.tenant_id}:{named_key}") is not None
+        ):
+            keys.append(named_key)
+        return keys
+
     def _same_command_keyed(
         self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
     ) -> tuple[CommandRef, IdempotencyRecord] | None:
         """The command under the key its id was let through or answered under, if that
-        is another key than its own and the same request; else None. The key is its id
-        (sent first without one) or the one its id's pointer names (sent first with one;
-        a pointer written before it named the key names none)."""
-        keys = [cmd.command_id] if cmd.idempotency_key != cmd.command_id else []
+        is another key than its own and the same request; else None (see _first_keys).
+        Under the key its pointer names, the key's record may name a retry under that
+        key (a new command id) that finished the request: the same request all the same
+        (review finding: the command, sent under a third key, charged again)."""
         if named is UNREAD:
             named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
         named_key = None if named is None else named.get("key")
-        if isinstance(named_key, str) and named_key not in (cmd.idempotency_key, *keys):
-            keys.append(named_key)
-        for key in keys:
+        pointed = (
+            named is not None
+            and named.get("command_id") == cmd.command_id
+            and named.get("command_type") == cmd.command_type
+            and named.get("request_hash") == request_hash
+        )
+        for key in self._first_keys(cmd, named):
             found = self._idempotency_record(f"{cmd.tenant_id}:{key}", now)
             if (
                 found is not None
-                and found.command_id == cmd.command_id
+                and (found.command_id == cmd.command_id or (key == named_key and pointed))
                 and found.command_type == cmd.command_type
                 # (Not one whose customer was erased since: its hash is gone, and another
                 # request under the id could not be told from it; refused as a conflict.)
@@ -1929,6 +1955,8 @@ class CommandProcessor:
             raw = self.idempotency.get(key)
             # The key may have been written again since (a retry): only expired ones go.
             if raw is not None and float(raw.get("expires_at", 0)) <= now:
+                if self._kept_for_its_parked_record(key, raw):
+                    continue
                 del self.idempotency[key]
                 purged += 1
         return purged
@@ -1938,6 +1966,27 @@ class CommandProcessor:
         meanwhile) are found by a fresh scan at the next purge."""
         self._expiry_seeded = False
         self._seeded.clear()
+        self._parked_ids.clear()
+
+    def _kept_for_its_parked_record(self, key: str, raw: dict[str, Any]) -> bool:
+        """An expired id pointer whose request is still parked under its key, as the scan
+        found: kept as long as that record (written when ids' pointers expired a day
+        after they were written: _keep_id_pointer keeps those of later parks)."""
+        named = self._parked_ids.get(key)
+        if named is None:
+            return False
+        parked = self.idempotency.get(named)
+        if (
+            parked is None
+            or parked.get("state") not in _LET_THROUGH_VALUES
+            or parked.get("command_id") != raw.get("command_id")
+        ):
+            return False
+        until = float(parked.get("expires_at", 0))
+        if until <= float(raw.get("expires_at", 0)):
+            return False
+        self._remember(key, {**raw, "key": named.split(":", 1)[1], "expires_at": until})
+        return True
 
     def _seed_expiry(self, tenant_id: str | None) -> None:
         found: dict[str, list[tuple[float, str]]] = {}
@@ -1945,9 +1994,17 @@ class CommandProcessor:
         for key, raw in list(self.idempotency.items()):
             if raw is None or not str(key).startswith(prefix):
                 continue
-            found.setdefault(str(key).split(":", 1)[0], []).append(
-                (float(raw.get("expires_at", 0)), str(key))
-            )
+            tenant, _, idem = str(key).partition(":")
+            found.setdefault(tenant, []).append((float(raw.get("expires_at", 0)), str(key)))
+            command_id = raw.get("command_id")
+            if (
+                raw.get("state") in _LET_THROUGH_VALUES
+                and isinstance(command_id, str)
+                and command_id != idem
+            ):
+                # A request let through under a key of its own: its id's pointer must
+                # last as long as it (_kept_for_its_parked_record).
+                self._parked_ids[_command_id_key(tenant, command_id)] = str(key)
         for tenant, entries in found.items():
             # Merged in expiry order: the purge only ever looks at the front.
             queued = self._expiring.get(tenant) or ()

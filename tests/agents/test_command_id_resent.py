@@ -208,3 +208,41 @@ async def test_the_ids_pointer_lasts_as_long_as_the_parked_record(harness: Harne
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
     assert kind(again) == "payment.succeeded"
     assert await _effects(h, t, "charge") == 1
+
+
+async def test_the_command_sent_again_after_a_retry_finished_its_key_is_answered_as_it(
+    harness: Harness,
+) -> None:
+    """c1 parked under k1; the client's retry under k1 (a new id, c9) finished it; c1
+    sent again under k2 found k1's record naming c9, and ran as new: a second charge
+    (review finding). Its pointer says c1's request ran under k1: answered as k1's."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    retried = await _answer(h, _rec(t, "payment.create", _PAY, "c9", "k1"))
+    assert kind(retried) == "payment.succeeded"
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
+    assert kind(again) == "payment.succeeded" and again.get_id() == retried.get_id()
+    assert await _effects(h, t, "charge") == 1
+
+
+async def test_a_pointer_written_before_pointers_lasted_is_kept_for_its_parked_record(
+    harness: Harness,
+) -> None:
+    """A park made by the version before: its id's pointer (naming no key) expires a
+    day after it was written, the parked record stays. The scan at start-up finds the
+    pair, and the purge keeps the pointer as long as the record (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    pointer = f"{t}:\x1fid:c1"
+    old = {k: v for k, v in h.idempotency[pointer].items() if k != "key"}
+    h.idempotency[pointer] = {**old, "expires_at": time.time() + 86_400}
+    h.processor.rescan_expiry()  # as at start-up, after the upgrade
+    h.processor.purge_expired(t, time.time() + 2 * 86_400)
+    assert pointer in h.idempotency
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
+    assert kind(again) == "payment.succeeded"
+    assert await _effects(h, t, "charge") == 1
