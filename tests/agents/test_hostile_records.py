@@ -171,3 +171,14 @@ async def test_a_deep_record_with_a_trace_state_however_spelled_is_not_kept(
     emits = await harness.raw(_inbound(t.encode(), value, dict(_STRUCTURED)))
     [dead] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
     assert dead.value == b"", spelling
+
+
+async def test_a_structured_command_whose_id_is_a_number_is_not_answered_as_text(
+    harness: Harness,
+) -> None:
+    """An id that is no JSON string names no command, on either parser's path (the
+    stdlib's, taken for the 5,000-digit number, read it as the text "5")."""
+    t = harness.add_tenant()
+    body = json.dumps(_structured(t, id=5)).replace('"a@example.com"', "9" * 5000).encode()
+    emits = await harness.raw(_inbound(t.encode(), body, _STRUCTURED))
+    assert [e.topic for e in emits] == [harness.settings.dlq_topic]
