@@ -71,6 +71,23 @@ def _commands_topic_of_its_own(redis_url: str) -> Any:
     )
 
 
+def _holding_one_back(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Settings of their own, and `dlq.replay` replaced by one that holds a record back
+    as stale (its time 1_796_000_000_123) and notes how it was called."""
+    calls: list[dict[str, Any]] = []
+
+    async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
+        calls.append(kwargs)
+        return dlq.ReplayResult(stale=1, started_ms=1_796_000_000_123, complete=True)
+
+    settings = _commands_topic_of_its_own(redis_url)
+    monkeypatch.setattr(cli_module, "_settings", lambda: settings)
+    monkeypatch.setattr(dlq, "replay", holding)
+    return settings, calls
+
+
 def test_stale_records_are_included_as_of_the_run_that_reported_them(
     monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
@@ -110,15 +127,7 @@ def test_a_time_printed_by_a_run_over_one_topic_names_that_topic(
     """A `--topic dlq` run's time counts for the dead letters only: the advice names the
     topic with it, and a replay of both topics passes only the dead-letter topic on as
     checked (review finding: the retry topic's stale records were re-sent unseen)."""
-    calls: list[dict[str, Any]] = []
-
-    async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
-        calls.append(kwargs)
-        return dlq.ReplayResult(stale=1, started_ms=1_796_000_000_123, complete=True)
-
-    settings = _commands_topic_of_its_own(redis_url)
-    monkeypatch.setattr(cli_module, "_settings", lambda: settings)
-    monkeypatch.setattr(dlq, "replay", holding)
+    settings, calls = _holding_one_back(monkeypatch, redis_url)
     held = CliRunner().invoke(cli_module.cli, ["dlq", "replay", "--topic", "dlq"])
     assert held.exit_code == cli_module.EXIT_HELD_BACK, held.output
     assert "--topic dlq --include-stale-as-of 2026-11-30T" in held.output, held.output
@@ -143,15 +152,7 @@ def test_a_time_no_run_printed_is_refused(monkeypatch: pytest.MonkeyPatch, redis
     other time, "now" above all, marks as reconciled stale records nobody was shown, and
     re-sent past the provider's key window one it applied is applied again (review
     finding). A time later than now is refused even without Redis to check against."""
-    calls: list[dict[str, Any]] = []
-
-    async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
-        calls.append(kwargs)
-        return dlq.ReplayResult(stale=1, started_ms=1_796_000_000_123, complete=True)
-
-    settings = _commands_topic_of_its_own(redis_url)
-    monkeypatch.setattr(cli_module, "_settings", lambda: settings)
-    monkeypatch.setattr(dlq, "replay", holding)
+    _, calls = _holding_one_back(monkeypatch, redis_url)
     now = cli_module._iso_ms(int(time.time() * 1000) - 1000)
     for when in (now, "2026-11-30T00:00:00Z"):
         refused = CliRunner().invoke(

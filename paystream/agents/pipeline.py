@@ -2364,28 +2364,27 @@ class CommandProcessor:
         if not tenant_id or key_str(rec.key) != tenant_id:
             return None  # (never run: refused tenant_mismatch; nor another tenant's record)
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
+        command_type = event.get_type().removeprefix(COMMAND_PREFIX)
+        cmd = CommandRef(
+            tenant_id=tenant_id,
+            command_id=event.get_id(),
+            command_type=command_type,
+            idempotency_key=idem_key,
+            time=record_time(rec.timestamp_ms),
+            source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
+        )
         now = time.time()
         existing = self._idempotency_record(f"{tenant_id}:{idem_key}", now)
         if existing is None:
             # Sent again under another key: run under the one it was let through under.
-            command_type = event.get_type().removeprefix(COMMAND_PREFIX)
-            ref = CommandRef(
-                tenant_id=tenant_id,
-                command_id=event.get_id(),
-                command_type=command_type,
-                idempotency_key=idem_key,
-                time=record_time(rec.timestamp_ms),
-                source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
-            )
             data = COMMANDS[command_type].model_validate(event.get_data() or {})
-            return self._same_command_keyed(ref, _request_hash(command_type, data), now)
+            return self._same_command_keyed(cmd, _request_hash(command_type, data), now)
         done = existing.state is IdempotencyState.DONE and existing.outcome is not None
         if not done and existing.state not in _LET_THROUGH:
             return None
-        command_type = event.get_type().removeprefix(COMMAND_PREFIX)
         # Only the very same request shares the record's fate (another command of the key
         # or the same id reused for another request would not have run).
-        same_id = existing.command_id == event.get_id()
+        same_id = existing.command_id == cmd.command_id
         try:
             data = COMMANDS[command_type].model_validate(event.get_data() or {})
             request_hash = _request_hash(command_type, data)
@@ -2398,14 +2397,6 @@ class CommandProcessor:
             request_hash != existing.request_hash and not erased_same
         ):
             return None
-        cmd = CommandRef(
-            tenant_id=tenant_id,
-            command_id=event.get_id(),
-            command_type=command_type,
-            idempotency_key=idem_key,
-            time=record_time(rec.timestamp_ms),
-            source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
-        )
         return cmd, existing
 
     def _park(

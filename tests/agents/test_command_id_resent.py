@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from cloudevents.core.v1.event import CloudEvent
 
 from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
@@ -20,7 +19,8 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
+from tests.agents.harness import Harness, data, kind, new_tenant_id
+from tests.agents.test_let_through import _answer
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,12 +47,6 @@ def _rec(
         rec.key, rec.value, headers, int(time.time() * 1000), "paystream.commands", 0,
         next(_offsets),
     )  # fmt: skip
-
-
-async def _answer(h: Harness, rec: Inbound) -> CloudEvent:
-    out = outcome_of(h.settings, await h.processor.process(rec))
-    assert out is not None
-    return out
 
 
 async def _parked(h: Harness, rec: Inbound) -> None:

@@ -638,12 +638,7 @@ async def _payment_parked_twice_over(h: Harness) -> tuple[str, dict[str, Any], i
     """p1's create k3 parked (its answers lost), its first attempt made 20 hours old; then
     the client's retry k3-retry under key k3, parked too. The tenant, the payment's data
     and the key's first attempt."""
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 6}})
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
-           "payment_method_token": "pm_card_visa"}  # fmt: skip
-    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    t, pay = await _p1_create_parked(h, "lose_response_first", "pm_card_visa", times=6)
     h.idempotency[f"{t}:k3"]["first_attempt_ms"] -= 20 * 3600 * 1000
     first = h.idempotency[f"{t}:k3"]["first_attempt_ms"]
     emits = await h.processor.process(_command(t, "payment.create", pay, "k3-retry", key="k3"))
@@ -686,11 +681,14 @@ async def test_a_backlog_read_late_is_not_held_when_first_retried(harness: Harne
     assert kind(retried) == "payment.succeeded", data(retried)
 
 
-async def _p1_create_parked(h: Harness, knob: str, token: str) -> tuple[str, dict[str, Any]]:
+async def _p1_create_parked(
+    h: Harness, knob: str, token: str, times: int = 3
+) -> tuple[str, dict[str, Any]]:
     """p1's create k3 (a chosen id) parked, the simulator's ``knob`` failing its first
-    three calls; it leaves its id's pointer to its record. The tenant and the data."""
+    ``times`` calls (three per command); it leaves its id's pointer to its record. The
+    tenant and the data."""
     t = new_tenant_id()
-    h.add_tenant(t, gateway_options={knob: {f"pse:{t}:payment:p1": 3}})
+    h.add_tenant(t, gateway_options={knob: {f"pse:{t}:payment:p1": times}})
     pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
            "payment_method_token": token}  # fmt: skip
     emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
@@ -788,12 +786,7 @@ async def test_a_later_parked_create_of_the_id_leaves_the_earlier_ones_pointer(
     """Two creates of p1 parked under different keys: the id's pointer keeps naming the
     one first attempted earlier, whose provider key the provider forgets first."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 6}})
-    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
-           "payment_method_token": "pm_card_visa"}  # fmt: skip
-    emits = await h.processor.process(_command(t, "payment.create", pay, "k3"))
-    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    t, pay = await _p1_create_parked(h, "lose_response_first", "pm_card_visa", times=6)
     h.idempotency[f"{t}:k3"]["first_attempt_ms"] -= 3600 * 1000
     emits = await h.processor.process(_command(t, "payment.create", pay, "k4"))
     assert [e.topic for e in emits] == [h.settings.retry_topic]  # its answers lost too

@@ -131,30 +131,13 @@ async def test_include_stale_after_reconciling_runs_the_command(harness: Harness
     """A payment parked by a provider outage 25 h ago (the provider never charged it).
     The operator checks with the provider, as README says, and runs
     `dlq replay --include-stale-as-of`: the worker runs it (its first attempt is kept)."""
-    t = new_tenant_id()
-    harness.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p1": 50}})
-    event = build_command("payment.create", t, _BODY, command_id="c1")
-    raw = encode_event(event, t.encode(), CloudEventsMode.BINARY)
-    day_ago = int(time.time() * 1000) - 25 * 3_600_000
-    first = Inbound(raw.key, raw.value, dict(raw.headers), day_ago, "paystream.commands", 0, 1)
-    emits = await harness.processor.process(first)
-    assert [e.topic for e in emits] == [harness.settings.retry_topic]
-    parked = emits[0].record
+    t, rec = await _stale_parked(harness)
     assert await _charges(harness, harness.tenants[t]) == 0
     # The outage is over; the operator reconciled (nothing charged) and re-drives it.
-    harness.tenants[t] = {**harness.tenants[t], "gateway_options": {}}
-    rec = ParkedRecord(harness.settings.retry_topic, 0, 0, parked.key, parked.value,
-                       tuple(parked.headers), int(time.time() * 1000))  # fmt: skip
-    producer = _CapturingProducer()
-    await dlq._resend(
-        producer, harness.settings, rec, {0}, reconciled=True
-    )  # --include-stale-as-of
-    (resent,) = producer.sent
-    replayed = Inbound(resent["key"], resent["value"], dict(resent["headers"]),
-                       int(time.time() * 1000), "paystream.commands", 0, 2)  # fmt: skip
+    replayed = await _resent(harness, rec, reconciled=True)  # --include-stale-as-of
     out = outcome_of(harness.settings, await harness.processor.process(replayed))
     assert out is not None, "re-driven with --include-stale-as-of, parked again as stale, unrun"
-    assert dict(resent["headers"])["paystream-first-attempt-ms"] == str(day_ago).encode()
+    assert replayed.headers["paystream-first-attempt-ms"] == str(rec.first_seen_ms).encode()
     assert kind(out) == "payment.succeeded"
 
 
@@ -310,7 +293,8 @@ async def test_a_dead_letter_without_headers_gets_its_first_attempt_not_its_body
 
 
 async def _stale_parked(h: Harness) -> tuple[str, ParkedRecord]:
-    """A payment parked by a provider outage 25 h ago (never charged); the outage over."""
+    """A payment parked by a provider outage 25 h ago (never charged); the outage over.
+    The tenant, and the parked record as `dlq replay` reads it."""
     t = new_tenant_id()
     h.add_tenant(t, gateway_options={"fail_first": {f"pse:{t}:payment:p1": 50}})
     event = build_command("payment.create", t, _BODY, command_id="c1")
