@@ -954,7 +954,13 @@ def _check_printed(settings: Settings, text: str, as_of_ms: int, *, redis_down_o
             f"{text!r} is later than now: name the time a run that held records back printed"
         )
     if not settings.redis_url:
-        return  # (no Redis: nothing was recorded to check against)
+        # (No Redis: nothing was recorded to check against.)
+        click.echo(
+            f"warning: REDIS_URL is not set: {text!r} is not checked against the times "
+            "replay runs printed; name only the time the run you checked printed",
+            err=True,
+        )
+        return
     from paystream.held_back import HeldBackTimes
 
     times = HeldBackTimes(settings.redis_url, settings.commands_topic)
@@ -1187,6 +1193,12 @@ def dlq_replay(
         topic = "" if which == "all" else f"--topic {which} "
         if result.complete and settings.redis_url:
             _record_printed(settings, result.started_ms, which)
+        elif result.complete:
+            click.echo(
+                "note: REDIS_URL is not set, so this run's time is not recorded: a replay "
+                "naming it with REDIS_URL set refuses it (run this with the workers' REDIS_URL)",
+                err=True,
+            )
         advice = (
             f"Check them with the provider, then replay with {topic}--include-stale-as-of "
             f"{as_of} (only those stale as of then, on the topics this run read, are "

@@ -1365,6 +1365,17 @@ class CommandProcessor:
         same = self._same_command_keyed(cmd, _request_hash(cmd.command_type, data), now, named)
         return cmd if same is None else same[0]
 
+    def _pointer_holds(self, cmd: CommandRef, named: dict[str, Any], now: float) -> bool:
+        """Does the id's pointer still claim the id? Kept as long as a parked record it
+        names, it outlives the request once a retry under that key finished it: then it
+        holds the id only while the key's record does (review finding: a reused id was
+        refused for 540 days)."""
+        key = named.get("key")
+        if not isinstance(key, str):
+            return True  # (written before pointers named keys: its own expiry decides)
+        record = self._idempotency_record(f"{cmd.tenant_id}:{key}", now)
+        return record is not None
+
     def _first_keys(self, cmd: CommandRef, named: Any) -> list[str]:
         """Other keys the command's id may have run under, each holding a record: its id
         (sent first without a key), and the key its id's pointer names (sent first with
@@ -1374,14 +1385,25 @@ class CommandProcessor:
             self.idempotency.get(f"{cmd.tenant_id}:{cmd.command_id}") is not None
         ):
             keys.append(cmd.command_id)
-        named_key = None if named is None else named.get("key")
+        named_key = self._named_key(cmd, named)
         if (
-            isinstance(named_key, str)
+            named_key is not None
             and named_key not in (cmd.idempotency_key, *keys)
             and self.idempotency.get(f"{cmd.tenant_id}:{named_key}") is not None
         ):
             keys.append(named_key)
         return keys
+
+    def _named_key(self, cmd: CommandRef, named: Any) -> str | None:
+        """The key the id's pointer names; for a pointer written before pointers named
+        keys, the key of the parked record the start-up scan found for the id."""
+        if named is None:
+            return None
+        key = named.get("key")
+        if isinstance(key, str):
+            return key
+        parked = self._parked_ids.get(_command_id_key(cmd.tenant_id, cmd.command_id))
+        return None if parked is None else parked.split(":", 1)[1]
 
     def _same_command_keyed(
         self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
@@ -1393,9 +1415,10 @@ class CommandProcessor:
         (review finding: the command, sent under a third key, charged again)."""
         if named is UNREAD:
             named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        named_key = None if named is None else named.get("key")
+        named_key = self._named_key(cmd, named)
         pointed = (
             named is not None
+            and float(named.get("expires_at", 0)) >= now
             and named.get("command_id") == cmd.command_id
             and named.get("command_type") == cmd.command_type
             and named.get("request_hash") == request_hash
@@ -1428,6 +1451,7 @@ class CommandProcessor:
             named is not None
             and float(named.get("expires_at", 0)) >= now
             and (named.get("request_hash"), named.get("command_type")) != this
+            and self._pointer_holds(cmd, named, now)
         ):
             return True
         if cmd.idempotency_key == cmd.command_id:
@@ -1674,7 +1698,9 @@ class CommandProcessor:
             and pointer.get("key") in (cmd.idempotency_key, None)
             and float(pointer.get("expires_at", 0)) < until
         ):
-            self._remember(pointer_key, {**pointer, "expires_at": until})
+            # (Naming its key: one written before pointers did names none.)
+            kept = {**pointer, "key": cmd.idempotency_key, "expires_at": until}
+            self._remember(pointer_key, kept)
 
     def _point_create_scope(
         self, scope: str | None, idem_key: str, first: int, expires: float

@@ -240,3 +240,84 @@ async def test_a_pointer_written_before_pointers_lasted_is_kept_for_its_parked_r
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
     assert kind(again) == "payment.succeeded"
     assert await _effects(h, t, "charge") == 1
+
+
+def _legacy_pointer(h: Harness, t: str, expires_in: float) -> str:
+    """c1's pointer as the version before wrote it: naming no key, expiring a day after
+    it was written (``expires_in`` seconds from now)."""
+    pointer = f"{t}:\x1fid:c1"
+    old = {k: v for k, v in h.idempotency[pointer].items() if k != "key"}
+    h.idempotency[pointer] = {**old, "expires_at": time.time() + expires_in}
+    return pointer
+
+
+async def test_a_legacy_pointer_re_parked_names_its_key(harness: Harness) -> None:
+    """Re-parked (here: held back as stale) after the upgrade, the legacy pointer was
+    made to last as long as the park but still named no key: the command sent again
+    under another key ran as new (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    pointer = _legacy_pointer(h, t, 1800)
+    h.idempotency[f"{t}:k1"]["first_attempt_ms"] = int((time.time() - 23.5 * 3600) * 1000)
+    h.processor.rescan_expiry()  # start-up after the upgrade
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1", redrive=True))
+    assert h.idempotency[pointer]["key"] == "k1"
+    h.processor.purge_expired(t, time.time() + 2 * 86_400)
+    await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k2"))
+    assert await _effects(h, t, "charge") == 1
+
+
+async def test_a_legacy_pointer_not_expired_yet_still_redirects(harness: Harness) -> None:
+    """Before the legacy pointer expires, the scan's map names its key."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    _legacy_pointer(h, t, 3600)
+    h.processor.rescan_expiry()
+    h.processor.purge_expired(t, time.time())  # the scan at start-up
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
+    assert kind(again) == "payment.succeeded"
+    assert await _effects(h, t, "charge") == 1
+
+
+class _DaysLater:
+    """The pipeline's and handlers' clock ``days`` on (nothing else's)."""
+
+    def __init__(self, days: float) -> None:
+        self.offset = days * 86_400
+
+    def time(self) -> float:
+        return _REAL_TIME() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+_REAL_TIME = time.time
+
+
+async def test_an_id_is_free_again_once_the_request_a_retry_finished_has_expired(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """c1's pointer lasts as long as c1's park; a retry under its key (c9) finished the
+    request, and two days on the id, reused for another request as README allows, was
+    refused idempotency_conflict: for 540 days (review finding)."""
+    from paystream.agents import handlers, pipeline
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
+    pay = {**_PAY, "payment_id": "p1"}
+    await _parked(h, _rec(t, "payment.create", pay, "c1", "k1"))
+    assert kind(await _answer(h, _rec(t, "payment.create", pay, "c9", "k1"))) == (
+        "payment.succeeded"
+    )
+    h.processor.purge_expired(t, time.time() + 2 * 86_400)
+    monkeypatch.setattr(pipeline, "time", _DaysLater(2))
+    monkeypatch.setattr(handlers, "time", _DaysLater(2))
+    refund = {"payment_id": "p1", "amount": 100}
+    reused = await _answer(h, _rec(t, "refund.create", refund, "c1", "k3"))
+    assert kind(reused) == "refund.succeeded", data(reused)
