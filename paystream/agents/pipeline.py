@@ -1402,8 +1402,24 @@ class CommandProcessor:
         key = named.get("key")
         if isinstance(key, str):
             return key
+        # (Scanned now if not yet: the first batch after a start or a rebalance comes
+        # before the first purge, which would scan; review finding.)
+        self._seed_expiry_once(cmd.tenant_id)
         parked = self._parked_ids.get(_command_id_key(cmd.tenant_id, cmd.command_id))
         return None if parked is None else parked.split(":", 1)[1]
+
+    def _pointer_live(self, cmd: CommandRef, named: dict[str, Any], now: float) -> bool:
+        """Within its window, or one written before pointers lasted whose request is
+        still parked: the purge keeps that one (_kept_for_its_parked_record), and until
+        it has, another request under the id ran while the first was parked (review
+        finding)."""
+        if float(named.get("expires_at", 0)) >= now:
+            return True
+        if isinstance(named.get("key"), str):
+            return False  # kept as long as its park by _keep_id_pointer
+        self._seed_expiry_once(cmd.tenant_id)
+        key = _command_id_key(cmd.tenant_id, cmd.command_id)
+        return self._parked_record_until(key, named) is not None
 
     def _same_command_keyed(
         self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
@@ -1418,7 +1434,7 @@ class CommandProcessor:
         named_key = self._named_key(cmd, named)
         pointed = (
             named is not None
-            and float(named.get("expires_at", 0)) >= now
+            and self._pointer_live(cmd, named, now)
             and named.get("command_id") == cmd.command_id
             and named.get("command_type") == cmd.command_type
             and named.get("request_hash") == request_hash
@@ -1449,8 +1465,8 @@ class CommandProcessor:
         this = (request_hash, cmd.command_type)
         if (
             named is not None
-            and float(named.get("expires_at", 0)) >= now
             and (named.get("request_hash"), named.get("command_type")) != this
+            and self._pointer_live(cmd, named, now)
             and self._pointer_holds(cmd, named, now)
         ):
             return True
@@ -1465,7 +1481,7 @@ class CommandProcessor:
 
     def _id_unclaimed(self, cmd: CommandRef, now: float) -> bool:
         named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        return named is None or float(named.get("expires_at", 0)) < now
+        return named is None or not self._pointer_live(cmd, named, now)
 
     def _applied_at(self, expires: float) -> float:
         """When a command whose idempotency record expires at ``expires`` ran: the same
@@ -1964,16 +1980,17 @@ class CommandProcessor:
         started are found by one scan of the table the first time (and for a tenant
         first seen later, e.g. after a rebalance, one scan of its keys).
         """
-        if not self._expiry_seeded:
-            self._seed_expiry(None)
-            self._expiry_seeded = True
-        elif tenant_id not in self._seeded:
-            if tenant_id not in self._expiring and tenant_id not in self.tenants:
-                # No record of ours, and no tenant: any record key at all (junk, a made-up
-                # tenant), each one a scan of the whole table and an entry kept for good.
-                # (A removed tenant's records were found by the scan above.)
-                return 0
-            self._seed_expiry(tenant_id)
+        if (
+            self._expiry_seeded
+            and tenant_id not in self._seeded
+            and tenant_id not in self._expiring
+            and tenant_id not in self.tenants
+        ):
+            # No record of ours, and no tenant: any record key at all (junk, a made-up
+            # tenant), each one a scan of the whole table and an entry kept for good.
+            # (A removed tenant's records were found by the first scan.)
+            return 0
+        self._seed_expiry_once(tenant_id)
         queue = self._expiring.get(tenant_id)
         purged = 0
         while queue and queue[0][0] <= now and purged < limit:
@@ -1994,23 +2011,40 @@ class CommandProcessor:
         self._seeded.clear()
         self._parked_ids.clear()
 
-    def _kept_for_its_parked_record(self, key: str, raw: dict[str, Any]) -> bool:
-        """An expired id pointer whose request is still parked under its key, as the scan
-        found: kept as long as that record (written when ids' pointers expired a day
-        after they were written: _keep_id_pointer keeps those of later parks)."""
+    def _seed_expiry_once(self, tenant_id: str) -> None:
+        """Find the records written before this process started (or before it was given
+        the tenant's partitions): one scan of the table the first time, one of the
+        tenant's keys for a tenant first seen later."""
+        if not self._expiry_seeded:
+            self._seed_expiry(None)
+            self._expiry_seeded = True
+        elif tenant_id not in self._seeded:
+            self._seed_expiry(tenant_id)
+
+    def _parked_record_until(self, key: str, raw: dict[str, Any]) -> float | None:
+        """Until when the id pointer ``raw`` (at ``key``) must be kept for the parked
+        record the scan found for its request, if longer than its own expiry."""
         named = self._parked_ids.get(key)
         if named is None:
-            return False
+            return None
         parked = self.idempotency.get(named)
         if (
             parked is None
             or parked.get("state") not in _LET_THROUGH_VALUES
             or parked.get("command_id") != raw.get("command_id")
         ):
-            return False
+            return None
         until = float(parked.get("expires_at", 0))
-        if until <= float(raw.get("expires_at", 0)):
+        return until if until > float(raw.get("expires_at", 0)) else None
+
+    def _kept_for_its_parked_record(self, key: str, raw: dict[str, Any]) -> bool:
+        """An expired id pointer whose request is still parked under its key, as the scan
+        found: kept as long as that record (written when ids' pointers expired a day
+        after they were written: _keep_id_pointer keeps those of later parks)."""
+        until = self._parked_record_until(key, raw)
+        if until is None:
             return False
+        named = self._parked_ids[key]
         self._remember(key, {**raw, "key": named.split(":", 1)[1], "expires_at": until})
         return True
 

@@ -283,6 +283,42 @@ async def test_a_legacy_pointer_not_expired_yet_still_redirects(harness: Harness
     assert await _effects(h, t, "charge") == 1
 
 
+async def test_a_legacy_pointer_redirects_in_the_first_batch_after_a_start(
+    harness: Harness,
+) -> None:
+    """The scan's map was filled by the first purge, which runs after a tenant's first
+    batch: the command sent again under another key in that batch ran as new, a second
+    charge (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    _legacy_pointer(h, t, 3600)
+    h.processor.rescan_expiry()  # start-up after the upgrade: no purge yet
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
+    assert kind(again) == "payment.succeeded"
+    assert await _effects(h, t, "charge") == 1
+
+
+async def test_an_expired_legacy_pointer_of_a_parked_request_still_holds_the_id(
+    harness: Harness,
+) -> None:
+    """Expired but not purged yet (the purge keeps it for its parked record), the
+    legacy pointer was ignored: another request under the id ran while the first was
+    still parked (review finding)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    _legacy_pointer(h, t, -60)
+    h.processor.rescan_expiry()
+    other = await _answer(h, _rec(t, "payment.create", {**_PAY, "amount": 7000}, "c1", "k2"))
+    assert data(other)["reason"] == "idempotency_conflict", data(other)
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k3"))
+    assert kind(again) == "payment.succeeded"
+    assert await _effects(h, t, "charge") == 1
+
+
 class _DaysLater:
     """The pipeline's and handlers' clock ``days`` on (nothing else's)."""
 
