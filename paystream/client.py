@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import string
 import uuid
@@ -121,6 +122,10 @@ def build_command(
     return CloudEvent(attrs, dict(data))
 
 
+# Control characters (C0, DEL, C1): no CloudEvents string may hold one.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _check_ids(
     tenant_id: str, command_id: str, idempotency_key: str | None, command_type: str = ""
 ) -> None:
@@ -140,6 +145,9 @@ def _check_ids(
             raise InvalidCommand(f"{name} is {len(text)} characters; at most {ID_MAX_CHARS}")
         if not valid_unicode(text):
             raise InvalidCommand(f"{name} is not valid Unicode (an undecodable byte?)")
+        if _CONTROL.search(text):
+            # (Answered under the id's digest, or no tenant: no CloudEvents string holds one.)
+            raise InvalidCommand(f"{name} holds a control character")
         if contains_card_number(text):
             raise InvalidCommand(f"{name} reads as a card number: card data is not accepted")
 

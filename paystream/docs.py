@@ -485,7 +485,8 @@ def _outcome_headers() -> Doc:
             "ce_subject": _header("the entity id, when the outcome names one"),
             "ce_tenantid": _header("the tenant"),
             "ce_causationid": _header(
-                "the command's `id` (an over-long id: `sha256:<hex digest of the id>`)"
+                "the command's `id` (an over-long id, or one holding a control character: "
+                "`sha256:<hex digest of the id>`)"
             ),
             "ce_partitionkey": _header("the tenant (the record key)"),
             "ce_traceparent": _header(

@@ -454,8 +454,15 @@ class CommandProcessor:
         if _TENANT_ID.fullmatch(tenant_id) is None:
             # No tenant has such an id, and every table key is "<tenant>:<...>": read as
             # one, "acme:export" with key "cus1" was acme's record of key "export:cus1",
-            # and acme's answer went out under it (review finding). Refused unread.
-            return self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
+            # and acme's answer went out under it (review finding). Refused unread; one
+            # holding a control character under no tenant's name: the outcome's
+            # tenantid would carry it, which no CloudEvents string may.
+            named = (
+                replace(cmd, tenant_id=UNNAMED_TENANT)
+                if _CONTROL.search(tenant_id) is not None
+                else cmd
+            )
+            return self._reject(named, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
         if len(idem_key) > ID_MAX_CHARS:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
         # (Listed only when one holds a control character: nearly never.)
@@ -468,13 +475,23 @@ class CommandProcessor:
                 if _CONTROL.search(text) is not None
             ]
         ):
-            # (The table keeps its own records under keys holding one.) A record answered
-            # before, by a version that took it, keeps its answer.
-            return self._answered_before(cmd) or self._reject(
-                cmd,
-                RejectReason.VALIDATION_ERROR,
-                f"{controlled[0]} holds a control character",
-            )
+            # (The table keeps its own records under keys holding one; no CloudEvents
+            # string may hold one, C1 included.) A record answered before, by a version
+            # that took it, keeps its answer; one let through by such a version (a C1
+            # character), parked maybe, goes on: the provider may have acted on it.
+            answered = self._answered_before(cmd)
+            if answered is not None:
+                return answered
+            if not self._let_through_already(cmd):
+                return self._reject(
+                    # (Named by the id's digest, as an over-long one: the outcome's
+                    # causationid would carry the character.)
+                    replace(cmd, command_id=digest(cmd.command_id))
+                    if controlled[0] == "id"
+                    else cmd,
+                    RejectReason.VALIDATION_ERROR,
+                    f"{controlled[0]} holds a control character",
+                )
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         # This very command (its id, its request) sent again under another key goes on as
@@ -1858,6 +1875,16 @@ class CommandProcessor:
         request_hash = _request_hash(cmd.command_type, data)
         self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
 
+    def _let_through_already(self, cmd: CommandRef) -> bool:
+        """Was this command (its id, under its key) let through to the provider before?"""
+        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
+        return (
+            existing is not None
+            and existing.state in _LET_THROUGH
+            and existing.command_id == cmd.command_id
+            and existing.command_type == cmd.command_type
+        )
+
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
         """This very record's outcome, if it was answered before (a redelivery after a
         crash): a tenant suspended or removed since must not change an answer already
@@ -2832,7 +2859,8 @@ def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
     return tenant, cmd_id, ce_type
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, which no CloudEvents string may hold (C0, DEL and C1).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # What stands for the request hash of a command about a customer since erased.
 ERASED_HASH = "erased"
 

@@ -530,7 +530,7 @@ async def test_a_command_id_reused_for_another_entity_is_a_conflict(
 async def test_an_idempotency_key_with_a_control_character_is_refused(harness: Harness) -> None:
     t = harness.add_tenant()
     out = await harness.send(
-        "customer.create", t, {"customer_id": "c1"}, idempotency_key="\x1fid:x"
+        "customer.create", t, {"customer_id": "c1"}, attributes={"idempotencykey": "\x1fid:x"}
     )
     assert data(out)["reason"] == "validation_error" and "control" in data(out)["message"]
 
