@@ -96,7 +96,10 @@ def worker(faust_args: tuple[str, ...]) -> None:
     _settings()
     from paystream import worker as worker_mod
 
-    worker_mod.main(list(faust_args))
+    try:
+        worker_mod.main(list(faust_args))
+    except PaystreamError as exc:  # (settings that cannot run: why, not a traceback)
+        raise click.ClickException(str(exc)) from exc
 
 
 # ---- config / doctor ----------------------------------------------------------------

@@ -516,6 +516,13 @@ class Settings(BaseSettings):
         "opening `/?token=<token>` gives a browser); /healthz and /readyz stay open for "
         "probes. Unset, they are open to whoever reaches the port.",
     )
+    web_open: bool = Field(
+        default=False,
+        description="PAYSTREAM_WEB_OPEN: serve the dashboard, /v1 views and /metrics without "
+        "PAYSTREAM_WEB_TOKEN on an address beyond loopback (a closed network or an "
+        "authenticating proxy in front). Without it, such a worker refuses to start: the "
+        "views show customers' personal data to whoever reaches the port.",
+    )
     db_app_password: SecretStr | None = Field(
         default=None,
         description="PAYSTREAM_DB_APP_PASSWORD: password of the non-owner `paystream_app` role the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import sys
@@ -20,8 +21,9 @@ from paystream.agents import commands as _commands
 from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
+from paystream.errors import ConfigurationError
 from paystream.gc_pacing import full_collections
-from paystream.settings import unknown_variables
+from paystream.settings import Settings, unknown_variables
 from paystream.streams import fast_delivery
 from paystream.tables import stale_stores
 from paystream.web import bad_requests
@@ -107,9 +109,33 @@ def _no_spinner(worker: faust.Worker, level: int) -> None:
     worker.spinner = None
 
 
+def refuse_open_views(settings: Settings) -> None:
+    """Refuse to serve the views beyond this machine without a token, unless told to
+    (review finding: the image binds 0.0.0.0, and a `docker run -p` of it answered
+    customers' emails and names to anyone who reached the port)."""
+    if settings.web_token is not None or settings.web_open or _loopback(settings.web_host):
+        return
+    raise ConfigurationError(
+        f"PAYSTREAM_WEB_HOST={settings.web_host} would serve the dashboard, the /v1 views "
+        "(customers' personal data) and /metrics to whoever reaches the port: set "
+        "PAYSTREAM_WEB_TOKEN, bind PAYSTREAM_WEB_HOST=127.0.0.1, or set "
+        "PAYSTREAM_WEB_OPEN=true when a closed network or an authenticating proxy is in front"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any address
+
+
 def main(extra_args: list[str] | None = None) -> None:
     """Run a Faust worker for this process's settings (blocks until stopped)."""
     settings.require_broker()
+    refuse_open_views(settings)
     quiet_libraries(settings.log_level)
     keep_log_levels()
     for name in unknown_variables(os.environ):

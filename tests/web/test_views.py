@@ -453,7 +453,9 @@ async def test_an_open_worker_refuses_a_rebound_domain(
             assert resp.status == 200, probe
 
 
-@pytest.mark.parametrize("host", ["w1:99999", "w1:0", "u:p@w1", "w1/x", "w 1", "[::1", "w1:x"])
+@pytest.mark.parametrize(
+    "host", ["w1:99999", "w1:0", "u:p@w1", "w1/x", "w 1", "[::1", "w1:x", "x[", "a[b"]
+)
 async def test_a_host_header_that_is_no_host_and_port_is_a_400(
     http: aiohttp.ClientSession, seeded: Seeded, host: str
 ) -> None:
