@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import aiohttp.web
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -327,7 +328,13 @@ def _assigned() -> list[int]:
     source = settings.commands_topic if settings.runs("commands") else settings.events_topic
     if not app.consumer:
         return []
-    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == source)
+    try:
+        assignment = app.consumer.assignment()
+    except ConsumerNotStarted:
+        # Faust serves the web views before its consumer thread starts: none yet, rather
+        # than a 500 and a traceback from /readyz (review finding).
+        return []
+    return sorted(tp.partition for tp in assignment if tp.topic == source)
 
 
 @app.page("/v1/stats")

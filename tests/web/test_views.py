@@ -42,6 +42,22 @@ async def test_readyz_once_the_worker_can_run_commands(http: aiohttp.ClientSessi
     assert body == {"ready": True, "waiting_for": [], "stalled": [], "publish_failing": None}
 
 
+async def test_no_partitions_before_the_consumer_thread_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust serves the views before its consumer thread starts, whose assignment()
+    raises meanwhile: /readyz was a 500 with a traceback (review finding)."""
+    from faust.exceptions import ConsumerNotStarted
+
+    from paystream.web import views
+
+    def not_started() -> set[object]:
+        raise ConsumerNotStarted("Consumer thread not yet started")
+
+    monkeypatch.setattr(views.app.consumer, "assignment", not_started)
+    assert views._assigned() == []
+
+
 async def test_what_a_worker_waits_for() -> None:
     from paystream.web.views import not_ready_because
 
