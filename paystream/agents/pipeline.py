@@ -1127,6 +1127,18 @@ class CommandProcessor:
                     counted=bool(carried) or self.limits.counted(cmd.tenant_id, limit_rec),
                     data=data,
                 )
+            if (
+                exc.code is ErrorCode.IDEMPOTENCY_ERROR
+                and existing is not None
+                and existing.state in _LET_THROUGH
+                and held_before is not None
+            ):
+                # Let through before, and now the provider keeps another request under
+                # its key (Stripe's 400 idempotency_error: keys are saved once a request
+                # ran): the first attempt ran, and may have charged. Parked again for an
+                # operator with its hold, never answered "rejected" (review finding).
+                self.idempotency[idem_table_key] = held_before
+                return self._repark(rec, cmd, existing, exc.code.value)
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")

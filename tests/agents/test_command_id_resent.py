@@ -357,3 +357,34 @@ async def test_an_id_is_free_again_once_the_request_a_retry_finished_has_expired
     refund = {"payment_id": "p1", "amount": 100}
     reused = await _answer(h, _rec(t, "refund.create", refund, "c1", "k3"))
     assert kind(reused) == "refund.succeeded", data(reused)
+
+
+async def test_a_redrive_the_provider_refuses_as_another_request_under_its_key_is_parked(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Let through once (the provider may have charged), then refused as another request
+    under its key (Stripe's 400 idempotency_error: a key is saved once its request ran,
+    e.g. its parameters built otherwise since): answered idempotency_conflict, the sender
+    told "not charged" while the first attempt was (review finding). Parked again."""
+    from paystream.gateways.errors import ErrorCode, GatewayError
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+
+    async def refused(*_: Any, **__: Any) -> Any:
+        raise GatewayError(
+            ErrorCode.IDEMPOTENCY_ERROR,
+            "Keys for idempotent requests can only be used with the same parameters",
+            provider="simulator",
+            http_status=400,
+        )
+
+    monkeypatch.setattr(gateway, "create_payment", refused)
+    redrive = await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k1", redrive=True))
+    assert [e.topic for e in redrive] == [h.settings.retry_topic]
+    headers = dict(redrive[0].record.headers)
+    assert headers["paystream-park-reason"] == b"idempotency_error"
+    assert h.idempotency[f"{t}:k1"]["state"] == "parked"

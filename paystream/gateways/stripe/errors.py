@@ -77,7 +77,11 @@ def _payment_id(err: dict[str, Any]) -> str | None:
 def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, bool | None]:
     code = exc.code or err.get("code")
     status = exc.http_status
-    if code == "idempotency_key_in_use":  # a concurrent request holds the key: try later
+    if code == "idempotency_key_in_use" or status == 409:
+        # A concurrent request holds the key: try later. Any 409 (Stripe: "conflicts with
+        # another request, perhaps due to using the same idempotent key"; stripe-python
+        # retries them all), whatever its code: final, a timed-out charge still running
+        # was answered validation_error while it completed (review finding).
         return ErrorCode.IDEMPOTENCY_ERROR, True
     if isinstance(exc, stripe.CardError):
         decline = err.get("decline_code")

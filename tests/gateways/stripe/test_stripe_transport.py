@@ -171,6 +171,10 @@ async def test_replayed_key_is_sent_unchanged() -> None:
         (400, {"type": "idempotency_error"}, ErrorCode.IDEMPOTENCY_ERROR, False),
         (409, {"type": "invalid_request_error", "code": "idempotency_key_in_use"},
          ErrorCode.IDEMPOTENCY_ERROR, True),
+        # Any 409 is a request in progress under the key (review finding: without the
+        # code it was final, answered while a timed-out charge completed).
+        (409, {"type": "idempotency_error"}, ErrorCode.IDEMPOTENCY_ERROR, True),
+        (409, {"type": "invalid_request_error"}, ErrorCode.IDEMPOTENCY_ERROR, True),
         (401, {"type": "invalid_request_error"}, ErrorCode.AUTHENTICATION_FAILED, False),
         (403, {"type": "invalid_request_error"}, ErrorCode.PERMISSION_DENIED, False),
         (404, {"type": "invalid_request_error", "code": "resource_missing"}, ErrorCode.NOT_FOUND,
