@@ -108,8 +108,18 @@ class Translated:
     """A batch's ledger events and which record each came from."""
 
     events: list[LedgerEvent]
-    origin: dict[str, int]  # ledger event id -> record index
+    # id() of a ledger event (held in ``events``) -> record index. Not by event id: two
+    # records of a batch may carry one (a re-emission beside an older version's reused
+    # id), and the refused one's record must be parked, not its harmless twin (review
+    # finding: the conflicting outcome was neither stored nor parked).
+    origin: dict[int, int]
     dead: dict[int, DeadLetter]  # record index -> why the whole record is parked
+
+    def record_of(self, letter: DeadLetter) -> int:
+        """The index of the record whose event ``letter`` refuses."""
+        if letter.event is not None and id(letter.event) in self.origin:
+            return self.origin[id(letter.event)]
+        return next(self.origin[id(e)] for e in self.events if e.event_id == letter.event_id)
 
 
 def _record_time(timestamp: float) -> datetime | None:
@@ -152,7 +162,7 @@ def translate_records(records: Sequence[RawRecord]) -> Translated:
             continue
         for event in events:
             out.events.append(event)
-            out.origin[event.event_id] = i
+            out.origin[id(event)] = i
     return out
 
 
@@ -204,7 +214,7 @@ class LedgerSinkRunner:
                 await sink.erase_customer(event.tenant_id, event.entity_id)
         dead = dict(translated.dead)
         for letter in result.dead_letters:
-            dead.setdefault(translated.origin[letter.event_id], letter)
+            dead.setdefault(translated.record_of(letter), letter)
         if dead:
             await self._park(records, dead)
             # Counted once parked: a batch whose parking failed is run again.

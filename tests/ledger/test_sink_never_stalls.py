@@ -128,3 +128,41 @@ async def test_a_batch_naming_more_entities_than_a_statement_takes_is_stored(
     result = await _write_within(sink, events)
     assert result.dead_letters == [] and result.attempts == 1
     assert result.written.events_written == len(events)
+
+
+async def test_the_refused_record_is_parked_not_its_twin_under_the_same_event_id(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holding an outcome whose id an older version reused for another payment,
+    and a re-emission of the stored one under that id: the refused record is parked.
+    Found by event id, the harmless twin was parked, and the other payment's outcome
+    was neither stored nor parked (review finding)."""
+    from types import SimpleNamespace
+
+    from paystream.agents import ledger_sink
+    from paystream.ledger.sink import LedgerSink
+    from paystream.settings import load_settings
+
+    def message(outcome: Any, tenant: str, offset: int) -> Any:
+        rec = encode_event(outcome, tenant.encode(), CloudEventsMode.BINARY)
+        return SimpleNamespace(
+            message=SimpleNamespace(
+                key=rec.key, value=rec.value, headers=list(rec.headers), timestamp=1.7e9,
+                topic="ev", partition=0, offset=offset,
+            )
+        )  # fmt: skip
+
+    t = f"t{uuid.uuid4().hex[:8]}"
+    day1 = payment_outcome(t, "pay_day1", 1, command_id="c-7")
+    day3 = payment_outcome(t, "pay_day3", 1, command_id="c-7")
+    runner = ledger_sink.LedgerSinkRunner(load_settings())
+    runner._sink = LedgerSink(app_engine, keyring)
+    parked: list[tuple[str, str]] = []
+
+    async def park(records: Any, dead: Any) -> None:
+        parked.extend((records[i].source, d.reason) for i, d in dead.items())
+
+    monkeypatch.setattr(runner, "_park", park)
+    await runner.run_batch([message(day1, t, 1)])
+    await runner.run_batch([message(day3, t, 5), message(day1, t, 6)])
+    assert parked == [("ev/0/5", "event_id_conflict")]
