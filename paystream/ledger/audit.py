@@ -189,6 +189,8 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
     unkeyed: list[int] = []
     past_retirement: dict[str, list[int]] = {}  # retired key id → seqs beyond its record
     expected_seq, prev, checked = 1, GENESIS_HASH, 0
+    # Each entity's state after its last audited change: its row must still be that.
+    last_after: dict[tuple[str, str], dict[str, Any] | None] = {}
     # One snapshot for the head, the records and the rows: a batch committed between the
     # reads would otherwise look like a head out of step with its chain (tampering).
     async with tenant_session(engine, tenant_id, snapshot=True) as session:
@@ -240,11 +242,24 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
                     f"seq {entry.seq}: not the row migration 0004 found there (older version's)"
                 )
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
+            last_after[(entry.entity_type, entry.entity_id)] = entry.after
         # Events stored but no chain at all: the whole of it was deleted.
         wiped = not checked and (await session.execute(select(Event.event_id).limit(1))).first()
-    last_seq = expected_seq - 1
+        last_seq = expected_seq - 1
+        head_ok = (head is None and not checked) or (
+            head is not None and head.seq == last_seq and bytes(head.hash) == prev
+        )
+        # Rows against a chain that verified (a broken one is reported as such below).
+        chain_ok = head_ok and not (problems or wiped or unkeyed or past_retirement)
+        altered = await _rows_unlike_their_audit(session, last_after) if chain_ok else {}
     if wiped:
         problems.append("events are recorded for this tenant but its audit chain is empty")
+    for entity_type, ids in sorted(altered.items()):
+        problems.append(
+            f"{len(ids)} {entity_type} row(s) ({_some(ids)}) not as their last audit entry "
+            "left them: changed without an audit entry (an events row alone vouches for "
+            "nothing: the app role may insert one)"
+        )
     if unkeyed:
         problems.append(
             f"{len(unkeyed)} row(s) not keyed (seq {_some(unkeyed)}), outside what the "
@@ -276,7 +291,35 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
     return VerifyResult(tenant_id, checked, problems)
 
 
-def _some(seqs: list[int]) -> str:
+async def _rows_unlike_their_audit(
+    session: AsyncSession, last_after: Mapping[tuple[str, str], dict[str, Any] | None]
+) -> dict[str, list[str]]:
+    """Entity rows (by type, their ids) that differ from the state their last audit
+    entry recorded, or have none: the app role may update a row (with a version ahead
+    and an events row to match, which the forward-only trigger asks for), but it cannot
+    write an audit entry under the key (review finding: an amount rewritten, and verify
+    stayed green). Only the fields the entry holds are compared: columns added since
+    were not in older entries."""
+    from paystream.ledger.writer import ENTITY_TABLES, summarise  # (writer imports this)
+
+    altered: dict[str, list[str]] = {}
+    for entity_type, (model, id_column) in ENTITY_TABLES.items():
+        table = model.__table__
+        stream = await session.stream(
+            select(table).order_by(table.c[id_column]).execution_options(yield_per=1000)
+        )
+        async for row in stream.mappings():
+            entity_id = str(row[id_column])
+            audited = last_after.get((entity_type.value, entity_id))
+            current = summarise(dict(row)) or {}
+            if audited is None or any(
+                key in current and current[key] != value for key, value in audited.items()
+            ):
+                altered.setdefault(entity_type.value, []).append(entity_id)
+    return altered
+
+
+def _some(seqs: Sequence[object]) -> str:
     return ", ".join(map(str, seqs[:5])) + (", ..." if len(seqs) > 5 else "")
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import create_engine
-from paystream.ledger.migrate import app_database_url, upgrade
+from paystream.ledger.migrate import app_database_url, set_app_password, upgrade
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 
 # pytest only honours `pytest_plugins` in the top-level conftest; until tests/conftest.py
@@ -21,12 +22,42 @@ from tests.ledger.factories import EventFactory, LedgerDb
 __all__ = ["ledger_database_url", "module_database_url"]
 
 
+# Module name -> (its database's URL, the password its ledger_db gave paystream_app).
+_module_passwords: dict[str, tuple[str, str]] = {}
+
+
 @pytest_asyncio.fixture(scope="module")
-async def ledger_db(module_database_url: str) -> LedgerDb:
+async def ledger_db(
+    request: pytest.FixtureRequest, module_database_url: str
+) -> AsyncIterator[LedgerDb]:
     """This module's database, migrated to head, with a login password for paystream_app."""
     password = secrets.token_urlsafe(12) + ":'%"  # characters that need careful quoting
     await upgrade(module_database_url, app_password=password)
-    return LedgerDb(module_database_url, app_database_url(module_database_url, password))
+    _module_passwords[request.module.__name__] = (module_database_url, password)
+    yield LedgerDb(module_database_url, app_database_url(module_database_url, password))
+    _module_passwords.pop(request.module.__name__, None)
+
+
+@pytest.fixture(autouse=True)
+def _app_password_restored(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The module's paystream_app password, set again after each test. A role is the
+    whole server's: a test migrating a database of its own with another password (the
+    CLI's, a downgrade's) left the module's engines unable to open a connection, and the
+    sink, which never gives up on a database, retried for ever (a test that hung CI's
+    worker for 10 minutes under xdist)."""
+    yield
+    kept = _module_passwords.get(request.module.__name__)
+    if kept is not None:
+        asyncio.run(_set_password(*kept))
+
+
+async def _set_password(url: str, password: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await set_app_password(conn, password)
+    finally:
+        await engine.dispose()
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -1,0 +1,62 @@
+"""Entity rows are checked against the state their last audit entry recorded: the app
+role may update a row (a version ahead, with an events row to match, which is all the
+forward-only trigger asks), but it cannot write an audit entry under the key (review
+finding: an amount rewritten from 1000 to 1, and `audit verify` stayed green)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import tenant_session, verify_audit, write_events
+from paystream.tenancy.crypto import MasterKeyring
+from tests.ledger.factories import EventFactory
+
+
+async def test_a_row_the_app_role_rewrote_with_a_forged_event_is_reported(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    t = f"t{uuid.uuid4().hex[:8]}"
+    await write_events(app_engine, [make_event.payment(t, "pay_1", amount=1000)], keyring=keyring)
+    await write_events(app_engine, [make_event.payment(t, "pay_2", amount=500)], keyring=keyring)
+    assert (await verify_audit(app_engine, t, keyring)).ok
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(
+            text(
+                "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
+                "entity_version, time, data) VALUES (:t, 'forged', 'x', 'payment', 'pay_1', 2, "
+                "now(), '{}')"
+            ),
+            {"t": t},
+        )
+        await s.execute(
+            text(
+                "UPDATE payments SET amount = 1, amount_captured = 1, version = 2, "
+                "last_event_id = 'forged' WHERE payment_id = 'pay_1'"
+            )
+        )
+    result = await verify_audit(app_engine, t, keyring)
+    assert result.problems == [
+        "1 payment row(s) (pay_1) not as their last audit entry left them: changed without "
+        "an audit entry (an events row alone vouches for nothing: the app role may insert one)"
+    ]
+
+
+async def test_rows_as_the_ledger_wrote_them_verify(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """Several versions of one payment, a refund, a customer erased: all as audited."""
+    from paystream.ledger.privacy import erase_customer
+
+    t = f"t{uuid.uuid4().hex[:8]}"
+    for version in (1, 2, 3):
+        await write_events(
+            app_engine, [make_event.payment(t, "pay_1", version=version)], keyring=keyring
+        )
+    await write_events(app_engine, [make_event.customer(t, "cus_1")], keyring=keyring)
+    await erase_customer(app_engine, t, "cus_1", keyring=keyring)
+    await erase_customer(app_engine, t, "cus_ahead", keyring=keyring)  # a tombstone
+    result = await verify_audit(app_engine, t, keyring)
+    assert result.ok, result.problems
