@@ -1597,10 +1597,11 @@ def docs(check: bool, directory: Path) -> None:
 
 
 def _attach_subcommands() -> None:
-    from paystream.ledger.cli import audit_group, migrate_command
+    from paystream.ledger.cli import audit_group, erase_command, migrate_command
 
     cli.add_command(migrate_command)
     cli.add_command(audit_group)
+    cli.add_command(erase_command)
     try:
         from paystream.bench.cli import bench_command
     except ImportError:  # pragma: no cover - the bench ships with the package

@@ -1,4 +1,4 @@
-"""Ledger commands for the ``paystream`` CLI: ``migrate`` and ``audit verify``.
+"""Ledger commands for the ``paystream`` CLI: ``migrate``, ``audit verify`` and ``erase``.
 
 Attach with ``cli.add_command(migrate_command)`` and ``cli.add_command(audit_group)``.
 Migrations run as the schema owner (``DATABASE_URL``); the audit check runs as the
@@ -20,7 +20,7 @@ from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings
 from paystream.tenancy.crypto import MasterKeyring
 
-__all__ = ["audit_group", "migrate_command", "run_db"]
+__all__ = ["audit_group", "erase_command", "migrate_command", "run_db"]
 
 # Problems listed per tenant by `audit verify` (the count says how many there are).
 PROBLEMS_SHOWN = 20
@@ -172,6 +172,46 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
         raise SystemExit(1)
     if empty:
         raise SystemExit(EXIT_NO_ENTRIES)  # a script must not read it as verified
+
+
+@click.command("erase")
+@click.option("--tenant", required=True, help="tenant id")
+@click.option("--customer", required=True, help="customer id")
+@click.option("--yes", is_flag=True, help="do not ask first")
+def erase_command(tenant: str, customer: str, yes: bool) -> None:
+    """Crypto-shred a customer in the ledger: delete their data key and clear their
+    personal data, with an audit entry. For an erasure the database refused (the sink
+    logs it and counts it in paystream_ledger_erasures_refused_total): the pipeline
+    answered `customer.erased`, and refuses the command a second time. Cannot be undone.
+
+    Needs PAYSTREAM_MASTER_KEY (the audit chain is keyed under it); runs as the
+    paystream_app role, confined to the tenant."""
+    from paystream.ledger import assert_rls_enforced, create_engine
+    from paystream.ledger.privacy import erase_customer
+
+    settings = _settings()
+    keyring, url = _audit_access(settings)
+    if not yes:
+        click.confirm(
+            f"Delete the data key of customer {customer!r} of tenant {tenant!r}? Their "
+            "personal data in the ledger cannot be read again",
+            abort=True,
+        )
+
+    async def go() -> bool:
+        engine = create_engine(url, hide_parameters=True)
+        try:
+            await assert_rls_enforced(engine)  # as the sink erases: confined to the tenant
+            return await erase_customer(
+                engine, tenant, customer, keyring=keyring, actor="operator:cli"
+            )
+        finally:
+            await engine.dispose()
+
+    if run_db(go()):
+        click.echo(f"customer {customer} of tenant {tenant}: erased (data key deleted)")
+    else:
+        click.echo(f"customer {customer} of tenant {tenant}: already erased (nothing to do)")
 
 
 def _audit_access(settings: Settings) -> tuple[MasterKeyring, str]:

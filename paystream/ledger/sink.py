@@ -516,7 +516,8 @@ class LedgerSink:
             ERASURES_REFUSED.inc()
             log.error(
                 "erasure of customer %r of tenant %r refused by the database (%s): their "
-                "data key is not deleted; erase them again once the cause is fixed",
+                "data key is not deleted; once the cause is fixed, erase them again with "
+                "`paystream erase --tenant <tenant> --customer <customer>`",
                 customer_id,
                 tenant_id,
                 _one_line(refused.__cause__ or refused),
