@@ -76,8 +76,12 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
         role = (
             await conn.execute(
                 text(
-                    "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles "
-                    "WHERE rolname = current_user"
+                    "SELECT rolname, rolsuper, rolbypassrls, rolcreaterole, "
+                    # Another role it may SET ROLE to (or inherits) that skips policies.
+                    "EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname <> current_user "
+                    "AND (r.rolsuper OR r.rolbypassrls) "
+                    "AND pg_has_role(current_user, r.oid, 'MEMBER')) AS bypass_member "
+                    "FROM pg_roles WHERE rolname = current_user"
                 )
             )
         ).one()
@@ -113,6 +117,19 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
             f"role {role.rolname!r} owns (or is a member of the role owning) "
             f"{', '.join(owned)} and could switch row-level security off; connect as "
             "paystream_app"
+        )
+    if role.bypass_member:
+        raise RlsNotEnforcedError(
+            f"role {role.rolname!r} is a member of a role that bypasses row-level security "
+            "(superuser or BYPASSRLS), which it may SET ROLE to; connect as paystream_app "
+            "without it"
+        )
+    if role.rolcreaterole:
+        # (Before PostgreSQL 16 one may grant itself any non-superuser role: the tables'
+        # owner included, and switch row-level security off.)
+        raise RlsNotEnforcedError(
+            f"role {role.rolname!r} has CREATEROLE and could grant itself the tables' "
+            "owner; connect as paystream_app without it"
         )
     if unenforced := sorted(t.name for t in tables if not _isolated(t)):
         raise RlsNotEnforcedError(

@@ -173,6 +173,36 @@ async def test_a_role_with_bypassrls_is_refused(
     await app.dispose()
 
 
+async def test_a_member_of_a_role_that_bypasses_rls_is_refused(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine
+) -> None:
+    """It may SET ROLE to it and read every tenant (review finding: only the role's own
+    attributes were checked)."""
+    await _refused_while(
+        ledger_db,
+        owner_engine,
+        "CREATE ROLE rls_bypasser NOLOGIN BYPASSRLS; GRANT rls_bypasser TO paystream_app",
+        "REVOKE rls_bypasser FROM paystream_app; DROP ROLE rls_bypasser",
+        "member of a role that bypasses",
+    )
+
+
+async def test_a_role_with_createrole_is_refused(
+    ledger_db: LedgerDb, owner_engine: AsyncEngine
+) -> None:
+    """Before PostgreSQL 16 it may grant itself the tables' owner (review finding)."""
+    await _refused_while(
+        ledger_db,
+        owner_engine,
+        "ALTER ROLE paystream_app CREATEROLE",
+        "ALTER ROLE paystream_app NOCREATEROLE",
+        "CREATEROLE",
+    )
+    app = create_engine(ledger_db.app_url)
+    await assert_rls_enforced(app)
+    await app.dispose()
+
+
 async def _refused_while(
     ledger_db: LedgerDb, owner_engine: AsyncEngine, change: str, undo: str, match: str
 ) -> None:
@@ -180,11 +210,13 @@ async def _refused_while(
     ``undo`` puts it back whatever happens."""
     app = create_engine(ledger_db.app_url)
     async with owner_engine.begin() as c:
-        await c.execute(text(change))
+        for statement in change.split("; "):
+            await c.execute(text(statement))
     try:
         with pytest.raises(RlsNotEnforcedError, match=match):
             await assert_rls_enforced(app)
     finally:
         async with owner_engine.begin() as c:
-            await c.execute(text(undo))
+            for statement in undo.split("; "):
+                await c.execute(text(statement))
         await app.dispose()
