@@ -61,6 +61,10 @@ def encoded_for_sending(
     sender would wait in vain."""
     _check_no_card_data(command)
     tenant = str(command.get_extension("tenantid"))
+    # (A command built by hand, not by build_command, too: answered under another id or
+    # tenant, its sender's waiter would never see the answer; review finding.)
+    key = command.get_extension("idempotencykey")
+    _check_ids(tenant, str(command.get_id()), None if key is None else str(key))
     record = encode_event(command, tenant.encode(), mode)
     limit = settings.command_max_bytes
     if mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:

@@ -459,7 +459,7 @@ class CommandProcessor:
             # tenantid would carry it, which no CloudEvents string may.
             named = (
                 replace(cmd, tenant_id=UNNAMED_TENANT)
-                if _CONTROL.search(tenant_id) is not None
+                if _ANY_CONTROL.search(tenant_id) is not None
                 else cmd
             )
             return self._reject(named, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
@@ -475,23 +475,17 @@ class CommandProcessor:
                 if _CONTROL.search(text) is not None
             ]
         ):
-            # (The table keeps its own records under keys holding one; no CloudEvents
-            # string may hold one, C1 included.) A record answered before, by a version
-            # that took it, keeps its answer; one let through by such a version (a C1
-            # character), parked maybe, goes on: the provider may have acted on it.
-            answered = self._answered_before(cmd)
-            if answered is not None:
-                return answered
-            if not self._let_through_already(cmd):
-                return self._reject(
-                    # (Named by the id's digest, as an over-long one: the outcome's
-                    # causationid would carry the character.)
-                    replace(cmd, command_id=digest(cmd.command_id))
-                    if controlled[0] == "id"
-                    else cmd,
-                    RejectReason.VALIDATION_ERROR,
-                    f"{controlled[0]} holds a control character",
-                )
+            # (The table keeps its own records under keys holding one.) A record answered
+            # before, by a version that took it, keeps its answer. (C1 characters, which
+            # no CloudEvents string may hold either, are let through as before: versions
+            # before took them, and a retry of a command they ran must get its answer.)
+            return self._answered_before(cmd) or self._reject(
+                # (Named by the id's digest, as an over-long one: the outcome's
+                # causationid would carry the character.)
+                replace(cmd, command_id=digest(cmd.command_id)) if controlled[0] == "id" else cmd,
+                RejectReason.VALIDATION_ERROR,
+                f"{controlled[0]} holds a control character",
+            )
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
         # This very command (its id, its request) sent again under another key goes on as
@@ -1033,6 +1027,16 @@ class CommandProcessor:
                     "expires_at": expires,
                 },
             )
+        if (
+            existing is not None
+            and existing.state in _LET_THROUGH
+            and existing.command_id != cmd.command_id
+        ):
+            # A retry under the key of another command let through: that command's id
+            # pointer names this key, and lasts as long as the record this one leaves
+            # (one written before pointers named keys expired a day after its park, and
+            # the command, sent again under a third key then, charged again; review).
+            self._keep_id_pointer(replace(cmd, command_id=existing.command_id), expires)
         try:
             if (
                 existing is not None
@@ -1886,16 +1890,6 @@ class CommandProcessor:
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         request_hash = _request_hash(cmd.command_type, data)
         self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
-
-    def _let_through_already(self, cmd: CommandRef) -> bool:
-        """Was this command (its id, under its key) let through to the provider before?"""
-        existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
-        return (
-            existing is not None
-            and existing.state in _LET_THROUGH
-            and existing.command_id == cmd.command_id
-            and existing.command_type == cmd.command_type
-        )
 
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
         """This very record's outcome, if it was answered before (a redelivery after a
@@ -2871,8 +2865,11 @@ def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
     return tenant, cmd_id, ce_type
 
 
-# Control characters, which no CloudEvents string may hold (C0, DEL and C1).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters refused in a command id or idempotency key (C0 and DEL).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# ... and all those no CloudEvents string may hold (C1 too): a tenant id holding one is
+# answered under no tenant's name.
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # What stands for the request hash of a command about a customer since erased.
 ERASED_HASH = "erased"
 

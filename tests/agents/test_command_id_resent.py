@@ -388,3 +388,27 @@ async def test_a_redrive_the_provider_refuses_as_another_request_under_its_key_i
     headers = dict(redrive[0].record.headers)
     assert headers["paystream-park-reason"] == b"idempotency_error"
     assert h.idempotency[f"{t}:k1"]["state"] == "parked"
+
+
+async def test_a_legacy_pointer_of_a_command_a_retry_finished_still_redirects(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """c1 parked under k1 by the version before (its pointer names no key and expires a
+    day after the park); a retry under k1 (c9) finished the request; past the pointer's
+    own expiry, c1 sent again under k3 ran as new: a second charge (review finding)."""
+    from paystream.agents import handlers, pipeline
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    _legacy_pointer(h, t, 3600)
+    h.processor.rescan_expiry()
+    retried = await _answer(h, _rec(t, "payment.create", _PAY, "c9", "k1"))
+    assert kind(retried) == "payment.succeeded"
+    later = _DaysLater(2 / 24)
+    monkeypatch.setattr(pipeline, "time", later)
+    monkeypatch.setattr(handlers, "time", later)
+    again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k3"))
+    assert kind(again) == "payment.succeeded" and again.get_id() == retried.get_id()
+    assert await _effects(h, t, "charge") == 1
