@@ -123,6 +123,17 @@ def refuse_open_views(settings: Settings) -> None:
     )
 
 
+def _last_option(args: list[str], name: str) -> str | None:
+    """The value of the last ``name`` in ``args`` (``name value`` or ``name=value``)."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith(name + "="):
+            found = arg.partition("=")[2]
+    return found
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -135,7 +146,9 @@ def _loopback(host: str) -> bool:
 def main(extra_args: list[str] | None = None) -> None:
     """Run a Faust worker for this process's settings (blocks until stopped)."""
     settings.require_broker()
-    refuse_open_views(settings)
+    # (Faust's own --web-bind, given after ours, wins: checked as the bind it is.)
+    bind = _last_option(extra_args or [], "--web-bind")
+    refuse_open_views(settings if bind is None else settings.model_copy(update={"web_host": bind}))
     quiet_libraries(settings.log_level)
     keep_log_levels()
     for name in unknown_variables(os.environ):

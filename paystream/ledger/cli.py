@@ -186,7 +186,10 @@ def erase_command(tenant: str, customer: str, yes: bool) -> None:
 
     Needs PAYSTREAM_MASTER_KEY (the audit chain is keyed under it); runs as the
     paystream_app role, confined to the tenant."""
-    from paystream.ledger import assert_rls_enforced, create_engine
+    from sqlalchemy import select
+
+    from paystream.ledger import assert_rls_enforced, create_engine, tenant_session
+    from paystream.ledger.models import Customer
     from paystream.ledger.privacy import erase_customer
 
     settings = _settings()
@@ -202,6 +205,17 @@ def erase_command(tenant: str, customer: str, yes: bool) -> None:
         engine = create_engine(url, hide_parameters=True)
         try:
             await assert_rls_enforced(engine)  # as the sink erases: confined to the tenant
+            async with tenant_session(engine, tenant) as session:
+                known = await session.scalar(
+                    select(Customer.customer_id).where(Customer.customer_id == customer)
+                )
+            if known is None:
+                # A mistyped id: erasing would leave a tombstone under it for good (and a
+                # tenant's chain under a mistyped tenant), and the customer meant as is.
+                raise click.ClickException(
+                    f"the ledger holds no customer {customer!r} of tenant {tenant!r} "
+                    "(check both ids): nothing erased"
+                )
             return await erase_customer(
                 engine, tenant, customer, keyring=keyring, actor="operator:cli"
             )

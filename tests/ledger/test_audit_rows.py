@@ -60,3 +60,50 @@ async def test_rows_as_the_ledger_wrote_them_verify(
     await erase_customer(app_engine, t, "cus_ahead", keyring=keyring)  # a tombstone
     result = await verify_audit(app_engine, t, keyring)
     assert result.ok, result.problems
+
+
+async def test_a_tombstone_rewritten_with_a_forged_event_is_reported(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """A customer erased before any event of theirs: its erasure audits the tombstone
+    without a version, and a rewrite with a forged event verified (review finding)."""
+    from paystream.ledger.audit import _TOMBSTONE_VERSION
+    from paystream.ledger.privacy import TOMBSTONE_VERSION, erase_customer
+
+    assert _TOMBSTONE_VERSION == TOMBSTONE_VERSION
+    t = f"t{uuid.uuid4().hex[:8]}"
+    await erase_customer(app_engine, t, "cus_9", keyring=keyring)
+    assert (await verify_audit(app_engine, t, keyring)).ok
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(
+            text(
+                "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
+                "entity_version, time, data) VALUES (:t, 'forged', 'x', 'customer', 'cus_9', "
+                "7, now(), '{}')"
+            ),
+            {"t": t},
+        )
+        await s.execute(
+            text(
+                "UPDATE customers SET version = 7, last_event_id = 'forged', "
+                "provider_customer_id = 'cus_attacker' WHERE customer_id = 'cus_9'"
+            )
+        )
+    assert not (await verify_audit(app_engine, t, keyring)).ok
+
+
+async def test_an_erasure_without_an_audit_entry_is_reported(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """Its ciphertext emptied and erased_at set by the app role, as the forward-only
+    trigger allows at the same version: verified (review finding)."""
+    t = f"t{uuid.uuid4().hex[:8]}"
+    await write_events(app_engine, [make_event.customer(t, "cus_1")], keyring=keyring)
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(
+            text(
+                "UPDATE customers SET email_ciphertext = NULL, name_ciphertext = NULL, "
+                "address_ciphertext = NULL, erased_at = now()"
+            )
+        )
+    assert not (await verify_audit(app_engine, t, keyring)).ok

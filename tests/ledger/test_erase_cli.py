@@ -21,7 +21,7 @@ from paystream.ledger import (
     write_events,
 )
 from paystream.ledger.cli import erase_command
-from paystream.ledger.models import DataKey
+from paystream.ledger.models import Customer, DataKey
 from paystream.tenancy.crypto import MasterKeyring
 from tests.ledger.factories import EventFactory, LedgerDb
 
@@ -68,3 +68,31 @@ def test_an_operator_erases_a_customer_in_the_ledger(
     again = runner.invoke(erase_command, [*args, "--yes"], env=env)
     assert again.exit_code == 0 and "already erased" in again.output
     assert _as_app(ledger_db, lambda e: verify_audit(e, t, keyring)).ok
+
+
+def test_a_mistyped_customer_or_tenant_is_refused(
+    ledger_db: LedgerDb, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """It left a tombstone under the mistyped id for good, a chain under a mistyped
+    tenant, and the customer meant as it was, exiting 0 (review finding)."""
+    t = f"t{uuid.uuid4().hex[:8]}"
+    customer = make_event.customer(t, "cus_1", email="ann@example.com")
+    _as_app(ledger_db, lambda e: write_events(e, [customer], keyring=keyring))
+    env = {
+        "DATABASE_URL": ledger_db.owner_url,
+        "PAYSTREAM_DB_APP_PASSWORD": make_url(ledger_db.app_url).password,
+        "PAYSTREAM_MASTER_KEY": base64.b64encode(keyring.current.key).decode(),
+    }
+    for tenant, customer_id in ((t, "cus_l"), ("typo-tenant", "cus_1")):
+        args = ["--tenant", tenant, "--customer", customer_id, "--yes"]
+        refused = CliRunner().invoke(erase_command, args, env=env)
+        assert refused.exit_code == 1 and "nothing erased" in refused.output, refused.output
+
+    async def customers(engine: Any) -> list[Any]:
+        async with tenant_session(engine, t) as session:
+            return list((await session.execute(select(Customer.customer_id))).scalars())
+
+    assert _as_app(ledger_db, customers) == ["cus_1"]
+    assert "ann@example.com" in str(
+        _as_app(ledger_db, lambda e: export_customer(e, keyring, t, "cus_1"))
+    )
