@@ -1895,7 +1895,9 @@ class CommandProcessor:
         """This very record's outcome, if it was answered before (a redelivery after a
         crash): a tenant suspended or removed since must not change an answer already
         given, for a payment already made."""
-        if cmd.source is None:
+        if cmd.source is None or cmd.idempotency_key.startswith("\x1f"):
+            # (A key no command may have: "\x1fid:<id>" names an id's pointer, which is no
+            # idempotency record; read as one, it failed validation, a dead letter.)
             return None
         existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
         if (

@@ -102,3 +102,17 @@ def test_the_client_refuses_a_hand_built_command_holding_one(name: str, value: s
     event.get_attributes()[name] = value
     with pytest.raises(InvalidCommand, match="control character"):
         encoded_for_sending(event, CloudEventsMode.BINARY, load_settings())
+
+
+@pytest.mark.asyncio
+async def test_a_key_naming_an_id_pointer_is_refused_not_dead_lettered(harness: Harness) -> None:
+    """ "\x1fid:c1" is the table key of c1's id pointer: read as an idempotency record
+    by the answered-before check, it failed validation, and the command went to the
+    dead-letter topic as our bug (review finding)."""
+    t = harness.add_tenant()
+    first = outcome_of(harness.settings, await harness.raw(_rec(t, "c1", "k1")))
+    assert first is not None and kind(first) == "payment.succeeded"
+    emits = await harness.raw(_rec(t, "c2", "\x1fid:c1"))
+    assert [e.topic for e in emits] == [harness.settings.events_topic]
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] == "validation_error"
