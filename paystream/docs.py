@@ -645,6 +645,8 @@ def asyncapi() -> Doc:
                 "could not be asked whether it took the request; asked again when re-driven), "
                 "`provider_changed` (let through to one provider account, re-driven after its "
                 "tenant moved to another, where its key would be a new request), "
+                "`provider_key_conflict` (let through once, then refused by the provider as "
+                "another request under its key: the first attempt ran; reconcile it there), "
                 "or the rejection reason of a command let through once that cannot run now "
                 "(`unknown_tenant`, `internal_error`, ...)"
             ),

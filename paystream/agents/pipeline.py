@@ -1142,7 +1142,7 @@ class CommandProcessor:
                 # ran): the first attempt ran, and may have charged. Parked again for an
                 # operator with its hold, never answered "rejected" (review finding).
                 self.idempotency[idem_table_key] = held_before
-                return self._repark(rec, cmd, existing, exc.code.value)
+                return self._repark(rec, cmd, existing, PROVIDER_KEY_CONFLICT)
             # The provider refused the request itself: answer it, as the provider would again.
             if admission is not None:
                 self.limits.settle(admission, "command.rejected")
@@ -2599,6 +2599,9 @@ _PROVIDER_REJECTIONS = {
 
 # Park reason of a re-driven command older than `dlq replay` may re-send (see dlq.py).
 STALE = "stale"
+# A command let through once, refused by its provider as another request under its key
+# (not a 409, a request still running under it, parked as idempotency_error).
+PROVIDER_KEY_CONFLICT = "provider_key_conflict"
 # A command let through to one provider account, re-driven after its tenant moved to
 # another (see gateway_account).
 PROVIDER_CHANGED = "provider_changed"

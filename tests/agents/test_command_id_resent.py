@@ -386,7 +386,7 @@ async def test_a_redrive_the_provider_refuses_as_another_request_under_its_key_i
     redrive = await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k1", redrive=True))
     assert [e.topic for e in redrive] == [h.settings.retry_topic]
     headers = dict(redrive[0].record.headers)
-    assert headers["paystream-park-reason"] == b"idempotency_error"
+    assert headers["paystream-park-reason"] == b"provider_key_conflict"
     assert h.idempotency[f"{t}:k1"]["state"] == "parked"
 
 
