@@ -2249,6 +2249,7 @@ class CommandProcessor:
         errors: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> list[Emit]:
+        cmd = _nameable(cmd)
         # Labels only from known values: a hostile stream of made-up tenant ids or types
         # must not grow the metrics without bound.
         self._count(
@@ -2979,6 +2980,23 @@ def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef
         command_type=safe_type(str(event.get_type()).removeprefix(COMMAND_PREFIX)),
         idempotency_key="",
         time=when,
+    )
+
+
+def _nameable(cmd: CommandRef) -> CommandRef:
+    """The command as a rejection may name it in its headers, which no CloudEvents string
+    with a control character may be: a tenant id holding one is no tenant's (answered
+    under none), an id holding one it never took (C0, DEL) goes by its digest. Every
+    rule refusing a command before its tenant and id are checked answers through here
+    (a tenant mismatch, an unknown type, a dead letter; review finding)."""
+    tenant_bad = _ANY_CONTROL.search(cmd.tenant_id) is not None
+    id_bad = _CONTROL.search(cmd.command_id) is not None
+    if not (tenant_bad or id_bad):
+        return cmd
+    return replace(
+        cmd,
+        tenant_id=UNNAMED_TENANT if tenant_bad else cmd.tenant_id,
+        command_id=digest(cmd.command_id) if id_bad else cmd.command_id,
     )
 
 

@@ -116,3 +116,29 @@ async def test_a_key_naming_an_id_pointer_is_refused_not_dead_lettered(harness: 
     assert [e.topic for e in emits] == [harness.settings.events_topic]
     out = outcome_of(harness.settings, emits)
     assert out is not None and data(out)["reason"] == "validation_error"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"ce_type": b"com.paystream.command.nope\n"},  # an unknown type
+        {"ce_tenantid": b"t\nx"},  # the record key says another tenant
+        {"ce_time": b"not a time", "ce_id": b"c\n1"},  # no CloudEvent: dead-lettered
+        {"ce_id": b"c\n1", "ce_tenantid": ("t" * 300).encode()},  # over-long tenant
+    ],
+    ids=["unknown type", "tenant mismatch", "not a cloudevent", "over-long tenant"],
+)
+async def test_no_rule_echoes_a_control_character_into_headers(
+    harness: Harness, headers: dict[str, bytes]
+) -> None:
+    """Rules before the id and tenant checks answered with them as they came (review
+    finding)."""
+    t = harness.add_tenant()
+    rec = _rec(t, "c1")
+    rec.headers.update(headers)
+    emits = await harness.raw(rec)
+    out = outcome_of(harness.settings, emits)
+    assert out is not None and data(out)["reason"] != "internal_error", data(out)
+    events = [e for e in emits if e.topic == harness.settings.events_topic]
+    assert not [v for v in _header_bytes(events) if _CONTROL_BYTES.search(v)]
