@@ -1036,7 +1036,11 @@ class CommandProcessor:
             # pointer names this key, and lasts as long as the record this one leaves
             # (one written before pointers named keys expired a day after its park, and
             # the command, sent again under a third key then, charged again; review).
-            self._keep_id_pointer(replace(cmd, command_id=existing.command_id), expires)
+            # (As long as a park of this one would keep the key's record: it holds the id
+            # only while that record lives, _pointer_holds.)
+            self._keep_id_pointer(
+                replace(cmd, command_id=existing.command_id), self._parked_until(expires)
+            )
         try:
             if (
                 existing is not None
@@ -2148,6 +2152,10 @@ class CommandProcessor:
             self.idempotency[named_key] = {**named, "request_hash": ERASED_HASH}
 
     def _idempotency_record(self, key: str, now: float) -> IdempotencyRecord | None:
+        if "\x1f" in key:
+            # (No idempotency key holds one: "<tenant>:\x1fid:<id>" is an id's pointer,
+            # named by a key sent to reach it; read as a record it failed validation.)
+            return None
         raw = self.idempotency.get(key)
         if raw is None:
             return None
@@ -2294,7 +2302,8 @@ class CommandProcessor:
             cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED, "rejection"
         ).inc()
         self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
-        return [self._outcome(cmd, StoredOutcome(type="command.rejected", data=data))]
+        # (Named as _reject named it the first time: the same event; review finding.)
+        return [self._outcome(_nameable(cmd), StoredOutcome(type="command.rejected", data=data))]
 
     def _dead_letter(
         self,

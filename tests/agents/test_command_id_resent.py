@@ -412,3 +412,28 @@ async def test_a_legacy_pointer_of_a_command_a_retry_finished_still_redirects(
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k3"))
     assert kind(again) == "payment.succeeded" and again.get_id() == retried.get_id()
     assert await _effects(h, t, "charge") == 1
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy pointer", "pointer"])
+async def test_a_command_whose_retry_parked_too_is_not_run_again_under_a_third_key(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, legacy: bool
+) -> None:
+    """c1 parked under k1, its retry c9 under k1 parked too: k1's record lasts as long as
+    the park and names c9, while c1's pointer lasted a day. Past it, c1 sent under k3 ran
+    as new: a second charge (review finding)."""
+    from paystream.agents import handlers, pipeline
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 6}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    if legacy:
+        _legacy_pointer(h, t, 3600)
+        h.processor.rescan_expiry()
+    await _parked(h, _rec(t, "payment.create", _PAY, "c9", "k1"))
+    h.pool._forget_circuits(t)  # (the provider is back)
+    later = _DaysLater(2)
+    monkeypatch.setattr(pipeline, "time", later)
+    monkeypatch.setattr(handlers, "time", later)
+    emits = await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k3"))
+    assert await _effects(h, t, "charge") == 1, [e.topic for e in emits]

@@ -142,3 +142,42 @@ async def test_no_rule_echoes_a_control_character_into_headers(
     assert out is not None and data(out)["reason"] != "internal_error", data(out)
     events = [e for e in emits if e.topic == harness.settings.events_topic]
     assert not [v for v in _header_bytes(events) if _CONTROL_BYTES.search(v)]
+
+
+def _with_code(rec: Inbound) -> Inbound:
+    """``rec`` with a card security code in its data (refused before any id check)."""
+    import json
+
+    body = json.loads(rec.value)
+    body["metadata"] = {"cvc": "737"}
+    return Inbound(
+        rec.key, json.dumps(body).encode(), rec.headers, rec.timestamp_ms, rec.topic, 0,
+        rec.offset,
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("tenant_bad", "command_id"), [(False, "c\n1"), (True, "c1")])
+async def test_a_kept_rejection_is_named_as_first_answered(
+    harness: Harness, tenant_bad: bool, command_id: str
+) -> None:
+    """A card security code is refused before the id and tenant checks, and its answer
+    kept for the record: redelivered, it was named by the raw id and tenant, another
+    event with the control character back in its headers (review finding)."""
+    t = "t\nx" if tenant_bad else harness.add_tenant()
+    rec = _with_code(_rec(t, command_id))
+    first = await harness.raw(rec)
+    again = await harness.raw(rec)
+    assert [e.record for e in first] == [e.record for e in again]
+    assert not [v for v in _header_bytes(again) if _CONTROL_BYTES.search(v)]
+
+
+@pytest.mark.asyncio
+async def test_a_key_naming_an_id_pointer_is_never_read_as_a_record(harness: Harness) -> None:
+    """Through the security-code gate, which reads the key's record before the control
+    check, it failed validation all the same: a dead letter as our bug (review finding)."""
+    t = harness.add_tenant()
+    first = outcome_of(harness.settings, await harness.raw(_rec(t, "c1", "k1")))
+    assert first is not None and kind(first) == "payment.succeeded"
+    emits = await harness.raw(_with_code(_rec(t, "c2", "\x1fid:c1")))
+    assert [e.topic for e in emits] == [harness.settings.events_topic]
