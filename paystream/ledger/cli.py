@@ -178,7 +178,13 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
 @click.option("--tenant", required=True, help="tenant id")
 @click.option("--customer", required=True, help="customer id")
 @click.option("--yes", is_flag=True, help="do not ask first")
-def erase_command(tenant: str, customer: str, yes: bool) -> None:
+@click.option(
+    "--ahead",
+    is_flag=True,
+    help="erase a customer the ledger holds no row of yet (their events not stored yet): "
+    "a tombstone, so that their personal data is never stored",
+)
+def erase_command(tenant: str, customer: str, yes: bool, ahead: bool) -> None:
     """Crypto-shred a customer in the ledger: delete their data key and clear their
     personal data, with an audit entry. For an erasure the database refused (the sink
     logs it and counts it in paystream_ledger_erasures_refused_total): the pipeline
@@ -209,12 +215,13 @@ def erase_command(tenant: str, customer: str, yes: bool) -> None:
                 known = await session.scalar(
                     select(Customer.customer_id).where(Customer.customer_id == customer)
                 )
-            if known is None:
+            if known is None and not ahead:
                 # A mistyped id: erasing would leave a tombstone under it for good (and a
                 # tenant's chain under a mistyped tenant), and the customer meant as is.
                 raise click.ClickException(
                     f"the ledger holds no customer {customer!r} of tenant {tenant!r} "
-                    "(check both ids): nothing erased"
+                    "(check both ids; if their events are not stored yet, --ahead erases "
+                    "ahead of them): nothing erased"
                 )
             return await erase_customer(
                 engine, tenant, customer, keyring=keyring, actor="operator:cli"

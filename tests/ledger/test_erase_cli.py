@@ -93,6 +93,11 @@ def test_a_mistyped_customer_or_tenant_is_refused(
             return list((await session.execute(select(Customer.customer_id))).scalars())
 
     assert _as_app(ledger_db, customers) == ["cus_1"]
+    # Ahead of the customer's events (the sink behind): on purpose, a tombstone.
+    args = ["--tenant", t, "--customer", "cus_2", "--yes", "--ahead"]
+    ahead = CliRunner().invoke(erase_command, args, env=env)
+    assert ahead.exit_code == 0 and "erased" in ahead.output, ahead.output
+    assert _as_app(ledger_db, customers) == ["cus_1", "cus_2"]
     assert "ann@example.com" in str(
         _as_app(ledger_db, lambda e: export_customer(e, keyring, t, "cus_1"))
     )
