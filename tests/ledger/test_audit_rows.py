@@ -22,21 +22,13 @@ async def test_a_row_the_app_role_rewrote_with_a_forged_event_is_reported(
     await write_events(app_engine, [make_event.payment(t, "pay_1", amount=1000)], keyring=keyring)
     await write_events(app_engine, [make_event.payment(t, "pay_2", amount=500)], keyring=keyring)
     assert (await verify_audit(app_engine, t, keyring)).ok
-    async with tenant_session(app_engine, t) as s:
-        await s.execute(
-            text(
-                "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
-                "entity_version, time, data) VALUES (:t, 'forged', 'x', 'payment', 'pay_1', 2, "
-                "now(), '{}')"
-            ),
-            {"t": t},
-        )
-        await s.execute(
-            text(
-                "UPDATE payments SET amount = 1, amount_captured = 1, version = 2, "
-                "last_event_id = 'forged' WHERE payment_id = 'pay_1'"
-            )
-        )
+    await _forge(
+        app_engine,
+        t,
+        ("payment", "pay_1", 2),
+        "UPDATE payments SET amount = 1, amount_captured = 1, version = 2, "
+        "last_event_id = 'forged' WHERE payment_id = 'pay_1'",
+    )
     result = await verify_audit(app_engine, t, keyring)
     assert result.problems == [
         "1 payment row(s) (pay_1) not as their last audit entry left them: changed without "
@@ -74,21 +66,13 @@ async def test_a_tombstone_rewritten_with_a_forged_event_is_reported(
     t = f"t{uuid.uuid4().hex[:8]}"
     await erase_customer(app_engine, t, "cus_9", keyring=keyring)
     assert (await verify_audit(app_engine, t, keyring)).ok
-    async with tenant_session(app_engine, t) as s:
-        await s.execute(
-            text(
-                "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
-                "entity_version, time, data) VALUES (:t, 'forged', 'x', 'customer', 'cus_9', "
-                "7, now(), '{}')"
-            ),
-            {"t": t},
-        )
-        await s.execute(
-            text(
-                "UPDATE customers SET version = 7, last_event_id = 'forged', "
-                "provider_customer_id = 'cus_attacker' WHERE customer_id = 'cus_9'"
-            )
-        )
+    await _forge(
+        app_engine,
+        t,
+        ("customer", "cus_9", 7),
+        "UPDATE customers SET version = 7, last_event_id = 'forged', "
+        "provider_customer_id = 'cus_attacker' WHERE customer_id = 'cus_9'",
+    )
     assert not (await verify_audit(app_engine, t, keyring)).ok
 
 
@@ -107,3 +91,21 @@ async def test_an_erasure_without_an_audit_entry_is_reported(
             )
         )
     assert not (await verify_audit(app_engine, t, keyring)).ok
+
+
+async def _forge(
+    engine: AsyncEngine, tenant: str, event: tuple[str, str, int], update: str
+) -> None:
+    """As the app role: an events row ``(entity type, id, version)``, then ``update``,
+    which the forward-only trigger takes with that row to match."""
+    entity_type, entity_id, version = event
+    async with tenant_session(engine, tenant) as s:
+        await s.execute(
+            text(
+                "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
+                "entity_version, time, data) VALUES (:t, 'forged', 'x', :et, :eid, :v, "
+                "now(), '{}')"
+            ),
+            {"t": tenant, "et": entity_type, "eid": entity_id, "v": version},
+        )
+        await s.execute(text(update))
