@@ -454,15 +454,9 @@ class CommandProcessor:
         if _TENANT_ID.fullmatch(tenant_id) is None:
             # No tenant has such an id, and every table key is "<tenant>:<...>": read as
             # one, "acme:export" with key "cus1" was acme's record of key "export:cus1",
-            # and acme's answer went out under it (review finding). Refused unread; one
-            # holding a control character under no tenant's name: the outcome's
-            # tenantid would carry it, which no CloudEvents string may.
-            named = (
-                replace(cmd, tenant_id=UNNAMED_TENANT)
-                if _ANY_CONTROL.search(tenant_id) is not None
-                else cmd
-            )
-            return self._reject(named, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
+            # and acme's answer went out under it (review finding). Refused unread (one
+            # holding a control character answered under no tenant's name: _nameable).
+            return self._reject(cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
         if len(idem_key) > ID_MAX_CHARS:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "idempotencykey too long")
         # (Listed only when one holds a control character: nearly never.)
@@ -480,9 +474,9 @@ class CommandProcessor:
             # no CloudEvents string may hold either, are let through as before: versions
             # before took them, and a retry of a command they ran must get its answer.)
             return self._answered_before(cmd) or self._reject(
-                # (Named by the id's digest, as an over-long one: the outcome's
-                # causationid would carry the character.)
-                replace(cmd, command_id=digest(cmd.command_id)) if controlled[0] == "id" else cmd,
+                # (An id holding one is named by its digest, as an over-long one is:
+                # _nameable.)
+                cmd,
                 RejectReason.VALIDATION_ERROR,
                 f"{controlled[0]} holds a control character",
             )
@@ -1899,9 +1893,7 @@ class CommandProcessor:
         """This very record's outcome, if it was answered before (a redelivery after a
         crash): a tenant suspended or removed since must not change an answer already
         given, for a payment already made."""
-        if cmd.source is None or cmd.idempotency_key.startswith("\x1f"):
-            # (A key no command may have: "\x1fid:<id>" names an id's pointer, which is no
-            # idempotency record; read as one, it failed validation, a dead letter.)
+        if cmd.source is None:
             return None
         existing = self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", time.time())
         if (
