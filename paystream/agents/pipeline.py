@@ -2144,12 +2144,14 @@ class CommandProcessor:
             self.idempotency[named_key] = {**named, "request_hash": ERASED_HASH}
 
     def _idempotency_record(self, key: str, now: float) -> IdempotencyRecord | None:
-        if "\x1f" in key:
-            # (No idempotency key holds one: "<tenant>:\x1fid:<id>" is an id's pointer,
-            # named by a key sent to reach it; read as a record it failed validation.)
-            return None
         raw = self.idempotency.get(key)
         if raw is None:
+            return None
+        if "\x1f" in key and "state" not in raw:
+            # A pointer ("<tenant>:\x1fid:<id>", "...\x1fcreate:..."), named by a key sent
+            # to reach it: no idempotency record (read as one it failed validation, a
+            # dead letter; review finding). (A record a version taking such keys wrote
+            # under one is still one.)
             return None
         record = IdempotencyRecord.model_validate(raw)
         return None if record.expires_at < now else record
