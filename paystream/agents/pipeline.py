@@ -1405,7 +1405,9 @@ class CommandProcessor:
         if not isinstance(key, str):
             return True  # (written before pointers named keys: its own expiry decides)
         record = self._idempotency_record(f"{cmd.tenant_id}:{key}", now)
-        return record is not None
+        # (The key's record of that request: the key reused since for another request,
+        # the pointer bound again and refused the id for as long; review finding.)
+        return record is not None and record.request_hash == named.get("request_hash")
 
     def _first_keys(self, cmd: CommandRef, named: Any) -> list[str]:
         """Other keys the command's id may have run under, each holding a record: its id

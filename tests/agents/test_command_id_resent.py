@@ -437,3 +437,34 @@ async def test_a_command_whose_retry_parked_too_is_not_run_again_under_a_third_k
     monkeypatch.setattr(handlers, "time", later)
     emits = await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k3"))
     assert await _effects(h, t, "charge") == 1, [e.topic for e in emits]
+
+
+async def test_an_id_is_not_held_by_its_key_reused_for_another_request(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """c1 parked under k1, a retry under k1 (c9) finished it; past the window k1 was
+    reused for another request (d1): c1's long-kept pointer held the id again, and
+    another request under c1 was refused idempotency_conflict (review finding)."""
+    from paystream.agents import handlers, pipeline
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    assert kind(await _answer(h, _rec(t, "payment.create", _PAY, "c9", "k1"))) == (
+        "payment.succeeded"
+    )
+    finished = dict(h.idempotency[f"{t}:k1"])
+    later = _DaysLater(2)
+    monkeypatch.setattr(pipeline, "time", later)
+    monkeypatch.setattr(handlers, "time", later)
+    h.processor.purge_expired(t, later.time())
+    # k1 reused for another request (d1), answered: its record, as that would leave it.
+    h.idempotency[f"{t}:k1"] = {
+        **finished,
+        "command_id": "d1",
+        "request_hash": "another request",
+        "expires_at": later.time() + 3600,
+    }
+    other = await _answer(h, _rec(t, "payment.create", {**_PAY, "amount": 700}, "c1", "k3"))
+    assert kind(other) == "payment.succeeded", data(other)

@@ -181,3 +181,23 @@ async def test_a_key_naming_an_id_pointer_is_never_read_as_a_record(harness: Har
     assert first is not None and kind(first) == "payment.succeeded"
     emits = await harness.raw(_with_code(_rec(t, "c2", "\x1fid:c1")))
     assert [e.topic for e in emits] == [harness.settings.events_topic]
+
+
+@pytest.mark.asyncio
+async def test_a_record_under_a_key_an_older_version_took_keeps_its_answer(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pointer-key guard skipped every key holding "\\x1f": a command an older version
+    ran under such a key, redelivered, was refused while its charge stood (review)."""
+    import re
+
+    from paystream.agents import pipeline
+
+    t = harness.add_tenant()
+    rec = _rec(t, "c1", "k\x1fx")
+    with monkeypatch.context() as older:
+        older.setattr(pipeline, "_CONTROL", re.compile(r"(?!)"))  # took it
+        first = outcome_of(harness.settings, await harness.raw(rec))
+    assert first is not None and kind(first) == "payment.succeeded", data(first)
+    again = outcome_of(harness.settings, await harness.raw(rec))  # redelivered
+    assert again is not None and again.get_id() == first.get_id(), data(again)
