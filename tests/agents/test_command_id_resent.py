@@ -54,6 +54,15 @@ async def _parked(h: Harness, rec: Inbound) -> None:
     assert [e.topic for e in emits] == [h.settings.retry_topic]
 
 
+async def _c1_parked_under_k1(h: Harness, losses: int = 3) -> str:
+    """A new tenant whose provider charged c1's payment under k1 and lost the first
+    ``losses`` answers: c1 parked. Returns the tenant."""
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": losses}})
+    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    return t
+
+
 async def _effects(h: Harness, t: str, effect: str) -> int:
     gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
     assert isinstance(gateway, SimulatorGateway)
@@ -178,9 +187,7 @@ async def test_a_parked_charge_sent_again_while_suspended_finishes_as_it(
     business): so does the same command under another key, not refused tenant_suspended
     while the first, re-driven once resumed, succeeds."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     record = h.tenants[t]
     h.tenants[t] = {**record, "status": "suspended"}
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
@@ -194,9 +201,7 @@ async def test_the_ids_pointer_lasts_as_long_as_the_parked_record(harness: Harne
     """Past the idempotency window the purge took the id's pointer and left the parked
     record: the command sent again under another key ran as new (review finding)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     assert h.processor.purge_expired(t, time.time() + 2 * 86_400) == 0
     assert f"{t}:\x1fid:c1" in h.idempotency
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
@@ -211,9 +216,7 @@ async def test_the_command_sent_again_after_a_retry_finished_its_key_is_answered
     sent again under k2 found k1's record naming c9, and ran as new: a second charge
     (review finding). Its pointer says c1's request ran under k1: answered as k1's."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     retried = await _answer(h, _rec(t, "payment.create", _PAY, "c9", "k1"))
     assert kind(retried) == "payment.succeeded"
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
@@ -228,9 +231,7 @@ async def test_a_pointer_written_before_pointers_lasted_is_kept_for_its_parked_r
     day after it was written, the parked record stays. The scan at start-up finds the
     pair, and the purge keeps the pointer as long as the record (review finding)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     pointer = f"{t}:\x1fid:c1"
     old = {k: v for k, v in h.idempotency[pointer].items() if k != "key"}
     h.idempotency[pointer] = {**old, "expires_at": time.time() + 86_400}
@@ -256,9 +257,7 @@ async def test_a_legacy_pointer_re_parked_names_its_key(harness: Harness) -> Non
     made to last as long as the park but still named no key: the command sent again
     under another key ran as new (review finding)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     pointer = _legacy_pointer(h, t, 1800)
     h.idempotency[f"{t}:k1"]["first_attempt_ms"] = int((time.time() - 23.5 * 3600) * 1000)
     h.processor.rescan_expiry()  # start-up after the upgrade
@@ -272,9 +271,7 @@ async def test_a_legacy_pointer_re_parked_names_its_key(harness: Harness) -> Non
 async def test_a_legacy_pointer_not_expired_yet_still_redirects(harness: Harness) -> None:
     """Before the legacy pointer expires, the scan's map names its key."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     _legacy_pointer(h, t, 3600)
     h.processor.rescan_expiry()
     h.processor.purge_expired(t, time.time())  # the scan at start-up
@@ -290,9 +287,7 @@ async def test_a_legacy_pointer_redirects_in_the_first_batch_after_a_start(
     batch: the command sent again under another key in that batch ran as new, a second
     charge (review finding)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     _legacy_pointer(h, t, 3600)
     h.processor.rescan_expiry()  # start-up after the upgrade: no purge yet
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k2"))
@@ -307,9 +302,7 @@ async def test_an_expired_legacy_pointer_of_a_parked_request_still_holds_the_id(
     legacy pointer was ignored: another request under the id ran while the first was
     still parked (review finding)."""
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     _legacy_pointer(h, t, -60)
     h.processor.rescan_expiry()
     other = await _answer(h, _rec(t, "payment.create", {**_PAY, "amount": 7000}, "c1", "k2"))
@@ -369,9 +362,7 @@ async def test_a_redrive_the_provider_refuses_as_another_request_under_its_key_i
     from paystream.gateways.errors import ErrorCode, GatewayError
 
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
 
     async def refused(*_: Any, **__: Any) -> Any:
@@ -399,9 +390,7 @@ async def test_a_legacy_pointer_of_a_command_a_retry_finished_still_redirects(
     from paystream.agents import handlers, pipeline
 
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     _legacy_pointer(h, t, 3600)
     h.processor.rescan_expiry()
     retried = await _answer(h, _rec(t, "payment.create", _PAY, "c9", "k1"))
@@ -424,9 +413,7 @@ async def test_a_command_whose_retry_parked_too_is_not_run_again_under_a_third_k
     from paystream.agents import handlers, pipeline
 
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 6}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h, losses=6)
     if legacy:
         _legacy_pointer(h, t, 3600)
         h.processor.rescan_expiry()
@@ -448,9 +435,7 @@ async def test_an_id_is_not_held_by_its_key_reused_for_another_request(
     from paystream.agents import handlers, pipeline
 
     h = harness
-    t = new_tenant_id()
-    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k1": 3}})
-    await _parked(h, _rec(t, "payment.create", _PAY, "c1", "k1"))
+    t = await _c1_parked_under_k1(h)
     assert kind(await _answer(h, _rec(t, "payment.create", _PAY, "c9", "k1"))) == (
         "payment.succeeded"
     )
