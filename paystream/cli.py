@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +79,40 @@ def _run(coro: Any, *, own: tuple[type[PaystreamError], ...] = ()) -> Any:
         name, text = type(exc).__name__, str(exc)
         # (aiokafka's errors already start with their class name)
         raise click.ClickException(text if text.startswith(name) else f"{name}: {text}") from exc
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``coro``, a stop signal (Ctrl-C, SIGTERM) cancelling it, then raising
+    KeyboardInterrupt. A KeyboardInterrupt raised by a signal handler lands wherever the
+    loop happens to be, inside a Kafka client's own task too: that task died half-done,
+    and the clean-up waited for its requests to time out (35 s after a stop during
+    `doctor`'s group join). A cancel runs the ``finally`` blocks in order instead."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if stopped:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in previous.items():  # (the loop's removal sets SIG_DFL)
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
 
 
 @click.group()
@@ -156,7 +190,9 @@ def doctor() -> None:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             with DevStack(base, settings.model_copy(update={"data_dir": base})) as stack:
-                results = _run(doctor_mod.run_checks(stack.stack_settings(), progress=shown))
+                results = _run(
+                    _stoppable(doctor_mod.run_checks(stack.stack_settings(), progress=shown))
+                )
         except PaystreamError as exc:
             # Why, not a traceback; and the logs it names are kept, not deleted with it.
             keep = True
@@ -1444,7 +1480,7 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             return f"worker exited; see {log_path}" if worker.exited() else stack.died()
 
         if demo:
-            asyncio.run(_demo(run_settings, rate, duration, gone))
+            asyncio.run(_stoppable(_demo(run_settings, rate, duration, gone)))
         else:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:

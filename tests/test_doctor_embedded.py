@@ -67,3 +67,38 @@ def test_a_stop_signal_stops_the_stack_and_removes_its_directory(tmp_path: Path)
             proc.kill()
     assert proc.returncode == 1 and "Traceback" not in out, out
     assert list(tmp_path.glob("paystream-doctor-*")) == [], out
+
+
+def test_a_stop_signal_during_the_group_join_check_stops_in_seconds(tmp_path: Path) -> None:
+    """A stop during the group-join check (about 3 s on the embedded broker) waited for
+    the JoinGroup in flight: aiokafka's stop, leaving the group politely, returned only
+    at the request timeout, 35 s after Ctrl-C."""
+    env: dict[str, Any] = {k: v for k, v in os.environ.items() if k not in _UNSET}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paystream", "doctor"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # each check's line as it ends: the next one has begun
+            seen.append(line)
+            if line.startswith("  idempotent producer:"):  # the group join is next
+                break
+        else:
+            pytest.fail("".join(seen))
+        time.sleep(1.0)  # into the join
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        out, _ = proc.communicate(timeout=90)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert took < 20, f"{took:.1f} s after the stop signal"
+    assert list(tmp_path.glob("paystream-doctor-*")) == [], out
