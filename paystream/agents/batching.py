@@ -16,7 +16,7 @@ control is suspended. Acks are not needed: the commands topic is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from faust.types import AppT, EventT
@@ -25,18 +25,24 @@ __all__ = ["take_batches"]
 
 
 async def take_batches(
-    stream: Any, max_: int, within: float, idle: float
+    stream: Any,
+    max_: int,
+    within: float,
+    idle: float,
+    assignments: Callable[[], int] | None = None,
 ) -> AsyncIterator[list[EventT]]:
     """Yield lists of at most ``max_`` events, oldest first, as soon as one has arrived.
 
     An empty list is yielded after ``idle`` seconds without events, so the caller can do
     housekeeping (looking for records that never arrived) while the topic is quiet.
+    With ``assignments`` (a count of the assignments received), a batch taken before an
+    assignment that came while it waited is dropped, whatever its generation.
     """
     queue = stream.channel.queue
     app: AppT = stream.app
     while True:
         try:
-            batch = await _gather(queue, max_, within, idle)
+            batch, taken_at = await _gather(queue, max_, within, idle, assignments)
         except StopAsyncIteration:
             # Faust ends an agent's stream this way when the worker stops. Events in
             # hand were never handled, so never committed: they are redelivered.
@@ -45,32 +51,44 @@ async def take_batches(
             yield []
             continue
         # Suspended (a rebalance or re-subscription): wait it out rather than drop the
-        # batch. Only a new generation (partitions reassigned, Faust seeks them back to
+        # batch. Only a new assignment (partitions reassigned, Faust seeks them back to
         # committed offsets) makes these events stale; dropping them otherwise would
-        # leave a gap that nothing later may reveal.
+        # leave a gap that nothing later may reveal. Without a count of assignments, a
+        # new generation says it (not always: a rejoin can keep the generation).
         await app.flow_control.acquire()
+        if assignments is not None and assignments() != taken_at:
+            # A rebalance came and went while the batch waited (taken from the queue
+            # before Faust cleared it): a rejoin can return the same generation, and a
+            # partition may have gone to another worker, which runs these records from
+            # the committed offset. Those still ours: Faust seeks them back to it, and
+            # the continuity guard, reset by the assignment, reads any it does not.
+            continue
         generation = app.consumer_generation_id
         fresh = [e for e in batch if e.message.generation_id == generation]
         if fresh:
             yield fresh
 
 
-async def _gather(queue: Any, max_: int, within: float, idle: float) -> list[EventT]:
-    """Up to ``max_`` events as soon as one has arrived; none after ``idle`` seconds."""
+async def _gather(
+    queue: Any, max_: int, within: float, idle: float, assignments: Callable[[], int] | None
+) -> tuple[list[EventT], int | None]:
+    """Up to ``max_`` events as soon as one has arrived, none after ``idle`` seconds; and
+    the ``assignments`` count as the first was taken."""
     if queue.empty():
         try:
             first = await asyncio.wait_for(queue.get(), idle)
         except TimeoutError:
-            return []
+            return [], None
     else:
         first = queue.get_nowait()
+    taken_at = None if assignments is None else assignments()
     batch: list[EventT] = [first]
     _drain(queue, batch, max_)
     if len(batch) < max_ and within > 0:
         # A fetch is delivered event by event; give the rest of it time to land.
         await asyncio.sleep(within)
         _drain(queue, batch, max_)
-    return batch
+    return batch, taken_at
 
 
 def _drain(queue: Any, batch: list[EventT], max_: int) -> None:

@@ -546,14 +546,25 @@ async def process_commands(stream: Any) -> None:
     _IN_HAND.append(in_hand)
     _QUEUES.append(queue)
     try:
-        async for taken in take_batches(stream, BATCH_MAX, BATCH_WITHIN, SWEEP_INTERVAL_SECONDS):
-            taken_at = _assignments  # (as they were taken: see _deliver)
+        async for taken in take_batches(
+            stream,
+            BATCH_MAX,
+            BATCH_WITHIN,
+            SWEEP_INTERVAL_SECONDS,
+            assignments=lambda: _assignments,
+        ):
+            # (As they were taken: see _deliver; take_batches dropped a batch taken
+            # before an assignment, so none came between taking and here.)
+            taken_at = _assignments
             events = await guard.admit(taken)
             if queue.empty():
                 events += await guard.sweep()
             # The guard may have waited on the broker: if partitions moved meanwhile (the
-            # rebalance hook has run), these events are their new owner's.
+            # rebalance hook has run), these events are their new owner's. A rejoin can
+            # return the same generation: the assignments counted say it.
             await app.flow_control.acquire()
+            if _assignments != taken_at:
+                continue
             generation = app.consumer_generation_id
             events = [e for e in events if e.message.generation_id == generation]
             if not events:

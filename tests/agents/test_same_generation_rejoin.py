@@ -97,7 +97,7 @@ async def test_a_same_generation_rejoin_redoes_the_batch_given_up_on(
     monkeypatch.setattr(commands, "runner", Runner())
     feed: asyncio.Queue = asyncio.Queue()
 
-    async def take(*_):
+    async def take(*_: Any, **__: Any) -> Any:
         while True:
             yield await feed.get()
 

@@ -370,7 +370,7 @@ def stand_in_agent(
 ) -> tuple[Any, StandInRunner, StandInConsumer]:
     """``process_commands``'s stream yields ``batches``, then ends (or idles for ever)."""
 
-    async def take(*_: Any) -> Any:
+    async def take(*_: Any, **__: Any) -> Any:
         for batch in batches:
             yield batch
         if not ends:
