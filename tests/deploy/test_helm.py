@@ -142,6 +142,21 @@ def test_secrets_never_go_into_the_pod_spec_as_plain_values() -> None:
     assert redis["valueFrom"]["secretKeyRef"]["key"] == "REDIS_URL"
     both = {"redis": {"fromSecret": True, "url": "redis://:pw@redis:6379/0"}}
     assert "one or the other" in refusal(_merge(REQUIRED, both))
+    # ... and a URL holding one in redis.url is refused, not rendered (review finding).
+    for url in ("redis://:hunter2@redis:6379/0", "rediss://app:hunter2@redis:6380"):
+        assert "holds credentials" in refusal(_merge(REQUIRED, {"redis": {"url": url}}))
+    render({"redis": {"url": "redis://redis:6379/0"}})
+    # An OTLP exporter's headers (a tracing backend's API key) come from the Secret only.
+    otlp = {"config": {"OTEL_EXPORTER_OTLP_HEADERS": "x-honeycomb-team=KEY"}}
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in refusal(_merge(REQUIRED, otlp))
+    [headers] = [
+        e for e in env["containers"][0]["env"] if e["name"] == "OTEL_EXPORTER_OTLP_HEADERS"
+    ]
+    assert headers["valueFrom"]["secretKeyRef"] == {
+        "name": REQUIRED["existingSecret"],
+        "key": "OTEL_EXPORTER_OTLP_HEADERS",
+        "optional": True,
+    }
 
 
 def test_the_fleet_can_be_paused_and_drains_are_never_blocked() -> None:
@@ -218,6 +233,8 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
             else:
                 del keys["PAYSTREAM_DB_APP_PASSWORD"]
                 keys["DATABASE_URL"] = "APP_DATABASE_URL"
+                for otlp in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+                    keys[otlp] = otlp  # (optional: a tracing backend's API key)
             secret_env = {k for k, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
             assert secret_env - {"PAYSTREAM_WEB_TOKEN"} == keys.keys(), c["name"]
             for var, key in keys.items():

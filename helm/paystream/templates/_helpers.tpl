@@ -62,7 +62,7 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 {{- range $name, $_ := .Values.config }}
-{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR") }}
+{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS") }}
 {{- fail (printf "config.%s: set by the chart (a value or the Secret), not in config" $name) }}
 {{- end }}
 {{- end }}
@@ -84,6 +84,15 @@ pre-install hook, before release objects exist. */}}
       name: {{ .Values.existingSecret }}
       key: PAYSTREAM_RETIRED_MASTER_KEYS
       optional: true
+{{- /* A tracing backend's API key travels in these headers: never plain env. */}}
+{{- range $name := list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.existingSecret }}
+      key: {{ $name }}
+      optional: true
+{{- end }}
 {{- if .Values.redis.fromSecret }}
 {{- if .Values.redis.url }}
 {{- fail "redis.url and redis.fromSecret: one or the other (a URL with a password: fromSecret)" }}
@@ -94,6 +103,9 @@ pre-install hook, before release objects exist. */}}
       name: {{ .Values.existingSecret }}
       key: REDIS_URL
 {{- else if .Values.redis.url }}
+{{- if regexMatch "^[a-z]+://[^/?#]*@" .Values.redis.url }}
+{{- fail "redis.url holds credentials, which would be plain env in the pod spec: put the URL in existingSecret (key REDIS_URL) and set redis.fromSecret" }}
+{{- end }}
 - name: REDIS_URL
   value: {{ .Values.redis.url | quote }}
 {{- end }}
