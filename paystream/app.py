@@ -11,6 +11,7 @@ import faust
 
 from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat
+from paystream.streams.kafka_auth import faust_credentials
 from paystream.tables import faster_recovery, stale_stores
 
 __all__ = ["app", "create_app", "settings"]
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> faust.App:
     stale_stores.install(lambda: settings.table_store_max_age_seconds)
     conf: dict[str, Any] = {
         "broker": settings.kafka_broker_url or _UNCONFIGURED_BROKER,
+        "broker_credentials": faust_credentials(settings),
         "store": settings.table_store,
         "datadir": str(settings.data_dir / "faust" / settings.app_id),
         "topic_partitions": settings.partitions,

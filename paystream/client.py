@@ -28,6 +28,7 @@ from paystream.streams.codec import (
     valid_unicode,
 )
 from paystream.streams.commands import COMMAND_PREFIX, ID_MAX_CHARS
+from paystream.streams.kafka_auth import client_auth
 from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
 from paystream.streams.pan import contains_card_number, security_code_at
 
@@ -163,9 +164,12 @@ class PaystreamClient:
         self.settings = settings
         self.mode = mode
         servers = bootstrap_servers(settings.require_broker())
-        self._producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=1)
+        auth = client_auth(settings)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=servers, acks="all", linger_ms=1, **auth
+        )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=50
+            bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=50, **auth
         )
         # Keyed by (tenant, command id): ids are unique only within a tenant.
         # Per (tenant, command id), a future for each caller awaiting its outcome: one

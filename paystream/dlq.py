@@ -21,6 +21,7 @@ from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAtte
 from paystream.replay_lease import LeaseLost, ReplayLease
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = [
     "HELD_BACK",
@@ -262,6 +263,7 @@ class _ParkedReader:
         self.committed_only = committed_only
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers(settings.require_broker()),
+            **client_auth(settings),
             group_id=REPLAY_GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -618,7 +620,9 @@ async def _replay(
             elif rate_per_tenant > 0:
                 paces = _Paces({}, every=rate_per_tenant)
             producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
+                bootstrap_servers=bootstrap_servers(settings.require_broker()),
+                **client_auth(settings),
+                acks="all",
             )
             await producer.start()
         partitions = await _command_partitions(producer, settings.commands_topic)

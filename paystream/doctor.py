@@ -17,7 +17,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
 
 import redis.asyncio as aioredis
@@ -39,6 +41,7 @@ from paystream.streams.admin import (
     large_record_topics,
     undersized_topics,
 )
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = [
     "CheckResult",
@@ -76,6 +79,14 @@ class CheckFailed(Exception):
     """A probe ran but the broker/server did not behave; the message is the figure."""
 
 
+# The Kafka clients' TLS and login (streams/kafka_auth.py), for the check running.
+_AUTH: ContextVar[dict[str, Any] | None] = ContextVar("kafka_auth", default=None)
+
+
+def _auth() -> dict[str, Any]:
+    return _AUTH.get() or {}
+
+
 def _bootstrap(settings: Settings) -> str:
     return ",".join(settings.require_broker().removeprefix("kafka://").split(";"))
 
@@ -88,7 +99,7 @@ def _probe_name(kind: str) -> str:
 async def _probe_topic(bootstrap: str, kind: str, partitions: int = 1) -> AsyncIterator[str]:
     """A fresh topic created explicitly (Tansu auto-creates 4 partitions otherwise)."""
     name = _probe_name(kind)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_auth())
     try:
         await admin.start()
         await admin.create_topics([NewTopic(name, partitions, 1)])
@@ -103,7 +114,7 @@ async def _probe_topic(bootstrap: str, kind: str, partitions: int = 1) -> AsyncI
 
 async def _produce_batch(bootstrap: str, topic: str, count: int) -> None:
     """``count`` records to partition 0, sent together so they share one record batch."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=100)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_auth(), linger_ms=100)
     try:
         await producer.start()
         futures = [
@@ -118,7 +129,7 @@ async def _produce_batch(bootstrap: str, topic: str, count: int) -> None:
 
 
 async def check_broker(settings: Settings) -> str:
-    client = AIOKafkaClient(bootstrap_servers=_bootstrap(settings))
+    client = AIOKafkaClient(bootstrap_servers=_bootstrap(settings), **_auth())
     try:
         await client.bootstrap()
         brokers = client.cluster.brokers()
@@ -298,14 +309,14 @@ async def check_headers(settings: Settings) -> str:
     bootstrap = _bootstrap(settings)
     headers = [("ce_id", b"doctor-1"), ("ce_type", b"com.paystream.doctor"), ("empty", b"")]
     async with _probe_topic(bootstrap, "headers") as topic:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_auth())
         try:
             await producer.start()
             await producer.send_and_wait(topic, b"{}", key=b"k", headers=headers)
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+            topic, bootstrap_servers=bootstrap, **_auth(), auto_offset_reset="earliest"
         )
         try:
             await consumer.start()
@@ -322,7 +333,7 @@ async def check_idempotent_producer(settings: Settings) -> str:
     """``enable_idempotence=True`` needs InitProducerId (v3 on Tansu, via the workaround)."""
     bootstrap = _bootstrap(settings)
     async with _probe_topic(bootstrap, "idempotence") as topic:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_auth(), enable_idempotence=True)
         try:
             await producer.start()
             meta = await producer.send_and_wait(topic, b"once", partition=0)
@@ -341,6 +352,7 @@ async def check_group_join(settings: Settings) -> str:
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
+            **_auth(),
             group_id=_probe_name("group"),
             session_timeout_ms=int(session_s * 1000),
             heartbeat_interval_ms=int(heartbeat_s * 1000),
@@ -370,7 +382,7 @@ async def check_group_join(settings: Settings) -> str:
 
 async def raw_latest_offset(bootstrap: str, tp: TopicPartition) -> int:
     """The broker's own ListOffsets(LATEST) answer, bypassing any correction."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **_auth())
     await client.bootstrap()
     try:
         node = client.cluster.leader_for_partition(tp)
@@ -395,7 +407,7 @@ async def check_end_offsets(settings: Settings) -> str:
         tp = TopicPartition(topic, 0)
         await _produce_batch(bootstrap, topic, BATCH_RECORDS)
         raw = await raw_latest_offset(bootstrap, tp)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **_auth())
         try:
             await consumer.start()
             end = (await consumer.end_offsets([tp]))[tp]
@@ -427,8 +439,10 @@ async def measure_fetch_latency(
     bootstrap: str, tp: TopicPartition, fetch_max_wait_ms: int, samples: int
 ) -> list[float]:
     """Milliseconds from send to receipt, one record at a time, consumer caught up."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=fetch_max_wait_ms)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, **_auth(), fetch_max_wait_ms=fetch_max_wait_ms
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_auth(), linger_ms=0)
     try:
         await consumer.start()
         await producer.start()
@@ -489,7 +503,7 @@ async def check_registry_compacted(settings: Settings) -> str:
     """The tenant registry must be compacted: with plain retention, tenant records expire
     and their tenants' commands become `unknown_tenant`."""
     topic = settings.tenants_topic
-    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings), **_auth())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -526,7 +540,7 @@ async def check_command_timestamps(settings: Settings) -> str:
     time, and a producer's own timestamps can be set to any past day (each with its
     quota again)."""
     topic = settings.commands_topic
-    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings), **_auth())
     await admin.start()
     try:
         if topic not in set(await admin.list_topics()):
@@ -559,7 +573,7 @@ async def check_parked_retention(settings: Settings) -> str:
     """Parked commands and dead letters must stay until a person handles them: a parked
     payment the provider may have charged, expired by retention, is gone unseen."""
     topics = (settings.retry_topic, settings.dlq_topic, settings.ledger_dlq_topic)
-    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings), **_auth())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -593,7 +607,7 @@ async def check_parked_retention(settings: Settings) -> str:
 async def check_record_limits(settings: Settings) -> str:
     """Every topic paystream writes (its own and its tables' changelogs) must take its
     largest records: a smaller limit fails the batch holding one on every redelivery."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings), **_auth())
     await admin.start()
     try:
         existing = await admin.list_topics()
@@ -619,7 +633,7 @@ async def _existing_topic_configs(
     settings: Settings, names: list[str]
 ) -> dict[str, dict[str, str | None]]:
     """The configs of those of ``names`` that exist, by topic, in their order."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings), **_auth())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -701,6 +715,7 @@ _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
 async def _run_one(name: str, fn: _CheckFn, settings: Settings) -> CheckResult:
     started = time.monotonic()
     try:
+        _AUTH.set(client_auth(settings))
         async with asyncio.timeout(CHECK_TIMEOUT_S):
             figure = await fn(settings)
         ok = True

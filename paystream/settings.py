@@ -32,6 +32,8 @@ from paystream.errors import ConfigurationError
 __all__ = [
     "BrokerFlavor",
     "CloudEventsMode",
+    "KafkaSaslMechanism",
+    "KafkaSecurityProtocol",
     "Settings",
     "TraceExporter",
     "get_settings",
@@ -39,6 +41,19 @@ __all__ = [
     "unknown_variables",
     "url_without_password",
 ]
+
+
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class KafkaSaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
 class BrokerFlavor(StrEnum):
@@ -192,6 +207,40 @@ class Settings(BaseSettings):
         description="PAYSTREAM_BROKER_FLAVOR: `kafka` (default) or `tansu`. `tansu` turns on "
         "the embedded-broker workarounds (short fetch wait, end-offset correction, 6 s "
         "session timeout); the embedded stack sets it for you.",
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default=KafkaSecurityProtocol.PLAINTEXT,
+        description="PAYSTREAM_KAFKA_SECURITY_PROTOCOL: how every worker, CLI and client "
+        "connects to the brokers: `PLAINTEXT` (default), `SSL` (TLS), `SASL_PLAINTEXT` or "
+        "`SASL_SSL` (a SASL login, over TLS). Broker ACLs need a login to tell paystream's "
+        "workers from anyone else who reaches the brokers.",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        default=KafkaSaslMechanism.SCRAM_SHA_512,
+        description="PAYSTREAM_KAFKA_SASL_MECHANISM: `SCRAM-SHA-512` (default), "
+        "`SCRAM-SHA-256` or `PLAIN` (its password crosses the wire: over `SASL_SSL` only).",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="PAYSTREAM_KAFKA_SASL_USERNAME: the SASL login's user."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="PAYSTREAM_KAFKA_SASL_PASSWORD: the SASL login's password (a secret: "
+        "from the Secret in the Helm chart).",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PAYSTREAM_KAFKA_SSL_CAFILE: PEM file of the CA(s) that signed the "
+        "brokers' certificates (unset: the system's trusted CAs). Host names are checked.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None,
+        description="PAYSTREAM_KAFKA_SSL_CERTFILE: PEM client certificate, for brokers that "
+        "authenticate clients by certificate (mutual TLS); with PAYSTREAM_KAFKA_SSL_KEYFILE.",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None,
+        description="PAYSTREAM_KAFKA_SSL_KEYFILE: the client certificate's private key (PEM).",
     )
 
     # --- topics ------------------------------------------------------------------
@@ -590,6 +639,42 @@ class Settings(BaseSettings):
             raise ValueError("PAYSTREAM_WEB_TOKEN is empty: set a token, or unset it")
         # A token read from a file keeps its newline; a Bearer header never carries one.
         return text.strip() if isinstance(text, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_login_whole(self) -> Settings:
+        # A half-given login or TLS setting would be dropped without a word, and the
+        # connection made as PLAINTEXT / anonymous all the same.
+        protocol = self.kafka_security_protocol
+        sasl = protocol in (KafkaSecurityProtocol.SASL_PLAINTEXT, KafkaSecurityProtocol.SASL_SSL)
+        tls = protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+        login = self.kafka_sasl_username is not None or self.kafka_sasl_password is not None
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"PAYSTREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                "PAYSTREAM_KAFKA_SASL_USERNAME and PAYSTREAM_KAFKA_SASL_PASSWORD"
+            )
+        if login and not sasl:
+            raise ValueError(
+                "PAYSTREAM_KAFKA_SASL_USERNAME/PASSWORD are set but "
+                f"PAYSTREAM_KAFKA_SECURITY_PROTOCOL={protocol}: set SASL_SSL to use them"
+            )
+        if (
+            protocol is KafkaSecurityProtocol.SASL_PLAINTEXT
+            and self.kafka_sasl_mechanism is KafkaSaslMechanism.PLAIN
+        ):
+            raise ValueError(
+                "PAYSTREAM_KAFKA_SASL_MECHANISM=PLAIN over SASL_PLAINTEXT sends the password "
+                "in clear: use SASL_SSL, or a SCRAM mechanism"
+            )
+        files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if not tls and any(f is not None for f in files):
+            raise ValueError(
+                "PAYSTREAM_KAFKA_SSL_* files are set but "
+                f"PAYSTREAM_KAFKA_SECURITY_PROTOCOL={protocol}: set SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("PAYSTREAM_KAFKA_SSL_KEYFILE needs PAYSTREAM_KAFKA_SSL_CERTFILE")
+        return self
 
     @model_validator(mode="after")
     def _horizon_covers_a_window(self) -> Settings:

@@ -23,6 +23,7 @@ from faust.types import TP, AppT, EventT, Message
 from paystream import metrics
 from paystream.app import app, settings
 from paystream.streams.admin import bootstrap_servers
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = [
     "BROKER_ASK_SECONDS",
@@ -331,6 +332,7 @@ async def _read_range(tp: TP, start: int, end: int) -> tuple[list[EventT], int]:
     generation = app.consumer_generation_id
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
+        **client_auth(settings),
         enable_auto_commit=False,
         # A start below the log start (retention outran a lagging group) reads on from
         # the oldest record kept; the default ("latest") would jump to the end and pass

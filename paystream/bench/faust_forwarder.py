@@ -24,6 +24,7 @@ import faust
 from paystream.bench.first_record import FirstRecordMark
 from paystream.settings import load_settings
 from paystream.streams import broker_compat
+from paystream.streams.kafka_auth import faust_credentials
 
 __all__ = ["app", "forward"]
 
@@ -36,6 +37,7 @@ _DST = os.environ.get("BENCH_FORWARD_DST", "bench.forward.out")
 app = faust.App(
     os.environ.get("BENCH_FORWARD_APP_ID", "paystream-bench-forwarder"),
     broker=settings.kafka_broker_url or "kafka://127.0.0.1:9092",
+    broker_credentials=faust_credentials(settings),
     datadir=os.environ.get("BENCH_FORWARD_DATADIR", "/tmp/paystream-bench-forwarder"),  # noqa: S108
     store="memory://",
     autodiscover=False,

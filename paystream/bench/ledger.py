@@ -26,6 +26,7 @@ from paystream.ledger.migrate import APP_ROLE, create_database, upgrade
 from paystream.ledger.sink import asyncpg_url
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = ["LedgerPhaseSkipped", "LedgerResult", "histogram_quantile", "ledger_phase", "scrape"]
 
@@ -111,7 +112,9 @@ def _total(
 
 
 async def _topic_size(settings: Settings) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()), **client_auth(settings)
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]

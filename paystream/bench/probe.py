@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from paystream.bench.load import BenchCommand
+from paystream.settings import load_settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = [
     "CpuSampler",
@@ -43,6 +45,7 @@ def make_producer(broker_url: str) -> AIOKafkaProducer:
     """The load producer: acks from all replicas, tiny linger (latency matters at low rates)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers(broker_url),
+        **client_auth(load_settings()),
         acks="all",
         linger_ms=1,
         max_batch_size=256 * 1024,
@@ -142,6 +145,7 @@ class OutputWatcher:
         self.duplicates = 0
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers(broker_url),
+            **client_auth(load_settings()),
             enable_auto_commit=False,
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,

@@ -23,6 +23,7 @@ from paystream.bench.first_record import FirstRecordMark
 from paystream.settings import load_settings
 from paystream.streams import broker_compat
 from paystream.streams.admin import bootstrap_servers, topic_partitions
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = ["passthrough"]
 
@@ -32,15 +33,17 @@ async def passthrough(
 ) -> None:
     """Forward ``src`` → ``dst`` until cancelled."""
     servers = bootstrap_servers(broker_url)
+    auth = client_auth(load_settings())  # (a secured cluster's: KAFKA_BROKER_URL set)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=servers,
+        **auth,
         enable_auto_commit=False,
         fetch_max_wait_ms=fetch_max_wait_ms,
         fetch_min_bytes=fetch_min_bytes,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     # Same durability and batching knobs as the paystream app's producer (acks=-1, 1 ms).
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=1, **auth)
     await consumer.start()
     await producer.start()
     try:

@@ -30,6 +30,7 @@ from paystream.devstack._process import free_port, wait_until
 from paystream.devstack.worker import WorkerProcess
 from paystream.settings import Settings, load_settings
 from paystream.streams.admin import bootstrap_servers, ensure_topics
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = ["RecoveryReport", "run_recovery"]
 
@@ -148,6 +149,7 @@ def _measure(
 async def _fill(settings: Settings, topic: str, records: int) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
+        **client_auth(settings),
         linger_ms=20,
         max_batch_size=512 * 1024,
     )

@@ -57,6 +57,7 @@ from paystream.devstack.worker import WorkerProcess
 from paystream.settings import BrokerFlavor, Settings, load_settings
 from paystream.streams import broker_compat
 from paystream.streams.admin import bootstrap_servers, ensure_topics
+from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.registry import put_tenant
 
 __all__ = ["BenchOptions", "BenchServices", "batch_series", "mean_batch", "run_bench"]
@@ -631,7 +632,9 @@ async def _passthrough_at_rate(
 
 
 async def _delete_topics(settings: Settings, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()), **client_auth(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -11,6 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from paystream.settings import Settings
+from paystream.streams.kafka_auth import client_auth
 
 __all__ = [
     "RECORD_MAX_BYTES",
@@ -121,7 +122,9 @@ async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> l
     another partition count than ``PAYSTREAM_PARTITIONS``: workers started with that
     setting would wait for partitions that do not exist (an upgrade that changed it, run as
     the setup step, must stop there)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()), **client_auth(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -192,7 +195,9 @@ async def record_limits(
     the effective value, the broker's default included; the embedded broker knows only
     configs given at creation), and the topics whose configs it would not describe (no
     DescribeConfigs permission, say)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.require_broker()))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings.require_broker()), **client_auth(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
+from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = ["RegistryMirror", "RegistryState"]
@@ -174,6 +175,7 @@ class RegistryMirror:
         while True:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=bootstrap_servers(self.settings.require_broker()),
+                **client_auth(self.settings),
                 enable_auto_commit=False,
                 # Every position is set explicitly: a position that has gone out of range
                 # means the topic was recreated (or truncated), not "start over quietly".

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
+from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant
 
@@ -43,7 +44,9 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
 async def put_tenant(settings: Settings, tenant: Tenant) -> None:
     # All in-sync replicas: a suspension acknowledged to the operator must not be lost.
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
+        bootstrap_servers=bootstrap_servers(settings.require_broker()),
+        **client_auth(settings),
+        acks="all",
     )
     await producer.start()
     try:
@@ -116,7 +119,9 @@ _Written = dict[str, tuple[int, int]]  # tenant id → (partition, offset) of ou
 async def _put_records(settings: Settings, records: list[tuple[str, bytes | None]]) -> _Written:
     """Write (tenant id, value) records with one producer; where each landed."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all"
+        bootstrap_servers=bootstrap_servers(settings.require_broker()),
+        **client_auth(settings),
+        acks="all",
     )
     await producer.start()
     try:
@@ -237,6 +242,7 @@ def _no_registry(settings: Settings) -> ConfigurationError:
 def _reader(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings.require_broker()),
+        **client_auth(settings),
         enable_auto_commit=False,
         fetch_max_wait_ms=50,
     )

@@ -149,6 +149,8 @@ def test_secrets_never_go_into_the_pod_spec_as_plain_values() -> None:
     # An OTLP exporter's headers (a tracing backend's API key) come from the Secret only.
     otlp = {"config": {"OTEL_EXPORTER_OTLP_HEADERS": "x-honeycomb-team=KEY"}}
     assert "OTEL_EXPORTER_OTLP_HEADERS" in refusal(_merge(REQUIRED, otlp))
+    kafka = {"config": {"PAYSTREAM_KAFKA_SASL_PASSWORD": "pw"}}
+    assert "PAYSTREAM_KAFKA_SASL_PASSWORD" in refusal(_merge(REQUIRED, kafka))
     [headers] = [
         e for e in env["containers"][0]["env"] if e["name"] == "OTEL_EXPORTER_OTLP_HEADERS"
     ]
@@ -222,7 +224,12 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
         for c in containers(pod["spec"]["template"]["spec"]):
             env = {e["name"]: e for e in c["env"]}
             if c["name"] == "topics":  # the broker alone: no database, no master key
-                assert not [e for e in c["env"] if "valueFrom" in e]
+                [login] = [e for e in c["env"] if "valueFrom" in e]
+                assert login["valueFrom"]["secretKeyRef"] == {
+                    "name": "paystream-secrets",
+                    "key": "PAYSTREAM_KAFKA_SASL_PASSWORD",
+                    "optional": True,
+                }
                 continue
             # variable → the Secret's key: the workers' database URL is paystream_app's own
             keys = {k: k for k in SECRET_KEYS | {"PAYSTREAM_RETIRED_MASTER_KEYS"}}
@@ -233,8 +240,12 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
             else:
                 del keys["PAYSTREAM_DB_APP_PASSWORD"]
                 keys["DATABASE_URL"] = "APP_DATABASE_URL"
-                for otlp in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
-                    keys[otlp] = otlp  # (optional: a tracing backend's API key)
+                for optional in (
+                    "OTEL_EXPORTER_OTLP_HEADERS",  # (a tracing backend's API key)
+                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    "PAYSTREAM_KAFKA_SASL_PASSWORD",  # (the brokers' SASL login)
+                ):
+                    keys[optional] = optional
             secret_env = {k for k, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
             assert secret_env - {"PAYSTREAM_WEB_TOKEN"} == keys.keys(), c["name"]
             for var, key in keys.items():

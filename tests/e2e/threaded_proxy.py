@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from ssl import SSLContext
 from typing import Self
 
 from paystream.devstack._process import free_port
@@ -15,8 +16,11 @@ __all__ = ["ThreadedProxy"]
 
 
 class ThreadedProxy:
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_port: int, host: str = "127.0.0.1", ssl: SSLContext | None = None
+    ) -> None:
         self.host = host
+        self._ssl = ssl  # accepted connections are TLS with this server context
         self.port = free_port(host)
         self._target = target_port
         self._loop = asyncio.new_event_loop()
@@ -26,7 +30,7 @@ class ThreadedProxy:
     def start(self) -> Self:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, self.host, self.port), self._loop
+            asyncio.start_server(self._handle, self.host, self.port, ssl=self._ssl), self._loop
         ).result(timeout=10)
         return self
 

@@ -62,7 +62,7 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 {{- range $name, $_ := .Values.config }}
-{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS") }}
+{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "PAYSTREAM_KAFKA_SASL_PASSWORD") }}
 {{- fail (printf "config.%s: set by the chart (a value or the Secret), not in config" $name) }}
 {{- end }}
 {{- end }}
@@ -73,6 +73,7 @@ app.kubernetes.io/part-of: paystream
 pre-install hook, before release objects exist. */}}
 {{- define "paystream.env" -}}
 {{ include "paystream.brokerEnv" . }}
+{{ include "paystream.kafkaLoginEnv" . }}
 - name: PAYSTREAM_MASTER_KEY
   valueFrom:
     secretKeyRef:
@@ -148,6 +149,17 @@ nothing of the owner's, who could switch row-level security off, reaches them. *
 - name: {{ $key }}
   value: {{ $value | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The Kafka SASL login's password (PAYSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL, the
+user in config), for what talks to the brokers: the workers and `topics`. */}}
+{{- define "paystream.kafkaLoginEnv" -}}
+- name: PAYSTREAM_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.existingSecret }}
+      key: PAYSTREAM_KAFKA_SASL_PASSWORD
+      optional: true
 {{- end }}
 
 {{- define "paystream.securityContext" -}}
