@@ -602,7 +602,7 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
     pid = data.payment_id or ctx.derived_id("pay")
     ctx.ensure_new(PaymentRecord, pid)
-    ctx.applied_to(DisputeRecord, ctx.derived_id("dp"))  # raised at charge (_new_dispute)
+    _dispute_applied(ctx, pid)  # raised at charge (_new_dispute)
     # Let through before, the provider may have charged under this key: a customer
     # deleted or a payment method detached since must not turn that into a rejection.
     # The provider answers with what it did (or refuses, as it would have then).
@@ -746,6 +746,25 @@ def _new_payment(
     )
 
 
+def _dispute_ids(ctx: HandlerContext, payment_id: str) -> tuple[str, str]:
+    """The ids a dispute the command raises on a payment may have: derived from the
+    command, else (that one naming another payment's) from the command and payment."""
+    cmd = ctx.cmd
+    return ctx.derived_id("dp"), derived_id("dp", cmd.tenant_id, cmd.command_id, payment_id)
+
+
+def _dispute_applied(ctx: HandlerContext, payment_id: str) -> None:
+    """AlreadyApplied if the command raised a dispute on the payment (a crash may have
+    kept only that write of it)."""
+    derived = ctx.derived_id("dp")
+    held = ctx.tables.of(DisputeRecord).get(entity_key(ctx.cmd.tenant_id, derived))
+    if held is None:
+        return  # (the other id is taken only where this one names another payment's)
+    ctx.applied_to(DisputeRecord, derived)
+    if held.get("payment_id") != payment_id:
+        ctx.applied_to(DisputeRecord, _dispute_ids(ctx, payment_id)[1])
+
+
 def _new_dispute(
     ctx: HandlerContext, rec: PaymentRecord, res: gw.PaymentResult
 ) -> list[EntityRecord]:
@@ -753,8 +772,13 @@ def _new_dispute(
     once so that the tenant can answer it."""
     if res.dispute is None or rec.dispute_id is not None:
         return []
+    derived, of_payment = _dispute_ids(ctx, rec.id)
+    held = ctx.tables.of(DisputeRecord).get(entity_key(ctx.cmd.tenant_id, derived))
+    # The command's id reused past the window, on another payment: the id it derives
+    # names that payment's dispute, which must not be written over.
+    dispute_id = derived if held is None or held.get("payment_id") == rec.id else of_payment
     dispute = DisputeRecord(
-        **_base(ctx, ctx.derived_id("dp")),
+        **_base(ctx, dispute_id),
         payment_id=rec.id,
         status=res.dispute.status.value,
         amount=res.dispute.amount.amount if res.dispute.amount else rec.amount,
@@ -767,7 +791,7 @@ def _new_dispute(
 
 async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
-    ctx.applied_to(DisputeRecord, ctx.derived_id("dp"))  # raised at capture (_new_dispute)
+    _dispute_applied(ctx, rec.id)  # raised at capture (_new_dispute)
     _transition(rec.status, "capture")
     ctx.at_provider(rec)
     if data.amount is not None and data.amount > rec.amount:
