@@ -745,6 +745,15 @@ class Settings(BaseSettings):
             return found
         return self.web_host
 
+    def advertised_url_host(self) -> str:
+        """:meth:`advertised_web_host` as a URL's host: an IPv6 address bracketed (Faust
+        makes its canonical URL ``http://{host}:{port}``, which a bare one breaks)."""
+        host = self.advertised_web_host()
+        try:
+            return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+        except ValueError:  # a name
+            return host
+
     def web_host_names(self) -> frozenset[str]:
         """Host names an open worker answers besides addresses and dotless names."""
         listed = (n.strip() for n in self.web_allowed_hosts.split(","))

@@ -170,7 +170,7 @@ def main(extra_args: list[str] | None = None) -> None:
         "--web-bind",
         settings.web_host,
         "--web-host",
-        settings.advertised_web_host(),
+        settings.advertised_url_host(),
         "--web-port",
         str(settings.web_port),
         *(extra_args or []),

@@ -203,3 +203,15 @@ def test_the_stripe_address_is_https_unless_on_this_machine(value: str, ok: bool
     else:
         with pytest.raises(ConfigurationError, match="must be an https:// URL"):
             load_settings(stripe_api_base=value)
+
+
+def test_an_ipv6_advertised_host_makes_a_valid_canonical_url() -> None:
+    """A pod with an IPv6 address advertised it bare: Faust's canonical URL
+    ``http://fd00::5:6066`` did not parse (review finding)."""
+    from yarl import URL
+
+    six = load_settings(web_host="::", web_advertised_host="fd00:10:244::5")
+    url = URL(f"http://{six.advertised_url_host()}:6066")
+    assert (url.host, url.port) == ("fd00:10:244::5", 6066)
+    assert load_settings(web_advertised_host="10.1.2.3").advertised_url_host() == "10.1.2.3"
+    assert load_settings(web_advertised_host="pod-0.svc").advertised_url_host() == "pod-0.svc"
