@@ -533,12 +533,18 @@ def _registered(settings: Settings, tenant_id: str) -> Tenant | None:
 
 @tenants.command("list")
 def tenants_list() -> None:
-    """List tenants (secrets shown by name only)."""
+    """List tenants (secrets shown by name only); one whose latest record this version
+    cannot read is marked "unreadable" (its older record shown, if any)."""
     settings = _settings()
-    from paystream.tenancy.registry import list_tenants
+    from paystream.tenancy.registry import read_registry
 
-    for tenant in _run(list_tenants(settings)).values():
-        click.echo(json.dumps(tenant.redacted(), sort_keys=True))
+    registry = _run(read_registry(settings))
+    for tenant_id in sorted({*registry.tenants, *registry.unreadable}):
+        tenant = registry.tenants.get(tenant_id)
+        shown: dict[str, Any] = {"tenant_id": tenant_id} if tenant is None else tenant.redacted()
+        if tenant_id in registry.unreadable:
+            shown["unreadable"] = True  # (written by a newer version? upgrade to change it)
+        click.echo(json.dumps(shown, sort_keys=True))
 
 
 def _set_status(tenant_id: str, status: str) -> None:

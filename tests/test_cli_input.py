@@ -306,3 +306,38 @@ def test_dev_exports_are_quoted_and_never_show_a_configured_password() -> None:
         "REDIS_URL": "redis://cache:6379/0",
         "X": "'a b&c'",
     }
+
+
+def test_tenants_list_marks_a_tenant_whose_latest_record_is_unreadable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`tenants list` hid a tenant whose only record this version cannot read, and showed
+    one whose latest record it cannot read with its older data, unmarked (review
+    finding); the other subcommands refuse such tenants."""
+    import json
+
+    from paystream.settings import load_settings
+    from paystream.tenancy import registry as registry_mod
+    from paystream.tenancy.mirror import RegistryMirror
+    from paystream.tenancy.models import Tenant
+    from paystream.tenancy.registry import tenant_record
+
+    mirror = RegistryMirror(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
+    mirror.apply(b'"acme"', json.dumps(tenant_record(Tenant(tenant_id="acme"))).encode())
+    mirror.apply(b'"acme"', b'{"tenant_id": "acme", "field_from_a_newer_version": 1}')
+    mirror.apply(b'"beta"', b'{"tenant_id": "beta", "field_from_a_newer_version": 1}')
+    mirror.apply(b'"gamma"', json.dumps(tenant_record(Tenant(tenant_id="gamma"))).encode())
+
+    async def read(*_: object, **__: object) -> RegistryMirror:
+        return mirror
+
+    monkeypatch.setattr(registry_mod, "read_registry", read)
+    result = CliRunner().invoke(cli, ["tenants", "list"], env=BROKER)
+    assert result.exit_code == 0, result.output
+    listed = {t["tenant_id"]: t for t in map(json.loads, result.output.splitlines())}
+    assert sorted(listed) == ["acme", "beta", "gamma"]
+    assert listed["acme"]["unreadable"] is True and listed["beta"] == {
+        "tenant_id": "beta",
+        "unreadable": True,
+    }
+    assert "unreadable" not in listed["gamma"]
