@@ -79,12 +79,15 @@ class CheckFailed(Exception):
     """A probe ran but the broker/server did not behave; the message is the figure."""
 
 
-# The Kafka clients' TLS and login (streams/kafka_auth.py), for the check running.
-_AUTH: ContextVar[dict[str, Any] | None] = ContextVar("kafka_auth", default=None)
+# The settings of the check running: its Kafka clients' TLS and login come from them.
+_SETTINGS: ContextVar[Settings | None] = ContextVar("checked_settings", default=None)
 
 
 def _auth() -> dict[str, Any]:
-    return _AUTH.get() or {}
+    """The Kafka clients' TLS and login (streams/kafka_auth.py). Read by the checks that
+    reach the brokers only: unreadable TLS files fail those, not the database's."""
+    settings = _SETTINGS.get()
+    return {} if settings is None else client_auth(settings)
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -715,7 +718,7 @@ _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
 async def _run_one(name: str, fn: _CheckFn, settings: Settings) -> CheckResult:
     started = time.monotonic()
     try:
-        _AUTH.set(client_auth(settings))
+        _SETTINGS.set(settings)
         async with asyncio.timeout(CHECK_TIMEOUT_S):
             figure = await fn(settings)
         ok = True

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from paystream.settings import unknown_variables
+from paystream.settings import load_settings, unknown_variables
 from tests.deploy.tools import CHART, SERVER_URLS, run, tool
 
 REQUIRED = {
@@ -532,3 +532,50 @@ def test_a_name_too_long_for_the_statefulsets_pods_is_refused() -> None:
     assert "at most 52" in refusal(_merge(REQUIRED, {"fullnameOverride": "p" * 53}))
     sts = one(render({"fullnameOverride": "p" * 52}), "StatefulSet")
     assert len(sts["metadata"]["name"]) == 52
+
+
+_SASL = {
+    "config": {
+        "PAYSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "PAYSTREAM_KAFKA_SASL_USERNAME": "paystream",
+    }
+}
+
+
+@pytest.mark.parametrize("name", ["topics", "migrate", "worker"])
+def test_every_container_loads_its_settings_with_a_kafka_login(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the login as the README says (protocol and user in `config`, the password
+    in the Secret), `migrate` got the protocol and user but not the password, and its
+    settings refused to load: every install and upgrade failed (review finding). It now
+    gets none of the login; the others get all of it."""
+    docs = render(_SASL)
+    if name == "worker":
+        c = _worker(docs)
+    else:
+        [c] = [
+            c for c in containers(one(docs, "Job")["spec"]["template"]["spec"]) if c["name"] == name
+        ]
+    for var in list(os.environ):
+        if var.startswith(("PAYSTREAM_", "KAFKA_", "DATABASE_", "REDIS_", "OTEL_")):
+            monkeypatch.delenv(var)
+    for e in c["env"]:  # a Secret's keys as the operator filled them in
+        secret = "postgresql://o:p@db/x" if "DATABASE" in e["name"] else "c2VjcmV0" * 5
+        monkeypatch.setenv(e["name"], e.get("value", secret))
+    settings = load_settings()
+    login = name != "migrate"
+    assert (settings.kafka_sasl_password is not None) == login
+    assert (settings.kafka_security_protocol == "SASL_SSL") == login
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://cache:6379/0?password=s3cret",  # redis-py logs in with it (parse_url)
+        "redis://cache:6379/0?username=u&password=s3cret",
+        "rediss://cache:6380/0?db=1&password=s3cret",
+    ],
+)
+def test_a_redis_url_with_a_password_in_its_query_is_refused(url: str) -> None:
+    assert "holds credentials" in refusal(_merge(REQUIRED, {"redis": {"url": url}}))

@@ -104,7 +104,7 @@ pre-install hook, before release objects exist. */}}
       name: {{ .Values.existingSecret }}
       key: REDIS_URL
 {{- else if .Values.redis.url }}
-{{- if regexMatch "^[a-z]+://[^/?#]*@" .Values.redis.url }}
+{{- if or (regexMatch "^[a-z]+://[^/?#]*@" .Values.redis.url) (regexMatch "[?&][A-Za-z_]*password=" .Values.redis.url) }}
 {{- fail "redis.url holds credentials, which would be plain env in the pod spec: put the URL in existingSecret (key REDIS_URL) and set redis.fromSecret" }}
 {{- end }}
 - name: REDIS_URL
@@ -135,6 +135,19 @@ nothing of the owner's, who could switch row-level security off, reaches them. *
 
 {{/* What `paystream topics` needs: the broker, the topics' shape, the settings given. */}}
 {{- define "paystream.brokerEnv" -}}
+{{ include "paystream.brokerEnvOf" (dict "root" . "kafkaLogin" true) }}
+{{- end }}
+
+{{/* As paystream.brokerEnv, without the Kafka login's settings: for `migrate`, which
+never talks to the brokers, and whose settings would refuse a login without its
+password (the password goes only where the brokers are reached). */}}
+{{- define "paystream.migrateEnv" -}}
+{{ include "paystream.brokerEnvOf" (dict "root" . "kafkaLogin" false) }}
+{{- end }}
+
+{{- define "paystream.brokerEnvOf" -}}
+{{- $root := .root }}
+{{- with .root }}
 - name: KAFKA_BROKER_URL
   value: {{ required "kafka.brokerUrl is required" .Values.kafka.brokerUrl | quote }}
 - name: PAYSTREAM_APP_ID
@@ -145,9 +158,12 @@ nothing of the owner's, who could switch row-level security off, reaches them. *
   value: {{ .Values.replicationFactor | quote }}
 - name: PAYSTREAM_DATA_DIR
   value: /var/lib/paystream
-{{- range $key, $value := .Values.config }}
+{{- end }}
+{{- range $key, $value := $root.Values.config }}
+{{- if or $.kafkaLogin (not (hasPrefix "PAYSTREAM_KAFKA_" $key)) }}
 - name: {{ $key }}
   value: {{ $value | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
