@@ -73,30 +73,6 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-class TLSProxy(ThreadedProxy):
-    """Terminates TLS and forwards the bytes to the broker."""
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream = await self._upstream(writer)
-        if upstream is None:
-            return
-        up_reader, up_writer = upstream
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-            dst.close()
-
-        try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            up_writer.close()
-            writer.close()
-
-
 async def test_workers_and_clients_reach_the_broker_over_tls(
     deployment_factory: Any, tmp_path: Path
 ) -> None:
@@ -107,9 +83,8 @@ async def test_workers_and_clients_reach_the_broker_over_tls(
         "paystream_kafka_security_protocol": "SSL",
         "paystream_kafka_ssl_cafile": str(ca),
     }
-    async with proxied_stack(
-        deployment_factory, lambda port: TLSProxy(port, ssl=server), TENANT, **tls
-    ) as stack:
+    terminating = lambda port: ThreadedProxy(port, ssl=server)  # noqa: E731
+    async with proxied_stack(deployment_factory, terminating, TENANT, **tls) as stack:
         dep = stack.dep
         broker = dep.settings.require_broker()
         with dep.worker() as worker:
