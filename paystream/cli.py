@@ -1436,8 +1436,6 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         run_settings = load_settings()
         from paystream.streams import broker_compat
         from paystream.streams.admin import ensure_topics
-        from paystream.tenancy.models import Tenant
-        from paystream.tenancy.registry import put_tenant
 
         broker_compat.apply(run_settings)
 
@@ -1451,11 +1449,9 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
                     app_password=password.get_secret_value() if password else None,
                 )
             await ensure_topics(run_settings)
-            for tid in DEMO_TENANTS:
-                limits = DEMO_LIMITS.get(tid, TenantLimits())
-                await put_tenant(
-                    run_settings, Tenant(tenant_id=tid, name=tid.title(), limits=limits)
-                )
+            # With KAFKA_BROKER_URL set the registry outlives this run: a restart must
+            # not undo an operator's suspension, limits or provider (it wrote them anew).
+            await _register_demo_tenants(run_settings)
 
         asyncio.run(prepare())
         click.echo("starting worker (joins the group, recovers tables)…")
@@ -1538,31 +1534,7 @@ def demo_command(rate: float, duration: float | None, register: bool) -> None:
 
     async def run() -> None:
         if register:
-            from paystream.tenancy.models import Tenant
-            from paystream.tenancy.registry import (
-                list_tenants,
-                put_tenants_unless_changed,
-            )
-
-            known = await list_tenants(settings)
-            absent = [t for t in DEMO_TENANTS if t not in known]
-            # Only where absent: a restart of the demo (compose restarts it) must not undo
-            # an operator's suspension, limits or provider; base None also loses to
-            # anyone registering the same tenant meanwhile.
-            await put_tenants_unless_changed(
-                settings,
-                [
-                    (
-                        None,
-                        Tenant(
-                            tenant_id=tid,
-                            name=tid.title(),
-                            limits=DEMO_LIMITS.get(tid, TenantLimits()),
-                        ),
-                    )
-                    for tid in absent
-                ],
-            )
+            absent = await _register_demo_tenants(settings)
             for tid in DEMO_TENANTS:
                 said = "registered" if tid in absent else "already registered, left as it is"
                 click.echo(f"{tid}: {said}")
@@ -1574,6 +1546,31 @@ def demo_command(rate: float, duration: float | None, register: bool) -> None:
         click.echo("\nstopped")
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+async def _register_demo_tenants(settings: Settings) -> list[str]:
+    """Register the demo tenants the registry does not hold; return those registered.
+
+    Only where absent: a restart (compose restarts the demo; `dev` on an external
+    broker) must not undo an operator's suspension, limits or provider; base None also
+    loses to anyone registering the same tenant meanwhile."""
+    from paystream.tenancy.registry import list_tenants, put_tenants_unless_changed
+
+    known = await list_tenants(settings)
+    absent = [t for t in DEMO_TENANTS if t not in known]
+    await put_tenants_unless_changed(
+        settings,
+        [
+            (
+                None,
+                Tenant(
+                    tenant_id=tid, name=tid.title(), limits=DEMO_LIMITS.get(tid, TenantLimits())
+                ),
+            )
+            for tid in absent
+        ],
+    )
+    return absent
 
 
 async def _demo(

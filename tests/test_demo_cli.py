@@ -6,10 +6,12 @@ from __future__ import annotations
 import ast
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from paystream.devstack._process import free_port
 from tests.fixtures.pipeline import Deployment
 from tests.test_cli import run_cli
 
@@ -43,3 +45,28 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
         for t in map(json.loads, run_cli(dep, "tenants", "list").stdout.splitlines())
     }
     assert statuses["acme"] == "suspended"
+
+
+async def test_dev_on_a_configured_broker_leaves_registered_tenants_as_they_are(
+    deployment_factory: Any, tmp_path: Path
+) -> None:
+    """`dev` with KAFKA_BROKER_URL set uses that broker, whose registry outlives the run:
+    a tenant it holds keeps its suspension (dev wrote every demo tenant anew)."""
+    dep: Deployment = await deployment_factory()
+    run_cli(dep, "tenants", "add", "acme", "--name", "Acme Corp")
+    run_cli(dep, "tenants", "suspend", "acme")
+    run_cli(
+        dep,
+        "dev",
+        "--duration",
+        "0.5",
+        "--web-port",
+        str(free_port()),
+        PAYSTREAM_DATA_DIR=str(tmp_path),
+    )
+    listed = {
+        t["tenant_id"]: t
+        for t in map(json.loads, run_cli(dep, "tenants", "list").stdout.splitlines())
+    }
+    assert listed["acme"]["status"] == "suspended" and listed["acme"]["name"] == "Acme Corp"
+    assert listed["globex"]["limits"]["commands_per_second"] == 50  # the absent ones added
