@@ -1603,12 +1603,17 @@ async def _demo(
             run_demo(client, list(DEMO_TENANTS), rate, duration=duration, on_progress=progress)
         )
         watcher = asyncio.ensure_future(watch_worker())
-        await asyncio.wait([demo, watcher], return_when=asyncio.FIRST_COMPLETED)
-        if not demo.done():  # the worker died: its commands would only time out
-            demo.cancel()
-            await asyncio.gather(demo, return_exceptions=True)
+        try:
+            await asyncio.wait([demo, watcher], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Stopped (a signal cancels this task), or the worker died: the flows end
+            # before the client closes under them (its consumer gone, each one erred).
+            died = not demo.done()
+            for task in (demo, watcher):
+                task.cancel()
+            await asyncio.gather(demo, watcher, return_exceptions=True)
+        if died:  # the worker died: its commands would only time out
             raise click.ClickException(why or "the stack went down")
-        watcher.cancel()
         seen = demo.result()
     click.echo(f"demo done: {sum(seen.values())} outcomes: {dict(seen)}")
 
