@@ -244,6 +244,30 @@ class HandlerContext:
         self._applied_here(record)
         return record
 
+    def new_id(self, model: type[EntityRecord], prefix: str) -> str:
+        """The id of an entity the command creates without choosing one: derived from
+        the tenant and command id, else (that one made by another request under the id,
+        past the window) from the request too, so each request has an entity of its own."""
+        derived = self.derived_id(prefix)
+        raw = self.tables.of(model).get(entity_key(self.cmd.tenant_id, derived))
+        if raw is None or self.request_hash is None:
+            return derived
+        if not self._reused_past_window(model.model_validate(raw)):
+            return derived
+        return derived_id(prefix, self.cmd.tenant_id, self.cmd.command_id, self.request_hash)
+
+    def _reused_past_window(self, record: EntityRecord) -> bool:
+        """Whether this command's id applied another request to ``record``, past the
+        window: the id now names another request (README), not a conflict."""
+        command_id = self.cmd.command_id
+        applied_hash = record.applied_hash(command_id)
+        if applied_hash is None or self.request_hash in (None, applied_hash):
+            return False
+        if record.applied_outcome(command_id) is None:
+            return False
+        at = record.applied_at(command_id)
+        return at is not None and at < time.time() - self.id_window_seconds
+
     def _applied_here(self, record: EntityRecord) -> None:
         """AlreadyApplied if this command changed ``record`` before (a redelivery)."""
         done = record.applied_outcome(self.cmd.command_id)
@@ -252,8 +276,7 @@ class HandlerContext:
         command_id = self.cmd.command_id
         applied_hash = record.applied_hash(command_id)
         if applied_hash is not None and self.request_hash not in (None, applied_hash):
-            at = record.applied_at(command_id)
-            if at is not None and at < time.time() - self.id_window_seconds:
+            if self._reused_past_window(record):
                 # Past the window, a command id names another request (README): a
                 # producer using order ids may refund under the id its payment had.
                 return
@@ -372,7 +395,7 @@ def _base(ctx: HandlerContext, entity_id: str) -> dict[str, Any]:
 
 
 async def create_customer(ctx: HandlerContext, data: c.CreateCustomer) -> HandlerResult:
-    cid = data.customer_id or ctx.derived_id("cus")
+    cid = data.customer_id or ctx.new_id(CustomerRecord, "cus")
     ctx.ensure_new(CustomerRecord, cid)
     req = gw.CreateCustomer(
         email=data.email, name=data.name, description=data.description, metadata=data.metadata
@@ -527,7 +550,7 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
 
 
 async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod) -> HandlerResult:
-    pmid = data.payment_method_id or ctx.derived_id("pm")
+    pmid = data.payment_method_id or ctx.new_id(PaymentMethodRecord, "pm")
     # First: a redelivery of this very attach is answered whatever became of the customer.
     ctx.ensure_new(PaymentMethodRecord, pmid)
     customer = _live_customer(ctx, data.customer_id)
@@ -600,7 +623,7 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
 
 
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
-    pid = data.payment_id or ctx.derived_id("pay")
+    pid = data.payment_id or ctx.new_id(PaymentRecord, "pay")
     ctx.ensure_new(PaymentRecord, pid)
     _dispute_applied(ctx, pid)  # raised at charge (_new_dispute)
     # Let through before, the provider may have charged under this key: a customer
@@ -833,7 +856,7 @@ def _transition(status: str, verb: str) -> None:
 
 async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerResult:
     payment = ctx.load(PaymentRecord, data.payment_id)
-    rid = data.refund_id or ctx.derived_id("re")
+    rid = data.refund_id or ctx.new_id(RefundRecord, "re")
     ctx.ensure_new(RefundRecord, rid)
     ctx.at_provider(payment)
     refundable = payment.amount_captured - payment.amount_refunded
