@@ -51,10 +51,16 @@ _CREATION_ANSWERS = frozenset(
 )
 
 
+# The one outcome whose type is in the commands' namespace.
+_REJECTED = OUTCOME_PREFIX + "command.rejected"
+
+
 def observe(event: CloudEvent) -> Observed | None:
     """The facts of a paystream outcome; None for events that are not outcomes."""
     kind = event.get_type()
-    if not kind.startswith(OUTCOME_PREFIX) or kind.startswith(COMMAND_PREFIX):
+    if not kind.startswith(OUTCOME_PREFIX) or (
+        kind.startswith(COMMAND_PREFIX) and kind != _REJECTED
+    ):
         return None
     tenant = event.get_extension("tenantid")
     when = event.get_time()
