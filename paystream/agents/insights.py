@@ -333,6 +333,9 @@ class InsightsRunner:
             mine = {st.tenant_id for st, _, _ in located}
             for gone in [t for t in self.latest_windows if t not in mine]:
                 del self.latest_windows[gone]
+            if any(alert.get("tenant_id") not in mine for alert in self.recent_alerts):
+                shown = [a for a in self.recent_alerts if a.get("tenant_id") in mine]
+                self.recent_alerts = deque(shown, maxlen=RECENT_ALERTS)
             # A quiet tenant's stream time is its partition's: outcomes produced that late
             # were read there, so its own, read after them, cannot be much earlier (what
             # lets its windows and ids go; on a partition with no outcomes they stay).
@@ -433,7 +436,8 @@ class InsightsRunner:
     def as_json(self) -> dict[str, Any]:
         """What this worker published lately (its partitions' tenants), for the dashboard."""
         windows = {t: w for t, w in self.latest_windows.items() if t in self.tenants}
-        return {"alerts": list(self.recent_alerts), "windows": windows}
+        alerts = [a for a in self.recent_alerts if a.get("tenant_id") in self.tenants]
+        return {"alerts": alerts, "windows": windows}
 
 
 def _tables_settled() -> bool:

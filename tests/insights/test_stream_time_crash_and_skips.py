@@ -190,18 +190,23 @@ async def test_late_counts_outcomes_within_the_horizon_the_fraud_rules_saw() -> 
 async def test_the_dashboard_shows_no_window_of_a_partition_moved_away(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The dashboard's "Latest analytics window" is "per tenant of this worker's
-    partitions": acme's partition moved to another worker (which shows it too), this
-    one keeps showing acme's last window for good."""
+    """The dashboard's "Latest analytics window" and fraud alerts are "per tenant of this
+    worker's partitions": acme's partition moved to another worker (which shows them
+    too), this one kept showing acme's last window and alerts for good."""
     standin_broker(monkeypatch)
     h = Harness("dash-moved")
     del h.runner._produce  # the real one (it keeps what the dashboard shows)
-    await h.runner.run_batch([h.event("payment.succeeded", PAID, cid="c1")])
+    paid = h.event("payment.succeeded", PAID, cid="c1")
+    declines = [h.event("payment.failed", DECLINE, cid=f"d{i}") for i in range(5)]
+    await h.runner.run_batch([paid, *declines])  # a fraud alert too
     h.now = (T0 + 70_000) / 1000
     await h.runner.tick(lambda p: True)
-    assert h.runner.as_json()["windows"]["acme"]["events"] == 1
+    shown = h.runner.as_json()
+    assert shown["windows"]["acme"]["events"] == 6, shown
+    assert [a["tenant_id"] for a in shown["alerts"]] == ["acme"]
     h.now += 2
     await h.runner.tick(lambda p: False)  # partition 0 is another worker's now
     h.now += 2
     await h.runner.tick(lambda p: False)
-    assert "acme" not in h.runner.as_json()["windows"]
+    shown = h.runner.as_json()
+    assert "acme" not in shown["windows"] and shown["alerts"] == []
