@@ -218,6 +218,11 @@ class CommandProcessor:
                 trace.failed(exc)
                 raise
             trace.finish(emits)
+        return self._for_its_sender(rec, emits)
+
+    def _for_its_sender(self, rec: Inbound, emits: list[Emit]) -> list[Emit]:
+        """The outcome carries the sender's request header: a client waiting on the same
+        command id for another request takes only its own answer."""
         request = rec.headers.get(REQUEST_HEADER)
         if request is None or REQUEST_PATTERN.fullmatch(request) is None:
             return emits
@@ -2402,6 +2407,12 @@ class CommandProcessor:
 
     def dead_letter_bug(self, rec: Inbound) -> list[Emit]:
         """An unexpected exception of ours: keep the command and the partition moving.
+        Its answer, if any, is its sender's only, as ``process``'s is (without the
+        request header, a client took it for the answer of every request under the id)."""
+        return self._for_its_sender(rec, self._dead_letter_bug(rec))
+
+    def _dead_letter_bug(self, rec: Inbound) -> list[Emit]:
+        """See :meth:`dead_letter_bug`.
 
         A command let through to the provider (its record in flight or parked) may have
         moved money before the failure: it is parked, unanswered, as a provider outage's

@@ -325,3 +325,39 @@ async def test_a_bug_on_a_record_naming_another_tenant_gives_nothing_of_its(
 
 async def _raise(*args: Any) -> Any:
     raise RuntimeError("a bug of ours")
+
+
+async def test_an_internal_error_is_its_senders_answer_only(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two senders of one command id, each waiting on its own request: the internal_error
+    answer of one sender's record carried no request header, so a client took it for the
+    other's answer too (whose record then charged, unseen). Review finding."""
+    t = harness.add_tenant()
+    real = pipeline._request_hash
+
+    def failing_for_one(command_type: str, body: Any) -> Any:  # before any provider call
+        if getattr(body, "amount", None) == 1300:
+            raise RuntimeError("a bug of ours, for this request only")
+        return real(command_type, body)
+
+    monkeypatch.setattr(pipeline, "_request_hash", failing_for_one)
+    body = {"currency": "USD", "payment_method_token": "pm_card_visa"}
+
+    def record(amount: int, request: bytes, offset: int) -> Inbound:
+        event = build_command("payment.create", t, {**body, "amount": amount}, command_id="o-7")
+        rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+        headers = {**dict(rec.headers), pipeline.REQUEST_HEADER: request}
+        return _inbound(rec.key, rec.value, headers, offset)
+
+    def answer(emits: list[Any]) -> tuple[str, dict[str, bytes]]:
+        [out] = [e.record for e in emits if e.topic == harness.settings.events_topic]
+        event = outcome_of(harness.settings, emits)
+        assert event is not None
+        return kind(event), dict(out.headers)
+
+    failed, headers = answer(await _run_as_the_agent_does(harness, record(1300, b"a" * 26, 0)))
+    assert failed == "command.rejected"
+    assert headers.get(pipeline.REQUEST_HEADER) == b"a" * 26
+    paid, headers = answer(await _run_as_the_agent_does(harness, record(1000, b"b" * 26, 1)))
+    assert paid == "payment.succeeded" and headers.get(pipeline.REQUEST_HEADER) == b"b" * 26
