@@ -12,6 +12,12 @@ So such rejections are kept, per commands-topic partition, by offset (with a tag
 command id, so another record at that offset is not mistaken for it), until the
 partition's committed offset passes them: only uncommitted records come again. The tenant
 limits keep their own rejections the same way (`LimitGate.kept_rejection`).
+
+Every such rejection is kept, however many a stalled commit lets pile up: one record per
+``SHARD_OFFSETS`` offsets holds them. A cap per partition (800, or 256 KiB) once let a
+rejection past it go unkept, and its redelivery, decided afresh, charged a payment
+answered `tenant_suspended` once the tenant was resumed (134 long validation errors of
+another tenant were enough to fill it; review finding).
 """
 
 from __future__ import annotations
@@ -23,27 +29,27 @@ from typing import Any
 
 import orjson
 
-__all__ = ["RecordAnswers"]
+__all__ = ["MAX_ENTRY_BYTES", "SHARD_OFFSETS", "RecordAnswers"]
 
 log = logging.getLogger(__name__)
 
-# Rejections kept per partition at most, by count and by size. Only uncommitted records
-# come again (a batch is at most 500 commands and offsets are committed every second),
-# and the record must stay well under the broker's 1 MiB (a larger one would fail its
-# batch on every redelivery, worker after worker). Past either, and for one rejection
-# larger than ``MAX_ENTRY_BYTES`` (validation errors are cut to fit: see the pipeline's
-# ``VALIDATION_ERRORS_SHOWN``), a rejection is not kept: its redelivery is decided
-# afresh, as before.
-MAX_KEPT = 800
-MAX_BYTES = 256 * 1024
+# Offsets whose rejections one record holds: at most MAX_ENTRY_BYTES each (validation
+# errors are cut to fit: see the pipeline's ``VALIDATION_ERRORS_SHOWN``), a record stays
+# within the changelog's 512 KiB value (a larger one would fail its batch on every
+# redelivery, worker after worker). A rejection larger than that is not kept.
+SHARD_OFFSETS = 64
 MAX_ENTRY_BYTES = 4096
 
 
 class RecordAnswers:
     """Per partition, the rejection data of records not yet committed, by offset.
 
-    The value under :meth:`key` is ``{"floor": offset pruned to, "bytes": size of the
-    entries, "kept": {offset: {"id": tag, "data": rejection, "n": size}}}``.
+    Under :meth:`key_of` (one record per ``SHARD_OFFSETS`` offsets of a partition):
+    ``{"kept": {offset: {"id": tag, "data": rejection}}}``. Under :meth:`index_key`, the
+    partition's shards held and the committed offset they were pruned to: ``{"floor":
+    offset, "shards": [n, ...]}``. Versions before kept one record per partition under
+    :meth:`key` (``{"floor", "bytes", "kept"}``): still read, and dropped once the
+    committed offset has passed all of it.
     """
 
     def __init__(
@@ -51,34 +57,49 @@ class RecordAnswers:
     ) -> None:
         self.table = table  # changelog-backed, co-partitioned with the commands topic
         self._committed = committed or (lambda partition: -1)
-        self._full_logged: set[int] = set()
 
     @staticmethod
     def key(partition: int) -> str:
+        """The record versions before kept a partition's rejections in (all of them)."""
         # No tenant id holds a NUL (the table's other keys are "{tenant}:limits").
         return f"answers\x00{partition}"
 
-    def _state(self, partition: int) -> dict[str, Any]:
-        state = self.table.get(self.key(partition))
-        if not isinstance(state, dict) or not isinstance(state.get("kept"), dict):
-            # None yet (or not in this shape: nothing to answer from, start afresh).
-            return {"floor": -1, "bytes": 0, "kept": {}}
-        return state
+    @staticmethod
+    def key_of(partition: int, offset: int) -> str:
+        """The record keeping the rejection of the record at ``offset``."""
+        return f"answers\x00{partition}\x00{offset // SHARD_OFFSETS}"
+
+    @staticmethod
+    def index_key(partition: int) -> str:
+        return f"answers\x00{partition}\x00index"
+
+    def key_holding(self, partition: int, offset: int) -> str | None:
+        """The key of the record holding the offset's entry (None: none does)."""
+        return self._found(partition, offset)[1]
+
+    def _found(self, partition: int, offset: int) -> tuple[dict[str, Any] | None, str | None]:
+        """The entry kept at the offset and the key holding it: its shard, else (kept by
+        a version before) the partition's single record."""
+        if offset < 0:
+            return None, None
+        key = self.key_of(partition, offset)
+        entry = _entry_in(self.table.get(key), offset)
+        if entry is not None:
+            return entry, key
+        key = self.key(partition)
+        entry = _entry_in(self.table.get(key), offset)
+        return (entry, key) if entry is not None else (None, None)
 
     def kept(self, partition: int, offset: int, command_id: str) -> dict[str, Any] | None:
         """The rejection data this very record was answered with, if it was kept."""
-        if offset < 0:
-            return None
-        entry = self._state(partition)["kept"].get(str(offset))
+        entry = self._found(partition, offset)[0]
         if entry is None or entry["id"] != _tag(command_id):
             return None
         return dict(entry["data"])
 
     def parked(self, partition: int, offset: int, command_id: str) -> dict[str, Any] | None:
         """What :meth:`keep_parked` kept for this very record, if anything."""
-        if offset < 0:
-            return None
-        entry = self._state(partition)["kept"].get(str(offset))
+        entry = self._found(partition, offset)[0]
         if entry is None or entry["id"] != _PARKED + _tag(command_id):
             return None
         return dict(entry["data"])
@@ -86,14 +107,12 @@ class RecordAnswers:
     def kept_or_parked(
         self, partition: int, offset: int, command_id: str
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """``(kept(...), parked(...))``, from one lookup of the partition's state: the
+        """``(kept(...), parked(...))``, from one lookup of the offset's entry: the
         pipeline asks both of every command. Safe as one: both read the one entry kept at
         the offset and match its tag against the command's, ``kept`` as is and ``parked``
         with its prefix, so at most one of them matches; the tag is hashed only when
         there is an entry (as ``kept`` does). Tests compare it with the two calls."""
-        if offset < 0:
-            return None, None
-        entry = self._state(partition)["kept"].get(str(offset))
+        entry = self._found(partition, offset)[0]
         if entry is None:
             return None, None
         tag = _tag(command_id)
@@ -107,7 +126,7 @@ class RecordAnswers:
     @staticmethod
     def fits(data: dict[str, Any]) -> bool:
         """Whether a rejection with this data can be kept (at any offset)."""
-        return _size(10**18, {"id": "x" * 16, "data": data, "n": 10**5}) <= MAX_ENTRY_BYTES
+        return _size(10**18, {"id": "x" * 16, "data": data}) <= MAX_ENTRY_BYTES
 
     def keep(self, partition: int, offset: int, command_id: str, data: dict[str, Any]) -> None:
         """Keep a rejection for the record's redeliveries (a record not from Kafka has
@@ -125,46 +144,66 @@ class RecordAnswers:
     def _keep(self, partition: int, offset: int, tag: str, data: dict[str, Any]) -> None:
         if offset < 0:
             return
-        state = self._state(partition)
-        _prune(state, self._committed(partition))
         entry: dict[str, Any] = {"id": tag, "data": data}
-        size = _size(offset, entry)
-        if size > MAX_ENTRY_BYTES:
+        if _size(offset, entry) > MAX_ENTRY_BYTES:
             return  # (the pipeline cuts validation errors to fit; nothing else is so long)
-        kept = state["kept"]
-        replaced = kept.pop(str(offset), None)
-        if replaced is not None:
-            state["bytes"] -= replaced["n"]
-        if len(kept) >= MAX_KEPT or state["bytes"] + size > MAX_BYTES:
-            if partition not in self._full_logged:
-                self._full_logged.add(partition)
-                log.warning(
-                    "partition %d: %d rejections (%d bytes) not yet committed; more are "
-                    "not kept for redeliveries until offsets are committed",
-                    partition,
-                    len(kept),
-                    state["bytes"],
-                )
-            self.table[self.key(partition)] = state  # (what the prune dropped)
-            return
-        self._full_logged.discard(partition)
-        entry["n"] = size
+        index = self._prune(partition)
+        shard_no = offset // SHARD_OFFSETS
+        key = self.key_of(partition, shard_no * SHARD_OFFSETS)
+        shard = self.table.get(key)
+        if not isinstance(shard, dict) or not isinstance(shard.get("kept"), dict):
+            shard = {"kept": {}}
         # In place: the batch writes the record once, serialised when the batch ends.
-        kept[str(offset)] = entry
-        state["bytes"] += size
-        self.table[self.key(partition)] = state
+        shard["kept"][str(offset)] = entry
+        self.table[key] = shard
+        if shard_no not in index["shards"]:
+            index["shards"].append(shard_no)
+            self.table[self.index_key(partition)] = index
+
+    def _prune(self, partition: int) -> dict[str, Any]:
+        """The partition's index, its shards the committed offset has passed dropped
+        when it has moved since the last prune (kept in the index: it survives recovery
+        and hand-overs); the single record of a version before too, once passed."""
+        index = self.table.get(self.index_key(partition))
+        if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+            index = {"floor": -1, "shards": []}
+        floor = self._committed(partition)
+        if floor <= index["floor"]:
+            return index
+        index["floor"] = floor
+        done = floor // SHARD_OFFSETS  # shards before it hold committed offsets only
+        for shard_no in [n for n in index["shards"] if n < done]:
+            self._drop(self.key_of(partition, shard_no * SHARD_OFFSETS))
+        index["shards"] = [n for n in index["shards"] if n >= done]
+        legacy = self.table.get(self.key(partition))
+        if legacy is not None:
+            kept = legacy.get("kept") if isinstance(legacy, dict) else None
+            if not isinstance(kept, dict) or all(_offset(o) < floor for o in kept):
+                self._drop(self.key(partition))
+        self.table[self.index_key(partition)] = index
+        return index
+
+    def _drop(self, key: str) -> None:
+        if key in self.table:  # (a table with a default answers any key: not a pop)
+            del self.table[key]
 
 
-def _prune(state: dict[str, Any], floor: int) -> None:
-    """Drop what the partition's committed offset has passed, when it has moved since
-    the last prune (kept in the state: it survives recovery and hand-overs)."""
-    if floor <= state["floor"]:
-        return
-    state["floor"] = floor
-    kept = state["kept"]
-    # Not only the oldest: tenants of a batch run concurrently, so offsets come out of order.
-    for offset in [o for o in kept if int(o) < floor]:
-        state["bytes"] -= kept.pop(offset)["n"]
+def _entry_in(record: Any, offset: int) -> dict[str, Any] | None:
+    """The entry a record keeps at ``offset`` (None for none, or one of another shape)."""
+    if not isinstance(record, dict):
+        return None
+    kept = record.get("kept")
+    entry = kept.get(str(offset)) if isinstance(kept, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("data"), dict):
+        return None
+    return entry
+
+
+def _offset(text: Any) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return -1
 
 
 _PARKED = "parked:"
@@ -176,6 +215,5 @@ def _tag(command_id: str) -> str:
 
 
 def _size(offset: int, entry: dict[str, Any]) -> int:
-    """Bytes an entry adds to the record as JSON: itself, its key and separators, its
-    own size field."""
-    return len(orjson.dumps(entry)) + len(str(offset)) + 16
+    """Bytes an entry adds to the record as JSON: itself, its key and separators."""
+    return len(orjson.dumps(entry)) + len(str(offset)) + 8

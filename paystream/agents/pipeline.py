@@ -508,7 +508,7 @@ class CommandProcessor:
         if rejected is not None:
             return self._answer_again(rec, cmd, rejected)
         if parked is not None:  # parked, unanswered: parked again, as decided
-            self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
+            self._rewrite_answers(rec)
             return self._park_unanswered(rec, cmd, stamp=bool(parked.get("refusal")))
         tenant_raw = self.tenants.get(tenant_id)
         tenant = None if tenant_raw is None else self._tenant(tenant_id, tenant_raw)
@@ -2206,6 +2206,11 @@ class CommandProcessor:
             self._rewrite(self.tables.by_type(entity_type), key)
         self._rewrite(self.limits.table, self.limits.key(tenant_id))
 
+    def _rewrite_answers(self, rec: Inbound) -> None:
+        key = self.answers.key_holding(rec.partition, rec.offset)
+        if key is not None:
+            self._rewrite(self.answers.table, key)
+
     @staticmethod
     def _rewrite(table: Any, key: str) -> None:
         current = table.get(key)
@@ -2302,7 +2307,7 @@ class CommandProcessor:
         metrics.REPLAYS.labels(
             cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED, "rejection"
         ).inc()
-        self._rewrite(self.answers.table, RecordAnswers.key(rec.partition))
+        self._rewrite_answers(rec)
         # (Named as _reject named it the first time: the same event; review finding.)
         return [self._outcome(_nameable(cmd), StoredOutcome(type="command.rejected", data=data))]
 

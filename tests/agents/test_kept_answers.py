@@ -6,15 +6,14 @@ tenant was active again."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
 import pytest
 
-from paystream.agents import answers
-from paystream.agents.answers import MAX_BYTES, MAX_KEPT, RecordAnswers
+from paystream.agents.answers import SHARD_OFFSETS, RecordAnswers
 from paystream.agents.pipeline import Emit, Inbound
+from paystream.tables.changelog import CHANGELOG_VALUE_MAX_BYTES
 from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 from tests.agents.test_let_through import _charges
 from tests.agents.test_let_through import _record as _read
@@ -108,42 +107,44 @@ async def test_another_record_at_the_same_offset_is_not_taken_for_the_kept_one(
     assert out is not None and kind(out) == "payment.succeeded", data(out)
 
 
-async def test_kept_rejections_are_bounded_and_dropped_once_committed(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_every_rejection_is_kept_however_many_and_dropped_once_committed() -> None:
+    """A stalled commit lets rejections pile up: each is kept (a cap of 800 a partition
+    once left the rest to be decided afresh on redelivery, and charged)."""
     committed = [-1]
     table: dict[str, Any] = {}
     kept = RecordAnswers(table, lambda partition: committed[0])
-    with caplog.at_level(logging.WARNING, logger=answers.__name__):
-        for offset in range(MAX_KEPT + 100):
-            kept.keep(3, offset, f"c{offset}", {"reason": "tenant_suspended"})
-    state = table[RecordAnswers.key(3)]
-    assert len(state["kept"]) == MAX_KEPT
-    assert state["bytes"] == sum(e["n"] for e in state["kept"].values())
-    assert len(caplog.records) == 1  # said once, not for each one not kept
-    assert kept.kept(3, 5, "c5") == {"reason": "tenant_suspended"}
-    assert kept.kept(3, 5, "c6") is None and kept.kept(3, MAX_KEPT + 5, "x") is None
-    committed[0] = MAX_KEPT - 10  # the partition's offsets committed past most of them
+    many = 30 * SHARD_OFFSETS
+    for offset in range(many):
+        kept.keep(3, offset, f"c{offset}", {"reason": "tenant_suspended"})
+    assert all(kept.kept(3, o, f"c{o}") == {"reason": "tenant_suspended"} for o in range(many))
+    assert kept.kept(3, 5, "c6") is None and kept.kept(3, many + 5, "x") is None
+    assert table[RecordAnswers.index_key(3)]["shards"] == list(range(30))
+    committed[0] = many - 10  # the partition's offsets committed past most of them
     kept.keep(3, 5_000, "c5000", {"reason": "unknown_tenant"})
-    assert sorted(map(int, state["kept"])) == [*range(MAX_KEPT - 10, MAX_KEPT), 5_000]
-    assert state["bytes"] == sum(e["n"] for e in state["kept"].values())
+    shards = table[RecordAnswers.index_key(3)]["shards"]
+    assert shards == [29, 5_000 // SHARD_OFFSETS]  # the committed ones' records dropped
+    assert not [k for k in table if k.startswith("answers\x003\x00") and not k.endswith(
+        ("index", *(f"\x00{n}" for n in shards))
+    )]  # fmt: skip
+    assert kept.kept(3, many - 1, f"c{many - 1}") == {"reason": "tenant_suspended"}
+    assert kept.kept(3, 5_000, "c5000") == {"reason": "unknown_tenant"}
     assert kept.kept(3, -1, "c") is None  # not read from Kafka: nothing kept
 
 
-async def test_the_kept_record_stays_far_under_the_broker_s_message_size() -> None:
+async def test_each_kept_record_stays_under_the_changelog_s_value_size() -> None:
     """Entries hold messages that echo ids (255 characters, each escaped up to 10 bytes
-    in JSON) and validation errors (one per unknown field): counted by entries alone,
-    the record passed 1 MiB and failed its batch on every redelivery."""
+    in JSON) and validation errors (one per unknown field): a record past 1 MiB failed
+    its batch on every redelivery. Every offset of a record at the largest entry kept."""
     table: dict[str, Any] = {}
     kept = RecordAnswers(table, lambda partition: -1)
-    for offset in range(MAX_KEPT):  # ~760 bytes each: 800 would be 600 KB
-        kept.keep(0, offset, f"c{offset}", {"reason": "unknown_tenant", "message": "x" * 700})
-    assert len(table[RecordAnswers.key(0)]["kept"]) < MAX_KEPT  # the size bound came first
+    for offset in range(2 * SHARD_OFFSETS):
+        kept.keep(0, offset, f"c{offset}", {"reason": "unknown_tenant", "message": "x" * 3950})
+    assert kept.kept(0, 2 * SHARD_OFFSETS - 1, f"c{2 * SHARD_OFFSETS - 1}") is not None
     errors = [{"loc": f"field{i}", "msg": "Extra inputs are not permitted"} for i in range(500)]
     kept.keep(0, 10_000, "big", {"reason": "validation_error", "errors": errors})
     kept.keep(0, 10_001, "big2", {"reason": "gateway_not_configured", "message": "x" * 5000})
-    size = len(orjson.dumps(table[RecordAnswers.key(0)]))
-    assert size <= MAX_BYTES + 2_000, size
+    sizes = [len(orjson.dumps(v)) for k, v in table.items() if not k.endswith("index")]
+    assert max(sizes) <= CHANGELOG_VALUE_MAX_BYTES, sizes
     assert kept.kept(0, 10_001, "big2") is None  # too long to keep: decided afresh
 
 
@@ -164,7 +165,7 @@ async def test_a_validation_error_with_many_fields_is_answered_short_and_kept(
     )
     assert all(len(e["loc"]) <= 100 for e in data(out)["errors"])
     first = _outcome(h, emits)
-    assert str(rec.offset) in h.processor.answers.table[RecordAnswers.key(0)]["kept"]
+    assert h.processor.answers.kept(0, rec.offset, rec.headers["ce_id"].decode()) is not None
     h.tenants[t] = {**h.tenants[t], "status": "suspended"}
     assert _outcome(h, await h.processor.process(rec)) == first
 
@@ -173,22 +174,45 @@ async def test_the_kept_record_survives_recovery_replacement_and_an_older_shape(
     committed = [-1]
     table: dict[str, Any] = {}
     kept = RecordAnswers(table, lambda partition: committed[0])
-    for offset in range(10):
+    for offset in range(SHARD_OFFSETS + 10):
         kept.keep(1, offset, f"c{offset}", {"reason": "tenant_suspended"})
     kept.keep(1, 4, "c4", {"reason": "unknown_tenant"})  # the same offset again
-    state = table[RecordAnswers.key(1)]
-    assert state["bytes"] == sum(e["n"] for e in state["kept"].values())
+    assert kept.kept(1, 4, "c4") == {"reason": "unknown_tenant"}
     # Recovered from the changelog (a copy) by a new worker: the prune it needs happens.
-    committed[0] = 8
-    table[RecordAnswers.key(1)] = orjson.loads(orjson.dumps(state))
+    committed[0] = SHARD_OFFSETS + 8
+    recovered = orjson.loads(orjson.dumps(table))
+    table.clear()
+    table.update(recovered)
     again = RecordAnswers(table, lambda partition: committed[0])
-    again.keep(1, 20, "c20", {"reason": "tenant_suspended"})
-    assert sorted(map(int, table[RecordAnswers.key(1)]["kept"])) == [8, 9, 20]
+    again.keep(1, 3 * SHARD_OFFSETS, "late", {"reason": "tenant_suspended"})
+    assert table[RecordAnswers.index_key(1)]["shards"] == [1, 3]
+    assert RecordAnswers.key_of(1, 0) not in table
+    assert again.kept(1, SHARD_OFFSETS + 9, f"c{SHARD_OFFSETS + 9}") is not None
     # A value in a shape this version does not know: nothing to answer from, no error.
-    table[RecordAnswers.key(1)] = {"3": {"id": "x", "data": {}}}
-    assert again.kept(1, 3, "c3") is None
-    again.keep(1, 21, "c21", {"reason": "tenant_suspended"})
-    assert again.kept(1, 21, "c21") == {"reason": "tenant_suspended"}
+    table[RecordAnswers.key_of(1, 3 * SHARD_OFFSETS)] = {"3": {"id": "x", "data": {}}}
+    assert again.kept(1, 3 * SHARD_OFFSETS, "late") is None
+    again.keep(1, 3 * SHARD_OFFSETS + 1, "c21", {"reason": "tenant_suspended"})
+    assert again.kept(1, 3 * SHARD_OFFSETS + 1, "c21") == {"reason": "tenant_suspended"}
+
+
+async def test_a_record_kept_by_a_version_before_answers_until_committed() -> None:
+    """Versions before kept a partition's rejections in one record: a redelivery after
+    the upgrade still gets its answer there; the record goes once committed past."""
+    committed = [-1]
+    table: dict[str, Any] = {}
+    tag = RecordAnswers({}, None)
+    tag.keep(2, 7, "old", {"reason": "tenant_suspended"})
+    [entry] = tag.table[RecordAnswers.key_of(2, 7)]["kept"].values()
+    table[RecordAnswers.key(2)] = {"floor": -1, "bytes": 100, "kept": {"7": {**entry, "n": 100}}}
+    kept = RecordAnswers(table, lambda partition: committed[0])
+    assert kept.kept(2, 7, "old") == {"reason": "tenant_suspended"}
+    assert kept.key_holding(2, 7) == RecordAnswers.key(2)
+    kept.keep(2, 8, "new", {"reason": "unknown_tenant"})
+    assert RecordAnswers.key(2) in table  # not committed yet
+    committed[0] = 8
+    kept.keep(2, 9, "newer", {"reason": "unknown_tenant"})
+    assert RecordAnswers.key(2) not in table and kept.kept(2, 7, "old") is None
+    assert kept.kept(2, 8, "new") == {"reason": "unknown_tenant"}
 
 
 async def test_a_redelivered_rejection_writes_its_record_again_for_the_changelog(
@@ -212,7 +236,7 @@ async def test_a_redelivered_rejection_writes_its_record_again_for_the_changelog
     watched = Watched(table)
     h.processor.answers.table = watched
     await h.processor.process(rec)
-    assert writes == [RecordAnswers.key(0)]
+    assert writes == [RecordAnswers.key_of(0, rec.offset)]
 
 
 async def test_a_kept_park_is_no_rejection_to_an_older_reader() -> None:
