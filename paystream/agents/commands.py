@@ -62,6 +62,7 @@ from paystream.tables.changelog import ChangelogBatch, collect_changelog
 from paystream.tables.retention import RetentionSweep
 from paystream.tables.views import ActivityLog
 from paystream.tenancy.gateways import GatewayPool
+from paystream.tenancy.limits import REPLAY_MEMORY
 from paystream.tenancy.policy import call_policy
 from paystream.tenancy.secrets import secret_opener
 
@@ -99,6 +100,18 @@ EXIT_MISCONFIGURED = 78
 REBALANCE_DRAIN_SECONDS = 3.0
 # How often durable offsets are committed (Faust's default commit interval is 2.8 s).
 COMMIT_INTERVAL_SECONDS = 1.0
+# Records of a partition handled at most past its committed offset. The decisions kept
+# for their redeliveries must all be there when they come again: the tenant limits keep
+# REPLAY_MEMORY a tenant (a record of its own, read by every command), twice this. Past
+# it the agent waits for a commit rather than go on: a commit stalled (aiokafka retries a
+# coordinator error for ever), and a payment refused over its tenant's limits was charged
+# on its redelivery, its decision dropped (review finding, reproduced).
+MAX_UNCOMMITTED = 1_000
+if REPLAY_MEMORY < 2 * MAX_UNCOMMITTED:  # (a redelivery's and a run's decisions, both)
+    raise ImportError("REPLAY_MEMORY must hold twice MAX_UNCOMMITTED decisions")
+# While waiting for a commit that does not land: how often it is tried, and said.
+UNCOMMITTED_RETRY_SECONDS = 1.0
+UNCOMMITTED_SAY_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,6 +572,9 @@ async def process_commands(stream: Any) -> None:
             events = await guard.admit(taken)
             if queue.empty():
                 events += await guard.sweep()
+            await _within_uncommitted_bound(
+                offsets, chain, events, moved=functools.partial(_moved_since, taken_at)
+            )
             # The guard may have waited on the broker: if partitions moved meanwhile (the
             # rebalance hook has run), these events are their new owner's. A rejoin can
             # return the same generation: the assignments counted say it.
@@ -583,6 +599,49 @@ async def process_commands(stream: Any) -> None:
         await despite_cancellation(
             _close(offsets, chain), SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS
         )
+
+
+def _moved_since(taken_at: int) -> bool:
+    """Whether partitions were assigned since ``taken_at`` (an ``_assignments`` count)."""
+    return _assignments != taken_at
+
+
+async def _within_uncommitted_bound(
+    offsets: DurableOffsets,
+    chain: DeliveryChain,
+    events: Sequence[EventT],
+    moved: Callable[[], bool],
+) -> None:
+    """Return once handling ``events`` leaves no partition more than MAX_UNCOMMITTED
+    records past its committed offset: what is in hand delivered and committed first,
+    waiting as long as that commit does not land (the queue fills, fetching pauses, the
+    stall probes say so); or once partitions ``moved`` (the caller drops the batch)."""
+    said_at: float | None = None
+    while offsets.past_bound(events, MAX_UNCOMMITTED):
+        await chain.drain()
+        if not app.rebalancing:  # (given nothing left to commit, Faust crashes the worker)
+            try:
+                await offsets.commit()
+            except Exception:
+                log.warning("offset commit failed; trying again", exc_info=True)
+        over = offsets.past_bound(events, MAX_UNCOMMITTED)
+        if not over or moved():
+            return
+        if not any(offsets.ready_for(tp) for tp in over):
+            # Nothing handled there is left to commit: the batch alone spans the bound
+            # (records skipped on the broker). Waiting cannot bring it within.
+            return
+        now = time.monotonic()
+        if said_at is None or now - said_at >= UNCOMMITTED_SAY_SECONDS:
+            said_at = now
+            log.warning(
+                "partitions %s: over %d commands handled and not committed, and the "
+                "commit does not land; handling no more until it does (the decisions "
+                "kept for their redeliveries would be dropped)",
+                sorted(tp.partition for tp in over),
+                MAX_UNCOMMITTED,
+            )
+        await asyncio.sleep(UNCOMMITTED_RETRY_SECONDS)
 
 
 # The command agent's batches in hand and durable offsets, for the rebalance hook below.

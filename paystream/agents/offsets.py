@@ -62,20 +62,38 @@ class DurableOffsets:
         if agent and topic:
             metrics.PROGRESS.track(self)
 
+    def done_up_to(self, tp: TP) -> int:
+        """The offset before which the partition's records are durably handled: the later
+        of what the group had committed at the assignment (where Faust started it) and
+        what this worker committed since. Never committed by the group: all of the
+        partition is still to be handled, from its log start (which the continuity guard
+        reports as passed: retention may have emptied the partition)."""
+        known = getattr(self._app.consumer, "_committed_offset", {})
+        return max(self._committed.get(tp) or 0, known.get(tp) or 0, self._passed.get(tp, 0))
+
+    def past_bound(self, events: Sequence[EventT], bound: int) -> list[TP]:
+        """The partitions where handling ``events`` would leave more than ``bound``
+        records past :meth:`done_up_to` (handled, not yet committed)."""
+        last: dict[TP, int] = {}
+        for event in events:
+            message = event.message
+            if message.offset > last.get(message.tp, -1):
+                last[message.tp] = message.offset
+        return [tp for tp, offset in last.items() if offset + 1 - self.done_up_to(tp) > bound]
+
+    def ready_for(self, tp: TP) -> bool:
+        """Whether a commit would move the partition's offset (handled, not committed)."""
+        return tp in self._ready
+
     def lag(self) -> dict[TP, int]:
         """Per partition this worker owns: records on the broker (as of its latest fetch)
         past the offset committed for them, i.e. not yet durably handled."""
         consumer = cast(FaustConsumer, self._app.consumer)
-        known = getattr(consumer, "_committed_offset", {})  # where Faust started it
         out: dict[TP, int] = {}
         for tp in consumer.assignment():
             if tp.topic != self.topic:
                 continue
-            # The later of what the group had committed at the assignment and what this
-            # worker committed since. Never committed by the group: all of the partition
-            # is still to be handled, from its log start (which the continuity guard
-            # reports as passed: retention may have emptied the partition).
-            done = max(self._committed.get(tp) or 0, known.get(tp) or 0, self._passed.get(tp, 0))
+            done = self.done_up_to(tp)
             try:
                 high = consumer.highwater(tp)
             except Exception:  # not fetched from yet (or the consumer is going away)
