@@ -586,6 +586,12 @@ async def detach_payment_method(ctx: HandlerContext, data: c.DetachPaymentMethod
     rec = ctx.load(PaymentMethodRecord, data.payment_method_id)
     if not rec.attached:
         raise Rejection(RejectReason.INVALID_STATE, f"payment method {rec.id} is already detached")
+    owner = ctx.tables.of(CustomerRecord).get(entity_key(ctx.cmd.tenant_id, rec.customer_id))
+    if isinstance(owner, dict) and (owner.get("deleted") or owner.get("erased")):
+        # The provider detached it with its customer (Stripe: deleting a customer removes
+        # its card details), and asked now it refuses: detached here without asking.
+        rec.attached = False
+        return HandlerResult("payment_method.detached", rec)
     ctx.at_provider(rec)
     req = gw.DetachPaymentMethod(provider_payment_method_id=rec.provider_payment_method_id)
     await _gateway(

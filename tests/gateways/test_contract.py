@@ -177,6 +177,29 @@ async def test_detach_unattached_is_invalid_state(harness: Harness) -> None:
     )
 
 
+@over_gateways(localstripe_gap="detaching an unattached PaymentMethod succeeds instead of 400")
+async def test_a_deleted_customer_s_payment_method_is_detached_with_it(harness: Harness) -> None:
+    """Stripe: "deleting customers removes all credit card details": its methods cannot
+    be detached again (the simulator kept them attached; review finding)."""
+    cus = await customer(harness)
+    pm = await harness.gateway.attach_payment_method(
+        AttachPaymentMethod(provider_customer_id=cus, token="pm_card_visa"), idempotency_key=key()
+    )
+    other = await harness.gateway.attach_payment_method(
+        AttachPaymentMethod(provider_customer_id=cus, token="pm_card_mastercard"),
+        idempotency_key=key(),
+    )
+    req = DetachPaymentMethod(provider_payment_method_id=other.provider_payment_method_id)
+    await harness.gateway.detach_payment_method(req, idempotency_key=key())  # (off the list)
+    await harness.gateway.delete_customer(
+        DeleteCustomer(provider_customer_id=cus), idempotency_key=key()
+    )
+    req = DetachPaymentMethod(provider_payment_method_id=pm.provider_payment_method_id)
+    await expect(
+        ErrorCode.INVALID_STATE, harness.gateway.detach_payment_method(req, idempotency_key=key())
+    )
+
+
 # ---- payments ------------------------------------------------------------------------
 
 

@@ -179,7 +179,13 @@ async def update_customer(tx: Tx, req: UpdateCustomer, key: str) -> dict[str, An
 
 async def delete_customer(tx: Tx, req: DeleteCustomer, key: str) -> dict[str, Any]:
     cus = await _must(tx, req.provider_customer_id, "customer")
-    cus = {**cus, "deleted": True}
+    # As Stripe does ("deleting customers removes all credit card details"): its payment
+    # methods are detached with it, and cannot be used or detached again.
+    for pm_id in cus.get("payment_methods") or ():
+        pm = await tx.get(pm_id)
+        if pm is not None and pm.get("customer") == cus["id"]:
+            tx.put({**pm, "customer": None})
+    cus = {**cus, "deleted": True, "payment_methods": []}
     tx.put(cus)
     tx.effect(Effect.of("customer.deleted", key, cus["id"]))
     return {"ok": results.customer(cus)}
@@ -202,7 +208,7 @@ def _decline(card: TestCard, payment_id: str | None = None) -> dict[str, Any]:
 
 
 async def attach_payment_method(tx: Tx, req: AttachPaymentMethod, key: str) -> dict[str, Any]:
-    await _must(tx, req.provider_customer_id, "customer")
+    cus = await _must(tx, req.provider_customer_id, "customer")
     card = card_for_token(req.token)
     if card is None:
         existing = await tx.get(req.token)
@@ -223,6 +229,8 @@ async def attach_payment_method(tx: Tx, req: AttachPaymentMethod, key: str) -> d
         "customer": req.provider_customer_id,
     }
     tx.put(pm)
+    # The customer lists its methods: its deletion detaches them.
+    tx.put({**cus, "payment_methods": [*(cus.get("payment_methods") or ()), pm["id"]]})
     tx.effect(Effect.of("payment_method.attached", key, pm["id"]))
     return {"ok": results.payment_method(pm)}
 
@@ -231,6 +239,10 @@ async def detach_payment_method(tx: Tx, req: DetachPaymentMethod, key: str) -> d
     pm = await _must(tx, req.provider_payment_method_id, "payment_method")
     if pm["customer"] is None:
         raise _refuse(ErrorCode.INVALID_STATE, "the payment method is not attached to a customer")
+    owner = await tx.get(pm["customer"])
+    if owner is not None and pm["id"] in (owner.get("payment_methods") or ()):
+        listed = [other for other in owner["payment_methods"] if other != pm["id"]]
+        tx.put({**owner, "payment_methods": listed})
     pm = {**pm, "customer": None}
     tx.put(pm)
     tx.effect(Effect.of("payment_method.detached", key, pm["id"]))

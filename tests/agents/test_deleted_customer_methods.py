@@ -1,0 +1,35 @@
+"""A deleted customer's payment methods are detached with it at the provider (Stripe:
+"deleting customers removes all credit card details"), which then refuses to detach
+them again. paystream's table kept them attached, and their detach asked the provider:
+refused, the method stayed attached here for good (review finding)."""
+
+from __future__ import annotations
+
+import pytest
+
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_deleted_customer_s_method_is_detached_here_without_asking(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = h.add_tenant()
+    await h.send("customer.create", t, {"customer_id": "cus1", "email": "a@example.com"})
+    attach = {"customer_id": "cus1", "token": "pm_card_visa", "payment_method_id": "pm1"}
+    assert kind(await h.send("payment_method.attach", t, attach)) == "payment_method.attached"
+    assert kind(await h.send("customer.delete", t, {"customer_id": "cus1"})) == "customer.deleted"
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    effects = len(await gateway.effects())
+    out = await h.send("payment_method.detach", t, {"payment_method_id": "pm1"})
+    assert kind(out) == "payment_method.detached", data(out)
+    assert data(out)["object"]["attached"] is False
+    assert h.tables.payment_methods[f"{t}:pm1"]["attached"] is False
+    assert len(await gateway.effects()) == effects  # the provider was not asked
+    again = await h.send("payment_method.detach", t, {"payment_method_id": "pm1"})
+    assert data(again)["reason"] == "invalid_state"
