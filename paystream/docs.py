@@ -98,7 +98,9 @@ REJECT_REASONS: dict[RejectReason, str] = {
     RejectReason.PROVIDER_REJECTED: "the provider refused the request; `error` carries its "
     "code and request id",
     RejectReason.INTERNAL_ERROR: "a failure of ours before the command was let through to the "
-    "provider: the command is dead-lettered, and `dlq replay` after the fix runs it again",
+    "provider: the command is dead-lettered, marked `paystream-dlq-answered: internal_error`, "
+    "and `dlq replay` never runs it (that could charge a second time): its sender re-sends it "
+    "under a new id",
     RejectReason.PAST_RETENTION: "the command record, or the command's `time`, is older than "
     "PAYSTREAM_ENTITY_RETENTION_SECONDS less a day: the entities it may name may have left "
     "the tables (a consumer group reset to records that old, an outbox sent again), so it "
