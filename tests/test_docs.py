@@ -41,6 +41,7 @@ from paystream.streams.codec import encode_event
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS
 from paystream.streams.outcomes import CommandRef, RejectReason, encode_outcome
 from paystream.tenancy.models import Tenant
+from tests.agents.conftest import running_harness
 from tests.fixtures.pipeline import Deployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,6 +352,33 @@ def test_insights_events_match_their_messages(asyncapi: dict[str, Any]) -> None:
         validator(asyncapi, f"{pointer}/payload", draft7=True).validate(json.loads(record.value))
         headers = {k: v.decode() for k, v in record.headers}
         validator(asyncapi, f"{pointer}/headers", draft7=True).validate(headers)
+
+
+# ---- an export as the handlers build it ----------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_customer_export_matches_its_published_schema(
+    redis_url: str, asyncapi: dict[str, Any]
+) -> None:
+    """Its rows are entities as published: the closed schemas of `object`s (the table rows
+    carried the entity view's `entity_type` tag, which they refuse)."""
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        await h.send("customer.create", t, {"customer_id": "c1", "email": "a@example.com"})
+        attach = {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "pm1"}
+        await h.send("payment_method.attach", t, attach)
+        card = {"amount": 1000, "currency": "USD", "payment_method_id": "pm1"}
+        paid = await h.send("payment.create", t, {**card, "customer_id": "c1"})
+        refund = {"payment_id": paid.get_data()["entity_id"], "amount": 100}
+        await h.send("refund.create", t, refund)
+        out = await h.send("customer.export", t, {"customer_id": "c1"})
+    body = out.get_data()
+    assert out.get_type() == "com.paystream.customer.exported", body
+    export = body["export"]
+    assert [len(export[n]) for n in ("payment_methods", "payments", "refunds")] == [1, 1, 1]
+    pointer = "/components/messages/outcome.customer.exported/payload"
+    validator(asyncapi, pointer, draft7=True).validate(body)
 
 
 # ---- against a real worker ----------------------------------------------------------

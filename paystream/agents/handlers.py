@@ -519,7 +519,11 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
             if (ids is None and raw.get(field_name) == rec.id) or (
                 ids is not None and raw.get(field_name) in ids
             ):
-                rows.append(public_row(raw))
+                # As published (snapshot()): without the entity view's `entity_type` tag,
+                # which the export's closed row schemas do not allow.
+                row = public_row(raw)
+                row.pop("entity_type", None)
+                rows.append(row)
         return sorted(rows, key=lambda r: r["id"])
 
     methods = owned(ctx.tables.payment_methods, "customer_id")
