@@ -202,19 +202,51 @@ def _model_schema(
     return {"title": schema.pop("title"), **_strip_titles(schema)}
 
 
+# The white space str.strip() (normalise_currency) takes off, spelled out: Python's
+# str.isspace() characters, not ECMA-262's `\s` (JSON Schema patterns' dialect), another
+# set (tests/test_docs.py checks it against str.isspace()).
+_STRIPPED = (
+    "[\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000]*"
+)
+# What a command's `currency` takes (money.normalise_currency): an accepted code in any
+# letter case, white space around it ignored. Not an enum: mixed case and the white space
+# make too many spellings.
+_CURRENCY_PATTERN = (
+    f"^{_STRIPPED}(?:"
+    + "|".join("".join(f"[{c}{c.lower()}]" for c in code) for code in sorted(CURRENCY_EXPONENTS))
+    + f"){_STRIPPED}$"
+)
+
+
 def _command_schema(kind: str, components: Doc) -> Doc:
     schema = _model_schema(COMMANDS[kind], components)
+    props = schema["properties"]
     if kind == "payment.create":
         # The model's validator: exactly one of the two, not null.
         schema["oneOf"] = [
             {"required": [name], "properties": {name: {"type": "string"}}}
             for name in ("payment_method_id", "payment_method_token")
         ]
-        schema["properties"]["currency"]["description"] = (
-            "ISO 4217 code (case-insensitive). Accepted, each with the decimals `amount` "
-            "counts in (Stripe's: MGA has none, unlike ISO 4217): "
-            + ", ".join(f"{code} {CURRENCY_EXPONENTS[code]}" for code in sorted(CURRENCY_EXPONENTS))
+    if "amount" in props:
+        # JSON Schema's `integer` takes any number whose fraction is zero; the model
+        # (StrictInt) takes integer literals only, and a schema cannot tell them apart.
+        props["amount"]["description"] = (
+            "minor units of the currency, as a JSON integer literal: no fraction or "
+            "exponent (`100.0` and `1e2` are refused, `validation_error`, though JSON "
+            "Schema's `integer` takes them)"
         )
+    if "currency" in props:
+        props["currency"] = {
+            "type": "string",
+            "pattern": _CURRENCY_PATTERN,
+            "description": "ISO 4217 code, in any letter case (`USD`, `usd`, `Usd`), white "
+            "space around it ignored; the pattern takes exactly those. Accepted, each with "
+            "the decimals `amount` counts in (Stripe's: MGA has none, unlike ISO 4217): "
+            + ", ".join(
+                f"{code} {CURRENCY_EXPONENTS[code]}" for code in sorted(CURRENCY_EXPONENTS)
+            ),
+        }
     return schema
 
 

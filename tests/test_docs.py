@@ -212,6 +212,32 @@ SAMPLES: list[tuple[str, dict[str, Any]]] = [
     ),
     ("payment.create", {"amount": 19.99, "currency": "USD", "payment_method_id": "pm_1"}),
     ("payment.create", {"amount": 5, "currency": "USD", "payment_method_id": "x", "cvc": "1"}),
+    # `currency`: what money.normalise_currency takes, and nothing else.
+    *[
+        ("payment.create", {"amount": 5, "currency": currency, "payment_method_id": "x"})
+        for currency in [
+            "usd",
+            "Usd",
+            "kWd",
+            " eur",
+            "JPY\n",
+            "\u00a0gbp\u3000",
+            "\x1cUSD\x1f",
+            "XYZ",
+            "",
+            "US",
+            "USDX",
+            "U SD",
+            "u\u017fd",
+            "\uff35\uff33\uff24",
+            "USD\x00",
+            "\ufeffUSD",
+            "\u200bUSD",
+            840,
+            None,
+            ["USD"],
+        ]
+    ],
     ("customer.create", {}),
     ("customer.create", {"email": "not-an-address"}),
     ("customer.update", {"customer_id": "cus_1", "metadata": {"k": ""}}),
@@ -236,6 +262,34 @@ def test_command_schemas_accept_what_the_models_accept(
     except ValidationError:
         model_accepts = False
     assert schema.is_valid(data) == model_accepts, (kind, data)
+
+
+def test_the_currency_pattern_ignores_the_white_space_the_model_strips(
+    asyncapi: dict[str, Any],
+) -> None:
+    """str.strip()'s white space, not the pattern dialect's `\\s` (another set)."""
+    currency = asyncapi["components"]["schemas"]["CreatePayment"]["properties"]["currency"]
+    pattern = re.compile(currency["pattern"])
+    padded = {c for c in range(0x110000) if pattern.search(f"{chr(c)}usd{chr(c)}")}
+    assert padded == {c for c in range(0x110000) if chr(c).isspace()}
+
+
+@pytest.mark.parametrize("literal", ["100.0", "1e2", "1E2", "100.00"])
+def test_an_amount_with_a_fraction_or_exponent_is_refused_as_documented(
+    asyncapi: dict[str, Any], literal: str
+) -> None:
+    """JSON Schema's `integer` takes 100.0 (a schema cannot tell it from 100); the model
+    refuses it, and each command's `amount` says so."""
+    data = json.loads(f'{{"amount": {literal}, "currency": "USD", "payment_method_id": "x"}}')
+    with pytest.raises(ValidationError):
+        COMMANDS["payment.create"].model_validate(data)
+    schema = validator(asyncapi, "/components/schemas/CreatePayment", draft7=True)
+    assert schema.is_valid(data)  # (hence the description)
+    for kind, model in COMMANDS.items():
+        props = asyncapi["components"]["schemas"][model.__name__]["properties"]
+        if "amount" in props:
+            assert "JSON integer literal" in props["amount"]["description"], kind
+            assert "`1e2`" in props["amount"]["description"], kind
 
 
 def test_every_reject_reason_is_documented(asyncapi: dict[str, Any]) -> None:
