@@ -962,6 +962,7 @@ _HOST_REFUSED = _json(
     "own (not an address, `localhost`, a name without a dot, the worker's own or "
     "PAYSTREAM_WEB_ALLOWED_HOSTS): DNS rebinding",
 )
+_BAD_HOST = _json("Error", "the Host header is not a host[:port] (`bad_host`)")
 
 
 def _object(properties: Doc, description: str = "") -> Doc:
@@ -989,7 +990,16 @@ def _view_schemas() -> Doc:
     components |= {
         "Error": _object(
             {
-                "error": {"enum": ["unauthorized", "host_not_allowed", "not_found", "unavailable"]},
+                "error": {
+                    "enum": [
+                        "bad_host",
+                        "unauthorized",
+                        "host_not_allowed",
+                        "not_found",
+                        "bad_gateway",
+                        "unavailable",
+                    ]
+                },
                 "message": _STR,
             }
         ),
@@ -1141,7 +1151,8 @@ def openapi() -> Doc:
                         "in": "query",
                         "required": False,
                         "description": "PAYSTREAM_WEB_TOKEN: a browser opens `/?token=…` once "
-                        "and gets it as an HttpOnly cookie",
+                        "and gets it as an HttpOnly cookie (ignored when PAYSTREAM_WEB_TOKEN is "
+                        "unset)",
                         "schema": _STR,
                     }
                 ],
@@ -1151,13 +1162,16 @@ def openapi() -> Doc:
                         "content": {"text/html": {"schema": _STR}},
                     },
                     "303": {
-                        "description": "`?token=` given: to `/`, with the `paystream_token` "
-                        "cookie (HttpOnly, SameSite=Strict, Secure over HTTPS) when it is right",
+                        "description": "`?token=` given while PAYSTREAM_WEB_TOKEN is set: to "
+                        "`/`, with the `paystream_token` cookie (HttpOnly, SameSite=Strict, "
+                        "Secure over HTTPS) when it is right (without PAYSTREAM_WEB_TOKEN, "
+                        "`?token=` is ignored and the dashboard answered)",
                         "headers": {
                             "Location": {"schema": {"const": "/"}},
                             "Set-Cookie": {"schema": _STR},
                         },
                     },
+                    "400": _BAD_HOST,
                     "401": {
                         "description": "without the token",
                         "content": {"text/plain": {"schema": _STR}},
@@ -1176,6 +1190,7 @@ def openapi() -> Doc:
                         "headers": _NO_STORE,
                         "content": {"text/plain": {"schema": _STR}},
                     },
+                    "400": _BAD_HOST,
                     "401": _UNAUTHORIZED,
                     "403": _HOST_REFUSED,
                 },
@@ -1212,6 +1227,7 @@ def openapi() -> Doc:
                 "security": _GUARDED,
                 "responses": {
                     "200": _json("Stats", "the figures", _NO_STORE),
+                    "400": _BAD_HOST,
                     "401": _UNAUTHORIZED,
                     "403": _HOST_REFUSED,
                 },
@@ -1240,13 +1256,21 @@ def openapi() -> Doc:
                         "headers": _NO_STORE,
                         "content": {"application/json": {"schema": entity}},
                     },
+                    "400": _BAD_HOST,
                     "401": _UNAUTHORIZED,
                     "403": _HOST_REFUSED,
                     "404": _json("Error", "no such entity of this tenant, or an unknown kind"),
+                    "502": _json(
+                        "Error",
+                        "the worker owning the tenant answered something other than JSON (no "
+                        "paystream worker: a stale assignment's address reused): retry",
+                        _RETRY_AFTER,
+                    ),
                     "503": _json(
                         "Error",
-                        "tables are being recovered, or the tenant's owner is unreachable "
-                        "(answered within 5 s): retry",
+                        "tables are being recovered, no worker owns the tenant yet (partitions "
+                        "being assigned), or the tenant's owner is unreachable (answered within "
+                        "5 s): retry",
                         _RETRY_AFTER,
                     ),
                 },

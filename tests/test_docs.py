@@ -355,6 +355,42 @@ def test_every_web_route_is_in_the_openapi_paths(openapi: dict[str, Any]) -> Non
         assert f'"{kind}": t.{kind}' in source, kind
 
 
+def test_every_error_the_views_answer_is_in_the_error_schema(openapi: dict[str, Any]) -> None:
+    answered = set(re.findall(r'"error": "([a-z_]+)"', VIEWS.read_text()))
+    assert {"bad_host", "bad_gateway", "not_found"} <= answered
+    assert set(openapi["components"]["schemas"]["Error"]["properties"]["error"]["enum"]) == (
+        answered
+    )
+
+
+def test_a_malformed_host_is_a_documented_400(openapi: dict[str, Any]) -> None:
+    """web/views.py _refused_host: on every view but the probes."""
+    body = {"error": "bad_host", "message": "the Host header is not a host[:port]"}
+    for path in ("/", "/metrics", "/v1/stats", "/v1/tenants/{tenant}/{kind}/{entity_id}"):
+        validator(openapi, response_schema(path, 400)).validate(body)
+    for probe in ("/healthz", "/readyz"):
+        assert "400" not in openapi["paths"][probe]["get"]["responses"], probe
+
+
+def test_an_owner_answering_other_than_json_is_a_documented_502(openapi: dict[str, Any]) -> None:
+    from paystream.web.views import owner_not_json  # (imports the Faust app)
+
+    status, body, headers = owner_not_json()
+    path = "/v1/tenants/{tenant}/{kind}/{entity_id}"
+    validator(openapi, response_schema(path, status)).validate(body)
+    documented = openapi["paths"][path]["get"]["responses"][str(status)]["headers"]
+    assert set(headers) <= set(documented)
+
+
+def test_the_dashboard_redirects_a_token_only_when_one_is_configured(
+    openapi: dict[str, Any],
+) -> None:
+    """views.py DashboardView: `?token=` is read only with PAYSTREAM_WEB_TOKEN set."""
+    assert "token is not None and settings.web_token is not None" in VIEWS.read_text()
+    found = openapi["paths"]["/"]["get"]["responses"]["303"]["description"]
+    assert "while PAYSTREAM_WEB_TOKEN is set" in found
+
+
 # ---- headers as the codec writes them -------------------------------------------------
 
 
