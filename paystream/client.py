@@ -10,13 +10,20 @@ import secrets
 import string
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream.agents.card_data import (
+    event_holds_card,
+    kept_headers,
+    raw_may_hold_card,
+    security_code_outside_data,
+)
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
@@ -31,6 +38,9 @@ from paystream.streams.commands import COMMAND_PREFIX, ID_MAX_CHARS
 from paystream.streams.kafka_auth import client_auth
 from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
 from paystream.streams.pan import contains_card_number, security_code_at
+
+if TYPE_CHECKING:
+    from paystream.agents.pipeline import Inbound
 
 __all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command"]
 
@@ -56,10 +66,10 @@ class InvalidCommand(PaystreamError, ValueError):
 def encoded_for_sending(
     command: CloudEvent, mode: CloudEventsMode, settings: Settings
 ) -> KafkaRecord:
-    """The command's Kafka record; InvalidCommand for data holding card data, and for a
-    structured one larger than the workers take, which they dead-letter unread, so
-    unanswered (a binary-mode one is answered payload_too_large from its headers): its
-    sender would wait in vain."""
+    """The command's Kafka record; InvalidCommand for one holding card data (in its data,
+    an attribute or the record's key and headers), and for a structured one larger than
+    the workers take, which they dead-letter unread, so unanswered (a binary-mode one is
+    answered payload_too_large from its headers): its sender would wait in vain."""
     _check_no_card_data(command)
     tenant = str(command.get_extension("tenantid"))
     # (A command built by hand, not by build_command, too: answered under another id or
@@ -67,6 +77,7 @@ def encoded_for_sending(
     key = command.get_extension("idempotencykey")
     _check_ids(tenant, str(command.get_id()), None if key is None else str(key))
     record = encode_event(command, tenant.encode(), mode)
+    _check_no_card_data_in_record(command, record)
     limit = settings.command_max_bytes
     if mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:
         raise InvalidCommand(
@@ -85,6 +96,29 @@ def _check_no_card_data(command: CloudEvent) -> None:
         raise InvalidCommand("the data holds a card number: card data is not accepted")
     if (key := security_code_at(data)) is not None:
         raise InvalidCommand(f"{key!r} holds a card security code: card data is not accepted")
+
+
+@dataclass(frozen=True, slots=True)
+class _AsConsumed:
+    """What the worker's card-data scans read of a command record (its Inbound's)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, bytes]
+
+
+def _check_no_card_data_in_record(command: CloudEvent, record: KafkaRecord) -> None:
+    """The worker's own scans of the whole record, as its pipeline applies them: a card
+    number anywhere but the trace context (`source`: "/shop/4242424242424242"), after the
+    quick look at the bytes that clears nearly every command; a card security code outside
+    the data (an extension, a `tracestate` member: "cvc=737"). The worker refuses both
+    card_data_forbidden, but only once the record sits on the broker: the client scanned
+    the data alone (review finding)."""
+    rec = cast("Inbound", _AsConsumed(record.key, record.value, dict(record.headers)))
+    if raw_may_hold_card(rec, kept_headers(rec.headers)) and event_holds_card(rec, command):
+        raise InvalidCommand("the command holds a card number: card data is not accepted")
+    if (where := security_code_outside_data(rec, command)) is not None:
+        raise InvalidCommand(f"{where!r} holds a card security code: card data is not accepted")
 
 
 def build_command(

@@ -273,6 +273,80 @@ async def test_card_data_is_never_sent(
     assert "4242" not in result.output and "737" not in result.output
 
 
+_PAY = {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"}
+_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _with_extension(name: str, value: str) -> CloudEvent:
+    command = build_command("payment.create", "acme", _PAY)
+    command.get_attributes()[name] = value  # (an extension set by hand)
+    return command
+
+
+# Card data beside the data: the worker refuses each card_data_forbidden.
+_CARD_IN_ATTRIBUTES = {
+    "source": lambda: build_command(
+        "payment.create", "acme", _PAY, source="/shop/4242424242424242"
+    ),
+    "tracestate": lambda: build_command(
+        "payment.create", "acme", _PAY, traceparent=_TRACEPARENT, tracestate="vendor=1,cvc=737"
+    ),
+    "an extension's number": lambda: _with_extension("note", "4242 4242 4242 4242"),
+    "an extension's code": lambda: _with_extension("cvc", "737"),
+}
+# Trace context that reads as a card number by chance: the worker drops it and runs the
+# command (card_data.trace_context_without_cards), so it is sent.
+_CARD_LIKE_TRACE_CONTEXT = {
+    "traceparent": lambda: build_command(
+        "payment.create", "acme", _PAY,
+        traceparent="00-459f039076e099f944d5017262279051-c812fed7cbc0981c-01",
+    ),
+    "tracestate": lambda: build_command(
+        "payment.create", "acme", _PAY, traceparent=_TRACEPARENT,
+        tracestate="33@nr=0-0-33-5043-27ddd2d8890283b4-5569065a5b1313bd-1-1.23456-1764547200006",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("where", list(_CARD_IN_ATTRIBUTES))
+@pytest.mark.parametrize("mode", list(CloudEventsMode))
+async def test_card_data_in_an_attribute_is_never_sent(where: str, mode: CloudEventsMode) -> None:
+    """The client scanned the data alone: a card number in `source` or a security code in
+    `tracestate` reached the broker, and the worker refused it card_data_forbidden
+    (review finding). Not echoed."""
+    with pytest.raises(InvalidCommand, match="card data is not accepted") as refused:
+        encoded_for_sending(_CARD_IN_ATTRIBUTES[where](), mode, load_settings())
+    assert "4242" not in str(refused.value) and "737" not in str(refused.value)
+
+
+@pytest.mark.parametrize("where", list(_CARD_LIKE_TRACE_CONTEXT))
+@pytest.mark.parametrize("mode", list(CloudEventsMode))
+async def test_trace_context_that_reads_as_a_card_number_is_sent(
+    where: str, mode: CloudEventsMode
+) -> None:
+    encoded_for_sending(_CARD_LIKE_TRACE_CONTEXT[where](), mode, load_settings())
+
+
+async def test_the_client_refuses_in_attributes_what_the_worker_refuses(redis_url: str) -> None:
+    """What the client refuses, the worker answers card_data_forbidden; what it sends,
+    the worker runs."""
+    from tests.agents.conftest import running_harness
+
+    async with running_harness(redis_url) as h:
+        for name, cases, refused in (
+            ("refused", _CARD_IN_ATTRIBUTES, True),
+            ("sent", _CARD_LIKE_TRACE_CONTEXT, False),
+        ):
+            for where, make in cases.items():
+                command = make()
+                h.add_tenant("acme")
+                command.get_attributes()["id"] = f"{name}-{where}".replace(" ", "-")
+                _, outcome = await h.send_event(command)
+                assert outcome is not None
+                reason = outcome.get_data().get("reason")
+                assert (reason == "card_data_forbidden") is refused, (where, outcome.get_type())
+
+
 async def test_a_client_that_was_not_started_says_so() -> None:
     """Not started, it waited for broker metadata for good (the README's example did)."""
     with pytest.raises(PaystreamError, match="not started"):
