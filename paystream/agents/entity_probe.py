@@ -64,26 +64,37 @@ class NoProvider:
     async def call(self, fn: Callable[[], Awaitable[Any]]) -> NoReturn:
         raise self.refusal
 
-    def context(self, cmd: CommandRef, tables: Tables, request_hash: str) -> HandlerContext:
+    def context(
+        self, cmd: CommandRef, tables: Tables, request_hash: str, id_window_seconds: float
+    ) -> HandlerContext:
         return HandlerContext(
             cmd=cmd,
             gateway=cast(gw.PaymentGateway, self),
             tables=tables,
             call=self.call,
             request_hash=request_hash,
+            id_window_seconds=id_window_seconds,
         )
 
 
 async def applied_by_entity(
-    tables: Tables, cmd: CommandRef, data: Any, request_hash: str, stand_in: NoProvider
+    tables: Tables,
+    cmd: CommandRef,
+    data: Any,
+    request_hash: str,
+    stand_in: NoProvider,
+    *,
+    id_window_seconds: float,
 ) -> AlreadyApplied | None:
     """What the command's handler finds if this command already changed an entity
     (``cmd.command_id`` recorded in it, for the same request): its outcome and the salt
-    of the record that made it; None if nothing."""
+    of the record that made it; None if nothing. ``id_window_seconds``: the idempotency
+    window the run uses (it decides which entity a create's id names: ``new_id``)."""
     if cmd.command_type in READ_ONLY:
         return None
+    context = stand_in.context(cmd, tables, request_hash, id_window_seconds)
     try:
-        await HANDLERS[cmd.command_type](stand_in.context(cmd, tables, request_hash), data)
+        await HANDLERS[cmd.command_type](context, data)
     except AlreadyApplied as done:
         return done
     except Exception:  # refused, not found, a conflict: not known to have applied
@@ -133,7 +144,13 @@ ANSWERED_BY_ANOTHER = "answered by another"
 
 
 async def first_provider_call(
-    tables: Tables, cmd: CommandRef, data: Any, request_hash: str, provider: str
+    tables: Tables,
+    cmd: CommandRef,
+    data: Any,
+    request_hash: str,
+    provider: str,
+    *,
+    id_window_seconds: float,
 ) -> ProviderCall | str | None:
     """The first provider call the command's handler makes when it finishes a command
     let through before (keys and requests derive from the command and the entities it
@@ -151,6 +168,7 @@ async def first_provider_call(
         call=probe.call,
         request_hash=request_hash,
         let_through=True,  # as the run that would finish it
+        id_window_seconds=id_window_seconds,
     )
     try:
         await HANDLERS[cmd.command_type](context, data)

@@ -590,19 +590,22 @@ async def detach_payment_method(ctx: HandlerContext, data: c.DetachPaymentMethod
     rec = ctx.load(PaymentMethodRecord, data.payment_method_id)
     if not rec.attached:
         raise Rejection(RejectReason.INVALID_STATE, f"payment method {rec.id} is already detached")
-    owner = ctx.tables.of(CustomerRecord).get(entity_key(ctx.cmd.tenant_id, rec.customer_id))
-    if isinstance(owner, dict) and (owner.get("deleted") or owner.get("erased")):
-        # The provider detached it with its customer (Stripe: deleting a customer removes
-        # its card details), and asked now it refuses: detached here without asking.
-        rec.attached = False
-        return HandlerResult("payment_method.detached", rec)
     ctx.at_provider(rec)
     req = gw.DetachPaymentMethod(provider_payment_method_id=rec.provider_payment_method_id)
-    await _gateway(
-        ctx,
-        "detach_payment_method",
-        lambda: ctx.gateway.detach_payment_method(req, idempotency_key=ctx.idem),
-    )
+    try:
+        await _gateway(
+            ctx,
+            "detach_payment_method",
+            lambda: ctx.gateway.detach_payment_method(req, idempotency_key=ctx.idem),
+        )
+    except Rejection as rej:
+        owner = ctx.tables.of(CustomerRecord).get(entity_key(ctx.cmd.tenant_id, rec.customer_id))
+        gone = isinstance(owner, dict) and (owner.get("deleted") or owner.get("erased"))
+        if rej.reason is not RejectReason.INVALID_STATE or not gone:
+            raise
+        # Its customer deleted: the provider detached it then (Stripe: deleting a customer
+        # removes its card details) and refuses now. (One deleted here only, the provider
+        # not finding it, may still hold the card attached: asked first, it detaches it.)
     rec.attached = False
     return HandlerResult("payment_method.detached", rec)
 

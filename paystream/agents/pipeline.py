@@ -203,6 +203,12 @@ class CommandProcessor:
         retention_ms = settings.entity_retention_seconds * 1000
         self._past_retention_ms = retention_ms - 86_400_000 if retention_ms > 0 else float("inf")
 
+    @property
+    def _id_window(self) -> float:
+        """The idempotency window: what handlers and their probes take a command id
+        reused past it to name (another request, its entities ids of their own)."""
+        return float(self.settings.idempotency_ttl_seconds)
+
     # ---- entry point --------------------------------------------------------------
 
     async def process(self, rec: Inbound) -> list[Emit]:
@@ -688,7 +694,9 @@ class CommandProcessor:
             return False
         data, request_hash = unrecorded
         stand_in = NoProvider("", Rejection(RejectReason.CARD_DATA_FORBIDDEN, ""))
-        done = await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
+        done = await applied_by_entity(
+            self.tables, cmd, data, request_hash, stand_in, id_window_seconds=self._id_window
+        )
         # Only an entity that kept this request's hash (an erased customer's keep none).
         return done is not None and done.request_hash == request_hash
 
@@ -861,7 +869,14 @@ class CommandProcessor:
             limits_state = UNREAD  # (read again after the await)
             applied = (
                 existing is None
-                and await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
+                and await applied_by_entity(
+                    self.tables,
+                    cmd,
+                    data,
+                    request_hash,
+                    stand_in,
+                    id_window_seconds=self._id_window,
+                )
                 is not None
             )
             if not applied and stamped:
@@ -925,6 +940,7 @@ class CommandProcessor:
                         data,
                         request_hash,
                         NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
+                        id_window_seconds=self._id_window,
                     )
                     is not None
                 )
@@ -975,7 +991,7 @@ class CommandProcessor:
             # the parked command, re-driven, got it too, after the charge.)
             let_through=let_through,
             trace=trace,
-            id_window_seconds=self.settings.idempotency_ttl_seconds,
+            id_window_seconds=self._id_window,
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
@@ -1220,7 +1236,9 @@ class CommandProcessor:
         data, request_hash = unrecorded
         reason = RejectReason.UNKNOWN_TENANT if tenant is None else RejectReason.TENANT_SUSPENDED
         stand_in = NoProvider("" if tenant is None else tenant.gateway, Rejection(reason, ""))
-        done = await applied_by_entity(self.tables, cmd, data, request_hash, stand_in)
+        done = await applied_by_entity(
+            self.tables, cmd, data, request_hash, stand_in, id_window_seconds=self._id_window
+        )
         if done is None:
             return None
         # Made by another record (this command sent again past the window): that one
@@ -1304,7 +1322,9 @@ class CommandProcessor:
         if ask is None and not parked_unanswered:
             return False  # (every other caller asked the entities already)
         provider = str(gateway.provider)
-        call = await first_provider_call(self.tables, cmd, data, request_hash, provider)
+        call = await first_provider_call(
+            self.tables, cmd, data, request_hash, provider, id_window_seconds=self._id_window
+        )
         if call == EFFECT_RECORDED or (call == ANSWERED_BY_ANOTHER and parked_unanswered):
             # An entity says it took effect: the run answers from it, whenever it comes.
             # Or another command of the same request made it: a command parked
@@ -1593,7 +1613,9 @@ class CommandProcessor:
         a chosen id), and made a second entity of the one provider object (review)."""
         first = replace(cmd, command_id=existing.command_id)
         stand_in = NoProvider("", Rejection(RejectReason.INVALID_STATE, "", remember=False))
-        done = await applied_by_entity(self.tables, first, data, request_hash, stand_in)
+        done = await applied_by_entity(
+            self.tables, first, data, request_hash, stand_in, id_window_seconds=self._id_window
+        )
         if done is not None:
             # That command, let through before, may not have counted its money: a crash
             # lost its limits write with its answer, and it was parked again uncounted
@@ -2210,6 +2232,8 @@ class CommandProcessor:
         key = self.answers.key_holding(rec.partition, rec.offset)
         if key is not None:
             self._rewrite(self.answers.table, key)
+            # (And the index naming it: else, lost with it, the record is never pruned.)
+            self._rewrite(self.answers.table, self.answers.index_key(rec.partition))
 
     @staticmethod
     def _rewrite(table: Any, key: str) -> None:

@@ -1,7 +1,7 @@
 """A deleted customer's payment methods are detached with it at the provider (Stripe:
 "deleting customers removes all credit card details"), which then refuses to detach
-them again. paystream's table kept them attached, and their detach asked the provider:
-refused, the method stayed attached here for good (review finding)."""
+them again. paystream's table kept them attached, and the provider's refusal of their
+detach left them attached here for good: it now means detached (review finding)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.agents.harness import Harness, data, kind
 pytestmark = pytest.mark.asyncio
 
 
-async def test_a_deleted_customer_s_method_is_detached_here_without_asking(
+async def test_a_deleted_customer_s_method_refused_detach_at_the_provider_is_detached(
     harness: Harness,
 ) -> None:
     h = harness
@@ -30,6 +30,6 @@ async def test_a_deleted_customer_s_method_is_detached_here_without_asking(
     assert kind(out) == "payment_method.detached", data(out)
     assert data(out)["object"]["attached"] is False
     assert h.tables.payment_methods[f"{t}:pm1"]["attached"] is False
-    assert len(await gateway.effects()) == effects  # the provider was not asked
+    assert len(await gateway.effects()) == effects  # (refused there: no effect)
     again = await h.send("payment_method.detach", t, {"payment_method_id": "pm1"})
     assert data(again)["reason"] == "invalid_state"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from paystream.agents import handlers, pipeline
+from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind, new_tenant_id
 from tests.agents.test_applied_by_entity import _change, _entities
 from tests.agents.test_command_id_resent import _DaysLater, _rec
@@ -94,3 +95,31 @@ async def test_a_create_under_a_command_id_reused_past_the_window_makes_its_own_
     repaired = await _answer(h, _rec(t, command_type, body2, "order-1"))
     assert repaired.get_id() == second.get_id() and data(repaired) == data(second)
     assert _entities(h) == entities
+
+
+async def test_the_crash_probes_take_the_configured_window(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window shorter than a day: the probes that recognise a crash's lone entity took
+    the default 24 h, so they looked for the second request's payment under the id of the
+    first, and a charged payment was answered tenant_suspended (review finding)."""
+    async with running_harness(redis_url, idempotency_ttl_seconds=3600) as h:
+        t = new_tenant_id()
+        h.add_tenant(t)
+        card = {"currency": "USD", "payment_method_token": "pm_card_visa"}
+        first = await _answer(h, _rec(t, "payment.create", {**card, "amount": 1000}, "order-1"))
+        h.processor.purge_expired(t, time.time() + 2 * 3600)
+        for key in await h.redis.keys(f"sim:{{{t}}}:idem:*"):
+            await h.redis.delete(key)
+        monkeypatch.setattr(pipeline, "time", _DaysLater(2 / 24))  # past 1 h, within 24 h
+        monkeypatch.setattr(handlers, "time", _DaysLater(2 / 24))
+        body2 = {**card, "amount": 2500}
+        second = await _answer(h, _rec(t, "payment.create", body2, "order-1"))
+        assert kind(second) == "payment.succeeded", data(second)
+        assert data(second)["object"]["id"] != data(first)["object"]["id"]
+        entities = _entities(h)
+        del h.idempotency[f"{t}:order-1"]  # a crash kept only its entity
+        _change(h, t, "suspended")
+        repaired = await _answer(h, _rec(t, "payment.create", body2, "order-1"))
+        assert repaired.get_id() == second.get_id() and data(repaired) == data(second)
+        assert _entities(h) == entities

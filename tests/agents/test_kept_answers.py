@@ -236,7 +236,7 @@ async def test_a_redelivered_rejection_writes_its_record_again_for_the_changelog
     watched = Watched(table)
     h.processor.answers.table = watched
     await h.processor.process(rec)
-    assert writes == [RecordAnswers.key_of(0, rec.offset)]
+    assert writes == [RecordAnswers.key_of(0, rec.offset), RecordAnswers.index_key(0)]
 
 
 async def test_a_kept_park_is_no_rejection_to_an_older_reader() -> None:
