@@ -50,6 +50,7 @@ from paystream.built import frozen_record
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
 from paystream.gc_pacing import full_collections
+from paystream.log_limits import ThrottledLog
 from paystream.streams.admin import (
     RECORD_MAX_BYTES,
     large_record_topics,
@@ -98,6 +99,10 @@ EXIT_MISCONFIGURED = 78
 # On a rebalance, how long the batch in hand may take to be delivered before the worker
 # rejoins the group: well inside the rebalance timeout (6 s on the embedded broker).
 REBALANCE_DRAIN_SECONDS = 3.0
+# Furthest this worker's clock may run ahead of the broker's for it to delete what it
+# judges expired (entities past retention, idempotency records past their window).
+CLOCK_AHEAD_MAX_SECONDS = 86_400.0
+_clock_log = ThrottledLog(log, interval=300.0)
 # How often durable offsets are committed (Faust's default commit interval is 2.8 s).
 COMMIT_INTERVAL_SECONDS = 1.0
 # Records of a partition handled at most past its committed offset. The decisions kept
@@ -157,6 +162,29 @@ class CommandRunner:
             commands_topic.get_topic_name(),
             _active_partitions,
         )
+        # The newest broker time of a command handled (Unix seconds; 0: none yet).
+        self.broker_time = 0.0
+
+    def clock_for_deletes(self, events: Sequence[EventT]) -> float | None:
+        """The time to judge what has expired by: this worker's clock, unless it runs
+        more than CLOCK_AHEAD_MAX_SECONDS ahead of the broker's (the newest record time
+        seen): then None, and nothing is deleted. A clock a retention ahead (a VM
+        restored, a bad time source) had the sweep delete every settled entity for good,
+        tombstones and all, and the purge every idempotency record (review finding)."""
+        newest = max((e.message.timestamp or 0.0 for e in events), default=0.0)
+        self.broker_time = max(self.broker_time, float(newest))
+        now = time.time()
+        if self.broker_time and now - self.broker_time > CLOCK_AHEAD_MAX_SECONDS:
+            _clock_log.warning(
+                "clock",
+                "this worker's clock is %.0f s ahead of the newest command's broker time: "
+                "no retention sweep or idempotency purge until it is right (or the "
+                "commands it handles catch up: a backlog older than %.0f s)",
+                now - self.broker_time,
+                CLOCK_AHEAD_MAX_SECONDS,
+            )
+            return None
+        return now
 
     def rescan_expiry(self) -> None:
         """Partitions are moving: look for recovered idempotency records afresh, and
@@ -224,14 +252,23 @@ class CommandRunner:
         by_tenant: dict[bytes | None, list[EventT]] = defaultdict(list)
         for event in events:
             by_tenant[event.message.key].append(event)
+        clock = self.clock_for_deletes(events)
         with collect_changelog(processor.committed) as changelog:
             groups = await asyncio.gather(
-                *(self._run_tenant(processor, group) for group in by_tenant.values())
+                *(self._run_tenant(processor, group, clock) for group in by_tenant.values())
             )
             # Settled entities past retention: their tombstones go with this batch. Not
             # while the group rebalances: which partitions are this worker's is changing.
-            if not app.rebalancing:
-                self.retention.step(time.time())
+            # Nor in a batch taken before the last rebalance, which a hand-over dropped
+            # (not delivered): a minimisation reaches the store at once, is skipped on
+            # later passes, and its changelog record would never be produced (review).
+            if (
+                not app.rebalancing
+                and clock is not None
+                and events
+                and events[-1].message.generation_id == app.consumer_generation_id
+            ):
+                self.retention.step(clock)
         _, partitioner = self._kafka()
         records = changelog.records()
         # A changelog partition is its command's partition (co-partitioned tables).
@@ -294,9 +331,10 @@ class CommandRunner:
         return producer, self._partitioner
 
     async def _run_tenant(
-        self, processor: CommandProcessor, group: list[EventT]
+        self, processor: CommandProcessor, group: list[EventT], clock: float | None
     ) -> list[tuple[Emit, int]]:
-        """Run one key's commands in order: each emit with its command's partition."""
+        """Run one key's commands in order: each emit with its command's partition;
+        ``clock``: the time to purge expired idempotency records by (None: none)."""
         out: list[tuple[Emit, int]] = []
         append = out.append
         for event in group:
@@ -326,8 +364,8 @@ class CommandRunner:
                 append((e, partition))
         # The current event is still one of this tenant's: tombstones go to its partition.
         tenant = (group[-1].message.key or b"").decode("utf-8", "replace")
-        if tenant:
-            processor.purge_expired(tenant, time.time())
+        if tenant and clock is not None:
+            processor.purge_expired(tenant, clock)
         return out
 
 
