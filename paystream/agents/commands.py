@@ -171,9 +171,10 @@ class CommandRunner:
         seen): then None, and nothing is deleted. A clock a retention ahead (a VM
         restored, a bad time source) had the sweep delete every settled entity for good,
         tombstones and all, and the purge every idempotency record (review finding)."""
-        newest = max((e.message.timestamp or 0.0 for e in events), default=0.0)
-        self.broker_time = max(self.broker_time, float(newest))
         now = time.time()
+        newest = max((e.message.timestamp or 0.0 for e in events), default=0.0)
+        if newest <= now + CLOCK_AHEAD_MAX_SECONDS:  # (a producer's stamp on a CreateTime
+            self.broker_time = max(self.broker_time, float(newest))  # topic may be 9999)
         if self.broker_time and now - self.broker_time > CLOCK_AHEAD_MAX_SECONDS:
             _clock_log.warning(
                 "clock",
@@ -253,18 +254,22 @@ class CommandRunner:
         for event in events:
             by_tenant[event.message.key].append(event)
         clock = self.clock_for_deletes(events)
+        taken_at = _assignments
         with collect_changelog(processor.committed) as changelog:
             groups = await asyncio.gather(
                 *(self._run_tenant(processor, group, clock) for group in by_tenant.values())
             )
             # Settled entities past retention: their tombstones go with this batch. Not
             # while the group rebalances: which partitions are this worker's is changing.
-            # Nor in a batch taken before the last rebalance, which a hand-over dropped
-            # (not delivered): a minimisation reaches the store at once, is skipped on
-            # later passes, and its changelog record would never be produced (review).
+            # Nor in a batch a hand-over gave up on meanwhile, never delivered (_deliver;
+            # a rejoin may keep the generation): a minimisation reaches the store at
+            # once, is skipped on later passes, and its changelog record would never be
+            # produced (review findings).
             if (
                 not app.rebalancing
                 and clock is not None
+                and _assignments == taken_at
+                and (_abandoned_at is None or _abandoned_at < taken_at)
                 and events
                 and events[-1].message.generation_id == app.consumer_generation_id
             ):

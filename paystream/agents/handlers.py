@@ -598,10 +598,18 @@ async def detach_payment_method(ctx: HandlerContext, data: c.DetachPaymentMethod
             "detach_payment_method",
             lambda: ctx.gateway.detach_payment_method(req, idempotency_key=ctx.idem),
         )
-    except Rejection as rej:
+    except (Rejection, GatewayError) as refused:
+        # How providers refuse to detach a method attached to no customer: the
+        # simulator's state error; Stripe's "not attached to a customer so detachment is
+        # impossible", an invalid_request_error whose code is not documented.
+        not_attached = (
+            refused.reason is RejectReason.INVALID_STATE
+            if isinstance(refused, Rejection)
+            else refused.code is ErrorCode.INVALID_REQUEST
+        )
         owner = ctx.tables.of(CustomerRecord).get(entity_key(ctx.cmd.tenant_id, rec.customer_id))
         gone = isinstance(owner, dict) and (owner.get("deleted") or owner.get("erased"))
-        if rej.reason is not RejectReason.INVALID_STATE or not gone:
+        if not not_attached or not gone:
             raise
         # Its customer deleted: the provider detached it then (Stripe: deleting a customer
         # removes its card details) and refuses now. (One deleted here only, the provider

@@ -73,3 +73,37 @@ async def test_the_retention_sweep_runs_only_in_a_batch_of_the_current_generatio
     )
     await runner.process_batch([_Event(message)])
     assert len(steps) == (0 if stale else 1)
+
+
+async def test_no_sweep_in_a_batch_given_up_on_across_a_same_generation_rejoin(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over gives up on the batch while it runs, and the rejoin keeps the
+    generation: _deliver drops the batch, so its sweep must not have run (review)."""
+    runner = commands.CommandRunner()
+    steps: list[float] = []
+    monkeypatch.setattr(runner, "_kafka", lambda: (None, _Partitioner()))
+    monkeypatch.setattr(runner.retention, "step", steps.append)
+    monkeypatch.setattr(commands, "_assignments", 3)
+    monkeypatch.setattr(commands, "_abandoned_at", None)
+
+    class GivenUpOn:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(harness.processor, name)
+
+        async def process(self, inbound: Any) -> Any:
+            commands._abandoned_at = commands._assignments  # the hand-over gives up
+            commands._assignments += 1  # the rejoin: the same generation
+            return await harness.processor.process(inbound)
+
+    async def processor() -> Any:
+        return GivenUpOn()
+
+    monkeypatch.setattr(runner, "processor", processor)
+    tp = TP("paystream.commands", 0)
+    generation = commands.app.consumer_generation_id
+    message = Message(
+        tp.topic, 0, 7, 0.0, 0, None, None, b"x", None, tp=tp, generation_id=generation
+    )
+    await runner.process_batch([_Event(message)])
+    assert steps == []

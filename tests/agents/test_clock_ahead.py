@@ -34,3 +34,11 @@ def test_a_clock_within_a_day_of_the_broker_s_is_used() -> None:
     assert runner.clock_for_deletes([]) is not None  # nothing seen yet: nothing to doubt
     clock = runner.clock_for_deletes([_event(now - 3_600)])
     assert clock is not None and clock >= now
+
+
+def test_a_record_stamped_far_ahead_does_not_switch_the_guard_off() -> None:
+    """A producer's own time on a CreateTime topic (the dev broker) may be year 9999."""
+    runner = CommandRunner()
+    now = time.time()
+    runner.clock_for_deletes([_event(253_402_300_799.0)])
+    assert runner.clock_for_deletes([_event(now - 2 * CLOCK_AHEAD_MAX_SECONDS)]) is None
