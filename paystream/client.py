@@ -109,7 +109,7 @@ class _AsConsumed:
 
 def _check_no_card_data_in_record(command: CloudEvent, record: KafkaRecord) -> None:
     """The worker's own scans of the whole record, as its pipeline applies them: a card
-    number anywhere but the trace context (`source`: "/shop/4242424242424242"), after the
+    number anywhere but the trace context (in `source`, say), after the
     quick look at the bytes that clears nearly every command; a card security code outside
     the data (an extension, a `tracestate` member: "cvc=737"). The worker refuses both
     card_data_forbidden, but only once the record sits on the broker: the client scanned

@@ -52,6 +52,20 @@ def agent(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Committing, DurableOffs
     return app, consumer, DurableOffsets(app)  # type: ignore[arg-type]
 
 
+async def _until(condition: Any, seconds: float = 5.0) -> None:
+    """Until ``condition()`` holds (failing past ``seconds``)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
+async def _turns(n: int = 50) -> None:
+    """Let the loop run ``n`` turns: what could happen without a clock, has."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 def _handled(app: Any, offsets: DurableOffsets, first: int, last: int) -> None:
     offsets.advance([_event(app, o) for o in range(first, last + 1)])
 
@@ -67,7 +81,8 @@ async def test_past_the_bound_the_agent_waits_until_its_commit_lands(
     waiting = asyncio.ensure_future(
         _within_uncommitted_bound(offsets, DeliveryChain(), batch, moved=lambda: False)
     )
-    await asyncio.sleep(0.1)
+    await _until(lambda: len(consumer.commits) >= (1 if hangs else 3))
+    await _turns()
     assert not waiting.done(), "went on past the bound with the commit not landing"
     assert len(consumer.commits) == 1 if hangs else len(consumer.commits) > 2
     assert consumer.commits[-1] == {P0: 900}
@@ -97,7 +112,7 @@ async def test_it_waits_for_the_batch_in_hand_to_be_delivered_first(
     waiting = asyncio.ensure_future(
         _within_uncommitted_bound(offsets, chain, batch, moved=lambda: False)
     )
-    await asyncio.sleep(0.05)
+    await _turns()
     assert not waiting.done() and consumer.commits == []
     delivered.set()
     await asyncio.wait_for(waiting, 1)
@@ -117,14 +132,14 @@ async def test_within_the_bound_nothing_waits_or_commits(
 
 
 async def test_partitions_moved_end_the_wait(agent: tuple[Any, Committing, DurableOffsets]) -> None:
-    app, _, offsets = agent
+    app, consumer, offsets = agent
     _handled(app, offsets, 0, 999)
     moved = [False]
     batch = [_event(app, o) for o in range(1_000, 1_100)]
     waiting = asyncio.ensure_future(
         _within_uncommitted_bound(offsets, DeliveryChain(), batch, moved=lambda: moved[0])
     )
-    await asyncio.sleep(0.05)
+    await _until(lambda: len(consumer.commits) >= 2)  # tried, refused, waiting
     assert not waiting.done()
     moved[0] = True  # the caller then drops the batch
     await asyncio.wait_for(waiting, 1)
