@@ -209,6 +209,14 @@ class CommandProcessor:
         reused past it to name (another request, its entities ids of their own)."""
         return float(self.settings.idempotency_ttl_seconds)
 
+    async def _applied_by_entity(
+        self, cmd: CommandRef, data: Any, request_hash: str, stand_in: NoProvider
+    ) -> AlreadyApplied | None:
+        """``applied_by_entity`` on this processor's tables, in its idempotency window."""
+        return await applied_by_entity(
+            self.tables, cmd, data, request_hash, stand_in, id_window_seconds=self._id_window
+        )
+
     # ---- entry point --------------------------------------------------------------
 
     async def process(self, rec: Inbound) -> list[Emit]:
@@ -694,9 +702,7 @@ class CommandProcessor:
             return False
         data, request_hash = unrecorded
         stand_in = NoProvider("", Rejection(RejectReason.CARD_DATA_FORBIDDEN, ""))
-        done = await applied_by_entity(
-            self.tables, cmd, data, request_hash, stand_in, id_window_seconds=self._id_window
-        )
+        done = await self._applied_by_entity(cmd, data, request_hash, stand_in)
         # Only an entity that kept this request's hash (an erased customer's keep none).
         return done is not None and done.request_hash == request_hash
 
@@ -869,15 +875,7 @@ class CommandProcessor:
             limits_state = UNREAD  # (read again after the await)
             applied = (
                 existing is None
-                and await applied_by_entity(
-                    self.tables,
-                    cmd,
-                    data,
-                    request_hash,
-                    stand_in,
-                    id_window_seconds=self._id_window,
-                )
-                is not None
+                and await self._applied_by_entity(cmd, data, request_hash, stand_in) is not None
             )
             if not applied and stamped:
                 # The provider still cannot be asked (its setup broken meanwhile).
@@ -934,13 +932,11 @@ class CommandProcessor:
                 and not applied
             ):
                 took: bool | None = (
-                    await applied_by_entity(
-                        self.tables,
+                    await self._applied_by_entity(
                         cmd,
                         data,
                         request_hash,
                         NoProvider(tenant.gateway, Rejection(RejectReason(decision.reason), "")),
-                        id_window_seconds=self._id_window,
                     )
                     is not None
                 )
@@ -1236,9 +1232,7 @@ class CommandProcessor:
         data, request_hash = unrecorded
         reason = RejectReason.UNKNOWN_TENANT if tenant is None else RejectReason.TENANT_SUSPENDED
         stand_in = NoProvider("" if tenant is None else tenant.gateway, Rejection(reason, ""))
-        done = await applied_by_entity(
-            self.tables, cmd, data, request_hash, stand_in, id_window_seconds=self._id_window
-        )
+        done = await self._applied_by_entity(cmd, data, request_hash, stand_in)
         if done is None:
             return None
         # Made by another record (this command sent again past the window): that one
@@ -1613,9 +1607,7 @@ class CommandProcessor:
         a chosen id), and made a second entity of the one provider object (review)."""
         first = replace(cmd, command_id=existing.command_id)
         stand_in = NoProvider("", Rejection(RejectReason.INVALID_STATE, "", remember=False))
-        done = await applied_by_entity(
-            self.tables, first, data, request_hash, stand_in, id_window_seconds=self._id_window
-        )
+        done = await self._applied_by_entity(first, data, request_hash, stand_in)
         if done is not None:
             # That command, let through before, may not have counted its money: a crash
             # lost its limits write with its answer, and it was parked again uncounted
