@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import fcntl
 import json
 import math
@@ -17,7 +18,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 
 if TYPE_CHECKING:
+    from paystream.demo import Authenticate
     from paystream.dlq import PaceWait
 
 __all__ = ["main"]
@@ -1573,6 +1575,33 @@ async def _register_demo_tenants(settings: Settings) -> list[str]:
     return absent
 
 
+@contextlib.asynccontextmanager
+async def _demo_customers(settings: Settings) -> AsyncIterator[Authenticate | None]:
+    """The demo customers' 3-D Secure steps, taken at the simulator (its state is in
+    Redis): None without Redis."""
+    if not settings.redis_url:
+        yield None
+        return
+    import redis.asyncio as aioredis
+
+    from paystream.gateways.errors import GatewayError
+    from paystream.gateways.simulator import SimulatorGateway
+
+    redis_client = aioredis.from_url(settings.redis_url)
+
+    async def authenticate(tenant: str, provider_payment_id: str, passed: bool) -> None:
+        simulator = SimulatorGateway(
+            redis_client, tenant, record_ttl_seconds=settings.idempotency_ttl_seconds
+        )
+        with contextlib.suppress(GatewayError):  # (a tenant an operator moved off it)
+            await simulator.complete_authentication(provider_payment_id, succeed=passed)
+
+    try:
+        yield authenticate
+    finally:
+        await redis_client.aclose()
+
+
 async def _demo(
     settings: Settings,
     rate: float,
@@ -1598,9 +1627,16 @@ async def _demo(
             f"[{elapsed:6.0f}s] outcomes {total} ({total / max(elapsed, 1e-9):.1f}/s): {top}"
         )
 
-    async with PaystreamClient(settings) as client:
+    async with PaystreamClient(settings) as client, _demo_customers(settings) as authenticate:
         demo = asyncio.ensure_future(
-            run_demo(client, list(DEMO_TENANTS), rate, duration=duration, on_progress=progress)
+            run_demo(
+                client,
+                list(DEMO_TENANTS),
+                rate,
+                duration=duration,
+                on_progress=progress,
+                authenticate=authenticate,
+            )
         )
         watcher = asyncio.ensure_future(watch_worker())
         try:

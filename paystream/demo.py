@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from paystream.client import OutcomeTimeout, PaystreamClient, build_command
@@ -24,6 +24,11 @@ DEMO_TOKENS = [
 ]
 
 
+# The customer's 3-D Secure step at the provider: (tenant, provider payment id, passed).
+Authenticate = Callable[[str, str, bool], Awaitable[None]]
+# Share of customers asked for 3-D Secure who pass it (the rest fail it).
+PASS_3DS = 0.8
+
 # Share of demo customers who are card testers, and the tokens they try.
 CARD_TESTERS = 0.03
 DECLINING_TOKENS = [
@@ -35,10 +40,15 @@ DECLINING_TOKENS = [
 
 
 async def _flow(
-    client: PaystreamClient, tenant: str, rng: random.Random, seen: Counter[str]
+    client: PaystreamClient,
+    tenant: str,
+    rng: random.Random,
+    seen: Counter[str],
+    authenticate: Authenticate | None = None,
 ) -> None:
-    """customer → attach card → pay (auto or manual capture) → maybe refund; now and then
-    a card tester instead."""
+    """customer → attach card → pay (auto or manual capture; a card asking for 3-D Secure:
+    the customer's step at the provider, then `payment.refresh`) → maybe refund; now and
+    then a card tester instead."""
 
     async def send(kind: str, data: dict[str, Any]) -> dict[str, Any]:
         event = await client.send(build_command(kind, tenant, data), timeout=30)
@@ -80,6 +90,11 @@ async def _flow(
     )
     pid = payment.get("entity_id")
     status = (payment.get("object") or {}).get("status")
+    if status == "requires_action" and authenticate is not None:
+        provider_id = str((payment.get("object") or {}).get("provider_payment_id"))
+        await authenticate(tenant, provider_id, rng.random() < PASS_3DS)
+        payment = await send("payment.refresh", {"payment_id": pid})
+        status = (payment.get("object") or {}).get("status")
     if manual and status == "authorized":
         await send("payment.capture", {"payment_id": pid, "amount": amount - amount // 10})
         status = "succeeded"
@@ -95,8 +110,10 @@ async def run_demo(
     duration: float | None = None,
     on_progress: Callable[[Counter[str], float], None] | None = None,
     seed: int = 7,
+    authenticate: Authenticate | None = None,
 ) -> Counter[str]:
-    """Start ``rate`` flows per second until cancelled (or ``duration`` seconds)."""
+    """Start ``rate`` flows per second until cancelled (or ``duration`` seconds);
+    ``authenticate`` plays the customers' 3-D Secure steps (none without it)."""
     rng = random.Random(seed)
     seen: Counter[str] = Counter()
     tasks: set[asyncio.Task[None]] = set()
@@ -104,7 +121,7 @@ async def run_demo(
     next_report = started + 2
     try:
         while duration is None or time.monotonic() - started < duration:
-            task = asyncio.create_task(_flow(client, rng.choice(tenants), rng, seen))
+            task = asyncio.create_task(_flow(client, rng.choice(tenants), rng, seen, authenticate))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             task.add_done_callback(lambda t: None if t.cancelled() else _count_timeouts(t, seen))

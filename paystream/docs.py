@@ -66,6 +66,11 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "payment.create": "Create (and by default capture) a payment.",
     "payment.capture": "Capture an authorised payment, in full or in part.",
     "payment.cancel": "Cancel an uncaptured payment.",
+    "payment.refresh": (
+        "Read a payment back from its provider (after its customer's 3-D Secure step, or "
+        "a bank debit settled): answered with the payment's status there now "
+        "(`data.previous_status`: what paystream held before)."
+    ),
     "refund.create": "Refund a payment, in full (no `amount`) or in part.",
     "dispute.submit_evidence": "Submit (or, with `submit: false`, stage) evidence for a dispute.",
     "dispute.accept": "Accept a dispute (the money stays with the cardholder).",
@@ -108,6 +113,15 @@ REJECT_REASONS: dict[RejectReason, str] = {
 }
 
 # Outcome type → (entity type of `object`, or None; summary; properties of its own).
+# A payment outcome answering `payment.refresh` says what paystream held before it.
+_REFRESHED: Doc = {
+    "previous_status": {
+        "type": "string",
+        "description": "answering `payment.refresh`: the payment's status before it was "
+        "read back (the same as now: nothing changed at the provider)",
+    }
+}
+
 OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     "customer.created": ("customer", "The customer was created.", {}),
     "customer.updated": ("customer", "The customer was updated.", {}),
@@ -136,15 +150,15 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         {"id": {"type": "string"}},
     ),
     "payment_method.detached": ("payment_method", "The payment method was detached.", {}),
-    "payment.authorized": ("payment", "Authorised, awaiting `payment.capture`.", {}),
-    "payment.succeeded": ("payment", "The payment succeeded (captured).", {}),
-    "payment.requires_action": ("payment", "Needs 3-D Secure (`object.next_action`).", {}),
-    "payment.processing": ("payment", "Accepted; the provider settles it later.", {}),
-    "payment.canceled": ("payment", "The payment was cancelled.", {}),
+    "payment.authorized": ("payment", "Authorised, awaiting `payment.capture`.", _REFRESHED),
+    "payment.succeeded": ("payment", "The payment succeeded (captured).", _REFRESHED),
+    "payment.requires_action": ("payment", "Needs 3-D Secure (`object.next_action`).", _REFRESHED),
+    "payment.processing": ("payment", "Accepted; the provider settles it later.", _REFRESHED),
+    "payment.canceled": ("payment", "The payment was cancelled.", _REFRESHED),
     "payment.failed": (
         "payment",
         "Declined: `object.failure_code` is the decline code, `error` the provider's error.",
-        {},
+        _REFRESHED,
     ),
     "refund.pending": ("refund", "The refund is pending at the provider.", {}),
     "refund.succeeded": ("refund", "The refund succeeded (`related`: the payment).", {}),

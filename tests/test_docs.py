@@ -243,6 +243,8 @@ SAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("customer.update", {"customer_id": "cus_1", "metadata": {"k": ""}}),
     ("payment.cancel", {"payment_id": "p1", "reason": "abandoned"}),
     ("payment.cancel", {"payment_id": "p1", "reason": "bored"}),
+    ("payment.refresh", {"payment_id": "p1"}),
+    ("payment.refresh", {"payment_id": "p1", "status": "succeeded"}),
     ("refund.create", {"payment_id": "p 1"}),
     ("dispute.submit_evidence", {"dispute_id": "dp_1", "evidence": {}}),
     ("dispute.submit_evidence", {"dispute_id": "dp_1", "evidence": {"a": "b"}, "submit": 1}),

@@ -865,6 +865,30 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
     return HandlerResult(_PAYMENT_OUTCOME[res.status], rec)
 
 
+async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> HandlerResult:
+    """The payment as its provider holds it now. No provider webhook reaches paystream:
+    a payment left waiting on its customer's 3-D Secure step (or on a bank debit) moves
+    on here only when read back. A read: asked again, the provider answers afresh."""
+    rec = ctx.load(PaymentRecord, data.payment_id)
+    _dispute_applied(ctx, rec.id)  # one the provider opened meanwhile (_new_dispute)
+    _transition(rec.status, "refresh")
+    ctx.at_provider(rec)
+    previous = rec.status
+    req = gw.RetrievePayment(provider_payment_id=rec.provider_payment_id)
+    res = await _gateway(
+        ctx,
+        "retrieve_payment",
+        lambda: ctx.gateway.retrieve_payment(req, idempotency_key=ctx.idem),
+    )
+    _apply_payment_result(rec, res)
+    return HandlerResult(
+        _PAYMENT_OUTCOME[res.status],
+        rec,
+        _new_dispute(ctx, rec, res),
+        extra={"previous_status": previous},
+    )
+
+
 def _transition(status: str, verb: str) -> None:
     try:
         check_payment_transition(status, verb)
@@ -1011,6 +1035,7 @@ HANDLERS: dict[str, Handler] = {
     "payment.create": create_payment,
     "payment.capture": capture_payment,
     "payment.cancel": cancel_payment,
+    "payment.refresh": refresh_payment,
     "refund.create": create_refund,
     "dispute.submit_evidence": submit_dispute_evidence,
     "dispute.accept": accept_dispute,

@@ -40,6 +40,7 @@ __all__ = [
     "PaymentStatus",
     "RefundResult",
     "RefundStatus",
+    "RetrievePayment",
     "SubmitDisputeEvidence",
     "UpdateCustomer",
     "merged_metadata",
@@ -158,6 +159,13 @@ class CancelPayment(_Req):
     reason: str | None = None
 
 
+class RetrievePayment(_Req):
+    """Read a payment back as the provider holds it now (after the customer's 3-D Secure
+    step or a bank debit settled there): a read, with no effect and no key of its own."""
+
+    provider_payment_id: str
+
+
 class CreateRefund(_Req):
     provider_payment_id: str
     amount: int | None = None  # minor units; None refunds what remains
@@ -232,7 +240,8 @@ class RefundResult(_Res):
 # The capability each protocol operation needs; a gateway checks it before calling out, so
 # an operation the tenant's provider lacks fails fast with `unsupported` and no side effect.
 # Operations providers take no idempotency key for (Stripe's DELETE): a retry runs afresh.
-KEYLESS_OPERATIONS = frozenset({"delete_customer"})
+# A read takes none either (Stripe ignores a key on GET): asked again, it answers afresh.
+KEYLESS_OPERATIONS = frozenset({"delete_customer", "retrieve_payment"})
 
 OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_customer": Capability.CUSTOMERS,
@@ -243,6 +252,7 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_payment": Capability.PAYMENTS,
     "capture_payment": Capability.MANUAL_CAPTURE,
     "cancel_payment": Capability.PAYMENTS,
+    "retrieve_payment": Capability.PAYMENTS,
     "create_refund": Capability.REFUNDS,
     "submit_dispute_evidence": Capability.DISPUTES,
     "accept_dispute": Capability.DISPUTES,
@@ -298,6 +308,13 @@ class PaymentGateway(Protocol):
     async def cancel_payment(
         self, req: CancelPayment, *, idempotency_key: str
     ) -> PaymentResult: ...
+
+    async def retrieve_payment(
+        self, req: RetrievePayment, *, idempotency_key: str
+    ) -> PaymentResult:
+        """The payment as the provider holds it now. ``idempotency_key`` names the call
+        (the simulator's failure injection counts by it); no provider keys a read."""
+        ...
 
     async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult: ...
 

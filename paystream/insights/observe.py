@@ -82,7 +82,13 @@ def observe(event: CloudEvent) -> Observed | None:
         currency = None  # only what paystream accepts: a key of the window's money
     amount = _minor(obj.get("amount"))
     facts: dict[str, Any] = {}
-    if outcome == "payment.authorized":
+    # A payment read back (payment.refresh): its creation was the attempt, counted then,
+    # and a status it already had moved no money again.
+    previous = data.get("previous_status")
+    refreshed = isinstance(previous, str)
+    if refreshed and outcome == f"payment.{previous}":
+        pass  # (still waiting, or still authorised: nothing new)
+    elif outcome == "payment.authorized":
         facts["authorized"] = amount
     elif outcome == "payment.succeeded":
         facts["captured"] = _minor(obj.get("amount_captured"))
@@ -96,8 +102,9 @@ def observe(event: CloudEvent) -> Observed | None:
         facts.update(declined=amount if card else 0, decline_code=code, card_declined=card)
     elif outcome == "command.rejected":
         facts["reject_reason"] = _label(data.get("reason"))
-    if outcome in _CREATION_ANSWERS or (
-        outcome == "payment.succeeded" and obj.get("capture_method") != "manual"
+    if not refreshed and (
+        outcome in _CREATION_ANSWERS
+        or (outcome == "payment.succeeded" and obj.get("capture_method") != "manual")
     ):
         facts["attempt"] = True  # (a manual payment succeeds when captured: counted once)
     if outcome.startswith("payment."):

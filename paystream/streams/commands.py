@@ -38,6 +38,7 @@ __all__ = [
     "DetachPaymentMethod",
     "EraseCustomer",
     "ExportCustomer",
+    "RefreshPayment",
     "SubmitDisputeEvidence",
     "UpdateCustomer",
 ]
@@ -148,6 +149,13 @@ class CancelPayment(CommandData):
     reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = None
 
 
+class RefreshPayment(CommandData):
+    """Read a payment back from its provider: one waiting on its customer's 3-D Secure
+    step (or a bank debit) takes the status the provider reports now."""
+
+    payment_id: EntityId
+
+
 class CreateRefund(CommandData):
     refund_id: EntityId | None = None
     payment_id: EntityId
@@ -184,6 +192,7 @@ COMMANDS: dict[str, type[CommandData]] = {
     "payment.create": CreatePayment,
     "payment.capture": CapturePayment,
     "payment.cancel": CancelPayment,
+    "payment.refresh": RefreshPayment,
     "refund.create": CreateRefund,
     "dispute.submit_evidence": SubmitDisputeEvidence,
     "dispute.accept": AcceptDispute,

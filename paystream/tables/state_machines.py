@@ -13,11 +13,12 @@ class InvalidState(PaystreamError):
 
 # payment status → command verbs allowed in it
 PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
-    "requires_action": frozenset({"cancel"}),
-    # the provider settles it (webhooks are not built yet); a cancel is the provider's
-    # to refuse or grant
-    "processing": frozenset({"cancel"}),
-    "authorized": frozenset({"capture", "cancel"}),
+    # the customer's step (3-D Secure) or the bank settles it at the provider: a
+    # refresh reads the outcome back; a cancel is the provider's to refuse or grant
+    "requires_action": frozenset({"cancel", "refresh"}),
+    "processing": frozenset({"cancel", "refresh"}),
+    # (an authorisation the provider let lapse reads back canceled)
+    "authorized": frozenset({"capture", "cancel", "refresh"}),
     "succeeded": frozenset({"refund"}),
     "canceled": frozenset(),
     "failed": frozenset(),

@@ -75,6 +75,16 @@ async def _with_authorization(h: Harness, t: str, command_type: str) -> tuple[st
     return command_type, {"payment_id": await _authorized(h, t)}
 
 
+async def _after_3ds(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    """A payment whose customer finished 3-D Secure at the provider, read back."""
+    token = {"payment_method_token": "pm_card_authenticationRequired"}
+    pay = await _made(h, t, "payment.create", {**_CHARGE, **token})
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    await gateway.complete_authentication(h.tables.payments[f"{t}:{pay}"]["provider_payment_id"])
+    return "payment.refresh", {"payment_id": pay}
+
+
 async def _with_charge(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
     pay = await _made(h, t, "payment.create", _CHARGE)
     return "refund.create", {"payment_id": pay, "amount": 300}
@@ -102,6 +112,8 @@ SCENARIOS: dict[str, Setup] = {
     ),
     "payment.capture": lambda h, t: _with_authorization(h, t, "payment.capture"),
     "payment.cancel": lambda h, t: _with_authorization(h, t, "payment.cancel"),
+    "payment.refresh": lambda h, t: _with_authorization(h, t, "payment.refresh"),
+    "payment.refresh (after 3-D Secure)": _after_3ds,
     "refund.create": _with_charge,
     "dispute.submit_evidence": lambda h, t: _with_dispute(h, t, "dispute.submit_evidence"),
     "dispute.accept": lambda h, t: _with_dispute(h, t, "dispute.accept"),

@@ -49,6 +49,7 @@ _COMMANDS: list[tuple[str, Any]] = [
     ("payment_method.detach", lambda ids, x: {"payment_method_id": x("pm_x")}),
     ("payment.capture", lambda ids, x: {"payment_id": x("pay_m")}),
     ("payment.cancel", lambda ids, x: {"payment_id": x("pay_m")}),
+    ("payment.refresh", lambda ids, x: {"payment_id": x("pay_m")}),
     ("refund.create", lambda ids, x: {"payment_id": x("pay_x"), "amount": 100}),
     ("dispute.accept", lambda ids, x: {"dispute_id": x(ids["dispute"])}),
     (

@@ -59,6 +59,7 @@ COMMAND_TYPES = (
     "payment.create",
     "payment.capture",
     "payment.cancel",
+    "payment.refresh",
     "refund.create",
     "dispute.submit_evidence",
     "dispute.accept",
@@ -141,6 +142,7 @@ def command_data(draw: st.DrawFn, command_type: str) -> dict[str, Any]:
             "payment_id": payment,
             "reason": mostly(st.just("duplicate"), st.just("because")),
         },
+        "payment.refresh": {"payment_id": payment},
         "refund.create": {
             "refund_id": _ids("r1", "r2", "r3"),
             "payment_id": payment,

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from paystream.gateways.base import GatewayContext, PaymentGateway, PaymentResult
 from paystream.gateways.registry import GATEWAYS, GatewayDeps, build_gateway
+from paystream.gateways.simulator.gateway import SimulatorGateway
 from paystream.settings import load_settings
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 
@@ -107,6 +108,24 @@ class Harness:
         finally:
             await http.close_async()
         return str(found.data[0].id)
+
+    async def authenticate(self, payment: PaymentResult, *, succeed: bool = True) -> None:
+        """The customer finishes (or fails) the payment's 3-D Secure step at the provider."""
+        if self.name == "simulator":
+            sim = self.gateway
+            assert isinstance(sim, SimulatorGateway)
+            await sim.complete_authentication(payment.provider_payment_id, succeed=succeed)
+            return
+        # localstripe's own endpoint for what Stripe.js does, given the client secret.
+        url = f"{self._stripe_url}/v1/payment_intents/{payment.provider_payment_id}"
+        auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers=auth) as resp:
+                resp.raise_for_status()
+                secret = str((await resp.json())["client_secret"])
+            form = {"client_secret": secret, "success": "true" if succeed else "false"}
+            async with session.post(f"{url}/_authenticate", data=form, headers=auth) as resp:
+                resp.raise_for_status()
 
     async def aclose(self) -> None:
         for gw in self._built:

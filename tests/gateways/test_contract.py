@@ -27,6 +27,7 @@ from paystream.gateways.base import (
     PaymentResult,
     PaymentStatus,
     RefundStatus,
+    RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
 )
@@ -369,6 +370,40 @@ async def test_authentication_required_surfaces_next_action(harness: Harness, to
     assert res.status is PaymentStatus.REQUIRES_ACTION
     assert res.next_action and res.next_action.get("type")
     assert res.amount_captured == 0
+
+
+@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
+@over_gateways()
+async def test_a_payment_read_back_after_3ds_has_its_new_status(
+    harness: Harness, manual: bool
+) -> None:
+    res = await pay(harness, token="pm_card_authenticationRequired", manual=manual)
+    req = RetrievePayment(provider_payment_id=res.provider_payment_id)
+    waiting = await harness.gateway.retrieve_payment(req, idempotency_key=key())
+    assert waiting.status is PaymentStatus.REQUIRES_ACTION and waiting.amount_captured == 0
+    await harness.authenticate(res)
+    done = await harness.gateway.retrieve_payment(req, idempotency_key=key())
+    assert done.provider_payment_id == res.provider_payment_id
+    assert done.status is (PaymentStatus.AUTHORIZED if manual else PaymentStatus.SUCCEEDED)
+    assert done.amount_captured == (0 if manual else 2000)
+    assert not done.next_action
+    # A read acts on nothing: asked again, under any key, it answers alike.
+    assert await harness.gateway.retrieve_payment(req, idempotency_key=key()) == done
+
+
+@over_gateways()
+async def test_a_payment_read_back_after_failed_3ds_has_failed(harness: Harness) -> None:
+    res = await pay(harness, token="pm_card_authenticationRequired")
+    await harness.authenticate(res, succeed=False)
+    req = RetrievePayment(provider_payment_id=res.provider_payment_id)
+    failed = await harness.gateway.retrieve_payment(req, idempotency_key=key())
+    assert failed.status is PaymentStatus.FAILED and failed.amount_captured == 0
+
+
+@over_gateways()
+async def test_reading_back_an_unknown_payment_is_not_found(harness: Harness) -> None:
+    req = RetrievePayment(provider_payment_id="pi_missing0000")
+    await expect(ErrorCode.NOT_FOUND, harness.gateway.retrieve_payment(req, idempotency_key=key()))
 
 
 @pytest.mark.parametrize(

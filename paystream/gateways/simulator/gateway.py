@@ -38,6 +38,7 @@ from paystream.gateways.base import (
     PaymentMethodResult,
     PaymentResult,
     RefundResult,
+    RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
 )
@@ -263,6 +264,17 @@ class SimulatorGateway:
         return await self._run(
             "cancel_payment", req, idempotency_key,
             lambda tx: ops.cancel_payment(tx, req, idempotency_key), PaymentResult,
+        )  # fmt: skip
+
+    async def retrieve_payment(
+        self, req: RetrievePayment, *, idempotency_key: str
+    ) -> PaymentResult:
+        # A read, as Stripe's GET: no key kept, every call answers afresh. Its commit
+        # checks the reads and writes nothing.
+        return await self._run(
+            "retrieve_payment", req, idempotency_key,
+            lambda tx: ops.retrieve_payment(tx, req), PaymentResult,
+            keyed=False,
         )  # fmt: skip
 
     async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult:

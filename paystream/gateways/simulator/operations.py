@@ -28,6 +28,7 @@ from paystream.gateways.base import (
     DetachPaymentMethod,
     DisputeStatus,
     PaymentStatus,
+    RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
     merged_metadata,
@@ -54,6 +55,7 @@ __all__ = [
     "delete_customer",
     "detach_payment_method",
     "resolve_dispute",
+    "retrieve_payment",
     "submit_dispute_evidence",
     "update_customer",
 ]
@@ -509,6 +511,13 @@ async def cancel_payment(tx: Tx, req: CancelPayment, key: str) -> dict[str, Any]
         tx.effect(Effect.of("void", key, pi["id"], pi["amount"], pi["currency"]))
     pi = {**pi, "status": _CANCELED, "next_action": None}
     tx.put(pi)
+    dispute = await tx.get(pi["dispute_id"]) if pi.get("dispute_id") else None
+    return {"ok": results.payment(pi, dispute)}
+
+
+async def retrieve_payment(tx: Tx, req: RetrievePayment) -> dict[str, Any]:
+    """The payment as it stands (after its 3-D Secure step, say): read, nothing written."""
+    pi = await _must(tx, req.provider_payment_id, "payment_intent")
     dispute = await tx.get(pi["dispute_id"]) if pi.get("dispute_id") else None
     return {"ok": results.payment(pi, dispute)}
 

@@ -35,6 +35,7 @@ from paystream.gateways.base import (
     PaymentMethodResult,
     PaymentResult,
     RefundResult,
+    RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
 )
@@ -292,6 +293,18 @@ class StripeGateway:
             "cancel_payment",
             lambda: self._v1.payment_intents.cancel_async(
                 req.provider_payment_id, params, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.payment(obj)
+
+    async def retrieve_payment(
+        self, req: RetrievePayment, *, idempotency_key: str
+    ) -> PaymentResult:
+        # A GET: Stripe keys no read, so no key is sent.
+        obj = await self._call(
+            "retrieve_payment",
+            lambda: self._v1.payment_intents.retrieve_async(
+                req.provider_payment_id, {"expand": ["latest_charge"]}
             ),
         )
         return mapping.payment(obj)

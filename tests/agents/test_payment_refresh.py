@@ -1,0 +1,114 @@
+"""`payment.refresh`: a payment left waiting on its customer's 3-D Secure step moves on
+once read back from the provider (no webhook reaches paystream), and only then may it be
+captured or refunded. Its answers are kept like any command's."""
+
+from __future__ import annotations
+
+import pytest
+
+from paystream.client import build_command
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+_3DS = {"amount": 1500, "currency": "EUR", "payment_method_token": "pm_card_authenticationRequired"}
+
+
+def _simulator(h: Harness, tenant: str) -> SimulatorGateway:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return gateway
+
+
+async def _waiting(h: Harness, tenant: str, payment_id: str, **extra: object) -> str:
+    out = await h.send("payment.create", tenant, {**_3DS, "payment_id": payment_id, **extra})
+    assert kind(out) == "payment.requires_action", data(out)
+    return str(h.tables.payments[f"{tenant}:{payment_id}"]["provider_payment_id"])
+
+
+async def test_a_payment_read_back_after_3ds_succeeds_and_can_be_refunded(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_a")
+    # Still waiting at the provider: said so, and nothing moves.
+    still = await harness.send("payment.refresh", t, {"payment_id": "pay_a"})
+    assert kind(still) == "payment.requires_action", data(still)
+    assert data(still)["previous_status"] == "requires_action"
+    assert data(still)["object"]["next_action"]["type"] == "redirect_to_url"
+    refused = await harness.send("refund.create", t, {"payment_id": "pay_a"})
+    assert data(refused)["reason"] == "invalid_state"
+
+    await _simulator(harness, t).complete_authentication(provider_id)
+    done = await harness.send("payment.refresh", t, {"payment_id": "pay_a"})
+    assert kind(done) == "payment.succeeded", data(done)
+    assert data(done)["previous_status"] == "requires_action"
+    assert data(done)["object"]["amount_captured"] == 1500
+    assert data(done)["object"]["next_action"] is None
+    held = harness.tables.payments[f"{t}:pay_a"]
+    assert (held["status"], held["amount_captured"], held["next_action"]) == (
+        "succeeded",
+        1500,
+        None,
+    )
+
+    refund = await harness.send("refund.create", t, {"payment_id": "pay_a", "amount": 500})
+    assert kind(refund) == "refund.succeeded", data(refund)
+    effects = [(e.kind, e.amount) for e in await _simulator(harness, t).effects()]
+    assert effects == [("charge", 1500), ("refund", 500)]
+    # Final now: nothing left to read back.
+    again = await harness.send("payment.refresh", t, {"payment_id": "pay_a"})
+    assert data(again)["reason"] == "invalid_state", data(again)
+
+
+async def test_a_manual_payment_read_back_is_authorised_then_captured(harness: Harness) -> None:
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_m", capture="manual")
+    await _simulator(harness, t).complete_authentication(provider_id)
+    authorised = await harness.send("payment.refresh", t, {"payment_id": "pay_m"})
+    assert kind(authorised) == "payment.authorized", data(authorised)
+    captured = await harness.send("payment.capture", t, {"payment_id": "pay_m", "amount": 1000})
+    assert kind(captured) == "payment.succeeded", data(captured)
+    assert data(captured)["object"]["amount_captured"] == 1000
+    effects = [e.kind for e in await _simulator(harness, t).effects()]
+    assert effects == ["authorization", "capture"]
+
+
+async def test_a_failed_3ds_step_reads_back_failed_and_final(harness: Harness) -> None:
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_f")
+    await _simulator(harness, t).complete_authentication(provider_id, succeed=False)
+    failed = await harness.send("payment.refresh", t, {"payment_id": "pay_f"})
+    assert kind(failed) == "payment.failed", data(failed)
+    assert data(failed)["object"]["failure_code"] == "payment_intent_authentication_failure"
+    cancel = await harness.send("payment.cancel", t, {"payment_id": "pay_f"})
+    assert data(cancel)["reason"] == "invalid_state"
+    assert await _simulator(harness, t).effects() == []
+
+
+async def test_a_redelivered_refresh_is_answered_as_first_and_applied_once(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_r")
+    await _simulator(harness, t).complete_authentication(provider_id)
+    command = build_command("payment.refresh", t, {"payment_id": "pay_r"})
+    first, out = await harness.send_event(command)
+    version = harness.tables.payments[f"{t}:pay_r"]["version"]
+    again, out_again = await harness.send_event(command)
+    assert out is not None and out_again is not None
+    [sent] = [e.record for e in first if e.topic == harness.settings.events_topic]
+    [resent] = [e.record for e in again if e.topic == harness.settings.events_topic]
+    assert (resent.value, sorted(resent.headers)) == (sent.value, sorted(sent.headers))
+    assert harness.tables.payments[f"{t}:pay_r"]["version"] == version
+
+
+async def test_another_tenants_payment_is_not_found(harness: Harness) -> None:
+    owner, other = harness.add_tenant(), harness.add_tenant()
+    await _waiting(harness, owner, "pay_x")
+    out = await harness.send("payment.refresh", other, {"payment_id": "pay_x"})
+    assert data(out)["reason"] == "not_found", data(out)
+    missing = await harness.send("payment.refresh", owner, {"payment_id": "pay_nope"})
+    assert data(missing)["reason"] == "not_found", data(missing)

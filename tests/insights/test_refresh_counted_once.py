@@ -1,0 +1,69 @@
+"""A payment read back (`payment.refresh`) is not a second attempt, and a status it
+already had moves no money again: its creation was counted when it was answered."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from paystream.insights.observe import Observed, observe
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import decode_record
+from paystream.streams.outcomes import CommandRef, encode_outcome
+from tests.insights.test_runner import T0, Harness
+
+
+def _seen(kind: str, data: dict[str, Any], command: str = "payment.refresh") -> Observed:
+    cmd = CommandRef("acme", "c1", command, "c1", datetime.fromtimestamp(T0 / 1000, UTC))
+    rec = encode_outcome(cmd, kind, data, CloudEventsMode.BINARY)
+    seen = observe(decode_record(rec.key, rec.value, dict(rec.headers)))
+    assert seen is not None
+    return seen
+
+
+def _payment(status: str, **fields: Any) -> dict[str, Any]:
+    obj = {"amount": 900, "currency": "USD", "capture_method": "automatic", "status": status}
+    return {"object": {**obj, **fields}}
+
+
+def test_a_payment_succeeding_once_read_back_counts_its_money_not_an_attempt() -> None:
+    created = _seen("payment.requires_action", _payment("requires_action"), "payment.create")
+    assert created.attempt
+    settled = _seen(
+        "payment.succeeded",
+        {**_payment("succeeded", amount_captured=900), "previous_status": "requires_action"},
+    )
+    assert (settled.attempt, settled.captured) == (False, 900)
+
+
+def test_a_status_read_back_unchanged_counts_nothing() -> None:
+    for status in ("authorized", "requires_action", "processing"):
+        seen = _seen(f"payment.{status}", {**_payment(status), "previous_status": status})
+        assert (seen.attempt, seen.authorized, seen.captured) == (False, 0, 0), status
+
+
+@pytest.mark.asyncio
+async def test_a_window_counts_a_payment_authorised_once_read_back_once() -> None:
+    h = Harness("refresh")
+    await h.runner.run_batch(
+        [
+            h.event("payment.requires_action", _payment("requires_action"), cid="c1"),
+            h.event(
+                "payment.authorized",
+                {**_payment("authorized"), "previous_status": "requires_action"},
+                cid="c2",
+            ),
+            # read back again, still authorised: held once, not twice
+            h.event(
+                "payment.authorized",
+                {**_payment("authorized"), "previous_status": "authorized"},
+                cid="c3",
+            ),
+        ]
+    )
+    h.now = (T0 + 70_000) / 1000
+    await h.runner.tick(lambda p: True)
+    [window] = [e.get_data() for e in h.published]
+    assert window["money"]["USD"]["authorized"] == 900, window
