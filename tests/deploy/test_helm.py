@@ -579,3 +579,40 @@ def test_every_container_loads_its_settings_with_a_kafka_login(
 )
 def test_a_redis_url_with_a_password_in_its_query_is_refused(url: str) -> None:
     assert "holds credentials" in refusal(_merge(REQUIRED, {"redis": {"url": url}}))
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [one(docs, kind)["spec"]["template"]["spec"] for kind in ("StatefulSet", "Job")]
+
+
+def test_a_tls_secret_is_mounted_read_only_in_every_container_that_reaches_a_server() -> None:
+    """A private CA or client certificates (PAYSTREAM_KAFKA_SSL_* files) come from a
+    Secret of the operator's, at the path the settings in `config` name."""
+    values = {
+        "tls": {"secretName": "paystream-tls"},
+        "config": {
+            "PAYSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "PAYSTREAM_KAFKA_SSL_CAFILE": "/etc/paystream/tls/ca.crt",
+        },
+    }
+    for version in K8S_VERSIONS:
+        for doc in render(values, kube=version):
+            kubernetes_validate.validate(doc, version, strict=True)
+    docs = render(values)
+    for spec in _pod_specs(docs):
+        [volume] = [v for v in spec["volumes"] if v["name"] == "tls"]
+        assert volume["secret"] == {"secretName": "paystream-tls", "defaultMode": 0o440}
+        containers = [*spec.get("initContainers", []), *spec["containers"]]
+        assert containers
+        for container in containers:
+            [mount] = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+            assert mount == {"name": "tls", "mountPath": "/etc/paystream/tls", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in _pod_specs(docs)[0]["containers"][0]["env"]}
+    assert env["PAYSTREAM_KAFKA_SSL_CAFILE"] == "/etc/paystream/tls/ca.crt"
+
+
+def test_no_tls_secret_mounts_nothing() -> None:
+    for spec in _pod_specs(render()):
+        assert all(v["name"] != "tls" for v in spec["volumes"])
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            assert all(m["name"] != "tls" for m in container.get("volumeMounts", []))

@@ -204,3 +204,25 @@ capabilities:
 {{- else -}}{{ div (atoi $q) 1048576 }}
 {{- end -}}
 {{- end }}
+
+{{/*
+The tls Secret's files (a private CA, client certificates), read-only where the settings
+in `config` point (PAYSTREAM_KAFKA_SSL_CAFILE: /etc/paystream/tls/ca.crt, ...).
+*/}}
+{{- define "paystream.tlsMount" -}}
+{{- if .Values.tls.secretName }}
+- name: tls
+  mountPath: /etc/paystream/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "paystream.tlsVolume" -}}
+{{- if .Values.tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+    # Readable by the pods' group (fsGroup) alone: keys among them.
+    defaultMode: 0440
+{{- end }}
+{{- end }}
