@@ -118,7 +118,7 @@ _REFRESHED: Doc = {
     "previous_status": {
         "type": "string",
         "description": "answering `payment.refresh`: the payment's status before it was "
-        "read back (the same as now: nothing changed at the provider)",
+        "read back (equal to the status now when nothing changed at the provider)",
     }
 }
 

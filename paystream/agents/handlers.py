@@ -836,7 +836,7 @@ def _new_dispute(
 async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
     _dispute_applied(ctx, rec.id)  # raised at capture (_new_dispute)
-    _transition(rec.status, "capture")
+    _transition_unless_let_through(ctx, rec, "capture")
     ctx.at_provider(rec)
     if data.amount is not None and data.amount > rec.amount:
         raise Rejection(
@@ -854,7 +854,7 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
 
 async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
-    _transition(rec.status, "cancel")
+    _transition_unless_let_through(ctx, rec, "cancel")
     ctx.at_provider(rec)
     req = gw.CancelPayment(provider_payment_id=rec.provider_payment_id, reason=data.reason)
     res = await _gateway(
@@ -871,7 +871,7 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     on here only when read back. A read: asked again, the provider answers afresh."""
     rec = ctx.load(PaymentRecord, data.payment_id)
     _dispute_applied(ctx, rec.id)  # one the provider opened meanwhile (_new_dispute)
-    _transition(rec.status, "refresh")
+    _transition(rec.status, "refresh", rec.failure_code)
     ctx.at_provider(rec)
     previous = rec.status
     req = gw.RetrievePayment(provider_payment_id=rec.provider_payment_id)
@@ -889,11 +889,21 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     )
 
 
-def _transition(status: str, verb: str) -> None:
+def _transition(status: str, verb: str, failure_code: str | None = None) -> None:
     try:
-        check_payment_transition(status, verb)
+        check_payment_transition(status, verb, failure_code)
     except InvalidState as exc:
         raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
+
+
+def _transition_unless_let_through(ctx: HandlerContext, rec: PaymentRecord, verb: str) -> None:
+    """The state rule, for a command that has not run before. One let through (parked
+    after its call, its answer lost) may have moved the payment itself: a refresh read
+    since then shows its own capture or cancel. The provider, asked again under the same
+    key, answers as it did, or refuses what the state forbids (a capture of a payment
+    canceled meanwhile), so the rule is its to apply."""
+    if not ctx.let_through:
+        _transition(rec.status, verb, rec.failure_code)
 
 
 # ---- refunds ----------------------------------------------------------------------

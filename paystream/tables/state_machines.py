@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from paystream.errors import PaystreamError
 
-__all__ = ["PAYMENT_TRANSITIONS", "InvalidState", "check_payment_transition"]
+__all__ = [
+    "PAYMENT_TRANSITIONS",
+    "REOPENABLE_FAILURES",
+    "InvalidState",
+    "check_payment_transition",
+]
 
 
 class InvalidState(PaystreamError):
@@ -25,7 +30,17 @@ PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-def check_payment_transition(status: str, verb: str) -> None:
+# Failures the provider leaves open: the customer failed the 3-D Secure step, and Stripe
+# puts the PaymentIntent back to requires_payment_method. The customer's browser holds its
+# client secret (delivered in the next action) and may still pay it with another card, so
+# it may be read back, or canceled to close it at the provider.
+REOPENABLE_FAILURES = frozenset({"payment_intent_authentication_failure"})
+_REOPENED = frozenset({"refresh", "cancel"})
+
+
+def check_payment_transition(status: str, verb: str, failure_code: str | None = None) -> None:
     allowed = PAYMENT_TRANSITIONS.get(status, frozenset())
+    if status == "failed" and failure_code in REOPENABLE_FAILURES:
+        allowed = _REOPENED
     if verb not in allowed:
         raise InvalidState(f"cannot {verb} a payment that is {status}")

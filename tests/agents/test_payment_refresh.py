@@ -9,7 +9,8 @@ import pytest
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness, data, kind
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Harness, data, kind, new_tenant_id
 
 pytestmark = pytest.mark.asyncio
 
@@ -76,16 +77,69 @@ async def test_a_manual_payment_read_back_is_authorised_then_captured(harness: H
     assert effects == ["authorization", "capture"]
 
 
-async def test_a_failed_3ds_step_reads_back_failed_and_final(harness: Harness) -> None:
+async def test_a_failed_3ds_step_reads_back_failed_and_may_still_be_closed(
+    harness: Harness,
+) -> None:
+    """The provider keeps it open (Stripe: requires_payment_method; the customer, who
+    holds the client secret, may pay it with another card): it may be read back again,
+    or canceled to close it there; nothing else."""
     t = harness.add_tenant()
     provider_id = await _waiting(harness, t, "pay_f")
     await _simulator(harness, t).complete_authentication(provider_id, succeed=False)
     failed = await harness.send("payment.refresh", t, {"payment_id": "pay_f"})
     assert kind(failed) == "payment.failed", data(failed)
     assert data(failed)["object"]["failure_code"] == "payment_intent_authentication_failure"
+    again = await harness.send("payment.refresh", t, {"payment_id": "pay_f"})
+    assert (kind(again), data(again)["previous_status"]) == ("payment.failed", "failed")
+    refund = await harness.send("refund.create", t, {"payment_id": "pay_f"})
+    assert data(refund)["reason"] == "invalid_state"
+    capture = await harness.send("payment.capture", t, {"payment_id": "pay_f"})
+    assert data(capture)["reason"] == "invalid_state"
     cancel = await harness.send("payment.cancel", t, {"payment_id": "pay_f"})
-    assert data(cancel)["reason"] == "invalid_state"
+    assert kind(cancel) == "payment.canceled", data(cancel)
+    closed = await harness.send("payment.refresh", t, {"payment_id": "pay_f"})
+    assert data(closed)["reason"] == "invalid_state"
     assert await _simulator(harness, t).effects() == []
+
+
+async def test_a_declined_payment_stays_final(harness: Harness) -> None:
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create",
+        t,
+        {"payment_id": "pay_d", "amount": 900, "currency": "USD",
+         "payment_method_token": "pm_card_chargeDeclined"},
+    )  # fmt: skip
+    assert kind(out) == "payment.failed", data(out)
+    for command in ("payment.refresh", "payment.cancel"):
+        refused = await harness.send(command, t, {"payment_id": "pay_d"})
+        assert data(refused)["reason"] == "invalid_state", (command, data(refused))
+
+
+async def test_a_parked_capture_redriven_after_a_refresh_gets_its_own_answer(
+    redis_url: str,
+) -> None:
+    """The capture reached the provider and its answer was lost (parked); a refresh read
+    the payment back captured. Re-driven, the capture is answered by the provider under
+    its key, not refused for the state it made itself."""
+    async with running_harness(redis_url) as h:
+        t = new_tenant_id()
+        h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:cap1": 3}})
+        charge = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+                  "payment_method_token": "pm_card_visa", "capture": "manual"}  # fmt: skip
+        assert kind(await h.send("payment.create", t, charge)) == "payment.authorized"
+        capture = build_command(
+            "payment.capture", t, {"payment_id": "p1", "amount": 4000}, command_id="cap1"
+        )
+        emits, outcome = await h.send_event(capture)
+        assert outcome is None and [e.topic for e in emits] == [h.settings.retry_topic]
+        refreshed = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert kind(refreshed) == "payment.succeeded", data(refreshed)
+        _, again = await h.send_event(capture)  # `dlq replay` sends it again
+        assert again is not None and kind(again) == "payment.succeeded", again and data(again)
+        assert data(again)["object"]["amount_captured"] == 4000
+        effects = [(e.kind, e.amount) for e in await _simulator(h, t).effects()]
+        assert effects == [("authorization", 5000), ("capture", 4000)]
 
 
 async def test_a_redelivered_refresh_is_answered_as_first_and_applied_once(

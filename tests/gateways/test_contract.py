@@ -398,6 +398,11 @@ async def test_a_payment_read_back_after_failed_3ds_has_failed(harness: Harness)
     req = RetrievePayment(provider_payment_id=res.provider_payment_id)
     failed = await harness.gateway.retrieve_payment(req, idempotency_key=key())
     assert failed.status is PaymentStatus.FAILED and failed.amount_captured == 0
+    assert failed.failure_code == "payment_intent_authentication_failure"
+    # Still open at the provider (Stripe: requires_payment_method): it can be closed.
+    cancel = CancelPayment(provider_payment_id=res.provider_payment_id)
+    closed = await harness.gateway.cancel_payment(cancel, idempotency_key=key())
+    assert closed.status is PaymentStatus.CANCELED
 
 
 @over_gateways()
