@@ -118,7 +118,8 @@ _REFRESHED: Doc = {
     "previous_status": {
         "type": "string",
         "description": "answering `payment.refresh`: the payment's status before it was "
-        "read back (equal to the status now when nothing changed at the provider)",
+        "read back (equal to the status now when nothing changed at the provider); on a "
+        "capture or cancel re-driven after a refresh recorded its effect: that status",
     }
 }
 

@@ -433,13 +433,21 @@ def _delivery_order(batch: ProcessedBatch) -> list[list[OutRecord]]:
     return [group for group in (first, rest) if group]
 
 
+# Commands whose answer a run again need not repeat: a refresh reads the provider (no
+# key, no stored answer there), and its redelivery may find another status. Its outcome
+# landed without its decision, the redelivery answered the same command id a second time
+# (another event, same entity version: the ledger kept the first as current). Decided
+# first, a redelivery replays its answer, whatever else of the batch landed.
+_DECIDED_FIRST = READ_ONLY | {"payment.refresh"}
+
+
 def _decided_without_entity(emit: Emit) -> bool:
     """An answer (or a park) whose only record is its decision: no entity it wrote
-    carries it (see _delivery_order)."""
+    carries it, or one a run again could answer otherwise (see _delivery_order)."""
     if emit.topic == settings.retry_topic:
         return True
     summary = emit.summary or {}
-    return summary.get("outcome") == "command.rejected" or summary.get("command") in READ_ONLY
+    return summary.get("outcome") == "command.rejected" or summary.get("command") in _DECIDED_FIRST
 
 
 def _changelog_name(table: Any) -> str:

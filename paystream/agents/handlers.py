@@ -19,10 +19,13 @@ import orjson
 from paystream.built import built
 from paystream.gateways import base as gw
 from paystream.gateways.errors import (
+    CARD_ERROR_CODES,
+    DECLINE_CODES,
     ISSUER_DECLINES,
     ErrorCode,
     GatewayError,
     UnsupportedOperation,
+    card_failure,
 )
 from paystream.ids import derived_id
 from paystream.money import Money, format_minor
@@ -845,11 +848,17 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
             f"{format_minor(rec.amount, rec.currency)}",
         )
     req = gw.CapturePayment(provider_payment_id=rec.provider_payment_id, amount=data.amount)
+    before = rec.status
     res = await _gateway(
         ctx, "capture_payment", lambda: ctx.gateway.capture_payment(req, idempotency_key=ctx.idem)
     )
     _apply_payment_result(rec, res)
-    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec, _new_dispute(ctx, rec, res))
+    return HandlerResult(
+        _PAYMENT_OUTCOME[res.status],
+        rec,
+        _new_dispute(ctx, rec, res),
+        extra=_already_recorded(ctx, before, rec),
+    )
 
 
 async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerResult:
@@ -857,12 +866,15 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
     _transition_unless_let_through(ctx, rec, "cancel")
     ctx.at_provider(rec)
     req = gw.CancelPayment(provider_payment_id=rec.provider_payment_id, reason=data.reason)
+    before = rec.status
     res = await _gateway(
         ctx, "cancel_payment", lambda: ctx.gateway.cancel_payment(req, idempotency_key=ctx.idem)
     )
     _apply_payment_result(rec, res)
     # What the provider says it is now (it may have been captured meanwhile), as capture.
-    return HandlerResult(_PAYMENT_OUTCOME[res.status], rec)
+    return HandlerResult(
+        _PAYMENT_OUTCOME[res.status], rec, extra=_already_recorded(ctx, before, rec)
+    )
 
 
 async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> HandlerResult:
@@ -885,7 +897,28 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
         _PAYMENT_OUTCOME[res.status],
         rec,
         _new_dispute(ctx, rec, res),
+        error=_read_back_failure(ctx, res),
         extra={"previous_status": previous},
+    )
+
+
+def _read_back_failure(ctx: HandlerContext, res: gw.PaymentResult) -> GatewayError | None:
+    """A payment read back failed carries its failure as `error`, as a create's decline
+    does (the analytics count declines by it)."""
+    if res.status is not gw.PaymentStatus.FAILED:
+        return None
+    failure = res.failure_code
+    code = card_failure(failure, failure)
+    # A decline code names the issuer's answer; an error code alone (a failed 3-D Secure
+    # step: payment_intent_authentication_failure) is none.
+    decline = failure if failure not in CARD_ERROR_CODES or failure in DECLINE_CODES else None
+    return GatewayError(
+        code,
+        res.failure_message or f"the payment failed ({failure or code.value})",
+        provider=ctx.gateway.provider,
+        decline_code=decline,
+        http_status=402,
+        provider_payment_id=res.provider_payment_id,
     )
 
 
@@ -894,6 +927,13 @@ def _transition(status: str, verb: str, failure_code: str | None = None) -> None
         check_payment_transition(status, verb, failure_code)
     except InvalidState as exc:
         raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
+
+
+def _already_recorded(ctx: HandlerContext, before: str, rec: PaymentRecord) -> dict[str, Any]:
+    """``previous_status`` for a re-driven capture or cancel whose effect a refresh
+    recorded first (the status it answers, the payment had already): counted then, the
+    analytics count it no second time."""
+    return {"previous_status": before} if ctx.let_through and before == rec.status else {}
 
 
 def _transition_unless_let_through(ctx: HandlerContext, rec: PaymentRecord, verb: str) -> None:

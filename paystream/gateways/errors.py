@@ -6,7 +6,16 @@ from enum import StrEnum
 
 from paystream.errors import PaystreamError
 
-__all__ = ["ISSUER_DECLINES", "RETRYABLE", "ErrorCode", "GatewayError", "UnsupportedOperation"]
+__all__ = [
+    "CARD_ERROR_CODES",
+    "DECLINE_CODES",
+    "ISSUER_DECLINES",
+    "RETRYABLE",
+    "ErrorCode",
+    "GatewayError",
+    "UnsupportedOperation",
+    "card_failure",
+]
 
 
 class ErrorCode(StrEnum):
@@ -31,6 +40,48 @@ class ErrorCode(StrEnum):
     AUTHENTICATION_FAILED = "authentication_failed"
     PERMISSION_DENIED = "permission_denied"
     UNSUPPORTED = "unsupported"
+
+
+# A card's failure as Stripe names it (the simulator, which follows Stripe's test cards,
+# names them alike): its `decline_code` (most specific) → our code.
+DECLINE_CODES: dict[str, ErrorCode] = {
+    "insufficient_funds": ErrorCode.INSUFFICIENT_FUNDS,
+    "lost_card": ErrorCode.LOST_OR_STOLEN,
+    "stolen_card": ErrorCode.LOST_OR_STOLEN,
+    "fraudulent": ErrorCode.FRAUDULENT,
+    "merchant_blacklist": ErrorCode.FRAUDULENT,
+    "expired_card": ErrorCode.EXPIRED_CARD,
+    "incorrect_cvc": ErrorCode.INCORRECT_CVC,
+    "invalid_cvc": ErrorCode.INCORRECT_CVC,
+    "incorrect_number": ErrorCode.INCORRECT_NUMBER,
+    "invalid_number": ErrorCode.INCORRECT_NUMBER,
+    "processing_error": ErrorCode.PROCESSING_ERROR,
+    "try_again_later": ErrorCode.PROCESSING_ERROR,
+    "authentication_required": ErrorCode.AUTHENTICATION_REQUIRED,
+}
+
+# Stripe error `code` → our code, for card errors without a decline code we know.
+CARD_ERROR_CODES: dict[str, ErrorCode] = {
+    "card_declined": ErrorCode.CARD_DECLINED,
+    "expired_card": ErrorCode.EXPIRED_CARD,
+    "incorrect_cvc": ErrorCode.INCORRECT_CVC,
+    "invalid_cvc": ErrorCode.INCORRECT_CVC,
+    "incorrect_number": ErrorCode.INCORRECT_NUMBER,
+    "invalid_number": ErrorCode.INCORRECT_NUMBER,
+    "processing_error": ErrorCode.PROCESSING_ERROR,
+    "authentication_required": ErrorCode.AUTHENTICATION_REQUIRED,
+    "payment_intent_authentication_failure": ErrorCode.AUTHENTICATION_REQUIRED,
+}
+
+
+def card_failure(decline_code: str | None, code: str | None) -> ErrorCode:
+    """Our code for a card's failure as the provider named it (a decline we do not know
+    by name is a plain decline)."""
+    return (
+        DECLINE_CODES.get(decline_code or "")
+        or CARD_ERROR_CODES.get(code or "")
+        or ErrorCode.CARD_DECLINED
+    )
 
 
 # The card's issuer refused the payment (what card testing produces), as opposed to the

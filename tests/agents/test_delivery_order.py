@@ -71,8 +71,10 @@ async def test_a_batch_without_one_is_produced_in_one_go(monkeypatch: pytest.Mon
     [
         _batch("customer.exported", command="customer.export"),  # reads only: no entity
         _batch("", topic="paystream.commands.retry"),  # a park
+        # a read of the provider: run again, it may find another status
+        _batch("payment.succeeded", command="payment.refresh"),
     ],
-    ids=["export", "park"],
+    ids=["export", "park", "refresh"],
 )
 async def test_other_answers_without_an_entity_land_their_decisions_first(
     monkeypatch: pytest.MonkeyPatch, batch: ProcessedBatch

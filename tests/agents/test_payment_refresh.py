@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pytest
 
+from paystream.agents.handlers import HandlerContext, _read_back_failure
 from paystream.client import build_command
+from paystream.gateways import base as gw
 from paystream.gateways.simulator import SimulatorGateway
+from paystream.insights.observe import observe
+from paystream.money import Money
 from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind, new_tenant_id
-
-pytestmark = pytest.mark.asyncio
 
 _3DS = {"amount": 1500, "currency": "EUR", "payment_method_token": "pm_card_authenticationRequired"}
 
@@ -89,6 +91,16 @@ async def test_a_failed_3ds_step_reads_back_failed_and_may_still_be_closed(
     failed = await harness.send("payment.refresh", t, {"payment_id": "pay_f"})
     assert kind(failed) == "payment.failed", data(failed)
     assert data(failed)["object"]["failure_code"] == "payment_intent_authentication_failure"
+    # Its failure as `error`, as a create's decline carries it: not an issuer's decline.
+    error = data(failed)["error"]
+    assert (error["code"], error.get("decline_code")) == ("authentication_required", None)
+    seen = observe(failed)
+    assert seen is not None
+    assert (seen.decline_code, seen.card_declined, seen.attempt) == (
+        "authentication_required",
+        False,
+        False,
+    )
     again = await harness.send("payment.refresh", t, {"payment_id": "pay_f"})
     assert (kind(again), data(again)["previous_status"]) == ("payment.failed", "failed")
     refund = await harness.send("refund.create", t, {"payment_id": "pay_f"})
@@ -138,6 +150,10 @@ async def test_a_parked_capture_redriven_after_a_refresh_gets_its_own_answer(
         _, again = await h.send_event(capture)  # `dlq replay` sends it again
         assert again is not None and kind(again) == "payment.succeeded", again and data(again)
         assert data(again)["object"]["amount_captured"] == 4000
+        # The refresh counted the capture; its own answer says it found it made.
+        assert data(again)["previous_status"] == "succeeded"
+        counted = [observe(e) for e in (refreshed, again)]
+        assert [o.captured for o in counted if o is not None] == [4000, 0]
         effects = [(e.kind, e.amount) for e in await _simulator(h, t).effects()]
         assert effects == [("authorization", 5000), ("capture", 4000)]
 
@@ -166,3 +182,33 @@ async def test_another_tenants_payment_is_not_found(harness: Harness) -> None:
     assert data(out)["reason"] == "not_found", data(out)
     missing = await harness.send("payment.refresh", owner, {"payment_id": "pay_nope"})
     assert data(missing)["reason"] == "not_found", data(missing)
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "decline"),
+    [
+        ("insufficient_funds", "insufficient_funds", "insufficient_funds"),
+        ("generic_decline", "card_declined", "generic_decline"),
+        ("payment_intent_authentication_failure", "authentication_required", None),
+        (None, "card_declined", None),
+    ],
+)
+def test_a_failure_read_back_is_named_as_a_decline_at_creation_is(
+    failure: str | None, code: str, decline: str | None
+) -> None:
+    """A card declined after its 3-D Secure step (Stripe: the decline code in
+    last_payment_error) reads back as the same decline a create would have answered."""
+
+    class _Provider:
+        provider = "stripe"
+
+    res = gw.PaymentResult(
+        provider_payment_id="pi_1",
+        status=gw.PaymentStatus.FAILED,
+        amount=Money(amount=100, currency="USD"),
+        failure_code=failure,
+    )
+    ctx = HandlerContext(cmd=None, gateway=_Provider(), tables=None)  # type: ignore[arg-type]
+    error = _read_back_failure(ctx, res)
+    assert error is not None
+    assert (error.code.value, error.decline_code, error.provider) == (code, decline, "stripe")

@@ -6,43 +6,13 @@ from typing import Any
 
 import stripe
 
-from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.errors import ErrorCode, GatewayError, card_failure
 
 __all__ = ["PROVIDER", "map_stripe_error"]
 
 PROVIDER = "stripe"
 # How long to wait before retrying a request whose key is held or that was rate limited.
 BUSY_RETRY_AFTER_SECONDS = 1.0
-
-# Stripe `decline_code` (most specific) → our code.
-_DECLINE_CODES: dict[str, ErrorCode] = {
-    "insufficient_funds": ErrorCode.INSUFFICIENT_FUNDS,
-    "lost_card": ErrorCode.LOST_OR_STOLEN,
-    "stolen_card": ErrorCode.LOST_OR_STOLEN,
-    "fraudulent": ErrorCode.FRAUDULENT,
-    "merchant_blacklist": ErrorCode.FRAUDULENT,
-    "expired_card": ErrorCode.EXPIRED_CARD,
-    "incorrect_cvc": ErrorCode.INCORRECT_CVC,
-    "invalid_cvc": ErrorCode.INCORRECT_CVC,
-    "incorrect_number": ErrorCode.INCORRECT_NUMBER,
-    "invalid_number": ErrorCode.INCORRECT_NUMBER,
-    "processing_error": ErrorCode.PROCESSING_ERROR,
-    "try_again_later": ErrorCode.PROCESSING_ERROR,
-    "authentication_required": ErrorCode.AUTHENTICATION_REQUIRED,
-}
-
-# Stripe error `code` → our code, for card errors without a decline code we know.
-_CARD_CODES: dict[str, ErrorCode] = {
-    "card_declined": ErrorCode.CARD_DECLINED,
-    "expired_card": ErrorCode.EXPIRED_CARD,
-    "incorrect_cvc": ErrorCode.INCORRECT_CVC,
-    "invalid_cvc": ErrorCode.INCORRECT_CVC,
-    "incorrect_number": ErrorCode.INCORRECT_NUMBER,
-    "invalid_number": ErrorCode.INCORRECT_NUMBER,
-    "processing_error": ErrorCode.PROCESSING_ERROR,
-    "authentication_required": ErrorCode.AUTHENTICATION_REQUIRED,
-    "payment_intent_authentication_failure": ErrorCode.AUTHENTICATION_REQUIRED,
-}
 
 # Invalid-request codes that mean "not in this object's current state".
 _STATE_CODES = frozenset(
@@ -85,8 +55,7 @@ def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, 
         return ErrorCode.IDEMPOTENCY_ERROR, True
     if isinstance(exc, stripe.CardError):
         decline = err.get("decline_code")
-        mapped = _DECLINE_CODES.get(decline or "") or _CARD_CODES.get(code or "")
-        return mapped or ErrorCode.CARD_DECLINED, None
+        return card_failure(decline, code), None
     if isinstance(exc, stripe.RateLimitError):
         return ErrorCode.RATE_LIMITED, None
     if isinstance(exc, stripe.IdempotencyError):
