@@ -120,7 +120,12 @@ _REFRESHED: Doc = {
         "description": "answering `payment.refresh`: the payment's status before it was "
         "read back (equal to the status now when nothing changed at the provider); on a "
         "capture or cancel re-driven after a refresh recorded its effect: that status",
-    }
+    },
+    "previous_failure_code": {
+        "type": ["string", "null"],
+        "description": "answering `payment.refresh` of a failed payment: its "
+        "`failure_code` before (another one now: another card was declined)",
+    },
 }
 
 OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {

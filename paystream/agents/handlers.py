@@ -644,6 +644,8 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
     rec.failure_code = r["failure_code"]
     rec.failure_message = r["failure_message"]
     rec.next_action = r["next_action"]
+    if r["next_action"] is not None:
+        rec.customer_action_delivered = True
 
 
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
@@ -789,6 +791,7 @@ def _new_payment(
             "failure_message": failure_message,
             "next_action": next_action,
             "dispute_id": None,
+            "customer_action_delivered": next_action is not None,
         },
     )
 
@@ -883,9 +886,9 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     on here only when read back. A read: asked again, the provider answers afresh."""
     rec = ctx.load(PaymentRecord, data.payment_id)
     _dispute_applied(ctx, rec.id)  # one the provider opened meanwhile (_new_dispute)
-    _transition(rec.status, "refresh", rec.failure_code)
+    _transition(rec.status, "refresh", rec.customer_action_delivered)
     ctx.at_provider(rec)
-    previous = rec.status
+    previous, previous_failure = rec.status, rec.failure_code
     req = gw.RetrievePayment(provider_payment_id=rec.provider_payment_id)
     res = await _gateway(
         ctx,
@@ -898,7 +901,9 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
         rec,
         _new_dispute(ctx, rec, res),
         error=_read_back_failure(ctx, res),
-        extra={"previous_status": previous},
+        # (a second card declined through the client secret is a new failure)
+        extra={"previous_status": previous}
+        | ({"previous_failure_code": previous_failure} if previous == "failed" else {}),
     )
 
 
@@ -922,9 +927,9 @@ def _read_back_failure(ctx: HandlerContext, res: gw.PaymentResult) -> GatewayErr
     )
 
 
-def _transition(status: str, verb: str, failure_code: str | None = None) -> None:
+def _transition(status: str, verb: str, open_at_provider: bool = False) -> None:
     try:
-        check_payment_transition(status, verb, failure_code)
+        check_payment_transition(status, verb, open_at_provider)
     except InvalidState as exc:
         raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
 
@@ -943,7 +948,7 @@ def _transition_unless_let_through(ctx: HandlerContext, rec: PaymentRecord, verb
     key, answers as it did, or refuses what the state forbids (a capture of a payment
     canceled meanwhile), so the rule is its to apply."""
     if not ctx.let_through:
-        _transition(rec.status, verb, rec.failure_code)
+        _transition(rec.status, verb, rec.customer_action_delivered)
 
 
 # ---- refunds ----------------------------------------------------------------------

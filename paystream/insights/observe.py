@@ -86,8 +86,12 @@ def observe(event: CloudEvent) -> Observed | None:
     # and a status it already had moved no money again.
     previous = data.get("previous_status")
     refreshed = isinstance(previous, str)
-    if refreshed and outcome == f"payment.{previous}":
-        pass  # (still waiting, or still authorised: nothing new)
+    unchanged = refreshed and outcome == f"payment.{previous}"
+    if unchanged and previous == "failed":
+        # failed again: new only if another card was declined (through the client secret)
+        unchanged = obj.get("failure_code") == data.get("previous_failure_code")
+    if unchanged:
+        pass  # (still waiting, still authorised, or the same failure: nothing new)
     elif outcome == "payment.authorized":
         facts["authorized"] = amount
     elif outcome == "payment.succeeded":

@@ -282,6 +282,10 @@ class PaymentRecord(EntityRecord):
     failure_message: str | None = None
     next_action: dict[str, Any] | None = None
     dispute_id: str | None = None
+    # A next action (its client secret) went to the customer: the provider keeps such a
+    # payment open when it fails (Stripe: requires_payment_method), and the customer's
+    # browser may still pay it with another card.
+    customer_action_delivered: bool = False
 
 
 class RefundRecord(EntityRecord):

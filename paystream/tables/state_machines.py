@@ -6,7 +6,6 @@ from paystream.errors import PaystreamError
 
 __all__ = [
     "PAYMENT_TRANSITIONS",
-    "REOPENABLE_FAILURES",
     "InvalidState",
     "check_payment_transition",
 ]
@@ -30,17 +29,16 @@ PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-# Failures the provider leaves open: the customer failed the 3-D Secure step, and Stripe
-# puts the PaymentIntent back to requires_payment_method. The customer's browser holds its
-# client secret (delivered in the next action) and may still pay it with another card, so
-# it may be read back, or canceled to close it at the provider.
-REOPENABLE_FAILURES = frozenset({"payment_intent_authentication_failure"})
+# A failed payment whose next action (a client secret) went to the customer is failed
+# here, but its provider keeps it open (Stripe: requires_payment_method, after a failed
+# 3-D Secure step or a decline after a passed one): the customer's browser may still pay
+# it with another card. It may be read back, or canceled to close it at the provider.
 _REOPENED = frozenset({"refresh", "cancel"})
 
 
-def check_payment_transition(status: str, verb: str, failure_code: str | None = None) -> None:
+def check_payment_transition(status: str, verb: str, open_at_provider: bool = False) -> None:
     allowed = PAYMENT_TRANSITIONS.get(status, frozenset())
-    if status == "failed" and failure_code in REOPENABLE_FAILURES:
+    if status == "failed" and open_at_provider:
         allowed = _REOPENED
     if verb not in allowed:
         raise InvalidState(f"cannot {verb} a payment that is {status}")

@@ -112,6 +112,7 @@ def _reference_record(
             failure_code=res.failure_code,
             failure_message=res.failure_message,
             next_action=res.next_action,
+            customer_action_delivered=res.next_action is not None,
         )
     return PaymentRecord.model_validate(fields)
 
@@ -184,6 +185,7 @@ def test_a_payment_result_is_applied_as_its_attributes_read(
     expected.failure_code = res.failure_code
     expected.failure_message = res.failure_message
     expected.next_action = res.next_action
+    expected.customer_action_delivered = res.next_action is not None  # (once given, kept)
     assert got == expected
     assert orjson.dumps(got.model_dump(mode="json")) == orjson.dumps(
         expected.model_dump(mode="json")

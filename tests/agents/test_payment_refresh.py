@@ -4,12 +4,16 @@ captured or refunded. Its answers are kept like any command's."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from paystream.agents.handlers import HandlerContext, _read_back_failure
 from paystream.client import build_command
 from paystream.gateways import base as gw
-from paystream.gateways.simulator import SimulatorGateway
+from paystream.gateways.simulator import SimulatorGateway, results
+from paystream.gateways.simulator import operations as ops
+from paystream.gateways.simulator.store import Effect
 from paystream.insights.observe import observe
 from paystream.money import Money
 from paystream.tenancy.models import Tenant
@@ -212,3 +216,50 @@ def test_a_failure_read_back_is_named_as_a_decline_at_creation_is(
     error = _read_back_failure(ctx, res)
     assert error is not None
     assert (error.code.value, error.decline_code, error.provider) == (code, decline, "stripe")
+
+
+async def _browser_sets(sim: SimulatorGateway, provider_id: str, tag: str, **fields: Any) -> None:
+    """What the customer's browser does at the provider with the client secret
+    (Stripe.js: another card on the same PaymentIntent), as a provider-side change."""
+
+    async def change(tx: Any) -> dict[str, Any]:
+        pi = {**await ops._must(tx, provider_id, "payment_intent"), **fields}
+        if fields.get("status") == "succeeded":
+            tx.effect(Effect.of("charge", f"browser:{tag}", provider_id, pi["amount"], "EUR"))
+        tx.put(pi)
+        return {"ok": results.payment(pi, None)}
+
+    await sim._provider_action(f"{tag}:{provider_id}", {}, change, gw.PaymentResult)
+
+
+async def test_a_payment_open_at_the_provider_stays_open_through_another_cards_decline(
+    harness: Harness,
+) -> None:
+    """After a failed 3-D Secure step the customer declines with a second card, then
+    pays with a third: each is read back (the second card's decline counted as one),
+    and the payment is refundable once paid (review finding: the second decline made
+    it final here while the provider still had it open)."""
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_o")
+    sim = _simulator(harness, t)
+    await sim.complete_authentication(provider_id, succeed=False)
+    await harness.send("payment.refresh", t, {"payment_id": "pay_o"})
+    await _browser_sets(
+        sim, provider_id, "card2", failure_code="insufficient_funds",
+        failure_message="Your card has insufficient funds.",
+    )  # fmt: skip
+    declined = await harness.send("payment.refresh", t, {"payment_id": "pay_o"})
+    assert kind(declined) == "payment.failed", data(declined)
+    assert data(declined)["previous_failure_code"] == "payment_intent_authentication_failure"
+    seen = observe(declined)
+    assert seen is not None and (seen.card_declined, seen.declined) == (True, 1500), seen
+    same = observe(await harness.send("payment.refresh", t, {"payment_id": "pay_o"}))
+    assert same is not None and same.declined == 0, same  # the same decline, read again
+    await _browser_sets(
+        sim, provider_id, "card3", status="succeeded", amount_captured=1500,
+        failure_code=None, failure_message=None,
+    )  # fmt: skip
+    paid = await harness.send("payment.refresh", t, {"payment_id": "pay_o"})
+    assert kind(paid) == "payment.succeeded", data(paid)
+    refund = await harness.send("refund.create", t, {"payment_id": "pay_o"})
+    assert kind(refund) == "refund.succeeded", data(refund)
