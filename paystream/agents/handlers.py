@@ -642,10 +642,11 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
     rec.amount_captured = r["amount_captured"]
     rec.amount_refunded = max(rec.amount_refunded, r["amount_refunded"])
     rec.failure_code = r["failure_code"]
+    if rec.next_action is not None or r["next_action"] is not None:
+        # (the one held: a payment recorded before the flag was, waiting on its customer)
+        rec.customer_action_delivered = True
     rec.failure_message = r["failure_message"]
     rec.next_action = r["next_action"]
-    if r["next_action"] is not None:
-        rec.customer_action_delivered = True
 
 
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:

@@ -263,3 +263,19 @@ async def test_a_payment_open_at_the_provider_stays_open_through_another_cards_d
     assert kind(paid) == "payment.succeeded", data(paid)
     refund = await harness.send("refund.create", t, {"payment_id": "pay_o"})
     assert kind(refund) == "refund.succeeded", data(refund)
+
+
+async def test_a_payment_recorded_before_the_flag_is_known_open_by_its_next_action(
+    harness: Harness,
+) -> None:
+    """A payment waiting on its customer, written by a version without
+    customer_action_delivered: its failure read back still leaves it open."""
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_u")
+    harness.tables.payments[f"{t}:pay_u"].pop("customer_action_delivered")
+    await _simulator(harness, t).complete_authentication(provider_id, succeed=False)
+    assert kind(await harness.send("payment.refresh", t, {"payment_id": "pay_u"})) == (
+        "payment.failed"
+    )
+    cancel = await harness.send("payment.cancel", t, {"payment_id": "pay_u"})
+    assert kind(cancel) == "payment.canceled", data(cancel)
