@@ -42,6 +42,7 @@ _PAYMENT: dict[str, Any] = {
     "failure_message": None,
     "next_action": {"type": "redirect_to_url", "redirect_to_url": {"url": "u"}},
     "dispute_id": None,
+    "customer_action_delivered": True,
 }
 
 
