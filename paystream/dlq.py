@@ -21,6 +21,8 @@ from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAtte
 from paystream.replay_lease import LeaseLost, ReplayLease
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
+from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
+from paystream.streams.commands import COMMAND_PREFIX, PROVIDER_READS
 from paystream.streams.kafka_auth import client_auth
 
 __all__ = [
@@ -118,6 +120,16 @@ class ParkedRecord:
                     if name not in found and isinstance(body.get(name), str):
                         found[name] = body[name]
         return found.get("id", "?"), found.get("type", "?")
+
+    @property
+    def reads_only(self) -> bool:
+        """A command whose provider call only reads (payment.refresh): never too old to
+        re-send. Its type decoded as the worker will decode it (structured or binary)."""
+        try:
+            kind = decode_record(self.key, self.value, headers_to_dict(self.headers)).get_type()
+        except UndecodableRecord:
+            return False
+        return kind.startswith(COMMAND_PREFIX) and kind[len(COMMAND_PREFIX) :] in PROVIDER_READS
 
     @property
     def first_seen_ms(self) -> int:
@@ -636,7 +648,12 @@ async def _replay(
 
         def stale(rec: ParkedRecord, now: int) -> bool:
             # Only what would be re-sent can be too old: the rest is passed over.
-            return rec.replayable and now - rec.first_seen_ms > stale_after_ms(settings)
+            # (A read, payment.refresh, is never stale: run again, it doubles nothing.)
+            return (
+                rec.replayable
+                and now - rec.first_seen_ms > stale_after_ms(settings)
+                and not rec.reads_only
+            )
 
         def checked(rec: ParkedRecord) -> bool:
             """Stale already when the run the operator checked after held it back, on a

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from paystream import dlq
+from paystream.client import build_command
 from paystream.dlq import read_parked, replay, stale_after_ms
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
 
@@ -199,6 +202,38 @@ async def test_a_stale_record_waits_in_place_and_the_checked_one_is_marked(
     assert evil == [(b"evil's", b"1"), (b"evil's next", None)]
     assert [r.value for r in sent if r.key == b"acme"] == [b"acme's"]
     assert await _waiting(settings) == []
+
+
+async def test_a_stale_refresh_is_resent_and_a_stale_charge_is_held(
+    deployment_factory: Any,
+) -> None:
+    """A refresh (a read: no key, no effect) parked as long ago as the charge beside it
+    is re-sent unmarked; the charge waits for a person. Either mode of CloudEvents."""
+    dep = await deployment_factory()
+    settings = dep.settings
+
+    def command(kind: str, body: dict[str, Any], mode: CloudEventsMode) -> RawSend:
+        raw = encode_event(build_command(kind, "acme", body), b"acme", mode)
+        return RawSend(raw.key, raw.value, 0, (*raw.headers, STALE))
+
+    refresh = command("payment.refresh", {"payment_id": "p1"}, CloudEventsMode.BINARY)
+    structured = command("payment.refresh", {"payment_id": "p2"}, CloudEventsMode.STRUCTURED)
+    charge = command(
+        "payment.create",
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"},
+        CloudEventsMode.BINARY,
+    )
+    await dep.produce(settings.retry_topic, refresh, structured, charge)
+    seen: list[str] = []
+    result = await replay(settings, [settings.retry_topic],
+                          observe=lambda r, what: seen.append(what))  # fmt: skip
+    assert seen == ["replayed", "replayed", "held back"]
+    assert result.stale == 1
+    sent, consumer = await read_parked(settings, [settings.commands_topic], committed_only=False)
+    await consumer.stop()
+    assert [r.value for r in sent] == [refresh.value, structured.value]
+    assert all("paystream-reconciled" not in dict(r.headers) for r in sent)
+    assert [r.value for r in await _waiting(settings)] == [charge.value]
 
 
 async def test_dlq_list_escapes_a_hostile_key_and_id(

@@ -57,6 +57,7 @@ from paystream.streams.admin import (
     undersized_topics,
 )
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, SentBatch, send_batches
+from paystream.streams.commands import PROVIDER_READS
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.changelog import ChangelogBatch, collect_changelog
@@ -438,7 +439,7 @@ def _delivery_order(batch: ProcessedBatch) -> list[list[OutRecord]]:
 # landed without its decision, the redelivery answered the same command id a second time
 # (another event, same entity version: the ledger kept the first as current). Decided
 # first, a redelivery replays its answer, whatever else of the batch landed.
-_DECIDED_FIRST = READ_ONLY | {"payment.refresh"}
+_DECIDED_FIRST = READ_ONLY | PROVIDER_READS
 
 
 def _decided_without_entity(emit: Emit) -> bool:

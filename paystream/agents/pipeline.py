@@ -80,7 +80,13 @@ from paystream.streams.codec import (
     is_structured,
     valid_unicode,
 )
-from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, ID_MAX_CHARS, CommandData
+from paystream.streams.commands import (
+    COMMAND_PREFIX,
+    COMMANDS,
+    ID_MAX_CHARS,
+    PROVIDER_READS,
+    CommandData,
+)
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
     REQUEST_HEADER,
@@ -561,7 +567,7 @@ class CommandProcessor:
                     return self._park_unanswered(rec, cmd, stamp=True)
                 earlier = found if isinstance(found, IdempotencyRecord) else None
             if (earlier is None or earlier.state not in _LET_THROUGH) and (
-                self._past_provider_window(rec)
+                self._stale_redrive(rec, cmd)
             ):
                 # A re-drive reached past the provider's key window, its record expired:
                 # the provider may have acted on it, so no final answer (as for an active
@@ -810,7 +816,9 @@ class CommandProcessor:
                     # This very record, redelivered: the limits may have lost its count.
                     self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
                 return self._replay_done(cmd, existing)
-        if self._past_provider_window(rec) or self._key_past_provider_window(rec, existing):
+        if self._stale_redrive(rec, cmd) or (
+            cmd.command_type not in PROVIDER_READS and self._key_past_provider_window(rec, existing)
+        ):
             # A parked or dead-lettered command re-driven (`dlq replay` records its first
             # attempt), or any command under the key of one let through that long ago (a
             # client's retry under a new id, the record redelivered after a long outage),
@@ -1627,6 +1635,11 @@ class CommandProcessor:
             and attributes <= ATTRIBUTES_MAX_BYTES
             and self.seals.first_attempt_ms(rec.key, rec.value, rec.headers) is not None
         )
+
+    def _stale_redrive(self, rec: Inbound, cmd: CommandRef) -> bool:
+        """A re-drive past the provider's key window, to be parked for a person: not a
+        read (payment.refresh), which asks the provider again and can double nothing."""
+        return cmd.command_type not in PROVIDER_READS and self._past_provider_window(rec)
 
     def _past_provider_window(self, rec: Inbound, *, reconciled_too: bool = False) -> bool:
         """Does ``rec`` say it was first run longer ago than a replay may be re-sent

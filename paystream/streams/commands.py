@@ -197,3 +197,8 @@ COMMANDS: dict[str, type[CommandData]] = {
     "dispute.submit_evidence": SubmitDisputeEvidence,
     "dispute.accept": AcceptDispute,
 }
+
+# Commands whose provider call only reads (keyless, no effect of its own): a re-drive of
+# one at any age can change nothing the provider did not already do, so none is held back
+# as past the provider's key window for a person to reconcile.
+PROVIDER_READS = frozenset({"payment.refresh"})

@@ -343,3 +343,55 @@ async def test_a_reconciled_mark_paystream_did_not_seal_is_held(keyed: Harness, 
     sealed = await _resent(keyed, rec, reconciled=True)  # by `dlq replay`: it runs
     out = outcome_of(keyed.settings, await keyed.processor.process(sealed))
     assert out is not None and kind(out) == "payment.succeeded"
+
+
+_3DS = {"amount": 1500, "currency": "EUR", "payment_method_token": "pm_card_authenticationRequired",
+        "payment_id": "p1"}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", [CloudEventsMode.BINARY, CloudEventsMode.STRUCTURED])
+async def test_a_refresh_parked_past_the_window_runs(keyed: Harness, mode: CloudEventsMode) -> None:
+    """A read has nothing to reconcile with the provider: re-sent by `dlq replay` a day
+    after it was parked, unreconciled, it asks the provider again and the payment moves
+    on (a create so re-sent is held for a person: test_a_reconciled_mark_...)."""
+    t = new_tenant_id()
+    keyed.add_tenant(t)
+    created = await keyed.send("payment.create", t, _3DS)
+    assert kind(created) == "payment.requires_action"
+    # The provider is down when the refresh comes, a day ago: parked.
+    keyed.tenants[t] = {**keyed.tenants[t], "gateway_options": {"fail_first": {"*": 50}}}
+    event = build_command("payment.refresh", t, {"payment_id": "p1"}, command_id="r1")
+    raw = encode_event(event, t.encode(), mode)
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    first = Inbound(raw.key, raw.value, dict(raw.headers), day_ago, "paystream.commands", 0, 1)
+    [parked] = await keyed.processor.process(first)
+    assert parked.topic == keyed.settings.retry_topic
+    # Its record says so too (as after a crash, before the first attempt was recorded).
+    assert keyed.idempotency[f"{t}:r1"]["state"] == "parked"
+    keyed.idempotency[f"{t}:r1"]["first_attempt_ms"] = day_ago
+    keyed.tenants[t] = {**keyed.tenants[t], "gateway_options": {}}
+    provider_id = str(keyed.tables.payments[f"{t}:p1"]["provider_payment_id"])
+    gateway = keyed.pool.get(Tenant.model_validate(keyed.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    await gateway.complete_authentication(provider_id)
+
+    rec = ParkedRecord(keyed.settings.retry_topic, 0, 0, parked.record.key, parked.record.value,
+                       tuple(parked.record.headers), int(time.time() * 1000))  # fmt: skip
+    assert rec.reads_only and rec.first_seen_ms == day_ago
+    replayed = await _resent(keyed, rec, reconciled=False)
+    out = outcome_of(keyed.settings, await keyed.processor.process(replayed))
+    assert out is not None and kind(out) == "payment.succeeded", out
+    assert keyed.tables.payments[f"{t}:p1"]["status"] == "succeeded"
+
+
+async def test_a_create_claiming_to_be_a_refresh_is_not_a_read(keyed: Harness) -> None:
+    """`dlq replay` reads a command's type as the worker does: a structured create with a
+    ce_type header naming a refresh is a create (stale: held), whatever the header says."""
+    t, rec = await _stale_parked(keyed)
+    assert not rec.reads_only
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    raw = encode_event(event, t.encode(), CloudEventsMode.STRUCTURED)
+    forged = ParkedRecord(rec.topic, 0, 0, raw.key, raw.value,
+                          (*raw.headers, ("ce_type", b"com.paystream.command.payment.refresh")),
+                          rec.timestamp_ms)  # fmt: skip
+    assert not forged.reads_only
