@@ -118,6 +118,30 @@ async def test_a_failed_3ds_step_reads_back_failed_and_may_still_be_closed(
     assert await _simulator(harness, t).effects() == []
 
 
+async def test_a_decline_after_a_passed_3ds_step_reads_back_as_the_issuers(
+    harness: Harness,
+) -> None:
+    """Stripe's 3178 card: the customer passes the step and the issuer then declines for
+    insufficient funds. Read back, a decline (counted as one), the payment still open
+    for another card: canceled to close it. Nothing moved."""
+    t = harness.add_tenant()
+    provider_id = await _waiting(
+        harness, t, "pay_i",
+        payment_method_token="pm_card_authenticationRequiredChargeDeclinedInsufficientFunds",
+    )  # fmt: skip
+    await _simulator(harness, t).complete_authentication(provider_id)
+    failed = await harness.send("payment.refresh", t, {"payment_id": "pay_i"})
+    assert kind(failed) == "payment.failed", data(failed)
+    assert data(failed)["previous_status"] == "requires_action"
+    error = data(failed)["error"]
+    assert (error["code"], error["decline_code"]) == ("insufficient_funds", "insufficient_funds")
+    seen = observe(failed)
+    assert seen is not None and (seen.card_declined, seen.attempt) == (True, False)
+    cancel = await harness.send("payment.cancel", t, {"payment_id": "pay_i"})
+    assert kind(cancel) == "payment.canceled", data(cancel)
+    assert await _simulator(harness, t).effects() == []
+
+
 async def test_a_declined_payment_stays_final(harness: Harness) -> None:
     t = harness.add_tenant()
     out = await harness.send(

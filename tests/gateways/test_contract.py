@@ -406,6 +406,26 @@ async def test_a_payment_read_back_after_failed_3ds_has_failed(harness: Harness)
 
 
 @over_gateways()
+async def test_a_payment_declined_after_a_passed_3ds_step_reads_back_failed(
+    harness: Harness,
+) -> None:
+    res = await pay(harness, token="pm_card_authenticationRequiredChargeDeclinedInsufficientFunds")
+    assert res.status is PaymentStatus.REQUIRES_ACTION
+    await harness.authenticate(res)  # passed; the issuer then declines the charge
+    req = RetrievePayment(provider_payment_id=res.provider_payment_id)
+    failed = await harness.gateway.retrieve_payment(req, idempotency_key=key())
+    assert failed.status is PaymentStatus.FAILED
+    assert (failed.amount_captured, failed.next_action) == (0, None)
+    # Stripe reports the decline code; localstripe's declines carry only `card_declined`.
+    expected = "card_declined" if harness.name == "stripe" else "insufficient_funds"
+    assert failed.failure_code == expected
+    # Still open at the provider for another card: it can be closed.
+    cancel = CancelPayment(provider_payment_id=res.provider_payment_id)
+    closed = await harness.gateway.cancel_payment(cancel, idempotency_key=key())
+    assert closed.status is PaymentStatus.CANCELED
+
+
+@over_gateways()
 async def test_reading_back_an_unknown_payment_is_not_found(harness: Harness) -> None:
     req = RetrievePayment(provider_payment_id="pi_missing0000")
     await expect(ErrorCode.NOT_FOUND, harness.gateway.retrieve_payment(req, idempotency_key=key()))

@@ -35,6 +35,7 @@ class TestCard:
     brand: str
     last4: str
     behaviour: Behaviour = Behaviour.SUCCEED
+    # A DECLINE card's error; a REQUIRE_ACTION card's once the customer passed the step.
     error: ErrorCode | None = None
     stripe_code: str | None = None  # Stripe's `code` on the card error
     decline_code: str | None = None  # Stripe's `decline_code`
@@ -118,6 +119,14 @@ _3DS2 = TestCard("three_d_secure_2_required", "visa", "3220", Behaviour.REQUIRE_
 _3DS_ON_SETUP = TestCard(
     "authentication_required_on_setup", "visa", "3155", Behaviour.REQUIRE_ACTION
 )
+# 3178 asks for 3-D Secure, and once the customer passes it the issuer declines the
+# charge for insufficient funds: the payment waits for another card (Stripe:
+# requires_payment_method), as after a failed step.
+_3DS_THEN_FUNDS = TestCard(
+    "authentication_required_charge_declined_insufficient_funds", "visa", "3178",
+    Behaviour.REQUIRE_ACTION, ErrorCode.INSUFFICIENT_FUNDS, "card_declined", "insufficient_funds",
+    "Your card has insufficient funds.",
+)  # fmt: skip
 _DISPUTE = TestCard("create_dispute", "visa", "0259", Behaviour.DISPUTE)
 
 
@@ -141,6 +150,7 @@ CARDS: dict[str, TestCard] = {
     **_aliases(_3DS, "authenticationRequired"),
     **_aliases(_3DS2, "threeDSecure2Required"),
     **_aliases(_3DS_ON_SETUP, "authenticationRequiredOnSetup"),
+    **_aliases(_3DS_THEN_FUNDS, "authenticationRequiredChargeDeclinedInsufficientFunds"),
     **_aliases(_DISPUTE, "createDispute"),
 }
 

@@ -432,7 +432,19 @@ async def complete_authentication(tx: Tx, payment_id: str, succeed: bool) -> dic
     pi = await _must(tx, payment_id, "payment_intent")
     if pi["status"] != PaymentStatus.REQUIRES_ACTION.value:
         raise _refuse(ErrorCode.INVALID_STATE, f"payment is {pi['status']}, not requires_action")
-    if succeed:
+    card = card_for_token(pi["card"])
+    if succeed and card is not None and card.error is not None:
+        # The step passed, and the issuer declines the charge it let through: reported
+        # as a decline at creation is, and open for another card (Stripe:
+        # requires_payment_method), as after a failed step.
+        pi = {
+            **pi,
+            "status": PaymentStatus.FAILED.value,
+            "next_action": None,
+            "failure_code": card.decline_code or card.stripe_code,
+            "failure_message": card.message,
+        }
+    elif succeed:
         pi = _authorise(tx, pi, f"3ds:{payment_id}")
     else:
         pi = {

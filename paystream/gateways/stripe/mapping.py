@@ -104,6 +104,11 @@ def payment_method(obj: Mapping[str, Any]) -> PaymentMethodResult:
 def _captured(pi: Mapping[str, Any], charge: Mapping[str, Any]) -> int:
     if pi.get("amount_received") is not None:
         return int(pi["amount_received"])
+    if charge.get("status") == "failed":
+        # Took nothing. (localstripe, which reports no amount_received, marks a declined
+        # charge of an automatic-capture payment `captured`: read as taken, a payment
+        # declined after its 3-D Secure step showed its whole amount captured.)
+        return 0
     if charge.get("amount_captured") is not None:
         return int(charge["amount_captured"])
     return int(charge.get("amount", 0)) if charge.get("captured") else 0
