@@ -82,11 +82,12 @@ def observe(event: CloudEvent) -> Observed | None:
         currency = None  # only what paystream accepts: a key of the window's money
     amount = _minor(obj.get("amount"))
     facts: dict[str, Any] = {}
-    # A payment read back (payment.refresh): its creation was the attempt, counted then,
-    # and a status it already had moved no money again.
+    # An outcome naming the status the payment had before (a payment.refresh, or a
+    # re-driven capture or cancel a refresh already showed): its creation was the
+    # attempt, counted then, and a status it already had moved no money again.
     previous = data.get("previous_status")
-    refreshed = isinstance(previous, str)
-    unchanged = refreshed and outcome == f"payment.{previous}"
+    had_status = isinstance(previous, str)
+    unchanged = had_status and outcome == f"payment.{previous}"
     if unchanged and previous == "failed":
         # failed again: new only if another card was declined (through the client secret)
         unchanged = obj.get("failure_code") == data.get("previous_failure_code")
@@ -106,7 +107,7 @@ def observe(event: CloudEvent) -> Observed | None:
         facts.update(declined=amount if card else 0, decline_code=code, card_declined=card)
     elif outcome == "command.rejected":
         facts["reject_reason"] = _label(data.get("reason"))
-    if not refreshed and (
+    if not had_status and (
         outcome in _CREATION_ANSWERS
         or (outcome == "payment.succeeded" and obj.get("capture_method") != "manual")
     ):
