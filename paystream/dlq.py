@@ -121,7 +121,7 @@ class ParkedRecord:
                         found[name] = body[name]
         return found.get("id", "?"), found.get("type", "?")
 
-    @property
+    @functools.cached_property  # (asked on each pass a stale record waits through)
     def reads_only(self) -> bool:
         """A command whose provider call only reads (payment.refresh): never too old to
         re-send. Its type decoded as the worker will decode it (structured or binary)."""
