@@ -1682,6 +1682,9 @@ def _attach_subcommands() -> None:
     cli.add_command(migrate_command)
     cli.add_command(audit_group)
     cli.add_command(erase_command)
+    from paystream.gateways.simulator.cli import simulator_group
+
+    cli.add_command(simulator_group)
     try:
         from paystream.bench.cli import bench_command
     except ImportError:  # pragma: no cover - the bench ships with the package

@@ -237,3 +237,64 @@ async def test_a_topic_that_does_not_exist_is_said_not_read_as_empty(
     proc = run_cli(deployed, *args, check=False, **env)
     assert proc.returncode != 0, proc.stdout
     assert "does not exist" in proc.stderr and next(iter(env.values())) in proc.stderr
+
+
+def _sent(dep: Deployment, command_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """`paystream send`'s outcome (sent again while a test above has acme suspended)."""
+    for _ in range(50):
+        args = ("send", command_type, "--tenant", "acme", "--data", json.dumps(data))
+        out: dict[str, Any] = json.loads(run_cli(dep, *args).stdout)
+        if out["data"].get("reason") != "tenant_suspended":
+            break
+    return out
+
+
+async def test_a_customer_takes_the_3ds_step_at_the_simulator_from_the_shell(
+    deployed: Deployment,
+) -> None:
+    """README: create, the customer's step (`paystream simulator authenticate`), then
+    `payment.refresh`; passed on one payment, failed (`--fail`) on another."""
+    card = {"amount": 1500, "currency": "EUR",
+            "payment_method_token": "pm_card_authenticationRequired"}  # fmt: skip
+    for pid, extra, status, after in (
+        ("pay_cli_3ds_ok", (), "succeeded", "payment.succeeded"),
+        ("pay_cli_3ds_no", ("--fail",), "failed", "payment.failed"),
+    ):
+        created = _sent(deployed, "payment.create", {**card, "payment_id": pid})
+        assert created["type"] == "com.paystream.payment.requires_action", created
+        provider_id = created["data"]["object"]["provider_payment_id"]
+        step = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, *extra)
+        assert json.loads(step.stdout)["status"] == status
+        read = _sent(deployed, "payment.refresh", {"payment_id": pid})
+        assert read["type"] == f"com.paystream.{after}", read
+        assert read["data"]["previous_status"] == "requires_action"
+        # Taken again (a customer's double click): the same answer, nothing changes.
+        again = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, *extra)
+        assert again.stdout == step.stdout
+        # The other way after it: the step is over.
+        other = () if extra else ("--fail",)
+        late = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, *other,
+                       check=False)  # fmt: skip
+        assert late.returncode == 1 and "Traceback" not in late.stderr, late.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("acme", "pi_missing"), "no such payment_intent: 'pi_missing'"),
+        (("nobody", "pi_missing"), "unknown tenant 'nobody'"),
+    ],
+)
+async def test_simulator_authenticate_refuses_what_it_cannot_find(
+    deployed: Deployment, args: tuple[str, str], said: str
+) -> None:
+    proc = run_cli(deployed, "simulator", "authenticate", *args, check=False)
+    assert proc.returncode == 1 and said in proc.stderr, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+
+async def test_simulator_authenticate_says_when_redis_is_down(deployed: Deployment) -> None:
+    proc = run_cli(deployed, "simulator", "authenticate", "acme", "pi_x", check=False,
+                   REDIS_URL="redis://127.0.0.1:1")  # fmt: skip
+    assert proc.returncode == 1 and "the simulator's Redis" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,78 @@
+"""`paystream simulator`: the simulator's provider side from the shell, for what a
+provider's customer does outside paystream (development and demos): finishing a
+payment's 3-D Secure step. paystream hears of it only when the payment is read back
+(`payment.refresh`), as with a real provider."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from paystream.gateways.base import PaymentResult
+from paystream.settings import Settings
+
+__all__ = ["simulator_group"]
+
+
+@click.group("simulator")
+def simulator_group() -> None:
+    """The simulator gateway's provider side (development and demos)."""
+
+
+@simulator_group.command("authenticate")
+@click.argument("tenant_id")
+@click.argument("provider_payment_id")
+@click.option("--fail", is_flag=True, help="the customer fails the step")
+def authenticate_command(tenant_id: str, provider_payment_id: str, fail: bool) -> None:
+    """A simulator tenant's customer finishes the 3-D Secure step of the payment
+    PROVIDER_PAYMENT_ID (`provider_payment_id` in the payment's outcome; its status
+    `requires_action`). Prints the payment as the simulator holds it then. Send
+    `payment.refresh` for paystream to read it back. Needs REDIS_URL (the simulator
+    keeps its state there) and the broker (to read the tenant registry)."""
+    from paystream.cli import _registered, _run, _settings
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("REDIS_URL is not set: the simulator keeps its state there")
+    tenant = _registered(settings, tenant_id)
+    if tenant is None:
+        raise click.ClickException(f"unknown tenant {tenant_id!r}")
+    if tenant.gateway != "simulator":
+        # (Its customers authenticate at that provider; the simulator has no such payment.)
+        raise click.ClickException(
+            f"tenant {tenant_id!r} uses the {tenant.gateway!r} gateway, not the simulator"
+        )
+    res = _run(_authenticate(settings, tenant_id, provider_payment_id, passed=not fail))
+    click.echo(json.dumps(_shown(res)))
+
+
+async def _authenticate(
+    settings: Settings, tenant_id: str, provider_payment_id: str, *, passed: bool
+) -> PaymentResult:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from paystream.gateways.simulator import SimulatorGateway
+
+    assert settings.redis_url is not None
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        simulator = SimulatorGateway(
+            client, tenant_id, record_ttl_seconds=settings.idempotency_ttl_seconds
+        )
+        return await simulator.complete_authentication(provider_payment_id, succeed=passed)
+    except RedisError as exc:  # (the simulator's store down: said so, no traceback)
+        raise click.ClickException(f"the simulator's Redis: {exc}") from exc
+    finally:
+        await client.aclose()
+
+
+def _shown(res: PaymentResult) -> dict[str, Any]:
+    return {
+        "provider_payment_id": res.provider_payment_id,
+        "status": res.status.value,
+        "amount_captured": res.amount_captured,
+        "failure_code": res.failure_code,
+    }
