@@ -1260,7 +1260,10 @@ def dlq_replay(
             f"idempotency keys, so a command it already applied would be applied again. {advice}",
             err=True,
         )
-    click.echo(f"{verb} {sum(result.replayed.values())} record(s): {dict(result.replayed)}")
+    # (A reason is a header's text, any producer's: shown escaped, as `dlq list` does.)
+    by_reason = ", ".join(f"{_shown(why)}={n}" for why, n in sorted(result.replayed.items()))
+    summary = f"{verb} {sum(result.replayed.values())} record(s)"
+    click.echo(f"{summary}: {by_reason}" if by_reason else summary)
     if result.waited_for:
         click.echo(
             f"waited {result.paced_seconds:.1f} s for the pace of "
@@ -1682,7 +1685,7 @@ def _attach_subcommands() -> None:
     cli.add_command(migrate_command)
     cli.add_command(audit_group)
     cli.add_command(erase_command)
-    from paystream.gateways.simulator.cli import simulator_group
+    from paystream.simulator_cli import simulator_group
 
     cli.add_command(simulator_group)
     try:

@@ -262,6 +262,23 @@ async def test_dlq_list_escapes_a_hostile_key_and_id(
     assert "\x1b" not in shown.stdout, repr(shown.stdout)
 
 
+async def test_dlq_replay_escapes_a_hostile_park_reason(deployment_factory: Any) -> None:
+    """`dlq replay` counts what it re-sent by park reason, a header any producer to the
+    retry topic chooses: shown escaped, as `dlq list` shows it."""
+    dep = await deployment_factory()
+    esc = b"\x1b]0;pwned\x07"
+    await dep.produce(
+        dep.settings.retry_topic,
+        RawSend(key=b"acme", value=b"{}", partition=0,
+                headers=(("paystream-park-reason", b"odd" + esc),)),
+    )  # fmt: skip
+    proc = await asyncio.to_thread(
+        run_cli, dep, "dlq", "replay", "--topic", "retry", "--without-master-key"
+    )
+    assert "replayed 1 record(s): odd\\x1b]0;pwned\\x07=1" in proc.stdout, proc.stdout
+    assert "\x1b" not in proc.stdout
+
+
 async def _waiting(settings: Any) -> list[Any]:
     left, consumer = await read_parked(settings, [settings.retry_topic], committed_only=True)
     await consumer.stop()
