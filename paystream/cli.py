@@ -960,6 +960,9 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+_PLAIN_NAME = re.compile(r"[a-z0-9_]{1,64}")
+
+
 def _shown(text: str, limit: int = 200) -> str:
     """A producer's text, safe to print: controls escaped (``\\x1b``), cut to ``limit``."""
     cut = text[:limit] + ("..." if len(text) > limit else "")
@@ -1260,8 +1263,12 @@ def dlq_replay(
             f"idempotency keys, so a command it already applied would be applied again. {advice}",
             err=True,
         )
-    # (A reason is a header's text, any producer's: shown escaped, as `dlq list` does.)
-    by_reason = ", ".join(f"{_shown(why)}={n}" for why, n in sorted(result.replayed.items()))
+    # (A reason is a header's text, any producer's: shown escaped, as `dlq list` does,
+    # and quoted unless it is a plain name, so "a=5, b" cannot pass for two counts.)
+    by_reason = ", ".join(
+        f"{why if _PLAIN_NAME.fullmatch(why) else json.dumps(_shown(why))}={n}"
+        for why, n in sorted(result.replayed.items())
+    )
     summary = f"{verb} {sum(result.replayed.values())} record(s)"
     click.echo(f"{summary}: {by_reason}" if by_reason else summary)
     if result.waited_for:

@@ -73,7 +73,10 @@ class ParkedRecord:
     @property
     def reason(self) -> str:
         h = dict(self.headers)
-        return (h.get("paystream-dlq-reason") or h.get("paystream-park-reason") or b"?").decode()
+        raw = h.get("paystream-dlq-reason") or h.get("paystream-park-reason") or b"?"
+        # (Any producer to the topic chooses it: bytes that are not UTF-8 are shown, not
+        # raised on, which stopped `dlq list` and `dlq replay` whole.)
+        return raw.decode(errors="replace")
 
     @property
     def redacted(self) -> bool:

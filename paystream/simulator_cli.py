@@ -63,6 +63,7 @@ async def _authenticate(
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
+    from paystream.gateways.base import RetrievePayment
     from paystream.gateways.errors import ErrorCode, GatewayError
     from paystream.gateways.simulator import SimulatorGateway
 
@@ -77,12 +78,17 @@ async def _authenticate(
         except GatewayError as exc:
             if exc.code is not ErrorCode.IDEMPOTENCY_ERROR:
                 raise
-            # The step was taken the other way (its record is keyed by the payment): say
-            # so, not the simulator's internal key.
-            other = "passed" if not passed else "failed"
+            # The simulator keeps its first answer to this payment's step (keyed by the
+            # payment, with the verdict): given the other way before, taken or refused.
+            # Said so with the payment as it is now, not the simulator's internal key.
+            now = await simulator.retrieve_payment(
+                RetrievePayment(provider_payment_id=provider_payment_id), idempotency_key=""
+            )
+            failure = f", {now.failure_code}" if now.failure_code else ""
             raise click.ClickException(
-                f"the 3-D Secure step of {provider_payment_id} was already taken ({other}); "
-                "that outcome stands"
+                f"`simulator authenticate{'' if passed else ' --fail'}` came after one "
+                f"the other way for {provider_payment_id}, whose answer stands (the "
+                f"payment is {now.status.value}{failure})"
             ) from exc
     except RedisError as exc:  # (the simulator's store down: said so, no traceback)
         raise click.ClickException(f"the simulator's Redis: {exc}") from exc

@@ -275,8 +275,23 @@ async def test_a_customer_takes_the_3ds_step_at_the_simulator_from_the_shell(
         other = () if extra else ("--fail",)
         late = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, *other,
                        check=False)  # fmt: skip
-        taken = "passed" if not extra else "failed"
-        assert late.returncode == 1 and f"already taken ({taken})" in late.stderr, late.stderr
+        said = f"came after one the other way for {provider_id}, whose answer stands"
+        assert late.returncode == 1 and said in late.stderr, late.stderr
+        assert f"(the payment is {status}" in late.stderr
+
+
+async def test_simulator_authenticate_after_a_refusal_the_other_way(deployed: Deployment) -> None:
+    """The simulator keeps its first answer to a payment's step, a refusal too: asked the
+    other way after it, the command says so with the payment as it is, not "taken"."""
+    card = {"amount": 1500, "currency": "EUR", "payment_method_token": "pm_card_visa"}
+    paid = _sent(deployed, "payment.create", {**card, "payment_id": "pay_cli_no_3ds"})
+    provider_id = paid["data"]["object"]["provider_payment_id"]
+    refused = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, "--fail",
+                      check=False)  # fmt: skip
+    assert refused.returncode == 1 and "not requires_action" in refused.stderr, refused.stderr
+    after = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, check=False)
+    assert after.returncode == 1, after.stdout
+    assert "whose answer stands (the payment is succeeded)" in after.stderr, after.stderr
 
 
 @pytest.mark.parametrize(

@@ -262,20 +262,32 @@ async def test_dlq_list_escapes_a_hostile_key_and_id(
     assert "\x1b" not in shown.stdout, repr(shown.stdout)
 
 
-async def test_dlq_replay_escapes_a_hostile_park_reason(deployment_factory: Any) -> None:
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [
+        (b"odd\x1b]0;pwned\x07", '"odd\\\\x1b]0;pwned\\\\x07"=1'),  # escaped, quoted
+        (b"odd\xff", '"odd\\ufffd"=1'),  # not UTF-8: shown, not raised on
+        (b"a=5, b", '"a=5, b"=1'),  # cannot pass for two counts
+    ],
+    ids=["control", "not-utf8", "separators"],
+)
+async def test_dlq_replay_and_list_show_a_hostile_park_reason(
+    deployment_factory: Any, reason: bytes, shown: str
+) -> None:
     """`dlq replay` counts what it re-sent by park reason, a header any producer to the
-    retry topic chooses: shown escaped, as `dlq list` shows it."""
+    retry topic chooses; `dlq list` shows it: neither prints it raw nor fails on it."""
     dep = await deployment_factory()
-    esc = b"\x1b]0;pwned\x07"
     await dep.produce(
         dep.settings.retry_topic,
         RawSend(key=b"acme", value=b"{}", partition=0,
-                headers=(("paystream-park-reason", b"odd" + esc),)),
+                headers=(("paystream-park-reason", reason),)),
     )  # fmt: skip
+    listed = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "retry")
+    assert "reason=" in listed.stdout and "\x1b" not in listed.stdout
     proc = await asyncio.to_thread(
         run_cli, dep, "dlq", "replay", "--topic", "retry", "--without-master-key"
     )
-    assert "replayed 1 record(s): odd\\x1b]0;pwned\\x07=1" in proc.stdout, proc.stdout
+    assert f"replayed 1 record(s): {shown}" in proc.stdout, proc.stdout
     assert "\x1b" not in proc.stdout
 
 
