@@ -816,8 +816,8 @@ class CommandProcessor:
                     # This very record, redelivered: the limits may have lost its count.
                     self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
                 return self._replay_done(cmd, existing)
-        if self._stale_redrive(rec, cmd) or (
-            cmd.command_type not in PROVIDER_READS and self._key_past_provider_window(rec, existing)
+        if cmd.command_type not in PROVIDER_READS and (
+            self._past_provider_window(rec) or self._key_past_provider_window(rec, existing)
         ):
             # A parked or dead-lettered command re-driven (`dlq replay` records its first
             # attempt), or any command under the key of one let through that long ago (a
