@@ -22,6 +22,8 @@ from pydantic.json_schema import JsonSchemaMode
 
 from paystream import __version__
 from paystream.agents import handlers, pipeline
+from paystream.gateways.stripe.webhooks import FOLLOWED_EVENTS as STRIPE_FOLLOWED_EVENTS
+from paystream.gateways.stripe.webhooks import MAX_BODY_BYTES as WEBHOOK_MAX_BODY_BYTES
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
 from paystream.money import CURRENCY_EXPONENTS
 from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
@@ -1018,11 +1020,40 @@ def _view_schemas() -> Doc:
                         "not_found",
                         "bad_gateway",
                         "unavailable",
+                        "bad_signature",
+                        "payload_too_large",
                     ]
                 },
                 "message": _STR,
             }
         ),
+        "WebhookAnswer": {
+            "description": "What came of a verified webhook (a 2xx: the provider does not "
+            "send it again).",
+            "oneOf": [
+                _object(
+                    {
+                        "received": {"const": True},
+                        "action": {"const": "refresh"},
+                        "command_id": {
+                            **_STR,
+                            "description": "the `payment.refresh` command's id, derived from "
+                            "the event's (an event sent again is the same command)",
+                        },
+                    },
+                    "a `payment.refresh` command was sent for the payment",
+                ),
+                _object(
+                    {
+                        "received": {"const": True},
+                        "action": {"const": "ignored"},
+                        "why": _STR,
+                    },
+                    "nothing paystream has not read: not a followed event, not a payment "
+                    "paystream made, another tenant's, or one paystream has finished",
+                ),
+            ],
+        },
         "Health": _object(
             {
                 "ok": {"type": "boolean"},
@@ -1291,6 +1322,61 @@ def openapi() -> Doc:
                         "tables are being recovered, no worker owns the tenant yet (partitions "
                         "being assigned), or the tenant's owner is unreachable (answered within "
                         "5 s): retry",
+                        _RETRY_AFTER,
+                    ),
+                },
+            }
+        },
+        "/webhooks/{provider}/{tenant}": {
+            "post": {
+                "summary": "A provider's signed webhook event (Stripe: its `Stripe-Signature` "
+                "under the tenant's `webhook_secret`, within 5 minutes): an event about a "
+                "payment paystream made that may have moved on becomes a `payment.refresh` "
+                "command on the tenant's partition.",
+                "description": "Open without the operators' token: the signature is the "
+                "authentication. Followed Stripe events: "
+                + ", ".join(f"`{e}`" for e in sorted(STRIPE_FOLLOWED_EVENTS))
+                + ". A payment is found from its `paystream_payment` metadata "
+                "(`<tenant>:<payment id>`), which paystream sets on the payments it creates.",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "provider",
+                        "in": "path",
+                        "required": True,
+                        "description": "another provider is a 404",
+                        "schema": {"enum": ["stripe"]},
+                    },
+                    {"name": "tenant", "in": "path", "required": True, "schema": _STR},
+                    {
+                        "name": "Stripe-Signature",
+                        "in": "header",
+                        "required": True,
+                        "schema": _STR,
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json("WebhookAnswer", "received"),
+                    "400": _json(
+                        "Error",
+                        "`bad_signature`: not signed with the tenant's endpoint secret, "
+                        "signed too long ago, or not a JSON object",
+                    ),
+                    "404": _json(
+                        "Error",
+                        "no endpoint: an unknown tenant, another provider's, or one without a "
+                        "`webhook_secret` (one answer for all)",
+                    ),
+                    "413": _json("Error", f"a body over {WEBHOOK_MAX_BODY_BYTES} bytes"),
+                    "503": _json(
+                        "Error",
+                        "not now (the registry loading, tables moving, the tenant's worker "
+                        "unreachable, the broker not taking the command): the provider sends "
+                        "it again",
                         _RETRY_AFTER,
                     ),
                 },

@@ -35,6 +35,7 @@ __all__ = [
     "REPAIRS",
     "REPLAYS",
     "SKIPPED_RECORDS",
+    "WEBHOOKS",
 ]
 
 COMMANDS = Counter(
@@ -52,6 +53,13 @@ COMMAND_LATENCY = Histogram(
     "paystream_command_latency_seconds",
     "From the command's Kafka timestamp to its outcome being produced.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WEBHOOKS = Counter(
+    "paystream_webhooks_total",
+    "Provider webhooks received, by provider, tenant and what came of them: refresh (a "
+    "payment.refresh sent), ignored (nothing paystream has not read), bad_signature, "
+    "no_endpoint, too_large, unavailable (answered 503: the provider sends it again).",
+    ["provider", "tenant", "result"],
 )
 DEAD_LETTERS = Counter(
     "paystream_dead_letters_total", "Records sent to the dead-letter topic.", ["reason"]

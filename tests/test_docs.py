@@ -46,6 +46,7 @@ from tests.fixtures.pipeline import Deployment
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ROOT / "paystream" / "web" / "views.py"
+WEBHOOKS = ROOT / "paystream" / "web" / "webhooks.py"
 TOKEN = "docs-test-token"
 
 
@@ -333,9 +334,9 @@ def test_the_ledger_knows_which_outcomes_carry_no_entity() -> None:
 
 
 def _page_routes() -> set[str]:
-    """The paths of every ``@app.page(...)`` in web/views.py."""
+    """The paths of every ``@app.page(...)`` in web/views.py and web/webhooks.py."""
     routes = set()
-    for node in ast.walk(ast.parse(VIEWS.read_text())):
+    for node in ast.walk(ast.parse(VIEWS.read_text() + "\n" + WEBHOOKS.read_text())):
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             for deco in node.decorator_list:
                 if (
@@ -358,7 +359,8 @@ def test_every_web_route_is_in_the_openapi_paths(openapi: dict[str, Any]) -> Non
 
 
 def test_every_error_the_views_answer_is_in_the_error_schema(openapi: dict[str, Any]) -> None:
-    answered = set(re.findall(r'"error": "([a-z_]+)"', VIEWS.read_text()))
+    source = VIEWS.read_text() + WEBHOOKS.read_text()
+    answered = set(re.findall(r'"error": "([a-z_]+)"', source))
     assert {"bad_host", "bad_gateway", "not_found"} <= answered
     assert set(openapi["components"]["schemas"]["Error"]["properties"]["error"]["enum"]) == (
         answered

@@ -73,6 +73,7 @@ _PROVIDER_UNAVAILABLE = ErrorCode.PROVIDER_UNAVAILABLE
 _CREDENTIAL_ERRORS = (ErrorCode.AUTHENTICATION_FAILED, ErrorCode.PERMISSION_DENIED)
 _MANUAL = c.CaptureMode.MANUAL
 _CAPTURE_MANUAL = gw.CaptureMethod.MANUAL
+_WEBHOOKS = gw.Capability.WEBHOOKS
 _CAPTURE_AUTOMATIC = gw.CaptureMethod.AUTOMATIC
 _PAYMENT_FAILED = gw.PaymentStatus.FAILED.value
 _REFUND_FAILED = gw.RefundStatus.FAILED
@@ -704,7 +705,11 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
             "description": d["description"],
             "statement_descriptor": d["statement_descriptor"],
             "return_url": d["return_url"],
-            "metadata": dict(d["metadata"]),
+            "metadata": (
+                gw.payment_ref(d["metadata"], ctx.cmd.tenant_id, pid)
+                if _WEBHOOKS in ctx.gateway.capabilities
+                else dict(d["metadata"])
+            ),
         },
     )
     customer_id = customer.id if customer else None

@@ -19,6 +19,7 @@ from paystream.money import Money
 
 __all__ = [
     "OPERATION_CAPABILITY",
+    "PAYMENT_REF_KEY",
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
@@ -44,6 +45,8 @@ __all__ = [
     "SubmitDisputeEvidence",
     "UpdateCustomer",
     "merged_metadata",
+    "payment_ref",
+    "read_payment_ref",
 ]
 
 
@@ -62,6 +65,34 @@ class Capability(StrEnum):
     TAX = "tax"
     CONNECTED_ACCOUNTS = "connected_accounts"
     PAYOUTS = "payouts"
+    # The provider reports a payment's later changes (a customer's 3-D Secure step, a
+    # lapsed authorisation) by signed webhook: its payments carry PAYMENT_REF_KEY.
+    WEBHOOKS = "webhooks"
+
+
+# The metadata key under which paystream names a payment at a provider that sends
+# webhooks: "<tenant>:<payment id>", so that a webhook about the provider's payment finds
+# paystream's (a tenant id has no colon). The provider's id alone would need an index.
+PAYMENT_REF_KEY = "paystream_payment"
+_METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
+
+
+def payment_ref(metadata: Mapping[str, str], tenant_id: str, payment_id: str) -> dict[str, str]:
+    """``metadata`` with the payment's reference added (replacing a producer's own value
+    under the key), unless it already holds as many keys as a provider takes: such a
+    payment is not found from a webhook, and is read back by ``payment.refresh``."""
+    if PAYMENT_REF_KEY not in metadata and len(metadata) >= _METADATA_KEYS_MAX:
+        return dict(metadata)
+    return {**metadata, PAYMENT_REF_KEY: f"{tenant_id}:{payment_id}"}
+
+
+def read_payment_ref(metadata: Any) -> tuple[str, str] | None:
+    """(tenant id, payment id) from a provider object's metadata, if it names them."""
+    ref = metadata.get(PAYMENT_REF_KEY) if isinstance(metadata, Mapping) else None
+    if not isinstance(ref, str):
+        return None
+    tenant_id, sep, payment_id = ref.partition(":")
+    return (tenant_id, payment_id) if sep and tenant_id and payment_id else None
 
 
 class CaptureMethod(StrEnum):

@@ -72,7 +72,11 @@ REQUIRED_SECRETS: dict[str, frozenset[str]] = {
 }
 # Every secret each provider reads: the only names `tenants add --secret` takes (a name
 # is stored in plain text; a key typed where its name goes must not be).
-KNOWN_SECRETS: dict[str, frozenset[str]] = dict(REQUIRED_SECRETS)
+KNOWN_SECRETS: dict[str, frozenset[str]] = {
+    **REQUIRED_SECRETS,
+    # The signing secret of the tenant's webhook endpoint (web/webhooks.py).
+    "stripe": REQUIRED_SECRETS["stripe"] | {"webhook_secret"},
+}
 
 
 # A Stripe account id; and what a provider secret key starts with (pasted into the wrong

@@ -16,7 +16,7 @@ from paystream.gateways.simulator.gateway import SimulatorGateway
 from paystream.settings import load_settings
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 
-__all__ = ["Harness", "over_gateways"]
+__all__ = ["Harness", "localstripe_token", "over_gateways"]
 
 # localstripe only knows a few canonical test PaymentMethods; others are created the way
 # Stripe.js would, from Stripe's *public* test numbers (never real card data).
@@ -70,28 +70,9 @@ class Harness:
 
     async def token(self, name: str) -> str:
         """The provider token to use for a Stripe test-card token name."""
-        if self.name != "stripe" or name in _LOCALSTRIPE_CANONICAL:
+        if self.name != "stripe":
             return name
-        number = _LOCALSTRIPE_TEST_NUMBERS.get(name)
-        if number is None:
-            return name  # localstripe will answer 404: the test's xfail says so
-        form = {
-            "type": "card",
-            "card[number]": number,
-            "card[exp_month]": "12",
-            "card[exp_year]": "2034",
-            "card[cvc]": "123",
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{self._stripe_url}/v1/payment_methods",
-                data=form,
-                headers={"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"},
-            ) as resp,
-        ):
-            resp.raise_for_status()
-            return str((await resp.json())["id"])
+        return await localstripe_token(self._stripe_url, name)
 
     async def dispute_for(self, payment: PaymentResult) -> str:
         """The dispute the cardholder opened on a payment (Stripe: found by listing)."""
@@ -137,3 +118,30 @@ class Harness:
     async def aclose(self) -> None:
         for gw in self._built:
             await gw.aclose()
+
+
+async def localstripe_token(stripe_url: str, name: str) -> str:
+    """localstripe's PaymentMethod for a Stripe test-card token name (made from its public
+    test number, as Stripe.js would, where localstripe does not know the token)."""
+    if name in _LOCALSTRIPE_CANONICAL:
+        return name
+    number = _LOCALSTRIPE_TEST_NUMBERS.get(name)
+    if number is None:
+        return name  # localstripe will answer 404: the test's xfail says so
+    form = {
+        "type": "card",
+        "card[number]": number,
+        "card[exp_month]": "12",
+        "card[exp_year]": "2034",
+        "card[cvc]": "123",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{stripe_url}/v1/payment_methods",
+            data=form,
+            headers={"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"},
+        ) as resp,
+    ):
+        resp.raise_for_status()
+        return str((await resp.json())["id"])

@@ -56,6 +56,7 @@ STRIPE_CAPABILITIES = frozenset(
         Capability.PARTIAL_CAPTURE,
         Capability.REFUNDS,
         Capability.DISPUTES,
+        Capability.WEBHOOKS,
     }
 )
 

@@ -1,0 +1,99 @@
+"""Stripe webhook events: their signature checked, and read for the payment they concern.
+
+A webhook is a hint, not a record to apply: paystream reads the payment back from
+Stripe (``payment.refresh``) rather than trusting the event's copy of it, as Stripe
+advises (events can arrive late, twice and out of order).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from paystream.errors import PaystreamError
+from paystream.gateways.base import read_payment_ref
+
+__all__ = [
+    "FOLLOWED_EVENTS",
+    "MAX_BODY_BYTES",
+    "SIGNATURE_HEADER",
+    "TOLERANCE_SECONDS",
+    "BadWebhook",
+    "PaymentNotice",
+    "payment_notice",
+    "verified_event",
+]
+
+SIGNATURE_HEADER = "Stripe-Signature"
+# Stripe's events are a few KB; a body far larger is not one.
+MAX_BODY_BYTES = 256 * 1024
+# How old a signed timestamp may be (Stripe's libraries' default): an event captured
+# once cannot be sent again days later.
+TOLERANCE_SECONDS = 300
+# PaymentIntent events that can bring news paystream has not read: a customer's 3-D
+# Secure step, a bank debit settling, an authorisation Stripe let lapse, a cancel or a
+# capture made in Stripe's dashboard.
+FOLLOWED_EVENTS = frozenset(
+    {
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "payment_intent.amount_capturable_updated",
+        "payment_intent.processing",
+        "payment_intent.requires_action",
+    }
+)
+
+
+class BadWebhook(PaystreamError):
+    """Not a webhook Stripe signed with the tenant's endpoint secret (or not JSON)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentNotice:
+    """A followed event about a payment that names paystream's payment in its metadata."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the payment's metadata names them
+    payment_id: str
+    provider_payment_id: str
+
+
+def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+    """The event, if ``signature`` (the Stripe-Signature header) signs ``payload`` with
+    ``secret`` within the tolerance; BadWebhook otherwise (its message names no secret)."""
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError as exc:
+        raise BadWebhook(f"signature not verified: {exc.user_message or exc}") from None
+    except UnicodeDecodeError:
+        raise BadWebhook("the body is not UTF-8") from None
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise BadWebhook("the body is not JSON") from None
+    if not isinstance(event, dict):
+        raise BadWebhook("the body is not a JSON object")
+    return event
+
+
+def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
+    """What a followed PaymentIntent event says of paystream's payment; None for another
+    event, or a PaymentIntent paystream did not make (created elsewhere on the account)."""
+    event_type = event.get("type")
+    event_id = event.get("id")
+    if event_type not in FOLLOWED_EVENTS or not isinstance(event_id, str) or not event_id:
+        return None
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict) or obj.get("object") != "payment_intent":
+        return None
+    ref = read_payment_ref(obj.get("metadata"))
+    pi = obj.get("id")
+    if ref is None or not isinstance(pi, str) or not pi:
+        return None
+    return PaymentNotice(str(event_id), str(event_type), ref[0], ref[1], pi)

@@ -1,0 +1,235 @@
+"""Provider webhooks: ``POST /webhooks/{provider}/{tenant}`` (Stripe).
+
+A verified event about a payment paystream made becomes a ``payment.refresh`` command on
+the tenant's partition, so the payment is read back from the provider and its outcome
+goes out as any command's does: in order with the tenant's other commands, once (its
+command id derives from the event's id, so a webhook sent again is answered from the
+idempotency record), and through every rule of the pipeline. An event that brings
+nothing paystream has not read (the success of a payment it charged itself) is
+acknowledged and dropped: a refresh of a finished payment would only be rejected.
+
+Any worker takes a webhook: the tenant registry is everywhere, and the payment's status
+is read where the tenant's tables are (forwarded to their owner, as the entity views
+are). A webhook needs no operators' token: its signature, under the tenant's own
+endpoint secret, is its authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+from urllib.parse import quote
+
+import aiohttp
+import aiohttp.web
+from faust.web import Request, Response, View
+from pydantic import SecretStr, ValidationError
+from yarl import URL
+
+from paystream import metrics
+from paystream.agents.tenants import registry
+from paystream.app import ForwardLoop, app, settings
+from paystream.client import build_command, encoded_for_sending
+from paystream.gateways.stripe.webhooks import (
+    MAX_BODY_BYTES,
+    SIGNATURE_HEADER,
+    BadWebhook,
+    PaymentNotice,
+    payment_notice,
+    verified_event,
+)
+from paystream.ids import derived_id
+from paystream.streams.commands import RefreshPayment
+from paystream.streams.topics import commands_topic
+from paystream.tables import definitions as t
+from paystream.tables.state_machines import InvalidState, check_payment_transition
+from paystream.tables.views import entity_view
+from paystream.tenancy.crypto import CryptoError
+from paystream.tenancy.models import UNREGISTERED, Tenant
+from paystream.tenancy.secrets import secret_opener
+
+__all__ = ["WebhookView"]
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = frozenset({"stripe"})
+SECRET_NAME = "webhook_secret"  # noqa: S105 - the secret's name
+# Stripe waits about 20 s for an answer; a produce that takes longer is answered 503
+# and the event is sent again.
+SEND_TIMEOUT_SECONDS = 10.0
+
+
+class _Unavailable(Exception):
+    """The answer cannot be given now (tables moving, owner unreachable, broker down)."""
+
+
+@app.page("/webhooks/{provider}/{tenant}")
+class WebhookView(View):
+    """A provider's signed event about one tenant's payment."""
+
+    async def post(self, request: Request, provider: str, tenant: str) -> Response:
+        known = provider in PROVIDERS
+        if not known:
+            return self._answer("(other)", UNREGISTERED, "no_endpoint", 404, _NO_ENDPOINT)
+        if (cast(aiohttp.web.Request, request).content_length or 0) > MAX_BODY_BYTES:
+            return self._answer(provider, UNREGISTERED, "too_large", 413, _TOO_LARGE)
+        if not registry.ready.is_set():
+            return self._unavailable(provider, UNREGISTERED, "the tenant registry is loading")
+        found = registry.tenants.get(tenant)
+        secret = _endpoint_secret(found, provider)
+        if found is None or secret is None:
+            # One answer for an unknown tenant, another provider's and one without a
+            # secret: a stranger learns nothing of which tenants exist.
+            return self._answer(provider, UNREGISTERED, "no_endpoint", 404, _NO_ENDPOINT)
+        try:
+            opened = secret()
+        except CryptoError as exc:
+            log.error("webhook for %s: its %s cannot be opened: %s", tenant, SECRET_NAME, exc)
+            return self._unavailable(provider, tenant, "the endpoint secret cannot be opened")
+        body = await request.read()
+        if len(body) > MAX_BODY_BYTES:
+            return self._answer(provider, tenant, "too_large", 413, _TOO_LARGE)
+        try:
+            event = verified_event(body, request.headers.get(SIGNATURE_HEADER), opened)
+        except BadWebhook as exc:
+            message = {"error": "bad_signature", "message": str(exc)}
+            return self._answer(provider, tenant, "bad_signature", 400, message)
+        notice = payment_notice(event)
+        if notice is None:
+            return self._ignored(provider, tenant, "not an event about a payment paystream made")
+        if notice.tenant_id != tenant:
+            # One Stripe account behind several tenants sends each endpoint every event.
+            return self._ignored(provider, tenant, "another tenant's payment")
+        if not _valid_payment_id(notice.payment_id):
+            # (metadata can be edited in the provider's dashboard)
+            return self._ignored(provider, tenant, "the event names no valid payment id")
+        try:
+            row = await _payment_row(tenant, notice.payment_id)
+            if row is not None:
+                stale = _known_already(row, notice)
+                if stale is not None:
+                    return self._ignored(provider, tenant, stale)
+            # Not found: its create may still be running (a provider can send the event
+            # before its answer). The refresh is queued behind it on the partition.
+            command_id = await _send_refresh(provider, tenant, notice)
+        except _Unavailable as exc:
+            return self._unavailable(provider, tenant, str(exc))
+        metrics.WEBHOOKS.labels(provider, tenant, "refresh").inc()
+        return self.json({"received": True, "action": "refresh", "command_id": command_id})
+
+    def _answer(
+        self, provider: str, tenant: str, result: str, status: int, body: dict[str, Any]
+    ) -> Response:
+        metrics.WEBHOOKS.labels(provider, tenant, result).inc()
+        return self.json(body, status=status)
+
+    def _ignored(self, provider: str, tenant: str, why: str) -> Response:
+        metrics.WEBHOOKS.labels(provider, tenant, "ignored").inc()
+        return self.json({"received": True, "action": "ignored", "why": why})
+
+    def _unavailable(self, provider: str, tenant: str, why: str) -> Response:
+        metrics.WEBHOOKS.labels(provider, tenant, "unavailable").inc()
+        body = {"error": "unavailable", "message": f"{why}; send it again"}
+        return self.json(body, status=503, headers={"Retry-After": "5"})
+
+
+_NO_ENDPOINT = {"error": "not_found", "message": "no webhook endpoint here"}
+_TOO_LARGE = {"error": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}
+
+
+def _endpoint_secret(tenant: Tenant | None, provider: str) -> Callable[[], str] | None:
+    """How to open the tenant's endpoint secret, if it has one for ``provider``."""
+    if tenant is None or tenant.gateway != provider or SECRET_NAME not in tenant.secrets:
+        return None
+    opener = _opener()
+    if opener is None:  # no master key: no sealed secret can be opened (doctor says so)
+        return None
+
+    def opened() -> str:
+        value: SecretStr = opener(tenant, SECRET_NAME)
+        return value.get_secret_value()
+
+    return opened
+
+
+@functools.cache
+def _opener() -> Callable[[Tenant, str], SecretStr] | None:
+    return secret_opener(settings)
+
+
+def _valid_payment_id(payment_id: str) -> bool:
+    try:
+        RefreshPayment.model_validate({"payment_id": payment_id})
+    except ValidationError:
+        return False
+    return True
+
+
+def _known_already(row: dict[str, Any], notice: PaymentNotice) -> str | None:
+    """Why a refresh would bring nothing, or None if the payment may have moved on."""
+    if row.get("provider_payment_id") != notice.provider_payment_id:
+        return "the payment is another provider payment's"
+    status = str(row.get("status"))
+    try:
+        check_payment_transition(status, "refresh", bool(row.get("customer_action_delivered")))
+    except InvalidState:
+        return f"the payment is {status} already"
+    return None
+
+
+async def _payment_row(tenant: str, payment_id: str) -> dict[str, Any] | None:
+    """The payment as the tenant's tables hold it, read where they are."""
+    if app.rebalancing or getattr(app, "in_recovery", False):
+        raise _Unavailable("tables are being recovered")
+    try:
+        owner = app.router.external_topic_key_store(commands_topic, tenant)
+    except KeyError:
+        raise _Unavailable("the tenant's partition has no owner yet") from None
+    if _ident(owner) == _ident(URL(str(app.conf.canonical_url))):
+        return entity_view(t.payments, tenant, payment_id)
+    url = owner.with_path(f"/v1/tenants/{quote(tenant, safe='')}/payments/")
+    url = URL(str(url) + quote(payment_id, safe=""), encoded=True)
+    headers = {}
+    if settings.web_token is not None:
+        headers["Authorization"] = f"Bearer {settings.web_token.get_secret_value()}"
+    try:
+        async with app.http_client.request("GET", url, headers=headers) as resp:
+            if resp.status == 404:
+                return None
+            if resp.status != 200:
+                raise _Unavailable(f"the tenant's worker answered {resp.status}")
+            row = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        if isinstance(exc, ForwardLoop):
+            raise _Unavailable("the workers disagree on the tenant's owner") from None
+        raise _Unavailable(f"the tenant's worker is unreachable ({type(exc).__name__})") from None
+    return row if isinstance(row, dict) else None
+
+
+def _ident(url: URL) -> tuple[str, int]:
+    return (url.host or "", int(url.port or 80))
+
+
+async def _send_refresh(provider: str, tenant: str, notice: PaymentNotice) -> str:
+    """Produce the payment's refresh (acknowledged by the broker); its command id."""
+    command_id = derived_id("whk", provider, tenant, notice.event_id)
+    command = build_command(
+        "payment.refresh",
+        tenant,
+        {"payment_id": notice.payment_id},
+        command_id=command_id,
+        source=f"/paystream/webhooks/{provider}",
+    )
+    rec = encoded_for_sending(command, settings.cloudevents_mode, settings)
+    try:
+        sent = await app.producer.send(
+            settings.commands_topic, rec.key, rec.value, None, None, list(rec.headers)
+        )
+        await asyncio.wait_for(sent, SEND_TIMEOUT_SECONDS)
+    except Exception as exc:  # whatever failed, the provider sends it again
+        log.warning("webhook for %s: refresh not produced: %s", tenant, type(exc).__name__)
+        raise _Unavailable("the command could not be produced") from None
+    return command_id

@@ -1,0 +1,329 @@
+"""Stripe webhooks into a real worker: `POST /webhooks/stripe/{tenant}`.
+
+localstripe is the real peer: it keeps the PaymentIntent, runs the customer's 3-D Secure
+step and sends its own signed `payment_intent.*` events to the worker's endpoint. The
+rest posts events signed here (with the tenant's endpoint secret, as Stripe signs
+them) to hold each rule: a bad or old signature, an unknown tenant, another tenant's
+payment, a payment paystream already knows finished, the same event twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import stripe
+
+from paystream.client import PaystreamClient
+from paystream.ids import derived_id
+from paystream.tenancy.crypto import MasterKey, MasterKeyring
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.secrets import seal_secret
+from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
+from tests.fixtures.pipeline import Deployment
+from tests.gateways.harness import localstripe_token
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+MASTER = MasterKey.generate()
+SECRET = f"whsec_{uuid.uuid4().hex}"  # the "hooked" tenant's endpoint secret
+OTHER_SECRET = f"whsec_{uuid.uuid4().hex}"  # "neighbour"'s
+TENANT = "hooked"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def deployed(
+    deployment_factory: Any, localstripe_url: str
+) -> AsyncIterator[tuple[Deployment, str]]:
+    dep: Deployment = await deployment_factory(
+        paystream_stripe_api_base=localstripe_url,
+        paystream_master_key=base64.b64encode(MASTER.key).decode(),
+    )
+    keyring = MasterKeyring(MASTER)
+
+    def stripe_tenant(tenant_id: str, webhook_secret: str | None) -> Tenant:
+        secrets = {"api_key": seal_secret(keyring, tenant_id, "api_key", LOCALSTRIPE_API_KEY)}
+        if webhook_secret is not None:
+            secrets["webhook_secret"] = seal_secret(
+                keyring, tenant_id, "webhook_secret", webhook_secret
+            )
+        return Tenant(tenant_id=tenant_id, gateway="stripe", secrets=secrets)
+
+    with dep.worker() as worker:
+        await dep.add_tenants(
+            stripe_tenant(TENANT, SECRET),
+            stripe_tenant("neighbour", OTHER_SECRET),
+            stripe_tenant("unhooked", None),
+            Tenant(tenant_id="simulated"),
+        )
+        worker.wait_ready([TENANT, "neighbour", "unhooked"], partitions=dep.settings.partitions)
+        hook = f"paystream-{uuid.uuid4().hex}"
+        endpoint = f"{worker.base_url}/webhooks/stripe/{TENANT}"
+        async with aiohttp.ClientSession() as session:
+            # localstripe sends every event of its (shared) account to this endpoint,
+            # signed with the tenant's secret, as a Stripe endpoint does.
+            config = {"url": endpoint, "secret": SECRET}
+            async with session.post(f"{localstripe_url}/_config/webhooks/{hook}", data=config):
+                pass
+        try:
+            yield dep, worker.base_url
+        finally:
+            async with aiohttp.ClientSession() as session:
+                # Its worker is gone: localstripe is told to send it nothing more.
+                mute = {"url": endpoint, "secret": SECRET, "events[]": "paystream.none"}
+                async with session.post(f"{localstripe_url}/_config/webhooks/{hook}", data=mute):
+                    pass
+        assert SECRET not in worker.log_path.read_text(errors="replace")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def client(deployed: tuple[Deployment, str]) -> AsyncIterator[PaystreamClient]:
+    async with deployed[0].client() as c:
+        yield c
+
+
+def outcome(event: Any) -> str:
+    return str(event.get_type()).removeprefix("com.paystream.")
+
+
+def signed(payload: bytes, secret: str = SECRET, at: int | None = None) -> str:
+    at = int(time.time()) if at is None else at
+    signature = stripe.WebhookSignature._compute_signature(f"{at}.{payload.decode()}", secret)
+    return f"t={at},v1={signature}"
+
+
+def pi_event(event_type: str, pi: str, ref: str | None, *, event_id: str | None = None) -> bytes:
+    metadata = {"paystream_payment": ref} if ref is not None else {}
+    event = {
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": event_type,
+        "data": {"object": {"id": pi, "object": "payment_intent", "metadata": metadata}},
+    }
+    return json.dumps(event).encode()
+
+
+async def post(
+    base_url: str, payload: bytes, signature: str | None, tenant: str = TENANT
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    async with aiohttp.ClientSession() as session:
+        url = f"{base_url}/webhooks/stripe/{tenant}"
+        async with session.post(url, data=payload, headers=headers) as resp:
+            return resp.status, dict(await resp.json())
+
+
+async def payment(base_url: str, payment_id: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        url = f"{base_url}/v1/tenants/{TENANT}/payments/{payment_id}"
+        async with session.get(url) as resp:
+            assert resp.status == 200, await resp.text()
+            return dict(await resp.json())
+
+
+async def authenticate(localstripe_url: str, pi: str) -> None:
+    """What the customer's browser does with the client secret (Stripe.js)."""
+    auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+    async with aiohttp.ClientSession(base_url=localstripe_url, headers=auth) as session:
+        async with session.get(f"/v1/payment_intents/{pi}") as resp:
+            intent = await resp.json()
+        form = {"client_secret": intent["client_secret"], "success": "true"}
+        async with session.post(f"/v1/payment_intents/{pi}/_authenticate", data=form) as resp:
+            resp.raise_for_status()
+
+
+async def pending_3ds_payment(client: PaystreamClient, stripe_url: str) -> dict[str, Any]:
+    token = await localstripe_token(stripe_url, "pm_card_authenticationRequired")
+    created = await client.command(
+        "payment.create",
+        TENANT,
+        {"amount": 4200, "currency": "EUR", "payment_method_token": token},
+    )
+    assert outcome(created) == "payment.requires_action", created.get_data()
+    return dict(created.get_data()["object"])
+
+
+async def test_a_customers_3ds_step_moves_the_payment_on_by_webhook_alone(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    dep, base_url = deployed
+    pay = await pending_3ds_payment(client, localstripe_url)
+    pi = pay["provider_payment_id"]
+    auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{localstripe_url}/v1/payment_intents/{pi}", headers=auth) as r,
+    ):
+        intent = await r.json()
+    assert intent["metadata"] == {"paystream_payment": f"{TENANT}:{pay['id']}"}
+
+    await authenticate(localstripe_url, pi)  # localstripe then sends payment_intent.succeeded
+
+    deadline = time.monotonic() + 60
+    while (await payment(base_url, pay["id"]))["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the webhook never moved the payment on"
+        await asyncio.sleep(0.2)
+    outcomes = [
+        r
+        for r in await dep.read_topic(dep.settings.events_topic)
+        if dict(r.headers).get("ce_subject", b"") == pay["id"].encode()
+        or pay["id"].encode() in (r.value or b"")
+    ]
+    types = [dict(r.headers)["ce_type"].decode() for r in outcomes]
+    assert types == ["com.paystream.payment.requires_action", "com.paystream.payment.succeeded"]
+    succeeded = outcomes[1]
+    causation = dict(succeeded.headers)["ce_causationid"].decode()
+    assert causation.startswith("whk_"), causation
+    data = json.loads(succeeded.value)
+    assert data["previous_status"] == "requires_action"
+    assert data["object"]["amount_captured"] == 4200
+
+
+async def test_the_webhook_of_a_payment_paystream_charged_itself_is_dropped(
+    deployed: tuple[Deployment, str], client: PaystreamClient
+) -> None:
+    _, base_url = deployed
+    paid = await client.command(
+        "payment.create",
+        TENANT,
+        {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    assert outcome(paid) == "payment.succeeded", paid.get_data()
+    obj = paid.get_data()["object"]
+    body = pi_event("payment_intent.succeeded", obj["provider_payment_id"], f"{TENANT}:{obj['id']}")
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer["action"]) == (200, "ignored"), answer
+    assert answer["why"] == "the payment is succeeded already"
+
+
+async def test_one_event_sent_twice_is_one_refresh_with_one_answer(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    _, base_url = deployed
+    pay = await pending_3ds_payment(client, localstripe_url)
+    event_id = f"evt_{uuid.uuid4().hex}"
+    command_id = derived_id("whk", "stripe", TENANT, event_id)
+    body = pi_event(
+        "payment_intent.requires_action",
+        pay["provider_payment_id"],
+        f"{TENANT}:{pay['id']}",
+        event_id=event_id,
+    )
+    first = client.expect(TENANT, command_id)
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "refresh", "command_id": command_id},
+    )
+    read_back = await asyncio.wait_for(first, 60)
+    assert outcome(read_back) == "payment.requires_action"  # (still waiting on its customer)
+    again = client.expect(TENANT, command_id)
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer["command_id"]) == (200, command_id)
+    resent = await asyncio.wait_for(again, 60)
+    assert resent.get_id() == read_back.get_id()  # answered from the idempotency record
+
+
+async def test_a_refresh_for_a_payment_not_recorded_yet_is_queued_behind_it(
+    deployed: tuple[Deployment, str], client: PaystreamClient
+) -> None:
+    """Stripe may send the event before paystream has its create's answer: not found
+    now, the refresh is sent anyway and runs after the create on the partition."""
+    _, base_url = deployed
+    body = pi_event("payment_intent.succeeded", "pi_unknown", f"{TENANT}:pay_notyet")
+    event_id = json.loads(body)["id"]
+    answered = client.expect(TENANT, derived_id("whk", "stripe", TENANT, event_id))
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer["action"]) == (200, "refresh")
+    rejected = await asyncio.wait_for(answered, 60)
+    # (No create came: the refresh finds nothing, as a stranger's command would.)
+    assert outcome(rejected) == "command.rejected"
+    assert rejected.get_data()["reason"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("why", "signature"),
+    [
+        ("no signature", None),
+        ("another secret", "other"),
+        ("an old timestamp", "old"),
+        ("a garbled header", "t=abc,v1=zz"),
+    ],
+)
+async def test_an_unverified_webhook_is_refused_400(
+    deployed: tuple[Deployment, str], why: str, signature: str | None
+) -> None:
+    _, base_url = deployed
+    body = pi_event("payment_intent.succeeded", "pi_x", f"{TENANT}:pay_x")
+    header = {
+        "other": signed(body, OTHER_SECRET),
+        "old": signed(body, at=int(time.time()) - 3600),
+    }.get(signature or "", signature)
+    status, answer = await post(base_url, body, header)
+    assert (status, answer["error"]) == (400, "bad_signature"), why
+    assert SECRET not in json.dumps(answer)
+
+
+async def test_a_body_that_is_not_json_but_signed_is_refused_400(
+    deployed: tuple[Deployment, str],
+) -> None:
+    _, base_url = deployed
+    for body in (b"\xff\xfe not utf-8", b"[1, 2", b"[]"):
+        status, answer = await post(base_url, body, signed(body.decode(errors="replace").encode()))
+        assert (status, answer["error"]) == (400, "bad_signature"), body
+    body = b"[]"
+    status, answer = await post(base_url, body, signed(body))
+    assert status == 400 and "not a JSON object" in answer["message"]
+
+
+@pytest.mark.parametrize("tenant", ["nobody", "unhooked", "simulated"])
+async def test_no_endpoint_for_a_tenant_without_a_stripe_webhook_secret(
+    deployed: tuple[Deployment, str], tenant: str
+) -> None:
+    """Unknown, no secret, not a Stripe tenant: one answer, that says nothing more."""
+    _, base_url = deployed
+    body = pi_event("payment_intent.succeeded", "pi_x", f"{tenant}:pay_x")
+    status, answer = await post(base_url, body, signed(body), tenant=tenant)
+    assert (status, answer) == (
+        404,
+        {"error": "not_found", "message": "no webhook endpoint here"},
+    )
+
+
+async def test_events_paystream_does_not_follow_are_acknowledged(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    _, base_url = deployed
+    pay = await pending_3ds_payment(client, localstripe_url)
+    pi, ref = pay["provider_payment_id"], f"{TENANT}:{pay['id']}"
+    cases = {
+        "customer.created": pi_event("customer.created", pi, ref),
+        "no paystream metadata": pi_event("payment_intent.succeeded", pi, None),
+        "another tenant's payment": pi_event(
+            "payment_intent.succeeded", pi, f"neighbour:{pay['id']}"
+        ),
+        "another provider payment": pi_event("payment_intent.succeeded", "pi_other", ref),
+        "a hostile payment id": pi_event("payment_intent.succeeded", pi, f"{TENANT}:../x y"),
+    }
+    for case, body in cases.items():
+        status, answer = await post(base_url, body, signed(body))
+        assert (status, answer["action"]) == (200, "ignored"), (case, answer)
+    # None of them touched the payment.
+    assert (await payment(base_url, pay["id"]))["status"] == "requires_action"
+
+
+async def test_an_oversized_body_is_refused_413(deployed: tuple[Deployment, str]) -> None:
+    _, base_url = deployed
+    body = b'{"pad": "' + b"x" * (300 * 1024) + b'"}'
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer["error"]) == (413, "payload_too_large")
