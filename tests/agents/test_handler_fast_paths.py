@@ -23,8 +23,9 @@ from paystream.tables.records import PaymentRecord
 class _Gateway:
     provider = "simulator"
 
-    def __init__(self, answer: gw.PaymentResult | GatewayError) -> None:
+    def __init__(self, answer: gw.PaymentResult | GatewayError, *, webhooks: bool = False) -> None:
         self.answer = answer
+        self.capabilities = frozenset({gw.Capability.WEBHOOKS} if webhooks else ())
         self.requests: list[tuple[gw.CreatePayment, str]] = []
 
     async def create_payment(self, req: gw.CreatePayment, *, idempotency_key: str) -> Any:
@@ -117,11 +118,12 @@ def _reference_record(
     return PaymentRecord.model_validate(fields)
 
 
+@pytest.mark.parametrize("webhooks", [False, True], ids=["no-webhooks", "webhooks"])
 @pytest.mark.parametrize(
     ("command", "answer"), list(itertools.product(_COMMANDS, [*_ANSWERS, None]))
 )
 def test_create_payment_makes_what_validation_makes(
-    command: dict[str, Any], answer: dict[str, Any] | None
+    command: dict[str, Any], answer: dict[str, Any] | None, webhooks: bool
 ) -> None:
     data = c.CreatePayment.model_validate(command)
     res = None if answer is None else gw.PaymentResult.model_validate(answer)
@@ -133,9 +135,10 @@ def test_create_payment_makes_what_validation_makes(
         decline_code="insufficient_funds",
         provider_payment_id="pi_declined",
     )
-    gateway = _Gateway(declined if res is None else res)
+    gateway = _Gateway(declined if res is None else res, webhooks=webhooks)
     ctx = _ctx(gateway)
     result = asyncio.run(h.create_payment(ctx, data))
+    pid = result.primary.id if result.primary is not None else ""
 
     (req, _key) = gateway.requests[0]
     expected_req = gw.CreatePayment(
@@ -147,7 +150,10 @@ def test_create_payment_makes_what_validation_makes(
         description=data.description,
         statement_descriptor=data.statement_descriptor,
         return_url=data.return_url,
-        metadata=data.metadata,
+        # A provider that sends webhooks is told which payment it is (paystream_payment).
+        metadata=gw.payment_ref(data.metadata, ctx.cmd.tenant_id, pid)
+        if webhooks
+        else data.metadata,
     )
     assert req == expected_req
     assert orjson.dumps(req.model_dump(mode="json")) == orjson.dumps(

@@ -1,0 +1,131 @@
+"""Reading Stripe webhook events, and the metadata reference that finds paystream's payment."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import stripe
+
+from paystream.gateways.base import PAYMENT_REF_KEY, payment_ref, read_payment_ref
+from paystream.gateways.stripe.webhooks import (
+    BadWebhook,
+    PaymentNotice,
+    payment_notice,
+    verified_event,
+)
+
+SECRET = "whsec_test_reading"
+
+
+def _signed(payload: bytes, secret: str = SECRET, at: int | None = None) -> str:
+    at = int(time.time()) if at is None else at
+    signature = stripe.WebhookSignature._compute_signature(f"{at}.{payload.decode()}", secret)
+    return f"t={at},v1={signature}"
+
+
+def _event(**fields: Any) -> dict[str, Any]:
+    obj = {"id": "pi_1", "object": "payment_intent", "metadata": {PAYMENT_REF_KEY: "acme:pay_a"}}
+    event = {"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": obj}}
+    event.update(fields)
+    return event
+
+
+def test_a_reference_is_added_to_the_producers_metadata() -> None:
+    assert payment_ref({"order": "o-1"}, "acme", "pay_a") == {
+        "order": "o-1",
+        PAYMENT_REF_KEY: "acme:pay_a",
+    }
+    # A producer's own value under the key is replaced: it would route webhooks elsewhere.
+    assert payment_ref({PAYMENT_REF_KEY: "other:pay_x"}, "acme", "pay_a") == {
+        PAYMENT_REF_KEY: "acme:pay_a"
+    }
+    full = {f"k{i}": "v" for i in range(50)}
+    # Stripe takes 50 keys: a payment already carrying them is sent as it is.
+    assert payment_ref(full, "acme", "pay_a") == full
+    assert (
+        payment_ref({**dict(list(full.items())[:49]), PAYMENT_REF_KEY: "x:y"}, "acme", "p")[
+            PAYMENT_REF_KEY
+        ]
+        == "acme:p"
+    )
+
+
+@pytest.mark.parametrize(
+    ("metadata", "read"),
+    [
+        ({PAYMENT_REF_KEY: "acme:pay_a"}, ("acme", "pay_a")),
+        ({PAYMENT_REF_KEY: "acme:pay:a"}, ("acme", "pay:a")),  # (a tenant id has no colon)
+        ({PAYMENT_REF_KEY: "acme"}, None),
+        ({PAYMENT_REF_KEY: ":pay_a"}, None),
+        ({PAYMENT_REF_KEY: "acme:"}, None),
+        ({PAYMENT_REF_KEY: 7}, None),
+        ({}, None),
+        (None, None),
+        ("acme:pay_a", None),
+    ],
+)
+def test_a_reference_is_read_only_when_whole(metadata: Any, read: Any) -> None:
+    assert read_payment_ref(metadata) == read
+
+
+def test_a_followed_payment_event_is_a_notice() -> None:
+    assert payment_notice(_event()) == PaymentNotice(
+        "evt_1", "payment_intent.succeeded", "acme", "pay_a", "pi_1"
+    )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        _event(type="customer.created"),
+        _event(type="charge.succeeded"),
+        _event(id=""),
+        _event(id=None),
+        _event(data={"object": {"id": "ch_1", "object": "charge", "metadata": {}}}),
+        _event(data={"object": {"id": "pi_1", "object": "payment_intent", "metadata": {}}}),
+        _event(data={"object": {"object": "payment_intent", "metadata": {PAYMENT_REF_KEY: "a:b"}}}),
+        _event(data=[]),
+        _event(data={"object": "pi_1"}),
+        {},
+    ],
+)
+def test_anything_else_is_no_notice(event: dict[str, Any]) -> None:
+    assert payment_notice(event) is None
+
+
+def test_an_event_is_read_only_under_a_good_signature() -> None:
+    body = json.dumps(_event()).encode()
+    assert verified_event(body, _signed(body), SECRET)["id"] == "evt_1"
+    for header in (None, "", "t=1", _signed(body, "whsec_other"), _signed(body, at=1)):
+        with pytest.raises(BadWebhook, match="signature not verified"):
+            verified_event(body, header, SECRET)
+    # One byte changed after signing.
+    with pytest.raises(BadWebhook):
+        verified_event(body.replace(b"evt_1", b"evt_2"), _signed(body), SECRET)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"[1, 2", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (b"[" * 100_000, "not JSON"),  # hostile nesting
+    ],
+)
+def test_a_signed_body_that_is_no_event_is_refused(body: bytes, why: str) -> None:
+    header = _signed(body.decode(errors="replace").encode())
+    if why != "not UTF-8":
+        header = _signed(body)
+    with pytest.raises(BadWebhook, match=why):
+        verified_event(body, header, SECRET)
+
+
+def test_a_refusal_never_quotes_the_secret() -> None:
+    body = b"{}"
+    with pytest.raises(BadWebhook) as refused:
+        verified_event(body, _signed(body, "whsec_other"), SECRET)
+    assert SECRET not in str(refused.value)
