@@ -23,6 +23,7 @@ import pytest_asyncio
 import stripe
 
 from paystream.client import PaystreamClient
+from paystream.devstack._process import wait_until
 from paystream.ids import derived_id
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.models import Tenant
@@ -327,3 +328,62 @@ async def test_an_oversized_body_is_refused_413(deployed: tuple[Deployment, str]
     body = b'{"pad": "' + b"x" * (300 * 1024) + b'"}'
     status, answer = await post(base_url, body, signed(body))
     assert (status, answer["error"]) == (413, "payload_too_large")
+
+
+async def test_any_worker_of_a_fleet_takes_any_tenants_webhook(
+    deployment_factory: Any, localstripe_url: str
+) -> None:
+    """The payment's status is read where the tenant's tables are: a webhook taken by
+    the worker that does not own the tenant asks the owner (with the operators' token)."""
+    token = "fleet-webhook-token"
+    dep: Deployment = await deployment_factory(
+        paystream_stripe_api_base=localstripe_url,
+        paystream_master_key=base64.b64encode(MASTER.key).decode(),
+        PAYSTREAM_WEB_TOKEN=token,
+    )
+    keyring = MasterKeyring(MASTER)
+    tenants = [f"fleethook-{i}" for i in range(8)]  # on every partition
+    await dep.add_tenants(
+        *(
+            Tenant(
+                tenant_id=t,
+                gateway="stripe",
+                secrets={
+                    "api_key": seal_secret(keyring, t, "api_key", LOCALSTRIPE_API_KEY),
+                    "webhook_secret": seal_secret(keyring, t, "webhook_secret", SECRET),
+                },
+            )
+            for t in tenants
+        )
+    )
+    first, second = dep.worker("w1").start(), dep.worker("w2").start()
+    try:
+        for w in (first, second):
+            await asyncio.to_thread(w.wait_ready, tenants)
+
+        def split() -> bool:
+            owned = [
+                set((w.stats() or {}).get("worker", {}).get("partitions") or ())
+                for w in (first, second)
+            ]
+            return all(owned) and len(owned[0] | owned[1]) == dep.settings.partitions
+
+        await asyncio.to_thread(wait_until, split, timeout=90, what="two owners", interval=0.1)
+        body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
+        async with dep.client() as client:
+            for t in tenants:
+                paid = await client.command("payment.create", t, body)
+                assert outcome(paid) == "payment.succeeded", paid.get_data()
+                obj = paid.get_data()["object"]
+                ref = f"{t}:{obj['id']}"
+                event = pi_event("payment_intent.succeeded", obj["provider_payment_id"], ref)
+                for w in (first, second):
+                    status, answer = await post(w.base_url, event, signed(event), tenant=t)
+                    # Found at its owner, whichever worker was asked: known finished.
+                    assert (status, answer.get("why")) == (
+                        200,
+                        "the payment is succeeded already",
+                    ), (t, w.base_url, answer)
+    finally:
+        first.stop()
+        second.stop()
