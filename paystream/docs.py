@@ -1050,7 +1050,9 @@ def _view_schemas() -> Doc:
                         "why": _STR,
                     },
                     "nothing paystream has not read: not a followed event, not a payment "
-                    "paystream made, another tenant's, or one paystream has finished",
+                    "paystream made (or one whose id no command may carry), another "
+                    "tenant's, one paystream has finished, or the state paystream holds "
+                    "(`requires_action`, `processing`, `authorized`)",
                 ),
             ],
         },
@@ -1337,7 +1339,9 @@ def openapi() -> Doc:
                 "authentication. Followed Stripe events: "
                 + ", ".join(f"`{e}`" for e in sorted(STRIPE_FOLLOWED_EVENTS))
                 + ". A payment is found from its `paystream_payment` metadata "
-                "(`<tenant>:<payment id>`), which paystream sets on the payments it creates.",
+                "(`<tenant>:<payment id>`), which paystream sets on the payments it creates "
+                "(unless the producer's metadata already holds 50 keys). The refresh is "
+                "sealed as paystream's own: it passes the tenant's rate limit.",
                 "security": [],
                 "parameters": [
                     {
@@ -1368,15 +1372,16 @@ def openapi() -> Doc:
                     ),
                     "404": _json(
                         "Error",
-                        "no endpoint: an unknown tenant, another provider's, or one without a "
-                        "`webhook_secret` (one answer for all)",
+                        "no endpoint: an unknown tenant, another provider's, one without a "
+                        "`webhook_secret`, or a worker without a master key (one answer for "
+                        "all)",
                     ),
                     "413": _json("Error", f"a body over {WEBHOOK_MAX_BODY_BYTES} bytes"),
                     "503": _json(
                         "Error",
                         "not now (the registry loading, tables moving, the tenant's worker "
-                        "unreachable, the broker not taking the command): the provider sends "
-                        "it again",
+                        "unreachable, the broker not taking the command, the tenant "
+                        "suspended): the provider sends it again",
                         _RETRY_AFTER,
                     ),
                 },
@@ -1401,7 +1406,8 @@ def openapi() -> Doc:
                     "scheme": "bearer",
                     "description": "PAYSTREAM_WEB_TOKEN (`Authorization: Bearer …`). When it is "
                     "unset every view is open; when set, the dashboard, `/v1/*` and `/metrics` "
-                    "answer only requests bearing it; `/healthz` and `/readyz` stay open.",
+                    "answer only requests bearing it; `/healthz`, `/readyz` and the "
+                    "webhooks (authenticated by their signature) stay open.",
                 },
                 "tokenCookie": {
                     "type": "apiKey",

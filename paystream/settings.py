@@ -563,7 +563,8 @@ class Settings(BaseSettings):
         description="PAYSTREAM_WEB_TOKEN: when set, the dashboard, the /v1 views and /metrics "
         "answer only requests bearing it (`Authorization: Bearer <token>`, or the cookie that "
         "opening `/?token=<token>` gives a browser); /healthz and /readyz stay open for "
-        "probes. Unset, they are open to whoever reaches the port.",
+        "probes, and provider webhooks (their signature authenticates them). Unset, they "
+        "are open to whoever reaches the port.",
     )
     web_open: bool = Field(
         default=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -715,9 +715,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     customer_id = customer.id if customer else None
     try:
         key = ctx.create_key("payment", d["payment_id"])
-        res = await _gateway(
-            ctx, "create_payment", lambda: ctx.gateway.create_payment(req, idempotency_key=key)
-        )
+        res = await _create_at_provider(ctx, req, key, d["metadata"])
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -751,6 +749,32 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         r["next_action"],
     )
     return HandlerResult(_PAYMENT_OUTCOME[status], rec, _new_dispute(ctx, rec, res))
+
+
+async def _create_at_provider(
+    ctx: HandlerContext, req: gw.CreatePayment, key: str, sent_metadata: Mapping[str, str]
+) -> gw.PaymentResult:
+    """The create, at the provider. One let through (parked, or in flight at a crash) may
+    have been first sent by a version before the webhook reference (gw.payment_ref): its
+    provider compares the parameters sent again under the key and refuses others
+    (Stripe's idempotency_error). Sent again as it was then, it is answered as it was."""
+    try:
+        return await _gateway(
+            ctx, "create_payment", lambda: ctx.gateway.create_payment(req, idempotency_key=key)
+        )
+    except GatewayError as exc:
+        plain = dict(sent_metadata)
+        if not (
+            ctx.let_through
+            and exc.code is ErrorCode.IDEMPOTENCY_ERROR
+            and not exc.retryable
+            and req.metadata != plain
+        ):
+            raise
+    first = req.model_copy(update={"metadata": plain})
+    return await _gateway(
+        ctx, "create_payment", lambda: ctx.gateway.create_payment(first, idempotency_key=key)
+    )
 
 
 def _new_payment(

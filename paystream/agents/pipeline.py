@@ -72,6 +72,7 @@ from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
 from paystream.gateways.base import KEYLESS_OPERATIONS
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
+from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
 from paystream.settings import ATTRIBUTES_MAX_BYTES, COMMAND_MAX_BYTES_CEILING, Settings
 from paystream.streams.codec import (
     KafkaRecord,
@@ -177,6 +178,7 @@ class CommandProcessor:
         self.tracing = tracing
         # Whose first-attempt times to believe (re-sent by `dlq replay`, sealed).
         self.seals = FirstAttemptSeals.from_settings(settings)
+        self.origins = OriginSeals.from_settings(settings)
         # A payment's next action holds the customer's credential: kept sealed.
         self.next_actions = NextActionSeal.from_settings(settings)
         self.tables = tables
@@ -930,7 +932,7 @@ class CommandProcessor:
                 existing,
                 request_hash,
                 entity_keys,
-                applied or provider_took,
+                applied or provider_took or self._own_refresh(rec, cmd),
                 limits_state,
             )
             if (
@@ -1196,6 +1198,15 @@ class CommandProcessor:
         self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)
         self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
+
+    def _own_refresh(self, rec: Inbound, cmd: CommandRef) -> bool:
+        """A refresh a provider's webhook brought (paystream/origin_seal.py): paystream's
+        own, it passes the tenant's rate limit as one let through before does."""
+        return (
+            cmd.command_type == "payment.refresh"
+            and ORIGIN_HEADER in rec.headers
+            and self.origins.sealed(rec.key, rec.value, rec.headers)
+        )
 
     def _admit(
         self,

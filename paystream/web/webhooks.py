@@ -32,7 +32,7 @@ from yarl import URL
 from paystream import metrics
 from paystream.agents.tenants import registry
 from paystream.app import ForwardLoop, app, settings
-from paystream.client import build_command, encoded_for_sending
+from paystream.client import InvalidCommand, build_command, encoded_for_sending
 from paystream.gateways.stripe.webhooks import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
@@ -42,18 +42,22 @@ from paystream.gateways.stripe.webhooks import (
     verified_event,
 )
 from paystream.ids import derived_id
+from paystream.log_limits import ThrottledLog
+from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
+from paystream.streams.codec import KafkaRecord
 from paystream.streams.commands import RefreshPayment
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.state_machines import InvalidState, check_payment_transition
 from paystream.tables.views import entity_view
 from paystream.tenancy.crypto import CryptoError
-from paystream.tenancy.models import UNREGISTERED, Tenant
+from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 from paystream.tenancy.secrets import secret_opener
 
 __all__ = ["WebhookView"]
 
 log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
 
 PROVIDERS = frozenset({"stripe"})
 SECRET_NAME = "webhook_secret"  # noqa: S105 - the secret's name
@@ -82,12 +86,16 @@ class WebhookView(View):
         secret = _endpoint_secret(found, provider)
         if found is None or secret is None:
             # One answer for an unknown tenant, another provider's and one without a
-            # secret: a stranger learns nothing of which tenants exist.
+            # secret. (A configured endpoint answers an unsigned request 400, as any
+            # webhook endpoint does: that a tenant takes webhooks is no secret.)
             return self._answer(provider, UNREGISTERED, "no_endpoint", 404, _NO_ENDPOINT)
         try:
             opened = secret()
         except CryptoError as exc:
-            log.error("webhook for %s: its %s cannot be opened: %s", tenant, SECRET_NAME, exc)
+            _throttled.warning(
+                ("secret", tenant), "webhook for %s: its %s cannot be opened: %s",
+                tenant, SECRET_NAME, exc,
+            )  # fmt: skip
             return self._unavailable(provider, tenant, "the endpoint secret cannot be opened")
         body = await request.read()
         if len(body) > MAX_BODY_BYTES:
@@ -97,13 +105,18 @@ class WebhookView(View):
         except BadWebhook as exc:
             message = {"error": "bad_signature", "message": str(exc)}
             return self._answer(provider, tenant, "bad_signature", 400, message)
+        if found.status is TenantStatus.SUSPENDED:
+            # Its refresh would be refused tenant_suspended, and the provider, answered,
+            # would not send the event again: it does, until the tenant is activated.
+            return self._unavailable(provider, tenant, "the tenant is suspended")
         notice = payment_notice(event)
         if notice is None:
             return self._ignored(provider, tenant, "not an event about a payment paystream made")
         if notice.tenant_id != tenant:
             # One Stripe account behind several tenants sends each endpoint every event.
             return self._ignored(provider, tenant, "another tenant's payment")
-        if not _valid_payment_id(notice.payment_id):
+        command = _refresh(provider, tenant, notice)
+        if command is None:
             # (metadata can be edited in the provider's dashboard)
             return self._ignored(provider, tenant, "the event names no valid payment id")
         try:
@@ -114,7 +127,7 @@ class WebhookView(View):
                     return self._ignored(provider, tenant, stale)
             # Not found: its create may still be running (a provider can send the event
             # before its answer). The refresh is queued behind it on the partition.
-            command_id = await _send_refresh(provider, tenant, notice)
+            command_id = await _send(tenant, command)
         except _Unavailable as exc:
             return self._unavailable(provider, tenant, str(exc))
         metrics.WEBHOOKS.labels(provider, tenant, "refresh").inc()
@@ -133,7 +146,7 @@ class WebhookView(View):
     def _unavailable(self, provider: str, tenant: str, why: str) -> Response:
         metrics.WEBHOOKS.labels(provider, tenant, "unavailable").inc()
         body = {"error": "unavailable", "message": f"{why}; send it again"}
-        return self.json(body, status=503, headers={"Retry-After": "5"})
+        return self.json(body, status=503, headers={"Retry-After": "1"})
 
 
 _NO_ENDPOINT = {"error": "not_found", "message": "no webhook endpoint here"}
@@ -160,14 +173,6 @@ def _opener() -> Callable[[Tenant, str], SecretStr] | None:
     return secret_opener(settings)
 
 
-def _valid_payment_id(payment_id: str) -> bool:
-    try:
-        RefreshPayment.model_validate({"payment_id": payment_id})
-    except ValidationError:
-        return False
-    return True
-
-
 def _known_already(row: dict[str, Any], notice: PaymentNotice) -> str | None:
     """Why a refresh would bring nothing, or None if the payment may have moved on."""
     if row.get("provider_payment_id") != notice.provider_payment_id:
@@ -177,7 +182,15 @@ def _known_already(row: dict[str, Any], notice: PaymentNotice) -> str | None:
         check_payment_transition(status, "refresh", bool(row.get("customer_action_delivered")))
     except InvalidState:
         return f"the payment is {status} already"
+    if notice.status == status and status in _UNCHANGED_IS_NO_NEWS:
+        # The state paystream has (Stripe sends `requires_action` and
+        # `amount_capturable_updated` right after the create paystream read them from).
+        # A failed one is read again: another card's decline is news.
+        return f"the payment is {status} already"
     return None
+
+
+_UNCHANGED_IS_NO_NEWS = frozenset({"requires_action", "processing", "authorized"})
 
 
 async def _payment_row(tenant: str, payment_id: str) -> dict[str, Any] | None:
@@ -213,23 +226,50 @@ def _ident(url: URL) -> tuple[str, int]:
     return (url.host or "", int(url.port or 80))
 
 
-async def _send_refresh(provider: str, tenant: str, notice: PaymentNotice) -> str:
-    """Produce the payment's refresh (acknowledged by the broker); its command id."""
-    command_id = derived_id("whk", provider, tenant, notice.event_id)
-    command = build_command(
-        "payment.refresh",
-        tenant,
-        {"payment_id": notice.payment_id},
-        command_id=command_id,
-        source=f"/paystream/webhooks/{provider}",
-    )
-    rec = encoded_for_sending(command, settings.cloudevents_mode, settings)
+def _refresh(provider: str, tenant: str, notice: PaymentNotice) -> tuple[str, KafkaRecord] | None:
+    """The payment's refresh command (its id derived from the event's), sealed as
+    paystream's own (paystream/origin_seal.py); None for a payment id no command may
+    carry (not an id, or one the card-data scans would refuse)."""
     try:
+        RefreshPayment.model_validate({"payment_id": notice.payment_id})
+        command_id = derived_id("whk", provider, tenant, notice.event_id)
+        command = build_command(
+            "payment.refresh",
+            tenant,
+            {"payment_id": notice.payment_id},
+            command_id=command_id,
+            source=f"/paystream/webhooks/{provider}",
+        )
+        rec = encoded_for_sending(command, settings.cloudevents_mode, settings)
+    except (ValidationError, InvalidCommand):
+        return None
+    headers = dict(rec.headers)
+    headers[ORIGIN_HEADER] = _origins().seal(rec.key, rec.value, headers)
+    return command_id, KafkaRecord(rec.key, rec.value, tuple(headers.items()))
+
+
+@functools.cache
+def _origins() -> OriginSeals:
+    return OriginSeals.from_settings(settings)
+
+
+async def _send(tenant: str, command: tuple[str, KafkaRecord]) -> str:
+    """Produce the refresh (acknowledged by the broker); its command id."""
+    command_id, rec = command
+
+    async def send() -> None:
         sent = await app.producer.send(
             settings.commands_topic, rec.key, rec.value, None, None, list(rec.headers)
         )
-        await asyncio.wait_for(sent, SEND_TIMEOUT_SECONDS)
+        await sent
+
+    try:
+        # Bounded as a whole: the send itself waits while the producer has no metadata.
+        await asyncio.wait_for(send(), SEND_TIMEOUT_SECONDS)
     except Exception as exc:  # whatever failed, the provider sends it again
-        log.warning("webhook for %s: refresh not produced: %s", tenant, type(exc).__name__)
+        _throttled.warning(
+            ("send", tenant), "webhook for %s: refresh not produced: %s",
+            tenant, type(exc).__name__,
+        )  # fmt: skip
         raise _Unavailable("the command could not be produced") from None
     return command_id

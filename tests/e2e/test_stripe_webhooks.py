@@ -22,14 +22,17 @@ import pytest
 import pytest_asyncio
 import stripe
 
-from paystream.client import PaystreamClient
+from paystream.client import PaystreamClient, build_command
 from paystream.devstack._process import wait_until
 from paystream.ids import derived_id
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from paystream.tenancy.models import Tenant
+from paystream.tenancy.limits import TenantLimits
+from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.secrets import seal_secret
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
-from tests.fixtures.pipeline import Deployment
+from tests.fixtures.pipeline import Deployment, RawSend
 from tests.gateways.harness import localstripe_token
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -101,13 +104,34 @@ def signed(payload: bytes, secret: str = SECRET, at: int | None = None) -> str:
     return f"t={at},v1={signature}"
 
 
-def pi_event(event_type: str, pi: str, ref: str | None, *, event_id: str | None = None) -> bytes:
+_STATUS_AFTER = {  # the PaymentIntent's status in each event
+    "payment_intent.succeeded": "succeeded",
+    "payment_intent.requires_action": "requires_action",
+    "payment_intent.amount_capturable_updated": "requires_capture",
+    "payment_intent.payment_failed": "requires_payment_method",
+}
+
+
+def pi_event(
+    event_type: str,
+    pi: str,
+    ref: str | None,
+    *,
+    event_id: str | None = None,
+    status: str | None = None,
+) -> bytes:
     metadata = {"paystream_payment": ref} if ref is not None else {}
+    obj = {
+        "id": pi,
+        "object": "payment_intent",
+        "metadata": metadata,
+        "status": status or _STATUS_AFTER.get(event_type, "succeeded"),
+    }
     event = {
         "id": event_id or f"evt_{uuid.uuid4().hex}",
         "object": "event",
         "type": event_type,
-        "data": {"object": {"id": pi, "object": "payment_intent", "metadata": metadata}},
+        "data": {"object": obj},
     }
     return json.dumps(event).encode()
 
@@ -214,8 +238,10 @@ async def test_one_event_sent_twice_is_one_refresh_with_one_answer(
     pay = await pending_3ds_payment(client, localstripe_url)
     event_id = f"evt_{uuid.uuid4().hex}"
     command_id = derived_id("whk", "stripe", TENANT, event_id)
+    # (An event Stripe sent before the customer failed the step, read after: the
+    # PaymentIntent still waits on its customer.)
     body = pi_event(
-        "payment_intent.requires_action",
+        "payment_intent.payment_failed",
         pay["provider_payment_id"],
         f"{TENANT}:{pay['id']}",
         event_id=event_id,
@@ -275,16 +301,16 @@ async def test_an_unverified_webhook_is_refused_400(
     assert SECRET not in json.dumps(answer)
 
 
-async def test_a_body_that_is_not_json_but_signed_is_refused_400(
-    deployed: tuple[Deployment, str],
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [(b"[1, 2", "the body is not JSON"), (b"[]", "the body is not a JSON object")],
+)
+async def test_a_signed_body_that_is_no_event_is_refused_400(
+    deployed: tuple[Deployment, str], body: bytes, why: str
 ) -> None:
     _, base_url = deployed
-    for body in (b"\xff\xfe not utf-8", b"[1, 2", b"[]"):
-        status, answer = await post(base_url, body, signed(body.decode(errors="replace").encode()))
-        assert (status, answer["error"]) == (400, "bad_signature"), body
-    body = b"[]"
     status, answer = await post(base_url, body, signed(body))
-    assert status == 400 and "not a JSON object" in answer["message"]
+    assert (status, answer) == (400, {"error": "bad_signature", "message": why})
 
 
 @pytest.mark.parametrize("tenant", ["nobody", "unhooked", "simulated"])
@@ -315,6 +341,12 @@ async def test_events_paystream_does_not_follow_are_acknowledged(
         ),
         "another provider payment": pi_event("payment_intent.succeeded", "pi_other", ref),
         "a hostile payment id": pi_event("payment_intent.succeeded", pi, f"{TENANT}:../x y"),
+        # An id the card-data scans refuse (a Luhn-valid run of digits): no command.
+        "a card-like payment id": pi_event(
+            "payment_intent.succeeded", pi, f"{TENANT}:pay_{'4242' * 4}"
+        ),
+        # Stripe's own news of the state paystream read from the create's answer.
+        "the state paystream has": pi_event("payment_intent.requires_action", pi, ref),
     }
     for case, body in cases.items():
         status, answer = await post(base_url, body, signed(body))
@@ -387,3 +419,105 @@ async def test_any_worker_of_a_fleet_takes_any_tenants_webhook(
     finally:
         first.stop()
         second.stop()
+
+
+async def test_an_authorised_payments_capturable_event_is_no_news(
+    deployed: tuple[Deployment, str], client: PaystreamClient
+) -> None:
+    _, base_url = deployed
+    body = {"amount": 900, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    held = await client.command("payment.create", TENANT, {**body, "capture": "manual"})
+    assert outcome(held) == "payment.authorized", held.get_data()
+    obj = held.get_data()["object"]
+    ref = f"{TENANT}:{obj['id']}"
+    event = pi_event("payment_intent.amount_capturable_updated", obj["provider_payment_id"], ref)
+    status, answer = await post(base_url, event, signed(event))
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "ignored", "why": "the payment is authorized already"},
+    )
+    # A lapsed authorisation (Stripe cancels it after 7 days) is news: refreshed.
+    event = pi_event("payment_intent.canceled", obj["provider_payment_id"], ref, status="canceled")
+    status, answer = await post(base_url, event, signed(event))
+    assert (status, answer["action"]) == (200, "refresh")
+
+
+async def _stripe_tenant_with_a_3ds_payment(
+    dep: Deployment, client: PaystreamClient, stripe_url: str, tenant: Tenant
+) -> dict[str, Any]:
+    await dep.add_tenants(tenant)
+    token = await localstripe_token(stripe_url, "pm_card_authenticationRequired")
+    body = {"amount": 300, "currency": "EUR", "payment_method_token": token}
+    deadline = time.monotonic() + 30
+    while True:  # (the worker learns of the tenant from the registry topic)
+        created = await client.command("payment.create", tenant.tenant_id, body)
+        if outcome(created) == "payment.requires_action":
+            return dict(created.get_data()["object"])
+        assert time.monotonic() < deadline, created.get_data()
+        await asyncio.sleep(0.5)
+
+
+def _hooked_tenant(tenant_id: str, **fields: Any) -> Tenant:
+    keyring = MasterKeyring(MASTER)
+    secrets = {
+        "api_key": seal_secret(keyring, tenant_id, "api_key", LOCALSTRIPE_API_KEY),
+        "webhook_secret": seal_secret(keyring, tenant_id, "webhook_secret", SECRET),
+    }
+    return Tenant(tenant_id=tenant_id, gateway="stripe", secrets=secrets, **fields)
+
+
+async def test_a_suspended_tenants_webhook_is_sent_again_later(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """Answered 503 (the provider sends it again), not a refresh refused tenant_suspended
+    that the provider, answered 200, would never send again."""
+    dep, base_url = deployed
+    active = _hooked_tenant("pausing")
+    obj = await _stripe_tenant_with_a_3ds_payment(dep, client, localstripe_url, active)
+    event = pi_event("payment_intent.succeeded", obj["provider_payment_id"], f"pausing:{obj['id']}")
+    await dep.add_tenants(active.model_copy(update={"status": TenantStatus.SUSPENDED}))
+    deadline = time.monotonic() + 30
+    while (answered := await post(base_url, event, signed(event), tenant="pausing"))[0] != 503:
+        assert time.monotonic() < deadline, answered
+        await asyncio.sleep(0.2)
+    assert answered[1]["message"] == "the tenant is suspended; send it again"
+    await dep.add_tenants(active)
+    deadline = time.monotonic() + 30
+    while (answered := await post(base_url, event, signed(event), tenant="pausing"))[0] != 200:
+        assert time.monotonic() < deadline, answered
+        await asyncio.sleep(0.2)
+    assert answered[1]["action"] == "refresh"
+
+
+async def test_webhook_refreshes_pass_the_tenants_rate_limit(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """paystream's own refreshes (sealed) are not refused rate_limited: answered 200, the
+    event would never come again. A refresh claiming to be one, unsealed, is limited."""
+    dep, base_url = deployed
+    limited = _hooked_tenant("limited", limits=TenantLimits(commands_per_second=1, burst=1))
+    obj = await _stripe_tenant_with_a_3ds_payment(dep, client, localstripe_url, limited)
+    ref = f"limited:{obj['id']}"
+    answers = []
+    for _ in range(3):  # at once: the bucket (one command a second) is empty
+        event = pi_event("payment_intent.succeeded", obj["provider_payment_id"], ref)
+        command_id = derived_id("whk", "stripe", "limited", json.loads(event)["id"])
+        answers.append(client.expect("limited", command_id))
+        status, answer = await post(base_url, event, signed(event), tenant="limited")
+        assert (status, answer["action"]) == (200, "refresh")
+    for answered in await asyncio.wait_for(asyncio.gather(*answers), 60):
+        assert outcome(answered) == "payment.requires_action", answered.get_data()
+    # The header alone, without paystream's seal, is a tenant's refresh like any other.
+    commands = [
+        build_command("payment.refresh", "limited", {"payment_id": obj["id"]}) for _ in range(3)
+    ]
+    waiting = [client.expect("limited", c.get_id()) for c in commands]
+    records = [encode_event(c, b"limited", CloudEventsMode.BINARY) for c in commands]
+    forged = (("paystream-origin-seal", b"mk-0000000000000000.00"),)
+    await dep.produce(
+        dep.settings.commands_topic,
+        *(RawSend(r.key, r.value, headers=(*r.headers, *forged)) for r in records),
+    )
+    answered = await asyncio.wait_for(asyncio.gather(*waiting), 60)
+    reasons = [a.get_data().get("reason") for a in answered]
+    assert "rate_limited" in reasons, reasons

@@ -18,7 +18,7 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.money import Money
 
-__all__ = ["customer", "dispute", "payment", "payment_method", "refund"]
+__all__ = ["customer", "dispute", "payment", "payment_method", "payment_status", "refund"]
 
 _PAYMENT_STATUS = {
     "requires_action": PaymentStatus.REQUIRES_ACTION,
@@ -31,6 +31,12 @@ _PAYMENT_STATUS = {
     # After a failed attempt Stripe waits for a new payment method: for us the attempt failed.
     "requires_payment_method": PaymentStatus.FAILED,
 }
+
+
+def payment_status(status: Any) -> PaymentStatus | None:
+    """Ours for a PaymentIntent status; None for one this version does not know."""
+    return _PAYMENT_STATUS.get(status) if isinstance(status, str) else None
+
 
 _REFUND_STATUS = {
     "pending": RefundStatus.PENDING,

@@ -15,6 +15,7 @@ import stripe
 
 from paystream.errors import PaystreamError
 from paystream.gateways.base import read_payment_ref
+from paystream.gateways.stripe.mapping import payment_status
 
 __all__ = [
     "FOLLOWED_EVENTS",
@@ -61,6 +62,7 @@ class PaymentNotice:
     tenant_id: str  # as the payment's metadata names them
     payment_id: str
     provider_payment_id: str
+    status: str | None  # paystream's name for the PaymentIntent's status in the event
 
 
 def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
@@ -96,4 +98,7 @@ def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
     pi = obj.get("id")
     if ref is None or not isinstance(pi, str) or not pi:
         return None
-    return PaymentNotice(str(event_id), str(event_type), ref[0], ref[1], pi)
+    status = payment_status(obj.get("status"))
+    return PaymentNotice(
+        str(event_id), str(event_type), ref[0], ref[1], pi, None if status is None else status.value
+    )

@@ -72,9 +72,28 @@ def test_a_reference_is_read_only_when_whole(metadata: Any, read: Any) -> None:
 
 
 def test_a_followed_payment_event_is_a_notice() -> None:
+    # (Without a status this version knows: the status is None, and the payment is read.)
     assert payment_notice(_event()) == PaymentNotice(
-        "evt_1", "payment_intent.succeeded", "acme", "pay_a", "pi_1"
+        "evt_1", "payment_intent.succeeded", "acme", "pay_a", "pi_1", None
     )
+
+
+@pytest.mark.parametrize(
+    ("stripe_status", "ours"),
+    [
+        ("requires_capture", "authorized"),
+        ("requires_action", "requires_action"),
+        ("requires_payment_method", "failed"),
+        ("succeeded", "succeeded"),
+        ("some_new_status", None),
+        (7, None),
+    ],
+)
+def test_a_notice_names_the_status_in_paystreams_words(stripe_status: Any, ours: Any) -> None:
+    event = _event()
+    event["data"]["object"]["status"] = stripe_status
+    notice = payment_notice(event)
+    assert notice is not None and notice.status == ours
 
 
 @pytest.mark.parametrize(
