@@ -60,6 +60,8 @@ class NoProvider:
 
     provider: str  # what the handler compares its entities' provider with
     refusal: Rejection
+    # (What a create's request carries depends on them; none is sent from here.)
+    capabilities: frozenset[gw.Capability] = frozenset()
 
     async def call(self, fn: Callable[[], Awaitable[Any]]) -> NoReturn:
         raise self.refusal
@@ -123,6 +125,7 @@ class _CallProbe:
     every operation of the protocol raises ``_FirstCall`` with it."""
 
     provider: str
+    capabilities: frozenset[gw.Capability]  # the tenant's gateway's: its requests' shape
 
     async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         return await fn()
@@ -151,6 +154,7 @@ async def first_provider_call(
     provider: str,
     *,
     id_window_seconds: float,
+    capabilities: frozenset[gw.Capability] = frozenset(),
 ) -> ProviderCall | str | None:
     """The first provider call the command's handler makes when it finishes a command
     let through before (keys and requests derive from the command and the entities it
@@ -160,7 +164,7 @@ async def first_provider_call(
     forbids it)."""
     if cmd.command_type in READ_ONLY:
         return None
-    probe = _CallProbe(provider)
+    probe = _CallProbe(provider, capabilities)
     context = HandlerContext(
         cmd=cmd,
         gateway=cast(gw.PaymentGateway, probe),

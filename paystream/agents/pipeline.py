@@ -1336,7 +1336,13 @@ class CommandProcessor:
             return False  # (every other caller asked the entities already)
         provider = str(gateway.provider)
         call = await first_provider_call(
-            self.tables, cmd, data, request_hash, provider, id_window_seconds=self._id_window
+            self.tables,
+            cmd,
+            data,
+            request_hash,
+            provider,
+            id_window_seconds=self._id_window,
+            capabilities=frozenset(getattr(gateway, "capabilities", ())),
         )
         if call == EFFECT_RECORDED or (call == ANSWERED_BY_ANOTHER and parked_unanswered):
             # An entity says it took effect: the run answers from it, whenever it comes.
