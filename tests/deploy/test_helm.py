@@ -616,3 +616,31 @@ def test_no_tls_secret_mounts_nothing() -> None:
         assert all(v["name"] != "tls" for v in spec["volumes"])
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
             assert all(m["name"] != "tls" for m in container.get("volumeMounts", []))
+
+
+WEBHOOKS = {"webhooks": {"ingress": {"enabled": True, "host": "hooks.example.com"}}}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_webhooks_ingress_routes_the_webhooks_and_nothing_else(version: str) -> None:
+    docs = render(_merge(WEBHOOKS, {"webhooks": {"ingress": {"tlsSecretName": "hooks-tls"}}}))
+    ingress = one(docs, "Ingress")
+    kubernetes_validate.validate(ingress, version, strict=True)
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "hooks.example.com"
+    # The dashboard, /v1 views and /metrics stay inside the cluster.
+    [path] = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/webhooks/", "Prefix")
+    service = worker_service(docs)
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert ingress["spec"]["tls"] == [{"hosts": ["hooks.example.com"], "secretName": "hooks-tls"}]
+    assert not by_kind(render(), "Ingress")  # off by default
+
+
+def test_a_webhooks_ingress_without_a_host_or_past_the_network_policy_is_refused() -> None:
+    no_host = {"webhooks": {"ingress": {"enabled": True}}}
+    assert "webhooks.ingress.host" in refusal(_merge(REQUIRED, no_host))
+    shut = {"networkPolicy": {"enabled": True, "allowFromNamespaces": []}}
+    assert "ingress controller" in refusal(_merge(_merge(REQUIRED, WEBHOOKS), shut))

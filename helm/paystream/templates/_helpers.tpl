@@ -53,6 +53,9 @@ app.kubernetes.io/part-of: paystream
 {{- if and .Values.networkPolicy.enabled .Values.metrics.serviceMonitor.enabled (not .Values.networkPolicy.allowFromNamespaces) }}
 {{- fail "networkPolicy: with the ServiceMonitor on, name Prometheus's namespace in networkPolicy.allowFromNamespaces (else it cannot scrape, and every worker reads as down)" }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.webhooks.ingress.enabled (not .Values.networkPolicy.allowFromNamespaces) }}
+{{- fail "networkPolicy: with webhooks.ingress on, name the ingress controller's namespace in networkPolicy.allowFromNamespaces (else no provider's webhook reaches a worker)" }}
+{{- end }}
 {{- $storage := index ((.Values.resources).limits | default dict) "ephemeral-storage" }}
 {{- if and $storage (not .Values.persistence.enabled) .Values.persistence.size }}
 {{- $limit := include "paystream.mebibytes" $storage | atoi }}
