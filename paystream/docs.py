@@ -1341,7 +1341,8 @@ def openapi() -> Doc:
                 + ". A payment is found from its `paystream_payment` metadata "
                 "(`<tenant>:<payment id>`), which paystream sets on the payments it creates "
                 "(unless the producer's metadata already holds 50 keys). The refresh is "
-                "sealed as paystream's own: it passes the tenant's rate limit.",
+                "sealed as paystream's own: it is neither checked against the tenant's "
+                "rate limit nor spends its tokens.",
                 "security": [],
                 "parameters": [
                     {
@@ -1381,7 +1382,8 @@ def openapi() -> Doc:
                         "Error",
                         "not now (the registry loading, tables moving, the tenant's worker "
                         "unreachable, the broker not taking the command, the tenant "
-                        "suspended): the provider sends it again",
+                        "suspended or its webhook refreshes over "
+                        "PAYSTREAM_WEBHOOK_REFRESHES_PER_SECOND): the provider sends it again",
                         _RETRY_AFTER,
                     ),
                 },

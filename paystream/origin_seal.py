@@ -6,8 +6,9 @@ not send the event again, and the payment would wait for ever). Anyone who can p
 the commands topic could claim to be paystream, so the claim counts only under a seal: an
 HMAC-SHA256, under a key derived from the master key for this purpose alone, over the
 command as sent (its key, value and CloudEvents headers), so it cannot be moved to another
-command. The webhook endpoint seals what it sends; the worker lets a sealed refresh pass
-the rate limit, as one let through before (``LimitGate.admit``'s ``admitted_before``).
+command. The webhook endpoint seals what it sends, within a budget of its own per tenant
+(web/webhooks.py); the worker neither checks a sealed refresh against the tenant's rate
+limit nor spends the tenant's tokens on it (``LimitGate.admit``'s ``exempt``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +27,8 @@ __all__ = ["ORIGIN_HEADER", "OriginSeals"]
 
 ORIGIN_HEADER = "paystream-origin-seal"  # "<master key id>.<hex HMAC>"
 _LABEL = b"paystream/origin-seal/v1"
+# The headers the decoder reads (any case, as it reads them).
+_SEALED = re.compile(r"(?i)ce_|content-type\Z").match
 
 
 @functools.lru_cache(maxsize=16)
@@ -34,9 +38,7 @@ def _seal_key(master: MasterKey) -> bytes:
 
 def _message(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]) -> bytes:
     parts = [_LABEL, key or b"", value or b""]
-    for name, header in sorted(
-        (k, v) for k, v in headers.items() if k.lower().startswith("ce_") or k == "content-type"
-    ):
+    for name, header in sorted((k, v) for k, v in headers.items() if _SEALED(k)):
         parts += [name.encode(), header]
     # Length-prefixed: no two different commands make the same message.
     return b"".join(len(p).to_bytes(8, "big") + p for p in parts)

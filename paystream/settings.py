@@ -566,6 +566,15 @@ class Settings(BaseSettings):
         "probes, and provider webhooks (their signature authenticates them). Unset, they "
         "are open to whoever reaches the port.",
     )
+    webhook_refreshes_per_second: int = Field(
+        default=50,
+        ge=1,
+        le=100_000,
+        description="PAYSTREAM_WEBHOOK_REFRESHES_PER_SECOND: the refreshes provider webhooks "
+        "may bring per tenant and second on each worker (a burst of ten seconds' worth); "
+        "over it a webhook is answered 503 and sent again later. They pass the tenant's own "
+        "rate limit (paystream's, not the tenant's), so this bounds them instead.",
+    )
     web_open: bool = Field(
         default=False,
         description="PAYSTREAM_WEB_OPEN: serve the dashboard, /v1 views and /metrics without "

@@ -932,8 +932,9 @@ class CommandProcessor:
                 existing,
                 request_hash,
                 entity_keys,
-                applied or provider_took or self._own_refresh(rec, cmd),
+                applied or provider_took,
                 limits_state,
+                exempt=self._own_refresh(rec, cmd),
             )
             if (
                 isinstance(decision, LimitRejection)
@@ -1201,7 +1202,8 @@ class CommandProcessor:
 
     def _own_refresh(self, rec: Inbound, cmd: CommandRef) -> bool:
         """A refresh a provider's webhook brought (paystream/origin_seal.py): paystream's
-        own, it passes the tenant's rate limit as one let through before does."""
+        own, neither checked against the tenant's rate limit nor spending its tokens (the
+        webhook endpoint bounds them: web/webhooks.py)."""
         return (
             cmd.command_type == "payment.refresh"
             and ORIGIN_HEADER in rec.headers
@@ -1219,6 +1221,8 @@ class CommandProcessor:
         entity_keys: bool,
         applied: bool,
         limits_state: Any = UNREAD,
+        *,
+        exempt: bool = False,
     ) -> Admission | LimitRejection | None:
         """The limits' decision on a command (``applied``: its entity says it took effect,
         so it passes as one let through before does; ``limits_state``: the tenant's, as
@@ -1231,6 +1235,7 @@ class CommandProcessor:
             cmd.command_type,
             data,
             admitted_before=existing is not None or applied,
+            exempt=exempt,
             hold_key=_hold_key(cmd, data, idem_table_key, entity_keys),
             former_hold_key=_former_hold_key(cmd, data, entity_keys)
             if existing is not None

@@ -258,6 +258,7 @@ class LimitGate:
         data: Any,
         *,
         admitted_before: bool = False,
+        exempt: bool = False,
         hold_key: str | None = None,
         former_hold_key: str | None = None,
         request: str | None = None,
@@ -268,6 +269,8 @@ class LimitGate:
         ``admitted_before``: its idempotency record says it was let through once (parked,
         or in flight at a crash): it passes unchecked, though it spends a token as any
         admission does (the state must not depend on what the idempotency table held).
+        ``exempt``: paystream's own command (a webhook's sealed refresh: the record says
+        so, the same on every delivery), neither checked nor spending the tenant's tokens.
         ``hold_key``: the command's idempotency key; an admitted payment under a daily
         volume limit holds its amount under it until :meth:`settle` (the record's command
         id stands in when none is given). ``former_hold_key``: what an older version held
@@ -308,7 +311,9 @@ class LimitGate:
         day = _day(at_ms)
         hold_of_this = _hold_of(state, hold_key or rec.command_id, owner, hold)
         spent = False
-        if admitted_before:
+        if exempt:
+            decision = None
+        elif admitted_before:
             decision = None
             _spend(state, limits, at_ms)
         else:

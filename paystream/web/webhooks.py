@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import quote
@@ -105,10 +106,6 @@ class WebhookView(View):
         except BadWebhook as exc:
             message = {"error": "bad_signature", "message": str(exc)}
             return self._answer(provider, tenant, "bad_signature", 400, message)
-        if found.status is TenantStatus.SUSPENDED:
-            # Its refresh would be refused tenant_suspended, and the provider, answered,
-            # would not send the event again: it does, until the tenant is activated.
-            return self._unavailable(provider, tenant, "the tenant is suspended")
         notice = payment_notice(event)
         if notice is None:
             return self._ignored(provider, tenant, "not an event about a payment paystream made")
@@ -127,6 +124,12 @@ class WebhookView(View):
                     return self._ignored(provider, tenant, stale)
             # Not found: its create may still be running (a provider can send the event
             # before its answer). The refresh is queued behind it on the partition.
+            if found.status is TenantStatus.SUSPENDED:
+                # Its refresh would be refused tenant_suspended, and the provider,
+                # answered, would not send the event again: it does, until activation.
+                raise _Unavailable("the tenant is suspended")
+            if not _budget.take(tenant, settings.webhook_refreshes_per_second):
+                raise _Unavailable("the tenant's webhooks bring refreshes too fast")
             command_id = await _send(tenant, command)
         except _Unavailable as exc:
             return self._unavailable(provider, tenant, str(exc))
@@ -151,6 +154,32 @@ class WebhookView(View):
 
 _NO_ENDPOINT = {"error": "not_found", "message": "no webhook endpoint here"}
 _TOO_LARGE = {"error": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}
+
+
+class _Budget:
+    """A token bucket per tenant (this worker's): the refreshes webhooks may bring, which
+    pass the tenant's own rate limit (paystream/origin_seal.py)."""
+
+    BURST_SECONDS = 10
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant → (tokens, at)
+
+    def take(self, tenant: str, per_second: int) -> bool:
+        now = self._clock()
+        burst = float(per_second * self.BURST_SECONDS)
+        tokens, at = self._buckets.get(tenant, (burst, now))
+        tokens = min(burst, tokens + (now - at) * per_second)
+        if tokens < 1:
+            self._buckets[tenant] = (tokens, now)
+            return False
+        self._buckets[tenant] = (tokens - 1, now)
+        return True
+
+
+# (Registered tenants only reach it: as many buckets as tenants.)
+_budget = _Budget()
 
 
 def _endpoint_secret(tenant: Tenant | None, provider: str) -> Callable[[], str] | None:

@@ -481,6 +481,12 @@ async def test_a_suspended_tenants_webhook_is_sent_again_later(
         assert time.monotonic() < deadline, answered
         await asyncio.sleep(0.2)
     assert answered[1]["message"] == "the tenant is suspended; send it again"
+    # Only an event that would bring a refresh waits: the rest are acknowledged (failing
+    # for days, an endpoint is disabled by Stripe).
+    other = pi_event("customer.created", obj["provider_payment_id"], None)
+    assert (await post(base_url, other, signed(other), tenant="pausing"))[1]["action"] == (
+        "ignored"
+    )
     await dep.add_tenants(active)
     deadline = time.monotonic() + 30
     while (answered := await post(base_url, event, signed(event), tenant="pausing"))[0] != 200:
@@ -495,17 +501,24 @@ async def test_webhook_refreshes_pass_the_tenants_rate_limit(
     """paystream's own refreshes (sealed) are not refused rate_limited: answered 200, the
     event would never come again. A refresh claiming to be one, unsealed, is limited."""
     dep, base_url = deployed
-    limited = _hooked_tenant("limited", limits=TenantLimits(commands_per_second=1, burst=1))
+    limited = _hooked_tenant("limited", limits=TenantLimits(commands_per_second=1, burst=3))
     obj = await _stripe_tenant_with_a_3ds_payment(dep, client, localstripe_url, limited)
     ref = f"limited:{obj['id']}"
     answers = []
-    for _ in range(3):  # at once: the bucket (one command a second) is empty
+    for _ in range(5):  # at once: more than the bucket (3, one back a second) holds
         event = pi_event("payment_intent.succeeded", obj["provider_payment_id"], ref)
         command_id = derived_id("whk", "stripe", "limited", json.loads(event)["id"])
         answers.append(client.expect("limited", command_id))
         status, answer = await post(base_url, event, signed(event), tenant="limited")
         assert (status, answer["action"]) == (200, "refresh")
     for answered in await asyncio.wait_for(asyncio.gather(*answers), 60):
+        assert outcome(answered) == "payment.requires_action", answered.get_data()
+    # Nor did they spend the tenant's tokens: its own two commands after them pass (the
+    # create spent one of three; spent by the webhooks, at most one would have).
+    own = [
+        client.command("payment.refresh", "limited", {"payment_id": obj["id"]}) for _ in range(2)
+    ]
+    for answered in await asyncio.gather(*own):
         assert outcome(answered) == "payment.requires_action", answered.get_data()
     # The header alone, without paystream's seal, is a tenant's refresh like any other.
     commands = [
