@@ -816,7 +816,15 @@ class CommandProcessor:
             if existing.state is IdempotencyState.DONE and existing.outcome is not None:
                 if cmd.source is not None and existing.source == list(cmd.source):
                     # This very record, redelivered: the limits may have lost its count.
-                    self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
+                    self._account_replay(
+                        limit_rec,
+                        cmd,
+                        tenant,
+                        data,
+                        existing,
+                        request_hash,
+                        exempt=self._own_refresh(rec, cmd),
+                    )
                 return self._replay_done(cmd, existing)
         if cmd.command_type not in PROVIDER_READS and (
             self._past_provider_window(rec) or self._key_past_provider_window(rec, existing)
@@ -1895,6 +1903,8 @@ class CommandProcessor:
         data: Any,
         existing: IdempotencyRecord,
         request_hash: str,
+        *,
+        exempt: bool = False,
     ) -> None:
         """Count a redelivered record answered from its own idempotency record, in case a
         crash kept that record but lost the limits' write (counted once either way)."""
@@ -1925,6 +1935,7 @@ class CommandProcessor:
             hold_key=_hold_key(cmd, data, idem_table_key, existing.entity_keys),
             former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
             request=request_hash,
+            exempt=exempt,
         )
 
     def _account_suspended_replay(
@@ -1943,7 +1954,15 @@ class CommandProcessor:
             return  # answered, so valid once: a version with other rules took it
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         request_hash = _request_hash(cmd.command_type, data)
-        self._account_replay(limit_rec, cmd, tenant, data, existing, request_hash)
+        self._account_replay(
+            limit_rec,
+            cmd,
+            tenant,
+            data,
+            existing,
+            request_hash,
+            exempt=self._own_refresh(rec, cmd),
+        )
 
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
         """This very record's outcome, if it was answered before (a redelivery after a

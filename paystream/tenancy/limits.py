@@ -34,6 +34,8 @@ whenever its payment first succeeds. The caller accounts records that an idempot
 record answers (:meth:`LimitGate.account_answered`), so the state cannot fall behind the
 idempotency table. A command that was admitted before (parked, or in flight at a crash)
 is let through again without checks: the provider may already have acted on it.
+A command paystream sends itself (a webhook's sealed refresh: paystream/origin_seal.py) is
+``exempt``: neither checked nor spending a token, on every delivery alike.
 """
 
 from __future__ import annotations
@@ -312,7 +314,9 @@ class LimitGate:
         hold_of_this = _hold_of(state, hold_key or rec.command_id, owner, hold)
         spent = False
         if exempt:
+            # Neither checked nor spending; its time refills the bucket as any other's.
             decision = None
+            _refill(state, limits, at_ms)
         elif admitted_before:
             decision = None
             _spend(state, limits, at_ms)
@@ -390,6 +394,7 @@ class LimitGate:
         hold_key: str | None = None,
         former_hold_key: str | None = None,
         request: str | None = None,
+        exempt: bool = False,
     ) -> None:
         """Account a record answered from its own idempotency record (a redelivery whose
         limits state was lost): as the admission it was, spending and counting once, and
@@ -425,7 +430,10 @@ class LimitGate:
         state["held"] = held
         at_ms = self._at(state, rec)
         day = _day(at_ms)
-        _spend(state, limits, at_ms)
+        if exempt:  # as admit decided it: nothing spent
+            _refill(state, limits, at_ms)
+        else:
+            _spend(state, limits, at_ms)
         state["at_ms"] = at_ms
         obj = outcome_data.get("object") or {}
         counted = False
@@ -596,6 +604,15 @@ def _spend(state: dict[str, Any], limits: TenantLimits, at_ms: int) -> None:
     """Take a token as an admission that was (or must be) let through: none left is zero."""
     if limits.commands_per_second is not None and _rate(state, limits, at_ms) is not None:
         state["tokens"] = 0
+
+
+def _refill(state: dict[str, Any], limits: TenantLimits, at_ms: int) -> None:
+    """Bring the bucket up to ``at_ms`` taking nothing (before ``at_ms`` moves on)."""
+    rate = limits.commands_per_second
+    if rate is None or state.get("tokens") is None:
+        return
+    elapsed = max(0, at_ms - int(state["at_ms"]))
+    state["tokens"] = min((limits.burst or rate) * _MILLI, int(state["tokens"]) + elapsed * rate)
 
 
 def _day(at_ms: int) -> str:

@@ -130,7 +130,11 @@ class WebhookView(View):
                 raise _Unavailable("the tenant is suspended")
             if not _budget.take(tenant, settings.webhook_refreshes_per_second):
                 raise _Unavailable("the tenant's webhooks bring refreshes too fast")
-            command_id = await _send(tenant, command)
+            try:
+                command_id = await _send(tenant, command)
+            except _Unavailable:
+                _budget.give_back(tenant)  # nothing sent: the provider's retry may use it
+                raise
         except _Unavailable as exc:
             return self._unavailable(provider, tenant, str(exc))
         metrics.WEBHOOKS.labels(provider, tenant, "refresh").inc()
@@ -176,6 +180,10 @@ class _Budget:
             return False
         self._buckets[tenant] = (tokens - 1, now)
         return True
+
+    def give_back(self, tenant: str) -> None:
+        tokens, at = self._buckets.get(tenant, (0.0, self._clock()))
+        self._buckets[tenant] = (tokens + 1, at)  # (capped at the burst by the next take)
 
 
 # (Registered tenants only reach it: as many buckets as tenants.)

@@ -17,3 +17,11 @@ def test_a_tenants_webhook_refreshes_are_bounded_and_come_back() -> None:
     assert not budget.take("acme", 2)
     now[0] += 3600
     assert sum(budget.take("acme", 2) for _ in range(25)) == 20  # never over the burst
+
+
+def test_a_token_taken_for_a_refresh_not_sent_is_given_back() -> None:
+    now = [0.0]
+    budget = _Budget(clock=lambda: now[0])
+    assert sum(budget.take("acme", 1) for _ in range(11)) == 10
+    budget.give_back("acme")
+    assert budget.take("acme", 1) and not budget.take("acme", 1)
