@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paystream.devstack._process import wait_until
 from paystream.tenancy.models import Tenant
-from tests.fixtures.pipeline import Deployment
+from tests.fixtures.pipeline import Deployment, wait_for_owners
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -106,15 +106,7 @@ async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) ->
     try:
         for w in (first, second):
             await asyncio.to_thread(w.wait_ready, tenants)
-
-        def split() -> bool:
-            owned = [
-                set((w.stats() or {}).get("worker", {}).get("partitions") or ())
-                for w in (first, second)
-            ]
-            return all(owned) and len(owned[0] | owned[1]) == dep.settings.partitions
-
-        await asyncio.to_thread(wait_until, split, timeout=90, what="two owners", interval=0.1)
+        await wait_for_owners((first, second), dep.settings.partitions)
         body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
         async with dep.client() as client:
             for t in tenants:
@@ -176,14 +168,7 @@ async def test_summaries_leave_a_partition_behind_when_it_moves(deployment_facto
         second = dep.worker("w2").start()  # half the partitions move to it
         await asyncio.to_thread(second.wait_ready, tenants)
         workers = (first, second)
-
-        def split() -> bool:
-            owned = [
-                set((w.stats() or {}).get("worker", {}).get("partitions") or ()) for w in workers
-            ]
-            return all(owned) and len(owned[0] | owned[1]) == dep.settings.partitions
-
-        await asyncio.to_thread(wait_until, split, timeout=90, what="two owners", interval=0.1)
+        await wait_for_owners((first, second), dep.settings.partitions)
         async with dep.client() as client:  # each tenant's new owner runs a second payment
             for t in tenants:
                 out = await client.command("payment.create", t, {**body, "payment_id": "p2"})

@@ -23,7 +23,6 @@ import pytest_asyncio
 import stripe
 
 from paystream.client import PaystreamClient, build_command
-from paystream.devstack._process import wait_until
 from paystream.ids import derived_id
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
@@ -32,7 +31,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.secrets import seal_secret
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
-from tests.fixtures.pipeline import Deployment, RawSend
+from tests.fixtures.pipeline import Deployment, RawSend, wait_for_owners
 from tests.gateways.harness import localstripe_token
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -392,15 +391,7 @@ async def test_any_worker_of_a_fleet_takes_any_tenants_webhook(
     try:
         for w in (first, second):
             await asyncio.to_thread(w.wait_ready, tenants)
-
-        def split() -> bool:
-            owned = [
-                set((w.stats() or {}).get("worker", {}).get("partitions") or ())
-                for w in (first, second)
-            ]
-            return all(owned) and len(owned[0] | owned[1]) == dep.settings.partitions
-
-        await asyncio.to_thread(wait_until, split, timeout=90, what="two owners", interval=0.1)
+        await wait_for_owners((first, second), dep.settings.partitions)
         body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
         async with dep.client() as client:
             for t in tenants:
