@@ -76,8 +76,7 @@ class WebhookView(View):
     """A provider's signed event about one tenant's payment."""
 
     async def post(self, request: Request, provider: str, tenant: str) -> Response:
-        known = provider in PROVIDERS
-        if not known:
+        if provider not in PROVIDERS:
             return self._answer("(other)", UNREGISTERED, "no_endpoint", 404, _NO_ENDPOINT)
         if (cast(aiohttp.web.Request, request).content_length or 0) > MAX_BODY_BYTES:
             return self._answer(provider, UNREGISTERED, "too_large", 413, _TOO_LARGE)
@@ -117,13 +116,13 @@ class WebhookView(View):
             # (metadata can be edited in the provider's dashboard)
             return self._ignored(provider, tenant, "the event names no valid payment id")
         try:
+            # Not found, it is refreshed too: its create may still be running (a provider
+            # can send the event before its answer); the refresh is queued behind it.
             row = await _payment_row(tenant, notice.payment_id)
             if row is not None:
                 stale = _known_already(row, notice)
                 if stale is not None:
                     return self._ignored(provider, tenant, stale)
-            # Not found: its create may still be running (a provider can send the event
-            # before its answer). The refresh is queued behind it on the partition.
             if found.status is TenantStatus.SUSPENDED:
                 # Its refresh would be refused tenant_suspended, and the provider,
                 # answered, would not send the event again: it does, until activation.
