@@ -111,6 +111,11 @@ class WebhookView(View):
         if notice.tenant_id != tenant:
             # One Stripe account behind several tenants sends each endpoint every event.
             return self._ignored(provider, tenant, "another tenant's payment")
+        if notice.account is not None and notice.account != found.connected_account:
+            # A Connect endpoint hears every connected account's events (each names its
+            # account): the tenant's payments are on its own (the platform's, with none).
+            # An account's own endpoint names none: its events are that account's.
+            return self._ignored(provider, tenant, "another account's payment")
         command = _refresh(provider, tenant, notice)
         if command is None:
             # (metadata can be edited in the provider's dashboard)

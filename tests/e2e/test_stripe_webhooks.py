@@ -118,6 +118,7 @@ def pi_event(
     *,
     event_id: str | None = None,
     status: str | None = None,
+    account: str | None = None,
 ) -> bytes:
     metadata = {"paystream_payment": ref} if ref is not None else {}
     obj = {
@@ -132,6 +133,8 @@ def pi_event(
         "type": event_type,
         "data": {"object": obj},
     }
+    if account is not None:
+        event["account"] = account  # (a Connect endpoint's event)
     return json.dumps(event).encode()
 
 
@@ -343,6 +346,10 @@ async def test_events_paystream_does_not_follow_are_acknowledged(
         # An id the card-data scans refuse (a Luhn-valid run of digits): no command.
         "a card-like payment id": pi_event(
             "payment_intent.succeeded", pi, f"{TENANT}:pay_{'4242' * 4}"
+        ),
+        # A Connect endpoint's event from a connected account the tenant is not on.
+        "another account's payment": pi_event(
+            "payment_intent.succeeded", pi, ref, account="acct_1Other"
         ),
         # Stripe's own news of the state paystream read from the create's answer.
         "the state paystream has": pi_event("payment_intent.requires_action", pi, ref),

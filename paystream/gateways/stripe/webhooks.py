@@ -63,6 +63,7 @@ class PaymentNotice:
     payment_id: str
     provider_payment_id: str
     status: str | None  # paystream's name for the PaymentIntent's status in the event
+    account: str | None  # the connected account it happened on (a Connect endpoint's)
 
 
 def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
@@ -99,6 +100,13 @@ def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
     if ref is None or not isinstance(pi, str) or not pi:
         return None
     status = payment_status(obj.get("status"))
+    account = event.get("account")
     return PaymentNotice(
-        str(event_id), str(event_type), ref[0], ref[1], pi, None if status is None else status.value
+        str(event_id),
+        str(event_type),
+        ref[0],
+        ref[1],
+        pi,
+        None if status is None else status.value,
+        account if isinstance(account, str) and account else None,
     )

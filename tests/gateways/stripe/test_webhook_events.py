@@ -74,8 +74,14 @@ def test_a_reference_is_read_only_when_whole(metadata: Any, read: Any) -> None:
 def test_a_followed_payment_event_is_a_notice() -> None:
     # (Without a status this version knows: the status is None, and the payment is read.)
     assert payment_notice(_event()) == PaymentNotice(
-        "evt_1", "payment_intent.succeeded", "acme", "pay_a", "pi_1", None
+        "evt_1", "payment_intent.succeeded", "acme", "pay_a", "pi_1", None, None
     )
+    # A Connect endpoint's event names the connected account it happened on.
+    notice = payment_notice(_event(account="acct_1Abc"))
+    assert notice is not None and notice.account == "acct_1Abc"
+    for not_an_account in ("", None, 7):
+        notice = payment_notice(_event(account=not_an_account))
+        assert notice is not None and notice.account is None
 
 
 @pytest.mark.parametrize(
