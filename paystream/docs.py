@@ -1051,7 +1051,8 @@ def _view_schemas() -> Doc:
                     },
                     "nothing paystream has not read: not a followed event, not a payment "
                     "paystream made (or one whose id no command may carry), another "
-                    "tenant's, one paystream has finished, or the state paystream holds "
+                    "tenant's or connected account's, one paystream has finished, or the "
+                    "state paystream holds "
                     "(`requires_action`, `processing`, `authorized`)",
                 ),
             ],
