@@ -532,3 +532,22 @@ async def test_webhook_refreshes_pass_the_tenants_rate_limit(
     answered = await asyncio.wait_for(asyncio.gather(*waiting), 60)
     reasons = [a.get_data().get("reason") for a in answered]
     assert "rate_limited" in reasons, reasons
+
+
+async def test_a_connect_endpoints_event_on_the_tenants_own_account_is_refreshed(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """(localstripe ignores Stripe-Account: the payment is made as on a connected account.)"""
+    dep, base_url = deployed
+    tenant = _hooked_tenant("connected", connected_account="acct_1Mine")
+    obj = await _stripe_tenant_with_a_3ds_payment(dep, client, localstripe_url, tenant)
+    pi, ref = obj["provider_payment_id"], f"connected:{obj['id']}"
+    other = pi_event("payment_intent.succeeded", pi, ref, account="acct_1Other")
+    status, answer = await post(base_url, other, signed(other), tenant="connected")
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "ignored", "why": "another account's payment"},
+    )
+    own = pi_event("payment_intent.succeeded", pi, ref, account="acct_1Mine")
+    status, answer = await post(base_url, own, signed(own), tenant="connected")
+    assert (status, answer["action"]) == (200, "refresh"), answer
