@@ -816,15 +816,7 @@ class CommandProcessor:
             if existing.state is IdempotencyState.DONE and existing.outcome is not None:
                 if cmd.source is not None and existing.source == list(cmd.source):
                     # This very record, redelivered: the limits may have lost its count.
-                    self._account_replay(
-                        limit_rec,
-                        cmd,
-                        tenant,
-                        data,
-                        existing,
-                        request_hash,
-                        exempt=self._own_refresh(rec, cmd),
-                    )
+                    self._account_replay(rec, cmd, tenant, data, existing, request_hash)
                 return self._replay_done(cmd, existing)
         if cmd.command_type not in PROVIDER_READS and (
             self._past_provider_window(rec) or self._key_past_provider_window(rec, existing)
@@ -1897,17 +1889,17 @@ class CommandProcessor:
 
     def _account_replay(
         self,
-        limit_rec: LimitRecord,
+        rec: Inbound,
         cmd: CommandRef,
         tenant: Tenant,
         data: Any,
         existing: IdempotencyRecord,
         request_hash: str,
-        *,
-        exempt: bool = False,
     ) -> None:
         """Count a redelivered record answered from its own idempotency record, in case a
         crash kept that record but lost the limits' write (counted once either way)."""
+        limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
+        exempt = self._own_refresh(rec, cmd)
         if existing.outcome is None:
             return
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
@@ -1952,17 +1944,8 @@ class CommandProcessor:
             data = COMMANDS[cmd.command_type].model_validate(raw or {})
         except ValidationError:
             return  # answered, so valid once: a version with other rules took it
-        limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         request_hash = _request_hash(cmd.command_type, data)
-        self._account_replay(
-            limit_rec,
-            cmd,
-            tenant,
-            data,
-            existing,
-            request_hash,
-            exempt=self._own_refresh(rec, cmd),
-        )
+        self._account_replay(rec, cmd, tenant, data, existing, request_hash)
 
     def _answered_before(self, cmd: CommandRef) -> list[Emit] | None:
         """This very record's outcome, if it was answered before (a redelivery after a

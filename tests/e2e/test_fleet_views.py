@@ -104,9 +104,7 @@ async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) ->
     await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
     first, second = dep.worker("w1").start(), dep.worker("w2").start()
     try:
-        for w in (first, second):
-            await asyncio.to_thread(w.wait_ready, tenants)
-        await wait_for_owners((first, second), dep.settings.partitions)
+        await wait_for_owners((first, second), dep.settings.partitions, tenants)
         body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
         async with dep.client() as client:
             for t in tenants:
@@ -166,9 +164,8 @@ async def test_summaries_leave_a_partition_behind_when_it_moves(deployment_facto
                 out = await client.command("payment.create", t, {**body, "payment_id": "p1"})
                 assert out.get_type() == "com.paystream.payment.succeeded", out
         second = dep.worker("w2").start()  # half the partitions move to it
-        await asyncio.to_thread(second.wait_ready, tenants)
         workers = (first, second)
-        await wait_for_owners((first, second), dep.settings.partitions)
+        await wait_for_owners(workers, dep.settings.partitions, tenants)
         async with dep.client() as client:  # each tenant's new owner runs a second payment
             for t in tenants:
                 out = await client.command("payment.create", t, {**body, "payment_id": "p2"})

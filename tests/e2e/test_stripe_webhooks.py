@@ -396,9 +396,7 @@ async def test_any_worker_of_a_fleet_takes_any_tenants_webhook(
     )
     first, second = dep.worker("w1").start(), dep.worker("w2").start()
     try:
-        for w in (first, second):
-            await asyncio.to_thread(w.wait_ready, tenants)
-        await wait_for_owners((first, second), dep.settings.partitions)
+        await wait_for_owners((first, second), dep.settings.partitions, tenants)
         body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
         async with dep.client() as client:
             for t in tenants:
