@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 _Waiter = tuple["asyncio.Future[CloudEvent]", str | None]  # (future, request header)
 
 
-def _new_request() -> str:
+def new_request_header() -> str:
     """A send's request header: 26 random letters (no digit: never read as card data)."""
     return "".join(secrets.choice(string.ascii_lowercase) for _ in range(26))
 
@@ -264,6 +264,16 @@ class PaystreamClient:
         finally:
             await self._producer.stop()
 
+    @property
+    def awaited(self) -> int:
+        """How many commands' outcomes are being awaited now."""
+        return len(self._waiters)
+
+    @property
+    def reading(self) -> bool:
+        """Is the outcome reader running (started, not stopped, not failed)?"""
+        return self._reader is not None and not self._reader.done()
+
     def _fail_waiters(self, exc: BaseException) -> None:
         self._reader_error = exc
         for waiters in list(self._waiters.values()):
@@ -371,7 +381,7 @@ class PaystreamClient:
                 "client:` (or await client.start())"
             )
         key = (str(command.get_extension("tenantid")), command.get_id())
-        request = _new_request()
+        request = new_request_header()
         waiter = self.expect(*key, request=request)
         queued = False
         try:

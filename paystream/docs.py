@@ -36,7 +36,8 @@ from paystream.streams.outcomes import (
     RejectReason,
 )
 from paystream.tables import records
-from paystream.tenancy.models import Tenant
+from paystream.tenancy.models import TENANT_ID_PATTERN, Tenant
+from paystream.web import ingress
 
 __all__ = [
     "COMMAND_SUMMARIES",
@@ -1022,11 +1023,13 @@ def _view_schemas() -> Doc:
                         "unavailable",
                         "bad_signature",
                         "payload_too_large",
+                        "unsupported_media_type",
                     ]
                 },
                 "message": _STR,
             }
         ),
+        **_ingress_schemas(components),
         "WebhookAnswer": {
             "description": "What came of a verified webhook (a 2xx: the provider does not "
             "send it again).",
@@ -1330,6 +1333,7 @@ def openapi() -> Doc:
                 },
             }
         },
+        "/v1/commands": _ingress_path(),
         "/webhooks/{provider}/{tenant}": {
             "post": {
                 "summary": "A provider's signed webhook event (Stripe: its `Stripe-Signature` "
@@ -1412,6 +1416,15 @@ def openapi() -> Doc:
                     "answer only requests bearing it; `/healthz`, `/readyz` and the "
                     "webhooks (authenticated by their signature) stay open.",
                 },
+                "ingressKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`POST /v1/commands` only: one of the command's tenant's "
+                    "keys (`paystream tenants api-key create <tenant>`: `psk_…`, sending only "
+                    "that tenant's commands) or the platform's PAYSTREAM_INGRESS_TOKEN (any "
+                    "tenant's). Not PAYSTREAM_WEB_TOKEN: the operators' token reads data, "
+                    "it does not send commands.",
+                },
                 "tokenCookie": {
                     "type": "apiKey",
                     "in": "cookie",
@@ -1420,6 +1433,179 @@ def openapi() -> Doc:
                 },
             },
         },
+    }
+
+
+def _ingress_schemas(components: Doc) -> Doc:
+    """The HTTP ingress's command, its answers and (by name, as in asyncapi.yaml) each
+    command type's data."""
+    for kind in COMMANDS:
+        components[COMMANDS[kind].__name__] = _command_schema(kind, components)
+    data = {"oneOf": [_ref(COMMANDS[kind].__name__) for kind in COMMANDS]}
+    bounded = {**_STR, "minLength": 1, "maxLength": _ID_MAX}
+    return {
+        "CommandData": {
+            **data,
+            "description": "the command's data: the schema named after its type (`type`'s "
+            "suffix: `customer.create` is CreateCustomer, as in asyncapi.yaml)",
+        },
+        "Command": {
+            "type": "object",
+            "description": "A command as a structured CloudEvent 1.0 (the attributes of "
+            "asyncapi.yaml's CommandHeaders, without `ce_`).",
+            "required": ["specversion", "id", "source", "type", "tenantid"],
+            "properties": {
+                "specversion": {"const": "1.0"},
+                "id": {**bounded, "description": "the command id"},
+                "source": _STR,
+                "type": {"enum": [COMMAND_PREFIX + kind for kind in COMMANDS]},
+                "tenantid": {**bounded, "pattern": TENANT_ID_PATTERN},
+                "idempotencykey": {**bounded, "description": "defaults to `id`"},
+                "time": {"type": "string", "format": "date-time"},
+                "datacontenttype": {"const": "application/json"},
+                "traceparent": {
+                    **_STR,
+                    "description": "W3C trace context (else the request's `traceparent` "
+                    "header is taken)",
+                },
+                "tracestate": _STR,
+                "data": _ref("CommandData"),
+            },
+        },
+        "Outcome": {
+            "type": "object",
+            "description": "The command's outcome, the very event the events topic carries, "
+            "as a structured CloudEvent: `type` `com.paystream.<domain>.<event>` or "
+            "`com.paystream.command.rejected` (each type's data: asyncapi.yaml's outcome "
+            "messages). Its `causationid` is the command's id (a retry under an answered "
+            "key: the first command's).",
+            "required": ["specversion", "id", "source", "type", "tenantid", "causationid"],
+            "properties": {
+                "specversion": {"const": "1.0"},
+                "id": _STR,
+                "source": _STR,
+                "type": _STR,
+                "tenantid": _STR,
+                "causationid": _STR,
+                "partitionkey": _STR,
+                "time": {"type": "string", "format": "date-time"},
+                "traceparent": _STR,
+                "data": {"type": "object"},
+            },
+        },
+        "CommandAccepted": _object(
+            {
+                "accepted": {"const": True},
+                "tenant": _STR,
+                "command_id": _STR,
+                "idempotency_key": _STR,
+            },
+            "On the commands topic (the broker acknowledged it); its outcome follows on the "
+            "events topic.",
+        ),
+        "CommandInvalid": {
+            "type": "object",
+            "description": "Refused before it reached the topic, as a worker would refuse "
+            "it unrun; `errors` (invalid data): each field's, never the value sent.",
+            "required": ["error", "message"],
+            "properties": {
+                "error": {"enum": ["validation_error", "unsupported"]},
+                "message": _STR,
+                "errors": {
+                    "type": "array",
+                    "maxItems": ingress.ERRORS_SHOWN,
+                    "items": _object({"loc": _STR, "msg": _STR, "type": _STR}),
+                },
+                "error_count": _INT,
+            },
+            "additionalProperties": False,
+        },
+    }
+
+
+def _ingress_path() -> Doc:
+    binary = "binary mode: the data as the body; the attributes as `ce-` headers "
+    return {
+        "post": {
+            "summary": "Send one command (a CloudEvent in either HTTP content mode) to the "
+            "commands topic, keyed by its tenant; with `Prefer: wait=N`, answered with its "
+            "outcome.",
+            "description": "The other way in beside Kafka, for the same commands: "
+            "idempotency, tenant rules, limits and outcomes are the pipeline's, as for a "
+            "command produced to the topic. What a worker would refuse unrun is refused "
+            "here (400) and never produced: not a CloudEvent, an unknown type, invalid "
+            "data, card data anywhere, an id a worker would answer under another name. "
+            "A request is safe to retry with the same `id` (or `idempotencykey`): the "
+            "same command, answered once.",
+            "security": [{"ingressKey": []}],
+            "parameters": [
+                {
+                    "name": "Prefer",
+                    "in": "header",
+                    "required": False,
+                    "description": "RFC 7240 `wait=N`: wait up to N seconds (at most "
+                    f"{ingress.MAX_WAIT_SECONDS:g}) for the outcome",
+                    "schema": _STR,
+                },
+                {
+                    "name": "traceparent",
+                    "in": "header",
+                    "required": False,
+                    "description": "W3C trace context, for a command that carries none",
+                    "schema": _STR,
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "description": f"structured mode: `{STRUCTURED_CONTENT_TYPE}`, the event as "
+                "the body; "
+                + binary
+                + "(`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-tenantid`; "
+                "`ce-idempotencykey`, `ce-time`, `ce-traceparent` optional), percent-encoded "
+                "UTF-8",
+                "content": {
+                    STRUCTURED_CONTENT_TYPE: {"schema": _ref("Command")},
+                    "application/json": {"schema": _ref("CommandData")},
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "`Prefer: wait` given and the outcome came within it",
+                    "headers": {"Preference-Applied": {"schema": _STR}},
+                    "content": {STRUCTURED_CONTENT_TYPE: {"schema": _ref("Outcome")}},
+                },
+                "202": _json(
+                    "CommandAccepted",
+                    "on the topic (without `Prefer: wait`, or its outcome not within it)",
+                ),
+                "400": {
+                    "description": "refused, nothing produced",
+                    "content": {
+                        "application/json": {
+                            "schema": {"oneOf": [_ref("CommandInvalid"), _ref("Error")]}
+                        }
+                    },
+                },
+                "401": _json(
+                    "Error",
+                    "no key, or not one of the command's tenant's (an unknown tenant, "
+                    "another tenant's key, a revoked one: one answer for all)",
+                    {"WWW-Authenticate": {"schema": _STR}},
+                ),
+                "413": _json("Error", "larger than PAYSTREAM_COMMAND_MAX_BYTES"),
+                "415": _json(
+                    "Error",
+                    "neither binary mode (`ce-` headers) nor structured JSON; a batch "
+                    "(`application/cloudevents-batch+json`)",
+                ),
+                "503": _json(
+                    "Error",
+                    "the registry loading, or the broker did not acknowledge the command "
+                    "(it may have been taken): send it again, same id",
+                    _RETRY_AFTER,
+                ),
+            },
+        }
     }
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "ENTITIES_EXPIRED",
     "ENTITIES_MINIMIZED",
     "GATEWAY_CALLS",
+    "INGRESS",
     "LIMITED",
     "PARKED",
     "PROGRESS",
@@ -60,6 +61,14 @@ WEBHOOKS = Counter(
     "payment.refresh sent), ignored (nothing paystream has not read), bad_signature, "
     "no_endpoint, too_large, unavailable (answered 503: the provider sends it again).",
     ["provider", "tenant", "result"],
+)
+INGRESS = Counter(
+    "paystream_ingress_requests_total",
+    "Commands posted to the HTTP ingress (POST /v1/commands), by tenant and what came of "
+    "them: accepted (produced; 202), answered (produced and its outcome returned; 200), "
+    "invalid (400), unauthorized (401), too_large (413), unsupported_media_type (415), "
+    "unavailable (503: send it again). Refused before a tenant is known: (unregistered).",
+    ["tenant", "result"],
 )
 DEAD_LETTERS = Counter(
     "paystream_dead_letters_total", "Records sent to the dead-letter topic.", ["reason"]

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -566,6 +567,14 @@ class Settings(BaseSettings):
         "probes, and provider webhooks (their signature authenticates them). Unset, they "
         "are open to whoever reaches the port.",
     )
+    ingress_token: SecretStr | None = Field(
+        default=None,
+        description="PAYSTREAM_INGRESS_TOKEN: the platform's key for the HTTP command "
+        "ingress (`POST /v1/commands`, `Authorization: Bearer <token>`): it sends commands for "
+        "any tenant, as a producer on the commands topic does. A tenant's own keys "
+        "(`paystream tenants api-key create`) send only its commands. Unset, only tenants' "
+        "keys are taken.",
+    )
     webhook_refreshes_per_second: int = Field(
         default=50,
         ge=1,
@@ -639,14 +648,15 @@ class Settings(BaseSettings):
             "PAYSTREAM_STRIPE_API_BASE must be an https:// URL (http:// only to this machine)"
         )
 
-    @field_validator("web_token", mode="before")
+    @field_validator("web_token", "ingress_token", mode="before")
     @classmethod
-    def _web_token(cls, value: object) -> object:
+    def _web_token(cls, value: object, info: ValidationInfo) -> object:
         # An empty token would match every request while the operator believes the views
         # guarded: refused (unset the variable to leave them open).
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         if isinstance(text, str) and not text.strip():
-            raise ValueError("PAYSTREAM_WEB_TOKEN is empty: set a token, or unset it")
+            variable = f"PAYSTREAM_{(info.field_name or '').upper()}"
+            raise ValueError(f"{variable} is empty: set a token, or unset it")
         # A token read from a file keeps its newline; a Bearer header never carries one.
         return text.strip() if isinstance(text, str) else value
 

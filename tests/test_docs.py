@@ -46,7 +46,7 @@ from tests.fixtures.pipeline import Deployment
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ROOT / "paystream" / "web" / "views.py"
-WEBHOOKS = ROOT / "paystream" / "web" / "webhooks.py"
+WEB_SOURCES = sorted((ROOT / "paystream" / "web").glob("*.py"))
 TOKEN = "docs-test-token"
 
 
@@ -334,9 +334,9 @@ def test_the_ledger_knows_which_outcomes_carry_no_entity() -> None:
 
 
 def _page_routes() -> set[str]:
-    """The paths of every ``@app.page(...)`` in web/views.py and web/webhooks.py."""
+    """The paths of every ``@app.page(...)`` in paystream/web."""
     routes = set()
-    for node in ast.walk(ast.parse(VIEWS.read_text() + "\n" + WEBHOOKS.read_text())):
+    for node in ast.walk(ast.parse("\n".join(p.read_text() for p in WEB_SOURCES))):
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             for deco in node.decorator_list:
                 if (
@@ -359,12 +359,16 @@ def test_every_web_route_is_in_the_openapi_paths(openapi: dict[str, Any]) -> Non
 
 
 def test_every_error_the_views_answer_is_in_the_error_schema(openapi: dict[str, Any]) -> None:
-    source = VIEWS.read_text() + WEBHOOKS.read_text()
+    source = "\n".join(p.read_text() for p in WEB_SOURCES)
     answered = set(re.findall(r'"error": "([a-z_]+)"', source))
-    assert {"bad_host", "bad_gateway", "not_found"} <= answered
-    assert set(openapi["components"]["schemas"]["Error"]["properties"]["error"]["enum"]) == (
-        answered
-    )
+    # The ingress's refusals: _Refused(status, result label, error, ...).
+    answered |= set(re.findall(r'_Refused\(\s*\d+,\s*"[a-z_]+",\s*"([a-z_]+)"', source))
+    assert {"bad_host", "bad_gateway", "not_found", "unsupported_media_type"} <= answered
+    schemas = openapi["components"]["schemas"]
+    errors = set(schemas["Error"]["properties"]["error"]["enum"])
+    invalid = set(schemas["CommandInvalid"]["properties"]["error"]["enum"])
+    assert errors | invalid == answered
+    assert invalid == {"validation_error", "unsupported"}
 
 
 def test_a_malformed_host_is_a_documented_400(openapi: dict[str, Any]) -> None:

@@ -87,6 +87,7 @@ from paystream.streams.commands import (
     ID_MAX_CHARS,
     PROVIDER_READS,
     CommandData,
+    validation_errors,
 )
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
@@ -588,7 +589,7 @@ class CommandProcessor:
         try:
             data = COMMANDS[suffix].model_validate(raw or {})
         except ValidationError as exc:
-            errors = _validation_errors(exc)
+            errors = validation_errors(exc)
             shown = errors[:VALIDATION_ERRORS_SHOWN]
             while True:
                 message = f"invalid {suffix} data" + (
@@ -2757,14 +2758,6 @@ def _learn_plain(entity: EntityRecord, record: dict[str, Any], kinds: tuple[type
     if len(known) < _PLAIN_KINDS_MAX:
         known.add(kinds)
     return True
-
-
-def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    # Field names are the sender's: cut, as an error's location, to a readable length.
-    return [
-        {"loc": ".".join(str(p) for p in e["loc"])[:100], "msg": e["msg"][:200], "type": e["type"]}
-        for e in exc.errors(include_input=False, include_url=False)
-    ]
 
 
 def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool) -> str:

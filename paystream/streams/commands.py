@@ -8,7 +8,7 @@ replayed create names the same entity.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,6 +17,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "RefreshPayment",
     "SubmitDisputeEvidence",
     "UpdateCustomer",
+    "validation_errors",
 ]
 
 COMMAND_PREFIX = "com.paystream.command."
@@ -202,3 +204,12 @@ COMMANDS: dict[str, type[CommandData]] = {
 # one at any age can change nothing the provider did not already do, so none is held back
 # as past the provider's key window for a person to reconcile.
 PROVIDER_READS = frozenset({"payment.refresh"})
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A command's validation errors as its rejection lists them: never the input (it may
+    be card data); field names are the sender's, so cut to a readable length."""
+    return [
+        {"loc": ".".join(str(p) for p in e["loc"])[:100], "msg": e["msg"][:200], "type": e["type"]}
+        for e in exc.errors(include_input=False, include_url=False)
+    ]

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from paystream.tenancy.ingress_keys import KEY_ID_PATTERN, MAX_KEYS_PER_TENANT, IngressKey
 from paystream.tenancy.limits import TenantLimits
 
 __all__ = [
@@ -24,6 +25,7 @@ TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # registered tenant share this one: made-up ids must not grow them without bound.
 UNREGISTERED = "(unregistered)"
 TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
+KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
 
 
 class TenantStatus(StrEnum):
@@ -44,6 +46,9 @@ class Tenant(BaseModel):
     secrets: dict[str, str] = {}  # name → "v1:<wrapped ciphertext>"
     connected_account: str | None = None
     limits: TenantLimits = TenantLimits()  # rate limit and payment quotas (tenancy/limits.py)
+    # Keys for the HTTP command ingress, by id: digests only (tenancy/ingress_keys.py).
+    # Not the provider's: a change of gateway keeps them.
+    ingress_keys: Annotated[dict[KeyId, IngressKey], Field(max_length=MAX_KEYS_PER_TENANT)] = {}
 
     @model_validator(mode="after")
     def _text_is_unicode(self) -> Tenant:
@@ -58,6 +63,7 @@ class Tenant(BaseModel):
         """For display and logs: secret names only."""
         out = self.model_dump(mode="json")
         out["secrets"] = sorted(self.secrets)
+        out["ingress_keys"] = sorted(self.ingress_keys)
         return out
 
 

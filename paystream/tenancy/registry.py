@@ -38,6 +38,8 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
         del record["limits"]
     elif not tenant.limits.only_listed_currencies:
         del record["limits"]["only_listed_currencies"]  # (newer than the limits)
+    if not tenant.ingress_keys:
+        del record["ingress_keys"]
     return record
 
 

@@ -16,7 +16,6 @@ endpoint secret, is its authentication.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -54,6 +53,7 @@ from paystream.tables.views import entity_view
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 from paystream.tenancy.secrets import secret_opener
+from paystream.web.produce import NotProduced, produce_command
 
 __all__ = ["WebhookView"]
 
@@ -62,9 +62,6 @@ _throttled = ThrottledLog(log)
 
 PROVIDERS = frozenset({"stripe"})
 SECRET_NAME = "webhook_secret"  # noqa: S105 - the secret's name
-# Stripe waits about 20 s for an answer; a produce that takes longer is answered 503
-# and the event is sent again.
-SEND_TIMEOUT_SECONDS = 10.0
 
 
 class _Unavailable(Exception):
@@ -297,20 +294,8 @@ def _origins() -> OriginSeals:
 async def _send(tenant: str, command: tuple[str, KafkaRecord]) -> str:
     """Produce the refresh (acknowledged by the broker); its command id."""
     command_id, rec = command
-
-    async def send() -> None:
-        sent = await app.producer.send(
-            settings.commands_topic, rec.key, rec.value, None, None, list(rec.headers)
-        )
-        await sent
-
     try:
-        # Bounded as a whole: the send itself waits while the producer has no metadata.
-        await asyncio.wait_for(send(), SEND_TIMEOUT_SECONDS)
-    except Exception as exc:  # whatever failed, the provider sends it again
-        _throttled.warning(
-            ("send", tenant), "webhook for %s: refresh not produced: %s",
-            tenant, type(exc).__name__,
-        )  # fmt: skip
+        await produce_command(rec, tenant, "webhook")
+    except NotProduced:
         raise _Unavailable("the command could not be produced") from None
     return command_id

@@ -247,7 +247,9 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
                 ):
                     keys[optional] = optional
             secret_env = {k for k, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
-            assert secret_env - {"PAYSTREAM_WEB_TOKEN"} == keys.keys(), c["name"]
+            # (the web and ingress tokens: checked apart)
+            web = {"PAYSTREAM_WEB_TOKEN", "PAYSTREAM_INGRESS_TOKEN"}
+            assert secret_env - web == keys.keys(), c["name"]
             for var, key in keys.items():
                 ref = env[var]["valueFrom"]["secretKeyRef"]
                 assert (ref["name"], ref["key"]) == ("paystream-secrets", key)
@@ -618,29 +620,58 @@ def test_no_tls_secret_mounts_nothing() -> None:
             assert all(m["name"] != "tls" for m in container.get("volumeMounts", []))
 
 
-WEBHOOKS = {"webhooks": {"ingress": {"enabled": True, "host": "hooks.example.com"}}}
+# The public Ingresses: each routes one path of the web port and nothing else of it.
+PUBLIC_INGRESSES = [("webhooks", "/webhooks/", "Prefix"), ("commands", "/v1/commands", "Exact")]
+
+
+def _public(section: str, **ingress: Any) -> dict[str, Any]:
+    return {section: {"ingress": {"enabled": True, "host": f"{section}.example.com", **ingress}}}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-def test_the_webhooks_ingress_routes_the_webhooks_and_nothing_else(version: str) -> None:
-    docs = render(_merge(WEBHOOKS, {"webhooks": {"ingress": {"tlsSecretName": "hooks-tls"}}}))
+@pytest.mark.parametrize(("section", "route", "path_type"), PUBLIC_INGRESSES)
+def test_a_public_ingress_routes_its_path_and_nothing_else(
+    version: str, section: str, route: str, path_type: str
+) -> None:
+    docs = render(_public(section, tlsSecretName="public-tls"))
     ingress = one(docs, "Ingress")
     kubernetes_validate.validate(ingress, version, strict=True)
+    assert ingress["metadata"]["name"].endswith(f"-{section}")
     [rule] = ingress["spec"]["rules"]
-    assert rule["host"] == "hooks.example.com"
+    assert rule["host"] == f"{section}.example.com"
     # The dashboard, /v1 views and /metrics stay inside the cluster.
     [path] = rule["http"]["paths"]
-    assert (path["path"], path["pathType"]) == ("/webhooks/", "Prefix")
+    assert (path["path"], path["pathType"]) == (route, path_type)
     service = worker_service(docs)
     backend = path["backend"]["service"]
     assert backend["name"] == service["metadata"]["name"]
     assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
-    assert ingress["spec"]["tls"] == [{"hosts": ["hooks.example.com"], "secretName": "hooks-tls"}]
+    tls = [{"hosts": [f"{section}.example.com"], "secretName": "public-tls"}]
+    assert ingress["spec"]["tls"] == tls
     assert not by_kind(render(), "Ingress")  # off by default
+    both = render(_merge(_public("webhooks"), _public("commands")))
+    assert len(by_kind(both, "Ingress")) == 2
 
 
-def test_a_webhooks_ingress_without_a_host_or_past_the_network_policy_is_refused() -> None:
-    no_host = {"webhooks": {"ingress": {"enabled": True}}}
-    assert "webhooks.ingress.host" in refusal(_merge(REQUIRED, no_host))
+@pytest.mark.parametrize(("section", "route", "path_type"), PUBLIC_INGRESSES)
+def test_a_public_ingress_without_a_host_or_past_the_network_policy_is_refused(
+    section: str, route: str, path_type: str
+) -> None:
+    no_host = {section: {"ingress": {"enabled": True}}}
+    assert f"{section}.ingress.host" in refusal(_merge(REQUIRED, no_host))
     shut = {"networkPolicy": {"enabled": True, "allowFromNamespaces": []}}
-    assert "ingress controller" in refusal(_merge(_merge(REQUIRED, WEBHOOKS), shut))
+    refused = refusal(_merge(_merge(REQUIRED, _public(section)), shut))
+    assert "ingress controller" in refused and f"{section}.ingress" in refused
+
+
+def test_the_ingress_token_comes_from_the_secret_if_it_holds_one() -> None:
+    [env] = [
+        e
+        for e in _pod_specs(render())[0]["containers"][0]["env"]
+        if e["name"] == "PAYSTREAM_INGRESS_TOKEN"
+    ]
+    ref = env["valueFrom"]["secretKeyRef"]
+    assert ref["key"] == "PAYSTREAM_INGRESS_TOKEN" and ref["optional"] is True
+    assert "set by the chart" in refusal(
+        _merge(REQUIRED, {"config": {"PAYSTREAM_INGRESS_TOKEN": "x"}})
+    )

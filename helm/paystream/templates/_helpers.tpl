@@ -56,6 +56,9 @@ app.kubernetes.io/part-of: paystream
 {{- if and .Values.networkPolicy.enabled .Values.webhooks.ingress.enabled (not .Values.networkPolicy.allowFromNamespaces) }}
 {{- fail "networkPolicy: with webhooks.ingress on, name the ingress controller's namespace in networkPolicy.allowFromNamespaces (else no provider's webhook reaches a worker)" }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.commands.ingress.enabled (not .Values.networkPolicy.allowFromNamespaces) }}
+{{- fail "networkPolicy: with commands.ingress on, name the ingress controller's namespace in networkPolicy.allowFromNamespaces (else no command posted reaches a worker)" }}
+{{- end }}
 {{- $storage := index ((.Values.resources).limits | default dict) "ephemeral-storage" }}
 {{- if and $storage (not .Values.persistence.enabled) .Values.persistence.size }}
 {{- $limit := include "paystream.mebibytes" $storage | atoi }}
@@ -65,7 +68,7 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 {{- range $name, $_ := .Values.config }}
-{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "PAYSTREAM_KAFKA_SASL_PASSWORD") }}
+{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_INGRESS_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "PAYSTREAM_KAFKA_SASL_PASSWORD") }}
 {{- fail (printf "config.%s: set by the chart (a value or the Secret), not in config" $name) }}
 {{- end }}
 {{- end }}
@@ -228,4 +231,46 @@ in `config` point (PAYSTREAM_KAFKA_SSL_CAFILE: /etc/paystream/tls/ca.crt, ...).
     # Readable by the pods' group (fsGroup) alone: keys among them.
     defaultMode: 0440
 {{- end }}
+{{- end }}
+
+{{/* An Ingress routing one path of the workers' web port, and nothing else of it (the
+dashboard, /v1 views and /metrics stay inside the cluster). Called with a dict: root (the
+chart's context), name (the Ingress's suffix), ingress (its values: host, className,
+annotations, tlsSecretName), valuesPath (named in the refusal), path and pathType. */}}
+{{- define "paystream.publicIngress" -}}
+{{- $root := .root }}
+{{- if not .ingress.host }}
+{{- fail (printf "%s.host: the public host %s" .valuesPath .hostFor) }}
+{{- end }}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ include "paystream.fullname" $root }}-{{ .name }}
+  labels:
+    {{- include "paystream.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: worker
+  {{- with .ingress.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with .ingress.className }}
+  ingressClassName: {{ . | quote }}
+  {{- end }}
+  {{- with .ingress.tlsSecretName }}
+  tls:
+    - hosts: [{{ $.ingress.host | quote }}]
+      secretName: {{ . | quote }}
+  {{- end }}
+  rules:
+    - host: {{ .ingress.host | quote }}
+      http:
+        paths:
+          - path: {{ .path }}
+            pathType: {{ .pathType }}
+            backend:
+              service:
+                name: {{ include "paystream.fullname" $root }}
+                port:
+                  name: http
 {{- end }}

@@ -1,0 +1,69 @@
+"""Tenant API keys for the HTTP command ingress (``POST /v1/commands``).
+
+A key is shown once, when it is made, and kept only as its SHA-256 digest in the
+tenant's registry record: whoever reads the registry topic learns no key. A fast digest
+is enough for 256 random bits (there is nothing to guess; slow hashes are for
+passwords). A key reads ``psk_<key id>_<secret>``: the id says which digest to compare,
+so a tenant can hold a new key beside the old one while its services move over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+__all__ = [
+    "KEY_ID_PATTERN",
+    "MAX_KEYS_PER_TENANT",
+    "IngressKey",
+    "key_matches",
+    "new_key",
+]
+
+KEY_ID_PATTERN = r"^[0-9a-f]{8}$"
+# A handful covers rotation (old and new) and a key per calling service; a record
+# grown without bound would slow every registry read.
+MAX_KEYS_PER_TENANT = 10
+_PREFIX = "psk_"
+_KEY = re.compile(r"^psk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
+
+
+class IngressKey(BaseModel):
+    """One key of a tenant's, as the registry keeps it: its digest, never the key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    created_at: datetime
+    label: Annotated[str, StringConstraints(max_length=100)] = ""
+
+
+def new_key(label: str = "", now: datetime | None = None) -> tuple[str, str, IngressKey]:
+    """A fresh key: (its id, the key itself, what the registry keeps of it)."""
+    key_id = secrets.token_hex(4)
+    text = f"{_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    kept = IngressKey(digest=_digest(text), created_at=now or datetime.now(UTC), label=label)
+    return key_id, text, kept
+
+
+def key_matches(keys: Mapping[str, IngressKey], text: str) -> str | None:
+    """The id of the key among ``keys`` that ``text`` is, if any."""
+    found = _KEY.match(text)
+    if found is None:
+        return None
+    kept = keys.get(found.group(1))
+    if kept is None:
+        return None
+    # (Compared in constant time; the id is no secret, the digest's match is.)
+    return found.group(1) if hmac.compare_digest(kept.digest, _digest(text)) else None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()

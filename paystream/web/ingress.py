@@ -1,0 +1,316 @@
+"""The HTTP command ingress: ``POST /v1/commands`` (upstream services' other way in).
+
+A request carries one command as a CloudEvent in either HTTP content mode: binary
+(``ce-*`` headers, the data as the body) or structured (``application/cloudevents+json``).
+What a worker would refuse without running it is refused here, before anything is
+written: a body that is no CloudEvent, an unknown command type, data its model refuses,
+and card data anywhere (400; a card number must never reach the topic). The rest is
+produced to the commands topic, keyed by its tenant, exactly as a Kafka producer would
+send it, and answered 202 once the broker has it. The pipeline then runs it as any
+command (tenant rules, limits, idempotency, the provider) and its outcome goes out on
+the events topic. With ``Prefer: wait=N`` (at most 30 s) the answer is that outcome
+itself (200, a structured CloudEvent) if it comes within N seconds, else still 202.
+
+A request is authenticated by ``Authorization: Bearer``: the platform's
+PAYSTREAM_INGRESS_TOKEN (any tenant's commands, as a producer on the topic may send), or
+one of the command's tenant's own keys (``paystream tenants api-key create``). Another
+tenant's key, an unknown tenant, a revoked key: one answer (401), so that a key's holder
+learns nothing about other tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+from typing import Any, cast
+from urllib.parse import unquote
+
+import aiohttp.web
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.v1.event import CloudEvent
+from faust.web import Request, Response, View
+from pydantic import ValidationError
+
+from paystream import metrics
+from paystream.agents.tenants import registry
+from paystream.app import app, settings
+from paystream.client import InvalidCommand, encoded_for_sending, new_request_header
+from paystream.errors import PaystreamError
+from paystream.log_limits import ThrottledLog
+from paystream.streams.codec import (
+    STRUCTURED_CONTENT_TYPE,
+    KafkaRecord,
+    UndecodableRecord,
+    decode_record,
+)
+from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, validation_errors
+from paystream.streams.outcomes import REQUEST_HEADER
+from paystream.streams.pan import redact_card_numbers
+from paystream.streams.tracecontext import parse_traceparent, valid_tracestate
+from paystream.tenancy.ingress_keys import key_matches
+from paystream.tenancy.models import UNREGISTERED
+from paystream.web.outcome_waits import OutcomeWaits
+from paystream.web.produce import NotProduced, produce_command
+
+__all__ = ["CommandIngressView"]
+
+log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
+
+MAX_WAIT_SECONDS = 30.0
+# A worker whose senders stopped waiting stops reading the events topic for them.
+IDLE_READER_SECONDS = 300.0
+# Validation errors listed in a 400 (the rest counted), as a rejection outcome lists them.
+ERRORS_SHOWN = 10
+_BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+# RFC 7240: "wait=<delta-seconds>" among the Prefer header's preferences.
+_WAIT = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?(\d{1,6})\"?\s*(?=[;,]|$)", re.IGNORECASE)
+
+_waits = OutcomeWaits(settings)
+
+
+class _Refused(Exception):
+    """A request answered with an error: (status, result label, error code, message)."""
+
+    def __init__(self, status: int, result: str, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.result, self.error, self.extra = status, result, error, extra
+
+
+@app.page("/v1/commands")
+class CommandIngressView(View):
+    """One command, produced to the commands topic for its tenant."""
+
+    async def post(self, request: Request) -> Response:
+        tenant_label = UNREGISTERED
+        try:
+            credential = _bearer(request)
+            platform = credential is not None and _is_platform_token(credential)
+            if credential is None or not (platform or credential.startswith("psk_")):
+                raise _unauthorized()  # (before the body is read)
+            body = await _body(request)
+            event = _decoded(request, body)
+            tenant = event.get_extension("tenantid")
+            if not isinstance(tenant, str) or not tenant:
+                raise _invalid("the event names no tenant (the `tenantid` extension)")
+            if not platform:
+                if not registry.ready.is_set():
+                    raise _unavailable("the tenant registry is loading")
+                found = registry.tenants.get(tenant)
+                if found is None or key_matches(found.ingress_keys, credential) is None:
+                    raise _unauthorized()
+            if tenant in registry.tenants:
+                tenant_label = tenant
+            rec, command_id = _command_record(_with_trace_context(event, request))
+            return await self._produced(request, tenant, command_id, event, rec, tenant_label)
+        except _Refused as refused:
+            metrics.INGRESS.labels(tenant_label, refused.result).inc()
+            body_out = {"error": refused.error, "message": str(refused), **refused.extra}
+            headers = {"Retry-After": "1"} if refused.status == 503 else None
+            if refused.status == 401:
+                headers = {"WWW-Authenticate": 'Bearer realm="paystream"'}
+            return self.json(body_out, status=refused.status, headers=headers)
+
+    async def _produced(
+        self,
+        request: Request,
+        tenant: str,
+        command_id: str,
+        event: CloudEvent,
+        rec: KafkaRecord,
+        tenant_label: str,
+    ) -> Response:
+        """Produce the command; the 202 or, waited for, its outcome."""
+        wait = _preferred_wait(request.headers.get("Prefer", ""))
+        waiter: asyncio.Future[CloudEvent] | None = None
+        if wait:
+            try:
+                reader = await _waits.reader()
+            except Exception as exc:  # the preference is a wish: the command still goes
+                _throttled.warning(
+                    ("reader",), "ingress: outcomes cannot be read (%s): answering 202",
+                    type(exc).__name__,
+                )  # fmt: skip
+            else:
+                request_header = new_request_header()
+                # Awaited before it is produced: its outcome may come at once.
+                waiter = reader.expect(tenant, command_id, request=request_header)
+                headers = (*rec.headers, (REQUEST_HEADER, request_header.encode()))
+                rec = KafkaRecord(rec.key, rec.value, headers)
+        try:
+            await produce_command(rec, tenant, "ingress")
+        except NotProduced:
+            if waiter is not None:
+                waiter.cancel()
+            raise _unavailable(
+                "the broker did not acknowledge the command: it may or may not have been "
+                "taken; send it again with the same id"
+            ) from None
+        accepted = {
+            "accepted": True,
+            "tenant": tenant,
+            "command_id": command_id,
+            "idempotency_key": str(event.get_extension("idempotencykey") or command_id),
+        }
+        if waiter is not None and wait is not None:
+            try:
+                outcome = await asyncio.wait_for(waiter, wait)
+            except (TimeoutError, PaystreamError):
+                pass  # (not within the wait, or the reader stopped: it comes on the topic)
+            else:
+                metrics.INGRESS.labels(tenant_label, "answered").inc()
+                message = ce_http.to_structured_event(outcome)
+                return self.bytes(
+                    message.body,
+                    content_type=STRUCTURED_CONTENT_TYPE,
+                    headers={"Preference-Applied": f"wait={wait:g}"},
+                )
+        metrics.INGRESS.labels(tenant_label, "accepted").inc()
+        return self.json(accepted, status=202)
+
+
+def _unauthorized() -> _Refused:
+    return _Refused(
+        401,
+        "unauthorized",
+        "unauthorized",
+        "a valid key for the command's tenant is required (Authorization: Bearer <key>)",
+    )
+
+
+def _invalid(message: str, **extra: Any) -> _Refused:
+    return _Refused(400, "invalid", "validation_error", message, **extra)
+
+
+def _unavailable(message: str) -> _Refused:
+    return _Refused(503, "unavailable", "unavailable", f"{message}; retry")
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    # The scheme is case-insensitive (RFC 7235).
+    return credentials.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _is_platform_token(credential: str) -> bool:
+    token = settings.ingress_token
+    if token is None:
+        return False
+    try:
+        return hmac.compare_digest(credential.encode(), token.get_secret_value().encode())
+    except UnicodeEncodeError:  # not UTF-8: not the token
+        return False
+
+
+async def _body(request: Request) -> bytes:
+    """The body, refused 413 past the largest command a worker takes."""
+    limit = settings.command_max_bytes
+    too_large = _Refused(
+        413, "too_large", "payload_too_large", f"a command is at most {limit} bytes"
+    )
+    if (cast(aiohttp.web.Request, request).content_length or 0) > limit:
+        raise too_large
+    body = bytes(await request.read())
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
+def _decoded(request: Request, body: bytes) -> CloudEvent:
+    """The request's CloudEvent, read as a worker reads a Kafka record (the same decoder,
+    so both ways in take the same events): HTTP's ``ce-`` headers, percent-decoded, are
+    Kafka's ``ce_`` ones."""
+    ctype = request.headers.get("Content-Type", "")
+    media = ctype.split(";")[0].strip().lower()
+    if media == _BATCH_CONTENT_TYPE:
+        raise _Refused(
+            415, "unsupported_media_type", "unsupported_media_type",
+            "one command a request: batched mode is not taken (send each, concurrently)",
+        )  # fmt: skip
+    headers: dict[str, bytes] = {}
+    given = cast(aiohttp.web.Request, request).headers  # (a multidict: names may repeat)
+    names = {name.lower() for name in given if name.lower().startswith("ce-")}
+    for name in sorted(names):
+        values = given.getall(name)
+        if len(values) > 1:
+            raise _invalid(f"header {name!r} given more than once")
+        try:
+            # (HTTP binding §3.1.3.2: values are percent-encoded UTF-8.)
+            headers["ce_" + name[3:]] = unquote(values[0], errors="strict").encode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise _invalid(f"header {name!r} is not percent-encoded UTF-8") from None
+    if not headers and media != STRUCTURED_CONTENT_TYPE:
+        raise _Refused(
+            415, "unsupported_media_type", "unsupported_media_type",
+            f"a CloudEvent: binary mode (ce-* headers) or {STRUCTURED_CONTENT_TYPE}",
+        )  # fmt: skip
+    if ctype:
+        headers["content-type"] = ctype.encode("utf-8", "replace")
+    try:
+        return decode_record(None, body, headers)
+    except UndecodableRecord as exc:
+        # (The decoder's words may quote what was sent: never a card number.)
+        raise _invalid(f"not a CloudEvent: {redact_card_numbers(str(exc))[:300]}") from None
+
+
+def _with_trace_context(event: CloudEvent, request: Request) -> CloudEvent:
+    """The event with the request's W3C trace context (its ``traceparent`` header), when
+    the event carries none of its own: the command's trace continues the caller's."""
+    if event.get_extension("traceparent") is not None:
+        return event
+    traceparent = request.headers.get("traceparent")
+    if traceparent is None or parse_traceparent(traceparent) is None:
+        return event
+    attributes = {**event.get_attributes(), "traceparent": traceparent}
+    tracestate = valid_tracestate(traceparent, request.headers.get("tracestate"))
+    if tracestate is not None:
+        attributes["tracestate"] = tracestate
+    return CloudEvent(attributes, event.get_data())
+
+
+def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
+    """The command's Kafka record and id; refused as a worker would refuse it unrun."""
+    command_type = str(event.get_type())
+    name = command_type.removeprefix(COMMAND_PREFIX)
+    if not command_type.startswith(COMMAND_PREFIX) or name not in COMMANDS:
+        raise _Refused(
+            400, "invalid", "unsupported",
+            f"not a paystream command type (`{COMMAND_PREFIX}<domain>.<verb>`; "
+            f"known: {', '.join(sorted(COMMANDS))})",
+        )  # fmt: skip
+    try:
+        # Card data anywhere, ids a worker would answer under another name.
+        rec = encoded_for_sending(event, settings.cloudevents_mode, settings)
+    except InvalidCommand as exc:
+        raise _invalid(str(exc)) from None
+    try:
+        COMMANDS[name].model_validate(event.get_data() or {})
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        raise _invalid(
+            f"invalid {name} data", errors=errors[:ERRORS_SHOWN], error_count=len(errors)
+        ) from None
+    return rec, str(event.get_id())
+
+
+def _preferred_wait(prefer: str) -> float | None:
+    """Seconds to wait for the outcome (RFC 7240 ``Prefer: wait=N``, capped), or None."""
+    found = _WAIT.search(prefer)
+    if found is None:
+        return None
+    seconds = min(float(found.group(1)), MAX_WAIT_SECONDS)
+    return seconds or None
+
+
+@app.timer(interval=60.0)
+async def stop_idle_outcome_reader() -> None:
+    await _waits.stop_if_idle(IDLE_READER_SECONDS)
+
+
+async def _stop_outcome_reader(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    await _waits.stop()
+
+
+app.on_before_shutdown.connect(_stop_outcome_reader)

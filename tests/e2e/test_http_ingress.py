@@ -1,0 +1,383 @@
+"""The HTTP command ingress into a real worker: `POST /v1/commands`.
+
+Commands posted in both CloudEvents HTTP modes are produced to the commands topic and
+run by the pipeline as any command; `Prefer: wait` answers their outcome. Every refusal
+(no key, another tenant's key, a revoked one, card data, invalid data, an unknown type,
+too large, not a CloudEvent) is answered before anything reaches the topic, which the
+tests check by the topic's end offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import yaml
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from paystream.client import PaystreamClient
+from paystream.devstack._process import wait_until
+from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy.ingress_keys import new_key
+from paystream.tenancy.models import Tenant
+from tests.fixtures.pipeline import Deployment
+from tests.test_cli import run_cli
+from tests.test_docs import validator
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+PLATFORM_TOKEN = f"platform-{uuid.uuid4().hex}"
+SHOP_KEY_ID, SHOP_KEY, SHOP_KEPT = new_key("checkout service")
+OTHER_KEY_ID, OTHER_KEY, OTHER_KEPT = new_key()
+CARD = "4242424242424242"  # Stripe's public test number: no real card
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def deployed(deployment_factory: Any) -> AsyncIterator[tuple[Deployment, str]]:
+    dep: Deployment = await deployment_factory(paystream_ingress_token=PLATFORM_TOKEN)
+    with dep.worker() as worker:
+        await dep.add_tenants(
+            Tenant(tenant_id="shop", ingress_keys={SHOP_KEY_ID: SHOP_KEPT}),
+            Tenant(tenant_id="other", ingress_keys={OTHER_KEY_ID: OTHER_KEPT}),
+            # (its provider answers after 3 s)
+            Tenant(tenant_id="slow", gateway_options={"latency_ms": 3000}),
+        )
+        worker.wait_ready(["shop", "other", "slow"], partitions=dep.settings.partitions)
+        yield dep, f"{worker.base_url}/v1/commands"
+        log = worker.log_path.read_text(errors="replace")
+    for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, CARD):
+        assert secret not in log
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def client(deployed: tuple[Deployment, str]) -> AsyncIterator[PaystreamClient]:
+    async with deployed[0].client() as c:
+        yield c
+
+
+def structured(command_type: str, data: Any, tenant: str = "shop", **attrs: Any) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": attrs.pop("id", str(uuid.uuid4())),
+        "source": "/tests/http",
+        "type": f"com.paystream.command.{command_type}",
+        "tenantid": tenant,
+        "datacontenttype": "application/json",
+        "data": data,
+        **attrs,
+    }
+
+
+async def post(
+    url: str,
+    event: dict[str, Any] | None = None,
+    *,
+    key: str | None = SHOP_KEY,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    sent = {"Content-Type": "application/cloudevents+json", **(headers or {})}
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    payload = body if body is not None else json.dumps(event).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=payload, headers=sent) as resp,
+    ):
+        text = await resp.text()
+        try:
+            answer: Any = json.loads(text)
+        except ValueError:
+            answer = text
+        return resp.status, dict(resp.headers), answer
+
+
+async def commands_end(dep: Deployment) -> dict[int, int]:
+    """The commands topic's end offset per partition: unchanged, nothing was produced."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(dep.settings.commands_topic, p) for p in range(dep.settings.partitions)
+        ]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def test_a_structured_command_is_accepted_and_run(
+    deployed: tuple[Deployment, str], client: PaystreamClient
+) -> None:
+    _, url = deployed
+    event = structured("customer.create", {"email": "ada@example.com"})
+    outcome = client.expect("shop", event["id"])
+    status, _, answer = await post(url, event)
+    assert status == 202, answer
+    assert answer == {
+        "accepted": True,
+        "tenant": "shop",
+        "command_id": event["id"],
+        "idempotency_key": event["id"],
+    }
+    done = await asyncio.wait_for(outcome, 60)
+    assert done.get_type() == "com.paystream.customer.created"
+
+
+async def test_a_binary_command_waited_for_is_answered_with_its_outcome(
+    deployed: tuple[Deployment, str],
+) -> None:
+    _, url = deployed
+    command_id = str(uuid.uuid4())
+    headers = {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-id": command_id,
+        "ce-source": "/tests/http",
+        "ce-type": "com.paystream.command.payment.create",
+        "ce-tenantid": "shop",
+        "ce-idempotencykey": f"order%2F{command_id}",  # percent-encoded, as HTTP says
+        "Prefer": "respond-async, wait=20",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }
+    data = {"amount": 4200, "currency": "EUR", "payment_method_token": "pm_card_visa"}
+    status, got, answer = await post(url, body=json.dumps(data).encode(), headers=headers)
+    assert status == 200, answer
+    assert got["Content-Type"].startswith("application/cloudevents+json")
+    assert got["Preference-Applied"] == "wait=20"
+    assert answer["type"] == "com.paystream.payment.succeeded"
+    assert answer["causationid"] == command_id
+    assert answer["tenantid"] == "shop"
+    assert answer["data"]["object"]["amount"] == 4200
+    # The caller's trace continues in the outcome.
+    assert answer["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+
+    # Sent again under the same key (decoded: "order/<id>"), with another id: the first
+    # command's very event, not a second charge.
+    again = {**headers, "ce-id": str(uuid.uuid4())}
+    status, _, replayed = await post(url, body=json.dumps(data).encode(), headers=again)
+    assert status == 200, replayed
+    assert replayed["id"] == answer["id"]
+    assert replayed["causationid"] == command_id
+
+
+async def test_an_outcome_later_than_the_wait_is_answered_202(
+    deployed: tuple[Deployment, str], client: PaystreamClient
+) -> None:
+    _, url = deployed
+    data = {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    event = structured("payment.create", data, tenant="slow")
+    outcome = client.expect("slow", event["id"])
+    status, headers, answer = await post(
+        url, event, key=PLATFORM_TOKEN, headers={"Prefer": "wait=1"}
+    )
+    assert status == 202, answer
+    assert "Preference-Applied" not in headers
+    assert answer["command_id"] == event["id"]
+    # It runs all the same, and its outcome goes out on the topic.
+    done = await asyncio.wait_for(outcome, 60)
+    assert done.get_type() == "com.paystream.payment.succeeded"
+
+
+async def test_a_rejection_is_the_outcome_too(deployed: tuple[Deployment, str]) -> None:
+    """The platform's token sends for any tenant; the pipeline judges the tenant."""
+    _, url = deployed
+    event = structured("customer.create", {}, tenant="nobody")
+    status, _, answer = await post(url, event, key=PLATFORM_TOKEN, headers={"Prefer": "wait=20"})
+    assert status == 200, answer
+    assert answer["type"] == "com.paystream.command.rejected"
+    assert answer["data"]["reason"] == "unknown_tenant"
+
+
+@pytest.mark.parametrize(
+    ("why", "key", "tenant"),
+    [
+        ("no key", None, "shop"),
+        ("another tenant's key", OTHER_KEY, "shop"),
+        ("an unknown tenant", SHOP_KEY, "nobody"),
+        ("a forged key of the right id", f"psk_{SHOP_KEY_ID}_{'A' * 43}", "shop"),
+        ("the operators' kind of token", "not-a-key", "shop"),
+    ],
+)
+async def test_who_may_not_send_is_refused_alike(
+    deployed: tuple[Deployment, str], why: str, key: str | None, tenant: str
+) -> None:
+    dep, url = deployed
+    before = await commands_end(dep)
+    status, headers, answer = await post(url, structured("customer.create", {}, tenant), key=key)
+    assert status == 401, why
+    assert answer["error"] == "unauthorized"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert await commands_end(dep) == before
+
+
+@pytest.mark.parametrize(
+    ("why", "event", "status", "error"),
+    [
+        (
+            "a card number in the data",
+            structured("customer.create", {"metadata": {"note": f"card {CARD}"}}),
+            400,
+            "validation_error",
+        ),
+        (
+            "a card number as the id",
+            structured("customer.create", {}, id=CARD),
+            400,
+            "validation_error",
+        ),
+        (
+            "invalid data",
+            structured("payment.create", {"amount": -1, "currency": "EUR"}),
+            400,
+            "validation_error",
+        ),
+        ("an unknown command", structured("payment.teleport", {}), 400, "unsupported"),
+        (
+            "no tenant",
+            {**structured("customer.create", {}), "tenantid": None},
+            400,
+            "validation_error",
+        ),
+        (
+            "no id",
+            {k: v for k, v in structured("customer.create", {}).items() if k != "id"},
+            400,
+            "validation_error",
+        ),
+    ],
+)
+async def test_what_a_worker_would_refuse_is_refused_before_the_topic(
+    deployed: tuple[Deployment, str], why: str, event: dict[str, Any], status: int, error: str
+) -> None:
+    dep, url = deployed
+    before = await commands_end(dep)
+    got, _, answer = await post(url, event)
+    assert (got, answer["error"]) == (status, error), (why, answer)
+    assert CARD not in json.dumps(answer)
+    assert await commands_end(dep) == before
+
+
+async def test_validation_errors_name_the_fields(deployed: tuple[Deployment, str]) -> None:
+    _, url = deployed
+    status, _, answer = await post(url, structured("payment.create", {"amount": "x"}))
+    assert status == 400
+    assert answer["message"] == "invalid payment.create data"
+    assert {"amount", "currency"} <= {e["loc"] for e in answer["errors"]}
+    assert answer["error_count"] == len(answer["errors"])
+
+
+@pytest.mark.parametrize(
+    ("why", "headers", "body", "status"),
+    [
+        ("not JSON", {}, b"{not json", 400),
+        ("plain text", {"Content-Type": "text/plain"}, b"hello", 415),
+        ("a batch", {"Content-Type": "application/cloudevents-batch+json"}, b"[]", 415),
+        ("too large", {}, b"x" * (64 * 1024 + 1), 413),
+    ],
+)
+async def test_what_is_no_command_is_refused(
+    deployed: tuple[Deployment, str], why: str, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    dep, url = deployed
+    before = await commands_end(dep)
+    got, _, answer = await post(url, headers=headers, body=body)
+    assert got == status, (why, answer)
+    assert await commands_end(dep) == before
+
+
+async def test_a_header_given_twice_is_refused(deployed: tuple[Deployment, str]) -> None:
+    _, url = deployed
+    async with aiohttp.ClientSession() as session:
+        headers = [
+            ("Authorization", f"Bearer {SHOP_KEY}"),
+            ("Content-Type", "application/json"),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "one"),
+            ("ce-id", "two"),
+            ("ce-source", "/tests"),
+            ("ce-type", "com.paystream.command.customer.create"),
+            ("ce-tenantid", "shop"),
+        ]
+        async with session.post(url, data=b"{}", headers=headers) as resp:
+            assert resp.status == 400
+            assert "given more than once" in (await resp.json())["message"]
+
+
+async def test_a_key_made_by_the_cli_sends_until_revoked(deployed: tuple[Deployment, str]) -> None:
+    """`paystream tenants api-key create|list|revoke`, as an operator runs them."""
+    dep, url = deployed
+    run_cli(dep, "tenants", "add", "newco")
+    made = run_cli(dep, "tenants", "api-key", "create", "newco", "--label", "billing")
+    key = made.stdout.strip()
+    assert key.startswith("psk_") and "shown only now" in made.stderr
+    listed = [
+        json.loads(line)
+        for line in run_cli(dep, "tenants", "api-key", "list", "newco").stdout.splitlines()
+    ]
+    assert [(k["id"], k["label"]) for k in listed] == [(key.split("_")[1], "billing")]
+    # The registry keeps its digest, never the key.
+    shown = run_cli(dep, "tenants", "list").stdout
+    assert key not in shown and key.split("_")[1] in shown
+
+    async def until(expected: int) -> None:
+        for _ in range(600):
+            answered = await post(url, structured("customer.create", {}, "newco"), key=key)
+            if answered[0] == expected:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never answered {expected}")
+
+    await until(202)  # (once the worker has read the new record)
+    run_cli(dep, "tenants", "api-key", "revoke", "newco", listed[0]["id"])
+    await until(401)
+    again = run_cli(dep, "tenants", "api-key", "revoke", "newco", listed[0]["id"], check=False)
+    assert again.returncode != 0 and "has no key" in again.stderr
+
+
+async def test_requests_are_counted(deployed: tuple[Deployment, str]) -> None:
+    _, url = deployed
+    metrics_url = url.removesuffix("/v1/commands") + "/metrics"
+
+    def counted() -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        return (
+            'paystream_ingress_requests_total{result="accepted",tenant="shop"}' in text
+            and 'paystream_ingress_requests_total{result="unauthorized",tenant="(unregistered)"}'
+            in text
+        )
+
+    await asyncio.to_thread(wait_until, counted, timeout=30, what="ingress metrics")
+
+
+async def test_the_answers_are_the_documented_ones(deployed: tuple[Deployment, str]) -> None:
+    """Each answer validates against docs/openapi.yaml's schema for its status."""
+    _, url = deployed
+    openapi = yaml.safe_load((Path(__file__).parents[2] / "docs" / "openapi.yaml").read_text())
+    data = {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    cases = [
+        (202, await post(url, structured("customer.create", {}))),
+        (200, await post(url, structured("payment.create", data), headers={"Prefer": "wait=20"})),
+        (400, await post(url, structured("payment.create", {"amount": "x"}))),
+        (400, await post(url, structured("payment.teleport", {}))),
+        (400, await post(url, body=b"{not json")),
+        (401, await post(url, structured("customer.create", {}), key=None)),
+        (413, await post(url, body=b"x" * (64 * 1024 + 1))),
+        (415, await post(url, headers={"Content-Type": "text/plain"}, body=b"hi")),
+    ]
+    for status, (got, headers, answer) in cases:
+        assert got == status, answer
+        ctype = headers["Content-Type"].split(";")[0].replace("/", "~1")
+        pointer = f"/paths/~1v1~1commands/post/responses/{status}/content/{ctype}/schema"
+        validator(openapi, pointer).validate(answer)
