@@ -1509,6 +1509,11 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             env["PAYSTREAM_DB_APP_PASSWORD"] = _dev_secret(data_dir / "dev", "db-app.password")
             password_file = shlex.quote(str(data_dir / "dev" / "db-app.password"))
             exports["PAYSTREAM_DB_APP_PASSWORD"] = f'"$(cat {password_file})"'
+        if "PAYSTREAM_INGRESS_TOKEN" not in env:
+            # The platform's key for POST /v1/commands (the demo sends a share over HTTP).
+            env["PAYSTREAM_INGRESS_TOKEN"] = _dev_secret(data_dir / "dev", "ingress.token")
+            token_file = shlex.quote(str(data_dir / "dev" / "ingress.token"))
+            exports["PAYSTREAM_INGRESS_TOKEN"] = f'"$(cat {token_file})"'
 
         os.environ.update(
             {
@@ -1549,6 +1554,10 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         opener = "?token=<PAYSTREAM_WEB_TOKEN>" if run_settings.web_token else ""
         click.echo(f"dashboard  {base}/{opener}")
         click.echo(f"metrics    {base}/metrics")
+        click.echo(
+            f"commands   POST {base}/v1/commands (Authorization: Bearer "
+            "$PAYSTREAM_INGRESS_TOKEN, set by the export line below)"
+        )
         click.echo(f"worker log {log_path}")
         click.echo(
             "CLI from another shell (puts `paystream` on the PATH; the broker flavor "
@@ -1566,7 +1575,7 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             return f"worker exited; see {log_path}" if worker.exited() else stack.died()
 
         if demo:
-            asyncio.run(_stoppable(_demo(run_settings, rate, duration, gone)))
+            asyncio.run(_stoppable(_demo(run_settings, rate, duration, gone, http_base=base)))
         else:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
@@ -1689,11 +1698,16 @@ async def _demo(
     rate: float,
     duration: float | None,
     gone: Callable[[], str | None] | None = None,
+    *,
+    http_base: str | None = None,
 ) -> None:
     """Demo flows until ``duration``; with ``gone``, stop when it says why (the worker or
-    a server of the stack died)."""
+    a server of the stack died); with ``http_base`` (a worker's URL) and an ingress
+    token, a share of the flows go over the HTTP ingress."""
+    import aiohttp
+
     from paystream.client import PaystreamClient
-    from paystream.demo import run_demo
+    from paystream.demo import HttpSender, run_demo
 
     why: str | None = None
 
@@ -1709,7 +1723,17 @@ async def _demo(
             f"[{elapsed:6.0f}s] outcomes {total} ({total / max(elapsed, 1e-9):.1f}/s): {top}"
         )
 
-    async with PaystreamClient(settings) as client, _demo_customers(settings) as authenticate:
+    async with (
+        PaystreamClient(settings) as client,
+        _demo_customers(settings) as authenticate,
+        aiohttp.ClientSession() as session,
+    ):
+        token = settings.ingress_token
+        http = (
+            HttpSender(session, http_base, token.get_secret_value())
+            if http_base is not None and token is not None
+            else None
+        )
         demo = asyncio.ensure_future(
             run_demo(
                 client,
@@ -1718,6 +1742,7 @@ async def _demo(
                 duration=duration,
                 on_progress=progress,
                 authenticate=authenticate,
+                http=http,
             )
         )
         watcher = asyncio.ensure_future(watch_worker())

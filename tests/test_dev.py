@@ -11,11 +11,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from paystream.devstack._process import free_port
+from paystream.devstack._process import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +25,13 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _answered_over_http(metrics_url: str) -> bool:
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.search(r'paystream_ingress_requests_total\{result="answered",[^}]*\} (\S+)', text)
+    return found is not None and float(found.group(1)) > 0
 
 
 def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
@@ -88,6 +96,13 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert f'PATH="{Path(sys.executable).parent}:$PATH"' in output, output
         master_key = (data_dir / "dev" / "dev-master.key").read_text().strip()
         assert master_key not in output and "dev-master.key" in output
+        # A share of the demo's flows goes through the HTTP ingress, under the platform's
+        # dev token, which other shells get by reference only.
+        token = (data_dir / "dev" / "ingress.token").read_text().strip()
+        assert token not in output and "ingress.token" in output
+        assert f"POST http://127.0.0.1:{web_port}/v1/commands" in output, output
+        metrics = f"http://127.0.0.1:{web_port}/metrics"
+        wait_until(lambda: _answered_over_http(metrics), timeout=90, what="HTTP demo flows")
         # A second `dev` from the same data dir (on another port, as a busy port suggests)
         # is refused: starting its PostgreSQL wiped the first one's data dir under it.
         second = subprocess.run(
