@@ -1592,7 +1592,10 @@ def _ingress_path() -> Doc:
                     "another tenant's key, a revoked one: one answer for all)",
                     {"WWW-Authenticate": {"schema": _STR}},
                 ),
-                "413": _json("Error", "larger than PAYSTREAM_COMMAND_MAX_BYTES"),
+                "413": _json(
+                    "Error",
+                    "larger than PAYSTREAM_COMMAND_MAX_BYTES, or its attributes over 16 KiB",
+                ),
                 "415": _json(
                     "Error",
                     "neither binary mode (`ce-` headers) nor structured JSON; a batch "

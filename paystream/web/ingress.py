@@ -34,16 +34,19 @@ from faust.web import Request, Response, View
 from pydantic import ValidationError
 
 from paystream import metrics
+from paystream.agents.card_data import kept_headers
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.client import InvalidCommand, encoded_for_sending, new_request_header
 from paystream.errors import PaystreamError
 from paystream.log_limits import ThrottledLog
+from paystream.settings import ATTRIBUTES_MAX_BYTES
 from paystream.streams.codec import (
     STRUCTURED_CONTENT_TYPE,
     KafkaRecord,
     UndecodableRecord,
     decode_record,
+    is_structured,
 )
 from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, validation_errors
 from paystream.streams.outcomes import REQUEST_HEADER
@@ -285,6 +288,18 @@ def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
         rec = encoded_for_sending(event, settings.cloudevents_mode, settings)
     except InvalidCommand as exc:
         raise _invalid(str(exc)) from None
+    # The key and CloudEvents attributes have a limit of their own at the worker (outcomes
+    # and stored records echo them): over it, refused here rather than answered
+    # payload_too_large from the topic.
+    kept = kept_headers(dict(rec.headers))
+    attributes = len(rec.key or b"") + sum(map(len, kept)) + sum(map(len, kept.values()))
+    if is_structured(kept):
+        attributes = sum(len(k) + len(str(v)) for k, v in event.get_attributes().items())
+    if attributes > ATTRIBUTES_MAX_BYTES:
+        raise _Refused(
+            413, "too_large", "payload_too_large",
+            f"the command's attributes are {attributes} bytes: at most {ATTRIBUTES_MAX_BYTES}",
+        )  # fmt: skip
     try:
         COMMANDS[name].model_validate(event.get_data() or {})
     except ValidationError as exc:

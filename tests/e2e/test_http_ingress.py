@@ -242,6 +242,12 @@ async def test_who_may_not_send_is_refused_alike(
         ),
         ("an unknown command", structured("payment.teleport", {}), 400, "unsupported"),
         (
+            "attributes over the worker's 16 KiB",
+            structured("customer.create", {}, source="/" + "s" * 20_000),
+            413,
+            "payload_too_large",
+        ),
+        (
             "no tenant",
             {**structured("customer.create", {}), "tenantid": None},
             400,
