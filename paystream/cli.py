@@ -600,7 +600,7 @@ def tenants_api_key_create(tenant_id: str, label: str) -> None:
             f"{tenant_id} holds {len(known.ingress_keys)} keys, the most it may: revoke one first"
         )
     try:
-        key_id, text, kept = new_key(label)
+        key_id, text, kept = new_key(label, taken=known.ingress_keys.keys())
         keys = {**known.ingress_keys, key_id: kept}
         updated = Tenant.model_validate({**known.model_dump(), "ingress_keys": keys})
     except ValidationError as exc:

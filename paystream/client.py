@@ -283,6 +283,10 @@ class PaystreamClient:
 
     async def _read(self) -> None:
         async for msg in self._consumer:
+            if not self._waiters:
+                # Nobody awaits an outcome: none is decoded (a worker's ingress reader
+                # follows every tenant's outcomes, and idles so for minutes).
+                continue
             try:
                 event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
                 headers = dict(msg.headers or ())

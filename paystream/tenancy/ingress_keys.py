@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -23,6 +23,7 @@ __all__ = [
     "KEY_ID_PATTERN",
     "MAX_KEYS_PER_TENANT",
     "IngressKey",
+    "key_id_of",
     "key_matches",
     "new_key",
 ]
@@ -32,7 +33,7 @@ KEY_ID_PATTERN = r"^[0-9a-f]{8}$"
 # grown without bound would slow every registry read.
 MAX_KEYS_PER_TENANT = 10
 _PREFIX = "psk_"
-_KEY = re.compile(r"^psk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
+_KEY = re.compile(r"psk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})\Z")
 
 
 class IngressKey(BaseModel):
@@ -45,12 +46,23 @@ class IngressKey(BaseModel):
     label: Annotated[str, StringConstraints(max_length=100)] = ""
 
 
-def new_key(label: str = "", now: datetime | None = None) -> tuple[str, str, IngressKey]:
-    """A fresh key: (its id, the key itself, what the registry keeps of it)."""
+def new_key(
+    label: str = "", now: datetime | None = None, taken: Collection[str] = ()
+) -> tuple[str, str, IngressKey]:
+    """A fresh key: (its id, the key itself, what the registry keeps of it); its id is
+    none of ``taken`` (the tenant's other keys': one of the same id would replace it)."""
     key_id = secrets.token_hex(4)
+    while key_id in taken:
+        key_id = secrets.token_hex(4)
     text = f"{_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     kept = IngressKey(digest=_digest(text), created_at=now or datetime.now(UTC), label=label)
     return key_id, text, kept
+
+
+def key_id_of(text: str) -> str | None:
+    """The id a key names, if ``text`` is shaped as a key."""
+    found = _KEY.match(text)
+    return None if found is None else found.group(1)
 
 
 def key_matches(keys: Mapping[str, IngressKey], text: str) -> str | None:

@@ -59,10 +59,12 @@ class RegistryState:
     # Of those, the ones whose unreadable record still says "suspended".
     unreadable_suspended: set[str] = field(default_factory=set)
     invalid: int = 0  # records skipped as invalid, for the log and tests
+    changes: int = 0  # records applied (and swaps): what is derived from it is redone
 
     def apply(self, key: bytes | None, value: bytes | None) -> str | None:
         """One registry record: the tenant's new record, or a tombstone. Returns the
         tenant id it concerns (None for a record without one)."""
+        self.changes += 1
         try:
             tenant_id = json.loads(key) if key else None
         except (ValueError, RecursionError):  # hostile nesting must not stop the mirror
@@ -143,6 +145,9 @@ class RegistryMirror:
         self.tenants = self._state.tenants
         self.unreadable = self._state.unreadable
         self.ready = asyncio.Event()
+        # Every tenant's ingress key ids, as of ``_state.changes`` (see has_ingress_key).
+        self._key_ids: frozenset[str] = frozenset()
+        self._key_ids_at = -1
 
     @property
     def invalid(self) -> int:
@@ -151,6 +156,15 @@ class RegistryMirror:
     def apply(self, key: bytes | None, value: bytes | None) -> str | None:
         """Apply one registry record to the tenants served now."""
         return self._state.apply(key, value)
+
+    def has_ingress_key(self, key_id: str) -> bool:
+        """Does any tenant hold an ingress key of this id? (Asked before a request's body
+        is read, so that a made-up key costs no parsing; the key itself, and whose it
+        is, is checked against the command's tenant after.)"""
+        if self._key_ids_at != self._state.changes:
+            self._key_ids = frozenset(k for t in self.tenants.values() for k in t.ingress_keys)
+            self._key_ids_at = self._state.changes
+        return key_id in self._key_ids
 
     def _swap_in(self, loaded: RegistryState) -> None:
         # A tenant whose only record left (compacted) is one this worker cannot read is
@@ -169,6 +183,7 @@ class RegistryMirror:
         self._state.unreadable_suspended = loaded.unreadable_suspended
         # A re-read meets the records skipped before again: count them once.
         self._state.invalid = max(self._state.invalid, loaded.invalid)
+        self._state.changes += 1
 
     async def run(self) -> None:
         """Read the registry from the beginning, then follow it until cancelled."""

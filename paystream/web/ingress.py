@@ -34,11 +34,10 @@ from faust.web import Request, Response, View
 from pydantic import ValidationError
 
 from paystream import metrics
-from paystream.agents.card_data import kept_headers
+from paystream.agents.card_data import kept_headers, trace_context_without_cards
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.client import InvalidCommand, encoded_for_sending, new_request_header
-from paystream.errors import PaystreamError
 from paystream.log_limits import ThrottledLog
 from paystream.settings import ATTRIBUTES_MAX_BYTES
 from paystream.streams.codec import (
@@ -52,7 +51,7 @@ from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, validation_erro
 from paystream.streams.outcomes import REQUEST_HEADER
 from paystream.streams.pan import redact_card_numbers
 from paystream.streams.tracecontext import parse_traceparent, valid_tracestate
-from paystream.tenancy.ingress_keys import key_matches
+from paystream.tenancy.ingress_keys import key_id_of, key_matches
 from paystream.tenancy.models import UNREGISTERED
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced, produce_command
@@ -63,6 +62,10 @@ log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
 
 MAX_WAIT_SECONDS = 30.0
+# The outcome reader's start (the first wait's) within this, or the sender is answered 202.
+READER_START_SECONDS = 5.0
+# Commands a worker's senders may wait on at once; beyond, answered 202 without waiting.
+MAX_WAITING = 2000
 # A worker whose senders stopped waiting stops reading the events topic for them.
 IDLE_READER_SECONDS = 300.0
 # Validation errors listed in a 400 (the rest counted), as a rejection outcome lists them.
@@ -91,16 +94,26 @@ class CommandIngressView(View):
         try:
             credential = _bearer(request)
             platform = credential is not None and _is_platform_token(credential)
-            if credential is None or not (platform or credential.startswith("psk_")):
-                raise _unauthorized()  # (before the body is read)
+            if not platform:
+                # Before the body is read: a made-up key costs no parsing.
+                key_id = None if credential is None else key_id_of(credential)
+                if key_id is None:
+                    raise _unauthorized()
+                if not registry.ready.is_set():
+                    raise _unavailable("the tenant registry is loading")
+                if not registry.has_ingress_key(key_id):
+                    raise _unauthorized()
             body = await _body(request)
             event = _decoded(request, body)
             tenant = event.get_extension("tenantid")
             if not isinstance(tenant, str) or not tenant:
                 raise _invalid("the event names no tenant (the `tenantid` extension)")
             if not platform:
-                if not registry.ready.is_set():
-                    raise _unavailable("the tenant registry is loading")
+                assert credential is not None
+                if tenant in registry.unreadable:
+                    # Its newest record (a newer paystream's) may have revoked the key:
+                    # what this worker holds is older. Fail closed; a peer may answer.
+                    raise _unavailable("this worker cannot read the tenant's newest record")
                 found = registry.tenants.get(tenant)
                 if found is None or key_matches(found.ingress_keys, credential) is None:
                     raise _unauthorized()
@@ -127,51 +140,63 @@ class CommandIngressView(View):
     ) -> Response:
         """Produce the command; the 202 or, waited for, its outcome."""
         wait = _preferred_wait(request.headers.get("Prefer", ""))
+        deadline = asyncio.get_running_loop().time() + (wait or 0)
         waiter: asyncio.Future[CloudEvent] | None = None
-        if wait:
-            try:
-                reader = await _waits.reader()
-            except Exception as exc:  # the preference is a wish: the command still goes
-                _throttled.warning(
-                    ("reader",), "ingress: outcomes cannot be read (%s): answering 202",
-                    type(exc).__name__,
-                )  # fmt: skip
-            else:
-                request_header = new_request_header()
-                # Awaited before it is produced: its outcome may come at once.
-                waiter = reader.expect(tenant, command_id, request=request_header)
-                headers = (*rec.headers, (REQUEST_HEADER, request_header.encode()))
-                rec = KafkaRecord(rec.key, rec.value, headers)
         try:
-            await produce_command(rec, tenant, "ingress")
-        except NotProduced:
+            if wait is not None:
+                waiter, rec = await _awaiting(tenant, command_id, rec, wait)
+            try:
+                await produce_command(rec, tenant, "ingress")
+            except NotProduced:
+                raise _unavailable(
+                    "the broker did not acknowledge the command: it may or may not have "
+                    "been taken; send it again with the same id"
+                ) from None
             if waiter is not None:
-                waiter.cancel()
-            raise _unavailable(
-                "the broker did not acknowledge the command: it may or may not have been "
-                "taken; send it again with the same id"
-            ) from None
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    outcome = await asyncio.wait_for(waiter, max(left, 0.0))
+                except TimeoutError:
+                    pass  # (it comes on the topic)
+                except Exception as exc:  # the reader failed: the command is taken all the same
+                    _throttled.warning(
+                        ("wait",), "ingress: an outcome wait failed (%s)", type(exc).__name__
+                    )
+                else:
+                    metrics.INGRESS.labels(tenant_label, "answered").inc()
+                    message = ce_http.to_structured_event(outcome)
+                    return self.bytes(
+                        message.body,
+                        content_type=STRUCTURED_CONTENT_TYPE,
+                        headers={"Preference-Applied": f"wait={wait:g}"},
+                    )
+        finally:
+            if waiter is not None:
+                waiter.cancel()  # (a no-op once answered; forgets it if the handler is cancelled)
+        metrics.INGRESS.labels(tenant_label, "accepted").inc()
         accepted = {
             "accepted": True,
             "tenant": tenant,
             "command_id": command_id,
             "idempotency_key": str(event.get_extension("idempotencykey") or command_id),
         }
-        if waiter is not None and wait is not None:
-            try:
-                outcome = await asyncio.wait_for(waiter, wait)
-            except (TimeoutError, PaystreamError):
-                pass  # (not within the wait, or the reader stopped: it comes on the topic)
-            else:
-                metrics.INGRESS.labels(tenant_label, "answered").inc()
-                message = ce_http.to_structured_event(outcome)
-                return self.bytes(
-                    message.body,
-                    content_type=STRUCTURED_CONTENT_TYPE,
-                    headers={"Preference-Applied": f"wait={wait:g}"},
-                )
-        metrics.INGRESS.labels(tenant_label, "accepted").inc()
         return self.json(accepted, status=202)
+
+
+async def _awaiting(
+    tenant: str, command_id: str, rec: KafkaRecord, wait: float
+) -> tuple[asyncio.Future[CloudEvent] | None, KafkaRecord]:
+    """A future for the command's outcome and the record marked for it (its own request
+    header, echoed on its outcome), or no future: the reader cannot be had in time (its
+    start is bounded by the wait), or as many senders wait as a worker lets."""
+    reader = await _waits.reader(within=min(wait, READER_START_SECONDS))
+    if reader is None or reader.awaited >= MAX_WAITING:
+        return None, rec
+    request_header = new_request_header()
+    # Awaited before it is produced: its outcome may come at once.
+    waiter = reader.expect(tenant, command_id, request=request_header)
+    headers = (*rec.headers, (REQUEST_HEADER, request_header.encode()))
+    return waiter, KafkaRecord(rec.key, rec.value, headers)
 
 
 def _unauthorized() -> _Refused:
@@ -273,6 +298,24 @@ def _with_trace_context(event: CloudEvent, request: Request) -> CloudEvent:
     return CloudEvent(attributes, event.get_data())
 
 
+def _without_card_trace(event: CloudEvent) -> CloudEvent:
+    """The event without trace context that reads as a card number (dropped, as the
+    worker drops it, not refused: a random trace id reads as one one time in 430). The
+    scans before producing leave trace context to the worker, and here paystream is the
+    producer: such a value must not reach the topic."""
+    traceparent = event.get_extension("traceparent")
+    tracestate = event.get_extension("tracestate")
+    kept = trace_context_without_cards(traceparent, tracestate)
+    if kept == (traceparent, tracestate):
+        return event
+    attributes = dict(event.get_attributes())
+    for name, value in zip(("traceparent", "tracestate"), kept, strict=True):
+        attributes.pop(name, None)
+        if value is not None:
+            attributes[name] = value
+    return CloudEvent(attributes, event.get_data())
+
+
 def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
     """The command's Kafka record and id; refused as a worker would refuse it unrun."""
     command_type = str(event.get_type())
@@ -283,9 +326,12 @@ def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
             f"not a paystream command type (`{COMMAND_PREFIX}<domain>.<verb>`; "
             f"known: {', '.join(sorted(COMMANDS))})",
         )  # fmt: skip
+    data = event.get_data()
+    if data not in (None, b"", "") and not isinstance(data, dict):  # (as the worker says)
+        raise _invalid("data must be a JSON object")
     try:
         # Card data anywhere, ids a worker would answer under another name.
-        rec = encoded_for_sending(event, settings.cloudevents_mode, settings)
+        rec = encoded_for_sending(_without_card_trace(event), settings.cloudevents_mode, settings)
     except InvalidCommand as exc:
         raise _invalid(str(exc)) from None
     # The key and CloudEvents attributes have a limit of their own at the worker (outcomes
@@ -301,7 +347,7 @@ def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
             f"the command's attributes are {attributes} bytes: at most {ATTRIBUTES_MAX_BYTES}",
         )  # fmt: skip
     try:
-        COMMANDS[name].model_validate(event.get_data() or {})
+        COMMANDS[name].model_validate(data or {})
     except ValidationError as exc:
         errors = validation_errors(exc)
         raise _invalid(

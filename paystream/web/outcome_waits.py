@@ -24,17 +24,38 @@ log = logging.getLogger(__name__)
 class OutcomeWaits:
     """One lazily started outcome reader for a worker's waiting HTTP senders."""
 
+    # After a start that failed (the broker unreachable), waits are not offered for this
+    # long: each request would otherwise try again, one after another, behind the lock.
+    RETRY_START_SECONDS = 5.0
+
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._clock = clock
         self._client: PaystreamClient | None = None
         self._lock = asyncio.Lock()
         self._used = clock()
+        self._failed_at: float | None = None
+        self._closed = False
 
-    async def reader(self) -> PaystreamClient:
-        """The running reader (started now if need be: outcomes from now on are seen)."""
+    async def reader(self, within: float) -> PaystreamClient | None:
+        """The running reader (started now if need be: outcomes from now on are seen);
+        None if it cannot be had within ``within`` seconds, failed to start a moment ago,
+        or the worker is stopping: the sender is answered without waiting."""
+        try:
+            async with asyncio.timeout(within):
+                return await self._reader()
+        except TimeoutError:
+            self._failed_at = self._clock()
+            return None
+
+    async def _reader(self) -> PaystreamClient | None:
         async with self._lock:
-            self._used = self._clock()
+            now = self._clock()
+            if self._closed:
+                return None
+            if self._failed_at is not None and now - self._failed_at < self.RETRY_START_SECONDS:
+                return None
+            self._used = now
             client = self._client
             if client is not None and client.reading:
                 return client
@@ -42,7 +63,13 @@ class OutcomeWaits:
                 self._client = None
                 await _stopped(client)
             client = PaystreamClient(self._settings)
-            await client.start()
+            try:
+                await client.start()  # (stops what it started if it fails or is cancelled)
+            except Exception as exc:
+                self._failed_at = self._clock()
+                log.warning("ingress: the outcome reader did not start (%s)", type(exc).__name__)
+                return None
+            self._failed_at = None
             self._client = client
             return client
 
@@ -58,6 +85,8 @@ class OutcomeWaits:
         await _stopped(client)
 
     async def stop(self) -> None:
+        """For good (the worker is stopping): no reader is started after this."""
+        self._closed = True
         async with self._lock:
             client, self._client = self._client, None
         if client is not None:

@@ -28,6 +28,7 @@ from paystream.devstack._process import wait_until
 from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.ingress_keys import new_key
 from paystream.tenancy.models import Tenant
+from paystream.tenancy.registry import tenant_record
 from tests.fixtures.pipeline import Deployment
 from tests.test_cli import run_cli
 from tests.test_docs import validator
@@ -205,6 +206,7 @@ async def test_a_rejection_is_the_outcome_too(deployed: tuple[Deployment, str]) 
         ("an unknown tenant", SHOP_KEY, "nobody"),
         ("a forged key of the right id", f"psk_{SHOP_KEY_ID}_{'A' * 43}", "shop"),
         ("the operators' kind of token", "not-a-key", "shop"),
+        ("a made-up key", f"psk_00000000_{'A' * 43}", "shop"),
     ],
 )
 async def test_who_may_not_send_is_refused_alike(
@@ -241,6 +243,8 @@ async def test_who_may_not_send_is_refused_alike(
             "validation_error",
         ),
         ("an unknown command", structured("payment.teleport", {}), 400, "unsupported"),
+        ("data not an object", structured("customer.create", []), 400, "validation_error"),
+        ("data a number", structured("customer.create", 0), 400, "validation_error"),
         (
             "attributes over the worker's 16 KiB",
             structured("customer.create", {}, source="/" + "s" * 20_000),
@@ -387,3 +391,77 @@ async def test_the_answers_are_the_documented_ones(deployed: tuple[Deployment, s
         ctype = headers["Content-Type"].split(";")[0].replace("/", "~1")
         pointer = f"/paths/~1v1~1commands/post/responses/{status}/content/{ctype}/schema"
         validator(openapi, pointer).validate(answer)
+
+
+async def test_a_made_up_key_is_refused_before_the_body_is_read(
+    deployed: tuple[Deployment, str],
+) -> None:
+    _, url = deployed
+    status, _, answer = await post(url, key=f"psk_00000000_{'A' * 43}", body=b"{not json")
+    assert status == 401, answer  # (not the parser's 400)
+
+
+async def test_trace_context_reading_as_a_card_number_never_reaches_the_topic(
+    deployed: tuple[Deployment, str], client: PaystreamClient
+) -> None:
+    """Dropped, as the worker drops it (a random trace id reads as one by chance), before
+    paystream itself produces the command: the rest of the trace state is kept."""
+    dep, url = deployed
+    card_trace = f"00-abcd{CARD}abcdabcdabcd-b7ad6b7169203331-01"
+    in_body = structured("customer.create", {}, tracestate=f"v={CARD}", traceparent=card_trace)
+    in_headers = structured("customer.create", {})
+    headers = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": f"vendor={CARD},keep=yes",
+    }
+    for event, sent in ((in_body, None), (in_headers, headers)):
+        outcome = client.expect("shop", event["id"])
+        status, _, answer = await post(url, event, headers=sent)
+        assert status == 202, answer
+        assert (await asyncio.wait_for(outcome, 60)).get_type().endswith("customer.created")
+    records = await dep.read_topic(dep.settings.commands_topic)
+    mine = [
+        r
+        for r in records
+        if dict(r.headers).get("ce_id") in (in_body["id"].encode(), in_headers["id"].encode())
+    ]
+    assert len(mine) == 2
+    for r in mine:
+        assert CARD.encode() not in (r.value or b"") + b"".join(v for _, v in r.headers)
+    kept = dict(
+        mine[[dict(r.headers)["ce_id"] for r in mine].index(in_headers["id"].encode())].headers
+    )
+    assert kept["ce_tracestate"] == b"keep=yes"
+    assert kept["ce_traceparent"] == headers["traceparent"].encode()
+
+
+async def test_a_tenant_key_is_not_taken_while_its_newest_record_is_unreadable(
+    deployed: tuple[Deployment, str],
+) -> None:
+    """A newer paystream's record (a field this worker does not know) may have revoked
+    the key: the worker's older record is not believed for it (503: a peer may answer)."""
+    dep, url = deployed
+    key_id, key, kept = new_key()
+    tenant = Tenant(tenant_id="upgrading", ingress_keys={key_id: kept})
+    await dep.add_tenants(tenant)
+
+    async def until(expected: int) -> None:
+        for _ in range(600):
+            answered = await post(url, structured("customer.create", {}, "upgrading"), key=key)
+            if answered[0] == expected:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never answered {expected}")
+
+    await until(202)
+    newer = {**tenant_record(tenant.model_copy(update={"ingress_keys": {}})), "from_2027": 1}
+    await dep.produce(
+        dep.settings.tenants_topic,
+        (json.dumps("upgrading").encode(), json.dumps(newer).encode(), None),
+    )
+    await until(503)
+    # The platform's token does not depend on the tenant's keys.
+    status, _, _ = await post(
+        url, structured("customer.create", {}, "upgrading"), key=PLATFORM_TOKEN
+    )
+    assert status == 202

@@ -63,3 +63,28 @@ def test_keys_are_bounded_and_well_formed() -> None:
         Tenant.model_validate(
             {"tenant_id": "shop", "ingress_keys": {key_id: {"digest": "x", "created_at": 0}}}
         )
+
+
+def test_the_registry_knows_which_key_ids_exist_as_records_come() -> None:
+    from paystream.settings import load_settings
+    from paystream.tenancy.mirror import RegistryMirror
+
+    mirror = RegistryMirror(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
+    key_id, _, kept = new_key()
+    assert not mirror.has_ingress_key(key_id)
+    with_key = Tenant(tenant_id="shop", ingress_keys={key_id: kept})
+    mirror.apply(b'"shop"', json.dumps(tenant_record(with_key), default=str).encode())
+    assert mirror.has_ingress_key(key_id)
+    mirror.apply(b'"shop"', json.dumps(tenant_record(Tenant(tenant_id="shop"))).encode())
+    assert not mirror.has_ingress_key(key_id)  # revoked
+    mirror.apply(b'"shop"', json.dumps(tenant_record(with_key), default=str).encode())
+    mirror.apply(b'"shop"', None)
+    assert not mirror.has_ingress_key(key_id)  # the tenant deleted
+
+
+def test_a_new_key_never_takes_the_id_of_one_the_tenant_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = iter(["aaaaaaaa", "aaaaaaaa", "bbbbbbbb"])
+    monkeypatch.setattr("paystream.tenancy.ingress_keys.secrets.token_hex", lambda n: next(ids))
+    assert new_key(taken={"aaaaaaaa"})[0] == "bbbbbbbb"
