@@ -1603,8 +1603,10 @@ def _ingress_path() -> Doc:
                 ),
                 "503": _json(
                     "Error",
-                    "the registry loading, or the broker did not acknowledge the command "
-                    "(it may have been taken): send it again, same id",
+                    "the registry loading, the tenant's newest registry record unreadable "
+                    "by this worker (a tenant key: another worker may answer), or the "
+                    "broker did not acknowledge the command (it may have been taken): send "
+                    "it again, same id",
                     _RETRY_AFTER,
                 ),
             },
