@@ -42,7 +42,13 @@ from paystream.streams.pan import contains_card_number, security_code_at
 if TYPE_CHECKING:
     from paystream.agents.pipeline import Inbound
 
-__all__ = ["InvalidCommand", "OutcomeTimeout", "PaystreamClient", "build_command"]
+__all__ = [
+    "InvalidCommand",
+    "OutcomeTimeout",
+    "PaystreamClient",
+    "build_command",
+    "check_no_card_data_in_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,7 @@ def encoded_for_sending(
     key = command.get_extension("idempotencykey")
     _check_ids(tenant, str(command.get_id()), None if key is None else str(key))
     record = encode_event(command, tenant.encode(), mode)
-    _check_no_card_data_in_record(command, record)
+    check_no_card_data_in_record(command, record)
     limit = settings.command_max_bytes
     if mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:
         raise InvalidCommand(
@@ -107,7 +113,7 @@ class _AsConsumed:
     headers: Mapping[str, bytes]
 
 
-def _check_no_card_data_in_record(command: CloudEvent, record: KafkaRecord) -> None:
+def check_no_card_data_in_record(command: CloudEvent, record: KafkaRecord) -> None:
     """The worker's own scans of the whole record, as its pipeline applies them: a card
     number anywhere but the trace context (in `source`, say), after the
     quick look at the bytes that clears nearly every command; a card security code outside

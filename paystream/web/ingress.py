@@ -37,7 +37,12 @@ from paystream import metrics
 from paystream.agents.card_data import kept_headers, trace_context_without_cards
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
-from paystream.client import InvalidCommand, encoded_for_sending, new_request_header
+from paystream.client import (
+    InvalidCommand,
+    check_no_card_data_in_record,
+    encoded_for_sending,
+    new_request_header,
+)
 from paystream.log_limits import ThrottledLog
 from paystream.settings import ATTRIBUTES_MAX_BYTES
 from paystream.streams.codec import (
@@ -71,6 +76,7 @@ IDLE_READER_SECONDS = 300.0
 # Validation errors listed in a 400 (the rest counted), as a rejection outcome lists them.
 ERRORS_SHOWN = 10
 _BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+_TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # RFC 7240: "wait=<delta-seconds>" among the Prefer header's preferences.
 _WAIT = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?(\d{1,6})\"?\s*(?=[;,]|$)", re.IGNORECASE)
 
@@ -233,17 +239,32 @@ def _is_platform_token(credential: str) -> bool:
 
 
 async def _body(request: Request) -> bytes:
-    """The body, refused 413 past the largest command a worker takes."""
+    """The body, refused 413 past the largest command a worker takes (read in chunks:
+    never more than that is buffered, whatever the request says of its length)."""
     limit = settings.command_max_bytes
     too_large = _Refused(
         413, "too_large", "payload_too_large", f"a command is at most {limit} bytes"
     )
-    if (cast(aiohttp.web.Request, request).content_length or 0) > limit:
+    raw = cast(aiohttp.web.Request, request)
+    if (raw.content_length or 0) > limit:
         raise too_large
-    body = bytes(await request.read())
-    if len(body) > limit:
-        raise too_large
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await raw.content.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except aiohttp.web.RequestPayloadError:
+        # (A body its Content-Encoding does not decode, a broken chunked encoding.)
+        raise _invalid("the body could not be read as sent (its encoding)") from None
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise _Refused(400, "invalid", "validation_error", "the client went away") from None
+    return b"".join(chunks)
+
+
+_READ_CHUNK = 64 * 1024
 
 
 def _decoded(request: Request, body: bytes) -> CloudEvent:
@@ -277,10 +298,18 @@ def _decoded(request: Request, body: bytes) -> CloudEvent:
     if ctype:
         headers["content-type"] = ctype.encode("utf-8", "replace")
     try:
-        return decode_record(None, body, headers)
+        event = decode_record(None, body, headers)
     except UndecodableRecord as exc:
         # (The decoder's words may quote what was sent: never a card number.)
         raise _invalid(f"not a CloudEvent: {redact_card_numbers(str(exc))[:300]}") from None
+    try:
+        # The worker's scans of a record as received, here of the request as received:
+        # what the parser drops (a JSON key given twice, a media type's parameters) is
+        # never produced, but a Kafka producer's such record is refused card data too.
+        check_no_card_data_in_record(event, KafkaRecord(None, body, tuple(headers.items())))
+    except InvalidCommand as exc:
+        raise _invalid(str(exc)) from None
+    return event
 
 
 def _with_trace_context(event: CloudEvent, request: Request) -> CloudEvent:
@@ -288,12 +317,12 @@ def _with_trace_context(event: CloudEvent, request: Request) -> CloudEvent:
     the event carries none of its own: the command's trace continues the caller's."""
     if event.get_extension("traceparent") is not None:
         return event
-    traceparent = request.headers.get("traceparent")
-    if traceparent is None or parse_traceparent(traceparent) is None:
-        return event
+    traceparent = request.headers.get("traceparent", "")
+    if _TRACEPARENT_00.fullmatch(traceparent) is None or parse_traceparent(traceparent) is None:
+        return event  # (only W3C's version 00: its whole text is known, and ASCII)
     attributes = {**event.get_attributes(), "traceparent": traceparent}
     tracestate = valid_tracestate(traceparent, request.headers.get("tracestate"))
-    if tracestate is not None:
+    if tracestate is not None and tracestate.isascii():
         attributes["tracestate"] = tracestate
     return CloudEvent(attributes, event.get_data())
 
@@ -334,6 +363,8 @@ def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
         rec = encoded_for_sending(_without_card_trace(event), settings.cloudevents_mode, settings)
     except InvalidCommand as exc:
         raise _invalid(str(exc)) from None
+    except UnicodeEncodeError:  # (an attribute no Kafka header can carry)
+        raise _invalid("an attribute is not valid Unicode") from None
     # The key and CloudEvents attributes have a limit of their own at the worker (outcomes
     # and stored records echo them): over it, refused here rather than answered
     # payload_too_large from the topic.

@@ -465,3 +465,77 @@ async def test_a_tenant_key_is_not_taken_while_its_newest_record_is_unreadable(
         url, structured("customer.create", {}, "upgrading"), key=PLATFORM_TOKEN
     )
     assert status == 202
+
+
+async def _raw_request(url: str, head: bytes, body: bytes) -> bytes:
+    """A request written byte for byte (headers no HTTP client would send); the answer's
+    status line."""
+    address = url.removeprefix("http://").split("/", 1)[0]
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/commands HTTP/1.1\r\nHost: " + address.encode() + b"\r\n" + head
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )  # fmt: skip
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
+
+
+async def test_what_the_parser_would_drop_is_scanned_too(
+    deployed: tuple[Deployment, str],
+) -> None:
+    """A card number in a JSON key given twice (the parser keeps the last) or in the media
+    type's parameters: refused, as the worker refuses such a Kafka record."""
+    dep, url = deployed
+    before = await commands_end(dep)
+    event = structured("customer.create", {"description": "x"})
+    text = json.dumps(event).replace(
+        '"description": "x"', f'"description": "{CARD}", "description": "x"'
+    )
+    status, _, answer = await post(url, body=text.encode())
+    assert status == 400 and answer["error"] == "validation_error", answer
+    ctype = {"Content-Type": f"application/cloudevents+json; note={CARD}"}
+    status, _, answer = await post(url, structured("customer.create", {}), headers=ctype)
+    assert status == 400, answer
+    assert CARD not in json.dumps(answer)
+    assert await commands_end(dep) == before
+
+
+async def test_odd_bytes_and_encodings_are_answered_not_crashed_on(
+    deployed: tuple[Deployment, str],
+) -> None:
+    _, url = deployed
+    event = json.dumps(structured("customer.create", {})).encode()
+    auth = f"Authorization: Bearer {SHOP_KEY}\r\n".encode()
+    json_type = b"Content-Type: application/cloudevents+json\r\n"
+    # A traceparent that is not W3C's version 00, with a byte that is not UTF-8: not taken.
+    odd_trace = b"traceparent: 01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-\xff\r\n"
+    assert b" 202 " in await _raw_request(url, auth + json_type + odd_trace, event)
+    # A body its Content-Encoding does not decode.
+    gzip = b"Content-Encoding: gzip\r\n"
+    assert b" 400 " in await _raw_request(url, auth + json_type + gzip, b"\x1f\x8bgarbage")
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_as_it_is_read(
+    deployed: tuple[Deployment, str],
+) -> None:
+    _, url = deployed
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(40):  # 2.5 MiB, no Content-Length
+            yield b"x" * 65536
+
+    headers = {
+        "Authorization": f"Bearer {SHOP_KEY}",
+        "Content-Type": "application/cloudevents+json",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=chunks(), headers=headers) as resp,
+    ):
+        assert resp.status == 413
+        assert (await resp.json())["error"] == "payload_too_large"
