@@ -198,16 +198,19 @@ async def test_a_rejection_is_the_outcome_too(deployed: tuple[Deployment, str]) 
     assert answer["data"]["reason"] == "unknown_tenant"
 
 
+_REFUSED_SENDERS = [
+    ("no key", None, "shop"),
+    ("another tenant's key", OTHER_KEY, "shop"),
+    ("an unknown tenant", SHOP_KEY, "nobody"),
+    ("a forged key of the right id", f"psk_{SHOP_KEY_ID}_{'A' * 43}", "shop"),
+    ("the operators' kind of token", "not-a-key", "shop"),
+    ("a made-up key", f"psk_00000000_{'A' * 43}", "shop"),
+]
+
+
+# (Named by `why`: keys are random, and xdist's workers must collect the same ids.)
 @pytest.mark.parametrize(
-    ("why", "key", "tenant"),
-    [
-        ("no key", None, "shop"),
-        ("another tenant's key", OTHER_KEY, "shop"),
-        ("an unknown tenant", SHOP_KEY, "nobody"),
-        ("a forged key of the right id", f"psk_{SHOP_KEY_ID}_{'A' * 43}", "shop"),
-        ("the operators' kind of token", "not-a-key", "shop"),
-        ("a made-up key", f"psk_00000000_{'A' * 43}", "shop"),
-    ],
+    ("why", "key", "tenant"), _REFUSED_SENDERS, ids=[c[0] for c in _REFUSED_SENDERS]
 )
 async def test_who_may_not_send_is_refused_alike(
     deployed: tuple[Deployment, str], why: str, key: str | None, tenant: str
