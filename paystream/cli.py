@@ -1509,7 +1509,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             env["PAYSTREAM_DB_APP_PASSWORD"] = _dev_secret(data_dir / "dev", "db-app.password")
             password_file = shlex.quote(str(data_dir / "dev" / "db-app.password"))
             exports["PAYSTREAM_DB_APP_PASSWORD"] = f'"$(cat {password_file})"'
-        if "PAYSTREAM_INGRESS_TOKEN" not in env:
+        token_given = "PAYSTREAM_INGRESS_TOKEN" in env
+        if not token_given:
             # The platform's key for POST /v1/commands (the demo sends a share over HTTP).
             env["PAYSTREAM_INGRESS_TOKEN"] = _dev_secret(data_dir / "dev", "ingress.token")
             token_file = shlex.quote(str(data_dir / "dev" / "ingress.token"))
@@ -1556,7 +1557,7 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo(f"metrics    {base}/metrics")
         click.echo(
             f"commands   POST {base}/v1/commands (Authorization: Bearer "
-            "$PAYSTREAM_INGRESS_TOKEN, set by the export line below)"
+            "$PAYSTREAM_INGRESS_TOKEN" + (")" if token_given else ", set by the export line below)")
         )
         click.echo(f"worker log {log_path}")
         click.echo(
@@ -1575,7 +1576,9 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             return f"worker exited; see {log_path}" if worker.exited() else stack.died()
 
         if demo:
-            asyncio.run(_stoppable(_demo(run_settings, rate, duration, gone, http_base=base)))
+            # (The worker's own address: a bind-everything or IPv6 host is no URL host.)
+            own = f"http://{run_settings.advertised_url_host()}:{run_settings.web_port}"
+            asyncio.run(_stoppable(_demo(run_settings, rate, duration, gone, http_base=own)))
         else:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:

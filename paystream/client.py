@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from paystream.agents.pipeline import Inbound
 
 __all__ = [
+    "CommandTooLarge",
     "InvalidCommand",
     "OutcomeTimeout",
     "PaystreamClient",
@@ -69,6 +70,10 @@ class InvalidCommand(PaystreamError, ValueError):
     """A command the worker would refuse, refused before it is sent."""
 
 
+class CommandTooLarge(InvalidCommand):
+    """A command larger, as it would be sent, than the workers take."""
+
+
 def encoded_for_sending(
     command: CloudEvent, mode: CloudEventsMode, settings: Settings
 ) -> KafkaRecord:
@@ -86,7 +91,7 @@ def encoded_for_sending(
     check_no_card_data_in_record(command, record)
     limit = settings.command_max_bytes
     if mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:
-        raise InvalidCommand(
+        raise CommandTooLarge(
             f"command {command.get_id()} is {len(record.value or b'')} bytes in structured "
             f"mode; the workers take at most {limit} (PAYSTREAM_COMMAND_MAX_BYTES)"
         )
@@ -272,8 +277,8 @@ class PaystreamClient:
 
     @property
     def awaited(self) -> int:
-        """How many commands' outcomes are being awaited now."""
-        return len(self._waiters)
+        """How many outcome futures are awaited now (several may await one command)."""
+        return sum(map(len, self._waiters.values()))
 
     @property
     def reading(self) -> bool:

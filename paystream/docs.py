@@ -1024,6 +1024,7 @@ def _view_schemas() -> Doc:
                         "bad_signature",
                         "payload_too_large",
                         "unsupported_media_type",
+                        "request_timeout",
                     ]
                 },
                 "message": _STR,
@@ -1551,7 +1552,15 @@ def _ingress_path() -> Doc:
                     "name": "traceparent",
                     "in": "header",
                     "required": False,
-                    "description": "W3C trace context, for a command that carries none",
+                    "description": "W3C trace context (version 00 only; another is ignored), "
+                    "for a command that carries none",
+                    "schema": _STR,
+                },
+                {
+                    "name": "tracestate",
+                    "in": "header",
+                    "required": False,
+                    "description": "W3C trace state, taken with the `traceparent` header",
                     "schema": _STR,
                 },
             ],
@@ -1579,7 +1588,9 @@ def _ingress_path() -> Doc:
                     "on the topic (without `Prefer: wait`, or its outcome not within it)",
                 ),
                 "400": {
-                    "description": "refused, nothing produced",
+                    "description": "refused, nothing produced (a Content-Encoding other than "
+                    "gzip or deflate, or broken chunked framing, is refused by the HTTP "
+                    "server itself: a plain-text 400)",
                     "content": {
                         "application/json": {
                             "schema": {"oneOf": [_ref("CommandInvalid"), _ref("Error")]}
@@ -1592,9 +1603,12 @@ def _ingress_path() -> Doc:
                     "another tenant's key, a revoked one: one answer for all)",
                     {"WWW-Authenticate": {"schema": _STR}},
                 ),
+                "408": _json("Error", f"the body took over {ingress.BODY_READ_SECONDS:g} s"),
                 "413": _json(
                     "Error",
-                    "larger than PAYSTREAM_COMMAND_MAX_BYTES, or its attributes over 16 KiB",
+                    "larger than PAYSTREAM_COMMAND_MAX_BYTES (with PAYSTREAM_CLOUDEVENTS_MODE="
+                    "structured: as encoded, non-ASCII text escaped), or its attributes over "
+                    "16 KiB",
                 ),
                 "415": _json(
                     "Error",

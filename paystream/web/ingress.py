@@ -38,6 +38,7 @@ from paystream.agents.card_data import kept_headers, trace_context_without_cards
 from paystream.agents.tenants import registry
 from paystream.app import app, settings
 from paystream.client import (
+    CommandTooLarge,
     InvalidCommand,
     check_no_card_data_in_record,
     encoded_for_sending,
@@ -69,8 +70,9 @@ _throttled = ThrottledLog(log)
 MAX_WAIT_SECONDS = 30.0
 # The outcome reader's start (the first wait's) within this, or the sender is answered 202.
 READER_START_SECONDS = 5.0
-# Commands a worker's senders may wait on at once; beyond, answered 202 without waiting.
+# Waits a worker keeps at once; beyond, senders are answered 202 without waiting.
 MAX_WAITING = 2000
+BODY_READ_SECONDS = 30.0
 # A worker whose senders stopped waiting stops reading the events topic for them.
 IDLE_READER_SECONDS = 300.0
 # Validation errors listed in a 400 (the rest counted), as a rejection outcome lists them.
@@ -116,13 +118,14 @@ class CommandIngressView(View):
                 raise _invalid("the event names no tenant (the `tenantid` extension)")
             if not platform:
                 assert credential is not None
-                if tenant in registry.unreadable:
-                    # Its newest record (a newer paystream's) may have revoked the key:
-                    # what this worker holds is older. Fail closed; a peer may answer.
-                    raise _unavailable("this worker cannot read the tenant's newest record")
                 found = registry.tenants.get(tenant)
                 if found is None or key_matches(found.ingress_keys, credential) is None:
                     raise _unauthorized()
+                if tenant in registry.unreadable:
+                    # Its newest record (a newer paystream's) may have revoked the key:
+                    # what this worker holds is older. Fail closed; a peer may answer.
+                    # (Asked after the key matched: another tenant's key learns nothing.)
+                    raise _unavailable("this worker cannot read the tenant's newest record")
             if tenant in registry.tenants:
                 tenant_label = tenant
             rec, command_id = _command_record(_with_trace_context(event, request))
@@ -251,11 +254,16 @@ async def _body(request: Request) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        while chunk := await raw.content.read(_READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        async with asyncio.timeout(BODY_READ_SECONDS):  # (a body trickled in holds a handler)
+            while chunk := await raw.content.read(_READ_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _Refused(
+            408, "invalid", "request_timeout", f"the body took over {BODY_READ_SECONDS:g} s"
+        ) from None
     except aiohttp.web.RequestPayloadError:
         # (A body its Content-Encoding does not decode, a broken chunked encoding.)
         raise _invalid("the body could not be read as sent (its encoding)") from None
@@ -361,6 +369,8 @@ def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
     try:
         # Card data anywhere, ids a worker would answer under another name.
         rec = encoded_for_sending(_without_card_trace(event), settings.cloudevents_mode, settings)
+    except CommandTooLarge as exc:  # (structured mode: as encoded, escapes and all)
+        raise _Refused(413, "too_large", "payload_too_large", str(exc)) from None
     except InvalidCommand as exc:
         raise _invalid(str(exc)) from None
     except UnicodeEncodeError:  # (an attribute no Kafka header can carry)

@@ -25,7 +25,7 @@ class OutcomeWaits:
     """One lazily started outcome reader for a worker's waiting HTTP senders."""
 
     # After a start that failed (the broker unreachable), waits are not offered for this
-    # long: each request would otherwise try again, one after another, behind the lock.
+    # long: each request would otherwise try again, one after another.
     RETRY_START_SECONDS = 5.0
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
@@ -35,33 +35,34 @@ class OutcomeWaits:
         self._lock = asyncio.Lock()
         self._used = clock()
         self._failed_at: float | None = None
+        self._starting: asyncio.Future[PaystreamClient | None] | None = None
         self._closed = False
 
     async def reader(self, within: float) -> PaystreamClient | None:
         """The running reader (started now if need be: outcomes from now on are seen);
-        None if it cannot be had within ``within`` seconds, failed to start a moment ago,
-        or the worker is stopping: the sender is answered without waiting."""
+        None if it is not running within ``within`` seconds, failed to start a moment
+        ago, or the worker is stopping: the sender is answered without waiting. The start
+        is this object's, not the request's: a sender that gives up does not cancel it."""
+        if self._closed:
+            return None
+        self._used = self._clock()
+        client = self._client
+        if client is not None and client.reading:
+            return client
+        if self._failed_at is not None and self._used - self._failed_at < self.RETRY_START_SECONDS:
+            return None
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.ensure_future(self._start())
         try:
-            async with asyncio.timeout(within):
-                return await self._reader()
+            return await asyncio.wait_for(asyncio.shield(self._starting), within)
         except TimeoutError:
-            self._failed_at = self._clock()
             return None
 
-    async def _reader(self) -> PaystreamClient | None:
+    async def _start(self) -> PaystreamClient | None:
         async with self._lock:
-            now = self._clock()
-            if self._closed:
-                return None
-            if self._failed_at is not None and now - self._failed_at < self.RETRY_START_SECONDS:
-                return None
-            self._used = now
-            client = self._client
-            if client is not None and client.reading:
-                return client
-            if client is not None:  # its reader failed (broker gone): a fresh one
-                self._client = None
-                await _stopped(client)
+            old, self._client = self._client, None
+            if old is not None:  # its reader failed (broker gone): a fresh one
+                await _stopped(old)
             client = PaystreamClient(self._settings)
             try:
                 await client.start()  # (stops what it started if it fails or is cancelled)
@@ -87,6 +88,9 @@ class OutcomeWaits:
     async def stop(self) -> None:
         """For good (the worker is stopping): no reader is started after this."""
         self._closed = True
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         async with self._lock:
             client, self._client = self._client, None
         if client is not None:

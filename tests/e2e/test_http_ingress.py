@@ -463,6 +463,9 @@ async def test_a_tenant_key_is_not_taken_while_its_newest_record_is_unreadable(
         (json.dumps("upgrading").encode(), json.dumps(newer).encode(), None),
     )
     await until(503)
+    # Another tenant's key learns nothing of it: the one answer, 401.
+    other, _, _ = await post(url, structured("customer.create", {}, "upgrading"), key=SHOP_KEY)
+    assert other == 401
     # The platform's token does not depend on the tenant's keys.
     status, _, _ = await post(
         url, structured("customer.create", {}, "upgrading"), key=PLATFORM_TOKEN
