@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import click
 import redis
 from aiokafka.errors import KafkaError
@@ -33,6 +34,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 
 if TYPE_CHECKING:
+    from paystream.client import OutcomeTimeout
     from paystream.demo import Authenticate
     from paystream.dlq import PaceWait
 
@@ -665,6 +667,14 @@ def tenants_api_key_revoke(tenant_id: str, key_id: str) -> None:
     help="seconds to wait for the outcome, connecting to the broker included",
 )
 @click.option("--structured", is_flag=True, help="send in structured content mode")
+@click.option(
+    "--http",
+    "http_url",
+    default=None,
+    metavar="URL",
+    help="send through a worker's HTTP ingress (e.g. http://127.0.0.1:6066) instead of Kafka, "
+    "with the key in PAYSTREAM_INGRESS_KEY (a tenant's) or PAYSTREAM_INGRESS_TOKEN",
+)
 def send(
     command_type: str,
     tenant: str,
@@ -673,6 +683,7 @@ def send(
     idempotency_key: str | None,
     timeout: float,
     structured: bool,
+    http_url: str | None,
 ) -> None:
     """Send a command (such as payment.create) and print its outcome."""
     settings = _settings()
@@ -712,6 +723,13 @@ def send(
         encoded_for_sending(cmd, mode, settings)
     except InvalidCommand as exc:
         raise click.UsageError(str(exc)) from exc
+
+    if http_url is not None:
+        answer = _run(_send_over_http(http_url, cmd, timeout, settings))
+        if isinstance(answer, OutcomeTimeout):
+            sys.exit(EXIT_NO_OUTCOME)
+        click.echo(answer)
+        return
 
     async def go() -> str | OutcomeTimeout:
         client = PaystreamClient(settings, mode)
@@ -759,6 +777,35 @@ def send(
     if isinstance(answer, OutcomeTimeout):
         sys.exit(EXIT_NO_OUTCOME)
     click.echo(answer)
+
+
+async def _send_over_http(
+    url: str, cmd: Any, wait: float, settings: Settings
+) -> str | OutcomeTimeout:
+    """`send --http`: the command through the HTTP ingress, waited for (at most 30 s)."""
+    from paystream.client import OutcomeTimeout, dumps
+    from paystream.http_client import Accepted, IngressClient, IngressError
+
+    key = os.environ.get("PAYSTREAM_INGRESS_KEY") or (
+        settings.ingress_token.get_secret_value() if settings.ingress_token else None
+    )
+    if not key:
+        raise click.UsageError("--http needs PAYSTREAM_INGRESS_KEY or PAYSTREAM_INGRESS_TOKEN")
+    try:
+        async with IngressClient(url, key, timeout=10) as client:
+            answer = await client.send(cmd, wait=min(wait, 30))
+    except IngressError as exc:
+        raise click.ClickException(f"the ingress refused it: {exc}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise click.ClickException(
+            f"no answer from {url} ({type(exc).__name__}): command {cmd.get_id()} may have "
+            f"been sent; send it again with --id {cmd.get_id()}"
+        ) from None
+    if isinstance(answer, Accepted):
+        message = f"command {cmd.get_id()} was taken; no outcome within {min(wait, 30):g} s"
+        click.echo(f"error: {message}", err=True)
+        return OutcomeTimeout(message)
+    return dumps(answer)
 
 
 # `send`: no outcome within --timeout (the command may still run: retry with its id);
@@ -1707,10 +1754,9 @@ async def _demo(
     """Demo flows until ``duration``; with ``gone``, stop when it says why (the worker or
     a server of the stack died); with ``http_base`` (a worker's URL) and an ingress
     token, a share of the flows go over the HTTP ingress."""
-    import aiohttp
-
     from paystream.client import PaystreamClient
-    from paystream.demo import HttpSender, run_demo
+    from paystream.demo import run_demo
+    from paystream.http_client import IngressClient
 
     why: str | None = None
 
@@ -1726,17 +1772,17 @@ async def _demo(
             f"[{elapsed:6.0f}s] outcomes {total} ({total / max(elapsed, 1e-9):.1f}/s): {top}"
         )
 
+    token = settings.ingress_token
+    http = (
+        IngressClient(http_base, token.get_secret_value())
+        if http_base is not None and token is not None
+        else None
+    )
     async with (
         PaystreamClient(settings) as client,
         _demo_customers(settings) as authenticate,
-        aiohttp.ClientSession() as session,
+        http or contextlib.nullcontext(),
     ):
-        token = settings.ingress_token
-        http = (
-            HttpSender(session, http_base, token.get_secret_value())
-            if http_base is not None and token is not None
-            else None
-        )
         demo = asyncio.ensure_future(
             run_demo(
                 client,

@@ -9,14 +9,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-from cloudevents.core.bindings import http as ce_http
-from cloudevents.core.v1.event import CloudEvent
-
 from paystream.client import OutcomeTimeout, PaystreamClient, build_command
-from paystream.errors import PaystreamError
+from paystream.http_client import Accepted, IngressClient
 
-__all__ = ["DEMO_TOKENS", "HttpSender", "run_demo"]
+__all__ = ["DEMO_TOKENS", "run_demo"]
 
 # Simulator tokens with Stripe's test-card semantics, weighted toward success.
 DEMO_TOKENS = [
@@ -48,41 +44,13 @@ DECLINING_TOKENS = [
 HTTP_SHARE = 0.25
 
 
-class HttpSender:
-    """Sends commands through a worker's HTTP ingress (``POST /v1/commands``), each
-    waited for (``Prefer: wait``): the outcome's (type, data)."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str) -> None:
-        self._session = session
-        self._url = f"{base_url}/v1/commands"
-        self._token = token
-
-    async def send(self, command: CloudEvent, timeout: float) -> tuple[str, Any]:  # noqa: ASYNC109
-        message = ce_http.to_structured_event(command)
-        headers = {
-            **message.headers,
-            "Authorization": f"Bearer {self._token}",
-            "Prefer": f"wait={int(timeout)}",
-        }
-        budget = aiohttp.ClientTimeout(total=timeout + 10)
-        async with self._session.post(
-            self._url, data=message.body, headers=headers, timeout=budget
-        ) as resp:
-            if resp.status == 202:  # taken, its outcome not within the wait
-                raise OutcomeTimeout(f"no outcome for command {command.get_id()} over HTTP")
-            if resp.status != 200:
-                raise PaystreamError(f"the HTTP ingress answered {resp.status}")
-            outcome = await resp.json(content_type=None)
-        return str(outcome["type"]), outcome.get("data")
-
-
 async def _flow(
     client: PaystreamClient,
     tenant: str,
     rng: random.Random,
     seen: Counter[str],
     authenticate: Authenticate | None = None,
-    http: HttpSender | None = None,
+    http: IngressClient | None = None,
 ) -> None:
     """customer → attach card → pay (auto or manual capture; a card asking for 3-D Secure:
     the customer's step at the provider, then `payment.refresh`) → maybe refund; now and
@@ -92,11 +60,14 @@ async def _flow(
     async def send(kind: str, data: dict[str, Any]) -> dict[str, Any]:
         command = build_command(kind, tenant, data)
         if over_http and http is not None:
-            outcome_type, body = await http.send(command, timeout=30)
+            answer = await http.send(command, wait=30)
+            if isinstance(answer, Accepted):  # taken, its outcome not within the wait
+                raise OutcomeTimeout(f"no outcome for command {command.get_id()} over HTTP")
+            event = answer
         else:
             event = await client.send(command, timeout=30)
-            outcome_type, body = event.get_type(), event.get_data()
-        seen[outcome_type.removeprefix("com.paystream.")] += 1
+        seen[event.get_type().removeprefix("com.paystream.")] += 1
+        body = event.get_data()
         return body if isinstance(body, dict) else {}
 
     customer = await send("customer.create", {"email": f"demo{rng.randrange(10**6)}@example.com"})
@@ -154,7 +125,7 @@ async def run_demo(
     on_progress: Callable[[Counter[str], float], None] | None = None,
     seed: int = 7,
     authenticate: Authenticate | None = None,
-    http: HttpSender | None = None,
+    http: IngressClient | None = None,
 ) -> Counter[str]:
     """Start ``rate`` flows per second until cancelled (or ``duration`` seconds);
     ``authenticate`` plays the customers' 3-D Secure steps (none without it); ``http``

@@ -22,9 +22,11 @@ import pytest_asyncio
 import yaml
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import PaystreamClient
 from paystream.devstack._process import wait_until
+from paystream.http_client import Accepted, IngressClient, IngressError
 from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.ingress_keys import new_key
 from paystream.tenancy.models import Tenant
@@ -545,3 +547,49 @@ async def test_a_chunked_body_over_the_limit_is_refused_as_it_is_read(
     ):
         assert resp.status == 413
         assert (await resp.json())["error"] == "payload_too_large"
+
+
+async def test_the_python_client_sends_waits_and_says_why_it_was_refused(
+    deployed: tuple[Deployment, str],
+) -> None:
+    """paystream.http_client.IngressClient, as an upstream service uses it."""
+    _, url = deployed
+    base = url.removesuffix("/v1/commands")
+    data = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    async with IngressClient(base, SHOP_KEY) as client:
+        outcome = await client.command("payment.create", "shop", data, wait=20)
+        assert isinstance(outcome, CloudEvent)
+        assert outcome.get_type() == "com.paystream.payment.succeeded"
+        assert outcome.get_data()["object"]["amount"] == 2500
+        accepted = await client.command("customer.create", "shop", {}, command_id="http-sdk-1")
+        assert accepted == Accepted("shop", "http-sdk-1", "http-sdk-1")
+        with pytest.raises(IngressError) as refused:
+            await client.command("payment.create", "shop", {"amount": -5, "currency": "USD"})
+        assert refused.value.status == 400 and refused.value.error == "validation_error"
+        assert refused.value.errors
+        with pytest.raises(IngressError) as other:
+            await client.command("customer.create", "other", {})
+        assert other.value.status == 401
+    # The platform's token sends for a tenant whose newest record this worker cannot
+    # read (the test above): it is not held to the tenant's keys.
+    async with IngressClient(base, PLATFORM_TOKEN) as platform:
+        assert isinstance(await platform.command("customer.create", "upgrading", {}), Accepted)
+
+
+async def test_send_over_http_prints_the_outcome(deployed: tuple[Deployment, str]) -> None:
+    dep, url = deployed
+    base = url.removesuffix("/v1/commands")
+    data = '{"amount": 1200, "currency": "EUR", "payment_method_token": "pm_card_visa"}'
+    sent = run_cli(
+        dep, "send", "payment.create", "--tenant", "shop", "--data", data, "--http", base,
+        PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+    )  # fmt: skip
+    outcome = json.loads(sent.stdout)
+    assert outcome["type"] == "com.paystream.payment.succeeded"
+    assert outcome["data"]["object"]["amount"] == 1200
+    refused = run_cli(
+        dep, "send", "customer.create", "--tenant", "other", "--http", base, check=False,
+        PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
+    assert SHOP_KEY not in refused.stdout + refused.stderr
