@@ -21,11 +21,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 import click
 import redis
+import yarl
 from aiokafka.errors import KafkaError
 
 from paystream.errors import PaystreamError
@@ -34,6 +35,8 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 
 if TYPE_CHECKING:
+    from cloudevents.core.v1.event import CloudEvent
+
     from paystream.client import OutcomeTimeout
     from paystream.demo import Authenticate
     from paystream.dlq import PaceWait
@@ -715,7 +718,9 @@ def send(
         raise click.BadParameter(f"--data cannot be read: {exc}") from exc
     if not isinstance(payload, dict):
         raise click.BadParameter("--data must be a JSON object")
-    mode = CloudEventsMode.STRUCTURED if structured else CloudEventsMode.BINARY
+    # (Over HTTP it goes as a structured event: checked so, its size as sent.)
+    over_http = http_url is not None
+    mode = CloudEventsMode.STRUCTURED if structured or over_http else CloudEventsMode.BINARY
     try:  # before connecting: what the worker would answer under another id, or not at all
         cmd = build_command(
             command_type, tenant, payload, command_id=command_id, idempotency_key=idempotency_key
@@ -725,10 +730,14 @@ def send(
         raise click.UsageError(str(exc)) from exc
 
     if http_url is not None:
-        answer = _run(_send_over_http(http_url, cmd, timeout, settings))
+        try:
+            answer = _run(_send_over_http(http_url, cmd, timeout, settings))
+        except KeyboardInterrupt:
+            _said_interrupted(cmd.get_id())
         if isinstance(answer, OutcomeTimeout):
             sys.exit(EXIT_NO_OUTCOME)
-        click.echo(answer)
+        _note_other_cause(answer, cmd.get_id(), idempotency_key)
+        click.echo(dumps(answer))
         return
 
     async def go() -> str | OutcomeTimeout:
@@ -755,57 +764,80 @@ def send(
             await _stop_within(client, STOP_AFTER_TIMEOUT_SECONDS)
             raise
         await client.stop()
-        cause = outcome.get_extension("causationid")
-        if cause != cmd.get_id():
-            click.echo(
-                f"note: answered with the outcome of command {cause}, sent earlier "
-                f"under idempotency key {idempotency_key or cmd.get_id()!r}",
-                err=True,
-            )
+        _note_other_cause(outcome, cmd.get_id(), idempotency_key)
         return dumps(outcome)
 
     try:
-        answer = _run(go())
+        said = _run(go())
     except KeyboardInterrupt:
-        # The id is the only handle on a command that may have been sent.
+        _said_interrupted(cmd.get_id())
+    if isinstance(said, OutcomeTimeout):
+        sys.exit(EXIT_NO_OUTCOME)
+    click.echo(said)
+
+
+def _note_other_cause(outcome: Any, command_id: str, idempotency_key: str | None) -> None:
+    cause = outcome.get_extension("causationid")
+    if cause != command_id:
         click.echo(
-            f"interrupted: command {cmd.get_id()} may have been sent; send it again with "
-            f"--id {cmd.get_id()} (same data) to get its outcome without running it twice",
+            f"note: answered with the outcome of command {cause}, sent earlier "
+            f"under idempotency key {idempotency_key or command_id!r}",
             err=True,
         )
-        sys.exit(130)
-    if isinstance(answer, OutcomeTimeout):
-        sys.exit(EXIT_NO_OUTCOME)
-    click.echo(answer)
+
+
+def _said_interrupted(command_id: str) -> NoReturn:
+    # The id is the only handle on a command that may have been sent.
+    click.echo(
+        f"interrupted: command {command_id} may have been sent; send it again with "
+        f"--id {command_id} (same data) to get its outcome without running it twice",
+        err=True,
+    )
+    sys.exit(130)
 
 
 async def _send_over_http(
     url: str, cmd: Any, wait: float, settings: Settings
-) -> str | OutcomeTimeout:
-    """`send --http`: the command through the HTTP ingress, waited for (at most 30 s)."""
-    from paystream.client import OutcomeTimeout, dumps
-    from paystream.http_client import Accepted, IngressClient, IngressError
+) -> CloudEvent | OutcomeTimeout:
+    """`send --http`: the command through the HTTP ingress, waited for up to ``wait``
+    seconds (the ingress's most is 30; the client gives up 5 s after it). Exit statuses
+    as over Kafka: 2 for what was refused as sent, 75 when it may have been taken."""
+    from paystream.client import OutcomeTimeout
+    from paystream.http_client import Accepted, IngressClient, IngressError, IngressUnreachable
 
+    parsed = yarl.URL(url) if "://" in url else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise click.BadParameter("expected http://host:port or https://…", param_hint="--http")
     key = os.environ.get("PAYSTREAM_INGRESS_KEY") or (
         settings.ingress_token.get_secret_value() if settings.ingress_token else None
     )
     if not key:
         raise click.UsageError("--http needs PAYSTREAM_INGRESS_KEY or PAYSTREAM_INGRESS_TOKEN")
+    waited = min(wait, 30)
     try:
-        async with IngressClient(url, key, timeout=10) as client:
-            answer = await client.send(cmd, wait=min(wait, 30))
+        async with IngressClient(url, key, timeout=5) as client:
+            answer = await client.send(cmd, wait=waited)
+    except IngressUnreachable as exc:
+        if not exc.maybe_taken:
+            raise click.ClickException(f"no answer from {url}: {exc}") from None
+        click.echo(f"error: {exc}: send it again with --id {cmd.get_id()}", err=True)
+        return OutcomeTimeout(str(exc))
     except IngressError as exc:
+        if exc.status == 503:  # (retried already) maybe taken: the same id again
+            click.echo(f"error: {exc}; command {cmd.get_id()}", err=True)
+            return OutcomeTimeout(str(exc))
+        for error in exc.errors:
+            click.echo(f"  {error.get('loc')}: {error.get('msg')}", err=True)
+        if exc.status in (400, 413, 415):
+            raise click.UsageError(f"the ingress refused it: {exc}") from None
         raise click.ClickException(f"the ingress refused it: {exc}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise click.ClickException(
-            f"no answer from {url} ({type(exc).__name__}): command {cmd.get_id()} may have "
-            f"been sent; send it again with --id {cmd.get_id()}"
-        ) from None
+    except aiohttp.InvalidURL:
+        raise click.BadParameter(f"{url} is no URL", param_hint="--http") from None
     if isinstance(answer, Accepted):
-        message = f"command {cmd.get_id()} was taken; no outcome within {min(wait, 30):g} s"
+        message = f"command {cmd.get_id()} was taken; no outcome within {waited:g} s"
         click.echo(f"error: {message}", err=True)
         return OutcomeTimeout(message)
-    return dumps(answer)
+    return answer
 
 
 # `send`: no outcome within --timeout (the command may still run: retry with its id);

@@ -7,13 +7,16 @@ send commands without a Kafka client.
 A command is sent as a structured CloudEvent. With ``wait``, the answer is its outcome
 (a CloudEvent, as the events topic carries it) or, if that takes longer, an
 :class:`Accepted`; without, an :class:`Accepted` once the broker has it. A 503 or a lost
-connection is retried with the same command id, which is safe: one command id is one
-command, answered once. Other refusals raise :class:`IngressError` (no retry helps).
+connection is retried with the same command (the same bytes), which is safe: one command
+id is one command, answered once; past the client's time :class:`IngressUnreachable`
+says whether it may have been taken. Refusals raise :class:`IngressError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,12 +24,13 @@ from typing import Any
 
 import aiohttp
 from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
 from paystream.errors import PaystreamError
 
-__all__ = ["Accepted", "IngressClient", "IngressError"]
+__all__ = ["Accepted", "IngressClient", "IngressError", "IngressUnreachable"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,22 @@ class IngressError(PaystreamError):
     """The ingress refused the command: ``status`` and ``error`` say why (the README's
     "Over HTTP"; ``errors``, for invalid data, name the fields)."""
 
-    def __init__(self, status: int, error: str, message: str, errors: list[Any]) -> None:
+    def __init__(
+        self, status: int, error: str, message: str, errors: list[Any], command_id: str
+    ) -> None:
         super().__init__(f"{status} {error}: {message}")
-        self.status, self.error, self.errors = status, error, errors
+        self.status, self.error, self.errors, self.command_id = status, error, errors, command_id
+
+
+class IngressUnreachable(PaystreamError):
+    """No answer within the client's time, retries included. ``maybe_taken``: a request
+    reached the server (it may have produced the command): send the same command again,
+    ``command_id`` and all, never a new one (that would be a second payment)."""
+
+    def __init__(self, command_id: str, maybe_taken: bool, why: str) -> None:
+        said = "may have been taken" if maybe_taken else "was not sent"
+        super().__init__(f"command {command_id} {said} ({why})")
+        self.command_id, self.maybe_taken = command_id, maybe_taken
 
 
 class IngressClient:
@@ -61,12 +78,15 @@ class IngressClient:
         retries: int = 3,
         timeout: float = 15.0,
     ) -> None:
+        if retries < 0 or not timeout > 0:
+            raise ValueError("retries must be 0 or more, timeout above 0")
         self._url = base_url.rstrip("/") + "/v1/commands"
         self._key = key
         self._session = session
         self._own_session = session is None
         self._retries = retries
-        self._timeout = timeout  # per request, beyond any wait
+        # A call's whole time beyond its wait, every retry included.
+        self._timeout = timeout
 
     async def __aenter__(self) -> IngressClient:
         if self._session is None:
@@ -87,63 +107,103 @@ class IngressClient:
         wait: float | None = None,
         **kw: Any,
     ) -> CloudEvent | Accepted:
-        """Build (see :func:`paystream.client.build_command`), send and answer in one call."""
+        """Build (see :func:`paystream.client.build_command`), send and answer in one call.
+        Give ``command_id`` to retry it yourself after :class:`IngressUnreachable`."""
         return await self.send(build_command(command_type, tenant_id, data, **kw), wait=wait)
 
     async def send(
         self, command: CloudEvent, *, wait: float | None = None
     ) -> CloudEvent | Accepted:
-        """Send ``command``; its outcome (waited for up to ``wait`` seconds) or Accepted."""
+        """Send ``command``; its outcome (waited for up to ``wait`` seconds, at most 30:
+        the ingress's most) or Accepted."""
         if self._session is None:
             raise PaystreamError("use `async with IngressClient(...) as client:`")
-        message = ce_http.to_structured_event(command)
+        command_id = str(command.get_id())
+        message = ce_http.to_structured_event(command)  # (one body for every attempt)
         headers = {**message.headers, "Authorization": f"Bearer {self._key}"}
-        if wait:
-            headers["Prefer"] = f"wait={max(1, round(wait))}"
-        budget = aiohttp.ClientTimeout(total=self._timeout + (wait or 0))
+        seconds = _wait_seconds(wait)
+        if seconds:
+            headers["Prefer"] = f"wait={seconds}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout + seconds
+        maybe_taken = False
+        why = ""
         for attempt in range(self._retries + 1):
-            last = attempt == self._retries
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            retry_after: str | None = None
             try:
                 async with self._session.post(
-                    self._url, data=message.body, headers=headers, timeout=budget
+                    self._url,
+                    data=message.body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=left),
                 ) as resp:
-                    if resp.status == 503 and not last:
-                        await _backoff(attempt, resp.headers.get("Retry-After"))
-                        continue
-                    return await _answer(resp)
-            except (aiohttp.ClientConnectionError, TimeoutError):
+                    maybe_taken = True
+                    if resp.status != 503 or attempt == self._retries:
+                        return await _answer(resp, command_id)
+                    retry_after = resp.headers.get("Retry-After")
+                    why = "503"
+            except aiohttp.ClientConnectorError as exc:  # not connected: nothing sent
+                why = type(exc).__name__
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 # Maybe taken, maybe not: the same command again is the safe retry.
-                if last:
-                    raise
-                await _backoff(attempt, None)
-        raise AssertionError("unreachable")  # (the last attempt returns or raises)
+                maybe_taken, why = True, type(exc).__name__
+            if attempt < self._retries:
+                await asyncio.sleep(
+                    min(_backoff(attempt, retry_after), max(deadline - loop.time(), 0))
+                )
+        raise IngressUnreachable(command_id, maybe_taken, why or "out of time")
 
 
-async def _answer(resp: aiohttp.ClientResponse) -> CloudEvent | Accepted:
+def _wait_seconds(wait: float | None) -> int:
+    """The whole seconds to ask to wait (``Prefer: wait`` takes whole seconds): at least
+    the wait asked, at most the ingress's 30; 0 for none."""
+    if wait is None or wait <= 0:
+        return 0
+    if not math.isfinite(wait):
+        raise ValueError("wait must be a finite number of seconds")
+    return min(math.ceil(wait), 30)
+
+
+async def _answer(resp: aiohttp.ClientResponse, command_id: str) -> CloudEvent | Accepted:
     body = await resp.read()
-    if resp.status == 200:
-        outcome = ce_http.from_http_event(ce_http.HTTPMessage(dict(resp.headers), body))
-        return outcome  # type: ignore[return-value]  # (a 1.0 event: the ingress's)
     try:
-        answer = await resp.json(content_type=None)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):  # (the HTTP server's own plain-text refusals)
-        raise IngressError(resp.status, "http_error", body[:200].decode(errors="replace"), [])
-    if resp.status == 202:
-        return Accepted(
-            tenant=str(answer["tenant"]),
-            command_id=str(answer["command_id"]),
-            idempotency_key=str(answer["idempotency_key"]),
-        )
+        if resp.status == 200:
+            outcome = ce_http.from_http_event(ce_http.HTTPMessage(dict(resp.headers), body))
+            if not isinstance(outcome, CloudEvent):
+                raise ValueError("not a CloudEvents 1.0 event")
+            return outcome
+        answer = json.loads(body)
+        if resp.status == 202:
+            return Accepted(
+                tenant=str(answer["tenant"]),
+                command_id=str(answer["command_id"]),
+                idempotency_key=str(answer["idempotency_key"]),
+            )
+        if not isinstance(answer, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, KeyError, TypeError, BaseCloudEventException):
+        # Not the ingress's answer (another server at the URL, a proxy's error page).
+        text = body[:200].decode(errors="replace")
+        raise IngressError(resp.status, "bad_answer", text, [], command_id) from None
     raise IngressError(
         resp.status,
         str(answer.get("error", "http_error")),
         str(answer.get("message", "")),
         list(answer.get("errors") or []),
+        command_id,
     )
 
 
-async def _backoff(attempt: int, retry_after: str | None) -> None:
-    delay = float(retry_after) if retry_after and retry_after.isdigit() else 0.2 * 2**attempt
-    await asyncio.sleep(min(delay, 5.0) * (0.5 + random.random()))
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    """Seconds before the next attempt: the server's Retry-After (whole seconds) or an
+    exponential step, with jitter above it (never sooner than asked)."""
+    asked = (
+        int(retry_after)
+        if retry_after and retry_after.isascii() and retry_after.isdigit()
+        else None
+    )
+    delay = min(float(asked) if asked is not None else 0.2 * 2**attempt, 5.0)
+    return delay * (1 + 0.5 * random.random())

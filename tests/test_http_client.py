@@ -6,6 +6,7 @@ made to answer 503 on cue, so this server stands in for one that is briefly unav
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,8 @@ import aiohttp.web
 import pytest
 import pytest_asyncio
 
-from paystream.http_client import Accepted, IngressClient, IngressError
+from paystream.devstack._process import free_port
+from paystream.http_client import Accepted, IngressClient, IngressError, IngressUnreachable
 
 pytestmark = pytest.mark.asyncio
 
@@ -27,6 +29,12 @@ async def flaky() -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
     async def commands(request: aiohttp.web.Request) -> aiohttp.web.Response:
         bodies.append(await request.read())
         status = plan.pop(0) if plan else 202
+        if status == 0:  # never answers
+            await asyncio.sleep(3600)
+        if status == 200:  # not the ingress: a web page
+            return aiohttp.web.Response(text="<html>hello</html>", content_type="text/html")
+        if status == 2020:  # an answer the ingress never gives
+            return aiohttp.web.json_response({}, status=202, headers={"Retry-After": "²"})
         if status == 503:
             return aiohttp.web.json_response(
                 {"error": "unavailable", "message": "later"},
@@ -40,7 +48,7 @@ async def flaky() -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
 
     app = aiohttp.web.Application()
     app.router.add_post("/v1/commands", commands)
-    runner = aiohttp.web.AppRunner(app)
+    runner = aiohttp.web.AppRunner(app, shutdown_timeout=0.5)  # (handlers left hanging)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -69,3 +77,38 @@ async def test_past_its_retries_the_503_is_said(flaky: tuple[str, list[bytes], l
         with pytest.raises(IngressError) as refused:
             await client.command("customer.create", "shop", {})
     assert refused.value.status == 503 and len(bodies) == 2
+
+
+async def test_a_call_ends_within_its_time_retries_and_all(
+    flaky: tuple[str, list[bytes], list[int]],
+) -> None:
+    url, _, plan = flaky
+    plan.extend([0] * 10)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with IngressClient(url, "psk_test", retries=5, timeout=1) as client:
+        with pytest.raises(IngressUnreachable) as gone:
+            await client.command("customer.create", "shop", {}, command_id="c-9", wait=1)
+    assert loop.time() - began < 3.5  # (1 s beyond the 1 s wait, not 6 x 2 s)
+    assert gone.value.maybe_taken and gone.value.command_id == "c-9"
+
+
+async def test_what_is_not_the_ingress_answering_is_an_ingress_error(
+    flaky: tuple[str, list[bytes], list[int]],
+) -> None:
+    url, _, plan = flaky
+    plan.extend([200, 2020])
+    async with IngressClient(url, "psk_test") as client:
+        for _ in range(2):
+            with pytest.raises(IngressError) as odd:
+                await client.command("customer.create", "shop", {})
+            assert odd.value.error == "bad_answer"
+
+
+async def test_nothing_listening_is_not_sent() -> None:
+    async with IngressClient(
+        f"http://127.0.0.1:{free_port()}", "psk_test", retries=1, timeout=2
+    ) as client:
+        with pytest.raises(IngressUnreachable) as refused:
+            await client.command("customer.create", "shop", {})
+    assert not refused.value.maybe_taken

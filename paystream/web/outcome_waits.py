@@ -51,20 +51,24 @@ class OutcomeWaits:
             return client
         if self._failed_at is not None and self._used - self._failed_at < self.RETRY_START_SECONDS:
             return None
-        if self._starting is None or self._starting.done():
-            self._starting = asyncio.ensure_future(self._start())
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._starting), within)
-        except TimeoutError:
+        starting = self._starting
+        if starting is None or starting.done():
+            starting = self._starting = asyncio.ensure_future(self._start())
+        # Waited for, not awaited: a stop() cancelling the start answers this sender None
+        # (its command is then produced without a wait), not CancelledError.
+        await asyncio.wait({starting}, timeout=within)
+        if not starting.done() or starting.cancelled():
             return None
+        return starting.result()
 
     async def _start(self) -> PaystreamClient | None:
         async with self._lock:
             old, self._client = self._client, None
             if old is not None:  # its reader failed (broker gone): a fresh one
                 await _stopped(old)
-            client = PaystreamClient(self._settings)
             try:
+                # (Made here too: its TLS context reads the CA file, which may be gone.)
+                client = PaystreamClient(self._settings)
                 await client.start()  # (stops what it started if it fails or is cancelled)
             except Exception as exc:
                 self._failed_at = self._clock()

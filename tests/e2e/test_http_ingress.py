@@ -25,7 +25,7 @@ from aiokafka.structs import TopicPartition
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import PaystreamClient
-from paystream.devstack._process import wait_until
+from paystream.devstack._process import free_port, wait_until
 from paystream.http_client import Accepted, IngressClient, IngressError
 from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.ingress_keys import new_key
@@ -593,3 +593,22 @@ async def test_send_over_http_prints_the_outcome(deployed: tuple[Deployment, str
     )  # fmt: skip
     assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
     assert SHOP_KEY not in refused.stdout + refused.stderr
+    # Refused as sent: 2, the fields named (as bad input is over Kafka).
+    invalid = run_cli(
+        dep, "send", "payment.create", "--tenant", "shop", "--http", base,
+        "--data", '{"amount": -5, "currency": "USD", "payment_method_token": "pm_card_visa"}',
+        check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+    )  # fmt: skip
+    assert invalid.returncode == 2 and "amount:" in invalid.stderr, invalid.stderr
+    # Nothing listening: not sent (1); not a URL: bad input (2).
+    closed = f"http://127.0.0.1:{free_port()}"
+    nobody = run_cli(
+        dep, "send", "customer.create", "--tenant", "shop", "--http", closed, check=False,
+        PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+    )  # fmt: skip
+    assert nobody.returncode == 1 and "was not sent" in nobody.stderr, nobody.stderr
+    no_url = run_cli(
+        dep, "send", "customer.create", "--tenant", "shop", "--http", "127.0.0.1:6066",
+        check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+    )  # fmt: skip
+    assert no_url.returncode == 2, no_url.stderr

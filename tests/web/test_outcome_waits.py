@@ -125,3 +125,24 @@ async def test_an_idle_reader_stops_and_a_busy_one_does_not(client: type[_Client
     assert client.stopped == 1
     assert await waits.reader(within=1) is not None  # started again at the next wait
     assert client.started == 2
+
+
+async def test_a_sender_waiting_on_a_start_that_stop_ends_gets_none(client: type[_Client]) -> None:
+    client.behaviour = "stuck"
+    waits = _waits([0.0])
+    waiting = asyncio.ensure_future(waits.reader(within=3))
+    await asyncio.sleep(0.05)
+    await waits.stop()
+    assert await waiting is None  # (not CancelledError: its handler answers 202)
+
+
+async def test_a_client_that_cannot_even_be_made_is_a_failed_start(
+    client: type[_Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unmakeable(settings: Any) -> Any:
+        raise FileNotFoundError("ca.crt")
+
+    monkeypatch.setattr(outcome_waits, "PaystreamClient", unmakeable)
+    waits = _waits([0.0])
+    assert await waits.reader(within=1) is None
+    assert await waits.reader(within=1) is None  # (not tried again at once)
