@@ -103,6 +103,17 @@ async def post(
         return resp.status, dict(resp.headers), answer
 
 
+async def answered_until(url: str, tenant: str, key: str, status: int) -> None:
+    """Post a command under ``key`` until it is answered ``status`` (a registry change
+    reaches the worker shortly)."""
+    for _ in range(600):
+        answered = await post(url, structured("customer.create", {}, tenant), key=key)
+        if answered[0] == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never answered {status}")
+
+
 async def commands_end(dep: Deployment) -> dict[int, int]:
     """The commands topic's end offset per partition: unchanged, nothing was produced."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
@@ -343,17 +354,9 @@ async def test_a_key_made_by_the_cli_sends_until_revoked(deployed: tuple[Deploym
     shown = run_cli(dep, "tenants", "list").stdout
     assert key not in shown and key.split("_")[1] in shown
 
-    async def until(expected: int) -> None:
-        for _ in range(600):
-            answered = await post(url, structured("customer.create", {}, "newco"), key=key)
-            if answered[0] == expected:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"never answered {expected}")
-
-    await until(202)  # (once the worker has read the new record)
+    await answered_until(url, "newco", key, 202)  # (once the worker has read the record)
     run_cli(dep, "tenants", "api-key", "revoke", "newco", listed[0]["id"])
-    await until(401)
+    await answered_until(url, "newco", key, 401)
     again = run_cli(dep, "tenants", "api-key", "revoke", "newco", listed[0]["id"], check=False)
     assert again.returncode != 0 and "has no key" in again.stderr
 
@@ -450,21 +453,13 @@ async def test_a_tenant_key_is_not_taken_while_its_newest_record_is_unreadable(
     tenant = Tenant(tenant_id="upgrading", ingress_keys={key_id: kept})
     await dep.add_tenants(tenant)
 
-    async def until(expected: int) -> None:
-        for _ in range(600):
-            answered = await post(url, structured("customer.create", {}, "upgrading"), key=key)
-            if answered[0] == expected:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"never answered {expected}")
-
-    await until(202)
+    await answered_until(url, "upgrading", key, 202)
     newer = {**tenant_record(tenant.model_copy(update={"ingress_keys": {}})), "from_2027": 1}
     await dep.produce(
         dep.settings.tenants_topic,
         (json.dumps("upgrading").encode(), json.dumps(newer).encode(), None),
     )
-    await until(503)
+    await answered_until(url, "upgrading", key, 503)
     # Another tenant's key learns nothing of it: the one answer, 401.
     other, _, _ = await post(url, structured("customer.create", {}, "upgrading"), key=SHOP_KEY)
     assert other == 401
