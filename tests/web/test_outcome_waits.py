@@ -131,7 +131,8 @@ async def test_a_sender_waiting_on_a_start_that_stop_ends_gets_none(client: type
     client.behaviour = "stuck"
     waits = _waits([0.0])
     waiting = asyncio.ensure_future(waits.reader(within=3))
-    await asyncio.sleep(0.05)
+    while not client.started:  # (until the start is under way)
+        await asyncio.sleep(0)
     await waits.stop()
     assert await waiting is None  # (not CancelledError: its handler answers 202)
 
