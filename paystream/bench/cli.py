@@ -39,6 +39,18 @@ __all__ = ["bench_command"]
     help="skip the ledger sink phase (events/s into PostgreSQL, DB statement latency)",
 )
 @click.option(
+    "--skip-http",
+    is_flag=True,
+    help="skip the ingress phases (the same worker fed over POST /v1/commands)",
+)
+@click.option(
+    "--http-commands",
+    type=int,
+    default=None,
+    help="commands over HTTP at full speed [default: min(commands, 5000)]; the HTTP "
+    "rate phase sends as many as the Kafka one",
+)
+@click.option(
     "--baseline-records",
     type=int,
     default=None,
@@ -96,6 +108,8 @@ def bench_command(
     as_json: bool,
     skip_baselines: bool,
     skip_ledger: bool,
+    skip_http: bool,
+    http_commands: int | None,
     baseline_records: int | None,
     profile: bool,
     profile_rate: int,
@@ -111,7 +125,8 @@ def bench_command(
     """Send N commands across T tenants through a real worker and report commands/s and
     command→outcome latency (full speed and at --rate), next to a raw aiokafka
     passthrough (full speed, and at --rate: the broker's latency floor) and a bare Faust
-    forwarder measured on the same broker.
+    forwarder measured on the same broker; then the same worker fed over its HTTP
+    ingress (full speed, and at --rate with each request waiting for its outcome).
 
     Uses KAFKA_BROKER_URL / REDIS_URL when set (with PAYSTREAM_BROKER_FLAVOR), otherwise
     starts an embedded Tansu broker and Redis. Topics and app id are unique per run.
@@ -148,6 +163,8 @@ def bench_command(
             rate_seconds=rate_seconds,
             baselines=not skip_baselines,
             ledger=not skip_ledger,
+            http=not skip_http,
+            http_commands=http_commands,
             baseline_records=baseline_records,
             profile=profile,
             profile_rate=profile_rate,
@@ -170,7 +187,9 @@ def bench_command(
         if report.profile is not None:
             click.echo("")
             click.echo(render_profile(report.profile))
-    missing = report.pipeline.missing + (report.rate.missing if report.rate else 0)
+    missing = sum(
+        p.missing for p in (report.pipeline, report.rate, report.http, report.http_rate) if p
+    )
     if missing:
         sys.exit(3)
 

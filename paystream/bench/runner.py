@@ -24,22 +24,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
 
 from paystream.bench.first_record import read_first_record
+from paystream.bench.http_phases import WAIT_SECONDS, HttpPhases, http_loads
 from paystream.bench.ledger import LedgerPhaseSkipped, LedgerResult, ledger_phase
 from paystream.bench.load import BenchCommand, bench_tenants, generate_commands, tenant_ids
+from paystream.bench.measure import Say, phase_result, progress_printer
 from paystream.bench.probe import (
     CpuSampler,
     OutputWatcher,
@@ -62,8 +66,6 @@ from paystream.tenancy.registry import put_tenant
 
 __all__ = ["BenchOptions", "BenchServices", "batch_series", "mean_batch", "run_bench"]
 
-Say = Callable[[str], None]
-
 
 @dataclass
 class BenchOptions:
@@ -83,6 +85,8 @@ class BenchOptions:
     idle_timeout: float = 30.0
     keep_dir: Path | None = None  # keep logs and profiles here (default: temp, removed)
     latency_csv: Path | None = None  # per-command latencies of the rate phase
+    http: bool = True  # the ingress phases: the same worker fed over POST /v1/commands
+    http_commands: int | None = None  # default: min(commands, 5000)
     say: Say = field(default=lambda _msg: None)
 
     def __post_init__(self) -> None:
@@ -92,6 +96,8 @@ class BenchOptions:
             raise ValueError("need at least 1 tenant")
         if self.rate < 0 or self.rate_seconds <= 0:
             raise ValueError("rate must be >= 0 and rate_seconds > 0")
+        if self.http_commands is not None and self.http_commands < 1:
+            raise ValueError("need at least 1 HTTP command")
 
 
 class BenchServices:
@@ -171,12 +177,14 @@ def _deployment(services: BenchServices, base: Path, options: BenchOptions) -> _
         "PAYSTREAM_APP_ID": f"bench-{tag}",
         "PAYSTREAM_DATA_DIR": str(base / "data"),
         "PAYSTREAM_LOG_LEVEL": os.environ.get("PAYSTREAM_LOG_LEVEL", "info"),
+        # The ingress phases send under the platform token (one of this run's own).
+        "PAYSTREAM_INGRESS_TOKEN": secrets.token_urlsafe(32),
         **topics,
     }
     fields = {
         k.removeprefix("PAYSTREAM_").lower(): v
         for k, v in env.items()
-        if k.startswith("PAYSTREAM_")
+        if k.startswith("PAYSTREAM_") and k != "PAYSTREAM_INGRESS_TOKEN"
     }
     settings = load_settings(
         kafka_broker_url=env["KAFKA_BROKER_URL"],
@@ -341,49 +349,6 @@ def _delta(before: int | None, after: int | None) -> int | None:
     return None if before is None or after is None else after - before
 
 
-def _progress(say: Say, phase: str) -> Callable[[int, int, float], None]:
-    def report(done: int, total: int, elapsed: float) -> None:
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        say(f"  {phase}: {done}/{total} ({rate:,.0f}/s, ETA {eta:.0f} s)")
-
-    return report
-
-
-def _phase(
-    name: str,
-    commands: Sequence[BenchCommand],
-    watcher: OutputWatcher,
-    sent_at: dict[str, float] | None,
-    cpu: CpuSampler,
-    sut: str,
-    started: float | None = None,
-    **extra: float,
-) -> PhaseResult:
-    """``started``: when the phase began (default: its first send), to time it by if its
-    output came back in one fetch."""
-    ids = [c.command_id for c in commands]
-    arrivals = [watcher.arrivals[i] for i in ids if i in watcher.arrivals]
-    latencies = (
-        [1000 * (watcher.arrivals[i] - sent_at[i]) for i in ids if i in watcher.arrivals]
-        if sent_at is not None
-        else []
-    )
-    types = watcher.outcome_types(ids) if sent_at is not None else {}
-    if started is None and sent_at:
-        started = min(sent_at.values())
-    result = PhaseResult.from_arrivals(
-        name, len(ids), arrivals, latencies, started, outcome_types=types, sut=sut, **extra
-    )
-    if result.window is not None:
-        first, last = result.window
-        for proc in cpu.pids:
-            secs = cpu.between(proc, first, last)
-            if secs is not None:
-                result.cpu_seconds[proc] = secs
-    return result
-
-
 async def _register_tenants(settings: Settings, tenants: Sequence[str]) -> None:
     for tenant in bench_tenants(tenants):
         await put_tenant(settings, tenant)
@@ -397,7 +362,7 @@ def _probe_wait_ms(settings: Settings) -> int:
 
 async def _pipeline_phases(
     dep: _Deployment, options: BenchOptions, base: Path, report_notes: list[str], cpu: CpuSampler
-) -> tuple[PhaseResult, PhaseResult | None, dict[str, object] | None]:
+) -> _WorkerPhases:
     settings, say = dep.settings, options.say
     say(f"starting worker (app id {settings.app_id}, {len(dep.tenants)} tenants)…")
     worker = WorkerProcess(dep.worker_env, base / "worker.log", free_port())
@@ -442,14 +407,14 @@ async def _pipeline_phases(
             await watcher.wait_for(
                 [c.command_id for c in load],
                 idle_timeout=options.idle_timeout,
-                progress=_progress(say, "outcomes"),
+                progress=progress_printer(say, "outcomes"),
             )
             cpu.sample()
             profile = None
             if spy is not None:
                 profile = _stop_spy(spy, options, len(load))
                 report_notes.append("full-speed throughput measured under py-spy sampling")
-            full = _phase("pipeline", load, watcher, sent.sent_at, cpu, "worker")
+            full = phase_result("pipeline", load, watcher, sent.sent_at, cpu, "worker")
             counters, before = _batch_counters(worker), counters
             full.mean_batch, full.batch_stage_ms = mean_batch(before, counters)
             redis_after = await asyncio.to_thread(_redis_commands, dep.worker_env["REDIS_URL"])
@@ -471,7 +436,7 @@ async def _pipeline_phases(
                     settings.commands_topic,
                     paced,
                     options.rate,
-                    progress=_progress(say, "sent"),
+                    progress=progress_printer(say, "sent"),
                 )
                 await watcher.wait_for(
                     [c.command_id for c in paced], idle_timeout=options.idle_timeout
@@ -480,7 +445,7 @@ async def _pipeline_phases(
                 if spy is not None:
                     profile = _stop_spy(spy, options, len(paced))
                     report_notes.append("rate-phase latency measured under py-spy sampling")
-                rate_result = _phase(
+                rate_result = phase_result(
                     "rate",
                     paced,
                     watcher,
@@ -500,13 +465,57 @@ async def _pipeline_phases(
                 )
                 if options.latency_csv is not None:
                     _write_latencies(options.latency_csv, paced, sent_r.sent_at, watcher)
+            http: tuple[PhaseResult | None, PhaseResult | None] = (None, None)
+            if options.http:
+                http = await _http_phases(worker, dep, options, watcher, cpu, report_notes)
             if watcher.duplicates:
                 report_notes.append(f"{watcher.duplicates} duplicate outcome(s) (redelivery)")
         finally:
             await watcher.stop()
             await producer.stop()
     cpu.pids.pop("worker", None)
-    return full, rate_result, profile
+    return _WorkerPhases(full, rate_result, profile, *http)
+
+
+@dataclass
+class _WorkerPhases:
+    full: PhaseResult
+    rate: PhaseResult | None
+    profile: dict[str, object] | None
+    http: PhaseResult | None
+    http_rate: PhaseResult | None
+
+
+async def _http_phases(
+    worker: WorkerProcess,
+    dep: _Deployment,
+    options: BenchOptions,
+    watcher: OutputWatcher,
+    cpu: CpuSampler,
+    notes: list[str],
+) -> tuple[PhaseResult, PhaseResult | None]:
+    """The same worker fed over its HTTP ingress (paystream/bench/http_phases.py)."""
+    count = options.http_commands or min(options.commands, 5000)
+    paced_count = max(1, int(options.rate * options.rate_seconds)) if options.rate > 0 else 0
+    warm, load, paced = http_loads(dep.tag, dep.tenants, count, paced_count, options.seed)
+    phases = HttpPhases(
+        worker.base_url,
+        dep.worker_env["PAYSTREAM_INGRESS_TOKEN"],
+        watcher,
+        cpu,
+        idle_timeout=options.idle_timeout,
+        say=options.say,
+        notes=notes,
+    )
+    # No connection limit: paced requests must not queue in the client (the full-speed
+    # phase bounds itself by its senders).
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=options.idle_timeout + WAIT_SECONDS)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await phases.warm_up(session, warm)
+        full = await phases.full_speed(session, load)
+        at_rate = await phases.at_rate(session, paced, options.rate) if paced else None
+    return full, at_rate
 
 
 def _spy(options: BenchOptions, worker: WorkerProcess, base: Path, phase: str) -> PySpy | None:
@@ -559,7 +568,7 @@ async def _baseline(
         def progress(done: int, total: int, elapsed: float) -> None:
             child.check()
             if done:
-                _progress(say, name)(done, total, elapsed)
+                progress_printer(say, name)(done, total, elapsed)
 
         # The Faust worker needs a few seconds to join its group: allow for it.
         await watcher.wait_for(ids, idle_timeout=options.idle_timeout + 30, progress=progress)
@@ -568,7 +577,7 @@ async def _baseline(
         child.stop()
         await watcher.stop()
     started = read_first_record(child.log_path)
-    result = _phase(name, records, watcher, None, cpu, name, started=started)
+    result = phase_result(name, records, watcher, None, cpu, name, started=started)
     del cpu.pids[name]
     return result
 
@@ -616,7 +625,7 @@ async def _passthrough_at_rate(
         child.stop()
         await producer.stop()
         await watcher.stop()
-    result = _phase(
+    result = phase_result(
         "floor",
         paced,
         watcher,
@@ -659,7 +668,8 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
     cpu = CpuSampler(pids)
     cpu.start()
     try:
-        full, rate, profile = await _pipeline_phases(dep, options, base, notes, cpu)
+        phases = await _pipeline_phases(dep, options, base, notes, cpu)
+        full, rate, profile = phases.full, phases.rate, phases.profile
         ledger: LedgerResult | None = None
         if options.ledger and services.database_url:
             try:
@@ -721,6 +731,8 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
         ledger=ledger,
         profile=profile,
         notes=notes,
+        http=phases.http,
+        http_rate=phases.http_rate,
     )
 
 

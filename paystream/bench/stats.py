@@ -41,6 +41,10 @@ class PhaseResult:
     sut: str = ""  # the process under test: "worker", "raw" or "faust"
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, same window
     window: tuple[float, float] | None = None  # monotonic (start, end) timed, if any
+    # Ingress phases: the HTTP answers by status ("202", "200", "error:…") and answers per
+    # second from the first request to the last answer.
+    answers: dict[str, int] = field(default_factory=dict)
+    answered_rate: float = 0.0
 
     @property
     def sut_cpu_pct(self) -> float | None:
@@ -114,6 +118,10 @@ class BenchReport:
     # The rate phase's load through the raw aiokafka passthrough: the broker's floor.
     floor: PhaseResult | None = None
     ledger: Any = None  # bench.ledger.LedgerResult (the sink phase), if it ran
+    # The pipeline fed over HTTP (POST /v1/commands): full speed, and at the offered rate
+    # with each request waiting for its outcome.
+    http: PhaseResult | None = None
+    http_rate: PhaseResult | None = None
     profile: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -166,9 +174,10 @@ class BenchReport:
             "outcome_types": _merge(
                 self.pipeline.outcome_types, rate.outcome_types if rate else {}
             ),
+            **self._http_json(),
             "phases": {
                 p.name: _phase_json(p)
-                for p in (self.pipeline, rate, self.raw, self.floor, self.faust)
+                for p in (self.pipeline, rate, self.raw, self.floor, self.faust, *self._http())
                 if p
             },
             "ledger_events_per_s": _r(self.ledger.events_per_second) if self.ledger else None,
@@ -179,6 +188,38 @@ class BenchReport:
         if self.profile is not None:
             out["profile"] = self.profile
         return out
+
+    def _http(self) -> tuple[PhaseResult | None, PhaseResult | None]:
+        return self.http, self.http_rate
+
+    def http_cpu_ratio(self) -> float | None:
+        """Worker CPU per command fed over HTTP / fed over Kafka (full speed)."""
+        ours = self.http.sut_us_per_record if self.http is not None else None
+        kafka = self.pipeline.sut_us_per_record
+        return ours / kafka if ours and kafka else None
+
+    def _http_json(self) -> dict[str, Any]:
+        http, paced = self.http, self.http_rate
+        return {
+            "http_throughput_cps": _r(http.throughput) if http else None,
+            "http_answered_per_s": _r(http.answered_rate) if http else None,
+            "http_ratio_vs_kafka": _r(self.ratio_of(http), 3),
+            "http_worker_cpu_ratio_vs_kafka": _r(self.http_cpu_ratio(), 3),
+            "http_offered_rate": paced.offered_rate if paced else 0,
+            "http_p50_ms": _r(paced.pct(50)) if paced else None,
+            "http_p95_ms": _r(paced.pct(95)) if paced else None,
+            "http_p99_ms": _r(paced.pct(99)) if paced else None,
+            "http_missing_outcomes": sum(p.missing for p in (http, paced) if p),
+            "http_outcome_types": _merge(
+                http.outcome_types if http else {}, paced.outcome_types if paced else {}
+            ),
+        }
+
+    def ratio_of(self, phase: PhaseResult | None) -> float | None:
+        """A phase's throughput over the Kafka-fed pipeline's."""
+        if phase is None or self.pipeline.throughput <= 0:
+            return None
+        return phase.throughput / self.pipeline.throughput
 
 
 def _merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -234,8 +275,11 @@ def render_table(report: BenchReport) -> str:
         "raw": "raw aiokafka passthrough",
         "faust": "bare Faust forwarder",
         "floor": "raw passthrough @ {rate:g}/s",
+        "http": "over HTTP (full speed)",
+        "http_rate": "over HTTP @ {rate:g}/s, wait",
     }
-    for p in (report.pipeline, report.rate, report.raw, report.floor, report.faust):
+    phases = (report.pipeline, report.rate, report.raw, report.floor, report.faust)
+    for p in (*phases, report.http, report.http_rate):
         if p is None:
             continue
         label = labels[p.name].format(rate=p.offered_rate)
@@ -266,6 +310,7 @@ def render_table(report: BenchReport) -> str:
             f"CPU per record, bare Faust forwarder / pipeline: {cpu_ratio:.3f}x "
             "(the throughput ratio if both had a core to themselves)"
         )
+    lines.extend(_http_lines(report))
     for p in (report.pipeline, report.rate):
         if p is not None and p.mean_batch is not None:
             stages = ", ".join(f"{k} {v:.1f} ms" for k, v in p.batch_stage_ms.items())
@@ -285,7 +330,7 @@ def render_table(report: BenchReport) -> str:
         "CPU% / CPU µs/rec: the process under test (worker, passthrough or forwarder), "
         "all threads, from its first to its last output"
     )
-    for p in (report.pipeline, report.rate, report.raw, report.floor, report.faust):
+    for p in (*phases, report.http, report.http_rate):
         if p is not None and p.cpu_seconds:
             shares = (
                 ", ".join(
@@ -306,3 +351,29 @@ def render_table(report: BenchReport) -> str:
         )
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
+
+
+def _http_lines(report: BenchReport) -> list[str]:
+    """The ingress phases against the Kafka-fed ones of the same run."""
+    lines: list[str] = []
+    http, paced = report.http, report.http_rate
+    ratio, cpu = report.ratio_of(http), report.http_cpu_ratio()
+    if http is not None and ratio is not None:
+        lines.append(
+            f"over HTTP: {http.throughput:,.0f} commands/s = {ratio:.3f}x the Kafka-fed "
+            f"pipeline; answered {http.answered_rate:,.0f} requests/s"
+            + (f"; worker CPU per command {cpu:.2f}x Kafka-fed" if cpu is not None else "")
+        )
+    if paced is not None and report.rate is not None:
+        ours, kafka = paced.pct(99), report.rate.pct(99)
+        if ours is not None and kafka is not None:
+            lines.append(
+                f"p99 at {paced.offered_rate:g}/s: request → answer with its outcome over HTTP "
+                f"{ours:,.1f} ms, command → outcome read over Kafka {kafka:,.1f} ms"
+            )
+    for p in (http, paced):
+        if p is not None and set(p.answers) - {"200", "202"}:
+            lines.append(f"WARNING: {p.name} answers {p.answers}")
+        if p is not None and p.missing:
+            lines.append(f"WARNING: {p.missing} {p.name} command(s) got no outcome")
+    return lines

@@ -188,6 +188,18 @@ def test_bench_smoke_run_json() -> None:
     assert "pipeline:" in proc.stderr
     # where rate-phase latency goes: before the worker produced the outcome, and after
     assert any("command due → outcome produced" in n for n in out["notes"]), out["notes"]
+    # the same worker fed over its HTTP ingress: every request taken, every outcome out
+    http, http_rate = out["phases"]["http"], out["phases"]["http_rate"]
+    assert http["answers"] == {"202": 300} and http["received"] == 300
+    assert http_rate["answers"] == {"200": 200} and http_rate["received"] == 200
+    assert out["http_missing_outcomes"] == 0
+    assert out["http_throughput_cps"] > 0 and out["http_answered_per_s"] > 0
+    assert out["http_worker_cpu_ratio_vs_kafka"] > 0
+    assert 0 < out["http_p50_ms"] <= out["http_p95_ms"] <= out["http_p99_ms"]
+    assert sum(out["http_outcome_types"].values()) == 500
+    assert "command.rejected" not in out["http_outcome_types"]
+    assert any("request due → outcome read by the bench" in n for n in out["notes"]), out["notes"]
+    assert "http rate:" in proc.stderr
     # the ledger sink phase drained every outcome into PostgreSQL
     ledger = out["ledger"]
     # (the bench also sends a few warm-up commands of its own)
