@@ -27,7 +27,7 @@ from paystream.settings import Settings, unknown_variables
 from paystream.streams import fast_delivery
 from paystream.tables import stale_stores
 from paystream.web import bad_requests
-from paystream.web import ingress as _ingress  # noqa: F401
+from paystream.web import ingress_route as _ingress_route  # noqa: F401
 from paystream.web import views as _views  # noqa: F401
 from paystream.web import webhooks as _webhooks  # noqa: F401
 

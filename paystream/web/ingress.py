@@ -24,19 +24,19 @@ import asyncio
 import hmac
 import logging
 import re
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
 import aiohttp.web
+import orjson
+from aiohttp.web import Request, Response
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
-from faust.web import Request, Response, View
 from pydantic import ValidationError
 
 from paystream import metrics
 from paystream.agents.card_data import kept_headers, trace_context_without_cards
-from paystream.agents.tenants import registry
-from paystream.app import app, settings
 from paystream.client import (
     CommandTooLarge,
     InvalidCommand,
@@ -45,7 +45,7 @@ from paystream.client import (
     new_request_header,
 )
 from paystream.log_limits import ThrottledLog
-from paystream.settings import ATTRIBUTES_MAX_BYTES
+from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
 from paystream.streams.codec import (
     STRUCTURED_CONTENT_TYPE,
     KafkaRecord,
@@ -58,11 +58,17 @@ from paystream.streams.outcomes import REQUEST_HEADER
 from paystream.streams.pan import redact_card_numbers
 from paystream.streams.tracecontext import parse_traceparent, valid_tracestate
 from paystream.tenancy.ingress_keys import key_id_of, key_matches
+from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import UNREGISTERED
 from paystream.web.outcome_waits import OutcomeWaits
-from paystream.web.produce import NotProduced, produce_command
+from paystream.web.produce import NotProduced
 
-__all__ = ["CommandIngressView"]
+__all__ = ["IDLE_READER_SECONDS", "CommandIngress", "Produce"]
+
+# Produces a command record for a tenant once the broker acknowledges it; NotProduced
+# otherwise. (The worker's goes through its Faust producer, the ingress process's
+# through its own.)
+Produce = Callable[[KafkaRecord, str], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
@@ -82,8 +88,6 @@ _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # RFC 7240: "wait=<delta-seconds>" among the Prefer header's preferences.
 _WAIT = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?(\d{1,6})\"?\s*(?=[;,]|$)", re.IGNORECASE)
 
-_waits = OutcomeWaits(settings)
-
 
 class _Refused(Exception):
     """A request answered with an error: (status, result label, error code, message)."""
@@ -93,15 +97,27 @@ class _Refused(Exception):
         self.status, self.result, self.error, self.extra = status, result, error, extra
 
 
-@app.page("/v1/commands")
-class CommandIngressView(View):
-    """One command, produced to the commands topic for its tenant."""
+class CommandIngress:
+    """``POST /v1/commands`` over what it needs: the tenant registry (for tenant keys), a
+    way to produce, and the outcome reader for waiting senders. The worker serves it
+    beside its views (web/ingress_route.py); ``paystream ingress`` alone
+    (web/ingress_server.py)."""
 
-    async def post(self, request: Request) -> Response:
+    def __init__(
+        self, settings: Settings, registry: RegistryMirror, produce: Produce, waits: OutcomeWaits
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.produce = produce
+        self.waits = waits
+
+    async def handle(self, request: Request) -> Response:
+        """One command, produced to the commands topic for its tenant."""
+        registry, settings = self.registry, self.settings
         tenant_label = UNREGISTERED
         try:
             credential = _bearer(request)
-            platform = credential is not None and _is_platform_token(credential)
+            platform = credential is not None and _is_platform_token(settings, credential)
             if not platform:
                 # Before the body is read: a made-up key costs no parsing.
                 key_id = None if credential is None else key_id_of(credential)
@@ -111,7 +127,7 @@ class CommandIngressView(View):
                     raise _unavailable("the tenant registry is loading")
                 if not registry.has_ingress_key(key_id):
                     raise _unauthorized()
-            body = await _body(request)
+            body = await _body(request, settings.command_max_bytes)
             event = _decoded(request, body)
             tenant = event.get_extension("tenantid")
             if not isinstance(tenant, str) or not tenant:
@@ -123,12 +139,12 @@ class CommandIngressView(View):
                     raise _unauthorized()
                 if tenant in registry.unreadable:
                     # Its newest record (a newer paystream's) may have revoked the key:
-                    # what this worker holds is older. Fail closed; a peer may answer.
+                    # what this process holds is older. Fail closed; a peer may answer.
                     # (Asked after the key matched: another tenant's key learns nothing.)
                     raise _unavailable("this worker cannot read the tenant's newest record")
             if tenant in registry.tenants:
                 tenant_label = tenant
-            rec, command_id = _command_record(_with_trace_context(event, request))
+            rec, command_id = _command_record(_with_trace_context(event, request), settings)
             return await self._produced(request, tenant, command_id, event, rec, tenant_label)
         except _Refused as refused:
             metrics.INGRESS.labels(tenant_label, refused.result).inc()
@@ -136,7 +152,7 @@ class CommandIngressView(View):
             headers = {"Retry-After": "1"} if refused.status == 503 else None
             if refused.status == 401:
                 headers = {"WWW-Authenticate": 'Bearer realm="paystream"'}
-            return self.json(body_out, status=refused.status, headers=headers)
+            return _json(body_out, status=refused.status, headers=headers)
 
     async def _produced(
         self,
@@ -153,9 +169,9 @@ class CommandIngressView(View):
         waiter: asyncio.Future[CloudEvent] | None = None
         try:
             if wait is not None:
-                waiter, rec = await _awaiting(tenant, command_id, rec, wait)
+                waiter, rec = await self._awaiting(tenant, command_id, rec, wait)
             try:
-                await produce_command(rec, tenant, "ingress")
+                await self.produce(rec, tenant)
             except NotProduced:
                 raise _unavailable(
                     "the broker did not acknowledge the command: it may or may not have "
@@ -174,8 +190,8 @@ class CommandIngressView(View):
                 else:
                     metrics.INGRESS.labels(tenant_label, "answered").inc()
                     message = ce_http.to_structured_event(outcome)
-                    return self.bytes(
-                        message.body,
+                    return Response(
+                        body=message.body,
                         content_type=STRUCTURED_CONTENT_TYPE,
                         headers={"Preference-Applied": f"wait={wait:g}"},
                     )
@@ -189,23 +205,32 @@ class CommandIngressView(View):
             "command_id": command_id,
             "idempotency_key": str(event.get_extension("idempotencykey") or command_id),
         }
-        return self.json(accepted, status=202)
+        return _json(accepted, status=202)
+
+    async def _awaiting(
+        self, tenant: str, command_id: str, rec: KafkaRecord, wait: float
+    ) -> tuple[asyncio.Future[CloudEvent] | None, KafkaRecord]:
+        """A future for the command's outcome and the record marked for it (its own
+        request header, echoed on its outcome), or no future: the reader cannot be had in
+        time (its start is bounded by the wait), or as many senders wait as it lets."""
+        reader = await self.waits.reader(within=min(wait, READER_START_SECONDS))
+        if reader is None or reader.awaited >= MAX_WAITING:
+            return None, rec
+        request_header = new_request_header()
+        # Awaited before it is produced: its outcome may come at once.
+        waiter = reader.expect(tenant, command_id, request=request_header)
+        headers = (*rec.headers, (REQUEST_HEADER, request_header.encode()))
+        return waiter, KafkaRecord(rec.key, rec.value, headers)
 
 
-async def _awaiting(
-    tenant: str, command_id: str, rec: KafkaRecord, wait: float
-) -> tuple[asyncio.Future[CloudEvent] | None, KafkaRecord]:
-    """A future for the command's outcome and the record marked for it (its own request
-    header, echoed on its outcome), or no future: the reader cannot be had in time (its
-    start is bounded by the wait), or as many senders wait as a worker lets."""
-    reader = await _waits.reader(within=min(wait, READER_START_SECONDS))
-    if reader is None or reader.awaited >= MAX_WAITING:
-        return None, rec
-    request_header = new_request_header()
-    # Awaited before it is produced: its outcome may come at once.
-    waiter = reader.expect(tenant, command_id, request=request_header)
-    headers = (*rec.headers, (REQUEST_HEADER, request_header.encode()))
-    return waiter, KafkaRecord(rec.key, rec.value, headers)
+def _json(value: dict[str, Any], *, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        body=orjson.dumps(value),
+        content_type="application/json",
+        charset="utf-8",
+        status=status,
+        headers=headers,
+    )
 
 
 def _unauthorized() -> _Refused:
@@ -231,7 +256,7 @@ def _bearer(request: Request) -> str | None:
     return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _is_platform_token(credential: str) -> bool:
+def _is_platform_token(settings: Settings, credential: str) -> bool:
     token = settings.ingress_token
     if token is None:
         return False
@@ -241,14 +266,13 @@ def _is_platform_token(credential: str) -> bool:
         return False
 
 
-async def _body(request: Request) -> bytes:
-    """The body, refused 413 past the largest command a worker takes (read in chunks:
-    never more than that is buffered, whatever the request says of its length)."""
-    limit = settings.command_max_bytes
+async def _body(request: Request, limit: int) -> bytes:
+    """The body, refused 413 past ``limit``, the largest command a worker takes (read in
+    chunks: never more than that is buffered, whatever the request says of its length)."""
     too_large = _Refused(
         413, "too_large", "payload_too_large", f"a command is at most {limit} bytes"
     )
-    raw = cast(aiohttp.web.Request, request)
+    raw = request
     if (raw.content_length or 0) > limit:
         raise too_large
     chunks: list[bytes] = []
@@ -287,7 +311,7 @@ def _decoded(request: Request, body: bytes) -> CloudEvent:
             "one command a request: batched mode is not taken (send each, concurrently)",
         )  # fmt: skip
     headers: dict[str, bytes] = {}
-    given = cast(aiohttp.web.Request, request).headers  # (a multidict: names may repeat)
+    given = request.headers  # (a multidict: names may repeat)
     names = {name.lower() for name in given if name.lower().startswith("ce-")}
     for name in sorted(names):
         values = given.getall(name)
@@ -353,7 +377,7 @@ def _without_card_trace(event: CloudEvent) -> CloudEvent:
     return CloudEvent(attributes, event.get_data())
 
 
-def _command_record(event: CloudEvent) -> tuple[KafkaRecord, str]:
+def _command_record(event: CloudEvent, settings: Settings) -> tuple[KafkaRecord, str]:
     """The command's Kafka record and id; refused as a worker would refuse it unrun."""
     command_type = str(event.get_type())
     name = command_type.removeprefix(COMMAND_PREFIX)
@@ -404,15 +428,3 @@ def _preferred_wait(prefer: str) -> float | None:
         return None
     seconds = min(float(found.group(1)), MAX_WAIT_SECONDS)
     return seconds or None
-
-
-@app.timer(interval=60.0)
-async def stop_idle_outcome_reader() -> None:
-    await _waits.stop_if_idle(IDLE_READER_SECONDS)
-
-
-async def _stop_outcome_reader(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    await _waits.stop()
-
-
-app.on_before_shutdown.connect(_stop_outcome_reader)

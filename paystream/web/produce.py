@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from paystream.app import app, settings
 from paystream.log_limits import ThrottledLog
-from paystream.streams.codec import KafkaRecord
 
-__all__ = ["SEND_TIMEOUT_SECONDS", "NotProduced", "produce_command"]
+__all__ = ["SEND_TIMEOUT_SECONDS", "NotProduced", "acknowledged"]
 
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
@@ -24,19 +24,16 @@ class NotProduced(Exception):
     topic (the same command id is the safe retry)."""
 
 
-async def produce_command(rec: KafkaRecord, tenant: str, why: str) -> None:
-    """Produce a command to the commands topic and wait for the broker's acknowledgement.
-    ``why`` names the caller in the (throttled, per tenant) warning a failure logs."""
-
-    async def send() -> None:
-        sent = await app.producer.send(
-            settings.commands_topic, rec.key, rec.value, None, None, list(rec.headers)
-        )
-        await sent
-
+async def acknowledged(
+    send: Callable[[], Awaitable[Awaitable[Any]]], tenant: str, why: str
+) -> None:
+    """``send()`` hands a record to a producer and gives the future of its delivery: both
+    awaited within SEND_TIMEOUT_SECONDS, or NotProduced. ``why`` names the caller in the
+    (throttled, per tenant) warning a failure logs."""
     try:
         # Bounded as a whole: the send itself waits while the producer has no metadata.
-        await asyncio.wait_for(send(), SEND_TIMEOUT_SECONDS)
+        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+            await (await send())
     except Exception as exc:  # whatever failed, the caller's answer is "send it again"
         _throttled.warning(
             (why, tenant), "%s for %s: command not produced: %s", why, tenant, type(exc).__name__

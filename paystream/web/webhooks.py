@@ -53,7 +53,8 @@ from paystream.tables.views import entity_view
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 from paystream.tenancy.secrets import secret_opener
-from paystream.web.produce import NotProduced, produce_command
+from paystream.web.produce import NotProduced
+from paystream.web.worker_produce import produce_command
 
 __all__ = ["WebhookView"]
 

@@ -5,29 +5,24 @@ from __future__ import annotations
 import pytest
 
 from paystream.client import build_command
-from paystream.settings import CloudEventsMode
+from paystream.settings import CloudEventsMode, load_settings
 from paystream.web import ingress
 
 
-def test_a_structured_command_too_large_as_encoded_is_a_413(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_structured_command_too_large_as_encoded_is_a_413() -> None:
     """Non-ASCII text is escaped in structured mode (six bytes a character): a body under
     the limit can be over it as sent, which is a size refusal, not invalid data."""
-    structured = ingress.settings.model_copy(
-        update={"cloudevents_mode": CloudEventsMode.STRUCTURED}
-    )
-    monkeypatch.setattr(ingress, "settings", structured)
+    structured = load_settings(cloudevents_mode=CloudEventsMode.STRUCTURED)
     metadata = {f"k{i}": "é" * 500 for i in range(50)}  # ~50 KB as UTF-8, ~150 KB escaped
     event = build_command("customer.create", "shop", {"metadata": metadata})
     with pytest.raises(ingress._Refused) as refused:
-        ingress._command_record(event)
+        ingress._command_record(event, structured)
     assert (refused.value.status, refused.value.error) == (413, "payload_too_large")
 
 
 def test_a_binary_command_is_produced_as_the_kafka_path_sends_it() -> None:
     event = build_command("customer.create", "shop", {"email": "ada@example.com"})
-    rec, command_id = ingress._command_record(event)
+    rec, command_id = ingress._command_record(event, load_settings())
     headers = dict(rec.headers)
     assert command_id == event.get_id() and rec.key == b"shop"
     assert headers["ce_type"] == b"com.paystream.command.customer.create"
