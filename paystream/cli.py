@@ -143,6 +143,27 @@ def worker(faust_args: tuple[str, ...]) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@cli.command()
+@click.option("--host", default=None, help="bind address [default: PAYSTREAM_INGRESS_HOST]")
+@click.option("--port", type=int, default=None, help="port [default: PAYSTREAM_INGRESS_PORT]")
+def ingress(host: str | None, port: int | None) -> None:
+    """Run the HTTP command ingress (POST /v1/commands) in a process of its own: it
+    produces commands for the workers and answers waiting senders, off their cores."""
+    settings = _settings()
+    from paystream.web.ingress_server import serve
+
+    try:
+        settings.require_broker()
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(settings, host or settings.ingress_host, port or settings.ingress_port))
+    else:
+        asyncio.run(serve(settings, host or settings.ingress_host, port or settings.ingress_port))
+
+
 # ---- config / doctor ----------------------------------------------------------------
 
 

@@ -391,6 +391,16 @@ class Settings(BaseSettings):
     web_port: Port = Field(
         default=6066, description="PAYSTREAM_WEB_PORT: worker web port (dashboard, /metrics)."
     )
+    ingress_host: str = Field(
+        default="127.0.0.1",
+        description="PAYSTREAM_INGRESS_HOST: `paystream ingress` bind (the HTTP command "
+        "ingress in a process of its own).",
+    )
+    ingress_port: Port = Field(
+        default=6070,
+        description="PAYSTREAM_INGRESS_PORT: `paystream ingress` port (POST /v1/commands, "
+        "/healthz, /metrics).",
+    )
     web_allowed_hosts: str = Field(
         default="",
         pattern=r"^[A-Za-z0-9.,\- ]*$",

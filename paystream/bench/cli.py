@@ -44,6 +44,13 @@ __all__ = ["bench_command"]
     help="skip the ingress phases (the same worker fed over POST /v1/commands)",
 )
 @click.option(
+    "--http-via",
+    type=click.Choice(["ingress", "worker"]),
+    default="ingress",
+    show_default=True,
+    help="the ingress phases through a `paystream ingress` process, or the worker's own route",
+)
+@click.option(
     "--http-commands",
     type=int,
     default=None,
@@ -109,6 +116,7 @@ def bench_command(
     skip_baselines: bool,
     skip_ledger: bool,
     skip_http: bool,
+    http_via: str,
     http_commands: int | None,
     baseline_records: int | None,
     profile: bool,
@@ -164,6 +172,7 @@ def bench_command(
             baselines=not skip_baselines,
             ledger=not skip_ledger,
             http=not skip_http,
+            http_via=http_via,
             http_commands=http_commands,
             baseline_records=baseline_records,
             profile=profile,

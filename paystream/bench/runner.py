@@ -54,6 +54,7 @@ from paystream.bench.probe import (
 from paystream.bench.profiling import PySpy, summarise
 from paystream.bench.stats import BenchReport, PhaseResult, percentile
 from paystream.devstack._process import free_port, kill_process_group, parent_death_signal
+from paystream.devstack.ingress import IngressProcess
 from paystream.devstack.kafka import TansuBroker
 from paystream.devstack.postgres import EmbeddedPostgres
 from paystream.devstack.redis import EmbeddedRedis
@@ -86,6 +87,7 @@ class BenchOptions:
     keep_dir: Path | None = None  # keep logs and profiles here (default: temp, removed)
     latency_csv: Path | None = None  # per-command latencies of the rate phase
     http: bool = True  # the ingress phases: the same worker fed over POST /v1/commands
+    http_via: str = "ingress"  # "ingress": a `paystream ingress` process; "worker": its route
     http_commands: int | None = None  # default: min(commands, 5000)
     say: Say = field(default=lambda _msg: None)
 
@@ -96,6 +98,8 @@ class BenchOptions:
             raise ValueError("need at least 1 tenant")
         if self.rate < 0 or self.rate_seconds <= 0:
             raise ValueError("rate must be >= 0 and rate_seconds > 0")
+        if self.http_via not in ("ingress", "worker"):
+            raise ValueError("http_via must be ingress or worker")
         if self.http_commands is not None and self.http_commands < 1:
             raise ValueError("need at least 1 HTTP command")
 
@@ -467,7 +471,7 @@ async def _pipeline_phases(
                     _write_latencies(options.latency_csv, paced, sent_r.sent_at, watcher)
             http: tuple[PhaseResult | None, PhaseResult | None] = (None, None)
             if options.http:
-                http = await _http_phases(worker, dep, options, watcher, cpu, report_notes)
+                http = await _http_phases(worker, dep, options, watcher, cpu, report_notes, base)
             if watcher.duplicates:
                 report_notes.append(f"{watcher.duplicates} duplicate outcome(s) (redelivery)")
         finally:
@@ -493,28 +497,44 @@ async def _http_phases(
     watcher: OutputWatcher,
     cpu: CpuSampler,
     notes: list[str],
+    base: Path,
 ) -> tuple[PhaseResult, PhaseResult | None]:
-    """The same worker fed over its HTTP ingress (paystream/bench/http_phases.py)."""
+    """The same worker fed over HTTP (paystream/bench/http_phases.py): through a
+    `paystream ingress` process of its own, or the worker's own route."""
     count = options.http_commands or min(options.commands, 5000)
     paced_count = max(1, int(options.rate * options.rate_seconds)) if options.rate > 0 else 0
     warm, load, paced = http_loads(dep.tag, dep.tenants, count, paced_count, options.seed)
-    phases = HttpPhases(
-        worker.base_url,
-        dep.worker_env["PAYSTREAM_INGRESS_TOKEN"],
-        watcher,
-        cpu,
-        idle_timeout=options.idle_timeout,
-        say=options.say,
-        notes=notes,
-    )
-    # No connection limit: paced requests must not queue in the client (the full-speed
-    # phase bounds itself by its senders).
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=options.idle_timeout + WAIT_SECONDS)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await phases.warm_up(session, warm)
-        full = await phases.full_speed(session, load)
-        at_rate = await phases.at_rate(session, paced, options.rate) if paced else None
+    with contextlib.ExitStack() as running:
+        url = worker.base_url
+        if options.http_via == "ingress":
+            ingress = running.enter_context(
+                IngressProcess(dep.worker_env, base / "ingress.log", free_port())
+            )
+            await asyncio.to_thread(ingress.wait_ready)
+            assert ingress.proc is not None
+            cpu.add("ingress", ingress.proc.pid)
+            url = ingress.base_url
+        phases = HttpPhases(
+            url,
+            dep.worker_env["PAYSTREAM_INGRESS_TOKEN"],
+            watcher,
+            cpu,
+            idle_timeout=options.idle_timeout,
+            say=options.say,
+            notes=notes,
+        )
+        # No connection limit: paced requests must not queue in the client (the
+        # full-speed phase bounds itself by its senders).
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=options.idle_timeout + WAIT_SECONDS)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await phases.warm_up(session, warm)
+            full = await phases.full_speed(session, load)
+            at_rate = await phases.at_rate(session, paced, options.rate) if paced else None
+    cpu.pids.pop("ingress", None)
+    for phase in (full, at_rate):
+        if phase is not None:
+            phase.via = options.http_via
     return full, at_rate
 
 

@@ -200,9 +200,10 @@ class RegistryMirror:
             try:
                 await consumer.start()
                 await self._follow(consumer)
-            except KafkaError:
+            except KafkaError as exc:
                 # Starting up (the broker not there yet): start over from the beginning.
-                log.exception("tenant registry: cannot read the registry topic; retrying")
+                # (Its error says why; a traceback a second would bury it.)
+                log.warning("tenant registry: cannot read the registry topic (%s); retrying", exc)
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)
             except _RegistryMoved as moved:
                 log.warning("tenant registry topic %s; reading it afresh", moved)

@@ -195,6 +195,8 @@ def test_bench_smoke_run_json() -> None:
     assert out["http_missing_outcomes"] == 0
     assert out["http_throughput_cps"] > 0 and out["http_answered_per_s"] > 0
     assert out["http_worker_cpu_ratio_vs_kafka"] > 0
+    # (through a `paystream ingress` process of its own, whose CPU is counted apart)
+    assert out["http_via"] == "ingress" and out["http_ingress_cpu_us_per_command"] > 0
     assert 0 < out["http_p50_ms"] <= out["http_p95_ms"] <= out["http_p99_ms"]
     assert sum(out["http_outcome_types"].values()) == 500
     assert "command.rejected" not in out["http_outcome_types"]

@@ -1,4 +1,5 @@
-"""The HTTP command ingress into a real worker: `POST /v1/commands`.
+"""The HTTP command ingress into a real worker: `POST /v1/commands`, as a worker serves
+it and as `paystream ingress` serves it alone.
 
 Commands posted in both CloudEvents HTTP modes are produced to the commands topic and
 run by the pipeline as any command; `Prefer: wait` answers their outcome. Every refusal
@@ -10,6 +11,7 @@ tests check by the topic's end offsets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +28,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import PaystreamClient
 from paystream.devstack._process import free_port, wait_until
+from paystream.devstack.ingress import IngressProcess
+from paystream.devstack.worker import WorkerProcess
 from paystream.http_client import Accepted, IngressClient, IngressError
 from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.ingress_keys import new_key
@@ -43,10 +47,15 @@ OTHER_KEY_ID, OTHER_KEY, OTHER_KEPT = new_key()
 CARD = "4242424242424242"  # Stripe's public test number: no real card
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def deployed(deployment_factory: Any) -> AsyncIterator[tuple[Deployment, str]]:
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["worker", "ingress"])
+async def deployed(
+    request: pytest.FixtureRequest, deployment_factory: Any
+) -> AsyncIterator[tuple[Deployment, str]]:
+    """The route as a worker serves it beside its views, and as `paystream ingress`
+    serves it in a process of its own: every test runs against both."""
     dep: Deployment = await deployment_factory(paystream_ingress_token=PLATFORM_TOKEN)
-    with dep.worker() as worker:
+    with contextlib.ExitStack() as running:
+        worker = running.enter_context(dep.worker())
         await dep.add_tenants(
             Tenant(tenant_id="shop", ingress_keys={SHOP_KEY_ID: SHOP_KEPT}),
             Tenant(tenant_id="other", ingress_keys={OTHER_KEY_ID: OTHER_KEPT}),
@@ -54,10 +63,19 @@ async def deployed(deployment_factory: Any) -> AsyncIterator[tuple[Deployment, s
             Tenant(tenant_id="slow", gateway_options={"latency_ms": 3000}),
         )
         worker.wait_ready(["shop", "other", "slow"], partitions=dep.settings.partitions)
-        yield dep, f"{worker.base_url}/v1/commands"
-        log = worker.log_path.read_text(errors="replace")
-    for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, CARD):
-        assert secret not in log
+        served: WorkerProcess | IngressProcess = worker
+        if request.param == "ingress":
+            served = running.enter_context(
+                IngressProcess(dep.env, dep.base_dir / "ingress.log", free_port())
+            )
+            await asyncio.to_thread(served.wait_ready)
+        yield dep, f"{served.base_url}/v1/commands"
+        logs = [worker.log_path.read_text(errors="replace")]
+        if isinstance(served, IngressProcess):
+            logs.append(served.log_path.read_text(errors="replace"))
+    for log in logs:
+        for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, CARD):
+            assert secret not in log
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -1,0 +1,81 @@
+"""Run `paystream ingress` (the HTTP command ingress alone) as a child process, and know
+when it is ready: its /healthz answers 200 (registry caught up, producer connected)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from paystream.devstack._process import kill_process_group, parent_death_signal, wait_until
+
+__all__ = ["IngressProcess"]
+
+
+class IngressProcess:
+    """`python -m paystream ingress` with the given environment, logging to a file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, port: int) -> None:
+        self.env = {**os.environ, **env, "PAYSTREAM_INGRESS_PORT": str(port)}
+        self.log_path = log_path
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> IngressProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "paystream", "ingress"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=parent_death_signal(),
+        )
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as resp:  # noqa: S310 - 127.0.0.1
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def _died(self) -> str | None:
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"ingress exited with {self.proc.returncode}; log: {self.log_path}"
+        return None
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        return wait_until(
+            self.healthy, timeout=timeout, what="ingress", alive=self._died, interval=0.05
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_process_group(self.proc, term_timeout=20)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> IngressProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
