@@ -1544,15 +1544,18 @@ _duration = click.option(
     help="worker web port (default: settings)",
 )
 def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -> None:
-    """Start the embedded stack, a worker and its dashboard; Ctrl-C stops everything."""
+    """Start the embedded stack, a worker and its dashboard, and the HTTP command ingress
+    (`paystream ingress`); Ctrl-C stops everything."""
     settings = _settings()
     from paystream.devstack import DevStack
+    from paystream.devstack.ingress import IngressProcess
     from paystream.devstack.worker import WorkerProcess
 
     data_dir = settings.data_dir.resolve()
     # The worker's data dir: the stack wipes its stale table state, not another's.
     stack = DevStack(data_dir / "dev", settings.model_copy(update={"data_dir": data_dir / "dev"}))
     worker: WorkerProcess | None = None
+    ingress: IngressProcess | None = None
     stop_signals = {signal.SIGINT, signal.SIGTERM}
 
     # One stack per data dir: starting embedded PostgreSQL wipes its data dir, so a second
@@ -1574,9 +1577,15 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             f"port {port} on {settings.web_host} is in use: pass --web-port or set "
             "PAYSTREAM_WEB_PORT"
         )
+    if not _port_free(settings.ingress_host, settings.ingress_port):
+        raise click.ClickException(
+            f"port {settings.ingress_port} on {settings.ingress_host} (the command ingress) "
+            "is in use: set PAYSTREAM_INGRESS_PORT"
+        )
     for sig in stop_signals:
         signal.signal(sig, _raise_interrupt)
     log_path = data_dir / "dev" / "worker.log"
+    ingress_log = data_dir / "dev" / "ingress.log"
     try:
         click.echo("starting embedded stack (broker, PostgreSQL, Redis)…")
         stack.start()
@@ -1647,7 +1656,16 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo("starting worker (joins the group, recovers tables)…")
         worker = WorkerProcess(env, log_path, run_settings.web_port).start()
         worker.wait_ready(DEMO_TENANTS, partitions=run_settings.partitions, timeout=120)
+        click.echo("starting the command ingress…")
+        ingress = IngressProcess(env, ingress_log, run_settings.ingress_port).start()
+        ingress.wait_ready(timeout=60)
         base = f"http://{run_settings.web_host}:{run_settings.web_port}"
+        ingress_host = run_settings.ingress_host
+        if ingress_host in ("0.0.0.0", "::", ""):  # (bound everywhere: reached locally)
+            ingress_host = "127.0.0.1"
+        elif ":" in ingress_host:
+            ingress_host = f"[{ingress_host}]"
+        commands_url = f"http://{ingress_host}:{run_settings.ingress_port}/v1/commands"
         click.echo(f"broker     {url_without_password(stack.env()['KAFKA_BROKER_URL'])}")
         click.echo(f"database   {url_without_password(stack.env()['DATABASE_URL'])}")
         click.echo(f"redis      {url_without_password(stack.env()['REDIS_URL'])}")
@@ -1656,10 +1674,11 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         click.echo(f"dashboard  {base}/{opener}")
         click.echo(f"metrics    {base}/metrics")
         click.echo(
-            f"commands   POST {base}/v1/commands (Authorization: Bearer "
+            f"commands   POST {commands_url} (Authorization: Bearer "
             "$PAYSTREAM_INGRESS_TOKEN" + (")" if token_given else ", set by the export line below)")
         )
         click.echo(f"worker log {log_path}")
+        click.echo(f"ingress log {ingress_log}")
         click.echo(
             "CLI from another shell (puts `paystream` on the PATH; the broker flavor "
             "matters: Tansu's workarounds):"
@@ -1673,12 +1692,15 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
         # A server of the stack that dies is said, as the worker's death is: the worker
         # only logged errors by the thousand, and `dev` ran on (review finding).
         def gone() -> str | None:
-            return f"worker exited; see {log_path}" if worker.exited() else stack.died()
+            if worker.exited():
+                return f"worker exited; see {log_path}"
+            if ingress.exited():
+                return f"the command ingress exited; see {ingress_log}"
+            return stack.died()
 
         if demo:
-            # (The worker's own address: a bind-everything or IPv6 host is no URL host.)
-            own = f"http://{run_settings.advertised_url_host()}:{run_settings.web_port}"
-            asyncio.run(_stoppable(_demo(run_settings, rate, duration, gone, http_base=own)))
+            http_base = commands_url.removesuffix("/v1/commands")
+            asyncio.run(_stoppable(_demo(run_settings, rate, duration, gone, http_base=http_base)))
         else:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
@@ -1694,10 +1716,12 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     finally:
         for sig in stop_signals:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not abort the cleanup
+        if ingress is not None:
+            ingress.stop()
         if worker is not None:
             worker.stop()
         stack.stop()
-        click.echo("stopped: worker and embedded services are down.")
+        click.echo("stopped: worker, ingress and embedded services are down.")
 
 
 def _shell_values(values: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:

@@ -43,6 +43,8 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         if k not in ("KAFKA_BROKER_URL", "DATABASE_URL", "REDIS_URL", "PAYSTREAM_BROKER_FLAVOR")
     }
     env["PAYSTREAM_DATA_DIR"] = str(data_dir)
+    ingress_port = free_port()
+    env["PAYSTREAM_INGRESS_PORT"] = str(ingress_port)
     # Table state of an earlier dev broker is wiped; another worker's (var/faust) is not.
     stale = data_dir / "dev" / "faust" / "old-app" / "stale.db"
     others = data_dir / "faust" / "other-app" / "keep.db"
@@ -83,7 +85,8 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert re.search(r"outcomes (\d+)", output), output
         assert "payment.succeeded" in output, output
         ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", output)]
-        assert web_port in ports and len(set(ports)) >= 4, output  # broker, db, redis, web
+        # broker, db, redis, web, the command ingress
+        assert {web_port, ingress_port} <= set(ports) and len(set(ports)) >= 5, output
         assert all(_port_open(p) for p in set(ports))
         assert not stale.exists() and others.exists()
         # Other shells get the stack's URLs and flavor; the dev secrets only by reference.
@@ -100,8 +103,9 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         # dev token, which other shells get by reference only.
         token = (data_dir / "dev" / "ingress.token").read_text().strip()
         assert token not in output and "ingress.token" in output
-        assert f"POST http://127.0.0.1:{web_port}/v1/commands" in output, output
-        metrics = f"http://127.0.0.1:{web_port}/metrics"
+        # (through `paystream ingress`, a process of its own, off the worker's core)
+        assert f"POST http://127.0.0.1:{ingress_port}/v1/commands" in output, output
+        metrics = f"http://127.0.0.1:{ingress_port}/metrics"
         wait_until(lambda: _answered_over_http(metrics), timeout=90, what="HTTP demo flows")
         # A second `dev` from the same data dir (on another port, as a busy port suggests)
         # is refused: starting its PostgreSQL wiped the first one's data dir under it.
@@ -118,7 +122,7 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest
-        assert "stopped: worker and embedded services are down." in rest
+        assert "stopped: worker, ingress and embedded services are down." in rest
         # The demo's flows end before its client closes under them (each one erred).
         assert "Traceback" not in rest and "never retrieved" not in rest, rest
         assert not [p for p in set(ports) if _port_open(p)], "a service outlived `paystream dev`"

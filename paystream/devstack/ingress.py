@@ -45,6 +45,10 @@ class IngressProcess:
         )
         return self
 
+    def exited(self) -> bool:
+        """Started, and no longer running."""
+        return self.proc is not None and self.proc.poll() is not None
+
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as resp:  # noqa: S310 - 127.0.0.1
