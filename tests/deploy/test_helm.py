@@ -76,7 +76,10 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 def worker_service(docs: list[dict[str, Any]], *, headless: bool = False) -> dict[str, Any]:
     """The workers' Service (``headless``: the StatefulSet's governing one)."""
     [doc] = [
-        d for d in by_kind(docs, "Service") if (d["spec"].get("clusterIP") == "None") == headless
+        d
+        for d in by_kind(docs, "Service")
+        if (d["spec"].get("clusterIP") == "None") == headless
+        and d["spec"]["selector"].get("app.kubernetes.io/component") == "worker"
     ]
     return doc
 
@@ -674,4 +677,74 @@ def test_the_ingress_token_comes_from_the_secret_if_it_holds_one() -> None:
     assert ref["key"] == "PAYSTREAM_INGRESS_TOKEN" and ref["optional"] is True
     assert "set by the chart" in refusal(
         _merge(REQUIRED, {"config": {"PAYSTREAM_INGRESS_TOKEN": "x"}})
+    )
+
+
+_SERVER = {"commands": {"server": {"enabled": True}}}
+
+
+def _commands_server(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [deployment] = [
+        d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-commands")
+    ]
+    return deployment
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_commands_server_runs_the_ingress_alone_with_no_secret_but_its_token(
+    version: str,
+) -> None:
+    """`paystream ingress` in pods of its own: the broker and the optional platform token,
+    never the master key or a database login; ready on /healthz, alive while it answers."""
+    assert not by_kind(render(), "Deployment")  # off by default: the workers' route serves
+    docs = render(_merge(_SERVER, MONITORING), kube=version)
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, version, strict=True)
+    deployment = _commands_server(docs)
+    pod = deployment["spec"]["template"]
+    [c] = pod["spec"]["containers"]
+    assert c["args"] == ["ingress"] and "command" not in c
+    env = {e["name"]: e for e in c["env"]}
+    assert unknown_variables(dict.fromkeys(env, "")) == []
+    assert env["PAYSTREAM_INGRESS_HOST"]["value"] == "0.0.0.0"
+    assert env["PAYSTREAM_INGRESS_PORT"]["value"] == "6070"
+    secrets = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
+    assert secrets == {"PAYSTREAM_INGRESS_TOKEN", "PAYSTREAM_KAFKA_SASL_PASSWORD"}
+    assert all(env[n]["valueFrom"]["secretKeyRef"]["optional"] for n in secrets)
+    assert not {"DATABASE_URL", "REDIS_URL", "PAYSTREAM_MASTER_KEY"} & env.keys()
+    [port] = c["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", 6070)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["livenessProbe"]["tcpSocket"] == {"port": "http"}
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["enableServiceLinks"] is False
+    # Its Service and NetworkPolicy select its pods, and the workers' do not.
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    [service] = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-commands")]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert not worker_service(docs)["spec"]["selector"].items() <= labels.items()
+    policies = by_kind(docs, "NetworkPolicy")
+    assert [
+        p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert not one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= (
+        labels.items()
+    )
+
+
+def test_the_commands_ingress_routes_to_the_commands_server_when_it_runs() -> None:
+    docs = render(_merge(_SERVER, _public("commands")))
+    [path] = one(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"] == {
+        "name": "pay-paystream-commands",
+        "port": {"name": "http"},
+    }
+    [service] = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-commands")]
+    assert {p["name"] for p in service["spec"]["ports"]} == {"http"}
+    assert "set by the chart" in refusal(
+        _merge(REQUIRED, {"config": {"PAYSTREAM_INGRESS_PORT": "1"}})
     )

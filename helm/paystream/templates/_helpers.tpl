@@ -68,7 +68,7 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 {{- range $name, $_ := .Values.config }}
-{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_INGRESS_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "PAYSTREAM_KAFKA_SASL_PASSWORD") }}
+{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_INGRESS_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_INGRESS_HOST" "PAYSTREAM_INGRESS_PORT" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "PAYSTREAM_KAFKA_SASL_PASSWORD") }}
 {{- fail (printf "config.%s: set by the chart (a value or the Secret), not in config" $name) }}
 {{- end }}
 {{- end }}
@@ -236,7 +236,8 @@ in `config` point (PAYSTREAM_KAFKA_SSL_CAFILE: /etc/paystream/tls/ca.crt, ...).
 {{/* An Ingress routing one path of the workers' web port, and nothing else of it (the
 dashboard, /v1 views and /metrics stay inside the cluster). Called with a dict: root (the
 chart's context), name (the Ingress's suffix), ingress (its values: host, className,
-annotations, tlsSecretName), valuesPath (named in the refusal), path and pathType. */}}
+annotations, tlsSecretName), valuesPath (named in the refusal), path and pathType, and
+optionally serviceSuffix (another Service of the release's than the workers'). */}}
 {{- define "paystream.publicIngress" -}}
 {{- $root := .root }}
 {{- if not .ingress.host }}
@@ -248,7 +249,7 @@ metadata:
   name: {{ include "paystream.fullname" $root }}-{{ .name }}
   labels:
     {{- include "paystream.labels" $root | nindent 4 }}
-    app.kubernetes.io/component: worker
+    app.kubernetes.io/component: {{ .component | default "worker" }}
   {{- with .ingress.annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
@@ -270,7 +271,7 @@ spec:
             pathType: {{ .pathType }}
             backend:
               service:
-                name: {{ include "paystream.fullname" $root }}
+                name: {{ include "paystream.fullname" $root }}{{ .serviceSuffix | default "" }}
                 port:
                   name: http
 {{- end }}
