@@ -63,14 +63,16 @@ def test_every_secret_must_be_given_none_has_a_default() -> None:
 
 def test_paystream_services_set_only_variables_paystream_reads(resolved: dict[str, Any]) -> None:
     services = paystream_services(resolved)
-    assert set(services) == {"topics", "migrate", "worker-1", "worker-2", "demo"}
+    assert set(services) == {"topics", "migrate", "worker-1", "worker-2", "ingress", "demo"}
     for name, service in services.items():
         env = service["environment"]
         # the base environment reached every service (a broken `<<:` merge would not)
         assert {"KAFKA_BROKER_URL", "PAYSTREAM_PARTITIONS"} <= env.keys(), name
         # The master key only where tenant secrets or personal data are opened: not in
-        # `topics`, nor in `migrate`, which holds the schema owner's password.
-        assert ("PAYSTREAM_MASTER_KEY" in env) == (name not in ("topics", "migrate")), name
+        # `topics`, nor in `migrate`, which holds the schema owner's password, nor in the
+        # ingress, which only produces commands.
+        opened = name not in ("topics", "migrate", "ingress")
+        assert ("PAYSTREAM_MASTER_KEY" in env) == opened, name
         assert unknown_variables(env) == [], name
         assert {k for k in env if not k.startswith("PAYSTREAM_")} <= SERVER_URLS, name
         assert service["command"][0] in cli.commands, (name, service["command"])
@@ -168,6 +170,10 @@ def test_health_checks_say_ready_for_workers_and_nothing_for_the_others(
         check = service["healthcheck"]
         if service["command"] == ["worker"]:
             assert "/readyz" in " ".join(check["test"]), name
+        elif service["command"] == ["ingress"]:  # ready: registry read, producer connected
+            assert "/healthz" in " ".join(check["test"]), name
+            port = service["environment"].get("PAYSTREAM_INGRESS_PORT", "6070")
+            assert f"127.0.0.1:{port}/healthz" in " ".join(check["test"]), name
         else:  # one-shot and demo services serve no /healthz: never "unhealthy"
             # (`disable: true`, which compose resolves to test NONE)
             assert check.get("disable") is True or check["test"] == ["NONE"], name
