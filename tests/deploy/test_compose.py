@@ -199,15 +199,21 @@ def test_prometheus_scrapes_every_worker_and_loads_the_alert_rules(
     resolved: dict[str, Any], tmp_path: Path
 ) -> None:
     config = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
-    [job] = config["scrape_configs"]
-    assert job["job_name"] == "paystream"  # the job the alert rules select
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert jobs.keys() == {"paystream", "paystream-ingress"}
+    job = jobs["paystream"]  # the workers: the job the alert rules select
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     workers = {n for n, s in resolved["services"].items() if s.get("command") == ["worker"]}
     ports = {
         s["environment"].get("PAYSTREAM_WEB_PORT", "6066")
         for s in paystream_services(resolved).values()
+        if s.get("command") == ["worker"]
     }
     assert targets == {f"{w}:{p}" for w in workers for p in ports}
+    ingress = resolved["services"]["ingress"]
+    port = ingress["environment"].get("PAYSTREAM_INGRESS_PORT", "6070")
+    [scraped] = [t for sc in jobs["paystream-ingress"]["static_configs"] for t in sc["targets"]]
+    assert scraped == f"ingress:{port}"
     # promtool checks the config with the rule file where the container finds it
     mounts = dict(
         reversed(str(v).split(":")[:2]) for v in resolved["services"]["prometheus"]["volumes"]
