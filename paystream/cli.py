@@ -696,8 +696,9 @@ def tenants_api_key_revoke(tenant_id: str, key_id: str) -> None:
     "http_url",
     default=None,
     metavar="URL",
-    help="send through a worker's HTTP ingress (e.g. http://127.0.0.1:6066) instead of Kafka, "
-    "with the key in PAYSTREAM_INGRESS_KEY (a tenant's) or PAYSTREAM_INGRESS_TOKEN",
+    help="send through the HTTP ingress (`paystream ingress`, e.g. http://127.0.0.1:6070, "
+    "or a worker's web port) instead of Kafka, with the key in PAYSTREAM_INGRESS_KEY (a "
+    "tenant's) or PAYSTREAM_INGRESS_TOKEN",
 )
 def send(
     command_type: str,

@@ -1527,6 +1527,14 @@ def _ingress_schemas(components: Doc) -> Doc:
 def _ingress_path() -> Doc:
     binary = "binary mode: the data as the body; the attributes as `ce-` headers "
     return {
+        "servers": [
+            {
+                "url": "http://127.0.0.1:6070",
+                "description": "`paystream ingress`, the route alone "
+                "(PAYSTREAM_INGRESS_HOST:PAYSTREAM_INGRESS_PORT)",
+            },
+            {"url": "http://127.0.0.1:6066", "description": "a worker's web port"},
+        ],
         "post": {
             "summary": "Send one command (a CloudEvent in either HTTP content mode) to the "
             "commands topic, keyed by its tenant; with `Prefer: wait=N`, answered with its "
