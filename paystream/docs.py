@@ -1632,7 +1632,7 @@ def _ingress_path() -> Doc:
                     _RETRY_AFTER,
                 ),
             },
-        }
+        },
     }
 
 

@@ -23,10 +23,11 @@ import pytest
 import pytest_asyncio
 import yaml
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 from cloudevents.core.v1.event import CloudEvent
 
-from paystream.client import PaystreamClient
+from paystream.client import PaystreamClient, build_command
 from paystream.devstack._process import free_port, wait_until
 from paystream.devstack.ingress import IngressProcess
 from paystream.devstack.worker import WorkerProcess
@@ -625,3 +626,25 @@ async def test_send_over_http_prints_the_outcome(deployed: tuple[Deployment, str
         check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
     )  # fmt: skip
     assert no_url.returncode == 2, no_url.stderr
+
+
+async def test_a_command_lands_on_its_tenant_s_partition_as_a_kafka_producer_puts_it(
+    deployed: tuple[Deployment, str], client: PaystreamClient
+) -> None:
+    """One tenant's commands are ordered on one partition, whichever way they come in:
+    the ingress partitions by the tenant as the Python client (murmur2) does."""
+    dep, url = deployed
+    over_http = structured("customer.create", {"email": "p@example.com"})
+    over_kafka = build_command("customer.create", "shop", {"email": "q@example.com"})
+    waited = client.expect("shop", over_http["id"])
+    assert (await post(url, over_http))[0] == 202
+    await client.send(over_kafka, timeout=30)
+    await asyncio.wait_for(waited, 30)
+    records = await dep.read_topic(dep.settings.commands_topic, idle_polls=1)
+    partitions = {
+        dict(r.headers).get("ce_id", b"").decode(): r.partition
+        for r in records
+        if dict(r.headers).get("ce_id")
+    }
+    expected = murmur2(b"shop") % dep.settings.partitions
+    assert partitions[over_http["id"]] == partitions[str(over_kafka.get_id())] == expected
