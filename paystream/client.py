@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import secrets
-import string
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,9 +56,14 @@ log = logging.getLogger(__name__)
 _Waiter = tuple["asyncio.Future[CloudEvent]", str | None]  # (future, request header)
 
 
+# Each random byte as a letter (byte % 26: a slight bias that leaves 121 of 122 bits).
+_AS_LETTERS = bytes(ord("a") + b % 26 for b in range(256))
+
+
 def new_request_header() -> str:
-    """A send's request header: 26 random letters (no digit: never read as card data)."""
-    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(26))
+    """A send's request header: 26 random letters (no digit: never read as card data).
+    One call for the randomness, not one a letter (26 system calls, ~35 µs a request)."""
+    return secrets.token_bytes(26).translate(_AS_LETTERS).decode("ascii")
 
 
 class OutcomeTimeout(TimeoutError):
@@ -298,6 +302,8 @@ class PaystreamClient:
                 # Nobody awaits an outcome: none is decoded (a worker's ingress reader
                 # follows every tenant's outcomes, and idles so for minutes).
                 continue
+            if not self._may_answer(msg.headers):
+                continue  # (a binary-mode outcome for no one here: not decoded)
             try:
                 event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
                 headers = dict(msg.headers or ())
@@ -307,6 +313,29 @@ class PaystreamClient:
             except Exception:  # noqa: S112 - foreign records on the topic are not ours to judge
                 continue
             self._dispatch(event, answered, request.decode("ascii", "replace") if request else None)
+
+    def _may_answer(self, raw_headers: Any) -> bool:
+        """Could this record answer a waiter? Read from a binary-mode outcome's headers
+        (its tenant, cause and the command it answers) before it is decoded: an ingress's
+        reader follows every tenant's outcomes for the few it waits on. True when the
+        headers cannot tell (structured mode, undecodable values): decoded and judged."""
+        tenant = cause = answers = None
+        for name, value in raw_headers or ():
+            if name == "ce_tenantid":
+                tenant = value
+            elif name == "ce_causationid":
+                cause = value
+            elif name == ANSWERS_HEADER:
+                answers = value
+        if tenant is None or cause is None:
+            return True
+        try:
+            held = tenant.decode()
+            if (held, cause.decode()) in self._waiters:
+                return True
+            return answers is not None and (held, answers.decode()) in self._waiters
+        except UnicodeDecodeError:
+            return True
 
     def _reader_done(self, task: asyncio.Task[None]) -> None:
         """An outcome reader that failed sees no more outcomes: fail the waiting sends with

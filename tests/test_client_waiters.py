@@ -100,3 +100,47 @@ async def test_an_expect_caller_giving_up_leaves_a_concurrent_send_waiting(
     finally:
         client._reader.cancel()
     assert not isinstance(result, str), "send() of c2 was cancelled by another task's wait_for"
+
+
+async def test_a_reader_decodes_only_the_outcomes_that_may_answer_a_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ingress's reader follows every tenant's outcomes for the few it waits on: a
+    binary-mode outcome whose tenant, cause and answered command no one awaits is passed
+    over unread; one that may answer, and one whose headers cannot tell (structured
+    mode), are decoded as before."""
+    from types import SimpleNamespace
+
+    from paystream import client as client_mod
+    from paystream.settings import CloudEventsMode
+    from paystream.streams.codec import encode_event
+    from paystream.streams.outcomes import ANSWERS_HEADER
+
+    client = _client()
+    waiter = client.expect("acme", "c1")
+    retried = client.expect("acme", "first")  # answered by a retry's outcome naming it
+    decoded: list[str] = []
+    real_decode = client_mod.decode_record
+
+    def counting(key: Any, value: Any, headers: Any) -> Any:
+        event = real_decode(key, value, headers)
+        decoded.append(str(event.get_extension("causationid")))
+        return event
+
+    monkeypatch.setattr(client_mod, "decode_record", counting)
+
+    def record(cause: str, mode: CloudEventsMode, *extra: tuple[str, bytes]) -> Any:
+        rec = encode_event(_outcome(cause), b"acme", mode)
+        return SimpleNamespace(key=rec.key, value=rec.value, headers=[*rec.headers, *extra])
+
+    async def outcomes() -> Any:
+        yield record("someone-else", CloudEventsMode.BINARY)
+        yield record("retry", CloudEventsMode.BINARY, (ANSWERS_HEADER, b"first"))
+        yield record("structured-other", CloudEventsMode.STRUCTURED)
+        yield record("c1", CloudEventsMode.BINARY)
+
+    monkeypatch.setattr(client, "_consumer", outcomes())
+    await client._read()
+    assert decoded == ["retry", "structured-other", "c1"]
+    assert (await waiter).get_extension("causationid") == "c1"
+    assert (await retried).get_extension("causationid") == "retry"
