@@ -156,12 +156,17 @@ def ingress(host: str | None, port: int | None) -> None:
         settings.require_broker()
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
-    if settings.event_loop == "uvloop":
-        import uvloop
+    work = serve(settings, host or settings.ingress_host, port or settings.ingress_port)
+    try:
+        if settings.event_loop == "uvloop":
+            import uvloop
 
-        uvloop.run(serve(settings, host or settings.ingress_host, port or settings.ingress_port))
-    else:
-        asyncio.run(serve(settings, host or settings.ingress_host, port or settings.ingress_port))
+            status = uvloop.run(work)
+        else:
+            status = asyncio.run(work)
+    except PaystreamError as exc:  # (a port in use, a CA file it cannot read: why, not a traceback)
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)
 
 
 # ---- config / doctor ----------------------------------------------------------------

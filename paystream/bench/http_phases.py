@@ -12,8 +12,6 @@ on the same worker, just after the Kafka phases.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import aiohttp
 
 from paystream.bench.http_load import HttpLog, post_burst, post_paced
@@ -82,7 +80,17 @@ class HttpPhases:
         self.cpu.sample()
         result = phase_result("http", load, self.watcher, log.sent_at, self.cpu, "worker")
         _answers(result, log)
+        self._server_cpu(result, log)
         return result
+
+    def _server_cpu(self, result: PhaseResult, log: HttpLog) -> None:
+        """The ingress process's CPU per request over its own work: from the first
+        request to the last answer (not the worker's outcome window)."""
+        if not log.answered_at:
+            return
+        spent = self.cpu.between("ingress", log.started, max(log.answered_at.values()))
+        if spent is not None:
+            result.server_cpu_us_per_request = 1e6 * spent / len(log.answered_at)
 
     async def at_rate(
         self, session: aiohttp.ClientSession, paced: list[BenchCommand], rate: float
@@ -98,23 +106,29 @@ class HttpPhases:
             progress=progress_printer(self.say, "answered"),
         )
         self.cpu.sample()
-        await self.watcher.wait_for(list(log.outcomes), idle_timeout=self.idle_timeout)
+        ids = [c.command_id for c in paced]
+        await self.watcher.wait_for(ids, idle_timeout=self.idle_timeout)
         self.notes.append(_wait_split(log, self.watcher))
         # Timed by the answers, not the outcome topic: the answer is what the caller gets.
-        waited = [c.command_id for c in paced if c.command_id in log.outcomes]
+        # Every answer counts, a 202 after the whole wait or an error as much as a 200 (the
+        # slowest would otherwise drop out of the percentiles); "received" is the outcomes
+        # the events topic carried, whatever the answer was.
+        answered = [i for i in ids if i in log.answered_at]
         result = PhaseResult.from_arrivals(
             "http_rate",
             len(paced),
-            [log.answered_at[i] for i in waited],
-            [1000 * (log.answered_at[i] - log.sent_at[i]) for i in waited],
+            [log.answered_at[i] for i in answered],
+            [1000 * (log.answered_at[i] - log.sent_at[i]) for i in answered],
             log.started,
             offered_rate=rate,
             achieved_rate=log.rate,
             sut="worker",
         )
-        result.outcome_types = dict(sorted(Counter(log.outcomes[i] for i in waited).items()))
+        result.received = self.watcher.seen(ids)
+        result.outcome_types = self.watcher.outcome_types(ids)
         cut_cpu(result, self.cpu)
         _answers(result, log)
+        self._server_cpu(result, log)
         return result
 
 

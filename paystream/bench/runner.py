@@ -513,6 +513,7 @@ async def _http_phases(
             await asyncio.to_thread(ingress.wait_ready)
             assert ingress.proc is not None
             cpu.add("ingress", ingress.proc.pid)
+            cpu.sample()  # (a reading before its first request: its CPU is cut from there)
             url = ingress.base_url
         phases = HttpPhases(
             url,
@@ -528,9 +529,13 @@ async def _http_phases(
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=options.idle_timeout + WAIT_SECONDS)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            await phases.warm_up(session, warm)
+            # Full speed first: no sender waits there, and the outcome reader the warm-up
+            # starts (for the paced senders' waits) must not run beside it.
             full = await phases.full_speed(session, load)
-            at_rate = await phases.at_rate(session, paced, options.rate) if paced else None
+            at_rate = None
+            if paced:
+                await phases.warm_up(session, warm)
+                at_rate = await phases.at_rate(session, paced, options.rate)
     cpu.pids.pop("ingress", None)
     for phase in (full, at_rate):
         if phase is not None:

@@ -1,5 +1,6 @@
 """Run `paystream ingress` (the HTTP command ingress alone) as a child process, and know
-when it is ready: its /healthz answers 200 (registry caught up, producer connected)."""
+when it is ready: its /readyz answers 200 (registry read, producer connected, brokers
+answering)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,16 @@ class IngressProcess:
         self.env = {**os.environ, **env, "PAYSTREAM_INGRESS_PORT": str(port)}
         self.log_path = log_path
         self.port = port
+        host = self.env.get("PAYSTREAM_INGRESS_HOST") or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):  # bound everywhere: reached on loopback
+            host = "127.0.0.1"
+        self.host = f"[{host}]" if ":" in host else host
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> IngressProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +56,7 @@ class IngressProcess:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as resp:  # noqa: S310 - 127.0.0.1
+            with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=3) as resp:  # noqa: S310 - 127.0.0.1
                 return bool(resp.status == 200)
         except (OSError, urllib.error.HTTPError):
             return False

@@ -213,7 +213,7 @@ class RegistryMirror:
                 log.exception("tenant registry: unexpected failure; reading it afresh")
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)
             finally:
-                await consumer.stop()
+                await _stopped(consumer)
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         topic = self.settings.tenants_topic
@@ -282,3 +282,17 @@ async def _check_unmoved(
     for tp in tps:
         if ends[tp] < max(ends_at_start[tp], await consumer.position(tp)):
             raise _RegistryMoved(f"partition {tp.partition} ends before it did (recreated)")
+
+
+async def _stopped(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer. aiokafka's fetcher, stopped in its retry sleep with the broker
+    gone, lets its own cancellation out of stop(): not ours unless this task is being
+    cancelled (raised, it ended the mirror for good, the process left on a frozen
+    registry)."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("tenant registry: the reader stopped with the broker unreachable")

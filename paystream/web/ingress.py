@@ -141,7 +141,7 @@ class CommandIngress:
                     # Its newest record (a newer paystream's) may have revoked the key:
                     # what this process holds is older. Fail closed; a peer may answer.
                     # (Asked after the key matched: another tenant's key learns nothing.)
-                    raise _unavailable("this worker cannot read the tenant's newest record")
+                    raise _unavailable("this server cannot read the tenant's newest record")
             if tenant in registry.tenants:
                 tenant_label = tenant
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
@@ -172,7 +172,11 @@ class CommandIngress:
                 waiter, rec = await self._awaiting(tenant, command_id, rec, wait)
             try:
                 await self.produce(rec, tenant)
-            except NotProduced:
+            except NotProduced as exc:
+                if not exc.maybe_taken:
+                    raise _unavailable(
+                        "the command was not taken: no connection to the brokers yet"
+                    ) from None
                 raise _unavailable(
                     "the broker did not acknowledge the command: it may or may not have "
                     "been taken; send it again with the same id"

@@ -8,9 +8,12 @@ of its own, and reads the events topic for waiting senders, so it scales on requ
 rate apart from the workers (a Deployment of its own in the Helm chart) and leaves
 their cores to the pipeline. It holds no state: any number run side by side.
 
-Routes: ``POST /v1/commands``; ``GET /healthz`` (200 once the registry has caught up
-and the producer is connected, else 503: a load balancer's readiness probe);
-``GET /metrics`` (Prometheus).
+Routes, as a worker's: ``POST /v1/commands``; ``GET /healthz``, alive (200 while it
+serves; a broker outage is no reason to restart it); ``GET /readyz``, ready (200 once
+the tenant registry is read, the producer connected, and the brokers answer now: a load
+balancer sends no request to an instance that would answer 503); ``GET /metrics``.
+A background part that dies (the registry's reader) ends the process with status 1, so
+its supervisor starts a fresh one rather than leave it serving on a frozen registry.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import aiohttp.web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from paystream.errors import PaystreamError
 from paystream.settings import Settings
 from paystream.streams import broker_compat
 from paystream.streams.admin import bootstrap_servers
@@ -42,8 +47,13 @@ log = logging.getLogger(__name__)
 
 # How often an idle outcome reader is looked at (it stops after IDLE_READER_SECONDS).
 _IDLE_CHECK_SECONDS = 60.0
-# In-flight requests get this long to finish once the process is told to stop.
+# In-flight requests get this long to finish once the process is told to stop (waiting
+# senders are answered 202 at once).
 SHUTDOWN_GRACE_SECONDS = 15.0
+# /readyz asks the brokers for metadata, answered within this, and remembers a success
+# this long (probes of several load balancers cost one request).
+BROKER_CHECK_SECONDS = 2.0
+BROKER_CHECK_FRESH_SECONDS = 1.0
 
 
 class IngressServer:
@@ -54,18 +64,28 @@ class IngressServer:
         self.registry = RegistryMirror(settings)
         self.waits = OutcomeWaits(settings)
         self.ingress = CommandIngress(settings, self.registry, self._produce, self.waits)
+        # Set when a background part ended that should run for the process's life.
+        self.failed = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._registry_task: asyncio.Task[None] | None = None
         self._producer_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._brokers_answered_at: float | None = None
 
     def app(self) -> aiohttp.web.Application:
         app = aiohttp.web.Application()
         app.router.add_post("/v1/commands", self.ingress.handle)
-        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/healthz", self._alive)
+        app.router.add_get("/readyz", self._ready)
         app.router.add_get("/metrics", self._metrics)
         app.cleanup_ctx.append(self._running)
+        # Before the server waits out in-flight requests: a sender waiting for its
+        # outcome is answered 202 now, not held to the end of its wait.
+        app.on_shutdown.append(self._stop_waits)
         return app
+
+    async def _stop_waits(self, _app: aiohttp.web.Application) -> None:
+        await self.waits.stop()
 
     async def _running(self, _app: aiohttp.web.Application) -> AsyncIterator[None]:
         settings = self.settings
@@ -79,9 +99,9 @@ class IngressServer:
             linger_ms=1,
             request_timeout_ms=int(settings.producer_request_timeout_seconds * 1000),
         )
-        self._registry_task = asyncio.create_task(self.registry.run(), name="registry")
-        self._producer_task = asyncio.create_task(self._producer_started(), name="producer")
-        self._idle_task = asyncio.create_task(self._stop_idle_reader(), name="idle-reader")
+        self._registry_task = self._supervised(self.registry.run(), "the tenant registry reader")
+        self._producer_task = self._supervised(self._producer_started(), "", ends=True)
+        self._idle_task = self._supervised(self._stop_idle_reader(), "the idle reader check")
         tasks = (self._registry_task, self._producer_task, self._idle_task)
         try:
             yield
@@ -91,6 +111,24 @@ class IngressServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.waits.stop()
             await self._producer.stop()
+
+    def _supervised(
+        self, work: Coroutine[Any, Any, None], what: str, *, ends: bool = False
+    ) -> asyncio.Task[None]:
+        """A background task whose failure (or end, unless it ``ends``) fails the process."""
+        task = asyncio.create_task(work)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is None and ends:
+                return
+            log.error("ingress: %s stopped; exiting", what or "a background task", exc_info=exc)
+            self.failed.set()
+
+        task.add_done_callback(done)
+        return task
 
     async def _producer_started(self) -> None:
         """Connect the producer, retrying while the broker is away (the registry's reader
@@ -114,16 +152,35 @@ class IngressServer:
         task = self._producer_task
         return task is not None and task.done() and not task.cancelled()
 
-    @property
-    def ready(self) -> bool:
-        """The registry caught up (and still followed) and the producer connected."""
+    async def brokers_answer(self) -> bool:
+        """Do the brokers answer a metadata request now (within BROKER_CHECK_SECONDS)?"""
+        producer = self._producer
+        if producer is None or not self.producer_connected:
+            return False
+        loop = asyncio.get_running_loop()
+        answered = self._brokers_answered_at
+        if answered is not None and loop.time() - answered < BROKER_CHECK_FRESH_SECONDS:
+            return True
+        try:
+            async with asyncio.timeout(BROKER_CHECK_SECONDS):
+                await producer.client.fetch_all_metadata()
+        except Exception:
+            return False
+        self._brokers_answered_at = loop.time()
+        return True
+
+    async def ready(self) -> bool:
+        """The registry read (and still followed), the producer connected, the brokers
+        answering."""
         following = self._registry_task is not None and not self._registry_task.done()
-        return following and self.registry.ready.is_set() and self.producer_connected
+        if not (following and self.registry.ready.is_set()):
+            return False
+        return await self.brokers_answer()
 
     async def _produce(self, rec: KafkaRecord, tenant: str) -> None:
         producer = self._producer
         if producer is None or not self.producer_connected:
-            raise NotProduced("the producer is not connected yet")
+            raise NotProduced("the producer is not connected yet", maybe_taken=False)
         await acknowledged(
             lambda: producer.send(
                 self.settings.commands_topic, rec.value, key=rec.key, headers=list(rec.headers)
@@ -132,11 +189,19 @@ class IngressServer:
             "ingress",
         )
 
-    async def _health(self, _request: aiohttp.web.Request) -> aiohttp.web.Response:
-        if self.ready:
+    async def _alive(self, _request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"alive": True})
+
+    async def _ready(self, _request: aiohttp.web.Request) -> aiohttp.web.Response:
+        if await self.ready():
             return aiohttp.web.json_response({"ready": True})
         return aiohttp.web.json_response(
-            {"ready": False, "registry_loaded": self.registry.ready.is_set()}, status=503
+            {
+                "ready": False,
+                "registry_loaded": self.registry.ready.is_set(),
+                "producer_connected": self.producer_connected,
+            },
+            status=503,
         )
 
     async def _metrics(self, _request: aiohttp.web.Request) -> aiohttp.web.Response:
@@ -157,13 +222,13 @@ def configure_logging(log_level: str) -> None:
     bad_requests.install()
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT, then let in-flight requests finish."""
+async def serve(settings: Settings, host: str, port: int) -> int:
+    """Serve until SIGTERM or SIGINT (0), or a background part fails (1); in-flight
+    requests then finish."""
     configure_logging(settings.log_level)
+    server = IngressServer(settings)
     runner = aiohttp.web.AppRunner(
-        IngressServer(settings).app(),
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-        access_log=None,
+        server.app(), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -171,9 +236,19 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await aiohttp.web.TCPSite(runner, host, port).start()
+        try:
+            await aiohttp.web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise PaystreamError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
         log.info("ingress: serving POST /v1/commands on %s:%d", host, port)
-        await stop.wait()
+        stopped, failed = (
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(server.failed.wait()),
+        )
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
+        return 1 if server.failed.is_set() else 0
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()

@@ -21,7 +21,12 @@ SEND_TIMEOUT_SECONDS = 10.0
 
 class NotProduced(Exception):
     """The broker did not acknowledge the command in time; it may or may not be on the
-    topic (the same command id is the safe retry)."""
+    topic (the same command id is the safe retry). ``maybe_taken`` False: it was never
+    handed to a producer."""
+
+    def __init__(self, why: str, *, maybe_taken: bool = True) -> None:
+        super().__init__(why)
+        self.maybe_taken = maybe_taken
 
 
 async def acknowledged(

@@ -170,10 +170,9 @@ def test_health_checks_say_ready_for_workers_and_nothing_for_the_others(
         check = service["healthcheck"]
         if service["command"] == ["worker"]:
             assert "/readyz" in " ".join(check["test"]), name
-        elif service["command"] == ["ingress"]:  # ready: registry read, producer connected
-            assert "/healthz" in " ".join(check["test"]), name
+        elif service["command"] == ["ingress"]:  # ready: registry read, brokers answering
             port = service["environment"].get("PAYSTREAM_INGRESS_PORT", "6070")
-            assert f"127.0.0.1:{port}/healthz" in " ".join(check["test"]), name
+            assert f"127.0.0.1:{port}/readyz" in " ".join(check["test"]), name
         else:  # one-shot and demo services serve no /healthz: never "unhealthy"
             # (`disable: true`, which compose resolves to test NONE)
             assert check.get("disable") is True or check["test"] == ["NONE"], name

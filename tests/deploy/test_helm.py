@@ -587,7 +587,9 @@ def test_a_redis_url_with_a_password_in_its_query_is_refused(url: str) -> None:
 
 
 def _pod_specs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [one(docs, kind)["spec"]["template"]["spec"] for kind in ("StatefulSet", "Job")]
+    """The workers', the setup job's and (when it runs) the commands server's pods."""
+    kinds = ("StatefulSet", "Job", "Deployment")
+    return [d["spec"]["template"]["spec"] for kind in kinds for d in by_kind(docs, kind)]
 
 
 def test_a_tls_secret_is_mounted_read_only_in_every_container_that_reaches_a_server() -> None:
@@ -595,6 +597,7 @@ def test_a_tls_secret_is_mounted_read_only_in_every_container_that_reaches_a_ser
     Secret of the operator's, at the path the settings in `config` name."""
     values = {
         "tls": {"secretName": "paystream-tls"},
+        "commands": {"server": {"enabled": True}},
         "config": {
             "PAYSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL",
             "PAYSTREAM_KAFKA_SSL_CAFILE": "/etc/paystream/tls/ca.crt",
@@ -604,7 +607,10 @@ def test_a_tls_secret_is_mounted_read_only_in_every_container_that_reaches_a_ser
         for doc in render(values, kube=version):
             kubernetes_validate.validate(doc, version, strict=True)
     docs = render(values)
+    assert len(_pod_specs(docs)) == 3
     for spec in _pod_specs(docs):
+        # readable by the pods' group alone: each runs with it
+        assert spec["securityContext"]["fsGroup"] == 10001
         [volume] = [v for v in spec["volumes"] if v["name"] == "tls"]
         assert volume["secret"] == {"secretName": "paystream-tls", "defaultMode": 0o440}
         containers = [*spec.get("initContainers", []), *spec["containers"]]
@@ -715,8 +721,13 @@ def test_the_commands_server_runs_the_ingress_alone_with_no_secret_but_its_token
     assert not {"DATABASE_URL", "REDIS_URL", "PAYSTREAM_MASTER_KEY"} & env.keys()
     [port] = c["ports"]
     assert (port["name"], port["containerPort"]) == ("http", 6070)
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["livenessProbe"]["tcpSocket"] == {"port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Out of the endpoints before the listener closes; then in-flight requests finish.
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= 5 + 15 + 10
+    # The tls Secret's files (mode 0440) are readable by the pod's group alone.
+    assert pod["spec"]["securityContext"]["fsGroup"] == 10001
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
     assert pod["spec"]["automountServiceAccountToken"] is False
@@ -731,9 +742,10 @@ def test_the_commands_server_runs_the_ingress_alone_with_no_secret_but_its_token
     assert [
         p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     ]
-    assert not one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= (
-        labels.items()
-    )
+    # A drain never takes both replicas; the workers' budget does not count them.
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    [own] = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+    assert own["spec"]["maxUnavailable"] == 1 and len(budgets) == 2
 
 
 def test_the_commands_ingress_routes_to_the_commands_server_when_it_runs() -> None:
@@ -748,3 +760,20 @@ def test_the_commands_ingress_routes_to_the_commands_server_when_it_runs() -> No
     assert "set by the chart" in refusal(
         _merge(REQUIRED, {"config": {"PAYSTREAM_INGRESS_PORT": "1"}})
     )
+
+
+def test_the_commands_server_gets_egress_rules_of_its_own() -> None:
+    """Not the workers' (database, Redis, the providers): the brokers alone. With the
+    workers' egress limited, the chart refuses a commands server left open."""
+    brokers = [{"to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}], "ports": [{"port": 9092}]}]
+    workers = [*brokers, {"ports": [{"port": 443}]}, {"ports": [{"port": 5432}]}]
+    limited = {"networkPolicy": {"enabled": True, "allowFromNamespaces": ["ns"], "egress": workers}}
+    refused = refusal(_merge(_merge(REQUIRED, _SERVER), limited))
+    assert "commands.server.egress" in refused
+    own = {"commands": {"server": {"enabled": True, "egress": brokers}}}
+    docs = render(_merge(limited, own))
+    [policy] = [
+        p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-commands")
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["egress"][1:] == brokers  # (after DNS)

@@ -68,8 +68,10 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         from paystream.devstack._process import wait_until
 
         wait_until(answering, timeout=30, what="ingress web port", interval=0.05)
-        status, health = _get(f"{ingress.base_url}/healthz")
-        assert (status, health) == (503, {"ready": False, "registry_loaded": False})
+        # Alive (nothing to restart), not ready (no request should be sent to it).
+        assert _get(f"{ingress.base_url}/healthz") == (200, {"alive": True})
+        status, ready = _get(f"{ingress.base_url}/readyz")
+        assert (status, ready["ready"], ready["registry_loaded"]) == (503, False, False)
         event = {
             "specversion": "1.0",
             "id": str(uuid.uuid4()),
@@ -81,6 +83,7 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         status, headers, answer = _post(f"{ingress.base_url}/v1/commands", event)
         assert status == 503, answer
         assert answer["error"] == "unavailable" and headers["Retry-After"] == "1"
+        assert "was not taken" in answer["message"]  # (never handed to a producer)
         assert ingress.proc is not None
         ingress.proc.send_signal(signal.SIGTERM)
         assert ingress.proc.wait(timeout=20) == 0

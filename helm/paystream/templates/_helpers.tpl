@@ -59,6 +59,9 @@ app.kubernetes.io/part-of: paystream
 {{- if and .Values.networkPolicy.enabled .Values.commands.ingress.enabled (not .Values.networkPolicy.allowFromNamespaces) }}
 {{- fail "networkPolicy: with commands.ingress on, name the ingress controller's namespace in networkPolicy.allowFromNamespaces (else no command posted reaches a worker)" }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress .Values.commands.server.enabled (not .Values.commands.server.egress) }}
+{{- fail "networkPolicy.egress limits the workers' egress: name the brokers in commands.server.egress too (the commands server's own rules; it needs nothing else), or its egress would be open" }}
+{{- end }}
 {{- $storage := index ((.Values.resources).limits | default dict) "ephemeral-storage" }}
 {{- if and $storage (not .Values.persistence.enabled) .Values.persistence.size }}
 {{- $limit := include "paystream.mebibytes" $storage | atoi }}
