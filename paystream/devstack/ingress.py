@@ -16,14 +16,29 @@ from typing import IO
 
 from paystream.devstack._process import kill_process_group, parent_death_signal, wait_until
 
-__all__ = ["IngressProcess"]
+__all__ = ["NOT_FOR_THE_INGRESS", "IngressProcess"]
+
+# What a worker's environment holds that the ingress never reads.
+NOT_FOR_THE_INGRESS = frozenset(
+    {
+        "PAYSTREAM_MASTER_KEY",
+        "PAYSTREAM_RETIRED_MASTER_KEYS",
+        "DATABASE_URL",
+        "PAYSTREAM_DB_APP_PASSWORD",
+        "REDIS_URL",
+        "PAYSTREAM_WEB_TOKEN",
+    }
+)
 
 
 class IngressProcess:
     """`python -m paystream ingress` with the given environment, logging to a file."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path, port: int) -> None:
-        self.env = {**os.environ, **env, "PAYSTREAM_INGRESS_PORT": str(port)}
+        given = {**os.environ, **env, "PAYSTREAM_INGRESS_PORT": str(port)}
+        # Least privilege, as the chart and compose file give it: the broker settings and
+        # the platform token, none of the secrets a worker holds.
+        self.env = {k: v for k, v in given.items() if k not in NOT_FOR_THE_INGRESS}
         self.log_path = log_path
         self.port = port
         host = self.env.get("PAYSTREAM_INGRESS_HOST") or "127.0.0.1"

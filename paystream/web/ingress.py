@@ -24,6 +24,7 @@ import asyncio
 import hmac
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -78,6 +79,9 @@ MAX_WAIT_SECONDS = 30.0
 READER_START_SECONDS = 5.0
 # Waits a worker keeps at once; beyond, senders are answered 202 without waiting.
 MAX_WAITING = 2000
+# ... of which one tenant holds at most this many: its senders (or one that posts and
+# hangs up, its waits held to their end) cannot take long-polling from every tenant.
+MAX_WAITING_PER_TENANT = MAX_WAITING // 4
 BODY_READ_SECONDS = 30.0
 # A worker whose senders stopped waiting stops reading the events topic for them.
 IDLE_READER_SECONDS = 300.0
@@ -86,7 +90,8 @@ ERRORS_SHOWN = 10
 _BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # RFC 7240: "wait=<delta-seconds>" among the Prefer header's preferences.
-_WAIT = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?(\d{1,6})\"?\s*(?=[;,]|$)", re.IGNORECASE)
+# (ASCII digits only: `\d` takes any script's; any length, capped once read.)
+_WAIT = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?([0-9]+)\"?\s*(?=[;,]|$)", re.IGNORECASE)
 
 
 class _Refused(Exception):
@@ -110,6 +115,7 @@ class CommandIngress:
         self.registry = registry
         self.produce = produce
         self.waits = waits
+        self._waiting: Counter[str] = Counter()  # waits held per tenant
 
     async def handle(self, request: Request) -> Response:
         """One command, produced to the commands topic for its tenant."""
@@ -168,8 +174,10 @@ class CommandIngress:
         deadline = asyncio.get_running_loop().time() + (wait or 0)
         waiter: asyncio.Future[CloudEvent] | None = None
         try:
-            if wait is not None:
+            if wait is not None and self._waiting[tenant] < MAX_WAITING_PER_TENANT:
                 waiter, rec = await self._awaiting(tenant, command_id, rec, wait)
+            if waiter is not None:
+                self._waiting[tenant] += 1
             try:
                 await self.produce(rec, tenant)
             except NotProduced as exc:
@@ -188,9 +196,10 @@ class CommandIngress:
                 except TimeoutError:
                     pass  # (it comes on the topic)
                 except Exception as exc:  # the reader failed: the command is taken all the same
-                    _throttled.warning(
-                        ("wait",), "ingress: an outcome wait failed (%s)", type(exc).__name__
-                    )
+                    if not self.waits.closed:  # (stopping: every waiter is let go, as meant)
+                        _throttled.warning(
+                            ("wait",), "ingress: an outcome wait failed (%s)", type(exc).__name__
+                        )
                 else:
                     metrics.INGRESS.labels(tenant_label, "answered").inc()
                     message = ce_http.to_structured_event(outcome)
@@ -202,6 +211,9 @@ class CommandIngress:
         finally:
             if waiter is not None:
                 waiter.cancel()  # (a no-op once answered; forgets it if the handler is cancelled)
+                self._waiting[tenant] -= 1
+                if not self._waiting[tenant]:
+                    del self._waiting[tenant]
         metrics.INGRESS.labels(tenant_label, "accepted").inc()
         accepted = {
             "accepted": True,

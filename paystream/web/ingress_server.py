@@ -22,12 +22,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import aiohttp.web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from paystream.errors import PaystreamError
 from paystream.settings import Settings
@@ -37,6 +38,7 @@ from paystream.streams.codec import KafkaRecord
 from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.web import bad_requests
+from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.ingress import IDLE_READER_SECONDS, CommandIngress
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced, acknowledged
@@ -71,9 +73,15 @@ class IngressServer:
         self._producer_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
         self._brokers_answered_at: float | None = None
+        # Requests being handled, and whether the process is stopping (new requests are
+        # then refused 503, "not taken", while those in flight finish).
+        self.in_flight = 0
+        self.stopping = False
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     def app(self) -> aiohttp.web.Application:
-        app = aiohttp.web.Application()
+        app = aiohttp.web.Application(middlewares=[self._tracked])
         app.router.add_post("/v1/commands", self.ingress.handle)
         app.router.add_get("/healthz", self._alive)
         app.router.add_get("/readyz", self._ready)
@@ -86,6 +94,39 @@ class IngressServer:
 
     async def _stop_waits(self, _app: aiohttp.web.Application) -> None:
         await self.waits.stop()
+
+    @aiohttp.web.middleware
+    async def _tracked(
+        self,
+        request: aiohttp.web.Request,
+        handler: Callable[[aiohttp.web.Request], Awaitable[aiohttp.web.StreamResponse]],
+    ) -> aiohttp.web.StreamResponse:
+        if self.stopping and request.path == "/v1/commands":
+            # (On a kept-alive connection, after the listener closed.)
+            return aiohttp.web.json_response(
+                {
+                    "error": "unavailable",
+                    "message": "this ingress is stopping: the command was not taken; retry",
+                },
+                status=503,
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+        self.in_flight += 1
+        self._drained.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._drained.set()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking requests; answer the waiting senders 202 now; give the requests in
+        flight (a body still arriving among them) up to ``grace`` seconds."""
+        self.stopping = True
+        await self.waits.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), grace)
 
     async def _running(self, _app: aiohttp.web.Application) -> AsyncIterator[None]:
         settings = self.settings
@@ -171,7 +212,9 @@ class IngressServer:
 
     async def ready(self) -> bool:
         """The registry read (and still followed), the producer connected, the brokers
-        answering."""
+        answering, and not stopping."""
+        if self.stopping:
+            return False
         following = self._registry_task is not None and not self._registry_task.done()
         if not (following and self.registry.ready.is_set()):
             return False
@@ -204,10 +247,32 @@ class IngressServer:
             status=503,
         )
 
-    async def _metrics(self, _request: aiohttp.web.Request) -> aiohttp.web.Response:
+    async def _metrics(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        # As a worker without a token answers: a web page re-pointing its own domain at
+        # this port (DNS rebinding) must not read the tenants' request counts.
+        host = request.headers.get("Host")
+        if not host_well_formed(host):
+            return aiohttp.web.json_response({"error": "bad_host"}, status=400)
+        if not host_allowed(host, self.settings.web_host_names() | {self.settings.ingress_host}):
+            return aiohttp.web.json_response({"error": "host_not_allowed"}, status=403)
         return aiohttp.web.Response(
-            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(_OWN_METRICS), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+class _OwnMetrics:
+    """The metrics this process keeps: its requests and the process's own (the workers'
+    families, defined on import, would be exported as zeros beside a worker's)."""
+
+    PREFIXES = ("paystream_ingress_", "process_", "python_")
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if family.name.startswith(self.PREFIXES):
+                yield family
+
+
+_OWN_METRICS = _OwnMetrics()
 
 
 def configure_logging(log_level: str) -> None:
@@ -228,7 +293,11 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     configure_logging(settings.log_level)
     server = IngressServer(settings)
     runner = aiohttp.web.AppRunner(
-        server.app(), shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None
+        server.app(),
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        access_log=None,
+        # A sender that hangs up is let go: its wait is not held to its end.
+        handler_cancellation=True,
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -236,18 +305,22 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        site = aiohttp.web.TCPSite(runner, host, port)
         try:
-            await aiohttp.web.TCPSite(runner, host, port).start()
+            await site.start()
         except OSError as exc:
             raise PaystreamError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
         log.info("ingress: serving POST /v1/commands on %s:%d", host, port)
-        stopped, failed = (
-            asyncio.create_task(stop.wait()),
-            asyncio.create_task(server.failed.wait()),
-        )
+        stopped = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(server.failed.wait())
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         failed.cancel()
+        log.info("ingress: stopping, %d request(s) in flight", server.in_flight)
+        # No new connection; then the requests in flight finish, bodies still arriving
+        # included, before the server closes its connections.
+        await site.stop()
+        await server.drain(SHUTDOWN_GRACE_SECONDS)
         return 1 if server.failed.is_set() else 0
     finally:
         with contextlib.suppress(Exception):

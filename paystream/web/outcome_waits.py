@@ -38,6 +38,11 @@ class OutcomeWaits:
         self._starting: asyncio.Future[PaystreamClient | None] | None = None
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Stopped for good: the process is stopping."""
+        return self._closed
+
     async def reader(self, within: float) -> PaystreamClient | None:
         """The running reader (started now if need be: outcomes from now on are seen);
         None if it is not running within ``within`` seconds, failed to start a moment

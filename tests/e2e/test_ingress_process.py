@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from paystream.devstack._process import free_port
-from paystream.devstack.ingress import IngressProcess
+from paystream.devstack.ingress import NOT_FOR_THE_INGRESS, IngressProcess
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +84,17 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         assert status == 503, answer
         assert answer["error"] == "unavailable" and headers["Retry-After"] == "1"
         assert "was not taken" in answer["message"]  # (never handed to a producer)
+        # Its own metrics only, and not to a page that re-pointed its domain here.
+        with urllib.request.urlopen(f"{ingress.base_url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "paystream_ingress_requests_total" in text and "process_cpu" in text
+        assert "paystream_command" not in text and "paystream_batch" not in text
+        rebound = urllib.request.Request(
+            f"{ingress.base_url}/metrics", headers={"Host": "pay.evil.example.com"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=5)
+        assert refused.value.code == 403
         assert ingress.proc is not None
         ingress.proc.send_signal(signal.SIGTERM)
         assert ingress.proc.wait(timeout=20) == 0
@@ -156,6 +167,17 @@ async def test_senders_waiting_at_sigterm_are_answered_202_at_once(
                 "Authorization": f"Bearer {TOKEN}",
                 "Prefer": "wait=30",
             }
+            # A second request whose body is still arriving when the stop comes.
+            arriving = {**event, "id": str(uuid.uuid4())}
+            body = json.dumps(arriving).encode()
+            reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
+            head = (
+                "POST /v1/commands HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/cloudevents+json\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body[:20])
+            await writer.drain()
             async with aiohttp.ClientSession() as session:
                 waiting = asyncio.ensure_future(
                     session.post(
@@ -172,4 +194,30 @@ async def test_senders_waiting_at_sigterm_are_answered_202_at_once(
                 assert (await resp.json())["command_id"] == event["id"]
                 resp.release()
             assert answered_after < 3
-            assert await asyncio.to_thread(ingress.proc.wait, 20) == 0
+            # The body's rest, a second later: the request is finished and answered.
+            await asyncio.sleep(1)
+            writer.write(body[20:])
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+            assert arriving["id"].encode() in answer
+            exit_status = await asyncio.to_thread(ingress.proc.wait, 20)
+            assert exit_status == 0
+            assert time.monotonic() - stopped_at < 10  # (not the whole grace)
+
+
+def test_the_ingress_process_gets_none_of_a_worker_s_secrets(tmp_path: Path) -> None:
+    env = {
+        "KAFKA_BROKER_URL": "kafka://127.0.0.1:9",
+        "PAYSTREAM_MASTER_KEY": "k",
+        "DATABASE_URL": "postgresql://u:p@db/x",
+        "PAYSTREAM_DB_APP_PASSWORD": "p",
+        "REDIS_URL": "redis://r",
+        "PAYSTREAM_WEB_TOKEN": "t",
+        "PAYSTREAM_INGRESS_TOKEN": TOKEN,
+    }
+    given = IngressProcess(env, tmp_path / "ingress.log", 1).env
+    assert given["KAFKA_BROKER_URL"] == "kafka://127.0.0.1:9"
+    assert given["PAYSTREAM_INGRESS_TOKEN"] == TOKEN
+    assert not NOT_FOR_THE_INGRESS & given.keys()

@@ -23,7 +23,86 @@ from paystream.web.ingress import MAX_WAIT_SECONDS, _preferred_wait
         ("wait=1.5", None),  # delta-seconds are whole
         ("nowait=5", None),
         ("wait", None),
+        ("wait=\uff13", None),  # a fullwidth 3: ASCII digits only
+        ("wait=\u0663", None),  # an Arabic-Indic 3
+        ("wait=99999999999999999999", MAX_WAIT_SECONDS),  # any length, capped
     ],
 )
 def test_the_wait_preference(prefer: str, wait: float | None) -> None:
     assert _preferred_wait(prefer) == wait
+
+
+def _ingress(reader: object) -> tuple[object, list[object]]:
+    """A CommandIngress whose outcome reader is ``reader`` and whose produce is a no-op."""
+    from paystream.settings import load_settings
+    from paystream.tenancy.mirror import RegistryMirror
+    from paystream.web.ingress import CommandIngress
+
+    settings = load_settings(kafka_broker_url="kafka://127.0.0.1:9")
+    produced: list[object] = []
+
+    async def produce(rec: object, tenant: str) -> None:
+        produced.append(rec)
+
+    class Waits:
+        closed = False
+
+        async def reader(self, within: float) -> object:
+            return reader
+
+    return CommandIngress(settings, RegistryMirror(settings), produce, Waits()), produced
+
+
+async def test_one_tenant_holds_at_most_its_share_of_the_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its share, a tenant's senders are answered 202 at once (others still wait);
+    a wait let go (its sender hung up: the handler cancelled) frees its place."""
+    import asyncio
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from paystream.client import build_command
+    from paystream.streams.codec import KafkaRecord
+    from paystream.web import ingress as ingress_mod
+
+    monkeypatch.setattr(ingress_mod, "MAX_WAITING_PER_TENANT", 2)
+    futures: list[asyncio.Future[object]] = []
+
+    class Reader:
+        awaited = 0
+
+        def expect(self, tenant: str, command_id: str, request: str) -> object:
+            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            futures.append(future)
+            return future
+
+    ingress, produced = _ingress(Reader())
+    request = make_mocked_request("POST", "/v1/commands", headers={"Prefer": "wait=30"})
+
+    def send(tenant: str) -> asyncio.Task[object]:
+        event = build_command("customer.create", tenant, {})
+        rec = KafkaRecord(tenant.encode(), b"{}", ())
+        return asyncio.ensure_future(
+            ingress._produced(request, tenant, str(event.get_id()), event, rec, tenant)
+        )
+
+    held = [send("loud"), send("loud")]
+    await asyncio.sleep(0.01)
+    assert not any(t.done() for t in held) and ingress._waiting["loud"] == 2
+    past = await asyncio.wait_for(send("loud"), 1)  # beyond its share: no wait
+    assert past.status == 202
+    other = send("quiet")  # another tenant still waits
+    await asyncio.sleep(0.01)
+    assert not other.done() and ingress._waiting["quiet"] == 1
+    for task in held:  # both senders hang up
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    assert "loud" not in ingress._waiting
+    again = send("loud")
+    await asyncio.sleep(0.01)
+    assert not again.done() and ingress._waiting["loud"] == 1
+    for task in (other, again):
+        task.cancel()
+    await asyncio.gather(other, again, return_exceptions=True)
+    assert not ingress._waiting and len(produced) == 5
