@@ -296,8 +296,6 @@ async def serve(settings: Settings, host: str, port: int) -> int:
         server.app(),
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
         access_log=None,
-        # A sender that hangs up is let go: its wait is not held to its end.
-        handler_cancellation=True,
     )
     await runner.setup()
     stop = asyncio.Event()

@@ -106,3 +106,54 @@ async def test_one_tenant_holds_at_most_its_share_of_the_waits(
         task.cancel()
     await asyncio.gather(other, again, return_exceptions=True)
     assert not ingress._waiting and len(produced) == 5
+
+
+async def test_a_sender_that_hangs_up_is_let_go_within_a_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its wait ends (its place freed) once its connection is seen gone, not at the end
+    of the wait it asked for."""
+    import asyncio
+    import time
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from paystream.client import build_command
+    from paystream.streams.codec import KafkaRecord
+    from paystream.web import ingress as ingress_mod
+
+    monkeypatch.setattr(ingress_mod, "CONNECTION_CHECK_SECONDS", 0.05)
+
+    class Reader:
+        awaited = 0
+
+        def expect(self, tenant: str, command_id: str, request: str) -> object:
+            return asyncio.get_running_loop().create_future()  # (never answered)
+
+    class Transport:
+        closing = False
+
+        def is_closing(self) -> bool:
+            return self.closing
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return default
+
+    transport = Transport()
+    ingress, _ = _ingress(Reader())
+    request = make_mocked_request(
+        "POST", "/v1/commands", headers={"Prefer": "wait=30"}, transport=transport
+    )
+    event = build_command("customer.create", "shop", {})
+    task = asyncio.ensure_future(
+        ingress._produced(
+            request, "shop", str(event.get_id()), event, KafkaRecord(b"shop", b"{}", ()), "shop"
+        )
+    )
+    await asyncio.sleep(0.2)
+    assert not task.done() and ingress._waiting["shop"] == 1  # connected: it waits
+    started = time.monotonic()
+    transport.closing = True  # the sender hung up
+    answer = await asyncio.wait_for(task, 2)
+    assert time.monotonic() - started < 1
+    assert answer.status == 202 and not ingress._waiting
