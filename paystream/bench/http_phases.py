@@ -18,7 +18,7 @@ from paystream.bench.http_load import HttpLog, post_burst, post_paced
 from paystream.bench.load import BenchCommand, generate_commands
 from paystream.bench.measure import Say, cut_cpu, phase_result, progress_printer
 from paystream.bench.probe import CpuSampler, OutputWatcher
-from paystream.bench.stats import PhaseResult, percentile
+from paystream.bench.stats import PhaseResult, percentiles_text
 
 __all__ = ["CONCURRENCY", "WAIT_SECONDS", "HttpPhases", "http_loads"]
 
@@ -143,16 +143,13 @@ def _wait_split(log: HttpLog, watcher: OutputWatcher) -> str:
             to_topic.append(1000 * (seen - log.sent_at[command_id]))
             to_answer.append(1000 * (answered - seen))
 
-    def pcts(values: list[float]) -> str:
-        ordered = sorted(values)
-        return "/".join(f"{percentile(ordered, p):,.1f}" for p in (50, 95, 99))
-
     if not to_topic:
         return "http rate latency split: no outcomes"
     return (
         f"http rate latency p50/p95/p99 ms: request due → outcome read by the bench "
-        f"{pcts(to_topic)}; outcome read by the bench → answer {pcts(to_answer)} "
-        "(the two readers race: negative when the ingress read first)"
+        f"{percentiles_text(to_topic)}; outcome read by the bench → answer "
+        f"{percentiles_text(to_answer)} (the two readers race: negative when the ingress "
+        "read first)"
     )
 
 

@@ -52,7 +52,7 @@ from paystream.bench.probe import (
     send_paced,
 )
 from paystream.bench.profiling import PySpy, summarise
-from paystream.bench.stats import BenchReport, PhaseResult, percentile
+from paystream.bench.stats import BenchReport, PhaseResult, percentiles_text
 from paystream.devstack._process import free_port, kill_process_group, parent_death_signal
 from paystream.devstack.ingress import IngressProcess
 from paystream.devstack.kafka import TansuBroker
@@ -323,15 +323,11 @@ def _latency_split(
             delivery.append(1000 * lag)
             worker.append(1000 * (total - lag))
 
-    def pcts(values: list[float]) -> str:
-        ordered = sorted(values)
-        return "/".join(f"{percentile(ordered, p):,.1f}" for p in (50, 95, 99))
-
     if not worker:
         return "rate latency split: no outcomes"
     return (
-        f"rate latency p50/p95/p99 ms: command due → outcome produced {pcts(worker)}; "
-        f"outcome produced → read {pcts(delivery)}"
+        f"rate latency p50/p95/p99 ms: command due → outcome produced {percentiles_text(worker)}; "
+        f"outcome produced → read {percentiles_text(delivery)}"
     )
 
 

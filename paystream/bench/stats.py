@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BenchReport", "PhaseResult", "percentile", "render_table"]
+__all__ = ["BenchReport", "PhaseResult", "percentile", "percentiles_text", "render_table"]
+
+
+def percentiles_text(values: Sequence[float]) -> str:
+    """p50/p95/p99 of ``values`` (any order), as "12.3/45.6/78.9"."""
+    ordered = sorted(values)
+    return "/".join(f"{percentile(ordered, p):,.1f}" for p in (50, 95, 99))
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:
