@@ -167,6 +167,7 @@ async def test_senders_waiting_at_sigterm_are_answered_202_at_once(
                 "Authorization": f"Bearer {TOKEN}",
                 "Prefer": "wait=30",
             }
+            before = await _commands_end(dep)
             # A second request whose body is still arriving when the stop comes.
             arriving = {**event, "id": str(uuid.uuid4())}
             body = json.dumps(arriving).encode()
@@ -184,7 +185,8 @@ async def test_senders_waiting_at_sigterm_are_answered_202_at_once(
                         f"{ingress.base_url}/v1/commands", data=json.dumps(event), headers=headers
                     )
                 )
-                await asyncio.sleep(1)  # (the command produced, its outcome 4 s away)
+                # Waiting once its command is on the topic (its outcome 5 s away).
+                await _until_produced(dep, before)
                 assert ingress.proc is not None
                 stopped_at = time.monotonic()
                 ingress.proc.send_signal(signal.SIGTERM)
@@ -221,3 +223,30 @@ def test_the_ingress_process_gets_none_of_a_worker_s_secrets(tmp_path: Path) -> 
     assert given["KAFKA_BROKER_URL"] == "kafka://127.0.0.1:9"
     assert given["PAYSTREAM_INGRESS_TOKEN"] == TOKEN
     assert not NOT_FOR_THE_INGRESS & given.keys()
+
+
+async def _commands_end(dep: Any) -> int:
+    """How many records the commands topic holds (its end offsets' sum)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    from paystream.streams.admin import bootstrap_servers
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
+    await consumer.start()
+    try:
+        topic = dep.settings.commands_topic
+        tps = [TopicPartition(topic, p) for p in range(dep.settings.partitions)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+async def _until_produced(dep: Any, before: int, timeout: float = 15) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while await _commands_end(dep) <= before:
+        assert time.monotonic() < deadline, "the command never reached the topic"
+        await asyncio.sleep(0.05)

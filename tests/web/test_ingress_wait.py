@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from paystream.web.ingress import MAX_WAIT_SECONDS, _preferred_wait
@@ -88,20 +90,20 @@ async def test_one_tenant_holds_at_most_its_share_of_the_waits(
         )
 
     held = [send("loud"), send("loud")]
-    await asyncio.sleep(0.01)
-    assert not any(t.done() for t in held) and ingress._waiting["loud"] == 2
+    await _until(lambda: ingress._waiting["loud"] == 2)
+    assert not any(t.done() for t in held)
     past = await asyncio.wait_for(send("loud"), 1)  # beyond its share: no wait
     assert past.status == 202
     other = send("quiet")  # another tenant still waits
-    await asyncio.sleep(0.01)
-    assert not other.done() and ingress._waiting["quiet"] == 1
+    await _until(lambda: ingress._waiting["quiet"] == 1)
+    assert not other.done()
     for task in held:  # both senders hang up
         task.cancel()
     await asyncio.gather(*held, return_exceptions=True)
     assert "loud" not in ingress._waiting
     again = send("loud")
-    await asyncio.sleep(0.01)
-    assert not again.done() and ingress._waiting["loud"] == 1
+    await _until(lambda: ingress._waiting["loud"] == 1)
+    assert not again.done()
     for task in (other, again):
         task.cancel()
     await asyncio.gather(other, again, return_exceptions=True)
@@ -150,10 +152,21 @@ async def test_a_sender_that_hangs_up_is_let_go_within_a_check(
             request, "shop", str(event.get_id()), event, KafkaRecord(b"shop", b"{}", ()), "shop"
         )
     )
-    await asyncio.sleep(0.2)
-    assert not task.done() and ingress._waiting["shop"] == 1  # connected: it waits
+    await _until(lambda: ingress._waiting["shop"] == 1)
+    await asyncio.sleep(0.2)  # (four connection checks: still connected, still waiting)
+    assert not task.done() and ingress._waiting["shop"] == 1
     started = time.monotonic()
     transport.closing = True  # the sender hung up
     answer = await asyncio.wait_for(task, 2)
     assert time.monotonic() - started < 1
     assert answer.status == 202 and not ingress._waiting
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
