@@ -32,6 +32,10 @@ from urllib.parse import unquote
 import aiohttp.web
 import orjson
 from aiohttp.web import Request, Response
+
+# aiohttp's own answer to ``Expect: 100-continue`` (the route's default), for a request
+# that passes the checks made before the body.
+from aiohttp.web_urldispatcher import _default_expect_handler
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
@@ -122,17 +126,7 @@ class CommandIngress:
         registry, settings = self.registry, self.settings
         tenant_label = UNREGISTERED
         try:
-            credential = _bearer(request)
-            platform = credential is not None and _is_platform_token(settings, credential)
-            if not platform:
-                # Before the body is read: a made-up key costs no parsing.
-                key_id = None if credential is None else key_id_of(credential)
-                if key_id is None:
-                    raise _unauthorized()
-                if not registry.ready.is_set():
-                    raise _unavailable("the tenant registry is loading")
-                if not registry.has_ingress_key(key_id):
-                    raise _unauthorized()
+            credential, platform = self._before_body(request)
             body = await _body(request, settings.command_max_bytes)
             event = _decoded(request, body)
             tenant = event.get_extension("tenantid")
@@ -153,12 +147,39 @@ class CommandIngress:
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
             return await self._produced(request, tenant, command_id, event, rec, tenant_label)
         except _Refused as refused:
-            metrics.INGRESS.labels(tenant_label, refused.result).inc()
-            body_out = {"error": refused.error, "message": str(refused), **refused.extra}
-            headers = {"Retry-After": "1"} if refused.status == 503 else None
-            if refused.status == 401:
-                headers = {"WWW-Authenticate": 'Bearer realm="paystream"'}
-            return _json(body_out, status=refused.status, headers=headers)
+            return _refusal(refused, tenant_label)
+
+    async def expect(self, request: Request) -> Response | None:
+        """``Expect: 100-continue``: a request refused before its body would be is
+        answered so before the client sends the body (up to the largest command, for
+        nothing); any other goes on as aiohttp's default has it (``100 Continue``)."""
+        try:
+            self._before_body(request)
+        except _Refused as refused:
+            answer = _refusal(refused, UNREGISTERED)
+            # The client sends no body now: the connection cannot carry another request.
+            answer.force_close()
+            return answer
+        await _default_expect_handler(request)
+        return None
+
+    def _before_body(self, request: Request) -> tuple[str | None, bool]:
+        """(the credential, whether it is the platform token), or the refusal that needs
+        no body: no key, or one no tenant holds (a made-up key costs no parsing); a
+        declared length over the largest command."""
+        credential = _bearer(request)
+        platform = credential is not None and _is_platform_token(self.settings, credential)
+        if not platform:
+            key_id = None if credential is None else key_id_of(credential)
+            if key_id is None:
+                raise _unauthorized()
+            if not self.registry.ready.is_set():
+                raise _unavailable("the tenant registry is loading")
+            if not self.registry.has_ingress_key(key_id):
+                raise _unauthorized()
+        if (request.content_length or 0) > self.settings.command_max_bytes:
+            raise _too_large(self.settings.command_max_bytes)
+        return credential, platform
 
     async def _produced(
         self,
@@ -273,6 +294,19 @@ def _json(value: dict[str, Any], *, status: int, headers: dict[str, str] | None 
     )
 
 
+def _refusal(refused: _Refused, tenant_label: str) -> Response:
+    metrics.INGRESS.labels(tenant_label, refused.result).inc()
+    body = {"error": refused.error, "message": str(refused), **refused.extra}
+    headers = {"Retry-After": "1"} if refused.status == 503 else None
+    if refused.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="paystream"'}
+    return _json(body, status=refused.status, headers=headers)
+
+
+def _too_large(limit: int) -> _Refused:
+    return _Refused(413, "too_large", "payload_too_large", f"a command is at most {limit} bytes")
+
+
 def _unauthorized() -> _Refused:
     return _Refused(
         401,
@@ -309,9 +343,7 @@ def _is_platform_token(settings: Settings, credential: str) -> bool:
 async def _body(request: Request, limit: int) -> bytes:
     """The body, refused 413 past ``limit``, the largest command a worker takes (read in
     chunks: never more than that is buffered, whatever the request says of its length)."""
-    too_large = _Refused(
-        413, "too_large", "payload_too_large", f"a command is at most {limit} bytes"
-    )
+    too_large = _too_large(limit)
     raw = request
     if (raw.content_length or 0) > limit:
         raise too_large

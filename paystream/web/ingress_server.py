@@ -82,7 +82,7 @@ class IngressServer:
 
     def app(self) -> aiohttp.web.Application:
         app = aiohttp.web.Application(middlewares=[self._tracked])
-        app.router.add_post("/v1/commands", self.ingress.handle)
+        app.router.add_post("/v1/commands", self.ingress.handle, expect_handler=self.ingress.expect)
         app.router.add_get("/healthz", self._alive)
         app.router.add_get("/readyz", self._ready)
         app.router.add_get("/metrics", self._metrics)

@@ -401,6 +401,33 @@ def test_monitoring_scrapes_with_the_token_and_ships_the_rules_and_dashboard() -
     assert json.loads(dashboard["data"]["paystream.json"]) == shipped
 
 
+def test_monitoring_scrapes_the_commands_server_as_its_own_job() -> None:
+    docs = render(_merge(MONITORING, {"commands": {"server": {"enabled": True}}}))
+    monitors = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "ServiceMonitor")}
+    assert set(monitors) == {"pay-paystream", "pay-paystream-commands"}
+    services = by_kind(docs, "Service")
+
+    def scraped(spec: dict[str, Any]) -> list[str]:
+        wanted = spec["selector"]["matchLabels"].items()
+        return [
+            d["metadata"]["name"] for d in services if wanted <= d["metadata"]["labels"].items()
+        ]
+
+    assert scraped(monitors["pay-paystream"]) == [worker_service(docs)["metadata"]["name"]]
+    assert scraped(monitors["pay-paystream-commands"]) == ["pay-paystream-commands"]
+    [endpoint] = monitors["pay-paystream-commands"]["endpoints"]
+    [commands] = [d for d in services if d["metadata"]["name"] == "pay-paystream-commands"]
+    assert endpoint["port"] in {p["name"] for p in commands["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics" and "authorization" not in endpoint
+    # The job its alert rules select, not the workers' (their up checks would count it).
+    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "paystream-ingress"}]
+    rules = yaml.safe_load((CHART / "files/prometheus/alerts.yml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    assert any('job="paystream-ingress"' in e for e in exprs)
+    # Without the commands server, the workers' alone.
+    assert len(by_kind(render(MONITORING), "ServiceMonitor")) == 1
+
+
 def test_container_commands_are_paystream_commands() -> None:
     from paystream.cli import cli
 

@@ -335,11 +335,18 @@ def declared() -> Declared:
         ("paystream_insights_skipped_total", "why"): set(
             re.findall(r'SKIPPED\.labels\("(\w+)"\)', inspect.getsource(insights))
         ),
-        ("up", "job"): {"paystream"},
-        ("process_start_time_seconds", "job"): {"paystream"},
+        # The jobs a scrape gives: compose's (the chart's ServiceMonitors give the same;
+        # tests/deploy/test_helm.py).
+        ("up", "job"): scrape_jobs(),
+        ("process_start_time_seconds", "job"): scrape_jobs(),
     }
     assert all(values.values()), values  # the source patterns above still find them
     return Declared(labels, {key: {str(v) for v in vs} for key, vs in values.items()})
+
+
+def scrape_jobs() -> set[str]:
+    config = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    return {job["job_name"] for job in config["scrape_configs"]}
 
 
 def scrape(worker: Any) -> str:

@@ -428,6 +428,55 @@ async def test_a_made_up_key_is_refused_before_the_body_is_read(
     assert status == 401, answer  # (not the parser's 400)
 
 
+async def _expecting_continue(url: str, head: bytes, body: bytes) -> list[bytes]:
+    """A request sent with ``Expect: 100-continue``, its body only after a ``100
+    Continue``: the status lines answered, in order (the body not sent, a single one)."""
+    address = url.removeprefix("http://").split("/", 1)[0]
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+
+    async def status_and_headers() -> bytes:
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return answer.split(b"\r\n", 1)[0]
+
+    try:
+        writer.write(
+            b"POST /v1/commands HTTP/1.1\r\nHost: " + address.encode() + b"\r\n" + head
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\nExpect: 100-continue\r\n\r\n"
+        )  # fmt: skip
+        lines = [await status_and_headers()]
+        if b" 100 " in lines[0]:
+            writer.write(body)
+            lines.append(await status_and_headers())
+        return lines
+    finally:
+        writer.close()
+
+
+async def test_expect_continue_is_refused_before_the_body_when_the_key_is(
+    request: pytest.FixtureRequest, deployed: tuple[Deployment, str]
+) -> None:
+    """A client that asks first (``Expect: 100-continue``: curl does for bodies over 1 KB)
+    with a key no tenant holds, or a body over the limit, is refused before it sends the
+    body by `paystream ingress`; a worker's own route answers ``100 Continue`` first
+    (Faust's routes take aiohttp's default), then the same refusal."""
+    dep, url = deployed
+    own_server = request.node.callspec.params["deployed"] == "ingress"
+    json_type = b"Content-Type: application/cloudevents+json\r\n"
+    made_up = f"Authorization: Bearer psk_00000000_{'A' * 43}\r\n".encode()
+    shop = f"Authorization: Bearer {SHOP_KEY}\r\n".encode()
+    event = json.dumps(structured("customer.create", {})).encode()
+    refused = await _expecting_continue(url, made_up + json_type, event)
+    assert refused[-1].startswith(b"HTTP/1.1 401 ")
+    assert len(refused) == (1 if own_server else 2)
+    limit = dep.settings.command_max_bytes
+    too_large = await _expecting_continue(url, shop + json_type, b"{" + b" " * limit + b"}")
+    assert too_large[-1].startswith(b"HTTP/1.1 413 ")
+    assert len(too_large) == (1 if own_server else 2)
+    taken = await _expecting_continue(url, shop + json_type, event)
+    assert [line.split(b" ")[1] for line in taken] == [b"100", b"202"]
+
+
 async def test_trace_context_reading_as_a_card_number_never_reaches_the_topic(
     deployed: tuple[Deployment, str], client: PaystreamClient
 ) -> None:
