@@ -24,6 +24,7 @@ from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
 from paystream.streams.commands import COMMAND_PREFIX, PROVIDER_READS
 from paystream.streams.kafka_auth import client_auth
+from paystream.tenancy.token_bucket import TokenBucket
 
 __all__ = [
     "HELD_BACK",
@@ -412,7 +413,6 @@ REPLAYED, PASSED_OVER, HELD_BACK = "replayed", "passed over", "held back"
 # While every partition's next record waits for its tenant's pace, what was re-sent is
 # committed if the last commit is this old (a slow replay that crashes repeats less).
 COMMIT_SECONDS = 5.0
-_MILLI = 1000  # milli-tokens per command (as tenancy/limits.py counts them)
 
 
 @dataclass(frozen=True)
@@ -426,36 +426,11 @@ class PaceWait:
     seconds: float  # until the soonest of them may go
 
 
-class _Pace:
-    """A token bucket over one tenant's re-sends, as the worker's (tenancy/limits.py):
-    ``rate`` commands a second, at most ``burst`` at once, full at the start, counted in
-    milli-tokens, on a monotonic clock. A re-send's token is taken before it is sent, and
-    the time until the broker acknowledged it refills nothing: the worker's clock for
-    limits is the broker's append time, and a slow acknowledgement must not bunch the
-    next re-sends together there."""
-
-    def __init__(self, rate: int, burst: int) -> None:
-        self.rate = rate
-        self.capacity = burst * _MILLI
-        self.tokens = self.capacity
-        self.at_ms: int | None = None
-
-    def wait_ms(self, now_ms: int) -> int:
-        """How long until the next re-send may go (0: now)."""
-        self._refill(now_ms)
-        return 0 if self.tokens >= _MILLI else -(-(_MILLI - self.tokens) // self.rate)
-
-    def take(self, now_ms: int) -> None:
-        self._refill(now_ms)
-        self.tokens -= _MILLI
-
-    def acknowledged(self, now_ms: int) -> None:
-        self.at_ms = now_ms
-
-    def _refill(self, now_ms: int) -> None:
-        if self.at_ms is not None and now_ms > self.at_ms:
-            self.tokens = min(self.capacity, self.tokens + (now_ms - self.at_ms) * self.rate)
-        self.at_ms = now_ms
+class _Pace(TokenBucket):
+    """A token bucket over one tenant's re-sends, as the worker's (tenancy/limits.py). A
+    re-send's token is taken before it is sent, and the time until the broker
+    acknowledged it refills nothing: the worker's clock for limits is the broker's append
+    time, and a slow acknowledgement must not bunch the next re-sends together there."""
 
 
 class _Paces:

@@ -1504,6 +1504,19 @@ def _ingress_schemas(components: Doc) -> Doc:
             "On the commands topic (the broker acknowledged it); its outcome follows on the "
             "events topic.",
         ),
+        "RateLimited": {
+            "type": "object",
+            "description": "The tenant is over its rate limit (`commands_per_second`, "
+            "`burst`) at this server: nothing was produced; send the same command (same "
+            "id) again after `retry_after_ms`.",
+            "required": ["error", "message", "retry_after_ms"],
+            "properties": {
+                "error": {"const": "rate_limited"},
+                "message": _STR,
+                "retry_after_ms": {"type": "integer", "minimum": 1},
+            },
+            "additionalProperties": False,
+        },
         "CommandInvalid": {
             "type": "object",
             "description": "Refused before it reached the topic, as a worker would refuse "
@@ -1622,6 +1635,18 @@ def _ingress_path() -> Doc:
                     "Error",
                     "neither binary mode (`ce-` headers) nor structured JSON; a batch "
                     "(`application/cloudevents-batch+json`)",
+                ),
+                "429": _json(
+                    "RateLimited",
+                    "over the tenant's rate limit at this server (a flood guard: each "
+                    "server counts on its own, and the workers' limit, exact across them, "
+                    "answers the rest `rate_limited` as an outcome); nothing produced",
+                    {
+                        "Retry-After": {
+                            "description": "whole seconds, rounded up",
+                            "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+                        }
+                    },
                 ),
                 "503": _json(
                     "Error",

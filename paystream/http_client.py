@@ -6,8 +6,9 @@ send commands without a Kafka client.
 
 A command is sent as a structured CloudEvent. With ``wait``, the answer is its outcome
 (a CloudEvent, as the events topic carries it) or, if that takes longer, an
-:class:`Accepted`; without, an :class:`Accepted` once the broker has it. A 503 or a lost
-connection is retried with the same command (the same bytes), which is safe: one command
+:class:`Accepted`; without, an :class:`Accepted` once the broker has it. A 503, a 429
+(the tenant's rate limit, after its ``Retry-After``) or a lost connection is retried
+with the same command (the same bytes), which is safe: one command
 id is one command, answered once; past the client's time :class:`IngressUnreachable`
 says whether it may have been taken. Refusals raise :class:`IngressError`.
 """
@@ -140,11 +141,12 @@ class IngressClient:
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=left),
                 ) as resp:
-                    maybe_taken = True
-                    if resp.status != 503 or attempt == self._retries:
+                    # (A 429 took nothing: the tenant's rate limit, at the ingress.)
+                    maybe_taken = maybe_taken or resp.status != 429
+                    if resp.status not in (429, 503) or attempt == self._retries:
                         return await _answer(resp, command_id)
                     retry_after = resp.headers.get("Retry-After")
-                    why = "503"
+                    why = str(resp.status)
             except aiohttp.ClientConnectorError as exc:  # not connected: nothing sent
                 why = type(exc).__name__
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:

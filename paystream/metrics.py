@@ -67,6 +67,7 @@ INGRESS = Counter(
     "Commands posted to the HTTP ingress (POST /v1/commands), by tenant and what came of "
     "them: accepted (produced; 202), answered (produced and its outcome returned; 200), "
     "invalid (400), unauthorized (401), too_large (413), unsupported_media_type (415), "
+    "rate_limited (429: over the tenant's rate limit; send it again later), "
     "unavailable (503: send it again). Refused before a tenant is known: (unregistered).",
     ["tenant", "result"],
 )

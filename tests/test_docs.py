@@ -367,7 +367,8 @@ def test_every_error_the_views_answer_is_in_the_error_schema(openapi: dict[str, 
     schemas = openapi["components"]["schemas"]
     errors = set(schemas["Error"]["properties"]["error"]["enum"])
     invalid = set(schemas["CommandInvalid"]["properties"]["error"]["enum"])
-    assert errors | invalid == answered
+    limited = {schemas["RateLimited"]["properties"]["error"]["const"]}
+    assert errors | invalid | limited == answered
     assert invalid == {"validation_error", "unsupported"}
 
 

@@ -15,7 +15,9 @@ A request is authenticated by ``Authorization: Bearer``: the platform's
 PAYSTREAM_INGRESS_TOKEN (any tenant's commands, as a producer on the topic may send), or
 one of the command's tenant's own keys (``paystream tenants api-key create``). Another
 tenant's key, an unknown tenant, a revoked key: one answer (401), so that a key's holder
-learns nothing about other tenants.
+learns nothing about other tenants. A tenant over its rate limit (``commands_per_second``,
+``burst``) is refused 429 with ``Retry-After`` before anything is produced (per server:
+the command agent's limit is the exact one).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import hmac
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -63,8 +66,10 @@ from paystream.streams.outcomes import REQUEST_HEADER
 from paystream.streams.pan import redact_card_numbers
 from paystream.streams.tracecontext import parse_traceparent, valid_tracestate
 from paystream.tenancy.ingress_keys import key_id_of, key_matches
+from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import UNREGISTERED
+from paystream.tenancy.token_bucket import TokenBucket
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced
 
@@ -120,6 +125,7 @@ class CommandIngress:
         self.produce = produce
         self.waits = waits
         self._waiting: Counter[str] = Counter()  # waits held per tenant
+        self._buckets: dict[str, TokenBucket] = {}  # rate-limited tenants' (_paced)
 
     async def handle(self, request: Request) -> Response:
         """One command, produced to the commands topic for its tenant."""
@@ -142,12 +148,46 @@ class CommandIngress:
                     # what this process holds is older. Fail closed; a peer may answer.
                     # (Asked after the key matched: another tenant's key learns nothing.)
                     raise _unavailable("this server cannot read the tenant's newest record")
-            if tenant in registry.tenants:
+            found = registry.tenants.get(tenant)
+            if found is not None:
                 tenant_label = tenant
+                self._paced(tenant, found.limits)
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
             return await self._produced(request, tenant, command_id, event, rec, tenant_label)
         except _Refused as refused:
             return _refusal(refused, tenant_label)
+
+    def _paced(self, tenant: str, limits: TenantLimits) -> None:
+        """The tenant's rate limit, as a flood guard before the topic: refused 429 over
+        it. Per server, on arrival times: with several servers up to that many times the
+        rate gets through, and the command agent's own limit (on the broker's times,
+        exact) answers the excess ``rate_limited``; this keeps one tenant's flood off
+        the topic and the workers' cores. Nothing is produced, so it is no answer: the
+        same command (same id) is sent again later."""
+        rate = limits.commands_per_second
+        if rate is None:
+            self._buckets.pop(tenant, None)
+            return
+        burst = limits.burst or rate
+        bucket = self._buckets.get(tenant)
+        if bucket is None or (bucket.rate, bucket.burst) != (rate, burst):
+            changed = TokenBucket(rate, burst)
+            if bucket is not None:  # (a limit changed: what was spent stays spent)
+                changed.tokens = min(changed.capacity, bucket.tokens)
+                changed.at_ms = bucket.at_ms
+            bucket = self._buckets[tenant] = changed
+        now_ms = time.monotonic_ns() // 1_000_000
+        wait_ms = bucket.wait_ms(now_ms)
+        if wait_ms:
+            raise _Refused(
+                429,
+                "rate_limited",
+                "rate_limited",
+                f"tenant over its rate limit of {rate} commands/s (burst {burst}); "
+                f"send it again after {wait_ms} ms",
+                retry_after_ms=wait_ms,
+            )
+        bucket.take(now_ms)
 
     async def expect(self, request: Request) -> Response | None:
         """``Expect: 100-continue``: a request refused before its body would be is
@@ -298,6 +338,8 @@ def _refusal(refused: _Refused, tenant_label: str) -> Response:
     metrics.INGRESS.labels(tenant_label, refused.result).inc()
     body = {"error": refused.error, "message": str(refused), **refused.extra}
     headers = {"Retry-After": "1"} if refused.status == 503 else None
+    if refused.status == 429:  # (whole seconds, rounded up)
+        headers = {"Retry-After": str(-(-int(refused.extra["retry_after_ms"]) // 1000))}
     if refused.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="paystream"'}
     return _json(body, status=refused.status, headers=headers)

@@ -34,6 +34,7 @@ from paystream.devstack.worker import WorkerProcess
 from paystream.http_client import Accepted, IngressClient, IngressError
 from paystream.streams.admin import bootstrap_servers
 from paystream.tenancy.ingress_keys import new_key
+from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.registry import tenant_record
 from tests.fixtures.pipeline import Deployment
@@ -45,6 +46,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 PLATFORM_TOKEN = f"platform-{uuid.uuid4().hex}"
 SHOP_KEY_ID, SHOP_KEY, SHOP_KEPT = new_key("checkout service")
 OTHER_KEY_ID, OTHER_KEY, OTHER_KEPT = new_key()
+PACED_KEY_ID, PACED_KEY, PACED_KEPT = new_key()
 CARD = "4242424242424242"  # Stripe's public test number: no real card
 
 
@@ -62,8 +64,13 @@ async def deployed(
             Tenant(tenant_id="other", ingress_keys={OTHER_KEY_ID: OTHER_KEPT}),
             # (its provider answers after 3 s)
             Tenant(tenant_id="slow", gateway_options={"latency_ms": 3000}),
+            Tenant(
+                tenant_id="paced",
+                ingress_keys={PACED_KEY_ID: PACED_KEPT},
+                limits=TenantLimits(commands_per_second=1, burst=2),
+            ),
         )
-        worker.wait_ready(["shop", "other", "slow"], partitions=dep.settings.partitions)
+        worker.wait_ready(["shop", "other", "slow", "paced"], partitions=dep.settings.partitions)
         served: WorkerProcess | IngressProcess = worker
         if request.param == "ingress":
             served = running.enter_context(
@@ -75,7 +82,7 @@ async def deployed(
         if isinstance(served, IngressProcess):
             logs.append(served.log_path.read_text(errors="replace"))
     for log in logs:
-        for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, CARD):
+        for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, PACED_KEY, CARD):
             assert secret not in log
 
 
@@ -418,6 +425,34 @@ async def test_the_answers_are_the_documented_ones(deployed: tuple[Deployment, s
         ctype = headers["Content-Type"].split(";")[0].replace("/", "~1")
         pointer = f"/paths/~1v1~1commands/post/responses/{status}/content/{ctype}/schema"
         validator(openapi, pointer).validate(answer)
+
+
+async def test_a_tenant_over_its_rate_limit_is_refused_429_before_the_topic(
+    deployed: tuple[Deployment, str],
+) -> None:
+    """Its `commands_per_second` (1) and `burst` (2) at the server: the third command at
+    once is refused 429 with Retry-After, nothing produced; the Python client sends it
+    again after the Retry-After, and it is taken."""
+    dep, url = deployed
+    openapi = yaml.safe_load((Path(__file__).parents[2] / "docs" / "openapi.yaml").read_text())
+    before = await commands_end(dep)
+    answers = [
+        await post(url, structured("customer.create", {}, "paced"), key=PACED_KEY) for _ in range(3)
+    ]
+    assert [a[0] for a in answers] == [202, 202, 429], answers
+    _, headers, refused = answers[2]
+    assert refused["error"] == "rate_limited" and 0 < refused["retry_after_ms"] <= 1000
+    assert headers["Retry-After"] == "1"
+    pointer = "/paths/~1v1~1commands/post/responses/429/content/application~1json/schema"
+    validator(openapi, pointer).validate(refused)
+    after = await commands_end(dep)
+    assert sum(after.values()) - sum(before.values()) == 2  # the third never reached it
+    # The bucket is empty now: the client's first attempt is refused, a later one taken.
+    assert (await post(url, structured("customer.create", {}, "paced"), key=PACED_KEY))[0] == 429
+    async with IngressClient(url.removesuffix("/v1/commands"), PACED_KEY) as http:
+        taken = await http.command("customer.create", "paced", {})
+    assert isinstance(taken, Accepted) and taken.tenant == "paced"
+    assert sum((await commands_end(dep)).values()) - sum(after.values()) == 1
 
 
 async def test_a_made_up_key_is_refused_before_the_body_is_read(

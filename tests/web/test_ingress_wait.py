@@ -170,3 +170,41 @@ async def _until(condition: Any, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never held"
         await asyncio.sleep(0.005)
+
+
+def test_a_tenant_s_rate_limit_is_paced_per_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flood guard's bucket: full at the start, refilled at the rate, a changed limit
+    keeps what was spent, a removed one paces nothing."""
+    from paystream.tenancy.limits import TenantLimits
+    from paystream.web import ingress as ingress_module
+
+    ingress, _ = _ingress(None)
+    now_ms = [1_000_000]
+    monkeypatch.setattr(ingress_module.time, "monotonic_ns", lambda: now_ms[0] * 1_000_000)
+    paced = ingress._paced  # type: ignore[attr-defined]
+    two = TenantLimits(commands_per_second=2, burst=3)
+
+    def refused_after() -> int | None:
+        try:
+            paced("acme", two)
+        except ingress_module._Refused as refused:
+            assert (refused.status, refused.result) == (429, "rate_limited")
+            return int(refused.extra["retry_after_ms"])
+        return None
+
+    assert [refused_after() for _ in range(4)] == [None, None, None, 500]
+    now_ms[0] += 499
+    assert refused_after() == 1  # 998 milli-tokens: 1 ms short
+    now_ms[0] += 1
+    assert refused_after() is None
+    paced("globex", two)  # another tenant has a bucket of its own
+    # Raised to 10/s: the tokens spent stay spent (none now), refilled at the new rate.
+    ten = TenantLimits(commands_per_second=10, burst=3)
+    with pytest.raises(ingress_module._Refused):
+        paced("acme", ten)
+    now_ms[0] += 100
+    paced("acme", ten)
+    # No limit: nothing paced, and the bucket forgotten.
+    for _ in range(50):
+        paced("acme", TenantLimits())
+    assert "acme" not in ingress._buckets  # type: ignore[attr-defined]
