@@ -850,9 +850,6 @@ async def _send_over_http(
         click.echo(f"error: {exc}: send it again with --id {cmd.get_id()}", err=True)
         return OutcomeTimeout(str(exc))
     except IngressError as exc:
-        if exc.status == 503:  # (retried already) maybe taken: the same id again
-            click.echo(f"error: {exc}; command {cmd.get_id()}", err=True)
-            return OutcomeTimeout(str(exc))
         for error in exc.errors:
             click.echo(f"  {error.get('loc')}: {error.get('msg')}", err=True)
         if exc.status in (400, 413, 415):

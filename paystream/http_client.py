@@ -129,11 +129,9 @@ class IngressClient:
         deadline = loop.time() + self._timeout + seconds
         maybe_taken = False
         why = ""
-        for attempt in range(self._retries + 1):
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            retry_after: str | None = None
+        failures = 0  # attempts that failed (a 429 is no failure: it says "later")
+        while (left := deadline - loop.time()) > 0:
+            retry_after: float | None = None
             try:
                 async with self._session.post(
                     self._url,
@@ -141,21 +139,34 @@ class IngressClient:
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=left),
                 ) as resp:
-                    # (A 429 took nothing: the tenant's rate limit, at the ingress.)
-                    maybe_taken = maybe_taken or resp.status != 429
-                    if resp.status not in (429, 503) or attempt == self._retries:
-                        return await _answer(resp, command_id)
-                    retry_after = resp.headers.get("Retry-After")
-                    why = str(resp.status)
+                    if resp.status == 429:
+                        # The tenant's rate limit at the ingress: nothing was taken by
+                        # this attempt; sent again once its token is due, until the time
+                        # is up, however many that takes.
+                        retry_after = await _rate_limited_wait(resp)
+                        why = "429"
+                    else:
+                        maybe_taken = True
+                        if resp.status != 503:
+                            return await _answer(resp, command_id)
+                        failures += 1
+                        retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+                        why = "503"
             except aiohttp.ClientConnectorError as exc:  # not connected: nothing sent
+                failures += 1
                 why = type(exc).__name__
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 # Maybe taken, maybe not: the same command again is the safe retry.
+                failures += 1
                 maybe_taken, why = True, type(exc).__name__
-            if attempt < self._retries:
-                await asyncio.sleep(
-                    min(_backoff(attempt, retry_after), max(deadline - loop.time(), 0))
-                )
+            if failures > self._retries:
+                break
+            delay = _backoff(failures, retry_after)
+            if loop.time() + delay >= deadline:
+                break  # (no attempt could be answered in time)
+            await asyncio.sleep(delay)
+        # Out of attempts or time, the last answer a 503 or 429: no answer, and whether
+        # any attempt may have been taken (then only the same id may be sent again).
         raise IngressUnreachable(command_id, maybe_taken, why or "out of time")
 
 
@@ -199,13 +210,29 @@ async def _answer(resp: aiohttp.ClientResponse, command_id: str) -> CloudEvent |
     )
 
 
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    """Seconds before the next attempt: the server's Retry-After (whole seconds) or an
-    exponential step, with jitter above it (never sooner than asked)."""
-    asked = (
-        int(retry_after)
-        if retry_after and retry_after.isascii() and retry_after.isdigit()
-        else None
-    )
-    delay = min(float(asked) if asked is not None else 0.2 * 2**attempt, 5.0)
+def _backoff(failures: int, asked: float | None) -> float:
+    """Seconds before the next attempt: what the server asked (a 429's ``retry_after_ms``,
+    a 503's Retry-After) or an exponential step by failures so far, with jitter above it
+    (never sooner than asked), at most 5 s."""
+    delay = min(asked if asked is not None else 0.2 * 2 ** max(failures - 1, 0), 5.0)
     return delay * (1 + 0.5 * random.random())
+
+
+def _retry_after_seconds(header: str | None) -> float | None:
+    """Retry-After's whole seconds (an HTTP date or anything else: None)."""
+    if header and header.isascii() and header.isdigit():
+        return float(int(header))
+    return None
+
+
+async def _rate_limited_wait(resp: aiohttp.ClientResponse) -> float | None:
+    """A 429's wait in seconds: its body's ``retry_after_ms`` (Retry-After rounds up to
+    whole seconds), else its Retry-After."""
+    try:
+        answer = json.loads(await resp.read())
+        ms = answer.get("retry_after_ms") if isinstance(answer, dict) else None
+    except (ValueError, aiohttp.ClientError):
+        ms = None
+    if isinstance(ms, int) and not isinstance(ms, bool) and 0 < ms <= 3_600_000:
+        return ms / 1000
+    return _retry_after_seconds(resp.headers.get("Retry-After"))

@@ -35,6 +35,12 @@ async def flaky() -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
             return aiohttp.web.Response(text="<html>hello</html>", content_type="text/html")
         if status == 2020:  # an answer the ingress never gives
             return aiohttp.web.json_response({}, status=202, headers={"Retry-After": "²"})
+        if status == 429:  # the tenant's rate limit: due again in 50 ms
+            return aiohttp.web.json_response(
+                {"error": "rate_limited", "message": "over", "retry_after_ms": 50},
+                status=429,
+                headers={"Retry-After": "1"},
+            )
         if status == 503:
             return aiohttp.web.json_response(
                 {"error": "unavailable", "message": "later"},
@@ -70,13 +76,51 @@ async def test_a_503_is_sent_again_as_the_same_command(
     assert len(bodies) == 3 and len(set(bodies)) == 1  # byte for byte the same command
 
 
-async def test_past_its_retries_the_503_is_said(flaky: tuple[str, list[bytes], list[int]]) -> None:
+async def test_past_its_retries_a_503_may_have_been_taken(
+    flaky: tuple[str, list[bytes], list[int]],
+) -> None:
     url, bodies, plan = flaky
     plan.extend([503] * 5)
     async with IngressClient(url, "psk_test", retries=1) as client:
-        with pytest.raises(IngressError) as refused:
-            await client.command("customer.create", "shop", {})
-    assert refused.value.status == 503 and len(bodies) == 2
+        with pytest.raises(IngressUnreachable) as unanswered:
+            await client.command("customer.create", "shop", {}, command_id="c-2")
+    assert unanswered.value.maybe_taken and unanswered.value.command_id == "c-2"
+    assert "503" in str(unanswered.value) and len(bodies) == 2
+
+
+async def test_a_429_is_sent_again_when_due_beyond_the_retries(
+    flaky: tuple[str, list[bytes], list[int]],
+) -> None:
+    """A 429 takes nothing and says when: sent again after its retry_after_ms (not the
+    Retry-After's whole second), however many times, within the time."""
+    url, bodies, plan = flaky
+    plan.extend([429] * 6)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with IngressClient(url, "psk_test", retries=1, timeout=5) as client:
+        answer = await client.command("customer.create", "shop", {}, command_id="c-3")
+    assert answer == Accepted("shop", "c-3", "c-3")
+    assert len(bodies) == 7 and len(set(bodies)) == 1
+    assert loop.time() - began < 3  # (six waits of 50-75 ms, not of a second)
+
+
+async def test_429s_to_the_end_say_whether_an_earlier_attempt_may_have_been_taken(
+    flaky: tuple[str, list[bytes], list[int]],
+) -> None:
+    """A 503 (the broker may have taken it) then only 429s: still maybe taken, so the
+    caller sends the same id again, not a new command (a second payment)."""
+    url, _, plan = flaky
+    plan.extend([503] + [429] * 200)
+    async with IngressClient(url, "psk_test", retries=3, timeout=1) as client:
+        with pytest.raises(IngressUnreachable) as unanswered:
+            await client.command("customer.create", "shop", {}, command_id="c-4")
+    assert unanswered.value.maybe_taken and "429" in str(unanswered.value)
+    plan.clear()
+    plan.extend([429] * 200)
+    async with IngressClient(url, "psk_test", retries=3, timeout=1) as client:
+        with pytest.raises(IngressUnreachable) as unanswered:
+            await client.command("customer.create", "shop", {}, command_id="c-5")
+    assert not unanswered.value.maybe_taken  # only 429s: nothing was taken
 
 
 async def test_a_call_ends_within_its_time_retries_and_all(

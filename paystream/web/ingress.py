@@ -151,8 +151,9 @@ class CommandIngress:
             found = registry.tenants.get(tenant)
             if found is not None:
                 tenant_label = tenant
-                self._paced(tenant, found.limits)
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
+            if found is not None:  # (a command refused as sent spends no token)
+                self._paced(tenant, found.limits)
             return await self._produced(request, tenant, command_id, event, rec, tenant_label)
         except _Refused as refused:
             return _refusal(refused, tenant_label)
@@ -197,7 +198,8 @@ class CommandIngress:
             self._before_body(request)
         except _Refused as refused:
             answer = _refusal(refused, UNREGISTERED)
-            # The client sends no body now: the connection cannot carry another request.
+            # Not kept alive: the client sends no body now. (aiohttp still reads what
+            # comes for a while before closing: a client that sends it anyway is not reset.)
             answer.force_close()
             return answer
         await _default_expect_handler(request)

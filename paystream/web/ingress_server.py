@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from paystream import metrics
 from paystream.errors import PaystreamError
 from paystream.settings import Settings
 from paystream.streams import broker_compat
@@ -37,6 +38,7 @@ from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import KafkaRecord
 from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.mirror import RegistryMirror
+from paystream.tenancy.models import UNREGISTERED
 from paystream.web import bad_requests
 from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.ingress import IDLE_READER_SECONDS, CommandIngress
@@ -82,7 +84,7 @@ class IngressServer:
 
     def app(self) -> aiohttp.web.Application:
         app = aiohttp.web.Application(middlewares=[self._tracked])
-        app.router.add_post("/v1/commands", self.ingress.handle, expect_handler=self.ingress.expect)
+        app.router.add_post("/v1/commands", self.ingress.handle, expect_handler=self._expect)
         app.router.add_get("/healthz", self._alive)
         app.router.add_get("/readyz", self._ready)
         app.router.add_get("/metrics", self._metrics)
@@ -103,14 +105,7 @@ class IngressServer:
     ) -> aiohttp.web.StreamResponse:
         if self.stopping and request.path == "/v1/commands":
             # (On a kept-alive connection, after the listener closed.)
-            return aiohttp.web.json_response(
-                {
-                    "error": "unavailable",
-                    "message": "this ingress is stopping: the command was not taken; retry",
-                },
-                status=503,
-                headers={"Retry-After": "1", "Connection": "close"},
-            )
+            return _stopping()
         self.in_flight += 1
         self._drained.clear()
         try:
@@ -119,6 +114,13 @@ class IngressServer:
             self.in_flight -= 1
             if not self.in_flight:
                 self._drained.set()
+
+    async def _expect(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse | None:
+        """``Expect: 100-continue``: while stopping, refused before the body as the
+        request itself would be (aiohttp asks this before the middlewares run)."""
+        if self.stopping:
+            return _stopping()
+        return await self.ingress.expect(request)
 
     async def drain(self, grace: float) -> None:
         """Stop taking requests; answer the waiting senders 202 now; give the requests in
@@ -323,3 +325,19 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()
+
+
+def _stopping() -> aiohttp.web.Response:
+    """A command refused while the ingress stops: not taken, sent again to another (or
+    this one restarted); counted as any 503, and the connection closed after it."""
+    metrics.INGRESS.labels(UNREGISTERED, "unavailable").inc()
+    answer = aiohttp.web.json_response(
+        {
+            "error": "unavailable",
+            "message": "this ingress is stopping: the command was not taken; retry",
+        },
+        status=503,
+        headers={"Retry-After": "1"},
+    )
+    answer.force_close()
+    return answer
