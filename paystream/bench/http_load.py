@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -80,6 +80,34 @@ async def _post(
         log.statuses[f"error:{type(exc).__name__}"] += 1
 
 
+class _FlowOrder:
+    """A follow-up (a capture, refund or cancel) goes only once every earlier request of
+    its tenant has been answered, as a client sends a capture after its payment's answer:
+    requests in flight on separate connections reach the broker in any order, and a
+    capture produced before its create is rejected (not_found). Creates go at once."""
+
+    def __init__(self, commands: Sequence[BenchCommand]) -> None:
+        self._tenant = [c.tenant_id for c in commands]
+        self._follow_up = [c.command_type != "payment.create" for c in commands]
+        self._open: dict[str, set[int]] = {}  # tenant → indexes sent, not yet answered
+        self._answered = asyncio.Condition()
+
+    async def send(self, index: int, post: Awaitable[None]) -> None:
+        tenant = self._tenant[index]
+        if self._follow_up[index]:
+            async with self._answered:
+                await self._answered.wait_for(
+                    lambda: all(i > index for i in self._open.get(tenant, ()))
+                )
+        self._open.setdefault(tenant, set()).add(index)
+        try:
+            await post
+        finally:
+            self._open[tenant].discard(index)
+            async with self._answered:
+                self._answered.notify_all()
+
+
 async def post_burst(
     session: aiohttp.ClientSession,
     url: str,
@@ -94,15 +122,17 @@ async def post_burst(
     prepared = [(c.command_id, *http_request(c)) for c in commands]
     auth = {"Authorization": f"Bearer {token}"}
     log = HttpLog(started=time.monotonic())
+    order = _FlowOrder(commands)
     next_index = 0
 
     async def sender() -> None:
         nonlocal next_index
         while next_index < len(prepared):
-            command_id, headers, body = prepared[next_index]
+            index = next_index
+            command_id, headers, body = prepared[index]
             next_index += 1
             log.sent_at[command_id] = time.monotonic()
-            await _post(session, url, {**headers, **auth}, body, command_id, log)
+            await order.send(index, _post(session, url, {**headers, **auth}, body, command_id, log))
 
     async def report() -> None:
         while True:
@@ -137,6 +167,7 @@ async def post_paced(
     prepared = [(c.command_id, *http_request(c)) for c in commands]
     extra = {"Authorization": f"Bearer {token}", "Prefer": f"wait={wait_seconds}"}
     log = HttpLog(started=time.monotonic())
+    order = _FlowOrder(commands)
     tasks: list[asyncio.Task[None]] = []
     next_report = log.started + 1
     i = 0
@@ -148,11 +179,9 @@ async def post_paced(
             due_at = log.started + i / rate
             log.sent_at[command_id] = due_at
             log.max_send_lag = max(log.max_send_lag, time.monotonic() - due_at)
-            tasks.append(
-                asyncio.create_task(
-                    _post(session, url, {**headers, **extra}, body, command_id, log)
-                )
-            )
+            # (A follow-up waiting on its payment's answer counts that from its due time.)
+            post = _post(session, url, {**headers, **extra}, body, command_id, log)
+            tasks.append(asyncio.create_task(order.send(i, post)))
             i += 1
         if progress is not None and now >= next_report:
             progress(len(log.answered_at), len(prepared), now - log.started)

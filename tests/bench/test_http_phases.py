@@ -115,3 +115,52 @@ def test_what_the_ingress_did_not_take_is_said(
     http.answers = answers
     report = BenchReport(commands=2, tenants=1, broker="tansu", pipeline=pipeline, http=http)
     assert warning in render_table(report)
+
+
+async def test_a_follow_up_is_sent_only_once_its_tenant_s_earlier_requests_are_answered() -> None:
+    """32 requests in flight on separate connections reach the broker in any order: a
+    capture produced before its create was rejected. A follow-up waits for its tenant's
+    earlier requests' answers; creates, and other tenants' requests, do not wait."""
+    import asyncio
+
+    from paystream.bench.http_load import _FlowOrder
+
+    commands = [
+        BenchCommand(f"c{i}", tenant, ctype, KafkaRecord(b"", b"", []))
+        for i, (tenant, ctype) in enumerate(
+            [
+                ("a", "payment.create"),
+                ("b", "payment.create"),
+                ("a", "payment.capture"),
+                ("a", "payment.create"),
+                ("b", "refund.create"),
+            ]
+        )
+    ]
+    order = _FlowOrder(commands)
+    started: list[int] = []
+    release = {i: asyncio.Event() for i in range(len(commands))}
+
+    async def post(i: int) -> None:
+        started.append(i)
+        await release[i].wait()
+
+    async def settle() -> None:  # (no I/O: every task that can run gets its turns)
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(order.send(i, post(i))) for i in range(len(commands))]
+    await settle()
+    assert started == [0, 1, 3]  # the capture and the refund wait
+    release[1].set()
+    await settle()
+    assert started == [0, 1, 3, 4]  # b's create answered: its refund goes
+    release[3].set()  # a later create answered: the capture still waits for c0
+    await settle()
+    assert 2 not in started
+    release[0].set()
+    await settle()
+    assert started[-1] == 2
+    for event in release.values():
+        event.set()
+    await asyncio.gather(*tasks)
