@@ -63,6 +63,20 @@ R = TypeVar("R", bound=EntityRecord)
 
 # Stripe refuses idempotency keys longer than 255 characters.
 _PROVIDER_KEY_MAX = 255
+_DIGEST_PREFIX = "sha256:"
+_DIGEST_SHAPED_LEN = len(_DIGEST_PREFIX) + 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def digest_shaped(key: str) -> bool:
+    """A key shaped like the digest an over-long key's provider key holds ("sha256:"
+    and 64 lowercase hex digits; see HandlerContext._provider_key)."""
+    return (
+        len(key) == _DIGEST_SHAPED_LEN
+        and key.startswith(_DIGEST_PREFIX)
+        and _HEX.issuperset(key[len(_DIGEST_PREFIX) :])
+    )
+
 
 # Enum members read on every command (or every provider error), as module globals: a
 # global is cheaper to read than a member on its enum class (a class attribute lookup
@@ -175,6 +189,9 @@ class HandlerContext:
     tables: Tables
     call: Any = _direct  # GatewayCall; Any because a generic callable attribute is untypable
     entity_keys: bool = True  # False: a command parked by an older version (its keys)
+    # False: a command with a digest-shaped key let through by an older version, which
+    # sent that key as it is (see _provider_key).
+    digest_keys_apart: bool = True
     request_hash: str | None = None  # of this command's type and data
     let_through: bool = False  # parked or in flight before: the provider may have acted
     trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
@@ -205,7 +222,11 @@ class HandlerContext:
 
     def _provider_key(self, scope: str, prefix: str = "ps") -> str:
         key = f"{prefix}:{self.cmd.tenant_id}:{scope}"
-        if len(key) <= _PROVIDER_KEY_MAX:
+        # A client key shaped like an over-long key's digest is hashed as well: sent as
+        # it is, it would be the provider key of the long key it is the digest of, and
+        # the provider would answer a second request of ours with the first one's
+        # effect, recorded twice here (review finding: one refund counted as two).
+        if len(key) <= _PROVIDER_KEY_MAX and not (self.digest_keys_apart and digest_shaped(scope)):
             return key
         digest = hashlib.sha256(scope.encode()).hexdigest()
         return f"{prefix}:{self.cmd.tenant_id}:sha256:{digest}"

@@ -63,6 +63,7 @@ from paystream.agents.handlers import (
     HandlerResult,
     Rejection,
     Tables,
+    digest_shaped,
     entity_key,
 )
 from paystream.built import built, frozen_record
@@ -923,6 +924,7 @@ class CommandProcessor:
         # A command let through by an older version keeps its provider keys (see
         # HandlerContext.create_key): re-driven under new ones it would be a new request.
         entity_keys = existing.entity_keys if existing is not None else True
+        digest_keys_apart = existing.digest_keys_apart if existing is not None else True
         decision = None
         if limited:
             decision = self._admit(
@@ -993,6 +995,7 @@ class CommandProcessor:
             tables=self.tables,
             call=call,
             entity_keys=entity_keys,
+            digest_keys_apart=digest_keys_apart,
             request_hash=request_hash,
             # (A retry under a parked command's key was refused by what changed since,
             # a card detached, a dispute lost; its rejection was kept under the key and
@@ -1023,6 +1026,7 @@ class CommandProcessor:
             IdempotencyState.IN_FLIGHT,
             expires,
             entity_keys=entity_keys,
+            digest_keys_apart=digest_keys_apart,
             counted=carried,
             # (one let through by an older version, which did not say: this account)
             gateway=(existing.gateway if let_through and existing is not None else None) or account,
@@ -2594,6 +2598,8 @@ class CommandProcessor:
                 IdempotencyState.PARKED,
                 parked_until,
                 entity_keys=entity_keys,
+                # (as it was sent: see HandlerContext._provider_key)
+                digest_keys_apart=bool(in_flight.get("digest_keys_apart")),
                 counted=True if counted else None,
                 gateway=in_flight.get("gateway"),  # where it was sent
                 first_attempt=in_flight.get("first_attempt_ms"),  # and when first
@@ -2830,6 +2836,7 @@ def _idempotency_dict(
     outcome: StoredOutcome | None = None,
     *,
     entity_keys: bool = True,
+    digest_keys_apart: bool = True,
     counted: bool | None = None,
     gateway: str | None = None,
     first_attempt: int | None = None,
@@ -2853,6 +2860,8 @@ def _idempotency_dict(
     }
     if outcome is not None and cmd.tracestate and cmd.traceparent:
         record["tracestate"] = cmd.tracestate  # (only when there is one: records stay small)
+    if digest_keys_apart and digest_shaped(cmd.idempotency_key):
+        record["digest_keys_apart"] = True  # (only such keys: records stay small)
     if counted is not None:
         record["counted"] = counted
     if gateway is not None:

@@ -337,6 +337,10 @@ class IdempotencyRecord(BaseModel):
     # Whether its creates use entity-scoped provider keys (absent, so False, from older
     # versions: a command they parked keeps the keys it was first sent with).
     entity_keys: bool = False
+    # Whether a digest-shaped key ("sha256:<64 hex>") goes to the provider hashed (see
+    # HandlerContext._provider_key). Written only for such keys; absent, so False, from
+    # older versions, which sent it as it is: a command they let through keeps that.
+    digest_keys_apart: bool = False
     # Tenant limits: done, whether this record counted its outcome's money toward the
     # day (not when another record did); parked, whether an earlier record of the
     # command already had. None: not said (older versions).

@@ -946,3 +946,91 @@ async def test_a_command_of_exactly_the_size_limit_runs_and_one_byte_more_does_n
     assert out, [e.topic for e in emits]
     reason = data(outcome_of(harness.settings, emits)).get("reason")
     assert (reason == "payload_too_large") is too_large, reason
+
+
+def _digest_of(key: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+async def test_a_key_shaped_like_a_long_keys_digest_is_another_request(
+    harness: Harness,
+) -> None:
+    """An over-long key reaches the provider as "sha256:<digest>". A client key of that
+    very shape is a different key of ours: sent as it was, the provider answered the
+    second refund with the first one's effect, and paystream recorded 600 refunded
+    against the provider's 300 (review finding)."""
+    t = harness.add_tenant()
+    await _paid(harness, t, "p1")
+    long_key = "r" * 250
+    first, second = [
+        await harness.send(
+            "refund.create", t, {"payment_id": "p1", "amount": 300}, idempotency_key=key
+        )
+        for key in (long_key, _digest_of(long_key))
+    ]
+    assert kind(first) == kind(second) == "refund.succeeded"
+    refunds = [data(out)["object"]["provider_refund_id"] for out in (first, second)]
+    assert refunds[0] != refunds[1]
+    assert await _effects(harness, t) == [("charge", 1000), ("refund", 300), ("refund", 300)]
+    assert harness.tables.payments[f"{t}:p1"]["amount_refunded"] == 600
+
+
+async def test_a_create_under_a_digest_shaped_key_charges_on_its_own(harness: Harness) -> None:
+    t = harness.add_tenant()
+    body = {**USD_1000, "payment_method_token": "pm_card_visa"}
+    long_key = "k" * 250
+    outs = [
+        await harness.send("payment.create", t, body, idempotency_key=key)
+        for key in (long_key, _digest_of(long_key))
+    ]
+    assert [kind(o) for o in outs] == ["payment.succeeded", "payment.succeeded"]
+    provider_ids = {data(o)["object"]["provider_payment_id"] for o in outs}
+    assert len(provider_ids) == 2
+    assert await _effects(harness, t) == [("charge", 1000), ("charge", 1000)]
+
+
+async def test_a_digest_shaped_key_let_through_by_an_older_version_keeps_its_provider_key(
+    harness: Harness,
+) -> None:
+    """An older version sent a digest-shaped key to the provider as it is: a command it
+    let through (no ``digest_keys_apart`` in its record) is re-driven under that key, so
+    the provider replays the charge instead of making a second one."""
+    t = new_tenant_id()
+    key = _digest_of("anything")
+    legacy = f"ps:{t}:{key}"
+    harness.add_tenant(t, gateway_options={"lose_response_first": {legacy: 3}})
+    pay = {**USD_1000, "payment_method_token": "pm_card_visa"}
+    command = build_command("payment.create", t, pay, command_id="cmd-old", idempotency_key=key)
+    request_hash = _request_hash(
+        "payment.create", CreatePayment.model_validate(pay).model_dump(mode="json")
+    )
+    harness.idempotency[f"{t}:{key}"] = {
+        "entity_keys": True,
+        "command_id": "cmd-old",
+        "command_type": "payment.create",
+        "request_hash": request_hash,
+        "state": "in_flight",
+        "expires_at": 4_000_000_000.0,
+    }
+    parked, _ = await harness.send_event(command)  # the provider applies; answers lost
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    assert "digest_keys_apart" not in harness.idempotency[f"{t}:{key}"]
+    _, replayed = await harness.send_event(command)  # `paystream dlq replay`
+    assert replayed is not None and kind(replayed) == "payment.succeeded"
+    charges = [e for e in await _gateway(harness, t).effects() if e.kind == "charge"]
+    assert [e.idempotency_key for e in charges] == [legacy]
+
+
+async def test_a_new_digest_shaped_key_is_recorded_as_hashed(harness: Harness) -> None:
+    t = harness.add_tenant()
+    key = _digest_of("anything")
+    out = await harness.send(
+        "payment.create", t, {**USD_1000, "payment_method_token": "pm_card_visa"},
+        idempotency_key=key,
+    )  # fmt: skip
+    assert kind(out) == "payment.succeeded"
+    assert harness.idempotency[f"{t}:{key}"]["digest_keys_apart"] is True
+    charges = [e for e in await _gateway(harness, t).effects() if e.kind == "charge"]
+    assert [e.idempotency_key for e in charges] == [f"ps:{t}:{_digest_of(key)}"]
