@@ -523,6 +523,37 @@ def test_the_setup_job_runs_where_the_workers_may() -> None:
     assert job["spec"]["template"]["spec"]["affinity"] == own
     assert pod["metadata"]["labels"]["team"] == "payments"
     assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    # So does the commands server: off that pool it never reached the brokers, never got
+    # ready, and POST /v1/commands answered 503 (review finding: it had no affinity).
+    server_on = {**placement, "commands": {"server": {"enabled": True}}}
+    server = _commands_server(render(server_on))["spec"]["template"]["spec"]
+    for key in ("nodeSelector", "tolerations"):
+        assert server[key] == placement[key], key
+    assert server["affinity"] == {"nodeAffinity": placement["affinity"]["nodeAffinity"]}  # type: ignore[index]
+    mine = _merge(server_on, {"commands": {"server": {"affinity": own}}})
+    assert _commands_server(render(mine))["spec"]["template"]["spec"]["affinity"] == own
+
+
+def test_the_chart_renders_as_a_dependency_of_another(tmp_path: Any) -> None:
+    """Helm gives a subchart `global: {}`: the schema, closed to unknown keys, refused
+    every umbrella chart and Argo CD app that listed paystream (review finding)."""
+    import shutil
+
+    umbrella = tmp_path / "umbrella"
+    shutil.copytree(CHART, umbrella / "charts" / "paystream")
+    (umbrella / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: umbrella\nversion: 0.1.0\n"
+        "dependencies:\n  - name: paystream\n    version: '>=0.0.0-0'\n"
+    )
+    (umbrella / "values.yaml").write_text(
+        yaml.safe_dump({"global": {"imageRegistry": "x"}, "paystream": REQUIRED})
+    )
+    proc = run(tool("helm"), "template", "rel", str(umbrella))
+    assert proc.returncode == 0, proc.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(proc.stdout) if d}
+    assert "StatefulSet" in kinds
+    # Unknown keys are still refused.
+    assert "nosuchkey" in refusal({**REQUIRED, "nosuchkey": 1}).lower()
 
 
 def test_workers_get_their_drain_before_they_are_killed() -> None:
