@@ -785,6 +785,7 @@ def send(
         except OutcomeTimeout as exc:  # (a TimeoutError: _run would take it for an outage)
             # Said now: stopping may wait on a stalled broker, and the id is what matters.
             click.echo(f"error: {exc}", err=True)
+            _say_how_to_resend(cmd.get_id())
             await _stop_within(client, STOP_AFTER_TIMEOUT_SECONDS)
             return exc
         except BaseException:
@@ -811,6 +812,16 @@ def _note_other_cause(outcome: Any, command_id: str, idempotency_key: str | None
             f"under idempotency key {idempotency_key or command_id!r}",
             err=True,
         )
+
+
+def _say_how_to_resend(command_id: str) -> None:
+    # One hint for every way `send` ends without an outcome (Kafka or HTTP): the same id
+    # is the safe retry, and a provider failure may have parked the command.
+    click.echo(
+        f"send it again with --id {command_id} (same data) to get its outcome without "
+        "running it twice; if its provider failed, it may be parked: `paystream dlq list`",
+        err=True,
+    )
 
 
 def _said_interrupted(command_id: str) -> NoReturn:
@@ -847,7 +858,8 @@ async def _send_over_http(
     except IngressUnreachable as exc:
         if not exc.maybe_taken:
             raise click.ClickException(f"no answer from {url}: {exc}") from None
-        click.echo(f"error: {exc}: send it again with --id {cmd.get_id()}", err=True)
+        click.echo(f"error: {exc}", err=True)
+        _say_how_to_resend(cmd.get_id())
         return OutcomeTimeout(str(exc))
     except IngressError as exc:
         for error in exc.errors:
@@ -860,6 +872,7 @@ async def _send_over_http(
     if isinstance(answer, Accepted):
         message = f"command {cmd.get_id()} was taken; no outcome within {waited:g} s"
         click.echo(f"error: {message}", err=True)
+        _say_how_to_resend(cmd.get_id())
         return OutcomeTimeout(message)
     return answer
 
@@ -1546,7 +1559,19 @@ _duration = click.option(
     default=None,
     help="worker web port (default: settings)",
 )
-def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -> None:
+@click.option(
+    "--ingress-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="command ingress port (default: PAYSTREAM_INGRESS_PORT)",
+)
+def dev(
+    demo: bool,
+    rate: float,
+    duration: float | None,
+    web_port: int | None,
+    ingress_port: int | None,
+) -> None:
     """Start the embedded stack, a worker and its dashboard, and the HTTP command ingress
     (`paystream ingress`); Ctrl-C stops everything."""
     settings = _settings()
@@ -1571,7 +1596,8 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
     except BlockingIOError:
         raise click.ClickException(
             f"another `paystream dev` runs from {data_dir / 'dev'}: stop it, or run this one "
-            "with PAYSTREAM_DATA_DIR set to another directory (and another --web-port)"
+            "with PAYSTREAM_DATA_DIR set to another directory (and other ports: --web-port, "
+            "--ingress-port)"
         ) from None
     port = settings.web_port if web_port is None else web_port
     if not _port_free(settings.web_host, port):
@@ -1580,10 +1606,12 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             f"port {port} on {settings.web_host} is in use: pass --web-port or set "
             "PAYSTREAM_WEB_PORT"
         )
-    if not _port_free(settings.ingress_host, settings.ingress_port):
+    if ingress_port is None:
+        ingress_port = settings.ingress_port
+    if not _port_free(settings.ingress_host, ingress_port):
         raise click.ClickException(
-            f"port {settings.ingress_port} on {settings.ingress_host} (the command ingress) "
-            "is in use: set PAYSTREAM_INGRESS_PORT"
+            f"port {ingress_port} on {settings.ingress_host} (the command ingress) "
+            "is in use: pass --ingress-port or set PAYSTREAM_INGRESS_PORT"
         )
     for sig in stop_signals:
         signal.signal(sig, _raise_interrupt)
@@ -1597,6 +1625,7 @@ def dev(demo: bool, rate: float, duration: float | None, web_port: int | None) -
             **stack.env(),
             "PAYSTREAM_DATA_DIR": str(data_dir / "dev"),
             "PAYSTREAM_WEB_PORT": str(port),
+            "PAYSTREAM_INGRESS_PORT": str(ingress_port),
             # The whole pipeline, analytics windows and fraud alerts included.
             "PAYSTREAM_AGENTS": os.environ.get("PAYSTREAM_AGENTS", "commands,ledger,insights"),
             # Short windows: the dashboard shows the demo's analytics within seconds.
@@ -1892,11 +1921,25 @@ async def _demo(
 
 @cli.command()
 @click.option("--check", is_flag=True, help="only compare: exit 1 if a document differs")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("docs"))
-def docs(check: bool, directory: Path) -> None:
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where they are [default: docs, from the repository root]",
+)
+def docs(check: bool, directory: Path | None) -> None:
     """Write the interface documents (AsyncAPI, OpenAPI) generated from the code."""
     from paystream import docs as interface
 
+    if directory is None:
+        directory = Path("docs")
+        # Run elsewhere, it wrote a docs/ of its own into whatever directory the shell
+        # was in (review finding): only the repository's is written unasked.
+        if not check and not directory.is_dir():
+            raise click.ClickException(
+                "no docs/ here: run from the repository root, or give --dir to write them elsewhere"
+            )
     if not check:
         for path in interface.write(directory):
             click.echo(f"wrote {path}")

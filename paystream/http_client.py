@@ -33,6 +33,8 @@ from paystream.errors import PaystreamError
 
 __all__ = ["Accepted", "IngressClient", "IngressError", "IngressUnreachable"]
 
+_COMMANDS_PATH = "/v1/commands"
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -81,7 +83,10 @@ class IngressClient:
     ) -> None:
         if retries < 0 or not timeout > 0:
             raise ValueError("retries must be 0 or more, timeout above 0")
-        self._url = base_url.rstrip("/") + "/v1/commands"
+        # The base URL, or the commands URL itself (what `paystream dev` prints): pasted,
+        # it was posted to /v1/commands/v1/commands, a bare 404.
+        base = base_url.rstrip("/")
+        self._url = base if base.endswith(_COMMANDS_PATH) else base + _COMMANDS_PATH
         self._key = key
         self._session = session
         self._own_session = session is None

@@ -175,6 +175,30 @@ def test_dev_on_a_port_in_use_says_so_before_starting_anything(tmp_path: object)
     assert "starting embedded stack" not in result.output and "Traceback" not in result.output
 
 
+def test_dev_on_an_ingress_port_in_use_names_the_option(tmp_path: object) -> None:
+    """A second stack beside the first needs its own ingress port too (a new user
+    following the README's second-stack line hit the first one's)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            web_port = free.getsockname()[1]
+        result = CliRunner().invoke(
+            cli,
+            ["dev", "--duration", "1", "--web-port", str(web_port), "--ingress-port", str(port)],
+            env={
+                "PAYSTREAM_DATA_DIR": str(tmp_path),
+                "PAYSTREAM_WEB_HOST": "127.0.0.1",
+                "PAYSTREAM_INGRESS_HOST": "127.0.0.1",
+            },
+        )
+    assert result.exit_code == 1, result.output
+    assert f"port {port} on 127.0.0.1 (the command ingress) is in use" in result.output
+    assert "--ingress-port" in result.output and "starting embedded stack" not in result.output
+
+
 def test_an_undecodable_secret_value_is_a_usage_error_that_never_shows_it() -> None:
     """`export PAYSTREAM_SECRET_API_KEY=$(cat key.bin)`: a usage error, not a traceback
     whose exception carries the secret (review finding)."""

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -430,6 +431,11 @@ async def test_paystream_send_says_no_outcome_came_with_its_own_status(
     )  # fmt: skip
     assert proc.returncode == 75, proc.stdout + proc.stderr
     assert "error: no outcome for command" in proc.stderr and "Traceback" not in proc.stderr
+    # How to get its outcome without running it twice (the same hint over HTTP).
+    command_id = re.search(r"no outcome for command (\S+) ", proc.stderr)
+    assert command_id is not None, proc.stderr
+    assert f"send it again with --id {command_id.group(1)} (same data)" in proc.stderr
+    assert "paystream dlq list" in proc.stderr
 
 
 async def test_stopping_fails_what_is_still_awaited(deployment_factory: Any) -> None:

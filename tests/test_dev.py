@@ -43,8 +43,8 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         if k not in ("KAFKA_BROKER_URL", "DATABASE_URL", "REDIS_URL", "PAYSTREAM_BROKER_FLAVOR")
     }
     env["PAYSTREAM_DATA_DIR"] = str(data_dir)
-    ingress_port = free_port()
-    env["PAYSTREAM_INGRESS_PORT"] = str(ingress_port)
+    ingress_port = free_port()  # (given as --ingress-port: a second stack's other port)
+    env.pop("PAYSTREAM_INGRESS_PORT", None)
     # Table state of an earlier dev broker is wiped; another worker's (var/faust) is not.
     stale = data_dir / "dev" / "faust" / "old-app" / "stale.db"
     others = data_dir / "faust" / "other-app" / "keep.db"
@@ -62,6 +62,8 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
             "4",
             "--web-port",
             str(web_port),
+            "--ingress-port",
+            str(ingress_port),
         ],
         env=env,
         stdout=subprocess.PIPE,

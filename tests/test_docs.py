@@ -115,6 +115,17 @@ def test_docs_check_fails_on_a_stale_document_and_docs_writes_them(tmp_path: Pat
     assert changed.exit_code == 1 and "openapi.yaml" in changed.output
 
 
+def test_docs_outside_the_repository_writes_nothing_unasked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paystream.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["docs"])
+    assert result.exit_code == 1 and "run from the repository root" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- required top-level fields ------------------------------------------------------
 
 

@@ -76,6 +76,18 @@ async def test_a_503_is_sent_again_as_the_same_command(
     assert len(bodies) == 3 and len(set(bodies)) == 1  # byte for byte the same command
 
 
+@pytest.mark.parametrize("suffix", ["", "/", "/v1/commands", "/v1/commands/"])
+async def test_the_base_url_or_the_commands_url_reach_the_commands(
+    flaky: tuple[str, list[bytes], list[int]], suffix: str
+) -> None:
+    """`paystream dev` prints the commands URL; pasted as the base, it was posted to
+    /v1/commands/v1/commands (a 404, review finding)."""
+    url, bodies, _ = flaky
+    async with IngressClient(url + suffix, "psk_test") as client:
+        answer = await client.command("customer.create", "shop", {}, command_id="c-1")
+    assert answer == Accepted("shop", "c-1", "c-1") and len(bodies) == 1
+
+
 async def test_past_its_retries_a_503_may_have_been_taken(
     flaky: tuple[str, list[bytes], list[int]],
 ) -> None:
@@ -111,7 +123,8 @@ async def test_429s_to_the_end_say_whether_an_earlier_attempt_may_have_been_take
     caller sends the same id again, not a new command (a second payment)."""
     url, _, plan = flaky
     plan.extend([503] + [429] * 200)
-    async with IngressClient(url, "psk_test", retries=3, timeout=1) as client:
+    # (3 s: the 503's backoff on a loaded host once used up a 1 s call before any 429)
+    async with IngressClient(url, "psk_test", retries=3, timeout=3) as client:
         with pytest.raises(IngressUnreachable) as unanswered:
             await client.command("customer.create", "shop", {}, command_id="c-4")
     assert unanswered.value.maybe_taken and "429" in str(unanswered.value)

@@ -678,8 +678,9 @@ async def test_send_over_http_prints_the_outcome(deployed: tuple[Deployment, str
     dep, url = deployed
     base = url.removesuffix("/v1/commands")
     data = '{"amount": 1200, "currency": "EUR", "payment_method_token": "pm_card_visa"}'
+    # (the commands URL itself, as `paystream dev` prints it, or the base below)
     sent = run_cli(
-        dep, "send", "payment.create", "--tenant", "shop", "--data", data, "--http", base,
+        dep, "send", "payment.create", "--tenant", "shop", "--data", data, "--http", url,
         PAYSTREAM_INGRESS_KEY=SHOP_KEY,
     )  # fmt: skip
     outcome = json.loads(sent.stdout)
