@@ -108,6 +108,9 @@ class ContinuityGuard:
         self._since: tuple[int, int] | None = None
         # Per partition, the next offset we expected at the last sweep.
         self._at_last_sweep: dict[TP, int] = {}
+        # Per partition, its next offset when the last sweep saw the broker already
+        # holding records past it.
+        self._behind_at_last_sweep: dict[TP, int] = {}
         self._next_sweep = 0.0
         self._reassigned_at = time.monotonic()
         self._on_passed = on_passed
@@ -125,6 +128,7 @@ class ContinuityGuard:
             self._since = self._reassignment()
             self._next.clear()
             self._at_last_sweep.clear()
+            self._behind_at_last_sweep.clear()
             self._reassigned_at = time.monotonic()
 
     def _log_gap(self, message: str, *args: Any) -> None:
@@ -248,9 +252,12 @@ class ContinuityGuard:
         """Records of partitions idle since the last sweep that exist but never arrived.
 
         Call only with the delivery queue empty: then a partition whose next offset has
-        not moved for a whole interval while the broker holds records past it is either
-        skipped or stalled, and reading those records directly is right for both (Faust
-        delivering them later is harmless: :meth:`admit` drops what was handled).
+        not moved for a whole interval while the broker held records past it all along
+        (at the last sweep already) is either skipped or stalled, and reading those
+        records directly is right for both (Faust delivering them later is harmless:
+        :meth:`admit` drops what was handled). A record on the broker only now may just
+        not have been fetched yet: at low traffic, sweeps that looked only at the end
+        read one directly about once a minute and counted it as skipped (a false alarm).
         """
         now = time.monotonic()
         app = self._app
@@ -271,18 +278,25 @@ class ContinuityGuard:
             if self._at_last_sweep.get(tp) == expected:
                 idle[tp] = expected
         self._at_last_sweep = current
-        if not idle:
+        behind_before, self._behind_at_last_sweep = self._behind_at_last_sweep, {}
+        if not current:
             return []
         found: list[EventT] = []
         try:
-            ends = await consumer.highwaters(*idle)
+            ends = await consumer.highwaters(*current)
         except (KafkaError, OSError) as exc:
-            log.warning("sweep: the broker did not say where %s end (%r)", list(idle), exc)
+            log.warning("sweep: the broker did not say where %s end (%r)", list(current), exc)
+            self._behind_at_last_sweep = behind_before  # (what was seen then still holds)
             return []
+        for tp, expected in current.items():
+            if ends.get(tp, expected) > expected:
+                self._behind_at_last_sweep[tp] = expected
         for tp, expected in idle.items():
             end = min(ends.get(tp, expected), expected + GAP_READ_MAX)
             if end <= expected or self._since != self._reassignment():
                 continue
+            if behind_before.get(tp) != expected:
+                continue  # (records there only since the last sweep: maybe in flight)
             try:
                 missing, reached = await self._read_range(tp, expected, end)
             except (KafkaError, OSError) as exc:
@@ -291,8 +305,8 @@ class ContinuityGuard:
                 continue
             metrics.SKIPPED_RECORDS.labels(tp.topic, str(tp.partition)).inc(len(missing))
             self._log_gap(
-                "%s: idle for %.1f s with offsets %d-%d on the broker that never reached "
-                "the agent; read %d of them directly",
+                "%s: idle for %.1f s with offsets %d-%d on the broker all along that never "
+                "reached the agent; read %d of them directly",
                 tp,
                 self._sweep_interval,
                 expected,
@@ -305,6 +319,10 @@ class ContinuityGuard:
             done = max(reached, missing[-1].message.offset + 1 if missing else expected)
             if done > expected:
                 self._next[tp] = self._at_last_sweep[tp] = done
+                if ends.get(tp, done) > done:  # (the rest was there all along too)
+                    self._behind_at_last_sweep[tp] = done
+                else:
+                    self._behind_at_last_sweep.pop(tp, None)
                 if not missing and self._on_passed is not None:
                     # Nothing there to handle or commit: the agent is not behind on it.
                     self._on_passed(tp, done)

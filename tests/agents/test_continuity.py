@@ -139,6 +139,26 @@ async def test_a_skipped_tail_is_read_once_the_partition_has_stood_still() -> No
     assert broker.reads == [(P0, 3, 6)]
 
 
+async def test_records_that_reached_the_broker_only_since_the_last_sweep_are_left_to_faust() -> (
+    None
+):
+    """An idle partition whose end moved just now holds a record Faust may simply not have
+    fetched yet: read directly, it was counted as skipped and logged as a WARNING about
+    once a minute at low traffic (a false alarm). Still there a sweep later, it is read."""
+    app, broker, guard = make({P0: 3}, {P0: 0})
+    await guard.admit([record(P0, o) for o in range(3)])  # type: ignore[list-item]
+    assert await guard.sweep() == []
+    assert await guard.sweep() == []  # idle, and caught up
+    app.consumer.ends[P0] = 4  # a record produced just now
+    assert await guard.sweep() == []
+    assert broker.reads == []
+    assert await guard.admit([record(P0, 3)]) != []  # type: ignore[list-item]  # Faust had it
+    app.consumer.ends[P0] = 5  # another, never delivered
+    assert await guard.sweep() == []
+    assert offsets(await guard.sweep()) == [(0, 4)]
+    assert broker.reads == [(P0, 4, 5)]
+
+
 async def test_a_partition_that_moved_since_the_last_sweep_is_left_to_faust() -> None:
     _, broker, guard = make({P0: 6}, {P0: 0})
     assert await guard.sweep() == []

@@ -37,6 +37,9 @@ class Consumer:
     def assignment(self) -> set[TP]:
         return {P0}
 
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 13)  # (the sweep's: batch A's records end the partition)
+
     async def _commit(self, offsets: dict[TP, int]) -> bool:
         self.commits.append(dict(offsets))
         self.committed.update(offsets)
