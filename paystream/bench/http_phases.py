@@ -126,7 +126,7 @@ class HttpPhases:
         )
         result.received = self.watcher.seen(ids)
         result.outcome_types = self.watcher.outcome_types(ids)
-        cut_cpu(result, self.cpu)
+        cut_cpu(result, self.cpu, began=log.started)
         _answers(result, log)
         self._server_cpu(result, log)
         return result

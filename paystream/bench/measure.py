@@ -49,15 +49,22 @@ def phase_result(
     result = PhaseResult.from_arrivals(
         name, len(ids), arrivals, latencies, started, outcome_types=types, sut=sut, **extra
     )
-    cut_cpu(result, cpu)
+    cut_cpu(result, cpu, began=started)
     return result
 
 
-def cut_cpu(result: PhaseResult, cpu: CpuSampler) -> None:
-    """Each sampled process's CPU seconds within the phase's timed window."""
-    if result.window is not None:
-        first, last = result.window
-        for proc in cpu.pids:
-            secs = cpu.between(proc, first, last)
-            if secs is not None:
-                result.cpu_seconds[proc] = secs
+def cut_cpu(result: PhaseResult, cpu: CpuSampler, began: float | None = None) -> None:
+    """Each sampled process's CPU seconds from ``began`` (when the process under test got
+    its work: the first send, or a baseline's first record) to the last arrival, paying
+    for every record received; without ``began``, within the timed window."""
+    if result.window is None:
+        return
+    first, last = result.window
+    if began is not None and began < last:
+        result.cpu_window, result.cpu_records = (min(began, first), last), result.received
+    else:
+        result.cpu_window, result.cpu_records = (first, last), result.timed_records
+    for proc in cpu.pids:
+        secs = cpu.between(proc, *result.cpu_window)
+        if secs is not None:
+            result.cpu_seconds[proc] = secs

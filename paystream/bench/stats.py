@@ -45,8 +45,14 @@ class PhaseResult:
     batch_stage_ms: dict[str, float] = field(default_factory=dict)
     redis_commands: int | None = None  # Redis commands the phase caused (INFO stats delta)
     sut: str = ""  # the process under test: "worker", "raw" or "faust"
-    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, same window
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, cpu_window
     window: tuple[float, float] | None = None  # monotonic (start, end) timed, if any
+    # Where cpu_seconds were cut, and the records that CPU paid for: from when the process
+    # under test got its first record (or the first send) to the last arrival, over every
+    # record received. An arrival window alone can miss the work: a short phase's output
+    # may be read in two fetches after the process has gone idle (CI once read 0 CPU).
+    cpu_window: tuple[float, float] | None = None
+    cpu_records: float = 0.0
     # Ingress phases: the HTTP answers by status ("202", "200", "error:…") and answers per
     # second from the first request to the last answer.
     answers: dict[str, int] = field(default_factory=dict)
@@ -58,12 +64,15 @@ class PhaseResult:
     @property
     def sut_cpu_pct(self) -> float | None:
         cpu = self.cpu_seconds.get(self.sut)
-        return None if cpu is None or self.seconds <= 0 else 100 * cpu / self.seconds
+        if cpu is None or self.cpu_window is None:
+            return None
+        seconds = self.cpu_window[1] - self.cpu_window[0]
+        return None if seconds <= 0 else 100 * cpu / seconds
 
     @property
     def sut_us_per_record(self) -> float | None:
         cpu = self.cpu_seconds.get(self.sut)
-        return None if cpu is None or self.throughput <= 0 else 1e6 * cpu / self.timed_records
+        return None if cpu is None or self.cpu_records <= 0 else 1e6 * cpu / self.cpu_records
 
     @property
     def timed_records(self) -> float:
@@ -341,15 +350,14 @@ def render_table(report: BenchReport) -> str:
         lines.append(f"WARNING: {missing} command(s) got no outcome")
     lines.append(
         "CPU% / CPU µs/rec: the process under test (worker, passthrough or forwarder), "
-        "all threads, from its first to its last output"
+        "all threads, from when it got its first record to its last output"
     )
     for p in (*phases, report.http, report.http_rate):
-        if p is not None and p.cpu_seconds:
+        if p is not None and p.cpu_seconds and p.cpu_window is not None:
+            seconds = p.cpu_window[1] - p.cpu_window[0]
             shares = (
-                ", ".join(
-                    f"{k} {100 * v / p.seconds:.0f}%" for k, v in sorted(p.cpu_seconds.items())
-                )
-                if p.seconds > 0
+                ", ".join(f"{k} {100 * v / seconds:.0f}%" for k, v in sorted(p.cpu_seconds.items()))
+                if seconds > 0
                 else ""
             )
             lines.append(f"  {p.name} CPU by process: {shares}")

@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from paystream.bench.cli import bench_command
 from paystream.bench.first_record import read_first_record
 from paystream.bench.load import generate_commands, tenant_ids
+from paystream.bench.measure import cut_cpu
+from paystream.bench.probe import CpuSampler
 from paystream.bench.profiling import summarise
 from paystream.bench.runner import batch_series, mean_batch
 from paystream.bench.stats import BenchReport, PhaseResult, percentile, render_table
@@ -57,6 +59,30 @@ def test_a_phase_answered_in_one_fetch_is_timed_from_its_first_send() -> None:
     assert phase.window == (10.0, 12.0)
     # Without a send time there is nothing to time it by: no figure rather than a wrong one.
     assert PhaseResult.from_arrivals("x", 4, [12.0] * 4).throughput == 0.0
+
+
+def _sampled(times_cpu: list[tuple[float, float]]) -> CpuSampler:
+    sampler = CpuSampler({})
+    sampler.samples["faust"] = ([t for t, _ in times_cpu], [c for _, c in times_cpu])
+    sampler.pids["faust"] = 0
+    return sampler
+
+
+def test_a_phase_s_cpu_counts_from_its_first_record_not_its_first_output() -> None:
+    # CI's case: a forwarder did all its work (0.1 s of CPU) between its first record at
+    # 10.0 and 10.2, then sat idle while the bench read its output in two fetches at
+    # 10.25 and 10.3. The arrival window held no CPU at all: no figure, and the run's
+    # headline ratio was null.
+    cpu = _sampled([(9.9, 1.0), (10.0, 1.0), (10.2, 1.1), (10.4, 1.1)])
+    phase = PhaseResult.from_arrivals("faust", 4, [10.25, 10.25, 10.3, 10.3], sut="faust")
+    cut_cpu(phase, cpu, began=10.0)
+    assert phase.cpu_window == (10.0, 10.3)
+    assert phase.sut_us_per_record == pytest.approx(1e6 * 0.1 / 4)
+    assert phase.sut_cpu_pct == pytest.approx(100 * 0.1 / 0.3)
+    # Without a start, the arrival window alone: here it saw nothing of the work.
+    alone = PhaseResult.from_arrivals("faust", 4, [10.25, 10.25, 10.3, 10.3], sut="faust")
+    cut_cpu(alone, cpu)
+    assert alone.cpu_window == (10.25, 10.3) and not alone.sut_us_per_record
 
 
 def test_report_sets_the_rate_phase_beside_the_broker_floor() -> None:

@@ -69,9 +69,11 @@ def _paced(name: str, latencies: list[float], rate: float = 500) -> PhaseResult:
 
 def test_the_ingress_phases_are_set_beside_the_kafka_fed_ones() -> None:
     pipeline = PhaseResult.from_arrivals("pipeline", 5, [0.0, 1.0, 2.0, 3.0, 4.0], sut="worker")
-    pipeline.cpu_seconds["worker"] = 0.4  # 100 ms a command (four timed)
+    pipeline.cpu_seconds["worker"] = 0.4  # 100 ms a command (four paid for)
+    pipeline.cpu_window, pipeline.cpu_records = (0.0, 4.0), 4
     http = PhaseResult.from_arrivals("http", 3, [0.0, 2.0, 4.0], sut="worker")  # 0.5/s
-    http.cpu_seconds["worker"] = 0.4  # 200 ms a command (two timed: first to last)
+    http.cpu_seconds["worker"] = 0.4  # 200 ms a command (two paid for)
+    http.cpu_window, http.cpu_records = (0.0, 4.0), 2
     http.answers, http.answered_rate = {"202": 3}, 0.75
     report = BenchReport(
         commands=5,
