@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-import aiohttp.web
 import orjson
 from aiohttp.web import Request, Response
 
@@ -70,6 +69,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import UNREGISTERED
 from paystream.tenancy.token_bucket import TokenBucket
+from paystream.web.bodies import BodyTooLarge, BodyTooSlow, BodyUnreadable, ClientGone, read_body
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced
 
@@ -387,32 +387,18 @@ def _is_platform_token(settings: Settings, credential: str) -> bool:
 async def _body(request: Request, limit: int) -> bytes:
     """The body, refused 413 past ``limit``, the largest command a worker takes (read in
     chunks: never more than that is buffered, whatever the request says of its length)."""
-    too_large = _too_large(limit)
-    raw = request
-    if (raw.content_length or 0) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async with asyncio.timeout(BODY_READ_SECONDS):  # (a body trickled in holds a handler)
-            while chunk := await raw.content.read(_READ_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError:
+        return await read_body(request, limit, BODY_READ_SECONDS)
+    except BodyTooLarge:
+        raise _too_large(limit) from None
+    except BodyTooSlow:
         raise _Refused(
             408, "invalid", "request_timeout", f"the body took over {BODY_READ_SECONDS:g} s"
         ) from None
-    except aiohttp.web.RequestPayloadError:
-        # (A body its Content-Encoding does not decode, a broken chunked encoding.)
+    except BodyUnreadable:
         raise _invalid("the body could not be read as sent (its encoding)") from None
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except ClientGone:
         raise _Refused(400, "invalid", "validation_error", "the client went away") from None
-    return b"".join(chunks)
-
-
-_READ_CHUNK = 64 * 1024
 
 
 def _decoded(request: Request, body: bytes) -> CloudEvent:

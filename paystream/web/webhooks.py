@@ -53,6 +53,7 @@ from paystream.tables.views import entity_view
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 from paystream.tenancy.secrets import secret_opener
+from paystream.web.bodies import BodyTooLarge, BodyTooSlow, BodyUnreadable, ClientGone, read_body
 from paystream.web.produce import NotProduced
 from paystream.web.worker_produce import produce_command
 
@@ -95,9 +96,16 @@ class WebhookView(View):
                 tenant, SECRET_NAME, exc,
             )  # fmt: skip
             return self._unavailable(provider, tenant, "the endpoint secret cannot be opened")
-        body = await request.read()
-        if len(body) > MAX_BODY_BYTES:
+        try:
+            body = await read_body(
+                cast(aiohttp.web.Request, request), MAX_BODY_BYTES, BODY_READ_SECONDS
+            )
+        except BodyTooLarge:
             return self._answer(provider, tenant, "too_large", 413, _TOO_LARGE)
+        except BodyTooSlow:
+            return self._answer(provider, tenant, "bad_request", 408, _TOO_SLOW)
+        except (BodyUnreadable, ClientGone):
+            return self._answer(provider, tenant, "bad_request", 400, _UNREADABLE)
         try:
             event = verified_event(body, request.headers.get(SIGNATURE_HEADER), opened)
         except BadWebhook as exc:
@@ -160,6 +168,10 @@ class WebhookView(View):
 
 _NO_ENDPOINT = {"error": "not_found", "message": "no webhook endpoint here"}
 _TOO_LARGE = {"error": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}
+# A provider sends its event whole at once; a body trickled in only holds a handler.
+BODY_READ_SECONDS = 10.0
+_TOO_SLOW = {"error": "request_timeout", "message": f"the body took over {BODY_READ_SECONDS:g} s"}
+_UNREADABLE = {"error": "bad_request", "message": "the body could not be read as sent"}
 
 
 class _Budget:

@@ -139,9 +139,13 @@ def pi_event(
 
 
 async def post(
-    base_url: str, payload: bytes, signature: str | None, tenant: str = TENANT
+    base_url: str,
+    payload: bytes | AsyncIterator[bytes],
+    signature: str | None,
+    tenant: str = TENANT,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if signature is not None:
         headers["Stripe-Signature"] = signature
     async with aiohttp.ClientSession() as session:
@@ -366,6 +370,34 @@ async def test_an_oversized_body_is_refused_413(deployed: tuple[Deployment, str]
     body = b'{"pad": "' + b"x" * (300 * 1024) + b'"}'
     status, answer = await post(base_url, body, signed(body))
     assert (status, answer["error"]) == (413, "payload_too_large")
+
+    # Chunked, it says no length: it is read only up to the limit (aiohttp's own read
+    # would have buffered 1 MiB of it, and waited for it without end).
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"x" * 8192
+
+    status, answer = await post(base_url, chunks(), signed(body))
+    assert (status, answer["error"]) == (413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("why", "header", "extra"),
+    [
+        # stripe's hmac.compare_digest raised TypeError on it: a 500 and a traceback.
+        ("a non-ASCII signature", "t=1,v1=\u00e9", {}),
+        # aiohttp failed decoding it inside request.read(): a 500 and two tracebacks.
+        ("a body its encoding does not decode", None, {"Content-Encoding": "gzip"}),
+    ],
+)
+async def test_hostile_requests_are_answered_400_not_500(
+    deployed: tuple[Deployment, str], why: str, header: str | None, extra: dict[str, str]
+) -> None:
+    _, base_url = deployed
+    body = pi_event("payment_intent.succeeded", "pi_x", f"{TENANT}:pay_x")
+    status, answer = await post(base_url, body, header or signed(body), headers=extra)
+    assert status == 400, (why, answer)
+    assert answer["error"] in {"bad_signature", "bad_request"}, why
 
 
 async def test_any_worker_of_a_fleet_takes_any_tenants_webhook(

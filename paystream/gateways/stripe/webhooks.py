@@ -69,6 +69,9 @@ class PaymentNotice:
 def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
     """The event, if ``signature`` (the Stripe-Signature header) signs ``payload`` with
     ``secret`` within the tolerance; BadWebhook otherwise (its message names no secret)."""
+    if signature is not None and not signature.isascii():
+        # (stripe compares it with hmac.compare_digest, which takes no other str)
+        raise BadWebhook("signature not verified: the header is not ASCII")
     try:
         stripe.WebhookSignature.verify_header(payload, signature, secret, TOLERANCE_SECONDS)
     except stripe.SignatureVerificationError as exc:
