@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -249,6 +249,7 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
         # Rows against a chain that verified (a broken one is reported as such below).
         chain_ok = head_ok and not (problems or wiped or unkeyed or past_retirement)
         altered = await _rows_unlike_their_audit(session) if chain_ok else {}
+        unlinked = await _entries_unlike_the_one_before(session) if chain_ok else {}
     if wiped:
         problems.append("events are recorded for this tenant but its audit chain is empty")
     for entity_type, ids in sorted(altered.items()):
@@ -256,6 +257,12 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             f"{len(ids)} {entity_type} row(s) ({_some(ids)}) not as their last audit entry "
             "left them: changed without an audit entry (an events row alone vouches for "
             "nothing: the app role may insert one)"
+        )
+    for entity_type, seqs in sorted(unlinked.items()):
+        problems.append(
+            f"{len(seqs)} {entity_type} audit entr(ies) (seq {_some(seqs)}) found the row "
+            "other than the entity's entry before left it: changed between them without an "
+            "audit entry (a later genuine write does not make that good)"
         )
     if unkeyed:
         problems.append(
@@ -326,6 +333,31 @@ async def _rows_unlike_their_audit(session: AsyncSession) -> dict[str, list[str]
 
 
 _PAGE = 500
+
+
+async def _entries_unlike_the_one_before(session: AsyncSession) -> dict[str, list[int]]:
+    """Audit entries (by entity type, their seqs) whose ``before`` is not the state the
+    same entity's entry before them recorded as ``after``. Each write reads the row it
+    moves on: a row altered without an audit entry, then written genuinely, passes the
+    rows-against-their-last-entry check, and only this link shows it (review finding).
+    Only the fields that earlier entry holds are compared (a column added since is new
+    in ``before``). Streamed: memory stays flat however long the chain."""
+    previous = func.lag(AuditLog.after).over(
+        partition_by=(AuditLog.entity_type, AuditLog.entity_id), order_by=AuditLog.seq
+    )
+    query = select(AuditLog.seq, AuditLog.entity_type, AuditLog.before, previous).order_by(
+        AuditLog.entity_type, AuditLog.entity_id, AuditLog.seq
+    )
+    unlinked: dict[str, list[int]] = {}
+    stream = await session.stream(query.execution_options(yield_per=1000))
+    async for seq, entity_type, before, left in stream.tuples():
+        if left is None:
+            continue  # the entity's first entry
+        if before is None or any(before.get(k) != v for k, v in left.items()):
+            unlinked.setdefault(str(entity_type), []).append(int(seq))
+    for seqs in unlinked.values():
+        seqs.sort()
+    return unlinked
 
 
 def _unlike(current: Mapping[str, Any], audited: Mapping[str, Any] | None) -> bool:

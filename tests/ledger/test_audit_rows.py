@@ -36,6 +36,31 @@ async def test_a_row_the_app_role_rewrote_with_a_forged_event_is_reported(
     ]
 
 
+async def test_a_rewrite_a_genuine_write_later_covered_is_still_reported(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """The row rewritten, then moved on by the next genuine outcome (every column set
+    again): the row matches its last entry, and only that entry's ``before``, read from
+    the rewritten row, shows it (review finding: tampering healed on the next write)."""
+    t = f"t{uuid.uuid4().hex[:8]}"
+    await write_events(app_engine, [make_event.payment(t, "pay_1", amount=1000)], keyring=keyring)
+    await _forge(
+        app_engine,
+        t,
+        ("payment", "pay_1", 2),
+        "UPDATE payments SET amount = 1, amount_captured = 1, version = 2, "
+        "last_event_id = 'forged' WHERE payment_id = 'pay_1'",
+    )
+    later = make_event.payment(t, "pay_1", amount=1000, version=3)
+    await write_events(app_engine, [later], keyring=keyring)
+    result = await verify_audit(app_engine, t, keyring)
+    assert result.problems == [
+        "1 payment audit entr(ies) (seq 2) found the row other than the entity's entry "
+        "before left it: changed between them without an audit entry (a later genuine "
+        "write does not make that good)"
+    ]
+
+
 async def test_rows_as_the_ledger_wrote_them_verify(
     app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
 ) -> None:
@@ -50,6 +75,17 @@ async def test_rows_as_the_ledger_wrote_them_verify(
     await write_events(app_engine, [make_event.customer(t, "cus_1")], keyring=keyring)
     await erase_customer(app_engine, t, "cus_1", keyring=keyring)
     await erase_customer(app_engine, t, "cus_ahead", keyring=keyring)  # a tombstone
+    # Events after erasures, one batch moving an entity through several versions.
+    await write_events(
+        app_engine,
+        [make_event.customer(t, "cus_1", version=2), make_event.customer(t, "cus_ahead")],
+        keyring=keyring,
+    )
+    await write_events(
+        app_engine,
+        [make_event.payment(t, "pay_1", version=v, amount=100 * v) for v in (4, 5, 6)],
+        keyring=keyring,
+    )
     result = await verify_audit(app_engine, t, keyring)
     assert result.ok, result.problems
 
