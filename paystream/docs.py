@@ -22,6 +22,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from paystream import __version__
 from paystream.agents import handlers, pipeline
+from paystream.gateways.stripe.webhooks import BODY_READ_SECONDS as WEBHOOK_BODY_SECONDS
 from paystream.gateways.stripe.webhooks import FOLLOWED_EVENTS as STRIPE_FOLLOWED_EVENTS
 from paystream.gateways.stripe.webhooks import MAX_BODY_BYTES as WEBHOOK_MAX_BODY_BYTES
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
@@ -684,6 +685,8 @@ def asyncapi() -> Doc:
         [
             "ledger_invalid_event",
             "ledger_forbidden_data",
+            "ledger_event_id_conflict",
+            "ledger_data_key_unreadable",
             "ledger_database_rejected",
             "ledger_undecodable",
         ],
@@ -1025,6 +1028,7 @@ def _view_schemas() -> Doc:
                         "payload_too_large",
                         "unsupported_media_type",
                         "request_timeout",
+                        "bad_request",
                     ]
                 },
                 "message": _STR,
@@ -1375,7 +1379,12 @@ def openapi() -> Doc:
                     "400": _json(
                         "Error",
                         "`bad_signature`: not signed with the tenant's endpoint secret, "
-                        "signed too long ago, or not a JSON object",
+                        "signed too long ago, or not a JSON object; `bad_request`: a body "
+                        "that does not decode as its Content-Encoding says",
+                    ),
+                    "408": _json(
+                        "Error",
+                        f"`request_timeout`: the body not in within {WEBHOOK_BODY_SECONDS:g} s",
                     ),
                     "404": _json(
                         "Error",

@@ -53,7 +53,7 @@ from paystream.ledger.privacy import erase_customer
 from paystream.ledger.session import assert_rls_enforced
 from paystream.ledger.writer import WriteResult, write_events
 from paystream.tables.next_action import without_credentials
-from paystream.tenancy.crypto import MasterKeyring
+from paystream.tenancy.crypto import CryptoError, MasterKeyring, UnknownMasterKeyError
 
 T = TypeVar("T")
 
@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 FORBIDDEN_DATA = "forbidden_data"
 # Another event is stored under its id (see EventIdConflictError).
 EVENT_ID_CONFLICT = "event_id_conflict"
+# The customer's stored data key does not unwrap under the master key it names: the row
+# was altered or corrupted (its events wait, parked, for an operator).
+DATA_KEY_UNREADABLE = "data_key_unreadable"
 
 # ---- metrics (new names; paystream/metrics.py holds the pipeline's) -------------------
 
@@ -284,12 +287,38 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def _constraint(exc: BaseException) -> str | None:
+    """The constraint a database error names (asyncpg's ``constraint_name``), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = getattr(current, "constraint_name", None)
+        if isinstance(name, str) and name:
+            return name
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
+# The audit chain's keys: only the ledger writes them, under the tenant's lock.
+_CHAIN_CONSTRAINTS = frozenset({"pk_audit_log"})
+
+
 def classify_failure(exc: BaseException) -> str:
     """The :class:`FailureKind` of an exception raised while writing a batch."""
     if isinstance(exc, InvalidEventError):
         return FailureKind.DATA
-    if isinstance(exc, RlsNotEnforcedError):
-        # Never write as a role that bypasses tenant isolation; wait for the operator.
+    if isinstance(exc, RlsNotEnforcedError | UnknownMasterKeyError):
+        # Never write as a role that bypasses tenant isolation; a key wrapped under a
+        # master key the keyring lacks needs that key configured: wait for the operator.
+        return FailureKind.CONFIG
+    if isinstance(exc, CryptoError):
+        # A data key that fails authentication under a key the keyring holds: that row is
+        # damaged, whatever the retries (its customer's events only, parked).
+        return FailureKind.DATA
+    if _constraint(exc) in _CHAIN_CONSTRAINTS:
+        # A seq already taken past the audit head: a row planted there, which every later
+        # batch would meet. Not the events' fault: parking them would lose them all.
         return FailureKind.CONFIG
     code = _sqlstate(exc)
     if code is not None:
@@ -334,7 +363,9 @@ class DeadLetter:
 
     event_id: str
     tenant_id: str | None
-    reason: str  # invalid_event | forbidden_data | database_rejected | undecodable
+    # invalid_event | forbidden_data | event_id_conflict | data_key_unreadable |
+    # database_rejected | undecodable
+    reason: str
     detail: str
     event: LedgerEvent | None = None
 
@@ -482,6 +513,8 @@ class LedgerSink:
                     if isinstance(rejected.cause, ForbiddenDataError)
                     else EVENT_ID_CONFLICT
                     if isinstance(rejected.cause, EventIdConflictError)
+                    else DATA_KEY_UNREADABLE
+                    if isinstance(rejected.cause, CryptoError)
                     else "database_rejected"
                 )
                 result.dead_letters.append(

@@ -29,6 +29,7 @@ __all__ = [
     "KeyStore",
     "MasterKey",
     "MasterKeyring",
+    "UnknownMasterKeyError",
     "WrappedKey",
     "aad",
     "customer_key_ref",
@@ -52,6 +53,11 @@ TENANT_KEY_REF = "tenant"
 
 class CryptoError(PaystreamError):
     """A ciphertext or wrapped key failed authentication, or a key is unavailable."""
+
+
+class UnknownMasterKeyError(CryptoError):
+    """A key was wrapped under a master key the keyring does not hold (a retired key
+    missing from PAYSTREAM_RETIRED_MASTER_KEYS, or the wrong PAYSTREAM_MASTER_KEY)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -106,7 +112,7 @@ class MasterKeyring:
         try:
             return self._by_id[key_id]
         except KeyError:
-            raise CryptoError(f"master key {key_id!r} is not in the keyring") from None
+            raise UnknownMasterKeyError(f"master key {key_id!r} is not in the keyring") from None
 
     def rotated_to(self, new: MasterKey) -> MasterKeyring:
         """A keyring whose current key is ``new``, keeping this one's keys for unwrapping."""

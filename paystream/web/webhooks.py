@@ -34,6 +34,7 @@ from paystream.agents.tenants import registry
 from paystream.app import ForwardLoop, app, settings
 from paystream.client import InvalidCommand, build_command, encoded_for_sending
 from paystream.gateways.stripe.webhooks import (
+    BODY_READ_SECONDS,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
     BadWebhook,
@@ -168,8 +169,6 @@ class WebhookView(View):
 
 _NO_ENDPOINT = {"error": "not_found", "message": "no webhook endpoint here"}
 _TOO_LARGE = {"error": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}
-# A provider sends its event whole at once; a body trickled in only holds a handler.
-BODY_READ_SECONDS = 10.0
 _TOO_SLOW = {"error": "request_timeout", "message": f"the body took over {BODY_READ_SECONDS:g} s"}
 _UNREADABLE = {"error": "bad_request", "message": "the body could not be read as sent"}
 

@@ -18,6 +18,7 @@ from paystream.gateways.base import read_payment_ref
 from paystream.gateways.stripe.mapping import payment_status
 
 __all__ = [
+    "BODY_READ_SECONDS",
     "FOLLOWED_EVENTS",
     "MAX_BODY_BYTES",
     "SIGNATURE_HEADER",
@@ -31,6 +32,8 @@ __all__ = [
 SIGNATURE_HEADER = "Stripe-Signature"
 # Stripe's events are a few KB; a body far larger is not one.
 MAX_BODY_BYTES = 256 * 1024
+# A provider sends its event whole at once; a body trickled in only holds a handler.
+BODY_READ_SECONDS = 10.0
 # How old a signed timestamp may be (Stripe's libraries' default): an event captured
 # once cannot be sent again days later.
 TOLERANCE_SECONDS = 300

@@ -1,0 +1,78 @@
+"""The sink against rows the application role tampered with (review findings): a damaged
+data key parks its customer's events only, a key under a master key the keyring lacks
+and an audit seq planted ahead of the head stall the sink for an operator; neither
+retries one event forever nor parks every later one."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import write_events
+from paystream.ledger.session import tenant_session
+from paystream.ledger.sink import FailureKind, LedgerSink, classify_failure
+from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring, customer_key_ref
+from tests.ledger.factories import EventFactory
+
+
+def _tenant() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_customer_whose_data_key_was_altered_is_parked_alone(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    t = _tenant()
+    await write_events(app_engine, [make_event.customer(t, "cus_1")], keyring=keyring)
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(
+            text("UPDATE data_keys SET wrapped_key = :blob WHERE key_ref = :ref"),
+            {"blob": b"\x01" + bytes(59), "ref": customer_key_ref("cus_1")},
+        )
+    sink = LedgerSink(app_engine, keyring)
+    damaged = make_event.customer(t, "cus_1", version=2, name="Ada King")
+    others = [make_event.customer(t, "cus_2"), make_event.payment(t, "pay_1")]
+    # (Bounded: before the fix this retried for good.)
+    result = await asyncio.wait_for(sink.write_batch([others[0], damaged, others[1]]), 60)
+    assert [(d.event_id, d.reason) for d in result.dead_letters] == [
+        (damaged.event_id, "data_key_unreadable")
+    ]
+    assert result.written.events_written == 2
+    assert sink.failed_attempts == 0  # (classified "unexpected", it was retried for good)
+
+
+def test_a_key_under_a_master_key_not_configured_waits_for_the_operator() -> None:
+    other = MasterKeyring(MasterKey.generate())
+    with pytest.raises(CryptoError) as missing:
+        other.get("mk-0000000000000000")
+    assert classify_failure(missing.value) == FailureKind.CONFIG
+    assert classify_failure(CryptoError("ciphertext failed authentication")) == FailureKind.DATA
+
+
+async def test_an_audit_row_planted_ahead_of_the_head_stalls_rather_than_parks(
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    keyring: MasterKeyring,
+    make_event: EventFactory,
+) -> None:
+    """A row at head + 2: every later batch meets it. As a data error each event was
+    parked in turn, the tenant's whole outcome stream dead-lettered."""
+    t = _tenant()
+    await write_events(app_engine, [make_event.payment(t, "pay_1")], keyring=keyring)
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(
+            text(
+                "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, "
+                "entity_type, entity_id, prev_hash, hash) VALUES (:t, 3, now(), 'x', 'x', "
+                "'payment', 'pay_x', :h, :h)"
+            ),
+            {"t": t, "h": bytes(32)},
+        )
+    batch = [make_event.payment(t, "pay_2"), make_event.payment(t, "pay_3")]
+    with pytest.raises(Exception) as planted:
+        await write_events(app_engine, batch, keyring=keyring)
+    assert classify_failure(planted.value) == FailureKind.CONFIG
