@@ -31,6 +31,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from paystream.ledger.key_check import KeyProblems, customers_keys_checked
 from paystream.ledger.models import AuditHead, AuditKeyRetirement, AuditLegacy, AuditLog, Event
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring
@@ -250,6 +251,7 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
         chain_ok = head_ok and not (problems or wiped or unkeyed or past_retirement)
         altered = await _rows_unlike_their_audit(session) if chain_ok else {}
         unlinked = await _entries_unlike_the_one_before(session) if chain_ok else {}
+        data_keys = await customers_keys_checked(session, keyring, tenant_id)
     if wiped:
         problems.append("events are recorded for this tenant but its audit chain is empty")
     for entity_type, ids in sorted(altered.items()):
@@ -264,6 +266,7 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             "other than the entity's entry before left it: changed between them without an "
             "audit entry (a later genuine write does not make that good)"
         )
+    problems += _key_problems(data_keys)
     if unkeyed:
         problems.append(
             f"{len(unkeyed)} row(s) not keyed (seq {_some(unkeyed)}), outside what the "
@@ -333,6 +336,27 @@ async def _rows_unlike_their_audit(session: AsyncSession) -> dict[str, list[str]
 
 
 _PAGE = 500
+
+
+def _key_problems(keys: KeyProblems) -> list[str]:
+    out = []
+    if keys.missing:
+        out.append(
+            f"{len(keys.missing)} customer(s) ({_some(keys.missing)}) hold ciphertext but "
+            "have no data key and were not erased: the key was deleted outside an erasure"
+        )
+    if keys.damaged:
+        out.append(
+            f"{len(keys.damaged)} customer(s) ({_some(keys.damaged)}): the data key does "
+            "not unwrap under the master key it names (altered or damaged)"
+        )
+    if keys.unknown_master:
+        out.append(
+            f"{len(keys.unknown_master)} customer(s) ({_some(keys.unknown_master)}): the "
+            "data key is wrapped under a master key not in the keyring "
+            "(PAYSTREAM_RETIRED_MASTER_KEYS)"
+        )
+    return out
 
 
 async def _entries_unlike_the_one_before(session: AsyncSession) -> dict[str, list[int]]:

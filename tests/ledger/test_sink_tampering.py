@@ -76,3 +76,38 @@ async def test_an_audit_row_planted_ahead_of_the_head_stalls_rather_than_parks(
     with pytest.raises(Exception) as planted:
         await write_events(app_engine, batch, keyring=keyring)
     assert classify_failure(planted.value) == FailureKind.CONFIG
+
+
+async def test_verify_names_a_key_deleted_outside_an_erasure_and_a_damaged_one(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """Nothing audits `data_keys`: a key deleted by the app role shredded the customer's
+    PII with every row verifying (review finding). An erasure's own deletion is fine."""
+    from paystream.ledger import verify_audit
+    from paystream.ledger.privacy import erase_customer
+
+    t = _tenant()
+    events = [make_event.customer(t, c) for c in ("cus_1", "cus_2", "cus_3", "cus_4")]
+    await write_events(app_engine, events, keyring=keyring)
+    await erase_customer(app_engine, t, "cus_4", keyring=keyring)
+    assert (await verify_audit(app_engine, t, keyring)).ok
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(
+            text("DELETE FROM data_keys WHERE key_ref = :ref"), {"ref": customer_key_ref("cus_1")}
+        )
+        await s.execute(
+            text("UPDATE data_keys SET wrapped_key = :blob WHERE key_ref = :ref"),
+            {"blob": b"\x01" + bytes(59), "ref": customer_key_ref("cus_2")},
+        )
+        await s.execute(
+            text("UPDATE data_keys SET master_key_id = 'mk-0000000000000000' WHERE key_ref = :r"),
+            {"r": customer_key_ref("cus_3")},
+        )
+    assert (await verify_audit(app_engine, t, keyring)).problems == [
+        "1 customer(s) (cus_1) hold ciphertext but have no data key and were not erased: "
+        "the key was deleted outside an erasure",
+        "1 customer(s) (cus_2): the data key does not unwrap under the master key it names "
+        "(altered or damaged)",
+        "1 customer(s) (cus_3): the data key is wrapped under a master key not in the "
+        "keyring (PAYSTREAM_RETIRED_MASTER_KEYS)",
+    ]
