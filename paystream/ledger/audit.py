@@ -31,6 +31,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from paystream.ledger.event_check import events_ahead_of_their_rows
 from paystream.ledger.key_check import KeyProblems, customers_keys_checked
 from paystream.ledger.models import AuditHead, AuditKeyRetirement, AuditLegacy, AuditLog, Event
 from paystream.ledger.session import tenant_session
@@ -252,6 +253,7 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
         altered = await _rows_unlike_their_audit(session) if chain_ok else {}
         unlinked = await _entries_unlike_the_one_before(session) if chain_ok else {}
         data_keys = await customers_keys_checked(session, keyring, tenant_id)
+        unapplied = await events_ahead_of_their_rows(session)
     if wiped:
         problems.append("events are recorded for this tenant but its audit chain is empty")
     for entity_type, ids in sorted(altered.items()):
@@ -267,6 +269,12 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             "audit entry (a later genuine write does not make that good)"
         )
     problems += _key_problems(data_keys)
+    for entity_type, (count, some) in sorted(unapplied.items()):
+        problems.append(
+            f"{count} stored {entity_type} event(s) ({_some(some)}) "
+            "ahead of their entity row: never applied (an events row the app role inserted "
+            "under an id not stored yet; the genuine outcome was skipped as its replay)"
+        )
     if unkeyed:
         problems.append(
             f"{len(unkeyed)} row(s) not keyed (seq {_some(unkeyed)}), outside what the "

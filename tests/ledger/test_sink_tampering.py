@@ -111,3 +111,31 @@ async def test_verify_names_a_key_deleted_outside_an_erasure_and_a_damaged_one(
         "1 customer(s) (cus_3): the data key is wrapped under a master key not in the "
         "keyring (PAYSTREAM_RETIRED_MASTER_KEYS)",
     ]
+
+
+async def test_verify_names_an_event_planted_under_an_id_the_ledger_had_yet_to_store(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """The genuine outcome under that id is taken for a replay and skipped: the row never
+    moves to its version, and every row still matches its last audit entry."""
+    from paystream.ledger import verify_audit
+
+    t = _tenant()
+    await write_events(app_engine, [make_event.payment(t, "pay_1")], keyring=keyring)
+    genuine = make_event.payment(t, "pay_1", version=2, status="refunded")
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(
+            text(
+                "INSERT INTO events (tenant_id, event_id, type, entity_type, entity_id, "
+                "entity_version, time, data) VALUES (:t, :id, :type, 'payment', 'pay_1', 2, "
+                "now(), '{}')"
+            ),
+            {"t": t, "id": genuine.event_id, "type": genuine.type},
+        )
+    written = await write_events(app_engine, [genuine], keyring=keyring)
+    assert written.duplicates == 1  # (what the attacker wanted)
+    assert (await verify_audit(app_engine, t, keyring)).problems == [
+        f"1 stored payment event(s) ({genuine.event_id}) ahead of their entity row: never "
+        "applied (an events row the app role inserted under an id not stored yet; the "
+        "genuine outcome was skipped as its replay)"
+    ]
