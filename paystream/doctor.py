@@ -277,8 +277,17 @@ async def check_tenant_secrets(settings: Settings) -> str:
 
 async def check_redis(settings: Settings) -> str:
     if settings.redis_url is None:
-        # Optional: only the simulator gateway keeps state there.
-        return "REDIS_URL not set: simulator tenants cannot run (Stripe tenants need none)"
+        # Optional: only the simulator gateway keeps state there. Needed once a tenant of
+        # the registry uses it: each of its commands would be answered
+        # gateway_not_configured.
+        simulated = await _simulator_tenants(settings)
+        if simulated:
+            raise CheckFailed(
+                f"REDIS_URL is not set, and {len(simulated)} tenant(s) use the simulator "
+                f"gateway, which keeps its state there: {', '.join(simulated[:5])}"
+                + (" ..." if len(simulated) > 5 else "")
+            )
+        return "REDIS_URL not set: no tenant uses the simulator (Stripe tenants need none)"
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
         if not await client.ping():
@@ -305,6 +314,16 @@ async def check_redis(settings: Settings) -> str:
         else "AOF off (a restart loses what no snapshot holds: development only)"
     )
     return f"PING ok, Redis {info.get('redis_version', '?')}, {policy}, {kept}"
+
+
+async def _simulator_tenants(settings: Settings) -> list[str]:
+    """Registered tenants on the simulator gateway (none if the broker has no registry)."""
+    from paystream.tenancy.registry import list_tenants
+
+    if settings.kafka_broker_url is None:
+        return []
+    tenants = await list_tenants(settings, missing_ok=True)
+    return sorted(t.tenant_id for t in tenants.values() if t.gateway == "simulator")
 
 
 async def check_headers(settings: Settings) -> str:

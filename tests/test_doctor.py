@@ -299,6 +299,23 @@ async def test_doctor_says_when_it_cannot_read_the_registry_topic_s_configs(
     assert "cleanup.policy" not in str(registry.value)
 
 
+async def test_doctor_fails_no_redis_once_a_tenant_uses_the_simulator(
+    deployment_factory: Any,
+) -> None:
+    """Its state is in Redis: without REDIS_URL each of its commands is answered
+    gateway_not_configured, and doctor passed the row with a note (review finding)."""
+    from paystream.tenancy.models import Tenant
+
+    dep = await deployment_factory()
+    no_redis = dep.settings.model_copy(update={"redis_url": None})
+    assert "no tenant uses the simulator" in await check_redis(no_redis)
+    await dep.add_tenants(Tenant(tenant_id="stripe-only", gateway="stripe"))
+    assert "no tenant uses the simulator" in await check_redis(no_redis)
+    await dep.add_tenants(Tenant(tenant_id="simulated-1", gateway="simulator"))
+    with pytest.raises(CheckFailed, match=r"1 tenant\(s\) use the simulator gateway.*simulated-1"):
+        await check_redis(no_redis)
+
+
 async def test_doctor_says_whether_the_master_key_opens_every_tenant_secret(
     deployment_factory: Any,
 ) -> None:
