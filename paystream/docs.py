@@ -1029,6 +1029,7 @@ def _view_schemas() -> Doc:
                         "unsupported_media_type",
                         "request_timeout",
                         "bad_request",
+                        "method_not_allowed",
                     ]
                 },
                 "message": _STR,

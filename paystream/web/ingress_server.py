@@ -92,6 +92,7 @@ class IngressServer:
         # Before the server waits out in-flight requests: a sender waiting for its
         # outcome is answered 202 now, not held to the end of its wait.
         app.on_shutdown.append(self._stop_waits)
+        app.on_response_prepare.append(_server_header)
         return app
 
     async def _stop_waits(self, _app: aiohttp.web.Application) -> None:
@@ -110,6 +111,18 @@ class IngressServer:
         self._drained.clear()
         try:
             return await handler(request)
+        except aiohttp.web.HTTPNotFound:
+            # (aiohttp's own answers are text/plain: a client reads every error as JSON.)
+            return aiohttp.web.json_response(
+                {"error": "not_found", "message": f"no such path: {request.path[:200]}"},
+                status=404,
+            )
+        except aiohttp.web.HTTPMethodNotAllowed as exc:
+            return aiohttp.web.json_response(
+                {"error": "method_not_allowed", "message": f"{request.method} is not taken"},
+                status=405,
+                headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+            )
         finally:
             self.in_flight -= 1
             if not self.in_flight:
@@ -325,6 +338,13 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()
+
+
+async def _server_header(
+    _request: aiohttp.web.Request, response: aiohttp.web.StreamResponse
+) -> None:
+    """Not aiohttp's and Python's versions, which tell a scanner what to try."""
+    response.headers["Server"] = "paystream"
 
 
 def _stopping() -> aiohttp.web.Response:

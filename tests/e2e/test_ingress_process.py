@@ -72,6 +72,15 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         assert _get(f"{ingress.base_url}/healthz") == (200, {"alive": True})
         status, ready = _get(f"{ingress.base_url}/readyz")
         assert (status, ready["ready"], ready["registry_loaded"]) == (503, False, False)
+        # Errors in JSON, aiohttp's own too (they were text/plain), and no versions told.
+        assert _get(f"{ingress.base_url}/nope") == (
+            404,
+            {"error": "not_found", "message": "no such path: /nope"},
+        )
+        status, answer = _get(f"{ingress.base_url}/v1/commands")
+        assert (status, answer["error"]) == (405, "method_not_allowed")
+        with urllib.request.urlopen(f"{ingress.base_url}/healthz", timeout=5) as resp:
+            assert resp.headers["Server"] == "paystream"
         event = {
             "specversion": "1.0",
             "id": str(uuid.uuid4()),
