@@ -92,7 +92,6 @@ class IngressServer:
         # Before the server waits out in-flight requests: a sender waiting for its
         # outcome is answered 202 now, not held to the end of its wait.
         app.on_shutdown.append(self._stop_waits)
-        app.on_response_prepare.append(_server_header)
         return app
 
     async def _stop_waits(self, _app: aiohttp.web.Application) -> None:
@@ -306,6 +305,9 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT (0), or a background part fails (1); in-flight
     requests then finish."""
     configure_logging(settings.log_level)
+    # Not aiohttp's and Python's versions (which tell a scanner what to try), on every
+    # answer, the parser's own 400s too: aiohttp reads this when it writes the headers.
+    aiohttp.web_response.SERVER_SOFTWARE = "paystream"
     server = IngressServer(settings)
     runner = aiohttp.web.AppRunner(
         server.app(),
@@ -338,13 +340,6 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()
-
-
-async def _server_header(
-    _request: aiohttp.web.Request, response: aiohttp.web.StreamResponse
-) -> None:
-    """Not aiohttp's and Python's versions, which tell a scanner what to try."""
-    response.headers["Server"] = "paystream"
 
 
 def _stopping() -> aiohttp.web.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -81,6 +82,11 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         assert (status, answer["error"]) == (405, "method_not_allowed")
         with urllib.request.urlopen(f"{ingress.base_url}/healthz", timeout=5) as resp:
             assert resp.headers["Server"] == "paystream"
+        # Also on the parser's own refusals, answered before any route or hook runs.
+        with socket.create_connection((ingress.host, ingress.port), timeout=5) as raw:
+            raw.sendall(b"GARBAGE\r\n\r\n")
+            head = raw.recv(4096).decode(errors="replace")
+        assert " 400 " in head.splitlines()[0] and "Server: paystream" in head, head
         event = {
             "specversion": "1.0",
             "id": str(uuid.uuid4()),
