@@ -467,25 +467,32 @@ async def _publish(
     nothing is acknowledged meanwhile. A retry may produce some records twice; changelog
     values are the same and duplicate outcomes are byte-identical (same event id).
     """
-    for attempt in itertools.count(1):
-        try:
-            sent = await send_batches(producer, records)
-            await _delivered(sent, commands)
-            PUBLISH.delivered()
-            return sent
-        except KafkaError as exc:
-            PUBLISH.failed(exc)
-            # KafkaTimeoutError is aiokafka's own wait running out (for metadata, or for
-            # room behind an earlier batch of the same partition that a leaderless
-            # partition keeps queued until it expires): marked not retriable, and as safe
-            # to retry as the rest.
-            if not (exc.retriable or isinstance(exc, KafkaTimeoutError)) or not may_retry():
-                raise
-            delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)
-            log.warning(
-                "producing %d records failed (%r); retry in %.2f s", len(records), exc, delay
-            )
-            await asyncio.sleep(delay)
+    try:
+        for attempt in itertools.count(1):
+            try:
+                sent = await send_batches(producer, records)
+                await _delivered(sent, commands)
+                PUBLISH.delivered()
+                return sent
+            except KafkaError as exc:
+                PUBLISH.failed(exc)
+                # KafkaTimeoutError is aiokafka's own wait running out (for metadata, or
+                # for room behind an earlier batch of the same partition that a
+                # leaderless partition keeps queued until it expires): marked not
+                # retriable, and as safe to retry as the rest.
+                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                    raise
+                if not may_retry():
+                    PUBLISH.abandoned()  # (the partition's next owner produces it)
+                    raise
+                delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)
+                log.warning(
+                    "producing %d records failed (%r); retry in %.2f s", len(records), exc, delay
+                )
+                await asyncio.sleep(delay)
+    except asyncio.CancelledError:
+        PUBLISH.abandoned()
+        raise
     raise AssertionError("unreachable")
 
 

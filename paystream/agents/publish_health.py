@@ -68,6 +68,12 @@ class PublishHealth:
     def delivered(self) -> None:
         self._since = None
 
+    def abandoned(self) -> None:
+        """A failing batch given up (its partition handed over, the agent stopping):
+        nothing is being produced, so nothing is failing. Left set, the gauge went on
+        rising on an idle worker, and PaystreamPublishFailing paged for good."""
+        self._since = None
+
     def trouble(self) -> PublishTrouble | None:
         """How producing is failing (None: the latest attempt was delivered)."""
         if self._since is None:

@@ -130,6 +130,33 @@ async def test_publish_reports_each_failure_and_clears_on_delivery(
 
 
 @pytest.mark.asyncio(loop_scope="session")
+async def test_a_failing_batch_given_up_leaves_nothing_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its partition handed over (no retries left) or the agent stopping: nothing is
+    being produced any more. The gauge went on rising on the idle worker, paging
+    PaystreamPublishFailing for good, and /readyz said publish_failing (review finding)."""
+    import asyncio
+
+    PUBLISH.delivered()
+    _broker_answers(monkeypatch, [NotEnoughReplicasError()])
+    with pytest.raises(NotEnoughReplicasError):
+        await commands._publish(cast(Any, None), RECORDS, 1, may_retry=lambda: False)
+    assert PUBLISH.trouble() is None
+    assert REGISTRY.get_sample_value("paystream_publish_failing_seconds") == 0.0
+
+    _broker_answers(monkeypatch, [NotEnoughReplicasError()] * 1000)
+    monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 10.0)
+    publishing = asyncio.ensure_future(commands._publish(cast(Any, None), RECORDS, 1))
+    while PUBLISH.trouble() is None:
+        await asyncio.sleep(0.01)
+    publishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await publishing
+    assert PUBLISH.trouble() is None
+
+
+@pytest.mark.asyncio(loop_scope="session")
 async def test_aiokafka_s_own_wait_running_out_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch behind another of the same partition waits for room in aiokafka's
     accumulator; a leaderless partition keeps the first queued until it expires, and the
