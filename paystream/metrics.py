@@ -136,7 +136,9 @@ ENTITIES_MINIMIZED = Counter(
 )
 GATEWAY_CALLS = Histogram(
     "paystream_gateway_call_seconds",
-    "Provider call latency, by provider and result.",
+    "Provider call latency, by provider and result: ok, an error code of the gateway "
+    "vocabulary (card_declined, timeout, ...), error (a failure of paystream's own gateway "
+    "code) or canceled (the worker stopping).",
     ["provider", "result"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,12 @@ class CallPolicy:
                 ) from exc
             except GatewayError as exc:
                 result = exc.code.value
+                raise
+            except asyncio.CancelledError:
+                result = "canceled"  # (the agent stopping; counted as ok, it was no answer)
+                raise
+            except Exception:
+                result = "error"  # (a failure of the gateway code's own; counted as ok)
                 raise
             finally:
                 observe = call_seconds.get(result)

@@ -57,6 +57,39 @@ async def test_policy_passes_answers_and_provider_errors_through() -> None:
     assert caught.value.code is ErrorCode.CARD_DECLINED
 
 
+def _calls(result: str, provider: str = "paddle-x") -> float:
+    value = REGISTRY.get_sample_value(
+        "paystream_gateway_call_seconds_count", {"provider": provider, "result": result}
+    )
+    return value or 0.0
+
+
+async def test_a_call_that_failed_otherwise_is_not_counted_ok() -> None:
+    """A failure of the gateway code's own (a bug: internal_error) and a call cut short
+    by the worker stopping were both counted result="ok", hiding them from the error
+    ratio alert (review finding)."""
+    call = call_policy(load_settings(gateway_timeout_seconds=5.0))(
+        Tenant(tenant_id="t-errors", gateway="paddle-x")
+    )
+
+    async def broken() -> str:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        await call(broken)
+
+    async def hangs() -> str:
+        await asyncio.sleep(5)
+        return "never"
+
+    task = asyncio.ensure_future(call(hangs))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (_calls("error"), _calls("canceled"), _calls("ok")) == (1.0, 1.0, 0.0)
+
+
 def _circuit_open(tenant: str, provider: str = "simulator") -> float | None:
     return REGISTRY.get_sample_value(
         "paystream_circuit_open", {"tenant": tenant, "provider": provider}
