@@ -21,6 +21,10 @@ __all__ = ["CallPolicy", "call_policy", "observer"]
 
 T = TypeVar("T")
 
+# The call histogram's results besides "ok" and the gateway error codes.
+CALL_ERROR = "error"
+CALL_CANCELED = "canceled"
+
 
 class CallPolicy:
     """Per-tenant call wrappers sharing one RetryPolicy (and its breakers) per worker."""
@@ -58,10 +62,10 @@ class CallPolicy:
                 result = exc.code.value
                 raise
             except asyncio.CancelledError:
-                result = "canceled"  # (the agent stopping; counted as ok, it was no answer)
+                result = CALL_CANCELED  # (the agent stopping: it was no answer)
                 raise
             except Exception:
-                result = "error"  # (a failure of the gateway code's own; counted as ok)
+                result = CALL_ERROR  # (a failure of the gateway code's own)
                 raise
             finally:
                 observe = call_seconds.get(result)

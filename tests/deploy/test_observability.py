@@ -304,6 +304,9 @@ def declared() -> Declared:
     from paystream import gc_pacing, metrics
     from paystream.agents import insights, pipeline
     from paystream.gateways.errors import ErrorCode
+    from paystream.tenancy.policy import CALL_CANCELED, CALL_ERROR
+
+    CALL_OTHER = {CALL_ERROR, CALL_CANCELED}
     from paystream.ledger import sink
 
     labels: dict[str, set[str]] = {}
@@ -325,8 +328,8 @@ def declared() -> Declared:
         value for key, value in vars(sink.FailureKind).items() if not key.startswith("_")
     }
     values = {
-        ("paystream_gateway_call_seconds_count", "result"): {"ok", *ErrorCode},
-        ("paystream_gateway_call_seconds_bucket", "result"): {"ok", *ErrorCode},
+        ("paystream_gateway_call_seconds_count", "result"): {"ok", *ErrorCode, *CALL_OTHER},
+        ("paystream_gateway_call_seconds_bucket", "result"): {"ok", *ErrorCode, *CALL_OTHER},
         ("paystream_ledger_write_failures_total", "kind"): failure_kinds,
         # The reasons the command agent dead-letters with, and why the insights skip.
         ("paystream_dead_letters_total", "reason"): set(
