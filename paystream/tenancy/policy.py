@@ -17,7 +17,7 @@ from paystream.gateways.retry import RetryPolicy
 from paystream.settings import Settings
 from paystream.tenancy.models import Tenant
 
-__all__ = ["CallPolicy", "call_policy", "observer"]
+__all__ = ["CALL_CANCELED", "CALL_ERROR", "CallPolicy", "call_policy", "observer"]
 
 T = TypeVar("T")
 
