@@ -95,7 +95,9 @@ def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
     event, or a PaymentIntent paystream did not make (created elsewhere on the account)."""
     event_type = event.get("type")
     event_id = event.get("id")
-    if event_type not in FOLLOWED_EVENTS or not isinstance(event_id, str) or not event_id:
+    if not isinstance(event_type, str) or event_type not in FOLLOWED_EVENTS:
+        return None
+    if not isinstance(event_id, str) or not event_id:
         return None
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None

@@ -114,6 +114,8 @@ def test_a_notice_names_the_status_in_paystreams_words(stripe_status: Any, ours:
         _event(data={"object": {"object": "payment_intent", "metadata": {PAYMENT_REF_KEY: "a:b"}}}),
         _event(data=[]),
         _event(data={"object": "pi_1"}),
+        _event(type=["payment_intent.succeeded"]),  # (unhashable: a TypeError, a 500)
+        _event(type={"a": 1}),
         {},
     ],
 )
