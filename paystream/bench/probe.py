@@ -315,5 +315,8 @@ class CpuSampler:
         return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
     def between(self, name: str, start: float, end: float) -> float | None:
+        times = self.samples.get(name, ([], []))[0]
+        if times and start < times[0] <= end:
+            start = times[0]  # (work from before the first reading is not known: left out)
         a, b = self._at(name, start), self._at(name, end)
         return None if a is None or b is None else max(0.0, b - a)

@@ -79,6 +79,10 @@ def test_a_phase_s_cpu_counts_from_its_first_record_not_its_first_output() -> No
     assert phase.cpu_window == (10.0, 10.3)
     assert phase.sut_us_per_record == pytest.approx(1e6 * 0.1 / 4)
     assert phase.sut_cpu_pct == pytest.approx(100 * 0.1 / 0.3)
+    # A start before the process's first reading counts from that reading.
+    early = PhaseResult.from_arrivals("faust", 4, [10.25, 10.25, 10.3, 10.3], sut="faust")
+    cut_cpu(early, _sampled([(10.1, 1.0), (10.2, 1.1), (10.4, 1.1)]), began=10.0)
+    assert early.sut_us_per_record == pytest.approx(1e6 * 0.1 / 4)
     # Without a start, the arrival window alone: here it saw nothing of the work.
     alone = PhaseResult.from_arrivals("faust", 4, [10.25, 10.25, 10.3, 10.3], sut="faust")
     cut_cpu(alone, cpu)
