@@ -13,6 +13,7 @@ from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat
 from paystream.streams.kafka_auth import faust_credentials
 from paystream.tables import faster_recovery, stale_stores
+from paystream.web.route_errors import json_route_errors
 
 __all__ = ["app", "create_app", "settings"]
 
@@ -132,6 +133,8 @@ def create_app(settings: Settings) -> faust.App:
         # Faust's /router/ pages list every worker, topic and partition to anyone (and a
         # name it does not know is a 500 with a logged traceback); nothing here uses them.
         "web_router_enabled": False,
+        # JSON for a path or method no view serves, as for every other error.
+        "web_application_options": {"middlewares": [json_route_errors]},
         "HttpClient": forwarding_client,
         "autodiscover": False,
         "key_serializer": "raw",

@@ -201,9 +201,25 @@ def doctor() -> None:
 
     # Any server configured: check those (an embedded stand-in for one left out would
     # pass for a server the workers never use, and skip the ledger's set-up check).
-    def shown(result: Any) -> None:  # each check as it ends (a stalled server: 30 s one)
+    # Each check as it ends (a stalled server: a 30 s one). In a terminal on one line
+    # rewritten, cleared before the table (which says it all again); in a log, a line each.
+    live = sys.stderr.isatty()
+    done: list[str] = []
+
+    def shown(result: Any) -> None:
         verdict = "PASS" if result.ok else "FAIL"
-        click.echo(f"  {result.name}: {verdict} ({result.duration:.2f} s)", err=True)
+        done.append(result.name)
+        line = f"  {result.name}: {verdict} ({result.duration:.2f} s)"
+        if live:
+            click.echo(
+                f"\r\033[K  {len(done)} checks done; last {line.strip()}", nl=False, err=True
+            )
+        else:
+            click.echo(line, err=True)
+
+    def cleared() -> None:
+        if live and done:
+            click.echo("\r\033[K", nl=False, err=True)
 
     if settings.kafka_broker_url or settings.database_url or settings.redis_url:
         results = _run(doctor_mod.run_checks(settings, deployment=True, progress=shown))
@@ -238,6 +254,7 @@ def doctor() -> None:
             signal.signal(signal.SIGTERM, previous)
             if not keep:
                 shutil.rmtree(base, ignore_errors=True)
+    cleared()
     click.echo(doctor_mod.render_table(results))
     if not all(r.ok for r in results):
         sys.exit(1)
@@ -784,7 +801,7 @@ def send(
             outcome = await client.send(cmd, max(deadline - time.monotonic(), 0.001))
         except OutcomeTimeout as exc:  # (a TimeoutError: _run would take it for an outage)
             # Said now: stopping may wait on a stalled broker, and the id is what matters.
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc.what}", err=True)  # (the advice: the hint below)
             _say_how_to_resend(cmd.get_id())
             await _stop_within(client, STOP_AFTER_TIMEOUT_SECONDS)
             return exc

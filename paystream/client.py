@@ -67,7 +67,13 @@ def new_request_header() -> str:
 
 
 class OutcomeTimeout(TimeoutError):
-    """No outcome arrived within the timeout (the worker may be down or lagging)."""
+    """No outcome arrived within the timeout (the worker may be down or lagging).
+
+    ``what``: what happened without the advice the message adds (a CLI gives its own)."""
+
+    def __init__(self, message: str, what: str | None = None) -> None:
+        super().__init__(message)
+        self.what = what or message
 
 
 class InvalidCommand(PaystreamError, ValueError):
@@ -442,10 +448,13 @@ class PaystreamClient:
                             raise  # refused (too large, not allowed): never appended
                         # A disconnect, a request timed out: the broker may have appended
                         # it all the same. Not "failed": the same id is the safe retry.
-                        raise OutcomeTimeout(
+                        what = (
                             f"no outcome for command {command.get_id()}: the broker failed "
                             f"after it was handed over ({type(exc).__name__}), so it may "
-                            "have been sent and run: retry with the same command id"
+                            "have been sent and run"
+                        )
+                        raise OutcomeTimeout(
+                            f"{what}: retry with the same command id", what
                         ) from exc
                 return await waiter
         except OutcomeTimeout:
@@ -457,9 +466,8 @@ class PaystreamClient:
                 if queued
                 else "it was not sent (no broker to take it)"
             )
-            raise OutcomeTimeout(
-                f"no outcome for command {command.get_id()} within {timeout:.1f} s; {said}"
-            ) from None
+            what = f"no outcome for command {command.get_id()} within {timeout:.1f} s"
+            raise OutcomeTimeout(f"{what}; {said}", what if queued else f"{what}; {said}") from None
         finally:
             waiter.cancel()  # (a no-op once answered)
             self._forget(key, waiter)  # now, not a loop turn later

@@ -436,7 +436,7 @@ async def check_end_offsets(settings: Settings) -> str:
         finally:
             await consumer.stop()
     if end != BATCH_RECORDS:
-        hint = "; set PAYSTREAM_BROKER_FLAVOR=tansu" if not settings.embedded_broker else ""
+        hint = f"; {_TANSU_HINT}" if not settings.embedded_broker else ""
         raise CheckFailed(f"end offset {end}, expected {BATCH_RECORDS}{hint}")
     if raw != end:
         return f"{end} (broker said {raw}, corrected by workaround)"
@@ -812,7 +812,29 @@ async def run_checks(
     broker_ok = found["broker answers"].ok
     for name, fn in _BROKER_BEHAVIOUR:
         await run(name, fn, None if broker_ok else "broker unreachable")
+    return _flavor_said(results)
+
+
+def _flavor_said(results: list[CheckResult]) -> list[CheckResult]:
+    """The flavor row fails too when the broker answers end offsets as Tansu does: its
+    PASS ("none needed") beside the failures the missing workarounds cause (a producer
+    refused, a group never joined) sent a user pasting half the dev export line astray."""
+    by_name = {r.name: i for i, r in enumerate(results)}
+    offsets, flavor = by_name.get("end offsets after batch"), by_name.get("workarounds for flavor")
+    if offsets is None or flavor is None or _TANSU_HINT not in results[offsets].figure:
+        return results
+    row = results[flavor]
+    results[flavor] = CheckResult(
+        row.name,
+        False,
+        "the broker answers as Tansu does (end offsets after batch): "
+        "set PAYSTREAM_BROKER_FLAVOR=tansu",
+        row.duration,
+    )
     return results
+
+
+_TANSU_HINT = "set PAYSTREAM_BROKER_FLAVOR=tansu"
 
 
 def render_table(results: list[CheckResult]) -> str:

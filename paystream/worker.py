@@ -30,6 +30,7 @@ from paystream.web import bad_requests
 from paystream.web import ingress_route as _ingress_route  # noqa: F401
 from paystream.web import views as _views  # noqa: F401
 from paystream.web import webhooks as _webhooks  # noqa: F401
+from paystream.web.route_errors import name_the_server
 
 __all__ = ["main"]
 
@@ -158,6 +159,7 @@ def main(extra_args: list[str] | None = None) -> None:
     # PAYSTREAM_OTEL_EXPORTER: the SDK, only when an exporter is set (before the agents'
     # processor is built, which takes the tracing set up here).
     tracing.configure(settings)
+    name_the_server()
     # Faust refuses to start when its data directory does not exist yet.
     (settings.data_dir / "faust" / settings.app_id).mkdir(parents=True, exist_ok=True)
     # Faust reads --loop at `import faust`, long done by now: install the policy directly.

@@ -410,3 +410,23 @@ def _only_changelogs(settings: Settings, app_id: str) -> Settings:
                       "ledger_dlq_topic", "tenants_topic", "fraud_topic", "analytics_topic")
     }  # fmt: skip
     return settings.model_copy(update={**names, "app_id": app_id})
+
+
+def test_the_flavor_row_fails_when_the_broker_answers_as_tansu_does() -> None:
+    """Half the dev export line pasted (no PAYSTREAM_BROKER_FLAVOR): the flavor row said
+    "none needed" beside the failures that follow from it (new-user review)."""
+    from paystream.doctor import _flavor_said
+
+    results = [
+        CheckResult("workarounds for flavor", True, "none needed (flavor=kafka)", 0.0),
+        CheckResult(
+            "end offsets after batch",
+            False,
+            "end offset 1, expected 10; set PAYSTREAM_BROKER_FLAVOR=tansu",
+            0.1,
+        ),
+    ]
+    flavor = _flavor_said(list(results))[0]
+    assert not flavor.ok and "set PAYSTREAM_BROKER_FLAVOR=tansu" in flavor.figure
+    fine = [results[0], CheckResult("end offsets after batch", True, "10", 0.1)]
+    assert _flavor_said(list(fine)) == fine

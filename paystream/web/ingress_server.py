@@ -44,6 +44,7 @@ from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.ingress import IDLE_READER_SECONDS, CommandIngress
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced, acknowledged
+from paystream.web.route_errors import json_route_errors, name_the_server
 
 __all__ = ["IngressServer", "serve"]
 
@@ -109,19 +110,7 @@ class IngressServer:
         self.in_flight += 1
         self._drained.clear()
         try:
-            return await handler(request)
-        except aiohttp.web.HTTPNotFound:
-            # (aiohttp's own answers are text/plain: a client reads every error as JSON.)
-            return aiohttp.web.json_response(
-                {"error": "not_found", "message": f"no such path: {request.path[:200]}"},
-                status=404,
-            )
-        except aiohttp.web.HTTPMethodNotAllowed as exc:
-            return aiohttp.web.json_response(
-                {"error": "method_not_allowed", "message": f"{request.method} is not taken"},
-                status=405,
-                headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
-            )
+            return await json_route_errors(request, handler)
         finally:
             self.in_flight -= 1
             if not self.in_flight:
@@ -305,9 +294,7 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT (0), or a background part fails (1); in-flight
     requests then finish."""
     configure_logging(settings.log_level)
-    # Not aiohttp's and Python's versions (which tell a scanner what to try), on every
-    # answer, the parser's own 400s too: aiohttp reads this when it writes the headers.
-    aiohttp.web_response.SERVER_SOFTWARE = "paystream"
+    name_the_server()
     server = IngressServer(settings)
     runner = aiohttp.web.AppRunner(
         server.app(),

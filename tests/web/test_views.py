@@ -37,6 +37,21 @@ async def test_healthz(http: aiohttp.ClientSession) -> None:
     assert body["uptime_s"] >= 0
 
 
+async def test_a_path_or_method_no_view_serves_is_answered_in_json(
+    http: aiohttp.ClientSession,
+) -> None:
+    """aiohttp's own answers were text/plain and named its and Python's versions in
+    Server (new-user review; the ingress answered JSON already)."""
+    body = await get_json(http, "/nope", status=404)
+    assert body == {"error": "not_found", "message": "no such path: /nope"}
+    async with http.delete("/healthz") as resp:
+        assert resp.status == 405 and resp.content_type == "application/json"
+        assert (await resp.json())["error"] == "method_not_allowed"
+        assert "GET" in resp.headers["Allow"]
+    async with http.get("/healthz") as resp:
+        assert resp.headers["Server"] == "paystream"
+
+
 async def test_readyz_once_the_worker_can_run_commands(http: aiohttp.ClientSession) -> None:
     body = await get_json(http, "/readyz")
     assert body == {"ready": True, "waiting_for": [], "stalled": [], "publish_failing": None}
