@@ -811,8 +811,9 @@ class Settings(BaseSettings):
         """The broker URL, or a clear error saying how to get one."""
         if self.kafka_broker_url is None:
             raise ConfigurationError(
-                "KAFKA_BROKER_URL is not set: run `paystream dev` (starts an embedded broker) "
-                "or point KAFKA_BROKER_URL at a Kafka cluster"
+                "KAFKA_BROKER_URL is not set: run `paystream dev` (starts an embedded broker; "
+                "from another shell, paste the `export` line it printed) or point "
+                "KAFKA_BROKER_URL at a Kafka cluster"
             )
         return self.kafka_broker_url
 

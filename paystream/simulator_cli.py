@@ -76,6 +76,13 @@ async def _authenticate(
         try:
             return await simulator.complete_authentication(provider_payment_id, succeed=passed)
         except GatewayError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                # (paystream's own payment id, pay_…, is the likely mistake)
+                raise click.ClickException(
+                    f"the simulator has no payment {provider_payment_id!r} for tenant "
+                    f"{tenant_id}: give the payment's provider_payment_id (the outcome's "
+                    "data.provider_payment_id), not paystream's pay_… id"
+                ) from exc
             if exc.code is not ErrorCode.IDEMPOTENCY_ERROR:
                 raise
             # The simulator keeps its first answer to this payment's step (keyed by the

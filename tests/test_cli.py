@@ -303,7 +303,9 @@ async def test_simulator_authenticate_after_a_refusal_the_other_way(deployed: De
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (("acme", "pi_missing"), "no such payment_intent: 'pi_missing'"),
+        (("acme", "pi_missing"), "the simulator has no payment 'pi_missing' for tenant acme"),
+        # paystream's own id, the likely mistake: the error says which id to give.
+        (("acme", "pay_nope"), "give the payment's provider_payment_id"),
         (("nobody", "pi_missing"), "unknown tenant 'nobody'"),
     ],
 )
