@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -108,9 +108,12 @@ class ContinuityGuard:
         self._since: tuple[int, int] | None = None
         # Per partition, the next offset we expected at the last sweep.
         self._at_last_sweep: dict[TP, int] = {}
-        # Per partition, its next offset when the last sweep saw the broker already
-        # holding records past it.
-        self._behind_at_last_sweep: dict[TP, int] = {}
+        # The partitions' ends as the broker said them when the last sweep asked (asked
+        # in the background: a ListOffsets round trip, on Tansu a Fetch more per
+        # partition, held the batch in hand 20-40 ms once a second when it was awaited),
+        # and the assignment it was asked in.
+        self._ends: asyncio.Future[Mapping[TP, int]] | None = None
+        self._ends_since: tuple[int, int] | None = None
         self._next_sweep = 0.0
         self._reassigned_at = time.monotonic()
         self._on_passed = on_passed
@@ -128,7 +131,6 @@ class ContinuityGuard:
             self._since = self._reassignment()
             self._next.clear()
             self._at_last_sweep.clear()
-            self._behind_at_last_sweep.clear()
             self._reassigned_at = time.monotonic()
 
     def _log_gap(self, message: str, *args: Any) -> None:
@@ -253,50 +255,37 @@ class ContinuityGuard:
 
         Call only with the delivery queue empty: then a partition whose next offset has
         not moved for a whole interval while the broker held records past it all along
-        (at the last sweep already) is either skipped or stalled, and reading those
+        (when the last sweep asked) is either skipped or stalled, and reading those
         records directly is right for both (Faust delivering them later is harmless:
         :meth:`admit` drops what was handled). A record on the broker only now may just
         not have been fetched yet: at low traffic, sweeps that looked only at the end
         read one directly about once a minute and counted it as skipped (a false alarm).
+        The ends are asked at each sweep for the next one, in the background.
         """
         now = time.monotonic()
         app = self._app
         if now < self._next_sweep or not app.flow_control.is_active() or app.rebalancing:
             return []
         self._next_sweep = now + self._sweep_interval
+        await asyncio.sleep(0)  # (the last sweep's question answered meanwhile, if in)
         self._check_generation()
+        ends_then = self._answered_ends()
         consumer = cast(FaustConsumer, app.consumer)
-        idle: dict[TP, int] = {}
-        current: dict[TP, int] = {}
         ours = [tp for tp in consumer.assignment() if tp.topic == self._topic]
         try:
-            expected_now = await self._expected(ours)
+            current = await self._expected(ours)
         except _StartUnknown:
             return []
-        for tp, expected in expected_now.items():
-            current[tp] = expected
-            if self._at_last_sweep.get(tp) == expected:
-                idle[tp] = expected
-        self._at_last_sweep = current
-        behind_before, self._behind_at_last_sweep = self._behind_at_last_sweep, {}
-        if not current:
-            return []
+        idle = {tp: e for tp, e in current.items() if self._at_last_sweep.get(tp) == e}
+        self._at_last_sweep = dict(current)
+        if current and self._ends is None:
+            self._ends = asyncio.ensure_future(consumer.highwaters(*current))
+            self._ends_since = self._since
         found: list[EventT] = []
-        try:
-            ends = await consumer.highwaters(*current)
-        except (KafkaError, OSError) as exc:
-            log.warning("sweep: the broker did not say where %s end (%r)", list(current), exc)
-            self._behind_at_last_sweep = behind_before  # (what was seen then still holds)
-            return []
-        for tp, expected in current.items():
-            if ends.get(tp, expected) > expected:
-                self._behind_at_last_sweep[tp] = expected
         for tp, expected in idle.items():
-            end = min(ends.get(tp, expected), expected + GAP_READ_MAX)
+            end = min(ends_then.get(tp, expected), expected + GAP_READ_MAX)
             if end <= expected or self._since != self._reassignment():
                 continue
-            if behind_before.get(tp) != expected:
-                continue  # (records there only since the last sweep: maybe in flight)
             try:
                 missing, reached = await self._read_range(tp, expected, end)
             except (KafkaError, OSError) as exc:
@@ -319,15 +308,28 @@ class ContinuityGuard:
             done = max(reached, missing[-1].message.offset + 1 if missing else expected)
             if done > expected:
                 self._next[tp] = self._at_last_sweep[tp] = done
-                if ends.get(tp, done) > done:  # (the rest was there all along too)
-                    self._behind_at_last_sweep[tp] = done
-                else:
-                    self._behind_at_last_sweep.pop(tp, None)
                 if not missing and self._on_passed is not None:
                     # Nothing there to handle or commit: the agent is not behind on it.
                     self._on_passed(tp, done)
             found += missing
         return found
+
+    def _answered_ends(self) -> Mapping[TP, int]:
+        """The ends the last sweep asked for, if the broker has answered (in this
+        assignment); a question still open is left to answer for the next sweep."""
+        asked, self._ends = self._ends, None
+        if asked is None:
+            return {}
+        if not asked.done():
+            self._ends = asked
+            return {}
+        if asked.cancelled():
+            return {}
+        exc = asked.exception()
+        if exc is not None:
+            log.warning("sweep: the broker did not say where the partitions end (%r)", exc)
+            return {}
+        return asked.result() if self._ends_since == self._reassignment() else {}
 
 
 async def _group_committed(app: AppT, tps: Sequence[TP]) -> dict[TP, int | None]:

@@ -7,6 +7,7 @@ real thing runs in tests/e2e (test_crash, test_backlog).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,8 +52,14 @@ class StandInConsumer:
     def assignment(self) -> set[TP]:
         return {*self.ends, OTHER}
 
-    async def highwaters(self, *tps: TP) -> dict[TP, int]:
-        return {tp: self.ends[tp] for tp in tps}
+    def highwaters(self, *tps: TP) -> Awaitable[dict[TP, int]]:
+        # The ends when asked (the sweep awaits the answer later, in the background).
+        ends = {tp: self.ends[tp] for tp in tps}
+
+        async def answer() -> dict[TP, int]:
+            return ends
+
+        return answer()
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         self.start_queries += 1
@@ -315,14 +322,15 @@ async def test_a_read_the_broker_fails_holds_the_partition_instead_of_ending_the
 
 async def test_a_sweep_the_broker_fails_finds_nothing_and_tries_again() -> None:
     app, _, guard = make({P0: 6}, {P0: 0})
-    await guard.sweep()
 
     async def down(*tps: TP) -> dict[TP, int]:
         raise KafkaConnectionError("broker unreachable")
 
     real, app.consumer.highwaters = app.consumer.highwaters, down  # type: ignore[method-assign]
+    await guard.sweep()  # asks where P0 ends: the broker fails (seen at the next sweep)
     assert await guard.sweep() == []
     app.consumer.highwaters = real  # type: ignore[method-assign]
+    assert await guard.sweep() == []  # (the question of the sweep before failed too)
     assert offsets(await guard.sweep()) == [(0, o) for o in range(6)]
 
 

@@ -35,7 +35,6 @@ async def test_a_sweep_reads_nothing_when_a_rebalance_completes_while_it_asks_fo
 ):
     app, broker, guard = make({P0: 6}, {P0: 0})
     await guard.admit([record(P0, o) for o in range(3)])  # type: ignore[list-item]
-    assert await guard.sweep() == []  # notes where P0 stands
     highwaters = app.consumer.highwaters
 
     async def ends_then_reassigned(*tps: TP) -> dict[TP, int]:
@@ -44,6 +43,7 @@ async def test_a_sweep_reads_nothing_when_a_rebalance_completes_while_it_asks_fo
         return found
 
     app.consumer.highwaters = ends_then_reassigned  # type: ignore[method-assign]
+    assert await guard.sweep() == []  # notes where P0 stands, asks where it ends
     found: list[Any] = await guard.sweep()
     assert found == []
     assert broker.reads == []  # the old generation's tail is left to the new owner
