@@ -114,6 +114,8 @@ class ContinuityGuard:
         # and the assignment it was asked in.
         self._ends: asyncio.Future[Mapping[TP, int]] | None = None
         self._ends_since: tuple[int, int] | None = None
+        # The question was still open at a sweep: asked before the last one.
+        self._ends_late = False
         self._next_sweep = 0.0
         self._reassigned_at = time.monotonic()
         self._on_passed = on_passed
@@ -279,8 +281,11 @@ class ContinuityGuard:
         idle = {tp: e for tp, e in current.items() if self._at_last_sweep.get(tp) == e}
         self._at_last_sweep = dict(current)
         if current and self._ends is None:
-            self._ends = asyncio.ensure_future(consumer.highwaters(*current))
+            self._ends = asyncio.ensure_future(
+                _ask_ends(list(current), consumer.highwaters(*current))
+            )
             self._ends_since = self._since
+            self._ends_late = False
         found: list[EventT] = []
         for tp, expected in idle.items():
             end = min(ends_then.get(tp, expected), expected + GAP_READ_MAX)
@@ -316,20 +321,30 @@ class ContinuityGuard:
 
     def _answered_ends(self) -> Mapping[TP, int]:
         """The ends the last sweep asked for, if the broker has answered (in this
-        assignment); a question still open is left to answer for the next sweep."""
+        assignment); a question still open is left to answer, and its answer (which may
+        hold records that reached the broker only since the last sweep) is not used."""
         asked, self._ends = self._ends, None
         if asked is None:
             return {}
         if not asked.done():
-            self._ends = asked
+            self._ends, self._ends_late = asked, True
             return {}
-        if asked.cancelled():
+        if asked.cancelled() or self._ends_late or self._ends_since != self._reassignment():
             return {}
-        exc = asked.exception()
-        if exc is not None:
-            log.warning("sweep: the broker did not say where the partitions end (%r)", exc)
-            return {}
-        return asked.result() if self._ends_since == self._reassignment() else {}
+        return asked.result()
+
+
+async def _ask_ends(tps: list[TP], asked: Awaitable[Mapping[TP, int]]) -> Mapping[TP, int]:
+    """Where ``tps`` end; bounded like the guard's other broker questions, and never
+    failing (a failure is said here: the task may outlive the guard, and its exception
+    would go unretrieved)."""
+    try:
+        async with asyncio.timeout(BROKER_ASK_SECONDS):
+            ends = await asked
+    except Exception as exc:
+        log.warning("sweep: the broker did not say where %s end (%r)", tps, exc)
+        return {}
+    return ends
 
 
 async def _group_committed(app: AppT, tps: Sequence[TP]) -> dict[TP, int | None]:

@@ -7,6 +7,7 @@ real thing runs in tests/e2e (test_crash, test_backlog).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -420,3 +421,74 @@ async def test_a_never_committed_partition_retention_emptied_is_not_behind() -> 
     assert await guard.sweep() == []
     assert await guard.sweep() == [] and broker.reads == []
     assert passed == [(P0, 9)]
+
+
+async def test_an_answer_slower_than_a_sweep_is_not_used() -> None:
+    """The ends asked at sweep 1, answered only after sweep 2 with a record produced just
+    before: taken for "the broker held it at the last sweep", that record was read
+    directly and counted skipped (a false alarm). Only an answer in by the next sweep
+    counts (sweep review)."""
+    app, broker, guard = make({P0: 3}, {P0: 0})
+    await guard.admit([record(P0, o) for o in range(3)])  # type: ignore[list-item]
+    answer: asyncio.Future[dict[TP, int]] = asyncio.get_running_loop().create_future()
+
+    async def slow(*tps: TP) -> dict[TP, int]:
+        return await answer
+
+    real, app.consumer.highwaters = app.consumer.highwaters, slow  # type: ignore[method-assign]
+    assert await guard.sweep() == []  # asks
+    assert await guard.sweep() == []  # still open: P0 caught up at 3
+    app.consumer.ends[P0] = 4  # produced just now
+    answer.set_result({P0: 4})  # ... and the slow question answers right after
+    app.consumer.highwaters = real  # type: ignore[method-assign]
+    assert await guard.sweep() == [] and broker.reads == []
+
+
+async def test_a_question_the_broker_never_answers_is_given_up_and_asked_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Open for good, it switched the tail sweep off without a word (sweep review)."""
+    from paystream.agents import continuity
+
+    monkeypatch.setattr(continuity, "BROKER_ASK_SECONDS", 0.01)
+    app, _, guard = make({P0: 6}, {P0: 0})
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def hung(*tps: TP) -> dict[TP, int]:
+        return await never
+
+    real, app.consumer.highwaters = app.consumer.highwaters, hung  # type: ignore[method-assign]
+    await guard.sweep()
+    await asyncio.sleep(0.05)
+    app.consumer.highwaters = real  # type: ignore[method-assign]
+    assert await guard.sweep() == []  # given up (said so): asked again
+    assert "did not say where" in caplog.text
+    assert offsets(await guard.sweep()) == [(0, o) for o in range(6)]
+    never.cancel()
+
+
+async def test_a_failed_question_outliving_its_guard_leaves_no_unretrieved_error() -> None:
+    """The agent stopping before the next sweep: asyncio logged "Task exception was never
+    retrieved" at ERROR when the task was collected (sweep review)."""
+    import gc
+
+    app, _, guard = make({P0: 6}, {P0: 0})
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context["message"]))
+
+    async def down(*tps: TP) -> dict[TP, int]:
+        await asyncio.sleep(0.01)
+        raise KafkaConnectionError("broker unreachable")
+
+    app.consumer.highwaters = down  # type: ignore[method-assign]
+    try:
+        await guard.sweep()
+        del guard
+        await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old)
+    assert seen == []
