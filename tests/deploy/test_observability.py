@@ -229,8 +229,13 @@ def test_dashboard_structure() -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    assert variables["tenant"]["definition"] == "label_values(paystream_commands_total, tenant)"
+    assert variables["tenant"]["definition"] == (
+        'label_values(paystream_commands_total{namespace=~"$namespace"}, tenant)'
+    )
     assert variables["tenant"]["datasource"]["uid"] == "${datasource}"
+    # A Prometheus shared by several fleets: nothing summed across namespaces (review).
+    assert variables["namespace"]["definition"] == 'label_values(up{job="paystream"}, namespace)'
+    assert variables["namespace"]["allValue"] == ".*"
 
     panels = dashboard_panels()
     ids = [panel["id"] for panel in panels]
@@ -253,6 +258,10 @@ def test_dashboard_structure() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target.get("expr", "").strip(), panel["title"]
+            for selector in re.findall(
+                r"\b(?:paystream_\w+|up)\{[^}]*\}|\bpaystream_\w+\b(?!\{)", target["expr"]
+            ):
+                assert 'namespace=~"$namespace"' in selector, (panel["title"], selector)
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
