@@ -275,29 +275,27 @@ _RETRY_SQLSTATE_CLASSES = {
 _DATA_SQLSTATE_CLASSES = {"22", "23", "54", "PS"}
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def _in_chain(exc: BaseException, attribute: str) -> str | None:
+    """The first non-empty string ``attribute`` along the exception's chain (the driver's
+    error under SQLAlchemy's ``orig``, causes and contexts)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        code = getattr(current, "sqlstate", None)
-        if isinstance(code, str) and code:
-            return code
+        value = getattr(current, attribute, None)
+        if isinstance(value, str) and value:
+            return value
         current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return None
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    return _in_chain(exc, "sqlstate")
 
 
 def _constraint(exc: BaseException) -> str | None:
     """The constraint a database error names (asyncpg's ``constraint_name``), if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        name = getattr(current, "constraint_name", None)
-        if isinstance(name, str) and name:
-            return name
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return None
+    return _in_chain(exc, "constraint_name")
 
 
 # The audit chain's keys: only the ledger writes them, under the tenant's lock.
