@@ -52,6 +52,7 @@ from paystream.bench.probe import (
     send_paced,
 )
 from paystream.bench.profiling import PySpy, summarise
+from paystream.bench.quiet_gc import between_phases, full_collections_held
 from paystream.bench.stats import BenchReport, PhaseResult, percentiles_text
 from paystream.devstack._process import free_port, kill_process_group, parent_death_signal
 from paystream.devstack.ingress import IngressProcess
@@ -398,6 +399,7 @@ async def _pipeline_phases(
             load = generate_commands(
                 options.commands, dep.tenants, prefix=f"{dep.tag}-f-", seed=options.seed
             )
+            between_phases()
             spy = _spy(options, worker, base, "full")
             counters = _batch_counters(worker)
             redis_before = await asyncio.to_thread(_redis_commands, dep.worker_env["REDIS_URL"])
@@ -430,6 +432,7 @@ async def _pipeline_phases(
                     count, dep.tenants, prefix=f"{dep.tag}-r-", seed=options.seed + 1
                 )
                 say(f"rate: {count} commands at {options.rate:g}/s…")
+                between_phases()
                 spy = _spy(options, worker, base, "rate")
                 sent_r = await send_paced(
                     producer,
@@ -500,6 +503,7 @@ async def _http_phases(
     count = options.http_commands or min(options.commands, 5000)
     paced_count = max(1, int(options.rate * options.rate_seconds)) if options.rate > 0 else 0
     warm, load, paced = http_loads(dep.tag, dep.tenants, count, paced_count, options.seed)
+    between_phases()
     with contextlib.ExitStack() as running:
         url = worker.base_url
         if options.http_via == "ingress":
@@ -531,6 +535,7 @@ async def _http_phases(
             at_rate = None
             if paced:
                 await phases.warm_up(session, warm)
+                between_phases()
                 at_rate = await phases.at_rate(session, paced, options.rate)
     cpu.pids.pop("ingress", None)
     for phase in (full, at_rate):
@@ -567,6 +572,7 @@ async def _baseline(
     cpu: CpuSampler,
 ) -> PhaseResult:
     settings, say = dep.settings, options.say
+    between_phases()
     producer = make_producer(settings.require_broker())
     await producer.start()
     try:
@@ -638,6 +644,7 @@ async def _passthrough_at_rate(
             count, dep.tenants, prefix=f"{dep.tag}-fr-", seed=options.seed + 1
         )
         say(f"broker floor: {count} records at {options.rate:g}/s through raw aiokafka…")
+        between_phases()
         sent = await send_paced(producer, src, paced, options.rate)
         await watcher.wait_for([c.command_id for c in paced], idle_timeout=options.idle_timeout)
         child.check()
@@ -689,52 +696,54 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
     cpu = CpuSampler(pids)
     cpu.start()
     try:
-        phases = await _pipeline_phases(dep, options, base, notes, cpu)
-        full, rate, profile = phases.full, phases.rate, phases.profile
-        ledger: LedgerResult | None = None
-        if options.ledger and services.database_url:
-            try:
-                ledger = await ledger_phase(
-                    settings,
-                    {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"},
-                    services.database_url,
-                    base,
-                    idle_timeout=options.idle_timeout,
-                    say=options.say,
-                )
-            except LedgerPhaseSkipped as skipped:
-                notes.append(str(skipped))
-                options.say(str(skipped))
-        raw = faust = floor = None
-        if options.baselines:
-            count = options.baseline_records or max(options.commands, 5000)
-            # The raw client is ~10x faster than anything else: give it a longer window.
-            raw_count = max(4 * count, 20_000)
-            child_env = {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"}
-            raw_in, raw_out, fwd_in, fwd_out, floor_in, floor_out = dep.extra_topics
-            raw_load = generate_commands(raw_count, dep.tenants, prefix=f"{dep.tag}-x-", seed=3)
-            raw = await _baseline(
-                "raw",
-                [sys.executable, "-m", "paystream.bench.raw_passthrough", raw_in, raw_out],
-                child_env, raw_in, raw_out, raw_load, dep, options, base, cpu,
-            )  # fmt: skip
-            if options.rate > 0:
-                floor = await _passthrough_at_rate(
-                    child_env, floor_in, floor_out, dep, options, base, cpu
-                )
-            fwd_load = generate_commands(count, dep.tenants, prefix=f"{dep.tag}-y-", seed=4)
-            fwd_env = {
-                **child_env,
-                "BENCH_FORWARD_SRC": fwd_in,
-                "BENCH_FORWARD_DST": fwd_out,
-                "BENCH_FORWARD_APP_ID": f"bench-{dep.tag}-fwd",
-                "BENCH_FORWARD_DATADIR": str(base / "fwd-data"),
-            }
-            faust = await _baseline(
-                "faust",
-                [sys.executable, "-m", "paystream.bench.faust_forwarder"],
-                fwd_env, fwd_in, fwd_out, fwd_load, dep, options, base, cpu,
-            )  # fmt: skip
+        with full_collections_held():
+            phases = await _pipeline_phases(dep, options, base, notes, cpu)
+            full, rate, profile = phases.full, phases.rate, phases.profile
+            ledger: LedgerResult | None = None
+            if options.ledger and services.database_url:
+                between_phases()
+                try:
+                    ledger = await ledger_phase(
+                        settings,
+                        {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"},
+                        services.database_url,
+                        base,
+                        idle_timeout=options.idle_timeout,
+                        say=options.say,
+                    )
+                except LedgerPhaseSkipped as skipped:
+                    notes.append(str(skipped))
+                    options.say(str(skipped))
+            raw = faust = floor = None
+            if options.baselines:
+                count = options.baseline_records or max(options.commands, 5000)
+                # The raw client is ~10x faster than anything else: give it a longer window.
+                raw_count = max(4 * count, 20_000)
+                child_env = {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"}
+                raw_in, raw_out, fwd_in, fwd_out, floor_in, floor_out = dep.extra_topics
+                raw_load = generate_commands(raw_count, dep.tenants, prefix=f"{dep.tag}-x-", seed=3)
+                raw = await _baseline(
+                    "raw",
+                    [sys.executable, "-m", "paystream.bench.raw_passthrough", raw_in, raw_out],
+                    child_env, raw_in, raw_out, raw_load, dep, options, base, cpu,
+                )  # fmt: skip
+                if options.rate > 0:
+                    floor = await _passthrough_at_rate(
+                        child_env, floor_in, floor_out, dep, options, base, cpu
+                    )
+                fwd_load = generate_commands(count, dep.tenants, prefix=f"{dep.tag}-y-", seed=4)
+                fwd_env = {
+                    **child_env,
+                    "BENCH_FORWARD_SRC": fwd_in,
+                    "BENCH_FORWARD_DST": fwd_out,
+                    "BENCH_FORWARD_APP_ID": f"bench-{dep.tag}-fwd",
+                    "BENCH_FORWARD_DATADIR": str(base / "fwd-data"),
+                }
+                faust = await _baseline(
+                    "faust",
+                    [sys.executable, "-m", "paystream.bench.faust_forwarder"],
+                    fwd_env, fwd_in, fwd_out, fwd_load, dep, options, base, cpu,
+                )  # fmt: skip
     finally:
         await cpu.stop()
         if services.broker is None:  # a shared broker: leave it as we found it
