@@ -34,6 +34,8 @@ __all__ = [
     "PaceWait",
     "ParkedRecord",
     "ReplayResult",
+    "TopicBacklog",
+    "backlog",
     "list_parked",
     "read_parked",
     "replay",
@@ -406,6 +408,42 @@ async def list_parked_and_done(
         return records, reader.waiting, done
     finally:
         await reader.stop()  # (consumers that failed to start too)
+
+
+@dataclass(frozen=True)
+class TopicBacklog:
+    """A topic's records that no replay has passed yet (replayed or passed over)."""
+
+    waiting: int
+    # The earliest timestamp among the next record of each partition with any waiting
+    # (when it was parked or dead-lettered), ms since the epoch; None: none waiting, or
+    # none read in time.
+    oldest_ms: int | None
+
+
+async def backlog(
+    settings: Settings, topics: list[str], *, read_ms: int = 1000
+) -> dict[str, TopicBacklog]:
+    """Per topic: how many records wait for a replay, and the oldest one's timestamp.
+
+    Reads only the next record of each partition with any waiting, the one a replay
+    would take first (a partition's records are in the order they were parked).
+    """
+    reader = _ParkedReader(settings, topics, committed_only=True)
+    try:
+        await reader.start()
+        consumer = reader.consumer
+        waiting = dict.fromkeys(topics, 0)
+        oldest: dict[str, int] = {}
+        for tp in sorted(reader.pending):
+            waiting[tp.topic] += reader.ends[tp] - await consumer.position(tp)
+            fetched = await consumer.getmany(tp, timeout_ms=read_ms, max_records=1)
+            for r in fetched.get(tp, ()):
+                if r.timestamp >= 0:
+                    oldest[tp.topic] = min(oldest.get(tp.topic, r.timestamp), r.timestamp)
+        return {t: TopicBacklog(waiting[t], oldest.get(t)) for t in topics}
+    finally:
+        await reader.stop()
 
 
 #: What a replay did with a record, as told to its ``observe`` callback.

@@ -88,6 +88,18 @@ PUBLISH_FAILURES = Counter(
     "error (NotEnoughReplicasError, RequestTimedOutError, ...); each is retried.",
     ["error"],
 )
+PARKED_WAITING = Gauge(
+    "paystream_parked_waiting",
+    "Records on the retry or dead-letter topic that no `paystream dlq replay` has replayed "
+    "or passed over yet (measured once a minute).",
+    ["topic"],
+)
+PARKED_OLDEST = Gauge(
+    "paystream_parked_oldest_seconds",
+    "Age of the oldest record waiting for a replay on the retry or dead-letter topic "
+    "(0: none waiting).",
+    ["topic"],
+)
 PUBLISH_FAILING = Gauge(
     "paystream_publish_failing_seconds",
     "How long producing the command agent's batches has been failing (0: the latest "

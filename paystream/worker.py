@@ -19,6 +19,7 @@ import stripe._util as stripe_util  # STRIPE_LOG is read there at import
 from paystream import tracing
 from paystream.agents import commands as _commands
 from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
+from paystream.agents import parked_backlog as _parked_backlog  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
 from paystream.errors import ConfigurationError

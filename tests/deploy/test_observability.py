@@ -312,6 +312,8 @@ def declared() -> Declared:
 
     from paystream import gc_pacing, metrics
     from paystream.agents import insights, pipeline
+    from paystream.agents.parked_backlog import parked_topics
+    from paystream.app import settings
     from paystream.gateways.errors import ErrorCode
     from paystream.tenancy.policy import CALL_CANCELED, CALL_ERROR
 
@@ -351,6 +353,8 @@ def declared() -> Declared:
         # tests/deploy/test_helm.py).
         ("up", "job"): scrape_jobs(),
         ("process_start_time_seconds", "job"): scrape_jobs(),
+        ("paystream_parked_waiting", "topic"): set(parked_topics(settings)),
+        ("paystream_parked_oldest_seconds", "topic"): set(parked_topics(settings)),
     }
     assert all(values.values()), values  # the source patterns above still find them
     return Declared(labels, {key: {str(v) for v in vs} for key, vs in values.items()})
@@ -400,6 +404,12 @@ async def exposition(deployment_factory: Any) -> AsyncIterator[Exposition]:
                 break
             assert time.monotonic() < deadline, "no commit time on /metrics within 15 s"
             await asyncio.sleep(0.2)  # polling interval
+        # The parked backlog is measured a few seconds after the worker starts.
+        deadline = time.monotonic() + 20
+        while "paystream_parked_waiting" not in parsed.sampled:
+            assert time.monotonic() < deadline, "no parked backlog on /metrics within 20 s"
+            await asyncio.sleep(0.5)  # polling interval
+            parsed = Exposition.parse(await asyncio.to_thread(scrape, worker))
         yield parsed
 
 
@@ -419,6 +429,7 @@ async def test_every_metric_named_is_exposed_by_a_worker(exposition: Exposition)
         "paystream_consumer_fetch_age_seconds",
         "paystream_circuit_open",
         "paystream_dead_letters_total",
+        "paystream_parked_oldest_seconds",
         "paystream_command_latency_seconds_bucket",
         "process_start_time_seconds",
     ):

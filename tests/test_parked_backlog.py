@@ -1,0 +1,71 @@
+"""What waits on the retry and dead-letter topics for a replay, and since when."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaError
+from prometheus_client import REGISTRY
+
+from paystream.agents.parked_backlog import measure_once
+from paystream.dlq import replay
+from tests.fixtures.pipeline import RawSend
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+HOUR_MS = 3_600_000
+
+
+def _gauge(name: str, topic: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"topic": topic})
+
+
+async def test_counts_what_waits_per_topic_and_the_oldest_ones_age(
+    deployment_factory: Any,
+) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings
+    found = await measure_once(settings)
+    assert {(b.waiting, b.oldest_ms) for b in found.values()} == {(0, None)}
+    assert _gauge("paystream_parked_waiting", "dlq") == 0
+    assert _gauge("paystream_parked_oldest_seconds", "retry") == 0
+
+    now_ms = int(time.time() * 1000)
+    # The oldest waiting record is the earliest of each partition's next one.
+    await dep.produce(
+        settings.dlq_topic,
+        RawSend(b"acme", b"junk a", 0, timestamp_ms=now_ms - 2 * HOUR_MS),
+        RawSend(b"acme", b"junk b", 0, timestamp_ms=now_ms - HOUR_MS),
+        RawSend(b"acme", b"junk c", 1, timestamp_ms=now_ms - 3 * HOUR_MS),
+    )
+    await dep.produce(
+        settings.retry_topic, RawSend(b"acme", b"parked", 2, timestamp_ms=now_ms - 60_000)
+    )
+    found = await measure_once(settings, now_ms=now_ms)
+    assert found[settings.dlq_topic].waiting == 3
+    assert found[settings.dlq_topic].oldest_ms == now_ms - 3 * HOUR_MS
+    assert found[settings.retry_topic].waiting == 1
+    assert _gauge("paystream_parked_waiting", "dlq") == 3
+    assert _gauge("paystream_parked_oldest_seconds", "dlq") == 3 * 3600
+    assert _gauge("paystream_parked_oldest_seconds", "retry") == 60
+
+    # A replay passes them (junk goes back to the commands topic): nothing waits there.
+    await replay(settings, [settings.dlq_topic])
+    found = await measure_once(settings, now_ms=now_ms)
+    assert found[settings.dlq_topic].waiting == 0
+    assert _gauge("paystream_parked_waiting", "dlq") == 0
+    assert _gauge("paystream_parked_oldest_seconds", "dlq") == 0
+    assert _gauge("paystream_parked_waiting", "retry") == 1
+
+
+async def test_a_broker_that_cannot_be_asked_clears_the_figures(deployment_factory: Any) -> None:
+    dep = await deployment_factory()
+    await measure_once(dep.settings)
+    assert _gauge("paystream_parked_waiting", "dlq") == 0
+    gone = dep.settings.model_copy(update={"kafka_broker_url": "kafka://127.0.0.1:9"})
+    with pytest.raises((KafkaError, OSError)):
+        await measure_once(gone)
+    assert _gauge("paystream_parked_waiting", "dlq") is None
+    assert _gauge("paystream_parked_oldest_seconds", "retry") is None
