@@ -1148,6 +1148,28 @@ def _view_schemas() -> Doc:
                     },
                     "This worker's outcomes since it started.",
                 ),
+                "parked_backlog": _nullable(
+                    _object(
+                        {
+                            "waiting": _INT,
+                            "oldest_s": _nullable(number),
+                            "topics": {
+                                "type": "object",
+                                "description": "by topic (`retry`, `dlq`, as `paystream dlq "
+                                "list --topic` names them)",
+                                "additionalProperties": _object(
+                                    {"waiting": _INT, "oldest_s": _nullable(number)}
+                                ),
+                            },
+                            "measured_s_ago": number,
+                        },
+                        "Records on the retry and dead-letter topics no `paystream dlq replay` "
+                        "has replayed or passed over yet (the fleet's topics, measured every "
+                        "PAYSTREAM_PARKED_MEASURE_SECONDS), and how long the oldest has "
+                        "waited (null: none, or not read in time); null before the first "
+                        "measurement and while the broker cannot be asked.",
+                    )
+                ),
                 "insights": _nullable(
                     _object(
                         {

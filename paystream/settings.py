@@ -343,6 +343,14 @@ class Settings(BaseSettings):
         "when it is the worker's own source agent (commands; the sink on a ledger-only "
         "worker).",
     )
+    parked_measure_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="PAYSTREAM_PARKED_MEASURE_SECONDS: how often each worker measures what "
+        "waits on the retry and dead-letter topics for a replay (paystream_parked_waiting, "
+        "paystream_parked_oldest_seconds, the dashboard's 'Waiting for a replay'); the "
+        "first time 5 s after it starts. 0 turns it off.",
+    )
     stream_buffer_maxsize: int = Field(
         default=4096,
         ge=256,

@@ -9,6 +9,7 @@ import pytest
 from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY
 
+from paystream.agents import parked_backlog
 from paystream.agents.parked_backlog import measure_once
 from paystream.dlq import replay
 from tests.fixtures.pipeline import RawSend
@@ -69,3 +70,30 @@ async def test_a_broker_that_cannot_be_asked_clears_the_figures(deployment_facto
         await measure_once(gone)
     assert _gauge("paystream_parked_waiting", "dlq") is None
     assert _gauge("paystream_parked_oldest_seconds", "retry") is None
+
+
+async def test_the_dashboards_figures_follow_the_latest_measurement(
+    deployment_factory: Any,
+) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings
+    now_ms = int(time.time() * 1000)
+    await dep.produce(
+        settings.retry_topic,
+        RawSend(b"acme", b"parked", 0, timestamp_ms=now_ms - 90_000),
+        RawSend(b"acme", b"parked too", 1, timestamp_ms=now_ms - 30_000),
+    )
+    await measure_once(settings, now_ms=now_ms)
+    assert parked_backlog.as_json(now_ms=now_ms + 2_000) == {
+        "waiting": 2,
+        "oldest_s": 92.0,
+        "topics": {
+            "retry": {"waiting": 2, "oldest_s": 92.0},
+            "dlq": {"waiting": 0, "oldest_s": None},
+        },
+        "measured_s_ago": 2.0,
+    }
+    gone = settings.model_copy(update={"kafka_broker_url": "kafka://127.0.0.1:9"})
+    with pytest.raises((KafkaError, OSError)):
+        await measure_once(gone)
+    assert parked_backlog.as_json() is None  # no stale figure

@@ -24,13 +24,22 @@ from paystream.dlq import TopicBacklog, backlog
 from paystream.errors import ConfigurationError
 from paystream.settings import Settings
 
-__all__ = ["FIRST_MEASURE_SECONDS", "MEASURE_SECONDS", "measure_once", "parked_topics"]
+__all__ = [
+    "FIRST_MEASURE_SECONDS",
+    "as_json",
+    "measure_once",
+    "parked_topics",
+]
 
 log = logging.getLogger(__name__)
 
-# Soon after start (a restarted worker shows the backlog at once), then once a minute.
+# Soon after start (a restarted worker shows the backlog at once), then every
+# PAYSTREAM_PARKED_MEASURE_SECONDS (a minute).
 FIRST_MEASURE_SECONDS = 5.0
-MEASURE_SECONDS = 60.0
+
+# The latest measurement (label -> backlog, and when, in epoch ms), for the dashboard;
+# None before the first and while the broker cannot be asked.
+_latest: tuple[dict[str, TopicBacklog], int] | None = None
 
 
 def parked_topics(s: Settings) -> dict[str, str]:
@@ -44,14 +53,17 @@ def parked_topics(s: Settings) -> dict[str, str]:
 
 async def measure_once(s: Settings, *, now_ms: int | None = None) -> dict[str, TopicBacklog]:
     """Measure and set the gauges; on failure clear them (no stale figure) and raise."""
+    global _latest
     topics = parked_topics(s)
     try:
         found = await asyncio.wait_for(backlog(s, list(topics.values())), BROKER_ASK_SECONDS)
     except BaseException:
         metrics.PARKED_WAITING.clear()
         metrics.PARKED_OLDEST.clear()
+        _latest = None
         raise
-    now = time.time() * 1000 if now_ms is None else now_ms
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    _latest = ({label: found[topic] for label, topic in topics.items()}, now)
     for label, topic in topics.items():
         got = found[topic]
         metrics.PARKED_WAITING.labels(label).set(got.waiting)
@@ -63,9 +75,30 @@ async def measure_once(s: Settings, *, now_ms: int | None = None) -> dict[str, T
     return found
 
 
+def as_json(now_ms: int | None = None) -> dict[str, object] | None:
+    """The latest measurement for /v1/stats: in all and by topic, ages in seconds."""
+    if _latest is None:
+        return None
+    by_label, at = _latest
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+
+    def age(b: TopicBacklog) -> float | None:
+        return None if b.oldest_ms is None else round(max(0, now - b.oldest_ms) / 1000, 1)
+
+    ages = [a for b in by_label.values() if b.waiting and (a := age(b)) is not None]
+    return {
+        "waiting": sum(b.waiting for b in by_label.values()),
+        "oldest_s": max(ages, default=None),
+        "topics": {k: {"waiting": b.waiting, "oldest_s": age(b)} for k, b in by_label.items()},
+        "measured_s_ago": round(max(0, now - at) / 1000, 1),
+    }
+
+
 @app.task
 async def measure_parked_backlog() -> None:
-    """Runs for the worker's life."""
+    """Runs for the worker's life (unless PAYSTREAM_PARKED_MEASURE_SECONDS is 0)."""
+    if settings.parked_measure_seconds <= 0:
+        return
     await asyncio.sleep(FIRST_MEASURE_SECONDS)
     failing = False
     while True:
@@ -78,4 +111,4 @@ async def measure_parked_backlog() -> None:
             if not failing:  # once per outage, not once a minute
                 log.warning("could not measure the parked backlog (%r); will retry", exc)
             failing = True
-        await asyncio.sleep(MEASURE_SECONDS)
+        await asyncio.sleep(settings.parked_measure_seconds)

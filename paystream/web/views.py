@@ -20,7 +20,7 @@ from faust.web.exceptions import ServiceUnavailable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paystream import metrics
-from paystream.agents import insights
+from paystream.agents import insights, parked_backlog
 from paystream.agents.commands import PUBLISH_RETRY_MAX_SECONDS, runner
 from paystream.agents.ledger_sink import AGENT_NAME as OUTCOMES_AGENT
 from paystream.agents.ledger_sink import runner as ledger_runner
@@ -363,6 +363,9 @@ class StatsView(View):
                     "ledger_processed": ledger_runner.processed,
                 },
                 "activity": activity,
+                # What waits on the retry and dead-letter topics for a replay (every
+                # worker's: the topics are the fleet's), None until measured.
+                "parked_backlog": parked_backlog.as_json(),
                 # Analytics windows and fraud alerts this worker published (None: it
                 # does not run the insights).
                 "insights": shown_insights,

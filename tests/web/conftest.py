@@ -43,6 +43,7 @@ EXPECTED_TILES = {
     "t-rejected": 3,
     "t-dlq": 1,
     "t-parked": 0,
+    "t-waiting": 1,  # the dead letter, never replayed
 }
 
 
@@ -87,6 +88,8 @@ async def seeded(deployment_factory: Any) -> AsyncIterator[Seeded]:
     await dep.add_tenants(
         Tenant(tenant_id="acme"), Tenant(tenant_id="globex", limits=globex_limits)
     )
+    # The dead letter below shows as waiting for a replay at the next measurement.
+    dep.env["PAYSTREAM_PARKED_MEASURE_SECONDS"] = "1"
     worker = dep.worker()
     with worker:
         await asyncio.to_thread(

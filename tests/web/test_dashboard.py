@@ -54,6 +54,9 @@ async def test_tiles_tenants_and_recent_outcomes(
         await expect(page.locator(f"#{tile}"), f"tile {tile}").to_have_text(
             str(count), timeout=WAIT
         )
+    await expect(page.locator("#t-waiting-oldest")).to_have_text(
+        re.compile(r"^dlq 1 · oldest \d+ (s|min)$"), timeout=WAIT
+    )
     await expect(page.locator("#app")).to_have_text(seeded.deployment.settings.app_id)
     await expect(page.locator("#parts")).not_to_have_text(re.compile(r"^(\?|none)$"))
 

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.web.conftest import CARD_NUMBERS, EXPECTED_TILES, HTML_TENANT, Seeded
+from tests.web.conftest import CARD_NUMBERS, EXPECTED_TILES, HTML_TENANT, Seeded, wait_for_stats
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -155,12 +155,18 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
     assert set(stats) == {
         "worker",
         "activity",
+        "parked_backlog",
         "insights",
         "tenants",
         "summaries",
         "minor_units",
     }
     assert stats["insights"] is None  # this worker does not run them
+    # Measured 5 s after the worker started, then every second here: the dead letter.
+    measured = await wait_for_stats(
+        seeded.worker, lambda s: (s["parked_backlog"] or {}).get("waiting") == 1
+    )
+    assert measured["parked_backlog"]["topics"]["dlq"]["waiting"] == 1
     assert stats["minor_units"] == {"USD": 2}  # the currencies shown (amounts: minor units)
 
     worker = stats["worker"]
