@@ -133,6 +133,15 @@ log = logging.getLogger(__name__)
 # Parks and dead letters can come for every record (a provider down, a broken producer).
 _throttled = ThrottledLog(log)
 
+# Every reason a command is dead-lettered with (the ``_dead_letter`` calls below), its
+# counter started at 0: a series first scraped at 1 shows no increase, and the
+# dashboard's dead-letter panel missed a worker's first dead letter of each reason.
+DEAD_LETTER_REASONS = frozenset(
+    {"internal_error", "not_a_cloudevent", "payload_too_large", "redrive_too_large"}
+)
+for _reason in sorted(DEAD_LETTER_REASONS):
+    metrics.DEAD_LETTERS.labels(_reason)
+
 
 @dataclass(frozen=True)
 class Inbound:

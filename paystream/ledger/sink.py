@@ -258,6 +258,15 @@ class FailureKind:
     UNEXPECTED = "unexpected"  # retry: we cannot prove retrying is useless, and must not drop
 
 
+# Started at 0 (a series first scraped at 1 shows no increase: see pipeline.py).
+for _kind in (
+    FailureKind.CONNECTION,
+    FailureKind.CONFIG,
+    FailureKind.DATA,
+    FailureKind.UNEXPECTED,
+):
+    WRITE_FAILURES.labels(_kind)
+
 # SQLSTATE classes (first two characters): PostgreSQL error codes appendix.
 _RETRY_SQLSTATE_CLASSES = {
     "08": FailureKind.CONNECTION,  # connection exception

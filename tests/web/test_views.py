@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from paystream.agents.pipeline import DEAD_LETTER_REASONS
 from tests.web.conftest import CARD_NUMBERS, EXPECTED_TILES, HTML_TENANT, Seeded, wait_for_stats
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -296,7 +297,8 @@ async def test_metrics_count_commands_by_tenant_command_and_outcome(
         for s in families["paystream_dead_letters"].samples
         if s.name == "paystream_dead_letters_total"
     }
-    assert dead == {"not_a_cloudevent": 1.0}
+    # (Every reason is exposed from the start, at 0: the first one shows as an increase.)
+    assert dead == dict.fromkeys(DEAD_LETTER_REASONS, 0.0) | {"not_a_cloudevent": 1.0}
     assert "paystream_command_latency_seconds_bucket" in text
 
 
