@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import REGISTRY
 
 from paystream.agents import parked_backlog
@@ -97,3 +99,44 @@ async def test_the_dashboards_figures_follow_the_latest_measurement(
     with pytest.raises((KafkaError, OSError)):
         await measure_once(gone)
     assert parked_backlog.as_json() is None  # no stale figure
+
+
+async def test_no_failure_of_a_measurement_ends_the_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    results: list[BaseException | None] = [
+        RuntimeError("a bug of ours"),
+        None,
+        KafkaConnectionError("broker gone"),
+        KafkaConnectionError("still gone"),
+        asyncio.CancelledError(),  # the worker stopping
+    ]
+    calls = 0
+
+    async def fake_measure(s: Any) -> None:
+        nonlocal calls
+        calls += 1
+        outcome = results.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(parked_backlog, "measure_once", fake_measure)
+    monkeypatch.setattr(parked_backlog, "FIRST_MEASURE_SECONDS", 0.0)
+    quick = parked_backlog.settings.model_copy(update={"parked_measure_seconds": 0.001})
+    monkeypatch.setattr(parked_backlog, "settings", quick)
+    with (
+        caplog.at_level(logging.INFO, logger=parked_backlog.__name__),
+        pytest.raises(asyncio.CancelledError),
+    ):
+        await parked_backlog.measure_parked_backlog()
+    assert calls == 5
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("ERROR", "measuring the parked backlog failed; will retry"),
+        ("INFO", "parked backlog measured again"),
+        (
+            "WARNING",
+            "could not measure the parked backlog (KafkaConnectionError('broker gone')); "
+            "will retry",
+        ),
+    ]

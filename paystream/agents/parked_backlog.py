@@ -111,4 +111,9 @@ async def measure_parked_backlog() -> None:
             if not failing:  # once per outage, not once a minute
                 log.warning("could not measure the parked backlog (%r); will retry", exc)
             failing = True
+        except Exception:
+            # A measurement must never end the worker (a failed task stops it).
+            if not failing:
+                log.exception("measuring the parked backlog failed; will retry")
+            failing = True
         await asyncio.sleep(settings.parked_measure_seconds)
