@@ -37,6 +37,7 @@ __all__ = [
     "TopicBacklog",
     "backlog",
     "list_parked",
+    "parked_topics",
     "read_parked",
     "replay",
     "stale_after_ms",
@@ -408,6 +409,15 @@ async def list_parked_and_done(
         return records, reader.waiting, done
     finally:
         await reader.stop()  # (consumers that failed to start too)
+
+
+def parked_topics(settings: Settings) -> dict[str, str]:
+    """The topics a replay re-drives, by the name `paystream dlq list --topic` gives them.
+
+    Not the ledger's dead-letter topic: `dlq replay` cannot re-drive it (the ledger's own
+    alerts cover it), so a count of what waits there would never fall.
+    """
+    return {"retry": settings.retry_topic, "dlq": settings.dlq_topic}
 
 
 @dataclass(frozen=True)

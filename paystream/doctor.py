@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 from sqlalchemy import text
@@ -33,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from paystream.errors import PaystreamError
 from paystream.settings import Settings
 from paystream.streams import broker_compat
 from paystream.streams.admin import (
@@ -621,9 +623,41 @@ async def check_parked_retention(settings: Settings) -> str:
                 f"parked commands and dead letters are deleted unseen on {', '.join(expiring)}: "
                 "set retention.ms=-1, retention.bytes=-1 and cleanup.policy=delete on them"
             )
-        return f"{len(present)} topics keep their records (retention.ms=-1)"
     finally:
         await admin.close()
+    return f"{len(present)} topics keep their records (retention.ms=-1); {await _waiting(settings)}"
+
+
+async def _waiting(settings: Settings) -> str:
+    """What waits there for `paystream dlq replay` (the figure only: a backlog is the
+    operators' to handle, PaystreamParkedUnreplayed, not a broken setup)."""
+    from paystream.dlq import backlog, parked_topics
+
+    topics = parked_topics(settings)
+    try:
+        found = await asyncio.wait_for(backlog(settings, list(topics.values())), 15)
+    except (KafkaError, OSError, TimeoutError, PaystreamError) as exc:
+        return f"waiting for a replay: not read ({type(exc).__name__})"
+    now_ms = time.time() * 1000
+    said = []
+    for label, topic in topics.items():
+        got = found[topic]
+        age = ""
+        if got.waiting and got.oldest_ms is not None:
+            age = f", oldest {_duration((now_ms - got.oldest_ms) / 1000)} ago"
+        said.append(f"{label} {got.waiting}{age}")
+    return "waiting for a replay: " + "; ".join(said)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 async def check_record_limits(settings: Settings) -> str:

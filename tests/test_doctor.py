@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from paystream.devstack._process import free_port
@@ -223,7 +225,21 @@ async def test_doctor_fails_parked_records_that_expire(stack_settings: Settings)
         await check_parked_retention(with_topics(f"{tag}.plain"))
     made = with_topics(f"{tag}.made")
     await ensure_topics(made)
-    assert "3 topics keep their records" in await check_parked_retention(made)
+    assert await check_parked_retention(made) == (
+        "3 topics keep their records (retention.ms=-1); waiting for a replay: retry 0; dlq 0"
+    )
+    # What waits for a replay is told, with the oldest one's age (not a failure: the
+    # operators' to handle, PaystreamParkedUnreplayed).
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(made.require_broker()))
+    await producer.start()
+    try:
+        two_hours_ago = int(time.time() * 1000) - 2 * 3_600_000
+        await producer.send_and_wait(made.retry_topic, b"parked", timestamp_ms=two_hours_ago)
+    finally:
+        await producer.stop()
+    assert (await check_parked_retention(made)).endswith(
+        "waiting for a replay: retry 1, oldest 2 h ago; dlq 0"
+    )
     assert "not created yet" in await check_parked_retention(with_topics(f"{tag}.absent"))
     with pytest.raises(CheckFailed, match=rf"{tag}\.lone-dlq, {tag}\.lone-ledger-dlq not created"):
         await check_parked_retention(with_topics(f"{tag}.lone"))

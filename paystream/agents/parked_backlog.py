@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from paystream import metrics
 from paystream.agents.continuity import BROKER_ASK_SECONDS
 from paystream.app import app, settings
-from paystream.dlq import TopicBacklog, backlog
+from paystream.dlq import TopicBacklog, backlog, parked_topics
 from paystream.errors import ConfigurationError
 from paystream.settings import Settings
 
@@ -28,7 +28,6 @@ __all__ = [
     "FIRST_MEASURE_SECONDS",
     "as_json",
     "measure_once",
-    "parked_topics",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,15 +39,6 @@ FIRST_MEASURE_SECONDS = 5.0
 # The latest measurement (label -> backlog, and when, in epoch ms), for the dashboard;
 # None before the first and while the broker cannot be asked.
 _latest: tuple[dict[str, TopicBacklog], int] | None = None
-
-
-def parked_topics(s: Settings) -> dict[str, str]:
-    """The `topic` label (as `paystream dlq list --topic` names it) → the topic.
-
-    Not the ledger's dead-letter topic: `dlq replay` cannot re-drive it (the ledger's
-    own alerts cover it), so its count would never fall.
-    """
-    return {"retry": s.retry_topic, "dlq": s.dlq_topic}
 
 
 async def measure_once(s: Settings, *, now_ms: int | None = None) -> dict[str, TopicBacklog]:

@@ -312,8 +312,8 @@ def declared() -> Declared:
 
     from paystream import gc_pacing, metrics
     from paystream.agents import insights, pipeline
-    from paystream.agents.parked_backlog import parked_topics
     from paystream.app import settings
+    from paystream.dlq import parked_topics
     from paystream.gateways.errors import ErrorCode
     from paystream.tenancy.policy import CALL_CANCELED, CALL_ERROR
 
