@@ -1101,7 +1101,7 @@ def _dlq_topics(settings: Settings, which: str) -> list[str]:
 def dlq_list(which: str, limit: int, everything: bool) -> None:
     """List records waiting to be replayed: where, how old, whose, why."""
     settings = _settings()
-    from paystream.dlq import list_parked_and_done
+    from paystream.dlq import age_text, list_parked_and_done
 
     records, waiting, done = _run(
         list_parked_and_done(
@@ -1118,7 +1118,8 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
         # as terminal control sequences.
         click.echo(
             ("[done] " if handled and which != "ledger" else "")
-            + f"{rec.topic}[{rec.partition}]@{rec.offset} age={_age(now_ms - rec.first_seen_ms)} "
+            + f"{rec.topic}[{rec.partition}]@{rec.offset} "
+            f"age={age_text(now_ms - rec.first_seen_ms)} "
             f"tenant={_shown(rec.tenant)} reason={_shown(rec.reason)} "
             f"id={_shown(command_id)} type={_shown(command_type)}"
             + (f" detail={detail[:160]!r}" if detail else "")
@@ -1267,17 +1268,6 @@ def _iso_ms(ms: int) -> str:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
-
-
-def _age(ms: float) -> str:
-    seconds = max(0, int(ms // 1000))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 class _ReplayProgress:

@@ -35,6 +35,7 @@ __all__ = [
     "ParkedRecord",
     "ReplayResult",
     "TopicBacklog",
+    "age_text",
     "backlog",
     "list_parked",
     "parked_topics",
@@ -409,6 +410,18 @@ async def list_parked_and_done(
         return records, reader.waiting, done
     finally:
         await reader.stop()  # (consumers that failed to start too)
+
+
+def age_text(ms: float) -> str:
+    """A record's age, short: 45s, 12m, 5h, 3d."""
+    seconds = max(0, int(ms // 1000))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
 
 
 def parked_topics(settings: Settings) -> dict[str, str]:

@@ -631,7 +631,7 @@ async def check_parked_retention(settings: Settings) -> str:
 async def _waiting(settings: Settings) -> str:
     """What waits there for `paystream dlq replay` (the figure only: a backlog is the
     operators' to handle, PaystreamParkedUnreplayed, not a broken setup)."""
-    from paystream.dlq import backlog, parked_topics
+    from paystream.dlq import age_text, backlog, parked_topics
 
     topics = parked_topics(settings)
     try:
@@ -644,20 +644,9 @@ async def _waiting(settings: Settings) -> str:
         got = found[topic]
         age = ""
         if got.waiting and got.oldest_ms is not None:
-            age = f", oldest {_duration((now_ms - got.oldest_ms) / 1000)} ago"
+            age = f", oldest {age_text(now_ms - got.oldest_ms)} ago"
         said.append(f"{label} {got.waiting}{age}")
     return "waiting for a replay: " + "; ".join(said)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} days"
 
 
 async def check_record_limits(settings: Settings) -> str:

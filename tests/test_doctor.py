@@ -238,7 +238,7 @@ async def test_doctor_fails_parked_records_that_expire(stack_settings: Settings)
     finally:
         await producer.stop()
     assert (await check_parked_retention(made)).endswith(
-        "waiting for a replay: retry 1, oldest 2 h ago; dlq 0"
+        "waiting for a replay: retry 1, oldest 2h ago; dlq 0"
     )
     assert "not created yet" in await check_parked_retention(with_topics(f"{tag}.absent"))
     with pytest.raises(CheckFailed, match=rf"{tag}\.lone-dlq, {tag}\.lone-ledger-dlq not created"):
