@@ -91,7 +91,7 @@ PUBLISH_FAILURES = Counter(
 PARKED_WAITING = Gauge(
     "paystream_parked_waiting",
     "Records on the retry or dead-letter topic that no `paystream dlq replay` has replayed "
-    "or passed over yet (measured once a minute).",
+    "or passed over yet (measured every PAYSTREAM_PARKED_MEASURE_SECONDS, default 60 s).",
     ["topic"],
 )
 PARKED_OLDEST = Gauge(

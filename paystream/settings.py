@@ -349,7 +349,7 @@ class Settings(BaseSettings):
         description="PAYSTREAM_PARKED_MEASURE_SECONDS: how often each worker measures what "
         "waits on the retry and dead-letter topics for a replay (paystream_parked_waiting, "
         "paystream_parked_oldest_seconds, the dashboard's 'Waiting for a replay'); the "
-        "first time 5 s after it starts. 0 turns it off.",
+        "first time 5 s after it starts. 0 turns it off; otherwise at least 5.",
     )
     stream_buffer_maxsize: int = Field(
         default=4096,
@@ -748,6 +748,9 @@ class Settings(BaseSettings):
     def _liveness_after_readiness(self) -> Settings:
         # Restarted before it was ever reported unready, a stalled worker would leave
         # nothing for an operator to see but restarts.
+        # Each measurement is a consumer's start and a round of broker requests.
+        if 0 < self.parked_measure_seconds < 5:
+            raise ValueError("PAYSTREAM_PARKED_MEASURE_SECONDS must be 0 (off) or at least 5")
         if self.liveness_stall_seconds is not None and (
             0 < self.liveness_stall_seconds < self.stall_seconds
         ):

@@ -26,3 +26,11 @@ def test_every_ledger_failure_kind_is_exposed() -> None:
     for kind in kinds:
         value = REGISTRY.get_sample_value("paystream_ledger_write_failures_total", {"kind": kind})
         assert value is not None and value >= 0, kind
+
+
+def test_every_ledger_dead_letter_reason_is_exposed() -> None:
+    assert len(sink.DEAD_LETTER_REASONS) == 6
+    for reason in sink.DEAD_LETTER_REASONS:
+        labels = {"reason": reason}
+        value = REGISTRY.get_sample_value("paystream_ledger_dead_letters_total", labels)
+        assert value is not None and value >= 0, reason

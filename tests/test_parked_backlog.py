@@ -140,3 +140,16 @@ async def test_no_failure_of_a_measurement_ends_the_worker(
             "will retry",
         ),
     ]
+
+
+async def test_measuring_is_off_at_0_and_never_more_often_than_every_5_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from paystream.errors import ConfigurationError
+    from paystream.settings import load_settings
+
+    with pytest.raises(ConfigurationError, match="PAYSTREAM_PARKED_MEASURE_SECONDS"):
+        load_settings(parked_measure_seconds=1)
+    off = parked_backlog.settings.model_copy(update={"parked_measure_seconds": 0})
+    monkeypatch.setattr(parked_backlog, "settings", off)
+    assert parked_backlog.as_json() == {"off": True}  # the dashboard says so

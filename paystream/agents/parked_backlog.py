@@ -4,9 +4,9 @@ A parked command stays unanswered until an operator runs `paystream dlq replay`,
 past the providers' idempotency window a replay holds it back as stale. The alert on
 parking (PaystreamCommandsParked) counts parks and resolves 15 minutes later whether or
 not anyone replayed them; these gauges say what still waits. Every worker measures it
-once a minute (the replay group's committed offsets to the topics' ends, and the next
-record's timestamp), so it shows while any worker runs; PaystreamParkedUnreplayed fires
-while a command has waited over an hour.
+every PAYSTREAM_PARKED_MEASURE_SECONDS (the replay group's committed offsets to the
+topics' ends, and the next record's timestamp), so it shows while any worker runs;
+PaystreamParkedUnreplayed fires while a command has waited over an hour.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ async def measure_once(s: Settings, *, now_ms: int | None = None) -> dict[str, T
 
 def as_json(now_ms: int | None = None) -> dict[str, object] | None:
     """The latest measurement for /v1/stats: in all and by topic, ages in seconds."""
+    if settings.parked_measure_seconds <= 0:
+        return {"off": True}
     if _latest is None:
         return None
     by_label, at = _latest

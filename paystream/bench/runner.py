@@ -184,6 +184,9 @@ def _deployment(services: BenchServices, base: Path, options: BenchOptions) -> _
         "PAYSTREAM_LOG_LEVEL": os.environ.get("PAYSTREAM_LOG_LEVEL", "info"),
         # The ingress phases send under the platform token (one of this run's own).
         "PAYSTREAM_INGRESS_TOKEN": secrets.token_urlsafe(32),
+        # Not inside a measured phase: a consumer's start and a round of broker requests
+        # (the bench's parked topics are empty anyway).
+        "PAYSTREAM_PARKED_MEASURE_SECONDS": "0",
         **topics,
     }
     fields = {

@@ -258,7 +258,20 @@ class FailureKind:
     UNEXPECTED = "unexpected"  # retry: we cannot prove retrying is useless, and must not drop
 
 
+# Every reason the ledger dead-letters with (DeadLetter.reason; ledger_sink.py's too).
+DEAD_LETTER_REASONS = frozenset(
+    {
+        "invalid_event",
+        FORBIDDEN_DATA,
+        EVENT_ID_CONFLICT,
+        DATA_KEY_UNREADABLE,
+        "database_rejected",
+        "undecodable",
+    }
+)
 # Started at 0 (a series first scraped at 1 shows no increase: see pipeline.py).
+for _reason in sorted(DEAD_LETTER_REASONS):
+    DEAD_LETTERS.labels(_reason)
 for _kind in (
     FailureKind.CONNECTION,
     FailureKind.CONFIG,

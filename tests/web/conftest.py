@@ -89,7 +89,7 @@ async def seeded(deployment_factory: Any) -> AsyncIterator[Seeded]:
         Tenant(tenant_id="acme"), Tenant(tenant_id="globex", limits=globex_limits)
     )
     # The dead letter below shows as waiting for a replay at the next measurement.
-    dep.env["PAYSTREAM_PARKED_MEASURE_SECONDS"] = "1"
+    dep.env["PAYSTREAM_PARKED_MEASURE_SECONDS"] = "5"  # (the least it may be)
     worker = dep.worker()
     with worker:
         await asyncio.to_thread(

@@ -163,7 +163,7 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
         "minor_units",
     }
     assert stats["insights"] is None  # this worker does not run them
-    # Measured 5 s after the worker started, then every second here: the dead letter.
+    # Measured 5 s after the worker started, then every 5 s here: the dead letter.
     measured = await wait_for_stats(
         seeded.worker, lambda s: (s["parked_backlog"] or {}).get("waiting") == 1
     )
