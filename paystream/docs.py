@@ -1267,8 +1267,9 @@ def openapi() -> Doc:
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics.",
-                "security": _GUARDED,
+                "summary": "Prometheus metrics (a worker's; `paystream ingress` serves its "
+                "own request counts here, and with PAYSTREAM_METRICS_TOKEN set only to it).",
+                "security": [*_GUARDED, {"metricsToken": []}],
                 "responses": {
                     "200": {
                         "description": "Prometheus text exposition format",
@@ -1457,6 +1458,13 @@ def openapi() -> Doc:
                     "that tenant's commands) or the platform's PAYSTREAM_INGRESS_TOKEN (any "
                     "tenant's). Not PAYSTREAM_WEB_TOKEN: the operators' token reads data, "
                     "it does not send commands.",
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`/metrics` only: PAYSTREAM_METRICS_TOKEN, a scraper's "
+                    "token that opens nothing else. A worker's `/metrics` answers it or "
+                    "PAYSTREAM_WEB_TOKEN; the ingress's, when it is set, answers it alone.",
                 },
                 "tokenCookie": {
                     "type": "apiKey",

@@ -109,12 +109,13 @@ def url_without_password(value: str) -> str:
     return f"{scheme}://{creds}{at}{base}{question}{query}"
 
 
-def _loopback(host: str) -> bool:
-    """Is ``host`` this machine (localhost, 127.0.0.0/8, ::1)?"""
+def is_loopback(host: str) -> bool:
+    """Is ``host`` this machine (localhost, 127.0.0.0/8, ::1, [::1])? A name other than
+    localhost is not: it may resolve to any address."""
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a name, not an address
         return False
 
@@ -593,6 +594,14 @@ class Settings(BaseSettings):
         "(`paystream tenants api-key create`) send only its commands. Unset, only tenants' "
         "keys are taken.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="PAYSTREAM_METRICS_TOKEN: a scraper's token: when set, /metrics of the "
+        "workers and of `paystream ingress` answers requests bearing it (`Authorization: "
+        "Bearer <token>`); it opens nothing else. A worker's /metrics also answers "
+        "PAYSTREAM_WEB_TOKEN. Unset, the ingress's /metrics is open (to Host headers no web "
+        "page can own) and a worker's is guarded as its views are.",
+    )
     webhook_refreshes_per_second: int = Field(
         default=50,
         ge=1,
@@ -607,7 +616,8 @@ class Settings(BaseSettings):
         description="PAYSTREAM_WEB_OPEN: serve the dashboard, /v1 views and /metrics without "
         "PAYSTREAM_WEB_TOKEN on an address beyond loopback (a closed network or an "
         "authenticating proxy in front). Without it, such a worker refuses to start: the "
-        "views show customers' personal data to whoever reaches the port.",
+        "views show customers' personal data to whoever reaches the port. For `paystream "
+        "ingress` it silences the start-up warning of an open /metrics.",
     )
     db_app_password: SecretStr | None = Field(
         default=None,
@@ -660,13 +670,13 @@ class Settings(BaseSettings):
         url = urlsplit(value)
         if url.scheme == "https" and url.hostname:
             return value
-        if url.scheme == "http" and _loopback(url.hostname or ""):
+        if url.scheme == "http" and is_loopback(url.hostname or ""):
             return value
         raise ValueError(
             "PAYSTREAM_STRIPE_API_BASE must be an https:// URL (http:// only to this machine)"
         )
 
-    @field_validator("web_token", "ingress_token", mode="before")
+    @field_validator("web_token", "ingress_token", "metrics_token", mode="before")
     @classmethod
     def _web_token(cls, value: object, info: ValidationInfo) -> object:
         # An empty token would match every request while the operator believes the views

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import os
 import sys
@@ -24,7 +23,7 @@ from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
 from paystream.errors import ConfigurationError
 from paystream.gc_pacing import full_collections
-from paystream.settings import Settings, unknown_variables
+from paystream.settings import Settings, is_loopback, unknown_variables
 from paystream.streams import fast_delivery
 from paystream.tables import stale_stores
 from paystream.web import bad_requests
@@ -117,7 +116,7 @@ def refuse_open_views(settings: Settings) -> None:
     """Refuse to serve the views beyond this machine without a token, unless told to
     (review finding: the image binds 0.0.0.0, and a `docker run -p` of it answered
     customers' emails and names to anyone who reached the port)."""
-    if settings.web_token is not None or settings.web_open or _loopback(settings.web_host):
+    if settings.web_token is not None or settings.web_open or is_loopback(settings.web_host):
         return
     raise ConfigurationError(
         f"PAYSTREAM_WEB_HOST={settings.web_host} would serve the dashboard, the /v1 views "
@@ -136,15 +135,6 @@ def _last_option(args: list[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             found = arg.partition("=")[2]
     return found
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to any address
 
 
 def main(extra_args: list[str] | None = None) -> None:

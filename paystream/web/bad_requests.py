@@ -5,17 +5,25 @@ character) at ERROR with a traceback whose message quotes the offending line or 
 A browser sends every cookie of a host in one Cookie header, whatever the port: next to
 a large one of another local service, ours (the operators' token) was written to the
 log. And anyone reaching the port could write a traceback per request.
+
+The 400 answer quoted the same line back to the client, an ``Authorization`` key or the
+token cookie with it, for any proxy that records responses to keep: it says only what
+was wrong now, in JSON as the routes' own errors.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from paystream.log_limits import ThrottledLog
 
-__all__ = ["BadRequestLog", "install"]
+__all__ = ["REFUSAL", "BadRequestLog", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +45,33 @@ class BadRequestLog(logging.Filter):
         return False
 
 
+# The body of every answer to a request the parser refused, whatever it was.
+REFUSAL = json.dumps(
+    {"error": "bad_request", "message": "malformed HTTP request (a line, header or size)"}
+)
+
+
+def _without_echo(handle_error: Any) -> Any:
+    """aiohttp passes a message only for the parser's refusals (it quotes the request);
+    its 500 and 504 answers, without one, are left as they are."""
+
+    @functools.wraps(handle_error)
+    def answer(self: RequestHandler, request: Any, status: int = 500, exc: Any = None,
+               message: str | None = None) -> Any:  # fmt: skip
+        if message is None:
+            return handle_error(self, request, status, exc, message)
+        response = handle_error(self, request, status, exc, REFUSAL)
+        response.content_type = "application/json"
+        return response
+
+    answer.paystream_without_echo = True  # type: ignore[attr-defined]
+    return answer
+
+
 def install() -> None:
-    """On aiohttp's server logger, once."""
+    """On aiohttp's server logger and its request handler, once."""
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, BadRequestLog) for f in server.filters):
         server.addFilter(BadRequestLog())
+    if not getattr(RequestHandler.handle_error, "paystream_without_echo", False):
+        RequestHandler.handle_error = _without_echo(RequestHandler.handle_error)  # type: ignore[method-assign]

@@ -23,7 +23,6 @@ the command agent's limit is the exact one).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import time
@@ -69,6 +68,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import UNREGISTERED
 from paystream.tenancy.token_bucket import TokenBucket
+from paystream.web.bearer import bearer, matches
 from paystream.web.bodies import BodyTooLarge, BodyTooSlow, BodyUnreadable, ClientGone, read_body
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced
@@ -209,8 +209,8 @@ class CommandIngress:
         """(the credential, whether it is the platform token), or the refusal that needs
         no body: no key, or one no tenant holds (a made-up key costs no parsing); a
         declared length over the largest command."""
-        credential = _bearer(request)
-        platform = credential is not None and _is_platform_token(self.settings, credential)
+        credential = bearer(request.headers)
+        platform = matches(credential, self.settings.ingress_token)
         if not platform:
             key_id = None if credential is None else key_id_of(credential)
             if key_id is None:
@@ -366,22 +366,6 @@ def _invalid(message: str, **extra: Any) -> _Refused:
 
 def _unavailable(message: str) -> _Refused:
     return _Refused(503, "unavailable", "unavailable", f"{message}; retry")
-
-
-def _bearer(request: Request) -> str | None:
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    # The scheme is case-insensitive (RFC 7235).
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _is_platform_token(settings: Settings, credential: str) -> bool:
-    token = settings.ingress_token
-    if token is None:
-        return False
-    try:
-        return hmac.compare_digest(credential.encode(), token.get_secret_value().encode())
-    except UnicodeEncodeError:  # not UTF-8: not the token
-        return False
 
 
 async def _body(request: Request, limit: int) -> bytes:

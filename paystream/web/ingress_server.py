@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import Metric
 
 from paystream import metrics
 from paystream.errors import PaystreamError
-from paystream.settings import Settings
+from paystream.settings import Settings, is_loopback
 from paystream.streams import broker_compat
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import KafkaRecord
@@ -40,6 +40,7 @@ from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import UNREGISTERED
 from paystream.web import bad_requests
+from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.ingress import IDLE_READER_SECONDS, CommandIngress
 from paystream.web.outcome_waits import OutcomeWaits
@@ -251,15 +252,25 @@ class IngressServer:
         )
 
     async def _metrics(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        # As a worker without a token answers: a web page re-pointing its own domain at
-        # this port (DNS rebinding) must not read the tenants' request counts.
+        # It lists every tenant with its request counts: with PAYSTREAM_METRICS_TOKEN set,
+        # for its bearer only; without, as a worker without a token answers (a web page
+        # re-pointing its own domain at this port, DNS rebinding, must not read them).
         host = request.headers.get("Host")
         if not host_well_formed(host):
             return aiohttp.web.json_response({"error": "bad_host"}, status=400)
-        if not host_allowed(host, self.settings.web_host_names() | {self.settings.ingress_host}):
+        token = self.settings.metrics_token
+        if token is not None:
+            if not matches(bearer(request.headers), token):
+                return aiohttp.web.json_response(
+                    {"error": "unauthorized", "message": "PAYSTREAM_METRICS_TOKEN required"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="paystream"'},
+                )
+        elif not host_allowed(host, self.settings.web_host_names() | {self.settings.ingress_host}):
             return aiohttp.web.json_response({"error": "host_not_allowed"}, status=403)
         return aiohttp.web.Response(
-            body=generate_latest(_OWN_METRICS), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(_OWN_METRICS),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
         )
 
 
@@ -313,6 +324,13 @@ async def serve(settings: Settings, host: str, port: int) -> int:
         except OSError as exc:
             raise PaystreamError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
         log.info("ingress: serving POST /v1/commands on %s:%d", host, port)
+        if settings.metrics_token is None and not (settings.web_open or is_loopback(host)):
+            log.warning(
+                "ingress: /metrics lists every tenant's request counts to whoever reaches "
+                "port %d: set PAYSTREAM_METRICS_TOKEN (and scrape with it), or "
+                "PAYSTREAM_WEB_OPEN=true on a closed network",
+                port,
+            )
         stopped = asyncio.create_task(stop.wait())
         failed = asyncio.create_task(server.failed.wait())
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +32,7 @@ from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables import observed
 from paystream.tables.views import SummaryCache, entity_view
+from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.liveness import LivenessWatch
 
@@ -58,16 +58,20 @@ def _bears_token(request: Request) -> bool:
     """Does the request carry the operators' token (if one is configured)?"""
     if settings.web_token is None:
         return True
-    expected = settings.web_token.get_secret_value().encode()
-    auth = request.headers.get("Authorization", "")
-    scheme, _, credentials = auth.partition(" ")
-    # The scheme is case-insensitive (RFC 7235).
-    bearer = scheme.lower() == "bearer"
-    given = credentials.strip() if bearer else request.cookies.get(TOKEN_COOKIE, "")
-    try:
-        return hmac.compare_digest(given.encode(), expected)
-    except UnicodeEncodeError:  # raw bytes that are not UTF-8: not the token
-        return False
+    given = bearer(request.headers)
+    if given is None:  # a browser: the cookie opening /?token= gave it
+        given = request.cookies.get(TOKEN_COOKIE)
+    return matches(given, settings.web_token)
+
+
+def _may_scrape(request: Request) -> bool:
+    """/metrics: PAYSTREAM_METRICS_TOKEN (a scraper's, which opens nothing else) or the
+    operators' token; open as the views are when neither is configured."""
+    if settings.metrics_token is None:
+        return _bears_token(request)
+    if matches(bearer(request.headers), settings.metrics_token):
+        return True
+    return settings.web_token is not None and _bears_token(request)
 
 
 @functools.cache
@@ -113,27 +117,36 @@ def _over_https(request: Request) -> bool:
     )
 
 
-def _operators_only(fun: _Handler) -> _Handler:
-    """Entity lookups carry customers' personal data: with PAYSTREAM_WEB_TOKEN set, only
-    requests bearing it are answered (a lookup forwarded to the tenant's owner carries the
-    caller's headers, so the owner checks the same token)."""
+def _guarded(may: Callable[[Request], bool], needed: str) -> Callable[[_Handler], _Handler]:
+    """Answers only requests ``may`` lets through (401 naming what is ``needed``), under a
+    Host header it answers (_refused_host), with nothing a cache may keep."""
 
-    @functools.wraps(fun)
-    async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
-        if (refused := _refused_host(view, request)) is not None:
-            return refused
-        if not _bears_token(request):
-            return view.json(
-                {"error": "unauthorized", "message": "PAYSTREAM_WEB_TOKEN required"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="paystream"'},
-            )
-        response = await fun(view, request, *args, **kwargs)
-        # Personal data and the fleet's figures: no proxy or browser cache keeps a copy.
-        response.headers["Cache-Control"] = "no-store"
-        return _hardened(response, _DATA_POLICY)
+    def guard(fun: _Handler) -> _Handler:
+        @functools.wraps(fun)
+        async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+            if (refused := _refused_host(view, request)) is not None:
+                return refused
+            if not may(request):
+                return view.json(
+                    {"error": "unauthorized", "message": f"{needed} required"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="paystream"'},
+                )
+            response = await fun(view, request, *args, **kwargs)
+            # Personal data and the fleet's figures: no proxy or browser cache keeps a copy.
+            response.headers["Cache-Control"] = "no-store"
+            return _hardened(response, _DATA_POLICY)
 
-    return answer
+        return answer
+
+    return guard
+
+
+# Entity lookups carry customers' personal data: with PAYSTREAM_WEB_TOKEN set, only
+# requests bearing it are answered (a lookup forwarded to the tenant's owner carries the
+# caller's headers, so the owner checks the same token).
+_operators_only = _guarded(_bears_token, "PAYSTREAM_WEB_TOKEN")
+_scrapers_too = _guarded(_may_scrape, "PAYSTREAM_METRICS_TOKEN or PAYSTREAM_WEB_TOKEN")
 
 
 # Data (JSON, metrics) is never a page: nothing in it may run, load or be framed.
@@ -182,9 +195,7 @@ class DashboardView(View):
         if token is not None and settings.web_token is not None:
             # A browser opens /?token=...: it gets the token as a cookie its polls send,
             # and the address bar (and history) loses it.
-            valid = hmac.compare_digest(
-                token.encode(), settings.web_token.get_secret_value().encode()
-            )
+            valid = matches(token, settings.web_token)
             found = aiohttp.web.Response(status=303, headers={"Location": "/"})
             if valid:
                 found.set_cookie(
@@ -211,7 +222,7 @@ class DashboardView(View):
 
 @app.page("/metrics")
 class MetricsView(View):
-    @_operators_only
+    @_scrapers_too
     async def get(self, request: Request) -> Response:
         return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -250,8 +250,8 @@ def test_secrets_come_from_the_secret_never_from_values() -> None:
                 ):
                     keys[optional] = optional
             secret_env = {k for k, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
-            # (the web and ingress tokens: checked apart)
-            web = {"PAYSTREAM_WEB_TOKEN", "PAYSTREAM_INGRESS_TOKEN"}
+            # (the web, ingress and scrape tokens: checked apart)
+            web = {"PAYSTREAM_WEB_TOKEN", "PAYSTREAM_INGRESS_TOKEN", "PAYSTREAM_METRICS_TOKEN"}
             assert secret_env - web == keys.keys(), c["name"]
             for var, key in keys.items():
                 ref = env[var]["valueFrom"]["secretKeyRef"]
@@ -387,8 +387,12 @@ def test_monitoring_scrapes_with_the_token_and_ships_the_rules_and_dashboard() -
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     creds = endpoint["authorization"]["credentials"]
-    # a Secret of its own: monitoring need not read the one holding the master key
-    assert (creds["name"], creds["key"]) == ("scrape-token", "PAYSTREAM_WEB_TOKEN")
+    # a Secret of its own: monitoring need not read the one holding the master key, and
+    # a token of its own that opens /metrics alone (not the views' personal data)
+    assert (creds["name"], creds["key"]) == ("scrape-token", "PAYSTREAM_METRICS_TOKEN")
+    [worker] = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    [read] = [e for e in worker["env"] if e["name"] == "PAYSTREAM_METRICS_TOKEN"]
+    assert read["valueFrom"]["secretKeyRef"]["optional"] is True
     # The alert rules select job="paystream": the job label the ServiceMonitor gives.
     assert service["metadata"]["labels"][monitor["jobLabel"]] == "paystream"
     rules = yaml.safe_load((CHART / "files/prometheus/alerts.yml").read_text())
@@ -418,7 +422,19 @@ def test_monitoring_scrapes_the_commands_server_as_its_own_job() -> None:
     [endpoint] = monitors["pay-paystream-commands"]["endpoints"]
     [commands] = [d for d in services if d["metadata"]["name"] == "pay-paystream-commands"]
     assert endpoint["port"] in {p["name"] for p in commands["spec"]["ports"]}
-    assert endpoint["path"] == "/metrics" and "authorization" not in endpoint
+    assert endpoint["path"] == "/metrics"
+    # Its request counts name every tenant: scraped with the workers' scrape token, which
+    # it reads (optionally) from the Secret, as it reads nothing else of a worker's.
+    [workers_endpoint] = monitors["pay-paystream"]["endpoints"]
+    assert endpoint["authorization"] == workers_endpoint["authorization"]
+    [server] = by_kind(docs, "Deployment")
+    [container] = server["spec"]["template"]["spec"]["containers"]
+    read = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+    assert read["PAYSTREAM_METRICS_TOKEN"]["optional"] is True
     # The job its alert rules select, not the workers' (their up checks would count it).
     assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "paystream-ingress"}]
     rules = yaml.safe_load((CHART / "files/prometheus/alerts.yml").read_text())
@@ -774,7 +790,11 @@ def test_the_commands_server_runs_the_ingress_alone_with_no_secret_but_its_token
     assert env["PAYSTREAM_INGRESS_HOST"]["value"] == "0.0.0.0"
     assert env["PAYSTREAM_INGRESS_PORT"]["value"] == "6070"
     secrets = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
-    assert secrets == {"PAYSTREAM_INGRESS_TOKEN", "PAYSTREAM_KAFKA_SASL_PASSWORD"}
+    assert secrets == {
+        "PAYSTREAM_INGRESS_TOKEN",
+        "PAYSTREAM_METRICS_TOKEN",  # (its /metrics, with every tenant's request counts)
+        "PAYSTREAM_KAFKA_SASL_PASSWORD",
+    }
     assert all(env[n]["valueFrom"]["secretKeyRef"]["optional"] for n in secrets)
     assert not {"DATABASE_URL", "REDIS_URL", "PAYSTREAM_MASTER_KEY"} & env.keys()
     [port] = c["ports"]

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 TOKEN = "operators-only-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+SCRAPE_TOKEN = "prometheus-only-token"
 
 
 def _get(
@@ -78,6 +79,13 @@ def _check_the_token_guards_the_views(base_url: str, lookup: str) -> None:
     assert _status(base_url, "/v1/stats", {"Authorization": f"bearer {TOKEN}"})[0] == 200
     assert _raw_status(base_url, "/v1/stats", b"Authorization: Bearer \xff\xfe") == 401
     assert _raw_status(base_url, "/v1/stats", b"Cookie: paystream_token=\xff\xfe") == 401
+    # PAYSTREAM_METRICS_TOKEN, a scraper's, opens /metrics and nothing else; the operators'
+    # token opens /metrics too.
+    scraper = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
+    assert _status(base_url, "/metrics", scraper)[0] == 200
+    assert _status(base_url, "/metrics", BEARER)[0] == 200
+    for path in ("/v1/stats", lookup, "/"):
+        assert _status(base_url, path, scraper)[0] == 401, path
     # Faust's router pages (every worker, topic and partition) are not served.
     for path in ("/router/", "/router/topics", "/router/nope/"):
         assert _status(base_url, path, BEARER)[0] == 404, path
@@ -99,7 +107,9 @@ def _raw_status(base_url: str, path: str, header: bytes) -> int:
 
 async def test_every_worker_answers_for_every_tenant(deployment_factory: Any) -> None:
     # With a web token: a lookup forwarded to the owner carries the caller's header.
-    dep: Deployment = await deployment_factory(PAYSTREAM_WEB_TOKEN=TOKEN)
+    dep: Deployment = await deployment_factory(
+        PAYSTREAM_WEB_TOKEN=TOKEN, PAYSTREAM_METRICS_TOKEN=SCRAPE_TOKEN
+    )
     tenants = [f"fleetview-{i}" for i in range(8)]  # on every partition
     await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
     first, second = dep.worker("w1").start(), dep.worker("w2").start()

@@ -55,6 +55,7 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         "KAFKA_BROKER_URL": f"127.0.0.1:{free_port()}",  # nothing listens there
         "PAYSTREAM_INGRESS_TOKEN": TOKEN,
         "PAYSTREAM_APP_ID": f"ingress-{uuid.uuid4().hex[:8]}",
+        "PAYSTREAM_INGRESS_HOST": "0.0.0.0",  # (beyond loopback: /metrics is warned of)
     }
     ingress = IngressProcess(env, tmp_path / "ingress.log", free_port())
     with ingress:
@@ -115,6 +116,56 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         assert ingress.proc.wait(timeout=20) == 0
     log = ingress.log_path.read_text(errors="replace")
     assert TOKEN not in log and "Traceback" not in log
+    assert "set PAYSTREAM_METRICS_TOKEN" in log  # its /metrics open beyond loopback
+
+
+def _metrics_status(base_url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{base_url}/metrics", headers=headers), timeout=5
+        ) as resp:
+            assert "paystream_ingress_requests_total" in resp.read().decode()
+            assert resp.headers["Cache-Control"] == "no-store"
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        assert TOKEN not in err.read().decode()
+        return err.code
+
+
+def test_with_a_metrics_token_its_metrics_answer_that_alone(tmp_path: Path) -> None:
+    """Its /metrics names every tenant with its request counts: with
+    PAYSTREAM_METRICS_TOKEN set, only a scraper bearing it reads them (security review
+    finding: it was open to whoever reached the port)."""
+    scrape = f"scrape-{uuid.uuid4().hex}"
+    env = {
+        "KAFKA_BROKER_URL": f"127.0.0.1:{free_port()}",  # (none needed to answer this)
+        "PAYSTREAM_INGRESS_TOKEN": TOKEN,
+        "PAYSTREAM_METRICS_TOKEN": scrape,
+        "PAYSTREAM_APP_ID": f"ingress-{uuid.uuid4().hex[:8]}",
+        "PAYSTREAM_INGRESS_HOST": "0.0.0.0",
+    }
+    ingress = IngressProcess(env, tmp_path / "ingress.log", free_port())
+    with ingress:
+        from paystream.devstack._process import wait_until
+
+        def answering() -> bool:
+            try:
+                _get(f"{ingress.base_url}/healthz")
+                return True
+            except OSError:
+                return False
+
+        wait_until(answering, timeout=30, what="ingress web port", interval=0.05)
+        assert _metrics_status(ingress.base_url, {}) == 401
+        assert _metrics_status(ingress.base_url, {"Authorization": f"Bearer {TOKEN}"}) == 401
+        assert _metrics_status(ingress.base_url, {"Authorization": "Bearer wrong"}) == 401
+        assert _metrics_status(ingress.base_url, {"Authorization": f"bearer {scrape}"}) == 200
+        # The token, not the Host header, decides now (a cookie-less bearer is no
+        # rebinding risk).
+        named = {"Authorization": f"Bearer {scrape}", "Host": "metrics.example.com"}
+        assert _metrics_status(ingress.base_url, named) == 200
+    log = ingress.log_path.read_text(errors="replace")
+    assert scrape not in log and "set PAYSTREAM_METRICS_TOKEN" not in log
 
 
 async def test_a_background_part_that_dies_fails_the_process() -> None:
