@@ -527,6 +527,12 @@ def tenants_add(
     _run(put_tenant_unless_changed(settings, known, tenant))
     if known is not None:
         click.echo(f"updated {tenant_id} (status {tenant.status.value})", err=True)
+    else:  # (stderr: stdout stays the record alone, for scripts)
+        click.echo(
+            f"registered {tenant_id} ({tenant.gateway} gateway, status "
+            f"{tenant.status.value}); workers take its commands once they read the registry",
+            err=True,
+        )
     click.echo(json.dumps(tenant.redacted(), sort_keys=True))
 
 
@@ -674,6 +680,11 @@ def tenants_api_key_list(tenant_id: str) -> None:
     for key_id, kept in sorted(known.ingress_keys.items(), key=lambda kv: kv[1].created_at):
         shown = {"id": key_id, "label": kept.label, "created_at": kept.created_at.isoformat()}
         click.echo(json.dumps(shown, sort_keys=True))
+    if not known.ingress_keys:  # (stderr: stdout, one key a line, stays empty)
+        click.echo(
+            f"{tenant_id} has no keys: `paystream tenants api-key create {tenant_id}` makes one",
+            err=True,
+        )
 
 
 @tenants_api_key.command("revoke")
@@ -1103,10 +1114,9 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
     settings = _settings()
     from paystream.dlq import age_text, list_parked_and_done
 
+    topics = _dlq_topics(settings, which)
     records, waiting, done = _run(
-        list_parked_and_done(
-            settings, _dlq_topics(settings, which), limit=limit, everything=everything
-        )
+        list_parked_and_done(settings, topics, limit=limit, everything=everything)
     )
     now_ms = time.time() * 1000
     for rec in records:
@@ -1149,7 +1159,7 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
                 else ""
             )
         )
-    kind = "record(s) in the topic" if everything else "record(s) waiting"
+    kind = f"record(s) in {' and '.join(topics)}" if everything else "record(s) waiting"
     if len(records) < waiting:
         click.echo(f"showing {len(records)} of {waiting} {kind} (--limit for more)", err=True)
     else:
@@ -1869,9 +1879,30 @@ async def _demo(
 ) -> None:
     """Demo flows until ``duration``; with ``gone``, stop when it says why (the worker or
     a server of the stack died); with ``http_base`` (a worker's URL) and an ingress
-    token, a share of the flows go over the HTTP ingress."""
+    token, a share of the flows go over the HTTP ingress. Ends with what came of them,
+    after a stop (Ctrl-C) too."""
+    from paystream.demo import demo_summary
+
+    seen: Counter[str] = Counter()
+    started = time.monotonic()
+    try:
+        await _demo_flows(settings, rate, duration, seen, gone, http_base)
+    except asyncio.CancelledError:  # stopped: what it did so far
+        click.echo("\n" + demo_summary("demo stopped", seen, time.monotonic() - started))
+        raise
+    click.echo(demo_summary("demo done", seen, time.monotonic() - started))
+
+
+async def _demo_flows(
+    settings: Settings,
+    rate: float,
+    duration: float | None,
+    seen: Counter[str],
+    gone: Callable[[], str | None] | None,
+    http_base: str | None,
+) -> None:
     from paystream.client import PaystreamClient
-    from paystream.demo import run_demo
+    from paystream.demo import demo_progress, run_demo
     from paystream.http_client import IngressClient
 
     why: str | None = None
@@ -1883,9 +1914,9 @@ async def _demo(
 
     def progress(seen: Counter[str], elapsed: float) -> None:
         total = sum(seen.values())
-        top = ", ".join(f"{k}={v}" for k, v in seen.most_common(6))
         click.echo(
-            f"[{elapsed:6.0f}s] outcomes {total} ({total / max(elapsed, 1e-9):.1f}/s): {top}"
+            f"[{elapsed:6.0f}s] outcomes {total} ({total / max(elapsed, 1e-9):.1f}/s): "
+            f"{demo_progress(seen)}"
         )
 
     token = settings.ingress_token
@@ -1908,6 +1939,7 @@ async def _demo(
                 on_progress=progress,
                 authenticate=authenticate,
                 http=http,
+                seen=seen,
             )
         )
         watcher = asyncio.ensure_future(watch_worker())
@@ -1922,8 +1954,6 @@ async def _demo(
             await asyncio.gather(demo, watcher, return_exceptions=True)
         if died:  # the worker died: its commands would only time out
             raise click.ClickException(why or "the stack went down")
-        seen = demo.result()
-    click.echo(f"demo done: {sum(seen.values())} outcomes: {dict(seen)}")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from typing import Any
 from paystream.client import OutcomeTimeout, PaystreamClient, build_command
 from paystream.http_client import Accepted, IngressClient
 
-__all__ = ["DEMO_TOKENS", "run_demo"]
+__all__ = ["DEMO_TOKENS", "demo_progress", "demo_summary", "run_demo"]
 
 # Simulator tokens with Stripe's test-card semantics, weighted toward success.
 DEMO_TOKENS = [
@@ -126,12 +126,14 @@ async def run_demo(
     seed: int = 7,
     authenticate: Authenticate | None = None,
     http: IngressClient | None = None,
+    seen: Counter[str] | None = None,
 ) -> Counter[str]:
     """Start ``rate`` flows per second until cancelled (or ``duration`` seconds);
     ``authenticate`` plays the customers' 3-D Secure steps (none without it); ``http``
-    takes a share of the flows (HTTP_SHARE) through the HTTP ingress."""
+    takes a share of the flows (HTTP_SHARE) through the HTTP ingress. Outcomes are
+    counted by type into ``seen`` as they come (the caller's, to report after a stop)."""
     rng = random.Random(seed)
-    seen: Counter[str] = Counter()
+    seen = Counter() if seen is None else seen
     tasks: set[asyncio.Task[None]] = set()
     started = time.monotonic()
     next_report = started + 2
@@ -160,3 +162,31 @@ def _count_timeouts(task: asyncio.Task[None], seen: Counter[str]) -> None:
         seen["timeout"] += 1
     elif exc is not None:
         seen[f"error:{type(exc).__name__}"] += 1
+
+
+def _trouble(kind: str) -> bool:
+    """An outcome kind saying something went wrong: always named on the progress line."""
+    return kind.endswith(("failed", ".rejected")) or kind.startswith(("timeout", "error:"))
+
+
+def demo_progress(seen: Counter[str], shown: int = 6) -> str:
+    """The most common outcome kinds, any sign of trouble among the rest too, and how
+    many others: one line every two seconds."""
+    common = seen.most_common()
+    named = [(k, v) for i, (k, v) in enumerate(common) if i < shown or _trouble(k)]
+    rest = [v for k, v in common if (k, v) not in named]
+    text = ", ".join(f"{k}={v}" for k, v in named)
+    if rest:
+        text += f", {len(rest)} other kind{'s' if len(rest) > 1 else ''}={sum(rest)}"
+    return text
+
+
+def demo_summary(title: str, seen: Counter[str], elapsed: float) -> str:
+    """What came of the demo's commands: every outcome kind with its count."""
+    total = sum(seen.values())
+    head = f"{title}: {total} outcome{'s' if total != 1 else ''} in {elapsed:.0f} s"
+    if not total:
+        return head
+    width = max(map(len, seen))
+    lines = [f"  {kind:<{width}}  {count:>7,}" for kind, count in seen.most_common()]
+    return "\n".join([f"{head} ({total / max(elapsed, 1e-9):.1f}/s):", *lines])

@@ -1119,6 +1119,11 @@ def _view_schemas() -> Doc:
                 "amount": _nullable(_INT),
                 "currency": _nullable(_STR),
                 "reason": _nullable(_STR),
+                "resent": {
+                    "type": "boolean",
+                    "description": "a repeated command's stored outcome, sent again (the "
+                    "same event; no new effect)",
+                },
             },
             "One recent outcome; `reason`: the rejection reason or the provider error code.",
         ),

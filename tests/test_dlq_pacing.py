@@ -269,3 +269,6 @@ async def test_list_all_marks_what_replays_did(deployment_factory: Any) -> None:
     [c1] = [line for line in listed.stdout.splitlines() if "id=c1" in line]
     [c2] = [line for line in listed.stdout.splitlines() if "id=c2" in line]
     assert c1.startswith("[done] ") and not c2.startswith("[done]"), listed.stdout
+    assert f"2 record(s) in {s.retry_topic}" in listed.stderr
+    both = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--all")  # (--topic all)
+    assert f"record(s) in {s.dlq_topic} and {s.retry_topic}" in both.stderr

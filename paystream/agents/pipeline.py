@@ -1624,6 +1624,10 @@ class CommandProcessor:
             )
         original = CommandRef(**{**cmd.__dict__, **first})
         replayed = self._outcome(original, existing.outcome)
+        # The dashboard's row says so: the same event again, not a second effect.
+        replayed = _emit(
+            replayed.topic, replayed.record, {**(replayed.summary or {}), "resent": True}
+        )
         if existing.command_id != cmd.command_id:
             replayed = _with_header(replayed, ANSWERS_HEADER, cmd.command_id.encode())
         return [replayed]
@@ -2319,6 +2323,7 @@ class CommandProcessor:
             else obj.get("amount"),
             "currency": obj.get("currency"),
             "reason": stored.data.get("reason") or (stored.data.get("error") or {}).get("code"),
+            "resent": False,
         }
         return _emit(self.settings.events_topic, record, summary)
 

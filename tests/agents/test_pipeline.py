@@ -387,6 +387,10 @@ async def test_redelivery_replays_the_stored_outcome_without_a_second_effect(
     assert first is not None and second is not None
     assert emits1[0].record == emits2[0].record  # byte-identical
     assert first.get_id() == outcome_id(t, cmd.get_id(), "payment.succeeded")
+    # The dashboard's row says it was sent again (it showed a second identical row).
+    assert emits1[0].summary is not None and emits2[0].summary is not None
+    assert (emits1[0].summary["resent"], emits2[0].summary["resent"]) == (False, True)
+    assert {**emits2[0].summary, "resent": False} == emits1[0].summary
     charges = [e for e in await _effects(harness, t) if e.kind in ("charge", "capture")]
     assert len(charges) == 1
 

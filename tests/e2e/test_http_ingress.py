@@ -367,7 +367,11 @@ async def test_a_header_given_twice_is_refused(deployed: tuple[Deployment, str])
 async def test_a_key_made_by_the_cli_sends_until_revoked(deployed: tuple[Deployment, str]) -> None:
     """`paystream tenants api-key create|list|revoke`, as an operator runs them."""
     dep, url = deployed
-    run_cli(dep, "tenants", "add", "newco")
+    added = run_cli(dep, "tenants", "add", "newco")
+    assert "registered newco (simulator gateway, status active)" in added.stderr
+    assert json.loads(added.stdout)["tenant_id"] == "newco"  # (stdout: the record alone)
+    none = run_cli(dep, "tenants", "api-key", "list", "newco")
+    assert none.stdout == "" and "newco has no keys" in none.stderr
     made = run_cli(dep, "tenants", "api-key", "create", "newco", "--label", "billing")
     key = made.stdout.strip()
     assert key.startswith("psk_") and "shown only now" in made.stderr

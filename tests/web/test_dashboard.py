@@ -208,6 +208,26 @@ async def test_time_column_shows_any_command_time_in_utc(page: Page, seeded: See
         assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", cell), cell
 
 
+async def test_a_resent_answer_is_marked_not_shown_as_a_second_outcome(
+    page: Page, seeded: Seeded, js_errors: list[str]
+) -> None:
+    """A command sent twice gets its stored outcome again: the same event, no new effect.
+    Its row said nothing of that, a second identical row (new-user review)."""
+    cmd = build_command("customer.create", "globex", {})
+    async with seeded.deployment.client() as client:
+        first = await client.send(cmd)
+        again = await client.send(cmd)
+    assert again.get_id() == first.get_id()
+    entity = first.get_data()["entity_id"]  # type: ignore[index]
+    await open_dashboard(page, seeded)
+    rows = page.locator("#recent tbody tr").filter(has_text=entity)
+    await expect(rows).to_have_count(2, timeout=WAIT)
+    outcomes = rows.locator("td:nth-child(4)")
+    await expect(outcomes.nth(0)).to_have_text("customer.created (resent)")  # (newest first)
+    await expect(outcomes.nth(1)).to_have_text("customer.created")
+    assert js_errors == []
+
+
 async def test_a_hung_worker_is_not_shown_as_live(page: Page, seeded: Seeded) -> None:
     await open_dashboard(page, seeded)
     assert seeded.worker.proc is not None

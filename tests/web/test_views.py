@@ -198,6 +198,7 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
             "amount",
             "currency",
             "reason",
+            "resent",
         }
     by_reason = {e["reason"]: e for e in act["recent"] if e["reason"]}
     assert set(by_reason) == {"card_declined", "card_data_forbidden", "unknown_tenant"}
@@ -210,6 +211,7 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
         "amount": 2500,
         "currency": "USD",
         "reason": None,
+        "resent": False,
     }
 
     # Only registered tenants, and nothing of theirs but status, gateway and limits.
