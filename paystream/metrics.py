@@ -94,6 +94,12 @@ PARKED_WAITING = Gauge(
     "or passed over yet (measured every PAYSTREAM_PARKED_MEASURE_SECONDS, default 60 s).",
     ["topic"],
 )
+PARKED_MEASURED_AT = Gauge(
+    "paystream_parked_measured_at_seconds",
+    "Unix time of this worker's latest measurement of the parked backlog that succeeded "
+    "(until one has, when it began measuring; 0: measuring is off, "
+    "PAYSTREAM_PARKED_MEASURE_SECONDS=0).",
+)
 PARKED_OLDEST = Gauge(
     "paystream_parked_oldest_seconds",
     "Age of the oldest record waiting for a replay on the retry or dead-letter topic "

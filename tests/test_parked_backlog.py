@@ -65,13 +65,17 @@ async def test_counts_what_waits_per_topic_and_the_oldest_ones_age(
 
 async def test_a_broker_that_cannot_be_asked_clears_the_figures(deployment_factory: Any) -> None:
     dep = await deployment_factory()
-    await measure_once(dep.settings)
+    await measure_once(dep.settings, now_ms=1_800_000_000_000)
     assert _gauge("paystream_parked_waiting", "dlq") == 0
+    measured_at = "paystream_parked_measured_at_seconds"
+    assert REGISTRY.get_sample_value(measured_at) == 1_800_000_000
     gone = dep.settings.model_copy(update={"kafka_broker_url": "kafka://127.0.0.1:9"})
     with pytest.raises((KafkaError, OSError)):
         await measure_once(gone)
     assert _gauge("paystream_parked_waiting", "dlq") is None
     assert _gauge("paystream_parked_oldest_seconds", "retry") is None
+    # When it last succeeded stands (PaystreamParkedUnmeasured reads it).
+    assert REGISTRY.get_sample_value(measured_at) == 1_800_000_000
 
 
 async def test_the_dashboards_figures_follow_the_latest_measurement(
@@ -124,12 +128,15 @@ async def test_no_failure_of_a_measurement_ends_the_worker(
     monkeypatch.setattr(parked_backlog, "FIRST_MEASURE_SECONDS", 0.0)
     quick = parked_backlog.settings.model_copy(update={"parked_measure_seconds": 0.001})
     monkeypatch.setattr(parked_backlog, "settings", quick)
+    began = time.time()
     with (
         caplog.at_level(logging.INFO, logger=parked_backlog.__name__),
         pytest.raises(asyncio.CancelledError),
     ):
         await parked_backlog.measure_parked_backlog()
     assert calls == 5
+    # Measuring began: a worker that never succeeds is seen (PaystreamParkedUnmeasured).
+    assert REGISTRY.get_sample_value("paystream_parked_measured_at_seconds") >= began
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert said == [
         ("ERROR", "measuring the parked backlog failed; will retry"),

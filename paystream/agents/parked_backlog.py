@@ -54,6 +54,7 @@ async def measure_once(s: Settings, *, now_ms: int | None = None) -> dict[str, T
         raise
     now = int(time.time() * 1000) if now_ms is None else now_ms
     _latest = ({label: found[topic] for label, topic in topics.items()}, now)
+    metrics.PARKED_MEASURED_AT.set(now / 1000)
     for label, topic in topics.items():
         got = found[topic]
         metrics.PARKED_WAITING.labels(label).set(got.waiting)
@@ -91,6 +92,9 @@ async def measure_parked_backlog() -> None:
     """Runs for the worker's life (unless PAYSTREAM_PARKED_MEASURE_SECONDS is 0)."""
     if settings.parked_measure_seconds <= 0:
         return
+    # From now on a worker that cannot measure is seen (PaystreamParkedUnmeasured): its
+    # gauges are gone then, and an alert on a missing figure would stay silent.
+    metrics.PARKED_MEASURED_AT.set_to_current_time()
     await asyncio.sleep(FIRST_MEASURE_SECONDS)
     failing = False
     while True:
