@@ -1887,7 +1887,7 @@ async def _demo(
     started = time.monotonic()
     try:
         await _demo_flows(settings, rate, duration, seen, gone, http_base)
-    except asyncio.CancelledError:  # stopped: what it did so far
+    except (asyncio.CancelledError, click.ClickException):  # stopped, or the stack died
         click.echo("\n" + demo_summary("demo stopped", seen, time.monotonic() - started))
         raise
     click.echo(demo_summary("demo done", seen, time.monotonic() - started))
@@ -1954,6 +1954,7 @@ async def _demo_flows(
             await asyncio.gather(demo, watcher, return_exceptions=True)
         if died:  # the worker died: its commands would only time out
             raise click.ClickException(why or "the stack went down")
+        demo.result()  # (its own failure, raised: not "demo done")
 
 
 @cli.command()

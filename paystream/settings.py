@@ -347,10 +347,12 @@ class Settings(BaseSettings):
     parked_measure_seconds: float = Field(
         default=60.0,
         ge=0,
+        le=900,
         description="PAYSTREAM_PARKED_MEASURE_SECONDS: how often each worker measures what "
         "waits on the retry and dead-letter topics for a replay (paystream_parked_waiting, "
         "paystream_parked_oldest_seconds, the dashboard's 'Waiting for a replay'); the "
-        "first time 5 s after it starts. 0 turns it off; otherwise at least 5.",
+        "first time 5 s after it starts. 0 turns it off; otherwise at least 5 and at most "
+        "900 (PaystreamParkedUnmeasured fires after 30 minutes without a measurement).",
     )
     stream_buffer_maxsize: int = Field(
         default=4096,

@@ -1602,7 +1602,8 @@ class CommandProcessor:
                 "tracestate": existing.tracestate,
             },
         )
-        if cmd.source is not None and existing.source == list(cmd.source):
+        redelivered = cmd.source is not None and existing.source == list(cmd.source)
+        if redelivered:
             # This very record, redelivered after a crash: what it wrote may be in the
             # local store (RocksDB writes on set) but never reached the changelog.
             self._rewrite(self.idempotency, f"{cmd.tenant_id}:{cmd.idempotency_key}")
@@ -1624,10 +1625,12 @@ class CommandProcessor:
             )
         original = CommandRef(**{**cmd.__dict__, **first})
         replayed = self._outcome(original, existing.outcome)
-        # The dashboard's row says so: the same event again, not a second effect.
-        replayed = _emit(
-            replayed.topic, replayed.record, {**(replayed.summary or {}), "resent": True}
-        )
+        if not redelivered:
+            # A repeated command: the dashboard's row says it is the same event again,
+            # not a second effect. (A record redelivered after a crash is not marked: its
+            # first answer may never have left the worker that crashed.)
+            summary = {**(replayed.summary or {}), "resent": True}
+            replayed = _emit(replayed.topic, replayed.record, summary)
         if existing.command_id != cmd.command_id:
             replayed = _with_header(replayed, ANSWERS_HEADER, cmd.command_id.encode())
         return [replayed]

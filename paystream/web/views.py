@@ -58,10 +58,11 @@ def _bears_token(request: Request) -> bool:
     """Does the request carry the operators' token (if one is configured)?"""
     if settings.web_token is None:
         return True
-    given = bearer(request.headers)
-    if given is None:  # a browser: the cookie opening /?token= gave it
-        given = request.cookies.get(TOKEN_COOKIE)
-    return matches(given, settings.web_token)
+    scheme = request.headers.get("Authorization", "").partition(" ")[0]
+    if scheme.lower() == "bearer":  # (an empty one too: no fallback to the cookie)
+        return matches(bearer(request.headers), settings.web_token)
+    # A browser: the cookie opening /?token= gave it.
+    return matches(request.cookies.get(TOKEN_COOKIE), settings.web_token)
 
 
 def _may_scrape(request: Request) -> bool:

@@ -387,9 +387,9 @@ def test_monitoring_scrapes_with_the_token_and_ships_the_rules_and_dashboard() -
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     creds = endpoint["authorization"]["credentials"]
-    # a Secret of its own: monitoring need not read the one holding the master key, and
-    # a token of its own that opens /metrics alone (not the views' personal data)
-    assert (creds["name"], creds["key"]) == ("scrape-token", "PAYSTREAM_METRICS_TOKEN")
+    # a Secret of its own: monitoring need not read the one holding the master key (the
+    # key as before PAYSTREAM_METRICS_TOKEN: an upgrade keeps scraping)
+    assert (creds["name"], creds["key"]) == ("scrape-token", "PAYSTREAM_WEB_TOKEN")
     [worker] = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"]
     [read] = [e for e in worker["env"] if e["name"] == "PAYSTREAM_METRICS_TOKEN"]
     assert read["valueFrom"]["secretKeyRef"]["optional"] is True
@@ -423,10 +423,28 @@ def test_monitoring_scrapes_the_commands_server_as_its_own_job() -> None:
     [commands] = [d for d in services if d["metadata"]["name"] == "pay-paystream-commands"]
     assert endpoint["port"] in {p["name"] for p in commands["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
-    # Its request counts name every tenant: scraped with the workers' scrape token, which
-    # it reads (optionally) from the Secret, as it reads nothing else of a worker's.
-    [workers_endpoint] = monitors["pay-paystream"]["endpoints"]
-    assert endpoint["authorization"] == workers_endpoint["authorization"]
+    # Without a token unless asked (an upgrade whose Secret lacks one keeps scraping);
+    # asked, with the workers' scrape token, PAYSTREAM_METRICS_TOKEN, which it reads
+    # (optionally) from the Secret, as it reads nothing else of a worker's.
+    assert "authorization" not in endpoint
+    scraper = {"tokenSecret": {"name": "scrape-token", "key": "PAYSTREAM_METRICS_TOKEN"}}
+    bearing = render(
+        _merge(
+            MONITORING,
+            {
+                "commands": {"server": {"enabled": True}},
+                "metrics": {"serviceMonitor": {**scraper, "commandsWithToken": True}},
+            },
+        )
+    )
+    both = {d["metadata"]["name"]: d["spec"] for d in by_kind(bearing, "ServiceMonitor")}
+    [workers_endpoint] = both["pay-paystream"]["endpoints"]
+    [commands_endpoint] = both["pay-paystream-commands"]["endpoints"]
+    assert commands_endpoint["authorization"] == workers_endpoint["authorization"]
+    assert workers_endpoint["authorization"]["credentials"] == {
+        "name": "scrape-token",
+        "key": "PAYSTREAM_METRICS_TOKEN",
+    }
     [server] = by_kind(docs, "Deployment")
     [container] = server["spec"]["template"]["spec"]["containers"]
     read = {

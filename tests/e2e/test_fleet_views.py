@@ -72,6 +72,9 @@ def _check_the_token_guards_the_views(base_url: str, lookup: str) -> None:
         assert status == 303 and "Secure" in headers["Set-Cookie"], proxy
     jar = {"Cookie": cookie.split(";", 1)[0]}
     assert _status(base_url, "/v1/stats", jar)[0] == 200
+    # A bearer header, empty or wrong, is what decides: no fallback to the cookie.
+    for given in ("Bearer ", "Bearer wrong", f"Bearer {SCRAPE_TOKEN}"):
+        assert _status(base_url, "/v1/stats", {**jar, "Authorization": given})[0] == 401
     assert _status(base_url, "/", jar)[0] == 200
     status, headers = _status(base_url, "/?token=wrong", {})
     assert status == 303 and "Set-Cookie" not in headers
