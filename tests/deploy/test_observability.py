@@ -188,6 +188,77 @@ def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_rare_event_panels_show_a_tenants_first_event(tmp_path: Path) -> None:
+    """prometheus_client creates a labelled series at its first increment: its first
+    sample is already 1, and increase() alone never showed a tenant's first park or
+    repair. Evaluated by promtool over the panels' own exprs."""
+    panels = {
+        metric: promql(expr).replace('"$namespace"', '".*"').replace('"acme"', '".*"')
+        for expr in dashboard_exprs()
+        for metric in ("paystream_parked_total", "paystream_repaired_entities_total")
+        if f"increase({metric}" in expr
+    }
+    assert set(panels) == {"paystream_parked_total", "paystream_repaired_entities_total"}
+    parked = 'paystream_parked_total{job="paystream", instance="w1:6066", namespace="payments"'
+    repaired = (
+        'paystream_repaired_entities_total{job="paystream", instance="w1:6066", '
+        'namespace="payments", entity_type="payment"'
+    )
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # acme's first park at 10m (then none); globex parked long before,
+                    # twice more at 20m.
+                    {"series": parked + ', tenant="acme"}', "values": "_x9 1x30"},
+                    {"series": parked + ', tenant="globex"}', "values": "3x19 5x20"},
+                    {"series": repaired + ', tenant="acme"}', "values": "_x9 1x30"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": panels["paystream_parked_total"],
+                        "eval_time": eval_time,
+                        "exp_samples": samples,
+                    }
+                    for eval_time, samples in (
+                        ("8m", [{"labels": '{tenant="globex"}', "value": 0}]),
+                        (
+                            "12m",
+                            [
+                                {"labels": '{tenant="acme"}', "value": 1},
+                                {"labels": '{tenant="globex"}', "value": 0},
+                            ],
+                        ),
+                        (
+                            "22m",
+                            [
+                                {"labels": '{tenant="acme"}', "value": 0},
+                                {"labels": '{tenant="globex"}', "value": 2},
+                            ],
+                        ),
+                    )
+                ]
+                + [
+                    {
+                        "expr": panels["paystream_repaired_entities_total"],
+                        "eval_time": "12m",
+                        "exp_samples": [
+                            {"labels": '{tenant="acme", entity_type="payment"}', "value": 1}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "panels.test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    done = promtool("test", "rules", path.name, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # ---- the rules and their tests ------------------------------------------------------------
 
 
