@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from paystream.devstack._process import free_port
+from paystream.devstack._process import free_port, wait_until
 from paystream.devstack.ingress import NOT_FOR_THE_INGRESS, IngressProcess
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,19 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         return err.code, dict(err.headers), json.load(err)
 
 
+def _wait_answering(ingress: IngressProcess) -> None:
+    """Until its port answers (it need not be ready)."""
+
+    def answering() -> bool:
+        try:
+            _get(f"{ingress.base_url}/healthz")
+            return True
+        except OSError:
+            return False
+
+    wait_until(answering, timeout=30, what="ingress web port", interval=0.05)
+
+
 def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) -> None:
     """A broker away (a restart, a network partition) is no reason to exit: readiness
     says 503, a command is answered 503 with Retry-After (send it again), and SIGTERM
@@ -59,17 +72,7 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
     }
     ingress = IngressProcess(env, tmp_path / "ingress.log", free_port())
     with ingress:
-
-        def answering() -> bool:
-            try:
-                _get(f"{ingress.base_url}/healthz")
-                return True
-            except OSError:
-                return False
-
-        from paystream.devstack._process import wait_until
-
-        wait_until(answering, timeout=30, what="ingress web port", interval=0.05)
+        _wait_answering(ingress)
         # Alive (nothing to restart), not ready (no request should be sent to it).
         assert _get(f"{ingress.base_url}/healthz") == (200, {"alive": True})
         status, ready = _get(f"{ingress.base_url}/readyz")
@@ -146,16 +149,7 @@ def test_with_a_metrics_token_its_metrics_answer_that_alone(tmp_path: Path) -> N
     }
     ingress = IngressProcess(env, tmp_path / "ingress.log", free_port())
     with ingress:
-        from paystream.devstack._process import wait_until
-
-        def answering() -> bool:
-            try:
-                _get(f"{ingress.base_url}/healthz")
-                return True
-            except OSError:
-                return False
-
-        wait_until(answering, timeout=30, what="ingress web port", interval=0.05)
+        _wait_answering(ingress)
         assert _metrics_status(ingress.base_url, {}) == 401
         assert _metrics_status(ingress.base_url, {"Authorization": f"Bearer {TOKEN}"}) == 401
         assert _metrics_status(ingress.base_url, {"Authorization": "Bearer wrong"}) == 401
