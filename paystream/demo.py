@@ -172,9 +172,13 @@ def _trouble(kind: str) -> bool:
 def demo_progress(seen: Counter[str], shown: int = 6) -> str:
     """The most common outcome kinds, any sign of trouble among the rest too, and how
     many others: one line every two seconds."""
-    common = seen.most_common()
-    named = [(k, v) for i, (k, v) in enumerate(common) if i < shown or _trouble(k)]
-    rest = [v for k, v in common if (k, v) not in named]
+    named: list[tuple[str, int]] = []
+    rest: list[int] = []
+    for i, (kind, count) in enumerate(seen.most_common()):
+        if i < shown or _trouble(kind):
+            named.append((kind, count))
+        else:
+            rest.append(count)
     text = ", ".join(f"{k}={v}" for k, v in named)
     if rest:
         text += f", {len(rest)} other kind{'s' if len(rest) > 1 else ''}={sum(rest)}"
