@@ -106,6 +106,15 @@ __all__ = ["bench_command"]
     help="only table recovery: a worker started on an empty data directory replays N "
     "payment records (PAYSTREAM_TABLE_STORE's store); time to ready, and its CPU",
 )
+@click.option(
+    "--broker-drift",
+    type=click.FloatRange(min=1, max=3600),
+    default=None,
+    metavar="SECONDS",
+    help="only the broker: one hop at --rate to a fresh topic for SECONDS, read back with "
+    "the worker's fetch settings; latency per 5 s window beside what the topic held (the "
+    "embedded Tansu slows as it fills)",
+)
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def bench_command(
     commands: int,
@@ -128,6 +137,7 @@ def bench_command(
     in_process: bool,
     rounds: int,
     recovery: int | None,
+    broker_drift: float | None,
     quiet: bool,
 ) -> None:
     """Send N commands across T tenants through a real worker and report commands/s and
@@ -152,6 +162,17 @@ def bench_command(
 
     if in_process:
         _in_process(commands, tenants, rounds, seed, as_json, say)
+        return
+    if broker_drift is not None:
+        from paystream.bench.broker_drift import run_drift
+
+        if rate <= 0:
+            raise click.BadParameter("--broker-drift needs a --rate above 0", param_hint="--rate")
+        try:
+            drift = run_drift(broker_drift, rate, _partitions(), say)
+        except (PaystreamError, RuntimeError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(drift.as_json(), sort_keys=True) if as_json else drift.render())
         return
     if recovery is not None:
         from paystream.bench.recovery import run_recovery
@@ -201,6 +222,15 @@ def bench_command(
     )
     if missing:
         sys.exit(3)
+
+
+def _partitions() -> int:
+    from paystream.settings import load_settings
+
+    try:
+        return load_settings().partitions
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _in_process(

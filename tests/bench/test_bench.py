@@ -334,3 +334,30 @@ def test_recovery_bench_times_a_real_recovery(stack: Any) -> None:
     assert out["recovery_records"] == 3000 and out["table_store"] == "memory://"
     assert out["ready_s"] > 0 and out["baseline_ready_s"] > 0
     assert out["worker_cpu_s"] > 0 and out["recovery_records_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_broker_drift_reads_every_record_back_window_by_window(stack: Any) -> None:
+    """`paystream bench --broker-drift SECONDS`: one hop at --rate on the session's broker
+    (KAFKA_BROKER_URL), every record read back, each 5 s window with its latency and
+    what the topic held by its end; progress on stderr."""
+    env = {**os.environ, **stack.env()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "paystream", "bench", "--broker-drift", "6", "--rate", "200",
+         "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert (out["broker_drift_rate"], out["broker_drift_seconds"], out["lost"]) == (200, 6, 0)
+    assert [(w["start_s"], w["held"], w["records"]) for w in out["windows"]] == [
+        (0, 1000, 1000),
+        (5, 1200, 200),
+    ]
+    assert all(0 < w["p50_ms"] <= w["p99_ms"] for w in out["windows"])
+    assert "1,001/1,200 sent; 0s window p50" in proc.stderr
+    refused = subprocess.run(
+        [sys.executable, "-m", "paystream", "bench", "--broker-drift", "6", "--rate", "0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "needs a --rate above 0" in refused.stderr
