@@ -3,9 +3,10 @@
 One hop, no worker: records produced at a fixed rate to a fresh topic and read back as
 the worker fetches (its fetch max wait and min bytes), for SECONDS; the latency of each
 window of WINDOW_SECONDS, beside how many records the topic held by then. On the
-embedded Tansu broker latency climbs as it holds more (its in-memory storage, whatever
-the partition count), so a fixed-rate phase's figures depend on how long it ran and on
-what earlier phases left there; on Apache Kafka it should stay flat. The broker is
+embedded Tansu broker latency climbs as the topic fills (a fetch costs it time in
+proportion to the record batches in the partitions fetched, and at a fixed rate each
+record is a batch), so a fixed-rate phase's figures depend on how long it ran; Apache
+Kafka finds a fetch offset through an index, and should stay flat. The broker is
 KAFKA_BROKER_URL when set, else an embedded Tansu started for the run.
 """
 

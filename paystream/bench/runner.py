@@ -623,7 +623,11 @@ async def _passthrough_at_rate(
 ) -> PhaseResult:
     """The broker's own latency floor: the rate phase's load, at the same offered rate and
     for as long, through the raw aiokafka passthrough (two hops, like the pipeline, and
-    the worker's fetch settings). Whatever this takes, no pipeline on this broker beats.
+    the worker's fetch settings), over topics that hold what the pipeline's held by its
+    rate phase (the full-speed phase's commands, in the same bursts, passed through
+    first): the embedded broker slows as a topic fills (``--broker-drift``), and a floor
+    on empty topics was the lower for it. Whatever this takes, no pipeline on this
+    broker beats.
     """
     settings, say = dep.settings, options.say
     broker, wait_ms = settings.require_broker(), _probe_wait_ms(settings)
@@ -642,6 +646,12 @@ async def _passthrough_at_rate(
         warm = generate_commands(len(dep.tenants), dep.tenants, prefix=f"{dep.tag}-fw-", seed=5)
         await send_burst(producer, src, warm)
         await watcher.wait_for([c.command_id for c in warm], idle_timeout=options.idle_timeout)
+        fill = generate_commands(
+            options.commands, dep.tenants, prefix=f"{dep.tag}-ff-", seed=options.seed
+        )
+        say(f"broker floor: {len(fill)} records first, as the pipeline's full-speed phase…")
+        await send_burst(producer, src, fill)
+        await watcher.wait_for([c.command_id for c in fill], idle_timeout=options.idle_timeout)
         count = max(1, int(options.rate * options.rate_seconds))
         paced = generate_commands(
             count, dep.tenants, prefix=f"{dep.tag}-fr-", seed=options.seed + 1
