@@ -6,6 +6,7 @@ Exposed as ``bench_command``; the main CLI attaches it (``cli.add_command``).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,18 @@ def bench_command(
     if broker_drift is not None:
         from paystream.bench.broker_drift import run_drift
 
-        if rate <= 0:
-            raise click.BadParameter("--broker-drift needs a --rate above 0", param_hint="--rate")
+        if not (math.isfinite(rate) and rate > 0 and math.isfinite(broker_drift)):
+            raise click.BadParameter(
+                "--broker-drift needs a finite --rate above 0 (and finite seconds)",
+                param_hint="--rate",
+            )
         try:
-            drift = run_drift(broker_drift, rate, _partitions(), say)
+            drift = run_drift(broker_drift, rate, say)
         except (PaystreamError, RuntimeError, OSError) as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(json.dumps(drift.as_json(), sort_keys=True) if as_json else drift.render())
+        if drift.lost:
+            sys.exit(3)
         return
     if recovery is not None:
         from paystream.bench.recovery import run_recovery
@@ -222,15 +228,6 @@ def bench_command(
     )
     if missing:
         sys.exit(3)
-
-
-def _partitions() -> int:
-    from paystream.settings import load_settings
-
-    try:
-        return load_settings().partitions
-    except PaystreamError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _in_process(

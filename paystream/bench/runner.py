@@ -651,7 +651,12 @@ async def _passthrough_at_rate(
         )
         say(f"broker floor: {len(fill)} records first, as the pipeline's full-speed phase…")
         await send_burst(producer, src, fill)
-        await watcher.wait_for([c.command_id for c in fill], idle_timeout=options.idle_timeout)
+        got = await watcher.wait_for(
+            [c.command_id for c in fill], idle_timeout=options.idle_timeout
+        )
+        if got < len(fill):
+            child.check()  # (it died: its log says why)
+            raise RuntimeError(f"broker floor: {got}/{len(fill)} records passed through")
         count = max(1, int(options.rate * options.rate_seconds))
         paced = generate_commands(
             count, dep.tenants, prefix=f"{dep.tag}-fr-", seed=options.seed + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -355,9 +356,10 @@ def test_broker_drift_reads_every_record_back_window_by_window(stack: Any) -> No
         (5, 1200, 200),
     ]
     assert all(0 < w["p50_ms"] <= w["p99_ms"] for w in out["windows"])
-    assert "1,001/1,200 sent; 0s window p50" in proc.stderr
+    assert re.search(r"[\d,]+/1,200 sent; 0s window p50 [\d.]+ ms", proc.stderr), proc.stderr
+    assert out["max_send_lag_ms"] >= 0
     refused = subprocess.run(
         [sys.executable, "-m", "paystream", "bench", "--broker-drift", "6", "--rate", "0"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert refused.returncode == 2 and "needs a --rate above 0" in refused.stderr
+    assert refused.returncode == 2 and "needs a finite --rate above 0" in refused.stderr
