@@ -188,22 +188,47 @@ def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+# Per-tenant counters of events a tenant may see once: their panels count per interval
+# with a new series counted whole (see the test below).
+RARE_EVENT_METRICS = (
+    "paystream_parked_total",
+    "paystream_repaired_entities_total",
+    "paystream_command_rejections_total",
+    "paystream_limited_commands_total",
+    "paystream_ingress_requests_total",
+)
+
+
 def test_rare_event_panels_show_a_tenants_first_event(tmp_path: Path) -> None:
     """prometheus_client creates a labelled series at its first increment: its first
-    sample is already 1, and increase() alone never showed a tenant's first park or
-    repair. Evaluated by promtool over the panels' own exprs."""
+    sample is already 1, and rate() or increase() alone never showed a tenant's first
+    park, repair, rejection or refusal at the door. Evaluated by promtool over the
+    panels' own exprs."""
     panels = {
         metric: promql(expr).replace('"$namespace"', '".*"').replace('"acme"', '".*"')
         for expr in dashboard_exprs()
-        for metric in ("paystream_parked_total", "paystream_repaired_entities_total")
+        for metric in RARE_EVENT_METRICS
         if f"increase({metric}" in expr
     }
-    assert set(panels) == {"paystream_parked_total", "paystream_repaired_entities_total"}
+    assert set(panels) == set(RARE_EVENT_METRICS)
     parked = 'paystream_parked_total{job="paystream", instance="w1:6066", namespace="payments"'
     repaired = (
         'paystream_repaired_entities_total{job="paystream", instance="w1:6066", '
         'namespace="payments", entity_type="payment"'
     )
+    # Each other panel: acme's first event at 10m, expected as {labels: 1} at 12m.
+    firsts = {
+        "paystream_command_rejections_total": (
+            'reason="not_found"',
+            '{tenant="acme", reason="not_found"}',
+        ),
+        "paystream_limited_commands_total": (
+            'limit="commands_per_second"',
+            '{tenant="acme", limit="commands_per_second"}',
+        ),
+        "paystream_ingress_requests_total": ('result="rate_limited"', '{tenant="acme"}'),
+    }
+    target = 'job="paystream", instance="w1:6066", namespace="payments", tenant="acme"'
     tests = {
         "rule_files": [],
         "evaluation_interval": "1m",
@@ -216,6 +241,10 @@ def test_rare_event_panels_show_a_tenants_first_event(tmp_path: Path) -> None:
                     {"series": parked + ', tenant="acme"}', "values": "_x9 1x30"},
                     {"series": parked + ', tenant="globex"}', "values": "3x19 5x20"},
                     {"series": repaired + ', tenant="acme"}', "values": "_x9 1x30"},
+                    *(
+                        {"series": f"{metric}{{{target}, {label}}}", "values": "_x9 1x30"}
+                        for metric, (label, _) in firsts.items()
+                    ),
                 ],
                 "promql_expr_test": [
                     {
@@ -249,6 +278,14 @@ def test_rare_event_panels_show_a_tenants_first_event(tmp_path: Path) -> None:
                             {"labels": '{tenant="acme", entity_type="payment"}', "value": 1}
                         ],
                     }
+                ]
+                + [
+                    {
+                        "expr": panels[metric],
+                        "eval_time": "12m",
+                        "exp_samples": [{"labels": labels, "value": 1}],
+                    }
+                    for metric, (_, labels) in firsts.items()
                 ],
             }
         ],
