@@ -355,6 +355,19 @@ def tenants() -> None:
     """Manage the tenant registry."""
 
 
+def _refuse_card_numbers(*given: tuple[str, str | None]) -> None:
+    """A tenant's id, name or key label is written to the registry topic, the ledger,
+    metrics labels and logs: none may read as a card number (a tenant named so would
+    also have every command refused as card data). The value is not repeated."""
+    from paystream.streams.pan import contains_card_number
+
+    for hint, text in given:
+        if text is not None and contains_card_number(text):
+            raise click.BadParameter(
+                "reads as a card number: card data is not kept", param_hint=hint
+            )
+
+
 @tenants.command("add")
 @click.argument("tenant_id")
 @click.option("--name", default=None, help="display name [tenant id]")
@@ -413,6 +426,7 @@ def tenants_add(
         raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
     if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
         raise click.BadParameter(f"tenant ids match {TENANT_ID_PATTERN}", param_hint="TENANT_ID")
+    _refuse_card_numbers(("TENANT_ID", tenant_id), ("--name", name))
     if clear_options and options:
         raise click.UsageError("--clear-options removes every option: give no --option")
     for hint, text in (("--name", name), ("--connected-account", connected_account),
@@ -645,6 +659,7 @@ def tenants_api_key_create(tenant_id: str, label: str) -> None:
     from paystream.tenancy.ingress_keys import MAX_KEYS_PER_TENANT, new_key
     from paystream.tenancy.registry import put_tenant_unless_changed
 
+    _refuse_card_numbers(("--label", label))
     settings = _settings()
     known = _registered(settings, tenant_id)
     if known is None:

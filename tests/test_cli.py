@@ -63,6 +63,15 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     typo = run_cli(deployed, "tenants", "add", "acme", "--option", "fail_rat=0.5", check=False)
     assert typo.returncode == 2 and "fail_rat" in typo.stderr
     assert json.loads(run_cli(deployed, "tenants", "add", "acme").stdout)["gateway_options"] == {}
+    # Nor is a tenant id, name or key label that reads as a card number, nor repeated.
+    for args in (
+        ("add", "4242424242424242"),
+        ("add", "acme", "--name", "Acme 4242 4242 4242 4242"),
+        ("api-key", "create", "acme", "--label", "card 4242424242424242"),
+    ):
+        carded = run_cli(deployed, "tenants", *args, check=False)
+        assert carded.returncode == 2 and "reads as a card number" in carded.stderr, carded
+        assert "4242" not in carded.stderr
     unknown = run_cli(deployed, "tenants", "suspend", "nobody", check=False)
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
     # A registry topic that does not exist is not created by the broker's defaults (not

@@ -2514,12 +2514,12 @@ class CommandProcessor:
                 log.error(
                     "parking command %s of %s after an unexpected failure (the provider may "
                     "have acted on it): fix the cause, then `paystream dlq replay`",
-                    cmd.command_id,
+                    safe_id(cmd.command_id),  # (a let-through command's id may hold a code)
                     cmd.tenant_id,
                 )
                 return self._repark(rec, cmd, existing, RejectReason.INTERNAL_ERROR)
             except Exception:
-                log.exception("could not answer or park %s", cmd.command_id)
+                log.exception("could not answer or park %s", safe_id(cmd.command_id))
                 reject = None  # kept, never answered: its provider may have acted
         elif FIRST_ATTEMPT_HEADER in rec.headers:
             # A re-drive with no record here (a K1 park, one parked past its record's
@@ -2644,7 +2644,7 @@ class CommandProcessor:
         _throttled.warning(
             ("park", tenant, reason),
             "parking command %s of %s: %s",
-            cmd.command_id,
+            safe_id(cmd.command_id),  # (a let-through command's id may hold a code)
             cmd.tenant_id,
             reason,
         )

@@ -180,8 +180,9 @@ def _ascii_may_contain(joined: bytes) -> bool | None:
     decide the usual way. (About 2 µs a command, against 20 for the whole scan.)
 
     Why it is the same answer: ASCII bytes decode to the same characters. With no
-    backslash and no ASCII control but NUL and the spaces (either makes the scan read
-    more: escapes, the text without invisible characters), ``_has_card_number`` finds a
+    backslash, no ASCII control but NUL and the spaces, and no form-encoded space after
+    four digits (each makes the scan read more: escapes, the text without invisible
+    characters, the text with "+" and "%20" read as spaces), ``_has_card_number`` finds a
     candidate only inside a ``_SPAN_ASCII`` match, which lies inside a run of 13 or more
     characters of its class: each such run is scanned on its own, as the whole text
     would be (the pattern has no lookaround, and bytes outside its class bound a run).
@@ -192,6 +193,8 @@ def _ascii_may_contain(joined: bytes) -> bool | None:
     marked = joined.translate(_SPAN_MARKS)
     if b"\x02" in marked:
         return None
+    if (b"+" in joined or b"%20" in joined) and _FORM_SPACED_BYTES.search(joined) is not None:
+        return None  # a form-encoded space after four digits: the full scan reads those
     runs = list(_span_runs(marked))
     exponent = _may_hold_exponent(joined, long_digits=bool(runs))
     if not runs and not exponent:
@@ -251,6 +254,7 @@ _SPAN_MARKS = _byte_table(
     },
 )
 _SPAN_RUN = b"\x01" * 13
+_FORM_SPACED_BYTES = re.compile(rb"[0-9]{4}(?:\+|%20)[0-9]")
 # A _JSON_EXPONENT match is an anchor, spaces, "-", then digits (a "." and digits) and
 # "e" or "E", or 13 or more digits, a "." and a digit. Read backwards, with anchors
 # marked "a", what its \s matches in ASCII (without the controls _SPAN_MARKS finds) " ",
@@ -513,6 +517,8 @@ def _has_card_number(text: str) -> bool:
     text = _ascii_digits(text)
     if any(_is_card_number(match) for match in _candidates(text)):
         return True
+    if _form_spaced(text) and _has_card_number(_FORM_SPACE.sub(" ", text)):
+        return True
     if text.isascii() and _ASCII_CONTROL.search(text) is None:
         return False
     # Invisible characters (zero-width space, soft hyphen, direction marks, joiners,
@@ -520,6 +526,20 @@ def _has_card_number(text: str) -> bool:
     # pattern. Scanned again without them (detection only: redaction keeps positions).
     visible = _INVISIBLE.sub("", text)
     return visible != text and any(_is_card_number(m) for m in _candidates(visible))
+
+
+# Form and URL encoding write a space as "+" or "%20": a card number typed with spaces
+# arrives as "4242+4242+4242+4242" from a browser's form or a query string. Such text is
+# scanned again with them read as spaces (detection only: redaction keeps positions, and
+# what it leaves still reading as a card number is not kept at all). Only when one
+# follows four digits and precedes a digit: every grouped form's separators do, so no
+# other text can read as a card number once decoded.
+_FORM_SPACED = re.compile(r"[0-9]{4}(?:\+|%20)[0-9]")
+_FORM_SPACE = re.compile(r"\+|%20")
+
+
+def _form_spaced(text: str) -> bool:
+    return ("+" in text or "%20" in text) and _FORM_SPACED.search(text) is not None
 
 
 # Unicode's default-ignorable code points (rendered as nothing), the combining grapheme

@@ -364,6 +364,16 @@ def _invalid(message: str, **extra: Any) -> _Refused:
     return _Refused(400, "invalid", "validation_error", message, **extra)
 
 
+def _named(header: str) -> str:
+    """A header's name as a refusal quotes it: read before the card-data scan has run, a
+    name holding a card number is not repeated (nor, being unbounded, a long one)."""
+    shown = redact_card_numbers(header)  # (whole: a cut could leave half a number)
+    return repr(shown if len(shown) <= _NAME_SHOWN else shown[:_NAME_SHOWN] + "...")
+
+
+_NAME_SHOWN = 64
+
+
 def _unavailable(message: str) -> _Refused:
     return _Refused(503, "unavailable", "unavailable", f"{message}; retry")
 
@@ -402,12 +412,12 @@ def _decoded(request: Request, body: bytes) -> CloudEvent:
     for name in sorted(names):
         values = given.getall(name)
         if len(values) > 1:
-            raise _invalid(f"header {name!r} given more than once")
+            raise _invalid(f"header {_named(name)} given more than once")
         try:
             # (HTTP binding §3.1.3.2: values are percent-encoded UTF-8.)
             headers["ce_" + name[3:]] = unquote(values[0], errors="strict").encode("utf-8")
         except (UnicodeDecodeError, UnicodeEncodeError):
-            raise _invalid(f"header {name!r} is not percent-encoded UTF-8") from None
+            raise _invalid(f"header {_named(name)} is not percent-encoded UTF-8") from None
     if not headers and media != STRUCTURED_CONTENT_TYPE:
         raise _Refused(
             415, "unsupported_media_type", "unsupported_media_type",

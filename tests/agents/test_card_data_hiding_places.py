@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
 from dataclasses import replace
@@ -77,6 +78,8 @@ def _GAP(reason: str) -> pytest.MarkDecorator:
         "4242\u200e4242\u200e4242\u200e4242",  # left-to-right mark (invisible)
         "4242\u20614242\u20614242\u20614242",  # invisible function application
         "4242\u034f4242\u034f4242\u034f4242",  # combining grapheme joiner (invisible)
+        "card+4242+4242+4242+4242",  # typed with spaces, form-encoded
+        "card%204242%204242%204242%204242",  # ... or URL-encoded
         # Known gaps: rules that keep ids and numbers of other kinds from reading as cards.
         pytest.param(
             "card-4242-4242-4242-4242",
@@ -90,8 +93,29 @@ def _GAP(reason: str) -> pytest.MarkDecorator:
             "42424242424242421227",
             marks=_GAP("runs over 19 digits are not cards (long order and account numbers)"),
         ),
+        pytest.param(
+            "4242\n4242\n4242\n4242",
+            marks=_GAP("groups on separate lines are a column of values (years, hours)"),
+        ),
+        pytest.param(
+            "4242,4242,4242,4242",
+            marks=_GAP("comma- or colon-joined groups are lists of numbers"),
+        ),
     ],
-    ids=["zwsp-each", "shy-each", "lrm", "u2061", "cgj", "word-dash", "double-space", "pan+mmyy"],
+    ids=[
+        "zwsp-each",
+        "shy-each",
+        "lrm",
+        "u2061",
+        "cgj",
+        "form-plus",
+        "url-space",
+        "word-dash",
+        "double-space",
+        "pan+mmyy",
+        "lines",
+        "commas",
+    ],
 )
 async def test_a_card_number_in_a_description_is_refused(harness: Harness, text: str) -> None:
     t = harness.add_tenant()
@@ -491,6 +515,22 @@ async def test_a_stale_re_drive_holding_a_code_is_parked_again_not_refused(
         rec = _inbound(build_command("payment.create", t, _PAY, command_id="c1"), 2, ce_note=note)
         made_up = {FIRST_ATTEMPT_HEADER: str(day_ago).encode()}
         _refused(unkeyed, await unkeyed.raw(replace(rec, headers={**rec.headers, **made_up})))
+
+
+async def test_a_let_through_command_parked_logs_no_code_in_its_id(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its id holds the code (let through: the provider may have acted on that very
+    command); parking it again logs the id's digest (review finding)."""
+    day_ago = int(time.time() * 1000) - 25 * 3_600_000
+    code_id = '{"card_cvc":"737"}'
+    async with running_harness(redis_url, master_key=_KEY) as keyed:
+        t = keyed.add_tenant()
+        rec = _inbound(build_command("payment.create", t, _PAY, command_id=code_id), 2)
+        with caplog.at_level(logging.INFO):
+            emits = await keyed.raw(_sealed(keyed, rec, day_ago))
+    assert [e.topic for e in emits] == [keyed.settings.retry_topic]
+    assert "parking command" in caplog.text and not _shows_code(caplog.text), caplog.text
 
 
 async def test_a_code_in_a_header_of_a_let_through_command_is_not_parked(

@@ -362,6 +362,13 @@ async def test_a_header_given_twice_is_refused(deployed: tuple[Deployment, str])
         async with session.post(url, data=b"{}", headers=headers) as resp:
             assert resp.status == 400
             assert "given more than once" in (await resp.json())["message"]
+        # A name is quoted before the card-data scan has read it: never a card number.
+        for value in ("a", "%ff"):
+            named = [*headers[:4], *[("ce-x4242424242424242", value)] * (2 if value == "a" else 1)]
+            async with session.post(url, data=b"{}", headers=named) as resp:
+                assert resp.status == 400
+                answer = await resp.text()
+                assert "4242424242" not in answer and "[card number]" in answer, answer
 
 
 async def test_a_key_made_by_the_cli_sends_until_revoked(deployed: tuple[Deployment, str]) -> None:

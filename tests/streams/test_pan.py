@@ -87,6 +87,12 @@ def _luhn_complete(prefix: str) -> str:
         # followed by its CVC or expiry
         "4111 1111 1111 1111 123",
         "4111 1111 1111 1111 12/27",
+        # spaces as form and URL encoding write them
+        "4242+4242+4242+4242",
+        "4242%204242%204242%204242",
+        "note=card+4242+4242+4242+4242&x=1",
+        "name%204242%204242%204242%204242",
+        "3782+822463+10005",
     ],
 )
 def test_card_numbers_are_found(text: object) -> None:
@@ -115,6 +121,10 @@ def test_a_value_nested_deeper_than_the_recursion_limit_is_scanned() -> None:
         "ffff0033-8272-4796-9045-3abcdef01234",
         "order_4111_1111_1111_1111",  # underscore groups touching a word: an id
         "4111\n1111\n1111\n1111",  # a column of 4-digit values (years, hours)
+        "2023+2024+2025+2026",  # form-encoded spaces hold to the same rules
+        "4242+4242+4242+4241",
+        "2026-12-04T15:00:00+00:00",
+        "1234%205678",
         # rows of years: Luhn-valid, but no card starts so
         "2023 2024 2025 2026",
         "0830 1830 0830 1830",  # times (Luhn-valid: no card starts with 0)
