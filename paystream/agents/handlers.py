@@ -194,6 +194,8 @@ class HandlerContext:
     digest_keys_apart: bool = True
     request_hash: str | None = None  # of this command's type and data
     let_through: bool = False  # parked or in flight before: the provider may have acted
+    # Let through: when its request first reached a worker (unix ms; None: not known).
+    first_attempt_ms: int | None = None
     trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
     # How long a command id names one request (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS).
     id_window_seconds: float = 24 * 3600
@@ -447,9 +449,42 @@ def _live_customer(ctx: HandlerContext, customer_id: str) -> CustomerRecord:
     return rec
 
 
+def _changed_since_first_attempt(ctx: HandlerContext, rec: EntityRecord) -> bool:
+    """Has another command changed ``rec`` since this let-through command was first
+    tried? Its provider, asked again under the key, answers as it did then (a stale
+    object): what changed since must not be written back over (review finding: a parked
+    update re-driven after a newer one restored the old email). Each applied entry says
+    when its command ran; the newest are the ones an entity keeps."""
+    first = ctx.first_attempt_ms
+    if not ctx.let_through or first is None:
+        return False
+    mine = ctx.cmd.command_id
+    return any(
+        cid != mine and float(entry.get("at") or 0) * 1000 > first
+        for cid, entry in rec.applied.items()
+    )
+
+
 async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> HandlerResult:
     rec = _live_customer(ctx, data.customer_id)
     ctx.at_provider(rec)
+    if _changed_since_first_attempt(ctx, rec):
+        # Changed since this update was first tried. Asked again under its key, the
+        # provider would answer as of then if it had applied it (its fields, not the
+        # newer ones), or apply it now over the newer fields if it never had. Instead
+        # the customer is read back as the provider holds it, with this update in it
+        # or not, and recorded so (review finding).
+        now = await _gateway(
+            ctx,
+            "retrieve_customer",
+            lambda: ctx.gateway.retrieve_customer(
+                gw.RetrieveCustomer(provider_customer_id=rec.provider_customer_id),
+                idempotency_key=ctx.idem,
+            ),
+        )
+        rec.email, rec.name, rec.description = now.email, now.name, now.description
+        rec.metadata = dict(now.metadata)
+        return HandlerResult("customer.updated", rec)
     req = gw.UpdateCustomer(
         provider_customer_id=rec.provider_customer_id,
         email=data.email,
@@ -1011,12 +1046,19 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     ctx.ensure_new(RefundRecord, rid)
     ctx.at_provider(payment)
     refundable = payment.amount_captured - payment.amount_refunded
-    if ctx.let_through and data.amount is not None:
+    if ctx.let_through:
         # Let through before, the provider may have refunded under this key: refunds or
         # a dispute since must not turn that into a rejection (the provider answers with
-        # what it did, or refuses what exceeds the payment). Without an amount the
-        # request would be another (the refundable amount has moved): checked as new.
-        amount = data.amount
+        # what it did, or refuses what the payment's state or balance forbids: a lost
+        # dispute, an amount beyond what is left). Without an amount, what is left as
+        # the table has it: the same request when nothing was refunded since (its
+        # refund is not recorded until answered), answered under the key (review
+        # finding: refused for a dispute lost after the provider had refunded).
+        amount = data.amount if data.amount is not None else refundable
+        if amount <= 0:
+            raise Rejection(
+                RejectReason.INVALID_STATE, f"payment {payment.id} has nothing left to refund"
+            )
     else:
         _refunds_allowed(ctx, payment, refundable, data.amount)
         amount = data.amount if data.amount is not None else refundable
@@ -1097,12 +1139,23 @@ def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> N
 # ---- disputes ---------------------------------------------------------------------
 
 
+def _dispute_open_unless_let_through(ctx: HandlerContext, rec: DisputeRecord) -> bool:
+    """The dispute must be open, for a command that has not run before; one let through
+    may have acted before it was closed (evidence stored, then the dispute accepted), so
+    the provider, asked again under the key, decides: it answers as it did, or refuses
+    what a closed dispute forbids (review finding: such evidence was answered
+    invalid_state). True if the dispute changed since that command was first tried: the
+    provider's answer may then be as of then, and the status is not taken from it."""
+    if not ctx.let_through and rec.status not in ("needs_response", "warning_needs_response"):
+        raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
+    return _changed_since_first_attempt(ctx, rec)
+
+
 async def submit_dispute_evidence(
     ctx: HandlerContext, data: c.SubmitDisputeEvidence
 ) -> HandlerResult:
     rec = ctx.load(DisputeRecord, data.dispute_id)
-    if rec.status not in ("needs_response", "warning_needs_response"):
-        raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
+    stale = _dispute_open_unless_let_through(ctx, rec)
     ctx.at_provider(rec)
     req = gw.SubmitDisputeEvidence(
         provider_dispute_id=rec.provider_dispute_id, evidence=data.evidence, submit=data.submit
@@ -1112,21 +1165,22 @@ async def submit_dispute_evidence(
         "submit_dispute_evidence",
         lambda: ctx.gateway.submit_dispute_evidence(req, idempotency_key=ctx.idem),
     )
-    rec.status = res.status.value
-    rec.evidence_submitted = data.submit
+    if not stale:
+        rec.status = res.status.value
+        rec.evidence_submitted = data.submit
     return HandlerResult("dispute.evidence_submitted", rec)
 
 
 async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerResult:
     rec = ctx.load(DisputeRecord, data.dispute_id)
-    if rec.status not in ("needs_response", "warning_needs_response"):
-        raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
+    stale = _dispute_open_unless_let_through(ctx, rec)
     ctx.at_provider(rec)
     req = gw.AcceptDispute(provider_dispute_id=rec.provider_dispute_id)
     res = await _gateway(
         ctx, "accept_dispute", lambda: ctx.gateway.accept_dispute(req, idempotency_key=ctx.idem)
     )
-    rec.status = res.status.value
+    if not stale:
+        rec.status = res.status.value
     return HandlerResult("dispute.closed", rec)
 
 

@@ -1010,6 +1010,9 @@ class CommandProcessor:
             # a card detached, a dispute lost; its rejection was kept under the key and
             # the parked command, re-driven, got it too, after the charge.)
             let_through=let_through,
+            first_attempt_ms=(
+                existing.first_attempt_ms if let_through and existing is not None else None
+            ),
             trace=trace,
             id_window_seconds=self._id_window,
         )

@@ -29,6 +29,7 @@ __all__ = [
     "CreateCustomer",
     "CreatePayment",
     "CreateRefund",
+    "CustomerDetails",
     "CustomerResult",
     "DeleteCustomer",
     "DetachPaymentMethod",
@@ -41,6 +42,7 @@ __all__ = [
     "PaymentStatus",
     "RefundResult",
     "RefundStatus",
+    "RetrieveCustomer",
     "RetrievePayment",
     "SubmitDisputeEvidence",
     "UpdateCustomer",
@@ -146,6 +148,13 @@ class UpdateCustomer(_Req):
     metadata: dict[str, str] | None = None  # merged key by key: see merged_metadata
 
 
+class RetrieveCustomer(_Req):
+    """Read a customer back as the provider holds it now (a re-driven update found it
+    changed since: see handlers.update_customer): a read, with no effect and no key."""
+
+    provider_customer_id: str
+
+
 def merged_metadata(current: dict[str, str], update: dict[str, str] | None) -> dict[str, str]:
     """Metadata after an update, as Stripe applies one: the given keys are set, a key
     given as "" is removed, the others stay (so an empty update changes nothing). Every
@@ -226,6 +235,15 @@ class CustomerResult(_Res):
     deleted: bool = False
 
 
+class CustomerDetails(CustomerResult):
+    """A customer as the provider holds it: the fields paystream writes there."""
+
+    email: str | None = None
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
 class PaymentMethodResult(_Res):
     """What paystream may keep of a card: token, brand, last4, expiry, fingerprint."""
 
@@ -272,12 +290,13 @@ class RefundResult(_Res):
 # an operation the tenant's provider lacks fails fast with `unsupported` and no side effect.
 # Operations providers take no idempotency key for (Stripe's DELETE): a retry runs afresh.
 # A read takes none either (Stripe ignores a key on GET): asked again, it answers afresh.
-KEYLESS_OPERATIONS = frozenset({"delete_customer", "retrieve_payment"})
+KEYLESS_OPERATIONS = frozenset({"delete_customer", "retrieve_customer", "retrieve_payment"})
 
 OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_customer": Capability.CUSTOMERS,
     "update_customer": Capability.CUSTOMERS,
     "delete_customer": Capability.CUSTOMERS,
+    "retrieve_customer": Capability.CUSTOMERS,
     "attach_payment_method": Capability.PAYMENT_METHODS,
     "detach_payment_method": Capability.PAYMENT_METHODS,
     "create_payment": Capability.PAYMENTS,
@@ -319,6 +338,12 @@ class PaymentGateway(Protocol):
     async def delete_customer(
         self, req: DeleteCustomer, *, idempotency_key: str
     ) -> CustomerResult: ...
+
+    async def retrieve_customer(
+        self, req: RetrieveCustomer, *, idempotency_key: str
+    ) -> CustomerDetails:
+        """The customer as the provider holds it now (a read: see retrieve_payment)."""
+        ...
 
     async def attach_payment_method(
         self, req: AttachPaymentMethod, *, idempotency_key: str

@@ -279,15 +279,20 @@ async def _saved_card_charge_parked(h: Harness) -> tuple[str, dict[str, Any]]:
     return t, pay
 
 
-async def _refund_parked_then_dispute_lost(h: Harness, key: str) -> tuple[str, dict[str, Any]]:
-    """p1 paid; its refund r1 (command ``key``) made at the provider, the answers lost:
-    parked; then a dispute on p1 lost. The tenant and the refund's data."""
+async def _refund_parked_then_dispute_lost(
+    h: Harness, key: str, amount: int | None = 2000
+) -> tuple[str, dict[str, Any]]:
+    """p1 paid; its refund r1 (command ``key``; ``amount``, or None: the rest) made at the
+    provider, the answers lost: parked; then a dispute on p1 lost. The tenant and the
+    refund's data."""
     t = new_tenant_id()
     h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:refund:r1": 3}})
     pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
            "payment_method_token": "pm_card_visa"}  # fmt: skip
     assert kind(await _answer(h, _command(t, "payment.create", pay, "k1"))) == "payment.succeeded"
-    refund = {"refund_id": "r1", "payment_id": "p1", "amount": 2000}
+    refund: dict[str, Any] = {"refund_id": "r1", "payment_id": "p1"}
+    if amount is not None:
+        refund["amount"] = amount
     emits = await h.processor.process(_command(t, "refund.create", refund, key))
     assert [e.topic for e in emits] == [h.settings.retry_topic]
     # The dispute as paystream records it once lost (dispute.accept).
@@ -329,6 +334,94 @@ async def test_a_parked_refund_stands_after_a_dispute_was_lost(harness: Harness)
     # A new refund is refused by the rule as before.
     again = await _answer(h, _command(t, "refund.create", {"payment_id": "p1", "amount": 1}, "k3"))
     assert "charged back" in data(again)["message"]
+
+
+async def test_a_parked_full_refund_stands_after_a_dispute_was_lost(harness: Harness) -> None:
+    """As above, a refund of the rest (no amount): its re-drive was refused by the
+    dispute rule, and the refusal kept under its key, the money refunded (review
+    finding)."""
+    h = harness
+    t, refund = await _refund_parked_then_dispute_lost(h, "k2", amount=None)
+    out = await _answer(h, _command(t, "refund.create", refund, "k2"))  # `dlq replay`
+    assert kind(out) == "refund.succeeded", data(out)
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 5000
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    assert [e.kind for e in await gateway.effects()].count("refund") == 1
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-then-lost", "never-reached"])
+async def test_a_parked_update_re_driven_after_a_newer_one_keeps_the_newer(
+    harness: Harness, stored: bool
+) -> None:
+    """Update u1 applied at the provider, its answer lost (parked); update u2 since.
+    Re-driven, u1 (answered by the provider from its key, not applied again) wrote its
+    old fields over u2's: the table and the ledger disagreed with the provider (review
+    finding). Now the customer is read back from the provider: u1's name in it if the
+    provider had applied u1, not if u1 never reached it (nor is it applied late)."""
+    h = harness
+    t = new_tenant_id()
+    failing = "lose_response_first" if stored else "fail_first"
+    h.add_tenant(t, gateway_options={failing: {f"ps:{t}:u1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1", "email": "a@x.io"}, "k1"))
+    old = {"customer_id": "c1", "email": "old@x.io", "name": "Old"}
+    emits = await h.processor.process(_command(t, "customer.update", old, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    new = {"customer_id": "c1", "email": "new@x.io"}
+    assert kind(await _answer(h, _command(t, "customer.update", new, "u2"))) == "customer.updated"
+    out = await _answer(h, _command(t, "customer.update", old, "u1"))  # `dlq replay`
+    assert kind(out) == "customer.updated"
+    customer = h.tables.customers[f"{t}:c1"]
+    name = "Old" if stored else None
+    assert (customer["email"], customer["name"]) == ("new@x.io", name), customer
+    assert data(out)["object"]["email"] == "new@x.io"
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    at_provider = await gateway._store.read(customer["provider_customer_id"])
+    assert at_provider is not None
+    assert (at_provider["email"], at_provider["name"]) == ("new@x.io", name)
+
+
+async def test_a_parked_update_with_nothing_since_is_applied(harness: Harness) -> None:
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:u1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1", "email": "a@x.io"}, "k1"))
+    update = {"customer_id": "c1", "email": "b@x.io"}
+    emits = await h.processor.process(_command(t, "customer.update", update, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    out = await _answer(h, _command(t, "customer.update", update, "u1"))  # `dlq replay`
+    assert kind(out) == "customer.updated"
+    assert h.tables.customers[f"{t}:c1"]["email"] == "b@x.io"
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-then-lost", "never-reached"])
+async def test_parked_evidence_re_driven_after_the_dispute_was_accepted(
+    harness: Harness, stored: bool
+) -> None:
+    """Evidence stored at the provider, its answer lost (parked); the dispute accepted
+    since. Re-driven, it was refused invalid_state by paystream's own check though the
+    provider held it (review finding); the provider decides now: it answers from its
+    key, or refuses evidence it never had for a closed dispute. The dispute stays lost."""
+    h = harness
+    t = new_tenant_id()
+    failing = "lose_response_first" if stored else "fail_first"
+    h.add_tenant(t, gateway_options={failing: {f"ps:{t}:ev1": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_createDispute"}  # fmt: skip
+    await _answer(h, _command(t, "payment.create", pay, "k1"))
+    dispute = h.tables.payments[f"{t}:p1"]["dispute_id"]
+    evidence = {"dispute_id": dispute, "evidence": {"customer_name": "A"}, "submit": False}
+    emits = await h.processor.process(_command(t, "dispute.submit_evidence", evidence, "ev1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    closed = await _answer(h, _command(t, "dispute.accept", {"dispute_id": dispute}, "acc"))
+    assert kind(closed) == "dispute.closed"
+    out = await _answer(h, _command(t, "dispute.submit_evidence", evidence, "ev1"))
+    if stored:
+        assert kind(out) == "dispute.evidence_submitted", data(out)
+    else:
+        assert data(out)["reason"] == "invalid_state", data(out)
+    assert h.tables.disputes[f"{t}:{dispute}"]["status"] == "lost"
 
 
 async def test_an_answer_by_another_redelivered_does_not_count_the_money_twice(

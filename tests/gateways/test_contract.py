@@ -27,6 +27,7 @@ from paystream.gateways.base import (
     PaymentResult,
     PaymentStatus,
     RefundStatus,
+    RetrieveCustomer,
     RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
@@ -91,6 +92,31 @@ async def test_customer_lifecycle(harness: Harness) -> None:
         DeleteCustomer(provider_customer_id=cus), idempotency_key=key()
     )
     assert deleted.provider_customer_id == cus and deleted.deleted
+
+
+@over_gateways()
+async def test_a_customer_reads_back_as_the_provider_holds_it(harness: Harness) -> None:
+    cus = await customer(harness)
+    await harness.gateway.update_customer(
+        UpdateCustomer(provider_customer_id=cus, name="Ada", metadata={"tier": "gold"}),
+        idempotency_key=key(),
+    )
+    await harness.gateway.update_customer(
+        UpdateCustomer(provider_customer_id=cus, email="ada@example.com", metadata={"x": "1"}),
+        idempotency_key=key(),
+    )
+    req = RetrieveCustomer(provider_customer_id=cus)
+    now = await harness.gateway.retrieve_customer(req, idempotency_key=key())
+    assert (now.provider_customer_id, now.name, now.email) == (cus, "Ada", "ada@example.com")
+    assert now.metadata == {"tier": "gold", "x": "1"} and not now.deleted
+    await harness.gateway.delete_customer(
+        DeleteCustomer(provider_customer_id=cus), idempotency_key=key()
+    )
+    await expect(ErrorCode.NOT_FOUND, harness.gateway.retrieve_customer(req, idempotency_key=key()))
+    missing = RetrieveCustomer(provider_customer_id="cus_missing0000")
+    await expect(
+        ErrorCode.NOT_FOUND, harness.gateway.retrieve_customer(missing, idempotency_key=key())
+    )
 
 
 @over_gateways()

@@ -30,6 +30,7 @@ from paystream.gateways.base import (
     CreateCustomer,
     CreatePayment,
     CreateRefund,
+    CustomerDetails,
     CustomerResult,
     DeleteCustomer,
     DetachPaymentMethod,
@@ -38,6 +39,7 @@ from paystream.gateways.base import (
     PaymentMethodResult,
     PaymentResult,
     RefundResult,
+    RetrieveCustomer,
     RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
@@ -213,6 +215,16 @@ class SimulatorGateway:
         return await self._run(
             "update_customer", req, idempotency_key,
             lambda tx: ops.update_customer(tx, req, idempotency_key), CustomerResult,
+        )  # fmt: skip
+
+    async def retrieve_customer(
+        self, req: RetrieveCustomer, *, idempotency_key: str
+    ) -> CustomerDetails:
+        # A read, as retrieve_payment: no key kept, every call answers afresh.
+        return await self._run(
+            "retrieve_customer", req, idempotency_key,
+            lambda tx: ops.retrieve_customer(tx, req), CustomerDetails,
+            keyed=False,
         )  # fmt: skip
 
     async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:

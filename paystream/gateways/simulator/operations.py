@@ -28,6 +28,7 @@ from paystream.gateways.base import (
     DetachPaymentMethod,
     DisputeStatus,
     PaymentStatus,
+    RetrieveCustomer,
     RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
@@ -55,6 +56,7 @@ __all__ = [
     "delete_customer",
     "detach_payment_method",
     "resolve_dispute",
+    "retrieve_customer",
     "retrieve_payment",
     "submit_dispute_evidence",
     "update_customer",
@@ -177,6 +179,13 @@ async def update_customer(tx: Tx, req: UpdateCustomer, key: str) -> dict[str, An
     tx.put(cus)
     tx.effect(Effect.of("customer.updated", key, cus["id"]))
     return {"ok": results.customer(cus)}
+
+
+async def retrieve_customer(tx: Tx, req: RetrieveCustomer) -> dict[str, Any]:
+    """The customer as it stands: read, nothing written (a deleted one is no such
+    customer, as for every other call)."""
+    cus = await _must(tx, req.provider_customer_id, "customer")
+    return {"ok": results.customer_details(cus)}
 
 
 async def delete_customer(tx: Tx, req: DeleteCustomer, key: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from paystream.gateways.simulator.cards import card_for_token
 
-__all__ = ["customer", "dispute", "payment", "payment_method", "refund"]
+__all__ = ["customer", "customer_details", "dispute", "payment", "payment_method", "refund"]
 
 
 # Plain dicts in the result types' JSON shape: the gateway validates each response into
@@ -20,6 +20,16 @@ def _money(obj: dict[str, Any], field: str = "amount") -> dict[str, Any]:
 
 def customer(cus: dict[str, Any]) -> dict[str, Any]:
     return {"provider_customer_id": cus["id"], "deleted": cus["deleted"]}
+
+
+def customer_details(cus: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **customer(cus),
+        "email": cus.get("email"),
+        "name": cus.get("name"),
+        "description": cus.get("description"),
+        "metadata": cus.get("metadata") or {},
+    }
 
 
 def payment_method(pm: dict[str, Any]) -> dict[str, Any]:

@@ -187,6 +187,7 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CreatePayment,
         gw.CapturePayment,
         gw.CancelPayment,
+        gw.RetrieveCustomer,
         gw.RetrievePayment,
         gw.CreateRefund,
         gw.SubmitDisputeEvidence,

@@ -27,6 +27,7 @@ from paystream.gateways.base import (
     CreateCustomer,
     CreatePayment,
     CreateRefund,
+    CustomerDetails,
     CustomerResult,
     DeleteCustomer,
     DetachPaymentMethod,
@@ -35,6 +36,7 @@ from paystream.gateways.base import (
     PaymentMethodResult,
     PaymentResult,
     RefundResult,
+    RetrieveCustomer,
     RetrievePayment,
     SubmitDisputeEvidence,
     UpdateCustomer,
@@ -201,6 +203,23 @@ class StripeGateway:
             ),
         )
         return mapping.customer(obj)
+
+    async def retrieve_customer(
+        self, req: RetrieveCustomer, *, idempotency_key: str
+    ) -> CustomerDetails:
+        # A GET: Stripe keys no read, so no key is sent.
+        obj = await self._call(
+            "retrieve_customer",
+            lambda: self._v1.customers.retrieve_async(req.provider_customer_id),
+        )
+        if obj.get("deleted"):  # (Stripe answers a deleted customer's id with a stub)
+            raise GatewayError(
+                ErrorCode.NOT_FOUND,
+                f"no such customer: {req.provider_customer_id!r}",
+                provider=self.provider,
+                http_status=404,
+            )
+        return mapping.customer_details(obj)
 
     async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
         # Stripe takes no idempotency key on DELETE: a retry after a lost answer (or a

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from paystream.gateways.base import (
+    CustomerDetails,
     CustomerResult,
     DisputeResult,
     DisputeStatus,
@@ -92,6 +93,17 @@ def _money(obj: Mapping[str, Any]) -> Money:
 
 def customer(obj: Mapping[str, Any]) -> CustomerResult:
     return CustomerResult(provider_customer_id=obj["id"], deleted=bool(obj.get("deleted")))
+
+
+def customer_details(obj: Mapping[str, Any]) -> CustomerDetails:
+    return CustomerDetails(
+        provider_customer_id=obj["id"],
+        deleted=bool(obj.get("deleted")),
+        email=obj.get("email"),
+        name=obj.get("name"),
+        description=obj.get("description"),
+        metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
+    )
 
 
 def payment_method(obj: Mapping[str, Any]) -> PaymentMethodResult:
