@@ -1139,23 +1139,41 @@ def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> N
 # ---- disputes ---------------------------------------------------------------------
 
 
-def _dispute_open_unless_let_through(ctx: HandlerContext, rec: DisputeRecord) -> bool:
+def _dispute_open_unless_let_through(ctx: HandlerContext, rec: DisputeRecord) -> None:
     """The dispute must be open, for a command that has not run before; one let through
     may have acted before it was closed (evidence stored, then the dispute accepted), so
     the provider, asked again under the key, decides: it answers as it did, or refuses
     what a closed dispute forbids (review finding: such evidence was answered
-    invalid_state). True if the dispute changed since that command was first tried: the
-    provider's answer may then be as of then, and the status is not taken from it."""
+    invalid_state)."""
     if not ctx.let_through and rec.status not in ("needs_response", "warning_needs_response"):
         raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
-    return _changed_since_first_attempt(ctx, rec)
+
+
+# How far a dispute has gone: its status only moves forward (Stripe's lifecycle).
+_DISPUTE_STAGE = {
+    "warning_needs_response": 0,
+    "needs_response": 0,
+    "warning_under_review": 1,
+    "under_review": 1,
+    "warning_closed": 2,
+    "won": 2,
+    "lost": 2,
+}
+
+
+def _take_dispute_status(ctx: HandlerContext, rec: DisputeRecord, status: str) -> None:
+    """The provider's answer's status. A let-through command's answer may be its stored
+    one, as of its first attempt, with the dispute moved on since (accepted, answered):
+    taken only if it does not move the dispute back (review finding)."""
+    if not ctx.let_through or _DISPUTE_STAGE.get(status, 0) >= _DISPUTE_STAGE.get(rec.status, 0):
+        rec.status = status
 
 
 async def submit_dispute_evidence(
     ctx: HandlerContext, data: c.SubmitDisputeEvidence
 ) -> HandlerResult:
     rec = ctx.load(DisputeRecord, data.dispute_id)
-    stale = _dispute_open_unless_let_through(ctx, rec)
+    _dispute_open_unless_let_through(ctx, rec)
     ctx.at_provider(rec)
     req = gw.SubmitDisputeEvidence(
         provider_dispute_id=rec.provider_dispute_id, evidence=data.evidence, submit=data.submit
@@ -1165,22 +1183,21 @@ async def submit_dispute_evidence(
         "submit_dispute_evidence",
         lambda: ctx.gateway.submit_dispute_evidence(req, idempotency_key=ctx.idem),
     )
-    if not stale:
-        rec.status = res.status.value
-        rec.evidence_submitted = data.submit
+    _take_dispute_status(ctx, rec, res.status.value)
+    # (Let through, evidence submitted once stays so: a replayed draft's answer is older.)
+    rec.evidence_submitted = data.submit or (ctx.let_through and rec.evidence_submitted)
     return HandlerResult("dispute.evidence_submitted", rec)
 
 
 async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerResult:
     rec = ctx.load(DisputeRecord, data.dispute_id)
-    stale = _dispute_open_unless_let_through(ctx, rec)
+    _dispute_open_unless_let_through(ctx, rec)
     ctx.at_provider(rec)
     req = gw.AcceptDispute(provider_dispute_id=rec.provider_dispute_id)
     res = await _gateway(
         ctx, "accept_dispute", lambda: ctx.gateway.accept_dispute(req, idempotency_key=ctx.idem)
     )
-    if not stale:
-        rec.status = res.status.value
+    _take_dispute_status(ctx, rec, res.status.value)
     return HandlerResult("dispute.closed", rec)
 
 

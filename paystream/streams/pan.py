@@ -254,7 +254,7 @@ _SPAN_MARKS = _byte_table(
     },
 )
 _SPAN_RUN = b"\x01" * 13
-_FORM_SPACED_BYTES = re.compile(rb"[0-9]{4}(?:\+|%20)[0-9]")
+_FORM_SPACED_BYTES = re.compile(rb"[0-9]{4}(?:\+|%20)+[0-9]")
 # A _JSON_EXPONENT match is an anchor, spaces, "-", then digits (a "." and digits) and
 # "e" or "E", or 13 or more digits, a "." and a digit. Read backwards, with anchors
 # marked "a", what its \s matches in ASCII (without the controls _SPAN_MARKS finds) " ",
@@ -525,7 +525,7 @@ def _has_card_number(text: str) -> bool:
     # variation selectors, ...) between digits: a card number to any reader, none to the
     # pattern. Scanned again without them (detection only: redaction keeps positions).
     visible = _INVISIBLE.sub("", text)
-    return visible != text and any(_is_card_number(m) for m in _candidates(visible))
+    return visible != text and _has_card_number(visible)
 
 
 # Form and URL encoding write a space as "+" or "%20": a card number typed with spaces
@@ -534,7 +534,7 @@ def _has_card_number(text: str) -> bool:
 # what it leaves still reading as a card number is not kept at all). Only when one
 # follows four digits and precedes a digit: every grouped form's separators do, so no
 # other text can read as a card number once decoded.
-_FORM_SPACED = re.compile(r"[0-9]{4}(?:\+|%20)[0-9]")
+_FORM_SPACED = re.compile(r"[0-9]{4}(?:\+|%20)+[0-9]")
 _FORM_SPACE = re.compile(r"\+|%20")
 
 

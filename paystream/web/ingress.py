@@ -367,8 +367,12 @@ def _invalid(message: str, **extra: Any) -> _Refused:
 def _named(header: str) -> str:
     """A header's name as a refusal quotes it: read before the card-data scan has run, a
     name holding a card number is not repeated (nor, being unbounded, a long one)."""
-    shown = redact_card_numbers(header)  # (whole: a cut could leave half a number)
-    return repr(shown if len(shown) <= _NAME_SHOWN else shown[:_NAME_SHOWN] + "...")
+    # Redacted whole (a cut could leave part of a number), then cut and redacted again
+    # (a cut can make one of a longer run of digits).
+    shown = redact_card_numbers(header)
+    if len(shown) > _NAME_SHOWN:
+        shown = redact_card_numbers(shown[:_NAME_SHOWN]) + "..."
+    return repr(shown)
 
 
 _NAME_SHOWN = 64

@@ -885,3 +885,57 @@ async def test_a_later_parked_create_of_the_id_leaves_the_earlier_ones_pointer(
     assert [e.topic for e in emits] == [h.settings.retry_topic]  # its answers lost too
     assert h.idempotency[f"{t}:k4"]["state"] == "parked"
     assert h.idempotency[f"{t}:\x1fcreate:payment:p1"]["key"] == f"{t}:k3"
+
+
+# A let-through dispute command whose first attempt never reached the provider, re-driven
+# after another command moved the dispute on: the provider's fresh answer is taken.
+async def _disputed_parking(h: Harness, failing_key: str) -> tuple[str, str]:
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"ps:{t}:{failing_key}": 3}})
+    pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+           "payment_method_token": "pm_card_createDispute"}  # fmt: skip
+    await _answer(h, _command(t, "payment.create", pay, "k1"))
+    return t, h.tables.payments[f"{t}:p1"]["dispute_id"]
+
+
+async def test_a_parked_accept_re_driven_after_evidence_records_the_dispute_lost(
+    harness: Harness,
+) -> None:
+    """accept `acc` never reached the provider (parked); evidence (not submitted) stored
+    since; re-driven, the provider accepts it now (lost), but the record keeps
+    needs_response: `dispute.closed` says an open dispute, and paystream's own
+    lost-dispute refund rule no longer applies."""
+    h = harness
+    t, dispute = await _disputed_parking(h, "acc")
+    emits = await h.processor.process(_command(t, "dispute.accept", {"dispute_id": dispute}, "acc"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    evidence = {"dispute_id": dispute, "evidence": {"customer_name": "A"}, "submit": False}
+    ev = await _answer(h, _command(t, "dispute.submit_evidence", evidence, "ev1"))
+    assert kind(ev) == "dispute.evidence_submitted", data(ev)
+    out = await _answer(h, _command(t, "dispute.accept", {"dispute_id": dispute}, "acc"))
+    assert kind(out) == "dispute.closed", data(out)
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    held = h.tables.disputes[f"{t}:{dispute}"]
+    at_provider = await gateway._store.read(held["provider_dispute_id"])
+    assert at_provider is not None and at_provider["status"] == "lost"  # the provider did
+    assert data(out)["object"]["status"] == "lost", data(out)["object"]
+    assert h.tables.disputes[f"{t}:{dispute}"]["status"] == "lost"
+
+
+async def test_parked_submitted_evidence_re_driven_after_other_evidence_records_it(
+    harness: Harness,
+) -> None:
+    h = harness
+    t, dispute = await _disputed_parking(h, "ev2")
+    final = {"dispute_id": dispute, "evidence": {"customer_name": "B"}, "submit": True}
+    emits = await h.processor.process(_command(t, "dispute.submit_evidence", final, "ev2"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    draft = {"dispute_id": dispute, "evidence": {"customer_name": "A"}, "submit": False}
+    assert kind(await _answer(h, _command(t, "dispute.submit_evidence", draft, "ev1"))) == (
+        "dispute.evidence_submitted"
+    )
+    out = await _answer(h, _command(t, "dispute.submit_evidence", final, "ev2"))
+    assert kind(out) == "dispute.evidence_submitted", data(out)
+    held = h.tables.disputes[f"{t}:{dispute}"]
+    assert (held["status"], held["evidence_submitted"]) == ("under_review", True), held
