@@ -44,13 +44,16 @@ from paystream.agents.pipeline import Inbound
 from paystream.app import app, settings
 from paystream.errors import ConfigurationError
 from paystream.ledger.errors import InvalidEventError
-from paystream.ledger.events import LedgerEvent
+from paystream.ledger.events import EntityType, LedgerEvent
 from paystream.ledger.migrate import worker_database_url
 from paystream.ledger.session import create_engine
 from paystream.ledger.sink import (
     DEAD_LETTERS,
     FORBIDDEN_DATA,
+    STALLED,
+    WRITE_FAILURES,
     DeadLetter,
+    FailureKind,
     LedgerSink,
     asyncpg_url,
     dead_letter_for,
@@ -210,7 +213,7 @@ class LedgerSinkRunner:
         # one the ledger refused to store still erases (the command agent did erase the
         # customer: their data key must go whatever became of the event's row).
         for event in translated.events:
-            if event.type == ERASED_TYPE:
+            if _erases(event):
                 await sink.erase_customer(event.tenant_id, event.entity_id)
         dead = dict(translated.dead)
         for letter in result.dead_letters:
@@ -272,6 +275,17 @@ class LedgerSinkRunner:
 
 
 ERASED_TYPE = "com.paystream.customer.erased"
+
+
+def _erases(event: LedgerEvent) -> bool:
+    """Is this the erased customer's own event? An erasure outcome's related entities'
+    events carry its type too, and their ids are no customer's (review finding: a
+    related entity's id was erased as a customer's)."""
+    return (
+        event.type == ERASED_TYPE
+        and event.entity_type is EntityType.CUSTOMER
+        and not event.event_id.endswith(f":{event.entity_type.value}:{event.entity_id}")
+    )
 
 
 # A next action given (an object, not null) in an outcome's JSON.
@@ -360,6 +374,7 @@ async def _until_stored(events: Sequence[EventT]) -> None:
     """Run the batch until it is stored (and counted by the insights, where this worker
     runs them); never pass over it. Cancellation propagates."""
     delay = RETRY_FIRST_SECONDS
+    stored = False  # the ledger half done: a retry for the insights runs only theirs
     while True:
         # Retried past a rebalance, what moved away is its new owner's now: a late write
         # of ours would land after (and over) that owner's insights record.
@@ -368,8 +383,11 @@ async def _until_stored(events: Sequence[EventT]) -> None:
         if not events:
             return
         try:
-            if ENABLED or insights.runner is None:  # (not a worker of insights alone)
+            if not stored and (ENABLED or insights.runner is None):  # (not insights alone)
                 await runner.run_batch(events)
+                # Once: run again, its refused outcomes were parked (and counted) again
+                # on every retry of an insights failure (review finding).
+                stored = True
                 # The writer waits out a database outage itself, minutes maybe, across a
                 # rebalance: what moved away meanwhile is its new owner's to count (a
                 # late count of ours is the late write above; review finding).
@@ -381,7 +399,12 @@ async def _until_stored(events: Sequence[EventT]) -> None:
         except Exception:
             # The writer retries database outages itself; this is everything else (a
             # missing setting, the dead-letter topic unreachable, a bug). Loud, and the
-            # stream waits: the outcomes stay in Kafka until it is fixed.
+            # stream waits: the outcomes stay in Kafka until it is fixed. Said by the
+            # ledger's own gauge too, where the agent-stalled alert sends the operator
+            # (review finding: it stayed 0).
+            if not stored:
+                STALLED.set(1)
+                WRITE_FAILURES.labels(FailureKind.UNEXPECTED).inc()
             log.exception(
                 "ledger sink: a batch of %d outcome(s) could not be stored; retrying in %.0f s",
                 len(events),

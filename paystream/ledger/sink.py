@@ -295,6 +295,11 @@ _RETRY_SQLSTATE_CLASSES = {
 # too large), and paystream's own refusals ("PS": the ledger's triggers refusing a write,
 # migration 0007): the same event fails the same way on every retry.
 _DATA_SQLSTATE_CLASSES = {"22", "23", "54", "PS"}
+_READ_ONLY_TRANSACTION = "25006"
+# Consecutive failed attempts after which the pool's connections are dropped: a pooled
+# connection can keep failing where a new one would not (a read-only server after a
+# failover passes the pre-ping), and one failure alone may be the server's blip.
+_FRESH_CONNECTIONS_AFTER = 2
 
 
 def _in_chain(exc: BaseException, attribute: str) -> str | None:
@@ -342,6 +347,10 @@ def classify_failure(exc: BaseException) -> str:
         return FailureKind.CONFIG
     code = _sqlstate(exc)
     if code is not None:
+        if code == _READ_ONLY_TRANSACTION:
+            # A server demoted to a standby by a failover (or a proxy still holding
+            # connections to it): a fresh connection reaches the new primary.
+            return FailureKind.CONNECTION
         if code[:2] in _DATA_SQLSTATE_CLASSES:
             return FailureKind.DATA
         return _RETRY_SQLSTATE_CLASSES.get(code[:2], FailureKind.UNEXPECTED)
@@ -598,6 +607,8 @@ class LedgerSink:
                     down_since = time.monotonic()
                 self.stalled = True
                 STALLED.set(1)
+                if kind != FailureKind.CONFIG and attempt >= _FRESH_CONNECTIONS_AFTER:
+                    await self.engine.dispose()  # (review finding: never replaced)
                 # Exponent capped: an outage of hours must not overflow the float.
                 delay = min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 32))
                 delay *= random.uniform(0.75, 1.0)  # jitter: spread a fleet's reconnects

@@ -1,0 +1,216 @@
+"""The ledger sink under review findings: refused data parked once and not retried, a
+batch retried for the insights alone, a stalled sink said so by its own gauge, erasure
+of the erased customer alone, a read-only pooled connection replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger.models import Customer
+from paystream.ledger.session import tenant_session
+from paystream.ledger.sink import LedgerSink
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
+from paystream.streams.outcomes import build_outcome
+from paystream.tenancy.crypto import MasterKeyring
+from tests.ledger.factories import EventFactory
+from tests.ledger.test_sink import _cmd, payment_outcome
+from tests.ledger.test_sink_never_stalls import _write_within
+
+
+def _tenant() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_version_past_bigint_is_parked_not_retried_for_ever(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    tenant = _tenant()
+    good = make_event.payment(tenant, "pay_ok", 1)
+    huge = make_event.payment(tenant, "pay_huge", 2**63)
+    sink = LedgerSink(app_engine, keyring, initial_backoff=0.05, max_backoff=0.1)
+    result = await _write_within(sink, [good, huge], seconds=3)
+    assert [d.event_id for d in result.dead_letters] == [huge.event_id]
+
+
+class _Msg:
+    def __init__(self, rec: Any, offset: int) -> None:
+        self.key, self.value, self.headers = rec.key, rec.value, list(rec.headers)
+        self.timestamp, self.topic, self.partition, self.offset = 1.7e9, "ev", 0, offset
+        self.generation_id = 7
+
+
+class _Ev:
+    def __init__(self, message: _Msg) -> None:
+        self.message = message
+
+
+async def test_a_batch_retried_for_the_insights_parks_its_dead_letters_once(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger half succeeded; only the insights' publish failed once."""
+    from paystream.agents import ledger_sink as agent
+
+    tenant = _tenant()
+    data = dict(payment_outcome(tenant, "pay_x", 1).get_data())
+    data["tenant_id"] = "globex"  # refused: parked
+    bad = encode_event(
+        build_outcome(_cmd(tenant, data["command_id"]), "payment.succeeded", data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    events = [_Ev(_Msg(bad, 0))]
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    parks: list[Any] = []
+
+    async def park(records: Any, dead: Any) -> None:
+        parks.append(dict(dead))
+
+    monkeypatch.setattr(runner, "_park", park)
+    calls = 0
+
+    class Insights:
+        async def run_batch(self, evs: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("analytics topic unreachable")
+
+    monkeypatch.setattr(agent, "runner", runner)
+    monkeypatch.setattr(agent, "ENABLED", True)
+    monkeypatch.setattr(agent.insights, "runner", Insights())
+    monkeypatch.setattr(agent, "app", types.SimpleNamespace(consumer_generation_id=7))
+    monkeypatch.setattr(agent, "RETRY_FIRST_SECONDS", 0.01)
+    await agent._until_stored(events)  # type: ignore[arg-type]
+    assert calls == 2
+    assert len(parks) == 1, f"the same outcome was parked {len(parks)} times"
+
+
+async def test_related_events_of_an_erasure_outcome_do_not_erase_other_ids(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer.erased outcome carrying a related entity (a payment method, say) must
+    shred the customer, not create a customer tombstone named after the related id."""
+    from paystream.agents import ledger_sink as agent
+
+    tenant = _tenant()
+    cus = {
+        "tenant_id": tenant,
+        "id": "cus_e",
+        "version": 3,
+        "provider": "simulator",
+        "provider_customer_id": "sim_cus_e",
+        "email": None,
+        "name": None,
+        "erased": True,
+    }
+    pm = {
+        "tenant_id": tenant,
+        "id": "pm_e",
+        "version": 2,
+        "customer_id": "cus_e",
+        "provider": "simulator",
+        "provider_token": "tok_1",
+        "attached": False,
+    }
+    data = {
+        "tenant_id": tenant,
+        "command_id": "cmd_erase",
+        "entity_type": "customer",
+        "entity_id": "cus_e",
+        "version": 3,
+        "object": cus,
+        "related": [
+            {"entity_type": "payment_method", "entity_id": "pm_e", "version": 2, "object": pm}
+        ],
+    }
+    rec = encode_event(
+        build_outcome(_cmd(tenant, "cmd_erase", "customer.erase"), "customer.erased", data),
+        tenant.encode(),
+        CloudEventsMode.BINARY,
+    )
+    runner = agent.LedgerSinkRunner(agent.settings)
+    runner._sink = LedgerSink(app_engine, keyring)
+    await runner.run_batch([_Ev(_Msg(rec, 0))])  # type: ignore[arg-type]
+    async with tenant_session(app_engine, tenant) as s:
+        ids = set(await s.scalars(select(Customer.customer_id)))
+    assert ids == {"cus_e"}, ids
+
+
+async def test_a_sink_that_cannot_start_says_so_in_its_stall_gauge(
+    ledger_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATABASE_URL is the owner's and PAYSTREAM_DB_APP_PASSWORD is missing: every batch
+    fails before the writer; the alert the agent-stalled alert points to must fire."""
+    from paystream.agents import ledger_sink as agent
+    from paystream.ledger.sink import STALLED, WRITE_FAILURES
+
+    cfg = agent.settings.model_copy(
+        update={"database_url": ledger_db.owner_url, "db_app_password": None}
+    )
+    runner = agent.LedgerSinkRunner(cfg)
+    tenant = _tenant()
+    rec = encode_event(
+        payment_outcome(tenant, "pay_cfg", 1), tenant.encode(), CloudEventsMode.BINARY
+    )
+    monkeypatch.setattr(agent, "runner", runner)
+    monkeypatch.setattr(agent, "ENABLED", True)
+    monkeypatch.setattr(agent.insights, "runner", None)
+    monkeypatch.setattr(agent, "app", types.SimpleNamespace(consumer_generation_id=7))
+    monkeypatch.setattr(agent, "RETRY_FIRST_SECONDS", 0.01)
+    before = sum(
+        WRITE_FAILURES.labels(k)._value.get() for k in ("connection", "config", "unexpected")
+    )
+    task = asyncio.ensure_future(agent._until_stored([_Ev(_Msg(rec, 0))]))  # type: ignore[list-item]
+    await asyncio.sleep(0.5)
+    task.cancel()
+    after = sum(
+        WRITE_FAILURES.labels(k)._value.get() for k in ("connection", "config", "unexpected")
+    )
+    assert STALLED._value.get() == 1 or after > before, "stalled, yet no ledger metric says so"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"status": "succ\x00eeded"}, {"metadata": {"k": "a\x00b"}}, {"failure_message": "x\ud800y"}],
+)
+async def test_odd_text_is_parked_not_retried(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory, extra: Any
+) -> None:
+    tenant = _tenant()
+    good = make_event.payment(tenant, "pay_ok", 1)
+    odd = make_event.payment(tenant, "pay_odd", 1, **extra)
+    sink = LedgerSink(app_engine, keyring, initial_backoff=0.05, max_backoff=0.1)
+    result = await _write_within(sink, [good, odd], seconds=3)
+    assert [d.event_id for d in result.dead_letters] == [odd.event_id]
+
+
+async def test_a_pooled_connection_left_read_only_by_a_failover_is_replaced(
+    ledger_db: Any, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """The sink's pooled connections reach a server demoted to a standby (every write
+    refused 25006); a new connection would reach the new primary. The sink must not
+    retry on the stale connection for ever (pre-ping passes on a read-only server)."""
+    from sqlalchemy import text
+
+    from paystream.ledger import create_engine
+
+    engine = create_engine(ledger_db.app_url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:  # stands in for the demoted server
+            await conn.execute(text("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"))
+            await conn.commit()
+        sink = LedgerSink(engine, keyring, initial_backoff=0.05, max_backoff=0.1)
+        tenant = _tenant()
+        result = await _write_within(sink, [make_event.payment(tenant, "pay_ro", 1)], seconds=5)
+        assert result.written.events_written == 1
+    finally:
+        await engine.dispose()
