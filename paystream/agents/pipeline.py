@@ -1010,8 +1010,12 @@ class CommandProcessor:
             # a card detached, a dispute lost; its rejection was kept under the key and
             # the parked command, re-driven, got it too, after the charge.)
             let_through=let_through,
+            # (Without a record saying, the time a sealed re-drive carries, if any.)
             first_attempt_ms=(
-                existing.first_attempt_ms if let_through and existing is not None else None
+                (existing.first_attempt_ms if existing is not None else None)
+                or self._carried_first_attempt(rec)
+                if let_through
+                else None
             ),
             trace=trace,
             id_window_seconds=self._id_window,
