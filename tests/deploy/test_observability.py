@@ -240,6 +240,9 @@ def test_rare_event_panels_show_a_tenants_first_event(tmp_path: Path) -> None:
                     # twice more at 20m.
                     {"series": parked + ', tenant="acme"}', "values": "_x9 1x30"},
                     {"series": parked + ', tenant="globex"}', "values": "3x19 5x20"},
+                    # initech parked long ago, then its worker went unscraped for 10m: no
+                    # lifetime total counted as new when scraped again (review finding).
+                    {"series": parked + ', tenant="initech"}', "values": "5000x19 _x10 5000x10"},
                     {"series": repaired + ', tenant="acme"}', "values": "_x9 1x30"},
                     *(
                         {"series": f"{metric}{{{target}, {label}}}", "values": "_x9 1x30"}
@@ -253,12 +256,19 @@ def test_rare_event_panels_show_a_tenants_first_event(tmp_path: Path) -> None:
                         "exp_samples": samples,
                     }
                     for eval_time, samples in (
-                        ("8m", [{"labels": '{tenant="globex"}', "value": 0}]),
+                        (
+                            "8m",
+                            [
+                                {"labels": '{tenant="globex"}', "value": 0},
+                                {"labels": '{tenant="initech"}', "value": 0},
+                            ],
+                        ),
                         (
                             "12m",
                             [
                                 {"labels": '{tenant="acme"}', "value": 1},
                                 {"labels": '{tenant="globex"}', "value": 0},
+                                {"labels": '{tenant="initech"}', "value": 0},
                             ],
                         ),
                         (
@@ -266,6 +276,15 @@ def test_rare_event_panels_show_a_tenants_first_event(tmp_path: Path) -> None:
                             [
                                 {"labels": '{tenant="acme"}', "value": 0},
                                 {"labels": '{tenant="globex"}', "value": 2},
+                                {"labels": '{tenant="initech"}', "value": 0},
+                            ],
+                        ),
+                        (
+                            "32m",
+                            [
+                                {"labels": '{tenant="acme"}', "value": 0},
+                                {"labels": '{tenant="globex"}', "value": 0},
+                                {"labels": '{tenant="initech"}', "value": 0},
                             ],
                         ),
                     )
