@@ -1429,18 +1429,21 @@ def dlq_replay(
         )
     try:
         result = _run(
-            replay(
-                settings,
-                _dlq_topics(settings, which),
-                limit=limit,
-                dry_run=dry_run,
-                stale_checked_as_of_ms=checked_ms,
-                stale_checked_topics=checked_topics,
-                progress=shown.progress,
-                observe=observe,
-                rate_per_tenant=rate_per_tenant,
-                paced=shown.paced,
-                take_lease=not no_lease,
+            # (SIGTERM too, as a Job's deletion sends: committed on the way out.)
+            _stoppable(
+                replay(
+                    settings,
+                    _dlq_topics(settings, which),
+                    limit=limit,
+                    dry_run=dry_run,
+                    stale_checked_as_of_ms=checked_ms,
+                    stale_checked_topics=checked_topics,
+                    progress=shown.progress,
+                    observe=observe,
+                    rate_per_tenant=rate_per_tenant,
+                    paced=shown.paced,
+                    take_lease=not no_lease,
+                )
             ),
             own=(ConcurrentReplayError,),
         )
@@ -1451,7 +1454,12 @@ def dlq_replay(
         click.echo(
             f"\ninterrupted: {verb} {done['replayed']} record(s), passed over "
             f"{done['passed over']}"
-            + ("" if dry_run else "; what was done is committed: run it again to go on"),
+            + (
+                ""
+                if dry_run
+                else "; what was done is committed unless a warning above says otherwise: "
+                "run it again to go on"
+            ),
             err=True,
         )
         sys.exit(130)

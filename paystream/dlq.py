@@ -8,9 +8,10 @@ import functools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,6 +26,8 @@ from paystream.streams.codec import UndecodableRecord, decode_record, headers_to
 from paystream.streams.commands import COMMAND_PREFIX, PROVIDER_READS
 from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.token_bucket import TokenBucket
+
+T = TypeVar("T")
 
 __all__ = [
     "HELD_BACK",
@@ -314,7 +317,7 @@ class _ParkedReader:
         consumer.assign(tps)
         self.ends = await consumer.end_offsets(tps)
         for tp in tps:
-            committed = self.committed[tp] = await consumer.committed(tp)
+            committed = self.committed[tp] = await _bounded(consumer.committed(tp))
             if committed is None or not self.committed_only:
                 await consumer.seek_to_beginning(tp)
             else:
@@ -474,6 +477,25 @@ REPLAYED, PASSED_OVER, HELD_BACK = "replayed", "passed over", "held back"
 # While every partition's next record waits for its tenant's pace, what was re-sent is
 # committed if the last commit is this old (a slow replay that crashes repeats less).
 COMMIT_SECONDS = 5.0
+# How long a committed-offset question or a commit may take: aiokafka retries them for
+# as long as the group coordinator is unknown, and a replay stuck there said nothing and
+# held its lease, every other replay refused, for the whole outage (review finding).
+OFFSETS_TIMEOUT_SECONDS = 30.0
+
+
+async def _bounded(call: Awaitable[T]) -> T:
+    try:
+        return await asyncio.wait_for(call, OFFSETS_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise KafkaOffsetsTimeout(
+            f"the broker did not answer about committed offsets within "
+            f"{OFFSETS_TIMEOUT_SECONDS:.0f} s (its group coordinator unavailable?): "
+            "nothing more committed; run it again once the broker answers"
+        ) from None
+
+
+class KafkaOffsetsTimeout(PaystreamError):
+    """The broker did not answer a committed-offsets question or a commit in time."""
 
 
 @dataclass(frozen=True)
@@ -676,7 +698,7 @@ async def _replay(
                 acks="all",
             )
             await producer.start()
-        partitions = await _command_partitions(producer, settings.commands_topic)
+        partitions = await _command_partitions(producer, reader.consumer, settings.commands_topic)
         done = 0
         committed_at = time.monotonic()
 
@@ -846,7 +868,7 @@ class _FencedCommits:
             return
         await self.ensure_ours(confirm=True)
         consumer, expected = self.reader.consumer, self.reader.committed
-        moved = [tp for tp in sent if await consumer.committed(tp) != expected.get(tp)]
+        moved = [tp for tp in sent if await _bounded(consumer.committed(tp)) != expected.get(tp)]
         if moved:
             raise ConcurrentReplayError(
                 "another `paystream dlq replay` committed on "
@@ -854,22 +876,33 @@ class _FencedCommits:
                 + " while this one ran: stopped without committing (run one at a time)"
             )
         try:
-            await consumer.commit(sent)
+            await _bounded(consumer.commit(sent))
         except Exception:
             # The broker may have applied it all the same (a timed-out answer): what it
             # holds now is ours, not another replay's.
             for tp, offset in sent.items():
                 with contextlib.suppress(Exception):
-                    if await consumer.committed(tp) == offset:
+                    if await _bounded(consumer.committed(tp)) == offset:
                         expected[tp] = offset
             raise
         expected.update(sent)
 
 
-async def _command_partitions(producer: AIOKafkaProducer | None, topic: str) -> set[int]:
+async def _command_partitions(
+    producer: AIOKafkaProducer | None, consumer: AIOKafkaConsumer, topic: str
+) -> set[int]:
+    """The commands topic's partitions, asked without creating it: re-sent to a topic
+    the broker made up (a mistyped PAYSTREAM_COMMANDS_TOPIC in the operator's shell),
+    every parked command was committed past and never run (review finding)."""
     if producer is None:
         return set()
-    return set(await producer.partitions_for(topic) or ())
+    found = {tp.partition for tp in await topic_partitions(consumer, topic)}
+    if not found:
+        raise ConfigurationError(
+            f"commands topic {topic!r} does not exist on the broker KAFKA_BROKER_URL "
+            "names: nothing re-sent (check PAYSTREAM_COMMANDS_TOPIC and KAFKA_BROKER_URL)"
+        )
+    return found
 
 
 async def _resend(
@@ -952,6 +985,13 @@ async def _finish(
     for step in (producer.stop, commit):
         try:
             await step()
+        except asyncio.CancelledError:
+            # (Ctrl-C during the clean-up: the CLI must not say it was committed.)
+            log.warning(
+                "interrupted before committing: records re-published since the last "
+                "commit will be re-published again by the next replay"
+            )
+            raise
         except Exception as exc:
             if not quiet:
                 # A fenced commit says why nothing more was committed (exit status 4,

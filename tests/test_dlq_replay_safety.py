@@ -397,3 +397,43 @@ async def test_a_time_checked_for_one_topic_reconciles_nothing_on_the_other(
     assert sorted(seen) == [(b"shown", "replayed"), (b"unseen", "held back")]
     assert await _resent(settings) == [b"shown"]
     assert [r.value for r in await _waiting(settings)] == [b"unseen"]
+
+
+async def test_a_replay_to_a_commands_topic_that_does_not_exist_is_refused(
+    deployment_factory: Any,
+) -> None:
+    """From a shell whose PAYSTREAM_COMMANDS_TOPIC is not the workers' (mistyped), the
+    broker made the topic up, every parked command went there, and the replay committed
+    past them and exited 0: never run (review finding). Refused, nothing committed."""
+    import uuid
+
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.retry_topic, *((b"acme", f"cmd {i}".encode(), 0) for i in range(2)))
+    typo = f"typo-{uuid.uuid4().hex[:6]}.commands"
+    proc = run_cli(
+        dep, "dlq", "replay", "--topic", "retry", "--without-master-key", check=False,
+        PAYSTREAM_COMMANDS_TOPIC=typo,
+    )  # fmt: skip
+    assert proc.returncode != 0 and f"commands topic {typo!r} does not exist" in proc.stderr
+    _, waiting = await dlq.list_parked(settings, [settings.retry_topic], limit=None)
+    assert waiting == 2
+
+
+async def test_offsets_the_broker_does_not_answer_about_end_the_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka asks for committed offsets (and commits) for as long as the group
+    coordinator is unknown: a replay stuck there said nothing and held its lease, every
+    other replay refused, for the whole outage (review finding). Bounded now."""
+    monkeypatch.setattr(dlq, "OFFSETS_TIMEOUT_SECONDS", 0.05)
+
+    class Stuck:
+        async def committed(self, tp: Any) -> int:
+            await asyncio.Event().wait()
+            return 0
+
+    reader = type("Reader", (), {"consumer": Stuck(), "committed": {}})()
+    commits = dlq._FencedCommits(reader)  # type: ignore[arg-type]
+    with pytest.raises(dlq.KafkaOffsetsTimeout, match="did not answer"):
+        await commits.commit({dlq.TopicPartition("t", 0): 3})
