@@ -63,7 +63,9 @@ SKIPPED = Counter(
     "late (not in the analytics windows: dated more than the horizon before the tenant's "
     "stream time, or its window let go to keep the record at 64 windows; the fraud rules "
     "still see those), future (dated more than the horizon ahead), "
-    "unregistered (tenant), not_an_outcome, error (a failure of ours, logged).",
+    "unregistered (tenant), not_an_outcome, other_partition (a registered tenant's "
+    "outcome on a partition not the tenant's: forged, or another producer's "
+    "partitioner), error (a failure of ours, logged).",
     ["why"],
 )
 PUBLISHED = Counter(
@@ -219,6 +221,13 @@ class InsightsRunner:
             # event's, which is the batch's last record, maybe another partition's.
             with at_partition(self._topic, msg.partition):
                 st = TenantInsights.load(tenant_id, self.state.get(tenant_id), now_ms)
+        if 0 <= st.partition != msg.partition:
+            # Offsets mean something within one partition: one outcome on another (forged,
+            # or another producer's partitioner) moved `through` there, and the tenant's
+            # own outcomes were passed over as applied before (review finding). A tenant's
+            # outcomes are on one partition, keyed by it; this one is not counted.
+            self._skips.append(SKIPPED.labels("other_partition"))
+            return
         st.partition = msg.partition
         touched[tenant_id] = (st, msg.partition)
         if msg.offset <= st.through:

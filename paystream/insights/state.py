@@ -204,8 +204,11 @@ class TenantInsights:
             _bump(agg["rejections"], seen.reject_reason)
 
     def _rules(self, seen: Observed, cfg: InsightsConfig, now_ms: int | None) -> list[Alert]:
-        # Payment attempts the issuer answered: what card testing shows up as.
-        if not seen.attempt:
+        # Payment attempts the issuer answered: what card testing shows up as; and
+        # declines read back later (after a 3-D Secure step, or another card tried
+        # through the client secret), the creation that was their attempt counted then
+        # (review finding: invisible to both rules, though the analytics counted them).
+        if not (seen.attempt or seen.card_declined):
             return []
         # The rules are about what a tenant's cards do now: a command dated ahead (its
         # client's clock) counts in the present window. Counted ahead, such clients filled
@@ -223,7 +226,8 @@ class TenantInsights:
                 del self.fraud[oldest]  # (nothing to publish: counts only)
                 self.fraud_evicted_through = max(self.fraud_evicted_through, int(oldest))
         fw = self.fraud.setdefault(str(start), _new_fraud_window())
-        fw["attempts"] += 1
+        if seen.attempt:
+            fw["attempts"] += 1
         if not seen.card_declined:
             return []
         fw["declines"] += 1
