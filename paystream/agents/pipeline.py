@@ -1256,6 +1256,11 @@ class CommandProcessor:
             cmd.command_type,
             data,
             admitted_before=existing is not None or applied,
+            # Another command id under a let-through command's key: its quota is that
+            # command's, but its rate the tenant's, as any command's (a refusal says
+            # "later", no final answer; review finding: unbounded resends each tried the
+            # provider and were parked again).
+            resent=existing is not None and existing.command_id != cmd.command_id and not applied,
             exempt=exempt,
             hold_key=_hold_key(cmd, data, idem_table_key, entity_keys),
             former_hold_key=_former_hold_key(cmd, data, entity_keys)

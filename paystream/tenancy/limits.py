@@ -260,6 +260,7 @@ class LimitGate:
         data: Any,
         *,
         admitted_before: bool = False,
+        resent: bool = False,
         exempt: bool = False,
         hold_key: str | None = None,
         former_hold_key: str | None = None,
@@ -271,6 +272,8 @@ class LimitGate:
         ``admitted_before``: its idempotency record says it was let through once (parked,
         or in flight at a crash): it passes unchecked, though it spends a token as any
         admission does (the state must not depend on what the idempotency table held).
+        ``resent``: with ``admitted_before``, another command of that request (a new
+        command id): held to the rate limit, not to the quotas.
         ``exempt``: paystream's own command (a webhook's sealed refresh: the record says
         so, the same on every delivery), neither checked nor spending the tenant's tokens.
         ``hold_key``: the command's idempotency key; an admitted payment under a daily
@@ -317,6 +320,8 @@ class LimitGate:
             # Neither checked nor spending; its time refills the bucket as any other's.
             decision = None
             _refill(state, limits, at_ms)
+        elif admitted_before and resent:
+            decision = _rate(state, limits, at_ms)
         elif admitted_before:
             decision = None
             _spend(state, limits, at_ms)

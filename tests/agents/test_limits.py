@@ -535,3 +535,58 @@ async def test_only_listed_currencies_refuses_a_payment_in_another(harness: Harn
     assert kind(usd) == "payment.succeeded"
     _, moved = await _run(harness, _record("payment.create", loose, jpy, "c3", T0, 2))
     assert kind(moved) == "payment.succeeded"
+
+
+_T0 = 1_790_000_000_000
+
+
+def _keyed_rec(
+    ctype: str,
+    t: str,
+    body: dict[str, Any],
+    cid: str,
+    at_ms: int,
+    offset: int,
+    key: str | None = None,
+) -> Inbound:
+    event = build_command(ctype, t, body, command_id=cid, idempotency_key=key)
+    r = encode_event(event, t.encode(), CloudEventsMode.BINARY)
+    return Inbound(r.key, r.value, dict(r.headers), at_ms, "paystream.commands", 0, offset)
+
+
+def _pay_usd(amount: int) -> dict[str, Any]:
+    return {"amount": amount, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+async def test_resends_under_a_parked_key_are_held_to_the_rate_limit(harness: Harness) -> None:
+    """1 command/s, burst 1. One payment parks (provider down). The tenant then sends
+    the same request under the same idempotency key with 20 new command ids within the
+    same millisecond: none is refused `rate_limited`; every one runs its provider call
+    with the provider failing (until the tenant's breaker opens: 5 attempts here) and
+    each was parked again: 20 more records on the retry topic, none answered (review
+    finding). The parked command itself, re-driven, still passes."""
+    t = harness.add_tenant(
+        gateway_options={"fail_first": {"*": 10_000}},
+        limits={"commands_per_second": 1, "burst": 1},
+    )
+    first = await harness.processor.process(
+        _keyed_rec("payment.create", t, _pay_usd(100), "p0", _T0, 1, "k")
+    )
+    assert [e.topic for e in first] == [harness.settings.retry_topic]
+    topics = []
+    for i in range(1, 21):
+        emits = await harness.processor.process(
+            _keyed_rec("payment.create", t, _pay_usd(100), f"p{i}", _T0, 1 + i, "k")
+        )
+        out = outcome_of(harness.settings, emits)
+        topics.append(
+            "rate_limited"
+            if out is not None and data(out).get("reason") == "rate_limited"
+            else emits[0].topic
+        )
+    # New commands: the rate limit answers the excess (a rate refusal is no final answer).
+    assert topics.count("rate_limited") >= 19, topics
+    redrive = await harness.processor.process(
+        _keyed_rec("payment.create", t, _pay_usd(100), "p0", _T0, 40, "k")
+    )  # `dlq replay` of p0, within the same millisecond: let through, parked again
+    assert [e.topic for e in redrive] == [harness.settings.retry_topic]
