@@ -44,6 +44,14 @@ app.kubernetes.io/part-of: paystream
 {{- if gt (len $name) 52 }}
 {{- fail (printf "the release's full name %q is %d characters: at most 52 (a StatefulSet's pods are labelled with its name and an 11-character revision hash, within 63), so set fullnameOverride or a shorter release name" $name (len $name)) }}
 {{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (gt (int .Values.replicaCount) 1) (ge (int .Values.podDisruptionBudget.maxUnavailable) (int .Values.replicaCount)) }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable (%d) must be below replicaCount (%d): a drain could evict every worker at once, each then recovering its tables" (int .Values.podDisruptionBudget.maxUnavailable) (int .Values.replicaCount)) }}
+{{- end }}
+{{- range $label := list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" }}
+{{- if hasKey ($.Values.podLabels | default dict) $label }}
+{{- fail (printf "podLabels.%s: set by the chart (its selectors match it)" $label) }}
+{{- end }}
+{{- end }}
 {{- if gt (int .Values.replicaCount) (int .Values.partitions) }}
 {{- fail (printf "replicaCount (%d) > partitions (%d): a worker beyond the partition count owns none and is never ready, which stalls rolling updates" (int .Values.replicaCount) (int .Values.partitions)) }}
 {{- end }}
@@ -71,7 +79,7 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 {{- range $name, $_ := .Values.config }}
-{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_INGRESS_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_INGRESS_HOST" "PAYSTREAM_INGRESS_PORT" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "PAYSTREAM_KAFKA_SASL_PASSWORD") }}
+{{- if has $name (list "KAFKA_BROKER_URL" "DATABASE_URL" "REDIS_URL" "PAYSTREAM_MASTER_KEY" "PAYSTREAM_RETIRED_MASTER_KEYS" "PAYSTREAM_DB_APP_PASSWORD" "PAYSTREAM_WEB_TOKEN" "PAYSTREAM_INGRESS_TOKEN" "PAYSTREAM_AGENTS" "PAYSTREAM_PARTITIONS" "PAYSTREAM_APP_ID" "PAYSTREAM_WEB_PORT" "PAYSTREAM_WEB_HOST" "PAYSTREAM_WEB_ADVERTISED_HOST" "PAYSTREAM_INGRESS_HOST" "PAYSTREAM_INGRESS_PORT" "PAYSTREAM_DATA_DIR" "PAYSTREAM_TABLE_STORE" "PAYSTREAM_REPLICATION_FACTOR" "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "PAYSTREAM_KAFKA_SASL_PASSWORD" "PAYSTREAM_METRICS_TOKEN") }}
 {{- fail (printf "config.%s: set by the chart (a value or the Secret), not in config" $name) }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,91 @@
+"""What the chart refuses or renders safely (review findings): secret settings in `config`,
+a disruption budget letting every worker go, selector labels in `podLabels`, the setup
+Job's ServiceAccount, the table volume's ownership."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from paystream.settings import Settings
+from tests.deploy.test_helm import REQUIRED, _merge, containers, helm, refusal
+
+# Every setting paystream treats as a secret (pydantic SecretStr), by its variable name.
+SECRET_SETTINGS = sorted(
+    f"{Settings.model_config['env_prefix']}{name.upper()}"
+    for name, field in Settings.model_fields.items()
+    if "SecretStr" in str(field.annotation)
+)
+
+
+def test_the_secret_settings_are_known() -> None:
+    assert "PAYSTREAM_METRICS_TOKEN" in SECRET_SETTINGS
+    assert "PAYSTREAM_MASTER_KEY" in SECRET_SETTINGS
+
+
+@pytest.mark.parametrize("name", SECRET_SETTINGS)
+def test_config_refuses_every_secret_setting(name: str) -> None:
+    """README: "A setting the chart or the Secret sets is refused there". The chart sets
+    PAYSTREAM_METRICS_TOKEN from the Secret, yet `config.PAYSTREAM_METRICS_TOKEN` renders
+    the scraper's token as plain env in every container (workers, topics, migrate, the
+    commands server), beside the Secret's reference of the same name."""
+    values = _merge(REQUIRED, {"config": {name: "s3cr3t-token"},
+                               "commands": {"server": {"enabled": True}}})  # fmt: skip
+    proc = helm("template", "pay", values=values)
+    if proc.returncode == 0:
+        docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+        plain: list[str] = []
+        for doc in docs:
+            spec: dict[str, Any] | None = (
+                doc.get("spec", {}).get("template", {}).get("spec")
+                if isinstance(doc.get("spec"), dict) else None
+            )  # fmt: skip
+            for c in containers(spec) if spec else []:
+                for e in c.get("env", []):
+                    if e["name"] == name and "value" in e:
+                        plain.append(f"{doc['kind']}/{c['name']}")
+        pytest.fail(f"config.{name} accepted: plain env in {plain}")
+    assert name in proc.stderr
+
+
+def test_the_pdb_never_lets_every_worker_go_at_once() -> None:
+    """README: "The PodDisruptionBudget lets one worker go at a time". The schema only
+    bounds maxUnavailable below (>= 1): with maxUnavailable >= replicaCount a node drain
+    (or a cluster upgrade draining nodes in parallel) may evict every worker at once, and
+    each comes back with a table recovery."""
+    values = _merge(REQUIRED, {"replicaCount": 2, "podDisruptionBudget": {"maxUnavailable": 2}})
+    assert "maxUnavailable" in refusal(values)
+
+
+def test_pod_labels_cannot_replace_the_selector_labels() -> None:
+    """podLabels are rendered after the selector labels: `app.kubernetes.io/component`
+    (or name/instance) there replaces the StatefulSet template's own, which the API then
+    rejects (selector does not match template labels); `component: worker` on the setup
+    Job's pod would make the workers' Service, PDB and NetworkPolicy select it."""
+    values = _merge(REQUIRED, {"podLabels": {"app.kubernetes.io/component": "payments"}})
+    assert "podLabels" in refusal(values)
+
+
+def test_the_setup_job_runs_as_a_named_existing_service_account() -> None:
+    """With serviceAccount.create false and a name (an account that carries the registry's
+    imagePullSecrets, or a cloud identity), the workers and the commands server run as it
+    but the setup Job runs as the namespace's `default`: its image pull or its access to
+    the brokers/database can fail where the workers' succeed, failing every install."""
+    from tests.deploy.test_helm import one, render
+
+    docs = render({"serviceAccount": {"create": False, "name": "paystream-sa"}})
+    job = one(docs, "Job")["spec"]["template"]["spec"]
+    assert job.get("serviceAccountName") == "paystream-sa"
+
+
+def test_the_table_volume_is_not_chowned_whole_at_every_start() -> None:
+    """fsGroup without fsGroupChangePolicy makes the kubelet walk and chown/chmod every
+    file of the RocksDB volume at each mount (every restart, rollout step and eviction):
+    Kubernetes advises OnRootMismatch for large volumes; the image's user already owns
+    what it writes."""
+    from tests.deploy.test_helm import one, render
+
+    spec = one(render(), "StatefulSet")["spec"]["template"]["spec"]
+    assert spec["securityContext"].get("fsGroupChangePolicy") == "OnRootMismatch"
