@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -111,6 +112,9 @@ async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
     try:
+        if _STOP_REQUESTED.is_set():  # (see _raise_interrupt)
+            coro.close()
+            raise KeyboardInterrupt
         return await coro
     except asyncio.CancelledError:
         if stopped:
@@ -239,6 +243,8 @@ def doctor() -> None:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             with DevStack(base, settings.model_copy(update={"data_dir": base})) as stack:
+                if _STOP_REQUESTED.is_set():  # (a stop swallowed while it started)
+                    raise KeyboardInterrupt
                 results = _run(
                     _stoppable(doctor_mod.run_checks(stack.stack_settings(), progress=shown))
                 )
@@ -1561,9 +1567,25 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    """A stop signal handled as Ctrl-C: the ``finally`` blocks stop what was started."""
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """A stop signal handled as Ctrl-C: the ``finally`` blocks stop what was started.
+
+    Not raised inside logging's own code or a finalizer: there it is "ignored" (printed,
+    not propagated), and inside logging's after-fork hook (the embedded servers are
+    started as subprocesses) it left logging's lock held, so the next log line hung the
+    process for good (a SIGTERM during `doctor`'s stack start, seen in CI). The signal is
+    sent again a moment later, to land elsewhere; and it is remembered, for a stop
+    swallowed anyhow."""
+    _STOP_REQUESTED.set()
+    if frame is not None and (
+        frame.f_code.co_name == "__del__" or frame.f_globals.get("__name__") == "logging"
+    ):
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
     raise KeyboardInterrupt
+
+
+_STOP_REQUESTED = threading.Event()
 
 
 def _last_error(log_path: Path) -> str:

@@ -102,3 +102,32 @@ def test_a_stop_signal_during_the_group_join_check_stops_in_seconds(tmp_path: Pa
     assert proc.returncode == 1 and "Traceback" not in out, out
     assert took < 20, f"{took:.1f} s after the stop signal"
     assert list(tmp_path.glob("paystream-doctor-*")) == [], out
+
+
+def test_a_stop_signal_landing_in_loggings_code_is_sent_again_not_raised_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Raised inside logging's after-fork hook (a server being started), the interrupt
+    was "ignored" with logging's lock left held, and the next log line hung `doctor` for
+    good (CI). There it is re-sent a moment later instead; elsewhere it is raised."""
+    import threading
+    import types
+
+    from paystream import cli as cli_module
+
+    sent: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def kill(pid: int, signum: int) -> None:
+        sent.append((pid, signum))
+        done.set()
+
+    monkeypatch.setattr(cli_module.os, "kill", kill)
+    monkeypatch.setattr(cli_module, "_STOP_REQUESTED", threading.Event())  # (this test's)
+    in_logging = types.FunctionType(
+        (lambda: sys._getframe()).__code__, {"__name__": "logging", "sys": sys}
+    )
+    cli_module._raise_interrupt(signal.SIGTERM, in_logging())
+    assert done.wait(5) and sent == [(os.getpid(), signal.SIGTERM)]
+    with pytest.raises(KeyboardInterrupt):
+        cli_module._raise_interrupt(signal.SIGTERM, sys._getframe())
