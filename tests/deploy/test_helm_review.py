@@ -89,3 +89,17 @@ def test_the_table_volume_is_not_chowned_whole_at_every_start() -> None:
 
     spec = one(render(), "StatefulSet")["spec"]["template"]["spec"]
     assert spec["securityContext"].get("fsGroupChangePolicy") == "OnRootMismatch"
+
+
+@pytest.mark.parametrize("kind", ["NodePort", "LoadBalancer"])
+def test_the_web_port_is_published_outside_the_cluster_only_when_meant(kind: str) -> None:
+    """The workers' web port serves the dashboard (customers' names and e-mail addresses,
+    behind one shared token), the commands route and /metrics in plain HTTP: a NodePort
+    or LoadBalancer Service published it beyond the cluster, past the ingresses' TLS."""
+    values = _merge(REQUIRED, {"service": {"type": kind}})
+    assert "service.outsideCluster" in refusal(values)
+    meant = _merge(REQUIRED, {"service": {"type": kind, "outsideCluster": True}})
+    proc = helm("template", "pay", values=meant)
+    assert proc.returncode == 0, proc.stderr
+    services = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "Service"]
+    assert kind in {s["spec"].get("type") for s in services}

@@ -52,6 +52,9 @@ app.kubernetes.io/part-of: paystream
 {{- fail (printf "podLabels.%s: set by the chart (its selectors match it)" $label) }}
 {{- end }}
 {{- end }}
+{{- if and (ne .Values.service.type "ClusterIP") (not .Values.service.outsideCluster) }}
+{{- fail (printf "service.type %s publishes every worker's web port outside the cluster, in plain HTTP: the dashboard (customers' names and e-mail addresses, behind one shared token), the commands route, /metrics. Publish what must be reached through webhooks.ingress and commands.ingress (TLS at the ingress controller); set service.outsideCluster: true to publish it anyway" .Values.service.type) }}
+{{- end }}
 {{- if gt (int .Values.replicaCount) (int .Values.partitions) }}
 {{- fail (printf "replicaCount (%d) > partitions (%d): a worker beyond the partition count owns none and is never ready, which stalls rolling updates" (int .Values.replicaCount) (int .Values.partitions)) }}
 {{- end }}
