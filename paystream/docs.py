@@ -550,8 +550,8 @@ def _outcome_headers() -> Doc:
             "ce_traceparent": _header(
                 "when the command had one: the worker's span for the command (the "
                 "command's trace id and flags, a span id derived from the command, the "
-                "same on every emission); a command `traceparent` that is not W3C trace "
-                "context is copied as it came"
+                "same on every emission); none when the command's `traceparent` is not "
+                "W3C trace context"
             ),
             "ce_tracestate": _header(
                 "the command's `tracestate`, as it came, when it is valid W3C trace state "

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable, Hashable
 from typing import Any
+
+from paystream.streams.pan import redact_card_numbers
 
 __all__ = ["ThrottledLog"]
 
@@ -36,6 +39,26 @@ class ThrottledLog:
         self._causes: dict[Hashable, tuple[float, int]] = {}  # cause → (logged at, held back)
 
     def warning(self, cause: Hashable, msg: str, *args: Any, exc_info: bool = False) -> None:
+        self._write(logging.WARNING, cause, msg, args, exc_info)
+
+    def bug(self, exc: BaseException, msg: str, *args: Any) -> None:
+        """An unexpected exception of ours, met again for every record that triggers it:
+        logged at ERROR once a minute per exception type and place, with its traceback
+        cut of card numbers (an exception's message may quote the data it choked on)."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = (frames[-1].filename, frames[-1].lineno) if frames else ("", 0)
+        cause = (type(exc), *where)
+        self._write(logging.ERROR, cause, msg, args, False, lambda: _traceback_text(exc))
+
+    def _write(
+        self,
+        level: int,
+        cause: Hashable,
+        msg: str,
+        args: tuple[Any, ...],
+        exc_info: bool,
+        tail: Callable[[], str] | None = None,
+    ) -> None:
         now = self._clock()
         seen = self._causes.get(cause)
         if seen is not None and now - seen[0] < self._interval:
@@ -48,4 +71,11 @@ class ThrottledLog:
         if len(self._causes) >= _MAX_CAUSES:
             del self._causes[next(iter(self._causes))]
         self._causes[cause] = (now, 0)
-        self._log.warning(msg, *args, exc_info=exc_info)
+        if tail is not None:  # (after the count: a traceback ends the line)
+            msg += "\n%s"
+            args = (*args, tail())
+        self._log.log(level, msg, *args, exc_info=exc_info)
+
+
+def _traceback_text(exc: BaseException) -> str:
+    return redact_card_numbers("".join(traceback.format_exception(exc)).rstrip())

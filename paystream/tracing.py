@@ -226,9 +226,12 @@ class CommandTrace:
         self.span: Span | None = None
         self._context: Context | None = None
 
-    def begin(self, cmd: CommandRef, tracestate: object = None) -> None:
+    def begin(
+        self, cmd: CommandRef, tracestate: object = None, message_id: str | None = None
+    ) -> None:
         """Start the command's span: the child of the producer's span, given the span id
-        the outcome's ``traceparent`` names (streams/tracecontext.py)."""
+        the outcome's ``traceparent`` names (streams/tracecontext.py). ``message_id``:
+        the command id as the span may show it, when not as it came."""
         if self.span is not None:
             return
         parsed = parse_traceparent(cmd.traceparent)
@@ -247,7 +250,7 @@ class CommandTrace:
             span_id = command_span_id(cmd.tenant_id, cmd.command_id, cmd.id_salt, cmd.traceparent)
         known = cmd.command_type in COMMANDS
         attributes = self._messaging()
-        attributes["messaging.message.id"] = cmd.command_id
+        attributes["messaging.message.id"] = cmd.command_id if message_id is None else message_id
         attributes["paystream.tenant_id"] = cmd.tenant_id
         attributes["paystream.command.type"] = cmd.command_type if known else "unknown"
         self.span = self._tracing.start_span(

@@ -521,8 +521,11 @@ def safe_id(text: str) -> str:
     return digest(text) if _holds_security_code_text(text) else redact_card_numbers(text)
 
 
-def safe_type(text: str) -> str:
-    return "unknown" if _holds_security_code_text(text) else redact_card_numbers(text[:128])
+def safe_type(text: str, max_chars: int = 128) -> str:
+    """A command type as such a rejection may name it (cut, then redacted)."""
+    if _holds_security_code_text(text):
+        return "unknown"
+    return redact_card_numbers(text[:max_chars])
 
 
 def without_code_headers(headers: Mapping[str, bytes]) -> dict[str, bytes]:

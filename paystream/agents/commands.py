@@ -104,6 +104,8 @@ REBALANCE_DRAIN_SECONDS = 3.0
 # judges expired (entities past retention, idempotency records past their window).
 CLOCK_AHEAD_MAX_SECONDS = 86_400.0
 _clock_log = ThrottledLog(log, interval=300.0)
+# Unexpected failures of ours, once a minute per exception type and place.
+_BUGS = ThrottledLog(log)
 # How often durable offsets are committed (Faust's default commit interval is 2.8 s).
 COMMIT_INTERVAL_SECONDS = 1.0
 # Records of a partition handled at most past its committed offset. The decisions kept
@@ -359,10 +361,11 @@ class CommandRunner:
             )
             try:
                 emitted = await processor.process(inbound)
-            except Exception:
+            except Exception as exc:
                 # A bug of ours must not stall the partition: dead-letter and move on.
-                log.exception(
-                    "unexpected failure on %s[%d]@%d", msg.topic, msg.partition, msg.offset
+                # (Throttled: every record that meets it would log its traceback.)
+                _BUGS.bug(
+                    exc, "unexpected failure on %s[%d]@%d", msg.topic, msg.partition, msg.offset
                 )
                 emitted = processor.dead_letter_bug(inbound)
             partition = msg.partition

@@ -412,7 +412,12 @@ class CommandProcessor:
             command_type=suffix,
             idempotency_key=idem_key,
             time=when if bad_time or sent_at is None else sent_at,
-            traceparent=str(traceparent) if traceparent else None,
+            # A traceparent that is not W3C trace context is ignored, as W3C says: copied
+            # onto the outcome, it carried whatever text a sender put there ("cvc=737"
+            # included) into outcomes, stored records and parks (review finding).
+            traceparent=str(traceparent)
+            if traceparent and parse_traceparent(str(traceparent))
+            else None,
             tracestate=valid_tracestate(str(traceparent), tracestate) if tracestate else None,
             source=(rec.partition, rec.offset) if rec.offset >= 0 else None,
             id_salt=f"{rec.partition}:{rec.offset}" if rec.offset >= 0 else None,
@@ -434,8 +439,10 @@ class CommandProcessor:
             # it unchanged.)
             cmd = replace(cmd, tracestate=None)
             tracestate = None
-            if parse_traceparent(cmd.traceparent) is None:
-                cmd = replace(cmd, traceparent=None)
+            # Its id may hold the code: its span names it as its logs do (review finding).
+            traced_id = safe_id(cmd.command_id)
+        else:
+            traced_id = None
         # (The names are listed only when one is too long: nearly never.)
         if max(len(cmd.command_id), len(tenant_id), len(ce_type)) > ID_MAX_CHARS and (
             too_long := [
@@ -454,11 +461,13 @@ class CommandProcessor:
             # An over-long id is answered as "sha256:<hex digest of the id>": cut short, it
             # could be another command's whole id, whose sender would take this answer
             # for its own (and never see its real one).
+            # The tenant and type cut, then redacted: the whole passed the card scan, but a
+            # cut can make a card number of a longer run of digits (review finding).
             short = replace(
                 cmd,
-                tenant_id=cmd.tenant_id[:ID_MAX_CHARS],
+                tenant_id=safe_tenant(cmd.tenant_id),
                 command_id=_id_digest(cmd.command_id),
-                command_type=suffix[:ID_MAX_CHARS],
+                command_type=safe_type(suffix, ID_MAX_CHARS),
             )
             if trace is not None:  # (named as its rejection names it)
                 trace.begin(short, tracestate)
@@ -468,7 +477,7 @@ class CommandProcessor:
                 f"{', '.join(too_long)} too long (at most {ID_MAX_CHARS} characters)",
             )
         if trace is not None:
-            trace.begin(cmd, tracestate)
+            trace.begin(cmd, tracestate, message_id=traced_id)
         # Rules that need no state: the order is cheapest-first.
         if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
             return self._reject(

@@ -135,7 +135,8 @@ def outcome_traceparent(cmd: CommandRef) -> str | None:
     """The ``traceparent`` of ``cmd``'s outcome: the context of the worker's span for the
     command, a child of the command's own (same trace; span id derived from the command
     record, so every emission of the outcome is the same, see streams/tracecontext.py).
-    A ``traceparent`` that is not valid W3C trace context is copied as it came."""
+    (A command's ``traceparent`` that is not W3C trace context was dropped on decoding;
+    one stored by an older version that copied it is answered as it was.)"""
     if cmd.traceparent is None or cmd.traceparent_is_outcomes:
         return cmd.traceparent
     # Kept for the last command asked, as time_text does (it is asked up to three times

@@ -789,7 +789,9 @@ async def test_structured_mode_is_accepted_and_answered(harness: Harness) -> Non
 async def test_traceparent_is_propagated(harness: Harness) -> None:
     """The outcome continues the command's trace: the same trace id and flags, the span
     id of the worker's span for the command (derived from the command, tracing on or
-    off); a traceparent that is not W3C trace context is copied as it came."""
+    off). A traceparent that is not W3C trace context is ignored, as W3C says: copied
+    onto the outcome, it carried whatever a sender put there ("cvc=737") into outcomes
+    and stored records (review finding)."""
     t = harness.add_tenant()
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     out = await harness.send("customer.create", t, {}, traceparent=tp)
@@ -797,9 +799,10 @@ async def test_traceparent_is_propagated(harness: Harness) -> None:
     version, trace_id, span_id, flags = carried.split("-")
     assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
     assert span_id not in ("00f067aa0ba902b7", "0" * 16)
-    odd = "not-a-traceparent"
-    out = await harness.send("customer.create", t, {}, traceparent=odd)
-    assert out.get_extension("traceparent") == odd
+    for odd in ("not-a-traceparent", "cvc=737", "00-cvc-737", f"00-{'0' * 32}-{'1' * 16}-01"):
+        out = await harness.send("customer.create", t, {}, traceparent=odd)
+        assert kind(out) == "customer.created", odd
+        assert out.get_extension("traceparent") is None, odd
 
 
 async def test_tracestate_is_passed_on_with_the_traceparent(harness: Harness) -> None:
