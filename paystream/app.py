@@ -156,6 +156,13 @@ def create_app(settings: Settings) -> faust.App:
         "broker_max_poll_records": max_poll_records(settings.stream_buffer_maxsize),
         "table_standby_replicas": 1,
         "logging_config": None,
+        # Faust lets an environment variable override any of the above: generic names
+        # (WEB_HOST, BROKER_URL, PRODUCER_ACKS, PROCESSING_GUARANTEE, TIMEZONE, APP_DEBUG,
+        # APP_WEB_TABLES_ENABLED, ...) that a shared config map or a platform may set
+        # for something else. APP_WEB_TABLES_ENABLED=1 brought back the raw table pages,
+        # customers' records to anyone reaching the port (review finding). paystream's
+        # settings (PAYSTREAM_*) are the only configuration.
+        "env": {},
     }
     conf.update(broker_compat.faust_overrides(settings))
     return faust.App(settings.app_id, **conf)

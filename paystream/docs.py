@@ -1195,7 +1195,8 @@ def _view_schemas() -> Doc:
                 ),
                 "tenants": {
                     "type": "object",
-                    "description": "every registered tenant: status, gateway and its limits",
+                    "description": "registered tenants: status, gateway and limits; at most "
+                    "1,000, those this worker served first, then by id",
                     "additionalProperties": {
                         "type": "object",
                         "required": ["status", "gateway"],
@@ -1206,6 +1207,11 @@ def _view_schemas() -> Doc:
                         },
                         "additionalProperties": False,
                     },
+                },
+                "tenants_omitted": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "registered tenants left out of `tenants`",
                 },
                 "summaries": {
                     "type": "object",

@@ -215,3 +215,28 @@ def test_an_ipv6_advertised_host_makes_a_valid_canonical_url() -> None:
     assert (url.host, url.port) == ("fd00:10:244::5", 6066)
     assert load_settings(web_advertised_host="10.1.2.3").advertised_url_host() == "10.1.2.3"
     assert load_settings(web_advertised_host="pod-0.svc").advertised_url_host() == "pod-0.svc"
+
+
+def test_faust_reads_no_environment_variable_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's settings each have an environment variable that overrides what the code
+    gives (review finding): APP_WEB_TABLES_ENABLED=1 served every table's raw records,
+    customers' personal data included, on the views' port without a token."""
+    from paystream.app import create_app
+
+    for name, value in {
+        "APP_WEB_TABLES_ENABLED": "1",
+        "APP_WEB_ROUTER_ENABLED": "1",
+        "APP_DEBUG": "1",
+        "WEB_HOST": "0.0.0.0",
+        "PRODUCER_ACKS": "1",
+        "PROCESSING_GUARANTEE": "exactly_once",
+        "BROKER_URL": "kafka://elsewhere:9092",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(kafka_broker_url="kafka://127.0.0.1:9092")
+    conf = create_app(settings).conf
+    assert not conf.web_tables_enabled and not conf.web_router_enabled and not conf.debug
+    assert conf.web_host == settings.web_host
+    assert conf.producer_acks == -1
+    assert conf.processing_guarantee.value == "at_least_once"
+    assert [str(url) for url in conf.broker] == ["kafka://127.0.0.1:9092"]

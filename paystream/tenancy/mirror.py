@@ -153,6 +153,12 @@ class RegistryMirror:
     def invalid(self) -> int:
         return self._state.invalid
 
+    @property
+    def changes(self) -> int:
+        """Records applied and re-reads swapped in: what is derived from ``tenants``
+        is redone when it moves."""
+        return self._state.changes
+
     def apply(self, key: bytes | None, value: bytes | None) -> str | None:
         """Apply one registry record to the tenants served now."""
         return self._state.apply(key, value)

@@ -35,6 +35,7 @@ from paystream.tables.views import SummaryCache, entity_view
 from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.liveness import LivenessWatch
+from paystream.web.tenant_rows import TenantRows
 
 __all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
 
@@ -349,6 +350,9 @@ def _assigned() -> list[int]:
     return sorted(tp.partition for tp in assignment if tp.topic == source)
 
 
+_tenant_rows = TenantRows()
+
+
 @app.page("/v1/stats")
 class StatsView(View):
     """Counts, recent outcomes, per-tenant summaries and this worker's partitions."""
@@ -360,11 +364,9 @@ class StatsView(View):
         # The payments table is partitioned as the source topic: its owned partitions'.
         summaries = await _summaries.get(t.payments, frozenset(assigned))
         shown_insights = None if insights.runner is None else insights.runner.as_json()
-        tenants: dict[str, Any] = {}
-        for key, tenant in registry.tenants.items():
-            tenants[key] = {"status": tenant.status.value, "gateway": tenant.gateway}
-            if tenant.limits.enforced:
-                tenants[key]["limits"] = tenant.limits.describe()
+        tenants, omitted = _tenant_rows.shown(
+            registry.tenants, registry.changes, (*activity["by_tenant"], *summaries)
+        )
         return self.json(
             {
                 "worker": {
@@ -381,7 +383,10 @@ class StatsView(View):
                 # Analytics windows and fraud alerts this worker published (None: it
                 # does not run the insights).
                 "insights": shown_insights,
+                # The registry's tenants (status, gateway, limits): at most
+                # TENANTS_SHOWN_MAX, those this worker served first; how many are left out.
                 "tenants": tenants,
+                "tenants_omitted": omitted,
                 "summaries": summaries,
                 # Amounts are in minor units: the digits after the point per currency
                 # shown, so that the page shows 25.00 USD, not 2500 USD.

@@ -159,6 +159,7 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
         "parked_backlog",
         "insights",
         "tenants",
+        "tenants_omitted",
         "summaries",
         "minor_units",
     }
@@ -215,6 +216,7 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
     }
 
     # Only registered tenants, and nothing of theirs but status, gateway and limits.
+    assert stats["tenants_omitted"] == 0
     assert stats["tenants"] == {
         "acme": {"status": "active", "gateway": "simulator"},
         "globex": {
