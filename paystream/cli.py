@@ -626,9 +626,23 @@ def tenants_list() -> None:
 def _set_status(tenant_id: str, status: str) -> None:
     settings = _settings()
     from paystream.tenancy.models import TenantStatus
-    from paystream.tenancy.registry import put_tenant_unless_changed
+    from paystream.tenancy.registry import (
+        UnreadableTenant,
+        put_tenant_unless_changed,
+        registered_tenant,
+        suspend_unreadable,
+    )
 
-    known = _registered(settings, tenant_id)
+    if status == TenantStatus.SUSPENDED.value:
+        # (A suspension must not wait for an upgrade: see suspend_unreadable.)
+        try:
+            known = _run(registered_tenant(settings, tenant_id), own=(UnreadableTenant,))
+        except UnreadableTenant:
+            how = _run(suspend_unreadable(settings, tenant_id))
+            click.echo(f"{tenant_id}: suspended ({how})")
+            return
+    else:
+        known = _registered(settings, tenant_id)
     if known is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
     updated = known.model_copy(update={"status": TenantStatus(status)})

@@ -58,6 +58,8 @@ class RegistryState:
     unreadable: set[str] = field(default_factory=set)
     # Of those, the ones whose unreadable record still says "suspended".
     unreadable_suspended: set[str] = field(default_factory=set)
+    # Their latest records as they came (for `tenants suspend`, which patches one).
+    unreadable_raw: dict[str, bytes] = field(default_factory=dict)
     invalid: int = 0  # records skipped as invalid, for the log and tests
     changes: int = 0  # records applied (and swaps): what is derived from it is redone
 
@@ -79,28 +81,38 @@ class RegistryState:
         if value is None or not value.strip():
             self.tenants.pop(tenant_id, None)
             self.unreadable.discard(tenant_id)
+            self.unreadable_raw.pop(tenant_id, None)
             return tenant_id
         try:
             tenant = Tenant.model_validate_json(value)
         except ValueError:
-            # e.g. written by a newer paystream with fields this worker does not know:
-            # keep the tenant's last record this worker could read, but never miss a
-            # suspension (failing open would go on charging a suspended tenant).
-            self.unreadable.add(tenant_id)
-            if _says_suspended(value):
-                self.unreadable_suspended.add(tenant_id)
-                kept = self.tenants.get(tenant_id)
-                if kept is not None:
-                    self.tenants[tenant_id] = _suspended(kept)
-            self._skip(f"an invalid registry record for {tenant_id!r}")
+            # e.g. written by a newer paystream with fields this worker does not know.
+            self._unreadable(tenant_id, value, f"an invalid registry record for {tenant_id!r}")
             return tenant_id
         if tenant.tenant_id != tenant_id:
-            self.unreadable.add(tenant_id)
-            self._skip(f"a registry record for {tenant.tenant_id!r} under key {tenant_id!r}")
+            self._unreadable(
+                tenant_id,
+                value,
+                f"a registry record for {tenant.tenant_id!r} under key {tenant_id!r}",
+            )
             return tenant_id
         self.tenants[tenant_id] = tenant
         self.unreadable.discard(tenant_id)
+        self.unreadable_raw.pop(tenant_id, None)
         return tenant_id
+
+    def _unreadable(self, tenant_id: str, value: bytes, what: str) -> None:
+        """Keep the tenant's last record this worker could read, but never miss a
+        suspension (failing open would go on charging a suspended tenant): one under
+        another tenant's id too (review finding: it was ignored)."""
+        self.unreadable.add(tenant_id)
+        self.unreadable_raw[tenant_id] = value
+        if _says_suspended(value):
+            self.unreadable_suspended.add(tenant_id)
+            kept = self.tenants.get(tenant_id)
+            if kept is not None:
+                self.tenants[tenant_id] = _suspended(kept)
+        self._skip(what)
 
     def _skip(self, what: str) -> None:
         self.invalid += 1
@@ -154,6 +166,10 @@ class RegistryMirror:
         return self._state.invalid
 
     @property
+    def unreadable_raw(self) -> dict[str, bytes]:
+        return self._state.unreadable_raw
+
+    @property
     def changes(self) -> int:
         """Records applied and re-reads swapped in: what is derived from ``tenants``
         is redone when it moves."""
@@ -187,6 +203,7 @@ class RegistryMirror:
         self.unreadable.clear()
         self.unreadable.update(loaded.unreadable)
         self._state.unreadable_suspended = loaded.unreadable_suspended
+        self._state.unreadable_raw = loaded.unreadable_raw
         # A re-read meets the records skipped before again: count them once.
         self._state.invalid = max(self._state.invalid, loaded.invalid)
         self._state.changes += 1

@@ -15,7 +15,7 @@ from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.kafka_auth import client_auth
 from paystream.tenancy.mirror import RegistryMirror
-from paystream.tenancy.models import Tenant
+from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = [
     "RegistryChanged",
@@ -217,6 +217,55 @@ async def registered_tenant(settings: Settings, tenant_id: str) -> Tenant | None
 
 class UnreadableTenant(PaystreamError):
     """A tenant's latest registry record cannot be read, so it must not be rewritten."""
+
+
+async def suspend_unreadable(settings: Settings, tenant_id: str) -> str:
+    """Suspend a tenant whose latest record this version cannot read; says how.
+
+    Every other change is refused for such a tenant (it would undo what this version
+    cannot read), but a suspension must not wait for an upgrade: an unreadable record
+    blocked the kill switch while workers served the older, active one (review finding).
+    Suspending fails closed, so it writes what every version reads as suspended: the
+    latest record with its status set (its other fields kept, for the newer versions
+    that read them; older ones honour the status alone), or, where that record is no
+    record of this tenant's (not JSON, another tenant's id), the last record this
+    version read, suspended.
+    """
+    registry, ends = await _read_registry_with_ends(settings)
+    if not ends:
+        raise _no_registry(settings)
+    if tenant_id not in registry.unreadable:
+        raise RegistryChanged(f"{tenant_id}'s record changed meanwhile: run it again")
+    value = _with_status_suspended(registry.unreadable_raw.get(tenant_id), tenant_id)
+    how = "its latest record, status set (its other fields kept)"
+    if value is None:
+        kept = registry.tenants.get(tenant_id)
+        if kept is None:
+            raise UnreadableTenant(
+                f"the latest registry record of {tenant_id!r} cannot be read or patched, and "
+                "no earlier record of it can be read: suspend it with a newer paystream"
+            )
+        suspended = kept.model_copy(update={"status": TenantStatus.SUSPENDED})
+        value = json.dumps(tenant_record(suspended), sort_keys=True).encode()
+        how = "its last readable record, suspended (the unreadable record's changes dropped)"
+    ours = await _put_records(settings, [(tenant_id, value)])
+    if await _restore_overwritten(settings, ends, ours):
+        raise RegistryChanged(
+            f"{tenant_id} changed while this command ran (another operator?); "
+            "their change was kept, not this one: run it again"
+        )
+    return how
+
+
+def _with_status_suspended(raw: bytes | None, tenant_id: str) -> bytes | None:
+    """``raw`` with ``"status": "suspended"``, if it is a JSON record of ``tenant_id``."""
+    try:
+        record = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or record.get("tenant_id") != tenant_id:
+        return None
+    return json.dumps({**record, "status": TenantStatus.SUSPENDED.value}, sort_keys=True).encode()
 
 
 async def read_registry(settings: Settings, *, missing_ok: bool = False) -> RegistryMirror:

@@ -29,6 +29,7 @@ from paystream.tenancy.registry import (
     put_tenant,
     put_tenant_unless_changed,
     put_tenants_unless_changed,
+    read_registry,
     registered_tenant,
     tenant_record,
 )
@@ -151,18 +152,57 @@ def test_an_unreadable_latest_record_is_noted_until_a_readable_one() -> None:
 async def test_the_cli_never_rewrites_a_tenant_from_an_older_record(
     deployment_factory: Any,
 ) -> None:
-    """Suspending (or any change) would write back the last record this version can read,
-    undoing a newer change it cannot: refused."""
+    """A change would write back the last record this version can read, undoing a newer
+    change it cannot: refused (a suspension is not: see the next test)."""
     dep = await deployment_factory()
     await dep.add_tenants(Tenant(tenant_id="newer"))
     newer = {**tenant_record(Tenant(tenant_id="newer")), "status": "suspended", "x": 1}
     await dep.produce(dep.settings.tenants_topic, (b'"newer"', json.dumps(newer).encode(), None))
     with pytest.raises(UnreadableTenant, match="cannot be read"):
         await registered_tenant(dep.settings, "newer")
-    for args in (["tenants", "suspend", "newer"], ["tenants", "add", "newer", "--name", "N"]):
+    for args in (["tenants", "activate", "newer"], ["tenants", "add", "newer", "--name", "N"]):
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, env=dep.env)
         assert result.exit_code == 1 and "cannot be read" in result.output, result.output
     assert await registered_tenant(dep.settings, "other") is None
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_tenant_whose_latest_record_is_unreadable_can_still_be_suspended(
+    deployment_factory: Any,
+) -> None:
+    """Review finding: an unreadable latest record (a newer version's, a corrupt or
+    hand-written one) made `tenants suspend` exit 1 while workers served the older,
+    active record: the kill switch was gone until an upgrade, or for good."""
+    dep = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="newer"), Tenant(tenant_id="broken"))
+    newer = {**tenant_record(Tenant(tenant_id="newer")), "x": 1}  # a newer version's, active
+    await dep.produce(dep.settings.tenants_topic, (b'"newer"', json.dumps(newer).encode(), None))
+    await dep.produce(dep.settings.tenants_topic, (b'"broken"', b"{not json", None))
+    for tenant_id, how in (("newer", "other fields kept"), ("broken", "last readable record")):
+        result = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["tenants", "suspend", tenant_id], env=dep.env
+        )
+        assert result.exit_code == 0 and how in result.output, result.output
+    registry = await read_registry(dep.settings)
+    # The newer record, patched: still unreadable here (its "x"), honoured as suspended,
+    # its fields kept for the version that wrote it.
+    assert "newer" in registry.unreadable
+    assert registry.tenants["newer"].status is TenantStatus.SUSPENDED
+    assert json.loads(registry.unreadable_raw["newer"]) == {**newer, "status": "suspended"}
+    # The corrupt one replaced by the last readable record, suspended.
+    assert "broken" not in registry.unreadable
+    assert registry.tenants["broken"].status is TenantStatus.SUSPENDED
+
+
+def test_a_record_under_another_tenants_key_saying_suspended_is_honoured() -> None:
+    """Review finding: a record whose tenant id is not its key's was ignored, even when it
+    said suspended (an unparseable one saying so was honoured)."""
+    state = RegistryState()
+    state.apply(b'"acme"', json.dumps(tenant_record(Tenant(tenant_id="acme"))).encode())
+    other = {**tenant_record(Tenant(tenant_id="other")), "status": "suspended"}
+    state.apply(b'"acme"', json.dumps(other).encode())
+    assert "acme" in state.unreadable
+    assert state.tenants["acme"].status is TenantStatus.SUSPENDED
 
 
 @pytest.mark.asyncio(loop_scope="session")
