@@ -98,6 +98,12 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
     message = err.get("message") or f"unreadable answer from Stripe (HTTP {exc.http_status})"
     if isinstance(exc, stripe.APIConnectionError):
         message = f"could not reach Stripe ({type(exc.__cause__).__name__})"
+    elif isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        # Stripe's message quotes the key (its mode and last characters: "Invalid API
+        # Key provided: sk_live_****1234"), which outcomes and the ledger would keep.
+        message = f"Stripe refused the tenant's API key (HTTP {exc.http_status}): " + (
+            "not a valid key" if isinstance(exc, stripe.AuthenticationError) else "not permitted"
+        )
     error = GatewayError(
         code,
         str(message),

@@ -8,6 +8,7 @@ advises (events can arrive late, twice and out of order).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,10 @@ def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[s
         raise BadWebhook(f"signature not verified: {exc.user_message or exc}") from None
     except UnicodeDecodeError:
         raise BadWebhook("the body is not UTF-8") from None
+    if _signed_at(signature) > time.time() + TOLERANCE_SECONDS:
+        # Stripe's check bounds a signature's age only: one dated ahead would be
+        # replayable until that date (a signing clock years fast).
+        raise BadWebhook("signature not verified: its timestamp is in the future")
     try:
         event = json.loads(payload)
     except (ValueError, RecursionError):
@@ -88,6 +93,15 @@ def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[s
     if not isinstance(event, dict):
         raise BadWebhook("the body is not a JSON object")
     return event
+
+
+def _signed_at(signature: str | None) -> int:
+    """The ``t=`` of a Stripe-Signature header the SDK has verified (it holds one)."""
+    for item in (signature or "").split(","):
+        name, _, value = item.strip().partition("=")
+        if name == "t" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:

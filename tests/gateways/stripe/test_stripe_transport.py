@@ -538,3 +538,20 @@ async def test_a_canceled_hold_refunded_nothing() -> None:
     res = await gw.cancel_payment(CancelPayment(provider_payment_id="pi_123"), idempotency_key="k")
     assert res.status is PaymentStatus.CANCELED
     assert (res.amount_captured, res.amount_refunded) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (401, "Invalid API Key provided: sk_live_********************1234"),
+        (403, "The provided key 'rk_live_********1234' does not have access to account 'x'."),
+    ],
+)
+async def test_a_refused_key_is_not_quoted(status: int, message: str) -> None:
+    """Stripe's message quotes the key's mode and last characters, which the rejection
+    (an outcome, kept by the ledger) repeated (Stripe review finding)."""
+    gw, _ = gateway(error(status, type="invalid_request_error", message=message))
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(PAY, idempotency_key="k")
+    assert "1234" not in info.value.message and "_live_" not in info.value.message
+    assert "API key" in info.value.message
