@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from paystream.errors import ConfigurationError
 
 __all__ = [
+    "STRONG_TOKEN_CHARS",
     "BrokerFlavor",
     "CloudEventsMode",
     "KafkaSaslMechanism",
@@ -41,6 +42,8 @@ __all__ = [
     "load_settings",
     "unknown_variables",
     "url_without_password",
+    "weak_token_warnings",
+    "weak_tokens",
 ]
 
 
@@ -881,6 +884,35 @@ def load_settings(**overrides: object) -> Settings:
 # PAYSTREAM_SECRET_<NAME>; the test suite has two knobs of its own.
 _READ_ELSEWHERE_PREFIX = "PAYSTREAM_SECRET_"
 _READ_ELSEWHERE = frozenset({"PAYSTREAM_FUZZ_EXAMPLES", "PAYSTREAM_CHROMIUM"})
+
+
+# Tokens shorter than this are warned of at start (a token_urlsafe(32) is 43).
+STRONG_TOKEN_CHARS = 32
+
+
+def weak_tokens(settings: Settings) -> list[str]:
+    """The token settings set shorter than STRONG_TOKEN_CHARS, by variable name: the
+    views, ingress and scrape endpoints take unlimited tries (review finding)."""
+    tokens = {
+        "PAYSTREAM_WEB_TOKEN": settings.web_token,
+        "PAYSTREAM_INGRESS_TOKEN": settings.ingress_token,
+        "PAYSTREAM_METRICS_TOKEN": settings.metrics_token,
+    }
+    return [
+        name
+        for name, token in tokens.items()
+        if token is not None and len(token.get_secret_value()) < STRONG_TOKEN_CHARS
+    ]
+
+
+def weak_token_warnings(settings: Settings) -> list[str]:
+    """What a server says at start of each token set shorter than STRONG_TOKEN_CHARS."""
+    return [
+        f"{name} is under {STRONG_TOKEN_CHARS} characters: guessable by anyone who can "
+        "reach the port and try (nothing limits tries); make one with `python -c 'import "
+        "secrets; print(secrets.token_urlsafe(32))'`"
+        for name in weak_tokens(settings)
+    ]
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -23,7 +23,7 @@ from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
 from paystream.errors import ConfigurationError
 from paystream.gc_pacing import full_collections
-from paystream.settings import Settings, is_loopback, unknown_variables
+from paystream.settings import Settings, is_loopback, unknown_variables, weak_token_warnings
 from paystream.streams import fast_delivery
 from paystream.tables import stale_stores
 from paystream.web import bad_requests
@@ -147,6 +147,8 @@ def main(extra_args: list[str] | None = None) -> None:
     keep_log_levels()
     for name in unknown_variables(os.environ):
         log.warning("%s is not a paystream setting (mistyped?): ignored", name)
+    for warning in weak_token_warnings(settings):
+        log.warning("%s", warning)
     # PAYSTREAM_OTEL_EXPORTER: the SDK, only when an exporter is set (before the agents'
     # processor is built, which takes the tracing set up here).
     tracing.configure(settings)

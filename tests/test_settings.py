@@ -240,3 +240,14 @@ def test_faust_reads_no_environment_variable_of_its_own(monkeypatch: pytest.Monk
     assert conf.producer_acks == -1
     assert conf.processing_guarantee.value == "at_least_once"
     assert [str(url) for url in conf.broker] == ["kafka://127.0.0.1:9092"]
+
+
+def test_short_tokens_are_named_for_a_warning() -> None:
+    """Views review finding: any token was taken, however short, and nothing limits the
+    tries against it; the worker warns at start of one under 32 characters."""
+    from paystream.settings import weak_tokens
+
+    strong = "x" * 43
+    assert weak_tokens(load_settings(web_token=strong, ingress_token=strong)) == []
+    weak = load_settings(web_token="secret", ingress_token=strong, metrics_token="m" * 31)
+    assert weak_tokens(weak) == ["PAYSTREAM_WEB_TOKEN", "PAYSTREAM_METRICS_TOKEN"]

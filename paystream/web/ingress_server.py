@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import Metric
 
 from paystream import metrics
 from paystream.errors import PaystreamError
-from paystream.settings import Settings, is_loopback
+from paystream.settings import Settings, is_loopback, weak_token_warnings
 from paystream.streams import broker_compat
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import KafkaRecord
@@ -324,6 +324,8 @@ async def serve(settings: Settings, host: str, port: int) -> int:
         except OSError as exc:
             raise PaystreamError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
         log.info("ingress: serving POST /v1/commands on %s:%d", host, port)
+        for warning in weak_token_warnings(settings):
+            log.warning("ingress: %s", warning)
         if settings.metrics_token is None and not (settings.web_open or is_loopback(host)):
             log.warning(
                 "ingress: /metrics lists every tenant's request counts to whoever reaches "
