@@ -71,14 +71,28 @@ async def export_customer(
         # A subquery, not a list of ids: a customer of years may have more payments than
         # a statement takes bind parameters (32,767).
         payment_ids = select(Payment.payment_id).where(Payment.customer_id == customer_id)
+        method_ids = select(PaymentMethod.payment_method_id).where(
+            PaymentMethod.customer_id == customer_id
+        )
+        refund_ids = select(Refund.refund_id).where(Refund.payment_id.in_(payment_ids))
+        dispute_ids = select(Dispute.dispute_id).where(Dispute.payment_id.in_(payment_ids))
+        # Every entity exported, with its events (review finding: those of the customer's
+        # payment methods, refunds and disputes were left out).
         events = await session.execute(
             select(Event.__table__)
             .where(
                 or_(
+                    *(
+                        (Event.entity_type == kind.value) & Event.entity_id.in_(ids)
+                        for kind, ids in (
+                            (EntityType.PAYMENT, payment_ids),
+                            (EntityType.PAYMENT_METHOD, method_ids),
+                            (EntityType.REFUND, refund_ids),
+                            (EntityType.DISPUTE, dispute_ids),
+                        )
+                    ),
                     (Event.entity_type == EntityType.CUSTOMER.value)
                     & (Event.entity_id == customer_id),
-                    (Event.entity_type == EntityType.PAYMENT.value)
-                    & Event.entity_id.in_(payment_ids),
                 )
             )
             .order_by(Event.time, Event.event_id)
@@ -116,7 +130,7 @@ async def erase_customer(
 
     Amounts, ids and history rows stay (they are needed for accounting); sealed PII in
     stored events becomes undecryptable. Later events for the customer store no PII.
-    Returns False if the customer was already erased.
+    Returns False if the customer was already erased, their key gone with it.
     """
     now = datetime.now(UTC)
     async with tenant_session(engine, tenant_id) as session:
@@ -133,9 +147,30 @@ async def erase_customer(
             .mappings()
             .one_or_none()
         )
+        shredded = await SqlKeyStore(session).delete(tenant_id, customer_key_ref(customer_id))
         if before is not None and before["erased_at"] is not None:
-            return False
-        await SqlKeyStore(session).delete(tenant_id, customer_key_ref(customer_id))
+            if not shredded:
+                return False
+            # Marked erased with its key still there (a bug, or a write no erasure made):
+            # every sealed event of the customer could still be opened. The key goes,
+            # said in the audit trail (review finding: "already erased" kept it).
+            await append_audit(
+                session,
+                tenant_id,
+                [
+                    AuditEntry(
+                        actor=actor,
+                        action="com.paystream.customer.erased",
+                        entity_type=EntityType.CUSTOMER.value,
+                        entity_id=customer_id,
+                        before=summarise(dict(before)),
+                        after=summarise(dict(before)),
+                        occurred_at=now,
+                    )
+                ],
+                keyring=keyring,
+            )
+            return True
         cleared: dict[str, Any] = dict.fromkeys(CUSTOMER_PII_COLUMNS.values())
         if before is None:
             # Erasure can overtake the customer's events in the pipeline: leave a tombstone.
