@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from faust.types import EventT
 
 from paystream.agents import insights
@@ -266,6 +267,13 @@ class LedgerSinkRunner:
                 # nor does its dead letter (kept for ever, listed, never replayed).
                 value = b""
                 headers["paystream-dlq-redacted"] = b"next_action"
+            elif _about_a_customer(rec):
+                # A customer's outcome holds their personal data (e-mail, name, address,
+                # an export's everything) in clear, and an erasure never reaches this
+                # topic: kept for ever, it outlived the erasure (review finding). Its
+                # headers name it; the outcome itself is on the events topic.
+                value = b""
+                headers["paystream-dlq-redacted"] = b"personal_data"
             futures.append(
                 await app.producer.send(topic_name, key, value, None, None, sorted(headers.items()))
             )
@@ -294,6 +302,23 @@ _NEXT_ACTION = re.compile(rb'"next_action"\s*:\s*\{')
 # The headers a parked outcome holding card data keeps: the sink's own (the reason, its
 # redacted detail, where the outcome is).
 _OURS = ("paystream-dlq-reason", "paystream-dlq-detail", "paystream-source")
+
+
+_CUSTOMER_OUTCOME = b"com.paystream.customer."
+
+
+def _about_a_customer(rec: RawRecord) -> bool:
+    """Is it a customer's outcome, by binary mode's type header or a structured event's
+    type? (Bytes that are neither are no outcome a worker wrote: kept as they came.)"""
+    ce_type = rec.headers.get("ce_type")
+    if ce_type is not None:
+        return ce_type.startswith(_CUSTOMER_OUTCOME)
+    try:
+        event = orjson.loads(rec.value or b"")
+    except orjson.JSONDecodeError:
+        return False
+    kind = event.get("type") if isinstance(event, dict) else None
+    return isinstance(kind, str) and kind.encode().startswith(_CUSTOMER_OUTCOME)
 
 
 def _holds_card_data(rec: RawRecord) -> bool:

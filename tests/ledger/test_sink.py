@@ -849,3 +849,25 @@ async def test_an_outcome_with_a_next_action_is_parked_without_its_bytes(
     [(_topic, _key, value, headers)] = sent
     assert value == b"" and headers["paystream-dlq-redacted"] == b"next_action"
     assert not any(b"secret" in v for v in headers.values())
+
+
+async def test_a_customer_outcome_is_parked_without_its_personal_data(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer outcome the ledger refuses holds their e-mail and name in clear; its
+    dead letter is kept for ever and no erasure reaches it (privacy review finding)."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    data = {
+        "tenant_id": "someone-else",  # refused for that
+        "command_id": "cmd_c1",
+        "entity_id": "cus_1",
+        "object": {"id": "cus_1", "email": "ann@example.com", "name": "Ann"},
+    }
+    bad = _outcome_record(tenant, "customer.created", data)
+    sent = await _sink_parks(
+        monkeypatch, app_engine, keyring, bad.key, bad.value, list(bad.headers)
+    )
+    [(_topic, _key, value, headers)] = sent
+    assert value == b"" and headers["paystream-dlq-redacted"] == b"personal_data"
+    assert headers["ce_type"] == b"com.paystream.customer.created"
+    assert not any(b"ann@" in v for v in headers.values())
