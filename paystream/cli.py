@@ -797,7 +797,8 @@ def send(
     def finite(text: str) -> float:
         number = float(text)
         if not math.isfinite(number):  # 1e999: Python's inf, JSON's nothing
-            raise click.BadParameter(f"--data number {text} is out of range")
+            # (Not repeated: it may be a card number's digits.)
+            raise click.BadParameter("--data holds a number out of range")
         return number
 
     try:
@@ -909,6 +910,12 @@ async def _send_over_http(
     parsed = yarl.URL(url) if "://" in url else None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
         raise click.BadParameter("expected http://host:port or https://…", param_hint="--http")
+    if parsed.user is not None or parsed.password is not None:
+        # (Not repeated: the key goes as a bearer header; a login in the URL is a secret.)
+        raise click.BadParameter(
+            "holds a login: the key goes in PAYSTREAM_INGRESS_KEY", param_hint="--http"
+        )
+    shown = str(parsed.with_query(None).with_fragment(None))  # (a query may hold a token)
     key = os.environ.get("PAYSTREAM_INGRESS_KEY") or (
         settings.ingress_token.get_secret_value() if settings.ingress_token else None
     )
@@ -920,7 +927,7 @@ async def _send_over_http(
             answer = await client.send(cmd, wait=waited)
     except IngressUnreachable as exc:
         if not exc.maybe_taken:
-            raise click.ClickException(f"no answer from {url}: {exc}") from None
+            raise click.ClickException(f"no answer from {shown}: {exc}") from None
         click.echo(f"error: {exc}", err=True)
         _say_how_to_resend(cmd.get_id())
         return OutcomeTimeout(str(exc))
@@ -931,7 +938,7 @@ async def _send_over_http(
             raise click.UsageError(f"the ingress refused it: {exc}") from None
         raise click.ClickException(f"the ingress refused it: {exc}") from None
     except aiohttp.InvalidURL:
-        raise click.BadParameter(f"{url} is no URL", param_hint="--http") from None
+        raise click.BadParameter(f"{shown} is no URL", param_hint="--http") from None
     if isinstance(answer, Accepted):
         message = f"command {cmd.get_id()} was taken; no outcome within {waited:g} s"
         click.echo(f"error: {message}", err=True)

@@ -245,11 +245,14 @@ class PaystreamClient:
         try:
             await self._producer.start()
             await self._consumer.start()
+            # The commands topic too: a mistyped one took every command to a topic no
+            # worker reads (or made up, auto-created), each "lost" and retried in vain.
+            for topic in (self.settings.commands_topic, self.settings.events_topic):
+                if not await topic_partitions(self._consumer, topic):
+                    raise ConfigurationError(
+                        f"topic {topic!r} does not exist: run `paystream topics`"
+                    )
             tps = await topic_partitions(self._consumer, self.settings.events_topic)
-            if not tps:
-                raise ConfigurationError(
-                    f"topic {self.settings.events_topic!r} does not exist: run `paystream topics`"
-                )
             self._consumer.assign(tps)
             await self._consumer.seek_to_end(*tps)
             for tp in tps:  # resolve positions now, so nothing sent after start() is missed
@@ -377,8 +380,9 @@ class PaystreamClient:
                     waiter.set_result(event)
 
     async def publish(self, command: CloudEvent) -> None:
-        """Send a command without waiting for its outcome."""
-        await (await self._enqueue(command))
+        """Send a command without waiting for its outcome. (With a request header of its
+        own, as a send's: its outcome then answers no other send of the same id.)"""
+        await (await self._enqueue(command, new_request_header()))
 
     async def _enqueue(
         self, command: CloudEvent, request: str | None = None
@@ -456,7 +460,23 @@ class PaystreamClient:
                         raise OutcomeTimeout(
                             f"{what}: retry with the same command id", what
                         ) from exc
-                return await waiter
+                try:
+                    return await waiter
+                except Exception as exc:
+                    if not queued or isinstance(exc, TimeoutError):
+                        raise
+                    # The reader failed (or the client stopped) after the command was
+                    # handed over: it may run. Said as a lost outcome, naming the id the
+                    # caller never chose (review finding: a script reading the raw error
+                    # as "not sent" sent a second payment under a new id).
+                    name, text = type(exc).__name__, str(exc)
+                    why = text if text.startswith(name) else f"{name}: {text}"
+                    what = (
+                        f"no outcome for command {command.get_id()}: it was handed over, "
+                        f"then the outcome reader failed ({why}), so it may have been "
+                        "sent and run"
+                    )
+                    raise OutcomeTimeout(f"{what}: retry with the same command id", what) from exc
         except OutcomeTimeout:
             raise  # (the broker failed after taking it: said above)
         except TimeoutError:

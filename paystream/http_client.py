@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.v1.event import CloudEvent
@@ -83,6 +84,9 @@ class IngressClient:
     ) -> None:
         if retries < 0 or not timeout > 0:
             raise ValueError("retries must be 0 or more, timeout above 0")
+        if "@" in yarl.URL(base_url).raw_authority:
+            # aiohttp refuses a login in the URL beside the bearer key, deep in a call.
+            raise ValueError("base_url holds a login: the key is the only credential")
         # The base URL, or the commands URL itself (what `paystream dev` prints): pasted,
         # it was posted to /v1/commands/v1/commands, a bare 404.
         base = base_url.rstrip("/")

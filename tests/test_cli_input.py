@@ -29,6 +29,16 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
         ),
         (["send", "customer.create", "--tenant", "acme\udcff"], "not valid Unicode"),
         (["send", "customer.create", "--tenant", "a", "--data", '{"x": 1e999}'], "out of range"),
+        # The number's text is not repeated: a card number's digits (review finding).
+        (
+            ["send", "customer.create", "--tenant", "a", "--data", '{"x": 4242424242424242e999}'],
+            "--data holds a number out of range",
+        ),
+        # A login in the URL: refused, not repeated (aiohttp's traceback before).
+        (
+            ["send", "customer.create", "--tenant", "a", "--http", "http://u:pw@127.0.0.1:9"],
+            "holds a login",
+        ),
         (
             ["send", "customer.create", "--tenant", "a", "--data", '{"x": %s}' % ("1" * 5000)],
             "cannot be read",

@@ -31,7 +31,7 @@ from paystream.client import (
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import CloudEventsMode, load_settings
 from paystream.streams.codec import encode_event
-from paystream.streams.outcomes import ANSWERS_HEADER
+from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
 from tests.fixtures.pipeline import RawSend
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
@@ -175,8 +175,12 @@ async def test_a_failed_reader_fails_the_sends_instead_of_letting_them_time_out(
             while not client._waiters:
                 await asyncio.sleep(0)
             denied.set()
-            with pytest.raises(TopicAuthorizationFailedError):
+            # Handed over before the reader failed (it was waiting for the broker): it
+            # may run, and its id is said (review finding: the raw error read as "not
+            # sent", and a script sent the payment again under a new id).
+            with pytest.raises(OutcomeTimeout, match="retry with the same command id") as info:
                 await pending
+            assert isinstance(info.value.__cause__, TopicAuthorizationFailedError)
         assert "outcome reader stopped" in caplog.text
         assert client._waiters == {}
 
@@ -450,8 +454,9 @@ async def test_stopping_fails_what_is_still_awaited(deployment_factory: Any) -> 
     while len(client._waiters) < 2:
         await asyncio.sleep(0.01)
     await client.stop()
-    with pytest.raises(PaystreamError, match="client stopped"):
+    with pytest.raises(OutcomeTimeout, match="client stopped") as info:  # it was sent
         await asyncio.wait_for(pending, 5)
+    assert "retry with the same command id" in str(info.value)
     assert awaited.done() and isinstance(awaited.exception(), PaystreamError)
 
 
@@ -553,3 +558,23 @@ async def test_two_sends_of_one_id_each_get_the_outcome_of_their_own_record(
     assert (await first).get_type() == "com.paystream.payment.succeeded"
     assert client._waiters == {}
     client._reader.cancel()
+
+
+async def test_a_missing_commands_topic_is_a_clear_error(deployment_factory: Any) -> None:
+    """Review finding: a mistyped PAYSTREAM_COMMANDS_TOPIC took every command to a topic
+    no worker reads (Tansu makes one up), each then "lost", retried in vain."""
+    dep = await deployment_factory()
+    absent = dep.settings.model_copy(update={"commands_topic": f"{dep.settings.app_id}.typo"})
+    with pytest.raises(ConfigurationError, match=r"typo.*run `paystream topics`"):
+        async with PaystreamClient(absent):
+            pass
+
+
+async def test_published_commands_carry_a_request_header(deployment_factory: Any) -> None:
+    """Review finding: an outcome without one answers every send of its command id, so a
+    publish() and a send() of one id with different data both took the publish's."""
+    dep = await deployment_factory()
+    async with dep.client() as client:
+        await client.publish(build_command("customer.create", "acme", {}, command_id="p1"))
+    [record] = await dep.read_topic(dep.settings.commands_topic)
+    assert REQUEST_HEADER in dict(record.headers)

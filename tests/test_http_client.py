@@ -169,3 +169,11 @@ async def test_nothing_listening_is_not_sent() -> None:
         with pytest.raises(IngressUnreachable) as refused:
             await client.command("customer.create", "shop", {})
     assert not refused.value.maybe_taken
+
+
+def test_a_login_in_the_base_url_is_refused_up_front() -> None:
+    """aiohttp refuses a login in the URL beside the bearer key, as a raw ValueError deep
+    in the first call (client review finding); said at once, without repeating it."""
+    with pytest.raises(ValueError, match="holds a login") as info:
+        IngressClient("http://user:pw@127.0.0.1:9", "k")
+    assert "pw" not in str(info.value)
