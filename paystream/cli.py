@@ -1155,6 +1155,7 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
     """List records waiting to be replayed: where, how old, whose, why."""
     settings = _settings()
     from paystream.dlq import age_text, list_parked_and_done
+    from paystream.streams.pan import redact_card_numbers
 
     topics = _dlq_topics(settings, which)
     records, waiting, done = _run(
@@ -1174,7 +1175,7 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
             f"age={age_text(now_ms - rec.first_seen_ms)} "
             f"tenant={_shown(rec.tenant)} reason={_shown(rec.reason)} "
             f"id={_shown(command_id)} type={_shown(command_type)}"
-            + (f" detail={detail[:160]!r}" if detail else "")
+            + (f" detail={redact_card_numbers(detail[:160])!r}" if detail else "")
             + (
                 (
                     " (held a customer's 3-D Secure credential: not kept)"
@@ -1222,8 +1223,11 @@ _PLAIN_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 
 def _shown(text: str, limit: int = 200) -> str:
-    """A producer's text, safe to print: controls escaped (``\\x1b``), cut to ``limit``."""
-    cut = text[:limit] + ("..." if len(text) > limit else "")
+    """A producer's text, safe to print: controls escaped (``\\x1b``), cut to ``limit``,
+    then card numbers redacted (a cut can make one of a longer run of digits)."""
+    from paystream.streams.pan import redact_card_numbers
+
+    cut = redact_card_numbers(text[:limit]) + ("..." if len(text) > limit else "")
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), cut)
 
 

@@ -33,7 +33,7 @@ from paystream.streams.pan import (
     text_security_code_key,
     with_float_digits,
 )
-from paystream.streams.tracecontext import tracestate_members
+from paystream.streams.tracecontext import parse_traceparent, tracestate_members
 
 if TYPE_CHECKING:
     from paystream.agents.pipeline import Inbound
@@ -186,11 +186,16 @@ def trace_context_without_cards(traceparent: object, tracestate: object) -> tupl
 def without_card_trace(headers: Mapping[str, bytes], tracestate: str | None) -> dict[str, bytes]:
     """A park's headers without trace context that reads as a card number: such a
     ``ce_traceparent`` dropped, such a ``ce_tracestate`` replaced by ``tracestate`` (the
-    command's, without such members) or dropped (trace_context_without_cards)."""
+    command's, without such members) or dropped (trace_context_without_cards). Nor a
+    ``ce_traceparent`` that is no trace context ("cvc=737"): decoding ignores it, so a
+    re-drive without it runs the same (review finding)."""
     out = dict(headers)
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered in _TRACE_HEADERS and contains_card_number(value.decode("utf-8", "replace")):
+        text = value.decode("utf-8", "replace")
+        if lowered == "ce_traceparent" and parse_traceparent(text) is None:
+            del out[name]
+        elif lowered in _TRACE_HEADERS and contains_card_number(text):
             if lowered == "ce_tracestate" and tracestate:
                 out[name] = tracestate.encode()
             else:

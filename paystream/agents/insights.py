@@ -39,6 +39,7 @@ from paystream.app import app, settings
 from paystream.insights.events import alert_event, window_event
 from paystream.insights.observe import observe
 from paystream.insights.state import WINDOWS_MAX, InsightsConfig, TenantInsights, window_start
+from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, send_batches
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, headers_to_dict
@@ -47,6 +48,8 @@ from paystream.tables.changelog import at_partition, collect_changelog
 __all__ = ["ENABLED", "InsightsRunner", "config_from", "runner"]
 
 log = logging.getLogger(__name__)
+# Bugs of ours met per record: logged once a minute per place, card numbers cut out.
+_BUGS = ThrottledLog(log)
 
 ENABLED = settings.runs("insights")
 
@@ -135,11 +138,13 @@ class InsightsRunner:
             for event in events:
                 try:
                     self._apply(event, touched, out)
-                except Exception:
+                except Exception as exc:
                     # A bug of ours on one outcome must not stall the partition: the batch
-                    # would be retried for ever, and the ledger sink with it.
+                    # would be retried for ever, and the ledger sink with it. (Logged once
+                    # a minute per place: every outcome that meets it would log it.)
                     msg = event.message
-                    log.exception(
+                    _BUGS.bug(
+                        exc,
                         "insights: outcome %s[%d]@%d not counted",
                         self._topic,
                         msg.partition,

@@ -60,6 +60,7 @@ from paystream.ledger.sink import (
     dead_letter_for,
     outcome_to_ledger_events,
 )
+from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
 from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
 from paystream.streams.pan import redact_card_numbers
@@ -77,6 +78,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# Bugs of ours met per record: logged once a minute per place, card numbers cut out.
+_BUGS = ThrottledLog(log)
 
 BATCH_MAX = 500
 # Outcomes are not latency-critical in the ledger; a longer window gives bigger batches
@@ -160,7 +163,7 @@ def translate_records(records: Sequence[RawRecord]) -> Translated:
         except Exception as exc:
             # Whatever else one record makes us raise must not stall its partition (the
             # batch would fail the same way on every retry): parked, with what failed.
-            log.exception("ledger sink: cannot translate %s", rec.source)
+            _BUGS.bug(exc, "ledger sink: cannot translate %s", rec.source)
             detail = f"could not be translated: {type(exc).__name__}"
             out.dead[i] = DeadLetter(rec.source, tenant_id, "invalid_event", detail)
             continue

@@ -2336,7 +2336,9 @@ class CommandProcessor:
         summary = {
             "time": time_text(cmd.time),
             # (a made-up id can be as long as a Kafka header: the dashboard shows a prefix)
-            "tenant": cmd.tenant_id if registered else cmd.tenant_id[:64],
+            "tenant": cmd.tenant_id
+            if registered
+            else redact_card_numbers(cmd.tenant_id[:64]),  # (a cut may make one)
             "registered": registered,
             "command": cmd.command_type,
             "outcome": stored.type,
@@ -2440,14 +2442,10 @@ class CommandProcessor:
                 rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE
             )
             code = not card and raw_holds_security_code(rec)
-        except Exception:
+        except Exception as exc:
             # This is also the path of our own bugs: it must never raise (the worker would
             # stop on every redelivery). Unsure means the bytes are not kept.
-            _throttled.warning(
-                "dead-letter-scan-failed",
-                "card scan of a dead letter failed; its bytes are not kept",
-                exc_info=True,
-            )
+            _throttled.bug(exc, "card scan of a dead letter failed; its bytes are not kept")
             card, code = True, False
         # The decoder's message may quote the record (an attribute's name, a value): one
         # that holds card data is not repeated at all, as `dlq list` would show it.
@@ -2524,8 +2522,10 @@ class CommandProcessor:
         """
         try:
             found = self._let_through_before(rec)
-        except Exception:  # this path must never raise: the dead letter below is the floor
-            log.exception("could not read %s[%d]@%d again", rec.topic, rec.partition, rec.offset)
+        except Exception as exc:  # this path must never raise: the dead letter below is the floor
+            _throttled.bug(
+                exc, "could not read %s[%d]@%d again", rec.topic, rec.partition, rec.offset
+            )
             found = None
         if found is not None:
             cmd, existing = found
@@ -2539,8 +2539,8 @@ class CommandProcessor:
                     cmd.tenant_id,
                 )
                 return self._repark(rec, cmd, existing, RejectReason.INTERNAL_ERROR)
-            except Exception:
-                log.exception("could not answer or park %s", safe_id(cmd.command_id))
+            except Exception as exc:
+                _throttled.bug(exc, "could not answer or park %s", safe_id(cmd.command_id))
                 reject = None  # kept, never answered: its provider may have acted
         elif FIRST_ATTEMPT_HEADER in rec.headers:
             # A re-drive with no record here (a K1 park, one parked past its record's
@@ -2556,10 +2556,12 @@ class CommandProcessor:
                 reject=reject,
                 when=record_time(rec.timestamp_ms),
             )
-        except Exception:
+        except Exception as exc:
             # The floor: raised here, the batch fails on every redelivery and the
             # partition stops. Where it came from only (its bytes were never scanned).
-            log.exception("could not dead-letter %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+            _throttled.bug(
+                exc, "could not dead-letter %s[%d]@%d", rec.topic, rec.partition, rec.offset
+            )
             source = f"{rec.topic}/{rec.partition}/{rec.offset}".encode()
             headers = (
                 ("paystream-dlq-detail", b"could not be dead-lettered as usual; see worker logs"),

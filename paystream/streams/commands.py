@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from paystream.money import MAX_MINOR_AMOUNT, Currency
+from paystream.streams.pan import redact_card_numbers
 
 __all__ = [
     "COMMANDS",
@@ -208,8 +209,14 @@ PROVIDER_READS = frozenset({"payment.refresh"})
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """A command's validation errors as its rejection lists them: never the input (it may
-    be card data); field names are the sender's, so cut to a readable length."""
+    be card data); field names are the sender's, so cut to a readable length, then
+    redacted (review finding: a cut can make a card number of a longer run of digits,
+    which the whole name, scanned as sent, was not)."""
     return [
-        {"loc": ".".join(str(p) for p in e["loc"])[:100], "msg": e["msg"][:200], "type": e["type"]}
+        {
+            "loc": redact_card_numbers(".".join(str(p) for p in e["loc"])[:100]),
+            "msg": redact_card_numbers(e["msg"][:200]),
+            "type": e["type"],
+        }
         for e in exc.errors(include_input=False, include_url=False)
     ]

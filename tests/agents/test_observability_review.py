@@ -69,3 +69,37 @@ async def test_a_let_through_command_id_holding_a_code_is_not_traced(redis_url: 
     assert command.attributes["messaging.message.id"] == safe_id(code_id)
     assert command.context is not None
     assert command.context.span_id == command_span_id(t, code_id, "0:2", TRACEPARENT)
+
+
+async def test_a_field_name_cut_into_a_card_number_is_redacted(harness: Harness) -> None:
+    """A validation error names the sender's field, cut to 100 characters: the cut made
+    a card number of a 20-digit run the whole name held (review of the day's fixes)."""
+    t = harness.add_tenant()
+    name = "a" * 84 + PAN + "0000"
+    assert not contains_card_number(name) and contains_card_number(name[:100])
+    out = await harness.send("customer.create", t, {name: 1})
+    assert kind(out) == "command.rejected" and data(out)["reason"] == "validation_error"
+    assert PAN not in str(data(out))
+
+
+async def test_an_unregistered_tenant_cut_into_a_card_number_is_redacted(harness: Harness) -> None:
+    """The dashboard's activity names an unregistered tenant by 64 characters: the cut
+    made a card number (review of the day's fixes)."""
+    tenant = "a" * 48 + PAN + "0000"
+    assert not contains_card_number(tenant) and contains_card_number(tenant[:64])
+    emits = await harness.raw(_inbound(build_command("customer.create", tenant, {}), 7))
+    summaries = [e.summary for e in emits if e.summary]
+    assert summaries and PAN not in str(summaries)
+
+
+async def test_a_park_keeps_no_traceparent_that_is_no_trace_context(harness: Harness) -> None:
+    """Decoding ignores it (W3C), so nothing needs it on a re-drive; parked, "cvc=737"
+    sat on the retry topic (review of the day's fixes)."""
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})
+    event = build_command("payment.create", t, _PAY, command_id="c1")
+    emits = await harness.raw(_inbound(event, 1, ce_traceparent=b"cvc=737"))
+    [park] = [e for e in emits if e.topic == harness.settings.retry_topic]
+    assert "ce_traceparent" not in dict(park.record.headers)
+    good = await harness.raw(_inbound(event, 2, ce_traceparent=TRACEPARENT.encode()))
+    [park] = [e for e in good if e.topic == harness.settings.retry_topic]
+    assert dict(park.record.headers)["ce_traceparent"] == TRACEPARENT.encode()

@@ -8,6 +8,7 @@ advises (events can arrive late, twice and out of order).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -96,12 +97,15 @@ def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[s
 
 
 def _signed_at(signature: str | None) -> int:
-    """The ``t=`` of a Stripe-Signature header the SDK has verified (it holds one)."""
-    for item in (signature or "").split(","):
-        name, _, value = item.strip().partition("=")
-        if name == "t" and value.isdigit():
-            return int(value)
-    return 0
+    """The time a Stripe-Signature header the SDK has verified was signed at, read as the
+    SDK reads it (the first item named exactly ``t``, through ``int``: "+1", "1_000"
+    and all), since that is the time it signed (review finding: read otherwise, an
+    edited header passed as signed long ago). One it cannot read counts as the future."""
+    items = [item.split("=", 2) for item in (signature or "").split(",")]
+    try:
+        return int(next(item[1] for item in items if item[0] == "t"))
+    except (StopIteration, IndexError, ValueError):
+        return sys.maxsize
 
 
 def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
