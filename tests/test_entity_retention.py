@@ -347,3 +347,30 @@ def test_a_deleted_customer_past_retention_is_kept_without_personal_data() -> No
         {**_deleted_customer(OLD), "deleted": False},
     ):
         assert retention.minimized(record, NOW, RETENTION) is None
+
+
+def test_expiring_tables_are_walked_with_their_own_judge_even_with_retention_off() -> None:
+    """The idempotency records of tenants with no traffic here (the purge runs on a
+    tenant's own commands only) go with the sweep: a table with its own judge of an
+    expired key, its tombstones on each key's partition (review finding)."""
+    records = Table(
+        "idempotency",
+        {
+            "idle:k1": (0, {"expires_at": NOW - 1}),
+            "idle:k2": (0, {"expires_at": NOW + 1}),
+            "gone:k1": (1, {"expires_at": NOW - 5}),
+            "theirs:k1": (3, {"expires_at": NOW - 5}),  # a standby partition
+        },
+    )
+    judged: list[str] = []
+
+    def judge(key: Any, value: Any, now: float) -> bool:
+        judged.append(key)
+        return float(value["expires_at"]) <= now
+
+    sweep = RetentionSweep([], 0, TOPIC, lambda: {0, 1})  # entity retention off
+    sweep.expiring.append((records, judge))
+    assert sweep.step(NOW) == 2
+    assert sorted(records.tombstones) == [("gone:k1", 1), ("idle:k1", 0)]
+    assert set(records) == {"idle:k2", "theirs:k1"}
+    assert "theirs:k1" not in judged

@@ -167,6 +167,11 @@ class CommandRunner:
         )
         # The newest broker time of a command handled (Unix seconds; 0: none yet).
         self.broker_time = 0.0
+        self.retention.expiring.append((t.idempotency, self._idempotency_expired))
+
+    def _idempotency_expired(self, key: Any, value: Any, now: float) -> bool:
+        processor = self._processor
+        return processor is not None and processor.idempotency_expired(key, value, now)
 
     def clock_for_deletes(self, events: Sequence[EventT]) -> float | None:
         """The time to judge what has expired by: this worker's clock, unless it runs
@@ -258,9 +263,14 @@ class CommandRunner:
             by_tenant[event.message.key].append(event)
         clock = self.clock_for_deletes(events)
         taken_at = _assignments
+        # Deletes only in a batch that will be delivered, on partitions that stay this
+        # worker's: the idempotency purge as the sweep below (review finding: it purged
+        # while the group rebalanced, its full scan then missing what the recovery after
+        # brought, and in batches a hand-over gave up on).
+        purge_clock = clock if _may_delete(events, taken_at) else None
         with collect_changelog(processor.committed) as changelog:
             groups = await asyncio.gather(
-                *(self._run_tenant(processor, group, clock) for group in by_tenant.values())
+                *(self._run_tenant(processor, group, purge_clock) for group in by_tenant.values())
             )
             # Settled entities past retention: their tombstones go with this batch. Not
             # while the group rebalances: which partitions are this worker's is changing.
@@ -268,14 +278,7 @@ class CommandRunner:
             # a rejoin may keep the generation): a minimisation reaches the store at
             # once, is skipped on later passes, and its changelog record would never be
             # produced (review findings).
-            if (
-                not app.rebalancing
-                and clock is not None
-                and _assignments == taken_at
-                and (_abandoned_at is None or _abandoned_at < taken_at)
-                and events
-                and events[-1].message.generation_id == app.consumer_generation_id
-            ):
+            if clock is not None and _may_delete(events, taken_at):
                 self.retention.step(clock)
         _, partitioner = self._kafka()
         records = changelog.records()
@@ -661,6 +664,19 @@ async def process_commands(stream: Any) -> None:
         await despite_cancellation(
             _close(offsets, chain), SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS
         )
+
+
+def _may_delete(events: Sequence[EventT], taken_at: int) -> bool:
+    """May a batch taken at assignment count ``taken_at`` delete from the tables (the
+    retention sweep, the idempotency purge)? Not while the group rebalances, nor in a
+    batch a hand-over gave up on, nor one of an older generation."""
+    return (
+        not app.rebalancing
+        and _assignments == taken_at
+        and (_abandoned_at is None or _abandoned_at < taken_at)
+        and bool(events)
+        and events[-1].message.generation_id == app.consumer_generation_id
+    )
 
 
 def _moved_since(taken_at: int) -> bool:

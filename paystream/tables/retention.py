@@ -195,6 +195,10 @@ class RetentionSweep:
         self._pass_began = 0.0
         self._removed = 0
         self._warned: set[str] = set()
+        # Other tables walked the same way, each with its own judge of an expired key,
+        # ``judge(key, value, now)``: the idempotency records (pipeline.py), whose purge
+        # otherwise ran only on their tenant's own traffic (review finding).
+        self.expiring: list[tuple[Any, Callable[[Any, Any, float], bool]]] = []
         # Payment methods are judged with their customer (see ``expired``).
         self._customers = next((t for t in tables if t.name == "customers"), None)
 
@@ -204,7 +208,7 @@ class RetentionSweep:
 
         Call while a batch's changelog writes are collected (see the module's docstring).
         """
-        if self.retention_seconds <= 0:
+        if self.retention_seconds <= 0 and not self.expiring:
             return 0
         if self._walk is None:
             if now < self._next_pass:
@@ -215,6 +219,7 @@ class RetentionSweep:
         # batch a hand-over waited for ends in a step) went on deleting, on partitions
         # then another worker's, from a standby copy maybe far behind (review finding).
         actives = set(self.actives())
+        judges = self._judges
         removed = 0
         stop_at = time.perf_counter() + self.budget_seconds
         for examined in range(self.budget):
@@ -229,10 +234,18 @@ class RetentionSweep:
             if partition not in actives:
                 continue
             # Judged as it is now: a command may have changed it since the walk read it.
+            value = current()
+            judge = judges.get(table.name)
+            if judge is not None:
+                if value is UNREADABLE or not judge(key, value, now):
+                    continue
+                with at_partition(self.source_topic, partition):
+                    del table[key]
+                removed += 1
+                continue
             owner = (
                 self._customer_reader(partition, key) if table.name == "payment_methods" else None
             )
-            value = current()
             if not expired(value, now, self.retention_seconds, owner):
                 kept = minimized(value, now, self.retention_seconds)
                 if kept is not None:
@@ -246,6 +259,10 @@ class RetentionSweep:
             removed += 1
             self._removed += 1
         return removed
+
+    @property
+    def _judges(self) -> dict[str, Callable[[Any, Any, float], bool]]:
+        return {table.name: judge for table, judge in self.expiring}
 
     def _customer_reader(self, partition: int, key: Any) -> Callable[[str], Any] | None:
         """Reads a customer of the key's tenant (on the key's partition, as all the
@@ -277,7 +294,8 @@ class RetentionSweep:
         """(table, partition, key, a read of its value now) of every key held, table after
         table. Values are read from the store itself, not through the table (Faust's read
         of a RocksDB key not in its index probes every partition's database)."""
-        for table in self.tables:
+        entities = self.tables if self.retention_seconds > 0 else ()
+        for table in (*entities, *(table for table, _ in self.expiring)):
             store = table.data
             if type(store) is MemoryStore:
                 # A snapshot of the keys (the dict changes between batches; a list of

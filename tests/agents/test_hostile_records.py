@@ -112,11 +112,12 @@ async def test_record_keys_of_no_tenant_cost_no_scan_and_are_not_kept(harness: H
         await harness.raw(_inbound(key.encode(), b"not json", {}, offset=i))
         assert p.purge_expired(key, time.time()) == 0
     assert scans == [] and (dict(p._expiring), set(p._seeded)) == before
-    # A tenant registered since the scan is still looked for, once.
+    # Nor a tenant registered since the scan: its records are queued as they are written
+    # here, and partitions moving bring a fresh full scan (a scan of the whole table per
+    # new tenant cost a second at 300,000 records; review finding).
     t2 = harness.add_tenant()
     p.purge_expired(t2, time.time())
-    p.purge_expired(t2, time.time())
-    assert scans == [t2]
+    assert scans == []
 
 
 async def test_a_record_naming_another_tenant_learns_nothing_of_its_commands(

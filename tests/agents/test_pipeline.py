@@ -1011,13 +1011,15 @@ async def test_purge_finds_records_recovered_for_a_tenant_that_already_ran_here(
     harness: Harness,
 ) -> None:
     """A tenant's partition arrives in a rebalance: its recovered records sit in the table
-    while its first command here already queued a newer one. Both expire, in order."""
+    while its first command here already queued a newer one. Both expire, in order.
+    (The rebalance asks for a fresh scan; no purge runs before its recovery ends.)"""
     t = harness.add_tenant()
     fresh = type(harness.processor)(
         harness.settings, harness.tables, harness.idempotency, harness.tenants, harness.pool
     )
     fresh.purge_expired("someone-else", time.time())  # the first full scan is done
     await harness.send("customer.create", t, {"customer_id": "recovered"})  # (old processor)
+    fresh.rescan_expiry()  # the rebalance hook
     harness.processor = fresh
     await harness.send("customer.create", t, {"customer_id": "new"})
     ttl = harness.settings.idempotency_ttl_seconds
@@ -1675,3 +1677,19 @@ async def test_a_context_derives_the_ids_ids_derives() -> None:
     ctx = HandlerContext(cmd=cmd, gateway=None, tables=Tables({}, {}, {}, {}, {}))  # type: ignore[arg-type]
     for prefix in ("pay", "dp", "cus", "pm", "re", "pay", ""):
         assert ctx.derived_id(prefix) == derived_id(prefix, "t1", "c-\u00e9-1")
+
+
+async def test_an_idle_tenants_expired_records_are_found_for_the_sweep(harness: Harness) -> None:
+    """Review finding: the purge runs on a tenant's own commands only, so an idle (or
+    removed) tenant's records, stored outcomes with customers' e-mail addresses among
+    them, stayed for ever. The retention sweep asks the processor instead."""
+    idle, busy = harness.add_tenant(), harness.add_tenant()
+    await harness.send("customer.create", idle, {"email": "ada@example.com"})
+    p = harness.processor
+    ttl = harness.settings.idempotency_ttl_seconds
+    later = time.time() + ttl + 1
+    keys = [k for k in harness.idempotency if k.startswith(f"{idle}:")]
+    assert keys
+    assert all(not p.idempotency_expired(k, harness.idempotency[k], time.time()) for k in keys)
+    assert all(p.idempotency_expired(k, harness.idempotency[k], later) for k in keys)
+    assert p.purge_expired(busy, later) == 0  # another tenant's traffic purges none of them
