@@ -2135,8 +2135,22 @@ class CommandProcessor:
             return False
         # The scan that finds which id pointers parked records still need (and queues
         # the records this process did not write) comes first.
-        self._seed_expiry_once(str(key).partition(":")[0])
-        return not self._kept_for_its_parked_record(str(key), raw)
+        tenant = str(key).partition(":")[0]
+        self._seed_expiry_once(tenant)
+        if self._kept_for_its_parked_record(str(key), raw):
+            return False
+        # Its queue's front, of keys gone (this one goes now): an idle tenant's queue
+        # would otherwise hold an entry per record it wrote in its last window, for good.
+        queue = self._expiring.get(tenant)
+        while (
+            queue
+            and queue[0][0] <= now
+            and (queue[0][1] == key or queue[0][1] not in self.idempotency)
+        ):
+            queue.popleft()
+        if queue is not None and not queue:
+            del self._expiring[tenant]
+        return True
 
     def rescan_expiry(self) -> None:
         """Partitions are moving: records recovered for them (written by another worker
