@@ -74,6 +74,17 @@ class RegistryState:
         if not isinstance(tenant_id, str) or not tenant_id:
             self._skip("a registry record without a tenant id key")
             return None
+        if key != json.dumps(tenant_id).encode():
+            # Not written by paystream (' "acme"', '"\u0061cme"'): Kafka compacts and
+            # partitions by the key's bytes, so it never replaces the tenant's own record
+            # and may be read before it on a re-read. Only a suspension in it is honoured
+            # (review finding: it was the tenant's record, and an active one could win).
+            if value is not None and _says_suspended(value):
+                kept = self.tenants.get(tenant_id)
+                if kept is not None:
+                    self.tenants[tenant_id] = _suspended(kept)
+            self._skip(f"a registry record for {tenant_id!r} under a key paystream does not write")
+            return tenant_id
         self.unreadable_suspended.discard(tenant_id)
         # An empty value is a removal too: what tools write when asked to delete a key
         # without sending a null (no paystream version writes one). Taken for a record

@@ -488,3 +488,17 @@ async def test_a_write_over_a_record_this_version_cannot_read_is_refused(
         await put_tenant_unless_changed(dep.settings, base, base.model_copy(update={"name": "N"}))
     with pytest.raises(UnreadableTenant):
         await registered_tenant(dep.settings, "newest")  # the newer record still stands
+
+
+def test_a_record_under_a_key_paystream_does_not_write_counts_only_to_suspend() -> None:
+    """Review finding: the mirror read ' "acme"' or '"\\u0061cme"' as acme's key, which
+    Kafka compacts and partitions apart from acme's own: an active record so written
+    could win on a re-read, a removal never compacted the real one."""
+    state = RegistryState()
+    state.apply(b'"acme"', json.dumps(tenant_record(Tenant(tenant_id="acme"))).encode())
+    suspended = json.dumps({**tenant_record(Tenant(tenant_id="acme")), "status": "suspended"})
+    state.apply(b' "acme"', json.dumps(tenant_record(Tenant(tenant_id="acme", name="X"))).encode())
+    state.apply(b'"\\u0061cme"', None)  # no removal either
+    assert state.tenants["acme"] == Tenant(tenant_id="acme")
+    state.apply(b' "acme"', suspended.encode())
+    assert state.tenants["acme"].status is TenantStatus.SUSPENDED
