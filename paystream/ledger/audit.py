@@ -364,6 +364,12 @@ def _key_problems(keys: KeyProblems) -> list[str]:
             "data key is wrapped under a master key not in the keyring "
             "(PAYSTREAM_RETIRED_MASTER_KEYS)"
         )
+    if keys.left_after_erasure:
+        out.append(
+            f"{len(keys.left_after_erasure)} customer(s) ({_some(keys.left_after_erasure)}) "
+            "are marked erased but their data key is still there: their sealed events can "
+            "still be read (`paystream erase` them again)"
+        )
     return out
 
 

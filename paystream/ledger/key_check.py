@@ -9,11 +9,11 @@ erased must have a key that unwraps.
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from paystream.ledger.keys import SqlKeyStore
-from paystream.ledger.models import Customer
+from paystream.ledger.models import Customer, DataKey
 from paystream.tenancy.crypto import (
     CryptoError,
     MasterKeyring,
@@ -25,6 +25,8 @@ from paystream.tenancy.crypto import (
 __all__ = ["KeyProblems", "customers_keys_checked"]
 
 _PAGE = 500
+# Erased customers with a key left, listed at most (one is already one too many).
+_LEFT_MAX = 10_000
 
 
 class KeyProblems:
@@ -34,16 +36,31 @@ class KeyProblems:
         self.missing: list[str] = []  # no key, not erased: shredded outside an erasure
         self.damaged: list[str] = []  # does not unwrap under the master key it names
         self.unknown_master: list[str] = []  # under a master key the keyring lacks
+        self.left_after_erasure: list[str] = []  # erased, and their key still there
 
     def __bool__(self) -> bool:
-        return bool(self.missing or self.damaged or self.unknown_master)
+        return bool(self.missing or self.damaged or self.unknown_master or self.left_after_erasure)
 
 
 async def customers_keys_checked(
     session: AsyncSession, keyring: MasterKeyring, tenant_id: str
 ) -> KeyProblems:
-    """Page through the tenant's customers holding ciphertext (memory stays flat)."""
+    """Page through the tenant's customers holding ciphertext (memory stays flat), and
+    find erased customers whose key is still there: their sealed events still open
+    (a row marked erased by something that was no erasure; review finding)."""
     found = KeyProblems()
+    left = (
+        select(Customer.customer_id)
+        .join(
+            DataKey,
+            (DataKey.tenant_id == Customer.tenant_id)
+            & (DataKey.key_ref == func.concat(customer_key_ref(""), Customer.customer_id)),
+        )
+        .where(Customer.erased_at.is_not(None))
+        .order_by(Customer.customer_id)
+        .limit(_LEFT_MAX)
+    )
+    found.left_after_erasure = list((await session.scalars(left)).all())
     store = SqlKeyStore(session)
     sealed = or_(
         Customer.email_ciphertext.is_not(None),

@@ -9,6 +9,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import erase_customer, export_customer, tenant_session, write_events
+from paystream.ledger.key_check import customers_keys_checked
 from paystream.ledger.models import AuditLog, Customer, DataKey
 from paystream.tenancy.crypto import MasterKeyring
 
@@ -28,7 +29,13 @@ async def test_a_customer_marked_erased_with_its_key_left_is_shredded(
             .where(Customer.customer_id == "cus_1")
             .values(erased_at=text("now()"), email_ciphertext=None, name_ciphertext=None)
         )
+    # audit verify names it (it was checked only for customers not erased).
+    async with tenant_session(app_engine, t) as s:
+        problems = await customers_keys_checked(s, keyring, t)
+    assert problems.left_after_erasure == ["cus_1"]
     assert await erase_customer(app_engine, t, "cus_1", keyring=keyring)
+    async with tenant_session(app_engine, t) as s:
+        assert not await customers_keys_checked(s, keyring, t)
     async with tenant_session(app_engine, t) as s:
         assert (await s.execute(select(DataKey.key_ref))).scalars().all() == []
         actions = (await s.execute(select(AuditLog.action))).scalars().all()
