@@ -142,8 +142,9 @@ REPAIRS = Counter(
 )
 ENTITIES_EXPIRED = Counter(
     "paystream_entities_expired_total",
-    "Settled entities removed from a table past PAYSTREAM_ENTITY_RETENTION_SECONDS "
-    "(tables/retention.py).",
+    "Records the retention sweep removed from a table (tables/retention.py): settled "
+    "entities past PAYSTREAM_ENTITY_RETENTION_SECONDS, and (table=idempotency) records "
+    "past their window of tenants whose own commands did not purge them.",
     ["table"],
 )
 ENTITIES_MINIMIZED = Counter(

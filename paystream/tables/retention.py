@@ -237,10 +237,14 @@ class RetentionSweep:
             value = current()
             judge = judges.get(table.name)
             if judge is not None:
-                if value is UNREADABLE or not judge(key, value, now):
-                    continue
+                # Judged on the key's partition: a judge may write the key (the
+                # idempotency purge extends a pointer its parked request still needs),
+                # which goes to the current event's partition (review finding).
                 with at_partition(self.source_topic, partition):
+                    if value is UNREADABLE or not judge(key, value, now):
+                        continue
                     del table[key]
+                metrics.ENTITIES_EXPIRED.labels(table=table.name).inc()
                 removed += 1
                 continue
             owner = (
