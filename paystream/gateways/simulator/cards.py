@@ -75,6 +75,19 @@ def _decline(
 _VISA = TestCard("visa", "visa", "4242")
 _MASTERCARD = TestCard("mastercard", "mastercard", "4444")
 _AMEX = TestCard("amex", "amex", "8431")
+# Stripe's other succeeding tokens (its test card list), brand and last four as Stripe
+# has them: integrations test with them, and a 404 for each was no provider's answer
+# (simulator review finding).
+_SUCCEEDING = {
+    "visa_debit": TestCard("visa_debit", "visa", "5556"),
+    "mastercard_debit": TestCard("mastercard_debit", "mastercard", "8210"),
+    "mastercard_prepaid": TestCard("mastercard_prepaid", "mastercard", "5100"),
+    "discover": TestCard("discover", "discover", "1117"),
+    "diners": TestCard("diners", "diners", "0004"),
+    "jcb": TestCard("jcb", "jcb", "0505"),
+    "unionpay": TestCard("unionpay", "unionpay", "0005"),
+    "us": TestCard("us", "visa", "4242"),
+}
 _GENERIC = _decline(
     "generic", "0002", ErrorCode.CARD_DECLINED, "card_declined", "generic_decline",
     "Your card was declined.",
@@ -138,6 +151,11 @@ CARDS: dict[str, TestCard] = {
     **_aliases(_VISA, "visa"),
     **_aliases(_MASTERCARD, "mastercard"),
     **_aliases(_AMEX, "amex"),
+    **{
+        alias: card
+        for name, card in _SUCCEEDING.items()
+        for alias, _ in _aliases(card, name).items()
+    },
     **_aliases(_GENERIC, "chargeDeclined", "visa_chargeDeclined"),
     **_aliases(_FUNDS, "chargeDeclinedInsufficientFunds", "visa_chargeDeclinedInsufficientFunds"),
     **_aliases(_LOST, "chargeDeclinedLostCard", "visa_chargeDeclinedLostCard"),

@@ -32,6 +32,7 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import SimulatorGateway
+from paystream.gateways.simulator.cards import card_for_token
 from paystream.gateways.simulator.operations import DISPUTE_EVIDENCE_FILE_FIELDS
 from paystream.gateways.simulator.store import Refusal, Tx
 from paystream.gateways.stripe_rules import three_decimal_problem
@@ -757,3 +758,23 @@ async def test_a_cancelled_authorisation_is_a_void_in_the_effect_ledger(
         ("authorization", 1000),
         ("void", 1000),
     ]
+
+
+@pytest.mark.parametrize(
+    ("token", "brand", "last4"),
+    [
+        ("pm_card_visa_debit", "visa", "5556"),
+        ("pm_card_mastercard_prepaid", "mastercard", "5100"),
+        ("tok_discover", "discover", "1117"),
+        ("pm_card_us", "visa", "4242"),
+    ],
+)
+async def test_stripes_other_succeeding_test_tokens_charge(
+    redis_client: aredis.Redis, token: str, brand: str, last4: str
+) -> None:
+    """Review finding: Stripe takes them, the simulator answered 404."""
+    gw = sim(redis_client, f"t-{uuid.uuid4().hex[:8]}")
+    res = await gw.create_payment(charge(token=token), idempotency_key=f"k-{token}")
+    assert res.status is PaymentStatus.SUCCEEDED
+    card = card_for_token(token)
+    assert card is not None and (card.brand, card.last4) == (brand, last4)
