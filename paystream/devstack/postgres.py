@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -71,7 +72,7 @@ def _service_user(data_root: Path) -> str | None:
 
 
 class EmbeddedPostgres(ServiceProcess):
-    """A throwaway PostgreSQL cluster under ``root`` listening on 127.0.0.1 (trust auth).
+    """A throwaway PostgreSQL cluster under ``root`` listening on 127.0.0.1 (password logins).
 
     When running as root the server runs as ``embedded_postgres``, which needs to
     traverse every parent of ``root`` for as long as the server runs: keep ``root`` out
@@ -89,11 +90,15 @@ class EmbeddedPostgres(ServiceProcess):
         self._log: IO[bytes] | None = None
         self._user: str | None = None
         self.startup_seconds: float | None = None
+        self._password = secrets.token_urlsafe(24)
 
     @property
     def url(self) -> str:
-        """SQLAlchemy asyncpg URL of the ``paystream`` database (superuser, trust auth)."""
-        return f"postgresql+asyncpg://{SUPERUSER}@{self.host}:{self.port}/{self.database}"
+        """SQLAlchemy asyncpg URL of the ``paystream`` database (superuser, its password)."""
+        return (
+            f"postgresql+asyncpg://{SUPERUSER}:{self._password}@{self.host}:{self.port}"
+            f"/{self.database}"
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         """initdb (fresh data dir), start the postmaster in the foreground, create the db."""
@@ -106,19 +111,32 @@ class EmbeddedPostgres(ServiceProcess):
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         self._user = _service_user(self.root)
-        self._run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ]
-        )
+        # Password logins only (review finding: with trust, any local user could log in
+        # as the superuser and run shell commands through COPY ... TO PROGRAM). The
+        # password reaches initdb in a 0600 file, gone once it has read it.
+        pwfile = self.root / "superuser.pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._password + "\n")
+        if self._user:
+            shutil.chown(pwfile, self._user, self._user)
+        try:
+            self._run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         self.resume(timeout)
         try:
             self._run(
@@ -197,7 +215,8 @@ class EmbeddedPostgres(ServiceProcess):
             raise
 
     def _run(self, argv: list[str]) -> None:
-        result = subprocess.run(argv, capture_output=True, user=self._user, check=False)
+        env = {**os.environ, "PGPASSWORD": self._password}  # (createdb's login)
+        result = subprocess.run(argv, capture_output=True, user=self._user, check=False, env=env)
         if result.returncode != 0:
             raise ServiceError(
                 f"{Path(argv[0]).name} failed ({result.returncode}): "

@@ -7,6 +7,8 @@ controls, so we run the wheel's binary directly.
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -58,10 +60,14 @@ class EmbeddedRedis(ServiceProcess):
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.startup_seconds: float | None = None
+        # A password of its own: without one any local user could reach it and, by
+        # CONFIG SET dir and SAVE, write files anywhere as this process's user (review
+        # finding). Given in a 0600 config file, never on the command line (ps shows it).
+        self.password = secrets.token_urlsafe(24)
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
         """Start redis-server and return once it answers PING."""
@@ -69,10 +75,16 @@ class EmbeddedRedis(ServiceProcess):
             return
         started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "redis.conf"
+        config.unlink(missing_ok=True)
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"requirepass {self.password}\n")
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [
                 str(redis_server_bin()),
+                str(config),
                 "--bind",
                 self.host,
                 "--port",

@@ -140,3 +140,23 @@ def test_wipe_table_state_without_state(tmp_path: Path) -> None:
     (tmp_path / "faust").mkdir()
     assert wipe_table_state(tmp_path) is True
     assert not (tmp_path / "faust").exists()
+
+
+async def test_the_stacks_servers_take_no_login_without_their_password(stack: DevStack) -> None:
+    """Review finding: PostgreSQL trusted every local login (its superuser runs shell
+    commands: COPY ... TO PROGRAM) and Redis took any client (CONFIG SET dir and SAVE
+    write files anywhere): any user of the machine could act as the stack's."""
+    import redis
+
+    url = make_url(stack.database_url).set(drivername="postgresql")
+    bare_pg = f"postgresql://{url.username}@{url.host}:{url.port}/{url.database}"
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(bare_pg)
+    bare = make_url(stack.redis_url)
+    client = redis.Redis(host=bare.host or "", port=bare.port or 0)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            client.ping()
+    finally:
+        client.close()
+    assert redis_answers(stack.redis_url)
