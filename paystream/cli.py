@@ -1576,6 +1576,17 @@ def _dev_secret(data_dir: Path, name: str) -> str:
     return path.read_text().strip()
 
 
+def _dev_url_file(data_dir: Path, name: str, url: str) -> str:
+    """``url`` written to an owner-only file; ``"$(cat <file>)"`` for an export line."""
+    path = data_dir / f"{name.lower()}.url"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(url)
+    return f'"$(cat {shlex.quote(str(path))})"'
+
+
 def _dev_master_key(data_dir: Path) -> str:
     return _dev_secret(data_dir, "dev-master.key")
 
@@ -1728,6 +1739,11 @@ def dev(
         for name in ("PAYSTREAM_AGENTS", "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"):
             exports[name] = env[name]
         exports = _shell_values(exports, os.environ)
+        # The stack's own URLs hold the passwords its servers were made with this run:
+        # by reference to a file only this user reads, as the master key below.
+        for name, value in stack.env().items():
+            if url_without_password(value) != value and os.environ.get(name) != value:
+                exports[name] = _dev_url_file(data_dir / "dev", name, value)
         exports["PATH"] = f'"{Path(sys.executable).parent}:$PATH"'
         if "PAYSTREAM_MASTER_KEY" not in env:
             env["PAYSTREAM_MASTER_KEY"] = _dev_master_key(data_dir / "dev")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -375,3 +376,18 @@ def test_tenants_list_marks_a_tenant_whose_latest_record_is_unreadable(
         "unreadable": True,
     }
     assert "unreadable" not in listed["gamma"]
+
+
+def test_the_dev_stacks_urls_are_exported_by_reference_to_owner_only_files(
+    tmp_path: Path,
+) -> None:
+    """The embedded servers' URLs hold this run's passwords: the export line for other
+    shells names a file only this user reads, never the password."""
+    from paystream.cli import _dev_url_file
+
+    url = "redis://:s3cr3t-pw@127.0.0.1:6380/0"
+    line = _dev_url_file(tmp_path, "REDIS_URL", url)
+    path = tmp_path / "redis_url.url"
+    assert line == f'"$(cat {path})"' and "s3cr3t" not in line
+    assert path.read_text() == url and (path.stat().st_mode & 0o777) == 0o600
+    _dev_url_file(tmp_path, "REDIS_URL", url)  # a later run writes it again
