@@ -226,7 +226,14 @@ def doctor() -> None:
             click.echo("\r\033[K", nl=False, err=True)
 
     if settings.kafka_broker_url or settings.database_url or settings.redis_url:
-        results = _run(doctor_mod.run_checks(settings, deployment=True, progress=shown))
+        # SIGTERM as Ctrl-C (a Job's deadline, `timeout`): the checks' clean-up runs, and
+        # their probe topics and group leave the operator's cluster (review finding).
+        try:
+            results = _run(
+                _stoppable(doctor_mod.run_checks(settings, deployment=True, progress=shown))
+            )
+        except KeyboardInterrupt:
+            raise click.Abort from None
     else:
         import tempfile
 

@@ -131,3 +131,32 @@ def test_a_stop_signal_landing_in_loggings_code_is_sent_again_not_raised_there(
     assert done.wait(5) and sent == [(os.getpid(), signal.SIGTERM)]
     with pytest.raises(KeyboardInterrupt):
         cli_module._raise_interrupt(signal.SIGTERM, sys._getframe())
+
+
+def test_a_stop_signal_to_a_doctor_of_configured_servers_cleans_up(stack: DevStack) -> None:
+    """With servers configured, SIGTERM (a Job's deadline, `timeout`) killed it outright:
+    no clean-up, its probe topics left on the operator's cluster (review finding)."""
+    env: dict[str, Any] = {**os.environ, **stack.env()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paystream", "doctor"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("  idempotent producer:"):  # the group join is next
+                break
+        else:
+            pytest.fail("".join(seen))
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in out, "".join(seen) + out
