@@ -29,10 +29,16 @@ class WorkerProcess(PaystreamProcess):
     def __init__(self, env: Mapping[str, str], log_path: Path, web_port: int) -> None:
         super().__init__({**os.environ, **env, "PAYSTREAM_WEB_PORT": str(web_port)}, log_path)
         self.web_port = web_port
+        # Where it binds (review finding: a worker on ::1 or a LAN address was waited
+        # for on 127.0.0.1, and `dev` gave up after two minutes), as the ingress's.
+        host = self.env.get("PAYSTREAM_WEB_HOST") or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):  # bound everywhere: reached on loopback
+            host = "127.0.0.1"
+        self.host = f"[{host}]" if ":" in host else host
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        return f"http://{self.host}:{self.web_port}"
 
     def open(self, path: str, timeout: float) -> Any:
         """GET one of the worker's pages, with its web token when it has one."""

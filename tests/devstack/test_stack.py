@@ -160,3 +160,17 @@ async def test_the_stacks_servers_take_no_login_without_their_password(stack: De
     finally:
         client.close()
     assert redis_answers(stack.redis_url)
+
+
+@pytest.mark.parametrize(
+    ("bound", "reached"),
+    [(None, "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("::1", "[::1]"), ("10.1.2.3", "10.1.2.3")],
+)
+def test_a_worker_is_reached_where_it_binds(
+    tmp_path: Path, bound: str | None, reached: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paystream.devstack.worker import WorkerProcess
+
+    monkeypatch.delenv("PAYSTREAM_WEB_HOST", raising=False)
+    env = {} if bound is None else {"PAYSTREAM_WEB_HOST": bound}
+    assert WorkerProcess(env, tmp_path / "w.log", 6099).base_url == f"http://{reached}:6099"
