@@ -270,7 +270,10 @@ class CommandRunner:
         purge_clock = clock if _may_delete(events, taken_at) else None
         with collect_changelog(processor.committed) as changelog:
             groups = await asyncio.gather(
-                *(self._run_tenant(processor, group, purge_clock) for group in by_tenant.values())
+                *(
+                    self._run_tenant(processor, group, purge_clock, taken_at)
+                    for group in by_tenant.values()
+                )
             )
             # Settled entities past retention: their tombstones go with this batch. Not
             # while the group rebalances: which partitions are this worker's is changing.
@@ -342,7 +345,11 @@ class CommandRunner:
         return producer, self._partitioner
 
     async def _run_tenant(
-        self, processor: CommandProcessor, group: list[EventT], clock: float | None
+        self,
+        processor: CommandProcessor,
+        group: list[EventT],
+        clock: float | None,
+        taken_at: int = -1,
     ) -> list[tuple[Emit, int]]:
         """Run one key's commands in order: each emit with its command's partition;
         ``clock``: the time to purge expired idempotency records by (None: none)."""
@@ -376,9 +383,11 @@ class CommandRunner:
                 append((e, partition))
         # The current event is still one of this tenant's: tombstones go to its partition.
         tenant = (group[-1].message.key or b"").decode("utf-8", "replace")
-        # (Again here: a rebalance may have begun since the batch did. Its purge's first
-        # scan would run before the recovery and miss what that brings: review finding.)
-        if tenant and clock is not None and not app.rebalancing:
+        # (Again here: a rebalance may have begun since the batch did, and a hand-over may
+        # have given up on it: its purge's first scan would run before the recovery and
+        # miss what that brings, and its tombstones would never be produced while the
+        # store had dropped the records; review findings.)
+        if tenant and clock is not None and _may_delete(group, taken_at):
             processor.purge_expired(tenant, clock)
         return out
 

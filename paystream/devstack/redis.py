@@ -69,17 +69,24 @@ class EmbeddedRedis(ServiceProcess):
     def url(self) -> str:
         return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start redis-server and return once it answers PING."""
-        if self._proc is not None:
-            return
-        started = time.monotonic()
+    def config_file(self) -> Path:
+        """The server's config file (its password), owner-only, written afresh: the
+        first argument of every redis-server started for this one."""
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "redis.conf"
         config.unlink(missing_ok=True)
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(f"requirepass {self.password}\n")
+        return config
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start redis-server and return once it answers PING."""
+        if self._proc is not None:
+            return
+        started = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.config_file()
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [

@@ -179,4 +179,7 @@ async def test_a_scan_run_while_handing_over_is_run_again_after_the_recovery(
         runner._processor = kept
     again = await _answer(harness, _rec(t, "payment.create", _PAY_RESENT, "c1", "k2"))
     assert kind(again) == "payment.succeeded"  # its first key's charge, answered
+    # ... and the worker asks for it: Faust's signal, sent once the recovery is done.
+    receivers = list(commands.app.on_rebalance_complete.iter_receivers(commands.app))
+    assert commands._rescan_after_recovery in receivers
     assert await _effects(harness, t, "charge") == 1

@@ -49,7 +49,7 @@ class AofRedis(EmbeddedRedis):
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [
-                str(redis_server_bin()),
+                str(redis_server_bin()), str(self.config_file()),
                 "--bind", self.host, "--port", str(self.port), "--dir", str(self.root),
                 "--save", "", "--appendonly", "yes", "--daemonize", "no",
             ],
@@ -163,6 +163,8 @@ async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dic
             }
             if how == "kill":
                 rd.start()
+                # Back with its password: no login without it (review finding).
+                assert not redis_answers(f"redis://{rd.host}:{rd.port}/0", 0.5)
             else:
                 os.kill(rd.pid, signal.SIGCONT)
             back = time.monotonic()
