@@ -75,6 +75,15 @@ def test_a_stop_signal_during_the_group_join_check_stops_in_seconds(tmp_path: Pa
     at the request timeout, 35 s after Ctrl-C."""
     env: dict[str, Any] = {k: v for k, v in os.environ.items() if k not in _UNSET}
     env["TMPDIR"] = str(tmp_path)
+    status, out, took = _stopped_in_the_group_join(env)
+    assert status == 1 and "Traceback" not in out, out
+    assert took < 20, f"{took:.1f} s after the stop signal"
+    assert list(tmp_path.glob("paystream-doctor-*")) == [], out
+
+
+def _stopped_in_the_group_join(env: dict[str, Any]) -> tuple[int, str, float]:
+    """`paystream doctor` sent SIGTERM a second into its group-join check: its exit
+    status, its output, and the seconds it took to stop."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "paystream", "doctor"],
         env=env,
@@ -99,9 +108,7 @@ def test_a_stop_signal_during_the_group_join_check_stops_in_seconds(tmp_path: Pa
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1 and "Traceback" not in out, out
-    assert took < 20, f"{took:.1f} s after the stop signal"
-    assert list(tmp_path.glob("paystream-doctor-*")) == [], out
+    return proc.returncode, "".join(seen) + out, took
 
 
 def test_a_stop_signal_landing_in_loggings_code_is_sent_again_not_raised_there(
@@ -136,27 +143,5 @@ def test_a_stop_signal_landing_in_loggings_code_is_sent_again_not_raised_there(
 def test_a_stop_signal_to_a_doctor_of_configured_servers_cleans_up(stack: DevStack) -> None:
     """With servers configured, SIGTERM (a Job's deadline, `timeout`) killed it outright:
     no clean-up, its probe topics left on the operator's cluster (review finding)."""
-    env: dict[str, Any] = {**os.environ, **stack.env()}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "paystream", "doctor"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("  idempotent producer:"):  # the group join is next
-                break
-        else:
-            pytest.fail("".join(seen))
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1 and "Traceback" not in out, "".join(seen) + out
+    status, out, _ = _stopped_in_the_group_join({**os.environ, **stack.env()})
+    assert status == 1 and "Traceback" not in out, out

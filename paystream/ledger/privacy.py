@@ -148,50 +148,37 @@ async def erase_customer(
             .one_or_none()
         )
         shredded = await SqlKeyStore(session).delete(tenant_id, customer_key_ref(customer_id))
-        if before is not None and before["erased_at"] is not None:
+        was: dict[str, Any] | None = None if before is None else dict(before)
+        if was is not None and was["erased_at"] is not None:
             if not shredded:
                 return False
             # Marked erased with its key still there (a bug, or a write no erasure made):
             # every sealed event of the customer could still be opened. The key goes,
             # said in the audit trail (review finding: "already erased" kept it).
-            await append_audit(
-                session,
-                tenant_id,
-                [
-                    AuditEntry(
-                        actor=actor,
-                        action="com.paystream.customer.erased",
-                        entity_type=EntityType.CUSTOMER.value,
-                        entity_id=customer_id,
-                        before=summarise(dict(before)),
-                        after=summarise(dict(before)),
-                        occurred_at=now,
-                    )
-                ],
-                keyring=keyring,
-            )
-            return True
-        cleared: dict[str, Any] = dict.fromkeys(CUSTOMER_PII_COLUMNS.values())
-        if before is None:
-            # Erasure can overtake the customer's events in the pipeline: leave a tombstone.
-            await session.execute(
-                pg_insert(Customer).values(
-                    tenant_id=tenant_id,
-                    customer_id=customer_id,
-                    version=TOMBSTONE_VERSION,
-                    last_event_id="",
-                    created_at=now,
-                    updated_at=now,
-                    erased_at=now,
-                )
-            )
+            after = was
         else:
-            await session.execute(
-                update(Customer)
-                .where(Customer.customer_id == customer_id)
-                .values(**cleared, erased_at=now)
-            )
-        after = {**(dict(before) if before else {}), **cleared, "erased_at": now}
+            cleared: dict[str, Any] = dict.fromkeys(CUSTOMER_PII_COLUMNS.values())
+            if was is None:
+                # Erasure can overtake the customer's events in the pipeline: leave a
+                # tombstone.
+                await session.execute(
+                    pg_insert(Customer).values(
+                        tenant_id=tenant_id,
+                        customer_id=customer_id,
+                        version=TOMBSTONE_VERSION,
+                        last_event_id="",
+                        created_at=now,
+                        updated_at=now,
+                        erased_at=now,
+                    )
+                )
+            else:
+                await session.execute(
+                    update(Customer)
+                    .where(Customer.customer_id == customer_id)
+                    .values(**cleared, erased_at=now)
+                )
+            after = {**(was or {}), **cleared, "erased_at": now}
         await append_audit(
             session,
             tenant_id,
@@ -201,7 +188,7 @@ async def erase_customer(
                     action="com.paystream.customer.erased",
                     entity_type=EntityType.CUSTOMER.value,
                     entity_id=customer_id,
-                    before=summarise(dict(before) if before else None),
+                    before=summarise(was),
                     after=summarise(after),
                     occurred_at=now,
                 )
