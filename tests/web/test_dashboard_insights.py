@@ -31,6 +31,9 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
         paystream_agents="commands,insights",
         paystream_insights_window_seconds="1",
         paystream_fraud_subject_declines="2",
+        # A day's fraud window (tumbling, aligned to the clock): with 10 minutes, the
+        # two declines straddled a boundary now and then, and no alert was raised.
+        paystream_fraud_window_seconds="86400",
     )
     await dep.add_tenants(Tenant(tenant_id="acme"))
     with dep.worker() as worker:
