@@ -186,7 +186,10 @@ async def test_an_interrupted_paced_replay_commits_what_it_re_sent(
     dep = await deployment_factory()
     settings = dep.settings
     await _limited(dep)
-    await dep.produce(settings.retry_topic, *((b"slow", b"slow %d" % i, 0) for i in range(BACKLOG)))
+    # Four times the backlog: ~9 s of pace left when the progress line shows, for the
+    # Ctrl-C to land in (with 45 it was 2 s, which a loaded host can take to deliver it).
+    backlog = BACKLOG * 4
+    await dep.produce(settings.retry_topic, *((b"slow", b"slow %d" % i, 0) for i in range(backlog)))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -227,10 +230,10 @@ async def test_an_interrupted_paced_replay_commits_what_it_re_sent(
     assert proc.returncode == 130, text + out.decode()
     assert "records read: " in text and "what was done is committed" in text
     replayed = int(text.split("interrupted: replayed ")[1].split(" ")[0])
-    assert 0 < replayed < BACKLOG
+    assert 0 < replayed < backlog
     assert [r.value for r in await _resent(settings)] == [b"slow %d" % i for i in range(replayed)]
     left = await _waiting(settings)
-    assert [r.value for r in left] == [b"slow %d" % i for i in range(replayed, BACKLOG)]
+    assert [r.value for r in left] == [b"slow %d" % i for i in range(replayed, backlog)]
 
 
 def test_the_bucket_lets_a_burst_go_then_one_per_interval() -> None:

@@ -639,7 +639,9 @@ async def test_the_hook_ends_the_watch_and_counts_from_when_the_rebalance_began(
     await asyncio.sleep(0.2)  # Faust's producer flush
     began = time.monotonic()
     await commands.finish_batches_before_handing_over(None)
-    assert time.monotonic() - began < 0.25  # gave up 0.3 s after the rebalance began
+    # Gave up 0.3 s after the rebalance began (about 0.1 s from here), not at the watch's
+    # 10 s: a second's bound leaves a loaded host's late loop room.
+    assert time.monotonic() - began < 1.0
     assert watch.began is None and watch._timer is None  # the watch is over
     assert commands._abandoned_at == commands._assignments
     stuck.set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -447,19 +448,24 @@ async def test_a_tenant_over_its_rate_limit_is_refused_429_before_the_topic(
     dep, url = deployed
     openapi = yaml.safe_load((Path(__file__).parents[2] / "docs" / "openapi.yaml").read_text())
     before = await commands_end(dep)
+    # Back to back, everything else after: the bucket refills a token a second, and a
+    # slow host's checks between the posts let the fourth through now and then.
+    began = time.monotonic()
     answers = [
-        await post(url, structured("customer.create", {}, "paced"), key=PACED_KEY) for _ in range(3)
+        await post(url, structured("customer.create", {}, "paced"), key=PACED_KEY) for _ in range(4)
     ]
-    assert [a[0] for a in answers] == [202, 202, 429], answers
+    if time.monotonic() - began >= 1:
+        pytest.skip("four posts took over a second here: the bucket refilled meanwhile")
+    # The bucket is empty after two: the third and fourth are refused.
+    assert [a[0] for a in answers] == [202, 202, 429, 429], answers
     _, headers, refused = answers[2]
     assert refused["error"] == "rate_limited" and 0 < refused["retry_after_ms"] <= 1000
     assert headers["Retry-After"] == "1"
     pointer = "/paths/~1v1~1commands/post/responses/429/content/application~1json/schema"
     validator(openapi, pointer).validate(refused)
     after = await commands_end(dep)
-    assert sum(after.values()) - sum(before.values()) == 2  # the third never reached it
-    # The bucket is empty now: the client's first attempt is refused, a later one taken.
-    assert (await post(url, structured("customer.create", {}, "paced"), key=PACED_KEY))[0] == 429
+    assert sum(after.values()) - sum(before.values()) == 2  # the refused never reached it
+    # The client sends again after the Retry-After: taken.
     async with IngressClient(url.removesuffix("/v1/commands"), PACED_KEY) as http:
         taken = await http.command("customer.create", "paced", {})
     assert isinstance(taken, Accepted) and taken.tenant == "paced"
