@@ -76,6 +76,12 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "(`data.previous_status`: what paystream held before)."
     ),
     "refund.create": "Refund a payment, in full (no `amount`) or in part.",
+    "refund.refresh": (
+        "Read a refund back from its provider (one left pending, or one the provider "
+        "reports failed since: Stripe's `refund.failed`): answered with the refund's status "
+        "there now (`data.previous_status`: what paystream held before); a refund that "
+        "failed is taken off its payment's `amount_refunded` (`related`: the payment)."
+    ),
     "dispute.submit_evidence": "Submit (or, with `submit: false`, stage) evidence for a dispute.",
     "dispute.accept": "Accept a dispute (the money stays with the cardholder).",
 }
@@ -132,6 +138,15 @@ _REFRESHED: Doc = {
     },
 }
 
+# A refund outcome answering `refund.refresh` says what paystream held before it.
+_REFUND_REFRESHED: Doc = {
+    "previous_status": {
+        "type": "string",
+        "description": "answering `refund.refresh`: the refund's status before it was read "
+        "back (equal to the status now when nothing changed at the provider)",
+    },
+}
+
 OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     "customer.created": ("customer", "The customer was created.", {}),
     "customer.updated": ("customer", "The customer was updated.", {}),
@@ -170,9 +185,19 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "Declined: `object.failure_code` is the decline code, `error` the provider's error.",
         _REFRESHED,
     ),
-    "refund.pending": ("refund", "The refund is pending at the provider.", {}),
-    "refund.succeeded": ("refund", "The refund succeeded (`related`: the payment).", {}),
-    "refund.failed": ("refund", "The refund failed.", {}),
+    "refund.pending": ("refund", "The refund is pending at the provider.", _REFUND_REFRESHED),
+    "refund.succeeded": (
+        "refund",
+        "The refund succeeded (`related`: the payment).",
+        _REFUND_REFRESHED,
+    ),
+    "refund.failed": (
+        "refund",
+        "The refund failed: refused when made (`error`), or read back failed by "
+        "`refund.refresh` (`object.failure_code`: the provider's reason; `related`: the "
+        "payment, its amount refundable again).",
+        _REFUND_REFRESHED,
+    ),
     "dispute.evidence_submitted": ("dispute", "Evidence was submitted (or staged).", {}),
     "dispute.closed": ("dispute", "The dispute was accepted (lost).", {}),
     "command.rejected": (
@@ -900,9 +925,15 @@ def _insights_schemas() -> Doc:
                 ("captured", "taken (payment.succeeded: what each payment captured)"),
                 ("refunded", "given back (refund.succeeded or refund.pending)"),
                 ("declined", "asked for and refused by the cards' issuers (payment.failed)"),
+                (
+                    "refunds_failed",
+                    "refunds counted given back when made, read back failed since "
+                    "(refund.failed answering refund.refresh; present only when non-zero)",
+                ),
             )
         },
     )
+    money["required"] = [name for name in money["required"] if name != "refunds_failed"]
     window = _object(
         {
             "tenant_id": _STR,

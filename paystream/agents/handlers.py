@@ -1099,6 +1099,35 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     return HandlerResult(f"refund.{status.value}", rec, [payment])
 
 
+async def refresh_refund(ctx: HandlerContext, data: c.RefreshRefund) -> HandlerResult:
+    """The refund as its provider holds it now: a pending one settles there, and one that
+    succeeded can fail later (the card closed meanwhile: Stripe's ``refund.failed``).
+    Failed, its amount is taken off the payment's refunded amount (refundable again, as
+    the provider has it). A read: asked again, the provider answers afresh."""
+    rec = ctx.load(RefundRecord, data.refund_id)
+    if rec.status == _REFUND_FAILED.value:
+        # Failed is final at every provider (and one refused when made has no refund there).
+        raise Rejection(
+            RejectReason.INVALID_STATE, f"refund {rec.id} has failed: it can change no more"
+        )
+    ctx.at_provider(rec)
+    payment = ctx.load(PaymentRecord, rec.payment_id)
+    previous = rec.status
+    req = gw.RetrieveRefund(provider_refund_id=rec.provider_refund_id)
+    res = await _gateway(
+        ctx, "retrieve_refund", lambda: ctx.gateway.retrieve_refund(req, idempotency_key=ctx.idem)
+    )
+    rec.status = res.status.value
+    rec.failure_code = res.failure_code
+    related: list[EntityRecord] = []
+    if res.status is _REFUND_FAILED:
+        payment.amount_refunded = max(0, payment.amount_refunded - rec.amount)
+        related.append(payment)
+    return HandlerResult(
+        f"refund.{res.status.value}", rec, related, extra={"previous_status": previous}
+    )
+
+
 def _refunds_allowed(
     ctx: HandlerContext, payment: PaymentRecord, refundable: int, amount: int | None
 ) -> None:
@@ -1214,6 +1243,7 @@ HANDLERS: dict[str, Handler] = {
     "payment.cancel": cancel_payment,
     "payment.refresh": refresh_payment,
     "refund.create": create_refund,
+    "refund.refresh": refresh_refund,
     "dispute.submit_evidence": submit_dispute_evidence,
     "dispute.accept": accept_dispute,
 }

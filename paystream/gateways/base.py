@@ -44,6 +44,7 @@ __all__ = [
     "RefundStatus",
     "RetrieveCustomer",
     "RetrievePayment",
+    "RetrieveRefund",
     "SubmitDisputeEvidence",
     "UpdateCustomer",
     "merged_metadata",
@@ -206,6 +207,14 @@ class RetrievePayment(_Req):
     provider_payment_id: str
 
 
+class RetrieveRefund(_Req):
+    """Read a refund back as the provider holds it now: one left pending settles there,
+    and one that succeeded can fail later (the card closed meanwhile: Stripe's
+    ``refund.failed``). A read, with no effect and no key of its own."""
+
+    provider_refund_id: str
+
+
 class CreateRefund(_Req):
     provider_payment_id: str
     amount: int | None = None  # minor units; None refunds what remains
@@ -290,7 +299,9 @@ class RefundResult(_Res):
 # an operation the tenant's provider lacks fails fast with `unsupported` and no side effect.
 # Operations providers take no idempotency key for (Stripe's DELETE): a retry runs afresh.
 # A read takes none either (Stripe ignores a key on GET): asked again, it answers afresh.
-KEYLESS_OPERATIONS = frozenset({"delete_customer", "retrieve_customer", "retrieve_payment"})
+KEYLESS_OPERATIONS = frozenset(
+    {"delete_customer", "retrieve_customer", "retrieve_payment", "retrieve_refund"}
+)
 
 OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_customer": Capability.CUSTOMERS,
@@ -304,6 +315,7 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "cancel_payment": Capability.PAYMENTS,
     "retrieve_payment": Capability.PAYMENTS,
     "create_refund": Capability.REFUNDS,
+    "retrieve_refund": Capability.REFUNDS,
     "submit_dispute_evidence": Capability.DISPUTES,
     "accept_dispute": Capability.DISPUTES,
 }
@@ -373,6 +385,10 @@ class PaymentGateway(Protocol):
         ...
 
     async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult: ...
+
+    async def retrieve_refund(self, req: RetrieveRefund, *, idempotency_key: str) -> RefundResult:
+        """The refund as the provider holds it now (a read: see retrieve_payment)."""
+        ...
 
     async def submit_dispute_evidence(
         self, req: SubmitDisputeEvidence, *, idempotency_key: str

@@ -31,6 +31,8 @@ class Observed:
     authorized: int = 0  # held on the card (payment.authorized)
     captured: int = 0  # money taken (payment.succeeded: what the payment captured)
     refunded: int = 0  # money given back (refund.succeeded, or pending at the provider)
+    # a refund counted given back when made, read back failed since (refund.refresh)
+    refunds_failed: int = 0
     declined: int = 0  # asked for and refused by the card's issuer (payment.failed)
     decline_code: str | None = None  # why a payment failed (decline code or error code)
     card_declined: bool = False  # the issuer refused it (not a provider failure)
@@ -98,9 +100,15 @@ def observe(event: CloudEvent) -> Observed | None:
     elif outcome == "payment.succeeded":
         facts["captured"] = _minor(obj.get("amount_captured"))
     elif outcome in ("refund.succeeded", "refund.pending"):
-        # Pending: committed at the provider, and no later status reaches paystream (the
-        # payment already counts it refunded); left out, it was never counted (review).
-        facts["refunded"] = amount
+        # Pending: committed at the provider (the payment already counts it refunded);
+        # left out, it was never counted (review). Read back (refund.refresh), it was
+        # counted when made: a pending one settling moves no money again.
+        if not had_status:
+            facts["refunded"] = amount
+    elif outcome == "refund.failed" and previous in ("succeeded", "pending"):
+        # Read back failed after it was counted given back (the card closed): the money
+        # stayed with the merchant after all.
+        facts["refunds_failed"] = amount
     elif outcome == "payment.failed":
         code = _label(error.get("decline_code")) or _label(error.get("code"))
         card = _text(error.get("code")) in CARD_DECLINES

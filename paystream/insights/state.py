@@ -198,6 +198,9 @@ class TenantInsights:
             money["captured"] += seen.captured
             money["refunded"] += seen.refunded
             money["declined"] += seen.declined
+            if seen.refunds_failed:
+                # Only in windows that have any (and not in records made before it).
+                money["refunds_failed"] = money.get("refunds_failed", 0) + seen.refunds_failed
         if seen.outcome == "payment.failed" and seen.decline_code:
             _bump(agg["declines"], seen.decline_code)
         if seen.reject_reason:

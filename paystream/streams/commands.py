@@ -167,6 +167,14 @@ class CreateRefund(CommandData):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class RefreshRefund(CommandData):
+    """Read a refund back from its provider: one left pending takes the status the
+    provider reports now, and one that failed there since (the card closed) is failed
+    here too, its amount refundable again."""
+
+    refund_id: EntityId
+
+
 class SubmitDisputeEvidence(CommandData):
     dispute_id: EntityId
     evidence: Annotated[
@@ -197,6 +205,7 @@ COMMANDS: dict[str, type[CommandData]] = {
     "payment.cancel": CancelPayment,
     "payment.refresh": RefreshPayment,
     "refund.create": CreateRefund,
+    "refund.refresh": RefreshRefund,
     "dispute.submit_evidence": SubmitDisputeEvidence,
     "dispute.accept": AcceptDispute,
 }
@@ -204,7 +213,7 @@ COMMANDS: dict[str, type[CommandData]] = {
 # Commands whose provider call only reads (keyless, no effect of its own): a re-drive of
 # one at any age can change nothing the provider did not already do, so none is held back
 # as past the provider's key window for a person to reconcile.
-PROVIDER_READS = frozenset({"payment.refresh"})
+PROVIDER_READS = frozenset({"payment.refresh", "refund.refresh"})
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

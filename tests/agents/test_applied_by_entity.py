@@ -90,6 +90,15 @@ async def _with_charge(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
     return "refund.create", {"payment_id": pay, "amount": 300}
 
 
+async def _refund_failing_later(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    """A refund of Stripe's 5126 card, read back failed (the payment changes too)."""
+    pay = await _made(
+        h, t, "payment.create", {**_CHARGE, "payment_method_token": "pm_card_refundFail"}
+    )
+    refund = await _made(h, t, "refund.create", {"payment_id": pay, "amount": 300})
+    return "refund.refresh", {"refund_id": refund}
+
+
 async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"dispute_id": await _dispute(h, t)}
     if command_type == "dispute.submit_evidence":
@@ -115,6 +124,7 @@ SCENARIOS: dict[str, Setup] = {
     "payment.refresh": lambda h, t: _with_authorization(h, t, "payment.refresh"),
     "payment.refresh (after 3-D Secure)": _after_3ds,
     "refund.create": _with_charge,
+    "refund.refresh": _refund_failing_later,
     "dispute.submit_evidence": lambda h, t: _with_dispute(h, t, "dispute.submit_evidence"),
     "dispute.accept": lambda h, t: _with_dispute(h, t, "dispute.accept"),
 }

@@ -29,6 +29,7 @@ from paystream.gateways.base import (
     RefundStatus,
     RetrieveCustomer,
     RetrievePayment,
+    RetrieveRefund,
     SubmitDisputeEvidence,
     UpdateCustomer,
 )
@@ -499,6 +500,60 @@ async def test_full_refund(harness: Harness) -> None:
     )
     assert refund.status is RefundStatus.SUCCEEDED
     assert refund.amount == usd(2500) and refund.provider_payment_id == paid.provider_payment_id
+
+
+@over_gateways()
+async def test_a_refund_read_back_is_as_made(harness: Harness) -> None:
+    paid = await pay(harness, 2500)
+    made = await harness.gateway.create_refund(
+        CreateRefund(provider_payment_id=paid.provider_payment_id, amount=700),
+        idempotency_key=key(),
+    )
+    req = RetrieveRefund(provider_refund_id=made.provider_refund_id)
+    read = await harness.gateway.retrieve_refund(req, idempotency_key=key())
+    assert read == made
+    # A read acts on nothing: asked again, under any key, it answers alike.
+    assert await harness.gateway.retrieve_refund(req, idempotency_key=key()) == read
+
+
+@over_gateways(localstripe_gap="no refund test cards (pm_card_refundFail is unknown)")
+async def test_a_refund_that_fails_later_reads_back_failed(harness: Harness) -> None:
+    """Stripe's 5126 card: the refund is made succeeded, then fails (the card closed);
+    the payment's refunded amount no longer counts it."""
+    paid = await pay(harness, 2500, token="pm_card_refundFail")
+    made = await harness.gateway.create_refund(
+        CreateRefund(provider_payment_id=paid.provider_payment_id), idempotency_key=key()
+    )
+    assert made.status is RefundStatus.SUCCEEDED
+    req = RetrieveRefund(provider_refund_id=made.provider_refund_id)
+    failed = await harness.gateway.retrieve_refund(req, idempotency_key=key())
+    assert (failed.status, failed.failure_code) == (
+        RefundStatus.FAILED,
+        "expired_or_canceled_card",
+    )
+    assert await harness.gateway.retrieve_refund(req, idempotency_key=key()) == failed
+    payment = await harness.gateway.retrieve_payment(
+        RetrievePayment(provider_payment_id=paid.provider_payment_id), idempotency_key=key()
+    )
+    assert (payment.amount_captured, payment.amount_refunded) == (2500, 0)
+
+
+@over_gateways(localstripe_gap="no refund test cards (pm_card_pendingRefund is unknown)")
+async def test_a_pending_refund_reads_back_settled(harness: Harness) -> None:
+    paid = await pay(harness, 2500, token="pm_card_pendingRefund")
+    made = await harness.gateway.create_refund(
+        CreateRefund(provider_payment_id=paid.provider_payment_id), idempotency_key=key()
+    )
+    assert made.status is RefundStatus.PENDING
+    req = RetrieveRefund(provider_refund_id=made.provider_refund_id)
+    settled = await harness.gateway.retrieve_refund(req, idempotency_key=key())
+    assert (settled.status, settled.amount) == (RefundStatus.SUCCEEDED, usd(2500))
+
+
+@over_gateways()
+async def test_an_unknown_refund_is_not_found(harness: Harness) -> None:
+    req = RetrieveRefund(provider_refund_id="re_doesnotexist")
+    await expect(ErrorCode.NOT_FOUND, harness.gateway.retrieve_refund(req, idempotency_key=key()))
 
 
 @over_gateways(localstripe_gap="refunds are not limited to the captured minus refunded amount")

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from paystream.gateways.errors import ErrorCode
 
-__all__ = ["CARDS", "Behaviour", "TestCard", "card_for_token"]
+__all__ = ["CARDS", "Behaviour", "RefundBehaviour", "TestCard", "card_for_token"]
 
 
 class Behaviour(StrEnum):
@@ -23,6 +23,16 @@ class Behaviour(StrEnum):
     DECLINE = "decline"
     REQUIRE_ACTION = "require_action"  # 3-D Secure challenge before authorisation
     DISPUTE = "dispute"  # succeeds, then the cardholder disputes the charge
+
+
+class RefundBehaviour(StrEnum):
+    """What happens to a refund of the card's payment (Stripe's refund test cards). The
+    later change is what the refund reads as from its first read back on (Stripe's:
+    "some time later", with a webhook); the payment's refunded amount follows it."""
+
+    SUCCEED = "succeed"
+    FAIL_LATER = "fail_later"  # succeeded, then failed: expired_or_canceled_card (5126)
+    PENDING = "pending"  # pending, then succeeded (7726)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class TestCard:
     decline_code: str | None = None  # Stripe's `decline_code`
     message: str = "Your card was declined."
     declines_on_attach: bool = False  # Stripe checks the card when saving it to a customer
+    refund: RefundBehaviour = RefundBehaviour.SUCCEED
     exp_month: int = 12
     exp_year: int = 2034
 
@@ -141,6 +152,8 @@ _3DS_THEN_FUNDS = TestCard(
     "Your card has insufficient funds.",
 )  # fmt: skip
 _DISPUTE = TestCard("create_dispute", "visa", "0259", Behaviour.DISPUTE)
+_REFUND_FAIL = TestCard("refund_fail", "visa", "5126", refund=RefundBehaviour.FAIL_LATER)
+_PENDING_REFUND = TestCard("pending_refund", "visa", "7726", refund=RefundBehaviour.PENDING)
 
 
 def _aliases(card: TestCard, *suffixes: str) -> dict[str, TestCard]:
@@ -170,6 +183,8 @@ CARDS: dict[str, TestCard] = {
     **_aliases(_3DS_ON_SETUP, "authenticationRequiredOnSetup"),
     **_aliases(_3DS_THEN_FUNDS, "authenticationRequiredChargeDeclinedInsufficientFunds"),
     **_aliases(_DISPUTE, "createDispute"),
+    **_aliases(_REFUND_FAIL, "refundFail"),
+    **_aliases(_PENDING_REFUND, "pendingRefund"),
 }
 
 

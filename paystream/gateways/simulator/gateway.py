@@ -41,6 +41,7 @@ from paystream.gateways.base import (
     RefundResult,
     RetrieveCustomer,
     RetrievePayment,
+    RetrieveRefund,
     SubmitDisputeEvidence,
     UpdateCustomer,
 )
@@ -293,6 +294,15 @@ class SimulatorGateway:
         return await self._run(
             "create_refund", req, idempotency_key,
             lambda tx: ops.create_refund(tx, req, idempotency_key), RefundResult,
+        )  # fmt: skip
+
+    async def retrieve_refund(self, req: RetrieveRefund, *, idempotency_key: str) -> RefundResult:
+        # A read, as retrieve_payment; it commits what the provider did meanwhile (a
+        # refund of pm_card_refundFail fails, one of pm_card_pendingRefund settles).
+        return await self._run(
+            "retrieve_refund", req, idempotency_key,
+            lambda tx: ops.retrieve_refund(tx, req), RefundResult,
+            keyed=False,
         )  # fmt: skip
 
     async def submit_dispute_evidence(

@@ -30,13 +30,14 @@ from paystream.gateways.base import (
     PaymentStatus,
     RetrieveCustomer,
     RetrievePayment,
+    RetrieveRefund,
     SubmitDisputeEvidence,
     UpdateCustomer,
     merged_metadata,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import results
-from paystream.gateways.simulator.cards import Behaviour, TestCard, card_for_token
+from paystream.gateways.simulator.cards import Behaviour, RefundBehaviour, TestCard, card_for_token
 from paystream.gateways.simulator.store import PROVIDER, Effect, Refusal, Tx
 from paystream.gateways.stripe_rules import below_minimum_charge, three_decimal_problem
 from paystream.ids import ID_LENGTH
@@ -58,6 +59,7 @@ __all__ = [
     "resolve_dispute",
     "retrieve_customer",
     "retrieve_payment",
+    "retrieve_refund",
     "submit_dispute_evidence",
     "update_customer",
 ]
@@ -576,17 +578,39 @@ async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
             f"refund amount {amount} must be between 1 and the unrefunded {remaining}",
         )
     _three_decimal_rule(amount, pi["currency"])
+    card = card_for_token(pi["card"])
+    later = card.refund if card is not None else RefundBehaviour.SUCCEED
     refund = {
         "object": "refund",
         "id": _new_id("re"),
         "payment_id": pi["id"],
         "amount": amount,
         "currency": pi["currency"],
-        "status": "succeeded",
+        "status": "pending" if later is RefundBehaviour.PENDING else "succeeded",
     }
+    if later is not RefundBehaviour.SUCCEED:
+        # Not part of Stripe's object: what the refund becomes once read back.
+        refund["settles_as"] = "succeeded" if later is RefundBehaviour.PENDING else "failed"
     tx.put(refund)
     tx.put({**pi, "amount_refunded": pi["amount_refunded"] + amount})
     tx.effect(Effect.of("refund", key, refund["id"], amount, pi["currency"]))
+    return {"ok": results.refund(refund)}
+
+
+async def retrieve_refund(tx: Tx, req: RetrieveRefund) -> dict[str, Any]:
+    """The refund as it stands. One of the refund test cards changes on its first read
+    back: it settles, or fails (the card closed; its amount counts as not refunded
+    again, as Stripe's charge then has it): committed with the read, so every later read
+    (and a retried one) sees the same."""
+    refund = await _must(tx, req.provider_refund_id, "refund")
+    settles_as = refund.pop("settles_as", None)
+    if settles_as is not None:
+        refund["status"] = settles_as
+        if settles_as == "failed":
+            refund["failure_reason"] = "expired_or_canceled_card"
+            pi = await _must(tx, refund["payment_id"], "payment_intent")
+            tx.put({**pi, "amount_refunded": pi["amount_refunded"] - refund["amount"]})
+        tx.put(refund)
     return {"ok": results.refund(refund)}
 
 

@@ -73,5 +73,5 @@ def refund(re: dict[str, Any]) -> dict[str, Any]:
         "provider_payment_id": re["payment_id"],
         "status": re["status"],
         "amount": _money(re),
-        "failure_code": None,
+        "failure_code": re.get("failure_reason"),
     }

@@ -189,6 +189,7 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CancelPayment,
         gw.RetrieveCustomer,
         gw.RetrievePayment,
+        gw.RetrieveRefund,
         gw.CreateRefund,
         gw.SubmitDisputeEvidence,
         gw.AcceptDispute,

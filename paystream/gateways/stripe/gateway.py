@@ -38,6 +38,7 @@ from paystream.gateways.base import (
     RefundResult,
     RetrieveCustomer,
     RetrievePayment,
+    RetrieveRefund,
     SubmitDisputeEvidence,
     UpdateCustomer,
 )
@@ -341,6 +342,13 @@ class StripeGateway:
         obj = await self._call(
             "create_refund",
             lambda: self._v1.refunds.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.refund(obj)
+
+    async def retrieve_refund(self, req: RetrieveRefund, *, idempotency_key: str) -> RefundResult:
+        # A GET: Stripe keys no read, so no key is sent.
+        obj = await self._call(
+            "retrieve_refund", lambda: self._v1.refunds.retrieve_async(req.provider_refund_id)
         )
         return mapping.refund(obj)
 

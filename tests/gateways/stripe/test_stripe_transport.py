@@ -29,6 +29,8 @@ from paystream.gateways.base import (
     DisputeStatus,
     GatewayContext,
     PaymentStatus,
+    RefundStatus,
+    RetrieveRefund,
     SubmitDisputeEvidence,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
@@ -332,6 +334,20 @@ async def test_refund() -> None:
         "re_1", "pi_123", 700,
     )  # fmt: skip
     assert fake.requests[0]["form"]["payment_intent"] == ["pi_123"]
+
+
+async def test_a_refund_read_back_failed_names_stripes_reason() -> None:
+    """Stripe's refund.failed: the refund read back (a GET, no key) with its
+    failure_reason, e.g. the card closed since."""
+    body = {"id": "re_1", "object": "refund", "amount": 700, "currency": "usd",
+            "status": "failed", "failure_reason": "expired_or_canceled_card",
+            "payment_intent": "pi_123"}  # fmt: skip
+    gw, fake = gateway(answer(200, body))
+    res = await gw.retrieve_refund(RetrieveRefund(provider_refund_id="re_1"), idempotency_key="k")
+    assert (res.status, res.failure_code) == (RefundStatus.FAILED, "expired_or_canceled_card")
+    [req] = fake.requests
+    assert (req["method"].upper(), req["url"]) == ("GET", f"{API_BASE}/v1/refunds/re_1")
+    assert "Idempotency-Key" not in req["headers"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,123 @@
+"""`refund.refresh`: a refund read back from its provider. A pending one settles; one that
+succeeded can fail there later (the card closed: Stripe's test card 5126, its
+`refund.failed` event), and paystream then takes its amount off the payment's refunded
+amount, so that the payment is refundable again and the books say what happened."""
+
+from __future__ import annotations
+
+import pytest
+
+from paystream.client import build_command
+from paystream.insights.observe import observe
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind
+
+_CHARGE = {"amount": 2000, "currency": "USD"}
+
+
+def _simulator(h: Harness, tenant: str) -> object:
+    return h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+
+
+async def _paid(h: Harness, tenant: str, payment_id: str, token: str) -> None:
+    out = await h.send(
+        "payment.create",
+        tenant,
+        {**_CHARGE, "payment_id": payment_id, "payment_method_token": token},
+    )
+    assert kind(out) == "payment.succeeded", data(out)
+
+
+async def test_a_refund_that_fails_later_is_refundable_again(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _paid(harness, t, "pay_f", "pm_card_refundFail")
+    made = await harness.send(
+        "refund.create", t, {"payment_id": "pay_f", "refund_id": "re_f", "amount": 1500}
+    )
+    assert kind(made) == "refund.succeeded", data(made)
+    assert harness.tables.payments[f"{t}:pay_f"]["amount_refunded"] == 1500
+
+    failed = await harness.send("refund.refresh", t, {"refund_id": "re_f"})
+    assert kind(failed) == "refund.failed", data(failed)
+    assert data(failed)["previous_status"] == "succeeded"
+    assert data(failed)["object"]["failure_code"] == "expired_or_canceled_card"
+    [payment] = data(failed)["related"]
+    assert payment["object"]["amount_refunded"] == 0
+    held = harness.tables.payments[f"{t}:pay_f"]
+    assert (held["status"], held["amount_refunded"]) == ("succeeded", 0)
+    assert harness.tables.refunds[f"{t}:re_f"]["status"] == "failed"
+    # Counted given back when made, counted failed now; the money is the merchant's again.
+    counted = [observe(e) for e in (made, failed)]
+    assert [(o.refunded, o.refunds_failed) for o in counted if o] == [(1500, 0), (0, 1500)]
+
+    # Failed is final; the payment may be refunded again, in full.
+    final = await harness.send("refund.refresh", t, {"refund_id": "re_f"})
+    assert data(final)["reason"] == "invalid_state", data(final)
+    again = await harness.send("refund.create", t, {"payment_id": "pay_f", "refund_id": "re_g"})
+    assert kind(again) == "refund.succeeded", data(again)
+    assert data(again)["object"]["amount"] == 2000
+    effects = [(e.kind, e.amount) for e in await _simulator(harness, t).effects()]  # type: ignore[attr-defined]
+    assert effects == [("charge", 2000), ("refund", 1500), ("refund", 2000)]
+
+
+async def test_a_pending_refund_settles_and_moves_no_money_again(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _paid(harness, t, "pay_p", "pm_card_pendingRefund")
+    made = await harness.send("refund.create", t, {"payment_id": "pay_p", "refund_id": "re_p"})
+    assert kind(made) == "refund.pending", data(made)
+    assert harness.tables.payments[f"{t}:pay_p"]["amount_refunded"] == 2000
+    # Nothing is left to refund while it is pending: it counts as refunded.
+    refused = await harness.send("refund.create", t, {"payment_id": "pay_p", "amount": 1})
+    assert data(refused)["reason"] == "invalid_state", data(refused)
+
+    settled = await harness.send("refund.refresh", t, {"refund_id": "re_p"})
+    assert kind(settled) == "refund.succeeded", data(settled)
+    assert data(settled)["previous_status"] == "pending"
+    assert "related" not in data(settled)
+    assert harness.tables.payments[f"{t}:pay_p"]["amount_refunded"] == 2000
+    unchanged = await harness.send("refund.refresh", t, {"refund_id": "re_p"})
+    assert kind(unchanged) == "refund.succeeded", data(unchanged)
+    assert data(unchanged)["previous_status"] == "succeeded"
+    counted = [observe(e) for e in (made, settled, unchanged)]
+    assert [(o.refunded, o.refunds_failed) for o in counted if o] == [(2000, 0), (0, 0), (0, 0)]
+
+
+async def test_a_refund_that_stays_succeeded_reads_back_unchanged(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _paid(harness, t, "pay_s", "pm_card_visa")
+    await harness.send("refund.create", t, {"payment_id": "pay_s", "refund_id": "re_s"})
+    version = harness.tables.payments[f"{t}:pay_s"]["version"]
+    same = await harness.send("refund.refresh", t, {"refund_id": "re_s"})
+    assert kind(same) == "refund.succeeded", data(same)
+    assert data(same)["previous_status"] == "succeeded"
+    assert harness.tables.payments[f"{t}:pay_s"]["version"] == version
+
+
+async def test_a_redelivered_refresh_is_answered_as_first_and_applied_once(
+    harness: Harness,
+) -> None:
+    """The failure taken off the payment once: a redelivery after a crash replays the
+    answer (the provider, asked again, would find nothing new to fail)."""
+    t = harness.add_tenant()
+    await _paid(harness, t, "pay_r", "pm_card_refundFail")
+    await harness.send("refund.create", t, {"payment_id": "pay_r", "refund_id": "re_r"})
+    command = build_command("refund.refresh", t, {"refund_id": "re_r"})
+    first, out = await harness.send_event(command)
+    version = harness.tables.payments[f"{t}:pay_r"]["version"]
+    again, out_again = await harness.send_event(command)
+    assert out is not None and out_again is not None
+    [sent] = [e.record for e in first if e.topic == harness.settings.events_topic]
+    [resent] = [e.record for e in again if e.topic == harness.settings.events_topic]
+    assert (resent.value, sorted(resent.headers)) == (sent.value, sorted(sent.headers))
+    held = harness.tables.payments[f"{t}:pay_r"]
+    assert (held["version"], held["amount_refunded"]) == (version, 0)
+
+
+@pytest.mark.parametrize("refund_id", ["re_x", "re_nope"])
+async def test_another_tenants_refund_is_not_found(harness: Harness, refund_id: str) -> None:
+    owner, other = harness.add_tenant(), harness.add_tenant()
+    await _paid(harness, owner, "pay_x", "pm_card_visa")
+    await harness.send("refund.create", owner, {"payment_id": "pay_x", "refund_id": "re_x"})
+    out = await harness.send("refund.refresh", other, {"refund_id": refund_id})
+    assert data(out)["reason"] == "not_found", data(out)
+    assert data(out)["message"] == f"no such refund: {refund_id}"
