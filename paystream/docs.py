@@ -188,7 +188,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     "refund.pending": ("refund", "The refund is pending at the provider.", _REFUND_REFRESHED),
     "refund.succeeded": (
         "refund",
-        "The refund succeeded (`related`: the payment).",
+        "The refund succeeded (`related`: the payment; none when `refund.refresh` read "
+        "it back as it was).",
         _REFUND_REFRESHED,
     ),
     "refund.failed": (

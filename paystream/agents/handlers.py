@@ -1046,25 +1046,19 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     ctx.ensure_new(RefundRecord, rid)
     ctx.at_provider(payment)
     refundable = payment.amount_captured - payment.amount_refunded
-    if ctx.let_through:
-        # Let through before, the provider may have refunded under this key: refunds or
-        # a dispute since must not turn that into a rejection (the provider answers with
-        # what it did, or refuses what the payment's state or balance forbids: a lost
-        # dispute, an amount beyond what is left). Without an amount, what is left as
-        # the table has it: the same request when nothing was refunded since (its
-        # refund is not recorded until answered), answered under the key (review
-        # finding: refused for a dispute lost after the provider had refunded).
-        amount = data.amount if data.amount is not None else refundable
-        if amount <= 0:
-            raise Rejection(
-                RejectReason.INVALID_STATE, f"payment {payment.id} has nothing left to refund"
-            )
-    else:
+    if not ctx.let_through:
         _refunds_allowed(ctx, payment, refundable, data.amount)
-        amount = data.amount if data.amount is not None else refundable
+    # Let through before, the provider may have refunded under this key: refunds or a
+    # dispute since must not turn that into a rejection (the provider answers with what
+    # it did, or refuses what the payment's state or balance forbids: a lost dispute, an
+    # amount beyond what is left; review finding: refused for a dispute lost after the
+    # provider had refunded). Without an amount, the provider refunds what is left there
+    # and the refund is what it answers: the same request however the table's refundable
+    # amount has moved since (a refund read back failed raises it: sent as the table had
+    # it, a re-drive asked for more under the key and was refused, review finding).
     req = gw.CreateRefund(
         provider_payment_id=payment.provider_payment_id,
-        amount=amount,
+        amount=data.amount,
         reason=data.reason,
         metadata=data.metadata,
     )
@@ -1072,15 +1066,13 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         **_base(ctx, rid),
         payment_id=payment.id,
         status=gw.RefundStatus.FAILED.value,
-        amount=amount,
+        amount=data.amount if data.amount is not None else refundable,
         currency=payment.currency,
         provider_refund_id="",
     )
     try:
         key = ctx.create_key("refund", data.refund_id)
-        res = await _gateway(
-            ctx, "create_refund", lambda: ctx.gateway.create_refund(req, idempotency_key=key)
-        )
+        res = await _refund_at_provider(ctx, req, key, refundable)
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -1093,10 +1085,39 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     rec.provider_refund_id = r["provider_refund_id"]
     rec.status = status._value_
     rec.failure_code = r["failure_code"]
+    rec.amount = r["amount"].amount  # (what was asked for, or what was left there)
     if status is _REFUND_FAILED:
         return HandlerResult("refund.failed", rec)
-    payment.amount_refunded += amount
+    payment.amount_refunded += rec.amount
     return HandlerResult(f"refund.{status.value}", rec, [payment])
+
+
+async def _refund_at_provider(
+    ctx: HandlerContext, req: gw.CreateRefund, key: str, refundable: int
+) -> gw.RefundResult:
+    """The refund, at the provider. One without an amount let through (parked, or in
+    flight at a crash) may have been first sent by a version that named the amount the
+    table had left: its provider compares the parameters sent again under the key and
+    refuses others (Stripe's idempotency_error). Sent again as then (what is left now,
+    the same unless a refund failed since), it is answered as it was."""
+    try:
+        return await _gateway(
+            ctx, "create_refund", lambda: ctx.gateway.create_refund(req, idempotency_key=key)
+        )
+    except GatewayError as exc:
+        if not (
+            ctx.let_through
+            and req.amount is None
+            and exc.code is ErrorCode.IDEMPOTENCY_ERROR
+            and not exc.retryable
+        ):
+            raise
+    if refundable <= 0:
+        raise Rejection(RejectReason.INVALID_STATE, "the payment has nothing left to refund")
+    first = req.model_copy(update={"amount": refundable})
+    return await _gateway(
+        ctx, "create_refund", lambda: ctx.gateway.create_refund(first, idempotency_key=key)
+    )
 
 
 async def refresh_refund(ctx: HandlerContext, data: c.RefreshRefund) -> HandlerResult:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import pytest
 
 from paystream.client import build_command
+from paystream.gateways import base as gw
 from paystream.insights.observe import observe
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness, data, kind
+from tests.agents.harness import Harness, data, kind, new_tenant_id
+from tests.agents.test_let_through import _answer, _command
 
 _CHARGE = {"amount": 2000, "currency": "USD"}
 
@@ -121,3 +123,99 @@ async def test_another_tenants_refund_is_not_found(harness: Harness, refund_id: 
     out = await harness.send("refund.refresh", other, {"refund_id": refund_id})
     assert data(out)["reason"] == "not_found", data(out)
     assert data(out)["message"] == f"no such refund: {refund_id}"
+
+
+_PAY = {"payment_id": "p1", "amount": 2000, "currency": "USD",
+        "payment_method_token": "pm_card_refundFail"}  # fmt: skip
+
+
+async def _provider_refunded(h: Harness, tenant: str) -> int:
+    ppid = h.tables.payments[f"{tenant}:p1"]["provider_payment_id"]
+    sim = _simulator(h, tenant)
+    read = await sim.retrieve_payment(  # type: ignore[attr-defined]
+        gw.RetrievePayment(provider_payment_id=ppid), idempotency_key="probe"
+    )
+    return int(read.amount_refunded)
+
+
+async def test_a_parked_refund_of_the_rest_keeps_its_amount_after_another_fails(
+    harness: Harness,
+) -> None:
+    """r2 (no amount: the rest) reaches the provider, its answer lost: parked. r1 is then
+    read back failed, which raises the table's refundable amount. Re-driven, r2 is the
+    same request (the provider refunds what was left), answered as it was: 500, not a
+    request for 2000 refused under the key (review finding)."""
+    h, t = harness, new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:refund:r2": 3}})
+    await _answer(h, _command(t, "payment.create", _PAY, "c1"))
+    r1 = {"payment_id": "p1", "refund_id": "r1", "amount": 1500}
+    assert kind(await _answer(h, _command(t, "refund.create", r1, "c2"))) == "refund.succeeded"
+    rest = _command(t, "refund.create", {"payment_id": "p1", "refund_id": "r2"}, "c3")
+    parked = await h.processor.process(rest)
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    failed = await _answer(h, _command(t, "refund.refresh", {"refund_id": "r1"}, "c4"))
+    assert kind(failed) == "refund.failed", data(failed)
+
+    redriven = await _answer(
+        h, _command(t, "refund.create", {"payment_id": "p1", "refund_id": "r2"}, "c3")
+    )
+    assert kind(redriven) == "refund.succeeded", data(redriven)
+    assert data(redriven)["object"]["amount"] == 500
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 500
+    assert await _provider_refunded(h, t) == 500
+    effects = [(e.kind, e.amount) for e in await _simulator(h, t).effects()]  # type: ignore[attr-defined]
+    assert effects == [("charge", 2000), ("refund", 1500), ("refund", 500)]
+
+
+async def test_a_refund_of_the_rest_first_sent_with_its_amount_is_answered_when_redriven(
+    harness: Harness,
+) -> None:
+    """A version before this one named the amount left in a refund without one. Its
+    refund, parked and re-driven by this version (which names none), is refused by the
+    provider as other parameters under the key; sent once more as it was first sent,
+    it is answered as it was, and nothing is refunded twice."""
+    h, t = harness, new_tenant_id()
+    key = f"pse:{t}:refund:r2"
+    h.add_tenant(t, gateway_options={"fail_first": {key: 3}})
+    await _answer(
+        h, _command(t, "payment.create", {**_PAY, "payment_method_token": "pm_card_visa"}, "c1")
+    )
+    rest = {"payment_id": "p1", "refund_id": "r2"}
+    parked = await h.processor.process(_command(t, "refund.create", rest, "c3"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    # What the older version sent (its answer lost): the amount the table had left.
+    ppid = h.tables.payments[f"{t}:p1"]["provider_payment_id"]
+    sim = _simulator(h, t)
+    made = await sim.create_refund(  # type: ignore[attr-defined]
+        gw.CreateRefund(provider_payment_id=ppid, amount=2000), idempotency_key=key
+    )
+
+    redriven = await _answer(h, _command(t, "refund.create", rest, "c3"))
+    assert kind(redriven) == "refund.succeeded", data(redriven)
+    assert data(redriven)["object"]["provider_refund_id"] == made.provider_refund_id
+    assert data(redriven)["object"]["amount"] == 2000
+    effects = [(e.kind, e.amount) for e in await sim.effects()]  # type: ignore[attr-defined]
+    assert effects == [("charge", 2000), ("refund", 2000)]
+
+
+async def test_a_new_refund_of_the_rest_under_a_used_key_is_not_sent_twice(
+    harness: Harness,
+) -> None:
+    """Only one let through is sent again with the amount: a new command's refusal for
+    other parameters under the key stands."""
+    h, t = harness, new_tenant_id()
+    h.add_tenant(t)
+    await _answer(
+        h, _command(t, "payment.create", {**_PAY, "payment_method_token": "pm_card_visa"}, "c1")
+    )
+    ppid = h.tables.payments[f"{t}:p1"]["provider_payment_id"]
+    sim = _simulator(h, t)
+    await sim.create_refund(  # type: ignore[attr-defined]
+        gw.CreateRefund(provider_payment_id=ppid, amount=700), idempotency_key=f"pse:{t}:refund:r2"
+    )
+    out = await _answer(
+        h, _command(t, "refund.create", {"payment_id": "p1", "refund_id": "r2"}, "c3")
+    )
+    assert kind(out) == "command.rejected", data(out)
+    effects = [(e.kind, e.amount) for e in await sim.effects()]  # type: ignore[attr-defined]
+    assert effects == [("charge", 2000), ("refund", 700)]
