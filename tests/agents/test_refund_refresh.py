@@ -210,12 +210,56 @@ async def test_a_new_refund_of_the_rest_under_a_used_key_is_not_sent_twice(
     )
     ppid = h.tables.payments[f"{t}:p1"]["provider_payment_id"]
     sim = _simulator(h, t)
+    # Another request under the key, for exactly the refundable amount: what the
+    # fallback would send, and be answered by.
     await sim.create_refund(  # type: ignore[attr-defined]
-        gw.CreateRefund(provider_payment_id=ppid, amount=700), idempotency_key=f"pse:{t}:refund:r2"
+        gw.CreateRefund(provider_payment_id=ppid, amount=2000), idempotency_key=f"pse:{t}:refund:r2"
     )
     out = await _answer(
         h, _command(t, "refund.create", {"payment_id": "p1", "refund_id": "r2"}, "c3")
     )
     assert kind(out) == "command.rejected", data(out)
     effects = [(e.kind, e.amount) for e in await sim.effects()]  # type: ignore[attr-defined]
-    assert effects == [("charge", 2000), ("refund", 700)]
+    assert effects == [("charge", 2000), ("refund", 2000)]
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 0
+
+
+async def test_a_redriven_refund_of_the_rest_with_nothing_left_here_is_parked_not_refused(
+    harness: Harness,
+) -> None:
+    """r2, first sent by an older version (500, its answer lost), is re-driven when the
+    table has nothing left (r1 failed at the provider, not read back yet, and r3 took
+    what the provider had left). The provider holds r2's request under the key: it is
+    parked again for a person, never answered `invalid_state` (review finding)."""
+    h, t = harness, new_tenant_id()
+    key = f"pse:{t}:refund:r2"
+    h.add_tenant(t, gateway_options={"fail_first": {key: 3}})
+    await _answer(h, _command(t, "payment.create", _PAY, "c1"))
+    r1 = {"payment_id": "p1", "refund_id": "r1", "amount": 1500}
+    made = await _answer(h, _command(t, "refund.create", r1, "c2"))
+    rest = {"payment_id": "p1", "refund_id": "r2"}
+    parked = await h.processor.process(_command(t, "refund.create", rest, "c3"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    ppid = h.tables.payments[f"{t}:p1"]["provider_payment_id"]
+    sim = _simulator(h, t)
+    await sim.create_refund(  # type: ignore[attr-defined]
+        gw.CreateRefund(provider_payment_id=ppid, amount=500), idempotency_key=key
+    )
+    prid = data(made)["object"]["provider_refund_id"]
+    await sim.retrieve_refund(  # type: ignore[attr-defined]
+        gw.RetrieveRefund(provider_refund_id=prid), idempotency_key="provider-side"
+    )
+    r3 = await _answer(
+        h, _command(t, "refund.create", {"payment_id": "p1", "refund_id": "r3"}, "c5")
+    )
+    # What the provider had left (r1's 1500 came back; r2 took 500); more than the table
+    # had (500), which reads above captured until r1 is read back failed.
+    assert (kind(r3), data(r3)["object"]["amount"]) == ("refund.succeeded", 1500), data(r3)
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 3000
+    redriven = await h.processor.process(_command(t, "refund.create", rest, "c3"))
+    assert [e.topic for e in redriven] == [h.settings.retry_topic]
+    assert f"{t}:r2" not in h.tables.refunds
+    # r1 read back: the books agree with the provider's (r2 is for a person to settle).
+    failed = await _answer(h, _command(t, "refund.refresh", {"refund_id": "r1"}, "c6"))
+    assert kind(failed) == "refund.failed", data(failed)
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 1500
