@@ -24,6 +24,9 @@ from paystream import __version__
 from paystream.agents import handlers, pipeline
 from paystream.gateways.stripe.webhooks import BODY_READ_SECONDS as WEBHOOK_BODY_SECONDS
 from paystream.gateways.stripe.webhooks import FOLLOWED_EVENTS as STRIPE_FOLLOWED_EVENTS
+from paystream.gateways.stripe.webhooks import (
+    FOLLOWED_REFUND_EVENTS as STRIPE_FOLLOWED_REFUND_EVENTS,
+)
 from paystream.gateways.stripe.webhooks import MAX_BODY_BYTES as WEBHOOK_MAX_BODY_BYTES
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
 from paystream.money import CURRENCY_EXPONENTS
@@ -1411,12 +1414,15 @@ def openapi() -> Doc:
                 "summary": "A provider's signed webhook event (Stripe: its `Stripe-Signature` "
                 "under the tenant's `webhook_secret`, within 5 minutes): an event about a "
                 "payment paystream made that may have moved on becomes a `payment.refresh` "
-                "command on the tenant's partition.",
+                "command on the tenant's partition (one about a refund, a `refund.refresh`).",
                 "description": "Open without the operators' token: the signature is the "
                 "authentication. Followed Stripe events: "
-                + ", ".join(f"`{e}`" for e in sorted(STRIPE_FOLLOWED_EVENTS))
+                + ", ".join(
+                    f"`{e}`" for e in sorted(STRIPE_FOLLOWED_EVENTS | STRIPE_FOLLOWED_REFUND_EVENTS)
+                )
                 + ". A payment is found from its `paystream_payment` metadata "
-                "(`<tenant>:<payment id>`), which paystream sets on the payments it creates "
+                "(`<tenant>:<payment id>`), a refund from its `paystream_refund`, which "
+                "paystream sets on the payments and refunds it creates "
                 "(unless the producer's metadata already holds 50 keys). The refresh is "
                 "sealed as paystream's own: it is neither checked against the tenant's "
                 "rate limit nor spends its tokens.",

@@ -58,7 +58,8 @@ COMMAND_LATENCY = Histogram(
 WEBHOOKS = Counter(
     "paystream_webhooks_total",
     "Provider webhooks received, by provider, tenant and what came of them: refresh (a "
-    "payment.refresh sent), ignored (nothing paystream has not read), bad_signature, "
+    "payment.refresh or refund.refresh sent), ignored (nothing paystream has not read), "
+    "bad_signature, "
     "bad_request (a body that could not be read as sent, or in time), "
     "no_endpoint, too_large, unavailable (answered 503: the provider sends it again).",
     ["provider", "tenant", "result"],

@@ -1,4 +1,5 @@
-"""Commands paystream sends itself (a provider webhook's ``payment.refresh``), known by a seal.
+"""Commands paystream sends itself (a provider webhook's ``payment.refresh`` or
+``refund.refresh``), known by a seal.
 
 A refresh that a webhook brings is paystream's, not the tenant's: it must not spend the
 tenant's rate limit and be refused ``rate_limited`` (the provider, answered 200, would

@@ -1060,7 +1060,11 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         provider_payment_id=payment.provider_payment_id,
         amount=data.amount,
         reason=data.reason,
-        metadata=data.metadata,
+        metadata=(
+            gw.refund_ref(data.metadata, ctx.cmd.tenant_id, rid)
+            if _WEBHOOKS in ctx.gateway.capabilities
+            else data.metadata
+        ),
     )
     rec = RefundRecord(
         **_base(ctx, rid),
@@ -1075,7 +1079,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     )
     try:
         key = ctx.create_key("refund", data.refund_id)
-        res = await _refund_at_provider(ctx, req, key, refundable)
+        res = await _refund_at_provider(ctx, req, key, refundable, data.metadata)
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -1096,30 +1100,37 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
 
 
 async def _refund_at_provider(
-    ctx: HandlerContext, req: gw.CreateRefund, key: str, refundable: int
+    ctx: HandlerContext, req: gw.CreateRefund, key: str, refundable: int, sent_metadata: Any
 ) -> gw.RefundResult:
-    """The refund, at the provider. One without an amount let through (parked, or in
-    flight at a crash) may have been first sent by a version that named the amount the
-    table had left: its provider compares the parameters sent again under the key and
-    refuses others (Stripe's idempotency_error). Sent again as then (what is left now,
-    the same unless a refund failed since), it is answered as it was."""
+    """The refund, at the provider. One let through (parked, or in flight at a crash) may
+    have been first sent by an older version: one that named the amount the table had
+    left in a refund without one, and sent no webhook reference (gw.refund_ref). Its
+    provider compares the parameters sent again under the key and refuses others
+    (Stripe's idempotency_error). Sent once more as then (what is left now: the same,
+    unless a refund failed since), it is answered as it was."""
     try:
         return await _gateway(
             ctx, "create_refund", lambda: ctx.gateway.create_refund(req, idempotency_key=key)
         )
     except GatewayError as exc:
+        first = req.model_copy(
+            update={
+                "amount": req.amount if req.amount is not None else refundable,
+                "metadata": dict(sent_metadata),
+            }
+        )
         if not (
             ctx.let_through
-            and req.amount is None
             and exc.code is ErrorCode.IDEMPOTENCY_ERROR
             and not exc.retryable
+            and first != req
             # (Nothing left by the table: no such request was sent. The provider holds
             # another under the key, and may have refunded by it: parked again as such,
             # never refused; review finding.)
-            and refundable > 0
+            and first.amount is not None
+            and first.amount > 0
         ):
             raise
-    first = req.model_copy(update={"amount": refundable})
     return await _gateway(
         ctx, "create_refund", lambda: ctx.gateway.create_refund(first, idempotency_key=key)
     )

@@ -1235,7 +1235,7 @@ class CommandProcessor:
         own, neither checked against the tenant's rate limit nor spending its tokens (the
         webhook endpoint bounds them: web/webhooks.py)."""
         return (
-            cmd.command_type == "payment.refresh"
+            cmd.command_type in _WEBHOOK_REFRESHES
             and ORIGIN_HEADER in rec.headers
             and self.origins.sealed(rec.key, rec.value, rec.headers)
         )
@@ -2834,6 +2834,9 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
         return f"@payment:{payment_id}"
     return idem_table_key
 
+
+# The commands a provider's webhook brings (web/webhooks.py), sealed as paystream's own.
+_WEBHOOK_REFRESHES = frozenset({"payment.refresh", "refund.refresh"})
 
 # A let-through record's states as stored.
 _LET_THROUGH_VALUES = frozenset({IdempotencyState.PARKED.value, IdempotencyState.IN_FLIGHT.value})

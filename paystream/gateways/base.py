@@ -20,6 +20,7 @@ from paystream.money import Money
 __all__ = [
     "OPERATION_CAPABILITY",
     "PAYMENT_REF_KEY",
+    "REFUND_REF_KEY",
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
@@ -50,6 +51,8 @@ __all__ = [
     "merged_metadata",
     "payment_ref",
     "read_payment_ref",
+    "read_refund_ref",
+    "refund_ref",
 ]
 
 
@@ -69,14 +72,16 @@ class Capability(StrEnum):
     CONNECTED_ACCOUNTS = "connected_accounts"
     PAYOUTS = "payouts"
     # The provider reports a payment's later changes (a customer's 3-D Secure step, a
-    # lapsed authorisation) by signed webhook: its payments carry PAYMENT_REF_KEY.
+    # lapsed authorisation) and a refund's (one failed after it succeeded) by signed
+    # webhook: its payments carry PAYMENT_REF_KEY, its refunds REFUND_REF_KEY.
     WEBHOOKS = "webhooks"
 
 
-# The metadata key under which paystream names a payment at a provider that sends
-# webhooks: "<tenant>:<payment id>", so that a webhook about the provider's payment finds
-# paystream's (a tenant id has no colon). The provider's id alone would need an index.
+# The metadata keys under which paystream names a payment, and a refund, at a provider
+# that sends webhooks: "<tenant>:<id>", so that a webhook about the provider's object
+# finds paystream's (a tenant id has no colon). The provider's id alone would need an index.
 PAYMENT_REF_KEY = "paystream_payment"
+REFUND_REF_KEY = "paystream_refund"
 _METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
 
 
@@ -84,18 +89,37 @@ def payment_ref(metadata: Mapping[str, str], tenant_id: str, payment_id: str) ->
     """``metadata`` with the payment's reference added (replacing a producer's own value
     under the key), unless it already holds as many keys as a provider takes: such a
     payment is not found from a webhook, and is read back by ``payment.refresh``."""
-    if PAYMENT_REF_KEY not in metadata and len(metadata) >= _METADATA_KEYS_MAX:
+    return _with_ref(PAYMENT_REF_KEY, metadata, tenant_id, payment_id)
+
+
+def refund_ref(metadata: Mapping[str, str], tenant_id: str, refund_id: str) -> dict[str, str]:
+    """As ``payment_ref``, for a refund (one not found from a webhook is read back by
+    ``refund.refresh``)."""
+    return _with_ref(REFUND_REF_KEY, metadata, tenant_id, refund_id)
+
+
+def _with_ref(key: str, metadata: Mapping[str, str], tenant_id: str, own_id: str) -> dict[str, str]:
+    if key not in metadata and len(metadata) >= _METADATA_KEYS_MAX:
         return dict(metadata)
-    return {**metadata, PAYMENT_REF_KEY: f"{tenant_id}:{payment_id}"}
+    return {**metadata, key: f"{tenant_id}:{own_id}"}
 
 
 def read_payment_ref(metadata: Any) -> tuple[str, str] | None:
     """(tenant id, payment id) from a provider object's metadata, if it names them."""
-    ref = metadata.get(PAYMENT_REF_KEY) if isinstance(metadata, Mapping) else None
+    return _read_ref(PAYMENT_REF_KEY, metadata)
+
+
+def read_refund_ref(metadata: Any) -> tuple[str, str] | None:
+    """(tenant id, refund id) from a provider object's metadata, if it names them."""
+    return _read_ref(REFUND_REF_KEY, metadata)
+
+
+def _read_ref(key: str, metadata: Any) -> tuple[str, str] | None:
+    ref = metadata.get(key) if isinstance(metadata, Mapping) else None
     if not isinstance(ref, str):
         return None
-    tenant_id, sep, payment_id = ref.partition(":")
-    return (tenant_id, payment_id) if sep and tenant_id and payment_id else None
+    tenant_id, sep, own_id = ref.partition(":")
+    return (tenant_id, own_id) if sep and tenant_id and own_id else None
 
 
 class CaptureMethod(StrEnum):

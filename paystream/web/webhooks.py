@@ -1,12 +1,14 @@
 """Provider webhooks: ``POST /webhooks/{provider}/{tenant}`` (Stripe).
 
 A verified event about a payment paystream made becomes a ``payment.refresh`` command on
-the tenant's partition, so the payment is read back from the provider and its outcome
+the tenant's partition (one about a refund, a ``refund.refresh``), so the payment (or
+refund) is read back from the provider and its outcome
 goes out as any command's does: in order with the tenant's other commands, once (its
 command id derives from the event's id, so a webhook sent again is answered from the
 idempotency record), and through every rule of the pipeline. An event that brings
-nothing paystream has not read (the success of a payment it charged itself) is
-acknowledged and dropped: a refresh of a finished payment would only be rejected.
+nothing paystream has not read (the success of a payment it charged itself, a refund's
+success it was answered) is acknowledged and dropped: a refresh of a finished payment
+(or a failed refund) would only be rejected.
 
 Any worker takes a webhook: the tenant registry is everywhere, and the payment's status
 is read where the tenant's tables are (forwarded to their owner, as the entity views
@@ -39,14 +41,16 @@ from paystream.gateways.stripe.webhooks import (
     SIGNATURE_HEADER,
     BadWebhook,
     PaymentNotice,
+    RefundNotice,
     payment_notice,
+    refund_notice,
     verified_event,
 )
 from paystream.ids import derived_id
 from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
 from paystream.streams.codec import KafkaRecord
-from paystream.streams.commands import RefreshPayment
+from paystream.streams.commands import RefreshPayment, RefreshRefund
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.state_machines import InvalidState, check_payment_transition
@@ -112,25 +116,27 @@ class WebhookView(View):
         except BadWebhook as exc:
             message = {"error": "bad_signature", "message": str(exc)}
             return self._answer(provider, tenant, "bad_signature", 400, message)
-        notice = payment_notice(event)
+        notice = payment_notice(event) or refund_notice(event)
         if notice is None:
-            return self._ignored(provider, tenant, "not an event about a payment paystream made")
+            why = "not an event about a payment or refund paystream made"
+            return self._ignored(provider, tenant, why)
+        what = _kind(notice)
         if notice.tenant_id != tenant:
             # One Stripe account behind several tenants sends each endpoint every event.
-            return self._ignored(provider, tenant, "another tenant's payment")
+            return self._ignored(provider, tenant, f"another tenant's {what}")
         if notice.account is not None and notice.account != found.connected_account:
             # A Connect endpoint hears every connected account's events (each names its
             # account): the tenant's payments are on its own (the platform's, with none).
             # An account's own endpoint names none: its events are that account's.
-            return self._ignored(provider, tenant, "another account's payment")
+            return self._ignored(provider, tenant, f"another account's {what}")
         command = _refresh(provider, tenant, notice)
         if command is None:
             # (metadata can be edited in the provider's dashboard)
-            return self._ignored(provider, tenant, "the event names no valid payment id")
+            return self._ignored(provider, tenant, f"the event names no valid {what} id")
         try:
             # Not found, it is refreshed too: its create may still be running (a provider
             # can send the event before its answer); the refresh is queued behind it.
-            row = await _payment_row(tenant, notice.payment_id)
+            row = await _entity_row(tenant, notice)
             if row is not None:
                 stale = _known_already(row, notice)
                 if stale is not None:
@@ -223,8 +229,14 @@ def _opener() -> Callable[[Tenant, str], SecretStr] | None:
     return secret_opener(settings)
 
 
-def _known_already(row: dict[str, Any], notice: PaymentNotice) -> str | None:
-    """Why a refresh would bring nothing, or None if the payment may have moved on."""
+def _kind(notice: PaymentNotice | RefundNotice) -> str:
+    return "refund" if isinstance(notice, RefundNotice) else "payment"
+
+
+def _known_already(row: dict[str, Any], notice: PaymentNotice | RefundNotice) -> str | None:
+    """Why a refresh would bring nothing, or None if the entity may have moved on."""
+    if isinstance(notice, RefundNotice):
+        return _refund_known_already(row, notice)
     if row.get("provider_payment_id") != notice.provider_payment_id:
         return "the payment is another provider payment's"
     status = str(row.get("status"))
@@ -243,8 +255,27 @@ def _known_already(row: dict[str, Any], notice: PaymentNotice) -> str | None:
 _UNCHANGED_IS_NO_NEWS = frozenset({"requires_action", "processing", "authorized"})
 
 
-async def _payment_row(tenant: str, payment_id: str) -> dict[str, Any] | None:
-    """The payment as the tenant's tables hold it, read where they are."""
+def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | None:
+    if row.get("provider_refund_id") != notice.provider_refund_id:
+        return "the refund is another provider refund's"
+    status = str(row.get("status"))
+    if status == "failed":
+        return "the refund is failed already"  # (final: a refresh would be refused)
+    if notice.status == status:
+        # (Stripe sends `refund.updated` for what paystream read when it made it.)
+        return f"the refund is {status} already"
+    return None
+
+
+async def _entity_row(tenant: str, notice: PaymentNotice | RefundNotice) -> dict[str, Any] | None:
+    """The notice's payment or refund as the tenant's tables hold it, read where they are."""
+    if isinstance(notice, RefundNotice):
+        return await _row(tenant, t.refunds, "refunds", notice.refund_id)
+    return await _row(tenant, t.payments, "payments", notice.payment_id)
+
+
+async def _row(tenant: str, table: Any, kind: str, entity_id: str) -> dict[str, Any] | None:
+    """An entity as the tenant's tables hold it, read where they are."""
     if app.rebalancing or getattr(app, "in_recovery", False):
         raise _Unavailable("tables are being recovered")
     try:
@@ -252,9 +283,9 @@ async def _payment_row(tenant: str, payment_id: str) -> dict[str, Any] | None:
     except KeyError:
         raise _Unavailable("the tenant's partition has no owner yet") from None
     if _ident(owner) == _ident(URL(str(app.conf.canonical_url))):
-        return entity_view(t.payments, tenant, payment_id)
-    url = owner.with_path(f"/v1/tenants/{quote(tenant, safe='')}/payments/")
-    url = URL(str(url) + quote(payment_id, safe=""), encoded=True)
+        return entity_view(table, tenant, entity_id)
+    url = owner.with_path(f"/v1/tenants/{quote(tenant, safe='')}/{kind}/")
+    url = URL(str(url) + quote(entity_id, safe=""), encoded=True)
     headers = {}
     if settings.web_token is not None:
         headers["Authorization"] = f"Bearer {settings.web_token.get_secret_value()}"
@@ -276,17 +307,25 @@ def _ident(url: URL) -> tuple[str, int]:
     return (url.host or "", int(url.port or 80))
 
 
-def _refresh(provider: str, tenant: str, notice: PaymentNotice) -> tuple[str, KafkaRecord] | None:
-    """The payment's refresh command (its id derived from the event's), sealed as
-    paystream's own (paystream/origin_seal.py); None for a payment id no command may
+def _refresh(
+    provider: str, tenant: str, notice: PaymentNotice | RefundNotice
+) -> tuple[str, KafkaRecord] | None:
+    """The payment's (or refund's) refresh command (its id derived from the event's),
+    sealed as paystream's own (paystream/origin_seal.py); None for an id no command may
     carry (not an id, or one the card-data scans would refuse)."""
+    if isinstance(notice, RefundNotice):
+        command_type, body = "refund.refresh", {"refund_id": notice.refund_id}
+        model: Any = RefreshRefund
+    else:
+        command_type, body = "payment.refresh", {"payment_id": notice.payment_id}
+        model = RefreshPayment
     try:
-        RefreshPayment.model_validate({"payment_id": notice.payment_id})
+        model.model_validate(body)
         command_id = derived_id("whk", provider, tenant, notice.event_id)
         command = build_command(
-            "payment.refresh",
+            command_type,
             tenant,
-            {"payment_id": notice.payment_id},
+            body,
             command_id=command_id,
             source=f"/paystream/webhooks/{provider}",
         )

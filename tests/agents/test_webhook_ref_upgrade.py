@@ -8,12 +8,16 @@ capability. (Review finding: the re-drive was parked provider_key_conflict, for 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from paystream.gateways import base as gw
 from paystream.gateways.base import Capability
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness
+from tests.agents.harness import Harness, data, kind, new_tenant_id
 from tests.agents.test_command_id_resent import _PAY, _c1_parked_under_k1, _effects, _rec
+from tests.agents.test_let_through import _answer, _command
 
 pytestmark = pytest.mark.asyncio
 
@@ -51,3 +55,68 @@ async def test_a_new_create_carries_the_reference_and_is_not_sent_twice(
     assert [e.topic for e in other] == [h.settings.events_topic]
     assert dict(other[0].record.headers)["ce_type"] == b"com.paystream.command.rejected"
     assert await _effects(h, t, "charge") == 1
+
+
+# ---- refunds: their reference (gw.refund_ref), and the rest without an amount ----------
+
+_CHARGE = {"payment_id": "p1", "amount": 2000, "currency": "USD",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+
+
+def _record_requests(h: Harness, tenant: str) -> list[gw.CreateRefund]:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    sent: list[gw.CreateRefund] = []
+    create = gateway.create_refund
+
+    async def recorded(req: gw.CreateRefund, *, idempotency_key: str) -> gw.RefundResult:
+        sent.append(req)
+        return await create(req, idempotency_key=idempotency_key)
+
+    gateway.create_refund = recorded  # type: ignore[method-assign]
+    return sent
+
+
+async def test_a_refund_carries_its_reference_where_webhooks_are_sent(harness: Harness) -> None:
+    h, t = harness, new_tenant_id()
+    h.add_tenant(t)
+    _with_webhooks(h, t)
+    sent = _record_requests(h, t)
+    await _answer(h, _command(t, "payment.create", _CHARGE, "c1"))
+    body = {"payment_id": "p1", "refund_id": "r1", "metadata": {"order": "o-1"}}
+    out = await _answer(h, _command(t, "refund.create", body, "c2"))
+    assert kind(out) == "refund.succeeded", data(out)
+    [req] = sent
+    assert (req.amount, req.metadata) == (None, {"order": "o-1", gw.REFUND_REF_KEY: f"{t}:r1"})
+    # The refund's own record keeps the producer's metadata only.
+    assert data(out)["object"].get("metadata", {}).get(gw.REFUND_REF_KEY) is None
+
+
+@pytest.mark.parametrize("amount", [None, 700], ids=["the rest", "an amount"])
+async def test_a_refund_parked_before_the_upgrade_is_answered_when_redriven(
+    harness: Harness, amount: int | None
+) -> None:
+    """First sent by an older version (the amount the table had left named, no
+    reference), its answer lost: re-driven by this one, refused by the provider as other
+    parameters under the key, then sent once more as it was first sent and answered."""
+    h, t = harness, new_tenant_id()
+    key = f"pse:{t}:refund:r2"
+    h.add_tenant(t, gateway_options={"fail_first": {key: 3}})
+    await _answer(h, _command(t, "payment.create", _CHARGE, "c1"))
+    body: dict[str, Any] = {"payment_id": "p1", "refund_id": "r2"}
+    if amount is not None:
+        body["amount"] = amount
+    parked = await h.processor.process(_command(t, "refund.create", body, "c3"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    ppid = h.tables.payments[f"{t}:p1"]["provider_payment_id"]
+    old = await gateway.create_refund(
+        gw.CreateRefund(provider_payment_id=ppid, amount=amount or 2000), idempotency_key=key
+    )
+    _with_webhooks(h, t)  # the upgrade: refunds now carry the reference
+    sent = _record_requests(h, t)
+    out = await _answer(h, _command(t, "refund.create", body, "c3"))
+    assert kind(out) == "refund.succeeded", data(out)
+    assert data(out)["object"]["provider_refund_id"] == old.provider_refund_id
+    assert [r.metadata for r in sent] == [{gw.REFUND_REF_KEY: f"{t}:r2"}, {}]
+    assert await _effects(h, t, "refund") == 1
+    assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == (amount or 2000)

@@ -583,3 +583,84 @@ async def test_a_connect_endpoints_event_on_the_tenants_own_account_is_refreshed
     own = pi_event("payment_intent.succeeded", pi, ref, account="acct_1Mine")
     status, answer = await post(base_url, own, signed(own), tenant="connected")
     assert (status, answer["action"]) == (200, "refresh"), answer
+
+
+def refund_event(event_type: str, re_id: str, ref: str | None, status: str) -> bytes:
+    metadata = {"paystream_refund": ref} if ref is not None else {}
+    obj = {"id": re_id, "object": "refund", "metadata": metadata, "status": status}
+    event = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": event_type,
+        "data": {"object": obj},
+    }
+    return json.dumps(event).encode()
+
+
+async def refunded_payment(client: PaystreamClient) -> dict[str, Any]:
+    paid = await client.command(
+        "payment.create",
+        TENANT,
+        {"amount": 1800, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    assert outcome(paid) == "payment.succeeded", paid.get_data()
+    made = await client.command(
+        "refund.create", TENANT, {"payment_id": paid.get_data()["object"]["id"], "amount": 800}
+    )
+    assert outcome(made) == "refund.succeeded", made.get_data()
+    return dict(made.get_data()["object"])
+
+
+async def test_a_refund_failed_event_reads_the_refund_back(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """Stripe's `refund.failed` (a card closed since) becomes the refund's refresh. The
+    refund carries paystream's reference at Stripe; localstripe cannot fail a refund, so
+    the refresh reads it back succeeded, as it stands there."""
+    _, base_url = deployed
+    refund = await refunded_payment(client)
+    re_id = refund["provider_refund_id"]
+    auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{localstripe_url}/v1/refunds/{re_id}", headers=auth) as r,
+    ):
+        assert (await r.json())["metadata"] == {"paystream_refund": f"{TENANT}:{refund['id']}"}
+    body = refund_event("refund.failed", re_id, f"{TENANT}:{refund['id']}", "failed")
+    command_id = derived_id("whk", "stripe", TENANT, json.loads(body)["id"])
+    answered = client.expect(TENANT, command_id)
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "refresh", "command_id": command_id},
+    )
+    read_back = await asyncio.wait_for(answered, 60)
+    assert outcome(read_back) == "refund.succeeded", read_back.get_data()
+    assert read_back.get_data()["previous_status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("event_type", "ref", "status", "why"),
+    [
+        ("refund.updated", "mine", "succeeded", "the refund is succeeded already"),
+        ("charge.refund.updated", "other", "failed", "another tenant's refund"),
+        ("refund.created", "mine", "succeeded", "not an event about a payment or refund "
+         "paystream made"),
+        ("refund.failed", None, "failed", "not an event about a payment or refund "
+         "paystream made"),
+    ],
+)  # fmt: skip
+async def test_refund_events_that_bring_nothing_are_dropped(
+    deployed: tuple[Deployment, str],
+    client: PaystreamClient,
+    event_type: str,
+    ref: str | None,
+    status: str,
+    why: str,
+) -> None:
+    _, base_url = deployed
+    refund = await refunded_payment(client)
+    named = {"mine": f"{TENANT}:{refund['id']}", "other": f"neighbour:{refund['id']}"}
+    body = refund_event(event_type, refund["provider_refund_id"], named.get(ref or ""), status)
+    status_code, answer = await post(base_url, body, signed(body))
+    assert (status_code, answer) == (200, {"received": True, "action": "ignored", "why": why})

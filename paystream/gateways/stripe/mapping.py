@@ -19,7 +19,15 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.money import Money
 
-__all__ = ["customer", "dispute", "payment", "payment_method", "payment_status", "refund"]
+__all__ = [
+    "customer",
+    "dispute",
+    "payment",
+    "payment_method",
+    "payment_status",
+    "refund",
+    "refund_status",
+]
 
 _PAYMENT_STATUS = {
     "requires_action": PaymentStatus.REQUIRES_ACTION,
@@ -46,6 +54,14 @@ _REFUND_STATUS = {
     "failed": RefundStatus.FAILED,
     "canceled": RefundStatus.FAILED,
 }
+
+
+def refund_status(status: Any) -> RefundStatus:
+    """Ours for a Refund status: one this version does not know is pending (never
+    assumed to have succeeded)."""
+    known = _REFUND_STATUS.get(status) if isinstance(status, str) else None
+    return RefundStatus.PENDING if known is None else known
+
 
 _DISPUTE_STATUS = {
     "warning_needs_response": DisputeStatus.NEEDS_RESPONSE,
@@ -173,7 +189,7 @@ def refund(obj: Mapping[str, Any]) -> RefundResult:
     return RefundResult(
         provider_refund_id=obj["id"],
         provider_payment_id=_id(obj.get("payment_intent")) or "",
-        status=_REFUND_STATUS.get(str(obj.get("status")), RefundStatus.PENDING),
+        status=refund_status(obj.get("status")),
         amount=_money(obj),
         failure_code=obj.get("failure_reason"),
     )

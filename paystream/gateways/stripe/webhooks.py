@@ -16,18 +16,21 @@ from typing import Any
 import stripe
 
 from paystream.errors import PaystreamError
-from paystream.gateways.base import read_payment_ref
-from paystream.gateways.stripe.mapping import payment_status
+from paystream.gateways.base import read_payment_ref, read_refund_ref
+from paystream.gateways.stripe.mapping import payment_status, refund_status
 
 __all__ = [
     "BODY_READ_SECONDS",
     "FOLLOWED_EVENTS",
+    "FOLLOWED_REFUND_EVENTS",
     "MAX_BODY_BYTES",
     "SIGNATURE_HEADER",
     "TOLERANCE_SECONDS",
     "BadWebhook",
     "PaymentNotice",
+    "RefundNotice",
     "payment_notice",
+    "refund_notice",
     "verified_event",
 ]
 
@@ -54,6 +57,11 @@ FOLLOWED_EVENTS = frozenset(
 )
 
 
+# Refund events that can bring news: a refund failed after it succeeded (the card closed),
+# or one left pending settled. (`charge.refund.updated` is the older name of the same.)
+FOLLOWED_REFUND_EVENTS = frozenset({"refund.failed", "refund.updated", "charge.refund.updated"})
+
+
 class BadWebhook(PaystreamError):
     """Not a webhook Stripe signed with the tenant's endpoint secret (or not JSON)."""
 
@@ -68,6 +76,19 @@ class PaymentNotice:
     payment_id: str
     provider_payment_id: str
     status: str | None  # paystream's name for the PaymentIntent's status in the event
+    account: str | None  # the connected account it happened on (a Connect endpoint's)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundNotice:
+    """A followed event about a refund that names paystream's refund in its metadata."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the refund's metadata names them
+    refund_id: str
+    provider_refund_id: str
+    status: str | None  # paystream's name for the refund's status in the event
     account: str | None  # the connected account it happened on (a Connect endpoint's)
 
 
@@ -134,5 +155,34 @@ def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
         ref[1],
         pi,
         None if status is None else status.value,
+        account if isinstance(account, str) and account else None,
+    )
+
+
+def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
+    """What a followed refund event says of paystream's refund; None for another event,
+    or a refund paystream did not make (or made before it named its refunds)."""
+    event_type = event.get("type")
+    event_id = event.get("id")
+    if not isinstance(event_type, str) or event_type not in FOLLOWED_REFUND_EVENTS:
+        return None
+    if not isinstance(event_id, str) or not event_id:
+        return None
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict) or obj.get("object") != "refund":
+        return None
+    ref = read_refund_ref(obj.get("metadata"))
+    re_id = obj.get("id")
+    if ref is None or not isinstance(re_id, str) or not re_id:
+        return None
+    account = event.get("account")
+    return RefundNotice(
+        str(event_id),
+        str(event_type),
+        ref[0],
+        ref[1],
+        re_id,
+        refund_status(obj.get("status")).value,
         account if isinstance(account, str) and account else None,
     )

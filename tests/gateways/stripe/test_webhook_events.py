@@ -9,11 +9,20 @@ from typing import Any
 import pytest
 import stripe
 
-from paystream.gateways.base import PAYMENT_REF_KEY, payment_ref, read_payment_ref
+from paystream.gateways.base import (
+    PAYMENT_REF_KEY,
+    REFUND_REF_KEY,
+    payment_ref,
+    read_payment_ref,
+    read_refund_ref,
+    refund_ref,
+)
 from paystream.gateways.stripe.webhooks import (
     BadWebhook,
     PaymentNotice,
+    RefundNotice,
     payment_notice,
+    refund_notice,
     verified_event,
 )
 
@@ -185,3 +194,58 @@ def test_a_signature_dated_ahead_is_refused_however_its_header_is_written(edit: 
     at = int(time.time()) + 10 * 365 * 86_400
     with pytest.raises(BadWebhook):
         verified_event(body, edit(_signed(body, at=at), at), SECRET)
+
+
+def _refund_event(**fields: Any) -> dict[str, Any]:
+    obj = {
+        "id": "re_1",
+        "object": "refund",
+        "status": "failed",
+        "metadata": {REFUND_REF_KEY: "acme:re_a"},
+    }
+    obj.update(fields.pop("obj", {}))
+    return {"id": "evt_2", "type": "refund.failed", "data": {"object": obj}, **fields}
+
+
+def test_a_refund_reference_is_written_and_read_as_a_payments() -> None:
+    assert refund_ref({"order": "o-1"}, "acme", "re_a") == {
+        "order": "o-1",
+        REFUND_REF_KEY: "acme:re_a",
+    }
+    assert read_refund_ref({REFUND_REF_KEY: "acme:re_a"}) == ("acme", "re_a")
+    assert read_refund_ref({PAYMENT_REF_KEY: "acme:re_a"}) is None  # (not a refund's)
+    assert read_payment_ref({REFUND_REF_KEY: "acme:re_a"}) is None
+
+
+@pytest.mark.parametrize("event_type", ["refund.failed", "refund.updated", "charge.refund.updated"])
+def test_a_followed_refund_event_is_a_notice(event_type: str) -> None:
+    notice = refund_notice(_refund_event(type=event_type, account="acct_9"))
+    assert notice == RefundNotice("evt_2", event_type, "acme", "re_a", "re_1", "failed", "acct_9")
+
+
+@pytest.mark.parametrize(
+    ("stripe_status", "ours"),
+    [("succeeded", "succeeded"), ("canceled", "failed"), ("requires_action", "pending"),
+     ("new_status", "pending"), (None, "pending")],
+)  # fmt: skip
+def test_a_refund_notice_names_the_status_in_paystreams_words(
+    stripe_status: Any, ours: str
+) -> None:
+    notice = refund_notice(_refund_event(obj={"status": stripe_status}))
+    assert notice is not None and notice.status == ours
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        _refund_event(type="refund.created"),  # (paystream read it when it made it)
+        _refund_event(obj={"metadata": {}}),  # made elsewhere, or before the reference
+        _refund_event(obj={"object": "payment_intent"}),
+        _refund_event(obj={"id": ""}),
+        _refund_event(id=""),
+        {"id": "evt_3", "type": "refund.failed", "data": []},
+    ],
+)
+def test_anything_else_is_no_refund_notice(event: dict[str, Any]) -> None:
+    assert refund_notice(event) is None
+    assert payment_notice(event) is None
