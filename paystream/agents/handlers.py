@@ -1079,7 +1079,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     )
     try:
         key = ctx.create_key("refund", data.refund_id)
-        res = await _refund_at_provider(ctx, req, key, refundable, data.metadata)
+        res = await _refund_at_provider(ctx, req, key, refundable, data.metadata, rid)
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -1100,40 +1100,52 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
 
 
 async def _refund_at_provider(
-    ctx: HandlerContext, req: gw.CreateRefund, key: str, refundable: int, sent_metadata: Any
+    ctx: HandlerContext,
+    req: gw.CreateRefund,
+    key: str,
+    refundable: int,
+    sent_metadata: Mapping[str, str],
+    rid: str,
 ) -> gw.RefundResult:
     """The refund, at the provider. One let through (parked, or in flight at a crash) may
-    have been first sent by an older version: one that named the amount the table had
-    left in a refund without one, and sent no webhook reference (gw.refund_ref). Its
-    provider compares the parameters sent again under the key and refuses others
-    (Stripe's idempotency_error). Sent once more as then (what is left now: the same,
-    unless a refund failed since), it is answered as it was."""
+    have been first sent otherwise than this version sends it: by an older version (the
+    amount the table had left named in a refund without one; no webhook reference,
+    gw.refund_ref), or with the reference by a tenant whose capabilities have lost
+    `webhooks` since. Its provider compares the parameters sent again under the key and
+    refuses others (Stripe's idempotency_error): each other way it may have been sent is
+    tried until one is answered (what is left now is what was left then unless a refund
+    failed since). Every one is safe: the key holds a request, so the provider refuses
+    all but that one, and refunds nothing under it a second time."""
     try:
-        return await _gateway(
-            ctx, "create_refund", lambda: ctx.gateway.create_refund(req, idempotency_key=key)
-        )
+        return await _gateway(ctx, "create_refund", _refund_call(ctx, req, key))
     except GatewayError as exc:
-        first = req.model_copy(
-            update={
-                "amount": req.amount if req.amount is not None else refundable,
-                "metadata": dict(sent_metadata),
-            }
-        )
-        if not (
-            ctx.let_through
-            and exc.code is ErrorCode.IDEMPOTENCY_ERROR
-            and not exc.retryable
-            and first != req
-            # (Nothing left by the table: no such request was sent. The provider holds
-            # another under the key, and may have refunded by it: parked again as such,
-            # never refused; review finding.)
-            and first.amount is not None
-            and first.amount > 0
-        ):
+        if not (ctx.let_through and exc.code is ErrorCode.IDEMPOTENCY_ERROR and not exc.retryable):
             raise
-    return await _gateway(
-        ctx, "create_refund", lambda: ctx.gateway.create_refund(first, idempotency_key=key)
-    )
+        refused = exc
+    plain = dict(sent_metadata)
+    with_ref = gw.refund_ref(plain, ctx.cmd.tenant_id, rid)
+    # (Nothing left by the table: no amount to name. The provider holds another request
+    # under the key, and may have refunded by it: parked again as such, never refused.)
+    # (The last release's way first: the table's amount named, no reference.)
+    amounts = [req.amount] if req.amount is not None else [refundable, None]
+    for amount in [a for a in amounts if a is None or a > 0]:
+        for metadata in (plain, with_ref):
+            other = req.model_copy(update={"amount": amount, "metadata": metadata})
+            if other == req:
+                continue
+            try:
+                return await _gateway(ctx, "create_refund", _refund_call(ctx, other, key))
+            except GatewayError as exc:
+                if exc.code is not ErrorCode.IDEMPOTENCY_ERROR or exc.retryable:
+                    raise
+                refused = exc
+    raise refused
+
+
+def _refund_call(
+    ctx: HandlerContext, req: gw.CreateRefund, key: str
+) -> Callable[[], Awaitable[gw.RefundResult]]:
+    return lambda: ctx.gateway.create_refund(req, idempotency_key=key)
 
 
 async def refresh_refund(ctx: HandlerContext, data: c.RefreshRefund) -> HandlerResult:

@@ -77,7 +77,7 @@ class _Unavailable(Exception):
 
 @app.page("/webhooks/{provider}/{tenant}")
 class WebhookView(View):
-    """A provider's signed event about one tenant's payment."""
+    """A provider's signed event about one tenant's payment or refund."""
 
     async def post(self, request: Request, provider: str, tenant: str) -> Response:
         if provider not in PROVIDERS:
@@ -134,9 +134,15 @@ class WebhookView(View):
             # (metadata can be edited in the provider's dashboard)
             return self._ignored(provider, tenant, f"the event names no valid {what} id")
         try:
-            # Not found, it is refreshed too: its create may still be running (a provider
-            # can send the event before its answer); the refresh is queued behind it.
+            # A payment not found is refreshed too: its create may still be running (a
+            # provider can send the event before its answer); the refresh is queued
+            # behind it. A refund's row is written only once the provider has answered
+            # its create: one parked with its answer lost would be refreshed before its
+            # re-drive, answered not_found, and the event lost (review finding). The
+            # provider is asked to send it again later instead.
             row = await _entity_row(tenant, notice)
+            if row is None and isinstance(notice, RefundNotice):
+                raise _Unavailable("the refund is not recorded here yet")
             if row is not None:
                 stale = _known_already(row, notice)
                 if stale is not None:

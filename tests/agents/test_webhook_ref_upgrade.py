@@ -120,3 +120,32 @@ async def test_a_refund_parked_before_the_upgrade_is_answered_when_redriven(
     assert [r.metadata for r in sent] == [{gw.REFUND_REF_KEY: f"{t}:r2"}, {}]
     assert await _effects(h, t, "refund") == 1
     assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == (amount or 2000)
+
+
+async def test_a_refund_sent_with_its_reference_is_answered_after_webhooks_are_taken_away(
+    harness: Harness,
+) -> None:
+    """Parked with its answer lost while the tenant had `webhooks`; re-driven after its
+    capabilities were narrowed: sent without the reference it is refused under the key,
+    then with it, and answered (review finding: parked for good)."""
+    h, t = harness, new_tenant_id()
+    key = f"pse:{t}:refund:r2"
+    h.add_tenant(t, gateway_options={"fail_first": {key: 3}})
+    _with_webhooks(h, t)
+    await _answer(h, _command(t, "payment.create", _CHARGE, "c1"))
+    body = {"payment_id": "p1", "refund_id": "r2", "amount": 700}
+    parked = await h.processor.process(_command(t, "refund.create", body, "c3"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    ppid = h.tables.payments[f"{t}:p1"]["provider_payment_id"]
+    ref = {gw.REFUND_REF_KEY: f"{t}:r2"}
+    first = await gateway.create_refund(
+        gw.CreateRefund(provider_payment_id=ppid, amount=700, metadata=ref), idempotency_key=key
+    )
+    gateway.capabilities = gateway.capabilities - {Capability.WEBHOOKS}  # type: ignore[misc]
+    sent = _record_requests(h, t)
+    out = await _answer(h, _command(t, "refund.create", body, "c3"))
+    assert kind(out) == "refund.succeeded", data(out)
+    assert data(out)["object"]["provider_refund_id"] == first.provider_refund_id
+    assert [r.metadata for r in sent] == [{}, ref]
+    assert await _effects(h, t, "refund") == 1

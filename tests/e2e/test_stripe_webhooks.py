@@ -664,3 +664,18 @@ async def test_refund_events_that_bring_nothing_are_dropped(
     body = refund_event(event_type, refund["provider_refund_id"], named.get(ref or ""), status)
     status_code, answer = await post(base_url, body, signed(body))
     assert (status_code, answer) == (200, {"received": True, "action": "ignored", "why": why})
+
+
+async def test_an_event_about_a_refund_not_recorded_yet_is_sent_again_later(
+    deployed: tuple[Deployment, str],
+) -> None:
+    """A refund's row exists only once Stripe answered its create: refreshed now (its
+    create parked with the answer lost), the refresh would meet nothing and the event be
+    spent. 503: Stripe sends it again."""
+    _, base_url = deployed
+    body = refund_event("refund.failed", "re_unknown", f"{TENANT}:re_notyet", "failed")
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer) == (
+        503,
+        {"error": "unavailable", "message": "the refund is not recorded here yet; send it again"},
+    )

@@ -1,8 +1,9 @@
-"""Stripe webhook events: their signature checked, and read for the payment they concern.
+"""Stripe webhook events: their signature checked, and read for the payment (or refund)
+they concern.
 
 A webhook is a hint, not a record to apply: paystream reads the payment back from
-Stripe (``payment.refresh``) rather than trusting the event's copy of it, as Stripe
-advises (events can arrive late, twice and out of order).
+Stripe (``payment.refresh``; a refund, ``refund.refresh``) rather than trusting the
+event's copy of it, as Stripe advises (events can arrive late, twice and out of order).
 """
 
 from __future__ import annotations
