@@ -22,7 +22,12 @@ DEMO_TOKENS = [
     "pm_card_chargeDeclinedInsufficientFunds",
     "pm_card_chargeDeclinedExpiredCard",
     "pm_card_authenticationRequired",
+    "pm_card_refundFail",  # its refunds fail after they succeeded (read back: refund.failed)
 ]
+
+# Share of demo refunds read back later (`refund.refresh`), as a provider's webhook
+# would have them read.
+REFRESH_REFUNDS = 0.5
 
 
 # The customer's 3-D Secure step at the provider: (tenant, provider payment id, passed).
@@ -113,7 +118,11 @@ async def _flow(
         await send("payment.capture", {"payment_id": pid, "amount": amount - amount // 10})
         status = "succeeded"
     if status == "succeeded" and rng.random() < 0.25:
-        await send("refund.create", {"payment_id": pid, "amount": max(1, amount // 4)})
+        refund = await send("refund.create", {"payment_id": pid, "amount": max(1, amount // 4)})
+        rid = refund.get("entity_id")
+        made = (refund.get("object") or {}).get("status") in ("succeeded", "pending")
+        if rid and made and rng.random() < REFRESH_REFUNDS:
+            await send("refund.refresh", {"refund_id": rid})
 
 
 async def run_demo(
