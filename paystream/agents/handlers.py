@@ -1128,11 +1128,13 @@ async def _refund_at_provider(
     # under the key, and may have refunded by it: parked again as such, never refused.)
     # (The last release's way first: the table's amount named, no reference.)
     amounts = [req.amount] if req.amount is not None else [refundable, None]
+    tried = [req]
     for amount in [a for a in amounts if a is None or a > 0]:
         for metadata in (plain, with_ref):
             other = req.model_copy(update={"amount": amount, "metadata": metadata})
-            if other == req:
+            if other in tried:  # (a reference not added to 50 keys: the same request)
                 continue
+            tried.append(other)
             try:
                 return await _gateway(ctx, "create_refund", _refund_call(ctx, other, key))
             except GatewayError as exc:

@@ -139,10 +139,14 @@ class WebhookView(View):
             # behind it. A refund's row is written only once the provider has answered
             # its create: one parked with its answer lost would be refreshed before its
             # re-drive, answered not_found, and the event lost (review finding). The
-            # provider is asked to send it again later instead.
+            # provider is asked to send a recent event again later instead; an older one
+            # is about a refund that may never be recorded here (removed by retention,
+            # settled by a person, another deployment's): acknowledged and dropped.
             row = await _entity_row(tenant, notice)
             if row is None and isinstance(notice, RefundNotice):
-                raise _Unavailable("the refund is not recorded here yet")
+                if _recent(notice.created):
+                    raise _Unavailable("the refund is not recorded here yet")
+                return self._ignored(provider, tenant, "the refund is not recorded here")
             if row is not None:
                 stale = _known_already(row, notice)
                 if stale is not None:
@@ -233,6 +237,15 @@ def _endpoint_secret(tenant: Tenant | None, provider: str) -> Callable[[], str] 
 @functools.cache
 def _opener() -> Callable[[Tenant, str], SecretStr] | None:
     return secret_opener(settings)
+
+
+# How long an event about a refund not recorded here is sent back for again (503): a
+# create's answer in flight, or one parked and re-driven soon after.
+UNRECORDED_REFUND_RETRY_SECONDS = 3600
+
+
+def _recent(created: int | None) -> bool:
+    return created is not None and time.time() - created < UNRECORDED_REFUND_RETRY_SECONDS
 
 
 def _kind(notice: PaymentNotice | RefundNotice) -> str:

@@ -149,3 +149,28 @@ async def test_a_refund_sent_with_its_reference_is_answered_after_webhooks_are_t
     assert data(out)["object"]["provider_refund_id"] == first.provider_refund_id
     assert [r.metadata for r in sent] == [{}, ref]
     assert await _effects(h, t, "refund") == 1
+
+
+async def test_a_refund_whose_metadata_is_full_is_not_sent_twice_alike(harness: Harness) -> None:
+    """50 metadata keys take no reference: its ways with and without it are one request,
+    sent once (review finding: sent twice, refused twice)."""
+    h, t = harness, new_tenant_id()
+    key = f"pse:{t}:refund:r2"
+    h.add_tenant(t, gateway_options={"fail_first": {key: 3}})
+    _with_webhooks(h, t)
+    await _answer(h, _command(t, "payment.create", _CHARGE, "c1"))
+    full = {f"k{i}": "v" for i in range(50)}
+    body = {"payment_id": "p1", "refund_id": "r2", "metadata": full}
+    parked = await h.processor.process(_command(t, "refund.create", body, "c3"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    ppid = h.tables.payments[f"{t}:p1"]["provider_payment_id"]
+    # Another request under the key (an amount nobody names here): every way is refused.
+    await gateway.create_refund(
+        gw.CreateRefund(provider_payment_id=ppid, amount=5, metadata=full), idempotency_key=key
+    )
+    sent = _record_requests(h, t)
+    redriven = await h.processor.process(_command(t, "refund.create", body, "c3"))
+    assert [e.topic for e in redriven] == [h.settings.retry_topic]
+    ways = [(r.amount, len(r.metadata)) for r in sent]
+    assert ways == [(None, 50), (2000, 50)]

@@ -585,13 +585,16 @@ async def test_a_connect_endpoints_event_on_the_tenants_own_account_is_refreshed
     assert (status, answer["action"]) == (200, "refresh"), answer
 
 
-def refund_event(event_type: str, re_id: str, ref: str | None, status: str) -> bytes:
+def refund_event(
+    event_type: str, re_id: str, ref: str | None, status: str, *, age: int = 0
+) -> bytes:
     metadata = {"paystream_refund": ref} if ref is not None else {}
     obj = {"id": re_id, "object": "refund", "metadata": metadata, "status": status}
     event = {
         "id": f"evt_{uuid.uuid4().hex}",
         "object": "event",
         "type": event_type,
+        "created": int(time.time()) - age,
         "data": {"object": obj},
     }
     return json.dumps(event).encode()
@@ -678,4 +681,12 @@ async def test_an_event_about_a_refund_not_recorded_yet_is_sent_again_later(
     assert (status, answer) == (
         503,
         {"error": "unavailable", "message": "the refund is not recorded here yet; send it again"},
+    )
+    # An hour on, it is about a refund that may never be recorded here (removed by
+    # retention, settled by a person, another deployment's): dropped, not refused for ever.
+    old = refund_event("refund.failed", "re_unknown", f"{TENANT}:re_gone", "failed", age=3601)
+    status, answer = await post(base_url, old, signed(old))
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "ignored", "why": "the refund is not recorded here"},
     )

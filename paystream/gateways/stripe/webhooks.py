@@ -91,6 +91,7 @@ class RefundNotice:
     provider_refund_id: str
     status: str | None  # paystream's name for the refund's status in the event
     account: str | None  # the connected account it happened on (a Connect endpoint's)
+    created: int | None = None  # when Stripe made the event (unix seconds), if it says
 
 
 def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
@@ -178,6 +179,7 @@ def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
     if ref is None or not isinstance(re_id, str) or not re_id:
         return None
     account = event.get("account")
+    created = event.get("created")
     return RefundNotice(
         str(event_id),
         str(event_type),
@@ -186,4 +188,5 @@ def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
         re_id,
         refund_status(obj.get("status")).value,
         account if isinstance(account, str) and account else None,
+        created if isinstance(created, int) and not isinstance(created, bool) else None,
     )
