@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,59 +135,63 @@ def _signed_at(signature: str | None) -> int:
 def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
     """What a followed PaymentIntent event says of paystream's payment; None for another
     event, or a PaymentIntent paystream did not make (created elsewhere on the account)."""
-    event_type = event.get("type")
-    event_id = event.get("id")
-    if not isinstance(event_type, str) or event_type not in FOLLOWED_EVENTS:
+    found = _followed(event, FOLLOWED_EVENTS, "payment_intent", read_payment_ref)
+    if found is None:
         return None
-    if not isinstance(event_id, str) or not event_id:
-        return None
-    data = event.get("data")
-    obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict) or obj.get("object") != "payment_intent":
-        return None
-    ref = read_payment_ref(obj.get("metadata"))
-    pi = obj.get("id")
-    if ref is None or not isinstance(pi, str) or not pi:
-        return None
+    event_id, event_type, obj, ref, account = found
     status = payment_status(obj.get("status"))
-    account = event.get("account")
     return PaymentNotice(
-        str(event_id),
-        str(event_type),
+        event_id,
+        event_type,
         ref[0],
         ref[1],
-        pi,
+        obj["id"],
         None if status is None else status.value,
-        account if isinstance(account, str) and account else None,
+        account,
     )
 
 
 def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
     """What a followed refund event says of paystream's refund; None for another event,
     or a refund paystream did not make (or made before it named its refunds)."""
+    found = _followed(event, FOLLOWED_REFUND_EVENTS, "refund", read_refund_ref)
+    if found is None:
+        return None
+    event_id, event_type, obj, ref, account = found
+    created = event.get("created")
+    return RefundNotice(
+        event_id,
+        event_type,
+        ref[0],
+        ref[1],
+        obj["id"],
+        refund_status(obj.get("status")).value,
+        account,
+        created if isinstance(created, int) and not isinstance(created, bool) else None,
+    )
+
+
+def _followed(
+    event: dict[str, Any],
+    followed: frozenset[str],
+    kind: str,
+    read_ref: Callable[[Any], tuple[str, str] | None],
+) -> tuple[str, str, dict[str, Any], tuple[str, str], str | None] | None:
+    """(event id, type, object, paystream's reference, account) of a followed event
+    about a ``kind`` object naming paystream's in its metadata; None otherwise."""
     event_type = event.get("type")
     event_id = event.get("id")
-    if not isinstance(event_type, str) or event_type not in FOLLOWED_REFUND_EVENTS:
+    if not isinstance(event_type, str) or event_type not in followed:
         return None
     if not isinstance(event_id, str) or not event_id:
         return None
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict) or obj.get("object") != "refund":
+    if not isinstance(obj, dict) or obj.get("object") != kind:
         return None
-    ref = read_refund_ref(obj.get("metadata"))
-    re_id = obj.get("id")
-    if ref is None or not isinstance(re_id, str) or not re_id:
+    ref = read_ref(obj.get("metadata"))
+    own_id = obj.get("id")
+    if ref is None or not isinstance(own_id, str) or not own_id:
         return None
     account = event.get("account")
-    created = event.get("created")
-    return RefundNotice(
-        str(event_id),
-        str(event_type),
-        ref[0],
-        ref[1],
-        re_id,
-        refund_status(obj.get("status")).value,
-        account if isinstance(account, str) and account else None,
-        created if isinstance(created, int) and not isinstance(created, bool) else None,
-    )
+    return event_id, event_type, obj, ref, account if isinstance(account, str) and account else None
