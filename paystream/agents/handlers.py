@@ -1124,9 +1124,9 @@ async def _refund_at_provider(
         refused = exc
     plain = dict(sent_metadata)
     with_ref = gw.refund_ref(plain, ctx.cmd.tenant_id, rid)
-    # (Nothing left by the table: no amount to name. The provider holds another request
-    # under the key, and may have refunded by it: parked again as such, never refused.)
-    # (The last release's way first: the table's amount named, no reference.)
+    # The last release's way first: the table's amount named, no reference. With nothing
+    # left by the table there is no amount to name; the provider holds another request
+    # under the key, and may have refunded by it: parked again as such, never refused.
     amounts = [req.amount] if req.amount is not None else [refundable, None]
     tried = [req]
     for amount in [a for a in amounts if a is None or a > 0]:
