@@ -771,7 +771,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     customer_id = customer.id if customer else None
     try:
         key = ctx.create_key("payment", d["payment_id"])
-        res = await _create_at_provider(ctx, req, key, d["metadata"])
+        res = await _create_at_provider(ctx, req, key, d["metadata"], pid)
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
@@ -808,28 +808,36 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
 
 
 async def _create_at_provider(
-    ctx: HandlerContext, req: gw.CreatePayment, key: str, sent_metadata: Mapping[str, str]
+    ctx: HandlerContext,
+    req: gw.CreatePayment,
+    key: str,
+    sent_metadata: Mapping[str, str],
+    payment_id: str,
 ) -> gw.PaymentResult:
     """The create, at the provider. One let through (parked, or in flight at a crash) may
-    have been first sent by a version before the webhook reference (gw.payment_ref): its
-    provider compares the parameters sent again under the key and refuses others
-    (Stripe's idempotency_error). Sent again as it was then, it is answered as it was."""
+    have been first sent otherwise than this version sends it: by a version before the
+    webhook reference (gw.payment_ref), or with it by a tenant whose capabilities have
+    lost `webhooks` since. Its provider compares the parameters sent again under the key
+    and refuses others (Stripe's idempotency_error). Sent again the other way, it is
+    answered as it was (the key holds a request: the provider refuses all but that one,
+    and charges nothing under it a second time)."""
     try:
         return await _gateway(
             ctx, "create_payment", lambda: ctx.gateway.create_payment(req, idempotency_key=key)
         )
     except GatewayError as exc:
         plain = dict(sent_metadata)
+        with_ref = gw.payment_ref(plain, ctx.cmd.tenant_id, payment_id)
+        other = req.model_copy(update={"metadata": plain if req.metadata != plain else with_ref})
         if not (
             ctx.let_through
             and exc.code is ErrorCode.IDEMPOTENCY_ERROR
             and not exc.retryable
-            and req.metadata != plain
+            and other != req  # (a reference not added to 50 keys: no other way)
         ):
             raise
-    first = req.model_copy(update={"metadata": plain})
     return await _gateway(
-        ctx, "create_payment", lambda: ctx.gateway.create_payment(first, idempotency_key=key)
+        ctx, "create_payment", lambda: ctx.gateway.create_payment(other, idempotency_key=key)
     )
 
 
