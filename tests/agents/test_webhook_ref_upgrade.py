@@ -14,7 +14,6 @@ import pytest
 
 from paystream.gateways import base as gw
 from paystream.gateways.base import Capability
-from paystream.money import Money
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind, new_tenant_id
 from tests.agents.test_command_id_resent import _PAY, _c1_parked_under_k1, _effects, _rec
@@ -180,29 +179,31 @@ async def test_a_refund_whose_metadata_is_full_is_not_sent_twice_alike(harness: 
 async def test_a_create_sent_with_its_reference_is_answered_after_webhooks_are_taken_away(
     harness: Harness,
 ) -> None:
-    """The payment's create, parked with its answer lost while the tenant had `webhooks`,
-    re-driven after its capabilities were narrowed: refused without the reference under
-    the key, then sent with it and answered; charged once (review finding: only ever
-    sent without it, parked for good)."""
+    """The payment's create, sent by paystream with its reference while the tenant had
+    `webhooks` and its answer lost (parked), re-driven after its capabilities were
+    narrowed: refused without the reference under the key, then sent with it and
+    answered; charged once (review finding: only ever sent without it, parked for good)."""
     h, t = harness, new_tenant_id()
-    key = f"pse:{t}:payment:p1"
-    h.add_tenant(t, gateway_options={"fail_first": {key: 3}})
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"pse:{t}:payment:p1": 3}})
     _with_webhooks(h, t)
     charge = {**_CHARGE, "metadata": {"order": "o-9"}}
     parked = await h.processor.process(_command(t, "payment.create", charge, "c1"))
     assert [e.topic for e in parked] == [h.settings.retry_topic]
+    assert await _effects(h, t, "charge") == 1  # made at the provider, its answer lost
     gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
-    ref = gw.payment_ref({"order": "o-9"}, t, "p1")
-    first = await gateway.create_payment(
-        gw.CreatePayment(
-            amount=Money(amount=2000, currency="USD"),
-            provider_payment_method_id="pm_card_visa",
-            metadata=ref,
-        ),
-        idempotency_key=key,
-    )
     gateway.capabilities = gateway.capabilities - {Capability.WEBHOOKS}  # type: ignore[misc]
+    sent: list[gw.CreatePayment] = []
+    create = gateway.create_payment
+
+    async def recorded(req: gw.CreatePayment, *, idempotency_key: str) -> gw.PaymentResult:
+        sent.append(req)
+        return await create(req, idempotency_key=idempotency_key)
+
+    gateway.create_payment = recorded  # type: ignore[method-assign]
     out = await _answer(h, _command(t, "payment.create", charge, "c1"))
     assert kind(out) == "payment.succeeded", data(out)
-    assert data(out)["object"]["provider_payment_id"] == first.provider_payment_id
+    assert [r.metadata for r in sent] == [
+        {"order": "o-9"},
+        gw.payment_ref({"order": "o-9"}, t, "p1"),
+    ]
     assert await _effects(h, t, "charge") == 1
