@@ -78,6 +78,18 @@ class Harness:
         )
         return emits, outcome_of(self.settings, emits)
 
+    async def assert_redelivered_alike(self, event: CloudEvent, between: Any = None) -> None:
+        """Deliver ``event`` twice (a redelivery after a crash): both answered, with
+        byte-identical outcome records. ``between()`` runs after the first delivery."""
+        first, out = await self.send_event(event)
+        if between is not None:
+            between()
+        again, out_again = await self.send_event(event)
+        assert out is not None and out_again is not None
+        [sent] = [e.record for e in first if e.topic == self.settings.events_topic]
+        [resent] = [e.record for e in again if e.topic == self.settings.events_topic]
+        assert (resent.value, sorted(resent.headers)) == (sent.value, sorted(sent.headers))
+
     async def send(
         self, command_type: str, tenant: str, data: dict[str, Any], **kw: Any
     ) -> CloudEvent:

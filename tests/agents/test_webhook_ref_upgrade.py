@@ -63,16 +63,17 @@ _CHARGE = {"payment_id": "p1", "amount": 2000, "currency": "USD",
            "payment_method_token": "pm_card_visa"}  # fmt: skip
 
 
-def _record_requests(h: Harness, tenant: str) -> list[gw.CreateRefund]:
+def _record_requests(h: Harness, tenant: str, operation: str = "create_refund") -> list[Any]:
+    """The requests the tenant's gateway is sent for ``operation`` from now on."""
     gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
-    sent: list[gw.CreateRefund] = []
-    create = gateway.create_refund
+    sent: list[Any] = []
+    call = getattr(gateway, operation)
 
-    async def recorded(req: gw.CreateRefund, *, idempotency_key: str) -> gw.RefundResult:
+    async def recorded(req: Any, *, idempotency_key: str) -> Any:
         sent.append(req)
-        return await create(req, idempotency_key=idempotency_key)
+        return await call(req, idempotency_key=idempotency_key)
 
-    gateway.create_refund = recorded  # type: ignore[method-assign]
+    setattr(gateway, operation, recorded)
     return sent
 
 
@@ -192,14 +193,7 @@ async def test_a_create_sent_with_its_reference_is_answered_after_webhooks_are_t
     assert await _effects(h, t, "charge") == 1  # made at the provider, its answer lost
     gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
     gateway.capabilities = gateway.capabilities - {Capability.WEBHOOKS}  # type: ignore[misc]
-    sent: list[gw.CreatePayment] = []
-    create = gateway.create_payment
-
-    async def recorded(req: gw.CreatePayment, *, idempotency_key: str) -> gw.PaymentResult:
-        sent.append(req)
-        return await create(req, idempotency_key=idempotency_key)
-
-    gateway.create_payment = recorded  # type: ignore[method-assign]
+    sent = _record_requests(h, t, "create_payment")
     out = await _answer(h, _command(t, "payment.create", charge, "c1"))
     assert kind(out) == "payment.succeeded", data(out)
     assert [r.metadata for r in sent] == [
