@@ -4,6 +4,7 @@ window of a worker running them, and none of it on a worker that does not."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,12 +22,20 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 WAIT = 15_000  # ms; the page polls every second
 DECLINED = {"amount": 1200, "currency": "USD", "payment_method_token": "pm_card_chargeDeclined"}
 PAID = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+# The simulator's card whose refunds fail at the provider once read back.
+REFUND_FAILS = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_refundFail"}
+
+
+def _fraud_day() -> int:
+    """The day-long fraud window (aligned to the clock) the time is in."""
+    return int(time.time() // 86_400)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProcess, str]]:
     """A worker running the insights (1 s windows, an alert at 2 declines of a customer)
-    after a customer's two declines and a payment: (the worker, the customer id)."""
+    after a customer's two declines and a payment, and globex's refund read back failed
+    (last: its latest window): (the worker, the customer id)."""
     dep: Deployment = await deployment_factory(
         paystream_agents="commands,insights",
         paystream_insights_window_seconds="1",
@@ -35,21 +44,38 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
         # two declines straddled a boundary now and then, and no alert was raised.
         paystream_fraud_window_seconds="86400",
     )
-    await dep.add_tenants(Tenant(tenant_id="acme"))
+    await dep.add_tenants(Tenant(tenant_id="acme"), Tenant(tenant_id="globex"))
     with dep.worker() as worker:
-        await asyncio.to_thread(worker.wait_ready, ["acme"], partitions=dep.settings.partitions)
+        await asyncio.to_thread(
+            worker.wait_ready, ["acme", "globex"], partitions=dep.settings.partitions
+        )
         async with dep.client() as client:
+            day = _fraud_day()
             customer = await client.command("customer.create", "acme", {})
             cus = str(customer.get_data()["entity_id"])  # type: ignore[index]
             for _ in range(2):
                 await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
             await client.command("payment.create", "acme", PAID)  # last: the latest window
+            paid = await client.command("payment.create", "globex", REFUND_FAILS)
+            pay = str(paid.get_data()["entity_id"])  # type: ignore[index]
+            refund = await client.command("refund.create", "globex", {"payment_id": pay})
+            ref = str(refund.get_data()["entity_id"])  # type: ignore[index]
+            failed = await client.command("refund.refresh", "globex", {"refund_id": ref})
+            assert failed.get_type().endswith("refund.failed"), failed
+        if _fraud_day() != day:  # about one run in 10^5: no alert is the right answer
+            pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
 
         def published(stats: dict[str, Any]) -> bool:
             ins = stats["insights"] or {}
-            window = ins.get("windows", {}).get("acme", {})
-            captured = window.get("money", {}).get("USD", {}).get("captured")
-            return bool(ins.get("alerts")) and captured == 2500
+            acme, globex = (
+                ins.get("windows", {}).get(t, {}).get("money", {}).get("USD", {})
+                for t in ("acme", "globex")
+            )
+            return (
+                bool(ins.get("alerts"))
+                and acme.get("captured") == 2500
+                and globex.get("refunds_failed") == 1000
+            )
 
         await wait_for_stats(worker, published, timeout=30)
         yield worker, cus
@@ -67,6 +93,9 @@ async def test_alerts_and_the_latest_window_are_shown(
     await expect(alert.nth(4)).to_have_text("2 (threshold 2)")
     window = page.locator('#windows tr[data-tenant="acme"] td')
     await expect(window.nth(3)).to_have_text("25.00 USD", timeout=WAIT)  # minor units → major
+    await expect(window.nth(5)).to_have_text("")  # no refund failed
+    failed = page.locator('#windows tr[data-tenant="globex"] td')
+    await expect(failed.nth(5)).to_have_text("10.00 USD")  # its refund, read back failed
     assert js_errors == []
 
 
