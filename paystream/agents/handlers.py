@@ -271,6 +271,13 @@ class HandlerContext:
         self._applied_here(record)
         return record
 
+    def load_kept(self, model: type[R], entity_id: str) -> R | None:
+        """An entity a command reads beside the one it is about, or None when it is gone
+        (retention removes an entity unchanged for long; what refers to it may outlive it)."""
+        if self.tables.of(model).get(entity_key(self.cmd.tenant_id, entity_id)) is None:
+            return None
+        return self.load(model, entity_id)
+
     def new_id(self, model: type[EntityRecord], prefix: str) -> str:
         """The id of an entity the command creates without choosing one: derived from
         the tenant and command id, else (that one made by another request under the id,
@@ -1170,7 +1177,9 @@ async def refresh_refund(ctx: HandlerContext, data: c.RefreshRefund) -> HandlerR
             RejectReason.INVALID_STATE, f"refund {rec.id} has failed: it can change no more"
         )
     ctx.at_provider(rec)
-    payment = ctx.load(PaymentRecord, rec.payment_id)
+    # A refund pending for long (a bank transfer's) may outlive its payment, removed by
+    # retention once unchanged that long: the refund's status is still the provider's.
+    payment = ctx.load_kept(PaymentRecord, rec.payment_id)
     previous = rec.status
     req = gw.RetrieveRefund(provider_refund_id=rec.provider_refund_id)
     res = await _gateway(
@@ -1179,12 +1188,19 @@ async def refresh_refund(ctx: HandlerContext, data: c.RefreshRefund) -> HandlerR
     rec.status = res.status.value
     rec.failure_code = res.failure_code
     related: list[EntityRecord] = []
-    if res.status is _REFUND_FAILED:
+    if res.status is _REFUND_FAILED and payment is not None and _refund_of(payment, res):
         payment.amount_refunded = max(0, payment.amount_refunded - rec.amount)
         related.append(payment)
     return HandlerResult(
         f"refund.{res.status.value}", rec, related, extra={"previous_status": previous}
     )
+
+
+def _refund_of(payment: PaymentRecord, res: gw.RefundResult) -> bool:
+    """Is ``payment`` the one the provider's refund was of? Not when its id, chosen by the
+    producer, names a new payment since the old one left the tables (its provider payment
+    differs; a provider that does not say is taken at its word)."""
+    return res.provider_payment_id in ("", payment.provider_payment_id)
 
 
 def _refunds_allowed(

@@ -113,6 +113,46 @@ async def test_a_redelivered_refresh_is_answered_as_first_and_applied_once(
     assert (held["version"], held["amount_refunded"]) == (version, 0)
 
 
+async def test_a_refund_read_back_after_its_payment_left_the_tables(harness: Harness) -> None:
+    """Retention removes a payment unchanged for long; a refund that outlived it (pending
+    for weeks) is still read back: failed there, it is failed here, with no payment to
+    take it off (before: "no such payment", and the refund stayed succeeded for good)."""
+    t = harness.add_tenant()
+    await _paid(harness, t, "pay_g", "pm_card_refundFail")
+    await harness.send("refund.create", t, {"payment_id": "pay_g", "refund_id": "re_g"})
+    del harness.tables.payments[f"{t}:pay_g"]  # as the retention sweep deletes it
+
+    failed = await harness.send("refund.refresh", t, {"refund_id": "re_g"})
+    assert kind(failed) == "refund.failed", data(failed)
+    assert "related" not in data(failed)
+    assert harness.tables.refunds[f"{t}:re_g"]["status"] == "failed"
+    assert f"{t}:pay_g" not in harness.tables.payments  # not made again
+    [counted] = [o for o in [observe(failed)] if o]
+    assert counted.refunds_failed == 2000
+
+
+async def test_a_refund_read_back_failed_leaves_a_new_payment_under_its_id_alone(
+    harness: Harness,
+) -> None:
+    """A payment id the producer chose names a new payment once the old one left the
+    tables: the old payment's refund, failed at the provider, is not taken off it."""
+    t = harness.add_tenant()
+    await _paid(harness, t, "pay_n", "pm_card_refundFail")
+    await harness.send("refund.create", t, {"payment_id": "pay_n", "refund_id": "re_n"})
+    del harness.tables.payments[f"{t}:pay_n"]  # as the retention sweep deletes it
+    # Past the provider's idempotency window too (retention is at least 30 days).
+    async for key in harness.redis.scan_iter(match=f"sim:{{{t}}}:idem:*"):
+        await harness.redis.delete(key)
+    await _paid(harness, t, "pay_n", "pm_card_visa")  # the id, reused
+    part = await harness.send("refund.create", t, {"payment_id": "pay_n", "amount": 500})
+    assert kind(part) == "refund.succeeded", data(part)
+
+    failed = await harness.send("refund.refresh", t, {"refund_id": "re_n"})
+    assert kind(failed) == "refund.failed", data(failed)
+    assert "related" not in data(failed)
+    assert harness.tables.payments[f"{t}:pay_n"]["amount_refunded"] == 500
+
+
 @pytest.mark.parametrize("refund_id", ["re_x", "re_nope"])
 async def test_another_tenants_refund_is_not_found(harness: Harness, refund_id: str) -> None:
     owner, other = harness.add_tenant(), harness.add_tenant()
