@@ -1043,6 +1043,51 @@ def _nullable(schema: Doc) -> Doc:
     return {"oneOf": [schema, {"type": "null"}]}
 
 
+def _command_status_schema() -> Doc:
+    """`/v1/tenants/{tenant}/commands/{key}` (tables/commands_view.py)."""
+    time = {"type": "string", "format": "date-time"}
+    outcome = {
+        "type": "object",
+        "description": "the outcome event the command was answered with (and a retry under "
+        "its key is): look its entity up for the details; a rejection's reason and message",
+        "required": ["id", "type"],
+        "properties": {
+            "id": _STR,
+            "type": {"type": "string", "pattern": "^com\\.paystream\\."},
+            "time": time,
+            "entity": _object({"kind": {"enum": list(ENTITY_KINDS)}, "id": _STR}),
+            "reason": _STR,
+            "message": _STR,
+        },
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "description": "What became of one command of the idempotency window, found by its "
+        "idempotency key or, sent under another key, its id. `outcome` once it is `done`; "
+        "`in_flight` (running, or let through before a crash) and `parked` (waiting on the "
+        "retry topic for a replay) have none yet.",
+        "required": [
+            "tenant_id",
+            "idempotency_key",
+            "command_id",
+            "command_type",
+            "state",
+            "expires_at",
+        ],
+        "properties": {
+            "tenant_id": _STR,
+            "idempotency_key": _STR,
+            "command_id": {"description": "the first command under the key", **_STR},
+            "command_type": _STR,
+            "state": {"enum": ["in_flight", "parked", "done"]},
+            "expires_at": {"description": "when the key is free again", **time},
+            "outcome": outcome,
+        },
+        "additionalProperties": False,
+    }
+
+
 def _view_schemas() -> Doc:
     components: Doc = {}
     for entity_type in _ENTITIES:
@@ -1071,6 +1116,7 @@ def _view_schemas() -> Doc:
             }
         ),
         **_ingress_schemas(components),
+        "CommandStatus": _command_status_schema(),
         "WebhookAnswer": {
             "description": "What came of a verified webhook (a 2xx: the provider does not "
             "send it again).",
@@ -1377,16 +1423,22 @@ def openapi() -> Doc:
                         "name": "kind",
                         "in": "path",
                         "required": True,
-                        "description": "another kind is a 404",
-                        "schema": {"enum": list(ENTITY_KINDS)},
+                        "description": "an entity kind, or `commands`: what became of a "
+                        "command (`entity_id` its idempotency key or id); another kind is a 404",
+                        "schema": {"enum": [*ENTITY_KINDS, "commands"]},
                     },
                     {"name": "entity_id", "in": "path", "required": True, "schema": _STR},
                 ],
                 "responses": {
                     "200": {
-                        "description": "the entity, without its bookkeeping",
+                        "description": "the entity, without its bookkeeping (`commands`: the "
+                        "command's status)",
                         "headers": _NO_STORE,
-                        "content": {"application/json": {"schema": entity}},
+                        "content": {
+                            "application/json": {
+                                "schema": {"oneOf": [*entity["oneOf"], _ref("CommandStatus")]}
+                            }
+                        },
                     },
                     "400": _BAD_HOST,
                     "401": _UNAUTHORIZED,

@@ -110,6 +110,7 @@ from paystream.streams.tracecontext import (
     parse_traceparent,
     valid_tracestate,
 )
+from paystream.tables.commands_view import command_id_key as _command_id_key
 from paystream.tables.next_action import NextActionSeal
 from paystream.tables.records import (
     EntityRecord,
@@ -2872,12 +2873,6 @@ def _create_scope(cmd: CommandRef, data: Any) -> str | None:
         return None
     chosen = getattr(data, create[1], None)
     return f"{cmd.tenant_id}:\x1fcreate:{create[0]}:{chosen}" if chosen else None
-
-
-def _command_id_key(tenant_id: str, command_id: str) -> str:
-    """Where the idempotency table says which request a command id names. Ids and
-    idempotency keys hold no control characters, so no "{tenant}:{key}" can be this."""
-    return f"{tenant_id}:\x1fid:{command_id}"
 
 
 def _former_hold_key(cmd: CommandRef, data: Any, entity_keys: bool) -> str | None:

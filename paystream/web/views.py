@@ -31,6 +31,7 @@ from paystream.money import minor_unit_exponent
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables import observed
+from paystream.tables.commands_view import command_view
 from paystream.tables.views import SummaryCache, entity_view
 from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
@@ -488,11 +489,14 @@ class EntityView(View):
     @app.topic_route(commands_topic, match_info="tenant")  # type: ignore[arg-type]
     async def get(self, request: Request, tenant: str, kind: str, entity_id: str) -> Response:
         table = _ENTITY_TABLES.get(kind)
-        if table is None:
+        if kind == "commands":  # what became of a command (by idempotency key or id)
+            found = command_view(t.idempotency, tenant, entity_id, time.time())
+        elif table is None:
             return self.json(
                 {"error": "not_found", "message": f"unknown kind {kind!r}"}, status=404
             )
-        found = entity_view(table, tenant, entity_id)
+        else:
+            found = entity_view(table, tenant, entity_id)
         if found is None:
             settling = bool(app.rebalancing or getattr(app, "in_recovery", False))
             status, body, headers = missing_entity(kind, settling=settling)

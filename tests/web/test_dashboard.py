@@ -171,6 +171,19 @@ async def test_lookup_shows_the_payment_and_hides_other_tenants(
     assert (await page.locator("#l-result").text_content() or "").startswith("HTTP 404\n")
     missing_kind = await look_up(page, "acme", "refunds", seeded.succeeded_payment)
     assert missing_kind == {"error": "not_found", "message": "no such refund"}
+
+    # What became of a command, by its id.
+    paid = seeded.outcomes["succeeded"]
+    command = await look_up(page, "acme", "commands", paid.get_extension("causationid"))
+    assert (command["state"], command["outcome"]) == (  # type: ignore[index]
+        "done",
+        {
+            "id": paid.get_id(),
+            "type": "com.paystream.payment.succeeded",
+            "time": command["outcome"]["time"],  # type: ignore[index]
+            "entity": {"kind": "payments", "id": seeded.succeeded_payment},
+        },
+    )
     assert js_errors == []
 
 

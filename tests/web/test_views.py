@@ -248,6 +248,23 @@ async def test_entity_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> Non
     assert (await get_json(http, f"/v1/tenants/globex/customers/{cus}"))["id"] == cus
 
 
+async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> None:
+    """What became of a command, by its id: the outcome event it was answered with."""
+    ok = seeded.outcomes["succeeded"]
+    command_id = ok.get_extension("causationid")
+    body = await get_json(http, f"/v1/tenants/acme/commands/{command_id}")
+    assert (body["command_id"], body["command_type"], body["state"]) == (
+        command_id,
+        "payment.create",
+        "done",
+    )
+    assert (body["outcome"]["id"], body["outcome"]["type"]) == (ok.get_id(), ok.get_type())
+    assert body["outcome"]["entity"] == {"kind": "payments", "id": seeded.succeeded_payment}
+    # Another tenant's command is simply absent.
+    absent = await get_json(http, f"/v1/tenants/globex/commands/{command_id}", status=404)
+    assert absent == {"error": "not_found", "message": "no such command"}
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [
