@@ -70,7 +70,7 @@ from paystream.built import built, frozen_record
 from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
-from paystream.gateways.base import KEYLESS_OPERATIONS
+from paystream.gateways.base import KEYLESS_OPERATIONS, Capability
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
@@ -1376,6 +1376,7 @@ class CommandProcessor:
         if ask is None and not parked_unanswered:
             return False  # (every other caller asked the entities already)
         provider = str(gateway.provider)
+        capabilities = frozenset(getattr(gateway, "capabilities", ()))
         call = await first_provider_call(
             self.tables,
             cmd,
@@ -1383,7 +1384,7 @@ class CommandProcessor:
             request_hash,
             provider,
             id_window_seconds=self._id_window,
-            capabilities=frozenset(getattr(gateway, "capabilities", ())),
+            capabilities=capabilities,
         )
         if call == EFFECT_RECORDED or (call == ANSWERED_BY_ANOTHER and parked_unanswered):
             # An entity says it took effect: the run answers from it, whenever it comes.
@@ -1410,11 +1411,35 @@ class CommandProcessor:
             > now
         ):
             return None
+        # The request as first sent may carry the webhook reference this version leaves
+        # out (or the other way round): the tenant's `webhooks` changed since. Asked
+        # about that form too, it is this very request all the same (review finding:
+        # charged, then refused `tenant_suspended`).
+        other = await first_provider_call(
+            self.tables,
+            cmd,
+            data,
+            request_hash,
+            provider,
+            id_window_seconds=self._id_window,
+            capabilities=capabilities ^ {Capability.WEBHOOKS},
+        )
+        requests = [call.request]
+        if (
+            isinstance(other, ProviderCall)
+            and (other.operation, other.idempotency_key) == (call.operation, call.idempotency_key)
+            and other.request != call.request
+        ):
+            requests.append(other.request)
+
+        async def asked() -> bool:
+            for request in requests:
+                if await ask(call.operation, request, idempotency_key=call.idempotency_key):
+                    return True
+            return False
+
         try:
-            known = await asyncio.wait_for(
-                ask(call.operation, call.request, idempotency_key=call.idempotency_key),
-                PROVIDER_LOOKUP_SECONDS,
-            )
+            known = await asyncio.wait_for(asked(), PROVIDER_LOOKUP_SECONDS)
         except Exception as exc:
             self._pause_lookups(provider, cmd.tenant_id, f"failed ({exc!r})")
             return None
