@@ -328,7 +328,7 @@ class CommandProcessor:
             # answer told whether that tenant ran the id; review finding.)
             admitted = (
                 self._idempotency_record(f"{tenant}:{idem}", time.time())
-                if tenant == key_str(rec.key)
+                if _state_readable(rec, tenant)
                 else None
             )
             redrive = FIRST_ATTEMPT_HEADER in rec.headers
@@ -658,7 +658,11 @@ class CommandProcessor:
                 if trace is not None:
                     trace.begin(safe, None)
                 return self._answer_again(rec, replace(ref, tracestate=None), kept)
-        if await self._may_have_reached_provider(rec, cmd, raw, attributes):
+        # (Only for a record of a tenant's own: checked later, another's was never run,
+        # and its answer told whether that tenant ran the request; review finding.)
+        if _state_readable(rec, cmd.tenant_id) and await self._may_have_reached_provider(
+            rec, cmd, raw, attributes
+        ):
             return None
         if trace is not None:
             trace.begin(safe, None)
@@ -2620,8 +2624,8 @@ class CommandProcessor:
         through to the provider (in flight or parked) or finished; else None."""
         event = decode_record(rec.key, rec.value, rec.headers)
         tenant_id = str(event.get_extension("tenantid") or "")
-        if not tenant_id or key_str(rec.key) != tenant_id:
-            return None  # (never run: refused tenant_mismatch; nor another tenant's record)
+        if not _state_readable(rec, tenant_id):
+            return None  # (never run: refused tenant_mismatch or unknown_tenant)
         idem_key = str(event.get_extension("idempotencykey") or event.get_id())
         command_type = event.get_type().removeprefix(COMMAND_PREFIX)
         cmd = CommandRef(
@@ -2752,6 +2756,16 @@ def _sender_request(rec: Inbound) -> dict[str, bytes]:
 
 # What every tenant id is (TENANT_ID_PATTERN): without ":", which separates table keys.
 _TENANT_ID = re.compile(TENANT_ID_PATTERN)
+
+
+def _state_readable(rec: Inbound, tenant_id: str) -> bool:
+    """May the state of the tenant a record names be read before its rules run? Only
+    for a record keyed by its tenant (another's is refused `tenant_mismatch`) whose id
+    is one (every table key is "<tenant>:<...>": "acme:x" with key "k" reads acme's
+    "x:k"; refused `unknown_tenant`). Read for any other, the answer told what that
+    tenant ran, or replayed its stored outcome (review findings)."""
+    return tenant_id == key_str(rec.key) and _TENANT_ID.fullmatch(tenant_id) is not None
+
 
 # Idempotency states of a command let through and not answered.
 _LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
