@@ -83,7 +83,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "Read a refund back from its provider (one left pending, or one the provider "
         "reports failed since: Stripe's `refund.failed`): answered with the refund's status "
         "there now (`data.previous_status`: what paystream held before); a refund that "
-        "failed is taken off its payment's `amount_refunded` (`related`: the payment)."
+        "failed is taken off its payment's `amount_refunded` (`related`: the payment; none "
+        "when the payment has left the tables, or its id names a new payment since)."
     ),
     "dispute.submit_evidence": "Submit (or, with `submit: false`, stage) evidence for a dispute.",
     "dispute.accept": "Accept a dispute (the money stays with the cardholder).",
@@ -199,7 +200,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "refund",
         "The refund failed: refused when made (`error`), or read back failed by "
         "`refund.refresh` (`object.failure_code`: the provider's reason; `related`: the "
-        "payment, its amount refundable again).",
+        "payment, its amount refundable again, unless it has left the tables or its id "
+        "names a new payment since).",
         _REFUND_REFRESHED,
     ),
     "dispute.evidence_submitted": ("dispute", "Evidence was submitted (or staged).", {}),
@@ -1078,7 +1080,11 @@ def _command_status_schema() -> Doc:
         "properties": {
             "tenant_id": _STR,
             "idempotency_key": _STR,
-            "command_id": {"description": "the first command under the key", **_STR},
+            "command_id": {
+                "description": "the command whose outcome the key holds (a retry under the "
+                "key that finished one let through before names itself)",
+                **_STR,
+            },
             "command_type": _STR,
             "state": {"enum": ["in_flight", "parked", "done"]},
             "expires_at": {"description": "when the key is free again", **time},

@@ -472,7 +472,8 @@ class CommandProcessor:
             )
             if trace is not None:  # (named as its rejection names it)
                 trace.begin(short, tracestate)
-            return self._answered_before(cmd) or self._reject(
+            answered = self._answered_before(cmd) if _state_readable(rec, tenant_id) else None
+            return answered or self._reject(
                 short,
                 RejectReason.VALIDATION_ERROR,
                 f"{', '.join(too_long)} too long (at most {ID_MAX_CHARS} characters)",
@@ -660,7 +661,8 @@ class CommandProcessor:
                 return self._answer_again(rec, replace(ref, tracestate=None), kept)
         # (Only for a record of a tenant's own: checked later, another's was never run,
         # and its answer told whether that tenant ran the request; review finding.)
-        if _state_readable(rec, cmd.tenant_id) and await self._may_have_reached_provider(
+        named = str(attributes.get("tenantid") or "")  # (cmd's falls back to the key)
+        if _state_readable(rec, named) and await self._may_have_reached_provider(
             rec, cmd, raw, attributes
         ):
             return None

@@ -10,6 +10,7 @@ payment's next action holds its client secret).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from paystream.streams.outcomes import OUTCOME_PREFIX, outcome_id
 
 __all__ = ["command_id_key", "command_view"]
+
+# What no command id or idempotency key holds (the pipeline refuses them: C0 and DEL).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # An outcome's domain → the kind the entity lookups name it by.
 _KINDS = {
@@ -39,18 +43,22 @@ def command_view(
 ) -> dict[str, Any] | None:
     """The command of ``tenant_id`` under idempotency key ``key``, else the one whose id
     is ``key`` (sent under another key); None when the window holds neither."""
-    if not key or not key.isprintable():
+    if not key or _CONTROL.search(key):
         return None  # no key holds a control character: table keys of another kind do
     found = _record(idempotency, f"{tenant_id}:{key}", now)
     if found is None:
         pointer = idempotency.get(command_id_key(tenant_id, key))
-        named = pointer.get("key") if isinstance(pointer, dict) else None
-        if not isinstance(named, str) or not named.isprintable():
+        if not isinstance(pointer, dict) or float(pointer.get("expires_at", 0)) < now:
+            return None
+        named = pointer.get("key")
+        if not isinstance(named, str) or _CONTROL.search(named):
             return None  # (written by a version before pointers named their key)
         found = _record(idempotency, f"{tenant_id}:{named}", now)
+        # The key's record of that very request: a pointer outlives it (kept as long as
+        # a parked record), and the key may have been reused since for another request.
+        if found is None or found.get("request_hash") != pointer.get("request_hash"):
+            return None
         key = named
-    if found is None:
-        return None
     view: dict[str, Any] = {
         "tenant_id": tenant_id,
         "idempotency_key": key,

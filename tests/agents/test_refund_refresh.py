@@ -5,6 +5,8 @@ amount, so that the payment is refundable again and the books say what happened.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from paystream.client import build_command
@@ -301,3 +303,40 @@ async def test_a_redriven_refund_of_the_rest_with_nothing_left_here_is_parked_no
     failed = await _answer(h, _command(t, "refund.refresh", {"refund_id": "r1"}, "c6"))
     assert kind(failed) == "refund.failed", data(failed)
     assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 1500
+
+
+@pytest.mark.parametrize("lost", ["idempotency", "refund", "payment", "idempotency+payment"])
+@pytest.mark.parametrize("payment_gone", [False, True])
+async def test_a_refresh_redelivered_after_a_crash_lost_some_writes(
+    harness: Harness, lost: str, payment_gone: bool
+) -> None:
+    """The same record delivered again (its offset not committed) after a crash persisted
+    only some of the refresh's writes: the same event, the failure taken off once, and
+    the lost writes repaired (review: the redelivery test above replays from the
+    idempotency record alone, never reaching the entities' memory of the command)."""
+    t = harness.add_tenant()
+    await _paid(harness, t, "pay_c", "pm_card_refundFail")
+    await harness.send("refund.create", t, {"payment_id": "pay_c", "refund_id": "re_c"})
+    if payment_gone:
+        del harness.tables.payments[f"{t}:pay_c"]
+    refund_before = copy.deepcopy(harness.tables.refunds[f"{t}:re_c"])
+    payment_before = copy.deepcopy(harness.tables.payments.get(f"{t}:pay_c"))
+    command = build_command("refund.refresh", t, {"refund_id": "re_c"}, command_id="rf-1")
+    first, out = await harness.send_event(command, offset=77)
+    assert out is not None and kind(out) == "refund.failed", data(out)
+    if lost != "payment":  # (that one: its idempotency record kept, the payment lost)
+        del harness.idempotency[f"{t}:rf-1"]
+    if lost == "refund":
+        harness.tables.refunds[f"{t}:re_c"] = refund_before
+    if "payment" in lost and payment_before is not None:
+        harness.tables.payments[f"{t}:pay_c"] = payment_before
+    again, out_again = await harness.send_event(command, offset=77)
+    assert out_again is not None, again
+    [sent] = [e.record for e in first if e.topic == harness.settings.events_topic]
+    [resent] = [e.record for e in again if e.topic == harness.settings.events_topic]
+    assert (resent.value, sorted(resent.headers)) == (sent.value, sorted(sent.headers))
+    assert harness.tables.refunds[f"{t}:re_c"]["status"] == "failed"
+    if payment_gone:
+        assert f"{t}:pay_c" not in harness.tables.payments
+    else:
+        assert harness.tables.payments[f"{t}:pay_c"]["amount_refunded"] == 0

@@ -132,3 +132,30 @@ async def test_an_oversized_colon_tenant_record_learns_nothing_of_the_prefix_ten
         emits = await harness.raw(inbound)
         seen[cid] = sorted(e.topic for e in emits)
     assert seen["ord-1"] == seen["ord-2"], seen
+
+
+async def test_an_overlong_id_naming_another_tenant_is_not_answered_from_its_state(
+    harness: Harness,
+) -> None:
+    """A command id over 255 characters is refused before the tenant checks, answered
+    again only from a request of its own: read for the tenant a record keyed for another
+    names, a record at a reused offset (the commands topic made again within the window)
+    got acme's customer export."""
+    h = harness
+    acme, globex = h.add_tenant(), h.add_tenant()
+    customer = {"customer_id": "cus1", "email": "alice@example.com", "name": "Alice"}
+    made = build_command("customer.create", acme, customer, idempotency_key="order:1")
+    _, out = await h.send_event(made, offset=10)
+    assert out is not None and kind(out) == "customer.created"
+    export = build_command(
+        "customer.export", acme, {"customer_id": "cus1"}, idempotency_key="export:cus1"
+    )
+    _, out = await h.send_event(export, offset=11)
+    assert out is not None and kind(out) == "customer.exported"
+    probe = build_command(
+        "customer.export", acme, {"customer_id": "cus1"}, idempotency_key="export:cus1"
+    )
+    probe.get_attributes()["id"] = "x" * 300
+    _, leaked = await h.send_event(probe, key=globex.encode(), offset=11)
+    assert leaked is not None and data(leaked)["reason"] == "validation_error", data(leaked)
+    assert "alice" not in str(leaked.get_data()).lower()
