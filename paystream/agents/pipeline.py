@@ -719,7 +719,13 @@ class CommandProcessor:
         dropped from what it keeps."""
         if self.answers.parked(rec.partition, rec.offset, cmd.command_id) is not None:
             return True
-        if self.seals.sealing and self._past_provider_window(rec):
+        # (Not for a read: it can double nothing, and a forged one parked "long ago",
+        # sealed by `dlq replay` as it re-sent it, got a card code past this gate.)
+        if (
+            self.seals.sealing
+            and cmd.command_type not in PROVIDER_READS
+            and self._past_provider_window(rec)
+        ):
             return True
         if cmd.command_type not in COMMANDS:
             return False  # (no request of this type ever ran)
