@@ -464,3 +464,42 @@ async def test_a_head_whose_hash_is_not_the_last_rows_is_reported(
         await conn.execute(text("ALTER TABLE audit_heads ENABLE TRIGGER audit_heads_forward_only"))
     result = await verify_audit(app_engine, "au_head", keyring)
     assert result.problems == ["head's hash does not match the last row's (seq 4)"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # the last bigint: every later append overflowed, and the sink dead-lettered
+        # the tenant's every outcome and skipped its erasures (review finding)
+        "UPDATE audit_heads SET seq = 9223372036854775807, hash = sha256(hash)",
+        "UPDATE audit_heads SET seq = seq + 1",  # a head ahead of its chain
+    ],
+)
+async def test_the_head_names_its_chains_newest_row(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory, statement: str
+) -> None:
+    """The application role moves the head, but only onto a row of its chain."""
+    await _history(app_engine, keyring, make_event, "au20")
+    with pytest.raises(DBAPIError, match="audit_heads name their chain's newest row"):
+        async with tenant_session(app_engine, "au20") as s:
+            await s.execute(text(statement))
+    more = [make_event.payment("au20", f"pay_{i}", 1) for i in range(5, 8)]
+    await write_events(app_engine, more, keyring=keyring)  # and the writer goes on
+    assert (await verify_audit(app_engine, "au20", keyring)).ok
+
+
+async def test_a_new_tenants_head_starts_at_its_chains_beginning(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    await write_events(app_engine, [make_event.payment("au21", "pay_0")], keyring=keyring)
+    with pytest.raises(DBAPIError, match="audit_heads name their chain's newest row"):
+        async with tenant_session(app_engine, "au22") as s:
+            await s.execute(
+                text("INSERT INTO tenants (tenant_id) VALUES ('au22') ON CONFLICT DO NOTHING")
+            )
+            await s.execute(
+                text(
+                    "INSERT INTO audit_heads (tenant_id, seq, hash) "
+                    "VALUES ('au22', 9223372036854775807, sha256('x'))"
+                )
+            )
