@@ -171,7 +171,7 @@ async def test_nothing_listening_is_not_sent() -> None:
     assert not refused.value.maybe_taken
 
 
-def test_a_login_in_the_base_url_is_refused_up_front() -> None:
+async def test_a_login_in_the_base_url_is_refused_up_front() -> None:
     """aiohttp refuses a login in the URL beside the bearer key, as a raw ValueError deep
     in the first call (client review finding); said at once, without repeating it."""
     with pytest.raises(ValueError, match="holds a login") as info:
