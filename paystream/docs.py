@@ -1133,11 +1133,13 @@ def _view_schemas() -> Doc:
                         "action": {"const": "refresh"},
                         "command_id": {
                             **_STR,
-                            "description": "the `payment.refresh` command's id, derived from "
-                            "the event's (an event sent again is the same command)",
+                            "description": "the `payment.refresh` (`refund.refresh`) "
+                            "command's id, derived from the event's (an event sent again is "
+                            "the same command)",
                         },
                     },
-                    "a `payment.refresh` command was sent for the payment",
+                    "a `payment.refresh` command was sent for the payment (a "
+                    "`refund.refresh` for the refund)",
                 ),
                 _object(
                     {
@@ -1510,8 +1512,9 @@ def openapi() -> Doc:
                     "400": _json(
                         "Error",
                         "`bad_signature`: not signed with the tenant's endpoint secret, "
-                        "signed too long ago, or not a JSON object; `bad_request`: a body "
-                        "that does not decode as its Content-Encoding says",
+                        "signed too long ago or dated ahead, not UTF-8, or not a JSON "
+                        "object; `bad_request`: a body that does not decode as its "
+                        "Content-Encoding says",
                     ),
                     "408": _json(
                         "Error",
@@ -1527,9 +1530,11 @@ def openapi() -> Doc:
                     "503": _json(
                         "Error",
                         "not now (the registry loading, tables moving, the tenant's worker "
-                        "unreachable, the broker not taking the command, the tenant "
-                        "suspended or its webhook refreshes over "
-                        "PAYSTREAM_WEBHOOK_REFRESHES_PER_SECOND): the provider sends it again",
+                        "unreachable, the broker not taking the command, the endpoint secret "
+                        "not opening, the payment or refund not recorded here yet (within an "
+                        "hour of the event), the tenant suspended, or its webhooks over "
+                        "PAYSTREAM_WEBHOOK_REFRESHES_PER_SECOND refreshes, or four times "
+                        "that many lookups): the provider sends it again",
                         _RETRY_AFTER,
                     ),
                 },

@@ -39,6 +39,7 @@ from paystream.gateways.stripe.webhooks import (
     BODY_READ_SECONDS,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
+    TOLERANCE_SECONDS,
     BadWebhook,
     PaymentNotice,
     RefundNotice,
@@ -134,19 +135,27 @@ class WebhookView(View):
             # (metadata can be edited in the provider's dashboard)
             return self._ignored(provider, tenant, f"the event names no valid {what} id")
         try:
-            # A payment not found is refreshed too: its create may still be running (a
-            # provider can send the event before its answer); the refresh is queued
-            # behind it. A refund's row is written only once the provider has answered
-            # its create: one parked with its answer lost would be refreshed before its
-            # re-drive, answered not_found, and the event lost (review finding). The
-            # provider is asked to send a recent event again later instead; an older one
-            # is about a refund that may never be recorded here (removed by retention,
+            # Each lookup may be a request to the worker owning the tenant's tables, which
+            # serves other tenants too: bounded per tenant, also for events that turn out
+            # to bring nothing (review finding: a flood of signed events cost a lookup
+            # each, unbounded).
+            if not _lookups.take(
+                tenant, LOOKUPS_PER_REFRESH * settings.webhook_refreshes_per_second
+            ):
+                raise _Unavailable("the tenant's webhooks come too fast")
+            # A row is written only once the provider has answered its create: one parked
+            # with its answer lost would be refreshed before its re-drive, answered
+            # not_found, and the event lost (review findings, refunds then payments).
+            # The provider is asked to send a recent event again later instead (one sent
+            # before the create's answer arrived comes back to find it); an older one is
+            # about an entity that may never be recorded here (removed by retention,
             # settled by a person, another deployment's): acknowledged and dropped.
             row = await _entity_row(tenant, notice)
-            if row is None and isinstance(notice, RefundNotice):
+            if row is None:
+                what = _kind(notice)
                 if _recent(notice.created):
-                    raise _Unavailable("the refund is not recorded here yet")
-                return self._ignored(provider, tenant, "the refund is not recorded here")
+                    raise _Unavailable(f"the {what} is not recorded here yet")
+                return self._ignored(provider, tenant, f"the {what} is not recorded here")
             if row is not None:
                 stale = _known_already(row, notice)
                 if stale is not None:
@@ -215,8 +224,12 @@ class _Budget:
         self._buckets[tenant] = (tokens + 1, at)  # (capped at the burst by the next take)
 
 
-# (Registered tenants only reach it: as many buckets as tenants.)
+# (Registered tenants only reach them: as many buckets as tenants.)
 _budget = _Budget()
+_lookups = _Budget()
+# Lookups of the tenant's tables a webhook budget's refresh may take: most events about
+# a payment bring nothing new (the state paystream holds), and they are looked up too.
+LOOKUPS_PER_REFRESH = 4
 
 
 def _endpoint_secret(tenant: Tenant | None, provider: str) -> Callable[[], str] | None:
@@ -239,13 +252,19 @@ def _opener() -> Callable[[Tenant, str], SecretStr] | None:
     return secret_opener(settings)
 
 
-# How long an event about a refund not recorded here is sent back for again (503): a
-# create's answer in flight, or one parked and re-driven soon after.
-UNRECORDED_REFUND_RETRY_SECONDS = 3600
+# How long an event about a payment or refund not recorded here is sent back for again
+# (503): a create's answer in flight, or one parked and re-driven soon after.
+UNRECORDED_RETRY_SECONDS = 3600
 
 
 def _recent(created: int | None) -> bool:
-    return created is not None and time.time() - created < UNRECORDED_REFUND_RETRY_SECONDS
+    """Was the event made within the retry window (and not dated ahead beyond the
+    signature's tolerance: one dated years ahead was "recent" for ever, and one past a
+    float's range a 500; review finding)?"""
+    if created is None or not 0 <= created < 2**53:
+        return False
+    age = time.time() - created
+    return -TOLERANCE_SECONDS <= age < UNRECORDED_RETRY_SECONDS
 
 
 def _kind(notice: PaymentNotice | RefundNotice) -> str:

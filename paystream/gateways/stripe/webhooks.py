@@ -79,6 +79,7 @@ class PaymentNotice:
     provider_payment_id: str
     status: str | None  # paystream's name for the PaymentIntent's status in the event
     account: str | None  # the connected account it happened on (a Connect endpoint's)
+    created: int | None = None  # when Stripe made the event (unix seconds), if it says
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
         obj["id"],
         None if status is None else status.value,
         account,
+        _created(event),
     )
 
 
@@ -158,7 +160,6 @@ def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
     if found is None:
         return None
     event_id, event_type, obj, ref, account = found
-    created = event.get("created")
     return RefundNotice(
         event_id,
         event_type,
@@ -167,8 +168,13 @@ def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
         obj["id"],
         refund_status(obj.get("status")).value,
         account,
-        created if isinstance(created, int) and not isinstance(created, bool) else None,
+        _created(event),
     )
+
+
+def _created(event: dict[str, Any]) -> int | None:
+    created = event.get("created")
+    return created if isinstance(created, int) and not isinstance(created, bool) else None
 
 
 def _followed(

@@ -1,0 +1,106 @@
+"""The webhook view's lookups of the tenant's tables are bounded per tenant: each may be
+a request to the worker owning them, which serves other tenants too. A flood of signed
+events, those that bring nothing included, cost a lookup each, unbounded (review
+finding). In process: the view alone, its registry, owner lookup and produce faked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import stripe
+
+import paystream.web.webhooks as wh
+from paystream.tenancy.models import Tenant
+
+SECRET = "whsec_lookups"
+TENANT = "acme"
+
+pytestmark = pytest.mark.asyncio
+
+
+def _signed(payload: bytes) -> str:
+    at = int(time.time())
+    sig = stripe.WebhookSignature._compute_signature(f"{at}.{payload.decode()}", SECRET)
+    return f"t={at},v1={sig}"
+
+
+class _Request:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.content_length = len(body)
+        self.headers = {"Stripe-Signature": _signed(body)}
+
+
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    state = SimpleNamespace(lookups=0, sent=[])
+    tenant = Tenant(tenant_id=TENANT, gateway="stripe", secrets={"webhook_secret": "x"})
+    ready = asyncio.Event()
+    ready.set()
+    monkeypatch.setattr(wh, "registry", SimpleNamespace(ready=ready, tenants={TENANT: tenant}))
+    monkeypatch.setattr(wh, "_endpoint_secret", lambda t, p: (lambda: SECRET) if t else None)
+    monkeypatch.setattr(wh, "settings", SimpleNamespace(webhook_refreshes_per_second=1))
+
+    async def read_body(request: Any, limit: int, seconds: float) -> bytes:
+        return bytes(request.body)
+
+    async def entity_row(tenant: str, notice: Any) -> Any:
+        state.lookups += 1
+        return {"provider_payment_id": "pi_1", "status": "requires_action"}
+
+    async def send(tenant: str, command: Any) -> str:
+        state.sent.append(command)
+        return str(command[0])
+
+    monkeypatch.setattr(wh, "read_body", read_body)
+    monkeypatch.setattr(wh, "_entity_row", entity_row)
+    monkeypatch.setattr(wh, "_send", send)
+    monkeypatch.setattr(wh, "_refresh", lambda p, t, n: (f"whk_{n.event_id}", None))
+    monkeypatch.setattr(wh, "_budget", wh._Budget())
+    monkeypatch.setattr(wh, "_lookups", wh._Budget())
+    return state
+
+
+def _event(i: int, status: str) -> bytes:
+    obj = {
+        "id": "pi_1",
+        "object": "payment_intent",
+        "status": status,
+        "metadata": {"paystream_payment": f"{TENANT}:pay_1"},
+    }
+    event = {
+        "id": f"evt_{i}",
+        "type": "payment_intent.payment_failed",
+        "created": int(time.time()),
+        "data": {"object": obj},
+    }
+    return json.dumps(event).encode()
+
+
+async def _post(body: bytes) -> tuple[int, dict[str, Any]]:
+    view = wh.WebhookView.__new__(wh.WebhookView)
+    view.json = lambda body, status=200, headers=None: (status, body)  # type: ignore[method-assign]
+    return await view.post(_Request(body), "stripe", TENANT)  # type: ignore[arg-type,return-value]
+
+
+async def test_events_that_bring_nothing_cost_a_bounded_number_of_lookups(
+    seen: SimpleNamespace,
+) -> None:
+    answers = [(await _post(_event(i, "requires_action")))[0] for i in range(1000)]
+    burst = wh.LOOKUPS_PER_REFRESH * 1 * wh._Budget.BURST_SECONDS
+    assert seen.lookups <= burst + 1  # (a token back by the time the flood ends)
+    assert answers.count(200) == seen.lookups and answers.count(503) == 1000 - seen.lookups
+    assert seen.sent == []
+
+
+async def test_events_over_the_refresh_budget_are_bounded_by_the_lookups_too(
+    seen: SimpleNamespace,
+) -> None:
+    answers = [(await _post(_event(i, "requires_payment_method")))[0] for i in range(100)]
+    assert len(seen.sent) == 10 and answers.count(200) == 10  # the refresh budget's burst
+    assert seen.lookups <= wh.LOOKUPS_PER_REFRESH * 10 + 1
