@@ -103,6 +103,10 @@ REBALANCE_DRAIN_SECONDS = 3.0
 # Furthest this worker's clock may run ahead of the broker's for it to delete what it
 # judges expired (entities past retention, idempotency records past their window).
 CLOCK_AHEAD_MAX_SECONDS = 86_400.0
+# Furthest past the broker's newest command time idempotency records are judged expired
+# by: they live the idempotency window (24 h by default), so the day above would let a
+# worker that far ahead take records an hour old for expired (pipeline.py).
+IDEMPOTENCY_CLOCK_AHEAD_SECONDS = 300.0
 _clock_log = ThrottledLog(log, interval=300.0)
 # Unexpected failures of ours, once a minute per exception type and place.
 _BUGS = ThrottledLog(log)
@@ -262,6 +266,7 @@ class CommandRunner:
         for event in events:
             by_tenant[event.message.key].append(event)
         clock = self.clock_for_deletes(events)
+        processor.expiry_clock_cap = self.broker_time + IDEMPOTENCY_CLOCK_AHEAD_SECONDS
         taken_at = _assignments
         # Deletes only in a batch that will be delivered, on partitions that stay this
         # worker's: the idempotency purge as the sweep below (review finding: it purged

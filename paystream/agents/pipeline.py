@@ -217,6 +217,12 @@ class CommandProcessor:
         # scan found (pointers written before they lasted as long as such records).
         self._parked_ids: dict[str, str] = {}
         self._expiry_seeded = False
+        # The latest time idempotency records are judged expired by (None: this
+        # process's clock alone): the command agent keeps it a little past the broker's
+        # newest command time, so that a worker whose clock runs ahead (by less than the
+        # day that stops its deletes) neither purges nor reads as expired records of the
+        # window's last hours (review finding: a retry an hour on ran as a new request).
+        self.expiry_clock_cap: float | None = None
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._rejections: dict[tuple[str, str, str], Any] = {}
         # Commands older than this are refused `past_retention` (inf: retention off).
@@ -1568,7 +1574,7 @@ class CommandProcessor:
         still parked: the purge keeps that one (_kept_for_its_parked_record), and until
         it has, another request under the id ran while the first was parked (review
         finding)."""
-        if float(named.get("expires_at", 0)) >= now:
+        if float(named.get("expires_at", 0)) >= self._expiry_now(now):
             return True
         if isinstance(named.get("key"), str):
             return False  # kept as long as its park by _keep_id_pointer
@@ -2150,6 +2156,7 @@ class CommandProcessor:
         partitions move). Idle tenants' records go with the retention sweep
         (idempotency_expired).
         """
+        now = self._expiry_now(now)
         self._seed_expiry_once(tenant_id)
         queue = self._expiring.get(tenant_id)
         purged = 0
@@ -2169,6 +2176,7 @@ class CommandProcessor:
         too: would the purge delete this one now? (The purge runs on a tenant's own
         traffic only: an idle or removed tenant's records, stored outcomes with their
         customer snapshots among them, stayed for ever; review finding.)"""
+        now = self._expiry_now(now)
         if not isinstance(raw, dict) or float(raw.get("expires_at", 0)) > now:
             return False
         # The scan that finds which id pointers parked records still need (and queues
@@ -2196,6 +2204,10 @@ class CommandProcessor:
         self._expiry_seeded = False
         self._seeded.clear()
         self._parked_ids.clear()
+        # Rebuilt by that scan from what the table holds: queued keys of partitions this
+        # worker only stands by for (their owner purges them) were never popped, and the
+        # queues grew with every rebalance (review finding).
+        self._expiring.clear()
 
     def _seed_expiry_once(self, tenant_id: str) -> None:
         """Find the records written before this process started (or before it was given
@@ -2310,7 +2322,11 @@ class CommandProcessor:
             # under one is still one.)
             return None
         record = IdempotencyRecord.model_validate(raw)
-        return None if record.expires_at < now else record
+        return None if record.expires_at < self._expiry_now(now) else record
+
+    def _expiry_now(self, now: float) -> float:
+        cap = self.expiry_clock_cap
+        return now if cap is None or cap >= now else cap
 
     def _repair_entities(
         self,
