@@ -199,6 +199,13 @@ class CommandRunner:
             return None
         return now
 
+    def expiry_clock_cap(self) -> float | None:
+        """The latest time idempotency records are judged expired by (pipeline.py's
+        ``expiry_clock_cap``); None with no broker time seen yet: this clock alone."""
+        if not self.broker_time:
+            return None
+        return self.broker_time + IDEMPOTENCY_CLOCK_AHEAD_SECONDS
+
     def rescan_expiry(self) -> None:
         """Partitions are moving: look for recovered idempotency records afresh, and
         walk the entities this worker will hold from the start."""
@@ -266,7 +273,7 @@ class CommandRunner:
         for event in events:
             by_tenant[event.message.key].append(event)
         clock = self.clock_for_deletes(events)
-        processor.expiry_clock_cap = self.broker_time + IDEMPOTENCY_CLOCK_AHEAD_SECONDS
+        processor.expiry_clock_cap = self.expiry_clock_cap()
         taken_at = _assignments
         # Deletes only in a batch that will be delivered, on partitions that stay this
         # worker's: the idempotency purge as the sweep below (review finding: it purged

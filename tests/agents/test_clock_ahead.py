@@ -70,7 +70,8 @@ async def test_a_clock_hours_ahead_keeps_the_windows_records(
     clock = runner.clock_for_deletes([_event(broker_now)])
     assert clock == ahead  # within the day: deletes go on
     # As the command agent does for each batch:
-    h.processor.expiry_clock_cap = runner.broker_time + IDEMPOTENCY_CLOCK_AHEAD_SECONDS
+    h.processor.expiry_clock_cap = runner.expiry_clock_cap()
+    assert h.processor.expiry_clock_cap == broker_now + IDEMPOTENCY_CLOCK_AHEAD_SECONDS
     assert h.processor.purge_expired(t, clock) == 0
     monkeypatch.setattr("paystream.agents.pipeline.time.time", lambda: ahead)
     retry = await h.send("payment.create", t, body, command_id="c2", idempotency_key="order-1")
@@ -96,3 +97,23 @@ async def test_expiry_queues_hold_only_what_the_table_does_after_a_rebalance(
         for key in keys:
             del h.idempotency[key]  # the owner's tombstones
     assert len(h.processor._expiring.get(standby, ())) <= 100
+
+
+async def test_with_no_broker_time_seen_records_expire_by_this_clock(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every record stamped far ahead (a CreateTime producer's year 9999) or unstamped:
+    no broker time to judge by, so this worker's clock, as before (review finding: the
+    cap read 1970 and no record ever expired)."""
+    h, t = harness, new_tenant_id()
+    h.add_tenant(t)
+    body = {"amount": 1500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    await h.send("payment.create", t, body, command_id="c1", idempotency_key="order-1")
+    later = time.time() + 3 * 86_400
+    monkeypatch.setattr("paystream.agents.commands.time.time", lambda: later)
+    runner = CommandRunner()
+    clock = runner.clock_for_deletes([_event(253_402_300_799.0)])
+    assert clock == later and runner.broker_time == 0.0
+    h.processor.expiry_clock_cap = runner.expiry_clock_cap()
+    assert h.processor.purge_expired(t, clock) >= 1
+    assert f"{t}:order-1" not in h.idempotency

@@ -503,3 +503,23 @@ async def test_a_new_tenants_head_starts_at_its_chains_beginning(
                     "VALUES ('au22', 9223372036854775807, sha256('x'))"
                 )
             )
+
+
+async def test_a_row_planted_at_the_last_bigint_extends_no_chain(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """Inserted by the app role (it may insert rows), then named by the head: every
+    later append overflowed all the same (review of the head's trigger)."""
+    await _history(app_engine, keyring, make_event, "au23")
+    with pytest.raises(DBAPIError, match="audit_log rows extend their chain"):
+        async with tenant_session(app_engine, "au23") as s:
+            await s.execute(
+                text(
+                    "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, "
+                    "entity_type, entity_id, prev_hash, hash) VALUES ('au23', "
+                    "9223372036854775807, now(), 'x', 'x', 'x', 'x', sha256('a'), sha256('b'))"
+                )
+            )
+    more = [make_event.payment("au23", f"pay_{i}", 1) for i in range(5, 7)]
+    await write_events(app_engine, more, keyring=keyring)
+    assert (await verify_audit(app_engine, "au23", keyring)).ok

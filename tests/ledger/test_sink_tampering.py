@@ -59,18 +59,24 @@ async def test_an_audit_row_planted_ahead_of_the_head_stalls_rather_than_parks(
     keyring: MasterKeyring,
     make_event: EventFactory,
 ) -> None:
-    """A row at head + 2: every later batch meets it. As a data error each event was
-    parked in turn, the tenant's whole outcome stream dead-lettered."""
+    """A row planted at head + 1 (linked to the head: migration 0009 refuses one that
+    extends no chain, as one at head + 2 did): every later batch meets it. As a data
+    error each event was parked in turn, the tenant's whole outcome stream
+    dead-lettered."""
     t = _tenant()
     await write_events(app_engine, [make_event.payment(t, "pay_1")], keyring=keyring)
+    plant = text(
+        "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, "
+        "entity_type, entity_id, prev_hash, hash) VALUES (:t, :seq, now(), 'x', 'x', "
+        "'payment', 'pay_x', :prev, :h)"
+    )
+    with pytest.raises(Exception, match="audit_log rows extend their chain"):
+        async with tenant_session(app_engine, t) as s:
+            await s.execute(plant, {"t": t, "seq": 3, "prev": bytes(32), "h": bytes(32)})
     async with tenant_session(app_engine, t) as s:
+        head = (await s.execute(text("SELECT seq, hash FROM audit_heads"))).one()
         await s.execute(
-            text(
-                "INSERT INTO audit_log (tenant_id, seq, occurred_at, actor, action, "
-                "entity_type, entity_id, prev_hash, hash) VALUES (:t, 3, now(), 'x', 'x', "
-                "'payment', 'pay_x', :h, :h)"
-            ),
-            {"t": t, "h": bytes(32)},
+            plant, {"t": t, "seq": head.seq + 1, "prev": bytes(head.hash), "h": bytes(32)}
         )
     batch = [make_event.payment(t, "pay_2"), make_event.payment(t, "pay_3")]
     with pytest.raises(Exception) as planted:

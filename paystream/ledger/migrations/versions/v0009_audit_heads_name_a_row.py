@@ -1,4 +1,4 @@
-"""A tenant's audit head names the newest row of its chain, never a seq beyond it.
+"""A tenant's audit head names a row of its chain, and each row extends the chain.
 
 0004's trigger stops the head moving back; forward it took any (seq, hash). The
 application role, which moves the head, could set it to the largest bigint: every later
@@ -45,7 +45,26 @@ BEGIN
   RETURN NEW;
 END $$
 """
+# A row extends its tenant's chain: the first, or linked to the row before it. Else the
+# app role, which inserts rows, planted one at the last bigint and moved the head onto
+# it (review finding). The writer inserts a batch's rows in order, in one statement; a
+# row trigger's query sees the rows the statement inserted before it.
+_LINKED = """
+CREATE FUNCTION audit_log_linked() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+  IF NEW.seq <> 1 AND NOT EXISTS (
+       SELECT 1 FROM audit_log
+        WHERE tenant_id = NEW.tenant_id AND seq = NEW.seq - 1 AND hash = NEW.prev_hash
+     ) THEN
+    RAISE EXCEPTION 'audit_log rows extend their chain: seq % refused', NEW.seq
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN NEW;
+END $$
+"""
 assert f"search_path = {SEARCH_PATH} " in _FUNCTION  # (0008's, as its functions have)
+assert f"search_path = {SEARCH_PATH} " in _LINKED
 
 
 def upgrade() -> None:
@@ -54,8 +73,15 @@ def upgrade() -> None:
         "CREATE TRIGGER audit_heads_name_a_row BEFORE INSERT OR UPDATE ON audit_heads "
         "FOR EACH ROW EXECUTE FUNCTION audit_heads_name_a_row()"
     )
+    op.execute(_LINKED)
+    op.execute(
+        "CREATE TRIGGER audit_log_linked BEFORE INSERT ON audit_log "
+        "FOR EACH ROW EXECUTE FUNCTION audit_log_linked()"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER audit_log_linked ON audit_log")
+    op.execute("DROP FUNCTION audit_log_linked()")
     op.execute("DROP TRIGGER audit_heads_name_a_row ON audit_heads")
     op.execute("DROP FUNCTION audit_heads_name_a_row()")
