@@ -62,11 +62,21 @@ class RegistryState:
     unreadable_raw: dict[str, bytes] = field(default_factory=dict)
     invalid: int = 0  # records skipped as invalid, for the log and tests
     changes: int = 0  # records applied (and swaps): what is derived from it is redone
+    # Suspensions under keys paystream does not write: (tenant, key) → the record's time;
+    # and each tenant's own latest record's time. Such a suspension holds while it is
+    # newer than the tenant's record, whatever order the partitions are read in.
+    foreign_suspensions: dict[tuple[str, bytes], int] = field(default_factory=dict)
+    record_at: dict[str, int] = field(default_factory=dict)
+    own: dict[str, Tenant] = field(default_factory=dict)  # each one's record, as it says
 
-    def apply(self, key: bytes | None, value: bytes | None) -> str | None:
+    def apply(
+        self, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None
+    ) -> str | None:
         """One registry record: the tenant's new record, or a tombstone. Returns the
-        tenant id it concerns (None for a record without one)."""
+        tenant id it concerns (None for a record without one). ``timestamp_ms``: the
+        record's time (None: later than every record applied before)."""
         self.changes += 1
+        at = self.changes if timestamp_ms is None else timestamp_ms
         try:
             tenant_id = json.loads(key) if key else None
         except (ValueError, RecursionError):  # hostile nesting must not stop the mirror
@@ -79,10 +89,15 @@ class RegistryState:
             # partitions by the key's bytes, so it never replaces the tenant's own record
             # and may be read before it on a re-read. Only a suspension in it is honoured
             # (review finding: it was the tenant's record, and an active one could win).
+            # It holds while newer than the tenant's own record, read before it or after
+            # (review finding: honoured only when read after it, a restart reading the
+            # partitions in another order lost it, or undid an activation since).
+            foreign = (tenant_id, key or b"")  # (a key it is: the id came from it)
             if value is not None and _says_suspended(value):
-                kept = self.tenants.get(tenant_id)
-                if kept is not None:
-                    self.tenants[tenant_id] = _suspended(kept)
+                self.foreign_suspensions[foreign] = at
+            else:
+                self.foreign_suspensions.pop(foreign, None)
+            self._overlay(tenant_id)
             self._skip(f"a registry record for {tenant_id!r} under a key paystream does not write")
             return tenant_id
         self.unreadable_suspended.discard(tenant_id)
@@ -93,6 +108,8 @@ class RegistryState:
             self.tenants.pop(tenant_id, None)
             self.unreadable.discard(tenant_id)
             self.unreadable_raw.pop(tenant_id, None)
+            self.record_at.pop(tenant_id, None)
+            self.own.pop(tenant_id, None)
             return tenant_id
         try:
             tenant = Tenant.model_validate_json(value)
@@ -110,7 +127,26 @@ class RegistryState:
         self.tenants[tenant_id] = tenant
         self.unreadable.discard(tenant_id)
         self.unreadable_raw.pop(tenant_id, None)
+        self.record_at[tenant_id] = at
+        self.own[tenant_id] = tenant
+        self._overlay(tenant_id)
         return tenant_id
+
+    def _overlay(self, tenant_id: str) -> None:
+        """The tenant as its own record says, suspended while a suspension under another
+        key is newer than that record (or its newest record, unreadable here, says so)."""
+        own = self.own.get(tenant_id)
+        if own is None:
+            return  # (none read: nothing to suspend; its first record will be)
+        since = self.record_at.get(tenant_id, -1)
+        suspended = tenant_id in self.unreadable_suspended or any(
+            at > since
+            for (tenant, _), at in self.foreign_suspensions.items()
+            if tenant == tenant_id
+        )
+        self.tenants[tenant_id] = (
+            _suspended(own) if suspended and own.status is not TenantStatus.SUSPENDED else own
+        )
 
     def _unreadable(self, tenant_id: str, value: bytes, what: str) -> None:
         """Keep the tenant's last record this worker could read, but never miss a
@@ -186,9 +222,11 @@ class RegistryMirror:
         is redone when it moves."""
         return self._state.changes
 
-    def apply(self, key: bytes | None, value: bytes | None) -> str | None:
+    def apply(
+        self, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None
+    ) -> str | None:
         """Apply one registry record to the tenants served now."""
-        return self._state.apply(key, value)
+        return self._state.apply(key, value, timestamp_ms)
 
     def has_ingress_key(self, key_id: str) -> bool:
         """Does any tenant hold an ingress key of this id? (Asked before a request's body
@@ -215,6 +253,9 @@ class RegistryMirror:
         self.unreadable.update(loaded.unreadable)
         self._state.unreadable_suspended = loaded.unreadable_suspended
         self._state.unreadable_raw = loaded.unreadable_raw
+        self._state.foreign_suspensions = loaded.foreign_suspensions
+        self._state.record_at = loaded.record_at
+        self._state.own = loaded.own
         # A re-read meets the records skipped before again: count them once.
         self._state.invalid = max(self._state.invalid, loaded.invalid)
         self._state.changes += 1
@@ -283,7 +324,7 @@ class RegistryMirror:
                 state = loading or self._state
                 for records in batch.values():
                     for r in records:
-                        state.apply(r.key, r.value)
+                        state.apply(r.key, r.value, r.timestamp)
                 if behind:
                     behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
                 if not behind and loading is not None:

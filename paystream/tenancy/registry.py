@@ -318,7 +318,7 @@ async def _read_registry_with_ends(
             batch = await consumer.getmany(*pending, timeout_ms=1000)
             for records in batch.values():
                 for r in records:
-                    registry.apply(r.key, r.value)
+                    registry.apply(r.key, r.value, r.timestamp)
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
         return registry, dict(ends)
     finally:

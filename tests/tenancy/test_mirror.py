@@ -313,6 +313,7 @@ class _FetchInTwo:
 class _Record:
     def __init__(self, tenant: Tenant, offset: int) -> None:
         self.offset = offset
+        self.timestamp = 1_000 + offset
         self.key = json.dumps(tenant.tenant_id).encode()
         self.value = _value(tenant)
 
