@@ -156,11 +156,11 @@ class IngressClient:
                         why = "429"
                     else:
                         maybe_taken = True
-                        if resp.status != 503:
+                        if resp.status not in _SENT_AGAIN:
                             return await _answer(resp, command_id)
                         failures += 1
                         retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
-                        why = "503"
+                        why = str(resp.status)
             except aiohttp.ClientConnectorError as exc:  # not connected: nothing sent
                 failures += 1
                 why = type(exc).__name__
@@ -177,6 +177,12 @@ class IngressClient:
         # Out of attempts or time, the last answer a 503 or 429: no answer, and whether
         # any attempt may have been taken (then only the same id may be sent again).
         raise IngressUnreachable(command_id, maybe_taken, why or "out of time")
+
+
+# Sent again as the same command: the ingress's 503, and a proxy's 502 or 504 (the
+# ingress behind it may have taken the command; answered as a refusal, its sender might
+# have sent it again as a new one: review finding).
+_SENT_AGAIN = frozenset({502, 503, 504})
 
 
 def _wait_seconds(wait: float | None) -> int:

@@ -41,6 +41,10 @@ async def flaky() -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
                 status=429,
                 headers={"Retry-After": "1"},
             )
+        if status in (502, 504):  # a proxy's page: the ingress behind it did not answer
+            return aiohttp.web.Response(
+                text=f"<html>{status} Gateway</html>", status=status, content_type="text/html"
+            )
         if status == 503:
             return aiohttp.web.json_response(
                 {"error": "unavailable", "message": "later"},
@@ -177,3 +181,21 @@ async def test_a_login_in_the_base_url_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="holds a login") as info:
         IngressClient("http://user:pw@127.0.0.1:9", "k")
     assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_proxys_gateway_error_is_sent_again_and_may_have_been_taken(
+    flaky: tuple[str, list[bytes], list[int]], status: int
+) -> None:
+    """The ingress behind a proxy may have taken the command: reported as a refusal, its
+    sender might have sent it again as a new one (review finding)."""
+    url, bodies, plan = flaky
+    plan.extend([status])
+    async with IngressClient(url, "psk_test", retries=3) as client:
+        answer = await client.command("customer.create", "shop", {}, command_id="c-5")
+    assert answer == Accepted("shop", "c-5", "c-5") and len(set(bodies)) == 1
+    plan.extend([status] * 5)
+    async with IngressClient(url, "psk_test", retries=1) as client:
+        with pytest.raises(IngressUnreachable) as unanswered:
+            await client.command("customer.create", "shop", {}, command_id="c-6")
+    assert unanswered.value.maybe_taken and str(status) in str(unanswered.value)
