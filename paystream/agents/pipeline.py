@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import json
 import logging
@@ -1395,15 +1396,16 @@ class CommandProcessor:
             return False  # (every other caller asked the entities already)
         provider = str(gateway.provider)
         capabilities = frozenset(getattr(gateway, "capabilities", ()))
-        call = await first_provider_call(
+        probe = functools.partial(
+            first_provider_call,
             self.tables,
             cmd,
             data,
             request_hash,
             provider,
             id_window_seconds=self._id_window,
-            capabilities=capabilities,
         )
+        call = await probe(capabilities=capabilities)
         if call == EFFECT_RECORDED or (call == ANSWERED_BY_ANOTHER and parked_unanswered):
             # An entity says it took effect: the run answers from it, whenever it comes.
             # Or another command of the same request made it: a command parked
@@ -1433,15 +1435,7 @@ class CommandProcessor:
         # out (or the other way round): the tenant's `webhooks` changed since. Asked
         # about that form too, it is this very request all the same (review finding:
         # charged, then refused `tenant_suspended`).
-        other = await first_provider_call(
-            self.tables,
-            cmd,
-            data,
-            request_hash,
-            provider,
-            id_window_seconds=self._id_window,
-            capabilities=capabilities ^ {Capability.WEBHOOKS},
-        )
+        other = await probe(capabilities=capabilities ^ {Capability.WEBHOOKS})
         requests = [call.request]
         if (
             isinstance(other, ProviderCall)
