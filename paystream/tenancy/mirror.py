@@ -135,15 +135,20 @@ class RegistryState:
     def _overlay(self, tenant_id: str) -> None:
         """The tenant as its own record says, suspended while a suspension under another
         key is newer than that record (or its newest record, unreadable here, says so)."""
-        own = self.own.get(tenant_id)
-        if own is None:
-            return  # (none read: nothing to suspend; its first record will be)
         since = self.record_at.get(tenant_id, -1)
         suspended = tenant_id in self.unreadable_suspended or any(
             at > since
             for (tenant, _), at in self.foreign_suspensions.items()
             if tenant == tenant_id
         )
+        own = self.own.get(tenant_id)
+        if own is None:
+            # None read here (its only record left unreadable, served as a re-read
+            # kept it: RegistryMirror._swap_in): a suspension holds all the same.
+            kept = self.tenants.get(tenant_id)
+            if kept is not None and suspended:
+                self.tenants[tenant_id] = _suspended(kept)
+            return
         self.tenants[tenant_id] = (
             _suspended(own) if suspended and own.status is not TenantStatus.SUSPENDED else own
         )

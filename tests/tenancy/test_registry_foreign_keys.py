@@ -70,3 +70,12 @@ def test_the_newest_says_whatever_the_read_order(
         queues = [list(own), list(foreign)]
         order = [queues[which].pop(0) for which in pattern]
         assert _status(order) is expected, order
+
+
+def test_a_tenant_served_from_an_earlier_read_is_suspended_all_the_same() -> None:
+    """Its only record left is one this worker cannot read (a re-read kept what it served
+    before): no record of its own here, and a suspension under another key still holds."""
+    state = RegistryState()
+    state.tenants["acme"] = Tenant(tenant_id="acme")  # (as RegistryMirror._swap_in keeps it)
+    state.apply(FOREIGN, _record("suspended"), 5)
+    assert state.tenants["acme"].status is TenantStatus.SUSPENDED
