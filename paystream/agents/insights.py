@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from paystream.app import app, settings
 from paystream.insights.events import alert_event, window_event
 from paystream.insights.observe import observe
+from paystream.insights.seen_index import SeenIndex
 from paystream.insights.state import WINDOWS_MAX, InsightsConfig, TenantInsights, window_start
 from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
@@ -55,7 +56,13 @@ ENABLED = settings.runs("insights")
 
 # How often an idle worker looks for windows to publish and ids to forget.
 TICK_SECONDS = 1.0
-SEEN_SWEEP_SECONDS = 30.0
+# Counted ids forgotten a tick: at least this many of those due, or a 60th of them. A
+# window's ids come due together (at 1,000 outcomes/s, 60,000 of them, ~15 µs each to
+# delete): deleted in one tick, they held the loop, and every command, for about a
+# second. Spread, a tick deletes about as many as came in a second, whatever the rate
+# (the due backlog settles near 60 s of ids).
+SEEN_FORGET_PER_TICK = 500
+SEEN_FORGET_TICKS = 60
 RECENT_ALERTS = 50  # alerts the dashboard shows
 
 _Published = tuple[str, KafkaRecord]  # (topic, record)
@@ -115,7 +122,8 @@ class InsightsRunner:
         self._partition_stream: dict[int, int] = {}
         self._partitioner: KeyPartitioner | None = None
         self._ticked = 0.0
-        self._swept = 0.0
+        # The counted ids by tenant and window, to forget the old without a full scan.
+        self._seen_index = SeenIndex()
         self._generation: int | None = None  # of the last takeover republished
         self._tried: int | None = None
         # (table, key) → (table, key, value before, partition): see _undone_on_failure.
@@ -296,6 +304,7 @@ class InsightsRunner:
             self._skips.append(SKIPPED.labels("late"))
         ws = window_start(seen.time_ms, self.config.window_ms)
         self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
+        self._seen_index.add(tenant_id, ws, key, msg.partition)
         # The fraud rules clamp a command dated ahead to ``produced_at``, so a batch
         # counted again publishes the same alert ids (the worker's clock moved on would not).
         # Nor earlier than a horizon before stream time (a record time far past): fraud
@@ -336,8 +345,27 @@ class InsightsRunner:
             return  # (a takeover's republication that failed waits a tick too)
         self._ticked, self._tried = now, generation
         now_ms = int(now * 1000)
-        out: list[_Published] = []
         streams: dict[str, int] = {}  # tenant → stream time (for its counted ids)
+        forgotten: list[tuple[str, int, str, int]] = []
+        try:
+            await self._tick(now_ms, owned, taken_over, streams, forgotten)
+        except BaseException:
+            # The table's deletions are undone (_undone_on_failure): the index's too.
+            for tenant_id, start, key, partition in forgotten:
+                self._seen_index.add(tenant_id, start, key, partition)
+            raise
+        # Only once durable: a failed takeover tick publishes everything again.
+        self._generation = generation
+
+    async def _tick(
+        self,
+        now_ms: int,
+        owned: Callable[[int], bool],
+        taken_over: bool,
+        streams: dict[str, int],
+        forgotten: list[tuple[str, int, str, int]],
+    ) -> None:
+        out: list[_Published] = []
         with collect_changelog() as changelog, self._undone_on_failure():
             located = []
             for tenant_id, raw, partition in _located(self.state):
@@ -374,32 +402,47 @@ class InsightsRunner:
                 streams[tenant_id] = st.stream_time(now_ms)
                 if taken_over or st.dump() != raw:
                     self._write(self.state, tenant_id, st.dump(), partition)
-            sweep = now - self._swept >= SEEN_SWEEP_SECONDS
-            if sweep:
-                self._forget_seen(now_ms, owned, streams)
+            self._forget_seen(now_ms, owned, streams, forgotten)
             records = changelog.records()
             if records or out:
                 await self._produce(records, out, changelog)
-        # Only once durable: a failed takeover tick publishes everything again.
-        self._generation = generation
-        if sweep:
-            self._swept = now
 
     def _forget_seen(
-        self, now_ms: int, owned: Callable[[int], bool], streams: Mapping[str, int]
+        self,
+        now_ms: int,
+        owned: Callable[[int], bool],
+        streams: Mapping[str, int],
+        forgotten: list[tuple[str, int, str, int]],
     ) -> None:
         """Drop the ids of outcomes now past the horizon by their tenant's stream time
         (``streams``): a re-emission of one is late, whenever it is read. (By the clock,
         one read in a backlog after its id was forgotten counted again: review.) An id
-        without its tenant's record (none is deleted; defensive) goes by the clock."""
+        without its tenant's record (none is deleted; defensive) goes by the clock.
+        Appends what it dropped to ``forgotten`` (index entries to restore on failure)."""
+        index = self._seen_index
+        generation = app.consumer_generation_id
+        if not index.current(generation):
+            # Partitions recovered since (or never read): the table is the truth.
+            index.rebuild((e for e in _located(self.seen) if owned(e[2])), generation)
         margin = self.config.horizon_ms + self.config.window_ms
-        for key, value, partition in _located(self.seen):
-            if not owned(partition):
-                continue
-            tenant_id = str(key).split(":", 1)[0]  # (tenant ids have no colon)
-            if value[0] >= streams.get(tenant_id, now_ms) - margin:
-                continue
-            self._write(self.seen, key, None, partition)
+        cutoffs = {tenant_id: at - margin for tenant_id, at in streams.items()}
+        default = now_ms - margin
+        due = index.due_count(cutoffs, default)
+        budget = max(SEEN_FORGET_PER_TICK, -(-due // SEEN_FORGET_TICKS))
+        for tenant_id, start, ids in index.due(cutoffs, default):
+            for key, partition in list(ids.items()):
+                if budget <= 0:
+                    return
+                del ids[key]
+                if not owned(partition):
+                    continue  # (moved away: a rebalance, and a rebuild, follow)
+                with at_partition(self._topic, partition):
+                    value = self.seen.get(key)
+                if not (isinstance(value, list) and value and value[0] == start):
+                    continue  # gone (its batch undone) or indexed again under another window
+                self._write(self.seen, key, None, partition)
+                forgotten.append((tenant_id, start, key, partition))
+                budget -= 1
 
     async def _produce(
         self, changelog_records: list[OutRecord], out: list[_Published], batch: Any

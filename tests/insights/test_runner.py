@@ -279,7 +279,6 @@ async def test_with_rocksdb_quiet_tenants_windows_are_published_and_ids_forgotte
             )
         ]
     )
-    h.runner._swept = 0.0  # (the sweep of ids is due)
     await h.runner.tick(lambda p: True)
     assert [k for k, _ in h.seen.items() if k.startswith("acme:")] == []
     assert h.state.get("acme")["windows"] == {}
