@@ -454,8 +454,19 @@ def _delivery_order(batch: ProcessedBatch) -> list[list[OutRecord]]:
     `not_found` charged once its customer exists; an export listing a payment it had not
     seen, under the same event id). So such a batch produces its decisions first and
     waits for them, then the rest: whatever of the rest landed, every decision did. (One
-    broker round trip more, for those batches only.)"""
-    if not any(_decided_without_entity(e) for e in batch.emits):
+    broker round trip more, for those batches only.)
+
+    So does a batch that changes an entity some commands read without writing (a
+    payment's customer and payment method, an attach's customer, a refund's dispute):
+    with a charge's own writes lost and a later detach of its payment method landed, the
+    charge's redelivery was refused `invalid_state`, its card charged at the provider
+    under that key and no payment recorded (review finding)."""
+    read_by_others = {
+        _changelog_name(table) for table in (t.customers, t.payment_methods, t.disputes)
+    }
+    if not any(_decided_without_entity(e) for e in batch.emits) and not any(
+        r.topic in read_by_others for r in batch.records
+    ):
         return [batch.records]
     decisions = {_changelog_name(t.idempotency), _changelog_name(t.limits)}
     first = [r for r in batch.records if r.topic in decisions]
