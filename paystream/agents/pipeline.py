@@ -119,6 +119,7 @@ from paystream.tables.records import (
     IdempotencyState,
     StoredOutcome,
     applied_entry,
+    scrub_customer_applied,
     scrub_customer_outcome,
     trim_applied,
 )
@@ -2348,6 +2349,10 @@ class CommandProcessor:
             ):
                 continue
             applied = dict((current or {}).get("applied") or {})
+            if outcome.type == "customer.erased":
+                # The erasure's own write lost: the outcomes the record remembers from
+                # before it still held the personal data it blanked (review finding).
+                applied = scrub_customer_applied(applied, str(image.get("id", "")))
             applied[command_id] = applied_entry(outcome, request_hash, id_salt, emitted)
             trim_applied(applied, self.committed, keep=image.get("created_by"))
             table[key] = {**image, "entity_type": entity_type, "applied": applied}

@@ -1,0 +1,254 @@
+"""A crash may land any of a batch's changelog partitions and lose the rest; a batch's
+redelivery must then answer every command as it did, end with the same tables, and move
+no money twice: pairs of commands on related entities in one batch.
+
+tests/agents/test_lost_writes.py does this for one command's writes. Two commands add
+what one cannot: a later command's landed change to an entity the earlier one only read
+(a payment's customer or payment method), with the earlier one's own writes lost. The
+batch's records are produced as `_delivery_order` (agents/commands.py) groups them: when
+it lands the decisions (idempotency records) first, a crash loses only what follows them;
+otherwise any table may be lost. A table is one changelog partition here (a tenant's
+records of a table all go to one), landed or lost whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.agents import commands
+from paystream.agents.commands import ProcessedBatch, _changelog_name
+from paystream.client import build_command
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.streams.batch_producer import OutRecord
+from paystream.tables import definitions as t
+from paystream.tables.changelog import ChangelogBatch
+from paystream.tenancy.models import Tenant
+from tests.agents.harness import Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+WHEN_MS = 1_700_000_000_000
+ENTITIES = ("customers", "payment_methods", "payments", "refunds", "disputes")
+TABLES = (*ENTITIES, "idempotency")
+
+# A pair: its setup (run first, cleanly) returns the batch's two commands.
+Pair = Callable[[Harness, str], Awaitable[list[CloudEvent]]]
+
+
+async def _customer_with_method(h: Harness, tenant: str) -> None:
+    await h.send("customer.create", tenant, {"customer_id": "cus1", "email": "a@example.com"})
+    attach = {"customer_id": "cus1", "token": "pm_card_visa", "payment_method_id": "pm1"}
+    assert kind(await h.send("payment_method.attach", tenant, attach)) == "payment_method.attached"
+
+
+def _charge(tenant: str, pid: str = "pay1", **more: Any) -> CloudEvent:
+    body = {"payment_id": pid, "amount": 1000, "currency": "USD", **more}
+    return build_command("payment.create", tenant, body)
+
+
+async def _charge_then_detach(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        _charge(tenant, customer_id="cus1", payment_method_id="pm1"),
+        build_command("payment_method.detach", tenant, {"payment_method_id": "pm1"}),
+    ]
+
+
+async def _charge_then_delete_customer(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        _charge(tenant, customer_id="cus1", payment_method_id="pm1"),
+        build_command("customer.delete", tenant, {"customer_id": "cus1"}),
+    ]
+
+
+async def _charge_then_erase_customer(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        _charge(tenant, customer_id="cus1", payment_method_id="pm1"),
+        build_command("customer.erase", tenant, {"customer_id": "cus1"}),
+    ]
+
+
+async def _detach_then_charge(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        build_command("payment_method.detach", tenant, {"payment_method_id": "pm1"}),
+        _charge(tenant, customer_id="cus1", payment_method_id="pm1"),
+    ]
+
+
+async def _attach_then_delete_customer(h: Harness, tenant: str) -> list[CloudEvent]:
+    await h.send("customer.create", tenant, {"customer_id": "cus1", "email": "a@example.com"})
+    attach = {"customer_id": "cus1", "token": "pm_card_visa", "payment_method_id": "pm2"}
+    return [
+        build_command("payment_method.attach", tenant, attach),
+        build_command("customer.delete", tenant, {"customer_id": "cus1"}),
+    ]
+
+
+async def _attach_then_charge_it(h: Harness, tenant: str) -> list[CloudEvent]:
+    await h.send("customer.create", tenant, {"customer_id": "cus1", "email": "a@example.com"})
+    attach = {"customer_id": "cus1", "token": "pm_card_visa", "payment_method_id": "pm2"}
+    return [
+        build_command("payment_method.attach", tenant, attach),
+        _charge(tenant, customer_id="cus1", payment_method_id="pm2"),
+    ]
+
+
+async def _update_customer_then_charge(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        build_command("customer.update", tenant, {"customer_id": "cus1", "name": "B"}),
+        _charge(tenant, customer_id="cus1", payment_method_id="pm1"),
+    ]
+
+
+async def _charge_then_refund_it(h: Harness, tenant: str) -> list[CloudEvent]:
+    return [
+        _charge(tenant, payment_method_token="pm_card_visa"),
+        build_command("refund.create", tenant, {"payment_id": "pay1", "amount": 400}),
+    ]
+
+
+async def _two_refunds_past_the_amount(h: Harness, tenant: str) -> list[CloudEvent]:
+    _, out = await h.send_event(_charge(tenant, payment_method_token="pm_card_visa"))
+    assert out is not None and kind(out) == "payment.succeeded", out
+    return [
+        build_command("refund.create", tenant, {"payment_id": "pay1", "amount": 600}),
+        build_command("refund.create", tenant, {"payment_id": "pay1", "amount": 600}),
+    ]
+
+
+async def _capture_then_cancel(h: Harness, tenant: str) -> list[CloudEvent]:
+    auth = _charge(tenant, payment_method_token="pm_card_visa", capture="manual")
+    _, out = await h.send_event(auth)
+    assert out is not None and kind(out) == "payment.authorized", out
+    return [
+        build_command("payment.capture", tenant, {"payment_id": "pay1", "amount": 600}),
+        build_command("payment.cancel", tenant, {"payment_id": "pay1"}),
+    ]
+
+
+async def _refund_then_accept_dispute(h: Harness, tenant: str) -> list[CloudEvent]:
+    _, out = await h.send_event(_charge(tenant, payment_method_token="pm_card_createDispute"))
+    assert out is not None
+    dispute_id = str(data(out)["object"]["dispute_id"])
+    return [
+        build_command("refund.create", tenant, {"payment_id": "pay1", "amount": 100}),
+        build_command("dispute.accept", tenant, {"dispute_id": dispute_id}),
+    ]
+
+
+async def _accept_dispute_then_refund(h: Harness, tenant: str) -> list[CloudEvent]:
+    first = await _refund_then_accept_dispute(h, tenant)
+    return [first[1], first[0]]
+
+
+PAIRS: dict[str, Pair] = {
+    "charge_then_detach": _charge_then_detach,
+    "charge_then_delete_customer": _charge_then_delete_customer,
+    "charge_then_erase_customer": _charge_then_erase_customer,
+    "detach_then_charge": _detach_then_charge,
+    "attach_then_delete_customer": _attach_then_delete_customer,
+    "attach_then_charge_it": _attach_then_charge_it,
+    "update_customer_then_charge": _update_customer_then_charge,
+    "charge_then_refund_it": _charge_then_refund_it,
+    "two_refunds_past_the_amount": _two_refunds_past_the_amount,
+    "capture_then_cancel": _capture_then_cancel,
+    "refund_then_accept_dispute": _refund_then_accept_dispute,
+    "accept_dispute_then_refund": _accept_dispute_then_refund,
+}
+
+
+def _state(h: Harness) -> dict[str, dict[str, Any]]:
+    state = {name: copy.deepcopy(dict(getattr(h.tables, name))) for name in ENTITIES}
+    for records in state.values():  # (when a command was applied: a replay's own clock)
+        for record in records.values():
+            for entry in (record.get("applied") or {}).values():
+                entry.pop("at", None)
+    state["idempotency"] = {
+        k: {**v, "expires_at": None} for k, v in copy.deepcopy(h.idempotency).items()
+    }
+    return state
+
+
+def _mapping(h: Harness, table: str) -> Any:
+    return h.idempotency if table == "idempotency" else getattr(h.tables, table)
+
+
+async def _effects(h: Harness, tenant: str) -> list[tuple[str, str]]:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return sorted((e.kind, e.idempotency_key) for e in await gateway.effects())
+
+
+async def _run(h: Harness, batch: list[CloudEvent]) -> list[Any]:
+    emits = []
+    for offset, event in enumerate(batch, start=100):  # (as read: partition 0, an offset)
+        emitted, _ = await h.send_event(event, timestamp_ms=WHEN_MS, offset=offset)
+        emits += emitted
+    return emits
+
+
+def _decisions_first(emits: list[Any], written: set[str]) -> bool:
+    """Whether the worker lands this batch's decisions before the rest."""
+    records = [OutRecord(_changelog_name(getattr(t, name)), 0, b"k", b"v") for name in written]
+    batch = ProcessedBatch([], emits, records, ChangelogBatch())
+    return len(commands._delivery_order(batch)) == 2
+
+
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+async def test_a_batch_redelivered_after_any_crash_is_answered_as_it_was(
+    harness: Harness, pair: str
+) -> None:
+    h = harness
+    subsets_run = 0
+    for n in itertools.count():
+        tenant = h.add_tenant()
+        batch = await PAIRS[pair](h, tenant)
+        before = _state(h)
+        emits = await _run(h, batch)
+        after = _state(h)
+        effects = await _effects(h, tenant)
+        written = {
+            name
+            for name in TABLES
+            if any(
+                after[name].get(k) != before[name].get(k)
+                for k in after[name].keys() | before[name].keys()
+            )
+        }
+        decided_first = _decisions_first(emits, written)
+        may_lose = sorted(written - {"idempotency"} if decided_first else written)
+        subsets = [
+            lost
+            for size in range(1, len(may_lose) + 1)
+            for lost in itertools.combinations(may_lose, size)
+        ]
+        if n >= len(subsets):
+            break
+        if n == 0:
+            assert len(written) >= 2, (pair, written)
+        lost = subsets[n]
+        for name in lost:
+            mapping = _mapping(h, name)
+            for key in after[name].keys() | before[name].keys():
+                if key in before[name]:
+                    mapping[key] = copy.deepcopy(before[name][key])
+                else:
+                    mapping.pop(key, None)
+        replayed = await _run(h, batch)
+        label = f"{pair}: lost {lost} (decisions first: {decided_first})"
+        outcomes = [e.record for e in emits if e.topic == h.settings.events_topic]
+        assert [e.record for e in replayed if e.topic == h.settings.events_topic] == outcomes, label
+        assert _state(h) == after, label
+        assert await _effects(h, tenant) == effects, label
+        subsets_run += 1
+    assert subsets_run >= 1
