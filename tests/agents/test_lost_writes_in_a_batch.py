@@ -151,6 +151,111 @@ async def _accept_dispute_then_refund(h: Harness, tenant: str) -> list[CloudEven
     return [first[1], first[0]]
 
 
+async def _create_customer_then_attach(h: Harness, tenant: str) -> list[CloudEvent]:
+    attach = {"customer_id": "cus9", "token": "pm_card_visa", "payment_method_id": "pm9"}
+    return [
+        build_command("customer.create", tenant, {"customer_id": "cus9", "email": "z@x.io"}),
+        build_command("payment_method.attach", tenant, attach),
+    ]
+
+
+async def _delete_customer_then_detach(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        build_command("customer.delete", tenant, {"customer_id": "cus1"}),
+        build_command("payment_method.detach", tenant, {"payment_method_id": "pm1"}),
+    ]
+
+
+async def _authorize_then_capture(h: Harness, tenant: str) -> list[CloudEvent]:
+    return [
+        _charge(tenant, payment_method_token="pm_card_visa", capture="manual"),
+        build_command("payment.capture", tenant, {"payment_id": "pay1"}),
+    ]
+
+
+async def _authorize_then_cancel(h: Harness, tenant: str) -> list[CloudEvent]:
+    return [
+        _charge(tenant, payment_method_token="pm_card_visa", capture="manual"),
+        build_command("payment.cancel", tenant, {"payment_id": "pay1"}),
+    ]
+
+
+async def _capture_then_refund(h: Harness, tenant: str) -> list[CloudEvent]:
+    auth = _charge(tenant, payment_method_token="pm_card_visa", capture="manual")
+    _, out = await h.send_event(auth)
+    assert out is not None and kind(out) == "payment.authorized", out
+    return [
+        build_command("payment.capture", tenant, {"payment_id": "pay1", "amount": 700}),
+        build_command("refund.create", tenant, {"payment_id": "pay1"}),
+    ]
+
+
+async def _refund_then_refund_the_rest(h: Harness, tenant: str) -> list[CloudEvent]:
+    _, out = await h.send_event(_charge(tenant, payment_method_token="pm_card_visa"))
+    assert out is not None and kind(out) == "payment.succeeded", out
+    return [
+        build_command("refund.create", tenant, {"payment_id": "pay1", "amount": 250}),
+        build_command("refund.create", tenant, {"payment_id": "pay1"}),
+    ]
+
+
+async def _charge_then_refresh(h: Harness, tenant: str) -> list[CloudEvent]:
+    return [
+        _charge(tenant, payment_method_token="pm_card_authenticationRequired"),
+        build_command("payment.refresh", tenant, {"payment_id": "pay1"}),
+    ]
+
+
+async def _evidence_then_accept(h: Harness, tenant: str) -> list[CloudEvent]:
+    _, out = await h.send_event(_charge(tenant, payment_method_token="pm_card_createDispute"))
+    assert out is not None
+    dispute_id = str(data(out)["object"]["dispute_id"])
+    evidence = {"dispute_id": dispute_id, "evidence": {"uncategorized_text": "shipped"}}
+    return [
+        build_command("dispute.submit_evidence", tenant, {**evidence, "submit": False}),
+        build_command("dispute.accept", tenant, {"dispute_id": dispute_id}),
+    ]
+
+
+async def _two_updates_of_a_customer(h: Harness, tenant: str) -> list[CloudEvent]:
+    await h.send("customer.create", tenant, {"customer_id": "cus1", "email": "a@example.com"})
+    return [
+        build_command("customer.update", tenant, {"customer_id": "cus1", "name": "B"}),
+        build_command("customer.update", tenant, {"customer_id": "cus1", "email": "c@x.io"}),
+    ]
+
+
+async def _charge_then_export(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        _charge(tenant, customer_id="cus1", payment_method_id="pm1"),
+        build_command("customer.export", tenant, {"customer_id": "cus1"}),
+    ]
+
+
+async def _erase_then_export(h: Harness, tenant: str) -> list[CloudEvent]:
+    await _customer_with_method(h, tenant)
+    return [
+        build_command("customer.erase", tenant, {"customer_id": "cus1"}),
+        build_command("customer.export", tenant, {"customer_id": "cus1"}),
+    ]
+
+
+async def _one_payment_id_twice(h: Harness, tenant: str) -> list[CloudEvent]:
+    return [
+        _charge(tenant, payment_method_token="pm_card_visa"),
+        _charge(tenant, payment_method_token="pm_card_mastercard"),
+    ]
+
+
+async def _declined_then_charged(h: Harness, tenant: str) -> list[CloudEvent]:
+    return [
+        _charge(tenant, payment_method_token="pm_card_chargeDeclined"),
+        _charge(tenant, "pay2", payment_method_token="pm_card_visa"),
+    ]
+
+
 PAIRS: dict[str, Pair] = {
     "charge_then_detach": _charge_then_detach,
     "charge_then_delete_customer": _charge_then_delete_customer,
@@ -164,6 +269,19 @@ PAIRS: dict[str, Pair] = {
     "capture_then_cancel": _capture_then_cancel,
     "refund_then_accept_dispute": _refund_then_accept_dispute,
     "accept_dispute_then_refund": _accept_dispute_then_refund,
+    "create_customer_then_attach": _create_customer_then_attach,
+    "delete_customer_then_detach": _delete_customer_then_detach,
+    "authorize_then_capture": _authorize_then_capture,
+    "authorize_then_cancel": _authorize_then_cancel,
+    "capture_then_refund": _capture_then_refund,
+    "refund_then_refund_the_rest": _refund_then_refund_the_rest,
+    "charge_then_refresh": _charge_then_refresh,
+    "evidence_then_accept": _evidence_then_accept,
+    "two_updates_of_a_customer": _two_updates_of_a_customer,
+    "charge_then_export": _charge_then_export,
+    "erase_then_export": _erase_then_export,
+    "one_payment_id_twice": _one_payment_id_twice,
+    "declined_then_charged": _declined_then_charged,
 }
 
 
