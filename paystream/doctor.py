@@ -32,7 +32,6 @@ from aiokafka.structs import TopicPartition
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from paystream.errors import PaystreamError
 from paystream.settings import Settings
@@ -147,8 +146,10 @@ async def check_database(settings: Settings) -> str:
     if settings.database_url is None:
         # Optional: only the ledger needs it (the workers run without one).
         return "DATABASE_URL not set: no ledger (outcomes are not stored in PostgreSQL)"
+    from paystream.ledger.session import create_engine
+
     url = make_url(settings.database_url).set(drivername="postgresql+asyncpg")
-    engine = create_async_engine(url, pool_pre_ping=False)
+    engine = create_engine(url, pool_pre_ping=False)
     try:
         async with engine.connect() as conn:
             one = (await conn.execute(text("select 1"))).scalar_one()

@@ -17,12 +17,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from paystream.devstack._process import free_port
 from paystream.devstack.worker import WorkerProcess
 from paystream.ledger.migrate import APP_ROLE, create_database, upgrade
+from paystream.ledger.session import create_engine
 from paystream.ledger.sink import asyncpg_url
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers
@@ -143,7 +143,7 @@ async def _app_password(url: str, settings: Settings) -> str:
     phase is skipped."""
     if settings.db_app_password is not None:
         return settings.db_app_password.get_secret_value()
-    engine = create_async_engine(url, poolclass=NullPool)
+    engine = create_engine(url, poolclass=NullPool, pool_pre_ping=False)
     try:
         async with engine.connect() as conn:
             logs_in = await conn.scalar(

@@ -16,11 +16,12 @@ from scramp import ScramException
 from scramp.core import saslprep
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool
 
 from paystream.errors import ConfigurationError
 from paystream.ledger.errors import LedgerError
+from paystream.ledger.session import create_engine
 
 __all__ = [
     "APP_ROLE",
@@ -61,7 +62,7 @@ def _run(connection: Connection, action: str, revision: str) -> None:
 
 async def _migrate(database_url: str, action: str, revision: str, password: str | None) -> None:
     # NullPool: a one-shot tool should leave no pooled connection behind.
-    engine = create_async_engine(database_url, poolclass=NullPool)
+    engine = create_engine(database_url, poolclass=NullPool, pool_pre_ping=False)
     try:
         async with engine.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
@@ -93,7 +94,7 @@ def head() -> str | None:
 
 async def current(database_url: str) -> str | None:
     """The database's current revision, or None if never migrated."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
+    engine = create_engine(database_url, poolclass=NullPool, pool_pre_ping=False)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(

@@ -7,23 +7,55 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import text
+import asyncpg
+from sqlalchemy import URL, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from paystream.ledger.errors import LedgerError, RlsNotEnforcedError
 from paystream.ledger.models import TENANT_TABLES
 from paystream.tenancy.models import TENANT_ID_PATTERN
 
-__all__ = ["TENANT_SETTING", "assert_rls_enforced", "create_engine", "tenant_session"]
+__all__ = [
+    "LIBPQ_TLS_PARAMS",
+    "TENANT_SETTING",
+    "assert_rls_enforced",
+    "create_engine",
+    "tenant_session",
+]
 
 TENANT_SETTING = "app.current_tenant_id"
 _TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
 
-def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
-    """An asyncpg engine; ``pool_pre_ping`` so a restarted database costs one retry, not a crash."""
+# libpq's TLS parameters, the form managed PostgreSQL services hand out
+# (``?sslmode=verify-full&sslrootcert=/path/ca.pem``). SQLAlchemy passes a URL's query to
+# asyncpg.connect() as keyword arguments, which has none of these (a TypeError on every
+# connect); asyncpg reads them, as libpq does, only from a DSN.
+LIBPQ_TLS_PARAMS = frozenset(
+    {"sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword"}
+    | {"ssl_min_protocol_version", "ssl_max_protocol_version"}
+)
+
+
+def create_engine(database_url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """An asyncpg engine; ``pool_pre_ping`` (unless given) so a restarted database costs
+    one retry, not a crash. A URL with libpq's TLS parameters connects through a DSN
+    that carries them (verified TLS: ``sslmode=verify-full`` and ``sslrootcert``)."""
     kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(database_url, **kwargs)
+    url = make_url(database_url)
+    if not LIBPQ_TLS_PARAMS & url.query.keys():
+        return create_async_engine(url, **kwargs)
+    query = dict(url.query)
+    if "ssl" in query:  # (SQLAlchemy's asyncpg spelling of sslmode)
+        query.setdefault("sslmode", query.pop("ssl"))
+    dsn = url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
+    connect_args = dict(kwargs.pop("connect_args", None) or {})
+
+    async def connect() -> Any:
+        return await asyncpg.connect(dsn, **connect_args)
+
+    bare = url.difference_update_query([*LIBPQ_TLS_PARAMS, "ssl"])
+    return create_async_engine(bare, async_creator=connect, **kwargs)
 
 
 @asynccontextmanager

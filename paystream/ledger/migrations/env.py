@@ -6,10 +6,10 @@ import asyncio
 
 from alembic import context
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from paystream.ledger.models import Base
+from paystream.ledger.session import create_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -23,7 +23,7 @@ def _run(connection: Connection) -> None:
 
 async def _run_standalone(url: str) -> None:
     # Only for the bare `alembic` CLI (e.g. `alembic revision --autogenerate` in development).
-    engine = create_async_engine(url, poolclass=NullPool)
+    engine = create_engine(url, poolclass=NullPool, pool_pre_ping=False)
     async with engine.begin() as conn:
         await conn.run_sync(_run)
     await engine.dispose()
