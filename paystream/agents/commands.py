@@ -488,7 +488,16 @@ def _decided_without_entity(emit: Emit) -> bool:
     if emit.topic == settings.retry_topic:
         return True
     summary = emit.summary or {}
-    return summary.get("outcome") == "command.rejected" or summary.get("command") in _DECIDED_FIRST
+    return (
+        summary.get("outcome") in _ANSWERED_WITHOUT_WHAT_THEY_READ
+        or summary.get("command") in _DECIDED_FIRST
+    )
+
+
+# Answers that write none of what they were decided on: a rejection, and a refund the
+# provider failed (its payment read, not written; with a later refund's write of that
+# payment landed and its own lost, its redelivery was refused `invalid_state`: review).
+_ANSWERED_WITHOUT_WHAT_THEY_READ = frozenset({"command.rejected", "refund.failed"})
 
 
 def _changelog_name(table: Any) -> str:

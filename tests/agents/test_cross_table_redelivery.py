@@ -15,7 +15,9 @@ import pytest
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
+from paystream.gateways import base as gw
 from paystream.gateways.simulator import SimulatorGateway
+from paystream.money import Money
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind
 
@@ -113,3 +115,48 @@ async def test_an_attach_redelivered_beside_a_landed_customer_delete_is_answered
     assert [kind(o) for o in again] == [kind(o) for o in first]
     assert again[0].get_id() == first[0].get_id()
     assert f"{tenant}:pm1" in h.tables.payment_methods
+
+
+async def test_a_failed_refund_redelivered_beside_a_later_refunds_payment_is_answered_alike(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refund the provider answers failed writes the refund only, decided on its
+    payment, which a later refund of the batch writes (review finding: with the decisions
+    lost too, its redelivery was refused `invalid_state` on the later refund's state)."""
+    h = harness
+    real = SimulatorGateway.create_refund
+
+    async def create_refund(self: Any, req: gw.CreateRefund, *, idempotency_key: str) -> Any:
+        if req.amount == 700:  # (Stripe may answer a refund failed at once)
+            return gw.RefundResult(
+                provider_refund_id="re_failed_700",
+                provider_payment_id=req.provider_payment_id,
+                status=gw.RefundStatus.FAILED,
+                amount=Money(amount=700, currency="USD"),
+                failure_code="expired_or_canceled_card",
+            )
+        return await real(self, req, idempotency_key=idempotency_key)
+
+    monkeypatch.setattr(SimulatorGateway, "create_refund", create_refund)
+    tenant = h.add_tenant()
+    pay = {
+        "payment_id": "pay1",
+        "amount": 1000,
+        "currency": "USD",
+        "payment_method_token": "pm_card_visa",
+    }
+    assert kind(await h.send("payment.create", tenant, pay)) == "payment.succeeded"
+    before = _snapshot(h)
+    batch = [
+        build_command(
+            "refund.create", tenant, {"payment_id": "pay1", "refund_id": "r1", "amount": 700}
+        ),
+        build_command(
+            "refund.create", tenant, {"payment_id": "pay1", "refund_id": "r2", "amount": 600}
+        ),
+    ]
+    first = await _batch(h, batch, 300)
+    assert [kind(o) for o in first] == ["refund.failed", "refund.succeeded"]
+    _lose_all_but(h, "payments", before)
+    again = await _batch(h, batch, 300)
+    assert [kind(o) for o in again] == [kind(o) for o in first], [data(o) for o in again]

@@ -75,8 +75,10 @@ async def test_a_batch_without_one_is_produced_in_one_go(monkeypatch: pytest.Mon
         _batch("", topic="paystream.commands.retry"),  # a park
         # a read of the provider: run again, it may find another status
         _batch("payment.succeeded", command="payment.refresh"),
+        # a refund the provider failed: its payment read, not written (review finding)
+        _batch("refund.failed", command="refund.create", entities=t.refunds),
     ],
-    ids=["export", "park", "refresh"],
+    ids=["export", "park", "refresh", "refund_failed"],
 )
 async def test_other_answers_without_an_entity_land_their_decisions_first(
     monkeypatch: pytest.MonkeyPatch, batch: ProcessedBatch
