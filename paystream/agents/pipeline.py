@@ -18,7 +18,7 @@ import time
 import types
 import typing
 from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -1143,7 +1143,7 @@ class CommandProcessor:
                 done.emitted,
             )
             self._rewrite_entities(cmd.tenant_id, done.outcome)
-            self._scrub_after_erasure(cmd.tenant_id, done.outcome)
+            self._scrub_after_erasure(cmd.tenant_id, done.outcome, _salt_source(done.id_salt))
             # Whether this record counts the money the outcome moved (see _counts_here).
             counts = self._counts_here(rec, existing, let_through, done.id_salt)
             if admission is not None:
@@ -1246,7 +1246,7 @@ class CommandProcessor:
         if admission is not None:
             self.limits.settle(admission, stored.type if counts else "command.rejected")
         if stored.type == "customer.erased" and result.primary is not None:
-            self._scrub_idempotency(cmd.tenant_id, result.primary.id)
+            self._scrub_idempotency(cmd.tenant_id, result.primary.id, cmd.source)
         self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)
         self._count(cmd.tenant_id, cmd.command_type, stored.type)
         return [self._outcome(cmd, stored)]
@@ -1670,7 +1670,7 @@ class CommandProcessor:
             if cmd.idempotency_key != cmd.command_id:
                 self._rewrite(self.idempotency, _command_id_key(cmd.tenant_id, cmd.command_id))
             self._rewrite_entities(cmd.tenant_id, existing.outcome)
-            self._scrub_after_erasure(cmd.tenant_id, existing.outcome)
+            self._scrub_after_erasure(cmd.tenant_id, existing.outcome, existing.source)
         metrics.REPLAYS.labels(cmd.tenant_id, "idempotency").inc()
         # The stored outcome was produced for the original command id; a retry under a
         # new id with the same key gets the original event (as Stripe does).
@@ -2268,15 +2268,23 @@ class CommandProcessor:
             self._expiring.setdefault(tenant_id, deque())
             self._seeded.add(tenant_id)
 
-    def _scrub_after_erasure(self, tenant_id: str, outcome: StoredOutcome) -> None:
+    def _scrub_after_erasure(
+        self, tenant_id: str, outcome: StoredOutcome, at: Sequence[int] | None
+    ) -> None:
         """A replayed erasure scrubs again: a crash may have kept the customer's table
-        write but lost the batch's idempotency writes, which held the old snapshots."""
+        write but lost the batch's idempotency writes, which held the old snapshots.
+        ``at``: the erasure's own record ([partition, offset]), as first run."""
         customer_id = outcome.data.get("entity_id")
         if outcome.type == "customer.erased" and isinstance(customer_id, str):
-            self._scrub_idempotency(tenant_id, customer_id)
+            self._scrub_idempotency(tenant_id, customer_id, at)
 
-    def _scrub_idempotency(self, tenant_id: str, customer_id: str) -> None:
-        """Erasure reaches the stored outcomes too: they hold the customer's old snapshot."""
+    def _scrub_idempotency(
+        self, tenant_id: str, customer_id: str, at: Sequence[int] | None
+    ) -> None:
+        """Erasure reaches the stored outcomes too: they hold the customer's old snapshot.
+        Not those of commands read after the erasure's record ``at`` (a replayed erasure
+        scrubbed them too: a later command's answers, of data given since, changed under
+        a resend; review finding)."""
         prefix = f"{tenant_id}:"
         for key, raw in list(self.idempotency.items()):
             if raw is None or not str(key).startswith(prefix):
@@ -2284,9 +2292,10 @@ class CommandProcessor:
             if raw.get("customer_id") == customer_id and raw["request_hash"] != ERASED_HASH:
                 # A rejected command about the customer (its create sent again, an update
                 # after a delete): its outcome holds no personal data, its hash does.
-                self._erase_request_hash(tenant_id, key, raw)
+                if not _after(raw, at):
+                    self._erase_request_hash(tenant_id, key, raw)
                 continue
-            if not raw.get("outcome"):
+            if not raw.get("outcome") or _after(raw, at):
                 continue
             record = IdempotencyRecord.model_validate(raw)
             assert record.outcome is not None
@@ -2792,6 +2801,26 @@ def _state_readable(rec: Inbound, tenant_id: str) -> bool:
 
 # Idempotency states of a command let through and not answered.
 _LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
+
+
+def _after(raw: Mapping[str, Any], at: Sequence[int] | None) -> bool:
+    """Whether an idempotency record was written by a command read after the record
+    ``at`` ([partition, offset]) of the commands topic (a tenant's are on one partition,
+    read in order). Not known (no source on either): not after."""
+    source = raw.get("source")
+    if at is None or not isinstance(source, list) or len(source) != 2:
+        return False
+    return bool(source[0] == at[0] and isinstance(source[1], int) and source[1] > at[1])
+
+
+def _salt_source(id_salt: str | None) -> tuple[int, int] | None:
+    """The [partition, offset] an id salt ("partition:offset") was made from."""
+    partition, _, offset = (id_salt or "").partition(":")
+    try:
+        return int(partition), int(offset)
+    except ValueError:
+        return None
+
 
 # Provider refusals that have a rejection reason of their own.
 _PROVIDER_REJECTIONS = {
