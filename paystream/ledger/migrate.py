@@ -8,7 +8,6 @@ import hmac
 import os
 import uuid
 
-import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -181,14 +180,13 @@ async def create_database(server_url: str, prefix: str = "paystream") -> str:
     For benchmarks and tests that must never write into an existing database.
     """
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(_plain_dsn(server_url))
+    # (Outside a transaction, as CREATE DATABASE must be; over the URL's TLS, if any.)
+    engine = create_engine(server_url, poolclass=NullPool, pool_pre_ping=False)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
     finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
-
-
-def _plain_dsn(url: str) -> str:
-    """A SQLAlchemy URL (``postgresql+asyncpg://``) as asyncpg itself wants it."""
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        await engine.dispose()
+    # (The URL's own query kept: its TLS parameters hold a path with slashes.)
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)

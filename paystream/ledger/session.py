@@ -6,8 +6,8 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
-import asyncpg
 from sqlalchemy import URL, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -21,6 +21,7 @@ __all__ = [
     "assert_rls_enforced",
     "create_engine",
     "tenant_session",
+    "tls_dsn",
 ]
 
 TENANT_SETTING = "app.current_tenant_id"
@@ -39,23 +40,30 @@ LIBPQ_TLS_PARAMS = frozenset(
 
 def create_engine(database_url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An asyncpg engine; ``pool_pre_ping`` (unless given) so a restarted database costs
-    one retry, not a crash. A URL with libpq's TLS parameters connects through a DSN
-    that carries them (verified TLS: ``sslmode=verify-full`` and ``sslrootcert``)."""
+    one retry, not a crash. libpq's TLS parameters in the URL (verified TLS:
+    ``sslmode=verify-full`` and ``sslrootcert``) reach asyncpg in a DSN of their own; the
+    rest of the URL (hosts, the dialect's own keys, asyncpg's) as SQLAlchemy passes it."""
     kwargs.setdefault("pool_pre_ping", True)
     url = make_url(database_url)
-    if not LIBPQ_TLS_PARAMS & url.query.keys():
+    tls = tls_dsn(url)
+    if tls is None:
         return create_async_engine(url, **kwargs)
-    query = dict(url.query)
-    if "ssl" in query:  # (SQLAlchemy's asyncpg spelling of sslmode)
-        query.setdefault("sslmode", query.pop("ssl"))
-    dsn = url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
     connect_args = dict(kwargs.pop("connect_args", None) or {})
-
-    async def connect() -> Any:
-        return await asyncpg.connect(dsn, **connect_args)
-
+    # (asyncpg reads what a DSN says where no argument says otherwise: only these.)
+    connect_args["dsn"] = tls
     bare = url.difference_update_query([*LIBPQ_TLS_PARAMS, "ssl"])
-    return create_async_engine(bare, async_creator=connect, **kwargs)
+    return create_async_engine(bare, connect_args=connect_args, **kwargs)
+
+
+def tls_dsn(url: URL) -> str | None:
+    """A DSN holding only the URL's libpq TLS parameters (``ssl``, SQLAlchemy's spelling
+    of ``sslmode``, with them), or None if it has none."""
+    if not LIBPQ_TLS_PARAMS & url.query.keys():
+        return None
+    query = {k: v for k, v in url.query.items() if k in LIBPQ_TLS_PARAMS}
+    if "ssl" in url.query:
+        query.setdefault("sslmode", url.query["ssl"])
+    return "postgresql://?" + urlencode(query, doseq=True)
 
 
 @asynccontextmanager

@@ -27,12 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from paystream.devstack.postgres import EmbeddedPostgres
 from paystream.doctor import check_database
-from paystream.ledger.migrate import current, upgrade
+from paystream.ledger.migrate import create_database, current, upgrade
 from paystream.ledger.session import create_engine
+from paystream.ledger.sink import asyncpg_url
 from paystream.settings import load_settings
 
 
@@ -226,3 +227,43 @@ def test_a_url_without_tls_parameters_is_passed_as_before(
 ) -> None:
     pg, _, _ = tls_server
     assert asyncio.run(_select_one(f"{pg.url}?ssl=disable")) == 1
+
+
+@pytest.mark.parametrize(
+    "more",
+    ["prepared_statement_cache_size=0", "command_timeout=30"],  # (behind PgBouncer; asyncpg's)
+)
+def test_the_urls_other_parameters_still_reach_the_driver(
+    tls_server: tuple[EmbeddedPostgres, TlsProxy, Path], more: str
+) -> None:
+    """Review finding: in the DSN with the TLS parameters, asyncpg took them for server
+    settings, and PostgreSQL refused every connect."""
+    pg, proxy, _ = tls_server
+    assert asyncio.run(_select_one(_via(pg, proxy, f"sslmode=require&{more}"))) == 1
+
+
+def test_a_url_naming_several_hosts_keeps_them(
+    tls_server: tuple[EmbeddedPostgres, TlsProxy, Path],
+) -> None:
+    """The first host up, the second down (SQLAlchemy's ``?host=a:1&host=b:2``): review
+    finding, the DSN kept the last alone."""
+    pg, proxy, _ = tls_server
+    url = make_url(pg.url)
+    head = f"postgresql+asyncpg://{url.username}:{url.password}@/{url.database}"
+    hosts = f"host={pg.host}:{proxy.port}&host={pg.host}:1"
+    assert asyncio.run(_select_one(f"{head}?{hosts}&sslmode=require")) == 1
+
+
+def test_a_database_made_for_a_bench_keeps_the_urls_tls(
+    tls_server: tuple[EmbeddedPostgres, TlsProxy, Path],
+) -> None:
+    """Review finding: the new database's URL was cut at the last "/" (inside the CA's
+    path, or with the query gone), and the bench's ledger connected without TLS."""
+    pg, proxy, certs = tls_server
+    url = _via(pg, proxy, f"sslmode=verify-full&sslrootcert={certs / 'ca.pem'}")
+    made = make_url(asyncio.run(create_database(asyncpg_url(url), "tlsbench")))
+    assert made.database is not None and made.database.startswith("tlsbench_")
+    assert made.query["sslrootcert"] == str(certs / "ca.pem")
+    before = proxy.handshakes
+    assert asyncio.run(_select_one(made.render_as_string(hide_password=False))) == 1
+    assert proxy.handshakes > before
