@@ -1,0 +1,103 @@
+"""Known gap (a strict xfail, found by a randomized crash exploration of the runner).
+
+A crash lands one tenant's record of a batch and not its neighbour's (the same
+partition: their changelog records split over two producer batches, which land in
+order), then a tick runs before the batch is redelivered (offsets are committed
+periodically: the batches since the last commit come again, with a tick after each). The
+tick raises the quiet-looking neighbour's stream time to the landed record's, and its own
+outcomes of that batch, redelivered, count as late: lost. It needs two tenants on a
+partition, over 512 KB of tenant records in one send (they then go in two producer
+batches) and a backlog batch spanning more than the horizon (the ledger's database down
+for a while). The fix it wants: the quiet-tenant raise taken from a per-partition record
+produced after all of the partition's tenant records, not from the highest of them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from paystream.insights.events import WINDOW_TYPE
+from tests.insights.test_runner import PAID, T0, Harness
+
+pytestmark = pytest.mark.asyncio
+
+MINUTE = 60_000
+
+
+def _recover(into: Harness, records: list[Any], frm: Harness) -> None:
+    for rec in records:  # the changelog replayed into the new worker's stores
+        state = rec.topic == frm.state.changelog_topic.get_topic_name()
+        table = into.state if state else into.seen
+        key = json.loads(rec.key)
+        if rec.value is None:
+            table.data.data.pop(key, None)
+            table.data._key_partition.pop(key, None)
+        else:
+            table.data.data[key] = json.loads(rec.value)
+            table.data._key_partition[key] = rec.partition
+
+
+async def _run(crash: bool) -> dict[tuple[str, str], int]:
+    a = Harness(f"partial-a-{crash}")
+
+    def at(ms: int) -> None:
+        a.now = ms / 1000
+
+    # beta: one outcome at T0, its window published.
+    at(T0 + 1_000)
+    await a.runner.run_batch(
+        [a.event("payment.succeeded", PAID, cid="b0", tenant="beta", at_ms=T0, produced_ms=T0)]
+    )
+    at(T0 + 70_000)
+    await a.runner.tick(lambda p: True)
+    # A backlog read 40 minutes on (both tenants on partition 0): acme at +10 and +35 min,
+    # beta at +10 min.
+    t10, t35 = T0 + 10 * MINUTE, T0 + 35 * MINUTE
+    batch = [
+        a.event("payment.succeeded", PAID, cid="a0", at_ms=t10, produced_ms=t10),
+        a.event("payment.succeeded", PAID, cid="b1", tenant="beta", at_ms=t10, produced_ms=t10),
+        a.event("payment.succeeded", PAID, cid="a1", at_ms=t35, produced_ms=t35),
+    ]
+    at(T0 + 40 * MINUTE)
+    landed_before = len(a.changelog)
+    await a.runner.run_batch(batch)
+    h = a
+    if crash:
+        # The crash: the ids and events landed (first send), the tenant records' send
+        # landed its first producer batch (acme's record) and not its second (beta's).
+        state_topic = a.state.changelog_topic.get_topic_name()
+        new = a.changelog[landed_before:]
+        assert [json.loads(r.key) for r in new if r.topic == state_topic] == ["acme", "beta"]
+        landed = a.changelog[:landed_before] + [
+            r for r in new if not (r.topic == state_topic and json.loads(r.key) == "beta")
+        ]
+        b = Harness(f"partial-b-{crash}")
+        _recover(b, landed, a)
+        b.published = list(a.published)
+        b.now = a.now + 1
+        await b.runner.tick(lambda p: True)  # after a redelivered earlier batch, say
+        await b.runner.run_batch(batch)  # redelivered from the last commit
+        h = b
+    h.now = (T0 + 60 * MINUTE) / 1000
+    h.runner._ticked = 0.0
+    await h.runner.tick(lambda p: True)
+    out: dict[tuple[str, str], int] = {}
+    for e in h.of_type(WINDOW_TYPE):
+        d = e.get_data()
+        k = (d["tenant_id"], d["window_start"])
+        out[k] = max(out.get(k, 0), d["events"])
+    return out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a quiet tenant's stream time is raised from a neighbour's record "
+    "that landed without its own (partial send after a crash)",
+)
+async def test_a_neighbours_record_landed_alone_does_not_make_a_tenants_outcomes_late() -> None:
+    reference = await _run(crash=False)
+    assert reference[("beta", "2023-11-14T22:24:00Z")] == 1  # b1 counted
+    crashed = await _run(crash=True)
+    assert crashed == reference
