@@ -194,6 +194,9 @@ class HandlerContext:
     digest_keys_apart: bool = True
     request_hash: str | None = None  # of this command's type and data
     let_through: bool = False  # parked or in flight before: the provider may have acted
+    # Its record may have run before (at or past the committed offset: a crash may have
+    # lost its every write after its provider call), though nothing of it was kept.
+    may_have_run: bool = False
     # Let through: when its request first reached a worker (unix ms; None: not known).
     first_attempt_ms: int | None = None
     trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
@@ -943,7 +946,9 @@ def _new_dispute(
 async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
     _dispute_applied(ctx, rec.id)  # raised at capture (_new_dispute)
-    _transition_unless_let_through(ctx, rec, "capture")
+    own = _maybe_its_own_effect(ctx, rec, "capture")
+    if not own:
+        _transition_unless_let_through(ctx, rec, "capture")
     ctx.at_provider(rec)
     if data.amount is not None and data.amount > rec.amount:
         raise Rejection(
@@ -961,13 +966,15 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
         _PAYMENT_OUTCOME[res.status],
         rec,
         _new_dispute(ctx, rec, res),
-        extra=_already_recorded(ctx, before, rec),
+        extra=_already_recorded(ctx, before, rec, own),
     )
 
 
 async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
-    _transition_unless_let_through(ctx, rec, "cancel")
+    own = _maybe_its_own_effect(ctx, rec, "cancel")
+    if not own:
+        _transition_unless_let_through(ctx, rec, "cancel")
     ctx.at_provider(rec)
     req = gw.CancelPayment(provider_payment_id=rec.provider_payment_id, reason=data.reason)
     before = rec.status
@@ -977,7 +984,7 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
     _apply_payment_result(rec, res)
     # What the provider says it is now (it may have been captured meanwhile), as capture.
     return HandlerResult(
-        _PAYMENT_OUTCOME[res.status], rec, extra=_already_recorded(ctx, before, rec)
+        _PAYMENT_OUTCOME[res.status], rec, extra=_already_recorded(ctx, before, rec, own)
     )
 
 
@@ -1035,11 +1042,30 @@ def _transition(status: str, verb: str, open_at_provider: bool = False) -> None:
         raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
 
 
-def _already_recorded(ctx: HandlerContext, before: str, rec: PaymentRecord) -> dict[str, Any]:
+def _already_recorded(
+    ctx: HandlerContext, before: str, rec: PaymentRecord, own: bool = False
+) -> dict[str, Any]:
     """``previous_status`` for a re-driven capture or cancel whose effect a refresh
     recorded first (the status it answers, the payment had already): counted then, the
     analytics count it no second time."""
-    return {"previous_status": before} if ctx.let_through and before == rec.status else {}
+    return {"previous_status": before} if (ctx.let_through or own) and before == rec.status else {}
+
+
+# The status a capture or cancel leaves a payment in.
+_OWN_STATUS = {
+    "capture": gw.PaymentStatus.SUCCEEDED.value,
+    "cancel": gw.PaymentStatus.CANCELED.value,
+}
+
+
+def _maybe_its_own_effect(ctx: HandlerContext, rec: PaymentRecord, verb: str) -> bool:
+    """The payment already is what this capture or cancel makes it, and the command may
+    have run before: a crash may have lost its every write after its provider call, and a
+    refresh read since (one of the same batch, run again) recorded its effect. Then the
+    provider decides, asked under the command's key: it answers as it did, or refuses
+    what the state forbids. (Refused here, a capture that moved the money was answered
+    `invalid_state`, and so was every resend; review finding.)"""
+    return ctx.may_have_run and not ctx.let_through and rec.status == _OWN_STATUS[verb]
 
 
 def _transition_unless_let_through(ctx: HandlerContext, rec: PaymentRecord, verb: str) -> None:
