@@ -194,9 +194,6 @@ class HandlerContext:
     digest_keys_apart: bool = True
     request_hash: str | None = None  # of this command's type and data
     let_through: bool = False  # parked or in flight before: the provider may have acted
-    # Its record may have run before (at or past the committed offset: a crash may have
-    # lost its every write after its provider call), though nothing of it was kept.
-    may_have_run: bool = False
     # Let through: when its request first reached a worker (unix ms; None: not known).
     first_attempt_ms: int | None = None
     trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
@@ -1059,13 +1056,20 @@ _OWN_STATUS = {
 
 
 def _maybe_its_own_effect(ctx: HandlerContext, rec: PaymentRecord, verb: str) -> bool:
-    """The payment already is what this capture or cancel makes it, and the command may
-    have run before: a crash may have lost its every write after its provider call, and a
-    refresh read since (one of the same batch, run again) recorded its effect. Then the
-    provider decides, asked under the command's key: it answers as it did, or refuses
-    what the state forbids. (Refused here, a capture that moved the money was answered
-    `invalid_state`, and so was every resend; review finding.)"""
-    return ctx.may_have_run and not ctx.let_through and rec.status == _OWN_STATUS[verb]
+    """The payment already is what this capture or cancel makes it, and a read of the
+    provider (a refresh) made it so: maybe this very command's effect, read back. A crash
+    that lost a batch whole after its capture's call runs the batch's earlier refresh
+    again, which finds the payment captured; nothing of ours says the capture ran. Then
+    the provider decides, asked under the command's key: it answers as it did, or
+    refuses what the state forbids. (Refused here, a capture that moved the money was
+    answered `invalid_state`, and so was every resend; review finding.) A payment a
+    capture or cancel of ours moved is refused here, as before."""
+    if ctx.let_through or rec.status != _OWN_STATUS[verb] or not rec.applied:
+        return False
+    latest = rec.applied[next(reversed(rec.applied))]
+    data = latest.get("data")
+    # (A refresh's outcome says what it found the payment in before; it changed it.)
+    return isinstance(data, dict) and data.get("previous_status") not in (None, rec.status)
 
 
 def _transition_unless_let_through(ctx: HandlerContext, rec: PaymentRecord, verb: str) -> None:

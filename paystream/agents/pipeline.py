@@ -712,14 +712,6 @@ class CommandProcessor:
             "less a day (PAYSTREAM_ENTITY_RETENTION_SECONDS): not run",
         )
 
-    def _may_have_run(self, rec: Inbound) -> bool:
-        """Whether this record may have been processed before: read from Kafka at or past
-        its partition's committed offset (or that offset not known yet)."""
-        if rec.offset < 0:
-            return False
-        committed = -1 if self.committed is None else self.committed(rec.partition)
-        return committed < 0 or rec.offset >= committed
-
     async def _may_have_reached_provider(
         self, rec: Inbound, cmd: CommandRef, raw: Any, event_attributes: Mapping[str, Any]
     ) -> bool:
@@ -1048,7 +1040,6 @@ class CommandProcessor:
             # a card detached, a dispute lost; its rejection was kept under the key and
             # the parked command, re-driven, got it too, after the charge.)
             let_through=let_through,
-            may_have_run=self._may_have_run(rec),
             # (Without a record saying, the time a sealed re-drive carries, if any.)
             first_attempt_ms=(
                 (existing.first_attempt_ms if existing is not None else None)
