@@ -25,13 +25,12 @@ from cloudevents.core.v1.event import CloudEvent
 from paystream.agents import commands
 from paystream.agents.commands import ProcessedBatch, _changelog_name
 from paystream.client import build_command
-from paystream.gateways.simulator import SimulatorGateway
 from paystream.streams.batch_producer import OutRecord
 from paystream.streams.commands import COMMAND_PREFIX, PROVIDER_READS
 from paystream.tables import definitions as t
 from paystream.tables.changelog import ChangelogBatch
-from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind
+from tests.agents.test_lost_writes import _effects, _mapping, _state
 
 pytestmark = pytest.mark.asyncio
 
@@ -325,28 +324,6 @@ PAIRS: dict[str, Pair] = {
     "refresh_then_capture": _refresh_then_capture,
     "refresh_then_cancel": _refresh_then_cancel,
 }
-
-
-def _state(h: Harness) -> dict[str, dict[str, Any]]:
-    state = {name: copy.deepcopy(dict(getattr(h.tables, name))) for name in ENTITIES}
-    for records in state.values():  # (when a command was applied: a replay's own clock)
-        for record in records.values():
-            for entry in (record.get("applied") or {}).values():
-                entry.pop("at", None)
-    state["idempotency"] = {
-        k: {**v, "expires_at": None} for k, v in copy.deepcopy(h.idempotency).items()
-    }
-    return state
-
-
-def _mapping(h: Harness, table: str) -> Any:
-    return h.idempotency if table == "idempotency" else getattr(h.tables, table)
-
-
-async def _effects(h: Harness, tenant: str) -> list[tuple[str, str]]:
-    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
-    assert isinstance(gateway, SimulatorGateway)
-    return sorted((e.kind, e.idempotency_key) for e in await gateway.effects())
 
 
 async def _run(h: Harness, batch: list[CloudEvent]) -> list[Any]:
