@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
@@ -165,6 +165,7 @@ class InsightsRunner:
                 self._publish_closed(st, min(st.stream_time(now_ms), now_ms), out)
                 st.expire(now_ms, self.config)
                 self._write(self.state, tenant_id, st.dump(), partition)
+            self._vouch_partitions(touched.values())
             await self._produce(changelog.records(), out, changelog)
         for skipped in self._skips:
             skipped.inc()
@@ -193,6 +194,28 @@ class InsightsRunner:
             raise
         finally:
             self._undo = None
+
+    def _vouch_partitions(self, touched: Iterable[tuple[TenantInsights, int]]) -> None:
+        """Per partition read, the furthest stream time of its tenants' records: what a
+        quiet tenant there is raised to at the tick. Written after the tenants' records,
+        so that it lands only with all of them (a partition's records land in order: a
+        crash lands a prefix). Raised from the highest tenant record instead, one that
+        landed without its quiet neighbour's (the same send, split over producer
+        batches) made the neighbour's redelivered outcomes late (a crash exploration's
+        finding)."""
+        furthest: dict[int, int] = {}
+        for st, partition in touched:
+            furthest[partition] = max(furthest.get(partition, -1), st.stream_ms)
+        for partition, stream_ms in furthest.items():
+            if stream_ms > self._vouched(partition):
+                value = {"partition": partition, "stream": stream_ms}
+                self._write(self.state, partition_key(partition), value, partition)
+
+    def _vouched(self, partition: int) -> int:
+        """The partition's stream time as its record says (-1: none yet)."""
+        with at_partition(self._topic, partition):
+            raw = self.state.get(partition_key(partition))
+        return _vouched_stream(raw)
 
     def _write(self, table: Any, key: str, value: Any, partition: int) -> None:
         with at_partition(self._topic, partition):
@@ -260,9 +283,12 @@ class InsightsRunner:
         # tenant whose client runs an hour ahead, read in a backlog, moved its own
         # stream time (and, at the tick, its quiet neighbours') past the rest of the
         # backlog, whose outcomes then counted as late (review finding).
-        reference = (
-            st.stream_ms if st.stream_ms >= 0 else self._partition_stream.get(msg.partition, -1)
-        )
+        # (Also as the partition's record says: after a restart this worker has read
+        # nothing yet, and a redelivered batch must be judged as it was first.)
+        reference = st.stream_ms
+        if reference < 0:
+            read = self._partition_stream.get(msg.partition, -1)
+            reference = max(read, self._vouched(msg.partition))
         if reference >= 0 and produced_at >= reference - horizon:
             # In line with what was read (one partition is read in the order produced):
             # its own time, whatever its client's clock says. (Else a command dated over
@@ -368,9 +394,14 @@ class InsightsRunner:
         out: list[_Published] = []
         with collect_changelog() as changelog, self._undone_on_failure():
             located = []
-            for tenant_id, raw, partition in _located(self.state):
-                if owned(partition):
-                    located.append((TenantInsights.load(tenant_id, raw, now_ms), raw, partition))
+            vouched: dict[int, int] = {}  # partition → stream time, as its record says
+            for key, raw, partition in _located(self.state):
+                if not owned(partition):
+                    continue
+                if key.startswith(PARTITION_KEY_PREFIX):
+                    vouched[partition] = _vouched_stream(raw)
+                    continue
+                located.append((TenantInsights.load(key, raw, now_ms), raw, partition))
             # The dashboard shows this worker's partitions' tenants: not one moved away.
             mine = {st.tenant_id for st, _, _ in located}
             for gone in [t for t in self.latest_windows if t not in mine]:
@@ -380,10 +411,14 @@ class InsightsRunner:
                 self.recent_alerts = deque(shown, maxlen=RECENT_ALERTS)
             # A quiet tenant's stream time is its partition's: outcomes produced that late
             # were read there, so its own, read after them, cannot be much earlier (what
-            # lets its windows and ids go; on a partition with no outcomes they stay).
+            # lets its windows and ids go; on a partition with no outcomes they stay). As
+            # the partition's record says (see _vouch_partitions); a partition with none
+            # (written by a version without them) by its furthest tenant record.
             read_up_to: dict[int, int] = {}
             for st, _, partition in located:
-                read_up_to[partition] = max(read_up_to.get(partition, -1), st.stream_ms)
+                if partition not in vouched:
+                    read_up_to[partition] = max(read_up_to.get(partition, -1), st.stream_ms)
+            read_up_to.update(vouched)
             for st, raw, partition in located:
                 tenant_id = st.tenant_id
                 st.partition = partition
@@ -463,6 +498,9 @@ class InsightsRunner:
             partition = await self._partitioner.partition(topic, rec.key)
             first.append(OutRecord(topic, partition, rec.key, rec.value, rec.headers))
         last = [r for r in changelog_records if r.topic == state_topic]
+        # A partition's record after its tenants' (see _vouch_partitions; they are written
+        # in that order: this keeps it so).
+        last.sort(key=lambda r: bool(r.key and r.key.startswith(_PARTITION_KEY_JSON)))
         # And after those, the counted ids forgotten (the tick's): they go by the stream
         # time the records hold (a quiet tenant's raised in the same tick). Landed before
         # them, a crash left the ids gone and stream time short of them: a resend of one
@@ -495,6 +533,23 @@ class InsightsRunner:
         windows = {t: w for t, w in self.latest_windows.items() if t in self.tenants}
         alerts = [a for a in self.recent_alerts if a.get("tenant_id") in self.tenants]
         return {"alerts": alerts, "windows": windows}
+
+
+# The ``insights`` table's key of a partition's record (see _vouch_partitions): no tenant
+# id starts with "~" (tenancy/models.py: TENANT_ID_PATTERN).
+PARTITION_KEY_PREFIX = "~partition:"
+
+
+_PARTITION_KEY_JSON = b'"' + PARTITION_KEY_PREFIX.encode()  # as its changelog key starts
+
+
+def partition_key(partition: int) -> str:
+    return f"{PARTITION_KEY_PREFIX}{partition}"
+
+
+def _vouched_stream(raw: Any) -> int:
+    stream = raw.get("stream") if isinstance(raw, dict) else None
+    return stream if isinstance(stream, int) else -1
 
 
 def _tables_settled() -> bool:

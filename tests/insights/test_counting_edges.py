@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from paystream.agents.insights import config_from
+from paystream.agents.insights import InsightsRunner, config_from
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.codec import KafkaRecord, decode_record
@@ -277,6 +277,41 @@ async def test_a_new_tenants_client_clock_ahead_does_not_make_a_backlog_late() -
                 at_ms=T0 + 60 * minute + 10, produced_ms=T0 + 60)
     )  # fmt: skip
     await h.runner.run_batch(first)
+    await h.runner.tick(lambda p: True)
+    h.now += 2
+    await h.runner.run_batch([acme(i) for i in range(3, 6)])
+    await h.runner.tick(lambda p: True)
+    assert _window_counts(h, T0)[-1:] == [6]
+
+
+async def test_a_new_tenants_client_clock_ahead_after_a_restart_does_not_make_a_backlog_late() -> (
+    None
+):
+    """The same, with the worker restarted between acme's outcomes and beta's first: the
+    new worker had read nothing of partition 0, and held beta against nothing. It now
+    reads the partition's stream time from the partition's record, so a batch is judged
+    the same after a restart (or a crash's redelivery) as when first read."""
+    minute = 60_000
+    h = Harness("newaheadrestart")
+    h.now = (T0 + 70 * minute) / 1000
+
+    def acme(i: int) -> Any:
+        return h.event(
+            "payment.succeeded", PAID, cid=f"a{i}", at_ms=T0 + i, produced_ms=T0 + i + 50
+        )
+
+    await h.runner.run_batch([acme(i) for i in range(3)])
+    produce = h.runner._produce
+    h.runner = InsightsRunner(  # the restart: the same tables, nothing read yet
+        h.cfg, h.runner.tenants, h.state, h.seen, clock=lambda: h.now, settled=lambda: True
+    )
+    h.runner._produce = produce  # type: ignore[method-assign]
+    await h.runner.run_batch(
+        [
+            h.event("payment.succeeded", PAID, cid="b0", tenant="beta",
+                    at_ms=T0 + 60 * minute + 10, produced_ms=T0 + 60)
+        ]
+    )  # fmt: skip
     await h.runner.tick(lambda p: True)
     h.now += 2
     await h.runner.run_batch([acme(i) for i in range(3, 6)])
