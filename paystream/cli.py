@@ -86,7 +86,22 @@ def _run(coro: Any, *, own: tuple[type[PaystreamError], ...] = ()) -> Any:
     except (KafkaError, OSError) as exc:  # a broker or server down: say so, no traceback
         name, text = type(exc).__name__, str(exc)
         # (aiokafka's errors already start with their class name)
-        raise click.ClickException(text if text.startswith(name) else f"{name}: {text}") from exc
+        said = text if text.startswith(name) else f"{name}: {text}"
+        if "Unable to bootstrap" in text:
+            # Refused, or taken and never answered (aiokafka's 40 s request timeout): its
+            # own words list resolved addresses; say which setting names them.
+            said = (
+                f"no Kafka broker answered at {_brokers_named()} (KAFKA_BROKER_URL): is it "
+                f"running, and is that its address? ({said})"
+            )
+        raise click.ClickException(said) from exc
+
+
+def _brokers_named() -> str:
+    try:
+        return load_settings().require_broker().removeprefix("kafka://").replace(";", ", ")
+    except PaystreamError:
+        return "the configured address"
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

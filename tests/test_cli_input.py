@@ -138,7 +138,8 @@ def test_config_names_a_mistyped_variable() -> None:
 def test_an_unreachable_broker_is_an_error_message_not_a_traceback(args: list[str]) -> None:
     result = CliRunner().invoke(cli, args, env=BROKER)
     assert result.exit_code == 1, result.output
-    assert "Error: KafkaConnectionError" in result.output
+    assert "Error: no Kafka broker answered at 127.0.0.1:9 (KAFKA_BROKER_URL)" in result.output
+    assert "KafkaConnectionError" in result.output
     assert result.exc_info is None or result.exc_info[0] is SystemExit
 
 
