@@ -165,7 +165,16 @@ class InsightsRunner:
                 self._publish_closed(st, min(st.stream_time(now_ms), now_ms), out)
                 st.expire(now_ms, self.config)
                 self._write(self.state, tenant_id, st.dump(), partition)
-            self._vouch_partitions(touched.values())
+            # Only tenants whose records say nothing past what this batch read there: one
+            # whose outcomes here were all applied before may hold a record that landed
+            # alone from a later batch lost in a crash (this batch redelivered before it).
+            read_to: dict[int, int] = {}
+            for event in events:
+                msg = event.message
+                read_to[msg.partition] = max(read_to.get(msg.partition, -1), msg.offset)
+            self._vouch_partitions(
+                (st, p) for st, p in touched.values() if st.through <= read_to.get(p, -1)
+            )
             await self._produce(changelog.records(), out, changelog)
         for skipped in self._skips:
             skipped.inc()

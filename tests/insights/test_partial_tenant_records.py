@@ -98,3 +98,72 @@ async def test_a_neighbours_record_landed_alone_does_not_make_a_tenants_outcomes
     assert reference[("beta", "2023-11-14T22:24:00Z")] == 1  # b1 counted
     crashed = await _run(crash=True)
     assert crashed == reference
+
+
+async def _run_redelivered_earlier(crash: bool) -> dict[tuple[str, str], int]:
+    """Batch x lands in full (not committed), batch y's tenant records land beta's alone;
+    redelivered from the last commit, x comes again before y, beta all applied in it."""
+    a = Harness(f"earlier-a-{crash}")
+    a.now = (T0 + 1_000) / 1000
+    await a.runner.run_batch(
+        [
+            a.event("payment.succeeded", PAID, cid="b0", tenant="beta", at_ms=T0, produced_ms=T0),
+            a.event("payment.succeeded", PAID, cid="a0", at_ms=T0, produced_ms=T0),
+        ]
+    )
+    a.now = (T0 + 70_000) / 1000
+    await a.runner.tick(lambda p: True)
+    t5, t10, t35 = T0 + 5 * MINUTE, T0 + 10 * MINUTE, T0 + 35 * MINUTE
+    x = [
+        a.event("payment.succeeded", PAID, cid="a1", at_ms=t5, produced_ms=t5),
+        a.event("payment.succeeded", PAID, cid="b1", tenant="beta", at_ms=t5, produced_ms=t5),
+    ]
+    y = [
+        a.event("payment.succeeded", PAID, cid="b2", tenant="beta", at_ms=t10, produced_ms=t10),
+        a.event("payment.succeeded", PAID, cid="a2", at_ms=t10, produced_ms=t10),
+        a.event("payment.succeeded", PAID, cid="b3", tenant="beta", at_ms=t35, produced_ms=t35),
+    ]
+    a.now = (T0 + 40 * MINUTE) / 1000
+    await a.runner.run_batch(x)
+    landed_before = len(a.changelog)
+    await a.runner.run_batch(y)
+    h = a
+    if crash:
+        state_topic = a.state.changelog_topic.get_topic_name()
+        new = a.changelog[landed_before:]
+        assert [json.loads(r.key) for r in new if r.topic == state_topic] == [
+            "beta",
+            "acme",
+            partition_key(0),
+        ]
+        landed = a.changelog[:landed_before] + [  # partition 0's prefix: beta's record
+            r for r in new if not (r.topic == state_topic and json.loads(r.key) != "beta")
+        ]
+        b = Harness(f"earlier-b-{crash}")
+        _recover(b, landed, a)
+        b.published = list(a.published)
+        b.now = a.now + 1
+        await b.runner.run_batch(x)  # redelivered from the last commit (all applied)
+        b.now += 1
+        await b.runner.tick(lambda p: True)  # a tick after each batch
+        await b.runner.run_batch(y)
+        h = b
+    h.now = (T0 + 60 * MINUTE) / 1000
+    h.runner._ticked = 0.0
+    await h.runner.tick(lambda p: True)
+    out: dict[tuple[str, str], int] = {}
+    for e in h.of_type(WINDOW_TYPE):
+        d = e.get_data()
+        k = (d["tenant_id"], d["window_start"])
+        out[k] = max(out.get(k, 0), d["events"])
+    return out
+
+
+async def test_an_earlier_batch_redelivered_does_not_vouch_for_a_record_landed_alone() -> None:
+    """The partition's record was written from every tenant the batch touched, beta too,
+    whose outcomes in x were all applied before by its record from y, landed alone: it
+    then vouched for y's stream time, and the tick moved acme there (review finding)."""
+    reference = await _run_redelivered_earlier(crash=False)
+    assert reference[("acme", "2023-11-14T22:24:00Z")] == 1  # a2 counted
+    crashed = await _run_redelivered_earlier(crash=True)
+    assert crashed == reference
