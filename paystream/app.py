@@ -15,7 +15,7 @@ from paystream.streams.kafka_auth import faust_credentials
 from paystream.tables import faster_recovery, stale_stores
 from paystream.web.route_errors import json_route_errors
 
-__all__ = ["app", "create_app", "settings"]
+__all__ = ["app", "create_app", "settings", "tables_settled"]
 
 # A lookup forwarded to a partition's owner (Faust's topic_route): a hung owner must be
 # answered 503 within seconds, not after aiohttp's default five minutes.
@@ -170,3 +170,9 @@ def create_app(settings: Settings) -> faust.App:
 
 settings: Settings = get_settings()
 app: faust.App = create_app(settings)
+
+
+def tables_settled() -> bool:
+    """No rebalance under way, and this worker's active table partitions recovered
+    (Faust ends a rebalance only once recovery is done)."""
+    return not app.rebalancing and bool(getattr(app.tables, "actives_ready", True))

@@ -45,7 +45,7 @@ from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.agents.publish_health import PUBLISH
 from paystream.agents.tenants import registry
-from paystream.app import app, settings
+from paystream.app import app, settings, tables_settled
 from paystream.built import frozen_record
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
@@ -61,6 +61,7 @@ from paystream.streams.commands import PROVIDER_READS
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.changelog import ChangelogBatch, collect_changelog
+from paystream.tables.owners import OwnerIndex
 from paystream.tables.retention import RetentionSweep
 from paystream.tables.views import ActivityLog
 from paystream.tenancy.gateways import GatewayPool
@@ -247,6 +248,10 @@ class CommandRunner:
                 payments=t.payments,
                 refunds=t.refunds,
                 disputes=t.disputes,
+                # Rebuilt after each rebalance, once the partitions' tables are recovered.
+                owners=OwnerIndex(
+                    generation=lambda: app.consumer_generation_id, settled=tables_settled
+                ),
             )
             self._processor = CommandProcessor(
                 settings,

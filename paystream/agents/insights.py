@@ -35,7 +35,7 @@ from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.types import EventT
 from prometheus_client import Counter
 
-from paystream.app import app, settings
+from paystream.app import app, settings, tables_settled
 from paystream.insights.events import alert_event, window_event
 from paystream.insights.observe import observe
 from paystream.insights.seen_index import SeenIndex
@@ -111,7 +111,7 @@ class InsightsRunner:
         settled: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = cfg
-        self._settled = settled or _tables_settled
+        self._settled = settled or tables_settled
         self.config = config_from(cfg)
         self.tenants = tenants  # the registry: only registered tenants are tracked
         self.state = state  # tenant id → TenantInsights record
@@ -559,12 +559,6 @@ def partition_key(partition: int) -> str:
 def _vouched_stream(raw: Any) -> int:
     stream = raw.get("stream") if isinstance(raw, dict) else None
     return stream if isinstance(stream, int) else -1
-
-
-def _tables_settled() -> bool:
-    """No rebalance under way, and this worker's active table partitions recovered
-    (Faust ends a rebalance only once recovery is done)."""
-    return not app.rebalancing and bool(getattr(app.tables, "actives_ready", True))
 
 
 def _located(table: Any) -> list[tuple[Any, Any, int]]:

@@ -113,6 +113,7 @@ from paystream.streams.tracecontext import (
 )
 from paystream.tables.commands_view import command_id_key as _command_id_key
 from paystream.tables.next_action import NextActionSeal
+from paystream.tables.owners import OWNER_FIELDS
 from paystream.tables.records import (
     EntityRecord,
     IdempotencyRecord,
@@ -2102,8 +2103,11 @@ class CommandProcessor:
                 cmd.command_id, stored, request_hash, cmd.id_salt, self.committed, emitted
             )
             record["applied"] = dict(entity.applied)
-            table = self.tables.by_type(record["entity_type"])
-            table[entity_key(cmd.tenant_id, record["id"])] = record
+            entity_type = record["entity_type"]
+            key = entity_key(cmd.tenant_id, record["id"])
+            self.tables.by_type(entity_type)[key] = record
+            if entity_type in OWNER_FIELDS:
+                self.tables.owners.note(entity_type, key, record)
         return stored
 
     def _finish(
@@ -2364,7 +2368,9 @@ class CommandProcessor:
                 applied = scrub_customer_applied(applied, str(image.get("id", "")))
             applied[command_id] = applied_entry(outcome, request_hash, id_salt, emitted)
             trim_applied(applied, self.committed, keep=image.get("created_by"))
-            table[key] = {**image, "entity_type": entity_type, "applied": applied}
+            table[key] = repaired = {**image, "entity_type": entity_type, "applied": applied}
+            if entity_type in OWNER_FIELDS:
+                self.tables.owners.note(entity_type, key, repaired)
             metrics.REPAIRS.labels(tenant_id, entity_type).inc()
             log.info("repaired %s %s to version %s", entity_type, key, image.get("version"))
 

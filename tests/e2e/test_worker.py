@@ -80,6 +80,38 @@ async def test_full_flow_keeps_state_across_commands(client: PaystreamClient) ->
     assert ref.get_data()["object"]["amount"] == 800  # type: ignore[index]
 
 
+async def test_exports_past_the_owner_index_build_hold_every_record(
+    client: PaystreamClient,
+) -> None:
+    """customer.export reads the tables whole for a generation's first exports, then
+    builds an index of owners (tables/owners.py) that the worker keeps as it writes:
+    in a real worker (its consumer generation, its Faust tables) every export, before
+    and after the build, holds the customer's records as they grow, and no other's."""
+    from paystream.tables.owners import SCANS_BEFORE_BUILD
+
+    cus = await client.command("customer.create", "acme", {})
+    cid = cus.get_data()["entity_id"]  # type: ignore[index]
+    other = (await client.command("customer.create", "acme", {})).get_data()["entity_id"]  # type: ignore[index]
+    pms = []
+    for owner in (cid, other):
+        pm = await client.command(
+            "payment_method.attach", "acme", {"customer_id": owner, "token": "pm_card_visa"}
+        )
+        pms.append(pm.get_data()["entity_id"])  # type: ignore[index]
+    payments: list[str] = []
+    for n in range(SCANS_BEFORE_BUILD + 3):
+        for owner, pmid in ((cid, pms[0]), (other, pms[1])):
+            body = {"amount": 100 + n, "currency": "USD", "customer_id": owner,
+                    "payment_method_id": pmid}  # fmt: skip
+            pay = await client.command("payment.create", "acme", body)
+            if owner == cid:
+                payments.append(pay.get_data()["entity_id"])  # type: ignore[index]
+        out = await client.command("customer.export", "acme", {"customer_id": cid})
+        export = out.get_data()["export"]  # type: ignore[index]
+        assert [m["id"] for m in export["payment_methods"]] == [pms[0]], n
+        assert [p["id"] for p in export["payments"]] == sorted(payments), n
+
+
 async def test_garbage_is_dead_lettered_and_the_worker_keeps_going(
     deployed: Deployment, client: PaystreamClient
 ) -> None:
