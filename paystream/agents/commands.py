@@ -248,9 +248,11 @@ class CommandRunner:
                 payments=t.payments,
                 refunds=t.refunds,
                 disputes=t.disputes,
-                # Rebuilt after each rebalance, once the partitions' tables are recovered.
+                # Rebuilt after each rebalance, once the partitions' tables are recovered
+                # (by count too: a rejoin may keep the consumer generation).
                 owners=OwnerIndex(
-                    generation=lambda: app.consumer_generation_id, settled=tables_settled
+                    generation=lambda: (app.consumer_generation_id, app.rebalancing_count),
+                    settled=tables_settled,
                 ),
             )
             self._processor = CommandProcessor(

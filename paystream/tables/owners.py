@@ -6,11 +6,16 @@ the worker waits meanwhile, and a tenant sending exports could hold them all).
 An index, not the truth: built from the table on first use (again after each rebalance,
 when partitions' tables may have been recovered or moved), then kept by the writes the
 command agent makes (``note``). Keys are never taken out of it (a record deleted, or its
-owner changed, stays listed): readers check each record they are given, so a stale
-entry costs a lookup, never a wrong answer. What it must never miss is a record written
-without ``note``: the tables change otherwise only while partitions are recovered,
-which a rebalance (a new consumer generation) precedes and which ends before commands
-run again; while one is under way (``settled`` false) readers are told to scan.
+owner changed, stays listed until the next rebalance): readers check each record they
+are given, so a stale entry costs a lookup, never a wrong answer. What it must never
+miss is a record of an active partition written without ``note``: those change
+otherwise only while partitions are recovered, during a rebalance (``generation``
+changes with each, a rejoin that keeps the consumer generation too), which ends before
+commands run again; while one is under way (``settled`` false) it is let go and
+readers are told to scan. Standby partitions are written by recovery at any time, but
+hold other tenants' records: a tenant's records are on its one partition (a tenant
+split over partitions, which is alerted, gets from an index-served export the records
+of the partition its command was read on, as a RocksDB store's reads give).
 """
 
 from __future__ import annotations
@@ -69,8 +74,10 @@ class OwnerIndex:
         """Keys of ``tenant``'s records of ``entity_type`` owned by one of ``owners``,
         maybe more (check each record); None when not known: scan the table."""
         generation = self._generation()
-        if self._built.get(entity_type, _UNBUILT) != generation:
-            # (One of another generation, of partitions since moved: let go.)
+        if self._built.get(entity_type, _UNBUILT) != generation or not self._settled():
+            # One of another generation (partitions since moved), or a rebalance under
+            # way, which may keep the generation (a rejoin) while recovery writes the
+            # tables: let go, built again once settled.
             self._keys.pop(entity_type, None)
             self._built.pop(entity_type, None)
             if not self._settled():
