@@ -511,6 +511,17 @@ class Settings(BaseSettings):
         "second entity.",
     )
 
+    park_late_commands: bool = Field(
+        default=True,
+        description="PAYSTREAM_PARK_LATE_COMMANDS: a command that would call its provider, "
+        "read more than the providers' key window (less an hour: about 23 h) after the "
+        "broker took it, and of which the worker knows nothing (no idempotency record, no "
+        "entity recording it), is parked `stale` for a person to reconcile rather than "
+        "run: a crash that lost its whole batch after its provider call leaves no trace "
+        "of it here, and the provider, its key forgotten, would charge it again. A backlog "
+        "read that late is held back with it. false: run it (tests with fixed record "
+        "times).",
+    )
     entity_retention_seconds: int = Field(
         default=540 * 24 * 3600,
         ge=0,

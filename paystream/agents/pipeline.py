@@ -904,6 +904,17 @@ class CommandProcessor:
             # put back).
             return self._repark(rec, cmd, existing, PROVIDER_CHANGED)
         gateway_or_rejection = self._gateway_for(tenant)
+        if (
+            existing is None
+            and not isinstance(gateway_or_rejection, Rejection)
+            and self._read_past_provider_window(rec, cmd)
+        ):
+            limits_state = UNREAD  # (read again after the await)
+            if await self._would_call_provider(cmd, data, request_hash, gateway_or_rejection):
+                # Read a day late, and nothing here says whether it ran: a crash may have
+                # lost its whole batch after its provider call, and the provider, its key
+                # forgotten, would charge it again. Parked for a person to reconcile.
+                return self._to_retry_topic(rec, cmd, STALE)
         # Parked while its tenant was suspended, because the provider could not be asked
         # whether it took it (K1): refused `tenant_suspended` unless the provider did or
         # an entity records its effect, even if the tenant was resumed since (it must not
@@ -1769,6 +1780,33 @@ class CommandProcessor:
         if existing.state not in _LET_THROUGH or self._reconciled(rec):
             return False
         return self._past_key_window(existing.first_attempt_ms)
+
+    def _read_past_provider_window(self, rec: Inbound, cmd: CommandRef) -> bool:
+        """Is ``rec`` a command record (not a re-drive: those carry their first attempt)
+        read longer after the broker took it than a provider keeps its key?"""
+        return (
+            self.settings.park_late_commands
+            and cmd.command_type not in PROVIDER_READS
+            and FIRST_ATTEMPT_HEADER not in rec.headers
+            and self._past_key_window(self._first_attempt_ms(rec))
+        )
+
+    async def _would_call_provider(
+        self, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
+    ) -> bool:
+        """Would the command's run call its provider? Not when an entity records its
+        effect (answered from it), another command of the request made its entity, or it
+        is refused first."""
+        call = await first_provider_call(
+            self.tables,
+            cmd,
+            data,
+            request_hash,
+            str(gateway.provider),
+            id_window_seconds=self._id_window,
+            capabilities=frozenset(getattr(gateway, "capabilities", ())),
+        )
+        return isinstance(call, ProviderCall)
 
     def _reconciled(self, rec: Inbound) -> bool:
         """Re-sent by `dlq replay --include-stale-as-of` after a person reconciled it with

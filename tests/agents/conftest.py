@@ -26,6 +26,8 @@ async def running_harness(
         # Tests send records with fixed timestamps, which age past the retention's
         # `stale` cut-off as the years pass: off, but where a test sets it.
         "entity_retention_seconds": 0,
+        # Nor are their commands read "a day late" (parked stale): where a test sets it.
+        "park_late_commands": False,
     }
     h = Harness(
         settings=load_settings(redis_url=redis_url, **{**options, **settings}),

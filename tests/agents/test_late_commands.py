@@ -1,0 +1,156 @@
+"""A command read more than the providers' key window after the broker took it, of which
+the worker knows nothing, is parked `stale` rather than run (PAYSTREAM_PARK_LATE_COMMANDS):
+a crash that lost its whole batch after its provider call leaves no trace of it here, and
+the provider, its key forgotten after 24 h, would charge it again (found by a time-travel
+exploration: a batch lost whole, redelivered after a day-long outage, charged twice).
+What a run would not send to the provider (answered from an entity that records it, a
+refusal, a read) goes ahead as before; so does a command read in time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from paystream.client import build_command
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.tenancy.models import Tenant
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Emit, Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+HOUR = 3600.0
+_BODY = {"payment_id": "pay1", "amount": 500, "currency": "USD",
+         "payment_method_token": "pm_card_visa"}  # fmt: skip
+
+
+class Clock:
+    """The worker's clock (``time.time``), moved on by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    @property
+    def ms(self) -> int:
+        return int(self.now * 1000)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    return clock
+
+
+@pytest_asyncio.fixture
+async def late(redis_url: str, clock: Clock) -> AsyncIterator[Harness]:
+    async with running_harness(redis_url, park_late_commands=True) as h:
+        yield h
+
+
+async def _charges(h: Harness, tenant: str) -> int:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return sum(1 for e in await gateway.effects() if e.kind == "charge")
+
+
+def _parked_stale(h: Harness, emits: list[Emit]) -> bool:
+    parked = [e for e in emits if e.topic == h.settings.retry_topic]
+    return bool(parked) and dict(parked[0].record.headers)["paystream-park-reason"] == b"stale"
+
+
+async def _forget_provider_keys(h: Harness, tenant: str) -> None:
+    """The simulator, like Stripe, past its 24 h: it no longer knows the request's key."""
+    async for key in h.redis.scan_iter(match=f"sim:{{{tenant}}}:idem:*"):
+        await h.redis.delete(key)
+
+
+async def test_a_batch_lost_whole_and_read_a_day_later_is_parked_not_charged_again(
+    late: Harness, clock: Clock
+) -> None:
+    t = late.add_tenant()
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    taken = clock.ms  # when the broker took it, and the first run
+    _, out = await late.send_event(event, timestamp_ms=taken, offset=1)
+    assert out is not None and kind(out) == "payment.succeeded"
+    late.idempotency.clear()  # the batch lost whole: nothing of ours landed
+    late.tables.payments.clear()
+    clock.now += 25 * HOUR  # the partition read again after a day-long outage
+    await _forget_provider_keys(late, t)
+    emits, out = await late.send_event(event, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(late, emits)
+    assert await _charges(late, t) == 1
+
+
+async def test_a_late_command_an_entity_records_is_answered_from_it(
+    late: Harness, clock: Clock
+) -> None:
+    """Its idempotency record lost (or expired), its payment remembers it: answered as
+    first, from the payment, with no provider call."""
+    t = late.add_tenant()
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    taken = clock.ms
+    first, out = await late.send_event(event, timestamp_ms=taken, offset=1)
+    assert out is not None and kind(out) == "payment.succeeded"
+    late.idempotency.clear()
+    clock.now += 25 * HOUR
+    await _forget_provider_keys(late, t)
+    again, _ = await late.send_event(event, timestamp_ms=taken, offset=1)
+    assert not _parked_stale(late, again)
+    sent = [e.record.value for e in first if e.topic == late.settings.events_topic]
+    assert [e.record.value for e in again if e.topic == late.settings.events_topic] == sent
+    assert await _charges(late, t) == 1
+
+
+async def test_a_late_command_refused_before_any_provider_call_is_refused(
+    late: Harness, clock: Clock
+) -> None:
+    t = late.add_tenant()
+    event = build_command("payment.capture", t, {"payment_id": "nope"})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await late.send_event(event, timestamp_ms=taken, offset=1)
+    assert out is not None and data(out)["reason"] == "not_found"
+    assert not _parked_stale(late, emits)
+
+
+async def test_a_late_read_at_the_provider_runs(late: Harness, clock: Clock) -> None:
+    t = late.add_tenant()
+    body = {**_BODY, "payment_method_token": "pm_card_authenticationRequired"}
+    _, out = await late.send_event(build_command("payment.create", t, body), offset=1)
+    assert out is not None and kind(out) == "payment.requires_action"
+    event = build_command("payment.refresh", t, {"payment_id": "pay1"})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await late.send_event(event, timestamp_ms=taken, offset=2)
+    assert out is not None and kind(out) == "payment.requires_action", data(out)
+    assert not _parked_stale(late, emits)
+
+
+@pytest.mark.parametrize("hours", [1, 22])
+async def test_a_command_read_inside_the_window_runs(
+    late: Harness, clock: Clock, hours: int
+) -> None:
+    t = late.add_tenant()
+    taken = clock.ms
+    clock.now += hours * HOUR
+    event = build_command("payment.create", t, _BODY)
+    _, out = await late.send_event(event, timestamp_ms=taken, offset=1)
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+
+
+async def test_switched_off_a_late_command_runs(redis_url: str, clock: Clock) -> None:
+    """PAYSTREAM_PARK_LATE_COMMANDS=false: run (a backlog read late is charged then)."""
+    async with running_harness(redis_url, park_late_commands=False) as h:
+        t = h.add_tenant()
+        taken = clock.ms
+        clock.now += 25 * HOUR
+        event = build_command("payment.create", t, _BODY)
+        _, out = await h.send_event(event, timestamp_ms=taken, offset=1)
+        assert out is not None and kind(out) == "payment.succeeded"
