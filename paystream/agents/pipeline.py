@@ -859,6 +859,15 @@ class CommandProcessor:
                 if cmd.source is not None and existing.source == list(cmd.source):
                     # This very record, redelivered: the limits may have lost its count.
                     self._account_replay(rec, cmd, tenant, data, existing, request_hash)
+                elif existing.command_id != cmd.command_id:
+                    # Another command's answer under the key: a client's retry under it,
+                    # past this command's window. An entity remembering this one answers
+                    # it as it was first answered (else it got the retry's answer: its
+                    # refusal, or another payment's event; review finding).
+                    limits_state = UNREAD  # (read again after the await)
+                    own = await self._answered_from_entity(cmd, data, request_hash, tenant)
+                    if own is not None:
+                        return own
                 return self._replay_done(cmd, existing)
         if cmd.command_type not in PROVIDER_READS and (
             self._past_provider_window(rec) or self._key_past_provider_window(rec, existing)
@@ -1780,6 +1789,28 @@ class CommandProcessor:
         if existing.state not in _LET_THROUGH or self._reconciled(rec):
             return False
         return self._past_key_window(existing.first_attempt_ms)
+
+    async def _answered_from_entity(
+        self, cmd: CommandRef, data: Any, request_hash: str, tenant: Tenant
+    ) -> list[Emit] | None:
+        """The command's own first answer, as the entity that applied it remembers it
+        (its ids, time and trace context), or None: no entity remembers it. Read only:
+        the entities hold it, and the key's record stays the other command's."""
+        stand_in = NoProvider(tenant.gateway, Rejection(RejectReason.NOT_FOUND, ""))
+        done = await self._applied_by_entity(cmd, data, request_hash, stand_in)
+        if done is None:
+            return None
+        metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
+        cmd = replace(cmd, id_salt=done.id_salt)
+        if done.emitted is not None:
+            cmd = replace(
+                cmd,
+                time=datetime.fromisoformat(str(done.emitted["time"])),
+                traceparent=done.emitted.get("traceparent"),
+                tracestate=done.emitted.get("tracestate"),
+                traceparent_is_outcomes=True,
+            )
+        return [self._outcome(cmd, done.outcome)]
 
     def _read_past_provider_window(self, rec: Inbound, cmd: CommandRef) -> bool:
         """Is ``rec`` a command record (not a re-drive: those carry their first attempt)
