@@ -868,6 +868,8 @@ class CommandProcessor:
                     own = await self._answered_from_entity(cmd, data, request_hash, tenant)
                     if own is not None:
                         return own
+                if cmd.source is not None and existing.source != list(cmd.source):
+                    self._pin(idem_table_key, cmd.source)
                 return self._replay_done(cmd, existing)
         if cmd.command_type not in PROVIDER_READS and (
             self._past_provider_window(rec) or self._key_past_provider_window(rec, existing)
@@ -2233,8 +2235,8 @@ class CommandProcessor:
             raw = self.idempotency.get(key)
             # The key may have been written again since (a retry): only expired ones go.
             if raw is not None and float(raw.get("expires_at", 0)) <= now:
-                if self._kept_for_its_parked_record(key, raw):
-                    continue
+                if self._kept_for_its_parked_record(key, raw) or self._pinned(raw):
+                    continue  # (the retention sweep's passes find it once let go)
                 del self.idempotency[key]
                 purged += 1
         return purged
@@ -2251,7 +2253,7 @@ class CommandProcessor:
         # the records this process did not write) comes first.
         tenant = str(key).partition(":")[0]
         self._seed_expiry_once(tenant)
-        if self._kept_for_its_parked_record(str(key), raw):
+        if self._kept_for_its_parked_record(str(key), raw) or self._pinned(raw):
             return False
         # Its queue's front, of keys gone (this one goes now): an idle tenant's queue
         # would otherwise hold an entry per record it wrote in its last window, for good.
@@ -2399,7 +2401,33 @@ class CommandProcessor:
             # under one is still one.)
             return None
         record = IdempotencyRecord.model_validate(raw)
-        return None if record.expires_at < self._expiry_now(now) else record
+        if record.expires_at < self._expiry_now(now) and not self._pinned(raw):
+            return None
+        return record
+
+    def _pin(self, key: str, source: tuple[int, int]) -> None:
+        """Keep the key's record, expired or not, until ``source`` (a record it answered,
+        not the one that wrote it: a client's retry under the key) is committed. Else,
+        expiring meanwhile (the retry came a minute before the key's 24 h were up), it
+        left the retry's record nothing to be answered from when redelivered after a
+        crash: run as a new request, under a key the provider may have forgotten too,
+        it charged again (found by a time-travel exploration)."""
+        raw = self.idempotency.get(key)
+        if not isinstance(raw, dict) or self.committed is None:
+            return
+        partition, offset = source
+        pinned = raw.get("pinned_by")
+        if isinstance(pinned, list) and len(pinned) == 2 and pinned[0] == partition:
+            offset = max(offset, int(pinned[1]))  # (a tenant's records: one partition)
+        if pinned != [partition, offset]:
+            self.idempotency[key] = {**raw, "pinned_by": [partition, offset]}
+
+    def _pinned(self, raw: Any) -> bool:
+        """Is the record kept for a record it answered, not yet committed (see _pin)?"""
+        pinned = raw.get("pinned_by") if isinstance(raw, dict) else None
+        if not isinstance(pinned, list) or len(pinned) != 2 or self.committed is None:
+            return False
+        return int(pinned[1]) >= self.committed(int(pinned[0]))
 
     def _expiry_now(self, now: float) -> float:
         cap = self.expiry_clock_cap

@@ -1,0 +1,95 @@
+"""A client's retry under a key (a new command id, the same request) is answered from the
+key's record. Its own record, redelivered after a crash once that record had expired
+(the retry came a minute before the key's 24 h were up), found nothing to be answered
+from and ran as a new request: a second charge, under a key the provider had forgotten
+too (found by a time-travel exploration). The key's record is now kept until every
+record it answered is committed; once they are, it goes as before."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.client import build_command
+from paystream.gateways.simulator import SimulatorGateway
+from paystream.tenancy.models import Tenant
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Harness, data, kind
+
+pytestmark = pytest.mark.asyncio
+
+DAY = 86_400.0
+_BODY = {"amount": 500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _charges(h: Harness, tenant: str) -> int:
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return sum(1 for e in await gateway.effects() if e.kind == "charge")
+
+
+def _command(clock: Clock, tenant: str, command_id: str) -> CloudEvent:
+    event = build_command(
+        "payment.create", tenant, _BODY, command_id=command_id, idempotency_key="k"
+    )
+    event.get_attributes()["time"] = datetime.fromtimestamp(clock.now, UTC)
+    return event
+
+
+def _sweep(h: Harness, tenant: str, now: float) -> None:
+    """The retention sweep's pass over the idempotency records, and the tenant's purge."""
+    for key in list(h.idempotency):
+        if h.processor.idempotency_expired(key, h.idempotency[key], now):
+            del h.idempotency[key]
+    h.processor.purge_expired(tenant, now)
+
+
+async def _forget_provider_keys(h: Harness, tenant: str) -> None:
+    async for key in h.redis.scan_iter(match=f"sim:{{{tenant}}}:idem:*"):
+        await h.redis.delete(key)
+
+
+@pytest.mark.parametrize("limited", [False, True])
+@pytest.mark.parametrize("sweep", [False, True])
+async def test_a_retry_answered_from_its_key_and_redelivered_after_the_key_expired_is_not_run(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, limited: bool, sweep: bool
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    committed = [0]
+    async with running_harness(redis_url, committed=lambda p: committed[0]) as h:
+        limits = {"daily_payment_volume": {"USD": 2500}} if limited else None
+        t = h.add_tenant(limits=limits) if limited else h.add_tenant()
+        _, first = await h.send_event(_command(clock, t, "c0"), offset=1)
+        assert first is not None and kind(first) == "payment.succeeded"
+        clock.now += DAY - 60  # a minute before the key's 24 h are up: its retry
+        retry = _command(clock, t, "c1")
+        taken = int(clock.now * 1000)
+        retried, out = await h.send_event(retry, timestamp_ms=taken, offset=2)
+        assert out is not None and data(out)["entity_id"] == data(first)["entity_id"]
+        clock.now += 120  # a crash before offset 2 was committed; read again
+        h.processor.expiry_clock_cap = taken / 1000 + 300  # (as commands.py sets it)
+        await _forget_provider_keys(h, t)  # the provider's 24 h for the key are over
+        if sweep:
+            _sweep(h, t, clock.now)
+        again, _ = await h.send_event(retry, timestamp_ms=taken, offset=2)
+        assert await _charges(h, t) == 1
+        events = h.settings.events_topic
+        assert [e.record for e in again if e.topic == events] == [
+            e.record for e in retried if e.topic == events
+        ]
+        # Once the retry's record is committed, the key's record goes as before.
+        committed[0] = 3
+        _sweep(h, t, clock.now)
+        assert f"{t}:k" not in h.idempotency
