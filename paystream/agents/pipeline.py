@@ -71,7 +71,7 @@ from paystream.built import built, frozen_record
 from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
-from paystream.gateways.base import KEYLESS_OPERATIONS, Capability
+from paystream.gateways.base import KEYLESS_OPERATIONS, MONEY_MOVING_OPERATIONS, Capability
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
@@ -869,7 +869,7 @@ class CommandProcessor:
                     if own is not None:
                         return own
                 if cmd.source is not None and existing.source != list(cmd.source):
-                    self._pin(idem_table_key, cmd.source)
+                    self._kept_for_a_retry(idem_table_key, now)
                 return self._replay_done(cmd, existing)
         if cmd.command_type not in PROVIDER_READS and (
             self._past_provider_window(rec) or self._key_past_provider_window(rec, existing)
@@ -921,11 +921,11 @@ class CommandProcessor:
             and self._read_past_provider_window(rec, cmd)
         ):
             limits_state = UNREAD  # (read again after the await)
-            if await self._would_call_provider(cmd, data, request_hash, gateway_or_rejection):
+            if await self._would_move_money(cmd, data, request_hash, gateway_or_rejection):
                 # Read a day late, and nothing here says whether it ran: a crash may have
                 # lost its whole batch after its provider call, and the provider, its key
-                # forgotten, would charge it again. Parked for a person to reconcile.
-                return self._to_retry_topic(rec, cmd, STALE)
+                # forgotten, would move the money again. Parked for a person to reconcile.
+                return self._park_late(rec, cmd, idem_table_key, request_hash, data, tenant)
         # Parked while its tenant was suspended, because the provider could not be asked
         # whether it took it (K1): refused `tenant_suspended` unless the provider did or
         # an entity records its effect, even if the tenant was resumed since (it must not
@@ -1815,21 +1815,52 @@ class CommandProcessor:
         return [self._outcome(cmd, done.outcome)]
 
     def _read_past_provider_window(self, rec: Inbound, cmd: CommandRef) -> bool:
-        """Is ``rec`` a command record (not a re-drive: those carry their first attempt)
-        read longer after the broker took it than a provider keeps its key?"""
+        """Is ``rec`` a command record (not a re-drive: those carry their sealed first
+        attempt, judged by _past_provider_window) read longer after the broker took it
+        than a provider keeps its key?"""
         return (
             self.settings.park_late_commands
             and cmd.command_type not in PROVIDER_READS
-            and FIRST_ATTEMPT_HEADER not in rec.headers
+            and self._carried_first_attempt(rec) is None
             and self._past_key_window(self._first_attempt_ms(rec))
         )
 
-    async def _would_call_provider(
+    def _park_late(
+        self,
+        rec: Inbound,
+        cmd: CommandRef,
+        idem_key: str,
+        request_hash: str,
+        data: Any,
+        tenant: Tenant,
+    ) -> list[Emit]:
+        """Parked `stale`, as a command let through is: its record says when it was first
+        attempted (the broker's time of its record) and where, so that a resend or a
+        retry under its key or its chosen id is held back too (parked with no record, a
+        client told to resend the same command had it run, and charged again)."""
+        first = self._first_attempt_ms(rec)
+        parked_until = self._parked_until(time.time() + self.settings.idempotency_ttl_seconds)
+        self._remember(
+            idem_key,
+            _idempotency_dict(
+                cmd,
+                request_hash,
+                IdempotencyState.PARKED,
+                parked_until,
+                gateway=gateway_account(tenant),
+                first_attempt=first,
+            ),
+        )
+        self._keep_id_pointer(cmd, parked_until)
+        self._point_create_scope(_create_scope(cmd, data), idem_key, first, parked_until)
+        return self._to_retry_topic(rec, cmd, STALE)
+
+    async def _would_move_money(
         self, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
     ) -> bool:
-        """Would the command's run call its provider? Not when an entity records its
-        effect (answered from it), another command of the request made its entity, or it
-        is refused first."""
+        """Would the command's run make a provider call that moves money (a charge, a
+        capture, a refund)? Not when an entity records its effect (answered from it),
+        another command of the request made its entity, or it is refused first."""
         call = await first_provider_call(
             self.tables,
             cmd,
@@ -1839,7 +1870,7 @@ class CommandProcessor:
             id_window_seconds=self._id_window,
             capabilities=frozenset(getattr(gateway, "capabilities", ())),
         )
-        return isinstance(call, ProviderCall)
+        return isinstance(call, ProviderCall) and call.operation in MONEY_MOVING_OPERATIONS
 
     def _reconciled(self, rec: Inbound) -> bool:
         """Re-sent by `dlq replay --include-stale-as-of` after a person reconciled it with
@@ -2235,8 +2266,8 @@ class CommandProcessor:
             raw = self.idempotency.get(key)
             # The key may have been written again since (a retry): only expired ones go.
             if raw is not None and float(raw.get("expires_at", 0)) <= now:
-                if self._kept_for_its_parked_record(key, raw) or self._pinned(raw):
-                    continue  # (the retention sweep's passes find it once let go)
+                if self._kept_for_its_parked_record(key, raw):
+                    continue
                 del self.idempotency[key]
                 purged += 1
         return purged
@@ -2253,7 +2284,7 @@ class CommandProcessor:
         # the records this process did not write) comes first.
         tenant = str(key).partition(":")[0]
         self._seed_expiry_once(tenant)
-        if self._kept_for_its_parked_record(str(key), raw) or self._pinned(raw):
+        if self._kept_for_its_parked_record(str(key), raw):
             return False
         # Its queue's front, of keys gone (this one goes now): an idle tenant's queue
         # would otherwise hold an entry per record it wrote in its last window, for good.
@@ -2401,33 +2432,20 @@ class CommandProcessor:
             # under one is still one.)
             return None
         record = IdempotencyRecord.model_validate(raw)
-        if record.expires_at < self._expiry_now(now) and not self._pinned(raw):
-            return None
-        return record
+        return None if record.expires_at < self._expiry_now(now) else record
 
-    def _pin(self, key: str, source: tuple[int, int]) -> None:
-        """Keep the key's record, expired or not, until ``source`` (a record it answered,
-        not the one that wrote it: a client's retry under the key) is committed. Else,
-        expiring meanwhile (the retry came a minute before the key's 24 h were up), it
-        left the retry's record nothing to be answered from when redelivered after a
-        crash: run as a new request, under a key the provider may have forgotten too,
-        it charged again (found by a time-travel exploration)."""
+    def _kept_for_a_retry(self, key: str, now: float) -> None:
+        """A finished record that answered another record (a client's retry under the
+        key, or a resend): kept a window from now. Expiring a window after the first
+        command, it left the retry, resent or redelivered once it had expired (the retry
+        came a minute before), nothing to be answered from: run as a new request, under
+        a key the provider may have forgotten too, it charged again (found by time-travel
+        explorations). Longer than the provider keeps the key only in that a later
+        request under it is answered from here, never sent."""
         raw = self.idempotency.get(key)
-        if not isinstance(raw, dict) or self.committed is None:
-            return
-        partition, offset = source
-        pinned = raw.get("pinned_by")
-        if isinstance(pinned, list) and len(pinned) == 2 and pinned[0] == partition:
-            offset = max(offset, int(pinned[1]))  # (a tenant's records: one partition)
-        if pinned != [partition, offset]:
-            self.idempotency[key] = {**raw, "pinned_by": [partition, offset]}
-
-    def _pinned(self, raw: Any) -> bool:
-        """Is the record kept for a record it answered, not yet committed (see _pin)?"""
-        pinned = raw.get("pinned_by") if isinstance(raw, dict) else None
-        if not isinstance(pinned, list) or len(pinned) != 2 or self.committed is None:
-            return False
-        return int(pinned[1]) >= self.committed(int(pinned[0]))
+        until = now + self.settings.idempotency_ttl_seconds
+        if isinstance(raw, dict) and float(raw.get("expires_at", 0)) < until:
+            self._remember(key, {**raw, "expires_at": until})
 
     def _expiry_now(self, now: float) -> float:
         cap = self.expiry_clock_cap

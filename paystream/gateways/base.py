@@ -327,6 +327,10 @@ KEYLESS_OPERATIONS = frozenset(
     {"delete_customer", "retrieve_customer", "retrieve_payment", "retrieve_refund"}
 )
 
+# Operations that move money: run twice under a key the provider has forgotten, they move
+# it twice (what a customer record or a dispute's evidence sent again does not).
+MONEY_MOVING_OPERATIONS = frozenset({"create_payment", "capture_payment", "create_refund"})
+
 OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_customer": Capability.CUSTOMERS,
     "update_customer": Capability.CUSTOMERS,

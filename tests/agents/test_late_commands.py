@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
@@ -154,3 +155,71 @@ async def test_switched_off_a_late_command_runs(redis_url: str, clock: Clock) ->
         event = build_command("payment.create", t, _BODY)
         _, out = await h.send_event(event, timestamp_ms=taken, offset=1)
         assert out is not None and kind(out) == "payment.succeeded"
+
+
+async def _lost_whole_then_read_late(h: Harness, clock: Clock) -> tuple[str, CloudEvent, int]:
+    """A charge whose batch was lost whole, read again after a day-long outage: parked."""
+    t = h.add_tenant()
+    event = build_command("payment.create", t, _BODY, command_id="c1")
+    taken = clock.ms
+    await h.send_event(event, timestamp_ms=taken, offset=1)
+    h.idempotency.clear()
+    h.tables.payments.clear()
+    clock.now += 25 * HOUR
+    await _forget_provider_keys(h, t)
+    emits, out = await h.send_event(event, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(h, emits)
+    return t, event, taken
+
+
+async def test_a_resend_in_the_same_backlog_is_held_back_with_it(
+    late: Harness, clock: Clock
+) -> None:
+    """The client, with no answer, resent the command 3 h after it first sent it: read
+    behind it, younger than the window, it finds the parked record (review finding:
+    parked with no record, it ran, and charged again)."""
+    t, event, taken = await _lost_whole_then_read_late(late, clock)
+    emits, out = await late.send_event(event, timestamp_ms=taken + int(3 * HOUR * 1000), offset=2)
+    assert out is None and _parked_stale(late, emits)
+    assert await _charges(late, t) == 1
+
+
+@pytest.mark.parametrize("how", ["same command", "retry under its chosen id"])
+async def test_a_resend_after_the_late_park_is_held_back(
+    late: Harness, clock: Clock, how: str
+) -> None:
+    t, event, _ = await _lost_whole_then_read_late(late, clock)
+    again = event if how == "same command" else build_command("payment.create", t, _BODY)
+    emits, out = await late.send_event(again, timestamp_ms=clock.ms, offset=2)
+    assert out is None and _parked_stale(late, emits)
+    assert await _charges(late, t) == 1
+
+
+@pytest.mark.parametrize(
+    ("command_type", "body"),
+    [
+        ("customer.update", {"customer_id": "cus1", "name": "B"}),
+        ("customer.erase", {"customer_id": "cus1"}),
+        ("payment.cancel", {"payment_id": "auth1"}),
+        ("payment.capture", {"payment_id": "auth1"}),
+    ],
+)
+async def test_only_what_moves_money_is_parked_when_read_late(
+    late: Harness, clock: Clock, command_type: str, body: dict[str, object]
+) -> None:
+    """A customer's update or erasure, or a cancel, run twice moves no money: a day late
+    they run (an erasure must not wait on a person); a capture is held back."""
+    t = late.add_tenant()
+    await late.send_event(
+        build_command("customer.create", t, {"customer_id": "cus1", "email": "a@x.io"})
+    )
+    auth = {**_BODY, "payment_id": "auth1", "capture": "manual"}
+    _, out = await late.send_event(build_command("payment.create", t, auth))
+    assert out is not None and kind(out) == "payment.authorized"
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await late.send_event(build_command(command_type, t, body), timestamp_ms=taken)
+    if command_type == "payment.capture":
+        assert out is None and _parked_stale(late, emits)
+    else:
+        assert out is not None and kind(out) != "command.rejected", data(out)

@@ -2,8 +2,9 @@
 key's record. Its own record, redelivered after a crash once that record had expired
 (the retry came a minute before the key's 24 h were up), found nothing to be answered
 from and ran as a new request: a second charge, under a key the provider had forgotten
-too (found by a time-travel exploration). The key's record is now kept until every
-record it answered is committed; once they are, it goes as before."""
+too (found by time-travel explorations). A key's record that answers another record
+is now kept a window from then; after it, it goes as before. Also resent by its client
+(the same command id) once committed: answered, not run again."""
 
 from __future__ import annotations
 
@@ -89,7 +90,66 @@ async def test_a_retry_answered_from_its_key_and_redelivered_after_the_key_expir
         assert [e.record for e in again if e.topic == events] == [
             e.record for e in retried if e.topic == events
         ]
-        # Once the retry's record is committed, the key's record goes as before.
+        # A window after the retry, the key's record goes as any.
         committed[0] = 3
+        clock.now += DAY
+        h.processor.expiry_clock_cap = None
         _sweep(h, t, clock.now)
         assert f"{t}:k" not in h.idempotency
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+async def test_a_retry_answered_from_its_key_and_resent_after_the_key_expired_is_not_run(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, sweep: bool
+) -> None:
+    """The retry committed, its client resends it (the same command id: what the client
+    is told to do on a timeout) three minutes later, after the key's first 24 h."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    committed = [0]
+    async with running_harness(redis_url, committed=lambda p: committed[0]) as h:
+        t = h.add_tenant()
+        _, first = await h.send_event(_command(clock, t, "c1"), offset=1)
+        assert first is not None
+        committed[0] = 2
+        clock.now += DAY - 60
+        retry = _command(clock, t, "c2")
+        _, out = await h.send_event(retry, timestamp_ms=int(clock.now * 1000), offset=2)
+        assert out is not None and data(out)["entity_id"] == data(first)["entity_id"]
+        committed[0] = 3
+        clock.now += 180
+        h.processor.expiry_clock_cap = clock.now + 300
+        await _forget_provider_keys(h, t)
+        if sweep:
+            _sweep(h, t, clock.now)
+        _, again = await h.send_event(retry, timestamp_ms=int(clock.now * 1000), offset=3)
+        assert again is not None and data(again)["entity_id"] == data(first)["entity_id"]
+        assert await _charges(h, t) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a crash that loses the retry's whole batch loses the key's longer "
+    "keep with it; redelivered after the key's first window, the retry runs anew",
+)
+async def test_a_retry_whose_batch_is_lost_whole_after_the_key_expired_is_not_run(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    async with running_harness(redis_url, committed=lambda p: 0) as h:
+        t = h.add_tenant()
+        _, first = await h.send_event(_command(clock, t, "c0"), offset=1)
+        assert first is not None
+        clock.now += DAY - 60
+        retry = _command(clock, t, "c1")
+        taken = int(clock.now * 1000)
+        before = {k: dict(v) for k, v in h.idempotency.items()}
+        await h.send_event(retry, timestamp_ms=taken, offset=2)
+        h.idempotency.clear()  # the crash loses the retry's batch: its writes, its offset
+        h.idempotency.update(before)
+        clock.now += 120
+        h.processor.expiry_clock_cap = taken / 1000 + 300
+        await _forget_provider_keys(h, t)
+        await h.send_event(retry, timestamp_ms=taken, offset=2)
+        assert await _charges(h, t) == 1
