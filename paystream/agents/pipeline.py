@@ -915,17 +915,6 @@ class CommandProcessor:
             # put back).
             return self._repark(rec, cmd, existing, PROVIDER_CHANGED)
         gateway_or_rejection = self._gateway_for(tenant)
-        if (
-            existing is None
-            and not isinstance(gateway_or_rejection, Rejection)
-            and self._read_past_provider_window(rec, cmd)
-        ):
-            limits_state = UNREAD  # (read again after the await)
-            if await self._would_move_money(cmd, data, request_hash, gateway_or_rejection):
-                # Read a day late, and nothing here says whether it ran: a crash may have
-                # lost its whole batch after its provider call, and the provider, its key
-                # forgotten, would move the money again. Parked for a person to reconcile.
-                return self._park_late(rec, cmd, idem_table_key, request_hash, data, tenant)
         # Parked while its tenant was suspended, because the provider could not be asked
         # whether it took it (K1): refused `tenant_suspended` unless the provider did or
         # an entity records its effect, even if the tenant was resumed since (it must not
@@ -1045,6 +1034,26 @@ class CommandProcessor:
                 cmd, RejectReason(decision.reason), decision.message, extra=decision.extra
             )
         admission = decision
+        if (
+            existing is None
+            and not (applied or provider_took)
+            and self._read_past_provider_window(rec, cmd)
+            and await self._would_move_money(cmd, data, request_hash, gateway)
+        ):
+            # Read a day late, and nothing here says whether it ran: a crash may have lost
+            # its whole batch after its provider call, and the provider, its key
+            # forgotten, would move the money again. Parked for a person to reconcile, as
+            # a command its provider failed is: admitted by the limits (its hold kept),
+            # so that its re-drive is counted once and not refused by them then.
+            return self._park_late(
+                rec,
+                cmd,
+                idem_table_key,
+                request_hash,
+                data,
+                tenant,
+                counted=self.limits.counted(cmd.tenant_id, limit_rec),
+            )
         let_through = let_through or provider_took
         # A retry under the key of a command parked or in flight is the same request
         # (checked above) under the same provider key: let through as that command is,
@@ -1833,11 +1842,14 @@ class CommandProcessor:
         request_hash: str,
         data: Any,
         tenant: Tenant,
+        *,
+        counted: bool = False,
     ) -> list[Emit]:
         """Parked `stale`, as a command let through is: its record says when it was first
         attempted (the broker's time of its record) and where, so that a resend or a
-        retry under its key or its chosen id is held back too (parked with no record, a
-        client told to resend the same command had it run, and charged again)."""
+        retry under its key, its id or its chosen id is held back too (parked with no
+        record, a client told to resend the same command had it run, and charged again;
+        with no id pointer, resent under another key)."""
         first = self._first_attempt_ms(rec)
         parked_until = self._parked_until(time.time() + self.settings.idempotency_ttl_seconds)
         self._remember(
@@ -1847,11 +1859,22 @@ class CommandProcessor:
                 request_hash,
                 IdempotencyState.PARKED,
                 parked_until,
+                counted=True if counted else None,
                 gateway=gateway_account(tenant),
                 first_attempt=first,
             ),
         )
-        self._keep_id_pointer(cmd, parked_until)
+        if cmd.idempotency_key != cmd.command_id:
+            self._remember(  # which request the id names (see _run's in-flight record)
+                _command_id_key(cmd.tenant_id, cmd.command_id),
+                {
+                    "command_id": cmd.command_id,
+                    "command_type": cmd.command_type,
+                    "request_hash": request_hash,
+                    "key": cmd.idempotency_key,
+                    "expires_at": parked_until,
+                },
+            )
         self._point_create_scope(_create_scope(cmd, data), idem_key, first, parked_until)
         return self._to_retry_topic(rec, cmd, STALE)
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream import dlq
+from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
+from paystream.dlq import ParkedRecord
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Emit, Harness, data, kind
+from tests.agents.harness import Emit, Harness, data, kind, outcome_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -223,3 +227,72 @@ async def test_only_what_moves_money_is_parked_when_read_late(
         assert out is None and _parked_stale(late, emits)
     else:
         assert out is not None and kind(out) != "command.rejected", data(out)
+
+
+_NO_ID = {"amount": 500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+
+
+class _CapturingProducer:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_and_wait(self, topic: str, value: Any, **kw: Any) -> None:
+        self.sent.append({"topic": topic, "value": value, **kw})
+
+
+async def _reconciled_replay(h: Harness, parked: Emit, clock: Clock, offset: int) -> Any:
+    """What `dlq replay --include-stale-as-of` sends of ``parked``, run."""
+    rec = ParkedRecord(h.settings.retry_topic, 0, 0, parked.record.key, parked.record.value,
+                       tuple(parked.record.headers), clock.ms)  # fmt: skip
+    producer = _CapturingProducer()
+    await dlq._resend(producer, h.settings, rec, {0}, reconciled=True)
+    (resent,) = producer.sent
+    inbound = Inbound(resent["key"], resent["value"], dict(resent["headers"]), clock.ms,
+                      h.settings.commands_topic, 0, offset)  # fmt: skip
+    return outcome_of(h.settings, await h.processor.process(inbound))
+
+
+async def test_a_late_parked_command_resent_under_another_key_is_held_back(
+    late: Harness, clock: Clock
+) -> None:
+    """No chosen id: the same command id under a new key is the same command, known by
+    its id's pointer, which the late park writes too (review finding: it ran as new)."""
+    t = late.add_tenant()
+    first = build_command("payment.create", t, _NO_ID, command_id="c1", idempotency_key="k1")
+    taken = clock.ms
+    await late.send_event(first, timestamp_ms=taken, offset=1)
+    late.idempotency.clear()
+    late.tables.payments.clear()
+    clock.now += 25 * HOUR
+    await _forget_provider_keys(late, t)
+    emits, out = await late.send_event(first, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(late, emits)
+    again = build_command("payment.create", t, _NO_ID, command_id="c1", idempotency_key="k2")
+    emits, out = await late.send_event(again, timestamp_ms=clock.ms, offset=2)
+    assert out is None and _parked_stale(late, emits)
+    assert await _charges(late, t) == 1
+
+
+async def test_a_late_parked_backlog_keeps_its_place_in_the_days_volume(
+    late: Harness, clock: Clock
+) -> None:
+    """A real backlog (never run) parked late is admitted by the limits then, its hold
+    kept, as a command its provider failed is: a charge sent since that the volume cannot
+    also take is refused, and the backlog, reconciled and re-driven, runs and is counted
+    once (review finding: parked unadmitted, its re-drive passed the volume unchecked)."""
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
+    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(late, emits)
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
+    _, out = await late.send_event(fresh, timestamp_ms=clock.ms, offset=2)
+    assert out is not None and data(out)["reason"] == "quota_exceeded", data(out)
+    out = await _reconciled_replay(late, parked, clock, offset=3)
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+    assert await _charges(late, t) == 1
+    again = await _reconciled_replay(late, parked, clock, offset=4)  # a second copy
+    assert again is not None and kind(again) == "payment.succeeded"
+    assert await _charges(late, t) == 1
