@@ -976,6 +976,18 @@ class CommandProcessor:
         # HandlerContext.create_key): re-driven under new ones it would be a new request.
         entity_keys = existing.entity_keys if existing is not None else True
         digest_keys_apart = existing.digest_keys_apart if existing is not None else True
+        # Read a day late, and nothing here says whether it ran: a crash may have lost its
+        # whole batch after its provider call, and the provider, its key forgotten, would
+        # move the money again. Parked for a person to reconcile (below), never refused
+        # by limits changed since, nor run.
+        late = False
+        if (
+            existing is None
+            and not (applied or provider_took)
+            and self._read_past_provider_window(rec, cmd)
+        ):
+            limits_state = UNREAD  # (read again after the await)
+            late = await self._would_move_money(cmd, data, request_hash, gateway)
         decision = None
         if limited:
             decision = self._admit(
@@ -990,6 +1002,11 @@ class CommandProcessor:
                 limits_state,
                 exempt=self._own_refresh(rec, cmd),
             )
+            if late and isinstance(decision, LimitRejection) and not decision.replay:
+                # (Its refusal would be a final answer, or a "later" the provider, its
+                # key forgotten, answers with a second charge.)
+                self.limits.forget_decision(cmd.tenant_id, limit_rec)
+                return self._park_late(rec, cmd, idem_table_key, request_hash, data, tenant)
             if (
                 isinstance(decision, LimitRejection)
                 and not decision.replay
@@ -1034,17 +1051,9 @@ class CommandProcessor:
                 cmd, RejectReason(decision.reason), decision.message, extra=decision.extra
             )
         admission = decision
-        if (
-            existing is None
-            and not (applied or provider_took)
-            and self._read_past_provider_window(rec, cmd)
-            and await self._would_move_money(cmd, data, request_hash, gateway)
-        ):
-            # Read a day late, and nothing here says whether it ran: a crash may have lost
-            # its whole batch after its provider call, and the provider, its key
-            # forgotten, would move the money again. Parked for a person to reconcile, as
-            # a command its provider failed is: admitted by the limits (its hold kept),
-            # so that its re-drive is counted once and not refused by them then.
+        if late:
+            # Admitted by the limits, its hold kept until it is answered (as a command
+            # its provider failed keeps its own): the day's volume keeps its place.
             return self._park_late(
                 rec,
                 cmd,
@@ -1317,7 +1326,9 @@ class CommandProcessor:
             limit_rec,
             cmd.command_type,
             data,
-            admitted_before=existing is not None or applied,
+            # (Not one parked on being read late: admitted then on its record's day,
+            # long past when it is re-driven, its quota is checked as a new one's.)
+            admitted_before=(existing is not None and not existing.late) or applied,
             # Another command id under a let-through command's key: its quota is that
             # command's, but its rate the tenant's, as any command's (a refusal says
             # "later", no final answer; review finding: unbounded resends each tried the
@@ -1862,7 +1873,8 @@ class CommandProcessor:
                 counted=True if counted else None,
                 gateway=gateway_account(tenant),
                 first_attempt=first,
-            ),
+            )
+            | {"late": True},
         )
         if cmd.idempotency_key != cmd.command_id:
             self._remember(  # which request the id names (see _run's in-flight record)

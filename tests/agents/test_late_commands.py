@@ -296,3 +296,74 @@ async def test_a_late_parked_backlog_keeps_its_place_in_the_days_volume(
     again = await _reconciled_replay(late, parked, clock, offset=4)  # a second copy
     assert again is not None and kind(again) == "payment.succeeded"
     assert await _charges(late, t) == 1
+
+
+def _set_limits(h: Harness, tenant: str, limits: dict[str, Any]) -> None:
+    record = {**h.tenants[tenant], "limits": limits}
+    h.tenants[tenant] = Tenant.model_validate(record).model_dump(mode="json")
+
+
+async def _two_charges_lost_whole(h: Harness, clock: Clock) -> tuple[str, list[CloudEvent], int]:
+    t = h.add_tenant()
+    taken = clock.ms
+    sent = [
+        build_command("payment.create", t, {**_NO_ID, "payment_id": f"p{i}"}, command_id=f"c{i}")
+        for i in range(2)
+    ]
+    for offset, event in enumerate(sent, start=1):
+        _, out = await h.send_event(event, timestamp_ms=taken, offset=offset)
+        assert out is not None and kind(out) == "payment.succeeded"
+    h.idempotency.clear()  # the batch lost whole, its limits record too
+    h.tables.payments.clear()
+    h.processor.limits.table.clear()
+    return t, sent, taken
+
+
+async def test_a_lost_charge_read_late_is_parked_not_rate_limited(
+    late: Harness, clock: Clock
+) -> None:
+    """A rate limit set during the outage: refused "later", the client sent it again
+    later, and the provider, its key forgotten, charged it again (review finding)."""
+    t, sent, taken = await _two_charges_lost_whole(late, clock)
+    _set_limits(late, t, {"commands_per_second": 1, "burst": 1})
+    clock.now += 25 * HOUR
+    await _forget_provider_keys(late, t)
+    for offset, event in enumerate(sent, start=1):
+        emits, out = await late.send_event(event, timestamp_ms=taken, offset=offset)
+        assert out is None and _parked_stale(late, emits), data(out) if out else None
+    assert await _charges(late, t) == 2
+
+
+async def test_a_lost_charge_read_late_is_parked_not_refused_by_a_lowered_quota(
+    late: Harness, clock: Clock
+) -> None:
+    """A quota lowered during the outage: refused `quota_exceeded`, a final answer,
+    though the provider had charged it (review finding)."""
+    t, sent, taken = await _two_charges_lost_whole(late, clock)
+    _set_limits(late, t, {"max_payment_amount": {"USD": 400}})
+    clock.now += 25 * HOUR
+    await _forget_provider_keys(late, t)
+    emits, out = await late.send_event(sent[0], timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(late, emits), data(out) if out else None
+
+
+async def test_a_late_parked_backlog_reconciled_the_next_day_is_held_to_that_days_volume(
+    late: Harness, clock: Clock
+) -> None:
+    """Its hold sits on its record's day, past by the next: re-driven, it is checked as a
+    new command is, not passed as admitted before (review finding: 1,000 charged against
+    a 600 day)."""
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
+    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(late, emits)
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    clock.now += 24 * HOUR  # reconciled the next day
+    fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
+    _, today = await late.send_event(fresh, timestamp_ms=clock.ms, offset=2)
+    assert today is not None and kind(today) == "payment.succeeded"
+    out = await _reconciled_replay(late, parked, clock, offset=3)
+    assert out is not None and data(out)["reason"] == "quota_exceeded", data(out)
+    assert await _charges(late, t) == 1
