@@ -988,6 +988,12 @@ class CommandProcessor:
         ):
             limits_state = UNREAD  # (read again after the await)
             late = await self._would_move_money(cmd, data, request_hash, gateway)
+            if late:
+                # Its hold on the day it is read, as a park's is on the day its provider
+                # failed: counted against that day and the next, it covers a re-drive
+                # reconciled by then (on its record's day, long past, it covered none,
+                # and the re-drive, admitted before, passed the day's volume unchecked).
+                limit_rec = limit_rec._replace(timestamp_ms=int(now * 1000))
         decision = None
         if limited:
             decision = self._admit(
@@ -1326,9 +1332,7 @@ class CommandProcessor:
             limit_rec,
             cmd.command_type,
             data,
-            # (Not one parked on being read late: admitted then on its record's day,
-            # long past when it is re-driven, its quota is checked as a new one's.)
-            admitted_before=(existing is not None and not existing.late) or applied,
+            admitted_before=existing is not None or applied,
             # Another command id under a let-through command's key: its quota is that
             # command's, but its rate the tenant's, as any command's (a refusal says
             # "later", no final answer; review finding: unbounded resends each tried the
@@ -1873,8 +1877,7 @@ class CommandProcessor:
                 counted=True if counted else None,
                 gateway=gateway_account(tenant),
                 first_attempt=first,
-            )
-            | {"late": True},
+            ),
         )
         if cmd.idempotency_key != cmd.command_id:
             self._remember(  # which request the id names (see _run's in-flight record)

@@ -358,10 +358,6 @@ class IdempotencyRecord(BaseModel):
     # ms; the first of its commands' first attempt), so that a retry under its key past
     # the provider's key window is held for a person. None: older versions.
     first_attempt_ms: int | None = None
-    # Parked on being read a day late (pipeline._park_late), never run here as far as
-    # anyone here knows: its re-drive is checked by the limits as a new command is (its
-    # hold sits on its record's day, long past by then). None: not so parked.
-    late: bool | None = None
     # A rejection's: the customer the command was about (its data named one), so that
     # erasing them also erases the request hash, a hash of their personal data.
     customer_id: str | None = None

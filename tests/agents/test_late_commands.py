@@ -347,12 +347,13 @@ async def test_a_lost_charge_read_late_is_parked_not_refused_by_a_lowered_quota(
     assert out is None and _parked_stale(late, emits), data(out) if out else None
 
 
-async def test_a_late_parked_backlog_reconciled_the_next_day_is_held_to_that_days_volume(
+async def test_a_late_parked_backlog_reconciled_the_next_day_keeps_its_place(
     late: Harness, clock: Clock
 ) -> None:
-    """Its hold sits on its record's day, past by the next: re-driven, it is checked as a
-    new command is, not passed as admitted before (review finding: 1,000 charged against
-    a 600 day)."""
+    """Its hold is on the day it is read (as a park's is on the day its provider failed),
+    so it counts that day and the next: a charge sent the next day that the volume cannot
+    also take is refused, and the re-drive runs (review finding: held on its record's
+    day, long past, it held nothing, and 1,000 were charged against a 600 day)."""
     t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
     backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
     taken = clock.ms
@@ -363,7 +364,28 @@ async def test_a_late_parked_backlog_reconciled_the_next_day_is_held_to_that_day
     clock.now += 24 * HOUR  # reconciled the next day
     fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
     _, today = await late.send_event(fresh, timestamp_ms=clock.ms, offset=2)
-    assert today is not None and kind(today) == "payment.succeeded"
+    assert today is not None and data(today)["reason"] == "quota_exceeded", data(today)
     out = await _reconciled_replay(late, parked, clock, offset=3)
-    assert out is not None and data(out)["reason"] == "quota_exceeded", data(out)
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
     assert await _charges(late, t) == 1
+
+
+async def test_late_parked_backlog_re_driven_passes_the_rate_limit_as_admitted_before(
+    late: Harness, clock: Clock
+) -> None:
+    """A replay shares the tenant's rate with its live traffic: admitted when parked, a
+    re-drive is let through it, not refused "later" and parked again on its resend."""
+    t = late.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    parked = []
+    for i in range(2):
+        body = {**_NO_ID, "payment_id": f"p{i}"}
+        event = build_command("payment.create", t, body, command_id=f"c{i}")
+        emits, out = await late.send_event(event, timestamp_ms=taken, offset=1 + i)
+        assert out is None and _parked_stale(late, emits)
+        parked += [e for e in emits if e.topic == late.settings.retry_topic]
+    for offset, copy in enumerate(parked, start=3):
+        out = await _reconciled_replay(late, copy, clock, offset=offset)
+        assert out is not None and kind(out) == "payment.succeeded", data(out)
+    assert await _charges(late, t) == 2
