@@ -116,6 +116,13 @@ class TlsProxy:
         ready.set()
         self.loop.run_forever()
         server.close()
+        # The sessions still relaying: ended here, on their loop, not collected once it
+        # is closed (each then warned "Event loop is closed" into a later test).
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
