@@ -1137,16 +1137,7 @@ class CommandProcessor:
         names_id = cmd.idempotency_key != cmd.command_id
         claimed = names_id and self._id_unclaimed(cmd, now)
         if names_id:
-            self._remember(
-                _command_id_key(cmd.tenant_id, cmd.command_id),
-                {
-                    "command_id": cmd.command_id,
-                    "command_type": cmd.command_type,
-                    "request_hash": request_hash,
-                    "key": cmd.idempotency_key,
-                    "expires_at": expires,
-                },
-            )
+            self._point_id(cmd, request_hash, expires)
         if (
             existing is not None
             and existing.state in _LET_THROUGH
@@ -1172,15 +1163,7 @@ class CommandProcessor:
         except AlreadyApplied as done:
             # Faust wrote the entity's changelog but the offset was not committed.
             metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
-            cmd = replace(cmd, id_salt=done.id_salt)  # the ids it was first emitted with
-            if done.emitted is not None:  # and its time and trace context
-                cmd = replace(
-                    cmd,
-                    time=datetime.fromisoformat(str(done.emitted["time"])),
-                    traceparent=done.emitted.get("traceparent"),
-                    tracestate=done.emitted.get("tracestate"),
-                    traceparent_is_outcomes=True,
-                )
+            cmd = _as_first_emitted(cmd, done)
             self._repair_entities(
                 cmd.tenant_id,
                 cmd.command_id,
@@ -1827,16 +1810,7 @@ class CommandProcessor:
         if done is None:
             return None
         metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
-        cmd = replace(cmd, id_salt=done.id_salt)
-        if done.emitted is not None:
-            cmd = replace(
-                cmd,
-                time=datetime.fromisoformat(str(done.emitted["time"])),
-                traceparent=done.emitted.get("traceparent"),
-                tracestate=done.emitted.get("tracestate"),
-                traceparent_is_outcomes=True,
-            )
-        return [self._outcome(cmd, done.outcome)]
+        return [self._outcome(_as_first_emitted(cmd, done), done.outcome)]
 
     def _read_past_provider_window(self, rec: Inbound, cmd: CommandRef) -> bool:
         """Is ``rec`` a command record (not a re-drive: those carry their sealed first
@@ -1880,18 +1854,23 @@ class CommandProcessor:
             ),
         )
         if cmd.idempotency_key != cmd.command_id:
-            self._remember(  # which request the id names (see _run's in-flight record)
-                _command_id_key(cmd.tenant_id, cmd.command_id),
-                {
-                    "command_id": cmd.command_id,
-                    "command_type": cmd.command_type,
-                    "request_hash": request_hash,
-                    "key": cmd.idempotency_key,
-                    "expires_at": parked_until,
-                },
-            )
+            self._point_id(cmd, request_hash, parked_until)
         self._point_create_scope(_create_scope(cmd, data), idem_key, first, parked_until)
         return self._to_retry_topic(rec, cmd, STALE)
+
+    def _point_id(self, cmd: CommandRef, request_hash: str, expires: float) -> None:
+        """Say which request (its key) the command's id names, under its own key: the
+        same command sent again under another key is then known as the one it is."""
+        self._remember(
+            _command_id_key(cmd.tenant_id, cmd.command_id),
+            {
+                "command_id": cmd.command_id,
+                "command_type": cmd.command_type,
+                "request_hash": request_hash,
+                "key": cmd.idempotency_key,
+                "expires_at": expires,
+            },
+        )
 
     async def _would_move_money(
         self, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
@@ -3175,6 +3154,21 @@ def _idempotency_dict(
     if first_attempt is not None and state is not IdempotencyState.DONE:
         record["first_attempt_ms"] = first_attempt
     return record
+
+
+def _as_first_emitted(cmd: CommandRef, done: AlreadyApplied) -> CommandRef:
+    """``cmd`` as its outcome was first emitted, by its entity's record of it: the ids
+    (salt), and the time and trace context."""
+    cmd = replace(cmd, id_salt=done.id_salt)
+    if done.emitted is None:
+        return cmd
+    return replace(
+        cmd,
+        time=datetime.fromisoformat(str(done.emitted["time"])),
+        traceparent=done.emitted.get("traceparent"),
+        tracestate=done.emitted.get("tracestate"),
+        traceparent_is_outcomes=True,
+    )
 
 
 def _emission(cmd: CommandRef, at: float) -> dict[str, Any]:

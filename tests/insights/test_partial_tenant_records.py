@@ -39,6 +39,19 @@ def _recover(into: Harness, records: list[Any], frm: Harness) -> None:
             table.data._key_partition[key] = rec.partition
 
 
+async def _published_after_an_hour(h: Harness) -> dict[tuple[str, str], int]:
+    """Each window's count, the highest published, after a tick an hour on."""
+    h.now = (T0 + 60 * MINUTE) / 1000
+    h.runner._ticked = 0.0
+    await h.runner.tick(lambda p: True)
+    out: dict[tuple[str, str], int] = {}
+    for e in h.of_type(WINDOW_TYPE):
+        d = e.get_data()
+        k = (d["tenant_id"], d["window_start"])
+        out[k] = max(out.get(k, 0), d["events"])
+    return out
+
+
 async def _run(crash: bool) -> dict[tuple[str, str], int]:
     a = Harness(f"partial-a-{crash}")
 
@@ -82,15 +95,7 @@ async def _run(crash: bool) -> dict[tuple[str, str], int]:
         await b.runner.tick(lambda p: True)  # after a redelivered earlier batch, say
         await b.runner.run_batch(batch)  # redelivered from the last commit
         h = b
-    h.now = (T0 + 60 * MINUTE) / 1000
-    h.runner._ticked = 0.0
-    await h.runner.tick(lambda p: True)
-    out: dict[tuple[str, str], int] = {}
-    for e in h.of_type(WINDOW_TYPE):
-        d = e.get_data()
-        k = (d["tenant_id"], d["window_start"])
-        out[k] = max(out.get(k, 0), d["events"])
-    return out
+    return await _published_after_an_hour(h)
 
 
 async def test_a_neighbours_record_landed_alone_does_not_make_a_tenants_outcomes_late() -> None:
@@ -148,15 +153,7 @@ async def _run_redelivered_earlier(crash: bool) -> dict[tuple[str, str], int]:
         await b.runner.tick(lambda p: True)  # a tick after each batch
         await b.runner.run_batch(y)
         h = b
-    h.now = (T0 + 60 * MINUTE) / 1000
-    h.runner._ticked = 0.0
-    await h.runner.tick(lambda p: True)
-    out: dict[tuple[str, str], int] = {}
-    for e in h.of_type(WINDOW_TYPE):
-        d = e.get_data()
-        k = (d["tenant_id"], d["window_start"])
-        out[k] = max(out.get(k, 0), d["events"])
-    return out
+    return await _published_after_an_hour(h)
 
 
 async def test_an_earlier_batch_redelivered_does_not_vouch_for_a_record_landed_alone() -> None:
