@@ -407,7 +407,7 @@ class CommandRunner:
         # miss what that brings, and its tombstones would never be produced while the
         # store had dropped the records; review findings.)
         if tenant and clock is not None and _may_delete(group, taken_at):
-            processor.purge_expired(tenant, clock)
+            processor.purge_expired(tenant, clock, read_at=group[-1].message.timestamp)
         return out
 
 

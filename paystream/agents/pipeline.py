@@ -19,6 +19,7 @@ import types
 import typing
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -147,6 +148,12 @@ for _reason in sorted(DEAD_LETTER_REASONS):
     metrics.DEAD_LETTERS.labels(_reason)
 
 
+# The broker time (s) of the command record being handled, in its tenant's task: an
+# idempotency record is judged live or expired as of when its command reached the
+# broker, not when it is read (see CommandProcessor._expiry_now).
+_READ_AT: ContextVar[float | None] = ContextVar("paystream_read_at", default=None)
+
+
 @dataclass(frozen=True)
 class Inbound:
     """A command record as consumed."""
@@ -251,16 +258,20 @@ class CommandProcessor:
     async def process(self, rec: Inbound) -> list[Emit]:
         """What a command record comes to: its outcome, or its dead letter or parked
         copy (and, with tracing on, its span, ended with what it came to)."""
-        if self.tracing is None:
-            emits = await self._process(rec, None)
-        else:
-            trace = self.tracing.start(rec)
-            try:
-                emits = await self._process(rec, trace)
-            except BaseException as exc:
-                trace.failed(exc)
-                raise
-            trace.finish(emits)
+        read_at = _READ_AT.set(rec.timestamp_ms / 1000 if rec.timestamp_ms > 0 else None)
+        try:
+            if self.tracing is None:
+                emits = await self._process(rec, None)
+            else:
+                trace = self.tracing.start(rec)
+                try:
+                    emits = await self._process(rec, trace)
+                except BaseException as exc:
+                    trace.failed(exc)
+                    raise
+                trace.finish(emits)
+        finally:
+            _READ_AT.reset(read_at)
         return self._for_its_sender(rec, emits)
 
     def _for_its_sender(self, rec: Inbound, emits: list[Emit]) -> list[Emit]:
@@ -2265,16 +2276,19 @@ class CommandProcessor:
         else:
             queue.append(entry)
 
-    def purge_expired(self, tenant_id: str, now: float, limit: int = 1000) -> int:
+    def purge_expired(
+        self, tenant_id: str, now: float, limit: int = 1000, read_at: float | None = None
+    ) -> int:
         """Delete up to ``limit`` of the tenant's expired idempotency records.
 
         Called while one of the tenant's commands is the current event, so the tombstones
         land on the tenant's changelog partition. Records written before this process
         started are found by one scan of the table the first time (again after
         partitions move). Idle tenants' records go with the retention sweep
-        (idempotency_expired).
+        (idempotency_expired). ``read_at``: the broker time of the tenant's last command
+        handled; the records its successors, redelivered, may be answered from stay.
         """
-        now = self._expiry_now(now)
+        now = self._expiry_now(now, read_at)
         self._seed_expiry_once(tenant_id)
         queue = self._expiring.get(tenant_id)
         purged = 0
@@ -2293,8 +2307,12 @@ class CommandProcessor:
         """For the retention sweep, which walks every tenant's records, idle tenants'
         too: would the purge delete this one now? (The purge runs on a tenant's own
         traffic only: an idle or removed tenant's records, stored outcomes with their
-        customer snapshots among them, stayed for ever; review finding.)"""
-        now = self._expiry_now(now)
+        customer snapshots among them, stayed for ever; review finding.)
+
+        Judged as of a timely command's broker time at the latest (``_expiry_now``): the
+        sweep may run before a crash's redelivered records are read again, and one of
+        them, taken before a record expired, is answered from it."""
+        now = self._expiry_now(now, now - stale_after_ms(self.settings) / 1000)
         if not isinstance(raw, dict) or float(raw.get("expires_at", 0)) > now:
             return False
         # The scan that finds which id pointers parked records still need (and queues
@@ -2464,9 +2482,29 @@ class CommandProcessor:
         if isinstance(raw, dict) and float(raw.get("expires_at", 0)) < until:
             self._remember(key, {**raw, "expires_at": until})
 
-    def _expiry_now(self, now: float) -> float:
+    def _expiry_now(self, now: float, read_at: float | None = None) -> float:
+        """The time idempotency records are judged expired by: ``now`` no later than the
+        cap, and no later than the broker time of the command being handled (``read_at``
+        by default the current record's), if that is under a day old.
+
+        Broker time, as a provider judges a key by when its request arrived: a retry
+        taken a minute before its key's record expired, and redelivered after a crash
+        that lost its whole batch (the record's longer keep with it), or just read late
+        from a backlog, is answered from the record; judged by the clock, it ran as a new
+        request under a key the provider may have forgotten too, and charged again (the
+        strict xfail of session 56). No earlier than a timely command's (the late-park's
+        cut-off): one read later than that is parked if it moves money
+        (_read_past_provider_window), and a producer's clock far behind on a create-time
+        topic must not keep records for ever."""
         cap = self.expiry_clock_cap
-        return now if cap is None or cap >= now else cap
+        if cap is not None and cap < now:
+            now = cap
+        if read_at is None:
+            read_at = _READ_AT.get()
+        if read_at is not None and read_at < now:
+            timely = now - stale_after_ms(self.settings) / 1000
+            now = read_at if read_at > timely else timely
+        return now
 
     def _repair_entities(
         self,

@@ -95,13 +95,14 @@ class Harness:
     ) -> CloudEvent:
         mode = kw.pop("mode", CloudEventsMode.BINARY)
         key = kw.pop("key", None)
+        timestamp_ms = kw.pop("timestamp_ms", None)  # the broker's (default: now)
         # Attributes the client would refuse (``attributes``: set after it built the rest).
         attributes = kw.pop("attributes", {})
         event = build_command(
             command_type, tenant if "tenantid" not in attributes else "t", data, **kw
         )
         event.get_attributes().update(attributes)
-        _, outcome = await self.send_event(event, mode=mode, key=key)
+        _, outcome = await self.send_event(event, mode=mode, key=key, timestamp_ms=timestamp_ms)
         assert outcome is not None, "every command must yield an outcome"
         return outcome
 
