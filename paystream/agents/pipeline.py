@@ -18,7 +18,8 @@ import time
 import types
 import typing
 from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -154,6 +155,16 @@ for _reason in sorted(DEAD_LETTER_REASONS):
 _READ_AT: ContextVar[float | None] = ContextVar("paystream_read_at", default=None)
 
 
+@contextmanager
+def _judged_as_read(rec: Inbound) -> Iterator[None]:
+    """Idempotency records judged as of ``rec``'s broker time meanwhile."""
+    token = _READ_AT.set(rec.timestamp_ms / 1000 if rec.timestamp_ms > 0 else None)
+    try:
+        yield
+    finally:
+        _READ_AT.reset(token)
+
+
 @dataclass(frozen=True)
 class Inbound:
     """A command record as consumed."""
@@ -215,6 +226,9 @@ class CommandProcessor:
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Registered tenant → the commands-topic partition it was last read from here.
         self._partition_of: dict[str, int] = {}
+        # Tenants read from more than one partition: another's unread records may be
+        # older than the last one read here (their purge gives the sweep's grace).
+        self._split_tenants: set[str] = set()
         # (provider, tenant; "" for every tenant) → until when K1 lookups are paused.
         self._lookups_paused: dict[tuple[str, str], float] = {}
         # Per tenant, (expires_at, key) in write order, which is expiry order: the
@@ -258,8 +272,7 @@ class CommandProcessor:
     async def process(self, rec: Inbound) -> list[Emit]:
         """What a command record comes to: its outcome, or its dead letter or parked
         copy (and, with tracing on, its span, ended with what it came to)."""
-        read_at = _READ_AT.set(rec.timestamp_ms / 1000 if rec.timestamp_ms > 0 else None)
-        try:
+        with _judged_as_read(rec):
             if self.tracing is None:
                 emits = await self._process(rec, None)
             else:
@@ -270,8 +283,6 @@ class CommandProcessor:
                     trace.failed(exc)
                     raise
                 trace.finish(emits)
-        finally:
-            _READ_AT.reset(read_at)
         return self._for_its_sender(rec, emits)
 
     def _for_its_sender(self, rec: Inbound, emits: list[Emit]) -> list[Emit]:
@@ -801,6 +812,7 @@ class CommandProcessor:
         self._partition_of[tenant_id] = partition
         if seen is None:
             return
+        self._split_tenants.add(tenant_id)
         metrics.TENANT_PARTITION_CHANGES.labels(tenant_id).inc()
         _throttled.warning(
             ("partition", tenant_id),
@@ -2286,8 +2298,13 @@ class CommandProcessor:
         started are found by one scan of the table the first time (again after
         partitions move). Idle tenants' records go with the retention sweep
         (idempotency_expired). ``read_at``: the broker time of the tenant's last command
-        handled; the records its successors, redelivered, may be answered from stay.
+        handled; the records its successors, redelivered, may be answered from stay (on
+        its partition: a tenant split over partitions gets the sweep's grace, as another
+        partition's unread records may be older; review finding).
         """
+        if tenant_id in self._split_tenants:
+            timely = now - stale_after_ms(self.settings) / 1000
+            read_at = timely if read_at is None else min(read_at, timely)
         now = self._expiry_now(now, read_at)
         self._seed_expiry_once(tenant_id)
         queue = self._expiring.get(tenant_id)
@@ -2764,7 +2781,11 @@ class CommandProcessor:
         """An unexpected exception of ours: keep the command and the partition moving.
         Its answer, if any, is its sender's only, as ``process``'s is (without the
         request header, a client took it for the answer of every request under the id)."""
-        return self._for_its_sender(rec, self._dead_letter_bug(rec))
+        # (Its records judged as process() judged them: by the clock, a retry answered
+        # from its key there got a final internal_error here; review finding.)
+        with _judged_as_read(rec):
+            emits = self._dead_letter_bug(rec)
+        return self._for_its_sender(rec, emits)
 
     def _dead_letter_bug(self, rec: Inbound) -> list[Emit]:
         """See :meth:`dead_letter_bug`.

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream.agents import pipeline
+from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
+from paystream.settings import CloudEventsMode
+from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Harness, data, kind
+from tests.agents.harness import Harness, data, kind, outcome_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -178,3 +183,83 @@ async def test_the_purge_keeps_what_a_command_taken_before_its_expiry_is_answere
         # (The key's record and its command id's pointer.)
         assert h.processor.purge_expired(t, clock.now, read_at=clock.now - 30) == 2
         assert f"{t}:k" not in h.idempotency
+
+
+async def test_a_bug_on_a_redelivered_retry_is_judged_as_of_its_broker_time_too(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry of a finished charge, taken a minute before its key expired and
+    redelivered after, meets a bug of ours: process() judged the key live (broker
+    time), dead_letter_bug, outside process(), judges it by the clock: a final
+    `internal_error` for a request that was charged (its stored answer is due)."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    async with running_harness(redis_url, committed=lambda p: 0) as h:
+        t = h.add_tenant()
+        _, first = await h.send_event(_command(clock, t, "c0"), offset=1)
+        assert first is not None and kind(first) == "payment.succeeded"
+        clock.now += DAY - 60
+        retry = _command(clock, t, "c1")
+        taken = int(clock.now * 1000)
+        clock.now += 120  # read after the key's window (a backlog, a redelivery)
+        h.processor.expiry_clock_cap = taken / 1000 + 300
+        await _forget_provider_keys(h, t)
+
+        def buggy(self: Any, key: str, now: float) -> None:
+            raise RuntimeError("a bug of ours, after the key's record was read")
+
+        monkeypatch.setattr(pipeline.CommandProcessor, "_kept_for_a_retry", buggy)
+        rec = encode_event(retry, t.encode(), CloudEventsMode.BINARY)
+        inbound = Inbound(rec.key, rec.value, dict(rec.headers), taken, "paystream.commands", 0, 2)
+        try:  # as agents/commands.py _run_tenant does
+            emits = await h.processor.process(inbound)
+        except RuntimeError:
+            emits = h.processor.dead_letter_bug(inbound)
+        out = outcome_of(h.settings, emits)
+        assert out is not None
+        assert kind(out) == "payment.succeeded", (kind(out), data(out))
+        assert await _charges(h, t) == 1
+
+
+def _on(event: Any, tenant: str, partition: int, offset: int, taken_ms: int) -> Inbound:
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), taken_ms, "paystream.commands", partition, offset
+    )
+
+
+async def test_a_split_tenants_purge_keeps_what_a_retry_on_its_other_partition_needs(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant split across partitions (producers with differing partitioners): the
+    purge after its group on partition 1 judges as of that group's last broker time,
+    later than the retry still unread on partition 0 (taken a minute before the key
+    expired). The retry, read next, finds nothing and charges again."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    async with running_harness(redis_url, committed=lambda p: 0) as h:
+        t = h.add_tenant()
+        out = outcome_of(
+            h.settings,
+            await h.processor.process(
+                _on(_command(clock, t, "c0"), t, 0, 1, int(clock.now * 1000))
+            ),
+        )
+        assert out is not None and kind(out) == "payment.succeeded"
+        clock.now += DAY - 60
+        retry = _command(clock, t, "c1")
+        retry_taken = int(clock.now * 1000)  # on partition 0, not read yet (lagging)
+        clock.now += 120
+        await _forget_provider_keys(h, t)  # the provider's 24 h for the key are over
+        h.processor.expiry_clock_cap = clock.now + 300
+        # Partition 1's batch: another command of the tenant, taken now; then the purge as
+        # _run_tenant calls it (read_at: the group's last record's broker time).
+        other = build_command("customer.create", t, {"email": "ada@example.com"})
+        other_taken = int(clock.now * 1000)
+        await h.processor.process(_on(other, t, 1, 7, other_taken))
+        h.processor.purge_expired(t, clock.now, read_at=other_taken / 1000)
+        # Partition 0's retry, read now, judged as of its broker time (key live then).
+        emits = await h.processor.process(_on(retry, t, 0, 2, retry_taken))
+        again = outcome_of(h.settings, emits)
+        assert again is not None and data(again)["entity_id"] == data(out)["entity_id"]
+        assert await _charges(h, t) == 1
