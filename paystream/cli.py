@@ -841,6 +841,7 @@ def send(
         encoded_for_sending(cmd, mode, settings)
     except InvalidCommand as exc:
         raise click.UsageError(str(exc)) from exc
+    _refuse_unrunnable(str(cmd.get_type()), tenant, payload)
 
     if http_url is not None:
         try:
@@ -888,6 +889,42 @@ def send(
     if isinstance(said, OutcomeTimeout):
         sys.exit(EXIT_NO_OUTCOME)
     click.echo(said)
+
+
+def _refuse_unrunnable(command_type: str, tenant: str, payload: dict[str, Any]) -> None:
+    """What every worker refuses unrun, whatever its state (an unknown type, a tenant id
+    no tenant can have, data its command's model refuses), refused before sending: bad
+    input, exit 2, the fields named, over Kafka as the HTTP ingress refuses it (a new
+    user's `send` got a `validation_error` outcome and 0 over Kafka, and 2 over --http)."""
+    from pydantic import ValidationError
+
+    from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, validation_errors
+    from paystream.tenancy.models import TENANT_ID_PATTERN
+
+    name = command_type.removeprefix(COMMAND_PREFIX)
+    if not command_type.startswith(COMMAND_PREFIX) or name not in COMMANDS:
+        raise click.BadParameter(
+            f"{command_type!r} is no paystream command; known: {', '.join(sorted(COMMANDS))}",
+            param_hint="COMMAND_TYPE",
+        )
+    if not re.fullmatch(TENANT_ID_PATTERN, tenant):
+        # (Not repeated: it may be anything, a card number too.)
+        raise click.BadParameter(
+            f"tenant ids match {TENANT_ID_PATTERN} (`paystream tenants list` shows them)",
+            param_hint="--tenant",
+        )
+    try:
+        COMMANDS[name].model_validate(payload)
+    except ValidationError as exc:
+        raise click.BadParameter(
+            f"invalid {name} data:\n{_fields_named(validation_errors(exc))}",
+            param_hint="--data",
+        ) from None
+
+
+def _fields_named(errors: list[dict[str, Any]]) -> str:
+    """Validation errors a line each (the whole data's, of no field: `(data)`)."""
+    return "\n".join(f"  {e.get('loc') or '(data)'}: {e.get('msg')}" for e in errors)
 
 
 def _note_other_cause(outcome: Any, command_id: str, idempotency_key: str | None) -> None:
@@ -954,11 +991,12 @@ async def _send_over_http(
         _say_how_to_resend(cmd.get_id())
         return OutcomeTimeout(str(exc))
     except IngressError as exc:
-        for error in exc.errors:
-            click.echo(f"  {error.get('loc')}: {error.get('msg')}", err=True)
+        said = f"the ingress refused it: {exc}"
+        if exc.errors:  # (in the message: printed before it, they sat above the usage)
+            said += "\n" + _fields_named(exc.errors)
         if exc.status in (400, 413, 415):
-            raise click.UsageError(f"the ingress refused it: {exc}") from None
-        raise click.ClickException(f"the ingress refused it: {exc}") from None
+            raise click.UsageError(said) from None
+        raise click.ClickException(said) from None
     except aiohttp.InvalidURL:
         raise click.BadParameter(f"{shown} is no URL", param_hint="--http") from None
     if isinstance(answer, Accepted):
@@ -1761,10 +1799,12 @@ def dev(
         for name in ("PAYSTREAM_AGENTS", "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"):
             exports[name] = env[name]
         exports = _shell_values(exports, os.environ)
-        # The stack's own URLs hold the passwords its servers were made with this run:
-        # by reference to a file only this user reads, as the master key below.
+        # The stack's own URLs hold the passwords its servers were made with this run, and
+        # ports that change each run: by reference to a file only this user reads, as the
+        # master key below, so that the line pasted once still holds after a restart (a
+        # literal broker port went stale: the CLI found no broker, the rest answered).
         for name, value in stack.env().items():
-            if url_without_password(value) != value and os.environ.get(name) != value:
+            if name.endswith("_URL") and os.environ.get(name) != value:
                 exports[name] = _dev_url_file(data_dir / "dev", name, value)
         exports["PATH"] = f'"{Path(sys.executable).parent}:$PATH"'
         if "PAYSTREAM_MASTER_KEY" not in env:
@@ -2078,6 +2118,7 @@ def docs(check: bool, directory: Path | None) -> None:
     """Write the interface documents (AsyncAPI, OpenAPI) generated from the code."""
     from paystream import docs as interface
 
+    given = directory is not None
     if directory is None:
         directory = Path("docs")
         # Run elsewhere, it wrote a docs/ of its own into whatever directory the shell
@@ -2093,9 +2134,13 @@ def docs(check: bool, directory: Path | None) -> None:
         missing = [n for n in differ if not (directory / n).is_file()]
         if missing:  # (run outside the repository root, or never written)
             names = ", ".join(str(directory / n) for n in missing)
+            # (Told to run `paystream docs` outside the root, a new user was refused.)
+            write = f"`paystream docs --dir {shlex.quote(str(directory))}`" if given else None
             raise click.ClickException(
-                f"{names} not found (from the repository root, or with --dir, they are "
-                "checked; run `paystream docs` to write them)"
+                f"{names} not found: run {write} to write them"
+                if write
+                else f"{names} not found: run this from the repository root, or give "
+                "--dir (`paystream docs` writes them there)"
             )
         names = ", ".join(str(directory / n) for n in differ)
         raise click.ClickException(f"{names} differ from the code: run `paystream docs`")

@@ -504,7 +504,10 @@ def outcome_summary(event: CloudEvent) -> dict[str, Any]:
     """The outcome as a JSON-able dict (attributes + data) for printing."""
     attrs = {k: v for k, v in event.get_attributes().items() if v is not None}
     if "time" in attrs:
-        attrs["time"] = attrs["time"].isoformat()
+        # As the event carries it (RFC 3339, "Z" for UTC), as the ingress and the
+        # dashboard show it: the same outcome read two ways can be grepped and compared.
+        text = attrs["time"].isoformat()
+        attrs["time"] = text[:-6] + "Z" if text.endswith("+00:00") else text
     return {**attrs, "data": event.get_data()}
 
 

@@ -1675,7 +1675,7 @@ def _ingress_schemas(components: Doc) -> Doc:
             "it unrun; `errors` (invalid data): each field's, never the value sent.",
             "required": ["error", "message"],
             "properties": {
-                "error": {"enum": ["validation_error", "unsupported"]},
+                "error": {"enum": ["validation_error", "unsupported", "unknown_command"]},
                 "message": _STR,
                 "errors": {
                     "type": "array",

@@ -62,6 +62,25 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
         (["tenants", "add", "acme", "--secret", "api_key\udcff"], "not valid Unicode"),
         (["tenants", "add", "acme", "--option", 'latency_ms="\udcff"'], "not valid Unicode"),
         (["send", "customer.create", "--tenant", ""], "tenant id is empty"),
+        # What every worker refuses unrun, refused as the HTTP ingress refuses it: exit 2,
+        # the fields named (a new user got a validation_error outcome and 0 over Kafka).
+        (
+            ["send", "payment.create", "--tenant", "acme", "--data", '{"amount": -5}'],
+            "invalid payment.create data:\n  amount: Input should be greater than or equal to 1",
+        ),
+        (
+            [
+                "send",
+                "payment.create",
+                "--tenant",
+                "acme",
+                "--data",
+                '{"amount": 5, "currency": "USD"}',
+            ],
+            "  (data): Value error, exactly one of payment_method_id or payment_method_token",
+        ),
+        (["send", "payment.charge", "--tenant", "acme"], "is no paystream command; known: "),
+        (["send", "customer.create", "--tenant", "Acme"], "--tenant: tenant ids match"),
         # Over the structured-mode limit: refused before connecting (it was exit 1, an
         # outage's status, after a connection; review finding).
         (

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -578,3 +579,13 @@ async def test_published_commands_carry_a_request_header(deployment_factory: Any
         await client.publish(build_command("customer.create", "acme", {}, command_id="p1"))
     [record] = await dep.read_topic(dep.settings.commands_topic)
     assert REQUEST_HEADER in dict(record.headers)
+
+
+async def test_a_printed_outcome_s_time_is_as_the_event_carries_it() -> None:
+    """`send` printed "+00:00" where the event, the ingress and the dashboard say "Z"
+    (walkthrough finding)."""
+    from paystream.client import outcome_summary
+
+    event = build_command("customer.create", "acme", {})
+    event.get_attributes()["time"] = datetime(2026, 12, 5, 6, 12, 54, 9048, tzinfo=UTC)
+    assert outcome_summary(event)["time"] == "2026-12-05T06:12:54.009048Z"

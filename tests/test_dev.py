@@ -99,6 +99,11 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert "PAYSTREAM_INSIGHTS_WINDOW_SECONDS=10" in output, output
         # ... and this environment's `paystream` first on the PATH (the README's CLI).
         assert f'PATH="{Path(sys.executable).parent}:$PATH"' in output, output
+        # The stack's URLs by reference too: its ports change each run, and a line
+        # pasted once, naming a port, went stale at the next (walkthrough finding).
+        broker_file = data_dir / "dev" / "kafka_broker_url.url"
+        assert f'KAFKA_BROKER_URL="$(cat {broker_file})"' in output, output
+        assert re.fullmatch(r"kafka://127\.0\.0\.1:\d+", broker_file.read_text()), output
         master_key = (data_dir / "dev" / "dev-master.key").read_text().strip()
         assert master_key not in output and "dev-master.key" in output
         # A share of the demo's flows goes through the HTTP ingress, under the platform's

@@ -499,11 +499,17 @@ def _command_record(event: CloudEvent, settings: Settings) -> tuple[KafkaRecord,
     """The command's Kafka record and id; refused as a worker would refuse it unrun."""
     command_type = str(event.get_type())
     name = command_type.removeprefix(COMMAND_PREFIX)
-    if not command_type.startswith(COMMAND_PREFIX) or name not in COMMANDS:
+    known = f"known: {', '.join(sorted(COMMANDS))}"
+    # (The worker's reasons: a paystream type naming no command is unknown_command, as
+    # the outcome a producer on the topic gets says; review finding: both were unsupported.)
+    if not command_type.startswith(COMMAND_PREFIX):
         raise _Refused(
             400, "invalid", "unsupported",
-            f"not a paystream command type (`{COMMAND_PREFIX}<domain>.<verb>`; "
-            f"known: {', '.join(sorted(COMMANDS))})",
+            f"not a paystream command type (`{COMMAND_PREFIX}<domain>.<verb>`; {known})",
+        )  # fmt: skip
+    if name not in COMMANDS:
+        raise _Refused(
+            400, "invalid", "unknown_command", f"{command_type!r} names no command ({known})"
         )  # fmt: skip
     data = event.get_data()
     if data not in (None, b"", "") and not isinstance(data, dict):  # (as the worker says)

@@ -492,8 +492,10 @@ class EntityView(View):
         if kind == "commands":  # what became of a command (by idempotency key or id)
             found = command_view(t.idempotency, tenant, entity_id, time.time())
         elif table is None:
+            kinds = ", ".join([*sorted(_ENTITY_TABLES), "commands"])
             return self.json(
-                {"error": "not_found", "message": f"unknown kind {kind!r}"}, status=404
+                {"error": "not_found", "message": f"unknown kind {kind!r}; kinds: {kinds}"},
+                status=404,
             )
         else:
             found = entity_view(table, tenant, entity_id)

@@ -285,7 +285,13 @@ async def test_who_may_not_send_is_refused_alike(
             400,
             "validation_error",
         ),
-        ("an unknown command", structured("payment.teleport", {}), 400, "unsupported"),
+        ("an unknown command", structured("payment.teleport", {}), 400, "unknown_command"),
+        (
+            "not a paystream type",
+            structured("x", {}, type="com.example.order.placed"),
+            400,
+            "unsupported",
+        ),
         ("data not an object", structured("customer.create", []), 400, "validation_error"),
         ("data a number", structured("customer.create", 0), 400, "validation_error"),
         (

@@ -265,6 +265,10 @@ async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> No
     assert absent == {"error": "not_found", "message": "no such command"}
 
 
+# (Listed in the answer: a singular "payment" got a bare "unknown kind".)
+_KINDS = "; kinds: customers, disputes, payment_methods, payments, refunds, commands"
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [
@@ -276,10 +280,10 @@ async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> No
         ("/v1/tenants/acme/customers/{pid}", "no such customer"),
         ("/v1/tenants/acme/payment_methods/{pid}", "no such payment_method"),
         ("/v1/tenants/acme/disputes/{pid}", "no such dispute"),
-        ("/v1/tenants/acme/widgets/{pid}", "unknown kind 'widgets'"),
+        ("/v1/tenants/acme/widgets/{pid}", "unknown kind 'widgets'" + _KINDS),
         # bookkeeping tables are not entity kinds
-        ("/v1/tenants/acme/idempotency/{pid}", "unknown kind 'idempotency'"),
-        ("/v1/tenants/acme/tenants/acme", "unknown kind 'tenants'"),
+        ("/v1/tenants/acme/idempotency/{pid}", "unknown kind 'idempotency'" + _KINDS),
+        ("/v1/tenants/acme/tenants/acme", "unknown kind 'tenants'" + _KINDS),
     ],
 )
 async def test_entity_lookup_not_found_shapes(
