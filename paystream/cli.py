@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -892,8 +893,9 @@ def send(
 
 
 def _refuse_unrunnable(command_type: str, tenant: str, payload: dict[str, Any]) -> None:
-    """What every worker refuses unrun, whatever its state (an unknown type, a tenant id
-    no tenant can have, data its command's model refuses), refused before sending: bad
+    """What a worker refuses unrun (an unknown type, a tenant id no tenant can have, data
+    its command's model refuses; only a resend of a command a version with another model
+    answered would be answered instead), refused before sending: bad
     input, exit 2, the fields named, over Kafka as the HTTP ingress refuses it (a new
     user's `send` got a `validation_error` outcome and 0 over Kafka, and 2 over --http)."""
     from pydantic import ValidationError
@@ -1640,11 +1642,22 @@ def _dev_url_file(data_dir: Path, name: str, url: str) -> str:
     """``url`` written to an owner-only file; ``"$(cat <file>)"`` for an export line."""
     path = data_dir / f"{name.lower()}.url"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(url)
+    # Whole or not at all, for a shell reading it meanwhile (mkstemp makes it 0600).
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(url)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return f'"$(cat {shlex.quote(str(path))})"'
+
+
+def _forget_dev_urls(data_dir: Path) -> None:
+    """The stack's URL files (_dev_url_file), gone with the servers they name."""
+    for path in data_dir.glob("*.url"):
+        path.unlink(missing_ok=True)
 
 
 def _dev_master_key(data_dir: Path) -> str:
@@ -1757,6 +1770,7 @@ def dev(
             "with PAYSTREAM_DATA_DIR set to another directory (and other ports: --web-port, "
             "--ingress-port)"
         ) from None
+    _forget_dev_urls(data_dir / "dev")  # (an earlier run's, killed: dead addresses)
     port = settings.web_port if web_port is None else web_port
     if not _port_free(settings.web_host, port):
         # Found now, not as a worker that exits after the whole stack has started.
@@ -1799,10 +1813,11 @@ def dev(
         for name in ("PAYSTREAM_AGENTS", "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"):
             exports[name] = env[name]
         exports = _shell_values(exports, os.environ)
-        # The stack's own URLs hold the passwords its servers were made with this run, and
-        # ports that change each run: by reference to a file only this user reads, as the
-        # master key below, so that the line pasted once still holds after a restart (a
-        # literal broker port went stale: the CLI found no broker, the rest answered).
+        # The stack's own URLs hold the passwords its servers were made with this run:
+        # by reference to a file only this user reads, as the master key below; the
+        # broker's too, so that a line pasted again from history reads this run's port
+        # (a literal one, stale, found no broker while the rest answered). The files go
+        # when the stack stops: a paste then says "No such file", not a dead address.
         for name, value in stack.env().items():
             if name.endswith("_URL") and os.environ.get(name) != value:
                 exports[name] = _dev_url_file(data_dir / "dev", name, value)
@@ -1918,6 +1933,7 @@ def dev(
         if worker is not None:
             worker.stop()
         stack.stop()
+        _forget_dev_urls(data_dir / "dev")
         click.echo("stopped: worker, ingress and embedded services are down.")
 
 

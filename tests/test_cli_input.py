@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -411,3 +412,22 @@ def test_the_dev_stacks_urls_are_exported_by_reference_to_owner_only_files(
     assert line == f'"$(cat {path})"' and "s3cr3t" not in line
     assert path.read_text() == url and (path.stat().st_mode & 0o777) == 0o600
     _dev_url_file(tmp_path, "REDIS_URL", url)  # a later run writes it again
+
+
+def test_the_ingress_s_field_errors_are_said_in_its_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`send --http`: the fields the ingress names are in the error, under it, not
+    printed above click's usage text (walkthrough finding); exit 2, as bad input."""
+    from paystream.http_client import IngressClient, IngressError
+
+    async def refused(self: Any, command: Any, *, wait: float | None = None) -> Any:
+        errors = [{"loc": "", "msg": "Value error, no"}, {"loc": "email", "msg": "bad"}]
+        raise IngressError(400, "validation_error", "invalid data", errors, "c1")
+
+    monkeypatch.setattr(IngressClient, "send", refused)
+    args = ["send", "customer.create", "--tenant", "acme", "--http", "http://127.0.0.1:9"]
+    result = CliRunner().invoke(cli, args, env={**BROKER, "PAYSTREAM_INGRESS_KEY": "k"})
+    assert result.exit_code == 2, result.output
+    said = result.output[result.output.index("Error: the ingress refused it") :]
+    assert "400 validation_error: invalid data\n  (data): Value error, no\n  email: bad" in said

@@ -125,11 +125,14 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         )
         assert second.returncode == 1, second.stdout + second.stderr
         assert "another `paystream dev` runs from" in second.stderr
+        assert broker_file.is_file()  # (the refused one left the running stack's)
         assert all(_port_open(p) for p in set(ports)), "the first stack lost a service"
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest
         assert "stopped: worker, ingress and embedded services are down." in rest
+        # Gone with the servers: a line pasted now fails plainly, not on a dead port.
+        assert not list((data_dir / "dev").glob("*.url"))
         # The demo's flows end before its client closes under them (each one erred).
         assert "Traceback" not in rest and "never retrieved" not in rest, rest
         assert not [p for p in set(ports) if _port_open(p)], "a service outlived `paystream dev`"

@@ -508,8 +508,9 @@ def _command_record(event: CloudEvent, settings: Settings) -> tuple[KafkaRecord,
             f"not a paystream command type (`{COMMAND_PREFIX}<domain>.<verb>`; {known})",
         )  # fmt: skip
     if name not in COMMANDS:
+        # (The type not repeated: read before the card scan, it may be a card number.)
         raise _Refused(
-            400, "invalid", "unknown_command", f"{command_type!r} names no command ({known})"
+            400, "invalid", "unknown_command", f"`type` names no paystream command ({known})"
         )  # fmt: skip
     data = event.get_data()
     if data not in (None, b"", "") and not isinstance(data, dict):  # (as the worker says)
