@@ -2508,8 +2508,8 @@ class CommandProcessor:
         taken a minute before its key's record expired, and redelivered after a crash
         that lost its whole batch (the record's longer keep with it), or just read late
         from a backlog, is answered from the record; judged by the clock, it ran as a new
-        request under a key the provider may have forgotten too, and charged again (the
-        strict xfail of session 56). No earlier than a timely command's (the late-park's
+        request under a key the provider may have forgotten too, and charged again (found
+        by time-travel explorations). No earlier than a timely command's (the late-park's
         cut-off): one read later than that is parked if it moves money
         (_read_past_provider_window), and a producer's clock far behind on a create-time
         topic must not keep records for ever."""
