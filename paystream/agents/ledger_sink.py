@@ -403,12 +403,15 @@ async def _until_stored(events: Sequence[EventT]) -> None:
     runs them); never pass over it. Cancellation propagates."""
     delay = RETRY_FIRST_SECONDS
     stored = False  # the ledger half done: a retry for the insights runs only theirs
+    stalled = False  # said by the gauge below, and so to be unsaid here
     while True:
         # Retried past a rebalance, what moved away is its new owner's now: a late write
         # of ours would land after (and over) that owner's insights record.
         generation = app.consumer_generation_id
         events = [e for e in events if e.message.generation_id == generation]
         if not events:
+            if stalled:  # (moved away: nothing of it stalls this worker now)
+                STALLED.set(0)
             return
         try:
             if not stored and (ENABLED or insights.runner is None):  # (not insights alone)
@@ -416,6 +419,11 @@ async def _until_stored(events: Sequence[EventT]) -> None:
                 # Once: run again, its refused outcomes were parked (and counted) again
                 # on every retry of an insights failure (review finding).
                 stored = True
+                if stalled:
+                    # (The writer clears it only after a database write, which a batch
+                    # of nothing to write, or only refused outcomes, never makes: it
+                    # stayed 1, and the stalled-sink alert paged; review finding.)
+                    STALLED.set(0)
                 # The writer waits out a database outage itself, minutes maybe, across a
                 # rebalance: what moved away meanwhile is its new owner's to count (a
                 # late count of ours is the late write above; review finding).
@@ -432,6 +440,7 @@ async def _until_stored(events: Sequence[EventT]) -> None:
             # (review finding: it stayed 0).
             if not stored:
                 STALLED.set(1)
+                stalled = True
                 WRITE_FAILURES.labels(FailureKind.UNEXPECTED).inc()
             log.exception(
                 "ledger sink: a batch of %d outcome(s) could not be stored; retrying in %.0f s",
