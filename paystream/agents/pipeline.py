@@ -2303,7 +2303,7 @@ class CommandProcessor:
         partition's unread records may be older; review finding).
         """
         if tenant_id in self._split_tenants:
-            timely = now - stale_after_ms(self.settings) / 1000
+            timely = self._timely_since(now)
             read_at = timely if read_at is None else min(read_at, timely)
         now = self._expiry_now(now, read_at)
         self._seed_expiry_once(tenant_id)
@@ -2329,7 +2329,7 @@ class CommandProcessor:
         Judged as of a timely command's broker time at the latest (``_expiry_now``): the
         sweep may run before a crash's redelivered records are read again, and one of
         them, taken before a record expired, is answered from it."""
-        now = self._expiry_now(now, now - stale_after_ms(self.settings) / 1000)
+        now = self._expiry_now(now, self._timely_since(now))
         if not isinstance(raw, dict) or float(raw.get("expires_at", 0)) > now:
             return False
         # The scan that finds which id pointers parked records still need (and queues
@@ -2519,9 +2519,14 @@ class CommandProcessor:
         if read_at is None:
             read_at = _READ_AT.get()
         if read_at is not None and read_at < now:
-            timely = now - stale_after_ms(self.settings) / 1000
+            timely = self._timely_since(now)
             now = read_at if read_at > timely else timely
         return now
+
+    def _timely_since(self, now: float) -> float:
+        """The oldest broker time a command read at ``now`` is timely for: the late
+        park's cut-off (_read_past_provider_window), as seconds."""
+        return now - stale_after_ms(self.settings) / 1000
 
     def _repair_entities(
         self,
