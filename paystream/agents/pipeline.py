@@ -8,21 +8,16 @@ yields emitted records (an outcome, a dead letter, or a parked command).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import functools
 import hashlib
-import json
 import logging
 import re
 import time
 import types
 import typing
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -69,7 +64,23 @@ from paystream.agents.handlers import (
     digest_shaped,
     entity_key,
 )
-from paystream.built import built, frozen_record
+from paystream.agents.idempotency_keeping import (
+    ERASED_HASH,
+    LET_THROUGH_VALUES,
+    IdempotencyKeeping,
+    judged_as_read,
+)
+from paystream.agents.inbound import (
+    Emit,
+    Inbound,
+    attribute_bytes,
+    bad_time,
+    command_identity,
+    emit,
+    record_size,
+    record_time,
+)
+from paystream.built import built
 from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
@@ -83,7 +94,6 @@ from paystream.streams.codec import (
     UndecodableRecord,
     decode_record,
     is_structured,
-    valid_unicode,
 )
 from paystream.streams.commands import (
     COMMAND_PREFIX,
@@ -123,7 +133,6 @@ from paystream.tables.records import (
     StoredOutcome,
     applied_entry,
     scrub_customer_applied,
-    scrub_customer_outcome,
     trim_applied,
 )
 from paystream.tenancy.crypto import CryptoError
@@ -149,50 +158,7 @@ for _reason in sorted(DEAD_LETTER_REASONS):
     metrics.DEAD_LETTERS.labels(_reason)
 
 
-# The broker time (s) of the command record being handled, in its tenant's task: an
-# idempotency record is judged live or expired as of when its command reached the
-# broker, not when it is read (see CommandProcessor._expiry_now).
-_READ_AT: ContextVar[float | None] = ContextVar("paystream_read_at", default=None)
-
-
-@contextmanager
-def _judged_as_read(rec: Inbound) -> Iterator[None]:
-    """Idempotency records judged as of ``rec``'s broker time meanwhile."""
-    token = _READ_AT.set(rec.timestamp_ms / 1000 if rec.timestamp_ms > 0 else None)
-    try:
-        yield
-    finally:
-        _READ_AT.reset(token)
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """A command record as consumed."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: Mapping[str, bytes]
-    timestamp_ms: int
-    topic: str = ""
-    partition: int = -1
-    offset: int = -1
-
-
-@dataclass(frozen=True)
-class Emit:
-    """A record to produce."""
-
-    topic: str
-    record: KafkaRecord
-    summary: dict[str, Any] | None = None  # for the dashboard's activity log
-
-
-def _emit(topic: str, record: KafkaRecord, summary: dict[str, Any] | None) -> Emit:
-    """``Emit(topic, record, summary)``, once per outcome (see ``frozen_record``)."""
-    return frozen_record(Emit, {"topic": topic, "record": record, "summary": summary})
-
-
-class CommandProcessor:
+class CommandProcessor(IdempotencyKeeping):
     """Runs commands against tables and gateways; one instance per worker."""
 
     def __init__(
@@ -206,7 +172,7 @@ class CommandProcessor:
         committed: Callable[[int], int] | None = None,
         tracing: CommandTracing | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, idempotency)
         # OpenTelemetry spans of commands and provider calls (None: off, the default).
         self.tracing = tracing
         # Whose first-attempt times to believe (re-sent by `dlq replay`, sealed).
@@ -215,7 +181,6 @@ class CommandProcessor:
         # A payment's next action holds the customer's credential: kept sealed.
         self.next_actions = NextActionSeal.from_settings(settings)
         self.tables = tables
-        self.idempotency = idempotency
         self.tenants = tenants
         self.gateways = gateways
         # ``committed(partition)``: the commands topic's committed offset there.
@@ -226,27 +191,8 @@ class CommandProcessor:
         self._tenants_parsed: dict[str, tuple[Any, Tenant]] = {}
         # Registered tenant → the commands-topic partition it was last read from here.
         self._partition_of: dict[str, int] = {}
-        # Tenants read from more than one partition: another's unread records may be
-        # older than the last one read here (their purge gives the sweep's grace).
-        self._split_tenants: set[str] = set()
         # (provider, tenant; "" for every tenant) → until when K1 lookups are paused.
         self._lookups_paused: dict[tuple[str, str], float] = {}
-        # Per tenant, (expires_at, key) in write order, which is expiry order: the
-        # idempotency window is fixed, so purging only ever looks at the front.
-        self._expiring: dict[str, deque[tuple[float, str]]] = {}
-        # Tenants whose records already in the table (recovered) are queued too: their
-        # queue may exist before that (a command of theirs ran first), so not the same.
-        self._seeded: set[str] = set()
-        # Id pointer → the key of the parked or in-flight record it names, as the last
-        # scan found (pointers written before they lasted as long as such records).
-        self._parked_ids: dict[str, str] = {}
-        self._expiry_seeded = False
-        # The latest time idempotency records are judged expired by (None: this
-        # process's clock alone): the command agent keeps it a little past the broker's
-        # newest command time, so that a worker whose clock runs ahead (by less than the
-        # day that stops its deletes) neither purges nor reads as expired records of the
-        # window's last hours (review finding: a retry an hour on ran as a new request).
-        self.expiry_clock_cap: float | None = None
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._rejections: dict[tuple[str, str, str], Any] = {}
         # Commands older than this are refused `past_retention` (inf: retention off).
@@ -272,7 +218,7 @@ class CommandProcessor:
     async def process(self, rec: Inbound) -> list[Emit]:
         """What a command record comes to: its outcome, or its dead letter or parked
         copy (and, with tracing on, its span, ended with what it came to)."""
-        with _judged_as_read(rec):
+        with judged_as_read(rec.timestamp_ms):
             if self.tracing is None:
                 emits = await self._process(rec, None)
             else:
@@ -349,7 +295,7 @@ class CommandProcessor:
         if size > ATTRIBUTES_MAX_BYTES and is_structured(rec.headers):
             # A structured command's attributes are in its value: held to the same limit
             # (a 60 KB traceparent was copied into its outcome and every record it wrote).
-            named = _attribute_bytes(event)
+            named = attribute_bytes(event)
             tenant = str(event.get_extension("tenantid") or "") or key_str(rec.key)
             idem = str(event.get_extension("idempotencykey") or event.get_id())
             # (Not this very command, admitted by a version before this limit: its
@@ -437,13 +383,13 @@ class CommandProcessor:
             traceparent, tracestate = trace_context_without_cards(traceparent, tracestate)
         suffix = ce_type.removeprefix(COMMAND_PREFIX)
         sent_at = attrs.get("time")
-        bad_time = None if sent_at is None else _bad_time(sent_at)
+        time_wrong = None if sent_at is None else bad_time(sent_at)
         cmd = command_ref(
             tenant_id=tenant_id or key_str(rec.key) or UNNAMED_TENANT,
             command_id=command_id,
             command_type=suffix,
             idempotency_key=idem_key,
-            time=when if bad_time or sent_at is None else sent_at,
+            time=when if time_wrong or sent_at is None else sent_at,
             # A traceparent that is not W3C trace context is ignored, as W3C says: copied
             # onto the outcome, it carried whatever text a sender put there ("cvc=737"
             # included) into outcomes, stored records and parks (review finding).
@@ -523,8 +469,8 @@ class CommandProcessor:
             )
         if not tenant_id:
             return self._reject(cmd, RejectReason.VALIDATION_ERROR, "missing extension tenantid")
-        if bad_time:
-            return self._reject(cmd, RejectReason.VALIDATION_ERROR, f"time: {bad_time}")
+        if time_wrong:
+            return self._reject(cmd, RejectReason.VALIDATION_ERROR, f"time: {time_wrong}")
         if key_str(rec.key) != tenant_id:
             # The record key decides the partition and thus where tenant state lives;
             # a command keyed for one tenant must not act on another's state.
@@ -572,7 +518,9 @@ class CommandProcessor:
         if (
             0 < rec.timestamp_ms < past_before_ms
             or (
-                sent_at is not None and not bad_time and sent_at.timestamp() * 1000 < past_before_ms
+                sent_at is not None
+                and not time_wrong
+                and sent_at.timestamp() * 1000 < past_before_ms
             )
         ) and (answered := await self._past_retention_answer(rec, cmd, raw, attrs)):
             return answered
@@ -1743,7 +1691,7 @@ class CommandProcessor:
             # not a second effect. (A record redelivered after a crash is not marked: its
             # first answer may never have left the worker that crashed.)
             summary = {**(replayed.summary or {}), "resent": True}
-            replayed = _emit(replayed.topic, replayed.record, summary)
+            replayed = emit(replayed.topic, replayed.record, summary)
         if existing.command_id != cmd.command_id:
             replayed = _with_header(replayed, ANSWERS_HEADER, cmd.command_id.encode())
         return [replayed]
@@ -1937,7 +1885,7 @@ class CommandProcessor:
         # Only while the create it names is still let through (parked, in flight): once
         # answered (made, declined, refused), a create of the id is a new request.
         parked = self.idempotency.get(str(pointer.get("key")))
-        if parked is None or parked.get("state") not in _LET_THROUGH_VALUES:
+        if parked is None or parked.get("state") not in LET_THROUGH_VALUES:
             return None
         if float(parked.get("expires_at", 0)) <= time.time():
             return None
@@ -2044,7 +1992,7 @@ class CommandProcessor:
         pointer = self.idempotency.get(scope)
         if pointer is not None and pointer.get("key") != idem_key:
             other = self.idempotency.get(str(pointer.get("key")))
-            earlier = other is not None and other.get("state") in _LET_THROUGH_VALUES
+            earlier = other is not None and other.get("state") in LET_THROUGH_VALUES
             other_first = other.get("first_attempt_ms") if other is not None else None
             if earlier and isinstance(other_first, int) and other_first <= first:
                 return
@@ -2270,264 +2218,6 @@ class CommandProcessor:
             record["customer_id"] = customer_id
         self._remember(key, record)
 
-    def _remember(self, key: str, record: dict[str, Any]) -> None:
-        """Write an idempotency record and queue it for deletion when it expires."""
-        self.idempotency[key] = record
-        # (``partition``: the tenant id, as ``split(":", 1)[0]``, without the list; the
-        # tenant's queue made only when it has none, not a deque per write for setdefault)
-        tenant_id = key.partition(":")[0]
-        queue = self._expiring.get(tenant_id)
-        if queue is None:
-            queue = self._expiring[tenant_id] = deque()
-        entry = (record["expires_at"], key)
-        if queue and queue[-1][0] > entry[0]:
-            # After a parked record (kept long, see _parked_until): in its place, as the
-            # purge only ever looks at the front (review finding: it held back every
-            # record written after it).
-            bisect.insort(queue, entry)
-        else:
-            queue.append(entry)
-
-    def purge_expired(
-        self, tenant_id: str, now: float, limit: int = 1000, read_at: float | None = None
-    ) -> int:
-        """Delete up to ``limit`` of the tenant's expired idempotency records.
-
-        Called while one of the tenant's commands is the current event, so the tombstones
-        land on the tenant's changelog partition. Records written before this process
-        started are found by one scan of the table the first time (again after
-        partitions move). Idle tenants' records go with the retention sweep
-        (idempotency_expired). ``read_at``: the broker time of the tenant's last command
-        handled; the records its successors, redelivered, may be answered from stay (on
-        its partition: a tenant split over partitions gets the sweep's grace, as another
-        partition's unread records may be older; review finding).
-        """
-        if tenant_id in self._split_tenants:
-            timely = self._timely_since(now)
-            read_at = timely if read_at is None else min(read_at, timely)
-        now = self._expiry_now(now, read_at)
-        self._seed_expiry_once(tenant_id)
-        queue = self._expiring.get(tenant_id)
-        purged = 0
-        while queue and queue[0][0] <= now and purged < limit:
-            _, key = queue.popleft()
-            raw = self.idempotency.get(key)
-            # The key may have been written again since (a retry): only expired ones go.
-            if raw is not None and float(raw.get("expires_at", 0)) <= now:
-                if self._kept_for_its_parked_record(key, raw):
-                    continue
-                del self.idempotency[key]
-                purged += 1
-        return purged
-
-    def idempotency_expired(self, key: Any, raw: Any, now: float) -> bool:
-        """For the retention sweep, which walks every tenant's records, idle tenants'
-        too: would the purge delete this one now? (The purge runs on a tenant's own
-        traffic only: an idle or removed tenant's records, stored outcomes with their
-        customer snapshots among them, stayed for ever; review finding.)
-
-        Judged as of a timely command's broker time at the latest (``_expiry_now``): the
-        sweep may run before a crash's redelivered records are read again, and one of
-        them, taken before a record expired, is answered from it."""
-        now = self._expiry_now(now, self._timely_since(now))
-        if not isinstance(raw, dict) or float(raw.get("expires_at", 0)) > now:
-            return False
-        # The scan that finds which id pointers parked records still need (and queues
-        # the records this process did not write) comes first.
-        tenant = str(key).partition(":")[0]
-        self._seed_expiry_once(tenant)
-        if self._kept_for_its_parked_record(str(key), raw):
-            return False
-        # Its queue's front, of keys gone (this one goes now): an idle tenant's queue
-        # would otherwise hold an entry per record it wrote in its last window, for good.
-        queue = self._expiring.get(tenant)
-        while (
-            queue
-            and queue[0][0] <= now
-            and (queue[0][1] == key or queue[0][1] not in self.idempotency)
-        ):
-            queue.popleft()
-        if queue is not None and not queue:
-            del self._expiring[tenant]
-        return True
-
-    def rescan_expiry(self) -> None:
-        """Partitions are moving: records recovered for them (written by another worker
-        meanwhile) are found by a fresh scan at the next purge."""
-        self._expiry_seeded = False
-        self._seeded.clear()
-        self._parked_ids.clear()
-        # Rebuilt by that scan from what the table holds: queued keys of partitions this
-        # worker only stands by for (their owner purges them) were never popped, and the
-        # queues grew with every rebalance (review finding).
-        self._expiring.clear()
-
-    def _seed_expiry_once(self, tenant_id: str) -> None:
-        """Find the records written before this process started (or before it was given
-        its partitions): one scan of the table, after which every record is queued (its
-        writes here queue it). A scan per tenant first seen later (one of the whole
-        table each, a second at 300,000 records, inside a batch) found nothing this one
-        had not: partitions moving bring a fresh scan (rescan_expiry), and no purge runs
-        before their recovery (review finding)."""
-        if not self._expiry_seeded:
-            self._seed_expiry(None)
-            self._expiry_seeded = True
-
-    def _parked_record_until(self, key: str, raw: dict[str, Any]) -> float | None:
-        """Until when the id pointer ``raw`` (at ``key``) must be kept for the parked
-        record the scan found for its request, if longer than its own expiry."""
-        named = self._parked_ids.get(key)
-        if named is None:
-            return None
-        parked = self.idempotency.get(named)
-        if (
-            parked is None
-            or parked.get("state") not in _LET_THROUGH_VALUES
-            or parked.get("command_id") != raw.get("command_id")
-        ):
-            return None
-        until = float(parked.get("expires_at", 0))
-        return until if until > float(raw.get("expires_at", 0)) else None
-
-    def _kept_for_its_parked_record(self, key: str, raw: dict[str, Any]) -> bool:
-        """An expired id pointer whose request is still parked under its key, as the scan
-        found: kept as long as that record (written when ids' pointers expired a day
-        after they were written: _keep_id_pointer keeps those of later parks)."""
-        until = self._parked_record_until(key, raw)
-        if until is None:
-            return False
-        named = self._parked_ids[key]
-        self._remember(key, {**raw, "key": named.split(":", 1)[1], "expires_at": until})
-        return True
-
-    def _seed_expiry(self, tenant_id: str | None) -> None:
-        found: dict[str, list[tuple[float, str]]] = {}
-        prefix = f"{tenant_id}:" if tenant_id else ""
-        for key, raw in list(self.idempotency.items()):
-            if raw is None or not str(key).startswith(prefix):
-                continue
-            tenant, _, idem = str(key).partition(":")
-            found.setdefault(tenant, []).append((float(raw.get("expires_at", 0)), str(key)))
-            command_id = raw.get("command_id")
-            if (
-                raw.get("state") in _LET_THROUGH_VALUES
-                and isinstance(command_id, str)
-                and command_id != idem
-            ):
-                # A request let through under a key of its own: its id's pointer must
-                # last as long as it (_kept_for_its_parked_record).
-                self._parked_ids[_command_id_key(tenant, command_id)] = str(key)
-        for tenant, entries in found.items():
-            # Merged in expiry order: the purge only ever looks at the front.
-            queued = self._expiring.get(tenant) or ()
-            self._expiring[tenant] = deque(sorted({*queued, *entries}))
-            self._seeded.add(tenant)
-        if tenant_id is not None:
-            self._expiring.setdefault(tenant_id, deque())
-            self._seeded.add(tenant_id)
-
-    def _scrub_after_erasure(
-        self, tenant_id: str, outcome: StoredOutcome, at: Sequence[int] | None
-    ) -> None:
-        """A replayed erasure scrubs again: a crash may have kept the customer's table
-        write but lost the batch's idempotency writes, which held the old snapshots.
-        ``at``: the erasure's own record ([partition, offset]), as first run."""
-        customer_id = outcome.data.get("entity_id")
-        if outcome.type == "customer.erased" and isinstance(customer_id, str):
-            self._scrub_idempotency(tenant_id, customer_id, at)
-
-    def _scrub_idempotency(
-        self, tenant_id: str, customer_id: str, at: Sequence[int] | None
-    ) -> None:
-        """Erasure reaches the stored outcomes too: they hold the customer's old snapshot.
-        Not those of commands read after the erasure's record ``at`` (a replayed erasure
-        scrubbed them too: a later command's answers, of data given since, changed under
-        a resend; review finding)."""
-        prefix = f"{tenant_id}:"
-        for key, raw in list(self.idempotency.items()):
-            if raw is None or not str(key).startswith(prefix):
-                continue
-            if raw.get("customer_id") == customer_id and raw["request_hash"] != ERASED_HASH:
-                # A rejected command about the customer (its create sent again, an update
-                # after a delete): its outcome holds no personal data, its hash does.
-                if not _after(raw, at):
-                    self._erase_request_hash(tenant_id, key, raw)
-                continue
-            if not raw.get("outcome") or _after(raw, at):
-                continue
-            record = IdempotencyRecord.model_validate(raw)
-            assert record.outcome is not None
-            scrubbed = scrub_customer_outcome(record.outcome, customer_id)
-            if scrubbed != record.outcome:
-                # Its request hash goes too: a hash of the personal data, which a guessed
-                # email and name could be checked against. (A replay of the command now
-                # conflicts rather than answering.)
-                record.outcome = scrubbed
-                self._erase_request_hash(tenant_id, key, record.model_dump(mode="json"))
-
-    def _erase_request_hash(self, tenant_id: str, key: str, raw: dict[str, Any]) -> None:
-        """Rewrite an idempotency record (and its command id's) without its request hash."""
-        self.idempotency[key] = {**raw, "request_hash": ERASED_HASH}
-        named_key = _command_id_key(tenant_id, str(raw["command_id"]))
-        named = self.idempotency.get(named_key)
-        if named is not None and named_key != key:
-            self.idempotency[named_key] = {**named, "request_hash": ERASED_HASH}
-
-    def _idempotency_record(self, key: str, now: float) -> IdempotencyRecord | None:
-        raw = self.idempotency.get(key)
-        if raw is None:
-            return None
-        if "\x1f" in key and "state" not in raw:
-            # A pointer ("<tenant>:\x1fid:<id>", "...\x1fcreate:..."), named by a key sent
-            # to reach it: no idempotency record (read as one it failed validation, a
-            # dead letter; review finding). (A record a version taking such keys wrote
-            # under one is still one.)
-            return None
-        record = IdempotencyRecord.model_validate(raw)
-        return None if record.expires_at < self._expiry_now(now) else record
-
-    def _kept_for_a_retry(self, key: str, now: float) -> None:
-        """A finished record that answered another record (a client's retry under the
-        key, or a resend): kept a window from now. Expiring a window after the first
-        command, it left the retry, resent or redelivered once it had expired (the retry
-        came a minute before), nothing to be answered from: run as a new request, under
-        a key the provider may have forgotten too, it charged again (found by time-travel
-        explorations). Longer than the provider keeps the key only in that a later
-        request under it is answered from here, never sent."""
-        raw = self.idempotency.get(key)
-        until = now + self.settings.idempotency_ttl_seconds
-        if isinstance(raw, dict) and float(raw.get("expires_at", 0)) < until:
-            self._remember(key, {**raw, "expires_at": until})
-
-    def _expiry_now(self, now: float, read_at: float | None = None) -> float:
-        """The time idempotency records are judged expired by: ``now`` no later than the
-        cap, and no later than the broker time of the command being handled (``read_at``
-        by default the current record's), if that is under a day old.
-
-        Broker time, as a provider judges a key by when its request arrived: a retry
-        taken a minute before its key's record expired, and redelivered after a crash
-        that lost its whole batch (the record's longer keep with it), or just read late
-        from a backlog, is answered from the record; judged by the clock, it ran as a new
-        request under a key the provider may have forgotten too, and charged again (found
-        by time-travel explorations). No earlier than a timely command's (the late-park's
-        cut-off): one read later than that is parked if it moves money
-        (_read_past_provider_window), and a producer's clock far behind on a create-time
-        topic must not keep records for ever."""
-        cap = self.expiry_clock_cap
-        if cap is not None and cap < now:
-            now = cap
-        if read_at is None:
-            read_at = _READ_AT.get()
-        if read_at is not None and read_at < now:
-            timely = self._timely_since(now)
-            now = read_at if read_at > timely else timely
-        return now
-
-    def _timely_since(self, now: float) -> float:
-        """The oldest broker time a command read at ``now`` is timely for: the late
-        park's cut-off (_read_past_provider_window), as seconds."""
-        return now - stale_after_ms(self.settings) / 1000
-
     def _repair_entities(
         self,
         tenant_id: str,
@@ -2629,7 +2319,7 @@ class CommandProcessor:
             "reason": stored.data.get("reason") or (stored.data.get("error") or {}).get("code"),
             "resent": False,
         }
-        return _emit(self.settings.events_topic, record, summary)
+        return emit(self.settings.events_topic, record, summary)
 
     def _reject(
         self,
@@ -2741,7 +2431,7 @@ class CommandProcessor:
         # Bytes too large to produce again (with our headers, under the broker's message
         # size) are not kept: the dead letter says where to find them while the commands
         # topic retains them. Producing them would fail the batch on every redelivery.
-        dropped = not card and _record_size(rec) > DEAD_LETTER_KEEP_MAX_BYTES
+        dropped = not card and record_size(rec) > DEAD_LETTER_KEEP_MAX_BYTES
         if dropped:
             ours["paystream-dlq-dropped"] = b"too_large_to_keep"
         kept = {} if card or dropped else kept_headers(rec.headers)
@@ -2752,7 +2442,9 @@ class CommandProcessor:
             if UNANSWERED_REFUSAL_HEADER in rec.headers:  # a K1 park's refusal, kept
                 kept[UNANSWERED_REFUSAL_HEADER] = SUSPENDED_STAMP
             kept.update(_sender_request(rec))
-        identity = _identity(rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE)
+        identity = command_identity(
+            rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE
+        )
         if identity is not None and reject is not None:
             # Its sender is answered below, for good: `dlq replay` never re-runs it (the
             # sender may have paid again under a new id; review finding).
@@ -2788,7 +2480,7 @@ class CommandProcessor:
         request header, a client took it for the answer of every request under the id)."""
         # (Its records judged as process() judged them: by the clock, a retry answered
         # from its key there got a final internal_error here; review finding.)
-        with _judged_as_read(rec):
+        with judged_as_read(rec.timestamp_ms):
             emits = self._dead_letter_bug(rec)
         return self._for_its_sender(rec, emits)
 
@@ -3005,16 +2697,6 @@ def _state_readable(rec: Inbound, tenant_id: str) -> bool:
 _LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
 
 
-def _after(raw: Mapping[str, Any], at: Sequence[int] | None) -> bool:
-    """Whether an idempotency record was written by a command read after the record
-    ``at`` ([partition, offset]) of the commands topic (a tenant's are on one partition,
-    read in order). Not known (no source on either): not after."""
-    source = raw.get("source")
-    if at is None or not isinstance(source, list) or len(source) != 2:
-        return False
-    return bool(source[0] == at[0] and isinstance(source[1], int) and source[1] > at[1])
-
-
 def _salt_source(id_salt: str | None) -> tuple[int, int] | None:
     """The [partition, offset] an id salt ("partition:offset") was made from."""
     partition, _, offset = (id_salt or "").partition(":")
@@ -3131,9 +2813,6 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
 
 # The commands a provider's webhook brings (web/webhooks.py), sealed as paystream's own.
 _WEBHOOK_REFRESHES = frozenset({"payment.refresh", "refund.refresh"})
-
-# A let-through record's states as stored.
-_LET_THROUGH_VALUES = frozenset({IdempotencyState.PARKED.value, IdempotencyState.IN_FLIGHT.value})
 
 # How long a parked record is kept when entities are kept for ever (see _parked_until).
 _PARKED_KEEP_SECONDS = 540 * 24 * 3600
@@ -3267,131 +2946,15 @@ def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:
     return images
 
 
-_BOM_AND_BLANKS = b"\xef\xbb\xbf\xff\xfe\x00 \t\r\n"
-
-
-def _bounded_int(text: str) -> int | None:
-    """A JSON integer as the stdlib reads it, or None past its digit limit."""
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _identity(rec: Inbound, *, parse: bool) -> tuple[str, str, str] | None:
-    """(tenant, command id, type) of a record that did not decode, when it names them
-    well enough to be answered: a command whose producer waits for an outcome gets a
-    rejection, not silence. From ``ce_*`` headers (any case, as Kafka header names are
-    read), or a structured command's body (``parse``: not for oversized records)."""
-    found: dict[str, Any] = {}
-    for name, value in rec.headers.items():
-        attr = name.lower().removeprefix("ce_")
-        if name.lower().startswith("ce_") and attr in ("id", "tenantid", "type"):
-            found[attr] = value.decode("utf-8", "replace")
-    value = rec.value or b""
-    # (UTF-16 and UTF-32 bodies, with or without a byte order mark, as the stdlib reads.)
-    if "id" not in found and parse and value.lstrip(_BOM_AND_BLANKS)[:1] == b"{":
-        try:
-            body = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            try:  # what the decoder (stdlib json) reads and orjson does not: NaN, 1e400;
-                # an integer past the stdlib's 4,300 digits is no id, not a failure.
-                body = json.loads(value, parse_int=_bounded_int)
-            except (ValueError, RecursionError):  # (nested past the parser's depth)
-                body = None
-        if isinstance(body, dict):
-            found = {k: body.get(k) for k in ("id", "tenantid", "type")}
-    tenant, cmd_id, ce_type = found.get("tenantid"), found.get("id"), found.get("type") or ""
-    if not (isinstance(tenant, str) and isinstance(cmd_id, str) and isinstance(ce_type, str)):
-        return None
-    # The rejection echoes them, more than once, into headers that must encode.
-    sane = all(0 < len(v) <= ID_MAX_CHARS and valid_unicode(v) for v in (tenant, cmd_id))
-    if not sane or not valid_unicode(ce_type) or key_str(rec.key) != tenant:
-        return None
-    return tenant, cmd_id, ce_type
-
-
 # Control characters refused in a command id or idempotency key (C0 and DEL).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # ... and all those no CloudEvents string may hold (C1 too): a tenant id holding one is
 # answered under no tenant's name.
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# What stands for the request hash of a command about a customer since erased.
-ERASED_HASH = "erased"
 
 # Largest dead letter kept with its bytes: under Kafka's default 1 MB message size with
 # our headers beside them.
 DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
-
-
-def _record_size(rec: Inbound) -> int:
-    """Bytes of the record's key, value and headers."""
-    return (
-        len(rec.key or b"")
-        + len(rec.value or b"")
-        + sum(len(name) + len(value) for name, value in rec.headers.items())
-    )
-
-
-# The range a datetime can hold (years 1-9999), in epoch milliseconds.
-_MIN_TIME_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
-_MAX_TIME_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
-
-
-def _attribute_bytes(event: CloudEvent) -> int:
-    """The size of a command's attributes as text: not its data, nor the id, tenant and
-    type, whose own limit (ID_MAX_CHARS) is answered as a validation error."""
-    return sum(
-        len(name) + len(str(value))
-        for name, value in event.get_attributes().items()
-        if name not in _ANSWERED_IF_TOO_LONG
-    )
-
-
-_ANSWERED_IF_TOO_LONG = frozenset({"id", "tenantid", "type"})
-
-
-def record_time(timestamp_ms: int) -> datetime:
-    """A record's timestamp as a time. The producer sets it: one outside what a datetime
-    holds (2**62) would raise for every command of the batch, on every redelivery.
-    The last one is kept: the records a producer sends together share their timestamp
-    (and a datetime never changes, so one can be handed out again)."""
-    kept = _last_record_time[0]
-    if kept[0] == timestamp_ms:
-        return kept[1]
-    clamped = min(max(timestamp_ms, _MIN_TIME_MS), _MAX_TIME_MS)
-    at = datetime.fromtimestamp(clamped / 1000, tz=UTC)
-    _last_record_time[0] = (timestamp_ms, at)  # (one tuple, swapped whole)
-    return at
-
-
-_last_record_time: list[tuple[int | None, datetime]] = [(None, datetime.fromtimestamp(0, UTC))]
-
-
-def _bad_time(at: datetime) -> str | None:
-    """What is wrong with a command's time, if anything: _time_fault's answer, which
-    for UTC itself (as nearly always: "Z") is None (an offset of zero, whole minutes,
-    and no conversion to overflow), without asking."""
-    if at.tzinfo is UTC:
-        return None
-    return _time_fault(at)
-
-
-def _time_fault(at: datetime) -> str | None:
-    """What is wrong with a command's time, if anything (any time zone)."""
-    offset = at.utcoffset()
-    if offset is not None and (offset.seconds % 60 or offset.microseconds):
-        # The parsers take "+05:30:15"; RFC 3339 (and the stored records) do not.
-        return "the UTC offset must be whole minutes"
-    if offset is None or not offset or 1 < at.year < 9999:
-        return None  # only times within a day of the datetime range's ends can overflow
-    try:
-        at.astimezone(UTC)
-    except OverflowError:
-        # 0001-01-01T00:00:00+01:00 is before year 1 in UTC: the ledger could never
-        # store it (its sink would retry the batch for ever).
-        return "out of range in UTC"
-    return None
 
 
 def _without_security_code(cmd: CommandRef) -> CommandRef:

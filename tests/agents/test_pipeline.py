@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 
 from paystream.agents import handlers
 from paystream.agents import pipeline as pipeline_module
+from paystream.agents.inbound import record_time
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
@@ -1672,7 +1673,7 @@ async def test_a_context_derives_the_ids_ids_derives() -> None:
         command_id="c-\u00e9-1",
         command_type="payment.create",
         idempotency_key="k",
-        time=pipeline_module.record_time(0),
+        time=record_time(0),
     )
     ctx = HandlerContext(cmd=cmd, gateway=None, tables=Tables({}, {}, {}, {}, {}))  # type: ignore[arg-type]
     for prefix in ("pay", "dp", "cus", "pm", "re", "pay", ""):

@@ -15,7 +15,7 @@ from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paystream.agents import commands, pipeline
+from paystream.agents import commands, inbound
 from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
@@ -190,10 +190,10 @@ def test_decoded_events_answer_the_getters_from_their_attributes() -> None:
     )
 )
 def test_a_time_in_utc_is_answered_as_any_other(at: datetime) -> None:
-    assert pipeline._bad_time(at) == pipeline._time_fault(at)
+    assert inbound.bad_time(at) == inbound.time_fault(at)
     if at.tzinfo is not None:
         utc = at.astimezone(UTC) if 1 < at.year < 9999 else at.replace(tzinfo=UTC)
-        assert pipeline._bad_time(utc) is None is pipeline._time_fault(utc)
+        assert inbound.bad_time(utc) is None is inbound.time_fault(utc)
 
 
 def test_emit_is_built_as_its_dataclass_allows() -> None:
@@ -218,7 +218,7 @@ def test_emit_is_built_as_its_dataclass_allows() -> None:
 def test_emit_is_the_dataclass_constructor(
     topic: str, record: KafkaRecord, summary: dict[str, Any] | None
 ) -> None:
-    fast, full = pipeline._emit(topic, record, summary), Emit(topic, record, summary)
+    fast, full = inbound.emit(topic, record, summary), Emit(topic, record, summary)
     assert type(fast) is Emit
     assert fast == full and repr(fast) == repr(full)
     assert list(vars(fast).items()) == list(vars(full).items())
