@@ -37,7 +37,7 @@ def authenticate_command(tenant_id: str, provider_payment_id: str, fail: bool) -
     does not depend on the tenant's standing with paystream (a suspended tenant's
     customer takes it too; the refresh waits for the tenant's activation). Needs
     REDIS_URL (the simulator keeps its state there) and the broker (the registry)."""
-    from paystream.cli import _run, _settings
+    from paystream.cli.base import _run, _settings
     from paystream.tenancy.registry import read_registry
 
     settings = _settings()

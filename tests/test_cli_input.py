@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from paystream.cli import _without_password, cli
+from paystream.cli import cli
+from paystream.cli.serve import _without_password
 
 BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
 
@@ -350,7 +351,7 @@ def test_a_database_url_with_an_at_sign_in_a_query_value_is_accepted(url: str) -
 def test_dev_exports_are_quoted_and_never_show_a_configured_password() -> None:
     """The export line printed a configured DATABASE_URL's password, unquoted: a URL
     with "&" put half the line in the background (review finding)."""
-    from paystream.cli import _shell_values
+    from paystream.cli.dev import _shell_values
 
     url = "postgresql+asyncpg://owner:S3cretPw9@db:5432/paystream?sslmode=require&x=1"
     shown = _shell_values(
@@ -404,7 +405,7 @@ def test_the_dev_stacks_urls_are_exported_by_reference_to_owner_only_files(
 ) -> None:
     """The embedded servers' URLs hold this run's passwords: the export line for other
     shells names a file only this user reads, never the password."""
-    from paystream.cli import _dev_url_file
+    from paystream.cli.dev import _dev_url_file
 
     url = "redis://:s3cr3t-pw@127.0.0.1:6380/0"
     line = _dev_url_file(tmp_path, "REDIS_URL", url)

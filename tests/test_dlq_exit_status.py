@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from paystream import cli as cli_module
 from paystream import dlq
+from paystream.cli import dlq as cli_module
 from paystream.settings import load_settings
 from paystream.tenancy.crypto import MasterKey
 

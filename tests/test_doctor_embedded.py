@@ -120,7 +120,7 @@ def test_a_stop_signal_landing_in_loggings_code_is_sent_again_not_raised_there(
     import threading
     import types
 
-    from paystream import cli as cli_module
+    from paystream.cli import base as cli_module
 
     sent: list[tuple[int, int]] = []
     done = threading.Event()

@@ -140,8 +140,9 @@ _STAGES: tuple[tuple[str, str, frozenset[str] | None], ...] = (
     (
         "idempotency records",
         "paystream/agents/pipeline",
-        frozenset({"_idempotency_record", "_finish", "_request_hash"}),
+        frozenset({"_finish", "_request_hash"}),
     ),
+    ("idempotency records", "paystream/agents/idempotency_keeping", None),
     (
         "entity records (_apply: versions, snapshots)",
         "paystream/agents/pipeline",
@@ -165,7 +166,7 @@ _LIBS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio event loop", ("asyncio/", "selectors")),
 )
 # Process entry frames every main-thread sample carries: never a stage.
-_ENTRY = ("paystream/__main__", "paystream/cli.py", "paystream/worker.py")
+_ENTRY = ("paystream/__main__", "paystream/cli/", "paystream/worker.py")
 _CONSUMER_THREAD = "mode/threads"
 _IDLE_LEAVES = frozenset({"select", "poll", "wait", "_worker"})
 _CROSS: tuple[tuple[str, tuple[str, ...], frozenset[str] | None], ...] = (

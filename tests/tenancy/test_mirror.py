@@ -402,7 +402,7 @@ async def test_a_change_made_meanwhile_is_never_overwritten(
         return "sk_test_typed"
 
     await dep.add_tenants(Tenant(tenant_id="race2", gateway="stripe"))  # (reads api_key)
-    monkeypatch.setattr("paystream.cli.click.prompt", prompt_while_suspended)
+    monkeypatch.setattr("click.prompt", prompt_while_suspended)
     env = {**dep.env, "PAYSTREAM_MASTER_KEY": base64.b64encode(bytes(32)).decode()}
     args = ["tenants", "add", "race2", "--secret", "api_key"]
     result = await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)

@@ -1,0 +1,136 @@
+"""The `paystream` command group and what its commands share: settings, running a
+coroutine with clean errors, stopping on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import click
+from aiokafka.errors import KafkaError
+
+from paystream.errors import PaystreamError
+from paystream.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    pass
+
+
+class _Finite(click.FloatRange):
+    """A float range that refuses nan (every comparison with it is false, so it passed
+    any range: `send --timeout nan` timed out at once, blaming the broker) and inf."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    from paystream.streams import broker_compat
+
+    broker_compat.apply(settings)
+    return settings
+
+
+def _run(coro: Any, *, own: tuple[type[PaystreamError], ...] = ()) -> Any:
+    """Run ``coro``; paystream errors become click errors (exit 1), but for ``own``: the
+    caller answers those itself (an exit status of their own)."""
+    try:
+        return asyncio.run(coro)
+    except own:
+        raise
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (KafkaError, OSError) as exc:  # a broker or server down: say so, no traceback
+        name, text = type(exc).__name__, str(exc)
+        # (aiokafka's errors already start with their class name)
+        said = text if text.startswith(name) else f"{name}: {text}"
+        if "Unable to bootstrap" in text:
+            # Refused, or taken and never answered (aiokafka's 40 s request timeout): its
+            # own words list resolved addresses; say which setting names them.
+            said = (
+                f"no Kafka broker answered at {_brokers_named()} (KAFKA_BROKER_URL): is it "
+                f"running, and is that its address? ({said})"
+            )
+        raise click.ClickException(said) from exc
+
+
+def _brokers_named() -> str:
+    try:
+        return load_settings().require_broker().removeprefix("kafka://").replace(";", ", ")
+    except PaystreamError:
+        return "the configured address"
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``coro``, a stop signal (Ctrl-C, SIGTERM) cancelling it, then raising
+    KeyboardInterrupt. A KeyboardInterrupt raised by a signal handler lands wherever the
+    loop happens to be, inside a Kafka client's own task too: that task died half-done,
+    and the clean-up waited for its requests to time out (35 s after a stop during
+    `doctor`'s group join). A cancel runs the ``finally`` blocks in order instead."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+    try:
+        if _STOP_REQUESTED.is_set():  # (see _raise_interrupt)
+            coro.close()
+            raise KeyboardInterrupt
+        return await coro
+    except asyncio.CancelledError:
+        if stopped:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in previous.items():  # (the loop's removal sets SIG_DFL)
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
+
+
+@click.group()
+def cli() -> None:
+    """paystream: multi-tenant payments on Kafka streams."""
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """A stop signal handled as Ctrl-C: the ``finally`` blocks stop what was started.
+
+    Not raised inside logging's own code or a finalizer: there it is "ignored" (printed,
+    not propagated), and inside logging's after-fork hook (the embedded servers are
+    started as subprocesses) it left logging's lock held, so the next log line hung the
+    process for good (a SIGTERM during `doctor`'s stack start, seen in CI). The signal is
+    sent again a moment later, to land elsewhere; and it is remembered, for a stop
+    swallowed anyhow."""
+    _STOP_REQUESTED.set()
+    if frame is not None and (
+        frame.f_code.co_name == "__del__" or frame.f_globals.get("__name__") == "logging"
+    ):
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    raise KeyboardInterrupt
+
+
+_STOP_REQUESTED = threading.Event()

@@ -1,0 +1,209 @@
+"""`paystream demo`: demo tenants and traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from paystream.errors import PaystreamError
+from paystream.settings import Settings
+from paystream.tenancy.limits import TenantLimits
+from paystream.tenancy.models import Tenant
+
+if TYPE_CHECKING:
+    from paystream.demo import Authenticate
+from paystream.cli.base import _Finite, _settings, cli
+
+DEMO_TENANTS = ("acme", "globex")
+# One demo tenant has limits, so the dashboard shows them at work: the demo's larger USD
+# payments go over the per-payment cap (quota_exceeded); the rate limit leaves room.
+DEMO_LIMITS = {"globex": TenantLimits(commands_per_second=50, max_payment_amount={"USD": 40_000})}
+
+
+_demo_rate = click.option(
+    "--rate",
+    type=_Finite(min=0, min_open=True, max=1000),
+    default=5.0,
+    show_default=True,
+    help="demo payment flows per second",
+)
+_duration = click.option(
+    "--duration", type=_Finite(min=0), default=None, help="stop after N seconds (default: Ctrl-C)"
+)
+
+
+@cli.command("demo")
+@_demo_rate
+@_duration
+@click.option(
+    "--register/--no-register",
+    default=True,
+    show_default=True,
+    help=f"register the demo tenants ({', '.join(DEMO_TENANTS)}) on the simulator where they "
+    "are not registered (a registered one is never rewritten)",
+)
+def demo_command(rate: float, duration: float | None, register: bool) -> None:
+    """Drive demo payment flows through a running fleet (the configured broker): what
+    `paystream dev --demo` does on the embedded stack, for docker-compose and staging."""
+    settings = _settings()
+
+    async def run() -> None:
+        if register:
+            absent = await _register_demo_tenants(settings)
+            for tid in DEMO_TENANTS:
+                said = "registered" if tid in absent else "already registered, left as it is"
+                click.echo(f"{tid}: {said}")
+        await _demo(settings, rate, duration)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        click.echo("\nstopped")
+    except PaystreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _register_demo_tenants(settings: Settings) -> list[str]:
+    """Register the demo tenants the registry does not hold; return those registered.
+
+    Only where absent: a restart (compose restarts the demo; `dev` on an external
+    broker) must not undo an operator's suspension, limits or provider; base None also
+    loses to anyone registering the same tenant meanwhile."""
+    from paystream.tenancy.registry import list_tenants, put_tenants_unless_changed
+
+    known = await list_tenants(settings)
+    absent = [t for t in DEMO_TENANTS if t not in known]
+    await put_tenants_unless_changed(
+        settings,
+        [
+            (
+                None,
+                Tenant(
+                    tenant_id=tid, name=tid.title(), limits=DEMO_LIMITS.get(tid, TenantLimits())
+                ),
+            )
+            for tid in absent
+        ],
+    )
+    return absent
+
+
+@contextlib.asynccontextmanager
+async def _demo_customers(settings: Settings) -> AsyncIterator[Authenticate | None]:
+    """The demo customers' 3-D Secure steps, taken at the simulator (its state is in
+    Redis): None without Redis."""
+    if not settings.redis_url:
+        yield None
+        return
+    import redis.asyncio as aioredis
+
+    from paystream.gateways.errors import GatewayError
+    from paystream.gateways.simulator import SimulatorGateway
+
+    redis_client = aioredis.from_url(settings.redis_url)
+
+    async def authenticate(tenant: str, provider_payment_id: str, passed: bool) -> None:
+        simulator = SimulatorGateway(
+            redis_client, tenant, record_ttl_seconds=settings.idempotency_ttl_seconds
+        )
+        with contextlib.suppress(GatewayError):  # (a tenant an operator moved off it)
+            await simulator.complete_authentication(provider_payment_id, succeed=passed)
+
+    try:
+        yield authenticate
+    finally:
+        await redis_client.aclose()
+
+
+async def _demo(
+    settings: Settings,
+    rate: float,
+    duration: float | None,
+    gone: Callable[[], str | None] | None = None,
+    *,
+    http_base: str | None = None,
+) -> None:
+    """Demo flows until ``duration``; with ``gone``, stop when it says why (the worker or
+    a server of the stack died); with ``http_base`` (a worker's URL) and an ingress
+    token, a share of the flows go over the HTTP ingress. Ends with what came of them,
+    after a stop (Ctrl-C) too."""
+    from paystream.demo import demo_summary
+
+    seen: Counter[str] = Counter()
+    started = time.monotonic()
+    try:
+        await _demo_flows(settings, rate, duration, seen, gone, http_base)
+    except (asyncio.CancelledError, click.ClickException):  # stopped, or the stack died
+        click.echo("\n" + demo_summary("demo stopped", seen, time.monotonic() - started))
+        raise
+    click.echo(demo_summary("demo done", seen, time.monotonic() - started))
+
+
+async def _demo_flows(
+    settings: Settings,
+    rate: float,
+    duration: float | None,
+    seen: Counter[str],
+    gone: Callable[[], str | None] | None,
+    http_base: str | None,
+) -> None:
+    from paystream.client import PaystreamClient
+    from paystream.demo import demo_progress, run_demo
+    from paystream.http_client import IngressClient
+
+    why: str | None = None
+
+    async def watch_worker() -> None:
+        nonlocal why
+        while gone is None or (why := gone()) is None:
+            await asyncio.sleep(0.5)
+
+    def progress(seen: Counter[str], elapsed: float) -> None:
+        total = sum(seen.values())
+        click.echo(
+            f"[{elapsed:6.0f}s] outcomes {total} ({total / max(elapsed, 1e-9):.1f}/s): "
+            f"{demo_progress(seen)}"
+        )
+
+    token = settings.ingress_token
+    http = (
+        IngressClient(http_base, token.get_secret_value())
+        if http_base is not None and token is not None
+        else None
+    )
+    async with (
+        PaystreamClient(settings) as client,
+        _demo_customers(settings) as authenticate,
+        http or contextlib.nullcontext(),
+    ):
+        demo = asyncio.ensure_future(
+            run_demo(
+                client,
+                list(DEMO_TENANTS),
+                rate,
+                duration=duration,
+                on_progress=progress,
+                authenticate=authenticate,
+                http=http,
+                seen=seen,
+            )
+        )
+        watcher = asyncio.ensure_future(watch_worker())
+        try:
+            await asyncio.wait([demo, watcher], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Stopped (a signal cancels this task), or the worker died: the flows end
+            # before the client closes under them (its consumer gone, each one erred).
+            died = not demo.done()
+            for task in (demo, watcher):
+                task.cancel()
+            await asyncio.gather(demo, watcher, return_exceptions=True)
+        if died:  # the worker died: its commands would only time out
+            raise click.ClickException(why or "the stack went down")
+        demo.result()  # (its own failure, raised: not "demo done")
