@@ -254,9 +254,15 @@ class CommandProcessor(IdempotencyKeeping):
         if (
             size > self.settings.command_max_bytes or attributes > ATTRIBUTES_MAX_BYTES
         ) and not self._redrive_within_ceiling(rec, size, attributes):
-            if FIRST_ATTEMPT_HEADER in rec.headers:
+            if FIRST_ATTEMPT_HEADER in rec.headers and (
+                self._believed_redrive(rec) or self._unsealed_redrive_known(rec, size, attributes)
+            ):
                 # A re-drive the provider may have acted on: never a final answer. It
                 # waits on the dead-letter topic, replayable once the limit allows it.
+                # (Not one whose first attempt neither a seal nor this worker's records
+                # vouch for: a header anyone may add made a fresh command unanswered
+                # and replayable, and `dlq replay` sealed it, running a command no
+                # worker admitted past the limit; review finding.)
                 return self._dead_letter(
                     rec,
                     "redrive_too_large",
@@ -309,24 +315,25 @@ class CommandProcessor(IdempotencyKeeping):
                 else None
             )
             redrive = FIRST_ATTEMPT_HEADER in rec.headers
-            if (
-                named > ATTRIBUTES_MAX_BYTES
-                and redrive
-                and self.seals.first_attempt_ms(rec.key, rec.value, rec.headers) is None
-            ):
-                # A re-drive (not under paystream's seal): admitted at its first attempt
-                # by a version before this limit, maybe charged; never a final answer
-                # (as for the value limit: _redrive_within_ceiling; review finding).
-                return self._dead_letter(
-                    rec,
-                    "redrive_too_large",
-                    f"a re-driven command's CloudEvents attributes {named} bytes "
-                    f"(limit {ATTRIBUTES_MAX_BYTES})",
-                    reject=None,
-                    when=when,
-                    suspicious=suspicious,
-                    decoded=True,
-                )
+            if named > ATTRIBUTES_MAX_BYTES and redrive and not self._believed_redrive(rec):
+                # Not under paystream's seal: a re-drive this worker's records know
+                # (admitted at its first attempt by a version before this limit, maybe
+                # charged) gets no final answer (as for the value limit:
+                # _redrive_within_ceiling; review finding). Any other is a fresh command
+                # with a header anyone may add (made unanswered and replayable, `dlq
+                # replay` sealed it, and it ran past the limit; review finding).
+                if self._unsealed_redrive_known(rec, size, 0):
+                    return self._dead_letter(
+                        rec,
+                        "redrive_too_large",
+                        f"a re-driven command's CloudEvents attributes {named} bytes "
+                        f"(limit {ATTRIBUTES_MAX_BYTES})",
+                        reject=None,
+                        when=when,
+                        suspicious=suspicious,
+                        decoded=True,
+                    )
+                redrive = False
             if (
                 named > ATTRIBUTES_MAX_BYTES
                 and not redrive
@@ -1727,6 +1734,23 @@ class CommandProcessor(IdempotencyKeeping):
             # from this one's record, does not (review finding: charged, counted as 0).
             counts = existing.counted is not True
             raise AnsweredByAnother(done.outcome, existing.command_id, counts=counts)
+
+    def _believed_redrive(self, rec: Inbound) -> bool:
+        """Does ``rec`` carry a first-attempt time under paystream's seal (or any, with no
+        master key to seal with)?"""
+        return self.seals.first_attempt_ms(rec.key, rec.value, rec.headers) is not None
+
+    def _unsealed_redrive_known(self, rec: Inbound, size: int, attributes: int) -> bool:
+        """Is ``rec``, re-sent without paystream's seal (a replay run without the
+        workers' master keys), a request this worker let through or answered before?
+        Never one larger than any limit may be: none such was ever admitted, and each
+        replay would dead-letter it again, until its age held its partition back."""
+        if size > COMMAND_MAX_BYTES_CEILING or attributes > ATTRIBUTES_MAX_BYTES:
+            return False
+        try:
+            return self._let_through_before(rec) is not None
+        except (UndecodableRecord, ValidationError, KeyError, ValueError):  # not a command
+            return False
 
     def _redrive_within_ceiling(self, rec: Inbound, size: int, attributes: int) -> bool:
         """A re-drive (under paystream's seal, or any with no master key to seal with) is
