@@ -163,6 +163,17 @@ class StripeGateway:
 
     async def _call(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
         """Check the capability, make the call, and normalise errors at the boundary."""
+        return (await self._answer(operation, fn))[0]
+
+    async def _payment(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> PaymentResult:
+        """A call answered with a PaymentIntent, read by the API version it was written in."""
+        obj, api_version = await self._answer(operation, fn)
+        return mapping.payment(obj, api_version=api_version)
+
+    async def _answer(
+        self, operation: str, fn: Callable[[], Awaitable[Any]]
+    ) -> tuple[dict[str, Any], str | None]:
+        """``_call``'s object, and the API version Stripe answered in (its header)."""
         if OPERATION_CAPABILITY[operation] not in self.capabilities:
             raise UnsupportedOperation(PROVIDER, operation)
         try:
@@ -179,7 +190,22 @@ class StripeGateway:
                 provider=PROVIDER,
                 retryable=True,
             ) from exc
-        return dict(obj.to_dict(for_json=True))
+        except TimeoutError as exc:
+            # The same, with the answer stalled past the call's timeout mid-body (the SDK
+            # maps a timeout before the answer; a raw one broke the gateway's contract:
+            # GatewayError only, review finding). Stripe may have acted: retried under
+            # the same key, it answers with the original result.
+            raise GatewayError(
+                ErrorCode.TIMEOUT,
+                "Stripe's answer stalled past the call's timeout",
+                provider=PROVIDER,
+                retryable=True,
+            ) from exc
+        response = obj.last_response
+        headers = response.headers if response is not None else {}
+        # (aiohttp's headers ignore case; a plain mapping, as a test transport's, does not)
+        version = headers.get("Stripe-Version") or headers.get("stripe-version")
+        return dict(obj.to_dict(for_json=True)), version
 
     @staticmethod
     def _opts(idempotency_key: str) -> dict[str, Any]:
@@ -290,45 +316,41 @@ class StripeGateway:
             metadata=req.metadata,
             expand=["latest_charge"],
         )
-        obj = await self._call(
+        return await self._payment(
             "create_payment",
             lambda: self._v1.payment_intents.create_async(params, self._opts(idempotency_key)),
         )
-        return mapping.payment(obj)
 
     async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
         if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
             raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
         params = _without_none(amount_to_capture=req.amount, expand=["latest_charge"])
-        obj = await self._call(
+        return await self._payment(
             "capture_payment",
             lambda: self._v1.payment_intents.capture_async(
                 req.provider_payment_id, params, self._opts(idempotency_key)
             ),
         )
-        return mapping.payment(obj)
 
     async def cancel_payment(self, req: CancelPayment, *, idempotency_key: str) -> PaymentResult:
         params = _without_none(cancellation_reason=req.reason, expand=["latest_charge"])
-        obj = await self._call(
+        return await self._payment(
             "cancel_payment",
             lambda: self._v1.payment_intents.cancel_async(
                 req.provider_payment_id, params, self._opts(idempotency_key)
             ),
         )
-        return mapping.payment(obj)
 
     async def retrieve_payment(
         self, req: RetrievePayment, *, idempotency_key: str
     ) -> PaymentResult:
         # A GET: Stripe keys no read, so no key is sent.
-        obj = await self._call(
+        return await self._payment(
             "retrieve_payment",
             lambda: self._v1.payment_intents.retrieve_async(
                 req.provider_payment_id, {"expand": ["latest_charge"]}
             ),
         )
-        return mapping.payment(obj)
 
     # ---- refunds ---------------------------------------------------------------------
 

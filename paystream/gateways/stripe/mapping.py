@@ -148,22 +148,36 @@ def _captured(pi: Mapping[str, Any], charge: Mapping[str, Any]) -> int:
     return int(charge.get("amount", 0)) if charge.get("captured") else 0
 
 
-def _refunded(charge: Mapping[str, Any], captured: int) -> int:
+# The API version from which a charge's ``amount_refunded`` counts refunds only.
+REFUNDS_ONLY_SINCE = "2025-03-31"
+
+
+def counts_refunds_only(api_version: str | None) -> bool:
+    """Does an answer of ``api_version`` (its ``Stripe-Version`` header) count refunds
+    alone in ``amount_refunded``? Stripe sends the header on every answer; none (as
+    localstripe, which keeps the older rule) reads as an older version."""
+    return api_version is not None and api_version[:10] >= REFUNDS_ONLY_SINCE
+
+
+def _refunded(charge: Mapping[str, Any], captured: int, refunds_only: bool) -> int:
     """What went back to the cardholder. Before API version 2025-03-31.basil (and in
     localstripe) Stripe counts in the charge's ``amount_refunded`` what was authorised
     and never taken: the rest of a partial capture and a canceled hold. Counted as
     refunds, those left a partially captured payment nothing to refund (captured 10.00,
-    "refunded" 20.00). Since basil it counts refunds only, so on a partially captured
-    charge this under-counts: refunds made outside paystream may not show, while the
-    handlers keep their own count of paystream's (never lowered by this figure)."""
+    "refunded" 20.00). Since basil (``refunds_only``: the SDK's own version is later
+    still) it counts refunds only: taken less the release there, a refund of a partially
+    captured charge read as none (review finding)."""
     reported = int(charge.get("amount_refunded") or 0)
     if charge.get("captured") is False:
         return 0  # nothing was taken: whatever it reports is the released hold
+    if refunds_only:
+        return min(reported, captured)
     released = max(0, int(charge.get("amount") or captured) - captured)
     return max(0, reported - released)
 
 
-def payment(pi: Mapping[str, Any]) -> PaymentResult:
+def payment(pi: Mapping[str, Any], *, api_version: str | None = None) -> PaymentResult:
+    """``api_version``: the answer's ``Stripe-Version`` header (see counts_refunds_only)."""
     latest = pi.get("latest_charge")
     charge: Mapping[str, Any] = latest if isinstance(latest, Mapping) else {}
     error = pi.get("last_payment_error") or {}
@@ -177,7 +191,7 @@ def payment(pi: Mapping[str, Any]) -> PaymentResult:
         status=status,
         amount=_money(pi),
         amount_captured=captured,
-        amount_refunded=_refunded(charge, captured),
+        amount_refunded=_refunded(charge, captured, counts_refunds_only(api_version)),
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         next_action=dict(next_action) if next_action else None,
