@@ -399,6 +399,21 @@ async def test_authentication_required_surfaces_next_action(harness: Harness, to
     assert res.amount_captured == 0
 
 
+@over_gateways()
+async def test_a_next_action_without_a_return_url_can_be_taken(harness: Harness) -> None:
+    """Without a return_url, Stripe asks for its own SDK's step (use_stripe_sdk), which
+    Stripe.js takes only with the PaymentIntent's client secret: the answer carries it
+    (without it, nobody could take the step; review finding). A redirect carries its URL."""
+    res = await pay(harness, token="pm_card_authenticationRequired")
+    assert res.status is PaymentStatus.REQUIRES_ACTION and res.next_action
+    action = res.next_action
+    if action["type"] == "use_stripe_sdk":
+        secret = action.get("client_secret")
+        assert isinstance(secret, str) and secret.startswith(res.provider_payment_id + "_secret")
+    else:
+        assert action["type"] == "redirect_to_url" and action["redirect_to_url"]["url"]
+
+
 @pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
 @over_gateways()
 async def test_a_payment_read_back_after_3ds_has_its_new_status(

@@ -184,7 +184,16 @@ def payment(pi: Mapping[str, Any], *, api_version: str | None = None) -> Payment
     status = _PAYMENT_STATUS.get(str(pi["status"]))
     if status is None:
         raise _unknown("PaymentIntent", pi["status"])
-    next_action = pi.get("next_action")
+    next_action = dict(pi["next_action"]) if pi.get("next_action") else None
+    if next_action is not None and next_action.get("type") == "use_stripe_sdk":
+        # Stripe's answer to a payment made without a return_url: only Stripe.js takes
+        # this step, and only with the PaymentIntent's client secret
+        # (stripe.handleNextAction); without it nobody could, and the payment stayed
+        # requires_action for good (review finding). Sealed at rest as a redirect's URL,
+        # which holds the same secret (tables/next_action.py).
+        secret = pi.get("client_secret")
+        if isinstance(secret, str) and secret:
+            next_action["client_secret"] = secret
     captured = _captured(pi, charge)
     return PaymentResult(
         provider_payment_id=pi["id"],
@@ -194,7 +203,7 @@ def payment(pi: Mapping[str, Any], *, api_version: str | None = None) -> Payment
         amount_refunded=_refunded(charge, captured, counts_refunds_only(api_version)),
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
-        next_action=dict(next_action) if next_action else None,
+        next_action=next_action,
         provider_charge_id=_id(latest),
     )
 
