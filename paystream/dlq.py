@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
 from paystream.replay_lease import LeaseLost, ReplayLease
+from paystream.replay_positions import ReplayPositions, read_positions
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
@@ -295,6 +296,9 @@ class _ParkedReader:
         )
         self.ends: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int | None] = {}  # the group's, at start
+        # Where replays got to, at start: the group's offset, else the position kept
+        # beside it (replay_positions.py: Kafka drops an idle group's offsets).
+        self.replayed_to: dict[TopicPartition, int | None] = {}
         self.waiting = 0  # records between the starting positions and the ends
         self.pending: set[TopicPartition] = set()  # partitions not yet read to their ends
         self.taken = 0  # records read so far (for a ``limit``)
@@ -317,11 +321,20 @@ class _ParkedReader:
         consumer.assign(tps)
         self.ends = await consumer.end_offsets(tps)
         for tp in tps:
-            committed = self.committed[tp] = await _bounded(consumer.committed(tp))
-            if committed is None or not self.committed_only:
+            self.committed[tp] = await _bounded(consumer.committed(tp))
+        # (Only partitions holding records: a deployment that never parked anything
+        # reads no positions on every measurement.)
+        unknown = [tp for tp in tps if self.committed[tp] is None and self.ends[tp] > 0]
+        kept = await read_positions(self.settings, unknown) if unknown else {}
+        for tp in tps:
+            at = self.committed[tp]
+            if at is None and (stored := kept.get(tp)) is not None and stored <= self.ends[tp]:
+                at = stored  # (past the end: the topic was made again since)
+            self.replayed_to[tp] = at
+            if at is None or not self.committed_only:
                 await consumer.seek_to_beginning(tp)
             else:
-                consumer.seek(tp, committed)
+                consumer.seek(tp, at)
         for tp in tps:
             self.waiting += max(0, self.ends[tp] - await consumer.position(tp))
         self.pending = {tp for tp in tps if await consumer.position(tp) < self.ends[tp]}
@@ -409,7 +422,7 @@ async def list_parked_and_done(
     try:
         await reader.start()
         records = [rec async for batch in reader.batches(limit) for rec in batch]
-        done = {(tp.topic, tp.partition): c for tp, c in reader.committed.items() if c}
+        done = {(tp.topic, tp.partition): c for tp, c in reader.replayed_to.items() if c}
         return records, reader.waiting, done
     finally:
         await reader.stop()  # (consumers that failed to start too)
@@ -676,7 +689,7 @@ async def _replay(
     # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a failed
     # send): a second run re-publishes only what the first did not.
     sent: dict[TopicPartition, int] = {}
-    commits = _FencedCommits(reader, lease)
+    commits = _FencedCommits(reader, lease, ReplayPositions(settings))
     seals = FirstAttemptSeals.from_settings(settings)
     if not seals.sealing and not dry_run:
         log.warning(
@@ -821,6 +834,8 @@ async def _replay(
         if producer is not None:
             fenced = isinstance(exc, ConcurrentReplayError)
             await _finish(producer, commits, {} if fenced else sent, quiet=True)
+        with contextlib.suppress(Exception):  # (the error on its way out is the one to tell)
+            await commits.close()
         await reader.stop()
         raise
     # Every record waiting when it began was reached (no --limit cut it short): what it
@@ -830,6 +845,7 @@ async def _replay(
         if producer is not None:
             await _finish(producer, commits, sent, quiet=False)
     finally:
+        await commits.close()
         await reader.stop()
     return result
 
@@ -846,9 +862,16 @@ class _FencedCommits:
     offsets back to where it stopped (a ``--limit`` run behind a full one): the next
     replay would re-send all of it again. The second to commit stops instead."""
 
-    def __init__(self, reader: _ParkedReader, lease: ReplayLease | None = None) -> None:
+    def __init__(
+        self,
+        reader: _ParkedReader,
+        lease: ReplayLease | None = None,
+        positions: ReplayPositions | None = None,
+    ) -> None:
         self.reader = reader
         self.lease = lease
+        # Written after each commit: kept when Kafka drops the group's offsets.
+        self.positions = positions
 
     async def ensure_ours(self, *, confirm: bool = False) -> None:
         """:class:`ConcurrentReplayError` if the lease may be another replay's now (see
@@ -886,6 +909,12 @@ class _FencedCommits:
                         expected[tp] = offset
             raise
         expected.update(sent)
+        if self.positions is not None:
+            await self.positions.write(sent)
+
+    async def close(self) -> None:
+        if self.positions is not None:
+            await self.positions.close()
 
 
 async def _command_partitions(

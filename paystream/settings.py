@@ -269,6 +269,13 @@ class Settings(BaseSettings):
         default="paystream.events.ledger-dlq",
         description="PAYSTREAM_LEDGER_DLQ_TOPIC: outcomes the ledger sink refused (bad data).",
     )
+    replay_positions_topic: str = Field(
+        default="paystream.dlq.replay-positions",
+        description="PAYSTREAM_REPLAY_POSITIONS_TOPIC: compacted; where `dlq replay` got to "
+        "on each retry and dead-letter partition, beside its consumer group's offsets (which "
+        "Kafka drops offsets.retention.minutes, 7 days by default, after a replay's last "
+        "commit: every record ever parked then read as waiting).",
+    )
     tenants_topic: str = Field(
         default="paystream.tenants",
         description="PAYSTREAM_TENANTS_TOPIC: compacted tenant registry topic.",
@@ -862,6 +869,7 @@ class Settings(BaseSettings):
             self.dlq_topic,
             self.retry_topic,
             self.ledger_dlq_topic,
+            self.replay_positions_topic,
             self.tenants_topic,
             self.fraud_topic,
             self.analytics_topic,

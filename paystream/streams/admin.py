@@ -106,7 +106,7 @@ def changelog_configs(settings: Settings) -> dict[str, str]:
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:
     """Configs a paystream topic is created with."""
     configs = durability_configs(settings)
-    if name == settings.tenants_topic:
+    if name in (settings.tenants_topic, settings.replay_positions_topic):
         configs["cleanup.policy"] = "compact"
     elif name == settings.commands_topic:
         configs.update(COMMAND_TIMESTAMPS)

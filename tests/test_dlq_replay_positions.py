@@ -1,0 +1,81 @@
+"""Where replays got to outlives their consumer group's offsets (review finding).
+
+The replay assigns its partitions and commits only when it re-sends something: Kafka
+drops such a group's offsets `offsets.retention.minutes` (7 days by default) after its
+last commit, while parked records are kept until handled. After a quiet week every
+record ever parked read as waiting, and the next replay re-sent them all. The embedded
+broker drops no offsets: a group with none (what Kafka answers once they are gone) is
+simulated by another group name."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from paystream import dlq
+from paystream.replay_positions import read_positions
+from tests.test_dlq import _replay, _resent
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+
+def _offsets_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dlq, "REPLAY_GROUP", f"{dlq.REPLAY_GROUP}-dropped-{uuid.uuid4().hex}")
+
+
+async def test_a_replay_after_the_groups_offsets_are_dropped_re_sends_nothing_again(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.dlq_topic, (b"acme", b"junk 1", 0), (b"acme", b"junk 2", 0))
+    assert len((await _replay(settings, [settings.dlq_topic])).handled) == 2
+    kept = await read_positions(settings, [TopicPartition(settings.dlq_topic, 0)])
+    assert kept == {TopicPartition(settings.dlq_topic, 0): 2}
+    _offsets_dropped(monkeypatch)
+    again = await _replay(settings, [settings.dlq_topic])
+    assert again.handled == [] and again.stale == []
+    assert await _resent(settings) == [b"junk 1", b"junk 2"]  # once each
+    # A record parked since is the one replayed next, and the position moves on.
+    await dep.produce(settings.dlq_topic, (b"acme", b"junk 3", 0))
+    assert [r.value for r in (await _replay(settings, [settings.dlq_topic])).handled] == [b"junk 3"]
+    kept = await read_positions(settings, [TopicPartition(settings.dlq_topic, 0)])
+    assert kept == {TopicPartition(settings.dlq_topic, 0): 3}
+
+
+async def test_list_and_backlog_count_nothing_waiting_once_the_offsets_are_dropped(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.retry_topic, (b"acme", b"junk 1", 1))
+    await _replay(settings, [settings.retry_topic])
+    _offsets_dropped(monkeypatch)
+    records, waiting, done = await dlq.list_parked_and_done(
+        settings, [settings.retry_topic], limit=None
+    )
+    assert (records, waiting, done) == ([], 0, {(settings.retry_topic, 1): 1})
+    found = await dlq.backlog(settings, [settings.retry_topic])
+    assert found[settings.retry_topic].waiting == 0
+
+
+async def test_without_the_positions_topic_a_replay_still_runs_and_says_so(
+    deployment_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deployment that has not run `paystream topics` since: the group's offsets alone
+    (as before), a warning, and no topic made by a send (a broker creating topics on
+    demand would make one neither compacted nor kept)."""
+    dep = await deployment_factory()
+    settings = dep.settings.model_copy(
+        update={"replay_positions_topic": f"missing-{uuid.uuid4().hex[:8]}"}
+    )
+    await dep.produce(settings.dlq_topic, (b"acme", b"junk 1", 0))
+    with caplog.at_level(logging.WARNING, logger="paystream.replay_positions"):
+        assert len((await _replay(settings, [settings.dlq_topic])).handled) == 1
+    assert "run `paystream topics`" in caplog.text
+    assert (await _replay(settings, [settings.dlq_topic])).handled == []
+    assert await read_positions(settings, [TopicPartition(settings.dlq_topic, 0)]) == {}
