@@ -8,14 +8,18 @@ provider judges a key by when its request arrived; the command pipeline
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections import deque
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
+
 from paystream.dlq import stale_after_ms
 from paystream.settings import Settings
+from paystream.streams.commands import CommandData
 from paystream.tables.commands_view import command_id_key as _command_id_key
 from paystream.tables.records import (
     IdempotencyRecord,
@@ -24,7 +28,8 @@ from paystream.tables.records import (
     scrub_customer_outcome,
 )
 
-# A let-through record's states as stored.
+# Idempotency states of a command let through and not answered, and as stored.
+LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
 LET_THROUGH_VALUES = frozenset({IdempotencyState.PARKED.value, IdempotencyState.IN_FLIGHT.value})
 
 # What stands for the request hash of a command about a customer since erased.
@@ -339,3 +344,17 @@ def _after(raw: Mapping[str, Any], at: Sequence[int] | None) -> bool:
     if at is None or not isinstance(source, list) or len(source) != 2:
         return False
     return bool(source[0] == at[0] and isinstance(source[1], int) and source[1] > at[1])
+
+
+def request_hash(command_type: str, data: CommandData | dict[str, Any]) -> str:
+    """SHA-256 of the JSON of ``[command_type, data]``, keys sorted (``data``: the
+    command's validated data, or its ``model_dump(mode="json")``).
+
+    A validated model is written straight from its fields, without the dump: a command
+    model's ``__dict__`` is its fields and nothing else (extra="forbid"), each a str,
+    int, bool, None, StrEnum member or dict of str to str (tests/agents/test_pipeline.py
+    holds every command model to that), and orjson writes those exactly as the dump has
+    them (an enum member as its value): the same bytes, hashed."""
+    fields = data if isinstance(data, dict) else data.__dict__
+    canonical = orjson.dumps([command_type, fields], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()

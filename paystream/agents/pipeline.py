@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import re
 import time
@@ -20,7 +19,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import orjson
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
@@ -66,10 +64,10 @@ from paystream.agents.handlers import (
 )
 from paystream.agents.idempotency_keeping import (
     ERASED_HASH,
-    LET_THROUGH_VALUES,
-    IdempotencyKeeping,
+    LET_THROUGH,
     judged_as_read,
 )
+from paystream.agents.idempotency_keeping import request_hash as _request_hash
 from paystream.agents.inbound import (
     Emit,
     Inbound,
@@ -80,8 +78,8 @@ from paystream.agents.inbound import (
     record_size,
     record_time,
 )
+from paystream.agents.provider_window import CREATES, ProviderWindow, create_scope
 from paystream.built import built
-from paystream.dlq import RECONCILED_HEADER, stale_after_ms
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
 from paystream.gateways.base import KEYLESS_OPERATIONS, MONEY_MOVING_OPERATIONS, Capability
@@ -100,7 +98,6 @@ from paystream.streams.commands import (
     COMMANDS,
     ID_MAX_CHARS,
     PROVIDER_READS,
-    CommandData,
     validation_errors,
 )
 from paystream.streams.outcomes import (
@@ -158,7 +155,7 @@ for _reason in sorted(DEAD_LETTER_REASONS):
     metrics.DEAD_LETTERS.labels(_reason)
 
 
-class CommandProcessor(IdempotencyKeeping):
+class CommandProcessor(ProviderWindow):
     """Runs commands against tables and gateways; one instance per worker."""
 
     def __init__(
@@ -251,18 +248,23 @@ class CommandProcessor(IdempotencyKeeping):
         # records echo them (a 500 KB tenant id in the key made a 1.25 MB outcome the
         # broker refused, batch after batch). Other headers are neither read nor kept.
         attributes = len(rec.key or b"") + sum(map(len, kept)) + sum(map(len, kept.values()))
-        if (
-            size > self.settings.command_max_bytes or attributes > ATTRIBUTES_MAX_BYTES
-        ) and not self._redrive_within_ceiling(rec, size, attributes):
-            if FIRST_ATTEMPT_HEADER in rec.headers and (
-                self._believed_redrive(rec) or self._unsealed_redrive_known(rec, size, attributes)
-            ):
-                # A re-drive the provider may have acted on: never a final answer. It
-                # waits on the dead-letter topic, replayable once the limit allows it.
-                # (Not one whose first attempt neither a seal nor this worker's records
-                # vouch for: a header anyone may add made a fresh command unanswered
-                # and replayable, and `dlq replay` sealed it, running a command no
-                # worker admitted past the limit; review finding.)
+        if size > self.settings.command_max_bytes or attributes > ATTRIBUTES_MAX_BYTES:
+            # A re-drive is held to the largest value limit there may be, not to the one
+            # set now: it was admitted at its first attempt, and the provider may have
+            # acted on it (a limit lowered since refused it, and its sender, told so,
+            # might pay again). Only one a seal or this worker's records vouch for: a
+            # first-attempt header anyone may add made a fresh command run past the
+            # limit, or wait unanswered and replayable until `dlq replay` sealed it
+            # (review findings).
+            vouched = self._vouched_redrive(rec, size, attributes)
+            runs = (
+                vouched
+                and attributes <= ATTRIBUTES_MAX_BYTES
+                and (self._sealed_redrive(rec) or not self.seals.sealing)
+            )
+            if vouched and not runs:
+                # Never a final answer. It waits on the dead-letter topic, replayable
+                # once the limit allows it (or, unsealed, for the replay to seal).
                 return self._dead_letter(
                     rec,
                     "redrive_too_large",
@@ -273,15 +275,16 @@ class CommandProcessor(IdempotencyKeeping):
                     when=when,
                     suspicious=suspicious,
                 )
-            return self._dead_letter(
-                rec,
-                "payload_too_large",
-                f"value {size} bytes (limit {self.settings.command_max_bytes}), key and "
-                f"CloudEvents headers {attributes} bytes (limit {ATTRIBUTES_MAX_BYTES})",
-                reject=RejectReason.PAYLOAD_TOO_LARGE,
-                when=when,
-                suspicious=suspicious,
-            )
+            if not runs:
+                return self._dead_letter(
+                    rec,
+                    "payload_too_large",
+                    f"value {size} bytes (limit {self.settings.command_max_bytes}), key and "
+                    f"CloudEvents headers {attributes} bytes (limit {ATTRIBUTES_MAX_BYTES})",
+                    reject=RejectReason.PAYLOAD_TOO_LARGE,
+                    when=when,
+                    suspicious=suspicious,
+                )
         try:
             event = decode_record(rec.key, rec.value, rec.headers)
         except UndecodableRecord as exc:
@@ -315,14 +318,16 @@ class CommandProcessor(IdempotencyKeeping):
                 else None
             )
             redrive = FIRST_ATTEMPT_HEADER in rec.headers
-            if named > ATTRIBUTES_MAX_BYTES and redrive and not self._believed_redrive(rec):
+            if named > ATTRIBUTES_MAX_BYTES and redrive and not self._sealed_redrive(rec):
                 # Not under paystream's seal: a re-drive this worker's records know
                 # (admitted at its first attempt by a version before this limit, maybe
-                # charged) gets no final answer (as for the value limit:
-                # _redrive_within_ceiling; review finding). Any other is a fresh command
-                # with a header anyone may add (made unanswered and replayable, `dlq
-                # replay` sealed it, and it ran past the limit; review finding).
-                if self._unsealed_redrive_known(rec, size, 0):
+                # charged) gets no final answer (review finding): with a master key it
+                # waits for `dlq replay` to seal it, without one it runs. Any other is a
+                # fresh command with a header anyone may add (made unanswered and
+                # replayable, `dlq replay` sealed it and it ran past the limit; review
+                # finding).
+                redrive = self._vouched_redrive(rec, size, 0)
+                if redrive and self.seals.sealing:
                     return self._dead_letter(
                         rec,
                         "redrive_too_large",
@@ -333,7 +338,6 @@ class CommandProcessor(IdempotencyKeeping):
                         suspicious=suspicious,
                         decoded=True,
                     )
-                redrive = False
             if (
                 named > ATTRIBUTES_MAX_BYTES
                 and not redrive
@@ -576,7 +580,7 @@ class CommandProcessor(IdempotencyKeeping):
                     # answer while it may have acted. Parked, to be asked again.
                     return self._park_unanswered(rec, cmd, stamp=True)
                 earlier = found if isinstance(found, IdempotencyRecord) else None
-            if (earlier is None or earlier.state not in _LET_THROUGH) and (
+            if (earlier is None or earlier.state not in LET_THROUGH) and (
                 self._stale_redrive(rec, cmd)
             ):
                 # A re-drive reached past the provider's key window, its record expired:
@@ -584,12 +588,12 @@ class CommandProcessor(IdempotencyKeeping):
                 # tenant's, in _run): parked again for a person to reconcile.
                 return self._to_retry_topic(rec, cmd, STALE)
             if tenant is None:
-                if earlier is not None and earlier.state in _LET_THROUGH:
+                if earlier is not None and earlier.state in LET_THROUGH:
                     return self._repark(rec, cmd, earlier, RejectReason.UNKNOWN_TENANT)
                 return self._reject_kept(
                     rec, cmd, RejectReason.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}"
                 )
-            if earlier is None or earlier.state not in _LET_THROUGH:
+            if earlier is None or earlier.state not in LET_THROUGH:
                 return self._reject_kept(
                     rec, cmd, RejectReason.TENANT_SUSPENDED, f"tenant {tenant_id} is suspended"
                 )
@@ -858,7 +862,7 @@ class CommandProcessor(IdempotencyKeeping):
             # that reached us after the provider may have forgotten its key: run now, a
             # charge its first attempt made could be made again. Parked again for a
             # person to reconcile (`dlq replay` holds it back from now on).
-            if existing is not None and existing.state in _LET_THROUGH:
+            if existing is not None and existing.state in LET_THROUGH:
                 return self._repark(rec, cmd, existing, STALE)
             return self._to_retry_topic(rec, cmd, STALE)
         scoped_first = self._create_past_provider_window(rec, cmd, data)
@@ -884,7 +888,7 @@ class CommandProcessor(IdempotencyKeeping):
         account = gateway_account(tenant)
         if (
             existing is not None
-            and existing.state in _LET_THROUGH
+            and existing.state in LET_THROUGH
             and existing.gateway not in (None, account)
         ):
             # Let through to another provider account, which may have acted on it: sent
@@ -905,7 +909,7 @@ class CommandProcessor(IdempotencyKeeping):
             # One let through before (its gateway was usable then) waits on the retry
             # topic for the tenant's setup to be fixed.
             # (The checks above made it the same request as the record's.)
-            if existing is not None and existing.state in _LET_THROUGH:
+            if existing is not None and existing.state in LET_THROUGH:
                 return self._repark(rec, cmd, existing, gateway_or_rejection.reason)
             stand_in = NoProvider(
                 tenant.gateway,
@@ -1052,7 +1056,7 @@ class CommandProcessor(IdempotencyKeeping):
         # (checked above) under the same provider key: let through as that command is,
         # by the handler's checks and by the limits' counting (its earlier record may
         # have counted the money already; review findings).
-        let_through = let_through or (existing is not None and existing.state in _LET_THROUGH)
+        let_through = let_through or (existing is not None and existing.state in LET_THROUGH)
         ctx = HandlerContext(
             cmd=cmd,
             gateway=gateway,
@@ -1118,7 +1122,7 @@ class CommandProcessor(IdempotencyKeeping):
             self._point_id(cmd, request_hash, expires)
         if (
             existing is not None
-            and existing.state in _LET_THROUGH
+            and existing.state in LET_THROUGH
             and existing.command_id != cmd.command_id
         ):
             # A retry under the key of another command let through: that command's id
@@ -1133,7 +1137,7 @@ class CommandProcessor(IdempotencyKeeping):
         try:
             if (
                 existing is not None
-                and existing.state in _LET_THROUGH
+                and existing.state in LET_THROUGH
                 and existing.command_id != cmd.command_id
             ):
                 await self._answered_by_the_keys_command(cmd, existing, data, request_hash)
@@ -1219,7 +1223,7 @@ class CommandProcessor(IdempotencyKeeping):
             if (
                 exc.code is ErrorCode.IDEMPOTENCY_ERROR
                 and existing is not None
-                and existing.state in _LET_THROUGH
+                and existing.state in LET_THROUGH
                 and held_before is not None
             ):
                 # Let through before, and now the provider keeps another request under
@@ -1509,144 +1513,6 @@ class CommandProcessor(IdempotencyKeeping):
             rec, cmd, UNANSWERED, {UNANSWERED_REFUSAL_HEADER: SUSPENDED_STAMP} if stamp else None
         )
 
-    def _under_its_first_key(self, cmd: CommandRef, raw: Any) -> CommandRef:
-        """``cmd`` under the key its id was let through or answered under, if another
-        than its own (see _same_command_keyed); else ``cmd``. For nearly every command
-        one or two table reads and no validation: the id's pointer, and the record under
-        the id when the command has a key of its own."""
-        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        if not self._first_keys(cmd, named):
-            return cmd  # no other key names the id
-        now = time.time()
-        if self._idempotency_record(f"{cmd.tenant_id}:{cmd.idempotency_key}", now) is not None:
-            return cmd  # its key has a record of its own: the rules of the key apply
-        try:
-            data = COMMANDS[cmd.command_type].model_validate(raw or {})
-        except ValidationError:
-            return cmd  # refused as it stands
-        same = self._same_command_keyed(cmd, _request_hash(cmd.command_type, data), now, named)
-        return cmd if same is None else same[0]
-
-    def _pointer_holds(self, cmd: CommandRef, named: dict[str, Any], now: float) -> bool:
-        """Does the id's pointer still claim the id? Kept as long as a parked record it
-        names, it outlives the request once a retry under that key finished it: then it
-        holds the id only while the key's record does (review finding: a reused id was
-        refused for 540 days)."""
-        key = named.get("key")
-        if not isinstance(key, str):
-            return True  # (written before pointers named keys: its own expiry decides)
-        record = self._idempotency_record(f"{cmd.tenant_id}:{key}", now)
-        # (The key's record of that request: the key reused since for another request,
-        # the pointer bound again and refused the id for as long; review finding.)
-        return record is not None and record.request_hash == named.get("request_hash")
-
-    def _first_keys(self, cmd: CommandRef, named: Any) -> list[str]:
-        """Other keys the command's id may have run under, each holding a record: its id
-        (sent first without a key), and the key its id's pointer names (sent first with
-        one; a pointer written before pointers named keys names none)."""
-        keys = []
-        if cmd.idempotency_key != cmd.command_id and (
-            self.idempotency.get(f"{cmd.tenant_id}:{cmd.command_id}") is not None
-        ):
-            keys.append(cmd.command_id)
-        named_key = self._named_key(cmd, named)
-        if (
-            named_key is not None
-            and named_key not in (cmd.idempotency_key, *keys)
-            and self.idempotency.get(f"{cmd.tenant_id}:{named_key}") is not None
-        ):
-            keys.append(named_key)
-        return keys
-
-    def _named_key(self, cmd: CommandRef, named: Any) -> str | None:
-        """The key the id's pointer names; for a pointer written before pointers named
-        keys, the key of the parked record the start-up scan found for the id."""
-        if named is None:
-            return None
-        key = named.get("key")
-        if isinstance(key, str):
-            return key
-        # (Scanned now if not yet: the first batch after a start or a rebalance comes
-        # before the first purge, which would scan; review finding.)
-        self._seed_expiry_once(cmd.tenant_id)
-        parked = self._parked_ids.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        return None if parked is None else parked.split(":", 1)[1]
-
-    def _pointer_live(self, cmd: CommandRef, named: dict[str, Any], now: float) -> bool:
-        """Within its window, or one written before pointers lasted whose request is
-        still parked: the purge keeps that one (_kept_for_its_parked_record), and until
-        it has, another request under the id ran while the first was parked (review
-        finding)."""
-        if float(named.get("expires_at", 0)) >= self._expiry_now(now):
-            return True
-        if isinstance(named.get("key"), str):
-            return False  # kept as long as its park by _keep_id_pointer
-        self._seed_expiry_once(cmd.tenant_id)
-        key = _command_id_key(cmd.tenant_id, cmd.command_id)
-        return self._parked_record_until(key, named) is not None
-
-    def _same_command_keyed(
-        self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
-    ) -> tuple[CommandRef, IdempotencyRecord] | None:
-        """The command under the key its id was let through or answered under, if that
-        is another key than its own and the same request; else None (see _first_keys).
-        Under the key its pointer names, the key's record may name a retry under that
-        key (a new command id) that finished the request: the same request all the same
-        (review finding: the command, sent under a third key, charged again)."""
-        if named is UNREAD:
-            named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        named_key = self._named_key(cmd, named)
-        pointed = (
-            named is not None
-            and self._pointer_live(cmd, named, now)
-            and named.get("command_id") == cmd.command_id
-            and named.get("command_type") == cmd.command_type
-            and named.get("request_hash") == request_hash
-        )
-        for key in self._first_keys(cmd, named):
-            found = self._idempotency_record(f"{cmd.tenant_id}:{key}", now)
-            if (
-                found is not None
-                and (found.command_id == cmd.command_id or (key == named_key and pointed))
-                and found.command_type == cmd.command_type
-                # (Not one whose customer was erased since: its hash is gone, and another
-                # request under the id could not be told from it; refused as a conflict.)
-                and found.request_hash == request_hash
-                and (found.state in _LET_THROUGH or found.outcome is not None)
-            ):
-                return replace(cmd, idempotency_key=key), found
-        return None
-
-    def _command_id_taken(
-        self, cmd: CommandRef, request_hash: str, now: float, named: Any = UNREAD
-    ) -> bool:
-        """Did another request of the tenant run under this command id (within the
-        idempotency window)? Found under the id itself (a command whose key was its id)
-        or in the record of which request an id names (one sent with its own key;
-        ``named``: that record, if read already)."""
-        if named is UNREAD:
-            named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        this = (request_hash, cmd.command_type)
-        if (
-            named is not None
-            and (named.get("request_hash"), named.get("command_type")) != this
-            and self._pointer_live(cmd, named, now)
-            and self._pointer_holds(cmd, named, now)
-        ):
-            return True
-        if cmd.idempotency_key == cmd.command_id:
-            return False  # its own record, looked up already, is under the id
-        other = self._idempotency_record(f"{cmd.tenant_id}:{cmd.command_id}", now)
-        return (
-            other is not None
-            and other.command_id == cmd.command_id
-            and (other.request_hash, other.command_type) != this
-        )
-
-    def _id_unclaimed(self, cmd: CommandRef, now: float) -> bool:
-        named = self.idempotency.get(_command_id_key(cmd.tenant_id, cmd.command_id))
-        return named is None or not self._pointer_live(cmd, named, now)
-
     def _applied_at(self, expires: float) -> float:
         """When a command whose idempotency record expires at ``expires`` ran: the same
         from the record as when it was written (a repair converges on the entity)."""
@@ -1735,64 +1601,23 @@ class CommandProcessor(IdempotencyKeeping):
             counts = existing.counted is not True
             raise AnsweredByAnother(done.outcome, existing.command_id, counts=counts)
 
-    def _believed_redrive(self, rec: Inbound) -> bool:
-        """Does ``rec`` carry a first-attempt time under paystream's seal (or any, with no
-        master key to seal with)?"""
-        return self.seals.first_attempt_ms(rec.key, rec.value, rec.headers) is not None
-
-    def _unsealed_redrive_known(self, rec: Inbound, size: int, attributes: int) -> bool:
-        """Is ``rec``, re-sent without paystream's seal (a replay run without the
-        workers' master keys), a request this worker let through or answered before?
-        Never one larger than any limit may be: none such was ever admitted, and each
-        replay would dead-letter it again, until its age held its partition back."""
-        if size > COMMAND_MAX_BYTES_CEILING or attributes > ATTRIBUTES_MAX_BYTES:
+    def _vouched_redrive(self, rec: Inbound, size: int, attributes: int) -> bool:
+        """Is ``rec`` a re-drive that a limit lowered since must not refuse for good:
+        under paystream's seal, or, without one (a replay run without the workers'
+        master keys, or workers without one), a request this worker let through or
+        answered before? Never one over the value ceiling, under which every command
+        ever admitted was: each replay would dead-letter it again, until its age held
+        its partition back (review finding)."""
+        if FIRST_ATTEMPT_HEADER not in rec.headers or size > COMMAND_MAX_BYTES_CEILING:
+            return False
+        if self._sealed_redrive(rec):
+            return True
+        if attributes > ATTRIBUTES_MAX_BYTES:
             return False
         try:
             return self._let_through_before(rec) is not None
         except (UndecodableRecord, ValidationError, KeyError, ValueError):  # not a command
             return False
-
-    def _redrive_within_ceiling(self, rec: Inbound, size: int, attributes: int) -> bool:
-        """A re-drive (under paystream's seal, or any with no master key to seal with) is
-        held to the largest value limit there may be, not to the one set now: it was
-        admitted at its first attempt, and the provider may have acted on it (a limit
-        lowered since refused it, and its sender, told so, might pay again)."""
-        return (
-            FIRST_ATTEMPT_HEADER in rec.headers
-            and size <= COMMAND_MAX_BYTES_CEILING
-            and attributes <= ATTRIBUTES_MAX_BYTES
-            and self.seals.first_attempt_ms(rec.key, rec.value, rec.headers) is not None
-        )
-
-    def _stale_redrive(self, rec: Inbound, cmd: CommandRef) -> bool:
-        """A re-drive past the provider's key window, to be parked for a person: not a
-        read (payment.refresh), which asks the provider again and can double nothing."""
-        return cmd.command_type not in PROVIDER_READS and self._past_provider_window(rec)
-
-    def _past_provider_window(self, rec: Inbound, *, reconciled_too: bool = False) -> bool:
-        """Does ``rec`` say it was first run longer ago than a replay may be re-sent
-        (and was not re-sent by ``dlq replay --include-stale-as-of``, after reconciling, unless
-        ``reconciled_too``: reconciled by a person is not known to the provider still)?"""
-        if FIRST_ATTEMPT_HEADER not in rec.headers:
-            return False  # (the common case: no header, no seal to check)
-        if not reconciled_too and self._reconciled(rec):
-            return False
-        first = self._carried_first_attempt(rec)
-        return first is not None and time.time() * 1000 - first > stale_after_ms(self.settings)
-
-    def _key_past_provider_window(self, rec: Inbound, existing: IdempotencyRecord | None) -> bool:
-        """Is ``existing`` the record of a request let through (parked, in flight) first
-        let through longer ago than a provider keeps its key? Its re-drives say so in a
-        header; a client's retry under its key (a new command id) said nothing, and ran
-        under the key the provider may have forgotten, a day after a charge; so did the
-        command's own record redelivered after a long outage (review findings). A
-        re-drive reconciled by a person (`dlq replay --include-stale-as-of`) goes ahead,
-        as it does with the header."""
-        if existing is None or existing.first_attempt_ms is None:
-            return False
-        if existing.state not in _LET_THROUGH or self._reconciled(rec):
-            return False
-        return self._past_key_window(existing.first_attempt_ms)
 
     async def _answered_from_entity(
         self, cmd: CommandRef, data: Any, request_hash: str, tenant: Tenant
@@ -1806,17 +1631,6 @@ class CommandProcessor(IdempotencyKeeping):
             return None
         metrics.REPLAYS.labels(cmd.tenant_id, "entity").inc()
         return [self._outcome(_as_first_emitted(cmd, done), done.outcome)]
-
-    def _read_past_provider_window(self, rec: Inbound, cmd: CommandRef) -> bool:
-        """Is ``rec`` a command record (not a re-drive: those carry their sealed first
-        attempt, judged by _past_provider_window) read longer after the broker took it
-        than a provider keeps its key?"""
-        return (
-            self.settings.park_late_commands
-            and cmd.command_type not in PROVIDER_READS
-            and self._carried_first_attempt(rec) is None
-            and self._past_key_window(self._first_attempt_ms(rec))
-        )
 
     def _park_late(
         self,
@@ -1850,22 +1664,8 @@ class CommandProcessor(IdempotencyKeeping):
         )
         if cmd.idempotency_key != cmd.command_id:
             self._point_id(cmd, request_hash, parked_until)
-        self._point_create_scope(_create_scope(cmd, data), idem_key, first, parked_until)
+        self._point_create_scope(create_scope(cmd, data), idem_key, first, parked_until)
         return self._to_retry_topic(rec, cmd, STALE)
-
-    def _point_id(self, cmd: CommandRef, request_hash: str, expires: float) -> None:
-        """Say which request (its key) the command's id names, under its own key: the
-        same command sent again under another key is then known as the one it is."""
-        self._remember(
-            _command_id_key(cmd.tenant_id, cmd.command_id),
-            {
-                "command_id": cmd.command_id,
-                "command_type": cmd.command_type,
-                "request_hash": request_hash,
-                "key": cmd.idempotency_key,
-                "expires_at": expires,
-            },
-        )
 
     async def _would_move_money(
         self, cmd: CommandRef, data: Any, request_hash: str, gateway: Any
@@ -1883,70 +1683,6 @@ class CommandProcessor(IdempotencyKeeping):
             capabilities=frozenset(getattr(gateway, "capabilities", ())),
         )
         return isinstance(call, ProviderCall) and call.operation in MONEY_MOVING_OPERATIONS
-
-    def _reconciled(self, rec: Inbound) -> bool:
-        """Re-sent by `dlq replay --include-stale-as-of` after a person reconciled it with
-        the provider: the mark counts under paystream's seal only (first_attempt.py), or
-        any producer could release its own stale retries with it. (Unsealed, by a replay
-        run without the workers' master key, it is held back again, with a warning.)"""
-        return RECONCILED_HEADER in rec.headers and self._carried_first_attempt(rec) is not None
-
-    def _past_key_window(self, first_attempt_ms: int) -> bool:
-        """Was a request first let through longer ago than a provider keeps its key?"""
-        return time.time() * 1000 - first_attempt_ms > stale_after_ms(self.settings)
-
-    def _create_past_provider_window(self, rec: Inbound, cmd: CommandRef, data: Any) -> int | None:
-        """The first attempt of a create of the same chosen id parked longer ago than a
-        provider keeps its key, its entity not made since (None: none such). Its provider
-        key is the entity's (handlers.create_key), so a retry under a new command id and
-        no idempotency key, past the window, would create it again (review finding)."""
-        scope = _create_scope(cmd, data)
-        if scope is None:
-            return None
-        pointer = self.idempotency.get(scope)
-        if pointer is None or self._reconciled(rec):
-            return None
-        # Only while the create it names is still let through (parked, in flight): once
-        # answered (made, declined, refused), a create of the id is a new request.
-        parked = self.idempotency.get(str(pointer.get("key")))
-        if parked is None or parked.get("state") not in LET_THROUGH_VALUES:
-            return None
-        if float(parked.get("expires_at", 0)) <= time.time():
-            return None
-        first = parked.get("first_attempt_ms")
-        if not isinstance(first, int) or not self._past_key_window(first):
-            return None
-        kind, field_name = _CREATES[cmd.command_type]
-        made = self.tables.by_type(kind).get(entity_key(cmd.tenant_id, getattr(data, field_name)))
-        if made is not None:
-            return None  # made since: answered from it, the provider is not asked
-        return first
-
-    def _first_attempt_ms(self, rec: Inbound) -> int:
-        """This record's time (the broker's, on a LogAppendTime commands topic; never
-        later than now, whatever a producer stamped), or the sealed one a replay carried
-        if earlier: a header can only make a command look older (held back), not fresher,
-        and only under paystream's seal (first_attempt.py)."""
-        first = min(rec.timestamp_ms, int(time.time() * 1000))
-        carried = self._carried_first_attempt(rec)
-        return first if carried is None else min(first, carried)
-
-    def _carried_first_attempt(self, rec: Inbound) -> int | None:
-        """The first-attempt time ``rec`` carries under a valid seal, if any."""
-        if FIRST_ATTEMPT_HEADER not in rec.headers:
-            return None
-        carried = self.seals.first_attempt_ms(rec.key, rec.value, rec.headers)
-        if carried is None:  # made up, or sealed under a key this worker lacks
-            _throttled.warning(
-                "unsealed-first-attempt",
-                "%s[%d]@%d carries a first-attempt time without a valid seal: ignored, its "
-                "age counts from this record (a replay run without the workers' master "
-                "keys loses a parked command's age)",
-                rec.topic,
-                rec.partition,
-                rec.offset,
-            )
-        return carried
 
     def _repark(
         self,
@@ -1974,82 +1710,15 @@ class CommandProcessor(IdempotencyKeeping):
             self._remember(key, record)
         self._keep_id_pointer(cmd, float(self.idempotency[key]["expires_at"]))
         first = existing.first_attempt_ms
-        if existing.entity_keys and first is not None and cmd.command_type in _CREATES:
+        if existing.entity_keys and first is not None and cmd.command_type in CREATES:
             # In flight at a crash, then parked here: _park never ran for it, so its id
             # may have no pointer yet (review finding: a late create of the id under
             # another key then ran under the id's provider key, maybe forgotten).
-            scope = _create_scope(cmd, _validated_data(rec, cmd.command_type))
+            scope = create_scope(cmd, _validated_data(rec, cmd.command_type))
             expires = float(self.idempotency[key]["expires_at"])
             self._point_create_scope(scope, key, first, expires)
         earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, getattr(reason, "value", reason), earlier)
-
-    def _keep_id_pointer(self, cmd: CommandRef, until: float) -> None:
-        """Keep the record of which key the id names for as long as the parked record
-        it names: expiring after the idempotency window, it let the command, sent again
-        under another key, run as new, a second charge (review finding)."""
-        if cmd.idempotency_key == cmd.command_id:
-            return  # the id is the key: its record is the pointer
-        pointer_key = _command_id_key(cmd.tenant_id, cmd.command_id)
-        pointer = self.idempotency.get(pointer_key)
-        if (
-            pointer is not None
-            and pointer.get("key") in (cmd.idempotency_key, None)
-            and float(pointer.get("expires_at", 0)) < until
-        ):
-            # (Naming its key: one written before pointers did names none.)
-            kept = {**pointer, "key": cmd.idempotency_key, "expires_at": until}
-            self._remember(pointer_key, kept)
-
-    def _point_create_scope(
-        self, scope: str | None, idem_key: str, first: int, expires: float
-    ) -> None:
-        """Name the parked create ``idem_key`` under its chosen id's ``scope``: its
-        provider key is the id's and outlives this record's key, so a create of the id
-        under another key is checked against it while it stays parked
-        (_create_past_provider_window). A pointer to another create of the id, still
-        let through and first attempted earlier, is kept: the id's oldest attempt is
-        the one the provider may forget first. (The first attempt is the named
-        record's: not copied.)"""
-        if scope is None:
-            return
-        pointer = self.idempotency.get(scope)
-        if pointer is not None and pointer.get("key") != idem_key:
-            other = self.idempotency.get(str(pointer.get("key")))
-            earlier = other is not None and other.get("state") in LET_THROUGH_VALUES
-            other_first = other.get("first_attempt_ms") if other is not None else None
-            if earlier and isinstance(other_first, int) and other_first <= first:
-                return
-        self._remember(scope, {"key": idem_key, "expires_at": expires})
-
-    def _parked_until(self, expires: float) -> float:
-        """How long a parked command's record is kept: until it is answered (a re-drive
-        writes its final record, which expires as any), or for as long as the tables
-        keep entities. Expiring a day after it parked, it let a retry under its key,
-        past the provider's key window, run as a new request (review finding)."""
-        horizon = self.settings.entity_retention_seconds or _PARKED_KEEP_SECONDS
-        return max(expires, time.time() + horizon)
-
-    def _with_first_attempt(self, rec: Inbound, first: int | None) -> dict[str, bytes] | None:
-        """A park's first-attempt header naming ``first`` (its key's request's first let
-        through, from its idempotency record) where that is earlier than the record's
-        own: a retry under the key (a new command id) parked, then re-driven a day after
-        the request first ran, was sent under a key the provider may have forgotten
-        (review finding); `dlq replay` holds such a park back as stale, and so does the
-        worker. (A park's own time stays the broker's time of its record, as before: a
-        backlog read a day late and parked is held back as stale, conservatively.)"""
-        if first is None or first >= self._first_attempt_ms(rec):
-            return None
-        return {FIRST_ATTEMPT_HEADER: str(first).encode()}
-
-    def _let_through_at(self, rec: Inbound) -> int:
-        """When the request is first let through: now (the worker's clock), or earlier
-        if a re-drive carries its first attempt under paystream's seal. Not the record's
-        own time: a backlog read a day late would be held as stale when first retried,
-        though the provider saw its key seconds before (review finding)."""
-        now = int(time.time() * 1000)
-        carried = self._carried_first_attempt(rec)
-        return now if carried is None else min(now, carried)
 
     @staticmethod
     def _counts_here(
@@ -2593,7 +2262,7 @@ class CommandProcessor(IdempotencyKeeping):
             data = COMMANDS[command_type].model_validate(event.get_data() or {})
             return self._same_command_keyed(cmd, _request_hash(command_type, data), now)
         done = existing.state is IdempotencyState.DONE and existing.outcome is not None
-        if not done and existing.state not in _LET_THROUGH:
+        if not done and existing.state not in LET_THROUGH:
             return None
         # Only the very same request shares the record's fate (another command of the key
         # or the same id reused for another request would not have run).
@@ -2646,7 +2315,7 @@ class CommandProcessor(IdempotencyKeeping):
         self._keep_id_pointer(cmd, parked_until)
         first = in_flight.get("first_attempt_ms")
         if entity_keys and first is not None:
-            self._point_create_scope(_create_scope(cmd, data), idem_key, first, parked_until)
+            self._point_create_scope(create_scope(cmd, data), idem_key, first, parked_until)
         earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, exc.code.value, earlier)
 
@@ -2715,10 +2384,6 @@ def _state_readable(rec: Inbound, tenant_id: str) -> bool:
     "x:k"; refused `unknown_tenant`). Read for any other, the answer told what that
     tenant ran, or replayed its stored outcome (review findings)."""
     return tenant_id == key_str(rec.key) and _TENANT_ID.fullmatch(tenant_id) is not None
-
-
-# Idempotency states of a command let through and not answered.
-_LET_THROUGH = (IdempotencyState.IN_FLIGHT, IdempotencyState.PARKED)
 
 
 def _salt_source(id_salt: str | None) -> tuple[int, int] | None:
@@ -2838,18 +2503,6 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
 # The commands a provider's webhook brings (web/webhooks.py), sealed as paystream's own.
 _WEBHOOK_REFRESHES = frozenset({"payment.refresh", "refund.refresh"})
 
-# How long a parked record is kept when entities are kept for ever (see _parked_until).
-_PARKED_KEEP_SECONDS = 540 * 24 * 3600
-
-# Creates whose provider key is their chosen id's (handlers.create_key): entity type and
-# the data field naming the id.
-_CREATES: dict[str, tuple[str, str]] = {
-    "customer.create": ("customer", "customer_id"),
-    "payment_method.attach": ("payment_method", "payment_method_id"),
-    "payment.create": ("payment", "payment_id"),
-    "refund.create": ("refund", "refund_id"),
-}
-
 
 def _validated_data(rec: Inbound, command_type: str) -> Any:
     """``rec``'s command data, validated as ``command_type``'s, or None if it is not
@@ -2859,16 +2512,6 @@ def _validated_data(rec: Inbound, command_type: str) -> Any:
         return COMMANDS[command_type].model_validate(event.get_data() or {})
     except Exception:
         return None
-
-
-def _create_scope(cmd: CommandRef, data: Any) -> str | None:
-    """Where the idempotency table keeps when a create of a chosen id was first let
-    through, if parked (``"\x1f"``: no client key can name it), or None."""
-    create = _CREATES.get(cmd.command_type)
-    if create is None:
-        return None
-    chosen = getattr(data, create[1], None)
-    return f"{cmd.tenant_id}:\x1fcreate:{create[0]}:{chosen}" if chosen else None
 
 
 def _former_hold_key(cmd: CommandRef, data: Any, entity_keys: bool) -> str | None:
@@ -3030,20 +2673,6 @@ def _nameable(cmd: CommandRef) -> CommandRef:
 def _id_digest(command_id: str) -> str:
     """A command id as outcomes may carry it: as it is, or hashed when too long."""
     return command_id if len(command_id) <= ID_MAX_CHARS else digest(command_id)
-
-
-def _request_hash(command_type: str, data: CommandData | dict[str, Any]) -> str:
-    """SHA-256 of the JSON of ``[command_type, data]``, keys sorted (``data``: the
-    command's validated data, or its ``model_dump(mode="json")``).
-
-    A validated model is written straight from its fields, without the dump: a command
-    model's ``__dict__`` is its fields and nothing else (extra="forbid"), each a str,
-    int, bool, None, StrEnum member or dict of str to str (tests/agents/test_pipeline.py
-    holds every command model to that), and orjson writes those exactly as the dump has
-    them (an enum member as its value): the same bytes, hashed."""
-    fields = data if isinstance(data, dict) else data.__dict__
-    canonical = orjson.dumps([command_type, fields], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
 
 
 def _with_header(emit: Emit, name: str, value: bytes) -> Emit:

@@ -301,7 +301,8 @@ EXIT_CONCURRENT_REPLAY = 4
     "--without-master-key",
     is_flag=True,
     help="replay with no PAYSTREAM_MASTER_KEY set, for workers that run without one too "
-    "(the commands' first-attempt times go unsealed, as such workers read them)",
+    "(the commands' first-attempt times go unsealed, as such workers read them; workers "
+    "with a master key take such commands as first run now)",
 )
 def dlq_replay(
     which: str,

@@ -89,19 +89,15 @@ async def test_a_redrive_admitted_under_a_higher_limit_still_runs(keyed: Harness
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("case", ["unsealed", "over the ceiling"])
-async def test_a_redrive_too_large_waits_unanswered_and_replayable(
-    keyed: Harness, case: str
+async def test_an_unsealed_redrive_the_records_know_waits_unanswered_and_replayable(
+    keyed: Harness,
 ) -> None:
-    """Not under paystream's seal (the workers have a master key), or larger than any
-    limit may be (sealed all the same): dead-lettered without an answer, for `dlq
-    replay` to re-send."""
+    """Not under paystream's seal (the workers have a master key; a replay run without
+    it), a request its records show was let through: dead-lettered without an answer,
+    for `dlq replay` to re-send sealed."""
     _, parked = await _parked(keyed, 20_000)
-    if case == "over the ceiling":  # (JSON all the same: whitespace after the object)
-        padded = (parked.value or b"") + b" " * COMMAND_MAX_BYTES_CEILING
-        parked = Inbound(parked.key, padded, parked.headers, 0, parked.topic, 0, 0)
     _lower_limit(keyed)
-    emits = await keyed.processor.process(_redriven(keyed, parked, sealed=case != "unsealed"))
+    emits = await keyed.processor.process(_redriven(keyed, parked, sealed=False))
     assert outcome_of(keyed.settings, emits) is None
     [letter] = [e.record for e in emits if e.topic == keyed.settings.dlq_topic]
     headers = dict(letter.headers)
@@ -109,6 +105,22 @@ async def test_a_redrive_too_large_waits_unanswered_and_replayable(
     assert letter.value == parked.value
     assert ParkedRecord(keyed.settings.dlq_topic, 0, 0, letter.key, letter.value,
                         letter.headers).replayable  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_sealed_redrive_over_the_ceiling_is_refused_for_good(keyed: Harness) -> None:
+    """Larger than any limit may be: no worker ever admitted it, so no provider acted on
+    it (parks are never larger than their command). Replayable, each replay would send
+    it back to be dead-lettered again, until its age held its partition back."""
+    _, parked = await _parked(keyed, 20_000)
+    padded = (parked.value or b"") + b" " * COMMAND_MAX_BYTES_CEILING  # (JSON all the same)
+    parked = Inbound(parked.key, padded, parked.headers, 0, parked.topic, 0, 0)
+    emits = await keyed.processor.process(_redriven(keyed, parked))
+    out = outcome_of(keyed.settings, emits)
+    assert out is not None and out.get_data()["reason"] == "payload_too_large"
+    [letter] = [e.record for e in emits if e.topic == keyed.settings.dlq_topic]
+    assert not ParkedRecord(keyed.settings.dlq_topic, 0, 0, letter.key, letter.value,
+                            letter.headers).replayable  # fmt: skip
 
 
 @pytest.mark.asyncio
