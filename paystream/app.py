@@ -13,6 +13,7 @@ from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat
 from paystream.streams.kafka_auth import faust_credentials
 from paystream.tables import faster_recovery, stale_stores
+from paystream.web.http_limits import limit_faust_web
 from paystream.web.route_errors import json_route_errors
 
 __all__ = ["app", "create_app", "settings", "tables_settled"]
@@ -170,6 +171,7 @@ def create_app(settings: Settings) -> faust.App:
 
 settings: Settings = get_settings()
 app: faust.App = create_app(settings)
+limit_faust_web(app.web)
 
 
 def tables_settled() -> bool:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,6 +25,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.kafka_auth import client_auth
+from paystream.tenancy.ingress_keys import IngressKey, key_id_of, key_matches
 from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = ["RegistryMirror", "RegistryState"]
@@ -209,9 +211,10 @@ class RegistryMirror:
         self.tenants = self._state.tenants
         self.unreadable = self._state.unreadable
         self.ready = asyncio.Event()
-        # Every tenant's ingress key ids, as of ``_state.changes`` (see has_ingress_key).
-        self._key_ids: frozenset[str] = frozenset()
-        self._key_ids_at = -1
+        # Every tenant's ingress keys by id, as of ``_state.changes`` (see
+        # holds_ingress_key).
+        self._keys_by_id: dict[str, list[Mapping[str, IngressKey]]] = {}
+        self._keys_by_id_at = -1
 
     @property
     def invalid(self) -> int:
@@ -233,14 +236,20 @@ class RegistryMirror:
         """Apply one registry record to the tenants served now."""
         return self._state.apply(key, value, timestamp_ms)
 
-    def has_ingress_key(self, key_id: str) -> bool:
-        """Does any tenant hold an ingress key of this id? (Asked before a request's body
-        is read, so that a made-up key costs no parsing; the key itself, and whose it
-        is, is checked against the command's tenant after.)"""
-        if self._key_ids_at != self._state.changes:
-            self._key_ids = frozenset(k for t in self.tenants.values() for k in t.ingress_keys)
-            self._key_ids_at = self._state.changes
-        return key_id in self._key_ids
+    def holds_ingress_key(self, credential: str) -> bool:
+        """Is ``credential`` an ingress key some tenant holds? (Asked before a request's
+        body is read, so that a made-up key, or a real key id with a made-up secret,
+        costs no parsing and is answered as any made-up key: a parse error's 400 told
+        which key ids exist; review finding. Whose key it is, is checked against the
+        command's tenant after.)"""
+        if self._keys_by_id_at != self._state.changes:
+            by_id: dict[str, list[Mapping[str, IngressKey]]] = {}
+            for tenant in self.tenants.values():
+                for key_id in tenant.ingress_keys:
+                    by_id.setdefault(key_id, []).append(tenant.ingress_keys)
+            self._keys_by_id, self._keys_by_id_at = by_id, self._state.changes
+        holders = self._keys_by_id.get(key_id_of(credential) or "", ())
+        return any(key_matches(held, credential) is not None for held in holders)
 
     def _swap_in(self, loaded: RegistryState) -> None:
         # A tenant whose only record left (compacted) is one this worker cannot read is

@@ -207,17 +207,16 @@ class CommandIngress:
 
     def _before_body(self, request: Request) -> tuple[str | None, bool]:
         """(the credential, whether it is the platform token), or the refusal that needs
-        no body: no key, or one no tenant holds (a made-up key costs no parsing); a
-        declared length over the largest command."""
+        no body: no key, or one no tenant holds (a made-up key, or a real key id with a
+        made-up secret, costs no parsing); a declared length over the largest command."""
         credential = bearer(request.headers)
         platform = matches(credential, self.settings.ingress_token)
         if not platform:
-            key_id = None if credential is None else key_id_of(credential)
-            if key_id is None:
+            if credential is None or key_id_of(credential) is None:
                 raise _unauthorized()
             if not self.registry.ready.is_set():
                 raise _unavailable("the tenant registry is loading")
-            if not self.registry.has_ingress_key(key_id):
+            if not self.registry.holds_ingress_key(credential):
                 raise _unauthorized()
         if (request.content_length or 0) > self.settings.command_max_bytes:
             raise _too_large(self.settings.command_max_bytes)

@@ -42,6 +42,7 @@ from paystream.tenancy.models import UNREGISTERED
 from paystream.web import bad_requests
 from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
+from paystream.web.http_limits import HANDLER_LIMITS
 from paystream.web.ingress import IDLE_READER_SECONDS, CommandIngress
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced, acknowledged
@@ -301,17 +302,21 @@ def configure_logging(log_level: str) -> None:
     bad_requests.install()
 
 
+def make_runner(app: aiohttp.web.Application) -> aiohttp.web.AppRunner:
+    """The server's runner: no access log (requests are logged as refused or not at
+    all), and the connection limits both web servers take (http_limits.py)."""
+    return aiohttp.web.AppRunner(
+        app, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None, **HANDLER_LIMITS
+    )
+
+
 async def serve(settings: Settings, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT (0), or a background part fails (1); in-flight
     requests then finish."""
     configure_logging(settings.log_level)
     name_the_server()
     server = IngressServer(settings)
-    runner = aiohttp.web.AppRunner(
-        server.app(),
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-        access_log=None,
-    )
+    runner = make_runner(server.app())
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

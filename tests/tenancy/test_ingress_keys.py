@@ -65,21 +65,24 @@ def test_keys_are_bounded_and_well_formed() -> None:
         )
 
 
-def test_the_registry_knows_which_key_ids_exist_as_records_come() -> None:
+def test_the_registry_knows_which_keys_are_held_as_records_come() -> None:
     from paystream.settings import load_settings
     from paystream.tenancy.mirror import RegistryMirror
 
     mirror = RegistryMirror(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
-    key_id, _, kept = new_key()
-    assert not mirror.has_ingress_key(key_id)
+    key_id, text, kept = new_key()
+    assert not mirror.holds_ingress_key(text)
     with_key = Tenant(tenant_id="shop", ingress_keys={key_id: kept})
     mirror.apply(b'"shop"', json.dumps(tenant_record(with_key), default=str).encode())
-    assert mirror.has_ingress_key(key_id)
+    assert mirror.holds_ingress_key(text)
+    # The id alone is no key: a made-up secret under a real id is refused before the body.
+    forged = text[: len(text) - 8] + ("A" * 8 if not text.endswith("A" * 8) else "B" * 8)
+    assert not mirror.holds_ingress_key(forged)
     mirror.apply(b'"shop"', json.dumps(tenant_record(Tenant(tenant_id="shop"))).encode())
-    assert not mirror.has_ingress_key(key_id)  # revoked
+    assert not mirror.holds_ingress_key(text)  # revoked
     mirror.apply(b'"shop"', json.dumps(tenant_record(with_key), default=str).encode())
     mirror.apply(b'"shop"', None)
-    assert not mirror.has_ingress_key(key_id)  # the tenant deleted
+    assert not mirror.holds_ingress_key(text)  # the tenant deleted
 
 
 def test_a_new_key_never_takes_the_id_of_one_the_tenant_holds(
