@@ -43,11 +43,20 @@ def _settings() -> Settings:
     return settings
 
 
-def _run(coro: Any, *, own: tuple[type[PaystreamError], ...] = ()) -> Any:
+# A command still running after this long says what it is waiting for, once: a broker
+# that takes connections and never answers holds it aiokafka's 40 s request timeout.
+WAITING_NOTE_SECONDS = 5.0
+
+
+def _run(
+    coro: Any, *, own: tuple[type[PaystreamError], ...] = (), note_waiting: bool = True
+) -> Any:
     """Run ``coro``; paystream errors become click errors (exit 1), but for ``own``: the
-    caller answers those itself (an exit status of their own)."""
+    caller answers those itself (an exit status of their own). ``note_waiting``: say on
+    stderr, once, if it runs past WAITING_NOTE_SECONDS (not for work that shows its
+    own progress)."""
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_noting_a_wait(coro) if note_waiting else coro)
     except own:
         raise
     except PaystreamError as exc:
@@ -64,6 +73,20 @@ def _run(coro: Any, *, own: tuple[type[PaystreamError], ...] = ()) -> Any:
                 f"running, and is that its address? ({said})"
             )
         raise click.ClickException(said) from exc
+
+
+async def _noting_a_wait(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``coro``'s result; past WAITING_NOTE_SECONDS, a line saying what it waits on (an
+    operator saw nothing for 40 s from a broker that never answered)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=WAITING_NOTE_SECONDS)
+    if not done:
+        click.echo(
+            f"still waiting on the broker at {_brokers_named()} (KAFKA_BROKER_URL); a broker "
+            "that never answers is given up on after 40 s (Ctrl-C stops)",
+            err=True,
+        )
+    return await task
 
 
 def _brokers_named() -> str:

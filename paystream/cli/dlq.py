@@ -376,6 +376,7 @@ def dlq_replay(
                 )
             ),
             own=(ConcurrentReplayError,),
+            note_waiting=False,  # (it shows its progress)
         )
     except ConcurrentReplayError as exc:
         click.echo(f"\n{exc}", err=True)

@@ -91,7 +91,7 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
 
     click.echo(f"current master key {keyring.current.key_id}; retired: "
                f"{', '.join(k.key_id for k in keyring.retired) or 'none'}", err=True)  # fmt: skip
-    _run(reseal_registry_secrets(settings, keyring, report, progress))
+    _run(reseal_registry_secrets(settings, keyring, report, progress), note_waiting=False)
     password = settings.db_app_password.get_secret_value() if settings.db_app_password else ""
     if settings.database_url and password:
         url = app_database_url(asyncpg_url(settings.database_url), password)

@@ -102,7 +102,7 @@ def send(
 
     if http_url is not None:
         try:
-            answer = _run(_send_over_http(http_url, cmd, timeout, settings))
+            answer = _run(_send_over_http(http_url, cmd, timeout, settings), note_waiting=False)
         except KeyboardInterrupt:
             _said_interrupted(cmd.get_id())
         if isinstance(answer, OutcomeTimeout):
@@ -140,7 +140,7 @@ def send(
         return dumps(outcome)
 
     try:
-        said = _run(go())
+        said = _run(go(), note_waiting=False)  # (it waits for the outcome, with its timeout)
     except KeyboardInterrupt:
         _said_interrupted(cmd.get_id())
     if isinstance(said, OutcomeTimeout):

@@ -118,7 +118,8 @@ def doctor() -> None:
         # their probe topics and group leave the operator's cluster (review finding).
         try:
             results = _run(
-                _stoppable(doctor_mod.run_checks(settings, deployment=True, progress=shown))
+                _stoppable(doctor_mod.run_checks(settings, deployment=True, progress=shown)),
+                note_waiting=False,
             )
         except KeyboardInterrupt:
             raise click.Abort from None
@@ -141,7 +142,8 @@ def doctor() -> None:
                 if _STOP_REQUESTED.is_set():  # (a stop swallowed while it started)
                     raise KeyboardInterrupt
                 results = _run(
-                    _stoppable(doctor_mod.run_checks(stack.stack_settings(), progress=shown))
+                    _stoppable(doctor_mod.run_checks(stack.stack_settings(), progress=shown)),
+                    note_waiting=False,
                 )
         except PaystreamError as exc:
             # Why, not a traceback; and the logs it names are kept, not deleted with it.
