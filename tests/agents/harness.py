@@ -124,3 +124,18 @@ def data(event: CloudEvent) -> dict[str, Any]:
     body = event.get_data()
     assert isinstance(body, dict)
     return body
+
+
+# The modules of the pipeline that read the clock as ``time.time()`` (each its own
+# import of ``time``): a test moving the pipeline's clock moves all of theirs.
+_CLOCK_READERS = (
+    "paystream.agents.pipeline",
+    "paystream.agents.provider_window",
+    "paystream.agents.key_pointers",
+)
+
+
+def set_pipeline_clock(monkeypatch: Any, clock: Any) -> None:
+    """``clock`` (anything with a ``time()``) as the pipeline's ``time`` module."""
+    for module in _CLOCK_READERS:
+        monkeypatch.setattr(f"{module}.time", clock)

@@ -19,7 +19,7 @@ from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
-from tests.agents.harness import Harness, data, kind, new_tenant_id
+from tests.agents.harness import Harness, data, kind, new_tenant_id, set_pipeline_clock
 from tests.agents.test_let_through import _answer
 
 pytestmark = pytest.mark.asyncio
@@ -334,7 +334,7 @@ async def test_an_id_is_free_again_once_the_request_a_retry_finished_has_expired
     """c1's pointer lasts as long as c1's park; a retry under its key (c9) finished the
     request, and two days on the id, reused for another request as README allows, was
     refused idempotency_conflict: for 540 days (review finding)."""
-    from paystream.agents import handlers, pipeline
+    from paystream.agents import handlers
 
     h = harness
     t = new_tenant_id()
@@ -345,7 +345,7 @@ async def test_an_id_is_free_again_once_the_request_a_retry_finished_has_expired
         "payment.succeeded"
     )
     h.processor.purge_expired(t, time.time() + 2 * 86_400)
-    monkeypatch.setattr(pipeline, "time", _DaysLater(2))
+    set_pipeline_clock(monkeypatch, _DaysLater(2))
     monkeypatch.setattr(handlers, "time", _DaysLater(2))
     refund = {"payment_id": "p1", "amount": 100}
     reused = await _answer(h, _rec(t, "refund.create", refund, "c1", "k3"))
@@ -387,7 +387,7 @@ async def test_a_legacy_pointer_of_a_command_a_retry_finished_still_redirects(
     """c1 parked under k1 by the version before (its pointer names no key and expires a
     day after the park); a retry under k1 (c9) finished the request; past the pointer's
     own expiry, c1 sent again under k3 ran as new: a second charge (review finding)."""
-    from paystream.agents import handlers, pipeline
+    from paystream.agents import handlers
 
     h = harness
     t = await _c1_parked_under_k1(h)
@@ -396,7 +396,7 @@ async def test_a_legacy_pointer_of_a_command_a_retry_finished_still_redirects(
     retried = await _answer(h, _rec(t, "payment.create", _PAY, "c9", "k1"))
     assert kind(retried) == "payment.succeeded"
     later = _DaysLater(2 / 24)
-    monkeypatch.setattr(pipeline, "time", later)
+    set_pipeline_clock(monkeypatch, later)
     monkeypatch.setattr(handlers, "time", later)
     again = await _answer(h, _rec(t, "payment.create", _PAY, "c1", "k3"))
     assert kind(again) == "payment.succeeded" and again.get_id() == retried.get_id()
@@ -410,7 +410,7 @@ async def test_a_command_whose_retry_parked_too_is_not_run_again_under_a_third_k
     """c1 parked under k1, its retry c9 under k1 parked too: k1's record lasts as long as
     the park and names c9, while c1's pointer lasted a day. Past it, c1 sent under k3 ran
     as new: a second charge (review finding)."""
-    from paystream.agents import handlers, pipeline
+    from paystream.agents import handlers
 
     h = harness
     t = await _c1_parked_under_k1(h, losses=6)
@@ -420,7 +420,7 @@ async def test_a_command_whose_retry_parked_too_is_not_run_again_under_a_third_k
     await _parked(h, _rec(t, "payment.create", _PAY, "c9", "k1"))
     h.pool._forget_circuits(t)  # (the provider is back)
     later = _DaysLater(2)
-    monkeypatch.setattr(pipeline, "time", later)
+    set_pipeline_clock(monkeypatch, later)
     monkeypatch.setattr(handlers, "time", later)
     emits = await h.processor.process(_rec(t, "payment.create", _PAY, "c1", "k3"))
     assert await _effects(h, t, "charge") == 1, [e.topic for e in emits]
@@ -432,7 +432,7 @@ async def test_an_id_is_not_held_by_its_key_reused_for_another_request(
     """c1 parked under k1, a retry under k1 (c9) finished it; past the window k1 was
     reused for another request (d1): c1's long-kept pointer held the id again, and
     another request under c1 was refused idempotency_conflict (review finding)."""
-    from paystream.agents import handlers, pipeline
+    from paystream.agents import handlers
 
     h = harness
     t = await _c1_parked_under_k1(h)
@@ -441,7 +441,7 @@ async def test_an_id_is_not_held_by_its_key_reused_for_another_request(
     )
     finished = dict(h.idempotency[f"{t}:k1"])
     later = _DaysLater(2)
-    monkeypatch.setattr(pipeline, "time", later)
+    set_pipeline_clock(monkeypatch, later)
     monkeypatch.setattr(handlers, "time", later)
     h.processor.purge_expired(t, later.time())
     # k1 reused for another request (d1), answered: its record, as that would leave it.
@@ -453,3 +453,17 @@ async def test_an_id_is_not_held_by_its_key_reused_for_another_request(
     }
     other = await _answer(h, _rec(t, "payment.create", {**_PAY, "amount": 700}, "c1", "k3"))
     assert kind(other) == "payment.succeeded", data(other)
+
+
+def test_moving_the_pipelines_clock_moves_every_rule_that_reads_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules split out of pipeline.py (provider_window.py, key_pointers.py) read the
+    clock through their own ``time``: moved with the pipeline's (set_pipeline_clock), or a
+    time-travel test silently runs them on the real clock (review finding)."""
+    import time
+
+    first_attempt = int(time.time() * 1000)
+    assert not harness.processor._past_key_window(first_attempt)
+    set_pipeline_clock(monkeypatch, _DaysLater(2))
+    assert harness.processor._past_key_window(first_attempt)  # past the providers' 24 h

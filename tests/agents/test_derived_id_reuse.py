@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from paystream.agents import handlers, pipeline
+from paystream.agents import handlers
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Harness, data, kind, new_tenant_id
+from tests.agents.harness import Harness, data, kind, new_tenant_id, set_pipeline_clock
 from tests.agents.test_applied_by_entity import _change, _entities
 from tests.agents.test_command_id_resent import _DaysLater, _rec
 from tests.agents.test_let_through import _answer
@@ -75,7 +75,7 @@ async def test_a_create_under_a_command_id_reused_past_the_window_makes_its_own_
     # The provider's records of the key expire with the window too (as Stripe's do).
     for key in await h.redis.keys(f"sim:{{{t}}}:idem:*"):
         await h.redis.delete(key)
-    monkeypatch.setattr(pipeline, "time", _DaysLater(2))
+    set_pipeline_clock(monkeypatch, _DaysLater(2))
     monkeypatch.setattr(handlers, "time", _DaysLater(2))
     second = await _answer(h, _rec(t, command_type, body2, "order-1"))
     assert kind(second) == kind(first), data(second)
@@ -111,7 +111,7 @@ async def test_the_crash_probes_take_the_configured_window(
         h.processor.purge_expired(t, time.time() + 2 * 3600)
         for key in await h.redis.keys(f"sim:{{{t}}}:idem:*"):
             await h.redis.delete(key)
-        monkeypatch.setattr(pipeline, "time", _DaysLater(2 / 24))  # past 1 h, within 24 h
+        set_pipeline_clock(monkeypatch, _DaysLater(2 / 24))  # past 1 h, within 24 h
         monkeypatch.setattr(handlers, "time", _DaysLater(2 / 24))
         body2 = {**card, "amount": 2500}
         second = await _answer(h, _rec(t, "payment.create", body2, "order-1"))

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from paystream.agents import handlers, pipeline
-from tests.agents.harness import Harness, data, new_tenant_id
+from paystream.agents import handlers
+from tests.agents.harness import Harness, data, new_tenant_id, set_pipeline_clock
 from tests.agents.test_applied_by_entity import _change, _entities
 from tests.agents.test_command_id_resent import _DaysLater, _rec
 from tests.agents.test_let_through import _answer
@@ -31,7 +31,7 @@ async def test_a_reused_command_id_does_not_write_over_another_payments_dispute(
     lost = await _answer(h, _rec(t, "dispute.accept", {"dispute_id": dp1}, "accept-1"))
     assert data(lost)["object"]["status"] == "lost"
     h.processor.purge_expired(t, time.time() + 2 * 86_400)
-    monkeypatch.setattr(pipeline, "time", _DaysLater(2))
+    set_pipeline_clock(monkeypatch, _DaysLater(2))
     monkeypatch.setattr(handlers, "time", _DaysLater(2))
     second = await _answer(h, _rec(t, "payment.create", {**_DISPUTED, "payment_id": "p2"}, "o-1"))
     dp2 = data(second)["object"]["dispute_id"]

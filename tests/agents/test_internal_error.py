@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from paystream.agents import pipeline
+from paystream.agents import key_pointers, pipeline
 from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.dlq import ParkedRecord
@@ -245,6 +245,7 @@ async def test_a_failure_while_reading_a_charged_command_again_still_parks_it(
 
     monkeypatch.setitem(pipeline.HANDLERS, "payment.create", buggy)
     monkeypatch.setattr(pipeline, "_request_hash", hash_)
+    monkeypatch.setattr(key_pointers, "request_hash", hash_)  # (its own import of it)
     event = build_command("payment.create", t, _BODY, command_id="c1")
     rec = encode_event(event, t.encode(), CloudEventsMode.BINARY)
     emits = await _run_as_the_agent_does(
@@ -342,6 +343,7 @@ async def test_an_internal_error_is_its_senders_answer_only(
         return real(command_type, body)
 
     monkeypatch.setattr(pipeline, "_request_hash", failing_for_one)
+    monkeypatch.setattr(key_pointers, "request_hash", failing_for_one)  # (its own import)
     body = {"currency": "USD", "payment_method_token": "pm_card_visa"}
 
     def record(amount: int, request: bytes, offset: int) -> Inbound:

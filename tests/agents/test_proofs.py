@@ -17,7 +17,7 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Harness, data, kind
+from tests.agents.harness import Harness, data, kind, set_pipeline_clock
 
 pytestmark = pytest.mark.asyncio
 
@@ -44,7 +44,7 @@ class _Clock:
             def time(_self) -> float:
                 return real() + self.offset
 
-        monkeypatch.setattr(pipeline, "time", _Time())
+        set_pipeline_clock(monkeypatch, _Time())
 
 
 @pytest.mark.parametrize(
