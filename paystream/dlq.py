@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from paystream.errors import ConfigurationError, PaystreamError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAttemptSeals
 from paystream.replay_lease import LeaseLost, ReplayLease
-from paystream.replay_positions import ReplayPositions, read_positions
+from paystream.replay_positions import Position, ReplayPositions, read_positions
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
@@ -299,11 +299,16 @@ class _ParkedReader:
         # Where replays got to, at start: the group's offset, else the position kept
         # beside it (replay_positions.py: Kafka drops an idle group's offsets).
         self.replayed_to: dict[TopicPartition, int | None] = {}
+        # The group's offsets where the positions kept beside them differ (one a crash or
+        # a broker error kept from being written): for a replay to write at its start.
+        self.unkept: dict[TopicPartition, Position] = {}
         self.waiting = 0  # records between the starting positions and the ends
         self.pending: set[TopicPartition] = set()  # partitions not yet read to their ends
         self.taken = 0  # records read so far (for a ``limit``)
 
-    async def start(self) -> None:
+    async def start(self, *, check_positions: bool = False) -> None:
+        """Assign and seek. ``check_positions``: also find where the positions kept beside
+        the group's offsets differ from them (``unkept``; a replay's, not a dry run's)."""
         consumer = self.consumer
         await consumer.start()
         tps = []
@@ -325,11 +330,16 @@ class _ParkedReader:
         # (Only partitions holding records: a deployment that never parked anything
         # reads no positions on every measurement.)
         unknown = [tp for tp in tps if self.committed[tp] is None and self.ends[tp] > 0]
-        kept = await read_positions(self.settings, unknown) if unknown else {}
+        asked = [tp for tp in tps if self.committed[tp] is not None] if check_positions else []
+        kept = await read_positions(self.settings, unknown + asked) if unknown or asked else {}
+        for tp in asked:
+            at = self.committed[tp]
+            if at is not None and (kept.get(tp) is None or kept[tp].offset != at):
+                self.unkept[tp] = Position(at, await self._timestamp_before(tp, at))
         for tp in tps:
             at = self.committed[tp]
-            if at is None and (stored := kept.get(tp)) is not None and stored <= self.ends[tp]:
-                at = stored  # (past the end: the topic was made again since)
+            if at is None and (stored := kept.get(tp)) is not None:
+                at = await self._still_there(tp, stored)
             self.replayed_to[tp] = at
             if at is None or not self.committed_only:
                 await consumer.seek_to_beginning(tp)
@@ -338,6 +348,38 @@ class _ParkedReader:
         for tp in tps:
             self.waiting += max(0, self.ends[tp] - await consumer.position(tp))
         self.pending = {tp for tp in tps if await consumer.position(tp) < self.ends[tp]}
+
+    async def _still_there(self, tp: TopicPartition, stored: Position) -> int | None:
+        """``stored``'s offset if the record before it is the one it names: a topic
+        deleted and made again (Kafka dropping the group's offsets with it) holds other
+        records there, or none yet, and its new records were passed over as replayed."""
+        if stored.offset > self.ends[tp]:
+            return None
+        if stored.offset == 0:
+            return 0
+        found = await self._timestamp_before(tp, stored.offset)
+        if found is None or found != stored.timestamp_ms:
+            log.warning(
+                "the position kept for %s[%d] names a record that is not there (the topic "
+                "made again?): read from its start",
+                tp.topic,
+                tp.partition,
+            )
+            return None
+        return stored.offset
+
+    async def _timestamp_before(self, tp: TopicPartition, offset: int) -> int | None:
+        """The timestamp of the record at ``offset - 1`` (None: none there, or not read
+        in time)."""
+        if offset <= 0:
+            return None
+        self.consumer.seek(tp, offset - 1)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            fetched = await self.consumer.getmany(tp, timeout_ms=1000, max_records=1)
+            for r in fetched.get(tp, ()):
+                return int(r.timestamp) if r.offset == offset - 1 else None
+        return None
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -697,7 +739,13 @@ async def _replay(
             "time unsealed, and a worker with a master key counts their age from now"
         )
     try:
-        await reader.start()
+        await reader.start(check_positions=not dry_run)
+        if reader.unkept and commits.positions is not None:
+            # Committed by a replay that could not write them (a broker error, a crash
+            # between the two): written now, or a replay with nothing to re-send left
+            # them unwritten until Kafka dropped the group's offsets (review finding).
+            await commits.ensure_ours(confirm=True)
+            await commits.positions.write(reader.unkept)
         total = reader.waiting if limit is None else min(limit, reader.waiting)
         paces = _Paces({})
         if not dry_run and total:
@@ -771,6 +819,7 @@ async def _replay(
                         pace.acknowledged(_monotonic_ms())
                 result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
                 sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
+                commits.stamps[TopicPartition(rec.topic, rec.partition)] = rec.timestamp_ms
                 if producer is not None and done % COMMIT_EVERY == 0:
                     await commit()
             if observe:
@@ -872,6 +921,8 @@ class _FencedCommits:
         self.lease = lease
         # Written after each commit: kept when Kafka drops the group's offsets.
         self.positions = positions
+        # Per partition, the timestamp of the last record committed past.
+        self.stamps: dict[TopicPartition, int] = {}
 
     async def ensure_ours(self, *, confirm: bool = False) -> None:
         """:class:`ConcurrentReplayError` if the lease may be another replay's now (see
@@ -910,7 +961,9 @@ class _FencedCommits:
             raise
         expected.update(sent)
         if self.positions is not None:
-            await self.positions.write(sent)
+            await self.positions.write(
+                {tp: Position(offset, self.stamps.get(tp)) for tp, offset in sent.items()}
+            )
 
     async def close(self) -> None:
         if self.positions is not None:

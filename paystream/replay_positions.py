@@ -5,9 +5,13 @@ The replay assigns its partitions itself and commits only when it re-sends somet
 Kafka drops such a group's offsets ``offsets.retention.minutes`` (7 days by default)
 after its last commit, while parked records are kept until handled: after a quiet week,
 every record ever parked read as waiting (`dlq list`, the backlog alert), and the next
-replay re-sent them all, holding years of them back as stale with advice to re-send
-them (review finding). The group's offsets stay the fence between two replays; these
-positions are read only where the group has none.
+replay re-sent them all (review finding). The group's offsets stay the fence between two
+replays; these positions are read only where the group has none.
+
+A position names the offset replays got to and the timestamp of the record before it:
+one whose record is not there any more (the topic deleted and made again, which drops
+the group's offsets too) is not trusted, or the new topic's first records would be
+passed over as replayed (review finding).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,7 +29,7 @@ from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.kafka_auth import client_auth
 
-__all__ = ["PositionsUnwritten", "ReplayPositions", "read_positions"]
+__all__ = ["Position", "PositionsUnwritten", "ReplayPositions", "read_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,32 @@ log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 30.0
 
 
+class Position(NamedTuple):
+    """Replays got to ``offset``; the record before it has ``timestamp_ms`` (None: at 0)."""
+
+    offset: int
+    timestamp_ms: int | None
+
+
 class PositionsUnwritten(PaystreamError):
     """The replay's positions could not be written (its group's offsets were)."""
+
+
+# Said once per process: the worker reads positions every minute.
+_missing_said = False
+
+
+def _say_missing(topic: str) -> None:
+    global _missing_said
+    if not _missing_said:
+        _missing_said = True
+        log.warning(
+            "topic %s is missing or not visible to this principal (run `paystream topics`; "
+            "its ACLs: README, Kafka over TLS): where replays got to is kept only in their "
+            "consumer group's offsets, which Kafka drops a while after a replay's last "
+            "commit",
+            topic,
+        )
 
 
 def _key(tp: TopicPartition) -> bytes:
@@ -43,7 +72,7 @@ def _key(tp: TopicPartition) -> bytes:
 
 async def read_positions(
     settings: Settings, partitions: Iterable[TopicPartition]
-) -> dict[TopicPartition, int]:
+) -> dict[TopicPartition, Position]:
     """The latest position written for each of ``partitions`` ({} where none was, or
     without the topic: a deployment that has not run `paystream topics` since)."""
     wanted = {_key(tp): tp for tp in partitions}
@@ -54,8 +83,8 @@ async def read_positions(
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         return await asyncio.wait_for(_read(consumer, settings, wanted), TIMEOUT_SECONDS)
     except TimeoutError:
         raise PaystreamError(
@@ -69,19 +98,15 @@ async def read_positions(
 
 async def _read(
     consumer: AIOKafkaConsumer, settings: Settings, wanted: Mapping[bytes, TopicPartition]
-) -> dict[TopicPartition, int]:
+) -> dict[TopicPartition, Position]:
     tps = await topic_partitions(consumer, settings.replay_positions_topic)
     if not tps:
-        log.warning(
-            "topic %s does not exist: run `paystream topics` (where replays got to is kept "
-            "only in their consumer group's offsets, which Kafka drops after a while)",
-            settings.replay_positions_topic,
-        )
+        _say_missing(settings.replay_positions_topic)
         return {}
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     ends = await consumer.end_offsets(tps)
-    found: dict[TopicPartition, int] = {}
+    found: dict[TopicPartition, Position] = {}
     pending = {tp for tp in tps if ends[tp] > 0}
     while pending:
         fetched = await consumer.getmany(*pending, timeout_ms=1000)
@@ -89,32 +114,37 @@ async def _read(
             for r in records:
                 named = wanted.get(r.key or b"")
                 if named is not None and r.value is not None:
-                    found[named] = int(orjson.loads(r.value)["offset"])
+                    stored = orjson.loads(r.value)
+                    found[named] = Position(int(stored["offset"]), stored.get("timestamp_ms"))
         pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
     return found
 
 
 class ReplayPositions:
-    """Writes a replay's positions after each commit of its group's offsets."""
+    """Writes a replay's positions after each commit of its group's offsets (those that
+    moved since it last wrote them)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._missing = False
+        self._written: dict[TopicPartition, Position] = {}
 
-    async def write(self, committed: Mapping[TopicPartition, int]) -> None:
-        if not committed:
+    async def write(self, positions: Mapping[TopicPartition, Position]) -> None:
+        moved = {tp: p for tp, p in positions.items() if self._written.get(tp) != p}
+        if not moved:
             return
         try:
-            await asyncio.wait_for(self._write(committed), TIMEOUT_SECONDS)
+            await asyncio.wait_for(self._write(moved), TIMEOUT_SECONDS)
         except Exception as exc:
             raise PositionsUnwritten(
                 f"re-sent records were committed, but where the replay got to could not be "
                 f"written to {self.settings.replay_positions_topic!r} ({type(exc).__name__}: "
                 f"{exc}); the next replay writes it again"
             ) from exc
+        self._written.update(moved)
 
-    async def _write(self, committed: Mapping[TopicPartition, int]) -> None:
+    async def _write(self, positions: Mapping[TopicPartition, Position]) -> None:
         topic = self.settings.replay_positions_topic
         if self._producer is None:
             producer = AIOKafkaProducer(
@@ -122,23 +152,23 @@ class ReplayPositions:
                 **client_auth(self.settings),
                 acks="all",
             )
+            self._producer = producer  # (stopped by close, started or not)
             await producer.start()
-            self._producer = producer
             cluster = await producer.client.fetch_all_metadata()
             # Never made by a send: a broker creating topics on demand makes one that is
             # neither compacted nor kept.
             self._missing = not cluster.partitions_for_topic(topic)
             if self._missing:
-                log.warning(
-                    "topic %s does not exist: run `paystream topics`; where this replay got "
-                    "to is kept only in its consumer group's offsets",
-                    topic,
-                )
+                _say_missing(topic)
         if self._missing:
             return
         sends = [
-            await self._producer.send(topic, key=_key(tp), value=orjson.dumps({"offset": offset}))
-            for tp, offset in sorted(committed.items())
+            await self._producer.send(
+                topic,
+                key=_key(tp),
+                value=orjson.dumps({"offset": p.offset, "timestamp_ms": p.timestamp_ms}),
+            )
+            for tp, p in sorted(positions.items())
         ]
         await asyncio.gather(*sends)
 

@@ -15,9 +15,15 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
-from paystream import dlq
-from paystream.replay_positions import read_positions
+from paystream import dlq, replay_positions
+from paystream.replay_positions import (
+    Position,
+    PositionsUnwritten,
+    ReplayPositions,
+    read_positions,
+)
 from tests.test_dlq import _replay, _resent
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
@@ -35,7 +41,7 @@ async def test_a_replay_after_the_groups_offsets_are_dropped_re_sends_nothing_ag
     await dep.produce(settings.dlq_topic, (b"acme", b"junk 1", 0), (b"acme", b"junk 2", 0))
     assert len((await _replay(settings, [settings.dlq_topic])).handled) == 2
     kept = await read_positions(settings, [TopicPartition(settings.dlq_topic, 0)])
-    assert kept == {TopicPartition(settings.dlq_topic, 0): 2}
+    assert kept[TopicPartition(settings.dlq_topic, 0)].offset == 2
     _offsets_dropped(monkeypatch)
     again = await _replay(settings, [settings.dlq_topic])
     assert again.handled == [] and again.stale == []
@@ -44,7 +50,7 @@ async def test_a_replay_after_the_groups_offsets_are_dropped_re_sends_nothing_ag
     await dep.produce(settings.dlq_topic, (b"acme", b"junk 3", 0))
     assert [r.value for r in (await _replay(settings, [settings.dlq_topic])).handled] == [b"junk 3"]
     kept = await read_positions(settings, [TopicPartition(settings.dlq_topic, 0)])
-    assert kept == {TopicPartition(settings.dlq_topic, 0): 3}
+    assert kept[TopicPartition(settings.dlq_topic, 0)].offset == 3
 
 
 async def test_list_and_backlog_count_nothing_waiting_once_the_offsets_are_dropped(
@@ -64,7 +70,7 @@ async def test_list_and_backlog_count_nothing_waiting_once_the_offsets_are_dropp
 
 
 async def test_without_the_positions_topic_a_replay_still_runs_and_says_so(
-    deployment_factory: Any, caplog: pytest.LogCaptureFixture
+    deployment_factory: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A deployment that has not run `paystream topics` since: the group's offsets alone
     (as before), a warning, and no topic made by a send (a broker creating topics on
@@ -74,8 +80,60 @@ async def test_without_the_positions_topic_a_replay_still_runs_and_says_so(
         update={"replay_positions_topic": f"missing-{uuid.uuid4().hex[:8]}"}
     )
     await dep.produce(settings.dlq_topic, (b"acme", b"junk 1", 0))
+    monkeypatch.setattr(replay_positions, "_missing_said", False)
     with caplog.at_level(logging.WARNING, logger="paystream.replay_positions"):
         assert len((await _replay(settings, [settings.dlq_topic])).handled) == 1
     assert "run `paystream topics`" in caplog.text
     assert (await _replay(settings, [settings.dlq_topic])).handled == []
     assert await read_positions(settings, [TopicPartition(settings.dlq_topic, 0)]) == {}
+
+
+async def test_a_position_of_a_topic_made_again_does_not_pass_over_its_new_records(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The topic's first incarnation was replayed to 5; deleted and made again (Kafka
+    drops the group's offsets with it: simulated by another group name), 7 records
+    parked since: the record before 5 is not the one the position names (review)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    kept = ReplayPositions(s)
+    await kept.write({TopicPartition(s.dlq_topic, 0): Position(5, 1_000)})
+    await kept.close()
+    _offsets_dropped(monkeypatch)
+    await dep.produce(s.dlq_topic, *((b"acme", f"new {i}".encode(), 0) for i in range(7)))
+    assert (await dlq.backlog(s, [s.dlq_topic]))[s.dlq_topic].waiting == 7
+
+
+async def test_the_next_replay_writes_a_position_that_could_not_be_written(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed but not written (a broker error, or a crash between the two): the next
+    replay writes it, even with nothing to re-send (review finding)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(s.dlq_topic, (b"acme", b"junk 1", 0), (b"acme", b"junk 2", 0))
+
+    async def broker_blip(self: Any, committed: Any) -> None:
+        raise KafkaConnectionError("blip")
+
+    with monkeypatch.context() as m:
+        m.setattr(ReplayPositions, "_write", broker_blip)
+        with pytest.raises(PositionsUnwritten):
+            await _replay(s, [s.dlq_topic])  # re-sent and committed, position unwritten
+    assert (await _replay(s, [s.dlq_topic])).handled == []  # nothing to re-send
+    _offsets_dropped(monkeypatch)  # a quiet week
+    assert (await dlq.backlog(s, [s.dlq_topic]))[s.dlq_topic].waiting == 0
+
+
+async def test_a_missing_positions_topic_is_warned_of_once(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every worker measures the backlog once a minute: not a warning each time."""
+    monkeypatch.setattr(replay_positions, "_missing_said", False)
+    dep = await deployment_factory()
+    s = dep.settings.model_copy(update={"replay_positions_topic": f"missing-{uuid.uuid4().hex}"})
+    await dep.produce(s.retry_topic, (b"acme", b"junk", 0))
+    with caplog.at_level(logging.WARNING, logger="paystream.replay_positions"):
+        for _ in range(3):
+            await dlq.backlog(s, [s.retry_topic, s.dlq_topic])
+    assert len([r for r in caplog.records if r.name == "paystream.replay_positions"]) == 1
