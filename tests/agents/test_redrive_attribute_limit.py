@@ -15,7 +15,7 @@ from paystream.first_attempt import FIRST_ATTEMPT_HEADER, SEAL_HEADER, FirstAtte
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from tests.agents.harness import Harness, kind, new_tenant_id, outcome_of
-from tests.agents.test_redrive_size import _BODY, keyed  # noqa: F401
+from tests.agents.test_redrive_size import _BODY, a2_answered_under_k, keyed  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,23 +32,7 @@ def _binary_with_big_attribute(tenant: str, command_id: str) -> Inbound:
 
 
 async def _a2_done(h: Harness, t: str) -> None:
-    retry = encode_event(
-        build_command("payment.create", t, _BODY, command_id="a2", idempotency_key="K"),
-        t.encode(),
-        CloudEventsMode.BINARY,
-    )
-    done = await h.processor.process(
-        Inbound(
-            retry.key,
-            retry.value,
-            dict(retry.headers),
-            int(time.time() * 1000),
-            "paystream.commands",
-            0,
-            1,
-        )
-    )
-    assert kind(outcome_of(h.settings, done)) == "payment.succeeded"
+    await a2_answered_under_k(h, t, CloudEventsMode.BINARY)
 
 
 def _redrive(h: Harness, a1: Inbound, *, sealed: bool) -> Inbound:

@@ -174,6 +174,27 @@ def _structured_with_big_attribute(tenant: str, command_id: str) -> Inbound:
                    "paystream.commands", 0, 2)  # fmt: skip
 
 
+async def a2_answered_under_k(h: Harness, t: str, mode: CloudEventsMode) -> None:
+    """Command a2 under idempotency key K, answered: a1's retry, finished meanwhile."""
+    retry = encode_event(
+        build_command("payment.create", t, _BODY, command_id="a2", idempotency_key="K"),
+        t.encode(),
+        mode,
+    )
+    done = await h.processor.process(
+        Inbound(
+            retry.key,
+            retry.value,
+            dict(retry.headers),
+            int(time.time() * 1000),
+            "paystream.commands",
+            0,
+            1,
+        )
+    )
+    assert kind(outcome_of(h.settings, done)) == "payment.succeeded"
+
+
 _BODY = {"amount": 5000, "currency": "USD", "payment_method_token": "pm_card_visa",
          "payment_id": "p1"}  # fmt: skip
 
@@ -190,23 +211,7 @@ async def test_a_redrive_over_the_attribute_limit_is_never_refused(
     for h, sealed in ((harness, True), (keyed, False)):
         t = new_tenant_id()
         h.add_tenant(t)
-        retry = encode_event(
-            build_command("payment.create", t, _BODY, command_id="a2", idempotency_key="K"),
-            t.encode(),
-            CloudEventsMode.STRUCTURED,
-        )
-        done = await h.processor.process(
-            Inbound(
-                retry.key,
-                retry.value,
-                dict(retry.headers),
-                int(time.time() * 1000),
-                "paystream.commands",
-                0,
-                1,
-            )
-        )
-        assert kind(outcome_of(h.settings, done)) == "payment.succeeded"
+        await a2_answered_under_k(h, t, CloudEventsMode.STRUCTURED)
         a1 = _structured_with_big_attribute(t, "a1")
         first = str(int(time.time() * 1000) - 60_000).encode()
         redriven = Inbound(a1.key, a1.value, {**a1.headers, FIRST_ATTEMPT_HEADER: first},
