@@ -334,8 +334,14 @@ class _ParkedReader:
         kept = await read_positions(self.settings, unknown + asked) if unknown or asked else {}
         for tp in asked:
             at = self.committed[tp]
-            if at is not None and (kept.get(tp) is None or kept[tp].offset != at):
-                self.unkept[tp] = Position(at, await self._timestamp_before(tp, at))
+            stored = kept.get(tp)
+            # (A stored one without the timestamp it names is never trusted: rewritten.)
+            if at is None or (stored is not None and stored.offset == at and
+                              (stored.timestamp_ms is not None or at == 0)):  # fmt: skip
+                continue
+            stamp = await self._timestamp_before(tp, at)
+            if stamp is not None or at == 0:  # (else left for the next run to write)
+                self.unkept[tp] = Position(at, stamp)
         for tp in tps:
             at = self.committed[tp]
             if at is None and (stored := kept.get(tp)) is not None:
@@ -374,7 +380,7 @@ class _ParkedReader:
         if offset <= 0:
             return None
         self.consumer.seek(tp, offset - 1)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             fetched = await self.consumer.getmany(tp, timeout_ms=1000, max_records=1)
             for r in fetched.get(tp, ()):

@@ -13,8 +13,9 @@ import logging
 import uuid
 from typing import Any
 
+import orjson
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from paystream import dlq, replay_positions
@@ -22,8 +23,10 @@ from paystream.replay_positions import (
     Position,
     PositionsUnwritten,
     ReplayPositions,
+    _key,
     read_positions,
 )
+from paystream.streams.admin import bootstrap_servers
 from tests.test_dlq import _replay, _resent
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
@@ -137,3 +140,84 @@ async def test_a_missing_positions_topic_is_warned_of_once(
         for _ in range(3):
             await dlq.backlog(s, [s.retry_topic, s.dlq_topic])
     assert len([r for r in caplog.records if r.name == "paystream.replay_positions"]) == 1
+
+
+async def _write_v1(settings: Any, tp: TopicPartition, offset: int) -> None:
+    """A position without the timestamp it names (a write whose timestamp could not be read
+    would be one): never trusted, so rewritten."""
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.require_broker()), acks="all")
+    await p.start()
+    try:
+        await p.send_and_wait(
+            settings.replay_positions_topic, key=_key(tp), value=orjson.dumps({"offset": offset})
+        )
+    finally:
+        await p.stop()
+
+
+async def test_a_position_without_its_timestamp_is_repaired_before_the_offsets_drop(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = await deployment_factory()
+    s = dep.settings
+    tp = TopicPartition(s.dlq_topic, 0)
+    await dep.produce(s.dlq_topic, (b"acme", b"junk 1", 0), (b"acme", b"junk 2", 0))
+    assert len((await _replay(s, [s.dlq_topic])).handled) == 2
+    await _write_v1(s, tp, 2)
+    assert (await _replay(s, [s.dlq_topic])).handled == []  # nothing to re-send
+    assert (await read_positions(s, [tp]))[tp].timestamp_ms is not None  # rewritten
+    _offsets_dropped(monkeypatch)  # a quiet week
+    assert (await dlq.backlog(s, [s.dlq_topic]))[s.dlq_topic].waiting == 0
+
+
+async def test_a_position_whose_timestamp_was_not_read_is_repaired(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_timestamp_before` reads nothing in time (a slow broker): the position is left for
+    the next replay to write, not written without its timestamp (never trusted then, and
+    never rewritten as its offset matched; review finding)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    tp = TopicPartition(s.dlq_topic, 0)
+    await dep.produce(s.dlq_topic, (b"acme", b"junk 1", 0), (b"acme", b"junk 2", 0))
+    kept = ReplayPositions(s)
+    await kept.write({tp: Position(0, None)})  # stale: differs from the group's next
+    await kept.close()
+    assert len((await _replay(s, [s.dlq_topic])).handled) == 2
+    await _write_v1(s, tp, 1)  # committed 2, kept 1: unkept
+
+    real = dlq._ParkedReader._timestamp_before
+
+    async def slow(self: Any, tp_: Any, offset: int) -> int | None:
+        return None  # not read in time
+
+    monkeypatch.setattr(dlq._ParkedReader, "_timestamp_before", slow)
+    assert (await _replay(s, [s.dlq_topic])).handled == []
+    monkeypatch.setattr(dlq._ParkedReader, "_timestamp_before", real)
+    assert (await _replay(s, [s.dlq_topic])).handled == []  # broker fine again
+    _offsets_dropped(monkeypatch)
+    assert (await dlq.backlog(s, [s.dlq_topic]))[s.dlq_topic].waiting == 0
+
+
+async def test_no_record_before_the_start_leaks_after_verification(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_timestamp_before` fetches offset-1 on the reader's consumer; the next fetch
+    starts at the position, neither earlier nor later (also a --limit and --all run)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(s.dlq_topic, *((b"acme", f"junk {i}".encode(), 0) for i in range(6)))
+    assert len((await _replay(s, [s.dlq_topic], limit=3)).handled) == 3
+    _offsets_dropped(monkeypatch)
+    records, waiting, _ = await dlq.list_parked_and_done(s, [s.dlq_topic], limit=None)
+    assert [r.offset for r in records] == [3, 4, 5] and waiting == 3
+    records, _, _ = await dlq.list_parked_and_done(s, [s.dlq_topic], limit=None, everything=True)
+    assert [r.offset for r in records] == list(range(6))
+    dry = await _replay(s, [s.dlq_topic], dry_run=True, limit=1)
+    assert [r.offset for r in dry.handled] == [3]
+    got = await _replay(s, [s.dlq_topic], limit=2)
+    assert [r.offset for r in got.handled] == [3, 4]
+    # group offsets now 5 (another group name: fresh), positions 5; check_positions path
+    got = await _replay(s, [s.dlq_topic])
+    assert [r.offset for r in got.handled] == [5]
+    assert await _resent(s) == [f"junk {i}".encode() for i in range(6)]

@@ -259,8 +259,14 @@ class CommandProcessor(ProviderWindow):
             vouched = self._vouched_redrive(rec, size)
             # (Over the attribute limit too: admitted by a version before it, and its
             # outcome echoes none of its extensions. Held back, it came back on every
-            # replay, the limit being fixed; review finding.)
-            runs = vouched and (self._sealed_redrive(rec) or not self.seals.sealing)
+            # replay, the limit being fixed; review finding. But not one a park of it
+            # would not fit: parked again, a record larger than the broker takes stopped
+            # its batch for good; review finding.)
+            runs = (
+                vouched
+                and (self._sealed_redrive(rec) or not self.seals.sealing)
+                and (attributes <= ATTRIBUTES_MAX_BYTES or record_size(rec) <= PARK_MAX_BYTES)
+            )
             if vouched and not runs:
                 # Never a final answer. It waits on the dead-letter topic, replayable
                 # once the limit allows it (or, unsealed, for the replay to seal).
@@ -2619,6 +2625,9 @@ _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Largest dead letter kept with its bytes: under Kafka's default 1 MB message size with
 # our headers beside them.
 DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
+# Largest re-drive over the attribute limit that runs: its park (every `ce_` header kept,
+# the park's own added) must fit where a dead letter does.
+PARK_MAX_BYTES = DEAD_LETTER_KEEP_MAX_BYTES
 
 
 def _without_security_code(cmd: CommandRef) -> CommandRef:
