@@ -81,7 +81,7 @@ async def _authenticate(
                 raise click.ClickException(
                     f"the simulator has no payment {provider_payment_id!r} for tenant "
                     f"{tenant_id}: give the payment's provider_payment_id (the outcome's "
-                    "data.provider_payment_id), not paystream's pay_… id"
+                    "data.object.provider_payment_id), not paystream's pay_… id"
                 ) from exc
             if exc.code is not ErrorCode.IDEMPOTENCY_ERROR:
                 raise

@@ -107,13 +107,13 @@ def _last_error(log_path: Path) -> str:
     "--web-port",
     type=click.IntRange(1, 65535),  # (0 would have meant the default port, silently)
     default=None,
-    help="worker web port (default: settings)",
+    help="worker web port (default: PAYSTREAM_WEB_PORT, 6066)",
 )
 @click.option(
     "--ingress-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="command ingress port (default: PAYSTREAM_INGRESS_PORT)",
+    help="command ingress port (default: PAYSTREAM_INGRESS_PORT, 6070)",
 )
 def dev(
     demo: bool,

@@ -265,9 +265,23 @@ EXIT_CONCURRENT_REPLAY = 4
 
 
 @dlq.command("replay")
-@click.option("--topic", "which", type=click.Choice(["dlq", "retry", "all"]), default="all")
-@click.option("--limit", type=click.IntRange(min=1), default=None)
-@click.option("--dry-run", is_flag=True)
+@click.option(
+    "--topic",
+    "which",
+    type=click.Choice(["dlq", "retry", "all"]),
+    default="all",
+    show_default=True,
+    help="re-drive the dead-letter topic, the retry topic (parked commands), or both",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="stop after N records (the rest wait for the next run)",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="say what would be re-sent or held back; send nothing"
+)
 @click.option(
     "--include-stale-as-of",
     "stale_checked_as_of",

@@ -52,3 +52,5 @@ def docs(check: bool, directory: Path | None) -> None:
             )
         names = ", ".join(str(directory / n) for n in differ)
         raise click.ClickException(f"{names} differ from the code: run `paystream docs`")
+    else:
+        click.echo(f"{directory}: the interface documents match the code")
