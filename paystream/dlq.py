@@ -339,8 +339,11 @@ class _ParkedReader:
             if at is None or (stored is not None and stored.offset == at and
                               (stored.timestamp_ms is not None or at == 0)):  # fmt: skip
                 continue
-            stamp = await self._timestamp_before(tp, at)
-            if stamp is not None or at == 0:  # (else left for the next run to write)
+            try:
+                stamp = await self._timestamp_before(tp, at)
+            except PositionUnread:
+                continue  # (left for the next run to write: never written untrusted)
+            if stamp is not None or at == 0:  # (none there: a position could not be trusted)
                 self.unkept[tp] = Position(at, stamp)
         for tp in tps:
             at = self.committed[tp]
@@ -375,17 +378,27 @@ class _ParkedReader:
         return stored.offset
 
     async def _timestamp_before(self, tp: TopicPartition, offset: int) -> int | None:
-        """The timestamp of the record at ``offset - 1`` (None: none there, or not read
-        in time)."""
+        """The timestamp of the record at ``offset - 1`` (None: none there).
+        :class:`PositionUnread` if it was not read in time: a slow broker is no proof of
+        a topic made again (read so, every record replayed counted as waiting, and the
+        next replay re-sent them all; review finding)."""
         if offset <= 0:
             return None
+        start = (await _bounded(self.consumer.beginning_offsets([tp])))[tp]
+        if start > offset - 1:
+            return None  # (deleted since, or the topic made again)
         self.consumer.seek(tp, offset - 1)
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + POSITION_READ_SECONDS
         while time.monotonic() < deadline:
             fetched = await self.consumer.getmany(tp, timeout_ms=1000, max_records=1)
             for r in fetched.get(tp, ()):
                 return int(r.timestamp) if r.offset == offset - 1 else None
-        return None
+        raise PositionUnread(
+            f"the broker did not give {tp.topic}[{tp.partition}]@{offset - 1} within "
+            f"{POSITION_READ_SECONDS:.0f} s, "
+            "the record the position kept for it names: where replays got to there is not "
+            "known; run it again once the broker answers"
+        )
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -557,6 +570,14 @@ async def _bounded(call: Awaitable[T]) -> T:
 
 class KafkaOffsetsTimeout(PaystreamError):
     """The broker did not answer a committed-offsets question or a commit in time."""
+
+
+# How long the record a kept replay position names may take to read.
+POSITION_READ_SECONDS = 5.0
+
+
+class PositionUnread(PaystreamError):
+    """The record a kept replay position names was not read in time."""
 
 
 @dataclass(frozen=True)

@@ -221,3 +221,46 @@ async def test_no_record_before_the_start_leaks_after_verification(
     got = await _replay(s, [s.dlq_topic])
     assert [r.offset for r in got.handled] == [5]
     assert await _resent(s) == [f"junk {i}".encode() for i in range(6)]
+
+
+async def _not_read_in_time(self: Any, tp: Any, offset: int) -> int | None:
+    raise dlq.PositionUnread("not read in time")
+
+
+async def test_a_slow_read_of_a_kept_position_is_no_topic_made_again(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow broker is no proof of a topic made again (read so, everything replayed
+    counted as waiting, and a replay re-sent it all; review finding): the measurement
+    fails (the worker says so and tries again), the replay stops, nothing is re-sent."""
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(s.dlq_topic, (b"acme", b"junk 1", 0), (b"acme", b"junk 2", 0))
+    assert len((await _replay(s, [s.dlq_topic])).handled) == 2
+    _offsets_dropped(monkeypatch)  # a quiet week
+    monkeypatch.setattr(dlq._ParkedReader, "_timestamp_before", _not_read_in_time)
+    with pytest.raises(dlq.PositionUnread):
+        await dlq.backlog(s, [s.dlq_topic])
+    with pytest.raises(dlq.PositionUnread):
+        await _replay(s, [s.dlq_topic])
+    assert await _resent(s) == [b"junk 1", b"junk 2"]  # once each
+
+
+async def test_the_record_a_position_names_not_read_in_time_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class _Silent:
+        async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[Any, int]:
+            return dict.fromkeys(tps, 0)
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            pass
+
+        async def getmany(self, *tps: Any, **kw: Any) -> dict[Any, Any]:
+            return {}
+
+    monkeypatch.setattr(dlq, "POSITION_READ_SECONDS", 0.01)
+    reader = object.__new__(dlq._ParkedReader)
+    reader.consumer = _Silent()  # type: ignore[assignment]
+    with pytest.raises(dlq.PositionUnread, match="within 0 s"):
+        await reader._timestamp_before(TopicPartition("paystream.commands.dlq", 0), 5)

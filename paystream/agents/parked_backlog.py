@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from paystream import metrics
 from paystream.agents.continuity import BROKER_ASK_SECONDS
 from paystream.app import app, settings
-from paystream.dlq import TopicBacklog, backlog, parked_topics
+from paystream.dlq import PositionUnread, TopicBacklog, backlog, parked_topics
 from paystream.errors import ConfigurationError
 from paystream.settings import Settings
 
@@ -103,7 +103,7 @@ async def measure_parked_backlog() -> None:
             if failing:
                 log.info("parked backlog measured again")
             failing = False
-        except (KafkaError, OSError, TimeoutError, ConfigurationError) as exc:
+        except (KafkaError, OSError, TimeoutError, ConfigurationError, PositionUnread) as exc:
             if not failing:  # once per outage, not once a minute
                 log.warning("could not measure the parked backlog (%r); will retry", exc)
             failing = True

@@ -2363,7 +2363,22 @@ class CommandProcessor(ProviderWindow):
                 }.items()
             )
         )
-        return [Emit(self.settings.retry_topic, KafkaRecord(rec.key, park_value(rec), headers))]
+        parked = KafkaRecord(rec.key, park_value(rec), headers)
+        size = len(parked.key or b"") + len(parked.value or b"")
+        size += sum(len(name) + len(value) for name, value in headers)
+        if size > PARK_MAX_BYTES:
+            # Larger than the broker may take (a structured body written again grows:
+            # numbers in full, 1e15 as 1000000000000000.0; review finding): produced, it
+            # stopped its batch for good. Dead-lettered unanswered instead, where a record
+            # this size keeps only where it came from and why.
+            return self._dead_letter(
+                rec,
+                "redrive_too_large",
+                f"its park would be {size} bytes (at most {PARK_MAX_BYTES})",
+                reject=None,
+                when=record_time(rec.timestamp_ms),
+            )
+        return [Emit(self.settings.retry_topic, parked)]
 
 
 def _sender_request(rec: Inbound) -> dict[str, bytes]:
@@ -2625,8 +2640,8 @@ _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Largest dead letter kept with its bytes: under Kafka's default 1 MB message size with
 # our headers beside them.
 DEAD_LETTER_KEEP_MAX_BYTES = 768 * 1024
-# Largest re-drive over the attribute limit that runs: its park (every `ce_` header kept,
-# the park's own added) must fit where a dead letter does.
+# Largest park produced (and re-drive over the attribute limit that runs): under the
+# broker's message size, as a dead letter kept with its bytes is.
 PARK_MAX_BYTES = DEAD_LETTER_KEEP_MAX_BYTES
 
 
