@@ -455,7 +455,7 @@ async def test_an_id_is_not_held_by_its_key_reused_for_another_request(
     assert kind(other) == "payment.succeeded", data(other)
 
 
-def test_moving_the_pipelines_clock_moves_every_rule_that_reads_it(
+async def test_moving_the_pipelines_clock_moves_every_rule_that_reads_it(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rules split out of pipeline.py (provider_window.py, key_pointers.py) read the
