@@ -527,33 +527,56 @@ async def _topic_configs(admin: AIOKafkaAdminClient, topic: str) -> dict[str, st
 async def check_registry_compacted(settings: Settings) -> str:
     """The tenant registry must be compacted: with plain retention, tenant records expire
     and their tenants' commands become `unknown_tenant`."""
-    topic = settings.tenants_topic
+    return await _check_compacted(
+        settings,
+        settings.tenants_topic,
+        "PAYSTREAM_TENANTS_TOPIC",
+        missing="workers will not run commands",
+        expiring="tenant records would expire",
+    )
+
+
+async def check_replay_positions_compacted(settings: Settings) -> str:
+    """Where `dlq replay` got to is kept, compacted, beside its consumer group's offsets
+    (which Kafka drops a week after a replay's last commit): with plain retention the
+    positions expire too, and every record ever parked reads as waiting again."""
+    return await _check_compacted(
+        settings,
+        settings.replay_positions_topic,
+        "PAYSTREAM_REPLAY_POSITIONS_TOPIC",
+        missing="where replays got to is kept only in offsets Kafka drops",
+        expiring="where replays got to would expire",
+    )
+
+
+async def _check_compacted(
+    settings: Settings, topic: str, setting: str, *, missing: str, expiring: str
+) -> str:
     admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(settings), **_auth())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         if topic not in existing:
             if settings.commands_topic in existing:
-                # Topics were created, this one not (misnamed or deleted): workers stay
-                # unready, and commands wait, until it exists.
+                # Topics were created, this one not (misnamed, deleted, or made by a
+                # version before it).
                 raise CheckFailed(
-                    f"{topic} does not exist: workers will not run commands; run "
-                    "`paystream topics` (or check PAYSTREAM_TENANTS_TOPIC)"
+                    f"{topic} does not exist: {missing}; run `paystream topics` (or check "
+                    f"{setting})"
                 )
             return f"{topic} not created yet (`paystream topics` creates it compacted)"
         configs = await _topic_configs(admin, topic)
         policy = configs.get("cleanup.policy") or "delete"
         if "compact" not in policy.split(","):
             raise CheckFailed(
-                f"{topic} has cleanup.policy={policy}: tenant records would expire; "
-                "set cleanup.policy=compact"
+                f"{topic} has cleanup.policy={policy}: {expiring}; set cleanup.policy=compact"
             )
         if "delete" in policy.split(",") and (limit := _retention_limit(configs)):
-            # compact,delete also deletes by age or size: the newest record of a tenant
+            # compact,delete also deletes by age or size: the newest record of a key
             # that has not changed for that long goes too.
             raise CheckFailed(
-                f"{topic} has cleanup.policy={policy} with {limit}: tenant records would "
-                "expire; set cleanup.policy=compact"
+                f"{topic} has cleanup.policy={policy} with {limit}: {expiring}; set "
+                "cleanup.policy=compact"
             )
         return f"{topic} cleanup.policy={policy}"
     finally:
@@ -743,6 +766,7 @@ _SERVER_CHECKS: list[tuple[str, _CheckFn]] = [
 ]
 _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("tenant registry compacted", check_registry_compacted),
+    ("replay positions compacted", check_replay_positions_compacted),
     ("tenant secrets open", check_tenant_secrets),
     ("command timestamps by broker", check_command_timestamps),
     ("parked records kept", check_parked_retention),

@@ -21,6 +21,7 @@ from paystream.doctor import (
     check_record_limits,
     check_redis,
     check_registry_compacted,
+    check_replay_positions_compacted,
     check_tenant_secrets,
     check_write_durability,
     render_table,
@@ -155,6 +156,19 @@ async def test_doctor_fails_a_registry_topic_that_is_not_compacted(
     # Topics created but not this one (misnamed, deleted): workers would wait for good.
     with pytest.raises(CheckFailed, match="workers will not run commands"):
         await check_registry_compacted(with_registry(f"{tag}.absent", commands=f"{tag}.plain"))
+
+    # Where `dlq replay` got to is kept the same way (replay_positions.py).
+    def with_positions(name: str, commands: str = f"{tag}.no-commands") -> Settings:
+        update = {"replay_positions_topic": name, "commands_topic": commands}
+        return stack_settings.model_copy(update=update)
+
+    with pytest.raises(CheckFailed, match="where replays got to would expire"):
+        await check_replay_positions_compacted(with_positions(f"{tag}.plain"))
+    assert "compact" in await check_replay_positions_compacted(with_positions(f"{tag}.compact"))
+    with pytest.raises(CheckFailed, match="kept only in offsets Kafka drops"):
+        await check_replay_positions_compacted(
+            with_positions(f"{tag}.absent", commands=f"{tag}.plain")
+        )
 
 
 async def test_doctor_fails_a_commands_topic_whose_producers_set_the_time(
