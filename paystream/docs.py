@@ -29,6 +29,7 @@ from paystream.gateways.stripe.webhooks import (
 )
 from paystream.gateways.stripe.webhooks import MAX_BODY_BYTES as WEBHOOK_MAX_BODY_BYTES
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
+from paystream.ledger.sink import DEAD_LETTER_REDACTIONS
 from paystream.money import CURRENCY_EXPONENTS
 from paystream.settings import ATTRIBUTES_MAX_BYTES, Settings
 from paystream.streams.codec import STRUCTURED_CONTENT_TYPE
@@ -169,7 +170,17 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         None,
         f"Everything held on the customer (at most {handlers.EXPORT_MAX_BYTES // 1024} KiB of "
         "rows; `truncated` gives the full counts when there are more).",
-        {"customer_id": {"type": "string"}, "export": {"$ref": "#/components/schemas/Export"}},
+        {
+            "customer_id": {"type": "string"},
+            "export": {
+                "description": 'what was held; `{"erased": true}` when the export is '
+                "answered again after the customer's erasure (its rows scrubbed)",
+                "oneOf": [
+                    {"$ref": "#/components/schemas/Export"},
+                    {"$ref": "#/components/schemas/ErasedExport"},
+                ],
+            },
+        },
     ),
     "payment_method.attached": ("payment_method", "The payment method was attached.", {}),
     "payment_method.attach_failed": (
@@ -383,6 +394,14 @@ def _outcome_schemas(components: Doc) -> None:
             "refunds": {"type": "array", "items": _ref("Refund")},
             "truncated": {"description": "full counts of the lists cut short", **_COUNTS},
         },
+    }
+    components["ErasedExport"] = {
+        "type": "object",
+        "description": "An export answered again after its customer's erasure "
+        "(tables/records.py scrubs the stored answer).",
+        "required": ["erased"],
+        "properties": {"erased": {"const": True}},
+        "additionalProperties": False,
     }
     components["OutcomeData"] = {
         "type": "object",
@@ -616,7 +635,8 @@ def _dead_letter_headers(reasons: list[str], redacted: list[str], what: str) -> 
             "paystream-source": _header(f"`<topic>/<partition>/<offset>` of the {what}"),
             "paystream-dlq-redacted": {
                 "enum": redacted,
-                "description": "the bytes were not kept (card data); `dlq replay` passes it over",
+                "description": "why the bytes were not kept (card data; an outcome's also "
+                "a next action or personal data); `dlq replay` passes it over",
             },
             "paystream-dlq-answered": _header(
                 "the rejection reason its sender was given (a final answer): `dlq replay` "
@@ -721,7 +741,7 @@ def asyncapi() -> Doc:
             "ledger_database_rejected",
             "ledger_undecodable",
         ],
-        ["forbidden_data"],
+        list(DEAD_LETTER_REDACTIONS),
         "outcome",
     )
     schemas["ParkedHeaders"] = {
@@ -779,7 +799,12 @@ def asyncapi() -> Doc:
         "summary": "An outcome the ledger refused (listed by `paystream dlq list --topic "
         "ledger`, never replayed).",
         "headers": _ref("LedgerDeadLetterHeaders"),
-        "payload": {"description": "the outcome record's value (empty for `forbidden_data`)"},
+        "payload": {
+            "description": "the outcome record's value; empty when "
+            "`paystream-dlq-redacted` names why (card data, a payment's next action, which "
+            "holds the customer's credential, or a customer's personal data: the outcome "
+            "itself stays on the events topic)"
+        },
     }
     schemas.update(_insights_schemas())
     for name, kind, schema, summary in (
@@ -1018,6 +1043,14 @@ def _json(schema: str, description: str, headers: Doc | None = None) -> Doc:
     return response
 
 
+def _either_json(schema: str, other: str, description: str) -> Doc:
+    """A worker's answer, or (the same route) a `paystream ingress`'s."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"oneOf": [_ref(schema), _ref(other)]}}},
+    }
+
+
 _UNAUTHORIZED = _json("Error", "PAYSTREAM_WEB_TOKEN is set and the request does not bear it")
 _HOST_REFUSED = _json(
     "Error",
@@ -1197,6 +1230,24 @@ def _view_schemas() -> Doc:
                 },
             }
         ),
+        "IngressHealth": _object(
+            {"alive": {"const": True}},
+            "`paystream ingress` answers (it holds no state: a broker outage is no reason "
+            "to restart it).",
+        ),
+        "IngressReady": {
+            "type": "object",
+            "description": "`paystream ingress`: ready once the tenant registry is read "
+            "(and still followed), its producer connected and the brokers answer now, and "
+            "not while it stops; when not, what it lacks.",
+            "required": ["ready"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "registry_loaded": {"type": "boolean"},
+                "producer_connected": {"type": "boolean"},
+            },
+            "additionalProperties": False,
+        },
         "ActivityEntry": _object(
             {
                 "time": {"type": "string", "format": "date-time"},
@@ -1390,7 +1441,9 @@ def openapi() -> Doc:
                 "refuses the agent's writes is not counted (open without the token).",
                 "security": [],
                 "responses": {
-                    "200": _json("Health", "alive"),
+                    "200": _either_json(
+                        "Health", "IngressHealth", "alive (a `paystream ingress`: IngressHealth)"
+                    ),
                     "503": _json("Health", "wedged: restart it (`failing` says why)"),
                 },
             }
@@ -1402,8 +1455,15 @@ def openapi() -> Doc:
                 "(open without the token).",
                 "security": [],
                 "responses": {
-                    "200": _json("Ready", "ready"),
-                    "503": _json("Ready", "not ready: `waiting_for` says for what"),
+                    "200": _either_json(
+                        "Ready", "IngressReady", "ready (a `paystream ingress`: IngressReady)"
+                    ),
+                    "503": _either_json(
+                        "Ready",
+                        "IngressReady",
+                        "not ready: `waiting_for` says for what (a `paystream ingress`: "
+                        "what it lacks)",
+                    ),
                 },
             }
         },
@@ -1589,23 +1649,49 @@ def openapi() -> Doc:
     }
 
 
+def _any_case(word: str) -> str:
+    """``word`` matched in any case, as ECMA-262 patterns (JSON Schema's) have no inline
+    flag."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+# The media types the ingress reads as JSON (web/ingress.py _json_media), any case.
+_JSON_MEDIA_PATTERN = (
+    rf"^\s*(({_any_case('application')}|{_any_case('text')})/{_any_case('json')}"
+    rf"|[^;\s]+\+{_any_case('json')})\s*(;.*)?$"
+)
+
+
 def _ingress_schemas(components: Doc) -> Doc:
     """The HTTP ingress's command, its answers and (by name, as in asyncapi.yaml) each
     command type's data."""
     for kind in COMMANDS:
         components[COMMANDS[kind].__name__] = _command_schema(kind, components)
-    data = {"oneOf": [_ref(COMMANDS[kind].__name__) for kind in COMMANDS]}
+    # anyOf, not oneOf: one object can be valid data of several types (`{"payment_id":
+    # …}` is a capture's, a cancel's, a refresh's and a refund's); the type picks the
+    # schema, which `Command` says per type (review finding: oneOf refused 8 types).
+    data = {"anyOf": [_ref(COMMANDS[kind].__name__) for kind in COMMANDS]}
+    by_type = [
+        {
+            "if": {"properties": {"type": {"const": COMMAND_PREFIX + kind}}},
+            "then": {"properties": {"data": _ref(COMMANDS[kind].__name__)}},
+        }
+        for kind in COMMANDS
+    ]
     bounded = {**_STR, "minLength": 1, "maxLength": _ID_MAX}
     return {
         "CommandData": {
             **data,
             "description": "the command's data: the schema named after its type (`type`'s "
-            "suffix: `customer.create` is CreateCustomer, as in asyncapi.yaml)",
+            "suffix: `customer.create` is CreateCustomer, as in asyncapi.yaml); in binary "
+            "mode the `ce-type` header picks it",
         },
         "Command": {
             "type": "object",
             "description": "A command as a structured CloudEvent 1.0 (the attributes of "
-            "asyncapi.yaml's CommandHeaders, without `ce_`).",
+            "asyncapi.yaml's CommandHeaders, without `ce_`); `data` is the schema its "
+            "`type` names.",
+            "allOf": by_type,
             "required": ["specversion", "id", "source", "type", "tenantid"],
             "properties": {
                 "specversion": {"const": "1.0"},
@@ -1615,7 +1701,12 @@ def _ingress_schemas(components: Doc) -> Doc:
                 "tenantid": {**bounded, "pattern": TENANT_ID_PATTERN},
                 "idempotencykey": {**bounded, "description": "defaults to `id`"},
                 "time": {"type": "string", "format": "date-time"},
-                "datacontenttype": {"const": "application/json"},
+                "datacontenttype": {
+                    **_STR,
+                    # As the ingress takes it (web/ingress.py _json_media).
+                    "pattern": _JSON_MEDIA_PATTERN,
+                    "description": "a JSON media type (default `application/json`)",
+                },
                 "traceparent": {
                     **_STR,
                     "description": "W3C trace context (else the request's `traceparent` "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +49,12 @@ ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ROOT / "paystream" / "web" / "views.py"
 WEB_SOURCES = sorted((ROOT / "paystream" / "web").glob("*.py"))
 TOKEN = "docs-test-token"
+
+
+@functools.cache
+def published(name: str) -> dict[str, Any]:
+    """docs/<name>.yaml as committed (`asyncapi` or `openapi`)."""
+    return dict(yaml.safe_load((ROOT / "docs" / f"{name}.yaml").read_text()))
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,8 @@ from paystream.ledger.session import create_engine
 from paystream.ledger.sink import (
     DEAD_LETTERS,
     FORBIDDEN_DATA,
+    NEXT_ACTION_REDACTED,
+    PERSONAL_DATA_REDACTED,
     STALLED,
     WRITE_FAILURES,
     DeadLetter,
@@ -269,14 +271,14 @@ class LedgerSinkRunner:
                 # Secure URL's client secret), which the ledger keeps as its type alone:
                 # nor does its dead letter (kept for ever, listed, never replayed).
                 value = b""
-                headers["paystream-dlq-redacted"] = b"next_action"
+                headers["paystream-dlq-redacted"] = NEXT_ACTION_REDACTED.encode()
             elif _about_a_customer(rec):
                 # A customer's outcome holds their personal data (e-mail, name, address,
                 # an export's everything) in clear, and an erasure never reaches this
                 # topic: kept for ever, it outlived the erasure (review finding). Its
                 # headers name it; the outcome itself is on the events topic.
                 value = b""
-                headers["paystream-dlq-redacted"] = b"personal_data"
+                headers["paystream-dlq-redacted"] = PERSONAL_DATA_REDACTED.encode()
             futures.append(
                 await app.producer.send(topic_name, key, value, None, None, sorted(headers.items()))
             )

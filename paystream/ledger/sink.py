@@ -59,7 +59,10 @@ T = TypeVar("T")
 
 __all__ = [
     "DB_STATEMENT_SECONDS",
+    "DEAD_LETTER_REDACTIONS",
     "FORBIDDEN_DATA",
+    "NEXT_ACTION_REDACTED",
+    "PERSONAL_DATA_REDACTED",
     "BatchResult",
     "DeadLetter",
     "FailureKind",
@@ -73,6 +76,11 @@ log = logging.getLogger(__name__)
 
 # The dead-letter reason of an outcome holding card data (parked without its bytes).
 FORBIDDEN_DATA = "forbidden_data"
+# An outcome dead-lettered without its bytes because they hold a payment's next action
+# (a customer's credential) or a customer's personal data (agents/ledger_sink.py).
+NEXT_ACTION_REDACTED = "next_action"
+PERSONAL_DATA_REDACTED = "personal_data"
+DEAD_LETTER_REDACTIONS = (FORBIDDEN_DATA, NEXT_ACTION_REDACTED, PERSONAL_DATA_REDACTED)
 # Another event is stored under its id (see EventIdConflictError).
 EVENT_ID_CONFLICT = "event_id_conflict"
 # The customer's stored data key does not unwrap under the master key it names: the row

@@ -258,7 +258,10 @@ class IngressServer:
         # re-pointing its own domain at this port, DNS rebinding, must not read them).
         host = request.headers.get("Host")
         if not host_well_formed(host):
-            return aiohttp.web.json_response({"error": "bad_host"}, status=400)
+            return aiohttp.web.json_response(
+                {"error": "bad_host", "message": "the Host header is not a host[:port]"},
+                status=400,
+            )
         token = self.settings.metrics_token
         if token is not None:
             if not matches(bearer(request.headers), token):
@@ -268,7 +271,14 @@ class IngressServer:
                     headers={"WWW-Authenticate": 'Bearer realm="paystream"'},
                 )
         elif not host_allowed(host, self.settings.web_host_names() | {self.settings.ingress_host}):
-            return aiohttp.web.json_response({"error": "host_not_allowed"}, status=403)
+            return aiohttp.web.json_response(
+                {
+                    "error": "host_not_allowed",
+                    "message": "without PAYSTREAM_METRICS_TOKEN this ingress answers only "
+                    "addresses, localhost, its own host and PAYSTREAM_WEB_ALLOWED_HOSTS",
+                },
+                status=403,
+            )
         return aiohttp.web.Response(
             body=generate_latest(_OWN_METRICS),
             headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},

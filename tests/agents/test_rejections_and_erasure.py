@@ -91,3 +91,21 @@ async def test_a_deleted_customer_kept_without_personal_data_can_still_be_erased
     erased = await harness.send("customer.erase", t, {"customer_id": "cus_1"})
     assert kind(erased) == "customer.erased", data(erased)
     assert data(erased)["object"]["email"] is None and data(erased)["object"]["erased"]
+
+
+async def test_an_export_answered_again_after_erasure_is_as_documented(harness: Harness) -> None:
+    """The stored export is scrubbed to `{"erased": true}` by the erasure; a resend of the
+    export is answered with that, which asyncapi.yaml must allow (review h59c: its Export
+    schema required the rows)."""
+    from tests.test_docs import published, validator
+
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1", "email": "a@example.com"})
+    first = await harness.send("customer.export", t, {"customer_id": "c1"}, command_id="exp-1")
+    assert kind(first) == "customer.exported", data(first)
+    erased = await harness.send("customer.erase", t, {"customer_id": "c1"})
+    assert kind(erased) == "customer.erased", data(erased)
+    again = await harness.send("customer.export", t, {"customer_id": "c1"}, command_id="exp-1")
+    assert kind(again) == "customer.exported" and data(again)["export"] == {"erased": True}
+    pointer = "/components/messages/outcome.customer.exported/payload"
+    validator(published("asyncapi"), pointer, draft7=True).validate(data(again))

@@ -17,6 +17,7 @@ import pytest
 
 from paystream.devstack._process import free_port, wait_until
 from paystream.devstack.ingress import NOT_FOR_THE_INGRESS, IngressProcess
+from tests.test_docs import published, response_schema, validator
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,9 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         assert _get(f"{ingress.base_url}/healthz") == (200, {"alive": True})
         status, ready = _get(f"{ingress.base_url}/readyz")
         assert (status, ready["ready"], ready["registry_loaded"]) == (503, False, False)
+        # As openapi.yaml documents the route's answers (review finding: only a worker's).
+        validator(published("openapi"), response_schema("/healthz", 200)).validate({"alive": True})
+        validator(published("openapi"), response_schema("/readyz", 503)).validate(ready)
         # Errors in JSON, aiohttp's own too (they were text/plain), and no versions told.
         assert _get(f"{ingress.base_url}/nope") == (
             404,

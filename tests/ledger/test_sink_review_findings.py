@@ -214,3 +214,39 @@ async def test_a_pooled_connection_left_read_only_by_a_failover_is_replaced(
         assert result.written.events_written == 1
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["customer", "next_action"])
+async def test_a_ledger_dead_letter_s_headers_are_as_documented(
+    app_engine: AsyncEngine, keyring: MasterKeyring, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Parked without its bytes, a customer's outcome says `personal_data` and a payment's
+    next action `next_action`: values asyncapi.yaml's LedgerDeadLetterHeaders must list
+    (review h59c: it listed `forbidden_data` alone)."""
+    from tests.ledger.test_sink import _outcome_record, _sink_parks
+    from tests.test_docs import published, validator
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    if kind == "customer":
+        outcome = "customer.created"
+        data: dict[str, Any] = {
+            "tenant_id": "someone-else",  # refused: another tenant's data
+            "command_id": "c1", "entity_type": "customer", "entity_id": "cus_1", "version": 1,
+            "object": {"tenant_id": tenant, "id": "cus_1", "email": "ada@example.com"},
+        }  # fmt: skip
+    else:
+        outcome = "payment.requires_action"
+        data = dict(payment_outcome(tenant, "pay_3ds", 1).get_data())
+        data["tenant_id"] = "someone-else"
+        data["object"] = {**data["object"], "next_action": {"redirect_to_url": {"url": "x"}}}
+    bad = _outcome_record(tenant, outcome, data)
+    sent = await _sink_parks(
+        monkeypatch, app_engine, keyring, bad.key, bad.value, list(bad.headers)
+    )
+    [(_topic, _key, value, headers)] = sent
+    text = {k: v.decode() for k, v in headers.items()}
+    assert value == b"" and text["paystream-dlq-redacted"] == (
+        "personal_data" if kind == "customer" else "next_action"
+    )
+    schema = "/components/schemas/LedgerDeadLetterHeaders"
+    validator(published("asyncapi"), schema, draft7=True).validate(text)

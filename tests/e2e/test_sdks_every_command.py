@@ -1,0 +1,97 @@
+"""Both SDKs (paystream.client over Kafka, paystream.http_client over a worker's
+POST /v1/commands) send every command type to a real worker; every outcome parses and
+matches its AsyncAPI payload; the HTTP 200 matches openapi.yaml's Outcome (review h59c)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from paystream.http_client import Accepted, IngressClient
+from paystream.streams.commands import COMMANDS
+from paystream.tenancy.models import Tenant
+from tests.fixtures.pipeline import Deployment
+from tests.test_docs import published, validator
+
+TOKEN = f"platform-{uuid.uuid4().hex}"
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+def _check(event: Any, sent: set[str], seen: dict[str, str], kind: str) -> dict[str, Any]:
+    outcome = event.get_type().removeprefix("com.paystream.")
+    body = event.get_data()
+    assert outcome != "command.rejected", (kind, body)
+    pointer = f"/components/messages/outcome.{outcome}/payload"
+    validator(published("asyncapi"), pointer, draft7=True).validate(body)
+    sent.add(kind)
+    seen[kind] = outcome
+    return dict(body)
+
+
+async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
+    dep: Deployment = await deployment_factory(paystream_ingress_token=TOKEN)
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    sent: set[str] = set()
+    seen: dict[str, str] = {}
+    with dep.worker() as worker:
+        await asyncio.to_thread(worker.wait_ready, ["acme"], partitions=dep.settings.partitions)
+        url = worker.base_url
+        async with dep.client() as kafka, IngressClient(url, TOKEN, timeout=60) as http:
+
+            async def over_http(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+                answer = await http.command(kind, "acme", data, wait=30)
+                assert not isinstance(answer, Accepted), (kind, answer)
+                # The 200's body as documented (openapi Outcome).
+                attrs = {k: v for k, v in answer.get_attributes().items() if v is not None}
+                attrs["time"] = attrs["time"].isoformat()
+                validator(published("openapi"), "/components/schemas/Outcome").validate(
+                    {**attrs, "data": answer.get_data()}
+                )
+                return _check(answer, sent, seen, kind)
+
+            async def over_kafka(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+                return _check(await kafka.command(kind, "acme", data, timeout=60), sent, seen, kind)
+
+            await over_http("customer.create", {"customer_id": "c1", "email": "a@example.com"})
+            await over_kafka("customer.update", {"customer_id": "c1", "name": "Ada"})
+            await over_http(
+                "payment_method.attach",
+                {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "pm1"},
+            )
+            held = await over_kafka(
+                "payment.create",
+                {"amount": 1000, "currency": "usd", "payment_method_id": "pm1",
+                 "customer_id": "c1", "capture": "manual"},
+            )  # fmt: skip
+            assert held["object"]["currency"] == "USD", held
+            await over_http("payment.capture", {"payment_id": held["entity_id"], "amount": 600})
+            refund = await over_kafka(
+                "refund.create", {"payment_id": held["entity_id"], "amount": 100}
+            )
+            await over_http("refund.refresh", {"refund_id": refund["entity_id"]})
+            other = await over_http(
+                "payment.create",
+                {"amount": 500, "currency": "EUR", "payment_method_token": "pm_card_visa",
+                 "capture": "manual"},
+            )  # fmt: skip
+            await over_kafka("payment.refresh", {"payment_id": other["entity_id"]})
+            await over_http("payment.cancel", {"payment_id": other["entity_id"]})
+            disputed = await over_kafka(
+                "payment.create",
+                {"amount": 900, "currency": "JPY", "payment_method_token": "pm_card_createDispute"},
+            )
+            dispute = disputed["object"]["dispute_id"]
+            await over_http(
+                "dispute.submit_evidence",
+                {"dispute_id": dispute, "evidence": {"customer_name": "Ada"}, "submit": False},
+            )
+            await over_kafka("dispute.accept", {"dispute_id": dispute})
+            await over_http("customer.export", {"customer_id": "c1"})
+            await over_kafka("payment_method.detach", {"payment_method_id": "pm1"})
+            await over_http("customer.delete", {"customer_id": "c1"})
+            await over_kafka("customer.erase", {"customer_id": "c1"})
+    assert sent == set(COMMANDS), set(COMMANDS) - sent
