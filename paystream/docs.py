@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from paystream import __version__
 from paystream.agents import handlers, pipeline
+from paystream.gateways.base import DisputeStatus, PaymentStatus, RefundStatus
 from paystream.gateways.stripe.webhooks import BODY_READ_SECONDS as WEBHOOK_BODY_SECONDS
 from paystream.gateways.stripe.webhooks import FOLLOWED_EVENTS as STRIPE_FOLLOWED_EVENTS
 from paystream.gateways.stripe.webhooks import (
@@ -231,6 +233,11 @@ _ENTITIES: dict[str, type[records.EntityRecord]] = {
     "refund": records.RefundRecord,
     "dispute": records.DisputeRecord,
 }
+_STATUSES: dict[str, type[StrEnum]] = {
+    "payment": PaymentStatus,
+    "refund": RefundStatus,
+    "dispute": DisputeStatus,
+}
 # The views' path segment per entity type.
 ENTITY_KINDS = {f"{name}s": name for name in _ENTITIES}
 
@@ -322,6 +329,11 @@ def _entity_schema(entity_type: str, components: Doc, *, tagged: bool) -> Doc:
     schema = _model_schema(_ENTITIES[entity_type], components, mode="serialization")
     props = schema["properties"]
     props.pop("applied")
+    statuses = _STATUSES.get(entity_type)
+    if statuses is not None:
+        # A plain str in the record (kept as stored); only the gateways' statuses are
+        # ever written to it.
+        props["status"] = {"enum": [s.value for s in statuses]}
     if tagged:
         props["entity_type"] = {"const": entity_type}
     else:
