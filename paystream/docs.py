@@ -188,8 +188,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     "payment_method.attach_failed": (
         None,
         "The provider declined the card; `id` is the payment method id the command named or "
-        "would have made.",
-        {"id": {"type": "string"}},
+        "would have made, `customer_id` the customer it was to be saved to.",
+        {"id": {"type": "string"}, "customer_id": {"type": "string"}},
     ),
     "payment_method.detached": ("payment_method", "The payment method was detached.", {}),
     "payment.authorized": ("payment", "Authorised, awaiting `payment.capture`.", _REFRESHED),
@@ -1002,7 +1002,8 @@ def _insights_schemas() -> Doc:
                 "description": "`subject_declines`: one customer or saved payment method reached "
                 "PAYSTREAM_FRAUD_SUBJECT_DECLINES card declines in the window; `decline_burst`: "
                 "the tenant reached PAYSTREAM_FRAUD_BURST_DECLINES, at least half its payment "
-                "attempts (card testing)",
+                "attempts, or PAYSTREAM_FRAUD_FLOOD_DECLINES whatever their share (card "
+                "testing)",
             },
             "subject_type": {"enum": ["customer", "payment_method", "tenant"]},
             "subject": _STR,

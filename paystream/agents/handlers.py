@@ -646,7 +646,9 @@ async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod
     except GatewayError as exc:
         if exc.retryable or not _is_card_error(exc):
             raise
-        return HandlerResult("payment_method.attach_failed", error=exc, extra={"id": pmid})
+        # The customer named: card testing by saving cards reaches the fraud rules.
+        extra = {"id": pmid, "customer_id": customer.id}
+        return HandlerResult("payment_method.attach_failed", error=exc, extra=extra)
     rec = PaymentMethodRecord(
         **_base(ctx, pmid),
         customer_id=customer.id,
@@ -713,6 +715,8 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
     rec.amount_captured = r["amount_captured"]
     rec.amount_refunded = max(rec.amount_refunded, r["amount_refunded"])
     rec.failure_code = r["failure_code"]
+    if r["provider_charge_id"] is not None:
+        rec.provider_charge_id = r["provider_charge_id"]
     if rec.next_action is not None or r["next_action"] is not None:
         # (the one held: a payment recorded before the flag was, waiting on its customer)
         rec.customer_action_delivered = True
@@ -817,6 +821,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         r["failure_code"],
         r["failure_message"],
         r["next_action"],
+        r["provider_charge_id"],
     )
     return HandlerResult(_PAYMENT_OUTCOME[status], rec, _new_dispute(ctx, rec, res))
 
@@ -867,6 +872,7 @@ def _new_payment(
     failure_code: str | None = None,
     failure_message: str | None = None,
     next_action: dict[str, Any] | None = None,
+    provider_charge_id: str | None = None,
 ) -> PaymentRecord:
     """A create's payment record, made once its provider has answered, with every field
     as it ends up (made up front and then changed field by field, it cost a pydantic
@@ -895,6 +901,7 @@ def _new_payment(
             "customer_id": customer_id,
             "payment_method_id": d["payment_method_id"],
             "provider_payment_id": provider_payment_id,
+            "provider_charge_id": provider_charge_id,
             "failure_code": failure_code,
             "failure_message": failure_message,
             "next_action": next_action,
@@ -1000,7 +1007,11 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     _dispute_applied(ctx, rec.id)  # one the provider opened meanwhile (_new_dispute)
     _transition(rec.status, "refresh", rec.customer_action_delivered)
     ctx.at_provider(rec)
-    previous, previous_failure = rec.status, rec.failure_code
+    previous, previous_failure, previous_charge = (
+        rec.status,
+        rec.failure_code,
+        rec.provider_charge_id,
+    )
     req = gw.RetrievePayment(provider_payment_id=rec.provider_payment_id)
     res = await _gateway(
         ctx,
@@ -1013,9 +1024,16 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
         rec,
         _new_dispute(ctx, rec, res),
         error=_read_back_failure(ctx, res),
-        # (a second card declined through the client secret is a new failure)
+        # (a second card declined through the client secret is a new failure: another
+        # charge where the provider names them, else another failure code)
         extra={"previous_status": previous}
-        | ({"previous_failure_code": previous_failure} if previous == "failed" else {}),
+        | (_previous_failure(previous_failure, previous_charge) if previous == "failed" else {}),
+    )
+
+
+def _previous_failure(code: str | None, charge: str | None) -> dict[str, Any]:
+    return {"previous_failure_code": code} | (
+        {"previous_charge_id": charge} if charge is not None else {}
     )
 
 

@@ -94,6 +94,7 @@ def config_from(cfg: Settings) -> InsightsConfig:
         fraud_window_ms=cfg.fraud_window_seconds * 1000,
         subject_declines=cfg.fraud_subject_declines,
         burst_declines=cfg.fraud_burst_declines,
+        flood_declines=cfg.fraud_flood_declines,
     )
 
 

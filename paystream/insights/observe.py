@@ -53,6 +53,8 @@ _CREATION_ANSWERS = frozenset(
 )
 
 
+_ATTACH_FAILED = "payment_method.attach_failed"
+
 # The one outcome whose type is in the commands' namespace.
 _REJECTED = OUTCOME_PREFIX + "command.rejected"
 
@@ -91,8 +93,14 @@ def observe(event: CloudEvent) -> Observed | None:
     had_status = isinstance(previous, str)
     unchanged = had_status and outcome == f"payment.{previous}"
     if unchanged and previous == "failed":
-        # failed again: new only if another card was declined (through the client secret)
-        unchanged = obj.get("failure_code") == data.get("previous_failure_code")
+        # Failed again: new only if another card was declined (through the client
+        # secret): another charge where the provider names them (cards declined alike
+        # read as one failure by code: review finding), else another failure code.
+        charge, before = obj.get("provider_charge_id"), data.get("previous_charge_id")
+        if isinstance(charge, str) and isinstance(before, str):
+            unchanged = charge == before
+        else:
+            unchanged = obj.get("failure_code") == data.get("previous_failure_code")
     if unchanged:
         pass  # (still waiting, still authorised, or the same failure: nothing new)
     elif outcome == "payment.authorized":
@@ -113,6 +121,12 @@ def observe(event: CloudEvent) -> Observed | None:
         code = _label(error.get("decline_code")) or _label(error.get("code"))
         card = _text(error.get("code")) in CARD_DECLINES
         facts.update(declined=amount if card else 0, decline_code=code, card_declined=card)
+    elif outcome == _ATTACH_FAILED:
+        # A card checked as it was saved to a customer and declined: card testing by
+        # attaching cards (review finding: seen by neither rule). An attempt that moves
+        # no money, pinned on the customer.
+        card = _text(error.get("code")) in CARD_DECLINES
+        facts.update(card_declined=card, attempt=card, customer_id=_id(data.get("customer_id")))
     elif outcome == "command.rejected":
         facts["reject_reason"] = _label(data.get("reason"))
     if not had_status and (

@@ -284,6 +284,9 @@ class PaymentRecord(EntityRecord):
     customer_id: str | None = None
     payment_method_id: str | None = None
     provider_payment_id: str
+    # The provider's latest charge (attempt) on it, where it names one: another card
+    # declined through the client secret is another charge (the fraud rules count it).
+    provider_charge_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
     next_action: dict[str, Any] | None = None

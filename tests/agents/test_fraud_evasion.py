@@ -1,0 +1,150 @@
+"""Card testing the fraud rules missed (review h59d), through the real handlers on the
+simulator: cards declined alike through one client secret, cards declined as they are
+saved, and declines padded with attempts that cost the tester nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.insights.observe import Observed, observe
+from paystream.insights.state import Alert, InsightsConfig, TenantInsights
+from tests.agents.harness import Harness, data, kind
+from tests.agents.test_payment_refresh import _browser_sets, _simulator, _waiting
+
+_INSUFFICIENT = {
+    "failure_code": "insufficient_funds",
+    "failure_message": "Your card has insufficient funds.",
+}
+
+
+def _seen(out: Any) -> Observed:
+    seen = observe(out)
+    assert seen is not None
+    return seen
+
+
+async def test_each_card_declined_alike_through_a_client_secret_counts(harness: Harness) -> None:
+    """Each card tried is another charge at the provider; read back by a refresh, each
+    decline counts, though all fail with one code. The same decline read again does not."""
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_ct")
+    sim = _simulator(harness, t)
+    await sim.complete_authentication(provider_id, succeed=False)
+    await harness.send("payment.refresh", t, {"payment_id": "pay_ct"})
+    counted = []
+    for n in range(2, 8):
+        await _browser_sets(sim, provider_id, f"card{n}", charge_id=f"ch_card{n}", **_INSUFFICIENT)
+        out = await harness.send("payment.refresh", t, {"payment_id": "pay_ct"})
+        assert kind(out) == "payment.failed", data(out)
+        assert data(out)["object"]["provider_charge_id"] == f"ch_card{n}"
+        seen = _seen(out)
+        counted.append((seen.card_declined, seen.declined))
+        again = _seen(await harness.send("payment.refresh", t, {"payment_id": "pay_ct"}))
+        assert again.declined == 0  # the same charge read again
+    assert counted == [(True, 1500)] * 6
+
+
+async def test_without_charge_ids_a_decline_is_new_by_its_code() -> None:
+    """A provider (or a record of an older version) naming no charge: told by the code."""
+
+    def refreshed(code: str, before: str, charges: tuple[str | None, str | None]) -> Observed:
+        obj = {"amount": 100, "currency": "USD", "failure_code": code}
+        extra: dict[str, Any] = {"previous_failure_code": before}
+        if charges[0] is not None:
+            extra["previous_charge_id"] = charges[0]
+        if charges[1] is not None:
+            obj["provider_charge_id"] = charges[1]
+        event = CloudEvent(
+            {
+                "id": "e1",
+                "source": "/t",
+                "type": "com.paystream.payment.failed",
+                "tenantid": "t",
+                "time": datetime.now(UTC),
+            },
+            {
+                "tenant_id": "t",
+                "command_id": "c",
+                "previous_status": "failed",
+                "object": obj,
+                "error": {"code": "card_declined"},
+                **extra,
+            },
+        )
+        return _seen(event)
+
+    assert refreshed("card_declined", "card_declined", (None, None)).declined == 0
+    assert refreshed("insufficient_funds", "card_declined", (None, None)).declined == 100
+    assert refreshed("card_declined", "card_declined", (None, "ch_2")).declined == 0
+    assert refreshed("card_declined", "card_declined", ("ch_1", "ch_2")).declined == 100
+    assert refreshed("insufficient_funds", "card_declined", ("ch_1", "ch_1")).declined == 0
+
+
+async def test_card_declines_on_attach_reach_the_fraud_rules(harness: Harness) -> None:
+    """Card testing by saving cards to one customer (a card is checked as it is saved)."""
+    t = harness.add_tenant()
+    out = await harness.send("customer.create", t, {"customer_id": "cus_ct"})
+    assert kind(out) == "customer.created", data(out)
+    st, cfg = TenantInsights(t), InsightsConfig()
+    alerts: list[Alert] = []
+    for n in range(30):
+        out = await harness.send(
+            "payment_method.attach",
+            t,
+            {
+                "customer_id": "cus_ct",
+                "token": "tok_chargeDeclined",
+                "payment_method_id": f"pm_{n}",
+            },
+        )
+        assert kind(out) == "payment_method.attach_failed", data(out)
+        assert data(out)["customer_id"] == "cus_ct"
+        seen = _seen(out)
+        assert (seen.attempt, seen.card_declined, seen.declined) == (True, True, 0)
+        alerts += st.apply(seen, cfg)
+    assert [(a.rule, a.subject) for a in alerts] == [
+        ("subject_declines", "cus_ct"),
+        ("decline_burst", t),
+    ]
+
+
+async def test_declines_padded_with_free_attempts_still_raise_a_burst(harness: Harness) -> None:
+    """Each declined one-off token padded with two payments left waiting on 3-D Secure
+    (no money moves): the declines stay a third of the attempts, and the flood rule
+    fires at its count."""
+    t = harness.add_tenant()
+    st, cfg = TenantInsights(t), InsightsConfig(flood_declines=40)
+    alerts: list[Alert] = []
+    card = {"amount": 100, "currency": "USD"}
+    for _ in range(45):
+        for _ in range(2):
+            pad = await harness.send(
+                "payment.create",
+                t,
+                {**card, "payment_method_token": "pm_card_authenticationRequired"},
+            )
+            assert kind(pad) == "payment.requires_action", data(pad)
+            alerts += st.apply(_seen(pad), cfg)
+        out = await harness.send(
+            "payment.create", t, {**card, "payment_method_token": "tok_chargeDeclined"}
+        )
+        assert kind(out) == "payment.failed", data(out)
+        alerts += st.apply(_seen(out), cfg)
+    assert [(a.rule, a.threshold, a.observed) for a in alerts] == [("decline_burst", 40, 40)]
+
+
+def test_a_burst_under_half_the_attempts_below_the_flood_raises_nothing() -> None:
+    """The share rule as it was: many honest attempts, a few declines."""
+    st, cfg = TenantInsights("t"), InsightsConfig()
+    alerts: list[Alert] = []
+    for n in range(90):
+        declined = n % 3 == 0
+        seen = Observed(
+            event_id=f"e{n}", tenant_id="t", outcome="payment.failed" if declined else
+            "payment.authorized", time_ms=1_000_000, attempt=True, card_declined=declined,
+        )  # fmt: skip
+        alerts += st.apply(seen, cfg)
+    assert alerts == []
