@@ -61,6 +61,8 @@ _OUR_HEADERS = ("paystream-dlq-", "paystream-park-", "paystream-source")
 # Set by `dlq replay --include-stale-as-of` on a command past that age: an operator has
 # reconciled it with the provider, so the worker runs it (once: a park drops the mark).
 RECONCILED_HEADER = "paystream-reconciled"
+# On a park: what the provider (or its circuit breaker) said, beside the reason's code.
+PARK_DETAIL_HEADER = "paystream-park-detail"
 # Dead-letter reasons that no replay can change (the same bytes fail the same way).
 NEVER_DECODES = frozenset({"not_a_cloudevent"})
 # Dead-letter reasons whose command was given a final answer its sender acts on.
@@ -100,8 +102,10 @@ class ParkedRecord:
 
     @property
     def detail(self) -> str:
-        """What was wrong, in the worker's words (dead letters; parked records have none)."""
-        raw = dict(self.headers).get("paystream-dlq-detail")
+        """What was wrong, in the worker's words (a dead letter's), or the provider's (a
+        park's; none on those parked by older versions)."""
+        h = dict(self.headers)
+        raw = h.get("paystream-dlq-detail") or h.get(PARK_DETAIL_HEADER)
         return "" if raw is None else raw.decode(errors="replace")
 
     @property
@@ -187,6 +191,9 @@ class ReplayResult:
     replayed: Counter[str] = field(default_factory=Counter)
     redacted: int = 0  # passed over: dead-lettered without their bytes (card data)
     undecodable: int = 0  # passed over: not CloudEvents, would only come back
+    # Passed over: over the size limit, and no sender named to answer (no id or tenant
+    # readable, or a body past the ceiling any limit may be set to).
+    too_large: int = 0
     answered: int = 0  # passed over: their senders were given a final rejection
     # Passed over as too large to keep: their :attr:`ParkedRecord.source` is the only
     # pointer to the original command (and the replay commits past them).
@@ -214,6 +221,7 @@ class ReplayResult:
             sum(self.replayed.values())
             + self.redacted
             + self.undecodable
+            + self.too_large
             + self.answered
             + len(self.dropped)
         )
@@ -230,6 +238,8 @@ class ReplayResult:
             self.redacted += 1
         elif rec.answered is not None:
             self.answered += 1
+        elif rec.reason in ANSWERED_FOR_GOOD:
+            self.too_large += 1
         else:
             self.undecodable += 1
 

@@ -775,6 +775,10 @@ def asyncapi() -> Doc:
             ),
             "paystream-source": _header("`<topic>/<partition>/<offset>` of the command"),
             "paystream-first-attempt-ms": _header("the broker's time of the command's first run"),
+            "paystream-park-detail": _header(
+                "what the provider or its circuit breaker said, for a park after retries "
+                "(at most 500 characters, card numbers redacted; `dlq list` shows it)"
+            ),
         },
     }
     tenant = _model_schema(Tenant, schemas)

@@ -416,3 +416,17 @@ async def test_a_command_answered_too_large_is_never_replayed() -> None:
 
     assert not dead_letter(b"payload_too_large").replayable
     assert dead_letter(b"internal_error").replayable  # (README: after the fix, by design)
+
+
+async def test_a_replay_tells_unanswered_oversized_dead_letters_from_undecodable_ones() -> None:
+    """Both are passed over; only bytes that are no CloudEvent are called that (review
+    h59b: an oversized command was "not CloudEvents or too large for any setting")."""
+    from paystream.dlq import ParkedRecord, ReplayResult
+
+    def dead(reason: bytes) -> ParkedRecord:
+        return ParkedRecord("d", 0, 0, b"t", b"{}", (("paystream-dlq-reason", reason),), 0)
+
+    result = ReplayResult()
+    result.note(dead(b"payload_too_large"), "passed over")
+    result.note(dead(b"not_a_cloudevent"), "passed over")
+    assert (result.too_large, result.undecodable, result.handled) == (1, 1, 2)

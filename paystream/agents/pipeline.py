@@ -80,6 +80,7 @@ from paystream.agents.inbound import (
 )
 from paystream.agents.provider_window import CREATES, ProviderWindow, create_scope
 from paystream.built import built
+from paystream.dlq import PARK_DETAIL_HEADER
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
 from paystream.gateways.base import KEYLESS_OPERATIONS, MONEY_MOVING_OPERATIONS, Capability
@@ -2138,8 +2139,14 @@ class CommandProcessor(ProviderWindow):
             if UNANSWERED_REFUSAL_HEADER in rec.headers:  # a K1 park's refusal, kept
                 kept[UNANSWERED_REFUSAL_HEADER] = SUSPENDED_STAMP
             kept.update(_sender_request(rec))
+        # A structured command over its limit names its sender in its body: read up to
+        # the ceiling any limit may be set to (unread, its sender was never answered;
+        # review finding), not a body up to the broker's message size.
         identity = command_identity(
-            rec, parse=decoded or reject is not RejectReason.PAYLOAD_TOO_LARGE
+            rec,
+            parse=decoded
+            or reject is not RejectReason.PAYLOAD_TOO_LARGE
+            or record_size(rec) <= COMMAND_MAX_BYTES_CEILING,
         )
         if identity is not None and reject is not None:
             # Its sender is answered below, for good: `dlq replay` never re-runs it (the
@@ -2319,8 +2326,12 @@ class CommandProcessor(ProviderWindow):
         first = in_flight.get("first_attempt_ms")
         if entity_keys and first is not None:
             self._point_create_scope(create_scope(cmd, data), idem_key, first, parked_until)
+        # What the provider (or its circuit breaker) said: the code alone told an operator
+        # no DNS failure from a 503 from an open breaker (review h59b). A GatewayError's
+        # message is what outcomes carry (no secrets), its card numbers redacted anyway.
+        detail = {PARK_DETAIL_HEADER: redact_card_numbers(exc.message)[:500].encode()}
         earlier = self._with_first_attempt(rec, first)
-        return self._to_retry_topic(rec, cmd, exc.code.value, earlier)
+        return self._to_retry_topic(rec, cmd, exc.code.value, {**detail, **(earlier or {})})
 
     def _to_retry_topic(
         self,
@@ -2334,12 +2345,14 @@ class CommandProcessor(ProviderWindow):
         # series each for ever; review finding.)
         tenant = cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED
         metrics.PARKED.labels(tenant, reason).inc()
+        detail = (extra_headers or {}).get(PARK_DETAIL_HEADER)
         _throttled.warning(
             ("park", tenant, reason),
-            "parking command %s of %s: %s",
+            "parking command %s of %s: %s%s",
             safe_id(cmd.command_id),  # (a let-through command's id may hold a code)
             cmd.tenant_id,
             reason,
+            "" if detail is None else f" ({detail.decode()})",
         )
         headers = tuple(
             sorted(

@@ -468,7 +468,12 @@ def dlq_replay(
     if result.undecodable:
         click.echo(
             f"passed over {result.undecodable} dead letter(s) that are not CloudEvents "
-            "or too large for any setting (a replay would only dead-letter them again)"
+            "(a replay would only dead-letter them again)"
+        )
+    if result.too_large:
+        click.echo(
+            f"passed over {result.too_large} dead letter(s) over the size limit that name no "
+            "sender to answer (no id or tenant readable: see them with `dlq list`)"
         )
     if result.stale:
         sys.exit(EXIT_HELD_BACK)  # a scheduled replay must not pass for a clean one

@@ -1699,3 +1699,45 @@ async def test_an_idle_tenants_expired_records_are_found_for_the_sweep(harness: 
         assert p.idempotency_expired(k, harness.idempotency[k], later)
         del harness.idempotency[k]
     assert idle not in p._expiring  # (its queue went with its records)
+
+
+@pytest.mark.parametrize("size", [70_000, 250_000])
+async def test_an_oversized_structured_command_s_sender_is_answered(
+    harness: Harness, size: int
+) -> None:
+    """Its id and tenant are in its body: read (up to the ceiling any limit may be set
+    to), its sender is told, for good (review h59b: left waiting for ever)."""
+    t = harness.add_tenant()
+    big = build_command("customer.create", t, {"description": "x" * size}, command_id="big-1")
+    emits, out = await harness.send_event(big, mode=CloudEventsMode.STRUCTURED)
+    [dead] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert out is not None and data(out)["reason"] == "payload_too_large"
+    assert out.get_extension("causationid") == "big-1"
+    assert dict(dead.record.headers)["paystream-dlq-answered"] == b"payload_too_large"
+
+
+async def test_a_structured_command_past_the_ceiling_is_not_read_for_its_sender(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    big = build_command("customer.create", t, {"description": "x" * 300_000})
+    emits, out = await harness.send_event(big, mode=CloudEventsMode.STRUCTURED)
+    assert out is None and [e.topic for e in emits] == [harness.settings.dlq_topic]
+
+
+async def test_a_park_says_what_the_provider_said(harness: Harness) -> None:
+    """The code alone (`provider_unavailable`) told an operator nothing of why (review
+    h59b): the park carries the gateway's message, which `dlq list` shows."""
+    from paystream.dlq import ParkedRecord
+
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})
+    data_ = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    emits, out = await harness.send_event(build_command("payment.create", t, data_))
+    assert out is None
+    [park] = [e for e in emits if e.topic == harness.settings.retry_topic]
+    headers = dict(park.record.headers)
+    assert headers["paystream-park-reason"] == b"provider_unavailable"
+    detail = headers["paystream-park-detail"].decode()
+    assert detail and len(detail) <= 500
+    parked = ParkedRecord("r", 0, 0, park.record.key, park.record.value, park.record.headers, 0)
+    assert parked.detail == detail
