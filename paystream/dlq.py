@@ -183,6 +183,27 @@ class ParkedRecord:
         )
 
 
+# Held-back records a replay names (the count says how many more).
+HELD_BACK_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """A held-back record, as the operator checks it with the provider."""
+
+    where: str  # topic[partition]@offset
+    tenant: str
+    command_id: str
+    command_type: str
+    first_seen_ms: int
+
+    @classmethod
+    def of(cls, rec: ParkedRecord) -> HeldBack:
+        command_id, command_type = rec.command_id_and_type
+        where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+        return cls(where, rec.tenant, command_id, command_type, rec.first_seen_ms)
+
+
 @dataclass
 class ReplayResult:
     """What a replay did, counted (a backlog may be millions of records)."""
@@ -202,6 +223,9 @@ class ReplayResult:
     # (Stripe: 24 h), and every record after such a one on its partition (counted too).
     # Re-sent now, a command the provider already applied would be applied again.
     stale: int = 0
+    # The first HELD_BACK_SHOWN of them, named for the operator who must check them with
+    # the provider (review h59b: a count alone left them to be worked out from ages).
+    held_back: list[HeldBack] = field(default_factory=list)
     last: str = ""  # what was done with the latest record (for ``observe``)
     # Time spent with every partition waiting for its tenant's pace, and those tenants
     # (tenant → commands a second).
@@ -230,6 +254,8 @@ class ReplayResult:
         self.last = what
         if what == HELD_BACK:
             self.stale += 1
+            if len(self.held_back) < HELD_BACK_SHOWN:
+                self.held_back.append(HeldBack.of(rec))
         elif what == REPLAYED:
             self.replayed[rec.reason] += 1
         elif rec.dropped:

@@ -170,6 +170,10 @@ async def test_a_replay_that_held_records_back_exits_3(deployment_factory: Any) 
     )
     assert "held back 2 record(s)" in proc.stderr, proc.stderr
     assert proc.returncode == 3, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    # Each named, for the operator to check with the provider (review h59b).
+    retry = settings.retry_topic
+    assert f"  held back {retry}[0]@0 age=23h tenant=acme" in proc.stderr, proc.stderr
+    assert f"  held back {retry}[0]@1 " in proc.stderr, proc.stderr
 
 
 async def test_a_stale_record_waits_in_place_and_the_checked_one_is_marked(

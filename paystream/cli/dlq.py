@@ -339,7 +339,7 @@ def dlq_replay(
         )
     settings = _settings()
     checked_ms, checked_topics = _stale_checked(settings, stale_checked_as_of)
-    from paystream.dlq import ConcurrentReplayError, replay, stale_after_ms
+    from paystream.dlq import ConcurrentReplayError, age_text, replay, stale_after_ms
 
     if stale_checked_as_of is not None and checked_ms is not None:
         _check_printed(settings, stale_checked_as_of, checked_ms, redis_down_ok=no_lease)
@@ -409,7 +409,7 @@ def dlq_replay(
         )
         sys.exit(130)
     if result.stale:
-        hours = stale_after_ms(settings) / 3_600_000
+        stale_ms = stale_after_ms(settings)
         # The topics this run read go with its time: a stale record on another topic
         # was shown to nobody (review finding: `--topic dlq`, then a replay of all).
         as_of = _iso_ms(result.started_ms) + ("" if which == "all" else f"@{which}")
@@ -431,11 +431,25 @@ def dlq_replay(
             "record (and the time to name) before including any."
         )
         click.echo(
-            f"held back {result.stale} record(s): parked over {hours:g} h ago, or after "
-            "such a one on its partition. The provider may have forgotten the old ones' "
-            f"idempotency keys, so a command it already applied would be applied again. {advice}",
+            f"held back {result.stale} record(s): first run over {age_text(stale_ms)} "
+            "ago, or after such a one on its partition. The provider may have forgotten the "
+            "old ones' idempotency keys, so a command it already applied would be applied "
+            f"again. {advice}",
             err=True,
         )
+        now_ms = time.time() * 1000
+        for held in result.held_back:
+            click.echo(
+                f"  held back {held.where} age={age_text(now_ms - held.first_seen_ms)} "
+                f"tenant={_shown(held.tenant)} id={_shown(held.command_id)} "
+                f"type={_shown(held.command_type)}",
+                err=True,
+            )
+        if result.stale > len(result.held_back):
+            click.echo(
+                f"  and {result.stale - len(result.held_back)} more (`paystream dlq list`)",
+                err=True,
+            )
     # (A reason is a header's text, any producer's: shown escaped, as `dlq list` does,
     # and quoted unless it is a plain name, so "a=5, b" cannot pass for two counts.)
     by_reason = ", ".join(
