@@ -607,6 +607,57 @@ async def check_command_timestamps(settings: Settings) -> str:
         await admin.close()
 
 
+#: How long the keep-up check watches for a commit (the agents commit every second).
+KEEP_UP_WATCH_S = 5.0
+
+
+async def check_workers_keep_up(settings: Settings) -> str:
+    """Commands waiting, and the workers' group committing past them: every server can
+    answer while the only worker is stopped or wedged (review h59b: doctor passed, and
+    `paystream send` timed out). Quiet and caught up passes whether or not a worker
+    runs: nothing waits."""
+    topic, group = settings.commands_topic, settings.app_id
+    bootstrap = _bootstrap(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_auth())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **_auth())
+    await admin.start()
+    try:
+        if topic not in set(await admin.list_topics()):
+            return f"{topic} not created yet"
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+        async def committed() -> dict[TopicPartition, int]:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+        first = await committed()
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        behind = {
+            tp: ends[tp] - max(first.get(tp, 0), starts[tp])
+            for tp in tps
+            if ends[tp] > max(first.get(tp, 0), starts[tp])
+        }
+        if not behind:
+            return f"caught up: {sum(ends.values())} commands in {len(tps)} partition(s)"
+        waiting = sum(behind.values())
+        await asyncio.sleep(KEEP_UP_WATCH_S)
+        then = await committed()
+        moved = [tp for tp in behind if then.get(tp, -1) > first.get(tp, -1)]
+    finally:
+        await consumer.stop()
+        await admin.close()
+    where = f"{waiting} command(s) waiting on {len(behind)} partition(s)"
+    if moved:
+        return f"{where}, committed past on {len(moved)} in {KEEP_UP_WATCH_S:g} s"
+    raise CheckFailed(
+        f"{where} and group {group} committed none in {KEEP_UP_WATCH_S:g} s: no worker runs "
+        "them (stopped, wedged, or every batch waiting on its provider): see each worker's "
+        "/readyz and its log"
+    )
+
+
 def _retention_limit(configs: dict[str, str | None]) -> str | None:
     """The age or size limit a topic deletes by, if any (``retention.bytes`` left out:
     a broker that does not report it applies none, as Kafka's default)."""
@@ -779,6 +830,7 @@ _BROKER_BEHAVIOUR: list[tuple[str, _CheckFn]] = [
     ("group join time", check_group_join),
     ("end offsets after batch", check_end_offsets),
     ("caught-up fetch latency", check_fetch_latency),
+    ("workers keep up", check_workers_keep_up),
 ]
 
 

@@ -460,3 +460,54 @@ def test_the_flavor_row_fails_when_the_broker_answers_as_tansu_does() -> None:
     assert not flavor.ok and "set PAYSTREAM_BROKER_FLAVOR=tansu" in flavor.figure
     fine = [results[0], CheckResult("end offsets after batch", True, "10", 0.1)]
     assert _flavor_said(list(fine)) == fine
+
+
+async def test_doctor_fails_commands_that_wait_with_no_worker_committing(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every server answers while the only worker is stopped: commands wait and nothing
+    commits past them (review h59b: doctor passed). Caught up, or committing, it passes."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from paystream import doctor
+
+    monkeypatch.setattr(doctor, "KEEP_UP_WATCH_S", 1.5)
+    tag = uuid.uuid4().hex[:8]
+    settings = stack_settings.model_copy(
+        update={"commands_topic": f"{tag}.commands", "app_id": f"keepup-{tag}"}
+    )
+    bootstrap = bootstrap_servers(settings.require_broker())
+    assert "not created yet" in await doctor.check_workers_keep_up(settings)
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for _ in range(3):
+            await producer.send_and_wait(settings.commands_topic, b"{}", key=b"acme", partition=0)
+    finally:
+        await producer.stop()
+    with pytest.raises(CheckFailed, match=r"3 command\(s\) waiting on 1 partition.*committed none"):
+        await doctor.check_workers_keep_up(settings)
+
+    tp = TopicPartition(settings.commands_topic, 0)
+    worker = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.app_id)
+    worker.assign([tp])
+    await worker.start()
+    try:
+
+        async def works_through() -> None:  # a worker committing as it goes
+            for offset in (1, 2):
+                await asyncio.sleep(0.4)
+                await worker.commit({tp: OffsetAndMetadata(offset, "")})
+
+        progress = asyncio.ensure_future(works_through())
+        figure = await doctor.check_workers_keep_up(settings)
+        await progress
+        assert "committed past on 1" in figure, figure
+        await worker.commit({tp: OffsetAndMetadata(3, "")})
+        assert (await doctor.check_workers_keep_up(settings)).startswith("caught up"), figure
+    finally:
+        await worker.stop()

@@ -82,7 +82,8 @@ def _without_password(value: Any) -> Any:
 
 @cli.command()
 def doctor() -> None:
-    """Check broker, database and cache, and the broker behaviours Faust relies on.
+    """Check broker, database and cache, the broker behaviours Faust relies on, and
+    that the workers commit past the commands waiting (if any wait).
 
     With nothing configured it checks a freshly started embedded stack (what
     `paystream dev` runs); otherwise the servers in KAFKA_BROKER_URL, DATABASE_URL and
