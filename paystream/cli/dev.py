@@ -100,7 +100,11 @@ def _last_error(log_path: Path) -> str:
 
 
 @cli.command()
-@click.option("--demo/--no-demo", default=False, help="drive demo traffic through the worker")
+@click.option(
+    "--demo/--no-demo",
+    default=False,
+    help="drive demo traffic through the worker (off unless given; scripts/dev gives it)",
+)
 @_demo_rate
 @_duration
 @click.option(

@@ -1,8 +1,10 @@
 """What became of one command: the operators' lookup by idempotency key or command id.
 
-The idempotency table holds every command of the window (24 h by default) under its
-tenant and idempotency key: whether it is still running, parked for a replay or done, and
-the outcome it was answered with. This view says that much and no more: the outcome's
+The idempotency table holds every command of the window (24 h by default) that got as
+far as its idempotency check (not one refused before, such as a validation error or an
+unknown tenant: its outcome is all there is of it) under its tenant and idempotency key:
+whether it is still running, parked for a replay or done, and the outcome it was answered
+with. This view says that much and no more: the outcome's
 event id, type and the entity it made or changed (look that up for its details), or a
 rejection's reason and message. Not the request's hash, nor the outcome's data (a
 payment's next action holds its client secret).
