@@ -449,6 +449,16 @@ def _outcome_schemas(components: Doc) -> None:
             "command_type": {"type": "string", "description": "the type after the prefix"},
             "reason": _ref("RejectReason"),
             "message": _STR,
+            "command_id": {
+                "type": "string",
+                "description": "with `answered_by`: this command's `id` (the rejection is "
+                "the other command's answer, given again under this one)",
+            },
+            "answered_by": {
+                "type": "string",
+                "description": "a create let through once whose request another command "
+                "made: that command's id (its rejection is this command's answer)",
+            },
             "errors": {
                 "type": "array",
                 "maxItems": pipeline.VALIDATION_ERRORS_SHOWN,
