@@ -32,6 +32,12 @@ from paystream.streams.admin import bootstrap_servers, ensure_topics
 
 
 async def test_doctor_passes_on_the_stack(stack_settings: Settings) -> None:
+    # Commands topic and group of its own: another test's commands left on the shared
+    # stack's, with no worker, would fail "workers keep up" (as they should).
+    tag = uuid.uuid4().hex[:8]
+    stack_settings = stack_settings.model_copy(
+        update={"commands_topic": f"{tag}.commands", "app_id": f"doctor-{tag}"}
+    )
     results = await run_checks(stack_settings)
     table = render_table(results)
     assert all(r.ok for r in results), table

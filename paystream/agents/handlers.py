@@ -715,7 +715,9 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
     rec.amount_captured = r["amount_captured"]
     rec.amount_refunded = max(rec.amount_refunded, r["amount_refunded"])
     rec.failure_code = r["failure_code"]
-    if r["provider_charge_id"] is not None:
+    if r["provider_charge_id"] is not None and r["status"] is gw.PaymentStatus.FAILED:
+        # Kept for a failed payment only, whose refresh tells another card's decline by
+        # it (and whose record alone an earlier version, mid-upgrade, cannot read).
         rec.provider_charge_id = r["provider_charge_id"]
     if rec.next_action is not None or r["next_action"] is not None:
         # (the one held: a payment recorded before the flag was, waiting on its customer)
@@ -821,7 +823,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         r["failure_code"],
         r["failure_message"],
         r["next_action"],
-        r["provider_charge_id"],
+        r["provider_charge_id"] if status is gw.PaymentStatus.FAILED else None,
     )
     return HandlerResult(_PAYMENT_OUTCOME[status], rec, _new_dispute(ctx, rec, res))
 

@@ -1003,6 +1003,19 @@ class CommandProcessor(ProviderWindow):
                 return self._park_late(rec, cmd, idem_table_key, request_hash, data, tenant)
             if (
                 isinstance(decision, LimitRejection)
+                and decision.reason == RejectReason.QUOTA_EXCEEDED.value
+                and self._creates_over_a_payment(cmd, data)
+            ):
+                # Its handler answers it without the provider (invalid_state, or the
+                # answer of the command that made it): as without limits, not a quota
+                # refusal saying the payment made was not (review h59f: its client could
+                # charge again under a new id). Admitted as one before: nothing counted.
+                self.limits.forget_decision(cmd.tenant_id, limit_rec)
+                decision = self._admit(
+                    limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
+                )
+            if (
+                isinstance(decision, LimitRejection)
                 and not decision.replay
                 and existing is None
                 and not applied
@@ -1278,6 +1291,14 @@ class CommandProcessor(ProviderWindow):
             and ORIGIN_HEADER in rec.headers
             and self.origins.sealed(rec.key, rec.value, rec.headers)
         )
+
+    def _creates_over_a_payment(self, cmd: CommandRef, data: Any) -> bool:
+        """A payment.create naming a payment that exists, whichever command made it: its
+        handler refuses to create over it (handlers.ensure_new) before any provider call."""
+        if cmd.command_type != "payment.create":
+            return False
+        chosen = getattr(data, "payment_id", None)
+        return isinstance(chosen, str) and entity_key(cmd.tenant_id, chosen) in self.tables.payments
 
     def _admit(
         self,
@@ -2329,7 +2350,7 @@ class CommandProcessor(ProviderWindow):
         # What the provider (or its circuit breaker) said: the code alone told an operator
         # no DNS failure from a 503 from an open breaker (review h59b). A GatewayError's
         # message is what outcomes carry (no secrets), its card numbers redacted anyway.
-        detail = {PARK_DETAIL_HEADER: redact_card_numbers(exc.message)[:500].encode()}
+        detail = {PARK_DETAIL_HEADER: _header_text(exc.message)}
         earlier = self._with_first_attempt(rec, first)
         return self._to_retry_topic(rec, cmd, exc.code.value, {**detail, **(earlier or {})})
 
@@ -2472,6 +2493,18 @@ UNANSWERED = "provider_unanswered"
 _APPLIED: set[str] = {"applied"}
 
 
+# C0 and C1 controls (and DEL): not for a header, a log line or a terminal.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _header_text(text: str, limit: int = 500) -> bytes:
+    """A provider's free text as a header value: card numbers redacted, controls made
+    spaces, cut, and encodable whatever it holds (a lone surrogate from a JSON error
+    body raised, and turned a park into internal_error; review h59e)."""
+    shown = _CONTROLS.sub(" ", redact_card_numbers(text))[:limit]
+    return shown.encode("utf-8", "replace")
+
+
 def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
     """``entity.model_dump(mode="json", exclude={"applied"})``: its fields as they stand
     when each holds exactly its declared type (a ``str``, ``int``, ``bool`` or, where the
@@ -2483,9 +2516,16 @@ def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
     record = dict(entity.__dict__)
     del record["applied"]
     kinds = tuple(map(type, record.values()))
-    if kinds in _PLAIN_KINDS.get(type(entity), ()) or _learn_plain(entity, record, kinds):
-        return record
-    return entity.model_dump(mode="json", exclude=_APPLIED)
+    if not (kinds in _PLAIN_KINDS.get(type(entity), ()) or _learn_plain(entity, record, kinds)):
+        record = entity.model_dump(mode="json", exclude=_APPLIED)
+    if record.get(_CHARGE_ID, True) is None:
+        # Written only when known (a failed payment's): a worker of an earlier version,
+        # in a rolling upgrade, refuses a record with a field it does not know.
+        del record[_CHARGE_ID]
+    return record
+
+
+_CHARGE_ID = "provider_charge_id"
 
 
 # Entity model → the tuples of its fields' value types (``applied`` left out, in field

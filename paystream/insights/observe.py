@@ -54,6 +54,7 @@ _CREATION_ANSWERS = frozenset(
 
 
 _ATTACH_FAILED = "payment_method.attach_failed"
+_ATTACHED = "payment_method.attached"
 
 # The one outcome whose type is in the commands' namespace.
 _REJECTED = OUTCOME_PREFIX + "command.rejected"
@@ -127,6 +128,11 @@ def observe(event: CloudEvent) -> Observed | None:
         # no money, pinned on the customer.
         card = _text(error.get("code")) in CARD_DECLINES
         facts.update(card_declined=card, attempt=card, customer_id=_id(data.get("customer_id")))
+    elif outcome == _ATTACHED and not had_status:
+        # A card saved: an attempt the issuer answered too, so that declined saves are
+        # held to their share of saves (counted alone, a merchant whose customers save
+        # cards at an ordinary decline rate read as all declines; review h59e).
+        facts["attempt"] = True
     elif outcome == "command.rejected":
         facts["reject_reason"] = _label(data.get("reason"))
     if not had_status and (

@@ -57,9 +57,12 @@ class InsightsConfig:
     subject_declines: int = 5  # card declines of one customer or payment method
     burst_declines: int = 25  # card declines of the whole tenant ...
     burst_share_pct: int = 50  # ... that are at least this share of its payment attempts
-    # ... or this many, whatever their share: attempts that cost a tester nothing (a
-    # payment left waiting on 3-D Secure) kept a flood of declines under half (review).
+    # ... or this many at a lower share: attempts that cost a tester nothing (payments
+    # left waiting on 3-D Secure, which count) kept a flood of declines under half
+    # (review h59d); any share would alert on every busy merchant (review h59e: 100 of
+    # 2,000 attempts in ten minutes is an ordinary 5%).
     flood_declines: int = 100
+    flood_share_pct: int = 20
 
 
 @dataclass(frozen=True)
@@ -266,11 +269,14 @@ class TenantInsights:
                     )
                 )
         burst = f"decline_burst:{self.tenant_id}"
-        declines = fw["declines"]
+        declines, attempts = fw["declines"], fw["attempts"]
         share = declines >= cfg.burst_declines and (
-            100 * declines >= cfg.burst_share_pct * fw["attempts"]
+            100 * declines >= cfg.burst_share_pct * attempts
         )
-        if burst not in fw["alerted"] and (share or declines >= cfg.flood_declines):
+        flood = declines >= cfg.flood_declines and (
+            100 * declines >= cfg.flood_share_pct * attempts
+        )
+        if burst not in fw["alerted"] and (share or flood):
             fw["alerted"].append(burst)
             threshold = cfg.burst_declines if share else cfg.flood_declines
             alerts.append(

@@ -50,7 +50,9 @@ class StoredOutcome(BaseModel):
 class EntityRecord(BaseModel):
     """Common fields; ``version`` increases by one per applied command."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Fields a later version adds are ignored, not refused: in a rolling upgrade this
+    # version reads what a newer worker wrote (as IdempotencyRecord does).
+    model_config = ConfigDict(extra="ignore")
 
     entity_type: str = ""
     tenant_id: str
@@ -284,8 +286,9 @@ class PaymentRecord(EntityRecord):
     customer_id: str | None = None
     payment_method_id: str | None = None
     provider_payment_id: str
-    # The provider's latest charge (attempt) on it, where it names one: another card
-    # declined through the client secret is another charge (the fraud rules count it).
+    # A failed payment's latest charge (attempt) at the provider, where it names one:
+    # another card declined through the client secret is another charge (the fraud
+    # rules count it). Stored only when set (pipeline._stored_fields).
     provider_charge_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None

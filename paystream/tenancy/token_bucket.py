@@ -33,6 +33,10 @@ class TokenBucket:
         self._refill(now_ms)
         self.tokens -= MILLI
 
+    def give_back(self) -> None:
+        """The command a token was taken for was not sent after all: not spent."""
+        self.tokens = min(self.capacity, self.tokens + MILLI)
+
     def acknowledged(self, now_ms: int) -> None:
         """Time up to ``now_ms`` refills nothing (see dlq.py: a slow acknowledgement must
         not bunch the next re-sends together at the worker)."""

@@ -249,6 +249,11 @@ class CommandIngress:
                 await self.produce(rec, tenant)
             except NotProduced as exc:
                 if not exc.maybe_taken:
+                    # Not on the topic: its token is not spent (review h59f: the prompt
+                    # resend a 503 asks for was refused 429). One maybe taken keeps it.
+                    bucket = self._buckets.get(tenant)
+                    if bucket is not None:
+                        bucket.give_back()
                     raise _unavailable(
                         "the command was not taken: no connection to the brokers yet"
                     ) from None

@@ -148,3 +148,71 @@ def test_a_burst_under_half_the_attempts_below_the_flood_raises_nothing() -> Non
         )  # fmt: skip
         alerts += st.apply(seen, cfg)
     assert alerts == []
+
+
+async def test_saving_cards_at_an_ordinary_decline_rate_raises_no_burst(harness: Harness) -> None:
+    """300 customers save a card in a window, every 10th declined, and 20 payments all
+    succeed: a saved card is an attempt too (review h59e: counted alone, the declined
+    saves read as 60% of the attempts)."""
+    import dataclasses
+
+    t = harness.add_tenant()
+    assert kind(await harness.send("customer.create", t, {"customer_id": "cus_a"})) == (
+        "customer.created"
+    )
+    ok = await harness.send(
+        "payment_method.attach", t,
+        {"customer_id": "cus_a", "token": "pm_card_visa", "payment_method_id": "pm_ok"},
+    )  # fmt: skip
+    assert kind(ok) == "payment_method.attached", data(ok)
+    bad = await harness.send(
+        "payment_method.attach", t,
+        {"customer_id": "cus_a", "token": "tok_chargeDeclined", "payment_method_id": "pm_bad"},
+    )  # fmt: skip
+    assert kind(bad) == "payment_method.attach_failed", data(bad)
+    card = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    pay = await harness.send("payment.create", t, card)
+    assert kind(pay) == "payment.succeeded", data(pay)
+    saved, declined, paid = _seen(ok), _seen(bad), _seen(pay)
+    assert saved.attempt and not saved.card_declined
+    st, cfg = TenantInsights(t), InsightsConfig()
+    alerts: list[Alert] = []
+    for n in range(300):
+        base = declined if n % 10 == 0 else saved
+        seen = dataclasses.replace(base, event_id=f"s{n}", customer_id=f"cus_{n}")
+        alerts += st.apply(seen, cfg)
+    for n in range(20):
+        alerts += st.apply(dataclasses.replace(paid, event_id=f"p{n}"), cfg)
+    assert alerts == []
+
+
+def test_a_busy_merchant_at_an_ordinary_decline_rate_raises_no_flood() -> None:
+    """2,000 payments in a window (3.3 a second), 5% declined: no card testing (review
+    h59e: the flood rule at any share alerted every window)."""
+    st, cfg = TenantInsights("t"), InsightsConfig()
+    alerts: list[Alert] = []
+    for n in range(2000):
+        declined = n % 20 == 0
+        seen = Observed(
+            event_id=f"e{n}", tenant_id="t",
+            outcome="payment.failed" if declined else "payment.succeeded",
+            time_ms=1_000_000, attempt=True, card_declined=declined,
+        )  # fmt: skip
+        alerts += st.apply(seen, cfg)
+    assert alerts == []
+
+
+async def test_a_charge_id_is_stored_for_a_failed_payment_only(harness: Harness) -> None:
+    """A record with a field an earlier version does not know is refused by it (entity
+    records forbade unknown fields until this version): the charge id is written only
+    where the rules need it, on a failed payment (review h59e: a rolling upgrade)."""
+    from paystream.tables.records import PaymentRecord
+
+    t = harness.add_tenant()
+    card = {"amount": 900, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    out = await harness.send("payment.create", t, {**card, "payment_id": "pay_ok"})
+    assert kind(out) == "payment.succeeded"
+    stored = harness.tables.payments[f"{t}:pay_ok"]
+    assert "provider_charge_id" not in stored and "provider_charge_id" not in data(out)["object"]
+    # And this version reads what a later one adds.
+    assert PaymentRecord.model_validate({**stored, "a_later_field": 1}).id == "pay_ok"

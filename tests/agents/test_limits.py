@@ -590,3 +590,31 @@ async def test_resends_under_a_parked_key_are_held_to_the_rate_limit(harness: Ha
         _keyed_rec("payment.create", t, _pay_usd(100), "p0", _T0, 40, "k")
     )  # `dlq replay` of p0, within the same millisecond: let through, parked again
     assert [e.topic for e in redrive] == [harness.settings.retry_topic]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"daily_payment_volume": {"USD": 1000}}, {"max_payment_amount": {"USD": 900}}],
+    ids=["volume", "lowered-max"],
+)
+async def test_a_create_over_an_existing_payment_is_answered_as_without_limits(
+    harness: Harness, limits: dict[str, Any]
+) -> None:
+    """p1 succeeded; its sender, the answer lost, sends the same create (same payment_id)
+    under a new command id: invalid_state "already exists", as without limits, not a
+    quota refusal saying the payment made was not (review h59f: its client could charge
+    again under a new id); nothing more counted, no second charge."""
+    t = harness.add_tenant(limits=limits)
+    body = {**_pay(900), "payment_id": "p1"}
+    _, first = await _run(harness, _record("payment.create", t, body, "a", T0, next(_offsets)))
+    assert kind(first) == "payment.succeeded", data(first)
+    if "max_payment_amount" in limits:  # lowered since
+        harness.add_tenant(t, limits={"max_payment_amount": {"USD": 500}})
+    again = _record("payment.create", t, body, "b", T0 + 5, next(_offsets))
+    _, out = await _run(harness, again)
+    assert kind(out) == "command.rejected" and data(out)["reason"] == "invalid_state", data(out)
+    assert await _charges(harness, t) == 1
+    if "daily_payment_volume" in limits:  # the day's 900 counted once: 100 more fit
+        nxt = _record("payment.create", t, _pay(100), "c", T0 + 6, next(_offsets))
+        _, paid = await _run(harness, nxt)
+        assert kind(paid) == "payment.succeeded", data(paid)

@@ -1741,3 +1741,26 @@ async def test_a_park_says_what_the_provider_said(harness: Harness) -> None:
     assert detail and len(detail) <= 500
     parked = ParkedRecord("r", 0, 0, park.record.key, park.record.value, park.record.headers, 0)
     assert parked.detail == detail
+
+
+async def test_a_park_whose_provider_text_will_not_encode_is_parked_as_itself(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone surrogate (a JSON error body's "\\ud800", which json.loads keeps) or a
+    terminal control in the provider's message: the park keeps its reason (review h59e:
+    the header's encode raised, and it was parked as internal_error)."""
+    from paystream.gateways.errors import ErrorCode, GatewayError
+    from paystream.gateways.simulator import gateway as sim_gateway
+
+    def transient(self: Any, message: str) -> GatewayError:
+        text = "upstream said \ud800 \x1b[2J"
+        return GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, text, provider="simulator")
+
+    monkeypatch.setattr(sim_gateway.SimulatorGateway, "_transient", transient)
+    t = harness.add_tenant(gateway_options={"fail_rate": 1.0})
+    data_ = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    emits, _ = await harness.send_event(build_command("payment.create", t, data_))
+    [park] = [e for e in emits if e.topic == harness.settings.retry_topic]
+    headers = dict(park.record.headers)
+    assert headers["paystream-park-reason"] == b"provider_unavailable"
+    assert headers["paystream-park-detail"].endswith(b"upstream said ?  [2J")
