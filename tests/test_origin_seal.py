@@ -43,3 +43,17 @@ def test_without_a_master_key_nothing_is_sealed_or_believed() -> None:
     assert not OriginSeals(None).sealed(b"acme", _VALUE, headers)
     with pytest.raises(CryptoError):
         OriginSeals(None).seal(b"acme", _VALUE, _HEADERS)
+
+
+def test_a_worker_given_the_new_key_as_retired_opens_what_a_restarted_one_seals() -> None:
+    """Master-key rotation, step 0 (README): each worker first opens the new key, then
+    seals with it. Without step 0, a worker not yet restarted read a restarted one's
+    webhook refresh as the tenant's own (review h59h)."""
+
+    old, new = MasterKey.generate(), MasterKey.generate()
+    value = b'{"payment_id": "pay_1"}'
+    headers = {"ce_id": b"whk_1", "ce_type": b"com.paystream.command.payment.refresh"}
+    restarted = OriginSeals(MasterKeyring(new, (old,)))
+    sealed = {**headers, ORIGIN_HEADER: restarted.seal(b"acme", value, headers)}
+    assert OriginSeals(MasterKeyring(old, (new,))).sealed(b"acme", value, sealed)
+    assert not OriginSeals(MasterKeyring(old)).sealed(b"acme", value, sealed)

@@ -164,7 +164,7 @@ class WebhookView(View):
                 # Its refresh would be refused tenant_suspended, and the provider,
                 # answered, would not send the event again: it does, until activation.
                 raise _Unavailable("the tenant is suspended")
-            if not _budget.take(tenant, settings.webhook_refreshes_per_second):
+            if not _budget.take(tenant, *_refresh_pace(found)):
                 raise _Unavailable("the tenant's webhooks bring refreshes too fast")
             try:
                 command_id = await _send(tenant, command)
@@ -208,9 +208,11 @@ class _Budget:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant → (tokens, at)
 
-    def take(self, tenant: str, per_second: int) -> bool:
+    def take(self, tenant: str, per_second: int, burst_at_most: int | None = None) -> bool:
         now = self._clock()
         burst = float(per_second * self.BURST_SECONDS)
+        if burst_at_most is not None:
+            burst = min(burst, float(burst_at_most))
         tokens, at = self._buckets.get(tenant, (burst, now))
         tokens = min(burst, tokens + (now - at) * per_second)
         if tokens < 1:
@@ -222,6 +224,19 @@ class _Budget:
     def give_back(self, tenant: str) -> None:
         tokens, at = self._buckets.get(tenant, (0.0, self._clock()))
         self._buckets[tenant] = (tokens + 1, at)  # (capped at the burst by the next take)
+
+
+def _refresh_pace(tenant: Tenant) -> tuple[int, int | None]:
+    """(refreshes a second, burst) a tenant's webhooks may bring: the worker's budget,
+    and no more than the tenant's own rate limit where it has one. Its refreshes pass
+    that limit, and the tenant signs its own events (its endpoint's secret is its own):
+    signed by the hundred, each was a provider read and an outcome (review h59h). A
+    provider answered 503 sends the event again later."""
+    rate = settings.webhook_refreshes_per_second
+    own = tenant.limits.commands_per_second
+    if own is None:
+        return rate, None
+    return min(rate, own), tenant.limits.burst or own
 
 
 # (Registered tenants only reach them: as many buckets as tenants.)

@@ -13,13 +13,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import stripe
 
 from paystream.errors import PaystreamError
 from paystream.gateways.base import read_payment_ref, read_refund_ref
 from paystream.gateways.stripe.mapping import payment_status, refund_status
+from paystream.streams.codec import valid_unicode
 
 __all__ = [
     "BODY_READ_SECONDS",
@@ -189,7 +190,7 @@ def _followed(
     event_id = event.get("id")
     if not isinstance(event_type, str) or event_type not in followed:
         return None
-    if not isinstance(event_id, str) or not event_id:
+    if not _plain_id(event_id):
         return None
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
@@ -197,7 +198,20 @@ def _followed(
         return None
     ref = read_ref(obj.get("metadata"))
     own_id = obj.get("id")
-    if ref is None or not isinstance(own_id, str) or not own_id:
+    if ref is None or not _plain_id(own_id):
         return None
     account = event.get("account")
-    return event_id, event_type, obj, ref, account if isinstance(account, str) and account else None
+    if not (isinstance(account, str) and account):
+        return event_id, event_type, obj, ref, None
+    if not _plain_id(account):
+        return None  # (not read as no account: a Connect event is checked against it)
+    return event_id, event_type, obj, ref, account
+
+
+# Stripe's ids are short ASCII; one signed otherwise (a lone surrogate, which JSON can
+# spell) went on into a command id whose encode raised: a 500 (review h59h).
+_ID_MAX = 255
+
+
+def _plain_id(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= _ID_MAX and valid_unicode(value)
