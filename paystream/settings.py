@@ -350,9 +350,10 @@ class Settings(BaseSettings):
         default=100,
         ge=2,
         description="PAYSTREAM_FRAUD_FLOOD_DECLINES: card declines of one tenant in a fraud "
-        "window that raise a `decline_burst` alert when they are at least a fifth of its "
-        "payment attempts (a tester padding declines with attempts that cost nothing, "
-        "such as payments left waiting on 3-D Secure, keeps them under half).",
+        "window that raise a `decline_burst` alert when they are at least a fifth of the "
+        "payment attempts its issuers answered (a tester padding declines with attempts "
+        "that cost nothing, payments left waiting on 3-D Secure, keeps them under half of "
+        "all).",
     )
     stall_seconds: float = Field(
         default=120.0,

@@ -36,9 +36,12 @@ class Observed:
     declined: int = 0  # asked for and refused by the card's issuer (payment.failed)
     decline_code: str | None = None  # why a payment failed (decline code or error code)
     card_declined: bool = False  # the issuer refused it (not a provider failure)
-    # A payment attempt the issuer answered (what card testing shows up as): a payment's
-    # creation, not the later capture of a manual one.
+    # A payment attempt (what card testing shows up as): a payment's creation, not the
+    # later capture of a manual one; a card saved; the issuer's answer read back later.
     attempt: bool = False
+    # ... one the issuer answered: not a payment left waiting on its customer or bank,
+    # which costs a tester nothing (the flood rule's share counts only these).
+    answered: bool = False
     reject_reason: str | None = None  # command.rejected's reason
     customer_id: str | None = None
     payment_method_id: str | None = None
@@ -53,6 +56,12 @@ _CREATION_ANSWERS = frozenset(
 )
 
 
+# Payments waiting on their customer (3-D Secure) or their bank: no issuer answer yet.
+_WAITING = frozenset({"payment.requires_action", "payment.processing"})
+_PENDING = frozenset({"requires_action", "processing"})
+# A payment read back that its issuer took (failed, only a decline is its issuer's answer:
+# a failed 3-D Secure step is the customer's).
+_ISSUER_TOOK = frozenset({"payment.authorized", "payment.succeeded"})
 _ATTACH_FAILED = "payment_method.attach_failed"
 _ATTACHED = "payment_method.attached"
 
@@ -128,7 +137,7 @@ def observe(event: CloudEvent) -> Observed | None:
         # no money, pinned on the customer.
         card = _text(error.get("code")) in CARD_DECLINES
         facts.update(card_declined=card, attempt=card, customer_id=_id(data.get("customer_id")))
-    elif outcome == _ATTACHED and not had_status:
+    elif outcome == _ATTACHED:
         # A card saved: an attempt the issuer answered too, so that declined saves are
         # held to their share of saves (counted alone, a merchant whose customers save
         # cards at an ordinary decline rate read as all declines; review h59e).
@@ -140,6 +149,20 @@ def observe(event: CloudEvent) -> Observed | None:
         or (outcome == "payment.succeeded" and obj.get("capture_method") != "manual")
     ):
         facts["attempt"] = True  # (a manual payment succeeds when captured: counted once)
+    elif (
+        had_status
+        and not unchanged
+        and (previous in _PENDING or previous == "failed")
+        and (outcome in _ISSUER_TOOK or facts.get("card_declined"))
+    ):
+        # The issuer's answer read back (after 3-D Secure or a bank's wait, or another
+        # card through the client secret): an attempt of its own window. Its decline
+        # alone there, its creation counted in an earlier one, made a merchant reading
+        # back a day's payments at an ordinary decline rate a card-testing burst
+        # (review h59g).
+        facts["attempt"] = True
+    if facts.get("attempt") and outcome not in _WAITING:
+        facts["answered"] = True
     if outcome.startswith("payment."):
         facts.update(
             customer_id=_id(obj.get("customer_id")),

@@ -237,6 +237,8 @@ class TenantInsights:
         fw = self.fraud.setdefault(str(start), _new_fraud_window())
         if seen.attempt:
             fw["attempts"] += 1
+        if seen.answered:
+            fw["answered"] = fw.get("answered", 0) + 1  # (absent in older records)
         if not seen.card_declined:
             return []
         fw["declines"] += 1
@@ -273,8 +275,12 @@ class TenantInsights:
         share = declines >= cfg.burst_declines and (
             100 * declines >= cfg.burst_share_pct * attempts
         )
+        # Of the attempts the issuer answered: payments left waiting on 3-D Secure
+        # count for the share rule (review finding: a 3-D Secure merchant's few declines
+        # read as half) but cost a tester nothing (review h59g: padded five to one, a
+        # flood of declines stayed under a fifth of all attempts).
         flood = declines >= cfg.flood_declines and (
-            100 * declines >= cfg.flood_share_pct * attempts
+            100 * declines >= cfg.flood_share_pct * fw.get("answered", 0)
         )
         if burst not in fw["alerted"] and (share or flood):
             fw["alerted"].append(burst)
@@ -332,4 +338,4 @@ def _new_money() -> dict[str, int]:
 
 
 def _new_fraud_window() -> dict[str, Any]:
-    return {"attempts": 0, "declines": 0, "by": {}, "alerted": [], "untracked": 0}
+    return {"attempts": 0, "answered": 0, "declines": 0, "by": {}, "alerted": [], "untracked": 0}

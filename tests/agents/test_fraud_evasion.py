@@ -4,6 +4,7 @@ saved, and declines padded with attempts that cost the tester nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,7 +145,8 @@ def test_a_burst_under_half_the_attempts_below_the_flood_raises_nothing() -> Non
         declined = n % 3 == 0
         seen = Observed(
             event_id=f"e{n}", tenant_id="t", outcome="payment.failed" if declined else
-            "payment.authorized", time_ms=1_000_000, attempt=True, card_declined=declined,
+            "payment.authorized", time_ms=1_000_000, attempt=True, answered=True,
+            card_declined=declined,
         )  # fmt: skip
         alerts += st.apply(seen, cfg)
     assert alerts == []
@@ -154,7 +156,6 @@ async def test_saving_cards_at_an_ordinary_decline_rate_raises_no_burst(harness:
     """300 customers save a card in a window, every 10th declined, and 20 payments all
     succeed: a saved card is an attempt too (review h59e: counted alone, the declined
     saves read as 60% of the attempts)."""
-    import dataclasses
 
     t = harness.add_tenant()
     assert kind(await harness.send("customer.create", t, {"customer_id": "cus_a"})) == (
@@ -196,7 +197,7 @@ def test_a_busy_merchant_at_an_ordinary_decline_rate_raises_no_flood() -> None:
         seen = Observed(
             event_id=f"e{n}", tenant_id="t",
             outcome="payment.failed" if declined else "payment.succeeded",
-            time_ms=1_000_000, attempt=True, card_declined=declined,
+            time_ms=1_000_000, attempt=True, answered=True, card_declined=declined,
         )  # fmt: skip
         alerts += st.apply(seen, cfg)
     assert alerts == []
@@ -216,3 +217,78 @@ async def test_a_charge_id_is_stored_for_a_failed_payment_only(harness: Harness)
     assert "provider_charge_id" not in stored and "provider_charge_id" not in data(out)["object"]
     # And this version reads what a later one adds.
     assert PaymentRecord.model_validate({**stored, "a_later_field": 1}).id == "pay_ok"
+
+
+async def test_declines_padded_five_to_one_with_free_3ds_attempts_raise_a_burst(
+    harness: Harness,
+) -> None:
+    """Each declined one-off token padded with five payments left waiting on 3-D Secure
+    (no issuer asked, no money): 1/6 of all attempts, but every attempt the issuer
+    answered: the flood rule counts only those (review h59g)."""
+    t = harness.add_tenant()
+    cfg = InsightsConfig(flood_declines=40)
+    st = TenantInsights(t)
+    card = {"amount": 100, "currency": "USD"}
+    pad = await harness.send(
+        "payment.create", t, {**card, "payment_method_token": "pm_card_authenticationRequired"}
+    )
+    assert kind(pad) == "payment.requires_action", data(pad)
+    bad = await harness.send(
+        "payment.create", t, {**card, "payment_method_token": "tok_chargeDeclined"}
+    )
+    assert kind(bad) == "payment.failed", data(bad)
+    padded, declined = _seen(pad), _seen(bad)
+    alerts: list[Alert] = []
+    for n in range(45):
+        for m in range(5):
+            alerts += st.apply(dataclasses.replace(padded, event_id=f"p{n}.{m}"), cfg)
+        alerts += st.apply(dataclasses.replace(declined, event_id=f"d{n}"), cfg)
+    assert [a.rule for a in alerts] == ["decline_burst"], alerts
+
+
+async def test_an_honest_batch_refresh_of_3ds_payments_raises_no_burst(harness: Harness) -> None:
+    """600 3-D Secure payments in one window, 5% (30) declined by the issuer after
+    authentication, read back in a batch in a quiet window with 40 new payments: each
+    decline read back is an attempt of its window too (review h59g: counted as declines
+    alone there, 30 of 40 attempts, an ordinary 5% read as a card-testing burst)."""
+    t = harness.add_tenant()
+    provider_id = await _waiting(harness, t, "pay_3ds")
+    sim = _simulator(harness, t)
+    # The customer authenticates; the issuer then declines (insufficient funds).
+    await _browser_sets(
+        sim, provider_id, "auth", status="failed", charge_id="ch_1",
+        failure_code="insufficient_funds", failure_message="Your card has insufficient funds.",
+    )  # fmt: skip
+    out = await harness.send("payment.refresh", t, {"payment_id": "pay_3ds"})
+    assert kind(out) == "payment.failed" and data(out)["previous_status"] == "requires_action"
+    read_back = _seen(out)
+    assert read_back.card_declined and read_back.attempt and read_back.answered
+    ok = await harness.send(
+        "payment.create", t,
+        {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )  # fmt: skip
+    paid = _seen(ok)
+    assert paid.attempt
+    cfg = InsightsConfig()
+    st = TenantInsights(t)
+    day = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    alerts: list[Alert] = []
+    for n in range(600):  # window 1: the day's 3-D Secure payments, all attempts
+        seen = dataclasses.replace(
+            paid, event_id=f"a{n}", time_ms=day + n, outcome="payment.requires_action", captured=0
+        )
+        alerts += st.apply(seen, cfg, day + n)
+    later = day + cfg.fraud_window_ms
+    for n in range(40):  # window 2: a quiet hour, 40 payments
+        seen = dataclasses.replace(paid, event_id=f"b{n}", time_ms=later + n)
+        alerts += st.apply(seen, cfg, later + n)
+    for n in range(30):  # ... and the batch refresh: 5% of the 600 declined
+        seen = dataclasses.replace(
+            read_back,
+            event_id=f"r{n}",
+            time_ms=later + 100 + n,
+            customer_id=None,
+            payment_method_id=None,
+        )
+        alerts += st.apply(seen, cfg, later + 100 + n)
+    assert alerts == [], [(a.rule, a.threshold, a.observed) for a in alerts]

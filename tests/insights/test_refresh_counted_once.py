@@ -28,14 +28,17 @@ def _payment(status: str, **fields: Any) -> dict[str, Any]:
     return {"object": {**obj, **fields}}
 
 
-def test_a_payment_succeeding_once_read_back_counts_its_money_not_an_attempt() -> None:
+def test_a_payment_succeeding_once_read_back_counts_its_money_and_the_issuers_answer() -> None:
+    """Its creation was an attempt (waiting: answered by no issuer); read back, the
+    issuer's answer is one in its own window (review h59g: declines read back counted
+    alone there, against attempts counted windows before)."""
     created = _seen("payment.requires_action", _payment("requires_action"), "payment.create")
-    assert created.attempt
+    assert (created.attempt, created.answered) == (True, False)
     settled = _seen(
         "payment.succeeded",
         {**_payment("succeeded", amount_captured=900), "previous_status": "requires_action"},
     )
-    assert (settled.attempt, settled.captured) == (False, 900)
+    assert (settled.attempt, settled.answered, settled.captured) == (True, True, 900)
 
 
 def test_a_status_read_back_unchanged_counts_nothing() -> None:
