@@ -1016,8 +1016,8 @@ def _insights_schemas() -> Doc:
                 "description": "`subject_declines`: one customer or saved payment method reached "
                 "PAYSTREAM_FRAUD_SUBJECT_DECLINES card declines in the window; `decline_burst`: "
                 "the tenant reached PAYSTREAM_FRAUD_BURST_DECLINES, at least half its payment "
-                "attempts, or PAYSTREAM_FRAUD_FLOOD_DECLINES at least a fifth of those its "
-                "issuers answered (card testing)",
+                "attempts, or PAYSTREAM_FRAUD_FLOOD_DECLINES at least a fifth of the "
+                "payment attempts its issuers answered and an eighth of all (card testing)",
             },
             "subject_type": {"enum": ["customer", "payment_method", "tenant"]},
             "subject": _STR,

@@ -351,7 +351,8 @@ class Settings(BaseSettings):
         ge=2,
         description="PAYSTREAM_FRAUD_FLOOD_DECLINES: card declines of one tenant in a fraud "
         "window that raise a `decline_burst` alert when they are at least a fifth of the "
-        "payment attempts its issuers answered (a tester padding declines with attempts "
+        "payment attempts its issuers answered and an eighth of all its attempts (a "
+        "tester padding declines with attempts "
         "that cost nothing, payments left waiting on 3-D Secure, keeps them under half of "
         "all).",
     )

@@ -39,8 +39,8 @@ class Observed:
     # A payment attempt (what card testing shows up as): a payment's creation, not the
     # later capture of a manual one; a card saved; the issuer's answer read back later.
     attempt: bool = False
-    # ... one the issuer answered: not a payment left waiting on its customer or bank,
-    # which costs a tester nothing (the flood rule's share counts only these).
+    # ... a payment its issuer answered: not one left waiting on its customer or bank,
+    # nor a card saved, which cost a tester nothing (the flood rule counts these).
     answered: bool = False
     reject_reason: str | None = None  # command.rejected's reason
     customer_id: str | None = None
@@ -161,7 +161,14 @@ def observe(event: CloudEvent) -> Observed | None:
         # back a day's payments at an ordinary decline rate a card-testing burst
         # (review h59g).
         facts["attempt"] = True
-    if facts.get("attempt") and outcome not in _WAITING:
+    if (
+        facts.get("attempt")
+        and outcome.startswith("payment.")
+        and outcome not in _WAITING
+        and (outcome != "payment.failed" or facts.get("card_declined"))
+    ):
+        # A payment its issuer answered: not one waiting, nor one the provider failed,
+        # nor a card saved, which costs a tester nothing either (review h59i).
         facts["answered"] = True
     if outcome.startswith("payment."):
         facts.update(

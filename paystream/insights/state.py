@@ -62,7 +62,8 @@ class InsightsConfig:
     # (review h59d); any share would alert on every busy merchant (review h59e: 100 of
     # 2,000 attempts in ten minutes is an ordinary 5%).
     flood_declines: int = 100
-    flood_share_pct: int = 20
+    flood_share_pct: int = 20  # of the attempts issuers answered
+    flood_all_share_pct: int = 12  # of all attempts
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,12 @@ class TenantInsights:
         fw = self.fraud.setdefault(str(start), _new_fraud_window())
         if seen.attempt:
             fw["attempts"] += 1
+        if "answered" not in fw:
+            # A window an earlier version wrote: its attempts, waiting ones and all, as
+            # answered (no alert from a share of nothing; review h59i).
+            fw["answered"] = fw["attempts"]
         if seen.answered:
-            fw["answered"] = fw.get("answered", 0) + 1  # (absent in older records)
+            fw["answered"] += 1
         if not seen.card_declined:
             return []
         fw["declines"] += 1
@@ -279,8 +284,12 @@ class TenantInsights:
         # count for the share rule (review finding: a 3-D Secure merchant's few declines
         # read as half) but cost a tester nothing (review h59g: padded five to one, a
         # flood of declines stayed under a fifth of all attempts).
-        flood = declines >= cfg.flood_declines and (
-            100 * declines >= cfg.flood_share_pct * fw.get("answered", 0)
+        # And an eighth of all attempts: with most payments waiting on 3-D Secure, the
+        # answered ones are few, and an ordinary 5% of them read as a flood (review h59i).
+        flood = (
+            declines >= cfg.flood_declines
+            and 100 * declines >= cfg.flood_share_pct * fw["answered"]
+            and 100 * declines >= cfg.flood_all_share_pct * attempts
         )
         if burst not in fw["alerted"] and (share or flood):
             fw["alerted"].append(burst)

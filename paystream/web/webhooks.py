@@ -208,11 +208,11 @@ class _Budget:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant → (tokens, at)
 
-    def take(self, tenant: str, per_second: int, burst_at_most: int | None = None) -> bool:
+    def take(self, tenant: str, per_second: int, burst_of: int | None = None) -> bool:
+        """``burst_of``: the rate whose ten seconds the bucket holds (``per_second``'s
+        unless given)."""
         now = self._clock()
-        burst = float(per_second * self.BURST_SECONDS)
-        if burst_at_most is not None:
-            burst = min(burst, float(burst_at_most))
+        burst = float((per_second if burst_of is None else burst_of) * self.BURST_SECONDS)
         tokens, at = self._buckets.get(tenant, (burst, now))
         tokens = min(burst, tokens + (now - at) * per_second)
         if tokens < 1:
@@ -226,17 +226,17 @@ class _Budget:
         self._buckets[tenant] = (tokens + 1, at)  # (capped at the burst by the next take)
 
 
-def _refresh_pace(tenant: Tenant) -> tuple[int, int | None]:
-    """(refreshes a second, burst) a tenant's webhooks may bring: the worker's budget,
-    and no more than the tenant's own rate limit where it has one. Its refreshes pass
-    that limit, and the tenant signs its own events (its endpoint's secret is its own):
-    signed by the hundred, each was a provider read and an outcome (review h59h). A
-    provider answered 503 sends the event again later."""
+def _refresh_pace(tenant: Tenant) -> tuple[int, int]:
+    """(refreshes a second, the rate whose ten seconds the burst holds) a tenant's
+    webhooks may bring: the worker's budget, its rate no more than the tenant's own
+    limit where it has one. Its refreshes pass that limit, and the tenant signs its own
+    events (its endpoint's secret is its own): each was a provider read and an outcome,
+    at 50 a second (review h59h). The burst stays the budget's: a provider's real burst
+    (a batch of debits settling) comes back as a burst when answered 503, and a burst
+    of the tenant's own size lost most of it for good (review h59i)."""
     rate = settings.webhook_refreshes_per_second
     own = tenant.limits.commands_per_second
-    if own is None:
-        return rate, None
-    return min(rate, own), tenant.limits.burst or own
+    return (rate if own is None else min(rate, own)), rate
 
 
 # (Registered tenants only reach them: as many buckets as tenants.)

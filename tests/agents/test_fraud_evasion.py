@@ -292,3 +292,114 @@ async def test_an_honest_batch_refresh_of_3ds_payments_raises_no_burst(harness: 
         )
         alerts += st.apply(seen, cfg, later + 100 + n)
     assert alerts == [], [(a.rule, a.threshold, a.observed) for a in alerts]
+
+
+_CARD = {"amount": 100, "currency": "USD"}
+
+
+async def _samples(harness: Harness, t: str) -> dict[str, Observed]:
+    out = {}
+    for name, tok in (
+        ("waiting", "pm_card_authenticationRequired"),
+        ("paid", "pm_card_visa"),
+        ("declined", "tok_chargeDeclined"),
+    ):
+        res = await harness.send("payment.create", t, {**_CARD, "payment_method_token": tok})
+        out[name] = _seen(res)
+    assert kind_of(out) == ("payment.requires_action", "payment.succeeded", "payment.failed")
+    return out
+
+
+def kind_of(s: dict[str, Observed]) -> tuple[str, ...]:
+    return tuple(s[k].outcome for k in ("waiting", "paid", "declined"))
+
+
+async def test_a_record_of_the_previous_version_raises_no_flood_at_an_ordinary_rate(
+    harness: Harness,
+) -> None:
+    """Rolling upgrade mid-window: the open fraud window was written by an earlier
+    version (no "answered" key): 1,800 attempts, 90 declines (5%), then 200 more
+    payments at the same 5%: no card testing (review h59i: read as 0 answered)."""
+    t = harness.add_tenant()
+    s = await _samples(harness, t)
+    cfg = InsightsConfig()
+    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    old_record = {
+        "through": 10,
+        "partition": 0,
+        "windows": {},
+        "fraud": {str(at): {"attempts": 1800, "declines": 90, "by": {}, "alerted": [],
+                            "untracked": 0}},
+        "evicted": -1,
+        "fraud_evicted": -1,
+        "stream": at + 1000,
+    }  # fmt: skip
+    st = TenantInsights.load(t, old_record, at + 1000)
+    alerts: list[Alert] = []
+    for n in range(200):
+        base = s["declined"] if n % 20 == 0 else s["paid"]
+        seen = dataclasses.replace(base, event_id=f"n{n}", time_ms=at + 2000 + n,
+                                   customer_id=None, payment_method_id=None)  # fmt: skip
+        alerts += st.apply(seen, cfg, at + 2000 + n)
+    assert alerts == [], [(a.rule, a.threshold, a.observed) for a in alerts]
+
+
+async def test_a_3ds_heavy_merchant_at_an_ordinary_decline_rate_raises_no_flood(
+    harness: Harness,
+) -> None:
+    """2,000 payments in ten minutes, 5% declined at creation (100), 85% waiting on
+    3-D Secure (no answer read back in the window), 10% frictionless: an ordinary 5%
+    (review h59i: a third of the few answered ones read as a flood)."""
+    t = harness.add_tenant()
+    s = await _samples(harness, t)
+    cfg = InsightsConfig()
+    st = TenantInsights(t)
+    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    alerts: list[Alert] = []
+    for n in range(2000):
+        base = s["declined"] if n % 20 == 0 else s["paid"] if n % 20 < 3 else s["waiting"]
+        seen = dataclasses.replace(base, event_id=f"e{n}", time_ms=at + n,
+                                   customer_id=None, payment_method_id=None)  # fmt: skip
+        alerts += st.apply(seen, cfg, at + n)
+    assert alerts == [], [(a.rule, a.threshold, a.observed) for a in alerts]
+
+
+async def test_card_testing_padded_with_free_card_saves_raises_a_burst(harness: Harness) -> None:
+    """The tester saves its own good card five times per tested one-off token (no money
+    moves): a save is no answered payment attempt (review h59i)."""
+    t = harness.add_tenant()
+    assert kind(await harness.send("customer.create", t, {"customer_id": "cus_me"})) == (
+        "customer.created"
+    )
+    pad = await harness.send(
+        "payment_method.attach", t,
+        {"customer_id": "cus_me", "token": "pm_card_visa", "payment_method_id": "pm_me"},
+    )  # fmt: skip
+    assert kind(pad) == "payment_method.attached", data(pad)
+    padded = _seen(pad)
+    assert (padded.attempt, padded.answered, padded.card_declined) == (True, False, False)
+    declined = (await _samples(harness, t))["declined"]
+    cfg = InsightsConfig()
+    st = TenantInsights(t)
+    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    alerts: list[Alert] = []
+    for n in range(120):
+        for m in range(5):
+            alerts += st.apply(dataclasses.replace(padded, event_id=f"p{n}.{m}",
+                                                   time_ms=at + n), cfg, at + n)  # fmt: skip
+        alerts += st.apply(dataclasses.replace(declined, event_id=f"d{n}", time_ms=at + n,
+                                               customer_id=None, payment_method_id=None),
+                           cfg, at + n)  # fmt: skip
+    assert [a.rule for a in alerts] == ["decline_burst"], "120 tested cards, no alert"
+
+
+async def test_a_processing_error_is_no_issuers_answer(harness: Harness) -> None:
+    """A provider's processing_error is no issuer's answer (review h59i)."""
+    t = harness.add_tenant()
+    out = await harness.send(
+        "payment.create", t, {**_CARD, "payment_method_token": "tok_chargeDeclinedProcessingError"}
+    )
+    assert kind(out) == "payment.failed" and data(out)["error"]["code"] == "processing_error"
+    seen = _seen(out)
+    assert seen.attempt and not seen.card_declined
+    assert not seen.answered

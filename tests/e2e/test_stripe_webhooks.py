@@ -552,17 +552,12 @@ async def test_webhook_refreshes_pass_the_tenants_rate_limit(
     obj = await _stripe_tenant_with_a_3ds_payment(dep, client, localstripe_url, limited)
     ref = f"limited:{obj['id']}"
     answers = []
-    for _ in range(3):  # at once: what the tenant's bucket (3, one back a second) holds
+    for _ in range(5):  # at once: more than the bucket (3, one back a second) holds
         event = pi_event("payment_intent.succeeded", obj["provider_payment_id"], ref)
         command_id = derived_id("whk", "stripe", "limited", json.loads(event)["id"])
         answers.append(client.expect("limited", command_id))
         status, answer = await post(base_url, event, signed(event), tenant="limited")
         assert (status, answer["action"]) == (200, "refresh")
-    # Past it, the door answers 503 (the provider sends the event again later), as the
-    # tenant signs its own events: no more refreshes than its own rate (review h59h).
-    event = pi_event("payment_intent.succeeded", obj["provider_payment_id"], ref)
-    status, answer = await post(base_url, event, signed(event), tenant="limited")
-    assert (status, answer["error"]) == (503, "unavailable"), answer
     for answered in await asyncio.wait_for(asyncio.gather(*answers), 60):
         assert outcome(answered) == "payment.requires_action", answered.get_data()
     # Nor did they spend the tenant's tokens: its own two commands after them pass (the
