@@ -256,9 +256,10 @@ class IdempotencyKeeping:
                 continue
             if raw.get("customer_id") == customer_id and raw["request_hash"] != ERASED_HASH:
                 # A rejected command about the customer (its create sent again, an update
-                # after a delete): its outcome holds no personal data, its hash does.
+                # after a delete, one its provider refused): its hash holds personal
+                # data, and a provider's message may quote it.
                 if not _after(raw, at):
-                    self._erase_request_hash(tenant_id, key, raw)
+                    self._erase_request_hash(tenant_id, key, _without_provider_text(raw))
                 continue
             if not raw.get("outcome") or _after(raw, at):
                 continue
@@ -334,6 +335,27 @@ class IdempotencyKeeping:
         """The oldest broker time a command read at ``now`` is timely for: the late
         park's cut-off (_read_past_provider_window), as seconds."""
         return now - stale_after_ms(self.settings) / 1000
+
+
+# What a provider's message about an erased customer reads as, answered again.
+ERASED_PROVIDER_TEXT = (
+    "the provider refused the request (its message went with the customer's data)"
+)
+
+
+def _without_provider_text(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with a provider's refusal text replaced: it may quote what was sent (Stripe:
+    "Invalid email address: ..."). Its code and the rejection's reason stay."""
+    outcome = raw.get("outcome")
+    if not isinstance(outcome, dict) or not isinstance(outcome.get("data"), dict):
+        return raw
+    data: dict[str, Any] = outcome["data"]
+    error = data.get("error")
+    if not isinstance(error, dict):
+        return raw  # (no provider's answer: a rejection of paystream's own)
+    text = ERASED_PROVIDER_TEXT
+    data = {**data, "message": text, "error": {**error, "message": text}}
+    return {**raw, "outcome": {**outcome, "data": data}}
 
 
 def _after(raw: Mapping[str, Any], at: Sequence[int] | None) -> bool:

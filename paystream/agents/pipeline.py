@@ -843,6 +843,10 @@ class CommandProcessor(ProviderWindow):
                     RejectReason.IDEMPOTENCY_CONFLICT,
                     f"idempotency key {cmd.idempotency_key!r} was used for a different request",
                 )
+            if erased_same:
+                # (Its customer erased since: what it records from now on keeps no hash of
+                # the data either; a parked update re-driven kept one; review h59j.)
+                request_hash = ERASED_HASH
             if existing.state is IdempotencyState.DONE and existing.outcome is not None:
                 if cmd.source is not None and existing.source == list(cmd.source):
                     # This very record, redelivered: the limits may have lost its count.
@@ -1262,7 +1266,17 @@ class CommandProcessor(ProviderWindow):
                     "error": exc.as_outcome(),
                 },
             )
-            self._finish(idem_table_key, cmd, request_hash, expires, stored)
+            # Named by its customer: the provider's message may quote what it refused (an
+            # e-mail address), which the customer's erasure blanks (review h59j).
+            about = getattr(data, "customer_id", None)
+            self._finish(
+                idem_table_key,
+                cmd,
+                request_hash,
+                expires,
+                stored,
+                customer_id=about if isinstance(about, str) else None,
+            )
             self._count(cmd.tenant_id, cmd.command_type, stored.type, refused)
             return [self._outcome(cmd, stored)]
         stored = self._apply(cmd, result, request_hash, expires)
@@ -2328,21 +2342,24 @@ class CommandProcessor(ProviderWindow):
         (``data``: its validated data)."""
         in_flight = self.idempotency.get(idem_key) or {}
         parked_until = self._parked_until(expires)
-        self._remember(
-            idem_key,
-            _idempotency_dict(
-                cmd,
-                request_hash,
-                IdempotencyState.PARKED,
-                parked_until,
-                entity_keys=entity_keys,
-                # (as it was sent: see HandlerContext._provider_key)
-                digest_keys_apart=bool(in_flight.get("digest_keys_apart")),
-                counted=True if counted else None,
-                gateway=in_flight.get("gateway"),  # where it was sent
-                first_attempt=in_flight.get("first_attempt_ms"),  # and when first
-            ),
+        parked = _idempotency_dict(
+            cmd,
+            request_hash,
+            IdempotencyState.PARKED,
+            parked_until,
+            entity_keys=entity_keys,
+            # (as it was sent: see HandlerContext._provider_key)
+            digest_keys_apart=bool(in_flight.get("digest_keys_apart")),
+            counted=True if counted else None,
+            gateway=in_flight.get("gateway"),  # where it was sent
+            first_attempt=in_flight.get("first_attempt_ms"),  # and when first
         )
+        about = getattr(data, "customer_id", None)
+        if isinstance(about, str) and cmd.command_type.startswith("customer."):
+            # Its hash is of the customer's data, kept parked for up to the providers'
+            # window and more: the customer's erasure erases it (review h59j).
+            parked["customer_id"] = about
+        self._remember(idem_key, parked)
         self._keep_id_pointer(cmd, parked_until)
         first = in_flight.get("first_attempt_ms")
         if entity_keys and first is not None:

@@ -100,7 +100,18 @@ def changelog_configs(settings: Settings) -> dict[str, str]:
     worker's store of it is rebuilt rather than caught up (tables/stale_stores.py): a
     day at least, as Kafka's default, whatever a broker's own default says."""
     keep_ms = max(24 * 3600, 2 * settings.table_store_max_age_seconds) * 1000
-    return {**durability_configs(settings), "delete.retention.ms": str(keep_ms)}
+    return {
+        **durability_configs(settings),
+        "delete.retention.ms": str(keep_ms),
+        # A key's older values (an erased customer's data among them) compacted away
+        # within a week, not whenever the cleaner gets to a quiet segment (review h59j).
+        "max.compaction.lag.ms": str(CHANGELOG_COMPACTION_LAG_MS),
+    }
+
+
+# How long a changelog keeps a key's superseded values at most (Kafka rolls the active
+# segment for it).
+CHANGELOG_COMPACTION_LAG_MS = 7 * 24 * 3600 * 1000
 
 
 def topic_configs(settings: Settings, name: str) -> dict[str, str]:

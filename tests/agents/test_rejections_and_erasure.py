@@ -5,6 +5,7 @@ found through an entity was kept under the key, refusing the corrected request."
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,100 @@ async def test_an_export_answered_again_after_erasure_is_as_documented(harness: 
     assert kind(again) == "customer.exported" and data(again)["export"] == {"erased": True}
     pointer = "/components/messages/outcome.customer.exported/payload"
     validator(published("asyncapi"), pointer, draft7=True).validate(data(again))
+
+
+TYPO = "ann.typo@example"
+
+
+async def test_erasure_blanks_a_provider_refusal_echoing_the_email(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider's refusal may quote what it refused (Stripe: "Invalid email address:
+    <email>"): stored under the key, it was answered again to a resend and shown by the
+    commands lookup after the customer's erasure (review h59j)."""
+    import time
+
+    from paystream.gateways.errors import ErrorCode, GatewayError
+    from paystream.gateways.simulator.gateway import SimulatorGateway
+    from paystream.tables.commands_view import command_view
+
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1", "email": "ann@example.com"})
+
+    async def refuse(self: Any, req: Any, *, idempotency_key: str) -> None:  # as Stripe does
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST, f"Invalid email address: {req.email}",
+            provider="simulator", http_status=400,
+        )  # fmt: skip
+
+    monkeypatch.setattr(SimulatorGateway, "update_customer", refuse)
+    upd = {"customer_id": "c1", "email": TYPO}
+    refused = await harness.send("customer.update", t, upd, command_id="u1", idempotency_key="K-u1")
+    assert kind(refused) == "command.rejected"
+    monkeypatch.undo()
+    erased = await harness.send("customer.erase", t, {"customer_id": "c1"})
+    assert kind(erased) == "customer.erased"
+
+    view = command_view(harness.idempotency, t, "K-u1", time.time())
+    again = await harness.send("customer.update", t, upd, command_id="u1", idempotency_key="K-u1")
+    leaks = [
+        where
+        for where, text in (
+            ("idempotency table", json.dumps(harness.idempotency)),
+            ("/v1 commands lookup", json.dumps(view or {})),
+            ("resend's answer", json.dumps(data(again))),
+        )
+        if TYPO in text
+    ]
+    # (the request hash of the refused update, a hash of the e-mail, is not erased either)
+    pii_hash = _request_hash(
+        "customer.update", {**upd, "name": None, "description": None, "metadata": None}
+    )
+    if pii_hash in json.dumps(harness.idempotency):
+        leaks.append("request hash")
+    assert not leaks, leaks
+
+
+async def test_a_parked_update_s_hash_goes_with_the_erasure(harness: Harness) -> None:
+    """A customer.update parked on the retry topic keeps a hash of the new e-mail and
+    name: the erasure erases it, and its re-drive keeps none (review h59j: kept past the
+    erasure, and again by the re-drive, with no second erasure possible)."""
+    from paystream.agents.pipeline import _request_hash
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"ps:{t}:u1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1", "email": "a@x.io"}, "k1"))
+    upd = {"customer_id": "c1", "email": "ann.new@example.com", "name": "Ann New"}
+    emits = await h.processor.process(_command(t, "customer.update", upd, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    pii_hash = _request_hash("customer.update", {**upd, "description": None, "metadata": None})
+    assert pii_hash in json.dumps(h.idempotency)
+    erased = await _answer(h, _command(t, "customer.erase", {"customer_id": "c1"}, "e1"))
+    assert kind(erased) == "customer.erased"
+    after_erasure = pii_hash in json.dumps(h.idempotency)
+    out = await _answer(h, _command(t, "customer.update", upd, "u1"))  # `dlq replay`
+    assert data(out)["reason"] == "not_found"
+    after_redrive = pii_hash in json.dumps(h.idempotency)
+    assert (after_erasure, after_redrive) == (False, False)
+
+
+async def test_the_simulator_keeps_none_of_an_erased_customer_s_data(harness: Harness) -> None:
+    """paystream's own provider keeps its state in paystream's Redis, 400 days: a deleted
+    customer is kept as Stripe keeps one, its id alone (review h59j)."""
+    t = harness.add_tenant()
+    body = {"customer_id": "c1", "email": "ann@example.com", "name": "Ann Example",
+            "description": "VIP Ann", "metadata": {"note": "ann-secret"}}  # fmt: skip
+    assert kind(await harness.send("customer.create", t, body)) == "customer.created"
+    assert kind(await harness.send("customer.erase", t, {"customer_id": "c1"})) == (
+        "customer.erased"
+    )
+    held = []
+    async for key in harness.redis.scan_iter(match=f"sim:{{{t}}}:*"):
+        value = await harness.redis.get(key) if await harness.redis.type(key) == b"string" else b""
+        for pii in (b"ann@example.com", b"Ann Example", b"VIP Ann", b"ann-secret"):
+            if pii in (value or b""):
+                held.append((key.decode(), pii.decode(), await harness.redis.ttl(key)))
+    assert not held, held

@@ -137,3 +137,14 @@ def test_the_changelog_names_doctor_reads_are_the_tables_a_worker_makes() -> Non
     )  # fmt: skip
     settings = load_settings()
     assert shown.stdout.split() == sorted(changelog_topics(settings)), shown.stderr[-2000:]
+
+
+def test_changelogs_compact_superseded_values_within_a_week() -> None:
+    """An erased customer's older values must not wait on the cleaner for ever (review
+    h59j): a bound Kafka keeps by rolling the active segment."""
+    from paystream.settings import load_settings
+    from paystream.streams.admin import CHANGELOG_COMPACTION_LAG_MS
+
+    configs = changelog_configs(load_settings())
+    assert configs["max.compaction.lag.ms"] == str(CHANGELOG_COMPACTION_LAG_MS)
+    assert CHANGELOG_COMPACTION_LAG_MS <= 7 * 24 * 3600 * 1000

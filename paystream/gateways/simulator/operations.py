@@ -198,7 +198,17 @@ async def delete_customer(tx: Tx, req: DeleteCustomer, key: str) -> dict[str, An
         pm = await tx.get(pm_id)
         if pm is not None and pm.get("customer") == cus["id"]:
             tx.put({**pm, "customer": None})
-    cus = {**cus, "deleted": True, "payment_methods": []}
+    # Kept as Stripe keeps a deleted customer, its id alone: its e-mail, name and the
+    # rest stayed in Redis for the key's 400 days, past an erasure (review h59j).
+    cus = {
+        **cus,
+        "deleted": True,
+        "payment_methods": [],
+        "email": None,
+        "name": None,
+        "description": None,
+        "metadata": {},
+    }
     tx.put(cus)
     tx.effect(Effect.of("customer.deleted", key, cus["id"]))
     return {"ok": results.customer(cus)}
