@@ -214,7 +214,8 @@ class LedgerSinkRunner:
         records = [_raw(e) for e in events]
         translated = translate_records(records)
         sink = self.sink()
-        result = await sink.write_batch(translated.events)
+        # An outcome's events (its entity and the related ones) stored whole or not at all.
+        result = await sink.write_batch(translated.events, lambda e: translated.origin[id(e)])
         # Erasure after the batch is stored, so the erased event itself is in the ledger;
         # one the ledger refused to store still erases (the command agent did erase the
         # customer: their data key must go whatever became of the event's row).

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -214,6 +214,11 @@ def outcome_to_ledger_events(
     when = outcome.get_time() or received_at or datetime.now(UTC)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)  # CloudEvents times are RFC 3339; naive means UTC
+    if received_at is not None and when > received_at:
+        # The command's time is its producer's: one dated ahead of when its outcome was
+        # recorded (a client clock ahead, or a year 9000) dated the ledger's rows ahead
+        # too (review h59l). A past one stands: a business's own time (an offline sale).
+        when = received_at
     causation = outcome.get_extension("causationid") or data.get("command_id")
     common: dict[str, Any] = {
         "type": outcome.get_type(),
@@ -470,6 +475,40 @@ def _instrument(engine: AsyncEngine) -> None:
     sa_event.listen(sync, "handle_error", _failed_statement)
 
 
+def _grouped(
+    events: Sequence[LedgerEvent], together: Callable[[LedgerEvent], Hashable] | None
+) -> list[list[LedgerEvent]]:
+    """``events`` in groups to store or refuse whole, in their order (by outcome without
+    ``together``)."""
+    if together is None:
+        return _by_outcome(events)
+    groups: dict[Hashable, list[LedgerEvent]] = {}
+    for event in events:
+        groups.setdefault(together(event), []).append(event)
+    return list(groups.values())
+
+
+def _by_outcome(events: Sequence[LedgerEvent]) -> list[list[LedgerEvent]]:
+    """Each outcome's events together, as outcome_to_ledger_events lists them: its own,
+    then its related entities', whose ids are its own followed by ``:<type>:<id>``. (By
+    position, not by id: two outcomes may share an id, an older version's reused one.)"""
+    groups: list[list[LedgerEvent]] = []
+    for event in events:
+        head, sep, _ = event.event_id.partition(":")
+        if sep and groups and groups[-1][0].event_id == head:
+            groups[-1].append(event)
+        else:
+            groups.append([event])
+    return groups
+
+
+def _named_in(events: list[LedgerEvent], cause: BaseException | None) -> LedgerEvent:
+    """The event of a refused group that the refusal names (an event id conflict names
+    its event), else its first."""
+    text = str(cause or "")
+    return next((e for e in events if e.event_id in text), events[0])
+
+
 class LedgerSink:
     """Writes ledger events in batches; blocks (retrying) while the database is unavailable.
 
@@ -503,8 +542,16 @@ class LedgerSink:
         self.stalled = False
         _instrument(engine)
 
-    async def write_batch(self, events: Sequence[LedgerEvent]) -> BatchResult:
+    async def write_batch(
+        self,
+        events: Sequence[LedgerEvent],
+        together: Callable[[LedgerEvent], Hashable] | None = None,
+    ) -> BatchResult:
         """Store ``events``; returns only when every event is stored or dead-lettered.
+
+        ``together``: events with the same key are stored or refused together, never
+        half of them (by default an outcome's: its entity and the related ones; review
+        h59l: a refund refused left its payment's new refunded amount stored alone).
 
         Idempotent: a replayed batch (same event ids) writes nothing twice. Never raises
         for database unavailability; cancellation (worker shutdown) propagates, leaving
@@ -514,7 +561,7 @@ class LedgerSink:
         result = BatchResult()
         try:
             if events:
-                await self._write_isolating(list(events), result)
+                await self._write_isolating(_grouped(events, together), result)
         finally:
             BATCH_SECONDS.observe(time.perf_counter() - started)
         w = result.written
@@ -526,17 +573,19 @@ class LedgerSink:
         # whose parking failed runs again and would count them again.)
         return result
 
-    async def _write_isolating(self, events: list[LedgerEvent], result: BatchResult) -> None:
-        """Write; if the database refuses the data, bisect to find and park the bad events.
+    async def _write_isolating(self, groups: list[list[LedgerEvent]], result: BatchResult) -> None:
+        """Write; if the database refuses the data, bisect to find and park the bad
+        groups (each whole: one dead letter names it by the event refused, or its first).
 
         Halves are written separately, which is safe: each write is idempotent and
         entity versions only move forward, so order across halves does not matter.
         """
+        events = [event for group in groups for event in group]
         try:
             result.written.add(await self._write_retrying(events, result))
         except _Rejected as rejected:
-            if len(events) == 1:
-                event = events[0]
+            if len(groups) == 1:
+                event = _named_in(events, rejected.cause)
                 # One line only: a DBAPI error's full text can carry statement parameters.
                 detail = _one_line(rejected.cause)
                 log.error(
@@ -558,9 +607,9 @@ class LedgerSink:
                     DeadLetter(event.event_id, event.tenant_id, reason, detail, event)
                 )
                 return
-            mid = len(events) // 2
-            await self._write_isolating(events[:mid], result)
-            await self._write_isolating(events[mid:], result)
+            mid = len(groups) // 2
+            await self._write_isolating(groups[:mid], result)
+            await self._write_isolating(groups[mid:], result)
 
     async def _write_retrying(self, events: list[LedgerEvent], result: BatchResult) -> WriteResult:
         async def write() -> WriteResult:

@@ -13,15 +13,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paystream.ledger.models import Customer
+from paystream.ledger import write_events
+from paystream.ledger.models import Customer, Payment, Refund
 from paystream.ledger.session import tenant_session
-from paystream.ledger.sink import LedgerSink
+from paystream.ledger.sink import LedgerSink, outcome_to_ledger_events
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.streams.outcomes import build_outcome
 from paystream.tenancy.crypto import MasterKeyring
 from tests.ledger.factories import EventFactory
-from tests.ledger.test_sink import _cmd, payment_outcome
+from tests.ledger.test_sink import _cmd, payment_obj, payment_outcome
 from tests.ledger.test_sink_never_stalls import _write_within
 
 
@@ -250,3 +251,93 @@ async def test_a_ledger_dead_letter_s_headers_are_as_documented(
     )
     schema = "/components/schemas/LedgerDeadLetterHeaders"
     validator(published("asyncapi"), schema, draft7=True).validate(text)
+
+
+def refund_outcome(tenant: str, rid: str, pid: str, amount: int, command_id: str) -> Any:
+    """refund.succeeded as the pipeline emits it: the refund, and its payment related."""
+    data = {
+        "tenant_id": tenant,
+        "command_id": command_id,
+        "entity_type": "refund",
+        "entity_id": rid,
+        "version": 1,
+        "object": {
+            "tenant_id": tenant, "id": rid, "version": 1, "provider": "simulator",
+            "created_by": command_id, "payment_id": pid, "status": "succeeded",
+            "amount": amount, "currency": "EUR", "provider_refund_id": f"sim_{rid}",
+        },
+        "related": [
+            {
+                "entity_type": "payment", "entity_id": pid, "version": 2,
+                "object": payment_obj(tenant, pid, 2, status="refunded",
+                                      amount_refunded=amount),
+            }
+        ],
+    }  # fmt: skip
+    return build_outcome(_cmd(tenant, command_id, "refund.create"), "refund.succeeded", data)
+
+
+async def test_a_refund_outcome_is_stored_whole_or_not_at_all(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """A command id reused after its idempotency records expired, for refunds of two
+    payments: the second refund's own event conflicts and is parked, and so is its
+    payment's (another id: `<outcome>:payment:pay_2`), with it (review h59l: stored
+    alone, the ledger showed pay_2 refunded 2500 with no refund row for it)."""
+    t = _tenant()
+    await write_events(
+        app_engine,
+        [make_event.payment(t, p, 1, amount=2500, amount_captured=2500, currency="EUR")
+         for p in ("pay_1", "pay_2")],
+        keyring=keyring,
+    )  # fmt: skip
+    sink = LedgerSink(app_engine, keyring)
+    day1 = outcome_to_ledger_events(refund_outcome(t, "re_1", "pay_1", 2500, "c-7"))
+    assert (await sink.write_batch(day1)).dead_letters == []
+    day3 = outcome_to_ledger_events(refund_outcome(t, "re_2", "pay_2", 2500, "c-7"))
+    result = await sink.write_batch(day3)
+    assert [d.reason for d in result.dead_letters] == ["event_id_conflict"]
+    async with tenant_session(app_engine, t) as s:
+        refunded = await s.scalar(
+            select(Payment.amount_refunded).where(Payment.payment_id == "pay_2")
+        )
+        refund_rows = (
+            await s.scalars(select(Refund.refund_id).where(Refund.payment_id == "pay_2"))
+        ).all()
+    # Half an outcome: the payment says refunded, the refund that did it is not there.
+    assert (refunded, list(refund_rows)) == (0, []), (refunded, refund_rows)
+
+
+async def test_a_producer_s_clock_ahead_does_not_date_the_ledger_s_rows(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """A command's `time` is its producer's: one in the year 9000 dated the payment's
+    rows so (review h59l); dated ahead of its outcome's record time, it takes that."""
+    from datetime import UTC, datetime
+
+    from paystream.streams.outcomes import CommandRef
+
+    t = _tenant()
+    cmd = CommandRef(tenant_id=t, command_id="c-future", command_type="payment.create",
+                     idempotency_key="k", time=datetime(9000, 1, 1, tzinfo=UTC))  # fmt: skip
+    data = {"tenant_id": t, "command_id": "c-future", "entity_type": "payment",
+            "entity_id": "pay_f", "version": 1, "object": payment_obj(t, "pay_f", 1)}  # fmt: skip
+    recorded = datetime.now(UTC).replace(microsecond=0)
+    events = outcome_to_ledger_events(
+        build_outcome(cmd, "payment.succeeded", data), received_at=recorded
+    )
+    sink = LedgerSink(app_engine, keyring)
+    assert (await sink.write_batch(events)).dead_letters == []
+    async with tenant_session(app_engine, t) as s:
+        created = await s.scalar(select(Payment.created_at).where(Payment.payment_id == "pay_f"))
+    assert created == recorded
+    # A past time is the business's own (an offline sale recorded late): it stands.
+    past = datetime(2020, 5, 1, tzinfo=UTC)
+    back = CommandRef(tenant_id=t, command_id="c-past", command_type="payment.create",
+                      idempotency_key="k2", time=past)  # fmt: skip
+    data = {**data, "command_id": "c-past", "entity_id": "pay_p",
+            "object": payment_obj(t, "pay_p", 1)}  # fmt: skip
+    events = outcome_to_ledger_events(
+        build_outcome(back, "payment.succeeded", data), received_at=recorded
+    )
+    assert events[0].time == past
