@@ -831,8 +831,14 @@ class CommandProcessor(ProviderWindow):
         if existing is not None:
             # A command about a customer since erased has lost its hash: it is known by
             # its id (its own redelivery or retry keeps its answer).
-            erased_same = (
-                existing.request_hash == ERASED_HASH and existing.command_id == cmd.command_id
+            # So is a retry under a parked one's key (review h59k): run, it is answered
+            # as the parked command will be (its customer is gone: not_found).
+            erased_same = existing.request_hash == ERASED_HASH and (
+                existing.command_id == cmd.command_id
+                or (
+                    existing.state is IdempotencyState.PARKED
+                    and existing.command_type == cmd.command_type
+                )
             )
             if (
                 existing.request_hash != request_hash and not erased_same
@@ -1268,14 +1274,17 @@ class CommandProcessor(ProviderWindow):
             )
             # Named by its customer: the provider's message may quote what it refused (an
             # e-mail address), which the customer's erasure blanks (review h59j).
+            # (A customer command's only: their data is what it sent. A payment naming a
+            # customer holds none of it, and keeps its answer and hash; review h59k.)
             about = getattr(data, "customer_id", None)
+            ours = isinstance(about, str) and cmd.command_type.startswith("customer.")
             self._finish(
                 idem_table_key,
                 cmd,
                 request_hash,
                 expires,
                 stored,
-                customer_id=about if isinstance(about, str) else None,
+                customer_id=about if ours else None,
             )
             self._count(cmd.tenant_id, cmd.command_type, stored.type, refused)
             return [self._outcome(cmd, stored)]

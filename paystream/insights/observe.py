@@ -42,6 +42,9 @@ class Observed:
     # ... a payment its issuer answered: not one left waiting on its customer or bank,
     # nor a card saved, which cost a tester nothing (the flood rule counts these).
     answered: bool = False
+    # A card saved to a customer, or declined as it was (the issuer answered a save):
+    # the flood rule holds save declines to saves, payment declines to payments.
+    save: bool = False
     reject_reason: str | None = None  # command.rejected's reason
     customer_id: str | None = None
     payment_method_id: str | None = None
@@ -136,12 +139,14 @@ def observe(event: CloudEvent) -> Observed | None:
         # attaching cards (review finding: seen by neither rule). An attempt that moves
         # no money, pinned on the customer.
         card = _text(error.get("code")) in CARD_DECLINES
-        facts.update(card_declined=card, attempt=card, customer_id=_id(data.get("customer_id")))
+        facts.update(
+            card_declined=card, attempt=card, save=card, customer_id=_id(data.get("customer_id"))
+        )
     elif outcome == _ATTACHED:
         # A card saved: an attempt the issuer answered too, so that declined saves are
         # held to their share of saves (counted alone, a merchant whose customers save
         # cards at an ordinary decline rate read as all declines; review h59e).
-        facts["attempt"] = True
+        facts.update(attempt=True, save=True)
     elif outcome == "command.rejected":
         facts["reject_reason"] = _label(data.get("reason"))
     if not had_status and (

@@ -244,9 +244,13 @@ class TenantInsights:
             fw["answered"] = fw["attempts"]
         if seen.answered:
             fw["answered"] += 1
+        if seen.save:
+            fw["saves"] = fw.get("saves", 0) + 1  # (absent in older records)
         if not seen.card_declined:
             return []
         fw["declines"] += 1
+        if seen.save:
+            fw["save_declines"] = fw.get("save_declines", 0) + 1
         end = start + cfg.fraud_window_ms
         alerts: list[Alert] = []
         for subject_type, subject in (
@@ -280,16 +284,22 @@ class TenantInsights:
         share = declines >= cfg.burst_declines and (
             100 * declines >= cfg.burst_share_pct * attempts
         )
-        # Of the attempts the issuer answered: payments left waiting on 3-D Secure
-        # count for the share rule (review finding: a 3-D Secure merchant's few declines
-        # read as half) but cost a tester nothing (review h59g: padded five to one, a
-        # flood of declines stayed under a fifth of all attempts).
-        # And an eighth of all attempts: with most payments waiting on 3-D Secure, the
-        # answered ones are few, and an ordinary 5% of them read as a flood (review h59i).
-        flood = (
-            declines >= cfg.flood_declines
-            and 100 * declines >= cfg.flood_share_pct * fw["answered"]
-            and 100 * declines >= cfg.flood_all_share_pct * attempts
+        # Like with like: payment declines of the payments their issuers answered, save
+        # declines of the saves (payments left waiting on 3-D Secure and cards saved
+        # cost a tester nothing: review h59g, h59i; a sign-up flow's save declines
+        # against no payments read as a flood: review h59k); and an eighth of all
+        # attempts (with most payments waiting, the answered ones are few: h59i).
+        saved, save_declines = fw.get("saves", 0), fw.get("save_declines", 0)
+        paid_declines = declines - save_declines
+        flood = 100 * declines >= cfg.flood_all_share_pct * attempts and (
+            (
+                paid_declines >= cfg.flood_declines
+                and 100 * paid_declines >= cfg.flood_share_pct * fw["answered"]
+            )
+            or (
+                save_declines >= cfg.flood_declines
+                and 100 * save_declines >= cfg.flood_share_pct * saved
+            )
         )
         if burst not in fw["alerted"] and (share or flood):
             fw["alerted"].append(burst)
@@ -347,4 +357,13 @@ def _new_money() -> dict[str, int]:
 
 
 def _new_fraud_window() -> dict[str, Any]:
-    return {"attempts": 0, "answered": 0, "declines": 0, "by": {}, "alerted": [], "untracked": 0}
+    return {
+        "attempts": 0,
+        "answered": 0,
+        "saves": 0,
+        "declines": 0,
+        "save_declines": 0,
+        "by": {},
+        "alerted": [],
+        "untracked": 0,
+    }

@@ -403,3 +403,40 @@ async def test_a_processing_error_is_no_issuers_answer(harness: Harness) -> None
     seen = _seen(out)
     assert seen.attempt and not seen.card_declined
     assert not seen.answered
+
+
+async def test_trial_sign_ups_at_a_13pct_save_decline_rate_raise_no_flood(
+    harness: Harness,
+) -> None:
+    """Cards saved at sign-up, charged later: save declines are held to saves, not to
+    the window's few answered payments (review h59k: against none, a flood)."""
+    t = harness.add_tenant()
+    assert kind(await harness.send("customer.create", t, {"customer_id": "c1"})) == (
+        "customer.created"
+    )
+    ok = await harness.send(
+        "payment_method.attach", t,
+        {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "pm_ok"},
+    )  # fmt: skip
+    bad = await harness.send(
+        "payment_method.attach", t,
+        {"customer_id": "c1", "token": "tok_chargeDeclined", "payment_method_id": "pm_bad"},
+    )  # fmt: skip
+    assert (kind(ok), kind(bad)) == ("payment_method.attached", "payment_method.attach_failed")
+    saved, declined = _seen(ok), _seen(bad)
+    cfg = InsightsConfig()
+    st = TenantInsights(t)
+    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    alerts: list[Alert] = []
+    # 1,000 sign-ups in ten minutes (1.7 a second), 13% of the cards declined as saved,
+    # each by another customer (no subject repeats), no payment yet.
+    for n in range(1000):
+        base = declined if n % 100 < 13 else saved
+        seen = dataclasses.replace(base, event_id=f"s{n}", time_ms=at + n,
+                                   customer_id=f"cus_{n}", payment_method_id=None)  # fmt: skip
+        alerts += st.apply(seen, cfg, at + n)
+    fw = next(iter(st.fraud.values()))
+    assert alerts == [], (
+        [(a.rule, a.threshold, a.observed) for a in alerts],
+        {k: fw[k] for k in ("attempts", "answered", "declines")},
+    )

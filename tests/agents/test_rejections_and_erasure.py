@@ -207,3 +207,60 @@ async def test_the_simulator_keeps_none_of_an_erased_customer_s_data(harness: Ha
             if pii in (value or b""):
                 held.append((key.decode(), pii.decode(), await harness.redis.ttl(key)))
     assert not held, held
+
+
+async def test_a_provider_refused_payment_is_answered_the_same_after_its_customer_s_erasure(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payment refused by its provider holds no personal data of its customer: their
+    erasure changes neither its answer nor a retry's (review h59k)."""
+    from paystream.gateways.errors import ErrorCode, GatewayError
+    from paystream.gateways.simulator.gateway import SimulatorGateway
+
+    t = harness.add_tenant()
+    await harness.send("customer.create", t, {"customer_id": "c1", "email": "ann@example.com"})
+
+    async def refuse(self: Any, req: Any, *, idempotency_key: str) -> None:  # as Stripe does
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST, "Amount must be at least €0.50 eur",
+            provider="simulator", http_status=400,
+        )  # fmt: skip
+
+    monkeypatch.setattr(SimulatorGateway, "create_payment", refuse)
+    pay = {"amount": 10, "currency": "EUR", "customer_id": "c1",
+           "payment_method_token": "pm_card_visa"}  # fmt: skip
+    first = await harness.send("payment.create", t, pay, command_id="p1", idempotency_key="K-p1")
+    assert kind(first) == "command.rejected"
+    monkeypatch.undo()
+    assert kind(await harness.send("customer.erase", t, {"customer_id": "c1"})) == (
+        "customer.erased"
+    )
+    # The client's retry of the same request under the same key (a new command id).
+    retry = await harness.send("payment.create", t, pay, command_id="p2", idempotency_key="K-p1")
+    # Its very resend.
+    resend = await harness.send("payment.create", t, pay, command_id="p1", idempotency_key="K-p1")
+    got = (data(retry)["reason"], data(resend)["message"])
+    assert got == (data(first)["reason"], data(first)["message"]), got
+
+
+async def test_a_retry_under_a_parked_update_s_key_is_not_a_conflict_after_erasure(
+    harness: Harness,
+) -> None:
+    """A customer.update parked, then its customer erased: the client's retry under the
+    same key (a new command id) is answered as the parked command will be, not_found
+    (review h59k: idempotency_conflict, "used for a different request")."""
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"ps:{t}:K-u1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1", "email": "a@x.io"}, "k1"))
+    upd = {"customer_id": "c1", "email": "ann.new@example.com"}
+    emits = await h.processor.process(_command(t, "customer.update", upd, "u1", key="K-u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert kind(await _answer(h, _command(t, "customer.erase", {"customer_id": "c1"}, "e1"))) == (
+        "customer.erased"
+    )
+    retry = await _answer(h, _command(t, "customer.update", upd, "u2", key="K-u1"))
+    assert data(retry)["reason"] == "not_found", data(retry)
