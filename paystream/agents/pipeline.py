@@ -831,14 +831,10 @@ class CommandProcessor(ProviderWindow):
         if existing is not None:
             # A command about a customer since erased has lost its hash: it is known by
             # its id (its own redelivery or retry keeps its answer).
-            # So is a retry under a parked one's key (review h59k): run, it is answered
-            # as the parked command will be (its customer is gone: not_found).
-            erased_same = existing.request_hash == ERASED_HASH and (
-                existing.command_id == cmd.command_id
-                or (
-                    existing.state is IdempotencyState.PARKED
-                    and existing.command_type == cmd.command_type
-                )
+            # (Not another command id under the key: nothing tells the same request from
+            # another one then, which ran as the parked one's retry; review h59m.)
+            erased_same = (
+                existing.request_hash == ERASED_HASH and existing.command_id == cmd.command_id
             )
             if (
                 existing.request_hash != request_hash and not erased_same

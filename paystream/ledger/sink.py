@@ -506,7 +506,9 @@ def _named_in(events: list[LedgerEvent], cause: BaseException | None) -> LedgerE
     """The event of a refused group that the refusal names (an event id conflict names
     its event), else its first."""
     text = str(cause or "")
-    return next((e for e in events if e.event_id in text), events[0])
+    named = [e for e in events if e.event_id in text]
+    # (The longest: a related event's id begins with its outcome's; review h59m.)
+    return max(named, key=lambda e: len(e.event_id)) if named else events[0]
 
 
 class LedgerSink:

@@ -440,3 +440,39 @@ async def test_trial_sign_ups_at_a_13pct_save_decline_rate_raise_no_flood(
         [(a.rule, a.threshold, a.observed) for a in alerts],
         {k: fw[k] for k in ("attempts", "answered", "declines")},
     )
+
+
+async def test_card_testing_split_between_payments_and_saves_raises_a_flood(
+    harness: Harness,
+) -> None:
+    """198 one-off cards tested in ten minutes, half as payments and half as card saves,
+    each padded with five payments left waiting on 3-D Secure: the flood counts both
+    (review h59m: each kind alone under its 100, nothing raised)."""
+    t = harness.add_tenant()
+    s = await _samples(harness, t)
+    assert kind(await harness.send("customer.create", t, {"customer_id": "c1"})) == (
+        "customer.created"
+    )
+    bad = await harness.send(
+        "payment_method.attach", t,
+        {"customer_id": "c1", "token": "tok_chargeDeclined", "payment_method_id": "pm_bad"},
+    )  # fmt: skip
+    assert kind(bad) == "payment_method.attach_failed", data(bad)
+    save_declined = _seen(bad)
+    cfg = InsightsConfig()
+    st = TenantInsights(t)
+    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    alerts: list[Alert] = []
+    for n in range(198):
+        for m in range(5):
+            pad = dataclasses.replace(s["waiting"], event_id=f"p{n}.{m}", time_ms=at + n,
+                                      customer_id=None, payment_method_id=None)  # fmt: skip
+            alerts += st.apply(pad, cfg, at + n)
+        base = s["declined"] if n % 2 else save_declined
+        seen = dataclasses.replace(base, event_id=f"d{n}", time_ms=at + n,
+                                   customer_id=None, payment_method_id=None)  # fmt: skip
+        alerts += st.apply(seen, cfg, at + n)
+    fw = next(iter(st.fraud.values()))
+    assert [a.rule for a in alerts] == ["decline_burst"], {
+        k: fw.get(k) for k in ("attempts", "answered", "saves", "declines", "save_declines")
+    }

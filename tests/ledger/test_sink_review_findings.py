@@ -341,3 +341,23 @@ async def test_a_producer_s_clock_ahead_does_not_date_the_ledger_s_rows(
         build_outcome(back, "payment.succeeded", data), received_at=recorded
     )
     assert events[0].time == past
+
+
+async def test_a_refused_related_event_is_the_one_its_dead_letter_names(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """The outcome's own event a replay, its payment's stored at another version: the
+    dead letter names the related event refused, whose id begins with the outcome's
+    (review h59m: it named the outcome's)."""
+    import dataclasses
+
+    t = _tenant()
+    sink = LedgerSink(app_engine, keyring)
+    first = outcome_to_ledger_events(refund_outcome(t, "re_1", "pay_1", 2500, "c-7"))
+    assert (await sink.write_batch(first)).dead_letters == []
+    again = outcome_to_ledger_events(refund_outcome(t, "re_1", "pay_1", 2500, "c-7"))
+    again[1] = dataclasses.replace(again[1], version=3)
+    result = await sink.write_batch(again)
+    assert [d.reason for d in result.dead_letters] == ["event_id_conflict"]
+    letter = result.dead_letters[0]
+    assert letter.event_id == again[1].event_id, (letter.event_id, letter.detail)
