@@ -27,6 +27,23 @@ def _seen(out: Any) -> Observed:
     return seen
 
 
+async def _saves(harness: Harness, t: str) -> tuple[Observed, Observed]:
+    """What the rules read of a card saved, and of one declined as it is saved."""
+    assert kind(await harness.send("customer.create", t, {"customer_id": "cus_s"})) == (
+        "customer.created"
+    )
+    outs = [
+        await harness.send(
+            "payment_method.attach",
+            t,
+            {"customer_id": "cus_s", "token": token, "payment_method_id": f"pm_{n}"},
+        )
+        for n, token in enumerate(("pm_card_visa", "tok_chargeDeclined"))
+    ]
+    assert [kind(o) for o in outs] == ["payment_method.attached", "payment_method.attach_failed"]
+    return _seen(outs[0]), _seen(outs[1])
+
+
 async def test_each_card_declined_alike_through_a_client_secret_counts(harness: Harness) -> None:
     """Each card tried is another charge at the provider; read back by a refresh, each
     decline counts, though all fail with one code. The same decline read again does not."""
@@ -158,23 +175,11 @@ async def test_saving_cards_at_an_ordinary_decline_rate_raises_no_burst(harness:
     saves read as 60% of the attempts)."""
 
     t = harness.add_tenant()
-    assert kind(await harness.send("customer.create", t, {"customer_id": "cus_a"})) == (
-        "customer.created"
-    )
-    ok = await harness.send(
-        "payment_method.attach", t,
-        {"customer_id": "cus_a", "token": "pm_card_visa", "payment_method_id": "pm_ok"},
-    )  # fmt: skip
-    assert kind(ok) == "payment_method.attached", data(ok)
-    bad = await harness.send(
-        "payment_method.attach", t,
-        {"customer_id": "cus_a", "token": "tok_chargeDeclined", "payment_method_id": "pm_bad"},
-    )  # fmt: skip
-    assert kind(bad) == "payment_method.attach_failed", data(bad)
+    saved, declined = await _saves(harness, t)
     card = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
     pay = await harness.send("payment.create", t, card)
     assert kind(pay) == "payment.succeeded", data(pay)
-    saved, declined, paid = _seen(ok), _seen(bad), _seen(pay)
+    paid = _seen(pay)
     assert saved.attempt and not saved.card_declined
     st, cfg = TenantInsights(t), InsightsConfig()
     alerts: list[Alert] = []
@@ -368,15 +373,7 @@ async def test_card_testing_padded_with_free_card_saves_raises_a_burst(harness: 
     """The tester saves its own good card five times per tested one-off token (no money
     moves): a save is no answered payment attempt (review h59i)."""
     t = harness.add_tenant()
-    assert kind(await harness.send("customer.create", t, {"customer_id": "cus_me"})) == (
-        "customer.created"
-    )
-    pad = await harness.send(
-        "payment_method.attach", t,
-        {"customer_id": "cus_me", "token": "pm_card_visa", "payment_method_id": "pm_me"},
-    )  # fmt: skip
-    assert kind(pad) == "payment_method.attached", data(pad)
-    padded = _seen(pad)
+    padded, _ = await _saves(harness, t)
     assert (padded.attempt, padded.answered, padded.card_declined) == (True, False, False)
     declined = (await _samples(harness, t))["declined"]
     cfg = InsightsConfig()
@@ -411,19 +408,7 @@ async def test_trial_sign_ups_at_a_13pct_save_decline_rate_raise_no_flood(
     """Cards saved at sign-up, charged later: save declines are held to saves, not to
     the window's few answered payments (review h59k: against none, a flood)."""
     t = harness.add_tenant()
-    assert kind(await harness.send("customer.create", t, {"customer_id": "c1"})) == (
-        "customer.created"
-    )
-    ok = await harness.send(
-        "payment_method.attach", t,
-        {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "pm_ok"},
-    )  # fmt: skip
-    bad = await harness.send(
-        "payment_method.attach", t,
-        {"customer_id": "c1", "token": "tok_chargeDeclined", "payment_method_id": "pm_bad"},
-    )  # fmt: skip
-    assert (kind(ok), kind(bad)) == ("payment_method.attached", "payment_method.attach_failed")
-    saved, declined = _seen(ok), _seen(bad)
+    saved, declined = await _saves(harness, t)
     cfg = InsightsConfig()
     st = TenantInsights(t)
     at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
@@ -450,15 +435,7 @@ async def test_card_testing_split_between_payments_and_saves_raises_a_flood(
     (review h59m: each kind alone under its 100, nothing raised)."""
     t = harness.add_tenant()
     s = await _samples(harness, t)
-    assert kind(await harness.send("customer.create", t, {"customer_id": "c1"})) == (
-        "customer.created"
-    )
-    bad = await harness.send(
-        "payment_method.attach", t,
-        {"customer_id": "c1", "token": "tok_chargeDeclined", "payment_method_id": "pm_bad"},
-    )  # fmt: skip
-    assert kind(bad) == "payment_method.attach_failed", data(bad)
-    save_declined = _seen(bad)
+    _, save_declined = await _saves(harness, t)
     cfg = InsightsConfig()
     st = TenantInsights(t)
     at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
