@@ -2528,7 +2528,8 @@ def _header_text(text: str, limit: int = 500) -> bytes:
 
 
 def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
-    """``entity.model_dump(mode="json", exclude={"applied"})``: its fields as they stand
+    """``entity.model_dump(mode="json", exclude={"applied"})`` (less a payment's charge id
+    where it has none, below): its fields as they stand
     when each holds exactly its declared type (a ``str``, ``int``, ``bool`` or, where the
     field allows it, None), as nearly always. The JSON dump of such a value is the value
     itself, and the dump writes the fields in ``__dict__``'s order: the same dict,
