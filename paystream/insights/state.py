@@ -289,23 +289,17 @@ class TenantInsights:
         # cost a tester nothing: review h59g, h59i; a sign-up flow's save declines
         # against no payments read as a flood: review h59k); and an eighth of all
         # attempts (with most payments waiting, the answered ones are few: h59i).
-        # The count is of both together (each alone, a tester splitting cards between
-        # payments and saves kept 198 declines unseen; review h59m); each share needs a
-        # quarter of it, so that a few payment declines beside a sign-up flow's saves
-        # do not make one.
+        # Each kind's declines count where they are a fifth of their own attempts, and
+        # both together (each alone, a tester splitting cards between payments and saves
+        # kept 198 declines unseen; review h59m); a kind under its share adds none (a
+        # sign-up flow's 13% let ordinary payment declines make a flood; review h59o).
         saved, save_declines = fw.get("saves", 0), fw.get("save_declines", 0)
         paid_declines = declines - save_declines
-        least = cfg.flood_declines // 4
-        flood = (
-            declines >= cfg.flood_declines
-            and 100 * declines >= cfg.flood_all_share_pct * attempts
-            and (
-                (
-                    paid_declines >= least
-                    and 100 * paid_declines >= cfg.flood_share_pct * fw["answered"]
-                )
-                or (save_declines >= least and 100 * save_declines >= cfg.flood_share_pct * saved)
-            )
+        paid_ok = 100 * paid_declines >= cfg.flood_share_pct * fw["answered"]
+        save_ok = 100 * save_declines >= cfg.flood_share_pct * saved
+        counted = (paid_declines if paid_ok else 0) + (save_declines if save_ok else 0)
+        flood = counted >= cfg.flood_declines and (
+            100 * declines >= cfg.flood_all_share_pct * attempts
         )
         if burst not in fw["alerted"] and (share or flood):
             fw["alerted"].append(burst)

@@ -453,3 +453,33 @@ async def test_card_testing_split_between_payments_and_saves_raises_a_flood(
     assert [a.rule for a in alerts] == ["decline_burst"], {
         k: fw.get(k) for k in ("attempts", "answered", "saves", "declines", "save_declines")
     }
+
+
+async def test_sign_ups_at_13pct_beside_3ds_payments_at_10pct_raise_no_flood(
+    harness: Harness,
+) -> None:
+    """A sign-up flow (1,000 saves, 13% declined) beside 300 payments, 10% declined at
+    creation, half waiting on 3-D Secure: the saves' declines, under their share, add
+    nothing to the flood's count (review h59o: together 160, an alert)."""
+    t = harness.add_tenant()
+    saved, declined = await _saves(harness, t)
+    s = await _samples(harness, t)
+    cfg = InsightsConfig()
+    st = TenantInsights(t)
+    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    alerts: list[Alert] = []
+    for n in range(1000):
+        base = declined if n % 100 < 13 else saved
+        seen = dataclasses.replace(base, event_id=f"s{n}", time_ms=at + n,
+                                   customer_id=f"cus_{n}", payment_method_id=None)  # fmt: skip
+        alerts += st.apply(seen, cfg, at + n)
+    for n in range(300):
+        base = s["declined"] if n % 10 == 0 else s["waiting"] if n % 10 < 6 else s["paid"]
+        seen = dataclasses.replace(base, event_id=f"p{n}", time_ms=at + 1000 + n,
+                                   customer_id=f"cp_{n}", payment_method_id=None)  # fmt: skip
+        alerts += st.apply(seen, cfg, at + 1000 + n)
+    fw = next(iter(st.fraud.values()))
+    assert alerts == [], (
+        [(a.rule, a.threshold, a.observed) for a in alerts],
+        {k: fw.get(k) for k in ("attempts", "answered", "saves", "declines", "save_declines")},
+    )
