@@ -645,7 +645,7 @@ async def check_workers_keep_up(settings: Settings) -> str:
         }
         behind = await _holding_records(consumer, behind, first, starts)
         if not behind:
-            return f"caught up: {sum(ends.values())} commands in {len(tps)} partition(s)"
+            return f"caught up: nothing waiting on {len(tps)} partition(s)"
         waiting = sum(behind.values())
         await asyncio.sleep(KEEP_UP_WATCH_S)
         then = await committed()
@@ -654,12 +654,16 @@ async def check_workers_keep_up(settings: Settings) -> str:
         await consumer.stop()
         await admin.close()
     where = f"{waiting} command(s) waiting on {len(behind)} partition(s)"
-    if moved:
-        return f"{where}, committed past on {len(moved)} in {KEEP_UP_WATCH_S:g} s"
+    stuck = sorted(tp.partition for tp in behind if tp not in moved)
+    if not stuck:
+        return f"{where}, committed past on each in {KEEP_UP_WATCH_S:g} s"
+    # Each partition waiting must move: one wedged worker among several that heartbeat
+    # holds its own partitions while the others' move (review h59p).
+    shown = ", ".join(map(str, stuck[:10])) + (", ..." if len(stuck) > 10 else "")
     raise CheckFailed(
-        f"{where} and group {group} committed none in {KEEP_UP_WATCH_S:g} s: no worker runs "
-        "them (stopped, wedged, rebalancing, or every batch waiting on its provider): see "
-        "each worker's /readyz and its log"
+        f"{where} and group {group} committed past none on partition(s) {shown} in "
+        f"{KEEP_UP_WATCH_S:g} s: no worker runs them (stopped, wedged, rebalancing, or "
+        "every batch waiting on its provider): see each worker's /readyz and its log"
     )
 
 

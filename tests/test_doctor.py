@@ -495,7 +495,11 @@ async def test_doctor_fails_commands_that_wait_with_no_worker_committing(
             await producer.send_and_wait(settings.commands_topic, b"{}", key=b"acme", partition=0)
     finally:
         await producer.stop()
-    with pytest.raises(CheckFailed, match=r"3 command\(s\) waiting on 1 partition.*committed none"):
+    with pytest.raises(
+        CheckFailed,
+        match=r"3 command\(s\) waiting on 1 partition.*committed past none on "
+        r"partition\(s\) 0 ",
+    ):
         await doctor.check_workers_keep_up(settings)
 
     tp = TopicPartition(settings.commands_topic, 0)
@@ -512,8 +516,56 @@ async def test_doctor_fails_commands_that_wait_with_no_worker_committing(
         progress = asyncio.ensure_future(works_through())
         figure = await doctor.check_workers_keep_up(settings)
         await progress
-        assert "committed past on 1" in figure, figure
+        assert "committed past on each" in figure, figure
         await worker.commit({tp: OffsetAndMetadata(3, "")})
         assert (await doctor.check_workers_keep_up(settings)).startswith("caught up"), figure
+    finally:
+        await worker.stop()
+
+
+async def test_doctor_fails_a_partition_no_worker_commits_past_beside_others_that_move(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One wedged worker among several that still heartbeat: its partitions wait while
+    the others' move (review h59p: passed, as any partition moved)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from paystream import doctor
+
+    monkeypatch.setattr(doctor, "KEEP_UP_WATCH_S", 1.5)
+    tag = uuid.uuid4().hex[:8]
+    settings = stack_settings.model_copy(
+        update={"commands_topic": f"{tag}.commands", "app_id": f"keepup-{tag}", "partitions": 2}
+    )
+    bootstrap = bootstrap_servers(settings.require_broker())
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for partition in (0, 1):
+            for _ in range(2):
+                await producer.send_and_wait(
+                    settings.commands_topic, b"{}", key=b"acme", partition=partition
+                )
+    finally:
+        await producer.stop()
+    moving = TopicPartition(settings.commands_topic, 0)
+    worker = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=settings.app_id)
+    worker.assign([moving])
+    await worker.start()
+    try:
+
+        async def works_through() -> None:  # partition 0's worker; 1's is wedged
+            for offset in (1, 2):
+                await asyncio.sleep(0.4)
+                await worker.commit({moving: OffsetAndMetadata(offset, "")})
+
+        progress = asyncio.ensure_future(works_through())
+        with pytest.raises(CheckFailed, match=r"committed past none on partition\(s\) 1 in"):
+            await doctor.check_workers_keep_up(settings)
+        await progress
     finally:
         await worker.stop()
