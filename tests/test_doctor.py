@@ -538,10 +538,15 @@ async def test_doctor_fails_a_partition_no_worker_commits_past_beside_others_tha
     monkeypatch.setattr(doctor, "KEEP_UP_WATCH_S", 1.5)
     tag = uuid.uuid4().hex[:8]
     settings = stack_settings.model_copy(
-        update={"commands_topic": f"{tag}.commands", "app_id": f"keepup-{tag}", "partitions": 2}
+        update={"commands_topic": f"{tag}.commands", "app_id": f"keepup-{tag}"}
     )
     bootstrap = bootstrap_servers(settings.require_broker())
-    await ensure_topics(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:  # (its own two partitions: the stack's other topics keep theirs)
+        await admin.create_topics([NewTopic(settings.commands_topic, 2, 1)])
+    finally:
+        await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:

@@ -131,7 +131,10 @@ async def test_429s_to_the_end_say_whether_an_earlier_attempt_may_have_been_take
     async with IngressClient(url, "psk_test", retries=3, timeout=3) as client:
         with pytest.raises(IngressUnreachable) as unanswered:
             await client.command("customer.create", "shop", {}, command_id="c-4")
-    assert unanswered.value.maybe_taken and "429" in str(unanswered.value)
+    # (Its last word a 429, or, on a loaded host, the call's own deadline cutting the
+    # last attempt short: maybe taken either way.)
+    assert unanswered.value.maybe_taken
+    assert any(why in str(unanswered.value) for why in ("429", "TimeoutError"))
     plan.clear()
     plan.extend([429] * 200)
     async with IngressClient(url, "psk_test", retries=3, timeout=1) as client:
