@@ -27,6 +27,25 @@ def _seen(out: Any) -> Observed:
     return seen
 
 
+def _window_start(cfg: InsightsConfig) -> int:
+    """The start of a fraud window (a fixed one: the tests' outcomes all fall in it)."""
+    return 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+
+
+def _sign_ups(
+    st: TenantInsights, cfg: InsightsConfig, at: int, saved: Observed, declined: Observed
+) -> list[Alert]:
+    """1,000 sign-ups in the window (1.7 a second), 13% of the cards declined as saved,
+    each by another customer (no subject repeats)."""
+    alerts: list[Alert] = []
+    for n in range(1000):
+        base = declined if n % 100 < 13 else saved
+        seen = dataclasses.replace(base, event_id=f"s{n}", time_ms=at + n,
+                                   customer_id=f"cus_{n}", payment_method_id=None)  # fmt: skip
+        alerts += st.apply(seen, cfg, at + n)
+    return alerts
+
+
 async def _saves(harness: Harness, t: str) -> tuple[Observed, Observed]:
     """What the rules read of a card saved, and of one declined as it is saved."""
     assert kind(await harness.send("customer.create", t, {"customer_id": "cus_s"})) == (
@@ -328,7 +347,7 @@ async def test_a_record_of_the_previous_version_raises_no_flood_at_an_ordinary_r
     t = harness.add_tenant()
     s = await _samples(harness, t)
     cfg = InsightsConfig()
-    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    at = _window_start(cfg)
     old_record = {
         "through": 10,
         "partition": 0,
@@ -359,7 +378,7 @@ async def test_a_3ds_heavy_merchant_at_an_ordinary_decline_rate_raises_no_flood(
     s = await _samples(harness, t)
     cfg = InsightsConfig()
     st = TenantInsights(t)
-    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    at = _window_start(cfg)
     alerts: list[Alert] = []
     for n in range(2000):
         base = s["declined"] if n % 20 == 0 else s["paid"] if n % 20 < 3 else s["waiting"]
@@ -378,7 +397,7 @@ async def test_card_testing_padded_with_free_card_saves_raises_a_burst(harness: 
     declined = (await _samples(harness, t))["declined"]
     cfg = InsightsConfig()
     st = TenantInsights(t)
-    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    at = _window_start(cfg)
     alerts: list[Alert] = []
     for n in range(120):
         for m in range(5):
@@ -411,15 +430,9 @@ async def test_trial_sign_ups_at_a_13pct_save_decline_rate_raise_no_flood(
     saved, declined = await _saves(harness, t)
     cfg = InsightsConfig()
     st = TenantInsights(t)
-    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    at = _window_start(cfg)
     alerts: list[Alert] = []
-    # 1,000 sign-ups in ten minutes (1.7 a second), 13% of the cards declined as saved,
-    # each by another customer (no subject repeats), no payment yet.
-    for n in range(1000):
-        base = declined if n % 100 < 13 else saved
-        seen = dataclasses.replace(base, event_id=f"s{n}", time_ms=at + n,
-                                   customer_id=f"cus_{n}", payment_method_id=None)  # fmt: skip
-        alerts += st.apply(seen, cfg, at + n)
+    alerts += _sign_ups(st, cfg, at, saved, declined)
     fw = next(iter(st.fraud.values()))
     assert alerts == [], (
         [(a.rule, a.threshold, a.observed) for a in alerts],
@@ -438,7 +451,7 @@ async def test_card_testing_split_between_payments_and_saves_raises_a_flood(
     _, save_declined = await _saves(harness, t)
     cfg = InsightsConfig()
     st = TenantInsights(t)
-    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    at = _window_start(cfg)
     alerts: list[Alert] = []
     for n in range(198):
         for m in range(5):
@@ -466,13 +479,9 @@ async def test_sign_ups_at_13pct_beside_3ds_payments_at_10pct_raise_no_flood(
     s = await _samples(harness, t)
     cfg = InsightsConfig()
     st = TenantInsights(t)
-    at = 1_800_000_000_000 - 1_800_000_000_000 % cfg.fraud_window_ms
+    at = _window_start(cfg)
     alerts: list[Alert] = []
-    for n in range(1000):
-        base = declined if n % 100 < 13 else saved
-        seen = dataclasses.replace(base, event_id=f"s{n}", time_ms=at + n,
-                                   customer_id=f"cus_{n}", payment_method_id=None)  # fmt: skip
-        alerts += st.apply(seen, cfg, at + n)
+    alerts += _sign_ups(st, cfg, at, saved, declined)
     for n in range(300):
         base = s["declined"] if n % 10 == 0 else s["waiting"] if n % 10 < 6 else s["paid"]
         seen = dataclasses.replace(base, event_id=f"p{n}", time_ms=at + 1000 + n,

@@ -66,20 +66,28 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     return state
 
 
-def _event(i: int, status: str) -> bytes:
+def pi_event(
+    event_id: str,
+    status: str,
+    *,
+    payment: str = "pay_1",
+    provider_id: str = "pi_1",
+    kind: str = "payment_intent.payment_failed",
+) -> bytes:
+    """A Stripe PaymentIntent event about one of TENANT's payments (JSON ensure_ascii:
+    a lone surrogate in an id is spelled "\\ud800")."""
     obj = {
-        "id": "pi_1",
+        "id": provider_id,
         "object": "payment_intent",
         "status": status,
-        "metadata": {"paystream_payment": f"{TENANT}:pay_1"},
+        "metadata": {"paystream_payment": f"{TENANT}:{payment}"},
     }
-    event = {
-        "id": f"evt_{i}",
-        "type": "payment_intent.payment_failed",
-        "created": int(time.time()),
-        "data": {"object": obj},
-    }
+    event = {"id": event_id, "type": kind, "created": int(time.time()), "data": {"object": obj}}
     return json.dumps(event).encode()
+
+
+def _event(i: int, status: str) -> bytes:
+    return pi_event(f"evt_{i}", status)
 
 
 async def _post(body: bytes) -> tuple[int, dict[str, Any]]:

@@ -3,8 +3,6 @@ its registry, owner lookup and produce faked; review h59h)."""
 
 from __future__ import annotations
 
-import json
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -12,25 +10,13 @@ import pytest
 import paystream.web.webhooks as wh
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
-from tests.web.test_webhook_lookups import TENANT, _post, seen  # noqa: F401 (fixture)
+from tests.web.test_webhook_lookups import TENANT, _post, pi_event, seen  # noqa: F401 (fixture)
 
 _REAL_REFRESH = wh._refresh  # (the fixture fakes it)
 
 
 def _event(event_id: str, status: str = "requires_payment_method") -> bytes:
-    obj = {
-        "id": "pi_1",
-        "object": "payment_intent",
-        "status": status,
-        "metadata": {"paystream_payment": f"{TENANT}:pay_1"},
-    }
-    event = {
-        "id": event_id,
-        "type": "payment_intent.payment_failed",
-        "created": int(time.time()),
-        "data": {"object": obj},
-    }
-    return json.dumps(event).encode()  # (ensure_ascii: a lone surrogate as "\ud800")
+    return pi_event(event_id, status)
 
 
 async def test_a_signed_event_whose_id_is_a_lone_surrogate_is_answered_not_a_500(
@@ -71,19 +57,14 @@ async def test_self_signed_events_bring_refreshes_no_faster_than_the_tenants_rat
 
 
 def _debit(i: int) -> bytes:
-    obj = {  # one of the tenant's ACH debits, settled (each its own payment)
-        "id": f"pi_{i}",
-        "object": "payment_intent",
-        "status": "succeeded",
-        "metadata": {"paystream_payment": f"{TENANT}:pay_{i}"},
-    }
-    event = {
-        "id": f"evt_{i}",
-        "type": "payment_intent.succeeded",
-        "created": int(time.time()),
-        "data": {"object": obj},
-    }
-    return json.dumps(event).encode()
+    """One of the tenant's ACH debits, settled (each its own payment)."""
+    return pi_event(
+        f"evt_{i}",
+        "succeeded",
+        payment=f"pay_{i}",
+        provider_id=f"pi_{i}",
+        kind="payment_intent.succeeded",
+    )
 
 
 async def _deliver(n: int, limits: TenantLimits, monkeypatch: pytest.MonkeyPatch,
