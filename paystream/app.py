@@ -171,7 +171,7 @@ def create_app(settings: Settings) -> faust.App:
 
 settings: Settings = get_settings()
 app: faust.App = create_app(settings)
-limit_faust_web(app.web)
+limit_faust_web(app.web, settings.web_max_connections)
 
 
 def tables_settled() -> bool:

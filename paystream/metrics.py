@@ -26,6 +26,7 @@ __all__ = [
     "ENTITIES_EXPIRED",
     "ENTITIES_MINIMIZED",
     "GATEWAY_CALLS",
+    "HTTP_CONNECTIONS_REFUSED",
     "INGRESS",
     "LIMITED",
     "PARKED",
@@ -72,6 +73,12 @@ INGRESS = Counter(
     "rate_limited (429: over the tenant's rate limit; send it again later), "
     "unavailable (503: send it again). Refused before a tenant is known: (unregistered).",
     ["tenant", "result"],
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "paystream_http_connections_refused_total",
+    "Connections a web server answered 503 and closed unread, over "
+    "PAYSTREAM_WEB_MAX_CONNECTIONS open at once, by server (worker, ingress).",
+    ["server"],
 )
 DEAD_LETTERS = Counter(
     "paystream_dead_letters_total", "Records sent to the dead-letter topic.", ["reason"]

@@ -644,6 +644,16 @@ class Settings(BaseSettings):
         "over it a webhook is answered 503 and sent again later. They pass the tenant's own "
         "rate limit (paystream's, not the tenant's), so this bounds them instead.",
     )
+    web_max_connections: int = Field(
+        default=512,
+        ge=1,
+        le=1_000_000,
+        description="PAYSTREAM_WEB_MAX_CONNECTIONS: connections each web server (a worker's, "
+        "`paystream ingress`) keeps open at once; past it a new one is answered 503 and "
+        "closed (paystream_http_connections_refused_total). Bounds what slow or idle peers "
+        "can hold (up to ~512 KiB of headers each for 75 s); behind a proxy that pools "
+        "connections, a few hundred is plenty.",
+    )
     web_open: bool = Field(
         default=False,
         description="PAYSTREAM_WEB_OPEN: serve the dashboard, /v1 views and /metrics without "

@@ -42,7 +42,7 @@ from paystream.tenancy.models import UNREGISTERED
 from paystream.web import bad_requests
 from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
-from paystream.web.http_limits import HANDLER_LIMITS
+from paystream.web.http_limits import HANDLER_LIMITS, CappedRunner
 from paystream.web.ingress import IDLE_READER_SECONDS, CommandIngress
 from paystream.web.outcome_waits import OutcomeWaits
 from paystream.web.produce import NotProduced, acknowledged
@@ -312,11 +312,16 @@ def configure_logging(log_level: str) -> None:
     bad_requests.install()
 
 
-def make_runner(app: aiohttp.web.Application) -> aiohttp.web.AppRunner:
+def make_runner(app: aiohttp.web.Application, max_connections: int) -> aiohttp.web.AppRunner:
     """The server's runner: no access log (requests are logged as refused or not at
     all), and the connection limits both web servers take (http_limits.py)."""
-    return aiohttp.web.AppRunner(
-        app, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None, **HANDLER_LIMITS
+    return CappedRunner(
+        app,
+        max_connections=max_connections,
+        server_name="ingress",
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        access_log=None,
+        **HANDLER_LIMITS,
     )
 
 
@@ -326,7 +331,7 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     configure_logging(settings.log_level)
     name_the_server()
     server = IngressServer(settings)
-    runner = make_runner(server.app())
+    runner = make_runner(server.app(), settings.web_max_connections)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -38,7 +38,7 @@ async def test_a_faust_web_server_given_the_limits_closes_a_half_sent_request(
     port = free_port()
     app = faust.App("half-sent-test", web_bind="127.0.0.1", web_port=port, env={})
     monkeypatch.setitem(http_limits.HANDLER_LIMITS, "keepalive_timeout", 1.0)
-    http_limits.limit_faust_web(app.web)
+    http_limits.limit_faust_web(app.web, 512)
     try:
         await app.web.start_server()
         assert await _closed_within(port, 4.0)
@@ -53,7 +53,7 @@ async def test_the_ingress_runner_closes_a_half_sent_request(
     monkeypatch.setitem(http_limits.HANDLER_LIMITS, "keepalive_timeout", 1.0)
     app = aiohttp.web.Application()
     app.router.add_get("/healthz", lambda r: aiohttp.web.Response(text="ok"))
-    runner = make_runner(app)
+    runner = make_runner(app, 512)
     await runner.setup()
     port = free_port()
     await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from paystream.streams.pan import contains_card_number
-from paystream.web.http_limits import HANDLER_LIMITS
+from paystream.web.http_limits import HANDLER_LIMITS, CappedRunner
 from paystream.web.ingress_server import make_runner
 from tests.web.test_ingress_review_findings import STRUCTURED, _ingress
 
@@ -55,8 +55,9 @@ async def test_an_unknown_path_or_method_holding_a_card_number_is_not_quoted() -
 def test_both_web_servers_bound_idle_connections_and_header_lines() -> None:
     from paystream.app import app
 
-    worker = app.web._runner._kwargs
-    ingress = make_runner(aiohttp.web.Application())._kwargs
-    for given in (worker, ingress):
-        assert {k: given[k] for k in HANDLER_LIMITS} == HANDLER_LIMITS
+    worker = app.web._runner
+    ingress = make_runner(aiohttp.web.Application(), 512)
+    for runner in (worker, ingress):
+        assert isinstance(runner, CappedRunner)
+        assert {k: runner._kwargs[k] for k in HANDLER_LIMITS} == HANDLER_LIMITS
     assert HANDLER_LIMITS["keepalive_timeout"] <= 120 and HANDLER_LIMITS["max_headers"] <= 64
