@@ -101,10 +101,12 @@ def test_a_frozen_built_model_stays_frozen() -> None:
 
 def _dumped(record: EntityRecord) -> dict[str, Any]:
     """The JSON dump a record is stored as: without ``applied``, and without a charge id
-    none was given (an earlier version refuses a field it does not know)."""
+    or a refund reason none was given (an earlier version refuses a field it does not
+    know)."""
     dumped = record.model_dump(mode="json", exclude={"applied"})
-    if dumped.get("provider_charge_id", True) is None:
-        del dumped["provider_charge_id"]
+    for name in ("provider_charge_id", "reason"):
+        if dumped.get(name, True) is None:
+            del dumped[name]
     return dumped
 
 
@@ -124,6 +126,15 @@ def _records() -> list[EntityRecord]:
             amount=5,
             currency="USD",
             provider_refund_id="re",
+        ),
+        RefundRecord(
+            **base,
+            payment_id="p",
+            status="succeeded",
+            amount=5,
+            currency="USD",
+            provider_refund_id="re",
+            reason="duplicate",
         ),
         DisputeRecord(
             **base,

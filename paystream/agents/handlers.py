@@ -1148,6 +1148,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         amount=data.amount if data.amount is not None else max(refundable, 0),
         currency=payment.currency,
         provider_refund_id="",
+        reason=data.reason,
     )
     try:
         key = ctx.create_key("refund", data.refund_id)

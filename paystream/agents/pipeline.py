@@ -2528,8 +2528,8 @@ def _header_text(text: str, limit: int = 500) -> bytes:
 
 
 def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
-    """``entity.model_dump(mode="json", exclude={"applied"})`` (less a payment's charge id
-    where it has none, below): its fields as they stand
+    """``entity.model_dump(mode="json", exclude={"applied"})`` (less the fields added
+    since that are None, below): its fields as they stand
     when each holds exactly its declared type (a ``str``, ``int``, ``bool`` or, where the
     field allows it, None), as nearly always. The JSON dump of such a value is the value
     itself, and the dump writes the fields in ``__dict__``'s order: the same dict,
@@ -2541,14 +2541,18 @@ def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
     kinds = tuple(map(type, record.values()))
     if not (kinds in _PLAIN_KINDS.get(type(entity), ()) or _learn_plain(entity, record, kinds)):
         record = entity.model_dump(mode="json", exclude=_APPLIED)
-    if record.get(_CHARGE_ID, True) is None:
-        # Written only when known (a failed payment's): a worker of an earlier version,
-        # in a rolling upgrade, refuses a record with a field it does not know.
-        del record[_CHARGE_ID]
+    for name in _WRITTEN_WHEN_SET:
+        if record.get(name, True) is None:
+            # Written only when known (a failed payment's charge id, a refund's reason):
+            # a worker of an earlier version, in a rolling upgrade, refuses a record with
+            # a field it does not know.
+            del record[name]
     return record
 
 
-_CHARGE_ID = "provider_charge_id"
+# Fields added since records were first written (a payment's provider_charge_id, a
+# refund's reason), left out while None.
+_WRITTEN_WHEN_SET = ("provider_charge_id", "reason")
 
 
 # Entity model → the tuples of its fields' value types (``applied`` left out, in field

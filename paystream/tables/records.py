@@ -308,6 +308,9 @@ class RefundRecord(EntityRecord):
     currency: str
     provider_refund_id: str
     failure_code: str | None = None
+    # Why the tenant refunded (refund.create's reason: duplicate, fraudulent,
+    # requested_by_customer); None when not given, and for refunds made before it was kept.
+    reason: str | None = None
 
 
 class DisputeRecord(EntityRecord):
