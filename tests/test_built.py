@@ -100,11 +100,10 @@ def test_a_frozen_built_model_stays_frozen() -> None:
 
 
 def _dumped(record: EntityRecord) -> dict[str, Any]:
-    """The JSON dump a record is stored as: without ``applied``, and without a charge id
-    or a refund reason none was given (an earlier version refuses a field it does not
-    know)."""
+    """The JSON dump a record is stored as: without ``applied``, and without the fields
+    added since that are None (an earlier version refuses a field it does not know)."""
     dumped = record.model_dump(mode="json", exclude={"applied"})
-    for name in ("provider_charge_id", "reason"):
+    for name in ("provider_charge_id", "reason", "evidence_due_by"):
         if dumped.get(name, True) is None:
             del dumped[name]
     return dumped
@@ -144,6 +143,16 @@ def _records() -> list[EntityRecord]:
             currency="USD",
             provider_dispute_id="dp",
             evidence_submitted=True,
+        ),
+        DisputeRecord(
+            **base,
+            payment_id="p",
+            status="needs_response",
+            amount=5,
+            currency="USD",
+            provider_dispute_id="dp",
+            reason="fraudulent",
+            evidence_due_by="2026-12-12T10:00:00Z",
         ),
     ]
 

@@ -951,6 +951,8 @@ def _new_dispute(
         amount=res.dispute.amount.amount if res.dispute.amount else rec.amount,
         currency=rec.currency,
         provider_dispute_id=res.dispute.provider_dispute_id,
+        reason=res.dispute.reason,
+        evidence_due_by=res.dispute.evidence_due_by,
     )
     rec.dispute_id = dispute.id
     return [dispute]

@@ -2551,8 +2551,8 @@ def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
 
 
 # Fields added since records were first written (a payment's provider_charge_id, a
-# refund's reason), left out while None.
-_WRITTEN_WHEN_SET = ("provider_charge_id", "reason")
+# refund's or a dispute's reason, a dispute's evidence_due_by), left out while None.
+_WRITTEN_WHEN_SET = ("provider_charge_id", "reason", "evidence_due_by")
 
 
 # Entity model → the tuples of its fields' value types (``applied`` left out, in field

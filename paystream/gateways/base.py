@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -293,6 +294,10 @@ class DisputeResult(_Res):
     provider_dispute_id: str
     status: DisputeStatus
     amount: Money | None = None
+    # The cardholder's bank's reason (Stripe's: fraudulent, product_not_received, ...) and
+    # when evidence is due: past it the dispute is lost unanswered.
+    reason: str | None = None
+    evidence_due_by: datetime | None = None
 
 
 class PaymentResult(_Res):

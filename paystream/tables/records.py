@@ -321,6 +321,10 @@ class DisputeRecord(EntityRecord):
     currency: str
     provider_dispute_id: str
     evidence_submitted: bool = False
+    # The provider's reason for the dispute and the deadline for its evidence (None when
+    # the provider gave none, and for disputes recorded before they were kept).
+    reason: str | None = None
+    evidence_due_by: datetime | None = None
 
 
 class IdempotencyState(StrEnum):

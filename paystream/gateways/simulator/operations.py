@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 from typing import Any
 
 from paystream.gateways.base import (
@@ -126,6 +127,8 @@ _AUTOMATIC_CAPTURE = CaptureMethod.AUTOMATIC
 _MANUAL_CAPTURE = CaptureMethod.MANUAL
 _PLAIN_CARD = Behaviour.SUCCEED
 _NEEDS_RESPONSE: str = DisputeStatus.NEEDS_RESPONSE.value
+# How long a cardholder's dispute leaves the merchant to answer (Stripe's are 7-21 days).
+EVIDENCE_WINDOW_SECONDS = 7 * 24 * 3600
 
 
 # Simulated provider ids need uniqueness, not secrecy: seed once instead of a syscall per id.
@@ -311,6 +314,10 @@ def _open_dispute_if_due(tx: Tx, pi: dict[str, Any]) -> dict[str, Any]:
         "currency": pi["currency"],
         "status": _NEEDS_RESPONSE,
         "evidence": {},
+        # As Stripe's test card's: a fraud claim, evidence due in a week (epoch seconds,
+        # as Stripe's evidence_details.due_by).
+        "reason": "fraudulent",
+        "evidence_due_by": int(time.time()) + EVIDENCE_WINDOW_SECONDS,
     }
     tx.put(dispute)
     return {**pi, "dispute_id": dispute["id"]}

@@ -47,7 +47,14 @@ def payment_method(pm: dict[str, Any]) -> dict[str, Any]:
 
 
 def dispute(dp: dict[str, Any]) -> dict[str, Any]:
-    return {"provider_dispute_id": dp["id"], "status": dp["status"], "amount": _money(dp)}
+    return {
+        "provider_dispute_id": dp["id"],
+        "status": dp["status"],
+        "amount": _money(dp),
+        # (Disputes opened before the simulator kept these have neither.)
+        "reason": dp.get("reason"),
+        "evidence_due_by": dp.get("evidence_due_by"),
+    }
 
 
 def payment(pi: dict[str, Any], dp: dict[str, Any] | None) -> dict[str, Any]:

@@ -222,4 +222,13 @@ def dispute(obj: Mapping[str, Any]) -> DisputeResult:
     status = _DISPUTE_STATUS.get(str(obj["status"]))
     if status is None:
         raise _unknown("dispute", obj["status"])
-    return DisputeResult(provider_dispute_id=obj["id"], status=status, amount=_money(obj))
+    details = obj.get("evidence_details")
+    due_by = details.get("due_by") if isinstance(details, Mapping) else None
+    return DisputeResult(
+        provider_dispute_id=obj["id"],
+        status=status,
+        amount=_money(obj),
+        reason=obj.get("reason"),
+        # (Epoch seconds; None once the dispute is closed, or never answerable.)
+        evidence_due_by=due_by,
+    )
