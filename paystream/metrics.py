@@ -42,13 +42,18 @@ __all__ = [
 
 COMMANDS = Counter(
     "paystream_commands_total",
-    "Commands processed, by tenant, command type and outcome type.",
+    "Commands processed, by tenant, command type and outcome type. A record a crash "
+    "redelivers is counted once (its repeat in paystream_replayed_commands_total), except "
+    "a rejection decided from the record alone (not a command, an unknown type or tenant, "
+    "invalid data), counted at each delivery.",
     ["tenant", "command", "outcome"],
 )
 REJECTIONS = Counter(
     "paystream_command_rejections_total",
     "Commands answered command.rejected, by tenant, command type and reason (the outcome's "
-    "data.reason: validation_error, unknown_tenant, quota_exceeded, ...).",
+    "data.reason: validation_error, unknown_tenant, quota_exceeded, ...); as "
+    "paystream_commands_total, a rejection decided from the record alone is counted at "
+    "each delivery of it.",
     ["tenant", "command", "reason"],
 )
 COMMAND_LATENCY = Histogram(

@@ -465,7 +465,7 @@ class CommandProcessor(ProviderWindow):
                 command_type=safe_type(suffix, ID_MAX_CHARS),
             )
             if trace is not None:  # (named as its rejection names it)
-                trace.begin(short, tracestate)
+                trace.begin(_nameable(short), tracestate)
             answered = self._answered_before(cmd) if _state_readable(rec, tenant_id) else None
             return answered or self._reject(
                 short,
@@ -473,7 +473,13 @@ class CommandProcessor(ProviderWindow):
                 f"{', '.join(too_long)} too long (at most {ID_MAX_CHARS} characters)",
             )
         if trace is not None:
-            trace.begin(cmd, tracestate, message_id=traced_id)
+            # Named as a rejection names it (_reject): its outcome's traceparent derives
+            # the span id from those names, and a span under the raw ones (control
+            # characters) was linked to by nothing (review h60d).
+            named = _nameable(cmd)
+            if named is not cmd:
+                traced_id = named.command_id
+            trace.begin(named, tracestate, message_id=traced_id)
         # Rules that need no state: the order is cheapest-first.
         if not ce_type.startswith(COMMAND_PREFIX) or suffix not in COMMANDS:
             return self._reject(
@@ -1061,7 +1067,11 @@ class CommandProcessor(ProviderWindow):
             if not decision.replay:
                 metrics.LIMITED.labels(cmd.tenant_id, decision.extra["limit"]).inc()
             return self._reject(
-                cmd, RejectReason(decision.reason), decision.message, extra=decision.extra
+                cmd,
+                RejectReason(decision.reason),
+                decision.message,
+                extra=decision.extra,
+                replay=decision.replay,
             )
         admission = decision
         if late:
@@ -2065,16 +2075,24 @@ class CommandProcessor(ProviderWindow):
         message: str,
         errors: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
+        *,
+        replay: bool = False,
     ) -> list[Emit]:
+        """``replay``: the rejection this record got before (a redelivery answered from a
+        kept decision), counted as a replay and not as a second rejection."""
         cmd = _nameable(cmd)
         # Labels only from known values: a hostile stream of made-up tenant ids or types
         # must not grow the metrics without bound.
-        self._count(
-            cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED,
-            cmd.command_type if cmd.command_type in COMMANDS else "unknown",
-            "command.rejected",
-            reason,
-        )
+        tenant = cmd.tenant_id if cmd.tenant_id in self.tenants else UNREGISTERED
+        if replay:
+            metrics.REPLAYS.labels(tenant, "rejection").inc()
+        else:
+            self._count(
+                tenant,
+                cmd.command_type if cmd.command_type in COMMANDS else "unknown",
+                "command.rejected",
+                reason,
+            )
         data = rejection_data(cmd.command_type, reason, message, errors)
         if extra:
             data.update(extra)
@@ -2101,7 +2119,9 @@ class CommandProcessor(ProviderWindow):
         """A limits rejection kept for this record, as first answered; its state written
         again (RocksDB: see _answer_again)."""
         self._rewrite(self.limits.table, self.limits.key(cmd.tenant_id))
-        return self._reject(cmd, RejectReason(kept.reason), kept.message, extra=kept.extra)
+        return self._reject(
+            cmd, RejectReason(kept.reason), kept.message, extra=kept.extra, replay=True
+        )
 
     def _answer_again(self, rec: Inbound, cmd: CommandRef, data: dict[str, Any]) -> list[Emit]:
         """A kept rejection, as first answered (the same event). Its record is written

@@ -1,0 +1,55 @@
+"""The outcome's traceparent names the command span paystream exported, also for a
+command rejected under a name other than the one it came with (a control character in
+its tenant or id); and the span names it as the outcome does (review h60d: the span took
+the raw names, so consumers of the outcome linked to a span never exported)."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from paystream.client import build_command
+from tests.agents.harness import Harness
+from tests.agents.test_card_data_hiding_places import TRACEPARENT
+from tests.agents.test_tracing import _taken, traced  # noqa: F401
+
+
+@pytest.mark.parametrize(
+    ("tenant", "command_id"),
+    [("ok-tenant", "c1"), ("ok-tenant", "id\x01with-control"), ("bad\x01tenant", "c1")],
+    ids=["plain", "control-in-id", "control-in-tenant"],
+)
+async def test_outcome_traceparent_names_the_exported_span(
+    traced: tuple[Harness, InMemorySpanExporter],  # noqa: F811
+    tenant: str,
+    command_id: str,
+) -> None:
+    h, exporter = traced
+    h.add_tenant("ok-tenant")
+    event = build_command("customer.create", "ok-tenant", {}, command_id="c0")
+    attrs = event.get_attributes()
+    attrs["id"], attrs["tenantid"], attrs["traceparent"] = command_id, tenant, TRACEPARENT
+    _, out = await h.send_event(event, offset=5)
+    assert out is not None
+    [span] = [s for s in _taken(exporter) if s.kind is SpanKind.CONSUMER]
+    assert span.context is not None
+    parent_of_consumers = str(out.get_extension("traceparent")).split("-")[2]
+    assert parent_of_consumers == f"{span.context.span_id:016x}"
+
+
+async def test_span_names_the_command_as_its_outcome_does(
+    traced: tuple[Harness, InMemorySpanExporter],  # noqa: F811
+) -> None:
+    h, exporter = traced
+    event = build_command("customer.create", "x", {}, command_id="c0")
+    attrs = event.get_attributes()
+    attrs["id"], attrs["tenantid"] = "id\x1b[2J", "bad\x1b[2Jtenant"
+    _, out = await h.send_event(event, offset=6)
+    assert out is not None
+    [span] = [s for s in _taken(exporter) if s.kind is SpanKind.CONSUMER]
+    a = dict(span.attributes or {})
+    assert (a["paystream.tenant_id"], a["messaging.message.id"]) == (
+        out.get_extension("tenantid"),
+        out.get_extension("causationid") or out.get_data()["command_id"],
+    )
