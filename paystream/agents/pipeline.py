@@ -2563,9 +2563,9 @@ def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
         record = entity.model_dump(mode="json", exclude=_APPLIED)
     for name in _WRITTEN_WHEN_SET:
         if record.get(name, True) is None:
-            # Written only when known (a failed payment's charge id, a refund's reason):
-            # a worker of an earlier version, in a rolling upgrade, refuses a record with
-            # a field it does not know.
+            # Written only when known: a worker of a version before 2026-12-05, in a
+            # rolling upgrade, refuses a record with a field it does not know (later ones
+            # ignore it: README "Insights").
             del record[name]
     return record
 

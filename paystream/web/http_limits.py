@@ -12,8 +12,9 @@ header lines.
 aiohttp also accepts connections without limit: a peer opening thousands of half-sent
 ones (each up to ~512 KiB of headers for 75 s) could take a worker's memory, and with it
 its tables and its Kafka connections. Past ``PAYSTREAM_WEB_MAX_CONNECTIONS`` open
-connections a new one is answered 503 and closed unread; a proxy or load balancer in
-front (the chart's Ingress) still does the finer work of limiting each client.
+connections a new one is answered 503 and closed, what it sent never parsed; a proxy
+or load balancer in front (the chart's Ingress) still does the finer work of limiting
+each client.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+import time
+from typing import Any, cast
 
 import aiohttp.web
 from aiohttp.web_protocol import RequestHandler
@@ -51,28 +53,79 @@ BUSY = (
 _throttled = ThrottledLog(log)
 
 
+# A refused connection's peer may have sent its request already: closed with it unread,
+# the kernel resets the connection and the peer never reads the 503. So the answer is
+# followed by a FIN, and what the peer sends is read and dropped for a while before the
+# close ("lingering close", as HTTP servers do), within these bounds.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 64 * 1024
+_LINGER_MAX = 1024  # refused connections lingering at once (per process); others just close
+
+
 class _Busy(asyncio.Protocol):
-    """A connection over the cap: answered 503 at once and closed; what it sends is
-    never parsed (close() still flushes the answer)."""
+    """A connection over the cap: answered 503 at once, what it sends never parsed."""
+
+    lingering = 0  # across all servers of the process
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._left = _LINGER_BYTES
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(BUSY)
-        transport.close()
+        # (uvloop's transports are not asyncio.Transport subclasses, but are ones.)
+        tcp = cast(asyncio.Transport, transport)
+        tcp.write(BUSY)
+        if _Busy.lingering >= _LINGER_MAX or not tcp.can_write_eof():
+            tcp.close()  # (flushes the answer first)
+            return
+        self._transport = tcp
+        _Busy.lingering += 1
+        tcp.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_LINGER_SECONDS, tcp.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0 and self._transport is not None:
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: close
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._transport = None
+            _Busy.lingering -= 1
+
+
+# A handler made but not yet connected is dropped from the count after this long (its
+# connection_made never came: the peer went during a TLS handshake, say).
+_PENDING_SECONDS = 10.0
 
 
 class _CappedServer(Server):
     """aiohttp's server, making a request handler only while fewer than
-    ``max_connections`` are open. It counts connections as aiohttp does (from a
-    handler's connection_made until its last request is done), so a burst of accepts
-    within one loop turn may pass the cap by that burst."""
+    ``max_connections`` are open. aiohttp counts a connection from its handler's
+    connection_made (until its last request is done); handlers made but not yet
+    connected are counted too, or every accept of one loop turn would pass the cap
+    (review h60c: 50 of 50 past a cap of 2)."""
 
     max_connections: int
     server_name: str
+    _pending: dict[RequestHandler, float]
 
     def __call__(self) -> RequestHandler:
-        if len(self._connections) < self.max_connections:
-            return super().__call__()
+        now = time.monotonic()
+        if self._pending:
+            stale = [h for h, at in self._pending.items() if now - at > _PENDING_SECONDS]
+            for handler in stale:
+                del self._pending[handler]
+        if len(self._connections) + len(self._pending) < self.max_connections:
+            handler = super().__call__()
+            self._pending[handler] = now
+            return handler
         metrics.HTTP_CONNECTIONS_REFUSED.labels(self.server_name).inc()
         _throttled.warning(
             self.server_name,
@@ -82,6 +135,10 @@ class _CappedServer(Server):
             self.max_connections,
         )
         return _Busy()  # type: ignore[return-value]  # any protocol will do for asyncio
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        self._pending.pop(handler, None)
+        super().connection_made(handler, transport)
 
 
 class CappedRunner(aiohttp.web.AppRunner):
@@ -108,6 +165,7 @@ class CappedRunner(aiohttp.web.AppRunner):
         assert isinstance(server, _CappedServer)
         server.max_connections = self._max_connections
         server.server_name = self._server_name
+        server._pending = {}
         return server
 
 
