@@ -849,7 +849,7 @@ class CommandProcessor(ProviderWindow):
                     rec,
                     cmd,
                     RejectReason.IDEMPOTENCY_CONFLICT,
-                    f"idempotency key {cmd.idempotency_key!r} was used for a different request",
+                    _conflict_message(cmd, existing),
                 )
             if erased_same:
                 # (Its customer erased since: what it records from now on keeps no hash of
@@ -2774,6 +2774,19 @@ def _redacted_ref(rec: Inbound, event: CloudEvent, when: datetime) -> CommandRef
         idempotency_key="",
         time=when,
     )
+
+
+def _conflict_message(cmd: CommandRef, existing: IdempotencyRecord) -> str:
+    """Why the key's record refuses this command: another request, or one about a
+    customer erased since, whose data nothing can compare any more (only its own
+    command id is answered again)."""
+    if existing.request_hash == ERASED_HASH and existing.command_type == cmd.command_type:
+        return (
+            f"idempotency key {cmd.idempotency_key!r} was used by command "
+            f"{existing.command_id!r}, about a customer erased since: its request cannot be "
+            "compared with this one; send it again under that command id, or under a new key"
+        )
+    return f"idempotency key {cmd.idempotency_key!r} was used for a different request"
 
 
 def _nameable(cmd: CommandRef) -> CommandRef:

@@ -269,3 +269,7 @@ async def test_another_request_under_a_parked_erased_key_is_a_conflict(
     retry = await _answer(h, _command(t, "customer.update", other, "u2", key="K-u1"))
     assert data(retry).get("reason") == "idempotency_conflict", (kind(retry), data(retry))
     assert h.tables.customers[f"{t}:c2"]["email"] == "c2@x.io"
+    # Said as it is: not "a different request" (it may be the same one), but why none
+    # can be compared, and what is answered still (review of session 60).
+    assert "'u1', about a customer erased since" in data(retry)["message"], data(retry)
+    assert "send it again under that command id, or under a new key" in data(retry)["message"]
