@@ -659,7 +659,7 @@ class CommandProcessor(ProviderWindow):
             kept = self.answers.kept(rec.partition, rec.offset, ref.command_id)
             if kept is not None:
                 if trace is not None:
-                    trace.begin(safe, None)
+                    trace.begin(_nameable(safe), None)
                 return self._answer_again(rec, replace(ref, tracestate=None), kept)
         # (Only for a record of a tenant's own: checked later, another's was never run,
         # and its answer told whether that tenant ran the request; review finding.)
@@ -669,7 +669,7 @@ class CommandProcessor(ProviderWindow):
         ):
             return None
         if trace is not None:
-            trace.begin(safe, None)
+            trace.begin(_nameable(safe), None)
         return self._reject_kept(
             rec,
             safe,
@@ -2565,7 +2565,7 @@ def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
         if record.get(name, True) is None:
             # Written only when known: a worker of a version before 2026-12-05, in a
             # rolling upgrade, refuses a record with a field it does not know (later ones
-            # ignore it: README "Insights").
+            # ignore it: README "docker-compose and Helm").
             del record[name]
     return record
 

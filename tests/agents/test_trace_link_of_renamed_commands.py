@@ -53,3 +53,35 @@ async def test_span_names_the_command_as_its_outcome_does(
         out.get_extension("tenantid"),
         out.get_extension("causationid") or out.get_data()["command_id"],
     )
+
+
+# A command holding a card security code: its span begun by that gate (review h60e).
+@pytest.mark.parametrize(
+    ("tenant", "command_id"),
+    [("ok-tenant", "id\x01with-control"), ("bad\x01tenant", "c1")],
+    ids=["control-in-id", "control-in-tenant"],
+)
+async def test_a_security_code_rejection_links_to_its_exported_span(
+    traced: tuple[Harness, InMemorySpanExporter],  # noqa: F811
+    tenant: str,
+    command_id: str,
+) -> None:
+    h, exporter = traced
+    h.add_tenant("ok-tenant")
+    event = build_command(
+        "customer.create", "ok-tenant", {"metadata": {"card_cvc": "737"}}, command_id="c0"
+    )
+    attrs = event.get_attributes()
+    attrs["id"], attrs["tenantid"], attrs["traceparent"] = command_id, tenant, TRACEPARENT
+    _, out = await h.send_event(event, offset=5)
+    assert out is not None and out.get_data()["reason"] == "card_data_forbidden"
+    [span] = [s for s in _taken(exporter) if s.kind is SpanKind.CONSUMER]
+    assert span.context is not None
+    a = dict(span.attributes or {})
+    # The span names the command as the outcome does (no raw control characters) ...
+    assert (a["paystream.tenant_id"], a["messaging.message.id"]) == (
+        out.get_extension("tenantid"),
+        out.get_extension("causationid"),
+    )
+    # ... and the outcome's traceparent names that span.
+    assert str(out.get_extension("traceparent")).split("-")[2] == f"{span.context.span_id:016x}"
