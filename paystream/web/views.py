@@ -33,6 +33,7 @@ from paystream.tables import definitions as t
 from paystream.tables import observed
 from paystream.tables.commands_view import command_view
 from paystream.tables.views import SummaryCache, entity_view
+from paystream.tenancy.models import TENANT_ID_PATTERN
 from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.liveness import LivenessWatch
@@ -415,6 +416,26 @@ def _minor_units(
     return units
 
 
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
+
+
+def _tenant_id_shaped(fun: _Handler) -> _Handler:
+    """A lookup under what can be no tenant's id answers 404 here, before it is forwarded:
+    table keys are "<tenant>:<id>", so "globex:x" with the idempotency key "k" read
+    globex's record of key "x:k" and showed it as tenant "globex:x" (review h60f)."""
+
+    @functools.wraps(fun)
+    async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+        tenant = kwargs.get("tenant")
+        if not isinstance(tenant, str) or _TENANT_ID.fullmatch(tenant) is None:
+            kind = str(kwargs.get("kind", ""))
+            what = kind[:-1] if kind in (*_ENTITY_TABLES, "commands") else "entity"
+            return view.json({"error": "not_found", "message": f"no such {what}"}, status=404)
+        return await fun(view, request, *args, **kwargs)
+
+    return answer
+
+
 def _owner_unreachable_is_503(fun: _Handler) -> _Handler:
     """A lookup forwarded to the tenant's owner that cannot reach it (the owner died and
     the group has not yet noticed) answers 503 with Retry-After, as a lookup during a
@@ -486,6 +507,7 @@ class EntityView(View):
 
     @_operators_only
     @_owner_unreachable_is_503
+    @_tenant_id_shaped
     @app.topic_route(commands_topic, match_info="tenant")  # type: ignore[arg-type]
     async def get(self, request: Request, tenant: str, kind: str, entity_id: str) -> Response:
         table = _ENTITY_TABLES.get(kind)
