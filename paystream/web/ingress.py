@@ -539,6 +539,11 @@ def _command_record(event: CloudEvent, settings: Settings) -> tuple[KafkaRecord,
         raise _invalid(str(exc)) from None
     except UnicodeEncodeError:  # (an attribute no Kafka header can carry)
         raise _invalid("an attribute is not valid Unicode") from None
+    except RecursionError:
+        # Binary-mode data nested past what the encoders take (orjson reads 1,024 levels
+        # and writes 255; the standard library's fallback then ran out of stack): a 500
+        # and a traceback per request before (review h60h). No command nests so deep.
+        raise _invalid("data nested too deeply") from None
     # The key and CloudEvents attributes have a limit of their own at the worker (outcomes
     # and stored records echo them): over it, refused here rather than answered
     # payload_too_large from the topic.
