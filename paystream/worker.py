@@ -21,6 +21,7 @@ from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import parked_backlog as _parked_backlog  # noqa: F401
 from paystream.agents import tenants as _tenants  # noqa: F401
 from paystream.app import app, settings
+from paystream.broker_wait import waited_for_brokers
 from paystream.errors import ConfigurationError
 from paystream.gc_pacing import full_collections
 from paystream.settings import Settings, is_loopback, unknown_variables, weak_token_warnings
@@ -155,6 +156,9 @@ def main(extra_args: list[str] | None = None) -> None:
     name_the_server()
     # Faust refuses to start when its data directory does not exist yet.
     (settings.data_dir / "faust" / settings.app_id).mkdir(parents=True, exist_ok=True)
+    # While no broker answers, wait (alive, not ready) rather than let Faust exit 1.
+    if not waited_for_brokers(settings):
+        return
     # Faust reads --loop at `import faust`, long done by now: install the policy directly.
     mode.loop.use(settings.event_loop)
     sys.argv = [
