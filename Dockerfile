@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The paystream image: one image for workers and the CLI (topics, migrate, tenants, dlq).
-# docker build -t paystream:0.1.0 .
+# docker build -t registry.example/paystream:"$(git rev-parse --short HEAD)" .
+# (a tag of its own per build: the chart requires image.tag or image.digest)
 
 FROM python:3.11-slim-bookworm AS build
 # Wheels only: every dependency ships manylinux wheels (rocksdict bundles RocksDB), so

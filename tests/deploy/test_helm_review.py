@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from paystream.settings import Settings
-from tests.deploy.test_helm import REQUIRED, _merge, containers, helm, refusal
+from tests.deploy.test_helm import REQUIRED, _merge, by_kind, containers, helm, one, refusal, render
 
 # Every setting paystream treats as a secret (pydantic SecretStr), by its variable name.
 SECRET_SETTINGS = sorted(
@@ -103,3 +103,64 @@ def test_the_web_port_is_published_outside_the_cluster_only_when_meant(kind: str
     assert proc.returncode == 0, proc.stderr
     services = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "Service"]
     assert kind in {s["spec"].get("type") for s in services}
+
+
+# ---- review h60i --------------------------------------------------------------------
+
+_EGRESS = {
+    "networkPolicy": {
+        "enabled": True,
+        "egress": [
+            {"to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}], "ports": [{"port": 9092}]},
+            {"to": [{"ipBlock": {"cidr": "10.0.6.0/24"}}], "ports": [{"port": 5432}]},
+        ],
+    }
+}
+
+
+def test_the_setup_jobs_pod_is_under_a_network_policy_that_exists_before_it_runs() -> None:
+    """The setup Job's pod holds the schema owner's DATABASE_URL (who can switch row-level
+    security off): with networkPolicy on, it gets the workers' egress rules and no way
+    in, from a policy made as a hook before the Job (at pre-install the release's other
+    objects do not exist yet: in a namespace that denies by default it reached nothing)."""
+    docs = render(_EGRESS)
+    job = one(docs, "Job")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        p for p in by_kind(docs, "NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]  # fmt: skip
+    assert len(policies) == 1, f"{len(policies)} NetworkPolicies select the setup Job's pod"
+    [policy] = policies
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == []
+    assert policy["spec"]["egress"][1:] == _EGRESS["networkPolicy"]["egress"]
+    hooks = policy["metadata"]["annotations"]
+    assert set(hooks["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    assert int(hooks["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    # Without egress rules it still takes no connection in, and egress stays open.
+    [open_egress] = [
+        p for p in by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+        if p["metadata"]["name"].endswith("-setup")
+    ]  # fmt: skip
+    assert open_egress["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_every_build_is_deployed_under_a_reference_of_its_own() -> None:
+    """No default tag: the chart's appVersion stayed 0.1.0 across builds, so `helm
+    upgrade` of a new build restarted no worker, and a rescheduled worker ran whichever
+    0.1.0 its node had cached. A tag or a digest is required."""
+    base = {k: v for k, v in REQUIRED.items() if k != "image"}
+    assert "image.tag (or image.digest) is required" in refusal(
+        {**base, "image": {"repository": "registry.example/paystream"}}
+    )
+    [worker] = one(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    assert worker["image"] == "registry.example/paystream:3f9c2ab"
+    digest = "sha256:" + "ab" * 32
+    pinned = render({"image": {"tag": "", "digest": digest}})
+    for kind in ("StatefulSet", "Job"):
+        for c in containers(one(pinned, kind)["spec"]["template"]["spec"]):
+            assert c["image"] == f"registry.example/paystream@{digest}"
+    assert "digest" in refusal(_merge(REQUIRED, {"image": {"digest": "latest"}}))

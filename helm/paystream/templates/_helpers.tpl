@@ -34,8 +34,17 @@ app.kubernetes.io/part-of: paystream
 {{- end }}
 {{- end }}
 
+{{- /* One reference per build: a tag shared by builds (the chart's appVersion, unchanged
+  for as long as the version is) left the pod template unchanged, so `helm upgrade`
+  restarted no worker, and a worker rescheduled later ran whichever build its node had
+  cached (review h60i). */ -}}
 {{- define "paystream.image" -}}
-{{ required "image.repository is required: where the image built from ./Dockerfile was pushed" .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $repository := required "image.repository is required: where the image built from ./Dockerfile was pushed" .Values.image.repository -}}
+{{- if .Values.image.digest -}}
+{{ $repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ $repository }}:{{ required "image.tag (or image.digest) is required: this build's own tag, e.g. its git commit (`git rev-parse --short HEAD`); a tag shared by builds restarts no worker on upgrade" .Values.image.tag }}
+{{- end }}
 {{- end }}
 
 {{/* Refusals that the values schema cannot express. */}}
