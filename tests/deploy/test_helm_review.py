@@ -164,3 +164,21 @@ def test_every_build_is_deployed_under_a_reference_of_its_own() -> None:
         for c in containers(one(pinned, kind)["spec"]["template"]["spec"]):
             assert c["image"] == f"registry.example/paystream@{digest}"
     assert "digest" in refusal(_merge(REQUIRED, {"image": {"digest": "latest"}}))
+
+
+def test_the_worker_spread_is_best_effort_unless_made_a_rule() -> None:
+    """The spread is ScheduleAnyway by default (values.yaml says two workers may then
+    share a node, review h60i); DoNotSchedule makes it a rule; anything else is refused."""
+
+    def spread(values: dict[str, Any]) -> Any:
+        docs = render(values)
+        [constraint] = one(docs, "StatefulSet")["spec"]["template"]["spec"][
+            "topologySpreadConstraints"
+        ]
+        return constraint["whenUnsatisfiable"]
+
+    assert spread({}) == "ScheduleAnyway"
+    assert spread({"topologySpread": {"whenUnsatisfiable": "DoNotSchedule"}}) == "DoNotSchedule"
+    assert "whenUnsatisfiable" in refusal(
+        _merge(REQUIRED, {"topologySpread": {"whenUnsatisfiable": "Sometimes"}})
+    )
