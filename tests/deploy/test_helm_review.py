@@ -182,3 +182,23 @@ def test_the_worker_spread_is_best_effort_unless_made_a_rule() -> None:
     assert "whenUnsatisfiable" in refusal(
         _merge(REQUIRED, {"topologySpread": {"whenUnsatisfiable": "Sometimes"}})
     )
+
+
+def test_every_policy_limiting_egress_opens_the_dns_ports_named() -> None:
+    """OpenShift's DNS pods listen on 5353, where a policy opening 53 alone cut DNS off
+    (review h60i): `networkPolicy.dnsPorts` names them, for the workers', the commands
+    server's and the setup Job's policies alike."""
+    values = _merge(
+        _EGRESS,
+        {
+            "networkPolicy": {"dnsPorts": [5353]},
+            "commands": {"server": {"enabled": True, "egress": [{"ports": [{"port": 9092}]}]}},
+        },
+    )
+    policies = by_kind(render(values), "NetworkPolicy")
+    assert len(policies) == 3
+    for policy in policies:
+        dns = policy["spec"]["egress"][0]["ports"]
+        assert dns == [{"port": 5353, "protocol": "UDP"}, {"port": 5353, "protocol": "TCP"}]
+    defaults = by_kind(render(_EGRESS), "NetworkPolicy")
+    assert all(p["spec"]["egress"][0]["ports"][0]["port"] == 53 for p in defaults)

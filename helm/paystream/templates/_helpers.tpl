@@ -298,3 +298,15 @@ spec:
                 port:
                   name: http
 {{- end }}
+
+{{/* DNS, for every policy that limits egress: the ports the cluster's DNS pods listen on
+  (a policy sees the pod's port: 53 on most clusters, 5353 on OpenShift). */}}
+{{- define "paystream.dnsEgress" -}}
+- ports:
+    {{- range .Values.networkPolicy.dnsPorts }}
+    - port: {{ . }}
+      protocol: UDP
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
