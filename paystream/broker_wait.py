@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import aiohttp.web
 from aiokafka.admin import AIOKafkaAdminClient
@@ -37,34 +37,68 @@ _REQUEST_TIMEOUT_MS = 5_000
 
 
 async def brokers_answer(settings: Settings) -> str | None:
-    """None when a broker answered a metadata request; else why not (one line)."""
+    """None when a broker answered a metadata request; else why not (one line, with
+    aiokafka's last error: a refused TLS certificate or login reads otherwise as an
+    outage, review h60j)."""
     bootstrap = ",".join(settings.require_broker().removeprefix("kafka://").split(";"))
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=_REQUEST_TIMEOUT_MS,
         **client_auth(settings),
     )
-    try:
-        with _aiokafka_quiet():
+    with _aiokafka_errors() as errors:
+        try:
             await admin.start()
-        return None
-    except Exception as exc:  # any failure is "not yet": reported, and asked again
-        return f"{type(exc).__name__}: {exc}"[:300]
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
+            return None
+        except Exception as exc:  # any failure is "not yet": reported, and asked again
+            said = str(exc)
+            why = said if said.startswith(type(exc).__name__) else f"{type(exc).__name__}: {said}"
+            if errors:
+                why = f"{why}; {errors[-1]}"
+            return why[:500]
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+class _Collected(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self._into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._into.append(record.getMessage()[:300])
 
 
 @contextlib.contextmanager
-def _aiokafka_quiet() -> Iterator[None]:
-    """aiokafka logs every refused connection at ERROR: one line a try, said already."""
+def _aiokafka_errors() -> Iterator[list[str]]:
+    """aiokafka's warnings and errors while the brokers are asked, collected instead of
+    logged (it logs every refused connection at ERROR: a line a try, said in ours)."""
     logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    errors: list[str] = []
+    handler = _Collected(errors)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        yield
+        yield errors
     finally:
-        logger.setLevel(level)
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+async def _unless_stopped(asked: Awaitable[str | None], stop: asyncio.Event) -> str | None:
+    """The brokers asked, given up (None) the moment ``stop`` is set: a SIGTERM during a
+    probe (up to 5 s a broker) that then found them was lost, and Faust started (h60j)."""
+    probe = asyncio.ensure_future(asked)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({probe, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (probe, stopped):
+            task.cancel()
+        await asyncio.gather(probe, stopped, return_exceptions=True)
+    return None if stop.is_set() or probe.cancelled() else probe.result()
 
 
 def _app() -> aiohttp.web.Application:
@@ -86,40 +120,48 @@ def _app() -> aiohttp.web.Application:
 
 async def wait_for_brokers(settings: Settings) -> bool:
     """Return True once a broker answers (at once when one does), False when stopped
-    by SIGTERM or SIGINT first."""
-    why = await brokers_answer(settings)
-    if why is None:
-        return True
+    by SIGTERM or SIGINT first (whenever it comes: the handlers are in place first)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runner: CappedRunner | None = None
+    try:
+        why = await _unless_stopped(brokers_answer(settings), stop)
+        pause = _FIRST_PAUSE_S
+        while not stop.is_set() and why is not None:
+            if runner is None:
+                runner = await _serve_while_waiting(settings)
+            log.warning("worker: %s (%s); asking again in %.0f s", WAITING, why, pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            pause = min(pause * 2, _MAX_PAUSE_S)
+            if not stop.is_set():
+                why = await _unless_stopped(brokers_answer(settings), stop)
+        if stop.is_set():
+            log.info("worker: stopped while %s", WAITING)
+            return False
+        if runner is not None:
+            log.info("worker: the brokers answer; starting")
+        return True
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def _serve_while_waiting(settings: Settings) -> CappedRunner:
     runner = CappedRunner(
         _app(), max_connections=settings.web_max_connections, server_name="worker",
         access_log=None, **HANDLER_LIMITS,
     )  # fmt: skip
     await runner.setup()
     try:
-        try:
-            await aiohttp.web.TCPSite(runner, settings.web_host, settings.web_port).start()
-        except OSError as exc:  # (probes then fail; the wait goes on regardless)
-            log.warning("worker: cannot serve /healthz while waiting: %s", exc)
-        pause = _FIRST_PAUSE_S
-        while why is not None:
-            log.warning("worker: %s (%s); asking again in %.0f s", WAITING, why, pause)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
-            if stop.is_set():
-                log.info("worker: stopped while %s", WAITING)
-                return False
-            pause = min(pause * 2, _MAX_PAUSE_S)
-            why = await brokers_answer(settings)
-        log.info("worker: the brokers answer; starting")
-        return True
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        await aiohttp.web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    except OSError as exc:  # (probes then fail; the wait goes on regardless)
+        log.warning("worker: cannot serve /healthz while waiting: %s", exc)
+    return runner
 
 
 def waited_for_brokers(settings: Settings) -> bool:

@@ -11,6 +11,7 @@ import yaml
 
 from paystream.settings import Settings
 from tests.deploy.test_helm import REQUIRED, _merge, by_kind, containers, helm, one, refusal, render
+from tests.deploy.tools import CHART, run, tool
 
 # Every setting paystream treats as a secret (pydantic SecretStr), by its variable name.
 SECRET_SETTINGS = sorted(
@@ -202,3 +203,20 @@ def test_every_policy_limiting_egress_opens_the_dns_ports_named() -> None:
         assert dns == [{"port": 5353, "protocol": "UDP"}, {"port": 5353, "protocol": "TCP"}]
     defaults = by_kind(render(_EGRESS), "NetworkPolicy")
     assert all(p["spec"]["egress"][0]["ports"][0]["port"] == 53 for p in defaults)
+
+
+def test_readmes_install_command_takes_an_all_digit_short_commit() -> None:
+    """A short commit of digits alone (1 in 27, e.g. 1234567) is an integer to `--set`,
+    which the schema (tag: string) refused (review h60j): README says `--set-string`."""
+    readme = (CHART.parents[1] / "README.md").read_text()
+    assert '--set-string image.tag="$(git rev-parse --short HEAD)"' in readme
+    proc = run(
+        tool("helm"), "template", "pay", str(CHART),
+        "--set", "image.repository=registry.example/paystream",
+        "--set-string", "image.tag=1234567", "--set", "existingSecret=paystream-secrets",
+        "--set", "kafka.brokerUrl=kafka://kafka-0.kafka:9092;kafka-1.kafka:9092",
+        "--set", "redis.url=redis://redis:6379/0", "--set", "partitions=12",
+        "--set", "replicaCount=3",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "registry.example/paystream:1234567" in proc.stdout

@@ -43,7 +43,7 @@ app.kubernetes.io/part-of: paystream
 {{- if .Values.image.digest -}}
 {{ $repository }}@{{ .Values.image.digest }}
 {{- else -}}
-{{ $repository }}:{{ required "image.tag (or image.digest) is required: this build's own tag, e.g. its git commit (`git rev-parse --short HEAD`); a tag shared by builds restarts no worker on upgrade" .Values.image.tag }}
+{{ $repository }}:{{ required "image.tag (or image.digest) is required: this build's own tag, e.g. its git commit (`--set-string image.tag=$(git rev-parse --short HEAD)`: a commit of digits alone is a number to --set); a tag shared by builds restarts no worker on upgrade" .Values.image.tag }}
 {{- end }}
 {{- end }}
 
