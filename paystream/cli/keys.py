@@ -97,7 +97,9 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
         url = app_database_url(asyncpg_url(settings.database_url), password)
         tenant_ids = sorted({*report.tenants, *report.unreadable, *extra_tenants})
         click.echo(f"  re-wrapping ledger data keys of {len(tenant_ids)} tenant(s)…", err=True)
-        report.ledger_keys_rewrapped = run_db(rewrap_ledger_keys(url, keyring, tenant_ids))
+        report.ledger_keys_rewrapped = run_db(
+            rewrap_ledger_keys(url, keyring, tenant_ids, report.ledger_unopenable)
+        )
     for tenant_id in report.unreadable:
         click.echo(
             f"warning: {tenant_id}'s latest record cannot be read by this version: "
@@ -115,6 +117,14 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
             f"error: {problem}: no key in the keyring opens it; it was left as it is. Is "
             "the master key that sealed it missing from PAYSTREAM_RETIRED_MASTER_KEYS? "
             "(If that key is lost, set the secret again with `paystream tenants add --secret`.)",
+            err=True,
+        )
+    for problem in report.ledger_unopenable:
+        click.echo(
+            f"error: ledger data key {problem}: left under its old key. Wrapped under a "
+            "master key missing from PAYSTREAM_RETIRED_MASTER_KEYS: add it and run again; "
+            "damaged: what it sealed is lost (`paystream audit verify --tenant` names the "
+            "customer)",
             err=True,
         )
     if settings.database_url and keyring.retired:
@@ -159,6 +169,6 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
                 f"error: ledger data keys still under a retired key: {named} ({hint})",
                 err=True,
             )
-    if left or ledger_left or report.unopenable:
+    if left or ledger_left or report.unopenable or report.ledger_unopenable:
         click.echo("keep the retired key until `paystream keys rotate` exits 0", err=True)
         sys.exit(1)

@@ -350,8 +350,8 @@ def _key_problems(keys: KeyProblems) -> list[str]:
     out = []
     if keys.missing:
         out.append(
-            f"{len(keys.missing)} customer(s) ({_some(keys.missing)}) hold ciphertext but "
-            "have no data key and were not erased: the key was deleted outside an erasure"
+            f"{len(keys.missing)} customer(s) ({_some(keys.missing)}) have no data key and "
+            "were not erased: the key was deleted outside an erasure"
         )
     if keys.damaged:
         out.append(
@@ -363,6 +363,12 @@ def _key_problems(keys: KeyProblems) -> list[str]:
             f"{len(keys.unknown_master)} customer(s) ({_some(keys.unknown_master)}): the "
             "data key is wrapped under a master key not in the keyring "
             "(PAYSTREAM_RETIRED_MASTER_KEYS)"
+        )
+    if keys.remade:
+        out.append(
+            f"{len(keys.remade)} customer(s) ({_some(keys.remade)}): the data key was made "
+            "again after their first event (the one before deleted or replaced outside an "
+            "erasure): what it sealed before does not open any more"
         )
     if keys.left_after_erasure:
         out.append(

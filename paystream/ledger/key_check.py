@@ -4,16 +4,19 @@ The application role has full DML on ``data_keys`` (the writer makes keys, an er
 deletes one), and nothing audits a key: deleting one outside an erasure shreds that
 customer's PII with every row still verifying, and a damaged one parks the customer's
 events (review finding). Each customer row that still holds ciphertext and is not
-erased must have a key that unwraps.
+erased must have a key that unwraps, and one no younger than its first event: the
+writer makes a missing key afresh (the ledger goes on recording the customer), and a key
+made after the customer's first event was made again after the first was lost, what it
+sealed before with it (review h60k: then verify was clean).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from paystream.ledger.keys import SqlKeyStore
-from paystream.ledger.models import Customer, DataKey
+from paystream.ledger.models import Customer, DataKey, Event
 from paystream.tenancy.crypto import (
     CryptoError,
     MasterKeyring,
@@ -37,9 +40,16 @@ class KeyProblems:
         self.damaged: list[str] = []  # does not unwrap under the master key it names
         self.unknown_master: list[str] = []  # under a master key the keyring lacks
         self.left_after_erasure: list[str] = []  # erased, and their key still there
+        self.remade: list[str] = []  # a key younger than their first event: made again
 
     def __bool__(self) -> bool:
-        return bool(self.missing or self.damaged or self.unknown_master or self.left_after_erasure)
+        return bool(
+            self.missing
+            or self.damaged
+            or self.unknown_master
+            or self.left_after_erasure
+            or self.remade
+        )
 
 
 async def customers_keys_checked(
@@ -62,16 +72,14 @@ async def customers_keys_checked(
     )
     found.left_after_erasure = list((await session.scalars(left)).all())
     store = SqlKeyStore(session)
-    sealed = or_(
-        Customer.email_ciphertext.is_not(None),
-        Customer.name_ciphertext.is_not(None),
-        Customer.address_ciphertext.is_not(None),
-    )
+    # Every customer not erased: each has had a key since its first row, sealing its
+    # columns and its events' fields alike (description, metadata and phone are sealed in
+    # events only: a key sealing just those was never checked; review h60k).
     after: str | None = None
     while True:
         page = (
             select(Customer.customer_id)
-            .where(sealed, Customer.erased_at.is_(None))
+            .where(Customer.tenant_id == tenant_id, Customer.erased_at.is_(None))
             .order_by(Customer.customer_id)
             .limit(_PAGE)
         )
@@ -83,6 +91,7 @@ async def customers_keys_checked(
         after = ids[-1]
         refs = {customer_key_ref(c): c for c in ids}
         wrapped = await store.get_many(tenant_id, refs)
+        found.remade += await _keys_made_again(session, tenant_id, ids)
         for ref, customer_id in refs.items():
             key = wrapped.get(ref)
             if key is None:
@@ -94,3 +103,27 @@ async def customers_keys_checked(
                 found.unknown_master.append(customer_id)
             except CryptoError:
                 found.damaged.append(customer_id)
+
+
+async def _keys_made_again(session: AsyncSession, tenant_id: str, ids: list[str]) -> list[str]:
+    """Those of ``ids`` whose key was made after their first event was recorded (a key
+    is made in the transaction that records the customer's first event: the same
+    ``now()``)."""
+    first = (
+        select(Event.entity_id, func.min(Event.recorded_at).label("first"))
+        .where(
+            Event.tenant_id == tenant_id, Event.entity_type == "customer", Event.entity_id.in_(ids)
+        )
+        .group_by(Event.entity_id)
+        .subquery()
+    )
+    made = (
+        select(first.c.entity_id)
+        .join(
+            DataKey,
+            (DataKey.tenant_id == tenant_id)
+            & (DataKey.key_ref == func.concat(customer_key_ref(""), first.c.entity_id)),
+        )
+        .where(DataKey.created_at > first.c.first)
+    )
+    return sorted((await session.scalars(made)).all())

@@ -12,6 +12,7 @@ from paystream.ledger.chunks import chunked
 from paystream.ledger.models import DataKey
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import (
+    CryptoError,
     MasterKeyring,
     WrappedKey,
     customer_key_ref,
@@ -81,7 +82,11 @@ async def customer_data_keys(
     *,
     create: bool,
 ) -> dict[str, bytes]:
-    """Unwrapped PII keys by customer id; with ``create``, make the missing ones (one insert)."""
+    """Unwrapped PII keys by customer id; with ``create``, make the missing ones (one
+    insert). One missing for a customer already in the ledger (deleted outside an
+    erasure) is made afresh too, so that the ledger goes on recording them; `audit
+    verify` still names them, their key being younger than their first event (their
+    older sealed data opens no more: key_check.py)."""
     store = SqlKeyStore(session)
     refs = {customer_key_ref(c): c for c in customer_ids}
     wrapped = await store.get_many(tenant_id, refs)
@@ -97,12 +102,18 @@ async def customer_data_keys(
 
 
 async def rotate_master_key(
-    engine: AsyncEngine, keyring: MasterKeyring, tenant_ids: Iterable[str]
+    engine: AsyncEngine,
+    keyring: MasterKeyring,
+    tenant_ids: Iterable[str],
+    unopenable: list[str] | None = None,
 ) -> int:
     """Re-wrap every data key not under ``keyring.current``; rows stay untouched.
 
     One transaction per tenant (RLS scopes the work), so a crash leaves each tenant
     either fully re-wrapped or untouched, and re-running resumes where it stopped.
+    A key no key of the keyring opens (damaged, or wrapped under a master key it lacks)
+    is left as it is and named in ``unopenable`` ("tenant/key_ref: why"): it stopped
+    the rotation of every key after it, naming none (review h60k).
     Returns how many keys were re-wrapped.
     """
     count = 0
@@ -115,7 +126,12 @@ async def rotate_master_key(
             )
             for row in rows.all():
                 old = WrappedKey(row.master_key_id, bytes(row.wrapped_key))
-                new = rewrap_data_key(keyring, old, tenant_id, row.key_ref)
+                try:
+                    new = rewrap_data_key(keyring, old, tenant_id, row.key_ref)
+                except CryptoError as exc:
+                    if unopenable is not None:
+                        unopenable.append(f"{tenant_id}/{row.key_ref}: {exc}")
+                    continue
                 await session.execute(
                     update(DataKey)
                     .where(DataKey.tenant_id == tenant_id, DataKey.key_ref == row.key_ref)

@@ -76,7 +76,8 @@ class Tenant(Base):
 
 
 class DataKey(Base):
-    """A wrapped data key: ``tenant`` for tenant secrets, ``customer/<id>`` for PII."""
+    """A wrapped data key: ``customer/<id>`` for a customer's PII (a tenant secret carries
+    its own, in its sealed string in the registry)."""
 
     __tablename__ = "data_keys"
     __table_args__ = (

@@ -24,7 +24,6 @@ from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import Settings
 
 __all__ = [
-    "TENANT_KEY_REF",
     "CryptoError",
     "KeyStore",
     "MasterKey",
@@ -48,7 +47,6 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 # First byte of every ciphertext and wrapped key: lets the format change without guessing.
 FORMAT_V1 = b"\x01"
-TENANT_KEY_REF = "tenant"
 
 
 class CryptoError(PaystreamError):

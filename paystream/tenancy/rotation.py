@@ -43,6 +43,8 @@ class RotationReport:
     # "tenant/secret: why" for secrets no key in the keyring opens (left as they are)
     unopenable: list[str] = field(default_factory=list)
     ledger_keys_rewrapped: int | None = None  # None: the ledger was not touched
+    # "tenant/key_ref: why" for ledger data keys no key in the keyring opens (left)
+    ledger_unopenable: list[str] = field(default_factory=list)
 
 
 async def reseal_registry_secrets(
@@ -83,16 +85,20 @@ async def reseal_registry_secrets(
 
 
 async def rewrap_ledger_keys(
-    database_url: str, keyring: MasterKeyring, tenant_ids: Iterable[str]
+    database_url: str,
+    keyring: MasterKeyring,
+    tenant_ids: Iterable[str],
+    unopenable: list[str] | None = None,
 ) -> int:
-    """Re-wrap the ledger's data keys of these tenants, as the RLS-bound application role."""
+    """Re-wrap the ledger's data keys of these tenants, as the RLS-bound application role
+    (``unopenable``: those no key opens, named and left as they are)."""
     from paystream.ledger import assert_rls_enforced, create_engine, rotate_master_key
 
     engine = create_engine(database_url, hide_parameters=True)
     try:
         # Unbound by RLS, a tenant's session would see (and fail to unwrap) others' keys.
         await assert_rls_enforced(engine)
-        return await rotate_master_key(engine, keyring, tenant_ids)
+        return await rotate_master_key(engine, keyring, tenant_ids, unopenable)
     finally:
         await engine.dispose()
 

@@ -30,6 +30,19 @@ def _b64(key: MasterKey) -> str:
     return base64.b64encode(key.key).decode()
 
 
+def _rotation_env(
+    env: dict[str, str], ledger_db: LedgerDb, new: MasterKey, old: MasterKey
+) -> dict[str, str]:
+    """A rotation to ``new`` from ``old``, as the ledger's owner with the app password."""
+    return {
+        **env,
+        "PAYSTREAM_MASTER_KEY": _b64(new),
+        "PAYSTREAM_RETIRED_MASTER_KEYS": _b64(old),
+        "DATABASE_URL": ledger_db.owner_url,
+        "PAYSTREAM_DB_APP_PASSWORD": make_url(ledger_db.app_url).password or "",
+    }
+
+
 def test_retired_keys_from_settings_open_what_they_sealed_until_resealed() -> None:
     old, new = MasterKey.generate(), MasterKey.generate()
     sealed = seal_secret(MasterKeyring(old), "acme", "api_key", "sk_test_1")
@@ -76,13 +89,7 @@ async def test_keys_rotate_moves_registry_secrets_and_ledger_keys_to_the_new_key
     )
     assert await _ledger_key_ids(app_engine, tenant) == {old.key_id}
 
-    env = {
-        **dep.env,
-        "PAYSTREAM_MASTER_KEY": _b64(new),
-        "PAYSTREAM_RETIRED_MASTER_KEYS": _b64(old),
-        "DATABASE_URL": ledger_db.owner_url,
-        "PAYSTREAM_DB_APP_PASSWORD": make_url(ledger_db.app_url).password or "",
-    }
+    env = _rotation_env(dep.env, ledger_db, new, old)
     result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
     assert "1 secret(s) of 1 tenant(s) re-sealed; 3 ledger data key(s) re-wrapped" in result.output
     # Not done while a secret stays unopenable: dropping the old key would lose it.
@@ -190,3 +197,36 @@ async def test_keys_rotate_refuses_a_ledger_schema_not_migrated(
     assert result.exit_code == 1, result.output
     assert f"the ledger schema is at 0002, this version's is {head()}: migrate" in result.output
     assert "re-sealed" not in result.output  # refused before touching anything
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_keys_rotate_names_a_ledger_key_no_key_opens_and_rotates_the_rest(
+    deployment_factory: Any, ledger_db: LedgerDb, app_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """A damaged data key (the app role can write data_keys) stopped the rotation of every
+    key after it, naming none (review h60k): named now, left as it is, the rest
+    re-wrapped, and the command exits 1."""
+    dep = await deployment_factory()
+    old, new = MasterKey.generate(), MasterKey.generate()
+    await dep.add_tenants(Tenant(tenant_id="dmg1"), Tenant(tenant_id="dmg2"))
+    for tenant in ("dmg1", "dmg2"):
+        await write_events(
+            app_engine,
+            [make_event.customer(tenant, f"cus_{i}") for i in range(2)],
+            keyring=MasterKeyring(old),
+        )
+    async with tenant_session(app_engine, "dmg1") as s:
+        blob = (
+            await s.scalars(select(DataKey.wrapped_key).where(DataKey.key_ref == "customer/cus_0"))
+        ).one()
+        await s.execute(
+            DataKey.__table__.update()
+            .where(DataKey.key_ref == "customer/cus_0")
+            .values(wrapped_key=blob[:-1] + bytes([blob[-1] ^ 1]))
+        )
+    env = _rotation_env(dep.env, ledger_db, new, old)
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["keys", "rotate"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "error: ledger data key dmg1/customer/cus_0:" in result.output
+    assert "3 ledger data key(s) re-wrapped" in result.output
+    assert await _ledger_key_ids(app_engine, "dmg2") == {new.key_id}

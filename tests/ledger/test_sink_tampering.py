@@ -110,7 +110,7 @@ async def test_verify_names_a_key_deleted_outside_an_erasure_and_a_damaged_one(
             {"r": customer_key_ref("cus_3")},
         )
     assert (await verify_audit(app_engine, t, keyring)).problems == [
-        "1 customer(s) (cus_1) hold ciphertext but have no data key and were not erased: "
+        "1 customer(s) (cus_1) have no data key and were not erased: "
         "the key was deleted outside an erasure",
         "1 customer(s) (cus_2): the data key does not unwrap under the master key it names "
         "(altered or damaged)",
