@@ -366,9 +366,10 @@ def _key_problems(keys: KeyProblems) -> list[str]:
         )
     if keys.remade:
         out.append(
-            f"{len(keys.remade)} customer(s) ({_some(keys.remade)}): the data key was made "
-            "again after their first event (the one before deleted or replaced outside an "
-            "erasure): what it sealed before does not open any more"
+            f"{len(keys.remade)} customer(s) ({_some(keys.remade)}): the data key does not "
+            "open their earliest sealed event: it was made again (the one before deleted or "
+            "replaced outside an erasure), or the event was altered; what was sealed before "
+            "does not open any more"
         )
     if keys.left_after_erasure:
         out.append(

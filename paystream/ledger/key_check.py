@@ -4,19 +4,21 @@ The application role has full DML on ``data_keys`` (the writer makes keys, an er
 deletes one), and nothing audits a key: deleting one outside an erasure shreds that
 customer's PII with every row still verifying, and a damaged one parks the customer's
 events (review finding). Each customer row that still holds ciphertext and is not
-erased must have a key that unwraps, and one no younger than its first event: the
-writer makes a missing key afresh (the ledger goes on recording the customer), and a key
-made after the customer's first event was made again after the first was lost, what it
-sealed before with it (review h60k: then verify was clean).
+erased must have a key that unwraps, and that opens the customer's earliest sealed
+event: the writer makes a missing key afresh (the ledger goes on recording the
+customer), and one made again after the first was lost does not open what that one
+sealed (review h60k: verify was clean then).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from paystream.ledger.events import PII_FIELDS
 from paystream.ledger.keys import SqlKeyStore
 from paystream.ledger.models import Customer, DataKey, Event
+from paystream.ledger.pii import open_event_data
 from paystream.tenancy.crypto import (
     CryptoError,
     MasterKeyring,
@@ -40,7 +42,7 @@ class KeyProblems:
         self.damaged: list[str] = []  # does not unwrap under the master key it names
         self.unknown_master: list[str] = []  # under a master key the keyring lacks
         self.left_after_erasure: list[str] = []  # erased, and their key still there
-        self.remade: list[str] = []  # a key younger than their first event: made again
+        self.remade: list[str] = []  # their key does not open their earliest sealed event
 
     def __bool__(self) -> bool:
         return bool(
@@ -91,39 +93,47 @@ async def customers_keys_checked(
         after = ids[-1]
         refs = {customer_key_ref(c): c for c in ids}
         wrapped = await store.get_many(tenant_id, refs)
-        found.remade += await _keys_made_again(session, tenant_id, ids)
+        opened: dict[str, bytes] = {}
         for ref, customer_id in refs.items():
             key = wrapped.get(ref)
             if key is None:
                 found.missing.append(customer_id)
                 continue
             try:
-                unwrap_data_key(keyring, key, tenant_id, ref)
+                opened[customer_id] = unwrap_data_key(keyring, key, tenant_id, ref)
             except UnknownMasterKeyError:
                 found.unknown_master.append(customer_id)
             except CryptoError:
                 found.damaged.append(customer_id)
+        found.remade += await _first_sealed_event_unopened(session, tenant_id, opened)
 
 
-async def _keys_made_again(session: AsyncSession, tenant_id: str, ids: list[str]) -> list[str]:
-    """Those of ``ids`` whose key was made after their first event was recorded (a key
-    is made in the transaction that records the customer's first event: the same
-    ``now()``)."""
+async def _first_sealed_event_unopened(
+    session: AsyncSession, tenant_id: str, keys: dict[str, bytes]
+) -> list[str]:
+    """Those customers (of ``keys``, their unwrapped keys) whose earliest event holding
+    sealed data does not open under their key: the key was made again after the one
+    before was deleted or replaced outside an erasure (the writer makes a missing key
+    afresh), or the event was altered. One decryption a customer, and no timestamp to
+    trust: the application role may write those (review h60l)."""
+    if not keys:
+        return []
+    sealed = or_(*(Event.data[name].has_key("sealed") for name in PII_FIELDS))
     first = (
-        select(Event.entity_id, func.min(Event.recorded_at).label("first"))
+        select(Event.entity_id, Event.event_id, Event.data)
         .where(
-            Event.tenant_id == tenant_id, Event.entity_type == "customer", Event.entity_id.in_(ids)
+            Event.tenant_id == tenant_id,
+            Event.entity_type == "customer",
+            Event.entity_id.in_(list(keys)),
+            sealed,
         )
-        .group_by(Event.entity_id)
-        .subquery()
+        .order_by(Event.entity_id, Event.entity_version, Event.event_id)
+        .distinct(Event.entity_id)
     )
-    made = (
-        select(first.c.entity_id)
-        .join(
-            DataKey,
-            (DataKey.tenant_id == tenant_id)
-            & (DataKey.key_ref == func.concat(customer_key_ref(""), first.c.entity_id)),
-        )
-        .where(DataKey.created_at > first.c.first)
-    )
-    return sorted((await session.scalars(made)).all())
+    unopened = []
+    for customer_id, event_id, data in (await session.execute(first)).tuples():
+        try:
+            open_event_data(keys[customer_id], tenant_id, event_id, data)
+        except CryptoError:
+            unopened.append(customer_id)
+    return sorted(unopened)

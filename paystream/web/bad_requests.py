@@ -55,7 +55,9 @@ def _refusal(exc: BaseException | None) -> BaseException | None:
     while exc is not None and seen < 8:  # (a chain is short; a cycle is not followed)
         if isinstance(exc, HttpProcessingError):
             return exc
-        exc = exc.__cause__ or exc.__context__
+        # Causes only: an error raised while handling a refusal (its context) is a bug
+        # of its own, whose traceback must be logged (review h60l).
+        exc = exc.__cause__
         seen += 1
     return None
 

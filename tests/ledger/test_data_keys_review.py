@@ -6,9 +6,10 @@ after the writer makes it again, and customers whose only sealed data is in even
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import (
@@ -19,6 +20,7 @@ from paystream.ledger import (
     write_events,
 )
 from paystream.ledger.models import DataKey
+from paystream.ledger.writer import _write_tenant
 from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring
 
 
@@ -119,3 +121,57 @@ async def test_one_key_under_an_unknown_master_key_does_not_stop_other_tenants(
     await rotate_master_key(app_engine, old.rotated_to(new), ["uk1", "uk2"], unopenable)
     assert [p.split(":")[0] for p in unopenable] == ["uk1/customer/cus_x"], unopenable
     assert set((await _master_ids(app_engine, "uk2")).values()) == {new.key_id}
+
+
+# ---- review h60l: the check opens the earliest sealed event, trusting no timestamp
+
+
+async def test_remade_key_hidden_by_app_role_backdating_created_at(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: Any
+) -> None:
+    """The check defends against the app role (full DML on data_keys). That same role
+    may UPDATE data_keys.created_at: delete the key, let the writer remake it, move its
+    created_at back, and verify is clean while the customer's older sealed data is lost."""
+    t = "hl1"
+    await write_events(app_engine, [make_event.customer(t, "cus_1", version=1)], keyring=keyring)
+    async with tenant_session(app_engine, t) as s:
+        await s.execute(delete(DataKey).where(DataKey.key_ref == "customer/cus_1"))
+    await write_events(app_engine, [make_event.customer(t, "cus_1", version=2)], keyring=keyring)
+    assert not (await verify_audit(app_engine, t, keyring)).ok  # named "made again": good
+    async with tenant_session(app_engine, t) as s:  # as the app role, unaudited
+        await s.execute(
+            update(DataKey)
+            .where(DataKey.key_ref == "customer/cus_1")
+            .values(created_at=text("created_at - interval '1 day'"))
+        )
+    try:
+        await export_customer(app_engine, keyring, t, "cus_1")
+        exported = "ok"
+    except CryptoError as exc:
+        exported = f"export fails: {exc}"
+    assert exported.startswith("export fails")  # the older sealed event: lost
+    result = await verify_audit(app_engine, t, keyring)
+    assert not result.ok, f"lost PII unreported after a created_at update ({exported})"
+
+
+async def test_no_remade_key_when_a_writer_began_before_the_key_maker(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: Any
+) -> None:
+    """now() is the transaction's start: a write of the tenant that began (BEGIN +
+    set_config) before another took the tenant lock and made a customer's first key,
+    then records that customer's next event with an earlier recorded_at than the key.
+    Two writers of one tenant: a Faust rebalance's old and new owner of the partition."""
+    t = "hl2"
+    async with tenant_session(app_engine, t) as early:  # began first (now() fixed here)
+        await early.execute(text("SELECT 1"))
+        await asyncio.sleep(0.05)
+        # Another writer takes the lock first and records cus_1's first event + its key.
+        await write_events(
+            app_engine, [make_event.customer(t, "cus_1", version=1)], keyring=keyring
+        )
+        # The early transaction now gets the lock and records cus_1's next outcome.
+        await _write_tenant(early, keyring, t, [make_event.customer(t, "cus_1", version=2)])
+    exported = await export_customer(app_engine, keyring, t, "cus_1")  # nothing was lost
+    assert exported["customer"]["email"] == "cus_1@example.com"
+    result = await verify_audit(app_engine, t, keyring)
+    assert not any("made again" in p for p in result.problems), result.problems
