@@ -367,9 +367,9 @@ def _key_problems(keys: KeyProblems) -> list[str]:
     if keys.remade:
         out.append(
             f"{len(keys.remade)} customer(s) ({_some(keys.remade)}): the data key does not "
-            "open their earliest sealed event: it was made again (the one before deleted or "
-            "replaced outside an erasure), or the event was altered; what was sealed before "
-            "does not open any more"
+            "open a sealed event of theirs: it was made again (the one before deleted or "
+            "replaced outside an erasure), or the event was altered; what was sealed under "
+            "the one before does not open any more"
         )
     if keys.left_after_erasure:
         out.append(

@@ -3,11 +3,10 @@
 The application role has full DML on ``data_keys`` (the writer makes keys, an erasure
 deletes one), and nothing audits a key: deleting one outside an erasure shreds that
 customer's PII with every row still verifying, and a damaged one parks the customer's
-events (review finding). Each customer row that still holds ciphertext and is not
-erased must have a key that unwraps, and that opens the customer's earliest sealed
-event: the writer makes a missing key afresh (the ledger goes on recording the
-customer), and one made again after the first was lost does not open what that one
-sealed (review h60k: verify was clean then).
+events (review finding). Each customer not erased must have a key that unwraps and
+opens every sealed event of theirs: the writer makes a missing key afresh (the ledger
+goes on recording the customer), and one made again after the first was lost does not
+open what that one sealed (review h60k: verify was clean then).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from paystream.ledger.events import PII_FIELDS
 from paystream.ledger.keys import SqlKeyStore
 from paystream.ledger.models import Customer, DataKey, Event
-from paystream.ledger.pii import open_event_data
+from paystream.ledger.pii import open_event_field, sealed_event_fields
 from paystream.tenancy.crypto import (
     CryptoError,
     MasterKeyring,
@@ -42,7 +41,7 @@ class KeyProblems:
         self.damaged: list[str] = []  # does not unwrap under the master key it names
         self.unknown_master: list[str] = []  # under a master key the keyring lacks
         self.left_after_erasure: list[str] = []  # erased, and their key still there
-        self.remade: list[str] = []  # their key does not open their earliest sealed event
+        self.remade: list[str] = []  # their key does not open a sealed event of theirs
 
     def __bool__(self) -> bool:
         return bool(
@@ -105,35 +104,42 @@ async def customers_keys_checked(
                 found.unknown_master.append(customer_id)
             except CryptoError:
                 found.damaged.append(customer_id)
-        found.remade += await _first_sealed_event_unopened(session, tenant_id, opened)
+        found.remade += await _sealed_events_unopened(session, tenant_id, opened)
 
 
-async def _first_sealed_event_unopened(
+async def _sealed_events_unopened(
     session: AsyncSession, tenant_id: str, keys: dict[str, bytes]
 ) -> list[str]:
-    """Those customers (of ``keys``, their unwrapped keys) whose earliest event holding
-    sealed data does not open under their key: the key was made again after the one
-    before was deleted or replaced outside an erasure (the writer makes a missing key
-    afresh), or the event was altered. One decryption a customer, and no timestamp to
-    trust: the application role may write those (review h60l)."""
+    """Those customers (of ``keys``, their unwrapped keys) with a sealed event their key
+    does not open: it was made again after the one before was deleted or replaced
+    outside an erasure (the writer makes a missing key afresh), or the event was
+    altered. Every sealed event of theirs is opened, one decryption a field, trusting
+    nothing the application role writes to pick one (a version, a timestamp, a row
+    inserted to look sealed: reviews h60l, h60n)."""
     if not keys:
         return []
-    sealed = or_(*(Event.data[name].has_key("sealed") for name in PII_FIELDS))
-    first = (
-        select(Event.entity_id, Event.event_id, Event.data)
-        .where(
-            Event.tenant_id == tenant_id,
-            Event.entity_type == "customer",
-            Event.entity_id.in_(list(keys)),
-            sealed,
+    maybe_sealed = or_(
+        *(
+            (func.jsonb_typeof(Event.data[name]) == "object") & Event.data[name].has_key("sealed")
+            for name in PII_FIELDS
         )
-        .order_by(Event.entity_id, Event.entity_version, Event.event_id)
-        .distinct(Event.entity_id)
     )
-    unopened = []
-    for customer_id, event_id, data in (await session.execute(first)).tuples():
-        try:
-            open_event_data(keys[customer_id], tenant_id, event_id, data)
-        except CryptoError:
-            unopened.append(customer_id)
+    events = select(Event.entity_id, Event.event_id, Event.data).where(
+        Event.tenant_id == tenant_id,
+        Event.entity_type == "customer",
+        Event.entity_id.in_(list(keys)),
+        maybe_sealed,
+    )
+    unopened: set[str] = set()
+    for customer_id, event_id, data in (await session.execute(events)).tuples():
+        if customer_id in unopened:
+            continue
+        for name, blob in sealed_event_fields(data).items():
+            try:
+                if blob is None:  # shaped as no version seals: altered
+                    raise CryptoError(f"{name} holds no sealed value")
+                open_event_field(keys[customer_id], blob, tenant_id, event_id, name)
+            except CryptoError:
+                unopened.add(customer_id)
+                break
     return sorted(unopened)

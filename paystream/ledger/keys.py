@@ -85,8 +85,8 @@ async def customer_data_keys(
     """Unwrapped PII keys by customer id; with ``create``, make the missing ones (one
     insert). One missing for a customer already in the ledger (deleted outside an
     erasure) is made afresh too, so that the ledger goes on recording them; `audit
-    verify` still names them, their key not opening their earliest sealed event (their
-    older sealed data opens no more: key_check.py)."""
+    verify` still names them, their key not opening their older sealed events (which
+    open no more: key_check.py)."""
     store = SqlKeyStore(session)
     refs = {customer_key_ref(c): c for c in customer_ids}
     wrapped = await store.get_many(tenant_id, refs)

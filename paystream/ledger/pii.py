@@ -8,15 +8,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from paystream.ledger.events import PII_FIELDS
-from paystream.tenancy.crypto import aad, decrypt, encrypt
+from paystream.tenancy.crypto import FORMAT_V1, NONCE_BYTES, CryptoError, aad, decrypt, encrypt
 
 __all__ = [
     "CUSTOMER_PII_COLUMNS",
     "ERASED",
     "open_customer_columns",
     "open_event_data",
+    "open_event_field",
     "seal_customer_columns",
     "seal_event_data",
+    "sealed_event_fields",
 ]
 
 # Customer row columns holding ciphertext, by the data field they encrypt.
@@ -88,13 +90,58 @@ def seal_event_data(
 def open_event_data(
     key: bytes | None, tenant_id: str, event_id: str, data: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Inverse of :func:`seal_event_data`; without the key, sealed fields read as ERASED."""
+    """Inverse of :func:`seal_event_data`; without the key, sealed fields read as ERASED.
+    A field sealed by every version holding no ciphertext is a CryptoError (the row was
+    altered); a description or metadata stored in clear by an older version is as it is."""
     opened = dict(data)
-    for name in PII_FIELDS:
-        value = opened.get(name)
-        if isinstance(value, Mapping) and "sealed" in value:
-            blob = base64.b64decode(value["sealed"])
-            opened[name] = (
-                ERASED if key is None else _open(key, blob, tenant_id, f"event.{name}", event_id)
-            )
+    for name, blob in sealed_event_fields(data).items():
+        if key is None:
+            opened[name] = ERASED
+        elif blob is None:
+            raise CryptoError(f"event {event_id}: its {name} holds no sealed value")
+        else:
+            opened[name] = _open(key, blob, tenant_id, f"event.{name}", event_id)
     return opened
+
+
+# The shortest sealed value: format byte, nonce and GCM tag around an empty plaintext.
+_SEALED_MIN = 1 + NONCE_BYTES + 16
+# Fields sealed by every version; the others (description, metadata) were stored in
+# clear before d079e5a, so a value of theirs merely shaped like a sealed one is theirs.
+_ALWAYS_SEALED = frozenset({"email", "name", "address", "phone"})
+
+
+def _sealed_blob(value: Any) -> bytes | None:
+    """The ciphertext of ``{"sealed": <base64 of a v1 ciphertext>}``, else None."""
+    if not (isinstance(value, Mapping) and len(value) == 1):
+        return None
+    text = value.get("sealed")
+    if not isinstance(text, str):
+        return None
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return blob if len(blob) >= _SEALED_MIN and blob[:1] == FORMAT_V1 else None
+
+
+def sealed_event_fields(data: Mapping[str, Any]) -> dict[str, bytes | None]:
+    """The event's PII fields holding a sealed value, as their ciphertext: exactly
+    ``{"sealed": <base64 of a v1 ciphertext>}``; None for a field sealed by every
+    version whose value is shaped otherwise ({"sealed": "abc"}: no ciphertext, a row
+    altered). A description or metadata an older version stored in clear, a "sealed"
+    key among them, is no sealed value (review h60n)."""
+    found: dict[str, bytes | None] = {}
+    for name in PII_FIELDS:
+        value = data.get(name)
+        if not (isinstance(value, Mapping) and "sealed" in value):
+            continue
+        blob = _sealed_blob(value)
+        if blob is not None or name in _ALWAYS_SEALED:
+            found[name] = blob
+    return found
+
+
+def open_event_field(key: bytes, blob: bytes, tenant_id: str, event_id: str, name: str) -> Any:
+    """One sealed field of an event (CryptoError if ``key`` did not seal it there)."""
+    return _open(key, blob, tenant_id, f"event.{name}", event_id)
