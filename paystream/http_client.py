@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -163,7 +164,11 @@ class IngressClient:
                         why = str(resp.status)
             except aiohttp.ClientConnectorError as exc:  # not connected: nothing sent
                 failures += 1
-                why = type(exc).__name__
+                # The operating system's reason (connection refused, no route, a name
+                # not resolved): the class name alone said nothing (review h60m).
+                errno = exc.os_error.errno
+                reason = os.strerror(errno) if errno else str(exc.os_error)
+                why = f"{type(exc).__name__}: {reason}"
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 # Maybe taken, maybe not: the same command again is the safe retry.
                 failures += 1

@@ -4,6 +4,7 @@ coroutine with clean errors, stopping on a signal."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import signal
@@ -55,6 +56,9 @@ def _run(
     caller answers those itself (an exit status of their own). ``note_waiting``: say on
     stderr, once, if it runs past WAITING_NOTE_SECONDS (not for work that shows its
     own progress)."""
+    refusals = _BootstrapRefusals()
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.addFilter(refusals)
     try:
         return asyncio.run(_noting_a_wait(coro) if note_waiting else coro)
     except own:
@@ -70,9 +74,28 @@ def _run(
             # own words list resolved addresses; say which setting names them.
             said = (
                 f"no Kafka broker answered at {_brokers_named()} (KAFKA_BROKER_URL): is it "
-                f"running, and is that its address? ({said})"
+                f"running, and is that its address? ({said}"
+                + (f"; {refusals.last})" if refusals.last else ")")
             )
         raise click.ClickException(said) from exc
+    finally:
+        aiokafka_log.removeFilter(refusals)
+
+
+class _BootstrapRefusals(logging.Filter):
+    """aiokafka's own line for each broker address it could not connect to, kept back:
+    a command that then fails says so in its one error (the last one quoted in it); two
+    lines for one problem before (review h60m)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to"):
+            self.last = record.getMessage()[:300]
+            return False
+        return True
 
 
 async def _noting_a_wait(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -244,7 +244,10 @@ async def _send_over_http(
             answer = await client.send(cmd, wait=waited)
     except IngressUnreachable as exc:
         if not exc.maybe_taken:
-            raise click.ClickException(f"no answer from {shown}: {exc}") from None
+            raise click.ClickException(
+                f"no answer from {shown}: {exc}. Is `paystream ingress` (or a worker) "
+                "serving there? `paystream dev` prints its address on its `commands POST` line"
+            ) from None
         click.echo(f"error: {exc}", err=True)
         _say_how_to_resend(cmd.get_id())
         return OutcomeTimeout(str(exc))

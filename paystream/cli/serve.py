@@ -129,6 +129,18 @@ def doctor() -> None:
 
         from paystream.devstack import DevStack
 
+        empty = [
+            v for v in ("KAFKA_BROKER_URL", "DATABASE_URL", "REDIS_URL") if os.environ.get(v) == ""
+        ]
+        if empty:
+            # Set, but to nothing: the export line of a `paystream dev` that has stopped
+            # (its files gone, `cat` printed nothing). Checking a stack of its own then
+            # passed every check, none of them about the stack meant (review h60m).
+            raise click.ClickException(
+                f"{', '.join(empty)} set but empty: the export line of a `paystream dev` "
+                "that is no longer running? Start it and run its export line again, or "
+                "unset them to check a fresh embedded stack"
+            )
         click.echo(
             "checking the embedded stack (set KAFKA_BROKER_URL, DATABASE_URL, REDIS_URL "
             "to check your own servers)…"

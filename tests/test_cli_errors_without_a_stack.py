@@ -1,0 +1,81 @@
+"""Error messages a new user meets when the stack `paystream dev` printed is not (or no
+longer) where the shell thinks it is (review h60m): one error a problem, saying why."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from paystream.cli import cli
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_send_http_to_no_ingress_says_why_and_what_to_check() -> None:
+    """README: `paystream send --http http://127.0.0.1:6070` (a stack on other ports, or
+    none). The Kafka path says "no Kafka broker answered at ...: is it running, and is that
+    its address?"; the HTTP path said only "(ClientConnectorError)"."""
+    url = f"http://127.0.0.1:{_closed_port()}"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "send",
+            "payment.create",
+            "--tenant",
+            "acme",
+            "--http",
+            url,
+            "--timeout",
+            "3",
+            "--data",
+            '{"amount": 1999, "currency": "USD", "payment_method_token": "pm_card_visa"}',
+        ],
+        env={"PAYSTREAM_INGRESS_KEY": "psk_x", "KAFKA_BROKER_URL": None},
+    )
+    out = result.output
+    assert "was not sent" in out, out
+    assert "connection refused" in out.lower(), out
+    assert "`paystream dev` prints its address" in out, out
+
+
+def test_a_cli_command_with_no_broker_prints_one_error_not_aiokafkas_log_too() -> None:
+    """Every CLI command run from a shell whose export line outlived its stack printed
+    aiokafka's own log line ('Unable connect to "127.0.0.1:N": [Errno 111] ...') above
+    paystream's clear "Error: no Kafka broker answered at ...": two errors for one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PAYSTREAM_"))}
+    env["KAFKA_BROKER_URL"] = f"kafka://127.0.0.1:{_closed_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "paystream", "tenants", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "no Kafka broker answered" in proc.stderr, proc.stderr
+    # aiokafka's own line is not printed beside it: its words are in the one error.
+    said = [line for line in proc.stderr.splitlines() if "Unable connect to" in line]
+    assert len(said) == 1 and said[0].startswith("Error: no Kafka broker answered"), proc.stderr
+
+
+def test_doctor_refuses_servers_set_to_nothing_rather_than_check_a_stack_of_its_own() -> None:
+    """The export line of a `paystream dev` that has stopped sets the variables to ""
+    (its files gone): doctor then checked a fresh embedded stack and passed everything,
+    none of it about the stack meant (review h60m)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PAYSTREAM_"))}
+    env.update({"KAFKA_BROKER_URL": "", "DATABASE_URL": "", "REDIS_URL": ""})
+    proc = subprocess.run(
+        [sys.executable, "-m", "paystream", "doctor"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "KAFKA_BROKER_URL, DATABASE_URL, REDIS_URL set but empty" in proc.stderr
+    assert "checking the embedded stack" not in proc.stdout
