@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -166,8 +167,7 @@ class IngressClient:
                 failures += 1
                 # The operating system's reason (connection refused, no route, a name
                 # not resolved): the class name alone said nothing (review h60m).
-                errno = exc.os_error.errno
-                reason = os.strerror(errno) if errno else str(exc.os_error)
+                reason = _connect_reason(exc.os_error)
                 why = f"{type(exc).__name__}: {reason}"
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 # Maybe taken, maybe not: the same command again is the safe retry.
@@ -182,6 +182,17 @@ class IngressClient:
         # Out of attempts or time, the last answer a 503 or 429: no answer, and whether
         # any attempt may have been taken (then only the same id may be sent again).
         raise IngressUnreachable(command_id, maybe_taken, why or "out of time")
+
+
+def _connect_reason(err: OSError) -> str:
+    """Why a connection was not made, in the system's words: a refusal carries only its
+    number (ECONNREFUSED), a failed name lookup its resolver's text under a negative
+    number, a TLS failure the SSL library's message (reviews h60m, h60o)."""
+    if isinstance(err, ssl.SSLError):
+        return str(err) or type(err).__name__
+    if isinstance(err.errno, int) and err.errno > 0:
+        return os.strerror(err.errno)  # (asyncio's own text names no reason)
+    return str(err.strerror or err) or type(err).__name__
 
 
 # Sent again as the same command: the ingress's 503, and a proxy's 502 or 504 (the

@@ -59,6 +59,7 @@ def _run(
     refusals = _BootstrapRefusals()
     aiokafka_log = logging.getLogger("aiokafka")
     aiokafka_log.addFilter(refusals)
+    said_in_the_error = False
     try:
         return asyncio.run(_noting_a_wait(coro) if note_waiting else coro)
     except own:
@@ -77,23 +78,33 @@ def _run(
                 f"running, and is that its address? ({said}"
                 + (f"; {refusals.last})" if refusals.last else ")")
             )
+            said_in_the_error = True
         raise click.ClickException(said) from exc
     finally:
         aiokafka_log.removeFilter(refusals)
+        if not said_in_the_error:
+            for record in refusals.held:
+                aiokafka_log.handle(record)
 
 
 class _BootstrapRefusals(logging.Filter):
-    """aiokafka's own line for each broker address it could not connect to, kept back:
-    a command that then fails says so in its one error (the last one quoted in it); two
-    lines for one problem before (review h60m)."""
+    """aiokafka's own line for each bootstrap address it could not connect to, held back:
+    a command that then fails to bootstrap says so in its one error (the last one quoted
+    in it; two lines for one problem before, review h60m); any other way they are logged
+    after all, once the command is done (a dead broker among live ones, review h60o).
+    A known broker lost mid-command (its "node with id" line) is logged as it happens."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.last: str | None = None
+        self.held: list[logging.LogRecord] = []
+
+    @property
+    def last(self) -> str | None:
+        return self.held[-1].getMessage()[:300] if self.held else None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to"):
-            self.last = record.getMessage()[:300]
+        if isinstance(record.msg, str) and record.msg.startswith('Unable connect to "'):
+            self.held.append(record)
             return False
         return True
 
