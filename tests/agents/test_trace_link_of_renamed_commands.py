@@ -5,6 +5,8 @@ the raw names, so consumers of the outcome linked to a span never exported)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -13,6 +15,26 @@ from paystream.client import build_command
 from tests.agents.harness import Harness
 from tests.agents.test_card_data_hiding_places import TRACEPARENT
 from tests.agents.test_tracing import _taken, traced  # noqa: F401
+
+
+async def _traced_send(
+    harness: tuple[Harness, InMemorySpanExporter],
+    data: dict[str, Any],
+    tenant: str,
+    command_id: str,
+) -> tuple[Any, Any]:
+    """A command named ``tenant``/``command_id`` (with a producer's traceparent) and its
+    outcome, and the consumer span the worker exported for it."""
+    h, exporter = harness
+    h.add_tenant("ok-tenant")
+    event = build_command("customer.create", "ok-tenant", data, command_id="c0")
+    attrs = event.get_attributes()
+    attrs["id"], attrs["tenantid"], attrs["traceparent"] = command_id, tenant, TRACEPARENT
+    _, out = await h.send_event(event, offset=5)
+    assert out is not None
+    [span] = [s for s in _taken(exporter) if s.kind is SpanKind.CONSUMER]
+    assert span.context is not None
+    return out, span
 
 
 @pytest.mark.parametrize(
@@ -25,15 +47,7 @@ async def test_outcome_traceparent_names_the_exported_span(
     tenant: str,
     command_id: str,
 ) -> None:
-    h, exporter = traced
-    h.add_tenant("ok-tenant")
-    event = build_command("customer.create", "ok-tenant", {}, command_id="c0")
-    attrs = event.get_attributes()
-    attrs["id"], attrs["tenantid"], attrs["traceparent"] = command_id, tenant, TRACEPARENT
-    _, out = await h.send_event(event, offset=5)
-    assert out is not None
-    [span] = [s for s in _taken(exporter) if s.kind is SpanKind.CONSUMER]
-    assert span.context is not None
+    out, span = await _traced_send(traced, {}, tenant, command_id)
     parent_of_consumers = str(out.get_extension("traceparent")).split("-")[2]
     assert parent_of_consumers == f"{span.context.span_id:016x}"
 
@@ -66,17 +80,8 @@ async def test_a_security_code_rejection_links_to_its_exported_span(
     tenant: str,
     command_id: str,
 ) -> None:
-    h, exporter = traced
-    h.add_tenant("ok-tenant")
-    event = build_command(
-        "customer.create", "ok-tenant", {"metadata": {"card_cvc": "737"}}, command_id="c0"
-    )
-    attrs = event.get_attributes()
-    attrs["id"], attrs["tenantid"], attrs["traceparent"] = command_id, tenant, TRACEPARENT
-    _, out = await h.send_event(event, offset=5)
-    assert out is not None and out.get_data()["reason"] == "card_data_forbidden"
-    [span] = [s for s in _taken(exporter) if s.kind is SpanKind.CONSUMER]
-    assert span.context is not None
+    out, span = await _traced_send(traced, {"metadata": {"card_cvc": "737"}}, tenant, command_id)
+    assert out.get_data()["reason"] == "card_data_forbidden"
     a = dict(span.attributes or {})
     # The span names the command as the outcome does (no raw control characters) ...
     assert (a["paystream.tenant_id"], a["messaging.message.id"]) == (

@@ -34,6 +34,14 @@ def _get(worker: WorkerProcess, path: str) -> tuple[int, Any]:
         return exc.code, json.load(exc)
 
 
+async def _waiting(worker: WorkerProcess) -> None:
+    """Until the worker answers on its web port (waiting for the brokers, here)."""
+    await asyncio.to_thread(
+        wait_until, lambda: _answering(worker), timeout=60, what="the waiting worker",
+        alive=worker._died, interval=0.2,
+    )  # fmt: skip
+
+
 def _answering(worker: WorkerProcess) -> bool:
     try:
         return _get(worker, "/healthz")[0] == 200
@@ -51,10 +59,7 @@ async def test_a_worker_started_before_the_brokers_waits_alive_then_starts(
     env = {**dep.env, "KAFKA_BROKER_URL": f"kafka://127.0.0.1:{proxy.port}"}
     worker = WorkerProcess(env, dep.base_dir / "waiting.log", free_port())
     with worker:
-        await asyncio.to_thread(
-            wait_until, lambda: _answering(worker), timeout=60, what="the waiting worker",
-            alive=worker._died, interval=0.2,
-        )  # fmt: skip
+        await _waiting(worker)
         assert _get(worker, "/healthz") == (200, {"alive": True, "waiting": WAITING})
         status, body = _get(worker, "/readyz")
         assert (status, body["ready"], body["reasons"]) == (503, False, [WAITING])
@@ -78,10 +83,7 @@ async def test_a_waiting_worker_stops_cleanly_on_sigterm(deployment_factory: Any
     env = {**dep.env, "KAFKA_BROKER_URL": f"kafka://127.0.0.1:{free_port()}"}
     worker = WorkerProcess(env, dep.base_dir / "stopped.log", free_port())
     with worker:
-        await asyncio.to_thread(
-            wait_until, lambda: _answering(worker), timeout=60, what="the waiting worker",
-            alive=worker._died, interval=0.2,
-        )  # fmt: skip
+        await _waiting(worker)
         assert worker.proc is not None
         worker.proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
@@ -112,10 +114,7 @@ async def test_sigterm_during_the_probe_that_finds_the_brokers_stops_the_worker(
     env = {**dep.env, "KAFKA_BROKER_URL": f"kafka://127.0.0.1:{proxy.port}"}
     worker = WorkerProcess(env, dep.base_dir / "race.log", free_port())
     with worker:
-        await asyncio.to_thread(
-            wait_until, lambda: _answering(worker), timeout=60, what="the waiting worker",
-            alive=worker._died, interval=0.2,
-        )  # fmt: skip
+        await _waiting(worker)
         proxy.start()  # the brokers are back, behind a slow path
         try:
             await asyncio.to_thread(

@@ -6,7 +6,6 @@ so; repeated lookups show the latest answer; a lookup under no tenant's id is a 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from paystream.devstack.worker import WorkerProcess
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
 from tests.web.conftest import wait_for_stats
+from tests.web.lookups import submit_lookup
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -105,12 +105,7 @@ async def test_an_arabic_letter_mark_does_not_reorder_a_lookup(page: Page, w: W)
     """A customer named "\\u061c555-0100" (ShortText): the lookup's JSON line is drawn
     "0100-555", as U+202E reversed one before 4252326."""
     await open_dashboard(page, w)
-    await page.fill("#l-tenant", "acme")
-    await page.select_option("#l-kind", "customers")
-    await page.fill("#l-id", "cus_alm")
-    async with page.expect_response(re.compile(r"/v1/tenants/")):
-        await page.click("#lookup button[type=submit]")
-    result = page.locator("#l-result")
+    result = await submit_lookup(page, "acme", "customers", "cus_alm")
     await expect(result).to_contain_text("0100", timeout=WAIT)
     left_to_right = await result.evaluate(
         """(pre) => { const n = pre.firstChild; const i = n.data.indexOf('555-0100');

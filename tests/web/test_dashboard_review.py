@@ -23,6 +23,7 @@ from paystream.devstack.worker import WorkerProcess
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
 from tests.web.conftest import wait_for_stats
+from tests.web.lookups import submit_lookup
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -180,12 +181,7 @@ async def test_a_lookup_under_a_tenant_id_with_a_colon_finds_nothing(page: Page,
     """No tenant id holds ":" (TENANT_ID_PATTERN); a lookup under "globex:x" reads
     globex's table key "globex:x:k" and shows globex's command as tenant "globex:x"."""
     await open_dashboard(page, tok)
-    await page.fill("#l-tenant", "globex:x")
-    await page.select_option("#l-kind", "commands")
-    await page.fill("#l-id", "k")
-    async with page.expect_response(re.compile(r"/v1/tenants/")):
-        await page.click("#lookup button[type=submit]")
-    result = page.locator("#l-result")
+    result = await submit_lookup(page, "globex:x", "commands", "k")
     await expect(result).not_to_have_text(re.compile(r"^(…)?$"), timeout=WAIT)
     shown = await result.text_content() or ""
     assert shown.startswith("HTTP 404"), shown
@@ -291,12 +287,7 @@ async def test_a_bidi_customer_name_in_a_lookup_is_shown_escaped(page: Page, tok
     """A customer's name (ShortText: anything but length) with U+202E: drawn, the lookup's
     JSON line read reversed from it ("alice@bank.com")."""
     await open_dashboard(page, tok)
-    await page.fill("#l-tenant", "acme")
-    await page.select_option("#l-kind", "customers")
-    await page.fill("#l-id", "cus_bidi")
-    async with page.expect_response(re.compile(r"/v1/tenants/")):
-        await page.click("#lookup button[type=submit]")
-    result = page.locator("#l-result")
+    result = await submit_lookup(page, "acme", "customers", "cus_bidi")
     await expect(result).to_contain_text("ecila", timeout=WAIT)
     shown = await result.text_content() or ""
     # Shown as its escape (the same JSON string, written out), never drawn.
