@@ -17,13 +17,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 
 import aiohttp.web
 from aiokafka.admin import AIOKafkaAdminClient
 
+from paystream.errors import described
 from paystream.settings import Settings
+from paystream.streams.admin import bootstrap_servers
 from paystream.streams.kafka_auth import client_auth
+from paystream.streams.kafka_refusals import bootstrap_refusals_held
 from paystream.web.http_limits import HANDLER_LIMITS, CappedRunner
 
 __all__ = ["WAITING", "brokers_answer", "wait_for_brokers", "waited_for_brokers"]
@@ -38,53 +41,24 @@ _REQUEST_TIMEOUT_MS = 5_000
 
 async def brokers_answer(settings: Settings) -> str | None:
     """None when a broker answered a metadata request; else why not (one line, with
-    aiokafka's last error: a refused TLS certificate or login reads otherwise as an
-    outage, review h60j)."""
-    bootstrap = ",".join(settings.require_broker().removeprefix("kafka://").split(";"))
+    aiokafka's last refusal: a refused TLS certificate reads otherwise as an outage,
+    review h60j)."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=bootstrap_servers(settings.require_broker()),
         request_timeout_ms=_REQUEST_TIMEOUT_MS,
         **client_auth(settings),
     )
-    with _aiokafka_errors() as errors:
+    with bootstrap_refusals_held() as refusals:
         try:
             await admin.start()
             return None
         except Exception as exc:  # any failure is "not yet": reported, and asked again
-            said = str(exc)
-            why = said if said.startswith(type(exc).__name__) else f"{type(exc).__name__}: {said}"
-            if errors:
-                why = f"{why}; {errors[-1]}"
+            refusals.quoted = True
+            why = described(exc) + (f"; {refusals.last}" if refusals.last else "")
             return why[:500]
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
-
-
-class _Collected(logging.Handler):
-    def __init__(self, into: list[str]) -> None:
-        super().__init__(logging.WARNING)
-        self._into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._into.append(record.getMessage()[:300])
-
-
-@contextlib.contextmanager
-def _aiokafka_errors() -> Iterator[list[str]]:
-    """aiokafka's warnings and errors while the brokers are asked, collected instead of
-    logged (it logs every refused connection at ERROR: a line a try, said in ours)."""
-    logger = logging.getLogger("aiokafka")
-    errors: list[str] = []
-    handler = _Collected(errors)
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield errors
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
 
 
 async def _unless_stopped(asked: Awaitable[str | None], stop: asyncio.Event) -> str | None:

@@ -23,7 +23,7 @@ from paystream.agents.card_data import (
     raw_may_hold_card,
     security_code_outside_data,
 )
-from paystream.errors import ConfigurationError, PaystreamError
+from paystream.errors import ConfigurationError, PaystreamError, described
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import (
@@ -469,8 +469,7 @@ class PaystreamClient:
                     # handed over: it may run. Said as a lost outcome, naming the id the
                     # caller never chose (review finding: a script reading the raw error
                     # as "not sent" sent a second payment under a new id).
-                    name, text = type(exc).__name__, str(exc)
-                    why = text if text.startswith(name) else f"{name}: {text}"
+                    why = described(exc)
                     what = (
                         f"no outcome for command {command.get_id()}: it was handed over, "
                         f"then the outcome reader failed ({why}), so it may have been "

@@ -4,7 +4,6 @@ coroutine with clean errors, stopping on a signal."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import signal
@@ -15,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from aiokafka.errors import KafkaError
 
-from paystream.errors import PaystreamError
+from paystream.errors import PaystreamError, described
 from paystream.settings import Settings, load_settings
+from paystream.streams.kafka_refusals import bootstrap_refusals_held
 
 if TYPE_CHECKING:
     pass
@@ -56,57 +56,25 @@ def _run(
     caller answers those itself (an exit status of their own). ``note_waiting``: say on
     stderr, once, if it runs past WAITING_NOTE_SECONDS (not for work that shows its
     own progress)."""
-    refusals = _BootstrapRefusals()
-    aiokafka_log = logging.getLogger("aiokafka")
-    aiokafka_log.addFilter(refusals)
-    said_in_the_error = False
-    try:
-        return asyncio.run(_noting_a_wait(coro) if note_waiting else coro)
-    except own:
-        raise
-    except PaystreamError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except (KafkaError, OSError) as exc:  # a broker or server down: say so, no traceback
-        name, text = type(exc).__name__, str(exc)
-        # (aiokafka's errors already start with their class name)
-        said = text if text.startswith(name) else f"{name}: {text}"
-        if "Unable to bootstrap" in text:
-            # Refused, or taken and never answered (aiokafka's 40 s request timeout): its
-            # own words list resolved addresses; say which setting names them.
-            said = (
-                f"no Kafka broker answered at {_brokers_named()} (KAFKA_BROKER_URL): is it "
-                f"running, and is that its address? ({said}"
-                + (f"; {refusals.last})" if refusals.last else ")")
-            )
-            said_in_the_error = True
-        raise click.ClickException(said) from exc
-    finally:
-        aiokafka_log.removeFilter(refusals)
-        if not said_in_the_error:
-            for record in refusals.held:
-                aiokafka_log.handle(record)
-
-
-class _BootstrapRefusals(logging.Filter):
-    """aiokafka's own line for each bootstrap address it could not connect to, held back:
-    a command that then fails to bootstrap says so in its one error (the last one quoted
-    in it; two lines for one problem before, review h60m); any other way they are logged
-    after all, once the command is done (a dead broker among live ones, review h60o).
-    A known broker lost mid-command (its "node with id" line) is logged as it happens."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[logging.LogRecord] = []
-
-    @property
-    def last(self) -> str | None:
-        return self.held[-1].getMessage()[:300] if self.held else None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith('Unable connect to "'):
-            self.held.append(record)
-            return False
-        return True
+    with bootstrap_refusals_held() as refusals:
+        try:
+            return asyncio.run(_noting_a_wait(coro) if note_waiting else coro)
+        except own:
+            raise
+        except PaystreamError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except (KafkaError, OSError) as exc:  # a broker or server down: say so, no traceback
+            said = described(exc)
+            if "Unable to bootstrap" in str(exc):
+                # Refused, or taken and never answered (aiokafka's 40 s request timeout):
+                # its own words list resolved addresses; say which setting names them.
+                said = (
+                    f"no Kafka broker answered at {_brokers_named()} (KAFKA_BROKER_URL): is "
+                    f"it running, and is that its address? ({said}"
+                    + (f"; {refusals.last})" if refusals.last else ")")
+                )
+                refusals.quoted = True
+            raise click.ClickException(said) from exc
 
 
 async def _noting_a_wait(coro: Coroutine[Any, Any, Any]) -> Any:
