@@ -166,6 +166,8 @@ class CappedRunner(aiohttp.web.AppRunner):
         server.max_connections = self._max_connections
         server.server_name = self._server_name
         server._pending = {}
+        # The series exists from the start at 0: an alert's increase() sees a first refusal.
+        metrics.HTTP_CONNECTIONS_REFUSED.labels(self._server_name)
         return server
 
 

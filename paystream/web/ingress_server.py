@@ -286,10 +286,13 @@ class IngressServer:
 
 
 class _OwnMetrics:
-    """The metrics this process keeps: its requests and the process's own (the workers'
-    families, defined on import, would be exported as zeros beside a worker's)."""
+    """The metrics this process keeps: its requests, its refused connections and the
+    process's own (the workers' families, defined on import, would be exported as zeros
+    beside a worker's). Refused connections are a shared family, labelled by server:
+    PaystreamWebConnectionsRefused reads it from both (review h61a: the ingress's went
+    unexported, so the alert could not fire for the public server)."""
 
-    PREFIXES = ("paystream_ingress_", "process_", "python_")
+    PREFIXES = ("paystream_ingress_", "paystream_http_connections_refused", "process_", "python_")
 
     def collect(self) -> Iterator[Metric]:
         for family in REGISTRY.collect():
