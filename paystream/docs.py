@@ -739,7 +739,8 @@ def asyncapi() -> Doc:
         "type": "object",
         "description": f"Structured content mode (`content-type: {STRUCTURED_CONTENT_TYPE}`): "
         "the record value is the whole event; its attributes are those of the `ce_*` headers "
-        "without the prefix, and `data` (or `data_base64`) is the message's payload.",
+        "without the prefix, and `data`, a JSON object, is the message's payload (a command "
+        "whose data comes as `data_base64` is refused `validation_error`).",
         "required": ["specversion", "id", "source", "type"],
         "properties": {
             "specversion": {"const": "1.0"},

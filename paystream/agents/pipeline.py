@@ -97,6 +97,7 @@ from paystream.streams.codec import (
 from paystream.streams.commands import (
     COMMAND_PREFIX,
     COMMANDS,
+    DATA_NOT_AN_OBJECT,
     ID_MAX_CHARS,
     PROVIDER_READS,
     validation_errors,
@@ -530,7 +531,7 @@ class CommandProcessor(ProviderWindow):
                 f"{controlled[0]} holds a control character",
             )
         if raw is not None and not isinstance(raw, dict):  # [], 0, false, "..." too
-            return self._reject(cmd, RejectReason.VALIDATION_ERROR, "data must be a JSON object")
+            return self._reject(cmd, RejectReason.VALIDATION_ERROR, DATA_NOT_AN_OBJECT)
         # This very command (its id, its request) sent again under another key goes on as
         # under the key it was let through or answered under, through every rule below
         # (a suspended or removed tenant, past retention, ...). Run under its own key, it

@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 COMMAND_PREFIX = "com.paystream.command."
+# A command's data that is not a JSON object: JSON in ``data`` is the only form read
+# (the SDK gives ``data_base64``, or data of another media type, as bytes: review h61b,
+# the documents called data_base64 a payload and every such command was refused).
+DATA_NOT_AN_OBJECT = "data must be a JSON object (as JSON in `data`: data_base64 is not read)"
 # Longest command id, tenant id or idempotency key accepted (Stripe's idempotency keys:
 # 255). The worker answers a longer command id as "sha256:<digest>" and cuts a longer
 # tenant id; the client refuses them, since no sender could wait for those.

@@ -28,6 +28,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -43,6 +44,7 @@ from pydantic import ValidationError
 
 from paystream import metrics
 from paystream.agents.card_data import kept_headers, trace_context_without_cards
+from paystream.agents.inbound import bad_time
 from paystream.client import (
     CommandTooLarge,
     InvalidCommand,
@@ -59,7 +61,12 @@ from paystream.streams.codec import (
     decode_record,
     is_structured,
 )
-from paystream.streams.commands import COMMAND_PREFIX, COMMANDS, validation_errors
+from paystream.streams.commands import (
+    COMMAND_PREFIX,
+    COMMANDS,
+    DATA_NOT_AN_OBJECT,
+    validation_errors,
+)
 from paystream.streams.outcomes import REQUEST_HEADER
 from paystream.streams.pan import redact_card_numbers
 from paystream.streams.tracecontext import parse_traceparent, valid_tracestate
@@ -518,12 +525,17 @@ def _command_record(event: CloudEvent, settings: Settings) -> tuple[KafkaRecord,
         )  # fmt: skip
     data = event.get_data()
     if data not in (None, b"", "") and not isinstance(data, dict):  # (as the worker says)
-        raise _invalid("data must be a JSON object")
+        raise _invalid(DATA_NOT_AN_OBJECT)
     media = str(event.get_attributes().get("datacontenttype") or "application/json")
     if isinstance(data, dict) and not _json_media(media):
         # Produced as it says, the worker would read the object as text and refuse it:
         # refused here, before the topic (review finding: answered 202).
         raise _invalid(f"datacontenttype {media[:100]!r}: data must be JSON")
+    at = event.get_time()
+    if isinstance(at, datetime) and (fault := bad_time(at)) is not None:
+        # (As the worker refuses it unrun: 0001-01-01T00:00:00+01:00 was answered 202,
+        # then rejected from the topic; review h61b.)
+        raise _invalid(f"time: {fault}")
     key = event.get_extension("idempotencykey")
     if key is not None and not isinstance(key, str):
         # A number or a boolean is produced as its text ("0", "False") in binary mode and

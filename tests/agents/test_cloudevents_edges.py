@@ -3,6 +3,8 @@ real pipeline (review findings)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 
@@ -13,7 +15,7 @@ from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
-from paystream.streams.commands import SubmitDisputeEvidence
+from paystream.streams.commands import DATA_NOT_AN_OBJECT, SubmitDisputeEvidence
 from tests.agents.harness import Harness, data, kind, outcome_of
 
 
@@ -73,3 +75,26 @@ def test_the_evidence_submit_flag_is_a_json_boolean(flag: object) -> None:
         SubmitDisputeEvidence.model_validate(
             {"dispute_id": "dp_1", "evidence": {"product_description": "x"}, "submit": flag}
         )
+
+
+async def test_structured_data_in_base64_is_refused_saying_how_data_is_sent(
+    harness: Harness,
+) -> None:
+    """The documents called `data_base64` a structured command's payload, and every such
+    command was refused "data must be a JSON object" (review h61b): the documents and the
+    refusal now say data is read as JSON in `data` only."""
+    tenant = harness.add_tenant()
+    body = {
+        "specversion": "1.0", "id": "c-b64", "source": "/x", "tenantid": tenant,
+        "type": "com.paystream.command.customer.create", "datacontenttype": "application/json",
+        "data_base64": base64.b64encode(b'{"email": "a@example.com"}').decode(),
+    }  # fmt: skip
+    headers = {"content-type": b"application/cloudevents+json"}
+    value = json.dumps(body).encode()
+    taken = int(time.time() * 1000)
+    topic = harness.settings.commands_topic
+    emits = await harness.raw(Inbound(tenant.encode(), value, headers, taken, topic, -1, -1))
+    outcome = outcome_of(harness.settings, emits)
+    assert outcome is not None and kind(outcome) == "command.rejected"
+    assert data(outcome)["reason"] == "validation_error"
+    assert data(outcome)["message"] == DATA_NOT_AN_OBJECT

@@ -5,6 +5,7 @@ alone, its registry, produce and outcome reader faked)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from paystream.client import build_command
 from paystream.settings import load_settings
 from paystream.streams.codec import KafkaRecord, decode_record, headers_to_dict
+from paystream.streams.commands import DATA_NOT_AN_OBJECT
 from paystream.streams.pan import contains_card_number
 from paystream.tenancy.ingress_keys import new_key
 from paystream.tenancy.mirror import RegistryMirror
@@ -156,3 +158,33 @@ async def test_a_tenants_share_of_the_waits_holds_while_the_reader_starts(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert not ingress._waiting  # every wait released
+
+
+@pytest.mark.parametrize(
+    ("sent_at", "fault"),
+    [
+        ("0001-01-01T00:00:00+01:00", "out of range in UTC"),  # before year 1 in UTC
+        ("2026-12-05T10:00:00+05:30:15", None),  # an offset with seconds (the decoder's words)
+    ],
+)
+async def test_a_time_the_worker_refuses_unrun_is_refused_here(
+    sent_at: str, fault: str | None
+) -> None:
+    """0001-01-01T00:00:00+01:00 was answered 202, then rejected validation_error from the
+    topic (review h61b): what a worker refuses unrun is refused here and never produced."""
+    app, produced, api_key = _ingress()
+    status, answer = await _post(app, api_key, json.dumps(_event(time=sent_at)).encode())
+    assert status == 400 and not produced, answer
+    assert fault is None or fault in answer["message"], answer
+    within = _event(id="c-ok", time="0001-01-02T00:00:00+01:00")
+    status, answer = await _post(app, api_key, json.dumps(within).encode())
+    assert status == 202, answer  # (within range: taken, as the worker takes it)
+
+
+async def test_data_in_base64_is_refused_saying_how_data_is_sent() -> None:
+    app, produced, api_key = _ingress()
+    event = _event(data_base64=base64.b64encode(b'{"email": "a@example.com"}').decode())
+    del event["data"]
+    status, answer = await _post(app, api_key, json.dumps(event).encode())
+    assert status == 400 and not produced, answer
+    assert answer["message"] == DATA_NOT_AN_OBJECT
