@@ -794,6 +794,7 @@ async def _replay(
     # Progress is committed as it goes and whatever stops the replay (Ctrl-C, a failed
     # send): a second run re-publishes only what the first did not.
     sent: dict[TopicPartition, int] = {}
+    in_flight: list[tuple[ParkedRecord, asyncio.Future[None]]] = []  # (one at a time)
     commits = _FencedCommits(reader, lease, ReplayPositions(settings))
     seals = FirstAttemptSeals.from_settings(settings)
     if not seals.sealing and not dry_run:
@@ -860,6 +861,11 @@ async def _replay(
                 return None  # held back
             return paces.of(rec.tenant)
 
+        def done_with(rec: ParkedRecord) -> None:
+            result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
+            sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
+            commits.stamps[TopicPartition(rec.topic, rec.partition)] = rec.timestamp_ms
+
         async def handle(rec: ParkedRecord, now: int, pace: _Pace | None) -> None:
             nonlocal done
             done += 1
@@ -875,14 +881,21 @@ async def _replay(
                     await commits.ensure_ours()
                     if pace is not None:
                         pace.take(_monotonic_ms())
-                    await _resend(
-                        producer, settings, rec, partitions, reconciled=is_stale, seals=seals
+                    resend = asyncio.ensure_future(
+                        _resend(
+                            producer, settings, rec, partitions, reconciled=is_stale, seals=seals
+                        )
                     )
+                    # A stop (Ctrl-C, SIGTERM) does not cancel a re-send under way: the
+                    # record is in the producer's buffer and is delivered as it stops,
+                    # so it is counted as done once it lands (below), or the next replay
+                    # re-sent it again (review h61d).
+                    in_flight.append((rec, resend))
+                    await asyncio.shield(resend)
+                    in_flight.clear()
                     if pace is not None:
                         pace.acknowledged(_monotonic_ms())
-                result.note(rec, REPLAYED if rec.replayable else PASSED_OVER)
-                sent[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # in order
-                commits.stamps[TopicPartition(rec.topic, rec.partition)] = rec.timestamp_ms
+                done_with(rec)
                 if producer is not None and done % COMMIT_EVERY == 0:
                     await commit()
             if observe:
@@ -943,6 +956,13 @@ async def _replay(
         # What stopped the replay is the error to report, not a failing clean-up. Another
         # replay's commit stops this one without committing (the fence would refuse it
         # again, and say so as a clean-up failure).
+        for rec, resend in in_flight:
+            # (Bounded by the producer's delivery timeout; a second Ctrl-C stops it.)
+            await asyncio.wait({resend})
+            if not resend.cancelled() and resend.exception() is None:
+                done_with(rec)
+                if observe:
+                    observe(rec, result.last)
         if producer is not None:
             fenced = isinstance(exc, ConcurrentReplayError)
             await _finish(producer, commits, {} if fenced else sent, quiet=True)

@@ -98,11 +98,13 @@ def _brokers_named() -> str:
         return "the configured address"
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: a lost SSH session killed a replay outright, its lease held and its sends
+# since the last commit re-sent by the next run (review h61d).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
-    """``coro``, a stop signal (Ctrl-C, SIGTERM) cancelling it, then raising
+    """``coro``, a stop signal (Ctrl-C, SIGTERM, SIGHUP) cancelling it, then raising
     KeyboardInterrupt. A KeyboardInterrupt raised by a signal handler lands wherever the
     loop happens to be, inside a Kafka client's own task too: that task died half-done,
     and the clean-up waited for its requests to time out (35 s after a stop during

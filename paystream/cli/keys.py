@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
 import click
 
-if TYPE_CHECKING:
-    pass
-from paystream.cli.base import _run, _settings, cli
+from paystream.cli.base import _run, _settings, _stoppable, cli
+
+T = TypeVar("T")
 
 
 @cli.group()
 def keys() -> None:
     """Master-key rotation for tenant secrets and the ledger's data keys."""
+
+
+# Each tenant's secrets, and each tenant's ledger keys, are re-wrapped whole or not at
+# all (one registry write, one transaction), so a rotation stopped anywhere is finished
+# by running it again.
+ROTATION_INTERRUPTED = (
+    "each tenant's keys were re-wrapped whole or not at all; keep the retired key and run "
+    "`paystream keys rotate` again"
+)
+
+
+def _run_stoppably(coro: Coroutine[Any, Any, T], *, note_waiting: bool = True) -> T:
+    """``coro`` run as the CLI runs it; a stop signal (Ctrl-C, SIGTERM, SIGHUP) says what
+    it left and exits 130 (SIGTERM killed it without a word: review h61d)."""
+    try:
+        return cast(T, _run(_stoppable(coro), note_waiting=note_waiting))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {ROTATION_INTERRUPTED}", err=True)
+        sys.exit(130)
 
 
 @keys.command("rotate")
@@ -91,14 +111,15 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
 
     click.echo(f"current master key {keyring.current.key_id}; retired: "
                f"{', '.join(k.key_id for k in keyring.retired) or 'none'}", err=True)  # fmt: skip
-    _run(reseal_registry_secrets(settings, keyring, report, progress), note_waiting=False)
+    _run_stoppably(reseal_registry_secrets(settings, keyring, report, progress), note_waiting=False)
     password = settings.db_app_password.get_secret_value() if settings.db_app_password else ""
     if settings.database_url and password:
         url = app_database_url(asyncpg_url(settings.database_url), password)
         tenant_ids = sorted({*report.tenants, *report.unreadable, *extra_tenants})
         click.echo(f"  re-wrapping ledger data keys of {len(tenant_ids)} tenant(s)…", err=True)
         report.ledger_keys_rewrapped = run_db(
-            rewrap_ledger_keys(url, keyring, tenant_ids, report.ledger_unopenable)
+            rewrap_ledger_keys(url, keyring, tenant_ids, report.ledger_unopenable),
+            interrupted=ROTATION_INTERRUPTED,
         )
     for tenant_id in report.unreadable:
         click.echo(
@@ -132,7 +153,9 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
         # otherwise record its own retirement far ahead).
         owner_url = asyncpg_url(settings.database_url)
         given = sorted({*report.tenants, *report.unreadable, *extra_tenants})
-        recorded = run_db(record_audit_retirements(owner_url, keyring, given))
+        recorded = run_db(
+            record_audit_retirements(owner_url, keyring, given), interrupted=ROTATION_INTERRUPTED
+        )
         click.echo(
             f"  audit chains: {recorded} retirement(s) of the old key recorded (rows under it "
             "past them are reported; `paystream audit verify` still needs the old key)",
@@ -151,13 +174,16 @@ def keys_rotate(extra_tenants: tuple[str, ...], without_ledger: bool) -> None:
     # those secrets (their tenants answered gateway_not_configured) and stall the ledger
     # sink on those tenants' data keys.
     current = keyring.current.key_id
-    left = _run(secrets_left(settings, current))
+    left = _run_stoppably(secrets_left(settings, current))
     if left:
         click.echo(f"error: secrets still under a retired key: {', '.join(left)}", err=True)
     ledger_left: dict[str, int] = {}
     if settings.database_url:
         # Checked even when nothing could be re-wrapped (no app password): as the owner.
-        ledger_left = run_db(ledger_keys_left(asyncpg_url(settings.database_url), current))
+        ledger_left = run_db(
+            ledger_keys_left(asyncpg_url(settings.database_url), current),
+            interrupted=ROTATION_INTERRUPTED,
+        )
         if ledger_left:
             named = ", ".join(f"{t} ({n})" for t, n in ledger_left.items())
             hint = (

@@ -9,6 +9,7 @@ see exactly one tenant's chain (a superuser would read every tenant's rows).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -36,10 +37,23 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def run_db(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a database coroutine for a CLI command: failures as one clean line."""
+# What an interrupted command left, when its caller does not say (each database command
+# runs in transactions: what was not committed was rolled back).
+INTERRUPTED = "what was committed stays, the rest was rolled back; run it again"
+
+
+def run_db(coro: Coroutine[Any, Any, T], *, interrupted: str = INTERRUPTED) -> T:
+    """Run a database coroutine for a CLI command: failures as one clean line; a stop
+    signal (Ctrl-C, SIGTERM, SIGHUP) as ``interrupted: ...`` and exit 130 (it was Click's
+    "Aborted!" and exit 1, which `audit verify` uses for tampering, or death by SIGTERM
+    without a word: review h61d)."""
+    from paystream.cli.base import _stoppable
+
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_stoppable(coro))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {interrupted}", err=True)
+        sys.exit(130)
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # connection refused and friends: say so without a traceback
@@ -106,7 +120,11 @@ def migrate_command(revision: str, downgrade_to: str | None, yes: bool) -> None:
             await migrate.upgrade(url, revision, app_password=_app_password(settings))
         return await migrate.current(url)
 
-    current = run_db(go())
+    current = run_db(
+        go(),
+        interrupted="a migration runs in one transaction: it was rolled back; run "
+        "`paystream migrate` again",
+    )
     if downgrade_to is None and _app_password(settings) is None:
         click.echo(
             "note: PAYSTREAM_DB_APP_PASSWORD is unset, so paystream_app's password was not set",
@@ -144,7 +162,7 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
         finally:
             await engine.dispose()
 
-    results = run_db(go())
+    results = run_db(go(), interrupted="nothing was changed (verify only reads); run it again")
     failed = empty = 0
     for res in results:
         if res.ok and not res.checked:
@@ -229,7 +247,8 @@ def erase_command(tenant: str, customer: str, yes: bool, ahead: bool) -> None:
         finally:
             await engine.dispose()
 
-    if run_db(go()):
+    erased = run_db(go(), interrupted="an erasure is one transaction: not committed; run it again")
+    if erased:
         click.echo(f"customer {customer} of tenant {tenant}: erased (data key deleted)")
     else:
         click.echo(f"customer {customer} of tenant {tenant}: already erased (nothing to do)")
