@@ -4,9 +4,11 @@ longer) where the shell thinks it is (review h60m): one error a problem, saying 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 from click.testing import CliRunner
 
@@ -79,3 +81,30 @@ def test_doctor_refuses_servers_set_to_nothing_rather_than_check_a_stack_of_its_
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "KAFKA_BROKER_URL, DATABASE_URL, REDIS_URL set but empty" in proc.stderr
     assert "checking the embedded stack" not in proc.stdout
+
+
+_UNDER_NOHUP = """
+import asyncio
+from paystream.cli.base import _stoppable
+async def work():
+    await asyncio.sleep(3)
+    return 'finished'
+print(asyncio.run(_stoppable(work())), flush=True)
+"""
+
+
+def test_a_command_run_under_nohup_is_not_stopped_by_the_hang_up() -> None:
+    """SIGHUP stops the CLI as SIGTERM does (a lost SSH session), but not one started
+    with it ignored, as `nohup` starts it (review h61e: the hang-up it guarded against
+    stopped `dlq replay`, `migrate`, ...)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _UNDER_NOHUP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # (as nohup does)
+    )
+    time.sleep(1.5)  # (imported, waiting in _stoppable)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "finished" in out, (proc.returncode, err[-300:])

@@ -40,7 +40,7 @@ from paystream.agents.continuity import (
 )
 from paystream.agents.entity_probe import READ_ONLY
 from paystream.agents.handlers import Tables
-from paystream.agents.membership import MembershipLease
+from paystream.agents.member_lease import still_a_member
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
@@ -846,7 +846,7 @@ async def _deliver(
     """Deliver a processed batch (``taken_at``: the assignments counted when its events
     were taken), then make its offsets committable."""
     global _abandoned_at
-    if events and _lease.lapsed() and not await _still_a_member(events[0].message.generation_id):
+    if events and not await still_a_member(events[0].message.generation_id, "a batch in hand"):
         # Frozen past the session timeout, say (review h61c): the partitions may be
         # another worker's, which redid these commands and went on; delivered now, this
         # batch's table changes would land after that worker's newer ones.
@@ -899,25 +899,6 @@ async def _deliver(
     offsets.advance(events)
 
 
-async def _still_a_member(generation: int | None) -> bool:
-    """After a lapse of the membership lease: wait for the coordinator to confirm this
-    worker (True) or a rebalance to begin (False)."""
-    log.warning(
-        "a batch in hand waits to be delivered: no heartbeat of this worker accepted for "
-        "%.1f s (session timeout %.0f s); it is delivered once one is, or redone by "
-        "whoever owns its partitions if the group moved them",
-        _lease.age() or 0.0,
-        _lease.session_timeout,
-    )
-    return await _lease.confirmed(
-        lambda: not app.rebalancing and app.consumer_generation_id == generation
-    )
-
-
-# The group membership as last confirmed by the coordinator (membership.py).
-_lease = MembershipLease(
-    float(app.conf.broker_session_timeout), float(app.conf.broker_heartbeat_interval)
-)
 # Batches whose records are being produced (deliveries run one at a time).
 _delivering = 0
 # Assignments received (each rebalance ends in one), and how many there had been when
@@ -931,10 +912,6 @@ _abandoned_at: int | None = None
 async def _count_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
     global _assignments
     _assignments += 1
-    # An assignment is the coordinator's word that this worker is a member; its
-    # heartbeats say so from now on (the coordinator is made with the consumer).
-    _lease.accepted()
-    _lease.follow(cast(Any, app.consumer)._thread._ensure_consumer()._coordinator)
 
 
 class HandOverWatch:

@@ -40,6 +40,7 @@ from paystream.agents import insights
 from paystream.agents.batching import take_batches
 from paystream.agents.card_data import kept_headers, raw_holds_card, raw_holds_security_code
 from paystream.agents.continuity import SWEEP_INTERVAL_SECONDS, ContinuityGuard
+from paystream.agents.member_lease import lease, still_a_member
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.pipeline import Inbound
 from paystream.app import app, settings
@@ -374,10 +375,11 @@ async def store_outcomes(stream: Any) -> None:
             # meanwhile are their new owner's.
             generation = app.consumer_generation_id
             events = [e for e in events if e.message.generation_id == generation]
-            if events:
-                await _until_stored(events)
+            if events and await _until_stored(events):
                 offsets.advance(events)
-            if insights.runner is not None:
+            if insights.runner is not None and not lease.lapsed():
+                # (A worker paused past the session timeout publishes nothing: its
+                # partitions may be another worker's, whose records these would follow.)
                 await _insights_tick()
     finally:
         committer.cancel()
@@ -401,9 +403,11 @@ async def _insights_tick() -> None:
         log.exception("insights: publishing closed windows failed; trying again")
 
 
-async def _until_stored(events: Sequence[EventT]) -> None:
+async def _until_stored(events: Sequence[EventT]) -> bool:
     """Run the batch until it is stored (and counted by the insights, where this worker
-    runs them); never pass over it. Cancellation propagates."""
+    runs them); never pass over it. False: its insights were given up, the membership
+    having lapsed meanwhile (membership.py): not to be committed, the partitions' owner
+    counts them. Cancellation propagates."""
     delay = RETRY_FIRST_SECONDS
     stored = False  # the ledger half done: a retry for the insights runs only theirs
     stalled = False  # said by the gauge below, and so to be unsaid here
@@ -415,7 +419,7 @@ async def _until_stored(events: Sequence[EventT]) -> None:
         if not events:
             if stalled:  # (moved away: nothing of it stalls this worker now)
                 STALLED.set(0)
-            return
+            return True
         try:
             if not stored and (ENABLED or insights.runner is None):  # (not insights alone)
                 await runner.run_batch(events)
@@ -433,8 +437,13 @@ async def _until_stored(events: Sequence[EventT]) -> None:
                 generation = app.consumer_generation_id
                 events = [e for e in events if e.message.generation_id == generation]
             if insights.runner is not None and events:
+                # Paused past the session timeout inside the ledger's write, this worker
+                # counted the batch after the partitions' new owner had counted it and
+                # more: its insights record landed over the newer one (review h61e).
+                if not await still_a_member(generation, "an insights batch"):
+                    return False
                 await insights.runner.run_batch(events)
-            return
+            return True
         except Exception:
             # The writer retries database outages itself; this is everything else (a
             # missing setting, the dead-letter topic unreachable, a bug). Loud, and the

@@ -53,9 +53,10 @@ class MembershipLease:
         return (time.monotonic() if now is None else now) - self._accepted
 
     def lapsed(self, now: float | None = None) -> bool:
-        """Might the coordinator have expired this member by the time a delivery lands?"""
+        """Might the coordinator have expired this member by the time a delivery lands?
+        (Never while no coordinator's heartbeats are followed: unseen, they cannot renew.)"""
         age = self.age(now)
-        return age is not None and age > self.limit
+        return self._coordinator is not None and age is not None and age > self.limit
 
     def lost(self) -> bool:
         """Has the coordinator told this worker it is no member (its member id reset, a

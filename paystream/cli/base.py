@@ -119,8 +119,14 @@ async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
         stopped = True
         task.cancel()
 
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
-    for sig in _STOP_SIGNALS:
+    # A signal ignored when the command started stays ignored: under `nohup` a hang-up
+    # must not stop it (review h61e).
+    previous = {
+        sig: handler
+        for sig in _STOP_SIGNALS
+        if (handler := signal.getsignal(sig)) is not signal.SIG_IGN
+    }
+    for sig in previous:
         loop.add_signal_handler(sig, stop)
     try:
         if _STOP_REQUESTED.is_set():  # (see _raise_interrupt)

@@ -5,6 +5,9 @@ sent since is accepted, or never if the group moves on (review h61c)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -32,6 +35,8 @@ async def test_the_lease_lapses_a_heartbeat_interval_before_the_session_timeout(
     lease = MembershipLease(session_timeout=6.0, heartbeat_interval=1.0)
     assert not lease.lapsed()  # (no assignment yet: nothing to deliver for a group)
     lease.accepted(at=100.0)
+    assert not lease.lapsed(now=200.0)  # (no heartbeats followed: none could renew it)
+    lease.follow(_Coordinator())
     assert not lease.lapsed(now=104.9)
     assert lease.lapsed(now=105.1)
     # A heartbeat interval of half the session or more: half the session.
@@ -81,3 +86,38 @@ async def test_after_a_lapse_a_lost_membership_or_a_rebalance_gives_the_batch_up
         coordinator.answers = [False]
         await coordinator._do_heartbeat()
     assert await asyncio.wait_for(waiting, 1.0) is False
+
+
+async def test_a_paused_outcome_agent_does_not_count_its_batch_in_the_insights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Paused past the session timeout inside the ledger's write, the outcome agent
+    counted the batch in the insights tables when it resumed, after the partitions' new
+    owner had counted it and more (review h61e); the batch is left uncommitted."""
+    from paystream.agents import ledger_sink, member_lease
+
+    lease, coordinator = MembershipLease(6.0, 1.0), _Coordinator()
+    lease.follow(coordinator)
+    lease.accepted()
+    monkeypatch.setattr(member_lease, "lease", lease)
+    counted: list[int] = []
+
+    class PausedStore:
+        async def run_batch(self, events: Any) -> None:
+            lease.accepted(at=time.monotonic() - 20)  # paused 20 s in the database write
+            coordinator.answers = [False]  # resumed: its first heartbeat refused
+            await coordinator._do_heartbeat()
+
+    class Counting:
+        async def run_batch(self, events: Any) -> None:
+            counted.append(len(events))
+
+    monkeypatch.setattr(ledger_sink, "ENABLED", True)
+    monkeypatch.setattr(ledger_sink, "runner", PausedStore())
+    monkeypatch.setattr(ledger_sink.insights, "runner", Counting())
+    message = SimpleNamespace(generation_id=ledger_sink.app.consumer_generation_id)
+    stored = await asyncio.wait_for(
+        ledger_sink._until_stored([SimpleNamespace(message=message)]),  # type: ignore[list-item]
+        5,
+    )
+    assert stored is False and counted == []
