@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from faust.types import EventT
 
-from paystream.agents import insights
+from paystream.agents import insights, member_lease
 from paystream.agents.batching import take_batches
 from paystream.agents.card_data import kept_headers, raw_holds_card, raw_holds_security_code
 from paystream.agents.continuity import SWEEP_INTERVAL_SECONDS, ContinuityGuard
@@ -361,9 +361,17 @@ async def store_outcomes(stream: Any) -> None:
     so the same guard as the command agent's reads such gaps from the broker first.
     """
     offsets = DurableOffsets(app, agent=AGENT_NAME, topic=events_topic.get_topic_name())
-    guard = ContinuityGuard(app, events_topic.get_topic_name(), on_passed=offsets.passed)
+    guard = ContinuityGuard(
+        app,
+        events_topic.get_topic_name(),
+        on_passed=offsets.passed,
+        assignments=lambda: member_lease.assignments,
+    )
     queue = stream.channel.queue
     committer = asyncio.ensure_future(commit_periodically(app, offsets, COMMIT_INTERVAL_SECONDS))
+    # The assignment count when a batch's insights were given up (the lease lapsed and the
+    # group moved on): no later batch is counted until the next assignment.
+    given_up_at: int | None = None
     try:
         async for taken in take_batches(
             stream, BATCH_MAX, BATCH_WITHIN, idle=SWEEP_INTERVAL_SECONDS
@@ -375,8 +383,15 @@ async def store_outcomes(stream: Any) -> None:
             # meanwhile are their new owner's.
             generation = app.consumer_generation_id
             events = [e for e in events if e.message.generation_id == generation]
-            if events and await _until_stored(events):
-                offsets.advance(events)
+            if given_up_at is not None and given_up_at == member_lease.assignments:
+                # (Taken before the assignment that follows a batch given up: passing it
+                # would commit past that batch. Faust seeks back; they come again.)
+                events = []
+            if events:
+                if await _until_stored(events):
+                    offsets.advance(events)
+                else:
+                    given_up_at = member_lease.assignments
             if insights.runner is not None and not lease.lapsed():
                 # (A worker paused past the session timeout publishes nothing: its
                 # partitions may be another worker's, whose records these would follow.)

@@ -21,7 +21,14 @@ lease = MembershipLease(
 )
 
 
+# Assignments received (each seeks the partitions to their committed offsets, even one
+# of the same generation): for the outcome agent's continuity guard.
+assignments = 0
+
+
 async def _on_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
+    global assignments
+    assignments += 1
     # An assignment is the coordinator's word that this worker is a member; its
     # heartbeats say so from now on (the coordinator is made with the consumer).
     lease.accepted()

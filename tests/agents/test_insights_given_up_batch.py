@@ -1,0 +1,215 @@
+"""A batch whose insights the outcome agent gave up (its membership lapsed, a rebalance
+began: review h61e) is counted once its partitions come back, never committed past
+(review h61f): a rejoin that keeps the generation seeks back to the committed offset, and
+the agent's continuity guard took the records read again for handled ones; and a later
+batch of the same generation, counted at once, had its offsets committed past it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP, Message
+from mode.utils.queues import FlowControlEvent
+
+from paystream.agents import ledger_sink, member_lease
+from paystream.agents.continuity import ContinuityGuard
+from paystream.agents.membership import MembershipLease
+
+pytestmark = pytest.mark.asyncio
+TOPIC = "t.events"
+P0 = TP(TOPIC, 0)
+GEN = 5
+
+
+def ev(offset: int) -> Any:
+    return SimpleNamespace(
+        message=Message(TOPIC, 0, offset, 0.0, 0, None, b"k", b"v", None, tp=P0, generation_id=GEN)
+    )
+
+
+class _Coordinator:
+    member_id = "member-1"
+
+    async def _do_heartbeat(self) -> bool:
+        return True
+
+
+@dataclass
+class Consumer:
+    committed: dict[TP, int] = field(default_factory=lambda: {P0: 10})
+    commits: list[dict[TP, int]] = field(default_factory=list)
+
+    def assignment(self) -> set[TP]:
+        return {P0}
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 14)
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        self.committed.update(offsets)
+        return True
+
+
+async def test_insights_given_up_then_same_generation_rejoin_counts_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer = Consumer()
+    app = SimpleNamespace(
+        consumer=consumer,
+        flow_control=FlowControlEvent(initially_suspended=False),
+        consumer_generation_id=GEN,
+        rebalancing=False,
+        conf=SimpleNamespace(consumer_auto_offset_reset="earliest"),
+    )
+    monkeypatch.setattr(ledger_sink, "app", app)
+    monkeypatch.setattr(member_lease, "app", app)
+    lease = MembershipLease(6.0, 1.0)
+    lease.follow(_Coordinator())
+    lease.accepted()
+    monkeypatch.setattr(member_lease, "lease", lease)
+    monkeypatch.setattr(ledger_sink, "lease", lease)
+    monkeypatch.setattr(ledger_sink, "COMMIT_INTERVAL_SECONDS", 3600)
+    monkeypatch.setattr(ledger_sink.events_topic, "get_topic_name", lambda: TOPIC)
+
+    async def read_committed(tps):
+        return {tp: consumer.committed.get(tp) for tp in tps}
+
+    async def read_range(tp, start, end):
+        return [ev(o) for o in range(start, end)], end
+
+    def guard(app_: Any, topic: str, **kwargs: Any) -> ContinuityGuard:
+        return ContinuityGuard(
+            app_, topic, read_range=read_range, read_committed=read_committed, **kwargs
+        )
+
+    monkeypatch.setattr(ledger_sink, "ContinuityGuard", guard)
+
+    class Ledger:
+        async def run_batch(self, events: Any) -> None:
+            if events[0].message.offset == 10 and not stored_once:
+                stored_once.append(True)
+                lease.accepted(at=time.monotonic() - 20)  # paused in the DB write
+                app.rebalancing = True  # resumed: a rebalance has begun
+
+    stored_once: list[bool] = []
+    counted: list[int] = []
+
+    class Insights:
+        async def run_batch(self, events: Any) -> None:
+            counted.extend(e.message.offset for e in events)
+
+        async def tick(self, owned: Any) -> None:
+            pass
+
+    monkeypatch.setattr(ledger_sink, "ENABLED", True)
+    monkeypatch.setattr(ledger_sink, "runner", Ledger())
+    monkeypatch.setattr(ledger_sink.insights, "runner", Insights())
+    feed: asyncio.Queue = asyncio.Queue()
+
+    async def take(*_: Any, **__: Any) -> Any:
+        while True:
+            yield await feed.get()
+
+    monkeypatch.setattr(ledger_sink, "take_batches", take)
+    stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
+    agent = asyncio.ensure_future(ledger_sink.store_outcomes(stream))
+    await feed.put([ev(10), ev(11), ev(12)])  # batch A: its insights given up
+    await asyncio.sleep(0.1)
+    assert counted == []  # (given up, as c2ef9b0 means)
+    # The rejoin returns the SAME generation; member_lease._on_assignment renews the lease.
+    app.rebalancing = False
+    # (the assignment as counted by a fix: member_lease.assignments, absent in c2ef9b0)
+    n = getattr(member_lease, "assignments", 0) + 1
+    monkeypatch.setattr(member_lease, "assignments", n, raising=False)
+    lease.accepted()
+    # Faust sought P0 back to the committed offset 10 and redelivers 10..13
+    await feed.put([ev(10), ev(11), ev(12), ev(13)])
+    await asyncio.sleep(0.1)
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+    # Committed past 10..12: they must have been counted.
+    assert consumer.commits == [{P0: 14}]
+    assert counted == [10, 11, 12, 13], (counted, consumer.commits)
+
+
+async def test_a_later_batch_of_the_same_generation_does_not_commit_past_the_given_up_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batch A's insights given up (lapsed, a rebalance begun); a heartbeat answered
+    "rebalance in progress" renews the lease (membership.py counts it accepted); batch B,
+    fetched before the rebalance, same generation, is counted and advanced; the worker is
+    stopped during the rebalance: its final commit passes A, never counted."""
+    consumer = Consumer()
+    app = SimpleNamespace(
+        consumer=consumer,
+        flow_control=FlowControlEvent(initially_suspended=False),
+        consumer_generation_id=GEN,
+        rebalancing=False,
+        conf=SimpleNamespace(consumer_auto_offset_reset="earliest"),
+    )
+    monkeypatch.setattr(ledger_sink, "app", app)
+    monkeypatch.setattr(member_lease, "app", app)
+    lease = MembershipLease(6.0, 1.0)
+    lease.follow(_Coordinator())
+    lease.accepted()
+    monkeypatch.setattr(member_lease, "lease", lease)
+    monkeypatch.setattr(ledger_sink, "lease", lease)
+    monkeypatch.setattr(ledger_sink, "COMMIT_INTERVAL_SECONDS", 3600)
+    monkeypatch.setattr(ledger_sink.events_topic, "get_topic_name", lambda: TOPIC)
+
+    async def read_committed(tps):
+        return {tp: consumer.committed.get(tp) for tp in tps}
+
+    async def read_range(tp, start, end):
+        return [ev(o) for o in range(start, end)], end
+
+    def guard(app_: Any, topic: str, **kwargs: Any) -> ContinuityGuard:
+        return ContinuityGuard(
+            app_, topic, read_range=read_range, read_committed=read_committed, **kwargs
+        )
+
+    monkeypatch.setattr(ledger_sink, "ContinuityGuard", guard)
+    counted: list[int] = []
+
+    class Ledger:
+        async def run_batch(self, events: Any) -> None:
+            if events[0].message.offset == 10:
+                lease.accepted(at=time.monotonic() - 20)  # paused in the DB write
+                app.rebalancing = True  # resumed: a rebalance has begun
+
+    class Insights:
+        async def run_batch(self, events: Any) -> None:
+            counted.extend(e.message.offset for e in events)
+
+        async def tick(self, owned: Any) -> None:
+            pass
+
+    monkeypatch.setattr(ledger_sink, "ENABLED", True)
+    monkeypatch.setattr(ledger_sink, "runner", Ledger())
+    monkeypatch.setattr(ledger_sink.insights, "runner", Insights())
+    feed: asyncio.Queue = asyncio.Queue()
+
+    async def take(*_: Any, **__: Any) -> Any:
+        while True:
+            yield await feed.get()
+
+    monkeypatch.setattr(ledger_sink, "take_batches", take)
+    stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
+    agent = asyncio.ensure_future(ledger_sink.store_outcomes(stream))
+    await feed.put([ev(10), ev(11), ev(12)])  # batch A: its insights given up
+    await asyncio.sleep(0.1)
+    assert counted == []
+    lease.accepted()  # a heartbeat answered REBALANCE_IN_PROGRESS (aiokafka: True)
+    await feed.put([ev(13)])  # batch B, fetched before the rebalance, same generation
+    await asyncio.sleep(0.1)
+    agent.cancel()  # the worker stops during the rebalance: the final commit
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+    assert not any(c.get(P0, 0) > 10 for c in consumer.commits), (counted, consumer.commits)
