@@ -56,9 +56,31 @@ class Consumer:
         return True
 
 
-async def test_insights_given_up_then_same_generation_rejoin_counts_the_batch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@dataclass
+class OutcomeAgent:
+    """The outcome agent's store_outcomes over a fake consumer, ledger and insights: the
+    ledger's write of a batch starting at offset 10 is paused past the session timeout,
+    and resumes with a rebalance begun."""
+
+    app: Any
+    lease: MembershipLease
+    consumer: Consumer
+    counted: list[int]
+    feed: asyncio.Queue[list[Any]]
+    task: asyncio.Future[None] | None = None
+
+    async def put(self, offsets: list[int]) -> None:
+        await self.feed.put([ev(o) for o in offsets])
+        await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()  # (a worker stopping: the agent's final commit)
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+def _outcome_agent(monkeypatch: pytest.MonkeyPatch, pauses_once: bool) -> OutcomeAgent:
     consumer = Consumer()
     app = SimpleNamespace(
         consumer=consumer,
@@ -77,10 +99,10 @@ async def test_insights_given_up_then_same_generation_rejoin_counts_the_batch(
     monkeypatch.setattr(ledger_sink, "COMMIT_INTERVAL_SECONDS", 3600)
     monkeypatch.setattr(ledger_sink.events_topic, "get_topic_name", lambda: TOPIC)
 
-    async def read_committed(tps):
+    async def read_committed(tps: Any) -> dict[TP, int | None]:
         return {tp: consumer.committed.get(tp) for tp in tps}
 
-    async def read_range(tp, start, end):
+    async def read_range(tp: TP, start: int, end: int) -> tuple[list[Any], int]:
         return [ev(o) for o in range(start, end)], end
 
     def guard(app_: Any, topic: str, **kwargs: Any) -> ContinuityGuard:
@@ -89,16 +111,15 @@ async def test_insights_given_up_then_same_generation_rejoin_counts_the_batch(
         )
 
     monkeypatch.setattr(ledger_sink, "ContinuityGuard", guard)
+    paused: list[bool] = []
+    counted: list[int] = []
 
     class Ledger:
         async def run_batch(self, events: Any) -> None:
-            if events[0].message.offset == 10 and not stored_once:
-                stored_once.append(True)
+            if events[0].message.offset == 10 and not (pauses_once and paused):
+                paused.append(True)
                 lease.accepted(at=time.monotonic() - 20)  # paused in the DB write
                 app.rebalancing = True  # resumed: a rebalance has begun
-
-    stored_once: list[bool] = []
-    counted: list[int] = []
 
     class Insights:
         async def run_batch(self, events: Any) -> None:
@@ -110,33 +131,33 @@ async def test_insights_given_up_then_same_generation_rejoin_counts_the_batch(
     monkeypatch.setattr(ledger_sink, "ENABLED", True)
     monkeypatch.setattr(ledger_sink, "runner", Ledger())
     monkeypatch.setattr(ledger_sink.insights, "runner", Insights())
-    feed: asyncio.Queue = asyncio.Queue()
+    feed: asyncio.Queue[list[Any]] = asyncio.Queue()
 
     async def take(*_: Any, **__: Any) -> Any:
         while True:
             yield await feed.get()
 
     monkeypatch.setattr(ledger_sink, "take_batches", take)
+    agent = OutcomeAgent(app, lease, consumer, counted, feed)
     stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
-    agent = asyncio.ensure_future(ledger_sink.store_outcomes(stream))
-    await feed.put([ev(10), ev(11), ev(12)])  # batch A: its insights given up
-    await asyncio.sleep(0.1)
-    assert counted == []  # (given up, as c2ef9b0 means)
-    # The rejoin returns the SAME generation; member_lease._on_assignment renews the lease.
-    app.rebalancing = False
-    # (the assignment as counted by a fix: member_lease.assignments, absent in c2ef9b0)
-    n = getattr(member_lease, "assignments", 0) + 1
-    monkeypatch.setattr(member_lease, "assignments", n, raising=False)
-    lease.accepted()
-    # Faust sought P0 back to the committed offset 10 and redelivers 10..13
-    await feed.put([ev(10), ev(11), ev(12), ev(13)])
-    await asyncio.sleep(0.1)
-    agent.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await agent
-    # Committed past 10..12: they must have been counted.
-    assert consumer.commits == [{P0: 14}]
-    assert counted == [10, 11, 12, 13], (counted, consumer.commits)
+    agent.task = asyncio.ensure_future(ledger_sink.store_outcomes(stream))
+    return agent
+
+
+async def test_insights_given_up_then_same_generation_rejoin_counts_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = _outcome_agent(monkeypatch, pauses_once=True)
+    await agent.put([10, 11, 12])  # batch A: its insights given up
+    assert agent.counted == []
+    # The rejoin returns the SAME generation; the assignment renews the lease.
+    agent.app.rebalancing = False
+    monkeypatch.setattr(member_lease, "assignments", member_lease.assignments + 1)
+    agent.lease.accepted()
+    await agent.put([10, 11, 12, 13])  # Faust sought P0 back to the committed offset 10
+    await agent.stop()
+    assert agent.consumer.commits == [{P0: 14}]
+    assert agent.counted == [10, 11, 12, 13], (agent.counted, agent.consumer.commits)
 
 
 async def test_a_later_batch_of_the_same_generation_does_not_commit_past_the_given_up_one(
@@ -144,72 +165,13 @@ async def test_a_later_batch_of_the_same_generation_does_not_commit_past_the_giv
 ) -> None:
     """Batch A's insights given up (lapsed, a rebalance begun); a heartbeat answered
     "rebalance in progress" renews the lease (membership.py counts it accepted); batch B,
-    fetched before the rebalance, same generation, is counted and advanced; the worker is
-    stopped during the rebalance: its final commit passes A, never counted."""
-    consumer = Consumer()
-    app = SimpleNamespace(
-        consumer=consumer,
-        flow_control=FlowControlEvent(initially_suspended=False),
-        consumer_generation_id=GEN,
-        rebalancing=False,
-        conf=SimpleNamespace(consumer_auto_offset_reset="earliest"),
-    )
-    monkeypatch.setattr(ledger_sink, "app", app)
-    monkeypatch.setattr(member_lease, "app", app)
-    lease = MembershipLease(6.0, 1.0)
-    lease.follow(_Coordinator())
-    lease.accepted()
-    monkeypatch.setattr(member_lease, "lease", lease)
-    monkeypatch.setattr(ledger_sink, "lease", lease)
-    monkeypatch.setattr(ledger_sink, "COMMIT_INTERVAL_SECONDS", 3600)
-    monkeypatch.setattr(ledger_sink.events_topic, "get_topic_name", lambda: TOPIC)
-
-    async def read_committed(tps):
-        return {tp: consumer.committed.get(tp) for tp in tps}
-
-    async def read_range(tp, start, end):
-        return [ev(o) for o in range(start, end)], end
-
-    def guard(app_: Any, topic: str, **kwargs: Any) -> ContinuityGuard:
-        return ContinuityGuard(
-            app_, topic, read_range=read_range, read_committed=read_committed, **kwargs
-        )
-
-    monkeypatch.setattr(ledger_sink, "ContinuityGuard", guard)
-    counted: list[int] = []
-
-    class Ledger:
-        async def run_batch(self, events: Any) -> None:
-            if events[0].message.offset == 10:
-                lease.accepted(at=time.monotonic() - 20)  # paused in the DB write
-                app.rebalancing = True  # resumed: a rebalance has begun
-
-    class Insights:
-        async def run_batch(self, events: Any) -> None:
-            counted.extend(e.message.offset for e in events)
-
-        async def tick(self, owned: Any) -> None:
-            pass
-
-    monkeypatch.setattr(ledger_sink, "ENABLED", True)
-    monkeypatch.setattr(ledger_sink, "runner", Ledger())
-    monkeypatch.setattr(ledger_sink.insights, "runner", Insights())
-    feed: asyncio.Queue = asyncio.Queue()
-
-    async def take(*_: Any, **__: Any) -> Any:
-        while True:
-            yield await feed.get()
-
-    monkeypatch.setattr(ledger_sink, "take_batches", take)
-    stream = SimpleNamespace(channel=SimpleNamespace(queue=asyncio.Queue()))
-    agent = asyncio.ensure_future(ledger_sink.store_outcomes(stream))
-    await feed.put([ev(10), ev(11), ev(12)])  # batch A: its insights given up
-    await asyncio.sleep(0.1)
-    assert counted == []
-    lease.accepted()  # a heartbeat answered REBALANCE_IN_PROGRESS (aiokafka: True)
-    await feed.put([ev(13)])  # batch B, fetched before the rebalance, same generation
-    await asyncio.sleep(0.1)
-    agent.cancel()  # the worker stops during the rebalance: the final commit
-    with pytest.raises(asyncio.CancelledError):
-        await agent
-    assert not any(c.get(P0, 0) > 10 for c in consumer.commits), (counted, consumer.commits)
+    fetched before the rebalance, same generation, was counted and advanced; the worker
+    stopped during the rebalance: its final commit passed A, never counted."""
+    agent = _outcome_agent(monkeypatch, pauses_once=False)
+    await agent.put([10, 11, 12])  # batch A: its insights given up
+    assert agent.counted == []
+    agent.lease.accepted()  # a heartbeat answered REBALANCE_IN_PROGRESS (aiokafka: True)
+    await agent.put([13])  # batch B, fetched before the rebalance, same generation
+    await agent.stop()
+    commits = agent.consumer.commits
+    assert not any(c.get(P0, 0) > 10 for c in commits), (agent.counted, commits)
