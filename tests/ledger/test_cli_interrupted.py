@@ -57,6 +57,22 @@ _m.{obj}.{name} = _slowed
 """
 
 
+def _ledger_env(ledger_db: LedgerDb, key: MasterKey) -> dict[str, str]:
+    """The CLI's environment: the owner's URL, the app role's password, the master key."""
+    return {
+        "PAYSTREAM_MASTER_KEY": _b64(key),
+        "DATABASE_URL": ledger_db.owner_url,
+        "PAYSTREAM_DB_APP_PASSWORD": make_url(ledger_db.app_url).password or "",
+    }
+
+
+async def _stopped_at(cli: Cli, marker: str, sig: int) -> int:
+    """``cli``'s exit status, sent ``sig`` once its output shows ``marker``."""
+    await asyncio.to_thread(cli.wait_for, marker)
+    cli.signal(sig)
+    return await asyncio.to_thread(cli.finish)
+
+
 async def _key_ids(engine: AsyncEngine, tenant: str) -> set[str]:
     async with tenant_session(engine, tenant) as s:
         return {k.master_key_id for k in await s.scalars(select(DataKey))}
@@ -117,18 +133,12 @@ async def test_audit_verify_interrupted(
         [make_event.customer(tenant, f"cus_{i}") for i in range(5)],
         keyring=MasterKeyring(key),
     )
-    env = {
-        "PAYSTREAM_MASTER_KEY": _b64(key),
-        "DATABASE_URL": ledger_db.owner_url,
-        "PAYSTREAM_DB_APP_PASSWORD": make_url(ledger_db.app_url).password or "",
-    }
+    env = _ledger_env(ledger_db, key)
     ok = run(env, "audit", "verify", "--tenant", tenant)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     prelude = _slow("paystream.ledger.audit", "chain_hash", "HASH")
     cli = Cli(env, "audit", "verify", "--tenant", tenant, prelude=prelude)
-    await asyncio.to_thread(cli.wait_for, "HASH\nHASH")
-    cli.signal(sig)
-    status = await asyncio.to_thread(cli.finish)
+    status = await _stopped_at(cli, "HASH\nHASH", sig)
     assert "Traceback" not in cli.text
     # Exit 1 is documented as "a row is missing or altered": an interrupted check must
     # not read as a broken chain to the script that runs it.
@@ -144,17 +154,11 @@ async def test_erase_interrupted_inside_its_transaction(
     await write_events(
         app_engine, [make_event.customer(tenant, "cus_x")], keyring=MasterKeyring(key)
     )
-    env = {
-        "PAYSTREAM_MASTER_KEY": _b64(key),
-        "DATABASE_URL": ledger_db.owner_url,
-        "PAYSTREAM_DB_APP_PASSWORD": make_url(ledger_db.app_url).password or "",
-    }
+    env = _ledger_env(ledger_db, key)
     # Stopped after the data key's deletion, before the row and audit entry.
     prelude = _slow_async("paystream.ledger.privacy", "SqlKeyStore", "delete", "DELETED")
     cli = Cli(env, "erase", "--tenant", tenant, "--customer", "cus_x", "--yes", prelude=prelude)
-    await asyncio.to_thread(cli.wait_for, "DELETED")
-    cli.signal(sig)
-    status = await asyncio.to_thread(cli.finish)
+    status = await _stopped_at(cli, "DELETED", sig)
     async with tenant_session(app_engine, tenant) as s:
         erased = await s.scalar(select(Customer.erased_at).where(Customer.customer_id == "cus_x"))
         keys = (await s.scalars(select(DataKey.key_ref))).all()
@@ -183,9 +187,7 @@ async def _slowed(*a, **k):
 _m.set_app_password = _slowed
 """
     cli = Cli(env, "migrate", prelude=prelude)
-    await asyncio.to_thread(cli.wait_for, "MIGRATED")
-    cli.signal(sig)
-    status = await asyncio.to_thread(cli.finish)
+    status = await _stopped_at(cli, "MIGRATED", sig)
     from paystream.ledger.migrate import current, head
 
     assert await current(url) in (None, head())
