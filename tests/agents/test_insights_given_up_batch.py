@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -80,7 +81,11 @@ class OutcomeAgent:
             await self.task
 
 
-def _outcome_agent(monkeypatch: pytest.MonkeyPatch, pauses_once: bool) -> OutcomeAgent:
+def _outcome_agent(
+    monkeypatch: pytest.MonkeyPatch,
+    pauses_once: bool,
+    pause: Callable[[Any, MembershipLease], None] | None = None,
+) -> OutcomeAgent:
     consumer = Consumer()
     app = SimpleNamespace(
         consumer=consumer,
@@ -118,6 +123,9 @@ def _outcome_agent(monkeypatch: pytest.MonkeyPatch, pauses_once: bool) -> Outcom
         async def run_batch(self, events: Any) -> None:
             if events[0].message.offset == 10 and not (pauses_once and paused):
                 paused.append(True)
+                if pause is not None:
+                    pause(app, lease)
+                    return
                 lease.accepted(at=time.monotonic() - 20)  # paused in the DB write
                 app.rebalancing = True  # resumed: a rebalance has begun
 
@@ -175,3 +183,28 @@ async def test_a_later_batch_of_the_same_generation_does_not_commit_past_the_giv
     await agent.stop()
     commits = agent.consumer.commits
     assert not any(c.get(P0, 0) > 10 for c in commits), (agent.counted, commits)
+
+
+async def test_a_batch_given_up_while_tables_recover_does_not_stall_the_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the ledger's write a rebalance came, kept the generation and assigned the
+    partitions again (Faust signals the assignment before its tables recover, and stays
+    rebalancing until then); paused meanwhile past the lease's limit, not the session's,
+    the worker gave the batch's insights up. The give-up was dated by the count that
+    already held that assignment, and the agent waited for another (review h61g)."""
+
+    def assigned_then_paused(app: Any, lease: MembershipLease) -> None:
+        app.rebalancing = True
+        monkeypatch.setattr(member_lease, "assignments", member_lease.assignments + 1)
+        lease.accepted(at=time.monotonic() - 5.5)  # (limit 5 s, session 6 s)
+
+    agent = _outcome_agent(monkeypatch, pauses_once=True, pause=assigned_then_paused)
+    await agent.put([10, 11, 12])  # given up
+    agent.app.rebalancing = False  # the tables recovered
+    agent.lease.accepted()
+    await agent.put([10, 11, 12, 13])  # sought back to the committed offset
+    await agent.put([14, 15])
+    await agent.stop()
+    assert agent.counted == [10, 11, 12, 13, 14, 15], (agent.counted, agent.consumer.commits)
+    assert agent.consumer.commits == [{P0: 16}]
