@@ -109,6 +109,10 @@ async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
     loop happens to be, inside a Kafka client's own task too: that task died half-done,
     and the clean-up waited for its requests to time out (35 s after a stop during
     `doctor`'s group join). A cancel runs the ``finally`` blocks in order instead."""
+    if threading.current_thread() is not threading.main_thread():
+        # Signals reach the main thread only, and only it may install handlers: the
+        # CLI called from another (a test's CliRunner in a worker thread) runs as is.
+        return await coro
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
