@@ -24,6 +24,7 @@ lost in a crash between the table change and the publication is not lost for goo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -110,11 +111,15 @@ class InsightsRunner:
         *,
         clock: Callable[[], float] = time.time,
         settled: Callable[[], bool] | None = None,
+        tenants_ready: asyncio.Event | None = None,
     ) -> None:
         self.settings = cfg
         self._settled = settled or tables_settled
         self.config = config_from(cfg)
         self.tenants = tenants  # the registry: only registered tenants are tracked
+        # Set once ``tenants`` holds the whole registry: the outcome agent counts no batch
+        # before (a tenant not in it yet would be skipped, and committed past, for good).
+        self.tenants_ready = tenants_ready
         self.state = state  # tenant id → TenantInsights record
         self.seen = seen  # "tenant:event id" → [window start ms, offset, partition]
         self._clock = clock
@@ -594,4 +599,5 @@ if ENABLED:
         registry.tenants,
         _table("insights", "tenant → open analytics windows, fraud counters, offset applied"),
         _table("insights_seen", "tenant:outcome id → [window start, offset, partition]"),
+        tenants_ready=registry.ready,
     )

@@ -466,6 +466,15 @@ async def _until_stored(events: Sequence[EventT]) -> bool:
                 generation = app.consumer_generation_id
                 events = [e for e in events if e.message.generation_id == generation]
             if insights.runner is not None and events:
+                tenants_ready = getattr(insights.runner, "tenants_ready", None)
+                if tenants_ready is not None and not tenants_ready.is_set():
+                    # Read before the registry loaded (a worker started with outcomes
+                    # waiting), its tenants would be skipped as unregistered and
+                    # committed past: lost to the insights for good (review h62a). It
+                    # waits, as the command agent does; then its generation is taken
+                    # again (what moved away meanwhile is its new owner's).
+                    await tenants_ready.wait()
+                    continue
                 # Paused past the session timeout inside the ledger's write, this worker
                 # counted the batch after the partitions' new owner had counted it and
                 # more: its insights record landed over the newer one (review h61e).
