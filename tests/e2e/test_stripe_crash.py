@@ -8,7 +8,8 @@ the request it sent before, under the same key, byte for byte in its parameters 
 request under a key is refused by Stripe; another key charges again). A recording proxy
 between the worker and localstripe SIGKILLs the worker once localstripe has run a chosen
 POST and before its answer returns, so that the command is certain to be redelivered
-(review h62b).
+(review h62b): a create, a capture or a refund, one run each, since a run cuts one call
+and a resend under another key shows only for the call cut (review h62c).
 """
 
 from __future__ import annotations
@@ -41,17 +42,28 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 MASTER = MasterKey.generate()
 N_PAY = 24  # per tenant: 24 creates (half manual), 12 captures, 24 partial refunds
-KILL_AT_POST = 90  # of 180 provider POSTs: mid-stream for every tenant
+# The call cut, per kind of money-moving call: which POSTs, and the how-many-th of them
+# (mid-stream: creates go first, then captures and refunds interleaved).
+CUTS: dict[str, tuple[Callable[[str], bool], int]] = {
+    "create": (lambda path: path == "/v1/payment_intents", 3 * N_PAY // 2),
+    "capture": (lambda path: path.endswith("/capture"), 3 * N_PAY // 4),
+    "refund": (lambda path: path == "/v1/refunds", 3 * N_PAY),
+}
 
 
 class KillingProxy:
     """Forwards the worker's Stripe calls to localstripe, on a loop of its own, recording
     each POST (path, Idempotency-Key, status, replayed) and calling ``kill`` once the
-    ``kill_at``-th POST has run at localstripe, before its answer goes back."""
+    ``nth`` POST whose path ``cuts`` has run at localstripe, before its answer goes back
+    (``cut``: its place in ``posts``)."""
 
-    def __init__(self, upstream: str, kill_at: int, kill: Callable[[], None]) -> None:
-        self.upstream, self.kill_at, self._kill = upstream, kill_at, kill
+    def __init__(
+        self, upstream: str, cuts: Callable[[str], bool], nth: int, kill: Callable[[], None]
+    ) -> None:
+        self.upstream, self._cuts, self._nth, self._kill = upstream, cuts, nth, kill
         self.posts: list[dict[str, Any]] = []
+        self.cut: int | None = None
+        self._seen = 0
         self.killed = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -95,9 +107,12 @@ class KillingProxy:
             self.posts.append(
                 {"path": request.path, "key": key, "status": status, "replayed": replayed}
             )
-            if len(self.posts) == self.kill_at:
-                self._kill()
-                self.killed.set()
+            if self.cut is None and self._cuts(request.path):
+                self._seen += 1
+                if self._seen == self._nth:
+                    self.cut = len(self.posts) - 1
+                    self._kill()
+                    self.killed.set()
         return web.Response(body=answer, status=status, content_type="application/json")
 
     def stop(self) -> None:
@@ -154,11 +169,13 @@ async def _list_all(base: str, api_key: str, resource: str) -> list[dict[str, An
             after = page["data"][-1]["id"]
 
 
+@pytest.mark.parametrize("kind", sorted(CUTS))
 async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twice(
-    deployment_factory: Any, localstripe_url: str
+    deployment_factory: Any, localstripe_url: str, kind: str
 ) -> None:
     workers: list[Any] = []
-    proxy = KillingProxy(localstripe_url, KILL_AT_POST, lambda: workers[0].kill(signal.SIGKILL))
+    cuts, nth = CUTS[kind]
+    proxy = KillingProxy(localstripe_url, cuts, nth, lambda: workers[0].kill(signal.SIGKILL))
     proxy_url = proxy.start()
     dep: Deployment = await deployment_factory(
         paystream_stripe_api_base=proxy_url,
@@ -202,8 +219,9 @@ async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twic
         assert set(kinds) <= {"payment.authorized", "payment.succeeded", "refund.succeeded"}, kinds
 
         # The call the kill cut off was sent again under its key and answered as a replay.
-        cut = proxy.posts[KILL_AT_POST - 1]
-        again = [p for p in proxy.posts[KILL_AT_POST:] if p["key"] == cut["key"]]
+        assert proxy.cut is not None
+        cut = proxy.posts[proxy.cut]
+        again = [p for p in proxy.posts[proxy.cut + 1 :] if p["key"] == cut["key"]]
         assert again and all(p["replayed"] for p in again), (cut, again)
         # No request went under a key with other parameters (Stripe refuses it 400).
         refused = [p for p in proxy.posts if p["status"] == 400]

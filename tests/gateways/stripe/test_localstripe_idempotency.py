@@ -99,3 +99,35 @@ async def test_concurrent_repeats_make_one_object(localstripe_url: str) -> None:
     made = {body["id"] for status, body, _ in answers if status == 200}
     assert len(made) == 1
     assert all(status in (200, 409) for status, _, _ in answers)
+
+
+async def test_a_repeat_while_the_first_runs_gets_409_and_then_its_answer() -> None:
+    """localstripe answers each request before it takes the next, so the 409 is shown
+    in process, around an endpoint that waits."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from tests.fixtures.localstripe_server import idempotency
+
+    release, made = asyncio.Event(), []
+
+    async def create(request: web.Request) -> web.Response:
+        await release.wait()
+        made.append(f"cus_{len(made)}")
+        return web.json_response({"id": made[-1]})
+
+    app = web.Application(middlewares=[idempotency])
+    app.router.add_post("/v1/customers", create)
+    headers = {"Authorization": f"Bearer {_api_key()}", "Idempotency-Key": uuid.uuid4().hex}
+    async with TestClient(TestServer(app)) as client:
+        first = asyncio.create_task(client.post("/v1/customers", data={"a": "1"}, headers=headers))
+        await asyncio.sleep(0.1)
+        second = await client.post("/v1/customers", data={"a": "1"}, headers=headers)
+        assert second.status == 409
+        assert (await second.json())["error"]["code"] == "idempotency_key_in_use"
+        release.set()
+        answered = await first
+        assert answered.status == 200 and await answered.json() == {"id": "cus_0"}
+        third = await client.post("/v1/customers", data={"a": "1"}, headers=headers)
+        assert await third.json() == {"id": "cus_0"} and made == ["cus_0"]
+        assert third.headers["Idempotent-Replayed"] == "true"
