@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
@@ -45,6 +45,7 @@ from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
 from paystream.streams.batch_producer import KeyPartitioner, OutRecord, send_batches
 from paystream.streams.codec import KafkaRecord, UndecodableRecord, decode_record, headers_to_dict
+from paystream.streams.outcomes import OUTCOME_PREFIX, RejectReason
 from paystream.tables.changelog import at_partition, collect_changelog
 
 __all__ = ["ENABLED", "InsightsRunner", "config_from", "runner"]
@@ -112,14 +113,16 @@ class InsightsRunner:
         clock: Callable[[], float] = time.time,
         settled: Callable[[], bool] | None = None,
         tenants_ready: asyncio.Event | None = None,
+        registry_caught_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = cfg
         self._settled = settled or tables_settled
         self.config = config_from(cfg)
         self.tenants = tenants  # the registry: only registered tenants are tracked
-        # Set once ``tenants`` holds the whole registry: the outcome agent counts no batch
-        # before (a tenant not in it yet would be skipped, and committed past, for good).
+        # Set once ``tenants`` holds the whole registry, and returning once it holds all
+        # the registry held when asked: see await_tenants.
         self.tenants_ready = tenants_ready
+        self._registry_caught_up = registry_caught_up
         self.state = state  # tenant id → TenantInsights record
         self.seen = seen  # "tenant:event id" → [window start ms, offset, partition]
         self._clock = clock
@@ -141,6 +144,50 @@ class InsightsRunner:
         # For the dashboard: the latest alerts and each tenant's latest window published.
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.latest_windows: dict[str, dict[str, Any]] = {}
+
+    async def await_tenants(self, events: Sequence[EventT]) -> bool:
+        """Wait until this worker's registry knows every tenant of ``events`` that was
+        registered when they were made; True if it waited (the caller takes the batch's
+        generation again). An outcome of a tenant not in it is skipped as unregistered,
+        and its batch committed past: lost to the insights for good. So the registry is
+        first loaded (a worker started with outcomes waiting read them first: review
+        h62a), and, for a tenant it does not know, read to its end (the tenant's record
+        precedes its outcome, made by a worker that knew it: a tenant added and sent a
+        command at once, its outcome read by another worker, or on another partition
+        than its commands; review h62d). Not for a command refused as `unknown_tenant`
+        (made-up ids: the worker that answered did not know the tenant either), since
+        that read costs a round trip held behind the reader's fetch (up to a second on
+        the embedded broker)."""
+        waited = False
+        if self.tenants_ready is not None and not self.tenants_ready.is_set():
+            await self.tenants_ready.wait()
+            waited = True
+        if self._registry_caught_up is not None and any(
+            self._tenant_unknown(event) for event in events
+        ):
+            await self._registry_caught_up()
+            waited = True
+        return waited
+
+    def _tenant_unknown(self, event: EventT) -> bool:
+        """Is ``event`` an outcome of a tenant not in the registry (read as _apply reads
+        it), other than a refusal of one the answering worker did not know either?"""
+        msg = event.message
+        if msg.key is not None and msg.key.decode(errors="replace") in self.tenants:
+            return False  # (outcomes are keyed by tenant: most are known at a glance)
+        try:
+            cloud_event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
+        except UndecodableRecord:
+            return False
+        seen = observe(cloud_event)
+        if seen is None or seen.tenant_id in self.tenants:
+            return False
+        data = cloud_event.get_data()
+        return not (
+            cloud_event.get_type() == f"{OUTCOME_PREFIX}command.rejected"
+            and isinstance(data, dict)
+            and data.get("reason") == RejectReason.UNKNOWN_TENANT.value
+        )
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
         """Count a batch's outcomes; returns once its changes and events are durable."""
@@ -600,4 +647,5 @@ if ENABLED:
         _table("insights", "tenant → open analytics windows, fraud counters, offset applied"),
         _table("insights_seen", "tenant:outcome id → [window start, offset, partition]"),
         tenants_ready=registry.ready,
+        registry_caught_up=registry.caught_up,
     )

@@ -440,6 +440,7 @@ async def _until_stored(events: Sequence[EventT]) -> bool:
     delay = RETRY_FIRST_SECONDS
     stored = False  # the ledger half done: a retry for the insights runs only theirs
     stalled = False  # said by the gauge below, and so to be unsaid here
+    tenants_known = False  # the insights' registry waited for (once a batch)
     while True:
         # Retried past a rebalance, what moved away is its new owner's now: a late write
         # of ours would land after (and over) that owner's insights record.
@@ -466,15 +467,14 @@ async def _until_stored(events: Sequence[EventT]) -> bool:
                 generation = app.consumer_generation_id
                 events = [e for e in events if e.message.generation_id == generation]
             if insights.runner is not None and events:
-                tenants_ready = getattr(insights.runner, "tenants_ready", None)
-                if tenants_ready is not None and not tenants_ready.is_set():
-                    # Read before the registry loaded (a worker started with outcomes
-                    # waiting), its tenants would be skipped as unregistered and
-                    # committed past: lost to the insights for good (review h62a). It
-                    # waits, as the command agent does; then its generation is taken
-                    # again (what moved away meanwhile is its new owner's).
-                    await tenants_ready.wait()
-                    continue
+                if not tenants_known:
+                    # A tenant this worker's registry does not know yet would be skipped
+                    # and committed past (InsightsRunner.await_tenants). Once per batch;
+                    # after a wait its generation is taken again (what moved away
+                    # meanwhile is its new owner's).
+                    tenants_known = True
+                    if await insights.runner.await_tenants(events):
+                        continue
                 # Paused past the session timeout inside the ledger's write, this worker
                 # counted the batch after the partitions' new owner had counted it and
                 # more: its insights record landed over the newer one (review h61e).

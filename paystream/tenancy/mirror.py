@@ -211,6 +211,14 @@ class RegistryMirror:
         self.tenants = self._state.tenants
         self.unreadable = self._state.unreadable
         self.ready = asyncio.Event()
+        # For caught_up(): the reader's consumer and partitions while it follows the
+        # topic, where it had read to (and applied) at its loop's last turn, whether a
+        # read from the beginning is still loading, and a turn of its loop (set once a
+        # turn is through, then replaced).
+        self._reading: tuple[AIOKafkaConsumer, list[TopicPartition]] | None = None
+        self._read_to: dict[TopicPartition, int] = {}
+        self._loading = True
+        self._turned = asyncio.Event()
         # Every tenant's ingress keys by id, as of ``_state.changes`` (see
         # holds_ingress_key).
         self._keys_by_id: dict[str, list[Mapping[str, IngressKey]]] = {}
@@ -274,6 +282,31 @@ class RegistryMirror:
         self._state.invalid = max(self._state.invalid, loaded.invalid)
         self._state.changes += 1
 
+    async def caught_up(self) -> None:
+        """Return once this copy has read every record the registry topic held when
+        asked, and no read from the beginning is loading: a tenant whose record was
+        written before (one another worker has already run a command of) is known here.
+        One round trip when nothing is left to read; a broker error waits it out."""
+        while True:
+            reading = self._reading
+            if reading is None:
+                await self._turned.wait()
+                continue
+            consumer, tps = reading
+            try:
+                ends = await consumer.end_offsets(tps)
+            except KafkaError:  # (the reader says it and starts again: ask it again)
+                await self._turned.wait()
+                continue
+            while self._reading is reading:
+                if not self._loading and all(self._read_to.get(tp, -1) >= ends[tp] for tp in tps):
+                    return
+                await self._turned.wait()
+
+    def _turn(self) -> None:
+        turned, self._turned = self._turned, asyncio.Event()
+        turned.set()
+
     async def run(self) -> None:
         """Read the registry from the beginning, then follow it until cancelled."""
         while True:
@@ -302,6 +335,8 @@ class RegistryMirror:
                 log.exception("tenant registry: unexpected failure; reading it afresh")
                 await asyncio.sleep(ERROR_BACKOFF_SECONDS)
             finally:
+                self._reading = None
+                self._turn()
                 await _stopped(consumer)
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
@@ -315,8 +350,9 @@ class RegistryMirror:
             # commands wait in Kafka (and /readyz says so), or, on a re-read, the tenants
             # stay as last known.
             log.warning(
-                "tenant registry topic %r does not exist: commands wait until it does "
-                "(run `paystream topics`, or check PAYSTREAM_TENANTS_TOPIC)",
+                "tenant registry topic %r does not exist: commands (and the insights' "
+                "counts) wait until it does (run `paystream topics`, or check "
+                "PAYSTREAM_TENANTS_TOPIC)",
                 topic,
             )
             await asyncio.sleep(MISSING_TOPIC_RETRY_SECONDS)
@@ -328,6 +364,7 @@ class RegistryMirror:
         # Read from the beginning into a state of its own: tenants deleted meanwhile
         # (their tombstones may be compacted away) are simply not in it.
         loading: RegistryState | None = RegistryState()
+        self._reading, self._read_to, self._loading = (consumer, tps), {}, True
         next_check = time.monotonic() + self.topic_check_seconds
         while True:
             if time.monotonic() >= next_check:
@@ -350,6 +387,9 @@ class RegistryMirror:
                         len(self.tenants),
                         time.monotonic() - started,
                     )
+                self._read_to = {tp: await consumer.position(tp) for tp in tps}
+                self._loading = loading is not None
+                self._turn()
             except OffsetOutOfRangeError as exc:
                 raise _RegistryMoved("lost the position read to (recreated or truncated)") from exc
             except KafkaError:

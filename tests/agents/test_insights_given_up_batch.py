@@ -130,6 +130,15 @@ def _outcome_agent(
                 app.rebalancing = True  # resumed: a rebalance has begun
 
     class Insights:
+        # (test_insights_wait_for_registry.py sets it: the registry loading)
+        tenants_ready: asyncio.Event | None = None
+
+        async def await_tenants(self, events: Any) -> bool:
+            if self.tenants_ready is None or self.tenants_ready.is_set():
+                return False
+            await self.tenants_ready.wait()
+            return True
+
         async def run_batch(self, events: Any) -> None:
             counted.extend(e.message.offset for e in events)
 

@@ -247,6 +247,9 @@ async def test_a_batch_whose_partitions_moved_while_it_was_stored_is_not_counted
             monkeypatch.setattr(ledger_sink.app, "consumer_generation_id", 99)  # a rebalance
 
     class Counting:
+        async def await_tenants(self, events: Any) -> bool:
+            return False
+
         async def run_batch(self, events: Any) -> None:
             counted.append(len(events))
 

@@ -109,6 +109,9 @@ async def test_a_paused_outcome_agent_does_not_count_its_batch_in_the_insights(
             await coordinator._do_heartbeat()
 
     class Counting:
+        async def await_tenants(self, events: Any) -> bool:
+            return False
+
         async def run_batch(self, events: Any) -> None:
             counted.append(len(events))
 

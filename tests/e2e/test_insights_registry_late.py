@@ -57,3 +57,58 @@ async def test_outcomes_waiting_at_start_are_counted_though_the_registry_is_late
     assert totals["outcomes"] == {"payment.succeeded": N}, totals
     assert totals["money"]["captured"] == sum(1000 + j for j in range(N)), totals
     assert "test shim: the tenant registry starts 3 s late" in (dep.base_dir / "w2.log").read_text()
+
+
+async def test_a_tenant_added_and_paid_at_once_is_counted_by_an_insights_worker_of_its_own(
+    deployment_factory: Any,
+) -> None:
+    """A fleet as the README allows: `commands` workers, and the insights on one of its
+    own, whose registry copy (loaded) applies new records 2 s late. A tenant added and
+    sent a payment as soon as the commands worker knows it: the insights worker read its
+    outcome before it knew the tenant, skipped it as unregistered and committed past it
+    (review h62d). It reads the registry to its end first."""
+    dep: Deployment = await deployment_factory(paystream_insights_window_seconds="2")
+    await dep.add_tenants(Tenant(tenant_id="old-0"))
+    path = os.pathsep.join(filter(None, [str(SHIM), dep.env.get("PYTHONPATH")]))
+    lagging = {**dep.env, "PAYSTREAM_AGENTS": "insights", "PYTHONPATH": path,
+               "PAYSTREAM_TEST_REGISTRY_LAG_SECONDS": "2"}  # fmt: skip
+    commands_only = {**dep.env, "PAYSTREAM_AGENTS": "commands"}
+    w1 = WorkerProcess(commands_only, dep.base_dir / "w1.log", free_port())
+    w2 = WorkerProcess(lagging, dep.base_dir / "w2.log", free_port())
+    paid = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    with w1, w2:
+        await asyncio.to_thread(w1.wait_ready, ["old-0"])
+        await asyncio.to_thread(w2.wait_ready, ["old-0"])
+        tenants = ["new-0", "new-1"]
+        async with PaystreamClient(dep.settings) as client:
+            await client.command("payment.create", "old-0", paid)
+            for tenant in tenants:
+                await dep.add_tenants(Tenant(tenant_id=tenant))
+                deadline = time.monotonic() + 20
+                while tenant not in set((w1.stats() or {}).get("tenants") or ()):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                outcome = await client.command("payment.create", tenant, paid)
+                assert outcome.get_type().endswith("payment.succeeded"), outcome
+        expected = {"old-0": 1, "new-0": 1, "new-1": 1}
+        deadline = time.monotonic() + 40
+        counted = _succeeded_by_tenant(await _events(dep, dep.settings.analytics_topic))
+        while counted != expected and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            counted = _succeeded_by_tenant(await _events(dep, dep.settings.analytics_topic))
+    assert counted == expected
+    assert "registry records applied 2 s late" in (dep.base_dir / "w2.log").read_text()
+
+
+def _succeeded_by_tenant(windows: list[Any]) -> dict[str, int]:
+    """Per tenant, payments counted: per window the publication with the most outcomes."""
+    latest: dict[tuple[str, Any], dict[str, Any]] = {}
+    for event in windows:
+        data = event.get_data()
+        key = (data["tenant_id"], data["window_start"])
+        if key not in latest or data["events"] > latest[key]["events"]:
+            latest[key] = data
+    counted: dict[str, int] = {}
+    for (tenant, _), data in latest.items():
+        counted[tenant] = counted.get(tenant, 0) + data["outcomes"].get("payment.succeeded", 0)
+    return counted

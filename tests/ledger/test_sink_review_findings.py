@@ -79,6 +79,9 @@ async def test_a_batch_retried_for_the_insights_parks_its_dead_letters_once(
     calls = 0
 
     class Insights:
+        async def await_tenants(self, evs: Any) -> bool:
+            return False
+
         async def run_batch(self, evs: Any) -> None:
             nonlocal calls
             calls += 1

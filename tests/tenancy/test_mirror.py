@@ -503,3 +503,32 @@ def test_a_record_under_a_key_paystream_does_not_write_counts_only_to_suspend() 
     assert state.tenants["acme"] == Tenant(tenant_id="acme")
     state.apply(b' "acme"', suspended.encode())
     assert state.tenants["acme"].status is TenantStatus.SUSPENDED
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_caught_up_returns_once_what_the_topic_held_when_asked_is_applied(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insights ask it of a tenant they do not know (InsightsRunner.await_tenants):
+    written before the question, it is known after the answer, even where the reader
+    applies what it fetched late (a busy worker)."""
+    dep = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="cu-0"))
+    mirror = RegistryMirror(dep.settings, poll_ms=500)
+    fetched = mirror_module.AIOKafkaConsumer.getmany
+
+    async def late(self: Any, *args: Any, **kwargs: Any) -> Any:
+        got = await fetched(self, *args, **kwargs)
+        if got and mirror.ready.is_set():
+            await asyncio.sleep(1.5)  # fetched (positions moved), not applied yet
+        return got
+
+    monkeypatch.setattr(mirror_module.AIOKafkaConsumer, "getmany", late)
+    async with _running(mirror):
+        await asyncio.wait_for(mirror.caught_up(), 30)  # (waits for the first load too)
+        assert mirror.ready.is_set() and "cu-0" in mirror.tenants
+        await asyncio.wait_for(mirror.caught_up(), 30)  # nothing new
+        for n in range(1, 4):
+            await put_tenant(dep.settings, Tenant(tenant_id=f"cu-{n}"))
+            await asyncio.wait_for(mirror.caught_up(), 30)
+            assert f"cu-{n}" in mirror.tenants

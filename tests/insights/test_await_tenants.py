@@ -1,0 +1,103 @@
+"""InsightsRunner.await_tenants: a batch is counted only once this worker's registry
+knows every tenant registered when its outcomes were made (an outcome of a tenant it
+does not know is skipped and committed past, for good: reviews h62a, h62d)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from paystream.agents.insights import InsightsRunner
+from paystream.settings import CloudEventsMode, Settings
+from paystream.streams.outcomes import CommandRef, RejectReason, encode_outcome, rejection_data
+
+pytestmark = pytest.mark.asyncio
+
+PAID = {"object": {"amount": 900, "amount_captured": 900, "currency": "USD"}}
+
+
+@dataclass
+class _Msg:
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+@dataclass
+class _Event:
+    message: _Msg
+
+
+def _outcome(tenant: str, kind: str = "payment.succeeded", data: Any = None) -> _Event:
+    cmd = CommandRef(tenant, "cmd-1", "payment.create", "cmd-1", datetime.now(UTC))
+    rec = encode_outcome(cmd, kind, PAID if data is None else data, CloudEventsMode.BINARY)
+    return _Event(_Msg(rec.key, rec.value, list(rec.headers)))
+
+
+def _refused(tenant: str, reason: RejectReason) -> _Event:
+    return _outcome(tenant, "command.rejected", rejection_data("payment.create", reason, "no"))
+
+
+def _runner(tenants: dict[str, Any], ready: asyncio.Event, asked: list[int]) -> InsightsRunner:
+    async def caught_up() -> None:
+        asked.append(1)
+        tenants.setdefault("new", object())  # the registry read to its end: it was there
+
+    return InsightsRunner(
+        Settings(cloudevents_mode=CloudEventsMode.BINARY),  # type: ignore[call-arg]
+        tenants,
+        None,
+        None,
+        tenants_ready=ready,
+        registry_caught_up=caught_up,
+    )
+
+
+def _loaded() -> asyncio.Event:
+    ready = asyncio.Event()
+    ready.set()
+    return ready
+
+
+async def test_known_tenants_wait_for_nothing() -> None:
+    asked: list[int] = []
+    runner = _runner({"acme": object()}, _loaded(), asked)
+    assert await runner.await_tenants([_outcome("acme"), _outcome("acme")]) is False
+    assert asked == []
+
+
+async def test_a_tenant_not_known_has_the_registry_read_to_its_end() -> None:
+    asked: list[int] = []
+    tenants: dict[str, Any] = {"acme": object()}
+    runner = _runner(tenants, _loaded(), asked)
+    assert await runner.await_tenants([_outcome("acme"), _outcome("new")]) is True
+    assert asked == [1] and "new" in tenants
+    # Any other outcome of a tenant not known asks, a refusal included.
+    refused = _refused("other", RejectReason.VALIDATION_ERROR)
+    assert await runner.await_tenants([refused]) is True
+    assert asked == [1, 1]
+
+
+async def test_a_made_up_tenants_refusal_asks_nothing() -> None:
+    """The worker that answered did not know the tenant either (nor a record that is
+    no outcome names one)."""
+    asked: list[int] = []
+    runner = _runner({"acme": object()}, _loaded(), asked)
+    made_up = [_refused(f"nosuch-{n}", RejectReason.UNKNOWN_TENANT) for n in range(3)]
+    garbage = _Event(_Msg(b"nosuch", b"not an event", []))
+    assert await runner.await_tenants([*made_up, garbage]) is False
+    assert asked == []
+
+
+async def test_nothing_is_judged_before_the_registry_has_loaded() -> None:
+    ready, asked = asyncio.Event(), []
+    runner = _runner({"acme": object()}, ready, asked)
+    waiting = asyncio.create_task(runner.await_tenants([_outcome("acme")]))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    ready.set()
+    assert await waiting is True and asked == []
