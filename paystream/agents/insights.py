@@ -100,6 +100,28 @@ def config_from(cfg: Settings) -> InsightsConfig:
     )
 
 
+# Refusals only a worker that found the command's tenant registered gives: a tenant's
+# state, limits or provider were consulted. Every other refusal may be made before the
+# lookup (a made-up tenant's malformed or unknown command: review h62e).
+_FOUND_TENANT_REFUSALS = frozenset(
+    reason.value
+    for reason in (
+        RejectReason.TENANT_SUSPENDED,
+        RejectReason.IDEMPOTENCY_CONFLICT,
+        RejectReason.INVALID_STATE,
+        RejectReason.NOT_FOUND,
+        RejectReason.RATE_LIMITED,
+        RejectReason.QUOTA_EXCEEDED,
+        RejectReason.GATEWAY_NOT_CONFIGURED,
+        RejectReason.PROVIDER_REJECTED,
+    )
+)
+# How far the producing worker's clock (an outcome's record time) may be behind this
+# one's: an outcome made that long before the registry was last read to its end has its
+# tenant's record read, if it had one.
+CLOCK_SKEW_SECONDS = 30.0
+
+
 class InsightsRunner:
     """Applies outcome batches to the insights tables and publishes what they yield."""
 
@@ -113,7 +135,7 @@ class InsightsRunner:
         clock: Callable[[], float] = time.time,
         settled: Callable[[], bool] | None = None,
         tenants_ready: asyncio.Event | None = None,
-        registry_caught_up: Callable[[], Awaitable[None]] | None = None,
+        registry_caught_up: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self.settings = cfg
         self._settled = settled or tables_settled
@@ -123,6 +145,7 @@ class InsightsRunner:
         # the registry held when asked: see await_tenants.
         self.tenants_ready = tenants_ready
         self._registry_caught_up = registry_caught_up
+        self._caught_up_at = 0.0  # when the registry was last asked to its end (s)
         self.state = state  # tenant id → TenantInsights record
         self.seen = seen  # "tenant:event id" → [window start ms, offset, partition]
         self._clock = clock
@@ -151,13 +174,13 @@ class InsightsRunner:
         generation again). An outcome of a tenant not in it is skipped as unregistered,
         and its batch committed past: lost to the insights for good. So the registry is
         first loaded (a worker started with outcomes waiting read them first: review
-        h62a), and, for a tenant it does not know, read to its end (the tenant's record
-        precedes its outcome, made by a worker that knew it: a tenant added and sent a
-        command at once, its outcome read by another worker, or on another partition
-        than its commands; review h62d). Not for a command refused as `unknown_tenant`
-        (made-up ids: the worker that answered did not know the tenant either), since
-        that read costs a round trip held behind the reader's fetch (up to a second on
-        the embedded broker)."""
+        h62a), and, for an outcome only a worker that knew the tenant gives, read to its
+        end (the tenant's record precedes it: a tenant added and sent a command at once,
+        its outcome read by another worker, or on another partition than its commands;
+        review h62d). That read costs a round trip held behind the reader's fetch (up to
+        a second on the embedded broker), so not for outcomes anyone gives a tenant
+        nobody knows (refusals made before the lookup: a made-up tenant's malformed
+        commands, review h62e), nor for outcomes made before the last such read."""
         waited = False
         if self.tenants_ready is not None and not self.tenants_ready.is_set():
             await self.tenants_ready.wait()
@@ -165,16 +188,20 @@ class InsightsRunner:
         if self._registry_caught_up is not None and any(
             self._tenant_unknown(event) for event in events
         ):
-            await self._registry_caught_up()
+            self._caught_up_at = await self._registry_caught_up()
             waited = True
         return waited
 
     def _tenant_unknown(self, event: EventT) -> bool:
-        """Is ``event`` an outcome of a tenant not in the registry (read as _apply reads
-        it), other than a refusal of one the answering worker did not know either?"""
+        """Is ``event`` an outcome (read as _apply reads it) of a tenant not in the
+        registry, given by a worker that found the tenant in its own, since the registry
+        was last read to its end?"""
         msg = event.message
         if msg.key is not None and msg.key.decode(errors="replace") in self.tenants:
             return False  # (outcomes are keyed by tenant: most are known at a glance)
+        made = msg.timestamp  # (s; the producing worker's clock)
+        if made is not None and made < self._caught_up_at - CLOCK_SKEW_SECONDS:
+            return False  # (read to its end since: a tenant deleted, or nobody's)
         try:
             cloud_event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
         except UndecodableRecord:
@@ -182,12 +209,10 @@ class InsightsRunner:
         seen = observe(cloud_event)
         if seen is None or seen.tenant_id in self.tenants:
             return False
+        if cloud_event.get_type() != f"{OUTCOME_PREFIX}command.rejected":
+            return True
         data = cloud_event.get_data()
-        return not (
-            cloud_event.get_type() == f"{OUTCOME_PREFIX}command.rejected"
-            and isinstance(data, dict)
-            and data.get("reason") == RejectReason.UNKNOWN_TENANT.value
-        )
+        return isinstance(data, dict) and data.get("reason") in _FOUND_TENANT_REFUSALS
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
         """Count a batch's outcomes; returns once its changes and events are durable."""

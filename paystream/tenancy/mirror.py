@@ -218,6 +218,7 @@ class RegistryMirror:
         self._reading: tuple[AIOKafkaConsumer, list[TopicPartition]] | None = None
         self._read_to: dict[TopicPartition, int] = {}
         self._loading = True
+        self._topic_missing = False
         self._turned = asyncio.Event()
         # Every tenant's ingress keys by id, as of ``_state.changes`` (see
         # holds_ingress_key).
@@ -282,26 +283,57 @@ class RegistryMirror:
         self._state.invalid = max(self._state.invalid, loaded.invalid)
         self._state.changes += 1
 
-    async def caught_up(self) -> None:
+    async def caught_up(self) -> float:
         """Return once this copy has read every record the registry topic held when
         asked, and no read from the beginning is loading: a tenant whose record was
         written before (one another worker has already run a command of) is known here.
-        One round trip when nothing is left to read; a broker error waits it out."""
+        Returns when it was asked (time.time()). One round trip when nothing is left to
+        read (held behind the reader's fetch); a broker error waits it out; with the
+        topic gone after a first load (no tenant can be added), at once."""
+        asked = time.time()
         while True:
             reading = self._reading
             if reading is None:
+                if self._topic_missing and self.ready.is_set():
+                    return asked
                 await self._turned.wait()
                 continue
-            consumer, tps = reading
-            try:
-                ends = await consumer.end_offsets(tps)
-            except KafkaError:  # (the reader says it and starts again: ask it again)
-                await self._turned.wait()
+            ends = await self._end_offsets(reading)
+            if ends is None:  # (the reader restarted, or the ask failed: ask again)
                 continue
+            _, tps = reading
             while self._reading is reading:
                 if not self._loading and all(self._read_to.get(tp, -1) >= ends[tp] for tp in tps):
-                    return
+                    return asked
                 await self._turned.wait()
+
+    async def _end_offsets(
+        self, reading: tuple[AIOKafkaConsumer, list[TopicPartition]]
+    ) -> dict[TopicPartition, int] | None:
+        """The topic's end offsets, asked on the reader's consumer; None once the reader
+        stops that consumer (an answer in flight on a stopped consumer waits out its
+        request timeout, 40 s: review h62e) or the ask fails (after a turn)."""
+        consumer, tps = reading
+        ask = asyncio.ensure_future(consumer.end_offsets(tps))
+        try:
+            while not ask.done() and self._reading is reading:
+                turn = asyncio.ensure_future(self._turned.wait())
+                try:
+                    await asyncio.wait({ask, turn}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    turn.cancel()
+        finally:
+            if not ask.done():
+                ask.cancel()
+        if ask.cancelled() or self._reading is not reading:
+            return None
+        failed = ask.exception()
+        if failed is not None:
+            if not isinstance(failed, KafkaError):
+                raise failed
+            await self._turned.wait()  # (the reader says it and starts again)
+            return None
+        return ask.result()
 
     def _turn(self) -> None:
         turned, self._turned = self._turned, asyncio.Event()
@@ -350,13 +382,18 @@ class RegistryMirror:
             # commands wait in Kafka (and /readyz says so), or, on a re-read, the tenants
             # stay as last known.
             log.warning(
-                "tenant registry topic %r does not exist: commands (and the insights' "
-                "counts) wait until it does (run `paystream topics`, or check "
-                "PAYSTREAM_TENANTS_TOPIC)",
+                "tenant registry topic %r does not exist: %s (run `paystream topics`, or "
+                "check PAYSTREAM_TENANTS_TOPIC)",
                 topic,
+                "commands run on the tenants as last read"
+                if self.ready.is_set()
+                else "commands (and the insights' counts) wait until it does",
             )
+            self._topic_missing = True
+            self._turn()
             await asyncio.sleep(MISSING_TOPIC_RETRY_SECONDS)
             tps = await topic_partitions(consumer, topic)
+        self._topic_missing = False
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -532,3 +532,50 @@ async def test_caught_up_returns_once_what_the_topic_held_when_asked_is_applied(
             await put_tenant(dep.settings, Tenant(tenant_id=f"cu-{n}"))
             await asyncio.wait_for(mirror.caught_up(), 30)
             assert f"cu-{n}" in mirror.tenants
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_caught_up_asked_while_the_reader_restarts_asks_the_new_reader(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its question in flight on the reader's consumer when the reader stops it (a
+    recreated or truncated topic, a broker error) waited out the consumer's request
+    timeout, 40 s, and the outcome agent, ledger and all, with it (review h62e)."""
+    dep = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="rr-0"))
+    mirror = RegistryMirror(dep.settings)
+    restart, entered, asked = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    getmany = mirror_module.AIOKafkaConsumer.getmany
+    end_offsets = mirror_module.AIOKafkaConsumer.end_offsets
+
+    async def restarting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if restart.is_set():
+            restart.clear()
+            entered.set()
+            await asyncio.wait_for(asked.wait(), 10)
+            await asyncio.sleep(0.05)  # the question on the wire, behind the fetch
+            raise OffsetOutOfRangeError({})  # read afresh: the reader restarts
+        return await getmany(self, *args, **kwargs)
+
+    async def asking(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if entered.is_set():
+            asked.set()
+        return await end_offsets(self, *args, **kwargs)
+
+    monkeypatch.setattr(mirror_module.AIOKafkaConsumer, "getmany", restarting)
+    monkeypatch.setattr(mirror_module.AIOKafkaConsumer, "end_offsets", asking)
+    async with _running(mirror):
+        await asyncio.wait_for(mirror.ready.wait(), 30)
+        restart.set()
+        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(mirror.caught_up(), 15)  # (not the 40 s request timeout)
+        assert "rr-0" in mirror.tenants
+
+
+async def test_caught_up_with_the_topic_gone_after_a_load_answers_at_once() -> None:
+    """No tenant can be added meanwhile; the insights count on the tenants as last read
+    (commands run on them too), rather than wait for a topic that may never come."""
+    mirror = _mirror()
+    mirror.ready.set()
+    mirror._topic_missing = True
+    await asyncio.wait_for(mirror.caught_up(), 1)
