@@ -101,8 +101,9 @@ def config_from(cfg: Settings) -> InsightsConfig:
 
 
 # Refusals only a worker that found the command's tenant registered gives: a tenant's
-# state, limits or provider were consulted. Every other refusal may be made before the
-# lookup (a made-up tenant's malformed or unknown command: review h62e).
+# state, limits or provider were consulted. Others may be made before the lookup, to a
+# made-up tenant's malformed or unknown command (review h62e), or after it, to a real
+# one (its data invalid, a capability its provider lacks: review h62f).
 _FOUND_TENANT_REFUSALS = frozenset(
     reason.value
     for reason in (
@@ -120,6 +121,12 @@ _FOUND_TENANT_REFUSALS = frozenset(
 # one's: an outcome made that long before the registry was last read to its end has its
 # tenant's record read, if it had one.
 CLOCK_SKEW_SECONDS = 30.0
+# At most one read to the end this often for refusals that do not say whether the tenant
+# was found (other than `unknown_tenant`, which says it was not): a stream of a made-up
+# tenant's malformed commands costs the outcome agent a round trip in so many seconds,
+# not one a batch.
+REFUSAL_ASK_SECONDS = 10.0
+_FOUND, _MAYBE = "found", "maybe"  # (see InsightsRunner._tenant_unknown)
 
 
 class InsightsRunner:
@@ -146,6 +153,7 @@ class InsightsRunner:
         self.tenants_ready = tenants_ready
         self._registry_caught_up = registry_caught_up
         self._caught_up_at = 0.0  # when the registry was last asked to its end (s)
+        self._refusal_asked_at = -REFUSAL_ASK_SECONDS  # (monotonic) for such a refusal
         self.state = state  # tenant id → TenantInsights record
         self.seen = seen  # "tenant:event id" → [window start ms, offset, partition]
         self._clock = clock
@@ -178,41 +186,49 @@ class InsightsRunner:
         end (the tenant's record precedes it: a tenant added and sent a command at once,
         its outcome read by another worker, or on another partition than its commands;
         review h62d). That read costs a round trip held behind the reader's fetch (up to
-        a second on the embedded broker), so not for outcomes anyone gives a tenant
-        nobody knows (refusals made before the lookup: a made-up tenant's malformed
-        commands, review h62e), nor for outcomes made before the last such read."""
+        a second on the embedded broker), so not for an `unknown_tenant` refusal, nor for
+        outcomes made before the last such read, and for refusals that may be given to a
+        tenant nobody knows (a made-up tenant's malformed commands: review h62e), at most
+        once in REFUSAL_ASK_SECONDS."""
         waited = False
         if self.tenants_ready is not None and not self.tenants_ready.is_set():
             await self.tenants_ready.wait()
             waited = True
-        if self._registry_caught_up is not None and any(
-            self._tenant_unknown(event) for event in events
-        ):
+        if self._registry_caught_up is None:
+            return waited
+        found = {self._tenant_unknown(event) for event in events}
+        paced = time.monotonic() - self._refusal_asked_at >= REFUSAL_ASK_SECONDS
+        if _FOUND in found or (_MAYBE in found and paced):
+            if _MAYBE in found:
+                self._refusal_asked_at = time.monotonic()
             self._caught_up_at = await self._registry_caught_up()
             waited = True
         return waited
 
-    def _tenant_unknown(self, event: EventT) -> bool:
-        """Is ``event`` an outcome (read as _apply reads it) of a tenant not in the
-        registry, given by a worker that found the tenant in its own, since the registry
-        was last read to its end?"""
+    def _tenant_unknown(self, event: EventT) -> str | None:
+        """Whether ``event`` is an outcome (read as _apply reads it), made since the
+        registry was last read to its end, of a tenant not in it: _FOUND if a worker that
+        found the tenant in its own gave it, _MAYBE if one may have; None otherwise."""
         msg = event.message
         if msg.key is not None and msg.key.decode(errors="replace") in self.tenants:
-            return False  # (outcomes are keyed by tenant: most are known at a glance)
-        made = msg.timestamp  # (s; the producing worker's clock)
-        if made is not None and made < self._caught_up_at - CLOCK_SKEW_SECONDS:
-            return False  # (read to its end since: a tenant deleted, or nobody's)
+            return None  # (outcomes are keyed by tenant: most are known at a glance)
+        made = msg.timestamp  # (s; the producing worker's clock; 0 or less: not known)
+        if made is not None and 0 < made < self._caught_up_at - CLOCK_SKEW_SECONDS:
+            return None  # (read to its end since: a tenant deleted, or nobody's)
         try:
             cloud_event = decode_record(msg.key, msg.value, headers_to_dict(msg.headers))
         except UndecodableRecord:
-            return False
+            return None
         seen = observe(cloud_event)
         if seen is None or seen.tenant_id in self.tenants:
-            return False
+            return None
         if cloud_event.get_type() != f"{OUTCOME_PREFIX}command.rejected":
-            return True
+            return _FOUND
         data = cloud_event.get_data()
-        return isinstance(data, dict) and data.get("reason") in _FOUND_TENANT_REFUSALS
+        reason = data.get("reason") if isinstance(data, dict) else None
+        if reason == RejectReason.UNKNOWN_TENANT.value:
+            return None
+        return _FOUND if reason in _FOUND_TENANT_REFUSALS else _MAYBE
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
         """Count a batch's outcomes; returns once its changes and events are durable."""

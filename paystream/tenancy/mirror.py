@@ -325,9 +325,11 @@ class RegistryMirror:
         finally:
             if not ask.done():
                 ask.cancel()
-        if ask.cancelled() or self._reading is not reading:
+        if not ask.done() or ask.cancelled():  # (given up above: its cancel is pending)
             return None
-        failed = ask.exception()
+        failed = ask.exception()  # (read: a failure left unread is logged as never retrieved)
+        if self._reading is not reading:
+            return None
         if failed is not None:
             if not isinstance(failed, KafkaError):
                 raise failed

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from paystream.agents import insights
 from paystream.agents.insights import InsightsRunner
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.outcomes import CommandRef, RejectReason, encode_outcome, rejection_data
@@ -87,10 +88,20 @@ async def test_a_tenant_not_known_has_the_registry_read_to_its_end() -> None:
     assert asked == [1, 1]
 
 
+async def test_a_made_up_tenants_unknown_tenant_refusal_asks_nothing() -> None:
+    """The worker that answered did not know the tenant either (nor does a record that
+    is no outcome name one)."""
+    asked: list[int] = []
+    runner = _runner({"acme": object()}, _loaded(), asked)
+    made_up = [_refused(f"nosuch-{n}", RejectReason.UNKNOWN_TENANT) for n in range(3)]
+    garbage = _Event(_Msg(b"nosuch", b"not an event", []))
+    assert await runner.await_tenants([*made_up, garbage]) is False
+    assert asked == []
+
+
 @pytest.mark.parametrize(
     "reason",
     [
-        RejectReason.UNKNOWN_TENANT,
         RejectReason.VALIDATION_ERROR,
         RejectReason.UNKNOWN_COMMAND,
         RejectReason.TENANT_MISMATCH,
@@ -98,18 +109,25 @@ async def test_a_tenant_not_known_has_the_registry_read_to_its_end() -> None:
         RejectReason.CARD_DATA_FORBIDDEN,
     ],
 )
-async def test_a_refusal_anyone_gives_a_made_up_tenant_asks_nothing(
-    reason: RejectReason,
+async def test_a_refusal_anyone_may_be_given_asks_once_in_a_while(
+    reason: RejectReason, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Made before the tenant lookup, or by a worker that did not know the tenant: a
-    made-up tenant's commands cost the outcome agent no round trip a batch (a second on
-    the embedded broker: review h62e); nor does a record that is no outcome."""
+    """Given before the tenant lookup to a made-up tenant's malformed commands, or after
+    it to a real one's (review h62f): a stream of them costs the outcome agent a round
+    trip (a second on the embedded broker) in REFUSAL_ASK_SECONDS, not one a batch
+    (review h62e)."""
     asked: list[int] = []
     runner = _runner({"acme": object()}, _loaded(), asked)
-    made_up = [_refused(f"nosuch-{n}", reason) for n in range(3)]
-    garbage = _Event(_Msg(b"nosuch", b"not an event", []))
-    assert await runner.await_tenants([*made_up, garbage]) is False
-    assert asked == []
+    for n in range(3):
+        await runner.await_tenants([_refused(f"nosuch-{n}", reason)])
+    assert asked == [1]
+    later = time.monotonic() + insights.REFUSAL_ASK_SECONDS
+    monkeypatch.setattr(insights.time, "monotonic", lambda: later)
+    assert await runner.await_tenants([_refused("nosuch-3", reason)]) is True
+    assert asked == [1, 1]
+    # A payment's outcome of a tenant not known asks whenever it comes.
+    assert await runner.await_tenants([_outcome("other")]) is True
+    assert asked == [1, 1, 1]
 
 
 async def test_an_outcome_made_before_the_last_read_to_the_end_asks_nothing() -> None:
