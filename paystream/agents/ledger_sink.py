@@ -472,8 +472,9 @@ async def _until_stored(events: Sequence[EventT]) -> bool:
                     # and committed past (InsightsRunner.await_tenants). Once per batch;
                     # after a wait its generation is taken again (what moved away
                     # meanwhile is its new owner's).
+                    waited = await insights.runner.await_tenants(events)
                     tenants_known = True
-                    if await insights.runner.await_tenants(events):
+                    if waited:
                         continue
                 # Paused past the session timeout inside the ledger's write, this worker
                 # counted the batch after the partitions' new owner had counted it and
