@@ -47,7 +47,7 @@ async def test_outcomes_waiting_at_start_are_counted_though_the_registry_is_late
                 await client.command("payment.create", "late-0", data)
     # The insights' worker starts with them waiting, its registry 3 s late.
     path = os.pathsep.join(filter(None, [str(SHIM), dep.env.get("PYTHONPATH")]))
-    late = {**dep.env, "PYTHONPATH": path, "PAYSTREAM_TEST_REGISTRY_DELAY_SECONDS": "3"}
+    late = {**dep.env, "PYTHONPATH": path, "SHIM_REGISTRY_DELAY_SECONDS": "3"}
     with WorkerProcess(late, dep.base_dir / "w2.log", free_port()):
         deadline = time.monotonic() + 45
         totals = _totals(await _events(dep, dep.settings.analytics_topic))
@@ -71,7 +71,7 @@ async def test_a_tenant_added_and_paid_at_once_is_counted_by_an_insights_worker_
     await dep.add_tenants(Tenant(tenant_id="old-0"))
     path = os.pathsep.join(filter(None, [str(SHIM), dep.env.get("PYTHONPATH")]))
     lagging = {**dep.env, "PAYSTREAM_AGENTS": "insights", "PYTHONPATH": path,
-               "PAYSTREAM_TEST_REGISTRY_LAG_SECONDS": "2"}  # fmt: skip
+               "SHIM_REGISTRY_LAG_SECONDS": "2"}  # fmt: skip
     commands_only = {**dep.env, "PAYSTREAM_AGENTS": "commands"}
     w1 = WorkerProcess(commands_only, dep.base_dir / "w1.log", free_port())
     w2 = WorkerProcess(lagging, dep.base_dir / "w2.log", free_port())

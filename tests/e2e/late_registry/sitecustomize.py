@@ -1,13 +1,13 @@
 """Test shim, put on a worker's PYTHONPATH by tests/e2e/test_insights_registry_late.py:
-the worker's tenant registry starts reading PAYSTREAM_TEST_REGISTRY_DELAY_SECONDS late,
-or, once loaded, applies each new record PAYSTREAM_TEST_REGISTRY_LAG_SECONDS after its
+the worker's tenant registry starts reading SHIM_REGISTRY_DELAY_SECONDS late,
+or, once loaded, applies each new record SHIM_REGISTRY_LAG_SECONDS after its
 fetch, as a large registry, a slow broker or a busy worker makes it (deterministic,
 where those are not)."""
 
 import os
 
-_delay = os.environ.get("PAYSTREAM_TEST_REGISTRY_DELAY_SECONDS")
-_lag = os.environ.get("PAYSTREAM_TEST_REGISTRY_LAG_SECONDS")
+_delay = os.environ.get("SHIM_REGISTRY_DELAY_SECONDS")
+_lag = os.environ.get("SHIM_REGISTRY_LAG_SECONDS")
 if _delay or _lag:
     import asyncio
     import sys
