@@ -35,17 +35,22 @@ async def _events(dep: Deployment, topic: str) -> list[Any]:
     return [decode_record(r.key, r.value, dict(r.headers)) for r in records]
 
 
-def _totals(windows: list[Any]) -> dict[str, Any]:
-    """Per window the publication with the most outcomes (consumers keep that), summed."""
-    latest: dict[str, dict[str, Any]] = {}
+def _latest(windows: list[Any]) -> dict[tuple[str, Any], dict[str, Any]]:
+    """Per tenant and window the publication with the most outcomes (consumers keep that)."""
+    latest: dict[tuple[str, Any], dict[str, Any]] = {}
     for event in windows:
         data = event.get_data()
-        start = data["window_start"]
-        if start not in latest or data["events"] > latest[start]["events"]:
-            latest[start] = data
+        key = (data["tenant_id"], data["window_start"])
+        if key not in latest or data["events"] > latest[key]["events"]:
+            latest[key] = data
+    return latest
+
+
+def _totals(windows: list[Any]) -> dict[str, Any]:
+    """The windows' counts (their latest publications), summed over tenants and windows."""
     outcomes: dict[str, int] = {}
     money: dict[str, int] = {}
-    for data in latest.values():
+    for data in _latest(windows).values():
         for kind, n in data["outcomes"].items():
             outcomes[kind] = outcomes.get(kind, 0) + n
         for field, amount in data["money"].get("USD", {}).items():

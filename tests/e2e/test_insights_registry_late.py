@@ -17,7 +17,7 @@ from paystream.client import PaystreamClient
 from paystream.devstack._process import free_port
 from paystream.devstack.worker import WorkerProcess
 from paystream.tenancy.models import Tenant
-from tests.e2e.test_insights import _events, _totals
+from tests.e2e.test_insights import _events, _latest, _totals
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -101,14 +101,7 @@ async def test_a_tenant_added_and_paid_at_once_is_counted_by_an_insights_worker_
 
 
 def _succeeded_by_tenant(windows: list[Any]) -> dict[str, int]:
-    """Per tenant, payments counted: per window the publication with the most outcomes."""
-    latest: dict[tuple[str, Any], dict[str, Any]] = {}
-    for event in windows:
-        data = event.get_data()
-        key = (data["tenant_id"], data["window_start"])
-        if key not in latest or data["events"] > latest[key]["events"]:
-            latest[key] = data
     counted: dict[str, int] = {}
-    for (tenant, _), data in latest.items():
+    for (tenant, _), data in _latest(windows).items():
         counted[tenant] = counted.get(tenant, 0) + data["outcomes"].get("payment.succeeded", 0)
     return counted

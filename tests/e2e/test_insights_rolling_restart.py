@@ -22,31 +22,12 @@ from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
 from tests.e2e.test_crash import OutcomeLog, _wait_for
-from tests.e2e.test_insights import _events
+from tests.e2e.test_insights import _events, _totals
 from tests.fixtures.pipeline import Deployment, wait_for_owners
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 THRESHOLD = 4  # subject_declines
-
-
-def _totals(windows: list[Any]) -> dict[str, Any]:
-    """Per tenant and window the publication with the most outcomes (consumers keep
-    that), summed (test_insights' _totals keys by window alone: one tenant)."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for event in windows:
-        data = event.get_data()
-        key = (data["tenant_id"], data["window_start"])
-        if key not in latest or data["events"] > latest[key]["events"]:
-            latest[key] = data
-    outcomes: dict[str, int] = {}
-    money: dict[str, int] = {}
-    for data in latest.values():
-        for kind, n in data["outcomes"].items():
-            outcomes[kind] = outcomes.get(kind, 0) + n
-        for field, amount in data["money"].get("USD", {}).items():
-            money[field] = money.get(field, 0) + amount
-    return {"outcomes": outcomes, "money": money}
 
 
 async def test_rolling_restart_keeps_insights_exact(deployment_factory: Any) -> None:

@@ -8,8 +8,8 @@ the request it sent before, under the same key, byte for byte in its parameters 
 request under a key is refused by Stripe; another key charges again). A recording proxy
 between the worker and localstripe SIGKILLs the worker once localstripe has run a chosen
 POST and before its answer returns, so that the command is certain to be redelivered
-(review h62b): a create, a capture or a refund, one run each, since a run cuts one call
-and a resend under another key shows only for the call cut (review h62c).
+(review h62b): a create, then a capture, then a refund, each killing the worker of the
+moment, since a resend under another key shows only for the calls cut (review h62c).
 """
 
 from __future__ import annotations
@@ -42,29 +42,32 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 MASTER = MasterKey.generate()
 N_PAY = 24  # per tenant: 24 creates (half manual), 12 captures, 24 partial refunds
-# The call cut, per kind of money-moving call: which POSTs, and the how-many-th of them
-# (mid-stream: creates go first, then captures and refunds interleaved).
-CUTS: dict[str, tuple[Callable[[str], bool], int]] = {
-    "create": (lambda path: path == "/v1/payment_intents", 3 * N_PAY // 2),
-    "capture": (lambda path: path.endswith("/capture"), 3 * N_PAY // 4),
-    "refund": (lambda path: path == "/v1/refunds", 3 * N_PAY),
-}
+# The calls cut, one after the other, each killing the worker of the moment: which POSTs,
+# and the how-many-th of them (creates go first, then captures and refunds interleaved,
+# a capture and two refunds a pair of payments: the refund cut comes well after the
+# capture cut).
+CUTS: list[tuple[Callable[[str], bool], int]] = [
+    (lambda path: path == "/v1/payment_intents", 3 * N_PAY // 2),  # a create
+    (lambda path: path.endswith("/capture"), 3 * N_PAY // 4),  # a capture
+    (lambda path: path == "/v1/refunds", 5 * N_PAY // 2),  # a refund
+]
 
 
 class KillingProxy:
-    """Forwards the worker's Stripe calls to localstripe, on a loop of its own, recording
+    """Forwards the workers' Stripe calls to localstripe, on a loop of its own, recording
     each POST (path, Idempotency-Key, status, replayed) and calling ``kill`` once the
-    ``nth`` POST whose path ``cuts`` has run at localstripe, before its answer goes back
-    (``cut``: its place in ``posts``)."""
+    ``nth`` POST whose path the next of ``cuts`` matches has run at localstripe, before
+    its answer goes back (``cut``: their places in ``posts``)."""
 
     def __init__(
-        self, upstream: str, cuts: Callable[[str], bool], nth: int, kill: Callable[[], None]
+        self,
+        upstream: str,
+        cuts: list[tuple[Callable[[str], bool], int]],
+        kill: Callable[[], None],
     ) -> None:
-        self.upstream, self._cuts, self._nth, self._kill = upstream, cuts, nth, kill
+        self.upstream, self._cuts, self._kill = upstream, cuts, kill
         self.posts: list[dict[str, Any]] = []
-        self.cut: int | None = None
-        self._seen = 0
-        self.killed = threading.Event()
+        self.cut: list[int] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
@@ -107,12 +110,12 @@ class KillingProxy:
             self.posts.append(
                 {"path": request.path, "key": key, "status": status, "replayed": replayed}
             )
-            if self.cut is None and self._cuts(request.path):
-                self._seen += 1
-                if self._seen == self._nth:
-                    self.cut = len(self.posts) - 1
+            if len(self.cut) < len(self._cuts):
+                matches, nth = self._cuts[len(self.cut)]
+                seen = sum(1 for post in self.posts if matches(post["path"]))
+                if matches(request.path) and seen >= nth:
                     self._kill()
-                    self.killed.set()
+                    self.cut.append(len(self.posts) - 1)
         return web.Response(body=answer, status=status, content_type="application/json")
 
     def stop(self) -> None:
@@ -169,13 +172,11 @@ async def _list_all(base: str, api_key: str, resource: str) -> list[dict[str, An
             after = page["data"][-1]["id"]
 
 
-@pytest.mark.parametrize("kind", sorted(CUTS))
 async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twice(
-    deployment_factory: Any, localstripe_url: str, kind: str
+    deployment_factory: Any, localstripe_url: str
 ) -> None:
-    workers: list[Any] = []
-    cuts, nth = CUTS[kind]
-    proxy = KillingProxy(localstripe_url, cuts, nth, lambda: workers[0].kill(signal.SIGKILL))
+    workers: list[Any] = []  # the last one started is the one the proxy kills
+    proxy = KillingProxy(localstripe_url, CUTS, lambda: workers[-1].kill(signal.SIGKILL))
     proxy_url = proxy.start()
     dep: Deployment = await deployment_factory(
         paystream_stripe_api_base=proxy_url,
@@ -203,26 +204,32 @@ async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twic
     ids = {c.get_id() for c in commands}
     log = OutcomeLog(dep)
     reader = asyncio.create_task(log.run())
-    first, second = dep.worker("w1"), dep.worker("w2")
-    workers.append(first)
-    first.start()
+    workers.append(dep.worker("w0"))
+    workers[0].start()
     try:
-        await asyncio.to_thread(first.wait_ready, tenants, partitions=dep.settings.partitions)
+        await asyncio.to_thread(workers[0].wait_ready, tenants, partitions=dep.settings.partitions)
         producing = asyncio.create_task(_produce(dep, commands, rate=60))
-        await _wait_for(proxy.killed.is_set, 90, "the kill after a provider call")
+        for n in range(1, len(CUTS) + 1):
+            await _wait_for(lambda n=n: len(proxy.cut) >= n, 120, f"kill {n} after a call")
+            workers.append(dep.worker(f"w{n}"))
+            workers[-1].start()
         await producing
-        second.start()
         await _wait_for(lambda: ids <= log.by_command.keys(), 180, "every outcome")
         # One outcome per command (a redelivery's is the same event), none a refusal.
         assert all(len(log.by_command[i]) == 1 for i in ids)
         kinds = Counter(_kind(raw) for cause, _, raw in log.records if cause in ids)
         assert set(kinds) <= {"payment.authorized", "payment.succeeded", "refund.succeeded"}, kinds
 
-        # The call the kill cut off was sent again under its key and answered as a replay.
-        assert proxy.cut is not None
-        cut = proxy.posts[proxy.cut]
-        again = [p for p in proxy.posts[proxy.cut + 1 :] if p["key"] == cut["key"]]
-        assert again and all(p["replayed"] for p in again), (cut, again)
+        # Each call a kill cut off (a create, a capture, a refund) was sent again under its
+        # key and answered as a replay.
+        paths = [proxy.posts[at]["path"] for at in proxy.cut]
+        assert [matches(path) for (matches, _), path in zip(CUTS, paths, strict=True)] == [
+            True
+        ] * len(CUTS), paths
+        for at in proxy.cut:
+            cut = proxy.posts[at]
+            again = [p for p in proxy.posts[at + 1 :] if p["key"] == cut["key"]]
+            assert again and all(p["replayed"] for p in again), (cut, again)
         # No request went under a key with other parameters (Stripe refuses it 400).
         refused = [p for p in proxy.posts if p["status"] == 400]
         assert refused == [], refused[:5]
@@ -254,6 +261,6 @@ async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twic
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-        first.stop()
-        second.stop()
+        for worker in workers:
+            worker.stop()
         proxy.stop()
