@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from paystream.agents import ledger_sink
-from paystream.streams.outcomes import RejectReason
+from paystream.agents import insights, ledger_sink
+from paystream.streams.outcomes import RejectReason, rejection_data
 from tests.agents.test_insights_given_up_batch import _outcome_agent
 from tests.insights.test_await_tenants import _loaded, _outcome, _refused, _runner
 
@@ -90,3 +90,45 @@ async def test_a_new_tenants_refused_data_is_asked_for_within_the_pace(
     data = {"reason": "validation_error", "message": "m", "errors": [{"loc": ["amount"]}]}
     tenants.pop("new", None)  # (the fake registry learnt it on the first ask)
     assert await runner.await_tenants([_outcome("new2", "command.rejected", data)]) is True
+
+
+async def test_a_bug_judging_a_made_up_tenants_refusals_asks_at_the_pace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = insights.observe
+
+    def buggy(event: Any) -> Any:
+        if str(event.get_extension("tenantid")).startswith("nosuch"):
+            raise ValueError("a bug of ours")
+        return real(event)
+
+    monkeypatch.setattr(insights, "observe", buggy)
+    asked: list[int] = []
+    runner = _runner({"acme": object()}, _loaded(), asked)
+    for n in range(5):  # five batches of a made-up tenant's unknown_tenant refusals
+        batch = [_refused(f"nosuch-{n}", RejectReason.UNKNOWN_TENANT)]
+        batch[0].message.partition, batch[0].message.offset = 0, n  # type: ignore[attr-defined]
+        await runner.await_tenants(batch)
+    # Without the bug: no ask at all (unknown_tenant asks nothing). With it: at the
+    # refusals' pace, not one a batch (review h62i); _apply's same observe() call skips
+    # the outcome as an error regardless.
+    assert asked == [1], f"{len(asked)} round trips for 5 batches"
+
+
+async def test_a_new_tenants_provider_refusal_is_asked_for_whenever_it_comes() -> None:
+    asked: list[int] = []
+    tenants: dict[str, Any] = {"acme": object()}
+    runner = _runner(tenants, _loaded(), asked)
+    # A made-up tenant's malformed command: one ask, which sets the 10 s pace.
+    await runner.await_tenants([_refused("nosuch", RejectReason.VALIDATION_ERROR)])
+    assert asked == [1]
+    tenants.pop("new", None)  # (the fake registry learnt it on that ask)
+    # A real new tenant's first payment, refused by its provider (invalid_request): made
+    # by a worker that found the tenant, ran it and called the provider.
+    data = {
+        **rejection_data("payment.create", RejectReason.VALIDATION_ERROR, "bad currency"),
+        "error": {"code": "invalid_request", "message": "bad currency"},
+    }
+    assert await runner.await_tenants([_outcome("new", "command.rejected", data)]) is True, (
+        "not asked: the new tenant's refusal is skipped as unregistered"
+    )
