@@ -14,14 +14,10 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from paystream.client import PaystreamClient, build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.admin import bootstrap_servers
-from paystream.streams.codec import encode_event
 from paystream.tenancy.models import Tenant
-from tests.e2e.test_crash import OutcomeLog, _wait_for
+from tests.e2e.test_crash import OutcomeLog, _produce, _wait_for
 from tests.e2e.test_insights import _events, _totals
 from tests.fixtures.pipeline import Deployment, wait_for_owners
 
@@ -90,25 +86,7 @@ async def test_rolling_restart_keeps_insights_exact(deployment_factory: Any) -> 
         ids = {c.get_id() for c in commands}
         log = OutcomeLog(dep)
         reader = asyncio.create_task(log.run())
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(dep.settings.require_broker())
-        )
-        await producer.start()
-
-        async def produce() -> None:
-            started = time.monotonic()
-            for n, cmd in enumerate(commands):
-                t = str(cmd.get_extension("tenantid"))
-                rec = encode_event(cmd, t.encode(), CloudEventsMode.BINARY)
-                await producer.send(
-                    dep.settings.commands_topic, rec.value, key=rec.key, headers=list(rec.headers)
-                )
-                delay = started + (n + 1) / 60 - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await producer.flush()
-
-        producing = asyncio.create_task(produce())
+        producing = asyncio.create_task(_produce(dep, commands, rate=60))
         await _wait_for(lambda: len(log.by_command.keys() & ids) >= 150, 60, "outcomes flowing")
         stopped_at = len(log.by_command.keys() & ids)
         stopping = asyncio.create_task(asyncio.to_thread(w1.kill, signal.SIGTERM))
@@ -116,7 +94,6 @@ async def test_rolling_restart_keeps_insights_exact(deployment_factory: Any) -> 
         w3.start()  # ...and its replacement started while outcomes flow
         await stopping
         await producing
-        await producer.stop()
         await _wait_for(lambda: ids <= log.by_command.keys(), 120, "every outcome")
         assert stopped_at < len(ids)
 

@@ -3,7 +3,6 @@ forged refusal, a failed ask, a wait that failed, a real tenant's refused data."
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from paystream.agents import insights, ledger_sink
 from paystream.streams.outcomes import RejectReason, rejection_data
 from tests.agents.test_insights_given_up_batch import _outcome_agent
 from tests.insights.test_await_tenants import _loaded, _outcome, _refused, _runner
+from tests.tenancy.test_mirror import _until
 
 pytestmark = pytest.mark.asyncio
 
@@ -72,7 +72,7 @@ async def test_a_batch_whose_registry_wait_failed_waits_again_on_its_retry(
 
     fake.await_tenants = await_tenants  # type: ignore[union-attr]
     await agent.put([10, 11])
-    await asyncio.sleep(0.2)
+    await _until(lambda: len(waits) >= 2, 5)  # (retried after RETRY_FIRST_SECONDS)
     await agent.stop()
     assert len(waits) == 2, (waits, agent.counted, agent.consumer.commits)
 

@@ -109,9 +109,10 @@ async def test_a_repeat_while_the_first_runs_gets_409_and_then_its_answer() -> N
 
     from tests.fixtures.localstripe_server import idempotency
 
-    release, made = asyncio.Event(), []
+    entered, release, made = asyncio.Event(), asyncio.Event(), []
 
     async def create(request: web.Request) -> web.Response:
+        entered.set()
         await release.wait()
         made.append(f"cus_{len(made)}")
         return web.json_response({"id": made[-1]})
@@ -121,7 +122,7 @@ async def test_a_repeat_while_the_first_runs_gets_409_and_then_its_answer() -> N
     headers = {"Authorization": f"Bearer {_api_key()}", "Idempotency-Key": uuid.uuid4().hex}
     async with TestClient(TestServer(app)) as client:
         first = asyncio.create_task(client.post("/v1/customers", data={"a": "1"}, headers=headers))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(entered.wait(), 5)  # the first runs
         second = await client.post("/v1/customers", data={"a": "1"}, headers=headers)
         assert second.status == 409
         assert (await second.json())["error"]["code"] == "idempotency_key_in_use"
