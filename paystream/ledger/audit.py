@@ -33,7 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger.event_check import events_ahead_of_their_rows
 from paystream.ledger.key_check import KeyProblems, customers_keys_checked
-from paystream.ledger.models import AuditHead, AuditKeyRetirement, AuditLegacy, AuditLog, Event
+from paystream.ledger.models import (
+    AuditHead,
+    AuditKeyRetirement,
+    AuditLegacy,
+    AuditLog,
+    Event,
+    table_of,
+)
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring
 
@@ -174,8 +181,9 @@ async def append_audit(
         }
         row["hash"] = prev = chain_hash(prev, tenant_id, seq, row, key)
         rows.append(row)
-    for start in range(0, len(rows), 1000):
-        await session.execute(pg_insert(AuditLog).values(rows[start : start + 1000]))
+    # An executemany: compiled once and cached (a multi-VALUES statement was compiled
+    # anew for every batch), paged under the bind-parameter limit by SQLAlchemy.
+    await session.execute(pg_insert(table_of(AuditLog)), rows)
     await session.execute(
         update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(seq=seq, hash=prev)
     )

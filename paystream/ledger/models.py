@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     func,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "PaymentMethod",
     "Refund",
     "Tenant",
+    "table_of",
 ]
 
 NAMING = {
@@ -51,6 +53,14 @@ class Base(DeclarativeBase):
     """Declarative base with deterministic constraint names (migrations refer to them)."""
 
     metadata = MetaData(naming_convention=NAMING)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's Core table (SQLAlchemy types ``__table__`` as any FromClause). Bulk
+    writes go to it with every row at once: an executemany, compiled once and cached."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def _tenant_fk() -> ForeignKeyConstraint:

@@ -31,8 +31,9 @@ def _tenant() -> str:
 
 async def _write_within(sink: LedgerSink, events: list[Any], seconds: float = 60.0) -> Any:
     """The batch's result, failing once it has been retried for ``seconds`` (a stall).
-    Not a time limit on the first attempt: 35,500 events took 40-70 s on this 2-core host
-    beside another test process (pytest's own timeout bounds that)."""
+    Not a time limit on the first attempt: 35,500 events take about 5 s alone on this
+    2-core host (40-70 s before migration 0010), more beside another test process
+    (pytest's own timeout bounds that)."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(sink.write_batch(events))
     retrying_since: float | None = None
