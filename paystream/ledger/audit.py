@@ -31,6 +31,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from paystream.ledger.chunks import execute_in_chunks
 from paystream.ledger.event_check import events_ahead_of_their_rows
 from paystream.ledger.key_check import KeyProblems, customers_keys_checked
 from paystream.ledger.models import (
@@ -181,9 +182,8 @@ async def append_audit(
         }
         row["hash"] = prev = chain_hash(prev, tenant_id, seq, row, key)
         rows.append(row)
-    # An executemany: compiled once and cached (a multi-VALUES statement was compiled
-    # anew for every batch), paged under the bind-parameter limit by SQLAlchemy.
-    await session.execute(pg_insert(table_of(AuditLog)), rows)
+    # In order: each row's predecessor is in before it (0009's trigger checks the link).
+    await execute_in_chunks(session, pg_insert(table_of(AuditLog)), rows)
     await session.execute(
         update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(seq=seq, hash=prev)
     )

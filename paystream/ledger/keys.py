@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from paystream.ledger.chunks import chunked
+from paystream.ledger.chunks import chunked, execute_in_chunks
 from paystream.ledger.models import DataKey, table_of
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import (
@@ -61,8 +61,7 @@ class SqlKeyStore:
              "wrapped_key": w.blob}
             for ref, w in keys.items()
         ]  # fmt: skip
-        if rows:  # one executemany: compiled once and cached, paged by SQLAlchemy
-            await self._session.execute(pg_insert(table_of(DataKey)), rows)
+        await execute_in_chunks(self._session, pg_insert(table_of(DataKey)), rows)
 
     async def delete(self, tenant_id: str, key_ref: str) -> bool:
         """Destroy a data key (crypto-shredding whatever it encrypted); True if one existed."""

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger.audit import AuditEntry, append_audit, lock_tenant
-from paystream.ledger.chunks import chunked
+from paystream.ledger.chunks import chunked, execute_in_chunks
 from paystream.ledger.errors import EventIdConflictError
 from paystream.ledger.events import EntityType, LedgerEvent
 from paystream.ledger.keys import customer_data_keys
@@ -234,10 +234,7 @@ async def _insert_events(
                 "data": data,
             }
         )
-    # One statement given every row (an executemany): compiled once and cached. A
-    # multi-VALUES statement per chunk was compiled anew each time, a third of the sink's
-    # CPU. SQLAlchemy pages the rows under the bind-parameter limit itself.
-    await session.execute(pg_insert(table_of(Event)).on_conflict_do_nothing(), rows)
+    await execute_in_chunks(session, pg_insert(table_of(Event)).on_conflict_do_nothing(), rows)
 
 
 async def _upsert(
@@ -286,8 +283,7 @@ async def _upsert(
         set_={c: stmt.excluded[c] for c in updated},
         where=table.c.version < stmt.excluded.version,
     ).returning(id_col)
-    # Every row in one executemany (cached, paged by SQLAlchemy: see _insert_events).
-    applied = set((await session.scalars(upsert, rows)).all())
+    applied = set(await execute_in_chunks(session, upsert, rows, returning=True))
     now = datetime.now(UTC)
     entries = []
     for e, row in zip(events, rows, strict=True):

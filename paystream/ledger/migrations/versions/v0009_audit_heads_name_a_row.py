@@ -47,8 +47,9 @@ END $$
 """
 # A row extends its tenant's chain: the first, or linked to the row before it. Else the
 # app role, which inserts rows, planted one at the last bigint and moved the head onto
-# it (review finding). The writer inserts a batch's rows in order, in one statement; a
-# row trigger's query sees the rows the statement inserted before it.
+# it (review finding). The writer inserts a batch's rows in order (in one statement when
+# this was written; executemany calls since 0010's time); a row trigger's query sees the
+# rows inserted before it, in the statement as in the transaction.
 _LINKED = """
 CREATE FUNCTION audit_log_linked() RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp AS $$
