@@ -55,7 +55,7 @@ class SqlKeyStore:
         await self.put_many(tenant_id, {key_ref: wrapped})
 
     async def put_many(self, tenant_id: str, keys: dict[str, WrappedKey]) -> None:
-        """Store several new wrapped keys in one statement."""
+        """Store several new wrapped keys (one cached statement, executemany calls)."""
         rows = [
             {"tenant_id": tenant_id, "key_ref": ref, "master_key_id": w.master_key_id,
              "wrapped_key": w.blob}
