@@ -53,20 +53,19 @@ async def test_rolling_restart_keeps_insights_exact(deployment_factory: Any) -> 
         for j in range(150):
             for t in tenants:
                 a, b = custs[t]
-                if j % 37 == 5 and j // 37 < THRESHOLD - 1:
+                declined_for = (
+                    a
+                    if j % 37 == 5 and j // 37 < THRESHOLD - 1
+                    else b
+                    if j % 30 == 7 and j // 30 < THRESHOLD
+                    else None
+                )
+                if declined_for is not None:
                     data = {
                         "amount": 500 + j,
                         "currency": "USD",
                         "payment_method_token": "pm_card_chargeDeclined",
-                        "customer_id": a,
-                    }
-                    declined_sum += 500 + j
-                elif j % 30 == 7 and j // 30 < THRESHOLD:
-                    data = {
-                        "amount": 500 + j,
-                        "currency": "USD",
-                        "payment_method_token": "pm_card_chargeDeclined",
-                        "customer_id": b,
+                        "customer_id": declined_for,
                     }
                     declined_sum += 500 + j
                 else:
