@@ -57,7 +57,8 @@ class Base(DeclarativeBase):
 
 def table_of(model: type[Base]) -> Table:
     """The model's Core table (SQLAlchemy types ``__table__`` as any FromClause). Bulk
-    writes go to it with every row at once: an executemany, compiled once and cached."""
+    writes go to it as executemany calls (``chunks.execute_in_chunks``), not through the
+    ORM's per-row bookkeeping."""
     table = model.__table__
     assert isinstance(table, Table)
     return table
