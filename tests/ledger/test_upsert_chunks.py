@@ -1,6 +1,6 @@
-"""The entity upsert's RETURNING across executemany calls (and SQLAlchemy's own pages of
-them): every applied id comes back once, no stale one does, whichever call it is in
-(review h63b: test_bulk_writes writes only new rows)."""
+"""The entity upsert's RETURNING across executemany calls: every applied id comes back
+once, no stale one does, whichever call it is in (review h63b: test_bulk_writes writes
+only new rows)."""
 
 from __future__ import annotations
 
