@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,23 +15,11 @@ from paystream.agents import insights
 from paystream.agents.insights import InsightsRunner
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.outcomes import CommandRef, RejectReason, encode_outcome, rejection_data
+from tests.insights.test_runner import _Event, _Msg
 
 pytestmark = pytest.mark.asyncio
 
 PAID = {"object": {"amount": 900, "amount_captured": 900, "currency": "USD"}}
-
-
-@dataclass
-class _Msg:
-    key: bytes | None
-    value: bytes | None
-    headers: Any
-    timestamp: float | None = None  # (s) when it was produced, as Faust gives it
-
-
-@dataclass
-class _Event:
-    message: _Msg
 
 
 def _outcome(
@@ -40,7 +27,7 @@ def _outcome(
 ) -> _Event:
     cmd = CommandRef(tenant, "cmd-1", "payment.create", "cmd-1", datetime.now(UTC))
     rec = encode_outcome(cmd, kind, PAID if data is None else data, CloudEventsMode.BINARY)
-    return _Event(_Msg(rec.key, rec.value, list(rec.headers), made))
+    return _Event(_Msg(rec.key, rec.value, list(rec.headers), 0, 0, made))
 
 
 def _refused(tenant: str, reason: RejectReason) -> _Event:
@@ -94,7 +81,7 @@ async def test_a_made_up_tenants_unknown_tenant_refusal_asks_nothing() -> None:
     asked: list[int] = []
     runner = _runner({"acme": object()}, _loaded(), asked)
     made_up = [_refused(f"nosuch-{n}", RejectReason.UNKNOWN_TENANT) for n in range(3)]
-    garbage = _Event(_Msg(b"nosuch", b"not an event", []))
+    garbage = _Event(_Msg(b"nosuch", b"not an event", [], 0, 0))
     assert await runner.await_tenants([*made_up, garbage]) is False
     assert asked == []
 
