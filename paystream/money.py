@@ -124,9 +124,12 @@ def minor_unit_exponent(currency: str) -> int:
 Currency = Annotated[str, BeforeValidator(normalise_currency)]
 
 # Amounts are bounded so that a hostile command cannot smuggle in a value that overflows
-# a PostgreSQL BIGINT or a provider's arithmetic. Providers' own limits are tighter
-# (Stripe: 8 digits in minor units) and they answer beyond them with invalid_request.
-MAX_MINOR_AMOUNT = 99_999_999_999
+# a PostgreSQL BIGINT or a provider's arithmetic. Twelve digits: the largest a provider
+# takes (Stripe: IDR, 999,999,999,999 for Rp 9,999,999,999.99; eight digits in every
+# other currency, which it answers beyond with invalid_request). A thousand of them
+# (a tenant's daily volume cap, tenancy/limits.py) stays under 2**53, exact in any JSON
+# reader's doubles.
+MAX_MINOR_AMOUNT = 999_999_999_999
 
 
 class Money(BaseModel):

@@ -336,17 +336,26 @@ def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
     return _open_dispute_if_due(tx, pi)
 
 
-# Stripe's cap: "Amount must be no more than 999,999.99" (eight digits, any currency).
+# Stripe's cap (its currencies page): eight digits in minor units ("Amount must be no
+# more than 999,999.99"), twelve for IDR (999,999,999,999: Rp 9,999,999,999.99).
 MAX_STRIPE_AMOUNT = 99_999_999
+MAX_STRIPE_AMOUNT_BY_CURRENCY: dict[str, int] = {"IDR": 999_999_999_999}
+
+
+def max_charge_amount(currency: str) -> int:
+    """The largest amount Stripe charges in ``currency`` (normalised), in minor units."""
+    return MAX_STRIPE_AMOUNT_BY_CURRENCY.get(currency, MAX_STRIPE_AMOUNT)
 
 
 def _check_amount(amount: Money) -> None:
     """Stripe's bounds on a charge's amount, checked before anything is looked up."""
     if amount.amount < 1:
         raise _invalid("amount must be at least 1 minor unit")
-    if amount.amount > MAX_STRIPE_AMOUNT:
+    cap = max_charge_amount(amount.currency)
+    if amount.amount > cap:
         raise _invalid(
-            f"amount must be no more than {MAX_STRIPE_AMOUNT} minor units (eight digits)"
+            f"amount must be no more than {cap} minor units ({len(str(cap))} digits"
+            f" in {amount.currency})"
         )
     problem = below_minimum_charge(amount) or three_decimal_problem(amount)
     if problem is not None:

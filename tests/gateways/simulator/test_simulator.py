@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aredis
+from pydantic import ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -311,6 +312,35 @@ async def test_an_amount_over_stripes_eight_digits_is_refused(
     with pytest.raises(GatewayError) as info:
         await gw.create_payment(charge(100_000_000), idempotency_key="over")
     assert info.value.code is ErrorCode.INVALID_REQUEST and not info.value.retryable
+
+
+async def test_idr_takes_twelve_digits_as_stripe_does(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Stripe's currencies page: "up to twelve digits for IDR (for example, a value of
+    999999999999 for a charge of 9,999,999,999.99 IDR), and up to eight digits for all
+    other currencies" (review h64a: the simulator refused Rp 1,000,000.00 and more)."""
+    gw = sim(redis_client, tenant_id)
+
+    def idr(amount: int) -> CreatePayment:
+        return CreatePayment(
+            amount=Money(amount=amount, currency="IDR"), provider_payment_method_id="pm_card_visa"
+        )
+
+    for amount in (100_000_000, 150_000_000, 999_999_999_999):
+        res = await gw.create_payment(idr(amount), idempotency_key=f"idr-{amount}")
+        assert res.status is PaymentStatus.SUCCEEDED, amount
+        assert res.amount == Money(amount=amount, currency="IDR")
+    with pytest.raises(ValidationError):  # thirteen digits: not an amount paystream holds
+        idr(1_000_000_000_000)
+    for currency in ("USD", "JPY", "KWD"):  # eight digits everywhere else
+        over = CreatePayment(
+            amount=Money(amount=100_000_000, currency=currency),
+            provider_payment_method_id="pm_card_visa",
+        )
+        error = await refused(gw.create_payment(over, idempotency_key=f"over-{currency}"))
+        assert error.code is ErrorCode.INVALID_REQUEST, currency
+        assert "99999999 minor units" in error.message, error.message
 
 
 # ---- refusals: the key's answer once the provider ran the call (Stripe keeps them) ---
