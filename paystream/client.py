@@ -31,6 +31,7 @@ from paystream.streams.codec import (
     decode_record,
     encode_event,
     headers_to_dict,
+    is_structured,
     valid_unicode,
 )
 from paystream.streams.commands import COMMAND_PREFIX, ID_MAX_CHARS
@@ -98,6 +99,14 @@ def encoded_for_sending(
     key = command.get_extension("idempotencykey")
     _check_ids(tenant, str(command.get_id()), None if key is None else str(key))
     record = encode_event(command, tenant.encode(), mode)
+    if mode is CloudEventsMode.BINARY and is_structured(dict(record.headers)):
+        # Its datacontenttype, the record's content-type in binary mode, names the
+        # structured envelope: a worker would read the data as the whole event and
+        # dead-letter it, after the sender was told it was taken (review h64b).
+        raise InvalidCommand(
+            "datacontenttype names a structured CloudEvent (application/cloudevents+json), "
+            "not the command's data: leave it out or say application/json"
+        )
     check_no_card_data_in_record(command, record)
     limit = settings.command_max_bytes
     if mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:

@@ -1683,10 +1683,11 @@ def _any_case(word: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
 
 
-# The media types the ingress reads as JSON (web/ingress.py _json_media), any case.
+# The media types the ingress takes as JSON, as a worker reads them (streams/codec.py
+# is_json_media: the CloudEvents SDK's pattern), any case.
 _JSON_MEDIA_PATTERN = (
-    rf"^\s*(({_any_case('application')}|{_any_case('text')})/{_any_case('json')}"
-    rf"|[^;\s]+\+{_any_case('json')})\s*(;.*)?$"
+    rf"^({_any_case('application')}|{_any_case('text')})/([a-zA-Z0-9\-.]+\+)?"
+    rf"{_any_case('json')}(;.*)?$"
 )
 
 
@@ -1731,7 +1732,7 @@ def _ingress_schemas(components: Doc) -> Doc:
                 "time": {"type": "string", "format": "date-time"},
                 "datacontenttype": {
                     **_STR,
-                    # As the ingress takes it (web/ingress.py _json_media).
+                    # As the ingress takes it (streams/codec.py is_json_media).
                     "pattern": _JSON_MEDIA_PATTERN,
                     "description": "a JSON media type (default `application/json`)",
                 },

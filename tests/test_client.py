@@ -589,3 +589,15 @@ async def test_a_printed_outcome_s_time_is_as_the_event_carries_it() -> None:
     event = build_command("customer.create", "acme", {})
     event.get_attributes()["time"] = datetime(2026, 12, 5, 6, 12, 54, 9048, tzinfo=UTC)
     assert outcome_summary(event)["time"] == "2026-12-05T06:12:54.009048Z"
+
+
+async def test_a_structured_envelope_as_datacontenttype_is_not_sent_in_binary_mode() -> None:
+    """In binary mode datacontenttype becomes the record's content-type, which a worker
+    reading `application/cloudevents+json` takes for a structured record: the data read as
+    the whole event, dead-lettered (review h64b). Structured mode carries it in the body."""
+    attrs = {"datacontenttype": "application/cloudevents+json"}
+    command = build_command("customer.create", "acme", {})
+    command = CloudEvent({**command.get_attributes(), **attrs}, command.get_data())
+    with pytest.raises(InvalidCommand, match="datacontenttype"):
+        encoded_for_sending(command, CloudEventsMode.BINARY, load_settings())
+    encoded_for_sending(command, CloudEventsMode.STRUCTURED, load_settings())

@@ -15,7 +15,7 @@ from cloudevents.core.v1.event import CloudEvent
 from paystream.client import build_command
 from paystream.settings import load_settings
 from paystream.streams.commands import COMMANDS
-from paystream.web.ingress import _command_record
+from paystream.web.ingress import _command_record, _Refused
 from paystream.web.ingress_server import IngressServer
 from tests.test_docs import ROOT, published, response_schema, validator
 
@@ -71,7 +71,8 @@ def test_a_command_s_data_is_checked_against_its_own_type() -> None:
 
 
 @pytest.mark.parametrize(
-    "media", ["application/json", "application/json; charset=utf-8", "text/json", "A/B+JSON"]
+    "media",
+    ["application/json", "application/json; charset=utf-8", "text/json", "Application/Vnd.A+JSON"],
 )
 def test_a_json_media_type_the_ingress_takes_passes_the_command_schema(media: str) -> None:
     body = _structured("payment.create", VALID["payment.create"], datacontenttype=media)
@@ -81,8 +82,14 @@ def test_a_json_media_type_the_ingress_takes_passes_the_command_schema(media: st
     validator(published("openapi"), "/components/schemas/Command").validate(body)
 
 
-def test_a_media_type_the_ingress_refuses_fails_the_command_schema() -> None:
-    body = _structured("payment.create", VALID["payment.create"], datacontenttype="text/plain")
+@pytest.mark.parametrize(
+    "media", ["text/plain", " application/json", "application/json ", "image/x+json", "A/B+JSON"]
+)
+def test_a_media_type_the_ingress_refuses_fails_the_command_schema(media: str) -> None:
+    body = _structured("payment.create", VALID["payment.create"], datacontenttype=media)
+    attributes = {k: v for k, v in body.items() if k not in ("data", "time")}
+    with pytest.raises(_Refused):
+        _command_record(CloudEvent(attributes, body["data"]), load_settings())
     assert not validator(published("openapi"), "/components/schemas/Command").is_valid(body)
 
 

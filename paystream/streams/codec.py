@@ -47,7 +47,7 @@ class _OrjsonFormat(JSONFormat):
     worker's CPU). Same output shape: compact JSON, keys in insertion order."""
 
     def write_data(self, data: Any, datacontenttype: str | None) -> bytes:
-        if isinstance(data, dict) and _is_json(datacontenttype):
+        if isinstance(data, dict) and is_json_media(datacontenttype):
             try:
                 # An exact-size copy (the same bytes): orjson returns its output in the
                 # buffer it grew, and an outcome's bytes are kept until its batch is
@@ -71,7 +71,7 @@ class _OrjsonFormat(JSONFormat):
         return super().read(event_factory, text)
 
     def read_data(self, body: bytes, datacontenttype: str | None) -> Any:
-        if body and _is_json(datacontenttype):
+        if body and is_json_media(datacontenttype):
             try:
                 return orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -80,7 +80,10 @@ class _OrjsonFormat(JSONFormat):
 
 
 @functools.lru_cache(maxsize=64)  # a handful of content types, seen on every record
-def _is_json(datacontenttype: str | None) -> bool:
+def is_json_media(datacontenttype: str | None) -> bool:
+    """Whether a worker reads data of this content type as JSON (the SDK's pattern:
+    ``application/json``, ``text/json``, ``application/<x>+json``, parameters after a
+    ``;``, nothing around), in any case."""
     # Media types are case-insensitive (RFC 9110 8.3.1): "Application/JSON" is JSON too.
     content_type = (datacontenttype or JSONFormat.DEFAULT_CONTENT_TYPE).lower()
     return re.match(JSONFormat.JSON_CONTENT_TYPE_PATTERN, content_type) is not None
@@ -203,7 +206,7 @@ def _decode_record_full(
     if (
         binary
         and len(content_types) > 1
-        and len({_is_json(ct.decode("utf-8", "replace")) for ct in content_types}) > 1
+        and len({is_json_media(ct.decode("utf-8", "replace")) for ct in content_types}) > 1
     ):
         # Both spell datacontenttype in binary mode, and the last one wins: a park (its
         # headers sorted) would be re-driven with the other, its data read another way

@@ -188,3 +188,29 @@ async def test_data_in_base64_is_refused_saying_how_data_is_sent() -> None:
     status, answer = await _post(app, api_key, json.dumps(event).encode())
     assert status == 400 and not produced, answer
     assert answer["message"] == DATA_NOT_AN_OBJECT
+
+
+@pytest.mark.parametrize(
+    "media",
+    [
+        "application/cloudevents+json",
+        "Application/CloudEvents+JSON; charset=utf-8",
+        " application/cloudevents+json",
+    ],
+)
+async def test_a_structured_envelope_named_as_datacontenttype_is_refused(media: str) -> None:
+    """A "+json" type, so taken for JSON data, and answered 202 (review h64b); produced in
+    binary mode it became the record's content-type, and the worker read the data as the
+    whole event: rejected not_a_cloudevent and dead-lettered, after the 202."""
+    app, produced, key = _ingress()
+    status, answer = await _post(app, key, json.dumps(_event(datacontenttype=media)).encode())
+    assert (status, answer["error"]) == (400, "validation_error") and not produced, answer
+    assert "datacontenttype" in answer["message"], answer
+
+
+async def test_json_datacontenttypes_still_pass() -> None:
+    app, produced, key = _ingress()
+    for media in ("application/json", "application/vnd.acme+json", "text/json"):
+        status, answer = await _post(app, key, json.dumps(_event(datacontenttype=media)).encode())
+        assert status == 202, (media, answer)
+    assert len(produced) == 3
