@@ -98,3 +98,43 @@ async def test_structured_data_in_base64_is_refused_saying_how_data_is_sent(
     assert outcome is not None and kind(outcome) == "command.rejected"
     assert data(outcome)["reason"] == "validation_error"
     assert data(outcome)["message"] == DATA_NOT_AN_OBJECT
+
+
+@pytest.mark.parametrize("encoded", ["!!", "e30 =", "===="])
+async def test_data_base64_that_is_no_base64_is_no_cloudevent(
+    harness: Harness, encoded: str
+) -> None:
+    """The SDK's decoder drops what is not base64: "!!" was read as no data, and a
+    customer.create ran on nothing (review h64b), where "abc" (bad padding) was
+    dead-lettered. RFC 4648 base64, as the JSON event format says data_base64 is."""
+    tenant = harness.add_tenant()
+    body = {
+        "specversion": "1.0", "id": f"c-{encoded}", "source": "/x", "tenantid": tenant,
+        "type": "com.paystream.command.customer.create", "data_base64": encoded,
+    }  # fmt: skip
+    headers = {"content-type": b"application/cloudevents+json"}
+    topic = harness.settings.commands_topic
+    taken = int(time.time() * 1000)
+    value = json.dumps(body).encode()
+    emits = await harness.raw(Inbound(tenant.encode(), value, headers, taken, topic, -1, -1))
+    assert harness.settings.dlq_topic in [e.topic for e in emits], emits
+    outcome = outcome_of(harness.settings, emits)
+    assert outcome is not None and kind(outcome) == "command.rejected", data(outcome)
+    assert not harness.tables.customers
+
+
+async def test_empty_data_base64_is_refused_as_any_data_base64(harness: Harness) -> None:
+    """Zero bytes, valid base64: refused as data_base64 of any length is (not read)."""
+    tenant = harness.add_tenant()
+    body = {
+        "specversion": "1.0", "id": "c-empty", "source": "/x", "tenantid": tenant,
+        "type": "com.paystream.command.customer.create", "data_base64": "",
+    }  # fmt: skip
+    headers = {"content-type": b"application/cloudevents+json"}
+    topic = harness.settings.commands_topic
+    taken = int(time.time() * 1000)
+    value = json.dumps(body).encode()
+    emits = await harness.raw(Inbound(tenant.encode(), value, headers, taken, topic, -1, -1))
+    outcome = outcome_of(harness.settings, emits)
+    assert outcome is not None and kind(outcome) == "command.rejected", data(outcome)
+    assert data(outcome)["message"] == DATA_NOT_AN_OBJECT

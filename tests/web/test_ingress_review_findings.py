@@ -214,3 +214,14 @@ async def test_json_datacontenttypes_still_pass() -> None:
         status, answer = await _post(app, key, json.dumps(_event(datacontenttype=media)).encode())
         assert status == 202, (media, answer)
     assert len(produced) == 3
+
+
+@pytest.mark.parametrize("encoded", ["!!", "e30 ="])
+async def test_data_base64_that_is_no_base64_is_refused(encoded: str) -> None:
+    """ "!!" was read as no data (the SDK drops what is not base64) and answered 202: a
+    customer.create ran on nothing (review h64b)."""
+    app, produced, key = _ingress()
+    body = {k: v for k, v in _event().items() if k != "data"}
+    status, answer = await _post(app, key, json.dumps({**body, "data_base64": encoded}).encode())
+    assert (status, answer["error"]) == (400, "validation_error") and not produced, answer
+    assert "base64" in answer["message"], answer
