@@ -40,7 +40,11 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import results
 from paystream.gateways.simulator.cards import Behaviour, RefundBehaviour, TestCard, card_for_token
 from paystream.gateways.simulator.store import PROVIDER, Effect, Refusal, Tx
-from paystream.gateways.stripe_rules import below_minimum_charge, three_decimal_problem
+from paystream.gateways.stripe_rules import (
+    MINIMUM_CHARGE,
+    below_minimum_charge,
+    three_decimal_problem,
+)
 from paystream.ids import ID_LENGTH
 from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money
 
@@ -520,6 +524,16 @@ def _three_decimal_rule_full(amount: int, currency: str) -> None:
         raise _invalid(problem)
 
 
+def _capture_minimum(amount: int, currency: str) -> None:
+    """Stripe refuses a partial capture under the currency's minimum charge as it refuses
+    such a charge (`amount_too_small`; review h64a: USD 0.10 of 10.00 was captured)."""
+    minimum = MINIMUM_CHARGE.get(currency)
+    if minimum is not None and amount < minimum:
+        problem = below_minimum_charge(Money(amount=amount, currency=currency))
+        # (The parameters refused, as for a charge: not kept under the key.)
+        raise _invalid(problem or "amount_too_small")
+
+
 async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, Any]:
     if req.amount is not None and req.amount < 1:
         raise _invalid(f"capture amount {req.amount} must be at least 1")
@@ -533,6 +547,8 @@ async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, An
             f"capture amount {amount} must be between 1 and the authorised {pi['amount']}",
         )
     _three_decimal_rule(amount, pi["currency"])
+    if req.amount is not None:
+        _capture_minimum(amount, pi["currency"])
     # As at Stripe, what is not captured is released, so the payment is final.
     pi = {**pi, "status": _SUCCEEDED, "amount_captured": amount}
     tx.effect(Effect.of("capture", key, pi["id"], amount, pi["currency"]))

@@ -808,3 +808,24 @@ async def test_stripes_other_succeeding_test_tokens_charge(
     assert res.status is PaymentStatus.SUCCEEDED
     card = card_for_token(token)
     assert card is not None and (card.brand, card.last4) == (brand, last4)
+
+
+async def test_a_partial_capture_under_the_minimum_charge_is_refused(
+    redis_client: aredis.Redis, tenant_id: str
+) -> None:
+    """Stripe refuses a capture under the currency's minimum charge (`amount_too_small`),
+    as it refuses such a charge (review h64a: EUR 0.10 of 10.00 was captured). The key
+    keeps no answer, so the corrected amount may be sent under it."""
+    gw = sim(redis_client, tenant_id)
+    auth = await gw.create_payment(
+        charge(1000, capture_method=CaptureMethod.MANUAL), idempotency_key="auth"
+    )
+    under = CapturePayment(provider_payment_id=auth.provider_payment_id, amount=10)
+    error = await refused(gw.capture_payment(under, idempotency_key="cap"))
+    assert error.code is ErrorCode.INVALID_REQUEST and "amount_too_small" in error.message
+    at_minimum = CapturePayment(provider_payment_id=auth.provider_payment_id, amount=50)
+    done = await gw.capture_payment(at_minimum, idempotency_key="cap")
+    assert done.status is PaymentStatus.SUCCEEDED and done.amount_captured == 50
+    assert [(e.kind, e.amount) for e in await gw.effects() if e.kind == "capture"] == [
+        ("capture", 50)
+    ]
