@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
 from paystream.streams.commands import COMMAND_PREFIX, PROVIDER_READS
 from paystream.streams.kafka_auth import client_auth
+from paystream.streams.pan import redact_card_numbers
 from paystream.tenancy.token_bucket import TokenBucket
 
 T = TypeVar("T")
@@ -469,7 +471,9 @@ class _ParkedReader:
                             r.offset,
                             r.key,
                             r.value,
-                            tuple(r.headers),
+                            # A header may have no value (null): b"", as the worker reads
+                            # it (review h64d: `dlq list` and a sealed re-send crashed).
+                            tuple((k, b"" if v is None else v) for k, v in r.headers),
                             r.timestamp,
                         )
                     )
@@ -1115,6 +1119,16 @@ def _source_partition(rec: ParkedRecord, commands_topic: str, partitions: set[in
     return partition if partition in partitions else None
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown_text(text: str, limit: int = 200) -> str:
+    """A producer's text, safe to print or log: controls escaped (``\\x1b``), cut to
+    ``limit``, then card numbers redacted (a cut can make one of a longer run of digits)."""
+    cut = redact_card_numbers(text[:limit]) + ("..." if len(text) > limit else "")
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), cut)
+
+
 def _warn_dropped(rec: ParkedRecord, *, dry_run: bool) -> None:
     """Name where a dropped dead letter's original is: once the replay commits past it,
     `dlq list` no longer shows it, and the commands topic keeps the original only until
@@ -1126,8 +1140,8 @@ def _warn_dropped(rec: ParkedRecord, *, dry_run: bool) -> None:
         rec.topic,
         rec.partition,
         rec.offset,
-        rec.reason,
-        rec.source or "an unknown place (no paystream-source header)",
+        shown_text(rec.reason),
+        shown_text(rec.source) if rec.source else "an unknown place (no paystream-source header)",
     )
 
 

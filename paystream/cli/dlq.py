@@ -84,7 +84,8 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
                 else ""
             )
             + (
-                f" (too large to keep, not replayed; the original is at {rec.source or '?'})"
+                " (too large to keep, not replayed; the original is at "
+                f"{_shown(rec.source or '?')})"
                 if rec.dropped
                 else ""
             )
@@ -114,19 +115,14 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
 
 
 # C0 and C1 controls, DEL, and the bidirectional overrides that reorder what is shown.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 _PLAIN_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 
 def _shown(text: str, limit: int = 200) -> str:
-    """A producer's text, safe to print: controls escaped (``\\x1b``), cut to ``limit``,
-    then card numbers redacted (a cut can make one of a longer run of digits)."""
-    from paystream.streams.pan import redact_card_numbers
+    """A producer's text, safe to print (``paystream.dlq.shown_text``)."""
+    from paystream.dlq import shown_text
 
-    cut = redact_card_numbers(text[:limit]) + ("..." if len(text) > limit else "")
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), cut)
+    return shown_text(text, limit)
 
 
 def _epoch_ms(text: str) -> int:
@@ -471,7 +467,7 @@ def dlq_replay(
     for rec in result.dropped:
         click.echo(
             f"passed over {rec.topic}[{rec.partition}]@{rec.offset}, dead-lettered without its "
-            f"bytes (too large to keep): the original is at {rec.source or '?'}"
+            f"bytes (too large to keep): the original is at {_shown(rec.source or '?')}"
         )
     if result.answered:
         click.echo(

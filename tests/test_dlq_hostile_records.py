@@ -1,0 +1,87 @@
+"""`paystream dlq list` / `dlq replay` against hostile records on the dead-letter topic
+(any principal that may produce to it can write them; review h64d)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from paystream.tenancy.crypto import MasterKey
+from tests.fixtures.pipeline import RawSend
+from tests.test_cli import run_cli
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+CARD = "4242424242424242"
+
+
+async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
+    deployment_factory: Any,
+) -> None:
+    """A dropped dead letter's `paystream-source` was printed as it stood, by `dlq list`,
+    `dlq replay` and its log line: a card number whole, terminal escapes to the terminal
+    (every other producer-chosen field went through `_shown`)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(
+        s.dlq_topic,
+        RawSend(
+            value=b"",
+            partition=0,
+            headers=(
+                ("paystream-dlq-reason", b"internal_error"),
+                ("paystream-dlq-dropped", b"too_large_to_keep"),
+                ("paystream-source", f"x/0/{CARD}\x1b]0;pwned\x07".encode()),
+            ),
+        ),
+    )
+    listed = run_cli(dep, "dlq", "list", "--topic", "dlq")
+    replayed = run_cli(dep, "dlq", "replay", "--topic", "dlq", "--without-master-key")
+    for out in (listed.stdout, replayed.stdout, replayed.stderr):
+        assert CARD not in out, out
+        assert "\x1b" not in out, out
+
+
+async def test_dlq_list_survives_a_header_with_no_value(deployment_factory: Any) -> None:
+    """A Kafka header may have a null value: `ParkedRecord.command_id_and_type` called
+    `.decode` on it, and `dlq list` died with a traceback on every run, listing nothing."""
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(
+        s.dlq_topic,
+        RawSend(
+            key=b"acme",
+            value=b"{}",
+            partition=0,
+            headers=(("ce_id", None), ("paystream-dlq-reason", b"x")),
+        ),
+    )
+    listed = run_cli(dep, "dlq", "list", "--topic", "dlq", check=False)
+    assert listed.returncode == 0, listed.stderr[-1500:]
+    assert "Traceback" not in listed.stderr
+
+
+async def test_a_replay_survives_a_ce_header_with_no_value(deployment_factory: Any) -> None:
+    """With the master key, a re-send is sealed over its ce_* headers: a null-valued one
+    raised TypeError in first_attempt._message, so every replay died with a traceback at
+    that record and nothing after it on its partition was ever re-driven. Read as b"",
+    as the worker reads it."""
+    key = base64.b64encode(MasterKey.generate().key).decode()
+    dep = await deployment_factory(paystream_master_key=key)
+    s = dep.settings
+    ok = (("paystream-dlq-reason", b"x"),)
+    await dep.produce(
+        s.dlq_topic,
+        RawSend(
+            key=b"acme",
+            value=b"{}",
+            partition=0,
+            headers=(("ce_subject", None), ("paystream-dlq-reason", b"x")),
+        ),
+        RawSend(key=b"acme", value=b"after", partition=0, headers=ok),
+    )
+    first = run_cli(dep, "dlq", "replay", "--topic", "dlq", check=False)
+    assert first.returncode == 0, first.stderr[-1500:]
+    assert "Traceback" not in first.stderr
