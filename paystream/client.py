@@ -31,6 +31,7 @@ from paystream.streams.codec import (
     decode_record,
     encode_event,
     headers_to_dict,
+    is_json_media,
     is_structured,
     valid_unicode,
 )
@@ -99,14 +100,8 @@ def encoded_for_sending(
     key = command.get_extension("idempotencykey")
     _check_ids(tenant, str(command.get_id()), None if key is None else str(key))
     record = encode_event(command, tenant.encode(), mode)
-    if mode is CloudEventsMode.BINARY and is_structured(dict(record.headers)):
-        # Its datacontenttype, the record's content-type in binary mode, names the
-        # structured envelope: a worker would read the data as the whole event and
-        # dead-letter it, after the sender was told it was taken (review h64b).
-        raise InvalidCommand(
-            "datacontenttype names a structured CloudEvent (application/cloudevents+json), "
-            "not the command's data: leave it out or say application/json"
-        )
+    if mode is CloudEventsMode.BINARY:
+        _check_binary_data(command, record)
     check_no_card_data_in_record(command, record)
     limit = settings.command_max_bytes
     if mode is CloudEventsMode.STRUCTURED and len(record.value or b"") > limit:
@@ -115,6 +110,25 @@ def encoded_for_sending(
             f"mode; the workers take at most {limit} (PAYSTREAM_COMMAND_MAX_BYTES)"
         )
     return record
+
+
+def _check_binary_data(command: CloudEvent, record: KafkaRecord) -> None:
+    """What a worker reads of a binary-mode command's data is what its datacontenttype,
+    the record's content-type, says (reviews h64b, h64c)."""
+    if is_structured(dict(record.headers)):
+        # The structured envelope's type: a worker would read the data as the whole event
+        # and dead-letter it, after its sender was told it was taken.
+        raise InvalidCommand(
+            "datacontenttype names a structured CloudEvent (application/cloudevents+json), "
+            "not the command's data: leave it out or say application/json"
+        )
+    media = command.get_attributes().get("datacontenttype")
+    if isinstance(command.get_data(), dict) and not is_json_media(media):
+        # Written as JSON, read as text: refused "data must be a JSON object".
+        raise InvalidCommand(
+            f"datacontenttype {str(media)[:100]!r}: a worker would not read the data as "
+            "JSON (application/json, text/json or application/<x>+json)"
+        )
 
 
 def _check_no_card_data(command: CloudEvent) -> None:

@@ -1732,9 +1732,12 @@ def _ingress_schemas(components: Doc) -> Doc:
                 "time": {"type": "string", "format": "date-time"},
                 "datacontenttype": {
                     **_STR,
-                    # As the ingress takes it (streams/codec.py is_json_media).
+                    # As the ingress takes it (streams/codec.py is_json_media), but the
+                    # CloudEvents envelope's own types (web/ingress.py _ENVELOPE_MEDIA).
                     "pattern": _JSON_MEDIA_PATTERN,
-                    "description": "a JSON media type (default `application/json`)",
+                    "not": {"pattern": rf"^{_any_case('application/cloudevents')}"},
+                    "description": "a JSON media type (default `application/json`), not "
+                    "a CloudEvents one (`application/cloudevents+json`)",
                 },
                 "traceparent": {
                     **_STR,

@@ -83,7 +83,16 @@ def test_a_json_media_type_the_ingress_takes_passes_the_command_schema(media: st
 
 
 @pytest.mark.parametrize(
-    "media", ["text/plain", " application/json", "application/json ", "image/x+json", "A/B+JSON"]
+    "media",
+    [
+        "text/plain",
+        " application/json",
+        "application/json ",
+        "image/x+json",
+        "A/B+JSON",
+        "application/cloudevents+json",
+        "Application/CloudEvents-Batch+JSON",
+    ],
 )
 def test_a_media_type_the_ingress_refuses_fails_the_command_schema(media: str) -> None:
     body = _structured("payment.create", VALID["payment.create"], datacontenttype=media)

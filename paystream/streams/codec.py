@@ -65,12 +65,17 @@ class _OrjsonFormat(JSONFormat):
         event format says (§2.2; Jackson and System.Text.Json write them): the SDK
         refused a command with ``"subject": null`` (review finding)."""
         text = data.decode("utf-8") if isinstance(data, bytes) else data
+        members: Any = None
         if "null" in text:
             members = json.loads(text)  # (the SDK's parser, as the SDK then reads it)
             if isinstance(members, dict) and None in members.values():
-                text = json.dumps({k: v for k, v in members.items() if v is not None})
-        if "data_base64" in text:
-            members = json.loads(text)
+                members = {k: v for k, v in members.items() if v is not None}
+                text = json.dumps(members)
+        # A key is named as parsed, an escape spelling it too ("data\u005fbase64", review
+        # h64c): either "base64" stands in the text or an escape does.
+        if "base64" in text or "\\u" in text:
+            if members is None:
+                members = json.loads(text)
             encoded = members.get("data_base64") if isinstance(members, dict) else None
             if isinstance(encoded, str):
                 # The SDK's decoder drops what is not base64: "!!" read as no data at

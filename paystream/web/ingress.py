@@ -500,6 +500,10 @@ def _without_card_trace(event: CloudEvent) -> CloudEvent:
     return CloudEvent(attributes, event.get_data())
 
 
+# The CloudEvents envelope types (structured, batched): no command's data is one.
+_ENVELOPE_MEDIA = "application/cloudevents"
+
+
 def _command_record(event: CloudEvent, settings: Settings) -> tuple[KafkaRecord, str]:
     """The command's Kafka record and id; refused as a worker would refuse it unrun."""
     command_type = str(event.get_type())
@@ -518,9 +522,19 @@ def _command_record(event: CloudEvent, settings: Settings) -> tuple[KafkaRecord,
             400, "invalid", "unknown_command", f"`type` names no paystream command ({known})"
         )  # fmt: skip
     data = event.get_data()
-    if data not in (None, b"", "") and not isinstance(data, dict):  # (as the worker says)
+    if data is not None and not isinstance(data, dict):  # (as the worker says)
+        # (`"data": ""` and `"data_base64": ""` too: taken for no data, answered 202 and
+        # run on nothing, where the worker refuses them from the topic; review h64c.)
         raise _invalid(DATA_NOT_AN_OBJECT)
     media = str(event.get_attributes().get("datacontenttype") or "application/json")
+    if media.lower().startswith(_ENVELOPE_MEDIA):
+        # The envelope's type, not the data's. In binary mode, the record's content-type,
+        # it made a worker read the data as the whole event and dead-letter it after a
+        # 202 (review h64b); refused in either mode, so the API answers one way.
+        raise _invalid(
+            f"datacontenttype {media[:100]!r} names a CloudEvent, not the command's data: "
+            "leave it out or say application/json"
+        )
     if isinstance(data, dict) and not is_json_media(media):
         # Produced as it says, the worker would read the object as text and refuse it:
         # refused here, before the topic (review finding: answered 202). The worker's
