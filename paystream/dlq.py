@@ -383,6 +383,7 @@ class _ParkedReader:
                 continue  # (left for the next run to write: never written untrusted)
             if stamp is not None or at == 0:  # (none there: a position could not be trusted)
                 self.unkept[tp] = Position(at, stamp)
+        starts = await _bounded(consumer.beginning_offsets(tps))
         for tp in tps:
             at = self.committed[tp]
             if at is None and (stored := kept.get(tp)) is not None:
@@ -390,6 +391,15 @@ class _ParkedReader:
             self.replayed_to[tp] = at
             if at is None or not self.committed_only:
                 await consumer.seek_to_beginning(tp)
+            elif at < starts[tp]:
+                # Deleted below where replays got to (retention, or the erasure advice's
+                # kafka-delete-records): read from what is there, or the records counted
+                # as waiting would never all come (review h64d).
+                log.warning(
+                    "%s[%d]: records %d to %d were deleted before a replay re-drove them",
+                    tp.topic, tp.partition, at, starts[tp] - 1,
+                )  # fmt: skip
+                consumer.seek(tp, starts[tp])
             else:
                 consumer.seek(tp, at)
         for tp in tps:

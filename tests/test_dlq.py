@@ -430,3 +430,38 @@ async def test_a_replay_tells_unanswered_oversized_dead_letters_from_undecodable
     result.note(dead(b"payload_too_large"), "passed over")
     result.note(dead(b"not_a_cloudevent"), "passed over")
     assert (result.too_large, result.undecodable, result.handled) == (1, 1, 2)
+
+
+async def test_records_deleted_below_where_replays_got_to_are_not_waited_for(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records deleted below the replay group's offset (retention, or the README's erasure
+    advice: kafka-delete-records) were counted as waiting, and the reader sought to the
+    offset, which the broker no longer holds (review h64d). The embedded broker deletes
+    no records: its log start is reported as past them instead."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.dlq_topic, *((b"acme", f"junk {i}".encode(), 0) for i in range(7)))
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await _replay(settings, [settings.dlq_topic], progress=stop_after_two)
+    real = AIOKafkaConsumer.beginning_offsets
+
+    async def deleted_below_five(self: AIOKafkaConsumer, partitions: Any) -> Any:
+        starts = await real(self, partitions)
+        return {tp: 5 if tp.topic == settings.dlq_topic and tp.partition == 0 else at
+                for tp, at in starts.items()}  # fmt: skip
+
+    monkeypatch.setattr(AIOKafkaConsumer, "beginning_offsets", deleted_below_five)
+    totals: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="paystream.dlq"):
+        again = await _replay(
+            settings, [settings.dlq_topic], progress=lambda done, total: totals.append(total)
+        )
+    assert sorted(r.value for r in again.handled) == [b"junk 5", b"junk 6"]
+    assert set(totals) == {2}, totals
+    assert "records 2 to 4 were deleted before a replay re-drove them" in caplog.text
