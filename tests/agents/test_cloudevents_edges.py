@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import time
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -100,23 +101,39 @@ async def test_structured_data_in_base64_is_refused_saying_how_data_is_sent(
     assert data(outcome)["message"] == DATA_NOT_AN_OBJECT
 
 
-@pytest.mark.parametrize("encoded", ["!!", "e30 =", "===="])
+async def _structured_base64(harness: Harness, tenant: str, key: str, encoded: str) -> list[Any]:
+    """What the pipeline emits for a structured customer.create whose data is ``encoded``
+    under ``key`` as written in the JSON (a JSON escape may spell it)."""
+    body = {
+        "specversion": "1.0", "id": f"c-{key}-{encoded}", "source": "/x", "tenantid": tenant,
+        "type": "com.paystream.command.customer.create", "@KEY@": encoded,
+    }  # fmt: skip
+    value = json.dumps(body).replace('"@KEY@"', f'"{key}"').encode()
+    assert json.loads(value)["data_base64"] == encoded
+    headers = {"content-type": b"application/cloudevents+json"}
+    taken, topic = int(time.time() * 1000), harness.settings.commands_topic
+    return await harness.raw(Inbound(tenant.encode(), value, headers, taken, topic, -1, -1))
+
+
+@pytest.mark.parametrize(
+    ("key", "encoded"),
+    [
+        ("data_base64", "!!"),
+        ("data_base64", "e30 ="),
+        ("data_base64", "===="),
+        ("data\\u005fbase64", "!!"),
+        ("\\u0064ata_base64", "!!"),
+    ],
+)
 async def test_data_base64_that_is_no_base64_is_no_cloudevent(
-    harness: Harness, encoded: str
+    harness: Harness, key: str, encoded: str
 ) -> None:
     """The SDK's decoder drops what is not base64: "!!" was read as no data, and a
     customer.create ran on nothing (review h64b), where "abc" (bad padding) was
-    dead-lettered. RFC 4648 base64, as the JSON event format says data_base64 is."""
+    dead-lettered; then under a key spelled with a JSON escape (review h64c). RFC 4648
+    base64, as the JSON event format says data_base64 is."""
     tenant = harness.add_tenant()
-    body = {
-        "specversion": "1.0", "id": f"c-{encoded}", "source": "/x", "tenantid": tenant,
-        "type": "com.paystream.command.customer.create", "data_base64": encoded,
-    }  # fmt: skip
-    headers = {"content-type": b"application/cloudevents+json"}
-    topic = harness.settings.commands_topic
-    taken = int(time.time() * 1000)
-    value = json.dumps(body).encode()
-    emits = await harness.raw(Inbound(tenant.encode(), value, headers, taken, topic, -1, -1))
+    emits = await _structured_base64(harness, tenant, key, encoded)
     assert harness.settings.dlq_topic in [e.topic for e in emits], emits
     outcome = outcome_of(harness.settings, emits)
     assert outcome is not None and kind(outcome) == "command.rejected", data(outcome)
@@ -126,15 +143,7 @@ async def test_data_base64_that_is_no_base64_is_no_cloudevent(
 async def test_empty_data_base64_is_refused_as_any_data_base64(harness: Harness) -> None:
     """Zero bytes, valid base64: refused as data_base64 of any length is (not read)."""
     tenant = harness.add_tenant()
-    body = {
-        "specversion": "1.0", "id": "c-empty", "source": "/x", "tenantid": tenant,
-        "type": "com.paystream.command.customer.create", "data_base64": "",
-    }  # fmt: skip
-    headers = {"content-type": b"application/cloudevents+json"}
-    topic = harness.settings.commands_topic
-    taken = int(time.time() * 1000)
-    value = json.dumps(body).encode()
-    emits = await harness.raw(Inbound(tenant.encode(), value, headers, taken, topic, -1, -1))
+    emits = await _structured_base64(harness, tenant, "data_base64", "")
     outcome = outcome_of(harness.settings, emits)
     assert outcome is not None and kind(outcome) == "command.rejected", data(outcome)
     assert data(outcome)["message"] == DATA_NOT_AN_OBJECT
