@@ -44,20 +44,18 @@ async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
         assert "\x1b" not in out, out
 
 
+def _with_no_value(header: str) -> RawSend:
+    """A dead letter one of whose headers has no value (Kafka allows a null one)."""
+    headers = ((header, None), ("paystream-dlq-reason", b"x"))
+    return RawSend(key=b"acme", value=b"{}", partition=0, headers=headers)
+
+
 async def test_dlq_list_survives_a_header_with_no_value(deployment_factory: Any) -> None:
     """A Kafka header may have a null value: `ParkedRecord.command_id_and_type` called
     `.decode` on it, and `dlq list` died with a traceback on every run, listing nothing."""
     dep = await deployment_factory()
     s = dep.settings
-    await dep.produce(
-        s.dlq_topic,
-        RawSend(
-            key=b"acme",
-            value=b"{}",
-            partition=0,
-            headers=(("ce_id", None), ("paystream-dlq-reason", b"x")),
-        ),
-    )
+    await dep.produce(s.dlq_topic, _with_no_value("ce_id"))
     listed = run_cli(dep, "dlq", "list", "--topic", "dlq", check=False)
     assert listed.returncode == 0, listed.stderr[-1500:]
     assert "Traceback" not in listed.stderr
@@ -72,16 +70,8 @@ async def test_a_replay_survives_a_ce_header_with_no_value(deployment_factory: A
     dep = await deployment_factory(paystream_master_key=key)
     s = dep.settings
     ok = (("paystream-dlq-reason", b"x"),)
-    await dep.produce(
-        s.dlq_topic,
-        RawSend(
-            key=b"acme",
-            value=b"{}",
-            partition=0,
-            headers=(("ce_subject", None), ("paystream-dlq-reason", b"x")),
-        ),
-        RawSend(key=b"acme", value=b"after", partition=0, headers=ok),
-    )
+    after = RawSend(key=b"acme", value=b"after", partition=0, headers=ok)
+    await dep.produce(s.dlq_topic, _with_no_value("ce_subject"), after)
     first = run_cli(dep, "dlq", "replay", "--topic", "dlq", check=False)
     assert first.returncode == 0, first.stderr[-1500:]
     assert "Traceback" not in first.stderr
