@@ -144,14 +144,18 @@ async def _restore_overwritten(
     settings: Settings, since: dict[TopicPartition, int], ours: _Written
 ) -> list[str]:
     """Tenants of ``ours`` that another writer wrote to after ``since``: the ones whose
-    latest record is ours get the other writer's latest record back on top."""
+    latest record is ours get the other writer's latest record back on top.
+
+    Another writer's record is one under the tenant's own key as written here, on the
+    partition ours went to: only there does an offset say which came first. A record
+    under another spelling of the key (' "acme"', a JSON escape) is no record of the
+    tenant's for the mirror (it honours a suspension in it, nothing else); copied under
+    the tenant's key it removed the tenant or lifted its suspension (review h64e)."""
+    own_keys = {json.dumps(tid).encode(): tid for tid in ours}
     others: dict[str, list[tuple[int, bytes | None]]] = {}
     for tp, offset, key, value in await _records_since(settings, since):
-        try:
-            tid = json.loads(key) if key else None
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(tid, str) and tid in ours and (tp.partition, offset) != ours[tid]:
+        tid = own_keys.get(key or b"")
+        if tid is not None and tp.partition == ours[tid][0] and offset != ours[tid][1]:
             others.setdefault(tid, []).append((offset, value))
     restore: list[tuple[str, bytes | None]] = []
     for tid, records in others.items():
