@@ -36,11 +36,18 @@ SEALED = "paystream_sealed"
 _PURPOSE = "next-action"
 
 
+# Stripe's next action types are short words (redirect_to_url, use_stripe_sdk, ...).
+_TYPE_MAX = 64
+
+
 def without_credentials(action: Any) -> Any:
-    """A next action as the ledger, the views and exports keep it: its type alone."""
+    """A next action as the ledger, the views and exports keep it: its type alone (a
+    word: anything else is none). One that is no mapping, which no provider sends, is
+    kept as none: whole, it kept whatever it held (review h64f)."""
     if isinstance(action, Mapping):
-        return {"type": action.get("type")}
-    return action
+        kind = action.get("type")
+        return {"type": kind if isinstance(kind, str) and len(kind) <= _TYPE_MAX else None}
+    return None
 
 
 def public_row(raw: Mapping[str, Any]) -> dict[str, Any]:
