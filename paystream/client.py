@@ -35,7 +35,7 @@ from paystream.streams.codec import (
     is_structured,
     valid_unicode,
 )
-from paystream.streams.commands import COMMAND_PREFIX, ID_MAX_CHARS
+from paystream.streams.commands import COMMAND_PREFIX, DATA_NOT_AN_OBJECT, ID_MAX_CHARS
 from paystream.streams.kafka_auth import client_auth
 from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
 from paystream.streams.pan import contains_card_number, security_code_at
@@ -99,6 +99,11 @@ def encoded_for_sending(
     # tenant, its sender's waiter would never see the answer; review finding.)
     key = command.get_extension("idempotencykey")
     _check_ids(tenant, str(command.get_id()), None if key is None else str(key))
+    data = command.get_data()
+    if data is not None and not isinstance(data, dict):
+        # As a worker refuses it; in binary mode "" and b"" were written as an empty
+        # value, which a worker reads as no data and ran on (review h64g).
+        raise InvalidCommand(DATA_NOT_AN_OBJECT)
     record = encode_event(command, tenant.encode(), mode)
     if mode is CloudEventsMode.BINARY:
         _check_binary_data(command, record)

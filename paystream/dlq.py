@@ -1134,9 +1134,11 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 def shown_text(text: str, limit: int = 200) -> str:
     """A producer's text, safe to print or log: controls escaped (``\\x1b``), cut to
-    ``limit``, then card numbers redacted (a cut can make one of a longer run of digits)."""
-    cut = redact_card_numbers(text[:limit]) + ("..." if len(text) > limit else "")
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), cut)
+    ``limit``, then card numbers redacted, in that order: an escape can end in digits
+    that join the run after it ("\\x04" before 15 digits prints 16, review h64g), and a
+    cut can make a card number of a longer run of digits."""
+    escaped = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    return redact_card_numbers(escaped[:limit]) + ("..." if len(escaped) > limit else "")
 
 
 def _warn_dropped(rec: ParkedRecord, *, dry_run: bool) -> None:

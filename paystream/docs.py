@@ -1746,6 +1746,8 @@ def _ingress_schemas(components: Doc) -> Doc:
                 },
                 "tracestate": _STR,
                 "data": _ref("CommandData"),
+                # Data is read as JSON in `data` only (DATA_NOT_AN_OBJECT; review h64g).
+                "data_base64": False,
             },
         },
         "Outcome": {

@@ -601,3 +601,14 @@ async def test_a_structured_envelope_as_datacontenttype_is_not_sent_in_binary_mo
     with pytest.raises(InvalidCommand, match="datacontenttype"):
         encoded_for_sending(command, CloudEventsMode.BINARY, load_settings())
     encoded_for_sending(command, CloudEventsMode.STRUCTURED, load_settings())
+
+
+@pytest.mark.parametrize("mode", list(CloudEventsMode))
+@pytest.mark.parametrize("data", ["", b"", "text", [], 0])
+async def test_data_that_is_no_object_is_not_sent(mode: CloudEventsMode, data: object) -> None:
+    """A worker refuses it (`data must be a JSON object`); in binary mode "" and b"" were
+    written as an empty value, which a worker read as no data and ran on (review h64g)."""
+    command = build_command("customer.create", "acme", {})
+    command = CloudEvent(command.get_attributes(), data)
+    with pytest.raises(InvalidCommand, match="data must be a JSON object"):
+        encoded_for_sending(command, mode, load_settings())

@@ -8,21 +8,34 @@ from typing import Any
 
 import pytest
 
+from paystream.dlq import shown_text
+from paystream.streams.pan import contains_card_number
 from paystream.tenancy.crypto import MasterKey
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
 
-pytestmark = [pytest.mark.asyncio(loop_scope="session")]
-
 CARD = "4242424242424242"
+# A control character whose escape ends in a digit ("\x04" is shown "\\x04"), then the
+# card number but its first digit: no card number as sent (15 digits), one as shown.
+SPLIT = "\x04" + CARD[1:]
 
 
+@pytest.mark.parametrize("text", [f"x/0/{SPLIT}", SPLIT, f"acme{SPLIT}", CARD])
+def test_shown_text_never_shows_a_card_number(text: str) -> None:
+    """Redacted, then escaped, an escape completed a card number (review h64g)."""
+    shown = shown_text(text)
+    assert CARD not in shown and not contains_card_number(shown), shown
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("source", [f"x/0/{CARD}\x1b]0;pwned\x07", f"x/0/{SPLIT}"])
 async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
-    deployment_factory: Any,
+    deployment_factory: Any, source: str
 ) -> None:
     """A dropped dead letter's `paystream-source` was printed as it stood, by `dlq list`,
     `dlq replay` and its log line: a card number whole, terminal escapes to the terminal
-    (every other producer-chosen field went through `_shown`)."""
+    (every other producer-chosen field went through `_shown`; review h64d); then a card
+    number an escape completed (review h64g), in the detail too."""
     dep = await deployment_factory()
     s = dep.settings
     await dep.produce(
@@ -33,7 +46,8 @@ async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
             headers=(
                 ("paystream-dlq-reason", b"internal_error"),
                 ("paystream-dlq-dropped", b"too_large_to_keep"),
-                ("paystream-source", f"x/0/{CARD}\x1b]0;pwned\x07".encode()),
+                ("paystream-source", source.encode()),
+                ("paystream-dlq-detail", f"detail {SPLIT}".encode()),
             ),
         ),
     )
@@ -50,6 +64,7 @@ def _with_no_value(header: str) -> RawSend:
     return RawSend(key=b"acme", value=b"{}", partition=0, headers=headers)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_dlq_list_survives_a_header_with_no_value(deployment_factory: Any) -> None:
     """A Kafka header may have a null value: `ParkedRecord.command_id_and_type` called
     `.decode` on it, and `dlq list` died with a traceback on every run, listing nothing."""
@@ -61,6 +76,7 @@ async def test_dlq_list_survives_a_header_with_no_value(deployment_factory: Any)
     assert "Traceback" not in listed.stderr
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_a_replay_survives_a_ce_header_with_no_value(deployment_factory: Any) -> None:
     """With the master key, a re-send is sealed over its ce_* headers: a null-valued one
     raised TypeError in first_attempt._message, so every replay died with a traceback at
