@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,6 +48,9 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 # First byte of every ciphertext and wrapped key: lets the format change without guessing.
 FORMAT_V1 = b"\x01"
+
+# What a master key id looks like (MasterKey: "mk-" and 16 hex digits of its digest).
+_KEY_ID = re.compile(r"mk-[0-9a-f]{16}")
 
 
 class CryptoError(PaystreamError):
@@ -110,7 +114,10 @@ class MasterKeyring:
         try:
             return self._by_id[key_id]
         except KeyError:
-            raise UnknownMasterKeyError(f"master key {key_id!r} is not in the keyring") from None
+            # Named only if it reads as a key id (mk-<16 hex>): a sealed value written by
+            # hand may hold anything there, a secret too (review h64e).
+            shown = repr(key_id) if _KEY_ID.fullmatch(key_id) else "(not shown)"
+            raise UnknownMasterKeyError(f"master key {shown} is not in the keyring") from None
 
     def rotated_to(self, new: MasterKey) -> MasterKeyring:
         """A keyring whose current key is ``new``, keeping this one's keys for unwrapping."""

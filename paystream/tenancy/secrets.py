@@ -9,6 +9,7 @@ another tenant or field.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 
 from pydantic import SecretStr
@@ -62,13 +63,19 @@ def reseal_secret(keyring: crypto.MasterKeyring, tenant_id: str, name: str, seal
     return ".".join([version, new.master_key_id, _b64(new.blob), blob_b64])
 
 
+_FORMAT_NAME = re.compile(r"v[0-9]{1,3}")
+
+
 def _parts(name: str, sealed: str) -> tuple[str, str, str, str]:
     try:
         version, key_id, wrapped_b64, blob_b64 = sealed.split(".")
     except ValueError:
         raise crypto.CryptoError(f"secret {name!r} is not a sealed value") from None
     if version != "v1":
-        raise crypto.CryptoError(f"secret {name!r} uses unknown format {version!r}")
+        # Named only if it reads as a format's name: a plaintext secret written by hand
+        # (dots in it) would have a part of it quoted (review h64e).
+        shown = repr(version) if _FORMAT_NAME.fullmatch(version) else "(not shown)"
+        raise crypto.CryptoError(f"secret {name!r} uses unknown format {shown}")
     for part in (wrapped_b64, blob_b64):  # damaged base64 is a bad secret like any other
         try:
             base64.urlsafe_b64decode(part)
