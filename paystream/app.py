@@ -10,7 +10,7 @@ import aiohttp
 import faust
 
 from paystream.settings import Settings, get_settings
-from paystream.streams import backpressure, broker_compat
+from paystream.streams import backpressure, broker_compat, record_batches
 from paystream.streams.kafka_auth import faust_credentials
 from paystream.tables import faster_recovery, stale_stores
 from paystream.web.http_limits import limit_faust_web
@@ -113,6 +113,7 @@ def max_poll_records(buffer_maxsize: int) -> int:
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app from settings; broker quirks are applied here and only here."""
     broker_compat.apply(settings)
+    record_batches.install()  # a header name that is no UTF-8 must not stall a partition
     backpressure.install()  # before the conductor compiles its per-partition callbacks
     faster_recovery.install()
     stale_stores.install(lambda: settings.table_store_max_age_seconds)

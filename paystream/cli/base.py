@@ -38,9 +38,10 @@ def _settings() -> Settings:
         settings = load_settings()
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
-    from paystream.streams import broker_compat
+    from paystream.streams import broker_compat, record_batches
 
     broker_compat.apply(settings)
+    record_batches.install()  # (what the CLI reads: a header name that is no UTF-8)
     return settings
 
 

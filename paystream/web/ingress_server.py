@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import Metric
 from paystream import metrics
 from paystream.errors import PaystreamError
 from paystream.settings import Settings, is_loopback, weak_token_warnings
-from paystream.streams import broker_compat
+from paystream.streams import broker_compat, record_batches
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import KafkaRecord
 from paystream.streams.kafka_auth import client_auth
@@ -136,6 +136,7 @@ class IngressServer:
     async def _running(self, _app: aiohttp.web.Application) -> AsyncIterator[None]:
         settings = self.settings
         broker_compat.apply(settings)  # (the development broker's quirks, as a worker's)
+        record_batches.install()  # (its outcome and registry readers, as a worker's)
         # As the worker's producer sends commands: every replica's acknowledgement, a
         # millisecond's linger so concurrent requests share a produce request.
         self._producer = AIOKafkaProducer(
