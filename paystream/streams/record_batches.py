@@ -18,11 +18,10 @@ from typing import Any, SupportsIndex
 
 from aiokafka.consumer import fetcher
 from aiokafka.record.default_records import _DefaultRecordBatchPy
-from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.record.legacy_records import LegacyRecordBatch
+from aiokafka.record.memory_records import MemoryRecords, _MemoryRecordsPy
 
 __all__ = ["LenientMemoryRecords", "install"]
-
-_MAGIC_OFFSET = _MemoryRecordsPy.MAGIC_OFFSET
 
 
 class _LenientBytes(bytearray):
@@ -46,31 +45,50 @@ class _LenientBatch(_DefaultRecordBatchPy):
 
 
 class _Batch:
-    """A v2 batch as aiokafka's C parser reads it, or, for one it refuses for a header
-    name, as the lenient parser does; anything else asked of it, the C batch answers."""
+    """A v2 batch as aiokafka's C parser reads it; from the record it refuses for a header
+    name on, as the lenient parser reads it. Anything else asked of it, the C batch
+    answers."""
 
-    __slots__ = ("_batch", "_raw")
+    __slots__ = ("_batch", "_data", "_index")
 
-    def __init__(self, batch: Any, raw: memoryview) -> None:
+    def __init__(self, batch: Any, data: bytes, index: int) -> None:
         self._batch = batch
-        self._raw = raw
+        self._data = data
+        self._index = index
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batch, name)
 
     def __iter__(self) -> Iterator[Any]:
+        read = -1  # (the offset of the last record given)
         try:
-            return iter(list(self._batch))
+            for record in self._batch:
+                read = record.offset
+                yield record
         except UnicodeDecodeError:
-            return iter(list(_LenientBatch(self._raw)))
+            for record in _LenientBatch(_nth_batch(self._data, self._index)):
+                if record.offset > read:
+                    yield record
+
+
+def _nth_batch(data: bytes, index: int) -> memoryview:
+    """The bytes of the ``index``-th batch of ``data`` (as aiokafka's reader cuts them)."""
+    records = _MemoryRecordsPy(data)
+    for _ in range(index):
+        records.next_batch()
+    raw = records._next_slice
+    assert raw is not None  # (the C reader read it)
+    return raw
 
 
 class LenientMemoryRecords:
-    """aiokafka's ``MemoryRecords`` for one fetched partition: its batches cut by the
-    Python reader (a length read per batch), each parsed as ``_Batch`` says."""
+    """aiokafka's ``MemoryRecords`` for one fetched partition, each v2 batch read as
+    ``_Batch`` says: aiokafka's C reader until a header name is not UTF-8."""
 
     def __init__(self, data: bytes) -> None:
-        self._records = _MemoryRecordsPy(data)
+        self._data = data
+        self._records = MemoryRecords(data)
+        self._next = 0  # (the index of the next batch)
 
     def size_in_bytes(self) -> int:
         return self._records.size_in_bytes()
@@ -79,11 +97,11 @@ class LenientMemoryRecords:
         return self._records.has_next()
 
     def next_batch(self) -> Any:
-        raw = self._records._next_slice
         batch = self._records.next_batch()
-        if raw is None or batch is None or raw[_MAGIC_OFFSET] < 2:
+        index, self._next = self._next, self._next + 1
+        if batch is None or isinstance(batch, LegacyRecordBatch):
             return batch  # (legacy formats have no headers)
-        return _Batch(batch, raw)
+        return _Batch(batch, self._data, index)
 
 
 def install() -> None:
