@@ -682,9 +682,9 @@ class Settings(BaseSettings):
                     "KAFKA_BROKER_URL takes no credentials (kafka://host:port[;host:port])"
                 )
             host, sep, port = server.rpartition(":")
-            if not sep or not host or not port.isdigit():
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 # (Not repeated: a query may carry a password.)
-                raise ValueError("expected kafka://host:port[;host:port]")
+                raise ValueError("expected kafka://host:port[;host:port] (ports 1-65535)")
         return value if value.startswith("kafka://") else f"kafka://{value}"
 
     @field_validator("database_url")
