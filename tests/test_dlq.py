@@ -18,6 +18,7 @@ from paystream.dlq import (
     ParkedRecord,
     ReplayResult,
     _ParkedReader,
+    backlog,
     read_parked,
     replay,
     stale_after_ms,
@@ -465,3 +466,33 @@ async def test_records_deleted_below_where_replays_got_to_are_not_waited_for(
     assert sorted(r.value for r in again.handled) == [b"junk 5", b"junk 6"]
     assert set(totals) == {2}, totals
     assert "records 2 to 4 were deleted before a replay re-drove them" in caplog.text
+
+
+async def test_the_workers_measurements_do_not_name_deleted_records_every_minute(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every worker measures the parked backlog once a minute (agents/parked_backlog.py):
+    the warning a replay gives for deleted records was said by each, every minute, until
+    someone replayed (review h64h)."""
+    dep = await deployment_factory()
+    settings = dep.settings
+    await dep.produce(settings.dlq_topic, *((b"acme", f"junk {i}".encode(), 0) for i in range(7)))
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await _replay(settings, [settings.dlq_topic], progress=stop_after_two)
+    real = AIOKafkaConsumer.beginning_offsets
+
+    async def deleted_below_five(self: AIOKafkaConsumer, partitions: Any) -> Any:
+        starts = await real(self, partitions)
+        return {tp: 5 if tp.topic == settings.dlq_topic and tp.partition == 0 else at
+                for tp, at in starts.items()}  # fmt: skip
+
+    monkeypatch.setattr(AIOKafkaConsumer, "beginning_offsets", deleted_below_five)
+    with caplog.at_level(logging.WARNING, logger="paystream.dlq"):
+        measured = [await backlog(settings, [settings.dlq_topic]) for _ in range(3)]
+    assert "were deleted before a replay re-drove them" not in caplog.text
+    assert {m[settings.dlq_topic].waiting for m in measured} == {2}

@@ -20,15 +20,32 @@ CARD = "4242424242424242"
 SPLIT = "\x04" + CARD[1:]
 
 
-@pytest.mark.parametrize("text", [f"x/0/{SPLIT}", SPLIT, f"acme{SPLIT}", CARD])
+# Groups parted by a control or invisible mark: a card number as sent, whole once escaped
+# ("4242\\t4242...") unless redacted before (review h64h).
+PARTED = ["\t".join(["4242"] * 4), "\x00".join(["4242"] * 4), "\u202e".join(["4242"] * 4)]
+
+
+@pytest.mark.parametrize("text", [f"x/0/{SPLIT}", SPLIT, f"acme{SPLIT}", CARD, *PARTED])
 def test_shown_text_never_shows_a_card_number(text: str) -> None:
-    """Redacted, then escaped, an escape completed a card number (review h64g)."""
+    """Redacted, then escaped, an escape completed a card number (review h64g); escaped,
+    then redacted, one parted by controls came out whole (review h64h)."""
     shown = shown_text(text)
     assert CARD not in shown and not contains_card_number(shown), shown
+    assert "4242" not in shown, shown
+
+
+@pytest.mark.parametrize("limit", [200, 64])
+def test_no_twelve_digits_of_a_card_number_cut_at_the_limit_are_shown(limit: int) -> None:
+    """Cut before it was redacted, a card number straddling the limit left its first 12
+    digits (review h64h; PCI DSS allows the first six and the last four)."""
+    shown = shown_text("x" * (limit - 12) + CARD, limit)
+    assert "424242424242" not in shown, shown
 
 
 @pytest.mark.asyncio(loop_scope="session")
-@pytest.mark.parametrize("source", [f"x/0/{CARD}\x1b]0;pwned\x07", f"x/0/{SPLIT}"])
+@pytest.mark.parametrize(
+    "source", [f"x/0/{CARD}\x1b]0;pwned\x07", f"x/0/{SPLIT}", f"x/0/{PARTED[0]}"]
+)
 async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
     deployment_factory: Any, source: str
 ) -> None:
@@ -47,7 +64,7 @@ async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
                 ("paystream-dlq-reason", b"internal_error"),
                 ("paystream-dlq-dropped", b"too_large_to_keep"),
                 ("paystream-source", source.encode()),
-                ("paystream-dlq-detail", f"detail {SPLIT}".encode()),
+                ("paystream-dlq-detail", f"detail {SPLIT} {PARTED[0]}".encode()),
             ),
         ),
     )
@@ -56,6 +73,7 @@ async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
     for out in (listed.stdout, replayed.stdout, replayed.stderr):
         assert CARD not in out, out
         assert "\x1b" not in out, out
+        assert "4242\\t4242" not in out, out
 
 
 def _with_no_value(header: str) -> RawSend:

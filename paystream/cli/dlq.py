@@ -73,9 +73,9 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
             f"age={age_text(now_ms - rec.first_seen_ms)} "
             f"tenant={_shown(rec.tenant)} reason={_shown(rec.reason)} "
             f"id={_shown(command_id)} type={_shown(command_type)}"
-            # (Quoted, then redacted: an escape the quoting writes may end in digits that
-            # join the run after it; review h64g.)
-            + (f" detail={redact_card_numbers(repr(detail[:160]))}" if detail else "")
+            # (Redacted as sent, then quoted and shown as shown_text shows text: quoting
+            # escapes a control between a card number's groups; reviews h64g, h64h.)
+            + (f" detail={_shown(repr(redact_card_numbers(detail)), 162)}" if detail else "")
             + (
                 (
                     " (held a customer's 3-D Secure credential: not kept)"
