@@ -95,7 +95,7 @@ class RegistryState:
             # (review finding: honoured only when read after it, a restart reading the
             # partitions in another order lost it, or undid an activation since).
             foreign = (tenant_id, key or b"")  # (a key it is: the id came from it)
-            if value is not None and _says_suspended(value):
+            if value is not None and says_suspended(value):
                 self.foreign_suspensions[foreign] = at
             else:
                 self.foreign_suspensions.pop(foreign, None)
@@ -161,7 +161,7 @@ class RegistryState:
         another tenant's id too (review finding: it was ignored)."""
         self.unreadable.add(tenant_id)
         self.unreadable_raw[tenant_id] = value
-        if _says_suspended(value):
+        if says_suspended(value):
             self.unreadable_suspended.add(tenant_id)
             kept = self.tenants.get(tenant_id)
             if kept is not None:
@@ -177,7 +177,8 @@ def _suspended(tenant: Tenant) -> Tenant:
     return tenant.model_copy(update={"status": TenantStatus.SUSPENDED})
 
 
-def _says_suspended(value: bytes) -> bool:
+def says_suspended(value: bytes) -> bool:
+    """Whether a registry record's value (any key's) says its tenant is suspended."""
     try:
         record = json.loads(value)
     except (ValueError, RecursionError):

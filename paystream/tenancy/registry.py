@@ -14,7 +14,7 @@ from paystream.errors import ConfigurationError, PaystreamError
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.kafka_auth import client_auth
-from paystream.tenancy.mirror import RegistryMirror
+from paystream.tenancy.mirror import RegistryMirror, says_suspended
 from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = [
@@ -108,11 +108,11 @@ async def put_tenants_unless_changed(
             writes.append(tenant)
     if not writes:
         return skipped
-    ours = await _put_records(
-        settings,
-        [(t.tenant_id, json.dumps(tenant_record(t), sort_keys=True).encode()) for t in writes],
-    )
-    return skipped + await _restore_overwritten(settings, ends, ours)
+    records: list[tuple[str, bytes | None]] = [
+        (t.tenant_id, json.dumps(tenant_record(t), sort_keys=True).encode()) for t in writes
+    ]
+    ours = await _put_records(settings, records)
+    return skipped + await _restore_overwritten(settings, ends, ours, dict(records))
 
 
 _Written = dict[str, tuple[int, int]]  # tenant id → (partition, offset) of our record
@@ -141,7 +141,10 @@ async def _put_records(settings: Settings, records: list[tuple[str, bytes | None
 
 
 async def _restore_overwritten(
-    settings: Settings, since: dict[TopicPartition, int], ours: _Written
+    settings: Settings,
+    since: dict[TopicPartition, int],
+    ours: _Written,
+    wrote: dict[str, bytes | None],
 ) -> list[str]:
     """Tenants of ``ours`` that another writer wrote to after ``since``: the ones whose
     latest record is ours get the other writer's latest record back on top.
@@ -153,12 +156,26 @@ async def _restore_overwritten(
     the tenant's key it removed the tenant or lifted its suspension (review h64e)."""
     own_keys = {json.dumps(tid).encode(): tid for tid in ours}
     others: dict[str, list[tuple[int, bytes | None]]] = {}
+    suspended_meanwhile: set[str] = set()
     for tp, offset, key, value in await _records_since(settings, since):
         tid = own_keys.get(key or b"")
         if tid is not None and tp.partition == ours[tid][0] and offset != ours[tid][1]:
             others.setdefault(tid, []).append((offset, value))
+        elif tid is None and value is not None and says_suspended(value):
+            # A suspension under another spelling of the key (a tool's kill switch), which
+            # the mirror honours while it is newer than the tenant's own record: ours,
+            # landing after it, lifted it silently (review h64h). Kept: ours suspended.
+            named = _tenant_of_key(key)
+            if named in ours and not says_suspended(wrote.get(named) or b""):
+                suspended_meanwhile.add(named)
     restore: list[tuple[str, bytes | None]] = []
+    for tid in sorted(suspended_meanwhile):
+        others.setdefault(tid, [])
+        if (resuspended := _with_status_suspended(wrote.get(tid), tid)) is not None:
+            restore.append((tid, resuspended))
     for tid, records in others.items():
+        if tid in suspended_meanwhile:
+            continue
         mine = ours[tid][1]
         before = [value for offset, value in records if offset < mine]
         if before and not any(offset > mine for offset, _ in records):
@@ -253,12 +270,21 @@ async def suspend_unreadable(settings: Settings, tenant_id: str) -> str:
         value = json.dumps(tenant_record(suspended), sort_keys=True).encode()
         how = "its last readable record, suspended (the unreadable record's changes dropped)"
     ours = await _put_records(settings, [(tenant_id, value)])
-    if await _restore_overwritten(settings, ends, ours):
+    if await _restore_overwritten(settings, ends, ours, {tenant_id: value}):
         raise RegistryChanged(
             f"{tenant_id} changed while this command ran (another operator?); "
             "their change was kept, not this one: run it again"
         )
     return how
+
+
+def _tenant_of_key(key: bytes | None) -> str | None:
+    """The tenant id a registry key names (any spelling of it), or None."""
+    try:
+        named = json.loads(key) if key else None
+    except (ValueError, RecursionError):
+        return None
+    return named if isinstance(named, str) else None
 
 
 def _with_status_suspended(raw: bytes | None, tenant_id: str) -> bytes | None:

@@ -13,6 +13,7 @@ import pytest
 from paystream.tenancy import registry as registry_module
 from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.registry import (
+    RegistryChanged,
     put_tenant_unless_changed,
     read_registry,
     registered_tenant,
@@ -105,3 +106,35 @@ async def test_a_foreign_key_tombstone_on_its_own_partition_does_not_remove_the_
     await put_tenant_unless_changed(dep.settings, base, base.model_copy(update={"name": "A"}))
     monkeypatch.undo()
     assert (await read_registry(dep.settings)).tenants["acme"].name == "A"
+
+
+@pytest.mark.parametrize("same_partition", [True, False])
+async def test_a_foreign_key_suspension_landing_meanwhile_stands(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, same_partition: bool
+) -> None:
+    """A tool's kill switch under ' "acme"' (the mirror honours a suspension there while
+    it is newer than acme's own record) lands while an operator renames acme: the
+    operator's record, landing after it, lifted it, and the command said nothing (review
+    h64h). The rename is kept, suspended, and the operator told."""
+    dep = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    partition = await _partition_of(dep, b'"acme"') if same_partition else None
+    base = await registered_tenant(dep.settings, "acme")
+    assert base is not None
+    suspended = json.dumps({**tenant_record(Tenant(tenant_id="acme")), "status": "suspended"})
+    checked = registry_module._read_registry_with_ends
+
+    async def check_then_foreign_suspension(settings: Any) -> Any:
+        found = await checked(settings)
+        await dep.produce(dep.settings.tenants_topic, (b' "acme"', suspended.encode(), partition))
+        return found
+
+    monkeypatch.setattr(registry_module, "_read_registry_with_ends", check_then_foreign_suspension)
+    with pytest.raises(RegistryChanged):
+        await put_tenant_unless_changed(
+            dep.settings, base, base.model_copy(update={"name": "Acme Inc"})
+        )
+    monkeypatch.undo()
+    after = (await read_registry(dep.settings)).tenants["acme"]
+    assert after.status is TenantStatus.SUSPENDED, after
+    assert after.name == "Acme Inc"
