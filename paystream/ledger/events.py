@@ -98,7 +98,7 @@ MAX_DEPTH = 64
 
 
 def _deeper_than(value: Any, limit: int, skip: frozenset[str] = _PROVIDER_TEXT) -> bool:
-    """Does ``value`` nest containers more than ``limit`` deep, under keys other than
+    """Does ``value`` nest containers more than ``limit`` deep, but under its own keys
     ``skip``? (No recursion.)"""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
@@ -107,20 +107,30 @@ def _deeper_than(value: Any, limit: int, skip: frozenset[str] = _PROVIDER_TEXT) 
             if depth >= limit:
                 return True
             children = (
-                [v for k, v in item.items() if k not in skip] if isinstance(item, Mapping) else item
+                [v for k, v in item.items() if depth or k not in skip]
+                if isinstance(item, Mapping)
+                else item
             )
             stack.extend((child, depth + 1) for child in children)
     return False
 
 
 def _client_data(value: Any) -> Any:
+    """What is scanned of the data: all but the provider's own part of a next action, the
+    snapshot's own (one nested elsewhere, in metadata say, is scanned whole: review
+    h64h)."""
     if isinstance(value, Mapping):
         return {
-            k: _provider_part(v) if k in _PROVIDER_TEXT else _client_data(v)
-            for k, v in value.items()
+            k: _provider_part(v) if k in _PROVIDER_TEXT else _scanned(v) for k, v in value.items()
         }
+    return _scanned(value)
+
+
+def _scanned(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _scanned(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_client_data(v) for v in value]
+        return [_scanned(v) for v in value]
     return value
 
 
@@ -129,8 +139,8 @@ def _provider_part(action: Any) -> Any:
     provider sends that). Stored whole, unscanned, a string or a type held a card number
     (review h64f)."""
     if isinstance(action, Mapping):
-        return {"type": _client_data(action.get("type"))}
-    return _client_data(action)
+        return {"type": _scanned(action.get("type"))}
+    return _scanned(action)
 
 
 def _check_no_card_data(event_id: str, value: Any) -> None:

@@ -13,8 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.agents.ledger_sink import RawRecord, translate_records
+from paystream.ledger.errors import ForbiddenDataError
 from paystream.ledger.session import tenant_session
-from paystream.ledger.sink import LedgerSink
+from paystream.ledger.sink import LedgerSink, outcome_to_ledger_events
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.tenancy.crypto import MasterKeyring
@@ -111,3 +112,32 @@ async def test_a_card_number_in_a_next_action_is_not_stored(
     stored = await _stored_text(app_engine, tenant)
     assert PAN not in stored
     assert "client_secret" not in stored
+
+
+# A next action nested elsewhere than the snapshot's own (in metadata, a provider error)
+# is kept whole: scanned whole (review h64h: only its type was, as the snapshot's own).
+NESTED = [
+    {"metadata": {"next_action": {"type": "note", "ref": PAN}}},
+    {"metadata": {"order": {"next_action": {"type": "x", "url": f"https://x/?pan={PAN}"}}}},
+    {"error": {"code": "card_declined", "next_action": {"type": "x", "card": PAN}}},
+]
+
+
+@pytest.mark.parametrize("extra", NESTED)
+def test_a_card_number_under_a_nested_next_action_is_refused(extra: dict[str, Any]) -> None:
+    with pytest.raises(ForbiddenDataError):
+        outcome_to_ledger_events(payment_outcome("acme", "pay_n", 1, **extra))
+
+
+@pytest.mark.parametrize("extra", NESTED[:1])
+async def test_a_card_number_under_a_nested_next_action_is_not_stored(
+    app_engine: AsyncEngine, keyring: MasterKeyring, extra: dict[str, Any]
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    rec = encode_event(
+        payment_outcome(tenant, "pay_n", 1, **extra), tenant.encode(), CloudEventsMode.BINARY
+    )
+    await _store(
+        app_engine, keyring, RawRecord(rec.key, rec.value, dict(rec.headers), 1.7e9, "ev/0/0")
+    )
+    assert PAN not in await _stored_text(app_engine, tenant)

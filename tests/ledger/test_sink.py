@@ -787,14 +787,16 @@ def test_nesting_is_measured_without_recursion() -> None:
 
 
 def test_the_providers_own_text_does_not_count_toward_the_depth() -> None:
-    """The card scan skips it (next_action: the provider's redirect data)."""
+    """The card scan skips it (the snapshot's own next_action: the provider's redirect
+    data); a next_action nested elsewhere is data like any (review h64h)."""
     from paystream.ledger.events import MAX_DEPTH, _deeper_than
 
     deep: object = 1
     for _ in range(MAX_DEPTH + 5):
         deep = [deep]
-    assert not _deeper_than({"object": {"next_action": deep}}, MAX_DEPTH)
-    assert _deeper_than({"object": {"metadata": deep}}, MAX_DEPTH)
+    assert not _deeper_than({"next_action": deep}, MAX_DEPTH)
+    assert _deeper_than({"metadata": deep}, MAX_DEPTH)
+    assert _deeper_than({"metadata": {"next_action": deep}}, MAX_DEPTH)
 
 
 def test_skipped_outcomes_are_counted_under_known_types_only() -> None:
