@@ -650,7 +650,8 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="PAYSTREAM_WEB_MAX_CONNECTIONS: connections each web server (a worker's, "
         "`paystream ingress`) keeps open at once; past it a new one is answered 503 and "
-        "closed (paystream_http_connections_refused_total). Bounds what slow or idle peers "
+        "closed (paystream_http_connections_refused_total), but a GET of /healthz or "
+        "/readyz, served within a reserve of its own. Bounds what slow or idle peers "
         "can hold (up to ~512 KiB of headers each for 75 s); behind a proxy that pools "
         "connections, a few hundred is plenty.",
     )

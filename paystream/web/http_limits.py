@@ -14,7 +14,9 @@ ones (each up to ~512 KiB of headers for 75 s) could take a worker's memory, and
 its tables and its Kafka connections. Past ``PAYSTREAM_WEB_MAX_CONNECTIONS`` open
 connections a new one is answered 503 and closed, what it sent never parsed; a proxy
 or load balancer in front (the chart's Ingress) still does the finer work of limiting
-each client.
+each client. But its request head is read first (a few KiB, within seconds): a
+platform's liveness and readiness probes share the port, and a GET of /healthz or
+/readyz is served past the cap, within a reserve of its own (``_Triage``).
 """
 
 from __future__ import annotations
@@ -100,6 +102,86 @@ class _Busy(asyncio.Protocol):
             _Busy.lingering -= 1
 
 
+# Past the cap, a platform's liveness and readiness probes are still served: they share
+# the port with every client, and a full cap (a flood of idle connections, or senders
+# waiting on their outcomes) failed them, and the platform restarted healthy workers
+# (review h64i). A connection over the cap has its request head read (within the bounds
+# below); a GET of a probe path is served, closed after its answer, while fewer than
+# _PROBE_RESERVE are; anything else is answered 503.
+PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
+_PROBE_RESERVE = 8
+_TRIAGE_SECONDS = 2.0
+_TRIAGE_BYTES = 4096
+_TRIAGE_MAX = 1024  # over-cap connections read at once (per process); others refused
+
+
+class _Triage(asyncio.Protocol):
+    """A connection over the cap, until its request head says whether it is a probe."""
+
+    open = 0  # across all servers of the process
+
+    def __init__(self, server: _CappedServer) -> None:
+        self._server = server
+        self._head = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        _Triage.open += 1
+        self._timer = asyncio.get_running_loop().call_later(_TRIAGE_SECONDS, self._refuse)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        self._head += data
+        if b"\r\n\r\n" not in self._head:
+            if len(self._head) > _TRIAGE_BYTES:
+                self._refuse()
+            return
+        if self._is_probe() and len(self._server.probes) < _PROBE_RESERVE:
+            self._serve()
+        else:
+            self._refuse()
+
+    def _is_probe(self) -> bool:
+        method, _, rest = self._head.partition(b" ")
+        target = rest.partition(b" ")[0]
+        return method == b"GET" and target.partition(b"?")[0] in PROBE_PATHS
+
+    def _release(self) -> asyncio.Transport | None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            _Triage.open -= 1
+            if self._timer is not None:
+                self._timer.cancel()
+        return transport
+
+    def _serve(self) -> None:
+        transport = self._release()
+        assert transport is not None
+        handler = Server.__call__(self._server)  # (a handler of its own, past the cap)
+        self._server.probes.add(handler)
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        # Closed after its answer: a probe's connection never waits for another request.
+        line, _, rest = self._head.partition(b"\r\n")
+        handler.data_received(line + b"\r\nConnection: close\r\n" + rest)
+
+    def _refuse(self) -> None:
+        transport = self._release()
+        if transport is None:
+            return
+        self._server.refused()
+        busy = _Busy()
+        transport.set_protocol(busy)
+        busy.connection_made(transport)
+        busy.data_received(self._head)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._release()
+
+
 # A handler made but not yet connected is dropped from the count after this long (its
 # connection_made never came: the peer went during a TLS handshake, say).
 _PENDING_SECONDS = 10.0
@@ -115,6 +197,7 @@ class _CappedServer(Server):
     max_connections: int
     server_name: str
     _pending: dict[RequestHandler, float]
+    probes: set[RequestHandler]  # probes served past the cap, open
 
     def __call__(self) -> RequestHandler:
         now = time.monotonic()
@@ -122,10 +205,20 @@ class _CappedServer(Server):
             stale = [h for h, at in self._pending.items() if now - at > _PENDING_SECONDS]
             for handler in stale:
                 del self._pending[handler]
-        if len(self._connections) + len(self._pending) < self.max_connections:
+        # (Probes served past the cap take no client's place.)
+        probes = sum(1 for handler in self.probes if handler in self._connections)
+        open_ = len(self._connections) - probes + len(self._pending)
+        if open_ < self.max_connections:
             handler = super().__call__()
             self._pending[handler] = now
             return handler
+        if _Triage.open >= _TRIAGE_MAX:
+            self.refused()
+            return _Busy()  # type: ignore[return-value]  # any protocol will do for asyncio
+        return _Triage(self)  # type: ignore[return-value]
+
+    def refused(self) -> None:
+        """Count and say (once a minute) a connection answered 503."""
         metrics.HTTP_CONNECTIONS_REFUSED.labels(self.server_name).inc()
         _throttled.warning(
             self.server_name,
@@ -134,11 +227,14 @@ class _CappedServer(Server):
             self.server_name,
             self.max_connections,
         )
-        return _Busy()  # type: ignore[return-value]  # any protocol will do for asyncio
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         self._pending.pop(handler, None)
         super().connection_made(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.probes.discard(handler)
 
 
 class CappedRunner(aiohttp.web.AppRunner):
@@ -166,6 +262,7 @@ class CappedRunner(aiohttp.web.AppRunner):
         server.max_connections = self._max_connections
         server.server_name = self._server_name
         server._pending = {}
+        server.probes = set()
         # The series exists from the start at 0: an alert's increase() sees a first refusal.
         metrics.HTTP_CONNECTIONS_REFUSED.labels(self._server_name)
         return server

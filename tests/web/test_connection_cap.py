@@ -18,6 +18,9 @@ from paystream.web.ingress_server import make_runner
 
 HALF_SENT = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"  # no end of headers
 WHOLE = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+# Past the cap a probe's GET is still served (http_limits.PROBE_PATHS): any other request
+# is answered 503.
+OTHER = WHOLE.replace(b"/healthz", b"/v1/other")
 
 
 async def _answer(port: int, request: bytes = WHOLE) -> bytes:
@@ -77,7 +80,7 @@ async def test_past_the_cap_a_connection_is_answered_503_and_the_next_after_a_cl
     assert runner.server is not None
     await _until(lambda: len(runner.server.connections) == 3)  # type: ignore[union-attr]
 
-    busy = await _answer(port)
+    busy = await _answer(port, OTHER)
     assert busy == http_limits.BUSY
     assert busy.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in busy
     assert _refused("ingress") == before + 1
@@ -104,9 +107,42 @@ async def test_a_worker_faust_web_server_is_capped_too() -> None:
         server = app.web._runner.server
         await _until(lambda: len(server.connections) == 2)
         before = _refused("worker")
-        assert await _answer(port) == http_limits.BUSY
+        assert await _answer(port, OTHER) == http_limits.BUSY
         assert _refused("worker") == before + 1
         for writer in held:
             writer.close()
     finally:
         await app.web._runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_past_the_cap_probes_are_served_within_their_reserve_and_close(
+    ingress_port: tuple[int, aiohttp.web.AppRunner],
+) -> None:
+    """A platform's probes share the port: a full cap failed them and the platform
+    restarted healthy workers (review h64i). Past the cap a probe's GET is served and
+    closed after its answer, while fewer than the reserve are open; a probe that sends
+    no whole request head within the triage time, or any other request, gets the 503."""
+    port, runner = ingress_port
+    held = [await _held(port) for _ in range(3)]
+    assert runner.server is not None
+    await _until(lambda: len(runner.server.connections) == 3)  # type: ignore[union-attr]
+    keep_alive = WHOLE.replace(b"Connection: close\r\n", b"Connection: keep-alive\r\n")
+    for request in (WHOLE, keep_alive, WHOLE.replace(b"/healthz", b"/readyz")):
+        got = await _answer(port, request)  # (read to its end: closed after the answer)
+        assert not got.startswith(b"HTTP/1.1 503"), got
+    assert await _answer(port, OTHER) == http_limits.BUSY
+    assert await _answer(port, b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == http_limits.BUSY
+    # A probe path whose head never ends: refused once the triage time is up.
+    assert await _answer(port, HALF_SENT) == http_limits.BUSY
+    # The reserve: with as many probes open as it holds, a probe is refused too.
+    probes = runner.server.probes  # type: ignore[attr-defined]
+    stand_ins = [object() for _ in range(http_limits._PROBE_RESERVE)]
+    probes.update(stand_ins)
+    try:
+        assert await _answer(port, WHOLE) == http_limits.BUSY
+    finally:
+        probes.difference_update(stand_ins)
+    assert not (await _answer(port, WHOLE)).startswith(b"HTTP/1.1 503")
+    for writer in held:
+        writer.close()

@@ -22,6 +22,9 @@ from paystream.web.ingress_server import make_runner
 
 HALF_SENT = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
 WHOLE = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+# Past the cap a probe's GET is still served (http_limits.PROBE_PATHS): any other request
+# is answered 503.
+OTHER = WHOLE.replace(b"/healthz", b"/v1/other")
 
 
 async def _until(condition, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -118,7 +121,7 @@ async def test_a_small_request_already_sent_still_reads_the_503(
     await _until(lambda: len(runner.server.connections) == 2)  # type: ignore[union-attr]
     try:
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(WHOLE)  # before the server accepts
+        s.sendall(OTHER)  # before the server accepts
         await asyncio.sleep(0.3)
         s.settimeout(2)
         got = b""
@@ -151,7 +154,7 @@ async def test_idle_keep_alive_connections_are_counted(
         idle.append(w)
     await _until(lambda: len(runner.server.connections) == 2)  # type: ignore[union-attr]
     r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(WHOLE)
+    w.write(OTHER)
     assert await asyncio.wait_for(r.read(), 5) == http_limits.BUSY
     w.close()
     for w in idle:
@@ -173,7 +176,7 @@ async def test_refused_connections_leak_no_fd_and_no_task(
     tasks = len(asyncio.all_tasks())
     for _ in range(100):
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(WHOLE)
+        w.write(OTHER)
         assert await asyncio.wait_for(r.read(), 5) == http_limits.BUSY
         w.close()
         await w.wait_closed()
@@ -208,7 +211,7 @@ def test_on_uvloop_a_connection_over_the_cap_is_answered_503_without_an_error() 
             while len(runner.server.connections) < 1:  # type: ignore[union-attr]
                 await asyncio.sleep(0.02)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(WHOLE)
+            writer.write(OTHER)
             answer = await asyncio.wait_for(reader.read(), 5)
             writer.close()
             held.close()

@@ -14,7 +14,13 @@ from aiohttp.test_utils import make_mocked_request
 
 from paystream.settings import load_settings
 from paystream.web.ingress_server import IngressServer
-from tests.web.test_connection_cap import _answer, _held, _until, ingress_port  # noqa: F401
+from tests.web.test_connection_cap import (  # noqa: F401
+    OTHER,
+    _answer,
+    _held,
+    _until,
+    ingress_port,
+)
 
 ALERT_TESTS = Path(__file__).parents[2] / "helm/paystream/files/prometheus/alerts.test.yml"
 
@@ -65,7 +71,7 @@ async def test_a_refused_connection_shows_on_the_ingress_metrics(
     held = [await _held(port) for _ in range(3)]
     try:
         await _until(lambda: len(runner.server.connections) == 3)  # type: ignore[union-attr]
-        assert (await _answer(port)).startswith(b"HTTP/1.1 503")
+        assert (await _answer(port, OTHER)).startswith(b"HTTP/1.1 503")
     finally:
         for writer in held:
             writer.close()
