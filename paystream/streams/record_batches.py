@@ -59,6 +59,11 @@ class _Batch:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batch, name)
 
+    def __next__(self) -> Any:
+        # (aiokafka reads a control batch's marker so, from a read_committed consumer: a
+        # dunder method is not looked up through __getattr__; review h64j.)
+        return next(self._batch)
+
     def __iter__(self) -> Iterator[Any]:
         read = -1  # (the offset of the last record given)
         try:
