@@ -433,13 +433,11 @@ async def test_a_replay_tells_unanswered_oversized_dead_letters_from_undecodable
     assert (result.too_large, result.undecodable, result.handled) == (1, 1, 2)
 
 
-async def test_records_deleted_below_where_replays_got_to_are_not_waited_for(
-    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Records deleted below the replay group's offset (retention, or the README's erasure
-    advice: kafka-delete-records) were counted as waiting, and the reader sought to the
-    offset, which the broker no longer holds (review h64d). The embedded broker deletes
-    no records: its log start is reported as past them instead."""
+async def _replayed_to_two_then_deleted_below_five(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Seven dead letters on partition 0, replayed to offset 2; then the broker's log
+    start reported as 5, as if 0-4 were deleted (the embedded broker deletes none)."""
     dep = await deployment_factory()
     settings = dep.settings
     await dep.produce(settings.dlq_topic, *((b"acme", f"junk {i}".encode(), 0) for i in range(7)))
@@ -458,6 +456,17 @@ async def test_records_deleted_below_where_replays_got_to_are_not_waited_for(
                 for tp, at in starts.items()}  # fmt: skip
 
     monkeypatch.setattr(AIOKafkaConsumer, "beginning_offsets", deleted_below_five)
+    return settings
+
+
+async def test_records_deleted_below_where_replays_got_to_are_not_waited_for(
+    deployment_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records deleted below the replay group's offset (retention, or the README's erasure
+    advice: kafka-delete-records) were counted as waiting, and the reader sought to the
+    offset, which the broker no longer holds (review h64d). The embedded broker deletes
+    no records: its log start is reported as past them instead."""
+    settings = await _replayed_to_two_then_deleted_below_five(deployment_factory, monkeypatch)
     totals: list[int] = []
     with caplog.at_level(logging.WARNING, logger="paystream.dlq"):
         again = await _replay(
@@ -474,24 +483,7 @@ async def test_the_workers_measurements_do_not_name_deleted_records_every_minute
     """Every worker measures the parked backlog once a minute (agents/parked_backlog.py):
     the warning a replay gives for deleted records was said by each, every minute, until
     someone replayed (review h64h)."""
-    dep = await deployment_factory()
-    settings = dep.settings
-    await dep.produce(settings.dlq_topic, *((b"acme", f"junk {i}".encode(), 0) for i in range(7)))
-
-    def stop_after_two(done: int, total: int) -> None:
-        if done == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        await _replay(settings, [settings.dlq_topic], progress=stop_after_two)
-    real = AIOKafkaConsumer.beginning_offsets
-
-    async def deleted_below_five(self: AIOKafkaConsumer, partitions: Any) -> Any:
-        starts = await real(self, partitions)
-        return {tp: 5 if tp.topic == settings.dlq_topic and tp.partition == 0 else at
-                for tp, at in starts.items()}  # fmt: skip
-
-    monkeypatch.setattr(AIOKafkaConsumer, "beginning_offsets", deleted_below_five)
+    settings = await _replayed_to_two_then_deleted_below_five(deployment_factory, monkeypatch)
     with caplog.at_level(logging.WARNING, logger="paystream.dlq"):
         measured = [await backlog(settings, [settings.dlq_topic]) for _ in range(3)]
     assert "were deleted before a replay re-drove them" not in caplog.text
