@@ -113,6 +113,9 @@ _PROBE_RESERVE = 8
 _TRIAGE_SECONDS = 2.0
 _TRIAGE_BYTES = 4096
 _TRIAGE_MAX = 1024  # over-cap connections read at once (per process); others refused
+# Header lines no probe's GET carries (a body, a switch of protocol): such a head is
+# refused. (Content-Length: 0 passes.)
+_PROBE_REFUSED = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 
 
 class _Triage(asyncio.Protocol):
@@ -139,15 +142,38 @@ class _Triage(asyncio.Protocol):
             if len(self._head) > _TRIAGE_BYTES:
                 self._refuse()
             return
-        if self._is_probe() and len(self._server.probes) < _PROBE_RESERVE:
-            self._serve()
+        head = self._probe_head()
+        if head is not None and len(self._server.probes) < _PROBE_RESERVE:
+            self._serve(head)
         else:
             self._refuse()
 
-    def _is_probe(self) -> bool:
-        method, _, rest = self._head.partition(b" ")
-        target = rest.partition(b" ")[0]
-        return method == b"GET" and target.partition(b"?")[0] in PROBE_PATHS
+    def _probe_head(self) -> bytes | None:
+        """The request head to serve if it is a probe's, made to close after its answer:
+        its own Connection and Keep-Alive lines dropped (an HTTP/1.0 keep-alive kept the
+        connection, and any request after it was served past the cap; review h64k), and
+        what follows the head dropped too. None for anything else: another method or
+        path, a body announced (its wait held a reserve slot; review h64k), an upgrade,
+        a folded or malformed header line."""
+        raw = self._head.partition(b"\r\n\r\n")[0]
+        line, *headers = raw.split(b"\r\n")
+        method, _, rest = line.partition(b" ")
+        target, _, version = rest.partition(b" ")
+        if method != b"GET" or target.partition(b"?")[0] not in PROBE_PATHS:
+            return None
+        if version not in (b"HTTP/1.0", b"HTTP/1.1"):
+            return None
+        kept = [line]
+        for header in headers:
+            name, colon, value = header.partition(b":")
+            name = name.lower()
+            if not colon or not name or name != name.strip() or header[:1] in b" \t":
+                return None
+            if name in _PROBE_REFUSED and (name != b"content-length" or value.strip() != b"0"):
+                return None
+            if name not in (b"connection", b"keep-alive"):
+                kept.append(header)
+        return b"\r\n".join([*kept, b"Connection: close", b"", b""])
 
     def _release(self) -> asyncio.Transport | None:
         transport, self._transport = self._transport, None
@@ -157,16 +183,14 @@ class _Triage(asyncio.Protocol):
                 self._timer.cancel()
         return transport
 
-    def _serve(self) -> None:
+    def _serve(self, head: bytes) -> None:
         transport = self._release()
         assert transport is not None
         handler = Server.__call__(self._server)  # (a handler of its own, past the cap)
         self._server.probes.add(handler)
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        # Closed after its answer: a probe's connection never waits for another request.
-        line, _, rest = self._head.partition(b"\r\n")
-        handler.data_received(line + b"\r\nConnection: close\r\n" + rest)
+        handler.data_received(head)
 
     def _refuse(self) -> None:
         transport = self._release()
