@@ -164,25 +164,29 @@ async def _restore_overwritten(
         elif tid is None and value is not None and says_suspended(value):
             # A suspension under another spelling of the key (a tool's kill switch), which
             # the mirror honours while it is newer than the tenant's own record: ours,
-            # landing after it, lifted it silently (review h64h). Kept: ours suspended.
+            # landing after it, lifted it silently (review h64h). Kept: the record that
+            # stands is put again suspended (below).
             named = _tenant_of_key(key)
             if named in ours and not says_suspended(wrote.get(named) or b""):
                 suspended_meanwhile.add(named)
     restore: list[tuple[str, bytes | None]] = []
-    for tid in sorted(suspended_meanwhile):
-        others.setdefault(tid, [])
-        if (resuspended := _with_status_suspended(wrote.get(tid), tid)) is not None:
-            restore.append((tid, resuspended))
-    for tid, records in others.items():
-        if tid in suspended_meanwhile:
-            continue
+    for tid in sorted(set(others) | suspended_meanwhile):
+        records = others.setdefault(tid, [])
         mine = ours[tid][1]
+        if any(offset > mine for offset, _ in records):
+            continue  # another writer's record is the newest: it stands as it is
         before = [value for offset, value in records if offset < mine]
-        if before and not any(offset > mine for offset, _ in records):
-            restore.append((tid, before[-1]))
+        standing = before[-1] if before else wrote.get(tid)  # theirs back on top, or ours
+        if tid in suspended_meanwhile and standing is not None and not says_suspended(standing):
+            # (A removal stands as it is; a record of another shape, left alone, is read
+            # as it was: unreadable, which fails closed.)
+            standing = _with_status_suspended(standing, tid) or standing
+        elif not before:
+            continue  # ours stands, and nothing asks for it again
+        restore.append((tid, standing))
     if restore:
         await _put_records(settings, restore)
-    return sorted(others)
+    return sorted(tid for tid in others if others[tid] or tid in suspended_meanwhile)
 
 
 async def _records_since(
