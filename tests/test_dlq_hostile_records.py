@@ -22,7 +22,7 @@ SPLIT = "\x04" + CARD[1:]
 
 # Groups parted by a control or invisible mark: a card number as sent, whole once escaped
 # ("4242\\t4242...") unless redacted before (review h64h).
-PARTED = ["\t".join(["4242"] * 4), "\x00".join(["4242"] * 4), "\u202e".join(["4242"] * 4)]
+PARTED = [sep.join(["4242"] * 4) for sep in ("\t", "\x00", "\u202e", "\x01", "\x85", "\x9b")]
 
 
 @pytest.mark.parametrize("text", [f"x/0/{SPLIT}", SPLIT, f"acme{SPLIT}", CARD, *PARTED])

@@ -543,10 +543,11 @@ def _form_spaced(text: str) -> bool:
 
 
 # Unicode's default-ignorable code points (rendered as nothing), the combining grapheme
-# joiner and the C0 controls other than spaces and line breaks: what can sit between
-# digits unseen. (Not NUL: it joins the strings of a scan; see _with_nuls_removed.)
+# joiner, the C0 controls other than spaces and line breaks, and the C1 controls (review
+# h64k: "4111\x851111..." passed): what can sit between digits unseen. (Not NUL: it
+# joins the strings of a scan; see _with_nuls_removed.)
 _INVISIBLE_CHARS = (
-    "\x01-\x08\x0e-\x1f\x7f"
+    "\x01-\x08\x0e-\x1f\x7f-\x9f"
     "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
     "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
