@@ -3,14 +3,20 @@ compressed with codecs this environment lacks, corrupt, or out of range."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import struct
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from aiokafka.client import AIOKafkaClient
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
+
+from paystream.streams.admin import bootstrap_servers
+from paystream.tenancy.models import Tenant
 
 NONE, GZIP, SNAPPY, LZ4, ZSTD = 0, 1, 2, 3, 4
 
@@ -184,3 +190,24 @@ async def produce(bootstrap: str, topic: str, partition: int, data: bytes) -> in
         return int(parts[0][1])
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def worker_for(dep: Any, tenant: str) -> AsyncIterator[tuple[Any, str, int]]:
+    """A worker of ``dep`` ready for ``tenant`` (registered here): (the worker, the
+    brokers' bootstrap servers, the tenant's commands partition), for a test to write a
+    record there and then see the next command on it answered (``next_answered``)."""
+    settings = dep.settings
+    await dep.add_tenants(Tenant(tenant_id=tenant))
+    n = settings.partitions
+    partition = DefaultPartitioner()(tenant.encode(), list(range(n)), list(range(n)))
+    with dep.worker() as worker:
+        worker.wait_ready([tenant], partitions=n)
+        yield worker, bootstrap_servers(settings.require_broker()), partition
+
+
+async def next_answered(dep: Any, tenant: str, timeout: float) -> None:
+    """A command behind what the test wrote, on the same partition, is answered."""
+    async with dep.client() as client:
+        after = await client.command("customer.create", tenant, {}, timeout=timeout)
+    assert after.get_type() == "com.paystream.customer.created"

@@ -11,10 +11,8 @@ import sys
 from typing import Any
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 
-from paystream.streams.admin import bootstrap_servers
-from paystream.tenancy.models import Tenant
+from tests.e2e import raw_batches as rb
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -51,21 +49,14 @@ async def test_a_header_name_that_is_no_utf8_is_dead_lettered_and_the_worker_goe
 ) -> None:
     dep = await deployment_factory()
     settings = dep.settings
-    await dep.add_tenants(Tenant(tenant_id=TENANT))
-    n = settings.partitions
-    partition = DefaultPartitioner()(TENANT.encode(), list(range(n)), list(range(n)))
-    with dep.worker() as worker:
-        worker.wait_ready([TENANT], partitions=n)
-        broker = bootstrap_servers(settings.require_broker())
+    async with rb.worker_for(dep, TENANT) as (worker, broker, partition):
         args = [broker, settings.commands_topic, TENANT, str(partition)]
         env = {**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"}
         done = subprocess.run(
             [sys.executable, "-c", _PRODUCE, *args], env=env, capture_output=True, timeout=60
         )
         assert done.returncode == 0, done.stderr.decode()[-2000:]
-        async with dep.client() as client:  # behind it, on the same partition
-            after = await client.command("customer.create", TENANT, {}, timeout=60)
-        assert after.get_type() == "com.paystream.customer.created"
+        await rb.next_answered(dep, TENANT, 60)
         assert not worker.exited()
     dead = await dep.read_topic(settings.dlq_topic, idle_polls=2)
     [letter] = [r for r in dead if r.key == TENANT.encode()]
