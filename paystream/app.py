@@ -113,7 +113,7 @@ def max_poll_records(buffer_maxsize: int) -> int:
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app from settings; broker quirks are applied here and only here."""
     broker_compat.apply(settings)
-    record_batches.install()  # a header name that is no UTF-8 must not stall a partition
+    record_batches.install(settings)  # a batch aiokafka refuses must not stall a partition
     backpressure.install()  # before the conductor compiles its per-partition callbacks
     faster_recovery.install()
     stale_stores.install(lambda: settings.table_store_max_age_seconds)

@@ -66,7 +66,7 @@ RECONCILED_HEADER = "paystream-reconciled"
 # On a park: what the provider (or its circuit breaker) said, beside the reason's code.
 PARK_DETAIL_HEADER = "paystream-park-detail"
 # Dead-letter reasons that no replay can change (the same bytes fail the same way).
-NEVER_DECODES = frozenset({"not_a_cloudevent"})
+NEVER_DECODES = frozenset({"not_a_cloudevent", "unreadable_batch"})
 # Dead-letter reasons whose command was given a final answer its sender acts on.
 ANSWERED_FOR_GOOD = frozenset({"payload_too_large"})
 # While replaying, how many re-published records between progress commits.

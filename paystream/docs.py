@@ -751,7 +751,13 @@ def asyncapi() -> Doc:
         },
     }
     schemas["DeadLetterHeaders"] = _dead_letter_headers(
-        ["payload_too_large", "redrive_too_large", "not_a_cloudevent", "internal_error"],
+        [
+            "payload_too_large",
+            "redrive_too_large",
+            "not_a_cloudevent",
+            "unreadable_batch",
+            "internal_error",
+        ],
         ["card_number", "card_security_code"],
         "command",
     )

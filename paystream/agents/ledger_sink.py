@@ -67,6 +67,7 @@ from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
 from paystream.streams.codec import UndecodableRecord, decode_record, headers_to_dict
 from paystream.streams.pan import redact_card_numbers
+from paystream.streams.record_batches import UNREADABLE_BATCH_HEADER
 from paystream.streams.topics import events_topic
 
 __all__ = [
@@ -147,6 +148,11 @@ def translate_records(records: Sequence[RawRecord]) -> Translated:
     for i, rec in enumerate(records):
         tenant = rec.headers.get("ce_tenantid")
         tenant_id = tenant.decode("utf-8", "replace") if tenant else None
+        if rec.key is None and UNREADABLE_BATCH_HEADER in rec.headers:
+            # What stands for a record batch no parser reads (streams/record_batches.py).
+            detail = rec.headers[UNREADABLE_BATCH_HEADER].decode("utf-8", "replace")
+            out.dead[i] = DeadLetter(rec.source, None, "undecodable", detail[:500])
+            continue
         try:
             outcome = decode_record(rec.key, rec.value, rec.headers)
             events = outcome_to_ledger_events(outcome, received_at=_record_time(rec.timestamp))

@@ -118,6 +118,7 @@ from paystream.streams.pan import (
     redact_card_numbers,
     security_code_at,
 )
+from paystream.streams.record_batches import UNREADABLE_BATCH_HEADER
 from paystream.streams.tracecontext import (
     parse_traceparent,
     valid_tracestate,
@@ -151,7 +152,13 @@ _throttled = ThrottledLog(log)
 # counter started at 0: a series first scraped at 1 shows no increase, and the
 # dashboard's dead-letter panel missed a worker's first dead letter of each reason.
 DEAD_LETTER_REASONS = frozenset(
-    {"internal_error", "not_a_cloudevent", "payload_too_large", "redrive_too_large"}
+    {
+        "internal_error",
+        "not_a_cloudevent",
+        "payload_too_large",
+        "redrive_too_large",
+        "unreadable_batch",
+    }
 )
 for _reason in sorted(DEAD_LETTER_REASONS):
     metrics.DEAD_LETTERS.labels(_reason)
@@ -241,6 +248,11 @@ class CommandProcessor(ProviderWindow):
 
     async def _process(self, rec: Inbound, trace: CommandTrace | None) -> list[Emit]:
         when = record_time(rec.timestamp_ms)
+        if rec.key is None and UNREADABLE_BATCH_HEADER in rec.headers:
+            # What stands for a record batch no parser reads (streams/record_batches.py):
+            # its bytes are kept for an operator; no sender can be told.
+            detail = rec.headers[UNREADABLE_BATCH_HEADER].decode("utf-8", "replace")
+            return self._dead_letter(rec, "unreadable_batch", detail, reject=None, when=when)
         # The quick look at the raw bytes: False for nearly every command, and then no
         # card number can be anywhere in it (key, headers, data).
         kept = kept_headers(rec.headers)

@@ -41,7 +41,7 @@ def _settings() -> Settings:
     from paystream.streams import broker_compat, record_batches
 
     broker_compat.apply(settings)
-    record_batches.install()  # (what the CLI reads: a header name that is no UTF-8)
+    record_batches.install(settings)  # (what the CLI reads: batches aiokafka refuses)
     return settings
 
 

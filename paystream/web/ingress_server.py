@@ -136,7 +136,7 @@ class IngressServer:
     async def _running(self, _app: aiohttp.web.Application) -> AsyncIterator[None]:
         settings = self.settings
         broker_compat.apply(settings)  # (the development broker's quirks, as a worker's)
-        record_batches.install()  # (its outcome and registry readers, as a worker's)
+        record_batches.install(settings)  # (its outcome and registry readers, as a worker's)
         # As the worker's producer sends commands: every replica's acknowledgement, a
         # millisecond's linger so concurrent requests share a produce request.
         self._producer = AIOKafkaProducer(

@@ -21,6 +21,7 @@ from paystream.ledger.sink import (
 )
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
+from paystream.streams.record_batches import UNREADABLE_BATCH_HEADER
 from paystream.tenancy.crypto import MasterKeyring
 from tests.ledger.test_sink import payment_outcome
 
@@ -170,3 +171,14 @@ async def test_the_refused_record_is_parked_not_its_twin_under_the_same_event_id
     await runner.run_batch([message(day1, t, 1)])
     await runner.run_batch([message(day3, t, 5), message(day1, t, 6)])
     assert parked == [("ev/0/5", "event_id_conflict")]
+
+
+def test_what_stands_for_a_record_batch_no_parser_reads_is_parked_saying_so() -> None:
+    """(streams/record_batches.py hands one on for such a batch of outcomes.)"""
+    tenant = _tenant()
+    ok = _raw(payment_outcome(tenant, "pay_ok", 1), tenant)
+    detail = "record batch at ev[0] offsets 7-9 unreadable from offset 7 (EOFError: ...)"
+    stand_in = RawRecord(None, b"\x00batch", {UNREADABLE_BATCH_HEADER: detail.encode()}, 1.0)
+    out = translate_records([ok, stand_in])
+    assert len(out.events) == 1 and list(out.dead) == [1]
+    assert (out.dead[1].reason, out.dead[1].detail) == ("undecodable", detail)

@@ -5,13 +5,19 @@ a batch, so one record a producer wrote so crashed the worker, for good."""
 from __future__ import annotations
 
 import struct
+import types
 from typing import Any
 
 import pytest
+from aiokafka.consumer import fetcher
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatch, _DefaultRecordBatchBuilderPy
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
 
-from paystream.streams.record_batches import LenientMemoryRecords
+from paystream.streams import record_batches
+from paystream.streams.record_batches import UNREADABLE_BATCH_HEADER, LenientMemoryRecords
+from tests.e2e import raw_batches as rb
 
 
 class _RawName(str):
@@ -76,3 +82,123 @@ def test_a_batch_aiokafka_reads_is_read_by_it() -> None:
         (b"v", [("ce_id", b"c\xc3\xa9"), ("n\u00e9", b"")])
     ]
     assert _read(MemoryRecords(data)) == _read(LenientMemoryRecords(data))
+
+
+# ---- batches no parser reads (stood for on the commands and outcomes topics) ----------
+
+_STOOD_FOR = types.SimpleNamespace(commands_topic="cmds", events_topic="outs")
+
+
+def _at(base: int, data: bytes) -> bytes:
+    """A hand-written batch (tests/e2e/raw_batches.py) at the broker's offset ``base``."""
+    batch = bytearray(data)
+    struct.pack_into(">q", batch, 0, base)  # (outside the CRC, as the broker writes it)
+    return bytes(batch)
+
+
+def _fetched(topic: str, data: bytes, fetch_offset: int = 0) -> tuple[list[Any], int]:
+    """What aiokafka's fetcher hands a consumer of ``data`` fetched from ``topic``
+    partition 3, and where it fetches next."""
+    record_batches.install(_STOOD_FOR)  # type: ignore[arg-type]
+    records = fetcher.PartitionRecords(
+        TopicPartition(topic, 3),
+        fetcher.MemoryRecords(data),
+        None,
+        fetch_offset,
+        None,
+        None,
+        True,  # check_crcs: the consumer's default
+        0,
+    )
+    return list(records), records.next_fetch_offset
+
+
+_CE = [(b"ce_id", b"c1")]
+_NEXT = _at(5, rb.batch([rb.record(0, b"acme", b"after", _CE), rb.record(1, b"acme", b"b", _CE)]))
+
+
+def _stood_for(got: Any) -> tuple[int, bytes | None, str]:
+    [(name, detail)] = got.headers
+    assert name == UNREADABLE_BATCH_HEADER
+    return got.offset, got.key, detail.decode()
+
+
+@pytest.mark.parametrize(
+    ("case", "failure"),
+    [
+        ("crc", "its CRC does not match its bytes"),
+        ("gzip_not_gzip", "EOFError: Compressed file ended"),
+        ("zstd_not_zstd", "DecompressionError"),
+        ("unknown_codec", "Unknown compression codec 0x07"),
+        ("key_past_the_end", "Can't read 1000 bytes"),
+    ],
+)
+def test_a_batch_no_parser_reads_is_stood_for_by_one_record_and_the_next_batch_is_read(
+    case: str, failure: str
+) -> None:
+    one = [rb.record(0, b"acme", b"{}", _CE), rb.record(1, b"acme", b"{}", _CE)]
+    bad = _at(3, {
+        "crc": lambda: rb.batch(one, bad_crc=True),
+        "gzip_not_gzip": lambda: rb.batch(one, codec=rb.GZIP, payload=b"\x1f\x8b\x08\x00junk"),
+        "zstd_not_zstd": lambda: rb.batch(one, codec=rb.ZSTD, payload=b"junkjunkjunk"),
+        "unknown_codec": lambda: rb.batch(one, attributes=7),
+        "key_past_the_end": lambda: rb.batch([rb.record(0, b"acme", b"{}", key_len=1000)]),
+    }[case]())  # fmt: skip
+    got, next_offset = _fetched("cmds", bad + _NEXT)
+    offset, key, detail = _stood_for(got[0])
+    assert (offset, key) == (3, None)
+    assert got[0].value == bad  # (its bytes, for an operator: nothing is lost)
+    assert detail.startswith("record batch at cmds[3] offsets 3-")
+    assert failure in detail
+    assert [(r.offset, r.value) for r in got[1:]] == [(5, b"after"), (6, b"b")]
+    assert next_offset == 7
+
+
+def test_the_records_read_before_a_batch_fails_are_handed_on_and_the_rest_stood_for() -> None:
+    # Its count says three records; the third is not there.
+    records = [rb.record(0, b"acme", b"r0", _CE), rb.record(1, b"acme", b"r1", _CE)]
+    bad = _at(10, rb.batch(records, count=3, last_offset_delta=2))
+    got, next_offset = _fetched("outs", bad)
+    assert [(r.offset, r.value) for r in got[:2]] == [(10, b"r0"), (11, b"r1")]
+    offset, key, detail = _stood_for(got[2])
+    assert (offset, key) == (12, None)
+    assert "unreadable from offset 12" in detail
+    assert next_offset == 13
+
+
+def test_a_stand_in_before_where_the_fetch_starts_is_not_handed_on_again() -> None:
+    """(A worker restarted past a stand-in it dead-lettered fetches from the offset
+    after it: the batch is fetched whole again.)"""
+    bad = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], bad_crc=True))
+    got, next_offset = _fetched("cmds", bad + _NEXT, fetch_offset=4)
+    assert [(r.offset, r.value) for r in got] == [(5, b"after"), (6, b"b")]
+    assert next_offset == 7
+
+
+def test_a_corrupt_count_does_not_skip_the_next_batch() -> None:
+    bad = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], last_offset_delta=900, bad_crc=True))
+    got, next_offset = _fetched("cmds", bad + _NEXT)
+    assert [r.offset for r in got] == [3, 5, 6]
+    assert next_offset == 7
+
+
+def test_a_batch_none_reads_fails_the_consumer_elsewhere_saying_where() -> None:
+    """A table's changelog or the tenant registry: a record skipped there is state lost
+    unseen, so the consumer fails as it did, but names the batch."""
+    bad = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], codec=rb.GZIP, payload=b"junk"))
+    with pytest.raises(CorruptRecordException, match=r"unreadable record batch at tenants\[3\]"):
+        _fetched("tenants", bad + _NEXT)
+    crc = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], bad_crc=True))
+    with pytest.raises(CorruptRecordException, match="Invalid CRC"):  # (aiokafka's own)
+        _fetched("tenants", crc + _NEXT)
+
+
+def test_bytes_after_the_last_offset_a_batch_claims_are_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    records = [rb.record(0, b"acme", b"r0", _CE), rb.record(1, b"acme", b"r1", _CE)]
+    bad = _at(10, rb.batch(records, count=3))  # (its last offset delta: 1)
+    got, next_offset = _fetched("cmds", bad)
+    assert [(r.offset, r.value) for r in got] == [(10, b"r0"), (11, b"r1")]
+    assert next_offset == 12
+    assert "bytes after its last record not read" in caplog.text
