@@ -274,6 +274,12 @@ class LedgerSinkRunner:
                 key, value = None, b""
                 headers = {k: headers[k] for k in _OURS}
                 headers["paystream-dlq-redacted"] = FORBIDDEN_DATA.encode()
+            elif rec.key is None and UNREADABLE_BATCH_HEADER in rec.headers:
+                # What stands for a batch of outcomes no parser reads: they hold
+                # customers' personal data, which no erasure reaches here (review h65a).
+                # The detail says where the batch is.
+                value = b""
+                headers["paystream-dlq-redacted"] = PERSONAL_DATA_REDACTED.encode()
             elif _NEXT_ACTION.search(value):
                 # A payment's next action carries the customer's credential (a 3-D
                 # Secure URL's client secret), which the ledger keeps as its type alone:

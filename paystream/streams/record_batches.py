@@ -14,9 +14,10 @@ A batch no parser reads (its CRC wrong, its compression corrupt or unknown, its 
 cut short: real Kafka refuses one on produce, but a broker may store it) crashed the
 worker the same way. On a topic whose readers dead-letter what they cannot decode (the
 commands and the outcomes: ``install``), the rest of such a batch is handed on as one
-keyless record at the first offset not read, its value the batch's bytes and its
-``UNREADABLE_BATCH_HEADER`` saying what failed: the command agent and the ledger sink
-dead-letter it, and the partition goes on. On any other topic (a table's changelog, the
+keyless record at the first offset not read, its ``UNREADABLE_BATCH_HEADER`` saying what
+failed and where: the command agent and the ledger sink dead-letter it, and the
+partition goes on. Its value is the batch's bytes only if they are uncompressed and
+their CRC holds, where a card scan reads them; others stay on the topic alone. On any other topic (a table's changelog, the
 tenant registry) skipping a record would lose state unseen: the batch still fails the
 consumer, named by topic, partition and offset.
 """
@@ -24,8 +25,10 @@ consumer, named by topic, partition and offset.
 from __future__ import annotations
 
 import logging
+import struct
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
@@ -33,13 +36,16 @@ from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchPy
 from aiokafka.record.legacy_records import LegacyRecordBatch
-from aiokafka.record.memory_records import MemoryRecords, _MemoryRecordsPy
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
 
+from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
 
 __all__ = ["UNREADABLE_BATCH_HEADER", "LenientMemoryRecords", "UnreadableBatch", "install"]
 
 log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
 
 # On the record standing for a batch no parser reads: what failed, and where.
 UNREADABLE_BATCH_HEADER = "paystream-unreadable-batch"
@@ -73,14 +79,13 @@ class _Batch:
     wrong) fails, or on a topic of ``install``'s is stood for (``UnreadableBatch``) from
     the first record not read. Anything else asked of it, the C batch answers."""
 
-    __slots__ = ("_batch", "_crc_failed", "_data", "_failed", "_index", "_stand_for", "_tp")
+    __slots__ = ("_batch", "_crc_failed", "_end", "_failed", "_records", "_start")
 
-    def __init__(self, batch: Any, data: bytes, index: int, tp: Any) -> None:
+    def __init__(self, batch: Any, records: LenientMemoryRecords, start: int, end: int) -> None:
         self._batch = batch
-        self._data = data
-        self._index = index
-        self._tp = tp
-        self._stand_for = tp is not None and tp.topic in _STOOD_FOR
+        self._records = records  # (its fetch: the bytes, the topic-partition, the position)
+        self._start = start  # (where its bytes are in the fetch's)
+        self._end = end
         self._crc_failed = False
         self._failed = False  # (a parser failed on it: its own count is not trusted)
 
@@ -90,12 +95,30 @@ class _Batch:
     def __next__(self) -> Any:
         # (aiokafka reads a control batch's marker so, from a read_committed consumer: a
         # dunder method is not looked up through __getattr__; review h64j.)
-        return next(self._batch)
+        try:
+            marker = next(self._batch)
+        except StopIteration:
+            raise
+        except Exception as exc:
+            if not self._batch.is_control_batch:
+                raise
+            marker = None
+            failure: object = exc
+        else:
+            if marker.key is not None and len(marker.key) >= 4:
+                return marker
+            failure = "no marker type in its key"
+        # A marker that cannot be read ends its producer's transaction as an abort:
+        # aiokafka skips that producer's records only while the broker lists an aborted
+        # transaction of its that this marker ends, which makes it an abort marker; for
+        # any other producer the marker changes nothing (review h65a).
+        log.warning("unreadable transaction marker at %s (%s): read as an abort", self, failure)
+        return _ABORT
 
     def validate_crc(self) -> bool:
         if self._batch.validate_crc():
             return True
-        if not self._stand_for:
+        if not self._records.stand_for:
             return False  # (aiokafka's consumer fails on it, as it always did)
         self._crc_failed = True  # (its records are not read: stood for whole)
         return True
@@ -110,7 +133,7 @@ class _Batch:
                     read = record.offset
                     yield record
             except UnicodeDecodeError:
-                for record in _LenientBatch(_nth_batch(self._data, self._index)):
+                for record in _LenientBatch(self._bytes()):
                     if record.offset > read:
                         read = record.offset
                         yield record
@@ -123,35 +146,47 @@ class _Batch:
             if stand_in is not None:
                 yield stand_in
 
+    def __str__(self) -> str:
+        tp = self._records.tp
+        where = f"{tp.topic}[{tp.partition}] " if tp is not None else ""
+        return f"{where}offsets {self._batch.base_offset}-{self.next_offset - 1}"
+
+    def _bytes(self) -> memoryview:
+        return memoryview(self._records.data)[self._start : self._end]
+
     def _stand_in(self, read: int, exc: Exception) -> UnreadableBatch | None:
         batch = self._batch
-        first = max(read + 1, batch.base_offset)
+        first = max(read + 1, batch.base_offset, self._records.position())
         end = self.next_offset
-        tp = self._tp
-        where = f"{tp.topic}[{tp.partition}] " if tp is not None else ""
-        where += f"offsets {batch.base_offset}-{end - 1}"
         text = str(exc)[:200]  # (aiokafka's errors name themselves)
         what = text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
-        if not self._stand_for:
-            raise CorruptRecordException(f"unreadable record batch at {where}: {what}") from exc
         if first >= end:
-            # Every offset the batch claims was read; only bytes past them are not.
-            log.warning(
-                "record batch at %s: bytes after its last record not read (%s)", where, what
-            )
+            # Every offset the batch claims was read, or is before where the fetch
+            # starts (a broker may send a batch again: Tansu sent one 41,000 times in
+            # one fetch; review h65a). Only bytes past them are not read.
+            log.debug("record batch at %s: nothing left to read past offset %d", self, first - 1)
             return None
-        log.error(
+        if not self._records.stand_for:
+            raise CorruptRecordException(f"unreadable record batch at {self}: {what}") from exc
+        tp = self._records.tp
+        _throttled.warning(
+            ("unreadable", tp),  # (a producer whose codec is broken sends one a batch)
             "unreadable record batch at %s (%s): from offset %d on, handed on as one "
             "record to dead-letter",
-            where,
+            self,
             what,
             first,
         )
-        raw = bytes(_nth_batch(self._data, self._index))
-        detail = (
-            f"record batch at {where} unreadable from offset {first} ({what}); "
-            f"the value is its {len(raw)} bytes"
-        )
+        raw = bytes(self._bytes())
+        if batch.attributes & 0x07 or calc_crc32c(raw[21:]) != int.from_bytes(raw[17:21], "big"):
+            # Compressed (or of bytes its CRC does not vouch for), its records cannot be
+            # checked for card data, as the pipeline checks a dead letter's bytes: not
+            # kept (review h65a). The topic keeps them, where the detail says.
+            kept = f"its {len(raw)} bytes are not kept (compressed or corrupt: unscanned)"
+            raw = b""
+        else:
+            kept = f"the value is its {len(raw)} bytes"
+        detail = f"record batch at {self} unreadable from offset {first} ({what}); {kept}"
         return UnreadableBatch(first, raw, detail)
 
     @property
@@ -159,9 +194,21 @@ class _Batch:
         # (Read by the fetcher after the batch: where the next fetch starts. A corrupt
         # batch's own count may run past the next batch's first offset, or before its own.)
         batch = self._batch
+        claimed = int(batch.next_offset)
         if not (self._failed or self._crc_failed):
-            return int(batch.next_offset)
-        return _end_offset(self._data, self._index, batch.base_offset, batch.next_offset)
+            return claimed
+        following = self._records.data[self._end : self._end + 8]
+        if len(following) == 8:  # (the next batch's first offset, as the broker gave it)
+            claimed = min(claimed, int.from_bytes(following, "big", signed=True))
+        return max(claimed, int(batch.base_offset) + 1)
+
+
+@dataclass(frozen=True)
+class _Marker:
+    key: bytes
+
+
+_ABORT = _Marker(struct.pack(">hh", 0, 0))  # (aiokafka's ABORT_MARKER: version 0, type 0)
 
 
 @dataclass(frozen=True)
@@ -185,39 +232,19 @@ class UnreadableBatch:
         return ((UNREADABLE_BATCH_HEADER, self.detail.encode()),)
 
 
-def _nth_batch(data: bytes, index: int) -> memoryview:
-    """The bytes of the ``index``-th batch of ``data`` (as aiokafka's reader cuts them)."""
-    records = _MemoryRecordsPy(data)
-    for _ in range(index):
-        records.next_batch()
-    raw = records._next_slice
-    assert raw is not None  # (the C reader read it)
-    return raw
-
-
-def _end_offset(data: bytes, index: int, base: int, claimed: int) -> int:
-    """The first offset after the ``index``-th batch (``base`` its first): what it
-    claims, but never past the next batch's first offset, nor at or before its own."""
-    records = _MemoryRecordsPy(data)
-    for _ in range(index + 1):
-        records.next_batch()
-    end = int(claimed)
-    if records.has_next():
-        following = records._next_slice
-        assert following is not None
-        end = min(end, int.from_bytes(following[:8], "big", signed=True))
-    return max(end, base + 1)
-
-
 class LenientMemoryRecords:
     """aiokafka's ``MemoryRecords`` for one fetched partition, each v2 batch read as
     ``_Batch`` says: aiokafka's C reader until a header name is not UTF-8."""
 
     def __init__(self, data: bytes) -> None:
-        self._data = data
+        self.data = data
         self._records = MemoryRecords(data)
-        self._next = 0  # (the index of the next batch)
+        self._at = 0  # (where the next batch's bytes start)
         self.tp: Any = None  # (its topic-partition: set by ``_PartitionRecords``)
+        self.stand_for = False  # (its topic is one of ``install``'s)
+        # Where the consumer of these records has read to (aiokafka's fetcher skips a
+        # record before it): set by ``_PartitionRecords``.
+        self.position: Callable[[], int] = lambda: -1
 
     def size_in_bytes(self) -> int:
         return self._records.size_in_bytes()
@@ -227,18 +254,24 @@ class LenientMemoryRecords:
 
     def next_batch(self) -> Any:
         batch = self._records.next_batch()
-        index, self._next = self._next, self._next + 1
+        start = self._at
+        # (Every batch, v2 or legacy, starts with its offset and then its length.)
+        self._at = end = start + 12 + int.from_bytes(self.data[start + 8 : start + 12], "big")
         if batch is None or isinstance(batch, LegacyRecordBatch):
             return batch  # (legacy formats have no headers)
-        return _Batch(batch, self._data, index, self.tp)
+        return _Batch(batch, self, start, end)
 
 
 class _PartitionRecords(fetcher.PartitionRecords):
-    """aiokafka's records of one fetched partition, which tell its batches their topic."""
+    """aiokafka's records of one fetched partition, which tell its batches their topic
+    and how far they have been read."""
 
     def __init__(self, tp: Any, records: Any, *args: Any) -> None:
         if isinstance(records, LenientMemoryRecords):
             records.tp = tp
+            records.stand_for = tp.topic in _STOOD_FOR
+            read = weakref.ref(self)  # (no cycle: these records are collected with it)
+            records.position = lambda: getattr(read(), "next_fetch_offset", -1)
         super().__init__(tp, records, *args)
 
 
