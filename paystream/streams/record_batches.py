@@ -16,10 +16,10 @@ worker the same way. On a topic whose readers dead-letter what they cannot decod
 commands and the outcomes: ``install``), the rest of such a batch is handed on as one
 keyless record at the first offset not read, its ``UNREADABLE_BATCH_HEADER`` saying what
 failed and where: the command agent and the ledger sink dead-letter it, and the
-partition goes on. Its value is the batch's bytes only if they are uncompressed and
-their CRC holds, where a card scan reads them; others stay on the topic alone. On any other topic (a table's changelog, the
-tenant registry) skipping a record would lose state unseen: the batch still fails the
-consumer, named by topic, partition and offset.
+partition goes on. It carries none of the batch's bytes (no card scan can vouch for a
+batch's framing): they stay on the topic, where the detail says. On any other topic (a
+table's changelog, the tenant registry) skipping a record would lose state unseen: the
+batch still fails the consumer, named by topic, partition and offset.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchPy
 from aiokafka.record.legacy_records import LegacyRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
-from aiokafka.record.util import calc_crc32c
 
 from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
@@ -95,15 +94,13 @@ class _Batch:
     def __next__(self) -> Any:
         # (aiokafka reads a control batch's marker so, from a read_committed consumer: a
         # dunder method is not looked up through __getattr__; review h64j.)
+        failure: object
         try:
             marker = next(self._batch)
-        except StopIteration:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # (StopIteration too: a marker batch holds one record)
             if not self._batch.is_control_batch:
                 raise
-            marker = None
-            failure: object = exc
+            failure = "no record in it" if isinstance(exc, StopIteration) else exc
         else:
             if marker.key is not None and len(marker.key) >= 4:
                 return marker
@@ -111,9 +108,20 @@ class _Batch:
         # A marker that cannot be read ends its producer's transaction as an abort:
         # aiokafka skips that producer's records only while the broker lists an aborted
         # transaction of its that this marker ends, which makes it an abort marker; for
-        # any other producer the marker changes nothing (review h65a).
+        # any other producer the marker changes nothing (reviews h65a, h65c).
         log.warning("unreadable transaction marker at %s (%s): read as an abort", self, failure)
         return _ABORT
+
+    # A batch whose CRC fails vouches for nothing past its framing: not for being a
+    # marker (skipped unseen, a data batch whose bit flipped would be lost), nor for
+    # being part of a transaction. It is stood for (review h65c).
+    @property
+    def is_control_batch(self) -> bool:
+        return not self._crc_failed and bool(self._batch.is_control_batch)
+
+    @property
+    def is_transactional(self) -> bool:
+        return not self._crc_failed and bool(self._batch.is_transactional)
 
     def validate_crc(self) -> bool:
         if self._batch.validate_crc():
@@ -177,30 +185,34 @@ class _Batch:
             what,
             first,
         )
-        raw = bytes(self._bytes())
-        if batch.attributes & 0x07 or calc_crc32c(raw[21:]) != int.from_bytes(raw[17:21], "big"):
-            # Compressed (or of bytes its CRC does not vouch for), its records cannot be
-            # checked for card data, as the pipeline checks a dead letter's bytes: not
-            # kept (review h65a). The topic keeps them, where the detail says.
-            kept = f"its {len(raw)} bytes are not kept (compressed or corrupt: unscanned)"
-            raw = b""
-        else:
-            kept = f"the value is its {len(raw)} bytes"
-        detail = f"record batch at {self} unreadable from offset {first} ({what}); {kept}"
-        return UnreadableBatch(first, raw, detail)
+        # Its bytes are not handed on: the pipeline's card scan reads a record's value,
+        # not a batch's framing (a code in a header, a card number behind a length byte
+        # that reads as a digit, a record refused for one before the fault: reviews
+        # h65a, h65c). They stay on the topic, where the detail says.
+        size = self._end - self._start
+        detail = (
+            f"record batch at {self} unreadable from offset {first} ({what}); its {size} "
+            "bytes are not copied"
+        )
+        return UnreadableBatch(first, b"", detail)
 
     @property
     def next_offset(self) -> int:
         # (Read by the fetcher after the batch: where the next fetch starts. A corrupt
-        # batch's own count may run past the next batch's first offset, or before its own.)
+        # batch's own count may run past the next batch's first offset, or before its own;
+        # never before where the consumer has read to, as a broker sending the batch
+        # again would have it: review h65c.)
         batch = self._batch
         claimed = int(batch.next_offset)
         if not (self._failed or self._crc_failed):
             return claimed
+        base = int(batch.base_offset)
         following = self._records.data[self._end : self._end + 8]
         if len(following) == 8:  # (the next batch's first offset, as the broker gave it)
-            claimed = min(claimed, int.from_bytes(following, "big", signed=True))
-        return max(claimed, int(batch.base_offset) + 1)
+            after = int.from_bytes(following, "big", signed=True)
+            if after > base:
+                claimed = min(claimed, after)
+        return max(claimed, base + 1, self._records.position())
 
 
 @dataclass(frozen=True)

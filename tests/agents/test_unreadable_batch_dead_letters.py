@@ -1,13 +1,14 @@
 """What stands for a record batch no parser reads (streams/record_batches.py) is
-dead-lettered `unreadable_batch`, unanswered, and its bytes are kept only where the
-pipeline's card scan can read them (review h65a: a compressed batch's card number was
-kept in the dead letter, and with it a record refused `card_data_forbidden` before)."""
+dead-lettered `unreadable_batch`, unanswered, without the batch's bytes: the pipeline's
+card scan reads a record's value, not a batch's framing. Kept, they carried a compressed
+batch's card number, a record refused `card_data_forbidden` before the fault, a security
+code in a header and a card number behind a length byte that reads as a digit (reviews
+h65a, h65c)."""
 
 from __future__ import annotations
 
 import struct
 import types
-import zlib
 from typing import Any
 
 import pytest
@@ -43,59 +44,50 @@ def _fetched(data: bytes) -> list[Any]:
     return list(records)
 
 
-async def _dead_letter(harness: Harness, stand_in: Any) -> tuple[bytes, dict[str, bytes], int]:
-    """The stand-in's dead letter (value, headers) and how many other records it made."""
-    rec = Inbound(stand_in.key, stand_in.value, dict(stand_in.headers), stand_in.timestamp,
-                  "cmds", 0, stand_in.offset)  # fmt: skip
-    emits = await harness.raw(rec)
-    [letter] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
-    return letter.value, dict(letter.headers), len(emits) - 1
+def _one(value: bytes = b"{}", extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    return rb.record(0, b"acme", value, [*_CE, *extra])
 
 
-def _inflated(value: bytes) -> bytes:
-    start = value.find(b"\x1f\x8b")
-    return zlib.decompressobj(wbits=31).decompress(value[start:]) if start >= 0 else b""
+_CASES = {
+    # A card number in a compressed record, the batch's CRC wrong or its count too high.
+    "gzip_crc": lambda: rb.batch([_one(b'{"d":"' + PAN + b'"}')], codec=rb.GZIP, bad_crc=True),
+    "gzip_cut_short": lambda: rb.batch(
+        [_one(b'{"d":"' + PAN + b'"}')], codec=rb.GZIP, count=2, last_offset_delta=1
+    ),
+    # In the clear, its CRC sound, a record missing: a code in a header, one in a trace
+    # state, a card number behind a length byte that is the digit 4 (a 26-byte value).
+    "cvc_header": lambda: rb.batch(
+        [_one(extra=((b"ce_cardcvc", b"737"),))], count=2, last_offset_delta=1
+    ),
+    "tracestate": lambda: rb.batch(
+        [_one(extra=((b"ce_tracestate", b"vendor=x,cvc=737"),))], count=2, last_offset_delta=1
+    ),
+    "length_digit": lambda: rb.batch(
+        [_one(extra=((b"ce_note", PAN + b" exp 12/30"),))], count=2, last_offset_delta=1
+    ),
+    # A record refused for its card number before the fault.
+    "refused_before": lambda: rb.batch(
+        [_one(b'{"d":"' + PAN + b'"}'), _one()], count=3, last_offset_delta=2
+    ),
+}
 
 
-@pytest.mark.parametrize("case", ["crc", "cut_short"])
-async def test_a_compressed_batch_holding_a_card_number_is_not_kept(
+@pytest.mark.parametrize("case", sorted(_CASES))
+async def test_an_unreadable_batch_is_dead_lettered_without_its_bytes(
     harness: Harness, case: str
 ) -> None:
-    value = b'{"email":"a@example.com","description":"card ' + PAN + b'"}'
-    one = [rb.record(0, b"acme", value, _CE)]
-    kw: dict[str, Any] = (
-        {"bad_crc": True} if case == "crc" else {"count": 2, "last_offset_delta": 1}
-    )
-    got = _fetched(rb.batch(one, codec=rb.GZIP, **kw))
-    stand_in = got[-1]
-    assert UNREADABLE_BATCH_HEADER in dict(stand_in.headers)
-    kept, headers, others = await _dead_letter(harness, stand_in)
+    batch = _CASES[case]()
+    stand_in = _fetched(batch)[-1]
+    assert UNREADABLE_BATCH_HEADER in dict(stand_in.headers) and stand_in.value == b""
+    rec = Inbound(None, b"", dict(stand_in.headers), stand_in.timestamp, "cmds", 0,
+                  stand_in.offset)  # fmt: skip
+    emits = await harness.raw(rec)
+    [letter] = [e.record for e in emits if e.topic == harness.settings.dlq_topic]
+    assert len(emits) == 1  # (no sender to answer)
+    headers = dict(letter.headers)
     assert headers["paystream-dlq-reason"] == b"unreadable_batch"
-    assert kept == b"" and PAN not in _inflated(kept)
-    assert b"are not kept (compressed or corrupt: unscanned)" in headers["paystream-dlq-detail"]
-    assert others == 0  # (no sender to answer)
-
-
-async def test_a_card_number_read_before_the_fault_is_not_kept_with_the_rest(
-    harness: Harness,
-) -> None:
-    records = [
-        rb.record(0, b"acme", b'{"description":"card ' + PAN + b'"}', _CE),
-        rb.record(1, b"acme", b"{}", _CE),
-    ]
-    got = _fetched(rb.batch(records, count=3, last_offset_delta=2))  # (a third it lacks)
-    assert [r.offset for r in got] == [3, 4, 5]
-    assert PAN in got[2].value  # (in the clear: the pipeline's scan reads it)
-    kept, headers, others = await _dead_letter(harness, got[2])
-    assert (kept, headers["paystream-dlq-redacted"]) == (b"", b"card_number")
-    assert others == 0
-
-
-async def test_a_batch_in_the_clear_is_kept_for_an_operator(harness: Harness) -> None:
-    batch = rb.batch([rb.record(0, b"acme", b"{}", _CE)], count=2, last_offset_delta=1)
-    got = _fetched(batch)
-    kept, headers, others = await _dead_letter(harness, got[-1])
-    assert kept[8:] == batch[8:]  # (all but the broker's offset)
-    assert headers["paystream-source"] == b"cmds/0/4"
-    assert headers["paystream-dlq-reason"] == b"unreadable_batch"
-    assert others == 0
+    assert headers["paystream-source"] == f"cmds/0/{stand_in.offset}".encode()
+    detail = headers["paystream-dlq-detail"].decode()
+    assert detail.startswith("record batch at cmds[0] offsets 3-")
+    assert detail.endswith(f"its {len(batch)} bytes are not copied")
+    assert letter.value == b"" and letter.key is None
