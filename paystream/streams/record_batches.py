@@ -112,6 +112,18 @@ class _Batch:
         log.warning("unreadable transaction marker at %s (%s): read as an abort", self, failure)
         return _ABORT
 
+    def _read_as_an_abort(self) -> None:
+        """A marker batch whose CRC fails, stood for as any such batch is, is also read as
+        an abort, as an unreadable marker is: left a marker of nothing, its producer
+        stayed "aborted" for a read_committed reader, which then skipped its next
+        committed transaction (review h65e). (Should the bit have flipped on a data
+        batch, a transaction the broker lists as aborted ends early: its later records
+        in this fetch are read.)"""
+        reader = self._records.reader()
+        aborted = getattr(reader, "_aborted_producers", None)
+        if aborted is not None:
+            aborted.discard(self._batch.producer_id)
+
     # A batch whose CRC fails vouches for nothing past its framing: not for being a
     # marker (skipped unseen, a data batch whose bit flipped would be lost), nor for
     # being part of a transaction. It is stood for (review h65c).
@@ -135,6 +147,8 @@ class _Batch:
         read = -1  # (the offset of the last record given)
         try:
             if self._crc_failed:
+                if self._batch.is_control_batch:
+                    self._read_as_an_abort()
                 raise CorruptRecordException("its CRC does not match its bytes")
             try:
                 for record in self._batch:
@@ -165,6 +179,8 @@ class _Batch:
     def _stand_in(self, read: int, exc: Exception) -> UnreadableBatch | None:
         batch = self._batch
         first = max(read + 1, batch.base_offset, self._records.position())
+        if self._crc_failed:  # (where next_offset ends it, and each copy of it)
+            self._records.stood.setdefault(int(batch.base_offset), first)
         end = self.next_offset
         text = str(exc)[:200]  # (aiokafka's errors name themselves)
         what = text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
@@ -198,21 +214,27 @@ class _Batch:
 
     @property
     def next_offset(self) -> int:
-        # (Read by the fetcher after the batch: where the next fetch starts. A corrupt
-        # batch's own count may run past the next batch's first offset, or before its own;
-        # never before where the consumer has read to, as a broker sending the batch
-        # again would have it: review h65c.)
+        # (Read by the fetcher after the batch: where the next fetch starts. Never before
+        # where the consumer has read to: a broker may send a batch again; review h65c.)
         batch = self._batch
-        claimed = int(batch.next_offset)
         if not (self._failed or self._crc_failed):
-            return claimed
+            return int(batch.next_offset)
         base = int(batch.base_offset)
-        following = self._records.data[self._end : self._end + 8]
-        if len(following) == 8:  # (the next batch's first offset, as the broker gave it)
-            after = int.from_bytes(following, "big", signed=True)
-            if after > base:
-                claimed = min(claimed, after)
-        return max(claimed, base + 1, self._records.position())
+        claimed = int(batch.next_offset)
+        following = self._records.base_above(self._end, base)  # (a next batch, no copy)
+        if following is not None:
+            end = min(claimed, following)
+        elif self._crc_failed:
+            # Its count is not vouched for: with no next batch in this fetch, it ends past
+            # the offset stood for (a fetch from there gets the rest of it, if it has a
+            # rest), never past offsets not seen (review h65e).
+            stood = self._records.stood.get(base)  # (copies: the first's)
+            end = min(
+                claimed, (max(base, self._records.position()) if stood is None else stood) + 1
+            )
+        else:
+            end = claimed
+        return max(end, base + 1, self._records.position())
 
 
 @dataclass(frozen=True)
@@ -254,9 +276,34 @@ class LenientMemoryRecords:
         self._at = 0  # (where the next batch's bytes start)
         self.tp: Any = None  # (its topic-partition: set by ``_PartitionRecords``)
         self.stand_for = False  # (its topic is one of ``install``'s)
-        # Where the consumer of these records has read to (aiokafka's fetcher skips a
-        # record before it): set by ``_PartitionRecords``.
-        self.position: Callable[[], int] = lambda: -1
+        # aiokafka's reader of these records (``_PartitionRecords``), if it is still there.
+        self.reader: Callable[[], Any] = lambda: None
+        # base_above's answers, by first offset: (from where it looked, what it found).
+        self._above: dict[int, tuple[int, int | None]] = {}
+        # The offset stood for of each batch whose CRC fails, by its first offset.
+        self.stood: dict[int, int] = {}
+
+    def position(self) -> int:
+        """Where the reader has read to (aiokafka's fetcher skips a record before it)."""
+        return int(getattr(self.reader(), "next_fetch_offset", -1))
+
+    def base_above(self, at: int, base: int) -> int | None:
+        """The first offset of the first batch from byte ``at`` on whose first offset is
+        above ``base`` (copies of a batch a broker sends again are passed over)."""
+        known = self._above.get(base)
+        if known is not None and known[0] <= at:
+            return known[1]  # (copies are passed over once, not once per copy)
+        data, found, pos = self.data, None, at
+        while pos + 8 <= len(data):
+            first = int.from_bytes(data[pos : pos + 8], "big", signed=True)
+            if first > base:
+                found = first
+                break
+            if pos + 12 > len(data):
+                break
+            pos += 12 + int.from_bytes(data[pos + 8 : pos + 12], "big")
+        self._above[base] = (at, found)
+        return found
 
     def size_in_bytes(self) -> int:
         return self._records.size_in_bytes()
@@ -282,8 +329,7 @@ class _PartitionRecords(fetcher.PartitionRecords):
         if isinstance(records, LenientMemoryRecords):
             records.tp = tp
             records.stand_for = tp.topic in _STOOD_FOR
-            read = weakref.ref(self)  # (no cycle: these records are collected with it)
-            records.position = lambda: getattr(read(), "next_fetch_offset", -1)
+            records.reader = weakref.ref(self)  # (no cycle: collected with it)
         super().__init__(tp, records, *args)
 
 

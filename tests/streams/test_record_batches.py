@@ -301,3 +301,53 @@ def test_a_partial_copy_at_the_end_of_the_fetch_does_not_take_the_position_back(
     got, next_offset = _fetched("cmds", _CUT + _CUT[:40])
     assert [r.offset for r in got] == [10, 11, 12]
     assert next_offset == 13
+
+
+_WILD = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], last_offset_delta=900, bad_crc=True))
+
+
+def test_a_corrupt_count_sent_twice_does_not_skip_the_next_batch() -> None:
+    """The copy's first offset is its own, no cap: the position jumped to the corrupt
+    count's end and the next batch's records were skipped unseen (review h65e)."""
+    got, next_offset = _fetched("cmds", _WILD * 2 + _NEXT)
+    assert [r.offset for r in got] == [3, 5, 6]
+    assert next_offset == 7
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_a_corrupt_count_last_in_a_fetch_moves_past_the_offset_stood_for_only(
+    copies: int,
+) -> None:
+    """A worker at the tail gets the newest batch alone: its count, not vouched for,
+    took the next fetch 900 offsets on, past commands never seen (review h65e)."""
+    got, next_offset = _fetched("cmds", _WILD * copies)
+    assert [r.offset for r in got] == [3]
+    assert next_offset == 4
+
+
+def _txn(base: int, pid: int, records: list[bytes], *, control: bool = False,
+         bad_crc: bool = False) -> bytes:  # fmt: skip
+    b = bytearray(rb.batch(records, attributes=0x30 if control else 0x10))
+    struct.pack_into(">q", b, 0, base)
+    struct.pack_into(">q", b, 43, pid)  # (producer id)
+    crc = calc_crc32c(bytes(b[21:]))
+    struct.pack_into(">I", b, 17, crc ^ 0xDEAD if bad_crc else crc)
+    return bytes(b)
+
+
+def test_an_abort_marker_whose_crc_fails_does_not_drop_its_producers_next_transaction() -> None:
+    """read_committed: producer 77's transaction at 0 aborted (the broker lists it), its
+    abort marker at 1 has a wrong CRC. Stood for as a batch whose CRC fails, it left 77
+    "aborted", and 77's committed record at 2 was skipped unseen (review h65e)."""
+    fetch = (
+        _txn(0, 77, [rb.record(0, b"acme", b"aborted", _CE)])
+        + _txn(1, 77, [rb.record(0, b"\x00\x00\x00\x00", b"")], control=True, bad_crc=True)
+        + _txn(2, 77, [rb.record(0, b"acme", b"committed", _CE)])
+        + _txn(3, 77, [rb.record(0, b"\x00\x00\x00\x01", b"")], control=True)
+    )
+    record_batches.install(_STOOD_FOR)  # type: ignore[arg-type]
+    records = fetcher.PartitionRecords(
+        TopicPartition("cmds", 0), fetcher.MemoryRecords(fetch), [(77, 0)], 0,
+        None, None, True, 1,  # read_committed
+    )  # fmt: skip
+    assert [(r.offset, r.value) for r in records] == [(1, b""), (2, b"committed")]
