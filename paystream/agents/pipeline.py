@@ -994,6 +994,7 @@ class CommandProcessor(ProviderWindow):
         # move the money again. Parked for a person to reconcile (below), never refused
         # by limits changed since, nor run.
         late = False
+        late_day_ms: int | None = None
         if (
             existing is None
             and not (applied or provider_took)
@@ -1006,7 +1007,7 @@ class CommandProcessor(ProviderWindow):
                 # failed: counted against that day and the next, it covers a re-drive
                 # reconciled by then (on its record's day, long past, it covered none,
                 # and the re-drive, admitted before, passed the day's volume unchecked).
-                limit_rec = limit_rec._replace(timestamp_ms=int(now * 1000))
+                late_day_ms = int(now * 1000)
         decision = None
         if limited:
             decision = self._admit(
@@ -1020,6 +1021,7 @@ class CommandProcessor(ProviderWindow):
                 applied or provider_took,
                 limits_state,
                 exempt=self._own_refresh(rec, cmd),
+                day_ms=late_day_ms,
             )
             if late and isinstance(decision, LimitRejection) and not decision.replay:
                 # (Its refusal would be a final answer, or a "later" the provider, its
@@ -1037,7 +1039,15 @@ class CommandProcessor(ProviderWindow):
                 # charge again under a new id). Admitted as one before: nothing counted.
                 self.limits.forget_decision(cmd.tenant_id, limit_rec)
                 decision = self._admit(
-                    limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
+                    limit_rec,
+                    cmd,
+                    tenant,
+                    data,
+                    existing,
+                    request_hash,
+                    entity_keys,
+                    True,
+                    day_ms=late_day_ms,
                 )
             if (
                 isinstance(decision, LimitRejection)
@@ -1073,7 +1083,15 @@ class CommandProcessor(ProviderWindow):
                     provider_took = True  # (a let-through run, as the lookup assumed)
                     self.limits.forget_decision(cmd.tenant_id, limit_rec)
                     decision = self._admit(
-                        limit_rec, cmd, tenant, data, existing, request_hash, entity_keys, True
+                        limit_rec,
+                        cmd,
+                        tenant,
+                        data,
+                        existing,
+                        request_hash,
+                        entity_keys,
+                        True,
+                        day_ms=late_day_ms,
                     )
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
@@ -1355,6 +1373,7 @@ class CommandProcessor(ProviderWindow):
         limits_state: Any = UNREAD,
         *,
         exempt: bool = False,
+        day_ms: int | None = None,
     ) -> Admission | LimitRejection | None:
         """The limits' decision on a command (``applied``: its entity says it took effect,
         so it passes as one let through before does; ``limits_state``: the tenant's, as
@@ -1379,6 +1398,7 @@ class CommandProcessor(ProviderWindow):
             else None,
             request=request_hash,
             stored=limits_state,
+            day_ms=day_ms,
         )
 
     async def _let_through_by_entity(

@@ -266,6 +266,7 @@ class LimitGate:
         former_hold_key: str | None = None,
         request: str | None = None,
         stored: Any = UNREAD,
+        day_ms: int | None = None,
     ) -> Admission | LimitRejection | None:
         """Decide on one command; None when the tenant has no limits to apply.
 
@@ -313,7 +314,9 @@ class LimitGate:
                 del self.table[key]
             return None
         at_ms = self._at(state, rec)
-        day = _day(at_ms)
+        # (``day_ms``: the day's time, later than the record's: its hold's day only, the
+        # bucket's clock stays on the broker's times.)
+        day = _day(at_ms if day_ms is None else max(at_ms, day_ms))
         hold_of_this = _hold_of(state, hold_key or rec.command_id, owner, hold)
         spent = False
         if exempt:

@@ -389,3 +389,100 @@ async def test_late_parked_backlog_re_driven_passes_the_rate_limit_as_admitted_b
         out = await _reconciled_replay(late, copy, clock, offset=offset)
         assert out is not None and kind(out) == "payment.succeeded", data(out)
     assert await _charges(late, t) == 2
+
+
+# ---- a late park's read time is its hold's day, not the limits' clock (review h65f) ----
+# That read time also became the tenant's limits clock: every later record of the same
+# backlog (read in time, on its own broker time) refilled nothing and was refused
+# `rate_limited`, and yesterday's payments after it counted against today's volume. The
+# controls are the same traffic without the late payment.
+
+
+async def _limited_backlog(h: Harness, clock: Clock, *, with_late_payment: bool) -> list[str]:
+    """A backlog read 23.5 h after the broker took it: (maybe) one payment, then 20
+    customer.create commands sent at 5/s under a 10/s limit."""
+    t = h.add_tenant(limits={"commands_per_second": 10, "burst": 10})
+    taken = clock.ms
+    clock.now += 23.5 * HOUR  # the workers were down that long
+    offset = 1
+    if with_late_payment:
+        pay = build_command("payment.create", t, {**_NO_ID, "payment_id": "p1"}, command_id="c0")
+        emits, out = await h.send_event(pay, timestamp_ms=taken, offset=offset)
+        assert out is None and _parked_stale(h, emits)
+        offset += 1
+    got = []
+    for i in range(20):
+        # Sent 200 ms apart (5/s), 1 h after the payment: read 22.5 h late, in time.
+        event = build_command(
+            "customer.create", t, {"email": f"a{i}@example.com"}, command_id=f"cu{i}"
+        )
+        _, out = await h.send_event(
+            event, timestamp_ms=taken + int(HOUR * 1000) + 200 * i, offset=offset + i
+        )
+        assert out is not None
+        got.append(kind(out) if kind(out) != "command.rejected" else data(out)["reason"])
+    return got
+
+
+async def test_control_a_backlog_sent_at_half_the_rate_passes(late: Harness, clock: Clock) -> None:
+    got = await _limited_backlog(late, clock, with_late_payment=False)
+    assert got == ["customer.created"] * 20, got
+
+
+async def test_one_late_payment_does_not_rate_limit_the_rest_of_the_backlog(
+    late: Harness, clock: Clock
+) -> None:
+    got = await _limited_backlog(late, clock, with_late_payment=True)
+    assert got == ["customer.created"] * 20, got
+
+
+async def test_a_backlog_payment_after_a_late_one_counts_on_its_own_day(
+    late: Harness, clock: Clock
+) -> None:
+    """Yesterday's backlog payment (read 22.5 h late, in time) counts on yesterday, its
+    record's day; after a late-parked payment it was counted on today, taking the quota
+    of today's own payments."""
+    day0 = 1_790_035_200.0  # 2026-09-22T00:00:00Z
+    clock.now = day0 + 24 * HOUR + 10 * HOUR  # read on the 23rd, 10:00 UTC
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 1000}})
+    small = {**_NO_ID, "amount": 100, "payment_id": "late1"}
+    taken = int((day0 + 10.5 * HOUR) * 1000)  # the 22nd, 10:30: read 23.5 h late
+    emits, out = await late.send_event(
+        build_command("payment.create", t, small, command_id="c0"), timestamp_ms=taken, offset=1
+    )
+    assert out is None and _parked_stale(late, emits)  # holds 100 on the 23rd (by design)
+    yesterday = {**_NO_ID, "amount": 800, "payment_id": "y1"}
+    _, out = await late.send_event(
+        build_command("payment.create", t, yesterday, command_id="c1"),
+        timestamp_ms=int((day0 + 11.5 * HOUR) * 1000),  # the 22nd, 11:30: in time
+        offset=2,
+    )
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+    today = {**_NO_ID, "amount": 800, "payment_id": "t1"}
+    _, out = await late.send_event(
+        build_command("payment.create", t, today, command_id="c2"),
+        timestamp_ms=clock.ms,
+        offset=3,
+    )
+    # The 23rd: 100 held + 800 = 900 of 1000.
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+
+
+async def test_control_without_the_late_payment_yesterdays_counts_on_yesterday(
+    late: Harness, clock: Clock
+) -> None:
+    day0 = 1_790_035_200.0  # 2026-09-22T00:00:00Z
+    clock.now = day0 + 24 * HOUR + 10 * HOUR
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 1000}})
+    yesterday = {**_NO_ID, "amount": 800, "payment_id": "y1"}
+    _, out = await late.send_event(
+        build_command("payment.create", t, yesterday, command_id="c1"),
+        timestamp_ms=int((day0 + 11.5 * HOUR) * 1000),
+        offset=2,
+    )
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+    today = {**_NO_ID, "amount": 800, "payment_id": "t1"}
+    _, out = await late.send_event(
+        build_command("payment.create", t, today, command_id="c2"), timestamp_ms=clock.ms, offset=3
+    )
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
