@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -439,11 +440,22 @@ class InsightsRunner:
         # ledger's database was down) is counted. (By when each outcome was produced but
         # with expiry by the clock, one read in two batches had its window expired between
         # them and made again from nothing, and a re-emission's id forgotten: review.)
-        if st.is_late(seen, now_ms, self.config):
-            self._skips.append(SKIPPED.labels("late"))
-            return
-        if st.is_future(seen, now_ms, self.config):
-            self._skips.append(SKIPPED.labels("future"))
+        horizon = self.config.horizon_ms
+        late = st.is_late(seen, now_ms, self.config)
+        if late or st.is_future(seen, now_ms, self.config):
+            # Not counted in the analytics windows; but its time is its client's, and a
+            # card tester dating its commands over a horizon back or ahead hid every
+            # decline from the fraud rules (review h65g). They see it at the present (as
+            # produced, within a horizon of stream time: the same on a redelivery), and
+            # its id is kept in the present's window, forgotten on the usual schedule.
+            self._skips.append(SKIPPED.labels("late") if late else SKIPPED.labels("future"))
+            if not (seen.attempt or seen.card_declined):
+                return  # (nothing the rules count: no id to keep)
+            present = min(now_ms, max(produced_at, st.stream_time(now_ms) - horizon))
+            at_present = dataclasses.replace(seen, time_ms=present)
+            self._keep_seen(tenant_id, key, window_start(present, self.config.window_ms), msg)
+            for alert in st.apply(at_present, self.config, present, count=False):
+                out.append((self.settings.fraud_topic, alert_event(tenant_id, alert, self._mode)))
             return
         # No window kept for it (as many are kept as fit one record): not counted, but
         # the fraud rules still see it (a card tester is not let off for a crowded state).
@@ -456,19 +468,21 @@ class InsightsRunner:
         room = st.has_room(seen, self.config)
         if not room:
             self._skips.append(SKIPPED.labels("late"))
-        ws = window_start(seen.time_ms, self.config.window_ms)
-        self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
-        self._seen_index.add(tenant_id, ws, key, msg.partition)
+        self._keep_seen(tenant_id, key, window_start(seen.time_ms, self.config.window_ms), msg)
         # The fraud rules clamp a command dated ahead to ``produced_at``, so a batch
         # counted again publishes the same alert ids (the worker's clock moved on would not).
         # Nor earlier than a horizon before stream time (a record time far past): fraud
         # windows ending before that are let go, and the next decline would find its
         # window gone (the same on a redelivery: stream time is the stored record's).
-        horizon = self.config.horizon_ms
         rules_at = max(produced_at, seen.time_ms - horizon, st.stream_time(now_ms) - horizon)
         for alert in st.apply(seen, self.config, rules_at, count=room):
             record = alert_event(tenant_id, alert, self._mode)
             out.append((self.settings.fraud_topic, record))
+
+    def _keep_seen(self, tenant_id: str, key: str, ws: int, msg: Any) -> None:
+        """The outcome's id, counted: kept with its window (forgotten with it)."""
+        self._write(self.seen, key, [ws, msg.offset, msg.partition], msg.partition)
+        self._seen_index.add(tenant_id, ws, key, msg.partition)
 
     @property
     def _mode(self) -> Any:

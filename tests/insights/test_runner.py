@@ -197,7 +197,10 @@ async def test_future_dated_outcomes_do_not_grow_a_tenant_record_without_bound()
     ]
     await h.runner.run_batch(batch)  # one record per tenant: must stay under 1 MB
     assert len(h.state.get("acme")["windows"]) <= 2 * 15 + 1
-    assert len(h.seen.data.data) <= 2 * 15 + 1
+    # The ids of those past the horizon ahead, seen by the fraud rules at the present
+    # (review h65g), are kept in the present's windows, forgotten with them.
+    horizon = 15 * minute
+    assert all(ws <= T0 + horizon for ws, *_ in h.seen.data.data.values())
 
 
 async def test_amounts_beyond_64_bits_cannot_stall_the_partition() -> None:
