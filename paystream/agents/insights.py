@@ -451,7 +451,10 @@ class InsightsRunner:
             self._skips.append(SKIPPED.labels("late") if late else SKIPPED.labels("future"))
             if not (seen.attempt or seen.card_declined):
                 return  # (nothing the rules count: no id to keep)
-            present = min(now_ms, max(produced_at, st.stream_time(now_ms) - horizon))
+            # (From what is stored and the record, not the worker's clock: a batch read
+            # again after a crash publishes its alerts under the same ids; review h65h.)
+            stream = st.stream_ms
+            present = produced_at if stream < 0 else max(produced_at, stream - horizon)
             at_present = dataclasses.replace(seen, time_ms=present)
             self._keep_seen(tenant_id, key, window_start(present, self.config.window_ms), msg)
             for alert in st.apply(at_present, self.config, present, count=False):
