@@ -307,9 +307,14 @@ class InsightsRunner:
         applied and publish nothing (its alerts and windows lost), and a tick retried
         would find its windows published."""
         self._undo = {}
+        # (And the partitions' stream times it raised: kept, a batch retried in this
+        # process judged a new tenant against them, and published the same alert in
+        # another window, under another id; review h65k.)
+        partition_stream = dict(self._partition_stream)
         try:
             yield
         except BaseException:
+            self._partition_stream = partition_stream
             for table, key, old, partition in reversed(self._undo.values()):
                 with at_partition(self._topic, partition):
                     tracked = getattr(table.data, "_key_partition", {})
@@ -453,8 +458,14 @@ class InsightsRunner:
                 return  # (nothing the rules count: no id to keep)
             # (From what is stored and the record, not the worker's clock: a batch read
             # again after a crash publishes its alerts under the same ids; review h65h.)
+            # (Not past a horizon ahead of the clock: a record time far ahead, forged or a
+            # producer's clock hours off, opened fraud windows that never closed, which
+            # crowded out the present's, and kept its id for good; review h65k. A record
+            # with no time is placed by the stored stream time, where there is one.)
             stream = st.stream_ms
-            present = produced_at if stream < 0 else max(produced_at, stream - horizon)
+            made = produced_at if produced or stream < 0 else stream
+            present = made if stream < 0 else max(made, stream - horizon)
+            present = min(present, now_ms + horizon)
             at_present = dataclasses.replace(seen, time_ms=present)
             self._keep_seen(tenant_id, key, window_start(present, self.config.window_ms), msg)
             for alert in st.apply(at_present, self.config, present, count=False):

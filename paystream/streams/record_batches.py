@@ -145,6 +145,10 @@ class _Batch:
 
     def __iter__(self) -> Iterator[Any]:
         read = -1  # (the offset of the last record given)
+        # No record of it is at or past its end: one there (its delta past the batch's
+        # last) took the fetch position past records of the batches after it, every
+        # tenant's on the partition, unseen (review h65j).
+        past = int(self._batch.next_offset)
         try:
             if self._crc_failed:
                 if self._batch.is_control_batch:
@@ -152,10 +156,14 @@ class _Batch:
                 raise CorruptRecordException("its CRC does not match its bytes")
             try:
                 for record in self._batch:
+                    if record.offset >= past:
+                        raise _past_its_end(record.offset)
                     read = record.offset
                     yield record
             except UnicodeDecodeError:
                 for record in _LenientBatch(self._bytes()):
+                    if record.offset >= past:
+                        raise _past_its_end(record.offset) from None
                     if record.offset > read:
                         read = record.offset
                         yield record
@@ -228,6 +236,10 @@ class _Batch:
         # offsets the log holds: the stand-in's detail names the range.
         end = claimed if following is None else min(claimed, following)
         return max(end, base + 1, self._records.position())
+
+
+def _past_its_end(offset: int) -> CorruptRecordException:
+    return CorruptRecordException(f"a record at offset {offset}, past the batch's last")
 
 
 @dataclass(frozen=True)

@@ -354,3 +354,28 @@ def test_an_abort_marker_whose_crc_fails_does_not_drop_its_producers_next_transa
         None, None, True, 1,  # read_committed
     )  # fmt: skip
     assert [(r.offset, r.value) for r in records] == [(1, b""), (2, b"committed")]
+
+
+def _past_its_end(delta: int) -> bytes:
+    """One batch claiming one offset (last offset delta 0): a record at offset delta
+    ``delta`` that reads, then one cut short (its key runs past the end)."""
+    return rb.batch(
+        [
+            rb.record(delta, b"acme", b"bogus", _CE),
+            rb.record(delta + 1, b"acme", b"{}", _CE, key_len=1000),
+        ],
+        last_offset_delta=0,
+    )
+
+
+def test_a_record_past_its_batchs_end_does_not_take_the_position_past_the_next_batch() -> None:
+    """Its offset, read before the batch failed, became the fetch position: the batch
+    after it (another tenant's, at the offsets the broker gave it) was skipped unseen,
+    and at the tail the position went past the log (review h65j)."""
+    others = _at(1, rb.batch([rb.record(i, b"other", b"B%d" % i, _CE) for i in range(3)]))
+    got, next_offset = _fetched("cmds", _at(0, _past_its_end(3)) + others)
+    assert [(r.offset, r.value) for r in got] == [(0, b""), (1, b"B0"), (2, b"B1"), (3, b"B2")]
+    assert "a record at offset 3, past the batch's last" in _stood_for(got[0])[2]
+    assert next_offset == 4
+    got, next_offset = _fetched("cmds", _at(0, _past_its_end(1_000_000)))
+    assert [r.offset for r in got] == [0] and next_offset == 1
