@@ -1010,6 +1010,11 @@ class CommandProcessor(ProviderWindow):
                 late_day_ms = int(now * 1000)
         decision = None
         if limited:
+            # (As one let through before: a refusal its entity or provider contradicts.)
+            as_let_through = functools.partial(
+                self._admit, limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
+                True, day_ms=late_day_ms,
+            )  # fmt: skip
             decision = self._admit(
                 limit_rec,
                 cmd,
@@ -1038,17 +1043,7 @@ class CommandProcessor(ProviderWindow):
                 # refusal saying the payment made was not (review h59f: its client could
                 # charge again under a new id). Admitted as one before: nothing counted.
                 self.limits.forget_decision(cmd.tenant_id, limit_rec)
-                decision = self._admit(
-                    limit_rec,
-                    cmd,
-                    tenant,
-                    data,
-                    existing,
-                    request_hash,
-                    entity_keys,
-                    True,
-                    day_ms=late_day_ms,
-                )
+                decision = as_let_through()
             if (
                 isinstance(decision, LimitRejection)
                 and not decision.replay
@@ -1082,17 +1077,7 @@ class CommandProcessor(ProviderWindow):
                     # the whole batch): admitted as let through, so answered as it was.
                     provider_took = True  # (a let-through run, as the lookup assumed)
                     self.limits.forget_decision(cmd.tenant_id, limit_rec)
-                    decision = self._admit(
-                        limit_rec,
-                        cmd,
-                        tenant,
-                        data,
-                        existing,
-                        request_hash,
-                        entity_keys,
-                        True,
-                        day_ms=late_day_ms,
-                    )
+                    decision = as_let_through()
         if isinstance(decision, LimitRejection):
             # Not remembered under the idempotency key: the command may be sent again.
             if not decision.replay:

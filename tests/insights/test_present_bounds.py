@@ -34,26 +34,28 @@ async def _established(h: Harness, now: int) -> None:
     )
 
 
+async def _far_ahead(name: str, now: int, *, dated: int, n: int) -> Harness:
+    """An established tenant; ``n`` declines of another customer, their commands dated
+    ``dated`` ms from ``now``, their record times a day and more ahead, a fraud window
+    apart."""
+    h = Harness(name)
+    await _established(h, now)
+    ahead = window_start(now + DAY, FRAUD_W)
+    batch = [
+        h.event("payment.failed", OTHER_DECLINE, cid=f"f{k}", at_ms=now + dated,
+                produced_ms=ahead + k * FRAUD_W)
+        for k in range(n)
+    ]  # fmt: skip
+    await h.runner.run_batch(batch)
+    return h
+
+
 async def test_outcomes_with_a_record_time_far_ahead_make_fraud_windows_that_never_close() -> None:
     """Eight backdated declines whose record time is a day and more ahead (one fraud
     window apart): after them, five declines of one customer in the present raised
     nothing, and were not even counted."""
-    h = Harness("h65k-far-ahead")
     now = T0 + 2 * MIN
-    await _established(h, now)
-    ahead = window_start(now + DAY, FRAUD_W)
-    await h.runner.run_batch(
-        [
-            h.event(
-                "payment.failed",
-                OTHER_DECLINE,
-                cid=f"f{k}",
-                at_ms=now - 2 * 60 * MIN,  # late: dated two hours back
-                produced_ms=ahead + k * FRAUD_W,  # a record time a day (and more) ahead
-            )
-            for k in range(8)
-        ]
-    )
+    h = await _far_ahead("h65k-far-ahead", now, dated=-2 * 60 * MIN, n=8)  # (late)
     # An hour on (still hours short of those windows), a card tester's five declines.
     later = now + 60 * MIN
     h.now = later / 1000
@@ -75,22 +77,8 @@ async def test_a_ninth_window_ahead_pushes_fraud_evicted_past_every_present() ->
     """Nine such outcomes: the ninth evicted the oldest of the eight ahead, and
     ``fraud_evicted_through`` landed a day ahead: every fraud window before it, the
     present's included, was refused from then on."""
-    h = Harness("h65k-evicted-ahead")
     now = T0 + 2 * MIN
-    await _established(h, now)
-    ahead = window_start(now + DAY, FRAUD_W)
-    await h.runner.run_batch(
-        [
-            h.event(
-                "payment.failed",
-                OTHER_DECLINE,
-                cid=f"f{k}",
-                at_ms=now + 2 * 60 * MIN,  # future: dated two hours ahead
-                produced_ms=ahead + k * FRAUD_W,
-            )
-            for k in range(9)
-        ]
-    )
+    h = await _far_ahead("h65k-evicted-ahead", now, dated=2 * 60 * MIN, n=9)  # (future)
     assert h.state.get("acme")["fraud_evicted"] < now, h.state.get("acme")["fraud_evicted"]
 
 

@@ -226,38 +226,25 @@ def test_a_batch_a_broker_sends_again_in_one_fetch_is_stood_for_once(
     assert made == [3]
 
 
-def test_a_corrupt_transaction_marker_is_read_as_an_abort() -> None:
+@pytest.mark.parametrize("marker", ["cut_short", "empty"])
+def test_an_unreadable_transaction_marker_is_read_as_an_abort(marker: str) -> None:
     """`paystream doctor`'s keep-up check reads the commands topic read_committed, and
-    aiokafka reads a control batch's marker itself: one cut short failed it on every
-    fetch (review h65a). Read as an abort, it ends only a transaction the broker says
-    was aborted; the records after it are read."""
-    marker = bytearray(rb.batch([rb.record(0, None, b"", key_len=50)], attributes=0x30))
-    struct.pack_into(">q", marker, 0, 3)
-    struct.pack_into(">q", marker, 43, 77)  # (its producer id)
-    struct.pack_into(">I", marker, 17, calc_crc32c(bytes(marker[21:])))
+    aiokafka reads a control batch's marker itself: one cut short (review h65a), or a
+    marker batch with no record in it ("Control batch did not contain any records":
+    review h65c), failed it on every fetch. Read as an abort, it ends only a transaction
+    the broker says was aborted; the records after it are read."""
+    records = [] if marker == "empty" else [rb.record(0, None, b"", key_len=50)]
+    batch = bytearray(rb.batch(records, attributes=0x30, last_offset_delta=0))
+    struct.pack_into(">q", batch, 0, 3)
+    struct.pack_into(">q", batch, 43, 77)  # (its producer id)
+    struct.pack_into(">I", batch, 17, calc_crc32c(bytes(batch[21:])))
     after = _at(4, rb.batch([rb.record(0, b"acme", b"after", _CE)]))
     record_batches.install(_STOOD_FOR)  # type: ignore[arg-type]
-    records = fetcher.PartitionRecords(
-        TopicPartition("cmds", 0), fetcher.MemoryRecords(bytes(marker) + after), [], 0,
+    read = fetcher.PartitionRecords(
+        TopicPartition("cmds", 0), fetcher.MemoryRecords(bytes(batch) + after), [], 0,
         None, None, True, 1,  # read_committed
     )  # fmt: skip
-    assert [r.value for r in records] == [b"after"]
-
-
-def test_an_empty_transaction_marker_is_read_as_an_abort() -> None:
-    """A marker batch with no record in it failed a read_committed consumer on every
-    fetch (aiokafka: "Control batch did not contain any records"; review h65c)."""
-    marker = bytearray(rb.batch([], attributes=0x30, last_offset_delta=0))
-    struct.pack_into(">q", marker, 0, 3)
-    struct.pack_into(">q", marker, 43, 77)  # (its producer id)
-    struct.pack_into(">I", marker, 17, calc_crc32c(bytes(marker[21:])))
-    after = _at(4, rb.batch([rb.record(0, b"acme", b"after", _CE)]))
-    record_batches.install(_STOOD_FOR)  # type: ignore[arg-type]
-    records = fetcher.PartitionRecords(
-        TopicPartition("cmds", 0), fetcher.MemoryRecords(bytes(marker) + after), [], 0,
-        None, None, True, 1,  # read_committed
-    )  # fmt: skip
-    assert [r.value for r in records] == [b"after"]
+    assert [r.value for r in read] == [b"after"]
 
 
 def test_a_marker_batch_whose_crc_fails_is_stood_for_not_skipped() -> None:
