@@ -458,14 +458,16 @@ class InsightsRunner:
                 return  # (nothing the rules count: no id to keep)
             # (From what is stored and the record, not the worker's clock: a batch read
             # again after a crash publishes its alerts under the same ids; review h65h.)
-            # (Not past a horizon ahead of the clock: a record time far ahead, forged or a
+            # (Not past a horizon ahead of stream time: a record time far ahead, forged or a
             # producer's clock hours off, opened fraud windows that never closed, which
             # crowded out the present's, and kept its id for good; review h65k. A record
             # with no time is placed by the stored stream time, where there is one.)
             stream = st.stream_ms
             made = produced_at if produced or stream < 0 else stream
             present = made if stream < 0 else max(made, stream - horizon)
-            present = min(present, now_ms + horizon)
+            # (Bounded by stream time, never ahead of the clock and the same on a
+            # redelivery: by the clock, a redelivery moved the alert id; review h65l.)
+            present = min(present, (now_ms if stream < 0 else stream) + horizon)
             at_present = dataclasses.replace(seen, time_ms=present)
             self._keep_seen(tenant_id, key, window_start(present, self.config.window_ms), msg)
             for alert in st.apply(at_present, self.config, present, count=False):

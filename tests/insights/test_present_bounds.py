@@ -13,6 +13,7 @@ import pytest
 
 from paystream.insights.events import ALERT_TYPE
 from paystream.insights.state import window_start
+from tests.insights.test_resent_and_replayed_alerts import _crash_after_first_send
 from tests.insights.test_runner import DECLINE, PAID, T0, Harness
 
 pytestmark = pytest.mark.asyncio
@@ -121,7 +122,6 @@ async def test_alert_ids_of_a_batch_retried_in_process_follow_the_partition_stre
     undone, but not the partition's stream time it raised. On the retry the tenant was
     held against that, its five declines were no longer late, and their alert was
     published in another fraud window, under another id. Same clock, same records."""
-    from tests.insights.test_resent_and_replayed_alerts import _crash_after_first_send
 
     h = Harness("h65k-retry-partition-stream")
     _crash_after_first_send(h)
@@ -148,7 +148,6 @@ async def test_alert_ids_of_late_declines_with_no_record_time_follow_the_workers
     present was the worker's clock, and the batch redelivered after a crash, ten minutes
     on, published the alert in another fraud window, under another id. Placed by the
     stored stream time now. (The ordinary path keeps the clock's fallback.)"""
-    from tests.insights.test_resent_and_replayed_alerts import _crash_after_first_send
 
     h = Harness("h65k-no-record-time")
     _crash_after_first_send(h)
@@ -163,6 +162,38 @@ async def test_alert_ids_of_late_declines_with_no_record_time_follow_the_workers
     with pytest.raises(RuntimeError):
         await h.runner.run_batch(batch)
     h.now = (boundary + 8 * MIN) / 1000  # redelivered ten minutes on
+    await h.runner.run_batch(batch)
+    alerts = h.of_type(ALERT_TYPE)
+    assert len(alerts) == 2
+    assert alerts[0].get_id() == alerts[1].get_id(), [a.get_data()["window_start"] for a in alerts]
+
+
+async def test_late_declines_from_a_producer_20_minutes_ahead_keep_their_alert_id() -> None:
+    """Bounded by the clock first, a producer's record time over a horizon ahead of this
+    worker's brought the clock into the alert id: redelivered ten minutes on, the same
+    alert was published under another id (review h65l)."""
+    h = Harness("h65l-cap-ids")
+    _crash_after_first_send(h)
+    boundary = window_start(T0, FRAUD_W) + 3 * FRAUD_W
+    now = boundary - 17 * MIN  # now + 15 min: before the boundary; now + 20 min: past it
+    h.now = now / 1000
+    await h.runner.run_batch(
+        [h.event("payment.succeeded", PAID, cid="ok", at_ms=now, produced_ms=now)]
+    )
+    batch = [
+        h.event(
+            "payment.failed",
+            DECLINE,
+            cid=f"d{i}",
+            at_ms=now - 120 * MIN,
+            produced_ms=now + 20 * MIN + i,
+        )
+        for i in range(5)
+    ]
+    h.fail_next = 1
+    with pytest.raises(RuntimeError):
+        await h.runner.run_batch(batch)
+    h.now = (now + 10 * MIN) / 1000  # redelivered ten minutes on
     await h.runner.run_batch(batch)
     alerts = h.of_type(ALERT_TYPE)
     assert len(alerts) == 2
