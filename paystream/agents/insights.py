@@ -467,7 +467,10 @@ class InsightsRunner:
             present = made if stream < 0 else max(made, stream - horizon)
             # (Bounded by stream time, never ahead of the clock and the same on a
             # redelivery: by the clock, a redelivery moved the alert id; review h65l.)
-            present = min(present, (now_ms if stream < 0 else stream) + horizon)
+            # A new tenant's by its partition's stored time, where there is one (review
+            # h65m); only on a partition with none yet, by the clock.
+            bound = stream if stream >= 0 else reference if reference >= 0 else now_ms
+            present = min(present, bound + horizon)
             at_present = dataclasses.replace(seen, time_ms=present)
             self._keep_seen(tenant_id, key, window_start(present, self.config.window_ms), msg)
             for alert in st.apply(at_present, self.config, present, count=False):

@@ -250,7 +250,7 @@ class CommandProcessor(ProviderWindow):
         when = record_time(rec.timestamp_ms)
         if rec.key is None and UNREADABLE_BATCH_HEADER in rec.headers:
             # What stands for a record batch no parser reads (streams/record_batches.py):
-            # its bytes are kept for an operator; no sender can be told.
+            # its detail says where the batch is; no sender can be told.
             detail = rec.headers[UNREADABLE_BATCH_HEADER].decode("utf-8", "replace")
             return self._dead_letter(rec, "unreadable_batch", detail, reject=None, when=when)
         # The quick look at the raw bytes: False for nearly every command, and then no
