@@ -136,10 +136,12 @@ async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         if _STOP_REQUESTED.is_set():  # (see _raise_interrupt)
             coro.close()
+            _STOP_DELIVERED.set()
             raise KeyboardInterrupt
         return await coro
     except asyncio.CancelledError:
         if stopped:
+            _STOP_DELIVERED.set()
             raise KeyboardInterrupt from None
         raise
     finally:
@@ -166,9 +168,22 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     if frame is not None and (
         frame.f_code.co_name == "__del__" or frame.f_globals.get("__name__") == "logging"
     ):
-        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        again = threading.Timer(0.05, _send_again, (signum,))
+        again.daemon = True  # (the process's exit does not wait on it)
+        again.start()
         return
+    _STOP_DELIVERED.set()
     raise KeyboardInterrupt
 
 
+def _send_again(signum: int) -> None:
+    """The stop signal again, unless the stop was acted on meanwhile: sent during the
+    exit that followed, it raised a KeyboardInterrupt there, and the process died of it
+    (exit -2, not 1: seen in CI, `doctor` stopped while its stack started)."""
+    if not _STOP_DELIVERED.is_set():
+        os.kill(os.getpid(), signum)
+
+
 _STOP_REQUESTED = threading.Event()
+# A KeyboardInterrupt was raised for a stop (here, or where _STOP_REQUESTED is checked).
+_STOP_DELIVERED = threading.Event()

@@ -17,7 +17,15 @@ from paystream.settings import Settings, unknown_variables, url_without_password
 
 if TYPE_CHECKING:
     pass
-from paystream.cli.base import _STOP_REQUESTED, _raise_interrupt, _run, _settings, _stoppable, cli
+from paystream.cli.base import (
+    _STOP_DELIVERED,
+    _STOP_REQUESTED,
+    _raise_interrupt,
+    _run,
+    _settings,
+    _stoppable,
+    cli,
+)
 
 # ---- worker -----------------------------------------------------------------------
 
@@ -153,6 +161,7 @@ def doctor() -> None:
         try:
             with DevStack(base, settings.model_copy(update={"data_dir": base})) as stack:
                 if _STOP_REQUESTED.is_set():  # (a stop swallowed while it started)
+                    _STOP_DELIVERED.set()
                     raise KeyboardInterrupt
                 results = _run(
                     _stoppable(doctor_mod.run_checks(stack.stack_settings(), progress=shown)),
