@@ -44,11 +44,15 @@ def test_a_command_that_bootstraps_past_a_refusing_broker_says_one_refused(kafka
     dead = f"127.0.0.1:{_closed_port()}"
     env["KAFKA_BROKER_URL"] = f"kafka://{dead};{kafka_url.removeprefix('kafka://')}"
     said = ""
-    for _ in range(6):  # (aiokafka shuffles the bootstrap list: the dead one first, 1 in 2)
+    # (aiokafka shuffles the bootstrap list: the dead one first, 1 in 2. Six runs missed
+    # it 1 in 64, seen in a CI rehearsal: up to 20, until it was first.)
+    for _ in range(20):
         proc = subprocess.run(
             [sys.executable, "-m", "paystream", "topics"],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         said += proc.stderr
-    assert dead in said, f"stderr of 6 runs: {said!r}"
+        if dead in said:
+            break
+    assert dead in said, f"stderr of 20 runs: {said!r}"
