@@ -25,6 +25,7 @@ from paystream.agents.card_data import (
 )
 from paystream.errors import ConfigurationError, PaystreamError, described
 from paystream.settings import CloudEventsMode, Settings
+from paystream.streams import record_batches
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.codec import (
     KafkaRecord,
@@ -270,6 +271,10 @@ class PaystreamClient:
         await self.stop()
 
     async def start(self) -> None:
+        # A batch of outcomes no parser reads is passed over, not the end of the outcome
+        # reader (aiokafka's error ended it, and every send after failed; review h66a).
+        # This patches aiokafka's fetcher for the whole process (record_batches.install).
+        record_batches.install(self.settings)
         try:
             await self._producer.start()
             await self._consumer.start()

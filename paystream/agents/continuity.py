@@ -24,6 +24,7 @@ from paystream import metrics
 from paystream.app import app, settings
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.kafka_auth import client_auth
+from paystream.streams.record_batches import offset_after
 
 __all__ = [
     "BROKER_ASK_SECONDS",
@@ -248,7 +249,7 @@ class ContinuityGuard:
                     )
                     held.add(tp)
                     continue
-            self._next[tp] = offset + 1
+            self._next[tp] = offset_after(event.message)
             admitted.append(event)
         return admitted
 

@@ -15,6 +15,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, AppT, EventT
 
 from paystream import metrics
+from paystream.streams.record_batches import offset_after
 
 __all__ = ["DurableOffsets", "Stall", "commit_periodically", "despite_cancellation", "stalls"]
 
@@ -150,7 +151,7 @@ class DurableOffsets:
         for event in events:
             if event.message.generation_id != generation:
                 continue
-            tp, offset = event.message.tp, event.message.offset + 1
+            tp, offset = event.message.tp, offset_after(event.message)
             if offset > self._ready.get(tp, -1):
                 self._ready[tp] = offset
 

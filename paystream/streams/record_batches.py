@@ -24,6 +24,7 @@ batch still fails the consumer, named by topic, partition and offset.
 
 from __future__ import annotations
 
+import collections
 import logging
 import struct
 import time
@@ -41,13 +42,23 @@ from aiokafka.record.memory_records import MemoryRecords
 from paystream.log_limits import ThrottledLog
 from paystream.settings import Settings
 
-__all__ = ["UNREADABLE_BATCH_HEADER", "LenientMemoryRecords", "UnreadableBatch", "install"]
+__all__ = [
+    "UNREADABLE_BATCH_HEADER",
+    "LenientMemoryRecords",
+    "UnreadableBatch",
+    "install",
+    "offset_after",
+]
 
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
 
 # On the record standing for a batch no parser reads: what failed, and where.
 UNREADABLE_BATCH_HEADER = "paystream-unreadable-batch"
+# The stand-ins this process made, by (topic, partition, offset): the offset past the
+# batch each stands for. Kept here, not in a header: a producer may send any header.
+_STOOD_FOR_UNTIL: collections.OrderedDict[tuple[str, int, int], int] = collections.OrderedDict()
+_STOOD_FOR_KEPT = 4096  # (most recent first kept: one a batch no parser reads)
 # Topics a batch no parser reads is stood for on (``install``); elsewhere it fails.
 _STOOD_FOR: frozenset[str] = frozenset()
 
@@ -190,18 +201,26 @@ class _Batch:
 
     def _stand_in(self, read: int, exc: Exception) -> UnreadableBatch | None:
         batch = self._batch
-        first = max(read + 1, batch.base_offset, self._records.position())
+        first = max(read + 1, batch.base_offset)
         end = self.next_offset
         text = str(exc)[:200]  # (aiokafka's errors name themselves)
         what = text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
-        if first >= end:
+        position = self._records.position()
+        if max(first, position) >= end:
             # Every offset the batch claims was read, or is before where the fetch
             # starts (a broker may send a batch again: Tansu sent one 41,000 times in
             # one fetch; review h65a). Only bytes past them are not read.
-            log.debug("record batch at %s: nothing left to read past offset %d", self, first - 1)
+            log.debug("record batch at %s: nothing left to read past offset %d", self, end - 1)
             return None
         if not self._records.stand_for:
             raise CorruptRecordException(f"unreadable record batch at {self}: {what}") from exc
+        if position > first:
+            # The fetch starts past the first offset not read: the reader was handed the
+            # stand-in there (and moved on), or was put past it. Stood for again at each
+            # offset a fetch started at, one batch was dead-lettered once per restart and
+            # once more per gap read (review h66a).
+            log.debug("record batch at %s: stood for already from offset %d", self, first)
+            return None
         tp = self._records.tp
         _throttled.warning(
             ("unreadable", tp),  # (a producer whose codec is broken sends one a batch)
@@ -220,6 +239,11 @@ class _Batch:
             f"record batch at {self} unreadable from offset {first} ({what}); its {size} "
             "bytes are not copied"
         )
+        if tp is not None:
+            _STOOD_FOR_UNTIL[(tp.topic, tp.partition, first)] = end
+            _STOOD_FOR_UNTIL.move_to_end((tp.topic, tp.partition, first))
+            while len(_STOOD_FOR_UNTIL) > _STOOD_FOR_KEPT:
+                _STOOD_FOR_UNTIL.popitem(last=False)
         return UnreadableBatch(first, b"", detail)
 
     @property
@@ -348,3 +372,19 @@ def install(settings: Settings) -> None:
     _STOOD_FOR = _STOOD_FOR | {settings.commands_topic, settings.events_topic}
     fetcher.MemoryRecords = LenientMemoryRecords
     fetcher.PartitionRecords = _PartitionRecords
+
+
+def offset_after(message: Any) -> int:
+    """The offset after a Faust ``message``; for a stand-in this process handed on
+    (``UnreadableBatch``), the offset past the batch it stands for. Its readers take
+    every offset before that as handled with it: the fetcher has moved past them, and a
+    read from inside the batch hands nothing on (review h66a: the agents took only the
+    stand-in's own offset as handled, read the rest as a gap, and dead-lettered the
+    batch again). Known by this process alone: a producer may send any header."""
+    offset = int(message.offset)
+    if message.key is None:  # (every command and outcome has a key)
+        tp = message.tp
+        end = _STOOD_FOR_UNTIL.get((tp.topic, tp.partition, offset))
+        if end is not None:
+            return max(offset + 1, end)
+    return offset + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from copy import deepcopy
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from paystream.dlq import ParkedRecord
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Emit, Harness, data, kind, outcome_of
+from tests.agents.harness import Emit, Harness, data, kind, new_tenant_id, outcome_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -486,3 +487,180 @@ async def test_control_without_the_late_payment_yesterdays_counts_on_yesterday(
         build_command("payment.create", t, today, command_id="c2"), timestamp_ms=clock.ms, offset=3
     )
     assert out is not None and kind(out) == "payment.succeeded", data(out)
+
+
+# ---- Daily volume quotas for payments parked and re-driven late (review h66b) ---------
+# A parked payment holds its amount against the day it was held and the next, then the
+# hold stops counting (limits._holds_of_day). `dlq replay --include-stale-as-of` re-sends
+# an older park marked reconciled, and the worker ran it: its PARKED idempotency record
+# (kept until answered) made it "let through before", passed unchecked, while its hold no
+# longer covered the day it was charged on, and the day went over the tenant's quota. The
+# same gap opened on the day itself for a late park the quota had refused (parked with no
+# hold). A reconciled re-drive is now held to the day's quota unless its hold still counts.
+
+
+async def _replay(h: Harness, parked: Emit, clock: Clock, offset: int) -> Any:
+    """What a plain `dlq replay` (not stale: no reconciled mark) sends of ``parked``, run."""
+    rec = ParkedRecord(h.settings.retry_topic, 0, 0, parked.record.key, parked.record.value,
+                       tuple(parked.record.headers), clock.ms)  # fmt: skip
+    producer = _CapturingProducer()
+    await dlq._resend(producer, h.settings, rec, {0}, reconciled=False)
+    (resent,) = producer.sent
+    inbound = Inbound(resent["key"], resent["value"], dict(resent["headers"]), clock.ms,
+                      h.settings.commands_topic, 0, offset)  # fmt: skip
+    return outcome_of(h.settings, await h.processor.process(inbound))
+
+
+def _volume(h: Harness, tenant: str) -> tuple[str, dict[str, int]]:
+    state = h.processor.limits.table[f"{tenant}:limits"]
+    return state["day"], dict(state["volume"])
+
+
+@pytest.mark.parametrize("currency", ["USD", "EUR"])
+async def test_a_provider_outage_park_reconciled_two_days_later_keeps_the_days_quota(
+    late: Harness, clock: Clock, currency: str
+) -> None:
+    """Parked by a provider outage on day D (holding 900 of 1000), held back by `dlq
+    replay` as stale, reconciled and re-driven on D+2. Its hold stopped counting after
+    D+1, so the tenant's own 1000 on D+2 went through; the re-drive then passed the
+    quota unchecked ("admitted before") and D+2 took 1900 of 1000."""
+    t = new_tenant_id()
+    late.add_tenant(
+        t,
+        gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},  # its first delivery parks
+        limits={"daily_payment_volume": {currency: 1000}},
+    )
+    body = {**_NO_ID, "currency": currency, "amount": 900, "payment_id": "p1"}
+    emits, out = await late.send_event(
+        build_command("payment.create", t, body, command_id="c1"), timestamp_ms=clock.ms, offset=1
+    )
+    assert out is None
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    clock.now += 48 * HOUR  # the outage's parks checked with the provider two days on
+    today = {**_NO_ID, "currency": currency, "amount": 1000, "payment_id": "t1"}
+    _, fresh = await late.send_event(
+        build_command("payment.create", t, today, command_id="c2"), timestamp_ms=clock.ms, offset=2
+    )
+    assert fresh is not None
+    out = await _reconciled_replay(late, parked, clock, offset=3)
+    assert out is not None
+    moved = [kind(fresh), kind(out)].count("payment.succeeded")
+    day, volume = _volume(late, t)
+    # At most one of the two fits the day's 1000 (either the hold still counts and the
+    # fresh one is refused, or the re-drive is judged against the day and refused).
+    assert moved == 1, (kind(fresh), kind(out), data(out), day, volume)
+    assert volume.get(currency, 0) <= 1000, (day, volume)
+
+
+async def test_a_late_park_reconciled_two_days_later_keeps_the_days_quota(
+    late: Harness, clock: Clock
+) -> None:
+    """(Left open by session 65.) A backlog read a day late was parked `stale`, holding
+    500 of 600 on the day it was read (R). Reconciled on R+2, its hold gone, it passed
+    the day's volume unchecked after a payment of that day took 500."""
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
+    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(late, emits)
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    clock.now += 48 * HOUR  # reconciled two days after it was read
+    fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
+    _, today = await late.send_event(fresh, timestamp_ms=clock.ms, offset=2)
+    assert today is not None
+    out = await _reconciled_replay(late, parked, clock, offset=3)
+    assert out is not None
+    day, volume = _volume(late, t)
+    assert [kind(today), kind(out)].count("payment.succeeded") == 1, (
+        kind(today), data(out), day, volume,
+    )  # fmt: skip
+    assert volume.get("USD", 0) <= 600, (day, volume)
+    assert await _charges(late, t) == 1
+
+
+async def test_a_late_park_the_quota_refused_reconciled_the_same_day_keeps_the_quota(
+    late: Harness, clock: Clock
+) -> None:
+    """The same gap, on the day itself: a backlog read late that the day's volume could
+    not take was parked with no hold (its refusal forgotten, pipeline: `late and
+    LimitRejection`). Reconciled that same day (the provider never took it), it ran
+    unchecked as admitted before: 1000 of 600 on the day."""
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
+    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
+    _, today = await late.send_event(fresh, timestamp_ms=clock.ms - 60_000, offset=1)
+    assert today is not None and kind(today) == "payment.succeeded", data(today)
+    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=2)
+    assert out is None and _parked_stale(late, emits)
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    clock.now += 2 * HOUR  # an operator checks it with the provider: never charged
+    out = await _reconciled_replay(late, parked, clock, offset=3)
+    assert out is not None
+    day, volume = _volume(late, t)
+    assert kind(out) != "payment.succeeded", (data(out), day, volume)
+    assert volume.get("USD", 0) <= 600, (day, volume)
+
+
+# ---- what held before, and still holds ------------------------------------------------
+
+
+async def test_control_a_provider_outage_park_re_driven_the_next_day_keeps_its_place(
+    late: Harness, clock: Clock
+) -> None:
+    """Parked on D at 10:00, re-driven (not stale) on D+1 before the window: its hold
+    counts on D+1, a fresh payment it leaves no room for is refused, it runs, and the
+    day counts it once, whatever a redelivery of the re-drive does."""
+    t = late.add_tenant(
+        gateway_options={"fail_first": {"*": 3}},
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    day0 = 1_790_035_200.0  # 2026-09-22T00:00:00Z
+    clock.now = day0 + 10 * HOUR
+    body = {**_NO_ID, "amount": 900, "payment_id": "p1"}
+    emits, out = await late.send_event(
+        build_command("payment.create", t, body, command_id="c1"), timestamp_ms=clock.ms, offset=1
+    )
+    assert out is None
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    clock.now = day0 + 24 * HOUR + 8 * HOUR  # D+1 08:00, 22 h on: not stale
+    over = {**_NO_ID, "amount": 200, "payment_id": "t1"}
+    _, fresh = await late.send_event(
+        build_command("payment.create", t, over, command_id="c2"), timestamp_ms=clock.ms, offset=2
+    )
+    assert fresh is not None and data(fresh)["reason"] == "quota_exceeded", data(fresh)
+    assert data(fresh)["held"] == 900
+    out = await _replay(late, parked, clock, offset=3)
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+    again = await _replay(late, parked, clock, offset=3)  # redelivered: same offset
+    assert again is not None and kind(again) == "payment.succeeded"
+    assert _volume(late, t) == ("2026-09-23", {"USD": 900})
+    assert await _charges(late, t) == 1
+
+
+async def test_control_a_reconciled_re_drive_redelivered_after_a_crash_counts_once(
+    late: Harness, clock: Clock
+) -> None:
+    """A late park reconciled the next day (its hold live) runs; a crash loses the
+    limits write of that batch but keeps its idempotency record; the re-drive's record,
+    redelivered, is answered from it and accounted once (not twice, not zero)."""
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
+    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(late, emits)
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    clock.now += 20 * HOUR
+    before = deepcopy(late.processor.limits.table[f"{t}:limits"])
+    out = await _reconciled_replay(late, parked, clock, offset=2)
+    assert out is not None and kind(out) == "payment.succeeded", data(out)
+    late.processor.limits.table[f"{t}:limits"] = before  # the crash lost this write
+    again = await _reconciled_replay(late, parked, clock, offset=2)
+    assert again is not None and kind(again) == "payment.succeeded"
+    assert _volume(late, t)[1] == {"USD": 500}
+    state = late.processor.limits.table[f"{t}:limits"]
+    assert not state.get("held"), state.get("held")
+    assert await _charges(late, t) == 1

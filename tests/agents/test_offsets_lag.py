@@ -38,7 +38,9 @@ class StandInConsumer:
 
 
 def _event(app: Any, offset: int) -> Any:
-    message = SimpleNamespace(tp=P0, offset=offset, generation_id=app.consumer_generation_id)
+    message = SimpleNamespace(
+        tp=P0, offset=offset, key=b"k", generation_id=app.consumer_generation_id
+    )
     return SimpleNamespace(message=message)
 
 

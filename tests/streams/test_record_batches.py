@@ -179,6 +179,18 @@ def test_a_stand_in_before_where_the_fetch_starts_is_not_handed_on_again() -> No
     assert next_offset == 7
 
 
+def test_a_fetch_from_inside_a_batch_stood_for_hands_nothing_of_it_on() -> None:
+    """(A gap read, or a restart, from the offset after the stand-in of a batch of three
+    records: review h66a found a second stand-in, at the fetch's first offset, each time.)"""
+    bad = _at(2, rb.batch([rb.record(i, b"acme", b"{}", _CE) for i in range(3)], bad_crc=True))
+    got, next_offset = _fetched("cmds", bad + _NEXT, fetch_offset=2)
+    assert [r.offset for r in got] == [2, 5, 6]
+    for start in (3, 4):
+        got, next_offset = _fetched("cmds", bad + _NEXT, fetch_offset=start)
+        assert [(r.offset, r.value) for r in got] == [(5, b"after"), (6, b"b")]
+        assert next_offset == 7
+
+
 def test_a_corrupt_count_does_not_skip_the_next_batch() -> None:
     bad = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], last_offset_delta=900, bad_crc=True))
     got, next_offset = _fetched("cmds", bad + _NEXT)

@@ -146,13 +146,16 @@ async def test_a_selection_left_in_a_table_does_not_freeze_it_while_live(
     async with w.dep.client() as client:
         await client.command("customer.create", "acme", {})
     await expect(page.locator("#t-total")).to_have_text(str(before + 1), timeout=WAIT)
-    await page.wait_for_timeout(15_000)
-    status = await page.locator("#status").text_content()
-    shown = await page.locator("#recent tbody tr").count()
-    assert shown == before + 1, (
-        f"Commands tile {before + 1}, Recent outcomes still {shown} rows 15 s later, "
-        f"status {status!r} (selection: {sel!r})"
-    )
+    rows = page.locator("#recent tbody tr")
+    try:
+        await expect(rows).to_have_count(before + 1, timeout=15_000)
+    except AssertionError:
+        status = await page.locator("#status").text_content()
+        shown = await rows.count()
+        raise AssertionError(
+            f"Commands tile {before + 1}, Recent outcomes still {shown} rows 15 s later, "
+            f"status {status!r} (selection: {sel!r})"
+        ) from None
 
 
 async def test_enter_pressed_repeatedly_shows_the_answer(page: Page, w: W) -> None:

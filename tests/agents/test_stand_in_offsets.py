@@ -1,0 +1,112 @@
+"""The stand-in for a batch no parser reads covers every offset of the batch (the
+fetcher moves past them all), and the agents take them all as handled with it (review
+h66a): the continuity guard marked only the stand-in's own offset handled, read the
+rest as a gap, and the broker's same batch made a second stand-in there (dead-lettered
+again); the agents committed only past the stand-in, inside the batch."""
+
+from __future__ import annotations
+
+import struct
+import types
+from typing import Any
+
+import pytest
+from aiokafka.consumer import fetcher
+from aiokafka.structs import TopicPartition
+from faust.types import TP, Message
+
+from paystream.agents.offsets import DurableOffsets
+from paystream.streams import record_batches
+from paystream.streams.record_batches import UNREADABLE_BATCH_HEADER
+from tests.agents.test_continuity import P0, TOPIC, StandInConsumer, make
+from tests.e2e import raw_batches as rb
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+_CE = [(b"ce_id", b"c1")]
+
+
+def _at(base: int, data: bytes) -> bytes:
+    b = bytearray(data)
+    struct.pack_into(">q", b, 0, base)
+    return bytes(b)
+
+
+_BAD = _at(0, rb.batch([rb.record(i, b"acme", b"v", _CE) for i in range(3)], bad_crc=True))
+_AFTER = _at(3, rb.batch([rb.record(0, b"acme", b"a", _CE), rb.record(1, b"acme", b"b", _CE)]))
+
+
+class _Event:
+    def __init__(self, r: Any) -> None:
+        self.key, self.value, self.headers = r.key, r.value, list(r.headers)
+        self.message = Message(
+            TOPIC, 0, r.offset, 0.0, 0, self.headers, r.key, r.value, None, tp=P0
+        )
+
+
+def _fetch(log: bytes, start: int) -> tuple[list[Any], int]:
+    """What a consumer fetching from ``start`` gets (the broker sends the whole batch
+    holding ``start``: here the log's first), as continuity._read_range's consumer."""
+    record_batches.install(types.SimpleNamespace(commands_topic=TOPIC, events_topic="t.events"))  # type: ignore[arg-type]
+    records = fetcher.PartitionRecords(
+        TopicPartition(TOPIC, 0), fetcher.MemoryRecords(log), None, start, None, None, True, 0
+    )
+    return list(records), records.next_fetch_offset
+
+
+def _reader(log: bytes) -> Any:
+    async def read_range(tp: TP, start: int, end: int) -> tuple[list[Any], int]:
+        got, position = _fetch(log, start)
+        return [_Event(r) for r in got if start <= r.offset < end], min(position, end)
+
+    return read_range
+
+
+def _stand_ins(events: list[Any]) -> list[int]:
+    return [e.message.offset for e in events if UNREADABLE_BATCH_HEADER in dict(e.headers)]
+
+
+async def test_the_records_after_a_stand_in_are_no_gap() -> None:
+    delivered, _ = _fetch(_BAD + _AFTER, 0)  # (what Faust delivers: 0, then 3 and 4)
+    assert [r.offset for r in delivered] == [0, 3, 4]
+    _, _, guard = make({P0: 5}, {P0: 0})
+    guard._read_range = _reader(_BAD + _AFTER)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    assert [e.message.offset for e in admitted] == [0, 3, 4]
+    assert _stand_ins(admitted) == [0]
+
+
+async def test_a_stand_in_last_on_its_partition_is_not_swept_again() -> None:
+    delivered, _ = _fetch(_BAD, 0)
+    assert [r.offset for r in delivered] == [0]
+    _, _, guard = make({P0: 3}, {P0: 0})
+    guard._read_range = _reader(_BAD)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    for _ in range(3):  # (the first asks where the partition ends)
+        admitted += await guard.sweep()
+    assert _stand_ins(admitted) == [0]
+
+
+async def test_the_agents_commit_past_the_whole_batch() -> None:
+    delivered, _ = _fetch(_BAD + _AFTER, 0)
+    consumer = StandInConsumer({P0: 5}, {})
+    committed: dict[TP, int] = {}
+
+    async def commit(offsets: dict[TP, int]) -> bool:
+        committed.update(offsets)
+        return True
+
+    consumer._commit = commit  # type: ignore[attr-defined]
+    app = types.SimpleNamespace(consumer=consumer, consumer_generation_id=None)
+    offsets = DurableOffsets(app)  # type: ignore[arg-type]
+    offsets.advance([_Event(delivered[0])])
+    await offsets.commit()
+    assert committed == {P0: 3}
+
+
+async def test_a_record_like_a_stand_in_from_a_producer_is_one_offset() -> None:
+    """(What a stand-in covers is known only to the process that made it: a keyless
+    record a producer sent with its header covers its own offset.)"""
+    forged = _at(7, rb.batch([rb.record(0, None, b"", [(UNREADABLE_BATCH_HEADER.encode(), b"x")])]))
+    got, _ = _fetch(forged, 7)
+    assert record_batches.offset_after(_Event(got[0]).message) == 8
