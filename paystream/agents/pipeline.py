@@ -1027,7 +1027,6 @@ class CommandProcessor(ProviderWindow):
                 limits_state,
                 exempt=self._own_refresh(rec, cmd),
                 day_ms=late_day_ms,
-                reconciled=self._reconciled(rec),
             )
             if late and isinstance(decision, LimitRejection) and not decision.replay:
                 # (Its refusal would be a final answer, or a "later" the provider, its
@@ -1360,12 +1359,10 @@ class CommandProcessor(ProviderWindow):
         *,
         exempt: bool = False,
         day_ms: int | None = None,
-        reconciled: bool = False,
     ) -> Admission | LimitRejection | None:
         """The limits' decision on a command (``applied``: its entity says it took effect,
         so it passes as one let through before does; ``limits_state``: the tenant's, as
-        read for its kept rejection with nothing written since, or UNREAD;
-        ``reconciled``: see LimitGate.admit)."""
+        read for its kept rejection with nothing written since, or UNREAD)."""
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         return self.limits.admit(
             cmd.tenant_id,
@@ -1387,7 +1384,6 @@ class CommandProcessor(ProviderWindow):
             request=request_hash,
             stored=limits_state,
             day_ms=day_ms,
-            reconciled=reconciled and not applied,
         )
 
     async def _let_through_by_entity(

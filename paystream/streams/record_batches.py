@@ -214,14 +214,17 @@ class _Batch:
             return None
         if not self._records.stand_for:
             raise CorruptRecordException(f"unreadable record batch at {self}: {what}") from exc
-        if position > first:
-            # The fetch starts past the first offset not read: the reader was handed the
-            # stand-in there (and moved on), or was put past it. Stood for again at each
-            # offset a fetch started at, one batch was dead-lettered once per restart and
-            # once more per gap read (review h66a).
-            log.debug("record batch at %s: stood for already from offset %d", self, first)
-            return None
         tp = self._records.tp
+        if position > first:
+            if tp is not None and (tp.topic, tp.partition, first) in _STOOD_FOR_UNTIL:
+                # The fetch starts past a stand-in this process handed on (a gap read, a
+                # sweep): stood for again at each offset a fetch started at, one batch
+                # was dead-lettered once more per read (review h66a).
+                log.debug("record batch at %s: stood for already from offset %d", self, first)
+                return None
+            # Put inside it some other way (a group's offsets reset by hand, a log start
+            # inside it): the rest is stood for, or it went without a dead letter (h66c).
+            first = position
         _throttled.warning(
             ("unreadable", tp),  # (a producer whose codec is broken sends one a batch)
             "unreadable record batch at %s (%s): from offset %d on, handed on as one "

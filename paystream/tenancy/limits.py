@@ -267,7 +267,6 @@ class LimitGate:
         request: str | None = None,
         stored: Any = UNREAD,
         day_ms: int | None = None,
-        reconciled: bool = False,
     ) -> Admission | LimitRejection | None:
         """Decide on one command; None when the tenant has no limits to apply.
 
@@ -286,9 +285,6 @@ class LimitGate:
         (see :func:`_hold_of`). ``stored``: what :meth:`stored` returned, if nothing was
         written to the table since (the state is read once for :meth:`kept_rejection` and
         this: the same object the table would give again, so the same decision).
-        ``reconciled``: with ``admitted_before``, re-sent by a person who found that its
-        provider never ran it (`dlq replay --include-stale-as-of`): a new charge today,
-        held to the day's quota unless its hold still counts on the day.
         """
         key = self.key(tenant_id)
         enforced = limits.enforced  # (a property: worked out once here)
@@ -332,13 +328,6 @@ class LimitGate:
         elif admitted_before:
             decision = None
             _spend(state, limits, at_ms)
-            if reconciled and hold_of_this not in _holds_of_day(state, day):
-                # Its hold no longer counts (placed over a day before: a park re-driven
-                # days on), or it has none (a late park the quota refused): passed
-                # unchecked, it took the day over its quota (review h66b). Its provider
-                # never ran it, a person found: refusing it moves no money twice.
-                spent = limits.commands_per_second is not None
-                decision = _quota(state, limits, day, command_type, data, hold_of_this)
         else:
             decision = _rate(state, limits, at_ms)
             if decision is None:

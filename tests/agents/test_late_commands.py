@@ -496,7 +496,16 @@ async def test_control_without_the_late_payment_yesterdays_counts_on_yesterday(
 # (kept until answered) made it "let through before", passed unchecked, while its hold no
 # longer covered the day it was charged on, and the day went over the tenant's quota. The
 # same gap opened on the day itself for a late park the quota had refused (parked with no
-# hold). A reconciled re-drive is now held to the day's quota unless its hold still counts.
+# hold). Known gap (strict xfails): holding a reconciled re-drive to the day's quota
+# refused, as final, a copy of one its provider had charged (review h66d).
+
+
+_RECONCILED_QUOTA_GAP = pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a reconciled re-drive whose hold no longer counts passes the day's "
+    "quota unchecked; holding it to the quota (tried: review h66d) refused as final a "
+    "copy of one the provider had charged, when a crash lost its idempotency record",
+)
 
 
 async def _replay(h: Harness, parked: Emit, clock: Clock, offset: int) -> Any:
@@ -516,6 +525,7 @@ def _volume(h: Harness, tenant: str) -> tuple[str, dict[str, int]]:
     return state["day"], dict(state["volume"])
 
 
+@_RECONCILED_QUOTA_GAP
 @pytest.mark.parametrize("currency", ["USD", "EUR"])
 async def test_a_provider_outage_park_reconciled_two_days_later_keeps_the_days_quota(
     late: Harness, clock: Clock, currency: str
@@ -552,6 +562,7 @@ async def test_a_provider_outage_park_reconciled_two_days_later_keeps_the_days_q
     assert volume.get(currency, 0) <= 1000, (day, volume)
 
 
+@_RECONCILED_QUOTA_GAP
 async def test_a_late_park_reconciled_two_days_later_keeps_the_days_quota(
     late: Harness, clock: Clock
 ) -> None:
@@ -579,6 +590,7 @@ async def test_a_late_park_reconciled_two_days_later_keeps_the_days_quota(
     assert await _charges(late, t) == 1
 
 
+@_RECONCILED_QUOTA_GAP
 async def test_a_late_park_the_quota_refused_reconciled_the_same_day_keeps_the_quota(
     late: Harness, clock: Clock
 ) -> None:
@@ -664,3 +676,163 @@ async def test_control_a_reconciled_re_drive_redelivered_after_a_crash_counts_on
     state = late.processor.limits.table[f"{t}:limits"]
     assert not state.get("held"), state.get("held")
     assert await _charges(late, t) == 1
+
+
+async def _late_park(h: Harness, clock: Clock, body: dict) -> tuple[str, object]:
+    """A backlog payment read 25 h late: parked `stale`, holding its 500 of 600."""
+    t = h.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
+    backlog = build_command("payment.create", t, body, command_id="c1")
+    taken = clock.ms
+    clock.now += 25 * HOUR
+    emits, out = await h.send_event(backlog, timestamp_ms=taken, offset=1)
+    assert out is None and _parked_stale(h, emits)
+    [parked] = [e for e in emits if e.topic == h.settings.retry_topic]
+    return t, parked
+
+
+@pytest.mark.parametrize(
+    ("body", "entity_survives"),
+    [
+        (_NO_ID, True),  # no chosen id: its payment records the charge, and is not asked
+        ({**_NO_ID, "payment_id": "late1"}, False),  # chosen id, entity write lost too
+    ],
+    ids=["no-chosen-id-entity-kept", "chosen-id-entity-lost"],
+)
+async def test_a_second_copy_of_a_charged_reconciled_re_drive_is_not_refused(
+    late: Harness, clock: Clock, body: dict, entity_survives: bool
+) -> None:
+    """(Review h66d, of a fix tried for the gap above and reverted.) Reconciled and
+    re-driven two days after it was read (its hold lapsed), the day has room: it is
+    charged, counted (500) and its hold released. A crash loses its batch's idempotency
+    write (the key's record still PARKED) but keeps the limits write; the replay, stopped
+    before its commit, sends the reconciled copy again (a new offset). Judged against the
+    day (500 counted + 500 > 600), that copy was refused `quota_exceeded`, final, though
+    the provider had charged it."""
+    t, parked = await _late_park(late, clock, body)
+    clock.now += 48 * HOUR
+    key = next(k for k in late.idempotency if k.startswith(f"{t}:") and "\x1f" not in k)
+    before = deepcopy(late.idempotency[key])
+    assert before["state"] == "parked"
+    first = await _reconciled_replay(late, parked, clock, offset=2)
+    assert first is not None and kind(first) == "payment.succeeded", data(first)
+    assert await _charges(late, t) == 1
+    late.idempotency[key] = before  # the crash lost the DONE write
+    if not entity_survives:
+        late.tables.payments.clear()
+    again = await _reconciled_replay(late, parked, clock, offset=3)  # the replay's re-send
+    assert again is not None
+    assert kind(again) == "payment.succeeded", (data(again), _volume(late, t))
+    assert await _charges(late, t) == 1
+
+
+async def test_a_charged_reconciled_re_drive_redelivered_after_a_quota_cut_is_not_refused(
+    late: Harness, clock: Clock
+) -> None:
+    """(Review h66d.) The same offset this time: the crash lost the re-drive's
+    idempotency and limits writes (its payment's survived), and the operator lowered the
+    tenant's daily volume before the worker came back. Admitted before, the redelivery
+    passes (its entity answers it); judged against the lowered quota, it was refused."""
+    t, parked = await _late_park(late, clock, _NO_ID)
+    clock.now += 48 * HOUR
+    key = next(k for k in late.idempotency if k.startswith(f"{t}:") and "\x1f" not in k)
+    idem_before = deepcopy(late.idempotency[key])
+    limits_before = deepcopy(late.processor.limits.table[f"{t}:limits"])
+    first = await _reconciled_replay(late, parked, clock, offset=2)
+    assert first is not None and kind(first) == "payment.succeeded", data(first)
+    late.idempotency[key] = idem_before
+    late.processor.limits.table[f"{t}:limits"] = limits_before
+    _set_limits(late, t, {"daily_payment_volume": {"USD": 400}})
+    again = await _reconciled_replay(late, parked, clock, offset=2)  # redelivered
+    assert again is not None
+    assert kind(again) == "payment.succeeded", data(again)
+    assert await _charges(late, t) == 1
+
+
+@pytest_asyncio.fixture
+async def patient(redis_url: str, clock: Clock) -> AsyncIterator[Harness]:
+    """``late``, with a circuit that stays closed through six failures."""
+    async with running_harness(
+        redis_url, park_late_commands=True, breaker_failure_threshold=50
+    ) as h:
+        yield h
+
+
+@_RECONCILED_QUOTA_GAP
+async def test_a_reconciled_re_drive_under_a_key_a_resend_parked_keeps_the_days_quota(
+    patient: Harness, clock: Clock
+) -> None:
+    """The same gap, through `resent` (review h66d): c1 parked by a provider outage on D
+    (900 of 1000), its client resent it under the same key as c2, parked too, so the
+    key's record names c2. Two days on the holds have lapsed; the tenant's own 1000 goes
+    through; the reconciled re-drive of c1 is "another command under the key", held to
+    the rate limit only: charged, the day takes 1900."""
+    late = patient
+    t = new_tenant_id()
+    late.add_tenant(
+        t,
+        gateway_options={"fail_first": {f"ps:{t}:k1": 6}},  # both deliveries park
+        limits={"daily_payment_volume": {"USD": 1000}},
+    )
+    body = {**_NO_ID, "amount": 900}
+    c1 = build_command("payment.create", t, body, command_id="c1", idempotency_key="k1")
+    emits, out = await late.send_event(c1, timestamp_ms=clock.ms, offset=1)
+    assert out is None
+    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    clock.now += 60
+    c2 = build_command("payment.create", t, body, command_id="c2", idempotency_key="k1")
+    emits, out = await late.send_event(c2, timestamp_ms=clock.ms, offset=2)
+    assert out is None and [e for e in emits if e.topic == late.settings.retry_topic]
+    assert late.idempotency[f"{t}:k1"]["command_id"] == "c2", late.idempotency[f"{t}:k1"]
+    clock.now += 48 * HOUR
+    today = {**_NO_ID, "amount": 1000, "payment_id": "t1"}
+    _, fresh = await late.send_event(
+        build_command("payment.create", t, today, command_id="c3"), timestamp_ms=clock.ms, offset=3
+    )
+    assert fresh is not None and kind(fresh) == "payment.succeeded", data(fresh)
+    out = await _reconciled_replay(late, parked, clock, offset=4)
+    assert out is not None
+    day, volume = _volume(late, t)
+    assert kind(out) != "payment.succeeded", (data(out), day, volume)
+    assert volume.get("USD", 0) <= 1000, (day, volume)
+
+
+@pytest.mark.parametrize(
+    "with_late_payment",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known gap: a late park's hold, dated the day it is read, also "
+                "counts against the day before (holds are pruned by day when one is placed)",
+            ),
+        ),
+    ],
+    ids=["control", "after-a-late-park"],
+)
+async def test_a_late_parks_hold_on_the_read_day_does_not_count_against_the_day_before(
+    late: Harness, clock: Clock, with_late_payment: bool
+) -> None:
+    """(Review h66d.) A late park's hold is placed on the day it is read (the 23rd). The
+    backlog behind it, read in time, is judged on its own day (the 22nd), and
+    `_holds_of_day` counts every hold placed on or after the day before, so also the
+    23rd's: the 22nd's 950 of 1000, with nothing else on the 22nd, is refused."""
+    day0 = 1_790_035_200.0  # 2026-09-22T00:00:00Z
+    clock.now = day0 + 24 * HOUR + 10 * HOUR  # read on the 23rd, 10:00 UTC
+    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 1000}})
+    if with_late_payment:
+        small = {**_NO_ID, "amount": 100, "payment_id": "late1"}
+        emits, out = await late.send_event(
+            build_command("payment.create", t, small, command_id="c0"),
+            timestamp_ms=int((day0 + 10.5 * HOUR) * 1000),  # the 22nd, 10:30: 23.5 h late
+            offset=1,
+        )
+        assert out is None and _parked_stale(late, emits)
+    yesterday = {**_NO_ID, "amount": 950, "payment_id": "y1"}
+    _, out = await late.send_event(
+        build_command("payment.create", t, yesterday, command_id="c1"),
+        timestamp_ms=int((day0 + 11.5 * HOUR) * 1000),  # the 22nd, 11:30: in time
+        offset=2,
+    )
+    assert out is not None and kind(out) == "payment.succeeded", data(out)

@@ -110,3 +110,20 @@ async def test_a_record_like_a_stand_in_from_a_producer_is_one_offset() -> None:
     forged = _at(7, rb.batch([rb.record(0, None, b"", [(UNREADABLE_BATCH_HEADER.encode(), b"x")])]))
     got, _ = _fetch(forged, 7)
     assert record_batches.offset_after(_Event(got[0]).message) == 8
+
+
+async def test_a_group_reset_by_hand_into_an_unreadable_batch_dead_letters_its_rest() -> None:
+    """(Review h66c.) A group reset by hand (kafka-consumer-groups --reset-offsets) to 12,
+    inside a batch 10-14 whose CRC fails that no process stood for: the fetch from 12
+    handed nothing of it on (taking the position past its first offset for a stand-in
+    handed on), nor did the guard's gap read: 12-14 went without a dead letter."""
+    record_batches._STOOD_FOR_UNTIL.clear()  # (a worker started after the reset)
+    bad = _at(10, rb.batch([rb.record(i, b"acme", b"{}", _CE) for i in range(5)], bad_crc=True))
+    log = bad + _at(15, rb.batch([rb.record(0, b"acme", b"after", _CE)]))
+    delivered, _ = _fetch(log, 12)  # (Faust's consumer, from the committed offset)
+    _, _, guard = make({P0: 16}, {P0: 12})
+    guard._read_range = _reader(log)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    admitted += await guard.sweep()
+    assert [e.message.offset for e in admitted] == [12, 15]
+    assert _stand_ins(admitted) == [12]
