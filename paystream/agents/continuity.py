@@ -24,7 +24,7 @@ from paystream import metrics
 from paystream.app import app, settings
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.kafka_auth import client_auth
-from paystream.streams.record_batches import offset_after
+from paystream.streams.record_batches import highwater_of, offset_after
 
 __all__ = [
     "BROKER_ASK_SECONDS",
@@ -205,6 +205,7 @@ class ContinuityGuard:
         since = self._since
         admitted: list[EventT] = []
         held: set[TP] = set()
+        highwater = highwater_of(self._app.consumer)
         for event in events:
             tp, offset = event.message.tp, event.message.offset
             if tp in held:
@@ -249,7 +250,7 @@ class ContinuityGuard:
                     )
                     held.add(tp)
                     continue
-            self._next[tp] = offset_after(event.message)
+            self._next[tp] = offset_after(event.message, highwater)
             admitted.append(event)
         return admitted
 

@@ -46,6 +46,7 @@ __all__ = [
     "UNREADABLE_BATCH_HEADER",
     "LenientMemoryRecords",
     "UnreadableBatch",
+    "highwater_of",
     "install",
     "offset_after",
 ]
@@ -57,8 +58,14 @@ _throttled = ThrottledLog(log)
 UNREADABLE_BATCH_HEADER = "paystream-unreadable-batch"
 # The stand-ins this process made, by (topic, partition, offset): the offset past the
 # batch each stands for. Kept here, not in a header: a producer may send any header.
-_STOOD_FOR_UNTIL: collections.OrderedDict[tuple[str, int, int], int] = collections.OrderedDict()
-_STOOD_FOR_KEPT = 4096  # (most recent first kept: one a batch no parser reads)
+# With it, whether a next batch in the same fetch bounds that end (else it is the
+# batch's own count, which a CRC failure leaves unvouched for).
+_STOOD_FOR_UNTIL: collections.OrderedDict[tuple[str, int, int], tuple[int, bool]] = (
+    collections.OrderedDict()
+)
+# The most recent kept: more than the agents' queues hold in flight (a producer whose codec
+# is broken sends one such batch a send; one forgotten in flight is dead-lettered twice).
+_STOOD_FOR_KEPT = 65_536
 # Topics a batch no parser reads is stood for on (``install``); elsewhere it fails.
 _STOOD_FOR: frozenset[str] = frozenset()
 
@@ -243,7 +250,7 @@ class _Batch:
             "bytes are not copied"
         )
         if tp is not None:
-            _STOOD_FOR_UNTIL[(tp.topic, tp.partition, first)] = end
+            _STOOD_FOR_UNTIL[(tp.topic, tp.partition, first)] = (end, self._bounded())
             _STOOD_FOR_UNTIL.move_to_end((tp.topic, tp.partition, first))
             while len(_STOOD_FOR_UNTIL) > _STOOD_FOR_KEPT:
                 _STOOD_FOR_UNTIL.popitem(last=False)
@@ -267,6 +274,10 @@ class _Batch:
         # offsets the log holds: the stand-in's detail names the range.
         end = claimed if following is None else min(claimed, following)
         return max(end, base + 1, self._records.position())
+
+    def _bounded(self) -> bool:
+        """Does a next batch in the fetch vouch for where this one ends?"""
+        return self._records.base_above(self._end, int(self._batch.base_offset)) is not None
 
 
 def _past_its_end(offset: int) -> CorruptRecordException:
@@ -377,17 +388,38 @@ def install(settings: Settings) -> None:
     fetcher.PartitionRecords = _PartitionRecords
 
 
-def offset_after(message: Any) -> int:
+def offset_after(message: Any, highwater: Callable[[Any], int | None]) -> int:
     """The offset after a Faust ``message``; for a stand-in this process handed on
     (``UnreadableBatch``), the offset past the batch it stands for. Its readers take
     every offset before that as handled with it: the fetcher has moved past them, and a
     read from inside the batch hands nothing on (review h66a: the agents took only the
     stand-in's own offset as handled, read the rest as a gap, and dead-lettered the
-    batch again). Known by this process alone: a producer may send any header."""
+    batch again). Known by this process alone: a producer may send any header.
+
+    The batch's own count is taken only where a next batch of its fetch bounds it, or
+    the partition ends (``highwater(tp)``) where it says: a count corrupted at rest
+    claimed offsets of the records after it, which were then passed over unread and
+    unanswered (review h66f). Otherwise the agents read on from the stand-in, and find
+    the rest of the batch passed over and the records after it."""
     offset = int(message.offset)
     if message.key is None:  # (every command and outcome has a key)
         tp = message.tp
-        end = _STOOD_FOR_UNTIL.get((tp.topic, tp.partition, offset))
-        if end is not None:
-            return max(offset + 1, end)
+        stood = _STOOD_FOR_UNTIL.get((tp.topic, tp.partition, offset))
+        if stood is not None:
+            end, bounded = stood
+            if bounded or highwater(tp) == end:
+                return max(offset + 1, end)
     return offset + 1
+
+
+def highwater_of(consumer: Any) -> Callable[[Any], int | None]:
+    """``offset_after``'s ``highwater``: where Faust's ``consumer`` last saw the
+    partition end (None where it does not know)."""
+
+    def highwater(tp: Any) -> int | None:
+        try:
+            return int(consumer.highwater(tp))
+        except Exception:  # (not fetched from yet, or the consumer is going away)
+            return None
+
+    return highwater

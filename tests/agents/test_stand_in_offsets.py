@@ -109,7 +109,7 @@ async def test_a_record_like_a_stand_in_from_a_producer_is_one_offset() -> None:
     record a producer sent with its header covers its own offset.)"""
     forged = _at(7, rb.batch([rb.record(0, None, b"", [(UNREADABLE_BATCH_HEADER.encode(), b"x")])]))
     got, _ = _fetch(forged, 7)
-    assert record_batches.offset_after(_Event(got[0]).message) == 8
+    assert record_batches.offset_after(_Event(got[0]).message, lambda tp: None) == 8
 
 
 async def test_a_group_reset_by_hand_into_an_unreadable_batch_dead_letters_its_rest() -> None:
@@ -127,3 +127,37 @@ async def test_a_group_reset_by_hand_into_an_unreadable_batch_dead_letters_its_r
     admitted += await guard.sweep()
     assert [e.message.offset for e in admitted] == [12, 15]
     assert _stand_ins(admitted) == [12]
+
+
+# A batch whose CRC fails because its last offset delta was corrupted after the broker
+# stored it (900 where it was 0): it claims offsets 3-903; the log holds 3 only, and the
+# broker gives the next records 4 and 5.
+_WILD = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], last_offset_delta=900, bad_crc=True))
+_LATER = _at(4, rb.batch([rb.record(0, b"acme", b"a", _CE), rb.record(1, b"acme", b"b", _CE)]))
+
+
+async def test_records_after_a_batch_whose_count_is_corrupt_are_not_passed_over() -> None:
+    """(Review h66f.) Alone in its fetch, such a batch's stand-in was taken to cover
+    3-903: the guard and the commit went to 904, and the records the broker put at 4
+    and 5 were never run nor dead-lettered."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+    delivered, position = _fetch(_WILD, 3)  # (the newest batch, alone in its fetch)
+    assert [r.offset for r in delivered] == [3] and position == 904
+    _, _, guard = make({P0: 6}, {P0: 3})
+    guard._read_range = _reader(_WILD + _LATER)  # (4 and 5 appended since)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    for _ in range(3):  # (the first sweep asks where the partition ends)
+        admitted += await guard.sweep()
+    consumer = StandInConsumer({P0: 6}, {})
+    committed: dict[TP, int] = {}
+
+    async def commit(offsets: dict[TP, int]) -> bool:
+        committed.update(offsets)
+        return True
+
+    consumer._commit = commit  # type: ignore[attr-defined]
+    offsets = DurableOffsets(types.SimpleNamespace(consumer=consumer, consumer_generation_id=None))  # type: ignore[arg-type]
+    offsets.advance(admitted)
+    await offsets.commit()
+    assert [e.message.offset for e in admitted] == [3, 4, 5]
+    assert committed == {P0: 6}
