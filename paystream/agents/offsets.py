@@ -15,7 +15,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, AppT, EventT
 
 from paystream import metrics
-from paystream.streams.record_batches import highwater_of, offset_after
+from paystream.streams.record_batches import offset_after
 
 __all__ = ["DurableOffsets", "Stall", "commit_periodically", "despite_cancellation", "stalls"]
 
@@ -148,11 +148,10 @@ class DurableOffsets:
         # their partitions may be another worker's now, whose commits must not be undone.
         generation = self._app.consumer_generation_id
         self._keep_only(generation)
-        highwater = highwater_of(self._app.consumer)
         for event in events:
             if event.message.generation_id != generation:
                 continue
-            tp, offset = event.message.tp, offset_after(event.message, highwater)
+            tp, offset = event.message.tp, offset_after(event.message)
             if offset > self._ready.get(tp, -1):
                 self._ready[tp] = offset
 

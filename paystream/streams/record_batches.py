@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import struct
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -46,9 +47,9 @@ __all__ = [
     "UNREADABLE_BATCH_HEADER",
     "LenientMemoryRecords",
     "UnreadableBatch",
-    "highwater_of",
     "install",
     "offset_after",
+    "stands_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ class _Batch:
         if not self._records.stand_for:
             raise CorruptRecordException(f"unreadable record batch at {self}: {what}") from exc
         tp = self._records.tp
+        unread = first  # (where any reader of the batch finds it unreadable)
         if position > first:
             if tp is not None and (tp.topic, tp.partition, first) in _STOOD_FOR_UNTIL:
                 # The fetch starts past a stand-in this process handed on (a gap read, a
@@ -250,8 +252,14 @@ class _Batch:
             "bytes are not copied"
         )
         if tp is not None:
-            _STOOD_FOR_UNTIL[(tp.topic, tp.partition, first)] = (end, self._bounded())
-            _STOOD_FOR_UNTIL.move_to_end((tp.topic, tp.partition, first))
+            # Its end is believed where a next batch of the fetch bounds it, or the
+            # partition ended there when the broker answered this fetch: decided now,
+            # not by where the partition ends when the agents get to it (it moves on;
+            # review h66g).
+            believed = self._bounded() or self._records.highwater == end
+            for at in {first, unread}:  # (a read from inside finds it at ``unread``)
+                _STOOD_FOR_UNTIL[(tp.topic, tp.partition, at)] = (end, believed)
+                _STOOD_FOR_UNTIL.move_to_end((tp.topic, tp.partition, at))
             while len(_STOOD_FOR_UNTIL) > _STOOD_FOR_KEPT:
                 _STOOD_FOR_UNTIL.popitem(last=False)
         return UnreadableBatch(first, b"", detail)
@@ -323,6 +331,8 @@ class LenientMemoryRecords:
         self._at = 0  # (where the next batch's bytes start)
         self.tp: Any = None  # (its topic-partition: set by ``_PartitionRecords``)
         self.stand_for = False  # (its topic is one of ``install``'s)
+        # Where the partition ended when the broker answered this fetch (None: unknown).
+        self.highwater: int | None = None
         # aiokafka's reader of these records (``_PartitionRecords``), if it is still there.
         self.reader: Callable[[], Any] = lambda: None
         # base_above's answers, by first offset: (from where it looked, what it found).
@@ -375,6 +385,11 @@ class _PartitionRecords(fetcher.PartitionRecords):
             records.tp = tp
             records.stand_for = tp.topic in _STOOD_FOR
             records.reader = weakref.ref(self)  # (no cycle: collected with it)
+            # The fetch response's high watermark: aiokafka's fetcher has it in hand
+            # (``highwater``, its loop over the response's partitions) as it makes these,
+            # and passes it on to nothing else but the partition's state.
+            high = sys._getframe(1).f_locals.get("highwater")
+            records.highwater = high if isinstance(high, int) else None
         super().__init__(tp, records, *args)
 
 
@@ -388,7 +403,7 @@ def install(settings: Settings) -> None:
     fetcher.PartitionRecords = _PartitionRecords
 
 
-def offset_after(message: Any, highwater: Callable[[Any], int | None]) -> int:
+def offset_after(message: Any) -> int:
     """The offset after a Faust ``message``; for a stand-in this process handed on
     (``UnreadableBatch``), the offset past the batch it stands for. Its readers take
     every offset before that as handled with it: the fetcher has moved past them, and a
@@ -397,29 +412,19 @@ def offset_after(message: Any, highwater: Callable[[Any], int | None]) -> int:
     batch again). Known by this process alone: a producer may send any header.
 
     The batch's own count is taken only where a next batch of its fetch bounds it, or
-    the partition ends (``highwater(tp)``) where it says: a count corrupted at rest
-    claimed offsets of the records after it, which were then passed over unread and
+    the partition ended where it says when the fetch was answered: a count corrupted at
+    rest claimed offsets of the records after it, which were then passed over unread and
     unanswered (review h66f). Otherwise the agents read on from the stand-in, and find
     the rest of the batch passed over and the records after it."""
     offset = int(message.offset)
     if message.key is None:  # (every command and outcome has a key)
         tp = message.tp
         stood = _STOOD_FOR_UNTIL.get((tp.topic, tp.partition, offset))
-        if stood is not None:
-            end, bounded = stood
-            if bounded or highwater(tp) == end:
-                return max(offset + 1, end)
+        if stood is not None and stood[1]:
+            return max(offset + 1, stood[0])
     return offset + 1
 
 
-def highwater_of(consumer: Any) -> Callable[[Any], int | None]:
-    """``offset_after``'s ``highwater``: where Faust's ``consumer`` last saw the
-    partition end (None where it does not know)."""
-
-    def highwater(tp: Any) -> int | None:
-        try:
-            return int(consumer.highwater(tp))
-        except Exception:  # (not fetched from yet, or the consumer is going away)
-            return None
-
-    return highwater
+def stands_for(tp: Any, offset: int) -> bool:
+    """Did this process hand on a stand-in at ``offset`` of ``tp``?"""
+    return (tp.topic, tp.partition, offset) in _STOOD_FOR_UNTIL

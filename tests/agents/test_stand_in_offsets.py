@@ -6,7 +6,9 @@ again); the agents committed only past the stand-in, inside the batch."""
 
 from __future__ import annotations
 
+import logging
 import struct
+import time
 import types
 from typing import Any
 
@@ -44,10 +46,12 @@ class _Event:
         )
 
 
-def _fetch(log: bytes, start: int) -> tuple[list[Any], int]:
+def _fetch(log: bytes, start: int, highwater: int | None = None) -> tuple[list[Any], int]:
     """What a consumer fetching from ``start`` gets (the broker sends the whole batch
-    holding ``start``: here the log's first), as continuity._read_range's consumer."""
+    holding ``start``: here the log's first), as continuity._read_range's consumer.
+    ``highwater``: the fetch response's (read, as aiokafka's fetcher has it, by name)."""
     record_batches.install(types.SimpleNamespace(commands_topic=TOPIC, events_topic="t.events"))  # type: ignore[arg-type]
+    assert highwater is None or highwater >= 0
     records = fetcher.PartitionRecords(
         TopicPartition(TOPIC, 0), fetcher.MemoryRecords(log), None, start, None, None, True, 0
     )
@@ -109,7 +113,7 @@ async def test_a_record_like_a_stand_in_from_a_producer_is_one_offset() -> None:
     record a producer sent with its header covers its own offset.)"""
     forged = _at(7, rb.batch([rb.record(0, None, b"", [(UNREADABLE_BATCH_HEADER.encode(), b"x")])]))
     got, _ = _fetch(forged, 7)
-    assert record_batches.offset_after(_Event(got[0]).message, lambda tp: None) == 8
+    assert record_batches.offset_after(_Event(got[0]).message) == 8
 
 
 async def test_a_group_reset_by_hand_into_an_unreadable_batch_dead_letters_its_rest() -> None:
@@ -161,3 +165,125 @@ async def test_records_after_a_batch_whose_count_is_corrupt_are_not_passed_over(
     await offsets.commit()
     assert [e.message.offset for e in admitted] == [3, 4, 5]
     assert committed == {P0: 6}
+
+
+# A transactional producer's commit marker at offset 3, right after the bad batch 0-2
+# (control batch: attributes transactional | control; key = version 0, type 1 commit).
+_MARKER = _at(
+    3, rb.batch([rb.record(0, b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00")], attributes=0x30)
+)
+
+
+def _committing(consumer: Any) -> tuple[DurableOffsets, dict[TP, int]]:
+    committed: dict[TP, int] = {}
+
+    async def commit(offsets: dict[TP, int]) -> bool:
+        committed.update(offsets)
+        return True
+
+    consumer._commit = commit
+    app = types.SimpleNamespace(consumer=consumer, consumer_generation_id=None)
+    return DurableOffsets(app), committed  # type: ignore[arg-type]
+
+
+async def test_a_tail_batch_whose_commit_marker_came_after_its_fetch_is_committed_past() -> None:
+    """(Review h66g.) The bad batch 0-2 was the last of its fetch (whose response said
+    the partition ended at 3); its producer's commit marker, at 3, came a few ms later,
+    and Faust's next fetch moved the high watermark to 4 before the agent took the
+    stand-in. Judged by the watermark then, the end was not believed: the group's offset
+    stayed at 1, inside the batch, and doctor (reading on from there) found "commands
+    waiting" on an idle worker; a restart dead-lettered the batch again."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+    delivered, position = _fetch(_BAD, 0, highwater=3)  # (before the marker was written)
+    assert [r.offset for r in delivered] == [0] and position == 3
+    log = _BAD + _MARKER
+    app, _, guard = make({P0: 4}, {P0: 0})
+    offsets, committed = _committing(app.consumer)
+    guard._on_passed = offsets.passed
+    guard._read_range = _reader(log)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    for _ in range(3):  # (the first sweep asks where the partition ends)
+        admitted += await guard.sweep()
+    offsets.advance(admitted)
+    await offsets.commit()
+    assert _stand_ins(admitted) == [0]
+    # What doctor's _holding_records and a restarted worker read from the commit:
+    record_batches._STOOD_FOR_UNTIL.clear()  # (another process)
+    again, _ = _fetch(log, committed[P0])
+    # (Past the batch; the marker after it holds no record to wait on.)
+    assert committed[P0] >= 3 and _stand_ins([_Event(r) for r in again]) == [], (
+        f"committed {committed[P0]}; a fresh process reading from there gets stand-ins "
+        f"{_stand_ins([_Event(r) for r in again])}"
+    )
+
+
+async def test_a_reset_into_a_tail_batch_is_not_stood_for_again_by_the_gap_read() -> None:
+    """(Review h66g, of h66c's reset, the batch last in its fetch.) A group reset to 12
+    inside a bad batch 10-14: its stand-in at 12, its end not vouched for; command 15
+    made a gap read from 13, which found the batch unreadable from 10, no stand-in
+    registered there, and stood for it again at 13."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+    bad = _at(10, rb.batch([rb.record(i, b"acme", b"{}", _CE) for i in range(5)], bad_crc=True))
+    delivered, _ = _fetch(bad, 12)  # (the newest batch, alone in its fetch)
+    assert [r.offset for r in delivered] == [12]
+    log = bad + _at(15, rb.batch([rb.record(0, b"acme", b"after", _CE)]))
+    _, _, guard = make({P0: 16}, {P0: 12})
+    guard._read_range = _reader(log)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    later, _ = _fetch(log, 15)
+    admitted += await guard.admit([_Event(r) for r in later])
+    assert [e.message.offset for e in admitted] == [12, 15]
+    assert _stand_ins(admitted) == [12]
+
+
+# A batch whose last offset delta was corrupted at rest by 2 (as _WILD's, by less): it
+# claims 3-5; the log holds 3 only, and the broker gives the next two records 4 and 5.
+_OVER = _at(3, rb.batch([rb.record(0, b"acme", b"{}", _CE)], last_offset_delta=2, bad_crc=True))
+_NEXT_TWO = _at(4, rb.batch([rb.record(0, b"acme", b"a", _CE), rb.record(1, b"acme", b"b", _CE)]))
+
+
+async def test_records_after_a_corrupt_count_are_not_passed_over_when_the_end_catches_up() -> None:
+    """(Review h66g.) h66f's case, the count off by 2: the batch alone in its fetch
+    (whose response said the partition ended at 4); 4 and 5 were appended, and Faust's
+    next fetch said it ended at 6, the batch's claimed end, before the agent took the
+    stand-in: believed then, the guard and the commit went to 6, past 4 and 5 unread."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+    delivered, position = _fetch(_OVER, 3, highwater=4)
+    assert [r.offset for r in delivered] == [3] and position == 6
+    app, _, guard = make({P0: 6}, {P0: 3})
+    guard._read_range = _reader(_OVER + _NEXT_TWO)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    for _ in range(3):
+        admitted += await guard.sweep()
+    offsets, committed = _committing(app.consumer)
+    offsets.advance(admitted)
+    await offsets.commit()
+    assert [e.message.offset for e in admitted] == [3, 4, 5]
+    assert committed == {P0: 6}
+
+
+async def test_the_rest_of_a_stood_for_batch_is_not_reported_as_records_faust_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """(Review h66g.) A tail batch 0-2 stood for, its end not vouched for; command 3
+    made a gap read of 1-2, which handed nothing on (this process stood for them), and
+    the guard said at WARNING that "offsets 1-2 never reached the agent; read 0 of them
+    directly": records Faust dropped, gone from the broker too. They were the unreadable
+    batch the stand-in's own WARNING named, dead-lettered once."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+    delivered, _ = _fetch(_BAD, 0)
+    log = _BAD + _at(3, rb.batch([rb.record(0, b"acme", b"a", _CE)]))
+    _, _, guard = make({P0: 4}, {P0: 0})
+    guard._read_range = _reader(log)
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    guard._reassigned_at = time.monotonic() - 3600  # (an hour into the assignment)
+    later, _ = _fetch(log, 3)
+    with caplog.at_level(logging.INFO, logger="paystream.agents.continuity"):
+        admitted += await guard.admit([_Event(r) for r in later])
+    assert [e.message.offset for e in admitted] == [0, 3]
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "paystream.agents.continuity" and r.levelno >= logging.WARNING
+    ]
+    assert warned == [], warned
