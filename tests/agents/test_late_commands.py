@@ -241,12 +241,15 @@ class _CapturingProducer:
         self.sent.append({"topic": topic, "value": value, **kw})
 
 
-async def _reconciled_replay(h: Harness, parked: Emit, clock: Clock, offset: int) -> Any:
-    """What `dlq replay --include-stale-as-of` sends of ``parked``, run."""
+async def _reconciled_replay(
+    h: Harness, parked: Emit, clock: Clock, offset: int, *, reconciled: bool = True
+) -> Any:
+    """What `dlq replay --include-stale-as-of` sends of ``parked`` (``reconciled``; else
+    a plain `dlq replay`), run."""
     rec = ParkedRecord(h.settings.retry_topic, 0, 0, parked.record.key, parked.record.value,
                        tuple(parked.record.headers), clock.ms)  # fmt: skip
     producer = _CapturingProducer()
-    await dlq._resend(producer, h.settings, rec, {0}, reconciled=True)
+    await dlq._resend(producer, h.settings, rec, {0}, reconciled=reconciled)
     (resent,) = producer.sent
     inbound = Inbound(resent["key"], resent["value"], dict(resent["headers"]), clock.ms,
                       h.settings.commands_topic, 0, offset)  # fmt: skip
@@ -281,13 +284,7 @@ async def test_a_late_parked_backlog_keeps_its_place_in_the_days_volume(
     kept, as a command its provider failed is: a charge sent since that the volume cannot
     also take is refused, and the backlog, reconciled and re-driven, runs and is counted
     once (review finding: parked unadmitted, its re-drive passed the volume unchecked)."""
-    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
-    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
-    taken = clock.ms
-    clock.now += 25 * HOUR
-    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
-    assert out is None and _parked_stale(late, emits)
-    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    t, parked = await _late_park(late, clock, {**_NO_ID, "payment_id": "late1"})
     fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
     _, out = await late.send_event(fresh, timestamp_ms=clock.ms, offset=2)
     assert out is not None and data(out)["reason"] == "quota_exceeded", data(out)
@@ -355,13 +352,7 @@ async def test_a_late_parked_backlog_reconciled_the_next_day_keeps_its_place(
     so it counts that day and the next: a charge sent the next day that the volume cannot
     also take is refused, and the re-drive runs (review finding: held on its record's
     day, long past, it held nothing, and 1,000 were charged against a 600 day)."""
-    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
-    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
-    taken = clock.ms
-    clock.now += 25 * HOUR
-    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
-    assert out is None and _parked_stale(late, emits)
-    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    t, parked = await _late_park(late, clock, {**_NO_ID, "payment_id": "late1"})
     clock.now += 24 * HOUR  # reconciled the next day
     fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
     _, today = await late.send_event(fresh, timestamp_ms=clock.ms, offset=2)
@@ -510,14 +501,7 @@ _RECONCILED_QUOTA_GAP = pytest.mark.xfail(
 
 async def _replay(h: Harness, parked: Emit, clock: Clock, offset: int) -> Any:
     """What a plain `dlq replay` (not stale: no reconciled mark) sends of ``parked``, run."""
-    rec = ParkedRecord(h.settings.retry_topic, 0, 0, parked.record.key, parked.record.value,
-                       tuple(parked.record.headers), clock.ms)  # fmt: skip
-    producer = _CapturingProducer()
-    await dlq._resend(producer, h.settings, rec, {0}, reconciled=False)
-    (resent,) = producer.sent
-    inbound = Inbound(resent["key"], resent["value"], dict(resent["headers"]), clock.ms,
-                      h.settings.commands_topic, 0, offset)  # fmt: skip
-    return outcome_of(h.settings, await h.processor.process(inbound))
+    return await _reconciled_replay(h, parked, clock, offset, reconciled=False)
 
 
 def _volume(h: Harness, tenant: str) -> tuple[str, dict[str, int]]:
@@ -569,13 +553,7 @@ async def test_a_late_park_reconciled_two_days_later_keeps_the_days_quota(
     """(Left open by session 65.) A backlog read a day late was parked `stale`, holding
     500 of 600 on the day it was read (R). Reconciled on R+2, its hold gone, it passed
     the day's volume unchecked after a payment of that day took 500."""
-    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
-    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
-    taken = clock.ms
-    clock.now += 25 * HOUR
-    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
-    assert out is None and _parked_stale(late, emits)
-    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    t, parked = await _late_park(late, clock, {**_NO_ID, "payment_id": "late1"})
     clock.now += 48 * HOUR  # reconciled two days after it was read
     fresh = build_command("payment.create", t, {**_NO_ID, "payment_id": "today1"})
     _, today = await late.send_event(fresh, timestamp_ms=clock.ms, offset=2)
@@ -658,13 +636,7 @@ async def test_control_a_reconciled_re_drive_redelivered_after_a_crash_counts_on
     """A late park reconciled the next day (its hold live) runs; a crash loses the
     limits write of that batch but keeps its idempotency record; the re-drive's record,
     redelivered, is answered from it and accounted once (not twice, not zero)."""
-    t = late.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
-    backlog = build_command("payment.create", t, {**_NO_ID, "payment_id": "late1"})
-    taken = clock.ms
-    clock.now += 25 * HOUR
-    emits, out = await late.send_event(backlog, timestamp_ms=taken, offset=1)
-    assert out is None and _parked_stale(late, emits)
-    [parked] = [e for e in emits if e.topic == late.settings.retry_topic]
+    t, parked = await _late_park(late, clock, {**_NO_ID, "payment_id": "late1"})
     clock.now += 20 * HOUR
     before = deepcopy(late.processor.limits.table[f"{t}:limits"])
     out = await _reconciled_replay(late, parked, clock, offset=2)
@@ -678,7 +650,7 @@ async def test_control_a_reconciled_re_drive_redelivered_after_a_crash_counts_on
     assert await _charges(late, t) == 1
 
 
-async def _late_park(h: Harness, clock: Clock, body: dict) -> tuple[str, object]:
+async def _late_park(h: Harness, clock: Clock, body: dict[str, Any]) -> tuple[str, Emit]:
     """A backlog payment read 25 h late: parked `stale`, holding its 500 of 600."""
     t = h.add_tenant(limits={"daily_payment_volume": {"USD": 600}})
     backlog = build_command("payment.create", t, body, command_id="c1")

@@ -70,6 +70,18 @@ def _stand_ins(events: list[Any]) -> list[int]:
     return [e.message.offset for e in events if UNREADABLE_BATCH_HEADER in dict(e.headers)]
 
 
+def _committing(consumer: Any) -> tuple[DurableOffsets, dict[TP, int]]:
+    committed: dict[TP, int] = {}
+
+    async def commit(offsets: dict[TP, int]) -> bool:
+        committed.update(offsets)
+        return True
+
+    consumer._commit = commit
+    app = types.SimpleNamespace(consumer=consumer, consumer_generation_id=None)
+    return DurableOffsets(app), committed  # type: ignore[arg-type]
+
+
 async def test_the_records_after_a_stand_in_are_no_gap() -> None:
     delivered, _ = _fetch(_BAD + _AFTER, 0)  # (what Faust delivers: 0, then 3 and 4)
     assert [r.offset for r in delivered] == [0, 3, 4]
@@ -93,16 +105,7 @@ async def test_a_stand_in_last_on_its_partition_is_not_swept_again() -> None:
 
 async def test_the_agents_commit_past_the_whole_batch() -> None:
     delivered, _ = _fetch(_BAD + _AFTER, 0)
-    consumer = StandInConsumer({P0: 5}, {})
-    committed: dict[TP, int] = {}
-
-    async def commit(offsets: dict[TP, int]) -> bool:
-        committed.update(offsets)
-        return True
-
-    consumer._commit = commit  # type: ignore[attr-defined]
-    app = types.SimpleNamespace(consumer=consumer, consumer_generation_id=None)
-    offsets = DurableOffsets(app)  # type: ignore[arg-type]
+    offsets, committed = _committing(StandInConsumer({P0: 5}, {}))
     offsets.advance([_Event(delivered[0])])
     await offsets.commit()
     assert committed == {P0: 3}
@@ -152,15 +155,7 @@ async def test_records_after_a_batch_whose_count_is_corrupt_are_not_passed_over(
     admitted = await guard.admit([_Event(r) for r in delivered])
     for _ in range(3):  # (the first sweep asks where the partition ends)
         admitted += await guard.sweep()
-    consumer = StandInConsumer({P0: 6}, {})
-    committed: dict[TP, int] = {}
-
-    async def commit(offsets: dict[TP, int]) -> bool:
-        committed.update(offsets)
-        return True
-
-    consumer._commit = commit  # type: ignore[attr-defined]
-    offsets = DurableOffsets(types.SimpleNamespace(consumer=consumer, consumer_generation_id=None))  # type: ignore[arg-type]
+    offsets, committed = _committing(StandInConsumer({P0: 6}, {}))
     offsets.advance(admitted)
     await offsets.commit()
     assert [e.message.offset for e in admitted] == [3, 4, 5]
@@ -172,18 +167,6 @@ async def test_records_after_a_batch_whose_count_is_corrupt_are_not_passed_over(
 _MARKER = _at(
     3, rb.batch([rb.record(0, b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00")], attributes=0x30)
 )
-
-
-def _committing(consumer: Any) -> tuple[DurableOffsets, dict[TP, int]]:
-    committed: dict[TP, int] = {}
-
-    async def commit(offsets: dict[TP, int]) -> bool:
-        committed.update(offsets)
-        return True
-
-    consumer._commit = commit
-    app = types.SimpleNamespace(consumer=consumer, consumer_generation_id=None)
-    return DurableOffsets(app), committed  # type: ignore[arg-type]
 
 
 async def test_a_tail_batch_whose_commit_marker_came_after_its_fetch_is_committed_past() -> None:
