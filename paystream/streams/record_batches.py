@@ -61,7 +61,7 @@ UNREADABLE_BATCH_HEADER = "paystream-unreadable-batch"
 # batch each stands for. Kept here, not in a header: a producer may send any header.
 # With it, whether a next batch in the same fetch bounds that end (else it is the
 # batch's own count, which a CRC failure leaves unvouched for).
-_STOOD_FOR_UNTIL: collections.OrderedDict[tuple[str, int, int], tuple[int, bool]] = (
+_STOOD_FOR_UNTIL: collections.OrderedDict[tuple[str, int, int], tuple[int, bool, int]] = (
     collections.OrderedDict()
 )
 # The most recent kept: more than the agents' queues hold in flight (a producer whose codec
@@ -225,7 +225,8 @@ class _Batch:
         tp = self._records.tp
         unread = first  # (where any reader of the batch finds it unreadable)
         if position > first:
-            if tp is not None and (tp.topic, tp.partition, first) in _STOOD_FOR_UNTIL:
+            stood = None if tp is None else _STOOD_FOR_UNTIL.get((tp.topic, tp.partition, first))
+            if stood is not None and position > stood[2]:
                 # The fetch starts past a stand-in this process handed on (a gap read, a
                 # sweep): stood for again at each offset a fetch started at, one batch
                 # was dead-lettered once more per read (review h66a).
@@ -258,7 +259,7 @@ class _Batch:
             # review h66g).
             believed = self._bounded() or self._records.highwater == end
             for at in {first, unread}:  # (a read from inside finds it at ``unread``)
-                _STOOD_FOR_UNTIL[(tp.topic, tp.partition, at)] = (end, believed)
+                _STOOD_FOR_UNTIL[(tp.topic, tp.partition, at)] = (end, believed, first)
                 _STOOD_FOR_UNTIL.move_to_end((tp.topic, tp.partition, at))
             while len(_STOOD_FOR_UNTIL) > _STOOD_FOR_KEPT:
                 _STOOD_FOR_UNTIL.popitem(last=False)
@@ -281,6 +282,12 @@ class _Batch:
         # Only a count corrupted after the broker stored the batch could run past
         # offsets the log holds: the stand-in's detail names the range.
         end = claimed if following is None else min(claimed, following)
+        high = self._records.highwater
+        if following is None and high is not None:
+            # Nor past where the partition ended when the broker answered: a count
+            # corrupted at rest sent the next fetch past the log's end, out of range, and
+            # a consumer reset to its earliest read the partition again (review h66h).
+            end = min(end, high)
         return max(end, base + 1, self._records.position())
 
     def _bounded(self) -> bool:
@@ -420,11 +427,12 @@ def offset_after(message: Any) -> int:
     if message.key is None:  # (every command and outcome has a key)
         tp = message.tp
         stood = _STOOD_FOR_UNTIL.get((tp.topic, tp.partition, offset))
-        if stood is not None and stood[1]:
+        if stood is not None and stood[1] and stood[2] == offset:
             return max(offset + 1, stood[0])
     return offset + 1
 
 
 def stands_for(tp: Any, offset: int) -> bool:
     """Did this process hand on a stand-in at ``offset`` of ``tp``?"""
-    return (tp.topic, tp.partition, offset) in _STOOD_FOR_UNTIL
+    stood = _STOOD_FOR_UNTIL.get((tp.topic, tp.partition, offset))
+    return stood is not None and stood[2] == offset
