@@ -257,7 +257,7 @@ class _Batch:
             # partition ended there when the broker answered this fetch: decided now,
             # not by where the partition ends when the agents get to it (it moves on;
             # review h66g).
-            believed = self._bounded() or self._records.highwater == end
+            believed = self._bounded() or self._records.highwater == int(batch.next_offset)
             for at in {first, unread}:  # (a read from inside finds it at ``unread``)
                 _STOOD_FOR_UNTIL[(tp.topic, tp.partition, at)] = (end, believed, first)
                 _STOOD_FOR_UNTIL.move_to_end((tp.topic, tp.partition, at))
@@ -283,7 +283,7 @@ class _Batch:
         # offsets the log holds: the stand-in's detail names the range.
         end = claimed if following is None else min(claimed, following)
         high = self._records.highwater
-        if following is None and high is not None:
+        if following is None and high is not None and high > self._records.fetched_from:
             # Nor past where the partition ended when the broker answered: a count
             # corrupted at rest sent the next fetch past the log's end, out of range, and
             # a consumer reset to its earliest read the partition again (review h66h).
@@ -340,6 +340,7 @@ class LenientMemoryRecords:
         self.stand_for = False  # (its topic is one of ``install``'s)
         # Where the partition ended when the broker answered this fetch (None: unknown).
         self.highwater: int | None = None
+        self.fetched_from = -1
         # aiokafka's reader of these records (``_PartitionRecords``), if it is still there.
         self.reader: Callable[[], Any] = lambda: None
         # base_above's answers, by first offset: (from where it looked, what it found).
@@ -395,7 +396,9 @@ class _PartitionRecords(fetcher.PartitionRecords):
             # The fetch response's high watermark: aiokafka's fetcher has it in hand
             # (``highwater``, its loop over the response's partitions) as it makes these,
             # and passes it on to nothing else but the partition's state.
-            high = sys._getframe(1).f_locals.get("highwater")
+            frame = sys._getframe(1).f_locals
+            high = frame.get("lso" if args and args[-1] == fetcher.READ_COMMITTED else "highwater")
+            records.fetched_from = int(args[1])
             records.highwater = high if isinstance(high, int) else None
         super().__init__(tp, records, *args)
 

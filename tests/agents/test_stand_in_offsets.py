@@ -337,3 +337,78 @@ async def test_each_partition_gets_its_own_fetch_responses_high_watermark() -> N
         for tp, r in f._records.items()
     }
     assert got == {(t, p): 100 * (t == "e") + 10 + p for t in "ce" for p in range(4)}
+
+
+# Review h66i: the cap at the fetch's high watermark made a capped end equal to it, and
+# so believed: a corrupt count's batch, last of its log segment (Kafka reads one segment
+# a fetch) with commands 4 and 5 in the next, passed them over unread.
+_NEXT_SEGMENT = _at(
+    4, rb.batch([rb.record(0, b"acme", b"a", _CE), rb.record(1, b"acme", b"b", _CE)])
+)
+
+
+async def _segments_read(batch: bytes) -> list[Any]:
+    """``batch`` at 3, last of its segment, the next segment holding 4 and 5 (the
+    partition's high watermark 6): what the guard admits, Faust's fetcher going on from
+    where the fetch took it; and what is committed."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+
+    async def read_range(tp: TP, start: int, end: int) -> tuple[list[Any], int]:
+        got, reached = _fetch(batch if start < 4 else _NEXT_SEGMENT, start, highwater=6)
+        return [_Event(r) for r in got if start <= r.offset < end], min(reached, end)
+
+    delivered, position = _fetch(batch, 3, highwater=6)  # (segment 1 only)
+    app, _, guard = make({P0: 6}, {P0: 3})
+    guard._read_range = read_range
+    admitted = await guard.admit([_Event(r) for r in delivered])
+    if position < 6:
+        later, _ = _fetch(_NEXT_SEGMENT, position, highwater=6)
+        admitted += await guard.admit([_Event(r) for r in later])
+    for _ in range(3):  # (the first sweep asks where the partition ends)
+        admitted += await guard.sweep()
+    offsets, committed = _committing(app.consumer)
+    offsets.advance(admitted)
+    await offsets.commit()
+    assert committed == {P0: 6}, committed
+    return [e.message.offset for e in admitted]
+
+
+async def test_records_in_the_next_segment_after_a_corrupt_count_are_not_passed_over() -> None:
+    assert await _segments_read(_WILD) == [3, 4, 5]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a count corrupted at rest to end exactly at the partition's high "
+    "watermark, its batch last of its fetch, reads as vouched for by it",
+)
+async def test_a_claimed_end_equal_to_the_high_watermark_by_chance_does_not_vouch_for_it() -> None:
+    assert await _segments_read(_OVER) == [3, 4, 5]
+
+
+async def test_a_high_watermark_below_the_batchs_end_does_not_stall_the_fetch() -> None:
+    """(Review h66i.) Capped at a response's watermark (11) below an honest batch's end
+    (10-14), every fetch from 11 went on from 11: for ever."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+    got, position = _fetch(_RESET_BAD, 10, highwater=11)
+    assert [r.offset for r in got] == [10]
+    for _ in range(3):
+        if position >= 15:
+            break
+        got, position = _fetch(_RESET_BAD, position, highwater=11)
+    assert position >= 15
+
+
+async def test_read_committed_goes_on_from_the_last_stable_offset() -> None:
+    """(Review h66i.) A read_committed consumer is sent records up to the last stable
+    offset (4; an open transaction holds 4-5, the high watermark 6): capped at 6, it
+    went on past 4-5 for good."""
+    record_batches._STOOD_FOR_UNTIL.clear()
+    record_batches.install(types.SimpleNamespace(commands_topic=TOPIC, events_topic="t.events"))  # type: ignore[arg-type]
+    highwater, lso = 6, 4  # (read by name, as aiokafka's fetcher has them)
+    assert highwater > lso
+    records = fetcher.PartitionRecords(
+        TopicPartition(TOPIC, 0), fetcher.MemoryRecords(_WILD), [], 3, None, None, True, 1
+    )
+    assert [r.offset for r in records] == [3]
+    assert records.next_fetch_offset == 4
