@@ -57,10 +57,10 @@ _throttled = ThrottledLog(log)
 
 # On the record standing for a batch no parser reads: what failed, and where.
 UNREADABLE_BATCH_HEADER = "paystream-unreadable-batch"
-# The stand-ins this process made, by (topic, partition, offset): the offset past the
-# batch each stands for. Kept here, not in a header: a producer may send any header.
-# With it, whether a next batch in the same fetch bounds that end (else it is the
-# batch's own count, which a CRC failure leaves unvouched for).
+# The stand-ins this process made, by (topic, partition, offset): (the offset past the
+# batch each stands for, whether its own fetch vouched for that end, the stand-in's own
+# offset). Kept here, not in a header: a producer may send any header. Each is found
+# both at its own offset and at the batch's first unread one (after a reset they differ).
 _STOOD_FOR_UNTIL: collections.OrderedDict[tuple[str, int, int], tuple[int, bool, int]] = (
     collections.OrderedDict()
 )
