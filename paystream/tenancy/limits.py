@@ -516,16 +516,11 @@ def _holds_of_day(state: Mapping[str, Any], day: str) -> dict[str, list[Any]]:
 
 
 def _held(state: Mapping[str, Any], day: str, currency: str, own: str) -> int:
-    """What payments not yet answered hold against ``day``, but ``own``'s. Not a hold
-    placed on a later day: a payment parked as read a day late holds on the day it was
-    read, and its money moves then or later, never on the day of the backlog read in
-    time behind it (review h66d: that day's payments were refused with room left)."""
+    """What payments not yet answered hold against ``day``, but ``own``'s."""
     if not state.get("held"):
         return 0  # (nothing held: the sum of none)
     return sum(
-        int(h[2])
-        for tag, h in _holds_of_day(state, day).items()
-        if h[1] == currency and tag != own and h[0] <= day
+        int(h[2]) for tag, h in _holds_of_day(state, day).items() if h[1] == currency and tag != own
     )
 
 
