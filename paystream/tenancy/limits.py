@@ -353,11 +353,15 @@ class LimitGate:
             self._decide(key, state, rec, entry)
             return decision
         currency = amount = None
-        if command_type == "payment.create" and limits.daily_payment_volume:
+        # (Also with no daily volume set now: a hold placed while one was, a parked
+        # payment's, is released when this payment is answered.)
+        if command_type == "payment.create" and (limits.daily_payment_volume or state.get("held")):
             currency, amount = str(data.currency), int(data.amount)
             if currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
                 state["held"][hold_of_this] = [day, currency, amount, owner]
+            elif not limits.daily_payment_volume:
+                amount = 0  # (none counted while no volume is limited: counted from then)
         # (The keys in the order kept decisions have always had them.)
         entry = {"id": tag, "day": day, "admit": True, "counted": False,
                  "currency": currency, "amount": amount}  # fmt: skip
@@ -389,6 +393,25 @@ class LimitGate:
             decided["counted"] = True
         _add_volume(state, admission.day, admission.currency, admission.amount)
         self.table[key] = state
+
+    def release_unanswered(
+        self, tenant_id: str, rec: Record, hold_key: str | None, request: str | None
+    ) -> None:
+        """A record admitted and then answered for good without reaching the provider
+        (a failure of ours before its in-flight record was written): what it holds is
+        released, nothing counted."""
+        decided = _kept(self.table.get(self.key(tenant_id)), rec)
+        if decided is None or not decided.get("admit") or not decided.get("currency"):
+            return
+        if decided.get("counted"):
+            return
+        state = self.table[self.key(tenant_id)]
+        owner = None if request is None else _tag(request)
+        hold = _hold_of(state, hold_key or rec.command_id, owner)
+        self.settle(
+            Admission(tenant_id, rec.offset, decided["day"], decided["currency"], 0, hold),
+            "command.rejected",
+        )
 
     def account_answered(
         self,
