@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from paystream.money import CURRENCY_EXPONENTS, Money, format_minor, minor_unit_exponent
 
-__all__ = ["MINIMUM_CHARGE", "below_minimum_charge", "three_decimal_problem"]
+__all__ = [
+    "MINIMUM_CHARGE",
+    "STRIPE_HUNDREDTHS",
+    "below_minimum_charge",
+    "stripe_units_problem",
+    "three_decimal_problem",
+]
 
 # Stripe's published minimum charge amounts, in minor units
 # (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts). Stripe applies them
@@ -64,5 +70,24 @@ def three_decimal_problem(amount: Money) -> str | None:
         return (
             f"Stripe takes {amount.currency} amounts in multiples of 10 minor units "
             f"(got {amount.amount})"
+        )
+    return None
+
+
+# Zero-decimal currencies (paystream counts them in whole units, as Stripe's zero-decimal
+# list does) that Stripe's API nonetheless takes in hundredths, "for backwards
+# compatibility" (its currencies page, "Special cases": "To charge 5 UGX, provide an
+# amount value of 500"; any amount not a multiple of 100 is refused).
+STRIPE_HUNDREDTHS = frozenset({"UGX"})
+
+
+def stripe_units_problem(amount: Money) -> str | None:
+    """Why the Stripe gateway does not send ``amount``: Stripe would read its whole units
+    as hundredths (a hundredth of the money), and this version does not convert."""
+    if amount.currency in STRIPE_HUNDREDTHS:
+        return (
+            f"{amount.currency} is not taken through Stripe: Stripe counts it in hundredths "
+            f"(to charge {format_minor(amount.amount, amount.currency)} it would be sent "
+            f"{amount.amount * 100})"
         )
     return None

@@ -341,9 +341,11 @@ def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 # Stripe's cap (its currencies page): eight digits in minor units ("Amount must be no
-# more than 999,999.99"), twelve for IDR (999,999,999,999: Rp 9,999,999,999.99).
+# more than 999,999.99"), twelve for IDR (999,999,999,999: Rp 9,999,999,999.99). UGX,
+# which Stripe counts in hundredths (stripe_rules.STRIPE_HUNDREDTHS), caps at 999,999.99
+# of those: 999,999 whole shillings, paystream's unit (review h67c).
 MAX_STRIPE_AMOUNT = 99_999_999
-MAX_STRIPE_AMOUNT_BY_CURRENCY: dict[str, int] = {"IDR": 999_999_999_999}
+MAX_STRIPE_AMOUNT_BY_CURRENCY: dict[str, int] = {"IDR": 999_999_999_999, "UGX": 999_999}
 
 
 def max_charge_amount(currency: str) -> int:

@@ -46,7 +46,7 @@ from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperat
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.stripe import mapping
 from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
-from paystream.gateways.stripe_rules import three_decimal_problem
+from paystream.gateways.stripe_rules import stripe_units_problem, three_decimal_problem
 
 __all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
 
@@ -290,7 +290,7 @@ class StripeGateway:
             and Capability.MANUAL_CAPTURE not in self.capabilities
         ):
             raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
-        problem = three_decimal_problem(req.amount)
+        problem = three_decimal_problem(req.amount) or stripe_units_problem(req.amount)
         if problem is not None:
             # Stripe's rule for three-decimal currencies: said before the call, in the
             # words of the command's own amount (the simulator applies the same rule).

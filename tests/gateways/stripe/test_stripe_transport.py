@@ -288,6 +288,18 @@ async def test_three_decimal_amounts_stripe_would_refuse_are_refused_before_the_
     assert fake.requests[0]["form"]["amount"] == ["5120"]
 
 
+async def test_a_ugx_charge_is_refused_before_the_call() -> None:
+    """Stripe takes UGX in hundredths ("to charge 5 UGX, provide an amount value of 500"),
+    paystream counts whole shillings: sent as it was, 5,000 UGX charged 50 (review h67c)."""
+    gw, fake = gateway(answer(200, PI))
+    ugx = CreatePayment(amount=Money(amount=5_000, currency="UGX"), provider_payment_method_id="pm")
+    with pytest.raises(GatewayError) as info:
+        await gw.create_payment(ugx, idempotency_key="k")
+    assert info.value.code is ErrorCode.INVALID_REQUEST and not info.value.retryable
+    assert not info.value.reached_provider and "hundredths" in info.value.message
+    assert fake.requests == []
+
+
 async def test_deleting_a_customer_already_gone_is_not_found() -> None:
     """DELETE takes no idempotency key: the retry after a lost answer meets a 404. It is
     NOT_FOUND (the handler counts the customer deleted and the outcome says the provider
