@@ -643,9 +643,20 @@ class _DigitTable(dict[int, int]):
     def __missing__(self, codepoint: int) -> int:
         value = unicodedata.decimal(chr(codepoint), None)
         if value is None:
+            # The compatibility forms of the separators read in ASCII (full-width full
+            # stop, solidus and low line, small full stop, one dot leader: NFKC folds
+            # them): an IME in full-width mode types a card number so. One character for
+            # one, as digits are.
+            folded = unicodedata.normalize("NFKC", chr(codepoint))
+            if folded in _FOLDED_SEPARATORS:
+                self[codepoint] = ord(folded)
+                return ord(folded)
             return codepoint
         self[codepoint] = 48 + value
         return 48 + value
+
+
+_FOLDED_SEPARATORS = frozenset("./_")
 
 
 _DIGITS = _DigitTable()
