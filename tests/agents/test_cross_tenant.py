@@ -114,3 +114,51 @@ def _renamed(value: Any, never: dict[str, Any], same: dict[str, Any]) -> Any:
         if isinstance(given, str) and given != same[name]:
             text = text.replace(json.dumps(given)[1:-1], json.dumps(same[name])[1:-1])
     return json.loads(text)
+
+
+_MORE: list[tuple[str, Any]] = [
+    ("customer.export", lambda ids, x: {"customer_id": x("cus_x")}),
+    ("customer.erase", lambda ids, x: {"customer_id": x("cus_x")}),
+    ("payment_method.attach", lambda ids, x: {"customer_id": x("cus_x"), "token": "pm_card_visa"}),
+    ("refund.refresh", lambda ids, x: {"refund_id": x("re_x")}),
+    (
+        "refund.create",
+        lambda ids, x: {"payment_id": x("pay_m"), "refund_id": x("re_x"), "amount": 50},
+    ),
+    (
+        "payment.create",
+        lambda ids, x: {"amount": 100, "currency": "USD", "payment_method_id": x("pm_x")},
+    ),
+    ("customer.update", lambda ids, x: {"customer_id": x("cus_x"), "metadata": {"a": "b"}}),
+]
+
+
+@pytest.mark.parametrize(("command_type", "body"), _MORE, ids=[c for c, _ in _MORE])
+async def test_another_tenants_entity_looks_exactly_like_none_more_commands(
+    harness: Harness, command_type: str, body: Any
+) -> None:
+    """The commands the list above left out, over a tenant's captured payment and its
+    refund as well (review h67d)."""
+    h = harness
+    a, b = h.add_tenant(), h.add_tenant()
+    ids = await _owned_by_a(h, a)
+    cap = await h.send("payment.capture", a, {"payment_id": "pay_m"})
+    assert kind(cap) in ("payment.captured", "payment.succeeded"), data(cap)
+    ref = await h.send(
+        "refund.create", a, {"payment_id": "pay_m", "refund_id": "re_x", "amount": 10}
+    )
+    assert kind(ref) == "refund.succeeded", data(ref)
+
+    def same(name: str) -> str:
+        return name
+
+    def never(name: str) -> str:
+        return f"{name}_never"
+
+    out_f, headers_f = await _answer(h, b, command_type, body(ids, same), "c1")
+    out_m, headers_m = await _answer(h, b, command_type, body(ids, never), "c2")
+    assert kind(out_f) == kind(out_m), (data(out_f), data(out_m))
+    assert data(out_f) == _renamed(data(out_m), body(ids, never), body(ids, same))
+    assert headers_f.keys() == headers_m.keys()
+    for name in headers_f.keys() - {"ce_id", "ce_causationid"}:
+        assert headers_f[name] == headers_m[name], name
