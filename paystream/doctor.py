@@ -283,7 +283,14 @@ async def check_redis(settings: Settings) -> str:
         # Optional: only the simulator gateway keeps state there. Needed once a tenant of
         # the registry uses it: each of its commands would be answered
         # gateway_not_configured.
-        simulated = await _simulator_tenants(settings)
+        try:
+            simulated = await _simulator_tenants(settings)
+        except (KafkaError, OSError) as exc:
+            # (Redis was never asked: the broker's error on this row sent a reader to Redis.)
+            raise CheckFailed(
+                "REDIS_URL not set; whether a tenant uses the simulator gateway, which "
+                "keeps its state there, is unknown: skipped, broker unreachable"
+            ) from exc
         if simulated:
             raise CheckFailed(
                 f"REDIS_URL is not set, and {len(simulated)} tenant(s) use the simulator "

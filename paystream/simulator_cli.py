@@ -77,11 +77,17 @@ async def _authenticate(
             return await simulator.complete_authentication(provider_payment_id, succeed=passed)
         except GatewayError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
-                # (paystream's own payment id, pay_…, is the likely mistake)
+                # (paystream's own payment id, pay_…, is the likely mistake; with a
+                # provider id, another tenant's payment)
+                hint = (
+                    "give the payment's provider_payment_id (the outcome's "
+                    "data.object.provider_payment_id), not paystream's pay_… id"
+                    if not provider_payment_id.startswith("pi_")
+                    else "is it another tenant's? Name the tenant its payment.create named"
+                )
                 raise click.ClickException(
                     f"the simulator has no payment {provider_payment_id!r} for tenant "
-                    f"{tenant_id}: give the payment's provider_payment_id (the outcome's "
-                    "data.object.provider_payment_id), not paystream's pay_… id"
+                    f"{tenant_id}: {hint}"
                 ) from exc
             if exc.code is not ErrorCode.IDEMPOTENCY_ERROR:
                 raise

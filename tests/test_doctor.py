@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from paystream import doctor as _doctor
 from paystream.devstack._process import free_port
 from paystream.doctor import (
     CheckFailed,
@@ -574,3 +576,13 @@ async def test_doctor_fails_a_partition_no_worker_commits_past_beside_others_tha
         await progress
     finally:
         await worker.stop()
+
+
+def test_redis_row_names_redis_not_the_broker_when_the_broker_is_down() -> None:
+    """With REDIS_URL unset and the broker down, the "redis answers" row failed with the
+    broker's error: Redis was never asked (review h67a)."""
+    settings = Settings(kafka_broker_url="kafka://127.0.0.1:1")
+    results = asyncio.run(_doctor.run_checks(settings, deployment=True))
+    row = next(r for r in results if r.name == "redis answers")
+    assert "Kafka" not in row.figure, row.figure
+    assert "REDIS_URL" in row.figure, row.figure

@@ -8,6 +8,7 @@ import importlib
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -180,6 +181,16 @@ class _CommandsByModule(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *self.defined_in})
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The command, a stop signal it does not answer itself (one while it loads or
+        prepares, before its own handling) said so and exit 130, not Click's "Aborted!"
+        and exit 1, which `send` gives a broker down and `doctor` a failed check."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         where = self.defined_in.get(cmd_name)

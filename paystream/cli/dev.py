@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from aiokafka.errors import KafkaError
 
-from paystream.errors import PaystreamError
+from paystream.errors import PaystreamError, described
 from paystream.settings import load_settings, url_without_password
 
 if TYPE_CHECKING:
@@ -247,7 +248,25 @@ def dev(
             # not undo an operator's suspension, limits or provider (it wrote them anew).
             await _register_demo_tenants(run_settings)
 
-        asyncio.run(prepare())
+        try:
+            asyncio.run(prepare())
+        except (OSError, KafkaError) as exc:
+            # A server this shell names that does not answer: most likely the export line
+            # of a `dev` that has stopped (a traceback, and "starting embedded stack").
+            named = [
+                name
+                for name, value in (
+                    ("KAFKA_BROKER_URL", settings.kafka_broker_url),
+                    ("DATABASE_URL", settings.database_url),
+                    ("REDIS_URL", settings.redis_url),
+                )
+                if value
+            ]
+            raise click.ClickException(
+                f"a server {', '.join(named)} names does not answer ({described(exc)}): "
+                "the export line of a `paystream dev` that has stopped? Run this from a "
+                "shell without it (or unset them) to start the embedded stack"
+            ) from exc
         click.echo("starting worker (joins the group, recovers tables)…")
         worker = WorkerProcess(env, log_path, run_settings.web_port).start()
         worker.wait_ready(DEMO_TENANTS, partitions=run_settings.partitions, timeout=120)
