@@ -2303,13 +2303,6 @@ class CommandProcessor(ProviderWindow):
             reject = None
         else:
             reject = RejectReason.INTERNAL_ERROR
-            # Answered for good, never let through: what the limits admitted it to hold
-            # (a failure between its admission and its in-flight record) is released.
-            try:
-                self._release_unanswered(rec)
-            except Exception as exc:
-                _throttled.bug(exc, "could not release the hold of %s[%d]@%d", rec.topic,
-                               rec.partition, rec.offset)  # fmt: skip
         try:
             return self._dead_letter(
                 rec,
@@ -2332,31 +2325,6 @@ class CommandProcessor(ProviderWindow):
                 ("paystream-source", source),
             )
             return [Emit(self.settings.dlq_topic, KafkaRecord(None, b"", headers))]
-
-    def _release_unanswered(self, rec: Inbound) -> None:
-        """See LimitGate.release_unanswered: for ``rec``'s payment, if it holds any."""
-        event = decode_record(rec.key, rec.value, rec.headers)
-        tenant_id = str(event.get_extension("tenantid") or "")
-        command_type = event.get_type().removeprefix(COMMAND_PREFIX)
-        if rec.offset < 0 or command_type != "payment.create":
-            return
-        if not _state_readable(rec, tenant_id):
-            return
-        idem_key = str(event.get_extension("idempotencykey") or event.get_id())
-        cmd = CommandRef(
-            tenant_id=tenant_id,
-            command_id=event.get_id(),
-            command_type=command_type,
-            idempotency_key=idem_key,
-            time=record_time(rec.timestamp_ms),
-        )
-        data = COMMANDS[command_type].model_validate(event.get_data() or {})
-        self.limits.release_unanswered(
-            tenant_id,
-            LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms),
-            _hold_key(cmd, data, f"{tenant_id}:{idem_key}", True),
-            _request_hash(command_type, data),
-        )
 
     def _let_through_before(self, rec: Inbound) -> tuple[CommandRef, IdempotencyRecord] | None:
         """The command of ``rec`` and its idempotency record if that request was let

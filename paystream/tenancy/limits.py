@@ -307,8 +307,12 @@ class LimitGate:
                 return _replayed(decided)
             mine = _hold_of(state, hold_key or rec.command_id, owner, hold)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
-        if not enforced:
+        if not enforced and not (
+            command_type == "payment.create" and _holds_of_day(state, _day(self._at(state, rec)))
+        ):
             # Limits since removed: only earlier decisions still stand, until committed.
+            # (Not while payments hold against the day: one of them re-driven now is
+            # admitted below, so that its answer releases its hold; review h67e.)
             self._forget_committed(state, rec.partition)
             if not state["decided"]:
                 del self.table[key]
@@ -393,25 +397,6 @@ class LimitGate:
             decided["counted"] = True
         _add_volume(state, admission.day, admission.currency, admission.amount)
         self.table[key] = state
-
-    def release_unanswered(
-        self, tenant_id: str, rec: Record, hold_key: str | None, request: str | None
-    ) -> None:
-        """A record admitted and then answered for good without reaching the provider
-        (a failure of ours before its in-flight record was written): what it holds is
-        released, nothing counted."""
-        decided = _kept(self.table.get(self.key(tenant_id)), rec)
-        if decided is None or not decided.get("admit") or not decided.get("currency"):
-            return
-        if decided.get("counted"):
-            return
-        state = self.table[self.key(tenant_id)]
-        owner = None if request is None else _tag(request)
-        hold = _hold_of(state, hold_key or rec.command_id, owner)
-        self.settle(
-            Admission(tenant_id, rec.offset, decided["day"], decided["currency"], 0, hold),
-            "command.rejected",
-        )
 
     def account_answered(
         self,

@@ -12,7 +12,8 @@ from paystream.agents.pipeline import Emit, Inbound
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
-from tests.agents.harness import Harness, data, kind, outcome_of
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,13 +53,20 @@ async def _as_the_agent(h: Harness, rec: Inbound) -> list[Emit]:
         return h.processor.dead_letter_bug(rec)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a bug of ours between the limits' admission and the in-flight record "
+    "leaves the payment's hold until the day after next; releasing it there (tried, review "
+    "h67e) freed the holds of payments that could still charge (a parked resend, a "
+    "redelivery, a charge a crash lost)",
+)
 async def test_a_bug_between_admission_and_the_in_flight_record_releases_the_hold(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The payment is admitted (its 600 held), then our code fails before its in-flight
     record is written: dead-lettered and answered ``internal_error`` for good (the
-    provider was never asked). Its 600 used to stay held against the day and the next,
-    refusing the tenant's next payment ``quota_exceeded``; now it is released."""
+    provider was never asked). Its 600 stays held against the day and the next, refusing
+    the tenant's next payment ``quota_exceeded``."""
     t = harness.add_tenant(limits={"daily_payment_volume": {"USD": 1000}})
     real = pipeline.HandlerContext
     calls = {"n": 0}
@@ -109,3 +117,40 @@ async def test_a_hold_is_released_when_the_daily_volume_was_unset_meanwhile(
     out = outcome_of(harness.settings, later)
     assert out is not None
     assert kind(out) == "payment.succeeded", data(out)
+
+
+async def test_all_limits_taken_off_then_put_back_releases_a_re_driven_payments_hold(
+    redis_url: str,
+) -> None:
+    """The test above, with the operator taking ALL the tenant's limits off (not keeping a
+    rate limit), review h67e. admit() returned None for an unenforced tenant; the state was
+    dropped (holds and all) only once no uncommitted decision was left in it. Here the
+    tenant's payment b, decided a moment before the change, is not committed yet when
+    the parked a is re-driven: a's 900 stayed held, and with the volume put back the same
+    day the answered payment still took 900 of it: 50 used, 950 refused."""
+    commit = {0: -1}
+    async with running_harness(redis_url, committed=lambda partition: commit[0]) as h:
+        t = new_tenant_id()
+        h.add_tenant(
+            t,
+            gateway_options={"fail_first": {f"pse:{t}:payment:p1": 3}},
+            limits={"daily_payment_volume": {"USD": 1000}},
+        )
+        a = {**_pay(900), "payment_id": "p1"}
+        parked = await h.processor.process(_record("payment.create", t, a, "a", T0, 100))
+        assert [e.topic for e in parked] == [h.settings.retry_topic]
+        commit[0] = 150  # the park committed long since
+        ok = await h.processor.process(_record("payment.create", t, _pay(50), "b", T0 + 1, 200))
+        assert kind(outcome_of(h.settings, ok)) == "payment.succeeded"  # type: ignore[arg-type]
+        h.add_tenant(t, limits={})  # every limit taken off
+        redriven = await h.processor.process(_record("payment.create", t, a, "a", T0 + 5, 201))
+        out = outcome_of(h.settings, redriven)
+        assert out is not None and kind(out) == "payment.succeeded"
+        commit[0] = 202
+        h.add_tenant(t, limits={"daily_payment_volume": {"USD": 1000}})
+        later = await h.processor.process(
+            _record("payment.create", t, _pay(950), "c", T0 + 3_600_000, 203)
+        )
+        out = outcome_of(h.settings, later)
+        assert out is not None
+        assert kind(out) == "payment.succeeded", (data(out).get("used"), data(out).get("held"))

@@ -295,7 +295,7 @@ async def test_a_ugx_charge_is_refused_before_the_call() -> None:
     ugx = CreatePayment(amount=Money(amount=5_000, currency="UGX"), provider_payment_method_id="pm")
     with pytest.raises(GatewayError) as info:
         await gw.create_payment(ugx, idempotency_key="k")
-    assert info.value.code is ErrorCode.INVALID_REQUEST and not info.value.retryable
+    assert info.value.code is ErrorCode.UNSUPPORTED and not info.value.retryable
     assert not info.value.reached_provider and "hundredths" in info.value.message
     assert fake.requests == []
 
