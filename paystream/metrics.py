@@ -265,8 +265,19 @@ class _AgentProgress(_ReadAtScrape["DurableOffsets"]):
             "worker's): a broker that stops answering shows here, not in the lag.",
             labels=["agent", "topic", "partition"],
         )
+        stalled = GaugeMetricFamily(
+            "paystream_consumer_stalled_seconds",
+            "Per partition this worker owns with records to handle: seconds it has been "
+            "behind without a commit moving its offset (absent when not behind).",
+            labels=["agent", "topic", "partition"],
+        )
         for offsets in self.tracked():
-            for family, read in ((lag, offsets.lag), (fetched, offsets.fetch_ages)):
+            reads = (
+                (lag, offsets.lag),
+                (fetched, offsets.fetch_ages),
+                (stalled, offsets.partition_stalls),
+            )
+            for family, read in reads:
                 try:
                     values: dict[Any, float] = dict(read())
                 except Exception:  # the app not started (or stopping): nothing to say
@@ -278,6 +289,7 @@ class _AgentProgress(_ReadAtScrape["DurableOffsets"]):
         yield lag
         yield committed
         yield fetched
+        yield stalled
 
 
 PROGRESS = _AgentProgress()

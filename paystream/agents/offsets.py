@@ -56,8 +56,12 @@ class DurableOffsets:
         # Monotonic times: the last progress (a commit that moved an offset), and since
         # when the agent has been seen behind (None: not behind when last seen).
         self._clock = clock
-        self._progress_at = clock()
-        self._behind_since: float | None = None
+        self._started_at = clock()
+        # Per partition: its last progress, and since when it has been seen behind. Kept
+        # per partition: one partition's commits are no progress for another (a partition
+        # held back for good read as healthy while its neighbours committed; review h67g).
+        self._progress_at: dict[TP, float] = {}
+        self._behind_since: dict[TP, float] = {}
         # The commit on its way to the broker, whether or not its caller still waits.
         self._in_flight: asyncio.Future[Any] | None = None
         if agent and topic:
@@ -126,22 +130,31 @@ class DurableOffsets:
                 out[tp] = max(0.0, (now_ms - polled) / 1000)
         return out
 
+    def partition_stalls(self) -> dict[TP, float]:
+        """Per partition this worker owns with records to handle: seconds it has been
+        behind without committing progress (counted from the later of its last commit
+        and when it was first seen behind, by a call of this or :meth:`stalled_for`)."""
+        now = self._clock()
+        lag = self.lag()
+        for tp in [tp for tp in self._behind_since if not lag.get(tp)]:
+            del self._behind_since[tp]
+        out: dict[TP, float] = {}
+        for tp, records in lag.items():
+            if records:
+                since = self._behind_since.setdefault(tp, now)
+                out[tp] = now - max(since, self._progress_at.get(tp, self._started_at))
+        return out
+
     def stalled_for(self) -> tuple[int, float] | None:
         """``(records behind, seconds)`` while the agent has records to handle: how long
-        it has been behind without committing progress; None when it is not behind.
-
-        Counted from the later of its last commit and when it was first seen behind (by
-        a call of this), so that a burst after a quiet hour does not read as an hour's
-        stall before the first commit. Call it periodically (probes do) for that.
+        its longest-stuck partition has been behind without committing progress (one
+        partition's commits are no progress for another); None when it is not behind.
+        Call it periodically (probes do): see :meth:`partition_stalls`.
         """
-        now = self._clock()
-        behind = sum(self.lag().values())
-        if behind == 0:
-            self._behind_since = None
+        stuck = self.partition_stalls()
+        if not stuck:
             return None
-        if self._behind_since is None:
-            self._behind_since = now
-        return behind, now - max(self._behind_since, self._progress_at)
+        return sum(self.lag().values()), max(stuck.values())
 
     def advance(self, events: Sequence[EventT]) -> None:
         # Events of an older generation (the batch outlived a rebalance) are left out:
@@ -200,7 +213,7 @@ class DurableOffsets:
             if committed:
                 self._committed[tp] = offset
                 self.committed_at = time.time()
-                self._progress_at = self._clock()
+                self._progress_at[tp] = self._clock()
             if self._ready.get(tp) == offset:
                 del self._ready[tp]
             published = self._published
