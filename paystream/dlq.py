@@ -850,12 +850,17 @@ async def _replay(
             await producer.start()
         partitions = await _command_partitions(producer, reader.consumer, settings.commands_topic)
         done = 0
+        # Records done with (re-sent or passed over) since the last commit: not ``done``,
+        # which counts the held-back ones too (review h67h: with a held partition beside
+        # a moving one, every 100th record was a held one and nothing was committed).
+        uncommitted = 0
         committed_at = time.monotonic()
 
         async def commit() -> None:
-            nonlocal committed_at
+            nonlocal committed_at, uncommitted
             await commits.commit(sent)
             committed_at = time.monotonic()
+            uncommitted = 0
 
         def stale(rec: ParkedRecord, now: int) -> bool:
             # Only what would be re-sent can be too old: the rest is passed over.
@@ -892,7 +897,7 @@ async def _replay(
             commits.stamps[TopicPartition(rec.topic, rec.partition)] = rec.timestamp_ms
 
         async def handle(rec: ParkedRecord, now: int, pace: _Pace | None) -> None:
-            nonlocal done
+            nonlocal done, uncommitted
             done += 1
             where = (rec.topic, rec.partition)
             is_stale = stale(rec, now)
@@ -921,7 +926,8 @@ async def _replay(
                     if pace is not None:
                         pace.acknowledged(_monotonic_ms())
                 done_with(rec)
-                if producer is not None and done % COMMIT_EVERY == 0:
+                uncommitted += 1
+                if producer is not None and uncommitted >= COMMIT_EVERY:
                     await commit()
             if observe:
                 observe(rec, result.last)
