@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import faust
 
+from paystream import metrics
 from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat, record_batches
 from paystream.streams.kafka_auth import faust_credentials
@@ -167,7 +168,9 @@ def create_app(settings: Settings) -> faust.App:
         "env": {},
     }
     conf.update(broker_compat.faust_overrides(settings))
-    return faust.App(settings.app_id, **conf)
+    app = faust.App(settings.app_id, **conf)
+    metrics.REBALANCES.track(app)
+    return app
 
 
 settings: Settings = get_settings()

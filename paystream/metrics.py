@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # (named in strings: both modules import this one)
+    import faust  # noqa: F401
+
     from paystream.agents.offsets import DurableOffsets  # noqa: F401
     from paystream.gateways.retry import RetryPolicy  # noqa: F401
 
@@ -33,6 +35,7 @@ __all__ = [
     "PROGRESS",
     "PUBLISH_FAILING",
     "PUBLISH_FAILURES",
+    "REBALANCES",
     "REJECTIONS",
     "REPAIRS",
     "REPLAYS",
@@ -294,3 +297,30 @@ class _AgentProgress(_ReadAtScrape["DurableOffsets"]):
 
 PROGRESS = _AgentProgress()
 REGISTRY.register(PROGRESS)
+
+
+class _Rebalances(_ReadAtScrape["faust.App"]):
+    """``paystream_rebalances_total`` and ``paystream_rebalancing``, read from the worker's
+    Faust app at scrape time. A group that keeps rebalancing delays every command by each
+    hand-over and table catch-up; without these only its effects showed (latency, lag),
+    and only Faust's log said why (review h67g)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        total = CounterMetricFamily(
+            "paystream_rebalances",
+            "Consumer group rebalances this worker has started since it started.",
+        )
+        now = GaugeMetricFamily(
+            "paystream_rebalancing",
+            "1 while this worker is in a consumer group rebalance (partitions handed over, "
+            "tables catching up).",
+        )
+        for app in self.tracked()[:1]:  # (one app a worker)
+            total.add_metric([], float(app.rebalancing_count))
+            now.add_metric([], 1.0 if app.rebalancing else 0.0)
+        yield total
+        yield now
+
+
+REBALANCES = _Rebalances()
+REGISTRY.register(REBALANCES)
