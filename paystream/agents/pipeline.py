@@ -2173,7 +2173,7 @@ class CommandProcessor(ProviderWindow):
         metrics.DEAD_LETTERS.labels(reason).inc()
         _throttled.warning(
             ("dead-letter", rec.topic, reason),
-            "dead-lettering %s[%d]@%d: %s",
+            "dead-lettering %s[%d]@%d (`paystream dlq list` shows it): %s",
             rec.topic,
             rec.partition,
             rec.offset,
@@ -2429,7 +2429,7 @@ class CommandProcessor(ProviderWindow):
         detail = (extra_headers or {}).get(PARK_DETAIL_HEADER)
         _throttled.warning(
             ("park", tenant, reason),
-            "parking command %s of %s: %s%s",
+            "parking command %s of %s for `paystream dlq replay`: %s%s",
             safe_id(cmd.command_id),  # (a let-through command's id may hold a code)
             cmd.tenant_id,
             reason,

@@ -8,6 +8,7 @@ or invalid request is the provider *answering*, so it counts as health, not fail
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,8 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.settings import Settings
 
 __all__ = ["CircuitBreaker", "CircuitOpen", "CircuitState", "RetriesExhausted", "RetryPolicy"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MAX_DELAY_SECONDS = 5.0
@@ -82,6 +85,8 @@ class CircuitBreaker:
     failures: int = 0
     opened_at: float = 0.0
     last_call: float = 0.0  # when a call last came (held back or not)
+    # Whose circuit, for the log lines of its opening and closing ("tenant at provider").
+    name: str = ""
     _trial_in_flight: bool = field(default=False, repr=False)
 
     def before_call(self) -> float | None:
@@ -102,6 +107,12 @@ class CircuitBreaker:
         return None
 
     def on_success(self) -> None:
+        if self.state is not _CLOSED:
+            log.info(
+                "circuit of %s closed: the provider answers again; re-drive what was "
+                "parked meanwhile with `paystream dlq replay`",
+                self.name or "a tenant",
+            )
         self.state, self.failures, self._trial_in_flight = _CLOSED, 0, False
 
     def shows_open(self) -> bool:
@@ -123,6 +134,15 @@ class CircuitBreaker:
         self.failures += 1
         self._trial_in_flight = False
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
+            if self.state is CircuitState.CLOSED:  # (not each failed trial: one a reset)
+                log.warning(
+                    "circuit of %s opened after %d transient failures in a row: its "
+                    "commands are parked (for `paystream dlq replay`) until a trial call, "
+                    "%g s on, succeeds",
+                    self.name or "a tenant",
+                    self.failures,
+                    self.reset_seconds,
+                )
             self.state, self.opened_at = CircuitState.OPEN, self.clock()
 
 
@@ -163,7 +183,10 @@ class RetryPolicy:
         key = (tenant_id, provider)
         if key not in self.breakers:
             self.breakers[key] = CircuitBreaker(
-                self.failure_threshold, self.reset_seconds, clock=self.clock
+                self.failure_threshold,
+                self.reset_seconds,
+                clock=self.clock,
+                name=f"{tenant_id} at {provider}",
             )
         return self.breakers[key]
 

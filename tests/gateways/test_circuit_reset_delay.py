@@ -33,3 +33,27 @@ def test_an_open_circuit_holds_calls_back_until_the_reset_delay_is_up() -> None:
     assert breaker.before_call() is None  # the one trial call
     assert breaker.state is CircuitState.HALF_OPEN
     assert breaker.before_call() == pytest.approx(5.0)  # no second probe meanwhile
+
+
+def test_a_circuit_says_in_the_log_when_it_opens_and_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The on-call learns of a provider outage from the log too, and of what to do once it
+    is over (review h67g: the circuits logged nothing)."""
+    clock = Clock()
+    breaker = CircuitBreaker(2, 5.0, clock=clock, name="acme at stripe")
+    with caplog.at_level("INFO", logger="paystream.gateways.retry"):
+        breaker.on_failure()
+        breaker.on_failure()
+        clock.now += 5.0
+        assert breaker.before_call() is None
+        breaker.on_failure()  # the trial fails: open again, not said again
+        clock.now += 5.0
+        assert breaker.before_call() is None
+        breaker.on_success()
+        breaker.on_success()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("circuit of acme at stripe opened after 2 transient failures")
+    assert "paystream dlq replay" in lines[0] and "5 s" in lines[0]
+    assert lines[1].startswith("circuit of acme at stripe closed")
