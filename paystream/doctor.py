@@ -26,14 +26,14 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from paystream.errors import PaystreamError
+from paystream.errors import PaystreamError, described
 from paystream.settings import Settings
 from paystream.streams import broker_compat
 from paystream.streams.admin import (
@@ -287,9 +287,15 @@ async def check_redis(settings: Settings) -> str:
             simulated = await _simulator_tenants(settings)
         except (KafkaError, OSError) as exc:
             # (Redis was never asked: the broker's error on this row sent a reader to Redis.)
+            # (Unreachable, or an answer refusing it: a registry topic's ACL, say.)
+            why = (
+                "broker unreachable"
+                if isinstance(exc, OSError | KafkaConnectionError | KafkaTimeoutError)
+                else f"the tenant registry could not be read ({described(exc)})"
+            )
             raise CheckFailed(
                 "REDIS_URL not set; whether a tenant uses the simulator gateway, which "
-                "keeps its state there, is unknown: skipped, broker unreachable"
+                f"keeps its state there, is unknown: skipped, {why}"
             ) from exc
         if simulated:
             raise CheckFailed(

@@ -65,7 +65,7 @@ def test_a_stop_signal_stops_the_stack_and_removes_its_directory(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert proc.returncode == 130 and "Traceback" not in out, out
     assert list(tmp_path.glob("paystream-doctor-*")) == [], out
 
 
@@ -76,7 +76,7 @@ def test_a_stop_signal_during_the_group_join_check_stops_in_seconds(tmp_path: Pa
     env: dict[str, Any] = {k: v for k, v in os.environ.items() if k not in _UNSET}
     env["TMPDIR"] = str(tmp_path)
     status, out, took = _stopped_in_the_group_join(env)
-    assert status == 1 and "Traceback" not in out, out
+    assert status == 130 and "Traceback" not in out, out
     assert took < 20, f"{took:.1f} s after the stop signal"
     assert list(tmp_path.glob("paystream-doctor-*")) == [], out
 
@@ -150,4 +150,4 @@ def test_a_stop_signal_to_a_doctor_of_configured_servers_cleans_up(stack: DevSta
     """With servers configured, SIGTERM (a Job's deadline, `timeout`) killed it outright:
     no clean-up, its probe topics left on the operator's cluster (review finding)."""
     status, out, _ = _stopped_in_the_group_join({**os.environ, **stack.env()})
-    assert status == 1 and "Traceback" not in out, out
+    assert status == 130 and "Traceback" not in out, out

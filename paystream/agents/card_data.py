@@ -276,6 +276,9 @@ def raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     texts.append(with_float_digits(text))
     if b"\x00" in value:  # UTF-16 and the like: ASCII with a NUL beside each character
         texts.append(with_float_digits(value.replace(b"\x00", b"").decode("utf-8", "replace")))
+        # ... and as UTF-16 itself, where it does not parse: what is not ASCII in it
+        # (full-width digits and separators) is no character of that reading (h67f).
+        texts += (with_float_digits(value.decode(e, "replace")) for e in _UTF16)
     unescaped = _unescaped(text) if b"\\" in value else None
     names_base64 = _names_base64(value, unescaped)
     parsed: Any = _parsed(value) if parse or names_base64 else None
@@ -290,6 +293,9 @@ def raw_holds_card(rec: Inbound, *, parse: bool = True) -> bool:
     if unescaped is not None and not (parse and parsed is not None):
         texts.append(with_float_digits(unescaped))
     return contains_card_number(texts)
+
+
+_UTF16 = ("utf-16-le", "utf-16-be")
 
 
 def _names_base64(value: bytes, unescaped: str | None) -> bool:

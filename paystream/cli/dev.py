@@ -253,6 +253,11 @@ def dev(
         except (OSError, KafkaError) as exc:
             # A server this shell names that does not answer: most likely the export line
             # of a `dev` that has stopped (a traceback, and "starting embedded stack").
+            # (Not when none is named: then the embedded stack's own server failed.)
+            if not (settings.kafka_broker_url or settings.database_url or settings.redis_url):
+                raise click.ClickException(
+                    f"the embedded stack did not answer while being prepared ({described(exc)})"
+                ) from exc
             named = [
                 name
                 for name, value in (

@@ -125,13 +125,11 @@ def doctor() -> None:
     if settings.kafka_broker_url or settings.database_url or settings.redis_url:
         # SIGTERM as Ctrl-C (a Job's deadline, `timeout`): the checks' clean-up runs, and
         # their probe topics and group leave the operator's cluster (review finding).
-        try:
-            results = _run(
-                _stoppable(doctor_mod.run_checks(settings, deployment=True, progress=shown)),
-                note_waiting=False,
-            )
-        except KeyboardInterrupt:
-            raise click.Abort from None
+        # (A stop: "interrupted" and exit 130, as any command's; 1 is a failed check.)
+        results = _run(
+            _stoppable(doctor_mod.run_checks(settings, deployment=True, progress=shown)),
+            note_waiting=False,
+        )
     else:
         import tempfile
 
@@ -173,8 +171,6 @@ def doctor() -> None:
             raise click.ClickException(
                 f"the embedded stack did not start: {exc}\n(its files are kept in {base})"
             ) from exc
-        except KeyboardInterrupt:
-            raise click.Abort from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             if not keep:

@@ -44,7 +44,7 @@ REDACTED = "[card number]"
 # Grouped forms must also start as issued cards do (below). Digits are ASCII here: text
 # with other decimal digits (fullwidth, Arabic-Indic, ...) is scanned with them mapped
 # to ASCII, position for position.
-_DASHES = r"\-" + "\u00ad\u2010-\u2014\u2212\ufe63\uff0d"
+_DASHES = r"\-" + "\u00ad\u2010-\u2015\u207b\u208b\u2212\ufe31\ufe32\ufe58\ufe63\uff0d"
 _SPACES = " \t\x0b\x0c\u00a0\u1680\u2000-\u200d\u202f\u205f\u2060\u3000\ufeff"
 _JOINED_BEFORE = rf"(?<![0-9])(?<![0-9][{_DASHES}])"  # no digit, nor digit and dash
 _JOINED_AFTER = rf"(?![0-9]|[{_DASHES}][0-9])"
@@ -517,6 +517,11 @@ def _has_card_number(text: str) -> bool:
     text = _ascii_digits(text)
     if any(_is_card_number(match) for match in _candidates(text)):
         return True
+    folded = _with_separator_forms_read(text)
+    if folded is not None:
+        # The rest (form-encoded spaces, invisible characters) on that text only: once
+        # more on this one too took hostile text four times as long.
+        return _has_card_number(folded)
     if _form_spaced(text) and _has_card_number(_FORM_SPACE.sub(" ", text)):
         return True
     if text.isascii() and _ASCII_CONTROL.search(text) is None:
@@ -590,14 +595,17 @@ def redact_card_numbers(text: str) -> str:
     """``text`` with every card number in it replaced by :data:`REDACTED`, one written
     with invisible characters (or NULs) between its digits included."""
     scanned = _ascii_digits(text)  # positions are the same in ``text``
-    spans = [m.span() for m in _candidates(scanned) if _is_card_number(m)]
-    if _UNSEEN.search(scanned) is not None:
-        visible, origin = _without_unseen(scanned)
-        spans += [
-            (origin[m.start()], origin[m.end() - 1] + 1)
-            for m in _candidates(visible)
-            if _is_card_number(m)
-        ]
+    folded = _with_separator_forms_read(scanned)  # (and in it)
+    spans: list[tuple[int, int]] = []
+    for each in (scanned,) if folded is None else (scanned, folded):
+        spans += [m.span() for m in _candidates(each) if _is_card_number(m)]
+        if _UNSEEN.search(each) is not None:
+            visible, origin = _without_unseen(each)
+            spans += [
+                (origin[m.start()], origin[m.end() - 1] + 1)
+                for m in _candidates(visible)
+                if _is_card_number(m)
+            ]
     redacted = text
     if spans:
         out: list[str] = []
@@ -643,20 +651,32 @@ class _DigitTable(dict[int, int]):
     def __missing__(self, codepoint: int) -> int:
         value = unicodedata.decimal(chr(codepoint), None)
         if value is None:
-            # The compatibility forms of the separators read in ASCII (full-width full
-            # stop, solidus and low line, small full stop, one dot leader: NFKC folds
-            # them): an IME in full-width mode types a card number so. One character for
-            # one, as digits are.
-            folded = unicodedata.normalize("NFKC", chr(codepoint))
-            if folded in _FOLDED_SEPARATORS:
-                self[codepoint] = ord(folded)
-                return ord(folded)
             return codepoint
         self[codepoint] = 48 + value
         return 48 + value
 
 
-_FOLDED_SEPARATORS = frozenset("./_")
+# The compatibility forms of the separators read in ASCII (NFKC folds them: full-width
+# full stop, solidus and low line, small full stop, one dot leader, the low lines of
+# vertical and CJK forms), and the prolonged sound mark a Japanese IME types for "-"
+# (review h67f). Read as those separators in a second pass, one character for one: in
+# the first they stay what they are, so that one beside a card number written in ASCII
+# does not now block it as its ASCII form would (a full-width full stop before
+# "4111.1111…", or full-width solidi in an expiry after it).
+_SEPARATOR_FORMS = {
+    **dict.fromkeys(map(ord, "\uff0e\ufe52\u2024"), "."),
+    0xFF0F: "/",
+    **dict.fromkeys(map(ord, "\uff3f\ufe33\ufe34\ufe4d\ufe4e\ufe4f"), "_"),
+    **dict.fromkeys(map(ord, "\u30fc\uff70"), "-"),
+}
+_SEPARATOR_FORM = re.compile("[" + "".join(map(chr, _SEPARATOR_FORMS)) + "]")
+
+
+def _with_separator_forms_read(text: str) -> str | None:
+    """``text`` with the separator forms read as ASCII, or None if it holds none."""
+    if text.isascii() or _SEPARATOR_FORM.search(text) is None:
+        return None
+    return text.translate(_SEPARATOR_FORMS)
 
 
 _DIGITS = _DigitTable()
