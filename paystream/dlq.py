@@ -827,6 +827,14 @@ async def _replay(
             "PAYSTREAM_MASTER_KEY is not set: re-sent commands carry their first-attempt "
             "time unsealed, and a worker with a master key counts their age from now"
         )
+    # Where the run named by ``stale_checked_as_of_ms`` read each partition to (None: not
+    # known, each record judged by its time alone): a park that landed after it read,
+    # though stamped before its time, was shown to nobody (review h67h).
+    read_to = (
+        None
+        if stale_checked_as_of_ms is None
+        else await _read_to_of(settings, stale_checked_as_of_ms)
+    )
     try:
         await reader.start(check_positions=not dry_run)
         if reader.unkept and commits.positions is not None:
@@ -879,6 +887,7 @@ async def _replay(
                 stale_checked_as_of_ms is not None
                 and (stale_checked_topics is None or rec.topic in stale_checked_topics)
                 and rec.timestamp_ms <= stale_checked_as_of_ms
+                and (read_to is None or rec.offset < read_to.get((rec.topic, rec.partition), 0))
                 and stale(rec, stale_checked_as_of_ms)
             )
 
@@ -1004,6 +1013,9 @@ async def _replay(
     # Every record waiting when it began was reached (no --limit cut it short): what it
     # held back as stale is all there was, so its start can vouch for a later run.
     result.complete = done >= reader.waiting
+    if result.stale and result.complete:
+        ends = {(tp.topic, tp.partition): end for tp, end in reader.ends.items()}
+        await _record_read_to(settings, result.started_ms, ends)
     try:
         if producer is not None:
             await _finish(producer, commits, sent, quiet=False)
@@ -1011,6 +1023,52 @@ async def _replay(
         await commits.close()
         await reader.stop()
     return result
+
+
+async def _record_read_to(
+    settings: Settings, started_ms: int, ends: dict[tuple[str, int], int]
+) -> None:
+    """Keep where a run that held stale records back read each partition to, for the
+    run that names its time (held_back.py). Without Redis nothing is kept, and that run
+    judges by time alone."""
+    if not settings.redis_url:
+        return
+    from paystream.held_back import HeldBackTimes
+
+    times = HeldBackTimes(settings.redis_url, settings.commands_topic)
+    try:
+        await asyncio.to_thread(times.record_read_to, started_ms, ends)
+    except RedisError as exc:
+        log.warning(
+            "could not keep where this run read to in Redis (%s): a replay naming its "
+            "time judges the records it held back by their time alone",
+            exc,
+        )
+    finally:
+        times.close()
+
+
+async def _read_to_of(settings: Settings, as_of_ms: int) -> dict[tuple[str, int], int] | None:
+    """Where the run that began at ``as_of_ms`` read each partition to, if kept."""
+    if not settings.redis_url:
+        return None
+    from paystream.held_back import HeldBackTimes
+
+    times = HeldBackTimes(settings.redis_url, settings.commands_topic)
+    try:
+        read_to = await asyncio.to_thread(times.read_to, as_of_ms)
+    except RedisError as exc:
+        log.warning("could not read where the run named read to (%s)", exc)
+        read_to = None
+    finally:
+        times.close()
+    if read_to is None:
+        log.warning(
+            "where the run named read to is not known (an older version's run, or Redis "
+            "did not take it): its stale records are judged by their time alone, and a "
+            "park that landed late, stamped before that time, is re-sent with them"
+        )
+    return read_to
 
 
 class ConcurrentReplayError(PaystreamError):

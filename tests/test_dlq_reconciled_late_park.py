@@ -1,8 +1,8 @@
 """`--include-stale-as-of T` re-sends as reconciled a stale park the run at T never read
 (review h67h): one whose record time (CreateTime, set by the worker's producer when it
 built the batch) is before T but that landed on the retry topic after that run read the
-topic's ends (a park produced during a broker hiccup, delivered seconds late). A known
-gap: the fix is to keep, beside the printed time, where that run read each partition to."""
+topic's ends (a park produced during a broker hiccup, delivered seconds late). The run
+now keeps, beside its time, where it read each partition to."""
 
 from __future__ import annotations
 
@@ -21,11 +21,6 @@ from tests.test_dlq import _resent_records
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: `--include-stale-as-of` judges 'read by the run at T' by record "
-    "time, and a park delivered late carries a time before T",
-)
 async def test_a_stale_park_landing_after_the_checked_run_read_is_not_reconciled(
     deployment_factory: Any,
 ) -> None:
