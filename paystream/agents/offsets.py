@@ -56,12 +56,17 @@ class DurableOffsets:
         # Monotonic times: the last progress (a commit that moved an offset), and since
         # when the agent has been seen behind (None: not behind when last seen).
         self._clock = clock
-        self._started_at = clock()
-        # Per partition: its last progress, and since when it has been seen behind. Kept
-        # per partition: one partition's commits are no progress for another (a partition
-        # held back for good read as healthy while its neighbours committed; review h67g).
-        self._progress_at: dict[TP, float] = {}
-        self._behind_since: dict[TP, float] = {}
+        self._progress_at = self._started_at = clock()
+        self._behind_since: float | None = None
+        # The same per partition, for the stalled-seconds gauge: one partition's commits
+        # are no progress for another (a partition held back for good showed nowhere while
+        # its neighbours committed; review h67g). Only the gauge and its ticket read them:
+        # a partition whose lag is control records alone (an upstream transactional
+        # producer's commit marker) clears only at a sweep of a quiet agent, so while a
+        # backlog drains elsewhere it reads as stuck, and /readyz and /healthz (which
+        # restarts) stay on the agent as a whole (review h67i).
+        self._partition_progress_at: dict[TP, float] = {}
+        self._partition_behind_since: dict[TP, float] = {}
         # The commit on its way to the broker, whether or not its caller still waits.
         self._in_flight: asyncio.Future[Any] | None = None
         if agent and topic:
@@ -132,29 +137,39 @@ class DurableOffsets:
 
     def partition_stalls(self) -> dict[TP, float]:
         """Per partition this worker owns with records to handle: seconds it has been
-        behind without committing progress (counted from the later of its last commit
-        and when it was first seen behind, by a call of this or :meth:`stalled_for`)."""
+        behind without committing progress on it (counted from the later of its last
+        commit and when it was first seen behind by a call of this or
+        :meth:`stalled_for`): the gauge's."""
         now = self._clock()
         lag = self.lag()
-        for tp in [tp for tp in self._behind_since if not lag.get(tp)]:
-            del self._behind_since[tp]
+        behind_since = self._partition_behind_since
+        for tp in [tp for tp in behind_since if not lag.get(tp)]:
+            del behind_since[tp]
         out: dict[TP, float] = {}
         for tp, records in lag.items():
             if records:
-                since = self._behind_since.setdefault(tp, now)
-                out[tp] = now - max(since, self._progress_at.get(tp, self._started_at))
+                since = behind_since.setdefault(tp, now)
+                progress = self._partition_progress_at.get(tp, self._started_at)
+                out[tp] = now - max(since, progress)
         return out
 
     def stalled_for(self) -> tuple[int, float] | None:
         """``(records behind, seconds)`` while the agent has records to handle: how long
-        its longest-stuck partition has been behind without committing progress (one
-        partition's commits are no progress for another); None when it is not behind.
-        Call it periodically (probes do): see :meth:`partition_stalls`.
+        it has been behind without committing progress; None when it is not behind.
+
+        Counted from the later of its last commit and when it was first seen behind (by
+        a call of this), so that a burst after a quiet hour does not read as an hour's
+        stall before the first commit. Call it periodically (probes do) for that.
         """
-        stuck = self.partition_stalls()
-        if not stuck:
+        self.partition_stalls()  # (the probes start the gauge's clocks too)
+        now = self._clock()
+        behind = sum(self.lag().values())
+        if behind == 0:
+            self._behind_since = None
             return None
-        return sum(self.lag().values()), max(stuck.values())
+        if self._behind_since is None:
+            self._behind_since = now
+        return behind, now - max(self._behind_since, self._progress_at)
 
     def advance(self, events: Sequence[EventT]) -> None:
         # Events of an older generation (the batch outlived a rebalance) are left out:
@@ -213,7 +228,7 @@ class DurableOffsets:
             if committed:
                 self._committed[tp] = offset
                 self.committed_at = time.time()
-                self._progress_at[tp] = self._clock()
+                self._progress_at = self._partition_progress_at[tp] = self._clock()
             if self._ready.get(tp) == offset:
                 del self._ready[tp]
             published = self._published

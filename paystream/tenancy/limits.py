@@ -307,14 +307,14 @@ class LimitGate:
                 return _replayed(decided)
             mine = _hold_of(state, hold_key or rec.command_id, owner, hold)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
-        if not enforced and not (
-            command_type == "payment.create" and _holds_of_day(state, _day(self._at(state, rec)))
-        ):
+        holding = not enforced and bool(_holds_of_day(state, _day(self._at(state, rec))))
+        if not enforced and not (command_type == "payment.create" and holding):
             # Limits since removed: only earlier decisions still stand, until committed.
             # (Not while payments hold against the day: one of them re-driven now is
-            # admitted below, so that its answer releases its hold; review h67e.)
+            # admitted below, so that its answer releases its hold; review h67e. Nor is
+            # the state dropped meanwhile by another command: review h67i.)
             self._forget_committed(state, rec.partition)
-            if not state["decided"]:
+            if not state["decided"] and not holding:
                 del self.table[key]
             return None
         at_ms = self._at(state, rec)
