@@ -536,16 +536,33 @@ async def list_parked(
 
 
 async def list_parked_and_done(
-    settings: Settings, topics: list[str], *, limit: int | None, everything: bool = False
+    settings: Settings,
+    topics: list[str],
+    *,
+    limit: int | None,
+    everything: bool = False,
+    keep: Callable[[ParkedRecord], bool] | None = None,
 ) -> tuple[list[ParkedRecord], int, dict[tuple[str, int], int]]:
     """:func:`list_parked`, and where replays got to on each partition (the replay
-    group's committed offset: records below it were replayed or passed over)."""
+    group's committed offset: records below it were replayed or passed over).
+    ``keep``: only the records it keeps, up to ``limit`` of them, and how many it keeps
+    of all there are (every record is read for that count)."""
     reader = _ParkedReader(settings, topics, committed_only=not everything)
     try:
         await reader.start()
-        records = [rec async for batch in reader.batches(limit) for rec in batch]
+        if keep is None:
+            records = [rec async for batch in reader.batches(limit) for rec in batch]
+            count = reader.waiting
+        else:
+            records, count = [], 0
+            async for batch in reader.batches(None):
+                for rec in batch:
+                    if keep(rec):
+                        count += 1
+                        if limit is None or len(records) < limit:
+                            records.append(rec)
         done = {(tp.topic, tp.partition): c for tp, c in reader.replayed_to.items() if c}
-        return records, reader.waiting, done
+        return records, count, done
     finally:
         await reader.stop()  # (consumers that failed to start too)
 

@@ -49,15 +49,37 @@ def _dlq_topics(settings: Settings, which: str) -> list[str]:
     is_flag=True,
     help="also records replayed or passed over before (from the start of the topic), marked [done]",
 )
-def dlq_list(which: str, limit: int, everything: bool) -> None:
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    help="only this tenant's records (the record key; repeatable)",
+)
+@click.option(
+    "--reason",
+    "reasons",
+    multiple=True,
+    help="only records parked or dead-lettered for this reason (e.g. provider_unavailable; "
+    "repeatable)",
+)
+def dlq_list(
+    which: str, limit: int, everything: bool, tenants: tuple[str, ...], reasons: tuple[str, ...]
+) -> None:
     """List records waiting to be replayed: where, how old, whose, why."""
     settings = _settings()
-    from paystream.dlq import age_text, list_parked_and_done
+    from paystream.dlq import ParkedRecord, age_text, list_parked_and_done
     from paystream.streams.pan import redact_card_numbers
 
     topics = _dlq_topics(settings, which)
+    keep = None
+    if tenants or reasons:
+        # (Every record is read to count those kept: an incident's "whose, and why?")
+
+        def keep(rec: ParkedRecord) -> bool:
+            return (not tenants or rec.tenant in tenants) and (not reasons or rec.reason in reasons)
+
     records, waiting, done = _run(
-        list_parked_and_done(settings, topics, limit=limit, everything=everything)
+        list_parked_and_done(settings, topics, limit=limit, everything=everything, keep=keep)
     )
     now_ms = time.time() * 1000
     for rec in records:
@@ -104,6 +126,15 @@ def dlq_list(which: str, limit: int, everything: bool) -> None:
             )
         )
     kind = f"record(s) in {' and '.join(topics)}" if everything else "record(s) waiting"
+    if keep is not None:
+        kind += " " + " and ".join(
+            part
+            for part in (
+                tenants and "of tenant " + " or ".join(map(_shown, tenants)),
+                reasons and "for " + " or ".join(map(_shown, reasons)),
+            )
+            if part
+        )
     if len(records) < waiting:
         click.echo(f"showing {len(records)} of {waiting} {kind} (--limit for more)", err=True)
     else:
