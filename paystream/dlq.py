@@ -239,6 +239,9 @@ class ReplayResult:
     # It reached every record waiting when it began (not cut short by a limit): only
     # then does ``started_ms`` vouch for every stale record there was.
     complete: bool = False
+    # Where it read each partition to was kept in Redis (held_back.py): only then may its
+    # time be recorded as printed (review h67j).
+    read_to_kept: bool = False
 
     @property
     def handled(self) -> int:
@@ -825,6 +828,14 @@ async def _replay(
     order: a record behind one waiting for its tenant's pace waits too, whoever's it is,
     while the other partitions go on (``paced`` is told when all of them wait).
     """
+    # Where the run named by ``stale_checked_as_of_ms`` read each partition to (None: not
+    # known, each record judged by its time alone): a park that landed after it read,
+    # though stamped before its time, was shown to nobody (review h67h).
+    read_to = (
+        None
+        if stale_checked_as_of_ms is None
+        else await _read_to_of(settings, stale_checked_as_of_ms, redis_down_ok=lease is None)
+    )
     reader = _ParkedReader(settings, topics, committed_only=True)
     result = ReplayResult(started_ms=int(time.time() * 1000) if now_ms is None else now_ms)
     # Held partitions: whose record a provider may have applied is not known, and any
@@ -844,14 +855,6 @@ async def _replay(
             "PAYSTREAM_MASTER_KEY is not set: re-sent commands carry their first-attempt "
             "time unsealed, and a worker with a master key counts their age from now"
         )
-    # Where the run named by ``stale_checked_as_of_ms`` read each partition to (None: not
-    # known, each record judged by its time alone): a park that landed after it read,
-    # though stamped before its time, was shown to nobody (review h67h).
-    read_to = (
-        None
-        if stale_checked_as_of_ms is None
-        else await _read_to_of(settings, stale_checked_as_of_ms)
-    )
     try:
         await reader.start(check_positions=not dry_run)
         if reader.unkept and commits.positions is not None:
@@ -1032,7 +1035,7 @@ async def _replay(
     result.complete = done >= reader.waiting
     if result.stale and result.complete:
         ends = {(tp.topic, tp.partition): end for tp, end in reader.ends.items()}
-        await _record_read_to(settings, result.started_ms, ends)
+        result.read_to_kept = await _record_read_to(settings, result.started_ms, ends)
     try:
         if producer is not None:
             await _finish(producer, commits, sent, quiet=False)
@@ -1044,28 +1047,32 @@ async def _replay(
 
 async def _record_read_to(
     settings: Settings, started_ms: int, ends: dict[tuple[str, int], int]
-) -> None:
+) -> bool:
     """Keep where a run that held stale records back read each partition to, for the
     run that names its time (held_back.py). Without Redis nothing is kept, and that run
     judges by time alone."""
     if not settings.redis_url:
-        return
+        return False
     from paystream.held_back import HeldBackTimes
 
     times = HeldBackTimes(settings.redis_url, settings.commands_topic)
     try:
         await asyncio.to_thread(times.record_read_to, started_ms, ends)
+        return True
     except RedisError as exc:
         log.warning(
             "could not keep where this run read to in Redis (%s): a replay naming its "
             "time judges the records it held back by their time alone",
             exc,
         )
+        return False
     finally:
         times.close()
 
 
-async def _read_to_of(settings: Settings, as_of_ms: int) -> dict[tuple[str, int], int] | None:
+async def _read_to_of(
+    settings: Settings, as_of_ms: int, *, redis_down_ok: bool = False
+) -> dict[tuple[str, int], int] | None:
     """Where the run that began at ``as_of_ms`` read each partition to, if kept."""
     if not settings.redis_url:
         return None
@@ -1075,6 +1082,11 @@ async def _read_to_of(settings: Settings, as_of_ms: int) -> dict[tuple[str, int]
     try:
         read_to = await asyncio.to_thread(times.read_to, as_of_ms)
     except RedisError as exc:
+        if not redis_down_ok:
+            raise PaystreamError(
+                f"could not read where the run named read to, Redis refused or did not "
+                f"answer ({exc}): nothing re-sent; run again once Redis is back"
+            ) from exc
         log.warning("could not read where the run named read to (%s)", exc)
         read_to = None
     finally:

@@ -80,7 +80,9 @@ def _holding_one_back(
 
     async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
         calls.append(kwargs)
-        return dlq.ReplayResult(stale=1, started_ms=1_796_000_000_123, complete=True)
+        return dlq.ReplayResult(
+            stale=1, started_ms=1_796_000_000_123, complete=True, read_to_kept=True
+        )
 
     settings = _commands_topic_of_its_own(redis_url)
     monkeypatch.setattr(cli_module, "_settings", lambda: settings)
@@ -99,7 +101,12 @@ def test_stale_records_are_included_as_of_the_run_that_reported_them(
 
     async def holding(*args: Any, **kwargs: Any) -> dlq.ReplayResult:
         calls.append(kwargs)
-        return dlq.ReplayResult(stale=2, started_ms=1_796_000_000_123, complete=not kwargs["limit"])
+        return dlq.ReplayResult(
+            stale=2,
+            started_ms=1_796_000_000_123,
+            complete=not kwargs["limit"],
+            read_to_kept=not kwargs["limit"],
+        )
 
     settings = _commands_topic_of_its_own(redis_url)
     monkeypatch.setattr(cli_module, "_settings", lambda: settings)

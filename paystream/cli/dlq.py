@@ -443,8 +443,15 @@ def dlq_replay(
         # was shown to nobody (review finding: `--topic dlq`, then a replay of all).
         as_of = _iso_ms(result.started_ms) + ("" if which == "all" else f"@{which}")
         topic = "" if which == "all" else f"--topic {which} "
-        if result.complete and settings.redis_url:
+        if result.complete and settings.redis_url and result.read_to_kept:
             _record_printed(settings, result.started_ms, which)
+        elif result.complete and settings.redis_url:
+            click.echo(
+                "note: Redis did not keep where this run read to (see the warning above), "
+                "so its time is not recorded and a replay naming it is refused: run this "
+                "again once Redis answers",
+                err=True,
+            )
         elif result.complete:
             click.echo(
                 "note: REDIS_URL is not set, so this run's time is not recorded: a replay "

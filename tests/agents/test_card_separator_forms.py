@@ -47,3 +47,14 @@ async def test_a_utf16_full_width_card_number_is_not_kept_in_a_dead_letter(
     assert not any(CARD.translate(FW_DIGITS) in v.decode("utf-16-le", "replace") for v in kept), (
         "the dead letter keeps the card number"
     )
+
+
+async def test_a_card_number_after_a_katakana_word_is_refused(harness: Harness) -> None:
+    """h67j: "カードナンバー" (card number) ends in the prolonged sound mark, read as "-"
+    right before the number's first group: the dash form's start refuses it."""
+    t = harness.add_tenant()
+    name = "カードナンバー" + IME_TYPED
+    out = await harness.send("customer.create", t, {"customer_id": "cus_ime2", "name": name})
+    assert kind(out) == "command.rejected" and data(out)["reason"] == "card_data_forbidden", kind(
+        out
+    )
