@@ -43,7 +43,7 @@ from paystream.ledger.models import (
     table_of,
 )
 from paystream.ledger.session import tenant_session
-from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring
+from paystream.tenancy.crypto import CryptoError, MasterKey, MasterKeyring, UnknownMasterKeyError
 
 __all__ = [
     "GENESIS_HASH",
@@ -162,6 +162,8 @@ async def append_audit(
     master = keyring.current
     key = audit_key(master)
     seq, prev = await lock_tenant(session, tenant_id)
+    if seq > 0:
+        await _chain_key_held(session, tenant_id, seq, keyring)
     rows = []
     for entry in entries:
         if entry.occurred_at.tzinfo is None:
@@ -187,6 +189,29 @@ async def append_audit(
     await session.execute(
         update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(seq=seq, hash=prev)
     )
+
+
+async def _chain_key_held(
+    session: AsyncSession, tenant_id: str, seq: int, keyring: MasterKeyring
+) -> None:
+    """Refuse to extend a chain whose newest row is under a master key this keyring
+    lacks and no rotation retired (review h67l: a worker on the wrong key)."""
+    key_id = await session.scalar(
+        select(AuditLog.key_id).where(AuditLog.tenant_id == tenant_id, AuditLog.seq == seq)
+    )
+    if key_id is None or _key_in(keyring, key_id) is not None:
+        return
+    retired = await session.scalar(
+        select(func.count())
+        .select_from(AuditKeyRetirement)
+        .where(AuditKeyRetirement.key_id == key_id)
+    )
+    if not retired:
+        raise UnknownMasterKeyError(
+            f"tenant {tenant_id}'s audit chain ends under master key {key_id!r}, which is "
+            "neither in the keyring nor retired by `paystream keys rotate`: is "
+            "PAYSTREAM_MASTER_KEY the right key?"
+        )
 
 
 async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyring) -> VerifyResult:
