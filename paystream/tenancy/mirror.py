@@ -223,7 +223,7 @@ class RegistryMirror:
         self._turned = asyncio.Event()
         # Every tenant's ingress keys by id, as of ``_state.changes`` (see
         # holds_ingress_key).
-        self._keys_by_id: dict[str, list[Mapping[str, IngressKey]]] = {}
+        self._keys_by_id: dict[str, list[tuple[str, Mapping[str, IngressKey]]]] = {}
         self._keys_by_id_at = -1
 
     @property
@@ -252,14 +252,22 @@ class RegistryMirror:
         costs no parsing and is answered as any made-up key: a parse error's 400 told
         which key ids exist; review finding. Whose key it is, is checked against the
         command's tenant after.)"""
+        return self.ingress_key_holder(credential) is not None
+
+    def ingress_key_holder(self, credential: str) -> str | None:
+        """The tenant whose ingress key ``credential`` is, if any (its rate limit paces
+        what the key sends before the body is read; review h67k)."""
         if self._keys_by_id_at != self._state.changes:
-            by_id: dict[str, list[Mapping[str, IngressKey]]] = {}
-            for tenant in self.tenants.values():
+            by_id: dict[str, list[tuple[str, Mapping[str, IngressKey]]]] = {}
+            for tenant_id, tenant in self.tenants.items():
                 for key_id in tenant.ingress_keys:
-                    by_id.setdefault(key_id, []).append(tenant.ingress_keys)
+                    by_id.setdefault(key_id, []).append((tenant_id, tenant.ingress_keys))
             self._keys_by_id, self._keys_by_id_at = by_id, self._state.changes
         holders = self._keys_by_id.get(key_id_of(credential) or "", ())
-        return any(key_matches(held, credential) is not None for held in holders)
+        for tenant_id, held in holders:
+            if key_matches(held, credential) is not None:
+                return tenant_id
+        return None
 
     def _swap_in(self, loaded: RegistryState) -> None:
         # A tenant whose only record left (compacted) is one this worker cannot read is

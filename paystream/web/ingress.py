@@ -141,6 +141,14 @@ class CommandIngress:
         tenant_label = UNREGISTERED
         try:
             credential, platform = self._before_body(request)
+            holder = None if platform else registry.ingress_key_holder(credential or "")
+            held_by = None if holder is None else registry.tenants.get(holder)
+            if holder is not None and held_by is not None:
+                tenant_label = holder  # (its key matched: counted as the tenant's)
+                # Paced before the body is read, for every request its key sends: one
+                # refused as sent is work too (review h67k: a tenant paced at 1/s had
+                # any number of 64 KiB bodies parsed and scanned, ~50 ms each).
+                self._paced(holder, held_by.limits)
             body = await _body(request, settings.command_max_bytes)
             event = _decoded(request, body)
             tenant = event.get_extension("tenantid")
@@ -160,7 +168,7 @@ class CommandIngress:
             if found is not None:
                 tenant_label = tenant
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
-            if found is not None:  # (a command refused as sent spends no token)
+            if found is not None and platform:  # (a tenant's key: paced before its body)
                 self._paced(tenant, found.limits)
             return await self._produced(request, tenant, command_id, event, rec, tenant_label)
         except _Refused as refused:
