@@ -443,6 +443,7 @@ def dlq_replay(
         # was shown to nobody (review finding: `--topic dlq`, then a replay of all).
         as_of = _iso_ms(result.started_ms) + ("" if which == "all" else f"@{which}")
         topic = "" if which == "all" else f"--topic {which} "
+        vouched = result.complete and (not settings.redis_url or result.read_to_kept)
         if result.complete and settings.redis_url and result.read_to_kept:
             _record_printed(settings, result.started_ms, which)
         elif result.complete and settings.redis_url:
@@ -462,6 +463,9 @@ def dlq_replay(
             f"Check them with the provider, then replay with {topic}--include-stale-as-of "
             f"{as_of} (only those stale as of then, on the topics this run read, are "
             "re-sent as reconciled)."
+            if vouched
+            else "Its time cannot be named (see the note above): run this again once Redis "
+            "answers, and check the records that run holds back."
             if result.complete
             else "This run stopped at --limit: replay without it to see every stale "
             "record (and the time to name) before including any."
