@@ -117,6 +117,10 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
             await conn.execute(
                 text(
                     "SELECT rolname, rolsuper, rolbypassrls, rolcreaterole, "
+                    # (Review h67n: what it made there, a function or an operator, runs in
+                    # the trigger functions and the owner's sessions: migration 0011.)
+                    "has_schema_privilege(current_user, 'public', 'CREATE') "
+                    "AS creates_in_public, "
                     # Another role it may SET ROLE to (or inherits) that skips policies.
                     "EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname <> current_user "
                     "AND (r.rolsuper OR r.rolbypassrls) "
@@ -170,6 +174,13 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
         raise RlsNotEnforcedError(
             f"role {role.rolname!r} has CREATEROLE and could grant itself the tables' "
             "owner; connect as paystream_app without it"
+        )
+    if role.creates_in_public:
+        raise RlsNotEnforcedError(
+            f"role {role.rolname!r} may create objects in schema public, where the ledger's "
+            "trigger functions and the owner's sessions resolve names; have the schema's "
+            f"owner run REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role.rolname} "
+            "(migration 0011 could not: it was run by another role)"
         )
     if unenforced := sorted(t.name for t in tables if not _isolated(t)):
         raise RlsNotEnforcedError(
