@@ -174,7 +174,7 @@ class CommandIngress:
         except _Refused as refused:
             return _refusal(refused, tenant_label)
 
-    def _paced(self, tenant: str, limits: TenantLimits) -> None:
+    def _paced(self, tenant: str, limits: TenantLimits, *, take: bool = True) -> None:
         """The tenant's rate limit, as a flood guard before the topic: refused 429 over
         it. Per server, on arrival times: with several servers up to that many times the
         rate gets through, and the command agent's own limit (on the broker's times,
@@ -204,16 +204,25 @@ class CommandIngress:
                 f"send it again after {wait_ms} ms",
                 retry_after_ms=wait_ms,
             )
-        bucket.take(now_ms)
+        if take:  # (not on an ``Expect: 100-continue``: its request takes it after)
+            bucket.take(now_ms)
 
     async def expect(self, request: Request) -> Response | None:
         """``Expect: 100-continue``: a request refused before its body would be is
         answered so before the client sends the body (up to the largest command, for
         nothing); any other goes on as aiohttp's default has it (``100 Continue``)."""
+        label = UNREGISTERED
         try:
-            self._before_body(request)
+            credential, platform = self._before_body(request)
+            holder = None if platform else self.registry.ingress_key_holder(credential or "")
+            held_by = None if holder is None else self.registry.tenants.get(holder)
+            if holder is not None and held_by is not None:
+                # Over its rate, told before it sends the body (review h67n): the bucket
+                # is only looked at, its request spends the token once it comes.
+                label = holder
+                self._paced(holder, held_by.limits, take=False)
         except _Refused as refused:
-            answer = _refusal(refused, UNREGISTERED)
+            answer = _refusal(refused, label)
             # Not kept alive: the client sends no body now. (aiohttp still reads what
             # comes for a while before closing: a client that sends it anyway is not reset.)
             answer.force_close()
