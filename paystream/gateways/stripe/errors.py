@@ -62,7 +62,7 @@ def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, 
         return ErrorCode.IDEMPOTENCY_ERROR, None
     if isinstance(exc, stripe.AuthenticationError):
         return ErrorCode.AUTHENTICATION_FAILED, None
-    if isinstance(exc, stripe.PermissionError):
+    if isinstance(exc, stripe.PermissionError) or _refuses_the_setup(code, err):
         return ErrorCode.PERMISSION_DENIED, None
     if isinstance(exc, stripe.APIConnectionError):
         timed_out = isinstance(exc.__cause__, TimeoutError)
@@ -89,6 +89,21 @@ def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, 
     return ErrorCode.PROVIDER_UNAVAILABLE, True  # no response status: transport-level
 
 
+def _refuses_the_setup(code: str | None, err: dict[str, Any]) -> bool:
+    """Stripe refusing the tenant's setup, not the command: a ``Stripe-Account`` the key
+    cannot act for (``account_invalid``), or a pinned API version it does not know
+    (a 400 "Invalid Stripe API version", no code). Answered as a refused key, never kept
+    under the command's key: fixed, the same command goes through (review h67o)."""
+    if code == "account_invalid":
+        return True
+    message = err.get("message")
+    return (
+        code is None
+        and isinstance(message, str)
+        and message.startswith("Invalid Stripe API version")
+    )
+
+
 def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
     """The GatewayError for a Stripe SDK error (never includes the API key)."""
     err = _error_body(exc)
@@ -98,6 +113,17 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
     message = err.get("message") or f"unreadable answer from Stripe (HTTP {exc.http_status})"
     if isinstance(exc, stripe.APIConnectionError):
         message = f"could not reach Stripe ({type(exc.__cause__).__name__})"
+    elif code is ErrorCode.PERMISSION_DENIED and not isinstance(exc, stripe.PermissionError):
+        # (Stripe's account_invalid message quotes the key too.)
+        message = (
+            f"Stripe refused the tenant's setup (HTTP {exc.http_status}): "
+            + (
+                "its connected account"
+                if err.get("code") == "account_invalid"
+                else "its API version"
+            )
+            + " is not one the key may use"
+        )
     elif isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         # Stripe's message quotes the key (its mode and last characters: "Invalid API
         # Key provided: sk_live_****1234"), which outcomes and the ledger would keep.

@@ -7,6 +7,7 @@ retries are off: the pipeline owns retries and always reuses the idempotency key
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -93,6 +94,14 @@ STRIPE_OPTIONS = frozenset({"stripe_version", "capabilities"})
 _STRIPE_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[a-z]+)?")
 
 
+def _is_date(text: str) -> bool:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def validate_options(options: Mapping[str, Any]) -> None:
     """Refuse, before they are stored, options the gateway would refuse at its first call."""
     unknown = sorted(set(options) - STRIPE_OPTIONS)
@@ -105,7 +114,9 @@ def validate_options(options: Mapping[str, Any]) -> None:
     # Sent as the Stripe-Version header: a newline (a value read from a file) made every
     # call fail as Stripe unreachable, retried behind an opening circuit.
     if version is not None and (
-        not isinstance(version, str) or _STRIPE_VERSION.fullmatch(version) is None
+        not isinstance(version, str)
+        or _STRIPE_VERSION.fullmatch(version) is None
+        or not _is_date(version[:10])  # (2024-13-45 too: review h67o)
     ):
         raise ConfigurationError(
             "stripe_version must be an API version such as 2024-06-20 or 2025-03-31.basil"
