@@ -478,6 +478,12 @@ class PaystreamClient:
                 if not waiter.done():  # done already: the reader failed, no answer comes
                     delivery = await self._enqueue(command, request)
                     queued = True
+                    # The outcome may come before the broker's acknowledgement (a lost
+                    # or late produce response): the outcome in hand is the answer.
+                    await asyncio.wait({delivery, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                        delivery.add_done_callback(_retrieved)
+                        return waiter.result()
                     try:
                         await delivery
                     except KafkaError as exc:
@@ -530,6 +536,12 @@ class PaystreamClient:
         """Build, send and await in one call."""
         timeout = kw.pop("timeout", 30.0)
         return await self.send(build_command(command_type, tenant_id, data, **kw), timeout)
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    """(A delivery no one awaits any more: its failure is not "never retrieved".)"""
+    if not done.cancelled():
+        done.exception()
 
 
 def outcome_summary(event: CloudEvent) -> dict[str, Any]:
