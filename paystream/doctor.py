@@ -222,6 +222,19 @@ async def check_ledger_ready(settings: Settings) -> str:
                     await conn.execute(text("SELECT DISTINCT master_key_id FROM data_keys"))
                 ).scalars()
             }
+            # Each tenant's audit chain is extended only under the master key of its
+            # newest row, or past one `keys rotate` retired (audit._chain_key_held): the
+            # sink stalls on any other (review h67n: doctor passed over it).
+            heads = (
+                await conn.execute(
+                    text(
+                        "SELECT a.key_id, count(*) FROM audit_heads h JOIN audit_log a "
+                        "ON a.tenant_id = h.tenant_id AND a.seq = h.seq "
+                        "WHERE a.key_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+                        "audit_key_retirements r WHERE r.key_id = a.key_id) GROUP BY a.key_id"
+                    )
+                )
+            ).all()
     finally:
         await owner.dispose()
     held = {keyring.current.key_id, *(k.key_id for k in keyring.retired)}
@@ -229,6 +242,14 @@ async def check_ledger_ready(settings: Settings) -> str:
         raise CheckFailed(
             f"ledger data keys are wrapped under master key(s) {', '.join(missing)}, not in "
             "PAYSTREAM_MASTER_KEY or PAYSTREAM_RETIRED_MASTER_KEYS"
+        )
+    if chains := sorted((str(key_id), int(n)) for key_id, n in heads if key_id not in held):
+        raise CheckFailed(
+            "audit chains end under master key(s) "
+            + ", ".join(f"{key_id} ({n} tenant(s))" for key_id, n in chains)
+            + ", neither in PAYSTREAM_MASTER_KEY or PAYSTREAM_RETIRED_MASTER_KEYS nor retired "
+            "by `paystream keys rotate`: the ledger sink would stall on those tenants (is "
+            "PAYSTREAM_MASTER_KEY the right key?)"
         )
     return figure
 
