@@ -477,12 +477,14 @@ class PaystreamClient:
             async with asyncio.timeout(timeout):
                 if not waiter.done():  # done already: the reader failed, no answer comes
                     delivery = await self._enqueue(command, request)
+                    # Retrieved whatever happens here (a send given up or cancelled below
+                    # leaves it to fail later); `await delivery` still raises its error.
+                    delivery.add_done_callback(_retrieved)
                     queued = True
                     # The outcome may come before the broker's acknowledgement (a lost
                     # or late produce response): the outcome in hand is the answer.
                     await asyncio.wait({delivery, waiter}, return_when=asyncio.FIRST_COMPLETED)
                     if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                        delivery.add_done_callback(_retrieved)
                         return waiter.result()
                     try:
                         await delivery

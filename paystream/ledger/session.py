@@ -121,6 +121,11 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
                     # the trigger functions and the owner's sessions: migration 0011.)
                     "has_schema_privilege(current_user, 'public', 'CREATE') "
                     "AS creates_in_public, "
+                    # (Review h67q: or as a role it may SET ROLE to, or inherits from.)
+                    "(SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) FROM pg_roles r "
+                    "WHERE r.rolname <> current_user "
+                    "AND pg_has_role(current_user, r.oid, 'MEMBER') "
+                    "AND has_schema_privilege(r.oid, 'public', 'CREATE')) AS creating_roles, "
                     # Another role it may SET ROLE to (or inherits) that skips policies.
                     "EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname <> current_user "
                     "AND (r.rolsuper OR r.rolbypassrls) "
@@ -174,6 +179,13 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
         raise RlsNotEnforcedError(
             f"role {role.rolname!r} has CREATEROLE and could grant itself the tables' "
             "owner; connect as paystream_app without it"
+        )
+    if role.creating_roles:
+        raise RlsNotEnforcedError(
+            f"role {role.rolname!r} is a member of {role.creating_roles}, which may create "
+            "objects in schema public (where the ledger's trigger functions and the owner's "
+            "sessions resolve names) and which it may SET ROLE to; revoke that membership "
+            f"(REVOKE <role> FROM {role.rolname}) or that role's CREATE on schema public"
         )
     if role.creates_in_public:
         raise RlsNotEnforcedError(
