@@ -1,6 +1,10 @@
-"""`--include-stale-as-of` with Redis failing (review h67j): a Redis error reading where
-the checked run read to fell back to record times (the late park it never read re-sent as
-reconciled), and a run whose positions Redis did not take still had its time recorded."""
+"""`--include-stale-as-of T` and the parks the run at T never read (reviews h67h, h67j): one
+whose record time (CreateTime, set by the worker's producer when it built the batch) is
+before T but that landed after that run read the topic's ends (a park produced during a
+broker hiccup, delivered late) was re-sent as reconciled. The run keeps, beside its time,
+where it read each partition to. With Redis failing, a Redis error reading those positions
+fell back to record times, and a run whose positions Redis did not take still had its
+time recorded."""
 
 from __future__ import annotations
 
@@ -41,6 +45,20 @@ async def _first_run_with_a_late_park(dep: Any) -> Any:
     finally:
         await producer.stop()
     return first
+
+
+async def test_a_stale_park_landing_after_the_checked_run_read_is_not_reconciled(
+    deployment_factory: Any,
+) -> None:
+    dep = await deployment_factory()
+    settings = dep.settings
+    first = await _first_run_with_a_late_park(dep)
+    assert [h.where for h in first.held_back] == [f"{settings.retry_topic}[0]@0"]
+    # The operator checked "shown" with the provider, and names the first run's time.
+    await replay(settings, [settings.retry_topic], stale_checked_as_of_ms=first.started_ms)
+    assert await _reconciled(settings) == [b"shown"], (
+        "nobody was shown 'never shown', stale for a day past the provider's key window"
+    )
 
 
 async def _reconciled(settings: Any) -> list[Any]:
