@@ -11,6 +11,7 @@ from paystream.gateways.errors import ISSUER_DECLINES
 from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.streams.outcomes import OUTCOME_PREFIX
+from paystream.streams.pan import contains_card_number
 
 __all__ = ["CARD_DECLINES", "LABEL_MAX_CHARS", "Observed", "observe"]
 
@@ -84,7 +85,7 @@ def observe(event: CloudEvent) -> Observed | None:
     if not isinstance(tenant, str) or not tenant or when is None:
         return None
     outcome = kind.removeprefix(OUTCOME_PREFIX)
-    if len(outcome) > LABEL_MAX_CHARS:
+    if len(outcome) > LABEL_MAX_CHARS or contains_card_number(outcome):
         return None  # not a type paystream emits (and no key for a window's counts)
     data = event.get_data()
     data = data if isinstance(data, dict) else {}
@@ -202,12 +203,17 @@ ID_MAX_CHARS = 255  # customer and payment method ids (as for every id paystream
 
 def _label(value: Any) -> str | None:
     text = _text(value)
-    return text if text is None or len(text) <= LABEL_MAX_CHARS else "other"
+    if text is None:
+        return None
+    # (Nor a card number: copied into windows and alerts, kept and shown; review h67r.)
+    return text if len(text) <= LABEL_MAX_CHARS and not contains_card_number(text) else "other"
 
 
 def _id(value: Any) -> str | None:
     text = _text(value)
-    return text if text is None or len(text) <= ID_MAX_CHARS else None
+    if text is None or len(text) > ID_MAX_CHARS or contains_card_number(text):
+        return None
+    return text
 
 
 def _minor(value: Any) -> int:

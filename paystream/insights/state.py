@@ -63,7 +63,7 @@ class InsightsConfig:
     # 2,000 attempts in ten minutes is an ordinary 5%).
     flood_declines: int = 100
     flood_share_pct: int = 20  # of the attempts issuers answered
-    flood_all_share_pct: int = 12  # of all attempts
+    flood_all_share_permille: int = 125  # of all attempts (an eighth, as documented)
 
 
 @dataclass(frozen=True)
@@ -227,14 +227,21 @@ class TenantInsights:
         at = seen.time_ms if now_ms is None else min(seen.time_ms, now_ms)
         start = window_start(at, cfg.fraud_window_ms)
         if str(start) not in self.fraud:
-            if start <= self.fraud_evicted_through:
-                return []  # its window was let go (with what it had alerted on)
-            if len(self.fraud) >= FRAUD_WINDOWS_MAX:
-                oldest = min(self.fraud, key=int)
-                if int(oldest) > start:
-                    return []  # older than every window kept: not counted
-                del self.fraud[oldest]  # (nothing to publish: counts only)
-                self.fraud_evicted_through = max(self.fraud_evicted_through, int(oldest))
+            oldest = min((int(w) for w in self.fraud), default=None)
+            full = len(self.fraud) >= FRAUD_WINDOWS_MAX
+            if start <= self.fraud_evicted_through or (
+                full and oldest is not None and oldest > start
+            ):
+                # Older than what the record keeps (its window let go, or more windows
+                # than it keeps between): counted in the oldest window kept. Dropped, a
+                # card tester dating its commands back within the horizon, past the
+                # kept windows, was never counted (review h67r).
+                if oldest is None:
+                    return []
+                start = oldest
+            elif full and oldest is not None:
+                del self.fraud[str(oldest)]  # (nothing to publish: counts only)
+                self.fraud_evicted_through = max(self.fraud_evicted_through, oldest)
         fw = self.fraud.setdefault(str(start), _new_fraud_window())
         if seen.attempt:
             fw["attempts"] += 1
@@ -299,7 +306,7 @@ class TenantInsights:
         save_ok = 100 * save_declines >= cfg.flood_share_pct * saved
         counted = (paid_declines if paid_ok else 0) + (save_declines if save_ok else 0)
         flood = counted >= cfg.flood_declines and (
-            100 * declines >= cfg.flood_all_share_pct * attempts
+            1000 * declines >= cfg.flood_all_share_permille * attempts
         )
         if burst not in fw["alerted"] and (share or flood):
             fw["alerted"].append(burst)
