@@ -207,7 +207,12 @@ def tenants_add(
     for item in options:
         key, eq, raw = item.partition("=")
         if not key or not eq:
-            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--option")
+            # (Not repeated: a provider key pasted here would land in the terminal's and
+            # a CI log's scrollback, as --secret never lets one; review h67u.)
+            raise click.BadParameter(
+                "an option is not key=value (not repeated here: it may be a pasted secret)",
+                param_hint="--option",
+            )
         try:
             opts[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -273,6 +278,7 @@ def tenants_add(
     if known is None or options or gateway is not None:
         # Only options being written now: an old record's options do not block, say,
         # rotating its key.
+        _refuse_unknown_option_names(tenant.gateway, tenant.gateway_options)
         try:
             validate_options(tenant.gateway, tenant.gateway_options)
         except ConfigurationError as exc:
@@ -503,3 +509,24 @@ def tenants_api_key_revoke(tenant_id: str, key_id: str) -> None:
 
 
 # ---- send -------------------------------------------------------------------------
+
+
+def _refuse_unknown_option_names(provider: str, options: dict[str, Any]) -> None:
+    """Options the provider does not take, counted and not named: an option's name may be
+    a provider key pasted in the wrong place (review h67u)."""
+    if provider == "stripe":
+        from paystream.gateways.stripe.gateway import STRIPE_OPTIONS
+
+        known: frozenset[str] = STRIPE_OPTIONS
+    elif provider == "simulator":
+        from paystream.gateways.simulator.options import SimulatorOptions
+
+        known = frozenset(SimulatorOptions.model_fields)
+    else:
+        return
+    if unknown := [name for name in options if name not in known]:
+        raise click.BadParameter(
+            f"{len(unknown)} option name(s) the {provider} gateway does not take (not "
+            f"repeated here: one may be a pasted secret); valid: {', '.join(sorted(known))}",
+            param_hint="--option",
+        )

@@ -178,12 +178,15 @@ def _suspended(tenant: Tenant) -> Tenant:
 
 
 def says_suspended(value: bytes) -> bool:
-    """Whether a registry record's value (any key's) says its tenant is suspended."""
+    """Whether a registry record's value (any key's) says its tenant is suspended: any
+    status but "active" (one a newer version added, a tool's "SUSPENDED") fails closed."""
     try:
         record = json.loads(value)
     except (ValueError, RecursionError):
         return False
-    return isinstance(record, dict) and record.get("status") == TenantStatus.SUSPENDED.value
+    return isinstance(record, dict) and record.get("status", TenantStatus.ACTIVE.value) not in (
+        TenantStatus.ACTIVE.value,
+    )
 
 
 class RegistryMirror:
