@@ -225,16 +225,53 @@ async def check_ledger_ready(settings: Settings) -> str:
             # Each tenant's audit chain is extended only under the master key of its
             # newest row, or past one `keys rotate` retired (audit._chain_key_held): the
             # sink stalls on any other (review h67n: doctor passed over it).
+            # (Retired for that tenant: the sink reads retirements under its RLS, so
+            # neither another tenant's row nor `keys rotate`'s marker ("*") counts.)
             heads = (
                 await conn.execute(
                     text(
                         "SELECT a.key_id, count(*) FROM audit_heads h JOIN audit_log a "
                         "ON a.tenant_id = h.tenant_id AND a.seq = h.seq "
                         "WHERE a.key_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
-                        "audit_key_retirements r WHERE r.key_id = a.key_id) GROUP BY a.key_id"
+                        "audit_key_retirements r WHERE r.tenant_id = h.tenant_id "
+                        "AND r.key_id = a.key_id) GROUP BY a.key_id"
                     )
                 )
             ).all()
+            # An owner held to the tenant policy (not a superuser, as on managed
+            # PostgreSQL) sees no audit_log row: those heads are read tenant by tenant.
+            hidden = (
+                await conn.execute(
+                    text(
+                        "SELECT h.tenant_id, h.seq FROM audit_heads h WHERE h.seq > 0 "
+                        "AND NOT EXISTS (SELECT 1 FROM audit_log a "
+                        "WHERE a.tenant_id = h.tenant_id AND a.seq = h.seq)"
+                    )
+                )
+            ).all()
+            chain_ends = [(str(key_id), int(n)) for key_id, n in heads]
+            if hidden:
+                by_key: dict[str, int] = {}
+                # (One transaction, as the connection's: set_config(..., true) holds in it.)
+                for tenant_id, seq in hidden:
+                    await conn.execute(
+                        text("SELECT set_config('app.current_tenant_id', :t, true)"),
+                        {"t": tenant_id},
+                    )
+                    key_id = (
+                        await conn.execute(
+                            text(
+                                "SELECT a.key_id FROM audit_log a WHERE a.tenant_id = :t "
+                                "AND a.seq = :s AND a.key_id IS NOT NULL AND NOT EXISTS "
+                                "(SELECT 1 FROM audit_key_retirements r WHERE "
+                                "r.tenant_id = a.tenant_id AND r.key_id = a.key_id)"
+                            ),
+                            {"t": tenant_id, "s": seq},
+                        )
+                    ).scalar()
+                    if key_id is not None:
+                        by_key[key_id] = by_key.get(key_id, 0) + 1
+                chain_ends += by_key.items()
     finally:
         await owner.dispose()
     held = {keyring.current.key_id, *(k.key_id for k in keyring.retired)}
@@ -243,7 +280,7 @@ async def check_ledger_ready(settings: Settings) -> str:
             f"ledger data keys are wrapped under master key(s) {', '.join(missing)}, not in "
             "PAYSTREAM_MASTER_KEY or PAYSTREAM_RETIRED_MASTER_KEYS"
         )
-    if chains := sorted((str(key_id), int(n)) for key_id, n in heads if key_id not in held):
+    if chains := sorted((key_id, n) for key_id, n in chain_ends if key_id not in held):
         raise CheckFailed(
             "audit chains end under master key(s) "
             + ", ".join(f"{key_id} ({n} tenant(s))" for key_id, n in chains)

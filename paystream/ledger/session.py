@@ -122,9 +122,17 @@ async def assert_rls_enforced(engine: AsyncEngine) -> None:
                     "has_schema_privilege(current_user, 'public', 'CREATE') "
                     "AS creates_in_public, "
                     # (Review h67q: or as a role it may SET ROLE to, or inherits from.)
+                    # (Only a membership it can use: PostgreSQL 16 grants one that gives
+                    # neither SET nor INHERIT; and not where CREATE is PUBLIC's, which
+                    # the message below is for: every role would be named.)
                     "(SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) FROM pg_roles r "
                     "WHERE r.rolname <> current_user "
-                    "AND pg_has_role(current_user, r.oid, 'MEMBER') "
+                    "AND CASE WHEN current_setting('server_version_num')::int >= 160000 "
+                    "THEN pg_has_role(current_user, r.oid, 'USAGE') "
+                    "OR pg_has_role(current_user, r.oid, 'SET') "
+                    "OR pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION') "
+                    "ELSE pg_has_role(current_user, r.oid, 'MEMBER') END "
+                    "AND NOT has_schema_privilege('public', 'public', 'CREATE') "
                     "AND has_schema_privilege(r.oid, 'public', 'CREATE')) AS creating_roles, "
                     # Another role it may SET ROLE to (or inherits) that skips policies.
                     "EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname <> current_user "

@@ -1,6 +1,6 @@
 """Deployment files as the platform engineer installing paystream finds them (review h67s):
-compose passed no retired master keys (no rotation), ran its first build of the image for
-ever, and the chart's workers left the Service's endpoints only as their listener closed."""
+compose passed no retired master keys (no rotation), and the chart's workers left the
+Service's endpoints only as their listener closed. (Compose's rebuild: test_compose_build.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.test_compose import SECRETS, compose_config, paystream_services
+from tests.deploy.test_compose import SECRETS, compose_config
 from tests.deploy.test_helm import one, render
 
 
@@ -33,20 +33,6 @@ def test_compose_workers_get_the_retired_master_keys_of_a_rotation() -> None:
     # ...and unset, it is not passed as an empty value (an empty list of keys).
     unset = _resolved()["services"]["worker-1"]["environment"]
     assert unset.get("PAYSTREAM_RETIRED_MASTER_KEYS") in (None, "")
-
-
-def test_compose_rebuilds_the_paystream_image_on_up() -> None:
-    """`docker compose up -d` after updating the checkout must run the new code. Every
-    paystream service names the fixed tag paystream:0.1.0 beside `build: .`; with no
-    pull_policy, Compose builds only when that image is missing, so the second and every
-    later `up` reuses the first build: the workers, `migrate` and the ingress keep the old
-    code (and the old migrations) with no warning. The chart refuses exactly this (a tag
-    shared by builds, review h60i)."""
-    services = paystream_services(_resolved())
-    assert {"worker-1", "worker-2", "migrate", "topics", "ingress"} <= set(services)
-    for name, service in services.items():
-        assert "build" in service, name
-        assert service.get("pull_policy") == "build", (name, service["image"])
 
 
 def test_workers_leave_the_services_endpoints_before_their_listener_closes() -> None:
