@@ -173,12 +173,7 @@ async def _restore_overwritten(
     for tid in sorted(set(others) | suspended_meanwhile):
         records = others.setdefault(tid, [])
         mine = ours[tid][1]
-        later = [(offset, value) for offset, value in records if offset > mine]
-        if later:
-            if max(later)[1] == wrote.get(tid) and tid not in suspended_meanwhile:
-                # The newest is ours again, put back on top by the other writer (which
-                # came second): ours stands, and is not to be run again.
-                others[tid] = []
+        if any(offset > mine for offset, _ in records):
             continue  # another writer's record is the newest: it stands as it is
         before = [value for offset, value in records if offset < mine]
         standing = before[-1] if before else wrote.get(tid)  # theirs back on top, or ours

@@ -23,6 +23,15 @@ pytestmark = pytest.mark.asyncio
 TP = TopicPartition("paystream.tenants", 0)
 
 
+_BOTH_TOLD = pytest.mark.xfail(
+    strict=True,
+    reason="known gap: both operators are told to run it again; saying 'yours stands' when "
+    "the newest record is ours again (tried, review h67v) silently undid a suspension a third "
+    "operator was told had landed",
+)
+
+
+@_BOTH_TOLD
 async def test_the_writer_whose_change_stands_is_not_told_it_was_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
