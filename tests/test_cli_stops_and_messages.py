@@ -55,15 +55,12 @@ def _silent_broker() -> tuple[socket.socket, int]:
 def test_doctor_stopped_during_its_checks_does_not_exit_the_failed_check_status(
     sig: int,
 ) -> None:
-    """c686732 made a stop exit 130 because exit 1 is what `doctor` gives a failed check;
-    doctor itself still turns a stop in its checks into click.Abort: exit 1."""
+    """A stop exits 130 because exit 1 is what `doctor` gives a failed check; doctor itself
+    turned a stop in its checks into click.Abort, exit 1 (review h67f)."""
     srv, port = _silent_broker()
     try:
         cli = Cli({"KAFKA_BROKER_URL": f"kafka://127.0.0.1:{port}"}, "doctor", prelude=_MARK_CHECKS)
-        cli.wait_for("CHECKING")
-        import time
-
-        time.sleep(1.0)  # (into the first check)
+        cli.wait_for("CHECKING")  # (in its checks: the silent broker holds the first)
         cli.signal(sig)
         status = cli.finish()
     finally:

@@ -35,7 +35,8 @@ async def test_a_delivery_failing_after_send_gave_up_is_retrieved(how: str) -> N
         while not sent:
             await asyncio.sleep(0.01)
         if how == "cancelled":
-            await asyncio.sleep(0.05)
+            for _ in range(5):  # (the send, handed over, waits on delivery and outcome)
+                await asyncio.sleep(0)
             task.cancel()
         (result,) = await asyncio.gather(task, return_exceptions=True)
         assert isinstance(result, OutcomeTimeout | asyncio.CancelledError), result

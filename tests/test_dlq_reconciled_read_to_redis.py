@@ -38,7 +38,7 @@ async def _first_run_with_a_late_park(dep: Any) -> Any:
     try:
         batch = producer.create_batch()
         assert batch.append(key=b"acme", value=b"never shown", timestamp=None, headers=list(old))
-        time.sleep(0.01)
+        time.sleep(0.01)  # (the batch stamped a few ms before the run's time, as built)
         first = await replay(settings, [settings.retry_topic])
         assert first.stale == 1 and first.complete
         await (await producer.send_batch(batch, settings.retry_topic, partition=1))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -60,6 +62,14 @@ class Consumer:
     async def _commit(self, offsets: dict[TP, int]) -> bool:
         self.commits.append(dict(offsets))
         return True
+
+
+async def _until(ready: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Loop turns until ``ready()``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0)
 
 
 async def _run(monkeypatch: pytest.MonkeyPatch, *, queue_busy: bool) -> list[Any]:
@@ -126,17 +136,16 @@ async def _run(monkeypatch: pytest.MonkeyPatch, *, queue_busy: bool) -> list[Any
     stream = SimpleNamespace(channel=SimpleNamespace(queue=queue))
     agent = asyncio.ensure_future(commands.process_commands(stream))
     try:
-        await asyncio.sleep(0.01)
+        await _until(lambda: bool(commands._IN_HAND))  # the agent has started
         chain, offsets = commands._IN_HAND[0]
         done = 0
         for _ in range(70):  # 700 s of a backlog on P0, handled and committed every 10 s
             now[0] += 10
             consumer.high[P0] += 20
+            before = chain._last
             await feed.put([ev(P0, o) for o in range(done, consumer.high[P0])])
             done = consumer.high[P0]
-            for _ in range(5):
-                await asyncio.sleep(0)
-            await asyncio.sleep(0.005)
+            await _until(lambda b=before: feed.empty() and chain._last is not b)  # (taken)
             await chain.drain(1)
             await offsets.commit()
             offsets.stalled_for()  # the probes ask every few seconds
