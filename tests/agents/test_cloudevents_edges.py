@@ -147,3 +147,34 @@ async def test_empty_data_base64_is_refused_as_any_data_base64(harness: Harness)
     outcome = outcome_of(harness.settings, emits)
     assert outcome is not None and kind(outcome) == "command.rejected", data(outcome)
     assert data(outcome)["message"] == DATA_NOT_AN_OBJECT
+
+
+_HUGE = "9" * 5000  # past the 4,300 digits Python turns into an int (CVE-2020-10735)
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+async def test_an_amount_of_thousands_of_digits_is_refused_as_an_amount(
+    harness: Harness, structured: bool
+) -> None:
+    """An integer too long for Python to read made the whole payload unreadable: refused
+    "data must be a JSON object" in binary mode, dead-lettered in structured mode (review
+    h67c). It is now read as the too-large number it is, and refused at `amount`."""
+    tenant = harness.add_tenant()
+    text = '{"amount": ' + _HUGE + ', "currency": "usd"}'
+    if structured:
+        attributes = {
+            "specversion": "1.0", "id": "c-huge", "source": "/x", "tenantid": tenant,
+            "type": "com.paystream.command.payment.create", "datacontenttype": "application/json",
+        }  # fmt: skip
+        envelope = json.dumps(attributes)[:-1] + ', "data": ' + text + "}"
+        headers = {"content-type": b"application/cloudevents+json"}
+        inbound = Inbound(tenant.encode(), envelope.encode(), headers, 0, "c", -1, -1)
+    else:
+        cmd = build_command("payment.create", tenant, {"amount": 1, "currency": "usd"})
+        rec = encode_event(cmd, tenant.encode(), CloudEventsMode.BINARY)
+        inbound = Inbound(rec.key, text.encode(), dict(rec.headers), 0, "c", -1, -1)
+    outcome = outcome_of(harness.settings, await harness.raw(inbound))
+    assert outcome is not None and kind(outcome) == "command.rejected"
+    assert data(outcome)["reason"] == "validation_error", data(outcome)
+    assert [e["loc"] for e in data(outcome)["errors"]] == ["amount"], data(outcome)
+    assert _HUGE[:50] not in json.dumps(data(outcome))  # (nor is it echoed)
