@@ -9,6 +9,7 @@ other variables are ``PAYSTREAM_<FIELD>``.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from enum import StrEnum
@@ -88,6 +89,8 @@ DEFAULT_LIVENESS_STALL_SECONDS = 600.0
 # Above the brokers' default replica.lag.time.max.ms (30 s): see producer_request_timeout.
 DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS = 60.0
 _URL_FIELDS = frozenset({"kafka_broker_url", "database_url", "redis_url"})
+# What a URL scheme looks like (RFC 3986), to be named in an error.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}")
 
 
 def url_without_password(value: str) -> str:
@@ -103,13 +106,23 @@ def url_without_password(value: str) -> str:
     creds, at, rest = rest.rpartition("@")
     if at and ":" in creds:
         creds = creds.split(":", 1)[0] + ":***"
+    elif at and "?" in creds:
+        # The last "@" was in a query value ("application_name=a@b"): what precedes it
+        # is host, path and the query's start, whose secrets are masked as any query's.
+        head, _, query = creds.partition("?")
+        creds = f"{head}?{_masked_query(query)}"
     base, question, query = rest.partition("?")
     if question:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_secret_param(k) for k, _ in pairs):
-            masked = [(k, "***" if _secret_param(k) else v) for k, v in pairs]
-            query = urlencode(masked, safe="*")
+        query = _masked_query(query)
     return f"{scheme}://{creds}{at}{base}{question}{query}"
+
+
+def _masked_query(query: str) -> str:
+    """A URL query with the values of parameters that carry a secret masked."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(_secret_param(k) for k, _ in pairs):
+        return query
+    return urlencode([(k, "***" if _secret_param(k) else v) for k, v in pairs], safe="*")
 
 
 def is_loopback(host: str) -> bool:
@@ -694,7 +707,11 @@ class Settings(BaseSettings):
         if not value:
             return None
         if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
-            raise ValueError(f"expected a postgresql:// URL, got scheme of {value.split(':')[0]!r}")
+            # The scheme named only if it reads as one: a libpq keyword/value string
+            # ("host=db password=...") has no ':' and would be quoted whole.
+            scheme = value.split(":")[0]
+            shown = repr(scheme) if _SCHEME.fullmatch(scheme) else "(not shown)"
+            raise ValueError(f"expected a postgresql:// URL, got scheme of {shown}")
         return _parseable_by_sqlalchemy(value)
 
     @field_validator("redis_url")
