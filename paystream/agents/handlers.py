@@ -1097,8 +1097,14 @@ def _maybe_its_own_effect(ctx: HandlerContext, rec: PaymentRecord, verb: str) ->
         return False
     latest = rec.applied[next(reversed(rec.applied))]
     data = latest.get("data")
-    # (A refresh's outcome says what it found the payment in before; it changed it.)
-    return isinstance(data, dict) and data.get("previous_status") not in (None, rec.status)
+    # (A refresh's outcome says what it found the payment in before; it changed it.
+    # Only a payment's own: a refund read back names the refund's previous status.)
+    return (
+        isinstance(data, dict)
+        and data.get("entity_type") == "payment"
+        and data.get("entity_id") == rec.id
+        and data.get("previous_status") not in (None, rec.status)
+    )
 
 
 def _transition_unless_let_through(ctx: HandlerContext, rec: PaymentRecord, verb: str) -> None:
