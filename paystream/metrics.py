@@ -185,7 +185,9 @@ BATCH_SECONDS = Histogram(
     "Time a command batch spends in each stage: running its commands (process) and "
     "producing its outcomes and table changes until the broker has them (publish).",
     ["stage"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    # Past DELIVERY_WARN_SECONDS (5) and the producer request timeout (60): a publish
+    # the broker refuses is retried for minutes (review h68h).
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 BATCH_SIZE = Histogram(
     "paystream_batch_size",

@@ -107,7 +107,7 @@ BATCH_SECONDS = Histogram(
 DB_STATEMENT_SECONDS = Histogram(
     "paystream_ledger_db_statement_seconds",
     "Latency of each SQL statement the ledger sink's engine executes.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10, 30, 60),
 )
 WRITE_FAILURES = Counter(
     "paystream_ledger_write_failures_total",
