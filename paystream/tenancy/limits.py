@@ -364,8 +364,8 @@ class LimitGate:
             if currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
                 state["held"][hold_of_this] = [day, currency, amount, owner]
-            elif not limits.daily_payment_volume:
-                amount = 0  # (none counted while no volume is limited: counted from then)
+            else:
+                amount = 0  # (none counted while its currency is not limited: from then)
         # (The keys in the order kept decisions have always had them.)
         entry = {"id": tag, "day": day, "admit": True, "counted": False,
                  "currency": currency, "amount": amount}  # fmt: skip

@@ -450,3 +450,25 @@ def test_a_payment_awaiting_authentication_or_processing_counts_toward_the_day(
     g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
     assert isinstance(g.pay(800, outcome=outcome), Admission)
     rejected(g.pay(300), "quota_exceeded")
+
+
+# The daily volume counts from when its limit is set (README); a currency's payments made
+# while only another currency was limited were counted, and refused its first payment once
+# its own limit was set the same day (review h68g).
+def test_a_currency_limit_set_mid_day_counts_from_when_it_is_set() -> None:
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 100_000}))
+    # EUR is not limited: 9,000.00 EUR move, as the tenant is allowed to.
+    assert isinstance(g.pay(900_000, currency="EUR"), Admission)
+    # The operator caps EUR at 5,000.00 a day, later the same day.
+    g.limits = TenantLimits(daily_payment_volume={"USD": 100_000, "EUR": 500_000})
+    got = g.pay(10_000, at_ms=T0 + 60_000, currency="EUR")
+    # Counted from when the limit is set: 100.00 EUR of 5,000.00 is within it.
+    assert isinstance(got, Admission), got
+
+
+def test_same_without_any_limit_before() -> None:
+    """(For contrast: with no volume limit at all before, nothing was counted.)"""
+    g = Gate(TenantLimits(max_payment_amount={"USD": 10**9}))
+    assert isinstance(g.pay(900_000, currency="EUR"), Admission)
+    g.limits = TenantLimits(daily_payment_volume={"EUR": 500_000})
+    assert isinstance(g.pay(10_000, at_ms=T0 + 60_000, currency="EUR"), Admission)
