@@ -38,7 +38,7 @@ from paystream.streams.codec import (
 )
 from paystream.streams.commands import COMMAND_PREFIX, DATA_NOT_AN_OBJECT, ID_MAX_CHARS
 from paystream.streams.kafka_auth import client_auth
-from paystream.streams.outcomes import ANSWERS_HEADER, REQUEST_HEADER
+from paystream.streams.outcomes import ANSWERS_HEADER, NOT_CE_STRING, REQUEST_HEADER
 from paystream.streams.pan import contains_card_number, security_code_at
 
 if TYPE_CHECKING:
@@ -234,9 +234,9 @@ def _check_ids(
             raise InvalidCommand(f"{name} is {len(text)} characters; at most {ID_MAX_CHARS}")
         if not valid_unicode(text):
             raise InvalidCommand(f"{name} is not valid Unicode (an undecodable byte?)")
-        if _CONTROL.search(text):
+        if _CONTROL.search(text) or NOT_CE_STRING.search(text):
             # (Answered under the id's digest, or no tenant: no CloudEvents string holds one.)
-            raise InvalidCommand(f"{name} holds a control character")
+            raise InvalidCommand(f"{name} holds a control character or a noncharacter")
         if contains_card_number(text):
             raise InvalidCommand(f"{name} reads as a card number: card data is not accepted")
 

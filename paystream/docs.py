@@ -545,7 +545,9 @@ def _command_headers() -> Doc:
             "ce_type": _header(f"`{COMMAND_PREFIX}<domain>.<verb>`", maxLength=_ID_MAX),
             "ce_tenantid": _header("the tenant (must equal the record key)", maxLength=_ID_MAX),
             "ce_idempotencykey": _header(
-                f"optional, at most {_ID_MAX} characters, no control characters; defaults to `id`; "
+                f"optional, at most {_ID_MAX} characters, no control characters; defaults to `id` "
+                "(in structured mode a JSON number or boolean is read as its string, `0`, "
+                "`true`, as binary mode carries it); "
                 "remembered 24 h (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS). A command under a key "
                 "already answered (same request) gets the first command's event again",
                 maxLength=_ID_MAX,
@@ -615,8 +617,8 @@ def _outcome_headers() -> Doc:
             "ce_subject": _header("the entity id, when the outcome names one"),
             "ce_tenantid": _header("the tenant"),
             "ce_causationid": _header(
-                "the command's `id` (an over-long id, or one holding a control character: "
-                "`sha256:<hex digest of the id>`)"
+                "the command's `id` (an over-long id, or one holding a control character or "
+                "a Unicode noncharacter: `sha256:<hex digest of the id>`)"
             ),
             "ce_partitionkey": _header("the tenant (the record key)"),
             "ce_traceparent": _header(

@@ -91,6 +91,7 @@ from paystream.settings import ATTRIBUTES_MAX_BYTES, COMMAND_MAX_BYTES_CEILING, 
 from paystream.streams.codec import (
     KafkaRecord,
     UndecodableRecord,
+    ce_text,
     decode_record,
     is_structured,
 )
@@ -104,6 +105,7 @@ from paystream.streams.commands import (
 )
 from paystream.streams.outcomes import (
     ANSWERS_HEADER,
+    NOT_CE_STRING,
     REQUEST_HEADER,
     REQUEST_PATTERN,
     CommandRef,
@@ -325,7 +327,7 @@ class CommandProcessor(ProviderWindow):
             # (a 60 KB traceparent was copied into its outcome and every record it wrote).
             named = attribute_bytes(event)
             tenant = str(event.get_extension("tenantid") or "") or key_str(rec.key)
-            idem = str(event.get_extension("idempotencykey") or event.get_id())
+            idem = ce_text(event.get_extension("idempotencykey")) or event.get_id()
             # (Not this very command, admitted by a version before this limit: its
             # answer, or its re-drive of a request the provider may have acted on,
             # stands. Another command under its key gets this answer, redelivered too.
@@ -406,7 +408,7 @@ class CommandProcessor(ProviderWindow):
         ce_type = attrs["type"]
         command_id = attrs["id"]
         tenant_id = str(attrs.get("tenantid") or "")
-        idem_key = str(attrs.get("idempotencykey") or command_id)
+        idem_key = ce_text(attrs.get("idempotencykey")) or command_id
         traceparent = attrs.get("traceparent")
         tracestate = attrs.get("tracestate")
         if suspicious and (traceparent or tracestate):
@@ -2333,7 +2335,7 @@ class CommandProcessor(ProviderWindow):
         tenant_id = str(event.get_extension("tenantid") or "")
         if not _state_readable(rec, tenant_id):
             return None  # (never run: refused tenant_mismatch or unknown_tenant)
-        idem_key = str(event.get_extension("idempotencykey") or event.get_id())
+        idem_key = ce_text(event.get_extension("idempotencykey")) or event.get_id()
         command_type = event.get_type().removeprefix(COMMAND_PREFIX)
         cmd = CommandRef(
             tenant_id=tenant_id,
@@ -2751,9 +2753,8 @@ def _post_images(outcome: StoredOutcome) -> list[tuple[str, dict[str, Any]]]:
 
 # Control characters refused in a command id or idempotency key (C0 and DEL).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# ... and all those no CloudEvents string may hold (C1 too): a tenant id holding one is
-# answered under no tenant's name.
-_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# (A tenant id holding anything no CloudEvents string may, C1 or a noncharacter too, is
+# answered under no tenant's name: outcomes.NOT_CE_STRING.)
 
 # Largest dead letter kept with its bytes: under Kafka's default 1 MB message size with
 # our headers beside them.
@@ -2813,7 +2814,7 @@ def _nameable(cmd: CommandRef) -> CommandRef:
     under none), an id holding one it never took (C0, DEL) goes by its digest. Every
     rule refusing a command before its tenant and id are checked answers through here
     (a tenant mismatch, an unknown type, a dead letter; review finding)."""
-    tenant_bad = _ANY_CONTROL.search(cmd.tenant_id) is not None
+    tenant_bad = NOT_CE_STRING.search(cmd.tenant_id) is not None
     id_bad = _CONTROL.search(cmd.command_id) is not None
     if not (tenant_bad or id_bad):
         return cmd

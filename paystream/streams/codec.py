@@ -31,6 +31,7 @@ __all__ = [
     "STRUCTURED_CONTENT_TYPE",
     "KafkaRecord",
     "UndecodableRecord",
+    "ce_text",
     "decode_record",
     "encode_data",
     "encode_event",
@@ -197,7 +198,11 @@ def _decode_record_full(
 ) -> CloudEvent:
     """decode_record, every case: header by header."""
     if value is None:
-        raise UndecodableRecord("empty record value (tombstone) is not a command")
+        if is_structured(headers):
+            raise UndecodableRecord("empty record value (tombstone) is not a command")
+        # Binary mode: a CloudEvent with no data is a record with no value (Kafka
+        # binding §3.2.2), read as the empty value is.
+        value = b""
     binary = False
     time_name: str | None = None
     ctype = ""
@@ -380,6 +385,17 @@ def _cloudevents_headers(headers: Mapping[str, bytes], without: str | None) -> d
         for k, v in headers.items()
         if k != without and (k.lower().startswith("ce_") or k.lower() == "content-type")
     }
+
+
+def ce_text(value: Any) -> str:
+    """An attribute's value as its canonical string (CloudEvents Type System), as binary
+    mode carries it: a Boolean "true"/"false", an Integer its decimal, a String itself;
+    "" for none (structured mode keeps the JSON type: ``0`` was read as no value)."""
+    if value is None:
+        return ""
+    if value is True or value is False:
+        return "true" if value else "false"
+    return str(value)
 
 
 def valid_unicode(text: str) -> bool:

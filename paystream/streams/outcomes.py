@@ -45,6 +45,13 @@ ANSWERS_HEADER = "paystream-answers"
 REQUEST_HEADER = "paystream-request"
 REQUEST_PATTERN = re.compile(rb"[a-z]{16,64}")
 _NAMESPACE = uuid.UUID("6f1d8f0e-4b7a-5c1e-9a55-706179737472")
+# What no CloudEvents String may hold (1.0.2 Type System): C0 and C1 controls, DEL,
+# Unicode noncharacters (surrogates cannot reach here: decoding refuses them).
+NOT_CE_STRING = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff"
+    + "".join(f"{chr(p << 16 | 0xFFFE)}{chr(p << 16 | 0xFFFF)}" for p in range(1, 17))
+    + "]"
+)
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
@@ -222,6 +229,15 @@ def encode_outcome(
     return kafka_record(key, encode_data(data, "application/json"), headers)
 
 
+def causation_id(command_id: str) -> str:
+    """The ``causationid`` of a command's outcomes: its id, or the id's digest when the id
+    holds what no CloudEvents String may (a conforming consumer cannot read such an
+    event: the .NET SDK throws), as for an over-long id."""
+    if NOT_CE_STRING.search(command_id) is None:
+        return command_id
+    return "sha256:" + hashlib.sha256(command_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _binary_headers(
     cmd: CommandRef, outcome_type: str, data: dict[str, Any]
 ) -> tuple[tuple[str, bytes], ...]:
@@ -236,7 +252,7 @@ def _binary_headers(
     # Encoded in the attributes' order, so that a value that cannot be fails as it did.
     time = time_text(cmd.time)
     time_b = (time[:-6] + "Z" if time.endswith("+00:00") else time).encode()
-    tenant_b, causation_b = cmd.tenant_id.encode(), cmd.command_id.encode()
+    tenant_b, causation_b = cmd.tenant_id.encode(), causation_id(cmd.command_id).encode()
     if not cmd.traceparent:
         # (Most commands carry no trace context: the tuple written out, in its order.)
         if subject:
@@ -310,7 +326,7 @@ def _attributes(cmd: CommandRef, outcome_type: str, data: dict[str, Any]) -> dic
         "time": cmd.time,
         "datacontenttype": "application/json",
         "tenantid": cmd.tenant_id,
-        "causationid": cmd.command_id,
+        "causationid": causation_id(cmd.command_id),
         "partitionkey": cmd.tenant_id,
     }
     subject = data.get("entity_id")
