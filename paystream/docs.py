@@ -1316,6 +1316,11 @@ def _view_schemas() -> Doc:
                         },
                         "processed": _INT,
                         "ledger_processed": _INT,
+                        "tables_recovering": {
+                            "type": "boolean",
+                            "description": "the tables are still replaying their changelogs: "
+                            "the summaries count what was replayed so far",
+                        },
                     }
                 ),
                 "activity": _object(

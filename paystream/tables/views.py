@@ -183,6 +183,11 @@ class SummaryCache:
             return self._value  # stale, while the next scan runs
         return await asyncio.shield(scan)
 
+    def expire(self) -> None:
+        """The value is no longer fresh (counted while tables recovered): answered at
+        most while the next scan runs."""
+        self._fresh_until = min(self._fresh_until, self._clock())
+
     async def _rescan(
         self, payments: Mapping[str, Any], owned: Collection[int] | None
     ) -> dict[str, Any]:

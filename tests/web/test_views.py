@@ -172,7 +172,14 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
     assert stats["minor_units"] == {"USD": 2}  # the currencies shown (amounts: minor units)
 
     worker = stats["worker"]
-    assert set(worker) == {"app_id", "uptime_s", "partitions", "processed", "ledger_processed"}
+    assert set(worker) == {
+        "app_id",
+        "uptime_s",
+        "partitions",
+        "processed",
+        "ledger_processed",
+        "tables_recovering",
+    }
     assert worker["app_id"] == seeded.deployment.settings.app_id
     assert worker["partitions"] == list(range(seeded.deployment.settings.partitions))
     assert worker["processed"] == EXPECTED_TILES["t-total"] + 1  # + the dead-lettered garbage
