@@ -396,6 +396,16 @@ class Settings(BaseSettings):
         "poll hands over under a fifth of it, so an agent that stalls never starves the "
         "others.",
     )
+    batch_tenant_max: int = Field(
+        default=32,
+        ge=1,
+        le=500,
+        description="PAYSTREAM_BATCH_TENANT_MAX: most commands of one tenant in a command "
+        "batch. A tenant's commands run one at a time, in order, and a batch's outcomes "
+        "and offsets wait for its longest run: with a provider answering in 400 ms, a "
+        "backlog of 500 of one tenant's commands would hold every tenant sharing the batch "
+        "for 200 s; at 32, for about 13 s.",
+    )
     producer_request_timeout_seconds: float = Field(
         default=DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS,
         ge=5,

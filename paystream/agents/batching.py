@@ -30,8 +30,14 @@ async def take_batches(
     within: float,
     idle: float,
     assignments: Callable[[], int] | None = None,
+    per_key_max: int | None = None,
 ) -> AsyncIterator[list[EventT]]:
     """Yield lists of at most ``max_`` events, oldest first, as soon as one has arrived.
+
+    With ``per_key_max``, a batch also ends before the event that would be the
+    (``per_key_max`` + 1)th of one record key: that key's commands run one at a time,
+    and a batch is done only when its longest run is, so one tenant's backlog would
+    otherwise hold every other tenant's outcomes for its whole length.
 
     An empty list is yielded after ``idle`` seconds without events, so the caller can do
     housekeeping (looking for records that never arrived) while the topic is quiet.
@@ -42,7 +48,7 @@ async def take_batches(
     app: AppT = stream.app
     while True:
         try:
-            batch, taken_at = await _gather(queue, max_, within, idle, assignments)
+            batch, taken_at = await _gather(queue, max_, within, idle, assignments, per_key_max)
         except StopAsyncIteration:
             # Faust ends an agent's stream this way when the worker stops. Events in
             # hand were never handled, so never committed: they are redelivered.
@@ -70,7 +76,12 @@ async def take_batches(
 
 
 async def _gather(
-    queue: Any, max_: int, within: float, idle: float, assignments: Callable[[], int] | None
+    queue: Any,
+    max_: int,
+    within: float,
+    idle: float,
+    assignments: Callable[[], int] | None,
+    per_key_max: int | None = None,
 ) -> tuple[list[EventT], int | None]:
     """Up to ``max_`` events as soon as one has arrived, none after ``idle`` seconds; and
     the ``assignments`` count as the first was taken."""
@@ -83,14 +94,34 @@ async def _gather(
         first = queue.get_nowait()
     taken_at = None if assignments is None else assignments()
     batch: list[EventT] = [first]
-    _drain(queue, batch, max_)
-    if len(batch) < max_ and within > 0:
+    per_key = None if per_key_max is None else {first.message.key: 1}
+    if _drain(queue, batch, max_, per_key, per_key_max) and within > 0:
         # A fetch is delivered event by event; give the rest of it time to land.
         await asyncio.sleep(within)
-        _drain(queue, batch, max_)
+        _drain(queue, batch, max_, per_key, per_key_max)
     return batch, taken_at
 
 
-def _drain(queue: Any, batch: list[EventT], max_: int) -> None:
-    while len(batch) < max_ and not queue.empty():
+def _drain(
+    queue: Any,
+    batch: list[EventT],
+    max_: int,
+    per_key: dict[Any, int] | None = None,
+    per_key_max: int | None = None,
+) -> bool:
+    """Take what is queued into ``batch``; whether it may take more."""
+    if per_key is None or per_key_max is None:
+        while len(batch) < max_ and not queue.empty():
+            batch.append(queue.get_nowait())
+        return len(batch) < max_
+    # (asyncio.Queue's deque, read to look at the next event before taking it: left in
+    # the queue, it is the next batch's first, the order kept.)
+    waiting = queue._queue
+    while len(batch) < max_ and waiting:
+        key = waiting[0].message.key
+        taken = per_key.get(key, 0)
+        if taken >= per_key_max:
+            return False
+        per_key[key] = taken + 1
         batch.append(queue.get_nowait())
+    return len(batch) < max_

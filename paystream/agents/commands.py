@@ -681,6 +681,7 @@ async def process_commands(stream: Any) -> None:
             BATCH_WITHIN,
             SWEEP_INTERVAL_SECONDS,
             assignments=lambda: _assignments,
+            per_key_max=settings.batch_tenant_max,
         ):
             # (As they were taken: see _deliver; take_batches dropped a batch taken
             # before an assignment, so none came between taking and here.)
