@@ -40,7 +40,7 @@ from paystream.agents.continuity import (
 )
 from paystream.agents.entity_probe import READ_ONLY
 from paystream.agents.handlers import Tables
-from paystream.agents.member_lease import still_a_member
+from paystream.agents.member_lease import lease, still_a_member
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
@@ -333,7 +333,17 @@ class CommandRunner:
         started = time.perf_counter()
         generation = app.consumer_generation_id
         sent: list[SentBatch] = []
-        for records in _delivery_order(batch):
+
+        async def still_ours() -> bool:
+            # A send after the first (a retry, the rest of a batch that lands its
+            # decisions first) goes only while this worker may still be a member: frozen
+            # or cut off past the session timeout meanwhile, its partitions may be
+            # another worker's, whose newer writes these would follow (review h68f).
+            return not lease.lapsed() or await still_a_member(generation, "a batch's send")
+
+        for i, records in enumerate(_delivery_order(batch)):
+            if i and not await still_ours():
+                raise MembershipLapsed("the rest of a batch is not produced")
             sent += await _publish(
                 producer,
                 records,
@@ -341,6 +351,7 @@ class CommandRunner:
                 # After a hand-over, a retry could land records of partitions now another
                 # worker's after its newer ones: the batch fails instead (and is redone).
                 may_retry=lambda: app.consumer_generation_id == generation,
+                still_ours=still_ours,
             )
         _PUBLISH_SECONDS.observe(time.perf_counter() - started)
         batch.changelog.persisted(sent)
@@ -508,6 +519,11 @@ def _decided_without_entity(emit: Emit) -> bool:
 _ANSWERED_WITHOUT_WHAT_THEY_READ = frozenset({"command.rejected", "refund.failed"})
 
 
+class MembershipLapsed(RuntimeError):
+    """This worker's group membership lapsed while its batch was being produced: the
+    batch fails (the worker exits uncommitted) rather than write after another owner."""
+
+
 def _changelog_name(table: Any) -> str:
     return str(table.changelog_topic.get_topic_name())
 
@@ -517,6 +533,7 @@ async def _publish(
     records: list[OutRecord],
     commands: int,
     may_retry: Callable[[], bool] = lambda: True,
+    still_ours: Callable[[], Awaitable[bool]] | None = None,
 ) -> list[SentBatch]:
     """Produce the batch's records until the broker has all of them.
 
@@ -547,6 +564,9 @@ async def _publish(
                     "producing %d records failed (%r); retry in %.2f s", len(records), exc, delay
                 )
                 await asyncio.sleep(delay)
+                if still_ours is not None and not await still_ours():
+                    PUBLISH.abandoned()  # (the partition's next owner produces it)
+                    raise MembershipLapsed("a retry is not produced") from exc
     except asyncio.CancelledError:
         PUBLISH.abandoned()
         raise
