@@ -16,7 +16,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -101,28 +101,23 @@ def url_without_password(value: str) -> str:
     if "://" not in value:
         return value
     scheme, _, rest = value.partition("://")
+    # Query secrets first, wherever a "?" or "&" starts a pair: an "@" in a query value
+    # ("application_name=w@n1") is taken for the user info's end below (review h68k).
+    rest = _QUERY_PAIR.sub(_masked_pair, rest)
     # Everything up to the last "@" is credentials, whatever it holds ("/", "?" or "#"
     # in a password end the host part for a URL parser, which then finds no password).
     creds, at, rest = rest.rpartition("@")
     if at and ":" in creds:
         creds = creds.split(":", 1)[0] + ":***"
-    elif at and "?" in creds:
-        # The last "@" was in a query value ("application_name=a@b"): what precedes it
-        # is host, path and the query's start, whose secrets are masked as any query's.
-        head, _, query = creds.partition("?")
-        creds = f"{head}?{_masked_query(query)}"
-    base, question, query = rest.partition("?")
-    if question:
-        query = _masked_query(query)
-    return f"{scheme}://{creds}{at}{base}{question}{query}"
+    return f"{scheme}://{creds}{at}{rest}"
 
 
-def _masked_query(query: str) -> str:
-    """A URL query with the values of parameters that carry a secret masked."""
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(_secret_param(k) for k, _ in pairs):
-        return query
-    return urlencode([(k, "***" if _secret_param(k) else v) for k, v in pairs], safe="*")
+# A query's "name=value" pair, after the "?" or "&" that starts it.
+_QUERY_PAIR = re.compile(r"([?&])([^=&#?]*)=([^&#]*)")
+
+
+def _masked_pair(found: re.Match[str]) -> str:
+    return f"{found[1]}{found[2]}=***" if _secret_param(unquote_plus(found[2])) else found[0]
 
 
 def is_loopback(host: str) -> bool:

@@ -298,3 +298,36 @@ def test_a_mistyped_scheme_is_still_named() -> None:
     # (What the message is for: kept by the fix.)
     with pytest.raises(ConfigurationError, match="'mysql'"):
         load_settings(database_url="mysql://app:pw@db/x")
+
+
+# The first fix masked a query password before an "@" in a later query value; one after
+# it (or any, once the URL named a port or a user:password) was still shown (review h68k).
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app@db/ledger?application_name=worker@node1&password=s3cretpw",
+        "postgresql://app@db:5432/ledger?application_name=worker@node1&password=s3cretpw",
+        "postgresql://app:pw@db/ledger?application_name=a@b&sslpassword=s3cretpw",
+        "redis://cache:6379/0?client_name=worker@node1&password=s3cretpw",
+    ],
+)
+def test_a_query_password_after_an_at_sign_is_hidden(url: str) -> None:
+    assert "s3cretpw" not in url_without_password(url)
+
+
+def test_the_settings_repr_hides_a_query_password_after_an_at_sign() -> None:
+    s = Settings(
+        _env_file=None,
+        database_url="postgresql://app@db/ledger?application_name=w@n1&password=s3cretpw",
+        redis_url="redis://cache/0?client_name=w@n1&password=s3cretpw",
+    )
+    for text in (repr(s), str(s)):
+        assert "s3cretpw" not in text
+
+
+def test_a_refused_url_does_not_quote_a_query_password_after_an_at_sign() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(
+            database_url="postgresql://app@db:5432/ledger?application_name=w@n1&password=s3cretpw"
+        )
+    assert "s3cretpw" not in str(refused.value)
