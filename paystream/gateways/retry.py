@@ -126,13 +126,16 @@ class CircuitBreaker:
             return False
         return self.clock() - self.last_call < max(SHOWN_IDLE_SECONDS, self.reset_seconds)
 
-    def release(self) -> None:
-        """A call ended without an answer either way (cancelled): another may probe."""
-        self._trial_in_flight = False
+    def release(self, trial: bool = True) -> None:
+        """A call ended without an answer either way (cancelled): if it was the trial
+        (``trial``), another may probe."""
+        if trial:
+            self._trial_in_flight = False
 
-    def on_failure(self) -> None:
+    def on_failure(self, trial: bool = True) -> None:
         self.failures += 1
-        self._trial_in_flight = False
+        if trial:  # (a late failure of a call let through before does not free the slot)
+            self._trial_in_flight = False
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
             if self.state is CircuitState.CLOSED:  # (not each failed trial: one a reset)
                 log.warning(
@@ -213,6 +216,7 @@ class RetryPolicy:
             wait = breaker.before_call()
             if wait is not None:
                 raise CircuitOpen(provider, tenant_id, wait)
+            trial = breaker.state is _HALF_OPEN  # this attempt is the probe
             try:
                 result = await fn()
             except GatewayError as exc:
@@ -222,7 +226,7 @@ class RetryPolicy:
                     else:
                         # Refused before any request: no verdict on the provider (as a
                         # half-open probe it would close a circuit whose provider is down).
-                        breaker.release()
+                        breaker.release(trial)
                     if may_have_acted is not None and _not_about_the_request(exc):
                         # E.g. the key rolled between a timed-out charge and its retry:
                         # the 401 comes before the provider looks the key up. Parked,
@@ -240,9 +244,9 @@ class RetryPolicy:
                     # verdict either way: one busy key must not open the tenant's
                     # circuit, nor erase the timeouts before it (a slow provider gives
                     # timeout, 409, timeout, 409...: review finding).
-                    breaker.release()
+                    breaker.release(trial)
                 else:
-                    breaker.on_failure()
+                    breaker.on_failure(trial)
                 if attempt == self.max_attempts or not exc.retry_now:
                     raise RetriesExhausted(exc, attempt) from exc
                 # A provider's own hint wins: e.g. an idempotency key still held by a
@@ -254,10 +258,10 @@ class RetryPolicy:
                 # Not an answer from the provider (a bug, an unmapped client error): a
                 # failure all the same, or a half-open circuit would wait for its probe
                 # for ever and park every command of the tenant until a restart.
-                breaker.on_failure()
+                breaker.on_failure(trial)
                 raise
             except BaseException:
-                breaker.release()  # cancelled (shutdown, deadline): no verdict
+                breaker.release(trial)  # cancelled (shutdown, deadline): no verdict
                 raise
             breaker.on_success()
             return result

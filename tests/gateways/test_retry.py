@@ -364,3 +364,59 @@ async def test_a_key_in_use_after_a_timeout_does_not_erase_the_timeout() -> None
         with pytest.raises((RetriesExhausted, CircuitOpen)):
             await p.call("t", "sim", SlowThenBusy())
     assert p.breaker("t", "sim").state is CircuitState.OPEN
+
+
+# A call let through before the circuit opened, ending late (cancelled or failed), freed
+# the half-open trial's slot: a second probe went to a provider still thought down
+# (review h68c).
+async def _no_sleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("late", ["cancelled", "failed"])
+async def test_a_late_non_trial_call_does_not_let_a_second_probe_out(late: str) -> None:
+    now = [0.0]
+    policy = RetryPolicy(
+        max_attempts=1, backoff_base_seconds=0, failure_threshold=1, reset_seconds=5.0,
+        sleep=_no_sleep, clock=lambda: now[0],
+    )  # fmt: skip
+    slow_x, slow_t = asyncio.Event(), asyncio.Event()
+    calls = {"probes": 0}
+
+    async def x() -> str:  # started while the circuit was closed; answers late
+        await slow_x.wait()
+        raise GatewayError(ErrorCode.TIMEOUT, "no answer", provider="simulator")
+
+    async def down() -> str:
+        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+    async def trial() -> str:  # the half-open probe, in flight
+        calls["probes"] += 1
+        await slow_t.wait()
+        return "ok"
+
+    task_x = asyncio.create_task(policy.call("t1", "simulator", x))
+    await asyncio.sleep(0)
+    with pytest.raises(GatewayError):
+        await policy.call("t1", "simulator", down)  # opens the circuit
+    assert policy.breaker("t1", "simulator").state is CircuitState.OPEN
+    now[0] = 10.0
+    task_t = asyncio.create_task(policy.call("t1", "simulator", trial))
+    await asyncio.sleep(0)
+    assert calls["probes"] == 1
+    if late == "cancelled":
+        task_x.cancel()
+    else:
+        slow_x.set()
+    with pytest.raises((asyncio.CancelledError, RetriesExhausted)):
+        await task_x
+    now[0] = 20.0  # (past a reset delay again, for the "failed" case)
+    # T's probe is still in flight: another call must be held back, not sent beside it.
+    # (On the bug it goes out as a second probe and waits on slow_t: TimeoutError.)
+    try:
+        with pytest.raises(CircuitOpen):
+            await asyncio.wait_for(policy.call("t1", "simulator", trial), 1.0)
+        assert calls["probes"] == 1
+    finally:
+        slow_t.set()
+    await task_t
