@@ -141,7 +141,14 @@ _REFRESHED: Doc = {
     "previous_failure_code": {
         "type": ["string", "null"],
         "description": "answering `payment.refresh` of a failed payment: its "
-        "`failure_code` before (another one now: another card was declined)",
+        "`failure_code` before (another one now, and no `previous_charge_id` to compare: "
+        "another card was declined)",
+    },
+    "previous_charge_id": {
+        "type": "string",
+        "description": "answering `payment.refresh` of a failed payment whose provider names "
+        "its charges: the declined charge's id before (`object.provider_charge_id` another "
+        "now: another card was declined, whatever the failure codes)",
     },
 }
 

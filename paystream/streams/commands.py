@@ -183,7 +183,9 @@ class SubmitDisputeEvidence(CommandData):
     dispute_id: EntityId
     evidence: Annotated[
         dict[
-            Annotated[str, StringConstraints(max_length=64)],
+            # Kept as sent (as Metadata's): stripped, "a" and "a " were merged into one
+            # field, a value lost before an irrevocable submission (review h68j).
+            Annotated[str, StringConstraints(max_length=64, strip_whitespace=False)],
             Annotated[str, StringConstraints(max_length=20000)],
         ],
         Field(min_length=1, max_length=30),

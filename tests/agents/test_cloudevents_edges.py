@@ -233,3 +233,16 @@ async def test_two_idempotency_keys_too_long_to_read_are_not_one_key(harness: Ha
         inbound = Inbound(tenant.encode(), value, _STRUCTURED, int(time.time() * 1000), "c", -1, -1)
         outcomes.append(outcome_of(harness.settings, await harness.raw(inbound)))
     assert [kind(o) for o in outcomes if o is not None] == ["command.rejected"] * 2
+
+
+# Dispute evidence keys differing only by the white space around them were merged, one
+# value silently dropped before an irrevocable submission (review h68j; fixed for
+# `metadata` before).
+def test_evidence_is_never_silently_dropped() -> None:
+    sent = {"uncategorized_text": "the refund policy we showed", "uncategorized_text ": "see above"}
+    try:
+        taken = SubmitDisputeEvidence.model_validate({"dispute_id": "dp_1", "evidence": sent})
+    except ValidationError:
+        return  # refused: the sender learns of it (acceptable)
+    # Taken: every value sent must reach the provider.
+    assert sorted(taken.evidence.values()) == sorted(sent.values()), taken.evidence
