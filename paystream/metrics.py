@@ -70,6 +70,8 @@ WEBHOOKS = Counter(
     "paystream_webhooks_total",
     "Provider webhooks received, by provider, tenant and what came of them: refresh (a "
     "payment.refresh or refund.refresh sent), ignored (nothing paystream has not read), "
+    "dropped (about a payment or refund not recorded here, too old to be sent again: its "
+    "news is lost; refresh it once recorded), "
     "bad_signature, "
     "bad_request (a body that could not be read as sent, or in time), "
     "no_endpoint, too_large, unavailable (answered 503: the provider sends it again).",

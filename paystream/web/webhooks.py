@@ -52,6 +52,7 @@ from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
 from paystream.streams.codec import KafkaRecord
 from paystream.streams.commands import RefreshPayment, RefreshRefund
+from paystream.streams.pan import contains_card_number
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.state_machines import InvalidState, check_payment_transition
@@ -155,7 +156,7 @@ class WebhookView(View):
                 what = _kind(notice)
                 if _recent(notice.created):
                     raise _Unavailable(f"the {what} is not recorded here yet")
-                return self._ignored(provider, tenant, f"the {what} is not recorded here")
+                return self._dropped(provider, tenant, notice, what)
             if row is not None:
                 stale = _known_already(row, notice)
                 if stale is not None:
@@ -181,6 +182,26 @@ class WebhookView(View):
     ) -> Response:
         metrics.WEBHOOKS.labels(provider, tenant, result).inc()
         return self.json(body, status=status)
+
+    def _dropped(
+        self, provider: str, tenant: str, notice: PaymentNotice | RefundNotice, what: str
+    ) -> Response:
+        """An event about a payment or refund not recorded here, too old to be asked for
+        again: its news is lost (a 3-D Secure success while the create waited parked,
+        re-driven later: the provider answers it as it first did). Told apart from the
+        routine no-news, and logged, so that an operator refreshes it (review h68r)."""
+        entity = notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
+        _throttled.warning(
+            ("dropped", tenant),
+            "webhook %s for %s dropped: its %s %s is not recorded here and the event is "
+            "too old to be sent again; once it is (its create re-driven: `paystream dlq "
+            "replay`), send `%s.refresh` for it",
+            notice.event_id, tenant, what,
+            entity if _loggable(entity) else "(an id not shown)", what,
+        )  # fmt: skip
+        metrics.WEBHOOKS.labels(provider, tenant, "dropped").inc()
+        why = f"the {what} is not recorded here"
+        return self.json({"received": True, "action": "ignored", "why": why})
 
     def _ignored(self, provider: str, tenant: str, why: str) -> Response:
         metrics.WEBHOOKS.labels(provider, tenant, "ignored").inc()
@@ -318,6 +339,12 @@ def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | No
         # (Stripe sends `refund.updated` for what paystream read when it made it.)
         return f"the refund is {status} already"
     return None
+
+
+def _loggable(entity_id: str) -> bool:
+    """An id from the event's metadata that may be logged: one a command may carry (ours
+    are; a forged one may hold anything, a card number too)."""
+    return len(entity_id) <= 255 and entity_id.isprintable() and not contains_card_number(entity_id)
 
 
 async def _entity_row(tenant: str, notice: PaymentNotice | RefundNotice) -> dict[str, Any] | None:

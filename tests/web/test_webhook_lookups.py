@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import stripe
 
 import paystream.web.webhooks as wh
+from paystream import metrics
 from paystream.tenancy.models import Tenant
 
 SECRET = "whsec_lookups"
@@ -112,3 +114,45 @@ async def test_events_over_the_refresh_budget_are_bounded_by_the_lookups_too(
     answers = [(await _post(_event(i, "requires_payment_method")))[0] for i in range(100)]
     assert len(seen.sent) == 10 and answers.count(200) == 10  # the refresh budget's burst
     assert seen.lookups <= wh.LOOKUPS_PER_REFRESH * 10 + 1
+
+
+# An event dropped because its payment was not recorded here (older than
+# UNRECORDED_RETRY_SECONDS) was counted and answered exactly as routine no-news
+# ("ignored"), with no log line: the one webhook outcome that loses news (a customer's
+# 3-D Secure success while the payment's create waits parked) was invisible (review h68r).
+def _old_event(event_id: str, age: int) -> bytes:
+    obj = {
+        "id": "pi_parked",
+        "object": "payment_intent",
+        "status": "succeeded",
+        "metadata": {"paystream_payment": f"{TENANT}:pay_parked"},
+    }
+    event = {
+        "id": event_id,
+        "type": "payment_intent.succeeded",
+        "created": int(time.time()) - age,
+        "data": {"object": obj},
+    }
+    return json.dumps(event).encode()
+
+
+def _count(result: str) -> float:
+    return metrics.WEBHOOKS.labels("stripe", TENANT, result)._value.get()
+
+
+async def test_a_dropped_event_about_an_unrecorded_payment_is_told_from_no_news(
+    seen: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def not_recorded(tenant: str, notice: Any) -> None:
+        return None  # its create parked, Stripe's answer lost
+
+    monkeypatch.setattr(wh, "_entity_row", not_recorded)
+    ignored_before = _count("ignored")
+    with caplog.at_level(logging.INFO, logger=wh.__name__):
+        status, body = await _post(_old_event("evt_3ds_ok", 2 * 3600))
+    assert status == 200 and body["action"] == "ignored"  # (dropped: Stripe stops sending)
+    # The news is lost for good: an operator must be able to see that it was.
+    assert _count("ignored") == ignored_before, "counted as routine no-news"
+    assert any("pay_parked" in r.getMessage() for r in caplog.records), "nothing logged"
