@@ -113,7 +113,8 @@ def url_without_password(value: str) -> str:
 
 
 # A query's "name=value" pair, after the "?" or "&" that starts it.
-_QUERY_PAIR = re.compile(r"([?&])([^=&#?]*)=([^&#]*)")
+# (A value runs to the next "&": libpq reads a "#" in it as part of the password.)
+_QUERY_PAIR = re.compile(r"([?&])([^=&#?]*)=([^&]*)")
 
 
 def _masked_pair(found: re.Match[str]) -> str:

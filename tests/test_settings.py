@@ -331,3 +331,19 @@ def test_a_refused_url_does_not_quote_a_query_password_after_an_at_sign() -> Non
             database_url="postgresql://app@db:5432/ledger?application_name=w@n1&password=s3cretpw"
         )
     assert "s3cretpw" not in str(refused.value)
+
+
+# A query value was masked only up to a "#": the rest of a password holding one was shown
+# (libpq reads "?password=se#cret" as "se#cret"; review h68v).
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://h/db?password=se#cret",
+        "postgresql://h/db?user=a&password=p#ss&sslmode=require",
+        "redis://h:6379/0?password=x#yz",
+    ],
+)
+def test_no_part_of_a_query_password_is_shown(url: str) -> None:
+    secret_tail = url.split("password=", 1)[1].split("#", 1)[1].split("&", 1)[0]
+    shown = url_without_password(url)
+    assert "#" + secret_tail not in shown, shown

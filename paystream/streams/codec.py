@@ -114,7 +114,12 @@ class _OrjsonFormat(JSONFormat):
                 json.loads(body)
             except ValueError as exc:  # (UnicodeDecodeError is one)
                 if _too_long_an_integer(exc):
-                    return _json_loads(body.decode("utf-8"))
+                    try:
+                        return _json_loads(body.decode("utf-8"))
+                    except ValueError:
+                        pass  # not JSON after all: the SDK's rules, as for any other
+            except RecursionError:
+                pass  # (nested past the stdlib's depth: the SDK's rules, as before)
         return super().read_data(body, datacontenttype)
 
 

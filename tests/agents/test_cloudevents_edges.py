@@ -16,7 +16,7 @@ from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams import codec
-from paystream.streams.codec import decode_record, encode_event
+from paystream.streams.codec import _FORMAT, decode_record, encode_event
 from paystream.streams.commands import DATA_NOT_AN_OBJECT, SubmitDisputeEvidence
 from tests.agents.harness import Harness, data, kind, outcome_of
 
@@ -246,3 +246,15 @@ def test_evidence_is_never_silently_dropped() -> None:
         return  # refused: the sender learns of it (acceptable)
     # Taken: every value sent must reach the provider.
     assert sorted(taken.evidence.values()) == sorted(sent.values()), taken.evidence
+
+
+# A binary body that was not JSON and held an integer of over 4,300 digits raised out of
+# read_data, dead-lettered as not a CloudEvent (review h68v).
+_BIG = b"9" * 4301
+
+
+def test_malformed_json_with_an_overlong_integer_is_read_as_any_malformed_body() -> None:
+    for body in (b'{"amount":' + _BIG, b'{"a":[' + _BIG + b", x]}"):
+        # (Either way a string, as b'{"amount":1' is: no exception.)
+        assert isinstance(_FORMAT.read_data(body, "application/json"), str)
+        assert _FORMAT.read_data(b'{"amount":1', "application/json") == '{"amount":1'
