@@ -274,6 +274,14 @@ class LedgerSinkRunner:
                 key, value = None, b""
                 headers = {k: headers[k] for k in _OURS}
                 headers["paystream-dlq-redacted"] = FORBIDDEN_DATA.encode()
+            elif _size(key, value, headers) > KEEP_MAX_BYTES:
+                # Too large to produce again with our headers (the producer refuses a
+                # record over its max_request_size before sending): parked with its
+                # bytes, the batch failed on every retry and its partition stalled for
+                # good (review h68l). The source says where the outcome is.
+                key, value = None, b""
+                headers = {k: headers[k] for k in _OURS}
+                headers["paystream-dlq-dropped"] = b"too_large_to_keep"
             elif rec.key is None and UNREADABLE_BATCH_HEADER in rec.headers:
                 # What stands for a batch of outcomes no parser reads: they hold
                 # customers' personal data, which no erasure reaches here (review h65a).
@@ -313,6 +321,15 @@ def _erases(event: LedgerEvent) -> bool:
         and event.entity_type is EntityType.CUSTOMER
         and not event.event_id.endswith(f":{event.entity_type.value}:{event.entity_id}")
     )
+
+
+# Largest ledger dead letter kept with its bytes, as the commands' (pipeline.py): under
+# the producer's 1,000,000-byte max_request_size with our headers beside them.
+KEEP_MAX_BYTES = 768 * 1024
+
+
+def _size(key: bytes | None, value: bytes, headers: Mapping[str, bytes]) -> int:
+    return len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers.items())
 
 
 # A next action given (an object, not null) in an outcome's JSON.

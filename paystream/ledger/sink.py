@@ -583,9 +583,20 @@ class LedgerSink:
         entity versions only move forward, so order across halves does not matter.
         """
         events = [event for group in groups for event in group]
+        # Per tenant, what an attempt at these events committed (each tenant is its own
+        # transaction): kept across retries and a refusal, so that those rows are
+        # counted written once, and the halves do not count them as replays (h68l).
+        committed: dict[str, WriteResult] = {}
         try:
-            result.written.add(await self._write_retrying(events, result))
+            await self._write_retrying(events, result, committed)
         except _Rejected as rejected:
+            for part in committed.values():
+                result.written.add(part)
+            done = set(committed)
+            groups = [g for g in groups if g[0].tenant_id not in done]
+            if not groups:  # (not reached: the refusal was some tenant's)
+                return
+            events = [event for group in groups for event in group]
             if len(groups) == 1:
                 event = _named_in(events, rejected.cause)
                 # One line only: a DBAPI error's full text can carry statement parameters.
@@ -613,14 +624,19 @@ class LedgerSink:
             await self._write_isolating(groups[:mid], result)
             await self._write_isolating(groups[mid:], result)
 
-    async def _write_retrying(self, events: list[LedgerEvent], result: BatchResult) -> WriteResult:
+    async def _write_retrying(
+        self, events: list[LedgerEvent], result: BatchResult, committed: dict[str, WriteResult]
+    ) -> None:
         async def write() -> WriteResult:
             if not self._rls_checked:
                 await assert_rls_enforced(self.engine)
                 self._rls_checked = True
-            return await write_events(self.engine, events, keyring=self.keyring)
+            return await write_events(
+                self.engine, events, keyring=self.keyring, committed=committed
+            )
 
-        return await self._retrying(write, f"ledger write of {len(events)} event(s)", result)
+        written = await self._retrying(write, f"ledger write of {len(events)} event(s)", result)
+        result.written.add(written)
 
     async def erase_customer(self, tenant_id: str, customer_id: str) -> bool:
         """Crypto-shred a customer (after their `customer.erased` event is stored); retried
@@ -660,6 +676,12 @@ class LedgerSink:
                 kind = classify_failure(exc)
                 WRITE_FAILURES.labels(kind).inc()
                 if kind == FailureKind.DATA:
+                    # The database answered (it refused this data): nothing is being
+                    # retried any more, whatever failed before (review h68l: a batch
+                    # refused whole after a blip left the stalled gauge at 1).
+                    if self.stalled:
+                        self.stalled = False
+                        STALLED.set(0)
                     raise _Rejected(exc) from exc
                 self.failed_attempts += 1
                 if down_since is None:
