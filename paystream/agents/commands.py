@@ -40,7 +40,7 @@ from paystream.agents.continuity import (
 )
 from paystream.agents.entity_probe import READ_ONLY
 from paystream.agents.handlers import Tables
-from paystream.agents.member_lease import lease, still_a_member
+from paystream.agents.member_lease import MembershipLapsed, lease, still_a_member
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
@@ -517,11 +517,6 @@ def _decided_without_entity(emit: Emit) -> bool:
 # provider failed (its payment read, not written; with a later refund's write of that
 # payment landed and its own lost, its redelivery was refused `invalid_state`: review).
 _ANSWERED_WITHOUT_WHAT_THEY_READ = frozenset({"command.rejected", "refund.failed"})
-
-
-class MembershipLapsed(RuntimeError):
-    """This worker's group membership lapsed while its batch was being produced: the
-    batch fails (the worker exits uncommitted) rather than write after another owner."""
 
 
 def _changelog_name(table: Any) -> str:

@@ -37,6 +37,7 @@ from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.types import EventT
 from prometheus_client import Counter
 
+from paystream.agents.member_lease import MembershipLapsed, current_generation, still_a_member
 from paystream.app import app, settings, tables_settled
 from paystream.insights.events import alert_event, window_event
 from paystream.insights.observe import observe
@@ -669,9 +670,17 @@ class InsightsRunner:
         seen_topic = self.seen.changelog_topic.get_topic_name()
         forgotten = [r for r in first if r.topic == seen_topic and r.value is None]
         first = [r for r in first if not (r.topic == seen_topic and r.value is None)]
+        generation, sent_before = current_generation(), False
         for records in (first, last, forgotten):
             if not records:
                 continue
+            # A send after the first goes only while this worker may still be a member:
+            # frozen past the session timeout while the one before was acknowledged, its
+            # partitions may be another worker's, whose newer tenant records these would
+            # follow (review h68v; as the command agent's deliveries, h68f).
+            if sent_before and not await still_a_member(generation, "the insights' next send"):
+                raise MembershipLapsed("the rest of an insights batch is not produced")
+            sent_before = True
             sent = await send_batches(producer, records)
             for batch_sent in sent:
                 await batch_sent.future

@@ -40,7 +40,7 @@ from paystream.agents import insights, member_lease
 from paystream.agents.batching import take_batches
 from paystream.agents.card_data import kept_headers, raw_holds_card, raw_holds_security_code
 from paystream.agents.continuity import SWEEP_INTERVAL_SECONDS, ContinuityGuard
-from paystream.agents.member_lease import lease, still_a_member
+from paystream.agents.member_lease import MembershipLapsed, lease, still_a_member
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.pipeline import Inbound
 from paystream.app import app, settings
@@ -510,7 +510,10 @@ async def _until_stored(events: Sequence[EventT]) -> bool:
                 # more: its insights record landed over the newer one (review h61e).
                 if not await still_a_member(generation, "an insights batch"):
                     return False
-                await insights.runner.run_batch(events)
+                try:
+                    await insights.runner.run_batch(events)
+                except MembershipLapsed:
+                    return False  # (lapsed between its sends: as above, its new owner's)
             return True
         except Exception:
             # The writer retries database outages itself; this is everything else (a

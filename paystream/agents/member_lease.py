@@ -12,7 +12,7 @@ from faust.exceptions import ConsumerNotStarted
 from paystream.agents.membership import MembershipLease
 from paystream.app import app
 
-__all__ = ["lease", "still_a_member"]
+__all__ = ["MembershipLapsed", "current_generation", "lease", "still_a_member"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,13 @@ async def still_a_member(generation: int | None, what: str) -> bool:
     return await lease.confirmed(
         lambda: not app.rebalancing and app.consumer_generation_id == generation
     )
+
+
+class MembershipLapsed(RuntimeError):
+    """This worker's group membership lapsed while its batch was being produced: the
+    batch fails (the worker exits uncommitted) rather than write after another owner."""
+
+
+def current_generation() -> int | None:
+    """The consumer generation records read now belong to."""
+    return cast(int | None, app.consumer_generation_id)
