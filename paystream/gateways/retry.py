@@ -69,6 +69,9 @@ _CLOSED = CircuitState.CLOSED
 _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 
+# What ``release`` and ``on_failure`` take for "the trial in flight, whichever it is".
+CURRENT_TRIAL = object()
+
 # A circuit not closed shows open on the gauge while calls keep coming, and this long
 # after the last one (its tenant's traffic may have moved to another worker).
 SHOWN_IDLE_SECONDS = 600.0
@@ -87,7 +90,9 @@ class CircuitBreaker:
     last_call: float = 0.0  # when a call last came (held back or not)
     # Whose circuit, for the log lines of its opening and closing ("tenant at provider").
     name: str = ""
-    _trial_in_flight: bool = field(default=False, repr=False)
+    # The half-open trial in flight (a token of its own: a former trial ending late must
+    # not free the current one's slot; review h68v), else None.
+    _trial: object | None = field(default=None, repr=False)
 
     def before_call(self) -> float | None:
         """None if a call may go ahead, else seconds until the circuit may be tried."""
@@ -101,10 +106,19 @@ class CircuitBreaker:
                 return self.reset_seconds - waited
             self.state = _HALF_OPEN
         if self.state is _HALF_OPEN:
-            if self._trial_in_flight:
+            if self._trial is not None:
                 return self.reset_seconds  # only one probe at a time
-            self._trial_in_flight = True
+            self._trial = object()
         return None
+
+    def trial(self) -> object | None:
+        """The call ``before_call`` just let through: its trial token when it is the
+        half-open probe, else None (to hand back to ``release`` and ``on_failure``)."""
+        return self._trial if self.state is _HALF_OPEN else None
+
+    def _trial_over(self, trial: object | None) -> None:
+        if trial is CURRENT_TRIAL or (trial is not None and trial is self._trial):
+            self._trial = None
 
     def on_success(self) -> None:
         if self.state is not _CLOSED:
@@ -113,7 +127,7 @@ class CircuitBreaker:
                 "parked meanwhile with `paystream dlq replay`",
                 self.name or "a tenant",
             )
-        self.state, self.failures, self._trial_in_flight = _CLOSED, 0, False
+        self.state, self.failures, self._trial = _CLOSED, 0, None
 
     def shows_open(self) -> bool:
         """What the circuit gauge says: not closed, and called within ``SHOWN_IDLE_SECONDS``.
@@ -126,16 +140,16 @@ class CircuitBreaker:
             return False
         return self.clock() - self.last_call < max(SHOWN_IDLE_SECONDS, self.reset_seconds)
 
-    def release(self, trial: bool = True) -> None:
+    def release(self, trial: object | None = CURRENT_TRIAL) -> None:
         """A call ended without an answer either way (cancelled): if it was the trial
-        (``trial``), another may probe."""
-        if trial:
-            self._trial_in_flight = False
+        (``trial``: its token, or CURRENT_TRIAL), another may probe."""
+        self._trial_over(trial)
 
-    def on_failure(self, trial: bool = True) -> None:
+    def on_failure(self, trial: object | None = CURRENT_TRIAL) -> None:
+        """A transient failure; ``trial`` as for ``release`` (a late failure of a call let
+        through before does not free the probe's slot)."""
         self.failures += 1
-        if trial:  # (a late failure of a call let through before does not free the slot)
-            self._trial_in_flight = False
+        self._trial_over(trial)
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
             if self.state is CircuitState.CLOSED:  # (not each failed trial: one a reset)
                 log.warning(
@@ -216,7 +230,7 @@ class RetryPolicy:
             wait = breaker.before_call()
             if wait is not None:
                 raise CircuitOpen(provider, tenant_id, wait)
-            trial = breaker.state is _HALF_OPEN  # this attempt is the probe
+            trial = breaker.trial()  # (this attempt's token when it is the probe)
             try:
                 result = await fn()
             except GatewayError as exc:

@@ -7,7 +7,13 @@ import asyncio
 import pytest
 
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
-from paystream.gateways.retry import CircuitOpen, CircuitState, RetriesExhausted, RetryPolicy
+from paystream.gateways.retry import (
+    CircuitBreaker,
+    CircuitOpen,
+    CircuitState,
+    RetriesExhausted,
+    RetryPolicy,
+)
 from paystream.settings import load_settings
 
 
@@ -316,7 +322,7 @@ def test_a_closed_circuit_lets_every_call_through_and_records_it() -> None:
         assert breaker.before_call() is None
         assert breaker.last_call == now
         assert breaker.state is CircuitState.CLOSED
-        assert (breaker.failures, breaker._trial_in_flight) == (0, False)
+        assert (breaker.failures, breaker._trial) == (0, None)
     breaker.on_failure()
     breaker.on_failure()  # below the threshold: still closed, failures counted
     assert breaker.before_call() is None and breaker.failures == 2
@@ -420,3 +426,23 @@ async def test_a_late_non_trial_call_does_not_let_a_second_probe_out(late: str) 
     finally:
         slow_t.set()
     await task_t
+
+
+def test_a_former_trials_late_end_does_not_free_the_current_trials_slot() -> None:
+    """A plain flag let a former probe, ending late, free the current probe's slot: a
+    second probe went out to a provider still thought down (review h68v)."""
+    now = [0.0]
+    b = CircuitBreaker(failure_threshold=1, reset_seconds=10, clock=lambda: now[0])
+    assert b.before_call() is None  # X: let through while closed (slow)
+    b.on_failure(None)  # another call fails: open
+    now[0] = 10
+    assert b.before_call() is None and b.state is CircuitState.HALF_OPEN  # A: the probe
+    former = b.trial()
+    assert former is not None
+    b.on_success()  # X ends late with an answer: closed
+    assert b.before_call() is None and b.trial() is None
+    b.on_failure(None)  # a closed-circuit call fails: open again
+    now[0] = 20
+    assert b.before_call() is None  # D: the new probe, in flight
+    b.release(former)  # A is cancelled at last
+    assert b.before_call() is not None, "a second probe went out while D is in flight"
