@@ -17,6 +17,7 @@ deleted first: Faust then rebuilds it from the whole changelog, as for a new wor
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import time
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 TOUCH_INTERVAL_SECONDS = 60.0
 
 _faust_open = RocksDBStore._open_for_partition
+_faust_assign = RocksDBStore.assign_partitions
 
 
 def marker_of(store_path: Path) -> Path:
@@ -71,15 +73,38 @@ def _touch(marker: Path) -> None:
 
 def touch_followed(stores: Iterable[Any]) -> int:
     """Touch the marker of every partition store open in ``stores`` (Faust's RocksDB
-    stores; others are skipped); how many."""
+    stores; others are skipped) whose partition this worker follows (assigned, active or
+    standby); how many. An open store of a partition not followed is one a late read
+    reopened after its revoke (a batch the hand-over gave up on): touched, it would pass
+    for followed when the partition comes back days later (review h68p)."""
     touched = 0
     for store in stores:
         if not isinstance(store, RocksDBStore):
             continue
+        followed = _followed(store)
         for partition in list(store._dbs):
-            _touch(marker_of(store.partition_path(partition)))
-            touched += 1
+            if partition in followed:
+                _touch(marker_of(store.partition_path(partition)))
+                touched += 1
     return touched
+
+
+def _followed(store: Any) -> set[int]:
+    """The partitions of ``store``'s changelog assigned to this worker."""
+    assignor = store.app.assignor
+    topics = store.table.changelog_topic.topics
+    return {
+        tp.partition
+        for tp in (*assignor.assigned_actives(), *assignor.assigned_standbys())
+        if tp.topic in topics
+    }
+
+
+def _stale(store_path: Path, max_age_seconds: float) -> bool:
+    try:
+        return time.time() - marker_of(store_path).stat().st_mtime > max_age_seconds
+    except FileNotFoundError:
+        return True
 
 
 def install(max_age_seconds: Callable[[], float]) -> None:
@@ -94,3 +119,23 @@ def install(max_age_seconds: Callable[[], float]) -> None:
         return db
 
     RocksDBStore._open_for_partition = open_for_partition  # type: ignore[method-assign]
+
+    async def assign_partitions(self: Any, table: Any, tps: Any, generation_id: int = 0) -> None:
+        # A store still open, its marker stale, is one a late read reopened after its
+        # revoke: Faust would use it as it is, never opening it, so its age would never
+        # be checked. Dropped first (as Faust's revoke drops one), it is opened through
+        # the check above: rebuilt (review h68p).
+        dropped = [
+            tp.partition
+            for tp in tps
+            if tp.topic in table.changelog_topic.topics
+            and tp.partition in self._dbs
+            and _stale(self.partition_path(tp.partition), max_age_seconds())
+        ]
+        for partition in dropped:
+            self._dbs.pop(partition, None)
+        if dropped:
+            gc.collect()  # (its handle closed, as Faust's revoke closes one)
+        await _faust_assign(self, table, tps, generation_id)
+
+    RocksDBStore.assign_partitions = assign_partitions  # type: ignore[method-assign]
