@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cloudevents.core.v1.event import CloudEvent
 
     from paystream.client import OutcomeTimeout
-from paystream.cli.base import _Finite, _run, _settings, cli
+from paystream.cli.base import _Finite, _run, _settings, _stoppable, cli
 
 
 @cli.command()
@@ -102,7 +102,10 @@ def send(
 
     if http_url is not None:
         try:
-            answer = _run(_send_over_http(http_url, cmd, timeout, settings), note_waiting=False)
+            answer = _run(
+                _stoppable(_send_over_http(http_url, cmd, timeout, settings)),
+                note_waiting=False,
+            )
         except KeyboardInterrupt:
             _said_interrupted(cmd.get_id())
         if isinstance(answer, OutcomeTimeout):
@@ -140,7 +143,9 @@ def send(
         return dumps(outcome)
 
     try:
-        said = _run(go(), note_waiting=False)  # (it waits for the outcome, with its timeout)
+        # SIGTERM and SIGHUP as Ctrl-C (`timeout`, a job's deadline, a lost SSH session):
+        # the id is said, the only handle on a command that may have been sent.
+        said = _run(_stoppable(go()), note_waiting=False)  # (it waits, with its timeout)
     except KeyboardInterrupt:
         _said_interrupted(cmd.get_id())
     if isinstance(said, OutcomeTimeout):

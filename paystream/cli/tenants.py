@@ -367,6 +367,8 @@ def _registered(settings: Settings, tenant_id: str) -> Tenant | None:
     """The tenant's current record, to change; a clean error if it cannot be read."""
     from paystream.tenancy.registry import UnreadableTenant, registered_tenant
 
+    _refuse_card_numbers(("TENANT_ID", tenant_id))  # (else "unknown tenant '4242…'")
+
     try:
         return _run(registered_tenant(settings, tenant_id))
     except UnreadableTenant as exc:
@@ -390,6 +392,7 @@ def tenants_list() -> None:
 
 
 def _set_status(tenant_id: str, status: str) -> None:
+    _refuse_card_numbers(("TENANT_ID", tenant_id))
     settings = _settings()
     from paystream.tenancy.models import TenantStatus
     from paystream.tenancy.registry import (
@@ -495,6 +498,7 @@ def tenants_api_key_revoke(tenant_id: str, key_id: str) -> None:
     """Revoke a key: every worker refuses it once it reads the registry's new record."""
     from paystream.tenancy.registry import put_tenant_unless_changed
 
+    _refuse_card_numbers(("TENANT_ID", tenant_id), ("KEY_ID", key_id))
     settings = _settings()
     known = _registered(settings, tenant_id)
     if known is None:
