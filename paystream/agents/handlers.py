@@ -495,6 +495,14 @@ async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> Handle
         rec.email, rec.name, rec.description = now.email, now.name, now.description
         rec.metadata = dict(now.metadata)
         return HandlerResult("customer.updated", rec)
+    if len(gw.merged_metadata(rec.metadata, data.metadata)) > gw.METADATA_KEYS_MAX:
+        # Stripe's 50 keys are the customer's, after the merge (not remembered: another
+        # update removing keys makes the same one valid, and Stripe keeps no answer).
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"customer {rec.id} would hold more than {gw.METADATA_KEYS_MAX} metadata keys",
+            remember=False,
+        )
     req = gw.UpdateCustomer(
         provider_customer_id=rec.provider_customer_id,
         email=data.email,
@@ -644,6 +652,19 @@ async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod
             lambda: ctx.gateway.attach_payment_method(req, idempotency_key=key),
         )
     except GatewayError as exc:
+        if (
+            exc.code is ErrorCode.IDEMPOTENCY_ERROR
+            and not exc.retryable
+            and data.payment_method_id is not None
+            and not ctx.let_through
+        ):
+            # The id's key holds an earlier attach of other parameters that made no
+            # payment method here (a declined card): the id is taken at the provider.
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"payment method id {pmid} was used by an earlier attach the provider "
+                "refused or declined; attach under a new id",
+            ) from exc
         if exc.retryable or not _is_card_error(exc):
             raise
         # The customer named: card testing by saving cards reaches the fraud rules.

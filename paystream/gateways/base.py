@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from paystream.money import Money
 
 __all__ = [
+    "METADATA_KEYS_MAX",
     "OPERATION_CAPABILITY",
     "PAYMENT_REF_KEY",
     "REFUND_REF_KEY",
@@ -83,7 +84,8 @@ class Capability(StrEnum):
 # finds paystream's (a tenant id has no colon). The provider's id alone would need an index.
 PAYMENT_REF_KEY = "paystream_payment"
 REFUND_REF_KEY = "paystream_refund"
-_METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
+METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
+_METADATA_KEYS_MAX = METADATA_KEYS_MAX
 
 
 def payment_ref(metadata: Mapping[str, str], tenant_id: str, payment_id: str) -> dict[str, str]:

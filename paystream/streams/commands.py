@@ -7,10 +7,12 @@ replayed create names the same entity.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,7 +24,7 @@ from pydantic import (
 )
 
 from paystream.money import MAX_MINOR_AMOUNT, Currency
-from paystream.streams.pan import redact_card_numbers
+from paystream.streams.pan import luhn_valid, redact_card_numbers
 
 __all__ = [
     "COMMANDS",
@@ -69,7 +71,26 @@ Metadata = Annotated[
 ]
 Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")]
 # Provider tokens are opaque identifiers (pm_..., tok_..., sq0cdt-...), never card data.
-Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:.-]{3,255}$")]
+_TOKEN_DIGITS = re.compile(r"[0-9](?:[_:.-]?[0-9])*")
+
+
+def _not_card_data(token: str) -> str:
+    """Every provider's token holds a letter; digits alone are a card's number or code
+    (a CVC, or a number grouped by separators the general scan leaves to ids), and digits
+    joined by the token's separators into a Luhn-valid 13-19 are a card number. The
+    message never repeats the value."""
+    if not any("a" <= ch.lower() <= "z" for ch in token):
+        raise ValueError("a token is the provider's id for a card, never its number or code")
+    for run in _TOKEN_DIGITS.findall(token):
+        digits = re.sub(r"[^0-9]", "", run)
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            raise ValueError("a token is the provider's id for a card, never its number")
+    return token
+
+
+Token = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_:.-]{3,255}$"), AfterValidator(_not_card_data)
+]
 Amount = Annotated[StrictInt, Field(ge=1, le=MAX_MINOR_AMOUNT)]
 
 

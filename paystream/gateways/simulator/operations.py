@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from paystream.gateways.base import (
+    METADATA_KEYS_MAX,
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
@@ -184,7 +185,10 @@ async def create_customer(tx: Tx, req: CreateCustomer, key: str) -> dict[str, An
 async def update_customer(tx: Tx, req: UpdateCustomer, key: str) -> dict[str, Any]:
     cus = await _must(tx, req.provider_customer_id, "customer")
     changes = req.model_dump(exclude={"provider_customer_id", "metadata"}, exclude_none=True)
-    cus = {**cus, **changes, "metadata": merged_metadata(cus.get("metadata") or {}, req.metadata)}
+    metadata = merged_metadata(cus.get("metadata") or {}, req.metadata)
+    if len(metadata) > METADATA_KEYS_MAX:  # as Stripe: 50 keys in all, not per update
+        raise _invalid(f"a customer holds at most {METADATA_KEYS_MAX} metadata keys")
+    cus = {**cus, **changes, "metadata": metadata}
     tx.put(cus)
     tx.effect(Effect.of("customer.updated", key, cus["id"]))
     return {"ok": results.customer(cus)}
