@@ -109,6 +109,10 @@ def url_without_password(value: str) -> str:
     creds, at, rest = rest.rpartition("@")
     if at and ":" in creds:
         creds = creds.split(":", 1)[0] + ":***"
+    if at:
+        # And again after it: user info holding "&" and "=" began a "pair" above whose
+        # value ran over the "@" and the whole query, its secrets unread (review h68w).
+        rest = _QUERY_PAIR.sub(_masked_pair, rest)
     return f"{scheme}://{creds}{at}{rest}"
 
 

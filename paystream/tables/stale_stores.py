@@ -17,7 +17,6 @@ deleted first: Faust then rebuilds it from the whole changelog, as for a new wor
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import time
@@ -100,6 +99,18 @@ def _followed(store: Any) -> set[int]:
     }
 
 
+def _empty(db: Any) -> None:
+    """Delete every key of an open partition database (its stored offset included)."""
+    it = db.iter()
+    it.seek_to_first()
+    first = it.key() if it.valid() else None
+    it.seek_to_last()
+    last = it.key() if it.valid() else None
+    del it
+    if first is not None and last is not None:
+        db.delete_range(first, last + b"\x00")  # (the end is exclusive)
+
+
 def _stale(store_path: Path, max_age_seconds: float) -> bool:
     try:
         return time.time() - marker_of(store_path).stat().st_mtime > max_age_seconds
@@ -133,9 +144,18 @@ def install(max_age_seconds: Callable[[], float]) -> None:
             and _stale(self.partition_path(tp.partition), max_age_seconds())
         ]
         for partition in dropped:
-            self._dbs.pop(partition, None)
-        if dropped:
-            gc.collect()  # (its handle closed, as Faust's revoke closes one)
+            # Emptied where it is open, not closed and opened again: a reader elsewhere
+            # (an iterator) keeps a dropped handle and its lock alive, and the reopen
+            # failed "lock hold by current process" until Faust stopped the store
+            # (review h68w). Its stored offset goes too: recovered from the start.
+            _empty(self._dbs[partition])
+            _touch(marker_of(self.partition_path(partition)))
+            log.warning(
+                "table store %s: open but unfollowed for longer than %d s: emptied, "
+                "rebuilt from its changelog",
+                self.partition_path(partition).name,
+                max_age_seconds(),
+            )
         await _faust_assign(self, table, tps, generation_id)
 
     RocksDBStore.assign_partitions = assign_partitions  # type: ignore[method-assign]

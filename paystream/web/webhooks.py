@@ -192,7 +192,9 @@ class WebhookView(View):
         routine no-news, and logged, so that an operator refreshes it (review h68r)."""
         entity = notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
         _throttled.warning(
-            ("dropped", tenant),
+            # Per payment or refund, not per tenant: each one dropped is to be refreshed
+            # by hand, so each is named (the lookup before bounds how many; review h68w).
+            ("dropped", tenant, entity),
             "webhook %s for %s dropped: its %s %s is not recorded here and the event is "
             "too old to be sent again; once it is (its create re-driven: `paystream dlq "
             "replay`), send `%s.refresh` for it",
