@@ -35,7 +35,8 @@ from paystream.cli.base import _Finite, _run, _settings, _stoppable, cli
     default=30.0,
     show_default=True,
     type=_Finite(min=0, min_open=True),
-    help="seconds to wait for the outcome, connecting to the broker included",
+    help="seconds to wait for the outcome, connecting to the broker included (with "
+    "--http at most 30: the ingress waits no longer)",
 )
 @click.option("--structured", is_flag=True, help="send in structured content mode")
 @click.option(
