@@ -793,7 +793,11 @@ async def _within_uncommitted_bound(
         await chain.drain()
         if not app.rebalancing:  # (given nothing left to commit, Faust crashes the worker)
             try:
-                await offsets.commit()
+                # Bounded: aiokafka retries a coordinator error for ever, and the commit
+                # goes on on Faust's consumer thread (offsets.commit waits for it again).
+                await asyncio.wait_for(offsets.commit(), UNCOMMITTED_RETRY_SECONDS)
+            except TimeoutError:
+                pass  # (still in flight: said below)
             except Exception:
                 log.warning("offset commit failed; trying again", exc_info=True)
         over = offsets.past_bound(events, MAX_UNCOMMITTED)

@@ -8,6 +8,7 @@ payment refused `rate_limited` or `quota_exceeded` was charged on its redelivery
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -161,3 +162,29 @@ async def test_a_batch_past_the_bound_with_nothing_to_commit_goes_on(
 async def test_the_limits_keep_the_decisions_of_twice_the_bound() -> None:
     """A redelivery's and the run after it's, before the first commit."""
     assert REPLAY_MEMORY >= 2 * MAX_UNCOMMITTED
+
+
+async def test_a_hung_commit_past_the_bound_is_said(
+    agent: tuple[Any, Committing, DurableOffsets],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit aiokafka retries for ever (the coordinator answering NOT_COORDINATOR while
+    __consumer_offsets is under-replicated or moving) never returned, and the line written
+    for this very wait ("... the commit does not land; handling no more until it does")
+    was never logged: the agent stopped handling commands without a word (review h68ac)."""
+    app, consumer, offsets = agent
+    consumer.hangs = True
+    monkeypatch.setattr(commands, "UNCOMMITTED_RETRY_SECONDS", 0.01)
+    _handled(app, offsets, 0, 899)
+    batch = [_event(app, o) for o in range(900, 1_100)]
+    caplog.set_level(logging.WARNING, logger="paystream.agents.commands")
+    waiting = asyncio.ensure_future(
+        _within_uncommitted_bound(offsets, DeliveryChain(), batch, moved=lambda: False)
+    )
+    try:
+        await _until(lambda: any("commit does not land" in r.getMessage() for r in caplog.records))
+        assert not waiting.done()  # (it waits, rightly)
+    finally:
+        consumer.lands = True
+        await asyncio.wait_for(waiting, 5)
