@@ -70,3 +70,26 @@ async def test_a_commit_refused_during_a_rebalance_is_not_progress() -> None:
     assert offsets.lag() == {P0: 50}
     now[0] += 30
     assert offsets.stalled_for() == (50, 60.0)
+
+
+async def test_a_commit_landing_after_a_rejoin_is_not_published_as_ours() -> None:
+    """aiokafka retries a commit under the generation current at each try: one stuck
+    through a rejoin landed for partitions that may be another worker's by then, and was
+    published as this worker's committed offset, which nothing lowers (review h68ac)."""
+    consumer = Recording()
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    published: dict[int, int] = {}
+    offsets = DurableOffsets(app, agent="rejoin-a", topic=TOPIC, published=published)  # type: ignore[arg-type]
+    offsets.advance([_event(app, 7)])
+
+    def rejoined() -> None:
+        app.consumer_generation_id = 2
+
+    consumer.during = rejoined
+    await offsets.commit()
+    assert consumer.commits == [{P0: 8}]
+    assert published == {}
+    consumer.during = None
+    offsets.advance([_event(app, 9)])
+    await offsets.commit()
+    assert published == {P0.partition: 10}
