@@ -227,19 +227,22 @@ def _check_printed(settings: Settings, text: str, as_of_ms: int, *, redis_down_o
         )
 
 
-def _record_printed(settings: Settings, as_of_ms: int, which: str) -> None:
+def _record_printed(settings: Settings, as_of_ms: int, which: str) -> bool:
+    """Keep this run's time; False (said so) if Redis did not take it."""
     from paystream.held_back import HeldBackTimes
 
     assert settings.redis_url is not None
     times = HeldBackTimes(settings.redis_url, settings.commands_topic)
     try:
         times.record(as_of_ms, which)
+        return True
     except redis.RedisError as exc:
         click.echo(
-            f"warning: could not record this run's time in Redis ({exc}): a replay naming "
-            "it will need --no-lease",
+            f"note: Redis did not keep this run's time ({exc}), so a replay naming it is "
+            "refused: run this again once Redis answers",
             err=True,
         )
+        return False
     finally:
         times.close()
 
@@ -445,7 +448,7 @@ def dlq_replay(
         topic = "" if which == "all" else f"--topic {which} "
         vouched = result.complete and (not settings.redis_url or result.read_to_kept)
         if result.complete and settings.redis_url and result.read_to_kept:
-            _record_printed(settings, result.started_ms, which)
+            vouched = _record_printed(settings, result.started_ms, which)
         elif result.complete and settings.redis_url:
             click.echo(
                 "note: Redis did not keep where this run read to (see the warning above), "
