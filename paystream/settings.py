@@ -101,18 +101,18 @@ def url_without_password(value: str) -> str:
     if "://" not in value:
         return value
     scheme, _, rest = value.partition("://")
-    # Query secrets first, wherever a "?" or "&" starts a pair: an "@" in a query value
-    # ("application_name=w@n1") is taken for the user info's end below (review h68k).
-    rest = _QUERY_PAIR.sub(_masked_pair, rest)
     # Everything up to the last "@" is credentials, whatever it holds ("/", "?" or "#"
-    # in a password end the host part for a URL parser, which then finds no password).
+    # in a password end the host part for a URL parser, which then finds no password):
+    # with a ":", all of it after the user goes (an "@" in a query value, "w@n1", takes
+    # the host with it: hidden, never shown). Query secrets are masked on either side
+    # of it, each side on its own: masked across it, a password holding "&password="
+    # swallowed the "@" and was shown (reviews h68k, h68w, h68aa).
     creds, at, rest = rest.rpartition("@")
     if at and ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    if at:
-        # And again after it: user info holding "&" and "=" began a "pair" above whose
-        # value ran over the "@" and the whole query, its secrets unread (review h68w).
-        rest = _QUERY_PAIR.sub(_masked_pair, rest)
+        creds = _QUERY_PAIR.sub(_masked_pair, creds.split(":", 1)[0]) + ":***"
+    elif at:
+        creds = _QUERY_PAIR.sub(_masked_pair, creds)
+    rest = _QUERY_PAIR.sub(_masked_pair, rest)
     return f"{scheme}://{creds}{at}{rest}"
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import string
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from paystream import settings as settings_module
@@ -368,3 +371,42 @@ def test_a_query_secret_is_masked_whatever_the_password_holds(url: str) -> None:
 def test_a_query_secret_is_masked_after_a_user_name_holding_a_pair() -> None:
     shown = url_without_password("postgresql://svc&team=pay@db/paystream?password=topsecret")
     assert "topsecret" not in shown, shown
+
+
+# A password holding a secret-named pair ("hunter2&password=x") was masked as a query
+# pair whose value swallowed the "@": no credentials were found, and the password's start
+# was shown (review h68aa).
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://paystream:hunter2&password=x@db:5432/paystream",
+        "postgresql://paystream:hunter2&key=x@db:5432/paystream?sslmode=require",
+        "redis://:hunter2?token=x@cache:6379/0",
+        "kafka://svc:hunter2&apisecret=x@broker:9092",
+    ],
+)
+def test_a_password_holding_a_secret_named_pair_is_not_shown(url: str) -> None:
+    shown = url_without_password(url)
+    assert "hunter2" not in shown, shown
+
+
+_URL_JUNK = st.text(alphabet=string.ascii_letters + string.digits + "@&=?#:/%+._-", max_size=10)
+
+
+@given(
+    user=_URL_JUNK,
+    before=_URL_JUNK,
+    after=_URL_JUNK,
+    host=_URL_JUNK,
+    where=st.sampled_from(["password", "password", "sslpassword", "token", "key"]),
+)
+def test_no_secret_is_shown_whatever_surrounds_it(
+    user: str, before: str, after: str, host: str, where: str
+) -> None:
+    """Each reading of a URL's user info and query the reviews broke (h68k, h68v, h68w,
+    h68aa) showed a secret for some neighbour of it: held to none, whatever surrounds it."""
+    secret = "S3CR3Tvalue"
+    in_user_info = f"postgresql://{user}:{before}{secret}{after}@{host}?{after}"
+    in_query = f"postgresql://{user}@{host}?{before}&{where}={secret}&{after}"
+    for url in (in_user_info, in_query):
+        assert secret not in url_without_password(url), url
