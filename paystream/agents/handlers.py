@@ -659,11 +659,13 @@ async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod
             and not ctx.let_through
         ):
             # The id's key holds an earlier attach of other parameters that made no
-            # payment method here (a declined card): the id is taken at the provider.
+            # payment method here: declined, or saved with its answer lost and parked
+            # (review h68aa: only the provider knows which). The id is taken there.
             raise Rejection(
                 RejectReason.INVALID_STATE,
-                f"payment method id {pmid} was used by an earlier attach the provider "
-                "refused or declined; attach under a new id",
+                f"payment method id {pmid} is taken at the provider by an earlier attach "
+                "of another card: one declined, or one still parked (`paystream dlq "
+                "list`), which may yet attach it; attach this card under a new id",
             ) from exc
         if exc.retryable or not _is_card_error(exc):
             raise

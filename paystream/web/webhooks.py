@@ -191,16 +191,27 @@ class WebhookView(View):
         re-driven later: the provider answers it as it first did). Told apart from the
         routine no-news, and logged, so that an operator refreshes it (review h68r)."""
         entity = notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
-        _throttled.warning(
-            # Per payment or refund, not per tenant: each one dropped is to be refreshed
-            # by hand, so each is named (the lookup before bounds how many; review h68w).
-            ("dropped", tenant, entity),
-            "webhook %s for %s dropped: its %s %s is not recorded here and the event is "
-            "too old to be sent again; once it is (its create re-driven: `paystream dlq "
-            "replay`), send `%s.refresh` for it",
-            notice.event_id, tenant, what,
-            entity if _loggable(entity) else "(an id not shown)", what,
-        )  # fmt: skip
+        if _dropped_named.take(tenant):
+            _throttled.warning(
+                # Per payment or refund: each one dropped is to be refreshed by hand, so
+                # each is named (review h68w), up to DROPPED_NAMED_PER_MINUTE a tenant.
+                ("dropped", tenant, entity),
+                "webhook %s for %s dropped: its %s %s is not recorded here and the event "
+                "is too old to be sent again; once it is (its create re-driven: "
+                "`paystream dlq replay`), send `%s.refresh` for it",
+                notice.event_id, tenant, what,
+                entity if _loggable(entity) else "(an id not shown)", what,
+            )  # fmt: skip
+        else:
+            # Past them (a provider's backlog, or a tenant's secret signing made-up ids:
+            # a line each was a flood; review h68aa), one line a minute says how many.
+            _throttled.warning(
+                ("dropped", tenant),
+                "webhooks for %s: more than %d a minute dropped about payments or refunds "
+                "not recorded here, the rest not named (paystream_webhooks_total"
+                '{result="dropped"} counts them; the provider\'s event log names them)',
+                tenant, DROPPED_NAMED_PER_MINUTE,
+            )  # fmt: skip
         metrics.WEBHOOKS.labels(provider, tenant, "dropped").inc()
         why = f"the {what} is not recorded here"
         return self.json({"received": True, "action": "ignored", "why": why})
@@ -341,6 +352,31 @@ def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | No
         # (Stripe sends `refund.updated` for what paystream read when it made it.)
         return f"the refund is {status} already"
     return None
+
+
+# Dropped events named in the log, at most, per tenant and minute (the rest counted).
+DROPPED_NAMED_PER_MINUTE = 20
+
+
+class _PerMinute:
+    """At most ``most`` takes per key a minute (keys bounded: the oldest dropped)."""
+
+    def __init__(self, most: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.most, self._clock = most, clock
+        self._taken: dict[str, tuple[float, int]] = {}
+
+    def take(self, key: str) -> bool:
+        now = self._clock()
+        since, taken = self._taken.pop(key, (now, 0))
+        if now - since >= 60:
+            since, taken = now, 0
+        if len(self._taken) >= 10_000:
+            del self._taken[next(iter(self._taken))]
+        self._taken[key] = (since, min(taken + 1, self.most + 1))
+        return taken < self.most
+
+
+_dropped_named = _PerMinute(DROPPED_NAMED_PER_MINUTE)
 
 
 def _loggable(entity_id: str) -> bool:

@@ -12,6 +12,7 @@ import string
 
 import pytest
 
+from paystream.client import build_command
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind
@@ -137,3 +138,34 @@ async def test_an_attach_declined_under_a_chosen_id_does_not_burn_the_id(
     # is taken and the tenant is told so; never a conflict on a key it never chose.
     saved = kind(out) == "payment_method.attached"
     assert saved or data(out)["reason"] == "invalid_state", data(out)
+
+
+# The first mapping of an attach's taken id called it "refused or declined", though an
+# attach saved with its answer lost and parked takes it too (review h68aa).
+async def test_an_attach_saved_but_parked_is_not_called_refused_or_declined(
+    harness: Harness,
+) -> None:
+    h = harness
+    # Every answer under the chosen id's provider key is lost: applied, then a timeout.
+    t = h.add_tenant()
+    key = f"pse:{t}:payment_method:pm1"
+    h.tenants[t]["gateway_options"] = {"lose_response_first": {key: 50}}
+    await h.send("customer.create", t, {"customer_id": "c1"})
+    first = build_command(
+        "payment_method.attach", t,
+        {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "pm1"},
+        command_id="attach-1",
+    )  # fmt: skip
+    emits, out = await h.send_event(first)
+    assert out is None, data(out)  # parked: the provider saved the card, its answer lost
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    # The customer's browser made a new token (Stripe.js does, each time) and the tenant,
+    # with no answer yet, attaches it under the same id.
+    out = await h.send(
+        "payment_method.attach", t,
+        {"customer_id": "c1", "token": "pm_card_mastercard", "payment_method_id": "pm1"},
+        command_id="attach-2",
+    )  # fmt: skip
+    assert kind(out) == "command.rejected", data(out)
+    # The card under pm1 was saved at the provider: it was not refused or declined.
+    assert "refused or declined" not in data(out)["message"], data(out)

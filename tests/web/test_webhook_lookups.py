@@ -150,6 +150,7 @@ async def test_a_dropped_event_about_an_unrecorded_payment_is_told_from_no_news(
         return None  # its create parked, Stripe's answer lost
 
     monkeypatch.setattr(wh, "_entity_row", not_recorded)
+    monkeypatch.setattr(wh, "_dropped_named", wh._PerMinute(wh.DROPPED_NAMED_PER_MINUTE))
     ignored_before = _count("ignored")
     with caplog.at_level(logging.INFO, logger=wh.__name__):
         status, body = await _post(_old_event("evt_3ds_ok", 2 * 3600))
@@ -188,6 +189,7 @@ async def test_every_dropped_event_names_its_payment(
 
     monkeypatch.setattr(wh, "_entity_row", not_recorded)
     monkeypatch.setattr(wh, "_throttled", ThrottledLog(wh.log))  # (a fresh throttle)
+    monkeypatch.setattr(wh, "_dropped_named", wh._PerMinute(wh.DROPPED_NAMED_PER_MINUTE))
     with caplog.at_level(logging.INFO, logger=wh.__name__):
         for i in range(3):  # three 3-D Secure successes re-sent by Stripe the same minute
             status, _body = await _post(_old_event_about(f"evt_ok_{i}", f"pay_parked_{i}"))
@@ -198,3 +200,26 @@ async def test_every_dropped_event_names_its_payment(
         f"payments {missing} had their news dropped but the log never names them "
         f"(throttled per tenant); the alert says the log names each:\n{text}"
     )
+
+
+# Named per payment, each forged event naming a made-up id was a WARNING line: a burst of
+# 2,000, then 200 a second, per tenant and worker (review h68aa).
+async def test_a_flood_of_dropped_events_is_not_a_line_each(
+    seen: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def not_recorded(tenant: str, notice: Any) -> None:
+        return None
+
+    monkeypatch.setattr(wh, "_entity_row", not_recorded)
+    monkeypatch.setattr(wh, "_throttled", ThrottledLog(wh.log))
+    monkeypatch.setattr(wh, "_dropped_named", wh._PerMinute(wh.DROPPED_NAMED_PER_MINUTE))
+    monkeypatch.setattr(wh, "settings", SimpleNamespace(webhook_refreshes_per_second=50))
+    with caplog.at_level(logging.WARNING, logger=wh.__name__):
+        for i in range(1000):  # made up ids, each event signed with the tenant's secret
+            status, _ = await _post(_old_event_about(f"evt_{i}", f"pay_made_up_{i}"))
+            assert status == 200
+    lines = [r for r in caplog.records if "dropped" in r.getMessage()]
+    # Each payment named is fine for a handful; not a line per forged event without end.
+    assert len(lines) <= 100, f"{len(lines)} WARNING lines from 1000 forged events in a second"
