@@ -12,6 +12,11 @@ import faust
 from paystream import metrics
 from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat, record_batches
+from paystream.streams.faust_transport import (  # noqa: F401 - max_poll_records re-exported
+    MAX_POLL_RECORDS,
+    PRODUCER_MAX_BATCH_SIZE,
+    max_poll_records,
+)
 from paystream.streams.kafka_auth import faust_credentials
 from paystream.tables import faster_recovery, stale_stores
 from paystream.web.http_limits import limit_faust_web
@@ -98,17 +103,6 @@ def forwarding_client() -> ForwardingClient:
 # Used only so that importing the app (for CLI help, schema export) never needs a broker;
 # `paystream worker` refuses to start without KAFKA_BROKER_URL.
 _UNCONFIGURED_BROKER = "kafka://127.0.0.1:9092"
-# A poll's worth of records, enough that polls are not what limits throughput.
-MAX_POLL_RECORDS = 500
-
-
-def max_poll_records(buffer_maxsize: int) -> int:
-    """Records one poll hands Faust's conductor, at most: fewer than a fifth of an agent's
-    queue. Once its queue is 80% full, an agent's topic is no longer fetched
-    (streams/backpressure.py), but the poll in hand is delivered; one that filled the
-    queue would make the conductor wait on it, and with it every other agent (a ledger
-    sink stalled on its database, with 1 MiB polls of outcomes, would stop the commands)."""
-    return max(1, min(MAX_POLL_RECORDS, buffer_maxsize // 5 - 1))
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -146,9 +140,8 @@ def create_app(settings: Settings) -> faust.App:
         # Outcomes must be durable before a command's offset is committed.
         "producer_acks": -1,
         "producer_linger_ms": 1,
-        # The command agent sends each topic-partition's share of a batch as one record
-        # batch (streams/batch_producer.py); Faust's 16 KiB default splits them up.
-        "producer_max_batch_size": 512 * 1024,
+        # (streams/faust_transport.py: one record batch per topic-partition of a batch)
+        "producer_max_batch_size": PRODUCER_MAX_BATCH_SIZE,
         # How long a produced record batch may take, aiokafka's own retries included,
         # before it fails (also the ProduceRequest's timeout on the broker). Faust's 1200 s
         # kept a batch the broker refused (NOT_ENOUGH_REPLICAS, ...) in aiokafka's retries

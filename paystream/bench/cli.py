@@ -5,6 +5,7 @@ Exposed as ``bench_command``; the main CLI attaches it (``cli.add_command``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -242,7 +243,15 @@ def _in_process(
         redis_url = load_settings().redis_url
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
-    report = run_in_process(
-        commands=commands, tenants=tenants, rounds=rounds, seed=seed, redis_url=redis_url, say=say
-    )
+    # Nothing but the report on stdout: console tracing (PAYSTREAM_OTEL_EXPORTER=console,
+    # bound to sys.stdout when set up) writes its spans to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = run_in_process(
+            commands=commands,
+            tenants=tenants,
+            rounds=rounds,
+            seed=seed,
+            redis_url=redis_url,
+            say=say,
+        )
     click.echo(json.dumps(report.as_json(), sort_keys=True) if as_json else report.render())

@@ -9,7 +9,8 @@ process::
         python -m paystream.bench.faust_forwarder
 
 The app mirrors the paystream app's transport settings (raw serializers, acks=-1,
-1 ms linger, earliest offset reset, partition count) and, like every process talking to
+1 ms linger, 512 KiB producer batches, stream buffer and poll size, earliest offset
+reset, partition count, no Faust environment overrides) and, like every process talking to
 Tansu, applies ``broker_compat`` (short fetch wait, session timeouts, ...).
 """
 
@@ -24,6 +25,7 @@ import faust
 from paystream.bench.first_record import FirstRecordMark
 from paystream.settings import load_settings
 from paystream.streams import broker_compat
+from paystream.streams.faust_transport import PRODUCER_MAX_BATCH_SIZE, max_poll_records
 from paystream.streams.kafka_auth import faust_credentials
 
 __all__ = ["app", "forward"]
@@ -46,11 +48,17 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     producer_linger_ms=1,
+    # The worker's batch size, stream buffer and poll size: the same machinery, tuned alike.
+    producer_max_batch_size=PRODUCER_MAX_BATCH_SIZE,
+    stream_buffer_maxsize=settings.stream_buffer_maxsize,
+    broker_max_poll_records=max_poll_records(settings.stream_buffer_maxsize),
     stream_wait_empty=False,
     topic_allow_declare=True,
     topic_replication_factor=settings.replication_factor,
     web_enabled=False,
     logging_config=None,
+    # As the worker's app: no Faust environment variable (PRODUCER_ACKS, ...) overrides.
+    env={},
     **broker_compat.faust_overrides(settings),
 )
 

@@ -37,6 +37,8 @@ class HttpLog(SendLog):
     statuses: Counter[str] = field(default_factory=Counter)  # "202", "200", "error", ...
     # Outcome types read from a 200 answer (a wait the outcome met).
     outcomes: dict[str, str] = field(default_factory=dict)
+    # When a request that got no answer ended (a timeout, a reset connection).
+    failed_at: dict[str, float] = field(default_factory=dict)
 
     @property
     def answered_rate(self) -> float:
@@ -77,6 +79,7 @@ async def _post(
                 log.outcomes[command_id] = str(event.get("type", "")).removeprefix("com.paystream.")
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
         # Counted, not raised: the phase reports what went missing.
+        log.failed_at[command_id] = time.monotonic()
         log.statuses[f"error:{type(exc).__name__}"] += 1
 
 

@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,8 @@ async def _rounds(
             batch = [offsets.place(_inbound(c, settings.commands_topic)) for c in generated]
             emitted: list[Emit] = []
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            for i in range(0, len(batch), BATCH_MAX):
-                emitted += await _one_batch(processor, batch[i : i + BATCH_MAX])
+            for part in _batches(batch, BATCH_MAX, settings.batch_tenant_max):
+                emitted += await _one_batch(processor, part)
                 offsets.batch_done()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
             report.outcomes.update(_kinds(emitted, settings.events_topic))
@@ -203,6 +203,21 @@ class _Offsets:
 
     def committed(self, partition: int) -> int:
         return self.commits.get(partition, -1)
+
+
+def _batches(records: list[Inbound], max_: int, per_key_max: int) -> Iterator[list[Inbound]]:
+    """A backlog cut as the agent's take_batches cuts it: at most ``max_`` records, a batch
+    ending before the record that would be the (``per_key_max`` + 1)th of its key."""
+    batch: list[Inbound] = []
+    per_key: dict[bytes | None, int] = {}
+    for rec in records:
+        if len(batch) >= max_ or per_key.get(rec.key, 0) >= per_key_max:
+            yield batch
+            batch, per_key = [], {}
+        batch.append(rec)
+        per_key[rec.key] = per_key.get(rec.key, 0) + 1
+    if batch:
+        yield batch
 
 
 async def _one_batch(processor: CommandProcessor, batch: list[Inbound]) -> list[Emit]:

@@ -65,8 +65,9 @@ class SendLog:
 
     @property
     def rate(self) -> float:
-        span = self.finished - self.started
-        return len(self.sent_at) / span if span > 0 else 0.0
+        """Sends per second: N sends span N - 1 intervals (the first at ``started``)."""
+        span, sends = self.finished - self.started, len(self.sent_at)
+        return (sends - 1) / span if sends > 1 and span > 0 else 0.0
 
 
 async def send_burst(

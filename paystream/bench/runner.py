@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -97,6 +98,8 @@ class BenchOptions:
             raise ValueError("need at least 2 commands")
         if self.tenants < 1:
             raise ValueError("need at least 1 tenant")
+        if not (math.isfinite(self.rate) and math.isfinite(self.rate_seconds)):
+            raise ValueError("rate and rate_seconds must be finite numbers")
         if self.rate < 0 or self.rate_seconds <= 0:
             raise ValueError("rate must be >= 0 and rate_seconds > 0")
         if self.http_via not in ("ingress", "worker"):
