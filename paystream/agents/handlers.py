@@ -816,6 +816,21 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         key = ctx.create_key("payment", d["payment_id"])
         res = await _create_at_provider(ctx, req, key, d["metadata"], pid)
     except GatewayError as exc:
+        if (
+            exc.code is ErrorCode.IDEMPOTENCY_ERROR
+            and not exc.retryable
+            and d["payment_id"] is not None
+            and not ctx.let_through
+        ):
+            # The id's key holds an earlier create of other parameters that made no
+            # payment here: one the provider refused, or one that charged with its answer
+            # lost and parked (only the provider knows which). The id is taken there.
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"payment id {pid} is taken at the provider by an earlier create of other "
+                "parameters: one refused, or one still parked (`paystream dlq list`), which "
+                "may have charged; check before sending this payment under a new id",
+            ) from exc
         if exc.retryable or not _is_card_error(exc):
             raise
         # Declined, the provider's payment still exists (Stripe: requires_payment_method).

@@ -6,12 +6,16 @@ does) applies the same rules without loading Stripe's SDK.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
 from paystream.money import CURRENCY_EXPONENTS, Money, format_minor, minor_unit_exponent
 
 __all__ = [
     "MINIMUM_CHARGE",
     "STRIPE_HUNDREDTHS",
     "below_minimum_charge",
+    "payment_parameters_problem",
     "stripe_units_problem",
     "three_decimal_problem",
 ]
@@ -90,4 +94,33 @@ def stripe_units_problem(amount: Money) -> str | None:
             f"(to charge {format_minor(amount.amount, amount.currency)} it would be sent "
             f"{amount.amount * 100})"
         )
+    return None
+
+
+# Stripe's statement descriptor rules (docs.stripe.com/get-started/account/statement-
+# descriptors): at least one letter, none of these characters.
+_DESCRIPTOR_FORBIDDEN = frozenset("<>\\'\"*")
+# URL schemes that run or render in the customer's browser rather than return it anywhere.
+_SCRIPT_SCHEMES = frozenset({"javascript", "vbscript", "data", "blob", "file"})
+
+
+def payment_parameters_problem(
+    statement_descriptor: str | None, return_url: str | None, metadata: Mapping[str, str]
+) -> str | None:
+    """Why Stripe refuses a payment's descriptor or metadata, or why a return URL is no
+    place to send a customer back to (one that runs script in their browser)."""
+    if statement_descriptor is not None:
+        if any(ch in _DESCRIPTOR_FORBIDDEN for ch in statement_descriptor):
+            return "a statement descriptor may not contain < > \\ ' \" or *"
+        if not any("a" <= ch.lower() <= "z" for ch in statement_descriptor):
+            return "a statement descriptor must contain at least one letter"
+    if any("[" in key or "]" in key for key in metadata):
+        return "metadata keys may not contain square brackets"
+    if return_url is not None:
+        parts = urlsplit(return_url)
+        scheme = parts.scheme.lower()
+        if not scheme or (scheme in ("http", "https") and not parts.netloc):
+            return "return_url must be an absolute URL (https://..., or an app's own scheme)"
+        if scheme in _SCRIPT_SCHEMES:
+            return f"return_url may not be a {scheme}: URL"
     return None

@@ -200,9 +200,11 @@ async def test_a_request_the_provider_refuses_is_rejected_without_a_failed_payme
     assert f"{t}:p1" not in harness.tables.payments  # no failed p1 left behind
     corrected = {**USD_1000, "payment_method_token": "pm_card_visa"}
     # The provider keeps its refusal under p1's key (Stripe, for 24 h; the simulator as
-    # Stripe): the corrected command under the same payment id is told so...
+    # Stripe): the corrected command under the same payment id is told the id is taken
+    # there (review h68ai: not a conflict over a key the tenant never sent)...
     same_id = await harness.send("payment.create", t, {"payment_id": "p1", **corrected})
-    assert data(same_id)["reason"] == "idempotency_conflict"
+    assert data(same_id)["reason"] == "invalid_state"
+    assert "taken at the provider" in data(same_id)["message"]
     # ...and goes through under a new one (as the README tells producers to send it).
     fixed = await harness.send("payment.create", t, {"payment_id": "p2", **corrected})
     assert kind(fixed) == "payment.succeeded"

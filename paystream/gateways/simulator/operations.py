@@ -44,6 +44,7 @@ from paystream.gateways.simulator.store import PROVIDER, Effect, Refusal, Tx
 from paystream.gateways.stripe_rules import (
     MINIMUM_CHARGE,
     below_minimum_charge,
+    payment_parameters_problem,
     three_decimal_problem,
 )
 from paystream.ids import ID_LENGTH
@@ -374,6 +375,9 @@ def _check_amount(amount: Money) -> None:
 
 async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]:
     _check_amount(req.amount)
+    problem = payment_parameters_problem(req.statement_descriptor, req.return_url, req.metadata)
+    if problem is not None:
+        raise _invalid(problem)
     # A test token and no customer (most payments): nothing to look up, so no coroutine;
     # `_card_for_payment` would answer the same without a read.
     token = req.provider_payment_method_id

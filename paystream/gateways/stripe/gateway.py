@@ -47,7 +47,11 @@ from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperat
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.stripe import mapping
 from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
-from paystream.gateways.stripe_rules import stripe_units_problem, three_decimal_problem
+from paystream.gateways.stripe_rules import (
+    payment_parameters_problem,
+    stripe_units_problem,
+    three_decimal_problem,
+)
 
 __all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
 
@@ -310,7 +314,9 @@ class StripeGateway:
                 PROVIDER,
                 f"create_payment in {req.amount.currency} (Stripe counts it in hundredths)",
             )
-        problem = three_decimal_problem(req.amount)
+        problem = three_decimal_problem(req.amount) or payment_parameters_problem(
+            req.statement_descriptor, req.return_url, req.metadata
+        )
         if problem is not None:
             # Stripe's rule for three-decimal currencies: said before the call, in the
             # words of the command's own amount (the simulator applies the same rule).
