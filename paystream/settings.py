@@ -101,19 +101,42 @@ def url_without_password(value: str) -> str:
     if "://" not in value:
         return value
     scheme, _, rest = value.partition("://")
-    # Everything up to the last "@" is credentials, whatever it holds ("/", "?" or "#"
-    # in a password end the host part for a URL parser, which then finds no password):
-    # with a ":", all of it after the user goes (an "@" in a query value, "w@n1", takes
-    # the host with it: hidden, never shown). Query secrets are masked on either side
-    # of it, each side on its own: masked across it, a password holding "&password="
-    # swallowed the "@" and was shown (reviews h68k, h68w, h68aa).
-    creds, at, rest = rest.rpartition("@")
-    if at and ":" in creds:
-        creds = _QUERY_PAIR.sub(_masked_pair, creds.split(":", 1)[0]) + ":***"
-    elif at:
-        creds = _QUERY_PAIR.sub(_masked_pair, creds)
-    rest = _QUERY_PAIR.sub(_masked_pair, rest)
-    return f"{scheme}://{creds}{at}{rest}"
+    # Two readings, and what either takes for a secret is hidden (review h68af):
+    # * everything up to the last "@" is credentials, whatever it holds ("/", "?" or "#"
+    #   in a password end the host part for a URL parser, which then finds no password);
+    #   with a ":", all of it after the user goes (an "@" in a query value, "w@n1",
+    #   takes the host with it: hidden, never shown); query secrets are masked on either
+    #   side of it, each side on its own (masked across it, a password holding
+    #   "&password=" swallowed the "@": reviews h68k, h68w, h68aa);
+    # * the query read whole: a query secret may hold an "@" (the drivers split a query
+    #   at "&" only), and cut at it, its tail was shown.
+    hidden = [False] * len(rest)
+
+    def hide(start: int, end: int) -> None:
+        hidden[start:end] = [True] * (end - start)
+
+    def hide_pairs(start: int, end: int) -> None:
+        for found in _QUERY_PAIR.finditer(rest, start, end):
+            if _secret_param(unquote_plus(found[2])):
+                hide(found.start(3), found.end(3))
+
+    hide_pairs(0, len(rest))
+    at, colon = rest.rfind("@"), -1
+    if at >= 0:
+        colon = rest.find(":", 0, at)
+        if colon >= 0:
+            hide(colon + 1, at)
+        hide_pairs(0, at)
+        hide_pairs(at + 1, len(rest))
+    shown: list[str] = []
+    for i, char in enumerate(rest):
+        if i == at and colon + 1 == at:
+            shown.append("***")  # (an empty password is said masked all the same)
+        if not hidden[i]:
+            shown.append(char)
+        elif i == 0 or not hidden[i - 1]:
+            shown.append("***")
+    return f"{scheme}://{''.join(shown)}"
 
 
 # A query's "name=value" pair, after the "?" or "&" that starts it.

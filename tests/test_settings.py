@@ -410,3 +410,36 @@ def test_no_secret_is_shown_whatever_surrounds_it(
     in_query = f"postgresql://{user}@{host}?{before}&{where}={secret}&{after}"
     for url in (in_user_info, in_query):
         assert secret not in url_without_password(url), url
+
+
+# A query secret holding an "@" was cut at it, its tail shown as if it were the host
+# (review h68af: the drivers split a query at "&" only).
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://db/paystream?password=hunter@2tail",
+        "postgresql://paystream:pw@db:5432/paystream?password=hunter@2tail",
+        "postgresql+asyncpg://db/paystream?sslmode=require&sslpassword=key@2tail",
+        "redis://cache:6379/0?password=hunter@2tail",
+    ],
+)
+def test_a_query_secret_holding_an_at_sign_is_not_shown(url: str) -> None:
+    shown = url_without_password(url)
+    assert "2tail" not in shown, shown
+
+
+_PART = st.text(alphabet=string.ascii_letters + string.digits + "@&=?#:/%+._-", max_size=8)
+
+
+@given(
+    before=_PART, after=_PART, tail=st.text(alphabet=string.ascii_letters, min_size=1, max_size=5)
+)
+def test_no_part_of_a_query_secret_holding_an_at_is_shown(
+    before: str, after: str, tail: str
+) -> None:
+    secret = f"S3CR3T@{tail}X9Z"
+    for url in (
+        f"postgresql://u:pw@db/p?{before}&password={secret}&{after}",
+        f"postgresql://db/p?{before}&password={secret}&{after}",
+    ):
+        assert f"{tail}X9Z" not in url_without_password(url), url

@@ -219,17 +219,23 @@ class DurableOffsets:
         if not self._ready:
             return
         offsets = dict(self._ready)
+        # The commit and what it records run as one task: a caller cancelled meanwhile
+        # (a bounded wait, the periodic committer at a hand-over) leaves the commit going
+        # on, and what lands is still recorded as committed (review h68af).
+        self._in_flight = asyncio.ensure_future(self._commit_and_record(consumer, offsets))
+        await asyncio.shield(self._in_flight)
+
+    async def _commit_and_record(self, consumer: FaustConsumer, offsets: dict[TP, int]) -> None:
         generation = self._app.consumer_generation_id
         # Faust has no public "commit these offsets"; its consumer thread's commit is it.
-        self._in_flight = asyncio.ensure_future(consumer._commit(offsets))
-        committed = await asyncio.shield(self._in_flight)
+        committed = await consumer._commit(offsets)
         # aiokafka retries a commit under the generation current at each try: one stuck
         # through a rejoin lands for partitions that may be another worker's by now, whose
         # own commits may take the group's offset back below it. Not published as ours
         # then (what the limits forget by: review h68ac).
         moved = self._app.consumer_generation_id != generation
-        # Only now are they done with: a commit that failed or was cancelled leaves them
-        # for the next one. Later batches may have advanced some partitions meanwhile.
+        # Only now are they done with: a commit that failed leaves them for the next
+        # one. Later batches may have advanced some partitions meanwhile.
         for tp, offset in offsets.items():
             if committed:
                 self._committed[tp] = offset

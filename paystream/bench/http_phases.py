@@ -113,13 +113,15 @@ class HttpPhases:
         # Every answer counts, a 202 after the whole wait or an error as much as a 200 (the
         # slowest would otherwise drop out of the percentiles); "received" is the outcomes
         # the events topic carried, whatever the answer was.
+        # Throughput is of answers only: a request refused at once is no answer (an
+        # ingress refusing every connection read as answering at the offered rate;
+        # review h68af).
         ended = {**log.failed_at, **log.answered_at}
-        answered = [i for i in ids if i in ended]
         result = PhaseResult.from_arrivals(
             "http_rate",
             len(paced),
-            [ended[i] for i in answered],
-            [1000 * (ended[i] - log.sent_at[i]) for i in answered],
+            [log.answered_at[i] for i in ids if i in log.answered_at],
+            [1000 * (ended[i] - log.sent_at[i]) for i in ids if i in ended],
             log.started,
             offered_rate=rate,
             achieved_rate=log.rate,
