@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 __all__ = [
     "CURRENCY_EXPONENTS",
+    "WITHDRAWN_CURRENCIES",
     "Money",
     "format_minor",
     "minor_unit_exponent",
@@ -122,6 +123,11 @@ def minor_unit_exponent(currency: str) -> int:
 
 
 Currency = Annotated[str, BeforeValidator(normalise_currency)]
+
+# Codes ISO 4217 has withdrawn (BGN: Bulgaria took the euro on 2026-01-01; acquirers
+# decline new authorisations in it). Still known, so that payments recorded in them are
+# shown, refunded, read back and written to the ledger; refused for a new payment.
+WITHDRAWN_CURRENCIES: frozenset[str] = frozenset({"BGN"})
 
 # Amounts are bounded so that a hostile command cannot smuggle in a value that overflows
 # a PostgreSQL BIGINT or a provider's arithmetic. Twelve digits: the largest a provider
