@@ -1053,7 +1053,9 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     on here only when read back. A read: asked again, the provider answers afresh."""
     rec = ctx.load(PaymentRecord, data.payment_id)
     _dispute_applied(ctx, rec.id)  # one the provider opened meanwhile (_new_dispute)
-    _transition(rec.status, "refresh", rec.customer_action_delivered)
+    disputed = _open_dispute(ctx, rec)
+    if disputed is None:
+        _transition(rec.status, "refresh", rec.customer_action_delivered)
     ctx.at_provider(rec)
     previous, previous_failure, previous_charge = (
         rec.status,
@@ -1070,13 +1072,38 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,
-        _new_dispute(ctx, rec, res),
+        _new_dispute(ctx, rec, res) or _dispute_read_back(disputed, res),
         error=_read_back_failure(ctx, res),
         # (a second card declined through the client secret is a new failure: another
         # charge where the provider names them, else another failure code)
         extra={"previous_status": previous}
         | (_previous_failure(previous_failure, previous_charge) if previous == "failed" else {}),
     )
+
+
+def _open_dispute(ctx: HandlerContext, rec: PaymentRecord) -> DisputeRecord | None:
+    """The payment's dispute while the provider is still to decide it (a succeeded
+    payment may then be read back for that decision), else None."""
+    if rec.dispute_id is None:
+        return None
+    raw = ctx.tables.disputes.get(entity_key(ctx.cmd.tenant_id, rec.dispute_id))
+    if raw is None or _DISPUTE_STAGE.get(str(raw.get("status")), 2) >= 2:
+        return None
+    return ctx.load(DisputeRecord, rec.dispute_id)
+
+
+def _dispute_read_back(disputed: DisputeRecord | None, res: gw.PaymentResult) -> list[EntityRecord]:
+    """The payment's open dispute as its provider has it now, if it has moved on (never
+    back: a read may not go back on the provider's decision)."""
+    if disputed is None or res.dispute is None:
+        return []
+    if res.dispute.provider_dispute_id != disputed.provider_dispute_id:
+        return []
+    status = res.dispute.status.value
+    if _DISPUTE_STAGE.get(status, 0) <= _DISPUTE_STAGE.get(disputed.status, 0):
+        return []
+    disputed.status = status
+    return [disputed]
 
 
 def _previous_failure(code: str | None, charge: str | None) -> dict[str, Any]:

@@ -117,6 +117,7 @@ DISPUTE_EVIDENCE_FILE_FIELDS = frozenset(
         "uncategorized_file",
     }
 )
+EVIDENCE_MAX_CHARS = 150_000
 _FILE_ID = re.compile(r"file_[A-Za-z0-9]+")
 
 # The enums' values as plain strings, looked up once: stored objects hold the values, and
@@ -689,6 +690,9 @@ async def submit_dispute_evidence(tx: Tx, req: SubmitDisputeEvidence, key: str) 
     if dispute["status"] != DisputeStatus.NEEDS_RESPONSE.value:
         raise _refuse(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
     dispute = {**dispute, "evidence": {**dispute["evidence"], **req.evidence}}
+    if sum(len(v) for v in dispute["evidence"].values()) > EVIDENCE_MAX_CHARS:
+        # Stripe: "The combined character count of all fields is limited to 150,000."
+        raise _invalid(f"the evidence's fields hold more than {EVIDENCE_MAX_CHARS} characters")
     if req.submit:
         dispute["status"] = DisputeStatus.UNDER_REVIEW.value
     tx.put(dispute)
