@@ -4,39 +4,18 @@ when the partition came back, never opened it through the age check."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import faust
-import pytest
-from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
 from paystream.tables import stale_stores
 from paystream.tables.changelog import at_partition
-
-MAX_AGE = 3600.0
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setattr(RocksDBStore, "_open_for_partition", RocksDBStore._open_for_partition)
-    stale_stores.install(lambda: MAX_AGE)
-    app = faust.App("stale-stores", datadir=str(tmp_path), store="rocksdb://", autodiscover=False)
-    table = app.Table("things", partitions=2)
-    yield RocksDBStore("rocksdb://", app, table, options={}, driver="rocksdict")
-
-
-def _age(path: Path, seconds: float) -> None:
-    then = time.time() - seconds
-    os.utime(path, (then, then))
+from tests.test_stale_table_stores import MAX_AGE, _age, store  # noqa: F401 (fixture)
 
 
 async def test_a_store_read_after_its_revoke_is_rebuilt_when_assigned_again_days_later(
-    store: Any,
+    store: Any,  # noqa: F811 (the fixture)
 ) -> None:
     """Partition 1 moves to a peer. The batch in hand, which the hand-over gave up on
     while it was still processing (commands.py: "once processed, it is not delivered"),

@@ -26,6 +26,7 @@ MAX_AGE = 3600.0
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # install() patches Faust's class: put it back afterwards, whatever this sets.
     monkeypatch.setattr(RocksDBStore, "_open_for_partition", RocksDBStore._open_for_partition)
+    monkeypatch.setattr(RocksDBStore, "assign_partitions", RocksDBStore.assign_partitions)
     stale_stores.install(lambda: MAX_AGE)
     app = faust.App("stale-stores", datadir=str(tmp_path), store="rocksdb://", autodiscover=False)
     table = app.Table("things", partitions=2)

@@ -5,28 +5,17 @@ h68af)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from paystream.agents.idempotency_keeping import ERASED_HASH
-from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.codec import encode_event
 from paystream.tables.commands_view import command_id_key
 from tests.agents.harness import Harness, data, kind, outcome_of
+from tests.agents.test_erasure_parked_by_a_bug import _inbound
 
 pytestmark = pytest.mark.asyncio
-
-
-def _inbound(event: Any, tenant: str, offset: int) -> Inbound:
-    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
-    return Inbound(
-        rec.key, rec.value, dict(rec.headers), int(time.time() * 1000),
-        "paystream.commands", 0, offset,
-    )  # fmt: skip
 
 
 async def _run(h: Harness, t: str, offset: int, *args: Any, **kw: Any) -> Any:

@@ -121,22 +121,6 @@ async def test_events_over_the_refresh_budget_are_bounded_by_the_lookups_too(
 # UNRECORDED_RETRY_SECONDS) was counted and answered exactly as routine no-news
 # ("ignored"), with no log line: the one webhook outcome that loses news (a customer's
 # 3-D Secure success while the payment's create waits parked) was invisible (review h68r).
-def _old_event(event_id: str, age: int) -> bytes:
-    obj = {
-        "id": "pi_parked",
-        "object": "payment_intent",
-        "status": "succeeded",
-        "metadata": {"paystream_payment": f"{TENANT}:pay_parked"},
-    }
-    event = {
-        "id": event_id,
-        "type": "payment_intent.succeeded",
-        "created": int(time.time()) - age,
-        "data": {"object": obj},
-    }
-    return json.dumps(event).encode()
-
-
 def _count(result: str) -> float:
     return metrics.WEBHOOKS.labels("stripe", TENANT, result)._value.get()
 
@@ -153,7 +137,7 @@ async def test_a_dropped_event_about_an_unrecorded_payment_is_told_from_no_news(
     monkeypatch.setattr(wh, "_dropped_named", wh._PerMinute(wh.DROPPED_NAMED_PER_MINUTE))
     ignored_before = _count("ignored")
     with caplog.at_level(logging.INFO, logger=wh.__name__):
-        status, body = await _post(_old_event("evt_3ds_ok", 2 * 3600))
+        status, body = await _post(_old_event_about("evt_3ds_ok", "pay_parked"))
     assert status == 200 and body["action"] == "ignored"  # (dropped: Stripe stops sending)
     # The news is lost for good: an operator must be able to see that it was.
     assert _count("ignored") == ignored_before, "counted as routine no-news"
