@@ -1068,7 +1068,13 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
         "retrieve_payment",
         lambda: ctx.gateway.retrieve_payment(req, idempotency_key=ctx.idem),
     )
+    # The refunded amount is paystream's own count (each refund adds its amount when
+    # answered, and a refund read back failed takes it off): the provider's total may
+    # hold a refund parked with its answer lost, which its re-drive adds (review h68al:
+    # counted twice when a refresh read it first).
+    refunded = rec.amount_refunded
     _apply_payment_result(rec, res)
+    rec.amount_refunded = refunded
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,
@@ -1233,6 +1239,23 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         key = ctx.create_key("refund", data.refund_id)
         res = await _refund_at_provider(ctx, req, key, refundable, data.metadata, rid)
     except GatewayError as exc:
+        if (
+            exc.code is ErrorCode.IDEMPOTENCY_ERROR
+            and not exc.retryable
+            and data.refund_id is not None
+            and not ctx.let_through
+        ):
+            # The id's key holds an earlier refund of other parameters that made no
+            # refund here: one the provider refused, or one that refunded with its answer
+            # lost and parked (only the provider knows which). The id is taken there: a
+            # bare conflict on a key the tenant never sent reads as "nothing happened",
+            # and the refund sent again under a new id refunds twice.
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"refund id {rid} is taken at the provider by an earlier refund of other "
+                "parameters: one refused, or one still parked (`paystream dlq list`), which "
+                "may have refunded; check before refunding under a new id",
+            ) from exc
         if exc.retryable or not _is_card_error(exc):
             raise
         rec.failure_code = exc.decline_code or exc.code.value
