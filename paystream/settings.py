@@ -116,9 +116,14 @@ def url_without_password(value: str) -> str:
         hidden[start:end] = [True] * (end - start)
 
     def hide_pairs(start: int, end: int) -> None:
-        for found in _QUERY_PAIR.finditer(rest, start, end):
-            if _secret_param(unquote_plus(found[2])):
-                hide(found.start(3), found.end(3))
+        # A pair tried at every "?" and "&", not one scan: a pair-shaped stretch before
+        # the query ("/db&x=1?password=...") ran over the "?" and hid where the query's
+        # own pairs start (review h68ak).
+        for i in range(start, end):
+            if rest[i] in "?&":
+                found = _QUERY_PAIR.match(rest, i, end)
+                if found is not None and _secret_param(unquote_plus(found[2])):
+                    hide(found.start(3), found.end(3))
 
     hide_pairs(0, len(rest))
     at, colon = rest.rfind("@"), -1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import string
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from hypothesis import given
@@ -443,3 +444,23 @@ def test_no_part_of_a_query_secret_holding_an_at_is_shown(
         f"postgresql://db/p?{before}&password={secret}&{after}",
     ):
         assert f"{tail}X9Z" not in url_without_password(url), url
+
+
+# A "&name=value" before the query's "?" began a pair whose value ran over the "?" and
+# swallowed the query's first pair: the real "?password=..." was shown (review h68ak).
+@pytest.mark.parametrize(
+    "url",
+    [
+        # "?" and "&" swapped by the operator: dbname "paystream&sslmode=require"
+        "postgresql://db:5432/paystream&sslmode=require?password=hunter2secret",
+        "postgresql://paystream@db/paystream&x=1?sslpassword=hunter2secret",
+        "postgresql://u:pw@db/p&x=1?password=hunter2secret",
+        "redis://cache:6379/0&ssl=true?password=hunter2secret",
+    ],
+)
+def test_a_query_secret_after_a_pair_shaped_path_is_not_shown(url: str) -> None:
+    # The drivers' reading: the query starts at the first "?" after the host.
+    pairs = dict(parse_qsl(urlsplit(url).query))
+    assert "hunter2secret" in pairs.values()
+    shown = url_without_password(url)
+    assert "hunter2secret" not in shown, shown

@@ -28,7 +28,7 @@ from paystream.gateways.errors import (
     card_failure,
 )
 from paystream.ids import derived_id
-from paystream.money import WITHDRAWN_CURRENCIES, Money, format_minor
+from paystream.money import Money, format_minor
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
 from paystream.tables.next_action import public_row
@@ -753,12 +753,6 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     pid = data.payment_id or ctx.new_id(PaymentRecord, "pay")
     ctx.ensure_new(PaymentRecord, pid)
     _dispute_applied(ctx, pid)  # raised at charge (_new_dispute)
-    if data.currency in WITHDRAWN_CURRENCIES and not ctx.let_through:
-        # (One let through before may have been charged: it goes to its provider.)
-        raise Rejection(
-            RejectReason.VALIDATION_ERROR,
-            f"{data.currency} has been withdrawn from ISO 4217: no new payment takes it",
-        )
     # Let through before, the provider may have charged under this key: a customer
     # deleted or a payment method detached since must not turn that into a rejection.
     # The provider answers with what it did (or refuses, as it would have then).

@@ -48,7 +48,7 @@ from paystream.gateways.stripe_rules import (
     three_decimal_problem,
 )
 from paystream.ids import ID_LENGTH
-from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money
+from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, WITHDRAWN_CURRENCIES, Money
 
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
@@ -376,6 +376,12 @@ def _check_amount(amount: Money) -> None:
 
 async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]:
     _check_amount(req.amount)
+    if req.amount.currency in WITHDRAWN_CURRENCIES:
+        # In the keyed call: a create its key answered before (charged by an earlier
+        # version, its batch lost) is answered as it was (review h68ak).
+        raise _invalid(
+            f"{req.amount.currency} has been withdrawn from ISO 4217: no new payment takes it"
+        )
     problem = payment_parameters_problem(req.statement_descriptor, req.return_url, req.metadata)
     if problem is not None:
         raise _invalid(problem)

@@ -51,6 +51,7 @@ from paystream.gateways.stripe_rules import (
     payment_parameters_problem,
     stripe_units_problem,
     three_decimal_problem,
+    withdrawn_currency_problem,
 )
 
 __all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
@@ -314,8 +315,10 @@ class StripeGateway:
                 PROVIDER,
                 f"create_payment in {req.amount.currency} (Stripe counts it in hundredths)",
             )
-        problem = three_decimal_problem(req.amount) or payment_parameters_problem(
-            req.statement_descriptor, req.return_url, req.metadata
+        problem = (
+            three_decimal_problem(req.amount)
+            or withdrawn_currency_problem(req.amount)
+            or payment_parameters_problem(req.statement_descriptor, req.return_url, req.metadata)
         )
         if problem is not None:
             # Stripe's rule for three-decimal currencies: said before the call, in the
