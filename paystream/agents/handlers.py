@@ -730,6 +730,9 @@ _PAYMENT_OUTCOME = {
 }
 
 
+_SUCCEEDED_STATUS = gw.PaymentStatus.SUCCEEDED.value
+
+
 def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
     # The answer's fields from its ``__dict__``, its status's value as ``_value_`` (what
     # ``.value`` returns): see create_payment.
@@ -885,6 +888,11 @@ async def _create_at_provider(
             ctx, "create_payment", lambda: ctx.gateway.create_payment(req, idempotency_key=key)
         )
     except GatewayError as exc:
+        if ctx.let_through and exc.code is ErrorCode.INVALID_REQUEST and not exc.reached_provider:
+            # Refused by the gateway before the call (a rule newer than the version that
+            # first sent it: a withdrawn currency, a return URL): the provider may hold a
+            # charge under the key. Parked again, never a kept refusal (review h68am).
+            raise Rejection(RejectReason.VALIDATION_ERROR, exc.message, remember=False) from exc
         plain = dict(sent_metadata)
         with_ref = gw.payment_ref(plain, ctx.cmd.tenant_id, payment_id)
         other = req.model_copy(update={"metadata": plain if req.metadata != plain else with_ref})
@@ -1066,9 +1074,13 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     # answered, and a refund read back failed takes it off): the provider's total may
     # hold a refund parked with its answer lost, which its re-drive adds (review h68al:
     # counted twice when a refresh read it first).
+    # Only for a payment already captured here: one read captured for the first time has
+    # no refund of paystream's (refunds need it succeeded), so the provider's total is
+    # refunds made elsewhere (its dashboard), counted as before (review h68am).
     refunded = rec.amount_refunded
     _apply_payment_result(rec, res)
-    rec.amount_refunded = refunded
+    if previous == _SUCCEEDED_STATUS:
+        rec.amount_refunded = refunded
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,
