@@ -12,11 +12,7 @@ import faust
 from paystream import metrics
 from paystream.settings import Settings, get_settings
 from paystream.streams import backpressure, broker_compat, record_batches
-from paystream.streams.faust_transport import (  # noqa: F401 - max_poll_records re-exported
-    MAX_POLL_RECORDS,
-    PRODUCER_MAX_BATCH_SIZE,
-    max_poll_records,
-)
+from paystream.streams.faust_transport import PRODUCER_MAX_BATCH_SIZE, max_poll_records
 from paystream.streams.kafka_auth import faust_credentials
 from paystream.tables import faster_recovery, stale_stores
 from paystream.web.http_limits import limit_faust_web

@@ -149,10 +149,6 @@ def url_without_password(value: str) -> str:
 _QUERY_PAIR = re.compile(r"([?&])([^=&#?]*)=([^&]*)")
 
 
-def _masked_pair(found: re.Match[str]) -> str:
-    return f"{found[1]}{found[2]}=***" if _secret_param(unquote_plus(found[2])) else found[0]
-
-
 def is_loopback(host: str) -> bool:
     """Is ``host`` this machine (localhost, 127.0.0.0/8, ::1, [::1])? A name other than
     localhost is not: it may resolve to any address."""

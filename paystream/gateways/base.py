@@ -85,7 +85,6 @@ class Capability(StrEnum):
 PAYMENT_REF_KEY = "paystream_payment"
 REFUND_REF_KEY = "paystream_refund"
 METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
-_METADATA_KEYS_MAX = METADATA_KEYS_MAX
 
 
 def payment_ref(metadata: Mapping[str, str], tenant_id: str, payment_id: str) -> dict[str, str]:
@@ -102,7 +101,7 @@ def refund_ref(metadata: Mapping[str, str], tenant_id: str, refund_id: str) -> d
 
 
 def _with_ref(key: str, metadata: Mapping[str, str], tenant_id: str, own_id: str) -> dict[str, str]:
-    if key not in metadata and len(metadata) >= _METADATA_KEYS_MAX:
+    if key not in metadata and len(metadata) >= METADATA_KEYS_MAX:
         return dict(metadata)
     return {**metadata, key: f"{tenant_id}:{own_id}"}
 

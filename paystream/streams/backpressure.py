@@ -10,7 +10,7 @@ stop too. (A simulation with Faust's own conductor, consumer and mode's queue fi
 4096-record queue in nine polls of 500 with three partitions behind.)
 
 Paused and resumed topic-wide instead, a queue takes at most the rest of the poll in
-hand past 80%; with a poll under a fifth of the queue (``app.max_poll_records``) it
+hand past 80%; with a poll under a fifth of the queue (``faust_transport.max_poll_records``) it
 never fills. Faust's rule of not pausing while tables recover is kept (the original
 methods are called per partition).
 """

@@ -15,6 +15,7 @@ from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
+from paystream.streams.outcomes import NOT_CE_STRING, causation_id
 from tests.agents.harness import Harness, data, kind, outcome_of
 
 
@@ -134,3 +135,16 @@ async def test_an_idempotency_key_of_another_cloudevents_type_is_its_canonical_s
     a, b = outcomes
     assert kind(a) == kind(b) == "customer.created", (data(a), data(b))
     assert data(b)["entity_id"] == data(a)["entity_id"], "ran twice under one idempotency key"
+
+
+# causation_id keeps a printable ASCII id without the pattern's scan: wherever that
+# shortcut answers, the full check decides the same.
+def test_ascii_printable_ids_hold_nothing_a_cloudevents_string_may_not() -> None:
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        text = "id-" + chr(cp)
+        fast = text.isascii() and text.isprintable()
+        if fast:  # the shortcut keeps the id only where the full check would
+            assert NOT_CE_STRING.search(text) is None, hex(cp)
+            assert causation_id(text) == text

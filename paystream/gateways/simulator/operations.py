@@ -46,9 +46,10 @@ from paystream.gateways.stripe_rules import (
     below_minimum_charge,
     payment_parameters_problem,
     three_decimal_problem,
+    withdrawn_currency_problem,
 )
 from paystream.ids import ID_LENGTH
-from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, WITHDRAWN_CURRENCIES, Money
+from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money
 
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
@@ -376,13 +377,11 @@ def _check_amount(amount: Money) -> None:
 
 async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]:
     _check_amount(req.amount)
-    if req.amount.currency in WITHDRAWN_CURRENCIES:
-        # In the keyed call: a create its key answered before (charged by an earlier
-        # version, its batch lost) is answered as it was (review h68ak).
-        raise _invalid(
-            f"{req.amount.currency} has been withdrawn from ISO 4217: no new payment takes it"
-        )
-    problem = payment_parameters_problem(req.statement_descriptor, req.return_url, req.metadata)
+    # In the keyed call: a create its key answered before (charged by an earlier version,
+    # its batch lost) is answered as it was (review h68ak).
+    problem = withdrawn_currency_problem(req.amount) or payment_parameters_problem(
+        req.statement_descriptor, req.return_url, req.metadata
+    )
     if problem is not None:
         raise _invalid(problem)
     # A test token and no customer (most payments): nothing to look up, so no coroutine;

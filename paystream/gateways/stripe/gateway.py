@@ -321,8 +321,9 @@ class StripeGateway:
             or payment_parameters_problem(req.statement_descriptor, req.return_url, req.metadata)
         )
         if problem is not None:
-            # Stripe's rule for three-decimal currencies: said before the call, in the
-            # words of the command's own amount (the simulator applies the same rule).
+            # Stripe's rules (three-decimal amounts, a withdrawn currency, descriptors,
+            # metadata keys, return URLs): said before the call, in the command's own
+            # words (the simulator applies them too, inside its keyed call).
             raise GatewayError(
                 ErrorCode.INVALID_REQUEST,
                 problem,
