@@ -8,54 +8,44 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import faust
 import pytest
-from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
 from paystream.tables import stale_stores
-
-MAX_AGE = 3600.0
+from tests.test_stale_table_stores import MAX_AGE, store  # noqa: F401 (fixture)
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setattr(RocksDBStore, "_open_for_partition", RocksDBStore._open_for_partition)
-    monkeypatch.setattr(RocksDBStore, "assign_partitions", RocksDBStore.assign_partitions)
-    stale_stores.install(lambda: MAX_AGE)
-    app = faust.App("stale-held", datadir=str(tmp_path), store="rocksdb://", autodiscover=False)
-    table = app.Table("things", partitions=2)
-    s = RocksDBStore("rocksdb://", app, table, options={}, driver="rocksdict")
+def held(store: Any) -> Any:  # noqa: F811 (the shared fixture)
+    """The shared store, its Faust lock retries (a second apart) not waited for."""
 
     async def no_sleep(seconds: float) -> None:
         return None
 
-    s.sleep = no_sleep  # (Faust's 30 lock retries, a second apart)
-    yield s
+    store.sleep = no_sleep
+    return store
 
 
-async def test_a_stale_store_dropped_while_a_reader_holds_it_is_reopened(store: Any) -> None:
-    topic = store.table.changelog_topic.get_topic_name()
-    db = store._db_for_partition(1)  # reopened by a late read after its revoke
+async def test_a_stale_store_dropped_while_a_reader_holds_it_is_reopened(held: Any) -> None:
+    topic = held.table.changelog_topic.get_topic_name()
+    db = held._db_for_partition(1)  # reopened by a late read after its revoke
     db[b"k"] = b"v"  # deleted by the peer meanwhile, its tombstone compacted away
-    store.set_persisted_offset(TP(topic, 1), 42)
+    held.set_persisted_offset(TP(topic, 1), 42)
     reader = db.iter()  # a reader elsewhere, suspended over the partition's database
     reader.seek_to_first()
     del db
     then = time.time() - MAX_AGE - 86_400
-    marker = stale_stores.marker_of(store.partition_path(1))
+    marker = stale_stores.marker_of(held.partition_path(1))
     os.utime(marker, (then, then))
-    generation = store.app.consumer_generation_id
+    generation = held.app.consumer_generation_id
     try:
-        await store.assign_partitions(store.table, {TP(topic, 1)}, generation)
+        await held.assign_partitions(held.table, {TP(topic, 1)}, generation)
     except Exception as exc:
         pytest.fail(f"the partition could not be opened again: {exc!r}")
     finally:
         del reader
-    assert 1 in store._dbs, "the rebuilt store is not open"
-    assert store._dbs[1].get(b"k") is None, "caught up, not rebuilt"
-    assert store.persisted_offset(TP(topic, 1)) is None, "recovered from its old offset"
+    assert 1 in held._dbs, "the rebuilt held is not open"
+    assert held._dbs[1].get(b"k") is None, "caught up, not rebuilt"
+    assert held.persisted_offset(TP(topic, 1)) is None, "recovered from its old offset"

@@ -116,6 +116,16 @@ def outcome_of(settings: Settings, emits: list[Emit]) -> CloudEvent | None:
     return decode_record(rec.key, rec.value, dict(rec.headers))
 
 
+def binary_inbound(event: CloudEvent, tenant: str, offset: int) -> Inbound:
+    """``event`` as the command agent takes it from the commands topic, in binary mode:
+    partition 0 at ``offset``, taken now."""
+    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
+    return Inbound(
+        rec.key, rec.value, dict(rec.headers), int(time.time() * 1000),
+        "paystream.commands", 0, offset,
+    )  # fmt: skip
+
+
 def kind(event: CloudEvent) -> str:
     return event.get_type().removeprefix("com.paystream.")
 

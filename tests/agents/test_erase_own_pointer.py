@@ -13,7 +13,7 @@ from paystream.agents.idempotency_keeping import ERASED_HASH
 from paystream.client import build_command
 from paystream.tables.commands_view import command_id_key
 from tests.agents.harness import Harness, data, kind, outcome_of
-from tests.agents.test_erasure_parked_by_a_bug import _inbound
+from tests.agents.harness import binary_inbound as _inbound
 
 pytestmark = pytest.mark.asyncio
 

@@ -5,7 +5,6 @@ customer, and the erasure finds records by customer (review h68ad)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -13,19 +12,10 @@ import pytest
 from paystream.agents import pipeline
 from paystream.agents.pipeline import Inbound, _request_hash
 from paystream.client import build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.codec import encode_event
 from tests.agents.harness import Harness, data, kind, outcome_of
+from tests.agents.harness import binary_inbound as _inbound
 
 pytestmark = pytest.mark.asyncio
-
-
-def _inbound(event: Any, tenant: str, offset: int) -> Inbound:
-    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
-    return Inbound(
-        rec.key, rec.value, dict(rec.headers), int(time.time() * 1000),
-        "paystream.commands", 0, offset,
-    )  # fmt: skip
 
 
 async def _as_the_agent_does(h: Harness, rec: Inbound) -> list[Any]:

@@ -4,28 +4,18 @@ that may have charged (review h68ak). It is refused `validation_error`."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from paystream.agents.pipeline import Inbound
 from paystream.client import build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.codec import encode_event
 from tests.agents.harness import Harness, data, kind, outcome_of
+from tests.agents.harness import binary_inbound as _inbound
 
 pytestmark = pytest.mark.asyncio
 
 _VISA = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
-
-
-def _inbound(event: Any, tenant: str, offset: int) -> Inbound:
-    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
-    return Inbound(
-        rec.key, rec.value, dict(rec.headers), int(time.time() * 1000),
-        "paystream.commands", 0, offset,
-    )  # fmt: skip
 
 
 async def _as_the_agent_does(h: Harness, rec: Inbound) -> list[Any]:
