@@ -1166,19 +1166,7 @@ class CommandProcessor(ProviderWindow):
                 else self._let_through_at(rec)
             ),
         )
-        about = getattr(data, "customer_id", None)
-        if (
-            isinstance(about, str)
-            and cmd.command_type.startswith("customer.")
-            # (Not the erasure's own: its scrub, before its _finish, found it and erased
-            # the hash of its command id's pointer, which then held the id no more;
-            # its hash is of the customer's id alone: review h68af.)
-            and cmd.command_type != "customer.erase"
-        ):
-            # Named by its customer from the start: parked from this record by a bug of
-            # ours (_repark keeps it), its hash of their data meets their erasure as
-            # _park's does (review h68ad).
-            in_flight["customer_id"] = about
+        _name_its_customer(in_flight, cmd, data)
         self.idempotency[idem_table_key] = in_flight
         # Under its own key, its id is not in the table: say which request the id names
         # (written again by each command of that request, so it lasts the window of the
@@ -1420,7 +1408,7 @@ class CommandProcessor(ProviderWindow):
         # Made by another record (this command sent again past the window): that one
         # counted its money, and a re-drive of this record must not count it again.
         by_another = done.id_salt is not None and done.id_salt != cmd.id_salt
-        return self._record_in_flight(cmd, request_hash, counted=by_another or None)
+        return self._record_in_flight(cmd, data, request_hash, counted=by_another or None)
 
     def _unrecorded_request(self, cmd: CommandRef, raw: Any) -> tuple[Any, str] | None:
         """A command read from Kafka that has no idempotency record: its validated data
@@ -1437,19 +1425,19 @@ class CommandProcessor(ProviderWindow):
         return data, _request_hash(cmd.command_type, data)
 
     def _record_in_flight(
-        self, cmd: CommandRef, request_hash: str, counted: bool | None = None
+        self, cmd: CommandRef, data: Any, request_hash: str, counted: bool | None = None
     ) -> IdempotencyRecord | None:
         """Record the command as let through (in flight): finished or parked again as
         one from now on, never refused."""
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         now = time.time()
         expires = now + self.settings.idempotency_ttl_seconds
-        self._remember(
-            key,
-            _idempotency_dict(
-                cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, counted=counted
-            ),
+        in_flight = _idempotency_dict(
+            cmd, request_hash, IdempotencyState.IN_FLIGHT, expires, counted=counted
         )
+        # (As the main path's: parked again from here, it meets their erasure.)
+        _name_its_customer(in_flight, cmd, data)
+        self._remember(key, in_flight)
         return self._idempotency_record(key, now)
 
     async def _let_through_by_provider(
@@ -1472,7 +1460,7 @@ class CommandProcessor(ProviderWindow):
         known = await self._provider_knows(rec, cmd, data, request_hash, gateway)
         if known is None:
             return UNANSWERED
-        return self._record_in_flight(cmd, request_hash) if known else None
+        return self._record_in_flight(cmd, data, request_hash) if known else None
 
     async def _provider_knows(
         self,
@@ -2673,6 +2661,21 @@ def _former_hold_key(cmd: CommandRef, data: Any, entity_keys: bool) -> str | Non
     if entity_keys and cmd.command_type == "payment.create" and payment_id:
         return f"{cmd.tenant_id}:payment:{payment_id}"
     return None
+
+
+def _name_its_customer(in_flight: dict[str, Any], cmd: CommandRef, data: Any) -> None:
+    """Name a customer command's in-flight record by its customer: parked from this record
+    by a bug of ours (_repark keeps it), its hash of their data meets their erasure as
+    _park's does (review h68ad). Not the erasure's own: its scrub, before its _finish,
+    found it and erased the hash of its command id's pointer, which then held the id no
+    more; its hash is of the customer's id alone (review h68af)."""
+    about = getattr(data, "customer_id", None)
+    if (
+        isinstance(about, str)
+        and cmd.command_type.startswith("customer.")
+        and cmd.command_type != "customer.erase"
+    ):
+        in_flight["customer_id"] = about
 
 
 def _idempotency_dict(

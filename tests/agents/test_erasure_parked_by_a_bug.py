@@ -75,3 +75,54 @@ async def test_an_update_parked_by_a_bug_of_ours_keeps_its_hash_past_the_erasure
     assert kind(erased) == "customer.erased", data(erased)
     # As for a park by an outage: the erasure erases the hash of the personal data.
     assert pii_hash not in json.dumps(harness.idempotency)
+
+
+async def test_one_let_through_while_suspended_and_parked_by_a_bug_meets_the_erasure(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, for an update let through by its entity while its tenant was suspended
+    (a crash lost its idempotency record, its entity kept the change). That path's own
+    in-flight record named no customer (review h68ad's note); the run after it wrote the
+    main path's, which does, so the erasure found the park either way. Both name it now."""
+    t = harness.add_tenant()
+    create = build_command(
+        "customer.create", t, {"customer_id": "c1", "email": "a@x.io"}, command_id="k0"
+    )
+    assert (
+        kind(
+            outcome_of(harness.settings, await _as_the_agent_does(harness, _inbound(create, t, 1)))
+        )
+        == "customer.created"
+    )
+    upd = {"customer_id": "c1", "email": "ann.new@example.com", "name": "Ann New"}
+    update = _inbound(build_command("customer.update", t, upd, command_id="k1"), t, 2)
+    updated = outcome_of(harness.settings, await _as_the_agent_does(harness, update))
+    assert kind(updated) == "customer.updated", data(updated)
+    # A crash kept the customer's write and lost the idempotency records of the batch.
+    for key in [k for k in harness.idempotency if k.endswith(":k1")]:
+        del harness.idempotency[key]
+    harness.tenants[t] = {**harness.tenants[t], "status": "suspended"}
+    real = pipeline.HANDLERS["customer.update"]
+
+    calls = 0
+
+    async def buggy(ctx: Any, body: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the entity probe: it finds the update applied
+            return await real(ctx, body)
+        raise RuntimeError("a bug of ours")  # the run let through
+
+    monkeypatch.setitem(pipeline.HANDLERS, "customer.update", buggy)
+    emits = await _as_the_agent_does(harness, update)  # redelivered
+    assert [e.topic for e in emits] == [harness.settings.retry_topic]
+    assert harness.idempotency[f"{t}:k1"]["state"] == "parked"
+    monkeypatch.setitem(pipeline.HANDLERS, "customer.update", real)
+    harness.tenants[t] = {**harness.tenants[t], "status": "active"}
+
+    pii_hash = _request_hash("customer.update", {**upd, "description": None, "metadata": None})
+    assert pii_hash in json.dumps(harness.idempotency)
+    erase = build_command("customer.erase", t, {"customer_id": "c1"}, command_id="k2")
+    erased = outcome_of(harness.settings, await _as_the_agent_does(harness, _inbound(erase, t, 3)))
+    assert kind(erased) == "customer.erased", data(erased)
+    assert pii_hash not in json.dumps(harness.idempotency)

@@ -2,8 +2,10 @@
 
 Killed (SIGKILL, restarted ~15 s later on the same port and data dir, AOF on as
 docker-compose runs it) or frozen (SIGSTOP, SIGCONT ~15 s later). Every command gets
-exactly one outcome or is parked, and `dlq replay` finishes the parked ones; no effect
-applied twice at the provider; the worker keeps running; it recovers its latency.
+exactly one outcome or is parked, and `dlq replay` finishes the parked ones; a capture or
+refund refused `not_found` while its payment's create waited parked runs when sent again;
+the provider's effects are then exactly what the commands should make, each once (held to
+a reference ledger, as the crash test's); the worker keeps running; it recovers its latency.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from paystream.tenancy.models import Tenant
 from tests.e2e.own_servers import json_page
 from tests.e2e.test_crash import OutcomeLog, _produce, _read_all, _wait_for, provider_effects
 from tests.fixtures.pipeline import Deployment
+
+PER_TENANT = 30
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -99,6 +103,57 @@ def interleaved_workload(tenants: list[str], per_tenant: int) -> list[CloudEvent
     return [q[i] for i in range(len(queues[0])) for q in queues]
 
 
+def reference_effects(tenant: str, per_tenant: int) -> Counter[tuple[str, int, str | None]]:
+    """The effects ``interleaved_workload`` makes at the provider for ``tenant``, each once:
+    (kind, amount, and for a create the key of the payment it names)."""
+    effects: Counter[tuple[str, int, str | None]] = Counter()
+    for j in range(per_tenant):
+        amount = 1000 + j
+        create_key = f"pse:{tenant}:payment:pay_{j}"
+        if j % 2 == 0:
+            effects["authorization", amount, create_key] += 1
+            effects["capture", amount, None] += 1
+        else:
+            effects["charge", amount, create_key] += 1
+            effects["refund", 300, None] += 1
+    return effects
+
+
+def effects_beyond_reference(
+    effects: list[Any], expected: Counter[tuple[str, int, str | None]]
+) -> tuple[Counter[Any], Counter[Any]]:
+    """(effects the provider applied beyond ``expected``, expected effects it lacks).
+
+    The simulator records one effect per idempotency key, so a doubled charge can only
+    come under another key (a new id, a lost key): counting effects by key finds nothing,
+    while counting them against what the commands should have made does."""
+    found = Counter(
+        (
+            e.kind,
+            e.amount,
+            # A create's key when it names a chosen payment id; None for any other key.
+            e.idempotency_key
+            if e.kind in ("charge", "authorization") and ":payment:" in e.idempotency_key
+            else None,
+        )
+        for e in effects
+    )
+    return found - expected, expected - found
+
+
+def _refused_not_found(log: OutcomeLog, commands: list[CloudEvent]) -> list[CloudEvent]:
+    """The commands whose (one) outcome is a ``not_found`` refusal."""
+    refused: set[str] = set()
+    for cause, _event_id, raw in log.records:
+        _k, v, h = json.loads(raw)
+        ev = decode_record(None, v.encode(), {a: b.encode() for a, b in h})
+        data = ev.get_data()
+        rejected = ev.get_type().endswith("rejected") and isinstance(data, dict)
+        if rejected and data.get("reason") == "not_found":
+            refused.add(cause)
+    return [c for c in commands if c.get_id() in refused]
+
+
 def _metrics(base_url: str) -> str:
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as resp:
         return resp.read().decode()
@@ -121,7 +176,7 @@ async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dic
         dep: Deployment = await deployment_factory(redis_url=rd.url)
         tenants = [f"rd-{how}-{i}" for i in range(3)]
         await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
-        commands = interleaved_workload(tenants, per_tenant=30)  # 180 commands
+        commands = interleaved_workload(tenants, PER_TENANT)  # 180 commands
         ids = {c.get_id() for c in commands}
         log = OutcomeLog(dep)
         reader = asyncio.create_task(log.run())
@@ -193,6 +248,19 @@ async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dic
                 report["replay"] = str(result)
                 with contextlib.suppress(AssertionError):
                     await _wait_for(lambda: ids <= log.by_command.keys(), 60, "replayed outcomes")
+            # A capture or refund that came while its payment's create waited parked was
+            # refused not_found, and not kept under its key (README, rejection reasons):
+            # its sender, told so, sends it again once the create has run.
+            refused = _refused_not_found(log, commands)
+            report["resent_after_not_found"] = len(refused)
+            async with dep.client() as client:
+                for cmd in refused:
+                    again = build_command(
+                        cmd.get_type(), str(cmd.get_extension("tenantid")), cmd.get_data() or {},
+                        idempotency_key=cmd.get_id(),
+                    )  # fmt: skip
+                    out = await client.send(again, timeout=30)
+                    assert not out.get_type().endswith("rejected"), (cmd, out.get_data())
             # Latency after recovery: ten fresh payments, one at a time.
             lat = []
             async with dep.client() as client:
@@ -231,15 +299,19 @@ async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dic
         report["outcome_kinds"] = kinds
         report["rejections"] = rejections[:5]
         report["rejection_reasons"] = Counter(r.get("reason") for r in rejections)
-        doubled = {}
+        doubled, lacking = {}, {}
         effect_kinds: Counter[str] = Counter()
         for tenant, effects in (await provider_effects(dep.settings, rd.url, tenants)).items():
             effect_kinds.update(e.kind for e in effects)
-            keys = Counter((e.kind, e.idempotency_key) for e in effects)
-            per_obj = Counter((e.kind, e.object_id) for e in effects if e.kind != "refund")
-            doubled[tenant] = [k for k, n in (keys + per_obj).items() if n > 1]
+            expected = reference_effects(tenant, PER_TENANT)
+            if tenant == tenants[0]:  # the ten fresh payments after recovery (no chosen id)
+                expected.update(("charge", 500 + i, None) for i in range(10))
+            beyond, missing = effects_beyond_reference(effects, expected)
+            doubled[tenant] = sorted(beyond.elements())
+            lacking[tenant] = sorted(missing.elements())
         report["effects"] = effect_kinds
         report["doubled_effects"] = doubled
+        report["missing_effects"] = lacking
         return report
     finally:
         with contextlib.suppress(Exception):
@@ -255,7 +327,9 @@ async def test_redis_killed_mid_stream_loses_and_doubles_nothing(deployment_fact
     report = await _drill(deployment_factory, "kill", 15)
     assert report["missing_outcomes"] == 0, report
     assert report["two_outcomes"] == 0, report
-    assert not any(report["doubled_effects"].values()), report
+    effects = str({k: report.get(k) for k in ("doubled_effects", "missing_effects", "parked")})
+    assert not any(report["doubled_effects"].values()), effects
+    assert not any(report["missing_effects"].values()), effects
     assert not report["dead_lettered"], report
     # The worker stays ready (it is making progress: parking is progress) and live.
     assert all(r[0] == 200 and h[0] == 200 for _, _, r, h in report["during"]["samples"])
