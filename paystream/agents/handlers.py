@@ -1426,6 +1426,7 @@ _DISPUTE_STAGE = {
     "warning_under_review": 1,
     "under_review": 1,
     "warning_closed": 2,
+    "inquiry_closed": 2,
     "won": 2,
     "lost": 2,
 }

@@ -151,6 +151,9 @@ class DisputeStatus(StrEnum):
     UNDER_REVIEW = "under_review"
     WON = "won"
     LOST = "lost"
+    # An inquiry (Stripe's "warning" disputes: a question before any chargeback, no funds
+    # withdrawn) that closed without one: neither won nor lost, no money moved.
+    INQUIRY_CLOSED = "inquiry_closed"
 
 
 class _Req(BaseModel):

@@ -69,7 +69,10 @@ _DISPUTE_STATUS = {
     "warning_under_review": DisputeStatus.UNDER_REVIEW,
     "under_review": DisputeStatus.UNDER_REVIEW,
     "won": DisputeStatus.WON,
-    "warning_closed": DisputeStatus.WON,  # an inquiry closed without a chargeback
+    # An inquiry closed (answered, refunded or conceded) without a chargeback: no money
+    # left or came back, so not `won` (review h69c: a dispute.accept of an inquiry was
+    # recorded won, and a ledger booked a reinstatement of money never withdrawn).
+    "warning_closed": DisputeStatus.INQUIRY_CLOSED,
     "lost": DisputeStatus.LOST,
     "charge_refunded": DisputeStatus.LOST,
     # The card network's appeal of a decision: the tenant may answer again.
@@ -224,11 +227,15 @@ def dispute(obj: Mapping[str, Any]) -> DisputeResult:
         raise _unknown("dispute", obj["status"])
     details = obj.get("evidence_details")
     due_by = details.get("due_by") if isinstance(details, Mapping) else None
+    if not isinstance(due_by, int) or isinstance(due_by, bool) or due_by <= 0:
+        # 0 when the cardholder's bank allows no response (Stripe's API reference): no
+        # deadline, not 1970-01-01 (review h69c).
+        due_by = None
     return DisputeResult(
         provider_dispute_id=obj["id"],
         status=status,
         amount=_money(obj),
         reason=obj.get("reason"),
-        # (Epoch seconds; None once the dispute is closed, or never answerable.)
+        # (Epoch seconds; None once the dispute is closed, or never answerable: 0.)
         evidence_due_by=due_by,
     )

@@ -370,7 +370,7 @@ async def test_a_refund_read_back_failed_names_stripes_reason() -> None:
         ("under_review", DisputeStatus.UNDER_REVIEW),
         ("warning_under_review", DisputeStatus.UNDER_REVIEW),
         ("won", DisputeStatus.WON),
-        ("warning_closed", DisputeStatus.WON),
+        ("warning_closed", DisputeStatus.INQUIRY_CLOSED),
         ("lost", DisputeStatus.LOST),
         ("charge_refunded", DisputeStatus.LOST),
         ("appeal_needs_response", DisputeStatus.NEEDS_RESPONSE),

@@ -1,0 +1,47 @@
+"""Stripe's dispute object read onto paystream's statuses and deadline (review h69c).
+
+* An inquiry (a "warning" dispute: no funds withdrawn, no fee) that closes is
+  `warning_closed`: the issuer asked, and no chargeback followed, or the merchant
+  refunded or conceded it. Nothing was won: read as `won`, a dispute.accept of an
+  inquiry (Stripe's close) was recorded won under an outcome that says "accepted", and a
+  downstream ledger booked a reinstatement of money that never left.
+* `evidence_details.due_by` is 0 when the issuer allows no response (Stripe's API
+  reference): no deadline, not 1970-01-01 (a deadline long past, "lost unanswered").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paystream.gateways.base import DisputeStatus
+from paystream.gateways.stripe import mapping
+
+INQUIRY: dict[str, Any] = {
+    "id": "dp_1",
+    "object": "dispute",
+    "status": "warning_needs_response",
+    "amount": 900,
+    "currency": "usd",
+    "reason": "general",
+    "evidence_details": {"due_by": 1_767_225_600, "has_evidence": False, "past_due": False},
+}
+
+
+def test_an_inquiry_closed_is_not_a_dispute_won() -> None:
+    got = mapping.dispute({**INQUIRY, "status": "warning_closed"})
+    assert got.status is not DisputeStatus.WON
+    assert got.status is DisputeStatus.INQUIRY_CLOSED
+
+
+@pytest.mark.parametrize("due_by", [0, None])
+def test_a_dispute_that_allows_no_response_has_no_deadline(due_by: int | None) -> None:
+    got = mapping.dispute(
+        {
+            **INQUIRY,
+            "status": "needs_response",
+            "evidence_details": {"due_by": due_by, "has_evidence": False, "past_due": False},
+        }
+    )
+    assert got.evidence_due_by is None
