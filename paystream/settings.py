@@ -430,6 +430,17 @@ class Settings(BaseSettings):
         "backlog of 500 of one tenant's commands would hold every tenant sharing the batch "
         "for 200 s; at 32, for about 13 s.",
     )
+    tenant_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="PAYSTREAM_TENANT_CONCURRENCY: most chains of one tenant's commands a "
+        "batch runs side by side. A tenant's commands run in order, one at a time, except "
+        "payment creates, captures, cancels, refreshes and refunds of different payments "
+        "of an active tenant with no limits in force, which need not wait for each other "
+        "(on a provider answering in 400 ms, 32 such commands take 3.2 s at 4, 12.8 s at "
+        "1). 1: every tenant's commands one at a time.",
+    )
     producer_request_timeout_seconds: float = Field(
         default=DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS,
         ge=5,

@@ -1,7 +1,8 @@
 """The command agent: consumes `paystream.commands` in batches and emits outcomes.
 
 Batching is where throughput comes from: a batch's commands are grouped by tenant,
-tenants run concurrently (one tenant's commands stay in order, and their simulator
+tenants run concurrently (one tenant's commands stay in order, but for those on
+different payments that may run side by side: agents/tenant_chains.py; their simulator
 calls share Redis round trips), and the batch's table changes (last write per key) and
 outcomes are produced together as one record batch per topic-partition and awaited
 before the batch is acknowledged, so an offset is committed only after its outcome and
@@ -45,6 +46,7 @@ from paystream.agents.offsets import DurableOffsets, commit_periodically, despit
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.agents.publish_health import PUBLISH
+from paystream.agents.tenant_chains import run_tenant
 from paystream.agents.tenants import registry
 from paystream.app import app, settings, tables_settled
 from paystream.built import frozen_record
@@ -382,36 +384,21 @@ class CommandRunner:
         clock: float | None,
         taken_at: int = -1,
     ) -> list[tuple[Emit, int]]:
-        """Run one key's commands in order: each emit with its command's partition;
-        ``clock``: the time to purge expired idempotency records by (None: none)."""
-        out: list[tuple[Emit, int]] = []
-        append = out.append
-        for event in group:
-            # Table writes go to the changelog partition of the *current* event; in a
-            # batch Faust only knows the last one, so each command sets its own.
-            _current_event.set(weakref.ref(event))
-            msg = event.message
-            inbound = _inbound(
-                msg.key,
-                msg.value,
-                _headers(msg.headers),
-                int(msg.timestamp * 1000),
-                msg.topic,
-                msg.partition,
-                msg.offset,
-            )
-            try:
-                emitted = await processor.process(inbound)
-            except Exception as exc:
-                # A bug of ours must not stall the partition: dead-letter and move on.
-                # (Throttled: every record that meets it would log its traceback.)
-                _BUGS.bug(
-                    exc, "unexpected failure on %s[%d]@%d", msg.topic, msg.partition, msg.offset
-                )
-                emitted = processor.dead_letter_bug(inbound)
-            partition = msg.partition
-            for e in emitted:  # (one, nearly always: no generator set up for it)
-                append((e, partition))
+        """Run one key's commands: each emit with its command's partition, in the
+        commands' order; ``clock``: the time to purge expired idempotency records by
+        (None: none). In order, one at a time, unless they split into chains that touch
+        disjoint state (agents/tenant_chains.py): those run side by side."""
+        inbounds = [_inbound_of(event) for event in group]
+        runs = await run_tenant(
+            processor,
+            inbounds,
+            lambda i: _run_one(processor, group[i], inbounds[i]),
+            settings.tenant_concurrency,
+        )
+        out = [emitted for run in runs for emitted in run]
+        # Chains set the current event in their own tasks' contexts: here it may still be
+        # the batch's. The purge's tombstones go to this tenant's partition.
+        _current_event.set(weakref.ref(group[-1]))
         # The current event is still one of this tenant's: tombstones go to its partition.
         tenant = (group[-1].message.key or b"").decode("utf-8", "replace")
         # (Again here: a rebalance may have begun since the batch did, and a hand-over may
@@ -421,6 +408,38 @@ class CommandRunner:
         if tenant and clock is not None and _may_delete(group, taken_at):
             processor.purge_expired(tenant, clock, read_at=group[-1].message.timestamp)
         return out
+
+
+def _inbound_of(event: EventT) -> Inbound:
+    msg = event.message
+    return _inbound(
+        msg.key,
+        msg.value,
+        _headers(msg.headers),
+        int(msg.timestamp * 1000),
+        msg.topic,
+        msg.partition,
+        msg.offset,
+    )
+
+
+async def _run_one(
+    processor: CommandProcessor, event: EventT, inbound: Inbound
+) -> list[tuple[Emit, int]]:
+    """One command's emits, each with its command's partition."""
+    # Table writes go to the changelog partition of the *current* event; in a batch
+    # Faust only knows the last one, so each command sets its own.
+    _current_event.set(weakref.ref(event))
+    msg = event.message
+    try:
+        emitted = await processor.process(inbound)
+    except Exception as exc:
+        # A bug of ours must not stall the partition: dead-letter and move on.
+        # (Throttled: every record that meets it would log its traceback.)
+        _BUGS.bug(exc, "unexpected failure on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+        emitted = processor.dead_letter_bug(inbound)
+    partition = msg.partition
+    return [(e, partition) for e in emitted]  # (one, nearly always)
 
 
 async def _check_record_limits() -> None:

@@ -34,6 +34,7 @@ from paystream import tracing
 from paystream.agents.commands import BATCH_MAX
 from paystream.agents.handlers import Tables
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
+from paystream.agents.tenant_chains import run_tenant
 from paystream.bench.load import bench_tenants, generate_commands, tenant_ids
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator.resp import use_hiredis_packing
@@ -152,7 +153,7 @@ async def _rounds(
             emitted: list[Emit] = []
             cpu0, wall0 = time.process_time(), time.perf_counter()
             for part in _batches(batch, BATCH_MAX, settings.batch_tenant_max):
-                emitted += await _one_batch(processor, part)
+                emitted += await _one_batch(processor, part, settings.tenant_concurrency)
                 offsets.batch_done()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
             report.outcomes.update(_kinds(emitted, settings.events_topic))
@@ -220,17 +221,21 @@ def _batches(records: list[Inbound], max_: int, per_key_max: int) -> Iterator[li
         yield batch
 
 
-async def _one_batch(processor: CommandProcessor, batch: list[Inbound]) -> list[Emit]:
-    """One batch as the agent runs it: tenants concurrently, each in order."""
+async def _one_batch(
+    processor: CommandProcessor, batch: list[Inbound], concurrency: int
+) -> list[Emit]:
+    """One batch as the agent runs it: tenants concurrently, each in order (but for
+    chains that may run side by side, agents/tenant_chains.py)."""
     by_tenant: dict[bytes | None, list[Inbound]] = defaultdict(list)
     for rec in batch:
         by_tenant[rec.key].append(rec)
 
     async def run(group: list[Inbound]) -> list[Emit]:
-        out: list[Emit] = []
-        for rec in group:
-            out += await processor.process(rec)
-        return out
+        async def one(i: int) -> list[Emit]:
+            return await processor.process(group[i])
+
+        runs = await run_tenant(processor, group, one, concurrency)
+        return [e for emits in runs for e in emits]
 
     return [
         e for emits in await asyncio.gather(*(run(g) for g in by_tenant.values())) for e in emits

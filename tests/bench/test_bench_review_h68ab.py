@@ -159,12 +159,12 @@ def test_in_process_batches_are_cut_per_tenant_as_the_agent_cuts_them(
     seen: list[int] = []
     real = in_process._one_batch
 
-    async def spy(processor: Any, batch: list[Any]) -> Any:
+    async def spy(processor: Any, batch: list[Any], *args: Any) -> Any:
         per_tenant: dict[Any, int] = {}
         for rec in batch:
             per_tenant[rec.key] = per_tenant.get(rec.key, 0) + 1
         seen.append(max(per_tenant.values()))
-        return await real(processor, batch)
+        return await real(processor, batch, *args)
 
     monkeypatch.setattr(in_process, "_one_batch", spy)
     in_process.run_in_process(
