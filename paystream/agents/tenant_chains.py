@@ -36,6 +36,7 @@ from paystream.agents.card_data import key_str
 from paystream.agents.handlers import entity_key
 from paystream.agents.pipeline import UNANSWERED_REFUSAL_HEADER, CommandProcessor, Inbound
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER
+from paystream.ids import derived_id
 from paystream.streams.codec import UndecodableRecord, ce_text, decode_record
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.tables.commands_view import command_id_key
@@ -132,6 +133,9 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         if not isinstance(named, str):
             return None  # refused as it stands, but not worth reasoning about
         keys.add(f"{kind}:{named}")
+    if command_type == "payment.create" and data.get("payment_id") is None:
+        # Its payment's id is derived from its command id: a capture may name it.
+        keys.add(f"p:{derived_id('pay', tenant_id, command_id)}")
     pm_id = data.get("payment_method_id")
     if isinstance(pm_id, str):
         # A saved card's create also reads (and charges) its customer.

@@ -14,6 +14,7 @@ from paystream.agents import commands, pipeline
 from paystream.agents.tenant_chains import chain_keys, chains_of, run_in_chains
 from paystream.client import build_command
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER
+from paystream.ids import derived_id
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import decode_record, encode_event
 from paystream.tenancy.limits import TenantLimits
@@ -32,8 +33,10 @@ class _Partitioner:
         return 0
 
 
-def _event(tenant: str, offset: int, command_type: str, data: dict[str, Any]) -> _Event:
-    cmd = build_command(command_type, tenant, data)
+def _event(
+    tenant: str, offset: int, command_type: str, data: dict[str, Any], command_id: str | None = None
+) -> _Event:
+    cmd = build_command(command_type, tenant, data, command_id=command_id)
     rec = encode_event(cmd, tenant.encode(), CloudEventsMode.BINARY)
     tp = TP("paystream.commands", 0)
     message = Message(
@@ -247,8 +250,8 @@ async def test_chains_run_each_in_order_and_answer_in_the_items_order() -> None:
         ("refund.create", {"payment_id": "p1", "refund_id": "r1"}, {"p:p1", "r:r1"}),
         (
             "payment.create",
-            {**CARD, "amount": 5, "customer_id": "c1"},
-            {"c:c1"},
+            {**CARD, "amount": 5, "customer_id": "c1", "payment_id": "p1"},
+            {"c:c1", "p:p1"},
         ),
     ],
 )
@@ -296,3 +299,35 @@ async def test_barriers(harness: Harness, case: str) -> None:
             rec.timestamp_ms, rec.topic, rec.partition, rec.offset,
         )  # fmt: skip
     assert chain_keys(harness.processor, rec) is None
+
+
+@pytest.mark.asyncio
+async def test_a_create_without_an_id_is_keyed_by_the_id_it_will_make(
+    harness: Harness, runner: commands.CommandRunner
+) -> None:
+    """A capture naming the id a create derives from its command id (a client may know
+    it) runs after that create, not beside it."""
+    t = harness.add_tenant()
+    create = build_command(
+        "payment.create", t, {**CARD, "amount": 900, "capture": "manual"}, command_id="c-1"
+    )
+    keys = chain_keys(harness.processor, binary_inbound(create, t, 1))
+    made = derived_id("pay", t, "c-1")
+    assert keys is not None and f"p:{made}" in keys
+    events = [
+        _event(t, 1, "payment.create", {**CARD, "amount": 900, "capture": "manual"}, "c-1"),
+        _event(t, 2, "payment.capture", {"payment_id": made}),
+    ]
+    answered = _outcomes(harness, await _batch(runner, events))
+    assert [k for k, _ in answered] == ["payment.authorized", "payment.succeeded"]
+
+
+@pytest.mark.asyncio
+async def test_a_saved_card_is_keyed_by_its_customer(harness: Harness) -> None:
+    t = harness.add_tenant()
+    harness.tables.payment_methods[f"{t}:pm1"] = {"id": "pm1", "customer_id": "c9"}
+    create = build_command(
+        "payment.create", t, {"amount": 900, "currency": "USD", "payment_method_id": "pm1"}
+    )
+    keys = chain_keys(harness.processor, binary_inbound(create, t, 1))
+    assert keys is not None and {"m:pm1", "c:c9"} <= keys
