@@ -45,7 +45,7 @@ from paystream.agents.member_lease import MembershipLapsed, lease, still_a_membe
 from paystream.agents.offsets import DurableOffsets, commit_periodically, despite_cancellation
 from paystream.agents.overlap import DeliveryChain
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
-from paystream.agents.publish_health import PUBLISH
+from paystream.agents.publish_health import PUBLISH, is_refusal
 from paystream.agents.tenant_chains import run_tenant
 from paystream.agents.tenants import registry
 from paystream.app import app, settings, tables_settled
@@ -334,6 +334,7 @@ class CommandRunner:
         producer, _ = self._kafka()
         started = time.perf_counter()
         generation = app.consumer_generation_id
+        abandoned_at = _abandoned_at  # (changed by a hand-over that gives this batch up)
         sent: list[SentBatch] = []
 
         async def still_ours() -> bool:
@@ -345,14 +346,16 @@ class CommandRunner:
 
         for i, records in enumerate(_delivery_order(batch)):
             if i and not await still_ours():
-                raise MembershipLapsed("the rest of a batch is not produced")
+                raise DeliveryAbandoned("the rest of a batch is not produced")
             sent += await _publish(
                 producer,
                 records,
                 len(batch.events),
                 # After a hand-over, a retry could land records of partitions now another
                 # worker's after its newer ones: the batch fails instead (and is redone).
-                may_retry=lambda: app.consumer_generation_id == generation,
+                may_retry=lambda: (
+                    app.consumer_generation_id == generation and _abandoned_at == abandoned_at
+                ),
                 still_ours=still_ours,
             )
         _PUBLISH_SECONDS.observe(time.perf_counter() - started)
@@ -555,36 +558,59 @@ async def _publish(
     nothing is acknowledged meanwhile. A retry may produce some records twice; changelog
     values are the same and duplicate outcomes are byte-identical (same event id).
     """
+    global _producing
     try:
         for attempt in itertools.count(1):
+            submitted: list[SentBatch] = []
+            _producing += 1
             try:
-                sent = await send_batches(producer, records)
+                sent = await send_batches(producer, records, submitted=submitted)
                 await _delivered(sent, commands)
                 PUBLISH.delivered()
                 return sent
             except KafkaError as exc:
                 PUBLISH.failed(exc)
-                # KafkaTimeoutError is aiokafka's own wait running out (for metadata, or
-                # for room behind an earlier batch of the same partition that a
-                # leaderless partition keeps queued until it expires): marked not
-                # retriable, and as safe to retry as the rest.
-                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
-                    raise
-                if not may_retry():
-                    PUBLISH.abandoned()  # (the partition's next owner produces it)
-                    raise
-                delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)
-                log.warning(
-                    "producing %d records failed (%r); retry in %.2f s", len(records), exc, delay
-                )
-                await asyncio.sleep(delay)
-                if still_ours is not None and not await still_ours():
-                    PUBLISH.abandoned()  # (the partition's next owner produces it)
-                    raise MembershipLapsed("a retry is not produced") from exc
+                # Every record batch of the attempt settles first (aiokafka gives each
+                # up within its request timeout): from then on nothing of this batch is
+                # with the producer, and a hand-over may give it up without an exit.
+                pending = [b.future for b in submitted if not b.future.done()]
+                if pending:
+                    await asyncio.wait(pending)
+                failure = exc
+            finally:
+                _producing -= 1
+            # KafkaTimeoutError is aiokafka's own wait running out (for metadata, or for
+            # room behind an earlier batch of the same partition that a leaderless
+            # partition keeps queued until it expires): marked not retriable, and as safe
+            # to retry as the rest. So is any refusal of the broker's
+            # (TOPIC_AUTHORIZATION_FAILED, POLICY_VIOLATION, ...): nothing of the refused
+            # record batch landed, and failing the batch ended the worker, then each next
+            # owner of its partitions in turn (review h69b).
+            if not (
+                failure.retriable or isinstance(failure, KafkaTimeoutError) or is_refusal(failure)
+            ):
+                raise failure
+            if not may_retry():
+                PUBLISH.abandoned()  # (the partition's next owner produces it)
+                raise DeliveryAbandoned("a retry is not produced") from failure
+            delay = min(PUBLISH_RETRY_MAX_SECONDS, 0.05 * 2**attempt)
+            log.warning(
+                "producing %d records failed (%r); retry in %.2f s", len(records), failure, delay
+            )
+            await asyncio.sleep(delay)
+            if not may_retry() or (still_ours is not None and not await still_ours()):
+                PUBLISH.abandoned()  # (the partition's next owner produces it)
+                raise DeliveryAbandoned("a retry is not produced") from failure
     except asyncio.CancelledError:
         PUBLISH.abandoned()
         raise
     raise AssertionError("unreachable")
+
+
+class DeliveryAbandoned(MembershipLapsed):
+    """A batch given up between two produce attempts (its partitions may have moved, or
+    a hand-over gave it up): nothing of it is with the producer, so the worker need not
+    exit; it is neither delivered nor committed, and redone from the committed offsets."""
 
 
 async def _delivered(sent: Sequence[SentBatch], commands: int) -> None:
@@ -882,7 +908,7 @@ async def _hand_over(deadline: float) -> None:
     global _abandoned_at
     for chain, offsets in list(_IN_HAND):
         if not await chain.drain(max(0.0, deadline - time.monotonic())):
-            if _delivering:
+            if _producing:
                 # Its records are with the producer, which retries them for as long as
                 # its request timeout: they could land after the new owner's writes to
                 # the same changelog partitions (a stale value for the next recovery).
@@ -960,6 +986,18 @@ async def _deliver(
     _delivering += 1
     try:
         await runner.deliver_batch(batch)
+    except DeliveryAbandoned:
+        # Between two attempts, nothing with the producer: as a batch the hand-over
+        # gave up while still processing, neither it nor any batch taken with it is
+        # delivered or committed (review h69b: the worker exited, and each next owner of
+        # its partitions at the next rebalance while the broker refused its writes).
+        _abandoned_at = max(taken_at, -1 if _abandoned_at is None else _abandoned_at)
+        log.warning(
+            "a batch of %d commands is given up between produce attempts: it is redone "
+            "from the committed offsets",
+            len(events),
+        )
+        return
     finally:
         _delivering -= 1
     offsets.advance(events)
@@ -967,6 +1005,9 @@ async def _deliver(
 
 # Batches whose records are being produced (deliveries run one at a time).
 _delivering = 0
+# Produce attempts under way: some record batch of theirs may be with the producer, which
+# retries it for its request timeout (a delivery waiting between attempts has none).
+_producing = 0
 # Assignments received (each rebalance ends in one), and how many there had been when
 # the hand-over last gave up on a batch still processing: a batch taken before the next
 # one is not delivered. (Generations could not say it: a batch can outlive two
@@ -1033,7 +1074,7 @@ class HandOverWatch:
 # whenever it gets to run in time.
 _watch = HandOverWatch(
     REBALANCE_DRAIN_SECONDS + 1.0,
-    delivering=lambda: _delivering > 0,
+    delivering=lambda: _producing > 0,
     exit_=lambda what: _exit_uncommitted(what),
 )
 

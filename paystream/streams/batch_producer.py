@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 __all__ = ["KeyPartitioner", "OutRecord", "SentBatch", "send_batches"]
@@ -48,29 +47,33 @@ class SentBatch:
     future: asyncio.Future[Any]
 
 
-async def send_batches(producer: AIOKafkaProducer, records: Iterable[OutRecord]) -> list[SentBatch]:
-    """Submit ``records`` grouped by topic-partition; await each ``future`` for delivery."""
+async def send_batches(
+    producer: AIOKafkaProducer,
+    records: Iterable[OutRecord],
+    submitted: list[SentBatch] | None = None,
+) -> list[SentBatch]:
+    """Submit ``records`` grouped by topic-partition; await each ``future`` for delivery.
+    ``submitted`` gets each batch as it is submitted (all of them, should this raise)."""
     grouped: dict[tuple[str, int], list[OutRecord]] = {}
     for record in records:
         grouped.setdefault((record.topic, record.partition), []).append(record)
-    sent: list[SentBatch] = []
+    sent: list[SentBatch] = [] if submitted is None else submitted
     for (topic, partition), group in grouped.items():
         before: asyncio.Future[Any] | None = None  # this partition's previous batch
         batch, count = producer.create_batch(), 0
         for record in group:
             headers = list(record.headers)
-            if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers):
-                count += 1
-                continue
-            if count == 0:  # an empty batch cannot hold it: it can never be produced
-                raise MessageSizeTooLargeError(f"record for {topic} exceeds the batch size")
-            sent.append(await _submit(producer, batch, topic, partition, count, before))
-            before = sent[-1].future
-            batch, count = producer.create_batch(), 1
             if not batch.append(
                 key=record.key, value=record.value, timestamp=None, headers=headers
             ):
-                raise MessageSizeTooLargeError(f"record for {topic} exceeds the batch size")
+                # Full: the record starts the next batch. aiokafka's builder takes any
+                # first record, whatever its size (the broker decides what it accepts;
+                # tests/streams/test_batch_producer_sizes.py), so this cannot refuse it.
+                sent.append(await _submit(producer, batch, topic, partition, count, before))
+                before = sent[-1].future
+                batch, count = producer.create_batch(), 0
+                batch.append(key=record.key, value=record.value, timestamp=None, headers=headers)
+            count += 1
         if count:
             sent.append(await _submit(producer, batch, topic, partition, count, before))
     return sent

@@ -97,7 +97,7 @@ def _broker_answers(monkeypatch: pytest.MonkeyPatch, answers: list[Exception | N
     trouble each attempt saw as it began."""
     seen: list[Any] = []
 
-    async def send(producer: Any, records: Any) -> list[Any]:
+    async def send(producer: Any, records: Any, **_: Any) -> list[Any]:
         seen.append(PUBLISH.trouble())
         answer = answers.pop(0)
         if answer is not None:
@@ -140,7 +140,7 @@ async def test_a_failing_batch_given_up_leaves_nothing_failing(
 
     PUBLISH.delivered()
     _broker_answers(monkeypatch, [NotEnoughReplicasError()])
-    with pytest.raises(NotEnoughReplicasError):
+    with pytest.raises(commands.DeliveryAbandoned):
         await commands._publish(cast(Any, None), RECORDS, 1, may_retry=lambda: False)
     assert PUBLISH.trouble() is None
     assert REGISTRY.get_sample_value("paystream_publish_failing_seconds") == 0.0

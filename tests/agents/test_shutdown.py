@@ -491,7 +491,11 @@ async def test_a_hand_over_that_cannot_wait_for_a_batch_in_delivery_exits_uncomm
 
     class Runner:
         async def deliver_batch(self, batch: ProcessedBatch) -> None:
-            await stuck.wait()
+            commands._producing += 1  # (its records with the producer, as in _publish)
+            try:
+                await stuck.wait()
+            finally:
+                commands._producing -= 1
 
         def rescan_expiry(self) -> None:
             pass
@@ -544,15 +548,16 @@ async def test_a_publish_retry_after_a_hand_over_fails_the_batch(
 ) -> None:
     attempts: list[int] = []
 
-    async def refused(producer: Any, records: Any) -> Any:
+    async def refused(producer: Any, records: Any, **_: Any) -> Any:
         attempts.append(len(records))
         raise NotLeaderForPartitionError()
 
     monkeypatch.setattr(commands, "send_batches", refused)
     monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
     records = [OutRecord("changelog", 1, b"k", b"v")]
-    with pytest.raises(NotLeaderForPartitionError):
+    with pytest.raises(commands.DeliveryAbandoned) as given_up:
         await commands._publish(cast(Any, None), records, 1, may_retry=lambda: False)
+    assert isinstance(given_up.value.__cause__, NotLeaderForPartitionError)
     assert attempts == [1]  # never produced again once the partitions may have moved
 
 
@@ -562,6 +567,7 @@ def _hand_over_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(commands, "_abandoned_at", None)
     monkeypatch.setattr(commands, "_assignments", 0)
     monkeypatch.setattr(commands, "_delivering", 0)
+    monkeypatch.setattr(commands, "_producing", 0)
 
 
 async def test_a_batch_the_hand_over_gave_up_on_is_not_delivered(

@@ -71,7 +71,7 @@ async def test_a_retry_after_the_lease_lapsed_is_not_produced(
     produced: list[list[bytes | None]] = []
     attempts = 0
 
-    async def send_batches(producer: Any, records: list[OutRecord]) -> list[Any]:
+    async def send_batches(producer: Any, records: list[OutRecord], **_: Any) -> list[Any]:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
