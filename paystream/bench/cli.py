@@ -101,6 +101,21 @@ __all__ = ["bench_command"]
 )
 @click.option("--rounds", default=5, show_default=True, help="rounds for --in-process")
 @click.option(
+    "--provider-latency-ms",
+    type=click.IntRange(min=0, max=10_000),
+    default=0,
+    show_default=True,
+    help="for --in-process: the simulator answers each call this late (a real provider's "
+    "round trip), so the rounds' wall time shows what a tenant's commands running side by "
+    "side save (compare with PAYSTREAM_TENANT_CONCURRENCY=1)",
+)
+@click.option(
+    "--no-limits",
+    is_flag=True,
+    help="for --in-process: no bench tenant has limits (by default every other one does, "
+    "and a tenant with limits runs its commands one at a time)",
+)
+@click.option(
     "--recovery",
     type=click.IntRange(min=1),
     default=None,
@@ -138,6 +153,8 @@ def bench_command(
     latency_csv: Path | None,
     in_process: bool,
     rounds: int,
+    provider_latency_ms: int,
+    no_limits: bool,
     recovery: int | None,
     broker_drift: float | None,
     quiet: bool,
@@ -163,7 +180,9 @@ def bench_command(
             click.echo(msg, err=True)
 
     if in_process:
-        _in_process(commands, tenants, rounds, seed, as_json, say)
+        _in_process(
+            commands, tenants, rounds, seed, as_json, say, provider_latency_ms, not no_limits
+        )
         return
     if broker_drift is not None:
         from paystream.bench.broker_drift import run_drift
@@ -232,7 +251,14 @@ def bench_command(
 
 
 def _in_process(
-    commands: int, tenants: int, rounds: int, seed: int, as_json: bool, say: Any
+    commands: int,
+    tenants: int,
+    rounds: int,
+    seed: int,
+    as_json: bool,
+    say: Any,
+    provider_latency_ms: int = 0,
+    limits: bool = True,
 ) -> None:
     from paystream.bench.in_process import run_in_process
     from paystream.settings import load_settings
@@ -253,5 +279,7 @@ def _in_process(
             seed=seed,
             redis_url=redis_url,
             say=say,
+            provider_latency_ms=provider_latency_ms,
+            limits=limits,
         )
     click.echo(json.dumps(report.as_json(), sort_keys=True) if as_json else report.render())

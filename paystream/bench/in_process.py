@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import os
 import statistics
@@ -41,6 +42,7 @@ from paystream.gateways.simulator.resp import use_hiredis_packing
 from paystream.settings import load_settings
 from paystream.streams.codec import decode_record
 from paystream.tenancy.gateways import GatewayPool
+from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.policy import call_policy
 
 __all__ = ["InProcessReport", "run_in_process"]
@@ -50,6 +52,9 @@ __all__ = ["InProcessReport", "run_in_process"]
 class InProcessReport:
     commands: int
     tenants: int
+    provider_latency_ms: int = 0
+    tenant_concurrency: int = 1
+    limits: bool = True
     cpu_us: list[float] = field(default_factory=list)  # per round, CPU µs per command
     wall_us: list[float] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -58,6 +63,11 @@ class InProcessReport:
     def median_cpu_us(self) -> float:
         return statistics.median(self.cpu_us) if self.cpu_us else 0.0
 
+    @property
+    def wall_cps(self) -> float:
+        """Commands a second by the rounds' median wall time."""
+        return 1e6 / statistics.median(self.wall_us) if self.wall_us else 0.0
+
     def as_json(self) -> dict[str, Any]:
         return {
             "in_process_cpu_us_per_command": round(self.median_cpu_us, 1),
@@ -65,19 +75,26 @@ class InProcessReport:
             "in_process_rounds_wall_us": [round(x, 1) for x in self.wall_us],
             "commands": self.commands,
             "tenants": self.tenants,
+            "provider_latency_ms": self.provider_latency_ms,
+            "tenant_concurrency": self.tenant_concurrency,
+            "tenant_limits": self.limits,
+            "in_process_wall_commands_per_second": round(self.wall_cps, 1),
             "outcomes": dict(self.outcomes),
         }
 
     def render(self) -> str:
         lines = [
             f"in-process pipeline: {self.commands} commands x {len(self.cpu_us)} rounds, "
-            f"{self.tenants} tenants (simulator on Redis; no Kafka, no Faust)"
+            f"{self.tenants} tenants (simulator on Redis; no Kafka, no Faust), provider "
+            f"latency {self.provider_latency_ms} ms, PAYSTREAM_TENANT_CONCURRENCY "
+            f"{self.tenant_concurrency}{'' if self.limits else ', no tenant limits'}"
         ]
         for n, (cpu, wall) in enumerate(zip(self.cpu_us, self.wall_us, strict=True), 1):
             lines.append(f"  round {n}: {cpu:7.1f} µs CPU/command, {wall:7.1f} µs wall")
         lines.append(
             f"median {self.median_cpu_us:.1f} µs CPU per command (min {min(self.cpu_us):.1f})"
         )
+        lines.append(f"{self.wall_cps:.1f} commands/s by median wall time")
         lines.append("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())))
         return "\n".join(lines)
 
@@ -90,17 +107,23 @@ def run_in_process(
     seed: int,
     redis_url: str | None,
     say: Callable[[str], None],
+    provider_latency_ms: int = 0,
+    limits: bool = True,
 ) -> InProcessReport:
     """Run the rounds against ``redis_url``, or an embedded Redis started for the run."""
+    work = functools.partial(
+        _rounds, commands=commands, tenants=tenants, rounds=rounds, seed=seed, say=say,
+        latency_ms=provider_latency_ms, limits=limits,
+    )  # fmt: skip
     if redis_url:
-        return _run_loop(_rounds(redis_url, commands, tenants, rounds, seed, say))
+        return _run_loop(work(redis_url))
     from paystream.devstack.redis import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="paystream-bench-") as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis")
         server.start()
         try:
-            return _run_loop(_rounds(server.url, commands, tenants, rounds, seed, say))
+            return _run_loop(work(server.url))
         finally:
             server.stop()
 
@@ -115,7 +138,15 @@ def _run_loop(work: Any) -> InProcessReport:
 
 
 async def _rounds(
-    redis_url: str, commands: int, tenants: int, rounds: int, seed: int, say: Callable[[str], None]
+    redis_url: str,
+    *,
+    commands: int,
+    tenants: int,
+    rounds: int,
+    seed: int,
+    say: Callable[[str], None],
+    latency_ms: int = 0,
+    limits: bool = True,
 ) -> InProcessReport:
     import redis.asyncio as aioredis
 
@@ -125,7 +156,15 @@ async def _rounds(
         GatewayDeps(settings=settings, redis=client), call_policy=call_policy(settings)
     )
     ids = tenant_ids(f"ip{os.urandom(3).hex()}", tenants)
-    registry = {t.tenant_id: t.model_dump(mode="json") for t in bench_tenants(ids)}
+    changes: dict[str, Any] = {}
+    if latency_ms:
+        changes["gateway_options"] = {"latency_ms": latency_ms}
+    if not limits:
+        changes["limits"] = TenantLimits()
+    registry = {
+        t.tenant_id: t.model_copy(update=changes).model_dump(mode="json")
+        for t in bench_tenants(ids)
+    }
     # PAYSTREAM_OTEL_EXPORTER as the worker would have it (none: no tracing at all).
     tracer = tracing.configure(settings, install=False)
     offsets = _Offsets(settings.partitions)
@@ -138,7 +177,13 @@ async def _rounds(
         tracing=tracer,
         committed=offsets.committed,
     )
-    report = InProcessReport(commands=commands, tenants=tenants)
+    report = InProcessReport(
+        commands=commands,
+        tenants=tenants,
+        provider_latency_ms=latency_ms,
+        tenant_concurrency=settings.tenant_concurrency,
+        limits=limits,
+    )
     try:
         # As the worker does (gc_pacing): what lives for the process leaves the GC's view,
         # and full collections happen at quiet moments, here between rounds, untimed.

@@ -188,3 +188,22 @@ def test_in_process_json_is_the_only_thing_on_stdout_with_console_tracing(
     )
     assert result.exit_code == 0, result.output
     json.loads(result.stdout)
+
+
+def test_in_process_with_a_provider_latency_and_no_limits_reports_them(redis_url: str) -> None:
+    # `--provider-latency-ms` and `--no-limits` (what running a tenant's commands side by
+    # side saves on a provider that takes its time): the same outcomes as without them,
+    # and the report says how it ran.
+    from paystream.bench import in_process
+
+    kw: dict[str, Any] = {
+        "commands": 40, "tenants": 2, "rounds": 1, "seed": 7, "redis_url": redis_url,
+        "say": lambda _m: None,
+    }  # fmt: skip
+    slow = in_process.run_in_process(**kw, provider_latency_ms=5, limits=False)
+    plain = in_process.run_in_process(**kw)
+    assert slow.outcomes == plain.outcomes
+    report = slow.as_json()
+    assert report["provider_latency_ms"] == 5 and report["tenant_limits"] is False
+    assert report["in_process_wall_commands_per_second"] > 0
+    assert "provider latency 5 ms" in slow.render()
