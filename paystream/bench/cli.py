@@ -243,9 +243,10 @@ def bench_command(
         if report.profile is not None:
             click.echo("")
             click.echo(render_profile(report.profile))
-    missing = sum(
-        p.missing for p in (report.pipeline, report.rate, report.http, report.http_rate) if p
-    )
+    # Anything lost fails the run, a baseline's too (its figure would count fewer records
+    # than it was sent, and a ratio against it would flatter the pipeline).
+    phases = (report.pipeline, report.rate, report.http, report.http_rate, report.raw)
+    missing = sum(p.missing for p in (*phases, report.floor, report.faust) if p)
     if missing:
         sys.exit(3)
 

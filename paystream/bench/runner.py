@@ -479,11 +479,12 @@ async def _pipeline_phases(
                 http = await _http_phases(worker, dep, options, watcher, cpu, report_notes, base)
             if watcher.duplicates:
                 report_notes.append(f"{watcher.duplicates} duplicate outcome(s) (redelivery)")
+            duplicates = watcher.duplicates
         finally:
             await watcher.stop()
             await producer.stop()
     cpu.pids.pop("worker", None)
-    return _WorkerPhases(full, rate_result, profile, *http)
+    return _WorkerPhases(full, rate_result, profile, *http, duplicates=duplicates)
 
 
 @dataclass
@@ -493,6 +494,8 @@ class _WorkerPhases:
     profile: dict[str, object] | None
     http: PhaseResult | None
     http_rate: PhaseResult | None
+    # Outcomes read twice (a redelivery: byte-identical, but a sign of a batch redone).
+    duplicates: int = 0
 
 
 async def _http_phases(
@@ -784,6 +787,7 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
         notes=notes,
         http=phases.http,
         http_rate=phases.http_rate,
+        duplicate_outcomes=phases.duplicates,
     )
 
 

@@ -142,6 +142,7 @@ class BenchReport:
     http_rate: PhaseResult | None = None
     profile: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    duplicate_outcomes: int = 0  # outcomes the worker phases read twice (redeliveries)
 
     def latency_phase(self) -> PhaseResult:
         """The phase whose percentiles are the headline: the fixed-rate one if it ran."""
@@ -189,6 +190,10 @@ class BenchReport:
             "full_speed_p99_ms": _r(self.pipeline.pct(99)),
             "outcomes": self.pipeline.received + (rate.received if rate else 0),
             "missing_outcomes": self.pipeline.missing + (rate.missing if rate else 0),
+            "duplicate_outcomes": self.duplicate_outcomes,
+            "baseline_missing_records": sum(
+                p.missing for p in (self.raw, self.floor, self.faust) if p
+            ),
             "outcome_types": _merge(
                 self.pipeline.outcome_types, rate.outcome_types if rate else {}
             ),

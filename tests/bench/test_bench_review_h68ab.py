@@ -207,3 +207,36 @@ def test_in_process_with_a_provider_latency_and_no_limits_reports_them(redis_url
     assert report["provider_latency_ms"] == 5 and report["tenant_limits"] is False
     assert report["in_process_wall_commands_per_second"] > 0
     assert "provider latency 5 ms" in slow.render()
+
+
+@pytest.mark.parametrize(
+    ("lost_in", "status"), [(None, 0), ("raw", 3), ("faust", 3), ("floor", 3), ("pipeline", 3)]
+)
+def test_a_record_lost_by_any_phase_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch, lost_in: str | None, status: int
+) -> None:
+    # Only the pipeline's and the HTTP phases' losses reached the exit status: a baseline
+    # that lost records reported a figure over fewer records than it was sent, and the
+    # ratio against it flattered the pipeline, with the run passing (review h68ab).
+    from click.testing import CliRunner
+
+    from paystream.bench import runner as bench_runner
+    from paystream.bench.cli import bench_command
+    from paystream.bench.stats import BenchReport, PhaseResult
+
+    def phase(name: str) -> PhaseResult:
+        return PhaseResult(
+            name=name, records=10, received=9 if name == lost_in else 10, seconds=1.0,
+            throughput=10.0,
+        )  # fmt: skip
+
+    report = BenchReport(
+        commands=10, tenants=1, broker="tansu", pipeline=phase("pipeline"),
+        raw=phase("raw"), faust=phase("faust"), floor=phase("floor"), duplicate_outcomes=2,
+    )  # fmt: skip
+    monkeypatch.setattr(bench_runner, "run_bench", lambda options: report)
+    result = CliRunner().invoke(bench_command, ["-q", "--json", "--skip-ledger"])
+    assert result.exit_code == status, result.output
+    out = json.loads(result.output)
+    assert out["duplicate_outcomes"] == 2
+    assert out["baseline_missing_records"] == (1 if lost_in in ("raw", "faust", "floor") else 0)
