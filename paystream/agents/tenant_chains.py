@@ -132,14 +132,19 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
             continue
         if not isinstance(named, str):
             return None  # refused as it stands, but not worth reasoning about
-        keys.add(f"{kind}:{named}")
+        # As the command's model has it (str_strip_whitespace): "p1 " is payment p1.
+        # (Python strips a few more characters than pydantic: more keys merge, never fewer.)
+        keys.add(f"{kind}:{named.strip()}")
     if command_type == "payment.create" and data.get("payment_id") is None:
         # Its payment's id is derived from its command id: a capture may name it.
         keys.add(f"p:{derived_id('pay', tenant_id, command_id)}")
+    if command_type == "refund.create" and data.get("refund_id") is None:
+        # So is a refund's: another refund may name it.
+        keys.add(f"r:{derived_id('re', tenant_id, command_id)}")
     pm_id = data.get("payment_method_id")
     if isinstance(pm_id, str):
         # A saved card's create also reads (and charges) its customer.
-        pm = processor.tables.payment_methods.get(entity_key(tenant_id, pm_id))
+        pm = processor.tables.payment_methods.get(entity_key(tenant_id, pm_id.strip()))
         owner = pm.get("customer_id") if isinstance(pm, dict) else None
         if owner is not None:
             keys.add(f"c:{owner}")

@@ -8,6 +8,7 @@ or invalid request is the provider *answering*, so it counts as health, not fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MAX_DELAY_SECONDS = 5.0
 _MAX_HINTED_DELAY_SECONDS = 30.0
+# Most a call waits for another call's half-open probe to end before it is turned away.
+_TRIAL_WAIT_SECONDS = 10.0
 
 
 class CircuitState(StrEnum):
@@ -93,6 +96,10 @@ class CircuitBreaker:
     # The half-open trial in flight (a token of its own: a former trial ending late must
     # not free the current one's slot; review h68v), else None.
     _trial: object | None = field(default=None, repr=False)
+    # Calls under way (a tenant's commands on different payments run side by side,
+    # agents/tenant_chains.py), and what calls waiting for the trial's verdict wait on.
+    in_flight: int = 0
+    _trial_ended: asyncio.Event | None = field(default=None, repr=False)
 
     def before_call(self) -> float | None:
         """None if a call may go ahead, else seconds until the circuit may be tried."""
@@ -119,6 +126,25 @@ class CircuitBreaker:
     def _trial_over(self, trial: object | None) -> None:
         if trial is CURRENT_TRIAL or (trial is not None and trial is self._trial):
             self._trial = None
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        if self._trial_ended is not None:
+            self._trial_ended.set()
+            self._trial_ended = None
+
+    def trial_running(self) -> bool:
+        """A half-open probe is in flight: its answer decides the next call's fate."""
+        return self.state is _HALF_OPEN and self._trial is not None
+
+    async def trial_settled(self, most_seconds: float) -> None:
+        """Wait (at most ``most_seconds``) for the probe in flight to end. Serially the next
+        command would have come after it; run beside it, a call turned away at once was
+        parked even when the probe succeeded a moment later."""
+        if self._trial_ended is None:
+            self._trial_ended = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._trial_ended.wait(), most_seconds)
 
     def on_success(self) -> None:
         if self.state is not _CLOSED:
@@ -128,6 +154,7 @@ class CircuitBreaker:
                 self.name or "a tenant",
             )
         self.state, self.failures, self._trial = _CLOSED, 0, None
+        self._wake_waiters()
 
     def shows_open(self) -> bool:
         """What the circuit gauge says: not closed, and called within ``SHOWN_IDLE_SECONDS``.
@@ -149,8 +176,11 @@ class CircuitBreaker:
         """A transient failure; ``trial`` as for ``release`` (a late failure of a call let
         through before does not free the probe's slot)."""
         self.failures += 1
-        self._trial_over(trial)
-        if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
+        # N failures in a row of each call under way: calls side by side meet one blip
+        # together (4 calls failing twice each is 8 failures before any can succeed,
+        # where one at a time each success would have reset the count).
+        threshold = self.failure_threshold * max(1, self.in_flight)
+        if self.state is CircuitState.HALF_OPEN or self.failures >= threshold:
             if self.state is CircuitState.CLOSED:  # (not each failed trial: one a reset)
                 log.warning(
                     "circuit of %s opened after %d transient failures in a row: its "
@@ -161,6 +191,7 @@ class CircuitBreaker:
                     self.reset_seconds,
                 )
             self.state, self.opened_at = CircuitState.OPEN, self.clock()
+        self._trial_over(trial)  # (after the verdict: a call it wakes finds the circuit open)
 
 
 def _not_about_the_request(exc: GatewayError) -> bool:
@@ -225,9 +256,26 @@ class RetryPolicy:
         # An earlier attempt's failure after which the provider may have acted (a lost
         # answer, a 5xx): a later refusal that is no answer to the request itself must
         # not end the command as if nothing had happened.
+        breaker.in_flight += 1
+        try:
+            return await self._attempts(breaker, tenant_id, provider, fn)
+        finally:
+            breaker.in_flight -= 1
+
+    async def _attempts(
+        self,
+        breaker: CircuitBreaker,
+        tenant_id: str,
+        provider: str,
+        fn: Callable[[], Awaitable[T]],
+    ) -> T:
         may_have_acted: GatewayError | None = None
         for attempt in range(1, self.max_attempts + 1):
             wait = breaker.before_call()
+            if wait is not None and breaker.trial_running():
+                # Another call of the tenant's is the probe: its verdict decides.
+                await breaker.trial_settled(min(wait, _TRIAL_WAIT_SECONDS))
+                wait = breaker.before_call()
             if wait is not None:
                 raise CircuitOpen(provider, tenant_id, wait)
             trial = breaker.trial()  # (this attempt's token when it is the probe)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -403,8 +404,10 @@ async def test_a_late_non_trial_call_does_not_let_a_second_probe_out(late: str) 
 
     task_x = asyncio.create_task(policy.call("t1", "simulator", x))
     await asyncio.sleep(0)
-    with pytest.raises(GatewayError):
-        await policy.call("t1", "simulator", down)  # opens the circuit
+    # (Two calls under way: the threshold is one failure for each.)
+    for _ in range(2):
+        with pytest.raises(GatewayError):
+            await policy.call("t1", "simulator", down)  # opens the circuit
     assert policy.breaker("t1", "simulator").state is CircuitState.OPEN
     now[0] = 10.0
     task_t = asyncio.create_task(policy.call("t1", "simulator", trial))
@@ -418,14 +421,18 @@ async def test_a_late_non_trial_call_does_not_let_a_second_probe_out(late: str) 
         await task_x
     now[0] = 20.0  # (past a reset delay again, for the "failed" case)
     # T's probe is still in flight: another call must be held back, not sent beside it.
-    # (On the bug it goes out as a second probe and waits on slow_t: TimeoutError.)
+    # (On the bug it went out as a second probe.) It waits for the probe's verdict, then
+    # goes: the probe succeeded.
+    third = asyncio.create_task(policy.call("t1", "simulator", trial))
     try:
-        with pytest.raises(CircuitOpen):
-            await asyncio.wait_for(policy.call("t1", "simulator", trial), 1.0)
-        assert calls["probes"] == 1
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert calls["probes"] == 1 and not third.done()
     finally:
         slow_t.set()
     await task_t
+    assert await third == "ok"
+    assert calls["probes"] == 2
 
 
 def test_a_former_trials_late_end_does_not_free_the_current_trials_slot() -> None:
@@ -446,3 +453,81 @@ def test_a_former_trials_late_end_does_not_free_the_current_trials_slot() -> Non
     assert b.before_call() is None  # D: the new probe, in flight
     b.release(former)  # A is cancelled at last
     assert b.before_call() is not None, "a second probe went out while D is in flight"
+
+
+async def test_calls_side_by_side_meeting_one_blip_do_not_open_the_circuit() -> None:
+    """A tenant's commands on different payments run side by side (agents/tenant_chains.py):
+    four calls failing twice each before any succeeds were 8 failures in a row, over a
+    threshold of 5, where one at a time each success reset the count (review h69d)."""
+    policy = RetryPolicy(
+        max_attempts=3, backoff_base_seconds=0, failure_threshold=5, reset_seconds=30.0,
+        sleep=_no_sleep,
+    )  # fmt: skip
+    tries: dict[int, int] = {}
+
+    def blip(n: int) -> Any:
+        async def fn() -> str:
+            tries[n] = tries.get(n, 0) + 1
+            await asyncio.sleep(0)
+            if tries[n] <= 2:
+                raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+            return "ok"
+
+        return fn
+
+    got = await asyncio.gather(*(policy.call("t1", "simulator", blip(n)) for n in range(4)))
+    assert got == ["ok"] * 4
+    assert policy.breaker("t1", "simulator").state is CircuitState.CLOSED
+
+
+async def test_calls_side_by_side_on_a_provider_down_still_open_it() -> None:
+    policy = RetryPolicy(
+        max_attempts=3, backoff_base_seconds=0, failure_threshold=2, reset_seconds=30.0,
+        sleep=_no_sleep,
+    )  # fmt: skip
+
+    async def down() -> str:
+        await asyncio.sleep(0)
+        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+    results = await asyncio.gather(
+        *(policy.call("t1", "simulator", down) for _ in range(4)), return_exceptions=True
+    )
+    assert all(isinstance(r, (RetriesExhausted, CircuitOpen)) for r in results), results
+    assert policy.breaker("t1", "simulator").state is CircuitState.OPEN
+    assert policy.breaker("t1", "simulator").in_flight == 0
+
+
+async def test_a_call_beside_a_failing_probe_waits_for_it_then_is_turned_away() -> None:
+    now = [0.0]
+    policy = RetryPolicy(
+        max_attempts=1, backoff_base_seconds=0, failure_threshold=1, reset_seconds=5.0,
+        sleep=_no_sleep, clock=lambda: now[0],
+    )  # fmt: skip
+    breaker = policy.breaker("t1", "simulator")
+    breaker.on_failure(None)  # opened
+    now[0] = 10.0
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def probe() -> str:
+        sent.append("probe")
+        await release.wait()
+        raise GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "503", provider="simulator")
+
+    async def other() -> str:
+        sent.append("other")
+        return "ok"
+
+    first = asyncio.create_task(policy.call("t1", "simulator", probe))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(policy.call("t1", "simulator", other))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent == ["probe"] and not second.done()  # held back, not a second probe
+    release.set()
+    with pytest.raises(RetriesExhausted):
+        await first
+    with pytest.raises(CircuitOpen):  # the probe failed: the circuit is open again
+        await second
+    assert sent == ["probe"]
