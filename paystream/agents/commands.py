@@ -26,7 +26,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.types import TP, EventT
@@ -141,6 +146,10 @@ class ProcessedBatch:
     # The commands-topic partition each emit and each record came from (by index).
     emit_sources: list[int] = dataclasses.field(default_factory=list)
     record_sources: list[int] = dataclasses.field(default_factory=list)
+    # Its processing deleted from the tables (idempotency purge, retention sweep): the
+    # store has lost those records, and only this batch's tombstones say so. Never
+    # dropped with the worker up (_deliver).
+    deleted: bool = False
 
     def keep(self, partitions: set[int]) -> ProcessedBatch:
         """Only what the commands of these partitions produced."""
@@ -303,7 +312,8 @@ class CommandRunner:
             # a rejoin may keep the generation): a minimisation reaches the store at
             # once, is skipped on later passes, and its changelog record would never be
             # produced (review findings).
-            if clock is not None and _may_delete(events, taken_at):
+            swept = clock is not None and _may_delete(events, taken_at)
+            if clock is not None and swept:
                 self.retention.step(clock)
         _, partitioner = self._kafka()
         records = changelog.records()
@@ -326,7 +336,15 @@ class CommandRunner:
         # No provider call is in flight between processing stages (they never overlap).
         await processor.gateways.close_retired(processor.tenants)
         _PROCESS_SECONDS.observe(time.perf_counter() - started)
-        return ProcessedBatch(events, emits, records, changelog, emit_sources, record_sources)
+        return ProcessedBatch(
+            events,
+            emits,
+            records,
+            changelog,
+            emit_sources,
+            record_sources,
+            deleted=purge_clock is not None or swept,
+        )
 
     async def deliver_batch(self, batch: ProcessedBatch) -> None:
         """Produce the batch's table changes and outcomes together and wait until the
@@ -586,7 +604,7 @@ async def _publish(
             # (TOPIC_AUTHORIZATION_FAILED, POLICY_VIOLATION, ...): nothing of the refused
             # record batch landed, and failing the batch ended the worker, then each next
             # owner of its partitions in turn (review h69b).
-            if not (
+            if isinstance(failure, _NEVER_TAKEN) or not (
                 failure.retriable or isinstance(failure, KafkaTimeoutError) or is_refusal(failure)
             ):
                 raise failure
@@ -598,6 +616,12 @@ async def _publish(
                 "producing %d records failed (%r); retry in %.2f s", len(records), failure, delay
             )
             await asyncio.sleep(delay)
+            # No new attempt while the group rebalances: the hand-over watch looked (or
+            # will look) at _producing once, and the hook may be held up by Faust's
+            # producer flush past the group moving the partitions. The hook gives this
+            # batch up (nothing of it is with the producer) or the rebalance ends.
+            while getattr(app, "rebalancing", False) and may_retry():
+                await asyncio.sleep(0.05)
             if not may_retry() or (still_ours is not None and not await still_ours()):
                 PUBLISH.abandoned()  # (the partition's next owner produces it)
                 raise DeliveryAbandoned("a retry is not produced") from failure
@@ -605,6 +629,12 @@ async def _publish(
         PUBLISH.abandoned()
         raise
     raise AssertionError("unreachable")
+
+
+# Refusals the broker repeats for as long as the batch is the same (a record over the
+# topic's max.message.bytes): the worker exits, and its restart's _check_record_limits
+# names the topic, rather than stalling its partitions for good, excused by liveness.
+_NEVER_TAKEN = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 class DeliveryAbandoned(MembershipLapsed):
@@ -811,6 +841,9 @@ def _may_delete(events: Sequence[EventT], taken_at: int) -> bool:
     batch a hand-over gave up on, nor one of an older generation."""
     return (
         not app.rebalancing
+        # Not while the broker refuses the batches before it: a hand-over may give them
+        # up, and this batch with them, with the worker up (review h69e).
+        and PUBLISH.trouble() is None
         and _assignments == taken_at
         and (_abandoned_at is None or _abandoned_at < taken_at)
         and bool(events)
@@ -939,6 +972,7 @@ async def _deliver(
     were taken), then make its offsets committable."""
     global _abandoned_at
     if events and not await still_a_member(events[0].message.generation_id, "a batch in hand"):
+        _exit_if_deleted(batch)
         # Frozen past the session timeout, say (review h61c): the partitions may be
         # another worker's, which redid these commands and went on; delivered now, this
         # batch's table changes would land after that worker's newer ones.
@@ -951,6 +985,7 @@ async def _deliver(
         )
         return
     if _abandoned_at is not None and taken_at <= _abandoned_at:
+        _exit_if_deleted(batch)
         # The hand-over gave up on it (or it was taken before the rejoin that followed):
         # nothing of it is delivered, nor committed. Its partitions may be moving, and
         # for one that stays, Faust's recovery reads the changelog only up to where it
@@ -987,6 +1022,7 @@ async def _deliver(
     try:
         await runner.deliver_batch(batch)
     except DeliveryAbandoned:
+        _exit_if_deleted(batch)
         # Between two attempts, nothing with the producer: as a batch the hand-over
         # gave up while still processing, neither it nor any batch taken with it is
         # delivered or committed (review h69b: the worker exited, and each next owner of
@@ -1001,6 +1037,14 @@ async def _deliver(
     finally:
         _delivering -= 1
     offsets.advance(events)
+
+
+def _exit_if_deleted(batch: ProcessedBatch) -> None:
+    """A batch about to be given up with the worker up: not one whose processing deleted
+    from the tables. Its deletes would stay in the store with their tombstones never
+    produced (later passes skip what the store no longer holds; review h69e)."""
+    if getattr(batch, "deleted", False):  # (stand-in runners' batches have none)
+        _exit_uncommitted("a batch that deleted from the tables was given up")
 
 
 # Batches whose records are being produced (deliveries run one at a time).
