@@ -143,8 +143,11 @@ class CircuitBreaker:
         parked even when the probe succeeded a moment later."""
         if self._trial_ended is None:
             self._trial_ended = asyncio.Event()
+        # (asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes
+        # as the wait ends, and the cancelled call went on to the provider.)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._trial_ended.wait(), most_seconds)
+            async with asyncio.timeout(most_seconds):
+                await self._trial_ended.wait()
 
     def on_success(self) -> None:
         if self.state is not _CLOSED:
@@ -217,6 +220,8 @@ class RetryPolicy:
     rand: Callable[[], float] = random.random
     clock: Callable[[], float] = time.monotonic
     breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
+    # Most a call waits for another call's half-open probe to end, in all.
+    trial_wait_seconds: float = _TRIAL_WAIT_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -273,9 +278,18 @@ class RetryPolicy:
         for attempt in range(1, self.max_attempts + 1):
             wait = breaker.before_call()
             if wait is not None and breaker.trial_running():
-                # Another call of the tenant's is the probe: its verdict decides.
-                await breaker.trial_settled(min(wait, _TRIAL_WAIT_SECONDS))
-                wait = breaker.before_call()
+                # Another call of the tenant's is the probe: its verdict decides. Up to
+                # trial_wait_seconds in all (not the reset delay: a probe may take its
+                # whole call timeout), and again when the probe ended with no verdict (a
+                # 409, cancelled) and another waiter took its slot.
+                loop = asyncio.get_running_loop()
+                give_up = loop.time() + self.trial_wait_seconds
+                while wait is not None and breaker.trial_running():
+                    left = give_up - loop.time()
+                    if left <= 0:
+                        break
+                    await breaker.trial_settled(left)
+                    wait = breaker.before_call()
             if wait is not None:
                 raise CircuitOpen(provider, tenant_id, wait)
             trial = breaker.trial()  # (this attempt's token when it is the probe)

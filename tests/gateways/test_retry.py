@@ -186,6 +186,7 @@ async def test_declines_are_answers_and_never_open_the_circuit() -> None:
 async def test_a_half_open_circuit_lets_one_probe_through_at_a_time() -> None:
     clock = Clock()
     p = policy(clock, attempts=1, threshold=1)
+    p.trial_wait_seconds = 0.05  # (the second caller waits for the probe, then gives up)
     with pytest.raises(RetriesExhausted):
         await p.call("t1", "sim", Flaky(1))
     clock.now += 5.0  # the reset delay: half-open
@@ -531,3 +532,118 @@ async def test_a_call_beside_a_failing_probe_waits_for_it_then_is_turned_away() 
     with pytest.raises(CircuitOpen):  # the probe failed: the circuit is open again
         await second
     assert sent == ["probe"]
+
+
+def _opened(reset: float, attempts: int = 1) -> tuple[RetryPolicy, list[float]]:
+    now = [0.0]
+    policy = RetryPolicy(
+        max_attempts=attempts, backoff_base_seconds=0, failure_threshold=1,
+        reset_seconds=reset, sleep=_no_sleep, clock=lambda: now[0],
+    )  # fmt: skip
+    policy.breaker("t1", "simulator").on_failure(None)  # opened
+    now[0] = 1000.0  # past the reset delay: the next call is the half-open probe
+    return policy, now
+
+
+async def test_a_call_waits_for_a_probe_that_answers_within_the_call_timeout() -> None:
+    """The wait was bounded by ``reset_seconds`` (what before_call returns while a probe is
+    in flight: 5 s by default), not by the trial wait (10 s) nor by the probe's own limit
+    (PAYSTREAM_GATEWAY_TIMEOUT_SECONDS, 10 s): a probe answering after reset_seconds left
+    every call waiting on it parked although the provider answered (review h69f). Scaled
+    down: reset 0.2 s, the probe answers at 0.4 s."""
+    policy, _ = _opened(reset=0.2)
+
+    async def slow_probe() -> str:
+        await asyncio.sleep(0.4)  # a recovering provider answers slowly
+        return "ok"
+
+    async def other() -> str:
+        return "ok"
+
+    probe = asyncio.create_task(policy.call("t1", "simulator", slow_probe))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(policy.call("t1", "simulator", other))
+    assert await probe == "ok"
+    assert policy.breaker("t1", "simulator").state is CircuitState.CLOSED
+    # On the bug: CircuitOpen after 0.2 s; the command is parked for `dlq replay`.
+    assert await waiter == "ok"
+
+
+@pytest.mark.parametrize("ending", ["409", "cancelled"])
+async def test_calls_woken_by_a_probe_without_a_verdict_wait_for_the_next_probe(
+    ending: str,
+) -> None:
+    """A probe that ends with no verdict (a 409 on its key, refused before sending,
+    cancelled) frees the slot and wakes every waiter: the first becomes the next probe,
+    and every other was turned away at once (parked) instead of waiting for that next
+    probe, which then succeeded (review h69f)."""
+    policy, _ = _opened(reset=5.0)
+    go = asyncio.Event()
+    sent: list[str] = []
+
+    async def first_probe() -> str:
+        sent.append("p")
+        await go.wait()
+        if ending == "409":
+            raise GatewayError(
+                ErrorCode.IDEMPOTENCY_ERROR, "409", provider="simulator", retryable=True
+            )
+        raise asyncio.CancelledError
+
+    async def other() -> str:
+        sent.append("o")
+        await asyncio.sleep(0.05)  # the provider is back: it answers
+        return "ok"
+
+    probe = asyncio.create_task(policy.call("t1", "simulator", first_probe))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(policy.call("t1", "simulator", other)) for _ in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent == ["p"]  # held back behind the probe
+    go.set()
+    await asyncio.gather(probe, return_exceptions=True)
+    got = await asyncio.gather(*waiters, return_exceptions=True)
+    assert policy.breaker("t1", "simulator").state is CircuitState.CLOSED
+    # On the bug: ["ok", CircuitOpen, CircuitOpen]: two commands parked for nothing.
+    assert got == ["ok", "ok", "ok"], got
+    assert not any(isinstance(g, CircuitOpen) for g in got)
+
+
+async def test_a_call_cancelled_as_the_probe_succeeds_does_not_call_the_provider() -> None:
+    """On Python 3.11 asyncio.wait_for returns the inner result when the waiting task is
+    cancelled in the loop turn the inner wait ends (CPython gh-86296): a call cancelled
+    while it waited for the probe's verdict went on to call the provider (review h69f)."""
+    now = [0.0]
+    policy = RetryPolicy(
+        max_attempts=1, backoff_base_seconds=0, failure_threshold=1, reset_seconds=5.0,
+        sleep=_no_sleep, clock=lambda: now[0],
+    )  # fmt: skip
+    breaker = policy.breaker("t1", "simulator")
+    breaker.on_failure(None)
+    now[0] = 10.0
+    go = asyncio.Event()
+    sent: list[str] = []
+
+    async def probe() -> str:
+        await go.wait()
+        return "ok"
+
+    async def charge() -> str:
+        sent.append("charge")
+        return "ok"
+
+    first = asyncio.create_task(policy.call("t1", "simulator", probe))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(policy.call("t1", "simulator", charge))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    go.set()
+    # Let the probe end (it sets the breaker's event), then cancel the waiter in the
+    # same turn as its inner wait completes.
+    while breaker.state is not CircuitState.CLOSED:
+        await asyncio.sleep(0)
+    second.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert second.cancelled(), "the cancel was swallowed"
+    assert sent == [], "a cancelled call went on to the provider"
