@@ -299,10 +299,11 @@ class CommandRunner:
         # while the group rebalanced, its full scan then missing what the recovery after
         # brought, and in batches a hand-over gave up on).
         purge_clock = clock if _may_delete(events, taken_at) else None
+        purged: list[int] = []  # (what each tenant's purge deleted)
         with collect_changelog(processor.committed) as changelog:
             groups = await asyncio.gather(
                 *(
-                    self._run_tenant(processor, group, purge_clock, taken_at)
+                    self._run_tenant(processor, group, purge_clock, taken_at, purged)
                     for group in by_tenant.values()
                 )
             )
@@ -312,9 +313,10 @@ class CommandRunner:
             # a rejoin may keep the generation): a minimisation reaches the store at
             # once, is skipped on later passes, and its changelog record would never be
             # produced (review findings).
-            swept = clock is not None and _may_delete(events, taken_at)
-            if clock is not None and swept:
+            swept = 0
+            if clock is not None and _may_delete(events, taken_at):
                 self.retention.step(clock)
+                swept = self.retention.changed  # deletes and minimisations written
         _, partitioner = self._kafka()
         records = changelog.records()
         # A changelog partition is its command's partition (co-partitioned tables).
@@ -343,7 +345,9 @@ class CommandRunner:
             changelog,
             emit_sources,
             record_sources,
-            deleted=purge_clock is not None or swept,
+            # Only a delete (or minimisation) really written: the gate lets nearly every
+            # batch purge, and a batch marked so is never given up with the worker up.
+            deleted=bool(swept or sum(purged)),
         )
 
     async def deliver_batch(self, batch: ProcessedBatch) -> None:
@@ -404,6 +408,7 @@ class CommandRunner:
         group: list[EventT],
         clock: float | None,
         taken_at: int = -1,
+        purged: list[int] | None = None,
     ) -> list[tuple[Emit, int]]:
         """Run one key's commands: each emit with its command's partition, in the
         commands' order; ``clock``: the time to purge expired idempotency records by
@@ -427,7 +432,9 @@ class CommandRunner:
         # miss what that brings, and its tombstones would never be produced while the
         # store had dropped the records; review findings.)
         if tenant and clock is not None and _may_delete(group, taken_at):
-            processor.purge_expired(tenant, clock, read_at=group[-1].message.timestamp)
+            count = processor.purge_expired(tenant, clock, read_at=group[-1].message.timestamp)
+            if purged is not None and count:  # (stand-ins may return None)
+                purged.append(count)
         return out
 
 
@@ -972,7 +979,6 @@ async def _deliver(
     were taken), then make its offsets committable."""
     global _abandoned_at
     if events and not await still_a_member(events[0].message.generation_id, "a batch in hand"):
-        _exit_if_deleted(batch)
         # Frozen past the session timeout, say (review h61c): the partitions may be
         # another worker's, which redid these commands and went on; delivered now, this
         # batch's table changes would land after that worker's newer ones.
@@ -985,7 +991,6 @@ async def _deliver(
         )
         return
     if _abandoned_at is not None and taken_at <= _abandoned_at:
-        _exit_if_deleted(batch)
         # The hand-over gave up on it (or it was taken before the rejoin that followed):
         # nothing of it is delivered, nor committed. Its partitions may be moving, and
         # for one that stays, Faust's recovery reads the changelog only up to where it
@@ -1040,9 +1045,14 @@ async def _deliver(
 
 
 def _exit_if_deleted(batch: ProcessedBatch) -> None:
-    """A batch about to be given up with the worker up: not one whose processing deleted
-    from the tables. Its deletes would stay in the store with their tombstones never
-    produced (later passes skip what the store no longer holds; review h69e)."""
+    """A batch about to be given up between two produce attempts with the worker up: not
+    one whose processing deleted or minimised (idempotency purge, retention sweep). Its
+    deletes would stay in the store with their tombstones never produced (later passes
+    skip what the store no longer holds; review h69e). Only a delete really written
+    counts (review h69g: the purge's gate is open for nearly every batch). A batch given
+    up at a hand-over while still in hand is dropped as before: exiting there made
+    ordinary rebalances restarts, and a recovery from the changelog brings its deletes'
+    records back for a later pass."""
     if getattr(batch, "deleted", False):  # (stand-in runners' batches have none)
         _exit_uncommitted("a batch that deleted from the tables was given up")
 

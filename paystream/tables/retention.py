@@ -194,6 +194,9 @@ class RetentionSweep:
         self._next_pass = 0.0
         self._pass_began = 0.0
         self._removed = 0
+        # Keys the latest step deleted or minimised (their changelog records go with
+        # the batch only: a batch given up with them is not dropped with the worker up).
+        self.changed = 0
         self._warned: set[str] = set()
         # Other tables walked the same way, each with its own judge of an expired key,
         # ``judge(key, value, now)``: the idempotency records (pipeline.py), whose purge
@@ -208,6 +211,7 @@ class RetentionSweep:
 
         Call while a batch's changelog writes are collected (see the module's docstring).
         """
+        self.changed = 0
         if self.retention_seconds <= 0 and not self.expiring:
             return 0
         if self._walk is None:
@@ -246,6 +250,7 @@ class RetentionSweep:
                     del table[key]
                 metrics.ENTITIES_EXPIRED.labels(table=table.name).inc()
                 removed += 1
+                self.changed += 1
                 continue
             owner = (
                 self._customer_reader(partition, key) if table.name == "payment_methods" else None
@@ -256,11 +261,13 @@ class RetentionSweep:
                     with at_partition(self.source_topic, partition):
                         table[key] = kept
                     metrics.ENTITIES_MINIMIZED.labels(table=table.name).inc()
+                    self.changed += 1
                 continue
             with at_partition(self.source_topic, partition):
                 del table[key]
             metrics.ENTITIES_EXPIRED.labels(table=table.name).inc()
             removed += 1
+            self.changed += 1
             self._removed += 1
         return removed
 
