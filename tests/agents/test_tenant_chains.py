@@ -52,8 +52,8 @@ def _offsets() -> Iterator[int]:
         yield n
 
 
-@pytest.fixture
-def runner(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> commands.CommandRunner:
+def harness_runner(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> commands.CommandRunner:
+    """The command agent's runner over the harness's processor, producing nothing."""
     r = commands.CommandRunner()
 
     async def processor() -> Any:
@@ -62,6 +62,11 @@ def runner(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> commands.Comman
     monkeypatch.setattr(r, "processor", processor)
     monkeypatch.setattr(r, "_kafka", lambda: (None, _Partitioner()))
     return r
+
+
+@pytest.fixture
+def runner(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> commands.CommandRunner:
+    return harness_runner(harness, monkeypatch)
 
 
 class _InFlight:

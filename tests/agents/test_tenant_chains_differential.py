@@ -21,18 +21,9 @@ from paystream.ids import derived_id
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import decode_record, encode_event
 from tests.agents.harness import Harness
+from tests.agents.test_tenant_chains import _Event, harness_runner
 
 CARD = {"currency": "USD", "payment_method_token": "pm_card_visa"}
-
-
-class _Event:
-    def __init__(self, message: Message) -> None:
-        self.message = message
-
-
-class _Partitioner:
-    async def partition(self, topic: str, key: bytes | None) -> int:
-        return 0
 
 
 # (command type, data, command id or None): data may be a callable of the tenant id.
@@ -49,17 +40,6 @@ def _event(tenant: str, offset: int, spec: Spec) -> _Event:
         tp.topic, 0, offset, 1.0, 0, list(rec.headers), rec.key, rec.value, None, tp=tp
     )
     return _Event(message)
-
-
-def _runner(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> commands.CommandRunner:
-    r = commands.CommandRunner()
-
-    async def processor() -> Any:
-        return harness.processor
-
-    monkeypatch.setattr(r, "processor", processor)
-    monkeypatch.setattr(r, "_kafka", lambda: (None, _Partitioner()))
-    return r
 
 
 _VOLATILE = {
@@ -116,7 +96,7 @@ async def differential(
     results = []
     for concurrency in (4, 1):
         tenant = harness.add_tenant(**tenant_kw)
-        runner = _runner(harness, monkeypatch)
+        runner = harness_runner(harness, monkeypatch)
         monkeypatch.setattr(
             commands,
             "settings",
