@@ -225,7 +225,12 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         _REFUND_REFRESHED,
     ),
     "dispute.evidence_submitted": ("dispute", "Evidence was submitted (or staged).", {}),
-    "dispute.closed": ("dispute", "The dispute was accepted (lost).", {}),
+    "dispute.closed": (
+        "dispute",
+        "The dispute was accepted: `lost` (a chargeback conceded), or `inquiry_closed` for "
+        "a Stripe inquiry (closed without a chargeback, no money moved).",
+        {},
+    ),
     "command.rejected": (
         None,
         "The command was refused; `reason` is machine-readable, `message` for people.",

@@ -425,10 +425,11 @@ class Settings(BaseSettings):
         ge=1,
         le=500,
         description="PAYSTREAM_BATCH_TENANT_MAX: most commands of one tenant in a command "
-        "batch. A tenant's commands run one at a time, in order, and a batch's outcomes "
-        "and offsets wait for its longest run: with a provider answering in 400 ms, a "
-        "backlog of 500 of one tenant's commands would hold every tenant sharing the batch "
-        "for 200 s; at 32, for about 13 s.",
+        "batch. A tenant's commands run in order (side by side only as "
+        "PAYSTREAM_TENANT_CONCURRENCY allows), and a batch's outcomes and offsets wait for "
+        "its longest run: with a provider answering in 400 ms, a backlog of 500 of one "
+        "tenant's commands run one at a time would hold every tenant sharing the batch for "
+        "200 s; at 32, for about 13 s (3.2 s in 4 chains).",
     )
     tenant_concurrency: int = Field(
         default=4,
@@ -436,7 +437,8 @@ class Settings(BaseSettings):
         le=32,
         description="PAYSTREAM_TENANT_CONCURRENCY: most chains of one tenant's commands a "
         "batch runs side by side. A tenant's commands run in order, one at a time, except "
-        "payment creates, captures, cancels, refreshes and refunds of different payments "
+        "payment creates, captures, cancels and refreshes and refund creates of different "
+        "payments "
         "of an active tenant with no limits in force, which need not wait for each other "
         "(on a provider answering in 400 ms, 32 such commands take 3.2 s at 4, 12.8 s at "
         "1). 1: every tenant's commands one at a time.",
@@ -625,8 +627,9 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = Field(
         default=5,
         ge=1,
-        description="PAYSTREAM_BREAKER_FAILURE_THRESHOLD: consecutive transient failures "
-        "that open a (tenant, provider) circuit.",
+        description="PAYSTREAM_BREAKER_FAILURE_THRESHOLD: transient failures in a row, for "
+        "each of the tenant's calls under way (its commands on different payments run side "
+        "by side), that open a (tenant, provider) circuit.",
     )
     breaker_reset_seconds: float = Field(
         default=5.0, gt=0, description="PAYSTREAM_BREAKER_RESET_SECONDS: open → half-open delay."
