@@ -109,6 +109,18 @@ async def _settle(exits: list[str]) -> Any:
             await asyncio.sleep(0)
 
 
+def _refuse_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every produce attempt refused NOT_ENOUGH_REPLICAS; the attempts, one entry each."""
+    attempts: list[int] = []
+
+    async def refused(producer: Any, records: Any, *a: Any, **kw: Any) -> Any:
+        attempts.append(1)
+        raise NotEnoughReplicasError()
+
+    monkeypatch.setattr(commands, "send_batches", refused)
+    return attempts
+
+
 def _app() -> Any:
     return SimpleNamespace(
         consumer=StandInConsumer(), consumer_generation_id=None, rebalancing=False
@@ -276,13 +288,7 @@ async def test_a_delivery_asleep_when_the_watch_looks_does_not_produce_again_unw
 async def test_a_batch_that_deleted_from_the_store_is_not_dropped_with_the_worker_up(
     monkeypatch: pytest.MonkeyPatch, exits: list[str]
 ) -> None:
-    attempts: list[int] = []
-
-    async def refused(producer: Any, records: Any, *a: Any, **kw: Any) -> Any:
-        attempts.append(1)
-        raise NotEnoughReplicasError()
-
-    monkeypatch.setattr(commands, "send_batches", refused)
+    attempts = _refuse_writes(monkeypatch)
     monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.5)
     monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.3)
     app = _app()
@@ -410,13 +416,7 @@ async def test_a_refused_batch_that_deleted_nothing_is_given_up_at_a_rebalance_w
 ) -> None:
     """6cd3bee's fix (h69b 1c) with a batch as process_batch makes it: the first batch to
     meet the refusal was processed before any refusal, so the gate let its purge run."""
-    attempts: list[int] = []
-
-    async def refused(producer: Any, records: Any, *a: Any, **kw: Any) -> Any:
-        attempts.append(1)
-        raise NotEnoughReplicasError()
-
-    monkeypatch.setattr(commands, "send_batches", refused)
+    attempts = _refuse_writes(monkeypatch)
     monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.5)
     monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.3)
     app = _app()
@@ -573,13 +573,7 @@ async def test_the_purge_gate_reopens_once_the_broker_takes_a_batch_again(
 async def test_a_rebalance_that_never_ends_does_not_hold_the_delivery_once_the_hook_runs(
     monkeypatch: pytest.MonkeyPatch, exits: list[str]
 ) -> None:
-    attempts: list[int] = []
-
-    async def refused(producer: Any, records: Any, *a: Any, **kw: Any) -> Any:
-        attempts.append(1)
-        raise NotEnoughReplicasError()
-
-    monkeypatch.setattr(commands, "send_batches", refused)
+    attempts = _refuse_writes(monkeypatch)
     monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.05)
     monkeypatch.setattr(commands, "REBALANCE_DRAIN_SECONDS", 0.3)
     app = _app()
