@@ -88,19 +88,8 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         or UNANSWERED_REFUSAL_HEADER in headers
     ):
         return None
-    try:
-        event = decode_record(rec.key, rec.value, headers)
-    except (UndecodableRecord, ValueError, TypeError):
-        return None
-    attrs = event.get_attributes()
-    command_type = str(attrs.get("type", "")).removeprefix(COMMAND_PREFIX)
-    fields = _ENTITY_FIELDS.get(command_type)
-    data = event.get_data()
-    if fields is None or not isinstance(data, dict):
-        return None
-    tenant_id = str(attrs.get("tenantid") or "")
-    if not tenant_id or tenant_id != key_str(rec.key):
-        return None
+    # The tenant first (its record key): one with limits is decided before any decode.
+    tenant_id = key_str(rec.key)
     raw = processor.tenants.get(tenant_id)
     if raw is None:
         return None
@@ -111,6 +100,16 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
     if tenant.status is not TenantStatus.ACTIVE or processor.limits.applies(
         tenant_id, tenant.limits
     ):
+        return None
+    try:
+        event = decode_record(rec.key, rec.value, headers)
+    except (UndecodableRecord, ValueError, TypeError):
+        return None
+    attrs = event.get_attributes()
+    command_type = str(attrs.get("type", "")).removeprefix(COMMAND_PREFIX)
+    fields = _ENTITY_FIELDS.get(command_type)
+    data = event.get_data()
+    if fields is None or not isinstance(data, dict) or attrs.get("tenantid") != tenant_id:
         return None
     idempotency = processor.idempotency
     command_id = str(attrs.get("id") or "")
@@ -210,7 +209,12 @@ async def run_tenant(
     one at a time, unless they split into chains (then side by side, see above)."""
     chains = None
     if concurrency > 1 and len(records) > 1:
-        chains = chains_of([chain_keys(processor, rec) for rec in records])
+        keys: list[ChainKeys | None] = []
+        for rec in records:
+            keys.append(chain_keys(processor, rec))
+            if keys[-1] is None:
+                break  # a barrier: no need to key the rest
+        chains = chains_of(keys) if len(keys) == len(records) else None
     if chains is None:
         return [await run(i) for i in range(len(records))]
     return await run_in_chains(range(len(records)), chains, run, concurrency)
