@@ -57,6 +57,12 @@ class RecordAnswers:
     ) -> None:
         self.table = table  # changelog-backed, co-partitioned with the commands topic
         self._committed = committed or (lambda partition: -1)
+        # Whether the batch under way may delete from the tables now (the command agent's
+        # _may_delete; always, elsewhere), and the shards its prunes dropped: a delete
+        # only the batch's tombstones carry, so a batch that made one is never given up
+        # with the worker up (commands.ProcessedBatch.deleted; review h69i).
+        self.may_drop: Callable[[], bool] = lambda: True
+        self.dropped = 0
 
     @staticmethod
     def key(partition: int) -> str:
@@ -168,8 +174,8 @@ class RecordAnswers:
         if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
             index = {"floor": -1, "shards": []}
         floor = self._committed(partition)
-        if floor <= index["floor"]:
-            return index
+        if floor <= index["floor"] or not self.may_drop():
+            return index  # (not now: a later prune drops what the index still names)
         index["floor"] = floor
         done = floor // SHARD_OFFSETS  # shards before it hold committed offsets only
         for shard_no in [n for n in index["shards"] if n < done]:
@@ -186,6 +192,7 @@ class RecordAnswers:
     def _drop(self, key: str) -> None:
         if key in self.table:  # (a table with a default answers any key: not a pop)
             del self.table[key]
+            self.dropped += 1
 
 
 def _entry_in(record: Any, offset: int) -> dict[str, Any] | None:

@@ -300,6 +300,11 @@ class CommandRunner:
         # brought, and in batches a hand-over gave up on).
         purge_clock = clock if _may_delete(events, taken_at) else None
         purged: list[int] = []  # (what each tenant's purge deleted)
+        # The kept answers' prune deletes too: as the purge, checked when it would.
+        answers = getattr(processor, "answers", None)  # (stand-ins may have none)
+        if answers is not None:
+            answers.may_drop = lambda: _may_delete(events, taken_at)
+            answers.dropped = 0
         with collect_changelog(processor.committed) as changelog:
             groups = await asyncio.gather(
                 *(
@@ -347,7 +352,7 @@ class CommandRunner:
             record_sources,
             # Only a delete (or minimisation) really written: the gate lets nearly every
             # batch purge, and a batch marked so is never given up with the worker up.
-            deleted=bool(swept or sum(purged)),
+            deleted=bool(swept or sum(purged) or (answers is not None and answers.dropped)),
         )
 
     async def deliver_batch(self, batch: ProcessedBatch) -> None:
