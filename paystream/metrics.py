@@ -191,6 +191,13 @@ BATCH_SECONDS = Histogram(
     # the broker refuses is retried for minutes (review h68h).
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+TENANT_RUNS = Counter(
+    "paystream_tenant_runs",
+    "A batch's runs of one tenant's commands (more than one): serial, or split into "
+    "chains that ran side by side (agents/tenant_chains.py).",
+    ["how"],
+)
+
 BATCH_SIZE = Histogram(
     "paystream_batch_size",
     "Commands per processed batch.",

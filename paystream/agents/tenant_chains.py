@@ -32,6 +32,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from paystream import metrics
 from paystream.agents.card_data import key_str
 from paystream.agents.handlers import entity_key
 from paystream.agents.pipeline import UNANSWERED_REFUSAL_HEADER, CommandProcessor, Inbound
@@ -216,5 +217,12 @@ async def run_tenant(
                 break  # a barrier: no need to key the rest
         chains = chains_of(keys) if len(keys) == len(records) else None
     if chains is None:
+        if len(records) > 1:
+            _SERIAL.inc()
         return [await run(i) for i in range(len(records))]
+    _CHAINED.inc()
     return await run_in_chains(range(len(records)), chains, run, concurrency)
+
+
+_SERIAL = metrics.TENANT_RUNS.labels("serial")
+_CHAINED = metrics.TENANT_RUNS.labels("chains")

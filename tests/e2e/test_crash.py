@@ -42,6 +42,18 @@ from tests.fixtures.pipeline import Deployment
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 
+def _tenant_runs(worker: Any) -> dict[str, float]:
+    """paystream_tenant_runs_total by how (serial, chains), from the worker's /metrics."""
+    with urllib.request.urlopen(f"{worker.base_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    runs: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("paystream_tenant_runs_total{"):
+            how = line.split('how="')[1].split('"')[0]
+            runs[how] = float(line.rsplit(" ", 1)[1])
+    return runs
+
+
 def tenants_for(case: str) -> list[str]:
     # Distinct per run: the simulator's provider state (Redis) outlives a test.
     return [f"crash-{case.lower()}-{i}" for i in range(10)]
@@ -298,6 +310,10 @@ def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
         # close, and a crash restarts on what the store wrote ahead of the changelog.
         (signal.SIGTERM, "restart", "rocksdb://"),
         (signal.SIGKILL, "restart", "rocksdb://"),
+        # Tenants without limits, whose commands on different payments run side by side
+        # (agents/tenant_chains.py), on a provider taking 10 ms a call: several of a
+        # tenant's calls are in flight when the worker dies.
+        (signal.SIGKILL, "chains", "memory://"),
     ],
     ids=[
         "SIGKILL",
@@ -306,6 +322,7 @@ def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
         "scale-out-then-in",
         "SIGTERM-rocksdb",
         "SIGKILL-rocksdb",
+        "SIGKILL-chains",
     ],
 )
 async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
@@ -323,7 +340,12 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     limits = TenantLimits(
         commands_per_second=1, burst=100, daily_payment_volume={"USD": TENANT_VOLUME}
     )
-    await dep.add_tenants(*(Tenant(tenant_id=t, limits=limits) for t in tenants))
+    if case == "chains":  # (a tenant with limits runs its commands one at a time)
+        await dep.add_tenants(
+            *(Tenant(tenant_id=t, gateway_options={"latency_ms": 10}) for t in tenants)
+        )
+    else:
+        await dep.add_tenants(*(Tenant(tenant_id=t, limits=limits) for t in tenants))
     commands, expected, expected_effects = workload(tenants)
     ids = {c.get_id() for c in commands}
     log = OutcomeLog(dep)
@@ -349,10 +371,13 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
             second.start()
             await asyncio.to_thread(_wait_split, [first, second], tenants, dep.settings.partitions)
         else:
+            if case == "chains":
+                runs = await asyncio.to_thread(_tenant_runs, first)
+                assert runs.get("chains"), f"no tenant's commands ran side by side: {runs}"
             first.kill(sig)
         killed_at = len(log.by_command.keys() & ids)
         await producing
-        if case == "restart":
+        if case in ("restart", "chains"):
             second.start()
         with contextlib.suppress(AssertionError):  # judged below, on the topic itself
             await _wait_for(
