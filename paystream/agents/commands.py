@@ -322,6 +322,11 @@ class CommandRunner:
             if clock is not None and _may_delete(events, taken_at):
                 self.retention.step(clock)
                 swept = self.retention.changed  # deletes and minimisations written
+        pruned = 0
+        if answers is not None:
+            # Outside a batch, prunes are not gated by this one (review h69j). (A batch
+            # that raised ends the worker: no reset needed there.)
+            pruned, answers.may_drop = answers.dropped, _always
         _, partitioner = self._kafka()
         records = changelog.records()
         # A changelog partition is its command's partition (co-partitioned tables).
@@ -352,7 +357,7 @@ class CommandRunner:
             record_sources,
             # Only a delete (or minimisation) really written: the gate lets nearly every
             # batch purge, and a batch marked so is never given up with the worker up.
-            deleted=bool(swept or sum(purged) or (answers is not None and answers.dropped)),
+            deleted=bool(swept or sum(purged) or pruned),
         )
 
     async def deliver_batch(self, batch: ProcessedBatch) -> None:
@@ -441,6 +446,10 @@ class CommandRunner:
             if purged is not None and count:  # (stand-ins may return None)
                 purged.append(count)
         return out
+
+
+def _always() -> bool:
+    return True
 
 
 def _inbound_of(event: EventT) -> Inbound:

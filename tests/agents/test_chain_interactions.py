@@ -142,3 +142,33 @@ async def test_a_batch_that_pruned_kept_answers_is_marked_deleted_or_pruned_noth
             "the batch dropped a kept-answers shard from the store, yet is not marked "
             "deleted: given up with the worker up, its tombstone is never produced"
         )
+
+
+@pytest.mark.asyncio
+async def test_may_drop_is_not_left_gated_by_a_finished_batch(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RecordAnswers.may_drop was left set to a function of the last batch's events once
+    process_batch returned: outside a batch, after the next rebalance, a prune was skipped
+    (review h69j; no production path prunes outside a batch today)."""
+    from tests.agents.conftest import running_harness
+
+    committed = {0: -1}
+    async with running_harness(redis_url, committed=lambda p: committed.get(p, -1)) as h:
+        runner = harness_runner(h, monkeypatch)
+        monkeypatch.setattr(runner, "clock_for_deletes", lambda events: None)
+        ghost = "ghost-tenant"  # unknown tenant: a kept rejection
+        first = _event(ghost, 1, "payment.create", {**CARD, "payment_id": "p1", "amount": 5})
+        await runner.process_batch([first])
+        answers = h.processor.answers
+        shard = answers.key_of(0, 1)
+        assert shard in answers.table
+        # The batch is over; then a rebalance lands (one more assignment counted).
+        monkeypatch.setattr(commands, "_assignments", commands._assignments + 1)
+        committed[0] = 200
+        # Outside any batch ("always, elsewhere"), a keep past the committed offset prunes.
+        answers.keep(0, 300, "cmd-later", {"code": "unknown_tenant"})
+        assert shard not in answers.table, (
+            "prune skipped outside process_batch: may_drop still evaluates the finished "
+            "batch's _may_delete(events, taken_at)"
+        )
