@@ -146,9 +146,10 @@ class ProcessedBatch:
     # The commands-topic partition each emit and each record came from (by index).
     emit_sources: list[int] = dataclasses.field(default_factory=list)
     record_sources: list[int] = dataclasses.field(default_factory=list)
-    # Its processing deleted from the tables (idempotency purge, retention sweep): the
-    # store has lost those records, and only this batch's tombstones say so. Never
-    # dropped with the worker up (_deliver).
+    # Its processing deleted or minimised (idempotency purge, retention sweep, kept
+    # answers' prune): the store has lost those records, and only this batch's
+    # tombstones say so. Given up between two produce attempts, it ends the worker
+    # rather than be dropped with it up (_deliver, _exit_if_deleted).
     deleted: bool = False
 
     def keep(self, partitions: set[int]) -> ProcessedBatch:
@@ -435,7 +436,6 @@ class CommandRunner:
         # Chains set the current event in their own tasks' contexts: here it may still be
         # the batch's. The purge's tombstones go to this tenant's partition.
         _current_event.set(weakref.ref(group[-1]))
-        # The current event is still one of this tenant's: tombstones go to its partition.
         tenant = (group[-1].message.key or b"").decode("utf-8", "replace")
         # (Again here: a rebalance may have begun since the batch did, and a hand-over may
         # have given up on it: its purge's first scan would run before the recovery and
