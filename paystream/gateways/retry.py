@@ -258,10 +258,7 @@ class RetryPolicy:
         breaker = self.breakers.get((tenant_id, provider))  # (one lookup, not two)
         if breaker is None:
             breaker = self.breaker(tenant_id, provider)
-        # An earlier attempt's failure after which the provider may have acted (a lost
-        # answer, a 5xx): a later refusal that is no answer to the request itself must
-        # not end the command as if nothing had happened.
-        breaker.in_flight += 1
+        breaker.in_flight += 1  # (the breaker's threshold counts calls under way)
         try:
             return await self._attempts(breaker, tenant_id, provider, fn)
         finally:
@@ -274,6 +271,9 @@ class RetryPolicy:
         provider: str,
         fn: Callable[[], Awaitable[T]],
     ) -> T:
+        # An earlier attempt's failure after which the provider may have acted (a lost
+        # answer, a 5xx): a later refusal that is no answer to the request itself must
+        # not end the command as if nothing had happened.
         may_have_acted: GatewayError | None = None
         for attempt in range(1, self.max_attempts + 1):
             wait = breaker.before_call()
