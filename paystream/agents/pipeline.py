@@ -23,6 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
 from paystream import metrics
+from paystream.agents.admission_order import ADMISSION_TURN
 from paystream.agents.answers import RecordAnswers
 from paystream.agents.card_data import (
     UNNAMED_TENANT,
@@ -1011,7 +1012,10 @@ class CommandProcessor(ProviderWindow):
                 # and the re-drive, admitted before, passed the day's volume unchecked).
                 late_day_ms = int(now * 1000)
         decision = None
+        turn = ADMISSION_TURN.get()  # (its tenant's commands in chains: see admission_order)
         if limited:
+            if turn is not None and await turn.wait():
+                limits_state = UNREAD  # (other chains of the tenant wrote it meanwhile)
             # (As one let through before: a refusal its entity or provider contradicts.)
             as_let_through = functools.partial(
                 self._admit, limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
@@ -1091,6 +1095,8 @@ class CommandProcessor(ProviderWindow):
                 extra=decision.extra,
                 replay=decision.replay,
             )
+        if turn is not None:
+            turn.passed()  # decided for good: the next command may be admitted
         admission = decision
         if late:
             # Admitted by the limits, its hold kept until it is answered (as a command

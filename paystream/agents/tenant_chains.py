@@ -13,10 +13,12 @@ Only where the outcome cannot depend on the order (review h69a, the design audit
 * payment.create / capture / cancel / refresh and refund.create, with the entity ids they
   name as plain strings; any other command (customer.*, payment_method.*, dispute.*,
   exports, erasure) is a barrier: the whole run stays serial.
-* An active tenant with no limits in force and no limits decisions kept: the daily volume
-  holds and the rate bucket decide by admission order, and a crash's redelivery must
-  decide as the first run did (a payment the provider charged refused `quota_exceeded`
-  when it came again in another order).
+* An active tenant. Its limits decide by admission order (the rate bucket, the day, the
+  daily volume's holds), and a crash's redelivery must decide as the first run did (a
+  payment the provider charged refused `quota_exceeded` when it came again in another
+  order): so the chains take their admissions in the run's order
+  (agents/admission_order.py), and under a daily volume (or holds placed under one)
+  every payment.create is in one chain, each decided once the one before is answered.
 * A command none of whose keys the idempotency table knows yet (no record under its key
   or id, no pointer for its id) and that is no re-drive: a retry may be moved onto
   another key through those records, which another chain could be writing.
@@ -33,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from paystream import metrics
+from paystream.agents.admission_order import ADMISSION_TURN, AdmissionOrder, Slot, Turn
 from paystream.agents.card_data import key_str
 from paystream.agents.handlers import entity_key
 from paystream.agents.pipeline import UNANSWERED_REFUSAL_HEADER, CommandProcessor, Inbound
@@ -41,7 +44,7 @@ from paystream.ids import derived_id
 from paystream.streams.codec import UndecodableRecord, ce_text, decode_record
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.tables.commands_view import command_id_key
-from paystream.tenancy.models import TenantStatus
+from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = ["ChainKeys", "chain_keys", "chains_of", "run_in_chains", "run_tenant"]
 
@@ -98,9 +101,7 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         tenant = processor._tenant(tenant_id, raw)
     except ValueError:  # (pydantic's ValidationError is one)
         return None
-    if tenant.status is not TenantStatus.ACTIVE or processor.limits.applies(
-        tenant_id, tenant.limits
-    ):
+    if tenant.status is not TenantStatus.ACTIVE:
         return None
     try:
         event = decode_record(rec.key, rec.value, headers)
@@ -135,6 +136,11 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         # As the command's model has it (str_strip_whitespace): "p1 " is payment p1.
         # (Python strips a few more characters than pydantic: more keys merge, never fewer.)
         keys.add(f"{kind}:{named.strip()}")
+    if command_type == "payment.create" and _holds_volume(processor, tenant_id, tenant):
+        # A daily volume's holds are placed at admission and counted or released when
+        # the provider answers: each create must be decided after the one before is
+        # answered, as serially (review h69a, Finding 1). Other commands touch neither.
+        keys.add("v:")
     if command_type == "payment.create" and data.get("payment_id") is None:
         # Its payment's id is derived from its command id: a capture may name it.
         keys.add(f"p:{derived_id('pay', tenant_id, command_id)}")
@@ -149,6 +155,14 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         if owner is not None:
             keys.add(f"c:{owner}")
     return frozenset(keys)
+
+
+def _holds_volume(processor: CommandProcessor, tenant_id: str, tenant: Tenant) -> bool:
+    """Does the tenant have a daily volume, or payments holding against one set before?"""
+    if tenant.limits.daily_payment_volume:
+        return True
+    state = processor.limits.stored(tenant_id)
+    return isinstance(state, Mapping) and bool(state.get("held"))
 
 
 def chains_of(keys: Sequence[ChainKeys | None]) -> list[list[int]] | None:
@@ -190,11 +204,20 @@ async def run_in_chains(
     (each a task of its own); the results in ``items``' order."""
     results: list[Any] = [None] * len(items)
     slots = asyncio.Semaphore(concurrency)
+    order = AdmissionOrder(len(items))
 
     async def chain(indexes: list[int]) -> None:
-        async with slots:
+        slot = Slot(slots)
+        await slot.take()
+        try:
             for i in indexes:
-                results[i] = await run(items[i])
+                ADMISSION_TURN.set(Turn(order, i, slot))
+                try:
+                    results[i] = await run(items[i])
+                finally:
+                    order.passed(i)  # (finished: if it was never admitted, later ones may be)
+        finally:
+            slot.give_up()
 
     await asyncio.gather(*(chain(c) for c in chains))
     return results

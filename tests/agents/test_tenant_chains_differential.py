@@ -30,14 +30,14 @@ CARD = {"currency": "USD", "payment_method_token": "pm_card_visa"}
 Spec = tuple[str, Any, str | None]
 
 
-def _event(tenant: str, offset: int, spec: Spec) -> _Event:
+def _event(tenant: str, offset: int, spec: Spec, partition: int = 0) -> _Event:
     command_type, data, command_id = spec
     body = data(tenant) if callable(data) else data
     cmd = build_command(command_type, tenant, body, command_id=command_id or f"cmd-{offset}")
     rec = encode_event(cmd, tenant.encode(), CloudEventsMode.BINARY)
-    tp = TP("paystream.commands", 0)
+    tp = TP("paystream.commands", partition)
     message = Message(
-        tp.topic, 0, offset, 1.0, 0, list(rec.headers), rec.key, rec.value, None, tp=tp
+        tp.topic, partition, offset, 1.0, 0, list(rec.headers), rec.key, rec.value, None, tp=tp
     )
     return _Event(message)
 
@@ -108,7 +108,9 @@ async def differential(
             events = []
             for spec in batch:
                 offset += 1
-                events.append(_event(tenant, offset, spec))
+                # (A partition of each run's own: a rejection's kept answer is found by
+                # partition, offset and command id, which the other run's records share.)
+                events.append(_event(tenant, offset, spec, partition=concurrency))
             done = await runner.process_batch(events)
             answers.append(_outcomes(harness, done, tenant))
         results.append((answers, _tables(harness, tenant)))
