@@ -310,7 +310,7 @@ def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
         # close, and a crash restarts on what the store wrote ahead of the changelog.
         (signal.SIGTERM, "restart", "rocksdb://"),
         (signal.SIGKILL, "restart", "rocksdb://"),
-        # Tenants without limits, whose commands on different payments run side by side
+        # Tenants whose commands on different payments run side by side
         # (agents/tenant_chains.py), on a provider taking 10 ms a call: several of a
         # tenant's calls are in flight when the worker dies.
         (signal.SIGKILL, "chains", "memory://"),
@@ -340,9 +340,20 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     limits = TenantLimits(
         commands_per_second=1, burst=100, daily_payment_volume={"USD": TENANT_VOLUME}
     )
-    if case == "chains":  # (a tenant with limits runs its commands one at a time)
+    if case == "chains":
+        # Half with a rate limit alone (their creates side by side too), half with the
+        # daily volume as well (their creates one at a time, the rest beside them): the
+        # limits decided in offset order on every delivery (agents/admission_order.py).
+        rate_only = TenantLimits(commands_per_second=1, burst=100)
         await dep.add_tenants(
-            *(Tenant(tenant_id=t, gateway_options={"latency_ms": 10}) for t in tenants)
+            *(
+                Tenant(
+                    tenant_id=t,
+                    gateway_options={"latency_ms": 10},
+                    limits=rate_only if i % 2 else limits,
+                )
+                for i, t in enumerate(tenants)
+            )
         )
     else:
         await dep.add_tenants(*(Tenant(tenant_id=t, limits=limits) for t in tenants))
