@@ -110,11 +110,16 @@ __all__ = ["bench_command"]
     "side save (compare with PAYSTREAM_TENANT_CONCURRENCY=1)",
 )
 @click.option(
-    "--no-limits",
-    is_flag=True,
-    help="for --in-process: no bench tenant has limits (by default every other one does, "
-    "and a tenant with limits runs its commands one at a time)",
+    "--limits",
+    "limits_kind",
+    type=click.Choice(["full", "rate", "none"]),
+    default="full",
+    show_default=True,
+    help="for --in-process: every other bench tenant's limits: all of them (rate, "
+    "per-payment and daily volume; under a daily volume a tenant's payment creates run one "
+    "at a time), the rate and per-payment limits alone, or none",
 )
+@click.option("--no-limits", is_flag=True, hidden=True, help="--limits none (older name)")
 @click.option(
     "--recovery",
     type=click.IntRange(min=1),
@@ -154,6 +159,7 @@ def bench_command(
     in_process: bool,
     rounds: int,
     provider_latency_ms: int,
+    limits_kind: str,
     no_limits: bool,
     recovery: int | None,
     broker_drift: float | None,
@@ -181,8 +187,9 @@ def bench_command(
 
     if in_process:
         _in_process(
-            commands, tenants, rounds, seed, as_json, say, provider_latency_ms, not no_limits
-        )
+            commands, tenants, rounds, seed, as_json, say, provider_latency_ms,
+            "none" if no_limits else limits_kind,
+        )  # fmt: skip
         return
     if broker_drift is not None:
         from paystream.bench.broker_drift import run_drift
@@ -259,7 +266,7 @@ def _in_process(
     as_json: bool,
     say: Any,
     provider_latency_ms: int = 0,
-    limits: bool = True,
+    limits: str = "full",
 ) -> None:
     from paystream.bench.in_process import run_in_process
     from paystream.settings import load_settings

@@ -45,7 +45,11 @@ from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.policy import call_policy
 
-__all__ = ["InProcessReport", "run_in_process"]
+__all__ = ["LIMITS_KINDS", "InProcessReport", "run_in_process"]
+
+# The bench tenants' limits (every other tenant's): all of them, the rate and per-payment
+# limits alone, or none.
+LIMITS_KINDS = ("full", "rate", "none")
 
 
 @dataclass
@@ -54,7 +58,7 @@ class InProcessReport:
     tenants: int
     provider_latency_ms: int = 0
     tenant_concurrency: int = 1
-    limits: bool = True
+    limits: str = "full"  # the bench tenants' (every other one): full, rate or none
     cpu_us: list[float] = field(default_factory=list)  # per round, CPU µs per command
     wall_us: list[float] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -87,7 +91,7 @@ class InProcessReport:
             f"in-process pipeline: {self.commands} commands x {len(self.cpu_us)} rounds, "
             f"{self.tenants} tenants (simulator on Redis; no Kafka, no Faust), provider "
             f"latency {self.provider_latency_ms} ms, PAYSTREAM_TENANT_CONCURRENCY "
-            f"{self.tenant_concurrency}{'' if self.limits else ', no tenant limits'}"
+            f"{self.tenant_concurrency}, tenant limits {self.limits}"
         ]
         for n, (cpu, wall) in enumerate(zip(self.cpu_us, self.wall_us, strict=True), 1):
             lines.append(f"  round {n}: {cpu:7.1f} µs CPU/command, {wall:7.1f} µs wall")
@@ -108,7 +112,7 @@ def run_in_process(
     redis_url: str | None,
     say: Callable[[str], None],
     provider_latency_ms: int = 0,
-    limits: bool = True,
+    limits: str = "full",
 ) -> InProcessReport:
     """Run the rounds against ``redis_url``, or an embedded Redis started for the run."""
     work = functools.partial(
@@ -146,7 +150,7 @@ async def _rounds(
     seed: int,
     say: Callable[[str], None],
     latency_ms: int = 0,
-    limits: bool = True,
+    limits: str = "full",
 ) -> InProcessReport:
     import redis.asyncio as aioredis
 
@@ -159,12 +163,18 @@ async def _rounds(
     changes: dict[str, Any] = {}
     if latency_ms:
         changes["gateway_options"] = {"latency_ms": latency_ms}
-    if not limits:
+    if limits not in LIMITS_KINDS:
+        raise ValueError(f"limits must be one of {', '.join(LIMITS_KINDS)}")
+    if limits == "none":
         changes["limits"] = TenantLimits()
-    registry = {
-        t.tenant_id: t.model_copy(update=changes).model_dump(mode="json")
-        for t in bench_tenants(ids)
-    }
+    registry = {}
+    for t in bench_tenants(ids):
+        update = dict(changes)
+        if limits == "rate" and t.limits.enforced:
+            # The rate and per-payment limits alone: no daily volume, whose payment creates
+            # run one at a time (agents/tenant_chains.py).
+            update["limits"] = t.limits.model_copy(update={"daily_payment_volume": {}})
+        registry[t.tenant_id] = t.model_copy(update=update).model_dump(mode="json")
     # PAYSTREAM_OTEL_EXPORTER as the worker would have it (none: no tracing at all).
     tracer = tracing.configure(settings, install=False)
     offsets = _Offsets(settings.partitions)

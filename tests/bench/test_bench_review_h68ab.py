@@ -200,11 +200,11 @@ def test_in_process_with_a_provider_latency_and_no_limits_reports_them(redis_url
         "commands": 40, "tenants": 2, "rounds": 1, "seed": 7, "redis_url": redis_url,
         "say": lambda _m: None,
     }  # fmt: skip
-    slow = in_process.run_in_process(**kw, provider_latency_ms=5, limits=False)
+    slow = in_process.run_in_process(**kw, provider_latency_ms=5, limits="none")
     plain = in_process.run_in_process(**kw)
     assert slow.outcomes == plain.outcomes
     report = slow.as_json()
-    assert report["provider_latency_ms"] == 5 and report["tenant_limits"] is False
+    assert report["provider_latency_ms"] == 5 and report["tenant_limits"] == "none"
     assert report["in_process_wall_commands_per_second"] > 0
     assert "provider latency 5 ms" in slow.render()
 
@@ -240,3 +240,33 @@ def test_a_record_lost_by_any_phase_fails_the_run(
     out = json.loads(result.output)
     assert out["duplicate_outcomes"] == 2
     assert out["baseline_missing_records"] == (1 if lost_in in ("raw", "faust", "floor") else 0)
+
+
+def test_in_process_limits_rate_keeps_the_rate_and_per_payment_limits_alone(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--limits rate`: every other tenant keeps its rate and per-payment limits, and none
+    # has a daily volume (under which a tenant's payment creates run one at a time).
+    from paystream.bench import in_process
+    from paystream.tenancy.limits import TenantLimits
+
+    registries: list[dict[str, Any]] = []
+    real = in_process.CommandProcessor
+
+    def processor(settings: Any, tables: Any, idem: Any, registry: Any, *a: Any, **kw: Any) -> Any:
+        registries.append(registry)
+        return real(settings, tables, idem, registry, *a, **kw)
+
+    monkeypatch.setattr(in_process, "CommandProcessor", processor)
+    kw: dict[str, Any] = {
+        "commands": 20, "tenants": 4, "rounds": 1, "seed": 7, "redis_url": redis_url,
+        "say": lambda _m: None,
+    }  # fmt: skip
+    report = in_process.run_in_process(**kw, limits="rate")
+    assert report.as_json()["tenant_limits"] == "rate"
+    limits = [TenantLimits(**t["limits"]) for t in registries[0].values()]
+    assert sum(1 for x in limits if x.enforced) == 2
+    assert all(x.commands_per_second and x.max_payment_amount for x in limits if x.enforced)
+    assert not any(x.daily_payment_volume for x in limits)
+    with pytest.raises(ValueError, match="limits must be one of"):
+        in_process.run_in_process(**kw, limits="some")
