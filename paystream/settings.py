@@ -439,9 +439,10 @@ class Settings(BaseSettings):
         "batch runs side by side. A tenant's commands run in order, one at a time, except "
         "payment creates, captures, cancels and refreshes and refund creates of different "
         "payments of an active tenant, which need not wait for each other (their limits "
-        "still decided in offset order, and under a daily volume its payment creates one at "
-        "a time; on a provider answering in 400 ms, 32 such commands take 3.2 s at 4, "
-        "12.8 s at 1). 1: every tenant's commands one at a time.",
+        "still decided in offset order, and a payment its daily volume would refuse while "
+        "earlier ones hold waits for their answers; on a provider answering in 400 ms, 32 "
+        "such commands take 3.2 s at 4, 12.8 s at 1). 1: every tenant's commands one at a "
+        "time.",
     )
     producer_request_timeout_seconds: float = Field(
         default=DEFAULT_PRODUCER_REQUEST_TIMEOUT_SECONDS,

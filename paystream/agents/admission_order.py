@@ -7,9 +7,17 @@ admissions in the run's order: each command, about to be admitted, waits until e
 earlier command of the run has passed (its admission decided for good, or the command
 finished without one). Provider calls still overlap: a command passes before its call.
 
-A chain waiting here gives up its concurrency slot meanwhile and takes one again before
-it is admitted: chains holding every slot could otherwise wait on a command whose chain
-holds none.
+A daily volume also decides by what the earlier payments came to: each holds its amount
+from its admission until its answer counts it (money moved) or releases it. Serially, a
+payment is decided once every earlier one is answered; side by side, the earlier ones may
+still hold. Holding counts no less than either answer, so a payment the volume admits with
+them holding is one it admits once they are answered; only one it would refuse waits for
+the earlier commands to finish and is then decided as serially (``Turn.settled``).
+
+A chain waiting for its turn gives up its concurrency slot meanwhile and takes one again
+before it is admitted: chains holding every slot could otherwise wait on a command whose
+chain holds none. (Waiting for the earlier commands to finish keeps it: those are past
+their admission, each running with a slot of its own.)
 """
 
 from __future__ import annotations
@@ -39,36 +47,35 @@ class Slot:
             self._sem.release()
 
 
-class AdmissionOrder:
-    """Which of a run's commands have passed their admission, and who waits for it."""
+class _Frontier:
+    """Which of a run's commands are marked, and waiting for all before one to be."""
 
-    __slots__ = ("_next", "_passed", "_waiters")
+    __slots__ = ("_marked", "_next", "_waiters")
 
     def __init__(self, size: int) -> None:
-        self._passed = [False] * size
-        self._next = 0  # the first command that has not passed
+        self._marked = [False] * size
+        self._next = 0  # the first command not marked
         self._waiters: dict[int, asyncio.Future[None]] = {}
 
-    def ready(self, index: int) -> bool:
-        """Has every command before ``index`` passed?"""
+    def all_before(self, index: int) -> bool:
         return self._next >= index
 
-    def passed(self, index: int) -> None:
-        """Command ``index`` decided (or finished): the next in order may be admitted."""
-        passed = self._passed
-        if passed[index]:
+    def mark(self, index: int) -> None:
+        marked = self._marked
+        if marked[index]:
             return
-        passed[index] = True
+        marked[index] = True
         nxt = self._next
-        while nxt < len(passed) and passed[nxt]:
+        while nxt < len(marked) and marked[nxt]:
             nxt += 1
         self._next = nxt
-        waiter = self._waiters.pop(nxt, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiting in [i for i in self._waiters if i <= nxt]:
+            waiter = self._waiters.pop(waiting)
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def wait_for(self, index: int) -> None:
-        if self.ready(index):
+    async def wait_all_before(self, index: int) -> None:
+        if self.all_before(index):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[index] = waiter
@@ -76,6 +83,39 @@ class AdmissionOrder:
             await waiter
         finally:
             self._waiters.pop(index, None)
+
+
+class AdmissionOrder:
+    """Which of a run's commands have passed their admission or finished."""
+
+    __slots__ = ("_finished", "_passed")
+
+    def __init__(self, size: int) -> None:
+        self._passed = _Frontier(size)
+        self._finished = _Frontier(size)
+
+    def ready(self, index: int) -> bool:
+        """Has every command before ``index`` passed?"""
+        return self._passed.all_before(index)
+
+    def passed(self, index: int) -> None:
+        """Command ``index`` decided: the next in order may be admitted."""
+        self._passed.mark(index)
+
+    def finished(self, index: int) -> None:
+        """Command ``index`` answered (or failed): it has passed, and holds nothing new."""
+        self._passed.mark(index)
+        self._finished.mark(index)
+
+    def settled(self, index: int) -> bool:
+        """Has every command before ``index`` finished?"""
+        return self._finished.all_before(index)
+
+    async def wait_for(self, index: int) -> None:
+        await self._passed.wait_all_before(index)
+
+    async def wait_settled(self, index: int) -> None:
+        await self._finished.wait_all_before(index)
 
 
 class Turn:
@@ -96,6 +136,15 @@ class Turn:
         await self.order.wait_for(self.index)
         await self.slot.take()
         return True
+
+    def settled(self) -> bool:
+        """Has every earlier command of the run finished (as serially, by now)?"""
+        return self.order.settled(self.index)
+
+    async def wait_settled(self) -> None:
+        """Return once every earlier command of the run has finished (its turn kept: no
+        later command is admitted meanwhile)."""
+        await self.order.wait_settled(self.index)
 
     def passed(self) -> None:
         self.order.passed(self.index)

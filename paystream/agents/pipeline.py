@@ -1016,6 +1016,23 @@ class CommandProcessor(ProviderWindow):
         if limited:
             if turn is not None and await turn.wait():
                 limits_state = UNREAD  # (other chains of the tenant wrote it meanwhile)
+            if (
+                turn is not None
+                and cmd.command_type == "payment.create"
+                and tenant.limits.daily_payment_volume
+                and not turn.settled()
+                and _refused_while_others_hold(
+                    self._admit(
+                        limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
+                        applied or provider_took, exempt=self._own_refresh(rec, cmd),
+                        day_ms=late_day_ms, trial=True,
+                    )
+                )
+            ):  # fmt: skip
+                # Refused with earlier payments of the run still holding their amounts:
+                # serially they would be answered by now (admission_order.py).
+                await turn.wait_settled()
+                limits_state = UNREAD
             # (As one let through before: a refusal its entity or provider contradicts.)
             as_let_through = functools.partial(
                 self._admit, limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
@@ -1369,12 +1386,14 @@ class CommandProcessor(ProviderWindow):
         *,
         exempt: bool = False,
         day_ms: int | None = None,
+        trial: bool = False,
     ) -> Admission | LimitRejection | None:
         """The limits' decision on a command (``applied``: its entity says it took effect,
         so it passes as one let through before does; ``limits_state``: the tenant's, as
-        read for its kept rejection with nothing written since, or UNREAD)."""
+        read for its kept rejection with nothing written since, or UNREAD; ``trial``:
+        what it would be, nothing written)."""
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
-        return self.limits.admit(
+        return (self.limits.trial if trial else self.limits.admit)(
             cmd.tenant_id,
             tenant.limits,
             limit_rec,
@@ -2633,6 +2652,16 @@ def _learn_plain(entity: EntityRecord, record: dict[str, Any], kinds: tuple[type
     if len(known) < _PLAIN_KINDS_MAX:
         known.add(kinds)
     return True
+
+
+def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> bool:
+    """A first refusal by what payments not yet answered hold (the daily volume, or too
+    many of them): one they may release once answered."""
+    return (
+        isinstance(decision, LimitRejection)
+        and not decision.replay
+        and decision.extra.get("limit") in ("daily_payment_volume", "pending_payments")
+    )
 
 
 def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool) -> str:

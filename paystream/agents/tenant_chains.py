@@ -16,9 +16,9 @@ Only where the outcome cannot depend on the order (review h69a, the design audit
 * An active tenant. Its limits decide by admission order (the rate bucket, the day, the
   daily volume's holds), and a crash's redelivery must decide as the first run did (a
   payment the provider charged refused `quota_exceeded` when it came again in another
-  order): so the chains take their admissions in the run's order
-  (agents/admission_order.py), and under a daily volume (or holds placed under one)
-  every payment.create is in one chain, each decided once the one before is answered.
+  order): so the chains take their admissions in the run's order, and a payment the
+  daily volume would refuse while earlier ones still hold waits for them to be answered
+  (agents/admission_order.py).
 * A command none of whose keys the idempotency table knows yet (no record under its key
   or id, no pointer for its id) and that is no re-drive: a retry may be moved onto
   another key through those records, which another chain could be writing.
@@ -44,7 +44,7 @@ from paystream.ids import derived_id
 from paystream.streams.codec import UndecodableRecord, ce_text, decode_record
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.tables.commands_view import command_id_key
-from paystream.tenancy.models import Tenant, TenantStatus
+from paystream.tenancy.models import TenantStatus
 
 __all__ = ["ChainKeys", "chain_keys", "chains_of", "run_in_chains", "run_tenant"]
 
@@ -136,11 +136,6 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         # As the command's model has it (str_strip_whitespace): "p1 " is payment p1.
         # (Python strips a few more characters than pydantic: more keys merge, never fewer.)
         keys.add(f"{kind}:{named.strip()}")
-    if command_type == "payment.create" and _holds_volume(processor, tenant_id, tenant):
-        # A daily volume's holds are placed at admission and counted or released when
-        # the provider answers: each create must be decided after the one before is
-        # answered, as serially (review h69a, Finding 1). Other commands touch neither.
-        keys.add("v:")
     if command_type == "payment.create" and data.get("payment_id") is None:
         # Its payment's id is derived from its command id: a capture may name it.
         keys.add(f"p:{derived_id('pay', tenant_id, command_id)}")
@@ -155,14 +150,6 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         if owner is not None:
             keys.add(f"c:{owner}")
     return frozenset(keys)
-
-
-def _holds_volume(processor: CommandProcessor, tenant_id: str, tenant: Tenant) -> bool:
-    """Does the tenant have a daily volume, or payments holding against one set before?"""
-    if tenant.limits.daily_payment_volume:
-        return True
-    state = processor.limits.stored(tenant_id)
-    return isinstance(state, Mapping) and bool(state.get("held"))
 
 
 def chains_of(keys: Sequence[ChainKeys | None]) -> list[list[int]] | None:
@@ -215,9 +202,13 @@ async def run_in_chains(
                 try:
                     results[i] = await run(items[i])
                 finally:
-                    order.passed(i)  # (finished: if it was never admitted, later ones may be)
+                    order.finished(i)  # (if it was never admitted, later ones may be)
         finally:
             slot.give_up()
+            # (Ended early, by an exception out of ``run``: its later commands never run,
+            # and must not hold the other chains' admissions for ever; review h70a.)
+            for i in indexes:
+                order.finished(i)
 
     await asyncio.gather(*(chain(c) for c in chains))
     return results

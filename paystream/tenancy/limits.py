@@ -372,6 +372,22 @@ class LimitGate:
         self._decide(key, state, rec, entry)
         return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold_of_this)
 
+    def trial(self, tenant_id: str, *args: Any, **kwargs: Any) -> Admission | LimitRejection | None:
+        """What :meth:`admit` (same arguments) would decide now, writing nothing: it runs
+        on a copy of the tenant's state."""
+        key = self.key(tenant_id)
+        raw = self.table.get(key)
+        scratch: dict[str, Any] = {}
+        if raw is not None:
+            # (admit changes these in place; the rest it replaces.)
+            scratch[key] = {
+                **raw,
+                "decided": dict(raw.get("decided") or {}),
+                "held": dict(raw.get("held") or {}),
+            }
+        kwargs["stored"] = UNREAD
+        return LimitGate(scratch, self._clock_ms, self._committed).admit(tenant_id, *args, **kwargs)
+
     def settle(self, admission: Admission, outcome_type: str) -> None:
         """An admitted payment answered: count its amount once if its outcome says money
         moved, and release what it held. Not called for a parked payment: it keeps its
