@@ -60,3 +60,14 @@ def test_the_breaker_threshold_description_says_it_scales_with_calls_under_way()
     # each of the tenant's calls under way (retry.py: failure_threshold * in_flight).
     description = Settings.model_fields["breaker_failure_threshold"].description or ""
     assert "under way" in description or "each" in description, description
+
+
+def test_bench_help_does_not_say_limited_tenants_run_serially() -> None:
+    # h70b: the in-process bench's limits option still said a tenant with limits runs its
+    # commands one at a time; its chains run too (admissions in offset order).
+    from click.testing import CliRunner
+
+    from paystream.bench.cli import bench_command
+
+    out = CliRunner().invoke(bench_command, ["--help"], terminal_width=400).output
+    assert "a tenant with limits runs its commands one at a time" not in " ".join(out.split())
