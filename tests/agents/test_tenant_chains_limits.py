@@ -433,3 +433,95 @@ async def test_a_daily_volume_set_mid_batch_decides_as_serial(
     chained = await _volume_set_mid_batch(harness, monkeypatch, 4)
     assert serial == [("payment.failed", None), ("payment.succeeded", None)]
     assert chained == serial
+
+
+def _random_chains(rng: random.Random, n: int) -> list[list[int]]:
+    k = rng.randint(2, 6)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(rng.randrange(k), []).append(i)
+    return sorted(groups.values(), key=lambda c: c[0])
+
+
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.asyncio
+async def test_turns_in_order_within_the_slots_under_random_chains(seed: int) -> None:
+    """(Review h70b's stress, with the settled wait.) Random chains at concurrency 1-4,
+    some commands finishing before their turn, some waiting for the earlier ones to
+    finish: admissions in order, never more chains running than slots, no hang."""
+    from paystream.agents.admission_order import ADMISSION_TURN
+    from paystream.agents.tenant_chains import run_in_chains
+
+    rng = random.Random(seed)
+    n = rng.randint(2, 14)
+    chains = _random_chains(rng, n)
+    concurrency = rng.randint(1, 4)
+    admitted: list[int] = []
+    finished: set[int] = set()
+    running = most = 0
+    early = {i for i in range(n) if rng.random() < 0.2}  # refused before their turn
+    settling = {i for i in range(n) if rng.random() < 0.3}  # the volume would refuse
+
+    async def run(i: int) -> int:
+        nonlocal running, most
+        try:
+            await asyncio.sleep(rng.random() * 0.002)
+            turn = ADMISSION_TURN.get()
+            assert turn is not None
+            if i not in early:
+                await turn.wait()
+                if i in settling and not turn.settled():
+                    await turn.wait_settled()
+                    assert set(range(i)) <= finished
+                admitted.append(i)
+                turn.passed()
+            running += 1  # (its slot held from here to its end)
+            most = max(most, running)
+            try:
+                await asyncio.sleep(rng.random() * 0.003)  # its provider call
+            finally:
+                running -= 1
+            return i
+        finally:
+            finished.add(i)
+
+    out = await asyncio.wait_for(run_in_chains(range(n), chains, run, concurrency), 10)
+    assert out == list(range(n))
+    assert admitted == sorted(admitted)
+    assert most <= concurrency
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.asyncio
+async def test_a_run_cancelled_midway_leaves_no_chain_waiting(seed: int) -> None:
+    """(Review h70b.) A rebalance's hand-over cancels the batch mid-run."""
+    from paystream.agents.admission_order import ADMISSION_TURN
+    from paystream.agents.tenant_chains import run_in_chains
+
+    rng = random.Random(seed)
+    n = rng.randint(2, 12)
+    before = asyncio.all_tasks()
+
+    async def run(i: int) -> int:
+        await asyncio.sleep(rng.random() * 0.002)
+        turn = ADMISSION_TURN.get()
+        assert turn is not None
+        await turn.wait()
+        turn.passed()
+        await asyncio.sleep(rng.random() * 0.002)
+        return i
+
+    task = asyncio.ensure_future(
+        run_in_chains(range(n), _random_chains(rng, n), run, rng.randint(1, 3))
+    )
+    await asyncio.sleep(rng.random() * 0.006)
+    if task.done():
+        return  # (finished before the cancel)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    left = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()]
+    while any(not t.done() for t in left) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert all(t.done() for t in left)
