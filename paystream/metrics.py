@@ -197,6 +197,14 @@ TENANT_RUNS = Counter(
     "chains that ran side by side (agents/tenant_chains.py).",
     ["how"],
 )
+VOLUME_WAITS = Counter(
+    "paystream_volume_waits",
+    "Payments of a tenant's chains that its daily volume (or its cap on payments awaiting "
+    "an answer) would have refused while earlier commands of the run were unanswered, "
+    "and that waited for them (agents/admission_order.py): a tenant near its daily "
+    "volume makes one payment per provider round trip.",
+    ["tenant"],
+)
 
 BATCH_SIZE = Histogram(
     "paystream_batch_size",

@@ -1031,6 +1031,7 @@ class CommandProcessor(ProviderWindow):
             ):  # fmt: skip
                 # Refused with earlier payments of the run still holding their amounts:
                 # serially they would be answered by now (admission_order.py).
+                metrics.VOLUME_WAITS.labels(cmd.tenant_id).inc()
                 await turn.wait_settled()
                 limits_state = UNREAD
             # (As one let through before: a refusal its entity or provider contradicts.)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from faust.types import TP, Message
 
+from paystream import metrics
 from paystream.agents import commands, pipeline
 from paystream.agents.admission_order import AdmissionOrder, Slot, Turn
 from paystream.client import build_command
@@ -274,10 +275,12 @@ async def test_a_payment_refused_while_an_earlier_one_holds_waits_for_its_answer
         _event(t, 3, ("payment.create", {"currency": "USD", "amount": 100, "payment_id": "c",
                       "payment_method_token": "pm_card_visa"}, now + 2)),
     ]  # fmt: skip
+    waits = metrics.VOLUME_WAITS.labels(t)
     done = await runner.process_batch(events)
     assert [k for k, _ in _outcomes(harness, done, t)] == [
         "payment.failed", "payment.succeeded", "payment.succeeded",
     ]  # fmt: skip
+    assert waits._value.get() >= 1  # (b, and perhaps c, waited for a's answer)
     state = harness.processor.limits.table[harness.processor.limits.key(t)]
     assert state["volume"] == {"USD": 600} and not state["held"]
 
