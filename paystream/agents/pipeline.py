@@ -1021,6 +1021,9 @@ class CommandProcessor(ProviderWindow):
                 and cmd.command_type == "payment.create"
                 and tenant.limits.daily_payment_volume
                 and not turn.settled()
+                and not self.limits.volume_room(
+                    cmd.tenant_id, tenant.limits, str(data.currency), int(data.amount)
+                )
                 and _refused_while_others_hold(
                     self._admit(
                         limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,

@@ -372,6 +372,20 @@ class LimitGate:
         self._decide(key, state, rec, entry)
         return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold_of_this)
 
+    def volume_room(self, tenant_id: str, limits: TenantLimits, currency: str, amount: int) -> bool:
+        """Would a payment of ``amount`` fit the daily volume (and the cap on payments
+        awaiting an answer) whatever the day, with every hold counted? A cheap bound:
+        then :meth:`admit` cannot refuse it by either."""
+        daily = limits.daily_payment_volume.get(currency)
+        if daily is None:
+            return True
+        state = self.table.get(self.key(tenant_id)) or {}
+        held = state.get("held") or {}
+        if len(held) + 1 >= MAX_HOLDS:
+            return False
+        used = int((state.get("volume") or {}).get(currency, 0))
+        return used + sum(int(h[2]) for h in held.values()) + amount <= daily
+
     def trial(self, tenant_id: str, *args: Any, **kwargs: Any) -> Admission | LimitRejection | None:
         """What :meth:`admit` (same arguments) would decide now, writing nothing: it runs
         on a copy of the tenant's state."""

@@ -528,3 +528,45 @@ async def test_a_run_cancelled_midway_leaves_no_chain_waiting(seed: int) -> None
     while any(not t.done() for t in left) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert all(t.done() for t in left)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_volume_room_is_a_bound_the_admission_never_refuses_within(seed: int) -> None:
+    """``volume_room`` spares the trial admission where the payment fits whatever the
+    earlier ones' answers: wherever it says so, the volume and the cap on payments
+    awaiting an answer admitted it."""
+    from datetime import UTC, datetime, timedelta
+
+    from paystream.tenancy.limits import LimitGate, Record
+
+    rng = random.Random(seed)
+    now = int(time.time() * 1000)
+    today = datetime.fromtimestamp(now / 1000, tz=UTC).date()
+    days = [(today - timedelta(days=d)).isoformat() for d in (0, 1, 2)]
+    limits = TenantLimits(daily_payment_volume={"USD": 5000, "EUR": 3000})
+    checked = 0
+    for n in range(200):
+        held = {
+            f"h{i}": [rng.choice(days), rng.choice(["USD", "EUR"]), rng.randrange(1, 2000), None]
+            for i in range(rng.randrange(0, 5))
+        }
+        state = {
+            "partition": 0, "at_ms": now - 1000, "tokens": None, "day": rng.choice(days),
+            "volume": {"USD": rng.randrange(0, 4000)}, "decided": {}, "held": held,
+        }  # fmt: skip
+        gate = LimitGate({LimitGate.key("t"): state})
+        currency, amount = rng.choice(["USD", "EUR", "GBP"]), rng.randrange(1, 3000)
+
+        class Data:
+            pass
+
+        Data.currency, Data.amount = currency, amount  # type: ignore[attr-defined]
+        decision = gate.trial(
+            "t", limits, Record(f"c{n}", 0, n, now), "payment.create", Data(), hold_key=f"k{n}"
+        )
+        if gate.volume_room("t", limits, currency, amount):
+            checked += 1
+            assert getattr(decision, "extra", {}).get("limit") not in (
+                "daily_payment_volume", "pending_payments",
+            ), (state, currency, amount, decision)  # fmt: skip
+    assert checked > 20
