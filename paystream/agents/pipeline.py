@@ -23,7 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
 from paystream import metrics
-from paystream.agents.admission_order import ADMISSION_TURN
+from paystream.agents.admission_order import ADMISSION_TURN, Turn
 from paystream.agents.answers import RecordAnswers
 from paystream.agents.card_data import (
     UNNAMED_TENANT,
@@ -1014,29 +1014,18 @@ class CommandProcessor(ProviderWindow):
         decision = None
         turn = ADMISSION_TURN.get()  # (its tenant's commands in chains: see admission_order)
         if limited:
-            if turn is not None and await turn.wait():
-                limits_state = UNREAD  # (other chains of the tenant wrote it meanwhile)
-            if (
-                turn is not None
-                and cmd.command_type == "payment.create"
-                and tenant.limits.daily_payment_volume
-                and not turn.settled()
-                and not self.limits.volume_room(
-                    cmd.tenant_id, tenant.limits, str(data.currency), int(data.amount)
-                )
-                and _refused_while_others_hold(
-                    self._admit(
-                        limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
-                        applied or provider_took, exempt=self._own_refresh(rec, cmd),
-                        day_ms=late_day_ms, trial=True,
-                    )
-                )
+            if turn is not None and await self._take_turn(
+                turn,
+                lambda: self._admit(
+                    limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
+                    applied or provider_took, exempt=self._own_refresh(rec, cmd),
+                    day_ms=late_day_ms, trial=True,
+                ),
+                cmd,
+                tenant,
+                data,
             ):  # fmt: skip
-                # Refused with earlier payments of the run still holding their amounts:
-                # serially they would be answered by now (admission_order.py).
-                metrics.VOLUME_WAITS.labels(cmd.tenant_id).inc()
-                await turn.wait_settled()
-                limits_state = UNREAD
+                limits_state = UNREAD  # (other chains of the tenant wrote it meanwhile)
             # (As one let through before: a refusal its entity or provider contradicts.)
             as_let_through = functools.partial(
                 self._admit, limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
@@ -1375,6 +1364,34 @@ class CommandProcessor(ProviderWindow):
             return False
         chosen = getattr(data, "payment_id", None)
         return isinstance(chosen, str) and entity_key(cmd.tenant_id, chosen) in self.tables.payments
+
+    async def _take_turn(
+        self,
+        turn: Turn,
+        trial: Callable[[], Admission | LimitRejection | None],
+        cmd: CommandRef,
+        tenant: Tenant,
+        data: Any,
+    ) -> bool:
+        """Wait for this command's turn among its tenant's chains to be decided by the
+        limits (admission_order.py); True if it waited (other chains wrote the tenant's
+        limits state meanwhile). ``trial``: its decision now, nothing written."""
+        waited = await turn.wait()
+        if (
+            cmd.command_type == "payment.create"
+            and tenant.limits.daily_payment_volume
+            and not turn.settled()
+            and not self.limits.volume_room(
+                cmd.tenant_id, tenant.limits, str(data.currency), int(data.amount)
+            )
+            and _refused_while_others_hold(trial())
+        ):
+            # Refused with earlier payments of the run still holding their amounts:
+            # serially they would be answered by now.
+            metrics.VOLUME_WAITS.labels(cmd.tenant_id).inc()
+            await turn.wait_settled()
+            waited = True
+        return waited
 
     def _admit(
         self,
