@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -101,6 +102,35 @@ async def test_send_prints_the_outcome(deployed: Deployment) -> None:
             break
     assert out["type"] == "com.paystream.payment.succeeded"
     assert out["data"]["object"]["amount"] == 1999
+
+
+async def test_send_whose_stdout_is_gone_names_the_id_and_exits_74(deployed: Deployment) -> None:
+    """A pipe whose reader left (`paystream send ... | head -c0`), or stdout closed
+    (`>&-`): the outcome was lost with a traceback (or silently, exit 0), and with a
+    random id nothing said which command was answered."""
+    run_cli(deployed, "tenants", "add", "piped")
+    deployed.worker_handle.wait_ready(["piped"])  # type: ignore[attr-defined]
+    args = [sys.executable, "-m", "paystream", "send", "customer.create", "--tenant", "piped"]
+    env = {**os.environ, **deployed.env}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # (its reader gone before the outcome is written)
+    try:
+        broken = subprocess.run(
+            [*args, "--data", '{"customer_id": "c-pipe"}'],
+            env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *args, "--data", '{"customer_id": "c-closed"}'],
+        env=env, stderr=subprocess.PIPE, text=True, timeout=120,
+    )  # fmt: skip
+    for done in (broken, closed):
+        assert done.returncode == 74, done.stderr
+        assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+        said = re.search(r"error: command (\S+) was answered", done.stderr)
+        assert said, done.stderr
+        assert f"send it again with --id {said.group(1)}" in done.stderr
 
 
 async def test_send_rejects_bad_json(deployed: Deployment) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -112,7 +113,7 @@ def send(
         if isinstance(answer, OutcomeTimeout):
             sys.exit(EXIT_NO_OUTCOME)
         _note_other_cause(answer, cmd.get_id(), idempotency_key)
-        click.echo(dumps(answer))
+        _print_outcome(dumps(answer), cmd.get_id())
         return
 
     async def go() -> str | OutcomeTimeout:
@@ -151,7 +152,28 @@ def send(
         _said_interrupted(cmd.get_id())
     if isinstance(said, OutcomeTimeout):
         sys.exit(EXIT_NO_OUTCOME)
-    click.echo(said)
+    _print_outcome(said, cmd.get_id())
+
+
+def _print_outcome(text: str, command_id: str) -> None:
+    """The outcome on stdout; if stdout is gone (closed, or a pipe whose reader left),
+    the id and how to get the outcome again on stderr, and exit 74: the command was sent
+    and answered, and exiting 0 (or with a traceback) left its answer unknown."""
+    try:
+        if sys.stdout is None or sys.stdout.closed:
+            raise BrokenPipeError("standard output is closed")
+        click.echo(text)
+    except OSError as exc:
+        with contextlib.suppress(OSError, ValueError):
+            # (So that the interpreter's own flush at exit does not fail again.)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        click.echo(
+            f"error: command {command_id} was answered, but its outcome could not be "
+            f"written to standard output ({exc.strerror or exc})",
+            err=True,
+        )
+        _say_how_to_resend(command_id)
+        sys.exit(EXIT_OUTPUT_LOST)
 
 
 def _refuse_unrunnable(command_type: str, tenant: str, payload: dict[str, Any]) -> None:
@@ -277,6 +299,7 @@ async def _send_over_http(
 # `send`: no outcome within --timeout (the command may still run: retry with its id);
 # 2 is click's for bad input, which was never sent (review finding: the two were one).
 EXIT_NO_OUTCOME = 75  # EX_TEMPFAIL
+EXIT_OUTPUT_LOST = 74  # EX_IOERR: answered, but its outcome could not be printed
 # How long `send` waits, after giving up on an outcome, for the client to stop (its
 # producer flushing a queued command to a stalled broker took 40 s past --timeout).
 STOP_AFTER_TIMEOUT_SECONDS = 5.0
