@@ -116,8 +116,8 @@ __all__ = ["bench_command"]
     default="full",
     show_default=True,
     help="for --in-process: every other bench tenant's limits: all of them (rate, "
-    "per-payment and daily volume; under a daily volume a tenant's payment creates run one "
-    "at a time), the rate and per-payment limits alone, or none",
+    "per-payment and daily volume; near its daily volume a tenant's payment waits for the "
+    "earlier ones' answers), the rate and per-payment limits alone, or none",
 )
 @click.option("--no-limits", is_flag=True, hidden=True, help="--limits none (older name)")
 @click.option(

@@ -171,8 +171,8 @@ async def _rounds(
     for t in bench_tenants(ids):
         update = dict(changes)
         if limits == "rate" and t.limits.enforced:
-            # The rate and per-payment limits alone: no daily volume, whose payment creates
-            # run one at a time (agents/tenant_chains.py).
+            # The rate and per-payment limits alone: no daily volume, near which a payment
+            # waits for the earlier ones' answers (agents/admission_order.py).
             update["limits"] = t.limits.model_copy(update={"daily_payment_volume": {}})
         registry[t.tenant_id] = t.model_copy(update=update).model_dump(mode="json")
     # PAYSTREAM_OTEL_EXPORTER as the worker would have it (none: no tracing at all).

@@ -246,7 +246,7 @@ def test_in_process_limits_rate_keeps_the_rate_and_per_payment_limits_alone(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # `--limits rate`: every other tenant keeps its rate and per-payment limits, and none
-    # has a daily volume (under which a tenant's payment creates run one at a time).
+    # has a daily volume (near which a payment waits for the earlier ones' answers).
     from paystream.bench import in_process
     from paystream.tenancy.limits import TenantLimits
 

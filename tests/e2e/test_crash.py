@@ -341,9 +341,9 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
         commands_per_second=1, burst=100, daily_payment_volume={"USD": TENANT_VOLUME}
     )
     if case == "chains":
-        # Half with a rate limit alone (their creates side by side too), half with the
-        # daily volume as well (their creates one at a time, the rest beside them): the
-        # limits decided in offset order on every delivery (agents/admission_order.py).
+        # Half with a rate limit alone, half with the daily volume as well (which the
+        # workload spends exactly: near it, a payment waits for the earlier answers):
+        # the limits decided in offset order on every delivery (admission_order.py).
         rate_only = TenantLimits(commands_per_second=1, burst=100)
         await dep.add_tenants(
             *(
