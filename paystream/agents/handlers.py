@@ -27,6 +27,7 @@ from paystream.gateways.errors import (
     UnsupportedOperation,
     card_failure,
 )
+from paystream.gateways.stripe_rules import three_decimal_problem
 from paystream.ids import derived_id
 from paystream.money import Money, format_minor
 from paystream.streams import commands as c
@@ -1004,6 +1005,18 @@ def _new_dispute(
     return [dispute]
 
 
+def _amount_in_tens(amount: int, currency: str) -> None:
+    """A capture or refund in a three-decimal currency (BHD, JOD, KWD, OMR, TND) is taken
+    in multiples of 10 minor units, as a charge is (Stripe's rule, which the simulator
+    applies inside its call). Refused here, where the payment's currency is known: the
+    Stripe gateway, whose capture and refund requests name no currency, sent such an
+    amount on (review h70f). Not kept under the key: the corrected amount may follow.
+    (Not for a command let through before: its provider may have acted, and decides.)"""
+    problem = three_decimal_problem(Money(amount=amount, currency=currency))
+    if problem is not None:
+        raise Rejection(RejectReason.VALIDATION_ERROR, problem, remember=False)
+
+
 async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> HandlerResult:
     rec = ctx.load(PaymentRecord, data.payment_id)
     _dispute_applied(ctx, rec.id)  # raised at capture (_new_dispute)
@@ -1017,6 +1030,8 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
             f"capture amount {format_minor(data.amount, rec.currency)} exceeds the authorised "
             f"{format_minor(rec.amount, rec.currency)}",
         )
+    if data.amount is not None and not ctx.let_through:
+        _amount_in_tens(data.amount, rec.currency)
     req = gw.CapturePayment(provider_payment_id=rec.provider_payment_id, amount=data.amount)
     before = rec.status
     res = await _gateway(
@@ -1211,6 +1226,8 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     refundable = payment.amount_captured - payment.amount_refunded
     if not ctx.let_through:
         _refunds_allowed(ctx, payment, refundable, data.amount)
+        if data.amount is not None:
+            _amount_in_tens(data.amount, payment.currency)
     # Let through before, the provider may have refunded under this key: refunds or a
     # dispute since must not turn that into a rejection (the provider answers with what
     # it did, or refuses what the payment's state or balance forbids: a lost dispute, an
