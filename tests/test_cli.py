@@ -131,6 +131,8 @@ async def test_send_whose_stdout_is_gone_names_the_id_and_exits_74(deployed: Dep
         said = re.search(r"error: command (\S+) was answered", done.stderr)
         assert said, done.stderr
         assert f"send it again with --id {said.group(1)}" in done.stderr
+        # (Answered: not parked, which the hint for no outcome adds; review h70e.)
+        assert "may be parked" not in done.stderr
 
 
 async def test_send_rejects_bad_json(deployed: Deployment) -> None:

@@ -172,7 +172,7 @@ def _print_outcome(text: str, command_id: str) -> None:
             f"written to standard output ({exc.strerror or exc})",
             err=True,
         )
-        _say_how_to_resend(command_id)
+        _say_how_to_resend(command_id, answered=True)
         sys.exit(EXIT_OUTPUT_LOST)
 
 
@@ -223,14 +223,17 @@ def _note_other_cause(outcome: Any, command_id: str, idempotency_key: str | None
         )
 
 
-def _say_how_to_resend(command_id: str) -> None:
-    # One hint for every way `send` ends without an outcome (Kafka or HTTP): the same id
-    # is the safe retry, and a provider failure may have parked the command.
-    click.echo(
+def _say_how_to_resend(command_id: str, *, answered: bool = False) -> None:
+    # One hint for every way `send` ends without an outcome printed (Kafka or HTTP): the
+    # same id is the safe retry, and, when no outcome came, a provider failure may have
+    # parked the command (an answered one was not: no outcome comes before a replay).
+    hint = (
         f"send it again with --id {command_id} (same data) to get its outcome without "
-        "running it twice; if its provider failed, it may be parked: `paystream dlq list`",
-        err=True,
+        "running it twice"
     )
+    if not answered:
+        hint += "; if its provider failed, it may be parked: `paystream dlq list`"
+    click.echo(hint, err=True)
 
 
 def _said_interrupted(command_id: str) -> NoReturn:
