@@ -103,19 +103,32 @@ async def differential(
             "settings",
             commands.settings.model_copy(update={"tenant_concurrency": concurrency}),
         )
-        offset = 0
-        answers = []
-        for batch in batches:
-            events = []
-            for spec in batch:
-                offset += 1
-                # (A partition of each run's own: a rejection's kept answer is found by
-                # partition, offset and command id, which the other run's records share.)
-                events.append(_event(tenant, offset, spec, partition=concurrency))
-            done = await runner.process_batch(events)
-            answers.append(_outcomes(harness, done, tenant))
+        answers = await run_batches(harness, runner, tenant, batches, _event, concurrency)
         results.append((answers, _tables(harness, tenant)))
     return results[0], results[1]
+
+
+async def run_batches(
+    harness: Harness,
+    runner: commands.CommandRunner,
+    tenant: str,
+    batches: list[list[Any]],
+    event: Callable[[str, int, Any, int], _Event],
+    partition: int,
+) -> list[Any]:
+    """Each batch through ``runner``, its records at offsets from 1 on ``partition`` (a
+    run's own: a rejection's kept answer is found by partition, offset and command id,
+    which another run's records share); the outcomes of each batch."""
+    offset = 0
+    answers = []
+    for batch in batches:
+        events = []
+        for spec in batch:
+            offset += 1
+            events.append(event(tenant, offset, spec, partition))
+        done = await runner.process_batch(events)
+        answers.append(_outcomes(harness, done, tenant))
+    return answers
 
 
 def _show(x: Any) -> str:

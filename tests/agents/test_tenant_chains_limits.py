@@ -24,7 +24,7 @@ from paystream.streams.codec import encode_event
 from paystream.tenancy.limits import TenantLimits
 from tests.agents.harness import Harness
 from tests.agents.test_tenant_chains import _Event, harness_runner
-from tests.agents.test_tenant_chains_differential import _outcomes, _tables
+from tests.agents.test_tenant_chains_differential import _outcomes, _tables, run_batches
 
 CARDS = ["pm_card_visa", "pm_card_visa", "pm_card_chargeDeclined",
          "pm_card_authenticationRequired", "pm_card_refundFail"]  # fmt: skip
@@ -86,16 +86,7 @@ async def _run(
     runner = harness_runner(harness, monkeypatch)
     _set_concurrency(monkeypatch, concurrency)
     _jitter(monkeypatch, rng)
-    answers, offset = [], 0
-    for batch in batches:
-        events = []
-        for spec in batch:
-            offset += 1
-            # (A partition of each run's own: a rejection's kept answer is found by
-            # partition, offset and command id, which the other run's records share.)
-            events.append(_event(tenant, offset, spec, partition=concurrency))
-        done = await runner.process_batch(events)
-        answers.append(_outcomes(harness, done, tenant))
+    answers = await run_batches(harness, runner, tenant, batches, _event, concurrency)
     return answers, _tables(harness, tenant), _limits_state(harness, tenant)
 
 
