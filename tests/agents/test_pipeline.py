@@ -650,7 +650,8 @@ async def test_a_card_number_in_an_oversized_command_is_not_kept_in_the_dead_let
     emits = await harness.raw(_binary(t.encode(), json.dumps(big).encode()))
     [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
     headers = dict(dlq.record.headers)
-    assert dlq.record.value == b"" and dlq.record.key is None
+    # (Its key, the tenant id, kept: `dlq list --tenant` finds it; review h70e.)
+    assert dlq.record.value == b"" and dlq.record.key == t.encode()
     assert headers["paystream-dlq-reason"] == b"payload_too_large"
     assert headers["paystream-dlq-redacted"] == b"card_number"
     assert set(headers) <= {
@@ -1433,13 +1434,40 @@ async def test_a_security_code_anywhere_a_client_names_keys_is_refused(
         assert kind(ok) == "customer.created", metadata
 
 
+@pytest.mark.parametrize(
+    ("key", "kept"),
+    [
+        (b"acme-1", True),
+        (PAN.encode(), False),  # (a tenant id's characters, and a card number)
+        (b"4111 1111 1111 1111", False),
+        ("caf\u00e9".encode(), False),
+        (b"x" * 64, False),
+        (b"Acme", False),
+        (None, False),
+    ],
+)
+async def test_a_dead_letter_without_its_bytes_keeps_only_a_tenant_id_key(
+    harness: Harness, key: bytes | None, kept: bool
+) -> None:
+    """Review h70e: a dead letter kept without its bytes (card data, or too large) kept no
+    key at all, so `dlq list --tenant` could not find it (`tenant=?`). Its key is kept
+    where it is a tenant id holding no card data, and nowhere else."""
+    big = {"description": f"card {PAN} " + "x" * harness.settings.command_max_bytes}
+    rec = replace(_binary(b"acme-1", json.dumps(big).encode()), key=key)
+    emits = await harness.raw(rec)
+    [dlq] = [e for e in emits if e.topic == harness.settings.dlq_topic]
+    assert dlq.record.value == b""
+    assert dlq.record.key == (key if kept else None)
+    assert not any(PAN.encode() in (e.record.key or b"") for e in emits)
+
+
 async def test_a_dead_letter_holding_a_security_code_is_not_kept(harness: Harness) -> None:
     t = harness.add_tenant()
     rec = _structured(t, data={"metadata": {"card_cvc": "7373"}})
     rec = replace(rec, value=(rec.value or b"")[:-1])  # cut short: not a CloudEvent
     emits = await harness.raw(rec)
     [dead] = [e for e in emits if e.topic == harness.settings.dlq_topic]
-    assert dead.record.value == b"" and dead.record.key is None
+    assert dead.record.value == b"" and dead.record.key == t.encode()  # (a tenant id)
     assert dict(dead.record.headers)["paystream-dlq-redacted"] == b"card_security_code"
     assert not any(b"7373" in e.record.value for e in emits)
 
