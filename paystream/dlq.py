@@ -171,7 +171,7 @@ class ParkedRecord:
     def replayable(self) -> bool:
         """Re-sent, it could get another answer, and may: not bytes that never decode as
         a CloudEvent (each replay would only dead-letter them again), nor records kept
-        without their bytes (redacted or dropped: re-sent, an empty keyless record), nor
+        without their bytes (redacted or dropped: re-sent, an empty record), nor
         a command whose sender was given a final rejection (`payload_too_large`, or
         `internal_error` for one a bug of ours failed before the provider was asked):
         its sender may well have sent it again under a new id, and re-run once the

@@ -2284,7 +2284,7 @@ class CommandProcessor(ProviderWindow):
             ).value.encode()
         headers = tuple(sorted({**kept, **ours}.items()))
         value = b"" if card or dropped else rec.value or b""
-        key = _tenant_key_only(rec.key) if card or dropped else rec.key
+        key = _tenant_key_only(rec.key, self.tenants) if card or dropped else rec.key
         out = [Emit(self.settings.dlq_topic, KafkaRecord(key, value, headers))]
         if identity is not None and reject is not None:
             tenant, cmd_id, ce_type = identity
@@ -2675,10 +2675,12 @@ def _learn_plain(entity: EntityRecord, record: dict[str, Any], kinds: tuple[type
     return True
 
 
-def _tenant_key_only(key: bytes | None) -> bytes | None:
+def _tenant_key_only(key: bytes | None, tenants: Mapping[str, Any]) -> bytes | None:
     """The record key of a dead letter kept without its bytes: kept only where it is a
-    tenant id holding no card data, so that `dlq list --tenant` finds the letter (review
-    h70e: it showed as `tenant=?`); anything else may be part of what was not kept."""
+    registered tenant's id holding no card data, so that `dlq list --tenant` finds the
+    letter (review h70e: it showed as `tenant=?`); anything else may be part of what was
+    not kept: a key shaped as a tenant id may still be a card number's first 15 digits
+    (Luhn gives the last) or the security code the value held (review h70g)."""
     if key is None or len(key) > 63:
         return None
     try:
@@ -2687,7 +2689,7 @@ def _tenant_key_only(key: bytes | None) -> bytes | None:
         return None
     if _TENANT_ID.fullmatch(text) is None or safe_tenant(text) != text:
         return None
-    return key
+    return key if text in tenants else None
 
 
 def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> bool:

@@ -1452,6 +1452,7 @@ async def test_a_dead_letter_without_its_bytes_keeps_only_a_tenant_id_key(
     """Review h70e: a dead letter kept without its bytes (card data, or too large) kept no
     key at all, so `dlq list --tenant` could not find it (`tenant=?`). Its key is kept
     where it is a tenant id holding no card data, and nowhere else."""
+    harness.add_tenant("acme-1")  # (registered: review h70g)
     big = {"description": f"card {PAN} " + "x" * harness.settings.command_max_bytes}
     rec = replace(_binary(b"acme-1", json.dumps(big).encode()), key=key)
     emits = await harness.raw(rec)
