@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,6 +59,7 @@ from paystream.agents.overlap import DeliveryChain
 from paystream.agents.publish_health import PUBLISH
 from paystream.streams.batch_producer import OutRecord, SentBatch
 from paystream.tables.changelog import ChangelogBatch
+from tests.agents.test_publish_health import _broker_answers
 from tests.agents.test_shutdown import P0, StandInConsumer, event, stand_in_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -140,17 +142,24 @@ def _one_batch() -> ProcessedBatch:
 
 
 async def _start(offsets: DurableOffsets, batch: ProcessedBatch) -> DeliveryChain:
-    chain = DeliveryChain()
-
     async def done() -> ProcessedBatch:
         return batch
 
-    await chain.run(
-        done(),
-        lambda b: commands._deliver(offsets, b.events, b, taken_at=0),
-        on_done=functools.partial(commands._exit_if_failed, len(batch.events)),
-    )
+    return await _on_a_chain(offsets, done(), len(batch.events))
+
+
+async def _on_a_chain(
+    offsets: DurableOffsets, processing: Awaitable[ProcessedBatch], size: int = 1
+) -> DeliveryChain:
+    """A delivery chain of its own taking the batch ``processing`` makes, delivered as the
+    agent delivers one (exiting as it does if that fails)."""
+    chain = DeliveryChain()
     _CHAINS.append(chain)
+    await chain.run(
+        processing,
+        lambda b: commands._deliver(offsets, b.events, b, taken_at=0),
+        on_done=functools.partial(commands._exit_if_failed, size),
+    )
     return chain
 
 
@@ -160,17 +169,7 @@ async def test_a_non_retriable_refusal_is_waited_out_not_an_exit(
     """The broker refuses the outcomes topic (its ACL missing for a moment, say) and then
     takes it: the worker stays up, says why it is stuck, and delivers."""
     answers: list[Exception | None] = [TopicAuthorizationFailedError("paystream.events"), None]
-    seen: list[Any] = []
-
-    async def send(producer: Any, records: Any, *a: Any, **kw: Any) -> list[Any]:
-        seen.append(PUBLISH.trouble())
-        answer = answers.pop(0)
-        if answer is not None:
-            raise answer
-        return []
-
-    monkeypatch.setattr(commands, "send_batches", send)
-    monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
+    seen = _broker_answers(monkeypatch, answers)
     monkeypatch.setattr(commands, "app", stand_in_app(StandInConsumer()))
     _refused_runner(monkeypatch)
     consumer = StandInConsumer()
@@ -256,18 +255,7 @@ async def test_a_delivery_asleep_when_the_watch_looks_does_not_produce_again_unw
     monkeypatch.setattr(commands, "app", app)
     _bare_runner(monkeypatch)
     offsets = DurableOffsets(_app())
-    chain = DeliveryChain()
-    _CHAINS.append(chain)
-    batch = _batch_at(3)
-
-    async def done() -> ProcessedBatch:
-        return batch
-
-    await chain.run(
-        done(),
-        lambda b: commands._deliver(offsets, b.events, b, taken_at=0),
-        on_done=functools.partial(commands._exit_if_failed, 1),
-    )
+    await _start(offsets, _batch_at(3))
     while not attempts:
         await asyncio.sleep(0.001)
     assert commands._delivering == 1 and commands._producing == 0  # asleep
@@ -424,13 +412,7 @@ async def test_a_refused_batch_that_deleted_nothing_is_given_up_at_a_rebalance_w
     runner, processor = _processing_runner(monkeypatch)
     consumer = StandInConsumer()
     offsets = DurableOffsets(SimpleNamespace(consumer=consumer, consumer_generation_id=None))
-    chain = DeliveryChain()
-    _CHAINS.append(chain)
-    await chain.run(
-        runner.process_batch([_weak_event(P0, 3)]),
-        lambda b: commands._deliver(offsets, b.events, b, taken_at=0),
-        on_done=functools.partial(commands._exit_if_failed, 1),
-    )
+    chain = await _on_a_chain(offsets, runner.process_batch([_weak_event(P0, 3)]))
     while len(attempts) < 3:  # refused, and waiting for its next attempt
         await asyncio.sleep(0.01)
     monkeypatch.setattr(commands, "_IN_HAND", [(chain, offsets)])
@@ -583,13 +565,7 @@ async def test_a_rebalance_that_never_ends_does_not_hold_the_delivery_once_the_h
     offsets = DurableOffsets(
         SimpleNamespace(consumer=StandInConsumer(), consumer_generation_id=None)
     )
-    chain = DeliveryChain()
-    _CHAINS.append(chain)
-    await chain.run(
-        runner.process_batch([_weak_event(P0, 3)]),
-        lambda b: commands._deliver(offsets, b.events, b, taken_at=0),
-        on_done=functools.partial(commands._exit_if_failed, 1),
-    )
+    chain = await _on_a_chain(offsets, runner.process_batch([_weak_event(P0, 3)]))
     while not attempts:
         await asyncio.sleep(0.001)
     app.rebalancing = True  # and it never ends (Faust "stuck rebalancing")
