@@ -43,6 +43,7 @@ from paystream.streams.outcomes import (
     RejectReason,
 )
 from paystream.tables import records
+from paystream.tenancy.ingress_keys import COMMAND_SCOPE_PATTERN
 from paystream.tenancy.models import TENANT_ID_PATTERN, Tenant
 from paystream.web import ingress
 
@@ -1819,6 +1820,28 @@ def _ingress_schemas(components: Doc) -> Doc:
             },
             "additionalProperties": False,
         },
+        "KeyExpired": _object(
+            {
+                "error": {"const": "key_expired"},
+                "message": _STR,
+                "expired_at": {"type": "string", "format": "date-time"},
+            },
+            "The key matched and has expired (`paystream tenants api-key roll` gives a "
+            "successor): use its successor.",
+        ),
+        "KeyForbidden": _object(
+            {
+                "error": {"const": "forbidden"},
+                "message": _STR,
+                "allowed": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": COMMAND_SCOPE_PATTERN},
+                    "description": "what the key may send: command names, or `<domain>.*`",
+                },
+            },
+            "The key is restricted to some commands (`api-key create --allow`) and the "
+            "command is none of them: nothing produced.",
+        ),
         "CommandInvalid": {
             "type": "object",
             "description": "Refused before it reached the topic, as a worker would refuse "
@@ -1920,11 +1943,21 @@ def _ingress_path() -> Doc:
                         }
                     },
                 },
-                "401": _json(
-                    "Error",
-                    "no key, or not one of the command's tenant's (an unknown tenant, "
-                    "another tenant's key, a revoked one: one answer for all)",
-                    {"WWW-Authenticate": {"schema": _STR}},
+                "401": {
+                    "description": "no key, or not one of the command's tenant's (an "
+                    "unknown tenant, another tenant's key, a revoked one: one answer for "
+                    "all, `unauthorized`); or the key has expired (`key_expired`: told "
+                    "before the body is read)",
+                    "headers": {"WWW-Authenticate": {"schema": _STR}},
+                    "content": {
+                        "application/json": {
+                            "schema": {"oneOf": [_ref("Error"), _ref("KeyExpired")]}
+                        }
+                    },
+                },
+                "403": _json(
+                    "KeyForbidden",
+                    "the key may not send this command (`api-key create --allow`)",
                 ),
                 "408": _json("Error", f"the body took over {ingress.BODY_READ_SECONDS:g} s"),
                 "413": _json(

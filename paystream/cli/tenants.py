@@ -433,85 +433,6 @@ def tenants_activate(tenant_id: str) -> None:
     _set_status(tenant_id, "active")
 
 
-@tenants.group("api-key")
-def tenants_api_key() -> None:
-    """A tenant's keys for the HTTP command ingress (`POST /v1/commands`)."""
-
-
-@tenants_api_key.command("create")
-@click.argument("tenant_id")
-@click.option("--label", default="", help="what the key is for (shown by `list`)")
-def tenants_api_key_create(tenant_id: str, label: str) -> None:
-    """Make a key; it is printed once (stdout) and kept only as its digest."""
-    from pydantic import ValidationError
-
-    from paystream.tenancy.ingress_keys import MAX_KEYS_PER_TENANT, new_key
-    from paystream.tenancy.registry import put_tenant_unless_changed
-
-    _refuse_card_numbers(("--label", label))
-    settings = _settings()
-    known = _registered(settings, tenant_id)
-    if known is None:
-        raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    if len(known.ingress_keys) >= MAX_KEYS_PER_TENANT:
-        raise click.ClickException(
-            f"{tenant_id} holds {len(known.ingress_keys)} keys, the most it may: revoke one first"
-        )
-    try:
-        key_id, text, kept = new_key(label, taken=known.ingress_keys.keys())
-        keys = {**known.ingress_keys, key_id: kept}
-        updated = Tenant.model_validate({**known.model_dump(), "ingress_keys": keys})
-    except ValidationError as exc:
-        raise click.BadParameter(
-            "; ".join(str(e["msg"]) for e in exc.errors(include_url=False)), param_hint="--label"
-        ) from exc
-    _run(put_tenant_unless_changed(settings, known, updated))
-    click.echo(
-        f"key {key_id} of {tenant_id} made; it is shown only now (keep it in your secret "
-        f"store): send it as `Authorization: Bearer <key>`",
-        err=True,
-    )
-    click.echo(text)
-
-
-@tenants_api_key.command("list")
-@click.argument("tenant_id")
-def tenants_api_key_list(tenant_id: str) -> None:
-    """A tenant's keys: id, label and when made (never the key)."""
-    known = _registered(_settings(), tenant_id)
-    if known is None:
-        raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    for key_id, kept in sorted(known.ingress_keys.items(), key=lambda kv: kv[1].created_at):
-        shown = {"id": key_id, "label": kept.label, "created_at": kept.created_at.isoformat()}
-        click.echo(json.dumps(shown, sort_keys=True))
-    if not known.ingress_keys:  # (stderr: stdout, one key a line, stays empty)
-        click.echo(
-            f"{tenant_id} has no keys: `paystream tenants api-key create {tenant_id}` makes one",
-            err=True,
-        )
-
-
-@tenants_api_key.command("revoke")
-@click.argument("tenant_id")
-@click.argument("key_id")
-def tenants_api_key_revoke(tenant_id: str, key_id: str) -> None:
-    """Revoke a key: every worker refuses it once it reads the registry's new record."""
-    from paystream.tenancy.registry import put_tenant_unless_changed
-
-    _refuse_card_numbers(("TENANT_ID", tenant_id), ("KEY_ID", key_id))
-    settings = _settings()
-    known = _registered(settings, tenant_id)
-    if known is None:
-        raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    if key_id not in known.ingress_keys:
-        raise click.ClickException(f"{tenant_id} has no key {key_id!r} (see `api-key list`)")
-    keys = {k: v for k, v in known.ingress_keys.items() if k != key_id}
-    _run(
-        put_tenant_unless_changed(settings, known, known.model_copy(update={"ingress_keys": keys}))
-    )
-    click.echo(f"key {key_id} of {tenant_id} revoked")
-
-
 # ---- send -------------------------------------------------------------------------
 
 
@@ -534,3 +455,7 @@ def _refuse_unknown_option_names(provider: str, options: dict[str, Any]) -> None
             f"repeated here: one may be a pasted secret); valid: {', '.join(sorted(known))}",
             param_hint="--option",
         )
+
+
+# (Registered on `tenants` as it loads: its own module.)
+from paystream.cli import api_keys as _api_keys  # noqa: E402,F401

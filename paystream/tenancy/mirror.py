@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
@@ -25,7 +26,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from paystream.settings import Settings
 from paystream.streams.admin import bootstrap_servers, topic_partitions
 from paystream.streams.kafka_auth import client_auth
-from paystream.tenancy.ingress_keys import IngressKey, key_id_of, key_matches
+from paystream.tenancy.ingress_keys import IngressKey, key_id_of, matched_key
 from paystream.tenancy.models import Tenant, TenantStatus
 
 __all__ = ["RegistryMirror", "RegistryState"]
@@ -225,7 +226,7 @@ class RegistryMirror:
         self._topic_missing = False
         self._turned = asyncio.Event()
         # Every tenant's ingress keys by id, as of ``_state.changes`` (see
-        # holds_ingress_key).
+        # ingress_key_of).
         self._keys_by_id: dict[str, list[tuple[str, Mapping[str, IngressKey]]]] = {}
         self._keys_by_id_at = -1
 
@@ -249,17 +250,18 @@ class RegistryMirror:
         """Apply one registry record to the tenants served now."""
         return self._state.apply(key, value, timestamp_ms)
 
-    def holds_ingress_key(self, credential: str) -> bool:
-        """Is ``credential`` an ingress key some tenant holds? (Asked before a request's
-        body is read, so that a made-up key, or a real key id with a made-up secret,
-        costs no parsing and is answered as any made-up key: a parse error's 400 told
-        which key ids exist; review finding. Whose key it is, is checked against the
-        command's tenant after.)"""
-        return self.ingress_key_holder(credential) is not None
-
     def ingress_key_holder(self, credential: str) -> str | None:
-        """The tenant whose ingress key ``credential`` is, if any (its rate limit paces
-        what the key sends before the body is read; review h67k)."""
+        """The tenant whose ingress key ``credential`` is, if any and not expired (its
+        rate limit paces what the key sends before the body is read; review h67k)."""
+        found = self.ingress_key_of(credential)
+        return None if found is None or found[2].expired(datetime.now(UTC)) else found[0]
+
+    def ingress_key_of(self, credential: str) -> tuple[str, str, IngressKey] | None:
+        """(tenant, key id, key) of the ingress key ``credential`` is, expired or not.
+        (Asked before a request's body is read, so that a made-up key, or a real key id
+        with a made-up secret, costs no parsing and is answered as any made-up key: a
+        parse error's 400 told which key ids exist; review finding. Whose key it is, is
+        checked against the command's tenant after.)"""
         if self._keys_by_id_at != self._state.changes:
             by_id: dict[str, list[tuple[str, Mapping[str, IngressKey]]]] = {}
             for tenant_id, tenant in self.tenants.items():
@@ -268,8 +270,9 @@ class RegistryMirror:
             self._keys_by_id, self._keys_by_id_at = by_id, self._state.changes
         holders = self._keys_by_id.get(key_id_of(credential) or "", ())
         for tenant_id, held in holders:
-            if key_matches(held, credential) is not None:
-                return tenant_id
+            found = matched_key(held, credential)
+            if found is not None:
+                return (tenant_id, *found)
         return None
 
     def _swap_in(self, loaded: RegistryState) -> None:

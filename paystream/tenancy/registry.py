@@ -40,6 +40,10 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
         del record["limits"]["only_listed_currencies"]  # (newer than the limits)
     if not tenant.ingress_keys:
         del record["ingress_keys"]
+    for kept in record.get("ingress_keys", {}).values():
+        for newer in ("expires_at", "commands"):  # (newer than the keys)
+            if kept[newer] is None:
+                del kept[newer]
     return record
 
 

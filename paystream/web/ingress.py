@@ -15,9 +15,11 @@ A request is authenticated by ``Authorization: Bearer``: the platform's
 PAYSTREAM_INGRESS_TOKEN (any tenant's commands, as a producer on the topic may send), or
 one of the command's tenant's own keys (``paystream tenants api-key create``). Another
 tenant's key, an unknown tenant, a revoked key: one answer (401), so that a key's holder
-learns nothing about other tenants. A tenant over its rate limit (``commands_per_second``,
-``burst``) is refused 429 with ``Retry-After`` before anything is produced (per server:
-the command agent's limit is the exact one).
+learns nothing about other tenants. An expired key is told it expired (401
+``key_expired``), and a key restricted to some commands is refused others (403
+``forbidden``): only the key's holder learns either. A tenant over its rate limit
+(``commands_per_second``, ``burst``) is refused 429 with ``Retry-After`` before anything
+is produced (per server: the command agent's limit is the exact one).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -71,7 +73,7 @@ from paystream.streams.commands import (
 from paystream.streams.outcomes import REQUEST_HEADER
 from paystream.streams.pan import redact_card_numbers
 from paystream.streams.tracecontext import parse_traceparent, valid_tracestate
-from paystream.tenancy.ingress_keys import key_id_of, key_matches
+from paystream.tenancy.ingress_keys import IngressKey, key_id_of, key_matches
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import UNREGISTERED
@@ -154,11 +156,14 @@ class CommandIngress:
             tenant = event.get_extension("tenantid")
             if not isinstance(tenant, str) or not tenant:
                 raise _invalid("the event names no tenant (the `tenantid` extension)")
+            key: IngressKey | None = None
             if not platform:
                 found = registry.tenants.get(tenant)
                 held = {} if found is None else found.ingress_keys
-                if key_matches(held, credential or "") is None:
+                key_id = key_matches(held, credential or "")
+                if key_id is None:
                     raise _unauthorized()
+                key = held[key_id]
                 if tenant in registry.unreadable:
                     # Its newest record (a newer paystream's) may have revoked the key:
                     # what this process holds is older. Fail closed; a peer may answer.
@@ -168,6 +173,9 @@ class CommandIngress:
             if found is not None:
                 tenant_label = tenant
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
+            if key is not None:
+                # (After _command_record: the type is then a known command, safe to name.)
+                _refuse_unless_allowed(key, str(event.get_type()).removeprefix(COMMAND_PREFIX))
             if found is not None and platform:  # (a tenant's key: paced before its body)
                 self._paced(tenant, found.limits)
             return await self._produced(request, tenant, command_id, event, rec, tenant_label)
@@ -241,8 +249,10 @@ class CommandIngress:
                 raise _unauthorized()
             if not self.registry.ready.is_set():
                 raise _unavailable("the tenant registry is loading")
-            if not self.registry.holds_ingress_key(credential):
+            found = self.registry.ingress_key_of(credential)
+            if found is None:
                 raise _unauthorized()
+            _refuse_if_expired(found[1], found[2])
         if (request.content_length or 0) > self.settings.command_max_bytes:
             raise _too_large(self.settings.command_max_bytes)
         return credential, platform
@@ -396,6 +406,30 @@ def _unauthorized() -> _Refused:
         "unauthorized",
         "a valid key for the command's tenant is required (Authorization: Bearer <key>)",
     )
+
+
+def _refuse_if_expired(key_id: str, key: IngressKey) -> None:
+    """An expired key is told so: its holder (the secret matched) learns only of it."""
+    if key.expires_at is not None and key.expired(datetime.now(UTC)):
+        raise _Refused(
+            401,
+            "unauthorized",
+            "key_expired",
+            f"key {key_id} expired at {key.expires_at.isoformat()}: use its successor "
+            "(`paystream tenants api-key roll|create`)",
+            expired_at=key.expires_at.isoformat(),
+        )
+
+
+def _refuse_unless_allowed(key: IngressKey, command: str) -> None:
+    if not key.allows(command):
+        raise _Refused(
+            403,
+            "forbidden",
+            "forbidden",
+            f"this key may not send {command} (it may send: {', '.join(key.commands or ())})",
+            allowed=list(key.commands or ()),
+        )
 
 
 def _invalid(message: str, **extra: Any) -> _Refused:

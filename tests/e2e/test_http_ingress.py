@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ PLATFORM_TOKEN = f"platform-{uuid.uuid4().hex}"
 SHOP_KEY_ID, SHOP_KEY, SHOP_KEPT = new_key("checkout service")
 OTHER_KEY_ID, OTHER_KEY, OTHER_KEPT = new_key()
 PACED_KEY_ID, PACED_KEY, PACED_KEPT = new_key()
+# Shop's keys restricted to its customers' commands, and one that has expired.
+SCOPED_KEY_ID, SCOPED_KEY, SCOPED_KEPT = new_key("crm", commands=("customer.*",))
+EXPIRED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+EXPIRED_KEY_ID, EXPIRED_KEY, EXPIRED_KEPT = new_key("old", expires_at=EXPIRED_AT)
 CARD = "4242424242424242"  # Stripe's public test number: no real card
 
 
@@ -61,7 +66,14 @@ async def deployed(
     with contextlib.ExitStack() as running:
         worker = running.enter_context(dep.worker())
         await dep.add_tenants(
-            Tenant(tenant_id="shop", ingress_keys={SHOP_KEY_ID: SHOP_KEPT}),
+            Tenant(
+                tenant_id="shop",
+                ingress_keys={
+                    SHOP_KEY_ID: SHOP_KEPT,
+                    SCOPED_KEY_ID: SCOPED_KEPT,
+                    EXPIRED_KEY_ID: EXPIRED_KEPT,
+                },
+            ),
             Tenant(tenant_id="other", ingress_keys={OTHER_KEY_ID: OTHER_KEPT}),
             # (its provider answers after 3 s)
             Tenant(tenant_id="slow", gateway_options={"latency_ms": 3000}),
@@ -83,7 +95,7 @@ async def deployed(
         if isinstance(served, IngressProcess):
             logs.append(served.log_path.read_text(errors="replace"))
     for log in logs:
-        for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, PACED_KEY, CARD):
+        for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, PACED_KEY, SCOPED_KEY, CARD):
             assert secret not in log
 
 
@@ -130,15 +142,17 @@ async def post(
         return resp.status, dict(resp.headers), answer
 
 
-async def answered_until(url: str, tenant: str, key: str, status: int) -> None:
-    """Post a command under ``key`` until it is answered ``status`` (a registry change
-    reaches the worker shortly)."""
+async def answered_until(
+    url: str, tenant: str, key: str, status: int, error: str | None = None
+) -> None:
+    """Post a command under ``key`` until it is answered ``status`` (and ``error``, if
+    given): a registry change reaches the worker shortly."""
     for _ in range(600):
-        answered = await post(url, structured("customer.create", {}, tenant), key=key)
-        if answered[0] == status:
+        got, _, answer = await post(url, structured("customer.create", {}, tenant), key=key)
+        if got == status and (error is None or answer["error"] == error):
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"never answered {status}")
+    raise AssertionError(f"never answered {status} {error or ''}")
 
 
 async def commands_end(dep: Deployment) -> dict[int, int]:
@@ -405,6 +419,87 @@ async def test_a_key_made_by_the_cli_sends_until_revoked(deployed: tuple[Deploym
     assert again.returncode != 0 and "has no key" in again.stderr
 
 
+async def test_a_key_restricted_to_some_commands_sends_only_those(
+    deployed: tuple[Deployment, str],
+) -> None:
+    dep, url = deployed
+    status, _, answer = await post(url, structured("customer.create", {}), key=SCOPED_KEY)
+    assert status == 202, answer
+    before = await commands_end(dep)
+    data = {"amount": 100, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    status, _, answer = await post(url, structured("payment.create", data), key=SCOPED_KEY)
+    assert (status, answer["error"], answer["allowed"]) == (403, "forbidden", ["customer.*"])
+    assert "may not send payment.create" in answer["message"]
+    # Another tenant's command under it is the one answer, 401, not what it may send.
+    status, _, answer = await post(url, structured("customer.create", {}, "other"), key=SCOPED_KEY)
+    assert (status, answer["error"]) == (401, "unauthorized")
+    assert await commands_end(dep) == before
+
+
+async def test_an_expired_key_is_told_so_before_its_body_is_read(
+    deployed: tuple[Deployment, str],
+) -> None:
+    dep, url = deployed
+    before = await commands_end(dep)
+    status, headers, answer = await post(url, body=b"{not json", key=EXPIRED_KEY)
+    assert (status, answer["error"]) == (401, "key_expired"), answer  # (not the parser's 400)
+    assert answer["expired_at"] == EXPIRED_AT.isoformat()
+    assert f"key {EXPIRED_KEY_ID} expired" in answer["message"]
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    # Its id with a made-up secret is any made-up key: nothing said of the real one.
+    forged = EXPIRED_KEY[:-4] + ("AAAA" if not EXPIRED_KEY.endswith("AAAA") else "BBBB")
+    status, _, answer = await post(url, structured("customer.create", {}), key=forged)
+    assert (status, answer["error"]) == (401, "unauthorized")
+    assert "expired" not in answer["message"]
+    assert await commands_end(dep) == before
+
+
+async def test_a_key_rolled_by_the_cli_hands_over_to_its_successor(
+    deployed: tuple[Deployment, str],
+) -> None:
+    """`paystream tenants api-key create --allow --expires-in`, then `roll`: the successor
+    keeps the label and the commands; the old key, given no grace, is told it expired."""
+    dep, url = deployed
+    run_cli(dep, "tenants", "add", "rollco")
+    made = run_cli(
+        dep, "tenants", "api-key", "create", "rollco", "--label", "crm",
+        "--allow", "customer.create,customer.update", "--allow", "refund.*", "--expires-in", "90d",
+    )  # fmt: skip
+    old_key = made.stdout.strip()
+    old_id = old_key.split("_")[1]
+    await answered_until(url, "rollco", old_key, 202)
+    rolled = run_cli(dep, "tenants", "api-key", "roll", "rollco", old_id, "--expire-old-in", "0")
+    new_key_text = rolled.stdout.strip()
+    assert new_key_text.startswith("psk_") and f"to follow {old_id}" in rolled.stderr
+    await answered_until(url, "rollco", old_key, 401, "key_expired")
+    await answered_until(url, "rollco", new_key_text, 202)
+    refused = await post(url, structured("payment.cancel", {"payment_id": "p"}, "rollco"),
+                         key=new_key_text)  # fmt: skip
+    assert refused[0] == 403, refused
+    listed = {
+        k["id"]: k
+        for k in map(
+            json.loads, run_cli(dep, "tenants", "api-key", "list", "rollco").stdout.split("\n")[:-1]
+        )
+    }
+    new_id = new_key_text.split("_")[1]
+    assert listed[old_id]["expired"] is True and listed[new_id]["expired"] is False
+    assert listed[new_id]["expires_at"] is None  # (the successor's own: none given)
+    for shown in listed.values():
+        assert shown["label"] == "crm"
+        assert shown["commands"] == ["customer.create", "customer.update", "refund.*"]
+    # Refused as given: an unknown command, a time without its offset, a bad duration.
+    for args, said in [
+        (("--allow", "payment.teleport"), "names no command"),
+        (("--allow", "teleport.*"), "names no command"),
+        (("--expires-at", "2030-01-01T00:00:00"), "with its offset"),
+        (("--expires-at", "2020-01-01T00:00:00Z"), "not in the future"),
+        (("--expires-in", "soon"), "a number and a unit"),
+    ]:
+        bad = run_cli(dep, "tenants", "api-key", "create", "rollco", *args, check=False)
+        assert bad.returncode == 2 and said in bad.stderr, (args, bad.stderr)
+
+
 async def test_requests_are_counted(deployed: tuple[Deployment, str]) -> None:
     _, url = deployed
     metrics_url = url.removesuffix("/v1/commands") + "/metrics"
@@ -435,6 +530,8 @@ async def test_the_answers_are_the_documented_ones(deployed: tuple[Deployment, s
         (400, await post(url, structured("payment.teleport", {}))),
         (400, await post(url, body=b"{not json")),
         (401, await post(url, structured("customer.create", {}), key=None)),
+        (401, await post(url, structured("customer.create", {}), key=EXPIRED_KEY)),
+        (403, await post(url, structured("refund.create", {"payment_id": "p"}), key=SCOPED_KEY)),
         (413, await post(url, body=b"x" * (64 * 1024 + 1))),
         (415, await post(url, headers={"Content-Type": "text/plain"}, body=b"hi")),
     ]

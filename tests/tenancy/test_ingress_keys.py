@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from paystream.tenancy.ingress_keys import MAX_KEYS_PER_TENANT, key_matches, new_key
+from paystream.tenancy.ingress_keys import (
+    MAX_KEYS_PER_TENANT,
+    key_matches,
+    matched_key,
+    new_key,
+)
 from paystream.tenancy.models import Tenant, TenantChanges, register_or_update
 from paystream.tenancy.registry import tenant_record
 
@@ -71,18 +77,18 @@ def test_the_registry_knows_which_keys_are_held_as_records_come() -> None:
 
     mirror = RegistryMirror(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
     key_id, text, kept = new_key()
-    assert not mirror.holds_ingress_key(text)
+    assert not mirror.ingress_key_of(text)
     with_key = Tenant(tenant_id="shop", ingress_keys={key_id: kept})
     mirror.apply(b'"shop"', json.dumps(tenant_record(with_key), default=str).encode())
-    assert mirror.holds_ingress_key(text)
+    assert mirror.ingress_key_of(text)
     # The id alone is no key: a made-up secret under a real id is refused before the body.
     forged = text[: len(text) - 8] + ("A" * 8 if not text.endswith("A" * 8) else "B" * 8)
-    assert not mirror.holds_ingress_key(forged)
+    assert not mirror.ingress_key_of(forged)
     mirror.apply(b'"shop"', json.dumps(tenant_record(Tenant(tenant_id="shop"))).encode())
-    assert not mirror.holds_ingress_key(text)  # revoked
+    assert not mirror.ingress_key_of(text)  # revoked
     mirror.apply(b'"shop"', json.dumps(tenant_record(with_key), default=str).encode())
     mirror.apply(b'"shop"', None)
-    assert not mirror.holds_ingress_key(text)  # the tenant deleted
+    assert not mirror.ingress_key_of(text)  # the tenant deleted
 
 
 def test_a_new_key_never_takes_the_id_of_one_the_tenant_holds(
@@ -91,3 +97,57 @@ def test_a_new_key_never_takes_the_id_of_one_the_tenant_holds(
     ids = iter(["aaaaaaaa", "aaaaaaaa", "bbbbbbbb"])
     monkeypatch.setattr("paystream.tenancy.ingress_keys.secrets.token_hex", lambda n: next(ids))
     assert new_key(taken={"aaaaaaaa"})[0] == "bbbbbbbb"
+
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def test_an_expired_key_matches_no_more_but_is_known_as_expired() -> None:
+    key_id, text, kept = new_key(expires_at=NOW + timedelta(hours=1))
+    keys = {key_id: kept}
+    assert key_matches(keys, text, NOW) == key_id
+    assert key_matches(keys, text, NOW + timedelta(minutes=59)) == key_id
+    assert key_matches(keys, text, NOW + timedelta(hours=1)) is None  # (from that moment)
+    # Told apart from a made-up key only by the key itself.
+    assert matched_key(keys, text) == (key_id, kept)
+    assert matched_key(keys, text[:-1] + ("A" if text[-1] != "A" else "B")) is None
+
+
+def test_a_restricted_key_allows_its_commands_and_domains_only() -> None:
+    _, _, kept = new_key(commands=["refund.*", "customer.create", "customer.create"])
+    assert kept.commands == ("customer.create", "refund.*")  # (sorted, once each)
+    assert kept.allows("customer.create") and kept.allows("refund.create")
+    assert kept.allows("refund.refresh")
+    assert not kept.allows("customer.update") and not kept.allows("payment.create")
+    assert new_key()[2].allows("payment.create")  # (unrestricted)
+    for bad in (["payment"], ["*"], ["payment.create "], ["PAYMENT.create"], [".*"], []):
+        with pytest.raises(ValidationError):
+            new_key(commands=bad)
+    with pytest.raises(ValidationError):  # (a time without its offset: whose zone?)
+        new_key(expires_at=datetime(2027, 1, 1))
+
+
+def test_expiry_and_commands_are_written_only_when_set() -> None:
+    """A key with neither is written as older workers know keys; one with them reads
+    back the same."""
+    plain_id, _, plain = new_key("a")
+    key_id, _, kept = new_key("b", expires_at=NOW, commands=["refund.*"])
+    tenant = Tenant(tenant_id="shop", ingress_keys={plain_id: plain, key_id: kept})
+    record = json.loads(json.dumps(tenant_record(tenant), default=str))
+    assert set(record["ingress_keys"][plain_id]) == {"digest", "created_at", "label"}
+    assert record["ingress_keys"][key_id]["commands"] == ["refund.*"]
+    assert Tenant.model_validate(record) == tenant
+
+
+def test_the_registry_tells_an_expired_key_from_a_held_one() -> None:
+    from paystream.settings import load_settings
+    from paystream.tenancy.mirror import RegistryMirror
+
+    mirror = RegistryMirror(load_settings(kafka_broker_url="kafka://127.0.0.1:9"))
+    live_id, live, live_kept = new_key()
+    old_id, old, old_kept = new_key(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    tenant = Tenant(tenant_id="shop", ingress_keys={live_id: live_kept, old_id: old_kept})
+    mirror.apply(b'"shop"', json.dumps(tenant_record(tenant), default=str).encode())
+    assert mirror.ingress_key_holder(live) == "shop"
+    assert mirror.ingress_key_holder(old) is None  # (not paced as the tenant's)
+    assert mirror.ingress_key_of(old) == ("shop", old_id, old_kept)
