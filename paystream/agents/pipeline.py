@@ -1014,27 +1014,31 @@ class CommandProcessor(ProviderWindow):
         decision = None
         turn = ADMISSION_TURN.get()  # (its tenant's commands in chains: see admission_order)
         if limited:
-            if turn is not None and await self._take_turn(
-                turn,
-                lambda: self._admit(
-                    limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
-                    applied or provider_took, exempt=self._own_refresh(rec, cmd),
-                    day_ms=late_day_ms, trial=True,
-                ),
-                cmd,
-                tenant,
-                data,
-            ):  # fmt: skip
-                limits_state = UNREAD  # (other chains of the tenant wrote it meanwhile)
+            # (``deciding``: the tenant as read at its start, its limits as at its turn.)
+            deciding = tenant
+            if turn is not None:
+                waited, deciding = await self._take_turn(
+                    turn,
+                    lambda now_as: self._admit(
+                        limit_rec, cmd, now_as, data, existing, request_hash, entity_keys,
+                        applied or provider_took, exempt=self._own_refresh(rec, cmd),
+                        day_ms=late_day_ms, trial=True,
+                    ),
+                    cmd,
+                    tenant,
+                    data,
+                )  # fmt: skip
+                if waited:
+                    limits_state = UNREAD  # (other chains of the tenant wrote it meanwhile)
             # (As one let through before: a refusal its entity or provider contradicts.)
             as_let_through = functools.partial(
-                self._admit, limit_rec, cmd, tenant, data, existing, request_hash, entity_keys,
-                True, day_ms=late_day_ms,
+                self._admit, limit_rec, cmd, deciding, data, existing, request_hash,
+                entity_keys, True, day_ms=late_day_ms,
             )  # fmt: skip
             decision = self._admit(
                 limit_rec,
                 cmd,
-                tenant,
+                deciding,
                 data,
                 existing,
                 request_hash,
@@ -1368,15 +1372,17 @@ class CommandProcessor(ProviderWindow):
     async def _take_turn(
         self,
         turn: Turn,
-        trial: Callable[[], Admission | LimitRejection | None],
+        trial: Callable[[Tenant], Admission | LimitRejection | None],
         cmd: CommandRef,
         tenant: Tenant,
         data: Any,
-    ) -> bool:
+    ) -> tuple[bool, Tenant]:
         """Wait for this command's turn among its tenant's chains to be decided by the
-        limits (admission_order.py); True if it waited (other chains wrote the tenant's
-        limits state meanwhile). ``trial``: its decision now, nothing written."""
+        limits (admission_order.py); whether it waited (other chains wrote the tenant's
+        limits state meanwhile), and ``tenant`` with the limits to decide it by: the
+        registry's at its turn. ``trial(tenant)``: its decision now, nothing written."""
         waited = await turn.wait()
+        tenant = self._limits_at_turn(cmd.tenant_id, tenant)
         if (
             cmd.command_type == "payment.create"
             and tenant.limits.daily_payment_volume
@@ -1384,14 +1390,40 @@ class CommandProcessor(ProviderWindow):
             and not self.limits.volume_room(
                 cmd.tenant_id, tenant.limits, str(data.currency), int(data.amount)
             )
-            and _refused_while_others_hold(trial())
+            and _refused_while_others_hold(trial(tenant))
         ):
             # Refused with earlier payments of the run still holding their amounts:
             # serially they would be answered by now.
             metrics.VOLUME_WAITS.labels(cmd.tenant_id).inc()
             await turn.wait_settled()
             waited = True
-        return waited
+            tenant = self._limits_at_turn(cmd.tenant_id, tenant)
+        return waited, tenant
+
+    def _limits_at_turn(self, tenant_id: str, tenant: Tenant) -> Tenant:
+        """``tenant`` (as read when its command started) with the registry's limits now.
+
+        Chained, a command reads its tenant at its start, then waits for its turn while
+        other chains run; a limits change landing meanwhile (review h70d) was seen by an
+        earlier command that started later (refused under the new limits) but not by this
+        one (admitted under the old). Serially, once one command sees a change, every
+        later one does: read at each admission (taken in offset order), they do here too.
+        Limits removed meanwhile: ``admit`` answers kept decisions and releases holds as
+        for any tenant whose limits went (a kept rejection of this very record stands
+        either way: ``admit`` answers it before it looks at the limits). Only the limits:
+        the status (suspended) and the gateway stay as read at its start, as a command
+        already past those checks serially is not stopped; a record removed, or one this
+        worker cannot read, leaves the limits as read too."""
+        raw = self.tenants.get(tenant_id)
+        if raw is None:
+            return tenant
+        try:
+            now = self._tenant(tenant_id, raw)
+        except ValueError:  # (pydantic's ValidationError is one)
+            return tenant
+        if now is tenant or now.limits == tenant.limits:  # (unchanged: the parse cached)
+            return tenant
+        return tenant.model_copy(update={"limits": now.limits})
 
     def _admit(
         self,

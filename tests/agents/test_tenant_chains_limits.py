@@ -561,3 +561,90 @@ def test_volume_room_is_a_bound_the_admission_never_refuses_within(seed: int) ->
                 "daily_payment_volume", "pending_payments",
             ), (state, currency, amount, decision)  # fmt: skip
     assert checked > 20
+
+
+async def _volume_changed_at_the_provider(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, concurrency: int, change: TenantLimits
+) -> tuple[list[Any], list[Any]]:
+    """A daily volume of 50.00, changed to ``change`` while c1 (7.00) is at the provider.
+    c1 and c2 name one customer (one chain), c3 none (a chain of its own), 7.00 each. The
+    outcomes of the batch, and of its redelivery (nothing committed) after the operator
+    put the volume back."""
+    first = TenantLimits(daily_payment_volume={"USD": 5000})
+    t = harness.add_tenant(limits=first)
+    runner = harness_runner(harness, monkeypatch)
+    _set_concurrency(monkeypatch, concurrency)
+    now = int(time.time() * 1000)
+    part = 10 + concurrency  # (a run's own partition: see run_batches)
+    setup = await runner.process_batch(
+        [_event(t, 1, ("customer.create", {"customer_id": "cu1"}, now), part)]
+    )
+    assert [k for k, _ in _outcomes(harness, setup, t)] == ["customer.created"]
+    c3_waits = asyncio.Event()
+    if concurrency > 1:
+        real_wait = Turn.wait
+
+        async def wait(self: Turn) -> bool:
+            if self.index == 2:
+                c3_waits.set()  # c3 is at its turnstile, its tenant read before the change
+            return await real_wait(self)
+
+        monkeypatch.setattr(Turn, "wait", wait)
+    else:
+        c3_waits.set()  # (serially c3 has not started yet)
+    real = pipeline.HANDLERS["payment.create"]
+
+    async def changed_meanwhile(ctx: Any, body: Any) -> Any:
+        answer = await real(ctx, body)  # its provider call
+        if ctx.cmd.tenant_id == t and ctx.cmd.command_id == "cmd-2":
+            await asyncio.wait_for(c3_waits.wait(), 10)
+            # The operator's new record reaches the worker before c1's answer is written.
+            harness.tenants[t] = {**harness.tenants[t], "limits": change.model_dump()}
+        return answer
+
+    monkeypatch.setitem(pipeline.HANDLERS, "payment.create", changed_meanwhile)
+    card = {"currency": "USD", "amount": 700, "payment_method_token": "pm_card_visa"}
+    events = [
+        _event(t, 2, ("payment.create", {**card, "payment_id": "p1", "customer_id": "cu1"},
+                      now + 1), part),
+        _event(t, 3, ("payment.create", {**card, "payment_id": "p2", "customer_id": "cu1"},
+                      now + 2), part),
+        _event(t, 4, ("payment.create", {**card, "payment_id": "p3"}, now + 3), part),
+    ]  # fmt: skip
+    done = await asyncio.wait_for(runner.process_batch(events), 30)
+    answers = [(k, (d or {}).get("limit")) for k, d in _outcomes(harness, done, t)]
+    harness.tenants[t] = {**harness.tenants[t], "limits": first.model_dump()}
+    again = await asyncio.wait_for(runner.process_batch(events), 30)
+    return answers, [(k, (d or {}).get("limit")) for k, d in _outcomes(harness, again, t)]
+
+
+@pytest.mark.asyncio
+async def test_a_volume_lowered_mid_run_applies_in_offset_order(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review h70d: the daily volume lowered while c1 was at the provider. c2 (c1's chain)
+    read the tenant after the change and was refused; c3 (its own chain) read it before,
+    waited at the turnstile for c2, and was admitted under the old volume after c2 was
+    refused under the new one. Serially, once one command sees the change every later
+    one does: c3 is refused too. Redelivered after the volume was put back, each keeps
+    its answer."""
+    lowered = TenantLimits(daily_payment_volume={"USD": 1000})
+    serial = await _volume_changed_at_the_provider(harness, monkeypatch, 1, lowered)
+    chained = await _volume_changed_at_the_provider(harness, monkeypatch, 4, lowered)
+    refused = ("command.rejected", "daily_payment_volume")
+    assert serial[0] == [("payment.succeeded", None), refused, refused]
+    assert chained == serial
+    assert chained[1] == chained[0]
+
+
+@pytest.mark.asyncio
+async def test_limits_removed_mid_run_admit_as_serial(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limits removed while c1 was at the provider: c3, which read them before, is
+    decided without them at its turn (as c2 and, serially, c3 are)."""
+    removed = TenantLimits()
+    serial = await _volume_changed_at_the_provider(harness, monkeypatch, 1, removed)
+    chained = await _volume_changed_at_the_provider(harness, monkeypatch, 4, removed)
+    assert serial[0] == [("payment.succeeded", None)] * 3
+    assert chained == serial
