@@ -81,7 +81,9 @@ INGRESS = Counter(
     "paystream_ingress_requests_total",
     "Commands posted to the HTTP ingress (POST /v1/commands), by tenant and what came of "
     "them: accepted (produced; 202), answered (produced and its outcome returned; 200), "
-    "invalid (400), unauthorized (401), too_large (413), unsupported_media_type (415), "
+    "invalid (400), unauthorized (401), key_expired (401: the tenant's key has expired), "
+    "forbidden (403: a restricted key's other command), too_large (413), "
+    "unsupported_media_type (415), "
     "rate_limited (429: over the tenant's rate limit; send it again later), "
     "unavailable (503: send it again). Refused before a tenant is known: (unregistered).",
     ["tenant", "result"],

@@ -56,7 +56,12 @@ def _expiry(expires_in: str | None, expires_at: str | None, now: datetime) -> da
         )
     if when <= now:
         raise click.BadParameter("is not in the future", param_hint="--expires-at")
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # (9999-12-31T23:00:00-05:00: past year 9999 in UTC)
+        raise click.BadParameter(
+            f"{expires_at!r}: out of range", param_hint="--expires-at"
+        ) from None
 
 
 def _commands(allowed: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -174,8 +179,9 @@ def tenants_api_key_create(
 def tenants_api_key_roll(
     tenant_id: str, key_id: str, expire_old_in: str, expires_in: str | None
 ) -> None:
-    """Replace a key: a successor with its label and commands is printed once (stdout),
-    and the old key expires after a grace period (sooner if it was to expire sooner)."""
+    """Replace a key: a successor with its label and commands (and, unless --expires-in,
+    its lifetime) is printed once (stdout), and the old key expires after a grace period
+    (sooner if it was to expire sooner)."""
     from paystream.tenancy.ingress_keys import new_key
     from paystream.tenancy.registry import put_tenant_unless_changed
 
@@ -191,6 +197,13 @@ def tenants_api_key_roll(
     if old is None:
         raise click.ClickException(f"{tenant_id} has no key {key_id!r} (see `api-key list`)")
     _with_room(known)
+    if expiry is None and old.expires_at is not None:
+        # An expiring key's successor expires as long after it is made (a 90-day key's
+        # too): the rotation policy is not dropped by the rotation (review h71b).
+        made = old.created_at if old.created_at.tzinfo else old.created_at.replace(tzinfo=UTC)
+        lifetime = old.expires_at - made
+        if lifetime > timedelta(0):
+            expiry = now + lifetime
     new_id, text, kept = new_key(
         old.label, now, known.ingress_keys.keys(), expires_at=expiry, commands=old.commands
     )

@@ -73,7 +73,7 @@ from paystream.streams.commands import (
 from paystream.streams.outcomes import REQUEST_HEADER
 from paystream.streams.pan import redact_card_numbers
 from paystream.streams.tracecontext import parse_traceparent, valid_tracestate
-from paystream.tenancy.ingress_keys import IngressKey, key_id_of, key_matches
+from paystream.tenancy.ingress_keys import IngressKey, key_id_of, matched_key
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import UNREGISTERED
@@ -119,6 +119,7 @@ class _Refused(Exception):
     def __init__(self, status: int, result: str, error: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.result, self.error, self.extra = status, result, error, extra
+        self.tenant: str | None = None  # whose key it is, once known (the metric's label)
 
 
 class CommandIngress:
@@ -160,10 +161,12 @@ class CommandIngress:
             if not platform:
                 found = registry.tenants.get(tenant)
                 held = {} if found is None else found.ingress_keys
-                key_id = key_matches(held, credential or "")
-                if key_id is None:
+                matched = matched_key(held, credential or "")
+                if matched is None:
                     raise _unauthorized()
-                key = held[key_id]
+                # (Expired while its body was read: told so, as before the body.)
+                _refuse_if_expired(*matched, tenant)
+                key = matched[1]
                 if tenant in registry.unreadable:
                     # Its newest record (a newer paystream's) may have revoked the key:
                     # what this process holds is older. Fail closed; a peer may answer.
@@ -252,7 +255,7 @@ class CommandIngress:
             found = self.registry.ingress_key_of(credential)
             if found is None:
                 raise _unauthorized()
-            _refuse_if_expired(found[1], found[2])
+            _refuse_if_expired(found[1], found[2], found[0])
         if (request.content_length or 0) > self.settings.command_max_bytes:
             raise _too_large(self.settings.command_max_bytes)
         return credential, platform
@@ -385,7 +388,7 @@ def _json(value: dict[str, Any], *, status: int, headers: dict[str, str] | None 
 
 
 def _refusal(refused: _Refused, tenant_label: str) -> Response:
-    metrics.INGRESS.labels(tenant_label, refused.result).inc()
+    metrics.INGRESS.labels(refused.tenant or tenant_label, refused.result).inc()
     body = {"error": refused.error, "message": str(refused), **refused.extra}
     headers = {"Retry-After": "1"} if refused.status == 503 else None
     if refused.status == 429:  # (whole seconds, rounded up)
@@ -408,17 +411,20 @@ def _unauthorized() -> _Refused:
     )
 
 
-def _refuse_if_expired(key_id: str, key: IngressKey) -> None:
-    """An expired key is told so: its holder (the secret matched) learns only of it."""
+def _refuse_if_expired(key_id: str, key: IngressKey, tenant: str) -> None:
+    """An expired key is told so: its holder (the secret matched) learns only of it.
+    Counted as its tenant's ``key_expired``: a service still on a rolled key shows."""
     if key.expires_at is not None and key.expired(datetime.now(UTC)):
-        raise _Refused(
+        refused = _Refused(
             401,
-            "unauthorized",
+            "key_expired",
             "key_expired",
             f"key {key_id} expired at {key.expires_at.isoformat()}: use its successor "
             "(`paystream tenants api-key roll|create`)",
             expired_at=key.expires_at.isoformat(),
         )
+        refused.tenant = tenant
+        raise refused
 
 
 def _refuse_unless_allowed(key: IngressKey, command: str) -> None:

@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -458,7 +458,8 @@ async def test_a_key_rolled_by_the_cli_hands_over_to_its_successor(
     deployed: tuple[Deployment, str],
 ) -> None:
     """`paystream tenants api-key create --allow --expires-in`, then `roll`: the successor
-    keeps the label and the commands; the old key, given no grace, is told it expired."""
+    keeps the label, the commands and the lifetime; the old key, given no grace, is told
+    it expired."""
     dep, url = deployed
     run_cli(dep, "tenants", "add", "rollco")
     made = run_cli(
@@ -484,7 +485,13 @@ async def test_a_key_rolled_by_the_cli_hands_over_to_its_successor(
     }
     new_id = new_key_text.split("_")[1]
     assert listed[old_id]["expired"] is True and listed[new_id]["expired"] is False
-    assert listed[new_id]["expires_at"] is None  # (the successor's own: none given)
+    # The successor lives as long as the old key was to (90 days), from its making.
+    lived = [
+        datetime.fromisoformat(listed[i]["expires_at"])
+        - datetime.fromisoformat(listed[i]["created_at"])
+        for i in (old_id, new_id)
+    ]
+    assert lived[1] == timedelta(days=90) and lived[0] < timedelta(days=90)
     for shown in listed.values():
         assert shown["label"] == "crm"
         assert shown["commands"] == ["customer.create", "customer.update", "refund.*"]

@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp.web
 from aiohttp.test_utils import TestClient, TestServer
 
-from paystream.settings import load_settings
 from paystream.tenancy.ingress_keys import new_key
 from paystream.tenancy.limits import TenantLimits
-from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant
-from paystream.web.ingress import CommandIngress
 from paystream.web.produce import NotProduced
-from paystream.web.route_errors import json_route_errors
-
-
-class _NoWaits:
-    closed = False
-
-    async def reader(self, within: float) -> None:
-        return None
+from tests.web.ingress_app import ingress_app
 
 
 async def test_a_command_never_produced_spends_no_token() -> None:
@@ -30,15 +19,7 @@ async def test_a_command_never_produced_spends_no_token() -> None:
     not taken"), the sender is told 503 and to send it again. Sent again once the broker
     is back, it must go through, not be refused 429 for a command that never reached
     the topic."""
-    settings = load_settings(kafka_broker_url="kafka://127.0.0.1:9")
-    registry = RegistryMirror(settings)
     key_id, key, kept = new_key()
-    registry.tenants["acme"] = Tenant(
-        tenant_id="acme",
-        ingress_keys={key_id: kept},
-        limits=TenantLimits(commands_per_second=1, burst=1),
-    )
-    registry.ready.set()
     broker_up = [False]
     produced: list[Any] = []
 
@@ -47,9 +28,14 @@ async def test_a_command_never_produced_spends_no_token() -> None:
             raise NotProduced("no connection", maybe_taken=False)
         produced.append(rec)
 
-    ingress = CommandIngress(settings, registry, produce, _NoWaits())
-    app = aiohttp.web.Application(middlewares=[json_route_errors])
-    app.router.add_post("/v1/commands", ingress.handle, expect_handler=ingress.expect)
+    app, _, _ = ingress_app(
+        Tenant(
+            tenant_id="acme",
+            ingress_keys={key_id: kept},
+            limits=TenantLimits(commands_per_second=1, burst=1),
+        ),
+        produce=produce,
+    )
     body = json.dumps(
         {
             "specversion": "1.0",

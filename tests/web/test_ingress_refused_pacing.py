@@ -12,23 +12,13 @@ import aiohttp.web
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from paystream.settings import load_settings
 from paystream.tenancy.ingress_keys import new_key
 from paystream.tenancy.limits import TenantLimits
-from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant
 from paystream.web import ingress as ingress_module
-from paystream.web.ingress import CommandIngress
-from paystream.web.route_errors import json_route_errors
+from tests.web.ingress_app import ingress_app
 
 pytestmark = pytest.mark.asyncio
-
-
-class _NoWaits:
-    closed = False
-
-    async def reader(self, within: float) -> None:
-        return None
 
 
 def _event(command_id: str, data: dict[str, Any]) -> bytes:
@@ -51,15 +41,7 @@ _HEAVY_INVALID = _event("heavy", {"metadata": {"n": "1 " * 30_000}})
 def _paced_ingress(
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[aiohttp.web.Application, str, list[int]]:
-    settings = load_settings(kafka_broker_url="kafka://127.0.0.1:9")
-    registry = RegistryMirror(settings)
     key_id, key, kept = new_key()
-    registry.tenants["acme"] = Tenant(
-        tenant_id="acme",
-        ingress_keys={key_id: kept},
-        limits=TenantLimits(commands_per_second=1, burst=1),
-    )
-    registry.ready.set()
     parsed = [0]
     decoded = ingress_module._decoded
 
@@ -68,13 +50,13 @@ def _paced_ingress(
         return decoded(request, body)
 
     monkeypatch.setattr(ingress_module, "_decoded", counted)
-
-    async def produce(rec: Any, tenant: str) -> None:
-        return None
-
-    ingress = CommandIngress(settings, registry, produce, _NoWaits())
-    app = aiohttp.web.Application(middlewares=[json_route_errors])
-    app.router.add_post("/v1/commands", ingress.handle, expect_handler=ingress.expect)
+    app, _, _ = ingress_app(
+        Tenant(
+            tenant_id="acme",
+            ingress_keys={key_id: kept},
+            limits=TenantLimits(commands_per_second=1, burst=1),
+        )
+    )
     return app, key, parsed
 
 

@@ -23,35 +23,22 @@ from paystream.tenancy.mirror import RegistryMirror
 from paystream.tenancy.models import Tenant
 from paystream.web import ingress as ingress_module
 from paystream.web.ingress import CommandIngress
-from paystream.web.route_errors import json_route_errors
+from tests.web.ingress_app import ingress_app
 
 pytestmark = pytest.mark.asyncio
 
 STRUCTURED = {"Content-Type": "application/cloudevents+json"}
 
 
-class _NoWaits:
-    closed = False
-
-    async def reader(self, within: float) -> None:
-        return None
-
-
 def _ingress() -> tuple[aiohttp.web.Application, list[Any], str]:
-    """The ingress for tenant acme: (its app, what it produced, acme's key)."""
-    settings = load_settings(kafka_broker_url="kafka://127.0.0.1:9")
-    registry = RegistryMirror(settings)
+    """The ingress for tenant acme: (its app, the records it produced, acme's key)."""
     key_id, key, kept = new_key()
-    registry.tenants["acme"] = Tenant(tenant_id="acme", ingress_keys={key_id: kept})
-    registry.ready.set()
     produced: list[Any] = []
 
     async def produce(rec: Any, tenant: str) -> None:
         produced.append(rec)
 
-    ingress = CommandIngress(settings, registry, produce, _NoWaits())
-    app = aiohttp.web.Application(middlewares=[json_route_errors])
-    app.router.add_post("/v1/commands", ingress.handle, expect_handler=ingress.expect)
+    app, _, _ = ingress_app(Tenant(tenant_id="acme", ingress_keys={key_id: kept}), produce=produce)
     return app, produced, key
 
 

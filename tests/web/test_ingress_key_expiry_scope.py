@@ -1,0 +1,221 @@
+"""Tenant API keys that expire or may send only some commands, at the ingress in-process
+(the e2e cases are in tests/e2e/test_http_ingress.py). Whatever a key may not send is
+refused with nothing produced; what a refusal says, only the key's holder learns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import click
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from paystream import metrics
+from paystream.tenancy.ingress_keys import new_key
+from paystream.tenancy.models import UNREGISTERED, Tenant
+from paystream.web import ingress as ingress_module
+from tests.web.ingress_app import ingress_app
+
+STRUCTURED = {"Content-Type": "application/cloudevents+json"}
+PAST = datetime.now(UTC) - timedelta(seconds=1)
+
+
+def _command(command: str, tenant: str = "acme", data: dict[str, Any] | None = None) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": "c1",
+            "source": "/t",
+            "type": f"com.paystream.command.{command}",
+            "tenantid": tenant,
+            "data": data if data is not None else {"payment_id": "pay_1", "amount": 100},
+        }
+    ).encode()
+
+
+def _bearer(key: str, **headers: str) -> dict[str, str]:
+    return {**STRUCTURED, "Authorization": f"Bearer {key}", **headers}
+
+
+def _count(tenant: str, result: str) -> float:
+    return metrics.INGRESS.labels(tenant, result)._value.get()
+
+
+@pytest.mark.asyncio
+async def test_a_restricted_key_is_refused_other_commands_in_either_mode() -> None:
+    kid, key, kept = new_key(commands=["payment.create"])
+    app, produced, _ = ingress_app(Tenant(tenant_id="acme", ingress_keys={kid: kept}))
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post("/v1/commands", data=_command("refund.create"), headers=_bearer(key))
+        assert r.status == 403 and (await r.json())["allowed"] == ["payment.create"]
+        # Binary mode, its type percent-encoded: checked as decoded.
+        binary = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-id": "c2",
+            "ce-source": "/t",
+            "ce-type": quote("com.paystream.command.refund.create", safe=""),
+            "ce-tenantid": "acme",
+        }
+        data = json.dumps({"payment_id": "pay_1"})
+        r = await client.post("/v1/commands", data=data, headers=binary)
+        assert r.status == 403
+        # A type read another way (case, a trailing space, no such verb) is no command.
+        for odd in (
+            "com.paystream.command.Refund.create",
+            "com.paystream.command.refund.create%20",
+            "com.paystream.command.refund.payout",
+        ):
+            r = await client.post("/v1/commands", data=data, headers={**binary, "ce-type": odd})
+            assert r.status == 400, (odd, r.status)
+        # A structured body beside a `ce-type` header: the body's type is the one checked.
+        r = await client.post(
+            "/v1/commands",
+            data=_command("refund.create"),
+            headers=_bearer(key, **{"ce-type": "com.paystream.command.payment.create"}),
+        )
+        assert r.status in (400, 403), r.status
+    assert produced == []
+
+
+@pytest.mark.asyncio
+async def test_an_expired_key_is_told_so_and_a_forged_secret_under_its_id_is_not() -> None:
+    kid, key, kept = new_key(expires_at=PAST)
+    app, produced, _ = ingress_app(Tenant(tenant_id="acme", ingress_keys={kid: kept}))
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post("/v1/commands", data=_command("payment.create"), headers=_bearer(key))
+        assert r.status == 401 and (await r.json())["error"] == "key_expired"
+        r = await client.post(
+            "/v1/commands", data=_command("payment.create"), headers=_bearer(forged)
+        )
+        body = await r.json()
+        assert r.status == 401 and body["error"] == "unauthorized" and kid not in body["message"]
+        # With `Expect: 100-continue`: refused before the body is sent.
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(
+                (
+                    f"POST /v1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                    "Content-Type: application/cloudevents+json\r\nContent-Length: 10\r\n"
+                    "Expect: 100-continue\r\n\r\n"
+                ).encode()
+            )
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+        assert b" 401 " in line
+    assert produced == []
+
+
+@pytest.mark.asyncio
+async def test_a_restricted_key_sent_for_another_tenant_is_the_one_answer() -> None:
+    a_id, a_key, a_kept = new_key(commands=["refund.*"])
+    b_id, _, b_kept = new_key()
+    app, produced, _ = ingress_app(
+        Tenant(tenant_id="acme", ingress_keys={a_id: a_kept}),
+        Tenant(tenant_id="globex", ingress_keys={b_id: b_kept}),
+    )
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post(
+            "/v1/commands", data=_command("refund.create", "globex"), headers=_bearer(a_key)
+        )
+        assert r.status == 401 and (await r.json())["error"] == "unauthorized"
+        r = await client.post(
+            "/v1/commands", data=_command("refund.create", "acme"), headers=_bearer(a_key)
+        )
+        assert r.status == 202
+    assert [t for t, _ in produced] == ["acme"]
+
+
+@pytest.mark.asyncio
+async def test_an_expired_keys_refusals_are_counted_as_its_tenants() -> None:
+    """Review h71b: its secret matched, so whose key it is is known. Counted among
+    made-up keys, a service still sending a rolled key past its grace did not show."""
+    kid, key, kept = new_key(expires_at=PAST)
+    app, produced, _ = ingress_app(Tenant(tenant_id="metr", ingress_keys={kid: kept}))
+    anonymous = _count(UNREGISTERED, "unauthorized")
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post(
+            "/v1/commands", data=_command("payment.create", "metr"), headers=_bearer(key)
+        )
+        assert r.status == 401 and (await r.json())["error"] == "key_expired"
+    assert produced == []
+    assert _count(UNREGISTERED, "unauthorized") == anonymous
+    assert _count("metr", "key_expired") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_key_expiring_while_its_body_is_read_is_told_it_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review h71b: let in before its body, expired once the body was in: answered the
+    generic 401, not `key_expired` as documented."""
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    kid, key, kept = new_key(expires_at=expires)
+    clock = iter([expires - timedelta(seconds=1), expires])  # (before the body, after it)
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return next(clock)
+
+    monkeypatch.setattr(ingress_module, "datetime", Clock)
+    app, produced, _ = ingress_app(Tenant(tenant_id="slow", ingress_keys={kid: kept}))
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post(
+            "/v1/commands", data=_command("payment.create", "slow"), headers=_bearer(key)
+        )
+        assert r.status == 401 and (await r.json())["error"] == "key_expired"
+    assert produced == []
+
+
+def _roll(monkeypatch: pytest.MonkeyPatch, tenant: Tenant, *args: str) -> tuple[Any, list[Any]]:
+    """`paystream tenants api-key roll` against ``tenant``: (its result, what it wrote)."""
+    from click.testing import CliRunner
+
+    from paystream.cli import api_keys
+
+    written: list[Any] = []
+
+    async def put(settings: Any, base: Any, updated: Any) -> None:
+        written.append(updated)
+
+    monkeypatch.setattr(api_keys, "_settings", lambda: None)
+    monkeypatch.setattr(api_keys, "_registered", lambda settings, tid: tenant)
+    monkeypatch.setattr("paystream.tenancy.registry.put_tenant_unless_changed", put)
+    return CliRunner().invoke(api_keys.tenants_api_key, ["roll", *args]), written
+
+
+def test_a_rolled_key_s_successor_keeps_its_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review h71b: a 90-day key rolled gave a successor that never expired."""
+    made = datetime.now(UTC) - timedelta(days=80)
+    kid, _, kept = new_key(
+        "support", made, expires_at=made + timedelta(days=90), commands=["refund.*"]
+    )
+    result, written = _roll(
+        monkeypatch, Tenant(tenant_id="acme", ingress_keys={kid: kept}), "acme", kid
+    )
+    assert result.exit_code == 0, result.output
+    (successor,) = [k for i, k in written[0].ingress_keys.items() if i != kid]
+    assert successor.commands == ("refund.*",) and successor.label == "support"
+    assert successor.expires_at is not None
+    lifetime = successor.expires_at - successor.created_at
+    assert lifetime == timedelta(days=90)
+    # The old key: its grace (24 h) is sooner than its own 10 days left.
+    assert written[0].ingress_keys[kid].expires_at - successor.created_at == timedelta(hours=24)
+
+
+def test_an_expiry_past_the_calendar_is_a_usage_error() -> None:
+    """Review h71b: a valid time with its offset whose UTC is past year 9999 ended in an
+    OverflowError traceback."""
+    from paystream.cli.api_keys import _expiry
+
+    with pytest.raises(click.BadParameter):
+        _expiry(None, "9999-12-31T23:00:00-05:00", datetime.now(UTC))
