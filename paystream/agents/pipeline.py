@@ -821,6 +821,17 @@ class CommandProcessor(ProviderWindow):
         self._tenants_parsed[tenant_id] = (raw, tenant)
         return tenant
 
+    def registered(self, tenant_id: str) -> Tenant | None:
+        """The tenant's registry record now, parsed; None if it has none or it does not
+        parse (the callers then go on as they would without it)."""
+        raw = self.tenants.get(tenant_id)
+        if raw is None:
+            return None
+        try:
+            return self._tenant(tenant_id, raw)
+        except ValueError:  # (pydantic's ValidationError is one)
+            return None
+
     # ---- idempotent execution -----------------------------------------------------
 
     async def _run(
@@ -1414,15 +1425,9 @@ class CommandProcessor(ProviderWindow):
         the status (suspended) and the gateway stay as read at its start, as a command
         already past those checks serially is not stopped; a record removed, or one this
         worker cannot read, leaves the limits as read too."""
-        raw = self.tenants.get(tenant_id)
-        if raw is None:
-            return tenant
-        try:
-            now = self._tenant(tenant_id, raw)
-        except ValueError:  # (pydantic's ValidationError is one)
-            return tenant
-        if now is tenant or now.limits == tenant.limits:  # (unchanged: the parse cached)
-            return tenant
+        now = self.registered(tenant_id)
+        if now is None or now is tenant or now.limits == tenant.limits:
+            return tenant  # (unchanged, the parse cached: ``now is tenant``)
         return tenant.model_copy(update={"limits": now.limits})
 
     def _admit(

@@ -94,14 +94,8 @@ def chain_keys(processor: CommandProcessor, rec: Inbound) -> ChainKeys | None:
         return None
     # The tenant first (its record key): one with limits is decided before any decode.
     tenant_id = key_str(rec.key)
-    raw = processor.tenants.get(tenant_id)
-    if raw is None:
-        return None
-    try:
-        tenant = processor._tenant(tenant_id, raw)
-    except ValueError:  # (pydantic's ValidationError is one)
-        return None
-    if tenant.status is not TenantStatus.ACTIVE:
+    tenant = processor.registered(tenant_id)
+    if tenant is None or tenant.status is not TenantStatus.ACTIVE:
         return None
     try:
         event = decode_record(rec.key, rec.value, headers)
