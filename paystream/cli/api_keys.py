@@ -24,17 +24,35 @@ _DURATION = re.compile(r"([0-9]{1,6})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(text: str, option: str) -> timedelta:
-    """``90d``, ``24h``, ``30m``, ``45s`` or ``0`` (now)."""
-    if text.strip() == "0":
-        return timedelta(0)
-    found = _DURATION.fullmatch(text.strip())
-    if found is None:
+def _duration(text: str, option: str, *, zero: bool = False) -> timedelta:
+    """``90d``, ``24h``, ``30m``, ``45s`` or, where ``zero`` is allowed, ``0`` (now)."""
+    found = None if text.strip() == "0" else _DURATION.fullmatch(text.strip())
+    took = (
+        timedelta(0)
+        if found is None
+        else timedelta(seconds=int(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+    )
+    if (found is None and text.strip() != "0") or (not took and not zero):
         raise click.BadParameter(
-            f"{text!r}: expected a number and a unit, as 90d, 24h, 30m or 45s (or 0)",
+            f"{text!r}: expected a number and a unit, as 90d, 24h, 30m or 45s"
+            + (" (or 0)" if zero else " (more than 0: a key expired when made sends nothing)"),
             param_hint=option,
         )
-    return timedelta(seconds=int(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+    return took
+
+
+def _key_id(text: str, name: str = "KEY_ID") -> str:
+    """A key id as given; the key itself given instead is refused without repeating it."""
+    from paystream.tenancy.ingress_keys import key_id_of
+
+    if text.startswith("psk_"):
+        said = key_id_of(text)
+        hint = f": its id is {said}" if said else ""
+        raise click.BadParameter(
+            f"that is a key, not a key's id{hint} (do not paste keys where they are logged)",
+            param_hint=name,
+        )
+    return text
 
 
 def _expiry(expires_in: str | None, expires_at: str | None, now: datetime) -> datetime | None:
@@ -187,7 +205,8 @@ def tenants_api_key_roll(
 
     _refuse_card_numbers(("KEY_ID", key_id))
     now = datetime.now(UTC)
-    old_until = now + _duration(expire_old_in, "--expire-old-in")
+    key_id = _key_id(key_id)
+    old_until = now + _duration(expire_old_in, "--expire-old-in", zero=True)
     expiry = _expiry(expires_in, None, now)
     settings = _settings()
     known = _registered(settings, tenant_id)
@@ -196,6 +215,12 @@ def tenants_api_key_roll(
     old = known.ingress_keys.get(key_id)
     if old is None:
         raise click.ClickException(f"{tenant_id} has no key {key_id!r} (see `api-key list`)")
+    if old.rolled_to is not None:
+        # (Its expiry is its grace now, no lifetime to give a successor.)
+        raise click.ClickException(
+            f"key {key_id} of {tenant_id} was rolled already, to {old.rolled_to}: roll that "
+            "one (or `create` a key)"
+        )
     _with_room(known)
     if expiry is None and old.expires_at is not None:
         # An expiring key's successor expires as long after it is made (a 90-day key's
@@ -211,17 +236,19 @@ def tenants_api_key_roll(
         old_until = min(old_until, old.expires_at)
     keys = {
         **known.ingress_keys,
-        key_id: old.model_copy(update={"expires_at": old_until}),
+        key_id: old.model_copy(update={"expires_at": old_until, "rolled_to": new_id}),
         new_id: kept,
     }
     _run(
         put_tenant_unless_changed(settings, known, known.model_copy(update={"ingress_keys": keys}))
     )
+    lasts = "never expires" if expiry is None else f"expires at {expiry.isoformat()}"
+    old_ends = "expires" if old_until > now else "expired"
     _announce(
         tenant_id,
         new_id,
         text,
-        f"made to follow {key_id}, which expires at {old_until.isoformat()}",
+        f"made ({lasts}) to follow {key_id}, which {old_ends} at {old_until.isoformat()}",
     )
 
 
@@ -242,6 +269,7 @@ def tenants_api_key_list(tenant_id: str) -> None:
             "expires_at": None if kept.expires_at is None else kept.expires_at.isoformat(),
             "expired": kept.expired(now),
             "commands": None if kept.commands is None else list(kept.commands),
+            "rolled_to": kept.rolled_to,
         }
         click.echo(json.dumps(shown, sort_keys=True))
     if not known.ingress_keys:  # (stderr: stdout, one key a line, stays empty)
@@ -259,6 +287,7 @@ def tenants_api_key_revoke(tenant_id: str, key_id: str) -> None:
     from paystream.tenancy.registry import put_tenant_unless_changed
 
     _refuse_card_numbers(("TENANT_ID", tenant_id), ("KEY_ID", key_id))
+    key_id = _key_id(key_id)
     settings = _settings()
     known = _registered(settings, tenant_id)
     if known is None:

@@ -60,6 +60,8 @@ class IngressKey(BaseModel):
     expires_at: AwareDatetime | None = None  # refused from this moment on
     # The commands it may send (None: every one); sorted, so a record reads the same.
     commands: Annotated[tuple[CommandScope, ...], Field(min_length=1, max_length=40)] | None = None
+    # The key `roll` made to follow it: its expiry is then a grace, not its lifetime.
+    rolled_to: Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)] | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at

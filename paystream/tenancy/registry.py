@@ -41,7 +41,7 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
     if not tenant.ingress_keys:
         del record["ingress_keys"]
     for kept in record.get("ingress_keys", {}).values():
-        for newer in ("expires_at", "commands"):  # (newer than the keys)
+        for newer in ("expires_at", "commands", "rolled_to"):  # (newer than the keys)
             if kept[newer] is None:
                 del kept[newer]
     return record

@@ -175,10 +175,13 @@ class CommandIngress:
             found = registry.tenants.get(tenant)
             if found is not None:
                 tenant_label = tenant
+            named = str(event.get_type())
+            command = named[len(COMMAND_PREFIX) :] if named.startswith(COMMAND_PREFIX) else ""
+            if key is not None and command in COMMANDS:
+                # Before its data is judged (a known command's name is safe to repeat):
+                # a command the key may not send is forbidden whatever its data (h71d).
+                _refuse_unless_allowed(key, command)
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
-            if key is not None:
-                # (After _command_record: the type is then a known command, safe to name.)
-                _refuse_unless_allowed(key, str(event.get_type()).removeprefix(COMMAND_PREFIX))
             if found is not None and platform:  # (a tenant's key: paced before its body)
                 self._paced(tenant, found.limits)
             return await self._produced(request, tenant, command_id, event, rec, tenant_label)
@@ -424,6 +427,13 @@ def _refuse_if_expired(key_id: str, key: IngressKey, tenant: str) -> None:
             expired_at=key.expires_at.isoformat(),
         )
         refused.tenant = tenant
+        # Which key (and, by its label, which service) is still sent: the metric names
+        # only the tenant, and once the key is revoked its refusals count as made-up keys.
+        _throttled.warning(
+            ("key_expired", tenant, key_id),
+            "tenant %s's key %s (label %r), expired at %s, is still being sent",
+            tenant, key_id, key.label, key.expires_at.isoformat(),
+        )  # fmt: skip
         raise refused
 
 

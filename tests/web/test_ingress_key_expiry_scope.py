@@ -176,13 +176,15 @@ async def test_a_key_expiring_while_its_body_is_read_is_told_it_expired(
     assert produced == []
 
 
-def _roll(monkeypatch: pytest.MonkeyPatch, tenant: Tenant, *args: str) -> tuple[Any, list[Any]]:
-    """`paystream tenants api-key roll` against ``tenant``: (its result, what it wrote)."""
+def _api_key(
+    monkeypatch: pytest.MonkeyPatch, tenant: Tenant, *args: str
+) -> tuple[Any, list[Tenant]]:
+    """`paystream tenants api-key ...` against ``tenant``: (its result, what it wrote)."""
     from click.testing import CliRunner
 
     from paystream.cli import api_keys
 
-    written: list[Any] = []
+    written: list[Tenant] = []
 
     async def put(settings: Any, base: Any, updated: Any) -> None:
         written.append(updated)
@@ -190,7 +192,12 @@ def _roll(monkeypatch: pytest.MonkeyPatch, tenant: Tenant, *args: str) -> tuple[
     monkeypatch.setattr(api_keys, "_settings", lambda: None)
     monkeypatch.setattr(api_keys, "_registered", lambda settings, tid: tenant)
     monkeypatch.setattr("paystream.tenancy.registry.put_tenant_unless_changed", put)
-    return CliRunner().invoke(api_keys.tenants_api_key, ["roll", *args]), written
+    return CliRunner().invoke(api_keys.tenants_api_key, list(args)), written
+
+
+def _successor(before: Tenant, after: Tenant) -> Any:
+    (new,) = [k for i, k in after.ingress_keys.items() if i not in before.ingress_keys]
+    return new
 
 
 def test_a_rolled_key_s_successor_keeps_its_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,8 +206,8 @@ def test_a_rolled_key_s_successor_keeps_its_lifetime(monkeypatch: pytest.MonkeyP
     kid, _, kept = new_key(
         "support", made, expires_at=made + timedelta(days=90), commands=["refund.*"]
     )
-    result, written = _roll(
-        monkeypatch, Tenant(tenant_id="acme", ingress_keys={kid: kept}), "acme", kid
+    result, written = _api_key(
+        monkeypatch, Tenant(tenant_id="acme", ingress_keys={kid: kept}), "roll", "acme", kid
     )
     assert result.exit_code == 0, result.output
     (successor,) = [k for i, k in written[0].ingress_keys.items() if i != kid]
@@ -219,3 +226,89 @@ def test_an_expiry_past_the_calendar_is_a_usage_error() -> None:
 
     with pytest.raises(click.BadParameter):
         _expiry(None, "9999-12-31T23:00:00-05:00", datetime.now(UTC))
+
+
+@pytest.mark.parametrize("grace", ["10m", "0"])
+def test_a_rolled_key_is_not_rolled_again(monkeypatch: pytest.MonkeyPatch, grace: str) -> None:
+    """Review h71d: a never-expiring key rolled (a 10-minute grace, or 0 for a leak), then
+    rolled again (the operator following the 401's hint): its expiry was then its grace,
+    and the second successor was given that as its lifetime, expiring within minutes.
+    Refused now, naming the successor to roll instead."""
+    made = datetime.now(UTC) - timedelta(seconds=30)
+    kid, _, kept = new_key("checkout", made)
+    tenant = Tenant(tenant_id="acme", ingress_keys={kid: kept})
+    first, written = _api_key(monkeypatch, tenant, "roll", "acme", kid, "--expire-old-in", grace)
+    assert first.exit_code == 0, first.output
+    successor = _successor(tenant, written[0])
+    assert successor.expires_at is None and "never expires" in first.output
+    new_id = next(i for i in written[0].ingress_keys if i != kid)
+    assert written[0].ingress_keys[kid].rolled_to == new_id
+    second, again = _api_key(monkeypatch, written[0], "roll", "acme", kid)
+    assert second.exit_code == 1 and again == []
+    assert f"rolled already, to {new_id}" in second.output
+
+
+def test_roll_says_when_the_successor_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = datetime.now(UTC) - timedelta(days=80)
+    kid, _, kept = new_key("support", made, expires_at=made + timedelta(days=90))
+    tenant = Tenant(tenant_id="acme", ingress_keys={kid: kept})
+    result, written = _api_key(monkeypatch, tenant, "roll", "acme", kid)
+    assert result.exit_code == 0, result.output
+    expires_at = _successor(tenant, written[0]).expires_at
+    assert expires_at is not None and expires_at.isoformat() in result.output
+
+
+@pytest.mark.parametrize("zero", ["0", "0s", "0d"])
+def test_a_key_cannot_be_made_expired(monkeypatch: pytest.MonkeyPatch, zero: str) -> None:
+    """Review h71d: `create --expires-in 0` (meant for `roll --expire-old-in`) made a key
+    expired when made, exit 0, taking one of the tenant's 10 places."""
+    result, written = _api_key(
+        monkeypatch, Tenant(tenant_id="acme"), "create", "acme", "--expires-in", zero
+    )
+    assert result.exit_code == 2 and written == [], result.output
+
+
+@pytest.mark.parametrize("verb", ["roll", "revoke"])
+def test_a_key_given_for_its_id_is_not_repeated(monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
+    """Review h71d: the key pasted where its id goes was printed back whole in the error
+    (a terminal's scrollback, a CI log)."""
+    kid, text, kept = new_key("checkout")
+    tenant = Tenant(tenant_id="acme", ingress_keys={kid: kept})
+    result, written = _api_key(monkeypatch, tenant, verb, "acme", text)
+    assert result.exit_code == 2 and written == []
+    assert text.split("_", 2)[2] not in result.output and f"its id is {kid}" in result.output
+
+
+@pytest.mark.asyncio
+async def test_a_command_a_key_may_not_send_is_forbidden_whatever_its_data() -> None:
+    """Review h71d: a refunds-only key sending a payment.create its model refuses got 400
+    validation_error (the payment's fields listed) and was counted `invalid`: told to fix
+    data it may never send, and on call saw no `forbidden`."""
+    kid, key, kept = new_key(commands=["refund.*"])
+    app, produced, _ = ingress_app(Tenant(tenant_id="scoped", ingress_keys={kid: kept}))
+    before = _count("scoped", "forbidden")
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post(
+            "/v1/commands", data=_command("payment.create", "scoped", {}), headers=_bearer(key)
+        )
+        assert r.status == 403 and (await r.json())["error"] == "forbidden"
+    assert produced == [] and _count("scoped", "forbidden") == before + 1
+
+
+@pytest.mark.asyncio
+async def test_an_expired_key_still_sent_is_logged_by_its_id_and_label(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review h71d: the metric names the tenant only; on call needs the key (and, by its
+    label, the service) still sending it. Logged at most once a minute per key."""
+    kid, key, kept = new_key("checkout", expires_at=PAST)
+    app, _, _ = ingress_app(Tenant(tenant_id="logged", ingress_keys={kid: kept}))
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(3):
+            r = await client.post(
+                "/v1/commands", data=_command("payment.create", "logged"), headers=_bearer(key)
+            )
+            assert r.status == 401
+    said = [r.getMessage() for r in caplog.records if "is still being sent" in r.getMessage()]
+    assert len(said) == 1 and kid in said[0] and "'checkout'" in said[0]
+    assert key.split("_", 2)[2] not in caplog.text
