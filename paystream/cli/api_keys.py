@@ -41,10 +41,30 @@ def _duration(text: str, option: str, *, zero: bool = False) -> timedelta:
     return took
 
 
+_A_KEY = re.compile(r"psk_[0-9a-f]{8}_")
+
+
+def _refuse_keys(*given: tuple[str, str | None]) -> None:
+    """A key given where an id, a label or a command goes (``Bearer psk_…``, with a blank,
+    as TENANT_ID): refused, never repeated (a label is written to the registry topic)."""
+    from paystream.tenancy.ingress_keys import key_id_of
+
+    for hint, text in given:
+        found = None if text is None else _A_KEY.search(text)
+        if found is not None:
+            said = key_id_of(text[found.start() :].strip()) if text else None
+            hint_id = f": its id is {said}" if said else ""
+            raise click.BadParameter(
+                f"that is a key{hint_id} (do not paste keys where they are kept or logged)",
+                param_hint=hint,
+            )
+
+
 def _key_id(text: str, name: str = "KEY_ID") -> str:
     """A key id as given; the key itself given instead is refused without repeating it."""
     from paystream.tenancy.ingress_keys import key_id_of
 
+    _refuse_keys((name, text))
     if text.startswith("psk_"):
         said = key_id_of(text)
         hint = f": its id is {said}" if said else ""
@@ -161,6 +181,7 @@ def tenants_api_key_create(
     from paystream.tenancy.ingress_keys import new_key
     from paystream.tenancy.registry import put_tenant_unless_changed
 
+    _refuse_keys(("TENANT_ID", tenant_id), ("--label", label), *(("--allow", a) for a in allow))
     _refuse_card_numbers(("--label", label))
     now = datetime.now(UTC)
     expiry, commands = _expiry(expires_in, expires_at, now), _commands(allow)
@@ -203,6 +224,7 @@ def tenants_api_key_roll(
     from paystream.tenancy.ingress_keys import new_key
     from paystream.tenancy.registry import put_tenant_unless_changed
 
+    _refuse_keys(("TENANT_ID", tenant_id))
     _refuse_card_numbers(("KEY_ID", key_id))
     now = datetime.now(UTC)
     key_id = _key_id(key_id)
@@ -217,10 +239,7 @@ def tenants_api_key_roll(
         raise click.ClickException(f"{tenant_id} has no key {key_id!r} (see `api-key list`)")
     if old.rolled_to is not None:
         # (Its expiry is its grace now, no lifetime to give a successor.)
-        raise click.ClickException(
-            f"key {key_id} of {tenant_id} was rolled already, to {old.rolled_to}: roll that "
-            "one (or `create` a key)"
-        )
+        raise click.ClickException(_rolled_already(tenant_id, key_id, known, now))
     _with_room(known)
     if expiry is None and old.expires_at is not None:
         # An expiring key's successor expires as long after it is made (a 90-day key's
@@ -252,11 +271,38 @@ def tenants_api_key_roll(
     )
 
 
+def _rolled_already(tenant_id: str, key_id: str, known: Tenant, now: datetime) -> str:
+    """Why a rolled key is not rolled again, and what to do instead: roll its successor
+    if held; else `create` with what it had (a bare `create` widens a restricted key); to
+    end the old key's grace now (it leaked), `revoke` it: rolling the successor with 0
+    ends the successor, not it."""
+    import shlex
+
+    old = known.ingress_keys[key_id]
+    said = f"key {key_id} of {tenant_id} was rolled already, to {old.rolled_to}"
+    if old.rolled_to in known.ingress_keys:
+        said += ": roll that one"
+    else:
+        made = f"paystream tenants api-key create {tenant_id}"
+        if old.label:
+            made += f" --label {shlex.quote(old.label)}"
+        if old.commands is not None:
+            made += f" --allow {','.join(old.commands)}"
+        said += f", since revoked: make its replacement with `{made}` (and --expires-in)"
+    if not old.expired(now):
+        said += (
+            f"; to end {key_id} now (a leak), `paystream tenants api-key revoke {tenant_id} "
+            f"{key_id}`"
+        )
+    return said
+
+
 @tenants_api_key.command("list")
 @click.argument("tenant_id")
 def tenants_api_key_list(tenant_id: str) -> None:
     """A tenant's keys: id, label, when made, when it expires and what it may send
     (never the key)."""
+    _refuse_keys(("TENANT_ID", tenant_id))
     known = _registered(_settings(), tenant_id)
     if known is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
@@ -286,6 +332,7 @@ def tenants_api_key_revoke(tenant_id: str, key_id: str) -> None:
     """Revoke a key: every worker refuses it once it reads the registry's new record."""
     from paystream.tenancy.registry import put_tenant_unless_changed
 
+    _refuse_keys(("TENANT_ID", tenant_id))
     _refuse_card_numbers(("TENANT_ID", tenant_id), ("KEY_ID", key_id))
     key_id = _key_id(key_id)
     settings = _settings()

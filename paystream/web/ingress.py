@@ -157,7 +157,7 @@ class CommandIngress:
             tenant = event.get_extension("tenantid")
             if not isinstance(tenant, str) or not tenant:
                 raise _invalid("the event names no tenant (the `tenantid` extension)")
-            key: IngressKey | None = None
+            key: tuple[str, IngressKey] | None = None  # (its id, the key)
             if not platform:
                 found = registry.tenants.get(tenant)
                 held = {} if found is None else found.ingress_keys
@@ -166,7 +166,7 @@ class CommandIngress:
                     raise _unauthorized()
                 # (Expired while its body was read: told so, as before the body.)
                 _refuse_if_expired(*matched, tenant)
-                key = matched[1]
+                key = matched
                 if tenant in registry.unreadable:
                     # Its newest record (a newer paystream's) may have revoked the key:
                     # what this process holds is older. Fail closed; a peer may answer.
@@ -180,7 +180,7 @@ class CommandIngress:
             if key is not None and command in COMMANDS:
                 # Before its data is judged (a known command's name is safe to repeat):
                 # a command the key may not send is forbidden whatever its data (h71d).
-                _refuse_unless_allowed(key, command)
+                _refuse_unless_allowed(*key, command)
             rec, command_id = _command_record(_with_trace_context(event, request), settings)
             if found is not None and platform:  # (a tenant's key: paced before its body)
                 self._paced(tenant, found.limits)
@@ -437,13 +437,14 @@ def _refuse_if_expired(key_id: str, key: IngressKey, tenant: str) -> None:
         raise refused
 
 
-def _refuse_unless_allowed(key: IngressKey, command: str) -> None:
+def _refuse_unless_allowed(key_id: str, key: IngressKey, command: str) -> None:
     if not key.allows(command):
         raise _Refused(
             403,
             "forbidden",
             "forbidden",
-            f"this key may not send {command} (it may send: {', '.join(key.commands or ())})",
+            # (Its id named: a sender may not know which key its settings hold.)
+            f"key {key_id} may not send {command} (it may send: {', '.join(key.commands or ())})",
             allowed=list(key.commands or ()),
         )
 
