@@ -390,7 +390,14 @@ class CommandProcessor(ProviderWindow):
                 RejectReason.CARD_DATA_FORBIDDEN,
                 "card numbers are not accepted; tokenise with the provider and send its token",
             )
-        return await self._process_event(rec, event, when, trace, suspicious)
+        while True:
+            emits = await self._process_event(rec, event, when, trace, suspicious)
+            if emits is not None:
+                return emits
+            # (None: chained, its tenant suspended or removed while it waited for its
+            # turn. Nothing of it was written before its turn (every branch that writes
+            # returns), so it is run again, as it would have been had it started now:
+            # serially it would have, and been answered by what the registry says now.)
 
     async def _process_event(
         self,
@@ -399,7 +406,7 @@ class CommandProcessor(ProviderWindow):
         when: datetime,
         trace: CommandTrace | None,
         suspicious: bool = True,
-    ) -> list[Emit]:
+    ) -> list[Emit] | None:
         # What the SDK's getters return, read from the dict they read (get_attributes
         # returns it, not a copy; get_type/get_id index it, get_extension/get_time .get()
         # it): a method call fewer for each, on every command. The events here are
@@ -842,7 +849,9 @@ class CommandProcessor(ProviderWindow):
         data: Any,
         when: datetime,
         trace: CommandTrace | None = None,
-    ) -> list[Emit]:
+    ) -> list[Emit] | None:
+        """The command's answer; None if its tenant was suspended or removed while it
+        waited for its turn (_take_turn): it is then to be run again from the start."""
         limit_rec = LimitRecord(cmd.command_id, rec.partition, rec.offset, rec.timestamp_ms)
         limited = self.limits.applies(cmd.tenant_id, tenant.limits)
         # The tenant's limits state, read once for the kept rejection and the admission
@@ -1028,7 +1037,7 @@ class CommandProcessor(ProviderWindow):
             # (``deciding``: the tenant as read at its start, its limits as at its turn.)
             deciding = tenant
             if turn is not None:
-                waited, deciding = await self._take_turn(
+                waited, at_turn = await self._take_turn(
                     turn,
                     lambda now_as: self._admit(
                         limit_rec, cmd, now_as, data, existing, request_hash, entity_keys,
@@ -1039,6 +1048,9 @@ class CommandProcessor(ProviderWindow):
                     tenant,
                     data,
                 )  # fmt: skip
+                if at_turn is None:
+                    return None  # (suspended or removed meanwhile: run again, see _process)
+                deciding = at_turn
                 if waited:
                     limits_state = UNREAD  # (other chains of the tenant wrote it meanwhile)
             # (As one let through before: a refusal its entity or provider contradicts.)
@@ -1387,13 +1399,17 @@ class CommandProcessor(ProviderWindow):
         cmd: CommandRef,
         tenant: Tenant,
         data: Any,
-    ) -> tuple[bool, Tenant]:
+    ) -> tuple[bool, Tenant | None]:
         """Wait for this command's turn among its tenant's chains to be decided by the
         limits (admission_order.py); whether it waited (other chains wrote the tenant's
         limits state meanwhile), and ``tenant`` with the limits to decide it by: the
-        registry's at its turn. ``trial(tenant)``: its decision now, nothing written."""
+        registry's at its turn (None: the tenant suspended or removed meanwhile).
+        ``trial(tenant)``: its decision now, nothing written."""
         waited = await turn.wait()
-        tenant = self._limits_at_turn(cmd.tenant_id, tenant)
+        at_turn = self._limits_at_turn(cmd.tenant_id, tenant)
+        if at_turn is None:
+            return waited, None
+        tenant = at_turn
         if (
             cmd.command_type == "payment.create"
             and tenant.limits.daily_payment_volume
@@ -1407,12 +1423,12 @@ class CommandProcessor(ProviderWindow):
             # serially they would be answered by now.
             metrics.VOLUME_WAITS.labels(cmd.tenant_id).inc()
             await turn.wait_settled()
-            waited = True
-            tenant = self._limits_at_turn(cmd.tenant_id, tenant)
+            return True, self._limits_at_turn(cmd.tenant_id, tenant)
         return waited, tenant
 
-    def _limits_at_turn(self, tenant_id: str, tenant: Tenant) -> Tenant:
-        """``tenant`` (as read when its command started) with the registry's limits now.
+    def _limits_at_turn(self, tenant_id: str, tenant: Tenant) -> Tenant | None:
+        """``tenant`` (as read when its command started) with the registry's limits now;
+        None if the registry now has it suspended or has no record of it.
 
         Chained, a command reads its tenant at its start, then waits for its turn while
         other chains run; a limits change landing meanwhile (review h70d) was seen by an
@@ -1421,13 +1437,22 @@ class CommandProcessor(ProviderWindow):
         later one does: read at each admission (taken in offset order), they do here too.
         Limits removed meanwhile: ``admit`` answers kept decisions and releases holds as
         for any tenant whose limits went (a kept rejection of this very record stands
-        either way: ``admit`` answers it before it looks at the limits). Only the limits:
-        the status (suspended) and the gateway stay as read at its start, as a command
-        already past those checks serially is not stopped; a record removed, or one this
-        worker cannot read, leaves the limits as read too."""
+        either way: ``admit`` answers it before it looks at the limits).
+
+        Suspended or removed meanwhile (a kill switch, for fraud): serially this command
+        would have started after, and been refused (or answered as let through before)
+        by ``_process_event``; it has written nothing yet, and is run again from there
+        (None). The gateway stays as read at its start; a record this worker cannot read
+        leaves the tenant as read (one read so at a command's start fails it as a bug)."""
         now = self.registered(tenant_id)
-        if now is None or now is tenant or now.limits == tenant.limits:
-            return tenant  # (unchanged, the parse cached: ``now is tenant``)
+        if now is tenant:
+            return tenant  # (unchanged, the parse cached: nearly always)
+        if now is None:
+            return None if self.tenants.get(tenant_id) is None else tenant
+        if now.status is TenantStatus.SUSPENDED:
+            return None
+        if now.limits == tenant.limits:
+            return tenant
         return tenant.model_copy(update={"limits": now.limits})
 
     def _admit(

@@ -22,6 +22,7 @@ from paystream.client import build_command
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import encode_event
 from paystream.tenancy.limits import TenantLimits
+from paystream.tenancy.models import TenantStatus
 from tests.agents.harness import Harness
 from tests.agents.test_tenant_chains import _Event, harness_runner
 from tests.agents.test_tenant_chains_differential import _outcomes, _tables, run_batches
@@ -571,17 +572,21 @@ async def _changed_while_c1_at_provider(
     monkeypatch: pytest.MonkeyPatch,
     concurrency: int,
     first: TenantLimits,
-    change: TenantLimits | None,
+    change: TenantLimits | TenantStatus | None,
     bodies: list[dict[str, Any]],
     hook: str = "wait",
     index: int = 2,
-) -> tuple[list[Any], list[Any]]:
+    lost_before: bool = False,
+) -> tuple[list[Any], list[Any], Any]:
     """``bodies`` (payment.create, offsets 2..) under ``first``; the registry set to
-    ``change`` (None: the tenant's record removed) once c1 (offset 2) has made its
-    provider call and the chained command at ``index`` has reached ``Turn.<hook>``
-    (serially: at once, as it has not started), before c1 is answered. The outcomes
-    (type, the limit or reason refusing), and those of the batch redelivered (nothing
-    committed) after the operator put ``first`` back."""
+    ``change`` (limits; a status: the record with it; None: the record removed) once c1
+    (offset 2) has made its provider call and the chained command at ``index`` has
+    reached ``Turn.<hook>`` (serially: at once, as it has not started), before c1 is
+    answered. The outcomes (type, the limit or reason refusing), those of the batch
+    redelivered (nothing committed) after the operator put the active record with
+    ``first`` back, and the limits state the first run left. ``lost_before``: the batch
+    ran once, unchanged, and a crash lost every write of it: only the provider
+    remembers its calls."""
     t = harness.add_tenant(limits=first)
     runner = harness_runner(harness, monkeypatch)
     _set_concurrency(monkeypatch, concurrency)
@@ -591,6 +596,21 @@ async def _changed_while_c1_at_provider(
         [_event(t, 1, ("customer.create", {"customer_id": "cu1"}, now), part)]
     )
     assert [k for k, _ in _outcomes(harness, setup, t)] == ["customer.created"]
+    events = [
+        _event(t, 2 + i, ("payment.create", body, now + 1 + i), part)
+        for i, body in enumerate(bodies)
+    ]
+    if lost_before:
+        tables = {n: dict(getattr(harness.tables, n)) for n in ("payments", "customers")}
+        kept = [(m, copy.deepcopy(dict(m))) for m in (harness.idempotency,
+                harness.processor.limits.table, harness.processor.answers.table)]  # fmt: skip
+        await asyncio.wait_for(runner.process_batch(events), 30)
+        for name, rows in tables.items():
+            getattr(harness.tables, name).clear()
+            getattr(harness.tables, name).update(rows)
+        for live, before in kept:
+            live.clear()
+            live.update(before)
     reached = asyncio.Event()
     if concurrency > 1:
         real_hook = getattr(Turn, hook)
@@ -613,15 +633,13 @@ async def _changed_while_c1_at_provider(
             # The operator's new record reaches the worker before c1's answer is written.
             if change is None:
                 del harness.tenants[t]
+            elif isinstance(change, TenantStatus):
+                harness.tenants[t] = {**record, "status": change.value}
             else:
                 harness.tenants[t] = {**record, "limits": change.model_dump()}
         return answer
 
     monkeypatch.setitem(pipeline.HANDLERS, "payment.create", changed_meanwhile)
-    events = [
-        _event(t, 2 + i, ("payment.create", body, now + 1 + i), part)
-        for i, body in enumerate(bodies)
-    ]
 
     def answered(done: Any) -> list[Any]:
         return [
@@ -631,10 +649,12 @@ async def _changed_while_c1_at_provider(
 
     done = await asyncio.wait_for(runner.process_batch(events), 30)
     first_run = answered(done)
+    # (Less the latest record time seen: each run's records are stamped from its own now.)
+    state = {k: v for k, v in (_limits_state(harness, t) or {}).items() if k != "at_ms"}
     harness.tenants[t] = {**record, "limits": first.model_dump()}
     monkeypatch.setitem(pipeline.HANDLERS, "payment.create", real)
     again = await asyncio.wait_for(runner.process_batch(events), 30)
-    return first_run, answered(again)
+    return first_run, answered(again), state
 
 
 # c1 and c2 name one customer (one chain), c3 none (a chain of its own), 7.00 each.
@@ -647,7 +667,7 @@ THREE = [
 
 async def _serial_and_chained(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, *args: Any, **kwargs: Any
-) -> tuple[tuple[list[Any], list[Any]], tuple[list[Any], list[Any]]]:
+) -> tuple[tuple[list[Any], list[Any], Any], tuple[list[Any], list[Any], Any]]:
     serial = await _changed_while_c1_at_provider(harness, monkeypatch, 1, *args, **kwargs)
     chained = await _changed_while_c1_at_provider(harness, monkeypatch, 4, *args, **kwargs)
     return serial, chained
@@ -703,20 +723,74 @@ async def test_volume_raised_while_waiting_for_earlier_payments_to_settle(
     assert chained == serial
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a chained command reads its tenant's record (status, existence) "
-    "when it starts; only its limits are read again at its turn (review h71c)",
-)
 @pytest.mark.asyncio
 async def test_tenant_removed_mid_run_stops_c3_as_serial(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The tenant's record removed while c1 is at the provider. Serially c2 and c3 start
-    after it and are refused unknown_tenant; chained, c3 started before it and is
-    charged for a tenant the registry no longer has (as for a suspension)."""
+    after it and are refused unknown_tenant; chained, c3 started before it and, waiting
+    at its turn, was charged for a tenant the registry no longer has (review h71c).
+    Redelivered after the record is put back, each keeps its answer."""
     first = TenantLimits(daily_payment_volume={"USD": 5000})
     serial, chained = await _serial_and_chained(harness, monkeypatch, first, None, THREE)
     unknown = ("command.rejected", "unknown_tenant")
     assert serial[0] == [("payment.succeeded", None), unknown, unknown]
-    assert chained[0] == serial[0]
+    assert serial[1] == serial[0]
+    assert chained == serial
+
+
+@pytest.mark.asyncio
+async def test_tenant_suspended_mid_run_stops_c3_as_serial(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenant suspended (a kill switch: fraud) while c1 is at the provider. Serially
+    c2 and c3 start after it and are refused tenant_suspended (c1, let through, finishes);
+    chained, c3 started before it and, waiting at its turn, was charged. Redelivered
+    after the tenant is resumed, each keeps its answer."""
+    first = TenantLimits(daily_payment_volume={"USD": 5000})
+    serial, chained = await _serial_and_chained(
+        harness, monkeypatch, first, TenantStatus.SUSPENDED, THREE
+    )
+    suspended = ("command.rejected", "tenant_suspended")
+    assert serial[0] == [("payment.succeeded", None), suspended, suspended]
+    assert serial[1] == serial[0]
+    assert serial[2]["volume"] == {"USD": 700} and not serial[2]["held"]
+    assert chained == serial
+
+
+@pytest.mark.parametrize("change", [TenantStatus.SUSPENDED, None], ids=["suspended", "removed"])
+@pytest.mark.asyncio
+async def test_tenant_stopped_while_waiting_for_earlier_payments_to_settle(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, change: TenantStatus | None
+) -> None:
+    """The read after wait_settled: c1 and c2 (7.00 each, chains of their own) under a
+    10.00 volume; c2, refused by the trial while c1 holds 7.00 at the provider, waits for
+    c1's answer, and the tenant is suspended (or removed) meanwhile. Serially c2 starts
+    after c1 is answered and is refused as the registry then says; chained too."""
+    first = TenantLimits(daily_payment_volume={"USD": 1000})
+    bodies = [{**CARD, "payment_id": "p1"}, {**CARD, "payment_id": "p2"}]
+    serial, chained = await _serial_and_chained(
+        harness, monkeypatch, first, change, bodies, "wait_settled", 1
+    )
+    reason = "unknown_tenant" if change is None else "tenant_suspended"
+    assert serial[0] == [("payment.succeeded", None), ("command.rejected", reason)]
+    assert serial[1] == serial[0]
+    assert chained == serial
+
+
+@pytest.mark.asyncio
+async def test_tenant_suspended_mid_run_finishes_what_a_lost_run_charged(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run again at its turn, a command of a suspended tenant is answered as one starting
+    then: c1, c2 and c3 charged, the batch's every write lost in a crash, and the tenant
+    suspended as it is redelivered. The provider says it took each (its key): each is
+    let through and finishes, as serially, never refused after the charge."""
+    first = TenantLimits(daily_payment_volume={"USD": 5000})
+    serial, chained = await _serial_and_chained(
+        harness, monkeypatch, first, TenantStatus.SUSPENDED, THREE, lost_before=True
+    )
+    assert serial[0] == [("payment.succeeded", None)] * 3
+    assert serial[1] == serial[0]
+    assert serial[2]["volume"] == {"USD": 2100}  # (each counted once)
+    assert chained == serial
