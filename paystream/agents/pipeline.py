@@ -396,8 +396,9 @@ class CommandProcessor(ProviderWindow):
                 return emits
             # (None: chained, its tenant suspended or removed while it waited for its
             # turn. Nothing of it was written before its turn (every branch that writes
-            # returns), so it is run again, as it would have been had it started now:
-            # serially it would have, and been answered by what the registry says now.)
+            # returns, but a let-through's in-flight record, which a re-run finds and
+            # answers by), so it is run again, as it would have been had it started
+            # now: serially it would have, and been answered by what the registry says.)
 
     async def _process_event(
         self,
