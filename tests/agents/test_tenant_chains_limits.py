@@ -577,6 +577,7 @@ async def _changed_while_c1_at_provider(
     hook: str = "wait",
     index: int = 2,
     lost_before: bool = False,
+    entities_kept: bool = False,
 ) -> tuple[list[Any], list[Any], Any]:
     """``bodies`` (payment.create, offsets 2..) under ``first``; the registry set to
     ``change`` (limits; a status: the record with it; None: the record removed) once c1
@@ -586,7 +587,7 @@ async def _changed_while_c1_at_provider(
     redelivered (nothing committed) after the operator put the active record with
     ``first`` back, and the limits state the first run left. ``lost_before``: the batch
     ran once, unchanged, and a crash lost every write of it: only the provider
-    remembers its calls."""
+    remembers its calls (``entities_kept``: but the entities it wrote)."""
     t = harness.add_tenant(limits=first)
     runner = harness_runner(harness, monkeypatch)
     _set_concurrency(monkeypatch, concurrency)
@@ -605,7 +606,7 @@ async def _changed_while_c1_at_provider(
         kept = [(m, copy.deepcopy(dict(m))) for m in (harness.idempotency,
                 harness.processor.limits.table, harness.processor.answers.table)]  # fmt: skip
         await asyncio.wait_for(runner.process_batch(events), 30)
-        for name, rows in tables.items():
+        for name, rows in tables.items() if not entities_kept else ():
             getattr(harness.tables, name).clear()
             getattr(harness.tables, name).update(rows)
         for live, before in kept:
@@ -793,4 +794,21 @@ async def test_tenant_suspended_mid_run_finishes_what_a_lost_run_charged(
     assert serial[0] == [("payment.succeeded", None)] * 3
     assert serial[1] == serial[0]
     assert serial[2]["volume"] == {"USD": 2100}  # (each counted once)
+    assert chained == serial
+
+
+@pytest.mark.parametrize("change", [TenantStatus.SUSPENDED, None], ids=["suspended", "removed"])
+@pytest.mark.asyncio
+async def test_a_lost_run_s_entities_answer_a_command_run_again_at_its_turn(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, change: TenantStatus | None
+) -> None:
+    """Review h71h: as above, but the crash kept the payments it wrote and lost the rest
+    (idempotency, limits, answers): run again at its turn, each command is let through
+    by its entity, answered as serially, each counted once."""
+    first = TenantLimits(daily_payment_volume={"USD": 5000})
+    serial, chained = await _serial_and_chained(
+        harness, monkeypatch, first, change, THREE, lost_before=True, entities_kept=True
+    )
+    assert serial[0] == [("payment.succeeded", None)] * 3
+    assert serial[2]["volume"] == {"USD": 2100}
     assert chained == serial
