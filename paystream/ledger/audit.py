@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -40,6 +40,7 @@ from paystream.ledger.models import (
     AuditLegacy,
     AuditLog,
     Event,
+    MasterKeySeen,
     table_of,
 )
 from paystream.ledger.session import tenant_session
@@ -162,8 +163,7 @@ async def append_audit(
     master = keyring.current
     key = audit_key(master)
     seq, prev = await lock_tenant(session, tenant_id)
-    if seq > 0:
-        await _chain_key_held(session, tenant_id, seq, keyring)
+    await _chain_key_held(session, tenant_id, seq, keyring)
     rows = []
     for entry in entries:
         if entry.occurred_at.tzinfo is None:
@@ -195,11 +195,18 @@ async def _chain_key_held(
     session: AsyncSession, tenant_id: str, seq: int, keyring: MasterKeyring
 ) -> None:
     """Refuse to extend a chain whose newest row is under a master key this keyring
-    lacks and no rotation retired (review h67l: a worker on the wrong key)."""
-    key_id = await session.scalar(
-        select(AuditLog.key_id).where(AuditLog.tenant_id == tenant_id, AuditLog.seq == seq)
-    )
-    if key_id is None or _key_in(keyring, key_id) is not None:
+    lacks and no rotation retired (review h67l: a worker on the wrong key); and to begin
+    one (or extend one ending in an unkeyed row, which names no key) with a keyring of
+    which the ledger has recorded no key while it records others (migration 0012)."""
+    key_id = None
+    if seq > 0:
+        key_id = await session.scalar(
+            select(AuditLog.key_id).where(AuditLog.tenant_id == tenant_id, AuditLog.seq == seq)
+        )
+    if key_id is None:
+        await _ledger_knows_the_keyring(session, tenant_id, keyring)
+        return
+    if _key_in(keyring, key_id) is not None:
         return
     retired = await session.scalar(
         select(func.count())
@@ -211,6 +218,31 @@ async def _chain_key_held(
             f"tenant {tenant_id}'s audit chain ends under master key {key_id!r}, which is "
             "neither in the keyring nor retired by `paystream keys rotate`: is "
             "PAYSTREAM_MASTER_KEY the right key?"
+        )
+
+
+async def _ledger_knows_the_keyring(
+    session: AsyncSession, tenant_id: str, keyring: MasterKeyring
+) -> None:
+    """A chain that names no key yet is begun only under a keyring holding a master key
+    the ledger has seen (any tenant's audit rows or data keys, or made current by `keys
+    rotate`), or on a ledger that has seen none: row-level security hides other tenants'
+    rows, so the owner's function answers (migration 0012), from other tenants' rows (the
+    tenant's own data keys, made in this transaction, vouch for nothing). Else a worker started with
+    another environment's or a mistyped key began new tenants' chains, and wrapped their
+    customers' data keys, under it, and nothing said so until `audit verify`."""
+    held = sorted({keyring.current.key_id, *(k.key_id for k in keyring.retired)})
+    known = await session.scalar(
+        text("SELECT ledger_master_key_known(:tenant, CAST(:ids AS text[]))"),
+        {"tenant": tenant_id, "ids": held},
+    )
+    if not known:
+        raise UnknownMasterKeyError(
+            f"tenant {tenant_id}'s audit chain names no master key yet, and the ledger has "
+            f"seen none of this keyring's ({', '.join(held)}) though it has seen others: "
+            "is PAYSTREAM_MASTER_KEY the right key? (After a rotation, the old key in "
+            "PAYSTREAM_RETIRED_MASTER_KEYS, or `paystream keys rotate` run, makes the new "
+            "one known.)"
         )
 
 
@@ -476,8 +508,16 @@ async def record_retirements(
     there. One call per rotation, with every tenant: a second call is a later run. A
     record stays as first made (a row written under the old key since is for the
     operator to look at), but a key current again (a rollback) loses its records: it is
-    live, and will be retired afresh. Returns how many tenant records were made."""
+    live, and will be retired afresh. The current key is recorded as one the ledger has
+    seen (``master_keys_seen``, tenant ``*``): a worker holding it alone begins new
+    tenants' chains though no row or data key is under it yet (a ledger without
+    customers). Returns how many tenant records were made."""
     current = keyring.current.key_id
+    await session.execute(
+        pg_insert(MasterKeySeen)
+        .values(tenant_id=RETIRED_MARKER, key_id=current)
+        .on_conflict_do_nothing()
+    )
     await session.execute(delete(AuditKeyRetirement).where(AuditKeyRetirement.key_id == current))
     retiring = sorted(k.key_id for k in keyring.retired)
     if not retiring:

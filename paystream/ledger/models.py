@@ -33,6 +33,7 @@ __all__ = [
     "DataKey",
     "Dispute",
     "Event",
+    "MasterKeySeen",
     "Payment",
     "PaymentMethod",
     "Refund",
@@ -310,6 +311,20 @@ class AuditKeyRetirement(Base):
     key_id: Mapped[str] = mapped_column(Text, primary_key=True)
     through_seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
     retired_at: Mapped[datetime] = mapped_column(Tstz, server_default=func.now())
+
+
+class MasterKeySeen(Base):
+    """A master key (its id) a tenant's audit rows are keyed under or its data keys are
+    wrapped under, recorded by the owner's trigger (migration 0012); tenant ``*``: the
+    key `paystream keys rotate` made current. The writer asks the ledger whether it knows
+    any key of its keyring before it begins a tenant's chain
+    (``ledger_master_key_known``)."""
+
+    __tablename__ = "master_keys_seen"
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    key_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(Tstz, server_default=func.now())
 
 
 # Every table holding tenant rows: each gets RLS enabled + forced and the tenant policy.

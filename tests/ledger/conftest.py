@@ -17,7 +17,7 @@ from paystream.tenancy.crypto import MasterKey, MasterKeyring
 # pytest only honours `pytest_plugins` in the top-level conftest; until tests/conftest.py
 # registers "tests.fixtures.postgres", importing the fixtures here makes them visible.
 from tests.fixtures.postgres import ledger_database_url, module_database_url
-from tests.ledger.factories import EventFactory, LedgerDb
+from tests.ledger.factories import EventFactory, LedgerDb, forget_master_keys
 
 __all__ = ["ledger_database_url", "module_database_url"]
 
@@ -47,8 +47,22 @@ def _app_password_restored(request: pytest.FixtureRequest) -> Iterator[None]:
     worker for 10 minutes under xdist)."""
     yield
     kept = _module_passwords.get(request.module.__name__)
-    if kept is not None:
+    if kept is not None and not getattr(request.module, "MASTER_KEYS_SEEN_KEPT", False):
         asyncio.run(_set_password(*kept))
+
+
+@pytest.fixture(autouse=True)
+def _no_master_key_seen_yet(request: pytest.FixtureRequest) -> None:
+    """Each test begins on a ledger that has seen no master key (migration 0012's record,
+    emptied as the owner): a module's tests share its database, and most make keys of
+    their own, a deployment each, whose first chain the writer would otherwise refuse as
+    one begun under the wrong key (review h71f). What a test writes itself is recorded
+    as ever; `test_wrong_master_key.py` checks the refusal. A module setting
+    ``MASTER_KEYS_SEEN_KEPT`` (one key throughout) keeps the record. (After the module's
+    ``ledger_db``, if the test asks for it: fixtures of wider scope are set up first.)"""
+    kept = _module_passwords.get(request.module.__name__)
+    if kept is not None and not getattr(request.module, "MASTER_KEYS_SEEN_KEPT", False):
+        asyncio.run(forget_master_keys(kept[0]))
 
 
 async def _set_password(url: str, password: str) -> None:

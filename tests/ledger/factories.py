@@ -82,6 +82,23 @@ class EventFactory:
         )
 
 
+async def forget_master_keys(url: str) -> None:
+    """As the owner at ``url``: empty migration 0012's record of the master keys the
+    ledger has seen (a test making keys of its own in a database earlier tests wrote)."""
+    from sqlalchemy import text
+    from sqlalchemy.pool import NullPool
+
+    from paystream.ledger import create_engine
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            if await conn.scalar(text("SELECT to_regclass('master_keys_seen') IS NOT NULL")):
+                await conn.execute(text("DELETE FROM master_keys_seen"))
+    finally:
+        await engine.dispose()
+
+
 async def insert_audit_row(
     conn: Any,
     tenant: str,

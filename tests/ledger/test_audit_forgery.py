@@ -252,7 +252,10 @@ async def test_a_key_first_retired_before_any_chain_is_still_retired_on_a_later_
         k1 = MasterKeyring(MasterKey.generate())
         k2 = k1.rotated_to(MasterKey.generate())
         assert await record_audit_retirements(url, k2, []) == 0  # no chain anywhere
-        await write_events(app, [EventFactory().payment("fg10", "pay_1")], keyring=k1)
+        # (The forger's keyring holds the new key too: this version's writer begins no
+        # chain under the old key alone once `keys rotate` recorded the new one.)
+        forger = MasterKeyring(k1.current, (k2.current,))
+        await write_events(app, [EventFactory().payment("fg10", "pay_1")], keyring=forger)
         await record_audit_retirements(url, k2, [])  # `keys rotate` again
         problems = (await verify_audit(app, "fg10", k2)).problems
         assert len(problems) == 1 and "(seq 1) past seq 0" in problems[0], problems

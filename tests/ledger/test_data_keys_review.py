@@ -113,9 +113,12 @@ async def test_one_key_under_an_unknown_master_key_does_not_stop_other_tenants(
 ) -> None:
     """A worker once run with a wrong PAYSTREAM_MASTER_KEY wrapped one tenant's key under
     it: rotation aborts there (UnknownMasterKeyError), later tenants untouched."""
-    old, stray = MasterKeyring(MasterKey.generate()), MasterKeyring(MasterKey.generate())
-    await write_events(app_engine, [make_event.customer("uk1", "cus_x")], keyring=stray)
+    old = MasterKeyring(MasterKey.generate())
     await write_events(app_engine, [make_event.customer("uk2", "cus_y")], keyring=old)
+    # (Holding the right key as retired too: this version's writer begins no chain under
+    # a key the ledger has not seen; an older version's did.)
+    stray = MasterKeyring(MasterKey.generate(), (old.current,))
+    await write_events(app_engine, [make_event.customer("uk1", "cus_x")], keyring=stray)
     new = MasterKey.generate()
     unopenable: list[str] = []
     await rotate_master_key(app_engine, old.rotated_to(new), ["uk1", "uk2"], unopenable)

@@ -67,7 +67,8 @@ async def test_upgrade_matches_models_and_secures_every_table(
         assert set(isolation) == set(TENANT_TABLES)
         assert all("current_setting('app.current_tenant_id'" in q for q in isolation.values())
         # The exceptions, all the owner's: it reads which master key wraps each data key
-        # and where each audit chain stands, and records retired keys' last rows.
+        # and where each audit chain stands, records retired keys' last rows, and the
+        # master keys the ledger has seen (0012's trigger and function).
         owner_name = (await conn.execute(text("SELECT current_user"))).scalar()
         others = sorted(
             (r.tablename, r.policyname, r.cmd, r.roles)
@@ -78,6 +79,7 @@ async def test_upgrade_matches_models_and_secures_every_table(
             ("audit_heads", "owner_reads_heads", "SELECT", [owner_name]),
             ("audit_key_retirements", "owner_records_retirements", "ALL", [owner_name]),
             ("data_keys", "owner_key_audit", "SELECT", [owner_name]),
+            ("master_keys_seen", "owner_records_master_keys", "ALL", [owner_name]),
         ]
 
 
@@ -272,10 +274,11 @@ async def test_a_downgrade_and_back_neither_accepts_a_forgery_nor_forgets_a_rota
     from paystream.ledger.audit import audit_key, record_retirements
     from paystream.ledger.migrate import app_database_url
     from paystream.tenancy.crypto import MasterKey, MasterKeyring
-    from tests.ledger.factories import EventFactory
+    from tests.ledger.factories import EventFactory, forget_master_keys
     from tests.ledger.test_audit_forgery import _append_forged
 
     await upgrade(module_database_url, app_password="dg2-pw")
+    await forget_master_keys(module_database_url)  # (earlier tests' keys: other ledgers')
     app = create_engine(app_database_url(module_database_url, "dg2-pw"))  # RLS: one tenant
     make = EventFactory()
     k1 = MasterKeyring(MasterKey.generate())

@@ -14,12 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from paystream.ledger import assert_rls_enforced, create_engine, tenant_session, write_events
+from paystream.ledger import assert_rls_enforced, create_engine, tenant_session
 from paystream.ledger.migrate import app_database_url, upgrade
 from paystream.ledger.session import RlsNotEnforcedError
-from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.fixtures.postgres import fresh_database
-from tests.ledger.factories import EventFactory
 
 
 def _plain(url: str, **parts: str) -> str:
@@ -103,11 +101,17 @@ async def test_a_function_planted_before_0011_stops_the_migration(
     await upgrade(url, "0010", app_password=password)
     app = create_engine(app_database_url(url, password))
     try:
-        await write_events(
-            app,
-            [EventFactory().payment("acme", "pay_1")],
-            keyring=MasterKeyring(MasterKey.generate()),
-        )
+        # (As the version of 0010 stored it: this one's writer asks 0012's function.)
+        async with tenant_session(app, "acme") as s:
+            await s.execute(text("INSERT INTO tenants (tenant_id) VALUES ('acme')"))
+            await s.execute(
+                text(
+                    "INSERT INTO payments (tenant_id, payment_id, amount, currency, status, "
+                    "amount_captured, version, last_event_id, created_at, updated_at) "
+                    "VALUES ('acme', 'pay_1', 1000, 'USD', 'succeeded', 1000, 1, 'evt_1', "
+                    "now(), now())"
+                )
+            )
         async with app.begin() as conn:  # a stolen app credential, before the upgrade
             await conn.execute(
                 text(

@@ -23,6 +23,10 @@ from paystream.ledger.models import TENANT_TABLES, Payment
 from paystream.tenancy.crypto import MasterKeyring
 from tests.ledger.factories import EventFactory, LedgerDb
 
+# Every test here writes under the session keyring: the record of master keys seen (0012),
+# written by the module's fixture, is kept (tests/ledger/conftest.py).
+MASTER_KEYS_SEEN_KEPT = True
+
 RLS_VIOLATION = "row-level security"
 
 

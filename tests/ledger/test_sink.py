@@ -708,7 +708,9 @@ def test_cli_migrate_and_audit_verify(cli_database_url: str) -> None:
         await engine.dispose()
 
     asyncio.run(write("acme", MasterKeyring(old)))
-    asyncio.run(write("globex", MasterKeyring(MasterKey.generate())))  # a key nobody has
+    # A key nobody has (beside the ledger's, retired: this version's writer begins no
+    # chain under a key the ledger has not seen; an older version's did).
+    asyncio.run(write("globex", MasterKeyring(MasterKey.generate(), (old,))))
     new_key = MasterKey.generate()
     rotated = {
         **env,
