@@ -219,6 +219,10 @@ async def _chain_key_held(
             "neither in the keyring nor retired by `paystream keys rotate`: is "
             "PAYSTREAM_MASTER_KEY the right key?"
         )
+    # Past a retired key the chain names no key this keyring holds: extended only by a
+    # keyring the ledger knows (`keys rotate` recorded the key it made current), else a
+    # wrong key's first write here made it one the ledger "has seen" (review h71i).
+    await _ledger_knows_the_keyring(session, tenant_id, keyring)
 
 
 async def _ledger_knows_the_keyring(

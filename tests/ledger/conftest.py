@@ -47,7 +47,7 @@ def _app_password_restored(request: pytest.FixtureRequest) -> Iterator[None]:
     worker for 10 minutes under xdist)."""
     yield
     kept = _module_passwords.get(request.module.__name__)
-    if kept is not None and not getattr(request.module, "MASTER_KEYS_SEEN_KEPT", False):
+    if kept is not None:
         asyncio.run(_set_password(*kept))
 
 

@@ -91,6 +91,11 @@ _TRIGGERS = {
 
 
 def upgrade() -> None:
+    # In the writers' order (a new customer's data key, then its audit row), audit_log at
+    # once in the mode the backfill takes: a write in flight finishes first, rather than
+    # deadlocking with the triggers' creation (review h71i).
+    op.execute("LOCK TABLE data_keys IN SHARE ROW EXCLUSIVE MODE")
+    op.execute("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
     op.execute(
         f"CREATE TABLE {TABLE} ("
         "tenant_id varchar(64) NOT NULL, key_id text NOT NULL, "
