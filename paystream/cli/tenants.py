@@ -114,6 +114,25 @@ def _refuse_card_numbers(*given: tuple[str, str | None]) -> None:
             )
 
 
+_A_KEY = re.compile(r"psk_[0-9a-f]{8}_")
+
+
+def _refuse_keys(*given: tuple[str, str | None]) -> None:
+    """A key given where an id, a label or a command goes (``Bearer psk_…``, with a blank,
+    as TENANT_ID): refused, never repeated (a label is written to the registry topic)."""
+    from paystream.tenancy.ingress_keys import key_id_of
+
+    for hint, text in given:
+        found = None if text is None else _A_KEY.search(text)
+        if text is not None and found is not None:
+            said = key_id_of(text[found.start() :].strip())
+            hint_id = f": its id is {said}" if said else ""
+            raise click.BadParameter(
+                f"that is a key{hint_id} (do not paste keys where they are kept or logged)",
+                param_hint=hint,
+            )
+
+
 @tenants.command("add")
 @click.argument("tenant_id")
 @click.option("--name", default=None, help="display name [tenant id]")
@@ -172,6 +191,7 @@ def tenants_add(
         raise click.BadParameter(f"unknown gateway; valid: {', '.join(sorted(GATEWAYS))}")
     if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
         raise click.BadParameter(f"tenant ids match {TENANT_ID_PATTERN}", param_hint="TENANT_ID")
+    _refuse_keys(("TENANT_ID", tenant_id), ("--name", name))
     _refuse_card_numbers(("TENANT_ID", tenant_id), ("--name", name))
     if clear_options and options:
         raise click.UsageError("--clear-options removes every option: give no --option")
@@ -367,7 +387,9 @@ def _registered(settings: Settings, tenant_id: str) -> Tenant | None:
     """The tenant's current record, to change; a clean error if it cannot be read."""
     from paystream.tenancy.registry import UnreadableTenant, registered_tenant
 
-    _refuse_card_numbers(("TENANT_ID", tenant_id))  # (else "unknown tenant '4242…'")
+    # (Else "unknown tenant '4242…'" / "unknown tenant 'psk_…'".)
+    _refuse_keys(("TENANT_ID", tenant_id))
+    _refuse_card_numbers(("TENANT_ID", tenant_id))
 
     try:
         return _run(registered_tenant(settings, tenant_id))
@@ -392,6 +414,7 @@ def tenants_list() -> None:
 
 
 def _set_status(tenant_id: str, status: str) -> None:
+    _refuse_keys(("TENANT_ID", tenant_id))
     _refuse_card_numbers(("TENANT_ID", tenant_id))
     settings = _settings()
     from paystream.tenancy.models import TenantStatus
