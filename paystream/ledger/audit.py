@@ -195,16 +195,17 @@ async def _chain_key_held(
     session: AsyncSession, tenant_id: str, seq: int, keyring: MasterKeyring
 ) -> None:
     """Refuse to extend a chain whose newest row is under a master key this keyring
-    lacks and no rotation retired (review h67l: a worker on the wrong key); and to begin
-    one (or extend one ending in an unkeyed row, which names no key) with a keyring of
-    which the ledger has recorded no key while it records others (migration 0012)."""
+    lacks and no rotation retired (review h67l: a worker on the wrong key); to extend one
+    past a key `keys rotate` retired, or begin one (or extend one ending in an unkeyed
+    row, which names no key), with a keyring of which the ledger has recorded no key
+    (migration 0012; a chain begun on a ledger that has seen no key takes the first)."""
     key_id = None
     if seq > 0:
         key_id = await session.scalar(
             select(AuditLog.key_id).where(AuditLog.tenant_id == tenant_id, AuditLog.seq == seq)
         )
     if key_id is None:
-        await _ledger_knows_the_keyring(session, tenant_id, keyring)
+        await _refuse_unless_ledger_has_seen(session, tenant_id, keyring, may_be_first=True)
         return
     if _key_in(keyring, key_id) is not None:
         return
@@ -221,32 +222,34 @@ async def _chain_key_held(
         )
     # Past a retired key the chain names no key this keyring holds: extended only by a
     # keyring the ledger knows (`keys rotate` recorded the key it made current), else a
-    # wrong key's first write here made it one the ledger "has seen" (review h71i).
-    await _ledger_knows_the_keyring(session, tenant_id, keyring)
+    # wrong key's first write here made it one the ledger "has seen" (review h71i); never
+    # as a first key (a one-tenant ledger rotated before 0012 has no other's: h71k).
+    await _refuse_unless_ledger_has_seen(session, tenant_id, keyring, may_be_first=False)
 
 
-async def _ledger_knows_the_keyring(
-    session: AsyncSession, tenant_id: str, keyring: MasterKeyring
+async def _refuse_unless_ledger_has_seen(
+    session: AsyncSession, tenant_id: str, keyring: MasterKeyring, *, may_be_first: bool
 ) -> None:
-    """A chain that names no key yet is begun only under a keyring holding a master key
-    the ledger has seen (any tenant's audit rows or data keys, or made current by `keys
-    rotate`), or on a ledger that has seen none: row-level security hides other tenants'
-    rows, so the owner's function answers (migration 0012), from other tenants' rows (the
-    tenant's own data keys, made in this transaction, vouch for nothing). Else a worker started with
-    another environment's or a mistyped key began new tenants' chains, and wrapped their
-    customers' data keys, under it, and nothing said so until `audit verify`."""
+    """Refuse a keyring holding no master key the ledger has seen (another tenant's audit
+    rows or data keys, or made current by `keys rotate`); ``may_be_first``: a chain
+    begun, on a ledger that has seen no key, takes this one. Row-level security hides
+    other tenants' rows, so the owner's function answers (migration 0012), from other
+    tenants' rows (the tenant's own data keys, made in this transaction, vouch for
+    nothing). Else a worker started with another environment's or a mistyped key began
+    new tenants' chains, and wrapped their customers' data keys, under it, and nothing
+    said so until `audit verify`."""
     held = sorted({keyring.current.key_id, *(k.key_id for k in keyring.retired)})
     known = await session.scalar(
-        text("SELECT ledger_master_key_known(:tenant, CAST(:ids AS text[]))"),
-        {"tenant": tenant_id, "ids": held},
+        text("SELECT ledger_master_key_known(:tenant, CAST(:ids AS text[]), :first)"),
+        {"tenant": tenant_id, "ids": held, "first": may_be_first},
     )
     if not known:
+        where = "names no master key yet" if may_be_first else "ends under a retired key"
         raise UnknownMasterKeyError(
-            f"tenant {tenant_id}'s audit chain names no master key yet, and the ledger has "
-            f"seen none of this keyring's ({', '.join(held)}) though it has seen others: "
-            "is PAYSTREAM_MASTER_KEY the right key? (After a rotation, the old key in "
-            "PAYSTREAM_RETIRED_MASTER_KEYS, or `paystream keys rotate` run, makes the new "
-            "one known.)"
+            f"tenant {tenant_id}'s audit chain {where}, and the ledger has seen none of "
+            f"this keyring's keys ({', '.join(held)}): is PAYSTREAM_MASTER_KEY the right "
+            "key? (After a rotation, the old key in PAYSTREAM_RETIRED_MASTER_KEYS, or "
+            "`paystream keys rotate` run again, makes the new one known.)"
         )
 
 

@@ -317,8 +317,8 @@ class MasterKeySeen(Base):
     """A master key (its id) a tenant's audit rows are keyed under or its data keys are
     wrapped under, recorded by the owner's trigger (migration 0012); tenant ``*``: the
     key `paystream keys rotate` made current. The writer asks the ledger whether it knows
-    any key of its keyring before it begins a tenant's chain
-    (``ledger_master_key_known``)."""
+    any key of its keyring before it begins a tenant's chain, or extends one past a key
+    `keys rotate` retired (``ledger_master_key_known``)."""
 
     __tablename__ = "master_keys_seen"
 

@@ -23,7 +23,7 @@ from tests.ledger.factories import EventFactory, insert_audit_row
 
 _OBJECTS = (
     "SELECT to_regclass('master_keys_seen') IS NOT NULL, "
-    "to_regprocedure('ledger_master_key_known(text, text[])') IS NOT NULL, "
+    "to_regprocedure('ledger_master_key_known(text, text[], boolean)') IS NOT NULL, "
     "to_regprocedure('master_keys_seen_record()') IS NOT NULL, "
     "(SELECT count(*) FROM pg_trigger WHERE tgname = 'master_keys_seen')"
 )

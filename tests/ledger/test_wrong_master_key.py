@@ -282,7 +282,8 @@ async def test_the_app_role_reads_its_tenants_keys_seen_and_writes_none(
         may = await s.execute(
             text(
                 "SELECT has_function_privilege('master_keys_seen_record()', 'EXECUTE'), "
-                "has_function_privilege('ledger_master_key_known(text, text[])', 'EXECUTE')"
+                "has_function_privilege("
+                "'ledger_master_key_known(text, text[], boolean)', 'EXECUTE')"
             )
         )
         assert tuple(may.one()) == (False, True)

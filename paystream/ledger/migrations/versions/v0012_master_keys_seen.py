@@ -16,18 +16,20 @@ so the ledger now records them:
   DEFINER, the owner's, with 0008's fixed search path), by ``keys rotate``, and here,
   from the rows already there. The application role may read its tenant's rows (as
   ``audit_key_retirements``), and write none.
-* ``ledger_master_key_known(tenant, key_ids)``: true when the ledger has recorded no key
-  of any other tenant (a fresh ledger: the first key is taken), or one of ``key_ids``
-  (of another tenant, or ``keys rotate``'s record). SECURITY
-  DEFINER (it reads every tenant's rows, and answers only that), executable by the
-  application role alone. The writer asks it with its keyring's key ids (current and
-  retired) before a tenant's first audit row, and refuses as it does a chain under a key
-  it lacks (``config``: the sink waits for the operator).
+* ``ledger_master_key_known(tenant, key_ids, may_be_first)``: true when the ledger has
+  recorded one of ``key_ids`` (of another tenant, or ``keys rotate``'s record), or, with
+  ``may_be_first`` (a chain begun), no key of any other tenant (a fresh ledger: the
+  first key is taken). SECURITY DEFINER (it reads every tenant's rows, and answers only
+  that), executable by the application role alone. The writer asks it with its keyring's
+  key ids (current and retired) before a tenant's first audit row, and past a chain end
+  under a key ``keys rotate`` retired (review h71i; not a first key then, review h71k: a
+  one-tenant ledger rotated before 0012 records no other tenant's key), and refuses as it
+  does a chain under a key it lacks (``config``: the sink waits for the operator).
 
-The backfill reads ``audit_log`` once (a sequential scan: its indexes lead with the
-tenant), after the triggers are in place and in the same transaction, so a row written
-meanwhile is either seen or recorded by them; the ledger's writes wait for the
-migration's commit meanwhile (creating a trigger locks out inserts).
+It locks ``data_keys``, then ``audit_log`` (the writers' order: review h71i), before
+anything else, so no row is written while it creates the triggers and reads
+``audit_log`` once (a sequential scan: its indexes lead with the tenant); the ledger's
+writes, and reads of ``audit_log``, wait for its commit meanwhile.
 
 Revision ID: 0012
 Revises: 0011
@@ -73,9 +75,10 @@ END $$
 # Other tenants' rows only: the tenant's own (its data keys, inserted in the same
 # transaction before its first audit row) cannot vouch for the key its chain begins under.
 _KNOWN = """
-CREATE FUNCTION ledger_master_key_known(tenant text, key_ids text[]) RETURNS boolean
+CREATE FUNCTION ledger_master_key_known(tenant text, key_ids text[], may_be_first boolean)
+RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
-  SELECT NOT EXISTS (SELECT 1 FROM master_keys_seen WHERE tenant_id <> tenant)
+  SELECT (may_be_first AND NOT EXISTS (SELECT 1 FROM master_keys_seen WHERE tenant_id <> tenant))
       OR EXISTS (
         SELECT 1 FROM master_keys_seen WHERE tenant_id <> tenant AND key_id = ANY (key_ids)
       )
@@ -83,7 +86,7 @@ $$
 """
 assert f"search_path = {SEARCH_PATH} " in _RECORD  # (0008's, as the other functions have)
 assert f"search_path = {SEARCH_PATH} " in _KNOWN
-KNOWN_SIGNATURE = "ledger_master_key_known(text, text[])"
+KNOWN_SIGNATURE = "ledger_master_key_known(text, text[], boolean)"
 _TRIGGERS = {
     "audit_log": "AFTER INSERT ON audit_log",
     "data_keys": "AFTER INSERT OR UPDATE OF master_key_id ON data_keys",
