@@ -31,7 +31,6 @@ __all__ = [
     "MAX_KEYS_PER_TENANT",
     "IngressKey",
     "key_id_of",
-    "key_matches",
     "matched_key",
     "new_key",
 ]
@@ -114,16 +113,6 @@ def matched_key(keys: Mapping[str, IngressKey], text: str) -> tuple[str, Ingress
         return None
     # (Compared in constant time; the id is no secret, the digest's match is.)
     return (found.group(1), kept) if hmac.compare_digest(kept.digest, _digest(text)) else None
-
-
-def key_matches(
-    keys: Mapping[str, IngressKey], text: str, now: datetime | None = None
-) -> str | None:
-    """The id of the key among ``keys`` that ``text`` is, if any and not expired."""
-    found = matched_key(keys, text)
-    if found is None or found[1].expired(now or datetime.now(UTC)):
-        return None
-    return found[0]
 
 
 def _digest(text: str) -> str:

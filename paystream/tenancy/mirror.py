@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
@@ -249,12 +248,6 @@ class RegistryMirror:
     ) -> str | None:
         """Apply one registry record to the tenants served now."""
         return self._state.apply(key, value, timestamp_ms)
-
-    def ingress_key_holder(self, credential: str) -> str | None:
-        """The tenant whose ingress key ``credential`` is, if any and not expired (its
-        rate limit paces what the key sends before the body is read; review h67k)."""
-        found = self.ingress_key_of(credential)
-        return None if found is None or found[2].expired(datetime.now(UTC)) else found[0]
 
     def ingress_key_of(self, credential: str) -> tuple[str, str, IngressKey] | None:
         """(tenant, key id, key) of the ingress key ``credential`` is, expired or not.

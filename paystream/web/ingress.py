@@ -143,8 +143,7 @@ class CommandIngress:
         registry, settings = self.registry, self.settings
         tenant_label = UNREGISTERED
         try:
-            credential, platform = self._before_body(request)
-            holder = None if platform else registry.ingress_key_holder(credential or "")
+            credential, platform, holder = self._before_body(request)
             held_by = None if holder is None else registry.tenants.get(holder)
             if holder is not None and held_by is not None:
                 tenant_label = holder  # (its key matched: counted as the tenant's)
@@ -227,8 +226,7 @@ class CommandIngress:
         nothing); any other goes on as aiohttp's default has it (``100 Continue``)."""
         label = UNREGISTERED
         try:
-            credential, platform = self._before_body(request)
-            holder = None if platform else self.registry.ingress_key_holder(credential or "")
+            _, _, holder = self._before_body(request)
             held_by = None if holder is None else self.registry.tenants.get(holder)
             if holder is not None and held_by is not None:
                 # Over its rate, told before it sends the body (review h67n): the bucket
@@ -244,12 +242,14 @@ class CommandIngress:
         await _default_expect_handler(request)
         return None
 
-    def _before_body(self, request: Request) -> tuple[str | None, bool]:
-        """(the credential, whether it is the platform token), or the refusal that needs
-        no body: no key, or one no tenant holds (a made-up key, or a real key id with a
-        made-up secret, costs no parsing); a declared length over the largest command."""
+    def _before_body(self, request: Request) -> tuple[str | None, bool, str | None]:
+        """(the credential, whether it is the platform token, the tenant whose key it is),
+        or the refusal that needs no body: no key, or one no tenant holds (a made-up key,
+        or a real key id with a made-up secret, costs no parsing), an expired key (401
+        ``key_expired``); a declared length over the largest command."""
         credential = bearer(request.headers)
         platform = matches(credential, self.settings.ingress_token)
+        holder = None
         if not platform:
             if credential is None or key_id_of(credential) is None:
                 raise _unauthorized()
@@ -258,10 +258,11 @@ class CommandIngress:
             found = self.registry.ingress_key_of(credential)
             if found is None:
                 raise _unauthorized()
-            _refuse_if_expired(found[1], found[2], found[0])
+            holder, key_id, key = found
+            _refuse_if_expired(key_id, key, holder)
         if (request.content_length or 0) > self.settings.command_max_bytes:
             raise _too_large(self.settings.command_max_bytes)
-        return credential, platform
+        return credential, platform, holder
 
     async def _produced(
         self,

@@ -193,7 +193,11 @@ def _api_key(
         written.append(updated)
 
     monkeypatch.setattr(api_keys, "_settings", lambda: None)
-    monkeypatch.setattr(api_keys, "_registered", lambda settings, tid: tenant)
+
+    async def registered(settings: Any, tenant_id: str) -> Tenant | None:
+        return tenant  # (the registry as read; the CLI's own checks of TENANT_ID still run)
+
+    monkeypatch.setattr("paystream.tenancy.registry.registered_tenant", registered)
     monkeypatch.setattr("paystream.tenancy.registry.put_tenant_unless_changed", put)
     return CliRunner().invoke(api_keys.tenants_api_key, list(args)), written
 
