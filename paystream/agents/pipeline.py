@@ -1407,7 +1407,7 @@ class CommandProcessor(ProviderWindow):
         registry's at its turn (None: the tenant suspended or removed meanwhile).
         ``trial(tenant)``: its decision now, nothing written."""
         waited = await turn.wait()
-        at_turn = self._limits_at_turn(cmd.tenant_id, tenant)
+        at_turn = self._tenant_at_turn(cmd.tenant_id, tenant)
         if at_turn is None:
             return waited, None
         tenant = at_turn
@@ -1424,10 +1424,10 @@ class CommandProcessor(ProviderWindow):
             # serially they would be answered by now.
             metrics.VOLUME_WAITS.labels(cmd.tenant_id).inc()
             await turn.wait_settled()
-            return True, self._limits_at_turn(cmd.tenant_id, tenant)
+            return True, self._tenant_at_turn(cmd.tenant_id, tenant)
         return waited, tenant
 
-    def _limits_at_turn(self, tenant_id: str, tenant: Tenant) -> Tenant | None:
+    def _tenant_at_turn(self, tenant_id: str, tenant: Tenant) -> Tenant | None:
         """``tenant`` (as read when its command started) with the registry's limits now;
         None if the registry now has it suspended or has no record of it.
 
