@@ -95,7 +95,15 @@ async def deployed(
         if isinstance(served, IngressProcess):
             logs.append(served.log_path.read_text(errors="replace"))
     for log in logs:
-        for secret in (PLATFORM_TOKEN, SHOP_KEY, OTHER_KEY, PACED_KEY, SCOPED_KEY, CARD):
+        for secret in (
+            PLATFORM_TOKEN,
+            SHOP_KEY,
+            OTHER_KEY,
+            PACED_KEY,
+            SCOPED_KEY,
+            EXPIRED_KEY,
+            CARD,
+        ):
             assert secret not in log
 
 
