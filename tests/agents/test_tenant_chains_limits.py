@@ -724,38 +724,23 @@ async def test_volume_raised_while_waiting_for_earlier_payments_to_settle(
     assert chained == serial
 
 
+@pytest.mark.parametrize("change", [TenantStatus.SUSPENDED, None], ids=["suspended", "removed"])
 @pytest.mark.asyncio
-async def test_tenant_removed_mid_run_stops_c3_as_serial(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+async def test_tenant_stopped_mid_run_stops_c3_as_serial(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, change: TenantStatus | None
 ) -> None:
-    """The tenant's record removed while c1 is at the provider. Serially c2 and c3 start
-    after it and are refused unknown_tenant; chained, c3 started before it and, waiting
-    at its turn, was charged for a tenant the registry no longer has (review h71c).
-    Redelivered after the record is put back, each keeps its answer."""
+    """The tenant suspended (a kill switch: fraud) or its record removed while c1 is at
+    the provider. Serially c2 and c3 start after it and are refused tenant_suspended
+    (unknown_tenant); c1, let through, finishes. Chained, c3 started before it and,
+    waiting at its turn, was charged (review h71c). Redelivered after the record is put
+    back, each keeps its answer."""
     first = TenantLimits(daily_payment_volume={"USD": 5000})
-    serial, chained = await _serial_and_chained(harness, monkeypatch, first, None, THREE)
-    unknown = ("command.rejected", "unknown_tenant")
-    assert serial[0] == [("payment.succeeded", None), unknown, unknown]
+    serial, chained = await _serial_and_chained(harness, monkeypatch, first, change, THREE)
+    refused = ("command.rejected", "unknown_tenant" if change is None else "tenant_suspended")
+    assert serial[0] == [("payment.succeeded", None), refused, refused]
     assert serial[1] == serial[0]
-    assert chained == serial
-
-
-@pytest.mark.asyncio
-async def test_tenant_suspended_mid_run_stops_c3_as_serial(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The tenant suspended (a kill switch: fraud) while c1 is at the provider. Serially
-    c2 and c3 start after it and are refused tenant_suspended (c1, let through, finishes);
-    chained, c3 started before it and, waiting at its turn, was charged. Redelivered
-    after the tenant is resumed, each keeps its answer."""
-    first = TenantLimits(daily_payment_volume={"USD": 5000})
-    serial, chained = await _serial_and_chained(
-        harness, monkeypatch, first, TenantStatus.SUSPENDED, THREE
-    )
-    suspended = ("command.rejected", "tenant_suspended")
-    assert serial[0] == [("payment.succeeded", None), suspended, suspended]
-    assert serial[1] == serial[0]
-    assert serial[2]["volume"] == {"USD": 700} and not serial[2]["held"]
+    if change is not None:  # (the suspended tenant's day: c1 alone counted, nothing held)
+        assert serial[2]["volume"] == {"USD": 700} and not serial[2]["held"]
     assert chained == serial
 
 

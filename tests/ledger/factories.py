@@ -99,6 +99,23 @@ async def forget_master_keys(url: str) -> None:
         await engine.dispose()
 
 
+def sink_audit_row(
+    action: str, entity_type: str, entity_id: str, after: dict[str, Any]
+) -> dict[str, Any]:
+    """An audit row as the ledger sink writes one for a new entity (for insert_audit_row)."""
+    from datetime import UTC, datetime
+
+    return {
+        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "actor": "system:ledger-sink",
+        "action": action,
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "before": None,
+        "after": after,
+    }
+
+
 async def insert_audit_row(
     conn: Any,
     tenant: str,

@@ -5,7 +5,6 @@ all of it, and the way back up takes in what was written meanwhile."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -19,7 +18,7 @@ from paystream.ledger.cli import migrate_command
 from paystream.ledger.migrate import app_database_url, current, head, upgrade
 from paystream.ledger.sink import FailureKind, classify_failure
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.ledger.factories import EventFactory, insert_audit_row
+from tests.ledger.factories import EventFactory, insert_audit_row, sink_audit_row
 
 _OBJECTS = (
     "SELECT to_regclass('master_keys_seen') IS NOT NULL, "
@@ -50,15 +49,9 @@ async def _as_an_older_version(owner: AsyncEngine, tenant: str, key: MasterKey) 
     tenant's first keyed audit row and a customer's data key, under ``key``."""
     async with owner.begin() as conn:
         await conn.execute(text("INSERT INTO tenants (tenant_id) VALUES (:t)"), {"t": tenant})
-        row = {
-            "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
-            "actor": "system:ledger-sink",
-            "action": "com.paystream.payment.succeeded",
-            "entity_type": "payment",
-            "entity_id": "pay_1",
-            "before": None,
-            "after": {"status": "succeeded"},
-        }
+        row = sink_audit_row(
+            "com.paystream.payment.succeeded", "payment", "pay_1", {"status": "succeeded"}
+        )
         digest = await insert_audit_row(
             conn, tenant, 1, GENESIS_HASH, row, audit_key(key), key.key_id
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +17,7 @@ from paystream.ledger import create_engine
 from paystream.ledger.audit import GENESIS_HASH, audit_key
 from paystream.ledger.migrate import app_database_url, current, head, upgrade
 from paystream.tenancy.crypto import MasterKey
-from tests.ledger.factories import insert_audit_row
+from tests.ledger.factories import insert_audit_row, sink_audit_row
 
 
 async def _until_a_backend_waits_for_a_lock(owner: AsyncEngine, timeout: float = 20) -> None:
@@ -70,15 +69,9 @@ async def test_0012_while_an_older_worker_writes_a_new_customer(
             await _until_a_backend_waits_for_a_lock(owner)
             # ... and the write goes on to its audit row, and commits.
             try:
-                row = {
-                    "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
-                    "actor": "system:ledger-sink",
-                    "action": "com.paystream.customer.created",
-                    "entity_type": "customer",
-                    "entity_id": "cus_1",
-                    "before": None,
-                    "after": {"email": "[encrypted]"},
-                }
+                row = sink_audit_row(
+                    "com.paystream.customer.created", "customer", "cus_1", {"email": "[encrypted]"}
+                )
                 digest = await asyncio.wait_for(
                     insert_audit_row(conn, "lk1", 1, GENESIS_HASH, row, audit_key(key), key.key_id),
                     timeout=30,
