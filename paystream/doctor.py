@@ -204,8 +204,15 @@ async def check_ledger_ready(settings: Settings) -> str:
             f"schema at {found or 'nothing'}, latest is {head}: run `paystream migrate`"
         )
     engine = create_engine(app_url, hide_parameters=True)
+    held_ids = sorted({keyring.current.key_id, *(k.key_id for k in keyring.retired)})
     try:
         await assert_rls_enforced(engine)
+        async with engine.connect() as conn:
+            # (Tenant "" is none: every tenant's record counts. A fresh ledger passes.)
+            seen = await conn.scalar(
+                text("SELECT ledger_master_key_known('', CAST(:ids AS text[]), true)"),
+                {"ids": held_ids},
+            )
     except Exception as exc:
         raise CheckFailed(f"as paystream_app: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -213,6 +220,7 @@ async def check_ledger_ready(settings: Settings) -> str:
     figure = f"schema {head}, paystream_app logs in under RLS, master key {keyring.current.key_id}"
     if is_app_url(given_url):
         # Workers given only the app role's URL: RLS shows it one tenant's keys at a time.
+        _refuse_unseen(seen, held_ids)
         return f"{figure} (data keys' master keys not checked: needs the owner's URL)"
     # Every master key the ledger's data keys are wrapped under must be in the keyring,
     # or the sink retries its first batch of such a tenant for ever. (As the owner: RLS
@@ -297,9 +305,22 @@ async def check_ledger_ready(settings: Settings) -> str:
             "by `paystream keys rotate`: the ledger sink would stall on those tenants (is "
             "PAYSTREAM_MASTER_KEY the right key?)"
         )
+    _refuse_unseen(seen, held_ids)  # (after the checks that name a tenant's key)
     if unchecked:
         figure += f" (audit chain ends of {unchecked} more tenant(s) not checked)"
     return figure
+
+
+def _refuse_unseen(seen: bool, held_ids: list[str]) -> None:
+    """The sink would refuse every new tenant's first write, and every chain past a
+    retired key, as `config` (audit._refuse_unless_ledger_has_seen; review h71f)."""
+    if not seen:
+        raise CheckFailed(
+            f"the ledger has seen none of this keyring's master keys ({', '.join(held_ids)}),"
+            " though it has seen others: is PAYSTREAM_MASTER_KEY the right key? (After a "
+            "rotation of a ledger last rotated before migration 0012: `paystream keys "
+            "rotate` again, the old key retired)"
+        )
 
 
 async def check_tenant_secrets(settings: Settings) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.doctor import CheckFailed, check_ledger_ready
 from paystream.ledger import write_events
-from paystream.settings import load_settings
+from paystream.settings import Settings, load_settings
 from paystream.tenancy.crypto import (
     MasterKey,
     MasterKeyring,
@@ -40,3 +40,27 @@ async def test_doctor_names_a_chain_the_sink_will_refuse_to_extend(
         await write_events(app_engine, [make_event.payment("po", "pay_2")], keyring=held)
     with pytest.raises(CheckFailed, match=gone.current.key_id):
         await check_ledger_ready(settings)
+
+
+async def test_doctor_names_a_keyring_the_ledger_has_never_seen(
+    ledger_db: LedgerDb, app_engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    """A worker on another environment's key, given the application role's URL alone (as
+    the chart's workers are: the owner's checks of data keys and chain ends cannot run):
+    every chain it would begin (a new tenant) or extend past a retired key stalls the
+    sink (`config`, review h71f). Doctor says so before the first such batch."""
+    right = MasterKeyring(MasterKey.generate())
+    await write_events(app_engine, [make_event.payment("seen", "pay_1")], keyring=right)
+
+    def settings(key: MasterKey) -> Settings:
+        encoded = base64.b64encode(key.key).decode()
+        return load_settings(database_url=ledger_db.app_url, master_key=encoded)
+
+    wrong = settings(MasterKey.generate())
+    with pytest.raises(UnknownMasterKeyError):  # the sink's first batch of a new tenant
+        await write_events(
+            app_engine, [make_event.payment("new", "pay_1")], keyring=keyring_from_settings(wrong)
+        )
+    with pytest.raises(CheckFailed, match="has seen none of this keyring's master keys"):
+        await check_ledger_ready(wrong)
+    assert "not checked" in await check_ledger_ready(settings(right.current))
