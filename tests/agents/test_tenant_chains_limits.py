@@ -797,3 +797,45 @@ async def test_a_lost_run_s_entities_answer_a_command_run_again_at_its_turn(
     assert serial[0] == [("payment.succeeded", None)] * 3
     assert serial[2]["volume"] == {"USD": 2100}
     assert chained == serial
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_without_limits_has_its_chained_commands_in_flight_at_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What README's "Registry changes mid-run" says of a tenant without limits (review
+    h71j): its chained command awaits nothing between reading its tenant and its
+    provider call, so c3 (a chain of its own) is at its provider before c1 is answered.
+    Limits added then find it in flight, and it goes on (one command a chain, where
+    serially c1 alone was), while c2, starting after, is decided by them. A check at a
+    turn for such commands would never fire; an await added on that path would open a
+    window for one to start before a change and decide after it: this test then fails."""
+    t = harness.add_tenant(limits=TenantLimits())
+    runner = harness_runner(harness, monkeypatch)
+    _set_concurrency(monkeypatch, 4)
+    now = int(time.time() * 1000)
+    part = 40
+    await runner.process_batch(
+        [_event(t, 1, ("customer.create", {"customer_id": "cu1"}, now), part)]
+    )
+    events = [
+        _event(t, 2 + i, ("payment.create", body, now + 1 + i), part)
+        for i, body in enumerate(THREE)
+    ]
+    seen: list[str] = []
+    real = pipeline.HANDLERS["payment.create"]
+    record = harness.tenants[t]
+    added = TenantLimits(daily_payment_volume={"USD": 1000}).model_dump()
+
+    async def at_provider(ctx: Any, body: Any) -> Any:
+        seen.append(ctx.cmd.command_id)
+        answer = await real(ctx, body)
+        if ctx.cmd.command_id == "cmd-2" and "changed" not in seen:
+            harness.tenants[t] = {**record, "limits": added}  # (c1 answered after)
+            seen.append("changed")
+        return answer
+
+    monkeypatch.setitem(pipeline.HANDLERS, "payment.create", at_provider)
+    done = await runner.process_batch(events)
+    assert seen == ["cmd-2", "cmd-4", "changed", "cmd-3"]  # c1 and c3 in flight, then c2
+    assert [k for k, _ in _outcomes(harness, done, t)] == ["payment.succeeded"] * 3
