@@ -79,8 +79,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "payment.cancel": "Cancel an uncaptured payment.",
     "payment.refresh": (
         "Read a payment back from its provider (after its customer's 3-D Secure step, or "
-        "a bank debit settled): answered with the payment's status there now "
-        "(`data.previous_status`: what paystream held before)."
+        "a bank debit settled; a succeeded one, for a dispute opened since or its "
+        "decision): answered with the payment's status there now "
+        "(`data.previous_status`: what paystream held before; a dispute not recorded "
+        "before, or moved on, in `related`)."
     ),
     "refund.create": "Refund a payment, in full (no `amount`) or in part.",
     "refund.refresh": (

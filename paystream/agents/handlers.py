@@ -1065,14 +1065,15 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
 
 
 async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> HandlerResult:
-    """The payment as its provider holds it now. No provider webhook reaches paystream:
-    a payment left waiting on its customer's 3-D Secure step (or on a bank debit) moves
-    on here only when read back. A read: asked again, the provider answers afresh."""
+    """The payment as its provider holds it now: a payment left waiting on its customer's
+    3-D Secure step (or on a bank debit) moves on when read back, and a succeeded one
+    may have been disputed since, or its dispute decided (a provider's webhook brings
+    the refresh, or the tenant sends it). A read: asked again, the provider answers
+    afresh."""
     rec = ctx.load(PaymentRecord, data.payment_id)
     _dispute_applied(ctx, rec.id)  # one the provider opened meanwhile (_new_dispute)
+    _transition(rec.status, "refresh", rec.customer_action_delivered)
     disputed = _open_dispute(ctx, rec)
-    if disputed is None:
-        _transition(rec.status, "refresh", rec.customer_action_delivered)
     ctx.at_provider(rec)
     previous, previous_failure, previous_charge = (
         rec.status,
@@ -1109,8 +1110,8 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
 
 
 def _open_dispute(ctx: HandlerContext, rec: PaymentRecord) -> DisputeRecord | None:
-    """The payment's dispute while the provider is still to decide it (a succeeded
-    payment may then be read back for that decision), else None."""
+    """The payment's dispute while the provider is still to decide it (read back, it may
+    have moved on), else None."""
     if rec.dispute_id is None:
         return None
     raw = ctx.tables.disputes.get(entity_key(ctx.cmd.tenant_id, rec.dispute_id))
@@ -1408,10 +1409,11 @@ def _refunds_allowed(
 def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> None:
     """No refund after a lost dispute: the money already went back to the cardholder.
 
-    Only "lost" is decided here, from what paystream itself did (accepting the dispute).
-    While a dispute is open the provider refuses the refund (an `invalid_state` answer);
-    a dispute the provider resolved meanwhile is not known here (no webhooks yet), so
-    an open dispute on record must not block a refund the provider would allow.
+    Only "lost" is decided here: recorded by paystream's own accept, or read back from
+    the provider (a refresh, brought by its dispute webhook). While a dispute is open
+    the provider refuses the refund (an `invalid_state` answer); a dispute on record may
+    lag the provider's (its webhook late, or no endpoint configured: the simulator sends
+    none), so an open dispute on record must not block a refund the provider would allow.
     """
     if payment.dispute_id is None:
         return

@@ -23,7 +23,9 @@ PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "processing": frozenset({"cancel", "refresh"}),
     # (an authorisation the provider let lapse reads back canceled)
     "authorized": frozenset({"capture", "cancel", "refresh"}),
-    "succeeded": frozenset({"refund"}),
+    # (a read: a cardholder may dispute it days later, and the network decide that
+    # dispute; only the provider knows, and a refresh reads it back)
+    "succeeded": frozenset({"refund", "refresh"}),
     "canceled": frozenset(),
     "failed": frozenset(),
 }

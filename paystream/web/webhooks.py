@@ -7,8 +7,14 @@ goes out as any command's does: in order with the tenant's other commands, once 
 command id derives from the event's id, so a webhook sent again is answered from the
 idempotency record), and through every rule of the pipeline. An event that brings
 nothing paystream has not read (the success of a payment it charged itself, a refund's
-success it was answered) is acknowledged and dropped: a refresh of a finished payment
-(or a failed refund) would only be rejected.
+success it was answered, a dispute's status it holds) is acknowledged and dropped.
+
+A dispute's event (``charge.dispute.*``) names no payment of paystream's: its Dispute
+carries none of paystream's metadata. Its PaymentIntent does, and is read from Stripe
+with the tenant's key (a GET, within the tenant's lookup budget; answered 503 when it
+cannot be read, so that Stripe sends the event again); the event then goes on as one
+about that payment, and its refresh reads the dispute back (the gateway's
+retrieve_payment lists a disputed charge's disputes).
 
 Any worker takes a webhook: the tenant registry is everywhere, and the payment's status
 is read where the tenant's tables are (forwarded to their owner, as the entity views
@@ -35,14 +41,20 @@ from paystream import metrics
 from paystream.agents.tenants import registry
 from paystream.app import ForwardLoop, app, settings
 from paystream.client import InvalidCommand, build_command, encoded_for_sending
+from paystream.errors import ConfigurationError
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.stripe.webhooks import (
     BODY_READ_SECONDS,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
     TOLERANCE_SECONDS,
     BadWebhook,
+    DisputeNotice,
     PaymentNotice,
     RefundNotice,
+    dispute_notice,
+    disputed_payment_notice,
     payment_notice,
     refund_notice,
     verified_event,
@@ -58,6 +70,7 @@ from paystream.tables import definitions as t
 from paystream.tables.state_machines import InvalidState, check_payment_transition
 from paystream.tables.views import entity_view
 from paystream.tenancy.crypto import CryptoError
+from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.models import UNREGISTERED, Tenant, TenantStatus
 from paystream.tenancy.secrets import secret_opener
 from paystream.web.bodies import BodyTooLarge, BodyTooSlow, BodyUnreadable, ClientGone, read_body
@@ -118,7 +131,20 @@ class WebhookView(View):
         except BadWebhook as exc:
             message = {"error": "bad_signature", "message": str(exc)}
             return self._answer(provider, tenant, "bad_signature", 400, message)
-        notice = payment_notice(event) or refund_notice(event)
+        found_notice = payment_notice(event) or refund_notice(event) or dispute_notice(event)
+        notice: PaymentNotice | RefundNotice | None
+        if isinstance(found_notice, DisputeNotice):
+            if found_notice.account is not None and found_notice.account != (
+                found.connected_account
+            ):
+                # (as for a payment's event, below: known before its PaymentIntent is read)
+                return self._ignored(provider, tenant, "another account's dispute")
+            try:
+                notice = await _disputed_payment(found, found_notice)
+            except _Unavailable as exc:
+                return self._unavailable(provider, tenant, str(exc))
+        else:
+            notice = found_notice
         if notice is None:
             why = "not an event about a payment or refund paystream made"
             return self._ignored(provider, tenant, why)
@@ -158,7 +184,7 @@ class WebhookView(View):
                     raise _Unavailable(f"the {what} is not recorded here yet")
                 return self._dropped(provider, tenant, notice, what)
             if row is not None:
-                stale = _known_already(row, notice)
+                stale = await _known_already(tenant, row, notice)
                 if stale is not None:
                     return self._ignored(provider, tenant, stale)
             if found.status is TenantStatus.SUSPENDED:
@@ -320,7 +346,9 @@ def _kind(notice: PaymentNotice | RefundNotice) -> str:
     return "refund" if isinstance(notice, RefundNotice) else "payment"
 
 
-def _known_already(row: dict[str, Any], notice: PaymentNotice | RefundNotice) -> str | None:
+async def _known_already(
+    tenant: str, row: dict[str, Any], notice: PaymentNotice | RefundNotice
+) -> str | None:
     """Why a refresh would bring nothing, or None if the entity may have moved on."""
     if isinstance(notice, RefundNotice):
         return _refund_known_already(row, notice)
@@ -331,6 +359,12 @@ def _known_already(row: dict[str, Any], notice: PaymentNotice | RefundNotice) ->
         check_payment_transition(status, "refresh", bool(row.get("customer_action_delivered")))
     except InvalidState:
         return f"the payment is {status} already"
+    if notice.provider_dispute_id is not None:
+        return await _dispute_known_already(tenant, row, notice)
+    if status == _SUCCEEDED:
+        # A PaymentIntent's own news ends at its success: what may follow (a dispute, its
+        # decision) comes in dispute events. (A refresh of it is allowed: a read.)
+        return f"the payment is {status} already"
     if notice.status == status and status in _UNCHANGED_IS_NO_NEWS:
         # The state paystream has (Stripe sends `requires_action` and
         # `amount_capturable_updated` right after the create paystream read them from).
@@ -340,6 +374,71 @@ def _known_already(row: dict[str, Any], notice: PaymentNotice | RefundNotice) ->
 
 
 _UNCHANGED_IS_NO_NEWS = frozenset({"requires_action", "processing", "authorized"})
+_SUCCEEDED = "succeeded"
+
+# How far a dispute has gone (agents/handlers.py's _DISPUTE_STAGE: it only moves forward).
+_DISPUTE_STAGE = {
+    "needs_response": 0,
+    "under_review": 1,
+    "won": 2,
+    "lost": 2,
+    "inquiry_closed": 2,
+}
+
+
+async def _dispute_known_already(
+    tenant: str, row: dict[str, Any], notice: PaymentNotice
+) -> str | None:
+    """Why a dispute event's refresh would bring nothing: the payment's dispute is
+    recorded here, the same one, at the event's stage or past it (Stripe sends
+    ``charge.dispute.funds_withdrawn`` right after ``created``, both needs_response)."""
+    dispute_id = row.get("dispute_id")
+    stage = _DISPUTE_STAGE.get(str(notice.dispute_status))
+    if not isinstance(dispute_id, str) or stage is None:
+        return None  # (none recorded yet; or a status this version does not know: read)
+    if not _lookups.take(tenant, LOOKUPS_PER_REFRESH * settings.webhook_refreshes_per_second):
+        raise _Unavailable("the tenant's webhooks come too fast")
+    held = await _row(tenant, t.disputes, "disputes", dispute_id)
+    if held is None or held.get("provider_dispute_id") != notice.provider_dispute_id:
+        return None
+    status = str(held.get("status"))
+    if _DISPUTE_STAGE.get(status, -1) >= stage:
+        return f"the dispute is {status} already"
+    return None
+
+
+async def _disputed_payment(tenant: Tenant, notice: DisputeNotice) -> PaymentNotice | None:
+    """The dispute event as one about the payment its PaymentIntent names (read from
+    Stripe with the tenant's key); None for a PaymentIntent paystream did not make, or
+    one the tenant's key does not find (another account's). _Unavailable when it
+    cannot be read now: Stripe sends the event again."""
+    if not _lookups.take(
+        tenant.tenant_id, LOOKUPS_PER_REFRESH * settings.webhook_refreshes_per_second
+    ):
+        raise _Unavailable("the tenant's webhooks come too fast")
+    # A client for this read alone: disputes are rare, and one kept would hold the
+    # tenant's key and a connection pool in the web server for the worker's life.
+    pool = GatewayPool(GatewayDeps(settings=settings), open_secret=_opener())
+    try:
+        gateway = pool.get(tenant)
+        read = getattr(gateway, "read_payment_intent", None)
+        if read is None:
+            return None  # (not a Stripe gateway: no PaymentIntent to read)
+        payment_intent = await read(notice.provider_payment_id)
+    except GatewayError as exc:
+        if exc.code is ErrorCode.NOT_FOUND:
+            return None
+        _throttled.warning(
+            ("dispute read", tenant.tenant_id),
+            "webhook %s for %s: the disputed PaymentIntent cannot be read: %s",
+            notice.event_id, tenant.tenant_id, exc.code.value,
+        )  # fmt: skip
+        raise _Unavailable("the disputed payment cannot be read from the provider") from None
+    except (CryptoError, ConfigurationError):
+        raise _Unavailable("the tenant's provider key cannot be used") from None
+    finally:
+        await pool.aclose()
+    return disputed_payment_notice(notice, payment_intent)
 
 
 def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | None:

@@ -32,7 +32,7 @@ from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.secrets import seal_secret
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 from tests.fixtures.pipeline import Deployment, RawSend, wait_for_owners
-from tests.gateways.harness import localstripe_token
+from tests.gateways.harness import decide_fake_dispute, localstripe_token, open_fake_dispute
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -708,4 +708,187 @@ async def test_an_event_about_a_refund_not_recorded_yet_is_sent_again_later(
     assert (status, answer) == (
         200,
         {"received": True, "action": "ignored", "why": "the refund is not recorded here"},
+    )
+
+
+# ---- disputes: a dispute opens days after the charge, announced by webhook -------------
+#
+# localstripe has no disputes: the tests' FAKE of Stripe's /v1/disputes
+# (tests/fixtures/localstripe_server.py) opens and decides them, and has localstripe send
+# their events to the endpoint, signed as its own.
+
+
+def dispute_event(
+    event_type: str, dispute: dict[str, Any], *, event_id: str | None = None
+) -> bytes:
+    event = {
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": event_type,
+        "created": int(time.time()),
+        "data": {"object": dispute},
+    }
+    return json.dumps(event).encode()
+
+
+async def charged(client: PaystreamClient, amount: int = 2500) -> dict[str, Any]:
+    paid = await client.command(
+        "payment.create",
+        TENANT,
+        {"amount": amount, "currency": "USD", "payment_method_token": "pm_card_visa"},
+    )
+    assert outcome(paid) == "payment.succeeded", paid.get_data()
+    return dict(paid.get_data()["object"])
+
+
+async def localstripe_event(localstripe_url: str, event_id: str) -> bytes:
+    auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{localstripe_url}/v1/events/{event_id}", headers=auth) as r,
+    ):
+        r.raise_for_status()
+        return await r.read()
+
+
+async def test_a_dispute_opened_after_the_charge_is_ingested_answered_and_decided(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """The cardholder disputes days later: Stripe's charge.dispute.created (sent by
+    localstripe for the fake) becomes the payment's refresh, whose outcome names the
+    dispute; the tenant answers it with evidence; the network's decision, announced by
+    charge.dispute.closed, is read back the same way."""
+    _, base_url = deployed
+    pay = await charged(client)
+    opened = await open_fake_dispute(localstripe_url, pay["provider_payment_id"], events=True)
+    provider_dispute = opened["dispute"]["id"]
+    command_id = derived_id("whk", "stripe", TENANT, opened["event"])
+    found = await asyncio.wait_for(client.expect(TENANT, command_id), 60)
+    assert outcome(found) == "payment.succeeded", found.get_data()
+    assert found.get_data()["previous_status"] == "succeeded"
+    [related] = found.get_data()["related"]
+    dispute = related["object"]
+    assert (dispute["provider_dispute_id"], dispute["status"], dispute["payment_id"]) == (
+        provider_dispute,
+        "needs_response",
+        pay["id"],
+    )
+    assert (dispute["reason"], dispute["amount"]) == ("fraudulent", 2500)
+    # The same event sent again (Stripe's retry) brings nothing: answered once.
+    resent = await localstripe_event(localstripe_url, opened["event"])
+    status, answer = await post(base_url, resent, signed(resent))
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "ignored", "why": "the dispute is needs_response already"},
+    )
+
+    answered = await client.command(
+        "dispute.submit_evidence",
+        TENANT,
+        {"dispute_id": dispute["id"], "evidence": {"uncategorized_text": "delivered"}},
+    )
+    assert outcome(answered) == "dispute.evidence_submitted", answered.get_data()
+    assert answered.get_data()["object"]["status"] == "under_review"
+
+    decided = await decide_fake_dispute(localstripe_url, provider_dispute, "won", events=True)
+    command_id = derived_id("whk", "stripe", TENANT, decided["event"])
+    read_back = await asyncio.wait_for(client.expect(TENANT, command_id), 60)
+    assert outcome(read_back) == "payment.succeeded", read_back.get_data()
+    [related] = read_back.get_data()["related"]
+    assert (related["entity_id"], related["object"]["status"]) == (dispute["id"], "won")
+
+
+async def test_a_dispute_event_sent_twice_is_one_refresh_and_the_dispute_can_be_accepted(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    _, base_url = deployed
+    pay = await charged(client, 1700)
+    opened = await open_fake_dispute(localstripe_url, pay["provider_payment_id"])
+    event_id = f"evt_{uuid.uuid4().hex}"
+    body = dispute_event("charge.dispute.created", opened["dispute"], event_id=event_id)
+    command_id = derived_id("whk", "stripe", TENANT, event_id)
+    first = client.expect(TENANT, command_id)
+    # Twice at once (Stripe's retry of an answer it did not get): one command id, and
+    # the second, if the first is not applied yet, answered from its idempotency record.
+    answers = await asyncio.gather(
+        post(base_url, body, signed(body)), post(base_url, body, signed(body))
+    )
+    assert {(s, a.get("command_id", a.get("why"))) for s, a in answers} <= {
+        (200, command_id),
+        (200, "the dispute is needs_response already"),
+    }, answers
+    found = await asyncio.wait_for(first, 60)
+    [related] = found.get_data()["related"]
+    dispute_id = related["entity_id"]
+    accepted = await client.command("dispute.accept", TENANT, {"dispute_id": dispute_id})
+    assert outcome(accepted) == "dispute.closed", accepted.get_data()
+    assert accepted.get_data()["object"]["status"] == "lost"
+    # Stripe's charge.dispute.closed for what paystream did itself: nothing new.
+    closed = dict(opened["dispute"], status="lost")
+    body = dispute_event("charge.dispute.closed", closed)
+    status, answer = await post(base_url, body, signed(body))
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "ignored", "why": "the dispute is lost already"},
+    )
+
+
+async def test_dispute_events_not_the_tenants_are_ignored_and_unsigned_ones_refused(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    _, base_url = deployed
+    pay = await charged(client, 1100)
+    opened = await open_fake_dispute(localstripe_url, pay["provider_payment_id"])
+    body = dispute_event("charge.dispute.created", opened["dispute"])
+    # Sent to the neighbour's endpoint (one Stripe account behind both): its PaymentIntent
+    # names the "hooked" tenant's payment.
+    status, answer = await post(base_url, body, signed(body, OTHER_SECRET), tenant="neighbour")
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "ignored", "why": "another tenant's payment"},
+    )
+    # A PaymentIntent paystream did not make (no metadata of its own), and one the
+    # tenant's key does not find (another account's).
+    for pi in ("pi_unknown00000000", None):
+        other = dict(opened["dispute"], payment_intent=pi)
+        body = dispute_event("charge.dispute.created", other)
+        status, answer = await post(base_url, body, signed(body))
+        assert (status, answer["action"]) == (200, "ignored"), (pi, answer)
+    body = dispute_event("charge.dispute.created", opened["dispute"])
+    status, answer = await post(base_url, body, signed(body, OTHER_SECRET))
+    assert (status, answer["error"]) == (400, "bad_signature")
+    # None of them recorded a dispute.
+    assert (await payment(base_url, pay["id"]))["dispute_id"] is None
+
+
+async def test_a_dispute_whose_payment_cannot_be_read_is_sent_again_later(
+    deployed: tuple[Deployment, str], localstripe_url: str
+) -> None:
+    """The PaymentIntent is read with the tenant's key: refused (a key rotated at Stripe
+    and not here), the event is answered 503, so that Stripe sends it again."""
+    dep, base_url = deployed
+    keyring = MasterKeyring(MASTER)
+    refused = Tenant(
+        tenant_id="keyless",
+        gateway="stripe",
+        secrets={
+            # (localstripe refuses any key but an sk_ one, 401 as Stripe does)
+            "api_key": seal_secret(keyring, "keyless", "api_key", "rk_test_refused"),
+            "webhook_secret": seal_secret(keyring, "keyless", "webhook_secret", SECRET),
+        },
+    )
+    await dep.add_tenants(refused)
+    dispute = {"id": "du_x", "object": "dispute", "payment_intent": "pi_x",
+               "charge": "ch_x", "status": "needs_response"}  # fmt: skip
+    body = dispute_event("charge.dispute.created", dispute)
+    deadline = time.monotonic() + 30
+    while (answered := await post(base_url, body, signed(body), tenant="keyless"))[0] == 404:
+        assert time.monotonic() < deadline, answered  # (the registry's news on its way)
+        await asyncio.sleep(0.2)
+    assert answered == (
+        503,
+        {
+            "error": "unavailable",
+            "message": "the disputed payment cannot be read from the provider; send it again",
+        },
     )

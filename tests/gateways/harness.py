@@ -16,7 +16,13 @@ from paystream.gateways.simulator.gateway import SimulatorGateway
 from paystream.settings import load_settings
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 
-__all__ = ["Harness", "localstripe_token", "over_gateways"]
+__all__ = [
+    "Harness",
+    "decide_fake_dispute",
+    "localstripe_token",
+    "open_fake_dispute",
+    "over_gateways",
+]
 
 # localstripe only knows a few canonical test PaymentMethods; others are created the way
 # Stripe.js would, from Stripe's *public* test numbers (never real card data).
@@ -30,6 +36,9 @@ _LOCALSTRIPE_TEST_NUMBERS = {
     "pm_card_threeDSecure2Required": "4000000000003220",
     "pm_card_authenticationRequiredOnSetup": "4000002500003155",
     "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds": "4000008260003178",
+    # Stripe disputes its charges by itself; localstripe does not (dispute_for opens the
+    # dispute through the tests' fake of Stripe's disputes: localstripe_server.py).
+    "pm_card_createDispute": "4000000000000259",
 }
 
 
@@ -75,10 +84,13 @@ class Harness:
         return await localstripe_token(self._stripe_url, name)
 
     async def dispute_for(self, payment: PaymentResult) -> str:
-        """The dispute the cardholder opened on a payment (Stripe: found by listing)."""
+        """The dispute the cardholder opened on a payment (Stripe: found by listing). On
+        localstripe the fake's control route opens it first, as Stripe does by itself
+        for its dispute card (pm_card_createDispute)."""
         if self.name == "simulator":
             assert payment.dispute is not None
             return payment.dispute.provider_dispute_id
+        await open_fake_dispute(self._stripe_url, payment.provider_payment_id)
         http = stripe.AIOHTTPClient()
         client = stripe.StripeClient(
             LOCALSTRIPE_API_KEY, base_addresses={"api": self._stripe_url}, http_client=http
@@ -145,3 +157,42 @@ async def localstripe_token(stripe_url: str, name: str) -> str:
     ):
         resp.raise_for_status()
         return str((await resp.json())["id"])
+
+
+async def open_fake_dispute(
+    stripe_url: str,
+    provider_payment_id: str,
+    *,
+    status: str = "needs_response",
+    reason: str = "fraudulent",
+    events: bool = False,
+) -> dict[str, Any]:
+    """The cardholder disputes the PaymentIntent's charge, through the FAKE disputes of
+    tests/fixtures/localstripe_server.py (localstripe has none): ``{"dispute": ...,
+    "event": the id of the charge.dispute.created localstripe sends, with events}``."""
+    auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+    async with aiohttp.ClientSession(base_url=stripe_url, headers=auth) as session:
+        async with session.get(f"/v1/payment_intents/{provider_payment_id}") as resp:
+            resp.raise_for_status()
+            charge = (await resp.json())["latest_charge"]
+        charge_id = charge["id"] if isinstance(charge, dict) else charge
+        form = {"charge": charge_id, "status": status, "reason": reason}
+        if events:
+            form["events"] = "true"
+        async with session.post("/_fake/disputes", data=form) as resp:
+            resp.raise_for_status()
+            return dict(await resp.json())
+
+
+async def decide_fake_dispute(
+    stripe_url: str, provider_dispute_id: str, status: str, *, events: bool = False
+) -> dict[str, Any]:
+    """The card network decides the dispute (won or lost), through the FAKE disputes."""
+    auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+    form = {"status": status, **({"events": "true"} if events else {})}
+    async with (
+        aiohttp.ClientSession(base_url=stripe_url, headers=auth) as session,
+        session.post(f"/_fake/disputes/{provider_dispute_id}/decide", data=form) as resp,
+    ):
+        resp.raise_for_status()
+        return dict(await resp.json())

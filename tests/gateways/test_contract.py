@@ -39,7 +39,6 @@ from tests.gateways.harness import Harness, over_gateways
 
 UNLIMITED_REFUNDS = "refunds are not limited to the captured minus refunded amount"
 BARE_400 = "state violations answer a bare 400 'Bad request' without Stripe's error code"
-NO_DISPUTES = "no /v1/disputes API and no dispute-creating test card"
 UNKNOWN_TEST_PM = "test PaymentMethod {} is unknown (404); only pm_card_visa, "
 UNKNOWN_TEST_PM += "pm_card_visa_chargeDeclined and pm_card_chargeCustomerFail exist"
 NO_CHARGE_DECLINE = "test card {} is only declined when attached to a customer, never when charged"
@@ -699,7 +698,8 @@ async def test_key_reused_with_other_params_is_idempotency_error(harness: Harnes
 # ---- disputes ------------------------------------------------------------------------
 
 
-@over_gateways(localstripe_gap=NO_DISPUTES)
+# (Stripe: against the tests' FAKE of /v1/disputes, tests/fixtures/localstripe_server.py)
+@over_gateways()
 async def test_submit_dispute_evidence(harness: Harness) -> None:
     paid = await pay(harness, token="pm_card_createDispute")
     dispute_id = await harness.dispute_for(paid)
@@ -715,7 +715,24 @@ async def test_submit_dispute_evidence(harness: Harness) -> None:
     )
 
 
-@over_gateways(localstripe_gap=NO_DISPUTES)
+@over_gateways()
+async def test_a_disputed_payment_reads_back_with_its_dispute(harness: Harness) -> None:
+    """Stripe opens a dispute days after the charge: a read of the payment reports it
+    (and its decision, later), as the simulator's reports the one opened at charge."""
+    paid = await pay(harness, 1200, token="pm_card_createDispute")
+    dispute_id = await harness.dispute_for(paid)
+    read = RetrievePayment(provider_payment_id=paid.provider_payment_id)
+    now = await harness.gateway.retrieve_payment(read, idempotency_key=key())
+    assert now.status is PaymentStatus.SUCCEEDED and now.dispute is not None
+    assert (now.dispute.provider_dispute_id, now.dispute.status, now.dispute.amount) == (
+        dispute_id,
+        DisputeStatus.NEEDS_RESPONSE,
+        usd(1200),
+    )
+    assert now.dispute.reason == "fraudulent" and now.dispute.evidence_due_by is not None
+
+
+@over_gateways()
 async def test_accept_dispute(harness: Harness) -> None:
     paid = await pay(harness, 1500, token="pm_card_createDispute")
     req = AcceptDispute(provider_dispute_id=await harness.dispute_for(paid))
@@ -723,10 +740,9 @@ async def test_accept_dispute(harness: Harness) -> None:
     assert res.status is DisputeStatus.LOST and res.amount == usd(1500)
 
 
-# localstripe has no such route: its bare 404 is not Stripe's "resource_missing" (which
-# test_stripe_transport.py maps to NOT_FOUND), and a 404 without Stripe's error object is
-# the deployment's fault, never "not found".
-@over_gateways(localstripe_gap="no /v1/disputes API: a bare 404, not Stripe's error object")
+# (Stripe: the FAKE answers Stripe's "resource_missing", which test_stripe_transport.py
+# maps to NOT_FOUND; a 404 without Stripe's error object is the deployment's fault.)
+@over_gateways()
 async def test_unknown_dispute_is_not_found(harness: Harness) -> None:
     req = AcceptDispute(provider_dispute_id="dp_missing0000")
     await expect(ErrorCode.NOT_FOUND, harness.gateway.accept_dispute(req, idempotency_key=key()))

@@ -374,12 +374,46 @@ class StripeGateway:
     async def retrieve_payment(
         self, req: RetrievePayment, *, idempotency_key: str
     ) -> PaymentResult:
-        # A GET: Stripe keys no read, so no key is sent.
-        return await self._payment(
+        """The PaymentIntent, and the dispute of its latest charge if it is disputed: on
+        Stripe a dispute opens days after the charge (``charge.dispute.created``), and
+        only a read finds it (the dispute, and each later decision, is read here)."""
+        # GETs: Stripe keys no read, so no key is sent.
+        obj, api_version = await self._answer(
             "retrieve_payment",
             lambda: self._v1.payment_intents.retrieve_async(
                 req.provider_payment_id, {"expand": ["latest_charge"]}
             ),
+        )
+        res = mapping.payment(obj, api_version=api_version)
+        charge = obj.get("latest_charge")
+        if (
+            not isinstance(charge, Mapping)
+            or charge.get("disputed") is not True
+            or Capability.DISPUTES not in self.capabilities
+        ):
+            return res
+        found = await self._call(
+            "retrieve_payment",
+            lambda: self._v1.disputes.list_async({"payment_intent": res.provider_payment_id}),
+        )
+        # Newest first; the latest charge's (an earlier charge of the PaymentIntent was
+        # declined: only a charge that took money can be disputed).
+        disputes = [
+            d
+            for d in found.get("data") or []
+            if isinstance(d, Mapping) and d.get("charge") in (None, charge.get("id"))
+        ]
+        if not disputes:
+            return res  # (listed before the dispute was: read again on its event)
+        return res.model_copy(update={"dispute": mapping.dispute(disputes[0])})
+
+    async def read_payment_intent(self, provider_payment_id: str) -> dict[str, Any]:
+        """The PaymentIntent as Stripe holds it, for the webhook endpoint: a dispute's
+        event names its PaymentIntent only, whose metadata names paystream's payment.
+        A GET (no key), its errors mapped as every call's."""
+        return await self._call(
+            "retrieve_payment",
+            lambda: self._v1.payment_intents.retrieve_async(provider_payment_id),
         )
 
     # ---- refunds ---------------------------------------------------------------------

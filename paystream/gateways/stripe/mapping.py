@@ -22,6 +22,7 @@ from paystream.money import Money
 __all__ = [
     "customer",
     "dispute",
+    "dispute_status",
     "payment",
     "payment_method",
     "payment_status",
@@ -83,6 +84,11 @@ _DISPUTE_STATUS = {
     # money went back, as with charge_refunded: not a dispute the merchant won.
     "prevented": DisputeStatus.LOST,
 }
+
+
+def dispute_status(status: Any) -> DisputeStatus | None:
+    """Ours for a Dispute status; None for one this version does not know."""
+    return _DISPUTE_STATUS.get(status) if isinstance(status, str) else None
 
 
 def _unknown(kind: str, value: Any) -> GatewayError:

@@ -1,5 +1,5 @@
-"""Stripe webhook events: their signature checked, and read for the payment (or refund)
-they concern.
+"""Stripe webhook events: their signature checked, and read for the payment (or refund,
+or dispute) they concern.
 
 A webhook is a hint, not a record to apply: paystream reads the payment back from
 Stripe (``payment.refresh``; a refund, ``refund.refresh``) rather than trusting the
@@ -19,19 +19,23 @@ import stripe
 
 from paystream.errors import PaystreamError
 from paystream.gateways.base import read_payment_ref, read_refund_ref
-from paystream.gateways.stripe.mapping import payment_status, refund_status
+from paystream.gateways.stripe.mapping import dispute_status, payment_status, refund_status
 from paystream.streams.codec import valid_unicode
 
 __all__ = [
     "BODY_READ_SECONDS",
+    "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
     "MAX_BODY_BYTES",
     "SIGNATURE_HEADER",
     "TOLERANCE_SECONDS",
     "BadWebhook",
+    "DisputeNotice",
     "PaymentNotice",
     "RefundNotice",
+    "dispute_notice",
+    "disputed_payment_notice",
     "payment_notice",
     "refund_notice",
     "verified_event",
@@ -65,6 +69,21 @@ FOLLOWED_EVENTS = frozenset(
 FOLLOWED_REFUND_EVENTS = frozenset({"refund.failed", "refund.updated", "charge.refund.updated"})
 
 
+# Dispute events: a cardholder's dispute opens days after the charge, and moves on (its
+# evidence submitted, the network's decision, the funds withdrawn or reinstated) with no
+# request of paystream's. Their object is the Dispute, which carries no metadata of
+# paystream's: its PaymentIntent, read back from Stripe, names the payment.
+FOLLOWED_DISPUTE_EVENTS = frozenset(
+    {
+        "charge.dispute.created",
+        "charge.dispute.updated",
+        "charge.dispute.closed",
+        "charge.dispute.funds_withdrawn",
+        "charge.dispute.funds_reinstated",
+    }
+)
+
+
 class BadWebhook(PaystreamError):
     """Not a webhook Stripe signed with the tenant's endpoint secret (or not JSON)."""
 
@@ -79,6 +98,24 @@ class PaymentNotice:
     payment_id: str
     provider_payment_id: str
     status: str | None  # paystream's name for the PaymentIntent's status in the event
+    account: str | None  # the connected account it happened on (a Connect endpoint's)
+    created: int | None = None  # when Stripe made the event (unix seconds), if it says
+    # A dispute event's (disputed_payment_notice): the dispute it is about, and its status
+    # in the event (paystream's name; None for one this version does not know).
+    provider_dispute_id: str | None = None
+    dispute_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeNotice:
+    """A followed event about a dispute of a PaymentIntent's charge: whose payment it is
+    only that PaymentIntent's metadata says (disputed_payment_notice)."""
+
+    event_id: str
+    event_type: str
+    provider_dispute_id: str
+    provider_payment_id: str  # the disputed charge's PaymentIntent
+    status: str | None  # paystream's name for the dispute's status in the event
     account: str | None  # the connected account it happened on (a Connect endpoint's)
     created: int | None = None  # when Stripe made the event (unix seconds), if it says
 
@@ -173,6 +210,51 @@ def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
     )
 
 
+def dispute_notice(event: dict[str, Any]) -> DisputeNotice | None:
+    """What a followed dispute event says; None for another event, or a dispute of a
+    charge made without a PaymentIntent (not paystream's: it charges by PaymentIntent)."""
+    found = _event_object(event, FOLLOWED_DISPUTE_EVENTS, "dispute")
+    if found is None:
+        return None
+    event_id, event_type, obj, account = found
+    payment_intent = obj.get("payment_intent")
+    if not _plain_id(obj.get("id")) or not _plain_id(payment_intent):
+        return None
+    status = dispute_status(obj.get("status"))
+    return DisputeNotice(
+        event_id,
+        event_type,
+        obj["id"],
+        payment_intent,
+        None if status is None else status.value,
+        account,
+        _created(event),
+    )
+
+
+def disputed_payment_notice(
+    notice: DisputeNotice, payment_intent: dict[str, Any]
+) -> PaymentNotice | None:
+    """The dispute event as one about paystream's payment, named by its PaymentIntent
+    (as Stripe answers it now); None for a PaymentIntent paystream did not make."""
+    ref = read_payment_ref(payment_intent.get("metadata"))
+    if ref is None or payment_intent.get("id") != notice.provider_payment_id:
+        return None
+    status = payment_status(payment_intent.get("status"))
+    return PaymentNotice(
+        notice.event_id,
+        notice.event_type,
+        ref[0],
+        ref[1],
+        notice.provider_payment_id,
+        None if status is None else status.value,
+        notice.account,
+        notice.created,
+        notice.provider_dispute_id,
+        notice.status,
+    )
+
+
 def _created(event: dict[str, Any]) -> int | None:
     created = event.get("created")
     return created if isinstance(created, int) and not isinstance(created, bool) else None
@@ -186,6 +268,22 @@ def _followed(
 ) -> tuple[str, str, dict[str, Any], tuple[str, str], str | None] | None:
     """(event id, type, object, paystream's reference, account) of a followed event
     about a ``kind`` object naming paystream's in its metadata; None otherwise."""
+    found = _event_object(event, followed, kind)
+    if found is None:
+        return None
+    event_id, event_type, obj, account = found
+    ref = read_ref(obj.get("metadata"))
+    own_id = obj.get("id")
+    if ref is None or not _plain_id(own_id):
+        return None
+    return event_id, event_type, obj, ref, account
+
+
+def _event_object(
+    event: dict[str, Any], followed: frozenset[str], kind: str
+) -> tuple[str, str, dict[str, Any], str | None] | None:
+    """(event id, type, object, account) of a followed event about a ``kind`` object;
+    None otherwise."""
     event_type = event.get("type")
     event_id = event.get("id")
     if not isinstance(event_type, str) or event_type not in followed:
@@ -196,16 +294,12 @@ def _followed(
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict) or obj.get("object") != kind:
         return None
-    ref = read_ref(obj.get("metadata"))
-    own_id = obj.get("id")
-    if ref is None or not _plain_id(own_id):
-        return None
     account = event.get("account")
     if not (isinstance(account, str) and account):
-        return event_id, event_type, obj, ref, None
+        return event_id, event_type, obj, None
     if not _plain_id(account):
         return None  # (not read as no account: a Connect event is checked against it)
-    return event_id, event_type, obj, ref, account
+    return event_id, event_type, obj, account
 
 
 # Stripe's ids are short ASCII; one signed otherwise (a lone surrogate, which JSON can
