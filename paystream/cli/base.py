@@ -214,17 +214,35 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     started as subprocesses) it left logging's lock held, so the next log line hung the
     process for good (a SIGTERM during `doctor`'s stack start, seen in CI). The signal is
     sent again a moment later, to land elsewhere; and it is remembered, for a stop
-    swallowed anyhow."""
+    swallowed anyhow. Nor inside subprocess.Popen (an embedded server being started):
+    raised after the fork, it left the server running with nobody holding it, never
+    stopped, writing into the directory the stop removed (h72b)."""
     _STOP_REQUESTED.set()
-    if frame is not None and (
-        frame.f_code.co_name == "__del__" or frame.f_globals.get("__name__") == "logging"
-    ):
+    if _not_to_be_raised_in(frame):
         again = threading.Timer(0.05, _send_again, (signum,))
         again.daemon = True  # (the process's exit does not wait on it)
         again.start()
         return
     _STOP_DELIVERED.set()
     raise KeyboardInterrupt
+
+
+def _not_to_be_raised_in(frame: Any) -> bool:
+    """Whether ``frame`` or a caller of it is logging's code, a finalizer's (a nested
+    call of it too: the interrupt reaches it, and is printed there, not propagated) or
+    a child process's start."""
+    import subprocess
+
+    while frame is not None:
+        code = frame.f_code
+        if (
+            code.co_name == "__del__"
+            or frame.f_globals.get("__name__") == "logging"
+            or code is subprocess.Popen.__init__.__code__
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _send_again(signum: int) -> None:

@@ -99,13 +99,38 @@ def kill_process_group(proc: subprocess.Popen[Any], *, term_timeout: float = 5.0
         except subprocess.TimeoutExpired:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait(timeout=term_timeout)
-    # The leader may be gone while helpers it forked are not: sweep the group anyway.
+    # The leader may be gone while helpers it forked are not: sweep the group anyway,
+    # and return once they are gone too. Killed, they still finish the write in hand: a
+    # directory removed meanwhile (the stack's, on a stop) got their files again, and
+    # was left behind (initdb's server, h72b).
     _signal_group(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + term_timeout
+    while _group_running(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (a zombie does not: it writes
+    nothing, and one orphaned may wait on an init that never reaps it)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    for stat in Path("/proc").glob("[0-9]*/stat"):  # (Linux; elsewhere: not waited on)
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:

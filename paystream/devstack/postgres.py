@@ -215,12 +215,34 @@ class EmbeddedPostgres(ServiceProcess):
             raise
 
     def _run(self, argv: list[str]) -> None:
+        """Run ``argv`` to its end. In a process group of its own, all of it killed if
+        interrupted: initdb runs the server itself (``postgres --boot``, ``--single``),
+        and subprocess.run killed initdb alone; its server ran on, writing into the
+        directory a stop was removing, which was left behind (h72b)."""
         env = {**os.environ, "PGPASSWORD": self._password}  # (createdb's login)
-        result = subprocess.run(argv, capture_output=True, user=self._user, check=False, env=env)
-        if result.returncode != 0:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            user=self._user,
+            env=env,
+            start_new_session=True,
+            preexec_fn=parent_death_signal(),  # (after setuid, as the server's)
+        )
+        try:
+            _, stderr = proc.communicate()
+        except BaseException:
+            kill_process_group(proc)
+            raise
+        finally:
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        if proc.returncode != 0:
             raise ServiceError(
-                f"{Path(argv[0]).name} failed ({result.returncode}): "
-                f"{result.stderr.decode(errors='replace').strip()}"
+                f"{Path(argv[0]).name} failed ({proc.returncode}): "
+                f"{stderr.decode(errors='replace').strip()}"
             )
 
     def _ready(self) -> bool:
