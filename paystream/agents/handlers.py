@@ -1110,24 +1110,38 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
 
 
 def _open_dispute(ctx: HandlerContext, rec: PaymentRecord) -> DisputeRecord | None:
-    """The payment's dispute while the provider is still to decide it (read back, it may
-    have moved on), else None."""
+    """The payment's recorded dispute (read back, it may have moved on; a decided one
+    too: the card network's appeal reopens it), else None."""
     if rec.dispute_id is None:
         return None
     raw = ctx.tables.disputes.get(entity_key(ctx.cmd.tenant_id, rec.dispute_id))
-    if raw is None or _DISPUTE_STAGE.get(str(raw.get("status")), 2) >= 2:
+    if raw is None:
         return None
     return ctx.load(DisputeRecord, rec.dispute_id)
 
 
 def _dispute_read_back(disputed: DisputeRecord | None, res: gw.PaymentResult) -> list[EntityRecord]:
-    """The payment's open dispute as its provider has it now, if it has moved on (never
-    back: a read may not go back on the provider's decision)."""
+    """The payment's dispute as its provider has it now, if it has moved on: forward by
+    its stage, or into a new response window (review h72c).
+
+    A deadline for evidence later than the one held is a new window: an answered
+    inquiry the issuer escalated to a chargeback (warning_under_review to needs_response,
+    the funds withdrawn), or a decision the card network's appeal reopened
+    (appeal_needs_response). No stale read has a later deadline, so the provider's status
+    is taken whatever its stage, with that deadline, and evidence is to be submitted
+    again. Otherwise never back: a read may not go back on the provider's decision, nor
+    on an answer paystream recorded (an older read's)."""
     if disputed is None or res.dispute is None:
         return []
     if res.dispute.provider_dispute_id != disputed.provider_dispute_id:
         return []
     status = res.dispute.status.value
+    due = res.dispute.evidence_due_by
+    if due is not None and (disputed.evidence_due_by is None or due > disputed.evidence_due_by):
+        disputed.status, disputed.evidence_due_by = status, due
+        # (answered again in the new window: under_review is its evidence at the provider)
+        disputed.evidence_submitted = status == gw.DisputeStatus.UNDER_REVIEW
+        return [disputed]
     if _DISPUTE_STAGE.get(status, 0) <= _DISPUTE_STAGE.get(disputed.status, 0):
         return []
     disputed.status = status
@@ -1410,7 +1424,9 @@ def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> N
     """No refund after a lost dispute: the money already went back to the cardholder.
 
     Only "lost" is decided here: recorded by paystream's own accept, or read back from
-    the provider (a refresh, brought by its dispute webhook). While a dispute is open
+    the provider (a refresh, brought by its dispute webhook). One the card network's
+    appeal reopened is read back open again (_dispute_read_back), and open it blocks
+    nothing here: the provider decides, as for any open dispute. While a dispute is open
     the provider refuses the refund (an `invalid_state` answer); a dispute on record may
     lag the provider's (its webhook late, or no endpoint configured: the simulator sends
     none), so an open dispute on record must not block a refund the provider would allow.
@@ -1438,7 +1454,8 @@ def _dispute_open_unless_let_through(ctx: HandlerContext, rec: DisputeRecord) ->
         raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
 
 
-# How far a dispute has gone: its status only moves forward (Stripe's lifecycle).
+# How far a dispute has gone: its status moves forward (Stripe's lifecycle), but for a
+# new response window, which a later evidence deadline tells (_dispute_read_back).
 _DISPUTE_STAGE = {
     "warning_needs_response": 0,
     "needs_response": 0,

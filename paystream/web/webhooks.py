@@ -11,10 +11,12 @@ success it was answered, a dispute's status it holds) is acknowledged and droppe
 
 A dispute's event (``charge.dispute.*``) names no payment of paystream's: its Dispute
 carries none of paystream's metadata. Its PaymentIntent does, and is read from Stripe
-with the tenant's key (a GET, within the tenant's lookup budget; answered 503 when it
-cannot be read, so that Stripe sends the event again); the event then goes on as one
-about that payment, and its refresh reads the dispute back (the gateway's
-retrieve_payment lists a disputed charge's disputes).
+with the tenant's key (a GET); the event then goes on as one about that payment, and
+its refresh reads the dispute back (the gateway's retrieve_payment lists a disputed
+charge's disputes). That read is made in the web server, so it is bounded (review
+h72c): never for a suspended tenant (its refresh would be refused), at the tenant's own
+pace, a few at once per worker, for a few seconds; past any of them, or when Stripe
+cannot answer it, the event is answered 503 and Stripe sends it again.
 
 Any worker takes a webhook: the tenant registry is everywhere, and the payment's status
 is read where the tenant's tables are (forwarded to their owner, as the entity views
@@ -24,10 +26,12 @@ endpoint secret, is its authentication.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -139,6 +143,10 @@ class WebhookView(View):
             ):
                 # (as for a payment's event, below: known before its PaymentIntent is read)
                 return self._ignored(provider, tenant, "another account's dispute")
+            if found.status is TenantStatus.SUSPENDED:
+                # As its refresh would be (below), before the read: a suspended tenant's
+                # key is not used for it, however often Stripe sends the event again.
+                return self._unavailable(provider, tenant, "the tenant is suspended")
             try:
                 notice = await _disputed_payment(found, found_notice)
             except _Unavailable as exc:
@@ -376,62 +384,121 @@ async def _known_already(
 _UNCHANGED_IS_NO_NEWS = frozenset({"requires_action", "processing", "authorized"})
 _SUCCEEDED = "succeeded"
 
-# How far a dispute has gone (agents/handlers.py's _DISPUTE_STAGE: it only moves forward).
-_DISPUTE_STAGE = {
-    "needs_response": 0,
-    "under_review": 1,
-    "won": 2,
-    "lost": 2,
-    "inquiry_closed": 2,
-}
-
 
 async def _dispute_known_already(
     tenant: str, row: dict[str, Any], notice: PaymentNotice
 ) -> str | None:
     """Why a dispute event's refresh would bring nothing: the payment's dispute is
-    recorded here, the same one, at the event's stage or past it (Stripe sends
-    ``charge.dispute.funds_withdrawn`` right after ``created``, both needs_response)."""
+    recorded here, the same one, at the event's status and with its evidence deadline
+    (Stripe sends ``charge.dispute.funds_withdrawn`` right after ``created``, both
+    needs_response; ``updated`` after paystream's own evidence, ``closed`` after its own
+    accept). Anything else is read (review h72c): a dispute reopened at Stripe (an
+    answered inquiry escalated to a chargeback, a decision appealed) goes "back" to
+    needs_response with a new deadline, and a stage held past the event's dropped it.
+    A late event whose status is behind costs a refresh, which records nothing."""
     dispute_id = row.get("dispute_id")
-    stage = _DISPUTE_STAGE.get(str(notice.dispute_status))
-    if not isinstance(dispute_id, str) or stage is None:
+    if not isinstance(dispute_id, str) or notice.dispute_status is None:
         return None  # (none recorded yet; or a status this version does not know: read)
     if not _lookups.take(tenant, LOOKUPS_PER_REFRESH * settings.webhook_refreshes_per_second):
         raise _Unavailable("the tenant's webhooks come too fast")
     held = await _row(tenant, t.disputes, "disputes", dispute_id)
     if held is None or held.get("provider_dispute_id") != notice.provider_dispute_id:
         return None
-    status = str(held.get("status"))
-    if _DISPUTE_STAGE.get(status, -1) >= stage:
-        return f"the dispute is {status} already"
-    return None
+    status = held.get("status")
+    if status != notice.dispute_status or _epoch(held.get("evidence_due_by")) != (
+        notice.dispute_due_by
+    ):
+        return None
+    return f"the dispute is {status} already"
+
+
+def _epoch(value: Any) -> int | None:
+    """A deadline as a table row holds it (ISO 8601, from a datetime) in epoch seconds;
+    None for none (or one not read: then no event's deadline is the same, and it is read)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value).timestamp())
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+# Reads of a disputed PaymentIntent in flight at once on this worker. Each holds one of
+# the web server's connections (PAYSTREAM_WEB_MAX_CONNECTIONS, shared with the ingress,
+# the views and other workers' owner lookups) for as long as Stripe takes: a burst of
+# dispute events while Stripe is slow must not take them all. Disputes are rare (a
+# few a day for a large merchant): past these the event is answered 503 at once, never
+# queued, and Stripe sends it again.
+DISPUTE_READS_IN_FLIGHT = 8
+# How long one may take (the gateway's own timeout, PAYSTREAM_GATEWAY_TIMEOUT_SECONDS,
+# is per try, and a slow Stripe holds the connection for it): the owner lookups' bound.
+DISPUTE_READ_SECONDS = 5.0
+
+
+class _InFlight:
+    """How many of a kind of request are in flight; refused, never queued, when full."""
+
+    def __init__(self, most: int) -> None:
+        self.most, self.now = most, 0
+
+    def take(self) -> bool:
+        if self.now >= self.most:
+            return False
+        self.now += 1
+        return True
+
+    def give_back(self) -> None:
+        self.now -= 1
+
+
+_dispute_reads = _InFlight(DISPUTE_READS_IN_FLIGHT)
+# The tenant's own pace for them (_refresh_pace: each is a read with the tenant's key, out
+# of its provider's rate limit too), a bucket apart from its refreshes'.
+_dispute_read_pace = _Budget()
 
 
 async def _disputed_payment(tenant: Tenant, notice: DisputeNotice) -> PaymentNotice | None:
     """The dispute event as one about the payment its PaymentIntent names (read from
     Stripe with the tenant's key); None for a PaymentIntent paystream did not make, or
     one the tenant's key does not find (another account's). _Unavailable when it
-    cannot be read now: Stripe sends the event again."""
-    if not _lookups.take(
-        tenant.tenant_id, LOOKUPS_PER_REFRESH * settings.webhook_refreshes_per_second
-    ):
-        raise _Unavailable("the tenant's webhooks come too fast")
+    cannot be read now (too many in flight, over the tenant's pace, Stripe slow or
+    failing): Stripe sends the event again."""
+    if not _dispute_reads.take():
+        _throttled.warning(
+            ("dispute read", "busy"),
+            "webhook %s for %s: the disputed PaymentIntent was not read: %d reads in "
+            "flight on this worker (Stripe slow?); answered 503",
+            notice.event_id, tenant.tenant_id, DISPUTE_READS_IN_FLIGHT,
+        )  # fmt: skip
+        raise _Unavailable("the provider reads of disputes are all in flight")
+    try:
+        if not _dispute_read_pace.take(tenant.tenant_id, *_refresh_pace(tenant)):
+            raise _Unavailable("the tenant's dispute events come too fast")
+        return await _read_disputed_payment(tenant, notice)
+    finally:
+        _dispute_reads.give_back()
+
+
+async def _read_disputed_payment(tenant: Tenant, notice: DisputeNotice) -> PaymentNotice | None:
     # A client for this read alone: disputes are rare, and one kept would hold the
     # tenant's key and a connection pool in the web server for the worker's life.
     pool = GatewayPool(GatewayDeps(settings=settings), open_secret=_opener())
     try:
-        gateway = pool.get(tenant)
-        read = getattr(gateway, "read_payment_intent", None)
-        if read is None:
-            return None  # (not a Stripe gateway: no PaymentIntent to read)
-        payment_intent = await read(notice.provider_payment_id)
-    except GatewayError as exc:
-        if exc.code is ErrorCode.NOT_FOUND:
+        async with asyncio.timeout(DISPUTE_READ_SECONDS):
+            gateway = pool.get(tenant)
+            read = getattr(gateway, "read_payment_intent", None)
+            if read is None:
+                return None  # (not a Stripe gateway: no PaymentIntent to read)
+            payment_intent = await read(notice.provider_payment_id)
+    except (GatewayError, TimeoutError) as exc:
+        if isinstance(exc, GatewayError) and exc.code is ErrorCode.NOT_FOUND:
             return None
+        over = f"over {DISPUTE_READ_SECONDS:g} s"
+        why = exc.code.value if isinstance(exc, GatewayError) else over
         _throttled.warning(
             ("dispute read", tenant.tenant_id),
-            "webhook %s for %s: the disputed PaymentIntent cannot be read: %s",
-            notice.event_id, tenant.tenant_id, exc.code.value,
+            "webhook %s for %s: the disputed PaymentIntent cannot be read: %s; answered 503",
+            notice.event_id, tenant.tenant_id, why,
         )  # fmt: skip
         raise _Unavailable("the disputed payment cannot be read from the provider") from None
     except (CryptoError, ConfigurationError):

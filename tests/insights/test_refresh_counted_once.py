@@ -70,3 +70,21 @@ async def test_a_window_counts_a_payment_authorised_once_read_back_once() -> Non
     await h.runner.tick(lambda p: True)
     [window] = [e.get_data() for e in h.published]
     assert window["money"]["USD"]["authorized"] == 900, window
+
+
+def test_a_dispute_read_back_or_reopened_counts_nothing() -> None:
+    """A succeeded payment's refresh that records its dispute, or finds it reopened at
+    Stripe (an inquiry escalated, a decision appealed: needs_response again), is
+    `payment.succeeded` read back unchanged: no attempt, no money captured again. The
+    insights count no disputes (the dispute is in `related`, which no rule reads), so a
+    reopened one is not counted twice (review h72d)."""
+    dispute = {"status": "needs_response", "amount": 900, "currency": "USD", "payment_id": "p1"}
+    seen = _seen(
+        "payment.succeeded",
+        {
+            **_payment("succeeded", amount_captured=900),
+            "previous_status": "succeeded",
+            "related": [{"entity_type": "dispute", "entity_id": "dp_1", "object": dispute}],
+        },
+    )
+    assert (seen.attempt, seen.answered, seen.captured, seen.refunded) == (False, False, 0, 0)

@@ -23,6 +23,7 @@ __all__ = [
     "customer",
     "dispute",
     "dispute_status",
+    "evidence_due_by",
     "payment",
     "payment_method",
     "payment_status",
@@ -231,17 +232,23 @@ def dispute(obj: Mapping[str, Any]) -> DisputeResult:
     status = _DISPUTE_STATUS.get(str(obj["status"]))
     if status is None:
         raise _unknown("dispute", obj["status"])
-    details = obj.get("evidence_details")
-    due_by = details.get("due_by") if isinstance(details, Mapping) else None
-    if not isinstance(due_by, int) or isinstance(due_by, bool) or due_by <= 0:
-        # 0 when the cardholder's bank allows no response (Stripe's API reference): no
-        # deadline, not 1970-01-01 (review h69c).
-        due_by = None
     return DisputeResult(
         provider_dispute_id=obj["id"],
         status=status,
         amount=_money(obj),
         reason=obj.get("reason"),
         # (Epoch seconds; None once the dispute is closed, or never answerable: 0.)
-        evidence_due_by=due_by,
+        evidence_due_by=evidence_due_by(obj),
     )
+
+
+def evidence_due_by(obj: Mapping[str, Any]) -> int | None:
+    """A Dispute's ``evidence_details.due_by`` (epoch seconds), None when it has none: 0
+    when the cardholder's bank allows no response (Stripe's API reference), no deadline,
+    not 1970-01-01 (review h69c); anything but a plain integer in a range a date can hold
+    (an event's is read as sent, before any answer of Stripe's) is none either."""
+    details = obj.get("evidence_details")
+    due_by = details.get("due_by") if isinstance(details, Mapping) else None
+    if not isinstance(due_by, int) or isinstance(due_by, bool) or not 0 < due_by < 2**37:
+        return None
+    return due_by

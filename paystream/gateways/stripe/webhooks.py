@@ -19,7 +19,12 @@ import stripe
 
 from paystream.errors import PaystreamError
 from paystream.gateways.base import read_payment_ref, read_refund_ref
-from paystream.gateways.stripe.mapping import dispute_status, payment_status, refund_status
+from paystream.gateways.stripe.mapping import (
+    dispute_status,
+    evidence_due_by,
+    payment_status,
+    refund_status,
+)
 from paystream.streams.codec import valid_unicode
 
 __all__ = [
@@ -100,10 +105,12 @@ class PaymentNotice:
     status: str | None  # paystream's name for the PaymentIntent's status in the event
     account: str | None  # the connected account it happened on (a Connect endpoint's)
     created: int | None = None  # when Stripe made the event (unix seconds), if it says
-    # A dispute event's (disputed_payment_notice): the dispute it is about, and its status
-    # in the event (paystream's name; None for one this version does not know).
+    # A dispute event's (disputed_payment_notice): the dispute it is about, its status
+    # in the event (paystream's name; None for one this version does not know) and its
+    # evidence deadline there (epoch seconds; None for none).
     provider_dispute_id: str | None = None
     dispute_status: str | None = None
+    dispute_due_by: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,10 @@ class DisputeNotice:
     status: str | None  # paystream's name for the dispute's status in the event
     account: str | None  # the connected account it happened on (a Connect endpoint's)
     created: int | None = None  # when Stripe made the event (unix seconds), if it says
+    # Its ``evidence_details.due_by`` (epoch seconds; None for none, or one not read as a
+    # date): a later one than paystream holds is a new response window (an inquiry
+    # escalated to a chargeback, a decision appealed), never the same news again.
+    evidence_due_by: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +240,7 @@ def dispute_notice(event: dict[str, Any]) -> DisputeNotice | None:
         None if status is None else status.value,
         account,
         _created(event),
+        evidence_due_by(obj),
     )
 
 
@@ -252,6 +264,7 @@ def disputed_payment_notice(
         notice.created,
         notice.provider_dispute_id,
         notice.status,
+        notice.evidence_due_by,
     )
 
 

@@ -43,8 +43,11 @@ def _stripe(pi: dict[str, Any], disputes: list[dict[str, Any]]) -> Any:
 
 
 async def test_a_disputed_payment_reads_back_with_its_latest_charges_dispute() -> None:
+    """Its latest charge's, even listed after another charge's of the PaymentIntent (an
+    earlier charge's, newer: Stripe lists newest first; review h72c: the filter was not
+    pinned, the latest charge's listed first)."""
     older = {**DU, "id": "du_0", "charge": "ch_0", "status": "lost"}  # (another charge's)
-    gw, fake = gateway(_stripe(DISPUTED_PI, [{**DU}, older]))
+    gw, fake = gateway(_stripe(DISPUTED_PI, [older, {**DU}]))
     res = await gw.retrieve_payment(READ, idempotency_key="read-1")
     assert res.dispute is not None
     assert (res.dispute.provider_dispute_id, res.dispute.status) == (

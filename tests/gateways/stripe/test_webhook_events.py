@@ -19,8 +19,11 @@ from paystream.gateways.base import (
 )
 from paystream.gateways.stripe.webhooks import (
     BadWebhook,
+    DisputeNotice,
     PaymentNotice,
     RefundNotice,
+    dispute_notice,
+    disputed_payment_notice,
     payment_notice,
     refund_notice,
     verified_event,
@@ -249,3 +252,99 @@ def test_a_refund_notice_names_the_status_in_paystreams_words(
 def test_anything_else_is_no_refund_notice(event: dict[str, Any]) -> None:
     assert refund_notice(event) is None
     assert payment_notice(event) is None
+
+
+def _dispute_event(**fields: Any) -> dict[str, Any]:
+    """A Dispute's event: no metadata of paystream's, its PaymentIntent named."""
+    obj = {
+        "id": "du_1",
+        "object": "dispute",
+        "payment_intent": "pi_1",
+        "charge": "ch_1",
+        "status": "needs_response",
+        "evidence_details": {"due_by": 1_900_000_000},
+    }
+    obj.update(fields.pop("obj", {}))
+    return {"id": "evt_4", "type": "charge.dispute.created", "data": {"object": obj}, **fields}
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "charge.dispute.created",
+        "charge.dispute.updated",
+        "charge.dispute.closed",
+        "charge.dispute.funds_withdrawn",
+        "charge.dispute.funds_reinstated",
+    ],
+)
+def test_a_followed_dispute_event_is_a_notice_with_its_deadline(event_type: str) -> None:
+    """Its status in paystream's words and its evidence deadline: a later deadline than
+    the one recorded is a new response window (review h72c)."""
+    notice = dispute_notice(_dispute_event(type=event_type, account="acct_9", created=7))
+    assert notice == DisputeNotice(
+        "evt_4", event_type, "du_1", "pi_1", "needs_response", "acct_9", 7, 1_900_000_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("stripe_status", "ours"),
+    [("warning_needs_response", "needs_response"), ("warning_under_review", "under_review"),
+     ("appeal_needs_response", "needs_response"), ("warning_closed", "inquiry_closed"),
+     ("prevented", "lost"), ("new_status", None), (None, None)],
+)  # fmt: skip
+def test_a_dispute_notice_names_the_status_in_paystreams_words(
+    stripe_status: Any, ours: str | None
+) -> None:
+    notice = dispute_notice(_dispute_event(obj={"status": stripe_status}))
+    assert notice is not None and notice.status == ours
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"due_by": 0},  # (the cardholder's bank allows no response)
+        {"due_by": None},
+        {"due_by": "1900000000"},
+        {"due_by": True},
+        {"due_by": -1},
+        {"due_by": 10**20},  # (no date: past a datetime's range)
+        {"due_by": 1.9e9},
+        {},
+        None,
+        "soon",
+    ],
+)
+def test_a_dispute_events_deadline_is_read_defensively(details: Any) -> None:
+    """Read as sent, signed but before any answer of Stripe's: anything but a plain
+    date in seconds is no deadline (and the event still a notice)."""
+    notice = dispute_notice(_dispute_event(obj={"evidence_details": details}))
+    assert notice is not None and notice.evidence_due_by is None
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        _dispute_event(obj={"payment_intent": None}),  # a charge made without one
+        _dispute_event(obj={"payment_intent": {"id": "pi_1"}}),  # (expanded: not read)
+        _dispute_event(obj={"id": "du_\ud800"}),  # (no id a command may carry)
+        _dispute_event(obj={"id": ""}),
+        _dispute_event(obj={"object": "charge"}),
+        _dispute_event(type="charge.dispute.something_new"),
+        _dispute_event(account="acct_" + "9" * 300),
+    ],
+)
+def test_anything_else_is_no_dispute_notice(event: dict[str, Any]) -> None:
+    assert dispute_notice(event) is None
+
+
+def test_a_dispute_notice_names_the_payment_its_payment_intent_does() -> None:
+    notice = dispute_notice(_dispute_event(obj={"status": "lost"}))
+    assert notice is not None
+    pi = {"id": "pi_1", "status": "succeeded", "metadata": {PAYMENT_REF_KEY: "acme:pay_a"}}
+    assert disputed_payment_notice(notice, pi) == PaymentNotice(
+        "evt_4", "charge.dispute.created", "acme", "pay_a", "pi_1", "succeeded", None,
+        None, "du_1", "lost", 1_900_000_000,
+    )  # fmt: skip
+    assert disputed_payment_notice(notice, {**pi, "metadata": {}}) is None  # not paystream's
+    assert disputed_payment_notice(notice, {**pi, "id": "pi_2"}) is None  # another's
