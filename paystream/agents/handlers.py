@@ -9,6 +9,7 @@ Rule violations raise ``Rejection``; provider declines become ``*.failed`` outco
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from paystream.gateways.errors import (
 )
 from paystream.gateways.stripe_rules import three_decimal_problem
 from paystream.ids import derived_id
+from paystream.log_limits import ThrottledLog
 from paystream.money import Money, format_minor
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
@@ -59,6 +61,10 @@ __all__ = [
     "Tables",
     "entity_key",
 ]
+
+log = logging.getLogger(__name__)
+# (a second dispute while the first is open: once a minute per payment)
+_throttled = ThrottledLog(log)
 
 T = TypeVar("T")
 R = TypeVar("R", bound=EntityRecord)
@@ -969,14 +975,14 @@ def _dispute_ids(ctx: HandlerContext, payment_id: str) -> tuple[str, str]:
 
 def _dispute_applied(ctx: HandlerContext, payment_id: str) -> None:
     """AlreadyApplied if the command raised a dispute on the payment (a crash may have
-    kept only that write of it)."""
+    kept only that write of it): its first, or another after a decided one
+    (_another_dispute)."""
     derived = ctx.derived_id("dp")
     held = ctx.tables.of(DisputeRecord).get(entity_key(ctx.cmd.tenant_id, derived))
     if held is None:
-        return  # (the other id is taken only where this one names another payment's)
+        return  # (the other id is taken only where this one names another dispute)
     ctx.applied_to(DisputeRecord, derived)
-    if held.get("payment_id") != payment_id:
-        ctx.applied_to(DisputeRecord, _dispute_ids(ctx, payment_id)[1])
+    ctx.applied_to(DisputeRecord, _dispute_ids(ctx, payment_id)[1])
 
 
 def _new_dispute(
@@ -991,15 +997,22 @@ def _new_dispute(
     # The command's id reused past the window, on another payment: the id it derives
     # names that payment's dispute, which must not be written over.
     dispute_id = derived if held is None or held.get("payment_id") == rec.id else of_payment
+    return _record_dispute(ctx, rec, res.dispute, dispute_id)
+
+
+def _record_dispute(
+    ctx: HandlerContext, rec: PaymentRecord, found: gw.DisputeResult, dispute_id: str
+) -> list[EntityRecord]:
+    """``found`` recorded as ``dispute_id``, the dispute the payment names from now on."""
     dispute = DisputeRecord(
         **_base(ctx, dispute_id),
         payment_id=rec.id,
-        status=res.dispute.status.value,
-        amount=res.dispute.amount.amount if res.dispute.amount else rec.amount,
+        status=found.status.value,
+        amount=found.amount.amount if found.amount else rec.amount,
         currency=rec.currency,
-        provider_dispute_id=res.dispute.provider_dispute_id,
-        reason=res.dispute.reason,
-        evidence_due_by=res.dispute.evidence_due_by,
+        provider_dispute_id=found.provider_dispute_id,
+        reason=found.reason,
+        evidence_due_by=found.evidence_due_by,
     )
     rec.dispute_id = dispute.id
     return [dispute]
@@ -1100,7 +1113,9 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,
-        _new_dispute(ctx, rec, res) or _dispute_read_back(disputed, res),
+        _new_dispute(ctx, rec, res)
+        or _another_dispute(ctx, rec, disputed, res)
+        or _dispute_read_back(disputed, res),
         error=_read_back_failure(ctx, res),
         # (a second card declined through the client secret is a new failure: another
         # charge where the provider names them, else another failure code)
@@ -1118,6 +1133,50 @@ def _open_dispute(ctx: HandlerContext, rec: PaymentRecord) -> DisputeRecord | No
     if raw is None:
         return None
     return ctx.load(DisputeRecord, rec.dispute_id)
+
+
+# A dispute decided: the provider may open another on the payment after it.
+_DECIDED = frozenset({gw.DisputeStatus.WON, gw.DisputeStatus.LOST, gw.DisputeStatus.INQUIRY_CLOSED})
+
+
+def _another_dispute(
+    ctx: HandlerContext,
+    rec: PaymentRecord,
+    disputed: DisputeRecord | None,
+    res: gw.PaymentResult,
+) -> list[EntityRecord]:
+    """A dispute the provider reports on the payment other than the one recorded
+    (another provider id): a chargeback the issuer files as a new dispute after an
+    inquiry closed, or a second dispute after a decided one (review h72e: never
+    recorded nor logged, and lost unanswered).
+
+    After a decided dispute it is recorded as a new one, under the id the command
+    derives (_new_dispute's; the payment names it from now on, and a redelivery finds
+    it: _dispute_applied). While the recorded one is open it is not (the tenant answers
+    the one it has; the provider lists the newest first): logged, to be answered in the
+    provider's dashboard. (The first one decided stays recorded as it is; a lost one
+    no longer blocks a refund here: the provider refuses a charged-back charge's.)"""
+    if disputed is None or res.dispute is None:
+        return []
+    found = res.dispute
+    if found.provider_dispute_id == disputed.provider_dispute_id:
+        return []
+    if disputed.status not in _DECIDED:
+        _throttled.warning(
+            ("another dispute", ctx.cmd.tenant_id, rec.id),
+            "tenant %s payment %s: %s reports dispute %s while dispute %s (%s here) is "
+            "open: not recorded here; answer it in the %s dashboard",
+            ctx.cmd.tenant_id, rec.id, ctx.gateway.provider, found.provider_dispute_id,
+            disputed.provider_dispute_id, disputed.id, ctx.gateway.provider,
+        )  # fmt: skip
+        return []
+    derived, of_payment = _dispute_ids(ctx, rec.id)
+    table = ctx.tables.of(DisputeRecord)
+    for dispute_id in (derived, of_payment):
+        # (taken: the command's id reused past the window, its dispute not written over)
+        if table.get(entity_key(ctx.cmd.tenant_id, dispute_id)) is None:
+            return _record_dispute(ctx, rec, found, dispute_id)
+    return []
 
 
 def _dispute_read_back(disputed: DisputeRecord | None, res: gw.PaymentResult) -> list[EntityRecord]:

@@ -501,7 +501,16 @@ async def _read_disputed_payment(tenant: Tenant, notice: DisputeNotice) -> Payme
             notice.event_id, tenant.tenant_id, why,
         )  # fmt: skip
         raise _Unavailable("the disputed payment cannot be read from the provider") from None
-    except (CryptoError, ConfigurationError):
+    except (CryptoError, ConfigurationError) as exc:
+        # (Its key does not open under this master key, or its gateway options are
+        # refused: every dispute event of the tenant is answered 503 until fixed, so the
+        # operator is told why, as for the other 503s of this read; review h72e.)
+        _throttled.warning(
+            ("dispute read", tenant.tenant_id),
+            "webhook %s for %s: the disputed PaymentIntent cannot be read: the tenant's "
+            "provider key cannot be used (%s: paystream doctor); answered 503",
+            notice.event_id, tenant.tenant_id, type(exc).__name__,
+        )  # fmt: skip
         raise _Unavailable("the tenant's provider key cannot be used") from None
     finally:
         await pool.aclose()

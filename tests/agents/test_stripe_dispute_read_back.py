@@ -2,10 +2,14 @@
 payment (brought by the dispute's webhook, or sent by the tenant) records it, once, and
 reads its later statuses forward, never back, but for a new response window (a later
 evidence deadline: an inquiry escalated to a chargeback, a decision appealed), which the
-tenant can answer again (Stripe through a fake HTTP transport)."""
+tenant can answer again. A new dispute on the charge after a decided one is recorded
+as a second dispute; one while the recorded dispute is open is logged (Stripe through a
+fake HTTP transport)."""
 
 from __future__ import annotations
 
+import copy
+import logging
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +34,14 @@ class _Account:
     def __init__(self, answered: str = "under_review") -> None:
         self.dispute: dict[str, Any] | None = None
         self.answered = answered
+        self.older: list[dict[str, Any]] = []  # (the charge's disputes before this one)
+
+    def another(self, status: str = "needs_response") -> None:
+        """The issuer files a new dispute (du_2) on the charge: Stripe lists it first."""
+        assert self.dispute is not None
+        self.older = [self.dispute, *self.older]
+        self.dispute = {**self.dispute, "id": "du_2", "status": status,
+                        "evidence_details": {"due_by": NEW_DUE_BY}}  # fmt: skip
 
     def open(self, status: str = "needs_response") -> None:
         self.dispute = {
@@ -40,15 +52,16 @@ class _Account:
 
     def answer(self, req: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         path = urlsplit(req["url"]).path
-        if path == "/v1/disputes/du_1" and self.dispute is not None:  # evidence submitted
+        if self.dispute is not None and path == f"/v1/disputes/{self.dispute['id']}":
+            # (evidence submitted)
             self.dispute["status"] = self.answered
             return 200, self.dispute
         if path == "/v1/refunds":
             # (Stripe's answer for a disputed charge's refund)
             refused = {"type": "invalid_request_error", "code": "charge_disputed"}
             return 400, {"error": {**refused, "message": "Charge ch_1 has been disputed"}}
-        if path == "/v1/disputes":
-            listed = [] if self.dispute is None else [self.dispute]
+        if path == "/v1/disputes":  # (newest first)
+            listed = ([] if self.dispute is None else [self.dispute]) + self.older
             return 200, {"object": "list", "data": listed, "has_more": False}
         charge = {**PI["latest_charge"], "disputed": self.dispute is not None}  # type: ignore[dict-item]
         return 200, {**PI, "latest_charge": charge}
@@ -245,5 +258,139 @@ async def test_a_read_with_an_earlier_deadline_never_reopens_a_dispute() -> None
             assert not data(read).get("related"), (due_by, data(read))
             held = _dispute(h, t, dispute_id)
             assert (held["status"], held["evidence_submitted"]) == ("under_review", True)
+    finally:
+        await h.pool.aclose()
+
+
+async def _decided(account: _Account, decided_as: str) -> tuple[Harness, str, str]:
+    """p1 paid, disputed (du_1), and that dispute decided at Stripe as ``decided_as``
+    and read back so. Its dispute id."""
+    h, t = await _paid(account)
+    account.open("warning_needs_response" if decided_as == "warning_closed" else "needs_response")
+    found = await h.send("payment.refresh", t, {"payment_id": "p1"})
+    first = data(found)["related"][0]["entity_id"]
+    assert account.dispute is not None
+    account.dispute["status"] = decided_as
+    await h.send("payment.refresh", t, {"payment_id": "p1"})
+    return h, t, first
+
+
+@pytest.mark.parametrize(
+    ("decided_as", "held"),
+    [("warning_closed", "inquiry_closed"), ("won", "won"), ("lost", "lost")],
+)
+async def test_a_new_dispute_after_a_decided_one_is_recorded_and_can_be_answered(
+    decided_as: str, held: str
+) -> None:
+    """An inquiry closes (or a dispute is decided); the cardholder's bank then files a
+    chargeback that Stripe lists as a new dispute (du_2) on the same charge. The merchant
+    gets it as it got the first: in `related` of the refresh's `payment.succeeded`, a
+    dispute of its own (another `dp_` id, which the payment's `dispute_id` names from
+    then on), open and answerable before its deadline; the first stays recorded as
+    decided. Stripe's later events about du_2 record nothing twice (review h72e: du_2
+    was never recorded nor logged: funds withdrawn, nothing to answer with, lost by
+    default)."""
+    account = _Account()
+    h, t, first = await _decided(account, decided_as)
+    try:
+        assert _dispute(h, t, first)["status"] == held
+        account.another()
+        read = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert kind(read) == "payment.succeeded", data(read)
+        [second] = data(read)["related"]
+        obj = second["object"]
+        assert second["entity_id"] != first
+        assert (obj["provider_dispute_id"], obj["status"], obj["payment_id"]) == (
+            "du_2",
+            "needs_response",
+            "p1",
+        )
+        assert datetime.fromisoformat(obj["evidence_due_by"]).timestamp() == NEW_DUE_BY
+        assert data(read)["object"]["dispute_id"] == second["entity_id"]
+        assert h.tables.payments[f"{t}:p1"]["dispute_id"] == second["entity_id"]
+        assert (_dispute(h, t, first)["status"], _dispute(h, t, first)["provider_dispute_id"]) == (
+            held,
+            "du_1",
+        )
+        # Stripe's next events about du_2 (funds_withdrawn, ...): no third dispute.
+        again = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert not data(again).get("related"), data(again)
+        assert sorted(k for k in h.tables.disputes if k.startswith(f"{t}:")) == sorted(
+            [f"{t}:{first}", f"{t}:{second['entity_id']}"]
+        )
+        evidence = {"uncategorized_text": "proof of delivery"}
+        answer = await h.send(
+            "dispute.submit_evidence", t, {"dispute_id": second["entity_id"], "evidence": evidence}
+        )
+        assert kind(answer) == "dispute.evidence_submitted", data(answer)
+        # and it moves on as the first did
+        account.dispute["status"] = "won"  # type: ignore[index]
+        await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert _dispute(h, t, second["entity_id"])["status"] == "won"
+        assert _dispute(h, t, first)["status"] == held
+    finally:
+        await h.pool.aclose()
+
+
+async def test_a_new_dispute_recorded_before_a_crash_is_recorded_once() -> None:
+    """The refresh that recorded du_2 crashed with only the dispute's write kept (its
+    idempotency record and its payment's write lost). Delivered again, it is answered as
+    it was, and the payment is repaired to name du_2's record: the merchant sees one
+    second dispute, not two."""
+    account = _Account()
+    h, t, first = await _decided(account, "warning_closed")
+    try:
+        account.another()
+        payments_before = copy.deepcopy(dict(h.tables.payments))
+        idempotency_before = set(h.idempotency)
+        command = build_command("payment.refresh", t, {"payment_id": "p1"}, command_id="c-du2")
+        _, out = await h.send_event(command)
+        assert out is not None
+        [second] = data(out)["related"]
+        for key in set(h.idempotency) - idempotency_before:
+            del h.idempotency[key]
+        h.tables.payments.clear()
+        h.tables.payments.update(payments_before)  # (the payment's write lost)
+        _, again = await h.send_event(command)
+        assert again is not None
+        assert (kind(again), data(again)) == (kind(out), data(out))
+        assert h.tables.payments[f"{t}:p1"]["dispute_id"] == second["entity_id"]
+        assert len([k for k in h.tables.disputes if k.startswith(f"{t}:")]) == 2
+        assert _dispute(h, t, first)["status"] == "inquiry_closed"
+        later = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert not data(later).get("related"), data(later)
+        assert len([k for k in h.tables.disputes if k.startswith(f"{t}:")]) == 2
+    finally:
+        await h.pool.aclose()
+
+
+async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_recorded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stripe lists another dispute (du_2) while du_1, recorded here, is still open: the
+    merchant answers du_1 through paystream; du_2 is not recorded, and the operator reads
+    a WARNING naming the tenant, the payment and both Stripe dispute ids (ids only),
+    saying to answer du_2 in Stripe's dashboard; once a minute per payment."""
+    account = _Account()
+    h, t = await _paid(account)
+    try:
+        account.open()
+        found = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        first = data(found)["related"][0]["entity_id"]
+        account.another()
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):  # (and Stripe's next events about it)
+                read = await h.send("payment.refresh", t, {"payment_id": "p1"})
+                assert kind(read) == "payment.succeeded", data(read)
+                assert not data(read).get("related"), data(read)
+        lines = [r.getMessage() for r in caplog.records if "du_2" in r.getMessage()]
+        assert len(lines) == 1, lines
+        [line] = lines
+        for named in (t, "p1", "du_1", "du_2", "stripe dashboard"):
+            assert named in line, (named, line)
+        assert "2000" not in line and "fraudulent" not in line  # (ids, nothing more)
+        assert h.tables.payments[f"{t}:p1"]["dispute_id"] == first
+        assert [k for k in h.tables.disputes if k.startswith(f"{t}:")] == [f"{t}:{first}"]
+        assert _dispute(h, t, first)["status"] == "needs_response"
     finally:
         await h.pool.aclose()

@@ -26,6 +26,7 @@ import paystream.web.webhooks as wh
 from paystream import metrics
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
+from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant, TenantStatus
 from tests.web.test_webhook_lookups import TENANT, _post, seen  # noqa: F401 (fixture)
@@ -346,3 +347,38 @@ async def test_a_read_stripe_does_not_answer_in_time_is_sent_again(
     assert any("over 0.01 s" in r.getMessage() for r in caplog.records), caplog.text
     assert stripe_account.in_flight == 0 and wh._dispute_reads.now == 0
     assert stripe_account.closed == stripe_account.opened == 1
+
+
+async def test_a_dispute_read_whose_key_cannot_be_used_is_logged(
+    seen: SimpleNamespace,  # noqa: F811
+    stripe_account: _Stripe,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The tenant's api_key does not open under the worker's master key (or its gateway
+    options are refused): each of its dispute events is answered 503, and Stripe sends
+    it again for days. The operator sees PaystreamWebhooksUnavailable fire and, as for
+    every other 503 of this read, a WARNING naming the event, the tenant and the cause
+    (review h72e: this one logged nothing)."""
+    _held(monkeypatch, "needs_response")
+    closed: list[bool] = []
+
+    class Pool:
+        def __init__(self, deps: Any, open_secret: Any = None) -> None:
+            pass
+
+        def get(self, tenant: Tenant) -> Any:
+            raise CryptoError("the api_key does not open under this master key")
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(wh, "GatewayPool", Pool)
+    with caplog.at_level(logging.WARNING, logger=wh.__name__):
+        status, body = await _post(dispute_event("evt_key", "needs_response"))
+    assert status == 503, body
+    assert body["message"] == "the tenant's provider key cannot be used; send it again", body
+    [line] = [r.getMessage() for r in caplog.records if "evt_key" in r.getMessage()]
+    assert TENANT in line and "provider key cannot be used (CryptoError" in line, line
+    assert "open under this master key" not in line  # (the cause's type, nothing it says)
+    assert closed == [True] and not seen.sent

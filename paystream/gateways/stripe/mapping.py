@@ -242,13 +242,20 @@ def dispute(obj: Mapping[str, Any]) -> DisputeResult:
     )
 
 
+# Evidence deadlines read at most (exclusive): past it pydantic takes an int for
+# milliseconds, not seconds.
+_DUE_BY_MAX = 20_000_000_000
+
+
 def evidence_due_by(obj: Mapping[str, Any]) -> int | None:
     """A Dispute's ``evidence_details.due_by`` (epoch seconds), None when it has none: 0
     when the cardholder's bank allows no response (Stripe's API reference), no deadline,
     not 1970-01-01 (review h69c); anything but a plain integer in a range a date can hold
-    (an event's is read as sent, before any answer of Stripe's) is none either."""
+    (an event's is read as sent, before any answer of Stripe's) is none either. Below
+    2e10 (the year 2603): pydantic reads a larger integer as milliseconds, so the
+    record's datetime would be another instant than the webhook's seconds (review h72e)."""
     details = obj.get("evidence_details")
     due_by = details.get("due_by") if isinstance(details, Mapping) else None
-    if not isinstance(due_by, int) or isinstance(due_by, bool) or not 0 < due_by < 2**37:
+    if not isinstance(due_by, int) or isinstance(due_by, bool) or not 0 < due_by < _DUE_BY_MAX:
         return None
     return due_by

@@ -45,3 +45,22 @@ def test_a_dispute_that_allows_no_response_has_no_deadline(due_by: int | None) -
         }
     )
     assert got.evidence_due_by is None
+
+
+@pytest.mark.parametrize(
+    ("due_by", "held"),
+    [
+        (19_999_999_999, 19_999_999_999),  # (the year 2603: still seconds)
+        (20_000_000_000, None),
+        (30_000_000_000, None),  # (pydantic would read it as milliseconds: 1970-12-14)
+        (2**37 - 1, None),
+    ],
+)
+def test_a_deadline_past_what_seconds_can_say_is_no_deadline(due_by: int, held: int | None) -> None:
+    """The merchant's deadline is the instant Stripe sent, or none: an integer above
+    2e10, which pydantic reads as milliseconds, is not recorded as a date in 1970 (a
+    deadline long past: "lost unanswered"), and the webhook's seconds and the record's
+    datetime always name the same instant (review h72e)."""
+    details = {"due_by": due_by, "has_evidence": False, "past_due": False}
+    got = mapping.dispute({**INQUIRY, "status": "needs_response", "evidence_details": details})
+    assert (None if got.evidence_due_by is None else got.evidence_due_by.timestamp()) == held
