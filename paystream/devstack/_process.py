@@ -22,6 +22,7 @@ __all__ = [
     "ServiceError",
     "free_port",
     "kill_process_group",
+    "listens_on",
     "parent_death_signal",
     "run_coroutine",
     "wait_until",
@@ -34,6 +35,41 @@ _PR_SET_PDEATHSIG = 1
 
 class ServiceError(PaystreamError):
     """A development service could not be started or did not become healthy."""
+
+
+# What a server logs when the port it was given is taken (Tansu, which then exits with
+# status 0: "AddrInUse"; redis-server and PostgreSQL: "Address already in use").
+_PORT_TAKEN_MARKS = (b"Address already in use", b"AddrInUse", b"Address in use")
+# Starts on a port of our choosing, each on a new one when the last was taken.
+PORT_ATTEMPTS = 3
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a TCP socket listening on ``port`` (Linux's /proc;
+    elsewhere, True: not checked)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    if not Path("/proc/net/tcp").exists():
+        return True
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local address "HEX_IP:HEX_PORT", state 0A = LISTEN, inode
+                if (
+                    len(fields) > 9
+                    and fields[3] == "0A"
+                    and int(fields[1].rpartition(":")[2], 16) == port
+                    and fields[9] in inodes
+                ):
+                    return True
+    return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -165,6 +201,42 @@ class ServiceProcess:
         if self._proc is not None and (code := self._proc.poll()) is not None:
             return f"exited with status {code}; see {self.log_path}"
         return None
+
+    def _on_a_free_port(self, start_once: Callable[[], None], *, chosen: bool) -> None:
+        """``start_once()``, again on a new port (``_take_port``) when the server could
+        not bind the one it was given, if that one was ours to choose (``chosen``).
+
+        ``free_port`` only finds a port free when it looks: another process (a parallel
+        test's server) may bind it before this server does, which then fails to start
+        (a flaky CI run: Tansu exited with status 0 on "AddrInUse")."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            logged = self._log_size()
+            try:
+                start_once()
+                return
+            except ServiceError:
+                if not chosen or attempt == PORT_ATTEMPTS or not self._port_taken(logged):
+                    raise
+            self._take_port(free_port())
+
+    def _take_port(self, port: int) -> None:
+        raise NotImplementedError
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _port_taken(self, since: int) -> bool:
+        """Whether the log, past ``since`` bytes, says the server's port was taken."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(since)
+                written = f.read(1 << 20)
+        except OSError:
+            return False
+        return any(mark in written for mark in _PORT_TAKEN_MARKS)
 
     def stop(self) -> None:
         """Kill the server's process group. Safe to call twice."""

@@ -16,6 +16,7 @@ from paystream.devstack._process import (
     ServiceError,
     ServiceProcess,
     free_port,
+    listens_on,
     parent_death_signal,
     run_coroutine,
     wait_until,
@@ -73,8 +74,10 @@ class TansuBroker(ServiceProcess):
     ) -> None:
         self.log_path = log_path
         self.port = port or free_port()
+        self._port_chosen = port is None  # (ours to change if taken: _on_a_free_port)
         # Where clients are told to connect (a proxy in front of it, in tests that cut
         # connections): its own port unless said otherwise.
+        self._advertises_own = advertised_port is None
         self.advertised_port = advertised_port or self.port
         self.host = "127.0.0.1"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -90,9 +93,18 @@ class TansuBroker(ServiceProcess):
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start the broker and return once it answers a Metadata request."""
+        """Start the broker and return once it answers a Metadata request (on a new
+        port if another process took the one it was to have, unless it was given)."""
         if self._proc is not None:
             return
+        self._on_a_free_port(lambda: self._start_once(timeout), chosen=self._port_chosen)
+
+    def _take_port(self, port: int) -> None:
+        self.port = port
+        if self._advertises_own:
+            self.advertised_port = port
+
+    def _start_once(self, timeout: float) -> None:
         started = time.monotonic()
         listener = f"tcp://{self.host}:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_VARS}
@@ -119,8 +131,11 @@ class TansuBroker(ServiceProcess):
             preexec_fn=parent_death_signal(),  # only prctl: fork-safe
         )
         try:
+            proc = self._proc
             wait_until(
-                lambda: _metadata_ok_sync(self.bootstrap),
+                # Its own answer: nothing authenticates a Metadata request, and another
+                # broker that took the port (a parallel test's) would answer it too.
+                lambda: listens_on(proc.pid, self.port) and _metadata_ok_sync(self.bootstrap),
                 timeout=timeout,
                 what=f"tansu broker on {listener}",
                 alive=self._died,

@@ -83,6 +83,7 @@ class EmbeddedPostgres(ServiceProcess):
         self.root = root
         self.database = database
         self.port = port or free_port()
+        self._port_chosen = port is None  # (ours to change if taken: _on_a_free_port)
         self.host = "127.0.0.1"
         self.pgdata = root / "data"
         self.log_path = root / "postgres.log"
@@ -137,7 +138,9 @@ class EmbeddedPostgres(ServiceProcess):
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        self.resume(timeout)
+        # (on a new port if another process took this one: only this server answers its
+        # password, so another on the port is never taken for it)
+        self._on_a_free_port(lambda: self.resume(timeout), chosen=self._port_chosen)
         try:
             self._run(
                 [
@@ -155,6 +158,9 @@ class EmbeddedPostgres(ServiceProcess):
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
+
+    def _take_port(self, port: int) -> None:
+        self.port = port
 
     def _spawn(self) -> None:
         """Run the postmaster in the foreground of its own process group."""

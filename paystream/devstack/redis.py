@@ -55,6 +55,7 @@ class EmbeddedRedis(ServiceProcess):
     def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = root
         self.port = port or free_port()
+        self._port_chosen = port is None  # (ours to change if taken: _on_a_free_port)
         self.host = "127.0.0.1"
         self.log_path = root / "redis.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -81,9 +82,17 @@ class EmbeddedRedis(ServiceProcess):
         return config
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start redis-server and return once it answers PING."""
+        """Start redis-server and return once it answers PING (on a new port if another
+        process took the one it was to have, unless it was given). Only this server
+        answers its password: another one on the port is never taken for it."""
         if self._proc is not None:
             return
+        self._on_a_free_port(lambda: self._start_once(timeout), chosen=self._port_chosen)
+
+    def _take_port(self, port: int) -> None:
+        self.port = port
+
+    def _start_once(self, timeout: float) -> None:
         started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.config_file()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from paystream.devstack._process import free_port
 from paystream.devstack.kafka import TansuBroker
 from paystream.devstack.redis import EmbeddedRedis
 from paystream.tenancy.models import Tenant
@@ -36,16 +35,19 @@ class ProxiedStack(Generic[P]):
 async def proxied_stack(
     deployment_factory: Any, make_proxy: Callable[[int], P], tenant: str, **env: str
 ) -> AsyncIterator[ProxiedStack[P]]:
-    """``make_proxy(broker_port)`` in front of a broker of the test's own; a deployment
-    on it (with the worker environment ``env``) and ``tenant`` registered."""
+    """``make_proxy(port)`` in front of a broker of the test's own (retargeted to the
+    broker's port once it has one); a deployment on it (with the worker environment
+    ``env``) and ``tenant`` registered."""
     root = Path(tempfile.mkdtemp(prefix="paystream-proxied-"))
-    broker_port = free_port()
-    proxy = make_proxy(broker_port)
-    broker = TansuBroker(root / "tansu.log", port=broker_port, advertised_port=proxy.port)
+    # The broker's port is its own choice (another if a parallel test's server takes
+    # the first: TansuBroker.start), so the proxy learns it once the broker is up.
+    proxy = make_proxy(0)
+    broker = TansuBroker(root / "tansu.log", advertised_port=proxy.port)
     redis = EmbeddedRedis(root / "redis")
     try:
         proxy.start()
         broker.start()
+        proxy.retarget(broker.port)
         redis.start()
         dep: Deployment = await deployment_factory(
             kafka_broker_url=f"kafka://127.0.0.1:{proxy.port}",
@@ -54,7 +56,7 @@ async def proxied_stack(
             **env,
         )
         await dep.add_tenants(Tenant(tenant_id=tenant))
-        yield ProxiedStack(dep, proxy, broker_port, redis.url)
+        yield ProxiedStack(dep, proxy, broker.port, redis.url)
     finally:
         proxy.stop()
         redis.stop()

@@ -27,6 +27,10 @@ class ThreadedProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
 
+    def retarget(self, target_port: int) -> None:
+        """Forward connections accepted from now on to ``target_port``."""
+        self._target = target_port
+
     def start(self) -> Self:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
