@@ -1110,12 +1110,14 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     _apply_payment_result(rec, res)
     if previous == _SUCCEEDED_STATUS:
         rec.amount_refunded = refunded
+    # The recorded dispute read back first, from its own entry (a newer one may be
+    # listed before it): then the newest is judged against it as it now stands, so one
+    # refresh may bring both its decision and the new dispute (review h72g).
+    read_back = _dispute_read_back(disputed, res)
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,
-        _new_dispute(ctx, rec, res)
-        or _another_dispute(ctx, rec, disputed, res)
-        or _dispute_read_back(disputed, res),
+        _new_dispute(ctx, rec, res) + read_back + _another_dispute(ctx, rec, disputed, res),
         error=_read_back_failure(ctx, res),
         # (a second card declined through the client secret is a new failure: another
         # charge where the provider names them, else another failure code)
@@ -1152,10 +1154,13 @@ def _another_dispute(
 
     After a decided dispute it is recorded as a new one, under the id the command
     derives (_new_dispute's; the payment names it from now on, and a redelivery finds
-    it: _dispute_applied). While the recorded one is open it is not (the tenant answers
-    the one it has; the provider lists the newest first): logged, to be answered in the
-    provider's dashboard. (The first one decided stays recorded as it is; a lost one
-    no longer blocks a refund here: the provider refuses a charged-back charge's.)"""
+    it: _dispute_applied). While the recorded one is open (as just read back from its
+    own entry: _dispute_read_back runs first) it is not (the tenant answers the one it
+    has; the provider lists the newest first): logged, to be answered in the provider's
+    dashboard; so is one whose ids are both taken. Only the newest is judged. (The first
+    one decided stays recorded as it is, no longer read; a lost one no longer blocks a
+    refund here: the refund goes to the provider, which decides, e.g. Stripe refusing a
+    charged-back charge's: charge_disputed, invalid_state.)"""
     if disputed is None or res.dispute is None:
         return []
     found = res.dispute
@@ -1176,7 +1181,25 @@ def _another_dispute(
         # (taken: the command's id reused past the window, its dispute not written over)
         if table.get(entity_key(ctx.cmd.tenant_id, dispute_id)) is None:
             return _record_dispute(ctx, rec, found, dispute_id)
+    # (Both taken: the command's id reused past the window twice, on another payment and
+    # on this one. Not dropped silently (review h72g).)
+    _throttled.warning(
+        ("another dispute", ctx.cmd.tenant_id, rec.id),
+        "tenant %s payment %s: %s reports dispute %s after dispute %s (%s here) was "
+        "decided: not recorded here (the dispute ids of command %s are taken); answer it "
+        "in the %s dashboard",
+        ctx.cmd.tenant_id, rec.id, ctx.gateway.provider, found.provider_dispute_id,
+        disputed.provider_dispute_id, disputed.id, ctx.cmd.command_id, ctx.gateway.provider,
+    )  # fmt: skip
     return []
+
+
+def _listed(res: gw.PaymentResult) -> tuple[gw.DisputeResult, ...]:
+    """The disputes the provider lists for the payment, newest first (a gateway that
+    fills ``dispute`` alone lists that one)."""
+    if res.disputes:
+        return res.disputes
+    return () if res.dispute is None else (res.dispute,)
 
 
 def _dispute_read_back(disputed: DisputeRecord | None, res: gw.PaymentResult) -> list[EntityRecord]:
@@ -1189,13 +1212,21 @@ def _dispute_read_back(disputed: DisputeRecord | None, res: gw.PaymentResult) ->
     (appeal_needs_response). No stale read has a later deadline, so the provider's status
     is taken whatever its stage, with that deadline, and evidence is to be submitted
     again. Otherwise never back: a read may not go back on the provider's decision, nor
-    on an answer paystream recorded (an older read's)."""
-    if disputed is None or res.dispute is None:
+    on an answer paystream recorded (an older read's).
+
+    Read from its own entry among the disputes the provider lists, a newer one listed
+    before it or not (review h72g: only the newest was read, so once another was filed
+    the recorded one's decision was never read). One the provider no longer lists is
+    left as it is."""
+    if disputed is None:
         return []
-    if res.dispute.provider_dispute_id != disputed.provider_dispute_id:
+    own = next(
+        (d for d in _listed(res) if d.provider_dispute_id == disputed.provider_dispute_id), None
+    )
+    if own is None:
         return []
-    status = res.dispute.status.value
-    due = res.dispute.evidence_due_by
+    status = own.status.value
+    due = own.evidence_due_by
     if due is not None and (disputed.evidence_due_by is None or due > disputed.evidence_due_by):
         disputed.status, disputed.evidence_due_by = status, due
         # (answered again in the new window: under_review is its evidence at the provider)
@@ -1489,6 +1520,9 @@ def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> N
     the provider refuses the refund (an `invalid_state` answer); a dispute on record may
     lag the provider's (its webhook late, or no endpoint configured: the simulator sends
     none), so an open dispute on record must not block a refund the provider would allow.
+    Only the dispute the payment names: after a second one is recorded (_another_dispute)
+    a first one lost no longer blocks here, and the refund goes to the provider, which
+    decides (Stripe: charge_disputed, invalid_state; docs/stripe.md).
     """
     if payment.dispute_id is None:
         return

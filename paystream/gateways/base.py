@@ -314,8 +314,13 @@ class PaymentResult(_Res):
     failure_message: str | None = None
     next_action: dict[str, Any] | None = None  # e.g. redirect URL for 3DS
     provider_charge_id: str | None = None
-    # A dispute the provider opened on this payment (e.g. simulator token pm_card_createDispute).
+    # A dispute the provider opened on this payment (e.g. simulator token pm_card_createDispute):
+    # the newest, where it lists more than one.
     dispute: DisputeResult | None = None
+    # Every dispute the provider lists for the payment, newest first (``dispute`` is the
+    # first): a charge disputed again (an inquiry closed, then a chargeback) has more
+    # than one, and the one paystream recorded is read back from its own entry.
+    disputes: tuple[DisputeResult, ...] = ()
 
 
 class RefundResult(_Res):

@@ -3,8 +3,9 @@ payment (brought by the dispute's webhook, or sent by the tenant) records it, on
 reads its later statuses forward, never back, but for a new response window (a later
 evidence deadline: an inquiry escalated to a chargeback, a decision appealed), which the
 tenant can answer again. A new dispute on the charge after a decided one is recorded
-as a second dispute; one while the recorded dispute is open is logged (Stripe through a
-fake HTTP transport)."""
+as a second dispute; one while the recorded dispute is open is logged, and the recorded
+one is still read back from its own entry, its decision then recording the new one
+(Stripe through a fake HTTP transport)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from paystream.client import build_command
+from paystream.ids import derived_id
 from tests.agents.harness import Harness, data, kind
 from tests.agents.test_provider_changed import _harness
 from tests.gateways.stripe.test_stripe_transport import PI, FakeStripe
@@ -29,12 +31,14 @@ _PAY = {"payment_id": "p1", "amount": 2000, "currency": "USD", "payment_method_t
 class _Account:
     """What Stripe holds: the PaymentIntent, and the dispute of its charge (if any).
     Evidence submitted makes the dispute ``answered`` (an inquiry's:
-    warning_under_review); a refund of its charge is refused while it is disputed."""
+    warning_under_review); a refund of its charge is refused while it is disputed (or
+    was: ``charge_disputed``), and counted as asked."""
 
     def __init__(self, answered: str = "under_review") -> None:
         self.dispute: dict[str, Any] | None = None
         self.answered = answered
         self.older: list[dict[str, Any]] = []  # (the charge's disputes before this one)
+        self.refunds = 0  # (refunds asked of Stripe)
 
     def another(self, status: str = "needs_response") -> None:
         """The issuer files a new dispute (du_2) on the charge: Stripe lists it first."""
@@ -57,6 +61,7 @@ class _Account:
             self.dispute["status"] = self.answered
             return 200, self.dispute
         if path == "/v1/refunds":
+            self.refunds += 1
             # (Stripe's answer for a disputed charge's refund)
             refused = {"type": "invalid_request_error", "code": "charge_disputed"}
             return 400, {"error": {**refused, "message": "Charge ch_1 has been disputed"}}
@@ -392,5 +397,131 @@ async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_record
         assert h.tables.payments[f"{t}:p1"]["dispute_id"] == first
         assert [k for k in h.tables.disputes if k.startswith(f"{t}:")] == [f"{t}:{first}"]
         assert _dispute(h, t, first)["status"] == "needs_response"
+    finally:
+        await h.pool.aclose()
+
+
+async def test_the_recorded_dispute_is_still_read_once_a_newer_one_is_filed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """du_1 is recorded and open; the issuer files du_2 while it is (Stripe lists du_2
+    first): du_2 is logged to be answered in Stripe's dashboard, not recorded. du_1 is
+    still read from its own entry: answered in Stripe's dashboard it comes back
+    under_review, and once decided (lost) the merchant gets, in the same refresh's
+    `related`, du_1 lost and du_2 recorded as the payment's dispute, open and
+    answerable; a refund is then not refused by paystream as charged back but asked of
+    Stripe, whose refusal is answered `invalid_state` (review h72g F1: du_1 stayed
+    needs_response for good, its `lost` never read, and du_2 never recorded)."""
+    account = _Account()
+    h, t = await _paid(account)
+    try:
+        account.open()
+        found = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        first = data(found)["related"][0]["entity_id"]
+        account.another()  # du_2 filed while du_1 is open
+        with caplog.at_level(logging.WARNING):
+            logged = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert not data(logged).get("related"), data(logged)
+        assert any("du_2" in r.getMessage() for r in caplog.records)
+
+        account.older[0]["status"] = "under_review"  # du_1 answered in Stripe's dashboard
+        read = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        [moved] = data(read)["related"]
+        assert (moved["entity_id"], moved["object"]["status"]) == (first, "under_review")
+        assert h.tables.payments[f"{t}:p1"]["dispute_id"] == first
+
+        account.older[0]["status"] = "lost"  # du_1 decided at Stripe
+        decided = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert kind(decided) == "payment.succeeded", data(decided)
+        related = {r["object"]["provider_dispute_id"]: r for r in data(decided)["related"]}
+        assert sorted(related) == ["du_1", "du_2"], data(decided)
+        assert related["du_1"]["entity_id"] == first
+        assert related["du_1"]["object"]["status"] == "lost"
+        second = related["du_2"]["entity_id"]
+        assert second != first and related["du_2"]["object"]["status"] == "needs_response"
+        assert data(decided)["object"]["dispute_id"] == second
+        assert h.tables.payments[f"{t}:p1"]["dispute_id"] == second
+        assert _dispute(h, t, first)["status"] == "lost"
+        # Stripe's next events: nothing recorded twice.
+        again = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert not data(again).get("related"), data(again)
+        assert len([k for k in h.tables.disputes if k.startswith(f"{t}:")]) == 2
+        evidence = {"uncategorized_text": "proof of delivery"}
+        answer = await h.send(
+            "dispute.submit_evidence", t, {"dispute_id": second, "evidence": evidence}
+        )
+        assert kind(answer) == "dispute.evidence_submitted", data(answer)
+    finally:
+        await h.pool.aclose()
+
+
+async def test_a_new_dispute_whose_both_ids_are_taken_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refresh under a command id reused past the window twice before (an order-id
+    style producer: on another payment, then on this one), both dispute ids it may
+    record du_2 under taken: du_2 is not recorded, and the operator reads a WARNING
+    naming the tenant, the payment, both Stripe dispute ids and the command (ids only),
+    saying to answer du_2 in Stripe's dashboard (review h72g F2: neither recorded nor
+    logged)."""
+    account = _Account()
+    h, t, first = await _decided(account, "won")
+    try:
+        account.another()
+        command = build_command("payment.refresh", t, {"payment_id": "p1"}, command_id="o-7")
+        # (o-7's first use raised p0's dispute; its second, past the window, p1's under
+        # the id derived with p1: both decided long ago)
+        for taken, payment in ((derived_id("dp", t, "o-7"), "p0"),
+                               (derived_id("dp", t, "o-7", "p1"), "p1")):  # fmt: skip
+            held: dict[str, Any] = {**_dispute(h, t, first), "id": taken, "applied": {}}
+            held["payment_id"] = payment
+            h.tables.disputes[f"{t}:{taken}"] = held
+        with caplog.at_level(logging.WARNING):
+            _, out = await h.send_event(command)
+        assert out is not None and kind(out) == "payment.succeeded", out
+        assert not data(out).get("related"), data(out)
+        lines = [r.getMessage() for r in caplog.records if "du_2" in r.getMessage()]
+        assert len(lines) == 1, lines
+        [line] = lines
+        for named in (t, "p1", "du_1", "du_2", first, "o-7", "stripe dashboard"):
+            assert named in line, (named, line)
+        assert "2000" not in line and "fraudulent" not in line  # (ids, nothing more)
+        assert h.tables.payments[f"{t}:p1"]["dispute_id"] == first
+    finally:
+        await h.pool.aclose()
+
+
+async def test_a_refund_after_a_lost_dispute_and_a_decided_second_one_is_stripes_to_refuse() -> (
+    None
+):
+    """du_1 lost (the cardholder has the money back); the issuer files du_2, which the
+    merchant wins. The payment's dispute is du_2 now, so paystream no longer refuses a
+    refund as charged back: `refund.create` is asked of Stripe, and Stripe's refusal
+    (`charge_disputed`) is answered `command.rejected` with reason `invalid_state` and
+    Stripe's message, nothing refunded nor booked (what docs/stripe.md says; review
+    h72g F3)."""
+    account = _Account()
+    h, t, first = await _decided(account, "lost")
+    try:
+        refused_here = await h.send("refund.create", t, {"payment_id": "p1"})
+        assert "charged back" in data(refused_here)["message"], data(refused_here)
+        assert account.refunds == 0  # (paystream's own rule: Stripe not asked)
+        account.another()
+        await h.send("payment.refresh", t, {"payment_id": "p1"})
+        account.dispute["status"] = "won"  # type: ignore[index]
+        await h.send("payment.refresh", t, {"payment_id": "p1"})
+        assert _dispute(h, t, first)["status"] == "lost"
+        second = h.tables.payments[f"{t}:p1"]["dispute_id"]
+        assert second != first and _dispute(h, t, second)["status"] == "won"
+
+        refused = await h.send("refund.create", t, {"payment_id": "p1"})
+        assert kind(refused) == "command.rejected", data(refused)
+        assert (data(refused)["reason"], data(refused)["message"]) == (
+            "invalid_state",
+            "Charge ch_1 has been disputed",
+        )
+        assert account.refunds == 1  # (asked of Stripe)
+        assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 0
+        assert not [k for k in h.tables.refunds if k.startswith(f"{t}:")]
     finally:
         await h.pool.aclose()

@@ -718,7 +718,8 @@ async def test_submit_dispute_evidence(harness: Harness) -> None:
 @over_gateways()
 async def test_a_disputed_payment_reads_back_with_its_dispute(harness: Harness) -> None:
     """Stripe opens a dispute days after the charge: a read of the payment reports it
-    (and its decision, later), as the simulator's reports the one opened at charge."""
+    (and its decision, later), as the simulator's reports the one opened at charge; and
+    lists it among the payment's disputes (its only one)."""
     paid = await pay(harness, 1200, token="pm_card_createDispute")
     dispute_id = await harness.dispute_for(paid)
     read = RetrievePayment(provider_payment_id=paid.provider_payment_id)
@@ -730,6 +731,7 @@ async def test_a_disputed_payment_reads_back_with_its_dispute(harness: Harness) 
         usd(1200),
     )
     assert now.dispute.reason == "fraudulent" and now.dispute.evidence_due_by is not None
+    assert now.disputes == (now.dispute,)  # (every one listed, newest first)
 
 
 @over_gateways()

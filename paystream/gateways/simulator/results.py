@@ -70,8 +70,16 @@ def payment(pi: dict[str, Any], dp: dict[str, Any] | None) -> dict[str, Any]:
         "failure_message": pi["failure_message"],
         "next_action": pi["next_action"],
         "provider_charge_id": pi["charge_id"],
-        "dispute": None if dp is None else dispute(dp),
+        **_disputes(dp),
     }
+
+
+def _disputes(dp: dict[str, Any] | None) -> dict[str, Any]:
+    """A simulated payment has one dispute at most: the newest, and the only one listed."""
+    if dp is None:
+        return {"dispute": None}
+    mapped = dispute(dp)
+    return {"dispute": mapped, "disputes": [mapped]}
 
 
 def refund(re: dict[str, Any]) -> dict[str, Any]:

@@ -374,9 +374,10 @@ class StripeGateway:
     async def retrieve_payment(
         self, req: RetrievePayment, *, idempotency_key: str
     ) -> PaymentResult:
-        """The PaymentIntent, and the dispute of its latest charge if it is disputed: on
-        Stripe a dispute opens days after the charge (``charge.dispute.created``), and
-        only a read finds it (the dispute, and each later decision, is read here)."""
+        """The PaymentIntent, and the disputes of its latest charge if it is disputed
+        (newest first): on Stripe a dispute opens days after the charge
+        (``charge.dispute.created``), and only a read finds it (the dispute, and each
+        later decision, is read here)."""
         # GETs: Stripe keys no read, so no key is sent.
         obj, api_version = await self._answer(
             "retrieve_payment",
@@ -405,7 +406,10 @@ class StripeGateway:
         ]
         if not disputes:
             return res  # (listed before the dispute was: read again on its event)
-        return res.model_copy(update={"dispute": mapping.dispute(disputes[0])})
+        # Each of them: once a newer one exists, the one paystream recorded is read back
+        # from its own entry (its decision, an appeal; review h72g).
+        listed = tuple(mapping.dispute(d) for d in disputes)
+        return res.model_copy(update={"dispute": listed[0], "disputes": listed})
 
     async def read_payment_intent(self, provider_payment_id: str) -> dict[str, Any]:
         """The PaymentIntent as Stripe holds it, for the webhook endpoint: a dispute's

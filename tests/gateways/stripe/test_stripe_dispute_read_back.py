@@ -64,10 +64,26 @@ async def test_a_disputed_payment_reads_back_with_its_latest_charges_dispute() -
     assert "Idempotency-Key" not in listed["headers"]  # (a read: no key)
 
 
+async def test_every_dispute_of_the_latest_charge_is_read_back_newest_first() -> None:
+    """A charge disputed again (du_2 filed after du_1): both are reported, newest first,
+    ``dispute`` the newest, so the one paystream recorded is read from its own entry
+    (review h72g: only the newest was, and the recorded one's decision never again)."""
+    older = {**DU, "id": "du_0", "charge": "ch_0", "status": "lost"}  # (another charge's)
+    newer = {**DU, "id": "du_2", "status": "warning_needs_response"}
+    lost = {**DU, "status": "lost"}
+    gw, _ = gateway(_stripe(DISPUTED_PI, [newer, older, lost]))
+    res = await gw.retrieve_payment(READ, idempotency_key="read-1")
+    assert [(d.provider_dispute_id, d.status) for d in res.disputes] == [
+        ("du_2", DisputeStatus.NEEDS_RESPONSE),
+        ("du_1", DisputeStatus.LOST),
+    ]
+    assert res.dispute == res.disputes[0]
+
+
 async def test_an_undisputed_payment_costs_no_dispute_listing() -> None:
     gw, fake = gateway(_stripe(PI, [DU]))
     res = await gw.retrieve_payment(READ, idempotency_key="read-1")
-    assert res.dispute is None and len(fake.requests) == 1
+    assert res.dispute is None and res.disputes == () and len(fake.requests) == 1
 
 
 async def test_a_tenant_without_the_disputes_capability_lists_none() -> None:
