@@ -232,7 +232,14 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "dispute",
         "The dispute was accepted: `lost` (a chargeback conceded), or `inquiry_closed` for "
         "a Stripe inquiry (closed without a chargeback, no money moved).",
-        {},
+        {
+            "previous_status": {
+                "type": "string",
+                "description": "the dispute's status here before the accept (`lost` "
+                "already when an accept re-driven after its answer was lost finds a "
+                "`payment.refresh` recorded the loss meanwhile)",
+            }
+        },
     ),
     "command.rejected": (
         None,
@@ -1029,9 +1036,39 @@ def _insights_schemas() -> Doc:
             },
             "declines": {**counts, "description": "failed payments by decline or error code"},
             "rejections": {**counts, "description": "`command.rejected` by reason"},
+            "payments_succeeded": {
+                "type": "object",
+                "description": "per ISO 4217 currency, payments that succeeded in the window "
+                "(money captured: at creation, at capture, or read back succeeded; not a "
+                "payment read back as it was): the dispute rate's basis. Present only when "
+                "there are any",
+                "additionalProperties": count,
+            },
+            "disputes": {
+                "type": "object",
+                "description": "per ISO 4217 currency, disputes (chargebacks and inquiries) "
+                "opened in the window (by the outcome whose command recorded each first: "
+                "once per dispute) and lost (the network's decision read back, or accepted "
+                "with `dispute.accept`; one reopened and lost again counts again). Present "
+                "only when there are any",
+                "additionalProperties": _object(
+                    {
+                        "opened": {**count, "description": "disputes opened"},
+                        "opened_amount": {
+                            **count,
+                            "description": "their disputed amounts, in minor units",
+                        },
+                        "lost": {**count, "description": "disputes lost"},
+                        "lost_amount": {**count, "description": "their amounts, in minor units"},
+                    }
+                ),
+            },
         },
         "One tenant's outcomes in one analytics window.",
     )
+    window["required"] = [
+        name for name in window["required"] if name not in ("payments_succeeded", "disputes")
+    ]
     alert = _object(
         {
             "tenant_id": _STR,

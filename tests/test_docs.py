@@ -463,7 +463,13 @@ def test_insights_events_match_their_messages(asyncapi: dict[str, Any]) -> None:
         "e2", "acme", "payment.failed", at, currency="USD", declined=500,
         decline_code="generic_decline", card_declined=True, customer_id="cus_1", attempt=True,
     )  # fmt: skip
+    # A dispute opened and one lost (disputes, payments_succeeded: present when any).
+    disputed = Observed(
+        "e3", "acme", "payment.succeeded", at, currency="USD",
+        disputes_opened=(("USD", 900),), disputes_lost=(("EUR", 450),),
+    )  # fmt: skip
     st.apply(paid, cfg)
+    st.apply(disputed, cfg)
     alerts = [a for _ in range(2) for a in st.apply(declined, cfg)]
     records = {
         "analyticsWindow": window_event(
@@ -471,6 +477,8 @@ def test_insights_events_match_their_messages(asyncapi: dict[str, Any]) -> None:
         ),
         "fraudAlert": alert_event("acme", alerts[0], CloudEventsMode.BINARY),
     }
+    window = json.loads(records["analyticsWindow"].value)
+    assert {"disputes", "payments_succeeded"} <= set(window), window  # (validated below)
     for name, record in records.items():
         pointer = f"/components/messages/{name}"
         validator(asyncapi, f"{pointer}/payload", draft7=True).validate(json.loads(record.value))

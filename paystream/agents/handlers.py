@@ -1594,11 +1594,14 @@ async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerR
     _dispute_open_unless_let_through(ctx, rec)
     ctx.at_provider(rec)
     req = gw.AcceptDispute(provider_dispute_id=rec.provider_dispute_id)
+    previous = rec.status
     res = await _gateway(
         ctx, "accept_dispute", lambda: ctx.gateway.accept_dispute(req, idempotency_key=ctx.idem)
     )
     _take_dispute_status(ctx, rec, res.status.value)
-    return HandlerResult("dispute.closed", rec)
+    # (Lost already: a re-drive after a refresh recorded the loss; the analytics count a
+    # dispute lost once, by this.)
+    return HandlerResult("dispute.closed", rec, extra={"previous_status": previous})
 
 
 HANDLERS: dict[str, Handler] = {

@@ -42,6 +42,10 @@ def window_event(
         "declines": agg["declines"],
         "rejections": agg["rejections"],
     }
+    # Only in windows that have any: a window without is the same event as before them.
+    for optional in ("payments_succeeded", "disputes"):
+        if agg.get(optional):
+            data[optional] = agg[optional]
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
     event_id = outcome_id(tenant_id, f"window:{start_ms}", "analytics.window", digest)
     return _event(event_id, WINDOW_TYPE, tenant_id, "analytics", start_ms + size_ms, data, mode)

@@ -50,6 +50,10 @@ class Observed:
     reject_reason: str | None = None  # command.rejected's reason
     customer_id: str | None = None
     payment_method_id: str | None = None
+    # Disputes (chargebacks) this outcome opened, and those it found lost: (currency,
+    # amount) each, in integer minor units (see _disputes for what counts, once).
+    disputes_opened: tuple[tuple[str, int], ...] = ()
+    disputes_lost: tuple[tuple[str, int], ...] = ()
 
 
 # A payment's creation answered otherwise than succeeded: each is an attempt. A payment
@@ -196,6 +200,11 @@ def observe(event: CloudEvent) -> Observed | None:
             customer_id=_id(obj.get("customer_id")),
             payment_method_id=_id(obj.get("payment_method_id")),
         )
+    opened, lost = _disputes(tenant, outcome, data)
+    if opened:
+        facts["disputes_opened"] = opened
+    if lost:
+        facts["disputes_lost"] = lost
     return Observed(
         event_id=event_id,
         tenant_id=tenant,
@@ -204,6 +213,84 @@ def observe(event: CloudEvent) -> Observed | None:
         currency=currency,
         **facts,
     )
+
+
+# A dispute lost: the card network decided for the cardholder, or the merchant accepted
+# it (Stripe's "lost" either way; a Stripe inquiry closed is not one: no money moved).
+_LOST = "lost"
+# Related entries looked at per outcome (paystream's carry one dispute at most): a forged
+# outcome listing thousands costs no more than this.
+_RELATED_MAX = 16
+
+
+def _disputes(
+    tenant: str, outcome: str, data: dict[str, Any]
+) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """The disputes an outcome opened and those it found lost: (currency, amount) each.
+
+    Each is counted once, by outcome id (a re-emission carries the same id: the runner's
+    counted ids), by these rules:
+
+    * Opened: a dispute in `related` created by this outcome's own command: its
+      ``created_by`` is the outcome's ``command_id`` and its ``version`` is 1 (each
+      command that changes an entity adds one; created, it is 1). A dispute is created by
+      one command only (the charge or capture that raised it, or the refresh that read
+      it first; a second dispute on the payment after a decided one is another entity,
+      opened by the refresh that records it), and every later outcome that carries it
+      (read back as it moves on, evidence, accepted) names it at a later version, made by
+      an earlier command: never opened again. (A command resent under its idempotency
+      key gets its stored outcome, the same event; one answered by another's outcome
+      carries ``answered_by`` and is not counted at all.)
+    * Lost: a dispute in `related` with status lost (the handlers put a dispute there
+      only when it is new or has moved on: a lost one there became lost in this outcome),
+      or the `dispute.closed` of an accept whose dispute is lost and was not lost before
+      (``previous_status``: a parked accept re-driven after a refresh had read its
+      dispute lost is not counted again). A dispute reopened at the provider (a decision
+      appealed: a new evidence deadline) and lost again counts again: each loss is one.
+      A reversal (lost, then won on appeal) takes nothing back.
+
+    Nothing else: an entry of another tenant, or not a dispute, or without a currency
+    paystream accepts and a positive integer amount, is malformed and left out. Only the
+    currency (one of paystream's) and the amount are kept: no string of the outcome's, so
+    nothing that could hold a card number."""
+    opened: list[tuple[str, int]] = []
+    lost: list[tuple[str, int]] = []
+    command = data.get("command_id")
+    related = data.get("related")
+    for part in related[:_RELATED_MAX] if isinstance(related, list) else ():
+        if not isinstance(part, dict) or part.get("entity_type") != "dispute":
+            continue
+        found = _dispute_money(tenant, part.get("object"))
+        if found is None:
+            continue
+        obj = part["object"]
+        version = part.get("version")
+        created_here = isinstance(command, str) and obj.get("created_by") == command
+        if created_here and type(version) is int and version == 1:
+            opened.append(found)
+        if obj.get("status") == _LOST:
+            lost.append(found)
+    if (
+        outcome == "dispute.closed"
+        and data.get("entity_type") == "dispute"
+        and data.get("previous_status") != _LOST
+        and isinstance(data.get("object"), dict)
+        and data["object"].get("status") == _LOST
+    ):
+        found = _dispute_money(tenant, data["object"])
+        if found is not None:
+            lost.append(found)
+    return tuple(opened), tuple(lost)
+
+
+def _dispute_money(tenant: str, obj: Any) -> tuple[str, int] | None:
+    """A dispute's currency and amount, if it is the tenant's and both are paystream's."""
+    if not isinstance(obj, dict) or obj.get("tenant_id") != tenant:
+        return None
+    currency, amount = obj.get("currency"), _minor(obj.get("amount"))
+    if not isinstance(currency, str) or currency not in CURRENCY_EXPONENTS or not amount:
+        return None
+    return currency, amount
 
 
 def _text(value: Any) -> str | None:

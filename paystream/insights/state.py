@@ -208,6 +208,24 @@ class TenantInsights:
             if seen.refunds_failed:
                 # Only in windows that have any (and not in records made before it).
                 money["refunds_failed"] = money.get("refunds_failed", 0) + seen.refunds_failed
+        if seen.outcome == "payment.succeeded" and seen.captured and seen.currency is not None:
+            # A payment that succeeded here (money captured: not one read back as it was),
+            # the basis of the dispute rate. Only in windows that have any (and not in
+            # records made before it: a window partly counted by an older version counts
+            # the rest).
+            succeeded = agg.setdefault("payments_succeeded", {})
+            succeeded[seen.currency] = succeeded.get(seen.currency, 0) + 1
+        for facts, count, amount in (
+            (seen.disputes_opened, "opened", "opened_amount"),
+            (seen.disputes_lost, "lost", "lost_amount"),
+        ):
+            for currency, minor in facts:
+                # (Currencies are paystream's, so the record stays small; only in windows
+                # that have any, as above.)
+                disputes = agg.setdefault("disputes", {})
+                figures = disputes.setdefault(currency, _new_disputes())
+                figures[count] += 1
+                figures[amount] += minor
         if seen.outcome == "payment.failed" and seen.decline_code:
             _bump(agg["declines"], seen.decline_code)
         if seen.reject_reason:
@@ -361,6 +379,10 @@ def _new_window() -> dict[str, Any]:
 
 def _new_money() -> dict[str, int]:
     return {"authorized": 0, "captured": 0, "refunded": 0, "declined": 0}
+
+
+def _new_disputes() -> dict[str, int]:
+    return {"opened": 0, "opened_amount": 0, "lost": 0, "lost_amount": 0}
 
 
 def _new_fraud_window() -> dict[str, Any]:

@@ -427,6 +427,7 @@ def _minor_units(
             shown.update(totals or ())
     for window in (shown_insights or {}).get("windows", {}).values():
         shown.update(window.get("money") or ())
+        shown.update(window.get("disputes") or ())  # (a dispute's currency, money or not)
     units: dict[str, int] = {}
     for code in shown:
         try:

@@ -21,6 +21,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 DECLINED = {"amount": 500, "currency": "USD", "payment_method_token": "pm_card_chargeDeclined"}
 PAID = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+# Disputed by its cardholder at once (the simulator's card): the dispute in `related`.
+DISPUTED = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_createDispute"}
 
 
 FRAUD_WINDOW_SECONDS = 86_400
@@ -50,12 +52,17 @@ def _totals(windows: list[Any]) -> dict[str, Any]:
     """The windows' counts (their latest publications), summed over tenants and windows."""
     outcomes: dict[str, int] = {}
     money: dict[str, int] = {}
+    disputes: dict[str, int] = {}
     for data in _latest(windows).values():
         for kind, n in data["outcomes"].items():
             outcomes[kind] = outcomes.get(kind, 0) + n
         for field, amount in data["money"].get("USD", {}).items():
             money[field] = money.get(field, 0) + amount
-    return {"outcomes": outcomes, "money": money}
+        for field, n in data.get("disputes", {}).get("USD", {}).items():
+            disputes[field] = disputes.get(field, 0) + n
+        succeeded = data.get("payments_succeeded", {}).get("USD", 0)
+        disputes["payments_succeeded"] = disputes.get("payments_succeeded", 0) + succeeded
+    return {"outcomes": outcomes, "money": money, "disputes": disputes}
 
 
 async def _until(check: Callable[[], Any], timeout: float = 30) -> Any:
@@ -84,8 +91,9 @@ async def test_outcomes_are_counted_once_and_card_testing_raises_one_alert(
     expected_outcomes = {
         "customer.created": 1,
         "payment.failed": 4,
-        "payment.succeeded": 3,
+        "payment.succeeded": 4,
         "refund.succeeded": 1,
+        "dispute.closed": 1,
     }
     with dep.worker() as worker:
         worker.wait_ready(["acme"], partitions=dep.settings.partitions)
@@ -103,6 +111,14 @@ async def test_outcomes_are_counted_once_and_card_testing_raises_one_alert(
             assert again.get_id() == first.get_id()
             pid = first.get_data()["entity_id"]  # type: ignore[index]
             await client.command("refund.create", "acme", {"payment_id": pid, "amount": 300})
+            # A payment disputed at once, the dispute accepted (lost): the accept sent
+            # twice too (one outcome, re-emitted), and everything redelivered below.
+            disputed = await client.command("payment.create", "acme", DISPUTED)
+            dispute = disputed.get_data()["related"][0]["entity_id"]  # type: ignore[index]
+            accept = build_command("dispute.accept", "acme", {"dispute_id": dispute})
+            closed = await client.send(accept)
+            assert closed.get_type() == "com.paystream.dispute.closed", closed
+            assert (await client.send(accept)).get_id() == closed.get_id()
         # Published once their window closed (2 s, plus 2 s of grace).
         assert await _until(lambda: _events(dep, dep.settings.analytics_topic))
         worker.kill(signal.SIGKILL)  # and everything not yet committed comes again
@@ -123,9 +139,17 @@ async def test_outcomes_are_counted_once_and_card_testing_raises_one_alert(
         assert totals, _totals(await _events(dep, dep.settings.analytics_topic))
     assert totals["money"] == {
         "authorized": 0,
-        "captured": 3 * 1000,
+        "captured": 3 * 1000 + 700,
         "refunded": 300,
         "declined": 4 * 500,
+    }
+    # One dispute opened and lost, once each, against the four payments that succeeded.
+    assert totals["disputes"] == {
+        "opened": 1,
+        "opened_amount": 700,
+        "lost": 1,
+        "lost_amount": 700,
+        "payments_succeeded": 4,
     }
     windows = await _events(dep, dep.settings.analytics_topic)
     assert {w.get_type() for w in windows} == {WINDOW_TYPE}

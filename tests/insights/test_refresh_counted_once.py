@@ -75,9 +75,9 @@ async def test_a_window_counts_a_payment_authorised_once_read_back_once() -> Non
 def test_a_dispute_read_back_or_reopened_counts_nothing() -> None:
     """A succeeded payment's refresh that records its dispute, or finds it reopened at
     Stripe (an inquiry escalated, a decision appealed: needs_response again), is
-    `payment.succeeded` read back unchanged: no attempt, no money captured again. The
-    insights count no disputes (the dispute is in `related`, which no rule reads), so a
-    reopened one is not counted twice (review h72d)."""
+    `payment.succeeded` read back unchanged: no attempt, no money captured again. A
+    dispute carried in `related` is opened only by the command that created it
+    (test_disputes_counted.py), so a reopened one is not opened twice (review h72d)."""
     dispute = {"status": "needs_response", "amount": 900, "currency": "USD", "payment_id": "p1"}
     seen = _seen(
         "payment.succeeded",
@@ -88,3 +88,4 @@ def test_a_dispute_read_back_or_reopened_counts_nothing() -> None:
         },
     )
     assert (seen.attempt, seen.answered, seen.captured, seen.refunded) == (False, False, 0, 0)
+    assert (seen.disputes_opened, seen.disputes_lost) == ((), ())

@@ -24,6 +24,9 @@ DECLINED = {"amount": 1200, "currency": "USD", "payment_method_token": "pm_card_
 PAID = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
 # The simulator's card whose refunds fail at the provider once read back.
 REFUND_FAILS = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_refundFail"}
+# The simulator's card whose charge its cardholder disputes at once (payment.succeeded
+# with the dispute in `related`: one payment succeeded, one dispute opened, one outcome).
+DISPUTED = {"amount": 1500, "currency": "USD", "payment_method_token": "pm_card_createDispute"}
 
 
 def _fraud_day() -> int:
@@ -34,8 +37,9 @@ def _fraud_day() -> int:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProcess, str]]:
     """A worker running the insights (1 s windows, an alert at 2 declines of a customer)
-    after a customer's two declines and a payment, and globex's refund read back failed
-    (last: its latest window): (the worker, the customer id)."""
+    after a customer's two declines and a payment, globex's refund read back failed
+    (last: its latest window), and initech's payment disputed at once: (the worker, the
+    customer id)."""
     dep: Deployment = await deployment_factory(
         paystream_agents="commands,insights",
         paystream_insights_window_seconds="1",
@@ -44,10 +48,12 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
         # two declines straddled a boundary now and then, and no alert was raised.
         paystream_fraud_window_seconds="86400",
     )
-    await dep.add_tenants(Tenant(tenant_id="acme"), Tenant(tenant_id="globex"))
+    await dep.add_tenants(
+        Tenant(tenant_id="acme"), Tenant(tenant_id="globex"), Tenant(tenant_id="initech")
+    )
     with dep.worker() as worker:
         await asyncio.to_thread(
-            worker.wait_ready, ["acme", "globex"], partitions=dep.settings.partitions
+            worker.wait_ready, ["acme", "globex", "initech"], partitions=dep.settings.partitions
         )
         async with dep.client() as client:
             day = _fraud_day()
@@ -62,6 +68,8 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
             ref = str(refund.get_data()["entity_id"])  # type: ignore[index]
             failed = await client.command("refund.refresh", "globex", {"refund_id": ref})
             assert failed.get_type().endswith("refund.failed"), failed
+            disputed = await client.command("payment.create", "initech", DISPUTED)
+            assert disputed.get_data()["related"][0]["entity_type"] == "dispute", disputed  # type: ignore[index]
         if _fraud_day() != day:  # about one run in 10^5: no alert is the right answer
             pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
 
@@ -71,10 +79,12 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
                 ins.get("windows", {}).get(t, {}).get("money", {}).get("USD", {})
                 for t in ("acme", "globex")
             )
+            initech = ins.get("windows", {}).get("initech", {}).get("disputes", {})
             return (
                 bool(ins.get("alerts"))
                 and acme.get("captured") == 2500
                 and globex.get("refunds_failed") == 1000
+                and initech.get("USD", {}).get("opened") == 1
             )
 
         await wait_for_stats(worker, published, timeout=30)
@@ -96,6 +106,15 @@ async def test_alerts_and_the_latest_window_are_shown(
     await expect(window.nth(5)).to_have_text("")  # no refund failed
     failed = page.locator('#windows tr[data-tenant="globex"] td')
     await expect(failed.nth(5)).to_have_text("10.00 USD")  # its refund, read back failed
+    # Payments succeeded, disputes opened and lost, the dispute rate (with its basis).
+    await expect(window.nth(7)).to_have_text("1")  # its one payment (the declines: none)
+    await expect(window.nth(8)).to_have_text("0")
+    await expect(window.nth(10)).to_have_text("0.00% (0 of 1 payment)")
+    disputed = page.locator('#windows tr[data-tenant="initech"] td')
+    await expect(disputed.nth(7)).to_have_text("1", timeout=WAIT)
+    await expect(disputed.nth(8)).to_have_text("1 (15.00 USD)")
+    await expect(disputed.nth(9)).to_have_text("0")
+    await expect(disputed.nth(10)).to_have_text("100.00% (1 of 1 payment)")
     assert js_errors == []
 
 
