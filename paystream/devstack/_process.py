@@ -51,12 +51,17 @@ def listens_on(pid: int, port: int) -> bool:
     if not Path("/proc/net/tcp").exists():
         return True
     inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in fd_dir.iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[len("socket:[") : -1])
+    try:
+        fds = list(fd_dir.iterdir())
+    except PermissionError:
+        return True  # (its sockets cannot be listed here: not checked)
+    except OSError:
+        return False  # (gone: it exited)
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:

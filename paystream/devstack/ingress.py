@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from paystream.devstack._process import wait_until
+from paystream.devstack._process import listens_on, wait_until
 from paystream.devstack.paystream_process import PaystreamProcess
 
 __all__ = ["NOT_FOR_THE_INGRESS", "IngressProcess"]
@@ -51,6 +51,9 @@ class IngressProcess(PaystreamProcess):
         return f"http://{self.host}:{self.port}"
 
     def healthy(self) -> bool:
+        # Its own answer: another ingress that bound the port first answers /readyz too.
+        if self.proc is None or not listens_on(self.proc.pid, self.port):
+            return False
         try:
             with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=3) as resp:  # noqa: S310 - 127.0.0.1
                 return bool(resp.status == 200)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from paystream.devstack._process import wait_until
+from paystream.devstack._process import listens_on, wait_until
 from paystream.devstack.paystream_process import PaystreamProcess
 
 __all__ = ["WorkerProcess"]
@@ -61,6 +61,9 @@ class WorkerProcess(PaystreamProcess):
         wanted = set(tenants)
 
         def ready() -> bool:
+            # Its own answer: another worker that bound the port first answers too.
+            if self.proc is None or not listens_on(self.proc.pid, self.web_port):
+                return False
             stats = self.stats()
             if stats is None:
                 return False

@@ -5,7 +5,11 @@ on "AddrInUse" (session 72)."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from paystream.devstack._process import ServiceError, listens_on
 from paystream.devstack.kafka import TansuBroker, broker_answers
 from paystream.devstack.postgres import EmbeddedPostgres
 from paystream.devstack.redis import EmbeddedRedis
+from paystream.devstack.worker import WorkerProcess
+from tests.e2e.threaded_proxy import ThreadedProxy
 from tests.fixtures.services import devstack_dir
 
 
@@ -104,3 +110,77 @@ def test_postgres_whose_chosen_port_is_taken_starts_on_another(
             assert f":{server.port}/" in server.url
         finally:
             server.stop()
+
+
+def test_a_healthy_broker_starts_where_its_sockets_cannot_be_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where /proc/<pid>/fd cannot be read (a hardened /proc) the broker's own listening
+    socket cannot be checked: it is taken on its answer alone, not timed out (h72j)."""
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path) -> Iterator[Path]:
+        if self.name == "fd" and self.parent.parent == Path("/proc"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    broker = TansuBroker(tmp_path / "tansu.log")
+    try:
+        broker.start(timeout=5)
+    finally:
+        broker.stop()
+
+
+def test_a_proxy_holds_its_port_before_it_starts() -> None:
+    """A test points a worker at a proxy's port and starts the proxy seconds later: no
+    other process (a parallel test's broker) may take the port meanwhile, or the waiting
+    worker finds that broker (h72j)."""
+    proxy = ThreadedProxy(9)
+    try:
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", proxy.port))
+    finally:
+        proxy.start()
+        proxy.stop()
+
+
+class _OtherWorkersStats(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({"worker": {"partitions": [0, 1]}, "tenants": ["acme"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def another_worker() -> Iterator[int]:
+    """The web port of another deployment's worker (its tenant named acme too)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherWorkersStats)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_worker_is_not_ready_on_another_workers_answer(
+    tmp_path: Path, another_worker: int
+) -> None:
+    """A worker still booting, given a web port another deployment's worker bound first,
+    is not taken as ready on that worker's /v1/stats: its test would talk to a worker of
+    another deployment (h72j)."""
+    worker = WorkerProcess({}, tmp_path / "w.log", another_worker)
+    worker.proc = subprocess.Popen(["sleep", "30"])  # ours, booting: listening on nothing
+    try:
+        with pytest.raises(ServiceError):
+            worker.wait_ready(["acme"], timeout=2)
+    finally:
+        worker.proc.kill()
+        worker.proc.wait()

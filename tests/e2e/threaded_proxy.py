@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from ssl import SSLContext
 from typing import Self
-
-from paystream.devstack._process import free_port
 
 __all__ = ["ThreadedProxy"]
 
@@ -21,7 +20,11 @@ class ThreadedProxy:
     ) -> None:
         self.host = host
         self._ssl = ssl  # accepted connections are TLS with this server context
-        self.port = free_port(host)
+        # Bound (not listening: a connection is refused) from now on, so no other
+        # process takes the port before start() (free_port() let it go at once).
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._sock.bind((host, 0))
+        self.port = int(self._sock.getsockname()[1])
         self._target = target_port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -34,7 +37,7 @@ class ThreadedProxy:
     def start(self) -> Self:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, self.host, self.port, ssl=self._ssl), self._loop
+            asyncio.start_server(self._handle, sock=self._sock, ssl=self._ssl), self._loop
         ).result(timeout=10)
         return self
 

@@ -408,7 +408,13 @@ class StripeGateway:
             return res  # (listed before the dispute was: read again on its event)
         # Each of them: once a newer one exists, the one paystream recorded is read back
         # from its own entry (its decision, an appeal; review h72g).
-        listed = tuple(mapping.dispute(d) for d in disputes)
+        # (An older one in a status this version does not know is left out, not the
+        # whole read failed: only the newest was read before.)
+        newest, *older = disputes
+        listed = (
+            mapping.dispute(newest),
+            *(mapping.dispute(d) for d in older if mapping.dispute_status(d.get("status"))),
+        )
         return res.model_copy(update={"dispute": listed[0], "disputes": listed})
 
     async def read_payment_intent(self, provider_payment_id: str) -> dict[str, Any]:

@@ -103,3 +103,20 @@ async def test_a_failed_listing_fails_the_read_as_any_call() -> None:
     with pytest.raises(GatewayError) as info:
         await gw.retrieve_payment(READ, idempotency_key="read-1")
     assert info.value.code is ErrorCode.PERMISSION_DENIED
+
+
+async def test_an_older_dispute_in_a_status_unknown_here_leaves_the_newest_read() -> None:
+    """A charge's first dispute is in a status this version does not know (one Stripe adds
+    later, as it added ``prevented`` and the appeal statuses); a chargeback followed. The
+    chargeback is still read, and the merchant told to answer it: only the newest must
+    be understood (review h72j), the older one is left out."""
+    older = {**DU, "id": "du_1", "status": "some_status_added_later"}
+    newer = {**DU, "id": "du_2", "status": "needs_response"}
+    gw, _ = gateway(_stripe(DISPUTED_PI, [newer, older]))
+    res = await gw.retrieve_payment(READ, idempotency_key="read-1")
+    assert res.dispute is not None
+    assert (res.dispute.provider_dispute_id, res.dispute.status) == (
+        "du_2",
+        DisputeStatus.NEEDS_RESPONSE,
+    )
+    assert [d.provider_dispute_id for d in res.disputes] == ["du_2"]
