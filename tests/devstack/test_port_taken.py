@@ -184,3 +184,29 @@ def test_a_worker_is_not_ready_on_another_workers_answer(
     finally:
         worker.proc.kill()
         worker.proc.wait()
+
+
+def test_the_tests_session_postgres_whose_port_is_taken_starts_on_another(
+    taken: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger tests' session server (tests/fixtures/postgres.py), given a port a
+    parallel test's server bound first, starts on another: failed, every database test
+    of its session would error."""
+    from paystream.devstack._process import free_port
+    from tests.fixtures import postgres as session_postgres
+
+    ports = iter([taken])
+    monkeypatch.setattr(session_postgres, "free_port", lambda: next(ports, None) or free_port())
+    with devstack_dir() as base:
+        root = base / "pg"
+        root.mkdir()
+        url, pgdata, user = session_postgres._start_embedded(root)
+        try:
+            assert f":{taken}/" not in url
+        finally:
+            subprocess.run(
+                [session_postgres._bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+                check=False,
+                capture_output=True,
+                user=user,
+            )
