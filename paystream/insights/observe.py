@@ -257,9 +257,18 @@ def _disputes(
     lost: list[tuple[str, int]] = []
     command = data.get("command_id")
     related = data.get("related")
+    # (Each dispute once per outcome: paystream's never list an entity twice, nor the
+    # primary again in `related`.)
+    seen: set[str] = set()
+    if data.get("entity_type") == "dispute" and isinstance(data.get("entity_id"), str):
+        seen.add(data["entity_id"])
     for part in related[:_RELATED_MAX] if isinstance(related, list) else ():
         if not isinstance(part, dict) or part.get("entity_type") != "dispute":
             continue
+        entity = part.get("entity_id")
+        if not isinstance(entity, str) or entity in seen:
+            continue
+        seen.add(entity)
         found = _dispute_money(tenant, part.get("object"))
         if found is None:
             continue

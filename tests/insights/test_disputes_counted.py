@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from paystream.insights.events import WINDOW_TYPE, window_event
-from paystream.insights.observe import Observed, observe
+from paystream.insights.observe import _RELATED_MAX, Observed, observe
 from paystream.insights.state import InsightsConfig, TenantInsights
 from paystream.settings import CloudEventsMode
 from paystream.streams.codec import decode_record
@@ -358,3 +358,35 @@ async def test_a_dispute_of_another_tenant_s_entity_is_not_counted_for_either() 
     [window] = [e.get_data() for e in h.of_type(WINDOW_TYPE)]
     assert window["payments_succeeded"] == {"USD": 1}
     assert "disputes" not in window
+
+
+def test_one_dispute_listed_twice_in_an_outcome_counts_once() -> None:
+    """An outcome listing one dispute twice (forged, or a producer's bug: paystream's
+    handlers never list an entity twice) opens and loses it once (review h72k)."""
+    entry = _related(_dispute("lost", 1, created_by="r1"))
+    out = _refreshed("r1", None)
+    out["data"]["related"] = [entry, entry]
+    seen = _observe(out)
+    assert seen.disputes_opened == (("USD", 900),)
+    assert seen.disputes_lost == (("USD", 900),)
+
+
+def test_a_dispute_closed_listing_its_own_dispute_in_related_loses_it_once() -> None:
+    """A dispute.closed that also lists its own dispute in `related` loses it once
+    (review h72k)."""
+    lost = _dispute("lost", 2)
+    out = _dispute_outcome("dispute.closed", "acc", lost, previous_status="needs_response")
+    out["data"]["related"] = [_related(lost)]
+    assert _observe(out).disputes_lost == (("USD", 900),)
+
+
+def test_only_the_first_related_entries_are_read() -> None:
+    """A forged outcome listing thousands of related entries costs no more than the
+    first _RELATED_MAX of them (review h72k)."""
+
+    out = _refreshed("r1", None)
+    out["data"]["related"] = [
+        _related(_dispute("needs_response", 1, created_by="r1", id=f"dp_{i}"))
+        for i in range(_RELATED_MAX + 10)
+    ]
+    assert len(_observe(out).disputes_opened) <= _RELATED_MAX
