@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -71,11 +71,48 @@ WEBHOOKS = Counter(
     "Provider webhooks received, by provider, tenant and what came of them: refresh (a "
     "payment.refresh or refund.refresh sent), ignored (nothing paystream has not read), "
     "dropped (about a payment or refund not recorded here, too old to be sent again: its "
-    "news is lost; refresh it once recorded), "
+    "news is lost; refresh it once recorded; a dispute event's payment too), "
     "bad_signature, "
     "bad_request (a body that could not be read as sent, or in time), "
-    "no_endpoint, too_large, unavailable (answered 503: the provider sends it again).",
+    "no_endpoint, too_large, unavailable (answered 503: the provider sends it again; for a "
+    "dispute event also: its PaymentIntent could not be read from the provider, "
+    "paystream_webhook_dispute_reads_failed_total says why).",
     ["provider", "tenant", "result"],
+)
+# A dispute event is the one webhook the web server reads the provider for (the disputed
+# PaymentIntent, to find the payment): its 503s counted apart, by why, since a tenant's
+# payment events may flow meanwhile and PaystreamWebhooksUnavailable stay quiet (h72l).
+DisputeUnreadWhy = Literal[
+    "in_flight", "paced", "timeout", "provider_error", "key_unusable", "suspended"
+]
+WEBHOOK_DISPUTE_READS_FAILED = Counter(
+    "paystream_webhook_dispute_reads_failed_total",
+    "Dispute events answered 503 (the provider sends them again) because their "
+    "PaymentIntent was not read, or its read failed, by provider, tenant and why: "
+    "in_flight (all the reads this worker makes at once are in flight), paced (over the "
+    "tenant's webhook refresh pace), timeout (the provider slower than the read's bound), "
+    "provider_error (the provider's error), key_unusable (the tenant's provider key does "
+    "not open or its gateway options are refused), suspended (the tenant is suspended: "
+    "no read made).",
+    ["provider", "tenant", "why"],
+)
+WEBHOOK_DISPUTE_READS_SUCCEEDED = Counter(
+    "paystream_webhook_dispute_reads_succeeded_total",
+    "Dispute events whose PaymentIntent the provider answered (the tenant's, or not found "
+    "under its key: another account's, ignored), by provider and tenant.",
+    ["provider", "tenant"],
+)
+# A dispute the provider reports on a payment that paystream does not record (so nobody
+# answers it through paystream): the tenant answers it in the provider's dashboard.
+DisputeUnrecordedWhy = Literal["recorded_open", "ids_taken"]
+DISPUTES_UNRECORDED = Counter(
+    "paystream_disputes_unrecorded_total",
+    "Disputes a payment's refresh read from the provider and did not record, to be "
+    "answered in the provider's dashboard, by provider, tenant and why: recorded_open "
+    "(a newer dispute while the payment's recorded one is open), ids_taken (a newer one "
+    "after a decided one, the dispute ids its command derives both taken). Counted at "
+    "each refresh that reads it.",
+    ["provider", "tenant", "why"],
 )
 INGRESS = Counter(
     "paystream_ingress_requests_total",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from paystream import metrics
 from paystream.built import built
 from paystream.gateways import base as gw
 from paystream.gateways.errors import (
@@ -966,6 +967,21 @@ def _new_payment(
     )
 
 
+# How far a dispute has gone (paystream's statuses: the gateways map the provider's, e.g.
+# Stripe's warning_* and appeal_*): it moves forward, but for a new response window, which
+# a later evidence deadline tells (_dispute_read_back). Decided, the provider may open
+# another on the payment after it (_another_dispute).
+_OPEN, _ANSWERED, _DECIDED_STAGE = 0, 1, 2
+_DISPUTE_STAGE: dict[str, int] = {
+    gw.DisputeStatus.NEEDS_RESPONSE: _OPEN,
+    gw.DisputeStatus.UNDER_REVIEW: _ANSWERED,
+    gw.DisputeStatus.WON: _DECIDED_STAGE,
+    gw.DisputeStatus.LOST: _DECIDED_STAGE,
+    gw.DisputeStatus.INQUIRY_CLOSED: _DECIDED_STAGE,
+}
+_DECIDED = frozenset(s for s, stage in _DISPUTE_STAGE.items() if stage == _DECIDED_STAGE)
+
+
 def _dispute_ids(ctx: HandlerContext, payment_id: str) -> tuple[str, str]:
     """The ids a dispute the command raises on a payment may have: derived from the
     command, else (that one naming another payment's) from the command and payment."""
@@ -988,8 +1004,8 @@ def _dispute_applied(ctx: HandlerContext, payment_id: str) -> None:
 def _new_dispute(
     ctx: HandlerContext, rec: PaymentRecord, res: gw.PaymentResult
 ) -> list[EntityRecord]:
-    """The dispute the provider reports on a payment (at charge or at capture), recorded
-    once so that the tenant can answer it."""
+    """The dispute the provider reports on a payment (at charge, at capture, or first
+    read by a refresh), recorded once so that the tenant can answer it."""
     if res.dispute is None or rec.dispute_id is not None:
         return []
     derived, of_payment = _dispute_ids(ctx, rec.id)
@@ -1084,9 +1100,10 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     the refresh, or the tenant sends it). A read: asked again, the provider answers
     afresh."""
     rec = ctx.load(PaymentRecord, data.payment_id)
-    _dispute_applied(ctx, rec.id)  # one the provider opened meanwhile (_new_dispute)
+    # one the provider opened meanwhile (_new_dispute, _another_dispute)
+    _dispute_applied(ctx, rec.id)
     _transition(rec.status, "refresh", rec.customer_action_delivered)
-    disputed = _open_dispute(ctx, rec)
+    disputed = _recorded_dispute(ctx, rec)
     ctx.at_provider(rec)
     previous, previous_failure, previous_charge = (
         rec.status,
@@ -1126,7 +1143,7 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     )
 
 
-def _open_dispute(ctx: HandlerContext, rec: PaymentRecord) -> DisputeRecord | None:
+def _recorded_dispute(ctx: HandlerContext, rec: PaymentRecord) -> DisputeRecord | None:
     """The payment's recorded dispute (read back, it may have moved on; a decided one
     too: the card network's appeal reopens it), else None."""
     if rec.dispute_id is None:
@@ -1135,10 +1152,6 @@ def _open_dispute(ctx: HandlerContext, rec: PaymentRecord) -> DisputeRecord | No
     if raw is None:
         return None
     return ctx.load(DisputeRecord, rec.dispute_id)
-
-
-# A dispute decided: the provider may open another on the payment after it.
-_DECIDED = frozenset({gw.DisputeStatus.WON, gw.DisputeStatus.LOST, gw.DisputeStatus.INQUIRY_CLOSED})
 
 
 def _another_dispute(
@@ -1167,6 +1180,7 @@ def _another_dispute(
     if found.provider_dispute_id == disputed.provider_dispute_id:
         return []
     if disputed.status not in _DECIDED:
+        _unrecorded(ctx, "recorded_open")
         _throttled.warning(
             ("another dispute", ctx.cmd.tenant_id, rec.id),
             "tenant %s payment %s: %s reports dispute %s while dispute %s (%s here) is "
@@ -1183,6 +1197,7 @@ def _another_dispute(
             return _record_dispute(ctx, rec, found, dispute_id)
     # (Both taken: the command's id reused past the window twice, on another payment and
     # on this one. Not dropped silently (review h72g).)
+    _unrecorded(ctx, "ids_taken")
     _throttled.warning(
         ("another dispute", ctx.cmd.tenant_id, rec.id),
         "tenant %s payment %s: %s reports dispute %s after dispute %s (%s here) was "
@@ -1192,6 +1207,11 @@ def _another_dispute(
         disputed.provider_dispute_id, disputed.id, ctx.cmd.command_id, ctx.gateway.provider,
     )  # fmt: skip
     return []
+
+
+def _unrecorded(ctx: HandlerContext, why: metrics.DisputeUnrecordedWhy) -> None:
+    """Counted (PaystreamDisputeUnrecorded), beside the throttled log that names it."""
+    metrics.DISPUTES_UNRECORDED.labels(ctx.gateway.provider, ctx.cmd.tenant_id, why).inc()
 
 
 def _listed(res: gw.PaymentResult) -> tuple[gw.DisputeResult, ...]:
@@ -1543,22 +1563,8 @@ def _dispute_open_unless_let_through(ctx: HandlerContext, rec: DisputeRecord) ->
     the provider, asked again under the key, decides: it answers as it did, or refuses
     what a closed dispute forbids (review finding: such evidence was answered
     invalid_state)."""
-    if not ctx.let_through and rec.status not in ("needs_response", "warning_needs_response"):
+    if not ctx.let_through and _DISPUTE_STAGE.get(rec.status) != _OPEN:
         raise Rejection(RejectReason.INVALID_STATE, f"dispute {rec.id} is {rec.status}")
-
-
-# How far a dispute has gone: its status moves forward (Stripe's lifecycle), but for a
-# new response window, which a later evidence deadline tells (_dispute_read_back).
-_DISPUTE_STAGE = {
-    "warning_needs_response": 0,
-    "needs_response": 0,
-    "warning_under_review": 1,
-    "under_review": 1,
-    "warning_closed": 2,
-    "inquiry_closed": 2,
-    "won": 2,
-    "lost": 2,
-}
 
 
 def _take_dispute_status(ctx: HandlerContext, rec: DisputeRecord, status: str) -> None:

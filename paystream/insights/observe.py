@@ -8,6 +8,7 @@ from typing import Any
 
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream.gateways.base import DisputeStatus
 from paystream.gateways.errors import ISSUER_DECLINES
 from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT
 from paystream.streams.commands import COMMAND_PREFIX
@@ -217,7 +218,8 @@ def observe(event: CloudEvent) -> Observed | None:
 
 # A dispute lost: the card network decided for the cardholder, or the merchant accepted
 # it (Stripe's "lost" either way; a Stripe inquiry closed is not one: no money moved).
-_LOST = "lost"
+# (A StrEnum: equal to the decoded outcome's string.)
+_LOST = DisputeStatus.LOST
 # Related entries looked at per outcome (paystream's carry one dispute at most): a forged
 # outcome listing thousands costs no more than this.
 _RELATED_MAX = 16

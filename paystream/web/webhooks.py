@@ -46,6 +46,7 @@ from paystream.agents.tenants import registry
 from paystream.app import ForwardLoop, app, settings
 from paystream.client import InvalidCommand, build_command, encoded_for_sending
 from paystream.errors import ConfigurationError
+from paystream.gateways.base import PaymentStatus
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.stripe.webhooks import (
@@ -92,6 +93,15 @@ SECRET_NAME = "webhook_secret"  # noqa: S105 - the secret's name
 
 class _Unavailable(Exception):
     """The answer cannot be given now (tables moving, owner unreachable, broker down)."""
+
+
+class _DisputeUnread(_Unavailable):
+    """A dispute event's PaymentIntent not read, or its read failed: ``why`` is the
+    paystream_webhook_dispute_reads_failed_total label."""
+
+    def __init__(self, message: str, why: metrics.DisputeUnreadWhy) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 @app.page("/webhooks/{provider}/{tenant}")
@@ -146,10 +156,13 @@ class WebhookView(View):
             if found.status is TenantStatus.SUSPENDED:
                 # As its refresh would be (below), before the read: a suspended tenant's
                 # key is not used for it, however often Stripe sends the event again.
+                suspended: metrics.DisputeUnreadWhy = "suspended"
+                metrics.WEBHOOK_DISPUTE_READS_FAILED.labels(provider, tenant, suspended).inc()
                 return self._unavailable(provider, tenant, "the tenant is suspended")
             try:
-                notice = await _disputed_payment(found, found_notice)
-            except _Unavailable as exc:
+                notice = await _disputed_payment(provider, found, found_notice)
+            except _DisputeUnread as exc:
+                metrics.WEBHOOK_DISPUTE_READS_FAILED.labels(provider, tenant, exc.why).inc()
                 return self._unavailable(provider, tenant, str(exc))
         else:
             notice = found_notice
@@ -382,7 +395,7 @@ async def _known_already(
 
 
 _UNCHANGED_IS_NO_NEWS = frozenset({"requires_action", "processing", "authorized"})
-_SUCCEEDED = "succeeded"
+_SUCCEEDED = PaymentStatus.SUCCEEDED  # (a StrEnum: equal to the row's string)
 
 
 async def _dispute_known_already(
@@ -457,12 +470,15 @@ _dispute_reads = _InFlight(DISPUTE_READS_IN_FLIGHT)
 _dispute_read_pace = _Budget()
 
 
-async def _disputed_payment(tenant: Tenant, notice: DisputeNotice) -> PaymentNotice | None:
+async def _disputed_payment(
+    provider: str, tenant: Tenant, notice: DisputeNotice
+) -> PaymentNotice | None:
     """The dispute event as one about the payment its PaymentIntent names (read from
     Stripe with the tenant's key); None for a PaymentIntent paystream did not make, or
     one the tenant's key does not find (another account's). _Unavailable when it
     cannot be read now (too many in flight, over the tenant's pace, Stripe slow or
-    failing): Stripe sends the event again."""
+    failing): Stripe sends the event again. Counted either way (a read answered, or
+    why not: _DisputeUnread)."""
     if not _dispute_reads.take():
         _throttled.warning(
             ("dispute read", "busy"),
@@ -470,16 +486,18 @@ async def _disputed_payment(tenant: Tenant, notice: DisputeNotice) -> PaymentNot
             "flight on this worker (Stripe slow?); answered 503",
             notice.event_id, tenant.tenant_id, DISPUTE_READS_IN_FLIGHT,
         )  # fmt: skip
-        raise _Unavailable("the provider reads of disputes are all in flight")
+        raise _DisputeUnread("the provider reads of disputes are all in flight", "in_flight")
     try:
         if not _dispute_read_pace.take(tenant.tenant_id, *_refresh_pace(tenant)):
-            raise _Unavailable("the tenant's dispute events come too fast")
-        return await _read_disputed_payment(tenant, notice)
+            raise _DisputeUnread("the tenant's dispute events come too fast", "paced")
+        return await _read_disputed_payment(provider, tenant, notice)
     finally:
         _dispute_reads.give_back()
 
 
-async def _read_disputed_payment(tenant: Tenant, notice: DisputeNotice) -> PaymentNotice | None:
+async def _read_disputed_payment(
+    provider: str, tenant: Tenant, notice: DisputeNotice
+) -> PaymentNotice | None:
     # A client for this read alone: disputes are rare, and one kept would hold the
     # tenant's key and a connection pool in the web server for the worker's life.
     pool = GatewayPool(GatewayDeps(settings=settings), open_secret=_opener())
@@ -492,6 +510,7 @@ async def _read_disputed_payment(tenant: Tenant, notice: DisputeNotice) -> Payme
             payment_intent = await read(notice.provider_payment_id)
     except (GatewayError, TimeoutError) as exc:
         if isinstance(exc, GatewayError) and exc.code is ErrorCode.NOT_FOUND:
+            metrics.WEBHOOK_DISPUTE_READS_SUCCEEDED.labels(provider, tenant.tenant_id).inc()
             return None
         over = f"over {DISPUTE_READ_SECONDS:g} s"
         why = exc.code.value if isinstance(exc, GatewayError) else over
@@ -500,7 +519,10 @@ async def _read_disputed_payment(tenant: Tenant, notice: DisputeNotice) -> Payme
             "webhook %s for %s: the disputed PaymentIntent cannot be read: %s; answered 503",
             notice.event_id, tenant.tenant_id, why,
         )  # fmt: skip
-        raise _Unavailable("the disputed payment cannot be read from the provider") from None
+        raise _DisputeUnread(
+            "the disputed payment cannot be read from the provider",
+            "provider_error" if isinstance(exc, GatewayError) else "timeout",
+        ) from None
     except (CryptoError, ConfigurationError) as exc:
         # (Its key does not open under this master key, or its gateway options are
         # refused: every dispute event of the tenant is answered 503 until fixed, so the
@@ -511,9 +533,10 @@ async def _read_disputed_payment(tenant: Tenant, notice: DisputeNotice) -> Payme
             "provider key cannot be used (%s: paystream doctor); answered 503",
             notice.event_id, tenant.tenant_id, type(exc).__name__,
         )  # fmt: skip
-        raise _Unavailable("the tenant's provider key cannot be used") from None
+        raise _DisputeUnread("the tenant's provider key cannot be used", "key_unusable") from None
     finally:
         await pool.aclose()
+    metrics.WEBHOOK_DISPUTE_READS_SUCCEEDED.labels(provider, tenant.tenant_id).inc()
     return disputed_payment_notice(notice, payment_intent)
 
 

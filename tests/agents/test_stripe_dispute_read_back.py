@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from paystream import metrics
 from paystream.client import build_command
 from paystream.ids import derived_id
 from tests.agents.harness import Harness, data, kind
@@ -375,7 +376,9 @@ async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_record
     """Stripe lists another dispute (du_2) while du_1, recorded here, is still open: the
     merchant answers du_1 through paystream; du_2 is not recorded, and the operator reads
     a WARNING naming the tenant, the payment and both Stripe dispute ids (ids only),
-    saying to answer du_2 in Stripe's dashboard; once a minute per payment."""
+    saying to answer du_2 in Stripe's dashboard; once a minute per payment. Each refresh
+    that reads it is counted (PaystreamDisputeUnrecorded: the log alone raised no alert,
+    h72l)."""
     account = _Account()
     h, t = await _paid(account)
     try:
@@ -383,6 +386,7 @@ async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_record
         found = await h.send("payment.refresh", t, {"payment_id": "p1"})
         first = data(found)["related"][0]["entity_id"]
         account.another()
+        unrecorded = _unrecorded(t, "recorded_open")
         with caplog.at_level(logging.WARNING):
             for _ in range(3):  # (and Stripe's next events about it)
                 read = await h.send("payment.refresh", t, {"payment_id": "p1"})
@@ -397,8 +401,13 @@ async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_record
         assert h.tables.payments[f"{t}:p1"]["dispute_id"] == first
         assert [k for k in h.tables.disputes if k.startswith(f"{t}:")] == [f"{t}:{first}"]
         assert _dispute(h, t, first)["status"] == "needs_response"
+        assert _unrecorded(t, "recorded_open") == unrecorded + 3
     finally:
         await h.pool.aclose()
+
+
+def _unrecorded(tenant: str, why: str) -> float:
+    return metrics.DISPUTES_UNRECORDED.labels("stripe", tenant, why)._value.get()
 
 
 async def test_the_recorded_dispute_is_still_read_once_a_newer_one_is_filed(
@@ -463,7 +472,7 @@ async def test_a_new_dispute_whose_both_ids_are_taken_is_logged(
     record du_2 under taken: du_2 is not recorded, and the operator reads a WARNING
     naming the tenant, the payment, both Stripe dispute ids and the command (ids only),
     saying to answer du_2 in Stripe's dashboard (review h72g F2: neither recorded nor
-    logged)."""
+    logged), and it is counted (PaystreamDisputeUnrecorded, h72l)."""
     account = _Account()
     h, t, first = await _decided(account, "won")
     try:
@@ -476,6 +485,7 @@ async def test_a_new_dispute_whose_both_ids_are_taken_is_logged(
             held: dict[str, Any] = {**_dispute(h, t, first), "id": taken, "applied": {}}
             held["payment_id"] = payment
             h.tables.disputes[f"{t}:{taken}"] = held
+        unrecorded = _unrecorded(t, "ids_taken")
         with caplog.at_level(logging.WARNING):
             _, out = await h.send_event(command)
         assert out is not None and kind(out) == "payment.succeeded", out
@@ -487,6 +497,7 @@ async def test_a_new_dispute_whose_both_ids_are_taken_is_logged(
             assert named in line, (named, line)
         assert "2000" not in line and "fraudulent" not in line  # (ids, nothing more)
         assert h.tables.payments[f"{t}:p1"]["dispute_id"] == first
+        assert _unrecorded(t, "ids_taken") == unrecorded + 1
     finally:
         await h.pool.aclose()
 

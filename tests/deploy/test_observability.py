@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import time
+import typing
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -480,6 +481,13 @@ def declared() -> Declared:
         # tests/deploy/test_helm.py).
         ("up", "job"): scrape_jobs(),
         ("process_start_time_seconds", "job"): scrape_jobs(),
+        # (typed: mypy holds the code to these)
+        ("paystream_webhook_dispute_reads_failed_total", "why"): set(
+            typing.get_args(metrics.DisputeUnreadWhy)
+        ),
+        ("paystream_disputes_unrecorded_total", "why"): set(
+            typing.get_args(metrics.DisputeUnrecordedWhy)
+        ),
         ("paystream_parked_waiting", "topic"): set(parked_topics(settings)),
         ("paystream_parked_oldest_seconds", "topic"): set(parked_topics(settings)),
     }

@@ -77,14 +77,22 @@ def test_a_dispute_read_back_or_reopened_counts_nothing() -> None:
     Stripe (an inquiry escalated, a decision appealed: needs_response again), is
     `payment.succeeded` read back unchanged: no attempt, no money captured again. A
     dispute carried in `related` is opened only by the command that created it
-    (test_disputes_counted.py), so a reopened one is not opened twice (review h72d)."""
-    dispute = {"status": "needs_response", "amount": 900, "currency": "USD", "payment_id": "p1"}
+    (test_disputes_counted.py), so a reopened one is not opened twice (review h72d).
+    The dispute is as a real refresh carries it (the tenant's, created by another
+    command, at version 3): one without a tenant was dropped as another tenant's before
+    the opened rule was reached, and the check held whatever that rule did (h72l)."""
+    dispute = {
+        "tenant_id": "acme", "id": "dp_1", "created_by": "c0", "version": 3,
+        "status": "needs_response", "amount": 900, "currency": "USD", "payment_id": "p1",
+    }  # fmt: skip
     seen = _seen(
         "payment.succeeded",
         {
             **_payment("succeeded", amount_captured=900),
             "previous_status": "succeeded",
-            "related": [{"entity_type": "dispute", "entity_id": "dp_1", "object": dispute}],
+            "related": [
+                {"entity_type": "dispute", "entity_id": "dp_1", "version": 3, "object": dispute}
+            ],
         },
     )
     assert (seen.attempt, seen.answered, seen.captured, seen.refunded) == (False, False, 0, 0)

@@ -148,6 +148,15 @@ def _count(result: str) -> float:
     return metrics.WEBHOOKS.labels("stripe", TENANT, result)._value.get()
 
 
+def _unread(why: str) -> float:
+    """Dispute events answered 503 unread, for ``why`` (PaystreamDisputeEventsUnread)."""
+    return metrics.WEBHOOK_DISPUTE_READS_FAILED.labels("stripe", TENANT, why)._value.get()
+
+
+def _read() -> float:
+    return metrics.WEBHOOK_DISPUTE_READS_SUCCEEDED.labels("stripe", TENANT)._value.get()
+
+
 # ---- what is news: the recorded dispute, its status and deadline -------------------
 
 
@@ -198,8 +207,10 @@ async def test_a_dispute_event_names_the_payment_its_payment_intent_does(
 ) -> None:
     """The Dispute carries no metadata of paystream's: its PaymentIntent, read with the
     tenant's key, names the payment; one the key does not find (another account's), one
-    paystream did not make and another tenant's are acknowledged and ignored."""
+    paystream did not make and another tenant's are acknowledged and ignored. Each read
+    the provider answered counts as read (not found too: the provider answered)."""
     _held(monkeypatch, None)
+    read = _read()
     status, body = await _post(dispute_event("evt_new", "needs_response", "charge.dispute.created"))
     assert (status, body["action"]) == (200, "refresh"), body
     assert seen.sent[0][0] == "whk_evt_new"
@@ -217,6 +228,7 @@ async def test_a_dispute_event_names_the_payment_its_payment_intent_does(
     status, body = await _post(dispute_event("evt_other_account", "needs_response"))
     assert body["action"] == "ignored", body
     assert len(seen.sent) == 1
+    assert _read() == read + 4
 
 
 async def test_a_dispute_whose_payment_cannot_be_read_is_sent_again(
@@ -226,17 +238,20 @@ async def test_a_dispute_whose_payment_cannot_be_read_is_sent_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Stripe down (or the key refused): 503, so Stripe sends the event again, counted
-    unavailable and logged once per tenant and minute."""
+    unavailable, and unread for the provider's error apart from the tenant's other 503s
+    (h72l: its payment events taken meanwhile kept every alert quiet), and logged once
+    per tenant and minute."""
     _held(monkeypatch, None)
     stripe_account.failure = GatewayError(
         ErrorCode.PROVIDER_UNAVAILABLE, "down", provider="stripe", retryable=True
     )
-    unavailable = _count("unavailable")
+    unavailable, unread, read = _count("unavailable"), _unread("provider_error"), _read()
     with caplog.at_level(logging.WARNING, logger=wh.__name__):
         for i in range(3):
             status, body = await _post(dispute_event(f"evt_down_{i}", "needs_response"))
             assert status == 503, body
     assert _count("unavailable") == unavailable + 3
+    assert (_unread("provider_error"), _read()) == (unread + 3, read)
     lines = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
     assert len(lines) == 1 and "provider_unavailable" in lines[0], lines
     assert seen.sent == []
@@ -255,12 +270,14 @@ async def test_a_suspended_tenants_dispute_events_cost_no_stripe_read(
     Stripe's retries (review h72c: each read Stripe first)."""
     _tenant(monkeypatch, status=TenantStatus.SUSPENDED)
     _held(monkeypatch, None)
+    unread = _unread("suspended")
     for i in range(5):
         status, body = await _post(
             dispute_event(f"evt_susp_{i}", "needs_response", "charge.dispute.created")
         )
         assert (status, body["message"]) == (503, "the tenant is suspended; send it again")
     assert stripe_account.reads == 0, f"{stripe_account.reads} Stripe reads while suspended"
+    assert _unread("suspended") == unread + 5
 
 
 async def test_the_reads_are_paced_at_the_tenants_own_rate_apart_from_its_refreshes(
@@ -280,8 +297,10 @@ async def test_the_reads_are_paced_at_the_tenants_own_rate_apart_from_its_refres
     while pace.take(TENANT, 2, 50):  # the burst spent
         pass
     now[0] += 1
+    paced, read = _unread("paced"), _read()
     answers = [(await _post(dispute_event(f"evt_{i}", "needs_response")))[0] for i in range(6)]
     assert stripe_account.reads == 2, f"{stripe_account.reads} reads in a second at 2/s"
+    assert (_unread("paced"), _read()) == (paced + 4, read + 2)
     assert answers == [200, 200, 503, 503, 503, 503]
     assert len(seen.sent) == 2  # (the reads took none of the refreshes' budget)
 
@@ -302,6 +321,7 @@ async def test_a_slow_stripe_holds_a_bounded_number_of_webhook_handlers(
     stripe_account.release.clear()  # Stripe hangs
     stripe_account.over, stripe_account.most = asyncio.Event(), most
     burst = most + 12
+    in_flight = _unread("in_flight")
     posts = [asyncio.create_task(_post(dispute_event(f"evt_slow_{i}", "needs_response")))
              for i in range(burst)]  # fmt: skip
     refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -325,6 +345,7 @@ async def test_a_slow_stripe_holds_a_bounded_number_of_webhook_handlers(
         "the provider reads of disputes are all in flight; send it again"
     }
     assert len(seen.sent) == most
+    assert _unread("in_flight") == in_flight + burst - most
     status, body = await _post(dispute_event("evt_after", "needs_response"))
     assert (status, body["action"]) == (200, "refresh"), body
 
@@ -341,9 +362,11 @@ async def test_a_read_stripe_does_not_answer_in_time_is_sent_again(
     monkeypatch.setattr(wh, "DISPUTE_READ_SECONDS", 0.01)
     _held(monkeypatch, None)
     stripe_account.release.clear()  # Stripe never answers
+    timeout = _unread("timeout")
     with caplog.at_level(logging.WARNING, logger=wh.__name__):
         status, body = await asyncio.wait_for(_post(dispute_event("evt_hung", "needs_response")), 5)
     assert status == 503, body
+    assert _unread("timeout") == timeout + 1
     assert any("over 0.01 s" in r.getMessage() for r in caplog.records), caplog.text
     assert stripe_account.in_flight == 0 and wh._dispute_reads.now == 0
     assert stripe_account.closed == stripe_account.opened == 1
@@ -357,10 +380,12 @@ async def test_a_dispute_read_whose_key_cannot_be_used_is_logged(
 ) -> None:
     """The tenant's api_key does not open under the worker's master key (or its gateway
     options are refused): each of its dispute events is answered 503, and Stripe sends
-    it again for days. The operator sees PaystreamWebhooksUnavailable fire and, as for
-    every other 503 of this read, a WARNING naming the event, the tenant and the cause
-    (review h72e: this one logged nothing)."""
+    it again for days. The operator sees PaystreamDisputeEventsUnread fire (counted
+    key_unusable; h72l: PaystreamWebhooksUnavailable stays quiet while the tenant's
+    payment events are taken) and, as for every other 503 of this read, a WARNING naming
+    the event, the tenant and the cause (review h72e: this one logged nothing)."""
     _held(monkeypatch, "needs_response")
+    unread = _unread("key_unusable")
     closed: list[bool] = []
 
     class Pool:
@@ -382,3 +407,4 @@ async def test_a_dispute_read_whose_key_cannot_be_used_is_logged(
     assert TENANT in line and "provider key cannot be used (CryptoError" in line, line
     assert "open under this master key" not in line  # (the cause's type, nothing it says)
     assert closed == [True] and not seen.sent
+    assert _unread("key_unusable") == unread + 1
