@@ -9,8 +9,10 @@ one is still read back from its own entry, its decision then recording the new o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,18 +75,22 @@ class _Account:
         return 200, {**PI, "latest_charge": charge}
 
 
-async def _paid(account: _Account) -> tuple[Harness, str]:
+@contextlib.asynccontextmanager
+async def _paid(account: _Account) -> AsyncIterator[tuple[Harness, str]]:
+    """A Stripe tenant (Stripe being ``account``) whose payment p1 succeeded, undisputed."""
     h = _harness(None, FakeStripe(account.answer))
-    t = h.add_tenant(gateway="stripe")
-    paid = await h.send("payment.create", t, _PAY)
-    assert kind(paid) == "payment.succeeded" and not data(paid).get("related"), data(paid)
-    return h, t
+    try:
+        t = h.add_tenant(gateway="stripe")
+        paid = await h.send("payment.create", t, _PAY)
+        assert kind(paid) == "payment.succeeded" and not data(paid).get("related"), data(paid)
+        yield h, t
+    finally:
+        await h.pool.aclose()
 
 
 async def test_a_dispute_opened_after_the_charge_is_recorded_once_by_a_refresh() -> None:
     account = _Account()
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         # Not disputed yet: the read is answered (no longer refused invalid_state).
         calm = await h.send("payment.refresh", t, {"payment_id": "p1"})
         assert kind(calm) == "payment.succeeded", data(calm)
@@ -116,26 +122,20 @@ async def test_a_dispute_opened_after_the_charge_is_recorded_once_by_a_refresh()
             {"dispute_id": dispute["entity_id"], "evidence": {"uncategorized_text": "sent"}},
         )
         assert kind(answered) == "dispute.evidence_submitted", data(answered)
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_redelivered_refresh_records_the_dispute_once() -> None:
     account = _Account()
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         account.open()
         command = build_command("payment.refresh", t, {"payment_id": "p1"})
         await h.assert_redelivered_alike(command)
         assert len([k for k in h.tables.disputes if k.startswith(f"{t}:")]) == 1
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_recorded_dispute_moves_forward_never_back() -> None:
     account = _Account()
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         account.open()
         found = await h.send("payment.refresh", t, {"payment_id": "p1"})
         key = f"{t}:{data(found)['related'][0]['entity_id']}"
@@ -151,8 +151,6 @@ async def test_a_recorded_dispute_moves_forward_never_back() -> None:
             read = await h.send("payment.refresh", t, {"payment_id": "p1"})
             assert kind(read) == "payment.succeeded", (at_stripe, data(read))
             assert h.tables.disputes[key]["status"] == held, at_stripe
-    finally:
-        await h.pool.aclose()
 
 
 NEW_DUE_BY = 1_950_000_000  # (later than _Account.open's: a new response window)
@@ -169,8 +167,7 @@ async def test_an_answered_inquiry_escalated_to_a_chargeback_can_be_answered_aga
     and can answer it (review h72c: it stayed under_review, every answer refused
     invalid_state, and the chargeback was lost unanswered)."""
     account = _Account(answered="warning_under_review")
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         account.open("warning_needs_response")
         found = await h.send("payment.refresh", t, {"payment_id": "p1"})
         dispute_id = data(found)["related"][0]["entity_id"]
@@ -199,8 +196,6 @@ async def test_an_answered_inquiry_escalated_to_a_chargeback_can_be_answered_aga
             "dispute.submit_evidence", t, {"dispute_id": dispute_id, "evidence": evidence}
         )
         assert kind(answer) == "dispute.evidence_submitted", data(answer)
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_lost_dispute_reopened_by_an_appeal_is_open_again_until_decided() -> None:
@@ -210,8 +205,7 @@ async def test_a_lost_dispute_reopened_by_an_appeal_is_open_again_until_decided(
     decided lost again, it is refused as charged back again (review h72c: a decided
     dispute was never read back)."""
     account = _Account()
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         account.open()
         found = await h.send("payment.refresh", t, {"payment_id": "p1"})
         dispute_id = data(found)["related"][0]["entity_id"]
@@ -241,16 +235,13 @@ async def test_a_lost_dispute_reopened_by_an_appeal_is_open_again_until_decided(
         assert _dispute(h, t, dispute_id)["status"] == "lost"
         refund = await h.send("refund.create", t, {"payment_id": "p1"})
         assert "charged back" in data(refund)["message"], data(refund)
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_read_with_an_earlier_deadline_never_reopens_a_dispute() -> None:
     """Only a later deadline is a new window: a read naming needs_response with the
     deadline held, or an earlier one, leaves the merchant's answer recorded."""
     account = _Account()
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         account.open()
         found = await h.send("payment.refresh", t, {"payment_id": "p1"})
         dispute_id = data(found)["related"][0]["entity_id"]
@@ -264,21 +255,22 @@ async def test_a_read_with_an_earlier_deadline_never_reopens_a_dispute() -> None
             assert not data(read).get("related"), (due_by, data(read))
             held = _dispute(h, t, dispute_id)
             assert (held["status"], held["evidence_submitted"]) == ("under_review", True)
-    finally:
-        await h.pool.aclose()
 
 
-async def _decided(account: _Account, decided_as: str) -> tuple[Harness, str, str]:
+@contextlib.asynccontextmanager
+async def _decided(account: _Account, decided_as: str) -> AsyncIterator[tuple[Harness, str, str]]:
     """p1 paid, disputed (du_1), and that dispute decided at Stripe as ``decided_as``
-    and read back so. Its dispute id."""
-    h, t = await _paid(account)
-    account.open("warning_needs_response" if decided_as == "warning_closed" else "needs_response")
-    found = await h.send("payment.refresh", t, {"payment_id": "p1"})
-    first = data(found)["related"][0]["entity_id"]
-    assert account.dispute is not None
-    account.dispute["status"] = decided_as
-    await h.send("payment.refresh", t, {"payment_id": "p1"})
-    return h, t, first
+    and read back so; with its dispute id."""
+    async with _paid(account) as (h, t):
+        account.open(
+            "warning_needs_response" if decided_as == "warning_closed" else "needs_response"
+        )
+        found = await h.send("payment.refresh", t, {"payment_id": "p1"})
+        first = data(found)["related"][0]["entity_id"]
+        assert account.dispute is not None
+        account.dispute["status"] = decided_as
+        await h.send("payment.refresh", t, {"payment_id": "p1"})
+        yield h, t, first
 
 
 @pytest.mark.parametrize(
@@ -297,8 +289,7 @@ async def test_a_new_dispute_after_a_decided_one_is_recorded_and_can_be_answered
     was never recorded nor logged: funds withdrawn, nothing to answer with, lost by
     default)."""
     account = _Account()
-    h, t, first = await _decided(account, decided_as)
-    try:
+    async with _decided(account, decided_as) as (h, t, first):
         assert _dispute(h, t, first)["status"] == held
         account.another()
         read = await h.send("payment.refresh", t, {"payment_id": "p1"})
@@ -334,8 +325,6 @@ async def test_a_new_dispute_after_a_decided_one_is_recorded_and_can_be_answered
         await h.send("payment.refresh", t, {"payment_id": "p1"})
         assert _dispute(h, t, second["entity_id"])["status"] == "won"
         assert _dispute(h, t, first)["status"] == held
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_new_dispute_recorded_before_a_crash_is_recorded_once() -> None:
@@ -344,8 +333,7 @@ async def test_a_new_dispute_recorded_before_a_crash_is_recorded_once() -> None:
     it was, and the payment is repaired to name du_2's record: the merchant sees one
     second dispute, not two."""
     account = _Account()
-    h, t, first = await _decided(account, "warning_closed")
-    try:
+    async with _decided(account, "warning_closed") as (h, t, first):
         account.another()
         payments_before = copy.deepcopy(dict(h.tables.payments))
         idempotency_before = set(h.idempotency)
@@ -366,8 +354,6 @@ async def test_a_new_dispute_recorded_before_a_crash_is_recorded_once() -> None:
         later = await h.send("payment.refresh", t, {"payment_id": "p1"})
         assert not data(later).get("related"), data(later)
         assert len([k for k in h.tables.disputes if k.startswith(f"{t}:")]) == 2
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_recorded(
@@ -380,8 +366,7 @@ async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_record
     that reads it is counted (PaystreamDisputeUnrecorded: the log alone raised no alert,
     h72l)."""
     account = _Account()
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         account.open()
         found = await h.send("payment.refresh", t, {"payment_id": "p1"})
         first = data(found)["related"][0]["entity_id"]
@@ -402,8 +387,6 @@ async def test_a_new_dispute_while_the_recorded_one_is_open_is_logged_not_record
         assert [k for k in h.tables.disputes if k.startswith(f"{t}:")] == [f"{t}:{first}"]
         assert _dispute(h, t, first)["status"] == "needs_response"
         assert _unrecorded(t, "recorded_open") == unrecorded + 3
-    finally:
-        await h.pool.aclose()
 
 
 def _unrecorded(tenant: str, why: str) -> float:
@@ -422,8 +405,7 @@ async def test_the_recorded_dispute_is_still_read_once_a_newer_one_is_filed(
     Stripe, whose refusal is answered `invalid_state` (review h72g F1: du_1 stayed
     needs_response for good, its `lost` never read, and du_2 never recorded)."""
     account = _Account()
-    h, t = await _paid(account)
-    try:
+    async with _paid(account) as (h, t):
         account.open()
         found = await h.send("payment.refresh", t, {"payment_id": "p1"})
         first = data(found)["related"][0]["entity_id"]
@@ -460,8 +442,6 @@ async def test_the_recorded_dispute_is_still_read_once_a_newer_one_is_filed(
             "dispute.submit_evidence", t, {"dispute_id": second, "evidence": evidence}
         )
         assert kind(answer) == "dispute.evidence_submitted", data(answer)
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_new_dispute_whose_both_ids_are_taken_is_logged(
@@ -474,8 +454,7 @@ async def test_a_new_dispute_whose_both_ids_are_taken_is_logged(
     saying to answer du_2 in Stripe's dashboard (review h72g F2: neither recorded nor
     logged), and it is counted (PaystreamDisputeUnrecorded, h72l)."""
     account = _Account()
-    h, t, first = await _decided(account, "won")
-    try:
+    async with _decided(account, "won") as (h, t, first):
         account.another()
         command = build_command("payment.refresh", t, {"payment_id": "p1"}, command_id="o-7")
         # (o-7's first use raised p0's dispute; its second, past the window, p1's under
@@ -498,8 +477,6 @@ async def test_a_new_dispute_whose_both_ids_are_taken_is_logged(
         assert "2000" not in line and "fraudulent" not in line  # (ids, nothing more)
         assert h.tables.payments[f"{t}:p1"]["dispute_id"] == first
         assert _unrecorded(t, "ids_taken") == unrecorded + 1
-    finally:
-        await h.pool.aclose()
 
 
 async def test_a_refund_after_a_lost_dispute_and_a_decided_second_one_is_stripes_to_refuse() -> (
@@ -512,8 +489,7 @@ async def test_a_refund_after_a_lost_dispute_and_a_decided_second_one_is_stripes
     Stripe's message, nothing refunded nor booked (what docs/stripe.md says; review
     h72g F3)."""
     account = _Account()
-    h, t, first = await _decided(account, "lost")
-    try:
+    async with _decided(account, "lost") as (h, t, first):
         refused_here = await h.send("refund.create", t, {"payment_id": "p1"})
         assert "charged back" in data(refused_here)["message"], data(refused_here)
         assert account.refunds == 0  # (paystream's own rule: Stripe not asked)
@@ -534,5 +510,3 @@ async def test_a_refund_after_a_lost_dispute_and_a_decided_second_one_is_stripes
         assert account.refunds == 1  # (asked of Stripe)
         assert h.tables.payments[f"{t}:p1"]["amount_refunded"] == 0
         assert not [k for k in h.tables.refunds if k.startswith(f"{t}:")]
-    finally:
-        await h.pool.aclose()
