@@ -9,6 +9,7 @@ A module of its own, importing the gateway only when the command runs: every
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -42,7 +43,10 @@ def authenticate_command(tenant_id: str, provider_payment_id: str, fail: bool) -
 
     settings = _settings()
     if not settings.redis_url:
-        raise click.ClickException("REDIS_URL is not set: the simulator keeps its state there")
+        raise click.ClickException(
+            "REDIS_URL is not set: the simulator keeps its state there (paste the `export` "
+            "line `paystream dev` printed)"
+        )
     # The tenant as the workers know it (a record this version cannot read is skipped,
     # as they skip it): read only, so no refusal to rewrite it.
     tenant = _run(read_registry(settings)).tenants.get(tenant_id)
@@ -78,16 +82,25 @@ async def _authenticate(
         except GatewayError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 # (paystream's own payment id, pay_…, is the likely mistake; with a
-                # provider id, another tenant's payment)
-                hint = (
-                    "give the payment's provider_payment_id (the outcome's "
-                    "data.object.provider_payment_id), not paystream's pay_… id"
-                    if not provider_payment_id.startswith("pi_")
-                    else "is it another tenant's? Name the tenant its payment.create named"
-                )
+                # provider id, another tenant's payment; anything else may be a pasted
+                # key, token or card number: not repeated)
+                if re.fullmatch(r"pi_[A-Za-z0-9]{1,64}", provider_payment_id):
+                    given = repr(provider_payment_id)
+                    hint = "is it another tenant's? Name the tenant its payment.create named"
+                elif re.fullmatch(r"pay_[a-z]{1,64}", provider_payment_id):
+                    given = repr(provider_payment_id)
+                    hint = (
+                        "give the payment's provider_payment_id (the outcome's "
+                        "data.object.provider_payment_id), not paystream's pay_… id"
+                    )
+                else:
+                    given = "(what was given is no pi_… id; not repeated: it may be a secret)"
+                    hint = (
+                        "give the payment's provider_payment_id (pi_…, the outcome's "
+                        "data.object.provider_payment_id)"
+                    )
                 raise click.ClickException(
-                    f"the simulator has no payment {provider_payment_id!r} for tenant "
-                    f"{tenant_id}: {hint}"
+                    f"the simulator has no payment {given} for tenant {tenant_id}: {hint}"
                 ) from exc
             if exc.code is not ErrorCode.IDEMPOTENCY_ERROR:
                 raise

@@ -376,6 +376,14 @@ def dlq_replay(
     if stale_checked_as_of is not None and checked_ms is not None:
         _check_printed(settings, stale_checked_as_of, checked_ms, redis_down_ok=no_lease)
 
+    if settings.kafka_broker_url is None and settings.master_key is None and not settings.redis_url:
+        # (A shell without the workers' settings, most likely without `paystream dev`'s
+        # export line: said first, not the master key's or the lease's flags, which
+        # would be wrong for workers that have both.)
+        raise click.ClickException(
+            "KAFKA_BROKER_URL is not set: paste the `export` line `paystream dev` printed "
+            "(it sets the master key and REDIS_URL too), or set the workers' settings"
+        )
     if settings.master_key is None and not dry_run and not without_master_key:
         # Unsealed, the first-attempt times (and reconciled marks) are ignored by workers
         # that have a master key: a re-sent command's age counts from the re-send, and

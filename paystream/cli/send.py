@@ -82,6 +82,11 @@ def send(
             raise click.BadParameter("--data holds a number out of range")
         return number
 
+    from paystream.cli.tenants import _refuse_keys
+
+    # (An ingress key pasted as an id would be kept on the topics, the idempotency
+    # record and the ledger for good: refused unrepeated, as the tenants commands do.)
+    _refuse_keys(("--id", command_id), ("--idempotency-key", idempotency_key), ("--tenant", tenant))
     try:
         payload = json.loads(data, parse_constant=not_json, parse_float=finite)
     except json.JSONDecodeError as exc:
