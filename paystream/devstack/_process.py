@@ -23,7 +23,10 @@ __all__ = [
     "free_port",
     "kill_process_group",
     "listens_on",
+    "log_size",
+    "on_a_free_port",
     "parent_death_signal",
+    "port_taken",
     "run_coroutine",
     "wait_until",
 ]
@@ -37,9 +40,11 @@ class ServiceError(PaystreamError):
     """A development service could not be started or did not become healthy."""
 
 
-# What a server logs when the port it was given is taken (Tansu, which then exits with
-# status 0: "AddrInUse"; redis-server and PostgreSQL: "Address already in use").
-_PORT_TAKEN_MARKS = (b"Address already in use", b"AddrInUse", b"Address in use")
+# What a server logs when the port it was given is taken, matched in any case (Tansu,
+# which then exits with status 0: "AddrInUse"; redis-server and PostgreSQL: "Address
+# already in use"; an aiohttp server (a worker, the ingress, localstripe), which exits
+# with status 1: "error while attempting to bind on address (...): address already in use").
+_PORT_TAKEN_MARKS = (b"address already in use", b"addrinuse", b"address in use")
 # Starts on a port of our choosing, each on a new one when the last was taken.
 PORT_ATTEMPTS = 3
 
@@ -75,6 +80,52 @@ def listens_on(pid: int, port: int) -> bool:
                 ):
                     return True
     return False
+
+
+def log_size(path: Path) -> int:
+    """How many bytes the log at ``path`` holds (0 when there is none yet)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def port_taken(path: Path, since: int) -> bool:
+    """Whether the log at ``path``, past ``since`` bytes, says the server's port was taken."""
+    try:
+        with path.open("rb") as f:
+            f.seek(since)
+            written = f.read(1 << 20).lower()
+    except OSError:
+        return False
+    return any(mark in written for mark in _PORT_TAKEN_MARKS)
+
+
+def on_a_free_port(
+    start_once: Callable[[], T],
+    *,
+    log_path: Path,
+    take_port: Callable[[int], None],
+    chosen: bool = True,
+    errors: tuple[type[BaseException], ...] = (ServiceError,),
+) -> T:
+    """``start_once()``, again on a new port (given to ``take_port`` first) when it raised
+    one of ``errors`` and the server logged to ``log_path`` that it could not bind the
+    port it was given, if that one was ours to choose (``chosen``); at most
+    ``PORT_ATTEMPTS`` starts.
+
+    ``free_port`` only finds a port free when it looks: another process (a parallel
+    test's server) may bind it before this server does, which then fails to start
+    (a flaky CI run: Tansu exited with status 0 on "AddrInUse")."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        logged = log_size(log_path)
+        try:
+            return start_once()
+        except errors:
+            if not chosen or not port_taken(log_path, logged):
+                raise
+        take_port(free_port())
+    return start_once()  # (the last attempt: whatever it raises, raised)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -209,39 +260,12 @@ class ServiceProcess:
 
     def _on_a_free_port(self, start_once: Callable[[], None], *, chosen: bool) -> None:
         """``start_once()``, again on a new port (``_take_port``) when the server could
-        not bind the one it was given, if that one was ours to choose (``chosen``).
-
-        ``free_port`` only finds a port free when it looks: another process (a parallel
-        test's server) may bind it before this server does, which then fails to start
-        (a flaky CI run: Tansu exited with status 0 on "AddrInUse")."""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            logged = self._log_size()
-            try:
-                start_once()
-                return
-            except ServiceError:
-                if not chosen or attempt == PORT_ATTEMPTS or not self._port_taken(logged):
-                    raise
-            self._take_port(free_port())
+        not bind the one it was given, if that one was ours to choose (``chosen``):
+        :func:`on_a_free_port`."""
+        on_a_free_port(start_once, log_path=self.log_path, take_port=self._take_port, chosen=chosen)
 
     def _take_port(self, port: int) -> None:
         raise NotImplementedError
-
-    def _log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def _port_taken(self, since: int) -> bool:
-        """Whether the log, past ``since`` bytes, says the server's port was taken."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(since)
-                written = f.read(1 << 20)
-        except OSError:
-            return False
-        return any(mark in written for mark in _PORT_TAKEN_MARKS)
 
     def stop(self) -> None:
         """Kill the server's process group. Safe to call twice."""

@@ -33,14 +33,18 @@ class IngressProcess(PaystreamProcess):
 
     command = "ingress"
     what = "ingress"
+    port_variable = "PAYSTREAM_INGRESS_PORT"
     term_timeout = 20.0
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, port: int) -> None:
-        given = {**os.environ, **env, "PAYSTREAM_INGRESS_PORT": str(port)}
+    def __init__(self, env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
+        """On ``port``, or when None on a free port of our choosing (a new one should
+        another process bind it first: ``port`` and ``base_url`` read after start)."""
+        given = {**os.environ, **env}
         # Least privilege, as the chart and compose file give it: the broker settings and
         # the platform token, none of the secrets a worker holds.
-        super().__init__({k: v for k, v in given.items() if k not in NOT_FOR_THE_INGRESS}, log_path)
-        self.port = port
+        super().__init__(
+            {k: v for k, v in given.items() if k not in NOT_FOR_THE_INGRESS}, log_path, port
+        )
         host = self.env.get("PAYSTREAM_INGRESS_HOST") or "127.0.0.1"
         if host in ("0.0.0.0", "::"):  # bound everywhere: reached on loopback
             host = "127.0.0.1"

@@ -25,16 +25,22 @@ class WorkerProcess(PaystreamProcess):
 
     command = "worker"
     what = "worker"
+    port_variable = "PAYSTREAM_WEB_PORT"
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, web_port: int) -> None:
-        super().__init__({**os.environ, **env, "PAYSTREAM_WEB_PORT": str(web_port)}, log_path)
-        self.web_port = web_port
+    def __init__(self, env: Mapping[str, str], log_path: Path, web_port: int | None = None) -> None:
+        """On ``web_port``, or when None on a free port of our choosing (a new one should
+        another process bind it first: ``web_port`` and ``base_url`` read after start)."""
+        super().__init__({**os.environ, **env}, log_path, web_port)
         # Where it binds (review finding: a worker on ::1 or a LAN address was waited
         # for on 127.0.0.1, and `dev` gave up after two minutes), as the ingress's.
         host = self.env.get("PAYSTREAM_WEB_HOST") or "127.0.0.1"
         if host in ("0.0.0.0", "::"):  # bound everywhere: reached on loopback
             host = "127.0.0.1"
         self.host = f"[{host}]" if ":" in host else host
+
+    @property
+    def web_port(self) -> int:
+        return self.port
 
     @property
     def base_url(self) -> str:

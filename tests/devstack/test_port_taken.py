@@ -1,30 +1,39 @@
 """An embedded server whose port another process binds first (free_port finds a port free
 only when it looks; a parallel test's server may take it before ours binds it): started
 again on a new port, not failed. A CI run failed on it once: Tansu exited with status 0
-on "AddrInUse" (session 72)."""
+on "AddrInUse" (session 72). So do a worker, an ingress and the tests' localstripe, which
+exited with status 1 on "address already in use" (session 73)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import socket
 import subprocess
 import threading
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from paystream.devstack import kafka as kafka_module
+from paystream.devstack import paystream_process as paystream_process_module
 from paystream.devstack import postgres as postgres_module
 from paystream.devstack import redis as redis_module
-from paystream.devstack._process import ServiceError, listens_on
+from paystream.devstack._process import ServiceError, free_port, listens_on
+from paystream.devstack.ingress import IngressProcess
 from paystream.devstack.kafka import TansuBroker, broker_answers
 from paystream.devstack.postgres import EmbeddedPostgres
 from paystream.devstack.redis import EmbeddedRedis
 from paystream.devstack.worker import WorkerProcess
+from paystream.tenancy.models import Tenant
 from tests.e2e.threaded_proxy import ThreadedProxy
+from tests.fixtures.pipeline import Deployment
 from tests.fixtures.services import devstack_dir
 
 
@@ -210,3 +219,115 @@ def test_the_tests_session_postgres_whose_port_is_taken_starts_on_another(
                 capture_output=True,
                 user=user,
             )
+
+
+# ---- session 73: a worker's web port, the ingress's port, the tests' localstripe
+
+
+def _own_taken_port_said(log: Path, port: int) -> bool:
+    return f"('127.0.0.1', {port}): address already in use" in log.read_text(errors="replace")
+
+
+@pytest.mark.slow
+async def test_a_worker_whose_chosen_web_port_is_taken_starts_on_another(
+    deployment_factory: Any, taken: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's web server, on a port a parallel test's server bound first, exited the
+    worker with status 1: the test waiting for it failed."""
+    _chosen_first(monkeypatch, paystream_process_module, taken)
+    dep: Deployment = await deployment_factory()
+    await dep.add_tenants(Tenant(tenant_id="acme"))
+    worker = dep.worker()
+    with worker:
+        assert worker.web_port != taken and worker.base_url.endswith(f":{worker.web_port}")
+        assert worker.env["PAYSTREAM_WEB_PORT"] == str(worker.web_port)
+        await asyncio.to_thread(worker.wait_ready, ["acme"])  # (its own answer)
+        assert worker.proc is not None and listens_on(worker.proc.pid, worker.web_port)
+    assert _own_taken_port_said(worker.log_path, taken)
+
+
+@pytest.mark.slow
+async def test_a_worker_given_a_taken_web_port_is_not_moved(
+    deployment_factory: Any, taken: int
+) -> None:
+    """A port the caller gave (`paystream dev --web-port 6066`: the dashboard's address
+    it prints) stays: the worker's start fails, and says why."""
+    dep: Deployment = await deployment_factory()
+    worker = WorkerProcess(dep.env, dep.base_dir / "w.log", taken)
+    with worker, pytest.raises(ServiceError, match=f"its port {taken} is taken"):
+        await asyncio.to_thread(worker.wait_ready, timeout=60)
+    assert worker.web_port == taken
+
+
+def test_a_worker_waiting_for_the_brokers_on_a_taken_chosen_port_moves(
+    tmp_path: Path, taken: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While no broker answers, a worker serves its probes on its web port, and on a
+    port taken lives on without them (waiting: it does not exit): moved all the same."""
+    _chosen_first(monkeypatch, paystream_process_module, taken)
+    env = {
+        "KAFKA_BROKER_URL": f"kafka://127.0.0.1:{free_port()}",  # nothing listens there
+        "PAYSTREAM_APP_ID": f"ps-{uuid.uuid4().hex[:8]}",
+        "PAYSTREAM_DATA_DIR": str(tmp_path / "data"),
+    }
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    with worker:
+        assert worker.web_port != taken
+        assert worker.proc is not None and listens_on(worker.proc.pid, worker.web_port)
+        with worker.open("/healthz", timeout=5) as resp:
+            assert resp.status == 200
+    assert _own_taken_port_said(worker.log_path, taken)
+
+
+def _ingress_env() -> dict[str, str]:
+    return {
+        "KAFKA_BROKER_URL": f"127.0.0.1:{free_port()}",  # (it answers /healthz without one)
+        "PAYSTREAM_INGRESS_TOKEN": f"platform-{uuid.uuid4().hex}",
+        "PAYSTREAM_APP_ID": f"ingress-{uuid.uuid4().hex[:8]}",
+    }
+
+
+def test_an_ingress_whose_chosen_port_is_taken_starts_on_another(
+    tmp_path: Path, taken: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _chosen_first(monkeypatch, paystream_process_module, taken)
+    ingress = IngressProcess(_ingress_env(), tmp_path / "ingress.log")
+    with ingress:
+        assert ingress.port != taken and ingress.base_url.endswith(f":{ingress.port}")
+        assert ingress.proc is not None and listens_on(ingress.proc.pid, ingress.port)
+        with urllib.request.urlopen(f"{ingress.base_url}/healthz", timeout=5) as resp:
+            assert json.load(resp) == {"alive": True}
+    assert _own_taken_port_said(ingress.log_path, taken)
+
+
+def test_an_ingress_given_a_taken_port_is_not_moved(tmp_path: Path, taken: int) -> None:
+    ingress = IngressProcess(_ingress_env(), tmp_path / "ingress.log", taken)
+    with ingress, pytest.raises(ServiceError, match=f"its port {taken} is taken"):
+        ingress.wait_ready(timeout=30)
+    assert ingress.port == taken
+
+
+def test_localstripe_whose_chosen_port_is_taken_starts_on_another(
+    tmp_path: Path, taken: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests' session localstripe (tests/fixtures/localstripe.py): failed, every
+    Stripe test of the session would error."""
+    from tests.fixtures import localstripe
+
+    _chosen_first(monkeypatch, localstripe, taken)
+    proc, url = localstripe.start_localstripe(tmp_path)
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        assert port != taken and listens_on(proc.pid, port)
+        assert localstripe._answers(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert _own_taken_port_said(tmp_path / "server.log", taken)
+
+
+def test_localstripe_given_a_taken_port_is_not_moved(tmp_path: Path, taken: int) -> None:
+    from tests.fixtures import localstripe
+
+    with pytest.raises(RuntimeError, match=f"port {taken} is taken"):
+        localstripe.start_localstripe(tmp_path, port=taken)

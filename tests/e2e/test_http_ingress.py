@@ -86,9 +86,7 @@ async def deployed(
         worker.wait_ready(["shop", "other", "slow", "paced"], partitions=dep.settings.partitions)
         served: WorkerProcess | IngressProcess = worker
         if request.param == "ingress":
-            served = running.enter_context(
-                IngressProcess(dep.env, dep.base_dir / "ingress.log", free_port())
-            )
+            served = running.enter_context(IngressProcess(dep.env, dep.base_dir / "ingress.log"))
             await asyncio.to_thread(served.wait_ready)
         yield dep, f"{served.base_url}/v1/commands"
         logs = [worker.log_path.read_text(errors="replace")]

@@ -71,7 +71,7 @@ def test_without_a_broker_it_runs_answers_503_and_stops_cleanly(tmp_path: Path) 
         "PAYSTREAM_APP_ID": f"ingress-{uuid.uuid4().hex[:8]}",
         "PAYSTREAM_INGRESS_HOST": "0.0.0.0",  # (beyond loopback: /metrics is warned of)
     }
-    ingress = IngressProcess(env, tmp_path / "ingress.log", free_port())
+    ingress = IngressProcess(env, tmp_path / "ingress.log")
     with ingress:
         _wait_answering(ingress)
         # Alive (nothing to restart), not ready (no request should be sent to it).
@@ -151,7 +151,7 @@ def test_with_a_metrics_token_its_metrics_answer_that_alone(tmp_path: Path) -> N
         "PAYSTREAM_APP_ID": f"ingress-{uuid.uuid4().hex[:8]}",
         "PAYSTREAM_INGRESS_HOST": "0.0.0.0",
     }
-    ingress = IngressProcess(env, tmp_path / "ingress.log", free_port())
+    ingress = IngressProcess(env, tmp_path / "ingress.log")
     with ingress:
         _wait_answering(ingress)
         assert _metrics_status(ingress.base_url, {}) == 401
@@ -216,7 +216,7 @@ async def test_senders_waiting_at_sigterm_are_answered_202_at_once(
         # (its provider answers after 5 s: the wait outlasts the stop)
         await dep.add_tenants(Tenant(tenant_id="slow", gateway_options={"latency_ms": 5000}))
         await asyncio.to_thread(worker.wait_ready, ["slow"], partitions=dep.settings.partitions)
-        with IngressProcess(dep.env, dep.base_dir / "ingress.log", free_port()) as ingress:
+        with IngressProcess(dep.env, dep.base_dir / "ingress.log") as ingress:
             await asyncio.to_thread(ingress.wait_ready)
             event = {
                 "specversion": "1.0",

@@ -34,7 +34,7 @@ def test_a_body_that_does_not_decompress_logs_no_traceback(tmp_path: Path) -> No
         "PAYSTREAM_INGRESS_TOKEN": f"platform-{uuid.uuid4().hex}",
         "PAYSTREAM_APP_ID": f"ingress-{uuid.uuid4().hex[:8]}",
     }
-    ingress = IngressProcess(env, tmp_path / "ingress.log", free_port())
+    ingress = IngressProcess(env, tmp_path / "ingress.log")
     body = b"not gzip at all" * 4
     request = (
         b"POST /v1/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

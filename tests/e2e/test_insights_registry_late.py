@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from paystream.client import PaystreamClient
-from paystream.devstack._process import free_port
 from paystream.devstack.worker import WorkerProcess
 from paystream.tenancy.models import Tenant
 from tests.e2e.test_insights import _events, _latest, _totals
@@ -36,7 +35,7 @@ async def test_outcomes_waiting_at_start_are_counted_though_the_registry_is_late
     # A worker without the insights makes the outcomes (as a rolling restart leaves the
     # last outcomes of the worker it stopped, uncounted).
     commands_only = {**dep.env, "PAYSTREAM_AGENTS": "commands"}
-    with WorkerProcess(commands_only, dep.base_dir / "w1.log", free_port()):
+    with WorkerProcess(commands_only, dep.base_dir / "w1.log"):
         async with PaystreamClient(dep.settings) as client:
             for j in range(N):
                 data = {
@@ -48,7 +47,7 @@ async def test_outcomes_waiting_at_start_are_counted_though_the_registry_is_late
     # The insights' worker starts with them waiting, its registry 3 s late.
     path = os.pathsep.join(filter(None, [str(SHIM), dep.env.get("PYTHONPATH")]))
     late = {**dep.env, "PYTHONPATH": path, "SHIM_REGISTRY_DELAY_SECONDS": "3"}
-    with WorkerProcess(late, dep.base_dir / "w2.log", free_port()):
+    with WorkerProcess(late, dep.base_dir / "w2.log"):
         deadline = time.monotonic() + 45
         totals = _totals(await _events(dep, dep.settings.analytics_topic))
         while totals["outcomes"] != {"payment.succeeded": N} and time.monotonic() < deadline:
@@ -73,8 +72,8 @@ async def test_a_tenant_added_and_paid_at_once_is_counted_by_an_insights_worker_
     lagging = {**dep.env, "PAYSTREAM_AGENTS": "insights", "PYTHONPATH": path,
                "SHIM_REGISTRY_LAG_SECONDS": "2"}  # fmt: skip
     commands_only = {**dep.env, "PAYSTREAM_AGENTS": "commands"}
-    w1 = WorkerProcess(commands_only, dep.base_dir / "w1.log", free_port())
-    w2 = WorkerProcess(lagging, dep.base_dir / "w2.log", free_port())
+    w1 = WorkerProcess(commands_only, dep.base_dir / "w1.log")
+    w2 = WorkerProcess(lagging, dep.base_dir / "w2.log")
     paid = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_card_visa"}
     with w1, w2:
         await asyncio.to_thread(w1.wait_ready, ["old-0"])

@@ -57,7 +57,7 @@ async def test_a_worker_started_before_the_brokers_waits_alive_then_starts(
     broker_port = int(dep.settings.require_broker().rsplit(":", 1)[1])
     proxy = ThreadedProxy(broker_port)  # its port taken, nothing listening on it yet
     env = {**dep.env, "KAFKA_BROKER_URL": f"kafka://127.0.0.1:{proxy.port}"}
-    worker = WorkerProcess(env, dep.base_dir / "waiting.log", free_port())
+    worker = WorkerProcess(env, dep.base_dir / "waiting.log")
     with worker:
         await _waiting(worker)
         assert _get(worker, "/healthz") == (200, {"alive": True, "waiting": WAITING})
@@ -81,7 +81,7 @@ async def test_a_worker_started_before_the_brokers_waits_alive_then_starts(
 async def test_a_waiting_worker_stops_cleanly_on_sigterm(deployment_factory: Any) -> None:
     dep: Deployment = await deployment_factory()
     env = {**dep.env, "KAFKA_BROKER_URL": f"kafka://127.0.0.1:{free_port()}"}
-    worker = WorkerProcess(env, dep.base_dir / "stopped.log", free_port())
+    worker = WorkerProcess(env, dep.base_dir / "stopped.log")
     with worker:
         await _waiting(worker)
         assert worker.proc is not None
@@ -112,7 +112,7 @@ async def test_sigterm_during_the_probe_that_finds_the_brokers_stops_the_worker(
     broker_port = int(dep.settings.require_broker().rsplit(":", 1)[1])
     proxy = SlowProxy(broker_port)  # its port taken, nothing listening yet
     env = {**dep.env, "KAFKA_BROKER_URL": f"kafka://127.0.0.1:{proxy.port}"}
-    worker = WorkerProcess(env, dep.base_dir / "race.log", free_port())
+    worker = WorkerProcess(env, dep.base_dir / "race.log")
     with worker:
         await _waiting(worker)
         proxy.start()  # the brokers are back, behind a slow path
