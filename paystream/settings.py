@@ -639,6 +639,11 @@ class Settings(BaseSettings):
         default="https://api.stripe.com",
         description="PAYSTREAM_STRIPE_API_BASE: Stripe API address (tests use localstripe).",
     )
+    square_api_base: str = Field(
+        default="https://connect.squareup.com",
+        description="PAYSTREAM_SQUARE_API_BASE: Square API address (its sandbox: "
+        "https://connect.squareupsandbox.com; tests use their fake of Square).",
+    )
 
     # --- tracing -----------------------------------------------------------------
     otel_exporter: TraceExporter = Field(
@@ -772,19 +777,18 @@ class Settings(BaseSettings):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return _parseable(value, "REDIS_URL")
 
-    @field_validator("stripe_api_base")
+    @field_validator("stripe_api_base", "square_api_base")
     @classmethod
-    def _stripe_api_base(cls, value: str) -> str:
+    def _provider_api_base(cls, value: str, info: ValidationInfo) -> str:
         # Every call carries a tenant's secret key: over plain HTTP only to this machine
-        # (localstripe), never across a network (review finding).
+        # (localstripe, the tests' fake of Square), never across a network (review finding).
         url = urlsplit(value)
         if url.scheme == "https" and url.hostname:
             return value
         if url.scheme == "http" and is_loopback(url.hostname or ""):
             return value
-        raise ValueError(
-            "PAYSTREAM_STRIPE_API_BASE must be an https:// URL (http:// only to this machine)"
-        )
+        variable = f"PAYSTREAM_{(info.field_name or '').upper()}"
+        raise ValueError(f"{variable} must be an https:// URL (http:// only to this machine)")
 
     @field_validator("web_token", "ingress_token", "metrics_token", mode="before")
     @classmethod

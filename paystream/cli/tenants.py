@@ -466,6 +466,10 @@ def _refuse_unknown_option_names(provider: str, options: dict[str, Any]) -> None
         from paystream.gateways.stripe.gateway import STRIPE_OPTIONS
 
         known: frozenset[str] = STRIPE_OPTIONS
+    elif provider == "square":
+        from paystream.gateways.square.gateway import SQUARE_OPTIONS
+
+        known = SQUARE_OPTIONS
     elif provider == "simulator":
         from paystream.gateways.simulator.options import SimulatorOptions
 

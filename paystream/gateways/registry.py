@@ -47,10 +47,17 @@ def _stripe(ctx: GatewayContext, deps: GatewayDeps) -> PaymentGateway:
     return StripeGateway.from_context(ctx, deps)
 
 
+def _square(ctx: GatewayContext, deps: GatewayDeps) -> PaymentGateway:
+    from paystream.gateways.square import SquareGateway
+
+    return SquareGateway.from_context(ctx, deps)
+
+
 # Imports are deferred inside each factory so a worker only loads the SDKs it uses.
 GATEWAYS: dict[str, GatewayFactory] = {
     "simulator": _simulator,
     "stripe": _stripe,
+    "square": _square,
 }
 
 
@@ -69,6 +76,8 @@ def build_gateway(ctx: GatewayContext, deps: GatewayDeps) -> PaymentGateway:
 REQUIRED_SECRETS: dict[str, frozenset[str]] = {
     "simulator": frozenset(),
     "stripe": frozenset({"api_key"}),
+    # A seller's access token (its own personal token, or one granted by OAuth).
+    "square": frozenset({"access_token"}),
 }
 # Every secret each provider reads: the only names `tenants add --secret` takes (a name
 # is stored in plain text; a key typed where its name goes must not be).
@@ -82,7 +91,8 @@ KNOWN_SECRETS: dict[str, frozenset[str]] = {
 # A Stripe account id; and what a provider secret key starts with (pasted into the wrong
 # option it would be stored in clear, and shown by `tenants list`).
 _STRIPE_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
-_SECRET_KEY_PREFIXES = ("sk_", "rk_", "whsec_")
+# Square's access tokens (production and sandbox alike) start EAAA.
+_SECRET_KEY_PREFIXES = ("sk_", "rk_", "whsec_", "EAAA")
 
 
 def validate_connected_account(provider: str, account: str) -> None:
@@ -95,6 +105,13 @@ def validate_connected_account(provider: str, account: str) -> None:
         )
     if provider == "stripe" and not _STRIPE_ACCOUNT.fullmatch(account):
         raise ConfigurationError("a Stripe connected account is an account id (acct_...)")
+    if provider == "square":
+        # A seller is reached with its own access token (OAuth gives one per seller):
+        # Square has no header acting for another account.
+        raise ConfigurationError(
+            "a Square tenant takes no connected account: give the seller's access token "
+            "with --secret access_token"
+        )
 
 
 def validate_options(provider: str, options: Mapping[str, Any]) -> None:
@@ -108,3 +125,7 @@ def validate_options(provider: str, options: Mapping[str, Any]) -> None:
         from paystream.gateways.stripe.gateway import validate_options as stripe_options
 
         stripe_options(options)
+    elif provider == "square":
+        from paystream.gateways.square.gateway import validate_options as square_options
+
+        square_options(options)

@@ -1,0 +1,572 @@
+"""SquareGateway: the PaymentGateway protocol over Square's v2 API, through the official
+SDK (``squareup``: ``square.AsyncSquare``), one client per tenant.
+
+The SDK's own retries are off (``max_retries: 0`` on every call): the pipeline owns
+retries, and resends a request with the same idempotency key. Square takes its keys in
+the request BODY, at most 45 characters (CreatePayment, RefundPayment, CreateCard,
+CreateDisputeEvidenceText): each is derived from paystream's key by ``square_key``.
+Square keys none of CompletePayment, CancelPayment, DisableCard, UpdateCustomer,
+DeleteCustomer, SubmitEvidence and AcceptDispute: a state those leave is read back as
+itself where it can be told apart (docs/square.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+import pydantic
+from pydantic import BaseModel
+
+from paystream.errors import ConfigurationError
+from paystream.gateways.base import (
+    OPERATION_CAPABILITY,
+    AcceptDispute,
+    AttachPaymentMethod,
+    CancelPayment,
+    Capability,
+    CaptureMethod,
+    CapturePayment,
+    CreateCustomer,
+    CreatePayment,
+    CreateRefund,
+    CustomerDetails,
+    CustomerResult,
+    DeleteCustomer,
+    DetachPaymentMethod,
+    DisputeResult,
+    GatewayContext,
+    PaymentMethodResult,
+    PaymentResult,
+    RefundResult,
+    RetrieveCustomer,
+    RetrievePayment,
+    RetrieveRefund,
+    SubmitDisputeEvidence,
+    UpdateCustomer,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.square import mapping
+from paystream.gateways.square.errors import (
+    PROVIDER,
+    map_square_answer,
+    map_transport_error,
+)
+
+__all__ = ["SQUARE_CAPABILITIES", "SQUARE_OPTIONS", "SquareGateway", "square_key"]
+
+# What Square offers through the calls this gateway makes. No PARTIAL_CAPTURE:
+# CompletePayment completes the whole authorised amount (it takes no amount). No
+# WEBHOOKS yet: a Square payment has no metadata to carry paystream's reference.
+SQUARE_CAPABILITIES = frozenset(
+    {
+        Capability.CUSTOMERS,
+        Capability.PAYMENT_METHODS,
+        Capability.PAYMENTS,
+        Capability.MANUAL_CAPTURE,
+        Capability.REFUNDS,
+        Capability.DISPUTES,
+    }
+)
+
+# Tenant gateway options the Square gateway reads; anything else is a mistake.
+SQUARE_OPTIONS = frozenset({"location_id", "capabilities"})
+# Square's location ids: letters and digits ("L" and 12 more in practice).
+_LOCATION_ID = re.compile(r"[A-Za-z0-9]{4,32}")
+# At most 45 characters in every idempotency key this gateway sends.
+SQUARE_KEY_MAX = 45
+_NO_RETRIES: Any = {"max_retries": 0}
+# Pages of ListDisputes read for one payment's disputes (Square filters by location
+# and state, never by payment): past them the payment reads back without its disputes.
+_DISPUTE_PAGES_MAX = 10
+
+
+_OPTS: dict[str, Any] = {"request_options": _NO_RETRIES}
+
+
+def _bind(
+    fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]
+) -> Callable[[], Awaitable[Any]]:
+    """A call of ``fn`` with ``kwargs``, made when awaited (bound now, in a loop)."""
+    return lambda: fn(**kwargs)
+
+
+def square_key(idempotency_key: str, *parts: str) -> str:
+    """Square's key for paystream's: ``ps-`` and 40 hex digits of a SHA-256 over the key
+    (and ``parts``, for the several requests one command makes), so that a redelivered
+    command sends the same key, within Square's 45 characters. (A prefix of the key
+    would make two keys sharing their first 45 characters one.)"""
+    text = "\x1f".join((idempotency_key, *parts))
+    return "ps-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
+    names = options.get("capabilities")
+    if names is None:
+        return SQUARE_CAPABILITIES
+    if not isinstance(names, list | tuple):
+        raise ConfigurationError("the square capabilities option must be a list of names")
+    try:
+        narrowed = frozenset(Capability(n) for n in names)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid square capabilities option: {exc}") from exc
+    if not narrowed <= SQUARE_CAPABILITIES:
+        extra = ", ".join(sorted(narrowed - SQUARE_CAPABILITIES))
+        raise ConfigurationError(f"the square gateway cannot offer capabilities: {extra}")
+    return narrowed
+
+
+def validate_options(options: Mapping[str, Any]) -> None:
+    """Refuse, before they are stored, options the gateway would refuse at its first call."""
+    unknown = sorted(set(options) - SQUARE_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown square option(s): {', '.join(unknown)}; valid: "
+            + ", ".join(sorted(SQUARE_OPTIONS))
+        )
+    location = options.get("location_id")
+    if location is None:
+        raise ConfigurationError("a square tenant needs --option location_id=<its location id>")
+    if not isinstance(location, str) or location.startswith("EAAA"):
+        # (Not repeated: an access token pasted here would be stored in clear.)
+        raise ConfigurationError(
+            "location_id must be a Square location id (it looks like an access token: "
+            "give tokens with --secret access_token, which seals them)"
+            if isinstance(location, str) and location.startswith("EAAA")
+            else "location_id must be a Square location id"
+        )
+    if _LOCATION_ID.fullmatch(location) is None:
+        raise ConfigurationError("location_id must be a Square location id (letters and digits)")
+    _capabilities(options)
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    """An SDK model as Square's JSON (its field names: ``last_4``), unset fields left out."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    return dict(obj.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+class SquareGateway:
+    """Square for one tenant (one seller's access token, one of its locations)."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        location_id: str,
+        capabilities: frozenset[Capability] = SQUARE_CAPABILITIES,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.capabilities = capabilities
+        self._sq: Any = client
+        self._location_id = location_id
+        self._http_client = http_client
+
+    @classmethod
+    def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> SquareGateway:
+        from square import AsyncSquare
+
+        secret = ctx.credentials.get("access_token")
+        if secret is None or not secret.get_secret_value():
+            raise GatewayError(
+                ErrorCode.AUTHENTICATION_FAILED,
+                f"tenant {ctx.tenant_id!r} has no Square access_token credential configured",
+                provider=PROVIDER,
+                retryable=False,
+            )
+        validate_options(ctx.options)
+        timeout = deps.settings.gateway_timeout_seconds
+        # No redirects followed: every request carries the seller's token.
+        http_client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        client = AsyncSquare(
+            token=secret.get_secret_value(),
+            base_url=deps.settings.square_api_base,
+            timeout=timeout,
+            httpx_client=http_client,
+        )
+        return cls(
+            client,
+            location_id=str(ctx.options["location_id"]),
+            capabilities=_capabilities(ctx.options),
+            http_client=http_client,
+        )
+
+    async def _call(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+        """Check the capability, make the call, normalise errors at the boundary."""
+        from square.core.api_error import ApiError
+
+        if OPERATION_CAPABILITY[operation] not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, operation)
+        try:
+            return _dump(await fn())
+        except ApiError as exc:
+            raise map_square_answer(exc.status_code, exc.body) from None
+        except (httpx.HTTPError, TimeoutError, OSError) as exc:
+            raise map_transport_error(exc) from exc
+        except (pydantic.ValidationError, ValueError) as exc:
+            # A success answer the SDK cannot read (a field of a type it does not know):
+            # Square ran the request; retried under the key it answers alike. Parked.
+            error = GatewayError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"an answer from Square this version cannot read ({type(exc).__name__})",
+                provider=PROVIDER,
+                retryable=True,
+            )
+            error.unreadable_answer = True
+            raise error from exc
+
+    @staticmethod
+    def _part(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
+        part = obj.get(name)
+        if not isinstance(part, Mapping):
+            error = GatewayError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"Square's answer has no {name}",
+                provider=PROVIDER,
+                retryable=True,
+            )
+            error.unreadable_answer = True
+            raise error
+        return dict(part)
+
+    # ---- customers -------------------------------------------------------------------
+
+    @staticmethod
+    def _no_metadata(operation: str, metadata: Mapping[str, str] | None) -> None:
+        # A Square customer has no metadata (custom attributes are another API, with
+        # definitions of their own): kept nowhere, a later read would report it gone.
+        if metadata:
+            raise UnsupportedOperation(PROVIDER, f"{operation}(metadata=...)")
+
+    async def create_customer(self, req: CreateCustomer, *, idempotency_key: str) -> CustomerResult:
+        self._no_metadata("create_customer", req.metadata)
+        params = mapping.customer_params(req.email, req.name, req.description)
+        obj = await self._call(
+            "create_customer",
+            lambda: self._sq.customers.create(
+                idempotency_key=square_key(idempotency_key),
+                **params,
+                request_options=_NO_RETRIES,
+            ),
+        )
+        return mapping.customer(self._part(obj, "customer"))
+
+    async def update_customer(self, req: UpdateCustomer, *, idempotency_key: str) -> CustomerResult:
+        self._no_metadata("update_customer", req.metadata)
+        params = mapping.customer_params(req.email, req.name, req.description)
+        # (Square keys no UpdateCustomer: sent again, it sets the same fields again.)
+        obj = await self._call(
+            "update_customer",
+            lambda: self._sq.customers.update(
+                req.provider_customer_id, **params, request_options=_NO_RETRIES
+            ),
+        )
+        return mapping.customer(self._part(obj, "customer"))
+
+    async def retrieve_customer(
+        self, req: RetrieveCustomer, *, idempotency_key: str
+    ) -> CustomerDetails:
+        obj = await self._call(
+            "retrieve_customer",
+            lambda: self._sq.customers.get(req.provider_customer_id, request_options=_NO_RETRIES),
+        )
+        return mapping.customer_details(self._part(obj, "customer"))
+
+    async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
+        # Keyless at Square: a retry after a lost answer meets NOT_FOUND, which the
+        # handler counts as deleted (as Stripe's DELETE).
+        await self._call(
+            "delete_customer",
+            lambda: self._sq.customers.delete(
+                req.provider_customer_id, request_options=_NO_RETRIES
+            ),
+        )
+        return CustomerResult(provider_customer_id=req.provider_customer_id, deleted=True)
+
+    # ---- cards -----------------------------------------------------------------------
+
+    async def attach_payment_method(
+        self, req: AttachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        obj = await self._call(
+            "attach_payment_method",
+            lambda: self._sq.cards.create(
+                idempotency_key=square_key(idempotency_key),
+                source_id=req.token,
+                card={"customer_id": req.provider_customer_id},
+                request_options=_NO_RETRIES,
+            ),
+        )
+        return mapping.card(self._part(obj, "card"))
+
+    async def detach_payment_method(
+        self, req: DetachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        card_id = req.provider_payment_method_id
+        now = await self._call(
+            "detach_payment_method",
+            lambda: self._sq.cards.get(card_id, request_options=_NO_RETRIES),
+        )
+        if self._part(now, "card").get("enabled") is False:
+            # Disabled before (or with its customer): as Stripe answers a detached one.
+            raise GatewayError(
+                ErrorCode.INVALID_STATE,
+                f"card {card_id!r} is disabled already",
+                provider=PROVIDER,
+                retryable=False,
+                http_status=400,
+            )
+        obj = await self._call(
+            "detach_payment_method",
+            lambda: self._sq.cards.disable(card_id, request_options=_NO_RETRIES),
+        )
+        return mapping.card(self._part(obj, "card"))
+
+    # ---- payments --------------------------------------------------------------------
+
+    async def create_payment(self, req: CreatePayment, *, idempotency_key: str) -> PaymentResult:
+        manual = req.capture_method is CaptureMethod.MANUAL
+        if manual and Capability.MANUAL_CAPTURE not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
+        # Sent: what Square keeps of a payment. The metadata stays paystream's own (a
+        # Square payment has none); a return_url has no use (no redirect step here).
+        params: dict[str, Any] = {
+            "source_id": req.provider_payment_method_id,
+            "amount_money": {"amount": req.amount.amount, "currency": req.amount.currency},
+            "autocomplete": not manual,
+            "location_id": self._location_id,
+        }
+        if req.provider_customer_id is not None:
+            params["customer_id"] = req.provider_customer_id
+        if req.description is not None:
+            params["note"] = req.description
+        if req.statement_descriptor is not None:
+            params["statement_description_identifier"] = req.statement_descriptor
+        obj = await self._call(
+            "create_payment",
+            lambda: self._sq.payments.create(
+                idempotency_key=square_key(idempotency_key), **params, request_options=_NO_RETRIES
+            ),
+        )
+        return mapping.payment(self._part(obj, "payment"))
+
+    async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
+        if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
+            # CompletePayment takes no amount: Square completes what it authorised.
+            raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
+        obj = await self._call(
+            "capture_payment",
+            lambda: self._sq.payments.complete(
+                req.provider_payment_id, request_options=_NO_RETRIES
+            ),
+        )
+        return mapping.payment(self._part(obj, "payment"))
+
+    async def cancel_payment(self, req: CancelPayment, *, idempotency_key: str) -> PaymentResult:
+        obj = await self._call(
+            "cancel_payment",
+            lambda: self._sq.payments.cancel(req.provider_payment_id, request_options=_NO_RETRIES),
+        )
+        return mapping.payment(self._part(obj, "payment"))
+
+    async def retrieve_payment(
+        self, req: RetrievePayment, *, idempotency_key: str
+    ) -> PaymentResult:
+        """The payment, and its disputes (newest first): Square opens a dispute by itself
+        later, and only ListDisputes finds it (it filters by location, not payment)."""
+        obj = await self._call(
+            "retrieve_payment",
+            lambda: self._sq.payments.get(req.provider_payment_id, request_options=_NO_RETRIES),
+        )
+        res = mapping.payment(self._part(obj, "payment"))
+        if Capability.DISPUTES not in self.capabilities or res.amount_captured == 0:
+            return res  # (only a completed payment can be disputed)
+        disputes = await self._disputes_of(res.provider_payment_id)
+        if not disputes:
+            return res
+        newest, *older = disputes
+        listed = (
+            mapping.dispute(newest),
+            *(mapping.dispute(d) for d in older if mapping.dispute_status(d.get("state"))),
+        )
+        return res.model_copy(update={"dispute": listed[0], "disputes": listed})
+
+    async def _disputes_of(self, payment_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(_DISPUTE_PAGES_MAX):
+            kwargs: dict[str, Any] = {"location_id": self._location_id}
+            if cursor:
+                kwargs["cursor"] = cursor
+            page = await self._call("retrieve_payment", _bind(self._list_disputes, kwargs))
+            for d in page.get("disputes") or []:
+                disputed = d.get("disputed_payment") if isinstance(d, Mapping) else None
+                if isinstance(disputed, Mapping) and disputed.get("payment_id") == payment_id:
+                    found.append(dict(d))
+            cursor = page.get("cursor")
+            if not cursor:
+                break
+        found.sort(key=lambda d: str(d.get("created_at") or ""), reverse=True)
+        return found
+
+    async def _list_disputes(self, **kwargs: Any) -> Any:
+        """One page of ListDisputes, as Square answers it (the SDK's pager reads on by
+        itself; one page at a time keeps the count of calls bounded)."""
+        pager = await self._sq.disputes.list(**kwargs, request_options=_NO_RETRIES)
+        response = getattr(pager, "response", None)
+        if response is not None:
+            return response
+        return {"disputes": [_dump(d) for d in (pager.items or [])], "cursor": None}
+
+    # ---- refunds ---------------------------------------------------------------------
+
+    async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult:
+        if OPERATION_CAPABILITY["create_refund"] not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, "create_refund")
+        key = square_key(idempotency_key)
+        if req.amount is not None:
+            return await self._refund(req, key, req.amount)
+        # RefundPayment needs an amount: "what is left" is read from the payment. Sent
+        # again after a first refund went through, what is left has changed and Square
+        # refuses the key with another amount: then each amount refunded on the payment
+        # is tried under the key, and only the very first request's body is answered
+        # (with its refund) by Square; no other body under the key can refund.
+        now = await self.retrieve_payment(
+            RetrievePayment(provider_payment_id=req.provider_payment_id),
+            idempotency_key=idempotency_key,
+        )
+        left = now.amount_captured - now.amount_refunded
+        try:
+            if left <= 0:
+                raise GatewayError(
+                    ErrorCode.INVALID_STATE,
+                    "nothing is left to refund on the payment",
+                    provider=PROVIDER,
+                    retryable=False,
+                    http_status=400,
+                )
+            return await self._refund(req, key, left)
+        except GatewayError as exc:
+            if exc.code not in (ErrorCode.IDEMPOTENCY_ERROR, ErrorCode.INVALID_STATE):
+                raise
+            for amount in await self._refunded_amounts(req.provider_payment_id):
+                try:
+                    return await self._refund(req, key, amount)
+                except GatewayError as again:
+                    if again.code is not ErrorCode.IDEMPOTENCY_ERROR:
+                        raise
+            raise
+
+    async def _refund(self, req: CreateRefund, key: str, amount: int) -> RefundResult:
+        payment = await self._call(
+            "create_refund",
+            lambda: self._sq.payments.get(req.provider_payment_id, request_options=_NO_RETRIES),
+        )
+        currency = str(self._part(payment, "payment").get("amount_money", {}).get("currency"))
+        params: dict[str, Any] = {
+            "payment_id": req.provider_payment_id,
+            "amount_money": {"amount": amount, "currency": currency},
+        }
+        if req.reason is not None:
+            params["reason"] = req.reason
+        obj = await self._call(
+            "create_refund",
+            lambda: self._sq.refunds.refund_payment(
+                idempotency_key=key, **params, request_options=_NO_RETRIES
+            ),
+        )
+        return mapping.refund(self._part(obj, "refund"))
+
+    async def _refunded_amounts(self, payment_id: str) -> list[int]:
+        obj = await self._call(
+            "create_refund",
+            lambda: self._sq.payments.get(payment_id, request_options=_NO_RETRIES),
+        )
+        amounts: list[int] = []
+        for refund_id in self._part(obj, "payment").get("refund_ids") or []:
+            got = await self._call(
+                "create_refund",
+                _bind(self._sq.refunds.get, {"refund_id": refund_id, **_OPTS}),
+            )
+            amount = int(self._part(got, "refund")["amount_money"]["amount"])
+            if amount not in amounts:
+                amounts.append(amount)
+        return amounts
+
+    async def retrieve_refund(self, req: RetrieveRefund, *, idempotency_key: str) -> RefundResult:
+        obj = await self._call(
+            "retrieve_refund",
+            lambda: self._sq.refunds.get(req.provider_refund_id, request_options=_NO_RETRIES),
+        )
+        return mapping.refund(self._part(obj, "refund"))
+
+    # ---- disputes --------------------------------------------------------------------
+
+    async def _dispute(self, operation: str, dispute_id: str) -> dict[str, Any]:
+        obj = await self._call(
+            operation, lambda: self._sq.disputes.get(dispute_id, request_options=_NO_RETRIES)
+        )
+        return self._part(obj, "dispute")
+
+    async def submit_dispute_evidence(
+        self, req: SubmitDisputeEvidence, *, idempotency_key: str
+    ) -> DisputeResult:
+        op = "submit_dispute_evidence"
+        dispute_id = req.provider_dispute_id
+        if OPERATION_CAPABILITY[op] not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, op)
+        current = await self._dispute(op, dispute_id)
+        if current.get("state") not in mapping.ANSWERABLE_STATES:
+            raise GatewayError(
+                ErrorCode.INVALID_STATE,
+                f"dispute {dispute_id!r} is {current.get('state')} and takes no evidence",
+                provider=PROVIDER,
+                retryable=False,
+                http_status=400,
+            )
+        # One text evidence per field, each under its own key (a redelivery adds none).
+        for name, text in sorted(req.evidence.items()):
+            params = {
+                "dispute_id": dispute_id,
+                "idempotency_key": square_key(idempotency_key, "evidence", name),
+                "evidence_type": mapping.evidence_type(name),
+                "evidence_text": f"{name}: {text}"[:500],
+                **_OPTS,
+            }
+            await self._call(op, _bind(self._sq.disputes.create_evidence_text, params))
+        if not req.submit:
+            return mapping.dispute(current)
+        obj = await self._call(
+            op,
+            lambda: self._sq.disputes.submit_evidence(dispute_id, request_options=_NO_RETRIES),
+        )
+        return mapping.dispute(self._part(obj, "dispute"))
+
+    async def accept_dispute(self, req: AcceptDispute, *, idempotency_key: str) -> DisputeResult:
+        op = "accept_dispute"
+        if OPERATION_CAPABILITY[op] not in self.capabilities:
+            raise UnsupportedOperation(PROVIDER, op)
+        current = await self._dispute(op, req.provider_dispute_id)
+        if current.get("state") == "ACCEPTED":
+            return mapping.dispute(current)  # (accepted before: a redelivery, keyless)
+        obj = await self._call(
+            op,
+            lambda: self._sq.disputes.accept(req.provider_dispute_id, request_options=_NO_RETRIES),
+        )
+        return mapping.dispute(self._part(obj, "dispute"))
+
+    async def knows_request(
+        self, operation: str, req: BaseModel, *, idempotency_key: str
+    ) -> bool | None:
+        """Square cannot say without acting: a request resent under the key is run."""
+        return None
+
+    async def aclose(self) -> None:
+        if self._http_client is not None:
+            await self._http_client.aclose()
