@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.pipeline",
     "tests.fixtures.localstripe",
     "tests.fixtures.redis_server",
+    "tests.fixtures.square_fake",
 ]

@@ -34,6 +34,7 @@ async def harness(
     """One gateway from GATEWAYS (parametrised indirectly by the contract suite)."""
     name: str = request.param
     url = request.getfixturevalue("localstripe_url") if name == "stripe" else ""
-    h = Harness(name, tenant_id, redis=redis_client, stripe_url=url)
+    square = request.getfixturevalue("square_url") if name == "square" else ""
+    h = Harness(name, tenant_id, redis=redis_client, stripe_url=url, square_url=square)
     yield h
     await h.aclose()

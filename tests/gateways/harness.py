@@ -15,12 +15,14 @@ from paystream.gateways.registry import GATEWAYS, GatewayDeps, build_gateway
 from paystream.gateways.simulator.gateway import SimulatorGateway
 from paystream.settings import load_settings
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
+from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
 
 __all__ = [
     "Harness",
     "decide_fake_dispute",
     "localstripe_token",
     "open_fake_dispute",
+    "open_square_dispute",
     "over_gateways",
 ]
 
@@ -42,13 +44,39 @@ _LOCALSTRIPE_TEST_NUMBERS = {
 }
 
 
-def over_gateways(localstripe_gap: str | None = None) -> pytest.MarkDecorator:
-    """Run a contract test on every gateway; a known localstripe gap is a strict xfail."""
+# Stripe's test-card token names → Square's Sandbox test payment tokens (nonces); any
+# other name is a card on file Square does not have (NOT_FOUND).
+_SQUARE_NONCES = {
+    "pm_card_visa": "cnon:card-nonce-ok",
+    "pm_card_mastercard": "cnon:card-nonce-ok",
+    "pm_card_createDispute": "cnon:card-nonce-ok",
+    "pm_card_visa_chargeDeclined": "cnon:card-nonce-declined",
+    "pm_card_chargeDeclined": "cnon:card-nonce-declined",
+    "pm_card_chargeCustomerFail": "cnon:card-nonce-declined",
+    "pm_card_chargeDeclinedIncorrectCvc": "cnon:card-nonce-rejected-cvv",
+    "pm_card_chargeDeclinedExpiredCard": "cnon:card-nonce-rejected-expiration",
+}
+
+
+def over_gateways(
+    localstripe_gap: str | None = None,
+    *,
+    square_lacks: str | None = None,
+    square_gap: str | None = None,
+) -> pytest.MarkDecorator:
+    """Run a contract test on every gateway; a known localstripe gap, or a gap of the
+    tests' FAKE Square, is a strict xfail. ``square_lacks``: Square has no such behaviour
+    at all: skipped there, with the reason (tests/gateways/square checks what Square's
+    gateway answers instead)."""
     params = []
     for name in sorted(GATEWAYS):
         marks = []
         if name == "stripe" and localstripe_gap:
             marks.append(pytest.mark.xfail(strict=True, reason=f"localstripe: {localstripe_gap}"))
+        if name == "square" and square_lacks:
+            marks.append(pytest.mark.skip(reason=f"Square: {square_lacks}"))
+        if name == "square" and square_gap:
+            marks.append(pytest.mark.xfail(strict=True, reason=f"square fake: {square_gap}"))
         params.append(pytest.param(name, marks=marks, id=name))
     return pytest.mark.parametrize("harness", params, indirect=True)
 
@@ -56,20 +84,39 @@ def over_gateways(localstripe_gap: str | None = None) -> pytest.MarkDecorator:
 class Harness:
     """A gateway for one fresh tenant, plus provider-side helpers per gateway."""
 
-    def __init__(self, name: str, tenant_id: str, *, redis: aredis.Redis, stripe_url: str) -> None:
-        if name not in ("simulator", "stripe"):
+    def __init__(
+        self,
+        name: str,
+        tenant_id: str,
+        *,
+        redis: aredis.Redis,
+        stripe_url: str,
+        square_url: str = "",
+    ) -> None:
+        if name not in ("simulator", "stripe", "square"):
             raise AssertionError(f"the contract harness does not know gateway {name!r} yet")
         self.name = name
         self.tenant_id = tenant_id
         self._redis = redis
         self._stripe_url = stripe_url
-        self._settings = load_settings(stripe_api_base=stripe_url or "http://127.0.0.1:1")
+        self._square_url = square_url
+        self._settings = load_settings(
+            stripe_api_base=stripe_url or "http://127.0.0.1:1",
+            square_api_base=square_url or "http://127.0.0.1:1",
+        )
+        # What the provider's test card shows (Square's Sandbox card is 4111 1111 1111
+        # 1111), and the reason its test dispute has (Square names its own).
+        self.visa_last4 = "1111" if name == "square" else "4242"
+        self.dispute_reason = "no_knowledge" if name == "square" else "fraudulent"
         self._built: list[PaymentGateway] = []
         self.gateway = self.build()
 
     def build(self, **options: Any) -> PaymentGateway:
         """Another gateway for the same tenant, with extra options."""
         credentials = {"api_key": SecretStr(LOCALSTRIPE_API_KEY)} if self.name == "stripe" else {}
+        if self.name == "square":
+            credentials = {"access_token": SecretStr(FAKE_SQUARE_TOKEN)}
+            options = {"location_id": FAKE_SQUARE_LOCATION, **options}
         ctx = GatewayContext(
             tenant_id=self.tenant_id, provider=self.name, credentials=credentials, options=options
         )
@@ -79,6 +126,8 @@ class Harness:
 
     async def token(self, name: str) -> str:
         """The provider token to use for a Stripe test-card token name."""
+        if self.name == "square":
+            return _SQUARE_NONCES.get(name, f"ccof:{name}")
         if self.name != "stripe":
             return name
         return await localstripe_token(self._stripe_url, name)
@@ -90,6 +139,8 @@ class Harness:
         if self.name == "simulator":
             assert payment.dispute is not None
             return payment.dispute.provider_dispute_id
+        if self.name == "square":
+            return await open_square_dispute(self._square_url, payment.provider_payment_id)
         await open_fake_dispute(self._stripe_url, payment.provider_payment_id)
         http = stripe.AIOHTTPClient()
         client = stripe.StripeClient(
@@ -130,6 +181,19 @@ class Harness:
     async def aclose(self) -> None:
         for gw in self._built:
             await gw.aclose()
+
+
+async def open_square_dispute(square_url: str, provider_payment_id: str, **fields: str) -> str:
+    """The cardholder disputes a Square payment, through the TEST-ONLY control route of
+    the FAKE Square (tests/fixtures/square_fake.py); the dispute's id."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{square_url}/_fake/disputes", json={"payment_id": provider_payment_id, **fields}
+        ) as resp,
+    ):
+        resp.raise_for_status()
+        return str((await resp.json())["dispute"]["id"])
 
 
 async def localstripe_token(stripe_url: str, name: str) -> str:

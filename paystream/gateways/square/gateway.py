@@ -459,7 +459,7 @@ class SquareGateway:
                 try:
                     return await self._refund(req, key, amount)
                 except GatewayError as again:
-                    if again.code is not ErrorCode.IDEMPOTENCY_ERROR:
+                    if again.retryable:
                         raise
             raise
 
