@@ -146,11 +146,11 @@ def map_square_answer(status: int | None, body: Any) -> GatewayError:
         ours, retryable = ErrorCode.TIMEOUT, True
     elif code in _UNAVAILABLE_CODES or (status or 0) >= 500 or category == "API_ERROR":
         ours, retryable = ErrorCode.PROVIDER_UNAVAILABLE, True
+    elif code in _PERMISSION_CODES or status == 403:
+        ours = ErrorCode.PERMISSION_DENIED
     elif code in _AUTH_CODES or status == 401 or category == "AUTHENTICATION_ERROR":
         ours = ErrorCode.AUTHENTICATION_FAILED
         detail = f"Square refused the tenant's access token (HTTP {status}): {code.lower()}"
-    elif code in _PERMISSION_CODES or status == 403:
-        ours = ErrorCode.PERMISSION_DENIED
     elif code in ("NOT_FOUND", "CUSTOMER_NOT_FOUND") or status == 404:
         ours = ErrorCode.NOT_FOUND
     elif code in STATE_CODES or status == 409:
