@@ -82,6 +82,8 @@ _NO_RETRIES: Any = {"max_retries": 0}
 # Pages of ListDisputes read for one payment's disputes (Square filters by location
 # and state, never by payment): past them the payment reads back without its disputes.
 _DISPUTE_PAGES_MAX = 10
+# CreateDisputeEvidenceText's evidence_text: at most 500 characters.
+_EVIDENCE_TEXT_MAX = 500
 
 
 _OPTS: dict[str, Any] = {"request_options": _NO_RETRIES}
@@ -111,8 +113,12 @@ def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
         raise ConfigurationError("the square capabilities option must be a list of names")
     try:
         narrowed = frozenset(Capability(n) for n in names)
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid square capabilities option: {exc}") from exc
+    except ValueError:
+        # (Not repeated: an access token pasted here would be echoed.)
+        raise ConfigurationError(
+            "the square capabilities option names an unknown capability; valid: "
+            + ", ".join(sorted(c.value for c in SQUARE_CAPABILITIES))
+        ) from None
     if not narrowed <= SQUARE_CAPABILITIES:
         extra = ", ".join(sorted(narrowed - SQUARE_CAPABILITIES))
         raise ConfigurationError(f"the square gateway cannot offer capabilities: {extra}")
@@ -234,6 +240,26 @@ class SquareGateway:
             error.unreadable_answer = True
             raise error
         return dict(part)
+
+    def _own(self, obj: dict[str, Any], kind: str, some_id: str) -> dict[str, Any]:
+        """``obj`` if it is this tenant's location's; another location's (another tenant
+        on the same Square seller) reads as not found, and nothing is done to it."""
+        if obj.get("location_id") not in (None, self._location_id):
+            raise GatewayError(
+                ErrorCode.NOT_FOUND,
+                f"{kind} {some_id!r} not found",
+                provider=PROVIDER,
+                retryable=False,
+                http_status=404,
+            )
+        return obj
+
+    async def _payment_now(self, operation: str, payment_id: str) -> dict[str, Any]:
+        obj = await self._call(
+            operation,
+            lambda: self._sq.payments.get(payment_id, request_options=_NO_RETRIES),
+        )
+        return self._own(self._part(obj, "payment"), "payment", payment_id)
 
     # ---- customers -------------------------------------------------------------------
 
@@ -360,6 +386,11 @@ class SquareGateway:
         if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
             # CompletePayment takes no amount: Square completes what it authorised.
             raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
+        now = await self._payment_now("capture_payment", req.provider_payment_id)
+        if now.get("status") == "COMPLETED":
+            # Keyless CompletePayment: completed already (this command's first request,
+            # its answer lost, or one before it): answered as it is, nothing moves.
+            return mapping.payment(now)
         obj = await self._call(
             "capture_payment",
             lambda: self._sq.payments.complete(
@@ -369,6 +400,9 @@ class SquareGateway:
         return mapping.payment(self._part(obj, "payment"))
 
     async def cancel_payment(self, req: CancelPayment, *, idempotency_key: str) -> PaymentResult:
+        now = await self._payment_now("cancel_payment", req.provider_payment_id)
+        if now.get("status") == "CANCELED":
+            return mapping.payment(now)  # (keyless CancelPayment, as capture)
         obj = await self._call(
             "cancel_payment",
             lambda: self._sq.payments.cancel(req.provider_payment_id, request_options=_NO_RETRIES),
@@ -380,11 +414,7 @@ class SquareGateway:
     ) -> PaymentResult:
         """The payment, and its disputes (newest first): Square opens a dispute by itself
         later, and only ListDisputes finds it (it filters by location, not payment)."""
-        obj = await self._call(
-            "retrieve_payment",
-            lambda: self._sq.payments.get(req.provider_payment_id, request_options=_NO_RETRIES),
-        )
-        res = mapping.payment(self._part(obj, "payment"))
+        res = mapping.payment(await self._payment_now("retrieve_payment", req.provider_payment_id))
         if Capability.DISPUTES not in self.capabilities or res.amount_captured == 0:
             return res  # (only a completed payment can be disputed)
         disputes = await self._disputes_of(res.provider_payment_id)
@@ -453,7 +483,10 @@ class SquareGateway:
                 )
             return await self._refund(req, key, left)
         except GatewayError as exc:
-            if exc.code not in (ErrorCode.IDEMPOTENCY_ERROR, ErrorCode.INVALID_STATE):
+            # Only where the key is spent (Square refused another body under it) or
+            # nothing is left (no body can refund): never after Square refused the key's
+            # first request, which a new body under it would run as a new refund.
+            if exc.code is not ErrorCode.IDEMPOTENCY_ERROR and left > 0:
                 raise
             for amount in await self._refunded_amounts(req.provider_payment_id):
                 try:
@@ -464,11 +497,8 @@ class SquareGateway:
             raise
 
     async def _refund(self, req: CreateRefund, key: str, amount: int) -> RefundResult:
-        payment = await self._call(
-            "create_refund",
-            lambda: self._sq.payments.get(req.provider_payment_id, request_options=_NO_RETRIES),
-        )
-        currency = str(self._part(payment, "payment").get("amount_money", {}).get("currency"))
+        payment = await self._payment_now("create_refund", req.provider_payment_id)
+        currency = str(payment.get("amount_money", {}).get("currency"))
         params: dict[str, Any] = {
             "payment_id": req.provider_payment_id,
             "amount_money": {"amount": amount, "currency": currency},
@@ -531,15 +561,20 @@ class SquareGateway:
                 http_status=400,
             )
         # One text evidence per field, each under its own key (a redelivery adds none).
+        # Square takes at most 500 characters a text: a longer one goes in parts, each
+        # under its own key (never cut: submitted, evidence cannot be added to).
         for name, text in sorted(req.evidence.items()):
-            params = {
-                "dispute_id": dispute_id,
-                "idempotency_key": square_key(idempotency_key, "evidence", name),
-                "evidence_type": mapping.evidence_type(name),
-                "evidence_text": f"{name}: {text}"[:500],
-                **_OPTS,
-            }
-            await self._call(op, _bind(self._sq.disputes.create_evidence_text, params))
+            whole = f"{name}: {text}"
+            for n, start in enumerate(range(0, len(whole), _EVIDENCE_TEXT_MAX)):
+                parts = ("evidence", name) if n == 0 else ("evidence", name, str(n))
+                params = {
+                    "dispute_id": dispute_id,
+                    "idempotency_key": square_key(idempotency_key, *parts),
+                    "evidence_type": mapping.evidence_type(name),
+                    "evidence_text": whole[start : start + _EVIDENCE_TEXT_MAX],
+                    **_OPTS,
+                }
+                await self._call(op, _bind(self._sq.disputes.create_evidence_text, params))
         if not req.submit:
             return mapping.dispute(current)
         obj = await self._call(

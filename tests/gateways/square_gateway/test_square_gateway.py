@@ -114,7 +114,9 @@ async def test_a_partial_capture_is_unsupported_and_the_whole_capture_goes_throu
     whole = CapturePayment(provider_payment_id=auth.provider_payment_id)
     done = await square.capture_payment(whole, idempotency_key=key())
     assert (done.status, done.amount_captured) == (PaymentStatus.SUCCEEDED, 3000)
-    await _expect(ErrorCode.INVALID_STATE, square.capture_payment(whole, idempotency_key=key()))
+    # Keyless at Square: asked again (a lost answer's retry), it reads back as it is.
+    again = await square.capture_payment(whole, idempotency_key=key())
+    assert (again.status, again.amount_captured) == (PaymentStatus.SUCCEEDED, 3000)
 
 
 async def test_customer_metadata_is_unsupported(square: SquareGateway) -> None:
