@@ -62,9 +62,16 @@ class PaystreamProcess:
         if not self.port_chosen:
             self._spawn()
             return self
-        # (Taken each time: as on a port given, the caller's wait says so.)
-        with contextlib.suppress(ServiceError):
-            on_a_free_port(self._start_bound, log_path=self.log_path, take_port=self._take_port)
+        try:
+            # (Taken each time: as on a port given, the caller's wait says so.)
+            with contextlib.suppress(ServiceError):
+                on_a_free_port(self._start_bound, log_path=self.log_path, take_port=self._take_port)
+        except BaseException:
+            # Interrupted while waiting for the bind (a test's timeout, Ctrl-C): `with`
+            # never reaches __exit__, so stop what was started here.
+            if self.proc is not None:
+                kill_process_group(self.proc, term_timeout=self.term_timeout)
+            raise
         return self
 
     def _spawn(self) -> None:
