@@ -644,6 +644,16 @@ class Settings(BaseSettings):
         description="PAYSTREAM_SQUARE_API_BASE: Square API address (its sandbox: "
         "https://connect.squareupsandbox.com; tests use their fake of Square).",
     )
+    webhook_base_url: str | None = Field(
+        default=None,
+        description="PAYSTREAM_WEBHOOK_BASE_URL: the public address providers post webhooks "
+        "to (the ingress or proxy in front of the workers, e.g. https://pay.example.com): a "
+        "Square tenant's notification URL is taken to be <this>/webhooks/square/<tenant> "
+        "unless its `webhook_url` option names it. Square signs that URL, as configured in "
+        "its subscription, with each notification: a URL other than the subscription's "
+        "fails every one as bad_signature. https:// (http:// only to this machine), no "
+        "query or fragment. Unset, Square tenants need the `webhook_url` option.",
+    )
 
     # --- tracing -----------------------------------------------------------------
     otel_exporter: TraceExporter = Field(
@@ -789,6 +799,28 @@ class Settings(BaseSettings):
             return value
         variable = f"PAYSTREAM_{(info.field_name or '').upper()}"
         raise ValueError(f"{variable} must be an https:// URL (http:// only to this machine)")
+
+    @field_validator("webhook_base_url")
+    @classmethod
+    def _webhook_base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        url = urlsplit(value)
+        problem = None
+        if not value.isascii() or not value.isprintable() or " " in value:
+            problem = "printable ASCII"
+        elif url.username is not None or url.password is not None:
+            problem = "no credentials"
+        elif url.query or url.fragment or "?" in value or "#" in value:
+            problem = "no query or fragment"
+        elif not (
+            (url.scheme == "https" and url.hostname)
+            or (url.scheme == "http" and is_loopback(url.hostname or ""))
+        ):
+            problem = "https:// (http:// only to this machine)"
+        if problem is not None:
+            raise ValueError(f"PAYSTREAM_WEBHOOK_BASE_URL must be a base URL: {problem}")
+        return value.rstrip("/")
 
     @field_validator("web_token", "ingress_token", "metrics_token", mode="before")
     @classmethod

@@ -312,9 +312,24 @@ def tenants_add(
         )
     if _webhooks_left_out(tenant.gateway, tenant.gateway_options, set(tenant.secrets)):
         click.echo(
-            "warning: the tenant has a webhook_secret but its capabilities leave out "
-            "webhooks: its provider webhooks will all be passed over (paystream tags none of "
-            "its payments or refunds with its own ids); add webhooks to --option capabilities",
+            f"warning: the tenant has a {_WEBHOOK_SECRETS[tenant.gateway]} but its "
+            "capabilities leave out webhooks: its provider webhooks will all be passed over "
+            "(paystream tags none of its payments or refunds with its own ids); add webhooks "
+            "to --option capabilities",
+            err=True,
+        )
+    if (
+        tenant.gateway == "square"
+        and "webhook_signature_key" in tenant.secrets
+        and not tenant.gateway_options.get("webhook_url")
+        and settings.webhook_base_url is None
+    ):
+        click.echo(
+            "warning: the tenant has a webhook_signature_key but no notification URL to "
+            "check Square's signatures over: give --option webhook_url=<the subscription's "
+            "notification URL, exactly> or set PAYSTREAM_WEBHOOK_BASE_URL on the workers "
+            "(until then its webhooks are answered 503, and Square sends them again for 72 "
+            "hours)",
             err=True,
         )
     _run(put_tenant_unless_changed(settings, known, tenant))
@@ -329,14 +344,19 @@ def tenants_add(
     click.echo(json.dumps(tenant.redacted(), sort_keys=True))
 
 
+# The secret that signs each provider's webhooks (web/webhooks.py).
+_WEBHOOK_SECRETS = {"stripe": "webhook_secret", "square": "webhook_signature_key"}
+
+
 def _webhooks_left_out(provider: str, options: dict[str, Any], secrets: set[str]) -> bool:
-    """A Stripe tenant given a webhook signing secret whose capabilities, narrowed, leave
-    out webhooks: without the capability no payment or refund carries paystream's ids,
-    so each webhook is taken for one paystream did not make (review h60a)."""
+    """A Stripe (or Square) tenant given a webhook signing secret whose capabilities,
+    narrowed, leave out webhooks: without the capability no payment or refund carries
+    paystream's ids, so each webhook is taken for one paystream did not make (review
+    h60a)."""
     names = options.get("capabilities")
     return (
-        provider == "stripe"
-        and "webhook_secret" in secrets
+        provider in _WEBHOOK_SECRETS
+        and _WEBHOOK_SECRETS[provider] in secrets
         and isinstance(names, list)
         and "webhooks" not in names
     )

@@ -85,6 +85,9 @@ KNOWN_SECRETS: dict[str, frozenset[str]] = {
     **REQUIRED_SECRETS,
     # The signing secret of the tenant's webhook endpoint (web/webhooks.py).
     "stripe": REQUIRED_SECRETS["stripe"] | {"webhook_secret"},
+    # The signature key of the tenant's webhook subscription (web/webhooks.py); with it the
+    # tenant's gateway has the webhooks capability.
+    "square": REQUIRED_SECRETS["square"] | {"webhook_signature_key"},
 }
 
 

@@ -1,4 +1,4 @@
-"""Provider webhooks: ``POST /webhooks/{provider}/{tenant}`` (Stripe).
+"""Provider webhooks: ``POST /webhooks/{provider}/{tenant}`` (Stripe, Square).
 
 A verified event about a payment paystream made becomes a ``payment.refresh`` command on
 the tenant's partition (one about a refund, a ``refund.refresh``), so the payment (or
@@ -17,6 +17,16 @@ charge's disputes). That read is made in the web server, so it is bounded (revie
 h72c): never for a suspended tenant (its refresh would be refused), at the tenant's own
 pace, a few at once per worker, for a few seconds; past any of them, or when Stripe
 cannot answer it, the event is answered 503 and Stripe sends it again.
+
+A Square event is read the same way (paystream/gateways/square/webhooks.py): its
+signature is over the subscription's notification URL and the body, the URL taken from
+configuration (the tenant's ``webhook_url`` option, else PAYSTREAM_WEBHOOK_BASE_URL +
+``/webhooks/square/<tenant>``: behind a proxy the worker never sees the URL Square
+posted to); its payment is named by the Square payment's reference_id, its refund by
+the end of the refund's reason, and a dispute's payment by the disputed Square payment,
+read with the tenant's key as a Stripe dispute's PaymentIntent is. Events of another
+location than the tenant's are ignored (Square's location ids are unique across sellers,
+so another seller's are too), as a Stripe endpoint ignores another account's.
 
 Any worker takes a webhook: the tenant registry is everywhere, and the payment's status
 is read where the tenant's tables are (forwarded to their owner, as the entity views
@@ -49,20 +59,23 @@ from paystream.errors import ConfigurationError
 from paystream.gateways.base import PaymentStatus
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.square import webhooks as square_webhooks
 from paystream.gateways.stripe.webhooks import (
     BODY_READ_SECONDS,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
     TOLERANCE_SECONDS,
-    BadWebhook,
-    DisputeNotice,
-    PaymentNotice,
-    RefundNotice,
     dispute_notice,
     disputed_payment_notice,
     payment_notice,
     refund_notice,
     verified_event,
+)
+from paystream.gateways.webhook_notices import (
+    BadWebhook,
+    DisputeNotice,
+    PaymentNotice,
+    RefundNotice,
 )
 from paystream.ids import derived_id
 from paystream.log_limits import ThrottledLog
@@ -87,8 +100,14 @@ __all__ = ["WebhookView"]
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
 
-PROVIDERS = frozenset({"stripe"})
-SECRET_NAME = "webhook_secret"  # noqa: S105 - the secret's name
+PROVIDERS = frozenset({"stripe", "square"})
+SECRET_NAME = "webhook_secret"  # noqa: S105 - the secret's name (Stripe's)
+# The tenant secret that signs each provider's events: a Stripe endpoint's signing
+# secret, a Square subscription's signature key.
+SECRET_NAMES = {"stripe": SECRET_NAME, "square": square_webhooks.SECRET_NAME}
+# The gateway method reading a disputed payment's provider object (whose metadata, or
+# reference_id, names paystream's payment).
+_DISPUTED_PAYMENT_READ = {"stripe": "read_payment_intent", "square": "read_payment"}
 
 
 class _Unavailable(Exception):
@@ -127,9 +146,21 @@ class WebhookView(View):
         except CryptoError as exc:
             _throttled.warning(
                 ("secret", tenant), "webhook for %s: its %s cannot be opened: %s",
-                tenant, SECRET_NAME, exc,
+                tenant, SECRET_NAMES[provider], exc,
             )  # fmt: skip
             return self._unavailable(provider, tenant, "the endpoint secret cannot be opened")
+        notification_url = _notification_url(found) if provider == "square" else None
+        if provider == "square" and notification_url is None:
+            # Nothing to check its signature over: never taken unsigned. Square sends it
+            # again (for 72 hours) once the URL is configured.
+            _throttled.warning(
+                ("notification url", tenant),
+                "webhook for %s: no notification URL is configured to check Square's "
+                "signature over: set the tenant's webhook_url option (the subscription's "
+                "URL, exactly) or PAYSTREAM_WEBHOOK_BASE_URL; answered 503",
+                tenant,
+            )  # fmt: skip
+            return self._unavailable(provider, tenant, "no notification URL is configured")
         try:
             body = await read_body(
                 cast(aiohttp.web.Request, request), MAX_BODY_BYTES, BODY_READ_SECONDS
@@ -141,18 +172,34 @@ class WebhookView(View):
         except (BodyUnreadable, ClientGone):
             return self._answer(provider, tenant, "bad_request", 400, _UNREADABLE)
         try:
-            event = verified_event(body, request.headers.get(SIGNATURE_HEADER), opened)
+            if notification_url is not None:
+                event = square_webhooks.verified_event(
+                    body,
+                    request.headers.get(square_webhooks.SIGNATURE_HEADER),
+                    opened,
+                    notification_url,
+                )
+            else:
+                event = verified_event(body, request.headers.get(SIGNATURE_HEADER), opened)
         except BadWebhook as exc:
+            if notification_url is not None:
+                # A notification URL other than the subscription's fails every event: the
+                # operator is told which one was used (the count alone looks like forgery).
+                _throttled.warning(
+                    ("bad signature", tenant),
+                    "webhook for %s: %s (checked over notification URL %s)",
+                    tenant, exc, notification_url,
+                )  # fmt: skip
             message = {"error": "bad_signature", "message": str(exc)}
             return self._answer(provider, tenant, "bad_signature", 400, message)
-        found_notice = payment_notice(event) or refund_notice(event) or dispute_notice(event)
+        found_notice = _notice(provider, tenant, event)
+        expected = _expected_account(provider, found)
+        where = "location" if provider == "square" else "account"
         notice: PaymentNotice | RefundNotice | None
         if isinstance(found_notice, DisputeNotice):
-            if found_notice.account is not None and found_notice.account != (
-                found.connected_account
-            ):
+            if found_notice.account is not None and found_notice.account != expected:
                 # (as for a payment's event, below: known before its PaymentIntent is read)
-                return self._ignored(provider, tenant, "another account's dispute")
+                return self._ignored(provider, tenant, f"another {where}'s dispute")
             if found.status is TenantStatus.SUSPENDED:
                 # As its refresh would be (below), before the read: a suspended tenant's
                 # key is not used for it, however often Stripe sends the event again.
@@ -173,11 +220,13 @@ class WebhookView(View):
         if notice.tenant_id != tenant:
             # One Stripe account behind several tenants sends each endpoint every event.
             return self._ignored(provider, tenant, f"another tenant's {what}")
-        if notice.account is not None and notice.account != found.connected_account:
+        if notice.account is not None and notice.account != expected:
             # A Connect endpoint hears every connected account's events (each names its
             # account): the tenant's payments are on its own (the platform's, with none).
-            # An account's own endpoint names none: its events are that account's.
-            return self._ignored(provider, tenant, f"another account's {what}")
+            # An account's own endpoint names none: its events are that account's. (A
+            # Square subscription hears every location's, of every seller that authorised
+            # the application: the tenant's are its location's.)
+            return self._ignored(provider, tenant, f"another {where}'s {what}")
         command = _refresh(provider, tenant, notice)
         if command is None:
             # (metadata can be edited in the provider's dashboard)
@@ -330,17 +379,53 @@ LOOKUPS_PER_REFRESH = 4
 
 def _endpoint_secret(tenant: Tenant | None, provider: str) -> Callable[[], str] | None:
     """How to open the tenant's endpoint secret, if it has one for ``provider``."""
-    if tenant is None or tenant.gateway != provider or SECRET_NAME not in tenant.secrets:
+    name = SECRET_NAMES.get(provider, SECRET_NAME)
+    if tenant is None or tenant.gateway != provider or name not in tenant.secrets:
         return None
     opener = _opener()
     if opener is None:  # no master key: no sealed secret can be opened (doctor says so)
         return None
 
     def opened() -> str:
-        value: SecretStr = opener(tenant, SECRET_NAME)
+        value: SecretStr = opener(tenant, name)
         return value.get_secret_value()
 
     return opened
+
+
+def _notification_url(tenant: Tenant) -> str | None:
+    """The URL a Square tenant's subscription posts to, as configured at Square (and
+    signed over): its ``webhook_url`` option, else PAYSTREAM_WEBHOOK_BASE_URL with the
+    route's path; None when neither is set."""
+    own = tenant.gateway_options.get("webhook_url")
+    if isinstance(own, str) and own:
+        return own
+    base = getattr(settings, "webhook_base_url", None)
+    if not base:
+        return None
+    return f"{base.rstrip('/')}/webhooks/square/{quote(tenant.tenant_id, safe='')}"
+
+
+def _notice(
+    provider: str, tenant: str, event: dict[str, Any]
+) -> PaymentNotice | RefundNotice | DisputeNotice | None:
+    """What a verified event says of the tenant's payment, refund or dispute."""
+    if provider == "square":
+        return (
+            square_webhooks.payment_notice(event, tenant)
+            or square_webhooks.refund_notice(event, tenant)
+            or square_webhooks.dispute_notice(event)
+        )
+    return payment_notice(event) or refund_notice(event) or dispute_notice(event)
+
+
+def _expected_account(provider: str, tenant: Tenant) -> str | None:
+    """What a notice's ``account`` must be for the event to be the tenant's: a Stripe
+    tenant's connected account (None: the platform's own), a Square tenant's location."""
+    if provider == "square":
+        location = tenant.gateway_options.get("location_id")
+        return location if isinstance(location, str) else ""
+    return tenant.connected_account
 
 
 @functools.cache
@@ -504,9 +589,9 @@ async def _read_disputed_payment(
     try:
         async with asyncio.timeout(DISPUTE_READ_SECONDS):
             gateway = pool.get(tenant)
-            read = getattr(gateway, "read_payment_intent", None)
+            read = getattr(gateway, _DISPUTED_PAYMENT_READ.get(provider, ""), None)
             if read is None:
-                return None  # (not a Stripe gateway: no PaymentIntent to read)
+                return None  # (not the provider's gateway: nothing to read)
             payment_intent = await read(notice.provider_payment_id)
     except (GatewayError, TimeoutError) as exc:
         if isinstance(exc, GatewayError) and exc.code is ErrorCode.NOT_FOUND:
@@ -537,6 +622,8 @@ async def _read_disputed_payment(
     finally:
         await pool.aclose()
     metrics.WEBHOOK_DISPUTE_READS_SUCCEEDED.labels(provider, tenant.tenant_id).inc()
+    if provider == "square":
+        return square_webhooks.disputed_payment_notice(notice, payment_intent, tenant.tenant_id)
     return disputed_payment_notice(notice, payment_intent)
 
 

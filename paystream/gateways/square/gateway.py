@@ -12,9 +12,11 @@ itself where it can be told apart (docs/square.md)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pydantic
@@ -46,6 +48,8 @@ from paystream.gateways.base import (
     RetrieveRefund,
     SubmitDisputeEvidence,
     UpdateCustomer,
+    read_payment_ref,
+    read_refund_ref,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
@@ -55,12 +59,31 @@ from paystream.gateways.square.errors import (
     map_square_answer,
     map_transport_error,
 )
+from paystream.gateways.square.webhooks import (
+    REFERENCE_ID_MAX,
+    payment_reference,
+    refund_reason,
+)
+from paystream.log_limits import ThrottledLog
+from paystream.settings import is_loopback
 
-__all__ = ["SQUARE_CAPABILITIES", "SQUARE_OPTIONS", "SquareGateway", "square_key"]
+__all__ = [
+    "SQUARE_CAPABILITIES",
+    "SQUARE_OPTIONS",
+    "WEBHOOK_SECRET",
+    "SquareGateway",
+    "notification_url_problem",
+    "square_key",
+]
+
+log = logging.getLogger(__name__)
+_throttled = ThrottledLog(log)
 
 # What Square offers through the calls this gateway makes. No PARTIAL_CAPTURE:
-# CompletePayment completes the whole authorised amount (it takes no amount). No
-# WEBHOOKS yet: a Square payment has no metadata to carry paystream's reference.
+# CompletePayment completes the whole authorised amount (it takes no amount). WEBHOOKS
+# only for a tenant with a webhook signature key (its_capabilities): then its payments
+# carry paystream's reference in their reference_id, its refunds at the end of their
+# reason (paystream/gateways/square/webhooks.py).
 SQUARE_CAPABILITIES = frozenset(
     {
         Capability.CUSTOMERS,
@@ -69,11 +92,16 @@ SQUARE_CAPABILITIES = frozenset(
         Capability.MANUAL_CAPTURE,
         Capability.REFUNDS,
         Capability.DISPUTES,
+        Capability.WEBHOOKS,
     }
 )
+# The secret that turns WEBHOOKS on: the tenant's subscription's signature key.
+WEBHOOK_SECRET = "webhook_signature_key"  # noqa: S105 - the secret's name
 
 # Tenant gateway options the Square gateway reads; anything else is a mistake.
-SQUARE_OPTIONS = frozenset({"location_id", "capabilities"})
+# (``webhook_url``: the notification URL of the tenant's webhook subscription, exactly as
+# configured at Square; read by web/webhooks.py, which checks signatures over it.)
+SQUARE_OPTIONS = frozenset({"location_id", "capabilities", "webhook_url"})
 # Square's location ids: letters and digits ("L" and 12 more in practice).
 _LOCATION_ID = re.compile(r"[A-Za-z0-9]{4,32}")
 # At most 45 characters in every idempotency key this gateway sends.
@@ -105,10 +133,12 @@ def square_key(idempotency_key: str, *parts: str) -> str:
     return "ps-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
+def _capabilities(options: Mapping[str, Any], webhooks: bool = True) -> frozenset[Capability]:
+    """The tenant's capabilities: Square's (WEBHOOKS only with ``webhooks``: the tenant has
+    a signature key), or as the ``capabilities`` option narrows them."""
     names = options.get("capabilities")
     if names is None:
-        return SQUARE_CAPABILITIES
+        return SQUARE_CAPABILITIES if webhooks else SQUARE_CAPABILITIES - {Capability.WEBHOOKS}
     if not isinstance(names, list | tuple):
         raise ConfigurationError("the square capabilities option must be a list of names")
     try:
@@ -146,7 +176,37 @@ def validate_options(options: Mapping[str, Any]) -> None:
         )
     if _LOCATION_ID.fullmatch(location) is None:
         raise ConfigurationError("location_id must be a Square location id (letters and digits)")
+    url = options.get("webhook_url")
+    if url is not None:
+        problem = notification_url_problem(url)
+        if problem is not None:
+            raise ConfigurationError(f"webhook_url {problem}")
     _capabilities(options)
+
+
+def notification_url_problem(url: Any) -> str | None:
+    """Why ``url`` cannot be a webhook subscription's notification URL, or None. Square
+    posts to https:// URLs; http:// is taken for this machine only (the tests). Kept as
+    given (Square signs the URL as configured, byte for byte): no credentials, no
+    fragment, no spaces or control characters."""
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        return "must be a URL (the subscription's notification URL, as configured at Square)"
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return "must be a URL of printable ASCII, as Square's subscription shows it"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - (raises for a port out of range)
+    except ValueError:
+        return "has an invalid port"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials"
+    if parts.fragment or url.endswith("#"):
+        return "must not have a #fragment"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and is_loopback(parts.hostname or ""):
+        return None
+    return "must be an https:// URL (http:// only to this machine)"
 
 
 def _dump(obj: Any) -> dict[str, Any]:
@@ -168,11 +228,13 @@ class SquareGateway:
         location_id: str,
         capabilities: frozenset[Capability] = SQUARE_CAPABILITIES,
         http_client: httpx.AsyncClient | None = None,
+        tenant_id: str = "",
     ) -> None:
         self.capabilities = capabilities
         self._sq: Any = client
         self._location_id = location_id
         self._http_client = http_client
+        self._tenant_id = tenant_id
 
     @classmethod
     def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> SquareGateway:
@@ -199,8 +261,9 @@ class SquareGateway:
         return cls(
             client,
             location_id=str(ctx.options["location_id"]),
-            capabilities=_capabilities(ctx.options),
+            capabilities=_capabilities(ctx.options, WEBHOOK_SECRET in ctx.credentials),
             http_client=http_client,
+            tenant_id=ctx.tenant_id,
         )
 
     async def _call(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
@@ -374,6 +437,21 @@ class SquareGateway:
             params["note"] = req.description
         if req.statement_descriptor is not None:
             params["statement_description_identifier"] = req.statement_descriptor
+        ref = read_payment_ref(req.metadata)
+        if ref is not None:
+            # (Only for a WEBHOOKS tenant: the handler adds it then. A payment id too long
+            # for Square's 40 characters goes without: read back by payment.refresh.)
+            reference = payment_reference(*ref)
+            if reference is not None:
+                params["reference_id"] = reference
+            else:
+                _throttled.warning(
+                    ("no reference", ref[0]),
+                    "tenant %s: payment ids over %d characters are not named at Square "
+                    "(reference_id holds 40): webhooks will not find them; send "
+                    "payment.refresh for their disputes",
+                    ref[0], REFERENCE_ID_MAX - 9,
+                )  # fmt: skip
         obj = await self._call(
             "create_payment",
             lambda: self._sq.payments.create(
@@ -503,7 +581,12 @@ class SquareGateway:
             "payment_id": req.provider_payment_id,
             "amount_money": {"amount": amount, "currency": currency},
         }
-        if req.reason is not None:
+        ref = read_refund_ref(req.metadata)
+        if ref is not None:
+            # A Square refund has no reference: paystream's is named at the end of its
+            # reason (only for a WEBHOOKS tenant: the handler adds it then).
+            params["reason"] = refund_reason(req.reason, *ref)
+        elif req.reason is not None:
             params["reason"] = req.reason
         obj = await self._call(
             "create_refund",
@@ -595,6 +678,15 @@ class SquareGateway:
             lambda: self._sq.disputes.accept(req.provider_dispute_id, request_options=_NO_RETRIES),
         )
         return mapping.dispute(self._part(obj, "dispute"))
+
+    async def read_payment(self, provider_payment_id: str) -> dict[str, Any]:
+        """The Square payment as Square answers it (its reference_id names paystream's
+        payment): a dispute event's, read by web/webhooks.py."""
+        obj = await self._call(
+            "retrieve_payment",
+            lambda: self._sq.payments.get(provider_payment_id, request_options=_NO_RETRIES),
+        )
+        return self._part(obj, "payment")
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

@@ -35,7 +35,9 @@ __all__ = [
     "dispute_status",
     "evidence_type",
     "payment",
+    "payment_status",
     "refund",
+    "refund_status",
 ]
 
 _PAYMENT_STATUS = {
@@ -184,6 +186,16 @@ def refund(obj: Mapping[str, Any]) -> RefundResult:
         amount=_money(obj.get("amount_money")),
         failure_code=str(obj["status"]).lower() if status is RefundStatus.FAILED else None,
     )
+
+
+def payment_status(status: Any) -> PaymentStatus | None:
+    """paystream's status for a Square payment status; None for one this version does not know."""
+    return _PAYMENT_STATUS.get(status) if isinstance(status, str) else None
+
+
+def refund_status(status: Any) -> RefundStatus | None:
+    """paystream's status for a Square refund status; None for one this version does not know."""
+    return _REFUND_STATUS.get(status) if isinstance(status, str) else None
 
 
 def dispute_status(state: Any) -> DisputeStatus | None:

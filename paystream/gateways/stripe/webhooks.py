@@ -12,18 +12,22 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import stripe
 
-from paystream.errors import PaystreamError
 from paystream.gateways.base import read_payment_ref, read_refund_ref
 from paystream.gateways.stripe.mapping import (
     dispute_status,
     evidence_due_by,
     payment_status,
     refund_status,
+)
+from paystream.gateways.webhook_notices import (
+    BadWebhook,
+    DisputeNotice,
+    PaymentNotice,
+    RefundNotice,
 )
 from paystream.streams.codec import valid_unicode
 
@@ -87,62 +91,6 @@ FOLLOWED_DISPUTE_EVENTS = frozenset(
         "charge.dispute.funds_reinstated",
     }
 )
-
-
-class BadWebhook(PaystreamError):
-    """Not a webhook Stripe signed with the tenant's endpoint secret (or not JSON)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentNotice:
-    """A followed event about a payment that names paystream's payment in its metadata."""
-
-    event_id: str
-    event_type: str
-    tenant_id: str  # as the payment's metadata names them
-    payment_id: str
-    provider_payment_id: str
-    status: str | None  # paystream's name for the PaymentIntent's status in the event
-    account: str | None  # the connected account it happened on (a Connect endpoint's)
-    created: int | None = None  # when Stripe made the event (unix seconds), if it says
-    # A dispute event's (disputed_payment_notice): the dispute it is about, its status
-    # in the event (paystream's name; None for one this version does not know) and its
-    # evidence deadline there (epoch seconds; None for none).
-    provider_dispute_id: str | None = None
-    dispute_status: str | None = None
-    dispute_due_by: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DisputeNotice:
-    """A followed event about a dispute of a PaymentIntent's charge: whose payment it is
-    only that PaymentIntent's metadata says (disputed_payment_notice)."""
-
-    event_id: str
-    event_type: str
-    provider_dispute_id: str
-    provider_payment_id: str  # the disputed charge's PaymentIntent
-    status: str | None  # paystream's name for the dispute's status in the event
-    account: str | None  # the connected account it happened on (a Connect endpoint's)
-    created: int | None = None  # when Stripe made the event (unix seconds), if it says
-    # Its ``evidence_details.due_by`` (epoch seconds; None for none, or one not read as a
-    # date): a later one than paystream holds is a new response window (an inquiry
-    # escalated to a chargeback, a decision appealed), never the same news again.
-    evidence_due_by: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RefundNotice:
-    """A followed event about a refund that names paystream's refund in its metadata."""
-
-    event_id: str
-    event_type: str
-    tenant_id: str  # as the refund's metadata names them
-    refund_id: str
-    provider_refund_id: str
-    status: str | None  # paystream's name for the refund's status in the event
-    account: str | None  # the connected account it happened on (a Connect endpoint's)
-    created: int | None = None  # when Stripe made the event (unix seconds), if it says
 
 
 def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""What a provider's verified webhook event says, in paystream's terms (Stripe's and
+Square's alike: paystream/gateways/stripe/webhooks.py, paystream/gateways/square/webhooks.py):
+the payment, refund or dispute it is about, for the webhook endpoint (web/webhooks.py) to
+refresh. A webhook is a hint, never a record to apply: the refresh reads the provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paystream.errors import PaystreamError
+
+__all__ = ["BadWebhook", "DisputeNotice", "PaymentNotice", "RefundNotice"]
+
+
+class BadWebhook(PaystreamError):
+    """Not a webhook its provider signed with the tenant's secret (or not a JSON object)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentNotice:
+    """A followed event about a payment that names paystream's payment (in its metadata at
+    Stripe, its reference_id at Square)."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the payment's metadata names them
+    payment_id: str
+    provider_payment_id: str
+    status: str | None  # paystream's name for the PaymentIntent's status in the event
+    # The connected account it happened on (a Stripe Connect endpoint's); at Square, the
+    # location (each tenant takes one location's payments).
+    account: str | None
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
+    # A dispute event's (disputed_payment_notice): the dispute it is about, its status
+    # in the event (paystream's name; None for one this version does not know) and its
+    # evidence deadline there (epoch seconds; None for none).
+    provider_dispute_id: str | None = None
+    dispute_status: str | None = None
+    dispute_due_by: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeNotice:
+    """A followed event about a dispute of a PaymentIntent's charge: whose payment it is
+    only that PaymentIntent's metadata says (disputed_payment_notice)."""
+
+    event_id: str
+    event_type: str
+    provider_dispute_id: str
+    provider_payment_id: str  # the disputed charge's PaymentIntent
+    status: str | None  # paystream's name for the dispute's status in the event
+    # The connected account it happened on (a Stripe Connect endpoint's); at Square, the
+    # location (each tenant takes one location's payments).
+    account: str | None
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
+    # Its ``evidence_details.due_by`` (epoch seconds; None for none, or one not read as a
+    # date): a later one than paystream holds is a new response window (an inquiry
+    # escalated to a chargeback, a decision appealed), never the same news again.
+    evidence_due_by: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundNotice:
+    """A followed event about a refund that names paystream's refund in its metadata."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the refund's metadata names them
+    refund_id: str
+    provider_refund_id: str
+    status: str | None  # paystream's name for the refund's status in the event
+    # The connected account it happened on (a Stripe Connect endpoint's); at Square, the
+    # location (each tenant takes one location's payments).
+    account: str | None
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
