@@ -1,0 +1,245 @@
+"""Square webhooks into a real worker: `POST /webhooks/square/{tenant}`.
+
+The tests' FAKE Square (tests/fixtures/square_fake.py) keeps the payments and disputes
+and sends the notifications, signed as Square documents (the subscription's signature
+key over its notification URL and the body). The tenant is registered the documented
+way (``paystream tenants add`` with ``--secret webhook_signature_key`` and
+``--option webhook_url=``): its notification URL is a public one, as behind an ingress,
+not the worker's own address, where the fake posts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from paystream.client import PaystreamClient
+from paystream.ids import derived_id
+from paystream.tenancy.crypto import MasterKey
+from tests.fixtures.pipeline import Deployment
+from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+MASTER = MasterKey.generate()
+MASTER_B64 = base64.b64encode(MASTER.key).decode()
+TENANT = "hooked"
+SIGNATURE_KEY = f"sqsig-{uuid.uuid4().hex}"
+# The subscription's notification URL at Square: the public address in front of the
+# workers (an ingress), never the worker's own.
+PUBLIC_URL = f"https://pay.example.com/webhooks/square/{TENANT}"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def deployed(
+    deployment_factory: Any, square_url: str
+) -> AsyncIterator[tuple[Deployment, str]]:
+    dep: Deployment = await deployment_factory(
+        paystream_square_api_base=square_url, paystream_master_key=MASTER_B64
+    )
+    with dep.worker() as worker:
+        args = ["tenants", "add", TENANT, "--gateway", "square",
+                "--secret", "access_token", "--secret", "webhook_signature_key",
+                "--option", f"location_id={FAKE_SQUARE_LOCATION}",
+                "--option", f"webhook_url={PUBLIC_URL}"]  # fmt: skip
+        env = {**os.environ, **dep.env, "PAYSTREAM_SECRET_ACCESS_TOKEN": FAKE_SQUARE_TOKEN,
+               "PAYSTREAM_SECRET_WEBHOOK_SIGNATURE_KEY": SIGNATURE_KEY}  # fmt: skip
+        cli = subprocess.run(
+            [sys.executable, "-m", "paystream", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert SIGNATURE_KEY not in cli.stdout + cli.stderr
+        worker.wait_ready([TENANT], partitions=dep.settings.partitions)
+        yield dep, worker.base_url
+    log = worker.log_path.read_text(errors="replace")
+    assert SIGNATURE_KEY not in log and FAKE_SQUARE_TOKEN not in log
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def client(deployed: tuple[Deployment, str]) -> AsyncIterator[PaystreamClient]:
+    async with deployed[0].client() as c:
+        yield c
+
+
+def outcome(event: Any) -> str:
+    return str(event.get_type()).removeprefix("com.paystream.")
+
+
+async def fake(square_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{square_url}{path}", json=body or {}) as resp,
+    ):
+        answer = await resp.json()
+        assert resp.status == 200, answer
+        return answer
+
+
+async def notify(
+    square_url: str, base_url: str, event_type: str, object_id: str, **more: Any
+) -> tuple[str, int, Any]:
+    """The fake Square's notification about ``object_id``, signed over the tenant's
+    notification URL, posted to the worker: (event id, status, answer)."""
+    event_id = str(uuid.uuid4())
+    sent = await fake(
+        square_url,
+        "/_fake/webhooks",
+        {
+            "type": event_type,
+            "id": object_id,
+            "event_id": event_id,
+            "url": PUBLIC_URL,
+            "post_to": f"{base_url}/webhooks/square/{TENANT}",
+            "signature_key": SIGNATURE_KEY,
+            **more,
+        },
+    )
+    return event_id, sent["status"], sent["body"]
+
+
+async def square_payment(square_url: str, payment_id: str) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {FAKE_SQUARE_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{square_url}/v2/payments/{payment_id}", headers=auth) as resp,
+    ):
+        return dict((await resp.json())["payment"])
+
+
+async def test_a_square_dispute_arrives_by_webhook_and_is_answered(
+    deployed: tuple[Deployment, str], client: PaystreamClient, square_url: str
+) -> None:
+    """The cardholder disputes the payment: Square's dispute.created, posted to the
+    worker, becomes the payment's refresh, whose outcome records the dispute; the
+    tenant answers it with evidence."""
+    _, base_url = deployed
+    paid = await client.command(
+        "payment.create",
+        TENANT,
+        {"amount": 2500, "currency": "USD", "payment_method_token": "cnon:card-nonce-ok"},
+    )
+    assert outcome(paid) == "payment.succeeded", paid.get_data()
+    pay = paid.get_data()["object"]
+    at_square = await square_payment(square_url, pay["provider_payment_id"])
+    tag = hashlib.sha256(TENANT.encode()).hexdigest()[:8]
+    assert at_square["reference_id"] == f"{tag}:{pay['id']}"
+
+    opened = await fake(square_url, "/_fake/disputes", {"payment_id": pay["provider_payment_id"]})
+    provider_dispute = opened["dispute"]["id"]
+    event_id = str(uuid.uuid4())
+    expected = client.expect(TENANT, derived_id("whk", "square", TENANT, event_id))
+    _, status, answer = await notify(
+        square_url, base_url, "dispute.created", provider_dispute, event_id=event_id
+    )
+    assert (status, answer.get("action")) == (200, "refresh"), answer
+    found = await asyncio.wait_for(expected, 60)
+    assert outcome(found) == "payment.succeeded", found.get_data()
+    [related] = found.get_data()["related"]
+    dispute = related["object"]
+    assert (dispute["provider_dispute_id"], dispute["status"], dispute["payment_id"]) == (
+        provider_dispute,
+        "needs_response",
+        pay["id"],
+    )
+    assert dispute["evidence_due_by"] is not None
+
+    # Sent again (Square's retry): the dispute is recorded as the event has it.
+    _, status, answer = await notify(square_url, base_url, "dispute.created", provider_dispute)
+    assert (status, answer.get("why")) == (200, "the dispute is needs_response already"), answer
+
+    answered = await client.command(
+        "dispute.submit_evidence",
+        TENANT,
+        {"dispute_id": dispute["id"], "evidence": {"uncategorized_text": "delivered"}},
+    )
+    assert outcome(answered) == "dispute.evidence_submitted", answered.get_data()
+    assert answered.get_data()["object"]["status"] == "under_review"
+
+    # The bank decides: dispute.state.changed is read back the same way.
+    await fake(square_url, f"/_fake/disputes/{provider_dispute}/decide", {"state": "WON"})
+    event_id = str(uuid.uuid4())
+    expected = client.expect(TENANT, derived_id("whk", "square", TENANT, event_id))
+    _, status, answer = await notify(
+        square_url, base_url, "dispute.state.changed", provider_dispute, event_id=event_id
+    )
+    assert (status, answer.get("action")) == (200, "refresh"), answer
+    decided = await asyncio.wait_for(expected, 60)
+    [related] = decided.get_data()["related"]
+    assert (related["entity_id"], related["object"]["status"]) == (dispute["id"], "won")
+
+
+async def test_an_authorisation_square_voided_is_canceled_by_its_payment_updated(
+    deployed: tuple[Deployment, str], client: PaystreamClient, square_url: str
+) -> None:
+    _, base_url = deployed
+    held = await client.command(
+        "payment.create",
+        TENANT,
+        {
+            "amount": 1200,
+            "currency": "USD",
+            "payment_method_token": "cnon:card-nonce-ok",
+            "capture": "manual",
+        },
+    )
+    assert outcome(held) == "payment.authorized", held.get_data()
+    pay = held.get_data()["object"]
+    # Not completed within its delay: Square voids it, and says so.
+    await fake(square_url, f"/_fake/payments/{pay['provider_payment_id']}/lapse")
+    event_id = str(uuid.uuid4())
+    expected = client.expect(TENANT, derived_id("whk", "square", TENANT, event_id))
+    _, status, answer = await notify(
+        square_url, base_url, "payment.updated", pay["provider_payment_id"], event_id=event_id
+    )
+    assert (status, answer.get("action")) == (200, "refresh"), answer
+    moved = await asyncio.wait_for(expected, 60)
+    assert outcome(moved) == "payment.canceled", moved.get_data()
+    assert moved.get_data()["previous_status"] == "authorized"
+    assert moved.get_data()["object"]["status"] == "canceled"
+
+
+async def test_a_refund_is_found_from_its_event_and_a_wrong_url_fails_the_signature(
+    deployed: tuple[Deployment, str], client: PaystreamClient, square_url: str
+) -> None:
+    _, base_url = deployed
+    paid = await client.command(
+        "payment.create",
+        TENANT,
+        {"amount": 900, "currency": "USD", "payment_method_token": "cnon:card-nonce-ok"},
+    )
+    pay = paid.get_data()["object"]
+    refunded = await client.command(
+        "refund.create", TENANT, {"payment_id": pay["id"], "reason": "requested_by_customer"}
+    )
+    assert outcome(refunded) == "refund.succeeded", refunded.get_data()
+    refund = refunded.get_data()["object"]
+    # Found by the reference at the end of its reason: what paystream holds already.
+    _, status, answer = await notify(
+        square_url, base_url, "refund.updated", refund["provider_refund_id"]
+    )
+    assert (status, answer.get("why")) == (200, "the refund is succeeded already"), answer
+
+    # Signed over another URL (the worker's own, not the subscription's): refused.
+    _, status, answer = await notify(
+        square_url,
+        base_url,
+        "payment.updated",
+        pay["provider_payment_id"],
+        url=f"{base_url}/webhooks/square/{TENANT}",
+    )
+    assert (status, answer.get("error")) == (400, "bad_signature"), answer
