@@ -24,6 +24,15 @@ from pydantic.json_schema import JsonSchemaMode
 from paystream import __version__
 from paystream.agents import handlers, pipeline
 from paystream.gateways.base import DisputeStatus, PaymentStatus, RefundStatus
+from paystream.gateways.square.webhooks import (
+    FOLLOWED_DISPUTE_EVENTS as SQUARE_FOLLOWED_DISPUTE_EVENTS,
+)
+from paystream.gateways.square.webhooks import (
+    FOLLOWED_PAYMENT_EVENTS as SQUARE_FOLLOWED_PAYMENT_EVENTS,
+)
+from paystream.gateways.square.webhooks import (
+    FOLLOWED_REFUND_EVENTS as SQUARE_FOLLOWED_REFUND_EVENTS,
+)
 from paystream.gateways.stripe.webhooks import BODY_READ_SECONDS as WEBHOOK_BODY_SECONDS
 from paystream.gateways.stripe.webhooks import FOLLOWED_EVENTS as STRIPE_FOLLOWED_EVENTS
 from paystream.gateways.stripe.webhooks import (
@@ -1625,7 +1634,9 @@ def openapi() -> Doc:
         "/webhooks/{provider}/{tenant}": {
             "post": {
                 "summary": "A provider's signed webhook event (Stripe: its `Stripe-Signature` "
-                "under the tenant's `webhook_secret`, within 5 minutes): an event about a "
+                "under the tenant's `webhook_secret`, within 5 minutes; Square: its "
+                "`x-square-hmacsha256-signature` under the tenant's `webhook_signature_key` "
+                "over its configured notification URL and the body): an event about a "
                 "payment paystream made that may have moved on becomes a `payment.refresh` "
                 "command on the tenant's partition (one about a refund, a `refund.refresh`).",
                 "description": "Open without the operators' token: the signature is the "
@@ -1638,7 +1649,19 @@ def openapi() -> Doc:
                 "paystream sets on the payments and refunds it creates "
                 "(unless the producer's metadata already holds 50 keys). The refresh is "
                 "sealed as paystream's own: it is neither checked against the tenant's "
-                "rate limit nor spends its tokens.",
+                "rate limit nor spends its tokens. Followed Square events: "
+                + ", ".join(
+                    f"`{e}`"
+                    for e in sorted(
+                        SQUARE_FOLLOWED_PAYMENT_EVENTS
+                        | SQUARE_FOLLOWED_REFUND_EVENTS
+                        | SQUARE_FOLLOWED_DISPUTE_EVENTS
+                    )
+                )
+                + ". A Square payment is found from its `reference_id` (`<tenant tag>:"
+                "<payment id>`), a refund from the end of its `reason`, a dispute from its "
+                "disputed payment's `reference_id`; another location's events are "
+                "ignored (docs/square.md, Webhooks).",
                 "security": [],
                 "parameters": [
                     {
@@ -1646,13 +1669,21 @@ def openapi() -> Doc:
                         "in": "path",
                         "required": True,
                         "description": "another provider is a 404",
-                        "schema": {"enum": ["stripe"]},
+                        "schema": {"enum": ["square", "stripe"]},
                     },
                     {"name": "tenant", "in": "path", "required": True, "schema": _STR},
                     {
                         "name": "Stripe-Signature",
                         "in": "header",
-                        "required": True,
+                        "required": False,
+                        "description": "Stripe's events",
+                        "schema": _STR,
+                    },
+                    {
+                        "name": "x-square-hmacsha256-signature",
+                        "in": "header",
+                        "required": False,
+                        "description": "Square's events",
                         "schema": _STR,
                     },
                 ],
@@ -1664,8 +1695,10 @@ def openapi() -> Doc:
                     "200": _json("WebhookAnswer", "received"),
                     "400": _json(
                         "Error",
-                        "`bad_signature`: not signed with the tenant's endpoint secret, "
-                        "signed too long ago or dated ahead, not UTF-8, or not a JSON "
+                        "`bad_signature`: not signed with the tenant's endpoint secret "
+                        "(Square: or over another notification URL than the one configured), "
+                        "signed too long ago or dated ahead (Square: its created_at over 73 "
+                        "hours old), not UTF-8, or not a JSON "
                         "object; `bad_request`: a body that does not decode as its "
                         "Content-Encoding says",
                     ),
@@ -1676,15 +1709,16 @@ def openapi() -> Doc:
                     "404": _json(
                         "Error",
                         "no endpoint: an unknown tenant, another provider's, one without a "
-                        "`webhook_secret`, or a worker without a master key (one answer for "
-                        "all)",
+                        "`webhook_secret` (Square: `webhook_signature_key`), or a worker "
+                        "without a master key (one answer for all)",
                     ),
                     "413": _json("Error", f"a body over {WEBHOOK_MAX_BODY_BYTES} bytes"),
                     "503": _json(
                         "Error",
                         "not now (the registry loading, tables moving, the tenant's worker "
                         "unreachable, the broker not taking the command, the endpoint secret "
-                        "not opening, the payment or refund not recorded here yet (within an "
+                        "not opening, a Square tenant's notification URL not configured, "
+                        "the payment or refund not recorded here yet (within an "
                         "hour of the event), the tenant suspended, or its webhooks over "
                         "PAYSTREAM_WEBHOOK_REFRESHES_PER_SECOND refreshes, or four times "
                         "that many lookups): the provider sends it again",
