@@ -336,3 +336,13 @@ def test_the_signature_key_is_a_known_square_secret() -> None:
 
     assert "webhook_signature_key" in KNOWN_SECRETS["square"]
     assert "webhook_signature_key" not in REQUIRED_SECRETS["square"]
+
+
+def test_tenants_add_warns_of_a_signature_key_beside_capabilities_without_webhooks() -> None:
+    from paystream.cli.tenants import _webhooks_left_out
+
+    key = {"access_token", "webhook_signature_key"}
+    assert _webhooks_left_out("square", {"capabilities": ["payments"]}, key)
+    assert not _webhooks_left_out("square", {"capabilities": ["payments", "webhooks"]}, key)
+    assert not _webhooks_left_out("square", {}, key)
+    assert not _webhooks_left_out("square", {"capabilities": ["payments"]}, {"access_token"})
