@@ -49,10 +49,15 @@ KEYLESS_CAPTURE = (
     "retry of a lost answer); paystream's state machine refuses a second capture command"
 )
 NO_3DS = "no 3-D Secure step after CreatePayment (the Web Payments SDK verifies the buyer first)"
-# The FAKE Square's own gap (tests/fixtures/square_fake.py):
-NO_FAILED_PAYMENT = (
-    "a declined CreatePayment's answer carries no FAILED payment beside its errors "
-    "(the gateway reads one when Square sends it)"
+# Square's idempotency page: a key replays "the first successful" response only
+# (tests/fixtures/square_fake.py; tests/gateways/square_gateway checks what it answers).
+REFUSAL_NOT_KEPT = (
+    "only a successful answer is a key's: a refused request leaves the key unspent (the "
+    "same request runs again, a corrected one under the key is run, not refused)"
+)
+DECLINE_NOT_REPLAYED = (
+    "a decline is no successful answer: the same request again under the key is a new "
+    "attempt, another FAILED payment (declined again), never the first one replayed"
 )
 NO_CHARGE_DECLINE = "test card {} is only declined when attached to a customer, never when charged"
 
@@ -665,7 +670,7 @@ async def test_refund_replay_refunds_once(harness: Harness) -> None:
 
 @over_gateways(
     localstripe_gap="a decline's error names only the charge, not the PaymentIntent",
-    square_gap=NO_FAILED_PAYMENT,
+    square_lacks=DECLINE_NOT_REPLAYED,
 )
 async def test_decline_replay_returns_the_same_failure(harness: Harness) -> None:
     k = key()
@@ -682,7 +687,7 @@ async def test_decline_replay_returns_the_same_failure(harness: Harness) -> None
     assert first.provider_payment_id and second.provider_payment_id == first.provider_payment_id
 
 
-@over_gateways()
+@over_gateways(square_lacks=REFUSAL_NOT_KEPT)
 async def test_a_refusal_is_the_keys_answer(harness: Harness) -> None:
     """Stripe keeps the first answer of a request it ran, a refusal included: the same
     request again gets it again, a corrected one under the key an idempotency error."""

@@ -88,11 +88,25 @@ async def test_square_s_declining_nonces_map_onto_the_vocabulary(
     square: SquareGateway, nonce: str, code: ErrorCode, decline: str
 ) -> None:
     req = CreatePayment(amount=usd(500), provider_payment_method_id=nonce)
-    err = await _expect(code, square.create_payment(req, idempotency_key=key()))
+    k = key()
+    err = await _expect(code, square.create_payment(req, idempotency_key=k))
     assert (err.retryable, err.decline_code, err.http_status) == (False, decline, 400)
-    # The key's answer: the same request again gets the same refusal.
-    again = await _expect(code, square.create_payment(req, idempotency_key=key()))
+    # The FAILED payment Square answers beside the decline: named, and read back so.
+    assert err.provider_payment_id
+    failed = await square.retrieve_payment(
+        RetrievePayment(provider_payment_id=err.provider_payment_id), idempotency_key=key()
+    )
+    assert (failed.status, failed.failure_code, failed.amount_captured) == (
+        PaymentStatus.FAILED,
+        decline,
+        0,
+    )
+    # The same request again, under the same key: a decline is no successful answer,
+    # so Square runs it again (no replay): declined again, another FAILED payment,
+    # never a charge.
+    again = await _expect(code, square.create_payment(req, idempotency_key=k))
     assert again.decline_code == decline
+    assert again.provider_payment_id and again.provider_payment_id != err.provider_payment_id
 
 
 async def test_a_partial_capture_is_unsupported_and_the_whole_capture_goes_through(
