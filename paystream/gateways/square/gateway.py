@@ -515,7 +515,13 @@ class SquareGateway:
             page = await self._call("retrieve_payment", _bind(self._list_disputes, kwargs))
             for d in page.get("disputes") or []:
                 disputed = d.get("disputed_payment") if isinstance(d, Mapping) else None
-                if isinstance(disputed, Mapping) and disputed.get("payment_id") == payment_id:
+                if (
+                    isinstance(disputed, Mapping)
+                    and disputed.get("payment_id") == payment_id
+                    # (asked for this location's: another's, the filter not applied, is not
+                    # this tenant's to see or answer)
+                    and d.get("location_id") in (None, self._location_id)
+                ):
                     found.append(dict(d))
             cursor = page.get("cursor")
             if not cursor:
@@ -545,10 +551,8 @@ class SquareGateway:
         # refuses the key with another amount: then each amount refunded on the payment
         # is tried under the key, and only the very first request's body is answered
         # (with its refund) by Square; no other body under the key can refund.
-        now = await self.retrieve_payment(
-            RetrievePayment(provider_payment_id=req.provider_payment_id),
-            idempotency_key=idempotency_key,
-        )
+        # (The payment alone, never its disputes: a token without DISPUTES_READ refunds.)
+        now = mapping.payment(await self._payment_now("create_refund", req.provider_payment_id))
         left = now.amount_captured - now.amount_refunded
         try:
             if left <= 0:
@@ -617,7 +621,8 @@ class SquareGateway:
             "retrieve_refund",
             lambda: self._sq.refunds.get(req.provider_refund_id, request_options=_NO_RETRIES),
         )
-        return mapping.refund(self._part(obj, "refund"))
+        refund = self._own(self._part(obj, "refund"), "refund", req.provider_refund_id)
+        return mapping.refund(refund)
 
     # ---- disputes --------------------------------------------------------------------
 
@@ -625,7 +630,7 @@ class SquareGateway:
         obj = await self._call(
             operation, lambda: self._sq.disputes.get(dispute_id, request_options=_NO_RETRIES)
         )
-        return self._part(obj, "dispute")
+        return self._own(self._part(obj, "dispute"), "dispute", dispute_id)
 
     async def submit_dispute_evidence(
         self, req: SubmitDisputeEvidence, *, idempotency_key: str
@@ -635,14 +640,21 @@ class SquareGateway:
         if OPERATION_CAPABILITY[op] not in self.capabilities:
             raise UnsupportedOperation(PROVIDER, op)
         current = await self._dispute(op, dispute_id)
-        if current.get("state") not in mapping.ANSWERABLE_STATES:
-            raise GatewayError(
-                ErrorCode.INVALID_STATE,
-                f"dispute {dispute_id!r} is {current.get('state')} and takes no evidence",
-                provider=PROVIDER,
-                retryable=False,
-                http_status=400,
-            )
+        state = current.get("state")
+        # Submitted already: keyless SubmitEvidence, maybe this command's with its answer
+        # lost. Its evidence is sent again under the same keys: Square answers each as
+        # it did (a key's successful answer) only if it was added; then the dispute is
+        # answered as it is. Any refused: submitted otherwise, invalid_state.
+        submitted = req.submit and state in mapping.SUBMITTED_STATES
+        refused = GatewayError(
+            ErrorCode.INVALID_STATE,
+            f"dispute {dispute_id!r} is {state} and takes no evidence",
+            provider=PROVIDER,
+            retryable=False,
+            http_status=400,
+        )
+        if state not in mapping.ANSWERABLE_STATES and not submitted:
+            raise refused
         # One text evidence per field, each under its own key (a redelivery adds none).
         # Square takes at most 500 characters a text: a longer one goes in parts, each
         # under its own key (never cut: submitted, evidence cannot be added to).
@@ -657,8 +669,13 @@ class SquareGateway:
                     "evidence_text": whole[start : start + _EVIDENCE_TEXT_MAX],
                     **_OPTS,
                 }
-                await self._call(op, _bind(self._sq.disputes.create_evidence_text, params))
-        if not req.submit:
+                try:
+                    await self._call(op, _bind(self._sq.disputes.create_evidence_text, params))
+                except GatewayError as exc:
+                    if not submitted or exc.retryable:
+                        raise
+                    raise refused from None
+        if not req.submit or submitted:
             return mapping.dispute(current)
         obj = await self._call(
             op,
@@ -681,12 +698,9 @@ class SquareGateway:
 
     async def read_payment(self, provider_payment_id: str) -> dict[str, Any]:
         """The Square payment as Square answers it (its reference_id names paystream's
-        payment): a dispute event's, read by web/webhooks.py."""
-        obj = await self._call(
-            "retrieve_payment",
-            lambda: self._sq.payments.get(provider_payment_id, request_options=_NO_RETRIES),
-        )
-        return self._part(obj, "payment")
+        payment): a dispute event's, read by web/webhooks.py. Another location's (another
+        tenant on the same seller) reads as not found, as every read by id does."""
+        return await self._payment_now("retrieve_payment", provider_payment_id)
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

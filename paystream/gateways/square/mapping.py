@@ -27,6 +27,7 @@ from paystream.money import Money
 
 __all__ = [
     "ANSWERABLE_STATES",
+    "SUBMITTED_STATES",
     "card",
     "customer",
     "customer_details",
@@ -68,6 +69,18 @@ _DISPUTE_STATUS = {
     "INQUIRY_CLOSED": DisputeStatus.INQUIRY_CLOSED,
 }
 ANSWERABLE_STATES = frozenset({"INQUIRY_EVIDENCE_REQUIRED", "EVIDENCE_REQUIRED"})
+# Evidence submitted (SubmitEvidence moved it here), not decided yet.
+SUBMITTED_STATES = frozenset({"INQUIRY_PROCESSING", "PROCESSING"})
+
+# Square's CardBrand → the names the Stripe gateway and the simulator report (Stripe's
+# card.brand); any other Square brand lower-cased.
+_BRANDS = {
+    "AMERICAN_EXPRESS": "amex",
+    "DISCOVER_DINERS": "diners",
+    "CHINA_UNIONPAY": "unionpay",
+    "EFTPOS": "eftpos_au",
+    "OTHER_BRAND": "unknown",
+}
 
 # Evidence paystream's commands name as Stripe does → Square's DisputeEvidenceType; any
 # other field is GENERIC_EVIDENCE (each is sent as text, "<field>: <value>").
@@ -146,7 +159,7 @@ def card(obj: Mapping[str, Any]) -> PaymentMethodResult:
         provider_payment_method_id=str(obj["id"]),
         # A disabled card is no longer the customer's to pay with: detached, as Stripe's.
         provider_customer_id=obj.get("customer_id") if enabled else None,
-        brand=brand.lower() if isinstance(brand, str) else None,
+        brand=_BRANDS.get(brand, brand.lower()) if isinstance(brand, str) else None,
         last4=obj.get("last_4"),
         exp_month=obj.get("exp_month"),
         exp_year=obj.get("exp_year"),
@@ -178,7 +191,9 @@ def payment(obj: Mapping[str, Any]) -> PaymentResult:
 
 
 def refund(obj: Mapping[str, Any]) -> RefundResult:
-    status = _REFUND_STATUS.get(str(obj.get("status")), RefundStatus.PENDING)
+    status = _REFUND_STATUS.get(str(obj.get("status")))
+    if status is None:
+        raise _unknown("refund", obj.get("status"))
     return RefundResult(
         provider_refund_id=str(obj["id"]),
         provider_payment_id=str(obj.get("payment_id") or ""),
