@@ -87,6 +87,10 @@ def quiet_libraries(log_level: str) -> None:
     level = logging.getLevelName(log_level.upper().replace("WARN", "WARNING"))
     logging.getLogger("aiokafka").setLevel(max(logging.INFO, level))
     logging.getLogger("stripe").setLevel(max(logging.WARNING, level))
+    # httpx (the Square SDK's transport) logs a line per request at INFO, and httpcore
+    # each connection step at DEBUG: a provider call's URL names its customer's ids.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
     # STRIPE_LOG=debug|info makes the SDK print every request and response body to
     # stderr, past the logging levels above: customer names, e-mail addresses, metadata.
     if stripe.log or stripe_util.STRIPE_LOG:

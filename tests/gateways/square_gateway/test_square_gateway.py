@@ -293,3 +293,26 @@ def test_the_square_api_base_is_https_or_this_machine() -> None:
     assert load_settings().square_api_base == "https://connect.squareup.com"
     with pytest.raises(ConfigurationError, match="PAYSTREAM_SQUARE_API_BASE"):
         load_settings(square_api_base="http://squareup.example")
+
+
+async def test_the_worker_keeps_httpx_from_logging_each_square_call(
+    square: SquareGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx, the SDK's transport, logs every request at INFO ("HTTP Request: POST
+    .../v2/customers/<id>"), a line per provider call at the worker's default level (as
+    Stripe's SDK did): held at WARNING, as the Stripe SDK's logger is."""
+    import logging
+
+    from paystream.worker import quiet_libraries
+
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    before = [logger.level for logger in loggers]
+    quiet_libraries("info")
+    try:
+        with caplog.at_level(logging.INFO):
+            made = await square.create_customer(CreateCustomer(name="Ada"), idempotency_key=key())
+    finally:
+        for logger, level in zip(loggers, before, strict=True):
+            logger.setLevel(level)
+    assert made.provider_customer_id
+    assert not [r for r in caplog.records if r.name.startswith(("httpx", "httpcore"))], caplog.text
