@@ -37,6 +37,7 @@ endpoint secret, is its authentication.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -192,6 +193,11 @@ class WebhookView(View):
                 )  # fmt: skip
             message = {"error": "bad_signature", "message": str(exc)}
             return self._answer(provider, tenant, "bad_signature", 400, message)
+        if provider == "square" and _answered.seen(tenant, event.get("event_id")):
+            # Square sends again only what was not answered 2xx: one answered already is a
+            # replay (its signature holds no time: a captured one verifies for 73 hours)
+            # or a rare duplicate. Nothing read, looked up or sent for it again.
+            return self._ignored(provider, tenant, "the event was received already")
         found_notice = _notice(provider, tenant, event)
         expected = _expected_account(provider, found)
         where = "location" if provider == "square" else "account"
@@ -270,6 +276,7 @@ class WebhookView(View):
                 raise
         except _Unavailable as exc:
             return self._unavailable(provider, tenant, str(exc))
+        _answered.remember(provider, tenant)
         metrics.WEBHOOKS.labels(provider, tenant, "refresh").inc()
         return self.json({"received": True, "action": "refresh", "command_id": command_id})
 
@@ -308,11 +315,13 @@ class WebhookView(View):
                 '{result="dropped"} counts them; the provider\'s event log names them)',
                 tenant, DROPPED_NAMED_PER_MINUTE,
             )  # fmt: skip
+        _answered.remember(provider, tenant)
         metrics.WEBHOOKS.labels(provider, tenant, "dropped").inc()
         why = f"the {what} is not recorded here"
         return self.json({"received": True, "action": "ignored", "why": why})
 
     def _ignored(self, provider: str, tenant: str, why: str) -> Response:
+        _answered.remember(provider, tenant)
         metrics.WEBHOOKS.labels(provider, tenant, "ignored").inc()
         return self.json({"received": True, "action": "ignored", "why": why})
 
@@ -368,6 +377,41 @@ def _refresh_pace(tenant: Tenant) -> tuple[int, int]:
     own = tenant.limits.commands_per_second
     return (rate if own is None else min(rate, own)), rate
 
+
+class _Answered:
+    """Square event ids this worker answered 2xx, per tenant, for as long as a signed one
+    verifies (its created_at within MAX_AGE_SECONDS), bounded (the oldest forgotten). A
+    fleet would keep them in Redis (SET NX EX) so a replay to another worker is caught
+    too. The id being checked is held between seen() and remember() (same task)."""
+
+    MOST = 100_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._ids: dict[tuple[str, str], float] = {}
+        self._current: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+            "square_event", default=None
+        )
+
+    def seen(self, tenant: str, event_id: Any) -> bool:
+        if not isinstance(event_id, str):
+            self._current.set(None)
+            return False
+        key = (tenant, event_id)
+        self._current.set(key)
+        at = self._ids.get(key)
+        return at is not None and self._clock() - at < square_webhooks.MAX_AGE_SECONDS
+
+    def remember(self, provider: str, tenant: str) -> None:
+        key = self._current.get()
+        if provider != "square" or key is None or key[0] != tenant:
+            return
+        if len(self._ids) >= self.MOST:
+            del self._ids[next(iter(self._ids))]
+        self._ids[key] = self._clock()
+
+
+_answered = _Answered()
 
 # (Registered tenants only reach them: as many buckets as tenants.)
 _budget = _Budget()
@@ -623,7 +667,20 @@ async def _read_disputed_payment(
         await pool.aclose()
     metrics.WEBHOOK_DISPUTE_READS_SUCCEEDED.labels(provider, tenant.tenant_id).inc()
     if provider == "square":
-        return square_webhooks.disputed_payment_notice(notice, payment_intent, tenant.tenant_id)
+        found = square_webhooks.disputed_payment_notice(notice, payment_intent, tenant.tenant_id)
+        if found is None:
+            # At the tenant's own location (checked before the read), but unnamed: made
+            # before its webhooks, or with an id too long for reference_id. Its deadline
+            # passes unless someone refreshes it: named here (throttled per dispute).
+            _throttled.warning(
+                ("unnamed dispute", tenant.tenant_id, notice.provider_dispute_id),
+                "webhook %s for %s: Square dispute %s (%s) of Square payment %s at the "
+                "tenant's location names no paystream payment: send payment.refresh for "
+                "the payment it disputes, or answer it in Square's dashboard",
+                notice.event_id, tenant.tenant_id, notice.provider_dispute_id,
+                notice.status, notice.provider_payment_id,
+            )  # fmt: skip
+        return found
     return disputed_payment_notice(notice, payment_intent)
 
 

@@ -136,8 +136,8 @@ async def test_a_square_dispute_arrives_by_webhook_and_is_answered(
     assert outcome(paid) == "payment.succeeded", paid.get_data()
     pay = paid.get_data()["object"]
     at_square = await square_payment(square_url, pay["provider_payment_id"])
-    tag = hashlib.sha256(TENANT.encode()).hexdigest()[:8]
-    assert at_square["reference_id"] == f"{tag}:{pay['id']}"
+    tag = hashlib.sha256(TENANT.encode()).hexdigest()[:4]
+    assert at_square["reference_id"] == f"{tag}{pay['id']}"
 
     opened = await fake(square_url, "/_fake/disputes", {"payment_id": pay["provider_payment_id"]})
     provider_dispute = opened["dispute"]["id"]

@@ -437,7 +437,7 @@ class SquareGateway:
             params["note"] = req.description
         if req.statement_descriptor is not None:
             params["statement_description_identifier"] = req.statement_descriptor
-        ref = read_payment_ref(req.metadata)
+        ref = self._own_ref(read_payment_ref(req.metadata))
         if ref is not None:
             # (Only for a WEBHOOKS tenant: the handler adds it then. A payment id too long
             # for Square's 40 characters goes without: read back by payment.refresh.)
@@ -585,7 +585,7 @@ class SquareGateway:
             "payment_id": req.provider_payment_id,
             "amount_money": {"amount": amount, "currency": currency},
         }
-        ref = read_refund_ref(req.metadata)
+        ref = self._own_ref(read_refund_ref(req.metadata))
         if ref is not None:
             # A Square refund has no reference: paystream's is named at the end of its
             # reason (only for a WEBHOOKS tenant: the handler adds it then).
@@ -695,6 +695,13 @@ class SquareGateway:
             lambda: self._sq.disputes.accept(req.provider_dispute_id, request_options=_NO_RETRIES),
         )
         return mapping.dispute(self._part(obj, "dispute"))
+
+    def _own_ref(self, ref: tuple[str, str] | None) -> tuple[str, str] | None:
+        """paystream's reference, as the handler adds it (a WEBHOOKS tenant's, naming this
+        tenant); None for a producer's own value under the key, kept off Square."""
+        if ref is None or Capability.WEBHOOKS not in self.capabilities:
+            return None
+        return ref if ref[0] == self._tenant_id else None
 
     async def read_payment(self, provider_payment_id: str) -> dict[str, Any]:
         """The Square payment as Square answers it (its reference_id names paystream's

@@ -97,22 +97,24 @@ FOLLOWED_DISPUTE_EVENTS = frozenset(
     {"dispute.created", "dispute.state.changed", "dispute.state.updated"}
 )
 
-_TAG = re.compile(r"[0-9a-f]{8}")
+_TAG = re.compile(r"[0-9a-f]{4}")
+_TAG_LEN = 4
 _OWN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_REASON_REF = re.compile(r"\[ps:([0-9a-f]{8}):([A-Za-z0-9_-]{1,64})\]\Z")
+_REASON_REF = re.compile(r"\[ps:([0-9a-f]{4}):([A-Za-z0-9_-]{1,64})\]\Z")
 
 
 def tenant_tag(tenant_id: str) -> str:
-    """The 8 hex digits naming a tenant in a Square reference: two tenants on one Square
-    location (one subscription's events reach both endpoints) tell theirs apart."""
-    return hashlib.sha256(tenant_id.encode()).hexdigest()[:8]
+    """The 4 hex digits naming a tenant in a Square reference: two tenants on one Square
+    location (one subscription's events reach both endpoints) tell theirs apart. (A
+    collision is harmless: the row's provider id check ignores the other's events.)"""
+    return hashlib.sha256(tenant_id.encode()).hexdigest()[:_TAG_LEN]
 
 
 def payment_reference(tenant_id: str, payment_id: str) -> str | None:
     """The ``reference_id`` naming paystream's payment, or None when it does not fit in
     Square's 40 characters (a payment id over 31 characters: not found from webhooks,
     read back by ``payment.refresh``; docs/square.md)."""
-    ref = f"{tenant_tag(tenant_id)}:{payment_id}"
+    ref = f"{tenant_tag(tenant_id)}{payment_id}"  # (fixed-length tag: a UUID fits)
     return ref if len(ref) <= REFERENCE_ID_MAX else None
 
 
@@ -127,8 +129,8 @@ def _read_payment_reference(value: Any, tenant_id: str) -> tuple[str, str] | Non
     tenant's, else the tag (another tenant's); None for a reference not paystream's."""
     if not isinstance(value, str):
         return None
-    tag, sep, own_id = value.partition(":")
-    if not sep or _TAG.fullmatch(tag) is None or _OWN_ID.fullmatch(own_id) is None:
+    tag, own_id = value[:_TAG_LEN], value[_TAG_LEN:]
+    if _TAG.fullmatch(tag) is None or _OWN_ID.fullmatch(own_id) is None:
         return None
     return (tenant_id if tag == tenant_tag(tenant_id) else f"({tag})", own_id)
 

@@ -6,6 +6,7 @@ tenant's payment, refund or dispute. The signatures are made as Square documents
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,7 +158,9 @@ def test_a_payment_reference_fits_squares_40_characters() -> None:
         "a-tenant-with-a-long-id-of-sixty-three-characters-" + "x" * 12, "pay_" + "a" * 24
     )
     assert ref is not None and len(ref) <= 40
-    assert sq.payment_reference(TENANT, "p" * 32) is None  # (too long: not named)
+    # A 4-digit tag without a separator: a producer's UUID as its payment id fits (h73i).
+    assert sq.payment_reference(TENANT, str(uuid.uuid4())) is not None
+    assert sq.payment_reference(TENANT, "p" * 37) is None  # (too long: not named)
 
 
 def test_a_refund_updated_names_the_tenants_refund_by_its_reason() -> None:
