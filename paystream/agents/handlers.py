@@ -41,13 +41,21 @@ from paystream.tables.records import (
     CustomerRecord,
     DisputeRecord,
     EntityRecord,
+    InvoiceRecord,
     PaymentMethodRecord,
     PaymentRecord,
     RefundRecord,
     StoredOutcome,
+    SubscriptionRecord,
     scrub_customer_applied,
 )
-from paystream.tables.state_machines import InvalidState, check_payment_transition
+from paystream.tables.state_machines import (
+    InvalidState,
+    check_payment_transition,
+    check_subscription_move,
+    check_subscription_transition,
+    invoice_moves,
+)
 
 if TYPE_CHECKING:
     from paystream.tracing import CommandTrace
@@ -152,6 +160,8 @@ class Tables:
     payments: MutableMapping[str, Any]
     refunds: MutableMapping[str, Any]
     disputes: MutableMapping[str, Any]
+    subscriptions: MutableMapping[str, Any] = field(default_factory=dict)
+    invoices: MutableMapping[str, Any] = field(default_factory=dict)
     # Which records a customer or payment owns (customer.export), kept by the writes.
     owners: OwnerIndex = field(default_factory=OwnerIndex)
 
@@ -172,6 +182,8 @@ _TABLE_OF = {
     "payment": "payments",
     "refund": "refunds",
     "dispute": "disputes",
+    "subscription": "subscriptions",
+    "invoice": "invoices",
 }
 _ENTITY_TYPES: dict[type[EntityRecord], str] = {}
 
@@ -1610,6 +1622,253 @@ async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerR
     return HandlerResult("dispute.closed", rec, extra={"previous_status": previous})
 
 
+# ---- subscriptions ----------------------------------------------------------------
+
+_SUBSCRIPTIONS = gw.Capability.SUBSCRIPTIONS
+_INCOMPLETE = gw.SubscriptionStatus.INCOMPLETE
+_SUB_CANCELED = gw.SubscriptionStatus.CANCELED
+_INVOICE_OPEN = gw.InvoiceStatus.OPEN
+
+
+def _subscriptions_supported(ctx: HandlerContext) -> None:
+    """`unsupported` before anything is read or asked of the provider: a tenant whose
+    gateway lacks subscriptions (Stripe and Square, for now). Not remembered: the tenant's
+    setup, not the command (as _gateway's)."""
+    if _SUBSCRIPTIONS not in ctx.gateway.capabilities:
+        raise Rejection(
+            RejectReason.UNSUPPORTED,
+            f"{ctx.gateway.provider} does not support subscriptions",
+            remember=False,
+        )
+
+
+def _invoice_id(ctx: HandlerContext, subscription_id: str, provider_invoice_id: str) -> str:
+    """paystream's id of a provider's invoice: derived from the tenant, the subscription
+    and the provider's id, so that every read of it (and a replay) names the same one."""
+    return derived_id("in", ctx.cmd.tenant_id, subscription_id, provider_invoice_id)
+
+
+def _invoices(
+    ctx: HandlerContext, sub: SubscriptionRecord, res: gw.SubscriptionResult
+) -> list[EntityRecord]:
+    """The provider's invoices new here or moved on (paid after open, voided), oldest
+    first; ``sub.latest_invoice_id`` names the newest. One this very command recorded
+    (a crash kept that write of it, not the subscription's) answers it again
+    (AlreadyApplied), its provider call having been a replay or a read."""
+    changed: list[EntityRecord] = []
+    table = ctx.tables.of(InvoiceRecord)
+    for found in reversed(res.invoices):
+        invoice_id = _invoice_id(ctx, sub.id, found.provider_invoice_id)
+        raw = table.get(entity_key(ctx.cmd.tenant_id, invoice_id))
+        status = found.status.value
+        if raw is None:
+            rec = InvoiceRecord(
+                **_base(ctx, invoice_id),
+                subscription_id=sub.id,
+                customer_id=sub.customer_id,
+                status=status,
+                amount=found.amount.amount,
+                currency=found.amount.currency,
+                period_start=found.period_start,
+                period_end=found.period_end,
+                provider_invoice_id=found.provider_invoice_id,
+                provider_payment_id=found.provider_payment_id,
+                failure_code=found.failure_code,
+                failure_message=found.failure_message,
+            )
+            changed.append(rec)
+        else:
+            rec = InvoiceRecord.model_validate(raw)
+            ctx._applied_here(rec)
+            if rec.status != status and invoice_moves(rec.status, status):
+                rec.status = status
+                rec.provider_payment_id = found.provider_payment_id or rec.provider_payment_id
+                rec.failure_code, rec.failure_message = found.failure_code, found.failure_message
+                changed.append(rec)
+        if sub.latest_invoice_id is None or found is res.invoices[0]:
+            sub.latest_invoice_id = invoice_id
+    return changed
+
+
+def _take_subscription(
+    ctx: HandlerContext, sub: SubscriptionRecord, res: gw.SubscriptionResult
+) -> None:
+    """The provider's answer, unless it would move the subscription where it cannot go
+    (a stale answer: canceled here, active there), which is refused (not remembered: a
+    read asked again answers afresh)."""
+    status = res.status.value
+    try:
+        check_subscription_move(sub.status, status)
+    except InvalidState as exc:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"subscription {sub.id}: {exc} ({ctx.gateway.provider}'s answer)",
+            remember=False,
+        ) from exc
+    sub.status = status
+    sub.current_period_start = res.current_period_start
+    sub.current_period_end = res.current_period_end
+    sub.trial_end = res.trial_end
+    sub.cancel_at_period_end = res.cancel_at_period_end
+    sub.canceled_at = res.canceled_at
+
+
+def _first_invoice_failure(ctx: HandlerContext, res: gw.SubscriptionResult) -> GatewayError:
+    """An incomplete subscription's decline, in the shape a payment.failed carries it."""
+    failure = res.invoices[0].failure_code if res.invoices else None
+    message = res.invoices[0].failure_message if res.invoices else None
+    payment = res.invoices[0].provider_payment_id if res.invoices else None
+    code = card_failure(failure, failure)
+    decline = failure if failure not in CARD_ERROR_CODES or failure in DECLINE_CODES else None
+    return GatewayError(
+        code,
+        message or f"the subscription's first invoice was declined ({failure or code.value})",
+        provider=ctx.gateway.provider,
+        decline_code=decline,
+        http_status=402,
+        provider_payment_id=payment,
+    )
+
+
+async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -> HandlerResult:
+    sid = data.subscription_id or ctx.new_id(SubscriptionRecord, "sub")
+    ctx.ensure_new(SubscriptionRecord, sid)
+    _subscriptions_supported(ctx)
+    # Let through before, the provider may have charged under this key: a customer
+    # deleted or a card detached since must not turn that into a rejection (as for
+    # payment.create): the provider answers with what it did.
+    customer = (
+        ctx.load(CustomerRecord, data.customer_id)
+        if ctx.let_through
+        else _live_customer(ctx, data.customer_id)
+    )
+    ctx.at_provider(customer)
+    pm = ctx.load(PaymentMethodRecord, data.payment_method_id)
+    if not pm.attached and not ctx.let_through:
+        raise Rejection(RejectReason.INVALID_STATE, f"payment method {pm.id} is detached")
+    if pm.customer_id != customer.id:
+        raise Rejection(
+            RejectReason.INVALID_STATE, f"payment method {pm.id} belongs to another customer"
+        )
+    ctx.at_provider(pm)
+    req = gw.CreateSubscription(
+        provider_customer_id=customer.provider_customer_id,
+        provider_payment_method_id=pm.provider_payment_method_id,
+        amount=Money(amount=data.amount, currency=data.currency),
+        interval=data.interval.value,
+        interval_count=data.interval_count,
+        trial_days=data.trial_days,
+        description=data.description,
+        metadata=dict(data.metadata),
+    )
+    key = ctx.create_key("subscription", data.subscription_id)
+    try:
+        res = await _gateway(
+            ctx,
+            "create_subscription",
+            lambda: ctx.gateway.create_subscription(req, idempotency_key=key),
+        )
+    except GatewayError as exc:
+        if (
+            exc.code is ErrorCode.IDEMPOTENCY_ERROR
+            and not exc.retryable
+            and data.subscription_id is not None
+            and not ctx.let_through
+        ):
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"subscription id {sid} is taken at the provider by an earlier create of "
+                "other parameters: one refused, or one still parked (`paystream dlq list`), "
+                "which may have charged; check before subscribing under a new id",
+            ) from exc
+        raise
+    sub = SubscriptionRecord(
+        **_base(ctx, sid),
+        customer_id=customer.id,
+        payment_method_id=pm.id,
+        status=res.status.value,
+        amount=data.amount,
+        currency=data.currency,
+        interval=data.interval.value,
+        interval_count=data.interval_count,
+        provider_subscription_id=res.provider_subscription_id,
+        current_period_start=res.current_period_start,
+        current_period_end=res.current_period_end,
+        trial_end=res.trial_end,
+        cancel_at_period_end=res.cancel_at_period_end,
+        canceled_at=res.canceled_at,
+        description=data.description,
+        metadata=dict(data.metadata),
+    )
+    invoices = _invoices(ctx, sub, res)
+    if res.status is _INCOMPLETE:
+        # Recorded, `incomplete` (the provider keeps it so: Stripe's, until it expires),
+        # never active: its id is taken, and it may be canceled or read back.
+        return HandlerResult(
+            "subscription.failed", sub, invoices, error=_first_invoice_failure(ctx, res)
+        )
+    return HandlerResult("subscription.created", sub, invoices)
+
+
+async def cancel_subscription(ctx: HandlerContext, data: c.CancelSubscription) -> HandlerResult:
+    sub = ctx.load(SubscriptionRecord, data.subscription_id)
+    _subscriptions_supported(ctx)
+    if not ctx.let_through:
+        verb = "cancel_at_period_end" if data.at_period_end else "cancel"
+        try:
+            check_subscription_transition(sub.status, verb)
+        except InvalidState as exc:
+            raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
+        if data.at_period_end and sub.cancel_at_period_end:
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"subscription {sub.id} is already to be canceled at its period's end",
+            )
+    ctx.at_provider(sub)
+    previous = sub.status
+    req = gw.CancelSubscription(
+        provider_subscription_id=sub.provider_subscription_id, at_period_end=data.at_period_end
+    )
+    res = await _gateway(
+        ctx,
+        "cancel_subscription",
+        lambda: ctx.gateway.cancel_subscription(req, idempotency_key=ctx.idem),
+    )
+    _take_subscription(ctx, sub, res)
+    invoices = _invoices(ctx, sub, res)
+    outcome = "subscription.canceled" if res.status is _SUB_CANCELED else "subscription.updated"
+    return HandlerResult(outcome, sub, invoices, extra={"previous_status": previous})
+
+
+async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription) -> HandlerResult:
+    """The subscription as its provider holds it now, with the invoices it made since
+    (renewals paid, or declined: past_due), a cancel at period end taken effect. A read:
+    asked again, the provider answers afresh, and bills no period twice."""
+    sub = ctx.load(SubscriptionRecord, data.subscription_id)
+    _subscriptions_supported(ctx)
+    try:
+        check_subscription_transition(sub.status, "refresh")
+    except InvalidState as exc:
+        raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
+    ctx.at_provider(sub)
+    previous = sub.status
+    req = gw.RetrieveSubscription(provider_subscription_id=sub.provider_subscription_id)
+    res = await _gateway(
+        ctx,
+        "retrieve_subscription",
+        lambda: ctx.gateway.retrieve_subscription(req, idempotency_key=ctx.idem),
+    )
+    _take_subscription(ctx, sub, res)
+    invoices = _invoices(ctx, sub, res)
+    outcome = "subscription.canceled" if res.status is _SUB_CANCELED else "subscription.updated"
+    error = None
+    if res.status is gw.SubscriptionStatus.PAST_DUE and previous != res.status.value:
+        newest_open = next((i for i in res.invoices if i.status is _INVOICE_OPEN), None)
+        if newest_open is not None:
+            error = _first_invoice_failure(ctx, res.model_copy(update={"invoices": (newest_open,)}))
+    return HandlerResult(outcome, sub, invoices, error=error, extra={"previous_status": previous})
+
+
 HANDLERS: dict[str, Handler] = {
     "customer.create": create_customer,
     "customer.update": update_customer,
@@ -1626,4 +1885,7 @@ HANDLERS: dict[str, Handler] = {
     "refund.refresh": refresh_refund,
     "dispute.submit_evidence": submit_dispute_evidence,
     "dispute.accept": accept_dispute,
+    "subscription.create": create_subscription,
+    "subscription.cancel": cancel_subscription,
+    "subscription.refresh": refresh_subscription,
 }

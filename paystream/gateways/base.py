@@ -26,12 +26,14 @@ __all__ = [
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
+    "CancelSubscription",
     "Capability",
     "CaptureMethod",
     "CapturePayment",
     "CreateCustomer",
     "CreatePayment",
     "CreateRefund",
+    "CreateSubscription",
     "CustomerDetails",
     "CustomerResult",
     "DeleteCustomer",
@@ -39,6 +41,8 @@ __all__ = [
     "DisputeResult",
     "DisputeStatus",
     "GatewayContext",
+    "InvoiceResult",
+    "InvoiceStatus",
     "PaymentGateway",
     "PaymentMethodResult",
     "PaymentResult",
@@ -48,7 +52,10 @@ __all__ = [
     "RetrieveCustomer",
     "RetrievePayment",
     "RetrieveRefund",
+    "RetrieveSubscription",
     "SubmitDisputeEvidence",
+    "SubscriptionResult",
+    "SubscriptionStatus",
     "UpdateCustomer",
     "merged_metadata",
     "payment_ref",
@@ -156,6 +163,28 @@ class DisputeStatus(StrEnum):
     INQUIRY_CLOSED = "inquiry_closed"
 
 
+class SubscriptionStatus(StrEnum):
+    """Provider-neutral subscription status (Stripe's, folded: incomplete_expired is
+    canceled, unpaid is past_due)."""
+
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"  # a renewal's invoice is open: its payment declined
+    CANCELED = "canceled"
+    # The first invoice's payment was declined at create: never active (subscription.failed).
+    INCOMPLETE = "incomplete"
+
+
+class InvoiceStatus(StrEnum):
+    PAID = "paid"
+    OPEN = "open"  # its payment failed; the provider may retry it
+    VOID = "void"  # never to be paid (its subscription canceled)
+
+
+# The invoices a subscription read lists at most (newest first).
+INVOICES_LISTED_MAX = 24
+
+
 class _Req(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -261,6 +290,33 @@ class AcceptDispute(_Req):
     provider_dispute_id: str
 
 
+class CreateSubscription(_Req):
+    """Bill ``amount`` every ``interval_count`` ``interval`` s to a saved payment method.
+    Money-moving: the first period's invoice is charged at once (none during a trial)."""
+
+    provider_customer_id: str
+    provider_payment_method_id: str
+    amount: Money
+    interval: str  # day | week | month | year
+    interval_count: int = 1
+    trial_days: int = 0
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class CancelSubscription(_Req):
+    provider_subscription_id: str
+    at_period_end: bool = False
+
+
+class RetrieveSubscription(_Req):
+    """Read a subscription back with its invoices (renewals made since): a read, with no
+    effect of paystream's and no key of its own (the provider bills renewals on its own
+    clock, whether read or not)."""
+
+    provider_subscription_id: str
+
+
 # ---- results ----------------------------------------------------------------------
 
 
@@ -331,6 +387,35 @@ class RefundResult(_Res):
     failure_code: str | None = None
 
 
+class InvoiceResult(_Res):
+    """One period's invoice of a subscription."""
+
+    provider_invoice_id: str
+    status: InvoiceStatus
+    amount: Money
+    period_start: datetime
+    period_end: datetime
+    # The provider's payment for it (its last attempt), where it names one.
+    provider_payment_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+class SubscriptionResult(_Res):
+    provider_subscription_id: str
+    status: SubscriptionStatus
+    amount: Money
+    interval: str
+    interval_count: int
+    current_period_start: datetime
+    current_period_end: datetime
+    trial_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    # Its invoices, newest first, at most INVOICES_LISTED_MAX.
+    invoices: tuple[InvoiceResult, ...] = ()
+
+
 # ---- the protocol -----------------------------------------------------------------
 
 # The capability each protocol operation needs; a gateway checks it before calling out, so
@@ -338,12 +423,21 @@ class RefundResult(_Res):
 # Operations providers take no idempotency key for (Stripe's DELETE): a retry runs afresh.
 # A read takes none either (Stripe ignores a key on GET): asked again, it answers afresh.
 KEYLESS_OPERATIONS = frozenset(
-    {"delete_customer", "retrieve_customer", "retrieve_payment", "retrieve_refund"}
+    {
+        "delete_customer",
+        "retrieve_customer",
+        "retrieve_payment",
+        "retrieve_refund",
+        "retrieve_subscription",
+    }
 )
 
 # Operations that move money: run twice under a key the provider has forgotten, they move
 # it twice (what a customer record or a dispute's evidence sent again does not).
-MONEY_MOVING_OPERATIONS = frozenset({"create_payment", "capture_payment", "create_refund"})
+# (A subscription's create charges its first invoice.)
+MONEY_MOVING_OPERATIONS = frozenset(
+    {"create_payment", "capture_payment", "create_refund", "create_subscription"}
+)
 
 OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_customer": Capability.CUSTOMERS,
@@ -360,6 +454,9 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "retrieve_refund": Capability.REFUNDS,
     "submit_dispute_evidence": Capability.DISPUTES,
     "accept_dispute": Capability.DISPUTES,
+    "create_subscription": Capability.SUBSCRIPTIONS,
+    "cancel_subscription": Capability.SUBSCRIPTIONS,
+    "retrieve_subscription": Capability.SUBSCRIPTIONS,
 }
 
 
@@ -439,6 +536,25 @@ class PaymentGateway(Protocol):
     async def accept_dispute(
         self, req: AcceptDispute, *, idempotency_key: str
     ) -> DisputeResult: ...
+
+    async def create_subscription(
+        self, req: CreateSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        """A subscription, its first invoice charged (none during a trial). A first
+        invoice declined is no error: the subscription answers ``incomplete``, its
+        invoice ``open`` with the decline."""
+        ...
+
+    async def cancel_subscription(
+        self, req: CancelSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult: ...
+
+    async def retrieve_subscription(
+        self, req: RetrieveSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        """The subscription as the provider holds it now, with its invoices (a read: see
+        retrieve_payment)."""
+        ...
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

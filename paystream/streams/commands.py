@@ -33,17 +33,21 @@ __all__ = [
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
+    "CancelSubscription",
     "CapturePayment",
     "CommandData",
     "CreateCustomer",
     "CreatePayment",
     "CreateRefund",
+    "CreateSubscription",
     "DeleteCustomer",
     "DetachPaymentMethod",
     "EraseCustomer",
     "ExportCustomer",
     "RefreshPayment",
+    "RefreshSubscription",
     "SubmitDisputeEvidence",
+    "SubscriptionInterval",
     "UpdateCustomer",
     "validation_errors",
 ]
@@ -218,6 +222,67 @@ class AcceptDispute(CommandData):
     dispute_id: EntityId
 
 
+class SubscriptionInterval(StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+
+
+# The longest billing period, as Stripe allows it: one year (365 days, 52 weeks, 12
+# months or 1 year) in all.
+MAX_INTERVAL_COUNT = {
+    SubscriptionInterval.DAY: 365,
+    SubscriptionInterval.WEEK: 52,
+    SubscriptionInterval.MONTH: 12,
+    SubscriptionInterval.YEAR: 1,
+}
+# Stripe's longest trial (730 days).
+MAX_TRIAL_DAYS = 730
+
+
+class CreateSubscription(CommandData):
+    """Bill a saved payment method of a customer ``amount`` every ``interval_count``
+    ``interval`` s, from now (the first period's invoice charged at once) or from the end
+    of a free trial of ``trial_days``."""
+
+    subscription_id: EntityId | None = None
+    customer_id: EntityId
+    payment_method_id: EntityId
+    amount: Amount
+    currency: Currency
+    interval: SubscriptionInterval
+    interval_count: Annotated[StrictInt, Field(ge=1, le=365)] = 1
+    trial_days: Annotated[StrictInt, Field(ge=0, le=MAX_TRIAL_DAYS)] = 0
+    description: ShortText | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _at_most_a_year(self) -> CreateSubscription:
+        most = MAX_INTERVAL_COUNT[self.interval]
+        if self.interval_count > most:
+            raise ValueError(
+                f"a billing period is at most one year: interval_count is at most {most} "
+                f"for interval {self.interval.value}"
+            )
+        return self
+
+
+class CancelSubscription(CommandData):
+    """Cancel a subscription now (its open invoices voided, nothing more billed), or at
+    the end of the period already paid for (``at_period_end``)."""
+
+    subscription_id: EntityId
+    at_period_end: StrictBool = False
+
+
+class RefreshSubscription(CommandData):
+    """Read a subscription back from its provider, with the invoices it made since:
+    renewals paid or declined (past_due), a cancel at period end taking effect."""
+
+    subscription_id: EntityId
+
+
 # type suffix (after COMMAND_PREFIX) → model. The registry is the list of supported commands.
 COMMANDS: dict[str, type[CommandData]] = {
     "customer.create": CreateCustomer,
@@ -235,12 +300,15 @@ COMMANDS: dict[str, type[CommandData]] = {
     "refund.refresh": RefreshRefund,
     "dispute.submit_evidence": SubmitDisputeEvidence,
     "dispute.accept": AcceptDispute,
+    "subscription.create": CreateSubscription,
+    "subscription.cancel": CancelSubscription,
+    "subscription.refresh": RefreshSubscription,
 }
 
 # Commands whose provider call only reads (keyless, no effect of its own): a re-drive of
 # one at any age can change nothing the provider did not already do, so none is held back
 # as past the provider's key window for a person to reconcile.
-PROVIDER_READS = frozenset({"payment.refresh", "refund.refresh"})
+PROVIDER_READS = frozenset({"payment.refresh", "refund.refresh", "subscription.refresh"})
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -23,10 +23,12 @@ __all__ = [
     "EntityRecord",
     "IdempotencyRecord",
     "IdempotencyState",
+    "InvoiceRecord",
     "PaymentMethodRecord",
     "PaymentRecord",
     "RefundRecord",
     "StoredOutcome",
+    "SubscriptionRecord",
     "applied_entry",
     "scrub_customer_applied",
     "scrub_customer_outcome",
@@ -325,6 +327,48 @@ class DisputeRecord(EntityRecord):
     # the provider gave none, and for disputes recorded before they were kept).
     reason: str | None = None
     evidence_due_by: datetime | None = None
+
+
+class SubscriptionRecord(EntityRecord):
+    """A customer's saved payment method billed ``amount`` every ``interval_count``
+    ``interval`` s (statuses: SubscriptionStatus; transitions: state_machines)."""
+
+    entity_type: str = "subscription"
+    customer_id: str
+    payment_method_id: str
+    status: str
+    amount: int
+    currency: str
+    interval: str
+    interval_count: int
+    provider_subscription_id: str
+    current_period_start: datetime
+    current_period_end: datetime
+    trial_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    # The newest invoice recorded (paystream's id); None during a trial.
+    latest_invoice_id: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class InvoiceRecord(EntityRecord):
+    """One period's charge of a subscription, made by its provider (at create, or a
+    renewal read back by subscription.refresh)."""
+
+    entity_type: str = "invoice"
+    subscription_id: str
+    customer_id: str
+    status: str  # paid | open | void (InvoiceStatus)
+    amount: int
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    provider_invoice_id: str
+    provider_payment_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
 
 
 class IdempotencyState(StrEnum):

@@ -5,9 +5,15 @@ from __future__ import annotations
 from paystream.errors import PaystreamError
 
 __all__ = [
+    "INVOICE_MOVES",
     "PAYMENT_TRANSITIONS",
+    "SUBSCRIPTION_MOVES",
+    "SUBSCRIPTION_TRANSITIONS",
     "InvalidState",
     "check_payment_transition",
+    "check_subscription_move",
+    "check_subscription_transition",
+    "invoice_moves",
 ]
 
 
@@ -44,3 +50,50 @@ def check_payment_transition(status: str, verb: str, open_at_provider: bool = Fa
         allowed = _REOPENED
     if verb not in allowed:
         raise InvalidState(f"cannot {verb} a payment that is {status}")
+
+
+# subscription status → command verbs allowed in it. A canceled one is final: nothing
+# is billed again, and the provider reads it back as it is.
+SUBSCRIPTION_TRANSITIONS: dict[str, frozenset[str]] = {
+    "trialing": frozenset({"cancel", "cancel_at_period_end", "refresh"}),
+    "active": frozenset({"cancel", "cancel_at_period_end", "refresh"}),
+    "past_due": frozenset({"cancel", "cancel_at_period_end", "refresh"}),
+    # (its first invoice declined: no period paid for to end, so canceled now only)
+    "incomplete": frozenset({"cancel", "refresh"}),
+    "canceled": frozenset(),
+}
+
+# subscription status → the statuses it may move to (a provider's answer, a cancel). A
+# read that would move it elsewhere (a stale answer: canceled read back active) is
+# refused, never recorded.
+SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
+    "trialing": frozenset({"trialing", "active", "past_due", "canceled"}),
+    "active": frozenset({"active", "past_due", "canceled"}),
+    "past_due": frozenset({"past_due", "active", "canceled"}),
+    "incomplete": frozenset({"incomplete", "active", "canceled"}),
+    "canceled": frozenset({"canceled"}),
+}
+
+# invoice status → the statuses it may move to: an open one is paid (a retry) or voided;
+# paid and void are final.
+INVOICE_MOVES: dict[str, frozenset[str]] = {
+    "open": frozenset({"open", "paid", "void"}),
+    "paid": frozenset({"paid"}),
+    "void": frozenset({"void"}),
+}
+
+
+def check_subscription_transition(status: str, verb: str) -> None:
+    if verb not in SUBSCRIPTION_TRANSITIONS.get(status, frozenset()):
+        what = "cancel at period end" if verb == "cancel_at_period_end" else verb
+        raise InvalidState(f"cannot {what} a subscription that is {status}")
+
+
+def check_subscription_move(status: str, to: str) -> None:
+    if to not in SUBSCRIPTION_MOVES.get(status, frozenset()):
+        raise InvalidState(f"a subscription that is {status} cannot become {to}")
+
+
+def invoice_moves(status: str, to: str) -> bool:
+    """May an invoice recorded ``status`` take ``to`` (a provider's read)?"""
+    return to in INVOICE_MOVES.get(status, frozenset())

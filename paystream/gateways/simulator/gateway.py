@@ -24,12 +24,14 @@ from paystream.gateways.base import (
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
+    CancelSubscription,
     Capability,
     CaptureMethod,
     CapturePayment,
     CreateCustomer,
     CreatePayment,
     CreateRefund,
+    CreateSubscription,
     CustomerDetails,
     CustomerResult,
     DeleteCustomer,
@@ -42,7 +44,9 @@ from paystream.gateways.base import (
     RetrieveCustomer,
     RetrievePayment,
     RetrieveRefund,
+    RetrieveSubscription,
     SubmitDisputeEvidence,
+    SubscriptionResult,
     UpdateCustomer,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
@@ -71,6 +75,8 @@ SIMULATOR_CAPABILITIES = frozenset(
         Capability.PARTIAL_CAPTURE,
         Capability.REFUNDS,
         Capability.DISPUTES,
+        Capability.SUBSCRIPTIONS,
+        Capability.INVOICES,
     }
 )
 
@@ -319,6 +325,33 @@ class SimulatorGateway:
             lambda tx: ops.accept_dispute(tx, req, idempotency_key), DisputeResult,
         )  # fmt: skip
 
+    async def create_subscription(
+        self, req: CreateSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        return await self._run(
+            "create_subscription", req, idempotency_key,
+            lambda tx: ops.create_subscription(tx, req, idempotency_key), SubscriptionResult,
+        )  # fmt: skip
+
+    async def cancel_subscription(
+        self, req: CancelSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        return await self._run(
+            "cancel_subscription", req, idempotency_key,
+            lambda tx: ops.cancel_subscription(tx, req, idempotency_key), SubscriptionResult,
+        )  # fmt: skip
+
+    async def retrieve_subscription(
+        self, req: RetrieveSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        # A read, as retrieve_payment: no key kept, every call answers afresh. It commits
+        # the renewals the simulator's clock has made due since (each period once).
+        return await self._run(
+            "retrieve_subscription", req, idempotency_key,
+            lambda tx: ops.retrieve_subscription(tx, req), SubscriptionResult,
+            keyed=False,
+        )  # fmt: skip
+
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:
@@ -355,6 +388,15 @@ class SimulatorGateway:
             f"resolve:{dispute_id}", {"won": won},
             lambda tx: ops.resolve_dispute(tx, dispute_id, won), DisputeResult,
         )  # fmt: skip
+
+    async def advance_clock(self, seconds: int) -> dict[str, int]:
+        """Move this tenant's simulator clock forward (a test clock): periods begun by
+        then are billed when the subscription is next read (`subscription.refresh`)."""
+        response = await self._store.execute(
+            "clock", request_fingerprint("advance_clock", {"seconds": seconds}),
+            lambda tx: ops.advance_clock(tx, seconds), keyed=False,
+        )  # fmt: skip
+        return dict(response["ok"])
 
     async def _provider_action(
         self,

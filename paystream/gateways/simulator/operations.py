@@ -21,11 +21,13 @@ from paystream.gateways.base import (
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
+    CancelSubscription,
     CaptureMethod,
     CapturePayment,
     CreateCustomer,
     CreatePayment,
     CreateRefund,
+    CreateSubscription,
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
@@ -33,6 +35,7 @@ from paystream.gateways.base import (
     RetrieveCustomer,
     RetrievePayment,
     RetrieveRefund,
+    RetrieveSubscription,
     SubmitDisputeEvidence,
     UpdateCustomer,
     merged_metadata,
@@ -55,19 +58,23 @@ __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
     "DISPUTE_EVIDENCE_FILE_FIELDS",
     "accept_dispute",
+    "advance_clock",
     "attach_payment_method",
     "cancel_payment",
+    "cancel_subscription",
     "capture_payment",
     "complete_authentication",
     "create_customer",
     "create_payment",
     "create_refund",
+    "create_subscription",
     "delete_customer",
     "detach_payment_method",
     "resolve_dispute",
     "retrieve_customer",
     "retrieve_payment",
     "retrieve_refund",
+    "retrieve_subscription",
     "submit_dispute_evidence",
     "update_customer",
 ]
@@ -724,3 +731,260 @@ async def resolve_dispute(tx: Tx, dispute_id: str, won: bool) -> dict[str, Any]:
     dispute = {**dispute, "status": (DisputeStatus.WON if won else DisputeStatus.LOST).value}
     tx.put(dispute)
     return {"ok": results.dispute(dispute)}
+
+
+# ---- subscriptions ------------------------------------------------------------------
+#
+# A subscription bills its saved card once per period, on the simulator's clock: the
+# first period at create (or at the end of a free trial), each later one when its period
+# has begun. Renewals are made when the subscription is next touched (a read, a cancel),
+# inside that call's transaction: its commit re-checks the subscription (and the clock)
+# it read, so two reads racing bill each period once (the loser recomputes from what the
+# winner wrote), and a period's charge is an effect keyed by the subscription and the
+# period, never by the read. The clock is the machine's plus a per-tenant offset that
+# `paystream simulator advance` moves forward (an object of the store: "clock").
+
+CLOCK_ID = "clock"
+_DAY = 24 * 3600
+_INTERVAL_DAYS = {"day": 1, "week": 7}
+_MONTHS = {"month": 1, "year": 12}
+# The longest period, as Stripe's: one year in all.
+_MAX_INTERVAL_COUNT = {"day": 365, "week": 52, "month": 12, "year": 1}
+_MAX_TRIAL_DAYS = 730
+_SUB_TRIALING = "trialing"
+_SUB_ACTIVE = "active"
+_SUB_PAST_DUE = "past_due"
+_SUB_CANCELED = "canceled"
+_SUB_INCOMPLETE = "incomplete"
+
+
+async def clock_now(tx: Tx) -> int:
+    """The simulator's time for this tenant (unix seconds): the machine's, moved forward
+    by `advance_clock`. Read in the transaction: an advance meanwhile recomputes it."""
+    clock = await tx.get(CLOCK_ID)
+    return int(time.time()) + int((clock or {}).get("offset") or 0)
+
+
+async def advance_clock(tx: Tx, seconds: int) -> dict[str, Any]:
+    if seconds < 0:
+        raise _invalid("the simulator's clock only moves forward")
+    clock = await tx.get(CLOCK_ID) or {"object": "clock", "id": CLOCK_ID, "offset": 0}
+    clock = {**clock, "offset": int(clock.get("offset") or 0) + seconds}
+    tx.put(clock)
+    return {"ok": {"offset": clock["offset"], "now": int(time.time()) + clock["offset"]}}
+
+
+def _add_months(at: int, months: int) -> int:
+    """``at`` (unix seconds, UTC) ``months`` calendar months later, the day of the month
+    kept or, past the month's end, its last day (as Stripe anchors billing)."""
+    import calendar
+    from datetime import UTC, datetime
+
+    start = datetime.fromtimestamp(at, UTC)
+    month0 = start.month - 1 + months
+    year, month = start.year + month0 // 12, month0 % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return int(start.replace(year=year, month=month, day=day).timestamp())
+
+
+def period_start(sub: dict[str, Any], k: int) -> int:
+    """When the subscription's ``k``-th billed period (0: the first) begins."""
+    anchor, count, interval = sub["anchor"], sub["interval_count"], sub["interval"]
+    if interval in _INTERVAL_DAYS:
+        return anchor + k * count * _INTERVAL_DAYS[interval] * _DAY
+    return _add_months(anchor, k * count * _MONTHS[interval])
+
+
+def _current_period(sub: dict[str, Any]) -> tuple[int, int]:
+    billed = sub["periods_billed"]
+    if billed == 0:  # (a trial: from its start to its end)
+        return sub["created"], sub["anchor"]
+    return period_start(sub, billed - 1), period_start(sub, billed)
+
+
+def _bill_period(tx: Tx, sub: dict[str, Any], k: int, key: str) -> dict[str, Any]:
+    """Period ``k``'s invoice, its charge attempted now (off-session: a card that asks
+    for 3-D Secure cannot be charged so, and declines)."""
+    card = card_for_token(sub["card"])
+    start, end = period_start(sub, k), period_start(sub, k + 1)
+    pi: dict[str, Any] = {
+        "object": "payment_intent",
+        "id": _new_id("pi"),
+        "status": _SUCCEEDED,
+        "amount": sub["amount"],
+        "currency": sub["currency"],
+        "amount_captured": sub["amount"],
+        "amount_refunded": 0,
+        "customer": sub["customer"],
+        "card": sub["card"],
+        "capture_method": _AUTOMATIC,
+        "charge_id": _new_id("ch"),
+        "failure_code": None,
+        "failure_message": None,
+        "next_action": None,
+        "dispute_id": None,
+    }
+    invoice: dict[str, Any] = {
+        "object": "invoice",
+        "id": _new_id("in"),
+        "subscription": sub["id"],
+        "status": "paid",
+        "amount": sub["amount"],
+        "currency": sub["currency"],
+        "period_start": start,
+        "period_end": end,
+        "payment_intent": pi["id"],
+        "failure_code": None,
+        "failure_message": None,
+    }
+    if card is None or card.behaviour in (Behaviour.DECLINE, Behaviour.REQUIRE_ACTION):
+        code = "authentication_required"
+        message = "The payment needs the customer's authentication (off-session)."
+        if card is not None and card.behaviour is Behaviour.DECLINE:
+            code = card.decline_code or card.stripe_code or "card_declined"
+            message = card.message
+        pi.update(
+            status=_FAILED,
+            amount_captured=0,
+            charge_id=None,
+            failure_code=code,
+            failure_message=message,
+        )
+        invoice.update(status="open", failure_code=code, failure_message=message)
+    else:
+        tx.effect(Effect.of("charge", key, pi["id"], sub["amount"], sub["currency"]))
+    tx.put(pi)
+    tx.put(invoice)
+    sub["invoices"] = [*sub["invoices"], invoice["id"]]
+    sub["periods_billed"] = k + 1
+    return invoice
+
+
+async def _bill_due(tx: Tx, sub: dict[str, Any], now: int) -> bool:
+    """Bill every period begun by ``now`` and not billed yet (each once: keyed by the
+    subscription and the period), and end one to be canceled at its period's end.
+    Whether anything changed."""
+    changed = False
+    while sub["status"] not in (_SUB_CANCELED, _SUB_INCOMPLETE):
+        k = sub["periods_billed"]
+        start = period_start(sub, k)
+        if start > now:
+            break
+        changed = True
+        if sub["cancel_at_period_end"]:
+            sub.update(status=_SUB_CANCELED, canceled_at=start)
+            break
+        _bill_period(tx, sub, k, f"sub:{sub['id']}:period:{k}")
+        sub["status"] = await _standing(tx, sub)
+    return changed
+
+
+async def _standing(tx: Tx, sub: dict[str, Any]) -> str:
+    """past_due while an invoice is open (its payment declined), else active."""
+    for invoice_id in sub["invoices"][-_OPEN_LOOKBACK:]:
+        invoice = await tx.get(invoice_id)
+        if invoice is not None and invoice["status"] == "open":
+            return _SUB_PAST_DUE
+    return _SUB_ACTIVE
+
+
+_OPEN_LOOKBACK = 24
+
+
+async def _subscription_answer(tx: Tx, sub: dict[str, Any]) -> dict[str, Any]:
+    from paystream.gateways.base import INVOICES_LISTED_MAX
+
+    listed = []
+    for invoice_id in reversed(sub["invoices"][-INVOICES_LISTED_MAX:]):
+        invoice = await tx.get(invoice_id)
+        if invoice is not None:
+            listed.append(invoice)
+    return {"ok": results.subscription(sub, _current_period(sub), listed)}
+
+
+async def create_subscription(tx: Tx, req: CreateSubscription, key: str) -> dict[str, Any]:
+    _check_amount(req.amount)
+    most = _MAX_INTERVAL_COUNT.get(req.interval)
+    if most is None:
+        raise _invalid(f"interval must be one of day, week, month, year, not {req.interval!r}")
+    if not 1 <= req.interval_count <= most:
+        raise _invalid(f"interval_count must be 1..{most} for interval {req.interval}")
+    if not 0 <= req.trial_days <= _MAX_TRIAL_DAYS:
+        raise _invalid(f"trial_days must be 0..{_MAX_TRIAL_DAYS}")
+    problem = withdrawn_currency_problem(req.amount) or payment_parameters_problem(
+        None, None, req.metadata
+    )
+    if problem is not None:
+        raise _invalid(problem)
+    await _must(tx, req.provider_customer_id, "customer")
+    pm = await _must(tx, req.provider_payment_method_id, "payment_method")
+    if pm["customer"] is None:
+        raise _refuse(ErrorCode.INVALID_STATE, "a detached payment method cannot be used again")
+    if pm["customer"] != req.provider_customer_id:
+        raise _refuse(ErrorCode.INVALID_REQUEST, "the payment method belongs to another customer")
+    now = await clock_now(tx)
+    trial = req.trial_days > 0
+    sub: dict[str, Any] = {
+        "object": "subscription",
+        "id": _new_id("sub"),
+        "customer": req.provider_customer_id,
+        "payment_method": pm["id"],
+        "card": pm["card"],
+        "amount": req.amount.amount,
+        "currency": req.amount.currency,
+        "interval": req.interval,
+        "interval_count": req.interval_count,
+        "status": _SUB_TRIALING if trial else _SUB_ACTIVE,
+        "created": now,
+        "anchor": now + req.trial_days * _DAY,
+        "trial_end": now + req.trial_days * _DAY if trial else None,
+        "periods_billed": 0,
+        "invoices": [],
+        "cancel_at_period_end": False,
+        "canceled_at": None,
+        "description": req.description,
+        "metadata": dict(req.metadata),
+    }
+    if trial:
+        tx.effect(Effect.of("subscription.created", key, sub["id"]))
+    else:
+        # The first invoice, charged under the create's own key: a create redelivered is
+        # answered from its key, never charged again.
+        first = _bill_period(tx, sub, 0, key)
+        if first["status"] == "open":
+            sub["status"] = _SUB_INCOMPLETE  # never active; nothing more is billed
+    tx.put(sub)
+    return await _subscription_answer(tx, sub)
+
+
+async def cancel_subscription(tx: Tx, req: CancelSubscription, key: str) -> dict[str, Any]:
+    sub = await _must(tx, req.provider_subscription_id, "subscription")
+    now = await clock_now(tx)
+    await _bill_due(tx, sub, now)  # (what its clock billed before the cancel)
+    if sub["status"] == _SUB_CANCELED:
+        raise _refuse(ErrorCode.INVALID_STATE, "the subscription is canceled")
+    if req.at_period_end:
+        if sub["status"] == _SUB_INCOMPLETE:
+            raise _refuse(
+                ErrorCode.INVALID_STATE, "an incomplete subscription has no period to end"
+            )
+        sub["cancel_at_period_end"] = True
+        tx.effect(Effect.of("subscription.cancel_scheduled", key, sub["id"]))
+    else:
+        sub.update(status=_SUB_CANCELED, canceled_at=now)
+        for invoice_id in sub["invoices"]:
+            invoice = await tx.get(invoice_id)
+            if invoice is not None and invoice["status"] == "open":
+                tx.put({**invoice, "status": "void"})
+        tx.effect(Effect.of("subscription.canceled", key, sub["id"]))
+    tx.put(sub)
+    return await _subscription_answer(tx, sub)
+
+
+async def retrieve_subscription(tx: Tx, req: RetrieveSubscription) -> dict[str, Any]:
+    """The subscription as its clock has it now: periods begun since billed (a read
+    that commits them, once), a cancel at period end taken effect."""
+    sub = await _must(tx, req.provider_subscription_id, "subscription")
+    if await _bill_due(tx, sub, await clock_now(tx)):
+        tx.put(sub)
+    return await _subscription_answer(tx, sub)

@@ -6,7 +6,16 @@ from typing import Any
 
 from paystream.gateways.simulator.cards import card_for_token
 
-__all__ = ["customer", "customer_details", "dispute", "payment", "payment_method", "refund"]
+__all__ = [
+    "customer",
+    "customer_details",
+    "dispute",
+    "invoice",
+    "payment",
+    "payment_method",
+    "refund",
+    "subscription",
+]
 
 
 # Plain dicts in the result types' JSON shape: the gateway validates each response into
@@ -89,4 +98,36 @@ def refund(re: dict[str, Any]) -> dict[str, Any]:
         "status": re["status"],
         "amount": _money(re),
         "failure_code": re.get("failure_reason"),
+    }
+
+
+def invoice(inv: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "provider_invoice_id": inv["id"],
+        "status": inv["status"],
+        "amount": _money(inv),
+        "period_start": inv["period_start"],
+        "period_end": inv["period_end"],
+        "provider_payment_id": inv.get("payment_intent"),
+        "failure_code": inv.get("failure_code"),
+        "failure_message": inv.get("failure_message"),
+    }
+
+
+def subscription(
+    sub: dict[str, Any], period: tuple[int, int], invoices: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``period``: its current period (start, end); ``invoices``: newest first."""
+    return {
+        "provider_subscription_id": sub["id"],
+        "status": sub["status"],
+        "amount": _money(sub),
+        "interval": sub["interval"],
+        "interval_count": sub["interval_count"],
+        "current_period_start": period[0],
+        "current_period_end": period[1],
+        "trial_end": sub.get("trial_end"),
+        "cancel_at_period_end": sub["cancel_at_period_end"],
+        "canceled_at": sub.get("canceled_at"),
+        "invoices": [invoice(i) for i in invoices],
     }

@@ -23,6 +23,7 @@ import pydantic
 from pydantic import BaseModel
 
 from paystream.errors import ConfigurationError
+from paystream.gateways import base as gw_base
 from paystream.gateways.base import (
     OPERATION_CAPABILITY,
     AcceptDispute,
@@ -708,6 +709,24 @@ class SquareGateway:
         payment): a dispute event's, read by web/webhooks.py. Another location's (another
         tenant on the same seller) reads as not found, as every read by id does."""
         return await self._payment_now("retrieve_payment", provider_payment_id)
+
+    # ---- subscriptions: not built for this provider yet (its capabilities lack
+    # SUBSCRIPTIONS, so the handler answers `unsupported` before any call) ----------
+
+    async def create_subscription(
+        self, req: gw_base.CreateSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        raise UnsupportedOperation(PROVIDER, "create_subscription")
+
+    async def cancel_subscription(
+        self, req: gw_base.CancelSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        raise UnsupportedOperation(PROVIDER, "cancel_subscription")
+
+    async def retrieve_subscription(
+        self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_subscription")
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
