@@ -122,6 +122,59 @@ async def _authenticate(
         await client.aclose()
 
 
+@simulator_group.command("advance")
+@click.option("--tenant", "tenant_id", required=True, help="the simulator tenant")
+@click.option("--seconds", type=click.IntRange(min=0), default=0, help="seconds forward")
+@click.option("--days", type=click.IntRange(min=0), default=0, help="days forward")
+def advance_command(tenant_id: str, seconds: int, days: int) -> None:
+    """Move a simulator tenant's clock forward (a test clock, kept in Redis): the
+    renewals of its subscriptions whose periods have begun by then are billed when each
+    is next read (`subscription.refresh`), once each, so renewals, declines and cancels
+    at period end are seen without waiting. Only ever forward; only that tenant's
+    simulator (paystream's own clocks, and other tenants', are not moved). Prints the
+    offset in all and the simulator's time now (unix seconds). Needs REDIS_URL and the
+    broker (the registry)."""
+    from paystream.cli.base import _run, _settings
+    from paystream.tenancy.registry import read_registry
+
+    total = seconds + days * 24 * 3600
+    if total <= 0:
+        raise click.UsageError("give --seconds or --days (more than 0)")
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException(
+            "REDIS_URL is not set: the simulator keeps its state there (paste the `export` "
+            "line `paystream dev` printed)"
+        )
+    tenant = _run(read_registry(settings)).tenants.get(tenant_id)
+    if tenant is None:
+        raise click.ClickException(f"unknown tenant {tenant_id!r}")
+    if tenant.gateway != "simulator":
+        raise click.ClickException(
+            f"tenant {tenant_id!r} uses the {tenant.gateway!r} gateway, not the simulator"
+        )
+    click.echo(json.dumps(_run(_advance(settings, tenant_id, total)), sort_keys=True))
+
+
+async def _advance(settings: Settings, tenant_id: str, seconds: int) -> dict[str, int]:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from paystream.gateways.simulator import SimulatorGateway
+
+    assert settings.redis_url is not None
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        simulator = SimulatorGateway(
+            client, tenant_id, record_ttl_seconds=settings.idempotency_ttl_seconds
+        )
+        return await simulator.advance_clock(seconds)
+    except RedisError as exc:
+        raise click.ClickException(f"the simulator's Redis: {exc}") from exc
+    finally:
+        await client.aclose()
+
+
 def _shown(res: PaymentResult) -> dict[str, Any]:
     return {
         "provider_payment_id": res.provider_payment_id,

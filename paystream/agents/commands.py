@@ -178,7 +178,15 @@ class CommandRunner:
         self.retention = RetentionSweep(
             # Payment methods before customers: one left attached to a customer is
             # judged with them, while they are still there (see retention.expired).
-            (t.payment_methods, t.customers, t.payments, t.refunds, t.disputes),
+            (
+                t.payment_methods,
+                t.customers,
+                t.payments,
+                t.refunds,
+                t.disputes,
+                t.subscriptions,
+                t.invoices,
+            ),
             settings.entity_retention_seconds,
             commands_topic.get_topic_name(),
             _active_partitions,
@@ -261,6 +269,8 @@ class CommandRunner:
                 payments=t.payments,
                 refunds=t.refunds,
                 disputes=t.disputes,
+                subscriptions=t.subscriptions,
+                invoices=t.invoices,
                 # Rebuilt after each rebalance, once the partitions' tables are recovered
                 # (by count too: a rejoin may keep the consumer generation).
                 owners=OwnerIndex(
@@ -491,7 +501,15 @@ async def _check_record_limits() -> None:
     its partitions move to the next worker, which fails the same way. Better to say so
     once, before the first command, than to take the fleet down one worker at a time.
     """
-    tables = (t.customers, t.payment_methods, t.payments, t.refunds, t.disputes)
+    tables = (
+        t.customers,
+        t.payment_methods,
+        t.payments,
+        t.refunds,
+        t.disputes,
+        t.subscriptions,
+        t.invoices,
+    )
     topics = [
         *large_record_topics(settings),
         *(table.changelog_topic.get_topic_name() for table in (*tables, t.idempotency, t.limits)),

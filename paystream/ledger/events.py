@@ -37,6 +37,10 @@ class EntityType(StrEnum):
     PAYMENT = "payment"
     REFUND = "refund"
     DISPUTE = "dispute"
+    # Stored in ``events`` (and so in the tenant's history) only, for now: no entity table
+    # or audit rows of their own yet (a later migration; see README "Subscriptions").
+    SUBSCRIPTION = "subscription"
+    INVOICE = "invoice"
 
 
 # Column -> (python type, required) per entity; the row's other columns are bookkeeping.
@@ -82,6 +86,32 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "reason": (str, False),
         "provider_dispute_id": (str, False),
         "evidence_due_by": (datetime, False),
+    },
+    EntityType.SUBSCRIPTION: {
+        "customer_id": (str, False),
+        "payment_method_id": (str, False),
+        "amount": (int, True),
+        "currency": (str, True),
+        "status": (str, True),
+        "interval": (str, False),
+        "interval_count": (int, False),
+        "provider": (str, False),
+        "provider_subscription_id": (str, False),
+        "current_period_start": (datetime, False),
+        "current_period_end": (datetime, False),
+        "canceled_at": (datetime, False),
+    },
+    EntityType.INVOICE: {
+        "subscription_id": (str, False),
+        "customer_id": (str, False),
+        "amount": (int, True),
+        "currency": (str, True),
+        "status": (str, True),
+        "period_start": (datetime, False),
+        "period_end": (datetime, False),
+        "provider_invoice_id": (str, False),
+        "provider_payment_id": (str, False),
+        "failure_code": (str, False),
     },
 }
 _DEFAULTS: dict[str, Any] = {"amount_captured": 0, "amount_refunded": 0}

@@ -82,6 +82,8 @@ TABLE_NAMES = (
     "payments",
     "refunds",
     "disputes",
+    "subscriptions",
+    "invoices",
     "idempotency",
     "limits",
     "insights",

@@ -31,6 +31,8 @@ _KINDS = {
     "payment": "payments",
     "refund": "refunds",
     "dispute": "disputes",
+    "subscription": "subscriptions",
+    "invoice": "invoices",
 }
 
 

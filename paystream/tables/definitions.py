@@ -22,6 +22,8 @@ __all__ = [
     "payment_methods",
     "payments",
     "refunds",
+    "subscriptions",
+    "invoices",
 ]
 
 
@@ -66,5 +68,7 @@ payment_methods = batched_table("payment_methods", "tenant:pm id → payment met
 payments = batched_table("payments", "tenant:payment id → payment record")
 refunds = batched_table("refunds", "tenant:refund id → refund record")
 disputes = batched_table("disputes", "tenant:dispute id → dispute record")
+subscriptions = batched_table("subscriptions", "tenant:subscription id → subscription record")
+invoices = batched_table("invoices", "tenant:invoice id → invoice record")
 idempotency = batched_table("idempotency", "tenant:idempotency key → in-flight/done record")
 limits = batched_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")

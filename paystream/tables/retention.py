@@ -95,6 +95,13 @@ def settled(record: Mapping[str, Any]) -> bool:
         return bool(record.get("erased"))
     if kind == "payment_method":
         return record.get("attached") is False
+    if kind == "subscription":
+        # Canceled: nothing is billed again. One live is read back for renewals however
+        # long it sits unchanged (a yearly one, say), so it stays.
+        return record.get("status") == "canceled"
+    if kind == "invoice":
+        # Paid or void; an open one may yet be paid (the provider retries it).
+        return record.get("status") in ("paid", "void")
     return kind in ("payment", "refund", "dispute")
 
 

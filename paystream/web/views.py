@@ -51,6 +51,8 @@ _ENTITY_TABLES = {
     "payments": t.payments,
     "refunds": t.refunds,
     "disputes": t.disputes,
+    "subscriptions": t.subscriptions,
+    "invoices": t.invoices,
 }
 # What a lookup may name: an entity's kind, or "commands" (what became of a command).
 _KINDS = frozenset({*_ENTITY_TABLES, "commands"})
