@@ -18,12 +18,12 @@ __all__ = [
     "customers",
     "disputes",
     "idempotency",
+    "invoices",
     "limits",
     "payment_methods",
     "payments",
     "refunds",
     "subscriptions",
-    "invoices",
 ]
 
 
