@@ -23,7 +23,13 @@ from pydantic.json_schema import JsonSchemaMode
 
 from paystream import __version__
 from paystream.agents import handlers, pipeline
-from paystream.gateways.base import DisputeStatus, PaymentStatus, RefundStatus
+from paystream.gateways.base import (
+    DisputeStatus,
+    InvoiceStatus,
+    PaymentStatus,
+    RefundStatus,
+    SubscriptionStatus,
+)
 from paystream.gateways.square.webhooks import (
     FOLLOWED_DISPUTE_EVENTS as SQUARE_FOLLOWED_DISPUTE_EVENTS,
 )
@@ -103,6 +109,21 @@ COMMAND_SUMMARIES: dict[str, str] = {
     ),
     "dispute.submit_evidence": "Submit (or, with `submit: false`, stage) evidence for a dispute.",
     "dispute.accept": "Accept a dispute (the money stays with the cardholder).",
+    "subscription.create": (
+        "Bill a customer's saved payment method `amount` every `interval_count` "
+        "`interval`s (at most a year): the first invoice charged now, or after a free "
+        "trial of `trial_days` (`related`: the invoice)."
+    ),
+    "subscription.cancel": (
+        "Cancel a subscription now (its open invoices voided), or at the end of the "
+        "period paid for (`at_period_end`: `subscription.updated`, then canceled when a "
+        "`subscription.refresh` finds the period ended)."
+    ),
+    "subscription.refresh": (
+        "Read a subscription back from its provider with the invoices it made since "
+        "(renewals paid, or declined: `past_due`; `related`: invoices new or moved on; "
+        "`data.previous_status`: what paystream held before)."
+    ),
 }
 
 REJECT_REASONS: dict[RejectReason, str] = {
@@ -170,6 +191,15 @@ _REFUND_REFRESHED: Doc = {
         "type": "string",
         "description": "answering `refund.refresh`: the refund's status before it was read "
         "back (equal to the status now when nothing changed at the provider)",
+    },
+}
+
+# A subscription outcome answering a cancel or a refresh says what paystream held before.
+_SUB_PREVIOUS: Doc = {
+    "previous_status": {
+        "type": "string",
+        "description": "answering `subscription.cancel` or `subscription.refresh`: the "
+        "subscription's status before",
     },
 }
 
@@ -250,6 +280,32 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
             }
         },
     ),
+    "subscription.created": (
+        "subscription",
+        "The subscription is `active` (its first invoice paid, in `related`) or "
+        "`trialing` (nothing charged until the trial ends).",
+        {},
+    ),
+    "subscription.failed": (
+        "subscription",
+        "The first invoice's payment was declined: the subscription is recorded "
+        "`incomplete` (never active, nothing more billed; it may be canceled), `error` the "
+        "provider's error as on `payment.failed`, the `open` invoice in `related`.",
+        {},
+    ),
+    "subscription.updated": (
+        "subscription",
+        "A cancel at period end was scheduled, or `subscription.refresh` read the "
+        "subscription back (renewed: new `paid` invoices in `related`; `past_due`: an "
+        "invoice `open`, its decline in `error`; or unchanged).",
+        _SUB_PREVIOUS,
+    ),
+    "subscription.canceled": (
+        "subscription",
+        "The subscription was canceled (now, or its period ended after a cancel at "
+        "period end); open invoices voided, in `related`.",
+        _SUB_PREVIOUS,
+    ),
     "command.rejected": (
         None,
         "The command was refused; `reason` is machine-readable, `message` for people.",
@@ -263,11 +319,15 @@ _ENTITIES: dict[str, type[records.EntityRecord]] = {
     "payment": records.PaymentRecord,
     "refund": records.RefundRecord,
     "dispute": records.DisputeRecord,
+    "subscription": records.SubscriptionRecord,
+    "invoice": records.InvoiceRecord,
 }
 _STATUSES: dict[str, type[StrEnum]] = {
     "payment": PaymentStatus,
     "refund": RefundStatus,
     "dispute": DisputeStatus,
+    "subscription": SubscriptionStatus,
+    "invoice": InvoiceStatus,
 }
 # The views' path segment per entity type.
 ENTITY_KINDS = {f"{name}s": name for name in _ENTITIES}

@@ -1836,8 +1836,7 @@ async def cancel_subscription(ctx: HandlerContext, data: c.CancelSubscription) -
     )
     _take_subscription(ctx, sub, res)
     invoices = _invoices(ctx, sub, res)
-    outcome = "subscription.canceled" if res.status is _SUB_CANCELED else "subscription.updated"
-    return HandlerResult(outcome, sub, invoices, extra={"previous_status": previous})
+    return _subscription_outcome(res, sub, invoices, None, previous)
 
 
 async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription) -> HandlerResult:
@@ -1860,13 +1859,27 @@ async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription)
     )
     _take_subscription(ctx, sub, res)
     invoices = _invoices(ctx, sub, res)
-    outcome = "subscription.canceled" if res.status is _SUB_CANCELED else "subscription.updated"
     error = None
     if res.status is gw.SubscriptionStatus.PAST_DUE and previous != res.status.value:
         newest_open = next((i for i in res.invoices if i.status is _INVOICE_OPEN), None)
         if newest_open is not None:
             error = _first_invoice_failure(ctx, res.model_copy(update={"invoices": (newest_open,)}))
-    return HandlerResult(outcome, sub, invoices, error=error, extra={"previous_status": previous})
+    return _subscription_outcome(res, sub, invoices, error, previous)
+
+
+def _subscription_outcome(
+    res: gw.SubscriptionResult,
+    sub: SubscriptionRecord,
+    invoices: list[EntityRecord],
+    error: GatewayError | None,
+    previous: str,
+) -> HandlerResult:
+    """A cancel's or a refresh's outcome: canceled, or updated (scheduled to cancel,
+    renewed, past due, or unchanged)."""
+    extra = {"previous_status": previous}
+    if res.status is _SUB_CANCELED:
+        return HandlerResult("subscription.canceled", sub, invoices, error=error, extra=extra)
+    return HandlerResult("subscription.updated", sub, invoices, error=error, extra=extra)
 
 
 HANDLERS: dict[str, Handler] = {
