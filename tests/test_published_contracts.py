@@ -37,6 +37,15 @@ VALID: dict[str, dict[str, Any]] = {
     "refund.refresh": {"refund_id": "r1"},
     "dispute.submit_evidence": {"dispute_id": "d1", "evidence": {"a": "b"}},
     "dispute.accept": {"dispute_id": "d1"},
+    "subscription.create": {
+        "customer_id": "c1",
+        "payment_method_id": "pm1",
+        "amount": 900,
+        "currency": "EUR",
+        "interval": "month",
+    },
+    "subscription.cancel": {"subscription_id": "s1", "at_period_end": True},
+    "subscription.refresh": {"subscription_id": "s1"},
 }
 BODY = "/paths/~1v1~1commands/post/requestBody/content/application~1json/schema"
 

@@ -99,6 +99,29 @@ async def _refund_failing_later(h: Harness, t: str) -> tuple[str, dict[str, Any]
     return "refund.refresh", {"refund_id": refund}
 
 
+_MONTHLY = {"amount": 1200, "currency": "EUR", "interval": "month"}
+
+
+async def _with_card(
+    h: Harness, t: str, body: dict[str, Any], token: str = "pm_card_visa"
+) -> tuple[str, dict[str, Any]]:
+    cus = await _customer(h, t)
+    pm = await _made(h, t, "payment_method.attach", {"customer_id": cus, "token": token})
+    return "subscription.create", {"customer_id": cus, "payment_method_id": pm, **_MONTHLY, **body}
+
+
+async def _subscribed(
+    h: Harness, t: str, command_type: str, **body: Any
+) -> tuple[str, dict[str, Any]]:
+    _, create = await _with_card(h, t, {})
+    sub = await _made(h, t, "subscription.create", create)
+    if command_type == "subscription.refresh":  # a renewal due at the provider
+        gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+        assert isinstance(gateway, SimulatorGateway)
+        await gateway.advance_clock(32 * 24 * 3600)
+    return command_type, {"subscription_id": sub, **body}
+
+
 async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"dispute_id": await _dispute(h, t)}
     if command_type == "dispute.submit_evidence":
@@ -127,6 +150,16 @@ SCENARIOS: dict[str, Setup] = {
     "refund.refresh": _refund_failing_later,
     "dispute.submit_evidence": lambda h, t: _with_dispute(h, t, "dispute.submit_evidence"),
     "dispute.accept": lambda h, t: _with_dispute(h, t, "dispute.accept"),
+    "subscription.create": lambda h, t: _with_card(h, t, {"subscription_id": "s9"}),
+    "subscription.create (derived id)": lambda h, t: _with_card(h, t, {}),
+    "subscription.create (declined)": lambda h, t: _with_card(
+        h, t, {}, token="pm_card_chargeCustomerFail"
+    ),
+    "subscription.cancel": lambda h, t: _subscribed(h, t, "subscription.cancel"),
+    "subscription.cancel (at period end)": lambda h, t: _subscribed(
+        h, t, "subscription.cancel", at_period_end=True
+    ),
+    "subscription.refresh (renewed)": lambda h, t: _subscribed(h, t, "subscription.refresh"),
 }
 
 
@@ -139,7 +172,15 @@ async def _effects(h: Harness, record: dict[str, Any]) -> list[tuple[str, str]]:
 def _entities(h: Harness) -> dict[str, Any]:
     return {
         name: copy.deepcopy(dict(getattr(h.tables, name)))
-        for name in ("customers", "payment_methods", "payments", "refunds", "disputes")
+        for name in (
+            "customers",
+            "payment_methods",
+            "payments",
+            "refunds",
+            "disputes",
+            "subscriptions",
+            "invoices",
+        )
     }
 
 

@@ -90,6 +90,26 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                 {"dispute_id": dispute, "evidence": {"customer_name": "Ada"}, "submit": False},
             )
             await over_kafka("dispute.accept", {"dispute_id": dispute})
+            # Subscriptions: both SDKs send each, and both see the invoice in `related`.
+            made = await over_kafka(
+                "subscription.create",
+                {"subscription_id": "s1", "customer_id": "c1", "payment_method_id": "pm1",
+                 "amount": 1500, "currency": "EUR", "interval": "month"},
+            )  # fmt: skip
+            assert made["object"]["status"] == "active", made
+            assert [r["entity_type"] for r in made["related"]] == ["invoice"], made
+            await over_http("subscription.refresh", {"subscription_id": "s1"})
+            trial = await over_http(
+                "subscription.create",
+                {"customer_id": "c1", "payment_method_id": "pm1", "amount": 700,
+                 "currency": "USD", "interval": "week", "trial_days": 7},
+            )  # fmt: skip
+            assert trial["object"]["status"] == "trialing", trial
+            await over_kafka(
+                "subscription.cancel", {"subscription_id": "s1", "at_period_end": True}
+            )
+            await over_http("subscription.cancel", {"subscription_id": trial["entity_id"]})
+            assert seen["subscription.cancel"] == "subscription.canceled", seen
             await over_http("customer.export", {"customer_id": "c1"})
             await over_kafka("payment_method.detach", {"payment_method_id": "pm1"})
             await over_http("customer.delete", {"customer_id": "c1"})

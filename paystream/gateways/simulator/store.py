@@ -193,6 +193,9 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CreateRefund,
         gw.SubmitDisputeEvidence,
         gw.AcceptDispute,
+        gw.CreateSubscription,
+        gw.CancelSubscription,
+        gw.RetrieveSubscription,
     }
 )
 
