@@ -468,8 +468,13 @@ class SquareGateway:
         now = await self._payment_now("capture_payment", req.provider_payment_id)
         if now.get("status") == "COMPLETED":
             # Keyless CompletePayment: completed already (this command's first request,
-            # its answer lost, or one before it): answered as it is, nothing moves.
-            return mapping.payment(now)
+            # its answer lost, or one before it): nothing moves, and the answer is the
+            # one CompletePayment gave. Refunds made since (a payment is refunded only
+            # once completed) are left out: they are their own commands' to record, and
+            # a capture re-run after a crash that reported them would count them on the
+            # payment before their refund commands, re-run too, count them again (or
+            # refuse a refund of the rest as "nothing left": review h73h).
+            return mapping.payment({k: v for k, v in now.items() if k != "refunded_money"})
         obj = await self._call(
             "capture_payment",
             lambda: self._sq.payments.complete(
