@@ -1,0 +1,376 @@
+"""Kill a worker of Square tenants between a Square call and its offset commit: no effect
+twice at Square (the tests' FAKE Square, tests/fixtures/square_fake.py, which keeps
+Square's idempotency contract: keys in the body, the first successful answer replayed,
+another body under a key 400 IDEMPOTENCY_KEY_REUSED).
+
+Square keys CreatePayment and RefundPayment, but not CompletePayment (a capture): the
+gateway reads the payment first and answers a completed one as it is. A refund without
+an amount is "read what is left, then refund it", under the command's key; sent again
+after it went through, nothing is left and the gateway tries the amounts refunded on the
+payment under the key until Square replays the one it ran. Those are where a command
+redelivered after a crash could move money twice or leave the wrong state.
+
+As tests/e2e/test_stripe_crash.py: a proxy between the workers and the fake SIGKILLs the
+worker of the moment once the fake has run a chosen POST and before its answer returns
+(so the command is certain to be redelivered): a CreatePayment, a CompletePayment, a
+RefundPayment with an amount, a RefundPayment of the rest. Then: one outcome per command
+(duplicates byte-identical), each payment made and completed once and each refund made
+once at the fake (its test-only ledger of effects), and paystream's payments (captured,
+refunded) as the fake holds them. Three tenants: two at two locations of one seller, one
+at another seller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import threading
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cloudevents.core.v1.event import CloudEvent
+
+from paystream.client import build_command
+from paystream.streams.codec import decode_record
+from paystream.tenancy.crypto import MasterKey, MasterKeyring
+from paystream.tenancy.limits import TenantLimits
+from paystream.tenancy.models import Tenant
+from paystream.tenancy.secrets import seal_secret
+from tests.e2e.test_crash import OutcomeLog, _payment, _produce, _wait_for
+from tests.fixtures.pipeline import Deployment
+from tests.fixtures.square_fake import (
+    FAKE_SQUARE_LOCATION,
+    FAKE_SQUARE_LOCATION_2,
+    FAKE_SQUARE_MERCHANT,
+    FAKE_SQUARE_OTHER_LOCATION,
+    FAKE_SQUARE_OTHER_MERCHANT,
+    FAKE_SQUARE_OTHER_TOKEN,
+    FAKE_SQUARE_TOKEN,
+)
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+MASTER = MasterKey.generate()
+# The tenants' sellers and locations: two locations of one seller, and another seller.
+SELLERS = [
+    (FAKE_SQUARE_TOKEN, FAKE_SQUARE_LOCATION, FAKE_SQUARE_MERCHANT),
+    (FAKE_SQUARE_TOKEN, FAKE_SQUARE_LOCATION_2, FAKE_SQUARE_MERCHANT),
+    (FAKE_SQUARE_OTHER_TOKEN, FAKE_SQUARE_OTHER_LOCATION, FAKE_SQUARE_OTHER_MERCHANT),
+]
+N_PAY = 16  # per tenant (a multiple of 4): see workload
+SHARES = (300, 200)  # the refunds with an amount (a refund of the rest is never one)
+
+Cut = Callable[[str, dict[str, Any]], bool]
+
+
+def _create(path: str, body: dict[str, Any]) -> bool:
+    return path == "/v2/payments"
+
+
+def _complete(path: str, body: dict[str, Any]) -> bool:
+    return path.startswith("/v2/payments/") and path.endswith("/complete")
+
+
+def _refund_amount(path: str, body: dict[str, Any]) -> bool:
+    return path == "/v2/refunds" and body.get("amount_money", {}).get("amount") in SHARES
+
+
+def _refund_rest(path: str, body: dict[str, Any]) -> bool:
+    return path == "/v2/refunds" and body.get("amount_money", {}).get("amount") not in SHARES
+
+
+# The calls cut, one after the other, each killing the worker of the moment: which POSTs,
+# and the how-many-th of them (counted over every POST, retries too). Per tenant: 16
+# creates, 8 completes, 16 refunds with an amount, 8 refunds of the rest.
+CUTS: list[tuple[Cut, int]] = [
+    (_create, 3 * N_PAY // 2),  # a create, mid-way through the creates
+    (_complete, 3 * N_PAY // 8),  # a capture (keyless), early in the follow-ups
+    (_refund_amount, 3 * N_PAY // 2),  # a refund of 300 or 200, mid-way
+    (_refund_rest, 3 * 3 * N_PAY // 8),  # a refund of what is left (late)
+]
+
+
+class KillingProxy:
+    """Forwards the workers' Square calls to the fake, on a loop of its own, recording
+    each POST (path, body, status) and calling ``kill`` once the ``nth`` POST the next
+    of ``cuts`` matches has run at the fake, before its answer goes back (``cut``: their
+    places in ``posts``)."""
+
+    def __init__(self, upstream: str, cuts: list[tuple[Cut, int]], kill: Callable[[], None]):
+        self.upstream, self._cuts, self._kill = upstream, cuts, kill
+        self.posts: list[dict[str, Any]] = []
+        self.cut: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> str:
+        self._thread.start()
+        port = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        return f"http://127.0.0.1:{port}"
+
+    async def _serve(self) -> int:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("authorization", "content-type", "accept", "square-version")
+        }
+        url = self.upstream + request.path_qs
+        async with self._session.request(request.method, url, data=raw, headers=headers) as r:
+            status, answer = r.status, await r.read()
+        if request.method == "POST":
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                body = {}
+            self.posts.append(
+                {
+                    "path": request.path,
+                    "body": body,
+                    "key": body.get("idempotency_key"),
+                    "status": status,
+                    "answer": answer,
+                }
+            )
+            if len(self.cut) < len(self._cuts):
+                matches, nth = self._cuts[len(self.cut)]
+                seen = sum(1 for post in self.posts if matches(post["path"], post["body"]))
+                if matches(request.path, body) and seen >= nth:
+                    self._kill()
+                    self.cut.append(len(self.posts) - 1)
+        return web.Response(body=answer, status=status, content_type="application/json")
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self._session.close()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def expected(j: int) -> tuple[bool, int, int]:
+    """(manual, captured, refunded) of ``pay_j``: j % 4 == 0 manual, captured, refunded
+    whole by a refund of the rest; 2 manual, captured, 300 refunded; 1 auto, 300 then
+    the rest refunded; 3 auto, 300 and 200 refunded."""
+    amount = 1000 + j
+    return {0: (True, amount, amount), 1: (False, amount, amount),
+            2: (True, amount, 300), 3: (False, amount, 500)}[j % 4]  # fmt: skip
+
+
+def workload(tenants: list[str]) -> list[CloudEvent]:
+    """Per tenant: the creates, then each payment's follow-ups in turn (a capture of each
+    manual one, refunds as ``expected`` has them); tenants interleaved."""
+    per: dict[str, list[CloudEvent]] = {}
+    for t in tenants:
+        creates, follow_ups = [], []
+        for j in range(N_PAY):
+            pid, manual = f"pay_{j}", j % 2 == 0
+            data = {"payment_id": pid, "amount": 1000 + j, "currency": "USD",
+                    "payment_method_token": "cnon:card-nonce-ok",
+                    "capture": "manual" if manual else "auto"}  # fmt: skip
+            creates.append(build_command("payment.create", t, data))
+            refund = {"payment_id": pid}
+            if manual:
+                follow_ups.append(build_command("payment.capture", t, {"payment_id": pid}))
+            if j % 4 != 0:
+                follow_ups.append(build_command("refund.create", t, refund | {"amount": 300}))
+            if j % 4 in (0, 1):  # the rest (no amount)
+                follow_ups.append(build_command("refund.create", t, refund))
+            elif j % 4 == 3:
+                follow_ups.append(build_command("refund.create", t, refund | {"amount": 200}))
+        per[t] = creates + follow_ups
+    return [per[t][i] for i in range(len(per[tenants[0]])) for t in tenants]
+
+
+def _decode(raw: bytes) -> Any:
+    key, value, headers = json.loads(raw)
+    return decode_record(key, value.encode(), {k: v.encode() for k, v in headers})
+
+
+async def _fake(square_url: str, path: str, token: str | None = None) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=auth) as s, s.get(f"{square_url}{path}") as r:
+        assert r.status == 200, (path, await r.text())
+        return dict(await r.json())
+
+
+async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
+    deployment_factory: Any, square_url: str
+) -> None:
+    workers: list[Any] = []  # the last one started is the one the proxy kills
+    proxy = KillingProxy(square_url, CUTS, lambda: workers[-1].kill(signal.SIGKILL))
+    proxy_url = proxy.start()
+    dep: Deployment = await deployment_factory(
+        paystream_square_api_base=proxy_url,
+        paystream_master_key=base64.b64encode(MASTER.key).decode(),
+    )
+    run = uuid.uuid4().hex[:6]
+    tenants = [f"sq{run}{i}" for i in range(len(SELLERS))]
+    seller_of = dict(zip(tenants, SELLERS, strict=True))
+    keyring = MasterKeyring(MASTER)
+    commands = workload(tenants)
+    per_tenant = len(commands) // len(tenants)
+    volume = sum(1000 + j for j in range(N_PAY))
+    limits = TenantLimits(
+        commands_per_second=1, burst=per_tenant, daily_payment_volume={"USD": volume}
+    )
+    await dep.add_tenants(
+        *(
+            Tenant(
+                tenant_id=t,
+                gateway="square",
+                gateway_options={"location_id": seller_of[t][1]},
+                limits=limits,
+                secrets={"access_token": seal_secret(keyring, t, "access_token", seller_of[t][0])},
+            )
+            for t in tenants
+        )
+    )
+    assert per_tenant == N_PAY + N_PAY // 2 + N_PAY + N_PAY // 2
+    ids = {c.get_id() for c in commands}
+    log = OutcomeLog(dep)
+    reader = asyncio.create_task(log.run())
+    # What the fake held before (the session's fake is shared with other tests).
+    before = await _fake(square_url, "/_fake/effects")
+    workers.append(dep.worker("w0"))
+    workers[0].start()
+    try:
+        await asyncio.to_thread(workers[0].wait_ready, tenants, partitions=dep.settings.partitions)
+        producing = asyncio.create_task(_produce(dep, commands, rate=40))
+        for n in range(1, len(CUTS) + 1):
+            await _wait_for(lambda n=n: len(proxy.cut) >= n, 180, f"kill {n} after a call")
+            workers.append(dep.worker(f"w{n}"))
+            workers[-1].start()
+        await producing
+        await _wait_for(lambda: ids <= log.by_command.keys(), 180, "every outcome")
+        last = workers[-1]
+        await asyncio.to_thread(last.wait_ready, tenants, partitions=dep.settings.partitions)
+
+        # 1. One outcome per command (a redelivery's is the same event, byte for byte),
+        # none a refusal.
+        assert all(len(log.by_command[i]) == 1 for i in ids), [
+            (i, log.by_command[i]) for i in ids if len(log.by_command[i]) != 1
+        ]
+        raw_by_event: dict[str, set[bytes]] = defaultdict(set)
+        for cause, event_id, raw in log.records:
+            if cause in ids:
+                raw_by_event[event_id].add(raw)
+        differ = {e: [_decode(r).get_data() for r in v] for e, v in raw_by_event.items()
+                  if len(v) > 1}  # fmt: skip
+        assert differ == {}, differ
+        kinds = Counter(
+            _decode(raw).get_type().removeprefix("com.paystream.")
+            for cause, _, raw in log.records
+            if cause in ids
+        )
+        by_id = {c.get_id(): c for c in commands}
+        rejected = [
+            (str(by_id[c].get_extension("tenantid")), by_id[c].get_data(), _decode(r).get_data())
+            for c, _, r in log.records
+            if c in ids and b"command.rejected" in r
+        ]
+        assert set(kinds) <= {"payment.authorized", "payment.succeeded", "refund.succeeded"}, (
+            kinds,
+            rejected,
+        )
+
+        # 2. Each call cut off was sent again (a create and the refunds under their keys,
+        # answered as the fake answered the first); none refused for its key.
+        paths = [proxy.posts[at] for at in proxy.cut]
+        assert [m(p["path"], p["body"]) for (m, _), p in zip(CUTS, paths, strict=True)] == [
+            True
+        ] * len(CUTS), paths
+        for at in proxy.cut:
+            cut = proxy.posts[at]
+            if cut["key"] is None:
+                continue  # (CompletePayment: keyless, read back instead)
+            again = [p for p in proxy.posts[at + 1 :] if p["key"] == cut["key"] and
+                     p["status"] == 200]  # fmt: skip
+            assert again and all(p["answer"] == cut["answer"] for p in again), (cut, again)
+        # A refused key only ever where the gateway tries a rest refund's amounts.
+        reused = [p for p in proxy.posts if b"IDEMPOTENCY_KEY_REUSED" in p["answer"]]
+        assert all(_refund_rest(p["path"], {}) for p in reused), reused[:3]
+
+        # 3. What the fake did (its ledger): one payment per paystream payment, each
+        # manual one completed once, each refund made once and never beyond the payment.
+        after = await _fake(square_url, "/_fake/effects")
+        effects = [
+            e for merchant, done in after.items() for e in done[len(before.get(merchant, [])) :]
+        ]
+        by_location = {seller_of[t][1]: t for t in tenants}
+        states: dict[str, dict[str, Any]] = {}
+        for t in tenants:
+            for j in range(N_PAY):
+                states[f"{t}/pay_{j}"] = await asyncio.to_thread(
+                    _payment, last.base_url, t, f"pay_{j}"
+                )
+        ours = {s["provider_payment_id"]: ref for ref, s in states.items()}
+        assert len(ours) == len(states)
+        made: Counter[str] = Counter()
+        completed: Counter[str] = Counter()
+        refunds: dict[str, list[int]] = defaultdict(list)
+        for e in effects:
+            ref = ours.get(e["payment_id"])
+            assert ref is not None, ("an effect on no payment of paystream's", e)
+            assert by_location[e["location_id"]] == ref.split("/")[0], e
+            if e["kind"] == "payment":
+                made[ref] += 1
+            elif e["kind"] == "complete":
+                completed[ref] += 1
+            else:
+                assert e["kind"] == "refund", e
+                refunds[ref].append(e["amount"])
+        assert set(made.values()) == {1} and len(made) == len(states), made
+        wrong: list[Any] = []  # (the payment, what is wrong, and how)
+        for ref, state in states.items():
+            t, pid = ref.split("/")
+            j = int(pid.rsplit("_", 1)[1])
+            manual, captured, refunded = expected(j)
+            if completed[ref] != (1 if manual else 0):
+                wrong.append((ref, "completed", completed[ref]))
+            want = {0: [1000 + j], 1: [300, 700 + j], 2: [300], 3: [300, 200]}[j % 4]
+            if refunds[ref] != want:
+                wrong.append((ref, "refunds at the fake", refunds[ref], want))
+            # 4. paystream's table state is the fake's, and the replay-free reference.
+            token = seller_of[t][0]
+            square = (await _fake(square_url, f"/v2/payments/{state['provider_payment_id']}",
+                                  token))["payment"]  # fmt: skip
+            held = (
+                square["status"],
+                square["amount_money"]["amount"],
+                (square.get("refunded_money") or {}).get("amount", 0),
+            )
+            if held != ("COMPLETED", captured, refunded):
+                wrong.append((ref, "at the fake", held, (captured, refunded)))
+            if (state["status"], state["amount_captured"], state["amount_refunded"]) != (
+                "succeeded",
+                *held[1:],
+            ):
+                wrong.append((ref, "paystream's table", state, held))
+        assert wrong == [], wrong
+        print(f"cuts at posts {proxy.cut} of {len(proxy.posts)}; {len(log.records)} outcomes")
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        for worker in workers:
+            worker.stop()
+        proxy.stop()
