@@ -140,7 +140,14 @@ from paystream.tables.records import (
 )
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
-from paystream.tenancy.limits import UNREAD, Admission, LimitGate, LimitRejection
+from paystream.tenancy.limits import (
+    MONEY_COMMANDS,
+    UNREAD,
+    Admission,
+    LimitGate,
+    LimitRejection,
+    charge_now,
+)
 from paystream.tenancy.limits import Record as LimitRecord
 from paystream.tenancy.models import TENANT_ID_PATTERN, UNREGISTERED, Tenant, TenantStatus
 from paystream.tracing import CommandTrace, CommandTracing
@@ -1386,12 +1393,16 @@ class CommandProcessor(ProviderWindow):
         )
 
     def _creates_over_a_payment(self, cmd: CommandRef, data: Any) -> bool:
-        """A payment.create naming a payment that exists, whichever command made it: its
-        handler refuses to create over it (handlers.ensure_new) before any provider call."""
-        if cmd.command_type != "payment.create":
+        """A payment.create (or subscription.create) naming a payment (subscription) that
+        exists, whichever command made it: its handler refuses to create over it
+        (handlers.ensure_new) before any provider call."""
+        chosen_field, table = _CREATED_ENTITY.get(cmd.command_type, (None, None))
+        if chosen_field is None:
             return False
-        chosen = getattr(data, "payment_id", None)
-        return isinstance(chosen, str) and entity_key(cmd.tenant_id, chosen) in self.tables.payments
+        chosen = getattr(data, chosen_field, None)
+        return isinstance(chosen, str) and entity_key(cmd.tenant_id, chosen) in getattr(
+            self.tables, str(table)
+        )
 
     async def _take_turn(
         self,
@@ -1412,11 +1423,14 @@ class CommandProcessor(ProviderWindow):
             return waited, None
         tenant = at_turn
         if (
-            cmd.command_type == "payment.create"
+            cmd.command_type in MONEY_COMMANDS
             and tenant.limits.daily_payment_volume
             and not turn.settled()
             and not self.limits.volume_room(
-                cmd.tenant_id, tenant.limits, str(data.currency), int(data.amount)
+                cmd.tenant_id,
+                tenant.limits,
+                str(data.currency),
+                charge_now(cmd.command_type, data),
             )
             and _refused_while_others_hold(trial(tenant))
         ):
@@ -2766,14 +2780,24 @@ def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> b
 
 
 def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool) -> str:
-    """What a payment's daily-volume hold is kept under: the same scope as its provider
-    key, so a parked create sent again under a new command id is not held twice."""
-    payment_id = getattr(data, "payment_id", None)
-    if entity_keys and cmd.command_type == "payment.create" and payment_id:
+    """What a payment's (or a subscription's first charge's) daily-volume hold is kept
+    under: the same scope as its provider key, so a parked create sent again under a new
+    command id is not held twice."""
+    chosen_field = _CREATED_ENTITY.get(cmd.command_type, (None, None))[0]
+    chosen = getattr(data, chosen_field, None) if chosen_field is not None else None
+    if entity_keys and chosen_field is not None and chosen:
         # Idempotency table keys start with the tenant id, which starts with [a-z0-9]:
         # "@" keeps a client's idempotency key "payment:p1" from naming this hold.
-        return f"@payment:{payment_id}"
+        return f"@{chosen_field.removesuffix('_id')}:{chosen}"
     return idem_table_key
+
+
+# The creates the limits admit as payments: the field naming the entity a producer may
+# choose, and the table it lands in (its provider key is then the entity's).
+_CREATED_ENTITY = {
+    "payment.create": ("payment_id", "payments"),
+    "subscription.create": ("subscription_id", "subscriptions"),
+}
 
 
 # The commands a provider's webhook brings (web/webhooks.py), sealed as paystream's own.

@@ -6,7 +6,8 @@ A tenant's registry record may carry :class:`TenantLimits`:
   it, a command is rejected ``rate_limited`` with ``retry_after_ms`` (as a provider
   answers HTTP 429); nothing is remembered under its idempotency key, so the same
   command sent again later goes through.
-* ``max_payment_amount``: the largest single ``payment.create`` per currency.
+* ``max_payment_amount``: the largest single ``payment.create`` per currency, and the
+  largest per-period ``amount`` of a ``subscription.create`` (each period charges it).
 * ``daily_payment_volume``: per currency and UTC day, the sum of payments that were
   authorised, captured or are awaiting authentication, counted from when the limit is
   set, plus the payments admitted and not yet answered (in flight, or parked after the
@@ -14,7 +15,11 @@ A tenant's registry record may carry :class:`TenantLimits`:
   counts it or releases it (against its day and the next: it is counted on the day it
   is answered), so payments parked during an outage and re-driven later cannot take the
   day over its quota. At most :data:`MAX_HOLDS` hold at once. Over either limit, the
-  command is rejected ``quota_exceeded`` (``limit`` names which).
+  command is rejected ``quota_exceeded`` (``limit`` names which). A
+  ``subscription.create`` is admitted as a payment of its first charge (its first
+  invoice; none during a free trial): held, counted when ``subscription.created`` says
+  it was paid, released otherwise. Renewals are billed by the provider on its own clock:
+  paystream admits no command for them, and they are not counted.
 * ``only_listed_currencies``: the money limits name currencies, with no conversion; with
   this, a payment in a currency neither names is rejected ``quota_exceeded`` (``limit:
   currencies``) instead of moving unlimited.
@@ -55,6 +60,7 @@ from paystream.money import MAX_MINOR_AMOUNT, format_minor, normalise_currency
 
 __all__ = [
     "MAX_FUTURE_SKEW_MS",
+    "MONEY_COMMANDS",
     "REPLAY_MEMORY",
     "UNREAD",
     "VOLUME_OUTCOMES",
@@ -62,6 +68,7 @@ __all__ = [
     "LimitGate",
     "LimitRejection",
     "TenantLimits",
+    "charge_now",
 ]
 
 # ``stored`` not given (kept_rejection, admit): the tenant's state is read from the table.
@@ -75,8 +82,18 @@ MAX_FUTURE_SKEW_MS = 60_000
 REPLAY_MEMORY = 2_048
 # Outcomes of payment.create that count toward the daily volume.
 VOLUME_OUTCOMES = frozenset(
-    {"payment.authorized", "payment.succeeded", "payment.requires_action", "payment.processing"}
+    {
+        "payment.authorized",
+        "payment.succeeded",
+        "payment.requires_action",
+        "payment.processing",
+        # (its first invoice paid; one in a trial charged nothing, and held nothing)
+        "subscription.created",
+    }
 )
+# The commands admitted as payments: their amount against ``max_payment_amount``, the
+# charge they make now against ``daily_payment_volume`` (see _money_of).
+MONEY_COMMANDS = frozenset({"payment.create", "subscription.create"})
 
 _MILLI = 1000  # milli-tokens per command
 # Unanswered payments (in flight, parked) one tenant may hold against its daily volume at
@@ -308,7 +325,7 @@ class LimitGate:
             mine = _hold_of(state, hold_key or rec.command_id, owner, hold)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
         holding = not enforced and bool(_holds_of_day(state, _day(self._at(state, rec))))
-        if not enforced and not (command_type == "payment.create" and holding):
+        if not enforced and not (command_type in MONEY_COMMANDS and holding):
             # Limits since removed: only earlier decisions still stand, until committed.
             # (Not while payments hold against the day: one of them re-driven now is
             # admitted below, so that its answer releases its hold; review h67e. Nor is
@@ -359,9 +376,11 @@ class LimitGate:
         currency = amount = None
         # (Also with no daily volume set now: a hold placed while one was, a parked
         # payment's, is released when this payment is answered.)
-        if command_type == "payment.create" and (limits.daily_payment_volume or state.get("held")):
-            currency, amount = str(data.currency), int(data.amount)
-            if currency in limits.daily_payment_volume:
+        if command_type in MONEY_COMMANDS and (limits.daily_payment_volume or state.get("held")):
+            currency, amount = str(data.currency), charge_now(command_type, data)
+            if not amount:
+                currency = None  # (a subscription's trial: nothing charged, nothing held)
+            elif currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
                 state["held"][hold_of_this] = [day, currency, amount, owner]
             else:
@@ -464,7 +483,7 @@ class LimitGate:
                         int(decided.get("amount") or 0),
                         _hold_of(state, hold_key or rec.command_id, owner),
                     ),
-                    outcome_type if command_type == "payment.create" else "command.rejected",
+                    outcome_type if command_type in MONEY_COMMANDS else "command.rejected",
                 )
             return
         held = dict(state.get("held") or {})
@@ -484,9 +503,10 @@ class LimitGate:
         obj = outcome_data.get("object") or {}
         counted = False
         if (
-            command_type == "payment.create"
+            command_type in MONEY_COMMANDS
             and outcome_type in VOLUME_OUTCOMES
             and obj.get("currency") in limits.daily_payment_volume
+            and not (command_type == "subscription.create" and obj.get("status") == "trialing")
         ):
             _add_volume(state, day, str(obj["currency"]), int(obj.get("amount") or 0))
             counted = True
@@ -528,6 +548,14 @@ class LimitGate:
             if int(oldest) >= floor:
                 break
             del decided[oldest]
+
+
+def charge_now(command_type: str, data: Any) -> int:
+    """What a money command charges at once: a payment its ``amount``; a subscription its
+    first period's ``amount``, or nothing while a free trial runs (``trial_days``)."""
+    if command_type == "subscription.create" and int(getattr(data, "trial_days", 0) or 0):
+        return 0
+    return int(data.amount)
 
 
 def _now_ms() -> int:
@@ -725,8 +753,10 @@ def _quota(
     data: Any,
     hold: str,
 ) -> LimitRejection | None:
-    if command_type != "payment.create":
+    if command_type not in MONEY_COMMANDS:
         return None
+    # (A subscription's per-period amount against the cap; its charge now, none in a
+    # trial, against the day's volume.)
     currency, amount = str(data.currency), int(data.amount)
     if limits.only_listed_currencies and currency not in limits.listed_currencies:
         listed = sorted(limits.listed_currencies)
@@ -744,7 +774,8 @@ def _quota(
             {"limit": "max_payment_amount", "currency": currency, "allowed": cap},
         )
     daily = limits.daily_payment_volume.get(currency)
-    if daily is None:
+    amount = charge_now(command_type, data)
+    if daily is None or not amount:
         return None
     holds = _holds_of_day(state, day)
     if len(holds) >= MAX_HOLDS and hold not in holds:
