@@ -213,6 +213,18 @@ async def retrieve_customer(tx: Tx, req: RetrieveCustomer) -> dict[str, Any]:
 
 async def delete_customer(tx: Tx, req: DeleteCustomer, key: str) -> dict[str, Any]:
     cus = await _must(tx, req.provider_customer_id, "customer")
+    # As Stripe does: their subscriptions are canceled at once (the periods its clock
+    # began before billed first, while their cards are still attached).
+    if cus.get("subscriptions"):
+        now = await clock_now(tx)
+        for sub_id in cus["subscriptions"]:
+            sub = await tx.get(sub_id)
+            if sub is None or sub["status"] == _SUB_CANCELED:
+                continue
+            await _bill_due(tx, sub, now)
+            if sub["status"] != _SUB_CANCELED:
+                await _cancel_now(tx, sub, now)
+            tx.put(sub)
     # As Stripe does ("deleting customers removes all credit card details"): its payment
     # methods are detached with it, and cannot be used or detached again.
     for pm_id in cus.get("payment_methods") or ():
@@ -802,9 +814,13 @@ def _current_period(sub: dict[str, Any]) -> tuple[int, int]:
     return period_start(sub, billed - 1), period_start(sub, billed)
 
 
-def _bill_period(tx: Tx, sub: dict[str, Any], k: int, key: str) -> dict[str, Any]:
+def _bill_period(
+    tx: Tx, sub: dict[str, Any], k: int, key: str, attached: bool = True
+) -> dict[str, Any]:
     """Period ``k``'s invoice, its charge attempted now (off-session: a card that asks
-    for 3-D Secure cannot be charged so, and declines)."""
+    for 3-D Secure cannot be charged so, and declines). ``attached``: its payment method
+    is still its customer's; detached since, nothing is charged (the invoice stays open,
+    as Stripe's with no payment method to charge)."""
     card = card_for_token(sub["card"])
     start, end = period_start(sub, k), period_start(sub, k + 1)
     pi: dict[str, Any] = {
@@ -837,10 +853,21 @@ def _bill_period(tx: Tx, sub: dict[str, Any], k: int, key: str) -> dict[str, Any
         "failure_code": None,
         "failure_message": None,
     }
-    if card is None or card.behaviour in (Behaviour.DECLINE, Behaviour.REQUIRE_ACTION):
+    if (
+        not attached
+        or card is None
+        or card.behaviour
+        in (
+            Behaviour.DECLINE,
+            Behaviour.REQUIRE_ACTION,
+        )
+    ):
         code = "authentication_required"
         message = "The payment needs the customer's authentication (off-session)."
-        if card is not None and card.behaviour is Behaviour.DECLINE:
+        if not attached:
+            code = "payment_method_detached"
+            message = "The subscription's payment method was detached: nothing was charged."
+        elif card is not None and card.behaviour is Behaviour.DECLINE:
             code = card.decline_code or card.stripe_code or "card_declined"
             message = card.message
         pi.update(
@@ -865,6 +892,7 @@ async def _bill_due(tx: Tx, sub: dict[str, Any], now: int) -> bool:
     subscription and the period), and end one to be canceled at its period's end.
     Whether anything changed."""
     changed = False
+    attached: bool | None = None
     while sub["status"] not in (_SUB_CANCELED, _SUB_INCOMPLETE):
         k = sub["periods_billed"]
         start = period_start(sub, k)
@@ -874,7 +902,10 @@ async def _bill_due(tx: Tx, sub: dict[str, Any], now: int) -> bool:
         if sub["cancel_at_period_end"]:
             sub.update(status=_SUB_CANCELED, canceled_at=start)
             break
-        _bill_period(tx, sub, k, f"sub:{sub['id']}:period:{k}")
+        if attached is None:
+            pm = await tx.get(sub["payment_method"])
+            attached = pm is not None and pm.get("customer") == sub["customer"]
+        _bill_period(tx, sub, k, f"sub:{sub['id']}:period:{k}", attached)
         sub["status"] = await _standing(tx, sub)
     return changed
 
@@ -916,7 +947,7 @@ async def create_subscription(tx: Tx, req: CreateSubscription, key: str) -> dict
     )
     if problem is not None:
         raise _invalid(problem)
-    await _must(tx, req.provider_customer_id, "customer")
+    cus = await _must(tx, req.provider_customer_id, "customer")
     pm = await _must(tx, req.provider_payment_method_id, "payment_method")
     if pm["customer"] is None:
         raise _refuse(ErrorCode.INVALID_STATE, "a detached payment method cannot be used again")
@@ -954,7 +985,18 @@ async def create_subscription(tx: Tx, req: CreateSubscription, key: str) -> dict
         if first["status"] == "open":
             sub["status"] = _SUB_INCOMPLETE  # never active; nothing more is billed
     tx.put(sub)
+    # Listed on its customer, whose deletion cancels it (as Stripe's does).
+    tx.put({**cus, "subscriptions": [*(cus.get("subscriptions") or ()), sub["id"]]})
     return await _subscription_answer(tx, sub)
+
+
+async def _cancel_now(tx: Tx, sub: dict[str, Any], now: int) -> None:
+    """Cancel ``sub`` at ``now``: nothing more billed, its open invoices voided."""
+    sub.update(status=_SUB_CANCELED, canceled_at=now)
+    for invoice_id in sub["invoices"]:
+        invoice = await tx.get(invoice_id)
+        if invoice is not None and invoice["status"] == "open":
+            tx.put({**invoice, "status": "void"})
 
 
 async def cancel_subscription(tx: Tx, req: CancelSubscription, key: str) -> dict[str, Any]:
@@ -971,11 +1013,7 @@ async def cancel_subscription(tx: Tx, req: CancelSubscription, key: str) -> dict
         sub["cancel_at_period_end"] = True
         tx.effect(Effect.of("subscription.cancel_scheduled", key, sub["id"]))
     else:
-        sub.update(status=_SUB_CANCELED, canceled_at=now)
-        for invoice_id in sub["invoices"]:
-            invoice = await tx.get(invoice_id)
-            if invoice is not None and invoice["status"] == "open":
-                tx.put({**invoice, "status": "void"})
+        await _cancel_now(tx, sub, now)
         tx.effect(Effect.of("subscription.canceled", key, sub["id"]))
     tx.put(sub)
     return await _subscription_answer(tx, sub)
