@@ -171,6 +171,7 @@ class _CommandsByModule(click.Group):
         "erase": ("paystream.ledger.cli", "erase_command"),
         "ingress": ("paystream.cli.serve", None),
         "keys": ("paystream.cli.keys", None),
+        "ledger": ("paystream.ledger.cli", "ledger_group"),
         "migrate": ("paystream.ledger.cli", "migrate_command"),
         "send": ("paystream.cli.send", None),
         "simulator": ("paystream.simulator_cli", "simulator_group"),

@@ -1,4 +1,5 @@
-"""Ledger commands for the ``paystream`` CLI: ``migrate``, ``audit verify`` and ``erase``.
+"""Ledger commands for the ``paystream`` CLI: ``migrate``, ``audit verify``, ``erase`` and
+``ledger backfill``.
 
 Attach with ``cli.add_command(migrate_command)`` and ``cli.add_command(audit_group)``.
 Migrations run as the schema owner (``DATABASE_URL``); the audit check runs as the
@@ -21,7 +22,7 @@ from paystream.errors import PaystreamError
 from paystream.settings import Settings, load_settings
 from paystream.tenancy.crypto import MasterKeyring
 
-__all__ = ["audit_group", "erase_command", "migrate_command", "run_db"]
+__all__ = ["audit_group", "erase_command", "ledger_group", "migrate_command", "run_db"]
 
 # Problems listed per tenant by `audit verify` (the count says how many there are).
 PROBLEMS_SHOWN = 20
@@ -252,6 +253,69 @@ def erase_command(tenant: str, customer: str, yes: bool, ahead: bool) -> None:
         click.echo(f"customer {customer} of tenant {tenant}: erased (data key deleted)")
     else:
         click.echo(f"customer {customer} of tenant {tenant}: already erased (nothing to do)")
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """Ledger maintenance."""
+
+
+@ledger_group.command("backfill")
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    help="tenant id (repeatable); default: every tenant with events listed",
+)
+def ledger_backfill(tenants: tuple[str, ...]) -> None:
+    """Build the subscription and invoice rows of events stored before migration 0013
+    gave them tables (the migration listed them), each version with its audit entry, as
+    the sink writes them. Idempotent: run it again and nothing changes. Only the events
+    the migration listed are applied.
+
+    Needs PAYSTREAM_MASTER_KEY (the audit chain is keyed under it); reads which tenants
+    have events listed as the owner (DATABASE_URL), writes as the paystream_app role,
+    one transaction per tenant."""
+    from sqlalchemy import select
+
+    from paystream.ledger import assert_rls_enforced, create_engine
+    from paystream.ledger.models import EntityBackfill
+    from paystream.ledger.writer import WriteResult, backfill_entities
+
+    settings = _settings()
+    keyring, url = _audit_access(settings)
+    owner_url = _owner_url(settings)
+
+    async def go() -> list[tuple[str, WriteResult]]:
+        names = list(tenants)
+        if not names:
+            owner = create_engine(owner_url, hide_parameters=True)
+            try:
+                async with owner.connect() as conn:
+                    names = list(
+                        await conn.scalars(
+                            select(EntityBackfill.tenant_id)
+                            .distinct()
+                            .order_by(EntityBackfill.tenant_id)
+                        )
+                    )
+            finally:
+                await owner.dispose()
+        engine = create_engine(url, hide_parameters=True)
+        try:
+            await assert_rls_enforced(engine)
+            return [(t, await backfill_entities(engine, t, keyring=keyring)) for t in names]
+        finally:
+            await engine.dispose()
+
+    done = run_db(go(), interrupted="each tenant is one transaction: run it again")
+    for tenant, result in done:
+        click.echo(
+            f"{tenant}: {result.duplicates} listed event(s), {result.entities_applied} "
+            f"row(s) moved forward, {result.entities_stale} already there"
+        )
+    if not done:
+        click.echo("no tenant has events waiting for a backfill")
 
 
 def _audit_access(settings: Settings) -> tuple[MasterKeyring, str]:

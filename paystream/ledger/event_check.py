@@ -10,21 +10,28 @@ id is then taken for a replay and skipped, and its change never reaches the row
 
 from __future__ import annotations
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from paystream.ledger.models import Event
+from paystream.ledger.models import EntityBackfill, Event
 
 __all__ = ["events_ahead_of_their_rows"]
 
 _SHOWN = 6  # ids kept per entity type (the verifier names five, then "...")
 
 
-async def events_ahead_of_their_rows(session: AsyncSession) -> dict[str, tuple[int, list[str]]]:
+async def events_ahead_of_their_rows(
+    session: AsyncSession, *, awaiting_backfill: bool = False
+) -> dict[str, tuple[int, list[str]]]:
     """Per entity type: how many stored events are past their row's version (or have no
-    row at all), and some of their ids."""
+    row at all), and some of their ids. Those migration 0013 listed for ``paystream
+    ledger backfill`` (stored before their type had a table) are counted apart: only
+    with ``awaiting_backfill``."""
     from paystream.ledger.writer import ENTITY_TABLES  # (writer imports audit, which imports this)
 
+    listed = exists().where(
+        EntityBackfill.tenant_id == Event.tenant_id, EntityBackfill.event_id == Event.event_id
+    )
     found: dict[str, tuple[int, list[str]]] = {}
     for entity_type, (model, id_column) in ENTITY_TABLES.items():
         table = model.__table__
@@ -35,6 +42,7 @@ async def events_ahead_of_their_rows(session: AsyncSession) -> dict[str, tuple[i
             .where(
                 Event.entity_type == entity_type.value,
                 or_(row_id.is_(None), Event.entity_version > row_version),
+                listed if awaiting_backfill else ~listed,
             )
             .order_by(Event.event_id)
         )

@@ -37,8 +37,8 @@ class EntityType(StrEnum):
     PAYMENT = "payment"
     REFUND = "refund"
     DISPUTE = "dispute"
-    # Stored in ``events`` (and so in the tenant's history) only, for now: no entity table
-    # or audit rows of their own yet (a later migration; see README "Subscriptions").
+    # Tables of their own since migration 0013 (their events stored before it are
+    # applied by `paystream ledger backfill`).
     SUBSCRIPTION = "subscription"
     INVOICE = "invoice"
 
@@ -95,11 +95,14 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "status": (str, True),
         "interval": (str, False),
         "interval_count": (int, False),
-        "provider": (str, False),
-        "provider_subscription_id": (str, False),
+        "trial_end": (datetime, False),
         "current_period_start": (datetime, False),
         "current_period_end": (datetime, False),
+        "cancel_at_period_end": (bool, False),
         "canceled_at": (datetime, False),
+        "latest_invoice_id": (str, False),
+        "provider": (str, False),
+        "provider_subscription_id": (str, False),
     },
     EntityType.INVOICE: {
         "subscription_id": (str, False),
@@ -109,12 +112,18 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "status": (str, True),
         "period_start": (datetime, False),
         "period_end": (datetime, False),
+        "provider": (str, False),
         "provider_invoice_id": (str, False),
         "provider_payment_id": (str, False),
         "failure_code": (str, False),
+        "created_by": (str, False),
     },
 }
-_DEFAULTS: dict[str, Any] = {"amount_captured": 0, "amount_refunded": 0}
+_DEFAULTS: dict[str, Any] = {
+    "amount_captured": 0,
+    "amount_refunded": 0,
+    "cancel_at_period_end": False,
+}
 
 
 # The provider's own free text (redirect URLs, bank transfer references): the pipeline
@@ -197,6 +206,10 @@ def _check_no_card_data(event_id: str, value: Any) -> None:
 
 
 def _coerce(name: str, kind: type, value: Any) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a boolean")
+        return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer")

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKeyConstraint,
@@ -32,11 +33,14 @@ __all__ = [
     "Customer",
     "DataKey",
     "Dispute",
+    "EntityBackfill",
     "Event",
+    "Invoice",
     "MasterKeySeen",
     "Payment",
     "PaymentMethod",
     "Refund",
+    "Subscription",
     "Tenant",
     "table_of",
 ]
@@ -229,6 +233,70 @@ class Dispute(_Entity, Base):
     evidence_due_by: Mapped[datetime | None] = mapped_column(Tstz)
 
 
+class Subscription(_Entity, Base):
+    """A subscription's latest state (migration 0013): ``amount`` in minor units billed
+    every ``interval_count`` ``interval`` s. Its description and metadata stay in its
+    events, as a payment's do."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks("amount"),
+        CheckConstraint(
+            "interval_count IS NULL OR interval_count >= 1", name="interval_count_positive"
+        ),
+        Index(None, "tenant_id", "customer_id"),
+        Index(None, "tenant_id", "status", "updated_at"),
+        Index(None, "tenant_id", "provider", "provider_subscription_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str | None] = mapped_column(Text)
+    payment_method_id: Mapped[str | None] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    status: Mapped[str] = mapped_column(Text)
+    interval: Mapped[str | None] = mapped_column(Text)
+    interval_count: Mapped[int | None] = mapped_column(BigInteger)
+    trial_end: Mapped[datetime | None] = mapped_column(Tstz)
+    current_period_start: Mapped[datetime | None] = mapped_column(Tstz)
+    current_period_end: Mapped[datetime | None] = mapped_column(Tstz)
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    canceled_at: Mapped[datetime | None] = mapped_column(Tstz)
+    latest_invoice_id: Mapped[str | None] = mapped_column(Text)
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_subscription_id: Mapped[str | None] = mapped_column(Text)
+
+
+class Invoice(_Entity, Base):
+    """One period's charge of a subscription (migration 0013); ``created_by`` is the
+    command that first recorded it (each invoice counted once by it)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks("amount"),
+        Index(None, "tenant_id", "subscription_id"),
+        Index(None, "tenant_id", "customer_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    invoice_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subscription_id: Mapped[str | None] = mapped_column(Text)
+    customer_id: Mapped[str | None] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    status: Mapped[str] = mapped_column(Text)
+    period_start: Mapped[datetime | None] = mapped_column(Tstz)
+    period_end: Mapped[datetime | None] = mapped_column(Tstz)
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_invoice_id: Mapped[str | None] = mapped_column(Text)
+    provider_payment_id: Mapped[str | None] = mapped_column(Text)
+    failure_code: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
 class Event(Base):
     """An outcome CloudEvent as received; PII fields in ``data`` are sealed, not plaintext."""
 
@@ -325,6 +393,19 @@ class MasterKeySeen(Base):
     tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
     key_id: Mapped[str] = mapped_column(Text, primary_key=True)
     first_seen_at: Mapped[datetime] = mapped_column(Tstz, server_default=func.now())
+
+
+class EntityBackfill(Base):
+    """A stored event of an entity type whose table came after it (migration 0013: the
+    subscription and invoice events stored before ``subscriptions`` and ``invoices``
+    existed), listed by the migration as the owner: ``paystream ledger backfill`` applies
+    these, and only these, to their rows with audit entries. The application role reads
+    its tenant's rows and writes none (an events row it inserted is never listed)."""
+
+    __tablename__ = "entity_backfill"
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
 # Every table holding tenant rows: each gets RLS enabled + forced and the tenant policy.

@@ -18,9 +18,11 @@ from paystream.ledger.models import (
     Customer,
     Dispute,
     Event,
+    Invoice,
     Payment,
     PaymentMethod,
     Refund,
+    Subscription,
     Tenant,
 )
 from paystream.ledger.pii import CUSTOMER_PII_COLUMNS, open_customer_columns, open_event_data
@@ -76,6 +78,14 @@ async def export_customer(
         )
         refund_ids = select(Refund.refund_id).where(Refund.payment_id.in_(payment_ids))
         dispute_ids = select(Dispute.dispute_id).where(Dispute.payment_id.in_(payment_ids))
+        subscription_ids = select(Subscription.subscription_id).where(
+            Subscription.customer_id == customer_id
+        )
+        # An invoice names its customer and its subscription: either makes it theirs.
+        theirs = or_(
+            Invoice.customer_id == customer_id, Invoice.subscription_id.in_(subscription_ids)
+        )
+        invoice_ids = select(Invoice.invoice_id).where(theirs)
         # Every entity exported, with its events (review finding: those of the customer's
         # payment methods, refunds and disputes were left out).
         events = await session.execute(
@@ -89,6 +99,8 @@ async def export_customer(
                             (EntityType.PAYMENT_METHOD, method_ids),
                             (EntityType.REFUND, refund_ids),
                             (EntityType.DISPUTE, dispute_ids),
+                            (EntityType.SUBSCRIPTION, subscription_ids),
+                            (EntityType.INVOICE, invoice_ids),
                         )
                     ),
                     (Event.entity_type == EntityType.CUSTOMER.value)
@@ -114,6 +126,8 @@ async def export_customer(
             "payments": payments,
             "refunds": await rows(Refund, Refund.payment_id.in_(payment_ids)),
             "disputes": await rows(Dispute, Dispute.payment_id.in_(payment_ids)),
+            "subscriptions": await rows(Subscription, Subscription.customer_id == customer_id),
+            "invoices": await rows(Invoice, theirs),
             "events": history,
         }
 

@@ -21,10 +21,13 @@ from paystream.ledger.models import (
     Base,
     Customer,
     Dispute,
+    EntityBackfill,
     Event,
+    Invoice,
     Payment,
     PaymentMethod,
     Refund,
+    Subscription,
     Tenant,
     table_of,
 )
@@ -32,7 +35,7 @@ from paystream.ledger.pii import seal_customer_columns, seal_event_data
 from paystream.ledger.session import tenant_session
 from paystream.tenancy.crypto import MasterKeyring
 
-__all__ = ["ENTITY_TABLES", "WriteResult", "summarise", "write_events"]
+__all__ = ["ENTITY_TABLES", "WriteResult", "backfill_entities", "summarise", "write_events"]
 
 # Entity type -> (model, its id column).
 ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
@@ -41,6 +44,8 @@ ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
     EntityType.PAYMENT: (Payment, "payment_id"),
     EntityType.REFUND: (Refund, "refund_id"),
     EntityType.DISPUTE: (Dispute, "dispute_id"),
+    EntityType.SUBSCRIPTION: (Subscription, "subscription_id"),
+    EntityType.INVOICE: (Invoice, "invoice_id"),
 }
 _ENCRYPTED = "encrypted"
 
@@ -142,7 +147,19 @@ async def _write_tenant(
     keys = await _customer_keys(session, keyring, tenant_id, new)
     await _insert_events(session, tenant_id, new, keys)
     result.events_written = len(new)
+    await _apply(session, keyring, tenant_id, new, keys, result)
+    return result
 
+
+async def _apply(
+    session: AsyncSession,
+    keyring: MasterKeyring,
+    tenant_id: str,
+    new: list[LedgerEvent],
+    keys: Mapping[str, bytes],
+    result: WriteResult,
+) -> None:
+    """Move the entity rows of stored events ``new`` forward, each version audited."""
     latest: dict[tuple[EntityType, str], LedgerEvent] = {}
     first_seen: dict[tuple[EntityType, str], datetime] = {}
     # Every version of an entity in the batch: each applied one gets its audit entry.
@@ -165,6 +182,54 @@ async def _write_tenant(
     result.entities_applied = len({(a.entity_type, a.entity_id) for a in audit})
     result.entities_stale = len(latest) - result.entities_applied
     await append_audit(session, tenant_id, audit, keyring=keyring)
+
+
+BACKFILL_ACTOR = "operator:backfill"
+
+
+async def backfill_entities(
+    engine: AsyncEngine,
+    tenant_id: str,
+    *,
+    keyring: MasterKeyring,
+    actor: str = BACKFILL_ACTOR,
+) -> WriteResult:
+    """Apply the tenant's events that migration 0013 listed (``entity_backfill``: stored
+    before their entity type had a table) to their rows, as the sink applies a batch:
+    each version the row moves through audited (``actor``), a row already at or past an
+    event's version left as it is. Idempotent: a second run applies nothing. Only the
+    listed events: an events row inserted since (the application role may insert one)
+    is never applied by it."""
+    result = WriteResult()
+    async with tenant_session(engine, tenant_id) as session:
+        await lock_tenant(session, tenant_id)
+        stored = await session.execute(
+            select(Event)
+            .join(
+                EntityBackfill,
+                (EntityBackfill.tenant_id == Event.tenant_id)
+                & (EntityBackfill.event_id == Event.event_id),
+            )
+            .order_by(Event.time, Event.event_id)
+        )
+        events = [
+            LedgerEvent(
+                event_id=e.event_id,
+                type=e.type,
+                tenant_id=tenant_id,
+                causation_id=e.causation_id,
+                time=e.time,
+                entity_type=EntityType(e.entity_type),
+                entity_id=e.entity_id,
+                version=int(e.entity_version),
+                data=e.data,
+                actor=actor,
+            )
+            for (e,) in stored
+        ]
+        result.duplicates = len(events)  # (stored already: none written anew)
+        if events:
+            await _apply(session, keyring, tenant_id, events, {}, result)
     return result
 
 
