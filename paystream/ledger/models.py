@@ -403,6 +403,7 @@ class EntityBackfill(Base):
     its tenant's rows and writes none (an events row it inserted is never listed)."""
 
     __tablename__ = "entity_backfill"
+    __table_args__ = (_tenant_fk(),)
 
     tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
     event_id: Mapped[str] = mapped_column(Text, primary_key=True)

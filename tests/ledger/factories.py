@@ -81,6 +81,57 @@ class EventFactory:
             type="com.paystream.customer.created",
         )
 
+    def subscription(
+        self, tenant_id: str, subscription_id: str, version: int = 1, **data: Any
+    ) -> LedgerEvent:
+        """A subscription's snapshot as the pipeline publishes one (SubscriptionRecord)."""
+        snapshot = {
+            "tenant_id": tenant_id, "id": subscription_id, "version": version,
+            "provider": "simulator", "created_by": "cmd_sub", "customer_id": "cus_1",
+            "payment_method_id": "pm_1", "status": "active", "amount": 1500,
+            "currency": "EUR", "interval": "month", "interval_count": 1,
+            "provider_subscription_id": f"sim_{subscription_id}",
+            "current_period_start": "2025-01-01T00:00:00+00:00",
+            "current_period_end": "2025-02-01T00:00:00+00:00", "trial_end": None,
+            "cancel_at_period_end": False, "canceled_at": None,
+            "latest_invoice_id": f"in_{subscription_id}_1", "description": None,
+            "metadata": {"plan": "gold"},
+            **data,
+        }  # fmt: skip
+        return self(
+            tenant_id,
+            "subscription",
+            subscription_id,
+            version,
+            snapshot,
+            type="com.paystream.subscription.created"
+            if version == 1
+            else "com.paystream.subscription.updated",
+        )
+
+    def invoice(
+        self, tenant_id: str, invoice_id: str, version: int = 1, **data: Any
+    ) -> LedgerEvent:
+        """An invoice's snapshot (InvoiceRecord), as a subscription outcome relates it."""
+        snapshot = {
+            "tenant_id": tenant_id, "id": invoice_id, "version": version,
+            "provider": "simulator", "created_by": "cmd_sub", "subscription_id": "sub_1",
+            "customer_id": "cus_1", "status": "paid", "amount": 1500, "currency": "EUR",
+            "period_start": "2025-01-01T00:00:00+00:00",
+            "period_end": "2025-02-01T00:00:00+00:00",
+            "provider_invoice_id": f"sim_{invoice_id}", "provider_payment_id": "sim_pi_1",
+            "failure_code": None, "failure_message": None,
+            **data,
+        }  # fmt: skip
+        return self(
+            tenant_id,
+            "invoice",
+            invoice_id,
+            version,
+            snapshot,
+            type="com.paystream.subscription.created",
+        )
+
 
 async def forget_master_keys(url: str) -> None:
     """As the owner at ``url``: empty migration 0012's record of the master keys the

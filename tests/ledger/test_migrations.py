@@ -67,8 +67,9 @@ async def test_upgrade_matches_models_and_secures_every_table(
         assert set(isolation) == set(TENANT_TABLES)
         assert all("current_setting('app.current_tenant_id'" in q for q in isolation.values())
         # The exceptions, all the owner's: it reads which master key wraps each data key
-        # and where each audit chain stands, records retired keys' last rows, and the
-        # master keys the ledger has seen (0012's trigger and function).
+        # and where each audit chain stands, records retired keys' last rows, the
+        # master keys the ledger has seen (0012's trigger and function), and which
+        # tenants have events to backfill (0013).
         owner_name = (await conn.execute(text("SELECT current_user"))).scalar()
         others = sorted(
             (r.tablename, r.policyname, r.cmd, r.roles)
@@ -79,6 +80,8 @@ async def test_upgrade_matches_models_and_secures_every_table(
             ("audit_heads", "owner_reads_heads", "SELECT", [owner_name]),
             ("audit_key_retirements", "owner_records_retirements", "ALL", [owner_name]),
             ("data_keys", "owner_key_audit", "SELECT", [owner_name]),
+            # Which tenants have events for `paystream ledger backfill` (0013).
+            ("entity_backfill", "owner_reads_backfill", "SELECT", [owner_name]),
             ("master_keys_seen", "owner_records_master_keys", "ALL", [owner_name]),
         ]
 

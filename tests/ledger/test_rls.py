@@ -34,7 +34,8 @@ RLS_VIOLATION = "row-level security"
 async def two_tenants(
     app_engine: AsyncEngine, owner_engine: AsyncEngine, keyring: MasterKeyring
 ) -> None:
-    """Tenants a and b each with a customer, a payment method, payments, a refund, a dispute."""
+    """Tenants a and b each with a customer, a payment method, payments, a refund, a
+    dispute, a subscription and an invoice."""
     make = EventFactory()
     events = []
     for t in ("a", "b"):
@@ -45,6 +46,8 @@ async def two_tenants(
             make.payment(t, f"pay_{t}2", amount=500),
             make(t, "refund", "re_1", 1, {"amount": 100, "currency": "USD", "status": "ok"}),
             make(t, "dispute", "dp_1", 1, {"amount": 100, "currency": "USD", "status": "open"}),
+            make.subscription(t, "sub_1"),
+            make.invoice(t, "in_1"),
         ]
     await write_events(app_engine, events, keyring=keyring)
     # The audit records only the owner writes (a migration, `keys rotate`): one each.
@@ -62,6 +65,11 @@ async def two_tenants(
                     "INSERT INTO audit_key_retirements (tenant_id, key_id, through_seq) "
                     "VALUES (:t, 'mk-old', 0)"
                 ),
+                {"t": t},
+            )
+            # (0013 lists events stored before their tables existed.)
+            await conn.execute(
+                text("INSERT INTO entity_backfill (tenant_id, event_id) VALUES (:t, 'e-old')"),
                 {"t": t},
             )
 
