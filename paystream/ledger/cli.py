@@ -267,7 +267,14 @@ def ledger_group() -> None:
     multiple=True,
     help="tenant id (repeatable); default: every tenant with events listed",
 )
-def ledger_backfill(tenants: tuple[str, ...]) -> None:
+@click.option(
+    "--unlisted",
+    is_flag=True,
+    help="also every stored subscription and invoice event the migration did not list "
+    "(what a previous release's worker stored after it, in a rolling upgrade); you vouch "
+    "for them: `audit verify` names them first. Needs --tenant",
+)
+def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     """Build the subscription and invoice rows of events stored before migration 0013
     gave them tables (the migration listed them), each version with its audit entry, as
     the sink writes them. Idempotent: run it again and nothing changes. Only the events
@@ -282,6 +289,8 @@ def ledger_backfill(tenants: tuple[str, ...]) -> None:
     from paystream.ledger.models import EntityBackfill
     from paystream.ledger.writer import WriteResult, backfill_entities
 
+    if unlisted and not tenants:
+        raise click.UsageError("--unlisted applies to the tenants named by --tenant only")
     settings = _settings()
     keyring, url = _audit_access(settings)
     owner_url = _owner_url(settings)
@@ -304,14 +313,17 @@ def ledger_backfill(tenants: tuple[str, ...]) -> None:
         engine = create_engine(url, hide_parameters=True)
         try:
             await assert_rls_enforced(engine)
-            return [(t, await backfill_entities(engine, t, keyring=keyring)) for t in names]
+            return [
+                (t, await backfill_entities(engine, t, keyring=keyring, unlisted=unlisted))
+                for t in names
+            ]
         finally:
             await engine.dispose()
 
     done = run_db(go(), interrupted="each tenant is one transaction: run it again")
     for tenant, result in done:
         click.echo(
-            f"{tenant}: {result.duplicates} listed event(s), {result.entities_applied} "
+            f"{tenant}: {result.duplicates} event(s) read, {result.entities_applied} "
             f"row(s) moved forward, {result.entities_stale} already there"
         )
     if not done:

@@ -185,6 +185,8 @@ async def _apply(
 
 
 BACKFILL_ACTOR = "operator:backfill"
+# The entity types migration 0013 gave tables (their earlier events are backfilled).
+BACKFILLED_TYPES = (EntityType.SUBSCRIPTION.value, EntityType.INVOICE.value)
 
 
 async def backfill_entities(
@@ -193,25 +195,33 @@ async def backfill_entities(
     *,
     keyring: MasterKeyring,
     actor: str = BACKFILL_ACTOR,
+    unlisted: bool = False,
 ) -> WriteResult:
     """Apply the tenant's events that migration 0013 listed (``entity_backfill``: stored
     before their entity type had a table) to their rows, as the sink applies a batch:
     each version the row moves through audited (``actor``), a row already at or past an
     event's version left as it is. Idempotent: a second run applies nothing. Only the
     listed events: an events row inserted since (the application role may insert one)
-    is never applied by it."""
+    is never applied by it.
+
+    ``unlisted``: every stored event of those types (subscription, invoice), listed or
+    not: what a worker of the release before 0013 stored after the migration ran (a
+    rolling upgrade) was not listed. The operator vouches for them: `audit verify` names
+    them first, as events never applied, and the application role could have inserted
+    one."""
     result = WriteResult()
     async with tenant_session(engine, tenant_id) as session:
         await lock_tenant(session, tenant_id)
-        stored = await session.execute(
-            select(Event)
-            .join(
+        query = select(Event).order_by(Event.time, Event.event_id)
+        if unlisted:
+            query = query.where(Event.entity_type.in_(BACKFILLED_TYPES))
+        else:
+            query = query.join(
                 EntityBackfill,
                 (EntityBackfill.tenant_id == Event.tenant_id)
                 & (EntityBackfill.event_id == Event.event_id),
             )
-            .order_by(Event.time, Event.event_id)
-        )
+        stored = await session.execute(query)
         events = [
             LedgerEvent(
                 event_id=e.event_id,
