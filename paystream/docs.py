@@ -1070,6 +1070,10 @@ def asyncapi() -> Doc:
     }
 
 
+# The window's keys present only in windows that have any (insights/events.py).
+_WINDOW_OPTIONAL = ("payments_succeeded", "disputes", "subscriptions", "invoice_declines")
+
+
 def _insights_schemas() -> Doc:
     """The insights' events (paystream/insights/events.py)."""
     count = {"type": "integer", "minimum": 0}
@@ -1132,12 +1136,41 @@ def _insights_schemas() -> Doc:
                     }
                 ),
             },
+            "subscriptions": {
+                "type": "object",
+                "description": "per ISO 4217 currency, subscriptions and their invoices "
+                "(recurring revenue, apart from `money`, which is payments'): invoices paid "
+                "in the window (new and paid, a first invoice or a renewal read back, or an "
+                "open one found paid since: once per invoice), invoice payments declined "
+                "(an invoice new and open, or voided with a failure: once per invoice), "
+                "subscriptions created (active or trialing, or an incomplete one read back "
+                "live) and canceled (live ones only). Present only when there are any",
+                "additionalProperties": _object(
+                    {
+                        "created": {**count, "description": "subscriptions started"},
+                        "canceled": {**count, "description": "live subscriptions canceled"},
+                        "invoices_paid": {**count, "description": "invoices paid"},
+                        "invoices_paid_amount": {
+                            **count,
+                            "description": "their amounts, in minor units",
+                        },
+                        "invoices_declined": {
+                            **count,
+                            "description": "invoices whose payment was declined",
+                        },
+                    }
+                ),
+            },
+            "invoice_declines": {
+                **counts,
+                "description": "invoice payments declined, by decline or error code (as "
+                "`declines` names a payment's; apart from it). Present only when there "
+                "are any",
+            },
         },
         "One tenant's outcomes in one analytics window.",
     )
-    window["required"] = [
-        name for name in window["required"] if name not in ("payments_succeeded", "disputes")
-    ]
+    window["required"] = [name for name in window["required"] if name not in _WINDOW_OPTIONAL]
     alert = _object(
         {
             "tenant_id": _STR,

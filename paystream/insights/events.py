@@ -43,7 +43,8 @@ def window_event(
         "rejections": agg["rejections"],
     }
     # Only in windows that have any: a window without is the same event as before them.
-    for optional in ("payments_succeeded", "disputes"):
+    optional_keys = ("payments_succeeded", "disputes", "subscriptions", "invoice_declines")
+    for optional in optional_keys:
         if agg.get(optional):
             data[optional] = agg[optional]
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]

@@ -8,8 +8,13 @@ from typing import Any
 
 from cloudevents.core.v1.event import CloudEvent
 
-from paystream.gateways.base import DisputeStatus
-from paystream.gateways.errors import ISSUER_DECLINES
+from paystream.gateways.base import (
+    INVOICES_LISTED_MAX,
+    DisputeStatus,
+    InvoiceStatus,
+    SubscriptionStatus,
+)
+from paystream.gateways.errors import CARD_ERROR_CODES, DECLINE_CODES, ISSUER_DECLINES, card_failure
 from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT
 from paystream.streams.commands import COMMAND_PREFIX
 from paystream.streams.outcomes import OUTCOME_PREFIX
@@ -55,6 +60,14 @@ class Observed:
     # amount) each, in integer minor units (see _disputes for what counts, once).
     disputes_opened: tuple[tuple[str, int], ...] = ()
     disputes_lost: tuple[tuple[str, int], ...] = ()
+    # Subscriptions (see _invoices): invoices this outcome found paid, (currency, amount)
+    # each; invoice payments it found declined, (currency, decline or error code) each;
+    # and whether it started a subscription (created active or trialing, or an incomplete
+    # one read back paid) or ended a live one (canceled), in ``currency``.
+    invoices_paid: tuple[tuple[str, int], ...] = ()
+    invoices_declined: tuple[tuple[str, str], ...] = ()
+    subscription_created: bool = False
+    subscription_canceled: bool = False
 
 
 # A payment's creation answered otherwise than succeeded: each is an attempt. A payment
@@ -105,9 +118,12 @@ def observe(event: CloudEvent) -> Observed | None:
     # Nothing that holds a card number is kept (windows, alerts, the counted ids' keys;
     # review h67r): one scan of every string kept, each looked at alone only if it finds
     # one (a scan per string doubled observe's cost).
+    # (A subscription outcome's invoices: their failure codes are kept as decline codes.)
+    paid, declined = _invoices(tenant, data) if outcome.startswith(_SUBSCRIPTION) else ((), ())
     kept = (
         outcome, error.get("decline_code"), error.get("code"), data.get("reason"),
         obj.get("customer_id"), obj.get("payment_method_id"), data.get("customer_id"),
+        *(code for _, code in declined),
     )  # fmt: skip
     short = [v for v in kept if isinstance(v, str) and len(v) <= ID_MAX_CHARS]
     suspect = contains_card_number(event_id, short)
@@ -201,6 +217,16 @@ def observe(event: CloudEvent) -> Observed | None:
             customer_id=_id(obj.get("customer_id")),
             payment_method_id=_id(obj.get("payment_method_id")),
         )
+    if outcome.startswith(_SUBSCRIPTION):
+        facts.update(_subscription_facts(outcome, data, obj, error, paid, currency))
+        facts["invoices_declined"] = tuple(
+            (cur, _label(code) or _CARD_DECLINED) for cur, code in declined
+        )
+        if facts.get("attempt"):
+            facts.update(
+                customer_id=_id(obj.get("customer_id")),
+                payment_method_id=_id(obj.get("payment_method_id")),
+            )
     opened, lost = _disputes(tenant, outcome, data)
     if opened:
         facts["disputes_opened"] = opened
@@ -220,9 +246,10 @@ def observe(event: CloudEvent) -> Observed | None:
 # it (Stripe's "lost" either way; a Stripe inquiry closed is not one: no money moved).
 # (A StrEnum: equal to the decoded outcome's string.)
 _LOST = DisputeStatus.LOST
-# Related entries looked at per outcome (paystream's carry one dispute at most): a forged
-# outcome listing thousands costs no more than this.
-_RELATED_MAX = 16
+# Related entries looked at per outcome (paystream's carry one dispute at most, or a
+# subscription read's invoices new or moved on: at most the INVOICES_LISTED_MAX a read
+# lists, 24): a forged outcome listing thousands costs no more than this.
+_RELATED_MAX = max(16, INVOICES_LISTED_MAX)
 
 
 def _disputes(
@@ -271,7 +298,7 @@ def _disputes(
         if not isinstance(entity, str) or entity in seen:
             continue
         seen.add(entity)
-        found = _dispute_money(tenant, part.get("object"))
+        found = _entity_money(tenant, part.get("object"))
         if found is None:
             continue
         obj = part["object"]
@@ -288,20 +315,138 @@ def _disputes(
         and isinstance(data.get("object"), dict)
         and data["object"].get("status") == _LOST
     ):
-        found = _dispute_money(tenant, data["object"])
+        found = _entity_money(tenant, data["object"])
         if found is not None:
             lost.append(found)
     return tuple(opened), tuple(lost)
 
 
-def _dispute_money(tenant: str, obj: Any) -> tuple[str, int] | None:
-    """A dispute's currency and amount, if it is the tenant's and both are paystream's."""
+def _entity_money(tenant: str, obj: Any) -> tuple[str, int] | None:
+    """A dispute's or an invoice's currency and amount, if it is the tenant's and both are
+    paystream's."""
     if not isinstance(obj, dict) or obj.get("tenant_id") != tenant:
         return None
     currency, amount = obj.get("currency"), _minor(obj.get("amount"))
     if not isinstance(currency, str) or currency not in CURRENCY_EXPONENTS or not amount:
         return None
     return currency, amount
+
+
+_SUBSCRIPTION = "subscription."
+_PAID = InvoiceStatus.PAID
+_OPEN = InvoiceStatus.OPEN
+_VOID = InvoiceStatus.VOID
+_INCOMPLETE = SubscriptionStatus.INCOMPLETE
+# A subscription that is live: billed, or to be once its trial ends.
+_LIVE = frozenset(
+    {SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE}
+)
+_CARD_DECLINED = "card_declined"
+
+
+def _invoices(
+    tenant: str, data: dict[str, Any]
+) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    """The invoices a subscription outcome found paid, (currency, amount) each, and those
+    whose payment it found declined, (currency, code) each, the code named as a
+    `payment.failed` names its decline (the decline code, else paystream's error code).
+
+    Each invoice is counted once, as disputes are (see _disputes), by these rules:
+
+    * Paid: an invoice in `related` with status paid that is new here (``created_by`` the
+      outcome's ``command_id``, ``version`` 1: the create that charged the first one, or
+      the refresh that read a renewal first), or one that moved on to paid (``version``
+      past 1: an open one paid by a retry, found by the refresh that reads it). The
+      handlers list an invoice only when it is new or has moved on, and paid is final:
+      no later outcome carries it again.
+    * Declined: an invoice new here (as above) that is open (its payment declined: a
+      first invoice, `subscription.failed`; a renewal, `past_due`), or void with a
+      failure code (declined, then voided before paystream read it). An open invoice
+      declined again at a retry is not listed again (its status did not move), so each
+      invoice's decline counts once; its later payment counts as paid.
+
+    Nothing else: an entry of another tenant, or not an invoice, or without a currency
+    paystream accepts and a positive integer amount, is malformed and left out. Only the
+    currency, the amount and the code (screened for card numbers, by observe) are kept."""
+    paid: list[tuple[str, int]] = []
+    declined: list[tuple[str, str]] = []
+    command = data.get("command_id")
+    related = data.get("related")
+    seen: set[str] = set()
+    for part in related[:_RELATED_MAX] if isinstance(related, list) else ():
+        if not isinstance(part, dict) or part.get("entity_type") != "invoice":
+            continue
+        entity = part.get("entity_id")
+        if not isinstance(entity, str) or entity in seen:
+            continue
+        seen.add(entity)
+        found = _entity_money(tenant, part.get("object"))
+        version = part.get("version")
+        if found is None or type(version) is not int:
+            continue
+        obj = part["object"]
+        status = obj.get("status")
+        new = isinstance(command, str) and obj.get("created_by") == command and version == 1
+        if status == _PAID and (new or version > 1):
+            paid.append(found)
+        elif new and (status == _OPEN or (status == _VOID and obj.get("failure_code"))):
+            declined.append((found[0], _decline_label(obj.get("failure_code"))))
+    return tuple(paid), tuple(declined)
+
+
+def _decline_label(failure: Any) -> str:
+    """An invoice's failure code as a `payment.failed` names it: the provider's decline
+    code, else paystream's error code (as the handlers build a subscription's error)."""
+    code = failure if isinstance(failure, str) and failure else None
+    ours = card_failure(code, code)
+    if code is not None and (code not in CARD_ERROR_CODES or code in DECLINE_CODES):
+        return code
+    return ours.value
+
+
+def _subscription_facts(
+    outcome: str,
+    data: dict[str, Any],
+    obj: dict[str, Any],
+    error: dict[str, Any],
+    paid: tuple[tuple[str, int], ...],
+    currency: str | None,
+) -> dict[str, Any]:
+    """A subscription outcome's facts beyond its invoices.
+
+    * Created: `subscription.created` (active, its first invoice paid, or trialing), or
+      an `incomplete` one read back live (its first invoice paid after all). Canceled: a
+      `subscription.canceled` of one that was live (``previous_status``): not of an
+      incomplete one, never counted created, nor one canceled already (a parked cancel
+      re-driven after a refresh read it canceled). So created less canceled is the
+      window's change in live subscriptions.
+    * The fraud rules: a subscription's creation charging its first invoice is a payment
+      attempt the issuer answered, as a `payment.create` is (a card tester may create
+      subscriptions instead of payments), and its first invoice declined by the issuer
+      (`subscription.failed`, its ``error`` as a `payment.failed`'s) a card decline of the
+      customer and payment method. A trial charges nothing: no attempt. Renewals are not
+      attempts: the provider charges them on its schedule (off-session), not a client,
+      so their declines (cards expired, funds short) are churn, counted in the window
+      (``invoices_declined``), never a card-testing signal: a tenant renewing a customer's
+      five subscriptions on one expired card is not five card tests."""
+    facts: dict[str, Any] = {}
+    previous = data.get("previous_status")
+    status = obj.get("status")
+    if currency is not None:
+        if outcome == "subscription.created" or (
+            outcome == "subscription.updated" and previous == _INCOMPLETE and status in _LIVE
+        ):
+            facts["subscription_created"] = True
+        elif outcome == "subscription.canceled" and previous in _LIVE:
+            facts["subscription_canceled"] = True
+    if previous is None and outcome == "subscription.failed":
+        card = _text(error.get("code")) in CARD_DECLINES
+        facts.update(attempt=True, card_declined=card, answered=card)
+    elif previous is None and outcome == "subscription.created" and paid:
+        facts.update(attempt=True, answered=True)
+    if paid:
+        facts["invoices_paid"] = paid
+    return facts
 
 
 def _text(value: Any) -> str | None:

@@ -226,6 +226,20 @@ class TenantInsights:
                 figures = disputes.setdefault(currency, _new_disputes())
                 figures[count] += 1
                 figures[amount] += minor
+        # Subscriptions: invoices paid and declined, subscriptions created and canceled,
+        # per currency (one of paystream's), and the declines by code apart from the
+        # payments' (`declines`). Only in windows that have any, as disputes.
+        for currency, minor in seen.invoices_paid:
+            figures = _subscriptions(agg, currency)
+            figures["invoices_paid"] += 1
+            figures["invoices_paid_amount"] += minor
+        for currency, code in seen.invoices_declined:
+            _subscriptions(agg, currency)["invoices_declined"] += 1
+            _bump(agg.setdefault("invoice_declines", {}), code)
+        if seen.currency is not None and (seen.subscription_created or seen.subscription_canceled):
+            figures = _subscriptions(agg, seen.currency)
+            figures["created"] += int(seen.subscription_created)
+            figures["canceled"] += int(seen.subscription_canceled)
         if seen.outcome == "payment.failed" and seen.decline_code:
             _bump(agg["declines"], seen.decline_code)
         if seen.reject_reason:
@@ -383,6 +397,23 @@ def _new_money() -> dict[str, int]:
 
 def _new_disputes() -> dict[str, int]:
     return {"opened": 0, "opened_amount": 0, "lost": 0, "lost_amount": 0}
+
+
+def _subscriptions(agg: dict[str, Any], currency: str) -> dict[str, int]:
+    figures: dict[str, int] = agg.setdefault("subscriptions", {}).setdefault(
+        currency, _new_subscriptions()
+    )
+    return figures
+
+
+def _new_subscriptions() -> dict[str, int]:
+    return {
+        "created": 0,
+        "canceled": 0,
+        "invoices_paid": 0,
+        "invoices_paid_amount": 0,
+        "invoices_declined": 0,
+    }
 
 
 def _new_fraud_window() -> dict[str, Any]:

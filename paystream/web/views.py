@@ -430,6 +430,7 @@ def _minor_units(
     for window in (shown_insights or {}).get("windows", {}).values():
         shown.update(window.get("money") or ())
         shown.update(window.get("disputes") or ())  # (a dispute's currency, money or not)
+        shown.update(window.get("subscriptions") or ())  # (invoices', likewise)
     units: dict[str, int] = {}
     for code in shown:
         try:
