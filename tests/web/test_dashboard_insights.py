@@ -4,6 +4,7 @@ window of a worker running them, and none of it on a worker that does not."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,22 @@ REFUND_FAILS = {"amount": 1000, "currency": "USD", "payment_method_token": "pm_c
 # The simulator's card whose charge its cardholder disputes at once (payment.succeeded
 # with the dispute in `related`: one payment succeeded, one dispute opened, one outcome).
 DISPUTED = {"amount": 1500, "currency": "USD", "payment_method_token": "pm_card_createDispute"}
+# A monthly subscription (its first invoice charged at create), and the simulator's card
+# that saves but never charges (the first invoice declined: subscription.failed).
+MONTHLY = {"amount": 1500, "currency": "EUR", "interval": "month"}
+SAVES_NEVER_CHARGES = "pm_card_chargeCustomerFail"
+SUB_TENANTS = ("hooli", "piedpiper", "raviga")
+
+
+async def _subscribe(client: Any, tenant: str, token: str = "pm_card_visa") -> Any:
+    """A customer, their card saved, a monthly subscription: its outcome."""
+    customer = await client.command("customer.create", tenant, {})
+    cus = str(customer.get_data()["entity_id"])
+    saved = await client.command(
+        "payment_method.attach", tenant, {"customer_id": cus, "token": token}
+    )
+    body = {"customer_id": cus, "payment_method_id": str(saved.get_data()["entity_id"])}
+    return await client.command("subscription.create", tenant, {**MONTHLY, **body})
 
 
 def _fraud_day() -> int:
@@ -48,13 +65,10 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
         # two declines straddled a boundary now and then, and no alert was raised.
         paystream_fraud_window_seconds="86400",
     )
-    await dep.add_tenants(
-        Tenant(tenant_id="acme"), Tenant(tenant_id="globex"), Tenant(tenant_id="initech")
-    )
+    names = ["acme", "globex", "initech", *SUB_TENANTS]
+    await dep.add_tenants(*(Tenant(tenant_id=t) for t in names))
     with dep.worker() as worker:
-        await asyncio.to_thread(
-            worker.wait_ready, ["acme", "globex", "initech"], partitions=dep.settings.partitions
-        )
+        await asyncio.to_thread(worker.wait_ready, names, partitions=dep.settings.partitions)
         async with dep.client() as client:
             day = _fraud_day()
             customer = await client.command("customer.create", "acme", {})
@@ -70,6 +84,18 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
             assert failed.get_type().endswith("refund.failed"), failed
             disputed = await client.command("payment.create", "initech", DISPUTED)
             assert disputed.get_data()["related"][0]["entity_type"] == "dispute", disputed  # type: ignore[index]
+            # Subscriptions: hooli's created (its first invoice paid; last), piedpiper's
+            # created and canceled (the cancel last), raviga's first invoice declined.
+            made = await _subscribe(client, "hooli")
+            assert made.get_type().endswith("subscription.created"), made
+            made = await _subscribe(client, "piedpiper")
+            sub = str(made.get_data()["entity_id"])
+            gone = await client.command(
+                "subscription.cancel", "piedpiper", {"subscription_id": sub}
+            )
+            assert gone.get_type().endswith("subscription.canceled"), gone
+            failed = await _subscribe(client, "raviga", SAVES_NEVER_CHARGES)
+            assert failed.get_type().endswith("subscription.failed"), failed
         if _fraud_day() != day:  # about one run in 10^5: no alert is the right answer
             pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
 
@@ -80,11 +106,18 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
                 for t in ("acme", "globex")
             )
             initech = ins.get("windows", {}).get("initech", {}).get("disputes", {})
+            hooli, piedpiper, raviga = (
+                ins.get("windows", {}).get(t, {}).get("subscriptions", {}).get("EUR", {})
+                for t in SUB_TENANTS
+            )
             return (
                 bool(ins.get("alerts"))
                 and acme.get("captured") == 2500
                 and globex.get("refunds_failed") == 1000
                 and initech.get("USD", {}).get("opened") == 1
+                and hooli.get("invoices_paid") == 1
+                and piedpiper.get("canceled") == 1
+                and raviga.get("invoices_declined") == 1
             )
 
         await wait_for_stats(worker, published, timeout=30)
@@ -106,15 +139,33 @@ async def test_alerts_and_the_latest_window_are_shown(
     await expect(window.nth(5)).to_have_text("")  # no refund failed
     failed = page.locator('#windows tr[data-tenant="globex"] td')
     await expect(failed.nth(5)).to_have_text("10.00 USD")  # its refund, read back failed
-    # Payments succeeded, disputes opened and lost, the dispute rate (with its basis).
-    await expect(window.nth(7)).to_have_text("1")  # its one payment (the declines: none)
+    # Subscriptions beside the payments: revenue (invoices paid), invoices declined,
+    # created / canceled; none for a tenant without.
+    await expect(window.nth(7)).to_have_text("0")
     await expect(window.nth(8)).to_have_text("0")
-    await expect(window.nth(10)).to_have_text("0.00% (0 of 1 payment)")
+    await expect(window.nth(9)).to_have_text("0 / 0")
+    # Payments succeeded, disputes opened and lost, the dispute rate (with its basis).
+    await expect(window.nth(10)).to_have_text("1")  # its one payment (the declines: none)
+    await expect(window.nth(11)).to_have_text("0")
+    await expect(window.nth(13)).to_have_text("0.00% (0 of 1 payment)")
     disputed = page.locator('#windows tr[data-tenant="initech"] td')
-    await expect(disputed.nth(7)).to_have_text("1", timeout=WAIT)
-    await expect(disputed.nth(8)).to_have_text("1 (15.00 USD)")
-    await expect(disputed.nth(9)).to_have_text("0")
-    await expect(disputed.nth(10)).to_have_text("100.00% (1 of 1 payment)")
+    await expect(disputed.nth(10)).to_have_text("1", timeout=WAIT)
+    await expect(disputed.nth(11)).to_have_text("1 (15.00 USD)")
+    await expect(disputed.nth(12)).to_have_text("0")
+    await expect(disputed.nth(13)).to_have_text("100.00% (1 of 1 payment)")
+    hooli = page.locator('#windows tr[data-tenant="hooli"] td')
+    await expect(hooli.nth(7)).to_have_text("1 (15.00 EUR)", timeout=WAIT)  # its first invoice
+    await expect(hooli.nth(8)).to_have_text("0")
+    await expect(hooli.nth(9)).to_have_text("1 / 0")
+    await expect(hooli.nth(3)).to_have_text("")  # (no payment captured: revenue apart)
+    await expect(hooli.nth(10)).to_have_text("0")  # (nor a payment succeeded)
+    # The cancel last: the create in its window too, or in the one before.
+    canceled = page.locator('#windows tr[data-tenant="piedpiper"] td')
+    await expect(canceled.nth(9)).to_have_text(re.compile(r"^[01] / 1$"), timeout=WAIT)
+    declined = page.locator('#windows tr[data-tenant="raviga"] td')
+    await expect(declined.nth(7)).to_have_text("0", timeout=WAIT)
+    await expect(declined.nth(8)).to_have_text("1 (generic_decline: 1)")
+    await expect(declined.nth(9)).to_have_text("0 / 0")  # (incomplete: never created)
     assert js_errors == []
 
 
