@@ -1759,7 +1759,13 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
         interval_count=data.interval_count,
         trial_days=data.trial_days,
         description=data.description,
-        metadata=dict(data.metadata),
+        # Named at a provider that sends webhooks (its invoices' and its own events find
+        # it by this reference), as payments are.
+        metadata=(
+            gw.subscription_ref(data.metadata, ctx.cmd.tenant_id, sid)
+            if _WEBHOOKS in ctx.gateway.capabilities
+            else dict(data.metadata)
+        ),
     )
     key = ctx.create_key("subscription", data.subscription_id)
     try:

@@ -23,6 +23,7 @@ __all__ = [
     "OPERATION_CAPABILITY",
     "PAYMENT_REF_KEY",
     "REFUND_REF_KEY",
+    "SUBSCRIPTION_REF_KEY",
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
@@ -61,7 +62,9 @@ __all__ = [
     "payment_ref",
     "read_payment_ref",
     "read_refund_ref",
+    "read_subscription_ref",
     "refund_ref",
+    "subscription_ref",
 ]
 
 
@@ -91,6 +94,8 @@ class Capability(StrEnum):
 # finds paystream's (a tenant id has no colon). The provider's id alone would need an index.
 PAYMENT_REF_KEY = "paystream_payment"
 REFUND_REF_KEY = "paystream_refund"
+# A subscription's (its invoices' events carry a copy of it at Stripe: subscription_details).
+SUBSCRIPTION_REF_KEY = "paystream_subscription"
 METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
 
 
@@ -107,6 +112,14 @@ def refund_ref(metadata: Mapping[str, str], tenant_id: str, refund_id: str) -> d
     return _with_ref(REFUND_REF_KEY, metadata, tenant_id, refund_id)
 
 
+def subscription_ref(
+    metadata: Mapping[str, str], tenant_id: str, subscription_id: str
+) -> dict[str, str]:
+    """As ``payment_ref``, for a subscription (one not found from a webhook is read back
+    by ``subscription.refresh``)."""
+    return _with_ref(SUBSCRIPTION_REF_KEY, metadata, tenant_id, subscription_id)
+
+
 def _with_ref(key: str, metadata: Mapping[str, str], tenant_id: str, own_id: str) -> dict[str, str]:
     if key not in metadata and len(metadata) >= METADATA_KEYS_MAX:
         return dict(metadata)
@@ -121,6 +134,11 @@ def read_payment_ref(metadata: Any) -> tuple[str, str] | None:
 def read_refund_ref(metadata: Any) -> tuple[str, str] | None:
     """(tenant id, refund id) from a provider object's metadata, if it names them."""
     return _read_ref(REFUND_REF_KEY, metadata)
+
+
+def read_subscription_ref(metadata: Any) -> tuple[str, str] | None:
+    """(tenant id, subscription id) from a provider object's metadata, if it names them."""
+    return _read_ref(SUBSCRIPTION_REF_KEY, metadata)
 
 
 def _read_ref(key: str, metadata: Any) -> tuple[str, str] | None:

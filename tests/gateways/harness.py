@@ -63,14 +63,18 @@ def over_gateways(
     *,
     square_lacks: str | None = None,
     square_gap: str | None = None,
+    localstripe_lacks: str | None = None,
 ) -> pytest.MarkDecorator:
     """Run a contract test on every gateway; a known localstripe gap, or a gap of the
     tests' FAKE Square, is a strict xfail. ``square_lacks``: Square has no such behaviour
     at all: skipped there, with the reason (tests/gateways/square checks what Square's
-    gateway answers instead)."""
+    gateway answers instead). ``localstripe_lacks``: a provider-side control Stripe has
+    and localstripe has not (test clocks): skipped there, with the reason."""
     params = []
     for name in sorted(GATEWAYS):
         marks = []
+        if name == "stripe" and localstripe_lacks:
+            marks.append(pytest.mark.skip(reason=f"localstripe: {localstripe_lacks}"))
         if name == "stripe" and localstripe_gap:
             marks.append(pytest.mark.xfail(strict=True, reason=f"localstripe: {localstripe_gap}"))
         if name == "square" and square_lacks:
@@ -177,6 +181,14 @@ class Harness:
                     assert error.get("code") == "card_declined", error
                     return
                 resp.raise_for_status()
+
+    async def pass_time(self, seconds: int) -> None:
+        """The provider's clock moves on (the simulator's per-tenant test clock; Stripe's
+        would be a test clock, which localstripe has not: over_gateways skips it)."""
+        sim = self.gateway
+        if not isinstance(sim, SimulatorGateway):
+            raise AssertionError(f"no clock to move at {self.name}")
+        await sim.advance_clock(seconds)
 
     async def aclose(self) -> None:
         for gw in self._built:

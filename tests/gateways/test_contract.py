@@ -15,22 +15,28 @@ from paystream.gateways.base import (
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
+    CancelSubscription,
     Capability,
     CaptureMethod,
     CapturePayment,
     CreateCustomer,
     CreatePayment,
     CreateRefund,
+    CreateSubscription,
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
+    InvoiceStatus,
     PaymentResult,
     PaymentStatus,
     RefundStatus,
     RetrieveCustomer,
     RetrievePayment,
     RetrieveRefund,
+    RetrieveSubscription,
     SubmitDisputeEvidence,
+    SubscriptionResult,
+    SubscriptionStatus,
     UpdateCustomer,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
@@ -59,6 +65,12 @@ DECLINE_NOT_REPLAYED = (
     "a decline is no successful answer: the same request again under the key is a new "
     "attempt, another FAILED payment (declined again), never the first one replayed"
 )
+NO_SUBSCRIPTIONS = "the Square gateway has no subscriptions yet: its capabilities lack them"
+NO_TEST_CLOCK = (
+    "no test clocks: a renewal cannot be brought about (Stripe bills one on its own clock; "
+    "tests/gateways/stripe/test_stripe_subscriptions.py reads renewed invoices back)"
+)
+NO_TRIALS = "a subscription with a trial stays `incomplete` (never `trialing`), with no trial_end"
 NO_CHARGE_DECLINE = "test card {} is only declined when attached to a customer, never when charged"
 
 
@@ -864,3 +876,191 @@ async def test_partial_capture_needs_its_capability(harness: Harness) -> None:
     req = CapturePayment(provider_payment_id=auth.provider_payment_id, amount=50)
     with pytest.raises(UnsupportedOperation):
         await gw.capture_payment(req, idempotency_key=key())
+
+
+# ---- subscriptions -------------------------------------------------------------------
+
+
+async def subscribe(
+    h: Harness,
+    *,
+    token: str = "pm_card_visa",
+    trial_days: int = 0,
+    amount: int = 1500,
+    interval: str = "month",
+    idempotency_key: str | None = None,
+) -> SubscriptionResult:
+    cus = await customer(h)
+    pm = await h.gateway.attach_payment_method(
+        AttachPaymentMethod(provider_customer_id=cus, token=await h.token(token)),
+        idempotency_key=key(),
+    )
+    req = CreateSubscription(
+        provider_customer_id=cus,
+        provider_payment_method_id=pm.provider_payment_method_id,
+        amount=usd(amount),
+        interval=interval,
+        trial_days=trial_days,
+        metadata={"plan": "gold"},
+    )
+    return await h.gateway.create_subscription(req, idempotency_key=idempotency_key or key())
+
+
+async def read_subscription(h: Harness, sub: SubscriptionResult) -> SubscriptionResult:
+    req = RetrieveSubscription(provider_subscription_id=sub.provider_subscription_id)
+    return await h.gateway.retrieve_subscription(req, idempotency_key=key())
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS)
+async def test_a_subscription_is_created_active_with_its_first_invoice_paid(
+    harness: Harness,
+) -> None:
+    sub = await subscribe(harness, amount=1500)
+    assert sub.status is SubscriptionStatus.ACTIVE
+    assert (sub.amount, sub.interval, sub.interval_count) == (usd(1500), "month", 1)
+    assert sub.current_period_start < sub.current_period_end
+    assert not sub.cancel_at_period_end and sub.canceled_at is None
+    (first,) = sub.invoices
+    assert first.status is InvoiceStatus.PAID and first.amount == usd(1500)
+    assert first.provider_payment_id  # the payment that paid it
+    assert first.failure_code is None
+    assert (first.period_start, first.period_end) == (
+        sub.current_period_start,
+        sub.current_period_end,
+    )
+    again = await read_subscription(harness, sub)
+    assert again.status is SubscriptionStatus.ACTIVE
+    assert [i.provider_invoice_id for i in again.invoices] == [first.provider_invoice_id]
+
+
+@over_gateways(localstripe_gap=NO_TRIALS, square_lacks=NO_SUBSCRIPTIONS)
+async def test_a_subscription_in_its_trial_charges_nothing(harness: Harness) -> None:
+    sub = await subscribe(harness, trial_days=14)
+    assert sub.status is SubscriptionStatus.TRIALING
+    assert sub.trial_end is not None and sub.trial_end > sub.current_period_start
+    assert all(i.amount.amount == 0 or i.status is not InvoiceStatus.PAID for i in sub.invoices)
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS)
+async def test_a_declined_first_invoice_leaves_the_subscription_incomplete(
+    harness: Harness,
+) -> None:
+    # Not an error (payment_behavior=allow_incomplete): the subscription is made, its
+    # first invoice open with the decline (the core's subscription.failed).
+    sub = await subscribe(harness, token="pm_card_chargeCustomerFail")
+    assert sub.status is SubscriptionStatus.INCOMPLETE
+    (first,) = sub.invoices
+    assert first.status is InvoiceStatus.OPEN
+    assert first.failure_code in ("card_declined", "generic_decline")
+    assert first.provider_payment_id
+    assert (await read_subscription(harness, sub)).status is SubscriptionStatus.INCOMPLETE
+    canceled = await harness.gateway.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sub.provider_subscription_id),
+        idempotency_key=key(),
+    )
+    assert canceled.status is SubscriptionStatus.CANCELED
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS)
+async def test_a_subscription_canceled_now_is_canceled(harness: Harness) -> None:
+    sub = await subscribe(harness)
+    req = CancelSubscription(provider_subscription_id=sub.provider_subscription_id)
+    k = key()
+    canceled = await harness.gateway.cancel_subscription(req, idempotency_key=k)
+    assert canceled.status is SubscriptionStatus.CANCELED and canceled.canceled_at is not None
+    assert canceled.invoices[0].status is InvoiceStatus.PAID  # (its paid period stays paid)
+    # Sent again under its key (a lost answer; Stripe's DELETE takes no key): the
+    # subscription is canceled, and answered so.
+    again = await harness.gateway.cancel_subscription(req, idempotency_key=k)
+    assert again.status is SubscriptionStatus.CANCELED
+    assert (await read_subscription(harness, sub)).status is SubscriptionStatus.CANCELED
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS)
+async def test_a_subscription_canceled_at_period_end_runs_to_it(harness: Harness) -> None:
+    sub = await subscribe(harness)
+    req = CancelSubscription(
+        provider_subscription_id=sub.provider_subscription_id, at_period_end=True
+    )
+    ends = await harness.gateway.cancel_subscription(req, idempotency_key=key())
+    assert ends.status is SubscriptionStatus.ACTIVE and ends.cancel_at_period_end
+    assert ends.canceled_at is None
+    assert ends.current_period_end == sub.current_period_end
+    read = await read_subscription(harness, sub)
+    assert read.status is SubscriptionStatus.ACTIVE and read.cancel_at_period_end
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS)
+async def test_a_subscription_create_replayed_under_its_key_is_the_same(
+    harness: Harness,
+) -> None:
+    cus = await customer(harness)
+    pm = await harness.gateway.attach_payment_method(
+        AttachPaymentMethod(provider_customer_id=cus, token=await harness.token("pm_card_visa")),
+        idempotency_key=key(),
+    )
+    req = CreateSubscription(
+        provider_customer_id=cus,
+        provider_payment_method_id=pm.provider_payment_method_id,
+        amount=usd(990),
+        interval="week",
+        interval_count=2,
+    )
+    k = key()
+    first = await harness.gateway.create_subscription(req, idempotency_key=k)
+    second = await harness.gateway.create_subscription(req, idempotency_key=k)
+    assert second.provider_subscription_id == first.provider_subscription_id
+    assert [i.provider_invoice_id for i in second.invoices] == [
+        i.provider_invoice_id for i in first.invoices
+    ]
+    assert (second.interval, second.interval_count) == ("week", 2)
+    # The same request under another key is another subscription (charged again).
+    other = await harness.gateway.create_subscription(req, idempotency_key=key())
+    assert other.provider_subscription_id != first.provider_subscription_id
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS, localstripe_lacks=NO_TEST_CLOCK)
+async def test_a_subscription_renews_on_the_providers_clock(harness: Harness) -> None:
+    sub = await subscribe(harness, interval="week", amount=700)
+    await harness.pass_time(7 * 24 * 3600 + 60)
+    renewed = await read_subscription(harness, sub)
+    assert renewed.status is SubscriptionStatus.ACTIVE
+    assert renewed.current_period_start == sub.current_period_end
+    newest, first = renewed.invoices
+    assert first.provider_invoice_id == sub.invoices[0].provider_invoice_id
+    assert newest.status is InvoiceStatus.PAID and newest.amount == usd(700)
+    assert newest.period_start == sub.current_period_end
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS)
+async def test_an_unknown_subscription_is_not_found(harness: Harness) -> None:
+    req = RetrieveSubscription(provider_subscription_id="sub_missing0000")
+    await expect(
+        ErrorCode.NOT_FOUND, harness.gateway.retrieve_subscription(req, idempotency_key=key())
+    )
+
+
+@over_gateways()
+async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harness) -> None:
+    gw = harness.build(capabilities=[Capability.CUSTOMERS.value, Capability.PAYMENTS.value])
+    assert Capability.SUBSCRIPTIONS not in gw.capabilities
+    calls = [
+        gw.create_subscription(
+            CreateSubscription(
+                provider_customer_id="cus_x",
+                provider_payment_method_id="pm_card_visa",
+                amount=usd(100),
+                interval="month",
+            ),
+            idempotency_key=key(),
+        ),
+        gw.cancel_subscription(
+            CancelSubscription(provider_subscription_id="sub_x"), idempotency_key=key()
+        ),
+        gw.retrieve_subscription(
+            RetrieveSubscription(provider_subscription_id="sub_x"), idempotency_key=key()
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(UnsupportedOperation):
+            await call

@@ -66,9 +66,14 @@ STRIPE_CAPABILITIES = frozenset(
         Capability.PARTIAL_CAPTURE,
         Capability.REFUNDS,
         Capability.DISPUTES,
+        Capability.SUBSCRIPTIONS,
+        Capability.INVOICES,
         Capability.WEBHOOKS,
     }
 )
+
+# The API version from which an invoice names its PaymentIntent in ``payments`` only.
+INVOICE_PAYMENTS_SINCE = "2025-03-31"
 
 
 def _without_none(**params: Any) -> dict[str, Any]:
@@ -141,8 +146,13 @@ class StripeGateway:
         *,
         capabilities: frozenset[Capability] = STRIPE_CAPABILITIES,
         http_client: stripe.HTTPClient | None = None,
+        stripe_version: str | None = None,
     ) -> None:
         self.capabilities = capabilities
+        # Invoices name their PaymentIntent in ``payments`` (to be expanded) from API
+        # version 2025-03-31.basil (the SDK's own is later, when the tenant pins none).
+        version = stripe_version or stripe.api_version
+        self._payments_listed = version[:10] >= INVOICE_PAYMENTS_SINCE
         self._v1: Any = client.v1  # params are plain dicts; our result types are the typed edge
         self._http_client = http_client
 
@@ -176,7 +186,12 @@ class StripeGateway:
             max_network_retries=0,
             http_client=http_client,
         )
-        return cls(client, capabilities=_capabilities(ctx.options), http_client=http_client)
+        return cls(
+            client,
+            capabilities=_capabilities(ctx.options),
+            http_client=http_client,
+            stripe_version=ctx.options.get("stripe_version"),
+        )
 
     async def _call(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
         """Check the capability, make the call, and normalise errors at the boundary."""
@@ -472,23 +487,127 @@ class StripeGateway:
         )
         return mapping.dispute(obj)
 
-    # ---- subscriptions: not built for this provider yet (its capabilities lack
-    # SUBSCRIPTIONS, so the handler answers `unsupported` before any call) ----------
+    # ---- subscriptions ---------------------------------------------------------------
 
     async def create_subscription(
         self, req: gw_base.CreateSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "create_subscription")
+        """A Subscription of one item, priced by a Plan made for it (under a key derived
+        from the create's: a replay finds the same Plan, and the same Subscription), the
+        payment method its default, ``payment_behavior=allow_incomplete``: a declined
+        first invoice is a subscription `incomplete` with that invoice open (no error)."""
+        if stripe_units_problem(req.amount) is not None:
+            raise UnsupportedOperation(
+                PROVIDER,
+                f"create_subscription in {req.amount.currency} (Stripe counts it in hundredths)",
+            )
+        problem = three_decimal_problem(req.amount) or withdrawn_currency_problem(req.amount)
+        if problem is not None:
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST,
+                problem,
+                provider=PROVIDER,
+                retryable=False,
+                reached_provider=False,
+            )
+        # A Plan, not an inline price_data: a subscription item's price_data needs a
+        # Product made beforehand (product_data is not taken there), where a Plan takes
+        # its Product inline; and a Plan is a price wherever Stripe takes one.
+        plan_params = {
+            "amount": req.amount.amount,
+            "currency": req.amount.currency.lower(),
+            "interval": req.interval,
+            "interval_count": req.interval_count,
+            "product": {"name": (req.description or "paystream subscription")[:250]},
+        }
+        plan = await self._call(
+            "create_subscription",
+            lambda: self._v1.plans.create_async(plan_params, self._opts(f"{idempotency_key}:plan")),
+        )
+        params = _without_none(
+            customer=req.provider_customer_id,
+            items=[{"plan": plan["id"]}],
+            default_payment_method=req.provider_payment_method_id,
+            payment_behavior="allow_incomplete",
+            trial_period_days=req.trial_days or None,
+            description=req.description,
+            metadata=req.metadata,
+        )
+        obj = await self._call(
+            "create_subscription",
+            lambda: self._v1.subscriptions.create_async(params, self._opts(idempotency_key)),
+        )
+        return await self._subscription(obj)
 
     async def cancel_subscription(
         self, req: gw_base.CancelSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "cancel_subscription")
+        sid = req.provider_subscription_id
+        if req.at_period_end:
+            obj = await self._call(
+                "cancel_subscription",
+                lambda: self._v1.subscriptions.update_async(
+                    sid, {"cancel_at_period_end": True}, self._opts(idempotency_key)
+                ),
+            )
+            return await self._subscription(obj)
+        # A DELETE: Stripe takes no key on it. Sent again after a lost answer, the
+        # subscription is canceled already: whatever Stripe answers that, the
+        # subscription read back canceled is the answer.
+        try:
+            obj = await self._call(
+                "cancel_subscription", lambda: self._v1.subscriptions.cancel_async(sid)
+            )
+        except GatewayError as exc:
+            if exc.retryable or exc.code not in (ErrorCode.INVALID_STATE, ErrorCode.NOT_FOUND):
+                raise
+            obj = await self._read_subscription(sid)
+            if mapping.subscription_status(obj.get("status")) is not (
+                gw_base.SubscriptionStatus.CANCELED
+            ):
+                raise
+        return await self._subscription(obj)
 
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_subscription")
+        # GETs: Stripe keys no read, so no key is sent.
+        return await self._subscription(await self._read_subscription(req.provider_subscription_id))
+
+    async def _read_subscription(self, provider_subscription_id: str) -> dict[str, Any]:
+        return await self._call(
+            "retrieve_subscription",
+            lambda: self._v1.subscriptions.retrieve_async(provider_subscription_id),
+        )
+
+    async def _subscription(self, obj: Mapping[str, Any]) -> gw_base.SubscriptionResult:
+        """The subscription with its invoices (newest first, at most
+        INVOICES_LISTED_MAX, drafts left out), the newest open one's decline read from
+        its PaymentIntent. Since API version 2025-03-31.basil an invoice names its
+        PaymentIntent in its ``payments`` alone, which is listed only when expanded."""
+        params: dict[str, Any] = {
+            "subscription": obj["id"],
+            "limit": gw_base.INVOICES_LISTED_MAX,
+        }
+        if self._payments_listed:
+            params["expand"] = ["data.payments"]
+        found = await self._call(
+            "retrieve_subscription", lambda: self._v1.invoices.list_async(params)
+        )
+        raw = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
+        newest_open = next((i for i in raw if i.get("status") == "open"), None)
+        declined: dict[str, Any] | None = None
+        payment_intent = (
+            mapping.invoice_payment_intent(newest_open) if newest_open is not None else None
+        )
+        if payment_intent is not None:
+            declined = await self.read_payment_intent(payment_intent)
+        invoices = tuple(
+            inv
+            for inv in (mapping.invoice(i, declined if i is newest_open else None) for i in raw)
+            if inv is not None
+        )
+        return mapping.subscription(obj, invoices)
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from paystream.gateways.base import (
@@ -10,11 +11,15 @@ from paystream.gateways.base import (
     CustomerResult,
     DisputeResult,
     DisputeStatus,
+    InvoiceResult,
+    InvoiceStatus,
     PaymentMethodResult,
     PaymentResult,
     PaymentStatus,
     RefundResult,
     RefundStatus,
+    SubscriptionResult,
+    SubscriptionStatus,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.money import Money
@@ -24,11 +29,15 @@ __all__ = [
     "dispute",
     "dispute_status",
     "evidence_due_by",
+    "invoice",
+    "invoice_payment_intent",
     "payment",
     "payment_method",
     "payment_status",
     "refund",
     "refund_status",
+    "subscription",
+    "subscription_status",
 ]
 
 _PAYMENT_STATUS = {
@@ -259,3 +268,165 @@ def evidence_due_by(obj: Mapping[str, Any]) -> int | None:
     if not isinstance(due_by, int) or isinstance(due_by, bool) or not 0 < due_by < _DUE_BY_MAX:
         return None
     return due_by
+
+
+# ---- subscriptions -------------------------------------------------------------------
+
+_SUBSCRIPTION_STATUS = {
+    "trialing": SubscriptionStatus.TRIALING,
+    "active": SubscriptionStatus.ACTIVE,
+    "past_due": SubscriptionStatus.PAST_DUE,
+    # Its invoice's retries ran out and Stripe left it unpaid (the account's setting):
+    # still owed, not being paid, as past_due is for paystream.
+    "unpaid": SubscriptionStatus.PAST_DUE,
+    # A trial ended without a payment method (trial_settings' missing_payment_method:
+    # pause): nothing is billed until it resumes. paystream always sets one, so only a
+    # change made in Stripe's dashboard gets here: read as past_due (not being paid; it
+    # may resume to active), never active.
+    "paused": SubscriptionStatus.PAST_DUE,
+    "canceled": SubscriptionStatus.CANCELED,
+    # Its first invoice was never paid within 23 hours: Stripe ends it for good.
+    "incomplete_expired": SubscriptionStatus.CANCELED,
+    "incomplete": SubscriptionStatus.INCOMPLETE,
+}
+
+
+def subscription_status(status: Any) -> SubscriptionStatus | None:
+    """Ours for a Subscription status; None for one this version does not know."""
+    return _SUBSCRIPTION_STATUS.get(status) if isinstance(status, str) else None
+
+
+_INVOICE_STATUS = {
+    "paid": InvoiceStatus.PAID,
+    "open": InvoiceStatus.OPEN,
+    "void": InvoiceStatus.VOID,
+    # Written off by the merchant's (or Stripe's) collection settings, yet still payable
+    # at Stripe (and then paid): unpaid here, open, so that a later payment moves it on
+    # (void is final here, and a paid void invoice would never read as paid).
+    "uncollectible": InvoiceStatus.OPEN,
+}
+# Not yet finalized (a renewal's invoice waits about an hour): no payment asked for yet,
+# not listed until it is.
+_DRAFT = "draft"
+
+
+def _epoch(value: Any) -> datetime:
+    return datetime.fromtimestamp(int(value), tz=UTC)
+
+
+def invoice_payment_intent(obj: Mapping[str, Any]) -> str | None:
+    """The PaymentIntent that paid (or last tried to pay) an invoice: its
+    ``payment_intent`` before API version 2025-03-31.basil, since then the invoice's
+    ``payments`` (expanded: the paid one, else the default, else the newest)."""
+    direct = obj.get("payment_intent")
+    if direct:
+        return _id(direct)
+    payments = obj.get("payments")
+    data = payments.get("data") if isinstance(payments, Mapping) else None
+    entries = [p for p in data or () if isinstance(p, Mapping)]
+    chosen = next(
+        (p for p in entries if p.get("status") == "paid"),
+        next((p for p in entries if p.get("is_default")), entries[0] if entries else None),
+    )
+    payment = chosen.get("payment") if chosen is not None else None
+    return _id(payment.get("payment_intent")) if isinstance(payment, Mapping) else None
+
+
+def _line_period(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The subscription's period an invoice bills: its subscription line's (the
+    invoice's own period_start/end are its pending items' usage period, which for a
+    subscription's first invoice is the instant it was made)."""
+    lines = obj.get("lines")
+    data = lines.get("data") if isinstance(lines, Mapping) else None
+    for line in data or ():
+        period = line.get("period") if isinstance(line, Mapping) else None
+        if isinstance(period, Mapping) and period.get("start") and period.get("end"):
+            return period
+    return {"start": obj.get("period_start"), "end": obj.get("period_end")}
+
+
+def invoice(
+    obj: Mapping[str, Any], payment_intent: Mapping[str, Any] | None = None
+) -> InvoiceResult | None:
+    """An Invoice, None for a draft; ``payment_intent``: its PaymentIntent as read (for
+    an open one, whose last payment error is the decline)."""
+    raw = obj.get("status")
+    if raw == _DRAFT:
+        return None
+    status = _INVOICE_STATUS.get(raw) if isinstance(raw, str) else None
+    if status is None:
+        raise _unknown("invoice", raw)
+    error = (payment_intent or {}).get("last_payment_error") or {}
+    if status is not InvoiceStatus.OPEN:
+        error = {}
+    period = _line_period(obj)
+    amount = obj.get("amount_paid") if status is InvoiceStatus.PAID else obj.get("amount_due")
+    return InvoiceResult(
+        provider_invoice_id=str(obj["id"]),
+        status=status,
+        amount=Money(amount=int(amount or 0), currency=str(obj["currency"])),
+        period_start=_epoch(period["start"]),
+        period_end=_epoch(period["end"]),
+        provider_payment_id=invoice_payment_intent(obj),
+        failure_code=error.get("decline_code") or error.get("code"),
+        failure_message=error.get("message"),
+    )
+
+
+def _item(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    items = obj.get("items")
+    data = items.get("data") if isinstance(items, Mapping) else None
+    first = data[0] if data else None
+    return first if isinstance(first, Mapping) else {}
+
+
+def _pricing(obj: Mapping[str, Any], item: Mapping[str, Any]) -> tuple[Money, str, int]:
+    """(amount, interval, interval count) of the subscription's one item: its Plan (as
+    paystream creates them), or a Price."""
+    plan = item.get("plan") or obj.get("plan")
+    if isinstance(plan, Mapping) and plan.get("interval"):
+        return (
+            Money(amount=int(plan["amount"]), currency=str(plan["currency"])),
+            str(plan["interval"]),
+            int(plan.get("interval_count") or 1),
+        )
+    price = item.get("price")
+    recurring = price.get("recurring") if isinstance(price, Mapping) else None
+    if not isinstance(price, Mapping) or not isinstance(recurring, Mapping):
+        raise _unknown("subscription item", "without a recurring price")
+    return (
+        Money(amount=int(price["unit_amount"]), currency=str(price["currency"])),
+        str(recurring["interval"]),
+        int(recurring.get("interval_count") or 1),
+    )
+
+
+def subscription(
+    obj: Mapping[str, Any], invoices: tuple[InvoiceResult, ...] = ()
+) -> SubscriptionResult:
+    """A Subscription (its period on the subscription before API version
+    2025-03-31.basil, on its item since), with its invoices as read (newest first)."""
+    status = subscription_status(obj.get("status"))
+    if status is None:
+        raise _unknown("subscription", obj.get("status"))
+    item = _item(obj)
+    amount, interval, count = _pricing(obj, item)
+    start = obj.get("current_period_start") or item.get("current_period_start")
+    end = obj.get("current_period_end") or item.get("current_period_end")
+    ended = obj.get("ended_at") or obj.get("canceled_at")
+    trial_end = obj.get("trial_end")
+    return SubscriptionResult(
+        provider_subscription_id=str(obj["id"]),
+        status=status,
+        amount=amount,
+        interval=interval,
+        interval_count=count,
+        current_period_start=_epoch(start),
+        current_period_end=_epoch(end),
+        trial_end=_epoch(trial_end) if trial_end else None,
+        cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+        # (Stripe sets canceled_at when a cancel at period end is asked for too: only
+        # an ended subscription's is when it was canceled.)
+        canceled_at=_epoch(ended) if status is SubscriptionStatus.CANCELED and ended else None,
+        invoices=invoices,
+    )
