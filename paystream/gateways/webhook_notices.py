@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 from paystream.errors import PaystreamError
 
-__all__ = ["BadWebhook", "DisputeNotice", "PaymentNotice", "RefundNotice"]
+__all__ = [
+    "BadWebhook",
+    "DisputeNotice",
+    "PaymentNotice",
+    "RefundNotice",
+    "SubscriptionNotice",
+]
 
 
 class BadWebhook(PaystreamError):
@@ -72,4 +78,18 @@ class RefundNotice:
     # The connected account it happened on (a Stripe Connect endpoint's); at Square, the
     # location (each tenant takes one location's payments).
     account: str | None
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionNotice:
+    """A followed event about a subscription (its own, or one of its invoices') that
+    names paystream's subscription (in its metadata, or the invoice's copy of it)."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the subscription's metadata names them
+    subscription_id: str
+    provider_subscription_id: str
+    account: str | None  # the connected account it happened on (a Connect endpoint's)
     created: int | None = None  # when the provider made the event (unix seconds), if it says

@@ -70,6 +70,7 @@ from paystream.gateways.stripe.webhooks import (
     disputed_payment_notice,
     payment_notice,
     refund_notice,
+    subscription_notice,
     verified_event,
 )
 from paystream.gateways.webhook_notices import (
@@ -77,16 +78,21 @@ from paystream.gateways.webhook_notices import (
     DisputeNotice,
     PaymentNotice,
     RefundNotice,
+    SubscriptionNotice,
 )
 from paystream.ids import derived_id
 from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
 from paystream.streams.codec import KafkaRecord
-from paystream.streams.commands import RefreshPayment, RefreshRefund
+from paystream.streams.commands import RefreshPayment, RefreshRefund, RefreshSubscription
 from paystream.streams.pan import contains_card_number
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
-from paystream.tables.state_machines import InvalidState, check_payment_transition
+from paystream.tables.state_machines import (
+    SUBSCRIPTION_TRANSITIONS,
+    InvalidState,
+    check_payment_transition,
+)
 from paystream.tables.views import entity_view
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
@@ -109,6 +115,10 @@ SECRET_NAMES = {"stripe": SECRET_NAME, "square": square_webhooks.SECRET_NAME}
 # The gateway method reading a disputed payment's provider object (whose metadata, or
 # reference_id, names paystream's payment).
 _DISPUTED_PAYMENT_READ = {"stripe": "read_payment_intent", "square": "read_payment"}
+
+
+# What a verified event may be about, once a dispute's is read as its payment's.
+_Notice = PaymentNotice | RefundNotice | SubscriptionNotice
 
 
 class _Unavailable(Exception):
@@ -201,7 +211,7 @@ class WebhookView(View):
         found_notice = _notice(provider, tenant, event)
         expected = _expected_account(provider, found)
         where = "location" if provider == "square" else "account"
-        notice: PaymentNotice | RefundNotice | None
+        notice: _Notice | None
         if isinstance(found_notice, DisputeNotice):
             if found_notice.account is not None and found_notice.account != expected:
                 # (as for a payment's event, below: known before its PaymentIntent is read)
@@ -220,7 +230,7 @@ class WebhookView(View):
         else:
             notice = found_notice
         if notice is None:
-            why = "not an event about a payment or refund paystream made"
+            why = "not an event about a payment, refund or subscription paystream made"
             return self._ignored(provider, tenant, why)
         what = _kind(notice)
         if notice.tenant_id != tenant:
@@ -286,14 +296,12 @@ class WebhookView(View):
         metrics.WEBHOOKS.labels(provider, tenant, result).inc()
         return self.json(body, status=status)
 
-    def _dropped(
-        self, provider: str, tenant: str, notice: PaymentNotice | RefundNotice, what: str
-    ) -> Response:
+    def _dropped(self, provider: str, tenant: str, notice: _Notice, what: str) -> Response:
         """An event about a payment or refund not recorded here, too old to be asked for
         again: its news is lost (a 3-D Secure success while the create waited parked,
         re-driven later: the provider answers it as it first did). Told apart from the
         routine no-news, and logged, so that an operator refreshes it (review h68r)."""
-        entity = notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
+        entity = _entity_id(notice)
         if _dropped_named.take(tenant):
             _throttled.warning(
                 # Per payment or refund: each one dropped is to be refreshed by hand, so
@@ -450,17 +458,21 @@ def _notification_url(tenant: Tenant) -> str | None:
     return f"{base.rstrip('/')}/webhooks/square/{quote(tenant.tenant_id, safe='')}"
 
 
-def _notice(
-    provider: str, tenant: str, event: dict[str, Any]
-) -> PaymentNotice | RefundNotice | DisputeNotice | None:
-    """What a verified event says of the tenant's payment, refund or dispute."""
+def _notice(provider: str, tenant: str, event: dict[str, Any]) -> _Notice | DisputeNotice | None:
+    """What a verified event says of the tenant's payment, refund, subscription or
+    dispute."""
     if provider == "square":
         return (
             square_webhooks.payment_notice(event, tenant)
             or square_webhooks.refund_notice(event, tenant)
             or square_webhooks.dispute_notice(event)
         )
-    return payment_notice(event) or refund_notice(event) or dispute_notice(event)
+    return (
+        payment_notice(event)
+        or refund_notice(event)
+        or subscription_notice(event)
+        or dispute_notice(event)
+    )
 
 
 def _expected_account(provider: str, tenant: Tenant) -> str | None:
@@ -492,16 +504,24 @@ def _recent(created: int | None) -> bool:
     return -TOLERANCE_SECONDS <= age < UNRECORDED_RETRY_SECONDS
 
 
-def _kind(notice: PaymentNotice | RefundNotice) -> str:
+def _kind(notice: _Notice) -> str:
+    if isinstance(notice, SubscriptionNotice):
+        return "subscription"
     return "refund" if isinstance(notice, RefundNotice) else "payment"
 
 
-async def _known_already(
-    tenant: str, row: dict[str, Any], notice: PaymentNotice | RefundNotice
-) -> str | None:
+def _entity_id(notice: _Notice) -> str:
+    if isinstance(notice, SubscriptionNotice):
+        return notice.subscription_id
+    return notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
+
+
+async def _known_already(tenant: str, row: dict[str, Any], notice: _Notice) -> str | None:
     """Why a refresh would bring nothing, or None if the entity may have moved on."""
     if isinstance(notice, RefundNotice):
         return _refund_known_already(row, notice)
+    if isinstance(notice, SubscriptionNotice):
+        return _subscription_known_already(row, notice)
     if row.get("provider_payment_id") != notice.provider_payment_id:
         return "the payment is another provider payment's"
     status = str(row.get("status"))
@@ -684,6 +704,19 @@ async def _read_disputed_payment(
     return disputed_payment_notice(notice, payment_intent)
 
 
+def _subscription_known_already(row: dict[str, Any], notice: SubscriptionNotice) -> str | None:
+    """Why a subscription event's refresh would bring nothing: it is another provider
+    subscription's, or canceled here (final: its refresh would be refused). Anything
+    else is read: an invoice paid or declined is a renewal paystream has not recorded
+    (its invoices are read back with it), and a status or a cancel at period end moved."""
+    if row.get("provider_subscription_id") != notice.provider_subscription_id:
+        return "the subscription is another provider subscription's"
+    status = str(row.get("status"))
+    if "refresh" not in SUBSCRIPTION_TRANSITIONS.get(status, frozenset()):
+        return f"the subscription is {status} already"
+    return None
+
+
 def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | None:
     if row.get("provider_refund_id") != notice.provider_refund_id:
         return "the refund is another provider refund's"
@@ -727,10 +760,13 @@ def _loggable(entity_id: str) -> bool:
     return len(entity_id) <= 255 and entity_id.isprintable() and not contains_card_number(entity_id)
 
 
-async def _entity_row(tenant: str, notice: PaymentNotice | RefundNotice) -> dict[str, Any] | None:
-    """The notice's payment or refund as the tenant's tables hold it, read where they are."""
+async def _entity_row(tenant: str, notice: _Notice) -> dict[str, Any] | None:
+    """The notice's payment, refund or subscription as the tenant's tables hold it, read
+    where they are."""
     if isinstance(notice, RefundNotice):
         return await _row(tenant, t.refunds, "refunds", notice.refund_id)
+    if isinstance(notice, SubscriptionNotice):
+        return await _row(tenant, t.subscriptions, "subscriptions", notice.subscription_id)
     return await _row(tenant, t.payments, "payments", notice.payment_id)
 
 
@@ -767,15 +803,17 @@ def _ident(url: URL) -> tuple[str, int]:
     return (url.host or "", int(url.port or 80))
 
 
-def _refresh(
-    provider: str, tenant: str, notice: PaymentNotice | RefundNotice
-) -> tuple[str, KafkaRecord] | None:
+def _refresh(provider: str, tenant: str, notice: _Notice) -> tuple[str, KafkaRecord] | None:
     """The payment's (or refund's) refresh command (its id derived from the event's),
     sealed as paystream's own (paystream/origin_seal.py); None for an id no command may
     carry (not an id, or one the card-data scans would refuse)."""
     if isinstance(notice, RefundNotice):
         command_type, body = "refund.refresh", {"refund_id": notice.refund_id}
         model: Any = RefreshRefund
+    elif isinstance(notice, SubscriptionNotice):
+        command_type = "subscription.refresh"
+        body = {"subscription_id": notice.subscription_id}
+        model = RefreshSubscription
     else:
         command_type, body = "payment.refresh", {"payment_id": notice.payment_id}
         model = RefreshPayment

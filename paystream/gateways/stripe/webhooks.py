@@ -16,7 +16,7 @@ from typing import Any, TypeGuard
 
 import stripe
 
-from paystream.gateways.base import read_payment_ref, read_refund_ref
+from paystream.gateways.base import read_payment_ref, read_refund_ref, read_subscription_ref
 from paystream.gateways.stripe.mapping import (
     dispute_status,
     evidence_due_by,
@@ -28,6 +28,7 @@ from paystream.gateways.webhook_notices import (
     DisputeNotice,
     PaymentNotice,
     RefundNotice,
+    SubscriptionNotice,
 )
 from paystream.streams.codec import valid_unicode
 
@@ -36,6 +37,7 @@ __all__ = [
     "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
+    "FOLLOWED_SUBSCRIPTION_EVENTS",
     "MAX_BODY_BYTES",
     "SIGNATURE_HEADER",
     "TOLERANCE_SECONDS",
@@ -43,10 +45,12 @@ __all__ = [
     "DisputeNotice",
     "PaymentNotice",
     "RefundNotice",
+    "SubscriptionNotice",
     "dispute_notice",
     "disputed_payment_notice",
     "payment_notice",
     "refund_notice",
+    "subscription_notice",
     "verified_event",
 ]
 
@@ -91,6 +95,25 @@ FOLLOWED_DISPUTE_EVENTS = frozenset(
         "charge.dispute.funds_reinstated",
     }
 )
+
+
+# Subscription events that bring news paystream has not read: a renewal paid or declined
+# (Stripe bills on its own clock, with no request of paystream's), a status moved (past
+# due, unpaid, a cancel at period end taken effect), a cancel made in the dashboard.
+FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "invoice.paid",
+        "invoice.payment_failed",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+    }
+)
+_SUBSCRIPTION_OBJECT = {
+    "invoice.paid": "invoice",
+    "invoice.payment_failed": "invoice",
+    "customer.subscription.updated": "subscription",
+    "customer.subscription.deleted": "subscription",
+}
 
 
 def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
@@ -166,6 +189,40 @@ def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
         refund_status(obj.get("status")).value,
         account,
         _created(event),
+    )
+
+
+def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
+    """What a followed subscription or invoice event says of paystream's subscription;
+    None for another event, or a subscription paystream did not make. An invoice names
+    its subscription, and carries a copy of its metadata as it was when the invoice was
+    finalized: ``parent.subscription_details`` since API version 2025-03-31.basil,
+    ``subscription_details`` (and ``subscription``) before."""
+    event_type = event.get("type")
+    kind = _SUBSCRIPTION_OBJECT.get(event_type) if isinstance(event_type, str) else None
+    if kind is None:
+        return None
+    found = _event_object(event, FOLLOWED_SUBSCRIPTION_EVENTS, kind)
+    if found is None:
+        return None
+    event_id, event_type, obj, account = found
+    if kind == "subscription":
+        metadata, provider_id = obj.get("metadata"), obj.get("id")
+    else:
+        parent = obj.get("parent")
+        details = parent.get("subscription_details") if isinstance(parent, dict) else None
+        if not isinstance(details, dict):
+            details = obj.get("subscription_details")
+        details = details if isinstance(details, dict) else {}
+        metadata = details.get("metadata")
+        provider_id = details.get("subscription") or obj.get("subscription")
+        if isinstance(provider_id, dict):
+            provider_id = provider_id.get("id")
+    ref = read_subscription_ref(metadata)
+    if ref is None or not _plain_id(provider_id):
+        return None
+    return SubscriptionNotice(
+        event_id, event_type, ref[0], ref[1], provider_id, account, _created(event)
     )
 
 

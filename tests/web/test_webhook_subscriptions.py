@@ -1,0 +1,160 @@
+"""Stripe's subscription and invoice events bring a sealed ``subscription.refresh`` of
+the subscription their metadata names, through the same bounds as a payment's event
+(lookups, budget, 503 while unrecorded and recent, dropped once old); another tenant's
+or account's are ignored. In process: the view alone (tests/web/test_webhook_lookups.py's
+fakes), and the refresh command built for real."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import paystream.web.webhooks as wh
+from paystream.agents import pipeline
+from paystream.gateways.base import SUBSCRIPTION_REF_KEY
+from paystream.gateways.webhook_notices import SubscriptionNotice
+from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
+from paystream.settings import load_settings
+from paystream.streams.codec import decode_record
+from paystream.tenancy.crypto import MasterKey, MasterKeyring
+from tests.web.test_webhook_lookups import TENANT, _post, seen  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.asyncio
+
+
+def _event(
+    kind: str = "invoice.payment_failed",
+    *,
+    event_id: str = "evt_s1",
+    tenant: str = TENANT,
+    subscription: str = "sub_p1",
+    provider_id: str = "sub_1",
+    created: int | None = None,
+    **fields: Any,
+) -> bytes:
+    meta = {SUBSCRIPTION_REF_KEY: f"{tenant}:{subscription}"}
+    if kind.startswith("invoice."):
+        obj: dict[str, Any] = {
+            "id": "in_2",
+            "object": "invoice",
+            "status": "open",
+            "parent": {
+                "type": "subscription_details",
+                "subscription_details": {"subscription": provider_id, "metadata": meta},
+            },
+        }
+    else:
+        obj = {"id": provider_id, "object": "subscription", "status": "past_due", "metadata": meta}
+    event = {
+        "id": event_id,
+        "type": kind,
+        "created": int(time.time()) if created is None else created,
+        "data": {"object": obj},
+        **fields,
+    }
+    return json.dumps(event).encode()
+
+
+@pytest.fixture
+def rows(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa: F811
+    held: dict[str, Any] = {"sub_p1": {"provider_subscription_id": "sub_1", "status": "active"}}
+    seen.notices = []
+
+    async def entity_row(tenant: str, notice: Any) -> Any:
+        seen.lookups += 1
+        seen.notices.append(notice)
+        return held.get(getattr(notice, "subscription_id", ""))
+
+    monkeypatch.setattr(wh, "_entity_row", entity_row)
+    return held
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "invoice.paid",
+        "invoice.payment_failed",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+    ],
+)
+async def test_a_subscription_event_brings_its_refresh(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+    kind: str,
+) -> None:
+    status, body = await _post(_event(kind))
+    assert (status, body["action"]) == (200, "refresh"), body
+    (notice,) = seen.notices
+    assert isinstance(notice, SubscriptionNotice)
+    assert (notice.subscription_id, notice.provider_subscription_id) == ("sub_p1", "sub_1")
+    assert len(seen.sent) == 1
+
+
+async def test_another_tenants_or_accounts_subscription_event_is_ignored(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    status, body = await _post(_event(tenant="other"))
+    assert (status, body["action"]) == (200, "ignored") and "another tenant" in body["why"]
+    status, body = await _post(_event(event_id="evt_s2", account="acct_other"))
+    assert (status, body["action"]) == (200, "ignored") and "another account" in body["why"]
+    assert seen.sent == []
+
+
+async def test_a_canceled_or_another_provider_subscription_is_not_refreshed(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    rows["sub_p1"]["status"] = "canceled"
+    status, body = await _post(_event("customer.subscription.deleted"))
+    assert (status, body["action"]) == (200, "ignored") and "canceled already" in body["why"]
+    rows["sub_p1"].update(status="active", provider_subscription_id="sub_other")
+    status, body = await _post(_event(event_id="evt_s2"))
+    assert body["action"] == "ignored" and "another provider subscription" in body["why"]
+    assert seen.sent == []
+
+
+async def test_an_unrecorded_subscription_is_asked_again_while_recent_then_dropped(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    status, _ = await _post(_event(subscription="sub_parked"))
+    assert status == 503  # (its create's answer in flight, or parked)
+    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
+    status, body = await _post(_event(event_id="evt_s3", subscription="sub_parked", created=old))
+    assert (status, body["action"]) == (200, "ignored") and "subscription" in body["why"]
+    assert seen.sent == []
+
+
+async def test_subscription_events_share_the_tenants_refresh_budget(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    answers = [(await _post(_event(event_id=f"evt_b{i}")))[0] for i in range(30)]
+    assert len(seen.sent) == 10 and answers.count(503) == 20  # the budget's burst (1/s)
+
+
+async def test_the_refresh_is_a_sealed_subscription_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    master = MasterKey.generate()
+    monkeypatch.setattr(wh, "settings", load_settings())
+    monkeypatch.setattr(wh, "_origins", lambda: OriginSeals(MasterKeyring(master)))
+    notice = SubscriptionNotice("evt_9", "invoice.paid", TENANT, "sub_p1", "sub_1", None)
+    built = wh._refresh("stripe", TENANT, notice)
+    assert built is not None
+    command_id, rec = built
+    assert command_id.startswith("whk")
+    event = decode_record(rec.key, rec.value, dict(rec.headers))
+    assert event.get_attributes()["type"].endswith("subscription.refresh")
+    assert event.get_data() == {"subscription_id": "sub_p1"}
+    headers = dict(rec.headers)
+    assert ORIGIN_HEADER in headers
+    assert OriginSeals(MasterKeyring(master)).sealed(rec.key, rec.value, headers)
+    # The worker takes it as paystream's own (past the tenant's rate limit).
+    assert "subscription.refresh" in pipeline._WEBHOOK_REFRESHES
