@@ -69,7 +69,8 @@ COMMAND_LATENCY = Histogram(
 WEBHOOKS = Counter(
     "paystream_webhooks_total",
     "Provider webhooks received, by provider, tenant and what came of them: refresh (a "
-    "payment.refresh or refund.refresh sent), ignored (nothing paystream has not read), "
+    "payment.refresh, refund.refresh or subscription.refresh sent), ignored (nothing "
+    "paystream has not read), "
     "dropped (about a payment or refund not recorded here, too old to be sent again: its "
     "news is lost; refresh it once recorded; a dispute event's payment too), "
     "bad_signature, "

@@ -1,8 +1,9 @@
 """Provider webhooks: ``POST /webhooks/{provider}/{tenant}`` (Stripe, Square).
 
 A verified event about a payment paystream made becomes a ``payment.refresh`` command on
-the tenant's partition (one about a refund, a ``refund.refresh``), so the payment (or
-refund) is read back from the provider and its outcome
+the tenant's partition (one about a refund, a ``refund.refresh``; one about a Stripe
+subscription or its invoice, a ``subscription.refresh``), so the payment (or refund, or
+subscription) is read back from the provider and its outcome
 goes out as any command's does: in order with the tenant's other commands, once (its
 command id derives from the event's id, so a webhook sent again is answered from the
 idempotency record), and through every rule of the pipeline. An event that brings
