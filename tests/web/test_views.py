@@ -273,7 +273,10 @@ async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> No
 
 
 # (Listed in the answer: a singular "payment" got a bare "unknown kind".)
-_KINDS = "; kinds: customers, disputes, payment_methods, payments, refunds, commands"
+_KINDS = (
+    "; kinds: customers, disputes, invoices, payment_methods, payments, refunds, subscriptions, "
+    "commands"
+)
 
 
 @pytest.mark.parametrize(
