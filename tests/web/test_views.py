@@ -290,6 +290,8 @@ _KINDS = (
         ("/v1/tenants/acme/customers/{pid}", "no such customer"),
         ("/v1/tenants/acme/payment_methods/{pid}", "no such payment_method"),
         ("/v1/tenants/acme/disputes/{pid}", "no such dispute"),
+        ("/v1/tenants/acme/subscriptions/{pid}", "no such subscription"),
+        ("/v1/tenants/acme/invoices/{pid}", "no such invoice"),
         ("/v1/tenants/acme/widgets/{pid}", "unknown kind" + _KINDS),
         # bookkeeping tables are not entity kinds
         ("/v1/tenants/acme/idempotency/{pid}", "unknown kind" + _KINDS),
