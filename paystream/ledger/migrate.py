@@ -62,6 +62,7 @@ def _run(connection: Connection, action: str, revision: str) -> None:
 
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
+    cfg.attributes["target"] = revision  # (0013's downgrade: only "base" drops its rows)
     if action == "upgrade":
         command.upgrade(cfg, revision)
     else:

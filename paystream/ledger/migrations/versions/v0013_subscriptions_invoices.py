@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
 from paystream.ledger.migrations.versions.v0001_schema import (
@@ -137,16 +137,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", "event_id", name=f"pk_{BACKFILL}"),
         _tenant_fk(BACKFILL),
     )
-    # The events already stored, read as the owner (held to the tenant policy by FORCE:
-    # lifted for this, as 0004 and 0012 do on audit_log), before the table is secured.
+    # The events already stored, read as the owner before the table is secured: tenant
+    # by tenant, under the tenant policy (no ALTER TABLE events: its ACCESS
+    # EXCLUSIVE lock would stop every read of events until the commit). Every tenant
+    # the sink wrote has an audit head (it locks that first), which the owner reads.
     op.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
-    op.execute("ALTER TABLE events NO FORCE ROW LEVEL SECURITY")
     kinds = ", ".join(f"'{kind}'" for _, kind in ENTITY_TABLES.values())
     op.execute(
-        f"INSERT INTO {BACKFILL} (tenant_id, event_id) "  # noqa: S608 - constants
-        f"SELECT tenant_id, event_id FROM events WHERE entity_type IN ({kinds})"
+        f"""
+        DO $$ DECLARE t text; BEGIN
+          FOR t IN SELECT tenant_id FROM audit_heads ORDER BY tenant_id LOOP
+            PERFORM set_config('app.current_tenant_id', t, true);
+            INSERT INTO {BACKFILL} (tenant_id, event_id)
+              SELECT tenant_id, event_id FROM events
+              WHERE tenant_id = t AND entity_type IN ({kinds});
+          END LOOP;
+          PERFORM set_config('app.current_tenant_id', '', true);
+        END $$
+        """  # noqa: S608 - constants
     )
-    op.execute("ALTER TABLE events FORCE ROW LEVEL SECURITY")
     _secure(BACKFILL, "SELECT")
     # The owner reads which tenants have events listed (`paystream ledger backfill` with
     # no --tenant), and nothing else across tenants (by name, as 0003 and 0004).
@@ -164,6 +173,23 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Rows the sink or the backfill wrote have audit entries: dropped, the upgrade back
+    # would list every stored event again (the app role's forged ones with them) and
+    # rebuild the rows under entries whose ``before`` no longer links to the chain (audit
+    # verify red for good). The release before runs on 0013: roll the workers back only.
+    for table in ENTITY_TABLES:
+        op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")  # (the owner's view)
+    held = [
+        table
+        for table in ENTITY_TABLES
+        if op.get_bind().execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar()  # noqa: S608
+    ]
+    if held and context.config.attributes.get("target") != "base":  # (base: all goes)
+        raise RuntimeError(
+            f"migration 0013 down: {', '.join(held)} hold audited rows; dropping them "
+            "cannot be undone by upgrading again (the release before runs on 0013: roll "
+            "the workers back, not the schema)"
+        )
     op.drop_table(BACKFILL)
     for table in ENTITY_TABLES:
         op.drop_table(table)  # (its trigger and policy go with it; the function is 0006's)
