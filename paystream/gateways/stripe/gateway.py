@@ -8,6 +8,7 @@ retries are off: the pipeline owns retries and always reuses the idempotency key
 from __future__ import annotations
 
 import datetime
+import hashlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -74,6 +75,14 @@ STRIPE_CAPABILITIES = frozenset(
 
 # The API version from which an invoice names its PaymentIntent in ``payments`` only.
 INVOICE_PAYMENTS_SINCE = "2025-03-31"
+
+
+def _derived_key(key: str, part: str) -> str:
+    """A key of its own for a second call of one command, within Stripe's 255 characters."""
+    derived = f"{key}:{part}"
+    if len(derived) <= 255:
+        return derived
+    return f"{part}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def _without_none(**params: Any) -> dict[str, Any]:
@@ -522,7 +531,9 @@ class StripeGateway:
         }
         plan = await self._call(
             "create_subscription",
-            lambda: self._v1.plans.create_async(plan_params, self._opts(f"{idempotency_key}:plan")),
+            lambda: self._v1.plans.create_async(
+                plan_params, self._opts(_derived_key(idempotency_key, "plan"))
+            ),
         )
         params = _without_none(
             customer=req.provider_customer_id,
@@ -566,7 +577,7 @@ class StripeGateway:
                 gw_base.SubscriptionStatus.CANCELED
             ):
                 raise
-        return await self._subscription(obj)
+        return await self._subscription(obj, void_open=True)
 
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
@@ -580,7 +591,9 @@ class StripeGateway:
             lambda: self._v1.subscriptions.retrieve_async(provider_subscription_id),
         )
 
-    async def _subscription(self, obj: Mapping[str, Any]) -> gw_base.SubscriptionResult:
+    async def _subscription(
+        self, obj: Mapping[str, Any], *, void_open: bool = False
+    ) -> gw_base.SubscriptionResult:
         """The subscription with its invoices (newest first, at most
         INVOICES_LISTED_MAX, drafts left out), the newest open one's decline read from
         its PaymentIntent. Since API version 2025-03-31.basil an invoice names its
@@ -595,19 +608,45 @@ class StripeGateway:
             "retrieve_subscription", lambda: self._v1.invoices.list_async(params)
         )
         raw = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
+        if void_open:
+            # Stripe's cancel only stops collecting them: voided, as the simulator's
+            # cancel does (a canceled subscription is never read again here).
+            raw = [
+                await self._voided(i) if i.get("status") in ("open", "uncollectible") else i
+                for i in raw
+            ]
         newest_open = next((i for i in raw if i.get("status") == "open"), None)
         declined: dict[str, Any] | None = None
         payment_intent = (
             mapping.invoice_payment_intent(newest_open) if newest_open is not None else None
         )
         if payment_intent is not None:
-            declined = await self.read_payment_intent(payment_intent)
+            declined = await self._call(
+                "retrieve_subscription",
+                lambda: self._v1.payment_intents.retrieve_async(payment_intent),
+            )
         invoices = tuple(
             inv
             for inv in (mapping.invoice(i, declined if i is newest_open else None) for i in raw)
             if inv is not None
         )
         return mapping.subscription(obj, invoices)
+
+    async def _voided(self, invoice: Mapping[str, Any]) -> Mapping[str, Any]:
+        """An open invoice voided (a POST that voids once: sent again, Stripe refuses it
+        as void already, and the invoice is read as it is)."""
+        invoice_id = str(invoice["id"])
+        try:
+            return await self._call(
+                "cancel_subscription",
+                lambda: self._v1.invoices.void_invoice_async(invoice_id),
+            )
+        except GatewayError as exc:
+            if exc.retryable or exc.code is not ErrorCode.INVALID_STATE:
+                raise
+            return await self._call(
+                "cancel_subscription", lambda: self._v1.invoices.retrieve_async(invoice_id)
+            )
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

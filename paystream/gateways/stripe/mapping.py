@@ -357,6 +357,13 @@ def invoice(
     if status is None:
         raise _unknown("invoice", raw)
     error = (payment_intent or {}).get("last_payment_error") or {}
+    if not error and (payment_intent or {}).get("status") == "requires_action":
+        # (Stripe: incomplete when the payment "requires action, like customer
+        # authentication": no decline, the customer's 3-D Secure step awaited.)
+        error = {
+            "code": "authentication_required",
+            "message": "the payment awaits the customer's authentication (3-D Secure)",
+        }
     if status is not InvoiceStatus.OPEN:
         error = {}
     period = _line_period(obj)
