@@ -83,10 +83,14 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "customer.create": "Create a customer (at the provider and here).",
     "customer.update": "Update a customer; `metadata` is merged key by key, as Stripe does "
     '(`""` removes a key).',
-    "customer.delete": "Delete a customer at the provider.",
-    "customer.erase": "Right to erasure: delete at the provider, blank the personal data in the "
-    "tables and stored outcomes, crypto-shred the ledger's copies.",
-    "customer.export": "Right of access: everything held on the customer, as one outcome.",
+    "customer.delete": "Delete a customer at the provider (which cancels their subscriptions "
+    "there: `subscription.refresh` reads it).",
+    "customer.erase": "Right to erasure: delete at the provider (which cancels their "
+    "subscriptions there), blank the personal data in the tables and stored outcomes, "
+    "crypto-shred the ledger's copies.",
+    "customer.export": "Right of access: everything held on the customer (payment methods, "
+    "payments with their refunds and disputes, subscriptions with their invoices), as one "
+    "outcome.",
     "payment_method.attach": "Attach a provider token (never card data) to a customer.",
     "payment_method.detach": "Detach a payment method.",
     "payment.create": "Create (and by default capture) a payment.",
@@ -489,13 +493,32 @@ def _outcome_schemas(components: Doc) -> None:
     }
     components["Export"] = {
         "type": "object",
+        "description": "Every list sorted by id. `disputes`, `subscriptions` and `invoices` "
+        "are absent from an export a version before them made, answered again from its "
+        "stored copy (a resend within the id's window).",
         "required": ["customer", "payment_methods", "payments", "refunds"],
         "properties": {
             "customer": _ref("Customer"),
             "payment_methods": {"type": "array", "items": _ref("PaymentMethod")},
             "payments": {"type": "array", "items": _ref("Payment")},
             "refunds": {"type": "array", "items": _ref("Refund")},
-            "truncated": {"description": "full counts of the lists cut short", **_COUNTS},
+            "disputes": {
+                "type": "array",
+                "items": _ref("Dispute"),
+                "description": "the disputes of the customer's payments",
+            },
+            "subscriptions": {"type": "array", "items": _ref("Subscription")},
+            "invoices": {
+                "type": "array",
+                "items": _ref("Invoice"),
+                "description": "the invoices of the customer's subscriptions",
+            },
+            "truncated": {
+                "description": "full counts of the lists cut short (the lists share the "
+                "byte budget in the order above: one is cut only when those before it are "
+                "whole)",
+                **_COUNTS,
+            },
         },
     }
     components["ErasedExport"] = {

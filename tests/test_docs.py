@@ -504,11 +504,20 @@ async def test_a_customer_export_matches_its_published_schema(
         paid = await h.send("payment.create", t, {**card, "customer_id": "c1"})
         refund = {"payment_id": paid.get_data()["entity_id"], "amount": 100}
         await h.send("refund.create", t, refund)
+        # A disputed payment, and a subscription with its first invoice.
+        disputing = {"customer_id": "c1", "token": "pm_card_createDispute",
+                     "payment_method_id": "pm2"}  # fmt: skip
+        await h.send("payment_method.attach", t, disputing)
+        await h.send("payment.create", t, {**card, "customer_id": "c1", "payment_method_id": "pm2"})
+        plan = {"subscription_id": "s1", "customer_id": "c1", "payment_method_id": "pm1",
+                "amount": 900, "currency": "EUR", "interval": "month"}  # fmt: skip
+        await h.send("subscription.create", t, plan)
         out = await h.send("customer.export", t, {"customer_id": "c1"})
     body = out.get_data()
     assert out.get_type() == "com.paystream.customer.exported", body
     export = body["export"]
-    assert [len(export[n]) for n in ("payment_methods", "payments", "refunds")] == [1, 1, 1]
+    lists = ("payment_methods", "payments", "refunds", "disputes", "subscriptions", "invoices")
+    assert [len(export[n]) for n in lists] == [2, 2, 1, 1, 1, 1]
     pointer = "/components/messages/outcome.customer.exported/payload"
     validator(asyncapi, pointer, draft7=True).validate(body)
 

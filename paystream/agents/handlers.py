@@ -605,7 +605,8 @@ EXPORT_MAX_BYTES = 256 * 1024
 
 
 async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> HandlerResult:
-    """The customer's record with their payment methods, payments and refunds."""
+    """The customer's record with their payment methods, payments, the payments' refunds
+    and disputes, subscriptions and the subscriptions' invoices."""
     rec = ctx.load(CustomerRecord, data.customer_id)
     prefix = f"{ctx.tenant}:"
 
@@ -630,14 +631,28 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
 
     methods = owned("payment_method", {rec.id})
     payments = owned("payment", {rec.id})
-    refunds = owned("refund", {p["id"] for p in payments})
+    paid = {p["id"] for p in payments}
+    refunds = owned("refund", paid)
+    disputes = owned("dispute", paid)
+    subscriptions = owned("subscription", {rec.id})
+    # By their customer, which is their subscription's (set when recorded, never moved):
+    # one whose subscription has left the tables (retention) is listed all the same.
+    invoices = owned("invoice", {rec.id})
     export: dict[str, Any] = {"customer": rec.snapshot()}
     truncated = {}
     # One outcome record (and its stored copy) must stay well under the broker's message
     # size (1 MB by default): one the broker refuses fails the whole batch, again on
     # every redelivery. So the lists share a byte budget; the ledger keeps everything.
     budget = EXPORT_MAX_BYTES
-    for name, rows in (("payment_methods", methods), ("payments", payments), ("refunds", refunds)):
+    # (In this order: a list is cut only once those before it are whole.)
+    for name, rows in (
+        ("payment_methods", methods),
+        ("payments", payments),
+        ("refunds", refunds),
+        ("disputes", disputes),
+        ("subscriptions", subscriptions),
+        ("invoices", invoices),
+    ):
         kept = []
         for row in rows:
             budget -= len(orjson.dumps(row))
