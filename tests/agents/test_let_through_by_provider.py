@@ -64,14 +64,20 @@ def _suspend(h: Harness, t: str) -> None:
 
 # A customer delete (customer.delete, customer.erase) takes no provider key, as on
 # Stripe: nothing to ask the provider by (its retry meets "not found", answered as such).
-# Nor does a read (payment.refresh, refund.refresh): lost whole, nothing of it happened
-# here, and a suspended tenant's refresh is refused as any new command is (what the
-# provider reports is read again once it is active).
+# Nor does a read (payment.refresh, refund.refresh, subscription.refresh): lost whole,
+# nothing of it happened here, and a suspended tenant's refresh is refused as any new
+# command is (what the provider reports is read again once it is active).
 KEYED = sorted(
     name
     for name in SCENARIOS
     if not name.startswith(
-        ("customer.delete", "customer.erase", "payment.refresh", "refund.refresh")
+        (
+            "customer.delete",
+            "customer.erase",
+            "payment.refresh",
+            "refund.refresh",
+            "subscription.refresh",
+        )
     )
 )
 
