@@ -12,7 +12,7 @@ from typing import Any
 from paystream.client import OutcomeTimeout, PaystreamClient, build_command
 from paystream.http_client import Accepted, IngressClient
 
-__all__ = ["DEMO_TOKENS", "demo_progress", "demo_summary", "run_demo"]
+__all__ = ["DEMO_TOKENS", "SUBSCRIPTION_TOKENS", "demo_progress", "demo_summary", "run_demo"]
 
 # Simulator tokens with Stripe's test-card semantics, weighted toward success.
 DEMO_TOKENS = [
@@ -48,6 +48,25 @@ DECLINING_TOKENS = [
 # Share of demo flows sent over the HTTP ingress (when the demo is given one).
 HTTP_SHARE = 0.25
 
+# Share of demo customers (card testers apart) who subscribe instead of paying once, the
+# cards they save for it (one saves, then declines every charge: its renewals are
+# declined, past_due), and the share of them who start with a free trial (a day; the
+# declining card always does, so that it is its renewal that declines).
+SUBSCRIBERS = 0.05
+RENEWALS_DECLINED = "pm_card_chargeCustomerFail"
+SUBSCRIPTION_TOKENS = [*["pm_card_visa"] * 5, *["pm_card_mastercard"] * 2, RENEWALS_DECLINED]
+TRIALS = 0.3
+# Share of the renewed subscriptions then canceled at the end of their (next) period.
+CANCELS_AT_PERIOD_END = 0.3
+# Seconds a subscription is left as it is before its day passes (so the dashboard shows
+# it trialing or active for a while first): a random pause in this range.
+SUBSCRIPTION_PAUSE = (1.0, 4.0)
+# Demo subscriptions bill daily; a day passes at the simulator when the demo moves the
+# tenant's clock (its test clock, as `paystream simulator advance` does).
+DAY = 24 * 3600
+# Move a tenant's simulator clock forward: (tenant, seconds).
+Advance = Callable[[str, int], Awaitable[None]]
+
 
 async def _flow(
     client: PaystreamClient,
@@ -56,10 +75,12 @@ async def _flow(
     seen: Counter[str],
     authenticate: Authenticate | None = None,
     http: IngressClient | None = None,
+    advance: Advance | None = None,
 ) -> None:
     """customer → attach card → pay (auto or manual capture; a card asking for 3-D Secure:
     the customer's step at the provider, then `payment.refresh`) → maybe refund; now and
-    then a card tester instead. With ``http``, a share of flows go over HTTP."""
+    then a card tester instead, or a subscriber (`_subscribe`: its renewals need
+    ``advance``). With ``http``, a share of flows go over HTTP."""
     over_http = http is not None and rng.random() < HTTP_SHARE
 
     async def send(kind: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +109,9 @@ async def _flow(
             await send(
                 "payment.create", {**card, "customer_id": cid, "payment_method_token": token}
             )
+        return
+    if rng.random() < SUBSCRIBERS:
+        await _subscribe(send, tenant, cid, rng, advance)
         return
     pm = await send("payment_method.attach", {"customer_id": cid, "token": rng.choice(DEMO_TOKENS)})
     pmid = pm.get("entity_id")
@@ -125,6 +149,53 @@ async def _flow(
             await send("refund.refresh", {"refund_id": rid})
 
 
+Send = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _subscribe(
+    send: Send, tenant: str, cid: str, rng: random.Random, advance: Advance | None
+) -> None:
+    """attach card → `subscription.create` (daily; maybe a day's trial) → a day passes →
+    `subscription.refresh` (the trial over, or a renewal: paid, or declined: past_due) →
+    maybe a cancel at period end, another day, and the refresh that reads it canceled.
+    Without ``advance`` (no simulator clock to move), the create alone."""
+    token = rng.choice(SUBSCRIPTION_TOKENS)
+    pm = await send("payment_method.attach", {"customer_id": cid, "token": token})
+    pmid = pm.get("entity_id")
+    if not pmid or "failed" in str(pm.get("error", "")):
+        return
+    trial = token == RENEWALS_DECLINED or rng.random() < TRIALS
+    currency, amount = rng.choice([("USD", 1500), ("EUR", 900), ("JPY", 980)])
+    sub = await send(
+        "subscription.create",
+        {
+            "customer_id": cid,
+            "payment_method_id": pmid,
+            "amount": amount,
+            "currency": currency,
+            "interval": "day",
+            "trial_days": 1 if trial else 0,
+            "description": "demo plan",
+        },
+    )
+    sid = sub.get("entity_id")
+    status = (sub.get("object") or {}).get("status")
+    if not sid or status not in ("active", "trialing") or advance is None:
+        return
+
+    async def next_day() -> dict[str, Any]:
+        await asyncio.sleep(rng.uniform(*SUBSCRIPTION_PAUSE))
+        await advance(tenant, DAY)
+        return await send("subscription.refresh", {"subscription_id": sid})
+
+    sub = await next_day()
+    if (sub.get("object") or {}).get("status") != "canceled" and (
+        rng.random() < CANCELS_AT_PERIOD_END
+    ):
+        await send("subscription.cancel", {"subscription_id": sid, "at_period_end": True})
+        await next_day()
+
+
 async def run_demo(
     client: PaystreamClient,
     tenants: list[str],
@@ -136,9 +207,11 @@ async def run_demo(
     authenticate: Authenticate | None = None,
     http: IngressClient | None = None,
     seen: Counter[str] | None = None,
+    advance: Advance | None = None,
 ) -> Counter[str]:
     """Start ``rate`` flows per second until cancelled (or ``duration`` seconds);
-    ``authenticate`` plays the customers' 3-D Secure steps (none without it); ``http``
+    ``authenticate`` plays the customers' 3-D Secure steps (none without it); ``advance``
+    moves a tenant's simulator clock, a day for each renewal shown (none without it); ``http``
     takes a share of the flows (HTTP_SHARE) through the HTTP ingress. Outcomes are
     counted by type into ``seen`` as they come (the caller's, to report after a stop)."""
     rng = random.Random(seed)
@@ -149,7 +222,7 @@ async def run_demo(
     try:
         while duration is None or time.monotonic() - started < duration:
             task = asyncio.create_task(
-                _flow(client, rng.choice(tenants), rng, seen, authenticate, http)
+                _flow(client, rng.choice(tenants), rng, seen, authenticate, http, advance)
             )
             tasks.add(task)
             task.add_done_callback(tasks.discard)

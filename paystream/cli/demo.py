@@ -16,7 +16,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 
 if TYPE_CHECKING:
-    from paystream.demo import Authenticate
+    from paystream.demo import Advance, Authenticate
 from paystream.cli.base import _Finite, _run, _settings, cli
 
 DEMO_TENANTS = ("acme", "globex")
@@ -93,11 +93,14 @@ async def _register_demo_tenants(settings: Settings) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def _demo_customers(settings: Settings) -> AsyncIterator[Authenticate | None]:
+async def _demo_customers(
+    settings: Settings,
+) -> AsyncIterator[tuple[Authenticate | None, Advance | None]]:
     """The demo customers' 3-D Secure steps, taken at the simulator (its state is in
-    Redis): None without Redis."""
+    Redis), and the demo tenants' simulator clocks moved forward (a day for each renewal
+    the demo shows: their subscriptions bill daily): None, None without Redis."""
     if not settings.redis_url:
-        yield None
+        yield None, None
         return
     import redis.asyncio as aioredis
 
@@ -106,15 +109,22 @@ async def _demo_customers(settings: Settings) -> AsyncIterator[Authenticate | No
 
     redis_client = aioredis.from_url(settings.redis_url)
 
-    async def authenticate(tenant: str, provider_payment_id: str, passed: bool) -> None:
-        simulator = SimulatorGateway(
+    def simulator(tenant: str) -> SimulatorGateway:
+        return SimulatorGateway(
             redis_client, tenant, record_ttl_seconds=settings.idempotency_ttl_seconds
         )
+
+    async def authenticate(tenant: str, provider_payment_id: str, passed: bool) -> None:
         with contextlib.suppress(GatewayError):  # (a tenant an operator moved off it)
-            await simulator.complete_authentication(provider_payment_id, succeed=passed)
+            await simulator(tenant).complete_authentication(provider_payment_id, succeed=passed)
+
+    async def advance(tenant: str, seconds: int) -> None:
+        # Only the demo's own tenants (DEMO_TENANTS) come here: their simulator's test
+        # clock (paystream's own clocks, and other tenants', are not moved).
+        await simulator(tenant).advance_clock(seconds)
 
     try:
-        yield authenticate
+        yield authenticate, advance
     finally:
         await redis_client.aclose()
 
@@ -177,7 +187,7 @@ async def _demo_flows(
     )
     async with (
         PaystreamClient(settings) as client,
-        _demo_customers(settings) as authenticate,
+        _demo_customers(settings) as (authenticate, advance),
         http or contextlib.nullcontext(),
     ):
         demo = asyncio.ensure_future(
@@ -188,6 +198,7 @@ async def _demo_flows(
                 duration=duration,
                 on_progress=progress,
                 authenticate=authenticate,
+                advance=advance,
                 http=http,
                 seen=seen,
             )
