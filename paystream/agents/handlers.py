@@ -31,6 +31,7 @@ from paystream.gateways.errors import (
 )
 from paystream.gateways.stripe_rules import three_decimal_problem
 from paystream.ids import derived_id
+from paystream.ids import invoice_id as derived_invoice_id
 from paystream.log_limits import ThrottledLog
 from paystream.money import Money, format_minor
 from paystream.streams import commands as c
@@ -1660,7 +1661,7 @@ def _subscriptions_supported(ctx: HandlerContext) -> None:
 def _invoice_id(ctx: HandlerContext, subscription_id: str, provider_invoice_id: str) -> str:
     """paystream's id of a provider's invoice: derived from the tenant, the subscription
     and the provider's id, so that every read of it (and a replay) names the same one."""
-    return derived_id("in", ctx.cmd.tenant_id, subscription_id, provider_invoice_id)
+    return derived_invoice_id(ctx.cmd.tenant_id, subscription_id, provider_invoice_id)
 
 
 def _invoices(

@@ -93,3 +93,13 @@ class SubscriptionNotice:
     provider_subscription_id: str
     account: str | None  # the connected account it happened on (a Connect endpoint's)
     created: int | None = None  # when the provider made the event (unix seconds), if it says
+    # What a subscription's own event says of it: its status (paystream's name; None for
+    # one this version does not know), whether it is to be canceled at its period's end,
+    # and that period's end (epoch seconds); each None when not read.
+    status: str | None = None
+    cancel_at_period_end: bool | None = None
+    current_period_end: int | None = None
+    # What an invoice's event says of the invoice: its id at the provider and its status
+    # (paystream's name; None for a draft or one this version does not know).
+    provider_invoice_id: str | None = None
+    invoice_status: str | None = None

@@ -8,7 +8,8 @@ goes out as any command's does: in order with the tenant's other commands, once 
 command id derives from the event's id, so a webhook sent again is answered from the
 idempotency record), and through every rule of the pipeline. An event that brings
 nothing paystream has not read (the success of a payment it charged itself, a refund's
-success it was answered, a dispute's status it holds) is acknowledged and dropped.
+success it was answered, a dispute's status it holds, a subscription's status and period
+or an invoice's status it holds) is acknowledged and dropped.
 
 A dispute's event (``charge.dispute.*``) names no payment of paystream's: its Dispute
 carries none of paystream's metadata. Its PaymentIntent does, and is read from Stripe
@@ -82,6 +83,7 @@ from paystream.gateways.webhook_notices import (
     SubscriptionNotice,
 )
 from paystream.ids import derived_id
+from paystream.ids import invoice_id as derived_invoice_id
 from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
 from paystream.streams.codec import KafkaRecord
@@ -522,7 +524,7 @@ async def _known_already(tenant: str, row: dict[str, Any], notice: _Notice) -> s
     if isinstance(notice, RefundNotice):
         return _refund_known_already(row, notice)
     if isinstance(notice, SubscriptionNotice):
-        return _subscription_known_already(row, notice)
+        return await _subscription_known_already(tenant, row, notice)
     if row.get("provider_payment_id") != notice.provider_payment_id:
         return "the payment is another provider payment's"
     status = str(row.get("status"))
@@ -705,17 +707,58 @@ async def _read_disputed_payment(
     return disputed_payment_notice(notice, payment_intent)
 
 
-def _subscription_known_already(row: dict[str, Any], notice: SubscriptionNotice) -> str | None:
+async def _subscription_known_already(
+    tenant: str, row: dict[str, Any], notice: SubscriptionNotice
+) -> str | None:
     """Why a subscription event's refresh would bring nothing: it is another provider
-    subscription's, or canceled here (final: its refresh would be refused). Anything
-    else is read: an invoice paid or declined is a renewal paystream has not recorded
-    (its invoices are read back with it), and a status or a cancel at period end moved."""
+    subscription's, or canceled here (final: its refresh would be refused), or it says
+    what paystream holds (review h73q): Stripe sends the echo of paystream's own calls
+    (a create's first invoice's ``invoice.paid``, a cancel at period end's
+    ``customer.subscription.updated``), and each was a refresh of 2-3 Stripe calls out
+    of the tenant's webhook budget, answered with nothing changed. So a subscription's
+    own event at the status, cancel at period end and current period end recorded here
+    is dropped, and an invoice's at the status its invoice is recorded at (paid; or open,
+    a declined first invoice's echo). Anything else is read: an invoice not recorded
+    (a renewal's) or recorded at another status, a status, period or cancel moved, and
+    whatever the event does not say readably. (A subscription's move that an invoice's
+    payment or decline brings comes in its own ``customer.subscription.updated``.)"""
     if row.get("provider_subscription_id") != notice.provider_subscription_id:
         return "the subscription is another provider subscription's"
     status = str(row.get("status"))
     if "refresh" not in SUBSCRIPTION_TRANSITIONS.get(status, frozenset()):
         return f"the subscription is {status} already"
-    return None
+    if notice.provider_invoice_id is not None:
+        return await _invoice_known_already(tenant, notice)
+    if notice.status is None or notice.cancel_at_period_end is None:
+        return None
+    end = notice.current_period_end
+    if (
+        notice.status != status
+        or notice.cancel_at_period_end != bool(row.get("cancel_at_period_end"))
+        or end is None
+        or _epoch(row.get("current_period_end")) != end
+    ):
+        return None
+    return f"the subscription is {status} already, as the event says"
+
+
+async def _invoice_known_already(tenant: str, notice: SubscriptionNotice) -> str | None:
+    """Why an invoice event's refresh would bring nothing: the invoice is recorded here,
+    the same one, at the event's status."""
+    provider_invoice_id = notice.provider_invoice_id
+    if provider_invoice_id is None or notice.invoice_status is None:
+        return None  # (a draft, or a status this version does not know: read)
+    if not _lookups.take(tenant, LOOKUPS_PER_REFRESH * settings.webhook_refreshes_per_second):
+        raise _Unavailable("the tenant's webhooks come too fast")
+    invoice_id = derived_invoice_id(tenant, notice.subscription_id, provider_invoice_id)
+    held = await _row(tenant, t.invoices, "invoices", invoice_id)
+    if held is None or held.get("provider_invoice_id") != provider_invoice_id:
+        return None  # (a renewal's, not read yet)
+    if held.get("subscription_id") != notice.subscription_id:
+        return None
+    if held.get("status") != notice.invoice_status:
+        return None
+    return f"the invoice is {notice.invoice_status} already"
 
 
 def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | None:

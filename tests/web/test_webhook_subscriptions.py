@@ -69,7 +69,13 @@ def rows(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> dict[str, An
         seen.notices.append(notice)
         return held.get(getattr(notice, "subscription_id", ""))
 
+    async def row(tenant: str, table: Any, kind: str, entity_id: str) -> Any:
+        assert kind == "invoices"
+        seen.lookups += 1
+        return None  # (its invoice not recorded: a renewal's)
+
     monkeypatch.setattr(wh, "_entity_row", entity_row)
+    monkeypatch.setattr(wh, "_row", row)
     return held
 
 

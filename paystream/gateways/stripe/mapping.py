@@ -31,12 +31,14 @@ __all__ = [
     "evidence_due_by",
     "invoice",
     "invoice_payment_intent",
+    "invoice_status",
     "payment",
     "payment_method",
     "payment_status",
     "refund",
     "refund_status",
     "subscription",
+    "subscription_period_end",
     "subscription_status",
 ]
 
@@ -310,6 +312,12 @@ _INVOICE_STATUS = {
 _DRAFT = "draft"
 
 
+def invoice_status(status: Any) -> InvoiceStatus | None:
+    """Ours for an Invoice status; None for a draft (not listed) or one this version does
+    not know."""
+    return _INVOICE_STATUS.get(status) if isinstance(status, str) else None
+
+
 def _epoch(value: Any) -> datetime:
     return datetime.fromtimestamp(int(value), tz=UTC)
 
@@ -408,6 +416,20 @@ def _pricing(obj: Mapping[str, Any], item: Mapping[str, Any]) -> tuple[Money, st
     )
 
 
+def _period(obj: Mapping[str, Any], item: Mapping[str, Any], end: str) -> Any:
+    """The subscription's current period's ``start`` or ``end`` (``end``): on the
+    subscription before API version 2025-03-31.basil, on its item since."""
+    name = f"current_period_{end}"
+    return obj.get(name) or item.get(name)
+
+
+def subscription_period_end(obj: Mapping[str, Any]) -> int | None:
+    """A Subscription's current period end (epoch seconds), as subscription() reads it;
+    None when it has none readable."""
+    end = _period(obj, _item(obj), "end")
+    return end if isinstance(end, int) and not isinstance(end, bool) else None
+
+
 def subscription(
     obj: Mapping[str, Any], invoices: tuple[InvoiceResult, ...] = ()
 ) -> SubscriptionResult:
@@ -418,8 +440,7 @@ def subscription(
         raise _unknown("subscription", obj.get("status"))
     item = _item(obj)
     amount, interval, count = _pricing(obj, item)
-    start = obj.get("current_period_start") or item.get("current_period_start")
-    end = obj.get("current_period_end") or item.get("current_period_end")
+    start, end = _period(obj, item, "start"), _period(obj, item, "end")
     ended = obj.get("ended_at") or obj.get("canceled_at")
     trial_end = obj.get("trial_end")
     return SubscriptionResult(

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeGuard
 
 import stripe
@@ -20,8 +21,11 @@ from paystream.gateways.base import read_payment_ref, read_refund_ref, read_subs
 from paystream.gateways.stripe.mapping import (
     dispute_status,
     evidence_due_by,
+    invoice_status,
     payment_status,
     refund_status,
+    subscription_period_end,
+    subscription_status,
 )
 from paystream.gateways.webhook_notices import (
     BadWebhook,
@@ -221,8 +225,28 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
     ref = read_subscription_ref(metadata)
     if ref is None or not _plain_id(provider_id):
         return None
-    return SubscriptionNotice(
+    notice = SubscriptionNotice(
         event_id, event_type, ref[0], ref[1], provider_id, account, _created(event)
+    )
+    # What the event says, for the endpoint to drop one at what paystream holds (the echo
+    # of its own create's first invoice, of its own cancel at period end).
+    if kind == "subscription":
+        status = subscription_status(obj.get("status"))
+        cancel = obj.get("cancel_at_period_end")
+        return replace(
+            notice,
+            status=None if status is None else status.value,
+            cancel_at_period_end=cancel if isinstance(cancel, bool) else None,
+            current_period_end=subscription_period_end(obj),
+        )
+    invoice = obj.get("id")
+    if not _plain_id(invoice):
+        return notice
+    held = invoice_status(obj.get("status"))
+    return replace(
+        notice,
+        provider_invoice_id=invoice,
+        invoice_status=None if held is None else held.value,
     )
 
 
