@@ -43,6 +43,16 @@ def _running_with(env_value: bytes) -> list[psutil.Process]:
     return found
 
 
+def _named_postgres(proc: psutil.Process) -> bool:
+    """Whether a listed process is a PostgreSQL server (False once it has exited: initdb
+    runs `postgres --boot`, then `postgres --single`; a CI run listed the first as it
+    ended, and asking its name raised NoSuchProcess)."""
+    try:
+        return bool(proc.name() == "postgres")
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_stop_during_initdb_leaves_none_of_its_servers_writing(
     base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,12 +69,15 @@ def test_a_stop_during_initdb_leaves_none_of_its_servers_writing(
             return real(self, *args, **kwargs)
         deadline = time.monotonic() + 30
         server: list[psutil.Process] = []
-        while not any(p.name() == "postgres" for p in server):  # initdb's server started
+        while not any(_named_postgres(p) for p in server):  # initdb's server started
             assert self.poll() is None and time.monotonic() < deadline
             time.sleep(0.005)
             server = _running_with(pgdata)
         for proc in server:
-            proc.suspend()  # (held mid-write: it stays there until it is killed)
+            # (held mid-write: it stays there until it is killed; `--boot` may have ended
+            # since it was listed, `--single` coming next)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.suspend()
         seen.extend(server)
         raise KeyboardInterrupt  # the stop signal, landing in the wait on initdb
 
