@@ -176,16 +176,16 @@ class CommandRunner:
         self.processed = 0
         self.activity = ActivityLog()
         self.retention = RetentionSweep(
-            # Payment methods before customers: one left attached to a customer is
-            # judged with them, while they are still there (see retention.expired).
+            # Payment methods before customers, invoices before subscriptions: each is
+            # judged with its owner while the owner is still there (retention.expired).
             (
                 t.payment_methods,
                 t.customers,
                 t.payments,
                 t.refunds,
                 t.disputes,
-                t.subscriptions,
                 t.invoices,
+                t.subscriptions,
             ),
             settings.entity_retention_seconds,
             commands_topic.get_topic_name(),

@@ -7,13 +7,16 @@ record of history; the tables hold what commands may still act on.
 
 An entity is *settled* when no command can bring it back into use: every payment, refund
 and dispute, an erased customer, a detached payment method, or one whose customer is
-settled, or deleted, and as old. A customer merely deleted stays: erasure may still be
-asked for, and needs the record. But once unchanged for the retention it stays without
-their personal data (in it and in the outcomes it remembers: what an erasure leaves,
-but for the mark), so that deleting a customer does not keep their data in the tables
-for ever; an erasure asked for later still shreds the ledger's copy. A live customer or
-their attached payment method is named by new payments however long it sits unchanged,
-so it stays.
+settled, or deleted, and as old; a canceled subscription; a paid or void invoice once
+its subscription is settled and as old, never before (while the subscription lives its
+provider lists the invoice again at every read, the newest 24, and a read that found it
+missing recorded it again as new, its revenue counted twice: review h73u). A customer
+merely deleted stays: erasure may still be asked for, and needs the record. But once
+unchanged for the retention it stays without their personal data (in it and in the
+outcomes it remembers: what an erasure leaves, but for the mark), so that deleting a
+customer does not keep their data in the tables for ever; an erasure asked for later
+still shreds the ledger's copy. A live customer or their attached payment method is
+named by new payments however long it sits unchanged, so it stays.
 A settled entity whose last change (the newest ``at`` among the outcomes it remembers)
 is older than ``PAYSTREAM_ENTITY_RETENTION_SECONDS`` is deleted; one with no ``at`` at
 all (written by a version before it) is kept. A command naming a deleted entity is
@@ -100,12 +103,22 @@ def settled(record: Mapping[str, Any]) -> bool:
         # long it sits unchanged (a yearly one, say), so it stays.
         return record.get("status") == "canceled"
     if kind == "invoice":
-        # Paid or void; an open one may yet be paid (the provider retries it).
-        return record.get("status") in ("paid", "void")
+        # Never on its own: it goes with its subscription (see ``expired``).
+        return False
     return kind in ("payment", "refund", "dispute")
 
 
-# What a customer lookup answers when the store cannot be read (the method is kept).
+def _invoice_closed(record: Mapping[str, Any]) -> bool:
+    """Paid or void: an open invoice may yet be paid (the provider retries it)."""
+    return record.get("status") in ("paid", "void")
+
+
+# The entities judged with their owner, and the field naming it: a payment method with
+# its customer, an invoice with its subscription.
+OWNER_FIELD = {"payment_method": "customer_id", "invoice": "subscription_id"}
+
+
+# What an owner lookup answers when the store cannot be read (the entity is kept).
 UNREADABLE = object()
 
 
@@ -113,18 +126,21 @@ def expired(
     record: Any,
     now: float,
     retention_seconds: float,
-    customer: Callable[[str], Any] | None = None,
+    owner: Callable[[str], Any] | None = None,
 ) -> bool:
-    """Settled, and unchanged for at least ``retention_seconds``. A payment method still
-    attached counts as settled once its customer (``customer(id)``: their record) has
-    itself expired: deleting a customer leaves their methods attached, which would
-    otherwise stay for ever. The sweep walks the methods before the customers, so a
-    method is judged while its expired customer is still there. A customer not found
-    keeps the method: not found may be not readable here (a store closed by a
-    rebalance, a tenant split across partitions)."""
+    """Settled, and unchanged for at least ``retention_seconds``. ``owner(id)`` reads the
+    record of the entity's owner (OWNER_FIELD). A payment method still attached counts
+    as settled once its customer has itself expired, or was deleted as long ago:
+    deleting a customer leaves their methods attached, which would otherwise stay for
+    ever. A paid or void invoice counts as settled only once its subscription has
+    expired (canceled, and as old): while the subscription lives its provider lists the
+    invoice at every read. The sweep walks methods before customers and invoices before
+    subscriptions, so each is judged while its expired owner is still there. An owner
+    not found keeps the entity: not found may be not readable here (a store closed by a
+    rebalance, a tenant split across partitions); so does no ``owner`` to ask."""
     if not isinstance(record, dict):
         return False
-    if not settled(record) and not _orphaned(record, now, retention_seconds, customer):
+    if not settled(record) and not _orphaned(record, now, retention_seconds, owner):
         return False
     changed = last_change(record)
     return changed is not None and changed + retention_seconds <= now
@@ -134,14 +150,20 @@ def _orphaned(
     record: dict[str, Any],
     now: float,
     retention_seconds: float,
-    customer: Callable[[str], Any] | None,
+    owner: Callable[[str], Any] | None,
 ) -> bool:
-    if customer is None or record.get("entity_type") != "payment_method":
+    kind = record.get("entity_type")
+    field = OWNER_FIELD.get(str(kind))
+    if owner is None or field is None:
         return False
-    owner = customer(str(record.get("customer_id") or ""))
-    return owner is not UNREADABLE and (
-        expired(owner, now, retention_seconds) or _deleted_for(owner, now, retention_seconds)
-    )
+    if kind == "invoice" and not _invoice_closed(record):
+        return False
+    held = owner(str(record.get(field) or ""))
+    if held is UNREADABLE:
+        return False
+    if kind == "invoice":
+        return expired(held, now, retention_seconds)
+    return expired(held, now, retention_seconds) or _deleted_for(held, now, retention_seconds)
 
 
 def _deleted_for(record: Any, now: float, retention_seconds: float) -> bool:
@@ -209,8 +231,14 @@ class RetentionSweep:
         # ``judge(key, value, now)``: the idempotency records (pipeline.py), whose purge
         # otherwise ran only on their tenant's own traffic (review finding).
         self.expiring: list[tuple[Any, Callable[[Any, Any, float], bool]]] = []
-        # Payment methods are judged with their customer (see ``expired``).
-        self._customers = next((t for t in tables if t.name == "customers"), None)
+        # Payment methods are judged with their customer, invoices with their
+        # subscription (see ``expired``): the table each one's owner is read from.
+        named = {t.name: t for t in tables}
+        self._owners = {
+            table: named[owners]
+            for table, owners in (("payment_methods", "customers"), ("invoices", "subscriptions"))
+            if owners in named
+        }
 
     def step(self, now: float) -> int:
         """Examine up to ``budget`` keys (for up to ``budget_seconds``) and delete the
@@ -259,9 +287,7 @@ class RetentionSweep:
                 removed += 1
                 self.changed += 1
                 continue
-            owner = (
-                self._customer_reader(partition, key) if table.name == "payment_methods" else None
-            )
+            owner = self._owner_reader(table.name, partition, key)
             if not expired(value, now, self.retention_seconds, owner):
                 kept = minimized(value, now, self.retention_seconds)
                 if kept is not None:
@@ -282,14 +308,15 @@ class RetentionSweep:
     def _judges(self) -> dict[str, Callable[[Any, Any, float], bool]]:
         return {table.name: judge for table, judge in self.expiring}
 
-    def _customer_reader(self, partition: int, key: Any) -> Callable[[str], Any] | None:
-        """Reads a customer of the key's tenant (on the key's partition, as all the
-        tenant's state is); None without a customers table."""
-        customers = self._customers
-        if customers is None:
+    def _owner_reader(self, table: str, partition: int, key: Any) -> Callable[[str], Any] | None:
+        """Reads an owner (a customer, a subscription) of the key's tenant, on the key's
+        partition, as all the tenant's state is; None for a table whose entities have no
+        owner, or without the owners' table."""
+        owners = self._owners.get(table)
+        if owners is None:
             return None
         tenant = str(key).partition(":")[0]
-        return lambda customer_id: _read_in(customers, partition, f"{tenant}:{customer_id}")
+        return lambda owner_id: _read_in(owners, partition, f"{tenant}:{owner_id}")
 
     def restart(self) -> None:
         """Partitions are moving: begin a fresh pass over what this worker now holds."""
