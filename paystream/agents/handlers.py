@@ -1647,9 +1647,13 @@ _INVOICE_OPEN = gw.InvoiceStatus.OPEN
 
 
 def _subscriptions_supported(ctx: HandlerContext) -> None:
-    """`unsupported` before anything is read or asked of the provider: a tenant whose
-    gateway lacks subscriptions (Stripe and Square, for now). Not remembered: the tenant's
-    setup, not the command (as _gateway's)."""
+    """A create's `unsupported` before anything is asked of the provider: a tenant whose
+    gateway lacks subscriptions (Square, for now; or a tenant whose capabilities leave
+    them out). Not remembered: the tenant's setup, not the command (as _gateway's).
+    A cancel or a refresh of a subscription already made needs only its provider's
+    capability, which the gateway checks (gw.UNNARROWED_OPERATIONS): narrowing a
+    tenant's capabilities stops new subscriptions, never the stopping or reading back of
+    one that bills (review h73u)."""
     if _SUBSCRIPTIONS not in ctx.gateway.capabilities:
         raise Rejection(
             RejectReason.UNSUPPORTED,
@@ -1834,7 +1838,6 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
 
 async def cancel_subscription(ctx: HandlerContext, data: c.CancelSubscription) -> HandlerResult:
     sub = ctx.load(SubscriptionRecord, data.subscription_id)
-    _subscriptions_supported(ctx)
     if not ctx.let_through:
         verb = "cancel_at_period_end" if data.at_period_end else "cancel"
         try:
@@ -1866,7 +1869,6 @@ async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription)
     (renewals paid, or declined: past_due), a cancel at period end taken effect. A read:
     asked again, the provider answers afresh, and bills no period twice."""
     sub = ctx.load(SubscriptionRecord, data.subscription_id)
-    _subscriptions_supported(ctx)
     try:
         check_subscription_transition(sub.status, "refresh")
     except InvalidState as exc:

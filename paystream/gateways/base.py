@@ -24,6 +24,7 @@ __all__ = [
     "PAYMENT_REF_KEY",
     "REFUND_REF_KEY",
     "SUBSCRIPTION_REF_KEY",
+    "UNNARROWED_OPERATIONS",
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
@@ -65,6 +66,7 @@ __all__ = [
     "read_subscription_ref",
     "refund_ref",
     "subscription_ref",
+    "supports",
 ]
 
 
@@ -476,6 +478,31 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "cancel_subscription": Capability.SUBSCRIPTIONS,
     "retrieve_subscription": Capability.SUBSCRIPTIONS,
 }
+
+# Operations that stop, or read back, what the provider already holds for the tenant:
+# they need only the provider's capability, never the tenant's. A tenant's
+# ``capabilities`` option narrows what it may start; narrowed out, a live subscription
+# kept billing with its cancel (and its webhooks' refreshes) refused `unsupported`, and
+# an authorization could not be released (review h73u). (A capture or a refund moves
+# money: it stays the tenant's to be given.)
+UNNARROWED_OPERATIONS = frozenset(
+    {
+        "cancel_subscription",
+        "retrieve_subscription",
+        "cancel_payment",
+        "retrieve_payment",
+        "retrieve_refund",
+    }
+)
+
+
+def supports(
+    operation: str, capabilities: frozenset[Capability], offered: frozenset[Capability]
+) -> bool:
+    """May a gateway make ``operation`` for a tenant given ``capabilities`` of the
+    ``offered`` (its provider's, in full)? See UNNARROWED_OPERATIONS."""
+    held = offered if operation in UNNARROWED_OPERATIONS else capabilities
+    return OPERATION_CAPABILITY[operation] in held
 
 
 @dataclass(frozen=True)

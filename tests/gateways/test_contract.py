@@ -1054,6 +1054,11 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
             ),
             idempotency_key=key(),
         ),
+    ]
+    # Stopping or reading back one already made needs only the provider's capability
+    # (review h73u: a narrowed tenant's live subscriptions kept billing, uncancellable):
+    # the call reaches the provider, which does not know sub_x; Square has none at all.
+    lasting = [
         gw.cancel_subscription(
             CancelSubscription(provider_subscription_id="sub_x"), idempotency_key=key()
         ),
@@ -1061,6 +1066,39 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
             RetrieveSubscription(provider_subscription_id="sub_x"), idempotency_key=key()
         ),
     ]
+    if harness.name == "square":
+        calls += lasting
     for call in calls:
         with pytest.raises(UnsupportedOperation):
             await call
+    for call in lasting if harness.name != "square" else []:
+        await expect(ErrorCode.NOT_FOUND, call)
+
+
+@over_gateways()
+async def test_an_existing_payment_is_released_or_read_back_with_payments_narrowed_out(
+    harness: Harness,
+) -> None:
+    auth = await harness.gateway.create_payment(
+        CreatePayment(
+            amount=usd(100),
+            provider_payment_method_id=await harness.token("pm_card_visa"),
+            capture_method=CaptureMethod.MANUAL,
+        ),
+        idempotency_key=key(),
+    )
+    gw = harness.build(capabilities=[Capability.CUSTOMERS.value])
+    with pytest.raises(UnsupportedOperation):
+        await gw.create_payment(
+            CreatePayment(amount=usd(100), provider_payment_method_id="pm_card_visa"),
+            idempotency_key=key(),
+        )
+    pid = auth.provider_payment_id
+    read = await gw.retrieve_payment(
+        RetrievePayment(provider_payment_id=pid), idempotency_key=key()
+    )
+    assert read.provider_payment_id == pid
+    released = await gw.cancel_payment(
+        CancelPayment(provider_payment_id=pid), idempotency_key=key()
+    )
+    assert released.status is PaymentStatus.CANCELED

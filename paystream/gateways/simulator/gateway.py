@@ -20,7 +20,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
     KEYLESS_OPERATIONS,
-    OPERATION_CAPABILITY,
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
@@ -48,6 +47,7 @@ from paystream.gateways.base import (
     SubmitDisputeEvidence,
     SubscriptionResult,
     UpdateCustomer,
+    supports,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
@@ -182,7 +182,7 @@ class SimulatorGateway:
         *,
         keyed: bool = True,
     ) -> R:
-        if OPERATION_CAPABILITY[operation] not in self.capabilities:
+        if not supports(operation, self.capabilities, SIMULATOR_CAPABILITIES):
             raise UnsupportedOperation(PROVIDER, operation)
         fingerprint = model_fingerprint(operation, req)
         try:

@@ -51,6 +51,7 @@ from paystream.gateways.base import (
     UpdateCustomer,
     read_payment_ref,
     read_refund_ref,
+    supports,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
@@ -271,7 +272,7 @@ class SquareGateway:
         """Check the capability, make the call, normalise errors at the boundary."""
         from square.core.api_error import ApiError
 
-        if OPERATION_CAPABILITY[operation] not in self.capabilities:
+        if not supports(operation, self.capabilities, SQUARE_CAPABILITIES):
             raise UnsupportedOperation(PROVIDER, operation)
         try:
             return _dump(await fn())

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from paystream.errors import ConfigurationError
 from paystream.gateways import base as gw_base
 from paystream.gateways.base import (
-    OPERATION_CAPABILITY,
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
@@ -44,6 +43,7 @@ from paystream.gateways.base import (
     RetrieveRefund,
     SubmitDisputeEvidence,
     UpdateCustomer,
+    supports,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
@@ -215,7 +215,7 @@ class StripeGateway:
         self, operation: str, fn: Callable[[], Awaitable[Any]]
     ) -> tuple[dict[str, Any], str | None]:
         """``_call``'s object, and the API version Stripe answered in (its header)."""
-        if OPERATION_CAPABILITY[operation] not in self.capabilities:
+        if not supports(operation, self.capabilities, STRIPE_CAPABILITIES):
             raise UnsupportedOperation(PROVIDER, operation)
         try:
             obj = await fn()
