@@ -34,6 +34,7 @@ from paystream import docs
 from paystream.agents import handlers
 from paystream.client import build_command
 from paystream.gateways.base import RefundStatus
+from paystream.gateways.simulator import SimulatorGateway
 from paystream.insights.events import alert_event, window_event
 from paystream.insights.observe import Observed
 from paystream.insights.state import InsightsConfig, TenantInsights
@@ -608,3 +609,49 @@ async def test_a_real_workers_outcomes_match_their_asyncapi_payloads(
         pointer = f"/components/messages/outcome.{outcome}/payload"
         validator(asyncapi, pointer, draft7=True).validate(event.get_data())
     assert seen == {"payment.succeeded", "payment.failed", "customer.created", "command.rejected"}
+
+
+@pytest.mark.asyncio
+async def test_every_subscription_outcome_matches_its_published_payload(
+    redis_url: str, asyncapi: dict[str, Any]
+) -> None:
+    """Each subscription outcome the handlers emit (created, active and trialing;
+    failed; updated: renewed, past due, to cancel at period end; canceled), with its
+    invoices in `related`, against its AsyncAPI payload: the real worker's check above
+    sees none of them (review h73u)."""
+    day = 24 * 3600
+    outs = []
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        await h.send("customer.create", t, {"customer_id": "c1"})
+        for token, pm in (("pm_card_visa", "m1"), ("pm_card_chargeCustomerFail", "m2")):
+            await h.send(
+                "payment_method.attach", t,
+                {"customer_id": "c1", "token": token, "payment_method_id": pm},
+            )  # fmt: skip
+        plan = {"customer_id": "c1", "amount": 900, "currency": "EUR", "interval": "month"}
+        for sid, pm, trial in (("s1", "m1", {}), ("s2", "m2", {}), ("s3", "m2", {"trial_days": 1})):
+            body = {**plan, "subscription_id": sid, "payment_method_id": pm, **trial}
+            outs.append(await h.send("subscription.create", t, body))
+        gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+        assert isinstance(gateway, SimulatorGateway)
+        await gateway.advance_clock(32 * day)
+        outs.append(await h.send("subscription.refresh", t, {"subscription_id": "s1"}))
+        outs.append(await h.send("subscription.refresh", t, {"subscription_id": "s3"}))
+        outs.append(
+            await h.send("subscription.cancel", t, {"subscription_id": "s1", "at_period_end": True})
+        )
+        outs.append(await h.send("subscription.cancel", t, {"subscription_id": "s3"}))
+    seen = set()
+    for event in outs:
+        outcome = event.get_type().removeprefix("com.paystream.")
+        seen.add(outcome)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(asyncapi, pointer, draft7=True).validate(event.get_data())
+    assert seen == {
+        "subscription.created",
+        "subscription.failed",
+        "subscription.updated",
+        "subscription.canceled",
+    }, seen
+    assert any(r["entity_type"] == "invoice" for e in outs for r in e.get_data()["related"])
