@@ -661,15 +661,16 @@ async def test_a_refund_failed_event_reads_the_refund_back(
     assert read_back.get_data()["previous_status"] == "succeeded"
 
 
+_NOT_OURS = "not an event about a payment, refund or subscription paystream made"
+
+
 @pytest.mark.parametrize(
     ("event_type", "ref", "status", "why"),
     [
         ("refund.updated", "mine", "succeeded", "the refund is succeeded already"),
         ("charge.refund.updated", "other", "failed", "another tenant's refund"),
-        ("refund.created", "mine", "succeeded", "not an event about a payment or refund "
-         "paystream made"),
-        ("refund.failed", None, "failed", "not an event about a payment or refund "
-         "paystream made"),
+        ("refund.created", "mine", "succeeded", _NOT_OURS),
+        ("refund.failed", None, "failed", _NOT_OURS),
     ],
 )  # fmt: skip
 async def test_refund_events_that_bring_nothing_are_dropped(
