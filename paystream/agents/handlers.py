@@ -671,6 +671,18 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
 # ---- payment methods --------------------------------------------------------------
 
 
+def _chosen_id_taken(ctx: HandlerContext, exc: GatewayError, chosen_id: str | None) -> bool:
+    """Whether the provider refused a create under a producer-chosen id's key for holding
+    an earlier request of other parameters (its final idempotency error): the id is taken
+    there, answered invalid_state. (Not for a command let through: its provider decides.)"""
+    return (
+        exc.code is ErrorCode.IDEMPOTENCY_ERROR
+        and not exc.retryable
+        and chosen_id is not None
+        and not ctx.let_through
+    )
+
+
 async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod) -> HandlerResult:
     pmid = data.payment_method_id or ctx.new_id(PaymentMethodRecord, "pm")
     # First: a redelivery of this very attach is answered whatever became of the customer.
@@ -688,12 +700,7 @@ async def attach_payment_method(ctx: HandlerContext, data: c.AttachPaymentMethod
             lambda: ctx.gateway.attach_payment_method(req, idempotency_key=key),
         )
     except GatewayError as exc:
-        if (
-            exc.code is ErrorCode.IDEMPOTENCY_ERROR
-            and not exc.retryable
-            and data.payment_method_id is not None
-            and not ctx.let_through
-        ):
+        if _chosen_id_taken(ctx, exc, data.payment_method_id):
             # The id's key holds an earlier attach of other parameters that made no
             # payment method here: declined, or saved with its answer lost and parked
             # (review h68aa: only the provider knows which). The id is taken there.
@@ -855,12 +862,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         key = ctx.create_key("payment", d["payment_id"])
         res = await _create_at_provider(ctx, req, key, d["metadata"], pid)
     except GatewayError as exc:
-        if (
-            exc.code is ErrorCode.IDEMPOTENCY_ERROR
-            and not exc.retryable
-            and d["payment_id"] is not None
-            and not ctx.let_through
-        ):
+        if _chosen_id_taken(ctx, exc, d["payment_id"]):
             # The id's key holds an earlier create of other parameters that made no
             # payment here: one the provider refused, or one that charged with its answer
             # lost and parked (only the provider knows which). The id is taken there.
@@ -1415,12 +1417,7 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         key = ctx.create_key("refund", data.refund_id)
         res = await _refund_at_provider(ctx, req, key, refundable, data.metadata, rid)
     except GatewayError as exc:
-        if (
-            exc.code is ErrorCode.IDEMPOTENCY_ERROR
-            and not exc.retryable
-            and data.refund_id is not None
-            and not ctx.let_through
-        ):
+        if _chosen_id_taken(ctx, exc, data.refund_id):
             # The id's key holds an earlier refund of other parameters that made no
             # refund here: one the provider refused, or one that refunded with its answer
             # lost and parked (only the provider knows which). The id is taken there: a
@@ -1795,12 +1792,7 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
             lambda: ctx.gateway.create_subscription(req, idempotency_key=key),
         )
     except GatewayError as exc:
-        if (
-            exc.code is ErrorCode.IDEMPOTENCY_ERROR
-            and not exc.retryable
-            and data.subscription_id is not None
-            and not ctx.let_through
-        ):
+        if _chosen_id_taken(ctx, exc, data.subscription_id):
             raise Rejection(
                 RejectReason.INVALID_STATE,
                 f"subscription id {sid} is taken at the provider by an earlier create of "
