@@ -45,6 +45,7 @@ from paystream.tables.records import (
     InvoiceRecord,
     PaymentMethodRecord,
     PaymentRecord,
+    PayoutRecord,
     RefundRecord,
     StoredOutcome,
     SubscriptionRecord,
@@ -53,6 +54,7 @@ from paystream.tables.records import (
 from paystream.tables.state_machines import (
     InvalidState,
     check_payment_transition,
+    check_payout_move,
     check_subscription_move,
     check_subscription_transition,
     invoice_moves,
@@ -163,6 +165,7 @@ class Tables:
     disputes: MutableMapping[str, Any]
     subscriptions: MutableMapping[str, Any] = field(default_factory=dict)
     invoices: MutableMapping[str, Any] = field(default_factory=dict)
+    payouts: MutableMapping[str, Any] = field(default_factory=dict)
     # Which records a customer or payment owns (customer.export), kept by the writes.
     owners: OwnerIndex = field(default_factory=OwnerIndex)
 
@@ -185,6 +188,7 @@ _TABLE_OF = {
     "dispute": "disputes",
     "subscription": "subscriptions",
     "invoice": "invoices",
+    "payout": "payouts",
 }
 _ENTITY_TYPES: dict[type[EntityRecord], str] = {}
 
@@ -1898,6 +1902,173 @@ def _subscription_outcome(
     return HandlerResult("subscription.updated", sub, invoices, error=error, extra=extra)
 
 
+# ---- payouts and balances -----------------------------------------------------------
+
+_PAYOUTS = gw.Capability.PAYOUTS
+_PAYOUT_OUTCOME = {
+    gw.PayoutStatus.PENDING: "payout.updated",
+    gw.PayoutStatus.IN_TRANSIT: "payout.updated",
+    gw.PayoutStatus.PAID: "payout.paid",
+    gw.PayoutStatus.FAILED: "payout.failed",
+    gw.PayoutStatus.CANCELED: "payout.canceled",
+}
+
+
+def _payouts_supported(ctx: HandlerContext) -> None:
+    """A payout's create, or a balance read: `unsupported` before anything is asked of
+    the provider, for a tenant whose gateway lacks payouts (Stripe and Square, for now;
+    or a tenant whose capabilities leave them out). Not remembered: the tenant's setup,
+    not the command. A cancel or a refresh of a payout already made needs only its
+    provider's capability, which the gateway checks (gw.UNNARROWED_OPERATIONS), as for
+    subscriptions."""
+    if _PAYOUTS not in ctx.gateway.capabilities:
+        raise Rejection(
+            RejectReason.UNSUPPORTED,
+            f"{ctx.gateway.provider} does not support payouts",
+            remember=False,
+        )
+
+
+def _payout_failure(ctx: HandlerContext, res: gw.PayoutResult) -> GatewayError:
+    """A failed payout's reason, in an outcome's `error` (the bank's: Stripe's payout
+    failure codes, carried as they are in `object.failure_code`)."""
+    return GatewayError(
+        ErrorCode.PROCESSING_ERROR,
+        res.failure_message or f"the payout failed ({res.failure_code or 'unknown reason'})",
+        provider=ctx.gateway.provider,
+        decline_code=res.failure_code,
+    )
+
+
+def _take_payout(ctx: HandlerContext, rec: PayoutRecord, res: gw.PayoutResult) -> None:
+    """The provider's answer, unless it would move the payout where it cannot go (a
+    stale read), which is refused (not remembered: asked again, it answers afresh)."""
+    status = res.status.value
+    try:
+        check_payout_move(rec.status, status)
+    except InvalidState as exc:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"payout {rec.id}: {exc} ({ctx.gateway.provider}'s answer)",
+            remember=False,
+        ) from exc
+    rec.status = status
+    rec.arrival_date = res.arrival_date
+    rec.failure_code, rec.failure_message = res.failure_code, res.failure_message
+
+
+async def create_payout(ctx: HandlerContext, data: c.CreatePayout) -> HandlerResult:
+    poid = data.payout_id or ctx.new_id(PayoutRecord, "po")
+    ctx.ensure_new(PayoutRecord, poid)
+    _payouts_supported(ctx)
+    req = gw.CreatePayout(
+        amount=Money(amount=data.amount, currency=data.currency),
+        method=data.method.value,
+        description=data.description,
+        statement_descriptor=data.statement_descriptor,
+        metadata=dict(data.metadata),
+    )
+    # As payment.create's: a chosen id is the key's scope (one payout per id, however
+    # often it is sent), else the command's.
+    key = ctx.create_key("payout", data.payout_id)
+    try:
+        res = await _gateway(
+            ctx, "create_payout", lambda: ctx.gateway.create_payout(req, idempotency_key=key)
+        )
+    except GatewayError as exc:
+        if _chosen_id_taken(ctx, exc, data.payout_id):
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"payout id {poid} is taken at the provider by an earlier create of other "
+                "parameters: one refused, or one still parked (`paystream dlq list`), which "
+                "may have paid out; check before sending this payout under a new id",
+            ) from exc
+        if exc.code is ErrorCode.BALANCE_INSUFFICIENT:
+            # No payout exists at the provider: a rejection (its id stays free here), not
+            # a payout.failed (which is a payout the bank returned). The provider keeps
+            # this answer under the key (Stripe does, for its idempotency window): the
+            # same payout id is answered so again; send a new one once funds settle.
+            raise Rejection(
+                RejectReason.BALANCE_INSUFFICIENT,
+                f"payout {format_minor(data.amount, data.currency)} is more than the "
+                f"available balance ({exc.message}); a payout id refused so is refused "
+                "again by the provider for its idempotency window: send a new one",
+            ) from exc
+        raise
+    rec = PayoutRecord(
+        **_base(ctx, poid),
+        status=res.status.value,
+        amount=res.amount.amount,
+        currency=res.amount.currency,
+        method=res.method,
+        provider_payout_id=res.provider_payout_id,
+        arrival_date=res.arrival_date,
+        failure_code=res.failure_code,
+        failure_message=res.failure_message,
+        description=data.description,
+        statement_descriptor=data.statement_descriptor,
+        metadata=dict(data.metadata),
+    )
+    if res.status in (gw.PayoutStatus.PENDING, gw.PayoutStatus.IN_TRANSIT):
+        return HandlerResult("payout.created", rec)
+    error = _payout_failure(ctx, res) if res.status is gw.PayoutStatus.FAILED else None
+    return HandlerResult(_PAYOUT_OUTCOME[res.status], rec, error=error)
+
+
+async def cancel_payout(ctx: HandlerContext, data: c.CancelPayout) -> HandlerResult:
+    rec = ctx.load(PayoutRecord, data.payout_id)
+    if rec.status != gw.PayoutStatus.PENDING.value and not ctx.let_through:
+        # Stripe cancels a pending payout only (one in transit is with the bank).
+        raise Rejection(RejectReason.INVALID_STATE, f"cannot cancel a payout that is {rec.status}")
+    ctx.at_provider(rec)
+    previous = rec.status
+    req = gw.CancelPayout(provider_payout_id=rec.provider_payout_id)
+    res = await _gateway(
+        ctx, "cancel_payout", lambda: ctx.gateway.cancel_payout(req, idempotency_key=ctx.idem)
+    )
+    _take_payout(ctx, rec, res)
+    error = _payout_failure(ctx, res) if res.status is gw.PayoutStatus.FAILED else None
+    return HandlerResult(
+        _PAYOUT_OUTCOME[res.status], rec, error=error, extra={"previous_status": previous}
+    )
+
+
+async def refresh_payout(ctx: HandlerContext, data: c.RefreshPayout) -> HandlerResult:
+    """The payout as its provider holds it now: in transit, paid on arrival, or failed
+    (returned by the bank: its amount available again). A read: asked again, the
+    provider answers afresh."""
+    rec = ctx.load(PayoutRecord, data.payout_id)
+    ctx.at_provider(rec)
+    previous = rec.status
+    req = gw.RetrievePayout(provider_payout_id=rec.provider_payout_id)
+    res = await _gateway(
+        ctx, "retrieve_payout", lambda: ctx.gateway.retrieve_payout(req, idempotency_key=ctx.idem)
+    )
+    _take_payout(ctx, rec, res)
+    error = None
+    if res.status is gw.PayoutStatus.FAILED and previous != rec.status:
+        error = _payout_failure(ctx, res)
+    return HandlerResult(
+        _PAYOUT_OUTCOME[res.status], rec, error=error, extra={"previous_status": previous}
+    )
+
+
+async def retrieve_balance(ctx: HandlerContext, data: c.RetrieveBalance) -> HandlerResult:
+    """The tenant's balance at its provider now, per currency (a read: no entity changes;
+    answered afresh every time it is sent under a new command id)."""
+    _payouts_supported(ctx)
+    res = await _gateway(
+        ctx,
+        "retrieve_balance",
+        lambda: ctx.gateway.retrieve_balance(gw.RetrieveBalance(), idempotency_key=ctx.idem),
+    )
+    balances = [
+        {"currency": b.currency, "available": b.available, "pending": b.pending}
+        for b in res.balances
+    ]
+    return HandlerResult("balance.retrieved", extra={"balances": balances})
+
+
 HANDLERS: dict[str, Handler] = {
     "customer.create": create_customer,
     "customer.update": update_customer,
@@ -1917,4 +2088,8 @@ HANDLERS: dict[str, Handler] = {
     "subscription.create": create_subscription,
     "subscription.cancel": cancel_subscription,
     "subscription.refresh": refresh_subscription,
+    "payout.create": create_payout,
+    "payout.cancel": cancel_payout,
+    "payout.refresh": refresh_payout,
+    "balance.retrieve": retrieve_balance,
 }

@@ -27,13 +27,17 @@ __all__ = [
     "UNNARROWED_OPERATIONS",
     "AcceptDispute",
     "AttachPaymentMethod",
+    "BalanceAmount",
+    "BalanceResult",
     "CancelPayment",
+    "CancelPayout",
     "CancelSubscription",
     "Capability",
     "CaptureMethod",
     "CapturePayment",
     "CreateCustomer",
     "CreatePayment",
+    "CreatePayout",
     "CreateRefund",
     "CreateSubscription",
     "CustomerDetails",
@@ -49,10 +53,14 @@ __all__ = [
     "PaymentMethodResult",
     "PaymentResult",
     "PaymentStatus",
+    "PayoutResult",
+    "PayoutStatus",
     "RefundResult",
     "RefundStatus",
+    "RetrieveBalance",
     "RetrieveCustomer",
     "RetrievePayment",
+    "RetrievePayout",
     "RetrieveRefund",
     "RetrieveSubscription",
     "SubmitDisputeEvidence",
@@ -329,6 +337,43 @@ class CancelSubscription(_Req):
     at_period_end: bool = False
 
 
+class PayoutStatus(StrEnum):
+    """Stripe's payout statuses: pending → in_transit → paid; pending → canceled;
+    pending or in_transit → failed, and paid → failed (the bank returns it, up to a few
+    business days after)."""
+
+    PENDING = "pending"
+    IN_TRANSIT = "in_transit"
+    PAID = "paid"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class CreatePayout(_Req):
+    """Send ``amount`` of the available balance to the account's default destination for
+    its currency (a money-moving create: keyed)."""
+
+    amount: Money
+    method: str = "standard"  # standard | instant
+    description: str | None = None
+    statement_descriptor: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class CancelPayout(_Req):
+    provider_payout_id: str
+
+
+class RetrievePayout(_Req):
+    """Read a payout back (a read: no key of its own)."""
+
+    provider_payout_id: str
+
+
+class RetrieveBalance(_Req):
+    """Read the account's balance (a read: no key of its own)."""
+
+
 class RetrieveSubscription(_Req):
     """Read a subscription back with its invoices (renewals made since): a read, with no
     effect of paystream's and no key of its own (the provider bills renewals on its own
@@ -436,6 +481,33 @@ class SubscriptionResult(_Res):
     invoices: tuple[InvoiceResult, ...] = ()
 
 
+class PayoutResult(_Res):
+    provider_payout_id: str
+    status: PayoutStatus
+    amount: Money
+    method: str = "standard"
+    # When it is expected to arrive (Stripe's arrival_date); paid: when it did.
+    arrival_date: datetime
+    # Failed: Stripe's payout failure code (account_closed, no_account, ...), and message.
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+class BalanceAmount(_Res):
+    """One currency's balance: minor units, either may be negative (refunds and lost
+    disputes taken from an available balance that held less)."""
+
+    currency: str
+    available: int
+    pending: int
+
+
+class BalanceResult(_Res):
+    """The account's balance, one entry per currency it holds any in (sorted by code)."""
+
+    balances: tuple[BalanceAmount, ...] = ()
+
+
 # ---- the protocol -----------------------------------------------------------------
 
 # The capability each protocol operation needs; a gateway checks it before calling out, so
@@ -449,6 +521,8 @@ KEYLESS_OPERATIONS = frozenset(
         "retrieve_payment",
         "retrieve_refund",
         "retrieve_subscription",
+        "retrieve_payout",
+        "retrieve_balance",
     }
 )
 
@@ -456,7 +530,7 @@ KEYLESS_OPERATIONS = frozenset(
 # it twice (what a customer record or a dispute's evidence sent again does not).
 # (A subscription's create charges its first invoice.)
 MONEY_MOVING_OPERATIONS = frozenset(
-    {"create_payment", "capture_payment", "create_refund", "create_subscription"}
+    {"create_payment", "capture_payment", "create_refund", "create_subscription", "create_payout"}
 )
 
 OPERATION_CAPABILITY: dict[str, Capability] = {
@@ -477,6 +551,10 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_subscription": Capability.SUBSCRIPTIONS,
     "cancel_subscription": Capability.SUBSCRIPTIONS,
     "retrieve_subscription": Capability.SUBSCRIPTIONS,
+    "create_payout": Capability.PAYOUTS,
+    "cancel_payout": Capability.PAYOUTS,
+    "retrieve_payout": Capability.PAYOUTS,
+    "retrieve_balance": Capability.PAYOUTS,
 }
 
 # Operations that stop, or read back, what the provider already holds for the tenant:
@@ -492,6 +570,9 @@ UNNARROWED_OPERATIONS = frozenset(
         "cancel_payment",
         "retrieve_payment",
         "retrieve_refund",
+        # A payout made stays the tenant's to stop or read back (its money is on its way).
+        "cancel_payout",
+        "retrieve_payout",
     }
 )
 
@@ -599,6 +680,25 @@ class PaymentGateway(Protocol):
     ) -> SubscriptionResult:
         """The subscription as the provider holds it now, with its invoices (a read: see
         retrieve_payment)."""
+        ...
+
+    async def create_payout(self, req: CreatePayout, *, idempotency_key: str) -> PayoutResult:
+        """A payout of available balance; more than is available is refused with
+        ``ErrorCode.BALANCE_INSUFFICIENT`` (Stripe's ``balance_insufficient``)."""
+        ...
+
+    async def cancel_payout(self, req: CancelPayout, *, idempotency_key: str) -> PayoutResult:
+        """Cancel a pending payout: its amount is available again."""
+        ...
+
+    async def retrieve_payout(self, req: RetrievePayout, *, idempotency_key: str) -> PayoutResult:
+        """The payout as the provider holds it now (a read: see retrieve_payment)."""
+        ...
+
+    async def retrieve_balance(
+        self, req: RetrieveBalance, *, idempotency_key: str
+    ) -> BalanceResult:
+        """The account's balance now, per currency (a read: see retrieve_payment)."""
         ...
 
     async def knows_request(

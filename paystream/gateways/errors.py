@@ -40,6 +40,8 @@ class ErrorCode(StrEnum):
     AUTHENTICATION_FAILED = "authentication_failed"
     PERMISSION_DENIED = "permission_denied"
     UNSUPPORTED = "unsupported"
+    # A payout above the available balance (Stripe's `balance_insufficient`).
+    BALANCE_INSUFFICIENT = "balance_insufficient"
 
 
 # A card's failure as Stripe names it (the simulator, which follows Stripe's test cards,

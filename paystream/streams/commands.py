@@ -33,19 +33,24 @@ __all__ = [
     "AcceptDispute",
     "AttachPaymentMethod",
     "CancelPayment",
+    "CancelPayout",
     "CancelSubscription",
     "CapturePayment",
     "CommandData",
     "CreateCustomer",
     "CreatePayment",
+    "CreatePayout",
     "CreateRefund",
     "CreateSubscription",
     "DeleteCustomer",
     "DetachPaymentMethod",
     "EraseCustomer",
     "ExportCustomer",
+    "PayoutMethod",
     "RefreshPayment",
+    "RefreshPayout",
     "RefreshSubscription",
+    "RetrieveBalance",
     "SubmitDisputeEvidence",
     "SubscriptionInterval",
     "UpdateCustomer",
@@ -283,6 +288,47 @@ class RefreshSubscription(CommandData):
     subscription_id: EntityId
 
 
+class PayoutMethod(StrEnum):
+    STANDARD = "standard"  # arrives after the provider's delay (the simulator: two days)
+    INSTANT = "instant"  # paid at once (Stripe: to a debit card, within minutes)
+
+
+# Stripe's statement descriptor rules for a payout: at most 22 characters, none of < > \ ' "
+_PAYOUT_DESCRIPTOR = r"^[^<>\\'\"]{1,22}$"
+
+
+class CreatePayout(CommandData):
+    """Send ``amount`` of the tenant's available balance in ``currency`` to its bank
+    account (its provider's default destination for the currency)."""
+
+    payout_id: EntityId | None = None
+    amount: Amount
+    currency: Currency
+    method: PayoutMethod = PayoutMethod.STANDARD
+    description: ShortText | None = None
+    statement_descriptor: (
+        Annotated[str, StringConstraints(max_length=22, pattern=_PAYOUT_DESCRIPTOR)] | None
+    ) = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class CancelPayout(CommandData):
+    """Cancel a payout still ``pending`` (its amount back in the available balance)."""
+
+    payout_id: EntityId
+
+
+class RefreshPayout(CommandData):
+    """Read a payout back from its provider: in transit, paid, or failed since."""
+
+    payout_id: EntityId
+
+
+class RetrieveBalance(CommandData):
+    """The tenant's balance at its provider, per currency: ``available`` (may be paid
+    out) and ``pending`` (captured, not yet settled)."""
+
+
 # type suffix (after COMMAND_PREFIX) → model. The registry is the list of supported commands.
 COMMANDS: dict[str, type[CommandData]] = {
     "customer.create": CreateCustomer,
@@ -303,12 +349,24 @@ COMMANDS: dict[str, type[CommandData]] = {
     "subscription.create": CreateSubscription,
     "subscription.cancel": CancelSubscription,
     "subscription.refresh": RefreshSubscription,
+    "payout.create": CreatePayout,
+    "payout.cancel": CancelPayout,
+    "payout.refresh": RefreshPayout,
+    "balance.retrieve": RetrieveBalance,
 }
 
 # Commands whose provider call only reads (keyless, no effect of its own): a re-drive of
 # one at any age can change nothing the provider did not already do, so none is held back
 # as past the provider's key window for a person to reconcile.
-PROVIDER_READS = frozenset({"payment.refresh", "refund.refresh", "subscription.refresh"})
+PROVIDER_READS = frozenset(
+    {
+        "payment.refresh",
+        "refund.refresh",
+        "subscription.refresh",
+        "payout.refresh",
+        "balance.retrieve",
+    }
+)
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -75,6 +75,8 @@ class RejectReason(StrEnum):
     PROVIDER_REJECTED = "provider_rejected"
     INTERNAL_ERROR = "internal_error"
     PAST_RETENTION = "past_retention"
+    # A payout above the tenant's available balance in its currency (Stripe's error code).
+    BALANCE_INSUFFICIENT = "balance_insufficient"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ __all__ = [
     "InvoiceRecord",
     "PaymentMethodRecord",
     "PaymentRecord",
+    "PayoutRecord",
     "RefundRecord",
     "StoredOutcome",
     "SubscriptionRecord",
@@ -369,6 +370,24 @@ class InvoiceRecord(EntityRecord):
     provider_payment_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+
+
+class PayoutRecord(EntityRecord):
+    """Money sent from the tenant's available balance at its provider to its bank
+    account (statuses: PayoutStatus; transitions: state_machines)."""
+
+    entity_type: str = "payout"
+    status: str  # pending | in_transit | paid | failed | canceled
+    amount: int
+    currency: str
+    method: str  # standard | instant
+    provider_payout_id: str
+    arrival_date: datetime
+    failure_code: str | None = None
+    failure_message: str | None = None
+    description: str | None = None
+    statement_descriptor: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class IdempotencyState(StrEnum):

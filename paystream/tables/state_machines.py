@@ -7,10 +7,12 @@ from paystream.errors import PaystreamError
 __all__ = [
     "INVOICE_MOVES",
     "PAYMENT_TRANSITIONS",
+    "PAYOUT_MOVES",
     "SUBSCRIPTION_MOVES",
     "SUBSCRIPTION_TRANSITIONS",
     "InvalidState",
     "check_payment_transition",
+    "check_payout_move",
     "check_subscription_move",
     "check_subscription_transition",
     "invoice_moves",
@@ -97,3 +99,22 @@ def check_subscription_move(status: str, to: str) -> None:
 def invoice_moves(status: str, to: str) -> bool:
     """May an invoice recorded ``status`` take ``to`` (a provider's read)?"""
     return to in INVOICE_MOVES.get(status, frozenset())
+
+
+# payout status → the statuses it may move to (Stripe's payout lifecycle): pending →
+# in_transit → paid; pending → canceled (a cancel); pending or in_transit → failed; and
+# paid → failed (the bank returns a payout up to a few business days after it was marked
+# paid). Canceled and failed are final. A provider's answer that would move it elsewhere
+# (a stale read: pending after in_transit) is refused, never recorded.
+PAYOUT_MOVES: dict[str, frozenset[str]] = {
+    "pending": frozenset({"pending", "in_transit", "paid", "failed", "canceled"}),
+    "in_transit": frozenset({"in_transit", "paid", "failed"}),
+    "paid": frozenset({"paid", "failed"}),
+    "failed": frozenset({"failed"}),
+    "canceled": frozenset({"canceled"}),
+}
+
+
+def check_payout_move(status: str, to: str) -> None:
+    if to not in PAYOUT_MOVES.get(status, frozenset()):
+        raise InvalidState(f"a payout that is {status} cannot become {to}")

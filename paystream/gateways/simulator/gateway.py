@@ -22,13 +22,16 @@ from paystream.gateways.base import (
     KEYLESS_OPERATIONS,
     AcceptDispute,
     AttachPaymentMethod,
+    BalanceResult,
     CancelPayment,
+    CancelPayout,
     CancelSubscription,
     Capability,
     CaptureMethod,
     CapturePayment,
     CreateCustomer,
     CreatePayment,
+    CreatePayout,
     CreateRefund,
     CreateSubscription,
     CustomerDetails,
@@ -39,9 +42,12 @@ from paystream.gateways.base import (
     GatewayContext,
     PaymentMethodResult,
     PaymentResult,
+    PayoutResult,
     RefundResult,
+    RetrieveBalance,
     RetrieveCustomer,
     RetrievePayment,
+    RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
     SubmitDisputeEvidence,
@@ -77,6 +83,7 @@ SIMULATOR_CAPABILITIES = frozenset(
         Capability.DISPUTES,
         Capability.SUBSCRIPTIONS,
         Capability.INVOICES,
+        Capability.PAYOUTS,
     }
 )
 
@@ -121,6 +128,7 @@ class SimulatorGateway:
             record_ttl_seconds=record_ttl_seconds,
             state_ttl_seconds=state_ttl_seconds,
             effects_cap=effects_cap,
+            settlement_delay_seconds=self.options.settlement_delay_days * 24 * 3600,
         )
         self._random = random.Random(self.options.seed)
         # Options that inject nothing (most tenants'), known as such once: `misbehaves`
@@ -349,6 +357,37 @@ class SimulatorGateway:
         return await self._run(
             "retrieve_subscription", req, idempotency_key,
             lambda tx: ops.retrieve_subscription(tx, req), SubscriptionResult,
+            keyed=False,
+        )  # fmt: skip
+
+    async def create_payout(self, req: CreatePayout, *, idempotency_key: str) -> PayoutResult:
+        destination = self.options.payout_destination
+        return await self._run(
+            "create_payout", req, idempotency_key,
+            lambda tx: ops.create_payout(tx, req, idempotency_key, destination), PayoutResult,
+        )  # fmt: skip
+
+    async def cancel_payout(self, req: CancelPayout, *, idempotency_key: str) -> PayoutResult:
+        return await self._run(
+            "cancel_payout", req, idempotency_key,
+            lambda tx: ops.cancel_payout(tx, req, idempotency_key), PayoutResult,
+        )  # fmt: skip
+
+    async def retrieve_payout(self, req: RetrievePayout, *, idempotency_key: str) -> PayoutResult:
+        # A read, as retrieve_payment: it commits the moves the clock has made due (in
+        # transit, paid, or failed: its amount available again), each once.
+        return await self._run(
+            "retrieve_payout", req, idempotency_key,
+            lambda tx: ops.retrieve_payout(tx, req), PayoutResult,
+            keyed=False,
+        )  # fmt: skip
+
+    async def retrieve_balance(
+        self, req: RetrieveBalance, *, idempotency_key: str
+    ) -> BalanceResult:
+        return await self._run(
+            "retrieve_balance", req, idempotency_key,
+            lambda tx: ops.retrieve_balance(tx, req), BalanceResult,
             keyed=False,
         )  # fmt: skip
 

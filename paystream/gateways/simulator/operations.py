@@ -21,19 +21,23 @@ from paystream.gateways.base import (
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
+    CancelPayout,
     CancelSubscription,
     CaptureMethod,
     CapturePayment,
     CreateCustomer,
     CreatePayment,
+    CreatePayout,
     CreateRefund,
     CreateSubscription,
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
     PaymentStatus,
+    RetrieveBalance,
     RetrieveCustomer,
     RetrievePayment,
+    RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
     SubmitDisputeEvidence,
@@ -61,18 +65,22 @@ __all__ = [
     "advance_clock",
     "attach_payment_method",
     "cancel_payment",
+    "cancel_payout",
     "cancel_subscription",
     "capture_payment",
     "complete_authentication",
     "create_customer",
     "create_payment",
+    "create_payout",
     "create_refund",
     "create_subscription",
     "delete_customer",
     "detach_payment_method",
     "resolve_dispute",
+    "retrieve_balance",
     "retrieve_customer",
     "retrieve_payment",
+    "retrieve_payout",
     "retrieve_refund",
     "retrieve_subscription",
     "submit_dispute_evidence",
@@ -363,6 +371,7 @@ def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
         pi["status"] = _SUCCEEDED
         pi["amount_captured"] = pi["amount"]
         tx.effect(Effect.of("charge", key, pi["id"], pi["amount"], pi["currency"]))
+        tx.settle_later(pi["currency"], pi["amount"])
     return _open_dispute_if_due(tx, pi)
 
 
@@ -447,6 +456,8 @@ def _charge(tx: Tx, req: CreatePayment, key: str, token: str, manual: bool) -> d
     tx.effects.append(
         Effect.of("authorization" if manual else "charge", key, pi_id, amount, currency)
     )
+    if not manual:
+        tx.balance.append(("p", currency, amount, None))  # (tx.settle_later)
     tx.writes[pi_id] = pi  # (tx.put: the id is a str already)
     return {"ok": results.payment(pi, None)}
 
@@ -587,6 +598,7 @@ async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, An
     # As at Stripe, what is not captured is released, so the payment is final.
     pi = {**pi, "status": _SUCCEEDED, "amount_captured": amount}
     tx.effect(Effect.of("capture", key, pi["id"], amount, pi["currency"]))
+    tx.settle_later(pi["currency"], amount)
     pi = _open_dispute_if_due(tx, pi)
     tx.put(pi)
     dispute = await tx.get(pi["dispute_id"]) if pi.get("dispute_id") else None
@@ -671,6 +683,7 @@ async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
     tx.put(refund)
     tx.put({**pi, "amount_refunded": pi["amount_refunded"] + amount})
     tx.effect(Effect.of("refund", key, refund["id"], amount, pi["currency"]))
+    tx.adjust_available(pi["currency"], -amount)  # (Stripe's balance may go negative)
     return {"ok": results.refund(refund)}
 
 
@@ -687,6 +700,7 @@ async def retrieve_refund(tx: Tx, req: RetrieveRefund) -> dict[str, Any]:
             refund["failure_reason"] = "expired_or_canceled_card"
             pi = await _must(tx, refund["payment_id"], "payment_intent")
             tx.put({**pi, "amount_refunded": pi["amount_refunded"] - refund["amount"]})
+            tx.adjust_available(refund["currency"], refund["amount"])  # returned
         tx.put(refund)
     return {"ok": results.refund(refund)}
 
@@ -730,6 +744,7 @@ async def accept_dispute(tx: Tx, req: AcceptDispute, key: str) -> dict[str, Any]
         raise _refuse(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
     dispute = {**dispute, "status": DisputeStatus.LOST.value}
     tx.put(dispute)
+    tx.adjust_available(dispute["currency"], -dispute["amount"])  # charged back
     tx.effect(
         Effect.of("dispute.accepted", key, dispute["id"], dispute["amount"], dispute["currency"])
     )
@@ -742,6 +757,8 @@ async def resolve_dispute(tx: Tx, dispute_id: str, won: bool) -> dict[str, Any]:
         raise _refuse(ErrorCode.INVALID_STATE, f"the dispute is already {dispute['status']}")
     dispute = {**dispute, "status": (DisputeStatus.WON if won else DisputeStatus.LOST).value}
     tx.put(dispute)
+    if not won:
+        tx.adjust_available(dispute["currency"], -dispute["amount"])  # charged back
     return {"ok": results.dispute(dispute)}
 
 
@@ -880,6 +897,7 @@ def _bill_period(
         invoice.update(status="open", failure_code=code, failure_message=message)
     else:
         tx.effect(Effect.of("charge", key, pi["id"], sub["amount"], sub["currency"]))
+        tx.settle_later(sub["currency"], sub["amount"], at=start)  # (charged as it began)
     tx.put(pi)
     tx.put(invoice)
     sub["invoices"] = [*sub["invoices"], invoice["id"]]
@@ -1026,3 +1044,149 @@ async def retrieve_subscription(tx: Tx, req: RetrieveSubscription) -> dict[str, 
     if await _bill_due(tx, sub, await clock_now(tx)):
         tx.put(sub)
     return await _subscription_answer(tx, sub)
+
+
+# ---- payouts and the balance --------------------------------------------------------
+#
+# The tenant's balance (store.Tx.settle_later): what a capture brings is pending for the
+# settlement delay on the tenant's clock, then available; refunds and lost disputes take
+# from available (below zero if need be, as Stripe's); a payout takes its amount from
+# available when made (refused above it: balance_insufficient) and gives it back when
+# canceled or failed. A standard payout is in transit a day after it is made and arrives
+# a day later; an instant one arrives at once. Its status moves when it is read (or a
+# cancel is tried), as subscriptions' renewals do, on the tenant's clock.
+
+# Stripe's test bank account numbers for payouts (its Connect testing docs): the payout
+# fails with the code; any other number is paid.
+PAYOUT_TEST_ACCOUNTS: dict[str, tuple[str, str]] = {
+    "000111111116": (
+        "no_account",
+        "The bank account details on file are probably incorrect: no bank account "
+        "could be located with those details.",
+    ),
+    "000111111113": ("account_closed", "The bank account has been closed."),
+    "000222222227": (
+        "insufficient_funds",
+        "The payout could not be completed: the account has insufficient funds to cover it.",
+    ),
+    "000333333335": (
+        "debit_not_authorized",
+        "Debit transactions are not approved on the bank account.",
+    ),
+    "000444444440": (
+        "invalid_currency",
+        "The bank was unable to process this payout because of its currency.",
+    ),
+}
+_IN_TRANSIT_AFTER = _DAY
+_STANDARD_ARRIVAL = 2 * _DAY
+_PAYOUT_METHODS = frozenset({"standard", "instant"})
+_PAYOUT_DESCRIPTOR_FORBIDDEN = frozenset("<>\\'\"")
+
+
+def _advance_payout(tx: Tx, po: dict[str, Any], now: int) -> bool:
+    """Move ``po`` on to where the clock has it by ``now`` (in transit, paid, or failed
+    at arrival: its amount available again). Whether it changed."""
+    before = po["status"]
+    if before not in ("pending", "in_transit"):
+        return False
+    if now >= po["arrival_date"]:
+        if po.get("fails_as"):
+            code, message = po["fails_as"]
+            po.update(status="failed", failure_code=code, failure_message=message)
+            tx.adjust_available(po["currency"], po["amount"])
+            tx.effect(
+                Effect.of("payout.failed", f"payout:{po['id']}:failed", po["id"],
+                          po["amount"], po["currency"])
+            )  # fmt: skip
+        else:
+            po["status"] = "paid"
+    elif now >= po["in_transit_at"]:
+        po["status"] = "in_transit"
+    return po["status"] != before
+
+
+async def create_payout(
+    tx: Tx, req: CreatePayout, key: str, destination: str = "000123456789"
+) -> dict[str, Any]:
+    """A payout to ``destination`` (the tenant's bank account: its option)."""
+    if req.amount.amount < 1:
+        raise _invalid("amount must be at least 1 minor unit")
+    if req.method not in _PAYOUT_METHODS:
+        raise _invalid(f"method must be standard or instant, not {req.method!r}")
+    descriptor = req.statement_descriptor
+    if descriptor is not None and (
+        len(descriptor) > 22 or _PAYOUT_DESCRIPTOR_FORBIDDEN & set(descriptor)
+    ):
+        raise _invalid("statement_descriptor: at most 22 characters, none of < > \\ ' \"")
+    problem = payment_parameters_problem(None, None, req.metadata)
+    if problem is not None:
+        raise _invalid(problem)
+    currency, amount = req.amount.currency, req.amount.amount
+    _, balance = await tx.read_balance()
+    now = await clock_now(tx)  # (read in the transaction: an advance meanwhile recomputes)
+    available = balance.get(currency, (0, 0))[0]
+    if amount > available:
+        raise _refuse(
+            ErrorCode.BALANCE_INSUFFICIENT,
+            f"You have insufficient funds in your {PROVIDER} account for this payout: "
+            f"{available} {currency} available (minor units)",
+        )
+    instant = req.method == "instant"
+    po: dict[str, Any] = {
+        "object": "payout",
+        "id": _new_id("po"),
+        "amount": amount,
+        "currency": currency,
+        "method": req.method,
+        "status": "in_transit" if instant else "pending",
+        "created": now,
+        "in_transit_at": now if instant else now + _IN_TRANSIT_AFTER,
+        "arrival_date": now if instant else now + _STANDARD_ARRIVAL,
+        "destination": destination,
+        "fails_as": PAYOUT_TEST_ACCOUNTS.get(destination),
+        "failure_code": None,
+        "failure_message": None,
+        "description": req.description,
+        "statement_descriptor": descriptor,
+        "metadata": dict(req.metadata),
+    }
+    tx.require_available(currency, amount, now)
+    tx.adjust_available(currency, -amount)
+    tx.put(po)
+    tx.effect(Effect.of("payout.created", key, po["id"], amount, currency))
+    return {"ok": results.payout(po)}
+
+
+async def cancel_payout(tx: Tx, req: CancelPayout, key: str) -> dict[str, Any]:
+    po = await _must(tx, req.provider_payout_id, "payout")
+    _advance_payout(tx, po, await clock_now(tx))
+    if po["status"] != "pending":
+        # (what the clock moved it to meanwhile is not kept: a refusal writes nothing,
+        # and the next read moves it again)
+        raise _refuse(ErrorCode.INVALID_STATE, f"cannot cancel a payout that is {po['status']}")
+    po["status"] = "canceled"
+    tx.adjust_available(po["currency"], po["amount"])
+    tx.put(po)
+    tx.effect(Effect.of("payout.canceled", key, po["id"], po["amount"], po["currency"]))
+    return {"ok": results.payout(po)}
+
+
+async def retrieve_payout(tx: Tx, req: RetrievePayout) -> dict[str, Any]:
+    """The payout as the clock has it now (a read that commits its moves, once)."""
+    po = await _must(tx, req.provider_payout_id, "payout")
+    if _advance_payout(tx, po, await clock_now(tx)):
+        tx.put(po)
+    return {"ok": results.payout(po)}
+
+
+async def retrieve_balance(tx: Tx, req: RetrieveBalance) -> dict[str, Any]:
+    _, balance = await tx.read_balance()
+    return {
+        "ok": {
+            "balances": [
+                {"currency": cur, "available": available, "pending": pending}
+                for cur, (available, pending) in sorted(balance.items())
+            ]
+        }
+    }

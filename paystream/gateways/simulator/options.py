@@ -32,6 +32,12 @@ class SimulatorOptions(BaseModel):
     lose_response_first: dict[str, int] = {}
     fail_code: ErrorCode = ErrorCode.PROVIDER_UNAVAILABLE
     capabilities: frozenset[Capability] | None = None  # narrows what the tenant may use
+    # The tenant's bank account, where its payouts go: one of Stripe's test account
+    # numbers (operations.PAYOUT_TEST_ACCOUNTS: 000111111113 fails account_closed,
+    # 000111111116 no_account, ...) makes them fail; any other number is paid.
+    payout_destination: str = Field(default="000123456789", pattern=r"^[0-9]{4,17}$")
+    # Days a captured amount stays pending before it is available to pay out.
+    settlement_delay_days: int = Field(default=2, ge=0, le=30)
 
     @field_validator("fail_code")
     @classmethod

@@ -13,6 +13,7 @@ __all__ = [
     "invoice",
     "payment",
     "payment_method",
+    "payout",
     "refund",
     "subscription",
 ]
@@ -130,4 +131,16 @@ def subscription(
         "cancel_at_period_end": sub["cancel_at_period_end"],
         "canceled_at": sub.get("canceled_at"),
         "invoices": [invoice(i) for i in invoices],
+    }
+
+
+def payout(po: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "provider_payout_id": po["id"],
+        "status": po["status"],
+        "amount": _money(po),
+        "method": po["method"],
+        "arrival_date": po["arrival_date"],
+        "failure_code": po.get("failure_code"),
+        "failure_message": po.get("failure_message"),
     }

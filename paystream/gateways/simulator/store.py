@@ -40,6 +40,7 @@ from paystream.money import Money
 
 __all__ = [
     "PLAIN_REQUESTS",
+    "SETTLEMENT_DELAY_SECONDS",
     "Effect",
     "Refusal",
     "SimulatorStore",
@@ -60,15 +61,46 @@ _MAX_CONFLICT_RETRIES = 64
 STATE_TTL_SECONDS = 400 * 24 * 3600
 # The effect ledger is for tests and inspection; a tenant's newest entries are kept.
 EFFECTS_CAP = 100_000
+# How long captured money stays pending before it is available (Stripe's US accounts:
+# two business days); the tenant's `settlement_delay_days` option sets it.
+SETTLEMENT_DELAY_SECONDS = 2 * 24 * 3600
 
 
 # Marks "the object did not exist" among read values (a JSON object never equals it).
 _ABSENT = "\x00absent"
 
-# KEYS: idem, effects, read keys..., write keys...
+# The balance (see ``Tx.settle_later``): one hash per tenant, fields "a:<CUR>" (available,
+# minor units: may be negative) and "p:<CUR>:<unix seconds>" (pending, available from
+# then, on the tenant's clock). `fold` moves what has become available (its time come)
+# into "a:<CUR>" and answers the available amount.
+_BALANCE_LUA = """
+local function clock_now(clock_key)
+  local clock = redis.call('GET', clock_key)
+  local offset = 0
+  if clock then offset = tonumber(cjson.decode(clock)['offset']) or 0 end
+  return tonumber(redis.call('TIME')[1]) + offset
+end
+local function fold(bal_key, only, now)
+  local all = redis.call('HGETALL', bal_key)
+  for i = 1, #all, 2 do
+    local cur, on = string.match(all[i], '^p:([^:]+):(%-?%d+)$')
+    if cur and (only == nil or cur == only) and tonumber(on) <= now then
+      redis.call('HINCRBY', bal_key, 'a:' .. cur, all[i + 1])
+      redis.call('HDEL', bal_key, all[i])
+    end
+  end
+  if only == nil then return 0 end
+  return tonumber(redis.call('HGET', bal_key, 'a:' .. only) or '0')
+end
+"""
+
+# KEYS: idem, effects, read keys..., write keys... [, balance, clock: when n balance > 0]
 # ARGV: done record ('' = keyless call: no record read or written), record ttl, state ttl,
-# effects cap, n reads, read values..., n writes, write values..., effects...
-_COMMIT = """
+# effects cap, n reads, read values..., n writes, write values..., n balance [, settlement
+# delay seconds, (kind, currency, amount, at) per balance change], effects...
+_COMMIT = (
+    _BALANCE_LUA
+    + """
 local keyed = ARGV[1] ~= ''
 if keyed then
   local used = redis.call('GET', KEYS[1])
@@ -81,14 +113,47 @@ for i = 1, n_reads do
   if not current then current = '\\0absent' end
   if current ~= ARGV[5 + i] then return {'conflict'} end
 end
+local n_writes = tonumber(ARGV[6 + n_reads])
+local nb_at = 7 + n_reads + n_writes
+local n_bal = tonumber(ARGV[nb_at])
+local first_effect = nb_at + 1
+local bal_key, now, delay
+if n_bal > 0 then
+  bal_key = KEYS[3 + n_reads + n_writes]
+  now = clock_now(KEYS[4 + n_reads + n_writes])
+  delay = tonumber(ARGV[nb_at + 1])
+  first_effect = nb_at + 2 + 4 * n_bal
+  -- the guards first: nothing is written when one fails
+  for i = 0, n_bal - 1 do
+    local o = nb_at + 2 + 4 * i
+    if ARGV[o] == 'g' then
+      if fold(bal_key, ARGV[o + 1], tonumber(ARGV[o + 3])) < tonumber(ARGV[o + 2]) then
+        return {'short'}
+      end
+    end
+  end
+end
 for i = 1, n_reads do
   redis.call('EXPIRE', KEYS[2 + i], state_ttl)  -- in use: lives on (a no-op if absent)
 end
-local n_writes = tonumber(ARGV[6 + n_reads])
 for i = 1, n_writes do
   redis.call('SET', KEYS[2 + n_reads + i], ARGV[6 + n_reads + i], 'EX', state_ttl)
 end
-local first_effect = 7 + n_reads + n_writes
+if n_bal > 0 then
+  for i = 0, n_bal - 1 do
+    local o = nb_at + 2 + 4 * i
+    local kind, cur = ARGV[o], ARGV[o + 1]
+    if kind == 'p' then
+      local at = now
+      if ARGV[o + 3] ~= '' then at = tonumber(ARGV[o + 3]) end
+      local on = math.floor((at + delay) / 3600) * 3600
+      redis.call('HINCRBY', bal_key, 'p:' .. cur .. ':' .. string.format('%d', on), ARGV[o + 2])
+    elseif kind == 'a' then
+      redis.call('HINCRBY', bal_key, 'a:' .. cur, ARGV[o + 2])
+    end
+  end
+  redis.call('EXPIRE', bal_key, state_ttl)
+end
 if first_effect <= #ARGV then
   for i = first_effect, #ARGV do
     redis.call('RPUSH', KEYS[2], ARGV[i])
@@ -101,6 +166,18 @@ if keyed then
 end
 return {'ok'}
 """
+)
+
+# KEYS: balance, clock. Folds what has settled by the tenant's clock now; answers the
+# clock's now and the hash's fields and values.
+_READ_BALANCE = (
+    _BALANCE_LUA
+    + """
+local now = clock_now(KEYS[2])
+fold(KEYS[1], nil, now)
+return {string.format('%d', now), redis.call('HGETALL', KEYS[1])}
+"""
+)
 
 # KEYS: counter; ARGV: ttl. One atomic round trip (through the auto-pipeline).
 _COUNT = """
@@ -196,6 +273,9 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CreateSubscription,
         gw.CancelSubscription,
         gw.RetrieveSubscription,
+        gw.CancelPayout,
+        gw.RetrievePayout,
+        gw.RetrieveBalance,
     }
 )
 
@@ -244,6 +324,8 @@ class Tx:
         self.reads: dict[str, str | None] = {}  # object key → raw value as read
         self.writes: dict[str, dict[str, Any]] = {}
         self.effects: list[Effect] = []
+        # Balance changes, applied with the commit: (kind, currency, amount, at).
+        self.balance: list[tuple[str, str, int, int | None]] = []
 
     async def get(self, object_id: str) -> dict[str, Any] | None:
         """An object as this transaction sees it; the commit fails if it changes meanwhile."""
@@ -265,6 +347,26 @@ class Tx:
     def effect(self, effect: Effect) -> None:
         self.effects.append(effect)
 
+    def settle_later(self, currency: str, amount: int, at: int | None = None) -> None:
+        """Money captured: pending, available once the tenant's settlement delay has
+        passed since ``at`` (unix seconds on its clock; None: the commit's now). Written
+        by the commit without a read, so captures never contend on the balance."""
+        self.balance.append(("p", currency, amount, at))
+
+    def adjust_available(self, currency: str, delta: int) -> None:
+        """Available balance moved by ``delta`` (a refund or a lost dispute: negative,
+        and it may go below zero; a payout canceled or failed: its amount back)."""
+        self.balance.append(("a", currency, delta, None))
+
+    def require_available(self, currency: str, amount: int, now: int) -> None:
+        """The commit applies nothing unless ``amount`` is available in ``currency`` at
+        ``now`` (then the call is run again: two payouts racing for one balance)."""
+        self.balance.append(("g", currency, amount, now))
+
+    async def read_balance(self) -> tuple[int, dict[str, tuple[int, int]]]:
+        """The tenant's clock now and its balance: currency → (available, pending)."""
+        return await self._store.read_balance()
+
 
 TxFn = Callable[[Tx], Awaitable[dict[str, Any]]]
 
@@ -280,6 +382,7 @@ class SimulatorStore:
         record_ttl_seconds: int,
         state_ttl_seconds: int = STATE_TTL_SECONDS,
         effects_cap: int = EFFECTS_CAP,
+        settlement_delay_seconds: int = SETTLEMENT_DELAY_SECONDS,
     ) -> None:
         if not tenant_id or any(c in tenant_id for c in "{}:"):
             raise ValueError(f"tenant id {tenant_id!r} cannot namespace simulator keys")
@@ -287,6 +390,9 @@ class SimulatorStore:
         self._io = autopipeline_for(redis)
         self._prefix = f"sim:{{{tenant_id}}}:"
         self._effects_list = f"{self._prefix}effects"
+        self._balance_key = f"{self._prefix}balance"
+        self._clock_key = self.object_key("clock")
+        self._settlement_delay = settlement_delay_seconds
         self._record_ttl = record_ttl_seconds
         # An object outlives every idempotency record that names it (a replayed create
         # answers with an id that must still mean something).
@@ -294,6 +400,7 @@ class SimulatorStore:
         self._effects_cap = effects_cap
         self._commit = redis.register_script(_COMMIT)
         self._count = redis.register_script(_COUNT)
+        self._read_balance = redis.register_script(_READ_BALANCE)
 
     def object_key(self, object_id: str) -> str:
         return f"{self._prefix}obj:{object_id}"
@@ -330,6 +437,7 @@ class SimulatorStore:
                 response = refusal.as_response()
                 tx.writes.clear()
                 tx.effects.clear()
+                tx.balance.clear()
             except GatewayError:
                 # The parameters were refused before anything was looked up: nothing is
                 # stored. A key used before still answers as before (same parameters:
@@ -347,7 +455,8 @@ class SimulatorStore:
                 return response
             if status == "used":
                 return _replay(_loads(_text(answer[1]) or "{}"), fingerprint, idempotency_key)
-            # "conflict": an object we read changed under us; recompute from fresh state
+            # "conflict": an object we read changed under us; "short": a balance it
+            # required is no longer there (another payout took it). Recompute afresh.
         raise GatewayError(
             ErrorCode.PROCESSING_ERROR,
             "too much contention on the simulated objects",
@@ -376,6 +485,14 @@ class SimulatorStore:
         for object_id, obj in tx.writes.items():
             keys.append(self.object_key(object_id))
             args.append(orjson.dumps(obj))
+        balance = tx.balance
+        args.append(len(balance))
+        if balance:
+            keys.append(self._balance_key)
+            keys.append(self._clock_key)
+            args.append(self._settlement_delay)
+            for kind, currency, amount, at in balance:
+                args.extend((kind, currency, amount, b"" if at is None else at))
         # orjson writes a dataclass as `as_dict` does (its fields, in definition order).
         args.extend(map(orjson.dumps, tx.effects))
         return keys, args
@@ -398,6 +515,20 @@ class SimulatorStore:
             return False
         left = int(await self._redis.pttl(idem))
         return left == -1 or left >= kept_ms  # (-1: kept for good; -2: gone meanwhile)
+
+    async def read_balance(self) -> tuple[int, dict[str, tuple[int, int]]]:
+        """The tenant's clock now and its balance, currency → (available, pending),
+        what has settled by now folded into available first."""
+        now_raw, flat = await self._read_balance(keys=[self._balance_key, self._clock_key], args=[])
+        found: dict[str, list[int]] = {}
+        for i in range(0, len(flat), 2):
+            field, value = _text(flat[i]) or "", int(flat[i + 1])
+            kind, _, rest = field.partition(":")
+            currency = rest.split(":", 1)[0]
+            pair = found.setdefault(currency, [0, 0])
+            pair[0 if kind == "a" else 1] += value
+        balance = {cur: (a, p) for cur, (a, p) in found.items()}
+        return int(now_raw), balance
 
     async def effects(self) -> list[Effect]:
         """The tenant's effect ledger, oldest first."""

@@ -734,6 +734,29 @@ class SquareGateway:
     ) -> gw_base.SubscriptionResult:
         raise UnsupportedOperation(PROVIDER, "retrieve_subscription")
 
+    # ---- payouts: not built for this provider yet (its capabilities lack PAYOUTS, so
+    # the handler answers `unsupported` before any call) ----------------------------
+
+    async def create_payout(
+        self, req: gw_base.CreatePayout, *, idempotency_key: str
+    ) -> gw_base.PayoutResult:
+        raise UnsupportedOperation(PROVIDER, "create_payout")
+
+    async def cancel_payout(
+        self, req: gw_base.CancelPayout, *, idempotency_key: str
+    ) -> gw_base.PayoutResult:
+        raise UnsupportedOperation(PROVIDER, "cancel_payout")
+
+    async def retrieve_payout(
+        self, req: gw_base.RetrievePayout, *, idempotency_key: str
+    ) -> gw_base.PayoutResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_payout")
+
+    async def retrieve_balance(
+        self, req: gw_base.RetrieveBalance, *, idempotency_key: str
+    ) -> gw_base.BalanceResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_balance")
+
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:
