@@ -262,9 +262,9 @@ async def test_a_provider_without_payouts_is_unsupported(harness: Harness) -> No
 
 @pytest.mark.parametrize("provider", ["stripe", "square"])
 async def test_stripe_and_square_lack_payouts(provider: str) -> None:
+    from paystream.gateways.base import Capability
     from paystream.gateways.square.gateway import SQUARE_CAPABILITIES
     from paystream.gateways.stripe.gateway import STRIPE_CAPABILITIES
-    from paystream.gateways.base import Capability
 
     caps = STRIPE_CAPABILITIES if provider == "stripe" else SQUARE_CAPABILITIES
     assert Capability.PAYOUTS not in caps
