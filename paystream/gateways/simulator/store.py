@@ -273,6 +273,7 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CreateSubscription,
         gw.CancelSubscription,
         gw.RetrieveSubscription,
+        gw.CreatePayout,
         gw.CancelPayout,
         gw.RetrievePayout,
         gw.RetrieveBalance,

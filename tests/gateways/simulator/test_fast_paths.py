@@ -68,6 +68,19 @@ _REQUESTS: list[tuple[str, BaseModel]] = [
     ("delete_customer", gw.DeleteCustomer(provider_customer_id="cus_x")),
     ("attach_payment_method", gw.AttachPaymentMethod(provider_customer_id="c", token="pm_x")),
     ("detach_payment_method", gw.DetachPaymentMethod(provider_payment_method_id="pm_x")),
+    ("create_payout", gw.CreatePayout(amount=Money(amount=5, currency="usd"))),
+    (
+        "create_payout",
+        gw.CreatePayout(
+            amount=Money(amount=5, currency="EUR"),
+            method="instant",
+            statement_descriptor="X",
+            metadata={"b": "1", "a": ""},
+        ),
+    ),
+    ("cancel_payout", gw.CancelPayout(provider_payout_id="po_x")),
+    ("retrieve_payout", gw.RetrievePayout(provider_payout_id="po_x")),
+    ("retrieve_balance", gw.RetrieveBalance()),
     (
         "create_payment",
         gw.CreatePayment(
@@ -275,7 +288,7 @@ def test_the_commit_call_lays_out_reads_writes_and_effects() -> None:
     tx = Tx(store)
     assert store._commit_call("idem", None, tx) == (
         ["idem", "sim:{t1}:effects"],
-        [b"", 60, 120, store._effects_cap, 0, 0],
+        [b"", 60, 120, store._effects_cap, 0, 0, 0],
     )
     tx.reads = {"sim:{t1}:obj:a": '{"id":"a"}', "sim:{t1}:obj:b": None}
     tx.writes = {"a": {"id": "a", "n": 1}}
@@ -292,7 +305,16 @@ def test_the_commit_call_lays_out_reads_writes_and_effects() -> None:
         b'{"state":"done"}', 60, 120, store._effects_cap,
         2, '{"id":"a"}', "\x00absent",
         1, b'{"id":"a","n":1}',
+        0,
         b'{"kind":"refund","idempotency_key":"k","object_id":"a","amount":5,"currency":"USD"}',
+    ]  # fmt: skip
+    # Balance changes: the balance hash and the clock among the keys, the settlement
+    # delay and each change (kind, currency, amount, at) before the effects.
+    tx.balance = [("p", "USD", 5, None), ("a", "USD", -2, None), ("g", "USD", 3, 99)]
+    keys, args = store._commit_call("idem", {"state": "done"}, tx)
+    assert keys[-2:] == ["sim:{t1}:balance", "sim:{t1}:obj:clock"]
+    assert args[9:-1] == [
+        3, 2 * 24 * 3600, "p", "USD", 5, b"", "a", "USD", -2, b"", "g", "USD", 3, 99,
     ]  # fmt: skip
 
 
