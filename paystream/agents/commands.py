@@ -186,6 +186,7 @@ class CommandRunner:
                 t.disputes,
                 t.invoices,
                 t.subscriptions,
+                t.payouts,
             ),
             settings.entity_retention_seconds,
             commands_topic.get_topic_name(),
@@ -271,6 +272,7 @@ class CommandRunner:
                 disputes=t.disputes,
                 subscriptions=t.subscriptions,
                 invoices=t.invoices,
+                payouts=t.payouts,
                 # Rebuilt after each rebalance, once the partitions' tables are recovered
                 # (by count too: a rejoin may keep the consumer generation).
                 owners=OwnerIndex(
@@ -509,6 +511,7 @@ async def _check_record_limits() -> None:
         t.disputes,
         t.subscriptions,
         t.invoices,
+        t.payouts,
     )
     topics = [
         *large_record_topics(settings),

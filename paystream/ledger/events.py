@@ -41,10 +41,24 @@ class EntityType(StrEnum):
     # applied by `paystream ledger backfill`).
     SUBSCRIPTION = "subscription"
     INVOICE = "invoice"
+    # Stored in ``events`` (and so in the tenant's history) only, for now: no entity table
+    # or audit rows of its own yet (a later migration, as subscriptions' 0013; its events
+    # stored before it are then listed for `paystream ledger backfill`).
+    PAYOUT = "payout"
 
 
 # Column -> (python type, required) per entity; the row's other columns are bookkeeping.
 _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
+    EntityType.PAYOUT: {
+        "amount": (int, True),
+        "currency": (str, True),
+        "status": (str, True),
+        "method": (str, False),
+        "provider": (str, False),
+        "provider_payout_id": (str, False),
+        "arrival_date": (datetime, False),
+        "failure_code": (str, False),
+    },
     EntityType.CUSTOMER: {"provider_customer_id": (str, False)},
     EntityType.PAYMENT_METHOD: {
         "customer_id": (str, False),

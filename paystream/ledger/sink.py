@@ -131,7 +131,12 @@ OUTCOMES_SKIPPED = Counter(
 # without bound.
 ENTITYLESS_OUTCOMES = frozenset(
     f"com.paystream.{t}"
-    for t in ("command.rejected", "customer.exported", "payment_method.attach_failed")
+    for t in (
+        "command.rejected",
+        "customer.exported",
+        "payment_method.attach_failed",
+        "balance.retrieved",
+    )
 )
 ERASURES_REFUSED = Counter(
     "paystream_ledger_erasures_refused_total",

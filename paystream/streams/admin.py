@@ -84,6 +84,7 @@ TABLE_NAMES = (
     "disputes",
     "subscriptions",
     "invoices",
+    "payouts",
     "idempotency",
     "limits",
     "insights",

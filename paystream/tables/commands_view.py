@@ -33,6 +33,7 @@ _KINDS = {
     "dispute": "disputes",
     "subscription": "subscriptions",
     "invoice": "invoices",
+    "payout": "payouts",
 }
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "limits",
     "payment_methods",
     "payments",
+    "payouts",
     "refunds",
     "subscriptions",
 ]
@@ -70,5 +71,6 @@ refunds = batched_table("refunds", "tenant:refund id → refund record")
 disputes = batched_table("disputes", "tenant:dispute id → dispute record")
 subscriptions = batched_table("subscriptions", "tenant:subscription id → subscription record")
 invoices = batched_table("invoices", "tenant:invoice id → invoice record")
+payouts = batched_table("payouts", "tenant:payout id → payout record")
 idempotency = batched_table("idempotency", "tenant:idempotency key → in-flight/done record")
 limits = batched_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")

@@ -106,6 +106,11 @@ def settled(record: Mapping[str, Any]) -> bool:
     if kind == "invoice":
         # Never on its own: it goes with its subscription (see ``expired``).
         return False
+    if kind == "payout":
+        # Canceled or failed: final. Paid: the bank may still return it for a few
+        # business days (paid → failed), well within any retention (30 days at least):
+        # unchanged that long, it is settled. Pending or in transit: live, kept.
+        return record.get("status") in ("paid", "failed", "canceled")
     return kind in ("payment", "refund", "dispute")
 
 

@@ -53,6 +53,7 @@ _ENTITY_TABLES = {
     "disputes": t.disputes,
     "subscriptions": t.subscriptions,
     "invoices": t.invoices,
+    "payouts": t.payouts,
 }
 # What a lookup may name: an entity's kind, or "commands" (what became of a command).
 _KINDS = frozenset({*_ENTITY_TABLES, "commands"})
