@@ -122,6 +122,22 @@ async def _subscribed(
     return command_type, {"subscription_id": sub, **body}
 
 
+async def _with_balance(
+    h: Harness, t: str, command_type: str, **body: Any
+) -> tuple[str, dict[str, Any]]:
+    """A settled charge, and for a cancel or a refresh a payout of it made."""
+    await _made(h, t, "payment.create", _CHARGE)
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    await gateway.advance_clock(2 * 24 * 3600)
+    if command_type == "payout.create":
+        return command_type, {"amount": 500, "currency": "USD", **body}
+    payout = await _made(h, t, "payout.create", {"amount": 500, "currency": "USD"})
+    if command_type == "payout.refresh":  # in transit at the provider since
+        await gateway.advance_clock(24 * 3600)
+    return command_type, {"payout_id": payout}
+
+
 async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"dispute_id": await _dispute(h, t)}
     if command_type == "dispute.submit_evidence":
@@ -160,6 +176,13 @@ SCENARIOS: dict[str, Setup] = {
         h, t, "subscription.cancel", at_period_end=True
     ),
     "subscription.refresh (renewed)": lambda h, t: _subscribed(h, t, "subscription.refresh"),
+    "payout.create": lambda h, t: _with_balance(h, t, "payout.create", payout_id="po9"),
+    "payout.create (derived id)": lambda h, t: _with_balance(h, t, "payout.create"),
+    "payout.create (instant)": lambda h, t: _with_balance(
+        h, t, "payout.create", method="instant"
+    ),
+    "payout.cancel": lambda h, t: _with_balance(h, t, "payout.cancel"),
+    "payout.refresh (in transit)": lambda h, t: _with_balance(h, t, "payout.refresh"),
 }
 
 
@@ -180,6 +203,7 @@ def _entities(h: Harness) -> dict[str, Any]:
             "disputes",
             "subscriptions",
             "invoices",
+            "payouts",
         )
     }
 
@@ -303,8 +327,9 @@ async def test_a_new_charge_over_a_lowered_limit_is_still_refused(harness: Harne
 
 async def test_every_command_that_changes_an_entity_is_covered() -> None:
     """A new command type must show that its handler finds its own effect before it
-    calls the provider (customer.export changes nothing)."""
-    assert {name.split(" ")[0] for name in SCENARIOS} == set(COMMANDS) - {"customer.export"}
+    calls the provider (customer.export and balance.retrieve change nothing)."""
+    unchanging = {"customer.export", "balance.retrieve"}
+    assert {name.split(" ")[0] for name in SCENARIOS} == set(COMMANDS) - unchanging
 
 
 @pytest.mark.parametrize("how", ["removed", "suspended+gateway"])
