@@ -46,6 +46,10 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "subscription.cancel": {"subscription_id": "s1", "at_period_end": True},
     "subscription.refresh": {"subscription_id": "s1"},
+    "payout.create": {"amount": 5000, "currency": "EUR", "statement_descriptor": "ACME"},
+    "payout.cancel": {"payout_id": "po1"},
+    "payout.refresh": {"payout_id": "po1"},
+    "balance.retrieve": {},
 }
 BODY = "/paths/~1v1~1commands/post/requestBody/content/application~1json/schema"
 
