@@ -27,6 +27,7 @@ from paystream.gateways.base import (
     DisputeStatus,
     InvoiceStatus,
     PaymentStatus,
+    PayoutStatus,
     RefundStatus,
     SubscriptionStatus,
 )
@@ -128,6 +129,20 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "(renewals paid, or declined: `past_due`; `related`: invoices new or moved on; "
         "`data.previous_status`: what paystream held before)."
     ),
+    "payout.create": (
+        "Pay `amount` of the tenant's available balance in `currency` out to its bank "
+        "account (`standard`: arrives after the provider's delay; `instant`: at once); "
+        "more than is available is refused `balance_insufficient`."
+    ),
+    "payout.cancel": "Cancel a `pending` payout (its amount available again).",
+    "payout.refresh": (
+        "Read a payout back from its provider: in transit, paid, or failed since "
+        "(`data.previous_status`: what paystream held before)."
+    ),
+    "balance.retrieve": (
+        "Read the tenant's balance at its provider, per currency: `available` and "
+        "`pending` (captured, not yet settled)."
+    ),
 }
 
 REJECT_REASONS: dict[RejectReason, str] = {
@@ -164,6 +179,9 @@ REJECT_REASONS: dict[RejectReason, str] = {
     "PAYSTREAM_ENTITY_RETENTION_SECONDS less a day: the entities it may name may have left "
     "the tables (a consumer group reset to records that old, an outbox sent again), so it "
     "is not run (unless the provider may have acted on it: then it goes on as any would)",
+    RejectReason.BALANCE_INSUFFICIENT: "a `payout.create` above the tenant's available "
+    "balance in its currency (no payout made; the provider keeps this answer under the "
+    "payout id's key: send a new `payout_id` once funds have settled)",
 }
 
 # Outcome type → (entity type of `object`, or None; summary; properties of its own).
@@ -204,6 +222,15 @@ _SUB_PREVIOUS: Doc = {
         "type": "string",
         "description": "answering `subscription.cancel` or `subscription.refresh`: the "
         "subscription's status before",
+    },
+}
+
+# A payout outcome answering a cancel or a refresh says what paystream held before.
+_PAYOUT_PREVIOUS: Doc = {
+    "previous_status": {
+        "type": "string",
+        "description": "answering `payout.cancel` or `payout.refresh`: the payout's status "
+        "before",
     },
 }
 
@@ -310,6 +337,57 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "period end); open invoices voided, in `related`.",
         _SUB_PREVIOUS,
     ),
+    "payout.created": (
+        "payout",
+        "The payout was made: `pending` (standard) or `in_transit` (instant), with its "
+        "expected `arrival_date`; its amount left the available balance.",
+        {},
+    ),
+    "payout.updated": (
+        "payout",
+        "`payout.refresh` read the payout back not yet paid: `in_transit` since, or "
+        "unchanged.",
+        _PAYOUT_PREVIOUS,
+    ),
+    "payout.paid": ("payout", "The payout arrived at the bank.", _PAYOUT_PREVIOUS),
+    "payout.failed": (
+        "payout",
+        "The bank returned the payout (`object.failure_code`: the provider's payout "
+        "failure code, e.g. `account_closed`, `no_account`, `insufficient_funds`; "
+        "`error` the first time it is read so); its amount is available again.",
+        _PAYOUT_PREVIOUS,
+    ),
+    "payout.canceled": (
+        "payout",
+        "The pending payout was canceled; its amount is available again.",
+        _PAYOUT_PREVIOUS,
+    ),
+    "balance.retrieved": (
+        None,
+        "The tenant's balance at its provider now, one entry per currency it holds any "
+        "in (integer minor units; either may be below zero).",
+        {
+            "balances": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["currency", "available", "pending"],
+                    "properties": {
+                        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                        "available": {
+                            "type": "integer",
+                            "description": "settled: may be paid out",
+                        },
+                        "pending": {
+                            "type": "integer",
+                            "description": "captured, not yet settled",
+                        },
+                    },
+                },
+            }
+        },
+    ),
     "command.rejected": (
         None,
         "The command was refused; `reason` is machine-readable, `message` for people.",
@@ -325,6 +403,7 @@ _ENTITIES: dict[str, type[records.EntityRecord]] = {
     "dispute": records.DisputeRecord,
     "subscription": records.SubscriptionRecord,
     "invoice": records.InvoiceRecord,
+    "payout": records.PayoutRecord,
 }
 _STATUSES: dict[str, type[StrEnum]] = {
     "payment": PaymentStatus,
@@ -332,6 +411,7 @@ _STATUSES: dict[str, type[StrEnum]] = {
     "dispute": DisputeStatus,
     "subscription": SubscriptionStatus,
     "invoice": InvoiceStatus,
+    "payout": PayoutStatus,
 }
 # The views' path segment per entity type.
 ENTITY_KINDS = {f"{name}s": name for name in _ENTITIES}

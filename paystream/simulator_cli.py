@@ -130,7 +130,9 @@ def advance_command(tenant_id: str, seconds: int, days: int) -> None:
     """Move a simulator tenant's clock forward (a test clock, kept in Redis): the
     renewals of its subscriptions whose periods have begun by then are billed when each
     is next read (`subscription.refresh`), once each, so renewals, declines and cancels
-    at period end are seen without waiting. Only ever forward; only that tenant's
+    at period end are seen without waiting; captured money settles (pending →
+    available, `balance.retrieve`) and payouts move on (in transit, paid or failed, at
+    the next `payout.refresh`) by the same clock. Only ever forward; only that tenant's
     simulator (paystream's own clocks, and other tenants', are not moved). Prints the
     offset in all and the simulator's time now (unix seconds). Needs REDIS_URL and the
     broker (the registry)."""

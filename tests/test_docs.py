@@ -333,6 +333,7 @@ def _emitted_outcomes() -> set[str]:
     return (
         literal
         | set(handlers._PAYMENT_OUTCOME.values())
+        | set(handlers._PAYOUT_OUTCOME.values())
         | {f"refund.{s.value}" for s in RefundStatus}
         | {"command.rejected"}
     )
@@ -655,3 +656,53 @@ async def test_every_subscription_outcome_matches_its_published_payload(
         "subscription.canceled",
     }, seen
     assert any(r["entity_type"] == "invoice" for e in outs for r in e.get_data()["related"])
+
+
+@pytest.mark.asyncio
+async def test_every_payout_and_balance_outcome_matches_its_published_payload(
+    redis_url: str, asyncapi: dict[str, Any]
+) -> None:
+    """Each payout outcome (created; updated; paid; failed; canceled), the balance read
+    and the balance_insufficient rejection, against their AsyncAPI payloads."""
+    day = 24 * 3600
+    outs = []
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        closed = h.add_tenant(gateway_options={"payout_destination": "000111111113"})
+        for tenant in (t, closed):
+            await h.send(
+                "payment.create", tenant,
+                {"amount": 5000, "currency": "EUR", "payment_method_token": "pm_card_visa"},
+            )  # fmt: skip
+            gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+            assert isinstance(gateway, SimulatorGateway)
+            await gateway.advance_clock(2 * day)
+        outs.append(await h.send("balance.retrieve", t, {}))
+        for tenant, pid in ((t, "po1"), (t, "po2"), (closed, "po3")):
+            body = {"payout_id": pid, "amount": 1000, "currency": "EUR", "metadata": {"k": "v"}}
+            outs.append(await h.send("payout.create", tenant, body))
+        outs.append(await h.send("payout.cancel", t, {"payout_id": "po2"}))
+        outs.append(await h.send("payout.refresh", t, {"payout_id": "po1"}))
+        outs.append(await h.send("payout.create", t, {"amount": 10**6, "currency": "EUR"}))
+        for tenant in (t, closed):
+            gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+            assert isinstance(gateway, SimulatorGateway)
+            await gateway.advance_clock(2 * day)
+        outs.append(await h.send("payout.refresh", t, {"payout_id": "po1"}))
+        outs.append(await h.send("payout.refresh", closed, {"payout_id": "po3"}))
+    seen = set()
+    for event in outs:
+        outcome = event.get_type().removeprefix("com.paystream.")
+        seen.add(outcome)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(asyncapi, pointer, draft7=True).validate(event.get_data())
+    assert seen == {
+        "balance.retrieved",
+        "payout.created",
+        "payout.canceled",
+        "payout.updated",
+        "payout.paid",
+        "payout.failed",
+        "command.rejected",
+    }, seen
+    assert any(e.get_data().get("reason") == "balance_insufficient" for e in outs)
