@@ -34,7 +34,8 @@ def _check(event: Any, sent: set[str], seen: dict[str, str], kind: str) -> dict[
 
 async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
     dep: Deployment = await deployment_factory(paystream_ingress_token=TOKEN)
-    await dep.add_tenants(Tenant(tenant_id="acme"))
+    # (Captured money available at once: the payouts below need no clock moved.)
+    await dep.add_tenants(Tenant(tenant_id="acme", gateway_options={"settlement_delay_days": 0}))
     sent: set[str] = set()
     seen: dict[str, str] = {}
     with dep.worker() as worker:
@@ -110,6 +111,25 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
             )
             await over_http("subscription.cancel", {"subscription_id": trial["entity_id"]})
             assert seen["subscription.cancel"] == "subscription.canceled", seen
+            # Payouts and the balance: the subscription's EUR 15.00 is available.
+            balance = await over_kafka("balance.retrieve", {})
+            eur = next(b for b in balance["balances"] if b["currency"] == "EUR")
+            assert eur["available"] >= 1500 and eur["pending"] == 0, balance
+            payout = await over_http(
+                "payout.create",
+                {"payout_id": "po1", "amount": 500, "currency": "EUR",
+                 "statement_descriptor": "ACME PAYOUT"},
+            )  # fmt: skip
+            assert payout["object"]["status"] == "pending", payout
+            await over_kafka("payout.refresh", {"payout_id": "po1"})
+            assert seen["payout.refresh"] == "payout.updated", seen
+            await over_http("payout.cancel", {"payout_id": "po1"})
+            assert seen["payout.cancel"] == "payout.canceled", seen
+            instant = await over_kafka(
+                "payout.create", {"amount": 400, "currency": "EUR", "method": "instant"}
+            )
+            await over_http("payout.refresh", {"payout_id": instant["entity_id"]})
+            assert seen["payout.refresh"] == "payout.paid", seen
             await over_http("customer.export", {"customer_id": "c1"})
             await over_kafka("payment_method.detach", {"payment_method_id": "pm1"})
             await over_http("customer.delete", {"customer_id": "c1"})
