@@ -274,8 +274,8 @@ async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> No
 
 # (Listed in the answer: a singular "payment" got a bare "unknown kind".)
 _KINDS = (
-    "; kinds: customers, disputes, invoices, payment_methods, payments, refunds, subscriptions, "
-    "commands"
+    "; kinds: customers, disputes, invoices, payment_methods, payments, payouts, refunds, "
+    "subscriptions, commands"
 )
 
 
@@ -292,6 +292,7 @@ _KINDS = (
         ("/v1/tenants/acme/disputes/{pid}", "no such dispute"),
         ("/v1/tenants/acme/subscriptions/{pid}", "no such subscription"),
         ("/v1/tenants/acme/invoices/{pid}", "no such invoice"),
+        ("/v1/tenants/acme/payouts/{pid}", "no such payout"),
         ("/v1/tenants/acme/widgets/{pid}", "unknown kind" + _KINDS),
         # bookkeeping tables are not entity kinds
         ("/v1/tenants/acme/idempotency/{pid}", "unknown kind" + _KINDS),
