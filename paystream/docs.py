@@ -229,8 +229,7 @@ _SUB_PREVIOUS: Doc = {
 _PAYOUT_PREVIOUS: Doc = {
     "previous_status": {
         "type": "string",
-        "description": "answering `payout.cancel` or `payout.refresh`: the payout's status "
-        "before",
+        "description": "answering `payout.cancel` or `payout.refresh`: the payout's status before",
     },
 }
 
@@ -345,8 +344,7 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     ),
     "payout.updated": (
         "payout",
-        "`payout.refresh` read the payout back not yet paid: `in_transit` since, or "
-        "unchanged.",
+        "`payout.refresh` read the payout back not yet paid: `in_transit` since, or unchanged.",
         _PAYOUT_PREVIOUS,
     ),
     "payout.paid": ("payout", "The payout arrived at the bank.", _PAYOUT_PREVIOUS),

@@ -178,9 +178,7 @@ SCENARIOS: dict[str, Setup] = {
     "subscription.refresh (renewed)": lambda h, t: _subscribed(h, t, "subscription.refresh"),
     "payout.create": lambda h, t: _with_balance(h, t, "payout.create", payout_id="po9"),
     "payout.create (derived id)": lambda h, t: _with_balance(h, t, "payout.create"),
-    "payout.create (instant)": lambda h, t: _with_balance(
-        h, t, "payout.create", method="instant"
-    ),
+    "payout.create (instant)": lambda h, t: _with_balance(h, t, "payout.create", method="instant"),
     "payout.cancel": lambda h, t: _with_balance(h, t, "payout.cancel"),
     "payout.refresh (in transit)": lambda h, t: _with_balance(h, t, "payout.refresh"),
 }
