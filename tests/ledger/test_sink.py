@@ -204,8 +204,9 @@ def test_binary_and_structured_records_round_trip() -> None:
     ("mutate", "error"),
     [
         (lambda d: d.update(version="2"), InvalidEventError),
-        # An entity type the ledger does not know ("subscription" was one until 9c5d0c9).
-        (lambda d: d.update(entity_type="payout"), InvalidEventError),
+        # An entity type the ledger does not know ("subscription" was one until 9c5d0c9,
+        # "payout" until payouts were built).
+        (lambda d: d.update(entity_type="transfer"), InvalidEventError),
         (lambda d: d["object"].pop("amount"), InvalidEventError),
         (lambda d: d.update(related={"not": "a list"}), InvalidEventError),
         (lambda d: d.update(tenant_id="globex"), InvalidEventError),
