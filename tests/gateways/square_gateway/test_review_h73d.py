@@ -3,106 +3,24 @@ redelivered, refunding the rest after a refusal, long evidence, a token pasted a
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
     CancelPayment,
-    CaptureMethod,
     CapturePayment,
-    CreatePayment,
     CreateRefund,
-    GatewayContext,
     PaymentStatus,
     RetrievePayment,
     SubmitDisputeEvidence,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
-from paystream.gateways.registry import GatewayDeps, build_gateway, validate_options
+from paystream.gateways.registry import validate_options
 from paystream.gateways.square.gateway import SquareGateway
-from paystream.money import Money
-from paystream.settings import load_settings
-from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
+from tests.gateways.square_gateway.wire import Wire, gateway_at, key, paid, usd, wired
 
-
-def key() -> str:
-    return f"idem-{uuid.uuid4().hex}"
-
-
-def usd(amount: int) -> Money:
-    return Money(amount=amount, currency="USD")
-
-
-def _gateway(url: str, location: str = FAKE_SQUARE_LOCATION) -> SquareGateway:
-    ctx = GatewayContext(
-        tenant_id=f"t-{location}",
-        provider="square",
-        credentials={"access_token": SecretStr(FAKE_SQUARE_TOKEN)},
-        options={"location_id": location},
-    )
-    gw = build_gateway(ctx, GatewayDeps(settings=load_settings(square_api_base=url)))
-    assert isinstance(gw, SquareGateway)
-    return gw
-
-
-class Wire(httpx.AsyncBaseTransport):
-    """The real wire to the fake, with two test hooks: ``lose`` (a path fragment) makes
-    Square run the request and the answer be lost (a read timeout); ``answer`` (path
-    fragment -> (status, body)) makes Square answer once without running the request."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.lose: str | None = None
-        self.answer: dict[str, tuple[int, dict[str, object]]] = {}
-        self.sent: list[tuple[str, dict[str, object]]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content or b"{}") if request.method == "POST" else {}
-        self.sent.append((request.url.path, body))
-        for fragment, (status, payload) in list(self.answer.items()):
-            if fragment in request.url.path:
-                del self.answer[fragment]
-                return httpx.Response(status, json=payload, request=request)
-        response = await self.inner.handle_async_request(request)
-        if self.lose and self.lose in request.url.path:
-            self.lose = None
-            await response.aread()
-            await response.aclose()
-            raise httpx.ReadTimeout("the answer was lost", request=request)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-@pytest.fixture
-async def wired(square_url: str) -> AsyncIterator[tuple[SquareGateway, Wire]]:
-    from square import AsyncSquare
-
-    wire = Wire()
-    http = httpx.AsyncClient(transport=wire, timeout=10, follow_redirects=False)
-    client = AsyncSquare(token=FAKE_SQUARE_TOKEN, base_url=square_url, httpx_client=http)
-    gw = SquareGateway(client, location_id=FAKE_SQUARE_LOCATION, http_client=http)
-    yield gw, wire
-    await gw.aclose()
-
-
-async def _paid(gw: SquareGateway, amount: int, *, manual: bool = False) -> str:
-    res = await gw.create_payment(
-        CreatePayment(
-            amount=usd(amount),
-            provider_payment_method_id="cnon:card-nonce-ok",
-            capture_method=CaptureMethod.MANUAL if manual else CaptureMethod.AUTOMATIC,
-        ),
-        idempotency_key=key(),
-    )
-    return res.provider_payment_id
+__all__ = ["wired"]
 
 
 # ---- F1: a tenant acts on another location's payments ---------------------------------
@@ -113,11 +31,11 @@ async def test_f1_another_locations_payment_is_not_found_and_not_refunded(
 ) -> None:
     """Two tenants on one Square seller (one per location, the same token): tenant B
     must not read, refund, capture or cancel tenant A's payments."""
-    shop_a = _gateway(square_url)
-    shop_b = _gateway(square_url, location="LOTHERSHOP01")
+    shop_a = gateway_at(square_url)
+    shop_b = gateway_at(square_url, location="LOTHERSHOP01")
     try:
-        pid = await _paid(shop_a, 900)
-        auth = await _paid(shop_a, 500, manual=True)
+        pid = await paid(shop_a, 900)
+        auth = await paid(shop_a, 500, manual=True)
         failures = []
         for call in (
             shop_b.retrieve_payment(
@@ -167,7 +85,7 @@ async def test_f2_capture_or_cancel_redelivered_after_a_lost_answer_reports_what
     expected: PaymentStatus,
 ) -> None:
     gw, wire = wired
-    auth = await _paid(gw, 3000, manual=True)
+    auth = await paid(gw, 3000, manual=True)
     k = key()
 
     async def once() -> object:
@@ -195,7 +113,7 @@ async def test_f3_refund_the_rest_never_refunds_an_amount_nobody_asked_for(
     refund is pending); the fallback then sends the key with the OTHER refund's amount,
     which Square runs as a new refund (its key never had a successful request)."""
     gw, wire = wired
-    pid = await _paid(gw, 1000)
+    pid = await paid(gw, 1000)
     await gw.create_refund(CreateRefund(provider_payment_id=pid, amount=300), idempotency_key=key())
     wire.answer["/v2/refunds"] = (
         400,
@@ -226,7 +144,7 @@ async def test_f4_long_dispute_evidence_is_not_silently_cut(
     wired: tuple[SquareGateway, Wire], square_url: str
 ) -> None:
     gw, wire = wired
-    pid = await _paid(gw, 2000)
+    pid = await paid(gw, 2000)
     async with httpx.AsyncClient() as http:
         opened = await http.post(f"{square_url}/_fake/disputes", json={"payment_id": pid})
     did = opened.json()["dispute"]["id"]

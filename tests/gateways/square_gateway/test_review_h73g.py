@@ -5,86 +5,39 @@ the rest" without the disputes, card brands named as the other gateways name the
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
-from pydantic import SecretStr
 
 from paystream.gateways.base import (
     AcceptDispute,
-    CreatePayment,
     CreateRefund,
     DisputeStatus,
-    GatewayContext,
     RefundStatus,
     RetrievePayment,
     RetrieveRefund,
     SubmitDisputeEvidence,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
-from paystream.gateways.registry import GatewayDeps, build_gateway
 from paystream.gateways.square import mapping
 from paystream.gateways.square.gateway import SquareGateway
-from paystream.money import Money
-from paystream.settings import load_settings
 from tests.fixtures.square_fake import (
     FAKE_SQUARE_LOCATION,
     FAKE_SQUARE_LOCATION_2,
-    FAKE_SQUARE_TOKEN,
 )
 from tests.gateways.harness import open_square_dispute
-from tests.gateways.square_gateway.test_review_h73d import Wire
+from tests.gateways.square_gateway.wire import Wire, gateway_at, key, paid, usd, wired
 
-
-def key() -> str:
-    return f"idem-{uuid.uuid4().hex}"
-
-
-def usd(amount: int) -> Money:
-    return Money(amount=amount, currency="USD")
-
-
-def _gateway(url: str, location: str = FAKE_SQUARE_LOCATION) -> SquareGateway:
-    ctx = GatewayContext(
-        tenant_id=f"t-{location}",
-        provider="square",
-        credentials={"access_token": SecretStr(FAKE_SQUARE_TOKEN)},
-        options={"location_id": location},
-    )
-    gw = build_gateway(ctx, GatewayDeps(settings=load_settings(square_api_base=url)))
-    assert isinstance(gw, SquareGateway)
-    return gw
+__all__ = ["wired"]
 
 
 @pytest.fixture
 async def shops(square_url: str) -> AsyncIterator[tuple[SquareGateway, SquareGateway]]:
     """Two tenants on one Square seller (the same token), one location each."""
-    a, b = _gateway(square_url), _gateway(square_url, FAKE_SQUARE_LOCATION_2)
+    a, b = gateway_at(square_url), gateway_at(square_url, FAKE_SQUARE_LOCATION_2)
     yield a, b
     await a.aclose()
     await b.aclose()
-
-
-@pytest.fixture
-async def wired(square_url: str) -> AsyncIterator[tuple[SquareGateway, Wire]]:
-    from square import AsyncSquare
-
-    wire = Wire()
-    http = httpx.AsyncClient(transport=wire, timeout=10, follow_redirects=False)
-    client = AsyncSquare(token=FAKE_SQUARE_TOKEN, base_url=square_url, httpx_client=http)
-    gw = SquareGateway(client, location_id=FAKE_SQUARE_LOCATION, http_client=http)
-    yield gw, wire
-    await gw.aclose()
-
-
-async def _paid(gw: SquareGateway, amount: int = 2000) -> str:
-    res = await gw.create_payment(
-        CreatePayment(amount=usd(amount), provider_payment_method_id="cnon:card-nonce-ok"),
-        idempotency_key=key(),
-    )
-    return res.provider_payment_id
 
 
 async def _not_found(coro: object) -> None:
@@ -100,7 +53,7 @@ async def test_another_locations_dispute_is_not_found_and_not_answered(
     shops: tuple[SquareGateway, SquareGateway], square_url: str
 ) -> None:
     a, b = shops
-    pid = await _paid(a)
+    pid = await paid(a)
     did = await open_square_dispute(square_url, pid)
     await _not_found(
         b.accept_dispute(AcceptDispute(provider_dispute_id=did), idempotency_key=key())
@@ -119,7 +72,7 @@ async def test_another_locations_refund_is_not_found(
     shops: tuple[SquareGateway, SquareGateway],
 ) -> None:
     a, b = shops
-    pid = await _paid(a)
+    pid = await paid(a)
     made = await a.create_refund(
         CreateRefund(provider_payment_id=pid, amount=500), idempotency_key=key()
     )
@@ -135,7 +88,7 @@ async def test_another_locations_disputed_payment_is_not_read_for_a_webhook(
     location as every read by id does: another location's reads as not found (the
     view ignores the event), never its reference_id."""
     a, b = shops
-    pid = await _paid(a)
+    pid = await paid(a)
     assert (await a.read_payment(pid))["id"] == pid
     await _not_found(b.read_payment(pid))
 
@@ -146,7 +99,7 @@ async def test_a_payment_read_lists_no_dispute_of_another_location(
     """ListDisputes asked for the tenant's location; a dispute of another location in
     the answer (the filter not applied) is not the tenant's to see or answer."""
     gw, wire = wired
-    pid = await _paid(gw)
+    pid = await paid(gw)
     theirs = {
         "id": "DSPOTHERLOC1", "state": "EVIDENCE_REQUIRED", "reason": "NO_KNOWLEDGE",
         "amount_money": {"amount": 2000, "currency": "USD"},
@@ -168,7 +121,7 @@ async def test_evidence_redelivered_after_a_lost_submit_answers_the_dispute(
     the dispute PROCESSING. Its evidence under its keys answered as before (the key's
     successful answers): it was this command's, answered as the dispute is now."""
     gw, wire = wired
-    did = await open_square_dispute(square_url, await _paid(gw))
+    did = await open_square_dispute(square_url, await paid(gw))
     req = SubmitDisputeEvidence(
         provider_dispute_id=did, evidence={"receipt": "R-1", "customer_name": "Ada"}
     )
@@ -187,7 +140,7 @@ async def test_evidence_for_a_dispute_submitted_otherwise_is_still_invalid_state
     """Submitted by another command (or in Square's dashboard): this command's evidence
     was never added, so it is not answered as if it had been."""
     gw, _ = wired
-    did = await open_square_dispute(square_url, await _paid(gw))
+    did = await open_square_dispute(square_url, await paid(gw))
     await gw.submit_dispute_evidence(
         SubmitDisputeEvidence(provider_dispute_id=did, evidence={"receipt": "R-1"}),
         idempotency_key=key(),
@@ -231,7 +184,7 @@ async def test_refunding_the_rest_reads_no_disputes(wired: tuple[SquareGateway, 
     """A token without DISPUTES_READ (or a dispute in a state this version does not know)
     made every whole refund fail: what is left is the payment's alone."""
     gw, wire = wired
-    pid = await _paid(gw, 900)
+    pid = await paid(gw, 900)
     refused = {"category": "AUTHENTICATION_ERROR", "code": "INSUFFICIENT_SCOPES",
                "detail": "The merchant has not granted DISPUTES_READ."}  # fmt: skip
     wire.answer["/v2/disputes"] = (403, {"errors": [refused]})

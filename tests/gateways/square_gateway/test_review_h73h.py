@@ -8,7 +8,7 @@ import pytest
 from paystream.gateways.base import CapturePayment, CreateRefund, PaymentStatus
 from paystream.gateways.errors import GatewayError
 from paystream.gateways.square.gateway import SquareGateway
-from tests.gateways.square_gateway.test_review_h73d import Wire, _paid, key, wired
+from tests.gateways.square_gateway.wire import Wire, key, paid, wired
 
 __all__ = ["wired"]
 
@@ -23,7 +23,7 @@ async def test_a_capture_sent_again_after_a_refund_answers_what_complete_payment
     replays it), counts it again: 800 refunded in paystream's table, 400 at Square (and
     a refund of the rest re-run is refused "nothing left", though Square refunded it)."""
     gw, _ = wired
-    pid = await _paid(gw, 1000, manual=True)
+    pid = await paid(gw, 1000, manual=True)
     capture = CapturePayment(provider_payment_id=pid)
     capture_key = key()
     first = await gw.capture_payment(capture, idempotency_key=capture_key)
@@ -42,7 +42,7 @@ async def test_a_capture_lost_then_sent_again_after_a_refund_of_the_rest(
     wired: tuple[SquareGateway, Wire],
 ) -> None:
     gw, wire = wired
-    pid = await _paid(gw, 1000, manual=True)
+    pid = await paid(gw, 1000, manual=True)
     capture = CapturePayment(provider_payment_id=pid)
     capture_key = key()
     wire.lose = "/complete"
