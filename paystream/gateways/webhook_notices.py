@@ -6,8 +6,11 @@ refresh. A webhook is a hint, never a record to apply: the refresh reads the pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeGuard
 
 from paystream.errors import PaystreamError
+from paystream.streams.codec import valid_unicode
 
 __all__ = [
     "BadWebhook",
@@ -15,7 +18,19 @@ __all__ = [
     "PaymentNotice",
     "RefundNotice",
     "SubscriptionNotice",
+    "disputed_payment",
+    "plain_id",
 ]
+
+# A provider's ids are short ASCII; one signed otherwise (a lone surrogate, which JSON can
+# spell) went on into a command id whose encode raised: a 500 (review h59h).
+ID_MAX = 255
+
+
+def plain_id(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` can be a provider's id in an event: 1 to ``ID_MAX`` characters
+    of valid Unicode."""
+    return isinstance(value, str) and 0 < len(value) <= ID_MAX and valid_unicode(value)
 
 
 class BadWebhook(PaystreamError):
@@ -103,3 +118,24 @@ class SubscriptionNotice:
     # (paystream's name; None for a draft or one this version does not know).
     provider_invoice_id: str | None = None
     invoice_status: str | None = None
+
+
+def disputed_payment(
+    notice: DisputeNotice, ref: tuple[str, str], status: StrEnum | None
+) -> PaymentNotice:
+    """The dispute event ``notice`` as one about paystream's payment ``ref`` (tenant id,
+    payment id), the disputed payment's status at the provider now being ``status``
+    (paystream's; None for one this version does not know)."""
+    return PaymentNotice(
+        notice.event_id,
+        notice.event_type,
+        ref[0],
+        ref[1],
+        notice.provider_payment_id,
+        None if status is None else status.value,
+        notice.account,
+        notice.created,
+        notice.provider_dispute_id,
+        notice.status,
+        notice.evidence_due_by,
+    )

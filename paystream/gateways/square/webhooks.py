@@ -36,9 +36,9 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, TypeGuard
+from typing import Any
 
 from paystream.gateways.base import DisputeStatus
 from paystream.gateways.square.mapping import dispute_status, payment_status, refund_status
@@ -47,8 +47,9 @@ from paystream.gateways.webhook_notices import (
     DisputeNotice,
     PaymentNotice,
     RefundNotice,
+    disputed_payment,
+    plain_id,
 )
-from paystream.streams.codec import valid_unicode
 
 __all__ = [
     "FOLLOWED_DISPUTE_EVENTS",
@@ -221,7 +222,7 @@ def _event_object(
     event_id = event.get("event_id")
     if not isinstance(event_type, str) or event_type not in followed:
         return None
-    if not _plain_id(event_id):
+    if not plain_id(event_id):
         return None
     data = event.get("data")
     if not isinstance(data, dict) or data.get("type") != kind:
@@ -237,21 +238,42 @@ def _location(obj: Mapping[str, Any], event: Mapping[str, Any]) -> str:
     """The location the object is at (its own, else the event's): compared with the
     tenant's. One that names none is no tenant's ("")."""
     for value in (obj.get("location_id"), event.get("location_id")):
-        if _plain_id(value):
+        if plain_id(value):
             return value
     return ""
+
+
+def _named(
+    event: dict[str, Any],
+    followed: frozenset[str],
+    kind: str,
+    read_ref: Callable[[dict[str, Any]], tuple[str, str] | None],
+) -> tuple[str, str, dict[str, Any], tuple[str, str]] | None:
+    """(event id, type, object, paystream's reference) of a followed event about a
+    ``kind`` object with an id, which ``read_ref`` finds paystream's name in; None
+    otherwise."""
+    found = _event_object(event, followed, kind)
+    if found is None:
+        return None
+    event_id, event_type, obj = found
+    ref = read_ref(obj)
+    if ref is None or not plain_id(obj.get("id")):
+        return None
+    return event_id, event_type, obj, ref
 
 
 def payment_notice(event: dict[str, Any], tenant_id: str) -> PaymentNotice | None:
     """What a followed payment event says of paystream's payment; None for another event,
     or a payment paystream did not name (made elsewhere on the seller's account)."""
-    found = _event_object(event, FOLLOWED_PAYMENT_EVENTS, "payment")
+    found = _named(
+        event,
+        FOLLOWED_PAYMENT_EVENTS,
+        "payment",
+        lambda obj: _read_payment_reference(obj.get("reference_id"), tenant_id),
+    )
     if found is None:
         return None
-    event_id, event_type, obj = found
-    ref = _read_payment_reference(obj.get("reference_id"), tenant_id)
-    if ref is None or not _plain_id(obj.get("id")):
-        return None
+    event_id, event_type, obj, ref = found
     status = payment_status(obj.get("status"))
     return PaymentNotice(
         event_id,
@@ -268,13 +290,15 @@ def payment_notice(event: dict[str, Any], tenant_id: str) -> PaymentNotice | Non
 def refund_notice(event: dict[str, Any], tenant_id: str) -> RefundNotice | None:
     """What a followed refund event says of paystream's refund; None for another event,
     or a refund paystream did not name."""
-    found = _event_object(event, FOLLOWED_REFUND_EVENTS, "refund")
+    found = _named(
+        event,
+        FOLLOWED_REFUND_EVENTS,
+        "refund",
+        lambda obj: _read_refund_reason(obj.get("reason"), tenant_id),
+    )
     if found is None:
         return None
-    event_id, event_type, obj = found
-    ref = _read_refund_reason(obj.get("reason"), tenant_id)
-    if ref is None or not _plain_id(obj.get("id")):
-        return None
+    event_id, event_type, obj, ref = found
     status = refund_status(obj.get("status"))
     return RefundNotice(
         event_id,
@@ -298,7 +322,7 @@ def dispute_notice(event: dict[str, Any]) -> DisputeNotice | None:
     dispute_id = obj.get("id") or obj.get("dispute_id")  # (older versions: dispute_id)
     disputed = obj.get("disputed_payment")
     payment_id = disputed.get("payment_id") if isinstance(disputed, dict) else None
-    if not _plain_id(dispute_id) or not _plain_id(payment_id):
+    if not plain_id(dispute_id) or not plain_id(payment_id):
         return None
     status = dispute_status(obj.get("state"))
     # The deadline as the gateway reads it (mapping.dispute: only while evidence is due),
@@ -325,24 +349,4 @@ def disputed_payment_notice(
     ref = _read_payment_reference(payment.get("reference_id"), tenant_id)
     if ref is None or payment.get("id") != notice.provider_payment_id:
         return None
-    status = payment_status(payment.get("status"))
-    return PaymentNotice(
-        notice.event_id,
-        notice.event_type,
-        ref[0],
-        ref[1],
-        notice.provider_payment_id,
-        None if status is None else status.value,
-        notice.account,
-        notice.created,
-        notice.provider_dispute_id,
-        notice.status,
-        notice.evidence_due_by,
-    )
-
-
-_ID_MAX = 255
-
-
-def _plain_id(value: Any) -> TypeGuard[str]:
-    return isinstance(value, str) and 0 < len(value) <= _ID_MAX and valid_unicode(value)
+    return disputed_payment(notice, ref, payment_status(payment.get("status")))

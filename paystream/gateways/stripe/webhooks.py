@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeGuard
+from typing import Any
 
 import stripe
 
@@ -33,8 +33,9 @@ from paystream.gateways.webhook_notices import (
     PaymentNotice,
     RefundNotice,
     SubscriptionNotice,
+    disputed_payment,
+    plain_id,
 )
-from paystream.streams.codec import valid_unicode
 
 __all__ = [
     "BODY_READ_SECONDS",
@@ -223,7 +224,7 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
         if isinstance(provider_id, dict):
             provider_id = provider_id.get("id")
     ref = read_subscription_ref(metadata)
-    if ref is None or not _plain_id(provider_id):
+    if ref is None or not plain_id(provider_id):
         return None
     notice = SubscriptionNotice(
         event_id, event_type, ref[0], ref[1], provider_id, account, _created(event)
@@ -240,7 +241,7 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
             current_period_end=subscription_period_end(obj),
         )
     invoice = obj.get("id")
-    if not _plain_id(invoice):
+    if not plain_id(invoice):
         return notice
     held = invoice_status(obj.get("status"))
     return replace(
@@ -258,7 +259,7 @@ def dispute_notice(event: dict[str, Any]) -> DisputeNotice | None:
         return None
     event_id, event_type, obj, account = found
     payment_intent = obj.get("payment_intent")
-    if not _plain_id(obj.get("id")) or not _plain_id(payment_intent):
+    if not plain_id(obj.get("id")) or not plain_id(payment_intent):
         return None
     status = dispute_status(obj.get("status"))
     return DisputeNotice(
@@ -281,20 +282,7 @@ def disputed_payment_notice(
     ref = read_payment_ref(payment_intent.get("metadata"))
     if ref is None or payment_intent.get("id") != notice.provider_payment_id:
         return None
-    status = payment_status(payment_intent.get("status"))
-    return PaymentNotice(
-        notice.event_id,
-        notice.event_type,
-        ref[0],
-        ref[1],
-        notice.provider_payment_id,
-        None if status is None else status.value,
-        notice.account,
-        notice.created,
-        notice.provider_dispute_id,
-        notice.status,
-        notice.evidence_due_by,
-    )
+    return disputed_payment(notice, ref, payment_status(payment_intent.get("status")))
 
 
 def _created(event: dict[str, Any]) -> int | None:
@@ -316,7 +304,7 @@ def _followed(
     event_id, event_type, obj, account = found
     ref = read_ref(obj.get("metadata"))
     own_id = obj.get("id")
-    if ref is None or not _plain_id(own_id):
+    if ref is None or not plain_id(own_id):
         return None
     return event_id, event_type, obj, ref, account
 
@@ -330,7 +318,7 @@ def _event_object(
     event_id = event.get("id")
     if not isinstance(event_type, str) or event_type not in followed:
         return None
-    if not _plain_id(event_id):
+    if not plain_id(event_id):
         return None
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
@@ -339,15 +327,6 @@ def _event_object(
     account = event.get("account")
     if not (isinstance(account, str) and account):
         return event_id, event_type, obj, None
-    if not _plain_id(account):
+    if not plain_id(account):
         return None  # (not read as no account: a Connect event is checked against it)
     return event_id, event_type, obj, account
-
-
-# Stripe's ids are short ASCII; one signed otherwise (a lone surrogate, which JSON can
-# spell) went on into a command id whose encode raised: a 500 (review h59h).
-_ID_MAX = 255
-
-
-def _plain_id(value: Any) -> TypeGuard[str]:
-    return isinstance(value, str) and 0 < len(value) <= _ID_MAX and valid_unicode(value)
