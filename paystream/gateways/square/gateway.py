@@ -66,6 +66,11 @@ from paystream.gateways.square.webhooks import (
     payment_reference,
     refund_reason,
 )
+from paystream.gateways.tenant_config import (
+    narrowed_capabilities,
+    refuse_unknown_options,
+    required_credential,
+)
 from paystream.log_limits import ThrottledLog
 from paystream.settings import is_loopback
 
@@ -141,30 +146,21 @@ def _capabilities(options: Mapping[str, Any], webhooks: bool = True) -> frozense
     names = options.get("capabilities")
     if names is None:
         return SQUARE_CAPABILITIES if webhooks else SQUARE_CAPABILITIES - {Capability.WEBHOOKS}
-    if not isinstance(names, list | tuple):
-        raise ConfigurationError("the square capabilities option must be a list of names")
-    try:
-        narrowed = frozenset(Capability(n) for n in names)
-    except ValueError:
+    return narrowed_capabilities(
+        names,
+        SQUARE_CAPABILITIES,
+        "square",
         # (Not repeated: an access token pasted here would be echoed.)
-        raise ConfigurationError(
+        lambda _: (
             "the square capabilities option names an unknown capability; valid: "
             + ", ".join(sorted(c.value for c in SQUARE_CAPABILITIES))
-        ) from None
-    if not narrowed <= SQUARE_CAPABILITIES:
-        extra = ", ".join(sorted(narrowed - SQUARE_CAPABILITIES))
-        raise ConfigurationError(f"the square gateway cannot offer capabilities: {extra}")
-    return narrowed
+        ),
+    )
 
 
 def validate_options(options: Mapping[str, Any]) -> None:
     """Refuse, before they are stored, options the gateway would refuse at its first call."""
-    unknown = sorted(set(options) - SQUARE_OPTIONS)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown square option(s): {', '.join(unknown)}; valid: "
-            + ", ".join(sorted(SQUARE_OPTIONS))
-        )
+    refuse_unknown_options(options, SQUARE_OPTIONS, "square")
     location = options.get("location_id")
     if location is None:
         raise ConfigurationError("a square tenant needs --option location_id=<its location id>")
@@ -242,20 +238,13 @@ class SquareGateway:
     def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> SquareGateway:
         from square import AsyncSquare
 
-        secret = ctx.credentials.get("access_token")
-        if secret is None or not secret.get_secret_value():
-            raise GatewayError(
-                ErrorCode.AUTHENTICATION_FAILED,
-                f"tenant {ctx.tenant_id!r} has no Square access_token credential configured",
-                provider=PROVIDER,
-                retryable=False,
-            )
+        token = required_credential(ctx, "access_token", PROVIDER, "Square")
         validate_options(ctx.options)
         timeout = deps.settings.gateway_timeout_seconds
         # No redirects followed: every request carries the seller's token.
         http_client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         client = AsyncSquare(
-            token=secret.get_secret_value(),
+            token=token,
             base_url=deps.settings.square_api_base,
             timeout=timeout,
             httpx_client=http_client,

@@ -55,6 +55,11 @@ from paystream.gateways.stripe_rules import (
     three_decimal_problem,
     withdrawn_currency_problem,
 )
+from paystream.gateways.tenant_config import (
+    narrowed_capabilities,
+    refuse_unknown_options,
+    required_credential,
+)
 
 __all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
 
@@ -94,16 +99,12 @@ def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
     names = options.get("capabilities")
     if names is None:
         return STRIPE_CAPABILITIES
-    if not isinstance(names, list | tuple):  # a number or a string is not iterated
-        raise ConfigurationError("the stripe capabilities option must be a list of names")
-    try:
-        narrowed = frozenset(Capability(n) for n in names)
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid stripe capabilities option: {exc}") from exc
-    if not narrowed <= STRIPE_CAPABILITIES:
-        extra = ", ".join(sorted(narrowed - STRIPE_CAPABILITIES))
-        raise ConfigurationError(f"the stripe gateway cannot offer capabilities: {extra}")
-    return narrowed
+    return narrowed_capabilities(
+        names,
+        STRIPE_CAPABILITIES,
+        "stripe",
+        lambda exc: f"invalid stripe capabilities option: {exc}",
+    )
 
 
 # Tenant gateway options the Stripe gateway reads; anything else is a mistake.
@@ -124,12 +125,7 @@ def _is_date(text: str) -> bool:
 
 def validate_options(options: Mapping[str, Any]) -> None:
     """Refuse, before they are stored, options the gateway would refuse at its first call."""
-    unknown = sorted(set(options) - STRIPE_OPTIONS)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown stripe option(s): {', '.join(unknown)}; valid: "
-            + ", ".join(sorted(STRIPE_OPTIONS))
-        )
+    refuse_unknown_options(options, STRIPE_OPTIONS, "stripe")
     version = options.get("stripe_version")
     # Sent as the Stripe-Version header: a newline (a value read from a file) made every
     # call fail as Stripe unreachable, retried behind an opening circuit.
@@ -174,21 +170,14 @@ class StripeGateway:
         http_client: stripe.HTTPClient | None = None,
     ) -> StripeGateway:
         """Build the tenant's client; ``http_client`` lets tests inject a fake transport."""
-        secret = ctx.credentials.get("api_key")
-        if secret is None or not secret.get_secret_value():
-            raise GatewayError(
-                ErrorCode.AUTHENTICATION_FAILED,
-                f"tenant {ctx.tenant_id!r} has no Stripe api_key credential configured",
-                provider=PROVIDER,
-                retryable=False,
-            )
+        api_key = required_credential(ctx, "api_key", PROVIDER, "Stripe")
         settings = deps.settings
         if http_client is None:
             http_client = stripe.AIOHTTPClient(
                 timeout=aiohttp.ClientTimeout(total=settings.gateway_timeout_seconds)
             )
         client = stripe.StripeClient(
-            secret.get_secret_value(),
+            api_key,
             stripe_account=ctx.connected_account,
             stripe_version=ctx.options.get("stripe_version"),
             base_addresses={"api": settings.stripe_api_base},
