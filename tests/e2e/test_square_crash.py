@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import signal
-import threading
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -34,16 +32,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
-from paystream.streams.codec import decode_record
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.secrets import seal_secret
-from tests.e2e.test_crash import OutcomeLog, _payment, _produce, _wait_for
+from tests.e2e.crash_harness import Cut, KillingProxy, Post, decode_outcome, through_the_cuts
+from tests.e2e.test_crash import _payment
 from tests.fixtures.pipeline import Deployment
 from tests.fixtures.square_fake import (
     FAKE_SQUARE_LOCATION,
@@ -67,8 +64,6 @@ SELLERS = [
 N_PAY = 16  # per tenant (a multiple of 4): see workload
 SHARES = (300, 200)  # the refunds with an amount (a refund of the rest is never one)
 
-Cut = Callable[[str, dict[str, Any]], bool]
-
 
 def _create(path: str, body: dict[str, Any]) -> bool:
     return path == "/v2/payments"
@@ -86,92 +81,25 @@ def _refund_rest(path: str, body: dict[str, Any]) -> bool:
     return path == "/v2/refunds" and body.get("amount_money", {}).get("amount") not in SHARES
 
 
+def _succeeded(matches: Callable[[str, dict[str, Any]], bool]) -> Callable[[Post], bool]:
+    """A POST the fake answered 2xx that ``matches`` (its path and body)."""
+    return lambda post: post["status"] < 300 and matches(post["path"], post["body"])
+
+
 # The calls cut, one after the other, each killing the worker of the moment: which POSTs,
 # and the how-many-th of them (counted over every POST the fake answered 2xx, retries
 # too; per tenant: 16 creates, 8 completes, 16 refunds with an amount, 8 refunds of the
 # rest). Never a refused one: a rest refund's try of another amount answered
 # IDEMPOTENCY_KEY_REUSED, or a 5xx, spends no key at the fake, so the key's next answer
 # was not the cut one's and the replay check below failed (a flake: review h73u).
-CUTS: list[tuple[Cut, int]] = [
-    (_create, 3 * N_PAY // 2),  # a create, mid-way through the creates
-    (_complete, 3 * N_PAY // 8),  # a capture (keyless), early in the follow-ups
-    (_refund_amount, 3 * N_PAY // 2),  # a refund of 300 or 200, mid-way
-    (_refund_rest, 3 * 3 * N_PAY // 8),  # a refund of what is left (late)
+CUTS: list[Cut] = [
+    (_succeeded(_create), 3 * N_PAY // 2),  # a create, mid-way through the creates
+    (_succeeded(_complete), 3 * N_PAY // 8),  # a capture (keyless), early in the follow-ups
+    (_succeeded(_refund_amount), 3 * N_PAY // 2),  # a refund of 300 or 200, mid-way
+    (_succeeded(_refund_rest), 3 * 3 * N_PAY // 8),  # a refund of what is left (late)
 ]
-
-
-class KillingProxy:
-    """Forwards the workers' Square calls to the fake, on a loop of its own, recording
-    each POST (path, body, status) and calling ``kill`` once the ``nth`` POST the next
-    of ``cuts`` matches has run at the fake and succeeded (2xx), before its answer goes
-    back (``cut``: their places in ``posts``)."""
-
-    def __init__(self, upstream: str, cuts: list[tuple[Cut, int]], kill: Callable[[], None]):
-        self.upstream, self._cuts, self._kill = upstream, cuts, kill
-        self.posts: list[dict[str, Any]] = []
-        self.cut: list[int] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> str:
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        return f"http://127.0.0.1:{port}"
-
-    async def _serve(self) -> int:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return int(self._runner.addresses[0][1])
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() in ("authorization", "content-type", "accept", "square-version")
-        }
-        url = self.upstream + request.path_qs
-        async with self._session.request(request.method, url, data=raw, headers=headers) as r:
-            status, answer = r.status, await r.read()
-        if request.method == "POST":
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError:
-                body = {}
-            self.posts.append(
-                {
-                    "path": request.path,
-                    "body": body,
-                    "key": body.get("idempotency_key"),
-                    "status": status,
-                    "answer": answer,
-                }
-            )
-            if len(self.cut) < len(self._cuts):
-                matches, nth = self._cuts[len(self.cut)]
-                seen = sum(
-                    1
-                    for post in self.posts
-                    if post["status"] < 300 and matches(post["path"], post["body"])
-                )
-                if status < 300 and matches(request.path, body) and seen >= nth:
-                    self._kill()
-                    self.cut.append(len(self.posts) - 1)
-        return web.Response(body=answer, status=status, content_type="application/json")
-
-    def stop(self) -> None:
-        async def close() -> None:
-            await self._session.close()
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+# The request headers a Square call is made of (the proxy forwards only these).
+SQUARE_HEADERS = ("authorization", "content-type", "accept", "square-version")
 
 
 def expected(j: int) -> tuple[bool, int, int]:
@@ -208,11 +136,6 @@ def workload(tenants: list[str]) -> list[CloudEvent]:
     return [per[t][i] for i in range(len(per[tenants[0]])) for t in tenants]
 
 
-def _decode(raw: bytes) -> Any:
-    key, value, headers = json.loads(raw)
-    return decode_record(key, value.encode(), {k: v.encode() for k, v in headers})
-
-
 async def _fake(square_url: str, path: str, token: str | None = None) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession(headers=auth) as s, s.get(f"{square_url}{path}") as r:
@@ -224,7 +147,13 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
     deployment_factory: Any, square_url: str
 ) -> None:
     workers: list[Any] = []  # the last one started is the one the proxy kills
-    proxy = KillingProxy(square_url, CUTS, lambda: workers[-1].kill(signal.SIGKILL))
+    proxy = KillingProxy(
+        square_url,
+        CUTS,
+        lambda: workers[-1].kill(signal.SIGKILL),
+        forward=SQUARE_HEADERS,
+        key_of=lambda post: post["body"].get("idempotency_key"),
+    )
     proxy_url = proxy.start()
     dep: Deployment = await deployment_factory(
         paystream_square_api_base=proxy_url,
@@ -254,21 +183,11 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
     )
     assert per_tenant == N_PAY + N_PAY // 2 + N_PAY + N_PAY // 2
     ids = {c.get_id() for c in commands}
-    log = OutcomeLog(dep)
-    reader = asyncio.create_task(log.run())
     # What the fake held before (the session's fake is shared with other tests).
     before = await _fake(square_url, "/_fake/effects")
-    workers.append(dep.worker("w0"))
-    workers[0].start()
-    try:
-        await asyncio.to_thread(workers[0].wait_ready, tenants, partitions=dep.settings.partitions)
-        producing = asyncio.create_task(_produce(dep, commands, rate=40))
-        for n in range(1, len(CUTS) + 1):
-            await _wait_for(lambda n=n: len(proxy.cut) >= n, 180, f"kill {n} after a call")
-            workers.append(dep.worker(f"w{n}"))
-            workers[-1].start()
-        await producing
-        await _wait_for(lambda: ids <= log.by_command.keys(), 180, "every outcome")
+    async with through_the_cuts(
+        dep, proxy, workers, tenants, commands, rate=40, each_cut_within=180
+    ) as log:
         last = workers[-1]
         await asyncio.to_thread(last.wait_ready, tenants, partitions=dep.settings.partitions)
 
@@ -281,17 +200,21 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
         for cause, event_id, raw in log.records:
             if cause in ids:
                 raw_by_event[event_id].add(raw)
-        differ = {e: [_decode(r).get_data() for r in v] for e, v in raw_by_event.items()
+        differ = {e: [decode_outcome(r).get_data() for r in v] for e, v in raw_by_event.items()
                   if len(v) > 1}  # fmt: skip
         assert differ == {}, differ
         kinds = Counter(
-            _decode(raw).get_type().removeprefix("com.paystream.")
+            decode_outcome(raw).get_type().removeprefix("com.paystream.")
             for cause, _, raw in log.records
             if cause in ids
         )
         by_id = {c.get_id(): c for c in commands}
         rejected = [
-            (str(by_id[c].get_extension("tenantid")), by_id[c].get_data(), _decode(r).get_data())
+            (
+                str(by_id[c].get_extension("tenantid")),
+                by_id[c].get_data(),
+                decode_outcome(r).get_data(),
+            )
             for c, _, r in log.records
             if c in ids and b"command.rejected" in r
         ]
@@ -302,10 +225,8 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
 
         # 2. Each call cut off was sent again (a create and the refunds under their keys,
         # answered as the fake answered the first); none refused for its key.
-        paths = [proxy.posts[at] for at in proxy.cut]
-        assert [m(p["path"], p["body"]) for (m, _), p in zip(CUTS, paths, strict=True)] == [
-            True
-        ] * len(CUTS), paths
+        posts = [proxy.posts[at] for at in proxy.cut]
+        assert [m(p) for (m, _), p in zip(CUTS, posts, strict=True)] == [True] * len(CUTS), posts
         for at in proxy.cut:
             cut = proxy.posts[at]
             if cut["key"] is None:
@@ -375,9 +296,3 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
                 wrong.append((ref, "paystream's table", state, held))
         assert wrong == [], wrong
         print(f"cuts at posts {proxy.cut} of {len(proxy.posts)}; {len(log.records)} outcomes")
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        for worker in workers:
-            worker.stop()
-        proxy.stop()
