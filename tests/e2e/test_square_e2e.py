@@ -11,19 +11,15 @@ from the fake, so the ids on ``paystream.events`` are Square's, not paystream's.
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
-from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import PaystreamClient
 from paystream.tenancy.crypto import MasterKey
+from tests.e2e.gateway_e2e import add_tenant_with_cli, data, outcome, provider_objects
 from tests.fixtures.pipeline import Deployment
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
 
@@ -39,15 +35,12 @@ async def deployed(deployment_factory: Any, square_url: str) -> AsyncIterator[De
         paystream_square_api_base=square_url, paystream_master_key=MASTER_B64
     )
     with dep.worker() as worker:
-        args = ["tenants", "add", "shop", "--gateway", "square", "--secret", "access_token",
-                "--option", f"location_id={FAKE_SQUARE_LOCATION}"]  # fmt: skip
-        cli = subprocess.run(
-            [sys.executable, "-m", "paystream", *args],
-            env={**os.environ, **dep.env, "PAYSTREAM_SECRET_ACCESS_TOKEN": FAKE_SQUARE_TOKEN},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
+        cli = add_tenant_with_cli(
+            dep,
+            "shop",
+            "square",
+            {"access_token": FAKE_SQUARE_TOKEN},
+            {"location_id": FAKE_SQUARE_LOCATION},
         )
         assert FAKE_SQUARE_TOKEN not in cli.stdout + cli.stderr
         worker.wait_ready(["shop"], partitions=dep.settings.partitions)
@@ -65,25 +58,8 @@ async def client(deployed: Deployment) -> AsyncIterator[PaystreamClient]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def square_api(square_url: str) -> AsyncIterator[Any]:
     """``await square_api("payments", id)`` → the object as the fake Square has it."""
-    auth = {"Authorization": f"Bearer {FAKE_SQUARE_TOKEN}"}
-    async with aiohttp.ClientSession(base_url=square_url, headers=auth) as session:
-
-        async def get(resource: str, object_id: str) -> dict[str, Any]:
-            async with session.get(f"/v2/{resource}/{object_id}") as resp:
-                assert resp.status == 200, f"{resource}/{object_id}: {await resp.text()}"
-                return dict(await resp.json())
-
+    async with provider_objects(square_url, FAKE_SQUARE_TOKEN, "v2") as get:
         yield get
-
-
-def data(event: CloudEvent) -> dict[str, Any]:
-    out = event.get_data()
-    assert isinstance(out, dict), out
-    return out
-
-
-def outcome(event: CloudEvent) -> str:
-    return event.get_type().removeprefix("com.paystream.")
 
 
 async def test_square_tenant_full_flow_carries_square_ids(

@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +24,7 @@ import pytest_asyncio
 from paystream.client import PaystreamClient
 from paystream.ids import derived_id
 from paystream.tenancy.crypto import MasterKey
+from tests.e2e.gateway_e2e import add_tenant_with_cli, outcome
 from tests.fixtures.pipeline import Deployment
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
 
@@ -49,19 +47,12 @@ async def deployed(
         paystream_square_api_base=square_url, paystream_master_key=MASTER_B64
     )
     with dep.worker() as worker:
-        args = ["tenants", "add", TENANT, "--gateway", "square",
-                "--secret", "access_token", "--secret", "webhook_signature_key",
-                "--option", f"location_id={FAKE_SQUARE_LOCATION}",
-                "--option", f"webhook_url={PUBLIC_URL}"]  # fmt: skip
-        env = {**os.environ, **dep.env, "PAYSTREAM_SECRET_ACCESS_TOKEN": FAKE_SQUARE_TOKEN,
-               "PAYSTREAM_SECRET_WEBHOOK_SIGNATURE_KEY": SIGNATURE_KEY}  # fmt: skip
-        cli = subprocess.run(
-            [sys.executable, "-m", "paystream", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
+        cli = add_tenant_with_cli(
+            dep,
+            TENANT,
+            "square",
+            {"access_token": FAKE_SQUARE_TOKEN, "webhook_signature_key": SIGNATURE_KEY},
+            {"location_id": FAKE_SQUARE_LOCATION, "webhook_url": PUBLIC_URL},
         )
         assert SIGNATURE_KEY not in cli.stdout + cli.stderr
         worker.wait_ready([TENANT], partitions=dep.settings.partitions)
@@ -74,10 +65,6 @@ async def deployed(
 async def client(deployed: tuple[Deployment, str]) -> AsyncIterator[PaystreamClient]:
     async with deployed[0].client() as c:
         yield c
-
-
-def outcome(event: Any) -> str:
-    return str(event.get_type()).removeprefix("com.paystream.")
 
 
 async def fake(square_url: str, path: str, body: dict[str, Any] | None = None) -> Any:

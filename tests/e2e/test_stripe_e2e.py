@@ -17,22 +17,18 @@ like ``cus_``).
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
-from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import PaystreamClient, build_command
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.secrets import seal_secret
+from tests.e2e.gateway_e2e import add_tenant_with_cli, data, outcome, provider_objects
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -45,19 +41,6 @@ MASTER = MasterKey.generate()
 MASTER_B64 = base64.b64encode(MASTER.key).decode()
 
 
-def _add_tenant_with_cli(dep: Deployment) -> subprocess.CompletedProcess[str]:
-    """`paystream tenants add acme --gateway stripe --secret api_key`, as docs/stripe.md says."""
-    args = ["tenants", "add", "acme", "--gateway", "stripe", "--secret", "api_key"]
-    return subprocess.run(
-        [sys.executable, "-m", "paystream", *args],
-        env={**os.environ, **dep.env, "PAYSTREAM_SECRET_API_KEY": API_KEY},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def deployed(deployment_factory: Any, localstripe_url: str) -> AsyncIterator[Deployment]:
     dep: Deployment = await deployment_factory(
@@ -65,7 +48,7 @@ async def deployed(deployment_factory: Any, localstripe_url: str) -> AsyncIterat
     )
     keyring = MasterKeyring(MASTER)
     with dep.worker() as worker:  # boots while the tenants are registered
-        cli = _add_tenant_with_cli(dep)
+        cli = add_tenant_with_cli(dep, "acme", "stripe", {"api_key": API_KEY})
         assert API_KEY not in cli.stdout + cli.stderr
         # Where the value came from is said (one left exported from another tenant's
         # registration is noticed: review finding).
@@ -99,26 +82,8 @@ async def client(deployed: Deployment) -> AsyncIterator[PaystreamClient]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stripe_api(localstripe_url: str) -> AsyncIterator[Any]:
     """``await stripe_api("customers", "cus_...")`` → the object as localstripe has it."""
-    async with aiohttp.ClientSession(
-        base_url=localstripe_url, headers={"Authorization": f"Bearer {API_KEY}"}
-    ) as session:
-
-        async def get(resource: str, object_id: str) -> dict[str, Any]:
-            async with session.get(f"/v1/{resource}/{object_id}") as resp:
-                assert resp.status == 200, f"{resource}/{object_id}: {await resp.text()}"
-                return dict(await resp.json())
-
+    async with provider_objects(localstripe_url, API_KEY, "v1") as get:
         yield get
-
-
-def data(event: CloudEvent) -> dict[str, Any]:
-    out = event.get_data()
-    assert isinstance(out, dict), out
-    return out
-
-
-def outcome(event: CloudEvent) -> str:
-    return event.get_type().removeprefix("com.paystream.")
 
 
 async def test_stripe_tenant_full_flow_carries_stripe_ids(

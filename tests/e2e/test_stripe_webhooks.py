@@ -30,6 +30,7 @@ from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.secrets import seal_secret
+from tests.e2e.gateway_e2e import outcome
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 from tests.fixtures.pipeline import Deployment, RawSend, wait_for_owners
 from tests.gateways.harness import decide_fake_dispute, localstripe_token, open_fake_dispute
@@ -91,10 +92,6 @@ async def deployed(
 async def client(deployed: tuple[Deployment, str]) -> AsyncIterator[PaystreamClient]:
     async with deployed[0].client() as c:
         yield c
-
-
-def outcome(event: Any) -> str:
-    return str(event.get_type()).removeprefix("com.paystream.")
 
 
 def signed(payload: bytes, secret: str = SECRET, at: int | None = None) -> str:
