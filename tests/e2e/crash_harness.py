@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
@@ -36,20 +37,21 @@ Cut = tuple[Callable[[Post], bool], int]
 class KillingProxy:
     """Forwards the workers' calls to the provider at ``upstream`` (only the request
     headers named in ``forward``), on a loop of its own, recording each POST (``posts``;
-    its idempotency key as ``key_of`` reads it from the recorded POST) and calling
-    ``kill`` once the ``nth`` POST the next of ``cuts`` matches has run at the provider,
-    before its answer goes back (``cut``: their places in ``posts``)."""
+    its idempotency key as ``key_of`` reads it from the recorded POST) and SIGKILLing
+    the last of ``workers`` (the worker of the moment) once the ``nth`` POST the next of
+    ``cuts`` matches has run at the provider, before its answer goes back (``cut``:
+    their places in ``posts``)."""
 
     def __init__(
         self,
         upstream: str,
         cuts: list[Cut],
-        kill: Callable[[], None],
         *,
         forward: Collection[str],
         key_of: Callable[[Post], str | None],
     ) -> None:
-        self.upstream, self.cuts, self._kill = upstream, cuts, kill
+        self.upstream, self.cuts = upstream, cuts
+        self.workers: list[Any] = []  # (started by through_the_cuts)
         self._forward = {name.lower() for name in forward}
         self._key_of = key_of
         self.posts: list[Post] = []
@@ -97,7 +99,7 @@ class KillingProxy:
                 matches, nth = self.cuts[len(self.cut)]
                 seen = sum(1 for earlier in self.posts if matches(earlier))
                 if matches(post) and seen >= nth:
-                    self._kill()
+                    self.workers[-1].kill(signal.SIGKILL)
                     self.cut.append(len(self.posts) - 1)
         return web.Response(body=answer, status=status, content_type="application/json")
 
@@ -115,7 +117,6 @@ class KillingProxy:
 async def through_the_cuts(
     dep: Deployment,
     proxy: KillingProxy,
-    workers: list[Any],
     tenants: list[str],
     commands: list[CloudEvent],
     *,
@@ -123,11 +124,12 @@ async def through_the_cuts(
     each_cut_within: float,
 ) -> AsyncIterator[OutcomeLog]:
     """Start worker w0 and produce ``commands`` at ``rate`` a second; each time the proxy
-    cuts (kills the last of ``workers``), start the next, until every cut is made (each
+    cuts (kills the worker of the moment), start the next, until every cut is made (each
     within ``each_cut_within`` seconds) and every command has its outcome: then yields
     the outcomes read. Stops the outcome reader, the workers and the proxy on the way
     out."""
     ids = {c.get_id() for c in commands}
+    workers = proxy.workers
     log = OutcomeLog(dep)
     reader = asyncio.create_task(log.run())
     try:

@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import pytest_asyncio
 from cloudevents.core.v1.event import CloudEvent
 
+from paystream.client import PaystreamClient
 from tests.fixtures.pipeline import Deployment
 
-__all__ = ["add_tenant_with_cli", "data", "outcome", "provider_objects"]
+__all__ = ["add_tenant_with_cli", "client", "data", "outcome", "provider_objects"]
 
 
 def add_tenant_with_cli(
@@ -44,6 +46,13 @@ def add_tenant_with_cli(
         timeout=120,
         check=True,
     )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def client(deployed: Deployment) -> AsyncIterator[PaystreamClient]:
+    """A client of the module's deployment (its ``deployed`` fixture)."""
+    async with deployed.client() as c:
+        yield c
 
 
 @contextlib.asynccontextmanager

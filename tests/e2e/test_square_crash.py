@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import signal
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -146,11 +145,9 @@ async def _fake(square_url: str, path: str, token: str | None = None) -> dict[st
 async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
     deployment_factory: Any, square_url: str
 ) -> None:
-    workers: list[Any] = []  # the last one started is the one the proxy kills
     proxy = KillingProxy(
         square_url,
         CUTS,
-        lambda: workers[-1].kill(signal.SIGKILL),
         forward=SQUARE_HEADERS,
         key_of=lambda post: post["body"].get("idempotency_key"),
     )
@@ -185,10 +182,8 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
     ids = {c.get_id() for c in commands}
     # What the fake held before (the session's fake is shared with other tests).
     before = await _fake(square_url, "/_fake/effects")
-    async with through_the_cuts(
-        dep, proxy, workers, tenants, commands, rate=40, each_cut_within=180
-    ) as log:
-        last = workers[-1]
+    async with through_the_cuts(dep, proxy, tenants, commands, rate=40, each_cut_within=180) as log:
+        last = proxy.workers[-1]
         await asyncio.to_thread(last.wait_ready, tenants, partitions=dep.settings.partitions)
 
         # 1. One outcome per command (a redelivery's is the same event, byte for byte),

@@ -19,9 +19,11 @@ import pytest_asyncio
 
 from paystream.client import PaystreamClient
 from paystream.tenancy.crypto import MasterKey
-from tests.e2e.gateway_e2e import add_tenant_with_cli, data, outcome, provider_objects
+from tests.e2e.gateway_e2e import add_tenant_with_cli, client, data, outcome, provider_objects
 from tests.fixtures.pipeline import Deployment
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
+
+__all__ = ["client"]  # (the fixture)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -47,12 +49,6 @@ async def deployed(deployment_factory: Any, square_url: str) -> AsyncIterator[De
         yield dep
     log = worker.log_path.read_text(errors="replace")
     assert FAKE_SQUARE_TOKEN not in log and MASTER_B64 not in log
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def client(deployed: Deployment) -> AsyncIterator[PaystreamClient]:
-    async with deployed.client() as c:
-        yield c
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -28,8 +28,10 @@ from paystream.client import PaystreamClient, build_command
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.secrets import seal_secret
-from tests.e2e.gateway_e2e import add_tenant_with_cli, data, outcome, provider_objects
+from tests.e2e.gateway_e2e import add_tenant_with_cli, client, data, outcome, provider_objects
 from tests.fixtures.pipeline import Deployment
+
+__all__ = ["client"]  # (the fixture)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -71,12 +73,6 @@ async def deployed(deployment_factory: Any, localstripe_url: str) -> AsyncIterat
         yield dep
     # Again after shutdown: the worker logs on the way out, too.
     assert_no_secrets(worker.log_path.read_text(errors="replace"))
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def client(deployed: Deployment) -> AsyncIterator[PaystreamClient]:
-    async with deployed.client() as c:
-        yield c
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
