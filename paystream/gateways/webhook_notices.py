@@ -5,6 +5,7 @@ refresh. A webhook is a hint, never a record to apply: the refresh reads the pro
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeGuard
@@ -20,6 +21,7 @@ __all__ = [
     "SubscriptionNotice",
     "disputed_payment",
     "plain_id",
+    "signed_event",
 ]
 
 # A provider's ids are short ASCII; one signed otherwise (a lone surrogate, which JSON can
@@ -31,6 +33,18 @@ def plain_id(value: Any) -> TypeGuard[str]:
     """Whether ``value`` can be a provider's id in an event: 1 to ``ID_MAX`` characters
     of valid Unicode."""
     return isinstance(value, str) and 0 < len(value) <= ID_MAX and valid_unicode(value)
+
+
+def signed_event(payload: bytes) -> dict[str, Any]:
+    """The event a webhook's body (its signature verified) holds: a JSON object, else
+    refused as no provider's."""
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise BadWebhook("the body is not JSON") from None
+    if not isinstance(event, dict):
+        raise BadWebhook("the body is not a JSON object")
+    return event
 
 
 class BadWebhook(PaystreamError):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +48,7 @@ from paystream.gateways.webhook_notices import (
     RefundNotice,
     disputed_payment,
     plain_id,
+    signed_event,
 )
 
 __all__ = [
@@ -180,12 +180,7 @@ def verified_event(
             "signature not verified: not signed with the tenant's signature key for its "
             "notification URL (is the URL configured here the subscription's, exactly?)"
         )
-    try:
-        event = json.loads(payload)
-    except (ValueError, RecursionError):
-        raise BadWebhook("the body is not JSON") from None
-    if not isinstance(event, dict):
-        raise BadWebhook("the body is not a JSON object")
+    event = signed_event(payload)
     created = _epoch(event.get("created_at"))
     if created is None:
         raise BadWebhook("the event has no created_at: its age cannot be bounded")

@@ -8,7 +8,6 @@ event's copy of it, as Stripe advises (events can arrive late, twice and out of 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from paystream.gateways.webhook_notices import (
     SubscriptionNotice,
     disputed_payment,
     plain_id,
+    signed_event,
 )
 
 __all__ = [
@@ -137,13 +137,7 @@ def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[s
         # Stripe's check bounds a signature's age only: one dated ahead would be
         # replayable until that date (a signing clock years fast).
         raise BadWebhook("signature not verified: its timestamp is in the future")
-    try:
-        event = json.loads(payload)
-    except (ValueError, RecursionError):
-        raise BadWebhook("the body is not JSON") from None
-    if not isinstance(event, dict):
-        raise BadWebhook("the body is not a JSON object")
-    return event
+    return signed_event(payload)
 
 
 def _signed_at(signature: str | None) -> int:
