@@ -4,7 +4,7 @@ the gateway's to, and the credential it cannot call the provider without."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from paystream.errors import ConfigurationError
@@ -27,18 +27,21 @@ def narrowed_capabilities(
     names: Any,
     offered: frozenset[Capability],
     name: str,
-    unknown: Callable[[ValueError], str],
 ) -> frozenset[Capability]:
     """The capabilities the ``capabilities`` option ``names`` (a list of their names)
     narrows the ``name`` gateway's ``offered`` ones to; refused when it is not a list,
-    names one unknown (``unknown``: the refusal's message) or one not offered."""
+    names one unknown or one not offered."""
     if not isinstance(names, list | tuple):  # a number or a string is not iterated
         raise ConfigurationError(f"the {name} capabilities option must be a list of names")
     try:
         narrowed = frozenset(Capability(n) for n in names)
-    except ValueError as exc:
-        # (Chained to nothing: what a message leaves out is not in the traceback either.)
-        raise ConfigurationError(unknown(exc)) from None
+    except ValueError:
+        # The unknown name is never repeated, nor chained: a credential pasted into the
+        # option by mistake would be echoed to the operator's terminal and logs.
+        raise ConfigurationError(
+            f"the {name} capabilities option names an unknown capability; valid: "
+            + ", ".join(sorted(c.value for c in offered))
+        ) from None
     if not narrowed <= offered:
         extra = ", ".join(sorted(narrowed - offered))
         raise ConfigurationError(f"the {name} gateway cannot offer capabilities: {extra}")

@@ -103,7 +103,6 @@ def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
         names,
         STRIPE_CAPABILITIES,
         "stripe",
-        lambda exc: f"invalid stripe capabilities option: {exc}",
     )
 
 
