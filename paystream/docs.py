@@ -137,7 +137,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "payout.cancel": "Cancel a `pending` payout (its amount available again).",
     "payout.refresh": (
         "Read a payout back from its provider: in transit, paid, or failed since "
-        "(`data.previous_status`: what paystream held before)."
+        "(`data.previous_status`: what paystream held before). One `canceled` or "
+        "`failed` is final: refused `invalid_state` before the provider is asked, so its "
+        "`payout.canceled` or `payout.failed` is emitted once; one `paid` is read again "
+        "(a bank may still return it: `payout.paid` again, or `payout.failed`)."
     ),
     "balance.retrieve": (
         "Read the tenant's balance at its provider, per currency: `available` and "
@@ -352,12 +355,14 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "payout",
         "The bank returned the payout (`object.failure_code`: the provider's payout "
         "failure code, e.g. `account_closed`, `no_account`, `insufficient_funds`; "
-        "`error` the first time it is read so); its amount is available again.",
+        "`error` its reason); its amount is available again. Emitted once per payout: a "
+        "`payout.refresh` of a failed payout is refused `invalid_state`.",
         _PAYOUT_PREVIOUS,
     ),
     "payout.canceled": (
         "payout",
-        "The pending payout was canceled; its amount is available again.",
+        "The pending payout was canceled; its amount is available again. Emitted once "
+        "per payout: a `payout.refresh` of a canceled payout is refused `invalid_state`.",
         _PAYOUT_PREVIOUS,
     ),
     "balance.retrieved": (
@@ -481,6 +486,14 @@ def _command_schema(kind: str, components: Doc) -> Doc:
             "minor units of the currency, as a JSON integer literal: no fraction or "
             "exponent (`100.0` and `1e2` are refused, `validation_error`, though JSON "
             "Schema's `integer` takes them)"
+        )
+    if kind == "payout.create":
+        # The model's validator (stripe_rules.payout_descriptor_problem): what the
+        # pattern cannot say.
+        props["statement_descriptor"]["description"] = (
+            "at most 22 characters, none of `<>\\'\"` (the pattern), at least one letter "
+            "A-Z, and no control or format characters (line breaks, NUL, bidirectional "
+            "overrides, zero-width characters): `validation_error`"
         )
     if "currency" in props:
         props["currency"] = {

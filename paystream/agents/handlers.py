@@ -2033,11 +2033,22 @@ async def cancel_payout(ctx: HandlerContext, data: c.CancelPayout) -> HandlerRes
     )
 
 
+_PAYOUT_FINAL = frozenset({gw.PayoutStatus.CANCELED.value, gw.PayoutStatus.FAILED.value})
+
+
 async def refresh_payout(ctx: HandlerContext, data: c.RefreshPayout) -> HandlerResult:
     """The payout as its provider holds it now: in transit, paid on arrival, or failed
     (returned by the bank: its amount available again). A read: asked again, the
-    provider answers afresh."""
+    provider answers afresh. One canceled or failed is final: refused before any call,
+    as a failed refund's refresh is, so that the outcome that gave its amount back
+    (`payout.canceled`, `payout.failed`) is emitted once, however often it is read (a
+    provider's webhook sent again included). A paid one stays readable: a bank may
+    still return it (paid -> failed)."""
     rec = ctx.load(PayoutRecord, data.payout_id)
+    if rec.status in _PAYOUT_FINAL:
+        raise Rejection(
+            RejectReason.INVALID_STATE, f"payout {rec.id} is {rec.status}: it can change no more"
+        )
     ctx.at_provider(rec)
     previous = rec.status
     req = gw.RetrievePayout(provider_payout_id=rec.provider_payout_id)
@@ -2045,9 +2056,8 @@ async def refresh_payout(ctx: HandlerContext, data: c.RefreshPayout) -> HandlerR
         ctx, "retrieve_payout", lambda: ctx.gateway.retrieve_payout(req, idempotency_key=ctx.idem)
     )
     _take_payout(ctx, rec, res)
-    error = None
-    if res.status is gw.PayoutStatus.FAILED and previous != rec.status:
-        error = _payout_failure(ctx, res)
+    # (Failed now, it was not before: a failed payout's refresh is refused above.)
+    error = _payout_failure(ctx, res) if res.status is gw.PayoutStatus.FAILED else None
     return HandlerResult(
         _PAYOUT_OUTCOME[res.status], rec, error=error, extra={"previous_status": previous}
     )

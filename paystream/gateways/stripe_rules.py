@@ -6,6 +6,8 @@ does) applies the same rules without loading Stripe's SDK.
 
 from __future__ import annotations
 
+import string
+import unicodedata
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -22,6 +24,7 @@ __all__ = [
     "STRIPE_HUNDREDTHS",
     "below_minimum_charge",
     "payment_parameters_problem",
+    "payout_descriptor_problem",
     "stripe_units_problem",
     "three_decimal_problem",
     "withdrawn_currency_problem",
@@ -107,6 +110,40 @@ def stripe_units_problem(amount: Money) -> str | None:
 # Stripe's statement descriptor rules (docs.stripe.com/get-started/account/statement-
 # descriptors): at least one letter, none of these characters.
 _DESCRIPTOR_FORBIDDEN = frozenset("<>\\'\"*")
+# A payout's descriptor (Stripe's payout API: at most 22 characters; its statement
+# descriptor rules, as for payments but with `*` allowed, paystream's rule before: at
+# least one letter, none of these characters). Printed on the tenant's bank statement
+# and carried into bank files (NACHA's for US ACH): no control or format characters
+# either (a NUL; a right-to-left override, U+202E, that shows it as another text).
+PAYOUT_DESCRIPTOR_MAX = 22
+_PAYOUT_DESCRIPTOR_FORBIDDEN = frozenset("<>\\'\"")
+_LETTERS = frozenset(string.ascii_letters)
+# Unicode categories no bank statement shows: Cc control, Cf format (bidi overrides and
+# isolates, zero-width characters), Cs surrogates, Co private use, Cn unassigned, Zl and
+# Zp line and paragraph separators.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def payout_descriptor_problem(descriptor: str) -> str | None:
+    """Why a payout's statement descriptor is refused, or None (the command's
+    validation and the simulator's, which answers as Stripe does)."""
+    if not descriptor:
+        return "a statement descriptor may not be empty"
+    if len(descriptor) > PAYOUT_DESCRIPTOR_MAX:
+        return f"a statement descriptor is at most {PAYOUT_DESCRIPTOR_MAX} characters"
+    if any(ch in _PAYOUT_DESCRIPTOR_FORBIDDEN for ch in descriptor):
+        return "a statement descriptor may not contain < > \\ ' or \""
+    if any(unicodedata.category(ch) in _UNPRINTABLE for ch in descriptor):
+        return (
+            "a statement descriptor may not contain control or format characters "
+            "(line breaks, NUL, bidirectional overrides, zero-width characters)"
+        )
+    if _LETTERS.isdisjoint(descriptor):
+        # (Digits only, as "12345", is the commonest case: Stripe refuses those.)
+        return "a statement descriptor must contain at least one letter (A-Z)"
+    return None
+
+
 # URL schemes that run or render in the customer's browser rather than return it anywhere.
 _SCRIPT_SCHEMES = frozenset({"javascript", "vbscript", "data", "blob", "file"})
 

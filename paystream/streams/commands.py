@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from paystream.gateways.stripe_rules import payout_descriptor_problem
 from paystream.money import MAX_MINOR_AMOUNT, Currency
 from paystream.streams.pan import luhn_valid, redact_card_numbers
 
@@ -297,6 +298,22 @@ class PayoutMethod(StrEnum):
 _PAYOUT_DESCRIPTOR = r"^[^<>\\'\"]{1,22}$"
 
 
+def _payout_descriptor(value: str) -> str:
+    """No control or format characters, at least one letter, as well as the pattern
+    (stripe_rules.payout_descriptor_problem: the simulator's rule too; review h74g)."""
+    problem = payout_descriptor_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+PayoutDescriptor = Annotated[
+    str,
+    StringConstraints(max_length=22, pattern=_PAYOUT_DESCRIPTOR),
+    AfterValidator(_payout_descriptor),
+]
+
+
 class CreatePayout(CommandData):
     """Send ``amount`` of the tenant's available balance in ``currency`` to its bank
     account (its provider's default destination for the currency)."""
@@ -306,9 +323,7 @@ class CreatePayout(CommandData):
     currency: Currency
     method: PayoutMethod = PayoutMethod.STANDARD
     description: ShortText | None = None
-    statement_descriptor: (
-        Annotated[str, StringConstraints(max_length=22, pattern=_PAYOUT_DESCRIPTOR)] | None
-    ) = None
+    statement_descriptor: PayoutDescriptor | None = None
     metadata: Metadata = Field(default_factory=dict)
 
 

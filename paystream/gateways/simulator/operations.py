@@ -52,6 +52,7 @@ from paystream.gateways.stripe_rules import (
     MINIMUM_CHARGE,
     below_minimum_charge,
     payment_parameters_problem,
+    payout_descriptor_problem,
     three_decimal_problem,
     withdrawn_currency_problem,
 )
@@ -1081,7 +1082,6 @@ PAYOUT_TEST_ACCOUNTS: dict[str, tuple[str, str]] = {
 _IN_TRANSIT_AFTER = _DAY
 _STANDARD_ARRIVAL = 2 * _DAY
 _PAYOUT_METHODS = frozenset({"standard", "instant"})
-_PAYOUT_DESCRIPTOR_FORBIDDEN = frozenset("<>\\'\"")
 
 
 def _advance_payout(tx: Tx, po: dict[str, Any], now: int) -> bool:
@@ -1115,10 +1115,9 @@ async def create_payout(
     if req.method not in _PAYOUT_METHODS:
         raise _invalid(f"method must be standard or instant, not {req.method!r}")
     descriptor = req.statement_descriptor
-    if descriptor is not None and (
-        len(descriptor) > 22 or _PAYOUT_DESCRIPTOR_FORBIDDEN & set(descriptor)
-    ):
-        raise _invalid("statement_descriptor: at most 22 characters, none of < > \\ ' \"")
+    problem = None if descriptor is None else payout_descriptor_problem(descriptor)
+    if problem is not None:
+        raise _invalid(f"statement_descriptor: {problem}")
     problem = payment_parameters_problem(None, None, req.metadata)
     if problem is not None:
         raise _invalid(problem)

@@ -168,13 +168,18 @@ return {'ok'}
 """
 )
 
-# KEYS: balance, clock. Folds what has settled by the tenant's clock now; answers the
-# clock's now and the hash's fields and values.
+# KEYS: balance, clock; ARGV: state ttl. Folds what has settled by the tenant's clock
+# now; answers the clock's now and the hash's fields and values. Both keys are in use:
+# they live on, as the objects a commit reads do (a tenant that only reads its balance
+# kept it only until the state ttl after money last moved: review h74g).
 _READ_BALANCE = (
     _BALANCE_LUA
     + """
 local now = clock_now(KEYS[2])
 fold(KEYS[1], nil, now)
+local state_ttl = tonumber(ARGV[1])
+redis.call('EXPIRE', KEYS[1], state_ttl)  -- (a no-op if absent)
+redis.call('EXPIRE', KEYS[2], state_ttl)
 return {string.format('%d', now), redis.call('HGETALL', KEYS[1])}
 """
 )
@@ -520,7 +525,9 @@ class SimulatorStore:
     async def read_balance(self) -> tuple[int, dict[str, tuple[int, int]]]:
         """The tenant's clock now and its balance, currency → (available, pending),
         what has settled by now folded into available first."""
-        now_raw, flat = await self._read_balance(keys=[self._balance_key, self._clock_key], args=[])
+        now_raw, flat = await self._read_balance(
+            keys=[self._balance_key, self._clock_key], args=[self._state_ttl]
+        )
         found: dict[str, list[int]] = {}
         for i in range(0, len(flat), 2):
             field, value = _text(flat[i]) or "", int(flat[i + 1])
