@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -39,6 +39,7 @@ from paystream.ledger.models import (
     AuditKeyRetirement,
     AuditLegacy,
     AuditLog,
+    EntityBackfill,
     Event,
     MasterKeySeen,
     table_of,
@@ -314,19 +315,18 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
                     f"seq {entry.seq}: not the row migration 0004 found there (older version's)"
                 )
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
-        # Events stored but no chain at all: the whole of it was deleted. (Of the entity
-        # types with rows and audit entries: a payout's events have none yet, and a
-        # tenant whose only events are payouts' has no chain to have lost.)
-        from paystream.ledger.writer import ENTITY_TABLES  # (writer imports this)
-
-        audited = [entity_type.value for entity_type in ENTITY_TABLES]
+        # Events stored but no chain at all: the whole of it was deleted. (But for the
+        # events a migration listed for `paystream ledger backfill`, stored before their
+        # type had a table: until it runs they have no entry, and a tenant holding only
+        # those has no chain to have lost. Once it ran, their rows are checked against
+        # their entries below: a chain deleted after it is still found.)
+        awaiting = exists().where(
+            EntityBackfill.tenant_id == Event.tenant_id,
+            EntityBackfill.event_id == Event.event_id,
+        )
         wiped = (
             not checked
-            and (
-                await session.execute(
-                    select(Event.event_id).where(Event.entity_type.in_(audited)).limit(1)
-                )
-            ).first()
+            and (await session.execute(select(Event.event_id).where(~awaiting).limit(1))).first()
         )
         last_seq = expected_seq - 1
         head_ok = (head is None and not checked) or (
@@ -360,11 +360,14 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             "ahead of their entity row: never applied (an events row the app role inserted "
             "under an id not stored yet; the genuine outcome was skipped as its replay)"
         )
+    from paystream.ledger.writer import BACKFILLED_TYPES  # (writer imports this)
+
     for entity_type, (count, some) in sorted(backfill.items()):
         problems.append(
-            f"{count} {entity_type} event(s) ({_some(some)}) stored before migration 0013 "
-            "gave them a table have no row yet: run `paystream ledger backfill --tenant` "
-            "for this tenant (they are not covered until then)"
+            f"{count} {entity_type} event(s) ({_some(some)}) stored before migration "
+            f"{BACKFILLED_TYPES.get(entity_type, '0013')} gave them a table have no row yet: "
+            "run `paystream ledger backfill --tenant` for this tenant (they are not covered "
+            "until then)"
         )
     if unkeyed:
         problems.append(

@@ -270,15 +270,17 @@ def ledger_group() -> None:
 @click.option(
     "--unlisted",
     is_flag=True,
-    help="also every stored subscription and invoice event the migration did not list "
+    help="also every stored subscription, invoice and payout event the migrations did not "
+    "list "
     "(what a previous release's worker stored after it, in a rolling upgrade); you vouch "
     "for them: `audit verify` names them first. Needs --tenant",
 )
 def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     """Build the subscription and invoice rows of events stored before migration 0013
-    gave them tables (the migration listed them), each version with its audit entry, as
-    the sink writes them. Idempotent: run it again and nothing changes. Only the events
-    the migration listed are applied.
+    gave them tables, and the payout rows of events stored before 0014 gave them one (the
+    migrations listed them), each version with its audit entry, as the sink writes them.
+    Idempotent: run it again and nothing changes. Only the events the migrations listed
+    are applied.
 
     Needs PAYSTREAM_MASTER_KEY (the audit chain is keyed under it); reads which tenants
     have events listed as the owner (DATABASE_URL), writes as the paystream_app role,

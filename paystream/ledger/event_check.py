@@ -24,9 +24,9 @@ async def events_ahead_of_their_rows(
     session: AsyncSession, *, awaiting_backfill: bool = False
 ) -> dict[str, tuple[int, list[str]]]:
     """Per entity type: how many stored events are past their row's version (or have no
-    row at all), and some of their ids. Those migration 0013 listed for ``paystream
-    ledger backfill`` (stored before their type had a table) are counted apart: only
-    with ``awaiting_backfill``."""
+    row at all), and some of their ids. Those migrations 0013 and 0014 listed for
+    ``paystream ledger backfill`` (stored before their type had a table) are counted
+    apart: only with ``awaiting_backfill``."""
     from paystream.ledger.writer import ENTITY_TABLES  # (writer imports audit, which imports this)
 
     listed = exists().where(

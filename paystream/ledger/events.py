@@ -41,24 +41,13 @@ class EntityType(StrEnum):
     # applied by `paystream ledger backfill`).
     SUBSCRIPTION = "subscription"
     INVOICE = "invoice"
-    # Stored in ``events`` (and so in the tenant's history) only, for now: no entity table
-    # or audit rows of its own yet (a later migration, as subscriptions' 0013; its events
-    # stored before it are then listed for `paystream ledger backfill`).
+    # A table of its own since migration 0014 (its events stored before it are applied
+    # by `paystream ledger backfill`).
     PAYOUT = "payout"
 
 
 # Column -> (python type, required) per entity; the row's other columns are bookkeeping.
 _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
-    EntityType.PAYOUT: {
-        "amount": (int, True),
-        "currency": (str, True),
-        "status": (str, True),
-        "method": (str, False),
-        "provider": (str, False),
-        "provider_payout_id": (str, False),
-        "arrival_date": (datetime, False),
-        "failure_code": (str, False),
-    },
     EntityType.CUSTOMER: {"provider_customer_id": (str, False)},
     EntityType.PAYMENT_METHOD: {
         "customer_id": (str, False),
@@ -130,6 +119,21 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "provider_invoice_id": (str, False),
         "provider_payment_id": (str, False),
         "failure_code": (str, False),
+        "created_by": (str, False),
+    },
+    EntityType.PAYOUT: {
+        "amount": (int, True),
+        "currency": (str, True),
+        "status": (str, True),
+        "method": (str, False),
+        "arrival_date": (datetime, False),
+        "failure_code": (str, False),
+        "failure_message": (str, False),
+        "description": (str, False),
+        "statement_descriptor": (str, False),
+        "metadata": (dict, False),
+        "provider": (str, False),
+        "provider_payout_id": (str, False),
         "created_by": (str, False),
     },
 }
@@ -220,6 +224,10 @@ def _check_no_card_data(event_id: str, value: Any) -> None:
 
 
 def _coerce(name: str, kind: type, value: Any) -> Any:
+    if kind is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{name} must be an object")
+        return dict(value)
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean")
@@ -294,6 +302,8 @@ class LedgerEvent:
             columns: dict[str, Any] = {}
             for name, (kind, required) in _FIELDS[self.entity_type].items():
                 value = self.data.get(name, _DEFAULTS.get(name))
+                if value is None and kind is dict:
+                    value = {}  # (a payout's metadata: none is an empty object)
                 if value is None:
                     if required:
                         raise ValueError(f"data.{name} is required")

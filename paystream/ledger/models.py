@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import CHAR, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,6 +40,7 @@ __all__ = [
     "MasterKeySeen",
     "Payment",
     "PaymentMethod",
+    "Payout",
     "Refund",
     "Subscription",
     "Tenant",
@@ -297,6 +299,42 @@ class Invoice(_Entity, Base):
     created_by: Mapped[str | None] = mapped_column(Text)
 
 
+class Payout(_Entity, Base):
+    """A payout's latest state (migration 0014): ``amount`` in minor units sent from the
+    tenant's available balance at its provider to its own bank account. A payout is the
+    tenant's, never a customer's: its description, statement descriptor and metadata
+    (the tenant's words about its own money) are kept here, as the payout record carries
+    them, and no erasure reaches them (none names a customer). ``created_by`` is the
+    command that made it."""
+
+    __tablename__ = "payouts"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks("amount"),
+        Index(None, "tenant_id", "status", "updated_at"),
+        Index(None, "tenant_id", "provider", "provider_payout_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    payout_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    status: Mapped[str] = mapped_column(Text)
+    method: Mapped[str | None] = mapped_column(Text)
+    arrival_date: Mapped[datetime | None] = mapped_column(Tstz)
+    failure_code: Mapped[str | None] = mapped_column(Text)
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    statement_descriptor: Mapped[str | None] = mapped_column(Text)
+    # ("metadata" is the declarative base's own attribute: the column keeps the name.)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb")
+    )
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_payout_id: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
 class Event(Base):
     """An outcome CloudEvent as received; PII fields in ``data`` are sealed, not plaintext."""
 
@@ -398,7 +436,8 @@ class MasterKeySeen(Base):
 class EntityBackfill(Base):
     """A stored event of an entity type whose table came after it (migration 0013: the
     subscription and invoice events stored before ``subscriptions`` and ``invoices``
-    existed), listed by the migration as the owner: ``paystream ledger backfill`` applies
+    existed; 0014: the payout events stored before ``payouts``), listed by the migration
+    as the owner: ``paystream ledger backfill`` applies
     these, and only these, to their rows with audit entries. The application role reads
     its tenant's rows and writes none (an events row it inserted is never listed)."""
 

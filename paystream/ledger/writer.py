@@ -26,6 +26,7 @@ from paystream.ledger.models import (
     Invoice,
     Payment,
     PaymentMethod,
+    Payout,
     Refund,
     Subscription,
     Tenant,
@@ -46,6 +47,7 @@ ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
     EntityType.DISPUTE: (Dispute, "dispute_id"),
     EntityType.SUBSCRIPTION: (Subscription, "subscription_id"),
     EntityType.INVOICE: (Invoice, "invoice_id"),
+    EntityType.PAYOUT: (Payout, "payout_id"),
 }
 _ENCRYPTED = "encrypted"
 
@@ -180,15 +182,18 @@ async def _apply(
                 session, tenant_id, model, id_column, batch, keys, first_seen, history
             )
     result.entities_applied = len({(a.entity_type, a.entity_id) for a in audit})
-    # (Of the types with a table: a payout's events are stored, no row of it yet.)
-    tabled = sum(1 for entity_type, _ in latest if entity_type in ENTITY_TABLES)
-    result.entities_stale = tabled - result.entities_applied
+    result.entities_stale = len(latest) - result.entities_applied
     await append_audit(session, tenant_id, audit, keyring=keyring)
 
 
 BACKFILL_ACTOR = "operator:backfill"
-# The entity types migration 0013 gave tables (their earlier events are backfilled).
-BACKFILLED_TYPES = (EntityType.SUBSCRIPTION.value, EntityType.INVOICE.value)
+# The entity types a migration gave tables after their events were stored (their earlier
+# events are backfilled) -> that migration.
+BACKFILLED_TYPES: dict[str, str] = {
+    EntityType.SUBSCRIPTION.value: "0013",
+    EntityType.INVOICE.value: "0013",
+    EntityType.PAYOUT.value: "0014",
+}
 
 
 async def backfill_entities(
@@ -199,24 +204,24 @@ async def backfill_entities(
     actor: str = BACKFILL_ACTOR,
     unlisted: bool = False,
 ) -> WriteResult:
-    """Apply the tenant's events that migration 0013 listed (``entity_backfill``: stored
-    before their entity type had a table) to their rows, as the sink applies a batch:
+    """Apply the tenant's events that migrations 0013 and 0014 listed (``entity_backfill``:
+    stored before their entity type had a table) to their rows, as the sink applies a batch:
     each version the row moves through audited (``actor``), a row already at or past an
     event's version left as it is. Idempotent: a second run applies nothing. Only the
     listed events: an events row inserted since (the application role may insert one)
     is never applied by it.
 
-    ``unlisted``: every stored event of those types (subscription, invoice), listed or
-    not: what a worker of the release before 0013 stored after the migration ran (a
-    rolling upgrade) was not listed. The operator vouches for them: `audit verify` names
-    them first, as events never applied, and the application role could have inserted
-    one."""
+    ``unlisted``: every stored event of those types (subscription, invoice, payout),
+    listed or not: what a worker of the release before 0013 (or 0014) stored after the
+    migration ran (a rolling upgrade) was not listed. The operator vouches for them:
+    `audit verify` names them first, as events never applied, and the application role
+    could have inserted one."""
     result = WriteResult()
     async with tenant_session(engine, tenant_id) as session:
         await lock_tenant(session, tenant_id)
         query = select(Event).order_by(Event.time, Event.event_id)
         if unlisted:
-            query = query.where(Event.entity_type.in_(BACKFILLED_TYPES))
+            query = query.where(Event.entity_type.in_(tuple(BACKFILLED_TYPES)))
         else:
             query = query.join(
                 EntityBackfill,
