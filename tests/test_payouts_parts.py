@@ -1,5 +1,5 @@
 """Payouts beyond the handlers: retention, the worker's tables and views, and the ledger's
-translation of their outcomes (stored in `events`; no entity table yet)."""
+translation of their outcomes (stored in `events`, and in `payouts` since migration 0014)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,10 @@ def test_the_ledger_stores_payout_outcomes() -> None:
     assert "com.paystream.balance.retrieved" in ENTITYLESS_OUTCOMES
 
 
-def test_payouts_have_no_entity_table_in_the_ledger_yet() -> None:
-    from paystream.ledger.writer import ENTITY_TABLES
+def test_payouts_have_an_entity_table_in_the_ledger() -> None:
+    """Migration 0014: rows and audit entries, and their earlier events backfilled."""
+    from paystream.ledger.models import Payout
+    from paystream.ledger.writer import BACKFILLED_TYPES, ENTITY_TABLES
 
-    assert EntityType.PAYOUT not in ENTITY_TABLES
+    assert ENTITY_TABLES[EntityType.PAYOUT] == (Payout, "payout_id")
+    assert BACKFILLED_TYPES["payout"] == "0014"

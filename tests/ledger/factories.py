@@ -132,6 +132,31 @@ class EventFactory:
             type="com.paystream.subscription.created",
         )
 
+    def payout(self, tenant_id: str, payout_id: str, version: int = 1, **data: Any) -> LedgerEvent:
+        """A payout's snapshot as the pipeline publishes one (PayoutRecord)."""
+        snapshot = {
+            "tenant_id": tenant_id, "id": payout_id, "version": version,
+            "provider": "simulator", "created_by": "cmd_po", "status": "pending",
+            "amount": 3000, "currency": "EUR", "method": "standard",
+            "provider_payout_id": f"sim_{payout_id}",
+            "arrival_date": "2025-01-03T00:00:00+00:00", "failure_code": None,
+            "failure_message": None, "description": "June takings",
+            "statement_descriptor": "ACME JUNE", "metadata": {"batch": "june"},
+            **data,
+        }  # fmt: skip
+        status = str(snapshot["status"])
+        kind = "created" if version == 1 else status
+        if kind not in ("created", "paid", "failed", "canceled"):
+            kind = "updated"  # (in_transit, or unchanged: what payout.refresh emits)
+        return self(
+            tenant_id,
+            "payout",
+            payout_id,
+            version,
+            snapshot,
+            type=f"com.paystream.payout.{kind}",
+        )
+
 
 async def forget_master_keys(url: str) -> None:
     """As the owner at ``url``: empty migration 0012's record of the master keys the

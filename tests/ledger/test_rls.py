@@ -35,7 +35,7 @@ async def two_tenants(
     app_engine: AsyncEngine, owner_engine: AsyncEngine, keyring: MasterKeyring
 ) -> None:
     """Tenants a and b each with a customer, a payment method, payments, a refund, a
-    dispute, a subscription and an invoice."""
+    dispute, a subscription, an invoice and a payout."""
     make = EventFactory()
     events = []
     for t in ("a", "b"):
@@ -48,6 +48,7 @@ async def two_tenants(
             make(t, "dispute", "dp_1", 1, {"amount": 100, "currency": "USD", "status": "open"}),
             make.subscription(t, "sub_1"),
             make.invoice(t, "in_1"),
+            make.payout(t, "po_1"),
         ]
     await write_events(app_engine, events, keyring=keyring)
     # The audit records only the owner writes (a migration, `keys rotate`): one each.
