@@ -1966,7 +1966,13 @@ async def create_payout(ctx: HandlerContext, data: c.CreatePayout) -> HandlerRes
         method=data.method.value,
         description=data.description,
         statement_descriptor=data.statement_descriptor,
-        metadata=dict(data.metadata),
+        # Named at a provider that sends webhooks (its payout.* events find the payout by
+        # this reference), as payments are.
+        metadata=(
+            gw.payout_ref(data.metadata, ctx.cmd.tenant_id, poid)
+            if _WEBHOOKS in ctx.gateway.capabilities
+            else dict(data.metadata)
+        ),
     )
     # As payment.create's: a chosen id is the key's scope (one payout per id, however
     # often it is sent), else the command's.

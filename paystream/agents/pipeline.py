@@ -2801,7 +2801,9 @@ _CREATED_ENTITY = {
 
 
 # The commands a provider's webhook brings (web/webhooks.py), sealed as paystream's own.
-_WEBHOOK_REFRESHES = frozenset({"payment.refresh", "refund.refresh", "subscription.refresh"})
+_WEBHOOK_REFRESHES = frozenset(
+    {"payment.refresh", "refund.refresh", "subscription.refresh", "payout.refresh"}
+)
 
 
 def _validated_data(rec: Inbound, command_type: str) -> Any:

@@ -22,6 +22,7 @@ __all__ = [
     "METADATA_KEYS_MAX",
     "OPERATION_CAPABILITY",
     "PAYMENT_REF_KEY",
+    "PAYOUT_REF_KEY",
     "REFUND_REF_KEY",
     "SUBSCRIPTION_REF_KEY",
     "UNNARROWED_OPERATIONS",
@@ -69,7 +70,9 @@ __all__ = [
     "UpdateCustomer",
     "merged_metadata",
     "payment_ref",
+    "payout_ref",
     "read_payment_ref",
+    "read_payout_ref",
     "read_refund_ref",
     "read_subscription_ref",
     "refund_ref",
@@ -106,6 +109,8 @@ PAYMENT_REF_KEY = "paystream_payment"
 REFUND_REF_KEY = "paystream_refund"
 # A subscription's (its invoices' events carry a copy of it at Stripe: subscription_details).
 SUBSCRIPTION_REF_KEY = "paystream_subscription"
+# A payout's (Stripe's payout.* events carry the Payout with its metadata).
+PAYOUT_REF_KEY = "paystream_payout"
 METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
 
 
@@ -130,6 +135,12 @@ def subscription_ref(
     return _with_ref(SUBSCRIPTION_REF_KEY, metadata, tenant_id, subscription_id)
 
 
+def payout_ref(metadata: Mapping[str, str], tenant_id: str, payout_id: str) -> dict[str, str]:
+    """As ``payment_ref``, for a payout (one not found from a webhook is read back by
+    ``payout.refresh``)."""
+    return _with_ref(PAYOUT_REF_KEY, metadata, tenant_id, payout_id)
+
+
 def _with_ref(key: str, metadata: Mapping[str, str], tenant_id: str, own_id: str) -> dict[str, str]:
     if key not in metadata and len(metadata) >= METADATA_KEYS_MAX:
         return dict(metadata)
@@ -149,6 +160,11 @@ def read_refund_ref(metadata: Any) -> tuple[str, str] | None:
 def read_subscription_ref(metadata: Any) -> tuple[str, str] | None:
     """(tenant id, subscription id) from a provider object's metadata, if it names them."""
     return _read_ref(SUBSCRIPTION_REF_KEY, metadata)
+
+
+def read_payout_ref(metadata: Any) -> tuple[str, str] | None:
+    """(tenant id, payout id) from a provider object's metadata, if it names them."""
+    return _read_ref(PAYOUT_REF_KEY, metadata)
 
 
 def _read_ref(key: str, metadata: Any) -> tuple[str, str] | None:

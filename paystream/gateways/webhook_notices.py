@@ -17,6 +17,7 @@ __all__ = [
     "BadWebhook",
     "DisputeNotice",
     "PaymentNotice",
+    "PayoutNotice",
     "RefundNotice",
     "SubscriptionNotice",
     "disputed_payment",
@@ -132,6 +133,20 @@ class SubscriptionNotice:
     # (paystream's name; None for a draft or one this version does not know).
     provider_invoice_id: str | None = None
     invoice_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutNotice:
+    """A followed event about a payout that names paystream's payout in its metadata."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the payout's metadata names them
+    payout_id: str
+    provider_payout_id: str
+    status: str | None  # the payout's status in the event (None: one not known here)
+    account: str | None  # the connected account it happened on (a Connect endpoint's)
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
 
 
 def disputed_payment(

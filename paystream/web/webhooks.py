@@ -2,14 +2,16 @@
 
 A verified event about a payment paystream made becomes a ``payment.refresh`` command on
 the tenant's partition (one about a refund, a ``refund.refresh``; one about a Stripe
-subscription or its invoice, a ``subscription.refresh``), so the payment (or refund, or
-subscription) is read back from the provider and its outcome
+subscription or its invoice, a ``subscription.refresh``; one about a Stripe payout, a
+``payout.refresh``), so the payment (or refund, subscription, payout) is read back from
+the provider and its outcome
 goes out as any command's does: in order with the tenant's other commands, once (its
 command id derives from the event's id, so a webhook sent again is answered from the
 idempotency record), and through every rule of the pipeline. An event that brings
 nothing paystream has not read (the success of a payment it charged itself, a refund's
 success it was answered, a dispute's status it holds, a subscription's status and period
-or an invoice's status it holds) is acknowledged and dropped.
+or an invoice's status it holds, a payout's status it holds or a payout failed or
+canceled here) is acknowledged and dropped.
 
 A dispute's event (``charge.dispute.*``) names no payment of paystream's: its Dispute
 carries none of paystream's metadata. Its PaymentIntent does, and is read from Stripe
@@ -71,6 +73,7 @@ from paystream.gateways.stripe.webhooks import (
     dispute_notice,
     disputed_payment_notice,
     payment_notice,
+    payout_notice,
     refund_notice,
     subscription_notice,
     verified_event,
@@ -79,6 +82,7 @@ from paystream.gateways.webhook_notices import (
     BadWebhook,
     DisputeNotice,
     PaymentNotice,
+    PayoutNotice,
     RefundNotice,
     SubscriptionNotice,
 )
@@ -87,11 +91,17 @@ from paystream.ids import invoice_id as derived_invoice_id
 from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
 from paystream.streams.codec import KafkaRecord
-from paystream.streams.commands import RefreshPayment, RefreshRefund, RefreshSubscription
+from paystream.streams.commands import (
+    RefreshPayment,
+    RefreshPayout,
+    RefreshRefund,
+    RefreshSubscription,
+)
 from paystream.streams.pan import contains_card_number
 from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables.state_machines import (
+    PAYOUT_MOVES,
     SUBSCRIPTION_TRANSITIONS,
     InvalidState,
     check_payment_transition,
@@ -121,7 +131,7 @@ _DISPUTED_PAYMENT_READ = {"stripe": "read_payment_intent", "square": "read_payme
 
 
 # What a verified event may be about, once a dispute's is read as its payment's.
-_Notice = PaymentNotice | RefundNotice | SubscriptionNotice
+_Notice = PaymentNotice | RefundNotice | SubscriptionNotice | PayoutNotice
 
 
 class _Unavailable(Exception):
@@ -233,7 +243,7 @@ class WebhookView(View):
         else:
             notice = found_notice
         if notice is None:
-            why = "not an event about a payment, refund or subscription paystream made"
+            why = "not an event about a payment, refund, subscription or payout paystream made"
             return self._ignored(provider, tenant, why)
         what = _kind(notice)
         if notice.tenant_id != tenant:
@@ -474,6 +484,7 @@ def _notice(provider: str, tenant: str, event: dict[str, Any]) -> _Notice | Disp
         payment_notice(event)
         or refund_notice(event)
         or subscription_notice(event)
+        or payout_notice(event)
         or dispute_notice(event)
     )
 
@@ -510,12 +521,16 @@ def _recent(created: int | None) -> bool:
 def _kind(notice: _Notice) -> str:
     if isinstance(notice, SubscriptionNotice):
         return "subscription"
+    if isinstance(notice, PayoutNotice):
+        return "payout"
     return "refund" if isinstance(notice, RefundNotice) else "payment"
 
 
 def _entity_id(notice: _Notice) -> str:
     if isinstance(notice, SubscriptionNotice):
         return notice.subscription_id
+    if isinstance(notice, PayoutNotice):
+        return notice.payout_id
     return notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
 
 
@@ -525,6 +540,8 @@ async def _known_already(tenant: str, row: dict[str, Any], notice: _Notice) -> s
         return _refund_known_already(row, notice)
     if isinstance(notice, SubscriptionNotice):
         return await _subscription_known_already(tenant, row, notice)
+    if isinstance(notice, PayoutNotice):
+        return _payout_known_already(row, notice)
     if row.get("provider_payment_id") != notice.provider_payment_id:
         return "the payment is another provider payment's"
     status = str(row.get("status"))
@@ -773,6 +790,21 @@ def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | No
     return None
 
 
+def _payout_known_already(row: dict[str, Any], notice: PayoutNotice) -> str | None:
+    """Why a payout event's refresh would bring nothing: it is another provider payout's,
+    or the payout is failed or canceled here (final: nothing moves it on), or the event
+    says the status paystream holds (the echo of its own cancel's ``payout.canceled``,
+    a ``payout.updated`` of what it read). A status this version does not know is read."""
+    if row.get("provider_payout_id") != notice.provider_payout_id:
+        return "the payout is another provider payout's"
+    status = str(row.get("status"))
+    if PAYOUT_MOVES.get(status, frozenset()) <= {status}:
+        return f"the payout is {status} already"
+    if notice.status == status:
+        return f"the payout is {status} already"
+    return None
+
+
 # Dropped events named in the log, at most, per tenant and minute (the rest counted).
 DROPPED_NAMED_PER_MINUTE = 20
 
@@ -811,6 +843,8 @@ async def _entity_row(tenant: str, notice: _Notice) -> dict[str, Any] | None:
         return await _row(tenant, t.refunds, "refunds", notice.refund_id)
     if isinstance(notice, SubscriptionNotice):
         return await _row(tenant, t.subscriptions, "subscriptions", notice.subscription_id)
+    if isinstance(notice, PayoutNotice):
+        return await _row(tenant, t.payouts, "payouts", notice.payout_id)
     return await _row(tenant, t.payments, "payments", notice.payment_id)
 
 
@@ -858,6 +892,9 @@ def _refresh(provider: str, tenant: str, notice: _Notice) -> tuple[str, KafkaRec
         command_type = "subscription.refresh"
         body = {"subscription_id": notice.subscription_id}
         model = RefreshSubscription
+    elif isinstance(notice, PayoutNotice):
+        command_type, body = "payout.refresh", {"payout_id": notice.payout_id}
+        model = RefreshPayout
     else:
         command_type, body = "payment.refresh", {"payment_id": notice.payment_id}
         model = RefreshPayment

@@ -82,6 +82,10 @@ def _classify(exc: stripe.StripeError, err: dict[str, Any]) -> tuple[ErrorCode, 
         return ErrorCode.PROVIDER_UNAVAILABLE, transient
     if code in _STATE_CODES:
         return ErrorCode.INVALID_STATE, None
+    if code == "balance_insufficient":
+        # A payout (or transfer) above the available balance: no payout exists; the
+        # handler answers it `balance_insufficient` (the command's, kept under its key).
+        return ErrorCode.BALANCE_INSUFFICIENT, False
     if status is not None and status >= 500:
         return ErrorCode.PROVIDER_UNAVAILABLE, True
     if isinstance(exc, stripe.InvalidRequestError) or (status is not None and status < 500):
@@ -94,7 +98,9 @@ def _refuses_the_setup(code: str | None, err: dict[str, Any]) -> bool:
     cannot act for (``account_invalid``), or a pinned API version it does not know
     (a 400 "Invalid Stripe API version", no code). Answered as a refused key, never kept
     under the command's key: fixed, the same command goes through (review h67o)."""
-    if code == "account_invalid":
+    if code in ("account_invalid", "payouts_not_allowed"):
+        # (payouts_not_allowed: payouts are disabled on the account, its verification
+        # or its payout settings; fixed at Stripe, the same payout can go through.)
         return True
     message = err.get("message")
     return (
@@ -102,6 +108,16 @@ def _refuses_the_setup(code: str | None, err: dict[str, Any]) -> bool:
         and isinstance(message, str)
         and message.startswith("Invalid Stripe API version")
     )
+
+
+_SETUP_REFUSED = {
+    "account_invalid": "its connected account is not one the key may use",
+    "payouts_not_allowed": (
+        "payouts are not allowed on its account (its verification or payout settings at "
+        "Stripe; once fixed, send the payout again, under a new payout id if Stripe kept "
+        "this answer under the first one's key)"
+    ),
+}
 
 
 def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
@@ -117,12 +133,7 @@ def map_stripe_error(exc: stripe.StripeError) -> GatewayError:
         # (Stripe's account_invalid message quotes the key too.)
         message = (
             f"Stripe refused the tenant's setup (HTTP {exc.http_status}): "
-            + (
-                "its connected account"
-                if err.get("code") == "account_invalid"
-                else "its API version"
-            )
-            + " is not one the key may use"
+            + _SETUP_REFUSED.get(str(err.get("code")), "its API version is not one the key may use")
         )
     elif isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         # Stripe's message quotes the key (its mode and last characters: "Invalid API

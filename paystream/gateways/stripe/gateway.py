@@ -74,6 +74,7 @@ STRIPE_CAPABILITIES = frozenset(
         Capability.DISPUTES,
         Capability.SUBSCRIPTIONS,
         Capability.INVOICES,
+        Capability.PAYOUTS,
         Capability.WEBHOOKS,
     }
 )
@@ -636,28 +637,100 @@ class StripeGateway:
                 "cancel_subscription", lambda: self._v1.invoices.retrieve_async(invoice_id)
             )
 
-    # ---- payouts: not built for this provider yet (its capabilities lack PAYOUTS, so
-    # the handler answers `unsupported` before any call) ----------------------------
+    # ---- payouts and balances --------------------------------------------------------
 
     async def create_payout(
         self, req: gw_base.CreatePayout, *, idempotency_key: str
     ) -> gw_base.PayoutResult:
-        raise UnsupportedOperation(PROVIDER, "create_payout")
+        """``POST /v1/payouts`` from the account's (the connected account's, with
+        Stripe-Account) available balance to its default external account for the
+        currency. Above the available balance Stripe refuses it ``balance_insufficient``
+        (no payout exists): ErrorCode.BALANCE_INSUFFICIENT."""
+        if stripe_units_problem(req.amount) is not None:
+            raise UnsupportedOperation(
+                PROVIDER,
+                f"create_payout in {req.amount.currency} (Stripe counts it in hundredths)",
+            )
+        problem = (
+            three_decimal_problem(req.amount)
+            or withdrawn_currency_problem(req.amount)
+            or payment_parameters_problem(None, None, req.metadata)
+        )
+        if problem is not None:
+            raise GatewayError(
+                ErrorCode.INVALID_REQUEST,
+                problem,
+                provider=PROVIDER,
+                retryable=False,
+                reached_provider=False,
+            )
+        params = _without_none(
+            amount=req.amount.amount,
+            currency=req.amount.currency.lower(),
+            method=req.method,
+            description=req.description,
+            statement_descriptor=req.statement_descriptor,
+            metadata=req.metadata,
+        )
+        obj = await self._call(
+            "create_payout",
+            lambda: self._v1.payouts.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.payout(obj)
 
     async def cancel_payout(
         self, req: gw_base.CancelPayout, *, idempotency_key: str
     ) -> gw_base.PayoutResult:
-        raise UnsupportedOperation(PROVIDER, "cancel_payout")
+        """``POST /v1/payouts/{id}/cancel`` (a pending payout only; its amount is available
+        again). Refused, the payout is read back: one canceled already is the answer (a
+        cancel sent again once its key's answer is gone), one in any other status is
+        ``invalid_state`` (Stripe names no code of its own for that refusal)."""
+        pid = req.provider_payout_id
+        try:
+            obj = await self._call(
+                "cancel_payout",
+                lambda: self._v1.payouts.cancel_async(pid, None, self._opts(idempotency_key)),
+            )
+        except GatewayError as exc:
+            if exc.retryable or exc.code not in (
+                ErrorCode.INVALID_REQUEST,
+                ErrorCode.INVALID_STATE,
+            ):
+                raise
+            held = await self._read_payout(pid)
+            status = mapping.payout_status(held.get("status"))
+            if status is gw_base.PayoutStatus.CANCELED:
+                return mapping.payout(held)
+            if status is gw_base.PayoutStatus.PENDING:
+                raise  # (refused for something else: the request's own fault)
+            raise GatewayError(
+                ErrorCode.INVALID_STATE,
+                f"cannot cancel a payout that is {held.get('status')} ({exc.message})",
+                provider=PROVIDER,
+                retryable=False,
+                http_status=exc.http_status,
+                provider_request_id=exc.provider_request_id,
+            ) from exc
+        return mapping.payout(obj)
 
     async def retrieve_payout(
         self, req: gw_base.RetrievePayout, *, idempotency_key: str
     ) -> gw_base.PayoutResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_payout")
+        # A GET: Stripe keys no read, so no key is sent.
+        return mapping.payout(await self._read_payout(req.provider_payout_id))
+
+    async def _read_payout(self, provider_payout_id: str) -> dict[str, Any]:
+        return await self._call(
+            "retrieve_payout", lambda: self._v1.payouts.retrieve_async(provider_payout_id)
+        )
 
     async def retrieve_balance(
         self, req: gw_base.RetrieveBalance, *, idempotency_key: str
     ) -> gw_base.BalanceResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_balance")
+        """``GET /v1/balance`` (the connected account's with Stripe-Account): available and
+        pending per currency. A GET: no key."""
+        obj = await self._call("retrieve_balance", lambda: self._v1.balance.retrieve_async())
+        return mapping.balance(obj)
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

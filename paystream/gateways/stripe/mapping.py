@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paystream.gateways.base import (
+    BalanceAmount,
+    BalanceResult,
     CustomerDetails,
     CustomerResult,
     DisputeResult,
@@ -16,6 +18,8 @@ from paystream.gateways.base import (
     PaymentMethodResult,
     PaymentResult,
     PaymentStatus,
+    PayoutResult,
+    PayoutStatus,
     RefundResult,
     RefundStatus,
     SubscriptionResult,
@@ -25,6 +29,7 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.money import Money
 
 __all__ = [
+    "balance",
     "customer",
     "dispute",
     "dispute_status",
@@ -35,6 +40,8 @@ __all__ = [
     "payment",
     "payment_method",
     "payment_status",
+    "payout",
+    "payout_status",
     "refund",
     "refund_status",
     "subscription",
@@ -457,4 +464,70 @@ def subscription(
         # an ended subscription's is when it was canceled.)
         canceled_at=_epoch(ended) if status is SubscriptionStatus.CANCELED and ended else None,
         invoices=invoices,
+    )
+
+
+# ---- payouts and balances -----------------------------------------------------------
+
+# Stripe's five payout statuses are paystream's, by name.
+_PAYOUT_STATUS = {s.value: s for s in PayoutStatus}
+
+
+def payout_status(status: Any) -> PayoutStatus | None:
+    """Ours for a Payout status; None for one this version does not know."""
+    return _PAYOUT_STATUS.get(status) if isinstance(status, str) else None
+
+
+def payout(obj: Mapping[str, Any]) -> PayoutResult:
+    """A Payout: its status (one this version does not know is never read as paid or
+    failed: parked, as any unknown status), its arrival date (epoch seconds: expected,
+    or when it arrived), and a failed one's code and message as Stripe gives them
+    (account_closed, no_account, insufficient_funds, ...)."""
+    status = payout_status(obj.get("status"))
+    if status is None:
+        raise _unknown("payout", obj.get("status"))
+    arrival = obj.get("arrival_date")
+    if not isinstance(arrival, int) or isinstance(arrival, bool):
+        raise _unknown("payout arrival date", arrival)
+    failed = status is PayoutStatus.FAILED
+    return PayoutResult(
+        provider_payout_id=str(obj["id"]),
+        status=status,
+        amount=_money(obj),
+        method=str(obj.get("method") or "standard"),
+        arrival_date=_epoch(arrival),
+        failure_code=obj.get("failure_code") if failed else None,
+        failure_message=obj.get("failure_message") if failed else None,
+    )
+
+
+def _per_currency(entries: Any, kind: str) -> dict[str, int]:
+    """A Balance's ``available`` or ``pending``: one entry per currency (summed, should
+    Stripe list one twice), currency codes upper-cased."""
+    if not isinstance(entries, list):
+        raise _unknown("balance", f"{kind} that is not a list")
+    out: dict[str, int] = {}
+    for entry in entries:
+        amount = entry.get("amount") if isinstance(entry, Mapping) else None
+        currency = entry.get("currency") if isinstance(entry, Mapping) else None
+        if not isinstance(amount, int) or isinstance(amount, bool) or not isinstance(currency, str):
+            raise _unknown("balance", f"{kind} entry without an amount and a currency")
+        code = currency.upper()
+        out[code] = out.get(code, 0) + amount
+    return out
+
+
+def balance(obj: Mapping[str, Any]) -> BalanceResult:
+    """The Balance: ``available`` and ``pending`` (arrays, one entry per currency) as one
+    entry per currency, sorted by code; a currency in one of them only has 0 in the
+    other. (``instant_available``, ``connect_reserved`` and ``issuing`` are not read.)"""
+    available = _per_currency(obj.get("available"), "available")
+    pending = _per_currency(obj.get("pending"), "pending")
+    return BalanceResult(
+        balances=tuple(
+            BalanceAmount(
+                currency=code, available=available.get(code, 0), pending=pending.get(code, 0)
+            )
+            for code in sorted(set(available) | set(pending))
+        )
     )

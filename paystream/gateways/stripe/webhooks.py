@@ -16,12 +16,18 @@ from typing import Any
 
 import stripe
 
-from paystream.gateways.base import read_payment_ref, read_refund_ref, read_subscription_ref
+from paystream.gateways.base import (
+    read_payment_ref,
+    read_payout_ref,
+    read_refund_ref,
+    read_subscription_ref,
+)
 from paystream.gateways.stripe.mapping import (
     dispute_status,
     evidence_due_by,
     invoice_status,
     payment_status,
+    payout_status,
     refund_status,
     subscription_period_end,
     subscription_status,
@@ -30,6 +36,7 @@ from paystream.gateways.webhook_notices import (
     BadWebhook,
     DisputeNotice,
     PaymentNotice,
+    PayoutNotice,
     RefundNotice,
     SubscriptionNotice,
     disputed_payment,
@@ -41,6 +48,7 @@ __all__ = [
     "BODY_READ_SECONDS",
     "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_EVENTS",
+    "FOLLOWED_PAYOUT_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
     "FOLLOWED_SUBSCRIPTION_EVENTS",
     "MAX_BODY_BYTES",
@@ -49,11 +57,13 @@ __all__ = [
     "BadWebhook",
     "DisputeNotice",
     "PaymentNotice",
+    "PayoutNotice",
     "RefundNotice",
     "SubscriptionNotice",
     "dispute_notice",
     "disputed_payment_notice",
     "payment_notice",
+    "payout_notice",
     "refund_notice",
     "subscription_notice",
     "verified_event",
@@ -112,6 +122,12 @@ FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
         "customer.subscription.updated",
         "customer.subscription.deleted",
     }
+)
+# Payout events: a payout moves on at the bank (in transit, paid on arrival, failed:
+# returned, even days after it was paid) with no request of paystream's. (Not
+# `payout.created`: paystream made it, and read it then.)
+FOLLOWED_PAYOUT_EVENTS = frozenset(
+    {"payout.paid", "payout.failed", "payout.canceled", "payout.updated"}
 )
 _SUBSCRIPTION_OBJECT = {
     "invoice.paid": "invoice",
@@ -186,6 +202,26 @@ def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
         ref[1],
         obj["id"],
         refund_status(obj.get("status")).value,
+        account,
+        _created(event),
+    )
+
+
+def payout_notice(event: dict[str, Any]) -> PayoutNotice | None:
+    """What a followed payout event says of paystream's payout; None for another event,
+    or a payout paystream did not make (an automatic one, one made in the dashboard)."""
+    found = _followed(event, FOLLOWED_PAYOUT_EVENTS, "payout", read_payout_ref)
+    if found is None:
+        return None
+    event_id, event_type, obj, ref, account = found
+    status = payout_status(obj.get("status"))
+    return PayoutNotice(
+        event_id,
+        event_type,
+        ref[0],
+        ref[1],
+        obj["id"],
+        None if status is None else status.value,
         account,
         _created(event),
     )
