@@ -1,0 +1,190 @@
+"""Stripe's payout events (payout.paid, .failed, .canceled, .updated) bring a sealed
+``payout.refresh`` of the payout their metadata names, through the same bounds as a
+payment's event (lookups, budget, 503 while unrecorded and recent, dropped once old);
+another tenant's or account's are ignored, and so are the echoes of what paystream holds.
+In process: the view alone (tests/web/test_webhook_lookups.py's fakes), and the refresh
+command built for real."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import paystream.web.webhooks as wh
+from paystream.agents import pipeline
+from paystream.gateways.base import PAYOUT_REF_KEY
+from paystream.gateways.stripe.webhooks import FOLLOWED_PAYOUT_EVENTS, payout_notice
+from paystream.gateways.webhook_notices import PayoutNotice
+from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
+from paystream.settings import load_settings
+from paystream.streams.codec import decode_record
+from paystream.tenancy.crypto import MasterKey, MasterKeyring
+from tests.web.test_webhook_lookups import TENANT, _post, seen  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.asyncio
+
+
+def _event(
+    kind: str = "payout.paid",
+    *,
+    event_id: str = "evt_p1",
+    tenant: str = TENANT,
+    payout: str = "po_a",
+    provider_id: str = "po_1",
+    status: str | None = None,
+    created: int | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    obj = {
+        "id": provider_id,
+        "object": "payout",
+        "status": status or kind.removeprefix("payout.").replace("updated", "in_transit"),
+        "metadata": {PAYOUT_REF_KEY: f"{tenant}:{payout}"},
+    }
+    return {
+        "id": event_id,
+        "type": kind,
+        "created": int(time.time()) if created is None else created,
+        "data": {"object": obj},
+        **fields,
+    }
+
+
+def _body(**kw: Any) -> bytes:
+    return json.dumps(_event(**kw)).encode()
+
+
+@pytest.fixture
+def rows(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa: F811
+    held: dict[str, Any] = {"po_a": {"provider_payout_id": "po_1", "status": "pending"}}
+    seen.notices = []
+
+    async def entity_row(tenant: str, notice: Any) -> Any:
+        seen.lookups += 1
+        seen.notices.append(notice)
+        return held.get(getattr(notice, "payout_id", ""))
+
+    monkeypatch.setattr(wh, "_entity_row", entity_row)
+    return held
+
+
+async def test_the_followed_payout_events_name_paystreams_payout() -> None:
+    assert {
+        "payout.paid",
+        "payout.failed",
+        "payout.canceled",
+        "payout.updated",
+    } == FOLLOWED_PAYOUT_EVENTS
+    notice = payout_notice(_event("payout.failed", account="acct_9"))
+    assert notice == PayoutNotice(
+        "evt_p1", "payout.failed", TENANT, "po_a", "po_1", "failed", "acct_9", notice.created
+    )
+    assert payout_notice(_event("payout.created")) is None  # (paystream made it: read then)
+    unnamed = _event()
+    unnamed["data"]["object"]["metadata"] = {}
+    assert payout_notice(unnamed) is None  # (an automatic payout, or the dashboard's)
+    odd = _event(status="reversed_somehow")
+    assert payout_notice(odd).status is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("payout.paid", "paid"),
+        ("payout.failed", "failed"),
+        ("payout.canceled", "canceled"),
+        ("payout.updated", "in_transit"),
+    ],
+)
+async def test_a_payout_event_brings_its_refresh(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+    kind: str,
+    status: str,
+) -> None:
+    status_code, body = await _post(_body(kind=kind, status=status))
+    assert (status_code, body["action"]) == (200, "refresh"), body
+    (notice,) = seen.notices
+    assert isinstance(notice, PayoutNotice)
+    assert (notice.payout_id, notice.provider_payout_id, notice.status) == ("po_a", "po_1", status)
+    assert len(seen.sent) == 1
+
+
+async def test_another_tenants_or_accounts_payout_event_is_ignored(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    status, body = await _post(_body(tenant="other"))
+    assert (status, body["action"]) == (200, "ignored") and "another tenant's payout" in body["why"]
+    status, body = await _post(_body(event_id="evt_p2", account="acct_other"))
+    assert (status, body["action"]) == (200, "ignored") and "another account's payout" in body[
+        "why"
+    ]
+    assert seen.sent == []
+
+
+async def test_echoes_and_final_payouts_are_not_refreshed(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    # The echo of paystream's own cancel: the status it holds.
+    rows["po_a"]["status"] = "canceled"
+    status, body = await _post(_body(kind="payout.canceled"))
+    assert (status, body["action"]) == (200, "ignored") and "canceled already" in body["why"]
+    rows["po_a"]["status"] = "failed"  # (final: nothing moves it on)
+    status, body = await _post(_body(event_id="evt_p2", kind="payout.updated", status="paid"))
+    assert body["action"] == "ignored" and "failed already" in body["why"]
+    rows["po_a"]["status"] = "in_transit"  # (a payout.updated of what paystream read)
+    status, body = await _post(_body(event_id="evt_p3", kind="payout.updated"))
+    assert body["action"] == "ignored" and "in_transit already" in body["why"]
+    rows["po_a"].update(status="pending", provider_payout_id="po_other")
+    status, body = await _post(_body(event_id="evt_p4"))
+    assert body["action"] == "ignored" and "another provider payout" in body["why"]
+    assert seen.sent == []
+    # A paid payout's bank may still return it: its failure is news.
+    rows["po_a"].update(status="paid", provider_payout_id="po_1")
+    status, body = await _post(_body(event_id="evt_p5", kind="payout.failed"))
+    assert body["action"] == "refresh" and len(seen.sent) == 1
+
+
+async def test_an_unrecorded_payout_is_asked_again_while_recent_then_dropped(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    status, _ = await _post(_body(payout="po_parked"))
+    assert status == 503  # (its create's answer in flight, or parked)
+    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
+    status, body = await _post(_body(event_id="evt_p3", payout="po_parked", created=old))
+    assert (status, body["action"]) == (200, "ignored") and "payout" in body["why"]
+    assert seen.sent == []
+
+
+async def test_payout_events_share_the_tenants_refresh_budget(
+    seen: SimpleNamespace,  # noqa: F811
+    rows: dict[str, Any],
+) -> None:
+    answers = [(await _post(_body(event_id=f"evt_b{i}")))[0] for i in range(30)]
+    assert len(seen.sent) == 10 and answers.count(503) == 20  # the budget's burst (1/s)
+
+
+async def test_the_refresh_is_a_sealed_payout_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    master = MasterKey.generate()
+    monkeypatch.setattr(wh, "settings", load_settings())
+    monkeypatch.setattr(wh, "_origins", lambda: OriginSeals(MasterKeyring(master)))
+    notice = PayoutNotice("evt_9", "payout.paid", TENANT, "po_a", "po_1", "paid", None)
+    built = wh._refresh("stripe", TENANT, notice)
+    assert built is not None
+    command_id, rec = built
+    assert command_id.startswith("whk")
+    event = decode_record(rec.key, rec.value, dict(rec.headers))
+    assert event.get_attributes()["type"].endswith("payout.refresh")
+    assert event.get_data() == {"payout_id": "po_a"}
+    headers = dict(rec.headers)
+    assert ORIGIN_HEADER in headers
+    assert OriginSeals(MasterKeyring(master)).sealed(rec.key, rec.value, headers)
+    # The worker takes it as paystream's own (past the tenant's rate limit).
+    assert "payout.refresh" in pipeline._WEBHOOK_REFRESHES
