@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import aiohttp
@@ -10,9 +11,18 @@ import redis.asyncio as aredis
 import stripe
 from pydantic import SecretStr
 
-from paystream.gateways.base import GatewayContext, PaymentGateway, PaymentResult
+from paystream.gateways.base import (
+    CaptureMethod,
+    CreatePayment,
+    GatewayContext,
+    PaymentGateway,
+    PaymentResult,
+    PayoutResult,
+)
 from paystream.gateways.registry import GATEWAYS, GatewayDeps, build_gateway
 from paystream.gateways.simulator.gateway import SimulatorGateway
+from paystream.gateways.simulator.operations import PAYOUT_TEST_ACCOUNTS
+from paystream.money import Money
 from paystream.settings import load_settings
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
@@ -41,7 +51,14 @@ _LOCALSTRIPE_TEST_NUMBERS = {
     # Stripe disputes its charges by itself; localstripe does not (dispute_for opens the
     # dispute through the tests' fake of Stripe's disputes: localstripe_server.py).
     "pm_card_createDispute": "4000000000000259",
+    # Stripe's test card whose charge is available at once (its pending balance
+    # bypassed): what a payout is made from in test mode.
+    "pm_card_bypassPending": "4000000000000077",
 }
+# A payout failure code → the simulator's (Stripe's) test bank account that fails so.
+_FAILING_ACCOUNTS = {code: number for number, (code, _) in PAYOUT_TEST_ACCOUNTS.items()}
+# Long enough for a standard payout to arrive, and a capture to settle, on the simulator.
+_PAYOUT_DAYS = 3 * 24 * 3600
 
 
 # Stripe's test-card token names → Square's Sandbox test payment tokens (nonces); any
@@ -181,6 +198,54 @@ class Harness:
                     assert error.get("code") == "card_declined", error
                     return
                 resp.raise_for_status()
+
+    async def fund(self, amount: int, currency: str = "EUR") -> None:
+        """Money available to pay out: a charge, settled (the simulator's clock moved past
+        its settlement delay; at Stripe the test card whose funds are available at once)."""
+        name = "pm_card_bypassPending" if self.name == "stripe" else "pm_card_visa"
+        req = CreatePayment(
+            amount=Money(amount=amount, currency=currency),
+            provider_payment_method_id=await self.token(name),
+            capture_method=CaptureMethod.AUTOMATIC,
+        )
+        await self.gateway.create_payment(req, idempotency_key=f"fund-{uuid.uuid4().hex}")
+        if self.name == "simulator":
+            await self.pass_time(_PAYOUT_DAYS)
+
+    def payout_gateway(self, *, failing: str | None = None) -> PaymentGateway:
+        """The tenant's gateway; ``failing``: one whose payouts the bank returns with that
+        failure code (the simulator's option naming Stripe's test bank account that fails
+        so; on localstripe, settle_payout fails it)."""
+        if failing is None or self.name != "simulator":
+            return self.gateway
+        return self.build(payout_destination=_FAILING_ACCOUNTS[failing])
+
+    async def settle_payout(self, payout: PayoutResult, *, failing: str | None = None) -> None:
+        """The payout arrives at the bank (paid; or failed, ``failing`` its code): the
+        simulator's clock moves past its arrival; localstripe's payout is moved there
+        (its update takes a status: a TEST-ONLY control, as its create's status is)."""
+        if self.name == "simulator":
+            await self.pass_time(_PAYOUT_DAYS)
+            return
+        if self.name != "stripe":
+            raise AssertionError(f"no payouts to settle at {self.name}")
+        form = {"status": "paid"}
+        if failing is not None:
+            form = {
+                "status": "failed",
+                "failure_code": failing,
+                "failure_message": f"the bank returned the payout ({failing})",
+            }
+        auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{self._stripe_url}/v1/payouts/{payout.provider_payout_id}",
+                data=form,
+                headers=auth,
+            ) as resp,
+        ):
+            resp.raise_for_status()
 
     async def pass_time(self, seconds: int) -> None:
         """The provider's clock moves on (the simulator's per-tenant test clock; Stripe's

@@ -15,12 +15,14 @@ from paystream.gateways.base import (
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
+    CancelPayout,
     CancelSubscription,
     Capability,
     CaptureMethod,
     CapturePayment,
     CreateCustomer,
     CreatePayment,
+    CreatePayout,
     CreateRefund,
     CreateSubscription,
     DeleteCustomer,
@@ -29,9 +31,13 @@ from paystream.gateways.base import (
     InvoiceStatus,
     PaymentResult,
     PaymentStatus,
+    PayoutResult,
+    PayoutStatus,
     RefundStatus,
+    RetrieveBalance,
     RetrieveCustomer,
     RetrievePayment,
+    RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
     SubmitDisputeEvidence,
@@ -71,6 +77,14 @@ NO_TEST_CLOCK = (
     "tests/gateways/stripe/test_stripe_subscriptions.py reads renewed invoices back)"
 )
 NO_TRIALS = "a subscription with a trial stays `incomplete` (never `trialing`), with no trial_end"
+NO_PAYOUTS = "the Square gateway has no payouts yet: its capabilities lack them"
+LOCALSTRIPE_BALANCE = (
+    "the balance's available and pending are one object (a fixed 2000 eur), not an array "
+    "of one entry per currency"
+)
+LOCALSTRIPE_NO_BALANCE_CHECK = (
+    "a payout is never refused for the balance (no balance_insufficient): any amount is paid"
+)
 NO_CHARGE_DECLINE = "test card {} is only declined when attached to a customer, never when charged"
 
 
@@ -1102,3 +1116,148 @@ async def test_an_existing_payment_is_released_or_read_back_with_payments_narrow
         CancelPayment(provider_payment_id=pid), idempotency_key=key()
     )
     assert released.status is PaymentStatus.CANCELED
+
+
+# ---- payouts and balances ------------------------------------------------------------
+# (In euros: localstripe pays out in eur alone.)
+
+
+def eur(amount: int) -> Money:
+    return Money(amount=amount, currency="EUR")
+
+
+async def payout(
+    h: Harness,
+    amount: int = 1000,
+    *,
+    idempotency_key: str | None = None,
+    failing: str | None = None,
+) -> PayoutResult:
+    req = CreatePayout(
+        amount=eur(amount),
+        description="contract payout",
+        statement_descriptor="PAYSTREAM TEST",
+        metadata={"batch": "7"},
+    )
+    gw = h.payout_gateway(failing=failing)
+    return await gw.create_payout(req, idempotency_key=idempotency_key or key())
+
+
+async def read_payout(h: Harness, po: PayoutResult) -> PayoutResult:
+    req = RetrievePayout(provider_payout_id=po.provider_payout_id)
+    return await h.gateway.retrieve_payout(req, idempotency_key=key())
+
+
+@over_gateways(square_lacks=NO_PAYOUTS)
+async def test_a_payout_is_created_pending_and_read_back(harness: Harness) -> None:
+    await harness.fund(5000)
+    po = await payout(harness, 1200)
+    assert po.status is PayoutStatus.PENDING
+    assert (po.amount, po.method) == (eur(1200), "standard")
+    assert po.failure_code is None and po.provider_payout_id
+    read = await read_payout(harness, po)
+    assert (read.provider_payout_id, read.status, read.amount) == (
+        po.provider_payout_id,
+        PayoutStatus.PENDING,
+        eur(1200),
+    )
+    assert read.arrival_date == po.arrival_date
+
+
+@over_gateways(square_lacks=NO_PAYOUTS)
+async def test_a_payout_create_replayed_under_its_key_is_the_same(harness: Harness) -> None:
+    await harness.fund(5000)
+    k = key()
+    first = await payout(harness, 700, idempotency_key=k)
+    again = await payout(harness, 700, idempotency_key=k)
+    assert again.provider_payout_id == first.provider_payout_id
+    assert again.status is first.status and again.amount == first.amount
+    # The same request under another key is another payout.
+    other = await payout(harness, 700)
+    assert other.provider_payout_id != first.provider_payout_id
+
+
+@over_gateways(square_lacks=NO_PAYOUTS)
+async def test_a_pending_payout_is_canceled(harness: Harness) -> None:
+    await harness.fund(5000)
+    po = await payout(harness)
+    req = CancelPayout(provider_payout_id=po.provider_payout_id)
+    k = key()
+    canceled = await harness.gateway.cancel_payout(req, idempotency_key=k)
+    assert canceled.status is PayoutStatus.CANCELED
+    assert canceled.provider_payout_id == po.provider_payout_id
+    # Sent again under its key (a lost answer): canceled, and answered so.
+    again = await harness.gateway.cancel_payout(req, idempotency_key=k)
+    assert again.status is PayoutStatus.CANCELED
+    assert (await read_payout(harness, po)).status is PayoutStatus.CANCELED
+
+
+@over_gateways(square_lacks=NO_PAYOUTS)
+async def test_a_paid_payout_cannot_be_canceled(harness: Harness) -> None:
+    await harness.fund(5000)
+    po = await payout(harness)
+    await harness.settle_payout(po)
+    paid = await read_payout(harness, po)
+    assert paid.status is PayoutStatus.PAID and paid.failure_code is None
+    req = CancelPayout(provider_payout_id=po.provider_payout_id)
+    await expect(ErrorCode.INVALID_STATE, harness.gateway.cancel_payout(req, idempotency_key=key()))
+    assert (await read_payout(harness, po)).status is PayoutStatus.PAID
+
+
+@over_gateways(square_lacks=NO_PAYOUTS)
+async def test_a_payout_the_bank_returns_reads_back_failed(harness: Harness) -> None:
+    await harness.fund(5000)
+    po = await payout(harness, failing="no_account")
+    assert po.status is PayoutStatus.PENDING  # (the bank answers at arrival)
+    await harness.settle_payout(po, failing="no_account")
+    failed = await read_payout(harness, po)
+    assert failed.status is PayoutStatus.FAILED
+    assert failed.failure_code == "no_account" and failed.failure_message
+
+
+@over_gateways(localstripe_gap=LOCALSTRIPE_NO_BALANCE_CHECK, square_lacks=NO_PAYOUTS)
+async def test_a_payout_above_the_available_balance_is_refused(harness: Harness) -> None:
+    await harness.fund(1000)
+    await expect(ErrorCode.BALANCE_INSUFFICIENT, payout(harness, 10_000_000))
+
+
+@over_gateways(localstripe_gap=LOCALSTRIPE_BALANCE, square_lacks=NO_PAYOUTS)
+async def test_the_balance_is_one_entry_per_currency(harness: Harness) -> None:
+    await harness.fund(5000)
+    res = await harness.gateway.retrieve_balance(RetrieveBalance(), idempotency_key=key())
+    codes = [b.currency for b in res.balances]
+    assert codes == sorted(set(codes)) and "EUR" in codes
+    assert all(len(c) == 3 and c.isupper() for c in codes)
+    (euros,) = (b for b in res.balances if b.currency == "EUR")
+    assert isinstance(euros.available, int) and isinstance(euros.pending, int)
+    assert euros.available >= 5000
+
+
+@over_gateways(square_lacks=NO_PAYOUTS)
+async def test_an_unknown_payout_is_not_found(harness: Harness) -> None:
+    req = RetrievePayout(provider_payout_id="po_missing0000")
+    await expect(ErrorCode.NOT_FOUND, harness.gateway.retrieve_payout(req, idempotency_key=key()))
+
+
+@over_gateways()
+async def test_payouts_outside_capabilities_are_unsupported(harness: Harness) -> None:
+    gw = harness.build(capabilities=[Capability.CUSTOMERS.value, Capability.PAYMENTS.value])
+    assert Capability.PAYOUTS not in gw.capabilities
+    calls = [
+        gw.create_payout(CreatePayout(amount=eur(100)), idempotency_key=key()),
+        gw.retrieve_balance(RetrieveBalance(), idempotency_key=key()),
+    ]
+    # Stopping or reading back one already made needs only the provider's capability
+    # (as for subscriptions): the call reaches the provider, which does not know po_x;
+    # Square has none at all.
+    lasting = [
+        gw.cancel_payout(CancelPayout(provider_payout_id="po_x"), idempotency_key=key()),
+        gw.retrieve_payout(RetrievePayout(provider_payout_id="po_x"), idempotency_key=key()),
+    ]
+    if harness.name == "square":
+        calls += lasting
+    for call in calls:
+        with pytest.raises(UnsupportedOperation):
+            await call
+    for call in lasting if harness.name != "square" else []:
+        await expect(ErrorCode.NOT_FOUND, call)
