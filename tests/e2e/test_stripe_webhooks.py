@@ -658,7 +658,7 @@ async def test_a_refund_failed_event_reads_the_refund_back(
     assert read_back.get_data()["previous_status"] == "succeeded"
 
 
-_NOT_OURS = "not an event about a payment, refund or subscription paystream made"
+_NOT_OURS = "not an event about a payment, refund, subscription or payout paystream made"
 
 
 @pytest.mark.parametrize(
