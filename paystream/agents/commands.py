@@ -187,6 +187,7 @@ class CommandRunner:
                 t.invoices,
                 t.subscriptions,
                 t.payouts,
+                t.tax_calculations,
             ),
             settings.entity_retention_seconds,
             commands_topic.get_topic_name(),
@@ -273,6 +274,8 @@ class CommandRunner:
                 subscriptions=t.subscriptions,
                 invoices=t.invoices,
                 payouts=t.payouts,
+                tax_rates=t.tax_rates,
+                tax_calculations=t.tax_calculations,
                 # Rebuilt after each rebalance, once the partitions' tables are recovered
                 # (by count too: a rejoin may keep the consumer generation).
                 owners=OwnerIndex(
@@ -512,6 +515,8 @@ async def _check_record_limits() -> None:
         t.subscriptions,
         t.invoices,
         t.payouts,
+        t.tax_rates,
+        t.tax_calculations,
     )
     topics = [
         *large_record_topics(settings),

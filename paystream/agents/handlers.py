@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from paystream import metrics
+from paystream import tax as taxes
 from paystream.built import built
 from paystream.gateways import base as gw
 from paystream.gateways.errors import (
@@ -33,7 +35,7 @@ from paystream.gateways.stripe_rules import three_decimal_problem
 from paystream.ids import derived_id
 from paystream.ids import invoice_id as derived_invoice_id
 from paystream.log_limits import ThrottledLog
-from paystream.money import Money, format_minor
+from paystream.money import MAX_MINOR_AMOUNT, Money, format_minor
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
 from paystream.tables.next_action import public_row
@@ -49,6 +51,8 @@ from paystream.tables.records import (
     RefundRecord,
     StoredOutcome,
     SubscriptionRecord,
+    TaxCalculationRecord,
+    TaxRateRecord,
     scrub_customer_applied,
 )
 from paystream.tables.state_machines import (
@@ -57,6 +61,7 @@ from paystream.tables.state_machines import (
     check_payout_move,
     check_subscription_move,
     check_subscription_transition,
+    check_tax_rate_transition,
     invoice_moves,
 )
 
@@ -166,6 +171,8 @@ class Tables:
     subscriptions: MutableMapping[str, Any] = field(default_factory=dict)
     invoices: MutableMapping[str, Any] = field(default_factory=dict)
     payouts: MutableMapping[str, Any] = field(default_factory=dict)
+    tax_rates: MutableMapping[str, Any] = field(default_factory=dict)
+    tax_calculations: MutableMapping[str, Any] = field(default_factory=dict)
     # Which records a customer or payment owns (customer.export), kept by the writes.
     owners: OwnerIndex = field(default_factory=OwnerIndex)
 
@@ -189,6 +196,8 @@ _TABLE_OF = {
     "subscription": "subscriptions",
     "invoice": "invoices",
     "payout": "payouts",
+    "tax_rate": "tax_rates",
+    "tax_calculation": "tax_calculations",
 }
 _ENTITY_TYPES: dict[type[EntityRecord], str] = {}
 
@@ -803,6 +812,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     pid = data.payment_id or ctx.new_id(PaymentRecord, "pay")
     ctx.ensure_new(PaymentRecord, pid)
     _dispute_applied(ctx, pid)  # raised at charge (_new_dispute)
+    amount_tax = None if data.tax_calculation_id is None else _payment_tax(ctx, data, pid)
     # Let through before, the provider may have charged under this key: a customer
     # deleted or a payment method detached since must not turn that into a rejection.
     # The provider answers with what it did (or refuses, as it would have then).
@@ -888,6 +898,7 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
             status=_PAYMENT_FAILED,
             failure_code=exc.decline_code or exc.code.value,
             failure_message=exc.message,
+            amount_tax=amount_tax,
         )
         return HandlerResult("payment.failed", failed, error=exc)
     # The answer's fields from its ``__dict__`` too (as the command's, above), and its
@@ -907,8 +918,41 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         r["failure_message"],
         r["next_action"],
         r["provider_charge_id"] if status is gw.PaymentStatus.FAILED else None,
+        amount_tax,
     )
     return HandlerResult(_PAYMENT_OUTCOME[status], rec, _new_dispute(ctx, rec, res))
+
+
+def _payment_tax(ctx: HandlerContext, data: c.CreatePayment, payment_id: str) -> int | None:
+    """The tax of the calculation a payment names: this tenant's (another's is not found),
+    in the payment's currency, not expired, its amount_total the payment's amount. One let
+    through (the provider may have charged) is not refused for what changed since: its
+    calculation expired or swept, its tax is then unknown (None)."""
+    calc_id = str(data.tax_calculation_id)
+    if ctx.let_through:
+        kept = ctx.load_kept(TaxCalculationRecord, calc_id)
+        return None if kept is None else kept.amount_tax
+    calc = ctx.load(TaxCalculationRecord, calc_id)
+    if calc.currency != data.currency:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"tax calculation {calc.id} is in {calc.currency}, payment {payment_id} in "
+            f"{data.currency}",
+        )
+    if calc.amount_total != data.amount:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"payment {payment_id}'s amount {format_minor(data.amount, data.currency)} is not "
+            f"tax calculation {calc.id}'s amount_total "
+            f"{format_minor(calc.amount_total, calc.currency)}",
+        )
+    if calc.expires_at.timestamp() <= time.time():
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"tax calculation {calc.id} expired at {calc.expires_at.isoformat()}: calculate "
+            "the tax again (tax.calculate)",
+        )
+    return calc.amount_tax
 
 
 async def _create_at_provider(
@@ -963,6 +1007,7 @@ def _new_payment(
     failure_message: str | None = None,
     next_action: dict[str, Any] | None = None,
     provider_charge_id: str | None = None,
+    amount_tax: int | None = None,
 ) -> PaymentRecord:
     """A create's payment record, made once its provider has answered, with every field
     as it ends up (made up front and then changed field by field, it cost a pydantic
@@ -997,6 +1042,8 @@ def _new_payment(
             "next_action": next_action,
             "dispute_id": None,
             "customer_action_delivered": next_action is not None,
+            "amount_tax": amount_tax,
+            "tax_calculation_id": d["tax_calculation_id"],
         },
     )
 
@@ -1683,6 +1730,7 @@ def _invoices(
         raw = table.get(entity_key(ctx.cmd.tenant_id, invoice_id))
         status = found.status.value
         if raw is None:
+            taxed = found.tax is not None
             rec = InvoiceRecord(
                 **_base(ctx, invoice_id),
                 subscription_id=sub.id,
@@ -1696,6 +1744,9 @@ def _invoices(
                 provider_payment_id=found.provider_payment_id,
                 failure_code=found.failure_code,
                 failure_message=found.failure_message,
+                subtotal=found.subtotal if taxed else None,
+                tax=found.tax,
+                total=found.amount.amount if taxed else None,
             )
             changed.append(rec)
         else:
@@ -1772,6 +1823,7 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
             RejectReason.INVALID_STATE, f"payment method {pm.id} belongs to another customer"
         )
     ctx.at_provider(pm)
+    tax_rates = _applied_rates(ctx, data.tax_rate_ids or ())
     req = gw.CreateSubscription(
         provider_customer_id=customer.provider_customer_id,
         provider_payment_method_id=pm.provider_payment_method_id,
@@ -1786,6 +1838,14 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
             gw.subscription_ref(data.metadata, ctx.cmd.tenant_id, sid)
             if _WEBHOOKS in ctx.gateway.capabilities
             else dict(data.metadata)
+        ),
+        tax_rates=tuple(
+            gw.TaxRateRef(
+                provider_tax_rate_id=r.provider_tax_rate_id,
+                percentage=r.percentage,
+                inclusive=r.inclusive,
+            )
+            for r in tax_rates
         ),
     )
     key = ctx.create_key("subscription", data.subscription_id)
@@ -1821,6 +1881,7 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
         canceled_at=res.canceled_at,
         description=data.description,
         metadata=dict(data.metadata),
+        tax_rate_ids=[r.id for r in tax_rates] or None,
     )
     invoices = _invoices(ctx, sub, res)
     if res.status is _INCOMPLETE:
@@ -2085,6 +2146,190 @@ async def retrieve_balance(ctx: HandlerContext, data: c.RetrieveBalance) -> Hand
     return HandlerResult("balance.retrieved", extra={"balances": balances})
 
 
+# ---- tax ------------------------------------------------------------------------------
+
+_TAX = gw.Capability.TAX
+# How long a tax.calculate's answer may be named by a payment (Stripe Tax keeps a
+# calculation 90 days; a payment follows its checkout's calculation within the day).
+TAX_CALCULATION_TTL = timedelta(hours=24)
+
+
+def _tax_supported(ctx: HandlerContext) -> None:
+    """A tax rate's create refused `unsupported` before the provider is asked: a tenant
+    whose gateway lacks tax rates (Square), or whose capabilities leave them out. Not
+    remembered: the tenant's setup, not the command (as _subscriptions_supported)."""
+    if _TAX not in ctx.gateway.capabilities:
+        raise Rejection(
+            RejectReason.UNSUPPORTED,
+            f"{ctx.gateway.provider} does not support tax rates",
+            remember=False,
+        )
+
+
+def _active_rate(ctx: HandlerContext, rate_id: str) -> TaxRateRecord:
+    """The tenant's tax rate ``rate_id`` (another tenant's is not found), to apply to
+    something new: an archived one is refused."""
+    rate = ctx.load(TaxRateRecord, rate_id)
+    try:
+        check_tax_rate_transition(rate.status, "apply")
+    except InvalidState as exc:
+        raise Rejection(RejectReason.INVALID_STATE, f"tax rate {rate.id}: {exc}") from exc
+    return rate
+
+
+def _applied_rates(ctx: HandlerContext, rate_ids: Sequence[str]) -> list[TaxRateRecord]:
+    """A subscription's tax rates, made at the tenant's provider. One let through (the
+    provider may have subscribed) takes them as they are (archived since, or not)."""
+    rates = []
+    for rate_id in rate_ids:
+        rate = ctx.load(TaxRateRecord, rate_id) if ctx.let_through else _active_rate(ctx, rate_id)
+        ctx.at_provider(rate)  # (its provider id means nothing at another provider)
+        rates.append(rate)
+    return rates
+
+
+async def create_tax_rate(ctx: HandlerContext, data: c.CreateTaxRate) -> HandlerResult:
+    rid = data.tax_rate_id or ctx.new_id(TaxRateRecord, "txr")
+    ctx.ensure_new(TaxRateRecord, rid)
+    _tax_supported(ctx)
+    req = gw.CreateTaxRate(
+        display_name=data.display_name,
+        percentage=data.percentage,
+        inclusive=data.inclusive,
+        country=data.country,
+        state=data.state,
+        jurisdiction=data.jurisdiction,
+        tax_type=data.tax_type,
+        description=data.description,
+        metadata=dict(data.metadata),
+    )
+    key = ctx.create_key("tax_rate", data.tax_rate_id)
+    try:
+        res = await _gateway(
+            ctx, "create_tax_rate", lambda: ctx.gateway.create_tax_rate(req, idempotency_key=key)
+        )
+    except GatewayError as exc:
+        if _chosen_id_taken(ctx, exc, data.tax_rate_id):
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"tax rate id {rid} is taken at the provider by an earlier create of other "
+                "parameters (refused, or still parked: `paystream dlq list`); create this "
+                "rate under a new id",
+            ) from exc
+        raise
+    rec = TaxRateRecord(
+        **_base(ctx, rid),
+        status="active" if res.active else "archived",
+        display_name=data.display_name,
+        percentage=data.percentage,
+        inclusive=data.inclusive,
+        country=data.country,
+        state=data.state,
+        jurisdiction=data.jurisdiction,
+        tax_type=data.tax_type,
+        description=data.description,
+        metadata=dict(data.metadata),
+        provider_tax_rate_id=res.provider_tax_rate_id,
+    )
+    return HandlerResult("tax_rate.created", rec)
+
+
+async def archive_tax_rate(ctx: HandlerContext, data: c.ArchiveTaxRate) -> HandlerResult:
+    rec = ctx.load(TaxRateRecord, data.tax_rate_id)
+    if not ctx.let_through:
+        try:
+            check_tax_rate_transition(rec.status, "archive")
+        except InvalidState as exc:
+            raise Rejection(RejectReason.INVALID_STATE, str(exc)) from exc
+    ctx.at_provider(rec)
+    req = gw.ArchiveTaxRate(provider_tax_rate_id=rec.provider_tax_rate_id)
+    try:
+        await _gateway(
+            ctx,
+            "archive_tax_rate",
+            lambda: ctx.gateway.archive_tax_rate(req, idempotency_key=ctx.idem),
+        )
+    except Rejection as refused:
+        # Archived there already (in the provider's dashboard, or by this very command
+        # before its answer was lost): archived here too.
+        if refused.reason is not RejectReason.INVALID_STATE:
+            raise
+    rec.status = "archived"
+    return HandlerResult("tax_rate.archived", rec)
+
+
+async def calculate_tax(ctx: HandlerContext, data: c.CalculateTax) -> HandlerResult:
+    """The tax on the lines by the tenant's tax rates, computed here (paystream.tax, the
+    arithmetic Stripe Billing applies to the same rates): no provider is asked, so it is
+    the same for every gateway, and costs no provider call on a checkout's path."""
+    cid = ctx.new_id(TaxCalculationRecord, "taxcalc")
+    ctx.ensure_new(TaxCalculationRecord, cid)
+    rates: dict[str, taxes.Rate] = {}
+    for line in data.line_items:
+        for rate_id in line.tax_rate_ids if line.tax_rate_ids is not None else ():
+            rates.setdefault(rate_id, _rate(ctx, rate_id))
+    for rate_id in data.tax_rate_ids or ():
+        rates.setdefault(rate_id, _rate(ctx, rate_id))
+    lines = [
+        taxes.Line(
+            amount=line.amount,
+            quantity=line.quantity,
+            rates=[
+                rates[r]
+                for r in (line.tax_rate_ids if line.tax_rate_ids is not None else data.tax_rate_ids)
+                or ()
+            ],
+            reference=line.reference,
+        )
+        for line in data.line_items
+    ]
+    calc = taxes.calculate(lines)
+    if calc.amount_total > MAX_MINOR_AMOUNT:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"the amount_total {calc.amount_total} is more than a payment may be",
+        )
+    rec = TaxCalculationRecord(
+        **_base(ctx, cid),
+        currency=data.currency,
+        line_items=[
+            {
+                "reference": r.reference,
+                "amount": r.amount,
+                "quantity": r.quantity,
+                "taxable_amount": r.taxable_amount,
+                "amount_tax": r.amount_tax,
+                "amount_total": r.amount_total,
+                "taxes": [
+                    {
+                        "tax_rate_id": t.tax_rate_id,
+                        "percentage": t.percentage,
+                        "inclusive": t.inclusive,
+                        "taxable_amount": t.taxable_amount,
+                        "amount": t.amount,
+                    }
+                    for t in r.taxes
+                ],
+            }
+            for r in calc.lines
+        ],
+        amount_subtotal=calc.amount_subtotal,
+        amount_tax=calc.amount_tax,
+        amount_tax_inclusive=calc.amount_tax_inclusive,
+        amount_tax_exclusive=calc.amount_tax_exclusive,
+        amount_total=calc.amount_total,
+        tax_by_rate=calc.tax_by_rate,
+        # (the command's time: the same on every redelivery)
+        expires_at=ctx.cmd.time + TAX_CALCULATION_TTL,
+    )
+    return HandlerResult("tax.calculated", rec)
+
+
+def _rate(ctx: HandlerContext, rate_id: str) -> taxes.Rate:
+    rate = _active_rate(ctx, rate_id)
+    return taxes.Rate(rate.id, taxes.parse_percentage(rate.percentage), rate.inclusive)
+
+
 HANDLERS: dict[str, Handler] = {
     "customer.create": create_customer,
     "customer.update": update_customer,
@@ -2108,4 +2353,7 @@ HANDLERS: dict[str, Handler] = {
     "payout.cancel": cancel_payout,
     "payout.refresh": refresh_payout,
     "balance.retrieve": retrieve_balance,
+    "tax_rate.create": create_tax_rate,
+    "tax_rate.archive": archive_tax_rate,
+    "tax.calculate": calculate_tax,
 }

@@ -19,7 +19,7 @@ import orjson
 
 from paystream.dlq import stale_after_ms
 from paystream.settings import Settings
-from paystream.streams.commands import CommandData
+from paystream.streams.commands import COMMANDS, CommandData
 from paystream.tables.commands_view import command_id_key as _command_id_key
 from paystream.tables.records import (
     IdempotencyRecord,
@@ -377,6 +377,17 @@ def request_hash(command_type: str, data: CommandData | dict[str, Any]) -> str:
     int, bool, None, StrEnum member or dict of str to str (tests/agents/test_pipeline.py
     holds every command model to that), and orjson writes those exactly as the dump has
     them (an enum member as its value): the same bytes, hashed."""
-    fields = data if isinstance(data, dict) else data.__dict__
+    if isinstance(data, dict):
+        fields = data
+        model = COMMANDS.get(command_type)
+        omits = model.HASH_OMITS_NONE if model is not None else frozenset()
+    else:
+        model = type(data)
+        fields = data.model_dump(mode="json") if model.HASH_BY_DUMP else data.__dict__
+        omits = model.HASH_OMITS_NONE
+    if omits and any(name in fields and fields[name] is None for name in omits):
+        # Fields added since the command's first release, left out while unset: its
+        # earlier requests keep their hashes (CommandData.HASH_OMITS_NONE).
+        fields = {k: v for k, v in fields.items() if not (v is None and k in omits)}
     canonical = orjson.dumps([command_type, fields], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()

@@ -2717,7 +2717,18 @@ def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
 
 # Fields added since records were first written (a payment's provider_charge_id, a
 # refund's or a dispute's reason, a dispute's evidence_due_by), left out while None.
-_WRITTEN_WHEN_SET = ("provider_charge_id", "reason", "evidence_due_by")
+_WRITTEN_WHEN_SET = (
+    "provider_charge_id",
+    "reason",
+    "evidence_due_by",
+    # (tax: a payment's, an invoice's, a subscription's rates)
+    "amount_tax",
+    "tax_calculation_id",
+    "subtotal",
+    "tax",
+    "total",
+    "tax_rate_ids",
+)
 
 
 # Entity model → the tuples of its fields' value types (``applied`` left out, in field

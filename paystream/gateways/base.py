@@ -27,6 +27,7 @@ __all__ = [
     "SUBSCRIPTION_REF_KEY",
     "UNNARROWED_OPERATIONS",
     "AcceptDispute",
+    "ArchiveTaxRate",
     "AttachPaymentMethod",
     "BalanceAmount",
     "BalanceResult",
@@ -41,6 +42,7 @@ __all__ = [
     "CreatePayout",
     "CreateRefund",
     "CreateSubscription",
+    "CreateTaxRate",
     "CustomerDetails",
     "CustomerResult",
     "DeleteCustomer",
@@ -67,6 +69,8 @@ __all__ = [
     "SubmitDisputeEvidence",
     "SubscriptionResult",
     "SubscriptionStatus",
+    "TaxRateRef",
+    "TaxRateResult",
     "UpdateCustomer",
     "merged_metadata",
     "payment_ref",
@@ -334,6 +338,14 @@ class AcceptDispute(_Req):
     provider_dispute_id: str
 
 
+class TaxRateRef(_Req):
+    """A tax rate as made at the provider (create_tax_rate), for what it is applied to."""
+
+    provider_tax_rate_id: str
+    percentage: str  # a decimal string (paystream.tax.parse_percentage)
+    inclusive: bool
+
+
 class CreateSubscription(_Req):
     """Bill ``amount`` every ``interval_count`` ``interval`` s to a saved payment method.
     Money-moving: the first period's invoice is charged at once (none during a trial)."""
@@ -346,6 +358,27 @@ class CreateSubscription(_Req):
     trial_days: int = 0
     description: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Tax rates applied to every invoice (Stripe: default_tax_rates): exclusive ones
+    # added to ``amount``, inclusive ones contained in it (paystream.tax's arithmetic).
+    tax_rates: tuple[TaxRateRef, ...] = ()
+
+
+class CreateTaxRate(_Req):
+    """A tax rate, as Stripe's TaxRate: never changed once made, only archived."""
+
+    display_name: str
+    percentage: str  # a decimal string, 0 to 100, at most 4 decimal places
+    inclusive: bool
+    country: str  # ISO 3166-1 alpha-2
+    state: str | None = None
+    jurisdiction: str | None = None
+    tax_type: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ArchiveTaxRate(_Req):
+    provider_tax_rate_id: str
 
 
 class CancelSubscription(_Req):
@@ -480,6 +513,15 @@ class InvoiceResult(_Res):
     provider_payment_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    # With tax: ``amount`` (charged) is the subtotal plus exclusive ``tax`` (None: the
+    # provider reports none, an invoice without tax rates).
+    subtotal: int | None = None
+    tax: int | None = None
+
+
+class TaxRateResult(_Res):
+    provider_tax_rate_id: str
+    active: bool
 
 
 class SubscriptionResult(_Res):
@@ -571,6 +613,8 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "cancel_payout": Capability.PAYOUTS,
     "retrieve_payout": Capability.PAYOUTS,
     "retrieve_balance": Capability.PAYOUTS,
+    "create_tax_rate": Capability.TAX,
+    "archive_tax_rate": Capability.TAX,
 }
 
 # Operations that stop, or read back, what the provider already holds for the tenant:
@@ -583,6 +627,8 @@ UNNARROWED_OPERATIONS = frozenset(
     {
         "cancel_subscription",
         "retrieve_subscription",
+        # (an archived rate is applied to nothing new: a stop, as a cancel is)
+        "archive_tax_rate",
         "cancel_payment",
         "retrieve_payment",
         "retrieve_refund",
@@ -715,6 +761,14 @@ class PaymentGateway(Protocol):
         self, req: RetrieveBalance, *, idempotency_key: str
     ) -> BalanceResult:
         """The account's balance now, per currency (a read: see retrieve_payment)."""
+        ...
+
+    async def create_tax_rate(
+        self, req: CreateTaxRate, *, idempotency_key: str
+    ) -> TaxRateResult: ...
+
+    async def archive_tax_rate(self, req: ArchiveTaxRate, *, idempotency_key: str) -> TaxRateResult:
+        """Deactivate the rate (Stripe: active=false): applied to nothing new."""
         ...
 
     async def knows_request(

@@ -44,6 +44,10 @@ class EntityType(StrEnum):
     # A table of its own since migration 0014 (its events stored before it are applied
     # by `paystream ledger backfill`).
     PAYOUT = "payout"
+    # Stored in ``events`` (the tenant's history) only, for now: no entity table or audit
+    # rows of their own yet (a later migration; README "Tax").
+    TAX_RATE = "tax_rate"
+    TAX_CALCULATION = "tax_calculation"
 
 
 # Column -> (python type, required) per entity; the row's other columns are bookkeeping.
@@ -135,6 +139,22 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "provider": (str, False),
         "provider_payout_id": (str, False),
         "created_by": (str, False),
+    },
+    EntityType.TAX_RATE: {
+        "status": (str, True),
+        "display_name": (str, False),
+        "percentage": (str, True),
+        "inclusive": (bool, True),
+        "country": (str, False),
+        "provider": (str, False),
+        "provider_tax_rate_id": (str, False),
+    },
+    EntityType.TAX_CALCULATION: {
+        "currency": (str, True),
+        "amount_subtotal": (int, True),
+        "amount_tax": (int, True),
+        "amount_total": (int, True),
+        "expires_at": (datetime, False),
     },
 }
 _DEFAULTS: dict[str, Any] = {

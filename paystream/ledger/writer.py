@@ -182,7 +182,10 @@ async def _apply(
                 session, tenant_id, model, id_column, batch, keys, first_seen, history
             )
     result.entities_applied = len({(a.entity_type, a.entity_id) for a in audit})
-    result.entities_stale = len(latest) - result.entities_applied
+    # (Of the types with a table: a tax rate's or calculation's events are stored, with no
+    # row of their own yet.)
+    tabled = sum(1 for entity_type, _ in latest if entity_type in ENTITY_TABLES)
+    result.entities_stale = tabled - result.entities_applied
     await append_audit(session, tenant_id, audit, keyring=keyring)
 
 

@@ -85,6 +85,8 @@ TABLE_NAMES = (
     "subscriptions",
     "invoices",
     "payouts",
+    "tax_rates",
+    "tax_calculations",
     "idempotency",
     "limits",
     "insights",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    StrictStr,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -26,13 +27,16 @@ from pydantic import (
 from paystream.gateways.stripe_rules import payout_descriptor_problem
 from paystream.money import MAX_MINOR_AMOUNT, Currency
 from paystream.streams.pan import luhn_valid, redact_card_numbers
+from paystream.tax import MAX_LINES, MAX_RATES_PER_LINE, parse_percentage
 
 __all__ = [
     "COMMANDS",
     "COMMAND_PREFIX",
     "ID_MAX_CHARS",
     "AcceptDispute",
+    "ArchiveTaxRate",
     "AttachPaymentMethod",
+    "CalculateTax",
     "CancelPayment",
     "CancelPayout",
     "CancelSubscription",
@@ -43,6 +47,7 @@ __all__ = [
     "CreatePayout",
     "CreateRefund",
     "CreateSubscription",
+    "CreateTaxRate",
     "DeleteCustomer",
     "DetachPaymentMethod",
     "EraseCustomer",
@@ -54,6 +59,7 @@ __all__ = [
     "RetrieveBalance",
     "SubmitDisputeEvidence",
     "SubscriptionInterval",
+    "TaxLineItem",
     "UpdateCustomer",
     "validation_errors",
 ]
@@ -114,6 +120,14 @@ class CommandData(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
+    # Fields added to a command after its first release, left out of its request hash
+    # while None: a command sent before (parked, or redelivered across an upgrade) keeps
+    # the hash it was stored under, not an idempotency conflict with itself.
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset()
+    # A command with nested models or lists: its request hash is of its JSON dump (its
+    # ``__dict__`` holds what orjson cannot write as the dump does).
+    HASH_BY_DUMP: ClassVar[bool] = False
+
 
 class CreateCustomer(CommandData):
     customer_id: EntityId | None = None
@@ -169,6 +183,11 @@ class CreatePayment(CommandData):
     statement_descriptor: Annotated[str, StringConstraints(max_length=22)] | None = None
     return_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # A `tax.calculated` whose amount_total is this payment's amount: the payment carries
+    # its tax (amount_tax), for what was collected to be reported.
+    tax_calculation_id: EntityId | None = None
+
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"tax_calculation_id"})
 
     @model_validator(mode="after")
     def _one_payment_method(self) -> CreatePayment:
@@ -228,6 +247,95 @@ class AcceptDispute(CommandData):
     dispute_id: EntityId
 
 
+def _percentage(text: str) -> str:
+    parse_percentage(text)
+    return text
+
+
+def _distinct(ids: list[str]) -> list[str]:
+    if len(set(ids)) != len(ids):
+        raise ValueError("a tax rate is named once")
+    return ids
+
+
+# Up to MAX_RATES_PER_LINE tax rates, each once.
+TaxRateIds = Annotated[
+    list[EntityId], Field(max_length=MAX_RATES_PER_LINE), AfterValidator(_distinct)
+]
+# Stripe's tax types (TaxRate.tax_type).
+TaxType = Literal[
+    "amusement_tax",
+    "communications_tax",
+    "gst",
+    "hst",
+    "igst",
+    "jct",
+    "lease_tax",
+    "pst",
+    "qst",
+    "retail_delivery_fee",
+    "rst",
+    "sales_tax",
+    "service_tax",
+    "vat",
+]
+
+
+class CreateTaxRate(CommandData):
+    """A tax rate of the tenant's, as Stripe's TaxRate: never changed once made, only
+    archived. ``percentage`` is a decimal string ("20", "7.25": 0 to 100, at most 4
+    decimal places); a JSON number is refused, so no float ever carries it."""
+
+    tax_rate_id: EntityId | None = None
+    display_name: Annotated[str, StringConstraints(min_length=1, max_length=50)]
+    percentage: Annotated[StrictStr, AfterValidator(_percentage)]
+    inclusive: StrictBool
+    # ISO 3166-1 alpha-2 (upper case); ``state``: ISO 3166-2's subdivision, without the
+    # country ("NY").
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    state: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{1,3}$")] | None = None
+    jurisdiction: Annotated[str, StringConstraints(max_length=50)] | None = None
+    tax_type: TaxType | None = None
+    description: ShortText | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class ArchiveTaxRate(CommandData):
+    """Archive a tax rate: it is applied to nothing new (what it taxed stays taxed)."""
+
+    tax_rate_id: EntityId
+
+
+class TaxLineItem(CommandData):
+    amount: Annotated[StrictInt, Field(ge=0, le=MAX_MINOR_AMOUNT)]  # the unit amount
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    quantity: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 1
+    # This line's rates; None: the calculation's ``tax_rate_ids``; []: none.
+    tax_rate_ids: TaxRateIds | None = None
+
+
+class CalculateTax(CommandData):
+    """The tax on ``line_items`` by the tenant's tax rates (computed by paystream: no
+    provider is asked). Its outcome, `tax.calculated`, names a calculation a
+    ``payment.create`` may carry."""
+
+    currency: Currency
+    line_items: Annotated[list[TaxLineItem], Field(min_length=1, max_length=MAX_LINES)]
+    tax_rate_ids: TaxRateIds | None = None
+
+    HASH_BY_DUMP: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _lines(self) -> CalculateTax:
+        references = [line.reference for line in self.line_items]
+        if len(set(references)) != len(references):
+            raise ValueError("each line item's reference is unique in the calculation")
+        for line in self.line_items:
+            if line.amount * line.quantity > MAX_MINOR_AMOUNT:
+                raise ValueError(f"line {line.reference}: amount times quantity is too large")
+        return self
+
+
 class SubscriptionInterval(StrEnum):
     DAY = "day"
     WEEK = "week"
@@ -262,6 +370,11 @@ class CreateSubscription(CommandData):
     trial_days: Annotated[StrictInt, Field(ge=0, le=MAX_TRIAL_DAYS)] = 0
     description: ShortText | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # Tax rates (tax_rate.create) applied to every invoice: exclusive ones added to
+    # ``amount``, inclusive ones contained in it (Stripe's default_tax_rates).
+    tax_rate_ids: TaxRateIds | None = None
+
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"tax_rate_ids"})
 
     @model_validator(mode="after")
     def _at_most_a_year(self) -> CreateSubscription:
@@ -368,6 +481,9 @@ COMMANDS: dict[str, type[CommandData]] = {
     "payout.cancel": CancelPayout,
     "payout.refresh": RefreshPayout,
     "balance.retrieve": RetrieveBalance,
+    "tax_rate.create": CreateTaxRate,
+    "tax_rate.archive": ArchiveTaxRate,
+    "tax.calculate": CalculateTax,
 }
 
 # Commands whose provider call only reads (keyless, no effect of its own): a re-drive of

@@ -34,6 +34,8 @@ _KINDS = {
     "subscription": "subscriptions",
     "invoice": "invoices",
     "payout": "payouts",
+    "tax_rate": "tax_rates",
+    "tax_calculation": "tax_calculations",
 }
 
 

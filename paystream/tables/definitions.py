@@ -25,6 +25,8 @@ __all__ = [
     "payouts",
     "refunds",
     "subscriptions",
+    "tax_calculations",
+    "tax_rates",
 ]
 
 
@@ -72,5 +74,9 @@ disputes = batched_table("disputes", "tenant:dispute id → dispute record")
 subscriptions = batched_table("subscriptions", "tenant:subscription id → subscription record")
 invoices = batched_table("invoices", "tenant:invoice id → invoice record")
 payouts = batched_table("payouts", "tenant:payout id → payout record")
+tax_rates = batched_table("tax_rates", "tenant:tax rate id → tax rate record")
+tax_calculations = batched_table(
+    "tax_calculations", "tenant:tax calculation id → tax calculation record"
+)
 idempotency = batched_table("idempotency", "tenant:idempotency key → in-flight/done record")
 limits = batched_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")

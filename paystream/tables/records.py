@@ -30,6 +30,8 @@ __all__ = [
     "RefundRecord",
     "StoredOutcome",
     "SubscriptionRecord",
+    "TaxCalculationRecord",
+    "TaxRateRecord",
     "applied_entry",
     "scrub_customer_applied",
     "scrub_customer_outcome",
@@ -301,6 +303,10 @@ class PaymentRecord(EntityRecord):
     # payment open when it fails (Stripe: requires_payment_method), and the customer's
     # browser may still pay it with another card.
     customer_action_delivered: bool = False
+    # Named a tax calculation (tax.calculate): its tax, contained in ``amount``, and its id
+    # (what a tax report sums). Stored only when set (pipeline._stored_fields).
+    amount_tax: int | None = None
+    tax_calculation_id: str | None = None
 
 
 class RefundRecord(EntityRecord):
@@ -352,6 +358,8 @@ class SubscriptionRecord(EntityRecord):
     latest_invoice_id: str | None = None
     description: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Its tax rates (paystream's ids), applied to every invoice; stored only when set.
+    tax_rate_ids: list[str] | None = None
 
 
 class InvoiceRecord(EntityRecord):
@@ -370,6 +378,46 @@ class InvoiceRecord(EntityRecord):
     provider_payment_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    # Its subscription's tax: ``amount`` (charged) is ``total``: ``subtotal`` (the
+    # subscription's amount) plus exclusive ``tax`` (inclusive tax is in the subtotal).
+    # Stored only when set (None: an invoice recorded before tax).
+    subtotal: int | None = None
+    tax: int | None = None
+    total: int | None = None
+
+
+class TaxRateRecord(EntityRecord):
+    """A tenant's tax rate, as Stripe's TaxRate: never changed once made, only archived
+    (status: active | archived); ``percentage`` is the decimal string it was made with."""
+
+    entity_type: str = "tax_rate"
+    status: str = "active"
+    display_name: str
+    percentage: str
+    inclusive: bool
+    country: str
+    state: str | None = None
+    jurisdiction: str | None = None
+    tax_type: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    provider_tax_rate_id: str
+
+
+class TaxCalculationRecord(EntityRecord):
+    """A tax.calculate's answer, kept until ``expires_at`` for a payment to name it."""
+
+    entity_type: str = "tax_calculation"
+    currency: str
+    line_items: list[dict[str, Any]]
+    amount_subtotal: int
+    amount_tax: int
+    amount_tax_inclusive: int
+    amount_tax_exclusive: int
+    amount_total: int
+    # Per tax rate (paystream's id), its tax over every line.
+    tax_by_rate: dict[str, int] = Field(default_factory=dict)
+    expires_at: datetime
 
 
 class PayoutRecord(EntityRecord):

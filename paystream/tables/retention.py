@@ -111,6 +111,11 @@ def settled(record: Mapping[str, Any]) -> bool:
         # business days (paid → failed), well within any retention (30 days at least):
         # unchanged that long, it is settled. Pending or in transit: live, kept.
         return record.get("status") in ("paid", "failed", "canceled")
+    if kind == "tax_calculation":
+        # Never changed once made; kept while a payment may name it (see ``expired``).
+        return True
+    # (A tax rate stays: payments' calculations and subscriptions name it, and it is
+    # small; archived, it is applied to nothing new.)
     return kind in ("payment", "refund", "dispute")
 
 
@@ -146,10 +151,22 @@ def expired(
     rebalance, a tenant split across partitions); so does no ``owner`` to ask."""
     if not isinstance(record, dict):
         return False
+    if record.get("entity_type") == "tax_calculation" and not _calculation_expired(record, now):
+        return False
     if not settled(record) and not _orphaned(record, now, retention_seconds, owner):
         return False
     changed = last_change(record)
     return changed is not None and changed + retention_seconds <= now
+
+
+def _calculation_expired(record: Mapping[str, Any], now: float) -> bool:
+    """A tax calculation past its ``expires_at``: no payment may name it any more (one not
+    readable is kept)."""
+    try:
+        ends = _timestamp(record.get("expires_at"))
+    except (TypeError, ValueError):
+        return False
+    return ends is not None and ends <= now
 
 
 def _orphaned(

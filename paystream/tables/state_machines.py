@@ -10,11 +10,13 @@ __all__ = [
     "PAYOUT_MOVES",
     "SUBSCRIPTION_MOVES",
     "SUBSCRIPTION_TRANSITIONS",
+    "TAX_RATE_TRANSITIONS",
     "InvalidState",
     "check_payment_transition",
     "check_payout_move",
     "check_subscription_move",
     "check_subscription_transition",
+    "check_tax_rate_transition",
     "invoice_moves",
 ]
 
@@ -118,3 +120,16 @@ PAYOUT_MOVES: dict[str, frozenset[str]] = {
 def check_payout_move(status: str, to: str) -> None:
     if to not in PAYOUT_MOVES.get(status, frozenset()):
         raise InvalidState(f"a payout that is {status} cannot become {to}")
+
+
+# tax rate status → what may be done with it. As Stripe's TaxRate: active → archived, and
+# never back; an archived rate is applied to nothing new (a calculation, a subscription).
+TAX_RATE_TRANSITIONS: dict[str, frozenset[str]] = {
+    "active": frozenset({"archive", "apply"}),
+    "archived": frozenset(),
+}
+
+
+def check_tax_rate_transition(status: str, verb: str) -> None:
+    if verb not in TAX_RATE_TRANSITIONS.get(status, frozenset()):
+        raise InvalidState(f"cannot {verb} a tax rate that is {status}")

@@ -54,6 +54,8 @@ _ENTITY_TABLES = {
     "subscriptions": t.subscriptions,
     "invoices": t.invoices,
     "payouts": t.payouts,
+    "tax_rates": t.tax_rates,
+    "tax_calculations": t.tax_calculations,
 }
 # What a lookup may name: an entity's kind, or "commands" (what became of a command).
 _KINDS = frozenset({*_ENTITY_TABLES, "commands"})

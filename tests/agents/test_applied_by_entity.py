@@ -138,6 +138,33 @@ async def _with_balance(
     return command_type, {"payout_id": payout}
 
 
+_VAT = {"display_name": "VAT", "percentage": "20", "inclusive": False, "country": "GB"}
+
+
+async def _rate(h: Harness, t: str) -> str:
+    return await _made(h, t, "tax_rate.create", {**_VAT, "tax_rate_id": "vat"})
+
+
+async def _with_rate(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
+    rate = await _rate(h, t)
+    if command_type == "tax_rate.archive":
+        return command_type, {"tax_rate_id": rate}
+    lines = [{"amount": 1000, "reference": "l1"}]
+    return command_type, {"currency": "GBP", "line_items": lines, "tax_rate_ids": [rate]}
+
+
+async def _taxed_payment(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    _, calc = await _with_rate(h, t, "tax.calculate")
+    calc_id = await _made(h, t, "tax.calculate", calc)
+    body = {**_CHARGE, "currency": "GBP", "amount": 1200, "tax_calculation_id": calc_id}
+    return "payment.create", body
+
+
+async def _taxed_subscription(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    rate = await _rate(h, t)
+    return await _with_card(h, t, {"tax_rate_ids": [rate]})
+
+
 async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"dispute_id": await _dispute(h, t)}
     if command_type == "dispute.submit_evidence":
@@ -181,6 +208,12 @@ SCENARIOS: dict[str, Setup] = {
     "payout.create (instant)": lambda h, t: _with_balance(h, t, "payout.create", method="instant"),
     "payout.cancel": lambda h, t: _with_balance(h, t, "payout.cancel"),
     "payout.refresh (in transit)": lambda h, t: _with_balance(h, t, "payout.refresh"),
+    "subscription.create (taxed)": _taxed_subscription,
+    "tax_rate.create": lambda h, t: _none("tax_rate.create", {**_VAT, "tax_rate_id": "t9"}),
+    "tax_rate.create (derived id)": lambda h, t: _none("tax_rate.create", _VAT),
+    "tax_rate.archive": lambda h, t: _with_rate(h, t, "tax_rate.archive"),
+    "tax.calculate": lambda h, t: _with_rate(h, t, "tax.calculate"),
+    "payment.create (taxed)": _taxed_payment,
 }
 
 
@@ -202,6 +235,8 @@ def _entities(h: Harness) -> dict[str, Any]:
             "subscriptions",
             "invoices",
             "payouts",
+            "tax_rates",
+            "tax_calculations",
         )
     }
 

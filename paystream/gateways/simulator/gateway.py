@@ -21,6 +21,7 @@ from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
     KEYLESS_OPERATIONS,
     AcceptDispute,
+    ArchiveTaxRate,
     AttachPaymentMethod,
     BalanceResult,
     CancelPayment,
@@ -34,6 +35,7 @@ from paystream.gateways.base import (
     CreatePayout,
     CreateRefund,
     CreateSubscription,
+    CreateTaxRate,
     CustomerDetails,
     CustomerResult,
     DeleteCustomer,
@@ -52,6 +54,7 @@ from paystream.gateways.base import (
     RetrieveSubscription,
     SubmitDisputeEvidence,
     SubscriptionResult,
+    TaxRateResult,
     UpdateCustomer,
     supports,
 )
@@ -84,6 +87,7 @@ SIMULATOR_CAPABILITIES = frozenset(
         Capability.SUBSCRIPTIONS,
         Capability.INVOICES,
         Capability.PAYOUTS,
+        Capability.TAX,
     }
 )
 
@@ -389,6 +393,18 @@ class SimulatorGateway:
             "retrieve_balance", req, idempotency_key,
             lambda tx: ops.retrieve_balance(tx, req), BalanceResult,
             keyed=False,
+        )  # fmt: skip
+
+    async def create_tax_rate(self, req: CreateTaxRate, *, idempotency_key: str) -> TaxRateResult:
+        return await self._run(
+            "create_tax_rate", req, idempotency_key,
+            lambda tx: ops.create_tax_rate(tx, req, idempotency_key), TaxRateResult,
+        )  # fmt: skip
+
+    async def archive_tax_rate(self, req: ArchiveTaxRate, *, idempotency_key: str) -> TaxRateResult:
+        return await self._run(
+            "archive_tax_rate", req, idempotency_key,
+            lambda tx: ops.archive_tax_rate(tx, req, idempotency_key), TaxRateResult,
         )  # fmt: skip
 
     async def knows_request(

@@ -19,6 +19,7 @@ from typing import Any
 from paystream.gateways.base import (
     METADATA_KEYS_MAX,
     AcceptDispute,
+    ArchiveTaxRate,
     AttachPaymentMethod,
     CancelPayment,
     CancelPayout,
@@ -30,6 +31,7 @@ from paystream.gateways.base import (
     CreatePayout,
     CreateRefund,
     CreateSubscription,
+    CreateTaxRate,
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
@@ -58,12 +60,14 @@ from paystream.gateways.stripe_rules import (
 )
 from paystream.ids import ID_LENGTH
 from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money
+from paystream.tax import Line, Rate, calculate, parse_percentage
 
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
     "DISPUTE_EVIDENCE_FILE_FIELDS",
     "accept_dispute",
     "advance_clock",
+    "archive_tax_rate",
     "attach_payment_method",
     "cancel_payment",
     "cancel_payout",
@@ -75,6 +79,7 @@ __all__ = [
     "create_payout",
     "create_refund",
     "create_subscription",
+    "create_tax_rate",
     "delete_customer",
     "detach_payment_method",
     "resolve_dispute",
@@ -841,13 +846,14 @@ def _bill_period(
     as Stripe's with no payment method to charge)."""
     card = card_for_token(sub["card"])
     start, end = period_start(sub, k), period_start(sub, k + 1)
+    subtotal, tax, total = _taxed(sub)
     pi: dict[str, Any] = {
         "object": "payment_intent",
         "id": _new_id("pi"),
         "status": _SUCCEEDED,
-        "amount": sub["amount"],
+        "amount": total,
         "currency": sub["currency"],
-        "amount_captured": sub["amount"],
+        "amount_captured": total,
         "amount_refunded": 0,
         "customer": sub["customer"],
         "card": sub["card"],
@@ -863,7 +869,7 @@ def _bill_period(
         "id": _new_id("in"),
         "subscription": sub["id"],
         "status": "paid",
-        "amount": sub["amount"],
+        "amount": total,
         "currency": sub["currency"],
         "period_start": start,
         "period_end": end,
@@ -871,6 +877,8 @@ def _bill_period(
         "failure_code": None,
         "failure_message": None,
     }
+    if sub.get("tax_rates"):
+        invoice.update(subtotal=subtotal, tax=tax)
     if (
         not attached
         or card is None
@@ -897,13 +905,26 @@ def _bill_period(
         )
         invoice.update(status="open", failure_code=code, failure_message=message)
     else:
-        tx.effect(Effect.of("charge", key, pi["id"], sub["amount"], sub["currency"]))
-        tx.settle_later(sub["currency"], sub["amount"], at=start)  # (charged as it began)
+        tx.effect(Effect.of("charge", key, pi["id"], total, sub["currency"]))
+        tx.settle_later(sub["currency"], total, at=start)  # (charged as it began)
     tx.put(pi)
     tx.put(invoice)
     sub["invoices"] = [*sub["invoices"], invoice["id"]]
     sub["periods_billed"] = k + 1
     return invoice
+
+
+def _taxed(sub: dict[str, Any]) -> tuple[int, int, int]:
+    """A period's (subtotal, tax, total) by the subscription's tax rates, as kept when it
+    was made (paystream.tax: Stripe Billing's arithmetic for default_tax_rates)."""
+    rates = [
+        Rate(r["id"], parse_percentage(r["percentage"]), bool(r["inclusive"]))
+        for r in sub.get("tax_rates") or ()
+    ]
+    if not rates:
+        return sub["amount"], 0, sub["amount"]
+    calc = calculate([Line(sub["amount"], 1, rates)])
+    return calc.amount_subtotal, calc.amount_tax, calc.amount_total
 
 
 async def _bill_due(tx: Tx, sub: dict[str, Any], now: int) -> bool:
@@ -966,12 +987,23 @@ async def create_subscription(tx: Tx, req: CreateSubscription, key: str) -> dict
     )
     if problem is not None:
         raise _invalid(problem)
+    if len({r.provider_tax_rate_id for r in req.tax_rates}) != len(req.tax_rates):
+        raise _invalid("a tax rate is applied once")
     cus = await _must(tx, req.provider_customer_id, "customer")
     pm = await _must(tx, req.provider_payment_method_id, "payment_method")
     if pm["customer"] is None:
         raise _refuse(ErrorCode.INVALID_STATE, "a detached payment method cannot be used again")
     if pm["customer"] != req.provider_customer_id:
         raise _refuse(ErrorCode.INVALID_REQUEST, "the payment method belongs to another customer")
+    tax_rates = []
+    for ref in req.tax_rates:
+        txr = await _must(tx, ref.provider_tax_rate_id, "tax_rate")
+        if not txr["active"]:
+            raise _refuse(ErrorCode.INVALID_STATE, f"tax rate {txr['id']} is archived")
+        # (its own percentage and behaviour, as the provider holds them)
+        tax_rates.append(
+            {"id": txr["id"], "percentage": txr["percentage"], "inclusive": txr["inclusive"]}
+        )
     now = await clock_now(tx)
     trial = req.trial_days > 0
     sub: dict[str, Any] = {
@@ -994,7 +1026,9 @@ async def create_subscription(tx: Tx, req: CreateSubscription, key: str) -> dict
         "canceled_at": None,
         "description": req.description,
         "metadata": dict(req.metadata),
+        "tax_rates": tax_rates,
     }
+    _check_amount(Money(amount=_taxed(sub)[2], currency=req.amount.currency))
     if trial:
         tx.effect(Effect.of("subscription.created", key, sub["id"]))
     else:
@@ -1189,3 +1223,37 @@ async def retrieve_balance(tx: Tx, req: RetrieveBalance) -> dict[str, Any]:
             ]
         }
     }
+
+
+# ---- tax rates ----------------------------------------------------------------------
+
+
+async def create_tax_rate(tx: Tx, req: CreateTaxRate, key: str) -> dict[str, Any]:
+    try:
+        parse_percentage(req.percentage)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+    if not req.display_name or len(req.display_name) > 50:
+        raise _invalid("display_name is 1 to 50 characters")
+    problem = payment_parameters_problem(None, None, req.metadata)
+    if problem is not None:
+        raise _invalid(problem)
+    txr = {
+        "object": "tax_rate",
+        "id": _new_id("txr"),
+        "active": True,
+        **req.model_dump(mode="json"),
+    }
+    tx.put(txr)
+    tx.effect(Effect.of("tax_rate.created", key, txr["id"]))
+    return {"ok": results.tax_rate(txr)}
+
+
+async def archive_tax_rate(tx: Tx, req: ArchiveTaxRate, key: str) -> dict[str, Any]:
+    txr = await _must(tx, req.provider_tax_rate_id, "tax_rate")
+    if not txr["active"]:
+        raise _refuse(ErrorCode.INVALID_STATE, "the tax rate is archived already")
+    txr = {**txr, "active": False}
+    tx.put(txr)
+    tx.effect(Effect.of("tax_rate.archived", key, txr["id"]))
+    return {"ok": results.tax_rate(txr)}

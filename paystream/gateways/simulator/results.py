@@ -16,6 +16,7 @@ __all__ = [
     "payout",
     "refund",
     "subscription",
+    "tax_rate",
 ]
 
 
@@ -112,7 +113,13 @@ def invoice(inv: dict[str, Any]) -> dict[str, Any]:
         "provider_payment_id": inv.get("payment_intent"),
         "failure_code": inv.get("failure_code"),
         "failure_message": inv.get("failure_message"),
+        "subtotal": inv.get("subtotal"),
+        "tax": inv.get("tax"),
     }
+
+
+def tax_rate(txr: dict[str, Any]) -> dict[str, Any]:
+    return {"provider_tax_rate_id": txr["id"], "active": txr["active"]}
 
 
 def subscription(

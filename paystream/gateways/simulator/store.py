@@ -254,8 +254,9 @@ def request_fingerprint(operation: str, params: dict[str, Any]) -> str:
 
 
 # Request models whose fields orjson writes exactly as ``model_dump(mode="json")`` does:
-# str, int, bool, None, dict[str, str], StrEnum members (written as their values) and
-# these same models (Money). Their field dicts are serialised as they stand, with no
+# str, int, bool, None, dict[str, str], StrEnum members (written as their values), these
+# same models (Money) and tuples of them (a subscription's TaxRateRefs: orjson writes a
+# tuple as the list the dump has). Their field dicts are serialised as they stand, with no
 # intermediate dump; tests/gateways/simulator/test_fast_paths.py holds every class here
 # to that (its field types, and equal fingerprints).
 PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
@@ -282,6 +283,9 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CancelPayout,
         gw.RetrievePayout,
         gw.RetrieveBalance,
+        gw.TaxRateRef,
+        gw.CreateTaxRate,
+        gw.ArchiveTaxRate,
     }
 )
 

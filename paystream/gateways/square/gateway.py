@@ -741,6 +741,19 @@ class SquareGateway:
     ) -> gw_base.BalanceResult:
         raise UnsupportedOperation(PROVIDER, "retrieve_balance")
 
+    # ---- tax rates: not built for this provider (no TAX capability: the handler answers
+    # `unsupported` before any call; Square's taxes are catalog objects, not rates) -------
+
+    async def create_tax_rate(
+        self, req: gw_base.CreateTaxRate, *, idempotency_key: str
+    ) -> gw_base.TaxRateResult:
+        raise UnsupportedOperation(PROVIDER, "create_tax_rate")
+
+    async def archive_tax_rate(
+        self, req: gw_base.ArchiveTaxRate, *, idempotency_key: str
+    ) -> gw_base.TaxRateResult:
+        raise UnsupportedOperation(PROVIDER, "archive_tax_rate")
+
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:

@@ -75,6 +75,7 @@ STRIPE_CAPABILITIES = frozenset(
         Capability.SUBSCRIPTIONS,
         Capability.INVOICES,
         Capability.PAYOUTS,
+        Capability.TAX,
         Capability.WEBHOOKS,
     }
 )
@@ -532,6 +533,10 @@ class StripeGateway:
             trial_period_days=req.trial_days or None,
             description=req.description,
             metadata=req.metadata,
+            # Its invoices taxed by Stripe Billing with the tenant's TaxRates (made by
+            # create_tax_rate): sent only when there are any, so a subscription without
+            # tax is the very request it was before (its key's parameters unchanged).
+            default_tax_rates=[r.provider_tax_rate_id for r in req.tax_rates] or None,
         )
         obj = await self._call(
             "create_subscription",
@@ -731,6 +736,42 @@ class StripeGateway:
         pending per currency. A GET: no key."""
         obj = await self._call("retrieve_balance", lambda: self._v1.balance.retrieve_async())
         return mapping.balance(obj)
+
+    # ---- tax rates -------------------------------------------------------------------
+
+    async def create_tax_rate(
+        self, req: gw_base.CreateTaxRate, *, idempotency_key: str
+    ) -> gw_base.TaxRateResult:
+        """A TaxRate (https://docs.stripe.com/api/tax_rates/create): its percentage sent
+        as the decimal string it was given (never a float: Stripe reads the form value)."""
+        params = _without_none(
+            display_name=req.display_name,
+            percentage=req.percentage,
+            inclusive=req.inclusive,
+            country=req.country,
+            state=req.state,
+            jurisdiction=req.jurisdiction,
+            tax_type=req.tax_type,
+            description=req.description,
+            metadata=req.metadata,
+        )
+        obj = await self._call(
+            "create_tax_rate",
+            lambda: self._v1.tax_rates.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.tax_rate(obj)
+
+    async def archive_tax_rate(
+        self, req: gw_base.ArchiveTaxRate, *, idempotency_key: str
+    ) -> gw_base.TaxRateResult:
+        """Stripe archives a TaxRate by ``active=false`` (it is never deleted)."""
+        obj = await self._call(
+            "archive_tax_rate",
+            lambda: self._v1.tax_rates.update_async(
+                req.provider_tax_rate_id, {"active": False}, self._opts(idempotency_key)
+            ),
+        )
+        return mapping.tax_rate(obj)
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

@@ -24,6 +24,7 @@ from paystream.gateways.base import (
     RefundStatus,
     SubscriptionResult,
     SubscriptionStatus,
+    TaxRateResult,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.money import Money
@@ -47,6 +48,7 @@ __all__ = [
     "subscription",
     "subscription_period_end",
     "subscription_status",
+    "tax_rate",
 ]
 
 _PAYMENT_STATUS = {
@@ -392,6 +394,27 @@ def invoice(
         provider_payment_id=invoice_payment_intent(obj),
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
+        **_invoice_tax(obj),
+    )
+
+
+def _invoice_tax(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An invoice's subtotal and tax, when TaxRates taxed it: its tax amounts
+    (``total_tax_amounts`` before API version 2025-03-31.basil, ``total_taxes`` since),
+    summed; nothing when it lists none."""
+    listed = obj.get("total_taxes")
+    if not isinstance(listed, list) or not listed:
+        listed = obj.get("total_tax_amounts")
+    if not isinstance(listed, list) or not listed:
+        return {}
+    tax = sum(int(t.get("amount") or 0) for t in listed if isinstance(t, Mapping))
+    return {"subtotal": int(obj.get("subtotal") or 0), "tax": tax}
+
+
+def tax_rate(obj: Mapping[str, Any]) -> TaxRateResult:
+    # (form-encoded by an update, a fake may hand the flag back as text)
+    return TaxRateResult(
+        provider_tax_rate_id=str(obj["id"]), active=obj.get("active") not in (False, "false")
     )
 
 

@@ -43,6 +43,9 @@ def _plain(annotation: Any) -> bool:
         return all(_plain(arg) for arg in typing.get_args(annotation))
     if annotation in _PLAIN_LEAVES or annotation in PLAIN_REQUESTS:
         return True
+    if typing.get_origin(annotation) is tuple:  # tuple[X, ...]: written as the dump's list
+        item, ellipsis = typing.get_args(annotation)
+        return ellipsis is Ellipsis and _plain(item)
     return isinstance(annotation, type) and issubclass(annotation, StrEnum)
 
 
@@ -107,6 +110,36 @@ _REQUESTS: list[tuple[str, BaseModel]] = [
         ),
     ),
     ("accept_dispute", gw.AcceptDispute(provider_dispute_id="dp_x")),
+    (
+        "create_tax_rate",
+        gw.CreateTaxRate(display_name="VAT", percentage="20", inclusive=False, country="GB"),
+    ),
+    (
+        "create_tax_rate",
+        gw.CreateTaxRate(
+            display_name="NY",
+            percentage="8.875",
+            inclusive=True,
+            country="US",
+            state="NY",
+            tax_type="sales_tax",
+            metadata={"b": "1", "a": ""},
+        ),
+    ),
+    ("archive_tax_rate", gw.ArchiveTaxRate(provider_tax_rate_id="txr_x")),
+    (
+        "create_subscription",
+        gw.CreateSubscription(
+            provider_customer_id="cus_x",
+            provider_payment_method_id="pm_x",
+            amount=Money(amount=1999, currency="gbp"),
+            interval="month",
+            tax_rates=(
+                gw.TaxRateRef(provider_tax_rate_id="txr_b", percentage="20", inclusive=False),
+                gw.TaxRateRef(provider_tax_rate_id="txr_a", percentage="5.5", inclusive=True),
+            ),
+        ),
+    ),
 ]
 
 
