@@ -146,6 +146,19 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "Read the tenant's balance at its provider, per currency: `available` and "
         "`pending` (captured, not yet settled)."
     ),
+    "tax_rate.create": (
+        "Make a tax rate at the tenant's provider (Stripe's TaxRate): `percentage` a "
+        "decimal string (0 to 100, at most 4 decimal places; a JSON number is refused), "
+        "`inclusive` (contained in prices) or exclusive (added on top), `country`."
+    ),
+    "tax_rate.archive": (
+        "Archive a tax rate (it is never changed or deleted): applied to nothing new."
+    ),
+    "tax.calculate": (
+        "The tax on `line_items` by the tenant's tax rates, computed by paystream as Stripe "
+        "Billing computes it (per line and rate, rounded half up; no provider asked): a "
+        "calculation (`taxcalc_...`) a `payment.create` may name until its `expires_at`."
+    ),
 }
 
 REJECT_REASONS: dict[RejectReason, str] = {
@@ -391,6 +404,19 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
             }
         },
     ),
+    "tax_rate.created": ("tax_rate", "The tax rate was made (`active`).", {}),
+    "tax_rate.archived": (
+        "tax_rate",
+        "The tax rate was archived: applied to no new calculation or subscription.",
+        {},
+    ),
+    "tax.calculated": (
+        "tax_calculation",
+        "The tax on each line and rate, and `amount_subtotal`, `amount_tax`, `amount_total` "
+        "(exclusive tax added, inclusive contained); a payment of `amount_total` may name "
+        "it (`tax_calculation_id`) until `expires_at`.",
+        {},
+    ),
     "command.rejected": (
         None,
         "The command was refused; `reason` is machine-readable, `message` for people.",
@@ -407,6 +433,8 @@ _ENTITIES: dict[str, type[records.EntityRecord]] = {
     "subscription": records.SubscriptionRecord,
     "invoice": records.InvoiceRecord,
     "payout": records.PayoutRecord,
+    "tax_rate": records.TaxRateRecord,
+    "tax_calculation": records.TaxCalculationRecord,
 }
 _STATUSES: dict[str, type[StrEnum]] = {
     "payment": PaymentStatus,

@@ -50,6 +50,19 @@ VALID: dict[str, dict[str, Any]] = {
     "payout.cancel": {"payout_id": "po1"},
     "payout.refresh": {"payout_id": "po1"},
     "balance.retrieve": {},
+    "tax_rate.create": {
+        "display_name": "VAT",
+        "percentage": "20",
+        "inclusive": False,
+        "country": "GB",
+        "tax_type": "vat",
+    },
+    "tax_rate.archive": {"tax_rate_id": "vat"},
+    "tax.calculate": {
+        "currency": "GBP",
+        "line_items": [{"amount": 1000, "reference": "sku-1", "quantity": 2}],
+        "tax_rate_ids": ["vat"],
+    },
 }
 BODY = "/paths/~1v1~1commands/post/requestBody/content/application~1json/schema"
 
