@@ -130,6 +130,39 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
             )
             await over_http("payout.refresh", {"payout_id": instant["entity_id"]})
             assert seen["payout.refresh"] == "payout.paid", seen
+            # Tax: rates made and archived, a calculation a payment and a subscription use.
+            await over_http(
+                "tax_rate.create",
+                {"tax_rate_id": "vat", "display_name": "VAT", "percentage": "20",
+                 "inclusive": False, "country": "GB", "tax_type": "vat"},
+            )  # fmt: skip
+            await over_kafka(
+                "tax_rate.create",
+                {"tax_rate_id": "old", "display_name": "Old", "percentage": "7.5",
+                 "inclusive": True, "country": "US", "state": "NY"},
+            )  # fmt: skip
+            calc = await over_kafka(
+                "tax.calculate",
+                {"currency": "GBP", "tax_rate_ids": ["vat"],
+                 "line_items": [{"amount": 1000, "reference": "sku", "quantity": 2}]},
+            )  # fmt: skip
+            assert calc["object"]["amount_total"] == 2400, calc
+            taxed = await over_http(
+                "payment.create",
+                {"amount": 2400, "currency": "GBP", "payment_method_token": "pm_card_visa",
+                 "tax_calculation_id": calc["entity_id"]},
+            )  # fmt: skip
+            assert taxed["object"]["amount_tax"] == 400, taxed
+            sub = await over_http(
+                "subscription.create",
+                {"customer_id": "c1", "payment_method_id": "pm1", "amount": 1000,
+                 "currency": "GBP", "interval": "month", "tax_rate_ids": ["vat"]},
+            )  # fmt: skip
+            assert sub["related"][0]["object"]["total"] == 1200, sub
+            await over_http("tax.calculate", {"currency": "GBP",
+                            "line_items": [{"amount": 5, "reference": "x"}]})  # fmt: skip
+            await over_kafka("tax_rate.archive", {"tax_rate_id": "old"})
+            await over_http("tax_rate.archive", {"tax_rate_id": "vat"})
             await over_http("customer.export", {"customer_id": "c1"})
             await over_kafka("payment_method.detach", {"payment_method_id": "pm1"})
             await over_http("customer.delete", {"customer_id": "c1"})
