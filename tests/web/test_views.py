@@ -275,7 +275,7 @@ async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> No
 # (Listed in the answer: a singular "payment" got a bare "unknown kind".)
 _KINDS = (
     "; kinds: customers, disputes, invoices, payment_methods, payments, payouts, refunds, "
-    "subscriptions, commands"
+    "subscriptions, tax_calculations, tax_rates, commands"
 )
 
 
@@ -293,6 +293,8 @@ _KINDS = (
         ("/v1/tenants/acme/subscriptions/{pid}", "no such subscription"),
         ("/v1/tenants/acme/invoices/{pid}", "no such invoice"),
         ("/v1/tenants/acme/payouts/{pid}", "no such payout"),
+        ("/v1/tenants/acme/tax_rates/{pid}", "no such tax_rate"),
+        ("/v1/tenants/acme/tax_calculations/{pid}", "no such tax_calculation"),
         ("/v1/tenants/acme/widgets/{pid}", "unknown kind" + _KINDS),
         # bookkeeping tables are not entity kinds
         ("/v1/tenants/acme/idempotency/{pid}", "unknown kind" + _KINDS),
