@@ -44,6 +44,8 @@ _PAYMENT: dict[str, Any] = {
     "next_action": {"type": "redirect_to_url", "redirect_to_url": {"url": "u"}},
     "dispute_id": None,
     "customer_action_delivered": True,
+    "amount_tax": None,
+    "tax_calculation_id": None,
 }
 
 
@@ -103,7 +105,9 @@ def _dumped(record: EntityRecord) -> dict[str, Any]:
     """The JSON dump a record is stored as: without ``applied``, and without the fields
     added since that are None (an earlier version refuses a field it does not know)."""
     dumped = record.model_dump(mode="json", exclude={"applied"})
-    for name in ("provider_charge_id", "reason", "evidence_due_by"):
+    from paystream.agents.pipeline import _WRITTEN_WHEN_SET
+
+    for name in _WRITTEN_WHEN_SET:
         if dumped.get(name, True) is None:
             del dumped[name]
     return dumped
@@ -116,6 +120,9 @@ def _records() -> list[EntityRecord]:
         PaymentRecord.model_validate({**_PAYMENT, "next_action": None, "applied": applied}),
         PaymentRecord.model_validate(_PAYMENT),  # a dict field: dumped
         PaymentRecord.model_validate({**_PAYMENT, "next_action": None, "provider_charge_id": "ch"}),
+        PaymentRecord.model_validate(
+            {**_PAYMENT, "next_action": None, "amount_tax": 200, "tax_calculation_id": "taxcalc_1"}
+        ),
         CustomerRecord(**base, provider_customer_id="cus", email="a@b.c", metadata={"k": "v"}),
         CustomerRecord(**base, provider_customer_id="cus"),
         RefundRecord(
