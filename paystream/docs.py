@@ -134,7 +134,11 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "account (`standard`: arrives after the provider's delay; `instant`: at once); "
         "more than is available is refused `balance_insufficient`."
     ),
-    "payout.cancel": "Cancel a `pending` payout (its amount available again).",
+    "payout.cancel": (
+        "Cancel a `pending` payout (its amount available again). One `canceled` or "
+        "`failed` is refused `invalid_state`, a parked cancel re-driven after a refresh "
+        "recorded it too, so its `payout.canceled` is emitted once."
+    ),
     "payout.refresh": (
         "Read a payout back from its provider: in transit, paid, or failed since "
         "(`data.previous_status`: what paystream held before). One `canceled` or "

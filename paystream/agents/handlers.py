@@ -2082,8 +2082,22 @@ async def create_payout(ctx: HandlerContext, data: c.CreatePayout) -> HandlerRes
     return HandlerResult(_PAYOUT_OUTCOME[res.status], rec, error=error)
 
 
+_PAYOUT_FINAL = frozenset({gw.PayoutStatus.CANCELED.value, gw.PayoutStatus.FAILED.value})
+
+
 async def cancel_payout(ctx: HandlerContext, data: c.CancelPayout) -> HandlerResult:
     rec = ctx.load(PayoutRecord, data.payout_id)
+    if rec.status in _PAYOUT_FINAL:
+        # Even let through (parked after its call, re-driven): canceled by a webhook's
+        # refresh (maybe this very cancel's effect, read back) or another command, or
+        # failed; the outcome giving its amount back was emitted then, and is emitted
+        # once per payout (review finding: a re-driven cancel emitted a second
+        # payout.canceled). Its own redelivery is answered from entity memory (load).
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"payout {rec.id} is already {rec.status}: its payout.{rec.status} was "
+            "emitted when that was recorded",
+        )
     if rec.status != gw.PayoutStatus.PENDING.value and not ctx.let_through:
         # Stripe cancels a pending payout only (one in transit is with the bank).
         raise Rejection(RejectReason.INVALID_STATE, f"cannot cancel a payout that is {rec.status}")
@@ -2098,9 +2112,6 @@ async def cancel_payout(ctx: HandlerContext, data: c.CancelPayout) -> HandlerRes
     return HandlerResult(
         _PAYOUT_OUTCOME[res.status], rec, error=error, extra={"previous_status": previous}
     )
-
-
-_PAYOUT_FINAL = frozenset({gw.PayoutStatus.CANCELED.value, gw.PayoutStatus.FAILED.value})
 
 
 async def refresh_payout(ctx: HandlerContext, data: c.RefreshPayout) -> HandlerResult:

@@ -32,12 +32,16 @@ _throttled = ThrottledLog(logging.getLogger("paystream.agents.pipeline"))
 PARKED_KEEP_SECONDS = 540 * 24 * 3600
 
 # Creates whose provider key is their chosen id's (handlers.create_key): entity type and
-# the data field naming the id.
+# the data field naming the id. Every create_key caller belongs here: one missing ran a
+# retry of its id under a new command id past the key window as a new request (a second
+# payout, a second first invoice; review finding).
 CREATES: dict[str, tuple[str, str]] = {
     "customer.create": ("customer", "customer_id"),
     "payment_method.attach": ("payment_method", "payment_method_id"),
     "payment.create": ("payment", "payment_id"),
     "refund.create": ("refund", "refund_id"),
+    "subscription.create": ("subscription", "subscription_id"),
+    "payout.create": ("payout", "payout_id"),
 }
 
 
