@@ -27,20 +27,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger.chunks import execute_in_chunks
-from paystream.ledger.event_check import events_ahead_of_their_rows
+from paystream.ledger.event_check import chain_wiped, events_ahead_of_their_rows
 from paystream.ledger.key_check import KeyProblems, customers_keys_checked
 from paystream.ledger.models import (
     AuditHead,
     AuditKeyRetirement,
     AuditLegacy,
     AuditLog,
-    EntityBackfill,
-    Event,
     MasterKeySeen,
     table_of,
 )
@@ -315,25 +313,10 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
                     f"seq {entry.seq}: not the row migration 0004 found there (older version's)"
                 )
             expected_seq, prev = entry.seq + 1, bytes(entry.hash)
-        # Events stored but no chain at all: the whole of it was deleted. (But for the
-        # events a migration listed for `paystream ledger backfill`, stored before their
-        # type had a table: until it runs they have no entry, and a tenant holding only
-        # those has no chain to have lost. Once it ran, their rows are checked against
-        # their entries below: a chain deleted after it is still found. Nor the events of
-        # types with no table yet, tax rates' and calculations': they have no entries.)
-        from paystream.ledger.writer import ENTITY_TABLES  # (writer imports this)
-
-        awaiting = exists().where(
-            EntityBackfill.tenant_id == Event.tenant_id,
-            EntityBackfill.event_id == Event.event_id,
-        )
-        audited = Event.entity_type.in_([entity_type.value for entity_type in ENTITY_TABLES])
-        wiped = (
-            not checked
-            and (
-                await session.execute(select(Event.event_id).where(audited, ~awaiting).limit(1))
-            ).first()
-        )
+        # Events stored but no chain at all: the whole of it was deleted (but for the
+        # events a migration listed for `paystream ledger backfill` while they wait for
+        # it: chain_wiped).
+        wiped = not checked and await chain_wiped(session, tenant_id)
         last_seq = expected_seq - 1
         head_ok = (head is None and not checked) or (
             head is not None and head.seq == last_seq and bytes(head.hash) == prev
@@ -368,7 +351,8 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
         )
     from paystream.ledger.writer import BACKFILLED_TYPES  # (writer imports this)
 
-    for entity_type, (count, some) in sorted(backfill.items()):
+    # (A wiped chain's listed events are not waiting: the backfill refuses to rebuild it.)
+    for entity_type, (count, some) in [] if wiped else sorted(backfill.items()):
         problems.append(
             f"{count} {entity_type} event(s) ({_some(some)}) stored before migration "
             f"{BACKFILLED_TYPES.get(entity_type, '0013')} gave them a table have no row yet: "

@@ -288,6 +288,7 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     from sqlalchemy import select
 
     from paystream.ledger import assert_rls_enforced, create_engine
+    from paystream.ledger.errors import ChainWipedError
     from paystream.ledger.models import EntityBackfill
     from paystream.ledger.writer import WriteResult, backfill_entities
 
@@ -297,7 +298,7 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     keyring, url = _audit_access(settings)
     owner_url = _owner_url(settings)
 
-    async def go() -> list[tuple[str, WriteResult]]:
+    async def go() -> list[tuple[str, WriteResult | ChainWipedError]]:
         names = list(tenants)
         if not names:
             owner = create_engine(owner_url, hide_parameters=True)
@@ -315,21 +316,33 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
         engine = create_engine(url, hide_parameters=True)
         try:
             await assert_rls_enforced(engine)
-            return [
-                (t, await backfill_entities(engine, t, keyring=keyring, unlisted=unlisted))
-                for t in names
-            ]
+            done: list[tuple[str, WriteResult | ChainWipedError]] = []
+            for t in names:
+                try:
+                    done.append(
+                        (t, await backfill_entities(engine, t, keyring=keyring, unlisted=unlisted))
+                    )
+                except ChainWipedError as exc:  # (the other tenants are backfilled still)
+                    done.append((t, exc))
+            return done
         finally:
             await engine.dispose()
 
     done = run_db(go(), interrupted="each tenant is one transaction: run it again")
+    refused = 0
     for tenant, result in done:
+        if isinstance(result, ChainWipedError):
+            refused += 1
+            click.echo(f"{tenant}: refused: {result}", err=True)
+            continue
         click.echo(
             f"{tenant}: {result.duplicates} event(s) read, {result.entities_applied} "
             f"row(s) moved forward, {result.entities_stale} already there"
         )
     if not done:
         click.echo("no tenant has events waiting for a backfill")
+    if refused:
+        raise click.ClickException(f"{refused} tenant(s) refused: their audit chain was deleted")
 
 
 def _audit_access(settings: Settings) -> tuple[MasterKeyring, str]:

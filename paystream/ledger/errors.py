@@ -5,6 +5,7 @@ from __future__ import annotations
 from paystream.errors import PaystreamError
 
 __all__ = [
+    "ChainWipedError",
     "CustomerNotFoundError",
     "EventIdConflictError",
     "ForbiddenDataError",
@@ -43,3 +44,8 @@ class EventIdConflictError(InvalidEventError):
 
 class CustomerNotFoundError(LedgerError):
     """No such customer for this tenant (or it belongs to another tenant)."""
+
+
+class ChainWipedError(LedgerError):
+    """The tenant's audit chain is empty though events are stored that it held (deleted
+    whole): the backfill does not build a new chain over that (`audit verify` says so)."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from paystream.ledger.models import EntityBackfill, Event
+from paystream.ledger.models import AuditLog, EntityBackfill, Event, MasterKeySeen
 
-__all__ = ["events_ahead_of_their_rows"]
+__all__ = ["chain_wiped", "events_ahead_of_their_rows"]
 
 _SHOWN = 6  # ids kept per entity type (the verifier names five, then "...")
 
@@ -50,3 +50,36 @@ async def events_ahead_of_their_rows(
         if ids:
             found[entity_type.value] = (len(ids), ids[:_SHOWN])
     return found
+
+
+async def chain_wiped(session: AsyncSession, tenant_id: str) -> bool:
+    """Has the tenant no audit chain, though events are stored that one would hold?
+
+    Every event but those migrations 0013 and 0014 listed for ``paystream ledger
+    backfill`` was chained when stored. Listed ones (stored before their type had a
+    table) have no entries until the backfill applies them, so a tenant holding only
+    those has no chain to have lost, while they wait. Once its chain began (the backfill's
+    entries, or any other), the owner's trigger recorded the master key it is keyed under
+    in ``master_keys_seen`` (migration 0012; the application role writes none of it):
+    nothing listed is waiting then (the backfill applies a tenant's listing whole, in one
+    transaction), and an empty chain was deleted. (Leaving out every listed event for
+    ever, a backfilled chain deleted with its rows read as still waiting, and the backfill
+    it advised rebuilt it: the deletion was gone; review h74m.)"""
+    from paystream.ledger.writer import ENTITY_TABLES  # (writer imports audit, which imports this)
+
+    if (
+        await session.execute(select(AuditLog.seq).where(AuditLog.tenant_id == tenant_id).limit(1))
+    ).first() is not None:
+        return False
+    # (Nor the events of types with no table yet, tax rates' and calculations': they have
+    # no entries.)
+    audited = Event.entity_type.in_([entity_type.value for entity_type in ENTITY_TABLES])
+    began = exists().where(MasterKeySeen.tenant_id == tenant_id)
+    waiting = and_(
+        ~began,
+        exists().where(
+            EntityBackfill.tenant_id == Event.tenant_id, EntityBackfill.event_id == Event.event_id
+        ),
+    )
+    held = select(Event.event_id).where(Event.tenant_id == tenant_id, audited, ~waiting).limit(1)
+    return (await session.execute(held)).first() is not None

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger.audit import AuditEntry, append_audit, lock_tenant
 from paystream.ledger.chunks import chunked, execute_in_chunks
-from paystream.ledger.errors import EventIdConflictError
+from paystream.ledger.errors import ChainWipedError, EventIdConflictError
+from paystream.ledger.event_check import chain_wiped
 from paystream.ledger.events import EntityType, LedgerEvent
 from paystream.ledger.keys import customer_data_keys
 from paystream.ledger.models import (
@@ -218,10 +219,21 @@ async def backfill_entities(
     listed or not: what a worker of the release before 0013 (or 0014) stored after the
     migration ran (a rolling upgrade) was not listed. The operator vouches for them:
     `audit verify` names them first, as events never applied, and the application role
-    could have inserted one."""
+    could have inserted one.
+
+    Refused (:class:`ChainWipedError`, nothing written) for a tenant whose chain is empty
+    though events are stored that it held (``event_check.chain_wiped``): a chain that
+    began, the backfill's own included, then deleted whole, rebuilt here under a new
+    chain, verified clean and the deletion was gone (review h74m)."""
     result = WriteResult()
     async with tenant_session(engine, tenant_id) as session:
         await lock_tenant(session, tenant_id)
+        if await chain_wiped(session, tenant_id):
+            raise ChainWipedError(
+                f"tenant {tenant_id}: events are recorded but its audit chain is empty "
+                "(deleted: see `paystream audit verify`); not backfilled, which would build "
+                "a new chain over it: restore the ledger from a backup"
+            )
         query = select(Event).order_by(Event.time, Event.event_id)
         if unlisted:
             query = query.where(Event.entity_type.in_(tuple(BACKFILLED_TYPES)))
