@@ -22,9 +22,12 @@ from paystream.money import (
 __all__ = [
     "MINIMUM_CHARGE",
     "STRIPE_HUNDREDTHS",
+    "STRIPE_WHOLE_UNIT_PAYOUTS",
     "below_minimum_charge",
+    "from_stripe_units",
     "payment_parameters_problem",
     "payout_descriptor_problem",
+    "payout_units_problem",
     "stripe_units_problem",
     "three_decimal_problem",
     "withdrawn_currency_problem",
@@ -141,6 +144,34 @@ def payout_descriptor_problem(descriptor: str) -> str | None:
     if _LETTERS.isdisjoint(descriptor):
         # (Digits only, as "12345", is the commonest case: Stripe refuses those.)
         return "a statement descriptor must contain at least one letter (A-Z)"
+    return None
+
+
+def from_stripe_units(amount: int, currency: str) -> int | None:
+    """An amount Stripe reports in ``currency`` (upper case) in paystream's minor units:
+    its hundredths of a STRIPE_HUNDREDTHS currency in whole units (Stripe's 50000 UGX is
+    500 UGX), None if not a whole unit (not read as one, rounded or not); any other as
+    it stands."""
+    if currency not in STRIPE_HUNDREDTHS:
+        return amount
+    whole, rest = divmod(amount, 100)
+    return None if rest else whole
+
+
+# Two-decimal currencies Stripe pays out in whole units only (its currencies page,
+# "Special cases": it treats HUF and TWD as zero-decimal for payouts, though charges
+# take two decimals; a payout amount must be evenly divisible by 100).
+STRIPE_WHOLE_UNIT_PAYOUTS = frozenset({"HUF", "TWD"})
+
+
+def payout_units_problem(amount: Money) -> str | None:
+    """Why Stripe refuses a payout of ``amount``: one in HUF or TWD not in whole units."""
+    if amount.currency in STRIPE_WHOLE_UNIT_PAYOUTS and amount.amount % 100:
+        return (
+            f"Stripe pays out {amount.currency} in whole units only: the amount must be "
+            f"evenly divisible by 100 (got {amount.amount}, "
+            f"{format_minor(amount.amount, amount.currency)})"
+        )
     return None
 
 

@@ -51,6 +51,7 @@ from paystream.gateways.stripe import mapping
 from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
 from paystream.gateways.stripe_rules import (
     payment_parameters_problem,
+    payout_units_problem,
     stripe_units_problem,
     three_decimal_problem,
     withdrawn_currency_problem,
@@ -658,6 +659,7 @@ class StripeGateway:
             )
         problem = (
             three_decimal_problem(req.amount)
+            or payout_units_problem(req.amount)
             or withdrawn_currency_problem(req.amount)
             or payment_parameters_problem(None, None, req.metadata)
         )

@@ -27,6 +27,7 @@ from paystream.gateways.base import (
     TaxRateResult,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.stripe_rules import from_stripe_units
 from paystream.money import Money
 
 __all__ = [
@@ -526,7 +527,9 @@ def payout(obj: Mapping[str, Any]) -> PayoutResult:
 
 def _per_currency(entries: Any, kind: str) -> dict[str, int]:
     """A Balance's ``available`` or ``pending``: one entry per currency (summed, should
-    Stripe list one twice), currency codes upper-cased."""
+    Stripe list one twice), currency codes upper-cased, amounts in paystream's minor
+    units (Stripe's hundredths of UGX in whole shillings: from_stripe_units; read as
+    they stood, a UGX balance was a hundred times the money, review h74m)."""
     if not isinstance(entries, list):
         raise _unknown("balance", f"{kind} that is not a list")
     out: dict[str, int] = {}
@@ -536,7 +539,10 @@ def _per_currency(entries: Any, kind: str) -> dict[str, int]:
         if not isinstance(amount, int) or isinstance(amount, bool) or not isinstance(currency, str):
             raise _unknown("balance", f"{kind} entry without an amount and a currency")
         code = currency.upper()
-        out[code] = out.get(code, 0) + amount
+        minor = from_stripe_units(amount, code)
+        if minor is None:
+            raise _unknown("balance", f"{kind} {code} amount {amount} not in whole units")
+        out[code] = out.get(code, 0) + minor
     return out
 
 
