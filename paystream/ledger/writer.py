@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from paystream.ledger.audit import AuditEntry, append_audit, lock_tenant
 from paystream.ledger.chunks import chunked, execute_in_chunks
-from paystream.ledger.errors import ChainWipedError, EventIdConflictError
+from paystream.ledger.errors import ChainWipedError, EventIdConflictError, InvalidEventError
 from paystream.ledger.event_check import chain_wiped
 from paystream.ledger.events import EntityType, LedgerEvent
 from paystream.ledger.keys import customer_data_keys
@@ -35,6 +35,7 @@ from paystream.ledger.models import (
 )
 from paystream.ledger.pii import seal_customer_columns, seal_event_data
 from paystream.ledger.session import tenant_session
+from paystream.tables.state_machines import PAYOUT_MOVES
 from paystream.tenancy.crypto import MasterKeyring
 
 __all__ = ["ENTITY_TABLES", "WriteResult", "backfill_entities", "summarise", "write_events"]
@@ -346,6 +347,34 @@ async def _insert_events(
     await execute_in_chunks(session, pg_insert(table_of(Event)).on_conflict_do_nothing(), rows)
 
 
+def _payouts_move_forward(
+    before: Mapping[str, Mapping[str, Any]],
+    events: list[LedgerEvent],
+    history: Mapping[tuple[EntityType, str], list[LedgerEvent]],
+) -> None:
+    """Refuse (as data: the event is dead-lettered) a payout's version that moves its
+    status where no payout goes (PAYOUT_MOVES): failed and canceled are final, so a
+    later version of a failed payout that says `paid` is never recorded (its amount was
+    given back to the balance); paid -> failed is taken (a bank returns a payout). The
+    forward-only trigger checks versions only; the worker never emits such a move, so
+    this is the ledger's own defence (review h74m)."""
+    for e in events:
+        prior = before.get(e.entity_id)
+        stored = int(prior["version"]) if prior is not None else 0
+        status = str(prior["status"]) if prior is not None else None
+        steps = {s.version: s for s in reversed(history[(e.entity_type, e.entity_id)])}
+        for version in sorted(v for v in steps if stored < v <= e.version):
+            step = steps[version]
+            to = str(step.columns.get("status"))
+            if status is not None and to not in PAYOUT_MOVES.get(status, frozenset()):
+                raise InvalidEventError(
+                    step.event_id,
+                    f"payout {e.entity_id} version {version}: a payout that is {status} "
+                    f"cannot become {to}",
+                )
+            status = to
+
+
 async def _upsert(
     session: AsyncSession,
     tenant_id: str,
@@ -381,6 +410,8 @@ async def _upsert(
             row |= seal_customer_columns(keys.get(e.entity_id), tenant_id, e.entity_id, e.data)
         return row
 
+    if model is Payout:
+        _payouts_move_forward(before, events, history)
     await _move_created_back(session, table, id_col, before, events, first_seen)
     rows = [image(e) for e in events]
     # created_at is set once (moved only back, above); erased_at belongs to
