@@ -12,15 +12,18 @@ began, and the backfill refuses to build a new chain over a deleted one."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from paystream.ledger import create_engine, tenant_session, verify_audit
 from paystream.ledger.audit import lock_tenant
+from paystream.ledger.cli import ledger_group
 from paystream.ledger.errors import ChainWipedError
 from paystream.ledger.migrate import downgrade, upgrade
 from paystream.ledger.writer import backfill_entities
@@ -43,7 +46,8 @@ def test_a_backfilled_chain_wiped_with_its_rows_is_not_read_as_waiting(
     module_database_url: str, listing: str
 ) -> None:
     url = module_database_url
-    keyring = MasterKeyring(MasterKey.generate())
+    key = MasterKey.generate()
+    keyring = MasterKeyring(key)
     make = EventFactory()
     before, older_sink, tables = LISTINGS[listing]
     t = f"w{listing}"
@@ -98,3 +102,13 @@ def test_a_backfilled_chain_wiped_with_its_rows_is_not_read_as_waiting(
     assert not any("have no row yet: run `paystream ledger backfill" in p for p in wiped), wiped
     # And the backfill did not paper it over (a chain once verified rebuilt from scratch).
     assert after == wiped, after
+    # `paystream ledger backfill` (every listed tenant) says so, and exits 1.
+    env = {
+        "DATABASE_URL": url,
+        "PAYSTREAM_DB_APP_PASSWORD": m14.PASSWORD,
+        "PAYSTREAM_MASTER_KEY": base64.b64encode(key.key).decode(),
+    }
+    ran = CliRunner().invoke(ledger_group, ["backfill"], env=env)
+    assert ran.exit_code == 1, ran.output
+    assert f"{t}: refused: tenant {t}: events are recorded but its audit chain" in ran.output
+    assert "1 tenant(s) refused: their audit chain was deleted" in ran.output
