@@ -34,7 +34,7 @@ PARKED_KEEP_SECONDS = 540 * 24 * 3600
 # Creates whose provider key is their chosen id's (handlers.create_key): entity type and
 # the data field naming the id. Every create_key caller belongs here: one missing ran a
 # retry of its id under a new command id past the key window as a new request (a second
-# payout, a second first invoice; review finding).
+# payout, a second first invoice, a second TaxRate; review finding).
 CREATES: dict[str, tuple[str, str]] = {
     "customer.create": ("customer", "customer_id"),
     "payment_method.attach": ("payment_method", "payment_method_id"),
@@ -42,6 +42,7 @@ CREATES: dict[str, tuple[str, str]] = {
     "refund.create": ("refund", "refund_id"),
     "subscription.create": ("subscription", "subscription_id"),
     "payout.create": ("payout", "payout_id"),
+    "tax_rate.create": ("tax_rate", "tax_rate_id"),
 }
 
 
