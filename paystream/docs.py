@@ -1217,7 +1217,10 @@ def asyncapi() -> Doc:
 
 
 # The window's keys present only in windows that have any (insights/events.py).
-_WINDOW_OPTIONAL = ("payments_succeeded", "disputes", "subscriptions", "invoice_declines")
+_WINDOW_OPTIONAL = (
+    "payments_succeeded", "disputes", "subscriptions", "invoice_declines",
+    "payouts", "payout_failures", "tax_collected",
+)  # fmt: skip
 
 
 def _insights_schemas() -> Doc:
@@ -1312,6 +1315,61 @@ def _insights_schemas() -> Doc:
                 "description": "invoice payments declined, by decline or error code (as "
                 "`declines` names a payment's; apart from it). Present only when there "
                 "are any",
+            },
+            "payouts": {
+                "type": "object",
+                "description": "per ISO 4217 currency, payouts (the tenant's money sent to "
+                "its bank: not revenue, not payment attempts): created in the window (in "
+                "flight, or already paid, failed or canceled when made), paid, failed "
+                "(returned by the bank, before or after paid) and canceled, each once per "
+                "payout and status (a refresh repeating a status counts nothing again); "
+                "`returned`: of the failed, those failed after they were paid (counted "
+                "paid in their own window). Payouts in flight change by created less paid, "
+                "canceled and failed not returned. Present only when there are any",
+                "additionalProperties": _object(
+                    {
+                        name: {**count, "description": what}
+                        for move, doing in (
+                            ("created", "made"),
+                            ("paid", "paid (arrived at the bank)"),
+                            ("failed", "failed"),
+                            ("returned", "failed after they were paid"),
+                            ("canceled", "canceled"),
+                        )
+                        for name, what in (
+                            (move, f"payouts {doing}"),
+                            (f"{move}_amount", "their amounts, in minor units"),
+                        )
+                    }
+                ),
+            },
+            "payout_failures": {
+                **counts,
+                "description": "payouts failed, by failure code (the bank's, as the payout "
+                "names it: `account_closed`, `no_account`, `insufficient_funds`...; "
+                "`unknown` for none). Present only when there are any",
+            },
+            "tax_collected": {
+                "type": "object",
+                "description": "per ISO 4217 currency, tax collected in the window, in "
+                "minor units: `payments`, the `amount_tax` of payments that succeeded "
+                "(their share of what a partial capture took, rounded half up), and "
+                "`invoices`, the `tax` of subscription invoices paid; each once, as the "
+                "payments and invoices are counted (contained in `money`'s `captured` and "
+                "`subscriptions`' `invoices_paid_amount`; refunds take none back). Present "
+                "only when there is any",
+                "additionalProperties": _object(
+                    {
+                        "payments": {
+                            **count,
+                            "description": "tax of payments that succeeded, in minor units",
+                        },
+                        "invoices": {
+                            **count,
+                            "description": "tax of invoices paid, in minor units",
+                        },
+                    }
+                ),
             },
         },
         "One tenant's outcomes in one analytics window.",

@@ -43,7 +43,10 @@ def window_event(
         "rejections": agg["rejections"],
     }
     # Only in windows that have any: a window without is the same event as before them.
-    optional_keys = ("payments_succeeded", "disputes", "subscriptions", "invoice_declines")
+    optional_keys = (
+        "payments_succeeded", "disputes", "subscriptions", "invoice_declines",
+        "payouts", "payout_failures", "tax_collected",
+    )  # fmt: skip
     for optional in optional_keys:
         if agg.get(optional):
             data[optional] = agg[optional]

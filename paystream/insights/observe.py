@@ -12,6 +12,7 @@ from paystream.gateways.base import (
     INVOICES_LISTED_MAX,
     DisputeStatus,
     InvoiceStatus,
+    PayoutStatus,
     SubscriptionStatus,
 )
 from paystream.gateways.errors import CARD_ERROR_CODES, DECLINE_CODES, ISSUER_DECLINES, card_failure
@@ -68,6 +69,17 @@ class Observed:
     invoices_declined: tuple[tuple[str, str], ...] = ()
     subscription_created: bool = False
     subscription_canceled: bool = False
+    # Payouts (see _payout_facts): what this outcome did to one payout, in ``currency``:
+    # ``created`` and/or the status it reached (``paid``, ``failed``, ``canceled``;
+    # ``returned`` too for a paid one that failed), each once; its amount, and a failed
+    # one's failure code (screened as decline codes are).
+    payout_moves: tuple[str, ...] = ()
+    payout_amount: int = 0
+    payout_failure: str | None = None
+    # Tax collected (see _payment_tax and _invoices): (currency, "payments" | "invoices",
+    # amount in minor units) each: a payment's ``amount_tax`` when it succeeded (its
+    # share of the amount captured), a paid invoice's ``tax``, once as they are counted.
+    tax_collected: tuple[tuple[str, str, int], ...] = ()
 
 
 # A payment's creation answered otherwise than succeeded: each is an attempt. A payment
@@ -119,11 +131,15 @@ def observe(event: CloudEvent) -> Observed | None:
     # review h67r): one scan of every string kept, each looked at alone only if it finds
     # one (a scan per string doubled observe's cost).
     # (A subscription outcome's invoices: their failure codes are kept as decline codes.)
-    paid, declined = _invoices(tenant, data) if outcome.startswith(_SUBSCRIPTION) else ((), ())
+    paid, declined, invoice_tax = (
+        _invoices(tenant, data) if outcome.startswith(_SUBSCRIPTION) else ((), (), ())
+    )
+    payout = outcome.startswith(_PAYOUT)
     kept = (
         outcome, error.get("decline_code"), error.get("code"), data.get("reason"),
         obj.get("customer_id"), obj.get("payment_method_id"), data.get("customer_id"),
         *(code for _, code in declined),
+        *((obj.get("failure_code"),) if payout else ()),
     )  # fmt: skip
     short = [v for v in kept if isinstance(v, str) and len(v) <= ID_MAX_CHARS]
     suspect = contains_card_number(event_id, short)
@@ -157,6 +173,9 @@ def observe(event: CloudEvent) -> Observed | None:
         facts["authorized"] = amount
     elif outcome == "payment.succeeded":
         facts["captured"] = _minor(obj.get("amount_captured"))
+        tax = _payment_tax(obj, facts["captured"])
+        if tax and currency is not None:
+            facts["tax_collected"] = ((currency, "payments", tax),)
     elif outcome in ("refund.succeeded", "refund.pending"):
         # Pending: committed at the provider (the payment already counts it refunded);
         # left out, it was never counted (review). Read back (refund.refresh), it was
@@ -227,6 +246,15 @@ def observe(event: CloudEvent) -> Observed | None:
                 customer_id=_id(obj.get("customer_id")),
                 payment_method_id=_id(obj.get("payment_method_id")),
             )
+        if invoice_tax:
+            facts["tax_collected"] = tuple((cur, "invoices", tax) for cur, tax in invoice_tax)
+    if payout and currency is not None and amount:
+        moves = _payout_moves(outcome, data, obj)
+        if moves:
+            facts.update(payout_moves=moves, payout_amount=amount)
+            if "failed" in moves:
+                code = _label(obj.get("failure_code")) or _label(error.get("decline_code"))
+                facts["payout_failure"] = code or "unknown"
     opened, lost = _disputes(tenant, outcome, data)
     if opened:
         facts["disputes_opened"] = opened
@@ -346,10 +374,14 @@ _CARD_DECLINED = "card_declined"
 
 def _invoices(
     tenant: str, data: dict[str, Any]
-) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
-    """The invoices a subscription outcome found paid, (currency, amount) each, and those
+) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...], tuple[tuple[str, int], ...]]:
+    """The invoices a subscription outcome found paid, (currency, amount) each, those
     whose payment it found declined, (currency, code) each, the code named as a
-    `payment.failed` names its decline (the decline code, else paystream's error code).
+    `payment.failed` names its decline (the decline code, else paystream's error code),
+    and the tax of those paid, (currency, tax) each: an invoice's ``tax`` (exclusive tax
+    added to its subtotal, or inclusive tax within it), once as the invoice is counted
+    paid; none for an invoice without (untaxed, or recorded before tax), nor one whose
+    tax is not a positive integer within its amount (malformed).
 
     Each invoice is counted once, as disputes are (see _disputes), by these rules:
 
@@ -367,9 +399,11 @@ def _invoices(
 
     Nothing else: an entry of another tenant, or not an invoice, or without a currency
     paystream accepts and a positive integer amount, is malformed and left out. Only the
-    currency, the amount and the code (screened for card numbers, by observe) are kept."""
+    currency, the amount, the tax and the code (screened for card numbers, by observe)
+    are kept."""
     paid: list[tuple[str, int]] = []
     declined: list[tuple[str, str]] = []
+    taxes: list[tuple[str, int]] = []
     command = data.get("command_id")
     related = data.get("related")
     seen: set[str] = set()
@@ -389,9 +423,83 @@ def _invoices(
         new = isinstance(command, str) and obj.get("created_by") == command and version == 1
         if status == _PAID and (new or version > 1):
             paid.append(found)
+            tax = _minor(obj.get("tax"))
+            if tax and tax <= found[1]:
+                taxes.append((found[0], tax))
         elif new and (status == _OPEN or (status == _VOID and obj.get("failure_code"))):
             declined.append((found[0], _decline_label(obj.get("failure_code"))))
-    return tuple(paid), tuple(declined)
+    return tuple(paid), tuple(declined), tuple(taxes)
+
+
+def _payment_tax(obj: dict[str, Any], captured: int) -> int:
+    """The tax a succeeded payment collected: its ``amount_tax`` (the tax its calculation
+    put within ``amount``), or, captured in part (a manual payment's partial capture),
+    that tax's share of what was captured, rounded half up as paystream.tax rounds. None
+    for a payment without (untaxed, or recorded before tax), nor for one whose tax or
+    captured amount is not within its amount (malformed)."""
+    tax, amount = _minor(obj.get("amount_tax")), _minor(obj.get("amount"))
+    if not (tax and captured and amount) or tax > amount or captured > amount:
+        return 0
+    if captured == amount:
+        return tax
+    return (2 * tax * captured + amount) // (2 * amount)
+
+
+_PAYOUT = "payout."
+# A payout's outcomes that say where it went: paid (arrived), failed (returned by the
+# bank, at once or after it was paid), canceled (before it left); created in flight.
+_PAYOUT_REACHED = {
+    "payout.paid": PayoutStatus.PAID,
+    "payout.failed": PayoutStatus.FAILED,
+    "payout.canceled": PayoutStatus.CANCELED,
+}
+_PAYOUT_IN_FLIGHT = frozenset({PayoutStatus.PENDING, PayoutStatus.IN_TRANSIT})
+
+
+def _payout_moves(outcome: str, data: dict[str, Any], obj: dict[str, Any]) -> tuple[str, ...]:
+    """What a payout outcome counts, each once (the runner's counted ids take care of an
+    outcome redelivered or re-emitted):
+
+    * ``created``: the create's outcome (no ``previous_status``; every later one, a
+      cancel's or a refresh's, names the status it had), in flight (``payout.created``,
+      pending or in transit) or already where it went (the provider answered it paid,
+      failed or canceled at once: created and that, both in this window).
+    * ``paid``, ``failed``, ``canceled``: the outcome that finds it so, moved there from
+      another status (``previous_status``): a refresh repeating `payout.paid` for a paid
+      payout (a webhook sent again, a tenant reading it back) moves nothing. A paid payout
+      that later fails (the bank returned it) counts ``failed`` then, and ``returned``:
+      its ``paid`` stays where it was counted, and payouts in flight change by created
+      less paid, canceled and failed that were not returned (README).
+
+    Nothing for a payout outcome whose object's status is not the outcome's (malformed),
+    nor for ``payout.updated`` (pending to in transit: still in flight)."""
+    if data.get("entity_type") != "payout":
+        return ()
+    status = obj.get("status")
+    reached = _PAYOUT_REACHED.get(outcome)
+    previous = data.get("previous_status")
+    moves: list[str] = []
+    if previous is None:
+        if outcome == "payout.created" and status in _PAYOUT_IN_FLIGHT:
+            return ("created",)
+        if reached is None or status != reached:
+            return ()
+        moves.append("created")
+    elif (
+        reached is None
+        or status != reached
+        or previous == reached
+        or not isinstance(previous, str)
+        or previous not in _PAYOUT_STATUSES
+    ):
+        return ()
+    moves.append(str(reached))
+    if reached == PayoutStatus.FAILED and previous == PayoutStatus.PAID:
+        moves.append("returned")
+    return tuple(moves)
+
+
+_PAYOUT_STATUSES = frozenset(PayoutStatus)
 
 
 def _decline_label(failure: Any) -> str:

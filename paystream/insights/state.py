@@ -240,6 +240,20 @@ class TenantInsights:
             figures = _subscriptions(agg, seen.currency)
             figures["created"] += int(seen.subscription_created)
             figures["canceled"] += int(seen.subscription_canceled)
+        # Payouts: created, paid, failed (and of those, returned after paid), canceled,
+        # counts and amounts per currency, and the failures by code; tax collected per
+        # currency, of payments and of invoices. Only in windows that have any, as
+        # disputes.
+        if seen.currency is not None and seen.payout_moves:
+            figures = agg.setdefault("payouts", {}).setdefault(seen.currency, _new_payouts())
+            for move in seen.payout_moves:
+                figures[move] += 1
+                figures[f"{move}_amount"] += seen.payout_amount
+            if seen.payout_failure and "failed" in seen.payout_moves:
+                _bump(agg.setdefault("payout_failures", {}), seen.payout_failure)
+        for currency, source, minor in seen.tax_collected:
+            tax = agg.setdefault("tax_collected", {}).setdefault(currency, _new_tax())
+            tax[source] += minor
         if seen.outcome == "payment.failed" and seen.decline_code:
             _bump(agg["declines"], seen.decline_code)
         if seen.reject_reason:
@@ -414,6 +428,18 @@ def _new_subscriptions() -> dict[str, int]:
         "invoices_paid_amount": 0,
         "invoices_declined": 0,
     }
+
+
+def _new_payouts() -> dict[str, int]:
+    return {
+        f"{move}{suffix}": 0
+        for move in ("created", "paid", "failed", "returned", "canceled")
+        for suffix in ("", "_amount")
+    }
+
+
+def _new_tax() -> dict[str, int]:
+    return {"payments": 0, "invoices": 0}
 
 
 def _new_fraud_window() -> dict[str, Any]:
