@@ -434,6 +434,8 @@ def _minor_units(
         shown.update(window.get("money") or ())
         shown.update(window.get("disputes") or ())  # (a dispute's currency, money or not)
         shown.update(window.get("subscriptions") or ())  # (invoices', likewise)
+        shown.update(window.get("payouts") or ())  # (payouts', likewise)
+        shown.update(window.get("tax_collected") or ())
     units: dict[str, int] = {}
     for code in shown:
         try:

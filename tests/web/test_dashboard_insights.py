@@ -33,6 +33,14 @@ DISPUTED = {"amount": 1500, "currency": "USD", "payment_method_token": "pm_card_
 MONTHLY = {"amount": 1500, "currency": "EUR", "interval": "month"}
 SAVES_NEVER_CHARGES = "pm_card_chargeCustomerFail"
 SUB_TENANTS = ("hooli", "piedpiper", "raviga")
+# Payouts (captured money available at once: no clock moved): stark's instant payout
+# read back paid, lannister's standard one made (in flight), wayne's returned by its
+# bank (the simulator's closed test account); tyrell's payment taxed (20% within).
+PAYOUT_TENANTS = ("stark", "lannister", "wayne")
+AT_ONCE = {"settlement_delay_days": 0}
+CLOSED_ACCOUNT = "000111111113"
+VAT_INC = {"display_name": "VAT", "percentage": "20", "inclusive": True, "country": "GB",
+           "tax_rate_id": "vat"}  # fmt: skip
 
 
 async def _subscribe(client: Any, tenant: str, token: str = "pm_card_visa") -> Any:
@@ -65,8 +73,15 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
         # two declines straddled a boundary now and then, and no alert was raised.
         paystream_fraud_window_seconds="86400",
     )
-    names = ["acme", "globex", "initech", *SUB_TENANTS]
+    names = ["acme", "globex", "initech", *SUB_TENANTS, "tyrell"]
     await dep.add_tenants(*(Tenant(tenant_id=t) for t in names))
+    await dep.add_tenants(
+        Tenant(tenant_id="stark", gateway_options=AT_ONCE),
+        Tenant(tenant_id="lannister", gateway_options=AT_ONCE),
+        Tenant(tenant_id="wayne",
+               gateway_options={**AT_ONCE, "payout_destination": CLOSED_ACCOUNT}),
+    )  # fmt: skip
+    names += PAYOUT_TENANTS
     with dep.worker() as worker:
         await asyncio.to_thread(worker.wait_ready, names, partitions=dep.settings.partitions)
         async with dep.client() as client:
@@ -96,6 +111,29 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
             assert gone.get_type().endswith("subscription.canceled"), gone
             failed = await _subscribe(client, "raviga", SAVES_NEVER_CHARGES)
             assert failed.get_type().endswith("subscription.failed"), failed
+            for tenant, payout in (("stark", 2000), ("lannister", 1000), ("wayne", 1500)):
+                await client.command("payment.create", tenant, {**PAID, "currency": "EUR"})
+                method = "standard" if tenant == "lannister" else "instant"
+                made = await client.command(
+                    "payout.create", tenant,
+                    {"payout_id": "po1", "amount": payout, "currency": "EUR", "method": method},
+                )  # fmt: skip
+                assert made.get_type().endswith("payout.created"), made.get_data()
+            for tenant, outcome in (("stark", "payout.paid"), ("wayne", "payout.failed")):
+                read = await client.command("payout.refresh", tenant, {"payout_id": "po1"})
+                assert read.get_type().endswith(outcome), read
+            await client.command("tax_rate.create", "tyrell", VAT_INC)
+            calc = await client.command(
+                "tax.calculate", "tyrell",
+                {"currency": "GBP", "tax_rate_ids": ["vat"],
+                 "line_items": [{"amount": 1200, "reference": "hat"}]},
+            )  # fmt: skip
+            taxed = await client.command(
+                "payment.create", "tyrell",
+                {**PAID, "amount": 1200, "currency": "GBP",
+                 "tax_calculation_id": calc.get_data()["entity_id"]},
+            )  # fmt: skip
+            assert taxed.get_data()["object"]["amount_tax"] == 200, taxed
         if _fraud_day() != day:  # about one run in 10^5: no alert is the right answer
             pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
 
@@ -110,6 +148,11 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
                 ins.get("windows", {}).get(t, {}).get("subscriptions", {}).get("EUR", {})
                 for t in SUB_TENANTS
             )
+            stark, lannister, wayne = (
+                ins.get("windows", {}).get(t, {}).get("payouts", {}).get("EUR", {})
+                for t in PAYOUT_TENANTS
+            )
+            tyrell = ins.get("windows", {}).get("tyrell", {}).get("tax_collected", {})
             return (
                 bool(ins.get("alerts"))
                 and acme.get("captured") == 2500
@@ -118,6 +161,10 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
                 and hooli.get("invoices_paid") == 1
                 and piedpiper.get("canceled") == 1
                 and raviga.get("invoices_declined") == 1
+                and stark.get("paid") == 1
+                and lannister.get("created") == 1
+                and wayne.get("failed") == 1
+                and tyrell.get("GBP", {}).get("payments") == 200
             )
 
         await wait_for_stats(worker, published, timeout=30)
@@ -144,21 +191,26 @@ async def test_alerts_and_the_latest_window_are_shown(
     await expect(window.nth(7)).to_have_text("0")
     await expect(window.nth(8)).to_have_text("0")
     await expect(window.nth(9)).to_have_text("0 / 0")
-    # Payments succeeded, disputes opened and lost, the dispute rate (with its basis).
-    await expect(window.nth(10)).to_have_text("1")  # its one payment (the declines: none)
+    # Tax collected and payouts beside them: none here.
+    await expect(window.nth(10)).to_have_text("")
     await expect(window.nth(11)).to_have_text("0")
-    await expect(window.nth(13)).to_have_text("0.00% (0 of 1 payment)")
+    await expect(window.nth(12)).to_have_text("0")
+    await expect(window.nth(13)).to_have_text("0")
+    # Payments succeeded, disputes opened and lost, the dispute rate (with its basis).
+    await expect(window.nth(14)).to_have_text("1")  # its one payment (the declines: none)
+    await expect(window.nth(15)).to_have_text("0")
+    await expect(window.nth(17)).to_have_text("0.00% (0 of 1 payment)")
     disputed = page.locator('#windows tr[data-tenant="initech"] td')
-    await expect(disputed.nth(10)).to_have_text("1", timeout=WAIT)
-    await expect(disputed.nth(11)).to_have_text("1 (15.00 USD)")
-    await expect(disputed.nth(12)).to_have_text("0")
-    await expect(disputed.nth(13)).to_have_text("100.00% (1 of 1 payment)")
+    await expect(disputed.nth(14)).to_have_text("1", timeout=WAIT)
+    await expect(disputed.nth(15)).to_have_text("1 (15.00 USD)")
+    await expect(disputed.nth(16)).to_have_text("0")
+    await expect(disputed.nth(17)).to_have_text("100.00% (1 of 1 payment)")
     hooli = page.locator('#windows tr[data-tenant="hooli"] td')
     await expect(hooli.nth(7)).to_have_text("1 (15.00 EUR)", timeout=WAIT)  # its first invoice
     await expect(hooli.nth(8)).to_have_text("0")
     await expect(hooli.nth(9)).to_have_text("1 / 0")
     await expect(hooli.nth(3)).to_have_text("")  # (no payment captured: revenue apart)
-    await expect(hooli.nth(10)).to_have_text("0")  # (nor a payment succeeded)
+    await expect(hooli.nth(14)).to_have_text("0")  # (nor a payment succeeded)
     # The cancel last: the create in its window too, or in the one before.
     canceled = page.locator('#windows tr[data-tenant="piedpiper"] td')
     await expect(canceled.nth(9)).to_have_text(re.compile(r"^[01] / 1$"), timeout=WAIT)
@@ -166,6 +218,23 @@ async def test_alerts_and_the_latest_window_are_shown(
     await expect(declined.nth(7)).to_have_text("0", timeout=WAIT)
     await expect(declined.nth(8)).to_have_text("1 (generic_decline: 1)")
     await expect(declined.nth(9)).to_have_text("0 / 0")  # (incomplete: never created)
+    # Payouts: stark's paid (its create in this window too, or the one before: in flight
+    # no change, or down by it), lannister's in flight, wayne's returned with its code.
+    stark = page.locator('#windows tr[data-tenant="stark"] td')
+    await expect(stark.nth(11)).to_have_text("1 (20.00 EUR)", timeout=WAIT)
+    await expect(stark.nth(12)).to_have_text(re.compile(r"^(0|-1 \(-20\.00 EUR\))$"))
+    await expect(stark.nth(13)).to_have_text("0")
+    await expect(stark.nth(3)).to_have_text(re.compile(r"^(25\.00 EUR)?$"))  # (not revenue)
+    lannister = page.locator('#windows tr[data-tenant="lannister"] td')
+    await expect(lannister.nth(12)).to_have_text("+1 (+10.00 EUR)", timeout=WAIT)
+    await expect(lannister.nth(11)).to_have_text("0")
+    wayne = page.locator('#windows tr[data-tenant="wayne"] td')
+    await expect(wayne.nth(13)).to_have_text("1 (15.00 EUR; account_closed: 1)", timeout=WAIT)
+    await expect(wayne.nth(12)).to_have_text(re.compile(r"^(0|-1 \(-15\.00 EUR\))$"))
+    # Tax: tyrell's taxed payment (12.00 GBP, 2.00 of it VAT).
+    tyrell = page.locator('#windows tr[data-tenant="tyrell"] td')
+    await expect(tyrell.nth(10)).to_have_text("2.00 GBP", timeout=WAIT)
+    await expect(tyrell.nth(3)).to_have_text("12.00 GBP")
     assert js_errors == []
 
 
