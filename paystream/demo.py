@@ -6,13 +6,20 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from paystream.client import OutcomeTimeout, PaystreamClient, build_command
 from paystream.http_client import Accepted, IngressClient
 
-__all__ = ["DEMO_TOKENS", "SUBSCRIPTION_TOKENS", "demo_progress", "demo_summary", "run_demo"]
+__all__ = [
+    "DEMO_TOKENS",
+    "SUBSCRIPTION_TOKENS",
+    "demo_progress",
+    "demo_summary",
+    "make_tax_rates",
+    "run_demo",
+]
 
 # Simulator tokens with Stripe's test-card semantics, weighted toward success.
 DEMO_TOKENS = [
@@ -67,6 +74,22 @@ DAY = 24 * 3600
 # Move a tenant's simulator clock forward: (tenant, seconds).
 Advance = Callable[[str, int], Awaitable[None]]
 
+# Share of one-off payments whose amount is taxed first (`tax.calculate` by the tenant's
+# rates, then `payment.create` of its total naming the calculation), and of subscriptions
+# carrying the tenant's rates (each invoice taxed), where the tenant has rates (made at
+# the start: `make_tax_rates`).
+TAXED_PAYMENTS = 0.1
+TAXED_SUBSCRIPTIONS = 0.3
+# Share of demo flows that are the tenant, not a customer: it reads its balance and pays
+# out part of what is available in one currency (PAYOUT_SHARE of it); with ``advance``,
+# a day passes while nothing is available yet (the simulator's settlement delay: 2 days
+# by default, on the tenant's clock), and before each `payout.refresh`, until it is paid
+# (or failed: a demo tenant's bank account may be closed), at most PAYOUT_DAYS days.
+PAYOUTS = 0.03
+SETTLEMENT_DAYS = 2
+PAYOUT_SHARE = 0.5
+PAYOUT_DAYS = 3
+
 
 async def _flow(
     client: PaystreamClient,
@@ -76,11 +99,13 @@ async def _flow(
     authenticate: Authenticate | None = None,
     http: IngressClient | None = None,
     advance: Advance | None = None,
+    tax_rate_ids: Sequence[str] = (),
 ) -> None:
-    """customer → attach card → pay (auto or manual capture; a card asking for 3-D Secure:
-    the customer's step at the provider, then `payment.refresh`) → maybe refund; now and
-    then a card tester instead, or a subscriber (`_subscribe`: its renewals need
-    ``advance``). With ``http``, a share of flows go over HTTP."""
+    """customer → attach card → pay (auto or manual capture; some taxed first by the
+    tenant's ``tax_rate_ids``; a card asking for 3-D Secure: the customer's step at the
+    provider, then `payment.refresh`) → maybe refund; now and then a card tester instead,
+    or a subscriber (`_subscribe`: its renewals need ``advance``), or the tenant paying
+    out (`_pay_out`). With ``http``, a share of flows go over HTTP."""
     over_http = http is not None and rng.random() < HTTP_SHARE
 
     async def send(kind: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +121,9 @@ async def _flow(
         body = event.get_data()
         return body if isinstance(body, dict) else {}
 
+    if rng.random() < PAYOUTS:
+        await _pay_out(send, tenant, rng, advance)
+        return
     customer = await send("customer.create", {"email": f"demo{rng.randrange(10**6)}@example.com"})
     cid = customer.get("entity_id")
     if not cid:
@@ -111,7 +139,7 @@ async def _flow(
             )
         return
     if rng.random() < SUBSCRIBERS:
-        await _subscribe(send, tenant, cid, rng, advance)
+        await _subscribe(send, tenant, cid, rng, advance, tax_rate_ids)
         return
     pm = await send("payment_method.attach", {"customer_id": cid, "token": rng.choice(DEMO_TOKENS)})
     pmid = pm.get("entity_id")
@@ -120,7 +148,24 @@ async def _flow(
     currency, amount = rng.choice(
         [("USD", rng.randrange(500, 50_000)), ("EUR", 1999), ("JPY", 3200)]
     )
-    manual = rng.random() < 0.3
+    taxed: dict[str, Any] = {}
+    if tax_rate_ids and rng.random() < TAXED_PAYMENTS:
+        # A checkout: the tax on the order first, then its total charged (captured at
+        # once: the tax is the whole order's), the payment naming the calculation.
+        calc = await send(
+            "tax.calculate",
+            {
+                "currency": currency,
+                "line_items": [{"amount": amount, "reference": "demo order"}],
+                "tax_rate_ids": [rng.choice(tax_rate_ids)],
+            },
+        )
+        total = (calc.get("object") or {}).get("amount_total")
+        if not calc.get("entity_id") or not isinstance(total, int):
+            return
+        amount = total
+        taxed = {"tax_calculation_id": calc["entity_id"]}
+    manual = not taxed and rng.random() < 0.3
     payment = await send(
         "payment.create",
         {
@@ -129,6 +174,7 @@ async def _flow(
             "customer_id": cid,
             "payment_method_id": pmid,
             "capture": "manual" if manual else "auto",
+            **taxed,
         },
     )
     pid = payment.get("entity_id")
@@ -153,9 +199,15 @@ Send = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 async def _subscribe(
-    send: Send, tenant: str, cid: str, rng: random.Random, advance: Advance | None
+    send: Send,
+    tenant: str,
+    cid: str,
+    rng: random.Random,
+    advance: Advance | None,
+    tax_rate_ids: Sequence[str] = (),
 ) -> None:
-    """attach card → `subscription.create` (daily; maybe a day's trial) → a day passes →
+    """attach card → `subscription.create` (daily; maybe a day's trial; some carrying one
+    of the tenant's ``tax_rate_ids``: each invoice taxed) → a day passes →
     `subscription.refresh` (the trial over, or a renewal: paid, or declined: past_due) →
     maybe a cancel at period end, another day, and the refresh that reads it canceled.
     Without ``advance`` (no simulator clock to move), the create alone."""
@@ -166,6 +218,11 @@ async def _subscribe(
         return
     trial = token == RENEWALS_DECLINED or rng.random() < TRIALS
     currency, amount = rng.choice([("USD", 1500), ("EUR", 900), ("JPY", 980)])
+    taxed = (
+        {"tax_rate_ids": [rng.choice(tax_rate_ids)]}
+        if tax_rate_ids and rng.random() < TAXED_SUBSCRIPTIONS
+        else {}
+    )
     sub = await send(
         "subscription.create",
         {
@@ -176,6 +233,7 @@ async def _subscribe(
             "interval": "day",
             "trial_days": 1 if trial else 0,
             "description": "demo plan",
+            **taxed,
         },
     )
     sid = sub.get("entity_id")
@@ -196,6 +254,79 @@ async def _subscribe(
         await next_day()
 
 
+async def _pay_out(send: Send, tenant: str, rng: random.Random, advance: Advance | None) -> None:
+    """`balance.retrieve` (nothing available yet but something pending: a day passes and
+    it is read again, up to SETTLEMENT_DAYS) → `payout.create` of part of what is
+    available in one currency → a day passes → `payout.refresh`, until it is paid or
+    failed (pending, then in transit a day after, arrived the next). Without ``advance``
+    (no simulator clock to move), the balance read and a create of what it shows."""
+    for day in range(SETTLEMENT_DAYS + 1):
+        balances = (await send("balance.retrieve", {})).get("balances") or ()
+        available = sorted(
+            (str(b["currency"]), b["available"])
+            for b in balances
+            if isinstance(b.get("available"), int) and b["available"] >= 2
+        )
+        if available:
+            break
+        pending = any(isinstance(b.get("pending"), int) and b["pending"] > 0 for b in balances)
+        if advance is None or not pending or day == SETTLEMENT_DAYS:
+            return
+        await asyncio.sleep(rng.uniform(*SUBSCRIPTION_PAUSE))
+        await advance(tenant, DAY)
+    currency, held = rng.choice(available)
+    payout = await send(
+        "payout.create",
+        {"amount": int(held * PAYOUT_SHARE), "currency": currency, "description": "demo payout"},
+    )
+    poid = payout.get("entity_id")
+    if not poid or advance is None:
+        return
+    for _ in range(PAYOUT_DAYS):
+        if (payout.get("object") or {}).get("status") not in ("pending", "in_transit"):
+            return
+        await asyncio.sleep(rng.uniform(*SUBSCRIPTION_PAUSE))
+        await advance(tenant, DAY)
+        payout = await send("payout.refresh", {"payout_id": poid})
+
+
+# A demo tenant's tax rates: ``tax_rate.create`` data, each naming its ``tax_rate_id``.
+TaxRates = Mapping[str, Sequence[Mapping[str, Any]]]
+
+
+async def make_tax_rates(
+    client: PaystreamClient, rates: TaxRates, seen: Counter[str]
+) -> dict[str, list[str]]:
+    """Each tenant's ``rates`` made (`tax_rate.create`), under a command id of the
+    tenant's and the rate's: a demo started again on the same stack is answered from the
+    rate's record (``tax_rate.created`` as before), not refused as existing. Returns the
+    ids of the rates each tenant has (a tenant refused them, suspended say: none)."""
+
+    async def make(tenant: str, rate: Mapping[str, Any]) -> str | None:
+        rid = str(rate["tax_rate_id"])
+        command = build_command(
+            "tax_rate.create", tenant, rate, command_id=f"demo-tax-rate-{tenant}-{rid}"
+        )
+        try:
+            event = await client.send(command, timeout=30)
+        except OutcomeTimeout:
+            seen["timeout"] += 1
+            return None
+        kind = event.get_type().removeprefix("com.paystream.")
+        seen[kind] += 1
+        return rid if kind == "tax_rate.created" else None
+
+    made = await asyncio.gather(
+        *(make(tenant, rate) for tenant, specs in rates.items() for rate in specs)
+    )
+    pairs = [(tenant, rate) for tenant, specs in rates.items() for rate in specs]
+    ids: dict[str, list[str]] = {tenant: [] for tenant in rates}
+    for (tenant, _), rid in zip(pairs, made, strict=True):
+        if rid is not None:
+            ids[tenant].append(rid)
+    return ids
+
+
 async def run_demo(
     client: PaystreamClient,
     tenants: list[str],
@@ -208,21 +339,46 @@ async def run_demo(
     http: IngressClient | None = None,
     seen: Counter[str] | None = None,
     advance: Advance | None = None,
+    tax_rates: TaxRates | None = None,
 ) -> Counter[str]:
     """Start ``rate`` flows per second until cancelled (or ``duration`` seconds);
     ``authenticate`` plays the customers' 3-D Secure steps (none without it); ``advance``
-    moves a tenant's simulator clock, a day for each renewal shown (none without it); ``http``
-    takes a share of the flows (HTTP_SHARE) through the HTTP ingress. Outcomes are
-    counted by type into ``seen`` as they come (the caller's, to report after a stop)."""
+    moves a tenant's simulator clock, a day for each renewal or payout day shown (none
+    without it); ``http`` takes a share of the flows (HTTP_SHARE) through the HTTP
+    ingress; ``tax_rates`` are made as the flows start (`make_tax_rates`), then a share
+    of the tenant's payments and subscriptions are taxed by them. Outcomes are counted by type
+    into ``seen`` as they come (the caller's, to report after a stop)."""
     rng = random.Random(seed)
     seen = Counter() if seen is None else seen
     tasks: set[asyncio.Task[None]] = set()
     started = time.monotonic()
     next_report = started + 2
+    # The tenants' rates are made beside the first flows (those go untaxed), so that a
+    # stack that does not answer holds the demo no longer than its duration.
+    rate_ids: dict[str, list[str]] = {}
+
+    async def make_rates() -> None:
+        rate_ids.update(await make_tax_rates(client, tax_rates or {}, seen))
+
+    if tax_rates:
+        making = asyncio.create_task(make_rates())
+        tasks.add(making)
+        making.add_done_callback(tasks.discard)
+        making.add_done_callback(lambda t: None if t.cancelled() else _count_timeouts(t, seen))
     try:
         while duration is None or time.monotonic() - started < duration:
+            tenant = rng.choice(tenants)
             task = asyncio.create_task(
-                _flow(client, rng.choice(tenants), rng, seen, authenticate, http, advance)
+                _flow(
+                    client,
+                    tenant,
+                    rng,
+                    seen,
+                    authenticate,
+                    http,
+                    advance,
+                    rate_ids.get(tenant, ()),
+                )
             )
             tasks.add(task)
             task.add_done_callback(tasks.discard)

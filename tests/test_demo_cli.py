@@ -22,6 +22,7 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
     with dep.worker() as worker:
         worker.wait_ready([], partitions=dep.settings.partitions)
         out = run_cli(dep, "demo", "--rate", "20", "--duration", "4").stdout
+        restarted = run_cli(dep, "demo", "--no-register", "--rate", "5", "--duration", "3").stdout
     assert "acme: registered" in out and "globex: registered" in out
     done = re.search(r"demo done: (\d+) outcomes in \d+ s \([\d.]+/s\):\n((?:  .*\n?)+)", out)
     assert done, out
@@ -31,11 +32,17 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
     }
     assert int(done.group(1)) == sum(seen.values()) > 0
     assert any(kind.startswith("payment.") for kind in seen), seen
+    assert seen["tax_rate.created"] == 3, seen  # acme's rate and globex's two
+    # Started again on the same stack (compose restarts the demo): the same rates,
+    # answered as made before, not refused as existing (command.rejected).
+    assert re.search(r"^  tax_rate\.created +3$", restarted, re.M), restarted
     listed = {
         t["tenant_id"]: t
         for t in map(json.loads, run_cli(dep, "tenants", "list").stdout.splitlines())
     }
     assert listed["globex"]["limits"]["commands_per_second"] == 50
+    # globex's bank account is closed: its payouts fail (payout.failed).
+    assert listed["globex"]["gateway_options"] == {"payout_destination": "000111111113"}
     # A registered tenant is never rewritten (compose restarts the demo): an operator's
     # suspension stays, and so does --no-register's registry.
     run_cli(dep, "tenants", "suspend", "acme")

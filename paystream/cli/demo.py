@@ -23,6 +23,65 @@ DEMO_TENANTS = ("acme", "globex")
 # One demo tenant has limits, so the dashboard shows them at work: the demo's larger USD
 # payments go over the per-payment cap (quota_exceeded); the rate limit leaves room.
 DEMO_LIMITS = {"globex": TenantLimits(commands_per_second=50, max_payment_amount={"USD": 40_000})}
+# And one's bank account is closed (Stripe's test account number, as the simulator
+# takes it): its payouts fail at arrival (payout.failed, account_closed), their amount
+# available again.
+DEMO_GATEWAY_OPTIONS = {"globex": {"payout_destination": "000111111113"}}
+# The demo tenants' tax rates, made when the demo starts: a share of their payments and
+# subscriptions are taxed by them. acme adds UK VAT to its prices; globex's prices
+# contain German VAT (standard, and reduced).
+DEMO_TAX_RATES = {
+    "acme": [
+        {
+            "tax_rate_id": "demo-vat",
+            "display_name": "VAT",
+            "percentage": "20",
+            "inclusive": False,
+            "country": "GB",
+            "tax_type": "vat",
+        }
+    ],
+    "globex": [
+        {
+            "tax_rate_id": "demo-mwst",
+            "display_name": "MwSt",
+            "percentage": "19",
+            "inclusive": True,
+            "country": "DE",
+            "tax_type": "vat",
+        },
+        {
+            "tax_rate_id": "demo-mwst-reduced",
+            "display_name": "MwSt",
+            "description": "reduced rate",
+            "percentage": "7",
+            "inclusive": True,
+            "country": "DE",
+            "tax_type": "vat",
+        },
+    ],
+}
+
+
+def describe_demo_setup() -> list[str]:
+    """What the demo tenants are given beyond limits, as `dev` lists it: their tax rates
+    and a bank account whose payouts fail."""
+    rates = " · ".join(
+        f"{tid}: "
+        + ", ".join(
+            f"{r['display_name']} {r['percentage']}% "
+            f"{'inclusive' if r['inclusive'] else 'exclusive'}"
+            for r in specs
+        )
+        for tid, specs in DEMO_TAX_RATES.items()
+    )
+    lines = [f"tax rates  {rates}"]
+    for tid, options in DEMO_GATEWAY_OPTIONS.items():
+        lines.append(
+            f"payouts    {tid}: to bank account {options['payout_destination']}, closed "
+            "(its payouts fail: payout.failed)"
+        )
+    return lines
 
 
 _demo_rate = click.option(
@@ -83,7 +142,10 @@ async def _register_demo_tenants(settings: Settings) -> list[str]:
             (
                 None,
                 Tenant(
-                    tenant_id=tid, name=tid.title(), limits=DEMO_LIMITS.get(tid, TenantLimits())
+                    tenant_id=tid,
+                    name=tid.title(),
+                    limits=DEMO_LIMITS.get(tid, TenantLimits()),
+                    gateway_options=DEMO_GATEWAY_OPTIONS.get(tid, {}),
                 ),
             )
             for tid in absent
@@ -201,6 +263,7 @@ async def _demo_flows(
                 advance=advance,
                 http=http,
                 seen=seen,
+                tax_rates=DEMO_TAX_RATES,
             )
         )
         watcher = asyncio.ensure_future(watch_worker())

@@ -33,6 +33,7 @@ from paystream.cli.demo import (
     _demo_rate,
     _duration,
     _register_demo_tenants,
+    describe_demo_setup,
 )
 
 
@@ -306,6 +307,9 @@ def dev(
         click.echo(f"tenants    {', '.join(DEMO_TENANTS)} (simulator gateway)")
         for tid, limits in DEMO_LIMITS.items():
             click.echo(f"limits     {tid}: {limits.describe()}")
+        if demo:
+            for line in describe_demo_setup():
+                click.echo(line)
         click.echo("Ctrl-C stops everything.")
 
         # A server of the stack that dies is said, as the worker's death is: the worker
