@@ -24,7 +24,7 @@ async def events_ahead_of_their_rows(
     session: AsyncSession, *, awaiting_backfill: bool = False
 ) -> dict[str, tuple[int, list[str]]]:
     """Per entity type: how many stored events are past their row's version (or have no
-    row at all), and some of their ids. Those migrations 0013 and 0014 listed for
+    row at all), and some of their ids. Those migrations 0013, 0014 and 0015 listed for
     ``paystream ledger backfill`` (stored before their type had a table) are counted
     apart: only with ``awaiting_backfill``."""
     from paystream.ledger.writer import ENTITY_TABLES  # (writer imports audit, which imports this)
@@ -55,7 +55,7 @@ async def events_ahead_of_their_rows(
 async def chain_wiped(session: AsyncSession, tenant_id: str) -> bool:
     """Has the tenant no audit chain, though events are stored that one would hold?
 
-    Every event but those migrations 0013 and 0014 listed for ``paystream ledger
+    Every event but those migrations 0013, 0014 and 0015 listed for ``paystream ledger
     backfill`` was chained when stored. Listed ones (stored before their type had a
     table) have no entries until the backfill applies them, so a tenant holding only
     those has no chain to have lost, while they wait. Once its chain began (the backfill's
@@ -65,15 +65,10 @@ async def chain_wiped(session: AsyncSession, tenant_id: str) -> bool:
     transaction), and an empty chain was deleted. (Leaving out every listed event for
     ever, a backfilled chain deleted with its rows read as still waiting, and the backfill
     it advised rebuilt it: the deletion was gone; review h74m.)"""
-    from paystream.ledger.writer import ENTITY_TABLES  # (writer imports audit, which imports this)
-
     if (
         await session.execute(select(AuditLog.seq).where(AuditLog.tenant_id == tenant_id).limit(1))
     ).first() is not None:
         return False
-    # (Nor the events of types with no table yet, tax rates' and calculations': they have
-    # no entries.)
-    audited = Event.entity_type.in_([entity_type.value for entity_type in ENTITY_TABLES])
     began = exists().where(MasterKeySeen.tenant_id == tenant_id)
     waiting = and_(
         ~began,
@@ -81,5 +76,5 @@ async def chain_wiped(session: AsyncSession, tenant_id: str) -> bool:
             EntityBackfill.tenant_id == Event.tenant_id, EntityBackfill.event_id == Event.event_id
         ),
     )
-    held = select(Event.event_id).where(Event.tenant_id == tenant_id, audited, ~waiting).limit(1)
+    held = select(Event.event_id).where(Event.tenant_id == tenant_id, ~waiting).limit(1)
     return (await session.execute(held)).first() is not None

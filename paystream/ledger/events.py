@@ -11,6 +11,7 @@ from typing import Any
 
 from paystream.ledger.errors import ForbiddenDataError, InvalidEventError
 from paystream.money import MAX_MINOR_AMOUNT, normalise_currency
+from paystream.tax import PERCENTAGE_PATTERN
 from paystream.streams.pan import contains_card_number, redact_card_numbers, security_code_at
 from paystream.tables.records import CUSTOMER_PII_FIELDS
 from paystream.tenancy.models import TENANT_ID_PATTERN
@@ -18,6 +19,7 @@ from paystream.tenancy.models import TENANT_ID_PATTERN
 __all__ = ["PII_FIELDS", "EntityType", "LedgerEvent"]
 
 _TENANT_ID = re.compile(TENANT_ID_PATTERN)
+_PERCENTAGE = re.compile(PERCENTAGE_PATTERN)
 # The pipeline's own bound on command ids (outcome ids and entity ids are shorter).
 ID_MAX_CHARS = 255
 
@@ -44,8 +46,8 @@ class EntityType(StrEnum):
     # A table of its own since migration 0014 (its events stored before it are applied
     # by `paystream ledger backfill`).
     PAYOUT = "payout"
-    # Stored in ``events`` (the tenant's history) only, for now: no entity table or audit
-    # rows of their own yet (a later migration; README "Tax").
+    # Tables of their own since migration 0015 (their events stored before it are applied
+    # by `paystream ledger backfill`).
     TAX_RATE = "tax_rate"
     TAX_CALCULATION = "tax_calculation"
 
@@ -75,6 +77,9 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "provider": (str, False),
         "provider_payment_id": (str, False),
         "failure_code": (str, False),
+        # (0015: written only when set: a payment naming a tax calculation)
+        "amount_tax": (int, False),
+        "tax_calculation_id": (str, False),
     },
     EntityType.REFUND: {
         "payment_id": (str, False),
@@ -110,6 +115,7 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "latest_invoice_id": (str, False),
         "provider": (str, False),
         "provider_subscription_id": (str, False),
+        "tax_rate_ids": (list, False),  # (0015)
     },
     EntityType.INVOICE: {
         "subscription_id": (str, False),
@@ -124,6 +130,9 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "provider_payment_id": (str, False),
         "failure_code": (str, False),
         "created_by": (str, False),
+        # (0015: an invoice of a taxed subscription; its total is ``amount``)
+        "subtotal": (int, False),
+        "tax": (int, False),
     },
     EntityType.PAYOUT: {
         "amount": (int, True),
@@ -143,18 +152,30 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
     EntityType.TAX_RATE: {
         "status": (str, True),
         "display_name": (str, False),
-        "percentage": (str, True),
+        "percentage": (str, True),  # the decimal string it was made with (never a float)
         "inclusive": (bool, True),
         "country": (str, False),
+        "state": (str, False),
+        "jurisdiction": (str, False),
+        "tax_type": (str, False),
+        "description": (str, False),
+        "metadata": (dict, False),
         "provider": (str, False),
         "provider_tax_rate_id": (str, False),
+        "created_by": (str, False),
     },
     EntityType.TAX_CALCULATION: {
         "currency": (str, True),
         "amount_subtotal": (int, True),
         "amount_tax": (int, True),
+        "amount_tax_inclusive": (int, False),
+        "amount_tax_exclusive": (int, False),
         "amount_total": (int, True),
+        "tax_by_rate": (dict, False),
+        "line_items": (list, False),
         "expires_at": (datetime, False),
+        "provider": (str, False),
+        "created_by": (str, False),
     },
 }
 _DEFAULTS: dict[str, Any] = {
@@ -243,7 +264,15 @@ def _check_no_card_data(event_id: str, value: Any) -> None:
         raise ForbiddenDataError(event_id, f"{key!r} holds a card security code")
 
 
+# Money in minor units besides the ``amount*`` fields (an invoice's subtotal and tax).
+_MONEY = frozenset({"subtotal", "tax"})
+
+
 def _coerce(name: str, kind: type, value: Any) -> Any:
+    if kind is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{name} must be a list")
+        return list(value)
     if kind is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
             raise ValueError(f"{name} must be an object")
@@ -255,7 +284,7 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer")
-        if name.startswith("amount") and not 0 <= value <= MAX_MINOR_AMOUNT:
+        if (name.startswith("amount") or name in _MONEY) and not 0 <= value <= MAX_MINOR_AMOUNT:
             raise ValueError(f"{name} out of range")
         if name == "exp_month" and not 1 <= value <= 12:
             raise ValueError("exp_month must be 1..12")
@@ -271,6 +300,8 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
         raise ValueError(f"{name} must be a string")
     if name == "currency":
         return normalise_currency(value)
+    if name == "percentage" and not _PERCENTAGE.fullmatch(value):
+        raise ValueError("percentage must be a decimal string from 0 to 100")
     if name == "last4" and not re.fullmatch(r"[0-9]{4}", value):
         raise ValueError("last4 must be four digits")
     return value
@@ -323,7 +354,7 @@ class LedgerEvent:
             for name, (kind, required) in _FIELDS[self.entity_type].items():
                 value = self.data.get(name, _DEFAULTS.get(name))
                 if value is None and kind is dict:
-                    value = {}  # (a payout's metadata: none is an empty object)
+                    value = {}  # (a payout's or tax rate's metadata: none is an empty object)
                 if value is None:
                     if required:
                         raise ValueError(f"data.{name} is required")

@@ -43,6 +43,8 @@ __all__ = [
     "Payout",
     "Refund",
     "Subscription",
+    "TaxCalculation",
+    "TaxRate",
     "Tenant",
     "table_of",
 ]
@@ -173,7 +175,7 @@ class Payment(_Entity, Base):
     __tablename__ = "payments"
     __table_args__ = (
         _tenant_fk(),
-        *_money_checks("amount", "amount_captured", "amount_refunded"),
+        *_money_checks("amount", "amount_captured", "amount_refunded", "amount_tax"),
         Index(None, "tenant_id", "customer_id"),
         Index(None, "tenant_id", "status", "updated_at"),
         Index(None, "tenant_id", "provider", "provider_payment_id"),
@@ -191,6 +193,10 @@ class Payment(_Entity, Base):
     provider: Mapped[str | None] = mapped_column(Text)
     provider_payment_id: Mapped[str | None] = mapped_column(Text)
     failure_code: Mapped[str | None] = mapped_column(Text)
+    # Migration 0015: the tax contained in ``amount`` and the tax calculation it came
+    # from, for a payment that named one (None: untaxed, or stored before tax).
+    amount_tax: Mapped[int | None] = mapped_column(BigInteger)
+    tax_calculation_id: Mapped[str | None] = mapped_column(Text)
 
 
 class Refund(_Entity, Base):
@@ -269,6 +275,8 @@ class Subscription(_Entity, Base):
     latest_invoice_id: Mapped[str | None] = mapped_column(Text)
     provider: Mapped[str | None] = mapped_column(Text)
     provider_subscription_id: Mapped[str | None] = mapped_column(Text)
+    # Migration 0015: its tax rates (paystream's ids), applied to every invoice.
+    tax_rate_ids: Mapped[list[str] | None] = mapped_column(JSONB(none_as_null=True))
 
 
 class Invoice(_Entity, Base):
@@ -278,7 +286,7 @@ class Invoice(_Entity, Base):
     __tablename__ = "invoices"
     __table_args__ = (
         _tenant_fk(),
-        *_money_checks("amount"),
+        *_money_checks("amount", "subtotal", "tax"),
         Index(None, "tenant_id", "subscription_id"),
         Index(None, "tenant_id", "customer_id"),
     )
@@ -297,6 +305,10 @@ class Invoice(_Entity, Base):
     provider_payment_id: Mapped[str | None] = mapped_column(Text)
     failure_code: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(Text)
+    # Migration 0015: a taxed subscription's invoice: ``amount`` (charged) is its total,
+    # ``subtotal`` plus exclusive ``tax`` (None: untaxed, or stored before tax).
+    subtotal: Mapped[int | None] = mapped_column(BigInteger)
+    tax: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Payout(_Entity, Base):
@@ -332,6 +344,75 @@ class Payout(_Entity, Base):
     )
     provider: Mapped[str | None] = mapped_column(Text)
     provider_payout_id: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
+class TaxRate(_Entity, Base):
+    """A tenant's tax rate (migration 0015), as its record: made once, then only archived
+    (status active | archived). ``percentage`` is the exact decimal string it was made
+    with (0 to 100, at most 4 decimals: never a float; cast to numeric to compute)."""
+
+    __tablename__ = "tax_rates"
+    __table_args__ = (
+        _tenant_fk(),
+        CheckConstraint(
+            r"percentage ~ '^(100(\.0{1,4})?|[0-9]{1,2}(\.[0-9]{1,4})?)$'",
+            name="percentage_decimal",
+        ),
+        Index(None, "tenant_id", "status", "updated_at"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    tax_rate_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text)
+    display_name: Mapped[str | None] = mapped_column(Text)
+    percentage: Mapped[str] = mapped_column(Text)
+    inclusive: Mapped[bool] = mapped_column(Boolean)
+    country: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str | None] = mapped_column(Text)
+    jurisdiction: Mapped[str | None] = mapped_column(Text)
+    tax_type: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    # ("metadata" is the declarative base's own attribute: the column keeps the name.)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb")
+    )
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_tax_rate_id: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
+class TaxCalculation(_Entity, Base):
+    """A tax.calculate's answer (migration 0015), in minor units: ``amount_total`` is
+    ``amount_subtotal`` plus exclusive tax; ``tax_by_rate`` each rate's tax over every
+    line (what a tax report splits a payment's tax by); its lines as the record has them."""
+
+    __tablename__ = "tax_calculations"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks(
+            "amount_subtotal",
+            "amount_tax",
+            "amount_tax_inclusive",
+            "amount_tax_exclusive",
+            "amount_total",
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    tax_calculation_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    amount_subtotal: Mapped[int] = mapped_column(BigInteger)
+    amount_tax: Mapped[int] = mapped_column(BigInteger)
+    amount_tax_inclusive: Mapped[int | None] = mapped_column(BigInteger)
+    amount_tax_exclusive: Mapped[int | None] = mapped_column(BigInteger)
+    amount_total: Mapped[int] = mapped_column(BigInteger)
+    tax_by_rate: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, server_default=text("'{}'::jsonb")
+    )
+    line_items: Mapped[list[Any] | None] = mapped_column(JSONB(none_as_null=True))
+    expires_at: Mapped[datetime | None] = mapped_column(Tstz)
+    provider: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(Text)
 
 

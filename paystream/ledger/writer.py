@@ -30,6 +30,8 @@ from paystream.ledger.models import (
     Payout,
     Refund,
     Subscription,
+    TaxCalculation,
+    TaxRate,
     Tenant,
     table_of,
 )
@@ -50,6 +52,8 @@ ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
     EntityType.SUBSCRIPTION: (Subscription, "subscription_id"),
     EntityType.INVOICE: (Invoice, "invoice_id"),
     EntityType.PAYOUT: (Payout, "payout_id"),
+    EntityType.TAX_RATE: (TaxRate, "tax_rate_id"),
+    EntityType.TAX_CALCULATION: (TaxCalculation, "tax_calculation_id"),
 }
 _ENCRYPTED = "encrypted"
 
@@ -184,10 +188,7 @@ async def _apply(
                 session, tenant_id, model, id_column, batch, keys, first_seen, history
             )
     result.entities_applied = len({(a.entity_type, a.entity_id) for a in audit})
-    # (Of the types with a table: a tax rate's or calculation's events are stored, with no
-    # row of their own yet.)
-    tabled = sum(1 for entity_type, _ in latest if entity_type in ENTITY_TABLES)
-    result.entities_stale = tabled - result.entities_applied
+    result.entities_stale = len(latest) - result.entities_applied
     await append_audit(session, tenant_id, audit, keyring=keyring)
 
 
@@ -198,6 +199,8 @@ BACKFILLED_TYPES: dict[str, str] = {
     EntityType.SUBSCRIPTION.value: "0013",
     EntityType.INVOICE.value: "0013",
     EntityType.PAYOUT.value: "0014",
+    EntityType.TAX_RATE.value: "0015",
+    EntityType.TAX_CALCULATION.value: "0015",
 }
 
 
@@ -209,15 +212,16 @@ async def backfill_entities(
     actor: str = BACKFILL_ACTOR,
     unlisted: bool = False,
 ) -> WriteResult:
-    """Apply the tenant's events that migrations 0013 and 0014 listed (``entity_backfill``:
+    """Apply the tenant's events that migrations 0013, 0014 and 0015 listed (``entity_backfill``:
     stored before their entity type had a table) to their rows, as the sink applies a batch:
     each version the row moves through audited (``actor``), a row already at or past an
     event's version left as it is. Idempotent: a second run applies nothing. Only the
     listed events: an events row inserted since (the application role may insert one)
     is never applied by it.
 
-    ``unlisted``: every stored event of those types (subscription, invoice, payout),
-    listed or not: what a worker of the release before 0013 (or 0014) stored after the
+    ``unlisted``: every stored event of those types (subscription, invoice, payout, tax
+    rate, tax calculation), listed or not: what a worker of the release before 0013 (or
+    0014, 0015) stored after the
     migration ran (a rolling upgrade) was not listed. The operator vouches for them:
     `audit verify` names them first, as events never applied, and the application role
     could have inserted one.

@@ -67,10 +67,13 @@ def test_0013_lists_older_events_and_the_backfill_builds_their_rows(
         owner = create_engine(url, poolclass=NullPool)
         app = create_engine(app_database_url(url, PASSWORD), poolclass=NullPool)
         try:
-            # A payment through the writer of then (its tables only) and a chain begun.
+            # A refund through the writer of then (its tables only) and a chain begun.
             async with tenant_session(app, t) as s:
                 await s.execute(text("SELECT 1"))
-            await write_events(app, [make.payment(t, "pay_1")], keyring=keyring)
+            # (A refund: today's writer writes a payment's 0015 columns too; a refund's
+            # table is as it was then.)
+            refund = {"amount": 100, "currency": "USD", "status": "succeeded"}
+            await write_events(app, [make(t, "refund", "re_1", 1, refund)], keyring=keyring)
             ids = await _as_the_older_sink(owner, t, make)
         finally:
             await app.dispose()

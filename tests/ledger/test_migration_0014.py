@@ -84,15 +84,18 @@ def test_0014_lists_older_payout_events_and_the_backfill_builds_their_rows(
         owner = create_engine(url, poolclass=NullPool)
         app = _app(url)
         try:
-            # A payment through the writer of then (its tables only): a chain begun.
-            await write_events(app, [make.payment(t, "pay_1")], keyring=keyring)
+            # A refund through the writer of then (its tables only): a chain begun.
+            # (A refund: today's writer writes a payment's 0015 columns too; a refund's
+            # table is as it was then.)
+            refund = {"amount": 100, "currency": "USD", "status": "succeeded"}
+            await write_events(app, [make(t, "refund", "re_1", 1, refund)], keyring=keyring)
             await _as_the_older_sink(owner, t, make)
             await _as_the_older_sink(owner, only, make)
         finally:
             await app.dispose()
             await owner.dispose()
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0014"
+        assert await current(url) == head() == "0015"
 
     asyncio.run(before())
 
@@ -223,7 +226,7 @@ def test_0014_lists_older_payout_events_and_the_backfill_builds_their_rows(
     late, problems, refusal, at = asyncio.run(vouched_then_down())
     assert (late, problems) == (1, [])
     assert refusal is not None and "payouts hold audited rows" in refusal
-    assert at == "0014"
+    assert at == "0015"  # (the whole downgrade rolled back)
 
 
 def test_0014_down_without_rows_unlists_and_up_again_lists_once_more(
