@@ -1,5 +1,5 @@
 """Ledger commands for the ``paystream`` CLI: ``migrate``, ``audit verify``, ``erase`` and
-``ledger backfill``.
+``ledger backfill``, ``ledger tax-report``.
 
 Attach with ``cli.add_command(migrate_command)`` and ``cli.add_command(audit_group)``.
 Migrations run as the schema owner (``DATABASE_URL``); the audit check runs as the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -270,15 +271,16 @@ def ledger_group() -> None:
 @click.option(
     "--unlisted",
     is_flag=True,
-    help="also every stored subscription, invoice and payout event the migrations did not "
-    "list "
+    help="also every stored subscription, invoice, payout, tax rate and tax calculation "
+    "event the migrations did not list "
     "(what a previous release's worker stored after it, in a rolling upgrade); you vouch "
     "for them: `audit verify` names them first. Needs --tenant",
 )
 def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     """Build the subscription and invoice rows of events stored before migration 0013
-    gave them tables, and the payout rows of events stored before 0014 gave them one (the
-    migrations listed them), each version with its audit entry, as the sink writes them.
+    gave them tables, the payout rows of events stored before 0014 gave them one, and the
+    tax rate and tax calculation rows of events stored before 0015 did (the migrations
+    listed them), each version with its audit entry, as the sink writes them.
     Idempotent: run it again and nothing changes. Only the events the migrations listed
     are applied.
 
@@ -343,6 +345,52 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
         click.echo("no tenant has events waiting for a backfill")
     if refused:
         raise click.ClickException(f"{refused} tenant(s) refused: their audit chain was deleted")
+
+
+def _when(value: str, option: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date or time", param_hint=option
+        ) from exc
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@ledger_group.command("tax-report")
+@click.option("--tenant", required=True, help="tenant id")
+@click.option("--from", "start", required=True, help="period start, ISO date or time (UTC)")
+@click.option("--to", "end", required=True, help="period end, exclusive, ISO date or time (UTC)")
+def ledger_tax_report(tenant: str, start: str, end: str) -> None:
+    """Tax the tenant collected in [--from, --to), as JSON: per currency, the tax of its
+    taxed payments (less what was refunded, proportionally) and of its subscriptions'
+    paid invoices, and the same per tax rate (README "Tax": what is counted).
+
+    Reads the ledger's rows as the paystream_app role under the tenant's row-level
+    security (DATABASE_URL and PAYSTREAM_DB_APP_PASSWORD); needs no master key."""
+    import json
+
+    from paystream.ledger import assert_rls_enforced, create_engine
+    from paystream.ledger.migrate import app_database_url
+    from paystream.ledger.tax_report import tax_report
+
+    begins, ends = _when(start, "--from"), _when(end, "--to")
+    if ends <= begins:
+        raise click.BadParameter("must be after --from", param_hint="--to")
+    settings = _settings()
+    url = _owner_url(settings)
+    if (password := _app_password(settings)) is not None:
+        url = app_database_url(url, password)
+
+    async def go() -> dict[str, Any]:
+        engine = create_engine(url, hide_parameters=True)
+        try:
+            await assert_rls_enforced(engine)
+            return await tax_report(engine, tenant, begins, ends)
+        finally:
+            await engine.dispose()
+
+    click.echo(json.dumps(run_db(go()), indent=2))
 
 
 def _audit_access(settings: Settings) -> tuple[MasterKeyring, str]:

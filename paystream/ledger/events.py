@@ -11,9 +11,9 @@ from typing import Any
 
 from paystream.ledger.errors import ForbiddenDataError, InvalidEventError
 from paystream.money import MAX_MINOR_AMOUNT, normalise_currency
-from paystream.tax import PERCENTAGE_PATTERN
 from paystream.streams.pan import contains_card_number, redact_card_numbers, security_code_at
 from paystream.tables.records import CUSTOMER_PII_FIELDS
+from paystream.tax import PERCENTAGE_PATTERN
 from paystream.tenancy.models import TENANT_ID_PATTERN
 
 __all__ = ["PII_FIELDS", "EntityType", "LedgerEvent"]

@@ -407,9 +407,7 @@ class TaxCalculation(_Entity, Base):
     amount_tax_inclusive: Mapped[int | None] = mapped_column(BigInteger)
     amount_tax_exclusive: Mapped[int | None] = mapped_column(BigInteger)
     amount_total: Mapped[int] = mapped_column(BigInteger)
-    tax_by_rate: Mapped[dict[str, Any]] = mapped_column(
-        JSONB, server_default=text("'{}'::jsonb")
-    )
+    tax_by_rate: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     line_items: Mapped[list[Any] | None] = mapped_column(JSONB(none_as_null=True))
     expires_at: Mapped[datetime | None] = mapped_column(Tstz)
     provider: Mapped[str | None] = mapped_column(Text)

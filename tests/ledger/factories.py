@@ -223,3 +223,41 @@ async def insert_audit_row(
          "af": json.dumps(row["after"]), "p": prev, "h": digest, "k": key_id},
     )  # fmt: skip
     return digest
+
+
+def tax_rate(
+    make: EventFactory, tenant_id: str, rate_id: str, version: int = 1, **data: Any
+) -> LedgerEvent:
+    """A tax rate's snapshot as the pipeline publishes one (TaxRateRecord)."""
+    snapshot = {
+        "tenant_id": tenant_id, "id": rate_id, "version": version, "provider": "simulator",
+        "created_by": "cmd_txr", "status": "active", "display_name": "VAT",
+        "percentage": "20", "inclusive": False, "country": "GB", "state": None,
+        "jurisdiction": None, "tax_type": "vat", "description": None, "metadata": {},
+        "provider_tax_rate_id": f"sim_{rate_id}",
+        **data,
+    }  # fmt: skip
+    kind = "created" if version == 1 else "archived"
+    return make(
+        tenant_id, "tax_rate", rate_id, version, snapshot, type=f"com.paystream.tax_rate.{kind}"
+    )
+
+
+def tax_calculation(
+    make: EventFactory, tenant_id: str, calc_id: str, by_rate: dict[str, int], subtotal: int = 1000
+) -> LedgerEvent:
+    """A tax.calculate's answer (TaxCalculationRecord): exclusive rates on one line."""
+    tax = sum(by_rate.values())
+    snapshot = {
+        "tenant_id": tenant_id, "id": calc_id, "version": 1, "provider": "simulator",
+        "created_by": "cmd_calc", "currency": "GBP",
+        "line_items": [{"reference": "sku", "amount": subtotal, "quantity": 1,
+                        "taxable_amount": subtotal, "amount_tax": tax,
+                        "amount_total": subtotal + tax, "taxes": []}],
+        "amount_subtotal": subtotal, "amount_tax": tax, "amount_tax_inclusive": 0,
+        "amount_tax_exclusive": tax, "amount_total": subtotal + tax, "tax_by_rate": by_rate,
+        "expires_at": "2025-01-02T00:00:00+00:00",
+    }  # fmt: skip
+    return make(
+        tenant_id, "tax_calculation", calc_id, 1, snapshot, type="com.paystream.tax.calculated"
+    )

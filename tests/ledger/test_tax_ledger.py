@@ -1,7 +1,8 @@
 """Tax outcomes in the ledger: every one the pipeline emits (a rate made and archived, a
 calculation, a taxed payment, a subscription's taxed invoice) is stored in ``events`` as
 the sink translates it, never refused (a refusal would dead-letter the tenant's history),
-and the taxed payment's and invoice's rows are written as before (their tax in the event)."""
+and written to rows (migration 0015): a rate's and a calculation's with audit entries, a
+taxed payment's and invoice's tax in their rows' columns as in their events."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import tenant_session, verify_audit, write_events
 from paystream.ledger.events import EntityType
-from paystream.ledger.models import AuditLog, Event, Invoice, Payment
+from paystream.ledger.models import AuditLog, Event, Invoice, Payment, TaxCalculation, TaxRate
 from paystream.ledger.sink import outcome_to_ledger_events
 from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
@@ -89,7 +90,16 @@ async def test_every_tax_outcome_is_stored(
         invoice = (await s.scalars(select(Invoice))).one()
     assert ("tax_calculation", calc_id) in by_id and ("tax_rate", "vat") in by_id
     assert (payment.amount, invoice.amount) == (1200, 1200)
-    # The tax is in the stored events (no column of its own yet: README "Tax").
+    # The tax in the rows (0015's columns) as in the stored events.
+    assert (payment.amount_tax, payment.tax_calculation_id) == (200, calc_id)
+    assert (invoice.subtotal, invoice.tax) == (1000, 200)
+    async with tenant_session(app_engine, t) as s:
+        rate = (await s.scalars(select(TaxRate))).one()
+        calc = (await s.scalars(select(TaxCalculation))).one()
+    assert (rate.status, rate.percentage, calc.amount_tax, calc.tax_by_rate) == (
+        "archived", "20", 200, {"vat": 200}
+    )  # fmt: skip
+    assert (await verify_audit(app_engine, t, keyring)).problems == []
     pay_event = by_id[("payment", "p1")]
     assert pay_event.data["amount_tax"] == 200 and pay_event.data["tax_calculation_id"] == calc_id
 
@@ -97,9 +107,9 @@ async def test_every_tax_outcome_is_stored(
 async def test_a_tenant_with_only_tax_events_verifies(
     redis_url: str, app_engine: AsyncEngine, keyring: MasterKeyring
 ) -> None:
-    """Tax rates and calculations have no table nor audit entries yet: their events are
-    counted neither applied nor stale, and a tenant that has made only those has no audit
-    chain to have lost (`audit verify` must not read it as a wiped chain)."""
+    """Tax rates and calculations have tables (0015): their events are applied, with
+    audit entries, none counted stale (h74j counted neither while they had no table), and
+    the tenant's chain verifies."""
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
         outcomes = [
@@ -122,8 +132,8 @@ async def test_a_tenant_with_only_tax_events_verifies(
     ]
     events = [e for o in outcomes for e in outcome_to_ledger_events(o)]
     result = await write_events(app_engine, events, keyring=keyring)
-    assert (result.events_written, result.entities_applied, result.entities_stale) == (3, 0, 0)
+    assert (result.events_written, result.entities_applied, result.entities_stale) == (3, 2, 0)
     async with tenant_session(app_engine, t) as s:
         audits = await s.scalar(select(func.count()).select_from(AuditLog))
-    assert audits == 0
+    assert audits == 3
     assert (await verify_audit(app_engine, t, keyring)).problems == []

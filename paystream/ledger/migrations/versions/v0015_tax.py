@@ -33,6 +33,7 @@ Create Date: 2026-12-07
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -63,7 +64,7 @@ ENTITY_TABLES: dict[str, tuple[str, str]] = {
     "tax_calculations": ("tax_calculation_id", "tax_calculation"),
 }
 # Existing table → its new columns (name, type, the JSON type its events carry it as).
-COLUMNS: dict[str, tuple[tuple[str, sa.types.TypeEngine[object], str], ...]] = {
+COLUMNS: dict[str, tuple[tuple[str, Any, str], ...]] = {
     "payments": (
         ("amount_tax", sa.BigInteger(), "number"),
         ("tax_calculation_id", sa.Text(), "string"),
@@ -186,7 +187,7 @@ def upgrade() -> None:
         f"""INSERT INTO {BACKFILL} (tenant_id, event_id)
               SELECT tenant_id, event_id FROM events
               WHERE tenant_id = t AND entity_type IN ({kinds})
-              ON CONFLICT DO NOTHING;"""
+              ON CONFLICT DO NOTHING;"""  # noqa: S608 - constants
     )
     # A row's new columns from the event its last_event_id names (its version's event),
     # where that event carries them (of the right JSON type: else left empty).
@@ -200,7 +201,7 @@ def upgrade() -> None:
             f"""UPDATE {table} r SET {sets} FROM events e
                 WHERE r.tenant_id = t AND e.tenant_id = t AND e.event_id = r.last_event_id
                   AND e.entity_type = '{entity_type}' AND e.entity_id = r.{id_column}
-                  AND e.entity_version = r.version AND ({carries});"""
+                  AND e.entity_version = r.version AND ({carries});"""  # noqa: S608 - constants
         )
         op.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_forward_only")
 
