@@ -17,16 +17,31 @@ The rules (one line at a time, one rate at a time, each tax rounded to the minor
   p/100) = amount * p / (100 + p), rounded half up (Stripe: an inclusive 10% on €600
   leaves the total €600, https://support.stripe.com/questions/inclusive-and-exclusive-
   tax-options-in-the-tax-rate-api-and-stripe-tax). Several inclusive rates on one line
-  share it: the price is net * (1 + ΣP/100), each rate's tax is amount * p_i / (100 +
-  ΣP), each rounded half up; the line's taxable (net) amount is what is left of the
-  amount once those taxes are taken out, so the line always adds up exactly.
+  share it: the price is net * (1 + ΣP/100), and the line's inclusive tax, amount * ΣP /
+  (100 + ΣP), is rounded once (half up: within half a unit of the exact figure, never
+  more than the amount), then shared among the rates by largest remainder (each rate's
+  exact share is amount * p_i / (100 + ΣP); each gets its share rounded down, and the
+  units left go to the largest fractions, ties to the earlier rate: each within one unit
+  of its exact share, the shares adding up to the line's tax). Rounding each share on its
+  own instead drifts n halves from the exact tax, and can take more than the price (3 x
+  100% on 2: 1 + 1 + 1). One inclusive rate: its tax rounded, as above. The line's
+  taxable (net) amount is what is left of the amount once that tax is taken out, so the
+  line always adds up exactly and the net is never negative. (Stripe documents no
+  allocation for several inclusive rates: review h74h.)
 * Exclusive rates on a line that also has inclusive ones are computed on that net
   amount (the price without its inclusive tax), never on tax.
 * Totals: ``amount_subtotal`` is the lines' amounts (inclusive tax in them),
   ``amount_tax`` all tax, ``amount_total`` = subtotal + exclusive tax.
 
 The same for every currency: minor units are the currency's (JPY 1 is one yen, so its
-tax is rounded to the yen, as Stripe rounds it).
+tax is rounded to the yen, as Stripe rounds it). Rounded to the currency's **chargeable
+increment** (``calculate(..., currency=)``): a three-decimal currency (BHD, JOD, KWD, OMR,
+TND) is charged only in multiples of 10 minor units (Stripe's rule,
+paystream.gateways.stripe_rules.chargeable_increment, which the simulator applies too:
+docs.stripe.com/currencies, "Three-decimal currencies"), so each tax there is rounded,
+half up, to a multiple of 10 (KWD 1.000 at 7.5% is 0.075 → 0.080; 1.990 at 7.5% is
+0.14925 → 0.150), exclusive and inclusive alike: a line whose amount is chargeable
+keeps a chargeable total. Elsewhere the increment is 1, the minor unit.
 """
 
 from __future__ import annotations
@@ -35,6 +50,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+
+from paystream.gateways.stripe_rules import chargeable_increment
 
 __all__ = [
     "MAX_LINES",
@@ -126,7 +143,39 @@ class Calculation:
     tax_by_rate: dict[str, int] = field(default_factory=dict)
 
 
-def _line(line: Line) -> LineResult:
+def _rounded(value: Decimal, step: int) -> int:
+    """``value`` (>= 0) to the nearest multiple of ``step`` minor units, a half up."""
+    return round_half_up(value / step) * step if step != 1 else round_half_up(value)
+
+
+def _shared_inclusive(amount: int, percentages: list[Decimal], step: int) -> list[int]:
+    """The line's inclusive tax, rounded once to ``step`` (amount * ΣP / (100 + ΣP), half
+    up, never more than the amount), shared among its rates by largest remainder in
+    ``step`` units (each within one step of its exact share, ties to the earlier rate)."""
+    if not percentages:
+        return []
+    shared = sum(percentages, Decimal(0))
+    if shared == 0:
+        return [0] * len(percentages)
+    # At most the amount (in whole steps): with a step of 1 the rounding never passes
+    # it; with 10, a price under 10 would (7 at 5 x 100%: 5.83 -> 10).
+    units = min(
+        round_half_up(Decimal(amount) * shared / (_HUNDRED + shared) / step), amount // step
+    )
+    if len(percentages) == 1:
+        return [units * step]
+    # Each rate's exact share (in steps) rounded down; the steps left (0 to n: the exact
+    # shares add up to the exact tax, which ``units`` is rounded from) go one each to the
+    # largest fractions. Each share is then its exact one rounded down or up.
+    exact = [Decimal(amount) * p / (_HUNDRED + shared) / step for p in percentages]
+    floors = [int(e) for e in exact]  # (>= 0: int() truncates toward zero, a floor)
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - floors[i]), i))
+    for i in order[: units - sum(floors)]:
+        floors[i] += 1
+    return [f * step for f in floors]
+
+
+def _line(line: Line, step: int = 1) -> LineResult:
     if line.amount < 0 or line.quantity < 1:
         raise ValueError("a line's amount is >= 0 and its quantity >= 1")
     ids = [r.id for r in line.rates]
@@ -135,12 +184,9 @@ def _line(line: Line) -> LineResult:
     amount = line.amount * line.quantity
     inclusive = [r for r in line.rates if r.inclusive]
     exclusive = [r for r in line.rates if not r.inclusive]
-    shared = sum((r.percentage for r in inclusive), Decimal(0))
-    inclusive_taxes = [
-        round_half_up(Decimal(amount) * r.percentage / (_HUNDRED + shared)) for r in inclusive
-    ]
+    inclusive_taxes = _shared_inclusive(amount, [r.percentage for r in inclusive], step)
     net = amount - sum(inclusive_taxes)
-    exclusive_taxes = [round_half_up(Decimal(net) * r.percentage / _HUNDRED) for r in exclusive]
+    exclusive_taxes = [_rounded(Decimal(net) * r.percentage / _HUNDRED, step) for r in exclusive]
     by_id = {
         **{r.id: (r, t) for r, t in zip(inclusive, inclusive_taxes, strict=True)},
         **{r.id: (r, t) for r, t in zip(exclusive, exclusive_taxes, strict=True)},
@@ -169,9 +215,12 @@ def _line(line: Line) -> LineResult:
     )
 
 
-def calculate(lines: Sequence[Line]) -> Calculation:
-    """Every line's tax, and the totals (see the module's rules)."""
-    results = tuple(_line(line) for line in lines)
+def calculate(lines: Sequence[Line], currency: str | None = None) -> Calculation:
+    """Every line's tax, and the totals (see the module's rules): in ``currency``, each
+    tax rounded to its chargeable increment (10 minor units for a three-decimal currency;
+    None: the minor unit)."""
+    step = 1 if currency is None else chargeable_increment(currency)
+    results = tuple(_line(line, step) for line in lines)
     by_rate: dict[str, int] = {}
     for result in results:
         for tax in result.taxes:

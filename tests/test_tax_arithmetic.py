@@ -157,13 +157,18 @@ _lines = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(_lines)
-def test_every_total_adds_up(raw: list[tuple[int, int, list[tuple[Decimal, bool]]]]) -> None:
+@given(_lines, st.sampled_from([None, "GBP", "JPY", "KWD", "BHD"]))
+def test_every_total_adds_up(
+    raw: list[tuple[int, int, list[tuple[Decimal, bool]]]], currency: str | None
+) -> None:
     lines = [
         Line(a, q, [Rate(f"r{i}", p, inc) for i, (p, inc) in enumerate(rs)], reference=str(n))
         for n, (a, q, rs) in enumerate(raw)
     ]
-    calc = calculate(lines)
+    calc = calculate(lines, currency)
+    # (the currency's chargeable increment: 10 minor units in a three-decimal currency)
+    step = 10 if currency in ("KWD", "BHD") else 1
+    half = Decimal(step) / 2
     assert calc.amount_subtotal == sum(line.amount * line.quantity for line in lines)
     assert calc.amount_tax == sum(line.amount_tax for line in calc.lines)
     assert calc.amount_tax == calc.amount_tax_inclusive + calc.amount_tax_exclusive
@@ -175,17 +180,30 @@ def test_every_total_adds_up(raw: list[tuple[int, int, list[tuple[Decimal, bool]
         # The net plus the inclusive tax is the price; the total the price plus exclusive.
         assert result.taxable_amount + result.amount_tax_inclusive == result.amount
         assert result.amount_total == result.amount + result.amount_tax_exclusive
+        # Tax never takes more than the price, nor the total falls below it.
         assert result.taxable_amount >= 0
+        assert result.amount_tax_inclusive <= result.amount
+        assert result.amount_total >= result.amount
+        inclusive = [Decimal(x.percentage) for x in result.taxes if x.inclusive]
+        # A price under one increment of its tax keeps its tax within it (whole steps).
+        clamped = result.amount_tax_inclusive == result.amount - result.amount % step
+        if inclusive:
+            # The line's inclusive tax is rounded once: within half a step of the exact.
+            whole = Decimal(result.amount) * sum(inclusive) / (100 + sum(inclusive))
+            assert abs(Decimal(result.amount_tax_inclusive) - whole) <= half or clamped
         for t in result.taxes:
             assert t.amount >= 0
+            assert t.amount % step == 0  # chargeable: KWD tax in tens of fils
             exact = (
-                Decimal(result.amount)
-                * Decimal(t.percentage)
-                / (100 + sum(Decimal(x.percentage) for x in result.taxes if x.inclusive))
+                Decimal(result.amount) * Decimal(t.percentage) / (100 + sum(inclusive))
                 if t.inclusive
                 else Decimal(result.taxable_amount) * Decimal(t.percentage) / 100
             )
-            assert abs(Decimal(t.amount) - exact) <= Decimal("0.5")
+            # (several inclusive rates share one rounded tax: each within one step)
+            shared = t.inclusive and (len(inclusive) > 1 or clamped)
+            assert abs(Decimal(t.amount) - exact) <= (Decimal(step) if shared else half)
+        if result.amount % step == 0:
+            assert result.amount_total % step == 0  # a chargeable price: a chargeable total
 
 
 @settings(max_examples=200, deadline=None)
@@ -194,3 +212,99 @@ def test_single_exclusive_rate_is_stripes_half_up(amount: int, pct: Decimal) -> 
     tax = calculate([Line(amount, 1, [Rate("r", pct, False)])]).amount_tax
     exact = Decimal(amount) * pct / 100
     assert tax == int(exact + Decimal("0.5")) // 1  # floor(x + 0.5): half up for x >= 0
+
+
+# ---- several inclusive rates share one rounded tax (review h74h) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("amount", "rates"),
+    [
+        # 3 x 100% inclusive on 2: each share 0.5, rounded on its own 1: 3 of tax in 2.
+        (2, [("a", "100"), ("b", "100"), ("c", "100")]),
+        # 50% + 50% inclusive on 2: exact tax 1.0, net 1; each 0.5 -> 1: tax 2, net 0.
+        (2, [("a", "50"), ("b", "50")]),
+        # GST 5% + QST 9.975% inclusive: the shares rounded apart drifted 0.95 off.
+        (1873, [("gst", "5"), ("qst", "9.975")]),
+    ],
+)
+def test_several_inclusive_rates_keep_the_line_and_the_exact_tax(
+    amount: int, rates: list[tuple[str, str]]
+) -> None:
+    line = calculate([Line(amount, 1, [rate(i, p, True) for i, p in rates])]).lines[0]
+    total_pct = sum(Decimal(p) for _, p in rates)
+    exact = Decimal(amount) * total_pct / (100 + total_pct)
+    assert line.taxable_amount >= 0, line
+    assert line.amount_tax_inclusive <= amount, line
+    # The line's tax is the exact inclusive tax rounded (within half a minor unit), as
+    # a single rate of the summed percentage gives; not n halves away from it.
+    assert abs(Decimal(line.amount_tax_inclusive) - exact) <= Decimal("0.5"), line
+    for t, (_, p) in zip(line.taxes, rates, strict=True):
+        share = Decimal(amount) * Decimal(p) / (100 + total_pct)
+        assert abs(Decimal(t.amount) - share) < 1, line  # each within one unit
+
+
+def test_an_exclusive_rate_on_a_negative_net_never_lowers_the_total() -> None:
+    # 3 x 100% inclusive + 100% exclusive on 2: the net was -1, the exclusive tax -1, and
+    # the line's amount_total (what the customer pays) 1, under its own price of 2.
+    rates = [rate("a", "100", True), rate("b", "100", True), rate("c", "100", True)]
+    calc = calculate([Line(2, 1, [*rates, rate("x", "100")])])
+    assert calc.amount_tax_exclusive >= 0, calc
+    assert calc.amount_total >= calc.amount_subtotal, calc
+
+
+def test_largest_remainder_shares_ties_to_the_earlier_rate() -> None:
+    # 10% + 10% inclusive on 11: exact tax 11 x 20/120 = 1.83 -> 2, shares 0.92 each:
+    # 1 each. On 5: 0.83 -> 1, shares 0.42 each: the earlier rate takes it.
+    two = [rate("a", "10", True), rate("b", "10", True)]
+    assert [t.amount for t in calculate([Line(11, 1, two)]).lines[0].taxes] == [1, 1]
+    assert [t.amount for t in calculate([Line(5, 1, two)]).lines[0].taxes] == [1, 0]
+
+
+def test_one_inclusive_rate_is_rounded_as_before() -> None:
+    line = calculate([Line(1234, 1, [rate("v", "100", True)])]).lines[0]
+    assert (line.amount_tax, line.taxable_amount) == (617, 617)
+    line = calculate([Line(1999, 1, [rate("v", "20", True)])]).lines[0]
+    assert line.amount_tax == 333  # 333.17
+
+
+# ---- three-decimal currencies: tax in the currency's chargeable increment (h74h) ------
+
+
+@pytest.mark.parametrize("currency", ["BHD", "JOD", "KWD", "OMR", "TND", "kwd"])
+def test_three_decimal_tax_is_rounded_to_tens_half_up(currency: str) -> None:
+    ex = calculate([Line(1000, 1, [rate("t", "7.5")])], currency)
+    assert (ex.amount_tax, ex.amount_total) == (80, 1080)  # 75 -> 80 (half up)
+    down = calculate([Line(1000, 1, [rate("t", "7.4")])], currency)
+    assert down.amount_tax == 70  # 74 -> 70
+    inc = calculate([Line(1000, 1, [rate("t", "7.5", True)])], currency)
+    assert (inc.amount_tax, inc.amount_total, inc.lines[0].taxable_amount) == (70, 1000, 930)
+    # Several rates, inclusive and exclusive: every tax in tens, the total chargeable.
+    mixed = calculate(
+        [Line(1990, 1, [rate("a", "5", True), rate("b", "9.975", True), rate("c", "7.5")])],
+        currency,
+    )
+    assert all(t.amount % 10 == 0 for t in mixed.lines[0].taxes), mixed
+    assert mixed.amount_total % 10 == 0, mixed
+
+
+def test_a_price_under_one_increment_keeps_its_tax_within_it() -> None:
+    # 7 fils with 5 x 100% inclusive: 5.83 of tax rounds to 10, more than the price:
+    # held to the price's whole tens (none).
+    line = calculate([Line(7, 1, [rate(str(i), "100", True) for i in range(5)])], "KWD")
+    assert (line.lines[0].amount_tax, line.lines[0].taxable_amount) == (0, 7)
+
+
+@pytest.mark.parametrize(("currency", "tax"), [("GBP", 75), ("JPY", 75), (None, 75)])
+def test_other_currencies_round_to_the_minor_unit(currency: str | None, tax: int) -> None:
+    assert calculate([Line(1000, 1, [rate("t", "7.5")])], currency).amount_tax == tax
+
+
+def test_zero_decimal_and_edges() -> None:
+    jpy = calculate([Line(999, 3, [rate("c", "10")])], "JPY")
+    assert (jpy.amount_subtotal, jpy.amount_tax, jpy.amount_total) == (2997, 300, 3297)
+    zero = calculate([Line(0, 1, [rate("v", "20")])], "KWD")
+    assert (zero.amount_tax, zero.amount_total) == (0, 0)
+    # Two exclusive rates are not compounded: each on the net.
+    two = calculate([Line(1000, 1, [rate("g", "5"), rate("q", "9.975")])])
+    assert two.amount_tax == 50 + 100 and two.amount_total == 1150

@@ -2294,7 +2294,8 @@ async def calculate_tax(ctx: HandlerContext, data: c.CalculateTax) -> HandlerRes
         )
         for line in data.line_items
     ]
-    calc = taxes.calculate(lines)
+    # (each tax to the currency's chargeable increment: a KWD total stays chargeable)
+    calc = taxes.calculate(lines, data.currency)
     if calc.amount_total > MAX_MINOR_AMOUNT:
         raise Rejection(
             RejectReason.VALIDATION_ERROR,

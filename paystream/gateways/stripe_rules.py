@@ -23,7 +23,9 @@ __all__ = [
     "MINIMUM_CHARGE",
     "STRIPE_HUNDREDTHS",
     "STRIPE_WHOLE_UNIT_PAYOUTS",
+    "THREE_DECIMAL_INCREMENT",
     "below_minimum_charge",
+    "chargeable_increment",
     "from_stripe_units",
     "payment_parameters_problem",
     "payout_descriptor_problem",
@@ -75,17 +77,33 @@ def below_minimum_charge(amount: Money) -> str | None:
     return f"Amount must be at least {format_minor(minimum, amount.currency)} (amount_too_small)"
 
 
+# Stripe's three-decimal currencies (docs.stripe.com/currencies, "Three-decimal
+# currencies"): its API counts BHD, JOD, KWD, OMR and TND in thousandths, but a charge
+# (and a capture or refund) in them must be a multiple of 10 minor units, the last digit
+# 0, for its payment partners: 5.124 KWD is charged as 5.120 (5120). Every other currency
+# is taken in single minor units.
+THREE_DECIMAL_INCREMENT = 10
+
+
+def chargeable_increment(currency: str) -> int:
+    """The step a chargeable amount in ``currency`` moves by, in minor units: 10 for a
+    three-decimal currency (Stripe's rule above), else 1. What paystream.tax rounds a
+    tax to, so that a taxed total stays chargeable."""
+    # A currency found as a key is already normalised (upper-case ASCII, no spaces), so
+    # `minor_unit_exponent` would answer the same; anything else takes the full path.
+    exponent = CURRENCY_EXPONENTS.get(currency)
+    if exponent is None:
+        exponent = minor_unit_exponent(currency)
+    return THREE_DECIMAL_INCREMENT if exponent == 3 else 1
+
+
 def three_decimal_problem(amount: Money) -> str | None:
     """Why Stripe refuses an amount in a three-decimal currency (BHD, JOD, KWD, OMR,
     TND): its card partners take only multiples of 10 minor units."""
-    # A currency found as a key is already normalised (upper-case ASCII, no spaces), so
-    # `minor_unit_exponent` would answer the same; anything else takes the full path.
-    exponent = CURRENCY_EXPONENTS.get(amount.currency)
-    if exponent is None:
-        exponent = minor_unit_exponent(amount.currency)
-    if exponent == 3 and amount.amount % 10:
+    step = chargeable_increment(amount.currency)
+    if amount.amount % step:
         return (
-            f"Stripe takes {amount.currency} amounts in multiples of 10 minor units "
+            f"Stripe takes {amount.currency} amounts in multiples of {step} minor units "
             f"(got {amount.amount})"
         )
     return None

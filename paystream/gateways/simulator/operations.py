@@ -923,7 +923,8 @@ def _taxed(sub: dict[str, Any]) -> tuple[int, int, int]:
     ]
     if not rates:
         return sub["amount"], 0, sub["amount"]
-    calc = calculate([Line(sub["amount"], 1, rates)])
+    # (each tax to the currency's chargeable increment: a KWD invoice stays chargeable)
+    calc = calculate([Line(sub["amount"], 1, rates)], sub["currency"])
     return calc.amount_subtotal, calc.amount_tax, calc.amount_total
 
 
