@@ -77,6 +77,7 @@ __all__ = [
     "Rejection",
     "Tables",
     "entity_key",
+    "subscription_charge",
 ]
 
 log = logging.getLogger(__name__)
@@ -2340,6 +2341,37 @@ async def calculate_tax(ctx: HandlerContext, data: c.CalculateTax) -> HandlerRes
 def _rate(ctx: HandlerContext, rate_id: str) -> taxes.Rate:
     rate = _active_rate(ctx, rate_id)
     return taxes.Rate(rate.id, taxes.parse_percentage(rate.percentage), rate.inclusive)
+
+
+def subscription_charge(
+    rates_table: Mapping[str, Any], tenant_id: str, data: Any, let_through: bool
+) -> int | None:
+    """A taxed ``subscription.create``'s per-period charge, as its invoices will carry it
+    (its ``amount`` plus the exclusive tax of its ``tax_rate_ids``, paystream.tax in its
+    currency), for the tenant limits to admit it by (review h74h: the pre-tax amount let
+    a 19.99 + 20% subscription under a 20.00 cap). The rates are read from the tenant's
+    tax rate table, local to its partition as the command is. None (the untaxed amount
+    stands) for a subscription without rates, or naming one that is unknown, or archived
+    unless let through: create_subscription refuses those (not_found, invalid_state) as
+    it would anyway; one let through takes its rates as they are, as the handler does."""
+    rate_ids = getattr(data, "tax_rate_ids", None)
+    if not rate_ids:
+        return None
+    rates = []
+    for rate_id in rate_ids:
+        raw = rates_table.get(entity_key(tenant_id, rate_id))
+        if not isinstance(raw, Mapping) or (raw.get("status") != "active" and not let_through):
+            return None
+        try:
+            percentage = taxes.parse_percentage(str(raw.get("percentage")))
+        except ValueError:
+            return None
+        rates.append(taxes.Rate(rate_id, percentage, bool(raw.get("inclusive"))))
+    try:
+        line = taxes.Line(int(data.amount), 1, rates)
+        return taxes.calculate([line], str(data.currency)).amount_total
+    except ValueError:  # (a rate named twice: the command's model refuses it first)
+        return None
 
 
 HANDLERS: dict[str, Handler] = {

@@ -62,6 +62,7 @@ from paystream.agents.handlers import (
     Tables,
     digest_shaped,
     entity_key,
+    subscription_charge,
 )
 from paystream.agents.idempotency_keeping import (
     ERASED_HASH,
@@ -1430,7 +1431,7 @@ class CommandProcessor(ProviderWindow):
                 cmd.tenant_id,
                 tenant.limits,
                 str(data.currency),
-                charge_now(cmd.command_type, data),
+                charge_now(cmd.command_type, data, self._charge(cmd, data, False)),
             )
             and _refused_while_others_hold(trial(tenant))
         ):
@@ -1491,13 +1492,14 @@ class CommandProcessor(ProviderWindow):
         read for its kept rejection with nothing written since, or UNREAD; ``trial``:
         what it would be, nothing written)."""
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        admitted_before = existing is not None or applied
         return (self.limits.trial if trial else self.limits.admit)(
             cmd.tenant_id,
             tenant.limits,
             limit_rec,
             cmd.command_type,
             data,
-            admitted_before=existing is not None or applied,
+            admitted_before=admitted_before,
             # Another command id under a let-through command's key: its quota is that
             # command's, but its rate the tenant's, as any command's (a refusal says
             # "later", no final answer; review finding: unbounded resends each tried the
@@ -1511,7 +1513,16 @@ class CommandProcessor(ProviderWindow):
             request=request_hash,
             stored=limits_state,
             day_ms=day_ms,
+            amount=self._charge(cmd, data, admitted_before),
         )
+
+    def _charge(self, cmd: CommandRef, data: Any, let_through: bool) -> int | None:
+        """A money command's per-period charge where it is not its ``amount``: a
+        subscription's with its tax rates' exclusive tax (handlers.subscription_charge);
+        None otherwise."""
+        if cmd.command_type != "subscription.create":
+            return None
+        return subscription_charge(self.tables.tax_rates, cmd.tenant_id, data, let_through)
 
     async def _let_through_by_entity(
         self, cmd: CommandRef, raw: Any, tenant: Tenant | None
@@ -1992,6 +2003,7 @@ class CommandProcessor(ProviderWindow):
             former_hold_key=_former_hold_key(cmd, data, existing.entity_keys),
             request=request_hash,
             exempt=exempt,
+            amount=self._charge(cmd, data, True),
         )
 
     def _account_suspended_replay(

@@ -7,7 +7,11 @@ A tenant's registry record may carry :class:`TenantLimits`:
   answers HTTP 429); nothing is remembered under its idempotency key, so the same
   command sent again later goes through.
 * ``max_payment_amount``: the largest single ``payment.create`` per currency, and the
-  largest per-period ``amount`` of a ``subscription.create`` (each period charges it).
+  largest per-period charge of a ``subscription.create`` (each period charges it): its
+  ``amount`` plus the exclusive tax of its ``tax_rate_ids`` (the caller gives that
+  ``amount``: paystream.agents.handlers.subscription_charge reads the rates from the
+  tenant's tax rate table; an unknown or archived rate, which the handler refuses, leaves
+  the untaxed amount).
 * ``daily_payment_volume``: per currency and UTC day, the sum of payments that were
   authorised, captured or are awaiting authentication, counted from when the limit is
   set, plus the payments admitted and not yet answered (in flight, or parked after the
@@ -17,9 +21,10 @@ A tenant's registry record may carry :class:`TenantLimits`:
   day over its quota. At most :data:`MAX_HOLDS` hold at once. Over either limit, the
   command is rejected ``quota_exceeded`` (``limit`` names which). A
   ``subscription.create`` is admitted as a payment of its first charge (its first
-  invoice; none during a free trial): held, counted when ``subscription.created`` says
-  it was paid, released otherwise. Renewals are billed by the provider on its own clock:
-  paystream admits no command for them, and they are not counted.
+  invoice, taxed as above; none during a free trial): held, counted when
+  ``subscription.created`` says it was paid, released otherwise. Renewals are billed
+  by the provider on its own clock: paystream admits no command for them, and they are
+  not counted.
 * ``only_listed_currencies``: the money limits name currencies, with no conversion; with
   this, a payment in a currency neither names is rejected ``quota_exceeded`` (``limit:
   currencies``) instead of moving unlimited.
@@ -284,6 +289,7 @@ class LimitGate:
         request: str | None = None,
         stored: Any = UNREAD,
         day_ms: int | None = None,
+        amount: int | None = None,
     ) -> Admission | LimitRejection | None:
         """Decide on one command; None when the tenant has no limits to apply.
 
@@ -302,6 +308,8 @@ class LimitGate:
         (see :func:`_hold_of`). ``stored``: what :meth:`stored` returned, if nothing was
         written to the table since (the state is read once for :meth:`kept_rejection` and
         this: the same object the table would give again, so the same decision).
+        ``amount``: a money command's per-period charge when it is not its ``amount`` (a
+        subscription's with its exclusive tax); None: its ``amount``.
         """
         key = self.key(tenant_id)
         enforced = limits.enforced  # (a property: worked out once here)
@@ -355,7 +363,7 @@ class LimitGate:
                 # A quota refusal past the rate limit keeps its token, as any command the
                 # tenant sends counts toward its rate; `forget_decision` gives it back.
                 spent = limits.commands_per_second is not None
-                decision = _quota(state, limits, day, command_type, data, hold_of_this)
+                decision = _quota(state, limits, day, command_type, data, hold_of_this, amount)
         if limits.commands_per_second is None:
             state["tokens"] = None  # a rate limit set later starts with a full bucket
         state["at_ms"] = at_ms
@@ -373,23 +381,24 @@ class LimitGate:
                 entry["spent"] = True
             self._decide(key, state, rec, entry)
             return decision
-        currency = amount = None
+        currency: str | None = None
+        charged: int | None = None
         # (Also with no daily volume set now: a hold placed while one was, a parked
         # payment's, is released when this payment is answered.)
         if command_type in MONEY_COMMANDS and (limits.daily_payment_volume or state.get("held")):
-            currency, amount = str(data.currency), charge_now(command_type, data)
-            if not amount:
+            currency, charged = str(data.currency), charge_now(command_type, data, amount)
+            if not charged:
                 currency = None  # (a subscription's trial: nothing charged, nothing held)
             elif currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
-                state["held"][hold_of_this] = [day, currency, amount, owner]
+                state["held"][hold_of_this] = [day, currency, charged, owner]
             else:
-                amount = 0  # (none counted while its currency is not limited: from then)
+                charged = 0  # (none counted while its currency is not limited: from then)
         # (The keys in the order kept decisions have always had them.)
         entry = {"id": tag, "day": day, "admit": True, "counted": False,
-                 "currency": currency, "amount": amount}  # fmt: skip
+                 "currency": currency, "amount": charged}  # fmt: skip
         self._decide(key, state, rec, entry)
-        return Admission(tenant_id, rec.offset, day, currency, amount or 0, hold_of_this)
+        return Admission(tenant_id, rec.offset, day, currency, charged or 0, hold_of_this)
 
     def volume_room(self, tenant_id: str, limits: TenantLimits, currency: str, amount: int) -> bool:
         """Would a payment of ``amount`` fit the daily volume (and the cap on payments
@@ -460,10 +469,12 @@ class LimitGate:
         former_hold_key: str | None = None,
         request: str | None = None,
         exempt: bool = False,
+        amount: int | None = None,
     ) -> None:
         """Account a record answered from its own idempotency record (a redelivery whose
         limits state was lost): as the admission it was, spending and counting once, and
-        releasing what it held (under an older version's key too)."""
+        releasing what it held (under an older version's key too). ``amount``: what its
+        admission took as its charge (a taxed subscription's), else its outcome's."""
         if rec.offset < 0 or not limits.enforced:
             return
         key = self.key(tenant_id)
@@ -508,7 +519,8 @@ class LimitGate:
             and obj.get("currency") in limits.daily_payment_volume
             and not (command_type == "subscription.create" and obj.get("status") == "trialing")
         ):
-            _add_volume(state, day, str(obj["currency"]), int(obj.get("amount") or 0))
+            charged = int(obj.get("amount") or 0) if amount is None else amount
+            _add_volume(state, day, str(obj["currency"]), charged)
             counted = True
         entry = {"id": _tag(rec.command_id), "day": day, "admit": True, "counted": counted}
         self._decide(key, state, rec, {**entry, "currency": None, "amount": None})
@@ -550,12 +562,13 @@ class LimitGate:
             del decided[oldest]
 
 
-def charge_now(command_type: str, data: Any) -> int:
+def charge_now(command_type: str, data: Any, amount: int | None = None) -> int:
     """What a money command charges at once: a payment its ``amount``; a subscription its
-    first period's ``amount``, or nothing while a free trial runs (``trial_days``)."""
+    first period's charge (``amount``: with its exclusive tax; None: ``data.amount``), or
+    nothing while a free trial runs (``trial_days``)."""
     if command_type == "subscription.create" and int(getattr(data, "trial_days", 0) or 0):
         return 0
-    return int(data.amount)
+    return int(data.amount) if amount is None else amount
 
 
 def _now_ms() -> int:
@@ -752,12 +765,14 @@ def _quota(
     command_type: str,
     data: Any,
     hold: str,
+    charge: int | None = None,
 ) -> LimitRejection | None:
     if command_type not in MONEY_COMMANDS:
         return None
-    # (A subscription's per-period amount against the cap; its charge now, none in a
-    # trial, against the day's volume.)
-    currency, amount = str(data.currency), int(data.amount)
+    # (A subscription's per-period charge, ``charge`` with its tax, against the cap; its
+    # charge now, none in a trial, against the day's volume.)
+    currency = str(data.currency)
+    amount = int(data.amount) if charge is None else charge
     if limits.only_listed_currencies and currency not in limits.listed_currencies:
         listed = sorted(limits.listed_currencies)
         return LimitRejection(
@@ -774,7 +789,7 @@ def _quota(
             {"limit": "max_payment_amount", "currency": currency, "allowed": cap},
         )
     daily = limits.daily_payment_volume.get(currency)
-    amount = charge_now(command_type, data)
+    amount = charge_now(command_type, data, charge)
     if daily is None or not amount:
         return None
     holds = _holds_of_day(state, day)
