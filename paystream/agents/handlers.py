@@ -788,6 +788,7 @@ _PAYMENT_OUTCOME = {
 
 
 _SUCCEEDED_STATUS = gw.PaymentStatus.SUCCEEDED.value
+_CANCELED_STATUS = gw.PaymentStatus.CANCELED.value
 
 
 def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
@@ -795,8 +796,11 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
     # ``.value`` returns): see create_payment.
     r = res.__dict__
     rec.status = r["status"]._value_
+    captured_before = rec.amount_captured
     rec.amount_captured = r["amount_captured"]
     rec.amount_refunded = max(rec.amount_refunded, r["amount_refunded"])
+    if rec.amount_tax:
+        _tax_collected(rec, captured_before)
     rec.failure_code = r["failure_code"]
     if r["provider_charge_id"] is not None and r["status"] is gw.PaymentStatus.FAILED:
         # Kept for a failed payment only, whose refresh tells another card's decline by
@@ -807,6 +811,24 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
         rec.customer_action_delivered = True
     rec.failure_message = r["failure_message"]
     rec.next_action = r["next_action"]
+
+
+def _tax_collected(rec: PaymentRecord, captured_before: int) -> None:
+    """A taxed payment's ``amount_tax`` as the tax of what it collects (review h74h: a
+    partial capture kept its calculation's whole tax, and a tax report summing it
+    overstated what was collected). Captured in part (first read captured, for less than
+    its ``amount``: by payment.capture, or in the provider's dashboard and read back by a
+    refresh), its tax is pro-rated: amount_tax * captured / amount, half up, in integers
+    (a capture of the whole keeps it exactly). Canceled with nothing captured (its
+    authorization released, or expired at the provider), nothing was collected: 0. Once
+    only: a payment is captured once (the rest released), so a later read leaves it as
+    it is. The calculation (``tax_calculation_id``) keeps its own figure."""
+    captured = rec.amount_captured
+    if captured == 0 and rec.status == _CANCELED_STATUS:
+        rec.amount_tax = 0
+    elif captured_before == 0 and 0 < captured < rec.amount:
+        tax = rec.amount_tax or 0
+        rec.amount_tax = (2 * tax * captured + rec.amount) // (2 * rec.amount)
 
 
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
