@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -64,6 +64,7 @@ from paystream.tables.state_machines import (
     check_tax_rate_transition,
     invoice_moves,
 )
+from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS
 
 if TYPE_CHECKING:
     from paystream.tracing import CommandTrace
@@ -2354,10 +2355,19 @@ async def calculate_tax(ctx: HandlerContext, data: c.CalculateTax) -> HandlerRes
         amount_tax_exclusive=calc.amount_tax_exclusive,
         amount_total=calc.amount_total,
         tax_by_rate=calc.tax_by_rate,
-        # (the command's time: the same on every redelivery)
-        expires_at=ctx.cmd.time + TAX_CALCULATION_TTL,
+        expires_at=_calculated_at(ctx) + TAX_CALCULATION_TTL,
     )
     return HandlerResult("tax.calculated", rec)
+
+
+def _calculated_at(ctx: HandlerContext) -> datetime:
+    """When a calculation's day starts: the command's ``time`` (the same on every
+    redelivery; one answered before is answered from its record), capped at the worker's
+    clock plus the skew the tenant limits allow a record's time (limits._at:
+    MAX_FUTURE_SKEW_MS). The ``time`` is the producer's: ten years ahead, it made a
+    calculation payments could name for ten years, never swept (review h74h)."""
+    latest = datetime.fromtimestamp(time.time() + MAX_FUTURE_SKEW_MS / 1000, UTC)
+    return min(ctx.cmd.time, latest)
 
 
 def _rate(ctx: HandlerContext, rate_id: str) -> taxes.Rate:
