@@ -1770,7 +1770,12 @@ def _invoices(
                 failure_message=found.failure_message,
                 subtotal=found.subtotal if taxed else None,
                 tax=found.tax,
-                total=found.amount.amount if taxed else None,
+                # (the provider's total: ``amount`` is what was paid or is due, less
+                # than it where a credit balance paid a part; one reported without a
+                # total, an invoice the simulator stored before it kept one: amount)
+                total=(found.amount.amount if found.total is None else found.total)
+                if taxed
+                else None,
             )
             changed.append(rec)
         else:

@@ -513,10 +513,14 @@ class InvoiceResult(_Res):
     provider_payment_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
-    # With tax: ``amount`` (charged) is the subtotal plus exclusive ``tax`` (None: the
-    # provider reports none, an invoice without tax rates).
+    # With tax: ``subtotal``, ``tax`` and ``total`` as the provider reports them (None:
+    # it reports none, an invoice without tax rates). ``total`` is the subtotal plus
+    # exclusive tax; ``amount`` is what was paid or is due, which a customer's credit
+    # balance (or a coupon added at the provider) makes less than it (Stripe's
+    # amount_paid / amount_due beside its total; review h74h).
     subtotal: int | None = None
     tax: int | None = None
+    total: int | None = None
 
 
 class TaxRateResult(_Res):

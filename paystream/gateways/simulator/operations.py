@@ -878,7 +878,7 @@ def _bill_period(
         "failure_message": None,
     }
     if sub.get("tax_rates"):
-        invoice.update(subtotal=subtotal, tax=tax)
+        invoice.update(subtotal=subtotal, tax=tax, total=total)
     if (
         not attached
         or card is None

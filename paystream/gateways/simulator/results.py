@@ -115,6 +115,7 @@ def invoice(inv: dict[str, Any]) -> dict[str, Any]:
         "failure_message": inv.get("failure_message"),
         "subtotal": inv.get("subtotal"),
         "tax": inv.get("tax"),
+        "total": inv.get("total"),
     }
 
 

@@ -400,16 +400,23 @@ def invoice(
 
 
 def _invoice_tax(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """An invoice's subtotal and tax, when TaxRates taxed it: its tax amounts
+    """An invoice's subtotal, tax and total, when TaxRates taxed it: its tax amounts
     (``total_tax_amounts`` before API version 2025-03-31.basil, ``total_taxes`` since),
-    summed; nothing when it lists none."""
+    summed, and its ``subtotal`` and ``total`` as Stripe reports them (its ``total``, not
+    amount_paid / amount_due, which a credit balance lowers); nothing when it lists no
+    tax."""
     listed = obj.get("total_taxes")
     if not isinstance(listed, list) or not listed:
         listed = obj.get("total_tax_amounts")
     if not isinstance(listed, list) or not listed:
         return {}
     tax = sum(int(t.get("amount") or 0) for t in listed if isinstance(t, Mapping))
-    return {"subtotal": int(obj.get("subtotal") or 0), "tax": tax}
+    total = obj.get("total")
+    return {
+        "subtotal": int(obj.get("subtotal") or 0),
+        "tax": tax,
+        "total": int(total) if isinstance(total, int) and not isinstance(total, bool) else None,
+    }
 
 
 def tax_rate(obj: Mapping[str, Any]) -> TaxRateResult:
