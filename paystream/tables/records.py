@@ -304,7 +304,9 @@ class PaymentRecord(EntityRecord):
     # browser may still pay it with another card.
     customer_action_delivered: bool = False
     # Named a tax calculation (tax.calculate): its tax, contained in ``amount``, and its id
-    # (what a tax report sums). Stored only when set (pipeline._stored_fields).
+    # (what a tax report sums). The tax of what it collects: pro-rated when captured in
+    # part, 0 once canceled uncaptured (handlers._tax_collected); the calculation keeps
+    # its own figure. Stored only when set (pipeline._stored_fields).
     amount_tax: int | None = None
     tax_calculation_id: str | None = None
 
@@ -378,9 +380,11 @@ class InvoiceRecord(EntityRecord):
     provider_payment_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
-    # Its subscription's tax: ``amount`` (charged) is ``total``: ``subtotal`` (the
-    # subscription's amount) plus exclusive ``tax`` (inclusive tax is in the subtotal).
-    # Stored only when set (None: an invoice recorded before tax).
+    # Its subscription's tax, as its provider reports it: ``total`` is ``subtotal`` (the
+    # subscription's amount) plus exclusive ``tax`` (inclusive tax is in the subtotal);
+    # ``amount`` is what was charged, ``total`` unless the provider took a part from
+    # elsewhere (Stripe: a customer's credit balance, a coupon). Stored only when set
+    # (None: an invoice recorded before tax, or untaxed).
     subtotal: int | None = None
     tax: int | None = None
     total: int | None = None
