@@ -77,8 +77,9 @@ class Observed:
     payout_amount: int = 0
     payout_failure: str | None = None
     # Tax collected (see _payment_tax and _invoices): (currency, "payments" | "invoices",
-    # amount in minor units) each: a payment's ``amount_tax`` when it succeeded (its
-    # share of the amount captured), a paid invoice's ``tax``, once as they are counted.
+    # amount in minor units) each: a payment's ``amount_tax`` when it succeeded (the
+    # worker's record says its share of a partial capture), a paid invoice's ``tax``,
+    # once as they are counted.
     tax_collected: tuple[tuple[str, str, int], ...] = ()
 
 
@@ -432,17 +433,16 @@ def _invoices(
 
 
 def _payment_tax(obj: dict[str, Any], captured: int) -> int:
-    """The tax a succeeded payment collected: its ``amount_tax`` (the tax its calculation
-    put within ``amount``), or, captured in part (a manual payment's partial capture),
-    that tax's share of what was captured, rounded half up as paystream.tax rounds. None
-    for a payment without (untaxed, or recorded before tax), nor for one whose tax or
-    captured amount is not within its amount (malformed)."""
+    """The tax a succeeded payment collected: its ``amount_tax``, which the worker keeps
+    as the tax of what it collects (the tax its calculation put within ``amount``; captured
+    in part, that tax's share of the capture, pro-rated half up once by
+    handlers._tax_collected: review h74h), so it is not pro-rated again here. None for a
+    payment without (untaxed, or recorded before tax), nor for one whose tax or captured
+    amount is not within its amount (malformed)."""
     tax, amount = _minor(obj.get("amount_tax")), _minor(obj.get("amount"))
     if not (tax and captured and amount) or tax > amount or captured > amount:
         return 0
-    if captured == amount:
-        return tax
-    return (2 * tax * captured + amount) // (2 * amount)
+    return tax
 
 
 _PAYOUT = "payout."
