@@ -4,13 +4,17 @@ rows (migration 0015), read under the tenant's row-level security.
 What is counted (README "Tax"):
 
 * a payment that named a tax calculation (``amount_tax``), created in the period, for
-  what of it was captured and not refunded: its tax times (captured - refunded) / amount,
-  per rate (its calculation's ``tax_by_rate``), each share rounded half up (a refund
-  records no tax of its own: this is the proportional reversal);
+  what of it was captured and not refunded. Its ``amount_tax`` is the tax of what it
+  captured (the worker pro-rates it at a partial capture: review h74h), so it counts
+  ``amount_tax`` times (captured - refunded) / captured; per rate, its calculation's
+  ``tax_by_rate`` times (captured - refunded) / amount (the same, where the payment's
+  tax is its calculation's, pro-rated to the capture), each share rounded half up (a
+  refund records no tax of its own: this is the proportional reversal);
 * a subscription's invoice that was paid, created in the period: its ``tax``, split over
-  its subscription's rates as paystream.tax splits one line of its ``subtotal`` (the
-  invoice's own arithmetic); where that does not give the invoice's tax back (a rate
-  changed or missing), the whole tax under no rate (``tax_rate_id`` null).
+  its subscription's rates as paystream.tax splits one line of its ``subtotal`` in its
+  currency (the invoice's own arithmetic: a three-decimal currency's tax in tens); where
+  that does not give the invoice's tax back (a rate changed or missing), the whole tax
+  under no rate (``tax_rate_id`` null).
 
 Amounts are integer minor units; the period is ``[start, end)`` on ``created_at``.
 """
@@ -51,7 +55,11 @@ def _share(tax: int, kept: int, amount: int) -> int:
 
 
 def _invoice_split(
-    tax: int, subtotal: int | None, rate_ids: list[Any] | None, rates: dict[str, TaxRate]
+    tax: int,
+    subtotal: int | None,
+    rate_ids: list[Any] | None,
+    rates: dict[str, TaxRate],
+    currency: str,
 ) -> dict[str | None, int]:
     if subtotal is None or not rate_ids or not all(isinstance(r, str) for r in rate_ids):
         return {None: tax}
@@ -68,7 +76,8 @@ def _invoice_split(
                     if r is not None
                 ],
             )
-        ]
+        ],
+        currency,
     )
     split: dict[str | None, int] = {k: v for k, v in calc.tax_by_rate.items()}
     return split if sum(split.values()) == tax else {None: tax}
@@ -100,13 +109,24 @@ async def tax_report(
             )
         ).tuples()
         for payment, calc in payments:
-            tax = int(payment.amount_tax or 0)
-            kept = max(int(payment.amount_captured) - int(payment.amount_refunded), 0)
+            tax, amount = int(payment.amount_tax or 0), int(payment.amount)
+            captured = int(payment.amount_captured)
+            kept = max(captured - int(payment.amount_refunded), 0)
+            # (amount_tax: the tax of what was captured, so reversed over the capture)
             split: dict[str | None, int] = {None: tax}
-            if calc is not None and sum(int(v) for v in calc.tax_by_rate.values()) == tax:
-                split = {str(k): int(v) for k, v in calc.tax_by_rate.items()}
+            basis = captured
+            if calc is not None:
+                whole = int(calc.amount_tax)
+                if (
+                    sum(int(v) for v in calc.tax_by_rate.values()) == whole
+                    and _share(whole, captured, amount) == tax
+                ):
+                    # Its calculation's tax, pro-rated to the capture: each rate's share
+                    # of the calculation, over the payment's amount.
+                    split = {str(k): int(v) for k, v in calc.tax_by_rate.items()}
+                    basis = amount
             for rate_id, rate_tax in split.items():
-                share = _share(rate_tax, kept, int(payment.amount))
+                share = _share(rate_tax, kept, basis)
                 if not share:
                     continue  # (nothing captured, or all of it refunded)
                 by_rate[(payment.currency, rate_id)].payments += share
@@ -126,7 +146,8 @@ async def tax_report(
         ).tuples()
         for invoice, rate_ids in invoices:
             tax = int(invoice.tax or 0)
-            for rate_id, rate_tax in _invoice_split(tax, invoice.subtotal, rate_ids, rates).items():
+            split = _invoice_split(tax, invoice.subtotal, rate_ids, rates, invoice.currency)
+            for rate_id, rate_tax in split.items():
                 by_rate[(invoice.currency, rate_id)].invoices += rate_tax
                 by_currency[invoice.currency].invoices += rate_tax
 

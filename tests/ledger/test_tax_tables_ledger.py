@@ -294,3 +294,43 @@ async def test_the_tax_report_sums_per_currency_and_rate(
     # The later payment falls in its own period.
     march = await tax_report(app_engine, t, later, datetime(2025, 4, 1, tzinfo=UTC))
     assert march["currencies"]["GBP"]["total"] == 200
+
+
+async def test_a_partial_captures_tax_is_reported_once_and_a_kwd_invoice_by_rate(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """Review h74h: the worker records a partially captured payment's ``amount_tax`` as
+    its share of the capture (600 of 1200 with 200 of tax: 100), so the report counts
+    100, not 100's share again (50), and per rate its calculation's split; refunds of
+    it are reversed over the captured amount. A KWD invoice's tax, rounded to tens by
+    its currency's increment, is split over its rates in that currency."""
+    t = _tenant()
+    events = [
+        tax_rate(make_event, t, "vat"),
+        tax_rate(make_event, t, "city", display_name="City", percentage="5", country="GB"),
+        tax_rate(make_event, t, "kw", display_name="KW", percentage="7.5", country="KW"),
+        tax_calculation(make_event, t, "taxcalc_1", {"vat": 160, "city": 40}),
+        make_event.payment(
+            t, "pay_half", amount=1200, currency="GBP", amount_captured=600,
+            amount_tax=100, tax_calculation_id="taxcalc_1",
+        ),
+        # Captured in part, then half of that refunded: 100 x 300 / 600 = 50.
+        make_event.payment(
+            t, "pay_refunded", amount=1200, currency="EUR", amount_captured=600,
+            amount_refunded=300, amount_tax=100, tax_calculation_id="taxcalc_gone",
+        ),
+        make_event.subscription(t, "sub_kw", currency="KWD", tax_rate_ids=["kw"]),
+        make_event.invoice(
+            t, "in_kw", subscription_id="sub_kw", currency="KWD", amount=2140,
+            subtotal=1990, tax=150,
+        ),
+    ]  # fmt: skip
+    await write_events(app_engine, events, keyring=keyring)
+    report = (await tax_report(app_engine, t, *DAY))["currencies"]
+    assert report["GBP"]["payments"] == 100, report
+    assert {r["tax_rate_id"]: r["payments"] for r in report["GBP"]["by_rate"]} == {
+        "vat": 80,
+        "city": 20,
+    }
+    assert report["EUR"]["payments"] == 50, report
+    assert [(r["tax_rate_id"], r["invoices"]) for r in report["KWD"]["by_rate"]] == [("kw", 150)]
