@@ -425,7 +425,9 @@ def _invoices(
         if status == _PAID and (new or version > 1):
             paid.append(found)
             tax = _minor(obj.get("tax"))
-            if tax and tax <= found[1]:
+            # (within its total: more than what was charged where the provider took a
+            # part from a credit balance, review h74h; an invoice without: its amount)
+            if tax and tax <= max(found[1], _minor(obj.get("total"))):
                 taxes.append((found[0], tax))
         elif new and (status == _OPEN or (status == _VOID and obj.get("failure_code"))):
             declined.append((found[0], _decline_label(obj.get("failure_code"))))

@@ -246,6 +246,16 @@ def test_a_paid_invoice_s_tax_is_collected_once() -> None:
     assert _observe(_refreshed("r4", [])).tax_collected == ()
 
 
+def test_an_invoice_paid_mostly_from_a_credit_balance_collected_its_tax() -> None:
+    """Review h74h: an invoice carries its provider's total (1,800: 1,500 + 300 of tax),
+    and what was charged (``amount``) may be less: 200 when a credit balance paid the
+    rest. Its tax (300, within the total) was collected all the same."""
+    credited = _inv("paid", created_by="c1", subtotal=1500, tax=300, total=1800, amount=200)
+    assert _observe(_created("c1", [credited])).tax_collected == (("EUR", "invoices", 300),)
+    past = _inv("paid", created_by="c1", subtotal=1500, tax=5000, total=1800, amount=200)
+    assert _observe(_created("c1", [past])).tax_collected == ()  # (past its total)
+
+
 # ---- the window ----------------------------------------------------------------------
 
 
