@@ -50,6 +50,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 
 from paystream.gateways.stripe_rules import chargeable_increment
 
@@ -63,6 +64,7 @@ __all__ = [
     "Rate",
     "RateTax",
     "calculate",
+    "largest_remainder",
     "parse_percentage",
     "round_half_up",
 ]
@@ -168,11 +170,19 @@ def _shared_inclusive(amount: int, percentages: list[Decimal], step: int) -> lis
     # shares add up to the exact tax, which ``units`` is rounded from) go one each to the
     # largest fractions. Each share is then its exact one rounded down or up.
     exact = [Decimal(amount) * p / (_HUNDRED + shared) / step for p in percentages]
+    return [f * step for f in largest_remainder(units, exact)]
+
+
+def largest_remainder(units: int, exact: Sequence[Decimal | Fraction]) -> list[int]:
+    """``units`` shared out by the ``exact`` shares (>= 0) it is rounded from: each one
+    rounded down, the units left (0 to ``len(exact)`` when ``units`` is their sum rounded)
+    one each to the largest fractions, ties to the earlier share. Each share is then its
+    exact one rounded down or up, and they sum to ``units``."""
     floors = [int(e) for e in exact]  # (>= 0: int() truncates toward zero, a floor)
     order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - floors[i]), i))
     for i in order[: units - sum(floors)]:
         floors[i] += 1
-    return [f * step for f in floors]
+    return floors
 
 
 def _line(line: Line, step: int = 1) -> LineResult:

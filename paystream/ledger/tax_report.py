@@ -6,10 +6,13 @@ What is counted (README "Tax"):
 * a payment that named a tax calculation (``amount_tax``), created in the period, for
   what of it was captured and not refunded. Its ``amount_tax`` is the tax of what it
   captured (the worker pro-rates it at a partial capture: review h74h), so it counts
-  ``amount_tax`` times (captured - refunded) / captured; per rate, its calculation's
-  ``tax_by_rate`` times (captured - refunded) / amount (the same, where the payment's
-  tax is its calculation's, pro-rated to the capture), each share rounded half up (a
-  refund records no tax of its own: this is the proportional reversal);
+  ``amount_tax`` times (captured - refunded) / captured, rounded half up once (so a
+  payment not refunded counts its ``amount_tax``, as the dashboard's ``tax_collected``
+  does); per rate, that share split in proportion to its calculation's ``tax_by_rate``
+  (where the payment's tax is its calculation's, pro-rated to the capture) by largest
+  remainder (paystream.tax's), so the rates sum to it (review h74q: each rate's share
+  rounded on its own could leave the total a unit off per payment) (a refund records no
+  tax of its own: this is the proportional reversal);
 * a subscription's invoice that was paid, created in the period: its ``tax``, split over
   its subscription's rates as paystream.tax splits one line of its ``subtotal`` in its
   currency (the invoice's own arithmetic: a three-decimal currency's tax in tens); where
@@ -25,6 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import select
@@ -52,6 +56,18 @@ class _Sums:
 
 def _share(tax: int, kept: int, amount: int) -> int:
     return taxes.round_half_up(Decimal(tax) * kept / amount) if amount else 0
+
+
+def _split(total: int, split: dict[str | None, int]) -> dict[str | None, int]:
+    """``total`` shared over the rates in proportion to their ``split`` (their exact shares
+    rational) by largest remainder, ties to the lower rate id (no rate last); only the
+    rates with a share."""
+    whole = sum(split.values())
+    if total <= 0 or whole <= 0:
+        return {}
+    order = sorted(split, key=lambda r: (r is None, r or ""))
+    shares = taxes.largest_remainder(total, [Fraction(split[r] * total, whole) for r in order])
+    return {r: v for r, v in zip(order, shares, strict=True) if v}
 
 
 def _invoice_split(
@@ -114,21 +130,18 @@ async def tax_report(
             kept = max(captured - int(payment.amount_refunded), 0)
             # (amount_tax: the tax of what was captured, so reversed over the capture)
             split: dict[str | None, int] = {None: tax}
-            basis = captured
             if calc is not None:
                 whole = int(calc.amount_tax)
                 if (
                     sum(int(v) for v in calc.tax_by_rate.values()) == whole
                     and _share(whole, captured, amount) == tax
                 ):
-                    # Its calculation's tax, pro-rated to the capture: each rate's share
-                    # of the calculation, over the payment's amount.
+                    # Its calculation's tax, pro-rated to the capture: shared by the
+                    # calculation's rates.
                     split = {str(k): int(v) for k, v in calc.tax_by_rate.items()}
-                    basis = amount
-            for rate_id, rate_tax in split.items():
-                share = _share(rate_tax, kept, basis)
-                if not share:
-                    continue  # (nothing captured, or all of it refunded)
+            # The kept share of its whole tax, rounded once, then split over its rates
+            # (nothing captured, or all of it refunded: none).
+            for rate_id, share in _split(_share(tax, kept, captured), split).items():
                 by_rate[(payment.currency, rate_id)].payments += share
                 by_currency[payment.currency].payments += share
         invoices = (

@@ -236,7 +236,7 @@ async def test_the_tax_report_sums_per_currency_and_rate(
         tax_rate(make_event, t, "vat"),
         tax_rate(make_event, t, "city", display_name="City", percentage="5", country="GB"),
         tax_calculation(make_event, t, "taxcalc_1", {"vat": 200, "city": 50}),
-        # Half refunded: half its tax was collected (per rate, rounded half up).
+        # Half refunded: half its tax was collected (rounded half up once, split over the rates).
         make_event.payment(
             t, "pay_1", amount=1250, currency="GBP", amount_captured=1250,
             amount_refunded=625, amount_tax=250, tax_calculation_id="taxcalc_1",
