@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from cloudevents.core.v1.event import CloudEvent
+
 from paystream.client import OutcomeTimeout, PaystreamClient, build_command
 from paystream.http_client import Accepted, IngressClient
 
@@ -292,6 +294,13 @@ async def _pay_out(send: Send, tenant: str, rng: random.Random, advance: Advance
 
 # A demo tenant's tax rates: ``tax_rate.create`` data, each naming its ``tax_rate_id``.
 TaxRates = Mapping[str, Sequence[Mapping[str, Any]]]
+# A demo rate found archived (an operator, the provider's dashboard then a refresh, a
+# test) is passed over for its id with ``-2``, ``-3``, ... appended (made, or found as
+# made by a start before), this many at most; past them the tenant is not taxed by it.
+RATE_REMAKES = 3
+RATE_PASSED_OVER = "tax_rate archived: next id tried"
+RATE_NOT_TAXED_BY = "tax_rate archived: not taxed by"
+RATE_CHECK = "demo rate check"  # (the reference of the line each rate is tried on)
 
 
 async def make_tax_rates(
@@ -299,22 +308,71 @@ async def make_tax_rates(
 ) -> dict[str, list[str]]:
     """Each tenant's ``rates`` made (`tax_rate.create`), under a command id of the
     tenant's and the rate's: a demo started again on the same stack is answered from the
-    rate's record (``tax_rate.created`` as before), not refused as existing. Returns the
-    ids of the rates each tenant has (a tenant refused them, suspended say: none)."""
+    rate's record (``tax_rate.created`` as before), not refused as existing.
 
-    async def make(tenant: str, rate: Mapping[str, Any]) -> str | None:
-        rid = str(rate["tax_rate_id"])
-        command = build_command(
-            "tax_rate.create", tenant, rate, command_id=f"demo-tax-rate-{tenant}-{rid}"
-        )
+    That answer is the one first stored (its rate active), whatever became of the rate
+    since: each rate answered so is tried with a `tax.calculate` of one small line (no
+    provider is asked), which an archived rate is refused (the flows taxed by it were
+    all refused, for the whole run: review h74q). One archived is passed over for its id
+    with ``-2``, ``-3``, ... appended, made (or answered as made by a start before) and
+    tried the same way, RATE_REMAKES at most; each passed over is counted in ``seen``
+    (RATE_PASSED_OVER, or RATE_NOT_TAXED_BY when none is left: the tenant is not taxed
+    by it, and the progress line names it). Returns the ids of the rates each tenant has
+    (a tenant refused them, suspended say: none)."""
+
+    async def answer(command: CloudEvent) -> tuple[str, dict[str, Any]] | None:
         try:
             event = await client.send(command, timeout=30)
         except OutcomeTimeout:
             seen["timeout"] += 1
             return None
-        kind = event.get_type().removeprefix("com.paystream.")
-        seen[kind] += 1
-        return rid if kind == "tax_rate.created" else None
+        data = event.get_data()
+        return event.get_type().removeprefix("com.paystream."), (
+            data if isinstance(data, dict) else {}
+        )
+
+    async def archived(tenant: str, rid: str) -> bool:
+        tried = await answer(
+            build_command(
+                "tax.calculate",
+                tenant,
+                {
+                    "currency": "USD",
+                    "line_items": [{"amount": 100, "reference": RATE_CHECK}],
+                    "tax_rate_ids": [rid],
+                },
+            )
+        )
+        if tried is None or tried[0] == "tax.calculated":
+            return False  # (not answered: taken as it was made)
+        kind, data = tried
+        reason = data.get("reason") or (data.get("error") or {}).get("code")
+        if kind == "command.rejected" and reason == "invalid_state":
+            return True
+        seen[kind] += 1  # (refused otherwise: its flows will say the same)
+        return False
+
+    async def make(tenant: str, rate: Mapping[str, Any]) -> str | None:
+        base = str(rate["tax_rate_id"])
+        for generation in range(1, RATE_REMAKES + 2):
+            rid = base if generation == 1 else f"{base}-{generation}"
+            made = await answer(
+                build_command(
+                    "tax_rate.create",
+                    tenant,
+                    {**rate, "tax_rate_id": rid},
+                    command_id=f"demo-tax-rate-{tenant}-{rid}",
+                )
+            )
+            if made is None:
+                return None
+            seen[made[0]] += 1
+            if made[0] != "tax_rate.created":
+                return None
+            if not await archived(tenant, rid):
+                return rid
+            seen[RATE_PASSED_OVER if generation <= RATE_REMAKES else RATE_NOT_TAXED_BY] += 1
+        return None
 
     made = await asyncio.gather(
         *(make(tenant, rate) for tenant, specs in rates.items() for rate in specs)
@@ -404,7 +462,11 @@ def _count_timeouts(task: asyncio.Task[None], seen: Counter[str]) -> None:
 
 def _trouble(kind: str) -> bool:
     """An outcome kind saying something went wrong: always named on the progress line."""
-    return kind.endswith(("failed", ".rejected")) or kind.startswith(("timeout", "error:"))
+    return (
+        kind.endswith(("failed", ".rejected"))
+        or kind.startswith(("timeout", "error:"))
+        or kind == RATE_NOT_TAXED_BY
+    )
 
 
 def demo_progress(seen: Counter[str], shown: int = 6) -> str:
