@@ -328,6 +328,9 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
         data_keys = await customers_keys_checked(session, keyring, tenant_id)
         unapplied = await events_ahead_of_their_rows(session)
         backfill = await events_ahead_of_their_rows(session, awaiting_backfill=True)
+        from paystream.ledger.tax_fill import rows_missing_tax_columns  # (loads 0015's text)
+
+        untaxed = await rows_missing_tax_columns(session)
     if wiped:
         problems.append("events are recorded for this tenant but its audit chain is empty")
     for entity_type, ids in sorted(altered.items()):
@@ -358,6 +361,14 @@ async def verify_audit(engine: AsyncEngine, tenant_id: str, keyring: MasterKeyri
             f"{BACKFILLED_TYPES.get(entity_type, '0013')} gave them a table have no row yet: "
             "run `paystream ledger backfill --tenant` for this tenant (they are not covered "
             "until then)"
+        )
+    for table, (count, some) in sorted(untaxed.items()):
+        problems.append(
+            f"{count} {table} row(s) ({_some(some)}) lack the tax columns (migration 0015) "
+            "the event of their version carries: written by a worker of the release before "
+            "0015 after it ran (a rolling upgrade); `ledger tax-report` leaves their tax out "
+            "until `paystream ledger backfill --unlisted --tenant` fills them for this tenant "
+            "(once every worker runs this release)"
         )
     if unkeyed:
         problems.append(

@@ -274,7 +274,9 @@ def ledger_group() -> None:
     help="also every stored subscription, invoice, payout, tax rate and tax calculation "
     "event the migrations did not list "
     "(what a previous release's worker stored after it, in a rolling upgrade); you vouch "
-    "for them: `audit verify` names them first. Needs --tenant",
+    "for them: `audit verify` names them first. And the tax columns (migration 0015) such "
+    "a worker left empty in payments, invoices and subscriptions, from the event of the "
+    "row's version, as 0015 filled the rows before it. Needs --tenant",
 )
 def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     """Build the subscription and invoice rows of events stored before migration 0013
@@ -284,6 +286,13 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     Idempotent: run it again and nothing changes. Only the events the migrations listed
     are applied.
 
+    With --unlisted, after the events, the tax columns a worker of the release before
+    0015 left empty (a rolling upgrade) are filled as migration 0015 filled the rows
+    before it: from the event of the row's version, where it carries them, only where
+    empty; as the owner (DATABASE_URL), with the forward-only trigger set aside and the
+    tables locked against writes for that transaction; no audit entry of their own, as
+    the migration's (`audit verify` names the rows still lacking them).
+
     Needs PAYSTREAM_MASTER_KEY (the audit chain is keyed under it); reads which tenants
     have events listed as the owner (DATABASE_URL), writes as the paystream_app role,
     one transaction per tenant."""
@@ -292,6 +301,7 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     from paystream.ledger import assert_rls_enforced, create_engine
     from paystream.ledger.errors import ChainWipedError
     from paystream.ledger.models import EntityBackfill
+    from paystream.ledger.tax_fill import fill_tax_columns
     from paystream.ledger.writer import WriteResult, backfill_entities
 
     if unlisted and not tenants:
@@ -299,6 +309,8 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     settings = _settings()
     keyring, url = _audit_access(settings)
     owner_url = _owner_url(settings)
+
+    filled: dict[str, dict[str, int]] = {}
 
     async def go() -> list[tuple[str, WriteResult | ChainWipedError]]:
         names = list(tenants)
@@ -326,9 +338,17 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
                     )
                 except ChainWipedError as exc:  # (the other tenants are backfilled still)
                     done.append((t, exc))
-            return done
         finally:
             await engine.dispose()
+        if unlisted:  # (a refused tenant's rows are left as they are)
+            owner = create_engine(owner_url, hide_parameters=True)
+            try:
+                for t, result in done:
+                    if not isinstance(result, ChainWipedError):
+                        filled[t] = await fill_tax_columns(owner, t)
+            finally:
+                await owner.dispose()
+        return done
 
     done = run_db(go(), interrupted="each tenant is one transaction: run it again")
     refused = 0
@@ -340,6 +360,12 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
         click.echo(
             f"{tenant}: {result.duplicates} event(s) read, {result.entities_applied} "
             f"row(s) moved forward, {result.entities_stale} already there"
+            + (
+                ", tax columns filled: "
+                + ", ".join(f"{n} {table}" for table, n in filled[tenant].items())
+                if any(filled.get(tenant, {}).values())
+                else ""
+            )
         )
     if not done:
         click.echo("no tenant has events waiting for a backfill")
