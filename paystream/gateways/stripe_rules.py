@@ -28,6 +28,7 @@ __all__ = [
     "chargeable_increment",
     "from_stripe_units",
     "payment_parameters_problem",
+    "payout_amount_problem",
     "payout_descriptor_problem",
     "payout_units_problem",
     "stripe_units_problem",
@@ -191,6 +192,19 @@ def payout_units_problem(amount: Money) -> str | None:
             f"{format_minor(amount.amount, amount.currency)})"
         )
     return None
+
+
+def payout_amount_problem(amount: Money) -> str | None:
+    """Why Stripe refuses a payout of ``amount`` before any balance is read: a
+    three-decimal currency not in multiples of 10 minor units, HUF or TWD not in whole
+    units, a withdrawn currency. The one rule the Stripe gateway applies before its call
+    and the simulator applies as Stripe would (review h74t F1: the simulator paid out
+    KWD 1.005 and HUF 1.50, which Stripe refuses)."""
+    return (
+        three_decimal_problem(amount)
+        or payout_units_problem(amount)
+        or withdrawn_currency_problem(amount)
+    )
 
 
 # URL schemes that run or render in the customer's browser rather than return it anywhere.

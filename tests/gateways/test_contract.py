@@ -1221,6 +1221,24 @@ async def test_a_payout_above_the_available_balance_is_refused(harness: Harness)
     await expect(ErrorCode.BALANCE_INSUFFICIENT, payout(harness, 10_000_000))
 
 
+@over_gateways(square_lacks=NO_PAYOUTS)
+@pytest.mark.parametrize(
+    ("currency", "amount"),
+    [("KWD", 1005), ("HUF", 150), ("TWD", 1099)],
+    ids=["three-decimal-not-in-tens", "HUF-not-whole", "TWD-not-whole"],
+)
+async def test_a_payout_amount_stripe_refuses_is_refused_everywhere(
+    harness: Harness, currency: str, amount: int
+) -> None:
+    """Stripe refuses a three-decimal payout not in tens and a HUF or TWD payout not in
+    whole units; the simulator refuses them by the same rule (review h74t F1: it paid
+    them out), before any balance is read (this tenant holds none in the currency)."""
+    req = CreatePayout(amount=Money(amount=amount, currency=currency))
+    gw = harness.payout_gateway()
+    err = await expect(ErrorCode.INVALID_REQUEST, gw.create_payout(req, idempotency_key=key()))
+    assert str(amount) in err.message, err.message
+
+
 @over_gateways(localstripe_gap=LOCALSTRIPE_BALANCE, square_lacks=NO_PAYOUTS)
 async def test_the_balance_is_one_entry_per_currency(harness: Harness) -> None:
     await harness.fund(5000)

@@ -54,6 +54,7 @@ from paystream.gateways.stripe_rules import (
     MINIMUM_CHARGE,
     below_minimum_charge,
     payment_parameters_problem,
+    payout_amount_problem,
     payout_descriptor_problem,
     three_decimal_problem,
     withdrawn_currency_problem,
@@ -1153,7 +1154,10 @@ async def create_payout(
     problem = None if descriptor is None else payout_descriptor_problem(descriptor)
     if problem is not None:
         raise _invalid(f"statement_descriptor: {problem}")
-    problem = payment_parameters_problem(None, None, req.metadata)
+    # (Stripe's amount rules, the Stripe gateway's own: what passes here passes there)
+    problem = payout_amount_problem(req.amount) or payment_parameters_problem(
+        None, None, req.metadata
+    )
     if problem is not None:
         raise _invalid(problem)
     currency, amount = req.amount.currency, req.amount.amount

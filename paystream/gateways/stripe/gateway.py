@@ -51,7 +51,7 @@ from paystream.gateways.stripe import mapping
 from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
 from paystream.gateways.stripe_rules import (
     payment_parameters_problem,
-    payout_units_problem,
+    payout_amount_problem,
     stripe_units_problem,
     three_decimal_problem,
     withdrawn_currency_problem,
@@ -657,11 +657,8 @@ class StripeGateway:
                 PROVIDER,
                 f"create_payout in {req.amount.currency} (Stripe counts it in hundredths)",
             )
-        problem = (
-            three_decimal_problem(req.amount)
-            or payout_units_problem(req.amount)
-            or withdrawn_currency_problem(req.amount)
-            or payment_parameters_problem(None, None, req.metadata)
+        problem = payout_amount_problem(req.amount) or payment_parameters_problem(
+            None, None, req.metadata
         )
         if problem is not None:
             raise GatewayError(
