@@ -706,3 +706,79 @@ async def test_every_payout_and_balance_outcome_matches_its_published_payload(
         "command.rejected",
     }, seen
     assert any(e.get_data().get("reason") == "balance_insufficient" for e in outs)
+
+
+@pytest.mark.asyncio
+async def test_every_tax_outcome_matches_its_published_payload(
+    redis_url: str, asyncapi: dict[str, Any]
+) -> None:
+    """Each tax outcome (a rate created and archived; tax.calculated) and the taxed
+    payments' and subscription's outcomes carrying `amount_tax` / `tax_rate_ids` and an
+    invoice's subtotal, tax and total (a payment succeeded, declined, authorized,
+    captured in part and canceled), against their AsyncAPI payloads (review h74t: the
+    payouts' were validated from a real harness, tax's only by the SDK e2e, on success)."""
+    vat = {"display_name": "VAT", "percentage": "20", "inclusive": False, "country": "GB"}
+    outs = []
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        for rid in ("vat", "old"):
+            outs.append(await h.send("tax_rate.create", t, {**vat, "tax_rate_id": rid}))
+        calc = await h.send(
+            "tax.calculate", t,
+            {"currency": "GBP", "line_items": [{"amount": 1000, "reference": "l1"}],
+             "tax_rate_ids": ["vat"]},
+        )  # fmt: skip
+        outs.append(calc)
+        body = {
+            "amount": 1200,
+            "currency": "GBP",
+            "tax_calculation_id": calc.get_data()["entity_id"],
+        }
+        for token in ("pm_card_visa", "pm_card_chargeDeclined"):
+            outs.append(await h.send("payment.create", t, {**body, "payment_method_token": token}))
+        manual = {**body, "payment_method_token": "pm_card_visa", "capture": "manual"}
+        for pid in ("p_part", "p_cancel"):
+            outs.append(await h.send("payment.create", t, {**manual, "payment_id": pid}))
+        outs.append(await h.send("payment.capture", t, {"payment_id": "p_part", "amount": 600}))
+        outs.append(await h.send("payment.cancel", t, {"payment_id": "p_cancel"}))
+        await h.send("customer.create", t, {"customer_id": "c1"})
+        await h.send(
+            "payment_method.attach", t,
+            {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "m1"},
+        )  # fmt: skip
+        outs.append(
+            await h.send(
+                "subscription.create",
+                t,
+                {
+                    "customer_id": "c1",
+                    "payment_method_id": "m1",
+                    "amount": 1000,
+                    "currency": "GBP",
+                    "interval": "month",
+                    "tax_rate_ids": ["vat"],
+                },
+            )
+        )
+        outs.append(await h.send("tax_rate.archive", t, {"tax_rate_id": "old"}))
+    seen = set()
+    for event in outs:
+        outcome = event.get_type().removeprefix("com.paystream.")
+        assert outcome != "command.rejected", event.get_data()
+        seen.add(outcome)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(asyncapi, pointer, draft7=True).validate(event.get_data())
+    assert seen == {
+        "tax_rate.created",
+        "tax.calculated",
+        "tax_rate.archived",
+        "payment.succeeded",
+        "payment.failed",
+        "payment.authorized",
+        "payment.canceled",
+        "subscription.created",
+    }, seen
+    taxes = [e.get_data()["object"].get("amount_tax") for e in outs[3:9]]
+    assert taxes == [200, 0, 200, 200, 100, 0], taxes  # (declined, canceled: none collected)
+    [invoice] = [r for r in outs[9].get_data()["related"] if r["entity_type"] == "invoice"]
+    assert (invoice["object"]["subtotal"], invoice["object"]["tax"]) == (1000, 200), invoice

@@ -792,16 +792,17 @@ _SUCCEEDED_STATUS = gw.PaymentStatus.SUCCEEDED.value
 _CANCELED_STATUS = gw.PaymentStatus.CANCELED.value
 
 
-def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
+def _apply_payment_result(ctx: HandlerContext, rec: PaymentRecord, res: gw.PaymentResult) -> None:
     # The answer's fields from its ``__dict__``, its status's value as ``_value_`` (what
     # ``.value`` returns): see create_payment.
     r = res.__dict__
+    previous = rec.status
     rec.status = r["status"]._value_
     captured_before = rec.amount_captured
     rec.amount_captured = r["amount_captured"]
     rec.amount_refunded = max(rec.amount_refunded, r["amount_refunded"])
-    if rec.amount_tax:
-        _tax_collected(rec, captured_before)
+    if rec.amount_tax is not None and rec.tax_calculation_id is not None:
+        _tax_collected(ctx, rec, previous, captured_before)
     rec.failure_code = r["failure_code"]
     if r["provider_charge_id"] is not None and r["status"] is gw.PaymentStatus.FAILED:
         # Kept for a failed payment only, whose refresh tells another card's decline by
@@ -814,22 +815,38 @@ def _apply_payment_result(rec: PaymentRecord, res: gw.PaymentResult) -> None:
     rec.next_action = r["next_action"]
 
 
-def _tax_collected(rec: PaymentRecord, captured_before: int) -> None:
+def _tax_collected(
+    ctx: HandlerContext, rec: PaymentRecord, previous: str, captured_before: int
+) -> None:
     """A taxed payment's ``amount_tax`` as the tax of what it collects (review h74h: a
     partial capture kept its calculation's whole tax, and a tax report summing it
     overstated what was collected). Captured in part (first read captured, for less than
     its ``amount``: by payment.capture, or in the provider's dashboard and read back by a
     refresh), its tax is pro-rated: amount_tax * captured / amount, half up, in integers
-    (a capture of the whole keeps it exactly). Canceled with nothing captured (its
-    authorization released, or expired at the provider), nothing was collected: 0. Once
-    only: a payment is captured once (the rest released), so a later read leaves it as
-    it is. The calculation (``tax_calculation_id``) keeps its own figure."""
+    (a capture of the whole keeps it exactly). Canceled or failed with nothing captured
+    (its authorization released or expired at the provider; declined, its 3-D Secure
+    step failed), nothing was collected: 0 (review h74t F2). A failed payment its
+    provider keeps open (``customer_action_delivered``: the customer's browser may pay it
+    with another card) read back in any other status takes its calculation's tax again
+    (None, unknown, if retention has removed that calculation). Pro-rated once only: a
+    payment is captured once (the rest released), so a later read leaves it as it is. The
+    calculation (``tax_calculation_id``) keeps its own figure."""
+    status = rec.status
+    if previous == _PAYMENT_FAILED and status not in _UNCOLLECTED:
+        calc = ctx.load_kept(TaxCalculationRecord, str(rec.tax_calculation_id))
+        rec.amount_tax = None if calc is None else calc.amount_tax
+        if rec.amount_tax is None:
+            return
     captured = rec.amount_captured
-    if captured == 0 and rec.status == _CANCELED_STATUS:
+    if captured == 0 and status in _UNCOLLECTED:
         rec.amount_tax = 0
     elif captured_before == 0 and 0 < captured < rec.amount:
         tax = rec.amount_tax or 0
         rec.amount_tax = (2 * tax * captured + rec.amount) // (2 * rec.amount)
+
+
+# A payment in these statuses (with nothing captured) collected no tax.
+_UNCOLLECTED = frozenset({_CANCELED_STATUS, _PAYMENT_FAILED})
 
 
 async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerResult:
@@ -922,13 +939,16 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
             status=_PAYMENT_FAILED,
             failure_code=exc.decline_code or exc.code.value,
             failure_message=exc.message,
-            amount_tax=amount_tax,
+            # (declined: it collected nothing, README Tax; review h74t F2)
+            amount_tax=None if amount_tax is None else 0,
         )
         return HandlerResult("payment.failed", failed, error=exc)
     # The answer's fields from its ``__dict__`` too (as the command's, above), and its
     # status's value as ``_value_``: what ``.value`` returns, without its descriptor.
     r = res.__dict__
     status = r["status"]
+    if amount_tax is not None and status._value_ in _UNCOLLECTED and not r["amount_captured"]:
+        amount_tax = 0  # (answered failed or canceled: it collected nothing, as above)
     rec = _new_payment(
         ctx,
         pid,
@@ -1171,7 +1191,7 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
     res = await _gateway(
         ctx, "capture_payment", lambda: ctx.gateway.capture_payment(req, idempotency_key=ctx.idem)
     )
-    _apply_payment_result(rec, res)
+    _apply_payment_result(ctx, rec, res)
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,
@@ -1191,7 +1211,7 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
     res = await _gateway(
         ctx, "cancel_payment", lambda: ctx.gateway.cancel_payment(req, idempotency_key=ctx.idem)
     )
-    _apply_payment_result(rec, res)
+    _apply_payment_result(ctx, rec, res)
     # What the provider says it is now (it may have been captured meanwhile), as capture.
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status], rec, extra=_already_recorded(ctx, before, rec, own)
@@ -1229,7 +1249,7 @@ async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> Handle
     # no refund of paystream's (refunds need it succeeded), so the provider's total is
     # refunds made elsewhere (its dashboard), counted as before (review h68am).
     refunded = rec.amount_refunded
-    _apply_payment_result(rec, res)
+    _apply_payment_result(ctx, rec, res)
     if previous == _SUCCEEDED_STATUS:
         rec.amount_refunded = refunded
     # The recorded dispute read back first, from its own entry (a newer one may be

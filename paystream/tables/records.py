@@ -305,8 +305,8 @@ class PaymentRecord(EntityRecord):
     customer_action_delivered: bool = False
     # Named a tax calculation (tax.calculate): its tax, contained in ``amount``, and its id
     # (what a tax report sums). The tax of what it collects: pro-rated when captured in
-    # part, 0 once canceled uncaptured (handlers._tax_collected); the calculation keeps
-    # its own figure. Stored only when set (pipeline._stored_fields).
+    # part, 0 once canceled or failed uncaptured (handlers._tax_collected); the
+    # calculation keeps its own figure. Stored only when set (pipeline._stored_fields).
     amount_tax: int | None = None
     tax_calculation_id: str | None = None
 

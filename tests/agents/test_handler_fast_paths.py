@@ -184,7 +184,7 @@ def test_a_payment_result_is_applied_as_its_attributes_read(
     base = _reference_record(_ctx(_Gateway(res)), data, res)
     base.amount_refunded = refunded
     got, expected = base.model_copy(deep=True), base.model_copy(deep=True)
-    h._apply_payment_result(got, res)
+    h._apply_payment_result(_ctx(_Gateway(res)), got, res)
     expected.status = res.status.value
     expected.amount_captured = res.amount_captured
     expected.amount_refunded = max(expected.amount_refunded, res.amount_refunded)
