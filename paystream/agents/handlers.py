@@ -969,13 +969,15 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
 
 def _payment_tax(ctx: HandlerContext, data: c.CreatePayment, payment_id: str) -> int | None:
     """The tax of the calculation a payment names: this tenant's (another's is not found),
-    in the payment's currency, not expired, its amount_total the payment's amount. One let
-    through (the provider may have charged) is not refused for what changed since: its
-    calculation expired or swept, its tax is then unknown (None)."""
+    in the payment's currency, not expired, its amount_total the payment's amount; the
+    tenant's capabilities holding `tax` (_tax_supported). One let through (the provider
+    may have charged) is not refused for what changed since: its calculation expired or
+    swept (its tax is then unknown: None), or `tax` narrowed out."""
     calc_id = str(data.tax_calculation_id)
     if ctx.let_through:
         kept = ctx.load_kept(TaxCalculationRecord, calc_id)
         return None if kept is None else kept.amount_tax
+    _tax_supported(ctx)
     calc = ctx.load(TaxCalculationRecord, calc_id)
     if calc.currency != data.currency:
         raise Rejection(
@@ -2215,8 +2217,14 @@ TAX_CALCULATION_TTL = timedelta(hours=24)
 
 
 def _tax_supported(ctx: HandlerContext) -> None:
-    """A tax rate's create refused `unsupported` before the provider is asked: a tenant
-    whose gateway lacks tax rates (Square), or whose capabilities leave them out. Not
+    """Tax refused `unsupported` for a tenant whose gateway lacks it (Square) or whose
+    capabilities leave it out: what starts something taxed, before anything is asked of
+    the provider or recorded (tax_rate.create; tax.calculate, though it asks no provider;
+    a payment.create naming a tax_calculation_id; a subscription.create with
+    tax_rate_ids). Narrowing `tax` stops taxing anew, as narrowing `payouts` stops
+    payouts (review h74t). An archive needs only the provider's capability
+    (gw.UNNARROWED_OPERATIONS: a stop, as a cancel is), and a create let through (the
+    provider may have charged or subscribed already) is not refused for it. Not
     remembered: the tenant's setup, not the command (as _subscriptions_supported)."""
     if _TAX not in ctx.gateway.capabilities:
         raise Rejection(
@@ -2239,7 +2247,10 @@ def _active_rate(ctx: HandlerContext, rate_id: str) -> TaxRateRecord:
 
 def _applied_rates(ctx: HandlerContext, rate_ids: Sequence[str]) -> list[TaxRateRecord]:
     """A subscription's tax rates, made at the tenant's provider. One let through (the
-    provider may have subscribed) takes them as they are (archived since, or not)."""
+    provider may have subscribed) takes them as they are (archived since, or not, or the
+    tenant's `tax` narrowed out since)."""
+    if rate_ids and not ctx.let_through:
+        _tax_supported(ctx)
     rates = []
     for rate_id in rate_ids:
         rate = ctx.load(TaxRateRecord, rate_id) if ctx.let_through else _active_rate(ctx, rate_id)
@@ -2324,6 +2335,7 @@ async def calculate_tax(ctx: HandlerContext, data: c.CalculateTax) -> HandlerRes
     the same for every gateway, and costs no provider call on a checkout's path."""
     cid = ctx.new_id(TaxCalculationRecord, "taxcalc")
     ctx.ensure_new(TaxCalculationRecord, cid)
+    _tax_supported(ctx)
     rates: dict[str, taxes.Rate] = {}
     for line in data.line_items:
         for rate_id in line.tax_rate_ids if line.tax_rate_ids is not None else ():
