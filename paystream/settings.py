@@ -604,11 +604,13 @@ class Settings(BaseSettings):
         default=540 * 24 * 3600,
         ge=0,
         description="PAYSTREAM_ENTITY_RETENTION_SECONDS: settled entities (payments, "
-        "refunds, disputes; erased customers; payment methods detached or left attached to "
-        "an erased or deleted customer; deleted customers stay, without their personal data) "
-        "unchanged for this long leave the tables (the ledger keeps their history), and "
-        "commands naming them are answered `not_found`. 540 days by default: past card "
-        "networks' longest dispute windows. 0 keeps them for ever; else at least 30 days.",
+        "refunds, disputes; a payout paid, failed or canceled; a tax calculation past its "
+        "expires_at; erased customers; payment methods detached or left attached to an "
+        "erased or deleted customer; deleted customers stay, without their personal data; "
+        "tax rates stay) unchanged for this long leave the tables (the ledger keeps their "
+        "history), and commands naming them are answered `not_found`. 540 days by default: "
+        "past card networks' longest dispute windows. 0 keeps them for ever; else at least "
+        "30 days.",
     )
 
     # --- gateways ----------------------------------------------------------------
