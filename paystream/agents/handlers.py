@@ -2041,13 +2041,27 @@ def _payouts_supported(ctx: HandlerContext) -> None:
         )
 
 
+# Stripe's payout failure codes (its API reference, "Payout failures") after which a new
+# payout to the same bank account may succeed with nothing changed: the bank could not
+# process it this time, or the account's balance could not cover it (once funds settle).
+# Every other code (account_closed, no_account, account_frozen, declined,
+# debit_not_authorized, invalid_currency, invalid_account_number, the account holder's
+# details, ...) needs the account, or its details, changed first; so does a code this
+# version does not know. docs/stripe.md "Payouts" lists them.
+PAYOUT_FAILURES_RETRYABLE = frozenset({"could_not_process", "insufficient_funds"})
+
+
 def _payout_failure(ctx: HandlerContext, res: gw.PayoutResult) -> GatewayError:
     """A failed payout's reason, in an outcome's `error` (the bank's: Stripe's payout
-    failure codes, carried as they are in `object.failure_code`)."""
+    failure codes, carried as they are in `object.failure_code`), `retryable` only for
+    a code after which the same account may take a new payout (review h74r: a closed
+    account's was `retryable`, and a consumer following it sent the money there again,
+    held for days)."""
     return GatewayError(
         ErrorCode.PROCESSING_ERROR,
         res.failure_message or f"the payout failed ({res.failure_code or 'unknown reason'})",
         provider=ctx.gateway.provider,
+        retryable=res.failure_code in PAYOUT_FAILURES_RETRYABLE,
         decline_code=res.failure_code,
     )
 

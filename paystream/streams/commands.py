@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -252,6 +253,17 @@ def _percentage(text: str) -> str:
     return text
 
 
+def _percentage_quoted(value: object) -> object:
+    """A percentage sent as a JSON number is told how to send it (review h74r: "Input
+    should be a valid string" told a new user neither the form nor the reason)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f'percentage is a decimal string: send "{value}", not {value} (a JSON number '
+            "is refused, so no float ever carries a rate)"
+        )
+    return value
+
+
 def _distinct(ids: list[str]) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ValueError("a tax rate is named once")
@@ -288,7 +300,9 @@ class CreateTaxRate(CommandData):
 
     tax_rate_id: EntityId | None = None
     display_name: Annotated[str, StringConstraints(min_length=1, max_length=50)]
-    percentage: Annotated[StrictStr, AfterValidator(_percentage)]
+    percentage: Annotated[
+        StrictStr, BeforeValidator(_percentage_quoted), AfterValidator(_percentage)
+    ]
     inclusive: StrictBool
     # ISO 3166-1 alpha-2 (upper case); ``state``: ISO 3166-2's subdivision, without the
     # country ("NY").

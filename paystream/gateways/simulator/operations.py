@@ -60,7 +60,7 @@ from paystream.gateways.stripe_rules import (
     withdrawn_currency_problem,
 )
 from paystream.ids import ID_LENGTH
-from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money
+from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money, format_minor
 from paystream.tax import Line, Rate, calculate, parse_percentage
 
 __all__ = [
@@ -1168,7 +1168,7 @@ async def create_payout(
         raise _refuse(
             ErrorCode.BALANCE_INSUFFICIENT,
             f"You have insufficient funds in your {PROVIDER} account for this payout: "
-            f"{available} {currency} available (minor units)",
+            f"{format_minor(available, currency)} available",
         )
     instant = req.method == "instant"
     po: dict[str, Any] = {
