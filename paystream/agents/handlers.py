@@ -30,6 +30,7 @@ from paystream.gateways.errors import (
     GatewayError,
     UnsupportedOperation,
     card_failure,
+    unsupported_message,
 )
 from paystream.gateways.stripe_rules import three_decimal_problem
 from paystream.ids import derived_id
@@ -414,6 +415,23 @@ class HandlerResult:
 Handler = Callable[[HandlerContext, Any], Awaitable[HandlerResult]]
 
 
+def _capability_required(ctx: HandlerContext, capability: gw.Capability, what: str) -> None:
+    """`unsupported` before anything is asked of the provider, not remembered (the
+    tenant's setup, not the command, as _gateway's), worded by gw.require_capability as
+    every gateway words it: the provider lacks ``what``, or the tenant's own
+    ``capabilities`` option left it out (review h74r), naming the tenant."""
+    gateway = ctx.gateway
+    try:
+        gw.require_capability(
+            capability, what, gateway.capabilities, gateway.offered, gateway.provider
+        )
+    except UnsupportedOperation as exc:
+        message = unsupported_message(
+            gateway.provider, what, left_out=exc.left_out, tenant_id=ctx.cmd.tenant_id
+        )
+        raise Rejection(RejectReason.UNSUPPORTED, message, remember=False) from exc
+
+
 async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
     """Call the provider (``operation``: the gateway method, for the call's span); an
     unsupported operation becomes an `unsupported` rejection."""
@@ -425,7 +443,12 @@ async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitab
         # The tenant's setup (its provider, the capabilities it is given), not the
         # command: not remembered, so the same key runs once that is changed, and one
         # let through before (the provider may have acted) is parked again, not refused.
-        raise Rejection(RejectReason.UNSUPPORTED, exc.message, remember=False) from exc
+        message = exc.message
+        if exc.left_out is not None:  # (the gateway knows no tenant id: named here)
+            message = unsupported_message(
+                exc.provider, exc.operation, left_out=exc.left_out, tenant_id=ctx.cmd.tenant_id
+            )
+        raise Rejection(RejectReason.UNSUPPORTED, message, remember=False) from exc
     except GatewayError as exc:
         code = exc.code
         if code is _NOT_FOUND:
@@ -1735,6 +1758,8 @@ async def accept_dispute(ctx: HandlerContext, data: c.AcceptDispute) -> HandlerR
 # ---- subscriptions ----------------------------------------------------------------
 
 _SUBSCRIPTIONS = gw.Capability.SUBSCRIPTIONS
+
+
 _INCOMPLETE = gw.SubscriptionStatus.INCOMPLETE
 _SUB_CANCELED = gw.SubscriptionStatus.CANCELED
 _INVOICE_OPEN = gw.InvoiceStatus.OPEN
@@ -1748,12 +1773,7 @@ def _subscriptions_supported(ctx: HandlerContext) -> None:
     capability, which the gateway checks (gw.UNNARROWED_OPERATIONS): narrowing a
     tenant's capabilities stops new subscriptions, never the stopping or reading back of
     one that bills (review h73u)."""
-    if _SUBSCRIPTIONS not in ctx.gateway.capabilities:
-        raise Rejection(
-            RejectReason.UNSUPPORTED,
-            f"{ctx.gateway.provider} does not support subscriptions",
-            remember=False,
-        )
+    _capability_required(ctx, _SUBSCRIPTIONS, "subscriptions")
 
 
 def _invoice_id(ctx: HandlerContext, subscription_id: str, provider_invoice_id: str) -> str:
@@ -2033,12 +2053,7 @@ def _payouts_supported(ctx: HandlerContext) -> None:
     not the command. A cancel or a refresh of a payout already made needs only its
     provider's capability, which the gateway checks (gw.UNNARROWED_OPERATIONS), as for
     subscriptions."""
-    if _PAYOUTS not in ctx.gateway.capabilities:
-        raise Rejection(
-            RejectReason.UNSUPPORTED,
-            f"{ctx.gateway.provider} does not support payouts",
-            remember=False,
-        )
+    _capability_required(ctx, _PAYOUTS, "payouts")
 
 
 # Stripe's payout failure codes (its API reference, "Payout failures") after which a new
@@ -2240,12 +2255,7 @@ def _tax_supported(ctx: HandlerContext) -> None:
     (gw.UNNARROWED_OPERATIONS: a stop, as a cancel is), and a create let through (the
     provider may have charged or subscribed already) is not refused for it. Not
     remembered: the tenant's setup, not the command (as _subscriptions_supported)."""
-    if _TAX not in ctx.gateway.capabilities:
-        raise Rejection(
-            RejectReason.UNSUPPORTED,
-            f"{ctx.gateway.provider} does not support tax rates",
-            remember=False,
-        )
+    _capability_required(ctx, _TAX, "tax rates")
 
 
 def _active_rate(ctx: HandlerContext, rate_id: str) -> TaxRateRecord:

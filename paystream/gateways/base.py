@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from paystream.gateways.errors import UnsupportedOperation
 from paystream.money import Money
 
 __all__ = [
@@ -80,6 +81,8 @@ __all__ = [
     "read_refund_ref",
     "read_subscription_ref",
     "refund_ref",
+    "require_capability",
+    "require_operation",
     "subscription_ref",
     "supports",
 ]
@@ -652,6 +655,36 @@ def supports(
     return OPERATION_CAPABILITY[operation] in held
 
 
+def require_capability(
+    capability: Capability,
+    what: str,
+    capabilities: frozenset[Capability],
+    offered: frozenset[Capability],
+    provider: str,
+) -> None:
+    """UnsupportedOperation for ``what`` unless ``capability`` is in ``capabilities``
+    (the tenant's): worded as the provider's lack when ``offered`` (the provider's, in
+    full) lacks it too, else as the tenant's ``capabilities`` option leaving it out.
+    Every provider's gateway, and the handlers' checks before a call, answer by it."""
+    if capability in capabilities:
+        return
+    raise UnsupportedOperation(
+        provider, what, left_out=capability.value if capability in offered else None
+    )
+
+
+def require_operation(
+    operation: str,
+    capabilities: frozenset[Capability],
+    offered: frozenset[Capability],
+    provider: str,
+) -> None:
+    """``require_capability`` for a gateway ``operation`` (a stop or a read of what the
+    provider holds needs only ``offered``: UNNARROWED_OPERATIONS)."""
+    held = offered if operation in UNNARROWED_OPERATIONS else capabilities
+    require_capability(OPERATION_CAPABILITY[operation], operation, held, offered, provider)
+
+
 @dataclass(frozen=True)
 class GatewayContext:
     """What a gateway factory needs to build a gateway for one tenant."""
@@ -668,7 +701,11 @@ class PaymentGateway(Protocol):
     """One provider, bound to one tenant. Errors are raised as ``GatewayError``."""
 
     provider: str
+    # What this tenant may do: its provider's, or as its ``capabilities`` option narrows
+    # them; ``offered``: its provider's in full (an `unsupported` answer says which of
+    # the two left an operation out: require_capability).
     capabilities: frozenset[Capability]
+    offered: frozenset[Capability]
 
     async def create_customer(
         self, req: CreateCustomer, *, idempotency_key: str

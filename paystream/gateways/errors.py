@@ -173,15 +173,36 @@ class GatewayError(PaystreamError):
         return out
 
 
-class UnsupportedOperation(GatewayError):
-    """The provider has no such capability; answered as a clear `unsupported` outcome."""
+def unsupported_message(
+    provider: str, what: str, *, left_out: str | None = None, tenant_id: str | None = None
+) -> str:
+    """The one wording of an `unsupported` answer, for every provider: the provider
+    lacks ``what``, or (``left_out``: the capability's name) the tenant's own
+    ``capabilities`` gateway option left out a capability its provider has (review h74r:
+    "simulator does not support payouts" sent a tenant that had narrowed them out to
+    look for the fault in the simulator)."""
+    if left_out is None:
+        return f"{provider} does not support {what}"
+    whose = f"tenant {tenant_id}'s" if tenant_id else "the tenant's"
+    which = "" if what == left_out else f"{what}; "
+    return (
+        f"{whose} gateway option `capabilities` leaves out {left_out} "
+        f"({which}{provider} supports it)"
+    )
 
-    def __init__(self, provider: str, operation: str) -> None:
+
+class UnsupportedOperation(GatewayError):
+    """The provider has no such capability, or the tenant's ``capabilities`` option left
+    it out (``left_out``: that capability's name); answered as a clear `unsupported`
+    outcome."""
+
+    def __init__(self, provider: str, operation: str, *, left_out: str | None = None) -> None:
         super().__init__(
             ErrorCode.UNSUPPORTED,
-            f"{provider} does not support {operation}",
+            unsupported_message(provider, operation, left_out=left_out),
             provider=provider,
             retryable=False,
             reached_provider=False,
         )
         self.operation = operation
+        self.left_out = left_out

@@ -64,7 +64,7 @@ async def test_a_tenant_the_ledger_holds_nothing_of_is_said_so(
 async def test_without_the_app_password_the_refusal_names_the_variable(
     ledger_db: LedgerDb, group: str
 ) -> None:
-    """"role 'postgres' bypasses row-level security ...; connect as paystream_app": the
+    """ "role 'postgres' bypasses row-level security ...; connect as paystream_app": the
     user connects nowhere by hand; the CLI picks the role from PAYSTREAM_DB_APP_PASSWORD."""
     env = _env(ledger_db, app_password=False)
     if group == "tax-report":

@@ -56,9 +56,10 @@ from paystream.gateways.base import (
     SubscriptionResult,
     TaxRateResult,
     UpdateCustomer,
-    supports,
+    require_capability,
+    require_operation,
 )
-from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import operations as ops
 from paystream.gateways.simulator.options import SimulatorOptions
@@ -106,6 +107,7 @@ class SimulatorGateway:
     """A simulated provider for one tenant; its state is in Redis, not in this object."""
 
     provider = PROVIDER
+    offered = SIMULATOR_CAPABILITIES
 
     def __init__(
         self,
@@ -194,8 +196,7 @@ class SimulatorGateway:
         *,
         keyed: bool = True,
     ) -> R:
-        if not supports(operation, self.capabilities, SIMULATOR_CAPABILITIES):
-            raise UnsupportedOperation(PROVIDER, operation)
+        require_operation(operation, self.capabilities, SIMULATOR_CAPABILITIES, PROVIDER)
         fingerprint = model_fingerprint(operation, req)
         try:
             # Injection counts its attempts in Redis too: inside the try, so a store
@@ -273,19 +274,22 @@ class SimulatorGateway:
         )  # fmt: skip
 
     async def create_payment(self, req: CreatePayment, *, idempotency_key: str) -> PaymentResult:
-        if (
-            req.capture_method is _MANUAL_CAPTURE
-            and Capability.MANUAL_CAPTURE not in self.capabilities
-        ):
-            raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
+        if req.capture_method is _MANUAL_CAPTURE:
+            require_capability(
+                Capability.MANUAL_CAPTURE, "create_payment(capture_method=manual)",
+                self.capabilities, SIMULATOR_CAPABILITIES, PROVIDER,
+            )  # fmt: skip
         return await self._run(
             "create_payment", req, idempotency_key,
             lambda tx: ops.create_payment(tx, req, idempotency_key), PaymentResult,
         )  # fmt: skip
 
     async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
-        if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
-            raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
+        if req.amount is not None:
+            require_capability(
+                Capability.PARTIAL_CAPTURE, "capture_payment(amount=...)",
+                self.capabilities, SIMULATOR_CAPABILITIES, PROVIDER,
+            )  # fmt: skip
         return await self._run(
             "capture_payment", req, idempotency_key,
             lambda tx: ops.capture_payment(tx, req, idempotency_key), PaymentResult,

@@ -25,7 +25,6 @@ from pydantic import BaseModel
 from paystream.errors import ConfigurationError
 from paystream.gateways import base as gw_base
 from paystream.gateways.base import (
-    OPERATION_CAPABILITY,
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
@@ -51,7 +50,8 @@ from paystream.gateways.base import (
     UpdateCustomer,
     read_payment_ref,
     read_refund_ref,
-    supports,
+    require_capability,
+    require_operation,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
@@ -213,6 +213,7 @@ class SquareGateway:
     """Square for one tenant (one seller's access token, one of its locations)."""
 
     provider = PROVIDER
+    offered = SQUARE_CAPABILITIES
 
     def __init__(
         self,
@@ -256,8 +257,7 @@ class SquareGateway:
         """Check the capability, make the call, normalise errors at the boundary."""
         from square.core.api_error import ApiError
 
-        if not supports(operation, self.capabilities, SQUARE_CAPABILITIES):
-            raise UnsupportedOperation(PROVIDER, operation)
+        require_operation(operation, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
         try:
             return _dump(await fn())
         except ApiError as exc:
@@ -407,8 +407,11 @@ class SquareGateway:
 
     async def create_payment(self, req: CreatePayment, *, idempotency_key: str) -> PaymentResult:
         manual = req.capture_method is CaptureMethod.MANUAL
-        if manual and Capability.MANUAL_CAPTURE not in self.capabilities:
-            raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
+        if manual:
+            require_capability(
+                Capability.MANUAL_CAPTURE, "create_payment(capture_method=manual)",
+                self.capabilities, SQUARE_CAPABILITIES, PROVIDER,
+            )  # fmt: skip
         # Sent: what Square keeps of a payment. The metadata stays paystream's own (a
         # Square payment has none); a return_url has no use (no redirect step here).
         params: dict[str, Any] = {
@@ -447,9 +450,12 @@ class SquareGateway:
         return mapping.payment(self._part(obj, "payment"))
 
     async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
-        if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
+        if req.amount is not None:
             # CompletePayment takes no amount: Square completes what it authorised.
-            raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
+            require_capability(
+                Capability.PARTIAL_CAPTURE, "capture_payment(amount=...)",
+                self.capabilities, SQUARE_CAPABILITIES, PROVIDER,
+            )  # fmt: skip
         now = await self._payment_now("capture_payment", req.provider_payment_id)
         if now.get("status") == "COMPLETED":
             # Keyless CompletePayment: completed already (this command's first request,
@@ -532,8 +538,7 @@ class SquareGateway:
     # ---- refunds ---------------------------------------------------------------------
 
     async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult:
-        if OPERATION_CAPABILITY["create_refund"] not in self.capabilities:
-            raise UnsupportedOperation(PROVIDER, "create_refund")
+        require_operation("create_refund", self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
         key = square_key(idempotency_key)
         if req.amount is not None:
             return await self._refund(req, key, req.amount)
@@ -628,8 +633,7 @@ class SquareGateway:
     ) -> DisputeResult:
         op = "submit_dispute_evidence"
         dispute_id = req.provider_dispute_id
-        if OPERATION_CAPABILITY[op] not in self.capabilities:
-            raise UnsupportedOperation(PROVIDER, op)
+        require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
         current = await self._dispute(op, dispute_id)
         state = current.get("state")
         # Submitted already: keyless SubmitEvidence, maybe this command's with its answer
@@ -676,8 +680,7 @@ class SquareGateway:
 
     async def accept_dispute(self, req: AcceptDispute, *, idempotency_key: str) -> DisputeResult:
         op = "accept_dispute"
-        if OPERATION_CAPABILITY[op] not in self.capabilities:
-            raise UnsupportedOperation(PROVIDER, op)
+        require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
         current = await self._dispute(op, req.provider_dispute_id)
         if current.get("state") == "ACCEPTED":
             return mapping.dispute(current)  # (accepted before: a redelivery, keyless)

@@ -43,7 +43,8 @@ from paystream.gateways.base import (
     RetrieveRefund,
     SubmitDisputeEvidence,
     UpdateCustomer,
-    supports,
+    require_capability,
+    require_operation,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
@@ -146,6 +147,7 @@ class StripeGateway:
     """Stripe for one tenant (optionally acting for one connected account)."""
 
     provider = PROVIDER
+    offered = STRIPE_CAPABILITIES
 
     def __init__(
         self,
@@ -206,8 +208,7 @@ class StripeGateway:
         self, operation: str, fn: Callable[[], Awaitable[Any]]
     ) -> tuple[dict[str, Any], str | None]:
         """``_call``'s object, and the API version Stripe answered in (its header)."""
-        if not supports(operation, self.capabilities, STRIPE_CAPABILITIES):
-            raise UnsupportedOperation(PROVIDER, operation)
+        require_operation(operation, self.capabilities, STRIPE_CAPABILITIES, PROVIDER)
         try:
             obj = await fn()
         except stripe.StripeError as exc:
@@ -317,11 +318,11 @@ class StripeGateway:
     # ---- payments --------------------------------------------------------------------
 
     async def create_payment(self, req: CreatePayment, *, idempotency_key: str) -> PaymentResult:
-        if (
-            req.capture_method is CaptureMethod.MANUAL
-            and Capability.MANUAL_CAPTURE not in self.capabilities
-        ):
-            raise UnsupportedOperation(PROVIDER, "create_payment(capture_method=manual)")
+        if req.capture_method is CaptureMethod.MANUAL:
+            require_capability(
+                Capability.MANUAL_CAPTURE, "create_payment(capture_method=manual)",
+                self.capabilities, STRIPE_CAPABILITIES, PROVIDER,
+            )  # fmt: skip
         if stripe_units_problem(req.amount) is not None:
             # This version's setup, not the command (the same request is good on another
             # provider, or once converted): `unsupported`, not remembered under its key,
@@ -368,8 +369,11 @@ class StripeGateway:
         )
 
     async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
-        if req.amount is not None and Capability.PARTIAL_CAPTURE not in self.capabilities:
-            raise UnsupportedOperation(PROVIDER, "capture_payment(amount=...)")
+        if req.amount is not None:
+            require_capability(
+                Capability.PARTIAL_CAPTURE, "capture_payment(amount=...)",
+                self.capabilities, STRIPE_CAPABILITIES, PROVIDER,
+            )  # fmt: skip
         params = _without_none(amount_to_capture=req.amount, expand=["latest_charge"])
         return await self._payment(
             "capture_payment",
