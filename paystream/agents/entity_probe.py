@@ -63,6 +63,10 @@ class NoProvider:
     # (What a create's request carries depends on them; none is sent from here.)
     capabilities: frozenset[gw.Capability] = frozenset()
 
+    @property
+    def offered(self) -> frozenset[gw.Capability]:
+        return self.capabilities  # (an `unsupported` worded from here is never shown)
+
     async def call(self, fn: Callable[[], Awaitable[Any]]) -> NoReturn:
         raise self.refusal
 
@@ -126,6 +130,10 @@ class _CallProbe:
 
     provider: str
     capabilities: frozenset[gw.Capability]  # the tenant's gateway's: its requests' shape
+
+    @property
+    def offered(self) -> frozenset[gw.Capability]:
+        return self.capabilities  # (an `unsupported` worded from here is never shown)
 
     async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         return await fn()

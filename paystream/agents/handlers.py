@@ -421,6 +421,8 @@ def _capability_required(ctx: HandlerContext, capability: gw.Capability, what: s
     every gateway words it: the provider lacks ``what``, or the tenant's own
     ``capabilities`` option left it out (review h74r), naming the tenant."""
     gateway = ctx.gateway
+    if capability in gateway.capabilities:
+        return
     try:
         gw.require_capability(
             capability, what, gateway.capabilities, gateway.offered, gateway.provider
