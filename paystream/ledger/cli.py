@@ -27,7 +27,9 @@ __all__ = ["audit_group", "erase_command", "ledger_group", "migrate_command", "r
 
 # Problems listed per tenant by `audit verify` (the count says how many there are).
 PROBLEMS_SHOWN = 20
-EXIT_NO_ENTRIES = 3  # `audit verify`: a tenant named has no audit entries at all
+# `audit verify`: a tenant named has no audit entries at all; `ledger tax-report`: the
+# ledger holds nothing of the tenant named
+EXIT_NO_ENTRIES = 3
 
 T = TypeVar("T")
 
@@ -71,6 +73,24 @@ def _app_password(settings: Settings) -> str | None:
     secret = settings.db_app_password
     value = secret.get_secret_value() if secret is not None else ""
     return value or None  # an empty variable means unset, not an empty password
+
+
+async def _rls_enforced(engine: Any, settings: Settings) -> None:
+    """``assert_rls_enforced`` for a command that reads or writes as the paystream_app
+    role: without PAYSTREAM_DB_APP_PASSWORD the CLI connected as DATABASE_URL's role
+    instead, and the refusal says which variable picks the role (review h74r: it named
+    only the role, and the user connects nowhere by hand)."""
+    from paystream.ledger import RlsNotEnforcedError, assert_rls_enforced
+
+    try:
+        await assert_rls_enforced(engine)
+    except RlsNotEnforcedError as exc:
+        if _app_password(settings) is not None:
+            raise
+        raise RlsNotEnforcedError(
+            f"{exc} (set PAYSTREAM_DB_APP_PASSWORD: the CLI then connects as "
+            "paystream_app, to DATABASE_URL's host and database)"
+        ) from exc
 
 
 def _owner_url(settings: Settings) -> str:
@@ -149,7 +169,7 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
 
     The chain is keyed under the master key: PAYSTREAM_MASTER_KEY (and, for rows written
     before a rotation, the old key in PAYSTREAM_RETIRED_MASTER_KEYS) must be set."""
-    from paystream.ledger import assert_rls_enforced, create_engine, verify_audit
+    from paystream.ledger import create_engine, verify_audit
     from paystream.ledger.audit import VerifyResult
 
     settings = _settings()
@@ -159,7 +179,7 @@ def audit_verify(tenants: tuple[str, ...]) -> None:
         engine = create_engine(url, hide_parameters=True)
         try:
             # Without RLS the unfiltered chain query would mix tenants and report garbage.
-            await assert_rls_enforced(engine)
+            await _rls_enforced(engine, settings)
             return [await verify_audit(engine, t, keyring) for t in tenants]
         finally:
             await engine.dispose()
@@ -214,7 +234,7 @@ def erase_command(tenant: str, customer: str, yes: bool, ahead: bool) -> None:
     paystream_app role, confined to the tenant."""
     from sqlalchemy import select
 
-    from paystream.ledger import assert_rls_enforced, create_engine, tenant_session
+    from paystream.ledger import create_engine, tenant_session
     from paystream.ledger.models import Customer
     from paystream.ledger.privacy import erase_customer
 
@@ -230,7 +250,7 @@ def erase_command(tenant: str, customer: str, yes: bool, ahead: bool) -> None:
     async def go() -> bool:
         engine = create_engine(url, hide_parameters=True)
         try:
-            await assert_rls_enforced(engine)  # as the sink erases: confined to the tenant
+            await _rls_enforced(engine, settings)  # as the sink erases: confined to the tenant
             async with tenant_session(engine, tenant) as session:
                 known = await session.scalar(
                     select(Customer.customer_id).where(Customer.customer_id == customer)
@@ -298,7 +318,7 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     one transaction per tenant."""
     from sqlalchemy import select
 
-    from paystream.ledger import assert_rls_enforced, create_engine
+    from paystream.ledger import create_engine
     from paystream.ledger.errors import ChainWipedError
     from paystream.ledger.models import EntityBackfill
     from paystream.ledger.tax_fill import fill_tax_columns
@@ -329,7 +349,7 @@ def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
                 await owner.dispose()
         engine = create_engine(url, hide_parameters=True)
         try:
-            await assert_rls_enforced(engine)
+            await _rls_enforced(engine, settings)
             done: list[tuple[str, WriteResult | ChainWipedError]] = []
             for t in names:
                 try:
@@ -393,10 +413,12 @@ def ledger_tax_report(tenant: str, start: str, end: str) -> None:
     paid invoices, and the same per tax rate (README "Tax": what is counted).
 
     Reads the ledger's rows as the paystream_app role under the tenant's row-level
-    security (DATABASE_URL and PAYSTREAM_DB_APP_PASSWORD); needs no master key."""
+    security (DATABASE_URL and PAYSTREAM_DB_APP_PASSWORD); needs no master key. Exit 3
+    for a tenant the ledger holds nothing of (a mistyped id: no report is printed)."""
     import json
 
-    from paystream.ledger import assert_rls_enforced, create_engine
+    from paystream.ledger import create_engine
+    from paystream.ledger.errors import TenantNotInLedgerError
     from paystream.ledger.migrate import app_database_url
     from paystream.ledger.tax_report import tax_report
 
@@ -411,12 +433,21 @@ def ledger_tax_report(tenant: str, start: str, end: str) -> None:
     async def go() -> dict[str, Any]:
         engine = create_engine(url, hide_parameters=True)
         try:
-            await assert_rls_enforced(engine)
+            await _rls_enforced(engine, settings)
             return await tax_report(engine, tenant, begins, ends)
         finally:
             await engine.dispose()
 
-    click.echo(json.dumps(run_db(go()), indent=2))
+    try:
+        report = run_db(go())
+    except click.ClickException as exc:
+        if isinstance(exc.__cause__, TenantNotInLedgerError):
+            # As `audit verify`'s: a script must not read a mistyped id as a tenant that
+            # collected no tax (review h74r: `"currencies": {}`, exit 0).
+            click.echo(f"Error: {exc.message}", err=True)
+            raise SystemExit(EXIT_NO_ENTRIES) from exc
+        raise
+    click.echo(json.dumps(report, indent=2))
 
 
 def _audit_access(settings: Settings) -> tuple[MasterKeyring, str]:

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidEventError",
     "LedgerError",
     "RlsNotEnforcedError",
+    "TenantNotInLedgerError",
 ]
 
 
@@ -21,6 +22,19 @@ class LedgerError(PaystreamError):
 
 class RlsNotEnforcedError(LedgerError):
     """The connection's role would bypass row-level security (superuser, owner or BYPASSRLS)."""
+
+
+class TenantNotInLedgerError(LedgerError):
+    """The ledger holds nothing of the tenant: no row in ``tenants``, which its first
+    stored event makes (a mistyped id, or none of its events stored here yet). A report
+    of it would read as a tenant that had nothing to report (review h74r)."""
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(
+            f"the ledger holds no events of tenant {tenant_id!r}: check the id (the ledger "
+            "knows a tenant once a worker stored its first event here)"
+        )
+        self.tenant_id = tenant_id
 
 
 class InvalidEventError(LedgerError):

@@ -19,7 +19,9 @@ What is counted (README "Tax"):
   that does not give the invoice's tax back (a rate changed or missing), the whole tax
   under no rate (``tax_rate_id`` null).
 
-Amounts are integer minor units; the period is ``[start, end)`` on ``created_at``.
+Amounts are integer minor units; the period is ``[start, end)`` on ``created_at``. A
+tenant the ledger holds nothing of (no ``tenants`` row: a mistyped id) is refused,
+TenantNotInLedgerError, not reported as one that collected no tax.
 """
 
 from __future__ import annotations
@@ -31,11 +33,19 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream import tax as taxes
-from paystream.ledger.models import Invoice, Payment, Subscription, TaxCalculation, TaxRate
+from paystream.ledger.errors import TenantNotInLedgerError
+from paystream.ledger.models import (
+    Invoice,
+    Payment,
+    Subscription,
+    TaxCalculation,
+    TaxRate,
+    Tenant,
+)
 from paystream.ledger.session import tenant_session
 
 __all__ = ["tax_report"]
@@ -104,10 +114,17 @@ async def tax_report(
 ) -> dict[str, Any]:
     """The tenant's tax collected in ``[start, end)``: per currency, its payments',
     invoices' and total tax, and the same per tax rate (with the rate's name,
-    percentage, inclusive and country)."""
+    percentage, inclusive and country). TenantNotInLedgerError when the ledger holds
+    nothing of the tenant."""
     by_currency: dict[str, _Sums] = defaultdict(_Sums)
     by_rate: dict[tuple[str, str | None], _Sums] = defaultdict(_Sums)
     async with tenant_session(engine, tenant_id, snapshot=True) as session:
+        # The ledger knows a tenant by its row in `tenants` (its first stored event
+        # makes it; the registry of record is the tenants topic, which a report from
+        # the database alone does not read). Seen under the tenant's own row-level
+        # security, as every row read here.
+        if not await session.scalar(select(exists().where(Tenant.tenant_id == tenant_id))):
+            raise TenantNotInLedgerError(tenant_id)
         rates = {r.tax_rate_id: r for r in await session.scalars(select(TaxRate))}
         payments = (
             await session.execute(
