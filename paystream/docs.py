@@ -582,7 +582,13 @@ def _gateway_error() -> Doc:
                 "description": "provider-neutral code (`paystream/gateways/errors.py`)",
             },
             "message": _STR,
-            "retryable": {"type": "boolean"},
+            "retryable": {
+                "type": "boolean",
+                "description": "the same request may succeed later with nothing changed; "
+                "on `payout.failed`, true only for the bank failure codes "
+                "`could_not_process` and `insufficient_funds` (any other needs the bank "
+                "account changed first)",
+            },
             "provider": _STR,
             "decline_code": _STR,
             "provider_request_id": _STR,
