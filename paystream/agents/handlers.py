@@ -2100,6 +2100,18 @@ def _take_payout(ctx: HandlerContext, rec: PayoutRecord, res: gw.PayoutResult) -
     rec.failure_code, rec.failure_message = res.failure_code, res.failure_message
 
 
+def _payout_moved(ctx: HandlerContext, rec: PayoutRecord, res: gw.PayoutResult) -> HandlerResult:
+    """A payout already made, moved to its provider's answer (a cancel's or a read's):
+    the outcome its new status names, a failed one's reason in ``error``, and the status
+    it had before in ``previous_status``."""
+    previous = rec.status
+    _take_payout(ctx, rec, res)
+    error = _payout_failure(ctx, res) if res.status is gw.PayoutStatus.FAILED else None
+    return HandlerResult(
+        _PAYOUT_OUTCOME[res.status], rec, error=error, extra={"previous_status": previous}
+    )
+
+
 async def create_payout(ctx: HandlerContext, data: c.CreatePayout) -> HandlerResult:
     poid = data.payout_id or ctx.new_id(PayoutRecord, "po")
     ctx.ensure_new(PayoutRecord, poid)
@@ -2184,16 +2196,11 @@ async def cancel_payout(ctx: HandlerContext, data: c.CancelPayout) -> HandlerRes
         # Stripe cancels a pending payout only (one in transit is with the bank).
         raise Rejection(RejectReason.INVALID_STATE, f"cannot cancel a payout that is {rec.status}")
     ctx.at_provider(rec)
-    previous = rec.status
     req = gw.CancelPayout(provider_payout_id=rec.provider_payout_id)
     res = await _gateway(
         ctx, "cancel_payout", lambda: ctx.gateway.cancel_payout(req, idempotency_key=ctx.idem)
     )
-    _take_payout(ctx, rec, res)
-    error = _payout_failure(ctx, res) if res.status is gw.PayoutStatus.FAILED else None
-    return HandlerResult(
-        _PAYOUT_OUTCOME[res.status], rec, error=error, extra={"previous_status": previous}
-    )
+    return _payout_moved(ctx, rec, res)
 
 
 async def refresh_payout(ctx: HandlerContext, data: c.RefreshPayout) -> HandlerResult:
@@ -2210,17 +2217,12 @@ async def refresh_payout(ctx: HandlerContext, data: c.RefreshPayout) -> HandlerR
             RejectReason.INVALID_STATE, f"payout {rec.id} is {rec.status}: it can change no more"
         )
     ctx.at_provider(rec)
-    previous = rec.status
     req = gw.RetrievePayout(provider_payout_id=rec.provider_payout_id)
     res = await _gateway(
         ctx, "retrieve_payout", lambda: ctx.gateway.retrieve_payout(req, idempotency_key=ctx.idem)
     )
-    _take_payout(ctx, rec, res)
     # (Failed now, it was not before: a failed payout's refresh is refused above.)
-    error = _payout_failure(ctx, res) if res.status is gw.PayoutStatus.FAILED else None
-    return HandlerResult(
-        _PAYOUT_OUTCOME[res.status], rec, error=error, extra={"previous_status": previous}
-    )
+    return _payout_moved(ctx, rec, res)
 
 
 async def retrieve_balance(ctx: HandlerContext, data: c.RetrieveBalance) -> HandlerResult:
