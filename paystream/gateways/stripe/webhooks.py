@@ -12,7 +12,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import stripe
 
@@ -171,51 +172,47 @@ def _signed_at(signature: str | None) -> int:
 def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
     """What a followed PaymentIntent event says of paystream's payment; None for another
     event, or a PaymentIntent paystream did not make (created elsewhere on the account)."""
-    found = _followed(event, FOLLOWED_EVENTS, "payment_intent", read_payment_ref)
-    if found is None:
-        return None
-    event_id, event_type, obj, ref, account = found
-    status = payment_status(obj.get("status"))
-    return PaymentNotice(
-        event_id,
-        event_type,
-        ref[0],
-        ref[1],
-        obj["id"],
-        None if status is None else status.value,
-        account,
-        _created(event),
+    return _notice(
+        PaymentNotice, event, FOLLOWED_EVENTS, "payment_intent", read_payment_ref, payment_status
     )
 
 
 def refund_notice(event: dict[str, Any]) -> RefundNotice | None:
     """What a followed refund event says of paystream's refund; None for another event,
     or a refund paystream did not make (or made before it named its refunds)."""
-    found = _followed(event, FOLLOWED_REFUND_EVENTS, "refund", read_refund_ref)
-    if found is None:
-        return None
-    event_id, event_type, obj, ref, account = found
-    return RefundNotice(
-        event_id,
-        event_type,
-        ref[0],
-        ref[1],
-        obj["id"],
-        refund_status(obj.get("status")).value,
-        account,
-        _created(event),
+    return _notice(
+        RefundNotice, event, FOLLOWED_REFUND_EVENTS, "refund", read_refund_ref, refund_status
     )
 
 
 def payout_notice(event: dict[str, Any]) -> PayoutNotice | None:
     """What a followed payout event says of paystream's payout; None for another event,
     or a payout paystream did not make (an automatic one, one made in the dashboard)."""
-    found = _followed(event, FOLLOWED_PAYOUT_EVENTS, "payout", read_payout_ref)
+    return _notice(
+        PayoutNotice, event, FOLLOWED_PAYOUT_EVENTS, "payout", read_payout_ref, payout_status
+    )
+
+
+_Notice = TypeVar("_Notice", PaymentNotice, RefundNotice, PayoutNotice)
+
+
+def _notice(
+    notice: type[_Notice],
+    event: dict[str, Any],
+    followed: frozenset[str],
+    kind: str,
+    read_ref: Callable[[Any], tuple[str, str] | None],
+    status_of: Callable[[Any], StrEnum | None],
+) -> _Notice | None:
+    """The ``notice`` of a followed event about a ``kind`` object naming paystream's in
+    its metadata (its tenant and id, the provider's id, ``status_of`` its status: None
+    for one this version does not know, the account, when it was made); None otherwise."""
+    found = _followed(event, followed, kind, read_ref)
     if found is None:
         return None
     event_id, event_type, obj, ref, account = found
-    status = payout_status(obj.get("status"))
-    return PayoutNotice(
+    status = status_of(obj.get("status"))
+    return notice(
         event_id,
         event_type,
         ref[0],
