@@ -99,6 +99,31 @@ def _without_none(**params: Any) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None and v != {}}
 
 
+def _require_hundredths(operation: str, amount: gw_base.Money) -> None:
+    """``unsupported`` for an amount in a currency Stripe counts in hundredths where this
+    version counts it otherwise: this version's setup, not the command (the same request
+    is good on another provider, or once converted), so not remembered under its key,
+    and one let through by an older version (Stripe may have acted on it) is parked
+    again, not refused for good (review h67e)."""
+    if stripe_units_problem(amount) is not None:
+        raise UnsupportedOperation(
+            PROVIDER, f"{operation} in {amount.currency} (Stripe counts it in hundredths)"
+        )
+
+
+def _refuse_unsent(problem: str | None) -> None:
+    """A request that breaks one of Stripe's rules (``problem``, from stripe_rules),
+    refused ``invalid_request`` before it is sent: it never reached Stripe."""
+    if problem is not None:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            problem,
+            provider=PROVIDER,
+            retryable=False,
+            reached_provider=False,
+        )
+
+
 def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
     names = options.get("capabilities")
     if names is None:
@@ -323,31 +348,15 @@ class StripeGateway:
                 Capability.MANUAL_CAPTURE, "create_payment(capture_method=manual)",
                 self.capabilities, STRIPE_CAPABILITIES, PROVIDER,
             )  # fmt: skip
-        if stripe_units_problem(req.amount) is not None:
-            # This version's setup, not the command (the same request is good on another
-            # provider, or once converted): `unsupported`, not remembered under its key,
-            # and one let through by an older version (Stripe may have charged it) is
-            # parked again, not refused for good (review h67e).
-            raise UnsupportedOperation(
-                PROVIDER,
-                f"create_payment in {req.amount.currency} (Stripe counts it in hundredths)",
-            )
-        problem = (
+        _require_hundredths("create_payment", req.amount)
+        # Stripe's rules (three-decimal amounts, a withdrawn currency, descriptors,
+        # metadata keys, return URLs): said before the call, in the command's own words
+        # (the simulator applies them too, inside its keyed call).
+        _refuse_unsent(
             three_decimal_problem(req.amount)
             or withdrawn_currency_problem(req.amount)
             or payment_parameters_problem(req.statement_descriptor, req.return_url, req.metadata)
         )
-        if problem is not None:
-            # Stripe's rules (three-decimal amounts, a withdrawn currency, descriptors,
-            # metadata keys, return URLs): said before the call, in the command's own
-            # words (the simulator applies them too, inside its keyed call).
-            raise GatewayError(
-                ErrorCode.INVALID_REQUEST,
-                problem,
-                provider=PROVIDER,
-                retryable=False,
-                reached_provider=False,
-            )
         params = _without_none(
             amount=req.amount.amount,
             currency=req.amount.currency.lower(),
@@ -500,20 +509,8 @@ class StripeGateway:
         from the create's: a replay finds the same Plan, and the same Subscription), the
         payment method its default, ``payment_behavior=allow_incomplete``: a declined
         first invoice is a subscription `incomplete` with that invoice open (no error)."""
-        if stripe_units_problem(req.amount) is not None:
-            raise UnsupportedOperation(
-                PROVIDER,
-                f"create_subscription in {req.amount.currency} (Stripe counts it in hundredths)",
-            )
-        problem = three_decimal_problem(req.amount) or withdrawn_currency_problem(req.amount)
-        if problem is not None:
-            raise GatewayError(
-                ErrorCode.INVALID_REQUEST,
-                problem,
-                provider=PROVIDER,
-                retryable=False,
-                reached_provider=False,
-            )
+        _require_hundredths("create_subscription", req.amount)
+        _refuse_unsent(three_decimal_problem(req.amount) or withdrawn_currency_problem(req.amount))
         # A Plan, not an inline price_data: a subscription item's price_data needs a
         # Product made beforehand (product_data is not taken there), where a Plan takes
         # its Product inline; and a Plan is a price wherever Stripe takes one.
@@ -656,22 +653,11 @@ class StripeGateway:
         Stripe-Account) available balance to its default external account for the
         currency. Above the available balance Stripe refuses it ``balance_insufficient``
         (no payout exists): ErrorCode.BALANCE_INSUFFICIENT."""
-        if stripe_units_problem(req.amount) is not None:
-            raise UnsupportedOperation(
-                PROVIDER,
-                f"create_payout in {req.amount.currency} (Stripe counts it in hundredths)",
-            )
-        problem = payout_amount_problem(req.amount) or payment_parameters_problem(
-            None, None, req.metadata
+        _require_hundredths("create_payout", req.amount)
+        _refuse_unsent(
+            payout_amount_problem(req.amount)
+            or payment_parameters_problem(None, None, req.metadata)
         )
-        if problem is not None:
-            raise GatewayError(
-                ErrorCode.INVALID_REQUEST,
-                problem,
-                provider=PROVIDER,
-                retryable=False,
-                reached_provider=False,
-            )
         params = _without_none(
             amount=req.amount.amount,
             currency=req.amount.currency.lower(),
