@@ -31,6 +31,11 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
+from paystream.ledger.migrations.entity_tables import (
+    list_for_backfill,
+    secure_entity_table,
+    unlist_from_backfill,
+)
 from paystream.ledger.migrations.versions.v0001_schema import (
     TSTZ,
     _entity_columns,
@@ -38,11 +43,6 @@ from paystream.ledger.migrations.versions.v0001_schema import (
     _money_checks,
     _tenant_fk,
     _tenant_id,
-)
-from paystream.ledger.migrations.versions.v0013_subscriptions_invoices import (
-    BACKFILL,
-    GRANTS,
-    _secure,
 )
 
 revision: str = "0014"
@@ -85,31 +85,13 @@ def upgrade() -> None:
     )
     _index(TABLE, "tenant_id", "status", "updated_at")
     _index(TABLE, "tenant_id", "provider", "provider_payout_id")
-    _secure(TABLE, GRANTS)
-    op.execute(
-        f"CREATE TRIGGER {TABLE}_forward_only BEFORE UPDATE ON {TABLE} "
-        f"FOR EACH ROW EXECUTE FUNCTION "
-        f"ledger_entity_forward_only('{ID_COLUMN}', '{ENTITY_TYPE}')"
-    )
+    secure_entity_table(TABLE, ID_COLUMN, ENTITY_TYPE)
     # The payout events already stored, read as the owner tenant by tenant under the
     # tenant policy (as 0013: no ALTER TABLE events). Every tenant the sink wrote has an
     # audit head (it locks that first, payouts' events alone too), which the owner reads.
     # The tenant policy lets the owner insert the tenant's rows into entity_backfill.
     op.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
-    op.execute(
-        f"""
-        DO $$ DECLARE t text; BEGIN
-          FOR t IN SELECT tenant_id FROM audit_heads ORDER BY tenant_id LOOP
-            PERFORM set_config('app.current_tenant_id', t, true);
-            INSERT INTO {BACKFILL} (tenant_id, event_id)
-              SELECT tenant_id, event_id FROM events
-              WHERE tenant_id = t AND entity_type = '{ENTITY_TYPE}'
-              ON CONFLICT DO NOTHING;
-          END LOOP;
-          PERFORM set_config('app.current_tenant_id', '', true);
-        END $$
-        """  # noqa: S608 - constants
-    )
+    list_for_backfill([ENTITY_TYPE])
 
 
 def downgrade() -> None:
@@ -128,17 +110,5 @@ def downgrade() -> None:
         )
     # The payout events this revision listed, unlisted again (0013's backfill knows no
     # payout table), tenant by tenant as they were listed.
-    op.execute(
-        f"""
-        DO $$ DECLARE t text; BEGIN
-          FOR t IN SELECT DISTINCT tenant_id FROM {BACKFILL} ORDER BY tenant_id LOOP
-            PERFORM set_config('app.current_tenant_id', t, true);
-            DELETE FROM {BACKFILL} b USING events e
-              WHERE b.tenant_id = t AND e.tenant_id = t AND e.event_id = b.event_id
-                AND e.entity_type = '{ENTITY_TYPE}';
-          END LOOP;
-          PERFORM set_config('app.current_tenant_id', '', true);
-        END $$
-        """  # noqa: S608 - constants
-    )
+    unlist_from_backfill([ENTITY_TYPE])
     op.drop_table(TABLE)  # (its trigger and policy go with it; the function is 0006's)

@@ -39,6 +39,12 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
+from paystream.ledger.migrations.entity_tables import (
+    list_for_backfill,
+    per_tenant,
+    secure_entity_table,
+    unlist_from_backfill,
+)
 from paystream.ledger.migrations.versions.v0001_schema import (
     TSTZ,
     _entity_columns,
@@ -46,11 +52,6 @@ from paystream.ledger.migrations.versions.v0001_schema import (
     _money_checks,
     _tenant_fk,
     _tenant_id,
-)
-from paystream.ledger.migrations.versions.v0013_subscriptions_invoices import (
-    BACKFILL,
-    GRANTS,
-    _secure,
 )
 
 revision: str = "0015"
@@ -77,22 +78,6 @@ COLUMNS: dict[str, tuple[tuple[str, Any, str], ...]] = {
 }
 MONEY = {"amount_tax", "subtotal", "tax"}
 PERCENTAGE = r"^(100(\.0{1,4})?|[0-9]{1,2}(\.[0-9]{1,4})?)$"  # (paystream.tax's)
-
-
-def _per_tenant(body: str) -> None:
-    """``body`` for every tenant the sink wrote (each has an audit head), under the
-    tenant policy (``t``: the tenant id), as 0013 and 0014 listed their events."""
-    op.execute(
-        f"""
-        DO $$ DECLARE t text; BEGIN
-          FOR t IN SELECT tenant_id FROM audit_heads ORDER BY tenant_id LOOP
-            PERFORM set_config('app.current_tenant_id', t, true);
-            {body}
-          END LOOP;
-          PERFORM set_config('app.current_tenant_id', '', true);
-        END $$
-        """  # noqa: S608 - constants
-    )
 
 
 def _taken(column: str, json_type: str) -> str:
@@ -165,12 +150,7 @@ def upgrade() -> None:
         *_money_checks("tax_calculations", *amounts),
     )
     for table, (id_column, entity_type) in ENTITY_TABLES.items():
-        _secure(table, GRANTS)
-        op.execute(
-            f"CREATE TRIGGER {table}_forward_only BEFORE UPDATE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION "
-            f"ledger_entity_forward_only('{id_column}', '{entity_type}')"
-        )
+        secure_entity_table(table, id_column, entity_type)
     # The existing tables' new columns (nullable: a row before tax has none).
     for table, columns in COLUMNS.items():
         for name, kind, _ in columns:
@@ -182,13 +162,7 @@ def upgrade() -> None:
                 )
     # Writes wait from here to the commit: what is listed and filled is all there is.
     op.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
-    kinds = ", ".join(f"'{kind}'" for _, kind in ENTITY_TABLES.values())
-    _per_tenant(
-        f"""INSERT INTO {BACKFILL} (tenant_id, event_id)
-              SELECT tenant_id, event_id FROM events
-              WHERE tenant_id = t AND entity_type IN ({kinds})
-              ON CONFLICT DO NOTHING;"""  # noqa: S608 - constants
-    )
+    list_for_backfill(kind for _, kind in ENTITY_TABLES.values())
     # A row's new columns from the event its last_event_id names (its version's event),
     # where that event carries them (of the right JSON type: else left empty).
     for table, columns in COLUMNS.items():
@@ -197,7 +171,7 @@ def upgrade() -> None:
         sets = ", ".join(f"{name} = {_taken(name, j)}" for name, _, j in columns)
         carries = " OR ".join(f"e.data ? '{name}'" for name, _, _ in columns)
         op.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_forward_only")
-        _per_tenant(
+        per_tenant(
             f"""UPDATE {table} r SET {sets} FROM events e
                 WHERE r.tenant_id = t AND e.tenant_id = t AND e.event_id = r.last_event_id
                   AND e.entity_type = '{entity_type}' AND e.entity_id = r.{id_column}
@@ -230,20 +204,7 @@ def downgrade() -> None:
     for table in COLUMNS:
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
     # The tax events this revision listed, unlisted again, tenant by tenant.
-    kinds = ", ".join(f"'{kind}'" for _, kind in ENTITY_TABLES.values())
-    op.execute(
-        f"""
-        DO $$ DECLARE t text; BEGIN
-          FOR t IN SELECT DISTINCT tenant_id FROM {BACKFILL} ORDER BY tenant_id LOOP
-            PERFORM set_config('app.current_tenant_id', t, true);
-            DELETE FROM {BACKFILL} b USING events e
-              WHERE b.tenant_id = t AND e.tenant_id = t AND e.event_id = b.event_id
-                AND e.entity_type IN ({kinds});
-          END LOOP;
-          PERFORM set_config('app.current_tenant_id', '', true);
-        END $$
-        """  # noqa: S608 - constants
-    )
+    unlist_from_backfill(kind for _, kind in ENTITY_TABLES.values())
     for table, columns in COLUMNS.items():
         for name, _, _ in columns:
             op.drop_column(table, name)  # (its check goes with it)
