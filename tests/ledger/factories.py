@@ -261,3 +261,37 @@ def tax_calculation(
     return make(
         tenant_id, "tax_calculation", calc_id, 1, snapshot, type="com.paystream.tax.calculated"
     )
+
+
+async def insert_event_rows(session: Any, events: list[LedgerEvent]) -> None:
+    """``events`` written as events rows alone, as a sink from before their entity had a
+    table stored them (the migration tests' older versions). ``session``: the tenant's."""
+    import json
+
+    from sqlalchemy import text
+
+    for e in events:
+        await session.execute(
+            text(
+                "INSERT INTO events (tenant_id, event_id, type, causation_id, entity_type, "
+                "entity_id, entity_version, time, data) VALUES (:t, :id, :ty, :c, :et, "
+                ":ei, :v, :tm, CAST(:d AS jsonb))"
+            ),
+            {"t": e.tenant_id, "id": e.event_id, "ty": e.type, "c": e.causation_id,
+             "et": e.entity_type.value, "ei": e.entity_id, "v": e.version, "tm": e.time,
+             "d": json.dumps(dict(e.data))},
+        )  # fmt: skip
+
+
+async def wipe_audit_chain(conn: Any, tenant: str) -> None:
+    """The tenant's audit chain (its entries and its head) deleted as the owner, past
+    their append-only and forward-only triggers: an audit chain wiped."""
+    from sqlalchemy import text
+
+    for table, trigger in (
+        ("audit_log", "audit_log_append_only"),
+        ("audit_heads", "audit_heads_forward_only"),
+    ):
+        await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
+        await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant})
+        await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))

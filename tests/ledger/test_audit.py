@@ -14,7 +14,7 @@ from paystream.ledger import tenant_session, verify_audit, write_events
 from paystream.ledger.audit import audit_key, chain_hash, record_retirements
 from paystream.ledger.models import AuditLog
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.ledger.factories import EventFactory
+from tests.ledger.factories import EventFactory, wipe_audit_chain
 
 
 async def _history(
@@ -324,13 +324,7 @@ async def test_a_chain_deleted_whole_is_detected(
     otherwise."""
     await _history(app_engine, keyring, make_event, "au11")
     async with owner_engine.begin() as conn:
-        for table, trigger in (
-            ("audit_log", "audit_log_append_only"),
-            ("audit_heads", "audit_heads_forward_only"),
-        ):
-            await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
-            await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = 'au11'"))
-            await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+        await wipe_audit_chain(conn, "au11")
     result = await verify_audit(app_engine, "au11", keyring)
     assert result.problems == ["events are recorded for this tenant but its audit chain is empty"]
 

@@ -30,7 +30,7 @@ from paystream.ledger.writer import backfill_entities
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger import test_migration_0013 as m13
 from tests.ledger import test_migration_0014 as m14
-from tests.ledger.factories import EventFactory
+from tests.ledger.factories import EventFactory, wipe_audit_chain
 
 OlderSink = Callable[[AsyncEngine, str, EventFactory], Awaitable[list[str]]]
 
@@ -71,15 +71,7 @@ def test_a_backfilled_chain_wiped_with_its_rows_is_not_read_as_waiting(
                 await backfill_entities(app, t, keyring=keyring)
                 assert (await verify_audit(app, t, keyring)).problems == []
                 async with owner.begin() as conn:
-                    for table, trigger in (
-                        ("audit_log", "audit_log_append_only"),
-                        ("audit_heads", "audit_heads_forward_only"),
-                    ):
-                        await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
-                        await conn.execute(
-                            text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": t}
-                        )
-                        await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+                    await wipe_audit_chain(conn, t)
                     for table in tables:
                         await conn.execute(
                             text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": t}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -19,7 +18,7 @@ from paystream.ledger.cli import ledger_group
 from paystream.ledger.migrate import app_database_url, current, downgrade, head, upgrade
 from paystream.ledger.writer import backfill_entities
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.ledger.factories import EventFactory
+from tests.ledger.factories import EventFactory, insert_event_rows
 
 PASSWORD = "m13-pw"
 
@@ -34,17 +33,7 @@ async def _as_the_older_sink(owner: AsyncEngine, tenant: str, make: EventFactory
         make.invoice(tenant, "in_2", status="open"),
     ]
     async with tenant_session(owner, tenant) as s:
-        for e in events:
-            await s.execute(
-                text(
-                    "INSERT INTO events (tenant_id, event_id, type, causation_id, entity_type, "
-                    "entity_id, entity_version, time, data) VALUES (:t, :id, :ty, :c, :et, "
-                    ":ei, :v, :tm, CAST(:d AS jsonb))"
-                ),
-                {"t": tenant, "id": e.event_id, "ty": e.type, "c": e.causation_id,
-                 "et": e.entity_type.value, "ei": e.entity_id, "v": e.version, "tm": e.time,
-                 "d": json.dumps(dict(e.data))},
-            )  # fmt: skip
+        await insert_event_rows(s, events)
     return [e.event_id for e in events]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -23,7 +22,7 @@ from paystream.ledger.cli import ledger_group
 from paystream.ledger.migrate import app_database_url, current, downgrade, head, upgrade
 from paystream.ledger.writer import backfill_entities
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.ledger.factories import EventFactory
+from tests.ledger.factories import EventFactory, insert_event_rows, wipe_audit_chain
 
 PASSWORD = "m14-pw"
 WAITING = (
@@ -46,17 +45,7 @@ async def _as_the_older_sink(owner: AsyncEngine, tenant: str, make: EventFactory
             {"t": tenant},
         )
         await lock_tenant(s, tenant)
-        for e in events:
-            await s.execute(
-                text(
-                    "INSERT INTO events (tenant_id, event_id, type, causation_id, entity_type, "
-                    "entity_id, entity_version, time, data) VALUES (:t, :id, :ty, :c, :et, "
-                    ":ei, :v, :tm, CAST(:d AS jsonb))"
-                ),
-                {"t": tenant, "id": e.event_id, "ty": e.type, "c": e.causation_id,
-                 "et": e.entity_type.value, "ei": e.entity_id, "v": e.version, "tm": e.time,
-                 "d": json.dumps(dict(e.data))},
-            )  # fmt: skip
+        await insert_event_rows(s, events)
     return [e.event_id for e in events]
 
 
@@ -294,15 +283,7 @@ def test_a_backfilled_chain_deleted_whole_is_still_found(module_database_url: st
                 await backfill_entities(app, t, keyring=keyring)
                 assert (await verify_audit(app, t, keyring)).problems == []
                 async with owner.begin() as conn:
-                    for table, trigger in (
-                        ("audit_log", "audit_log_append_only"),
-                        ("audit_heads", "audit_heads_forward_only"),
-                    ):
-                        await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
-                        await conn.execute(
-                            text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": t}
-                        )
-                        await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+                    await wipe_audit_chain(conn, t)
                 return (await verify_audit(app, t, keyring)).problems
             finally:
                 await app.dispose()

@@ -26,7 +26,7 @@ from paystream.ledger.events import EntityType
 from paystream.ledger.migrate import app_database_url, current, downgrade, head, upgrade
 from paystream.ledger.models import Invoice, Payment, Subscription
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.ledger.factories import EventFactory, tax_calculation, tax_rate
+from tests.ledger.factories import EventFactory, insert_event_rows, tax_calculation, tax_rate
 
 PASSWORD = "m15-pw"
 NEW = {
@@ -78,17 +78,7 @@ async def _events_only(owner: AsyncEngine, tenant: str, events: list[Any]) -> No
     """What the version before 0015 stored of tax rates and calculations: events rows."""
     async with tenant_session(owner, tenant) as s:
         await lock_tenant(s, tenant)
-        for e in events:
-            await s.execute(
-                text(
-                    "INSERT INTO events (tenant_id, event_id, type, causation_id, entity_type, "
-                    "entity_id, entity_version, time, data) VALUES (:t, :id, :ty, :c, :et, "
-                    ":ei, :v, :tm, CAST(:d AS jsonb))"
-                ),
-                {"t": tenant, "id": e.event_id, "ty": e.type, "c": e.causation_id,
-                 "et": e.entity_type.value, "ei": e.entity_id, "v": e.version, "tm": e.time,
-                 "d": json.dumps(dict(e.data))},
-            )  # fmt: skip
+        await insert_event_rows(s, events)
 
 
 def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(

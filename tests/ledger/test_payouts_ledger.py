@@ -22,7 +22,7 @@ from paystream.ledger.privacy import erase_customer
 from paystream.ledger.sink import FailureKind, _sqlstate, classify_failure, outcome_to_ledger_events
 from paystream.streams.outcomes import build_outcome, command_ref
 from paystream.tenancy.crypto import MasterKeyring
-from tests.ledger.factories import EventFactory
+from tests.ledger.factories import EventFactory, wipe_audit_chain
 
 
 def _tenant() -> str:
@@ -327,13 +327,7 @@ async def test_the_wiped_check_still_sees_a_payout_only_chain_deleted(
     t = _tenant()
     await write_events(app_engine, [make_event.payout(t, "po_1")], keyring=keyring)
     async with owner_engine.begin() as conn:
-        for table, trigger in (
-            ("audit_log", "audit_log_append_only"),
-            ("audit_heads", "audit_heads_forward_only"),
-        ):
-            await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
-            await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": t})
-            await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+        await wipe_audit_chain(conn, t)
     problems = (await verify_audit(app_engine, t, keyring)).problems
     assert "events are recorded for this tenant but its audit chain is empty" in problems
     async with tenant_session(app_engine, t) as s:

@@ -28,7 +28,7 @@ from paystream.ledger.models import (
 from paystream.ledger.sink import _sqlstate
 from paystream.ledger.tax_report import tax_report
 from paystream.tenancy.crypto import MasterKeyring
-from tests.ledger.factories import EventFactory, tax_calculation, tax_rate
+from tests.ledger.factories import EventFactory, tax_calculation, tax_rate, wipe_audit_chain
 
 pytestmark = pytest.mark.asyncio
 DAY = (datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 2, tzinfo=UTC))
@@ -217,13 +217,7 @@ async def test_a_tenant_whose_only_events_are_tax_has_a_chain_to_lose(
     await write_events(app_engine, [tax_rate(make_event, t, "vat")], keyring=keyring)
     assert (await verify_audit(app_engine, t, keyring)).checked == 1
     async with owner_engine.begin() as conn:
-        for table, trigger in (
-            ("audit_log", "audit_log_append_only"),
-            ("audit_heads", "audit_heads_forward_only"),
-        ):
-            await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
-            await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": t})
-            await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+        await wipe_audit_chain(conn, t)
     problems = (await verify_audit(app_engine, t, keyring)).problems
     assert "events are recorded for this tenant but its audit chain is empty" in problems
 
