@@ -8,27 +8,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from cloudevents.core.v1.event import CloudEvent
 
 from paystream import demo
-from paystream.gateways.simulator import SimulatorGateway
-from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Harness
+from tests.agents.harness import ThroughTheProcessor, simulator_of
 
 pytestmark = pytest.mark.asyncio
-
-
-class _ThroughTheProcessor:
-    """The client's `send`, answered by the real command processor (no broker)."""
-
-    def __init__(self, harness: Harness) -> None:
-        self._h = harness
-
-    async def send(self, event: CloudEvent, *, timeout: float) -> CloudEvent:
-        _, outcome = await self._h.send_event(event)
-        assert outcome is not None
-        return outcome
 
 
 @pytest.mark.parametrize("passed", [True, False])
@@ -42,13 +27,12 @@ async def test_a_demo_payment_asking_for_3ds_is_read_back_after_the_step(
         steps: list[tuple[str, bool]] = []
 
         async def authenticate(tenant: str, provider_payment_id: str, ok: bool) -> None:
-            gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
-            assert isinstance(gateway, SimulatorGateway)
+            gateway = simulator_of(h, tenant)
             steps.append((tenant, ok))
             await gateway.complete_authentication(provider_payment_id, succeed=passed)
 
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen, authenticate)
         assert len(steps) == 1 and steps[0][0] == t, steps
         assert seen["payment.requires_action"] == 1, seen

@@ -20,34 +20,14 @@ from cloudevents.core.v1.event import CloudEvent
 from paystream import demo
 from paystream.cli import demo as demo_cli
 from paystream.client import OutcomeTimeout
-from paystream.gateways.simulator import SimulatorGateway
 from paystream.gateways.simulator.operations import PAYOUT_TEST_ACCOUNTS
 from paystream.gateways.simulator.options import SimulatorOptions
 from paystream.streams.commands import CreateTaxRate
-from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Harness
+from tests.agents.harness import ThroughTheProcessor, simulator_of
 
 ACME_VAT = demo_cli.DEMO_TAX_RATES["acme"][0]  # 20%, added to the price
 GLOBEX_MWST = demo_cli.DEMO_TAX_RATES["globex"][0]  # 19%, contained in it
-
-
-class _ThroughTheProcessor:
-    """The client's `send`, answered by the real command processor (no broker)."""
-
-    def __init__(self, harness: Harness) -> None:
-        self._h = harness
-
-    async def send(self, event: CloudEvent, *, timeout: float) -> CloudEvent:
-        _, outcome = await self._h.send_event(event)
-        assert outcome is not None
-        return outcome
-
-
-def _gateway(h: Harness, tenant: str) -> SimulatorGateway:
-    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
-    assert isinstance(gateway, SimulatorGateway)
-    return gateway
 
 
 def _only(monkeypatch: pytest.MonkeyPatch, **shares: float) -> None:
@@ -62,7 +42,7 @@ async def test_the_demo_makes_its_tenants_tax_rates_once(redis_url: str) -> None
     async with running_harness(redis_url) as h:
         acme, globex = h.add_tenant(), h.add_tenant()
         rates = {acme: demo_cli.DEMO_TAX_RATES["acme"], globex: demo_cli.DEMO_TAX_RATES["globex"]}
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         seen: Counter[str] = Counter()
         made = await demo.make_tax_rates(client, rates, seen)
         assert made == {acme: ["demo-vat"], globex: ["demo-mwst", "demo-mwst-reduced"]}
@@ -81,7 +61,7 @@ async def test_a_tenant_refusing_its_rates_has_none_to_tax_by(redis_url: str) ->
     async with running_harness(redis_url) as h:
         t = h.add_tenant(status="suspended")
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         assert await demo.make_tax_rates(client, {t: [ACME_VAT]}, seen) == {t: []}
         assert seen == Counter({"command.rejected": 1}), seen
 
@@ -97,7 +77,7 @@ async def test_a_demo_payment_is_taxed_first_and_names_its_calculation(
     _only(monkeypatch, TAXED_PAYMENTS=1.0)
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         seen: Counter[str] = Counter()
         rates = await demo.make_tax_rates(client, {t: [rate]}, seen)
         await demo._flow(client, t, random.Random(3), seen, tax_rate_ids=rates[t])
@@ -131,7 +111,7 @@ async def test_a_demo_payment_without_rates_is_not_taxed(
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen)
         assert not seen["tax.calculated"] and seen["payment.succeeded"] >= 1, seen
         [payment] = h.tables.payments.values()
@@ -148,12 +128,12 @@ async def test_a_demo_subscription_carries_the_tenants_rate(
     monkeypatch.setattr(demo, "CANCELS_AT_PERIOD_END", 0.0)
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         seen: Counter[str] = Counter()
         rates = await demo.make_tax_rates(client, {t: [ACME_VAT]}, seen)
 
         async def advance(tenant: str, seconds: int) -> None:
-            await _gateway(h, tenant).advance_clock(seconds)
+            await simulator_of(h, tenant).advance_clock(seconds)
 
         await demo._flow(client, t, random.Random(3), seen, advance=advance, tax_rate_ids=rates[t])
         assert seen["subscription.created"] == 1 and seen["subscription.updated"] == 1, seen
@@ -191,15 +171,15 @@ async def test_the_tenant_pays_out_part_of_its_available_balance_until_it_arrive
             {"amount": 5001, "currency": "EUR", "payment_method_token": "pm_card_visa"},
         )
         assert paid.get_type().endswith("payment.succeeded"), paid.get_data()
-        await _gateway(h, t).advance_clock(2 * demo.DAY)  # settled: available
+        await simulator_of(h, t).advance_clock(2 * demo.DAY)  # settled: available
         moved: list[tuple[str, int]] = []
 
         async def advance(tenant: str, seconds: int) -> None:
             moved.append((tenant, seconds))
-            await _gateway(h, tenant).advance_clock(seconds)
+            await simulator_of(h, tenant).advance_clock(seconds)
 
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen, advance=advance)
         assert not seen["customer.created"], seen  # the tenant's own flow
         assert seen["balance.retrieved"] == 1 and seen["payout.created"] == 1, seen
@@ -233,10 +213,10 @@ async def test_a_tenant_waits_for_its_captures_to_settle_before_paying_out(
 
         async def advance(tenant: str, seconds: int) -> None:
             moved.append(seconds)
-            await _gateway(h, tenant).advance_clock(seconds)
+            await simulator_of(h, tenant).advance_clock(seconds)
 
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen, advance=advance)
         assert seen["balance.retrieved"] == 3 and seen["payout.created"] == 1, seen
         assert seen["payout.paid"] == 1 and moved == [demo.DAY] * 4, (seen, moved)
@@ -265,7 +245,7 @@ async def test_with_nothing_to_settle_the_tenant_only_reads_its_balance(
             moved.append(seconds)
 
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen, advance=None if pending else advance)
         assert seen == Counter({"balance.retrieved": 1}), seen
         assert not moved and not h.tables.payouts
@@ -283,7 +263,7 @@ async def test_without_a_clock_to_move_the_payout_is_only_made(
             {"amount": 900, "currency": "USD", "payment_method_token": "pm_card_visa"},
         )
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen)
         assert seen == Counter({"balance.retrieved": 1, "payout.created": 1}), seen
         [payout] = h.tables.payouts.values()
@@ -298,7 +278,7 @@ async def test_run_demo_makes_the_rates_as_it_starts_and_taxes_by_them(
     _only(monkeypatch, TAXED_PAYMENTS=1.0)
     async with running_harness(redis_url) as h:
         acme, globex = h.add_tenant(), h.add_tenant()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         seen = await demo.run_demo(
             client,
             [acme, globex],

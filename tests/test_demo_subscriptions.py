@@ -12,33 +12,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cloudevents.core.v1.event import CloudEvent
 
 from paystream import demo
 from paystream.cli import demo as demo_cli
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import load_settings
-from paystream.tenancy.models import Tenant
 from tests.agents.conftest import running_harness
-from tests.agents.harness import Harness
-
-
-class _ThroughTheProcessor:
-    """The client's `send`, answered by the real command processor (no broker)."""
-
-    def __init__(self, harness: Harness) -> None:
-        self._h = harness
-
-    async def send(self, event: CloudEvent, *, timeout: float) -> CloudEvent:
-        _, outcome = await self._h.send_event(event)
-        assert outcome is not None
-        return outcome
-
-
-def _gateway(h: Harness, tenant: str) -> SimulatorGateway:
-    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
-    assert isinstance(gateway, SimulatorGateway)
-    return gateway
+from tests.agents.harness import ThroughTheProcessor, simulator_of
 
 
 @pytest.mark.parametrize(
@@ -105,10 +85,10 @@ async def test_a_demo_subscriber_is_renewed_on_the_simulators_clock(
 
         async def advance(tenant: str, seconds: int) -> None:
             moved.append((tenant, seconds))
-            await _gateway(h, tenant).advance_clock(seconds)
+            await simulator_of(h, tenant).advance_clock(seconds)
 
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen, advance=advance)
 
         assert moved == [(t, demo.DAY)] * (2 if cancel else 1), moved
@@ -134,7 +114,7 @@ async def test_without_a_clock_to_move_the_demo_subscriber_only_subscribes(
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
         seen: Counter[str] = Counter()
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen)
         assert seen["subscription.created"] == 1 and not seen["subscription.updated"], seen
 

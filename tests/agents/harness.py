@@ -14,6 +14,7 @@ from paystream.agents.handlers import Tables
 from paystream.agents.pipeline import CommandProcessor, Emit, Inbound
 from paystream.client import build_command
 from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.simulator import SimulatorGateway
 from paystream.settings import CloudEventsMode, Settings
 from paystream.streams.codec import decode_record, encode_event
 from paystream.tenancy.gateways import GatewayPool
@@ -105,6 +106,26 @@ class Harness:
         _, outcome = await self.send_event(event, mode=mode, key=key, timestamp_ms=timestamp_ms)
         assert outcome is not None, "every command must yield an outcome"
         return outcome
+
+
+class ThroughTheProcessor:
+    """A client's `send`, answered by the harness's real command processor (no broker):
+    the demo's flows run through it."""
+
+    def __init__(self, harness: Harness) -> None:
+        self._h = harness
+
+    async def send(self, event: CloudEvent, *, timeout: float) -> CloudEvent:
+        _, outcome = await self._h.send_event(event)
+        assert outcome is not None
+        return outcome
+
+
+def simulator_of(h: Harness, tenant: str) -> SimulatorGateway:
+    """The tenant's simulator gateway, from the harness's pool."""
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[tenant]))
+    assert isinstance(gateway, SimulatorGateway)
+    return gateway
 
 
 def outcome_of(settings: Settings, emits: list[Emit]) -> CloudEvent | None:
