@@ -17,7 +17,12 @@ import stripe
 
 import paystream.web.webhooks as wh
 from paystream import metrics
+from paystream.agents import pipeline
 from paystream.log_limits import ThrottledLog
+from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
+from paystream.settings import load_settings
+from paystream.streams.codec import decode_record
+from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.models import Tenant
 
 SECRET = "whsec_lookups"
@@ -67,6 +72,43 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     monkeypatch.setattr(wh, "_budget", wh._Budget())
     monkeypatch.setattr(wh, "_lookups", wh._Budget())
     return state
+
+
+def held_rows(
+    seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, id_field: str, held: dict[str, Any]
+) -> dict[str, Any]:
+    """The view's entity lookups answered from ``held`` (by the notice's ``id_field``),
+    each counted in ``seen.lookups`` and its notice kept in ``seen.notices``."""
+    seen.notices = []
+
+    async def entity_row(tenant: str, notice: Any) -> Any:
+        seen.lookups += 1
+        seen.notices.append(notice)
+        return held.get(getattr(notice, id_field, ""))
+
+    monkeypatch.setattr(wh, "_entity_row", entity_row)
+    return held
+
+
+def assert_a_sealed_refresh(
+    monkeypatch: pytest.MonkeyPatch, notice: Any, command_type: str, data: dict[str, Any]
+) -> None:
+    """The refresh the view builds for ``notice`` is a ``command_type`` of ``data``, sealed
+    as paystream's own, which the worker takes past the tenant's rate limit."""
+    master = MasterKey.generate()
+    monkeypatch.setattr(wh, "settings", load_settings())
+    monkeypatch.setattr(wh, "_origins", lambda: OriginSeals(MasterKeyring(master)))
+    built = wh._refresh("stripe", TENANT, notice)
+    assert built is not None
+    command_id, rec = built
+    assert command_id.startswith("whk")
+    event = decode_record(rec.key, rec.value, dict(rec.headers))
+    assert event.get_attributes()["type"].endswith(command_type)
+    assert event.get_data() == data
+    headers = dict(rec.headers)
+    assert ORIGIN_HEADER in headers
+    assert OriginSeals(MasterKeyring(master)).sealed(rec.key, rec.value, headers)
+    assert command_type in pipeline._WEBHOOK_REFRESHES
 
 
 def pi_event(

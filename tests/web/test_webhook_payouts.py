@@ -15,15 +15,16 @@ from typing import Any
 import pytest
 
 import paystream.web.webhooks as wh
-from paystream.agents import pipeline
 from paystream.gateways.base import PAYOUT_REF_KEY
 from paystream.gateways.stripe.webhooks import FOLLOWED_PAYOUT_EVENTS, payout_notice
 from paystream.gateways.webhook_notices import PayoutNotice
-from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
-from paystream.settings import load_settings
-from paystream.streams.codec import decode_record
-from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.web.test_webhook_lookups import TENANT, _post, seen  # noqa: F401 (fixture)
+from tests.web.test_webhook_lookups import (  # noqa: F401 (seen: a fixture)
+    TENANT,
+    _post,
+    assert_a_sealed_refresh,
+    held_rows,
+    seen,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,16 +61,8 @@ def _body(**kw: Any) -> bytes:
 
 @pytest.fixture
 def rows(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa: F811
-    held: dict[str, Any] = {"po_a": {"provider_payout_id": "po_1", "status": "pending"}}
-    seen.notices = []
-
-    async def entity_row(tenant: str, notice: Any) -> Any:
-        seen.lookups += 1
-        seen.notices.append(notice)
-        return held.get(getattr(notice, "payout_id", ""))
-
-    monkeypatch.setattr(wh, "_entity_row", entity_row)
-    return held
+    held = {"po_a": {"provider_payout_id": "po_1", "status": "pending"}}
+    return held_rows(seen, monkeypatch, "payout_id", held)
 
 
 async def test_the_followed_payout_events_name_paystreams_payout() -> None:
@@ -172,19 +165,5 @@ async def test_payout_events_share_the_tenants_refresh_budget(
 
 
 async def test_the_refresh_is_a_sealed_payout_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    master = MasterKey.generate()
-    monkeypatch.setattr(wh, "settings", load_settings())
-    monkeypatch.setattr(wh, "_origins", lambda: OriginSeals(MasterKeyring(master)))
     notice = PayoutNotice("evt_9", "payout.paid", TENANT, "po_a", "po_1", "paid", None)
-    built = wh._refresh("stripe", TENANT, notice)
-    assert built is not None
-    command_id, rec = built
-    assert command_id.startswith("whk")
-    event = decode_record(rec.key, rec.value, dict(rec.headers))
-    assert event.get_attributes()["type"].endswith("payout.refresh")
-    assert event.get_data() == {"payout_id": "po_a"}
-    headers = dict(rec.headers)
-    assert ORIGIN_HEADER in headers
-    assert OriginSeals(MasterKeyring(master)).sealed(rec.key, rec.value, headers)
-    # The worker takes it as paystream's own (past the tenant's rate limit).
-    assert "payout.refresh" in pipeline._WEBHOOK_REFRESHES
+    assert_a_sealed_refresh(monkeypatch, notice, "payout.refresh", {"payout_id": "po_a"})

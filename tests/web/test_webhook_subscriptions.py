@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 
 import paystream.web.webhooks as wh
-from paystream.agents import pipeline
 from paystream.gateways.base import SUBSCRIPTION_REF_KEY
 from paystream.gateways.webhook_notices import SubscriptionNotice
-from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
-from paystream.settings import load_settings
-from paystream.streams.codec import decode_record
-from paystream.tenancy.crypto import MasterKey, MasterKeyring
-from tests.web.test_webhook_lookups import TENANT, _post, seen  # noqa: F401 (fixture)
+from tests.web.test_webhook_lookups import (  # noqa: F401 (seen: a fixture)
+    TENANT,
+    _post,
+    assert_a_sealed_refresh,
+    held_rows,
+    seen,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -61,22 +62,15 @@ def _event(
 
 @pytest.fixture
 def rows(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa: F811
-    held: dict[str, Any] = {"sub_p1": {"provider_subscription_id": "sub_1", "status": "active"}}
-    seen.notices = []
-
-    async def entity_row(tenant: str, notice: Any) -> Any:
-        seen.lookups += 1
-        seen.notices.append(notice)
-        return held.get(getattr(notice, "subscription_id", ""))
+    held = {"sub_p1": {"provider_subscription_id": "sub_1", "status": "active"}}
 
     async def row(tenant: str, table: Any, kind: str, entity_id: str) -> Any:
         assert kind == "invoices"
         seen.lookups += 1
         return None  # (its invoice not recorded: a renewal's)
 
-    monkeypatch.setattr(wh, "_entity_row", entity_row)
     monkeypatch.setattr(wh, "_row", row)
-    return held
+    return held_rows(seen, monkeypatch, "subscription_id", held)
 
 
 @pytest.mark.parametrize(
@@ -148,19 +142,7 @@ async def test_subscription_events_share_the_tenants_refresh_budget(
 async def test_the_refresh_is_a_sealed_subscription_refresh(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    master = MasterKey.generate()
-    monkeypatch.setattr(wh, "settings", load_settings())
-    monkeypatch.setattr(wh, "_origins", lambda: OriginSeals(MasterKeyring(master)))
     notice = SubscriptionNotice("evt_9", "invoice.paid", TENANT, "sub_p1", "sub_1", None)
-    built = wh._refresh("stripe", TENANT, notice)
-    assert built is not None
-    command_id, rec = built
-    assert command_id.startswith("whk")
-    event = decode_record(rec.key, rec.value, dict(rec.headers))
-    assert event.get_attributes()["type"].endswith("subscription.refresh")
-    assert event.get_data() == {"subscription_id": "sub_p1"}
-    headers = dict(rec.headers)
-    assert ORIGIN_HEADER in headers
-    assert OriginSeals(MasterKeyring(master)).sealed(rec.key, rec.value, headers)
-    # The worker takes it as paystream's own (past the tenant's rate limit).
-    assert "subscription.refresh" in pipeline._WEBHOOK_REFRESHES
+    assert_a_sealed_refresh(
+        monkeypatch, notice, "subscription.refresh", {"subscription_id": "sub_p1"}
+    )
