@@ -81,6 +81,23 @@ async def _events_only(owner: AsyncEngine, tenant: str, events: list[Any]) -> No
         await insert_event_rows(s, events)
 
 
+async def _tax_columns(s: Any) -> tuple[list[tuple[Any, ...]], tuple[Any, ...], Any]:
+    """The tax columns 0015 added, as the tenant's session ``s`` reads them: each
+    payment's (with its id and version), the one invoice's, the one subscription's."""
+    pays = [
+        tuple(r)
+        for r in await s.execute(
+            text(
+                "SELECT payment_id, amount_tax, tax_calculation_id, version "
+                "FROM payments ORDER BY 1"
+            )
+        )
+    ]
+    inv = tuple((await s.execute(text("SELECT subtotal, tax FROM invoices"))).one())
+    sub = (await s.execute(text("SELECT tax_rate_ids FROM subscriptions"))).scalar()
+    return pays, inv, sub
+
+
 def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
     module_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,17 +141,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
         app = _app(url)
         try:
             async with tenant_session(app, t) as s:
-                pays = [
-                    tuple(r)
-                    for r in await s.execute(
-                        text(
-                            "SELECT payment_id, amount_tax, tax_calculation_id, version "
-                            "FROM payments ORDER BY 1"
-                        )
-                    )
-                ]
-                inv = tuple((await s.execute(text("SELECT subtotal, tax FROM invoices"))).one())
-                sub = (await s.execute(text("SELECT tax_rate_ids FROM subscriptions"))).scalar()
+                pays, inv, sub = await _tax_columns(s)
                 listed = (await s.execute(text("SELECT count(*) FROM entity_backfill"))).scalar()
             return pays, inv, sub, listed, (await verify_audit(app, t, keyring)).problems
         finally:

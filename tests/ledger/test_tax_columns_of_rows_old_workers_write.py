@@ -25,7 +25,13 @@ from paystream.ledger.cli import ledger_group
 from paystream.ledger.migrate import current, downgrade, head, upgrade
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory, tax_calculation, tax_rate
-from tests.ledger.test_migration_0015 import PASSWORD, _app, _as_of_0014, _events_only
+from tests.ledger.test_migration_0015 import (
+    PASSWORD,
+    _app,
+    _as_of_0014,
+    _events_only,
+    _tax_columns,
+)
 
 
 def test_rows_an_old_worker_writes_after_0015_get_their_tax_columns(
@@ -105,17 +111,7 @@ def test_rows_an_old_worker_writes_after_0015_get_their_tax_columns(
         app = _app(url)
         try:
             async with tenant_session(app, t) as s:
-                pays = [
-                    tuple(r)
-                    for r in await s.execute(
-                        text(
-                            "SELECT payment_id, amount_tax, tax_calculation_id, version "
-                            "FROM payments ORDER BY 1"
-                        )
-                    )
-                ]
-                inv = tuple((await s.execute(text("SELECT subtotal, tax FROM invoices"))).one())
-                sub = (await s.execute(text("SELECT tax_rate_ids FROM subscriptions"))).scalar()
+                pays, inv, sub = await _tax_columns(s)
             # 0006's trigger is back: a same-version change is refused.
             refused = None
             try:
