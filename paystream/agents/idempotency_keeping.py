@@ -385,9 +385,16 @@ def request_hash(command_type: str, data: CommandData | dict[str, Any]) -> str:
         model = type(data)
         fields = data.model_dump(mode="json") if model.HASH_BY_DUMP else data.__dict__
         omits = model.HASH_OMITS_NONE
-    if omits and any(name in fields and fields[name] is None for name in omits):
+    if omits:
         # Fields added since the command's first release, left out while unset: its
-        # earlier requests keep their hashes (CommandData.HASH_OMITS_NONE).
-        fields = {k: v for k, v in fields.items() if not (v is None and k in omits)}
+        # earlier requests keep their hashes (CommandData.HASH_OMITS_NONE). (A copy
+        # made only when one is there to leave out: most commands carry none of them.)
+        kept = fields
+        for name in omits:
+            if name in kept and kept[name] is None:
+                if kept is fields:
+                    kept = dict(fields)
+                del kept[name]
+        fields = kept
     canonical = orjson.dumps([command_type, fields], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()

@@ -120,12 +120,15 @@ local first_effect = nb_at + 1
 local bal_key, now, delay
 if n_bal > 0 then
   bal_key = KEYS[3 + n_reads + n_writes]
-  now = clock_now(KEYS[4 + n_reads + n_writes])
   delay = tonumber(ARGV[nb_at + 1])
   first_effect = nb_at + 2 + 4 * n_bal
-  -- the guards first: nothing is written when one fails
+  -- the guards first: nothing is written when one fails; the tenant's clock read (before
+  -- the writes, one of which may be the clock's) only when a change takes the commit's now
   for i = 0, n_bal - 1 do
     local o = nb_at + 2 + 4 * i
+    if not now and ARGV[o] == 'p' and ARGV[o + 3] == '' then
+      now = clock_now(KEYS[4 + n_reads + n_writes])
+    end
     if ARGV[o] == 'g' then
       if fold(bal_key, ARGV[o + 1], tonumber(ARGV[o + 3])) < tonumber(ARGV[o + 2]) then
         return {'short'}
