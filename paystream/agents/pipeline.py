@@ -2718,7 +2718,7 @@ def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
     kinds = tuple(map(type, record.values()))
     if not (kinds in _PLAIN_KINDS.get(type(entity), ()) or _learn_plain(entity, record, kinds)):
         record = entity.model_dump(mode="json", exclude=_APPLIED)
-    for name in _WRITTEN_WHEN_SET:
+    for name in _written_when_set(type(entity)):
         if record.get(name, True) is None:
             # Written only when known: a worker of a version before 2026-12-05, in a
             # rolling upgrade, refuses a record with a field it does not know (later ones
@@ -2741,6 +2741,19 @@ _WRITTEN_WHEN_SET = (
     "total",
     "tax_rate_ids",
 )
+
+
+# Entity model → those of _WRITTEN_WHEN_SET it has (a payment's three, a refund's one:
+# the others never looked up per record stored).
+_WRITTEN_WHEN_SET_OF: dict[type[EntityRecord], tuple[str, ...]] = {}
+
+
+def _written_when_set(model: type[EntityRecord]) -> tuple[str, ...]:
+    names = _WRITTEN_WHEN_SET_OF.get(model)
+    if names is None:
+        names = tuple(n for n in _WRITTEN_WHEN_SET if n in model.model_fields)
+        _WRITTEN_WHEN_SET_OF[model] = names
+    return names
 
 
 # Entity model → the tuples of its fields' value types (``applied`` left out, in field

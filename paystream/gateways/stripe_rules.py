@@ -101,11 +101,14 @@ def chargeable_increment(currency: str) -> int:
 def three_decimal_problem(amount: Money) -> str | None:
     """Why Stripe refuses an amount in a three-decimal currency (BHD, JOD, KWD, OMR,
     TND): its card partners take only multiples of 10 minor units."""
-    step = chargeable_increment(amount.currency)
-    if amount.amount % step:
+    # (chargeable_increment's rule, inline: every payment passes here)
+    exponent = CURRENCY_EXPONENTS.get(amount.currency)
+    if exponent is None:
+        exponent = minor_unit_exponent(amount.currency)
+    if exponent == 3 and amount.amount % THREE_DECIMAL_INCREMENT:
         return (
-            f"Stripe takes {amount.currency} amounts in multiples of {step} minor units "
-            f"(got {amount.amount})"
+            f"Stripe takes {amount.currency} amounts in multiples of "
+            f"{THREE_DECIMAL_INCREMENT} minor units (got {amount.amount})"
         )
     return None
 
