@@ -16,7 +16,7 @@ from paystream import demo
 from paystream.cli import demo as demo_cli
 from paystream.client import build_command
 from tests.agents.conftest import running_harness
-from tests.test_demo_payouts_and_tax import _ThroughTheProcessor
+from tests.agents.harness import ThroughTheProcessor
 
 
 async def _archive(client: Any, tenant: str, rid: str) -> None:
@@ -30,7 +30,7 @@ async def test_a_restarted_demo_makes_an_archived_rate_anew(redis_url: str) -> N
     async with running_harness(redis_url) as h:
         acme = h.add_tenant()
         rates = {acme: demo_cli.DEMO_TAX_RATES["acme"]}
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         assert await demo.make_tax_rates(client, rates, Counter()) == {acme: ["demo-vat"]}
         await _archive(client, acme, "demo-vat")
         assert h.tables.tax_rates[f"{acme}:demo-vat"]["status"] == "archived"
@@ -57,7 +57,7 @@ async def test_a_demo_rate_archived_every_time_stops_taxing_the_tenant(redis_url
     async with running_harness(redis_url) as h:
         acme = h.add_tenant()
         rates = {acme: demo_cli.DEMO_TAX_RATES["acme"]}
-        client: Any = _ThroughTheProcessor(h)
+        client: Any = ThroughTheProcessor(h)
         ids = ["demo-vat", *(f"demo-vat-{n}" for n in range(2, demo.RATE_REMAKES + 2))]
         for n, rid in enumerate(ids):
             made = await demo.make_tax_rates(client, rates, Counter())
