@@ -149,6 +149,17 @@ _LETTERS = frozenset(string.ascii_letters)
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
+def _unprintable_problem(descriptor: str) -> str | None:
+    """Why a descriptor no bank statement can print is refused (a payment's, printed on
+    the customer's card statement, as a payout's on the tenant's), or None."""
+    if any(unicodedata.category(ch) in _UNPRINTABLE for ch in descriptor):
+        return (
+            "a statement descriptor may not contain control or format characters "
+            "(line breaks, NUL, bidirectional overrides, zero-width characters)"
+        )
+    return None
+
+
 def payout_descriptor_problem(descriptor: str) -> str | None:
     """Why a payout's statement descriptor is refused, or None (the command's
     validation and the simulator's, which answers as Stripe does)."""
@@ -158,11 +169,8 @@ def payout_descriptor_problem(descriptor: str) -> str | None:
         return f"a statement descriptor is at most {PAYOUT_DESCRIPTOR_MAX} characters"
     if any(ch in _PAYOUT_DESCRIPTOR_FORBIDDEN for ch in descriptor):
         return "a statement descriptor may not contain < > \\ ' or \""
-    if any(unicodedata.category(ch) in _UNPRINTABLE for ch in descriptor):
-        return (
-            "a statement descriptor may not contain control or format characters "
-            "(line breaks, NUL, bidirectional overrides, zero-width characters)"
-        )
+    if unprintable := _unprintable_problem(descriptor):
+        return unprintable
     if _LETTERS.isdisjoint(descriptor):
         # (Digits only, as "12345", is the commonest case: Stripe refuses those.)
         return "a statement descriptor must contain at least one letter (A-Z)"
@@ -222,6 +230,8 @@ def payment_parameters_problem(
     if statement_descriptor is not None:
         if any(ch in _DESCRIPTOR_FORBIDDEN for ch in statement_descriptor):
             return "a statement descriptor may not contain < > \\ ' \" or *"
+        if unprintable := _unprintable_problem(statement_descriptor):
+            return unprintable
         if not any("a" <= ch.lower() <= "z" for ch in statement_descriptor):
             return "a statement descriptor must contain at least one letter"
     if any("[" in key or "]" in key for key in metadata):

@@ -23,6 +23,10 @@ _3DS = {"amount": 1500, "currency": "EUR", "payment_method_token": "pm_card_auth
         "<b>SALE</b>",
         "it's 42",
         "12345",  # Stripe: must contain at least one letter
+        "SHOP\nSALE",  # printed on card statements: no control or format characters
+        "SHOP\x00",
+        "SHOP\u202eELAS",  # a right-to-left override shows it as another text
+        "SHOP\u200b",
     ],
 )
 async def test_a_statement_descriptor_stripe_refuses_is_refused(
