@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.localstripe",
     "tests.fixtures.redis_server",
     "tests.fixtures.square_fake",
+    "tests.fixtures.paddle_fake",
 ]
 
 
