@@ -646,6 +646,11 @@ class Settings(BaseSettings):
         description="PAYSTREAM_SQUARE_API_BASE: Square API address (its sandbox: "
         "https://connect.squareupsandbox.com; tests use their fake of Square).",
     )
+    paddle_api_base: str = Field(
+        default="https://api.paddle.com",
+        description="PAYSTREAM_PADDLE_API_BASE: Paddle Billing API address (its sandbox: "
+        "https://sandbox-api.paddle.com, for pdl_sdbx_ keys; tests use their fake of Paddle).",
+    )
     webhook_base_url: str | None = Field(
         default=None,
         description="PAYSTREAM_WEBHOOK_BASE_URL: the public address providers post webhooks "
@@ -789,11 +794,12 @@ class Settings(BaseSettings):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return _parseable(value, "REDIS_URL")
 
-    @field_validator("stripe_api_base", "square_api_base")
+    @field_validator("stripe_api_base", "square_api_base", "paddle_api_base")
     @classmethod
     def _provider_api_base(cls, value: str, info: ValidationInfo) -> str:
         # Every call carries a tenant's secret key: over plain HTTP only to this machine
-        # (localstripe, the tests' fake of Square), never across a network (review finding).
+        # (localstripe, the tests' fakes of Square and Paddle), never across a network
+        # (review finding).
         url = urlsplit(value)
         if url.scheme == "https" and url.hostname:
             return value

@@ -91,6 +91,10 @@ def quiet_libraries(log_level: str) -> None:
     # each connection step at DEBUG: a provider call's URL names its customer's ids.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, level))
+    # The Paddle SDK's signature check logs each verification at INFO, and requests'
+    # urllib3 each connection at DEBUG (URLs naming customers' ids).
+    for name in ("paddle_billing", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
     # STRIPE_LOG=debug|info makes the SDK print every request and response body to
     # stderr, past the logging levels above: customer names, e-mail addresses, metadata.
     if stripe.log or stripe_util.STRIPE_LOG:

@@ -239,6 +239,10 @@ class HandlerContext:
     trace: CommandTrace | None = None  # the command's span (tracing on): provider call spans
     # How long a command id names one request (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS).
     id_window_seconds: float = 24 * 3600
+    # The earliest time its provider request can first have been sent (unix ms), for a
+    # gateway that finds earlier tries by time (Paddle: gw.REQUEST_SENT_SINCE); None: not
+    # known, or not asked for.
+    sent_since_ms: int | None = None
     # "_" and the letters of the ids this command derives (see derived_id).
     _id_suffix: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -437,6 +441,8 @@ def _capability_required(ctx: HandlerContext, capability: gw.Capability, what: s
 async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
     """Call the provider (``operation``: the gateway method, for the call's span); an
     unsupported operation becomes an `unsupported` rejection."""
+    since = ctx.sent_since_ms
+    token = None if since is None else gw.REQUEST_SENT_SINCE.set(since / 1000)
     try:
         if ctx.trace is None:
             return await ctx.call(fn)
@@ -466,6 +472,9 @@ async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitab
                 RejectReason.GATEWAY_NOT_CONFIGURED, exc.message, remember=False
             ) from exc
         raise
+    finally:
+        if token is not None:
+            gw.REQUEST_SENT_SINCE.reset(token)
 
 
 # The card's own answers: recorded as the operation failing (`payment.failed`, ...).

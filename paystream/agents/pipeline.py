@@ -85,7 +85,12 @@ from paystream.built import built
 from paystream.dlq import PARK_DETAIL_HEADER
 from paystream.errors import ConfigurationError
 from paystream.first_attempt import FIRST_ATTEMPT_HEADER, FirstAttemptSeals
-from paystream.gateways.base import KEYLESS_OPERATIONS, MONEY_MOVING_OPERATIONS, Capability
+from paystream.gateways.base import (
+    KEYLESS_OPERATIONS,
+    MONEY_MOVING_OPERATIONS,
+    REQUEST_SENT_SINCE,
+    Capability,
+)
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
@@ -1183,6 +1188,11 @@ class CommandProcessor(ProviderWindow):
             ),
             trace=trace,
             id_window_seconds=self._id_window,
+            sent_since_ms=(
+                self._sent_since_ms(rec, cmd, data, existing)
+                if getattr(gateway, "finds_earlier_attempts", False)
+                else None
+            ),
         )
         expires = now + self.settings.idempotency_ttl_seconds
         # Not queued for expiry: a final write (done/parked) or a removal always follows.
@@ -1670,6 +1680,8 @@ class CommandProcessor(ProviderWindow):
             requests.append(other.request)
 
         async def asked() -> bool:
+            if getattr(gateway, "finds_earlier_attempts", False):
+                REQUEST_SENT_SINCE.set(self._sent_since_ms(rec, cmd, data, None) / 1000)
             for request in requests:
                 if await ask(call.operation, request, idempotency_key=call.idempotency_key):
                     return True

@@ -151,6 +151,26 @@ class ProviderWindow(KeyPointers):
             return None  # made since: answered from it, the provider is not asked
         return first
 
+    def _sent_since_ms(
+        self, rec: Inbound, cmd: CommandRef, data: Any, existing: IdempotencyRecord | None
+    ) -> int:
+        """The earliest time the command's provider request can first have been sent
+        (unix ms), for a provider that keeps no idempotency keys and finds an earlier try
+        among what was made since (Paddle): this record's time (a sealed re-drive's first
+        attempt if earlier), its key's first let-through, and a parked create of the same
+        chosen id's (under another command's key: its provider key is the id's)."""
+        first = self._first_attempt_ms(rec)
+        if existing is not None and existing.first_attempt_ms is not None:
+            first = min(first, existing.first_attempt_ms)
+        scope = create_scope(cmd, data)
+        pointer = self.idempotency.get(scope) if scope is not None else None
+        if pointer is not None:
+            parked = self.idempotency.get(str(pointer.get("key")))
+            at = parked.get("first_attempt_ms") if parked is not None else None
+            if isinstance(at, int):
+                first = min(first, at)
+        return first
+
     def _first_attempt_ms(self, rec: Inbound) -> int:
         """This record's time (the broker's, on a LogAppendTime commands topic; never
         later than now, whatever a producer stamped), or the sealed one a replay carried

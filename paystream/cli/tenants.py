@@ -345,11 +345,15 @@ def tenants_add(
 
 
 # The secret that signs each provider's webhooks (web/webhooks.py).
-_WEBHOOK_SECRETS = {"stripe": "webhook_secret", "square": "webhook_signature_key"}
+_WEBHOOK_SECRETS = {
+    "stripe": "webhook_secret",
+    "square": "webhook_signature_key",
+    "paddle": "webhook_secret_key",
+}
 
 
 def _webhooks_left_out(provider: str, options: dict[str, Any], secrets: set[str]) -> bool:
-    """A Stripe (or Square) tenant given a webhook signing secret whose capabilities,
+    """A Stripe (or Square, or Paddle) tenant given a webhook signing secret whose capabilities,
     narrowed, leave out webhooks: without the capability no payment or refund carries
     paystream's ids, so each webhook is taken for one paystream did not make (review
     h60a)."""
@@ -490,6 +494,10 @@ def _refuse_unknown_option_names(provider: str, options: dict[str, Any]) -> None
         from paystream.gateways.square.gateway import SQUARE_OPTIONS
 
         known = SQUARE_OPTIONS
+    elif provider == "paddle":
+        from paystream.gateways.paddle.gateway import PADDLE_OPTIONS
+
+        known = PADDLE_OPTIONS
     elif provider == "simulator":
         from paystream.gateways.simulator.options import SimulatorOptions
 

@@ -9,6 +9,7 @@ makes the same provider call and the provider answers with the original result.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -25,6 +26,7 @@ __all__ = [
     "PAYMENT_REF_KEY",
     "PAYOUT_REF_KEY",
     "REFUND_REF_KEY",
+    "REQUEST_SENT_SINCE",
     "SUBSCRIPTION_REF_KEY",
     "UNNARROWED_OPERATIONS",
     "AcceptDispute",
@@ -119,6 +121,16 @@ SUBSCRIPTION_REF_KEY = "paystream_subscription"
 # A payout's (Stripe's payout.* events carry the Payout with its metadata).
 PAYOUT_REF_KEY = "paystream_payout"
 METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
+
+
+# The earliest time (unix seconds) the request about to be sent under its idempotency key
+# can first have reached its provider: the command's record time (never later than now),
+# or its key's, or its chosen id's first let-through if earlier. A provider that keeps no
+# idempotency keys (Paddle) looks for what an earlier try made only among objects made
+# since. Set around a command's provider calls by the handlers (HandlerContext.sent_since_ms,
+# from the pipeline) for a gateway whose ``finds_earlier_attempts`` is true; None: not
+# known (such a gateway then looks back over the whole key window).
+REQUEST_SENT_SINCE: ContextVar[float | None] = ContextVar("request_sent_since", default=None)
 
 
 def payment_ref(metadata: Mapping[str, str], tenant_id: str, payment_id: str) -> dict[str, str]:

@@ -53,11 +53,18 @@ def _square(ctx: GatewayContext, deps: GatewayDeps) -> PaymentGateway:
     return SquareGateway.from_context(ctx, deps)
 
 
+def _paddle(ctx: GatewayContext, deps: GatewayDeps) -> PaymentGateway:
+    from paystream.gateways.paddle import PaddleGateway
+
+    return PaddleGateway.from_context(ctx, deps)
+
+
 # Imports are deferred inside each factory so a worker only loads the SDKs it uses.
 GATEWAYS: dict[str, GatewayFactory] = {
     "simulator": _simulator,
     "stripe": _stripe,
     "square": _square,
+    "paddle": _paddle,
 }
 
 
@@ -78,6 +85,8 @@ REQUIRED_SECRETS: dict[str, frozenset[str]] = {
     "stripe": frozenset({"api_key"}),
     # A seller's access token (its own personal token, or one granted by OAuth).
     "square": frozenset({"access_token"}),
+    # A seller's API key (pdl_live_apikey_... or pdl_sdbx_apikey_...).
+    "paddle": frozenset({"api_key"}),
 }
 # Every secret each provider reads: the only names `tenants add --secret` takes (a name
 # is stored in plain text; a key typed where its name goes must not be).
@@ -88,14 +97,18 @@ KNOWN_SECRETS: dict[str, frozenset[str]] = {
     # The signature key of the tenant's webhook subscription (web/webhooks.py); with it the
     # tenant's gateway has the webhooks capability.
     "square": REQUIRED_SECRETS["square"] | {"webhook_signature_key"},
+    # The secret key of the tenant's notification destination (web/webhooks.py); with it
+    # the tenant's gateway has the webhooks capability.
+    "paddle": REQUIRED_SECRETS["paddle"] | {"webhook_secret_key"},
 }
 
 
 # A Stripe account id; and what a provider secret key starts with (pasted into the wrong
 # option it would be stored in clear, and shown by `tenants list`).
 _STRIPE_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
-# Square's access tokens (production and sandbox alike) start EAAA.
-_SECRET_KEY_PREFIXES = ("sk_", "rk_", "whsec_", "EAAA")
+# Square's access tokens (production and sandbox alike) start EAAA; Paddle's API keys
+# pdl_live_apikey_ or pdl_sdbx_apikey_, its notification secret keys pdl_ntfset_.
+_SECRET_KEY_PREFIXES = ("sk_", "rk_", "whsec_", "EAAA", "pdl_")
 
 
 def validate_connected_account(provider: str, account: str) -> None:
@@ -115,6 +128,12 @@ def validate_connected_account(provider: str, account: str) -> None:
             "a Square tenant takes no connected account: give the seller's access token "
             "with --secret access_token"
         )
+    if provider == "paddle":
+        # Paddle has no header acting for another seller: each has its own API key.
+        raise ConfigurationError(
+            "a Paddle tenant takes no connected account: give the seller's API key with "
+            "--secret api_key"
+        )
 
 
 def validate_options(provider: str, options: Mapping[str, Any]) -> None:
@@ -132,3 +151,7 @@ def validate_options(provider: str, options: Mapping[str, Any]) -> None:
         from paystream.gateways.square.gateway import validate_options as square_options
 
         square_options(options)
+    elif provider == "paddle":
+        from paystream.gateways.paddle.gateway import validate_options as paddle_options
+
+        paddle_options(options)

@@ -35,6 +35,9 @@ async def harness(
     name: str = request.param
     url = request.getfixturevalue("localstripe_url") if name == "stripe" else ""
     square = request.getfixturevalue("square_url") if name == "square" else ""
-    h = Harness(name, tenant_id, redis=redis_client, stripe_url=url, square_url=square)
+    paddle = request.getfixturevalue("paddle_url") if name == "paddle" else ""
+    h = Harness(
+        name, tenant_id, redis=redis_client, stripe_url=url, square_url=square, paddle_url=paddle
+    )
     yield h
     await h.aclose()

@@ -18,6 +18,7 @@ from paystream.gateways.base import (
     PaymentGateway,
     PaymentResult,
     PayoutResult,
+    RetrievePayment,
 )
 from paystream.gateways.registry import GATEWAYS, GatewayDeps, build_gateway
 from paystream.gateways.simulator.gateway import SimulatorGateway
@@ -25,6 +26,7 @@ from paystream.gateways.simulator.operations import PAYOUT_TEST_ACCOUNTS
 from paystream.money import Money
 from paystream.settings import load_settings
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
+from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "open_fake_dispute",
     "open_square_dispute",
     "over_gateways",
+    "paddle_checkout",
 ]
 
 # localstripe only knows a few canonical test PaymentMethods; others are created the way
@@ -81,15 +84,22 @@ def over_gateways(
     square_lacks: str | None = None,
     square_gap: str | None = None,
     localstripe_lacks: str | None = None,
+    paddle_lacks: str | None = None,
+    paddle_gap: str | None = None,
 ) -> pytest.MarkDecorator:
     """Run a contract test on every gateway; a known localstripe gap, or a gap of the
-    tests' FAKE Square, is a strict xfail. ``square_lacks``: Square has no such behaviour
-    at all: skipped there, with the reason (tests/gateways/square checks what Square's
-    gateway answers instead). ``localstripe_lacks``: a provider-side control Stripe has
-    and localstripe has not (test clocks): skipped there, with the reason."""
+    tests' FAKE Square (or FAKE Paddle), is a strict xfail. ``square_lacks``: Square has
+    no such behaviour at all: skipped there, with the reason (tests/gateways/square checks
+    what Square's gateway answers instead); ``paddle_lacks`` likewise for Paddle
+    (tests/gateways/paddle_gateway). ``localstripe_lacks``: a provider-side control Stripe
+    has and localstripe has not (test clocks): skipped there, with the reason."""
     params = []
     for name in sorted(GATEWAYS):
         marks = []
+        if name == "paddle" and paddle_lacks:
+            marks.append(pytest.mark.skip(reason=f"Paddle: {paddle_lacks}"))
+        if name == "paddle" and paddle_gap:
+            marks.append(pytest.mark.xfail(strict=True, reason=f"paddle fake: {paddle_gap}"))
         if name == "stripe" and localstripe_lacks:
             marks.append(pytest.mark.skip(reason=f"localstripe: {localstripe_lacks}"))
         if name == "stripe" and localstripe_gap:
@@ -113,17 +123,20 @@ class Harness:
         redis: aredis.Redis,
         stripe_url: str,
         square_url: str = "",
+        paddle_url: str = "",
     ) -> None:
-        if name not in ("simulator", "stripe", "square"):
+        if name not in ("simulator", "stripe", "square", "paddle"):
             raise AssertionError(f"the contract harness does not know gateway {name!r} yet")
         self.name = name
         self.tenant_id = tenant_id
         self._redis = redis
         self._stripe_url = stripe_url
         self._square_url = square_url
+        self._paddle_url = paddle_url
         self._settings = load_settings(
             stripe_api_base=stripe_url or "http://127.0.0.1:1",
             square_api_base=square_url or "http://127.0.0.1:1",
+            paddle_api_base=paddle_url or "http://127.0.0.1:1",
         )
         # What the provider's test card shows (Square's Sandbox card is 4111 1111 1111
         # 1111), and the reason its test dispute has (Square names its own).
@@ -138,6 +151,8 @@ class Harness:
         if self.name == "square":
             credentials = {"access_token": SecretStr(FAKE_SQUARE_TOKEN)}
             options = {"location_id": FAKE_SQUARE_LOCATION, **options}
+        if self.name == "paddle":
+            credentials = {"api_key": SecretStr(FAKE_PADDLE_API_KEY)}
         ctx = GatewayContext(
             tenant_id=self.tenant_id, provider=self.name, credentials=credentials, options=options
         )
@@ -146,7 +161,10 @@ class Harness:
         return gw
 
     async def token(self, name: str) -> str:
-        """The provider token to use for a Stripe test-card token name."""
+        """The provider token to use for a Stripe test-card token name (at Paddle, every
+        payment's is "checkout": its customer pays there, see settled())."""
+        if self.name == "paddle":
+            return "checkout"
         if self.name == "square":
             return _SQUARE_NONCES.get(name, f"ccof:{name}")
         if self.name != "stripe":
@@ -175,8 +193,26 @@ class Harness:
             await http.close_async()
         return str(found.data[0].id)
 
+    async def settled(self, payment: PaymentResult, token: str = "pm_card_visa") -> PaymentResult:
+        """The payment as its customer leaves it: at Paddle, paid (or declined, for a
+        declining test card's name) at Paddle Checkout, and read back; elsewhere as the
+        create answered it (a card charged from the API)."""
+        if self.name != "paddle":
+            return payment
+        outcome = _PADDLE_CHECKOUT_OUTCOMES.get(token, "captured")
+        await paddle_checkout(self._paddle_url, payment.provider_payment_id, outcome)
+        return await self.gateway.retrieve_payment(
+            RetrievePayment(provider_payment_id=payment.provider_payment_id),
+            idempotency_key=f"read-{uuid.uuid4().hex}",
+        )
+
     async def authenticate(self, payment: PaymentResult, *, succeed: bool = True) -> None:
-        """The customer finishes (or fails) the payment's 3-D Secure step at the provider."""
+        """The customer finishes (or fails) the payment's 3-D Secure step at the provider
+        (at Paddle: pays at Paddle Checkout, or fails its authentication there)."""
+        if self.name == "paddle":
+            outcome = "captured" if succeed else "authentication_failed"
+            await paddle_checkout(self._paddle_url, payment.provider_payment_id, outcome)
+            return
         if self.name == "simulator":
             sim = self.gateway
             assert isinstance(sim, SimulatorGateway)
@@ -258,6 +294,31 @@ class Harness:
     async def aclose(self) -> None:
         for gw in self._built:
             await gw.aclose()
+
+
+# Stripe's test-card names → how the customer's payment at Paddle Checkout ends (a
+# payment attempt's error_code); any other name pays.
+_PADDLE_CHECKOUT_OUTCOMES = {
+    "pm_card_visa_chargeDeclined": "declined",
+    "pm_card_chargeDeclined": "declined",
+    "pm_card_chargeCustomerFail": "declined",
+    "pm_card_chargeDeclinedInsufficientFunds": "not_enough_balance",
+    "pm_card_chargeDeclinedExpiredCard": "expired_card",
+}
+
+
+async def paddle_checkout(paddle_url: str, transaction_id: str, outcome: str = "captured") -> None:
+    """The customer pays a Paddle transaction at Paddle Checkout (or the attempt fails
+    with ``outcome``), through the TEST-ONLY control route of the FAKE Paddle
+    (tests/fixtures/paddle_fake.py)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{paddle_url}/_fake/transactions/{transaction_id}/checkout",
+            json={"outcome": outcome},
+        ) as resp,
+    ):
+        resp.raise_for_status()
 
 
 async def open_square_dispute(square_url: str, provider_payment_id: str, **fields: str) -> str:

@@ -16,7 +16,7 @@ from paystream.money import Money
 from tests.gateways.harness import Harness, over_gateways
 
 
-@over_gateways()
+@over_gateways(paddle_lacks="Paddle takes no IDR")
 async def test_an_idr_charge_over_eight_digits_is_taken(harness: Harness) -> None:
     req = CreatePayment(
         amount=Money(amount=150_000_000, currency="IDR"),  # Rp 1,500,000.00

@@ -22,6 +22,7 @@ from tests.gateways.test_contract import customer, key, usd
 
 pytestmark = pytest.mark.asyncio
 NO_TAX_RATES = "Square has no tax rates (its taxes are catalog objects)"
+PADDLE_NO_TAX_RATES = "Paddle computes tax itself: no tax rates"
 
 
 def _rate(percentage: str = "20", inclusive: bool = False) -> CreateTaxRate:
@@ -39,7 +40,7 @@ async def test_square_offers_no_tax_rates() -> None:
     assert Capability.TAX not in SQUARE_CAPABILITIES
 
 
-@over_gateways(square_lacks=NO_TAX_RATES)
+@over_gateways(square_lacks=NO_TAX_RATES, paddle_lacks=PADDLE_NO_TAX_RATES)
 async def test_a_tax_rate_is_made_and_archived(harness: Harness) -> None:
     made = await harness.gateway.create_tax_rate(_rate(), idempotency_key=key())
     assert made.provider_tax_rate_id.startswith("txr_") and made.active
@@ -49,7 +50,7 @@ async def test_a_tax_rate_is_made_and_archived(harness: Harness) -> None:
     assert not archived.active
 
 
-@over_gateways(square_lacks=NO_TAX_RATES)
+@over_gateways(square_lacks=NO_TAX_RATES, paddle_lacks=PADDLE_NO_TAX_RATES)
 async def test_a_tax_rate_create_replayed_under_its_key_is_the_same(harness: Harness) -> None:
     k = key()
     first = await harness.gateway.create_tax_rate(_rate("7.25"), idempotency_key=k)
@@ -93,7 +94,7 @@ async def _taxed_subscription(h: Harness, amount: int, rates: list[tuple[str, bo
     return sub, ours
 
 
-@over_gateways(square_lacks=NO_TAX_RATES)
+@over_gateways(square_lacks=NO_TAX_RATES, paddle_lacks=PADDLE_NO_TAX_RATES)
 @pytest.mark.parametrize(
     ("amount", "rates"),
     [
@@ -116,6 +117,7 @@ async def test_an_exclusive_rate_taxes_the_invoice_as_paystream_computes_it(
     localstripe_gap="an inclusive TaxRate's tax is added on top of the price (Stripe: "
     "contained in it), computed as amount * p / 100",
     square_lacks=NO_TAX_RATES,
+    paddle_lacks=PADDLE_NO_TAX_RATES,
 )
 async def test_an_inclusive_rate_is_contained_in_the_invoice(harness: Harness) -> None:
     sub, ours = await _taxed_subscription(harness, 1200, [("20", True)])

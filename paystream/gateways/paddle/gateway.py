@@ -1,0 +1,649 @@
+"""PaddleGateway: the PaymentGateway protocol over Paddle Billing's API, through Paddle's
+official SDK (paddle-python-sdk: paystream/gateways/paddle/client.py), one client per
+tenant.
+
+Paddle is a merchant of record: it charges no card from the API for a one-off payment.
+A payment is a transaction (one non-catalog item priced at the amount, tax included,
+collected automatically) that its customer pays at Paddle Checkout: ``payment.create``
+answers ``requires_action``, its next action the checkout URL, and the payment completes
+by webhook (transaction.completed) or ``payment.refresh``. A refund is an adjustment,
+which Paddle approves later (``pending``, then settled by webhook or ``refund.refresh``).
+
+Paddle keeps no idempotency keys: a create sent again makes a second object. So every
+create first looks for what an earlier try of the same request made (its key's tag in
+the object's custom_data, or a refund's reason: references.py): customers by their
+email (Paddle keeps one customer per email), transactions among the tenant's API
+transactions made since the request can first have been sent (base.REQUEST_SENT_SINCE,
+less CLOCK_SKEW_SECONDS), refunds among their transaction's adjustments. Found, it is
+answered as made; made with other parameters, the key is refused (idempotency_error)
+(docs/paddle.md, "Exactly once without idempotency keys")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from paystream.gateways import base as gw_base
+from paystream.gateways.base import (
+    REQUEST_SENT_SINCE,
+    AcceptDispute,
+    AttachPaymentMethod,
+    CancelPayment,
+    Capability,
+    CaptureMethod,
+    CapturePayment,
+    CreateCustomer,
+    CreatePayment,
+    CreateRefund,
+    CustomerDetails,
+    CustomerResult,
+    DeleteCustomer,
+    DetachPaymentMethod,
+    DisputeResult,
+    GatewayContext,
+    PaymentMethodResult,
+    PaymentResult,
+    RefundResult,
+    RetrieveCustomer,
+    RetrievePayment,
+    RetrieveRefund,
+    SubmitDisputeEvidence,
+    UpdateCustomer,
+    merged_metadata,
+    read_refund_ref,
+    require_capability,
+    require_operation,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.paddle import mapping
+from paystream.gateways.paddle.client import PaddleClient
+from paystream.gateways.paddle.errors import PROVIDER, paddle_code, unreadable
+from paystream.gateways.paddle.references import (
+    params_digest,
+    read_refund_reason,
+    refund_reason,
+    request_tag,
+)
+from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.tenant_config import (
+    narrowed_capabilities,
+    refuse_unknown_options,
+    required_credential,
+)
+
+__all__ = [
+    "CHECKOUT_TOKEN",
+    "CLOCK_SKEW_SECONDS",
+    "CURRENCIES",
+    "PADDLE_CAPABILITIES",
+    "PADDLE_OPTIONS",
+    "WEBHOOK_SECRET",
+    "PaddleGateway",
+    "validate_options",
+]
+
+# What Paddle offers through the calls this gateway makes: no PAYMENT_METHODS (Paddle
+# saves a payment method at checkout, never from a token by API), no MANUAL_CAPTURE
+# (Paddle captures at checkout), no DISPUTES (a chargeback is an adjustment Paddle makes;
+# there is no evidence API), no SUBSCRIPTIONS, PAYOUTS, TAX (docs/paddle.md). WEBHOOKS
+# only for a tenant with its notification destination's secret key.
+PADDLE_CAPABILITIES = frozenset(
+    {Capability.CUSTOMERS, Capability.PAYMENTS, Capability.REFUNDS, Capability.WEBHOOKS}
+)
+WEBHOOK_SECRET = "webhook_secret_key"  # noqa: S105 - the secret's name
+PADDLE_OPTIONS = frozenset({"capabilities"})
+# The payment "method" of a Paddle payment: its customer chooses one at Paddle Checkout.
+CHECKOUT_TOKEN = "checkout"  # noqa: S105 - not a secret
+# Paddle's currencies (its reference; paddle-python-sdk's CurrencyCode).
+_CURRENCY_CODES = (
+    "USD EUR GBP JPY AUD CAD CHF HKD SGD SEK ARS BRL CLP CNY COP CZK DKK HUF ILS INR KRW "
+    "MXN NOK NZD PEN PLN RUB THB TRY TWD UAH VND ZAR"
+)
+CURRENCIES = frozenset(_CURRENCY_CODES.split(" "))
+# How far the clocks (the broker's that stamped the command, Paddle's that stamps
+# created_at) may disagree: an earlier try is looked for from this long before.
+CLOCK_SKEW_SECONDS = 120
+# Without REQUEST_SENT_SINCE (a direct call): the whole window paystream resends a
+# request in (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS at most).
+LOOKBACK_SECONDS = 24 * 3600
+# Pages of the tenant's transactions read for an earlier try (30 a page): past them
+# nothing is created (it cannot be told that none was), and the command is retried.
+LOOKUP_PAGES_MAX = 50
+_TRANSACTIONS_PER_PAGE = 30
+_ADJUSTMENTS_PER_PAGE = 200
+_DESCRIPTION_KEY = "paystream_description"
+
+
+def _capabilities(options: Mapping[str, Any], webhooks: bool = True) -> frozenset[Capability]:
+    names = options.get("capabilities")
+    if names is None:
+        return PADDLE_CAPABILITIES if webhooks else PADDLE_CAPABILITIES - {Capability.WEBHOOKS}
+    return narrowed_capabilities(names, PADDLE_CAPABILITIES, "paddle")
+
+
+def validate_options(options: Mapping[str, Any]) -> None:
+    """Refuse, before they are stored, options the gateway would refuse at its first call."""
+    refuse_unknown_options(options, PADDLE_OPTIONS, "paddle")
+    _capabilities(options)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _refused(code: ErrorCode, message: str, *, reached: bool = True) -> GatewayError:
+    return GatewayError(
+        code,
+        message,
+        provider=PROVIDER,
+        retryable=False,
+        http_status=400,
+        reached_provider=reached,
+    )
+
+
+class PaddleGateway:
+    """Paddle for one tenant (one seller's API key)."""
+
+    provider = PROVIDER
+    offered = PADDLE_CAPABILITIES
+    # Its creates look for an earlier try among objects made since REQUEST_SENT_SINCE:
+    # the pipeline sets it (agents/provider_window.py) for gateways that say so.
+    finds_earlier_attempts = True
+
+    def __init__(
+        self,
+        client: PaddleClient,
+        *,
+        capabilities: frozenset[Capability] = PADDLE_CAPABILITIES,
+        tenant_id: str = "",
+    ) -> None:
+        self.capabilities = capabilities
+        self._client = client
+        self._tenant_id = tenant_id
+
+    @classmethod
+    def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> PaddleGateway:
+        key = required_credential(ctx, "api_key", PROVIDER, "Paddle")
+        validate_options(ctx.options)
+        client = PaddleClient(
+            key, deps.settings.paddle_api_base, deps.settings.gateway_timeout_seconds
+        )
+        return cls(
+            client,
+            capabilities=_capabilities(ctx.options, WEBHOOK_SECRET in ctx.credentials),
+            tenant_id=ctx.tenant_id,
+        )
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        require_operation(operation, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
+        return await self._client.call(method, path, body=body, query=query)
+
+    @staticmethod
+    def _one(answer: Mapping[str, Any]) -> dict[str, Any]:
+        data = answer.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise unreadable("data is not an entity")
+        return data
+
+    @staticmethod
+    def _many(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+        data = answer.get("data")
+        if not isinstance(data, list):
+            raise unreadable("data is not a list")
+        return [d for d in data if isinstance(d, dict) and isinstance(d.get("id"), str)]
+
+    @staticmethod
+    def _has_more(answer: Mapping[str, Any]) -> bool:
+        meta = answer.get("meta")
+        page = meta.get("pagination") if isinstance(meta, Mapping) else None
+        return bool(page.get("has_more")) if isinstance(page, Mapping) else False
+
+    @staticmethod
+    def _found(obj: Mapping[str, Any], tag: str, params: str, kind: str) -> bool:
+        """Is ``obj`` the one the request under ``tag`` made? Refused when it was made by
+        another request under the same key (as a provider's idempotency check refuses)."""
+        custom = obj.get("custom_data")
+        if not isinstance(custom, Mapping) or custom.get(mapping.REQUEST_KEY) != tag:
+            return False
+        if custom.get(mapping.PARAMS_KEY) != params:
+            raise _refused(
+                ErrorCode.IDEMPOTENCY_ERROR,
+                f"the key was used for another {kind} request ({obj.get('id')})",
+            )
+        return True
+
+    # ---- customers -------------------------------------------------------------------
+
+    async def create_customer(self, req: CreateCustomer, *, idempotency_key: str) -> CustomerResult:
+        require_operation("create_customer", self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
+        if not req.email:
+            # (Paddle's customer needs an email, and keeps one customer per email.)
+            raise _refused(
+                ErrorCode.INVALID_REQUEST, "a Paddle customer needs an email", reached=False
+            )
+        tag = request_tag(idempotency_key)
+        params = params_digest("create_customer", req)
+        custom = {**req.metadata, mapping.REQUEST_KEY: tag, mapping.PARAMS_KEY: params}
+        if req.description is not None:
+            custom[_DESCRIPTION_KEY] = req.description
+        body: dict[str, Any] = {"email": req.email, "custom_data": custom}
+        if req.name is not None:
+            body["name"] = req.name
+        try:
+            made = await self._call("create_customer", "POST", "customers", body=body)
+        except GatewayError as exc:
+            if paddle_code(exc) != "customer_already_exists":
+                raise
+            # One customer per email at Paddle: an earlier try of this request made it
+            # (its answer lost), or another customer has the email.
+            held = await self._customer_by_email("create_customer", req.email)
+            if held is None or not self._found(held, tag, params, "customer"):
+                raise _refused(
+                    ErrorCode.INVALID_REQUEST,
+                    f"Paddle has a customer with this email already "
+                    f"({held['id'] if held else 'not listed'}): it keeps one per email, an "
+                    "archived (deleted) one's too",
+                ) from exc
+            return mapping.customer(held)
+        return mapping.customer(self._one(made))
+
+    async def _customer_by_email(self, operation: str, email: str) -> dict[str, Any] | None:
+        answer = await self._call(operation, "GET", "customers", query={"email": email})
+        found = self._many(answer)
+        return found[0] if found else None
+
+    async def _live_customer(self, operation: str, customer_id: str) -> dict[str, Any]:
+        """The customer, unless archived (paystream's delete): then not found."""
+        obj = self._one(await self._call(operation, "GET", f"customers/{customer_id}"))
+        if obj.get("status") == "archived":
+            raise GatewayError(
+                ErrorCode.NOT_FOUND,
+                f"customer {customer_id!r} is archived at Paddle (deleted)",
+                provider=PROVIDER,
+                retryable=False,
+                http_status=404,
+            )
+        return obj
+
+    async def update_customer(self, req: UpdateCustomer, *, idempotency_key: str) -> CustomerResult:
+        # (Keyless, as at every provider: sent again, it sets the same fields again.)
+        now = await self._live_customer("update_customer", req.provider_customer_id)
+        body: dict[str, Any] = {}
+        if req.email is not None:
+            body["email"] = req.email
+        if req.name is not None:
+            body["name"] = req.name
+        if req.metadata or req.description is not None:
+            held = now.get("custom_data")
+            current: dict[str, Any] = held if isinstance(held, dict) else {}
+            reserved = {k: v for k, v in current.items() if k.startswith("paystream_request")}
+            own = mapping.own_metadata(current)
+            description = own.pop(_DESCRIPTION_KEY, None)
+            custom = {**merged_metadata(own, req.metadata), **reserved}
+            if req.description is not None:
+                description = req.description
+            if description is not None:
+                custom[_DESCRIPTION_KEY] = description
+            # (Paddle's PATCH replaces custom_data whole: sent whole)
+            body["custom_data"] = custom
+        if not body:
+            return mapping.customer(now)
+        path = f"customers/{req.provider_customer_id}"
+        return mapping.customer(
+            self._one(await self._call("update_customer", "PATCH", path, body=body))
+        )
+
+    async def retrieve_customer(
+        self, req: RetrieveCustomer, *, idempotency_key: str
+    ) -> CustomerDetails:
+        obj = await self._live_customer("retrieve_customer", req.provider_customer_id)
+        details = mapping.customer_details(obj)
+        custom = obj.get("custom_data")
+        description = custom.get(_DESCRIPTION_KEY) if isinstance(custom, Mapping) else None
+        metadata = {k: v for k, v in details.metadata.items() if k != _DESCRIPTION_KEY}
+        return details.model_copy(update={"description": description, "metadata": metadata})
+
+    async def delete_customer(self, req: DeleteCustomer, *, idempotency_key: str) -> CustomerResult:
+        # Paddle deletes no customer: archived (its email stays taken). An archived one
+        # reads as not found, so a retry after a lost answer meets not_found, counted
+        # deleted by the handler (as Stripe's keyless DELETE).
+        await self._live_customer("delete_customer", req.provider_customer_id)
+        path = f"customers/{req.provider_customer_id}"
+        await self._call("delete_customer", "PATCH", path, body={"status": "archived"})
+        return CustomerResult(provider_customer_id=req.provider_customer_id, deleted=True)
+
+    # ---- payments --------------------------------------------------------------------
+
+    async def create_payment(self, req: CreatePayment, *, idempotency_key: str) -> PaymentResult:
+        operation = "create_payment"
+        require_operation(operation, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
+        if req.capture_method is CaptureMethod.MANUAL:
+            require_capability(
+                Capability.MANUAL_CAPTURE,
+                "create_payment(capture=manual)",
+                self.capabilities,
+                PADDLE_CAPABILITIES,
+                PROVIDER,
+            )
+        if req.provider_payment_method_id != CHECKOUT_TOKEN:
+            raise _refused(
+                ErrorCode.INVALID_REQUEST,
+                f"a Paddle payment is paid by its customer at Paddle Checkout: send "
+                f'payment_method_token "{CHECKOUT_TOKEN}" (Paddle charges no card token or '
+                "saved payment method from the API for a one-off payment)",
+                reached=False,
+            )
+        if req.amount.currency not in CURRENCIES:
+            raise _refused(
+                ErrorCode.INVALID_REQUEST,
+                f"Paddle takes no payments in {req.amount.currency}",
+                reached=False,
+            )
+        tag = request_tag(idempotency_key)
+        params = params_digest(operation, req)
+        earlier = await self._earlier_transaction(operation, tag, params, req)
+        if earlier is not None:
+            return mapping.payment(earlier)
+        custom = {**req.metadata, mapping.REQUEST_KEY: tag, mapping.PARAMS_KEY: params}
+        name = req.description or "Payment"
+        price = {
+            "description": name[:255],
+            "name": name[:150],
+            # The amount is what the customer pays: Paddle's tax is inside it.
+            "tax_mode": "internal",
+            "unit_price": {"amount": str(req.amount.amount), "currency_code": req.amount.currency},
+            "product": {"name": name[:150], "tax_category": "standard"},
+        }
+        body: dict[str, Any] = {
+            "items": [{"quantity": 1, "price": price}],
+            "currency_code": req.amount.currency,
+            "collection_mode": "automatic",
+            "custom_data": custom,
+        }
+        if req.provider_customer_id is not None:
+            body["customer_id"] = req.provider_customer_id
+        made = await self._call(operation, "POST", "transactions", body=body)
+        return mapping.payment(self._one(made))
+
+    async def _earlier_transaction(
+        self, operation: str, tag: str, params: str, req: CreatePayment
+    ) -> dict[str, Any] | None:
+        """The transaction an earlier try of this request made, if any: looked for among
+        the tenant's API transactions made since the request can first have been sent."""
+        since = REQUEST_SENT_SINCE.get()
+        if since is None:
+            since = time.time() - LOOKBACK_SECONDS
+        query = {
+            "origin": "api",
+            "collection_mode": "automatic",
+            "created_at[GTE]": _iso(since - CLOCK_SKEW_SECONDS),
+            "order_by": "id[ASC]",  # (an earlier try was made soon after that time)
+            "per_page": str(_TRANSACTIONS_PER_PAGE),
+        }
+        if req.provider_customer_id is not None:
+            query["customer_id"] = req.provider_customer_id
+        for _ in range(LOOKUP_PAGES_MAX):
+            answer = await self._call(operation, "GET", "transactions", query=query)
+            page = self._many(answer)
+            for txn in page:
+                if self._found(txn, tag, params, "payment"):
+                    return txn
+            if not page or not self._has_more(answer):
+                return None
+            query["after"] = page[-1]["id"]
+        raise GatewayError(
+            ErrorCode.PROVIDER_UNAVAILABLE,
+            f"more than {LOOKUP_PAGES_MAX * _TRANSACTIONS_PER_PAGE} Paddle transactions made "
+            "since this payment was sent: whether an earlier try made it cannot be told, so "
+            "none is made (docs/paddle.md)",
+            provider=PROVIDER,
+            retryable=True,
+        )
+
+    async def capture_payment(self, req: CapturePayment, *, idempotency_key: str) -> PaymentResult:
+        raise UnsupportedOperation(PROVIDER, "capture_payment")
+
+    async def _transaction(self, operation: str, transaction_id: str) -> dict[str, Any]:
+        return self._one(await self._call(operation, "GET", f"transactions/{transaction_id}"))
+
+    async def cancel_payment(self, req: CancelPayment, *, idempotency_key: str) -> PaymentResult:
+        op = "cancel_payment"
+        txn = await self._transaction(op, req.provider_payment_id)
+        status = txn.get("status")
+        if status == "canceled":
+            return mapping.payment(txn)  # (canceled before: a retry, nothing to do)
+        if status == "draft":
+            # Paddle cancels a ready or billed transaction only.
+            raise _refused(
+                ErrorCode.INVALID_STATE,
+                f"Paddle cannot cancel transaction {req.provider_payment_id}: it is a draft "
+                "(not yet opened at checkout), and stays payable at its checkout link",
+            )
+        path = f"transactions/{req.provider_payment_id}"
+        made = await self._call(op, "PATCH", path, body={"status": "canceled"})
+        return mapping.payment(self._one(made))
+
+    async def retrieve_payment(
+        self, req: RetrievePayment, *, idempotency_key: str
+    ) -> PaymentResult:
+        op = "retrieve_payment"
+        txn = await self._transaction(op, req.provider_payment_id)
+        refunded = 0
+        if txn.get("status") in ("completed", "paid"):
+            refunded = mapping.refunded(await self._adjustments(op, str(txn["id"])))
+        return mapping.payment(txn, refunded)
+
+    async def _adjustments(self, operation: str, transaction_id: str) -> list[dict[str, Any]]:
+        query = {
+            "transaction_id": transaction_id,
+            "action": "refund",
+            "order_by": "id[ASC]",
+            "per_page": str(_ADJUSTMENTS_PER_PAGE),
+        }
+        found: list[dict[str, Any]] = []
+        for _ in range(LOOKUP_PAGES_MAX):
+            answer = await self._call(operation, "GET", "adjustments", query=query)
+            page = self._many(answer)
+            found += page
+            if not page or not self._has_more(answer):
+                break
+            query["after"] = page[-1]["id"]
+        return found
+
+    # ---- refunds ---------------------------------------------------------------------
+
+    async def create_refund(self, req: CreateRefund, *, idempotency_key: str) -> RefundResult:
+        op = "create_refund"
+        require_operation(op, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
+        tag = request_tag(idempotency_key)
+        params = params_digest(op, req)
+        txn = await self._transaction(op, req.provider_payment_id)
+        held = await self._adjustments(op, str(txn["id"]))
+        earlier = self._earlier_refund(held, tag, params)
+        if earlier is not None:
+            return mapping.refund(earlier)
+        if txn.get("status") not in ("completed", "billed"):
+            raise _refused(
+                ErrorCode.INVALID_STATE,
+                f"transaction {txn['id']} is {txn.get('status')}: Paddle refunds a completed one",
+            )
+        pending = [a for a in held if a.get("status") == "pending_approval"]
+        if pending:
+            raise _refused(
+                ErrorCode.INVALID_STATE,
+                f"refund {pending[0]['id']} of this payment awaits Paddle's approval: Paddle "
+                "takes no other refund of it until that one is decided",
+            )
+        line_items = (txn.get("details") or {}).get("line_items") or []
+        if not line_items or not isinstance(line_items[0], Mapping):
+            raise unreadable("a transaction without line items")
+        total = mapping.amount(
+            (txn.get("details") or {}).get("totals", {}).get("grand_total") or "0"
+        )
+        left = total - mapping.refunded(held, pending_too=True)
+        if left <= 0:
+            raise _refused(ErrorCode.INVALID_STATE, "nothing is left to refund on the payment")
+        amount = left if req.amount is None else req.amount
+        if amount > left:
+            raise _refused(
+                ErrorCode.INVALID_REQUEST,
+                f"a refund of {amount} is more than the {left} left to refund",
+                reached=False,
+            )
+        ref = self._own_ref(read_refund_ref(req.metadata))
+        body: dict[str, Any] = {
+            "action": "refund",
+            "transaction_id": txn["id"],
+            "reason": refund_reason(req.reason, tag, params, ref),
+        }
+        if amount == total:
+            body["type"] = "full"
+        else:
+            body["type"] = "partial"
+            body["items"] = [
+                {"item_id": line_items[0]["id"], "type": "partial", "amount": str(amount)}
+            ]
+        made = await self._call(op, "POST", "adjustments", body=body)
+        return mapping.refund(self._one(made))
+
+    @staticmethod
+    def _earlier_refund(held: list[dict[str, Any]], tag: str, params: str) -> dict[str, Any] | None:
+        for adj in held:
+            their_tag, their_params, _, _ = read_refund_reason(adj.get("reason"), "")
+            if their_tag and their_tag == tag[:16]:
+                if their_params != params:
+                    raise _refused(
+                        ErrorCode.IDEMPOTENCY_ERROR,
+                        f"the key was used for another refund request ({adj['id']})",
+                    )
+                return adj
+        return None
+
+    def _own_ref(self, ref: tuple[str, str] | None) -> tuple[str, str] | None:
+        """paystream's reference, as the handler adds it (a WEBHOOKS tenant's, naming this
+        tenant); None for a producer's own value under the key, kept off Paddle."""
+        if ref is None or Capability.WEBHOOKS not in self.capabilities:
+            return None
+        return ref if ref[0] == self._tenant_id else None
+
+    async def retrieve_refund(self, req: RetrieveRefund, *, idempotency_key: str) -> RefundResult:
+        answer = await self._call(
+            "retrieve_refund", "GET", "adjustments", query={"id": req.provider_refund_id}
+        )
+        found = [a for a in self._many(answer) if a["id"] == req.provider_refund_id]
+        if not found:
+            raise GatewayError(
+                ErrorCode.NOT_FOUND,
+                f"refund {req.provider_refund_id!r} not found",
+                provider=PROVIDER,
+                retryable=False,
+                http_status=404,
+            )
+        return mapping.refund(found[0])
+
+    async def knows_request(
+        self, operation: str, req: BaseModel, *, idempotency_key: str
+    ) -> bool | None:
+        """Did an earlier try of this very request make its object? Looked for as a create
+        looks (read-only); another request's object under the key is not this one."""
+        tag = request_tag(idempotency_key)
+        try:
+            if operation == "create_payment" and isinstance(req, CreatePayment):
+                params = params_digest(operation, req)
+                return await self._earlier_transaction(operation, tag, params, req) is not None
+            if operation == "create_customer" and isinstance(req, CreateCustomer):
+                if not req.email:
+                    return False
+                held = await self._customer_by_email(operation, req.email)
+                params = params_digest(operation, req)
+                return held is not None and self._found(held, tag, params, "customer")
+            if operation == "create_refund" and isinstance(req, CreateRefund):
+                made = await self._adjustments(operation, req.provider_payment_id)
+                params = params_digest(operation, req)
+                return self._earlier_refund(made, tag, params) is not None
+        except GatewayError as exc:
+            if exc.code in (ErrorCode.IDEMPOTENCY_ERROR, ErrorCode.NOT_FOUND):
+                return False
+            raise
+        return False  # (keyless, or no create: nothing to find)
+
+    # ---- not offered by Paddle (docs/paddle.md): answered `unsupported` ------------------
+
+    async def attach_payment_method(
+        self, req: AttachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        raise UnsupportedOperation(PROVIDER, "attach_payment_method")
+
+    async def detach_payment_method(
+        self, req: DetachPaymentMethod, *, idempotency_key: str
+    ) -> PaymentMethodResult:
+        raise UnsupportedOperation(PROVIDER, "detach_payment_method")
+
+    async def submit_dispute_evidence(
+        self, req: SubmitDisputeEvidence, *, idempotency_key: str
+    ) -> DisputeResult:
+        raise UnsupportedOperation(PROVIDER, "submit_dispute_evidence")
+
+    async def accept_dispute(self, req: AcceptDispute, *, idempotency_key: str) -> DisputeResult:
+        raise UnsupportedOperation(PROVIDER, "accept_dispute")
+
+    async def create_subscription(
+        self, req: gw_base.CreateSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        raise UnsupportedOperation(PROVIDER, "create_subscription")
+
+    async def cancel_subscription(
+        self, req: gw_base.CancelSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        raise UnsupportedOperation(PROVIDER, "cancel_subscription")
+
+    async def retrieve_subscription(
+        self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_subscription")
+
+    async def create_payout(
+        self, req: gw_base.CreatePayout, *, idempotency_key: str
+    ) -> gw_base.PayoutResult:
+        raise UnsupportedOperation(PROVIDER, "create_payout")
+
+    async def cancel_payout(
+        self, req: gw_base.CancelPayout, *, idempotency_key: str
+    ) -> gw_base.PayoutResult:
+        raise UnsupportedOperation(PROVIDER, "cancel_payout")
+
+    async def retrieve_payout(
+        self, req: gw_base.RetrievePayout, *, idempotency_key: str
+    ) -> gw_base.PayoutResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_payout")
+
+    async def retrieve_balance(
+        self, req: gw_base.RetrieveBalance, *, idempotency_key: str
+    ) -> gw_base.BalanceResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_balance")
+
+    async def create_tax_rate(
+        self, req: gw_base.CreateTaxRate, *, idempotency_key: str
+    ) -> gw_base.TaxRateResult:
+        raise UnsupportedOperation(PROVIDER, "create_tax_rate")
+
+    async def archive_tax_rate(
+        self, req: gw_base.ArchiveTaxRate, *, idempotency_key: str
+    ) -> gw_base.TaxRateResult:
+        raise UnsupportedOperation(PROVIDER, "archive_tax_rate")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

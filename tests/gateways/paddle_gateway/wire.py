@@ -1,0 +1,104 @@
+"""What the Paddle gateway's tests share: a gateway for a tenant against the FAKE Paddle
+(tests/fixtures/paddle_fake.py), a client that loses the answer of chosen requests after
+Paddle ran them, and the fake's test-only routes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from paystream.gateways.base import GatewayContext
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.paddle import PaddleGateway
+from paystream.gateways.paddle.client import PaddleClient
+from paystream.gateways.registry import GatewayDeps, build_gateway
+from paystream.money import Money
+from paystream.settings import load_settings
+from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY
+
+__all__ = ["LosingClient", "decide", "effects", "gateway", "key", "usd"]
+
+
+def key() -> str:
+    return f"idem-{uuid.uuid4().hex}"
+
+
+def usd(amount: int) -> Money:
+    return Money(amount=amount, currency="USD")
+
+
+def gateway(
+    url: str,
+    api_key: str = FAKE_PADDLE_API_KEY,
+    *,
+    tenant_id: str = "t-paddle",
+    webhook_key: str | None = None,
+    **options: object,
+) -> PaddleGateway:
+    credentials = {"api_key": SecretStr(api_key)}
+    if webhook_key is not None:
+        credentials["webhook_secret_key"] = SecretStr(webhook_key)
+    ctx = GatewayContext(
+        tenant_id=tenant_id, provider="paddle", credentials=credentials, options=options
+    )
+    gw = build_gateway(ctx, GatewayDeps(settings=load_settings(paddle_api_base=url)))
+    assert isinstance(gw, PaddleGateway)
+    return gw
+
+
+class LosingClient(PaddleClient):
+    """A client whose answers to the first ``lose`` requests of ``method`` to ``path``
+    are lost after Paddle ran them (a worker killed, a connection dropped): the caller
+    sees a timeout, as the pipeline would, and sends the request again."""
+
+    def __init__(self, inner: PaddleClient, method: str, path: str, lose: int = 1) -> None:
+        self.__dict__.update(inner.__dict__)
+        self._lost = (method, path)
+        self._to_lose = lose
+        self.sent: list[tuple[str, str]] = []
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        self.sent.append((method, path))
+        answer = await super().call(method, path, body=body, query=query)
+        if (method, path) == self._lost and self._to_lose > 0:
+            self._to_lose -= 1
+            raise GatewayError(
+                ErrorCode.TIMEOUT, "the answer was lost", provider="paddle", retryable=True
+            )
+        return answer
+
+
+def losing(gw: PaddleGateway, method: str, path: str, lose: int = 1) -> LosingClient:
+    """``gw``'s client swapped for one losing answers (see LosingClient)."""
+    client = LosingClient(gw._client, method, path, lose)
+    gw._client = client
+    return client
+
+
+async def effects(url: str, seller: str = "seller-1") -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/_fake/effects") as resp:
+        return list((await resp.json())[seller])
+
+
+async def decide(url: str, adjustment_id: str, status: str = "approved") -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/_fake/adjustments/{adjustment_id}/decide", json={"status": status}
+        ) as resp,
+    ):
+        resp.raise_for_status()
+
+
+__all__ += ["losing"]
