@@ -31,6 +31,12 @@ from paystream.gateways.base import (
     RefundStatus,
     SubscriptionStatus,
 )
+from paystream.gateways.paddle.webhooks import (
+    FOLLOWED_PAYMENT_EVENTS as PADDLE_FOLLOWED_PAYMENT_EVENTS,
+)
+from paystream.gateways.paddle.webhooks import (
+    FOLLOWED_REFUND_EVENTS as PADDLE_FOLLOWED_REFUND_EVENTS,
+)
 from paystream.gateways.square.webhooks import (
     FOLLOWED_DISPUTE_EVENTS as SQUARE_FOLLOWED_DISPUTE_EVENTS,
 )
@@ -1939,7 +1945,9 @@ def openapi() -> Doc:
                 "summary": "A provider's signed webhook event (Stripe: its `Stripe-Signature` "
                 "under the tenant's `webhook_secret`, within 5 minutes; Square: its "
                 "`x-square-hmacsha256-signature` under the tenant's `webhook_signature_key` "
-                "over its configured notification URL and the body): an event about a "
+                "over its configured notification URL and the body; Paddle: its "
+                "`Paddle-Signature` under the tenant's `webhook_secret_key`, within 5 "
+                "minutes): an event about a "
                 "payment paystream made that may have moved on becomes a `payment.refresh` "
                 "command on the tenant's partition (one about a refund, a `refund.refresh`).",
                 "description": "Open without the operators' token: the signature is the "
@@ -1964,7 +1972,14 @@ def openapi() -> Doc:
                 + ". A Square payment is found from its `reference_id` (`<tenant tag>:"
                 "<payment id>`), a refund from the end of its `reason`, a dispute from its "
                 "disputed payment's `reference_id`; another location's events are "
-                "ignored (docs/square.md, Webhooks).",
+                "ignored (docs/square.md, Webhooks). Followed Paddle events: "
+                + ", ".join(
+                    f"`{e}`"
+                    for e in sorted(PADDLE_FOLLOWED_PAYMENT_EVENTS | PADDLE_FOLLOWED_REFUND_EVENTS)
+                )
+                + ". A Paddle transaction is found from its `custom_data` "
+                "(`paystream_payment`), an adjustment (a refund) from the end of its "
+                "`reason`; a chargeback is not followed (docs/paddle.md, Webhooks).",
                 "security": [],
                 "parameters": [
                     {
@@ -1972,7 +1987,7 @@ def openapi() -> Doc:
                         "in": "path",
                         "required": True,
                         "description": "another provider is a 404",
-                        "schema": {"enum": ["square", "stripe"]},
+                        "schema": {"enum": ["paddle", "square", "stripe"]},
                     },
                     {"name": "tenant", "in": "path", "required": True, "schema": _STR},
                     {
@@ -1987,6 +2002,13 @@ def openapi() -> Doc:
                         "in": "header",
                         "required": False,
                         "description": "Square's events",
+                        "schema": _STR,
+                    },
+                    {
+                        "name": "Paddle-Signature",
+                        "in": "header",
+                        "required": False,
+                        "description": "Paddle's events",
                         "schema": _STR,
                     },
                 ],
@@ -2012,7 +2034,8 @@ def openapi() -> Doc:
                     "404": _json(
                         "Error",
                         "no endpoint: an unknown tenant, another provider's, one without a "
-                        "`webhook_secret` (Square: `webhook_signature_key`), or a worker "
+                        "`webhook_secret` (Square: `webhook_signature_key`; Paddle: "
+                        "`webhook_secret_key`), or a worker "
                         "without a master key (one answer for all)",
                     ),
                     "413": _json("Error", f"a body over {WEBHOOK_MAX_BODY_BYTES} bytes"),

@@ -1,4 +1,4 @@
-"""Provider webhooks: ``POST /webhooks/{provider}/{tenant}`` (Stripe, Square).
+"""Provider webhooks: ``POST /webhooks/{provider}/{tenant}`` (Stripe, Square, Paddle).
 
 A verified event about a payment paystream made becomes a ``payment.refresh`` command on
 the tenant's partition (one about a refund, a ``refund.refresh``; one about a Stripe
@@ -32,6 +32,10 @@ read with the tenant's key as a Stripe dispute's PaymentIntent is. Events of ano
 location than the tenant's are ignored (Square's location ids are unique across sellers,
 so another seller's are too), as a Stripe endpoint ignores another account's.
 
+A Paddle event (paystream/gateways/paddle/webhooks.py) is signed over a timestamp and
+the body, as Stripe's: its transaction names paystream's payment in its custom_data, its
+adjustment (a refund) paystream's refund at the end of its reason.
+
 Any worker takes a webhook: the tenant registry is everywhere, and the payment's status
 is read where the tenant's tables are (forwarded to their owner, as the entity views
 are). A webhook needs no operators' token: its signature, under the tenant's own
@@ -63,6 +67,7 @@ from paystream.client import InvalidCommand, build_command, encoded_for_sending
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import PaymentStatus
 from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.paddle import webhooks as paddle_webhooks
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.square import webhooks as square_webhooks
 from paystream.gateways.stripe.webhooks import (
@@ -120,11 +125,16 @@ __all__ = ["WebhookView"]
 log = logging.getLogger(__name__)
 _throttled = ThrottledLog(log)
 
-PROVIDERS = frozenset({"stripe", "square"})
+PROVIDERS = frozenset({"stripe", "square", "paddle"})
 SECRET_NAME = "webhook_secret"  # noqa: S105 - the secret's name (Stripe's)
 # The tenant secret that signs each provider's events: a Stripe endpoint's signing
-# secret, a Square subscription's signature key.
-SECRET_NAMES = {"stripe": SECRET_NAME, "square": square_webhooks.SECRET_NAME}
+# secret, a Square subscription's signature key, a Paddle notification destination's
+# secret key.
+SECRET_NAMES = {
+    "stripe": SECRET_NAME,
+    "square": square_webhooks.SECRET_NAME,
+    "paddle": paddle_webhooks.SECRET_NAME,
+}
 # The gateway method reading a disputed payment's provider object (whose metadata, or
 # reference_id, names paystream's payment).
 _DISPUTED_PAYMENT_READ = {"stripe": "read_payment_intent", "square": "read_payment"}
@@ -202,6 +212,10 @@ class WebhookView(View):
                     request.headers.get(square_webhooks.SIGNATURE_HEADER),
                     opened,
                     notification_url,
+                )
+            elif provider == "paddle":
+                event = paddle_webhooks.verified_event(
+                    body, request.headers.get(paddle_webhooks.SIGNATURE_HEADER), opened
                 )
             else:
                 event = verified_event(body, request.headers.get(SIGNATURE_HEADER), opened)
@@ -480,6 +494,8 @@ def _notice(provider: str, tenant: str, event: dict[str, Any]) -> _Notice | Disp
             or square_webhooks.refund_notice(event, tenant)
             or square_webhooks.dispute_notice(event)
         )
+    if provider == "paddle":
+        return paddle_webhooks.payment_notice(event) or paddle_webhooks.refund_notice(event, tenant)
     return (
         payment_notice(event)
         or refund_notice(event)
@@ -495,6 +511,8 @@ def _expected_account(provider: str, tenant: Tenant) -> str | None:
     if provider == "square":
         location = tenant.gateway_options.get("location_id")
         return location if isinstance(location, str) else ""
+    if provider == "paddle":
+        return None  # (a Paddle event names no account: the key is one seller's)
     return tenant.connected_account
 
 

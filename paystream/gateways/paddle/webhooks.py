@@ -1,0 +1,191 @@
+"""Paddle webhook events: their signature checked, and read for the payment or refund
+they concern.
+
+Paddle signs each notification with its notification destination's secret key: the
+``Paddle-Signature`` header is ``ts=<unix seconds>;h1=<hex HMAC-SHA256(secret key,
+"<ts>:<raw body>")>`` (more than one ``h1`` while a key is rotated). Checked with the
+SDK's own ``PaddleSignature`` (paddle-python-sdk), the timestamp within
+TOLERANCE_SECONDS of this machine's clock, as Stripe's (Paddle signs each delivery when
+it sends it, retries included). The SDK's ``Verifier`` is not used: an environment
+variable (``TEST_MODE``) turns its time check off. Reference:
+https://developer.paddle.com/webhooks/about/signature-verification
+
+The event (``event_id``, ``event_type``, ``occurred_at``, ``data``: the entity as it is
+now) names paystream's payment in the transaction's ``custom_data`` (base.PAYMENT_REF_KEY,
+as Stripe's metadata) and its refund at the end of the adjustment's ``reason``
+(references.py: an adjustment has no custom_data). A webhook is a hint, not a record to
+apply: paystream reads the transaction or adjustment back (``payment.refresh``,
+``refund.refresh``). A chargeback (an adjustment of action ``chargeback``) is not
+followed: paystream holds no disputes for Paddle (docs/paddle.md).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from paystream.gateways.base import read_payment_ref
+from paystream.gateways.paddle.mapping import payment_status, refund_status
+from paystream.gateways.paddle.references import read_refund_reason
+from paystream.gateways.webhook_notices import (
+    BadWebhook,
+    PaymentNotice,
+    RefundNotice,
+    plain_id,
+    signed_event,
+)
+
+__all__ = [
+    "FOLLOWED_PAYMENT_EVENTS",
+    "FOLLOWED_REFUND_EVENTS",
+    "SECRET_NAME",
+    "SIGNATURE_HEADER",
+    "TOLERANCE_SECONDS",
+    "payment_notice",
+    "refund_notice",
+    "signature",
+    "verified_event",
+]
+
+SIGNATURE_HEADER = "Paddle-Signature"
+# The tenant secret holding its notification destination's secret key.
+SECRET_NAME = "webhook_secret_key"  # noqa: S105 - the secret's name
+# How far a signature's timestamp may be from this machine's clock (Stripe's tolerance;
+# Paddle's SDKs default to 5 seconds, which a worker's clock a little off would fail).
+TOLERANCE_SECONDS = 300
+
+# A transaction's events that can bring news paystream has not read: paid at checkout
+# (paid, completed), a customer's card declined there (payment_failed), canceled in
+# Paddle's dashboard, past due; ``transaction.updated`` for anything else (a new payment
+# attempt). (``created`` and ``ready`` bring nothing the create's answer did not.)
+FOLLOWED_PAYMENT_EVENTS = frozenset(
+    {
+        "transaction.paid",
+        "transaction.completed",
+        "transaction.payment_failed",
+        "transaction.canceled",
+        "transaction.past_due",
+        "transaction.updated",
+    }
+)
+# A refund Paddle approved or rejected after paystream made it pending.
+FOLLOWED_REFUND_EVENTS = frozenset({"adjustment.created", "adjustment.updated"})
+
+
+def signature(body: bytes, secret_key: str, ts: int | None = None) -> str:
+    """The header Paddle sends for ``body`` (verified_event checks with the SDK's code)."""
+    from paddle_billing.Notifications.PaddleSignature import PaddleSignature
+
+    ts = int(time.time()) if ts is None else ts
+    mac = PaddleSignature.calculate_hmac(secret_key, f"{ts}:".encode() + body)
+    return f"ts={ts};h1={mac.hexdigest()}"
+
+
+def verified_event(payload: bytes, header: str | None, secret_key: str) -> dict[str, Any]:
+    """The event, if ``header`` signs ``payload`` with ``secret_key`` within the tolerance;
+    BadWebhook otherwise (its message names no key)."""
+    from paddle_billing.Notifications.PaddleSignature import PaddleSignature
+    from paddle_billing.Notifications.Secret import Secret
+
+    if not header:
+        raise BadWebhook(f"signature not verified: no {SIGNATURE_HEADER} header")
+    if len(header) > 2048 or not header.isascii():
+        raise BadWebhook("signature not verified: an unreadable Paddle-Signature header")
+    try:
+        ts, hashes = PaddleSignature.parse(header)
+    except (ValueError, TypeError):
+        raise BadWebhook("signature not verified: an unreadable Paddle-Signature header") from None
+    if not ts or not hashes.get("h1"):
+        raise BadWebhook("signature not verified: no ts or h1 in the Paddle-Signature header")
+    if abs(time.time() - ts) > TOLERANCE_SECONDS:
+        raise BadWebhook("the signature's timestamp is outside the tolerance (a replay?)")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadWebhook("the body is not UTF-8") from None
+    try:
+        good = bool(secret_key) and PaddleSignature().verify(header, text, Secret(secret_key))
+    except (ValueError, UnicodeEncodeError):
+        good = False
+    if not good:
+        raise BadWebhook(
+            "signature not verified: not signed with the tenant's notification destination's "
+            "secret key"
+        )
+    return signed_event(payload)
+
+
+def _epoch(value: Any) -> int | None:
+    """An RFC 3339 time (``occurred_at``) in epoch seconds."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    try:
+        return int(at.timestamp())
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _event_entity(event: dict[str, Any], followed: frozenset[str]) -> tuple[str, str, dict] | None:
+    event_type = event.get("event_type")
+    event_id = event.get("event_id")
+    data = event.get("data")
+    if not isinstance(event_type, str) or event_type not in followed:
+        return None
+    if not plain_id(event_id) or not isinstance(data, dict) or not plain_id(data.get("id")):
+        return None
+    return event_id, event_type, data
+
+
+def payment_notice(event: dict[str, Any]) -> PaymentNotice | None:
+    """What a followed transaction event says of paystream's payment; None for another
+    event, or a transaction paystream did not name (made at checkout, or elsewhere)."""
+    found = _event_entity(event, FOLLOWED_PAYMENT_EVENTS)
+    if found is None:
+        return None
+    event_id, event_type, txn = found
+    ref = read_payment_ref(txn.get("custom_data"))
+    if ref is None:
+        return None
+    status = payment_status(txn)
+    return PaymentNotice(
+        event_id,
+        event_type,
+        ref[0],
+        ref[1],
+        txn["id"],
+        None if status is None else status.value,
+        None,  # (one seller per API key: no account to tell apart)
+        _epoch(event.get("occurred_at")),
+    )
+
+
+def refund_notice(event: dict[str, Any], tenant_id: str) -> RefundNotice | None:
+    """What a followed adjustment event says of paystream's refund; None for another
+    event, a chargeback or credit, or a refund paystream did not name."""
+    found = _event_entity(event, FOLLOWED_REFUND_EVENTS)
+    if found is None:
+        return None
+    event_id, event_type, adj = found
+    if adj.get("action") != "refund":
+        return None
+    _, _, tenant, refund_id = read_refund_reason(adj.get("reason"), tenant_id)
+    if tenant is None or refund_id is None:
+        return None
+    status = refund_status(adj.get("status"))
+    return RefundNotice(
+        event_id,
+        event_type,
+        tenant,
+        refund_id,
+        adj["id"],
+        None if status is None else status.value,
+        None,
+        _epoch(event.get("occurred_at")),
+    )

@@ -1,0 +1,133 @@
+"""A Paddle notification at the webhook view (``POST /webhooks/paddle/{tenant}``): its
+signature under the tenant's notification destination's secret key, its tenant, and the
+refresh it brings. In process, as test_square_webhook_view.py (the view alone: its
+registry, owner lookup and produce faked). tests/e2e/test_paddle_e2e.py has them end to
+end."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import paystream.web.webhooks as wh
+from paystream import metrics
+from paystream.gateways.base import PAYMENT_REF_KEY
+from paystream.gateways.paddle import webhooks as pw
+from paystream.gateways.paddle.references import refund_reason
+from paystream.log_limits import ThrottledLog
+from paystream.tenancy.models import Tenant
+from tests.fixtures.paddle_fake import paddle_event, paddle_signature
+
+pytestmark = pytest.mark.asyncio
+
+TENANT = "acme"
+KEY = "pdl_ntfset_view-secret"
+
+
+class _Request:
+    def __init__(self, body: bytes, header: str | None) -> None:
+        self.body = body
+        self.content_length = len(body)
+        self.headers = {} if header is None else {pw.SIGNATURE_HEADER: header}
+
+
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    state = SimpleNamespace(sent=[], row={"provider_payment_id": "txn_1",
+                                          "status": "requires_action"})  # fmt: skip
+    ready = asyncio.Event()
+    ready.set()
+    tenant = Tenant(tenant_id=TENANT, gateway="paddle",
+                    secrets={"api_key": "x", "webhook_secret_key": "x"})  # fmt: skip
+    monkeypatch.setattr(wh, "registry", SimpleNamespace(ready=ready, tenants={TENANT: tenant}))
+    monkeypatch.setattr(
+        wh, "_endpoint_secret", lambda t, p: (lambda: KEY) if t and p == t.gateway else None
+    )
+    monkeypatch.setattr(
+        wh, "settings", SimpleNamespace(webhook_refreshes_per_second=10, webhook_base_url=None)
+    )
+
+    async def read_body(request: Any, limit: int, seconds: float) -> bytes:
+        return bytes(request.body)
+
+    async def entity_row(tenant: str, notice: Any) -> Any:
+        return state.row
+
+    async def send(tenant: str, command: Any) -> str:
+        state.sent.append(command)
+        return str(command[0])
+
+    monkeypatch.setattr(wh, "read_body", read_body)
+    monkeypatch.setattr(wh, "_entity_row", entity_row)
+    monkeypatch.setattr(wh, "_send", send)
+    monkeypatch.setattr(wh, "_refresh", lambda p, t, n: (f"whk_{n.event_id}", n))
+    monkeypatch.setattr(wh, "_budget", wh._Budget())
+    monkeypatch.setattr(wh, "_lookups", wh._Budget())
+    monkeypatch.setattr(wh, "_throttled", ThrottledLog(wh.log))
+    return state
+
+
+async def _post(body: bytes, header: str | None = "sign") -> tuple[int, dict[str, Any]]:
+    view = wh.WebhookView.__new__(wh.WebhookView)
+    view.json = lambda body, status=200, headers=None: (status, body)  # type: ignore[method-assign]
+    if header == "sign":
+        header = paddle_signature(body, KEY)
+    return await view.post(_Request(body, header), "paddle", TENANT)  # type: ignore[arg-type,return-value]
+
+
+def _txn(status: str = "completed", ref: str = f"{TENANT}:pay_1") -> dict[str, Any]:
+    return {"id": "txn_1", "status": status, "custom_data": {PAYMENT_REF_KEY: ref},
+            "payments": []}  # fmt: skip
+
+
+def _count(result: str) -> float:
+    return metrics.WEBHOOKS.labels("paddle", TENANT, result)._value.get()
+
+
+async def test_a_completed_transaction_brings_its_payments_refresh(seen: SimpleNamespace) -> None:
+    status, body = await _post(paddle_event("transaction.completed", _txn(), event_id="evt_1"))
+    assert (status, body["action"]) == (200, "refresh")
+    (command,) = seen.sent
+    assert command[0] == "whk_evt_1" and command[1].payment_id == "pay_1"
+    # The same status paystream holds (requires_action): no news, nothing sent.
+    status, body = await _post(paddle_event("transaction.updated", _txn("draft")))
+    assert (status, body["action"]) == (200, "ignored") and len(seen.sent) == 1
+
+
+async def test_an_unsigned_or_replayed_notification_is_refused(seen: SimpleNamespace) -> None:
+    event = paddle_event("transaction.completed", _txn())
+    before = _count("bad_signature")
+    for header in (None, paddle_signature(event, "another-key"),
+                   paddle_signature(event, KEY, ts=1_600_000_000)):  # fmt: skip
+        status, body = await _post(event, header)
+        assert (status, body["error"]) == (400, "bad_signature")
+    assert _count("bad_signature") == before + 3 and not seen.sent
+
+
+async def test_another_tenants_or_an_unnamed_object_is_ignored(seen: SimpleNamespace) -> None:
+    for event in (
+        paddle_event("transaction.completed", _txn(ref="globex:pay_9")),
+        paddle_event("transaction.completed", {**_txn(), "custom_data": None}),
+        paddle_event("transaction.created", _txn()),
+        paddle_event(
+            "adjustment.created",
+            {"id": "adj_1", "action": "chargeback", "status": "approved", "reason": "fraud"},
+        ),
+    ):
+        status, body = await _post(event)
+        assert (status, body["action"]) == (200, "ignored"), body
+    assert not seen.sent
+
+
+async def test_an_approved_refund_brings_its_refresh(seen: SimpleNamespace) -> None:
+    seen.row = {"provider_refund_id": "adj_1", "status": "pending"}
+    reason = refund_reason(None, "c" * 32, "d" * 12, (TENANT, "re_1"))
+    adj = {"id": "adj_1", "action": "refund", "status": "approved", "reason": reason,
+           "transaction_id": "txn_1"}  # fmt: skip
+    status, body = await _post(paddle_event("adjustment.updated", adj, event_id="evt_9"))
+    assert (status, body["action"]) == (200, "refresh")
+    (command,) = seen.sent
+    assert command[1].refund_id == "re_1" and command[1].provider_refund_id == "adj_1"
