@@ -60,12 +60,14 @@ async def provider_objects(
     base_url: str, token: str, version: str
 ) -> AsyncIterator[Callable[[str, str], Awaitable[dict[str, Any]]]]:
     """``await get("payments", id)`` → the object as the provider at ``base_url``
-    (its API ``version``: ``v1`` at Stripe, ``v2`` at Square) has it for ``token``."""
+    (its API ``version``: ``v1`` at Stripe, ``v2`` at Square, ``""`` at Paddle, whose
+    paths carry none) has it for ``token``."""
     auth = {"Authorization": f"Bearer {token}"}
+    prefix = f"/{version}" if version else ""
     async with aiohttp.ClientSession(base_url=base_url, headers=auth) as session:
 
         async def get(resource: str, object_id: str) -> dict[str, Any]:
-            async with session.get(f"/{version}/{resource}/{object_id}") as resp:
+            async with session.get(f"{prefix}/{resource}/{object_id}") as resp:
                 assert resp.status == 200, f"{resource}/{object_id}: {await resp.text()}"
                 return dict(await resp.json())
 
