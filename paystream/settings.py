@@ -648,8 +648,9 @@ class Settings(BaseSettings):
     )
     paddle_api_base: str = Field(
         default="https://api.paddle.com",
-        description="PAYSTREAM_PADDLE_API_BASE: Paddle Billing API address (its sandbox: "
-        "https://sandbox-api.paddle.com, for pdl_sdbx_ keys; tests use their fake of Paddle).",
+        description="PAYSTREAM_PADDLE_API_BASE: Paddle Billing API address (left at the "
+        "default, pdl_sdbx_ keys go to https://sandbox-api.paddle.com; set, it is used for "
+        "every key: a proxy, the tests' fake of Paddle).",
     )
     webhook_base_url: str | None = Field(
         default=None,

@@ -158,8 +158,12 @@ class ProviderWindow(KeyPointers):
         (unix ms), for a provider that keeps no idempotency keys and finds an earlier try
         among what was made since (Paddle): this record's time (a sealed re-drive's first
         attempt if earlier), its key's first let-through, and a parked create of the same
-        chosen id's (under another command's key: its provider key is the id's)."""
-        first = self._first_attempt_ms(rec)
+        chosen id's (under another command's key: its provider key is the id's).
+        Not capped at now: a record dated ahead (a producer's clock, on a CreateTime
+        topic) is refused by the gateway until its time is near (review h75r1 F2: capped,
+        a redelivery's lookup started at the redelivering worker's clock)."""
+        carried = self._carried_first_attempt(rec)
+        first = rec.timestamp_ms if carried is None else min(rec.timestamp_ms, carried)
         if existing is not None and existing.first_attempt_ms is not None:
             first = min(first, existing.first_attempt_ms)
         scope = create_scope(cmd, data)

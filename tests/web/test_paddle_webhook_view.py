@@ -131,3 +131,11 @@ async def test_an_approved_refund_brings_its_refresh(seen: SimpleNamespace) -> N
     assert (status, body["action"]) == (200, "refresh")
     (command,) = seen.sent
     assert command[1].refund_id == "re_1" and command[1].provider_refund_id == "adj_1"
+
+
+async def test_a_huge_signature_timestamp_is_answered_bad_signature(seen: SimpleNamespace) -> None:
+    """A ``ts`` of 400 digits (under the header's 2,048-character bound) is no float: it
+    raised OverflowError, a 500 to an unauthenticated request (review h75r1 F6)."""
+    huge = "ts=" + "9" * 400 + ";h1=" + "0" * 64
+    status, body = await _post(paddle_event("transaction.completed", _txn()), huge)
+    assert (status, body["error"]) == (400, "bad_signature")

@@ -5,7 +5,13 @@ Paddle alone (a slow Paddle fills it, not the loop's default executor, which DNS
 and other libraries share), with the SDK's own timeout set (PAYSTREAM_GATEWAY_TIMEOUT_SECONDS)
 and its retries off (the pipeline owns retries; a create looks for what an earlier try
 made first). A call given up on (the command's deadline) goes on in its thread until that
-timeout: as a request whose answer was lost, which a create survives the same way.
+timeout, and Paddle may process it later still: a create's lookup cannot see such a try,
+so a create sent under a ``tag`` is tracked, and ``may_still_land`` tells a retry how
+long to wait before its lookup (docs/paddle.md, "Exactly once").
+
+The SDK logs each request's URL (INFO), each answer's body (DEBUG) and each failure with
+its URL (ERROR) through the logger it is given: customers' emails and ids. It is given
+one of its own that goes nowhere (paystream reports Paddle's errors itself, by code).
 
 The SDK's transport is used, not its typed resources: ``get_raw``, ``post_raw`` and
 ``patch_raw`` send the request with the key, ``Paddle-Version`` and Paddle's headers, and
@@ -19,12 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
+import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from paystream.gateways.errors import GatewayError
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle.errors import (
     PROVIDER,
     map_paddle_answer,
@@ -33,6 +42,9 @@ from paystream.gateways.paddle.errors import (
 )
 
 __all__ = ["PADDLE_THREADS", "PaddleClient"]
+
+# Failures after which the request may still be made at Paddle: no answer came back.
+_LOST_ANSWER = frozenset({ErrorCode.TIMEOUT, ErrorCode.PROVIDER_UNAVAILABLE})
 
 # Requests to Paddle in flight at once, per worker process (each holds a thread for as
 # long as Paddle takes, up to the gateway timeout).
@@ -48,6 +60,24 @@ def _executor() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=PADDLE_THREADS, thread_name_prefix="paddle")
         return _pool
+
+
+def _silent_logger() -> logging.Logger:
+    """The SDK's logger: no handler, not propagated (its lines name customers)."""
+    log = logging.getLogger("paystream.gateways.paddle.sdk")
+    log.propagate = False
+    log.disabled = True
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+    return log
+
+
+@dataclass
+class _Sent:
+    """A create sent under a request tag: its thread, and when its answer was lost."""
+
+    future: Future[dict[str, Any]]
+    lost_at: float | None = None  # (monotonic; None: answered, or still running)
 
 
 class _Environment:
@@ -69,7 +99,10 @@ class PaddleClient:
             options=Options(environment=_Environment(base_url)),
             retry_count=0,
             timeout=timeout,
+            logger=_silent_logger(),
         )
+        # Creates sent under a request tag whose answer was lost or is still awaited.
+        self._sent: dict[str, _Sent] = {}
         session = self._sdk.client
         # No retries below ours (the SDK mounts urllib3 retries on 429 and 5xx for
         # https://, which would swallow the answer's body), and no redirects: every
@@ -84,11 +117,60 @@ class PaddleClient:
         *,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
+        tag: str | None = None,
     ) -> dict[str, Any]:
-        """Paddle's answer (``{"data": ..., "meta": ...}``), or a GatewayError."""
-        loop = asyncio.get_running_loop()
+        """Paddle's answer (``{"data": ..., "meta": ...}``), or a GatewayError. ``tag``:
+        a create's request tag, tracked until its answer is known (``may_still_land``)."""
         send = functools.partial(self._send, method, path, body, query)
-        return await loop.run_in_executor(_executor(), send)
+        future = _executor().submit(send)
+        if tag is not None:
+            self._prune()
+            sent = self._sent[tag] = _Sent(future)
+            future.add_done_callback(functools.partial(self._settled, tag, sent))
+        # (cancelled by the deadline: the thread goes on, tracked above)
+        return await asyncio.wrap_future(future)
+
+    def _settled(self, tag: str, sent: _Sent, future: Future[dict[str, Any]]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        lost = isinstance(exc, GatewayError) and exc.code in _LOST_ANSWER
+        if lost:
+            sent.lost_at = time.monotonic()
+        elif self._sent.get(tag) is sent:
+            # (answered, or never sent: nothing can land later. Run in the SDK's thread:
+            # a pop, as the loop may drop it meanwhile.)
+            self._sent.pop(tag, None)
+
+    def may_still_land(self, tag: str) -> float:
+        """Seconds during which a create sent earlier under ``tag`` may still be made at
+        Paddle (0: none can): its thread still running, or its answer lost less than
+        ``landing_margin`` ago (Paddle processing on after our timeout)."""
+        sent = self._sent.get(tag)
+        if sent is None:
+            return 0.0
+        if sent.lost_at is None:
+            return self.timeout + self.landing_margin  # (its thread still running)
+        left = sent.lost_at + self.landing_margin - time.monotonic()
+        if left <= 0:
+            self._sent.pop(tag, None)
+            return 0.0
+        return left
+
+    def _prune(self) -> None:
+        """Drop lost answers past their margin (a command parked, never retried here)."""
+        stale = time.monotonic() - self.landing_margin
+        for tag, sent in list(self._sent.items()):
+            if sent.lost_at is not None and sent.lost_at < stale:
+                self._sent.pop(tag, None)
+
+    @property
+    def timeout(self) -> float:
+        return float(self._sdk.timeout)
+
+    @property
+    def landing_margin(self) -> float:
+        """How long after our timeout Paddle is taken to be still processing a request:
+        one more timeout (docs/paddle.md, "Exactly once")."""
+        return self.timeout
 
     def _send(
         self,
@@ -132,6 +214,20 @@ class PaddleClient:
             ) from exc
         except (requests.RequestException, OSError) as exc:
             raise map_transport_error(exc) from exc
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            # The SDK builds its ApiError inside its own handler of requests' HTTPError,
+            # and fails there on answers it does not expect (a proxy's: a Retry-After
+            # date, an error without documentation_url, an error that is a string).
+            cause = exc.__context__
+            if not isinstance(cause, requests.HTTPError):
+                raise
+            answer = cause.response
+            try:
+                parsed = answer.json() if answer is not None else None
+            except ValueError:
+                parsed = None
+            status = answer.status_code if answer is not None else None
+            raise map_paddle_answer(status, parsed) from None
         try:
             parsed = response.json()
         except ValueError:

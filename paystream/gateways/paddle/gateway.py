@@ -20,6 +20,7 @@ answered as made; made with other parameters, the key is refused (idempotency_er
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -74,6 +75,7 @@ from paystream.gateways.tenant_config import (
     refuse_unknown_options,
     required_credential,
 )
+from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS
 
 __all__ = [
     "CHECKOUT_TOKEN",
@@ -98,14 +100,16 @@ WEBHOOK_SECRET = "webhook_secret_key"  # noqa: S105 - the secret's name
 PADDLE_OPTIONS = frozenset({"capabilities"})
 # The payment "method" of a Paddle payment: its customer chooses one at Paddle Checkout.
 CHECKOUT_TOKEN = "checkout"  # noqa: S105 - not a secret
-# Paddle's currencies (its reference; paddle-python-sdk's CurrencyCode).
+# Paddle's currencies (its reference; paddle-python-sdk's CurrencyCode) that paystream's
+# Money takes (money.CURRENCY_EXPONENTS lacks ARS, COP, PEN, RUB and UAH: review h75r1 F8).
 _CURRENCY_CODES = (
-    "USD EUR GBP JPY AUD CAD CHF HKD SGD SEK ARS BRL CLP CNY COP CZK DKK HUF ILS INR KRW "
-    "MXN NOK NZD PEN PLN RUB THB TRY TWD UAH VND ZAR"
+    "USD EUR GBP JPY AUD CAD CHF HKD SGD SEK BRL CLP CNY CZK DKK HUF ILS INR KRW "
+    "MXN NOK NZD PLN THB TRY TWD VND ZAR"
 )
 CURRENCIES = frozenset(_CURRENCY_CODES.split(" "))
-# How far the clocks (the broker's that stamped the command, Paddle's that stamps
-# created_at) may disagree: an earlier try is looked for from this long before.
+# How far the clocks (the one that stamped the command, up to MAX_FUTURE_SKEW_MS ahead
+# of the worker's, and Paddle's that stamps created_at) may disagree: an earlier try is
+# looked for from this long before.
 CLOCK_SKEW_SECONDS = 120
 # Without REQUEST_SENT_SINCE (a direct call): the whole window paystream resends a
 # request in (PAYSTREAM_IDEMPOTENCY_TTL_SECONDS at most).
@@ -114,6 +118,9 @@ LOOKBACK_SECONDS = 24 * 3600
 # nothing is created (it cannot be told that none was), and the command is retried.
 LOOKUP_PAGES_MAX = 50
 _TRANSACTIONS_PER_PAGE = 30
+# How long a lookup's answer waits for the try after the one it ran for (a retry comes
+# within a second or so; a re-drive later looks afresh).
+LOOKUP_KEPT_SECONDS = 30.0
 _ADJUSTMENTS_PER_PAGE = 200
 _DESCRIPTION_KEY = "paystream_description"
 
@@ -129,6 +136,20 @@ def validate_options(options: Mapping[str, Any]) -> None:
     """Refuse, before they are stored, options the gateway would refuse at its first call."""
     refuse_unknown_options(options, PADDLE_OPTIONS, "paddle")
     _capabilities(options)
+
+
+LIVE_API_BASE = "https://api.paddle.com"
+SANDBOX_API_BASE = "https://sandbox-api.paddle.com"
+
+
+def api_base(api_key: str, configured: str) -> str:
+    """Paddle's host for the key: its sandbox for a ``pdl_sdbx_`` key while the setting is
+    left at the live default (the environments are different hosts, and a deployment
+    may serve sandbox and live tenants: review h75r1 F7); any other setting stands for
+    every key (a proxy, the tests' fake)."""
+    if configured.rstrip("/") == LIVE_API_BASE and api_key.startswith("pdl_sdbx_"):
+        return SANDBOX_API_BASE
+    return configured
 
 
 def _iso(epoch: float) -> str:
@@ -165,13 +186,17 @@ class PaddleGateway:
         self.capabilities = capabilities
         self._client = client
         self._tenant_id = tenant_id
+        # A create's lookup under way (or done, its answer not yet used), by request tag:
+        # a retry after the deadline cut a try short joins it rather than start again
+        # from the first page (review h75r1 F4).
+        self._lookups: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
 
     @classmethod
     def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> PaddleGateway:
         key = required_credential(ctx, "api_key", PROVIDER, "Paddle")
         validate_options(ctx.options)
         client = PaddleClient(
-            key, deps.settings.paddle_api_base, deps.settings.gateway_timeout_seconds
+            key, api_base(key, deps.settings.paddle_api_base), deps.settings.gateway_timeout_seconds
         )
         return cls(
             client,
@@ -187,9 +212,10 @@ class PaddleGateway:
         *,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
+        tag: str | None = None,
     ) -> dict[str, Any]:
         require_operation(operation, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
-        return await self._client.call(method, path, body=body, query=query)
+        return await self._client.call(method, path, body=body, query=query, tag=tag)
 
     @staticmethod
     def _one(answer: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,7 +380,9 @@ class PaddleGateway:
             )
         tag = request_tag(idempotency_key)
         params = params_digest(operation, req)
-        earlier = await self._earlier_transaction(operation, tag, params, req)
+        self._no_try_landing(tag)
+        self._not_dated_ahead()
+        earlier = await self._lookup(operation, tag, params, req)
         if earlier is not None:
             return mapping.payment(earlier)
         custom = {**req.metadata, mapping.REQUEST_KEY: tag, mapping.PARAMS_KEY: params}
@@ -375,8 +403,74 @@ class PaddleGateway:
         }
         if req.provider_customer_id is not None:
             body["customer_id"] = req.provider_customer_id
-        made = await self._call(operation, "POST", "transactions", body=body)
+        made = await self._call(operation, "POST", "transactions", body=body, tag=tag)
         return mapping.payment(self._one(made))
+
+    @staticmethod
+    def _not_dated_ahead() -> None:
+        """A command dated more than MAX_FUTURE_SKEW_MS past this worker's clock (a
+        producer's clock ahead, on a topic with producer timestamps) is not made until
+        its time is near: made now, a redelivery after a crash would look for it only
+        from that later time, and miss it (review h75r1 F2). Made only within the skew,
+        its lookup from the record time less CLOCK_SKEW_SECONDS covers its first try."""
+        since = REQUEST_SENT_SINCE.get()
+        ahead = 0.0 if since is None else since - time.time() - MAX_FUTURE_SKEW_MS / 1000
+        if ahead > 0:
+            raise GatewayError(
+                ErrorCode.IDEMPOTENCY_ERROR,
+                f"the command is dated {ahead + MAX_FUTURE_SKEW_MS / 1000:.0f}s past this "
+                "worker's clock (its producer's clock?): Paddle keeps no idempotency keys, "
+                "and a payment is made only once its time is near (docs/paddle.md)",
+                provider=PROVIDER,
+                retryable=True,
+                retry_after=ahead,
+                reached_provider=False,
+            )
+
+    def _no_try_landing(self, tag: str) -> None:
+        """Before a create's lookup: refused for now (retried later) while an earlier try
+        of it from this process may still be made at Paddle, after the lookup has read
+        (Paddle keeps no idempotency keys: a lookup sees only what was made)."""
+        left = self._client.may_still_land(tag)
+        if left > 0:
+            raise GatewayError(
+                ErrorCode.IDEMPOTENCY_ERROR,
+                f"an earlier try of this request may still be made at Paddle: looked for "
+                f"once it can no longer land (in {left:.1f}s)",
+                provider=PROVIDER,
+                retryable=True,
+                retry_after=left,
+                reached_provider=False,
+            )
+
+    async def _lookup(
+        self, operation: str, tag: str, params: str, req: CreatePayment
+    ) -> dict[str, Any] | None:
+        """``_earlier_transaction``, run on past the try's deadline (its pages bounded by
+        LOOKUP_PAGES_MAX, each by the SDK's timeout) for the next try to use: sound, as no
+        try of this process can have sent the create since it began (the entry goes before
+        any POST; a POST still landing holds the next try back, ``_no_try_landing``)."""
+        lookup = self._lookups.get(tag)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._earlier_transaction(operation, tag, params, req))
+            self._lookups[tag] = lookup
+            # (an answer never used: the command parked, or another's. Dropped after a while)
+            lookup.add_done_callback(lambda t: self._forget_lookup(tag, t))
+        try:
+            return await asyncio.shield(lookup)
+        finally:
+            if lookup.done() and self._lookups.get(tag) is lookup:
+                del self._lookups[tag]  # (used, or failed: the next try looks afresh)
+
+    def _forget_lookup(self, tag: str, lookup: asyncio.Task[Any]) -> None:
+        if not lookup.cancelled():
+            lookup.exception()  # (retrieved: an unused failure is no "never retrieved")
+        loop = asyncio.get_running_loop()
+        loop.call_later(LOOKUP_KEPT_SECONDS, self._drop_lookup, tag, lookup)
+
+    def _drop_lookup(self, tag: str, lookup: asyncio.Task[Any]) -> None:
+        if self._lookups.get(tag) is lookup:
+            del self._lookups[tag]
 
     async def _earlier_transaction(
         self, operation: str, tag: str, params: str, req: CreatePayment
@@ -470,6 +564,7 @@ class PaddleGateway:
         require_operation(op, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
         tag = request_tag(idempotency_key)
         params = params_digest(op, req)
+        self._no_try_landing(tag)
         txn = await self._transaction(op, req.provider_payment_id)
         held = await self._adjustments(op, str(txn["id"]))
         earlier = self._earlier_refund(held, tag, params)
@@ -516,7 +611,18 @@ class PaddleGateway:
             body["items"] = [
                 {"item_id": line_items[0]["id"], "type": "partial", "amount": str(amount)}
             ]
-        made = await self._call(op, "POST", "adjustments", body=body)
+        try:
+            made = await self._call(op, "POST", "adjustments", body=body, tag=tag)
+        except GatewayError as exc:
+            if paddle_code(exc) != "adjustment_pending_refund_request":
+                raise
+            # A refund awaits approval: an earlier try of this one (made after our
+            # lookup: another worker's, or Paddle slower than our margin) or another's.
+            made_since = await self._adjustments(op, str(txn["id"]))
+            earlier = self._earlier_refund(made_since, tag, params)
+            if earlier is None:
+                raise
+            return mapping.refund(earlier)
         return mapping.refund(self._one(made))
 
     @staticmethod

@@ -21,6 +21,7 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle import gateway as paddle_gateway
 from paystream.gateways.paddle.references import request_tag
+from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS
 from tests.gateways.harness import paddle_checkout
 from tests.gateways.paddle_gateway.wire import effects, gateway, key, losing, usd
 
@@ -91,10 +92,12 @@ async def test_an_earlier_try_is_found_past_a_page_of_the_tenants_transactions(
 
 
 async def test_the_lookup_starts_where_the_request_can_first_have_been_sent(
-    paddle_url: str,
+    paddle_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """REQUEST_SENT_SINCE bounds the lookup (less CLOCK_SKEW_SECONDS): a transaction made
-    before it is not this request's try. Without it, the whole key window is read."""
+    before it is not this request's try. Without it, the whole key window is read. (The
+    skew taken to 1 s: a bound more than MAX_FUTURE_SKEW_MS ahead is refused.)"""
+    monkeypatch.setattr(paddle_gateway, "CLOCK_SKEW_SECONDS", 1)
     gw = gateway(paddle_url)
     k = key()
     REQUEST_SENT_SINCE.set(None)
@@ -102,6 +105,7 @@ async def test_the_lookup_starts_where_the_request_can_first_have_been_sent(
     found = await gw.create_payment(_charge(), idempotency_key=k)  # (a day looked back)
     assert found.provider_payment_id == first.provider_payment_id
     later = time.time() + paddle_gateway.CLOCK_SKEW_SECONDS + 5
+    assert later < time.time() + MAX_FUTURE_SKEW_MS / 1000
     REQUEST_SENT_SINCE.set(later)  # (a bound past the first try: it is not looked at)
     other = await gw.create_payment(_charge(), idempotency_key=k)
     assert other.provider_payment_id != first.provider_payment_id

@@ -5,9 +5,12 @@ FAKE Paddle (tests/fixtures/paddle_fake.py)."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
@@ -19,6 +22,7 @@ from paystream.gateways.base import (
     CreatePayment,
     CreateRefund,
     DeleteCustomer,
+    GatewayContext,
     PaymentStatus,
     RefundStatus,
     RetrieveCustomer,
@@ -27,9 +31,16 @@ from paystream.gateways.base import (
     UpdateCustomer,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.paddle import PaddleGateway
 from paystream.gateways.paddle.errors import map_paddle_answer
-from paystream.gateways.registry import validate_connected_account, validate_options
-from paystream.money import Money
+from paystream.gateways.paddle.gateway import CURRENCIES
+from paystream.gateways.registry import (
+    GatewayDeps,
+    build_gateway,
+    validate_connected_account,
+    validate_options,
+)
+from paystream.money import CURRENCY_EXPONENTS, Money
 from paystream.settings import load_settings
 from tests.fixtures.paddle_fake import FAKE_PADDLE_NO_LINK_API_KEY
 from tests.gateways.harness import paddle_checkout
@@ -287,6 +298,35 @@ def test_options_keys_and_the_api_base() -> None:
     assert load_settings(paddle_api_base="http://127.0.0.1:9").paddle_api_base
     with pytest.raises(Exception, match="PAYSTREAM_PADDLE_API_BASE"):
         load_settings(paddle_api_base="http://paddle.example.com")
+
+
+def _host(api_key: str) -> str:
+    ctx = GatewayContext(
+        tenant_id="t-sbx", provider="paddle", credentials={"api_key": SecretStr(api_key)}
+    )
+    gw = build_gateway(ctx, GatewayDeps(settings=load_settings()))  # (the defaults)
+    assert isinstance(gw, PaddleGateway)
+    return str(gw._client._sdk.options.environment.base_url)
+
+
+def test_a_sandbox_key_is_sent_to_paddles_sandbox() -> None:
+    """Paddle's sandbox and live environments are different hosts; a pdl_sdbx_ key went
+    to the live API at the default setting (review h75r1 F7)."""
+    assert _host("pdl_live_apikey_01hxxxxxxxxxxxxxxxxxxxxxxx_live") == "https://api.paddle.com/"
+    assert _host("pdl_sdbx_apikey_01hxxxxxxxxxxxxxxxxxxxxxxx_sbx") == (
+        "https://sandbox-api.paddle.com/"
+    ), "a pdl_sdbx_ key is sent to the live API"
+
+
+def test_every_currency_named_for_paddle_can_be_charged() -> None:
+    """The docs and the gateway name the same currencies, and paystream's Money takes
+    each (ARS, COP, PEN, RUB and UAH were named, refused validation_error: h75r1 F8)."""
+    text = Path("docs/paddle.md").read_text()
+    money = text[text.index("Money: amounts go to Paddle") :][:600]
+    named = set(re.findall(r"\b[A-Z]{3}\b", money.split("only (")[1].split(")")[0]))
+    assert named == CURRENCIES
+    unusable = sorted(c for c in CURRENCIES if c not in CURRENCY_EXPONENTS)
+    assert not unusable, f"named for Paddle, refused by paystream's Money: {unusable}"
 
 
 async def test_webhooks_and_narrowed_capabilities(paddle_url: str) -> None:

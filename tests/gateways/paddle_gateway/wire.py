@@ -68,9 +68,10 @@ class LosingClient(PaddleClient):
         *,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
+        tag: str | None = None,
     ) -> dict[str, Any]:
         self.sent.append((method, path))
-        answer = await super().call(method, path, body=body, query=query)
+        answer = await super().call(method, path, body=body, query=query, tag=tag)
         if (method, path) == self._lost and self._to_lose > 0:
             self._to_lose -= 1
             raise GatewayError(
