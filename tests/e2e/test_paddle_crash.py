@@ -157,14 +157,15 @@ async def test_sigkill_between_a_paddle_create_and_its_commit_makes_nothing_twic
         assert set(kinds) == {"customer.created", "payment.requires_action"}, (kinds, refused)
 
         # 2. Each create cut off was run again and found what the first try made: a
-        # customer's second POST refused for its email (409), a transaction not POSTed
-        # again at all.
+        # customer's later POSTs refused for its email (409: one per worker that ran it
+        # again before a commit; a later cut may kill the next one first), a transaction
+        # not POSTed again at all.
         posts = [proxy.posts[at] for at in proxy.cut]
         assert [m(p) for (m, _), p in zip(CUTS, posts, strict=True)] == [True] * len(CUTS)
         cus_cut, *txn_cuts = proxy.cut
         email = proxy.posts[cus_cut]["body"]["email"]
         again = [p["status"] for p in proxy.posts[cus_cut + 1 :] if p["body"].get("email") == email]
-        assert again == [409], again
+        assert again and set(again) == {409}, again
         for at in txn_cuts:
             tag = proxy.posts[at]["key"]
             assert tag and [p for p in proxy.posts[at + 1 :] if p["key"] == tag] == []
