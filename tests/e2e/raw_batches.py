@@ -179,6 +179,13 @@ def batch(
 
 async def produce(bootstrap: str, topic: str, partition: int, data: bytes) -> int:
     """Send ``data`` as partition's record set; the broker's error code (0: stored)."""
+    code, _offset = await produce_at(bootstrap, topic, partition, data)
+    return code
+
+
+async def produce_at(bootstrap: str, topic: str, partition: int, data: bytes) -> tuple[int, int]:
+    """``produce``, and the offset the broker stored the record set at: (error code,
+    base offset)."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     await client.bootstrap()
     try:
@@ -187,9 +194,15 @@ async def produce(bootstrap: str, topic: str, partition: int, data: bytes) -> in
         req = ProduceRequest(None, -1, 30000, [(topic, [(partition, data)])])
         resp = await client.send(node, req)
         [(_t, parts)] = resp.topics
-        return int(parts[0][1])
+        return int(parts[0][1]), int(parts[0][2])
     finally:
         await client.close()
+
+
+def partition_of(settings: Any, tenant: str) -> int:
+    """The commands partition ``tenant``'s key lands on (the default partitioner's)."""
+    n = settings.partitions
+    return int(DefaultPartitioner()(tenant.encode(), list(range(n)), list(range(n))))
 
 
 @contextlib.asynccontextmanager
@@ -199,11 +212,9 @@ async def worker_for(dep: Any, tenant: str) -> AsyncIterator[tuple[Any, str, int
     record there and then see the next command on it answered (``next_answered``)."""
     settings = dep.settings
     await dep.add_tenants(Tenant(tenant_id=tenant))
-    n = settings.partitions
-    partition = DefaultPartitioner()(tenant.encode(), list(range(n)), list(range(n)))
     with dep.worker() as worker:
-        worker.wait_ready([tenant], partitions=n)
-        yield worker, bootstrap_servers(settings.require_broker()), partition
+        worker.wait_ready([tenant], partitions=settings.partitions)
+        yield worker, bootstrap_servers(settings.require_broker()), partition_of(settings, tenant)
 
 
 async def next_answered(dep: Any, tenant: str, timeout: float) -> None:
