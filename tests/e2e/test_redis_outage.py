@@ -21,15 +21,19 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
 from paystream.devstack._process import free_port, parent_death_signal, wait_until
 from paystream.devstack.redis import EmbeddedRedis, redis_answers, redis_server_bin
+from paystream.devstack.worker import WorkerProcess
 from paystream.dlq import list_parked, replay
 from paystream.streams.codec import decode_record
 from paystream.tenancy.models import Tenant
@@ -167,22 +171,55 @@ def _metric(text: str, name: str) -> float:
     )
 
 
-async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix=f"paystream-redis-{how}-"))
+@dataclass
+class OwnRedis:
+    """A Redis of the module's own (its tests kill it), a deployment on it, and its
+    worker, which each test takes in turn: Redis running when a test starts."""
+
+    rd: AofRedis
+    dep: Deployment
+    worker: WorkerProcess
+
+    async def ready_for(self, tenants: list[str]) -> WorkerProcess:
+        """Redis back (should a test before have failed without it), ``tenants``
+        registered, and the worker ready for them."""
+        if self.rd.pid is not None:
+            os.kill(self.rd.pid, signal.SIGCONT)
+        self.rd.start()  # (running already: nothing)
+        await self.dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
+        partitions = self.dep.settings.partitions
+        await asyncio.to_thread(self.worker.wait_ready, tenants, partitions=partitions)
+        return self.worker
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def own_redis(deployment_factory: Any) -> AsyncIterator[OwnRedis]:
+    root = Path(tempfile.mkdtemp(prefix="paystream-redis-"))
     rd = AofRedis(root / "redis", port=free_port())
     rd.start()
-    report: dict[str, Any] = {}
     try:
         dep: Deployment = await deployment_factory(redis_url=rd.url)
+        with dep.worker() as worker:
+            yield OwnRedis(rd, dep, worker)
+    finally:
+        with contextlib.suppress(Exception):
+            if rd.pid is not None:
+                os.kill(rd.pid, signal.SIGCONT)
+        rd.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _drill(own: OwnRedis, how: str, outage_s: float = 15) -> dict[str, Any]:
+    rd, dep = own.rd, own.dep
+    report: dict[str, Any] = {}
+    try:
         tenants = [f"rd-{how}-{i}" for i in range(3)]
-        await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
         commands = interleaved_workload(tenants, PER_TENANT)  # 180 commands
         ids = {c.get_id() for c in commands}
+        worker = await own.ready_for(tenants)
         log = OutcomeLog(dep)
         reader = asyncio.create_task(log.run())
-        worker = dep.worker()
-        with worker:
-            await asyncio.to_thread(worker.wait_ready, tenants, partitions=dep.settings.partitions)
+        try:
             producing = asyncio.create_task(_produce(dep, commands, rate=8))
             await _wait_for(lambda: len(log.by_command.keys() & ids) >= 40, 60, "40 outcomes")
             log_lines_before = len(worker.log_path.read_text().splitlines())
@@ -279,8 +316,9 @@ async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dic
             report["latency_after_s"] = lat
             report["ready_after"] = await asyncio.to_thread(json_page, worker, "/readyz")
             assert not worker.exited()
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
         full = await _read_all(dep, ids)
         report["missing_outcomes"] = len(ids - full.by_command.keys())
         report["two_outcomes"] = sum(1 for i in ids if len(full.by_command.get(i, ())) > 1)
@@ -317,14 +355,12 @@ async def _drill(deployment_factory: Any, how: str, outage_s: float = 15) -> dic
         with contextlib.suppress(Exception):
             if rd.pid is not None:
                 os.kill(rd.pid, signal.SIGCONT)
-        rd.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
-async def test_redis_killed_mid_stream_loses_and_doubles_nothing(deployment_factory: Any) -> None:
+async def test_redis_killed_mid_stream_loses_and_doubles_nothing(own_redis: OwnRedis) -> None:
     """SIGKILL for 15 s (a SIGSTOP for 15 s or 50 s held up the same way when the drill
     was first run, 2026-12-02; kept out of CI for time)."""
-    report = await _drill(deployment_factory, "kill", 15)
+    report = await _drill(own_redis, "kill", 15)
     assert report["missing_outcomes"] == 0, report
     assert report["two_outcomes"] == 0, report
     effects = str({k: report.get(k) for k in ("doubled_effects", "missing_effects", "parked")})
@@ -345,45 +381,45 @@ async def test_redis_killed_mid_stream_loses_and_doubles_nothing(deployment_fact
     assert set(report["rejection_reasons"]) <= {"not_found"}, report
 
 
-async def test_capture_after_a_parked_create_is_not_refused_for_good(
-    deployment_factory: Any,
-) -> None:
+async def _parked_ids(dep: Deployment, timeout: float) -> list[str]:
+    """The command ids waiting on the retry topic, once any waits there (or none after
+    ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        parked, _ = await list_parked(dep.settings, [dep.settings.retry_topic], limit=None)
+        if parked or time.monotonic() > deadline:
+            return [dict(p.headers)["ce_id"].decode() for p in parked]
+        await asyncio.sleep(0.2)
+
+
+async def test_capture_after_a_parked_create_is_not_refused_for_good(own_redis: OwnRedis) -> None:
     """A provider outage parks a payment.create; the capture the merchant sends next must
     not get a final `not_found` (remembered under its key) for a payment paystream itself
     holds parked: once `dlq replay` runs the create, the same capture must capture it."""
-    root = Path(tempfile.mkdtemp(prefix="paystream-redis-order-"))
-    rd = AofRedis(root / "redis", port=free_port())
-    rd.start()
-    try:
-        dep: Deployment = await deployment_factory(redis_url=rd.url)
-        tenant = "rd-order-0"
-        await dep.add_tenants(Tenant(tenant_id=tenant))
-        create = build_command(
-            "payment.create", tenant,
-            {"payment_id": "pay_1", "amount": 1000, "currency": "USD",
-             "payment_method_token": "pm_card_visa", "capture": "manual"},
-        )  # fmt: skip
-        capture = build_command("payment.capture", tenant, {"payment_id": "pay_1"})
-        with dep.worker() as worker:
-            await asyncio.to_thread(worker.wait_ready, [tenant], partitions=dep.settings.partitions)
-            async with dep.client() as client:
-                rd.kill()  # the provider is down
-                with contextlib.suppress(TimeoutError):
-                    await client.send(create, timeout=15)  # parked: no outcome
-                parked, _ = await list_parked(dep.settings, [dep.settings.retry_topic], limit=None)
-                assert [dict(p.headers)["ce_id"].decode() for p in parked] == [create.get_id()]
-                first = await client.send(capture, timeout=30)
-                rd.start()  # the provider is back
-                created = client.expect(tenant, create.get_id())
-                await replay(dep.settings, [dep.settings.retry_topic])
-                assert (await asyncio.wait_for(created, 60)).get_type() == (
-                    "com.paystream.payment.authorized"
-                )
-                again = await client.send(capture, timeout=30)  # the merchant retries it
-        assert again.get_type() == "com.paystream.payment.succeeded", (
-            first.get_data(),
-            again.get_data(),
+    rd, dep = own_redis.rd, own_redis.dep
+    tenant = "rd-order-0"
+    create = build_command(
+        "payment.create", tenant,
+        {"payment_id": "pay_1", "amount": 1000, "currency": "USD",
+         "payment_method_token": "pm_card_visa", "capture": "manual"},
+    )  # fmt: skip
+    capture = build_command("payment.capture", tenant, {"payment_id": "pay_1"})
+    await own_redis.ready_for([tenant])
+    async with dep.client() as client:
+        rd.kill()  # the provider is down
+        created = client.expect(tenant, create.get_id())
+        await client.publish(create)
+        # Parked: no outcome, the create waits on the retry topic (and nothing else does).
+        assert await _parked_ids(dep, 15) == [create.get_id()]
+        assert not created.done(), created.result()
+        first = await client.send(capture, timeout=30)
+        rd.start()  # the provider is back
+        await replay(dep.settings, [dep.settings.retry_topic])
+        assert (await asyncio.wait_for(created, 60)).get_type() == (
+            "com.paystream.payment.authorized"
         )
-    finally:
-        rd.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        again = await client.send(capture, timeout=30)  # the merchant retries it
+    assert again.get_type() == "com.paystream.payment.succeeded", (
+        first.get_data(),
+        again.get_data(),
+    )
