@@ -42,6 +42,12 @@ async def _waiting(worker: WorkerProcess) -> None:
     )  # fmt: skip
 
 
+def _probes_failed(worker: WorkerProcess) -> int:
+    """How many probes of the brokers the worker has logged as unanswered."""
+    log = worker.log_path.read_text(errors="replace")
+    return sum(1 for line in log.splitlines() if WAITING in line and "asking again" in line)
+
+
 def _answering(worker: WorkerProcess) -> bool:
     try:
         return _get(worker, "/healthz")[0] == 200
@@ -63,7 +69,11 @@ async def test_a_worker_started_before_the_brokers_waits_alive_then_starts(
         assert _get(worker, "/healthz") == (200, {"alive": True, "waiting": WAITING})
         status, body = _get(worker, "/readyz")
         assert (status, body["ready"], body["reasons"]) == (503, False, [WAITING])
-        await asyncio.sleep(3)  # it asks again, and stays up
+        # It asks again, and stays up.
+        await asyncio.to_thread(
+            wait_until, lambda: _probes_failed(worker) >= 2, timeout=30,
+            what="a second probe", alive=worker._died, interval=0.1,
+        )  # fmt: skip
         assert worker._died() is None
         proxy.start()  # the brokers are back
         try:

@@ -148,9 +148,9 @@ async def test_zombie_worker_changes_nothing(
             timeout=60, what="A rejoined the group", interval=0.2,
         )  # fmt: skip
         a_alive = a.proc.poll() is None
-        # 4. restart: a fresh worker recovers every table from the changelogs
-        a.stop()
-        b.stop()
+        # 4. restart: a fresh worker recovers every table from the changelogs (A and B
+        # stopped side by side: the group is left empty either way)
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
         c.start()
         await asyncio.to_thread(c.wait_ready, [t], partitions=n)
         after = {p: await asyncio.to_thread(_view, c.base_url, t, p) for p in before}
