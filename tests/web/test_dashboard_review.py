@@ -50,29 +50,28 @@ async def tok(deployment_factory: Any) -> AsyncIterator[Tok]:
             worker.wait_ready, ["acme", "globex"], partitions=dep.settings.partitions
         )
         async with dep.client() as client:
-            usd = await client.command(
-                "payment.create",
-                "acme",
-                {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"},
-            )
-            jpy = await client.command(
-                "payment.create",
-                "acme",
-                {"amount": 500, "currency": "JPY", "payment_method_token": "pm_card_visa"},
-            )
-            kwd = await client.command(
-                "payment.create",
-                "acme",
-                {"amount": 1230, "currency": "KWD", "payment_method_token": "pm_card_visa"},
-            )
-            await client.command("customer.create", BIDI_TENANT, {})
-            cus = await client.command(
-                "customer.create",
-                "acme",
-                {"name": "\u202emoc.knab@ecila", "customer_id": "cus_bidi"},
+            usd, jpy, kwd, _, cus, _ = await asyncio.gather(
+                *(
+                    client.command(
+                        "payment.create",
+                        "acme",
+                        {
+                            "amount": amount,
+                            "currency": currency,
+                            "payment_method_token": "pm_card_visa",
+                        },
+                    )
+                    for amount, currency in ((2500, "USD"), (500, "JPY"), (1230, "KWD"))
+                ),
+                client.command("customer.create", BIDI_TENANT, {}),
+                client.command(
+                    "customer.create",
+                    "acme",
+                    {"name": "\u202emoc.knab@ecila", "customer_id": "cus_bidi"},
+                ),
+                client.command("customer.create", "globex", {}, idempotency_key="x:k"),
             )
             assert cus.get_type().endswith("customer.created"), cus.get_data()
-            await client.command("customer.create", "globex", {}, idempotency_key="x:k")
         await wait_for_stats(worker, lambda s: s["activity"]["total"] >= 6)
         for e in (usd, jpy, kwd):
             assert "entity_id" in e.get_data(), (e.get_type(), e.get_data())
