@@ -24,6 +24,7 @@ from paystream.settings import CloudEventsMode
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import encode_event
 from paystream.tenancy.crypto import MasterKey
+from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import Deployment
 from tests.test_cli import run_cli
 
@@ -36,10 +37,15 @@ _PAYMENT = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_v
 async def keyed(deployment_factory: Any) -> AsyncIterator[Deployment]:
     key = base64.b64encode(MasterKey.generate().key).decode()
     dep: Deployment = await deployment_factory(paystream_master_key=key)
-    run_cli(dep, "tenants", "add", "acme")
-    run_cli(dep, "tenants", "add", "down", "--option", 'fail_first={"*": 1000}')
+    # (As `paystream tenants add` registers them: tests/test_cli.py runs that.)
+    await dep.add_tenants(
+        Tenant(tenant_id="acme", name="acme"),
+        Tenant(tenant_id="down", name="down", gateway_options={"fail_first": {"*": 1000}}),
+    )
     with dep.worker() as worker:
-        worker.wait_ready(["acme", "down"], partitions=dep.settings.partitions)
+        await asyncio.to_thread(
+            worker.wait_ready, ["acme", "down"], partitions=dep.settings.partitions
+        )
         yield dep
 
 
