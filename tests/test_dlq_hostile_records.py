@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from paystream.dlq import shown_text
 from paystream.streams.pan import contains_card_number
@@ -42,38 +45,70 @@ def test_no_twelve_digits_of_a_card_number_cut_at_the_limit_are_shown(limit: int
     assert "424242424242" not in shown, shown
 
 
+SOURCES = [f"x/0/{CARD}\x1b]0;pwned\x07", f"x/0/{SPLIT}", f"x/0/{PARTED[0]}"]
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What `dlq list` and `dlq replay` printed for one dead-letter topic."""
+
+    topic: str
+    listed: subprocess.CompletedProcess[str]
+    replayed: subprocess.CompletedProcess[str]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def dropped_shown(deployment_factory: Any) -> Shown:
+    """A dropped dead letter for each of SOURCES, at offsets 0, 1, 2 of one topic, listed
+    and replayed once (each record's lines name its offset)."""
+    dep = await deployment_factory()
+    s = dep.settings
+    await dep.produce(
+        s.dlq_topic,
+        *(
+            RawSend(
+                value=b"",
+                partition=0,
+                headers=(
+                    ("paystream-dlq-reason", b"internal_error"),
+                    ("paystream-dlq-dropped", b"too_large_to_keep"),
+                    ("paystream-source", source.encode()),
+                    ("paystream-dlq-detail", f"detail {SPLIT} {PARTED[0]}".encode()),
+                ),
+            )
+            for source in SOURCES
+        ),
+    )
+    listed = run_cli(dep, "dlq", "list", "--topic", "dlq")
+    replayed = run_cli(dep, "dlq", "replay", "--topic", "dlq", "--without-master-key")
+    return Shown(s.dlq_topic, listed, replayed)
+
+
 @pytest.mark.asyncio(loop_scope="session")
-@pytest.mark.parametrize(
-    "source", [f"x/0/{CARD}\x1b]0;pwned\x07", f"x/0/{SPLIT}", f"x/0/{PARTED[0]}"]
-)
+@pytest.mark.parametrize("source", SOURCES)
 async def test_a_dropped_dead_letters_source_is_shown_escaped_and_redacted(
-    deployment_factory: Any, source: str
+    dropped_shown: Shown, source: str
 ) -> None:
     """A dropped dead letter's `paystream-source` was printed as it stood, by `dlq list`,
     `dlq replay` and its log line: a card number whole, terminal escapes to the terminal
     (every other producer-chosen field went through `_shown`; review h64d); then a card
     number an escape completed (review h64g), in the detail too."""
-    dep = await deployment_factory()
-    s = dep.settings
-    await dep.produce(
-        s.dlq_topic,
-        RawSend(
-            value=b"",
-            partition=0,
-            headers=(
-                ("paystream-dlq-reason", b"internal_error"),
-                ("paystream-dlq-dropped", b"too_large_to_keep"),
-                ("paystream-source", source.encode()),
-                ("paystream-dlq-detail", f"detail {SPLIT} {PARTED[0]}".encode()),
-            ),
-        ),
-    )
-    listed = run_cli(dep, "dlq", "list", "--topic", "dlq")
-    replayed = run_cli(dep, "dlq", "replay", "--topic", "dlq", "--without-master-key")
-    for out in (listed.stdout, replayed.stdout, replayed.stderr):
-        assert CARD not in out, out
-        assert "\x1b" not in out, out
-        assert "4242\\t4242" not in out, out
+    at = f"{dropped_shown.topic}[0]@{SOURCES.index(source)}"
+    listed, replayed = dropped_shown.listed, dropped_shown.replayed
+    for where, out in (
+        ("dlq list", listed.stdout),
+        ("dlq replay", replayed.stdout),
+        ("dlq replay's log", replayed.stderr),
+    ):
+        lines = out.split("\n")
+        mine = [line for line in lines if at in line]
+        assert len(mine) == 1, f"{where}: no single line for {at}:\n{out}"
+        # Its own line, and those naming no record (what another record's line holds is
+        # that record's case).
+        for shown in mine + [line for line in lines if "[0]@" not in line]:
+            assert CARD not in shown, f"{where}: {shown}"
+            assert "\x1b" not in shown, f"{where}: {shown}"
+            assert "4242\\t4242" not in shown, f"{where}: {shown}"
 
 
 def _with_no_value(header: str) -> RawSend:

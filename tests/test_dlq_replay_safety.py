@@ -4,10 +4,13 @@ replays at once, a long backlog, one tenant's stale record, hostile keys and ids
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from paystream import dlq
 from paystream.client import build_command
@@ -266,32 +269,61 @@ async def test_dlq_list_escapes_a_hostile_key_and_id(
     assert "\x1b" not in shown.stdout, repr(shown.stdout)
 
 
-@pytest.mark.parametrize(
-    ("reason", "shown"),
-    [
-        (b"odd\x1b]0;pwned\x07", '"odd\\\\x1b]0;pwned\\\\x07"=1'),  # escaped, quoted
-        (b"odd\xff", '"odd\\ufffd"=1'),  # not UTF-8: shown, not raised on
-        (b"a=5, b", '"a=5, b"=1'),  # cannot pass for two counts
-    ],
-    ids=["control", "not-utf8", "separators"],
-)
-async def test_dlq_replay_and_list_show_a_hostile_park_reason(
-    deployment_factory: Any, reason: bytes, shown: str
-) -> None:
-    """`dlq replay` counts what it re-sent by park reason, a header any producer to the
-    retry topic chooses; `dlq list` shows it: neither prints it raw nor fails on it."""
+HOSTILE_REASONS = {
+    "control": (b"odd\x1b]0;pwned\x07", '"odd\\\\x1b]0;pwned\\\\x07"=1'),  # escaped, quoted
+    "not-utf8": (b"odd\xff", '"odd\\ufffd"=1'),  # not UTF-8: shown, not raised on
+    "separators": (b"a=5, b", '"a=5, b"=1'),  # cannot pass for two counts
+}
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What `dlq list` and `dlq replay` printed for one retry topic."""
+
+    topic: str
+    listed: subprocess.CompletedProcess[str]
+    replayed: subprocess.CompletedProcess[str]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def hostile_reasons_shown(deployment_factory: Any) -> Shown:
+    """A parked record for each of HOSTILE_REASONS, at offsets 0, 1, 2 (in that order) of
+    one retry topic, listed and replayed once."""
     dep = await deployment_factory()
     await dep.produce(
         dep.settings.retry_topic,
-        RawSend(key=b"acme", value=b"{}", partition=0,
-                headers=(("paystream-park-reason", reason),)),
+        *(
+            RawSend(key=b"acme", value=b"{}", partition=0,
+                    headers=(("paystream-park-reason", reason),))
+            for reason, _ in HOSTILE_REASONS.values()
+        ),
     )  # fmt: skip
     listed = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "retry")
-    assert "reason=" in listed.stdout and "\x1b" not in listed.stdout
     proc = await asyncio.to_thread(
         run_cli, dep, "dlq", "replay", "--topic", "retry", "--without-master-key"
     )
-    assert f"replayed 1 record(s): {shown}" in proc.stdout, proc.stdout
+    return Shown(dep.settings.retry_topic, listed, proc)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_REASONS))
+async def test_dlq_replay_and_list_show_a_hostile_park_reason(
+    hostile_reasons_shown: Shown, case: str
+) -> None:
+    """`dlq replay` counts what it re-sent by park reason, a header any producer to the
+    retry topic chooses; `dlq list` shows it: neither prints it raw nor fails on it.
+    (One record of each case on the topic: the count is one per reason.)"""
+    listed, proc = hostile_reasons_shown.listed, hostile_reasons_shown.replayed
+    at = f"{hostile_reasons_shown.topic}[0]@{list(HOSTILE_REASONS).index(case)} "
+    mine = [line for line in listed.stdout.split("\n") if at in line]
+    assert len(mine) == 1 and "reason=" in mine[0], listed.stdout
+    assert "\x1b" not in listed.stdout, listed.stdout
+    shown = HOSTILE_REASONS[case][1]
+    [summary] = [line for line in proc.stdout.split("\n") if line.startswith("replayed ")]
+    assert summary.startswith(f"replayed {len(HOSTILE_REASONS)} record(s): "), proc.stdout
+    counts = summary.split(": ", 1)[1]
+    assert (
+        counts.startswith(shown + ", ") or f", {shown}, " in counts or counts.endswith(", " + shown)
+    ), proc.stdout
     assert "\x1b" not in proc.stdout
 
 
