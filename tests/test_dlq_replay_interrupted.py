@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,7 +56,11 @@ async def test_a_replay_stopped_by_a_signal_commits_what_it_re_sent(
     resent = await _topic(dep.settings, dep.settings.commands_topic, committed_only=False)
     left = await _topic(dep.settings, dep.settings.retry_topic, committed_only=True)
     # A rerun right away: the lease must not be left behind, nothing re-sent twice.
-    again = run(dep.env, "dlq", "replay", "--topic", "retry", "--without-master-key")
+    # (Unpaced: how the rest is paced is test_dlq_pacing.py's; paced, it took 2 s more.)
+    again = run(
+        dep.env, "dlq", "replay", "--topic", "retry", "--without-master-key",
+        "--rate-per-tenant", "0",
+    )  # fmt: skip
     assert status == 130, text
     assert "interrupted: replayed" in text and "Traceback" not in text
     assert len(resent) + len(left) == BACKLOG, "re-sent records still count as waiting"
@@ -64,9 +69,11 @@ async def test_a_replay_stopped_by_a_signal_commits_what_it_re_sent(
     assert len(values) == len(set(values)) == BACKLOG, "a record was re-sent twice"
 
 
-# A re-send's delivery awaited when the stop lands: the record is with the producer.
+# A re-send's delivery awaited when the stop lands: the record is with the producer,
+# its delivery held until the test has sent the signal (and says so: STOP_SENT appears)
+# and a moment more, for the command's loop to take the signal first.
 IN_FLIGHT = """
-import sys, asyncio
+import os, sys, asyncio, time
 from aiokafka import AIOKafkaProducer
 _orig_send, _n = AIOKafkaProducer.send, [0]
 async def _send_and_wait(self, *a, **k):
@@ -74,7 +81,10 @@ async def _send_and_wait(self, *a, **k):
     _n[0] += 1
     if _n[0] == 3:
         sys.stderr.write("IN FLIGHT\\n"); sys.stderr.flush()
-        await asyncio.sleep(5)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.environ["STOP_SENT"]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
     return await fut
 AIOKafkaProducer.send_and_wait = _send_and_wait
 """
@@ -82,15 +92,19 @@ AIOKafkaProducer.send_and_wait = _send_and_wait
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_a_re_send_in_flight_at_the_stop_is_not_re_sent_again(
-    deployment_factory: Any, sig: int
+    deployment_factory: Any, sig: int, tmp_path: Path
 ) -> None:
     dep = await deployment_factory()
     await dep.produce(dep.settings.retry_topic, *((b"t", b"cmd %d" % i, 0) for i in range(10)))
+    stop_sent = tmp_path / "stop-sent"
     cli = Cli(
-        dep.env, "dlq", "replay", "--topic", "retry", "--without-master-key", prelude=IN_FLIGHT
+        {**dep.env, "STOP_SENT": str(stop_sent)},
+        *("dlq", "replay", "--topic", "retry", "--without-master-key"),
+        prelude=IN_FLIGHT,
     )
     await asyncio.to_thread(cli.wait_for, "IN FLIGHT")
     cli.signal(sig)
+    stop_sent.touch()
     status = await asyncio.to_thread(cli.finish)
     assert status == 130, cli.text
     assert "interrupted: replayed 3 record(s)" in cli.text, cli.text
