@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from paystream.dlq import (
     replay,
     stale_after_ms,
 )
-from tests.fixtures.pipeline import RawSend
+from tests.fixtures.pipeline import Deployment, RawSend
 from tests.test_cli import run_cli
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
@@ -47,6 +48,15 @@ async def _replay(settings: Any, topics: list[str], **kw: Any) -> Replayed:
     seen: list[tuple[ParkedRecord, str]] = []
     result = await replay(settings, topics, observe=lambda r, what: seen.append((r, what)), **kw)
     return Replayed(result, seen)
+
+
+async def cli_at_once(
+    dep: Deployment, *argvs: tuple[str, ...]
+) -> list[subprocess.CompletedProcess[str]]:
+    """`paystream` run with each of ``argvs`` at the same time (commands that only read:
+    each its own process, as one after another; on 2 cores a run mostly waits on its
+    imports and the broker)."""
+    return list(await asyncio.gather(*(asyncio.to_thread(run_cli, dep, *a) for a in argvs)))
 
 
 async def _resent_records(settings: Any) -> list[Any]:
@@ -216,15 +226,6 @@ async def test_dead_letters_dropped_as_too_large_are_passed_over_with_their_sour
     listed, consumer = await read_parked(settings, [settings.dlq_topic], committed_only=True)
     await consumer.stop()
     assert [r.replayable for r in listed] == [False, True]
-    shown = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "dlq")
-    assert f"too large to keep, not replayed; the original is at {source}" in shown.stdout
-    # Why, whose and how old, and how many in all (it stopped at 100 without saying).
-    assert "detail='value 900000 bytes (limit 65536)'" in shown.stdout
-    assert "tenant=acme" in shown.stdout and "tenant=?" in shown.stdout
-    assert " age=" in shown.stdout and "2 record(s) waiting" in shown.stderr
-    one = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "dlq", "--limit", "1")
-    assert len(one.stdout.splitlines()) == 1
-    assert "showing 1 of 2 record(s) waiting (--limit for more)" in one.stderr
     # The ledger's refused outcomes can be seen (list only).
     await dep.produce(
         settings.ledger_dlq_topic,
@@ -239,10 +240,22 @@ async def test_dead_letters_dropped_as_too_large_are_passed_over_with_their_sour
             ),
         ),
     )
-    ledger = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "ledger")
+    shown, one, ledger, dry = await cli_at_once(
+        dep,
+        ("dlq", "list", "--topic", "dlq"),
+        ("dlq", "list", "--topic", "dlq", "--limit", "1"),
+        ("dlq", "list", "--topic", "ledger"),
+        ("dlq", "replay", "--topic", "dlq", "--dry-run"),
+    )
+    assert f"too large to keep, not replayed; the original is at {source}" in shown.stdout
+    # Why, whose and how old, and how many in all (it stopped at 100 without saying).
+    assert "detail='value 900000 bytes (limit 65536)'" in shown.stdout
+    assert "tenant=acme" in shown.stdout and "tenant=?" in shown.stdout
+    assert " age=" in shown.stdout and "2 record(s) waiting" in shown.stderr
+    assert len(one.stdout.splitlines()) == 1
+    assert "showing 1 of 2 record(s) waiting (--limit for more)" in one.stderr
     assert "reason=ledger_undecodable" in ledger.stdout and "tenant=acme" in ledger.stdout
     assert "never replayed" in ledger.stderr
-    dry = await asyncio.to_thread(run_cli, dep, "dlq", "replay", "--topic", "dlq", "--dry-run")
     assert f"(too large to keep): the original is at {source}" in dry.stdout
     assert "would replay 1 record(s)" in dry.stdout and "not CloudEvents" not in dry.stdout
     with caplog.at_level(logging.WARNING, logger="paystream.dlq"):

@@ -24,6 +24,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
+from tests.test_dlq import cli_at_once
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -268,12 +269,13 @@ async def test_list_all_marks_what_replays_did(deployment_factory: Any) -> None:
     await asyncio.to_thread(
         run_cli, dep, "dlq", "replay", "--topic", "retry", "--limit", "1", "--without-master-key"
     )
-    listed = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--topic", "retry", "--all")
+    listed, both = await cli_at_once(
+        dep, ("dlq", "list", "--topic", "retry", "--all"), ("dlq", "list", "--all")
+    )  # (the second: --topic all)
     [c1] = [line for line in listed.stdout.splitlines() if "id=c1" in line]
     [c2] = [line for line in listed.stdout.splitlines() if "id=c2" in line]
     assert c1.startswith("[done] ") and not c2.startswith("[done]"), listed.stdout
     assert f"2 record(s) in {s.retry_topic}" in listed.stderr
-    both = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--all")  # (--topic all)
     assert f"record(s) in {s.dlq_topic} and {s.retry_topic}" in both.stderr
 
 
@@ -299,17 +301,16 @@ async def test_list_by_tenant_and_reason(deployment_factory: Any) -> None:
     def ids(out: str) -> list[str]:
         return [word[3:] for line in out.splitlines() for word in line.split() if word[:3] == "id="]
 
-    acme = await asyncio.to_thread(run_cli, dep, "dlq", "list", "--tenant", "acme")
+    acme, down, both = await cli_at_once(
+        dep,
+        ("dlq", "list", "--tenant", "acme"),
+        ("dlq", "list", "--reason", "provider_unavailable", "--limit", "1"),
+        ("dlq", "list", "--tenant", "acme", "--tenant", "globex",
+         "--reason", "provider_unavailable"),
+    )  # fmt: skip
     assert ids(acme.stdout) == ["a1", "a2", "a3"], acme.stdout
     assert "3 record(s) waiting of tenant acme" in acme.stderr
-    down = await asyncio.to_thread(
-        run_cli, dep, "dlq", "list", "--reason", "provider_unavailable", "--limit", "1"
-    )
     assert ids(down.stdout) == ["a1"], down.stdout
     assert "showing 1 of 3 record(s) waiting for provider_unavailable" in down.stderr
-    both = await asyncio.to_thread(
-        run_cli, dep, "dlq", "list", "--tenant", "acme", "--tenant", "globex",
-        "--reason", "provider_unavailable",
-    )  # fmt: skip
     assert ids(both.stdout) == ["a1", "g1", "a3"], both.stdout
     assert "of tenant acme or globex and for provider_unavailable" in both.stderr
