@@ -13,10 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from paystream.devstack.worker import WorkerProcess
 from paystream.tenancy.models import Tenant
+from tests.fixtures.browser import fresh_page
 from tests.fixtures.pipeline import Deployment
 from tests.web.conftest import wait_for_stats
 from tests.web.lookups import submit_lookup
@@ -75,21 +76,29 @@ async def open_dashboard(page: Page, w: W) -> None:
     await expect(page.locator("#recent tbody tr").nth(1 + len(HIDDEN))).to_be_visible(timeout=WAIT)
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def tenant_cells(browser: Browser, w: W) -> list[dict[str, Any]]:
+    """Each row of the Tenants table as drawn: its first cell's text and width, and its
+    status (one page load for every case below: they only read it)."""
+    async with fresh_page(browser) as page:
+        await open_dashboard(page, w)
+        rows: list[dict[str, Any]] = await page.evaluate(
+            """() => [...document.querySelectorAll('#tenants tbody tr')].map((tr) => {
+                 const td = tr.cells[0]; const r = document.createRange(); r.selectNodeContents(td);
+                 return {text: td.textContent, width: r.getBoundingClientRect().width,
+                         status: tr.cells[1].textContent}; })"""
+        )
+        return rows
+
+
 @pytest.mark.parametrize("name", list(HIDDEN))
 async def test_an_invisible_character_does_not_make_a_tenant_read_acme(
-    page: Page, w: W, name: str
+    tenant_cells: list[dict[str, Any]], name: str
 ) -> None:
     """A command naming tenant "acme"+X (rejected unknown_tenant) is listed in Tenants:
     drawn exactly as the registered "acme" (same width), status "unknown"."""
-    await open_dashboard(page, w)
     c = HIDDEN[name]
-    rows = await page.evaluate(
-        """(c) => [...document.querySelectorAll('#tenants tbody tr')].map((tr) => {
-             const td = tr.cells[0]; const r = document.createRange(); r.selectNodeContents(td);
-             return {text: td.textContent, width: r.getBoundingClientRect().width,
-                     status: tr.cells[1].textContent}; })""",
-        c,
-    )
+    rows = tenant_cells
     (acme,) = [r for r in rows if r["text"] == "acme"]
     units = c.encode("utf-16-be")
     escaped = "acme" + "".join(
