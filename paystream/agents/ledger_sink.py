@@ -31,7 +31,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from faust.types import EventT
@@ -47,9 +48,7 @@ from paystream.app import app, settings
 from paystream.errors import ConfigurationError
 from paystream.ledger.errors import InvalidEventError
 from paystream.ledger.events import EntityType, LedgerEvent
-from paystream.ledger.migrate import worker_database_url
-from paystream.ledger.session import create_engine
-from paystream.ledger.sink import (
+from paystream.ledger.outcomes import (
     DEAD_LETTERS,
     FORBIDDEN_DATA,
     NEXT_ACTION_REDACTED,
@@ -58,8 +57,6 @@ from paystream.ledger.sink import (
     WRITE_FAILURES,
     DeadLetter,
     FailureKind,
-    LedgerSink,
-    asyncpg_url,
     dead_letter_for,
     outcome_to_ledger_events,
 )
@@ -69,6 +66,9 @@ from paystream.streams.codec import UndecodableRecord, decode_record, headers_to
 from paystream.streams.pan import redact_card_numbers
 from paystream.streams.record_batches import UNREADABLE_BATCH_HEADER
 from paystream.streams.topics import events_topic
+
+if TYPE_CHECKING:
+    from paystream.ledger.sink import LedgerSink
 
 __all__ = [
     "BATCH_MAX",
@@ -96,6 +96,11 @@ RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
 
 ENABLED = settings.database_url is not None and settings.runs("ledger")
+# The database half of the sink (SQLAlchemy, the ledger's models: a fifth of a worker's
+# imports) loads with a worker that runs the ledger, not on its first batch; a worker
+# that does not never loads it.
+if ENABLED:
+    import_module("paystream.ledger.sink")
 
 
 def ledger_dlq_topic_name(cfg: Settings) -> str:
@@ -194,6 +199,10 @@ class LedgerSinkRunner:
     def sink(self) -> LedgerSink:
         """The sink, creating the engine on first use (config errors surface here, loudly)."""
         if self._sink is None:
+            from paystream.ledger.migrate import worker_database_url
+            from paystream.ledger.session import create_engine
+            from paystream.ledger.sink import LedgerSink, asyncpg_url
+
             cfg = self.settings
             if cfg.database_url is None:
                 raise ConfigurationError("the ledger sink needs DATABASE_URL")
