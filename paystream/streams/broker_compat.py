@@ -93,6 +93,11 @@ def faust_overrides(settings: Settings) -> dict[str, Any]:
         overrides.update(
             # A new group's join takes ~session_timeout/2 on Tansu: Faust's 60 s default
             # meant a 32 s first join and 92 s failover; 6 s gives ~5 s and ~9 s.
+            # (Measured with aiokafka, h75a: Tansu answers a JoinGroup half the session,
+            # rounded up to whole seconds, after the last join; a SIGKILL'd member's
+            # partitions move after the session and that again. 4 s gave 2 s joins and
+            # 5 s failovers, no flapping at load 6-10 on 2 cores; not taken: tests freeze
+            # a worker for up to 5.5 s expecting its group not to notice.)
             broker_session_timeout=6.0,
             broker_rebalance_timeout=6.0,
             # Kafka wants heartbeats well inside the session (< session / 3).
