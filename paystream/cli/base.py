@@ -42,7 +42,8 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
     from paystream.streams import broker_compat, record_batches
 
-    broker_compat.apply(settings)
+    # (Not Faust's worker consumers': `worker` builds its app, which patches them.)
+    broker_compat.apply(settings, worker_consumers=False)
     record_batches.install(settings)  # (what the CLI reads: batches aiokafka refuses)
     return settings
 
