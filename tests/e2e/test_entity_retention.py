@@ -20,6 +20,8 @@ from paystream.client import PaystreamClient
 from paystream.devstack._process import wait_until
 from paystream.streams.admin import changelog_topics, ensure_topics
 from paystream.tenancy.models import Tenant
+from tests.e2e.together import start_together, stop_together
+from tests.e2e.topic_tail import TopicTail
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -81,14 +83,27 @@ def _method(
     )
 
 
-async def _changelog(dep: Deployment, table: str) -> dict[str, list[Any]]:
-    """Every value written to a table's changelog, per key, in order (None: tombstone)."""
+def _changelog_tail(dep: Deployment, table: str) -> TopicTail[tuple[str, Any]]:
+    """A table's changelog as it is written: (key, value; None: a tombstone)."""
+    return TopicTail(
+        dep,
+        f"{dep.settings.app_id}-{table}-changelog",
+        lambda r: (json.loads(r.key), None if r.value is None else json.loads(r.value)),
+    )
+
+
+def _by_key(records: list[tuple[str, Any]]) -> dict[str, list[Any]]:
+    """Every value written, per key, in order."""
     values: dict[str, list[Any]] = {}
-    for r in await dep.read_topic(f"{dep.settings.app_id}-{table}-changelog"):
-        values.setdefault(json.loads(r.key), []).append(
-            None if r.value is None else json.loads(r.value)
-        )
+    for key, value in records:
+        values.setdefault(key, []).append(value)
     return values
+
+
+async def _changelog(dep: Deployment, table: str) -> dict[str, list[Any]]:
+    """Every value written to a table's changelog until now, per key, in order."""
+    async with _changelog_tail(dep, table) as tail:
+        return _by_key(await tail.caught_up())
 
 
 async def _reason(client: PaystreamClient, command: str, data: dict[str, Any]) -> str:
@@ -208,8 +223,9 @@ async def test_in_a_fleet_each_worker_removes_the_old_entities_of_its_own_partit
             for p, t in tenants.items()
         ),
     )
-    first, second = dep.worker("w1").start(), dep.worker("w2").start()
+    first, second = dep.worker("w1"), dep.worker("w2")
     try:
+        await start_together(first, second)
         for w in (first, second):
             await asyncio.to_thread(w.wait_ready, list(tenants.values()))
 
@@ -225,20 +241,23 @@ async def test_in_a_fleet_each_worker_removes_the_old_entities_of_its_own_partit
         )
         mine = owned(first)
 
-        async def tombstoned() -> set[int]:
-            log = await _changelog(dep, "payments")
+        def tombstoned(records: list[tuple[str, Any]]) -> set[int]:
+            log = _by_key(records)
             return {p for p, t in tenants.items() if log[f"{t}:pay_old"][-1] is None}
 
-        async with dep.client() as client:
+        async with _changelog_tail(dep, "payments") as payments, dep.client() as client:
             await client.command("customer.create", tenants[min(mine)], {})
-            assert await tombstoned() == mine  # the first worker's batch: its own
+            # The first worker's batch: its own.
+            await payments.until(lambda got: tombstoned(got) == mine, timeout=10)
+            assert tombstoned(payments.records) == mine
             theirs = set(range(n)) - mine
             await client.command("customer.create", tenants[min(theirs)], {})
-            assert await tombstoned() == set(range(n))  # the second's: the rest
-        log = await _changelog(dep, "payments")
-        for t in tenants.values():
-            assert log[f"{t}:pay_old"].count(None) == 1, (t, log[f"{t}:pay_old"])
+            # The second's: the rest.
+            await payments.until(lambda got: tombstoned(got) == set(range(n)), timeout=10)
+            assert tombstoned(payments.records) == set(range(n))
         assert owned(first) == mine, "a rebalance moved partitions: the test saw nothing"
     finally:
-        first.stop()
-        second.stop()
+        await stop_together(first, second)
+    log = await _changelog(dep, "payments")  # (all they wrote: both stopped)
+    for t in tenants.values():
+        assert log[f"{t}:pay_old"].count(None) == 1, (t, log[f"{t}:pay_old"])

@@ -3,10 +3,8 @@ raises fraud alerts, exactly once per outcome across a re-sent command and a SIG
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +13,7 @@ from paystream.client import PaystreamClient, build_command
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
 from paystream.streams.codec import decode_record
 from paystream.tenancy.models import Tenant
+from tests.e2e.topic_tail import TopicTail
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -32,9 +31,13 @@ def _fraud_window(at: float) -> int:
     return int(at) // FRAUD_WINDOW_SECONDS
 
 
-async def _events(dep: Deployment, topic: str) -> list[Any]:
-    records = await dep.read_topic(topic)
-    return [decode_record(r.key, r.value, dict(r.headers)) for r in records]
+def _decoded(record: Any) -> Any:
+    return decode_record(record.key, record.value, dict(record.headers))
+
+
+def events(dep: Deployment, topic: str) -> TopicTail[Any]:
+    """A tail of ``topic``'s events (analytics windows, fraud alerts), as they come."""
+    return TopicTail(dep, topic, _decoded)
 
 
 def _latest(windows: list[Any]) -> dict[tuple[str, Any], dict[str, Any]]:
@@ -65,15 +68,6 @@ def _totals(windows: list[Any]) -> dict[str, Any]:
     return {"outcomes": outcomes, "money": money, "disputes": disputes}
 
 
-async def _until(check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.5)
-
-
 async def test_outcomes_are_counted_once_and_card_testing_raises_one_alert(
     deployment_factory: Any,
 ) -> None:
@@ -95,48 +89,54 @@ async def test_outcomes_are_counted_once_and_card_testing_raises_one_alert(
         "refund.succeeded": 1,
         "dispute.closed": 1,
     }
-    with dep.worker() as worker:
-        worker.wait_ready(["acme"], partitions=dep.settings.partitions)
-        async with PaystreamClient(dep.settings) as client:
-            customer = await client.command("customer.create", "acme", {})
-            cus = customer.get_data()["entity_id"]  # type: ignore[index]
-            for _ in range(2):
-                out = await client.command(
-                    "payment.create", "acme", {**DECLINED, "customer_id": cus}
-                )
-                assert out.get_type() == "com.paystream.payment.failed"
-            paid = build_command("payment.create", "acme", PAID)
-            first = await client.send(paid)
-            again = await client.send(paid)  # sent twice: one outcome, re-emitted
-            assert again.get_id() == first.get_id()
-            pid = first.get_data()["entity_id"]  # type: ignore[index]
-            await client.command("refund.create", "acme", {"payment_id": pid, "amount": 300})
-            # A payment disputed at once, the dispute accepted (lost): the accept sent
-            # twice too (one outcome, re-emitted), and everything redelivered below.
-            disputed = await client.command("payment.create", "acme", DISPUTED)
-            dispute = disputed.get_data()["related"][0]["entity_id"]  # type: ignore[index]
-            accept = build_command("dispute.accept", "acme", {"dispute_id": dispute})
-            closed = await client.send(accept)
-            assert closed.get_type() == "com.paystream.dispute.closed", closed
-            assert (await client.send(accept)).get_id() == closed.get_id()
-        # Published once their window closed (2 s, plus 2 s of grace).
-        assert await _until(lambda: _events(dep, dep.settings.analytics_topic))
-        worker.kill(signal.SIGKILL)  # and everything not yet committed comes again
-    with dep.worker("w2") as worker:
-        worker.wait_ready(["acme"], partitions=dep.settings.partitions)
-        async with PaystreamClient(dep.settings) as client:
-            # The third decline of the customer in the fraud window: one alert.
-            for _ in range(2):
-                await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
-            for _ in range(2):
-                await client.command("payment.create", "acme", PAID)
+    async with (
+        events(dep, dep.settings.analytics_topic) as windows,
+        events(dep, dep.settings.fraud_topic) as alerts,
+    ):
+        with dep.worker() as worker:
+            worker.wait_ready(["acme"], partitions=dep.settings.partitions)
+            async with PaystreamClient(dep.settings) as client:
+                customer = await client.command("customer.create", "acme", {})
+                cus = customer.get_data()["entity_id"]  # type: ignore[index]
+                for _ in range(2):
+                    out = await client.command(
+                        "payment.create", "acme", {**DECLINED, "customer_id": cus}
+                    )
+                    assert out.get_type() == "com.paystream.payment.failed"
+                paid = build_command("payment.create", "acme", PAID)
+                first = await client.send(paid)
+                again = await client.send(paid)  # sent twice: one outcome, re-emitted
+                assert again.get_id() == first.get_id()
+                pid = first.get_data()["entity_id"]  # type: ignore[index]
+                await client.command("refund.create", "acme", {"payment_id": pid, "amount": 300})
+                # A payment disputed at once, the dispute accepted (lost): the accept sent
+                # twice too (one outcome, re-emitted), and everything redelivered below.
+                disputed = await client.command("payment.create", "acme", DISPUTED)
+                dispute = disputed.get_data()["related"][0]["entity_id"]  # type: ignore[index]
+                accept = build_command("dispute.accept", "acme", {"dispute_id": dispute})
+                closed = await client.send(accept)
+                assert closed.get_type() == "com.paystream.dispute.closed", closed
+                assert (await client.send(accept)).get_id() == closed.get_id()
+            # Published once their window closed (2 s, plus 2 s of grace).
+            assert await windows.until(bool), "no analytics window before the kill"
+            worker.kill(signal.SIGKILL)  # and everything not yet committed comes again
+        with dep.worker("w2") as worker:
+            worker.wait_ready(["acme"], partitions=dep.settings.partitions)
+            async with PaystreamClient(dep.settings) as client:
+                # The third decline of the customer in the fraud window: one alert.
+                for _ in range(2):
+                    await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
+                for _ in range(2):
+                    await client.command("payment.create", "acme", PAID)
 
-        async def all_counted() -> dict[str, Any] | None:
-            totals = _totals(await _events(dep, dep.settings.analytics_topic))
-            return totals if totals["outcomes"] == expected_outcomes else None
+            def all_counted(published: list[Any]) -> dict[str, Any] | None:
+                totals = _totals(published)
+                return totals if totals["outcomes"] == expected_outcomes else None
 
-        totals = await _until(all_counted)
-        assert totals, _totals(await _events(dep, dep.settings.analytics_topic))
+            totals = await windows.until(all_counted)
+            assert totals, _totals(windows.records)
+            # (Published with the batch that counted the third decline.)
+            assert await alerts.until(bool, timeout=10), "no fraud alert"
     assert totals["money"] == {
         "authorized": 0,
         "captured": 3 * 1000 + 700,
@@ -151,14 +151,13 @@ async def test_outcomes_are_counted_once_and_card_testing_raises_one_alert(
         "lost_amount": 700,
         "payments_succeeded": 4,
     }
-    windows = await _events(dep, dep.settings.analytics_topic)
-    assert {w.get_type() for w in windows} == {WINDOW_TYPE}
-    assert all(w.get_extension("tenantid") == "acme" for w in windows)
-    alerts = await _events(dep, dep.settings.fraud_topic)
+    assert {w.get_type() for w in windows.records} == {WINDOW_TYPE}
+    assert all(w.get_extension("tenantid") == "acme" for w in windows.records)
     if _fraud_window(first_decline) != _fraud_window(time.time()):
         pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
-    assert {a.get_id() for a in alerts} and all(a.get_type() == ALERT_TYPE for a in alerts)
-    [alert] = {a.get_id(): a for a in alerts}.values()  # republished: the same event
+    published = alerts.records
+    assert {a.get_id() for a in published} and all(a.get_type() == ALERT_TYPE for a in published)
+    [alert] = {a.get_id(): a for a in published}.values()  # republished: the same event
     data = alert.get_data()
     assert (data["rule"], data["subject_type"], data["subject"], data["observed"]) == (
         "subject_declines",

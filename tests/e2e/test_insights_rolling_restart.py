@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from typing import Any
 
 import pytest
@@ -18,7 +17,8 @@ import pytest
 from paystream.client import PaystreamClient, build_command
 from paystream.tenancy.models import Tenant
 from tests.e2e.test_crash import OutcomeLog, _produce, _wait_for
-from tests.e2e.test_insights import _events, _totals
+from tests.e2e.test_insights import _totals, events
+from tests.e2e.together import start_together, stop_together
 from tests.fixtures.pipeline import Deployment, wait_for_owners
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -36,9 +36,8 @@ async def test_rolling_restart_keeps_insights_exact(deployment_factory: Any) -> 
     tenants = [f"roll-{i}" for i in range(4)]
     await dep.add_tenants(*(Tenant(tenant_id=t) for t in tenants))
     w1, w2, w3 = dep.worker("w1"), dep.worker("w2"), dep.worker("w3")
-    w1.start()
-    w2.start()
     try:
+        await start_together(w1, w2)
         await wait_for_owners((w1, w2), dep.settings.partitions, tenants)
         # Per tenant: customer A declined THRESHOLD-1 times (no alert unless a decline is
         # counted twice), customer B THRESHOLD times (one alert, unless one is lost).
@@ -96,23 +95,18 @@ async def test_rolling_restart_keeps_insights_exact(deployment_factory: Any) -> 
         await _wait_for(lambda: ids <= log.by_command.keys(), 120, "every outcome")
         assert stopped_at < len(ids)
 
-        async def counted() -> dict[str, Any]:
-            return _totals(await _events(dep, dep.settings.analytics_topic))
-
-        deadline = time.monotonic() + 60
-        totals = await counted()
-        while totals["outcomes"] != expected_outcomes and time.monotonic() < deadline:
-            await asyncio.sleep(1)
-            totals = await counted()
-        await asyncio.sleep(6)  # any later (re)publication of a window
-        totals = await counted()
+        async with events(dep, dep.settings.analytics_topic) as windows:
+            await windows.until(lambda got: _totals(got)["outcomes"] == expected_outcomes, 60)
+            await asyncio.sleep(6)  # any later (re)publication of a window
+            totals = _totals(await windows.caught_up())
         expected_money = {
             "authorized": 0,
             "captured": paid_sum,
             "refunded": 0,
             "declined": declined_sum,
         }
-        alerts = await _events(dep, dep.settings.fraud_topic)
+        async with events(dep, dep.settings.fraud_topic) as fraud:
+            alerts = await fraud.caught_up()
         by_subject: dict[str, set[int]] = {}
         for al in alerts:
             d = al.get_data()
@@ -126,5 +120,4 @@ async def test_rolling_restart_keeps_insights_exact(deployment_factory: Any) -> 
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     finally:
-        for w in (w1, w2, w3):
-            w.stop()
+        await stop_together(w1, w2, w3)
