@@ -8,8 +8,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -18,6 +20,8 @@ from paystream.client import PaystreamClient, build_command
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+T = TypeVar("T")
 
 
 def run_cli(
@@ -35,16 +39,30 @@ def run_cli(
     return proc
 
 
+def at_once(*calls: Callable[[], T]) -> list[T]:
+    """Each call's result, the calls made at the same time (each in a thread): for
+    invocations that do not depend on each other, most of whose time is a new
+    interpreter's start and imports."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [done.result() for done in [pool.submit(call) for call in calls]]
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def deployed(deployment_factory: Any) -> AsyncIterator[Deployment]:
     dep: Deployment = await deployment_factory()
-    run_cli(dep, "tenants", "add", "acme", "--name", "Acme Corp")
-    # a tenant whose provider is down for the first 100 attempts of every key
-    run_cli(dep, "tenants", "add", "flaky", "--option", 'fail_first={"*": 100}')
-    with dep.worker() as worker:
+    worker = dep.worker()
+    try:
+        at_once(
+            worker.start,
+            lambda: run_cli(dep, "tenants", "add", "acme", "--name", "Acme Corp"),
+            # a tenant whose provider is down for the first 100 attempts of every key
+            lambda: run_cli(dep, "tenants", "add", "flaky", "--option", 'fail_first={"*": 100}'),
+        )
         worker.wait_ready(["acme", "flaky"], partitions=dep.settings.partitions)
         dep.worker_handle = worker  # type: ignore[attr-defined]
         yield dep
+    finally:
+        worker.stop()
 
 
 async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
@@ -59,28 +77,32 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     renamed = run_cli(deployed, "tenants", "add", "acme", "--name", "Acme Inc")
     assert json.loads(renamed.stdout)["status"] == "suspended", renamed.stdout
     assert "updated acme (status suspended)" in renamed.stderr
-    run_cli(deployed, "tenants", "activate", "acme")
-    # Options the gateway would refuse are refused when written, not at the first payment.
-    typo = run_cli(deployed, "tenants", "add", "acme", "--option", "fail_rat=0.5", check=False)
-    assert typo.returncode == 2 and "fail_rat" in typo.stderr
-    assert json.loads(run_cli(deployed, "tenants", "add", "acme").stdout)["gateway_options"] == {}
-    # Nor is a tenant id, name or key label that reads as a card number, nor repeated.
-    for args in (
+    # Refused, each, before anything is written (so, at once, beside the activation):
+    # options the gateway would refuse, refused when written, not at the first payment;
+    # a tenant id, name or key label that reads as a card number, nor repeated; an
+    # unknown tenant; a registry topic that does not exist, not created by the broker's
+    # defaults (not compacted), nor a mistyped one taken for it (review finding).
+    carded_args = (
         ("add", "4242424242424242"),
         ("add", "acme", "--name", "Acme 4242 4242 4242 4242"),
         ("api-key", "create", "acme", "--label", "card 4242424242424242"),
-    ):
-        carded = run_cli(deployed, "tenants", *args, check=False)
-        assert carded.returncode == 2 and "reads as a card number" in carded.stderr, carded
-        assert "4242" not in carded.stderr
-    unknown = run_cli(deployed, "tenants", "suspend", "nobody", check=False)
+    )
+    refused = partial(run_cli, deployed, check=False)
+    mistyped = f"{deployed.settings.app_id}.tenants-typo"
+    _, typo, unknown, missing, *carded = at_once(
+        partial(run_cli, deployed, "tenants", "activate", "acme"),
+        partial(refused, "tenants", "add", "acme", "--option", "fail_rat=0.5"),
+        partial(refused, "tenants", "suspend", "nobody"),
+        partial(refused, "tenants", "add", "zeta", PAYSTREAM_TENANTS_TOPIC=mistyped),
+        *(partial(refused, "tenants", *args) for args in carded_args),
+    )
+    assert typo.returncode == 2 and "fail_rat" in typo.stderr
+    # (Not written: re-registered without options, it has none.)
+    assert json.loads(run_cli(deployed, "tenants", "add", "acme").stdout)["gateway_options"] == {}
+    for args, said in zip(carded_args, carded, strict=True):
+        assert said.returncode == 2 and "reads as a card number" in said.stderr, (args, said)
+        assert "4242" not in said.stderr, args
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
-    # A registry topic that does not exist is not created by the broker's defaults (not
-    # compacted), nor is a mistyped one taken for it (review finding).
-    missing = run_cli(
-        deployed, "tenants", "add", "zeta", check=False,
-        PAYSTREAM_TENANTS_TOPIC=f"{deployed.settings.app_id}.tenants-typo",
-    )  # fmt: skip
     assert missing.returncode != 0 and "does not exist" in missing.stderr, missing.stderr
     assert "paystream topics" in missing.stderr
 
@@ -115,16 +137,19 @@ async def test_send_whose_stdout_is_gone_names_the_id_and_exits_74(deployed: Dep
     read_end, write_end = os.pipe()
     os.close(read_end)  # (its reader gone before the outcome is written)
     try:
-        broken = subprocess.run(
-            [*args, "--data", '{"customer_id": "c-pipe"}'],
-            env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        broken, closed = at_once(
+            partial(
+                subprocess.run, [*args, "--data", '{"customer_id": "c-pipe"}'],
+                env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+            ),
+            partial(
+                subprocess.run,
+                ["sh", "-c", 'exec "$@" >&-', "sh", *args, "--data", '{"customer_id": "c-closed"}'],
+                env=env, stderr=subprocess.PIPE, text=True, timeout=120,
+            ),
         )  # fmt: skip
     finally:
         os.close(write_end)
-    closed = subprocess.run(
-        ["sh", "-c", 'exec "$@" >&-', "sh", *args, "--data", '{"customer_id": "c-closed"}'],
-        env=env, stderr=subprocess.PIPE, text=True, timeout=120,
-    )  # fmt: skip
     for done in (broken, closed):
         assert done.returncode == 74, done.stderr
         assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
@@ -170,27 +195,39 @@ async def test_parked_commands_are_replayed_by_dlq_replay(deployed: Deployment) 
     )
 
 
-async def test_doctor_prints_its_table_and_passes(deployed: Deployment) -> None:
-    out = run_cli(deployed, "doctor").stdout
+@pytest.fixture(scope="module")
+def doctors(deployed: Deployment) -> dict[str, subprocess.CompletedProcess[str]]:
+    """`paystream doctor`'s runs, at once: on the deployment's servers, and without
+    REDIS_URL (most of each is waiting on the broker: a group's join, fetches)."""
+    without_redis = {k: v for k, v in {**os.environ, **deployed.env}.items() if k != "REDIS_URL"}
+    given, no_redis = at_once(
+        partial(run_cli, deployed, "doctor", check=False),
+        partial(
+            subprocess.run, [sys.executable, "-m", "paystream", "doctor"],
+            env=without_redis, capture_output=True, text=True, timeout=120,
+        ),
+    )  # fmt: skip
+    return {"given": given, "no_redis": no_redis}
+
+
+async def test_doctor_prints_its_table_and_passes(
+    doctors: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    proc = doctors["given"]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
     rows = [line for line in out.splitlines() if " PASS " in line or " FAIL " in line]
     assert len(rows) >= 8 and all(" PASS " in row for row in rows), out
     assert "end offsets after batch" in out and "caught-up fetch latency" in out
 
 
 async def test_doctor_checks_the_configured_servers_when_redis_is_not_set(
-    deployed: Deployment,
+    doctors: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:
     """A Stripe-only fleet sets no REDIS_URL: doctor still checks the broker and database
     it was given, the ledger's set-up among them, rather than an embedded stand-in (which
     passed an unmigrated ledger)."""
-    env = {k: v for k, v in {**os.environ, **deployed.env}.items() if k != "REDIS_URL"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "paystream", "doctor"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = doctors["no_redis"]
     out = proc.stdout
     assert "checking the embedded stack" not in out
     assert "ledger ready" in out, out
@@ -211,23 +248,28 @@ def _send_payment(dep: Deployment, tenant: str, amount: int) -> dict[str, Any]:
 
 async def test_tenant_limits_are_set_kept_enforced_and_cleared(deployed: Deployment) -> None:
     run_cli(deployed, "tenants", "add", "capped", "--max-payment", "usd=1000", "--rate-limit", "50")
-    shown = json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout)
-    assert shown["max_payment_amount"] == {"USD": 1000} and shown["commands_per_second"] == 50
     deployed.worker_handle.wait_ready(["capped"])  # type: ignore[attr-defined]
-    over = _send_payment(deployed, "capped", 1001)
+    shown_run, over, paid = at_once(
+        partial(run_cli, deployed, "tenants", "limits", "capped"),
+        partial(_send_payment, deployed, "capped", 1001),
+        partial(_send_payment, deployed, "capped", 1000),
+    )
+    shown = json.loads(shown_run.stdout)
+    assert shown["max_payment_amount"] == {"USD": 1000} and shown["commands_per_second"] == 50
     assert over["data"]["reason"] == "quota_exceeded", over
     assert over["data"]["limit"] == "max_payment_amount"
-    assert _send_payment(deployed, "capped", 1000)["type"] == "com.paystream.payment.succeeded"
-    # Updating the tenant without limit options keeps its limits, and its gateway options.
-    run_cli(deployed, "tenants", "add", "capped", "--option", "latency_ms=0")
+    assert paid["type"] == "com.paystream.payment.succeeded", paid
+    # Updating the tenant without limit options keeps its limits, and its gateway options;
+    # limit options on a registered tenant would replace all its limits: refused.
+    _, refused = at_once(
+        partial(run_cli, deployed, "tenants", "add", "capped", "--option", "latency_ms=0"),
+        partial(run_cli, deployed, "tenants", "add", "capped", "--rate-limit", "9", check=False),
+    )
+    assert refused.returncode == 2 and "tenants limits" in refused.stderr
     updated = run_cli(deployed, "tenants", "add", "capped", "--name", "Capped Inc").stdout
     assert json.loads(updated)["gateway_options"] == {"latency_ms": 0}, updated
     kept = json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout)
-    assert kept["max_payment_amount"] == {"USD": 1000}
-    # Limit options on a registered tenant would replace all its limits: refused.
-    refused = run_cli(deployed, "tenants", "add", "capped", "--rate-limit", "9", check=False)
-    assert refused.returncode == 2 and "tenants limits" in refused.stderr
-    assert json.loads(run_cli(deployed, "tenants", "limits", "capped").stdout) == kept
+    assert kept == shown  # (kept by the updates; the refused one changed nothing)
     cleared = json.loads(run_cli(deployed, "tenants", "limits", "capped", "--clear").stdout)
     assert cleared["max_payment_amount"] == {} and cleared["commands_per_second"] is None
     for _ in range(50):  # the change reaches the worker's registry table shortly
@@ -235,18 +277,18 @@ async def test_tenant_limits_are_set_kept_enforced_and_cleared(deployed: Deploym
         if out["data"].get("reason") != "quota_exceeded":
             break
     assert out["type"] == "com.paystream.payment.succeeded", out
-    bad = run_cli(deployed, "tenants", "limits", "capped", "--daily-volume", "USD", check=False)
-    assert bad.returncode == 2 and "CURRENCY=MINOR_UNITS" in bad.stderr
-    only = run_cli(
-        deployed, "tenants", "limits", "capped", "--max-payment", "USD=1000",
-        "--only-listed-currencies",
-    ).stdout  # fmt: skip
-    assert json.loads(only)["only_listed_currencies"] is True
-    alone = run_cli(
-        deployed, "tenants", "limits", "capped", "--only-listed-currencies", check=False
+    # (At once: the refusals are judged on the options given, not the limits held.)
+    limits = partial(run_cli, deployed, "tenants", "limits", check=False)
+    bad, only, alone, unknown = at_once(
+        partial(limits, "capped", "--daily-volume", "USD"),
+        partial(limits, "capped", "--max-payment", "USD=1000", "--only-listed-currencies"),
+        partial(limits, "capped", "--only-listed-currencies"),
+        partial(limits, "nobody"),
     )
+    assert bad.returncode == 2 and "CURRENCY=MINOR_UNITS" in bad.stderr
+    assert only.returncode == 0, only.stderr
+    assert json.loads(only.stdout)["only_listed_currencies"] is True
     assert alone.returncode == 2 and "only_listed_currencies needs" in alone.stderr
-    unknown = run_cli(deployed, "tenants", "limits", "nobody", check=False)
     assert unknown.returncode != 0 and "unknown tenant" in unknown.stderr
 
 
@@ -266,22 +308,38 @@ async def test_a_rate_limited_tenant_gets_rate_limited_outcomes(deployed: Deploy
     assert all(d["reason"] == "rate_limited" and d["retry_after_ms"] > 0 for d in limited)  # type: ignore[index]
 
 
-@pytest.mark.parametrize(
-    ("args", "env"),
-    [
-        (("dlq", "list"), {"PAYSTREAM_DLQ_TOPIC": "no.such.dlq"}),
-        (("dlq", "replay", "--dry-run"), {"PAYSTREAM_RETRY_TOPIC": "no.such.retry"}),
-        (("tenants", "list"), {"PAYSTREAM_TENANTS_TOPIC": "no.such.tenants"}),
-        (("tenants", "suspend", "acme"), {"PAYSTREAM_TENANTS_TOPIC": "no.such.tenants"}),
-    ],
-    ids=["dlq-list", "dlq-replay", "tenants-list", "tenants-suspend"],
-)
+# Each case: the command, and the environment naming a topic that does not exist.
+MISSING_TOPICS = {
+    "dlq-list": (("dlq", "list"), {"PAYSTREAM_DLQ_TOPIC": "no.such.dlq"}),
+    "dlq-replay": (("dlq", "replay", "--dry-run"), {"PAYSTREAM_RETRY_TOPIC": "no.such.retry"}),
+    "tenants-list": (("tenants", "list"), {"PAYSTREAM_TENANTS_TOPIC": "no.such.tenants"}),
+    "tenants-suspend": (
+        ("tenants", "suspend", "acme"),
+        {"PAYSTREAM_TENANTS_TOPIC": "no.such.tenants"},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def missing_topic_runs(deployed: Deployment) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Each MISSING_TOPICS case run, all at once (each is a process's start, mostly)."""
+    runs = at_once(
+        *(
+            partial(run_cli, deployed, *args, check=False, **env)
+            for args, env in MISSING_TOPICS.values()
+        )
+    )
+    return dict(zip(MISSING_TOPICS, runs, strict=True))
+
+
+@pytest.mark.parametrize("case", list(MISSING_TOPICS))
 async def test_a_topic_that_does_not_exist_is_said_not_read_as_empty(
-    deployed: Deployment, args: tuple[str, ...], env: dict[str, str]
+    missing_topic_runs: dict[str, subprocess.CompletedProcess[str]], case: str
 ) -> None:
     """A shell pointed at another environment, or a mistyped topic, said "0 record(s)
     waiting" or listed no tenant, and exited 0 (review finding)."""
-    proc = run_cli(deployed, *args, check=False, **env)
+    _, env = MISSING_TOPICS[case]
+    proc = missing_topic_runs[case]
     assert proc.returncode != 0, proc.stdout
     assert "does not exist" in proc.stderr and next(iter(env.values())) in proc.stderr
 
@@ -303,28 +361,32 @@ async def test_a_customer_takes_the_3ds_step_at_the_simulator_from_the_shell(
     `payment.refresh`; passed on one payment, failed (`--fail`) on another."""
     card = {"amount": 1500, "currency": "EUR",
             "payment_method_token": "pm_card_authenticationRequired"}  # fmt: skip
-    for pid, extra, status, after in (
-        ("pay_cli_3ds_ok", (), "succeeded", "payment.succeeded"),
-        ("pay_cli_3ds_no", ("--fail",), "failed", "payment.failed"),
-    ):
+
+    def the_customer_step(pid: str, extra: tuple[str, ...], status: str, after: str) -> None:
         created = _sent(deployed, "payment.create", {**card, "payment_id": pid})
         assert created["type"] == "com.paystream.payment.requires_action", created
         provider_id = created["data"]["object"]["provider_payment_id"]
         step = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, *extra)
-        assert json.loads(step.stdout)["status"] == status
+        assert json.loads(step.stdout)["status"] == status, pid
         read = _sent(deployed, "payment.refresh", {"payment_id": pid})
         assert read["type"] == f"com.paystream.{after}", read
-        assert read["data"]["previous_status"] == "requires_action"
+        assert read["data"]["previous_status"] == "requires_action", pid
         # Taken again (a customer's double click): the same answer, nothing changes.
         again = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, *extra)
-        assert again.stdout == step.stdout
+        assert again.stdout == step.stdout, pid
         # The other way after it: the step is over.
         other = () if extra else ("--fail",)
         late = run_cli(deployed, "simulator", "authenticate", "acme", provider_id, *other,
                        check=False)  # fmt: skip
         said = f"came after one the other way for {provider_id}, whose answer stands"
-        assert late.returncode == 1 and said in late.stderr, late.stderr
-        assert f"(the payment is {status}" in late.stderr
+        assert late.returncode == 1 and said in late.stderr, (pid, late.stderr)
+        assert f"(the payment is {status}" in late.stderr, pid
+
+    # The two payments' steps at once (each a run of commands that wait on each other).
+    at_once(
+        partial(the_customer_step, "pay_cli_3ds_ok", (), "succeeded", "payment.succeeded"),
+        partial(the_customer_step, "pay_cli_3ds_no", ("--fail",), "failed", "payment.failed"),
+    )
 
 
 async def test_simulator_authenticate_after_a_refusal_the_other_way(deployed: Deployment) -> None:
@@ -341,25 +403,46 @@ async def test_simulator_authenticate_after_a_refusal_the_other_way(deployed: De
     assert "whose answer stands (the payment is succeeded)" in after.stderr, after.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "said"),
-    [
-        (("acme", "pi_missing"), "the simulator has no payment 'pi_missing' for tenant acme"),
-        # paystream's own id, the likely mistake: the error says which id to give.
-        (("acme", "pay_nope"), "give the payment's provider_payment_id"),
-        (("nobody", "pi_missing"), "unknown tenant 'nobody'"),
-    ],
-)
+# `simulator authenticate` refused: its arguments, and what it says.
+NOT_FOUND = [
+    (("acme", "pi_missing"), "the simulator has no payment 'pi_missing' for tenant acme"),
+    # paystream's own id, the likely mistake: the error says which id to give.
+    (("acme", "pay_nope"), "give the payment's provider_payment_id"),
+    (("nobody", "pi_missing"), "unknown tenant 'nobody'"),
+]
+
+
+@pytest.fixture(scope="module")
+def authenticate_refusals(
+    deployed: Deployment,
+) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """`simulator authenticate` run for each NOT_FOUND case, and with Redis down (its
+    arguments ("redis down",)), all at once."""
+    step = partial(run_cli, deployed, "simulator", "authenticate", check=False)
+    *not_found, redis_down = at_once(
+        *(partial(step, *args) for args, _ in NOT_FOUND),
+        partial(step, "acme", "pi_x", REDIS_URL="redis://127.0.0.1:1"),
+    )
+    return {
+        **{args: proc for (args, _), proc in zip(NOT_FOUND, not_found, strict=True)},
+        ("redis down",): redis_down,
+    }
+
+
+@pytest.mark.parametrize(("args", "said"), NOT_FOUND)
 async def test_simulator_authenticate_refuses_what_it_cannot_find(
-    deployed: Deployment, args: tuple[str, str], said: str
+    authenticate_refusals: dict[tuple[str, ...], subprocess.CompletedProcess[str]],
+    args: tuple[str, str],
+    said: str,
 ) -> None:
-    proc = run_cli(deployed, "simulator", "authenticate", *args, check=False)
+    proc = authenticate_refusals[args]
     assert proc.returncode == 1 and said in proc.stderr, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
 
 
-async def test_simulator_authenticate_says_when_redis_is_down(deployed: Deployment) -> None:
-    proc = run_cli(deployed, "simulator", "authenticate", "acme", "pi_x", check=False,
-                   REDIS_URL="redis://127.0.0.1:1")  # fmt: skip
+async def test_simulator_authenticate_says_when_redis_is_down(
+    authenticate_refusals: dict[tuple[str, ...], subprocess.CompletedProcess[str]],
+) -> None:
+    proc = authenticate_refusals[("redis down",)]
     assert proc.returncode == 1 and "the simulator's Redis" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

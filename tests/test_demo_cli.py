@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from paystream.devstack._process import free_port
 from tests.fixtures.pipeline import Deployment
-from tests.test_cli import run_cli
+from tests.test_cli import at_once, run_cli
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -22,7 +23,12 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
     with dep.worker() as worker:
         worker.wait_ready([], partitions=dep.settings.partitions)
         out = run_cli(dep, "demo", "--rate", "20", "--duration", "4").stdout
-        restarted = run_cli(dep, "demo", "--no-register", "--rate", "5", "--duration", "3").stdout
+        # (The registry read meanwhile: --no-register writes nothing.)
+        restarted_run, listed_run = at_once(
+            partial(run_cli, dep, "demo", "--no-register", "--rate", "5", "--duration", "3"),
+            partial(run_cli, dep, "tenants", "list"),
+        )
+        restarted = restarted_run.stdout
     assert "acme: registered" in out and "globex: registered" in out
     done = re.search(r"demo done: (\d+) outcomes in \d+ s \([\d.]+/s\):\n((?:  .*\n?)+)", out)
     assert done, out
@@ -36,19 +42,18 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
     # Started again on the same stack (compose restarts the demo): the same rates,
     # answered as made before, not refused as existing (command.rejected).
     assert re.search(r"^  tax_rate\.created +3$", restarted, re.M), restarted
-    listed = {
-        t["tenant_id"]: t
-        for t in map(json.loads, run_cli(dep, "tenants", "list").stdout.splitlines())
-    }
+    listed = {t["tenant_id"]: t for t in map(json.loads, listed_run.stdout.splitlines())}
     assert listed["globex"]["limits"]["commands_per_second"] == 50
     # globex's bank account is closed: its payouts fail (payout.failed).
     assert listed["globex"]["gateway_options"] == {"payout_destination": "000111111113"}
     # A registered tenant is never rewritten (compose restarts the demo): an operator's
-    # suspension stays, and so does --no-register's registry.
+    # suspension stays, and so does --no-register's registry (the two runs at once).
     run_cli(dep, "tenants", "suspend", "acme")
-    again = run_cli(dep, "demo", "--rate", "5", "--duration", "1").stdout
-    assert "acme: already registered, left as it is" in again
-    run_cli(dep, "demo", "--no-register", "--rate", "5", "--duration", "1")
+    again, _ = at_once(
+        partial(run_cli, dep, "demo", "--rate", "5", "--duration", "1"),
+        partial(run_cli, dep, "demo", "--no-register", "--rate", "5", "--duration", "1"),
+    )
+    assert "acme: already registered, left as it is" in again.stdout
     statuses = {
         t["tenant_id"]: t["status"]
         for t in map(json.loads, run_cli(dep, "tenants", "list").stdout.splitlines())
