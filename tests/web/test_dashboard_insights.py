@@ -7,6 +7,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from playwright.async_api import Page, expect
 
 from paystream.devstack.worker import WorkerProcess
 from paystream.tenancy.models import Tenant
+from tests.e2e.together import start_together, stop_together
 from tests.fixtures.pipeline import Deployment
 from tests.web.conftest import wait_for_stats
 
@@ -59,12 +61,16 @@ def _fraud_day() -> int:
     return int(time.time() // 86_400)
 
 
+@dataclass
+class Workers:
+    insightful: tuple[Deployment, WorkerProcess]  # running the insights
+    plain: tuple[Deployment, WorkerProcess]  # not running them
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProcess, str]]:
+async def workers(deployment_factory: Any) -> AsyncIterator[Workers]:
     """A worker running the insights (1 s windows, an alert at 2 declines of a customer)
-    after a customer's two declines and a payment, globex's refund read back failed
-    (last: its latest window), and initech's payment disputed at once: (the worker, the
-    customer id)."""
+    and one of another deployment not running them, started at once."""
     dep: Deployment = await deployment_factory(
         paystream_agents="commands,insights",
         paystream_insights_window_seconds="1",
@@ -73,6 +79,22 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
         # two declines straddled a boundary now and then, and no alert was raised.
         paystream_fraud_window_seconds="86400",
     )
+    plain: Deployment = await deployment_factory()
+    await plain.add_tenants(Tenant(tenant_id="acme"))
+    pair = Workers((dep, dep.worker()), (plain, plain.worker()))
+    try:
+        await start_together(pair.insightful[1], pair.plain[1])
+        yield pair
+    finally:
+        await stop_together(pair.insightful[1], pair.plain[1])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def insightful(workers: Workers) -> AsyncIterator[tuple[WorkerProcess, str]]:
+    """The worker running the insights after a customer's two declines and a payment,
+    globex's refund read back failed (last: its latest window), and initech's payment
+    disputed at once: (the worker, the customer id)."""
+    dep, worker = workers.insightful
     names = ["acme", "globex", "initech", *SUB_TENANTS, "tyrell"]
     await dep.add_tenants(*(Tenant(tenant_id=t) for t in names))
     await dep.add_tenants(
@@ -82,93 +104,90 @@ async def insightful(deployment_factory: Any) -> AsyncIterator[tuple[WorkerProce
                gateway_options={**AT_ONCE, "payout_destination": CLOSED_ACCOUNT}),
     )  # fmt: skip
     names += PAYOUT_TENANTS
-    with dep.worker() as worker:
-        await asyncio.to_thread(worker.wait_ready, names, partitions=dep.settings.partitions)
-        async with dep.client() as client:
-            day = _fraud_day()
-            customer = await client.command("customer.create", "acme", {})
-            cus = str(customer.get_data()["entity_id"])  # type: ignore[index]
-            for _ in range(2):
-                await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
-            await client.command("payment.create", "acme", PAID)  # last: the latest window
-            paid = await client.command("payment.create", "globex", REFUND_FAILS)
-            pay = str(paid.get_data()["entity_id"])  # type: ignore[index]
-            refund = await client.command("refund.create", "globex", {"payment_id": pay})
-            ref = str(refund.get_data()["entity_id"])  # type: ignore[index]
-            failed = await client.command("refund.refresh", "globex", {"refund_id": ref})
-            assert failed.get_type().endswith("refund.failed"), failed
-            disputed = await client.command("payment.create", "initech", DISPUTED)
-            assert disputed.get_data()["related"][0]["entity_type"] == "dispute", disputed  # type: ignore[index]
-            # Subscriptions: hooli's created (its first invoice paid; last), piedpiper's
-            # created and canceled (the cancel last), raviga's first invoice declined.
-            made = await _subscribe(client, "hooli")
-            assert made.get_type().endswith("subscription.created"), made
-            made = await _subscribe(client, "piedpiper")
-            sub = str(made.get_data()["entity_id"])
-            gone = await client.command(
-                "subscription.cancel", "piedpiper", {"subscription_id": sub}
-            )
-            assert gone.get_type().endswith("subscription.canceled"), gone
-            failed = await _subscribe(client, "raviga", SAVES_NEVER_CHARGES)
-            assert failed.get_type().endswith("subscription.failed"), failed
-            for tenant, payout in (("stark", 2000), ("lannister", 1000), ("wayne", 1500)):
-                await client.command("payment.create", tenant, {**PAID, "currency": "EUR"})
-                method = "standard" if tenant == "lannister" else "instant"
-                made = await client.command(
-                    "payout.create", tenant,
-                    {"payout_id": "po1", "amount": payout, "currency": "EUR", "method": method},
-                )  # fmt: skip
-                assert made.get_type().endswith("payout.created"), made.get_data()
-            for tenant, outcome in (("stark", "payout.paid"), ("wayne", "payout.failed")):
-                read = await client.command("payout.refresh", tenant, {"payout_id": "po1"})
-                assert read.get_type().endswith(outcome), read
-            await client.command("tax_rate.create", "tyrell", VAT_INC)
-            calc = await client.command(
-                "tax.calculate", "tyrell",
-                {"currency": "GBP", "tax_rate_ids": ["vat"],
-                 "line_items": [{"amount": 1200, "reference": "hat"}]},
+    await asyncio.to_thread(worker.wait_ready, names, partitions=dep.settings.partitions)
+    async with dep.client() as client:
+        day = _fraud_day()
+        customer = await client.command("customer.create", "acme", {})
+        cus = str(customer.get_data()["entity_id"])  # type: ignore[index]
+        for _ in range(2):
+            await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
+        await client.command("payment.create", "acme", PAID)  # last: the latest window
+        paid = await client.command("payment.create", "globex", REFUND_FAILS)
+        pay = str(paid.get_data()["entity_id"])  # type: ignore[index]
+        refund = await client.command("refund.create", "globex", {"payment_id": pay})
+        ref = str(refund.get_data()["entity_id"])  # type: ignore[index]
+        failed = await client.command("refund.refresh", "globex", {"refund_id": ref})
+        assert failed.get_type().endswith("refund.failed"), failed
+        disputed = await client.command("payment.create", "initech", DISPUTED)
+        assert disputed.get_data()["related"][0]["entity_type"] == "dispute", disputed  # type: ignore[index]
+        # Subscriptions: hooli's created (its first invoice paid; last), piedpiper's
+        # created and canceled (the cancel last), raviga's first invoice declined.
+        made = await _subscribe(client, "hooli")
+        assert made.get_type().endswith("subscription.created"), made
+        made = await _subscribe(client, "piedpiper")
+        sub = str(made.get_data()["entity_id"])
+        gone = await client.command("subscription.cancel", "piedpiper", {"subscription_id": sub})
+        assert gone.get_type().endswith("subscription.canceled"), gone
+        failed = await _subscribe(client, "raviga", SAVES_NEVER_CHARGES)
+        assert failed.get_type().endswith("subscription.failed"), failed
+        for tenant, payout in (("stark", 2000), ("lannister", 1000), ("wayne", 1500)):
+            await client.command("payment.create", tenant, {**PAID, "currency": "EUR"})
+            method = "standard" if tenant == "lannister" else "instant"
+            made = await client.command(
+                "payout.create", tenant,
+                {"payout_id": "po1", "amount": payout, "currency": "EUR", "method": method},
             )  # fmt: skip
-            taxed = await client.command(
-                "payment.create", "tyrell",
-                {**PAID, "amount": 1200, "currency": "GBP",
-                 "tax_calculation_id": calc.get_data()["entity_id"]},
-            )  # fmt: skip
-            assert taxed.get_data()["object"]["amount_tax"] == 200, taxed
-        if _fraud_day() != day:  # about one run in 10^5: no alert is the right answer
-            pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
+            assert made.get_type().endswith("payout.created"), made.get_data()
+        for tenant, outcome in (("stark", "payout.paid"), ("wayne", "payout.failed")):
+            read = await client.command("payout.refresh", tenant, {"payout_id": "po1"})
+            assert read.get_type().endswith(outcome), read
+        await client.command("tax_rate.create", "tyrell", VAT_INC)
+        calc = await client.command(
+            "tax.calculate", "tyrell",
+            {"currency": "GBP", "tax_rate_ids": ["vat"],
+             "line_items": [{"amount": 1200, "reference": "hat"}]},
+        )  # fmt: skip
+        taxed = await client.command(
+            "payment.create", "tyrell",
+            {**PAID, "amount": 1200, "currency": "GBP",
+             "tax_calculation_id": calc.get_data()["entity_id"]},
+        )  # fmt: skip
+        assert taxed.get_data()["object"]["amount_tax"] == 200, taxed
+    if _fraud_day() != day:  # about one run in 10^5: no alert is the right answer
+        pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
 
-        def published(stats: dict[str, Any]) -> bool:
-            ins = stats["insights"] or {}
-            acme, globex = (
-                ins.get("windows", {}).get(t, {}).get("money", {}).get("USD", {})
-                for t in ("acme", "globex")
-            )
-            initech = ins.get("windows", {}).get("initech", {}).get("disputes", {})
-            hooli, piedpiper, raviga = (
-                ins.get("windows", {}).get(t, {}).get("subscriptions", {}).get("EUR", {})
-                for t in SUB_TENANTS
-            )
-            stark, lannister, wayne = (
-                ins.get("windows", {}).get(t, {}).get("payouts", {}).get("EUR", {})
-                for t in PAYOUT_TENANTS
-            )
-            tyrell = ins.get("windows", {}).get("tyrell", {}).get("tax_collected", {})
-            return (
-                bool(ins.get("alerts"))
-                and acme.get("captured") == 2500
-                and globex.get("refunds_failed") == 1000
-                and initech.get("USD", {}).get("opened") == 1
-                and hooli.get("invoices_paid") == 1
-                and piedpiper.get("canceled") == 1
-                and raviga.get("invoices_declined") == 1
-                and stark.get("paid") == 1
-                and lannister.get("created") == 1
-                and wayne.get("failed") == 1
-                and tyrell.get("GBP", {}).get("payments") == 200
-            )
+    def published(stats: dict[str, Any]) -> bool:
+        ins = stats["insights"] or {}
+        acme, globex = (
+            ins.get("windows", {}).get(t, {}).get("money", {}).get("USD", {})
+            for t in ("acme", "globex")
+        )
+        initech = ins.get("windows", {}).get("initech", {}).get("disputes", {})
+        hooli, piedpiper, raviga = (
+            ins.get("windows", {}).get(t, {}).get("subscriptions", {}).get("EUR", {})
+            for t in SUB_TENANTS
+        )
+        stark, lannister, wayne = (
+            ins.get("windows", {}).get(t, {}).get("payouts", {}).get("EUR", {})
+            for t in PAYOUT_TENANTS
+        )
+        tyrell = ins.get("windows", {}).get("tyrell", {}).get("tax_collected", {})
+        return (
+            bool(ins.get("alerts"))
+            and acme.get("captured") == 2500
+            and globex.get("refunds_failed") == 1000
+            and initech.get("USD", {}).get("opened") == 1
+            and hooli.get("invoices_paid") == 1
+            and piedpiper.get("canceled") == 1
+            and raviga.get("invoices_declined") == 1
+            and stark.get("paid") == 1
+            and lannister.get("created") == 1
+            and wayne.get("failed") == 1
+            and tyrell.get("GBP", {}).get("payments") == 200
+        )
 
-        await wait_for_stats(worker, published, timeout=30)
-        yield worker, cus
+    await wait_for_stats(worker, published, timeout=30)
+    yield worker, cus
 
 
 async def test_alerts_and_the_latest_window_are_shown(
@@ -239,15 +258,13 @@ async def test_alerts_and_the_latest_window_are_shown(
 
 
 async def test_a_worker_without_insights_shows_none(
-    page: Page, deployment_factory: Any, js_errors: list[str]
+    page: Page, workers: Workers, js_errors: list[str]
 ) -> None:
-    dep: Deployment = await deployment_factory()
-    await dep.add_tenants(Tenant(tenant_id="acme"))
-    with dep.worker() as worker:
-        await asyncio.to_thread(worker.wait_ready, ["acme"], partitions=dep.settings.partitions)
-        stats = await wait_for_stats(worker, lambda s: True)
-        assert stats["insights"] is None
-        await page.goto(worker.base_url + "/")
-        await expect(page.locator("#status")).to_have_text("live", timeout=WAIT)
-        await expect(page.locator("#insights")).to_be_hidden()
+    dep, worker = workers.plain
+    await asyncio.to_thread(worker.wait_ready, ["acme"], partitions=dep.settings.partitions)
+    stats = await wait_for_stats(worker, lambda s: True)
+    assert stats["insights"] is None
+    await page.goto(worker.base_url + "/")
+    await expect(page.locator("#status")).to_have_text("live", timeout=WAIT)
+    await expect(page.locator("#insights")).to_be_hidden()
     assert js_errors == []
