@@ -60,112 +60,136 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
             async def over_kafka(kind: str, data: dict[str, Any]) -> dict[str, Any]:
                 return _check(await kafka.command(kind, TENANT, data, timeout=60), sent, seen, kind)
 
-            await over_http("customer.create", {"customer_id": "c1", "email": "a@example.com"})
-            await over_kafka("customer.update", {"customer_id": "c1", "name": "Ada"})
-            await over_http(
-                "payment_method.attach",
-                {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "pm1"},
-            )
-            held = await over_kafka(
-                "payment.create",
-                {"amount": 1000, "currency": "usd", "payment_method_id": "pm1",
-                 "customer_id": "c1", "capture": "manual"},
-            )  # fmt: skip
-            assert held["object"]["currency"] == "USD", held
-            await over_http("payment.capture", {"payment_id": held["entity_id"], "amount": 600})
-            refund = await over_kafka(
-                "refund.create", {"payment_id": held["entity_id"], "amount": 100}
-            )
-            await over_http("refund.refresh", {"refund_id": refund["entity_id"]})
-            other = await over_http(
-                "payment.create",
-                {"amount": 500, "currency": "EUR", "payment_method_token": "pm_card_visa",
-                 "capture": "manual"},
-            )  # fmt: skip
-            await over_kafka("payment.refresh", {"payment_id": other["entity_id"]})
-            await over_http("payment.cancel", {"payment_id": other["entity_id"]})
-            disputed = await over_kafka(
-                "payment.create",
-                {"amount": 900, "currency": "JPY", "payment_method_token": "pm_card_createDispute"},
-            )
-            dispute = disputed["object"]["dispute_id"]
-            await over_http(
-                "dispute.submit_evidence",
-                {"dispute_id": dispute, "evidence": {"customer_name": "Ada"}, "submit": False},
-            )
-            await over_kafka("dispute.accept", {"dispute_id": dispute})
-            # Subscriptions: both SDKs send each, and both see the invoice in `related`.
-            made = await over_kafka(
-                "subscription.create",
-                {"subscription_id": "s1", "customer_id": "c1", "payment_method_id": "pm1",
-                 "amount": 1500, "currency": "EUR", "interval": "month"},
-            )  # fmt: skip
-            assert made["object"]["status"] == "active", made
-            assert [r["entity_type"] for r in made["related"]] == ["invoice"], made
-            await over_http("subscription.refresh", {"subscription_id": "s1"})
-            trial = await over_http(
-                "subscription.create",
-                {"customer_id": "c1", "payment_method_id": "pm1", "amount": 700,
-                 "currency": "USD", "interval": "week", "trial_days": 7},
-            )  # fmt: skip
-            assert trial["object"]["status"] == "trialing", trial
-            await over_kafka(
-                "subscription.cancel", {"subscription_id": "s1", "at_period_end": True}
-            )
-            await over_http("subscription.cancel", {"subscription_id": trial["entity_id"]})
-            assert seen["subscription.cancel"] == "subscription.canceled", seen
-            # Payouts and the balance: the subscription's EUR 15.00 is available.
-            balance = await over_kafka("balance.retrieve", {})
-            eur = next(b for b in balance["balances"] if b["currency"] == "EUR")
-            assert eur["available"] >= 1500 and eur["pending"] == 0, balance
-            payout = await over_http(
-                "payout.create",
-                {"payout_id": "po1", "amount": 500, "currency": "EUR",
-                 "statement_descriptor": "ACME PAYOUT"},
-            )  # fmt: skip
-            assert payout["object"]["status"] == "pending", payout
-            await over_kafka("payout.refresh", {"payout_id": "po1"})
-            assert seen["payout.refresh"] == "payout.updated", seen
-            await over_http("payout.cancel", {"payout_id": "po1"})
-            assert seen["payout.cancel"] == "payout.canceled", seen
-            instant = await over_kafka(
-                "payout.create", {"amount": 400, "currency": "EUR", "method": "instant"}
-            )
-            await over_http("payout.refresh", {"payout_id": instant["entity_id"]})
-            assert seen["payout.refresh"] == "payout.paid", seen
-            # Tax: rates made and archived, a calculation a payment and a subscription use.
-            await over_http(
-                "tax_rate.create",
-                {"tax_rate_id": "vat", "display_name": "VAT", "percentage": "20",
-                 "inclusive": False, "country": "GB", "tax_type": "vat"},
-            )  # fmt: skip
-            await over_kafka(
-                "tax_rate.create",
-                {"tax_rate_id": "old", "display_name": "Old", "percentage": "7.5",
-                 "inclusive": True, "country": "US", "state": "NY"},
-            )  # fmt: skip
-            calc = await over_kafka(
-                "tax.calculate",
-                {"currency": "GBP", "tax_rate_ids": ["vat"],
-                 "line_items": [{"amount": 1000, "reference": "sku", "quantity": 2}]},
-            )  # fmt: skip
-            assert calc["object"]["amount_total"] == 2400, calc
-            taxed = await over_http(
-                "payment.create",
-                {"amount": 2400, "currency": "GBP", "payment_method_token": "pm_card_visa",
-                 "tax_calculation_id": calc["entity_id"]},
-            )  # fmt: skip
-            assert taxed["object"]["amount_tax"] == 400, taxed
-            sub = await over_http(
-                "subscription.create",
-                {"customer_id": "c1", "payment_method_id": "pm1", "amount": 1000,
-                 "currency": "GBP", "interval": "month", "tax_rate_ids": ["vat"]},
-            )  # fmt: skip
-            assert sub["related"][0]["object"]["total"] == 1200, sub
-            await over_http("tax.calculate", {"currency": "GBP",
-                            "line_items": [{"amount": 5, "reference": "x"}]})  # fmt: skip
-            await over_kafka("tax_rate.archive", {"tax_rate_id": "old"})
-            await over_http("tax_rate.archive", {"tax_rate_id": "vat"})
+            # Chains of commands that wait on each other, the chains at once (each command
+            # is a round trip to the worker; one after the other, most of the test).
+            async def customer() -> None:
+                await over_http("customer.create", {"customer_id": "c1", "email": "a@example.com"})
+                await over_kafka("customer.update", {"customer_id": "c1", "name": "Ada"})
+                await over_http(
+                    "payment_method.attach",
+                    {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "pm1"},
+                )
+
+            async def captured_and_refunded() -> None:
+                held = await over_kafka(
+                    "payment.create",
+                    {"amount": 1000, "currency": "usd", "payment_method_id": "pm1",
+                     "customer_id": "c1", "capture": "manual"},
+                )  # fmt: skip
+                assert held["object"]["currency"] == "USD", held
+                await over_http("payment.capture", {"payment_id": held["entity_id"], "amount": 600})
+                refund = await over_kafka(
+                    "refund.create", {"payment_id": held["entity_id"], "amount": 100}
+                )
+                await over_http("refund.refresh", {"refund_id": refund["entity_id"]})
+
+            async def canceled() -> None:
+                other = await over_http(
+                    "payment.create",
+                    {"amount": 500, "currency": "EUR", "payment_method_token": "pm_card_visa",
+                     "capture": "manual"},
+                )  # fmt: skip
+                await over_kafka("payment.refresh", {"payment_id": other["entity_id"]})
+                await over_http("payment.cancel", {"payment_id": other["entity_id"]})
+
+            async def disputed() -> None:
+                paid = await over_kafka(
+                    "payment.create",
+                    {"amount": 900, "currency": "JPY",
+                     "payment_method_token": "pm_card_createDispute"},
+                )  # fmt: skip
+                dispute = paid["object"]["dispute_id"]
+                await over_http(
+                    "dispute.submit_evidence",
+                    {"dispute_id": dispute, "evidence": {"customer_name": "Ada"}, "submit": False},
+                )
+                await over_kafka("dispute.accept", {"dispute_id": dispute})
+
+            async def subscriptions_then_payouts() -> None:
+                # Subscriptions: both SDKs send each, and both see the invoice in `related`.
+                made = await over_kafka(
+                    "subscription.create",
+                    {"subscription_id": "s1", "customer_id": "c1", "payment_method_id": "pm1",
+                     "amount": 1500, "currency": "EUR", "interval": "month"},
+                )  # fmt: skip
+                assert made["object"]["status"] == "active", made
+                assert [r["entity_type"] for r in made["related"]] == ["invoice"], made
+                await over_http("subscription.refresh", {"subscription_id": "s1"})
+                trial = await over_http(
+                    "subscription.create",
+                    {"customer_id": "c1", "payment_method_id": "pm1", "amount": 700,
+                     "currency": "USD", "interval": "week", "trial_days": 7},
+                )  # fmt: skip
+                assert trial["object"]["status"] == "trialing", trial
+                await over_kafka(
+                    "subscription.cancel", {"subscription_id": "s1", "at_period_end": True}
+                )
+                await over_http("subscription.cancel", {"subscription_id": trial["entity_id"]})
+                assert seen["subscription.cancel"] == "subscription.canceled", seen
+                # Payouts and the balance: the subscription's EUR 15.00 is available (no
+                # other chain's EUR is captured: the one EUR payment is canceled).
+                balance = await over_kafka("balance.retrieve", {})
+                eur = next(b for b in balance["balances"] if b["currency"] == "EUR")
+                assert eur["available"] >= 1500 and eur["pending"] == 0, balance
+                payout = await over_http(
+                    "payout.create",
+                    {"payout_id": "po1", "amount": 500, "currency": "EUR",
+                     "statement_descriptor": "ACME PAYOUT"},
+                )  # fmt: skip
+                assert payout["object"]["status"] == "pending", payout
+                await over_kafka("payout.refresh", {"payout_id": "po1"})
+                assert seen["payout.refresh"] == "payout.updated", seen
+                await over_http("payout.cancel", {"payout_id": "po1"})
+                assert seen["payout.cancel"] == "payout.canceled", seen
+                instant = await over_kafka(
+                    "payout.create", {"amount": 400, "currency": "EUR", "method": "instant"}
+                )
+                await over_http("payout.refresh", {"payout_id": instant["entity_id"]})
+                assert seen["payout.refresh"] == "payout.paid", seen
+
+            async def taxed() -> None:
+                # Tax: rates made and archived, a calculation a payment and a subscription use.
+                await over_http(
+                    "tax_rate.create",
+                    {"tax_rate_id": "vat", "display_name": "VAT", "percentage": "20",
+                     "inclusive": False, "country": "GB", "tax_type": "vat"},
+                )  # fmt: skip
+                await over_kafka(
+                    "tax_rate.create",
+                    {"tax_rate_id": "old", "display_name": "Old", "percentage": "7.5",
+                     "inclusive": True, "country": "US", "state": "NY"},
+                )  # fmt: skip
+                calc = await over_kafka(
+                    "tax.calculate",
+                    {"currency": "GBP", "tax_rate_ids": ["vat"],
+                     "line_items": [{"amount": 1000, "reference": "sku", "quantity": 2}]},
+                )  # fmt: skip
+                assert calc["object"]["amount_total"] == 2400, calc
+                paid = await over_http(
+                    "payment.create",
+                    {"amount": 2400, "currency": "GBP", "payment_method_token": "pm_card_visa",
+                     "tax_calculation_id": calc["entity_id"]},
+                )  # fmt: skip
+                assert paid["object"]["amount_tax"] == 400, paid
+                sub = await over_http(
+                    "subscription.create",
+                    {"customer_id": "c1", "payment_method_id": "pm1", "amount": 1000,
+                     "currency": "GBP", "interval": "month", "tax_rate_ids": ["vat"]},
+                )  # fmt: skip
+                assert sub["related"][0]["object"]["total"] == 1200, sub
+                await over_http("tax.calculate", {"currency": "GBP",
+                                "line_items": [{"amount": 5, "reference": "x"}]})  # fmt: skip
+                await over_kafka("tax_rate.archive", {"tax_rate_id": "old"})
+                await over_http("tax_rate.archive", {"tax_rate_id": "vat"})
+
+            for chains in (
+                (customer, canceled, disputed),
+                (captured_and_refunded, subscriptions_then_payouts, taxed),
+            ):
+                async with asyncio.TaskGroup() as group:  # (one failing stops the others)
+                    for chain in chains:
+                        group.create_task(chain())
+            # Last: the customer and their card, which the chains above use.
             await over_http("customer.export", {"customer_id": "c1"})
             await over_kafka("payment_method.detach", {"payment_method_id": "pm1"})
             await over_http("customer.delete", {"customer_id": "c1"})
