@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -122,22 +123,30 @@ async def test_keys_rotate_interrupted_mid_ledger(
     assert status == 130, cli.text
 
 
-@pytest.mark.parametrize("sig", SIGS)
-async def test_audit_verify_interrupted(
-    ledger_db: LedgerDb, app_engine: AsyncEngine, make_event: EventFactory, sig: int
-) -> None:
-    key = MasterKey.generate()
-    tenant = f"av{sig}"
-    await write_events(
-        app_engine,
-        [make_event.customer(tenant, f"cus_{i}") for i in range(5)],
-        keyring=MasterKeyring(key),
-    )
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def verified_chains(ledger_db: LedgerDb, app_engine: AsyncEngine) -> dict[str, str]:
+    """For each of SIGS a tenant ``av<sig>`` with five events, its audit chain verified
+    whole by one `audit verify` (an interrupted check below cannot read as the broken
+    chain exit 1 means); and the CLI's environment."""
+    key, make_event = MasterKey.generate(), EventFactory()
+    tenants = [f"av{sig}" for sig in SIGS]
+    for tenant in tenants:
+        await write_events(
+            app_engine,
+            [make_event.customer(tenant, f"cus_{i}") for i in range(5)],
+            keyring=MasterKeyring(key),
+        )
     env = _ledger_env(ledger_db, key)
-    ok = run(env, "audit", "verify", "--tenant", tenant)
+    ok = run(env, "audit", "verify", *(a for t in tenants for a in ("--tenant", t)))
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    return env
+
+
+@pytest.mark.parametrize("sig", SIGS)
+async def test_audit_verify_interrupted(verified_chains: dict[str, str], sig: int) -> None:
+    tenant = f"av{sig}"
     prelude = _slow("paystream.ledger.audit", "chain_hash", "HASH")
-    cli = Cli(env, "audit", "verify", "--tenant", tenant, prelude=prelude)
+    cli = Cli(verified_chains, "audit", "verify", "--tenant", tenant, prelude=prelude)
     status = await _stopped_at(cli, "HASH\nHASH", sig)
     assert "Traceback" not in cli.text
     # Exit 1 is documented as "a row is missing or altered": an interrupted check must
