@@ -22,7 +22,7 @@ from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.models import Tenant
 from tests.cli_signals import Cli, run
 from tests.fixtures.postgres import fresh_database
-from tests.ledger.factories import EventFactory, LedgerDb
+from tests.ledger.factories import EventFactory, LedgerDb, forget_master_keys
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -130,6 +130,10 @@ async def verified_chains(ledger_db: LedgerDb, app_engine: AsyncEngine) -> dict[
     chain exit 1 means); and the CLI's environment."""
     key, make_event = MasterKey.generate(), EventFactory()
     tenants = [f"av{sig}" for sig in SIGS]
+    # A key of its own: the ledger must have seen none yet. conftest's autouse fixture
+    # forgets them before each test, but after this module-scoped one: keys rotate's
+    # cases, earlier in the module, left theirs (the writer refused this key).
+    await forget_master_keys(ledger_db.owner_url)
     for tenant in tenants:
         await write_events(
             app_engine,
