@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dis
+import functools
 import gc
+import inspect
 import logging
 import os
 import sys
@@ -13,6 +16,7 @@ import faust
 import mode.loop
 import stripe
 import stripe._util as stripe_util  # STRIPE_LOG is read there at import
+from faust.tables.manager import TableManager
 
 # Importing these modules registers their agents, tables and pages on `app`.
 from paystream import tracing
@@ -121,6 +125,103 @@ def _no_spinner(worker: faust.Worker, level: int) -> None:
     worker.spinner = None
 
 
+#: Longest mode's worker waits, once its services are stopped, for the tasks it has just
+#: cancelled to finish before it closes the event loop (mode waits this long every time).
+EXIT_GRACE_SECONDS = 1.0
+_WITHOUT_PAUSE = "_paystream_without_pause"
+
+
+def skip_fixed_pauses() -> None:
+    """Start and stop without the fixed one-second pauses of Faust and mode.
+
+    Faust's table manager sleeps a second before it registers the tables' changelogs
+    (room for tables made while the agents start: paystream makes every table at import,
+    and one made later would still raise "Too late to add tables"), so every worker's
+    first join waited a second for nothing. mode's worker, once every service is stopped
+    and the tasks left are cancelled, sleeps a second more before it closes the loop: a
+    stopped worker exited after 1.2 s, 1 s of it that sleep. Now the tables register at
+    once, and the exit waits only while a cancelled task is still finishing (at most
+    ``EXIT_GRACE_SECONDS``, as before).
+    """
+    changed = shadowed_code_changes()
+    if changed:
+        raise RuntimeError(
+            "paystream.worker.skip_fixed_pauses shadows code of faust-streaming 0.15.3 and "
+            "mode-streaming 0.7.1 that has changed (review it before upgrading): "
+            + "; ".join(changed)
+        )
+    manager = cast(Any, TableManager)
+    if not getattr(manager.on_start, _WITHOUT_PAUSE, False):
+        manager.on_start = _tables_registered_at_once(manager.on_start)
+    cast(Any, faust.Worker)._sentinel_task = _until_cancelled_tasks_finish
+
+
+def shadowed_code_changes() -> list[str]:
+    """How the code ``skip_fixed_pauses`` shadows differs from what it was written for
+    (faust-streaming 0.15.3's ``TableManager.on_start``, mode-streaming 0.7.1's
+    ``Worker._shutdown_loop`` and ``Worker._sentinel_task``): nothing, or what changed.
+
+    Shadowing a changed method could skip more than a pause (a sleep in a loop that waits
+    for something), so a change stops the worker at start instead of passing unseen.
+    """
+    on_start = inspect.unwrap(TableManager.on_start)
+    worker = cast(Any, mode.Worker)
+    changes = []
+    if _loads(on_start).count("sleep") != 1 or 1.0 not in _loads(on_start):
+        changes.append("TableManager.on_start no longer calls self.sleep(1.0) once")
+    if "_sentinel_task" not in _loads(worker._shutdown_loop):
+        changes.append("mode's Worker._shutdown_loop no longer runs _sentinel_task")
+    if [v for v in _loads(worker._sentinel_task) if v not in (None, "asyncio")] != ["sleep", 1.0]:
+        changes.append("mode's Worker._sentinel_task does more than asyncio.sleep(1.0)")
+    if vars(faust.Worker).get("_sentinel_task") not in (
+        None,
+        worker._sentinel_task,
+        _until_cancelled_tasks_finish,
+    ):
+        changes.append("Faust's Worker has a _sentinel_task of its own")
+    return changes
+
+
+def _loads(function: Any) -> list[Any]:
+    """The names and constants ``function``'s bytecode loads, in order."""
+    return [
+        ins.argval
+        for ins in dis.get_instructions(function)
+        if ins.opname.startswith("LOAD_") and ins.opname != "LOAD_FAST"
+    ]
+
+
+def _tables_registered_at_once(on_start: Any) -> Any:
+    @functools.wraps(on_start)
+    async def registered_at_once(self: Any) -> None:
+        # Faust's on_start opens with `await self.sleep(1.0)`: for its duration the
+        # manager's sleep only yields (the manager calls it nowhere else).
+        self.sleep = _yield
+        try:
+            await on_start(self)
+        finally:
+            del self.sleep
+
+    setattr(registered_at_once, _WITHOUT_PAUSE, True)
+    return registered_at_once
+
+
+async def _yield(*_args: Any, **_kwargs: Any) -> None:
+    await asyncio.sleep(0)
+
+
+async def _until_cancelled_tasks_finish(_worker: Any) -> None:
+    """mode's last wait before the loop closes: until no other task runs, at most
+    ``EXIT_GRACE_SECONDS``."""
+    loop = asyncio.get_running_loop()
+    this = asyncio.current_task()
+    deadline = loop.time() + EXIT_GRACE_SECONDS
+    while loop.time() < deadline and any(
+        task is not this and not task.done() for task in asyncio.all_tasks()
+    ):
+        await asyncio.sleep(0.01)
+
+
 def refuse_open_views(settings: Settings) -> None:
     """Refuse to serve the views beyond this machine without a token, unless told to
     (review finding: the image binds 0.0.0.0, and a `docker run -p` of it answered
@@ -154,6 +255,7 @@ def main(extra_args: list[str] | None = None) -> None:
     refuse_open_views(settings if bind is None else settings.model_copy(update={"web_host": bind}))
     quiet_libraries(settings.log_level)
     keep_log_levels()
+    skip_fixed_pauses()
     for name in unknown_variables(os.environ):
         log.warning("%s is not a paystream setting (mistyped?): ignored", name)
     for warning in weak_token_warnings(settings):
