@@ -67,6 +67,13 @@ __all__ = ["bench_command"]
     "the raw passthrough gets 4x that, at least 20000",
 )
 @click.option(
+    "--raw-records",
+    type=click.IntRange(min=1),
+    default=None,
+    help="records through the raw passthrough [default: 4x --baseline-records, at least "
+    "20000] (fewer: a quicker run, a noisier figure)",
+)
+@click.option(
     "--profile",
     is_flag=True,
     help="sample the worker with py-spy during the full-speed phase and print where CPU goes",
@@ -150,6 +157,7 @@ def bench_command(
     http_via: str,
     http_commands: int | None,
     baseline_records: int | None,
+    raw_records: int | None,
     profile: bool,
     profile_rate: int,
     profile_phase: str,
@@ -229,6 +237,7 @@ def bench_command(
             http_via=http_via,
             http_commands=http_commands,
             baseline_records=baseline_records,
+            raw_records=raw_records,
             profile=profile,
             profile_rate=profile_rate,
             profile_phase=profile_phase,

@@ -81,6 +81,7 @@ class BenchOptions:
     baselines: bool = True
     ledger: bool = True  # the ledger sink phase (needs PostgreSQL: embedded unless DATABASE_URL)
     baseline_records: int | None = None  # default: max(commands, 5000)
+    raw_records: int | None = None  # default: max(4 * baseline_records, 20000)
     profile: bool = False
     profile_rate: int = 250
     profile_phase: str = "full"  # "full" or "rate"
@@ -106,6 +107,8 @@ class BenchOptions:
             raise ValueError("http_via must be ingress or worker")
         if self.http_commands is not None and self.http_commands < 1:
             raise ValueError("need at least 1 HTTP command")
+        if self.raw_records is not None and self.raw_records < 1:
+            raise ValueError("need at least 1 raw passthrough record")
 
 
 class BenchServices:
@@ -742,7 +745,7 @@ async def _run(services: BenchServices, options: BenchOptions, base: Path) -> Be
             if options.baselines:
                 count = options.baseline_records or max(options.commands, 5000)
                 # The raw client is ~10x faster than anything else: give it a longer window.
-                raw_count = max(4 * count, 20_000)
+                raw_count = options.raw_records or max(4 * count, 20_000)
                 child_env = {k: v for k, v in dep.worker_env.items() if k != "DATABASE_URL"}
                 raw_in, raw_out, fwd_in, fwd_out, floor_in, floor_out = dep.extra_topics
                 raw_load = generate_commands(raw_count, dep.tenants, prefix=f"{dep.tag}-x-", seed=3)
