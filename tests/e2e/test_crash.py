@@ -1,6 +1,6 @@
 """Stop a worker mid-stream: no command without an outcome, no effect twice.
 
-1,000 commands (charges, authorisations, captures, refunds) across 10 tenants are
+500 commands (charges, authorisations, captures, refunds) across 10 tenants are
 paced onto the commands topic; the worker is killed with SIGKILL once a third of the
 outcomes are out (and, separately, stopped with SIGTERM as a deploy would), and a new
 worker (same consumer group, fresh process) finishes. In the fleet case two workers
@@ -18,17 +18,20 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
 from paystream.devstack._process import wait_until
+from paystream.devstack.worker import WorkerProcess
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import SimulatorGateway
@@ -59,8 +62,11 @@ def tenants_for(case: str) -> list[str]:
     return [f"crash-{case.lower()}-{i}" for i in range(10)]
 
 
-# What each tenant's 40 payments of 1000 + j minor units add up to.
-TENANT_VOLUME = sum(1000 + j for j in range(40))
+# Each tenant's payments (half manual: a create and a capture; half auto: a create and
+# two refunds), 2.5 commands each, and what their 1000 + j minor units add up to.
+PAYMENTS = 20
+TENANT_COMMANDS = PAYMENTS * 5 // 2
+TENANT_VOLUME = sum(1000 + j for j in range(PAYMENTS))
 
 
 @dataclass
@@ -74,8 +80,9 @@ class Expected:
 def workload(
     tenants: list[str],
 ) -> tuple[list[CloudEvent], dict[tuple[str, str], Expected], dict[str, Counter[Any]]]:
-    """100 commands per tenant, the replay-free reference state they must produce, and
-    each tenant's provider effects: (kind, amount, the payment a create names)."""
+    """TENANT_COMMANDS commands per tenant (tenant after tenant), the replay-free
+    reference state they must produce, and each tenant's provider effects: (kind,
+    amount, the payment a create names)."""
     commands: list[CloudEvent] = []
     expected: dict[tuple[str, str], Expected] = {}
     effects_of: dict[str, Counter[Any]] = {}
@@ -83,7 +90,7 @@ def workload(
         effects = effects_of[t] = Counter()
         per_tenant: list[CloudEvent] = []
         follow_ups: list[CloudEvent] = []
-        for j in range(40):
+        for j in range(PAYMENTS):
             pid = f"pay_{j}"
             amount = 1000 + j
             manual = j % 2 == 0
@@ -119,23 +126,35 @@ def workload(
             exp.status = "succeeded"
             expected[(t, pid)] = exp
         commands += per_tenant + follow_ups
-    assert len(commands) == 1000
+    assert len(commands) == TENANT_COMMANDS * len(tenants)
     return commands, expected, effects_of
 
 
-async def _produce(dep: Deployment, commands: list[CloudEvent], rate: float) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
+async def _produce(
+    dep: Deployment, commands: list[CloudEvent], rate: float | Callable[[int], float] | None
+) -> None:
+    """``commands`` onto the commands topic, ``rate`` a second (or ``rate(n)`` from the
+    n-th on); None: at once, a partition's records in one batch (a worker's next fetch
+    finds them all)."""
+    rate_from = rate if callable(rate) else lambda n: rate
+    at_once = {"linger_ms": 100, "max_batch_size": 1 << 20} if rate is None else {}
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(dep.settings.require_broker()), **at_once
+    )
     await producer.start()
     try:
-        started = time.monotonic()
+        due = time.monotonic()
         for n, cmd in enumerate(commands):
             tenant = str(cmd.get_extension("tenantid"))
             rec = encode_event(cmd, tenant.encode(), CloudEventsMode.BINARY)
             await producer.send(
                 dep.settings.commands_topic, rec.value, key=rec.key, headers=list(rec.headers)
             )
+            if (pace := rate_from(n)) is None:
+                continue
             # pace the stream so the kill lands in the middle of it
-            delay = started + (n + 1) / rate - time.monotonic()
+            due += 1 / pace
+            delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         await producer.flush()
@@ -280,8 +299,33 @@ def _wait_split(workers: list[Any], tenants: list[str], partitions: int) -> None
 
 
 def _processed(worker: Any) -> int:
-    stats = worker.stats()
-    return int(stats["worker"]["processed"]) if stats else 0
+    """The commands ``worker`` has processed, read until it answers: a worker busy with a
+    batch may not answer its stats within their second under load, which is no 0 (a
+    fleet run once read "both workers busy" as [0, 332] so)."""
+    stats: dict[str, Any] | None = None
+
+    def answered() -> bool:
+        nonlocal stats
+        stats = worker.stats()
+        return stats is not None
+
+    wait_until(answered, timeout=30, what="the worker's stats", interval=0.1)
+    assert stats is not None
+    return int(stats["worker"]["processed"])
+
+
+async def _busy(workers: list[WorkerProcess], done_before: list[int]) -> list[int]:
+    """The commands each of ``workers`` has processed since ``done_before``, read until
+    each has processed some (or 30 s have passed)."""
+    deadline = time.monotonic() + 30
+    while True:
+        busy = [
+            await asyncio.to_thread(_processed, w) - done
+            for w, done in zip(workers, done_before, strict=True)
+        ]
+        if all(busy) or time.monotonic() > deadline:
+            return busy
+        await asyncio.sleep(0.1)
 
 
 def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
@@ -299,6 +343,83 @@ def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
             time.sleep(0.2)
 
 
+def _payments(base_url: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``_payment`` of each (tenant, payment id), several asked at a time."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        states = pool.map(lambda key: _payment(base_url, *key), keys)
+        return dict(zip(keys, states, strict=True))
+
+
+class CrashFleet:
+    """A deployment whose workers outlive a case of the test below: a case takes as its
+    first worker the one the case before left running (``first``), and leaves the worker
+    that finished its commands running for the next. A deployment and a worker start a
+    case fewer than one of each a case: each case has tenants of its own, and judges
+    only its own commands' outcomes and its own tenants' payments and provider effects."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.started = 0
+        self.running: list[WorkerProcess] = []  # (started, not stopped)
+
+    async def start(self) -> WorkerProcess:
+        """A new worker of the deployment's group (a fresh process), started."""
+        self.started += 1
+        worker = self.dep.worker(f"w{self.started}")
+        self.running.append(worker)
+        await asyncio.to_thread(worker.start)
+        return worker
+
+    async def stop(self, worker: WorkerProcess, sig: int = signal.SIGTERM) -> None:
+        """``sig`` to ``worker`` (SIGKILL: a crash; SIGTERM: a deploy's stop), and once it
+        has exited, stopped at once: its process group is swept while its id is still its
+        own (swept minutes later, the id could be another group's)."""
+        self.running.remove(worker)
+        await asyncio.to_thread(_ended, worker, sig)
+
+    async def first(self) -> WorkerProcess:
+        """The worker started last, alone: any other still running (left by a case that
+        failed) stopped; one started if none runs."""
+        self.running = [w for w in self.running if not w.exited()]
+        for worker in self.running[:-1]:
+            await self.stop(worker)
+        return self.running[-1] if self.running else await self.start()
+
+    def stop_all(self) -> None:
+        for worker in self.running:
+            if not worker.exited():
+                worker.stop()
+        self.running = []
+
+
+def _ended(worker: WorkerProcess, sig: int) -> None:
+    worker.kill(sig)  # (until it has exited)
+    worker.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def crash_fleet(
+    deployment_factory: Any,
+) -> AsyncIterator[Callable[[str], Awaitable[CrashFleet]]]:
+    """``await fleet(store)`` → the module's CrashFleet on that table store (the other
+    store's workers stopped: one fleet runs at a time)."""
+    fleets: dict[str, CrashFleet] = {}
+
+    async def fleet(store: str) -> CrashFleet:
+        for other, running in fleets.items():
+            if other != store:
+                await asyncio.to_thread(running.stop_all)
+        if store not in fleets:
+            fleets[store] = CrashFleet(await deployment_factory(paystream_table_store=store))
+        return fleets[store]
+
+    try:
+        yield fleet
+    finally:
+        for running in fleets.values():
+            running.stop_all()
+
+
 @pytest.mark.parametrize(
     ("sig", "case", "store"),
     [
@@ -306,45 +427,50 @@ def _payment(base_url: str, tenant: str, pid: str) -> dict[str, Any]:
         (signal.SIGTERM, "restart", "memory://"),
         (signal.SIGKILL, "fleet", "memory://"),
         (signal.SIGTERM, "scale-out", "memory://"),
-        # The chart's store (helm/): a stop drains the batch in hand while the tables
-        # close, and a crash restarts on what the store wrote ahead of the changelog.
-        (signal.SIGTERM, "restart", "rocksdb://"),
-        (signal.SIGKILL, "restart", "rocksdb://"),
         # Tenants whose commands on different payments run side by side
         # (agents/tenant_chains.py), on a provider taking 10 ms a call: several of a
         # tenant's calls are in flight when the worker dies.
         (signal.SIGKILL, "chains", "memory://"),
+        # The chart's store (helm/): a stop drains the batch in hand while the tables
+        # close, and a crash restarts on what the store wrote ahead of the changelog.
+        (signal.SIGTERM, "restart", "rocksdb://"),
+        (signal.SIGKILL, "restart", "rocksdb://"),
     ],
     ids=[
         "SIGKILL",
         "SIGTERM",
         "fleet-SIGKILL",
         "scale-out-then-in",
+        "SIGKILL-chains",
         "SIGTERM-rocksdb",
         "SIGKILL-rocksdb",
-        "SIGKILL-chains",
     ],
 )
 async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
-    deployment_factory: Any, sig: signal.Signals, case: str, store: str
+    crash_fleet: Callable[[str], Awaitable[CrashFleet]], sig: signal.Signals, case: str, store: str
 ) -> None:
     """SIGKILL: a crash at any point. SIGTERM: a deploy, which cancels the agent mid-batch
     (the batch in hand must be finished before its offsets are committed). Fleet: a crash
     while another worker of the group runs, which must take over (a rebalance mid-stream
     on a busy worker). Scale-out then in: a second worker joins mid-stream (partitions
-    move off a busy worker) and, once all is done, the first stops (they move back)."""
-    dep: Deployment = await deployment_factory(paystream_table_store=store)
+    move off a busy worker) and, once all is done, the first stops (they move back).
+
+    The cases of a store share its deployment (CrashFleet): the first worker of a case is
+    the one the case before left running, which owns every partition; the worker started
+    after a kill or stop is a fresh process of the same group."""
+    fleet = await crash_fleet(store)
+    dep = fleet.dep
     tenants = tenants_for(f"{case}-{sig.name}-{store[:3]}")
-    # Limits each tenant's 100 commands use up exactly: a record counted twice after the
+    # Limits each tenant's commands use up exactly: a record counted twice after the
     # crash would be rejected (and a rejection fails the test below).
     limits = TenantLimits(
-        commands_per_second=1, burst=100, daily_payment_volume={"USD": TENANT_VOLUME}
+        commands_per_second=1, burst=TENANT_COMMANDS, daily_payment_volume={"USD": TENANT_VOLUME}
     )
     if case == "chains":
         # Half with a rate limit alone, half with the daily volume as well (which the
         # workload spends exactly: near it, a payment waits for the earlier answers):
         # the limits decided in offset order on every delivery (admission_order.py).
-        rate_only = TenantLimits(commands_per_second=1, burst=100)
+        rate_only = TenantLimits(commands_per_second=1, burst=TENANT_COMMANDS)
         await dep.add_tenants(
             *(
                 Tenant(
@@ -361,35 +487,57 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     ids = {c.get_id() for c in commands}
     log = OutcomeLog(dep)
     reader = asyncio.create_task(log.run())
-    first = dep.worker("w1").start()
-    second = dep.worker("w2")
+    first = await fleet.first()
+    second: WorkerProcess | None = None
     try:
         if case == "fleet":
-            second.start()
+            second = await fleet.start()
             await asyncio.to_thread(_wait_split, [first, second], tenants, dep.settings.partitions)
         else:
             await asyncio.to_thread(first.wait_ready, tenants, partitions=dep.settings.partitions)
-        # Slower for a join, so that the rebalance (a few seconds) lands mid-stream.
-        rate = 60 if case == "scale-out" else 250
+        # (What the workers have done before: the cases before ran on them too.)
+        running = [w for w in (first, second) if w is not None]
+        processed_before = [await asyncio.to_thread(_processed, w) for w in running]
+        chains_before = (await asyncio.to_thread(_tenant_runs, first)).get("chains", 0)
+        third, ready = len(ids) // 3, asyncio.Event()
+
+        def rate(n: int) -> float:
+            # What the case waits for lands mid-stream: the last 50 commands wait for it
+            # at one a second. A join (some seconds) waits for the partitions to split,
+            # the stream slower from a third on, so that the rebalance lands on a busy
+            # worker; a fleet's kill waits for both workers busy (the survivor of the
+            # cases before can be slow to resume after the rebalance, under load).
+            if n < third or ready.is_set() or case not in ("scale-out", "fleet"):
+                return 250
+            if n >= len(commands) - 50:
+                return 1
+            return 20 if case == "scale-out" else 250
+
         producing = asyncio.create_task(_produce(dep, commands, rate=rate))
         await _wait_for(
-            lambda: len(log.by_command.keys() & ids) >= 330, 60, "a third of the outcomes"
+            lambda: len(log.by_command.keys() & ids) >= third, 60, "a third of the outcomes"
         )
         if case == "fleet":
-            busy = [await asyncio.to_thread(_processed, w) for w in (first, second)]
+            busy = await _busy(running, processed_before)
+            ready.set()
             assert all(busy), f"both workers must be running commands when one dies: {busy}"
         if case == "scale-out":
-            second.start()
+            second = await fleet.start()
             await asyncio.to_thread(_wait_split, [first, second], tenants, dep.settings.partitions)
+            ready.set()
         else:
             if case == "chains":
                 runs = await asyncio.to_thread(_tenant_runs, first)
-                assert runs.get("chains"), f"no tenant's commands ran side by side: {runs}"
-            first.kill(sig)
+                assert runs.get("chains", 0) > chains_before, (
+                    f"no tenant's commands ran side by side: {runs} (before: {chains_before})"
+                )
+            # (In a thread: a SIGTERM's drain takes a moment, and the stream goes on.)
+            await fleet.stop(first, sig)
         killed_at = len(log.by_command.keys() & ids)
-        await producing
         if case in ("restart", "chains"):
-            second.start()
+            second = await fleet.start()
+        await producing
+        assert second is not None
         with contextlib.suppress(AssertionError):  # judged below, on the topic itself
             await _wait_for(
                 lambda: ids <= log.by_command.keys() or reader.done(), 120, "every outcome"
@@ -403,12 +551,13 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
                 raise AssertionError(
                     f"{await _diagnose(dep, commands, log, second)}; reader error: {reader_error!r}"
                 )
+        ours = [(c, e, raw) for c, e, raw in log.records if c in ids]
         if case == "scale-out":
             # A graceful hand-over redoes nothing: the batch in hand is delivered and
             # committed before the partitions move.
-            redone = len(log.records) - len({e for c, e, _ in log.records if c in ids})
+            redone = len(ours) - len({e for _, e, _ in ours})
             assert redone == 0, f"{redone} outcome(s) produced twice on a graceful rebalance"
-            first.kill(sig)
+            await fleet.stop(first, sig)
         # The survivor (or the new worker) owns every partition, so its views show all.
         await asyncio.to_thread(second.wait_ready, tenants, partitions=dep.settings.partitions)
 
@@ -416,15 +565,14 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
         assert killed_at < len(ids), "the kill must land mid-stream"
         assert all(len(log.by_command[i]) == 1 for i in ids), "a command got two different outcomes"
         raw_by_event: dict[str, set[bytes]] = defaultdict(set)
-        for cause, event_id, raw in log.records:
-            if cause in ids:
-                raw_by_event[event_id].add(raw)
+        for _, event_id, raw in ours:
+            raw_by_event[event_id].add(raw)
         assert all(len(v) == 1 for v in raw_by_event.values()), "duplicates differ"
         outcomes = [
             decode_record(
                 None, json.loads(r)[1].encode(), {k: v.encode() for k, v in json.loads(r)[2]}
             )
-            for (c, _, r) in {(c, e, r) for c, e, r in log.records if c in ids}
+            for (c, _, r) in set(ours)
         ]
         kinds = Counter(o.get_type() for o in outcomes)
         rejected = [o.get_data() for o in outcomes if o.get_type().endswith("rejected")]
@@ -436,8 +584,9 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
         }, kinds
 
         # 2. table state equals the replay-free reference
+        states = await asyncio.to_thread(_payments, second.base_url, list(expected))
         for (tenant, pid), exp in expected.items():
-            state = await asyncio.to_thread(_payment, second.base_url, tenant, pid)
+            state = states[tenant, pid]
             assert (state["status"], state["amount_captured"], state["amount_refunded"]) == (
                 exp.status,
                 exp.captured,
@@ -462,12 +611,10 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
             )
             assert found == expected_effects[tenant], (tenant, found - expected_effects[tenant])
             assert all(str(e.currency).lower() == "usd" for e in effects), tenant
-        print(f"killed after {killed_at} outcomes; {len(log.records)} outcome records in all")
+        print(f"killed after {killed_at} outcomes; {len(ours)} outcome records in all")
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-        first.stop()
-        second.stop()
 
 
 async def provider_effects(
