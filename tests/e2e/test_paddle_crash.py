@@ -8,10 +8,14 @@ Paddle's object. The gateway looks for it before creating again (docs/paddle.md,
 second one with it, and the one it holds carries the request's tag), a transaction among
 the tenant's transactions made since the command's record was appended (the pipeline's
 REQUEST_SENT_SINCE). As tests/e2e/test_square_crash.py: a proxy between the workers and
-the fake SIGKILLs the worker of the moment once the fake has made the object and before
-its answer returns. Cut: a customer create, a transaction without a customer, one of a
-customer. Then: one outcome per command, one object per command at the fake (its ledger
-of what was made), and paystream's records naming them. Two tenants, of two sellers.
+the fake SIGKILLs the worker of the moment once the fake has made the objects and before
+their answers return (tests/e2e/crash_harness.py: the answers of the calls in flight
+held until it holds one of each cut, or the worker stops calling: a customer command
+makes its tenant's run serial, so a kill cuts the customer create alone as a rule, the
+next one or two the transactions). Cut: a customer create, a transaction without a
+customer, one of a customer. Then: one outcome per
+command, one object per command at the fake (its ledger of what was made), and
+paystream's records naming them. Two tenants, of two sellers.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ async def test_sigkill_between_a_paddle_create_and_its_commit_makes_nothing_twic
     )
     ids = {c.get_id() for c in commands}
     before = await _effects(paddle_url)
-    async with through_the_cuts(dep, proxy, tenants, commands, rate=20, each_cut_within=180) as log:
+    async with through_the_cuts(dep, proxy, tenants, commands, each_cut_within=180) as log:
         last = proxy.workers[-1]
         await asyncio.to_thread(last.wait_ready, tenants, partitions=dep.settings.partitions)
 
@@ -160,9 +164,10 @@ async def test_sigkill_between_a_paddle_create_and_its_commit_makes_nothing_twic
         # customer's later POSTs refused for its email (409: one per worker that ran it
         # again before a commit; a later cut may kill the next one first), a transaction
         # not POSTed again at all.
-        posts = [proxy.posts[at] for at in proxy.cut]
+        cuts = [proxy.cut[n] for n in range(len(CUTS))]
+        posts = [proxy.posts[at] for at in cuts]
         assert [m(p) for (m, _), p in zip(CUTS, posts, strict=True)] == [True] * len(CUTS)
-        cus_cut, *txn_cuts = proxy.cut
+        cus_cut, *txn_cuts = cuts
         email = proxy.posts[cus_cut]["body"]["email"]
         again = [p["status"] for p in proxy.posts[cus_cut + 1 :] if p["body"].get("email") == email]
         assert again and set(again) == {409}, again
@@ -186,4 +191,4 @@ async def test_sigkill_between_a_paddle_create_and_its_commit_makes_nothing_twic
             ]
             assert {s["provider_payment_id"] for s in states} == {e["id"] for e in transactions}
             assert all(s["status"] == "requires_action" for s in states), states
-        print(f"cuts at posts {proxy.cut} of {len(proxy.posts)}; {len(log.records)} outcomes")
+        print(f"{proxy.kills} kill(s) cut posts {cuts} of {len(proxy.posts)}; {len(ids)} commands")

@@ -13,11 +13,12 @@ redelivered after a crash could move money twice or leave the wrong state.
 As tests/e2e/test_stripe_crash.py: a proxy between the workers and the fake SIGKILLs the
 worker of the moment once the fake has run a chosen POST and before its answer returns
 (so the command is certain to be redelivered): a CreatePayment, a CompletePayment, a
-RefundPayment with an amount, a RefundPayment of the rest. Then: one outcome per command
-(duplicates byte-identical), each payment made and completed once and each refund made
-once at the fake (its test-only ledger of effects), and paystream's payments (captured,
-refunded) as the fake holds them. Three tenants: two at two locations of one seller, one
-at another seller.
+RefundPayment with an amount, a RefundPayment of the rest, which the worker runs side by
+side (one kill mostly cuts all four: tests/e2e/crash_harness.py). Then: one outcome per
+command (duplicates byte-identical), each payment made and completed once and each
+refund made once at the fake (its test-only ledger of effects), and paystream's payments
+(captured, refunded) as the fake holds them. Three tenants: two at two locations of one
+seller, one at another seller.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.secrets import seal_secret
-from tests.e2e.crash_harness import Cut, KillingProxy, Post, decode_outcome, through_the_cuts
+from tests.e2e.crash_harness import (
+    Cut,
+    KillingProxy,
+    Post,
+    decode_outcome,
+    staggered,
+    through_the_cuts,
+)
 from tests.e2e.test_crash import _payment
 from tests.fixtures.pipeline import Deployment
 from tests.fixtures.square_fake import (
@@ -60,7 +68,7 @@ SELLERS = [
     (FAKE_SQUARE_TOKEN, FAKE_SQUARE_LOCATION_2, FAKE_SQUARE_MERCHANT),
     (FAKE_SQUARE_OTHER_TOKEN, FAKE_SQUARE_OTHER_LOCATION, FAKE_SQUARE_OTHER_MERCHANT),
 ]
-N_PAY = 16  # per tenant (a multiple of 4): see workload
+N_PAY = 8  # per tenant (a multiple of 4): see workload
 SHARES = (300, 200)  # the refunds with an amount (a refund of the rest is never one)
 
 
@@ -85,17 +93,18 @@ def _succeeded(matches: Callable[[str, dict[str, Any]], bool]) -> Callable[[Post
     return lambda post: post["status"] < 300 and matches(post["path"], post["body"])
 
 
-# The calls cut, one after the other, each killing the worker of the moment: which POSTs,
-# and the how-many-th of them (counted over every POST the fake answered 2xx, retries
-# too; per tenant: 16 creates, 8 completes, 16 refunds with an amount, 8 refunds of the
-# rest). Never a refused one: a rest refund's try of another amount answered
+# The calls cut, each killing the worker of the moment (one kill for those in flight
+# together): which POSTs, and the how-many-th of them, a quarter of the way through each
+# kind, where the worker runs them all (counted over every POST the fake answered 2xx,
+# retries too; per tenant: 8 creates, 4 completes, 8 refunds with an amount, 4 refunds
+# of the rest). Never a refused one: a rest refund's try of another amount answered
 # IDEMPOTENCY_KEY_REUSED, or a 5xx, spends no key at the fake, so the key's next answer
 # was not the cut one's and the replay check below failed (a flake: review h73u).
 CUTS: list[Cut] = [
-    (_succeeded(_create), 3 * N_PAY // 2),  # a create, mid-way through the creates
-    (_succeeded(_complete), 3 * N_PAY // 8),  # a capture (keyless), early in the follow-ups
-    (_succeeded(_refund_amount), 3 * N_PAY // 2),  # a refund of 300 or 200, mid-way
-    (_succeeded(_refund_rest), 3 * 3 * N_PAY // 8),  # a refund of what is left (late)
+    (_succeeded(_create), 3 * N_PAY // 4),  # a create
+    (_succeeded(_complete), 3 * N_PAY // 8),  # a capture (keyless)
+    (_succeeded(_refund_amount), 3 * N_PAY // 8),  # a refund of 300 or 200
+    (_succeeded(_refund_rest), 3 * N_PAY // 8),  # a refund of what is left
 ]
 # The request headers a Square call is made of (the proxy forwards only these).
 SQUARE_HEADERS = ("authorization", "content-type", "accept", "square-version")
@@ -111,27 +120,28 @@ def expected(j: int) -> tuple[bool, int, int]:
 
 
 def workload(tenants: list[str]) -> list[CloudEvent]:
-    """Per tenant: the creates, then each payment's follow-ups in turn (a capture of each
-    manual one, refunds as ``expected`` has them); tenants interleaved."""
+    """Per tenant: each payment's create and follow-ups (a capture of each manual one,
+    refunds as ``expected`` has them), ``staggered``; tenants interleaved."""
     per: dict[str, list[CloudEvent]] = {}
     for t in tenants:
-        creates, follow_ups = [], []
+        payments = []
         for j in range(N_PAY):
             pid, manual = f"pay_{j}", j % 2 == 0
             data = {"payment_id": pid, "amount": 1000 + j, "currency": "USD",
                     "payment_method_token": "cnon:card-nonce-ok",
                     "capture": "manual" if manual else "auto"}  # fmt: skip
-            creates.append(build_command("payment.create", t, data))
+            payment = [build_command("payment.create", t, data)]
             refund = {"payment_id": pid}
             if manual:
-                follow_ups.append(build_command("payment.capture", t, {"payment_id": pid}))
+                payment.append(build_command("payment.capture", t, {"payment_id": pid}))
             if j % 4 != 0:
-                follow_ups.append(build_command("refund.create", t, refund | {"amount": 300}))
+                payment.append(build_command("refund.create", t, refund | {"amount": 300}))
             if j % 4 in (0, 1):  # the rest (no amount)
-                follow_ups.append(build_command("refund.create", t, refund))
+                payment.append(build_command("refund.create", t, refund))
             elif j % 4 == 3:
-                follow_ups.append(build_command("refund.create", t, refund | {"amount": 200}))
-        per[t] = creates + follow_ups
+                payment.append(build_command("refund.create", t, refund | {"amount": 200}))
+            payments.append(payment)
+        per[t] = staggered(payments)
     return [per[t][i] for i in range(len(per[tenants[0]])) for t in tenants]
 
 
@@ -182,7 +192,7 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
     ids = {c.get_id() for c in commands}
     # What the fake held before (the session's fake is shared with other tests).
     before = await _fake(square_url, "/_fake/effects")
-    async with through_the_cuts(dep, proxy, tenants, commands, rate=40, each_cut_within=180) as log:
+    async with through_the_cuts(dep, proxy, tenants, commands, each_cut_within=180) as log:
         last = proxy.workers[-1]
         await asyncio.to_thread(last.wait_ready, tenants, partitions=dep.settings.partitions)
 
@@ -220,9 +230,10 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
 
         # 2. Each call cut off was sent again (a create and the refunds under their keys,
         # answered as the fake answered the first); none refused for its key.
-        posts = [proxy.posts[at] for at in proxy.cut]
+        cuts = [proxy.cut[n] for n in range(len(CUTS))]
+        posts = [proxy.posts[at] for at in cuts]
         assert [m(p) for (m, _), p in zip(CUTS, posts, strict=True)] == [True] * len(CUTS), posts
-        for at in proxy.cut:
+        for at in cuts:
             cut = proxy.posts[at]
             if cut["key"] is None:
                 continue  # (CompletePayment: keyless, read back instead)
@@ -290,4 +301,4 @@ async def test_sigkill_between_a_square_call_and_its_commit_moves_nothing_twice(
             ):
                 wrong.append((ref, "paystream's table", state, held))
         assert wrong == [], wrong
-        print(f"cuts at posts {proxy.cut} of {len(proxy.posts)}; {len(log.records)} outcomes")
+        print(f"{proxy.kills} kill(s) cut posts {cuts} of {len(proxy.posts)}; {len(ids)} commands")

@@ -8,8 +8,9 @@ the request it sent before, under the same key, byte for byte in its parameters 
 request under a key is refused by Stripe; another key charges again). A recording proxy
 between the worker and localstripe SIGKILLs the worker once localstripe has run a chosen
 POST and before its answer returns, so that the command is certain to be redelivered
-(review h62b): a create, then a capture, then a refund, each killing the worker of the
-moment, since a resend under another key shows only for the calls cut (review h62c).
+(review h62b): a create, a capture and a refund, since a resend under another key shows
+only for the calls cut (review h62c). The worker runs them side by side (other tenants,
+other payments: tests/e2e/crash_harness.py), so that one kill mostly cuts all three.
 """
 
 from __future__ import annotations
@@ -28,21 +29,21 @@ from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.secrets import seal_secret
-from tests.e2e.crash_harness import Cut, KillingProxy, outcome_kind, through_the_cuts
+from tests.e2e.crash_harness import Cut, KillingProxy, outcome_kind, staggered, through_the_cuts
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
 MASTER = MasterKey.generate()
-N_PAY = 24  # per tenant: 24 creates (half manual), 12 captures, 24 partial refunds
-# The calls cut, one after the other, each killing the worker of the moment: which POSTs,
-# and the how-many-th of them (creates go first, then captures and refunds interleaved,
-# a capture and two refunds a pair of payments: the refund cut comes well after the
-# capture cut).
+N_PAY = 12  # per tenant: 12 creates (half manual), 6 captures, 12 partial refunds
+# The calls cut, each killing the worker of the moment (one kill for those in flight
+# together): which POSTs, and the how-many-th of them (a quarter of the way through each
+# kind, where the worker runs them all: of 3 tenants' N_PAY creates, N_PAY // 2 captures
+# and N_PAY refunds).
 CUTS: list[Cut] = [
-    (lambda post: post["path"] == "/v1/payment_intents", 3 * N_PAY // 2),  # a create
-    (lambda post: post["path"].endswith("/capture"), 3 * N_PAY // 4),  # a capture
-    (lambda post: post["path"] == "/v1/refunds", 5 * N_PAY // 2),  # a refund
+    (lambda post: post["path"] == "/v1/payment_intents", 3 * N_PAY // 4),  # a create
+    (lambda post: post["path"].endswith("/capture"), 3 * N_PAY // 8),  # a capture
+    (lambda post: post["path"] == "/v1/refunds", 3 * N_PAY // 4),  # a refund
 ]
 # The request headers a Stripe call is made of (the proxy forwards only these).
 STRIPE_HEADERS = ("authorization", "content-type", "idempotency-key", "stripe-version",
@@ -55,25 +56,27 @@ def _replayed(post: dict[str, Any]) -> bool:
 
 
 def workload(tenants: list[str]) -> list[CloudEvent]:
-    """Per tenant: creates (even: manual capture, odd: auto), then a capture of each
-    manual one and two partial refunds (300 + 200) of each auto one; tenants interleaved."""
+    """Per tenant: creates (even: manual capture, odd: auto), a capture of each manual
+    one and two partial refunds (300 + 200) of each auto one, ``staggered``; tenants
+    interleaved."""
     per: dict[str, list[CloudEvent]] = {}
     for t in tenants:
-        creates, follow_ups = [], []
+        payments = []
         for j in range(N_PAY):
             pid, manual = f"pay_{j}", j % 2 == 0
             data = {"payment_id": pid, "amount": 1000 + j, "currency": "USD",
                     "payment_method_token": "pm_card_visa",
                     "capture": "manual" if manual else "auto"}  # fmt: skip
-            creates.append(build_command("payment.create", t, data))
+            payment = [build_command("payment.create", t, data)]
             if manual:
-                follow_ups.append(build_command("payment.capture", t, {"payment_id": pid}))
+                payment.append(build_command("payment.capture", t, {"payment_id": pid}))
             else:
                 for share in (300, 200):
-                    follow_ups.append(
+                    payment.append(
                         build_command("refund.create", t, {"payment_id": pid, "amount": share})
                     )
-        per[t] = creates + follow_ups
+            payments.append(payment)
+        per[t] = staggered(payments)
     return [per[t][i] for i in range(len(per[tenants[0]])) for t in tenants]
 
 
@@ -110,8 +113,15 @@ async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twic
     tenants = [f"sx{run}{i}" for i in range(3)]
     api_keys = {t: f"sk_test_{t}_{uuid.uuid4().hex}" for t in tenants}
     keyring = MasterKeyring(MASTER)
+    commands = workload(tenants)
+    per_tenant = len(commands) // len(tenants)
+    assert per_tenant == 2 * N_PAY + N_PAY // 2
+    # Limits each tenant's commands use up exactly: a command counted twice after a crash
+    # would be rejected (and a rejection fails the test below).
     volume = sum(1000 + j for j in range(N_PAY))
-    limits = TenantLimits(commands_per_second=1, burst=60, daily_payment_volume={"USD": volume})
+    limits = TenantLimits(
+        commands_per_second=1, burst=per_tenant, daily_payment_volume={"USD": volume}
+    )
     await dep.add_tenants(
         *(
             Tenant(
@@ -123,10 +133,8 @@ async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twic
             for t in tenants
         )
     )
-    commands = workload(tenants)
-    assert len(commands) == 3 * 2 * N_PAY + 3 * N_PAY // 2
     ids = {c.get_id() for c in commands}
-    async with through_the_cuts(dep, proxy, tenants, commands, rate=60, each_cut_within=120) as log:
+    async with through_the_cuts(dep, proxy, tenants, commands, each_cut_within=120) as log:
         # One outcome per command (a redelivery's is the same event), none a refusal.
         assert all(len(log.by_command[i]) == 1 for i in ids)
         kinds = Counter(outcome_kind(raw) for cause, _, raw in log.records if cause in ids)
@@ -134,11 +142,12 @@ async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twic
 
         # Each call a kill cut off (a create, a capture, a refund) was sent again under its
         # key and answered as a replay.
-        posts = [proxy.posts[at] for at in proxy.cut]
+        cuts = [proxy.cut[n] for n in range(len(CUTS))]
+        posts = [proxy.posts[at] for at in cuts]
         assert [matches(post) for (matches, _), post in zip(CUTS, posts, strict=True)] == [
             True
         ] * len(CUTS), [post["path"] for post in posts]
-        for at in proxy.cut:
+        for at in cuts:
             cut = proxy.posts[at]
             again = [p for p in proxy.posts[at + 1 :] if p["key"] == cut["key"]]
             assert again and all(_replayed(p) for p in again), (cut, again)
@@ -170,3 +179,4 @@ async def test_sigkill_between_a_stripe_call_and_its_commit_charges_nothing_twic
             j = int(ref.rsplit("_", 1)[1])
             assert (pi["status"], pi["amount"]) == ("succeeded", 1000 + j), (ref, pi)
             assert refunded[ref] == (0 if j % 2 == 0 else 500), (ref, refunded[ref])
+        print(f"{proxy.kills} kill(s) cut posts {cuts} of {len(proxy.posts)}")
