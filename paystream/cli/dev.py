@@ -275,9 +275,11 @@ def dev(
             ) from exc
         click.echo("starting worker (joins the group, recovers tables)…")
         worker = WorkerProcess(env, log_path, run_settings.web_port).start()
-        worker.wait_ready(DEMO_TENANTS, partitions=run_settings.partitions, timeout=120)
+        # The ingress needs no worker (the topics and registry are made above): started
+        # beside it, not once it is ready (a second or two of every `dev`).
         click.echo("starting the command ingress…")
         ingress = IngressProcess(env, ingress_log, run_settings.ingress_port).start()
+        worker.wait_ready(DEMO_TENANTS, partitions=run_settings.partitions, timeout=120)
         ingress.wait_ready(timeout=60)
         base = f"http://{run_settings.web_host}:{run_settings.web_port}"
         ingress_host = run_settings.ingress_host
