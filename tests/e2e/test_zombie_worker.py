@@ -5,7 +5,12 @@ change what a replay-free run leaves behind: provider effects, outcomes, table s
 a recovery from the changelogs rebuilds it). Before the membership lease
 (agents/membership.py) the thawed worker delivered its batch, by its agent or by the
 hand-over hook, and the recovered tables lost the refund and undercounted the day's
-volume, so that a payment over the quota was authorised."""
+volume, so that a payment over the quota was authorised.
+
+A's calls to the simulated provider go through a proxy (its state is in Redis) that
+freezes A once A's first call of the batch reaches it and holds the call until A is
+frozen: A is certain to have the batch in hand, whatever the timing (a freeze after a
+fixed sleep often caught A between batches)."""
 
 from __future__ import annotations
 
@@ -14,9 +19,12 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -25,12 +33,14 @@ from cloudevents.core.v1.event import CloudEvent
 
 from paystream.client import build_command
 from paystream.devstack._process import wait_until
+from paystream.devstack.worker import WorkerProcess
 from paystream.settings import CloudEventsMode
 from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import decode_record, encode_event
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from tests.e2e.test_crash import OutcomeLog, _payment, _wait_for, _wait_split, provider_effects
+from tests.e2e.threaded_proxy import ThreadedProxy
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -48,15 +58,54 @@ def _view(url: str, tenant: str, pid: str) -> tuple[Any, Any, Any]:
     return (s["status"], s["amount_captured"], s["amount_refunded"])
 
 
+class FreezingProxy(ThreadedProxy):
+    """Forwards a worker's Redis connections: the simulator gateway's calls (its
+    provider's state is there). Once ``arm``ed, the first request naming ``marker``
+    runs ``freeze`` (SIGSTOP the worker) before it is forwarded: the worker is frozen
+    with that call unanswered. With ``hold``, the request waits for ``release()`` too."""
+
+    def __init__(self, redis_url: str) -> None:
+        target = urlsplit(redis_url)
+        super().__init__(target.port or 6379, target.hostname or "127.0.0.1")
+        netloc = target.netloc.rpartition(":")[0]
+        self.url = target._replace(netloc=f"{netloc}:{self.port}").geturl()
+        self._armed: tuple[bytes, Callable[[], None], bool] | None = None
+        self.frozen = threading.Event()
+        self.frozen_at = 0.0
+        self._released = asyncio.Event()  # (waited for on the proxy's loop)
+
+    def arm(self, marker: bytes, freeze: Callable[[], None], *, hold: bool) -> None:
+        self._armed = (marker, freeze, hold)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._released.set)
+
+    async def _passing(self, data: bytes, to_target: bool) -> None:
+        # (redis-py writes a command in one buffer: a key cut across two reads would be
+        # missed, and the test would say A was never frozen.)
+        if not to_target or self._armed is None or self._armed[0] not in data:
+            return
+        _, freeze, hold = self._armed
+        self._armed = None
+        freeze()
+        self.frozen_at = time.monotonic()
+        self.frozen.set()
+        if hold:
+            await self._released.wait()
+
+
 # What the thawed worker logs of the batch it had in hand (agents/commands.py).
 HELD_BACK = re.compile(r"batch (of \d+ commands|in hand)[^\n]* not delivered")
+# aiokafka's line as the rebalance that runs the hand-over hook begins.
+REVOKING = "Revoking previously assigned partitions"
 
-# Thawed, the worker's batch was delivered by the hand-over hook (its heartbeat refused
-# first), or by its agent before its heartbeat thread had run: (provider latency ms,
-# freeze after s, gateway timeout s) for each.
+# Thawed, the worker's batch was delivered by the hand-over hook (its call answered
+# only once the rebalance has begun), or by its agent before its heartbeat thread had
+# run (the call answered while it was frozen): whether the proxy holds the call until
+# A's rebalance begins, for each.
 CASES = {
-    "delivered-by-the-hand-over": (1000, 0.5, "10"),
-    "delivered-by-the-agent": (2000, 3.0, "60"),
+    "delivered-by-the-hand-over": True,
+    "delivered-by-the-agent": False,
 }
 
 
@@ -64,7 +113,7 @@ async def test_zombie_worker_changes_nothing(deployment_factory: Any) -> None:
     """Both cases side by side, each on a deployment (and workers) of its own: most of a
     case is waiting (group joins, the session timeout), and every check names its case."""
     results = await asyncio.gather(
-        *(_zombie_case(deployment_factory, *case) for case in CASES.values()),
+        *(_zombie_case(deployment_factory, hold) for hold in CASES.values()),
         return_exceptions=True,
     )
     failed = [
@@ -75,37 +124,41 @@ async def test_zombie_worker_changes_nothing(deployment_factory: Any) -> None:
     assert not failed, "\n\n".join(failed)
 
 
-async def _zombie_case(
-    deployment_factory: Any, latency_ms: int, freeze_after: float, gateway_timeout: str
-) -> None:
+async def _zombie_case(deployment_factory: Any, until_rebalance: bool) -> None:
+    # (A gateway timeout past the freeze: the held call is answered, not timed out.)
     dep: Deployment = await deployment_factory(
-        paystream_table_store="memory://", paystream_gateway_timeout_seconds=gateway_timeout
+        paystream_table_store="memory://", paystream_gateway_timeout_seconds="60"
     )
     n = dep.settings.partitions
     tag = os.urandom(3).hex()
     candidates = [f"zombie-{tag}-{i}" for i in range(12)]
     limits = TenantLimits(daily_payment_volume={"USD": 3000})
-    await dep.add_tenants(
-        *(
-            Tenant(tenant_id=t, limits=limits, gateway_options={"latency_ms": latency_ms})
-            for t in candidates
-        )
-    )
+    await dep.add_tenants(*(Tenant(tenant_id=t, limits=limits) for t in candidates))
     log = OutcomeLog(dep)
     reader = asyncio.create_task(log.run())
-    a, b, c = dep.worker("wA"), dep.worker("wB"), dep.worker("wC")
+    proxy = FreezingProxy(dep.settings.redis_url or "").start()
+    a = WorkerProcess({**dep.env, "REDIS_URL": proxy.url}, dep.base_dir / "wA.log")
+    b, c = dep.worker("wB"), dep.worker("wC")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(dep.settings.require_broker()))
     await producer.start()
 
     async def send(*cmds: CloudEvent) -> list[str]:
+        # Produced together (in order): one worker's batch takes them all.
+        sent = []
         for cmd in cmds:
             rec = encode_event(
                 cmd, str(cmd.get_extension("tenantid")).encode(), CloudEventsMode.BINARY
             )
-            await producer.send_and_wait(
-                dep.settings.commands_topic, rec.value, key=rec.key, headers=list(rec.headers)
+            sent.append(
+                await producer.send(
+                    dep.settings.commands_topic, rec.value, key=rec.key, headers=list(rec.headers)
+                )
             )
+        await asyncio.gather(*sent)
         return [c.get_id() for c in cmds]
+
+    def a_log() -> str:
+        return a.log_path.read_text(errors="replace")
 
     async def answered(ids: list[str], timeout: float = 60) -> None:
         await _wait_for(lambda: set(ids) <= log.by_command.keys(), timeout, f"outcomes of {ids}")
@@ -137,13 +190,20 @@ async def _zombie_case(
         # 0. pay_1 authorised, by A (its owner)
         c0 = await send(create("pay_1"))
         await answered(c0)
-        # 1. A takes create pay_2 + capture pay_1 and is frozen inside the (slow) provider call
+        # 1. A takes create pay_2 + capture pay_1 and is frozen inside a provider call
+        # of that batch (the first of tenant t's to reach the provider's store)
+        proxy.arm(
+            f"sim:{{{t}}}:".encode(),
+            lambda: os.killpg(a.proc.pid, signal.SIGSTOP),
+            hold=until_rebalance,
+        )
         c1 = await send(
             create("pay_2"), build_command("payment.capture", t, {"payment_id": "pay_1"})
         )
-        await asyncio.sleep(freeze_after)
-        os.killpg(a.proc.pid, signal.SIGSTOP)
-        frozen_at = time.monotonic()
+        assert await asyncio.to_thread(proxy.frozen.wait, 60), (
+            "A was never frozen: no provider call of its batch reached the proxy"
+        )
+        frozen_at = proxy.frozen_at
         # 2. B takes all partitions over, redoes A's batch, then goes on
         await asyncio.to_thread(
             wait_until,
@@ -163,7 +223,15 @@ async def _zombie_case(
         frozen_for = time.monotonic() - frozen_at
         # 3. thaw A: once it has rejoined (B gives partitions back), its batch in hand
         # was delivered or given up (the hand-over comes before the rejoin)
+        revoked = a_log().count(REVOKING)
         os.killpg(a.proc.pid, signal.SIGCONT)
+        if until_rebalance:
+            await asyncio.to_thread(
+                wait_until,
+                lambda: a_log().count(REVOKING) > revoked,
+                timeout=60, what="A's rebalance began", interval=0.05,
+            )  # fmt: skip
+            proxy.release()
         await asyncio.to_thread(
             wait_until,
             lambda: len((b.stats() or {}).get("worker", {}).get("partitions") or ()) < n,
@@ -215,12 +283,10 @@ async def _zombie_case(
             {("authorization", 1000): 3, ("capture", 1000): 1, ("refund", 300): 1}
         ):
             problems.append(f"provider effects {dict(effects)}")
-        # (Whether A had a batch in hand when frozen: the agent case's often has not.)
-        held = bool(HELD_BACK.search(a.log_path.read_text(errors="replace")))
-        problems.append(
-            f"(B owned all after {took_over:.1f} s; A frozen {frozen_for:.1f} s; "
-            f"A's log says it held a batch back: {held})"
-        )
+        # (Frozen in a call of its batch, A has it in hand: thawed, it must hold it back.)
+        if not HELD_BACK.search(a_log()):
+            problems.append("A's log does not say it held its batch in hand back")
+        problems.append(f"(B owned all after {took_over:.1f} s; A frozen {frozen_for:.1f} s)")
         assert len(problems) == 1, "\n".join(problems)
         assert a_alive, "the thawed worker exited"
     finally:
@@ -230,3 +296,4 @@ async def _zombie_case(
         if a.proc is not None and a.proc.poll() is None:
             os.killpg(a.proc.pid, signal.SIGCONT)
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in (a, b, c)))
+        await asyncio.to_thread(proxy.stop)

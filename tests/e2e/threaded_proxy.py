@@ -75,16 +75,23 @@ class ThreadedProxy:
             return
         up_reader, up_writer = upstream
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, to_target: bool
+        ) -> None:
             while data := await src.read(65536):
+                await self._passing(data, to_target)
                 dst.write(data)
                 await dst.drain()
             dst.close()
 
         try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         except (OSError, asyncio.CancelledError):
             pass
         finally:
             up_writer.close()
             writer.close()
+
+    async def _passing(self, data: bytes, to_target: bool) -> None:
+        """Called with each chunk before it is forwarded (``to_target``: the client's):
+        a subclass may hold it back by not returning yet."""
