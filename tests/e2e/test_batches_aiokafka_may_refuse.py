@@ -127,14 +127,15 @@ async def test_one_batch_a_producer_writes_does_not_stop_the_worker(
     assert not worker.exited()
     if case not in _UNREADABLE:
         return
-    dead = await dep.read_topic(dep.settings.dlq_topic, idle_polls=2)
+
+    def stands_in(r: Any) -> bool:
+        return r.key is None and _source(r)[:2] == (topic, partition) and _source(r)[2] >= offset
+
+    # (The letter and the outcome behind it are produced together: either may land first.)
+    dead = await dep.read_topic(dep.settings.dlq_topic, until=lambda rs: any(map(stands_in, rs)))
     # The keyless letters standing for this batch: none but one (the module's other
     # batches are elsewhere, or earlier on the partition).
-    [letter] = [
-        r
-        for r in dead
-        if r.key is None and _source(r)[:2] == (topic, partition) and _source(r)[2] >= offset
-    ]
+    [letter] = [r for r in dead if stands_in(r)]
     headers = dict(letter.headers)
     assert headers["paystream-dlq-reason"] == b"unreadable_batch", headers
     detail = headers["paystream-dlq-detail"].decode()
@@ -192,8 +193,10 @@ async def test_a_header_name_that_is_no_utf8_is_dead_lettered_and_the_worker_goe
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     await rb.next_answered(dep, HEADER_TENANT, 60)
     assert not worker.exited()
-    dead = await dep.read_topic(settings.dlq_topic, idle_polls=2)
-    [letter] = [r for r in dead if r.key == HEADER_TENANT.encode()]
+    key = HEADER_TENANT.encode()
+    # (The letter and the outcome behind it are produced together: either may land first.)
+    dead = await dep.read_topic(settings.dlq_topic, until=lambda rs: any(r.key == key for r in rs))
+    [letter] = [r for r in dead if r.key == key]
     headers = dict(letter.headers)
     assert headers["paystream-dlq-reason"] == b"not_a_cloudevent", headers
     assert letter.value == b"{}"
@@ -219,7 +222,7 @@ async def _until_committed(dep: Deployment, broker: str, partition: int, offset:
 
 async def _unreadable_letters(dep: Deployment) -> list[tuple[str, int, int]]:
     """Where each `unreadable_batch` dead letter's stand-in was: (topic, partition, offset)."""
-    dead = await dep.read_topic(dep.settings.dlq_topic, idle_polls=2)
+    dead = await dep.read_topic(dep.settings.dlq_topic)
     return [
         _source(r)
         for r in dead

@@ -858,7 +858,7 @@ async def test_a_command_lands_on_its_tenant_s_partition_as_a_kafka_producer_put
     assert (await post(url, over_http))[0] == 202
     await client.send(over_kafka, timeout=30)
     await asyncio.wait_for(waited, 30)
-    records = await dep.read_topic(dep.settings.commands_topic, idle_polls=1)
+    records = await dep.read_topic(dep.settings.commands_topic)
     partitions = {
         dict(r.headers).get("ce_id", b"").decode(): r.partition
         for r in records

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def _partition_of(dep: Any, key: bytes) -> int:
-    records = await dep.read_topic(dep.settings.tenants_topic, idle_polls=2)
+    records = await dep.read_topic(dep.settings.tenants_topic)  # (put_tenant waited for it)
     return next(r.partition for r in records if r.key == key)
 
 
