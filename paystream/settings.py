@@ -455,6 +455,18 @@ class Settings(BaseSettings):
         "with acks=all a lagging follower holds a produce that long before it leaves the "
         "in-sync replicas, and a client giving up first writes the batch twice.",
     )
+    broker_request_timeout_seconds: float | None = Field(
+        default=None,
+        ge=6,
+        le=300,
+        description="PAYSTREAM_BROKER_REQUEST_TIMEOUT_SECONDS (default: 30 on the embedded "
+        "broker, Faust's 90 on Kafka): how long the worker's consumers wait for the "
+        "broker's answer to a request (a fetch, a heartbeat, a join, an offset commit) "
+        "before they give it up with its connection and open another: how long a connection "
+        "gone silent (a broken network path: no answer, no reset) holds the worker up. At "
+        "least the consumer group's session timeout (6 s on the embedded broker, 60 s on "
+        "Kafka): Faust refuses less.",
+    )
     liveness_stall_seconds: float | None = Field(
         default=None,
         ge=0,
@@ -877,6 +889,19 @@ class Settings(BaseSettings):
             )
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("PAYSTREAM_KAFKA_SSL_KEYFILE needs PAYSTREAM_KAFKA_SSL_CERTFILE")
+        return self
+
+    @model_validator(mode="after")
+    def _request_timeout_past_the_session(self) -> Settings:
+        # Faust refuses a consumer whose request timeout is below its session timeout:
+        # said here, by the variable's name, not in a traceback of the worker's start.
+        if self.broker_request_timeout_seconds is not None:
+            from paystream.streams import broker_compat  # (only then: it imports aiokafka)
+
+            try:
+                broker_compat.faust_overrides(self)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from exc
         return self
 
     @model_validator(mode="after")

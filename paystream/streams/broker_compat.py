@@ -42,10 +42,12 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, TaggedFields
 from aiokafka.structs import TopicPartition
 
+from paystream.errors import ConfigurationError
 from paystream.settings import Settings
 
 __all__ = [
     "FAUST_FETCH_MAX_WAIT_MS",
+    "FAUST_SESSION_TIMEOUT_S",
     "TANSU_FETCH_MAX_WAIT_MS",
     "TANSU_FETCH_MIN_BYTES",
     "active_patches",
@@ -81,6 +83,10 @@ _HIGHWATER_PROBE_WAIT_MS: Final = 10
 #: What ``faust/transport/drivers/aiokafka.py`` hard-codes for worker consumers.
 FAUST_FETCH_MAX_WAIT_MS: Final = 1500
 
+#: Faust's default group session timeout (``broker_session_timeout``), where the broker
+#: needs no shorter one. Faust refuses a request timeout below the session timeout.
+FAUST_SESSION_TIMEOUT_S: Final = 60.0
+
 _MARK: Final = "__paystream_broker_compat__"
 
 
@@ -105,6 +111,16 @@ def faust_overrides(settings: Settings) -> dict[str, Any]:
             # Faust refuses a request timeout below the session timeout.
             broker_request_timeout=30.0,
         )
+    if (timeout := settings.broker_request_timeout_seconds) is not None:
+        # How long a connection gone silent holds the worker: aiokafka gives a request up
+        # after it, and the connection with it.
+        session = overrides.get("broker_session_timeout", FAUST_SESSION_TIMEOUT_S)
+        if timeout < session:
+            raise ConfigurationError(
+                f"PAYSTREAM_BROKER_REQUEST_TIMEOUT_SECONDS={timeout:g} is below the consumer "
+                f"group's session timeout ({session:g} s): Faust refuses it"
+            )
+        overrides["broker_request_timeout"] = timeout
     return overrides
 
 

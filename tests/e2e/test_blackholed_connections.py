@@ -3,11 +3,12 @@
 A broken network path leaves a connection open with nothing coming back: no answer, no
 reset. Liveness does not judge that case (web/liveness.py: a consumer whose fetches go
 unanswered sees no backlog), so the worker must mend it itself: aiokafka gives up on a
-request after its timeout (30 s on the embedded broker), closes that connection and opens
-another; the group coordinator's silence ends the worker's membership, and it joins
-again. Here every connection open between the worker and its broker (fetches,
-heartbeats, produces) turns into a black hole at once, behind a proxy the test owns
-(tests/e2e/blackhole.py), while new connections get through.
+request after its timeout (PAYSTREAM_BROKER_REQUEST_TIMEOUT_SECONDS: 30 s on the
+embedded broker), closes that connection and opens another; the group coordinator's
+silence ends the worker's membership, and it joins again. Here every connection open
+between the worker and its broker (fetches, heartbeats, produces) turns into a black
+hole at once, behind a proxy the test owns (tests/e2e/blackhole.py), while new
+connections get through.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ async def test_a_worker_whose_broker_connections_go_silent_recovers_by_itself(
     deployment_factory: Any,
 ) -> None:
     # The commands' records go out on the producer's connection, silent too: it gives up
-    # after its own request timeout (60 s by default). 10 s here keeps the test short;
-    # what it shows, recovery without a restart, is the same at either.
-    env = {"PAYSTREAM_PRODUCER_REQUEST_TIMEOUT_SECONDS": "10"}
+    # after its own request timeout (60 s by default), the consumers after theirs (30 s
+    # on the embedded broker). 5 s and 8 s here keep the test short; what it shows,
+    # recovery without a restart, is the same at any of them.
+    env = {
+        "PAYSTREAM_PRODUCER_REQUEST_TIMEOUT_SECONDS": "5",
+        "PAYSTREAM_BROKER_REQUEST_TIMEOUT_SECONDS": "8",
+    }
     async with proxied_stack(deployment_factory, BlackholeProxy, TENANT, **env) as stack:
         dep, proxy = stack.dep, stack.proxy
         with dep.worker() as worker:

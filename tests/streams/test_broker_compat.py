@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from paystream.doctor import raw_latest_offset
+from paystream.errors import ConfigurationError
 from paystream.settings import Settings, load_settings
 from paystream.streams import broker_compat
 
@@ -42,6 +43,23 @@ def test_faust_overrides_only_for_tansu() -> None:
     # Faust's own constraints: heartbeat < session/3, request timeout >= session timeout.
     assert tansu["broker_heartbeat_interval"] < tansu["broker_session_timeout"] / 3
     assert tansu["broker_request_timeout"] >= tansu["broker_session_timeout"]
+
+
+def test_the_request_timeout_is_a_setting_not_below_the_session() -> None:
+    """PAYSTREAM_BROKER_REQUEST_TIMEOUT_SECONDS: how long a silent connection holds the
+    worker (tests/e2e/test_blackholed_connections.py); unset, the defaults above."""
+    tansu = load_settings(broker_flavor="tansu", broker_request_timeout_seconds=8)
+    assert broker_compat.faust_overrides(tansu)["broker_request_timeout"] == 8.0
+    kafka = load_settings(broker_flavor="kafka", broker_request_timeout_seconds=75)
+    assert broker_compat.faust_overrides(kafka)["broker_request_timeout"] == 75.0
+    # Faust refuses a request timeout below the session timeout: said at start, by name.
+    with pytest.raises(ConfigurationError, match="PAYSTREAM_BROKER_REQUEST_TIMEOUT_SECONDS=8 "):
+        load_settings(broker_flavor="kafka", broker_request_timeout_seconds=8)
+    short = kafka.model_copy(update={"broker_request_timeout_seconds": 8})  # (unvalidated)
+    with pytest.raises(ConfigurationError, match="PAYSTREAM_BROKER_REQUEST_TIMEOUT_SECONDS=8 "):
+        broker_compat.faust_overrides(short)
+    with pytest.raises(ConfigurationError, match="broker_request_timeout_seconds"):
+        load_settings(broker_flavor="tansu", broker_request_timeout_seconds=5)
 
 
 def test_apply_patches_nothing_for_kafka() -> None:
