@@ -31,6 +31,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant, TenantStatus
 from paystream.tenancy.secrets import seal_secret
 from tests.e2e.gateway_e2e import outcome
+from tests.e2e.together import start_together, stop_together
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 from tests.fixtures.pipeline import Deployment, RawSend, wait_for_owners
 from tests.gateways.harness import decide_fake_dispute, localstripe_token, open_fake_dispute
@@ -449,8 +450,9 @@ async def test_any_worker_of_a_fleet_takes_any_tenants_webhook(
             for t in tenants
         )
     )
-    first, second = dep.worker("w1").start(), dep.worker("w2").start()
+    first, second = dep.worker("w1"), dep.worker("w2")
     try:
+        await start_together(first, second)
         await wait_for_owners((first, second), dep.settings.partitions, tenants)
         body = {"amount": 700, "currency": "USD", "payment_method_token": "pm_card_visa"}
         async with dep.client() as client:
@@ -468,8 +470,7 @@ async def test_any_worker_of_a_fleet_takes_any_tenants_webhook(
                         "the payment is succeeded already",
                     ), (t, w.base_url, answer)
     finally:
-        first.stop()
-        second.stop()
+        await stop_together(first, second)
 
 
 async def test_an_authorised_payments_capturable_event_is_no_news(
