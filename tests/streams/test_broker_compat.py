@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from paystream.doctor import raw_latest_offset
@@ -81,7 +82,7 @@ def test_apply_is_idempotent_for_tansu() -> None:
         "print(json.dumps([first, second, Fetcher._proc_offset_request is fn,"
         " bc.patches_active()]))"
     )
-    names = ["end_offsets", "fetch_wait", "init_producer_id_v3"]
+    names = ["end_offsets", "fetch_wait", "init_producer_id_v3", "leave_group_at_generation_0"]
     assert _in_fresh_process(code) == [names, names, True, True]
 
 
@@ -145,6 +146,44 @@ async def test_end_offsets_correct_after_batched_produce(
         assert await latest.position(tp) == 15
     finally:
         await latest.stop()
+
+
+async def _group_members(bootstrap: str, group: str) -> list[object]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_consumer_groups([group])
+        [answer] = described.groups  # (error_code, group, state, protocol_type, protocol, members)
+        return list(answer[5])
+    finally:
+        await admin.close()
+
+
+async def test_a_stopped_consumer_leaves_its_group_at_once(
+    stack_settings: Settings, kafka_bootstrap: str, new_topic: NewTopic
+) -> None:
+    """A member stopped in its group's first generation (Tansu's 0) says LeaveGroup:
+    without it the group kept it, its partitions with it, until its session ran out."""
+    broker_compat.apply(stack_settings)  # (what every paystream process does first)
+    topic, group = await new_topic(partitions=2), f"leave-probe-{stack_settings.app_id}"
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, group_id=group, session_timeout_ms=30_000
+    )
+    await consumer.start()
+    try:
+        for _ in range(100):  # joined once it holds partitions
+            await consumer.getmany(timeout_ms=100)
+            if consumer.assignment():
+                break
+        assert consumer.assignment(), "the probe never joined its group"
+        generation = consumer._coordinator.generation
+        if stack_settings.embedded_broker:
+            assert generation == 0, "Tansu's first generation is no longer 0: drop the patch"
+        assert len(await _group_members(kafka_bootstrap, group)) == 1
+    finally:
+        await consumer.stop()
+    # At once, not after the 30 s session: the member left.
+    assert await _group_members(kafka_bootstrap, group) == []
 
 
 async def test_idempotent_producer_starts(kafka_bootstrap: str, new_topic: NewTopic) -> None:
