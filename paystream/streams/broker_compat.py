@@ -400,6 +400,9 @@ def _patch_leave_group() -> None:
                 log.error("LeaveGroup request failed: %s", err)
             else:
                 log.info("LeaveGroup request succeeded (generation 0)")
+            # (As aiokafka's own, after its send: a join meanwhile is not left again.)
+            self.reset_generation()
+            return
         await original(self)
 
     setattr(_maybe_leave_group, _MARK, True)

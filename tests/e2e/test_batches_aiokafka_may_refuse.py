@@ -131,8 +131,11 @@ async def test_one_batch_a_producer_writes_does_not_stop_the_worker(
     def stands_in(r: Any) -> bool:
         return r.key is None and _source(r)[:2] == (topic, partition) and _source(r)[2] >= offset
 
-    # (The letter and the outcome behind it are produced together: either may land first.)
-    dead = await dep.read_topic(dep.settings.dlq_topic, until=lambda rs: any(map(stands_in, rs)))
+    # (The letter and the outcome behind it are produced together: either may land first;
+    # then a second of quiet, so that a second letter just behind it shows too.)
+    dead = await dep.read_topic(
+        dep.settings.dlq_topic, idle_polls=2, until=lambda rs: any(map(stands_in, rs))
+    )
     # The keyless letters standing for this batch: none but one (the module's other
     # batches are elsewhere, or earlier on the partition).
     [letter] = [r for r in dead if stands_in(r)]
@@ -194,8 +197,11 @@ async def test_a_header_name_that_is_no_utf8_is_dead_lettered_and_the_worker_goe
     await rb.next_answered(dep, HEADER_TENANT, 60)
     assert not worker.exited()
     key = HEADER_TENANT.encode()
-    # (The letter and the outcome behind it are produced together: either may land first.)
-    dead = await dep.read_topic(settings.dlq_topic, until=lambda rs: any(r.key == key for r in rs))
+    # (The letter and the outcome behind it are produced together: either may land first;
+    # then a second of quiet, so that a second letter just behind it shows too.)
+    dead = await dep.read_topic(
+        settings.dlq_topic, idle_polls=2, until=lambda rs: any(r.key == key for r in rs)
+    )
     [letter] = [r for r in dead if r.key == key]
     headers = dict(letter.headers)
     assert headers["paystream-dlq-reason"] == b"not_a_cloudevent", headers

@@ -7,11 +7,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.structs import TopicPartition
 
 from paystream.doctor import raw_latest_offset
@@ -184,6 +186,33 @@ async def test_a_stopped_consumer_leaves_its_group_at_once(
         await consumer.stop()
     # At once, not after the 30 s session: the member left.
     assert await _group_members(kafka_bootstrap, group) == []
+
+
+class _JoiningMeanwhile:
+    """Just the coordinator attributes the wrapper reads: a rejoin (the coordination task's,
+    beside aiokafka's idle-heartbeat leave) completes while the LeaveGroup is in flight."""
+
+    group_id, member_id, _group_instance_id = "g", "m-0", None
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.sent: list[tuple[int, str]] = []
+
+    async def _send_req(self, request: Any) -> None:
+        self.sent.append((self.generation, self.member_id))
+        await asyncio.sleep(0)
+        if self.generation == 0:  # the coordination task's rejoin completes meanwhile
+            self.generation, self.member_id = 1, "m-1"
+
+    def reset_generation(self) -> None:
+        self.generation, self.member_id = -1, ""
+
+
+async def test_a_stopped_member_says_leave_group_once() -> None:
+    broker_compat.apply(load_settings(broker_flavor="tansu"), worker_consumers=False)
+    coordinator = _JoiningMeanwhile()
+    await GroupCoordinator._maybe_leave_group(coordinator)  # type: ignore[arg-type]
+    assert len(coordinator.sent) == 1, f"LeaveGroup sent {coordinator.sent}"
 
 
 async def test_idempotent_producer_starts(kafka_bootstrap: str, new_topic: NewTopic) -> None:
