@@ -21,6 +21,7 @@ answered as made; made with other parameters, the key is refused (idempotency_er
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -75,7 +76,10 @@ from paystream.gateways.tenant_config import (
     refuse_unknown_options,
     required_credential,
 )
+from paystream.money import CURRENCY_EXPONENTS, format_minor
 from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKOUT_TOKEN",
@@ -154,6 +158,15 @@ def api_base(api_key: str, configured: str) -> str:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _figure(money: tuple[int, str]) -> str:
+    """An amount Paddle reported, for a message: in major units where paystream knows
+    its currency (Paddle may name one paystream takes no payments in)."""
+    amount, currency = money
+    if currency in CURRENCY_EXPONENTS:
+        return format_minor(amount, currency)
+    return f"{amount} minor units of {currency[:8]!r}"
 
 
 def _refused(code: ErrorCode, message: str, *, reached: bool = True) -> GatewayError:
@@ -250,6 +263,49 @@ class PaddleGateway:
                 f"the key was used for another {kind} request ({obj.get('id')})",
             )
         return True
+
+    def _as_asked(
+        self,
+        kind: str,
+        obj: Mapping[str, Any],
+        reported: tuple[int, str],
+        asked: tuple[int, str],
+        *,
+        at_most: bool = False,
+    ) -> None:
+        """Paddle's ``obj`` is answered as the command's outcome only with the money the
+        command asked for (``at_most``: up to that amount, in its currency): Paddle keeps
+        no request to hold its figures to, and a discount taken at checkout, an object
+        changed at Paddle, or a fault would go out as a success with other figures.
+        Otherwise a final ``invalid_state`` (the object named; logged by ids and figures
+        only: docs/paddle.md, "The money Paddle reports")."""
+        amount, currency = reported
+        if currency == asked[1] and (amount == asked[0] or (at_most and 0 < amount <= asked[0])):
+            return
+        what = f"up to {_figure(asked)}" if at_most else _figure(asked)
+        obj_id = str(obj.get("id"))[:64]
+        log.error(
+            "paddle %s %s of tenant %s reports %s where %s was asked: answered invalid_state, "
+            "not as made",
+            kind,
+            obj_id,
+            self._tenant_id,
+            _figure(reported),
+            what,
+        )
+        txn_id = obj.get("id") if kind == "transaction" else obj.get("transaction_id")
+        raise GatewayError(
+            ErrorCode.INVALID_STATE,
+            f"Paddle's {kind} {obj_id} reports {_figure(reported)} where {what} was "
+            'asked: not answered as made (docs/paddle.md, "The money Paddle reports")',
+            provider=PROVIDER,
+            retryable=False,
+            provider_payment_id=txn_id[:64] if isinstance(txn_id, str) else None,
+        )
+
+    def _payment_as_asked(self, txn: Mapping[str, Any], asked: tuple[int, str]) -> PaymentResult:
+        self._as_asked("transaction", txn, mapping.transaction_money(txn), asked)
+        return mapping.payment(txn)
 
     # ---- customers -------------------------------------------------------------------
 
@@ -382,9 +438,10 @@ class PaddleGateway:
         params = params_digest(operation, req)
         self._no_try_landing(tag)
         self._not_dated_ahead()
+        asked = (req.amount.amount, req.amount.currency)
         earlier = await self._lookup(operation, tag, params, req)
         if earlier is not None:
-            return mapping.payment(earlier)
+            return self._payment_as_asked(earlier, asked)
         custom = {**req.metadata, mapping.REQUEST_KEY: tag, mapping.PARAMS_KEY: params}
         name = req.description or "Payment"
         price = {
@@ -404,7 +461,7 @@ class PaddleGateway:
         if req.provider_customer_id is not None:
             body["customer_id"] = req.provider_customer_id
         made = await self._call(operation, "POST", "transactions", body=body, tag=tag)
-        return mapping.payment(self._one(made))
+        return self._payment_as_asked(self._one(made), asked)
 
     @staticmethod
     def _not_dated_ahead() -> None:
@@ -535,6 +592,11 @@ class PaddleGateway:
     ) -> PaymentResult:
         op = "retrieve_payment"
         txn = await self._transaction(op, req.provider_payment_id)
+        # (a read names no amount: held to what the transaction's items ask, the price
+        # its create set at the command's amount; a discount at checkout is caught)
+        self._as_asked(
+            "transaction", txn, mapping.transaction_money(txn), mapping.transaction_asked(txn)
+        )
         refunded = 0
         if txn.get("status") in ("completed", "paid"):
             refunded = mapping.refunded(await self._adjustments(op, str(txn["id"])))
@@ -569,7 +631,7 @@ class PaddleGateway:
         held = await self._adjustments(op, str(txn["id"]))
         earlier = self._earlier_refund(held, tag, params)
         if earlier is not None:
-            return mapping.refund(earlier)
+            return self._refund_as_asked(earlier, txn, req.amount)
         if txn.get("status") not in ("completed", "billed"):
             raise _refused(
                 ErrorCode.INVALID_STATE,
@@ -622,8 +684,24 @@ class PaddleGateway:
             earlier = self._earlier_refund(made_since, tag, params)
             if earlier is None:
                 raise
-            return mapping.refund(earlier)
-        return mapping.refund(self._one(made))
+            return self._refund_as_asked(earlier, txn, req.amount)
+        return self._refund_as_asked(self._one(made), txn, amount)
+
+    def _refund_as_asked(
+        self, adj: Mapping[str, Any], txn: Mapping[str, Any], asked: int | None
+    ) -> RefundResult:
+        """The refund, if it is for ``asked`` in the payment's currency; ``None`` (what
+        remained, when an earlier try made it): up to the payment's total, as what
+        remained then is not known now."""
+        total, currency = mapping.transaction_money(txn)
+        self._as_asked(
+            "adjustment",
+            adj,
+            mapping.adjustment_money(adj),
+            (total if asked is None else asked, currency),
+            at_most=asked is None,
+        )
+        return mapping.refund(adj)
 
     @staticmethod
     def _earlier_refund(held: list[dict[str, Any]], tag: str, params: str) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from paystream.money import Money
 __all__ = [
     "PARAMS_KEY",
     "REQUEST_KEY",
+    "adjustment_money",
     "amount",
     "customer",
     "customer_details",
@@ -36,6 +37,8 @@ __all__ = [
     "refund",
     "refund_status",
     "refunded",
+    "transaction_asked",
+    "transaction_money",
 ]
 
 # The custom_data keys paystream keeps on what it makes at Paddle: the request that made
@@ -96,6 +99,42 @@ def _totals(txn: Mapping[str, Any]) -> Mapping[str, Any]:
     return totals
 
 
+def transaction_money(txn: Mapping[str, Any]) -> tuple[int, str]:
+    """(amount in minor units, currency) a transaction reports: its grand total, what
+    its customer pays (Paddle's lowest denomination: cents, or yen for JPY, as
+    paystream's minor units)."""
+    totals = _totals(txn)
+    total = amount(totals.get("grand_total") or totals.get("total"))
+    return total, str(txn.get("currency_code") or totals.get("currency_code"))
+
+
+def transaction_asked(txn: Mapping[str, Any]) -> tuple[int, str]:
+    """(amount, currency) the transaction's items ask: what paystream's create priced
+    them at (one non-catalog item, quantity 1, its unit price the command's amount)."""
+    items = txn.get("items")
+    if not isinstance(items, list) or not items:
+        raise unreadable("a transaction without items")
+    total, currencies = 0, set()
+    for item in items:
+        price = item.get("price") if isinstance(item, Mapping) else None
+        unit = price.get("unit_price") if isinstance(price, Mapping) else None
+        quantity = item.get("quantity", 1) if isinstance(item, Mapping) else None
+        if not isinstance(unit, Mapping) or not isinstance(quantity, int) or quantity < 1:
+            raise unreadable("a transaction item without a unit price and quantity")
+        total += amount(unit.get("amount")) * quantity
+        currencies.add(str(unit.get("currency_code")))
+    return total, currencies.pop() if len(currencies) == 1 else "/".join(sorted(currencies))
+
+
+def adjustment_money(adj: Mapping[str, Any]) -> tuple[int, str]:
+    """(amount in minor units, currency) an adjustment (a refund) reports."""
+    totals = adj.get("totals")
+    if not isinstance(totals, Mapping):
+        raise unreadable("an adjustment without totals")
+    currency = str(adj.get("currency_code") or totals.get("currency_code"))
+    return amount(totals.get("total")), currency
+
+
 def payment_status(txn: Mapping[str, Any]) -> PaymentStatus | None:
     """paystream's status for a transaction; None for one this version does not know."""
     status = txn.get("status")
@@ -127,9 +166,7 @@ def payment(txn: Mapping[str, Any], refunded_amount: int = 0) -> PaymentResult:
     status = payment_status(txn)
     if status is None:
         raise unreadable(f"transaction status {str(txn.get('status'))[:32]!r}")
-    totals = _totals(txn)
-    total = amount(totals.get("grand_total") or totals.get("total"))
-    currency = str(txn.get("currency_code") or totals.get("currency_code"))
+    total, currency = transaction_money(txn)
     captured = total if status is PaymentStatus.SUCCEEDED else 0
     latest = _latest_attempt(txn)
     failed = latest is not None and latest.get("status") in _FAILED_ATTEMPTS
@@ -173,17 +210,12 @@ def refund(adj: Mapping[str, Any]) -> RefundResult:
     status = refund_status(adj.get("status"))
     if status is None:
         raise unreadable(f"adjustment status {str(adj.get('status'))[:32]!r}")
-    totals = adj.get("totals")
-    if not isinstance(totals, Mapping):
-        raise unreadable("an adjustment without totals")
+    total, currency = adjustment_money(adj)
     return RefundResult(
         provider_refund_id=str(adj["id"]),
         provider_payment_id=str(adj.get("transaction_id") or ""),
         status=status,
-        amount=Money(
-            amount=amount(totals.get("total")),
-            currency=str(adj.get("currency_code") or totals.get("currency_code")),
-        ),
+        amount=Money(amount=total, currency=currency),
         failure_code=str(adj["status"]) if status is RefundStatus.FAILED else None,
     )
 

@@ -246,3 +246,26 @@ def test_its_signature_is_paddles_documented_one() -> None:
     header = paddle_signature(body, "pdl_ntfset_secret", ts=1700000000)
     expected = hmac.new(b"pdl_ntfset_secret", b"1700000000:" + body, hashlib.sha256).hexdigest()
     assert header == f"ts=1700000000;h1={expected}"
+
+
+async def test_restated_totals_keep_paddles_shapes(paddle: Paddle) -> None:
+    """TEST-ONLY /_fake/restate: other totals, in the shapes the SDK reads (a discount)."""
+    paid = await paddle.paid("1000")
+    status, body = await paddle.call("POST", "/_fake/restate", {"id": paid["id"], "total": "900"})
+    assert status == 200, body
+    Transaction.from_dict(body["data"])
+    totals = body["data"]["details"]["totals"]
+    assert (totals["grand_total"], totals["discount"], totals["subtotal"]) == ("900", "100", "1000")
+    assert body["data"]["items"][0]["price"]["unit_price"]["amount"] == "1000"  # (as asked)
+    status, body = await paddle.call(
+        "POST",
+        "/adjustments",
+        {"action": "refund", "type": "full", "transaction_id": paid["id"], "reason": "r"},
+    )
+    assert status == 201, body
+    status, body = await paddle.call(
+        "POST", "/_fake/restate", {"id": body["data"]["id"], "total": "5", "currency_code": "EUR"}
+    )
+    assert status == 200, body
+    Adjustment.from_dict(body["data"])
+    assert body["data"]["totals"]["total"] == "5" and body["data"]["currency_code"] == "EUR"

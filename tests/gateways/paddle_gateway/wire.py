@@ -102,4 +102,25 @@ async def decide(url: str, adjustment_id: str, status: str = "approved") -> None
         resp.raise_for_status()
 
 
-__all__ += ["losing"]
+async def restate(
+    url: str,
+    total: int,
+    currency: str | None = None,
+    *,
+    object_id: str | None = None,
+    request: str | None = None,
+) -> None:
+    """The FAKE Paddle reports ``total`` (in ``currency``) for ``object_id`` now, or for
+    what the request tagged ``request`` makes from now on (its /_fake/restate route)."""
+    body: dict[str, Any] = {"total": str(total)}
+    if currency is not None:
+        body["currency_code"] = currency
+    body.update({"id": object_id} if object_id is not None else {"request": request})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/_fake/restate", json=body) as resp,
+    ):
+        resp.raise_for_status()
+
+
+__all__ += ["losing", "restate"]
