@@ -169,7 +169,7 @@ async def test_a_stopped_consumer_leaves_its_group_at_once(
     broker_compat.apply(stack_settings)  # (what every paystream process does first)
     topic, group = await new_topic(partitions=2), f"leave-probe-{stack_settings.app_id}"
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka_bootstrap, group_id=group, session_timeout_ms=30_000
+        topic, bootstrap_servers=kafka_bootstrap, group_id=group, session_timeout_ms=10_000
     )
     await consumer.start()
     try:
@@ -184,7 +184,7 @@ async def test_a_stopped_consumer_leaves_its_group_at_once(
         assert len(await _group_members(kafka_bootstrap, group)) == 1
     finally:
         await consumer.stop()
-    # At once, not after the 30 s session: the member left.
+    # At once, not after the 10 s session: the member left.
     assert await _group_members(kafka_bootstrap, group) == []
 
 
