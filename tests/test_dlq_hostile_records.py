@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import base64
-import subprocess
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from paystream.streams.pan import contains_card_number
 from paystream.tenancy.crypto import MasterKey
 from tests.fixtures.pipeline import RawSend
 from tests.test_cli import run_cli
+from tests.test_dlq_replay_safety import Shown
 
 CARD = "4242424242424242"
 # A control character whose escape ends in a digit ("\x04" is shown "\\x04"), then the
@@ -46,15 +45,6 @@ def test_no_twelve_digits_of_a_card_number_cut_at_the_limit_are_shown(limit: int
 
 
 SOURCES = [f"x/0/{CARD}\x1b]0;pwned\x07", f"x/0/{SPLIT}", f"x/0/{PARTED[0]}"]
-
-
-@dataclass(frozen=True)
-class Shown:
-    """What `dlq list` and `dlq replay` printed for one dead-letter topic."""
-
-    topic: str
-    listed: subprocess.CompletedProcess[str]
-    replayed: subprocess.CompletedProcess[str]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -278,7 +278,7 @@ HOSTILE_REASONS = {
 
 @dataclass(frozen=True)
 class Shown:
-    """What `dlq list` and `dlq replay` printed for one retry topic."""
+    """What `dlq list` and `dlq replay` printed for one retry or dead-letter topic."""
 
     topic: str
     listed: subprocess.CompletedProcess[str]
