@@ -130,6 +130,20 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "period paid for (`at_period_end`: `subscription.updated`, then canceled when a "
         "`subscription.refresh` finds the period ended)."
     ),
+    "subscription.update": (
+        "Change a live subscription (`active`, `trialing` or `past_due`; others are "
+        "refused `invalid_state`) without canceling it: `amount` (its price per period, "
+        "in its own currency: neither currency nor interval changes), `payment_method_id` "
+        "(another attached payment method of its customer, billed from now on; one of "
+        "another customer's is `not_found`, a detached one `invalid_state`), "
+        "`cancel_at_period_end` (`false` resumes one scheduled to cancel, `true` "
+        "schedules it). No prorations (Stripe's `proration_behavior=none`): a new amount "
+        "is billed from the next period on (during a trial, the first invoice is at it); "
+        "the period under way is neither credited nor charged again. At least one field "
+        "(else `validation_error`); values all equal to the current ones change nothing "
+        "and ask nothing of the provider. Answered `subscription.updated` (`related`: "
+        "renewals the provider billed before the change)."
+    ),
     "subscription.refresh": (
         "Read a subscription back from its provider with the invoices it made since "
         "(renewals paid, or declined: `past_due`; `related`: invoices new or moved on; "
@@ -246,8 +260,8 @@ _REFUND_REFRESHED: Doc = {
 _SUB_PREVIOUS: Doc = {
     "previous_status": {
         "type": "string",
-        "description": "answering `subscription.cancel` or `subscription.refresh`: the "
-        "subscription's status before",
+        "description": "answering `subscription.cancel`, `subscription.update` or "
+        "`subscription.refresh`: the subscription's status before",
     },
 }
 
@@ -351,7 +365,9 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     ),
     "subscription.updated": (
         "subscription",
-        "A cancel at period end was scheduled, or `subscription.refresh` read the "
+        "A cancel at period end was scheduled, `subscription.update` changed it (its "
+        "`amount`, `payment_method_id` or `cancel_at_period_end` as they are now), or "
+        "`subscription.refresh` read the "
         "subscription back (renewed: new `paid` invoices in `related`; `past_due`: an "
         "invoice `open`, its decline in `error`; or unchanged).",
         _SUB_PREVIOUS,

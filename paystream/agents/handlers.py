@@ -1777,7 +1777,8 @@ _INVOICE_OPEN = gw.InvoiceStatus.OPEN
 
 
 def _subscriptions_supported(ctx: HandlerContext) -> None:
-    """A create's `unsupported` before anything is asked of the provider: a tenant whose
+    """A create's (or an update's) `unsupported` before anything is asked of the
+    provider: a tenant whose
     gateway lacks subscriptions (Square, for now; or a tenant whose capabilities leave
     them out). Not remembered: the tenant's setup, not the command (as _gateway's).
     A cancel or a refresh of a subscription already made needs only its provider's
@@ -2022,12 +2023,101 @@ async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription)
     )
     _take_subscription(ctx, sub, res)
     invoices = _invoices(ctx, sub, res)
-    error = None
-    if res.status is gw.SubscriptionStatus.PAST_DUE and previous != res.status.value:
-        newest_open = next((i for i in res.invoices if i.status is _INVOICE_OPEN), None)
-        if newest_open is not None:
-            error = _first_invoice_failure(ctx, res.model_copy(update={"invoices": (newest_open,)}))
-    return _subscription_outcome(res, sub, invoices, error, previous)
+    return _subscription_outcome(res, sub, invoices, _fell_past_due(ctx, res, previous), previous)
+
+
+def _fell_past_due(
+    ctx: HandlerContext, res: gw.SubscriptionResult, previous: str
+) -> GatewayError | None:
+    """The decline of a renewal the provider's answer shows newly past due, if any."""
+    if res.status is not gw.SubscriptionStatus.PAST_DUE or previous == res.status.value:
+        return None
+    newest_open = next((i for i in res.invoices if i.status is _INVOICE_OPEN), None)
+    if newest_open is None:
+        return None
+    return _first_invoice_failure(ctx, res.model_copy(update={"invoices": (newest_open,)}))
+
+
+def _subscription_method(
+    ctx: HandlerContext, sub: SubscriptionRecord, payment_method_id: str
+) -> PaymentMethodRecord:
+    """The payment method an update bills from now on: the subscription's customer's,
+    attached. Another customer's is not found, worded as an unknown one is (and as
+    another tenant's, which ctx.load does not find): an update names no method of
+    anyone else's. Let through (the provider may have acted), a detach since is no
+    refusal: the provider answers with what it did."""
+    pm = ctx.load(PaymentMethodRecord, payment_method_id)
+    if pm.customer_id != sub.customer_id:
+        raise Rejection(
+            RejectReason.NOT_FOUND, f"no such payment method: {payment_method_id}", remember=False
+        )
+    if not pm.attached and not ctx.let_through:
+        raise Rejection(RejectReason.INVALID_STATE, f"payment method {pm.id} is detached")
+    ctx.at_provider(pm)
+    return pm
+
+
+async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -> HandlerResult:
+    """Its price, payment method or cancel at period end changed at the provider, with
+    no prorations: a new amount is billed from the next period on. Only what differs
+    from the record is sent; when nothing does, nothing is asked of the provider."""
+    sub = ctx.load(SubscriptionRecord, data.subscription_id)
+    if not ctx.let_through:
+        try:
+            check_subscription_transition(sub.status, "update")
+        except InvalidState as exc:
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"{exc}: only an active, trialing or past_due subscription is updated",
+            ) from exc
+    ctx.at_provider(sub)
+    # A new price is more money billed: the tenant's capability, as a create's (a
+    # cancel stays open to a tenant whose capabilities leave subscriptions out).
+    _subscriptions_supported(ctx)
+    pm = (
+        None
+        if data.payment_method_id is None
+        else _subscription_method(ctx, sub, data.payment_method_id)
+    )
+    previous = sub.status
+    if _changed_since_first_attempt(ctx, sub):
+        # Changed since this update was first tried (as update_customer's): the provider
+        # asked again under its key would answer as of then. Read back as it is now.
+        now = await _gateway(
+            ctx,
+            "retrieve_subscription",
+            lambda: ctx.gateway.retrieve_subscription(
+                gw.RetrieveSubscription(provider_subscription_id=sub.provider_subscription_id),
+                idempotency_key=ctx.idem,
+            ),
+        )
+        _take_subscription(ctx, sub, now)
+        sub.amount = now.amount.amount
+        return _subscription_outcome(now, sub, _invoices(ctx, sub, now), None, previous)
+    amount = None if data.amount in (None, sub.amount) else data.amount
+    method = None if pm is None or pm.id == sub.payment_method_id else pm
+    at_end = data.cancel_at_period_end
+    if at_end == sub.cancel_at_period_end:
+        at_end = None
+    if amount is None and method is None and at_end is None:
+        return HandlerResult("subscription.updated", sub, extra={"previous_status": previous})
+    req = gw.UpdateSubscription(
+        provider_subscription_id=sub.provider_subscription_id,
+        amount=None if amount is None else Money(amount=amount, currency=sub.currency),
+        provider_payment_method_id=None if method is None else method.provider_payment_method_id,
+        cancel_at_period_end=at_end,
+    )
+    res = await _gateway(
+        ctx,
+        "update_subscription",
+        lambda: ctx.gateway.update_subscription(req, idempotency_key=ctx.idem),
+    )
+    _take_subscription(ctx, sub, res)
+    sub.amount = res.amount.amount
+    if method is not None:
+        sub.payment_method_id = method.id
+    invoices = _invoices(ctx, sub, res)
+    return _subscription_outcome(res, sub, invoices, _fell_past_due(ctx, res, previous), previous)
 
 
 def _subscription_outcome(
@@ -2037,8 +2127,8 @@ def _subscription_outcome(
     error: GatewayError | None,
     previous: str,
 ) -> HandlerResult:
-    """A cancel's or a refresh's outcome: canceled, or updated (scheduled to cancel,
-    renewed, past due, or unchanged)."""
+    """A cancel's, an update's or a refresh's outcome: canceled, or updated (scheduled
+    to cancel, changed, renewed, past due, or unchanged)."""
     extra = {"previous_status": previous}
     if res.status is _SUB_CANCELED:
         return HandlerResult("subscription.canceled", sub, invoices, error=error, extra=extra)
@@ -2498,6 +2588,7 @@ HANDLERS: dict[str, Handler] = {
     "dispute.accept": accept_dispute,
     "subscription.create": create_subscription,
     "subscription.cancel": cancel_subscription,
+    "subscription.update": update_subscription,
     "subscription.refresh": refresh_subscription,
     "payout.create": create_payout,
     "payout.cancel": cancel_payout,

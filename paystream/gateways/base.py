@@ -75,6 +75,7 @@ __all__ = [
     "TaxRateRef",
     "TaxRateResult",
     "UpdateCustomer",
+    "UpdateSubscription",
     "merged_metadata",
     "payment_ref",
     "payout_ref",
@@ -401,6 +402,18 @@ class CancelSubscription(_Req):
     at_period_end: bool = False
 
 
+class UpdateSubscription(_Req):
+    """Change a live subscription: its price per period (``amount``, in its own
+    currency), the customer's payment method it bills, its cancel at period end. None:
+    left as it is. No prorations (Stripe's ``proration_behavior=none``): a new amount is
+    billed from the next period on (a trial's first invoice included)."""
+
+    provider_subscription_id: str
+    amount: Money | None = None
+    provider_payment_method_id: str | None = None
+    cancel_at_period_end: bool | None = None
+
+
 class PayoutStatus(StrEnum):
     """Stripe's payout statuses: pending → in_transit → paid; pending → canceled;
     pending or in_transit → failed, and paid → failed (the bank returns it, up to a few
@@ -627,6 +640,9 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "accept_dispute": Capability.DISPUTES,
     "create_subscription": Capability.SUBSCRIPTIONS,
     "cancel_subscription": Capability.SUBSCRIPTIONS,
+    # (a tenant's own: a new price is more money billed, as a create's; narrowed out,
+    # a subscription is still canceled by subscription.cancel)
+    "update_subscription": Capability.SUBSCRIPTIONS,
     "retrieve_subscription": Capability.SUBSCRIPTIONS,
     "create_payout": Capability.PAYOUTS,
     "cancel_payout": Capability.PAYOUTS,
@@ -789,6 +805,13 @@ class PaymentGateway(Protocol):
     async def cancel_subscription(
         self, req: CancelSubscription, *, idempotency_key: str
     ) -> SubscriptionResult: ...
+
+    async def update_subscription(
+        self, req: UpdateSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        """The subscription changed (what ``req`` leaves None kept), the periods its
+        provider's clock began before billed first; nothing prorated."""
+        ...
 
     async def retrieve_subscription(
         self, req: RetrieveSubscription, *, idempotency_key: str

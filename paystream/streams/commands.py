@@ -62,6 +62,7 @@ __all__ = [
     "SubscriptionInterval",
     "TaxLineItem",
     "UpdateCustomer",
+    "UpdateSubscription",
     "validation_errors",
 ]
 
@@ -409,6 +410,36 @@ class CancelSubscription(CommandData):
     at_period_end: StrictBool = False
 
 
+class UpdateSubscription(CommandData):
+    """Change a live subscription (active, trialing or past_due) without canceling it:
+    its price per period (``amount``, in its own currency: neither currency nor interval
+    changes), the customer's saved payment method it bills (``payment_method_id``, one
+    of the same customer's, attached), or its cancel at period end (``false`` resumes
+    one scheduled to cancel; ``true`` schedules it, as `subscription.cancel`
+    ``at_period_end``). No prorations (Stripe's ``proration_behavior=none``): a new
+    amount is billed from the next period on (during a trial, the first invoice is at
+    it); the period under way is neither credited nor charged again. At least one field;
+    values equal to the current ones change nothing, and nothing is asked of the
+    provider."""
+
+    subscription_id: EntityId
+    amount: Amount | None = None
+    payment_method_id: EntityId | None = None
+    cancel_at_period_end: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> UpdateSubscription:
+        if (
+            self.amount is None
+            and self.payment_method_id is None
+            and (self.cancel_at_period_end is None)
+        ):
+            raise ValueError(
+                "nothing to change: give amount, payment_method_id or cancel_at_period_end"
+            )
+        return self
+
+
 class RefreshSubscription(CommandData):
     """Read a subscription back from its provider, with the invoices it made since:
     renewals paid or declined (past_due), a cancel at period end taking effect."""
@@ -490,6 +521,7 @@ COMMANDS: dict[str, type[CommandData]] = {
     "dispute.accept": AcceptDispute,
     "subscription.create": CreateSubscription,
     "subscription.cancel": CancelSubscription,
+    "subscription.update": UpdateSubscription,
     "subscription.refresh": RefreshSubscription,
     "payout.create": CreatePayout,
     "payout.cancel": CancelPayout,

@@ -58,10 +58,13 @@ def check_payment_transition(status: str, verb: str, open_at_provider: bool = Fa
 
 # subscription status → command verbs allowed in it. A canceled one is final: nothing
 # is billed again, and the provider reads it back as it is.
+# "update" (subscription.update: its price, payment method or cancel at period end) is
+# a live subscription's only: an incomplete one never billed a period to change, and a
+# canceled one bills nothing again.
 SUBSCRIPTION_TRANSITIONS: dict[str, frozenset[str]] = {
-    "trialing": frozenset({"cancel", "cancel_at_period_end", "refresh"}),
-    "active": frozenset({"cancel", "cancel_at_period_end", "refresh"}),
-    "past_due": frozenset({"cancel", "cancel_at_period_end", "refresh"}),
+    "trialing": frozenset({"cancel", "cancel_at_period_end", "update", "refresh"}),
+    "active": frozenset({"cancel", "cancel_at_period_end", "update", "refresh"}),
+    "past_due": frozenset({"cancel", "cancel_at_period_end", "update", "refresh"}),
     # (its first invoice declined: no period paid for to end, so canceled now only)
     "incomplete": frozenset({"cancel", "refresh"}),
     "canceled": frozenset(),

@@ -56,6 +56,7 @@ from paystream.gateways.base import (
     SubscriptionResult,
     TaxRateResult,
     UpdateCustomer,
+    UpdateSubscription,
     require_capability,
     require_operation,
 )
@@ -355,6 +356,14 @@ class SimulatorGateway:
         return await self._run(
             "cancel_subscription", req, idempotency_key,
             lambda tx: ops.cancel_subscription(tx, req, idempotency_key), SubscriptionResult,
+        )  # fmt: skip
+
+    async def update_subscription(
+        self, req: UpdateSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        return await self._run(
+            "update_subscription", req, idempotency_key,
+            lambda tx: ops.update_subscription(tx, req, idempotency_key), SubscriptionResult,
         )  # fmt: skip
 
     async def retrieve_subscription(

@@ -44,6 +44,7 @@ from paystream.gateways.base import (
     RetrieveSubscription,
     SubmitDisputeEvidence,
     UpdateCustomer,
+    UpdateSubscription,
     merged_metadata,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
@@ -92,6 +93,7 @@ __all__ = [
     "retrieve_subscription",
     "submit_dispute_evidence",
     "update_customer",
+    "update_subscription",
 ]
 
 # Stripe's dispute evidence fields; anything else is rejected as Stripe rejects it.
@@ -1071,6 +1073,45 @@ async def cancel_subscription(tx: Tx, req: CancelSubscription, key: str) -> dict
         await _cancel_now(tx, sub, now)
         tx.effect(Effect.of("subscription.canceled", key, sub["id"]))
     tx.put(sub)
+    return await _subscription_answer(tx, sub)
+
+
+async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict[str, Any]:
+    """Stripe's subscription update with ``proration_behavior=none``: the periods its
+    clock began before are billed first, as they were; from then on every period (a
+    trial's first one included) is billed at the new amount to the new payment method.
+    Nothing is prorated, nothing charged now."""
+    if req.amount is not None:
+        _check_amount(req.amount)
+    sub = await _must(tx, req.provider_subscription_id, "subscription")
+    now = await clock_now(tx)
+    await _bill_due(tx, sub, now)  # (what its clock billed before the change)
+    if sub["status"] == _SUB_CANCELED:
+        raise _refuse(ErrorCode.INVALID_STATE, "the subscription is canceled")
+    if sub["status"] == _SUB_INCOMPLETE:
+        raise _refuse(ErrorCode.INVALID_STATE, "an incomplete subscription cannot be updated")
+    if req.amount is not None:
+        if req.amount.currency != sub["currency"]:
+            raise _refuse(
+                ErrorCode.INVALID_REQUEST,
+                f"the subscription bills in {sub['currency']}, not {req.amount.currency}",
+            )
+        sub["amount"] = req.amount.amount
+        # (with its tax rates, each period's total is still a chargeable amount)
+        _check_amount(Money(amount=_taxed(sub)[2], currency=sub["currency"]))
+    if req.provider_payment_method_id is not None:
+        pm = await _must(tx, req.provider_payment_method_id, "payment_method")
+        if pm["customer"] is None:
+            raise _refuse(ErrorCode.INVALID_STATE, "a detached payment method cannot be used again")
+        if pm["customer"] != sub["customer"]:
+            raise _refuse(
+                ErrorCode.INVALID_REQUEST, "the payment method belongs to another customer"
+            )
+        sub.update(payment_method=pm["id"], card=pm["card"])
+    if req.cancel_at_period_end is not None:
+        sub["cancel_at_period_end"] = req.cancel_at_period_end
+    tx.put(sub)
+    tx.effect(Effect.of("subscription.updated", key, sub["id"]))
     return await _subscription_answer(tx, sub)
 
 

@@ -281,6 +281,7 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.AcceptDispute,
         gw.CreateSubscription,
         gw.CancelSubscription,
+        gw.UpdateSubscription,
         gw.RetrieveSubscription,
         gw.CreatePayout,
         gw.CancelPayout,

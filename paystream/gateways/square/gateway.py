@@ -716,6 +716,11 @@ class SquareGateway:
     ) -> gw_base.SubscriptionResult:
         raise UnsupportedOperation(PROVIDER, "cancel_subscription")
 
+    async def update_subscription(
+        self, req: gw_base.UpdateSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        raise UnsupportedOperation(PROVIDER, "update_subscription")
+
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:

@@ -124,6 +124,37 @@ def _refuse_unsent(problem: str | None) -> None:
         )
 
 
+def _repriced(sub: Mapping[str, Any], amount: gw_base.Money) -> tuple[str, dict[str, Any]]:
+    """(its one item's id, the parameters of a Plan of ``amount`` for it): the item's
+    interval and Product kept, as paystream subscribes (one item, one Plan)."""
+    items = sub.get("items")
+    data = items.get("data") if isinstance(items, Mapping) else None
+    if not data or len(data) != 1 or not isinstance(data[0], Mapping):
+        raise GatewayError(
+            ErrorCode.INVALID_STATE,
+            "the subscription has not one item (not made by paystream): its price is not changed",
+            provider=PROVIDER,
+            retryable=False,
+            reached_provider=False,
+        )
+    item = data[0]
+    price: Mapping[str, Any] = item.get("plan") or item.get("price") or {}
+    # (a Plan holds its interval; a Price, in ``recurring``)
+    recurring = price.get("recurring")
+    if not isinstance(recurring, Mapping):
+        recurring = price
+    product = price.get("product")
+    if isinstance(product, Mapping):
+        product = product.get("id")
+    return str(item["id"]), {
+        "amount": amount.amount,
+        "currency": amount.currency.lower(),
+        "interval": recurring.get("interval"),
+        "interval_count": int(recurring.get("interval_count") or 1),
+        "product": product,
+    }
+
+
 def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
     names = options.get("capabilities")
     if names is None:
@@ -574,6 +605,45 @@ class StripeGateway:
             ):
                 raise
         return await self._subscription(obj, void_open=True)
+
+    async def update_subscription(
+        self, req: gw_base.UpdateSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """One ``POST /v1/subscriptions/{id}``: a new amount is a new Plan (under a key
+        derived from the update's, as a create's: a replay finds the same Plan) put on
+        the subscription's one item with ``proration_behavior=none`` (billed from the
+        next period on, nothing credited or charged now); a payment method its
+        ``default_payment_method``; ``cancel_at_period_end`` as given."""
+        sid = req.provider_subscription_id
+        params: dict[str, Any] = {}
+        if req.amount is not None:
+            _require_hundredths("update_subscription", req.amount)
+            _refuse_unsent(
+                three_decimal_problem(req.amount) or withdrawn_currency_problem(req.amount)
+            )
+            # The item and its pricing as they stand (a GET: no key): the new Plan bills
+            # on the same interval, for the same Product.
+            now = await self._call(
+                "update_subscription", lambda: self._v1.subscriptions.retrieve_async(sid)
+            )
+            item_id, plan_params = _repriced(now, req.amount)
+            plan = await self._call(
+                "update_subscription",
+                lambda: self._v1.plans.create_async(
+                    plan_params, self._opts(_derived_key(idempotency_key, "plan"))
+                ),
+            )
+            params["items"] = [{"id": item_id, "plan": plan["id"]}]
+            params["proration_behavior"] = "none"
+        if req.provider_payment_method_id is not None:
+            params["default_payment_method"] = req.provider_payment_method_id
+        if req.cancel_at_period_end is not None:
+            params["cancel_at_period_end"] = req.cancel_at_period_end
+        obj = await self._call(
+            "update_subscription",
+            lambda: self._v1.subscriptions.update_async(sid, params, self._opts(idempotency_key)),
+        )
+        return await self._subscription(obj)
 
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str

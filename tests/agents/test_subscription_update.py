@@ -1,0 +1,307 @@
+"""`subscription.update` through the pipeline, on the real simulator: a live
+subscription's price, payment method and cancel at period end changed without canceling
+it, with no prorations (the new amount billed from the next period on, a trial's first
+invoice included), the state rules, the payment method's owner, the no-op, and
+idempotency (replay, conflict, a crash's redelivery) as for every command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paystream.client import build_command
+from paystream.streams.commands import COMMANDS
+from tests.agents.harness import Harness, data, kind, simulator_of
+
+pytestmark = pytest.mark.asyncio
+DAY = 24 * 3600
+MONTHLY = {"amount": 1500, "currency": "EUR", "interval": "month"}
+
+
+async def _attach(h: Harness, t: str, customer: str, pm: str, token: str = "pm_card_visa") -> None:
+    out = await h.send(
+        "payment_method.attach",
+        t,
+        {"customer_id": customer, "token": token, "payment_method_id": pm},
+    )
+    assert kind(out) == "payment_method.attached", data(out)
+
+
+async def _subscribed(h: Harness, t: str, **kw: Any) -> dict[str, Any]:
+    """Customer c1 with card m1, subscribed as s1 (monthly EUR 15.00, unless ``kw``)."""
+    assert kind(await h.send("customer.create", t, {"customer_id": "c1"})) == "customer.created"
+    await _attach(h, t, "c1", "m1")
+    body = {"subscription_id": "s1", "customer_id": "c1", "payment_method_id": "m1", **MONTHLY}
+    out = await h.send("subscription.create", t, {**body, **kw})
+    assert kind(out) == "subscription.created", data(out)
+    return dict(data(out)["object"])
+
+
+async def _update(h: Harness, t: str, **body: Any) -> Any:
+    return await h.send("subscription.update", t, {"subscription_id": "s1", **body})
+
+
+async def _effects(h: Harness, t: str, effect: str) -> list[Any]:
+    return [e for e in await simulator_of(h, t).effects() if e.kind == effect]
+
+
+def _invoices(outcome: Any) -> list[dict[str, Any]]:
+    return [r["object"] for r in data(outcome).get("related", []) if r["entity_type"] == "invoice"]
+
+
+async def _renewed(h: Harness, t: str, days: int = 32) -> Any:
+    await simulator_of(h, t).advance_clock(days * DAY)
+    out = await h.send("subscription.refresh", t, {"subscription_id": "s1"})
+    assert kind(out) == "subscription.updated", data(out)
+    return out
+
+
+async def test_the_command_is_registered_and_needs_something_to_change(harness: Harness) -> None:
+    assert "subscription.update" in COMMANDS
+    t = harness.add_tenant()
+    for bad in (
+        {},  # nothing to change
+        {"amount": None, "payment_method_id": None, "cancel_at_period_end": None},
+        {"amount": 0},
+        {"amount": 12.5},
+        {"amount": "1200"},
+        {"cancel_at_period_end": "no"},
+        {"currency": "USD", "amount": 100},  # no currency change
+        {"interval": "year"},  # nor interval change
+    ):
+        out = await _update(harness, t, **bad)
+        assert data(out)["reason"] == "validation_error", (bad, data(out))
+    out = await harness.send("subscription.update", t, {"amount": 100})
+    assert data(out)["reason"] == "validation_error"  # subscription_id is required
+
+
+async def test_a_new_amount_is_billed_from_the_next_period_on(harness: Harness) -> None:
+    t = harness.add_tenant()
+    made = await _subscribed(harness, t)
+    out = await _update(harness, t, amount=2500)
+    assert kind(out) == "subscription.updated", data(out)
+    sub = data(out)["object"]
+    assert (sub["amount"], sub["currency"], sub["status"]) == (2500, "EUR", "active")
+    assert data(out)["previous_status"] == "active"
+    # No prorations: nothing charged or credited now, the period under way unchanged.
+    assert sub["current_period_end"] == made["current_period_end"]
+    assert _invoices(out) == []
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [1500]
+    assert harness.tables.subscriptions[f"{t}:s1"]["amount"] == 2500
+    renewed = await _renewed(harness, t)
+    assert [(i["status"], i["amount"]) for i in _invoices(renewed)] == [("paid", 2500)]
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [1500, 2500]
+
+
+async def test_in_a_trial_the_first_invoice_is_at_the_new_amount(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t, trial_days=14)
+    out = await _update(harness, t, amount=900)
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["status"] == "trialing" and data(out)["object"]["amount"] == 900
+    assert await _effects(harness, t, "charge") == []
+    renewed = await _renewed(harness, t, days=15)
+    assert [(i["status"], i["amount"]) for i in _invoices(renewed)] == [("paid", 900)]
+
+
+async def test_periods_begun_before_the_change_are_billed_as_they_were(harness: Harness) -> None:
+    """Renewals the provider's clock made due before the update are billed at the old
+    amount (returned in `related`), the later ones at the new."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t, interval="day", amount=700)
+    await simulator_of(harness, t).advance_clock(DAY + 60)
+    out = await _update(harness, t, amount=800)
+    assert [(i["status"], i["amount"]) for i in _invoices(out)] == [("paid", 700)]
+    renewed = await _renewed(harness, t, days=1)
+    assert [i["amount"] for i in _invoices(renewed)] == [800]
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [700, 700, 800]
+
+
+async def test_another_payment_method_is_billed_from_now_on(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    # A card that saves but declines every charge: the renewal's decline shows it is the
+    # one billed.
+    await _attach(harness, t, "c1", "m2", token="pm_card_chargeCustomerFail")
+    out = await _update(harness, t, payment_method_id="m2")
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["payment_method_id"] == "m2"
+    assert harness.tables.subscriptions[f"{t}:s1"]["payment_method_id"] == "m2"
+    late = await _renewed(harness, t)
+    assert data(late)["object"]["status"] == "past_due"
+    assert [i["status"] for i in _invoices(late)] == ["open"]
+    # Back to the good card (a past_due subscription may be updated): the next period paid.
+    back = await _update(harness, t, payment_method_id="m1")
+    assert kind(back) == "subscription.updated", data(back)
+    assert data(back)["object"]["payment_method_id"] == "m1"
+    paid = await _renewed(harness, t)
+    assert "paid" in [i["status"] for i in _invoices(paid)]
+
+
+async def test_a_payment_method_not_the_customers_is_not_found(harness: Harness) -> None:
+    t = harness.add_tenant()
+    other = harness.add_tenant()
+    await _subscribed(harness, t)
+    # Another customer's of the same tenant, and another tenant's (same ids there).
+    await harness.send("customer.create", t, {"customer_id": "c2"})
+    await _attach(harness, t, "c2", "m3")
+    await harness.send("customer.create", other, {"customer_id": "c1"})
+    await _attach(harness, other, "c1", "m9")
+    unknown = await _update(harness, t, payment_method_id="m9")  # (m9 is the other tenant's)
+    assert kind(unknown) == "command.rejected"
+    assert data(unknown)["reason"] == "not_found", data(unknown)
+    never = await _update(harness, t, payment_method_id="m404")
+    # Another tenant's looks exactly as an unknown id does.
+    assert data(unknown)["message"] == data(never)["message"].replace("m404", "m9")
+    assert {k: v for k, v in data(unknown).items() if k != "message"} == {
+        k: v for k, v in data(never).items() if k != "message"
+    }
+    customers = await _update(harness, t, payment_method_id="m3")
+    assert data(customers)["reason"] == "not_found", data(customers)
+    assert data(customers)["message"] == data(never)["message"].replace("m404", "m3")
+    assert await _effects(harness, t, "subscription.updated") == []
+    assert harness.tables.subscriptions[f"{t}:s1"]["payment_method_id"] == "m1"
+
+
+async def test_a_detached_payment_method_is_invalid_state(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    await _attach(harness, t, "c1", "m2")
+    await harness.send("payment_method.detach", t, {"payment_method_id": "m2"})
+    out = await _update(harness, t, payment_method_id="m2")
+    assert data(out)["reason"] == "invalid_state", data(out)
+    assert "detached" in data(out)["message"]
+    assert await _effects(harness, t, "subscription.updated") == []
+
+
+async def test_cancel_at_period_end_is_scheduled_and_resumed(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t, interval="day", interval_count=10)
+    scheduled = await _update(harness, t, cancel_at_period_end=True)
+    assert kind(scheduled) == "subscription.updated", data(scheduled)
+    assert data(scheduled)["object"]["cancel_at_period_end"] is True
+    resumed = await _update(harness, t, cancel_at_period_end=False)
+    assert kind(resumed) == "subscription.updated", data(resumed)
+    assert data(resumed)["object"]["cancel_at_period_end"] is False
+    assert data(resumed)["object"]["status"] == "active"
+    # Resumed: the period's end renews it rather than ending it.
+    renewed = await _renewed(harness, t, days=11)
+    assert data(renewed)["object"]["status"] == "active"
+    assert [i["status"] for i in _invoices(renewed)] == ["paid"]
+    assert len(await _effects(harness, t, "subscription.updated")) == 2
+
+
+async def test_values_equal_to_the_current_ones_ask_nothing_of_the_provider(
+    harness: Harness,
+) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    before = dict(harness.tables.subscriptions[f"{t}:s1"])
+    out = await _update(harness, t, amount=1500, payment_method_id="m1", cancel_at_period_end=False)
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["previous_status"] == "active"
+    obj = data(out)["object"]
+    assert (obj["amount"], obj["payment_method_id"], obj["cancel_at_period_end"]) == (
+        1500,
+        "m1",
+        False,
+    )
+    assert await _effects(harness, t, "subscription.updated") == []
+    after = harness.tables.subscriptions[f"{t}:s1"]
+    assert {k: after[k] for k in ("amount", "payment_method_id", "status")} == {
+        k: before[k] for k in ("amount", "payment_method_id", "status")
+    }
+    # One field changing is sent; the equal ones beside it change nothing.
+    changed = await _update(harness, t, amount=1500, cancel_at_period_end=True)
+    assert data(changed)["object"]["cancel_at_period_end"] is True
+    assert len(await _effects(harness, t, "subscription.updated")) == 1
+
+
+async def test_only_a_live_subscription_is_updated(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    await harness.send("subscription.cancel", t, {"subscription_id": "s1"})
+    canceled = await _update(harness, t, amount=2000)
+    assert data(canceled)["reason"] == "invalid_state", data(canceled)
+    assert "canceled" in data(canceled)["message"]
+    assert "active, trialing or past_due" in data(canceled)["message"]
+    # An incomplete one (its first invoice declined).
+    await _attach(harness, t, "c1", "m2", token="pm_card_chargeCustomerFail")
+    failed = await harness.send(
+        "subscription.create",
+        t,
+        {"subscription_id": "s2", "customer_id": "c1", "payment_method_id": "m2", **MONTHLY},
+    )
+    assert kind(failed) == "subscription.failed", data(failed)
+    incomplete = await harness.send(
+        "subscription.update", t, {"subscription_id": "s2", "cancel_at_period_end": True}
+    )
+    assert data(incomplete)["reason"] == "invalid_state", data(incomplete)
+    assert "incomplete" in data(incomplete)["message"]
+    # Even a value equal to the current one is refused: the state rules come first.
+    same = await harness.send("subscription.update", t, {"subscription_id": "s2", "amount": 1500})
+    assert data(same)["reason"] == "invalid_state", data(same)
+    assert await _effects(harness, t, "subscription.updated") == []
+
+
+async def test_another_tenants_subscription_is_not_found(harness: Harness) -> None:
+    t = harness.add_tenant()
+    other = harness.add_tenant()
+    await _subscribed(harness, t)
+    theirs = await _update(harness, other, amount=100)
+    unknown = await harness.send("subscription.update", t, {"subscription_id": "s9", "amount": 1})
+    assert data(theirs)["reason"] == "not_found", data(theirs)
+    assert data(theirs)["message"] == data(unknown)["message"].replace("s9", "s1")
+    assert harness.tables.subscriptions[f"{t}:s1"]["amount"] == 1500
+    assert await _effects(harness, t, "subscription.updated") == []
+
+
+async def test_a_provider_without_subscriptions_is_unsupported(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    narrowed = {"capabilities": ["customers", "payment_methods", "payments"]}
+    harness.tenants[t] = {**harness.tenants[t], "gateway_options": narrowed}
+    out = await _update(harness, t, amount=2000)
+    assert data(out)["reason"] == "unsupported", data(out)
+    # A cancel is still open to it.
+    gone = await harness.send(
+        "subscription.cancel", t, {"subscription_id": "s1", "at_period_end": True}
+    )
+    assert kind(gone) == "subscription.updated", data(gone)
+
+
+async def test_replay_and_conflict(harness: Harness) -> None:
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    body = {"subscription_id": "s1", "amount": 2200}
+    event = build_command("subscription.update", t, body, command_id="upd-1")
+    await harness.assert_redelivered_alike(event)
+    again = await harness.send("subscription.update", t, body, command_id="upd-1")
+    assert kind(again) == "subscription.updated" and data(again)["object"]["amount"] == 2200
+    other = await harness.send(
+        "subscription.update", t, {**body, "amount": 999}, command_id="upd-1"
+    )
+    assert data(other)["reason"] == "idempotency_conflict", data(other)
+    assert len(await _effects(harness, t, "subscription.updated")) == 1
+    assert harness.tables.subscriptions[f"{t}:s1"]["amount"] == 2200
+
+
+async def test_an_update_whose_writes_were_lost_is_applied_once(harness: Harness) -> None:
+    """A crash after the provider applied the update, before the tables kept anything:
+    redelivered, it asks again under the same key, answered from it, applied once."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    before = dict(harness.tables.subscriptions[f"{t}:s1"])
+    event = build_command(
+        "subscription.update", t, {"subscription_id": "s1", "amount": 3100}, command_id="upd-c"
+    )
+    _, first = await harness.send_event(event)
+    harness.tables.subscriptions[f"{t}:s1"] = before
+    for key in [k for k in harness.idempotency if k.startswith(f"{t}:")]:
+        del harness.idempotency[key]
+    _, second = await harness.send_event(event)
+    assert first is not None and second is not None
+    assert kind(second) == "subscription.updated", data(second)
+    assert data(second)["object"]["amount"] == data(first)["object"]["amount"] == 3100
+    assert len(await _effects(harness, t, "subscription.updated")) == 1
