@@ -45,6 +45,7 @@ VALID: dict[str, dict[str, Any]] = {
         "interval": "month",
     },
     "subscription.cancel": {"subscription_id": "s1", "at_period_end": True},
+    "subscription.update": {"subscription_id": "s1", "amount": 1200, "payment_method_id": "pm2"},
     "subscription.refresh": {"subscription_id": "s1"},
     "payout.create": {"amount": 5000, "currency": "EUR", "statement_descriptor": "ACME"},
     "payout.cancel": {"payout_id": "po1"},

@@ -203,6 +203,7 @@ SCENARIOS: dict[str, Setup] = {
         h, t, "subscription.cancel", at_period_end=True
     ),
     "subscription.refresh (renewed)": lambda h, t: _subscribed(h, t, "subscription.refresh"),
+    "subscription.update": lambda h, t: _subscribed(h, t, "subscription.update", amount=2400),
     "payout.create": lambda h, t: _with_balance(h, t, "payout.create", payout_id="po9"),
     "payout.create (derived id)": lambda h, t: _with_balance(h, t, "payout.create"),
     "payout.create (instant)": lambda h, t: _with_balance(h, t, "payout.create", method="instant"),

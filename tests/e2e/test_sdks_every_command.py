@@ -115,6 +115,10 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                 assert made["object"]["status"] == "active", made
                 assert [r["entity_type"] for r in made["related"]] == ["invoice"], made
                 await over_http("subscription.refresh", {"subscription_id": "s1"})
+                raised = await over_kafka(
+                    "subscription.update", {"subscription_id": "s1", "amount": 1800}
+                )
+                assert raised["object"]["amount"] == 1800, raised
                 trial = await over_http(
                     "subscription.create",
                     {"customer_id": "c1", "payment_method_id": "pm1", "amount": 700,

@@ -283,6 +283,16 @@ class Harness:
         ):
             resp.raise_for_status()
 
+    async def stripe_object(self, path: str) -> dict[str, Any]:
+        """``GET /v1/{path}`` at localstripe, as Stripe holds it (what no result names)."""
+        auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self._stripe_url}/v1/{path}", headers=auth) as resp,
+        ):
+            resp.raise_for_status()
+            return dict(await resp.json())
+
     async def pass_time(self, seconds: int) -> None:
         """The provider's clock moves on (the simulator's per-tenant test clock; Stripe's
         would be a test clock, which localstripe has not: over_gateways skips it)."""

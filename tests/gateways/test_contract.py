@@ -44,6 +44,7 @@ from paystream.gateways.base import (
     SubscriptionResult,
     SubscriptionStatus,
     UpdateCustomer,
+    UpdateSubscription,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.money import Money
@@ -78,6 +79,9 @@ NO_TEST_CLOCK = (
 )
 NO_TRIALS = "a subscription with a trial stays `incomplete` (never `trialing`), with no trial_end"
 NO_PAYOUTS = "the Square gateway has no payouts yet: its capabilities lack them"
+LOCALSTRIPE_UPDATES_ANY_STATUS = (
+    "a canceled subscription's update is applied (Stripe refuses all but its metadata)"
+)
 LOCALSTRIPE_BALANCE = (
     "the balance's available and pending are one object (a fixed 2000 eur), not an array "
     "of one entry per currency"
@@ -960,8 +964,9 @@ async def subscribe(
     amount: int = 1500,
     interval: str = "month",
     idempotency_key: str | None = None,
+    cus: str | None = None,
 ) -> SubscriptionResult:
-    cus = await customer(h)
+    cus = cus or await customer(h)
     pm = await h.gateway.attach_payment_method(
         AttachPaymentMethod(provider_customer_id=cus, token=await h.token(token)),
         idempotency_key=key(),
@@ -1109,6 +1114,128 @@ async def test_a_subscription_renews_on_the_providers_clock(harness: Harness) ->
     assert newest.period_start == sub.current_period_end
 
 
+async def card_of(h: Harness, cus: str, token: str = "pm_card_visa") -> str:
+    """Another saved card of customer ``cus``."""
+    pm = await h.gateway.attach_payment_method(
+        AttachPaymentMethod(provider_customer_id=cus, token=await h.token(token)),
+        idempotency_key=key(),
+    )
+    return pm.provider_payment_method_id
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
+async def test_a_subscription_update_changes_price_method_and_cancel_without_prorations(
+    harness: Harness,
+) -> None:
+    cus = await customer(harness)
+    sub = await subscribe(harness, amount=1500, cus=cus)
+    pm2 = await card_of(harness, cus)
+    req = UpdateSubscription(
+        provider_subscription_id=sub.provider_subscription_id,
+        amount=usd(2500),
+        provider_payment_method_id=pm2,
+        cancel_at_period_end=True,
+    )
+    k = key()
+    changed = await harness.gateway.update_subscription(req, idempotency_key=k)
+    assert changed.status is SubscriptionStatus.ACTIVE
+    assert changed.amount == usd(2500) and changed.cancel_at_period_end
+    assert (changed.interval, changed.interval_count) == (sub.interval, sub.interval_count)
+    # Nothing charged or credited now: the period under way, and its one paid invoice.
+    assert changed.current_period_end == sub.current_period_end
+    assert [(i.provider_invoice_id, i.status) for i in changed.invoices] == [
+        (sub.invoices[0].provider_invoice_id, InvoiceStatus.PAID)
+    ]
+    if harness.name == "stripe":
+        pending = await harness.stripe_object(f"invoiceitems?customer={cus}")
+        assert pending["data"] == []  # (proration_behavior=none: no "Unused time" credit)
+        at_stripe = await harness.stripe_object(f"subscriptions/{sub.provider_subscription_id}")
+        assert at_stripe["default_payment_method"] == pm2
+    # Replayed under its key: the same answer; other parameters under it are refused.
+    again = await harness.gateway.update_subscription(req, idempotency_key=k)
+    assert again.amount == usd(2500) and again.cancel_at_period_end
+    other = req.model_copy(update={"amount": usd(999)})
+    await expect(
+        ErrorCode.IDEMPOTENCY_ERROR, harness.gateway.update_subscription(other, idempotency_key=k)
+    )
+    read = await read_subscription(harness, sub)
+    assert read.amount == usd(2500) and read.cancel_at_period_end
+    # Resumed.
+    resumed = await harness.gateway.update_subscription(
+        UpdateSubscription(
+            provider_subscription_id=sub.provider_subscription_id, cancel_at_period_end=False
+        ),
+        idempotency_key=key(),
+    )
+    assert not resumed.cancel_at_period_end and resumed.amount == usd(2500)
+
+
+@over_gateways(
+    square_lacks=NO_SUBSCRIPTIONS,
+    localstripe_lacks=NO_TEST_CLOCK,
+    paddle_lacks=PADDLE_NO_SUBSCRIPTIONS,
+)
+async def test_an_updated_subscription_renews_at_its_new_amount(harness: Harness) -> None:
+    sub = await subscribe(harness, interval="week", amount=700)
+    await harness.gateway.update_subscription(
+        UpdateSubscription(provider_subscription_id=sub.provider_subscription_id, amount=usd(900)),
+        idempotency_key=key(),
+    )
+    await harness.pass_time(7 * 24 * 3600 + 60)
+    renewed = await read_subscription(harness, sub)
+    newest, first = renewed.invoices
+    assert first.amount == usd(700)
+    assert newest.status is InvoiceStatus.PAID and newest.amount == usd(900)
+
+
+@over_gateways(square_lacks=NO_SUBSCRIPTIONS, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
+async def test_a_subscription_update_refuses_a_method_detached_or_not_the_customers(
+    harness: Harness,
+) -> None:
+    cus = await customer(harness)
+    sub = await subscribe(harness, cus=cus)
+    pm2 = await card_of(harness, cus)
+    await harness.gateway.detach_payment_method(
+        DetachPaymentMethod(provider_payment_method_id=pm2), idempotency_key=key()
+    )
+    sid = sub.provider_subscription_id
+    detached = UpdateSubscription(provider_subscription_id=sid, provider_payment_method_id=pm2)
+    err = await expect_one_of(
+        (ErrorCode.INVALID_STATE, ErrorCode.INVALID_REQUEST),
+        harness.gateway.update_subscription(detached, idempotency_key=key()),
+    )
+    assert not err.retryable
+    theirs = await card_of(harness, await customer(harness))
+    other = UpdateSubscription(provider_subscription_id=sid, provider_payment_method_id=theirs)
+    await expect(
+        ErrorCode.INVALID_REQUEST, harness.gateway.update_subscription(other, idempotency_key=key())
+    )
+
+
+@over_gateways(
+    localstripe_gap=LOCALSTRIPE_UPDATES_ANY_STATUS,
+    square_lacks=NO_SUBSCRIPTIONS,
+    paddle_lacks=PADDLE_NO_SUBSCRIPTIONS,
+)
+async def test_a_canceled_subscription_is_not_updated(harness: Harness) -> None:
+    sub = await subscribe(harness)
+    sid = sub.provider_subscription_id
+    await harness.gateway.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid), idempotency_key=key()
+    )
+    req = UpdateSubscription(provider_subscription_id=sid, amount=usd(2500))
+    await expect(
+        ErrorCode.INVALID_STATE, harness.gateway.update_subscription(req, idempotency_key=key())
+    )
+
+
+async def expect_one_of(codes: tuple[ErrorCode, ...], coro: object) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        await coro  # type: ignore[misc]
+    assert info.value.code in codes, info.value
+    return info.value
+
+
 @over_gateways(square_lacks=NO_SUBSCRIPTIONS, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
 async def test_an_unknown_subscription_is_not_found(harness: Harness) -> None:
     req = RetrieveSubscription(provider_subscription_id="sub_missing0000")
@@ -1129,6 +1256,11 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
                 amount=usd(100),
                 interval="month",
             ),
+            idempotency_key=key(),
+        ),
+        # (an update may bill more: the tenant's to be given, as a create)
+        gw.update_subscription(
+            UpdateSubscription(provider_subscription_id="sub_x", amount=usd(100)),
             idempotency_key=key(),
         ),
     ]

@@ -46,11 +46,12 @@ def _outcome(
     version: int,
     sub: dict[str, Any],
     invoices: list[dict[str, Any]],
+    command_type: str = "subscription.refresh",
 ) -> CloudEvent:
     cmd = command_ref(
         tenant_id=tenant,
         command_id=f"cmd-{outcome_type}-{version}",
-        command_type="subscription.refresh",
+        command_type=command_type,
         idempotency_key=f"cmd-{version}",
         time=datetime(2025, 1, 1, tzinfo=UTC),
         traceparent=None,
@@ -125,6 +126,30 @@ async def test_outcomes_write_rows_once_and_move_them_forward(
     assert await _audit_count(app_engine, t) == entries + 2
     res = await verify_audit(app_engine, t, keyring)
     assert res.problems == [] and res.checked == entries + 2
+
+
+async def test_an_update_moves_the_row_to_its_new_price_and_method(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """subscription.update's outcome (subscription.updated, as a refresh's) moves the
+    row: its amount and payment method as they are now, with an audit entry."""
+    t = _tenant()
+    sub = dict(make_event.subscription(t, "sub_1").data)
+    first = dict(make_event.invoice(t, "in_1").data)
+    made = outcome_to_ledger_events(_outcome(t, "subscription.created", 1, sub, [first]))
+    await write_events(app_engine, made, keyring=keyring)
+    changed = {**sub, "version": 2, "amount": 2500, "payment_method_id": "pm_2",
+               "cancel_at_period_end": True}  # fmt: skip
+    update = _outcome(t, "subscription.updated", 2, changed, [], "subscription.update")
+    result = await write_events(app_engine, outcome_to_ledger_events(update), keyring=keyring)
+    assert (result.events_written, result.entities_applied) == (1, 1)
+    subs, invoices = await _rows(app_engine, t)
+    [row] = subs
+    assert (row.version, row.status, row.amount, row.currency) == (2, "active", 2500, "EUR")
+    assert (row.payment_method_id, row.cancel_at_period_end) == ("pm_2", True)
+    assert [(i.invoice_id, i.amount) for i in invoices] == [("in_1", 1500)]  # (as billed)
+    res = await verify_audit(app_engine, t, keyring)
+    assert res.problems == [] and res.checked == 3
 
 
 async def test_another_tenant_sees_none_and_cannot_write_them(
