@@ -135,6 +135,25 @@ def test_renewals_read_back_count_each_invoice_once() -> None:
     assert not first.attempt and not first.subscription_created
 
 
+def test_an_update_counts_nothing_until_an_invoice_is_paid() -> None:
+    """subscription.update (a new price, another card, a cancel scheduled or resumed):
+    no money moved, no subscription started or ended, no attempt; a renewal its provider
+    billed before the change (in `related`) is counted as a refresh's is."""
+    changed = _sub("active", 2, "u1", amount=2500, payment_method_id="pm_2")
+    update = _sub_outcome(
+        "subscription.updated", "u1", "subscription.update", changed, [], previous_status="active"
+    )
+    seen = _observe(update)
+    assert seen.invoices_paid == () and seen.invoices_declined == ()
+    assert not (seen.subscription_created or seen.subscription_canceled or seen.attempt)
+    renewal = [_inv("paid", created_by="u2", n=2)]
+    billed = _sub_outcome(
+        "subscription.updated", "u2", "subscription.update", _sub("active", 3, "u2"), renewal,
+        previous_status="active",
+    )  # fmt: skip
+    assert _observe(billed).invoices_paid == (("EUR", 1500),)
+
+
 def test_a_renewal_declined_then_paid_counts_one_decline_and_one_payment() -> None:
     """past_due: a new open invoice (its decline, as a payment.failed names it); read
     back paid later (version 2): paid then, once; a cancel voiding an open one counts
