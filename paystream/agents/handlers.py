@@ -2082,7 +2082,8 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
     previous = sub.status
     if _changed_since_first_attempt(ctx, sub):
         # Changed since this update was first tried (as update_customer's): the provider
-        # asked again under its key would answer as of then. Read back as it is now.
+        # asked again under its key would answer as of then. Read back as it is now (its
+        # payment method, which no answer names, stays as recorded).
         now = await _gateway(
             ctx,
             "retrieve_subscription",
